@@ -1,0 +1,132 @@
+"""The hub's settings: defaults, a TOML file's ``[hub]`` table, then CLI overrides.
+
+Every key is documented in docs/configuration.md (a test checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hub.storage.base import HubError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8470
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
+PORT_MAX = 65_535
+MAX_BODY_BYTES_LIMIT = 1024 * 1024 * 1024  # a sanity cap on the setting itself: 1 GiB
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(HubError):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """Everything ``serve`` needs. Field names are the config keys."""
+
+    db: str = ""  # SQLite file path, or a database URL
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT  # 0 picks a free port (the log line names it)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    log_level: str = "INFO"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: Any) -> HubSettings:
+        """A copy with ``changes`` applied (and validated); ``None`` values are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HubSettings))
+
+
+def _validate(s: HubSettings) -> None:
+    _typed("db", s.db, str)
+    _typed("host", s.host, str)
+    if not s.host:
+        raise ConfigError("host must not be empty")
+    _typed("port", s.port, int)
+    if not 0 <= s.port <= PORT_MAX:
+        raise ConfigError(f"port must be between 0 and {PORT_MAX}, got {s.port}")
+    _typed("max_body_bytes", s.max_body_bytes, int)
+    if not 1 <= s.max_body_bytes <= MAX_BODY_BYTES_LIMIT:
+        raise ConfigError(f"max_body_bytes must be between 1 and {MAX_BODY_BYTES_LIMIT}, got {s.max_body_bytes}")
+    if isinstance(s.shutdown_timeout_s, int) and not isinstance(s.shutdown_timeout_s, bool):
+        object.__setattr__(s, "shutdown_timeout_s", float(s.shutdown_timeout_s))
+    _typed("shutdown_timeout_s", s.shutdown_timeout_s, float)
+    if not 0.0 <= s.shutdown_timeout_s <= 3600.0:
+        raise ConfigError(f"shutdown_timeout_s must be between 0 and 3600 seconds, got {s.shutdown_timeout_s}")
+    _typed("log_level", s.log_level, str)
+    if s.log_level.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
+    object.__setattr__(s, "log_level", s.log_level.upper())
+    _typed("access_log", s.access_log, bool)
+
+
+def _typed(key: str, value: Any, kind: type) -> None:
+    if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{key} must be {_KIND_NAMES[kind]}, got {type(value).__name__} {value!r}")
+
+
+_KIND_NAMES: dict[type, str] = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def settings_from_mapping(table: Mapping[str, Any], where: str = "the settings") -> HubSettings:
+    """Build settings from a mapping of config keys; unknown keys are an error."""
+    unknown = sorted(set(table) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; the known keys are {', '.join(CONFIG_KEYS)}"
+        )
+    return HubSettings(**dict(table))
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> HubSettings:
+    """Read the ``[hub]`` table of a TOML file (if given), then apply non-None ``overrides``."""
+    base = HubSettings() if path is None else _read_file(Path(path))
+    settings = base.replace(**overrides)
+    if not settings.db:
+        raise ConfigError("no database given; pass --db PATH or set db in the [hub] table of the config file")
+    return settings
+
+
+def _read_file(path: Path) -> HubSettings:
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror or err})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML ({err})") from err
+    extra = sorted(set(doc) - {"hub"})
+    if extra:
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, extra))} in {path}; hub settings go in a [hub] table")
+    table = doc.get("hub", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"hub in {path} must be a table ([hub])")
+    settings = settings_from_mapping(table, where=f"the [hub] table of {path}")
+    if settings.db and not _is_url(settings.db) and not Path(settings.db).is_absolute():
+        # A relative database path in a config file is relative to that file, not to the working directory.
+        settings = settings.replace(db=str(path.parent / settings.db))
+    return settings
+
+
+def _is_url(db: str) -> bool:
+    return "://" in db
+
+
+def log_level_number(settings: HubSettings) -> int:
+    return int(getattr(logging, settings.log_level))

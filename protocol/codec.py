@@ -1,0 +1,237 @@
+"""The msgpack wire codec for sync requests (agent → hub) and answers.
+
+Every message is a msgpack map with ``"v": WIRE_VERSION``. Decoding is strict:
+anything that is not exactly the contract raises one ``ProtocolError`` whose
+message names the field. A request whose envelope is sound but some of whose
+events are not raises ``BadEvents``, which lists every bad event, so the hub
+can answer all of them at once and the agent can set exactly those aside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from protocol.errors import ProtocolError
+from protocol.event import (
+    AGENT_ID_MAX_LEN,
+    EPOCH_MAX,
+    SEQ_MAX,
+    StockEvent,
+    _AGENT_RE,
+    _check_int,
+    _check_str,
+    event_from_wire,
+    event_to_wire,
+)
+from protocol.ids import EVENT_ID_BYTES
+
+WIRE_VERSION = 1
+MAX_BATCH_EVENTS = 10_000
+MAX_COUNTS = 100_000
+MSGPACK_CONTENT_TYPE = "application/msgpack"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    agent_id: str
+    epoch: int
+    events: tuple[StockEvent, ...]
+    acked_seq: int = 0  # the agent's acknowledged mark, for the hub to compare with its own
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One event the hub will not apply, and why. ``code`` is machine-readable."""
+
+    event_id: bytes
+    seq: int
+    code: str  # "invalid", "forbidden_location", "conflict", ...
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CountSnapshot:
+    location: str
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+    in_transit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResponse:
+    agent_id: str
+    epoch: int
+    hwm: int  # the highest seq of this agent and epoch the hub has committed
+    rejected: tuple[Rejection, ...] = ()
+    duplicates: int = 0
+    counts: tuple[CountSnapshot, ...] = ()
+    server_time_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BadEvent:
+    index: int
+    event_id: bytes | None
+    seq: int | None
+    reason: str
+
+
+class BadEvents(ProtocolError):
+    """A sound envelope carrying events that break the contract."""
+
+    def __init__(self, bad: list[BadEvent], agent_id: str, epoch: int) -> None:
+        self.bad = tuple(bad)
+        self.agent_id = agent_id
+        self.epoch = epoch
+        first = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        super().__init__(f"{len(bad)} event(s) are invalid; first: {first.reason}{more}")
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"the {what} body must be bytes")
+    if not data:
+        raise ProtocolError(f"the {what} body is empty; expected a msgpack map")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except msgpack.ExtraData:
+        raise ProtocolError(f"the {what} body has bytes after the end of the msgpack message") from None
+    except msgpack.StackError:
+        raise ProtocolError(f"the {what} body is nested too deeply") from None
+    except (ValueError, msgpack.FormatError, TypeError) as err:
+        detail = "is truncated" if "incomplete" in str(err).lower() else "is not valid msgpack"
+        raise ProtocolError(f"the {what} body {detail} ({err})") from None
+
+
+def _envelope(obj: Any, what: str, keys: set[str]) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ProtocolError(f"the {what} must be a msgpack map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != WIRE_VERSION:
+        raise ProtocolError(f"unsupported wire version {version!r}; this side speaks version {WIRE_VERSION}", field="v")
+    unknown = set(obj) - keys
+    if unknown:
+        raise ProtocolError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}", field=what)
+    return obj
+
+
+def encode_sync_request(req: SyncRequest) -> bytes:
+    data: bytes = msgpack.packb(
+        {
+            "v": WIRE_VERSION,
+            "agent_id": req.agent_id,
+            "epoch": req.epoch,
+            "acked_seq": req.acked_seq,
+            "events": [event_to_wire(ev) for ev in req.events],
+        },
+        use_bin_type=True,
+    )
+    return data
+
+
+def decode_sync_request(data: bytes) -> SyncRequest:
+    """Decode and validate a sync request.
+
+    Raises ``ProtocolError`` for a bad envelope and ``BadEvents`` (a subclass)
+    when the envelope is sound but one or more events are not.
+    """
+    obj = _envelope(_unpack(data, "sync request"), "sync request", {"v", "agent_id", "epoch", "acked_seq", "events"})
+    agent_id = _check_str(obj.get("agent_id"), "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
+    epoch = _check_int(obj.get("epoch"), "epoch", 0, EPOCH_MAX)
+    acked_seq = _check_int(obj.get("acked_seq", 0), "acked_seq", 0, SEQ_MAX)
+    raw_events = obj.get("events")
+    if not isinstance(raw_events, list):
+        raise ProtocolError(f"must be a list, got {type(raw_events).__name__}", field="events")
+    if len(raw_events) > MAX_BATCH_EVENTS:
+        raise ProtocolError(f"holds {len(raw_events)} events; the limit per request is {MAX_BATCH_EVENTS}", field="events")
+    events: list[StockEvent] = []
+    bad: list[BadEvent] = []
+    for i, raw in enumerate(raw_events):
+        try:
+            events.append(event_from_wire(raw, agent_id, epoch, name=f"events[{i}]"))
+        except ProtocolError as err:
+            ident = raw.get("id") if isinstance(raw, Mapping) else None
+            seq = raw.get("seq") if isinstance(raw, Mapping) else None
+            bad.append(
+                BadEvent(
+                    index=i,
+                    event_id=ident if isinstance(ident, bytes) and len(ident) == EVENT_ID_BYTES else None,
+                    seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                    reason=str(err),
+                )
+            )
+    if bad:
+        raise BadEvents(bad, agent_id, epoch)
+    seqs = [ev.seq for ev in events]
+    if any(b <= a for a, b in zip(seqs, seqs[1:])):
+        raise ProtocolError("seq must strictly increase within a request", field="events")
+    return SyncRequest(agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq)
+
+
+def encode_sync_response(resp: SyncResponse) -> bytes:
+    data: bytes = msgpack.packb(
+        {
+            "v": WIRE_VERSION,
+            "agent_id": resp.agent_id,
+            "epoch": resp.epoch,
+            "hwm": resp.hwm,
+            "rejected": [[r.event_id, r.seq, r.code, r.reason] for r in resp.rejected],
+            "duplicates": resp.duplicates,
+            "counts": [
+                [c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit] for c in resp.counts
+            ],
+            "server_time_ms": resp.server_time_ms,
+        },
+        use_bin_type=True,
+    )
+    return data
+
+
+def decode_sync_response(data: bytes) -> SyncResponse:
+    obj = _envelope(
+        _unpack(data, "sync response"),
+        "sync response",
+        {"v", "agent_id", "epoch", "hwm", "rejected", "duplicates", "counts", "server_time_ms"},
+    )
+    agent_id = _check_str(obj.get("agent_id"), "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
+    epoch = _check_int(obj.get("epoch"), "epoch", 0, EPOCH_MAX)
+    hwm = _check_int(obj.get("hwm"), "hwm", 0, SEQ_MAX)
+    rejected: list[Rejection] = []
+    raw_rejected = obj.get("rejected", [])
+    if not isinstance(raw_rejected, list):
+        raise ProtocolError("must be a list", field="rejected")
+    for i, item in enumerate(raw_rejected):
+        if not (
+            isinstance(item, list)
+            and len(item) == 4
+            and isinstance(item[0], bytes)
+            and isinstance(item[1], int)
+            and isinstance(item[2], str)
+            and isinstance(item[3], str)
+        ):
+            raise ProtocolError("must be [event_id, seq, code, reason]", field=f"rejected[{i}]")
+        rejected.append(Rejection(item[0], item[1], item[2], item[3]))
+    raw_counts = obj.get("counts", [])
+    if not isinstance(raw_counts, list) or len(raw_counts) > MAX_COUNTS:
+        raise ProtocolError("must be a list of at most {MAX_COUNTS} entries", field="counts")
+    counts: list[CountSnapshot] = []
+    for i, item in enumerate(raw_counts):
+        if not (
+            isinstance(item, list)
+            and len(item) == 6
+            and isinstance(item[0], str)
+            and isinstance(item[1], str)
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in item[2:])
+        ):
+            raise ProtocolError("must be [location, sku, on_hand, reserved, available, in_transit]", field=f"counts[{i}]")
+        counts.append(CountSnapshot(*item))
+    duplicates = _check_int(obj.get("duplicates", 0), "duplicates", 0, SEQ_MAX)
+    server_time_ms = _check_int(obj.get("server_time_ms", 0), "server_time_ms", 0, SEQ_MAX)
+    return SyncResponse(agent_id, epoch, hwm, tuple(rejected), duplicates, tuple(counts), server_time_ms)

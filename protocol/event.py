@@ -1,0 +1,268 @@
+"""The stock event: one immutable stock movement, and its validation."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+import msgpack
+
+from protocol.errors import ProtocolError
+from protocol.hlc import HLC_MAX
+from protocol.ids import EVENT_ID_BYTES
+
+AttrValue: TypeAlias = str | int | float | bool | None
+
+QTY_MAX = 1_000_000_000
+SEQ_MAX = (1 << 63) - 1
+EPOCH_MAX = (1 << 63) - 1
+AGENT_ID_MAX_LEN = 64
+LOCATION_MAX_LEN = 32
+SKU_MAX_LEN = 64
+SOURCE_MAX_LEN = 96
+REF_MAX_LEN = 128
+REASON_MAX_LEN = 64
+ATTRS_MAX_KEYS = 32
+ATTR_KEY_MAX_LEN = 32
+ATTR_STR_MAX_LEN = 256
+
+_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
+_AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
+_SOURCE_RE = re.compile(r"(scanner|pos|api|session|import|hub):[^\s]+")
+_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f]+")
+
+
+class Kind(StrEnum):
+    SALE = "sale"
+    RETURN = "return"
+    RECEIVE = "receive"
+    ADJUST = "adjust"
+    COUNT = "count"
+    TRANSFER_OUT = "transfer_out"
+    TRANSFER_IN = "transfer_in"
+    RESERVE = "reserve"
+    RELEASE = "release"
+
+
+# The sign each kind's qty must have: -1 negative, +1 positive, 0 either
+# (non-zero). ``count`` is absolute and checked separately (>= 0).
+QTY_SIGN: dict[Kind, int] = {
+    Kind.SALE: -1,
+    Kind.RETURN: +1,
+    Kind.RECEIVE: +1,
+    Kind.ADJUST: 0,
+    Kind.TRANSFER_OUT: -1,
+    Kind.TRANSFER_IN: +1,
+    Kind.RESERVE: +1,
+    Kind.RELEASE: -1,
+}
+# Kinds that change on_hand (reserve/release change the reserved quantity).
+ON_HAND_KINDS = frozenset({Kind.SALE, Kind.RETURN, Kind.RECEIVE, Kind.ADJUST, Kind.TRANSFER_OUT, Kind.TRANSFER_IN})
+REF_REQUIRED = frozenset({Kind.TRANSFER_OUT, Kind.TRANSFER_IN})
+
+
+@dataclass(frozen=True, slots=True)
+class StockEvent:
+    """One stock movement, exactly as DESIGN.md's table describes it.
+
+    ``qty`` is a signed delta in base units (a sale is negative), except for
+    ``count``, where it is the absolute quantity counted. ``occurred_at`` is a
+    packed hybrid-logical-clock timestamp (see ``protocol.hlc``); ``wall_ms``
+    is the device's own wall clock when the movement was recorded.
+    """
+
+    event_id: bytes
+    agent_id: str
+    epoch: int
+    seq: int
+    location: str
+    sku: str
+    kind: Kind
+    qty: int
+    occurred_at: int
+    wall_ms: int
+    source: str
+    ref: str | None = None
+    reason: str | None = None
+    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_event(self)
+
+    @property
+    def order_key(self) -> tuple[int, str, int]:
+        """The total order the hub resolves in: (occurred_at, agent_id, seq)."""
+        return (self.occurred_at, self.agent_id, self.seq)
+
+    @property
+    def content_hash(self) -> bytes:
+        """16-byte digest of every field; equal ids with unequal hashes are a conflict."""
+        return hashlib.blake2b(
+            msgpack.packb(event_to_wire(self) | {"agent_id": self.agent_id, "epoch": self.epoch}),
+            digest_size=16,
+        ).digest()
+
+    def with_seq(self, agent_id: str, epoch: int, seq: int) -> StockEvent:
+        return StockEvent(
+            self.event_id, agent_id, epoch, seq, self.location, self.sku, self.kind, self.qty,
+            self.occurred_at, self.wall_ms, self.source, self.ref, self.reason, self.attrs,
+        )
+
+
+def _fail(field_name: str, message: str) -> ProtocolError:
+    return ProtocolError(message, field=field_name)
+
+
+def _check_int(value: Any, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(name, f"must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise _fail(name, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _check_str(value: Any, name: str, max_len: int, pattern: re.Pattern[str] | None = None, *, what: str = "") -> str:
+    if not isinstance(value, str):
+        raise _fail(name, f"must be a string, got {type(value).__name__}")
+    if not value:
+        raise _fail(name, "must not be empty")
+    if len(value) > max_len:
+        raise _fail(name, f"is {len(value)} characters long; the limit is {max_len}")
+    if not (pattern or _PRINTABLE_RE).fullmatch(value):
+        raise _fail(name, f"{value[:40]!r} is not a valid {what or name}")
+    return value
+
+
+def _check_opt_str(value: Any, name: str, max_len: int) -> str | None:
+    return None if value is None else _check_str(value, name, max_len)
+
+
+def _check_attrs(value: Any, name: str) -> dict[str, AttrValue]:
+    if not isinstance(value, Mapping):
+        raise _fail(name, f"must be a map, got {type(value).__name__}")
+    if len(value) > ATTRS_MAX_KEYS:
+        raise _fail(name, f"has {len(value)} keys; the limit is {ATTRS_MAX_KEYS}")
+    out: dict[str, AttrValue] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or len(key) > ATTR_KEY_MAX_LEN:
+            raise _fail(name, f"key {key!r} must be a string of 1 to {ATTR_KEY_MAX_LEN} characters")
+        if isinstance(item, str):
+            if len(item) > ATTR_STR_MAX_LEN:
+                raise _fail(f"{name}.{key}", f"is {len(item)} characters long; the limit is {ATTR_STR_MAX_LEN}")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            _check_int(item, f"{name}.{key}", -(1 << 63), (1 << 63) - 1)
+        elif not (item is None or isinstance(item, (bool, float))):
+            raise _fail(f"{name}.{key}", f"must be a string, number, boolean or null, got {type(item).__name__}")
+        out[key] = item
+    return out
+
+
+def check_kind(value: Any, name: str = "kind") -> Kind:
+    if not isinstance(value, str):
+        raise _fail(name, f"must be a string, got {type(value).__name__}")
+    try:
+        return Kind(value)
+    except ValueError:
+        known = ", ".join(k.value for k in Kind)
+        raise _fail(name, f"unknown kind {value[:40]!r}; known kinds are {known}") from None
+
+
+def check_qty(kind: Kind, value: Any, name: str = "qty") -> int:
+    qty = _check_int(value, name, -QTY_MAX, QTY_MAX)
+    if kind is Kind.COUNT:
+        if qty < 0:
+            raise _fail(name, f"a count is the absolute quantity on the shelf and cannot be negative, got {qty}")
+        return qty
+    sign = QTY_SIGN[kind]
+    if qty == 0:
+        raise _fail(name, f"a {kind.value} of 0 units moves nothing")
+    if sign < 0 and qty > 0:
+        raise _fail(name, f"a {kind.value} takes units away, so its qty is negative; got {qty}")
+    if sign > 0 and qty < 0:
+        raise _fail(name, f"a {kind.value} adds units, so its qty is positive; got {qty}")
+    return qty
+
+
+def validate_event(ev: StockEvent) -> None:
+    """Raise ProtocolError unless every field of ``ev`` is within the contract."""
+    if not isinstance(ev.event_id, bytes) or len(ev.event_id) != EVENT_ID_BYTES:
+        raise _fail("event_id", f"must be {EVENT_ID_BYTES} bytes")
+    _check_str(ev.agent_id, "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
+    _check_int(ev.epoch, "epoch", 0, EPOCH_MAX)
+    _check_int(ev.seq, "seq", 1, SEQ_MAX)
+    _check_str(ev.location, "location", LOCATION_MAX_LEN, _CODE_RE, what="location code")
+    _check_str(ev.sku, "sku", SKU_MAX_LEN, what="SKU")
+    kind = check_kind(ev.kind)
+    if ev.kind is not kind:
+        object.__setattr__(ev, "kind", kind)
+    check_qty(kind, ev.qty)
+    _check_int(ev.occurred_at, "occurred_at", 1, HLC_MAX)
+    _check_int(ev.wall_ms, "wall_ms", 0, HLC_MAX)
+    _check_str(ev.source, "source", SOURCE_MAX_LEN, _SOURCE_RE, what="source (scanner:<id>, pos:<vendor>, api:<client> …)")
+    _check_opt_str(ev.ref, "ref", REF_MAX_LEN)
+    _check_opt_str(ev.reason, "reason", REASON_MAX_LEN)
+    if kind in REF_REQUIRED and ev.ref is None:
+        raise _fail("ref", f"a {kind.value} needs the transfer reference that pairs it with the other side")
+    attrs = _check_attrs(ev.attrs, "attrs")
+    if attrs is not ev.attrs:
+        object.__setattr__(ev, "attrs", attrs)
+
+
+# Wire form of one event inside a sync request. agent_id and epoch travel once
+# per request, not per event.
+_WIRE_FIELDS = ("id", "seq", "location", "sku", "kind", "qty", "occurred_at", "wall_ms", "source", "ref", "reason", "attrs")
+
+
+def event_to_wire(ev: StockEvent) -> dict[str, Any]:
+    return {
+        "id": ev.event_id,
+        "seq": ev.seq,
+        "location": ev.location,
+        "sku": ev.sku,
+        "kind": ev.kind.value,
+        "qty": ev.qty,
+        "occurred_at": ev.occurred_at,
+        "wall_ms": ev.wall_ms,
+        "source": ev.source,
+        "ref": ev.ref,
+        "reason": ev.reason,
+        "attrs": dict(ev.attrs),
+    }
+
+
+def event_from_wire(obj: Any, agent_id: str, epoch: int, name: str = "event") -> StockEvent:
+    """Build and validate one event from its wire map; ProtocolError names the field."""
+    if not isinstance(obj, Mapping):
+        raise _fail(name, f"must be a map, got {type(obj).__name__}")
+    unknown = set(obj) - set(_WIRE_FIELDS)
+    if unknown:
+        raise _fail(name, f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}")
+    for required in ("id", "seq", "location", "sku", "kind", "qty", "occurred_at", "source"):
+        if required not in obj:
+            raise _fail(f"{name}.{required}", "is missing")
+    event_id = obj["id"]
+    if not isinstance(event_id, bytes) or len(event_id) != EVENT_ID_BYTES:
+        raise _fail(f"{name}.id", f"must be {EVENT_ID_BYTES} bytes (a UUID in binary)")
+    try:
+        return StockEvent(
+            event_id=event_id,
+            agent_id=agent_id,
+            epoch=epoch,
+            seq=obj["seq"],
+            location=obj["location"],
+            sku=obj["sku"],
+            kind=check_kind(obj["kind"]),
+            qty=obj["qty"],
+            occurred_at=obj["occurred_at"],
+            wall_ms=obj.get("wall_ms", obj["occurred_at"] >> 16 if isinstance(obj["occurred_at"], int) else 0),
+            source=obj["source"],
+            ref=obj.get("ref"),
+            reason=obj.get("reason"),
+            attrs=obj.get("attrs") or {},
+        )
+    except ProtocolError as err:
+        raise ProtocolError(err.reason, field=f"{name}.{err.field}" if err.field else name) from None

@@ -1,0 +1,118 @@
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import (
+    BadEvents,
+    CountSnapshot,
+    Kind,
+    ProtocolError,
+    Rejection,
+    StockEvent,
+    SyncRequest,
+    SyncResponse,
+    decode_sync_request,
+    decode_sync_response,
+    encode_sync_request,
+    encode_sync_response,
+    event_to_wire,
+    new_event_id,
+    pack_hlc,
+)
+
+
+def event(seq: int, **kw) -> StockEvent:
+    base = dict(
+        event_id=new_event_id(), agent_id="agent-1", epoch=3, seq=seq, location="S1", sku="A",
+        kind=Kind.RECEIVE, qty=5, occurred_at=pack_hlc(1_000 + seq, 0), wall_ms=1_000 + seq, source="api:test",
+        attrs={"lot": "L1", "expiry": "2027-01-31"},
+    )
+    base.update(kw)
+    return StockEvent(**base)
+
+
+def body(events: list, **envelope) -> bytes:
+    obj = {"v": 1, "agent_id": "agent-1", "epoch": 3, "acked_seq": 0, "events": events}
+    obj.update(envelope)
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def test_request_round_trip():
+    req = SyncRequest("agent-1", 3, tuple(event(i) for i in range(1, 4)), acked_seq=0)
+    assert decode_sync_request(encode_sync_request(req)) == req
+
+
+def test_response_round_trip():
+    resp = SyncResponse(
+        "agent-1", 3, 42, (Rejection(new_event_id(), 7, "conflict", "already recorded"),), 2,
+        (CountSnapshot("S1", "A", 5, 1, 4, 0),), 1234,
+    )
+    assert decode_sync_response(encode_sync_response(resp)) == resp
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"", "empty"),
+        (b"\xc1\xc1\xc1", "not valid msgpack"),
+        (encode_sync_request(SyncRequest("agent-1", 3, (event(1),)))[:-5], "truncated"),
+        (msgpack.packb([1, 2, 3]), "must be a msgpack map"),
+        (body([], v=2), "unsupported wire version"),
+        (body([], agent_id=5), "agent_id: must be a string"),
+        (body([], epoch="3"), "epoch: must be an integer"),
+        (body("nope"), "events: must be a list"),
+        (body([], extra=1), "unknown field"),
+        (msgpack.packb({"v": 1}) + b"\x00", "bytes after the end"),
+    ],
+)
+def test_bad_envelopes_raise_protocol_error(data, words):
+    with pytest.raises(ProtocolError) as info:
+        decode_sync_request(data)
+    assert not isinstance(info.value, BadEvents)
+    assert words in str(info.value)
+
+
+def test_bad_events_are_all_listed_and_good_ones_named_nowhere():
+    good = event_to_wire(event(1))
+    unknown_kind = event_to_wire(event(2)) | {"kind": "teleport"}
+    wrong_type = event_to_wire(event(3)) | {"qty": "3"}
+    with pytest.raises(BadEvents) as info:
+        decode_sync_request(body([good, unknown_kind, wrong_type]))
+    bad = info.value.bad
+    assert [b.index for b in bad] == [1, 2]
+    assert [b.seq for b in bad] == [2, 3]
+    assert "unknown kind 'teleport'" in bad[0].reason
+    assert "events[2].qty: must be an integer" in bad[1].reason
+
+
+def test_seq_must_increase_within_a_request():
+    with pytest.raises(ProtocolError, match="strictly increase"):
+        decode_sync_request(body([event_to_wire(event(2)), event_to_wire(event(1))]))
+
+
+def test_deep_nesting_is_a_clear_error():
+    deep = b"\x91" * 100_000 + b"\xc0"
+    with pytest.raises(ProtocolError):
+        decode_sync_request(deep)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_fuzzed_bytes_only_ever_raise_protocol_error(data):
+    try:
+        decode_sync_request(data)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+                    max_leaves=30))
+def test_fuzzed_structures_inside_the_envelope_only_raise_protocol_error(obj):
+    for data in (msgpack.packb(obj, use_bin_type=True), body([obj]), body(obj)):
+        try:
+            decode_sync_request(data)
+        except ProtocolError:
+            pass
