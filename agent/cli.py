@@ -1,0 +1,271 @@
+"""``shelfsync-agent``: run the agent, show its status, record one movement by hand.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+
+from agent.config import AgentConfig, load_config
+from agent.errors import AgentError, ConfigError, InvalidMovement
+from agent.outbox import Movement, Outbox, OutboxStats
+from agent.replicator import Replicator
+from agent.simulate import Simulator
+from protocol import Kind, event_id_hex
+
+log = logging.getLogger("agent")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+PROBE_TIMEOUT_S = 3.0
+HEALTH_PATH = "/healthz"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", required=True, metavar="FILE", help="the agent's TOML configuration file")
+    common.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser = argparse.ArgumentParser(prog="shelfsync-agent", description="The shelfsync store agent.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run", parents=[common], help="run the replicator (and the simulator, if configured) until SIGTERM/SIGINT"
+    )
+    status = commands.add_parser("status", parents=[common], help="show backlog, last sync and whether the hub answers")
+    status.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    record = commands.add_parser("record", parents=[common], help="record one movement by hand and print its event id")
+    record.add_argument("--sku", required=True)
+    record.add_argument("--kind", required=True, choices=[k.value for k in Kind])
+    record.add_argument(
+        "--qty", required=True, type=int, help="signed delta (a sale is negative); for count, the quantity counted"
+    )
+    record.add_argument("--ref", help="document reference (receipt, transfer …); required for transfers")
+    record.add_argument("--reason", help="reason code (damaged, theft, found …)")
+    record.add_argument("--location", help="default: the agent's location")
+    record.add_argument("--source", default="api:cli", help="what produced it (default: api:cli)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(f"shelfsync-agent: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    command: Callable[[AgentConfig, argparse.Namespace], Coroutine[Any, Any, int]] = {
+        "run": _run,
+        "status": _status,
+        "record": _record,
+    }[args.command]
+    try:
+        return asyncio.run(command(config, args))
+    except InvalidMovement as err:
+        print(f"shelfsync-agent: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentError as err:
+        print(f"shelfsync-agent: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _open(config: AgentConfig, *, create: bool = True) -> Any:
+    a = config.agent
+    return Outbox.open(
+        a.outbox,
+        agent_id=a.id,
+        location=a.location if create else None,
+        synchronous=a.synchronous,
+        retention_s=a.retention_days * 86_400,
+        create=create,
+    )
+
+
+def _replicator(config: AgentConfig, outbox: Outbox) -> Replicator | None:
+    a, r = config.agent, config.replicator
+    if a.hub_url is None or a.token is None:
+        return None
+    return Replicator(
+        outbox,
+        a.hub_url,
+        a.token,
+        batch_size=r.batch_size,
+        tick_s=r.tick_s,
+        retry_base_s=r.retry_base_s,
+        retry_max_s=r.retry_max_s,
+        timeout_s=r.timeout_s,
+        auth_retry_s=r.auth_retry_s,
+    )
+
+
+# --- run ---------------------------------------------------------------------
+async def _run(config: AgentConfig, args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop, reload = asyncio.Event(), asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    a = config.agent
+    async with _open(config) as outbox:
+        log.info(
+            "Agent %s for location %s started with outbox %s and hub %s.",
+            a.id,
+            a.location,
+            a.outbox,
+            a.hub_url or "not configured (recording only, nothing is sent)",
+        )
+        replicator = _replicator(config, outbox)
+        if replicator is not None:
+            await replicator.start()
+        simulation: asyncio.Task[int] | None = None
+        if config.simulate is not None and config.simulate.enabled:
+            simulation = asyncio.create_task(Simulator(outbox, config.simulate, location=a.location).run())
+        try:
+            while not stop.is_set():
+                waits: list[asyncio.Future[Any]] = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(reload.wait()),
+                ]
+                if simulation is not None and not simulation.done():
+                    waits.append(simulation)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for waiting in waits[:2]:
+                    waiting.cancel()
+                if simulation is not None and simulation.done() and (failure := simulation.exception()) is not None:
+                    raise failure
+                if reload.is_set():
+                    reload.clear()
+                    config, replicator = await _reload(config, outbox, replicator)
+        finally:
+            if simulation is not None:
+                simulation.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await simulation
+            if replicator is not None:
+                await replicator.stop()
+        backlog = (await outbox.stats()).backlog
+    log.info("Agent %s stopped; %s events wait for the hub in the outbox.", a.id, f"{backlog:,}")
+    return EXIT_OK
+
+
+async def _reload(
+    config: AgentConfig, outbox: Outbox, replicator: Replicator | None
+) -> tuple[AgentConfig, Replicator | None]:
+    """SIGHUP: re-read the token and hub address; other changes need a restart."""
+    try:
+        fresh = load_config(config.path)
+    except ConfigError as err:
+        log.error("Configuration not reloaded, the running one stays: %s", err)
+        return config, replicator
+    a = fresh.agent
+    if replicator is not None and a.hub_url is not None and a.token is not None:
+        replicator.update_credentials(a.token, a.hub_url)
+    elif replicator is None and (new := _replicator(fresh, outbox)) is not None:
+        await new.start()
+        replicator = new
+    log.info("Configuration reloaded from %s; hub %s.", fresh.path, a.hub_url or "not configured")
+    return fresh, replicator
+
+
+# --- status --------------------------------------------------------------------
+async def _status(config: AgentConfig, args: argparse.Namespace) -> int:
+    async with _open(config, create=False) as outbox:
+        stats = await outbox.stats()
+    probe = await _probe(config.agent.hub_url) if config.agent.hub_url else None
+    report = _report(config, stats, probe)
+    print(json.dumps(report, indent=2) if args.json else _human(report))
+    return EXIT_OK
+
+
+async def _probe(hub_url: str) -> str | None:
+    """None if GET /healthz answers 200 within PROBE_TIMEOUT_S, else why not (one phrase)."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(hub_url + HEALTH_PATH) as resp:
+            return None if resp.status == 200 else f"answered HTTP {resp.status}"
+    except TimeoutError:
+        return f"no answer within {PROBE_TIMEOUT_S:g} s"
+    except aiohttp.ClientConnectorError as err:
+        return f"connection failed ({err.os_error.strerror or err.os_error})"
+    except aiohttp.ClientError as err:
+        return f"request failed ({err or type(err).__name__})"
+
+
+def _report(config: AgentConfig, stats: OutboxStats, probe: str | None) -> dict[str, Any]:
+    now_ms = time.time_ns() // 1_000_000
+    report = asdict(stats)
+    report["outbox"] = report.pop("path")
+    report["last_sync_age_s"] = None if stats.last_sync_ms is None else max(0.0, (now_ms - stats.last_sync_ms) / 1000)
+    report["hub_url"] = config.agent.hub_url
+    report["hub_reachable_now"] = None if config.agent.hub_url is None else probe is None
+    report["hub_probe"] = "ok" if config.agent.hub_url and probe is None else probe
+    return report
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86_400:
+        return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:.0f} min"
+    return f"{seconds / 86_400:.1f} days"
+
+
+def _human(r: dict[str, Any]) -> str:
+    oldest = f", the oldest {_age(r['oldest_pending_age_s'])} old" if r["oldest_pending_age_s"] is not None else ""
+    if r["last_sync_ms"] is None:
+        last_sync = "never"
+    else:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["last_sync_ms"] / 1000))
+        last_sync = f"{stamp} ({_age(r['last_sync_age_s'])} ago)"
+    if r["hub_url"] is None:
+        hub = "not configured"
+    else:
+        hub = f"{r['hub_url']} " + ("reachable" if r["hub_reachable_now"] else f"NOT reachable: {r['hub_probe']}")
+    skew = "unknown" if r["clock_skew_ms"] is None else f"{r['clock_skew_ms']:+,} ms (hub minus this machine)"
+    lines = [
+        f"agent        {r['agent_id']} at {r['location']} (epoch {r['epoch']})",
+        f"outbox       {r['outbox']}",
+        f"backlog      {r['backlog']:,} events waiting{oldest}",
+        f"acknowledged up to seq {r['acked_seq']:,} (last recorded {r['last_seq']:,})",
+        f"last sync    {last_sync}",
+        f"sync state   {r['sync_state']}",
+        f"last error   {r['last_error'] or 'none'}",
+        f"hub          {hub}",
+        f"set aside    {r['set_aside']:,} events the hub refused",
+        f"clock skew   {skew}",
+    ]
+    return "\n".join(lines)
+
+
+# --- record ----------------------------------------------------------------------
+async def _record(config: AgentConfig, args: argparse.Namespace) -> int:
+    movement = Movement(
+        args.location or config.agent.location,
+        args.sku,
+        Kind(args.kind),
+        args.qty,
+        args.source,
+        ref=args.ref,
+        reason=args.reason,
+    )
+    async with _open(config) as outbox:
+        result = await outbox.record([movement])
+    print(event_id_hex(result.events[0].event_id), flush=True)
+    return EXIT_OK

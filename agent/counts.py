@@ -1,0 +1,145 @@
+"""The local count cache: the hub's counts as last answered, plus what is still on its way.
+
+The hub answers every sync with the counts of the (location, sku) pairs the
+batch touched, read in the same transaction that committed the batch. The
+outbox stores them with the acknowledged mark in one transaction, so for any
+key the cached hub count already includes every acknowledged event and none
+of the pending ones. ``local_count`` adds the pending ones back:
+
+- pending on-hand deltas (sale, receive, return, adjust, transfers) add to on_hand;
+- a pending ``count`` sets on_hand to what was counted, and the deltas ordered
+  before it stop counting (the count saw them on the shelf), as the hub will do;
+- pending reserve/release change reserved.
+
+``available`` keeps the hub's safety margin (on_hand − reserved − available as
+last answered), so it is an estimate until the hub answers again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from protocol import ON_HAND_KINDS, CountSnapshot, Kind
+
+if TYPE_CHECKING:
+    from agent.outbox import Outbox
+
+COUNTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counts (
+    location    TEXT NOT NULL,
+    sku         TEXT NOT NULL,
+    on_hand     INTEGER NOT NULL,
+    reserved    INTEGER NOT NULL,
+    available   INTEGER NOT NULL,
+    in_transit  INTEGER NOT NULL,
+    as_of_ms    INTEGER NOT NULL,
+    PRIMARY KEY (location, sku)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HubCount:
+    """A count as the hub last answered it, and when (hub time, ms)."""
+
+    location: str
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+    in_transit: int
+    as_of_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCount:
+    """The hub's count for one key with this agent's pending events applied."""
+
+    location: str
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+    in_transit: int
+    pending_events: int  # how many unacknowledged events went into it
+    hub_as_of_ms: int | None  # None: the hub has not answered for this key yet
+
+
+def store_counts(conn: sqlite3.Connection, snapshots: Iterable[CountSnapshot], as_of_ms: int) -> None:
+    """Inside the caller's write transaction: replace the cached rows for these keys."""
+    conn.executemany(
+        "INSERT INTO counts (location, sku, on_hand, reserved, available, in_transit, as_of_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (location, sku) DO UPDATE SET on_hand = excluded.on_hand, reserved = excluded.reserved,"
+        " available = excluded.available, in_transit = excluded.in_transit, as_of_ms = excluded.as_of_ms"
+        " WHERE excluded.as_of_ms >= counts.as_of_ms",
+        [(c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, as_of_ms) for c in snapshots],
+    )
+
+
+def _hub_count(conn: sqlite3.Connection, location: str, sku: str) -> HubCount | None:
+    row = conn.execute(
+        "SELECT on_hand, reserved, available, in_transit, as_of_ms FROM counts WHERE location = ? AND sku = ?",
+        (location, sku),
+    ).fetchone()
+    return None if row is None else HubCount(location, sku, *row)
+
+
+def _local_count(conn: sqlite3.Connection, location: str, sku: str) -> LocalCount:
+    hub = _hub_count(conn, location, sku)
+    pending = conn.execute(
+        "SELECT kind, qty FROM events"
+        " WHERE seq > (SELECT value FROM meta WHERE key = 'acked_seq')"
+        " AND location = ? AND sku = ? AND seq NOT IN (SELECT seq FROM rejected)"
+        " ORDER BY occurred_at, seq",
+        (location, sku),
+    ).fetchall()
+    on_hand = hub.on_hand if hub else 0
+    reserved = hub.reserved if hub else 0
+    safety = max(0, hub.on_hand - hub.reserved - hub.available) if hub and hub.available > 0 else 0
+    for kind, qty in pending:
+        kind = Kind(kind)
+        if kind is Kind.COUNT:
+            on_hand = qty
+        elif kind in ON_HAND_KINDS:
+            on_hand += qty
+        elif kind in (Kind.RESERVE, Kind.RELEASE):
+            reserved = max(0, reserved + qty)
+    return LocalCount(
+        location=location,
+        sku=sku,
+        on_hand=on_hand,
+        reserved=reserved,
+        available=max(0, on_hand - reserved - safety),
+        in_transit=hub.in_transit if hub else 0,
+        pending_events=len(pending),
+        hub_as_of_ms=hub.as_of_ms if hub else None,
+    )
+
+
+class CountCache:
+    """Reads of the count cache kept in the outbox's SQLite file (``outbox.counts``)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    async def hub_count(self, location: str, sku: str) -> HubCount | None:
+        """The count exactly as the hub last answered it, or None if it never has."""
+        return await self._outbox._read(lambda conn: _hub_count(conn, location, sku))
+
+    async def local_count(self, location: str, sku: str) -> LocalCount:
+        """The hub's count plus this agent's pending (unacknowledged) movements for the key."""
+        return await self._outbox._read(lambda conn: _local_count(conn, location, sku))
+
+    async def all_hub_counts(self, location: str | None = None) -> list[HubCount]:
+        def read(conn: sqlite3.Connection) -> list[HubCount]:
+            sql = "SELECT location, sku, on_hand, reserved, available, in_transit, as_of_ms FROM counts"
+            args: tuple[str, ...] = ()
+            if location is not None:
+                sql, args = sql + " WHERE location = ?", (location,)
+            return [HubCount(*row) for row in conn.execute(sql + " ORDER BY location, sku", args)]
+
+        return await self._outbox._read(read)

@@ -1,0 +1,91 @@
+"""One SQLite connection owned by one thread: the outbox's single writer.
+
+Why a dedicated thread rather than aiosqlite: a whole transaction is one
+function call on one thread. Nothing can interleave between ``BEGIN
+IMMEDIATE`` and ``COMMIT``, and a cancelled caller cannot leave the connection
+inside a half-finished transaction — with aiosqlite every statement is its own
+``await``, so a cancellation between two of them would. It is also one thread
+hop per transaction instead of one per statement. (Datasette's write thread
+has the same shape.)
+
+A caller that is cancelled while its function runs does not stop it: a write
+that started commits, so "committed" never depends on who was still waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000  # another process (``shelfsync-agent record``) may hold the write lock briefly
+SYNCHRONOUS_MODES = ("full", "normal")
+
+
+class SqliteThread:
+    """Runs functions ``fn(conn)`` on the one thread that owns ``conn``."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}")
+        self.path = path
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite:{path.name}")
+        self._conn: sqlite3.Connection | None = None
+
+    async def connect(self) -> None:
+        await self._submit(self._connect)
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"could not switch to WAL (journal_mode is {mode})")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside one read transaction (a consistent snapshot; never upgraded to a write)."""
+        return await self._submit(functools.partial(self._in_transaction, "BEGIN DEFERRED", fn))
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside one ``BEGIN IMMEDIATE … COMMIT``; any exception rolls everything back."""
+        return await self._submit(functools.partial(self._in_transaction, "BEGIN IMMEDIATE", fn))
+
+    def _in_transaction(self, begin: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        assert conn is not None, "SqliteThread used before connect()"
+        conn.execute(begin)
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def close(self) -> None:
+        try:
+            await self._submit(self._close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _submit(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)

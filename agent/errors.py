@@ -1,0 +1,31 @@
+"""The agent's exceptions: one base, a few kinds a caller may want to tell apart."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose; its message is one sentence."""
+
+
+class ConfigError(AgentError):
+    """The configuration file is missing, unreadable or wrong."""
+
+
+class OutboxError(AgentError):
+    """The outbox refused a write or could not be read."""
+
+
+class OutboxClosed(OutboxError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the outbox {path} is closed")
+
+
+class OutboxMissing(OutboxError):
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"there is no outbox at {path} yet; start the agent once with `shelfsync-agent run` to create it"
+        )
+
+
+class InvalidMovement(OutboxError):
+    """A movement that breaks the event contract; nothing of its batch was recorded."""

@@ -1,0 +1,501 @@
+"""The replicator: sends the outbox to the hub, in seq order, and stores the hub's answers.
+
+One loop (STYLE.md item 5): wait for new data or a tick, send one batch, store
+the answer; on failure back off exponentially with full jitter and a cap, log
+the first failure as a warning and the recovery once. The acknowledged mark
+moves only after a 200 answer is fully decoded and stored, so stopping (or
+crashing) anywhere loses nothing: unacknowledged events are simply sent again
+and the hub drops the duplicates.
+
+The first request after starting and after every failure is a handshake
+with no events: the hub answers its mark for this agent's epoch unchanged,
+and if that is below the acknowledged mark (the hub was restored from an
+older backup) the mark is rewound and the lost events are sent again.
+
+Hub answers and what they mean here:
+
+- 200: store the answer (mark, rejected events set aside, counts, clock skew);
+  go on at once while a backlog remains.
+- 422: nothing was committed; set aside exactly the events named, resend the rest at once.
+- 413: the batch was too big; halve the batch size and resend at once.
+- 401/403: credentials refused; stop sending, log one ERROR, retry only every
+  ``auth_retry_s`` or when ``update_credentials`` is called (config reload).
+- 400 and other 4xx: a bug or a wrong hub_url; log an ERROR, back off.
+- 5xx, connection errors, timeouts: back off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Self
+
+import aiohttp
+
+from agent.errors import AgentError, OutboxClosed, OutboxError
+from agent.outbox import Outbox
+from protocol import (
+    MSGPACK_CONTENT_TYPE,
+    ProtocolError,
+    Rejection,
+    StockEvent,
+    SyncRequest,
+    decode_sync_response,
+    encode_sync_request,
+    event_id_hex,
+    parse_event_id,
+)
+from protocol.hlc import wall_ms_now
+
+log = logging.getLogger(__name__)
+
+SYNC_PATH = "/v1/sync"
+BATCH_SIZE = 1000
+TICK_S = 5.0
+RETRY_BASE_S = 0.5
+RETRY_MAX_S = 60.0
+TIMEOUT_S = 30.0
+AUTH_RETRY_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicatorState:
+    """What the replicator knows after its last attempt."""
+
+    attempts: int  # sync attempts so far (each batch sent is one)
+    sent_events: int  # events the hub has acknowledged to this replicator
+    sync_state: str  # "never", "ok", "unreachable", "credentials_refused", "hub_error", "outbox_error"
+    last_error: str | None
+    hub_reachable: bool | None
+    credentials_refused: bool
+    failures: int  # consecutive failed attempts
+    batch_size: int
+    backlog: int | None  # pending events after the last attempt, if known
+
+
+class _Failed(Exception):
+    """One failed attempt: the state to report and one sentence saying why."""
+
+    def __init__(
+        self,
+        state: str,
+        message: str,
+        *,
+        reachable: bool,
+        level: int = logging.WARNING,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.state = state
+        self.message = message
+        self.reachable = reachable
+        self.level = level
+        self.cause = cause  # logged with its traceback: an unexpected error is a bug
+
+
+class Replicator:
+    """Long-running sender of one outbox to one hub. ``async with Replicator(...)`` or start()/stop()."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        hub_url: str,
+        token: str,
+        *,
+        batch_size: int = BATCH_SIZE,
+        tick_s: float = TICK_S,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
+        timeout_s: float = TIMEOUT_S,
+        auth_retry_s: float = AUTH_RETRY_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._outbox = outbox
+        self._url = hub_url.rstrip("/") + SYNC_PATH
+        self._token = token
+        self._batch_size = batch_size
+        self._tick_s = tick_s
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._timeout_s = timeout_s
+        self._auth_retry_s = auth_retry_s
+        self._rng = rng or random.Random()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._stopped = False
+        self._acked_seq = 0
+        # The first request after (re)connecting carries no events: the hub answers its mark as it is,
+        # so a hub restored from an older backup shows a mark below ours and we resend what it lost.
+        # (A batch would hide that: the hub raises its mark to the batch's last seq.)
+        self._handshake_due = True
+        self._state = ReplicatorState(0, 0, "never", None, None, False, 0, batch_size, None)
+
+    # --- lifecycle -----------------------------------------------------
+    async def start(self) -> None:
+        if self._stopped:
+            raise AgentError("this replicator was stopped; make a new one")
+        if self._task is not None:
+            return
+        self._acked_seq = (await self._outbox.stats()).acked_seq
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+        self._task = asyncio.create_task(self._run(), name="shelfsync-replicator")
+
+    async def stop(self) -> None:
+        """Stop sending. Safe twice. An answer not yet stored is simply not acknowledged: it is sent again."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def state(self) -> ReplicatorState:
+        return self._state
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def update_credentials(self, token: str, hub_url: str | None = None) -> None:
+        """New token (and address) from a config reload: try again now, even if credentials were refused."""
+        self._token = token
+        if hub_url is not None:
+            self._url = hub_url.rstrip("/") + SYNC_PATH
+        self._kick.set()
+
+    async def wait_for(self, predicate: Callable[[ReplicatorState], bool]) -> ReplicatorState:
+        """Wait until the state after some attempt satisfies ``predicate`` (bound it with a timeout)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self._state))
+            return self._state
+
+    async def wait_synced(self) -> ReplicatorState:
+        """Wait until an attempt succeeded and left nothing pending."""
+        return await self.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0)
+
+    # --- the loop --------------------------------------------------------
+    async def _run(self) -> None:
+        delay_s = 0.0
+        wake_on_data = True
+        while True:
+            await self._wait(delay_s, wake_on_data)
+            try:
+                more = await self._step()
+            except _Failed as failure:
+                await self._failed(failure)
+                refused = failure.state == "credentials_refused"
+                delay_s = self._auth_retry_s if refused else self._backoff_s()
+                wake_on_data = False  # new data must not cut a backoff short
+            except OutboxClosed:
+                log.info("The outbox was closed; the replicator stops.")
+                return
+            except Exception as err:  # noqa: BLE001 - a bug must not end replication: report it once, back off, retry
+                await self._failed(
+                    _Failed(
+                        "agent_error",
+                        f"unexpected {type(err).__name__}: {err}",
+                        reachable=bool(self._state.hub_reachable),
+                        level=logging.ERROR,
+                        cause=err,
+                    )
+                )
+                delay_s, wake_on_data = self._backoff_s(), False
+            else:
+                delay_s = 0.0 if more else self._tick_s
+                wake_on_data = True
+
+    async def _wait(self, delay_s: float, wake_on_data: bool) -> None:
+        if delay_s <= 0:
+            await asyncio.sleep(0)
+            return
+        waits = [asyncio.ensure_future(self._kick.wait())]
+        if wake_on_data:
+            waits.append(asyncio.ensure_future(self._outbox.new_data.wait()))
+        try:
+            await asyncio.wait(waits, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        self._kick.clear()
+
+    def _backoff_s(self) -> float:
+        ceiling_s = min(self._retry_max_s, self._retry_base_s * 2 ** min(self._state.failures - 1, 30))
+        return self._rng.uniform(0, ceiling_s)
+
+    async def _step(self) -> bool:
+        """Send one batch and store the answer. True if there is more to send right away."""
+        self._outbox.new_data.clear()  # before reading: a record() after this wakes us again
+        try:
+            batch: tuple[StockEvent, ...] = ()
+            if not self._handshake_due:
+                batch = await self._outbox.pending(self._batch_size)
+                if not batch:
+                    await self._update(backlog=0)
+                    return False
+            status, body, sent_ms, received_ms = await self._post(batch)
+            if status == 200:
+                return await self._accepted(batch, body, sent_ms, received_ms)
+            if status == 422 and batch:
+                return await self._invalid(batch, body)
+            if status == 413 and batch:
+                return await self._too_big(batch)
+            raise self._refused(status, body)
+        except OutboxClosed:
+            raise
+        except OutboxError as err:
+            raise _Failed("outbox_error", f"the outbox failed: {err}", reachable=True, level=logging.ERROR) from err
+
+    async def _post(self, batch: tuple[StockEvent, ...]) -> tuple[int, bytes, int, int]:
+        assert self._session is not None
+        request = SyncRequest(self._outbox.agent_id, self._outbox.epoch, batch, acked_seq=self._acked_seq)
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+        sent_ms = wall_ms_now()
+        try:
+            async with self._session.post(self._url, data=encode_sync_request(request), headers=headers) as http:
+                return http.status, await http.read(), sent_ms, wall_ms_now()
+        except TimeoutError:
+            raise _Failed(
+                "unreachable", f"the hub at {self._url} did not answer within {self._timeout_s:g} s", reachable=False
+            ) from None
+        except aiohttp.ClientConnectorError as err:
+            reason = err.os_error.strerror or str(err.os_error)
+            raise _Failed(
+                "unreachable", f"could not connect to the hub at {self._url} ({reason})", reachable=False
+            ) from err
+        except aiohttp.ClientError as err:
+            raise _Failed(
+                "unreachable",
+                f"the connection to the hub at {self._url} failed ({err or type(err).__name__})",
+                reachable=False,
+            ) from err
+
+    async def _accepted(self, batch: tuple[StockEvent, ...], body: bytes, sent_ms: int, received_ms: int) -> bool:
+        try:
+            resp = decode_sync_response(body)
+        except ProtocolError as err:
+            raise _Failed(
+                "hub_error", f"the hub's answer could not be decoded ({err})", reachable=True, level=logging.ERROR
+            ) from err
+        if (resp.agent_id, resp.epoch) != (self._outbox.agent_id, self._outbox.epoch):
+            raise _Failed(
+                "hub_error",
+                f"the hub answered for agent {resp.agent_id!r} epoch {resp.epoch},"
+                f" not for this agent's epoch {self._outbox.epoch}",
+                reachable=True,
+                level=logging.ERROR,
+            )
+        skew_ms = resp.server_time_ms - (sent_ms + received_ms) // 2 if resp.server_time_ms else None
+        result = await self._outbox.apply_answer(resp, clock_skew_ms=skew_ms)
+        self._acked_seq = result.acked_seq
+        if result.set_aside:
+            first = resp.rejected[0]
+            log.warning(
+                "The hub rejected %d event(s) and they were set aside (first: seq %d, %s: %s).",
+                result.set_aside,
+                first.seq,
+                first.code,
+                first.reason,
+            )
+        log.debug(
+            "The hub acknowledged up to seq %d (%d events sent, %d duplicates); %d waiting.",
+            result.acked_seq,
+            len(batch),
+            resp.duplicates,
+            result.backlog,
+        )
+        if not batch:
+            self._handshake_due = False
+        elif not (result.acked_seq >= batch[-1].seq or result.rewound or result.set_aside > 0):
+            raise _Failed(
+                "hub_error",
+                f"the hub acknowledged only up to seq {result.acked_seq} of a batch ending at seq {batch[-1].seq}",
+                reachable=True,
+            )
+        await self._answered(waiting=len(batch) + result.backlog, sent=len(batch), backlog=result.backlog)
+        return result.backlog > 0
+
+    async def _invalid(self, batch: tuple[StockEvent, ...], body: bytes) -> bool:
+        rejections = _rejections_from_422(batch, body)
+        if not rejections:
+            raise _Failed(
+                "hub_error",
+                "the hub answered 422 without naming any event of the batch",
+                reachable=True,
+                level=logging.ERROR,
+            )
+        count = await self._outbox.set_aside(rejections)
+        log.warning(
+            "The hub refused %d event(s) of a batch of %d as invalid and committed none; they were set aside"
+            " (first: seq %d: %s) and the rest is sent again.",
+            count,
+            len(batch),
+            rejections[0].seq,
+            rejections[0].reason,
+        )
+        await self._answered(waiting=len(batch))
+        return True
+
+    async def _too_big(self, batch: tuple[StockEvent, ...]) -> bool:
+        if len(batch) <= 1:
+            raise _Failed(
+                "hub_error", "the hub refused a single event as too large", reachable=True, level=logging.ERROR
+            )
+        self._batch_size = max(1, len(batch) // 2)
+        log.warning(
+            "The hub refused a batch of %s events as too large; sending %s per batch from now on.",
+            f"{len(batch):,}",
+            f"{self._batch_size:,}",
+        )
+        await self._answered(waiting=len(batch))
+        return True
+
+    def _refused(self, status: int, body: bytes) -> _Failed:
+        message = _error_message(body)
+        if status in (401, 403):
+            return _Failed(
+                "credentials_refused",
+                f"the hub at {self._url} refused this agent's credentials (HTTP {status}: {message}); nothing is sent"
+                f" until the token is fixed (next try in {self._auth_retry_s:g} s or on config reload)",
+                reachable=True,
+                level=logging.ERROR,
+            )
+        if status >= 500:
+            return _Failed(
+                "hub_error", f"the hub answered HTTP {status} ({message})", reachable=status not in (502, 503, 504)
+            )
+        what = (
+            "rejected the request as malformed, which is a bug"
+            if status == 400
+            else "answered unexpectedly; is hub_url right?"
+        )
+        return _Failed(
+            "hub_error",
+            f"the hub at {self._url} {what} (HTTP {status}: {message})",
+            reachable=True,
+            level=logging.ERROR,
+        )
+
+    # --- bookkeeping -------------------------------------------------------
+    async def _answered(self, *, waiting: int, sent: int = 0, backlog: int | None = None) -> None:
+        """The hub answered an attempt usefully (200, 413 or 422)."""
+        if self._state.failures:
+            log.info("hub reachable again; %s events waiting, sending", f"{waiting:,}")
+        await self._update(
+            attempts=self._state.attempts + 1,
+            sent_events=self._state.sent_events + sent,
+            sync_state="ok",
+            last_error=None,
+            hub_reachable=True,
+            credentials_refused=False,
+            failures=0,
+            backlog=self._state.backlog if backlog is None else backlog,
+        )
+
+    async def _failed(self, failure: _Failed) -> None:
+        previous = self._state
+        self._handshake_due = True
+        first = previous.failures == 0 or previous.sync_state != failure.state
+        backlog = previous.backlog
+        with contextlib.suppress(OutboxError):
+            backlog = (await self._outbox.stats()).backlog
+            if first or previous.last_error != failure.message:
+                await self._outbox.note_sync_failure(failure.state, failure.message, hub_reachable=failure.reachable)
+        if first:
+            then = "" if failure.state == "credentials_refused" else ", retrying with backoff"
+            log.log(
+                failure.level,
+                "Sync failed: %s; %s events waiting%s.",
+                failure.message,
+                f"{backlog or 0:,}",
+                then,
+                exc_info=failure.cause,
+            )
+        else:
+            log.debug("Sync failed again: %s.", failure.message)
+        await self._update(
+            attempts=previous.attempts + 1,
+            sync_state=failure.state,
+            last_error=failure.message,
+            hub_reachable=failure.reachable,
+            credentials_refused=failure.state == "credentials_refused",
+            failures=previous.failures + 1,
+            backlog=backlog,
+        )
+
+    async def _update(self, **changes: Any) -> None:
+        self._state = dataclasses.replace(self._state, batch_size=self._batch_size, **changes)
+        async with self._changed:
+            self._changed.notify_all()
+
+
+def _error_message(body: bytes) -> str:
+    """The message of a JSON error answer, or a short excerpt of whatever came back."""
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        text = body[:200].decode("utf-8", "replace").strip()
+        return text or "no message"
+
+
+def _rejections_from_422(batch: tuple[StockEvent, ...], body: bytes) -> list[Rejection]:
+    """Map the 422 answer's ``rejected`` entries (by index, checked by id/seq) to events of the batch."""
+    try:
+        items: Any = json.loads(body)["error"]["rejected"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(items, list):
+        return []
+    by_id = {ev.event_id: ev for ev in batch}
+    by_seq = {ev.seq: ev for ev in batch}
+    found: dict[int, Rejection] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        event = _pick(batch, by_id, by_seq, item)
+        if event is not None:
+            found[event.seq] = Rejection(
+                event.event_id, event.seq, "invalid", str(item.get("reason") or "invalid event")
+            )
+    return [found[seq] for seq in sorted(found)]
+
+
+def _pick(
+    batch: tuple[StockEvent, ...], by_id: dict[bytes, StockEvent], by_seq: dict[int, StockEvent], item: dict[str, Any]
+) -> StockEvent | None:
+    event_id: bytes | None = None
+    if isinstance(item.get("event_id"), str):
+        with contextlib.suppress(ValueError):
+            event_id = parse_event_id(item["event_id"])
+    index, seq = item.get("index"), item.get("seq")
+    if isinstance(index, int) and 0 <= index < len(batch):
+        candidate = batch[index]
+        if (event_id is None or candidate.event_id == event_id) and (not isinstance(seq, int) or candidate.seq == seq):
+            return candidate
+    if event_id is not None and event_id in by_id:
+        return by_id[event_id]
+    if isinstance(seq, int) and seq in by_seq:
+        return by_seq[seq]
+    if event_id is not None:
+        log.warning("The hub's 422 names event %s, which is not in the batch sent.", event_id_hex(event_id))
+    return None

@@ -1,0 +1,135 @@
+"""The agent's TOML configuration: defaults, paths, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import ConfigError, load_config
+from agent.config import SIMULATE_SKUS
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MINIMAL = '[agent]\nid = "store-1"\nlocation = "S001"\n'
+
+
+def test_a_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    a, r = config.agent, config.replicator
+    assert (a.id, a.location, a.hub_url, a.token, a.synchronous, a.retention_days) == (
+        "store-1",
+        "S001",
+        None,
+        None,
+        "full",
+        30.0,
+    )
+    assert a.data_dir == tmp_path and a.outbox == tmp_path / "outbox.sqlite3"
+    assert (r.batch_size, r.tick_s, r.retry_max_s, r.timeout_s, r.auth_retry_s) == (1000, 5.0, 60.0, 30.0, 300.0)
+    assert config.simulate is None
+
+
+def test_every_key_is_read_and_relative_paths_follow_the_file(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token").write_text("  s3cret\n")
+    config = load_config(
+        write(
+            tmp_path,
+            """
+[agent]
+id = "store-1"
+location = "S001"
+token_file = "secrets/token"
+hub_url = "http://127.0.0.1:8470/"
+data_dir = "var"
+outbox = "/elsewhere/box.sqlite3"
+synchronous = "normal"
+retention_days = 7
+
+[replicator]
+batch_size = 250
+tick_s = 1
+retry_base_s = 0.25
+retry_max_s = 30
+timeout_s = 10
+auth_retry_s = 60
+
+[simulate]
+count = 500
+rate_per_s = 50
+skus = ["A", "B"]
+seed = 42
+batch = 5
+enabled = false
+""",
+        )
+    )
+    a, r, s = config.agent, config.replicator, config.simulate
+    assert a.token == "s3cret" and "s3cret" not in repr(a)
+    assert a.hub_url == "http://127.0.0.1:8470"
+    assert a.data_dir == tmp_path / "var" and a.outbox == Path("/elsewhere/box.sqlite3")
+    assert (a.synchronous, a.retention_days) == ("normal", 7.0)
+    assert (r.batch_size, r.tick_s, r.retry_base_s, r.retry_max_s, r.timeout_s, r.auth_retry_s) == (
+        250,
+        1.0,
+        0.25,
+        30.0,
+        10.0,
+        60.0,
+    )
+    assert s is not None and (s.count, s.rate_per_s, s.skus, s.seed, s.batch, s.enabled) == (
+        500,
+        50.0,
+        ("A", "B"),
+        42,
+        5,
+        False,
+    )
+
+
+def test_simulate_defaults(tmp_path: Path) -> None:
+    s = load_config(write(tmp_path, MINIMAL + "[simulate]\ncount = 10\n")).simulate
+    assert s is not None and (s.count, s.skus, s.batch, s.enabled) == (10, SIMULATE_SKUS, 1, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL + "colour = 'blue'\n", r"unknown key 'colour' in \[agent\]; known keys are id, location"),
+        (MINIMAL + "[replicator]\nbatchsize = 5\n", r"unknown key 'batchsize' in \[replicator\]"),
+        (MINIMAL + "[hub]\nx = 1\n", r"unknown section \[hub\]"),
+        ('[agent]\nlocation = "S001"\n', r"\[agent\] id is required"),
+        ("[replicator]\n", r"the \[agent\] section is missing"),
+        ('[agent]\nid = "store 1"\nlocation = "S001"\n', r"\[agent\] has an invalid id or location: agent_id"),
+        (MINIMAL + 'hub_url = "ftp://hub"\n', r"\[agent\] hub_url must be an http:// or https:// address"),
+        (MINIMAL + 'hub_url = "http://127.0.0.1:1"\n', r"needs token or token_file"),
+        (MINIMAL + 'token = "a"\ntoken_file = "t"\n', r"token_file cannot be given together with token"),
+        (MINIMAL + 'token_file = "missing"\n', r"token_file .*missing cannot be read"),
+        (MINIMAL + 'synchronous = "off"\n', r"synchronous must be one of full, normal, got 'off'"),
+        (MINIMAL + "retention_days = 0\n", r"retention_days must be a positive number"),
+        (MINIMAL + "[replicator]\nbatch_size = 0\n", r"batch_size must be between 1 and 10000, got 0"),
+        (MINIMAL + "[replicator]\ntick_s = true\n", r"tick_s must be a number, got True"),
+        (MINIMAL + '[replicator]\ntimeout_s = "5"\n', r"timeout_s must be a number, got '5'"),
+        (MINIMAL + "[simulate]\nrate_per_s = 5\n", r"\[simulate\] count is required"),
+        (MINIMAL + "[simulate]\ncount = 5\nskus = []\n", r"skus must list at least one SKU"),
+        (MINIMAL + "[simulate]\ncount = 5\nskus = [1]\n", r"skus must be a list of non-empty strings"),
+        ("[agent\n", r"is not valid TOML"),
+        (MINIMAL + "[simulate]\ncount = 1.5\n", r"\[simulate\] count must be an integer, got 1.5"),
+    ],
+)
+def test_bad_files_say_which_file_and_which_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"the configuration file .*nope.toml does not exist"):
+        load_config(tmp_path / "nope.toml")

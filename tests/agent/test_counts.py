@@ -1,0 +1,66 @@
+"""The local count cache: hub answers plus pending events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent import Movement, Outbox
+from protocol import CountSnapshot, Kind, Rejection, SyncResponse
+
+AGENT = "store-1"
+LOC = "S001"
+
+
+def move(kind: Kind, qty: int, sku: str = "A", **kw: object) -> Movement:
+    return Movement(LOC, sku, kind, qty, "scanner:1", **kw)  # type: ignore[arg-type]
+
+
+def answer(outbox: Outbox, hwm: int, *counts: CountSnapshot, server_time_ms: int = 1_700_000_000_000) -> SyncResponse:
+    return SyncResponse(outbox.agent_id, outbox.epoch, hwm, counts=counts, server_time_ms=server_time_ms)
+
+
+async def test_local_count_is_the_hub_count_plus_pending_deltas(tmp_path: Path) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([move(Kind.RECEIVE, 10), move(Kind.SALE, -1)])
+        await outbox.apply_answer(answer(outbox, 2, CountSnapshot(LOC, "A", 9, 0, 9)), clock_skew_ms=0)
+        hub = await outbox.counts.hub_count(LOC, "A")
+        assert hub is not None and (hub.on_hand, hub.as_of_ms) == (9, 1_700_000_000_000)
+
+        await outbox.record([move(Kind.SALE, -2), move(Kind.RETURN, 1), move(Kind.SALE, -5, sku="B")])
+        local = await outbox.counts.local_count(LOC, "A")
+        assert (local.on_hand, local.available, local.pending_events) == (8, 8, 2)
+
+        other = await outbox.counts.local_count(LOC, "B")  # the hub never answered for B
+        assert (other.on_hand, other.hub_as_of_ms, other.pending_events) == (-5, None, 1)
+        assert other.available == 0
+
+
+async def test_a_pending_count_replaces_on_hand_and_reservations_change_available(tmp_path: Path) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([move(Kind.RECEIVE, 20)])
+        # hub: 20 on hand, 2 reserved, safety stock 3 -> 15 available
+        await outbox.apply_answer(answer(outbox, 1, CountSnapshot(LOC, "A", 20, 2, 15)), clock_skew_ms=0)
+        await outbox.record([move(Kind.SALE, -4), move(Kind.COUNT, 12), move(Kind.SALE, -1), move(Kind.RESERVE, 3)])
+        local = await outbox.counts.local_count(LOC, "A")
+        assert (local.on_hand, local.reserved, local.available) == (11, 5, 3)
+
+
+async def test_set_aside_events_do_not_count_and_acknowledged_ones_come_from_the_hub(tmp_path: Path) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        events = (await outbox.record([move(Kind.RECEIVE, 10), move(Kind.SALE, -3)])).events
+        await outbox.set_aside([Rejection(events[1].event_id, events[1].seq, "invalid", "no")])
+        assert (await outbox.counts.local_count(LOC, "A")).on_hand == 10
+        await outbox.apply_answer(answer(outbox, 2, CountSnapshot(LOC, "A", 7, 0, 7)), clock_skew_ms=0)
+        local = await outbox.counts.local_count(LOC, "A")
+        assert (local.on_hand, local.pending_events) == (7, 0)
+
+
+async def test_an_older_answer_does_not_overwrite_a_newer_count(tmp_path: Path) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        await outbox.apply_answer(
+            answer(outbox, 0, CountSnapshot(LOC, "A", 5, 0, 5), server_time_ms=2_000), clock_skew_ms=0
+        )
+        await outbox.apply_answer(
+            answer(outbox, 0, CountSnapshot(LOC, "A", 9, 0, 9), server_time_ms=1_000), clock_skew_ms=0
+        )
+        assert [c.on_hand for c in await outbox.counts.all_hub_counts(LOC)] == [5]

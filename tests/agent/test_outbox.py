@@ -1,0 +1,243 @@
+"""The outbox on real SQLite files: durability, atomicity, idempotence, the clock, set-asides, the mark."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agent import InvalidMovement, Movement, Outbox, OutboxClosed, OutboxError, OutboxMissing
+from protocol import Kind, Rejection, derived_event_id, pack_hlc, unpack_hlc
+
+AGENT = "store-1"
+LOC = "S001"
+DAY_MS = 86_400_000
+
+
+class FakeWall:
+    """A wall clock the test moves by hand (ms)."""
+
+    def __init__(self, now_ms: int = 1_700_000_000_000) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def sale(sku: str = "SKU-1", qty: int = -1, **kw: object) -> Movement:
+    return Movement(LOC, sku, Kind.SALE, qty, "pos:acme", **kw)  # type: ignore[arg-type]
+
+
+async def test_events_survive_reopen_with_same_epoch_and_seq_continues(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        first = await outbox.record([sale("A"), sale("B"), Movement(LOC, "A", Kind.RECEIVE, 12, "scanner:dock-1")])
+        epoch = outbox.epoch
+    assert [ev.seq for ev in first.events] == [1, 2, 3]
+
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        assert outbox.epoch == epoch
+        pending = await outbox.pending(100)
+        assert pending == first.events
+        more = await outbox.record([sale("C")])
+    assert more.events[0].seq == 4
+    assert more.events[0].epoch == epoch
+
+
+async def test_a_recreated_file_gets_a_new_epoch_and_starts_at_seq_1(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale(), sale()])
+        old_epoch = outbox.epoch
+    path.unlink()  # the -wal file may be left behind; it must not be replayed into the new file
+
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        assert outbox.epoch != old_epoch
+        assert await outbox.pending(100) == ()
+        result = await outbox.record([sale()])
+    assert result.events[0].seq == 1
+
+
+async def test_a_bad_movement_records_none_of_its_batch(tmp_path: Path) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        with pytest.raises(InvalidMovement, match=r"movement 1 \(sale of 'B'\).*qty.*negative"):
+            await outbox.record([sale("A"), sale("B", qty=+3), sale("C")])
+        stats = await outbox.stats()
+        assert (stats.backlog, stats.last_seq) == (0, 0)
+        ok = await outbox.record([sale("A")])
+    assert ok.events[0].seq == 1  # the failed batch used no seq
+
+
+async def test_recording_the_same_event_ids_again_is_a_no_op(tmp_path: Path) -> None:
+    ids = [derived_event_id(1_700_000_000_000, f"pos-row-{n}".encode()) for n in range(3)]
+    when = pack_hlc(1_700_000_000_000, 0)
+    batch = [sale(f"SKU-{n}", event_id=ids[n], occurred_at=when) for n in range(3)]
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        first = await outbox.record(batch[:2])
+        again = await outbox.record(batch)
+        assert [ev.event_id for ev in first.events] == ids[:2]
+        assert again.duplicates == tuple(ids[:2])
+        assert [ev.event_id for ev in again.events] == [ids[2]]
+        assert again.events[0].seq == 3
+        assert again.events[0].occurred_at == when
+        assert (await outbox.stats()).backlog == 3
+
+
+async def test_the_same_event_id_with_different_content_is_refused_and_records_nothing(tmp_path: Path) -> None:
+    event_id = derived_event_id(1_700_000_000_000, b"pos-row-1")
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale("A", event_id=event_id)])
+        with pytest.raises(InvalidMovement, match="already recorded with a different qty"):
+            await outbox.record([sale("NEW"), sale("A", qty=-2, event_id=event_id)])
+        assert [ev.sku for ev in await outbox.pending(10)] == ["A"]
+
+
+async def test_the_clock_never_goes_back_across_reopen_even_if_the_wall_clock_does(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    wall = FakeWall()
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall) as outbox:
+        before = (await outbox.record([sale(), sale()])).events[-1].occurred_at
+        wall.now_ms -= 60_000  # NTP steps the clock back a minute
+        during = (await outbox.record([sale()])).events[0].occurred_at
+    assert during > before
+
+    wall.now_ms -= DAY_MS  # and a day more while the agent was down
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall) as outbox:
+        after = (await outbox.record([sale()])).events[0].occurred_at
+    assert after > during
+    assert unpack_hlc(after)[0] == unpack_hlc(before)[0]  # wall part held, counter advanced
+
+
+async def test_two_writers_on_one_file_issue_distinct_seqs_and_a_monotonic_clock(tmp_path: Path) -> None:
+    """``shelfsync-agent record`` may write while ``run`` holds the file open."""
+    path = tmp_path / "o.sqlite3"
+    slow = FakeWall(1_700_000_000_000)
+    async with (
+        Outbox.open(path, agent_id=AGENT, location=LOC) as one,
+        Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=slow) as two,
+    ):
+        a = await one.record([sale("A")])
+        b = await two.record([sale("B")])  # its wall clock is years behind
+        c = await one.record([sale("C")])
+        events = [*a.events, *b.events, *c.events]
+    assert [ev.seq for ev in events] == [1, 2, 3]
+    assert events[0].occurred_at < events[1].occurred_at < events[2].occurred_at
+
+
+async def test_set_aside_events_leave_the_backlog_and_are_listed_with_their_reason(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        events = (await outbox.record([sale("A"), sale("B"), sale("C")])).events
+        bad = events[1]
+        assert await outbox.set_aside([Rejection(bad.event_id, bad.seq, "invalid", "sku B is not sold here")]) == 1
+        assert [ev.sku for ev in await outbox.pending(10)] == ["A", "C"]
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        rejected = await outbox.list_rejected()
+        assert [(r.event, r.code, r.reason) for r in rejected] == [(bad, "invalid", "sku B is not sold here")]
+        stats = await outbox.stats()
+        assert (stats.backlog, stats.set_aside) == (2, 1)
+        # re-recording a set-aside event (a POS re-import) does not put it back in the queue
+        again = await outbox.record([sale("B", event_id=bad.event_id, occurred_at=bad.occurred_at)])
+        assert again.duplicates == (bad.event_id,)
+        assert (await outbox.stats()).backlog == 2
+
+
+async def test_the_acked_mark_rewinds_when_the_hub_mark_goes_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale(f"S{n}") for n in range(5)])
+        assert (await outbox.mark_acked(5)).backlog == 0
+        assert await outbox.pending(10) == ()
+        with caplog.at_level(logging.WARNING, logger="agent.outbox"):
+            result = await outbox.mark_acked(2)
+        assert result.rewound and result.backlog == 3
+        assert [ev.seq for ev in await outbox.pending(10)] == [3, 4, 5]
+    assert "below the 5 it acknowledged before" in caplog.text
+
+
+async def test_a_hub_ahead_of_the_outbox_moves_new_seqs_above_its_mark(tmp_path: Path) -> None:
+    """A file restored from a backup must not reuse seqs the hub already holds."""
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale()])
+        await outbox.mark_acked(40)
+        result = await outbox.record([sale()])
+        assert result.events[0].seq == 41
+        assert [ev.seq for ev in await outbox.pending(10)] == [41]
+
+
+async def test_acknowledged_events_are_kept_for_the_retention_period_then_purged(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    wall = FakeWall()
+    retention_s = 2 * 86_400.0
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=retention_s) as outbox:
+        events = (await outbox.record([sale("A"), sale("B"), sale("C")])).events
+        await outbox.set_aside([Rejection(events[0].event_id, 1, "invalid", "no")])
+        await outbox.mark_acked(2)
+    wall.now_ms += DAY_MS
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=retention_s) as outbox:
+        await outbox.mark_acked(0)  # still within retention: everything can be resent
+        assert [ev.seq for ev in await outbox.pending(10)] == [2, 3]
+        await outbox.mark_acked(2)
+    wall.now_ms += 3 * DAY_MS
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=retention_s) as outbox:
+        await outbox.mark_acked(0)  # the acknowledged B is gone; the set-aside A and pending C stay
+        assert [ev.seq for ev in await outbox.pending(10)] == [3]
+        assert [r.event.sku for r in await outbox.list_rejected()] == ["A"]
+
+
+async def test_record_wakes_the_replicator_after_commit(tmp_path: Path) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        assert not outbox.new_data.is_set()
+        await outbox.record([sale()])
+        assert outbox.new_data.is_set()
+
+
+async def test_tally_counts_in_the_same_transaction(tmp_path: Path) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale(), sale()], tally="sim")
+        await outbox.record([sale()])
+        with pytest.raises(InvalidMovement):
+            await outbox.record([sale(), sale(qty=4)], tally="sim")
+        assert await outbox.tally("sim") == 2
+
+
+async def test_close_twice_is_safe_and_calls_after_close_raise(tmp_path: Path) -> None:
+    outbox = await Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC)
+    await outbox.close()
+    await outbox.close()
+    for call in (
+        outbox.record([sale()]),
+        outbox.pending(1),
+        outbox.stats(),
+        outbox.mark_acked(1),
+        outbox.counts.local_count(LOC, "A"),
+    ):
+        with pytest.raises(OutboxClosed, match="is closed"):
+            await call
+
+
+async def test_open_refuses_another_agents_file_a_missing_file_and_a_non_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC):
+        pass
+    with pytest.raises(OutboxError, match="belongs to agent 'store-1', not 'store-2'"):
+        await Outbox.open(path, agent_id="store-2", location=LOC)
+    with pytest.raises(OutboxMissing, match="no outbox at"):
+        await Outbox.open(tmp_path / "nope.sqlite3", agent_id=AGENT, location=None, create=False)
+    assert not (tmp_path / "nope.sqlite3").exists()
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutboxError, match="not a usable shelfsync outbox"):
+        await Outbox.open(junk, agent_id=AGENT, location=LOC)
+    with pytest.raises(OutboxError, match="synchronous must be one of full, normal"):
+        await Outbox.open(tmp_path / "x.sqlite3", agent_id=AGENT, location=LOC, synchronous="off")
+    with pytest.raises(OutboxError, match="location"):
+        await Outbox.open(tmp_path / "y.sqlite3", agent_id=AGENT, location="bad location")
+
+
+async def test_synchronous_normal_is_accepted(tmp_path: Path) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC, synchronous="normal") as outbox:
+        await outbox.record([sale()])
+        assert (await outbox.stats()).backlog == 1

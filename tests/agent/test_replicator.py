@@ -1,0 +1,240 @@
+"""The replicator against a real HTTP hub on 127.0.0.1 (tests/agent/agent_fakehub.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from agent_fakehub import FakeHub
+
+from agent import Movement, Outbox, Replicator, ReplicatorState
+from protocol import Kind
+
+AGENT = "store-1"
+LOC = "S001"
+WAIT_S = 15.0
+
+
+def sale(sku: str = "SKU-1", qty: int = -1) -> Movement:
+    return Movement(LOC, sku, Kind.SALE, qty, "pos:acme")
+
+
+def fast(outbox: Outbox, hub: FakeHub, token: str = "token-1", **kw: object) -> Replicator:
+    """A replicator with test-sized timings (backoff in milliseconds, a short tick)."""
+    options: dict[str, object] = {
+        "tick_s": 0.2,
+        "retry_base_s": 0.01,
+        "retry_max_s": 0.05,
+        "timeout_s": 5.0,
+        "rng": random.Random(7),
+    }
+    options.update(kw)
+    return Replicator(outbox, hub.url, token, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[FakeHub]:
+    async with FakeHub() as running:
+        yield running
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=AGENT, location=LOC) as opened:
+        yield opened
+
+
+async def until(replicator: Replicator, predicate: Callable[[ReplicatorState], bool]) -> ReplicatorState:
+    return await asyncio.wait_for(replicator.wait_for(predicate), WAIT_S)
+
+
+def seqs_sent(hub: FakeHub) -> list[int]:
+    return [seq for batch in hub.batches() for seq in batch]
+
+
+async def test_batches_are_at_most_batch_size_and_in_seq_order(hub: FakeHub, outbox: Outbox) -> None:
+    await outbox.record([sale(f"SKU-{n % 4}") for n in range(30)])
+    async with fast(outbox, hub, batch_size=7) as replicator:
+        await until(replicator, lambda s: s.sent_events == 30)
+    assert hub.requests[0].seqs == ()  # the handshake
+    assert all(len(batch) <= 7 for batch in hub.batches())
+    assert seqs_sent(hub) == list(range(1, 31))
+    stats = await outbox.stats()
+    assert (stats.backlog, stats.acked_seq, stats.sync_state, stats.hub_reachable) == (0, 30, "ok", True)
+
+
+async def test_new_records_wake_the_replicator(hub: FakeHub, outbox: Outbox) -> None:
+    async with fast(outbox, hub, tick_s=600.0) as replicator:  # a tick that never comes in this test
+        await until(replicator, lambda s: s.sync_state == "ok")
+        for n in range(3):
+            await outbox.record([sale(f"SKU-{n}")])
+            await hub.wait_for(lambda n=n: len(hub.events) == n + 1)
+    assert seqs_sent(hub) == [1, 2, 3]
+
+
+async def test_server_errors_back_off_then_everything_arrives_once_in_order(
+    hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    await outbox.record([sale() for _ in range(12)])
+    hub.fail_next(500, times=4)
+    with caplog.at_level(logging.DEBUG, logger="agent.replicator"):
+        async with fast(outbox, hub, batch_size=5) as replicator:
+            await hub.wait_for(lambda: len(hub.events) == 12)
+            await until(replicator, lambda s: s.backlog == 0)
+    assert sum(seen.status == 500 for seen in hub.requests) == 4
+    assert hub.applied == list(range(1, 13))  # each stored once, in order
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(warnings) == 1
+        and "HTTP 500" in warnings[0].getMessage()
+        and "12 events waiting" in warnings[0].getMessage()
+    )
+    recoveries = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert recoveries == ["hub reachable again; 12 events waiting, sending"]
+    assert (await outbox.stats()).last_error is None
+
+
+async def test_an_unreachable_hub_is_reported(outbox: Outbox) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    await outbox.record([sale()])
+    replicator = Replicator(outbox, f"http://127.0.0.1:{port}", "t", retry_base_s=0.01, retry_max_s=0.05)
+    async with replicator:
+        state = await until(replicator, lambda s: s.failures >= 2)
+    assert state.sync_state == "unreachable" and state.hub_reachable is False
+    stats = await outbox.stats()
+    assert (stats.sync_state, stats.hub_reachable, stats.backlog) == ("unreachable", False, 1)
+    assert "could not connect to the hub" in (stats.last_error or "")
+
+
+async def test_refused_credentials_stop_sending_until_the_token_is_fixed(
+    hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    await outbox.record([sale(), sale()])
+    with caplog.at_level(logging.INFO, logger="agent.replicator"):
+        async with fast(outbox, hub, token="wrong", auth_retry_s=600.0) as replicator:
+            state = await until(replicator, lambda s: s.credentials_refused)
+            assert state.sync_state == "credentials_refused"
+            stats = await outbox.stats()
+            assert stats.sync_state == "credentials_refused"
+            assert "refused this agent's credentials (HTTP 401" in (stats.last_error or "")
+
+            await outbox.record([sale()])  # new data does not bring a refused agent back
+            with pytest.raises(TimeoutError):
+                await hub.wait_for(lambda: len(hub.requests) > 1, timeout_s=0.5)
+
+            replicator.update_credentials("token-1")  # the config was fixed and reloaded
+            await hub.wait_for(lambda: len(hub.events) == 3)
+    assert [seen.status for seen in hub.requests][:1] == [401]
+    assert all(seen.token == "token-1" for seen in hub.requests[1:])
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "credentials" in errors[0].getMessage()
+
+
+async def test_a_422_sets_aside_exactly_the_named_events_and_sends_the_rest(hub: FakeHub, outbox: Outbox) -> None:
+    hub.invalid_skus = {"BAD"}
+    await outbox.record([sale("A"), sale("BAD"), sale("B"), sale("BAD"), sale("C")])
+    async with fast(outbox, hub) as replicator:
+        await hub.wait_for(lambda: len(hub.events) == 3)
+        await until(replicator, lambda s: s.backlog == 0)
+    assert sorted(ev.sku for ev in hub.events.values()) == ["A", "B", "C"]
+    assert hub.batches(422) == [(1, 2, 3, 4, 5)]
+    assert hub.batches(200) == [(1, 3, 5)]
+    rejected = await outbox.list_rejected()
+    assert sorted(r.event.seq for r in rejected) == [2, 4]
+    assert all(r.code == "invalid" and r.reason == "sku BAD is not sold here" for r in rejected)
+    stats = await outbox.stats()
+    assert (stats.backlog, stats.set_aside, stats.acked_seq) == (0, 2, 5)
+
+
+async def test_events_rejected_in_a_200_are_set_aside_with_the_hubs_code(hub: FakeHub, outbox: Outbox) -> None:
+    hub.reject_skus = {"THEIRS"}
+    await outbox.record([sale("A"), sale("THEIRS"), sale("B")])
+    async with fast(outbox, hub) as replicator:
+        await until(replicator, lambda s: s.sent_events == 3 and s.backlog == 0)
+    [rejected] = await outbox.list_rejected()
+    assert (rejected.event.sku, rejected.code, rejected.reason) == (
+        "THEIRS",
+        "forbidden_location",
+        "sku THEIRS is not yours",
+    )
+    assert (await outbox.stats()).acked_seq == 3
+
+
+async def test_a_413_halves_the_batch(hub: FakeHub, outbox: Outbox) -> None:
+    hub.max_batch = 3
+    await outbox.record([sale() for _ in range(10)])
+    async with fast(outbox, hub, batch_size=10) as replicator:
+        await hub.wait_for(lambda: len(hub.events) == 10)
+        assert replicator.batch_size == 2  # 10 -> 5 -> 2
+    assert [len(batch) for batch in hub.batches(413)] == [10, 5]
+    assert seqs_sent(hub) == list(range(1, 11))
+
+
+async def test_a_hub_restored_from_a_backup_gets_the_lost_events_again(hub: FakeHub, outbox: Outbox) -> None:
+    await outbox.record([sale() for _ in range(10)])
+    async with fast(outbox, hub):
+        await hub.wait_for(lambda: len(hub.events) == 10)
+    hub.restore(AGENT, outbox.epoch, hwm=4)  # the hub lost seq 5..10
+    hub.applied.clear()
+    await outbox.record([sale()])
+    async with fast(outbox, hub) as replicator:
+        await hub.wait_for(lambda: len(hub.events) == 11)
+        await until(replicator, lambda s: s.backlog == 0)
+    assert hub.applied == list(range(5, 12))
+    assert (await outbox.stats()).acked_seq == 11
+
+
+async def test_stopping_mid_request_acknowledges_nothing_and_the_next_start_catches_up(
+    hub: FakeHub, outbox: Outbox
+) -> None:
+    replicator = fast(outbox, hub)
+    await replicator.start()
+    await until(replicator, lambda s: s.sync_state == "ok")  # handshake done
+    hub.gate = asyncio.Event()  # the hub commits, then holds its answer
+    await outbox.record([sale() for _ in range(5)])
+    await hub.wait_for(lambda: len(hub.events) == 5)
+    await replicator.stop()
+    await replicator.stop()
+    assert (await outbox.stats()).acked_seq == 0  # never acknowledged without the answer
+
+    hub.gate.set()
+    hub.gate = None
+    async with fast(outbox, hub) as again:
+        # the handshake learns the hub's mark; a hub that had not committed would get them resent
+        await until(again, lambda s: s.sync_state == "ok" and s.backlog == 0)
+    assert (await outbox.stats()).acked_seq == 5
+    assert hub.applied == [1, 2, 3, 4, 5]  # stored once
+
+
+async def test_answers_fill_the_count_cache_and_the_clock_skew(hub: FakeHub, outbox: Outbox) -> None:
+    hub.skew_ms = 90_000  # the hub's clock is 90 s ahead
+    await outbox.record([Movement(LOC, "A", Kind.RECEIVE, 10, "scanner:1"), sale("A", -3), sale("B", -1)])
+    async with fast(outbox, hub) as replicator:
+        await until(replicator, lambda s: s.sent_events == 3)
+    a = await outbox.counts.local_count(LOC, "A")
+    b = await outbox.counts.hub_count(LOC, "B")
+    assert (a.on_hand, a.pending_events) == (7, 0)
+    assert b is not None and b.on_hand == -1
+    skew_ms = (await outbox.stats()).clock_skew_ms
+    assert skew_ms is not None and 80_000 < skew_ms < 100_000
+
+
+async def test_a_400_is_logged_once_as_an_error_and_retried_with_backoff(
+    hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub.fail_next(400, times=3)
+    await outbox.record([sale(), sale()])
+    with caplog.at_level(logging.INFO, logger="agent.replicator"):
+        async with fast(outbox, hub) as replicator:
+            await until(replicator, lambda s: s.sent_events == 2)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and "rejected the request as malformed, which is a bug (HTTP 400" in errors[0]
+    assert [seen.status for seen in hub.requests][:3] == [400, 400, 400]
+    assert hub.applied == [1, 2]
