@@ -1,0 +1,433 @@
+"""Barcode decoding: AIM symbology identifiers, GTINs, GS1 element strings and RCNs.
+
+Pure: no I/O. ``decode(text)`` turns what a scanner sent into a ``Decoded``
+value or raises ``DecodeError`` with one sentence for the operator. A bad check
+digit is always an error, never a guess.
+
+How a value without a symbology identifier is read (configure scanners to send
+AIM identifiers and this guesswork disappears):
+
+* only digits, 8/12/13/14 of them: a GTIN, check digit enforced;
+* a GS character: GS1 element strings (an error if they do not parse);
+* ``(01)…`` human-readable form, or starting with AI 00, 01 or 02, and parsing
+  completely as GS1: GS1 element strings;
+* anything else: plain text (an internal label, a Code 39 shelf tag ...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+from biip import EncodeError, ParseConfig, ParseError
+from biip.checksums import gs1_standard_check_digit
+from biip.gs1_digital_link_uris import GS1DigitalLinkURI
+from biip.gs1_element_strings import GS1ElementString
+from biip.gs1_messages import GS1Message
+from biip.gtin import Gtin
+from biip.rcn import Rcn, RcnRegion, RcnUsage
+from biip.symbology import GS1Symbology, SymbologyIdentifier
+from biip.upc import Upc
+
+from hardware.errors import DecodeError, ScannerConfigError
+
+GS = "\x1d"  # ASCII group separator: FNC1 between variable-length GS1 fields
+GTIN_LENGTHS = (8, 12, 13, 14)
+SHOWN_MAX_CHARS = 48  # how much of a bad value an error message quotes
+
+RCN_REGIONS: tuple[str, ...] = tuple(region.value for region in RcnRegion)
+
+_NAMES = {
+    "]A0": "Code 39",
+    "]C0": "Code 128",
+    "]C1": "GS1-128",
+    "]E0": "EAN-13 / UPC-A / UPC-E",
+    "]E3": "EAN / UPC with add-on",
+    "]E4": "EAN-8",
+    "]F0": "Codabar",
+    "]G0": "Code 93",
+    "]I0": "Interleaved 2 of 5",
+    "]I1": "ITF-14",
+    "]J1": "GS1 DotCode",
+    "]L0": "PDF417",
+    "]Q1": "QR Code",
+    "]Q3": "GS1 QR Code",
+    "]d1": "Data Matrix",
+    "]d2": "GS1 DataMatrix",
+    "]e0": "GS1 DataBar",
+    "]z0": "Aztec Code",
+}
+_GTIN_SYMBOLOGIES = frozenset(
+    {GS1Symbology.EAN_13, GS1Symbology.EAN_13_WITH_ADD_ON, GS1Symbology.EAN_8, GS1Symbology.ITF_14}
+)
+_GS1_SYMBOLOGIES = frozenset(GS1Symbology.with_gs1_messages())
+_LINK_SYMBOLOGIES = frozenset(GS1Symbology.with_gs1_digital_link_uri())
+
+
+class DecodedKind(StrEnum):
+    GTIN = "gtin"  # a retail symbol (EAN/UPC/ITF-14) carrying one GTIN
+    GS1 = "gs1"  # GS1 element strings (GS1-128, GS1 DataMatrix, GS1 QR, DataBar)
+    TEXT = "text"  # anything else: internal labels, Code 39 shelf tags, plain QR codes
+
+
+class GtinFormat(StrEnum):
+    GTIN_8 = "GTIN-8"
+    GTIN_12 = "GTIN-12"
+    GTIN_13 = "GTIN-13"
+    GTIN_14 = "GTIN-14"
+
+
+class WeightUnit(StrEnum):
+    KG = "kg"
+    LB = "lb"
+
+
+@dataclass(frozen=True, slots=True)
+class Symbology:
+    aim_id: str  # "]E0"
+    name: str  # "EAN-13 / UPC-A / UPC-E"
+    gs1: bool  # whether the symbology carries GS1 data (a GTIN or element strings)
+
+
+@dataclass(frozen=True, slots=True)
+class NetWeight:
+    value: Decimal
+    unit: WeightUnit
+
+
+@dataclass(frozen=True, slots=True)
+class RcnInfo:
+    """A restricted circulation number: an in-store number, often weighed or priced.
+
+    Without a configured region only ``usage`` is known. With one, the variable
+    part is read and ``lookup_gtin`` (the number with that part zeroed) is the
+    key to find the item in the catalogue.
+    """
+
+    usage: str  # "geo" (region-wide rules) or "company" (the retailer's own scheme)
+    region: str | None = None  # ISO 3166 alpha-2, lower case: "gb", "de", "se" ...
+    item_reference: str | None = None
+    lookup_gtin: str | None = None
+    price: Decimal | None = None
+    currency: str | None = None
+    weight_kg: Decimal | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    ai: str  # "10"
+    value: str  # "LOT42"
+    title: str  # "BATCH/LOT"
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What one scan means. ``data`` is the payload after the symbology identifier."""
+
+    kind: DecodedKind
+    data: str
+    symbology: Symbology | None = None
+    gtin: str | None = None  # normalized GTIN-14
+    gtin_original: str | None = None  # the digits as scanned (UPC-E stays 8 digits)
+    gtin_format: GtinFormat | None = None
+    is_case: bool = False  # GTIN-14 with indicator digit 1-8: a case / pack of a base item
+    addon: str | None = None  # EAN/UPC 2- or 5-digit add-on (periodicals, books)
+    sscc: str | None = None  # (00) logistic unit
+    content_gtin: str | None = None  # (02) GTIN-14 of the items a logistic unit contains
+    count: int | None = None  # (37) how many of content_gtin
+    lot: str | None = None  # (10)
+    best_before: dt.date | None = None  # (15)
+    expiry: dt.date | None = None  # (17)
+    serial: str | None = None  # (21)
+    net_weight: NetWeight | None = None  # (310n) kg / (320n) lb
+    rcn: RcnInfo | None = None
+    elements: tuple[Element, ...] = ()
+
+    @property
+    def catalog_key(self) -> str:
+        """The value to resolve through the catalogue (a GTIN-14 where there is one)."""
+        if self.rcn is not None and self.rcn.lookup_gtin is not None:
+            return self.rcn.lookup_gtin
+        return self.gtin or self.content_gtin or self.data
+
+    def attrs(self) -> dict[str, str | int]:
+        """The GS1 facts worth keeping on a stock event (lot, expiry, serial ...)."""
+        out: dict[str, str | int] = {}
+        if self.symbology is not None:
+            out["symbology"] = self.symbology.aim_id
+        for key in ("sscc", "lot", "serial", "addon"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.count is not None:
+            out["count"] = self.count
+        if self.expiry is not None:
+            out["expiry"] = self.expiry.isoformat()
+        if self.best_before is not None:
+            out["best_before"] = self.best_before.isoformat()
+        if self.net_weight is not None:
+            out["net_weight"] = str(self.net_weight.value)
+            out["net_weight_unit"] = self.net_weight.unit.value
+        if self.rcn is not None:
+            for key in ("price", "currency", "weight_kg"):
+                value = getattr(self.rcn, key)
+                if value is not None:
+                    out[f"rcn_{key}"] = str(value)
+        return out
+
+
+def check_rcn_region(region: str | None) -> str | None:
+    """Validate a configured RCN region code ("gb", "de", ...); None means "not configured"."""
+    if region is None:
+        return None
+    code = region.strip().lower()
+    if code not in RCN_REGIONS:
+        raise ScannerConfigError(
+            f"rcn_region {region!r} is not supported; use one of {', '.join(RCN_REGIONS)} or leave it unset"
+        )
+    return code
+
+
+def scan_text(raw: bytes) -> str:
+    """Bytes from a scanner as text: UTF-8 when valid, else Latin-1 (which never loses a byte)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def decode(text: str | bytes, *, rcn_region: str | None = None) -> Decoded:
+    """Decode one scanned value; raise ``DecodeError`` when it cannot be trusted."""
+    if isinstance(text, (bytes, bytearray)):
+        text = scan_text(bytes(text))
+    region = check_rcn_region(rcn_region)
+    config = ParseConfig(rcn_region=region)
+    value = text.strip(" \t\r\n")  # not str.strip(): GS (0x1d) counts as whitespace there
+    if not value:
+        raise DecodeError(text, "The scan is empty.")
+
+    ident: SymbologyIdentifier | None = None
+    symbology: Symbology | None = None
+    payload = value
+    if value.startswith("]"):
+        ident = _identifier(value, text)
+        symbology = _symbology(ident)
+        payload = value[len(ident.value) :]
+        if not payload.strip(GS):
+            raise DecodeError(text, f"The {symbology.name} scan carries no data after its identifier {ident.value}.")
+
+    gs1 = ident.gs1_symbology if ident is not None else None
+    if gs1 in _GTIN_SYMBOLOGIES:
+        return _decode_retail(payload, symbology, gs1, config, text)
+    if gs1 in _GS1_SYMBOLOGIES:
+        return _decode_gs1(payload, symbology, config, text, links=gs1 in _LINK_SYMBOLOGIES)
+    if ident is not None:
+        return Decoded(kind=DecodedKind.TEXT, data=payload, symbology=symbology)
+
+    # No identifier: infer strictly (see the module docstring).
+    if payload.isdigit() and payload.isascii() and len(payload) in GTIN_LENGTHS:
+        return _decode_retail(payload, None, None, config, text)
+    if GS in payload:
+        return _decode_gs1(payload, None, config, text, links=False)
+    if payload.startswith("(") or payload[:2] in ("00", "01", "02") and payload.isascii() and len(payload) >= 16:
+        try:
+            return _decode_gs1(payload, None, config, text, links=False, strict=False)
+        except _NotGS1:
+            pass
+    return Decoded(kind=DecodedKind.TEXT, data=payload)
+
+
+class _NotGS1(Exception):
+    """The value does not parse as GS1 at all (as opposed to parsing with a bad check digit)."""
+
+
+def _shown(value: str) -> str:
+    value = value.replace(GS, "<GS>")
+    return value if len(value) <= SHOWN_MAX_CHARS else value[: SHOWN_MAX_CHARS - 1] + "…"
+
+
+def _detail(err: Exception) -> str:
+    return str(err).rstrip(".")
+
+
+def _identifier(value: str, text: str) -> SymbologyIdentifier:
+    try:
+        return SymbologyIdentifier.extract(value)
+    except (ParseError, IndexError, ValueError) as err:
+        raise DecodeError(
+            text, f"The scan {_shown(value[:4])!r} starts with ']' but is not a known symbology identifier."
+        ) from err
+
+
+def _symbology(ident: SymbologyIdentifier) -> Symbology:
+    name = _NAMES.get(ident.value) or f"{ident.iso_symbology.name.replace('_', ' ').title()} ({ident.value})"
+    return Symbology(aim_id=ident.value, name=name, gs1=ident.gs1_symbology is not None)
+
+
+def _check_digit_sentence(digits: str, what: str = "Barcode", *, upc_e: bool = False) -> str | None:
+    """The operator's sentence for a wrong check digit, or None when the check digit is right."""
+    if not (digits.isdigit() and digits.isascii() and len(digits) in (*GTIN_LENGTHS, 18)):
+        return None
+    if upc_e:  # UPC-E's check digit is that of its UPC-A expansion
+        try:
+            expected = Upc.parse(digits[:-1]).check_digit
+        except ParseError:
+            return None
+    else:
+        expected = gs1_standard_check_digit(digits[:-1])
+    if expected == int(digits[-1]):
+        return None
+    return (
+        f"{what} {digits} has a wrong check digit (expected {expected}, got {digits[-1]}); "
+        "scan it again or key in the number printed under the bars."
+    )
+
+
+def _gtin_error(digits: str, err: ParseError, text: str) -> DecodeError:
+    sentence = _check_digit_sentence(digits)
+    if sentence is None and "variable measure" in str(err):
+        sentence = (
+            f"Barcode {digits} is a weighed or priced item whose price/weight check digit is wrong; "
+            "scan it again or ask for a new label."
+        )
+    if sentence is None:
+        sentence = f"Barcode {_shown(digits)!r} is not a valid GTIN ({_detail(err)})."
+    return DecodeError(text, sentence)
+
+
+def _parse_gtin(digits: str, config: ParseConfig, text: str) -> Gtin:
+    try:
+        return Gtin.parse(digits, config=config)
+    except ParseError as err:
+        raise _gtin_error(digits, err, text) from err
+
+
+def _gtin_format(gtin: Gtin) -> GtinFormat:
+    return GtinFormat(f"GTIN-{int(gtin.format)}")
+
+
+def _rcn_info(gtin: Gtin) -> RcnInfo | None:
+    if not isinstance(gtin, Rcn) or gtin.usage is None:
+        return None
+    usage = "geo" if gtin.usage is RcnUsage.GEOGRAPHICAL else "company"
+    if gtin.region is None or (gtin.weight is None and gtin.price is None and gtin.count is None):
+        return RcnInfo(usage=usage, region=gtin.region.value if gtin.region else None)
+    try:
+        lookup = gtin.without_variable_measure().as_gtin_14()
+    except (EncodeError, ParseError):  # pragma: no cover - biip rules without a zeroing strategy
+        lookup = None
+    return RcnInfo(
+        usage=usage,
+        region=gtin.region.value,
+        item_reference=gtin.item_reference,
+        lookup_gtin=lookup,
+        price=gtin.price,
+        currency=gtin.region.get_currency_code() if gtin.price is not None else None,
+        weight_kg=gtin.weight,
+        count=gtin.count,
+    )
+
+
+def _split_addon(payload: str) -> tuple[str, str | None]:
+    """EAN/UPC with add-on (]E3): 13+2, 13+5, 12+2, 12+5, 8+2 or 8+5 digits."""
+    for main in (13, 12, 8):
+        addon = len(payload) - main
+        if addon in (2, 5):
+            return payload[:main], payload[main:]
+    return payload, None
+
+
+def _decode_retail(
+    payload: str, symbology: Symbology | None, gs1: GS1Symbology | None, config: ParseConfig, text: str
+) -> Decoded:
+    digits, addon = _split_addon(payload) if gs1 is GS1Symbology.EAN_13_WITH_ADD_ON else (payload, None)
+    if gs1 is GS1Symbology.EAN_13 and len(digits) == 8:
+        # ]E0 with 8 digits is UPC-E (EAN-8 has its own identifier, ]E4): expand to UPC-A.
+        try:
+            upc_a = Upc.parse(digits, config=config).as_upc_a()
+        except ParseError as err:
+            sentence = _check_digit_sentence(digits, "UPC-E barcode", upc_e=True)
+            raise DecodeError(text, sentence or f"UPC-E barcode {digits} is not valid ({_detail(err)}).") from err
+        gtin = _parse_gtin(upc_a, config, text)
+    else:
+        gtin = _parse_gtin(digits, config, text)
+    gtin14 = gtin.as_gtin_14()
+    return Decoded(
+        kind=DecodedKind.GTIN,
+        data=payload,
+        symbology=symbology,
+        gtin=gtin14,
+        gtin_original=digits,
+        gtin_format=_gtin_format(gtin),
+        is_case=gtin14[0] in "12345678",
+        addon=addon,
+        rcn=_rcn_info(gtin),
+    )
+
+
+def _elements(body: str, config: ParseConfig, *, links: bool) -> list[GS1ElementString]:
+    if body.startswith("("):
+        return list(GS1Message.parse_hri(body, config=config).element_strings)
+    if links and body.lower().startswith("http"):
+        return list(GS1DigitalLinkURI.parse(body, config=config).element_strings)
+    return list(GS1Message.parse(body, config=config).element_strings)
+
+
+def _decode_gs1(
+    payload: str, symbology: Symbology | None, config: ParseConfig, text: str, *, links: bool, strict: bool = True
+) -> Decoded:
+    body = payload.strip(GS)  # some scanners send FNC1-in-first-position, or a trailing FNC1, as GS
+    try:
+        elements = _elements(body, config, links=links)
+    except ParseError as err:
+        if not strict:
+            raise _NotGS1 from err
+        what = symbology.name if symbology is not None else "GS1"
+        raise DecodeError(text, f"The {what} barcode {_shown(body)!r} cannot be read ({_detail(err)}).") from err
+
+    found: dict[str, GS1ElementString] = {}
+    for es in elements:
+        ai = es.ai.ai
+        if ai in ("01", "02") and es.gtin is None:
+            sentence = _check_digit_sentence(es.value, f"The GTIN in ({ai})")
+            raise DecodeError(text, sentence or f"The GTIN in ({ai}) {es.value!r} is not valid ({es.gtin_error}).")
+        if ai == "00" and es.sscc is None:
+            sentence = _check_digit_sentence(es.value, "The SSCC in (00)")
+            raise DecodeError(text, sentence or f"The SSCC in (00) {es.value!r} is not valid ({es.sscc_error}).")
+        key = ai[:3] if ai[:3] in ("310", "320") else ai
+        found.setdefault(key, es)
+
+    def value(ai: str) -> str | None:
+        es = found.get(ai)
+        return es.value if es is not None else None
+
+    gtin = found["01"].gtin if "01" in found else None
+    content = found["02"].gtin if "02" in found else None
+    weight = found.get("310") or found.get("320")
+    count = value("37")
+    return Decoded(
+        kind=DecodedKind.GS1,
+        data=payload,
+        symbology=symbology,
+        gtin=gtin.as_gtin_14() if gtin is not None else None,
+        gtin_original=value("01"),
+        gtin_format=_gtin_format(gtin) if gtin is not None else None,
+        is_case=gtin is not None and gtin.as_gtin_14()[0] in "12345678",
+        sscc=value("00"),
+        content_gtin=content.as_gtin_14() if content is not None else None,
+        count=int(count) if count is not None else None,
+        lot=value("10"),
+        best_before=found["15"].date if "15" in found else None,
+        expiry=found["17"].date if "17" in found else None,
+        serial=value("21"),
+        net_weight=(
+            NetWeight(weight.decimal, WeightUnit.KG if weight.ai.ai.startswith("310") else WeightUnit.LB)
+            if weight is not None and weight.decimal is not None
+            else None
+        ),
+        rcn=_rcn_info(gtin) if gtin is not None else None,
+        elements=tuple(Element(es.ai.ai, es.value, es.ai.data_title) for es in elements),
+    )

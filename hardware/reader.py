@@ -1,0 +1,308 @@
+"""What every scanner reader shares: lifecycle, reconnect loop, availability, the scan queue.
+
+A reader is an async context manager. Inside, one task keeps the device open:
+open it, report available, wait until it goes away, report unavailable, back
+off (exponential, jitter, capped) and open it again. The first failure of an
+outage is logged once as a WARNING, the recovery once as INFO; the attempts in
+between only at DEBUG.
+
+Frames go into one queue that ``scans()`` drains. When the consumer falls far
+behind, reading from the device pauses (the kernel buffers) instead of
+dropping anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import termios
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from typing import Final, Protocol, Self
+
+from hardware.errors import HardwareError, ScannerClosed, ScannerDisconnected
+from hardware.framing import Frame
+from hardware.scan import ReaderStatus, Scan, wall_ms
+
+log = logging.getLogger(__name__)
+
+RECONNECT_INITIAL_S = 0.5
+RECONNECT_MAX_S = 30.0
+CLOSE_TIMEOUT_S = 5.0
+STABLE_LINK_S = 10.0  # a link that lived this long resets the backoff
+QUEUE_PAUSE_SCANS = 1000  # undelivered scans at which reading from the device pauses
+QUEUE_RESUME_SCANS = 100
+
+StatusCallback = Callable[[ReaderStatus], None]
+# What a failed open looks like: pyserial's SerialException is an OSError; ValueError and termios.error
+# are settings the device refuses; HardwareError is our own (an evdev grab refused).
+OPEN_ERRORS = (OSError, ValueError, termios.error, HardwareError)
+
+
+class Link(Protocol):
+    """One open connection to a device, as a reader sees it."""
+
+    @property
+    def lost(self) -> asyncio.Future[BaseException | None]:
+        """Resolves (with the cause, or None) once the device is gone and every frame is delivered."""
+        ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def abort(self) -> None:
+        """Close now; ``lost`` resolves once the device is released."""
+        ...
+
+
+def describe_error(err: BaseException | None) -> str:
+    """A short reason for logs and statuses ("No such file or directory", "the device was unplugged")."""
+    if err is None:
+        return "the device closed the connection"
+    if isinstance(err, termios.error) and len(err.args) == 2:
+        return f"the port refused its line settings ({err.args[1]})"
+    if isinstance(err, TimeoutError) and not str(err):
+        return "it did not answer in time"
+    errno_ = getattr(err, "errno", None)
+    if isinstance(errno_, int) and errno_ > 0:
+        return os.strerror(errno_)
+    text = str(err).strip() or type(err).__name__
+    if "returned no data" in text:  # pyserial's words for a tty that hung up
+        return "the device was unplugged or stopped answering"
+    return text.rstrip(".")
+
+
+class ScannerReader(ABC):
+    """Base of ``SerialScanner`` and ``WedgeScanner``."""
+
+    def __init__(
+        self,
+        reader_id: str,
+        where: str,
+        *,
+        reconnect_initial_s: float,
+        reconnect_max_s: float,
+        on_status: StatusCallback | None,
+    ) -> None:
+        self._reader_id: Final = reader_id
+        self._where: Final = where
+        self._initial_s = reconnect_initial_s
+        self._max_s = reconnect_max_s
+        self._on_status = on_status
+        self._status = ReaderStatus(reader_id, False, wall_ms())
+        self._queue: asyncio.Queue[Scan | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._link: Link | None = None
+        self._pending = 0
+        self._paused = False
+        self._iterating = False
+        self._closed = False
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def reader_id(self) -> str:
+        return self._reader_id
+
+    @property
+    def available(self) -> bool:
+        return self._status.available
+
+    @property
+    def status(self) -> ReaderStatus:
+        return self._status
+
+    @property
+    def pending_scans(self) -> int:
+        """Scans received but not yet taken from ``scans()``."""
+        return self._pending
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start keeping the device open (``async with`` does this). Returns at once."""
+        if self._closed:
+            raise ScannerClosed(f"scanner {self._reader_id!r} is closed; create a new one")
+        if self._task is not None:
+            raise HardwareError(f"scanner {self._reader_id!r} is already started")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"scanner:{self._reader_id}")
+
+    async def close(self) -> None:
+        """Release the device. Safe to call twice; a running ``scans()`` ends after the queued scans."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), CLOSE_TIMEOUT_S)
+            except asyncio.CancelledError:
+                if not self._task.done():  # our caller was cancelled, not only the task
+                    raise
+            except TimeoutError:
+                log.warning(
+                    "Scanner %r on %s did not release its device within %.0f s.",
+                    self._reader_id,
+                    self._where,
+                    CLOSE_TIMEOUT_S,
+                )
+        if self._status.available:
+            self._set_status(False, None)
+        self._queue.put_nowait(None)
+
+    async def scans(self) -> AsyncIterator[Scan]:
+        """Every scan, in order, across reconnects, until ``close()``. One consumer at a time."""
+        if self._closed and self._queue.qsize() <= 1:
+            raise ScannerClosed(f"scanner {self._reader_id!r} is closed; it has no more scans")
+        if self._iterating:
+            raise HardwareError(f"scanner {self._reader_id!r} already has a consumer of scans()")
+        self._iterating = True
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    self._queue.put_nowait(None)  # a later scans() ends at once too
+                    return
+                self._pending -= 1
+                if self._paused and self._pending <= QUEUE_RESUME_SCANS:
+                    self._paused = False
+                    if self._link is not None:
+                        self._link.resume()
+                yield item
+        finally:
+            self._iterating = False
+
+    # -- for subclasses -----------------------------------------------------
+
+    @abstractmethod
+    async def _open(self) -> Link:
+        """Open the device; raise (any exception) when it cannot be opened."""
+
+    def _deliver(self, frame: Frame) -> None:
+        """Queue one frame as a scan; called by links from the event loop thread."""
+        if not frame.complete:
+            log.warning(
+                "Scanner %r on %s delivered %d bytes as a cut-off scan (the frame never ended before the device "
+                "stopped, or it outgrew the frame limit).",
+                self._reader_id,
+                self._where,
+                len(frame.data),
+            )
+        self._queue.put_nowait(Scan(self._reader_id, frame.data, wall_ms(), frame.complete))
+        self._pending += 1
+        if not self._paused and self._pending >= QUEUE_PAUSE_SCANS:
+            self._paused = True
+            if self._link is not None:
+                self._link.pause()
+
+    # -- the loop -------------------------------------------------------------
+
+    def _set_status(self, available: bool, error: ScannerDisconnected | None) -> None:
+        old = self._status
+        if old.available == available and (available or old.error is not None or error is None):
+            return
+        self._status = ReaderStatus(self._reader_id, available, wall_ms(), error)
+        if self._on_status is not None:
+            try:
+                self._on_status(self._status)
+            except Exception:
+                log.exception("The status callback of scanner %r failed.", self._reader_id)
+
+    async def _open_shielded(self) -> Link:
+        # A close() during open must not leak a device opened in a worker thread.
+        opening = asyncio.ensure_future(self._open())
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_abort_late_link)
+            raise
+
+    async def _run(self) -> None:
+        try:
+            await self._keep_open()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a bug, not a device problem: stop loudly rather than spin
+            log.exception("Scanner %r stopped on an unexpected error.", self._reader_id)
+            self._set_status(False, ScannerDisconnected(self._reader_id, self._where, f"the reader failed ({err!r})"))
+            self._queue.put_nowait(None)
+
+    async def _keep_open(self) -> None:
+        delay_s = self._initial_s
+        down_since: float | None = None  # monotonic start of the current outage, once it was logged
+        connected_before = False
+        while True:
+            try:
+                link = await self._open_shielded()
+            except OPEN_ERRORS as err:
+                error = ScannerDisconnected(self._reader_id, self._where, describe_error(err))
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning(
+                        "Scanner %r cannot open %s (%s); retrying in the background.",
+                        self._reader_id,
+                        self._where,
+                        error.reason,
+                    )
+                else:
+                    log.debug("Scanner %r still cannot open %s: %s", self._reader_id, self._where, error.reason)
+                self._set_status(False, error)
+                await asyncio.sleep(random.uniform(delay_s / 2, delay_s))
+                delay_s = min(delay_s * 2, self._max_s)
+                continue
+
+            self._link = link
+            if self._paused:
+                link.pause()
+            if down_since is not None and connected_before:
+                log.info(
+                    "Scanner %r is back on %s after %.1f s.",
+                    self._reader_id,
+                    self._where,
+                    time.monotonic() - down_since,
+                )
+            elif down_since is not None:
+                log.info(
+                    "Scanner %r opened %s after %.1f s of retries.",
+                    self._reader_id,
+                    self._where,
+                    time.monotonic() - down_since,
+                )
+            else:
+                log.info("Scanner %r opened %s.", self._reader_id, self._where)
+            connected_before = True
+            down_since = None
+            opened_at = time.monotonic()
+            self._set_status(True, None)
+            try:
+                cause = await asyncio.shield(link.lost)
+            except asyncio.CancelledError:
+                if not link.lost.done():
+                    link.abort()
+                    await asyncio.wait_for(asyncio.shield(link.lost), CLOSE_TIMEOUT_S)
+                raise
+            finally:
+                self._link = None
+            error = ScannerDisconnected(self._reader_id, self._where, describe_error(cause))
+            down_since = time.monotonic()
+            log.warning("Scanner %r on %s went away (%s); reconnecting.", self._reader_id, self._where, error.reason)
+            self._set_status(False, error)
+            if down_since - opened_at >= STABLE_LINK_S:
+                delay_s = self._initial_s  # a healthy link: try again at once, from the start of the backoff
+            else:  # a device that drops right after opening must not spin
+                await asyncio.sleep(random.uniform(delay_s / 2, delay_s))
+                delay_s = min(delay_s * 2, self._max_s)
+
+
+def _abort_late_link(opening: asyncio.Future[Link]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().abort()

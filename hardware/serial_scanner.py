@@ -1,0 +1,249 @@
+"""Serial barcode scanners (RS-232, USB CDC/VCP, serial device servers) via pyserial-asyncio-fast.
+
+    config = SerialScannerConfig(reader_id="backdoor", port="/dev/serial/by-id/usb-Honeywell_...-if00")
+    async with SerialScanner(config, on_status=mark_reader) as scanner:
+        async for scan in scanner.scans():
+            ...
+
+The port is a device path (prefer the stable /dev/serial/by-id/ symlink) or
+``socket://host:port`` for a serial device server. Frames end at CR, LF or
+CRLF, or after ``idle_gap_s`` of silence for scanners that send no suffix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import serial
+import serial_asyncio_fast
+
+from hardware.config import check_backoff, check_bool, check_number, check_reader_id, config_from_mapping
+from hardware.errors import ScannerClosed, ScannerConfigError, ScannerDisconnected
+from hardware.framing import FRAME_MAX_BYTES, Frame, FrameSplitter
+from hardware.reader import RECONNECT_INITIAL_S, RECONNECT_MAX_S, ScannerReader, StatusCallback
+
+IDLE_GAP_S = 0.05
+IDLE_GAP_MAX_S = 5.0
+CONNECT_TIMEOUT_S = 10.0  # for socket:// device servers
+BAUDRATE_MAX = 4_000_000
+PARITIES = ("N", "E", "O", "M", "S")
+_PARITY_WORDS = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+
+
+@dataclass(frozen=True, slots=True)
+class SerialScannerConfig:
+    """Every setting of one serial scanner. Not every scanner is 8N1: match its manual."""
+
+    reader_id: str
+    port: str  # /dev/serial/by-id/... or socket://host:port
+    baudrate: int = 9600
+    bytesize: int = 8  # 5, 6, 7 or 8
+    parity: str = "N"  # N, E, O, M or S
+    stopbits: float = 1  # 1, 1.5 or 2
+    rtscts: bool = False
+    xonxoff: bool = False
+    idle_gap_s: float | None = IDLE_GAP_S  # None: frames end only at CR/LF
+    reconnect_initial_s: float = RECONNECT_INITIAL_S
+    reconnect_max_s: float = RECONNECT_MAX_S
+    max_frame_bytes: int = FRAME_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        check_reader_id(self.reader_id)
+        _check_port(self.port)
+        if (
+            isinstance(self.baudrate, bool)
+            or not isinstance(self.baudrate, int)
+            or not 0 < self.baudrate <= BAUDRATE_MAX
+        ):
+            raise ScannerConfigError(f"baudrate must be a whole number from 1 to {BAUDRATE_MAX}, got {self.baudrate!r}")
+        if self.bytesize not in (5, 6, 7, 8) or isinstance(self.bytesize, bool):
+            raise ScannerConfigError(f"bytesize must be 5, 6, 7 or 8, got {self.bytesize!r}")
+        if self.parity not in PARITIES:
+            raise ScannerConfigError(
+                f"parity must be one of N, E, O, M, S (none, even, odd, mark, space), got {self.parity!r}"
+            )
+        if self.stopbits not in (1, 1.5, 2) or isinstance(self.stopbits, bool):
+            raise ScannerConfigError(f"stopbits must be 1, 1.5 or 2, got {self.stopbits!r}")
+        check_bool("rtscts", self.rtscts)
+        check_bool("xonxoff", self.xonxoff)
+        if self.idle_gap_s is not None:
+            check_number("idle_gap_s", self.idle_gap_s, 0.001, IDLE_GAP_MAX_S)
+        check_backoff(self.reconnect_initial_s, self.reconnect_max_s)
+        check_number("max_frame_bytes", self.max_frame_bytes, 16, 1 << 20)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> SerialScannerConfig:
+        """From a config table; also accepts parity as a word (``parity = "even"``)."""
+        values = dict(mapping) if isinstance(mapping, Mapping) else mapping
+        if isinstance(values, dict) and isinstance(values.get("parity"), str):
+            parity = values["parity"]
+            values["parity"] = _PARITY_WORDS.get(parity.lower(), parity.upper())
+        return config_from_mapping(cls, values, "serial scanner")
+
+    @property
+    def is_socket(self) -> bool:
+        return self.port.startswith("socket://")
+
+
+def _check_port(port: object) -> None:
+    if not isinstance(port, str) or not port.strip():
+        raise ScannerConfigError(f"port must be a device path or socket://host:port, got {port!r}")
+    if "://" in port:
+        parts = urllib.parse.urlsplit(port)
+        try:
+            port_number = parts.port
+        except ValueError:
+            port_number = None
+        if parts.scheme != "socket" or not parts.hostname or port_number is None:
+            raise ScannerConfigError(
+                f"port {port!r} is not supported; use a device path or socket://host:port for a serial device server"
+            )
+    elif not port.startswith("/"):
+        raise ScannerConfigError(f"port {port!r} must be an absolute device path such as /dev/serial/by-id/...")
+
+
+class _SerialLink(asyncio.Protocol):
+    """The asyncio protocol of one open port: bytes in, frames out."""
+
+    def __init__(self, deliver: Callable[[Frame], None], idle_gap_s: float | None, max_frame_bytes: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deliver = deliver
+        self._idle_gap_s = idle_gap_s
+        self._splitter = FrameSplitter(max_frame_bytes)
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+        self.made: asyncio.Future[None] = self._loop.create_future()
+        self._lost: asyncio.Future[BaseException | None] = self._loop.create_future()
+
+    @property
+    def lost(self) -> asyncio.Future[BaseException | None]:
+        return self._lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        if not self.made.done():
+            self.made.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self._splitter.feed(data):
+            self._deliver(frame)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._idle_gap_s is not None and self._splitter.pending:
+            self._timer = self._loop.call_later(self._idle_gap_s, self._idle)
+
+    def eof_received(self) -> bool:
+        return False  # a device server hung up: close, which reports the loss
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        frame = self._splitter.flush(complete=False)
+        if frame is not None:
+            self._deliver(frame)
+        if not self.made.done():
+            self.made.set_exception(ConnectionError("the port closed while it was being opened"))
+        if not self._lost.done():
+            self._lost.set_result(exc)
+
+    def _idle(self) -> None:
+        self._timer = None
+        frame = self._splitter.flush(complete=True)
+        if frame is not None:
+            self._deliver(frame)
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    def pause(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def abort(self) -> None:
+        # A transport already closing (the device went away) reports the loss by itself; aborting
+        # it again would run pyserial-asyncio-fast's teardown twice.
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.abort()
+
+
+class SerialScanner(ScannerReader):
+    """One serial scanner; see the module docstring. ``on_status`` hears every availability change."""
+
+    def __init__(self, config: SerialScannerConfig, *, on_status: StatusCallback | None = None) -> None:
+        if not isinstance(config, SerialScannerConfig):
+            raise ScannerConfigError(f"SerialScanner needs a SerialScannerConfig, got {type(config).__name__}")
+        super().__init__(
+            config.reader_id,
+            config.port,
+            reconnect_initial_s=config.reconnect_initial_s,
+            reconnect_max_s=config.reconnect_max_s,
+            on_status=on_status,
+        )
+        self._config = config
+
+    @property
+    def config(self) -> SerialScannerConfig:
+        return self._config
+
+    def send(self, data: bytes) -> None:
+        """Write bytes to the scanner (a beep or trigger command from its manual)."""
+        if self._closed:
+            raise ScannerClosed(f"scanner {self.reader_id!r} is closed")
+        link = self._link
+        if not isinstance(link, _SerialLink):
+            reason = self.status.error.reason if self.status.error is not None else "it is not connected yet"
+            raise ScannerDisconnected(self.reader_id, self._config.port, reason)
+        link.write(bytes(data))
+
+    async def _open(self) -> _SerialLink:
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        link = _SerialLink(self._deliver, cfg.idle_gap_s, cfg.max_frame_bytes)
+        if cfg.is_socket:  # a device server that does not answer must not stall the reconnect loop
+            connecting = serial_asyncio_fast.create_serial_connection(
+                loop, lambda: link, cfg.port, **serial_options(cfg)
+            )
+            await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
+        else:
+            port = await loop.run_in_executor(None, _open_port, cfg)
+            try:
+                await serial_asyncio_fast.connection_for_serial(loop, lambda: link, port)
+            except BaseException:
+                port.close()
+                raise
+        await link.made
+        return link
+
+
+def serial_options(config: SerialScannerConfig) -> dict[str, Any]:
+    """The pyserial keyword arguments for a configuration."""
+    options: dict[str, Any] = {
+        "baudrate": config.baudrate,
+        "bytesize": config.bytesize,
+        "parity": config.parity,
+        "stopbits": config.stopbits,
+        "rtscts": config.rtscts,
+        "xonxoff": config.xonxoff,
+    }
+    if not config.is_socket:
+        options["exclusive"] = True  # two readers on one scanner would each get half the bytes
+    return options
+
+
+def _open_port(config: SerialScannerConfig) -> serial.Serial:
+    """Open a device path non-blocking, in a worker thread; close it again if configuring it fails."""
+    port = serial.Serial(None, timeout=0, write_timeout=0, **serial_options(config))
+    port.port = config.port
+    port.open()
+    return port

@@ -1,0 +1,113 @@
+"""Test helpers: real pseudo-terminals standing in for serial scanners, a status recorder, a scan taker."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import pty
+import struct
+import termios
+import tty
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from hardware import ReaderStatus, Scan, ScannerReader
+
+WAIT_S = 5.0  # every wait in these tests is bounded by this
+
+
+class PtyScanner:
+    """A scanner on a pseudo-terminal, reached through a symlink like /dev/serial/by-id/usb-...-if00.
+
+    ``plug()`` makes a fresh pty and points the symlink at it; ``unplug()`` closes
+    the master side, which is what a reader sees when a USB-serial cable is pulled.
+    """
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.master: int | None = None
+        self.slave: int | None = None
+        self.plug()
+
+    def plug(self) -> None:
+        assert self.master is None, "unplug first"
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)  # nothing canonical or echoed before the reader configures it
+        tmp = self.link.with_name(self.link.name + ".new")
+        if tmp.is_symlink():
+            tmp.unlink()
+        tmp.symlink_to(os.ttyname(self.slave))
+        os.replace(tmp, self.link)  # atomic, like udev updating a by-id link
+
+    def write(self, data: bytes) -> None:
+        assert self.master is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.master, view) :]
+
+    async def write_slowly(self, parts: list[bytes], delay_s: float) -> None:
+        for part in parts:
+            self.write(part)
+            await asyncio.sleep(delay_s)
+
+    def unread_bytes(self) -> int:
+        """Bytes the reader has not read yet (the tty's input queue)."""
+        assert self.slave is not None
+        return int(struct.unpack("i", fcntl.ioctl(self.slave, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+    async def wait_read(self) -> None:
+        """Wait until the reader has taken every byte written (no event exists for this: poll, bounded)."""
+        async with asyncio.timeout(WAIT_S):
+            while self.unread_bytes():
+                await asyncio.sleep(0.005)
+
+    def read_from_reader(self) -> bytes:
+        """What the reader wrote to the device."""
+        assert self.master is not None
+        return os.read(self.master, 4096)
+
+    def unplug(self) -> None:
+        for fd in (self.master, self.slave):
+            if fd is not None:
+                os.close(fd)
+        self.master = self.slave = None
+
+    def close(self) -> None:
+        self.unplug()
+
+
+class StatusLog:
+    """An ``on_status`` callback that tests can wait on."""
+
+    def __init__(self) -> None:
+        self.items: list[ReaderStatus] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, status: ReaderStatus) -> None:
+        self.items.append(status)
+        self._changed.set()
+
+    async def wait(self, *, available: bool) -> ReaderStatus:
+        async with asyncio.timeout(WAIT_S):
+            while not (self.items and self.items[-1].available is available):
+                self._changed.clear()
+                await self._changed.wait()
+        return self.items[-1]
+
+
+class ScanTaker:
+    """One consumer of ``reader.scans()`` with bounded waits."""
+
+    def __init__(self, reader: ScannerReader) -> None:
+        self._iter: AsyncIterator[Scan] = reader.scans()
+
+    async def take(self, count: int = 1) -> list[Scan]:
+        out = []
+        async with asyncio.timeout(WAIT_S):
+            for _ in range(count):
+                out.append(await anext(self._iter))
+        return out
+
+    async def one(self) -> Scan:
+        return (await self.take(1))[0]

@@ -1,0 +1,330 @@
+"""decode(): symbology identifiers, GTINs, GS1 element strings, RCNs, and the errors an operator sees."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from hardware import (
+    GS,
+    DecodedKind,
+    DecodeError,
+    GtinFormat,
+    ScannerConfigError,
+    WeightUnit,
+    check_rcn_region,
+    decode,
+    scan_text,
+)
+
+
+def with_check_digit(payload: str) -> str:
+    """The GS1 mod-10 check digit, computed here independently of the decoder's library."""
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(payload)))
+    return payload + str((10 - total % 10) % 10)
+
+
+def with_wrong_check_digit(payload: str) -> str:
+    good = with_check_digit(payload)
+    return good[:-1] + str((int(good[-1]) + 1) % 10)
+
+
+# -- symbology identifiers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scanned", "aim_id", "name", "kind", "gtin"),
+    [
+        ("]E05901234123457", "]E0", "EAN-13 / UPC-A / UPC-E", DecodedKind.GTIN, "05901234123457"),
+        ("]E496385074", "]E4", "EAN-8", DecodedKind.GTIN, "00000096385074"),
+        ("]C10109501101530003", "]C1", "GS1-128", DecodedKind.GS1, "09501101530003"),
+        (f"]d2{GS}0109501101530003", "]d2", "GS1 DataMatrix", DecodedKind.GS1, "09501101530003"),
+        ("]Q30109501101530003", "]Q3", "GS1 QR Code", DecodedKind.GS1, "09501101530003"),
+        ("]e00109501101530003", "]e0", "GS1 DataBar", DecodedKind.GS1, "09501101530003"),
+        ("]I110950110153004", "]I1", "ITF-14", DecodedKind.GTIN, "10950110153004"),
+        ("]C0SHELF-A-12", "]C0", "Code 128", DecodedKind.TEXT, None),
+        ("]A0BIN42", "]A0", "Code 39", DecodedKind.TEXT, None),
+        ("]Q1https://example.com/item/7", "]Q1", "QR Code", DecodedKind.TEXT, None),
+    ],
+)
+def test_symbology_identifiers(scanned: str, aim_id: str, name: str, kind: DecodedKind, gtin: str | None) -> None:
+    decoded = decode(scanned)
+    assert decoded.symbology is not None
+    assert (decoded.symbology.aim_id, decoded.symbology.name) == (aim_id, name)
+    assert decoded.kind is kind
+    assert decoded.gtin == gtin
+    assert decoded.data == scanned[3:]
+
+
+def test_plain_text_symbologies_are_not_read_as_gs1_or_gtin() -> None:
+    decoded = decode("]C04006381333931")  # 13 digits in a plain Code 128: an internal label, not a GTIN
+    assert decoded.kind is DecodedKind.TEXT
+    assert decoded.gtin is None and decoded.catalog_key == "4006381333931"
+    assert decoded.symbology is not None and not decoded.symbology.gs1
+
+
+def test_an_unknown_symbology_identifier_is_an_error() -> None:
+    with pytest.raises(DecodeError, match="not a known symbology identifier"):
+        decode("]W0SOMETHING")
+
+
+def test_an_identifier_without_data_is_an_error() -> None:
+    with pytest.raises(DecodeError, match="carries no data after its identifier ]E0"):
+        decode("]E0")
+
+
+def test_an_empty_scan_is_an_error() -> None:
+    with pytest.raises(DecodeError, match="empty"):
+        decode(" \r\n")
+
+
+# -- GTINs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "fmt"),
+    [
+        ("9638507", GtinFormat.GTIN_8),
+        ("03600029145", GtinFormat.GTIN_12),
+        ("590123412345", GtinFormat.GTIN_13),
+        ("1095011015300", GtinFormat.GTIN_14),
+    ],
+)
+def test_gtins_with_good_check_digits(payload: str, fmt: GtinFormat) -> None:
+    digits = with_check_digit(payload)
+    decoded = decode(digits)  # no identifier: all digits of a GTIN length is read as a GTIN
+    assert decoded.kind is DecodedKind.GTIN
+    assert decoded.gtin == digits.rjust(14, "0")
+    assert decoded.gtin_original == digits
+    assert decoded.gtin_format is fmt
+    assert decoded.catalog_key == digits.rjust(14, "0")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "payload"),
+    [
+        ("", "9638507"),
+        ("", "03600029145"),
+        ("", "590123412345"),
+        ("", "1095011015300"),
+        ("]E4", "9638507"),
+        ("]E0", "03600029145"),
+        ("]E0", "590123412345"),
+        ("]I1", "1095011015300"),
+    ],
+)
+def test_a_bad_check_digit_is_an_error_never_a_guess(prefix: str, payload: str) -> None:
+    digits = with_wrong_check_digit(payload)
+    expected = with_check_digit(payload)[-1]
+    with pytest.raises(DecodeError) as caught:
+        decode(prefix + digits)
+    message = str(caught.value)
+    assert f"{digits} has a wrong check digit (expected {expected}, got {digits[-1]})" in message
+    assert message.count(".") <= 1 and message.endswith(".")  # one sentence
+    assert caught.value.text == prefix + digits
+
+
+def test_case_gtin_14_is_marked_as_a_case() -> None:
+    case = decode("]I1" + with_check_digit("1095011015300"))
+    unit = decode("]E0" + with_check_digit("590123412345"))
+    variable = decode("]I1" + with_check_digit("9095011015300"))  # indicator 9: variable measure, not a case
+    assert case.is_case and case.gtin_format is GtinFormat.GTIN_14
+    assert not unit.is_case and not variable.is_case
+
+
+def test_upc_e_under_e0_expands_to_upc_a() -> None:
+    decoded = decode("]E001234565")
+    assert decoded.gtin == "00012345000065"
+    assert decoded.gtin_original == "01234565"
+    assert decoded.gtin_format is GtinFormat.GTIN_12
+
+
+def test_upc_e_bad_check_digit_is_an_error() -> None:
+    with pytest.raises(DecodeError, match=r"UPC-E barcode 01234566 has a wrong check digit \(expected 5, got 6\)"):
+        decode("]E001234566")
+
+
+def test_ean_with_add_on() -> None:
+    decoded = decode("]E3" + "5901234123457" + "12")
+    assert (decoded.gtin, decoded.addon) == ("05901234123457", "12")
+    assert decoded.attrs()["addon"] == "12"
+
+
+def test_bytes_are_decoded_as_utf8_or_latin1() -> None:
+    assert decode(b"]E05901234123457").gtin == "05901234123457"
+    assert scan_text("Caf\u00e9".encode()) == "Caf\u00e9"
+    assert scan_text(b"Caf\xe9") == "Caf\u00e9"  # not UTF-8: Latin-1, no byte lost
+
+
+# -- GS1 element strings ---------------------------------------------------------------------------
+
+
+def test_gs1_128_with_lot_expiry_serial_and_net_weight() -> None:
+    decoded = decode(f"]C1010950110153000317260131310300018510ABC123{GS}21SER1")
+    assert decoded.kind is DecodedKind.GS1
+    assert decoded.gtin == "09501101530003" and decoded.gtin_original == "09501101530003"
+    assert decoded.expiry == dt.date(2026, 1, 31)
+    assert decoded.lot == "ABC123"
+    assert decoded.serial == "SER1"
+    assert decoded.net_weight is not None
+    assert (decoded.net_weight.value, decoded.net_weight.unit) == (Decimal("0.185"), WeightUnit.KG)
+    assert [(e.ai, e.value) for e in decoded.elements] == [
+        ("01", "09501101530003"),
+        ("17", "260131"),
+        ("3103", "000185"),
+        ("10", "ABC123"),
+        ("21", "SER1"),
+    ]
+    assert decoded.attrs() == {
+        "symbology": "]C1",
+        "lot": "ABC123",
+        "serial": "SER1",
+        "expiry": "2026-01-31",
+        "net_weight": "0.185",
+        "net_weight_unit": "kg",
+    }
+
+
+def test_contents_and_count_on_a_logistic_label() -> None:
+    sscc = with_check_digit("30614141123456789")
+    decoded = decode(f"]C100{sscc}0209501101530003" + f"3712{GS}10LOT7")
+    assert decoded.sscc == sscc
+    assert decoded.content_gtin == "09501101530003" and decoded.count == 12
+    assert decoded.gtin is None and decoded.lot == "LOT7"
+    assert decoded.catalog_key == "09501101530003"
+
+
+@pytest.mark.parametrize(("ai", "value"), [("3100", "000012"), ("3102", "001250"), ("3105", "001250")])
+def test_net_weight_decimals_follow_the_ai(ai: str, value: str) -> None:
+    decoded = decode(f"]C10109501101530003{ai}{value}")
+    assert decoded.net_weight is not None
+    assert decoded.net_weight.value == Decimal(value) / Decimal(10) ** int(ai[3])
+
+
+def test_net_weight_in_pounds() -> None:
+    decoded = decode("]C101950123456789033202001500")
+    assert decoded.net_weight is not None
+    assert (decoded.net_weight.value, decoded.net_weight.unit) == (Decimal("15.00"), WeightUnit.LB)
+
+
+def test_expiry_day_00_means_the_last_day_of_the_month() -> None:
+    assert decode("]C1010950110153000317260200").expiry == dt.date(2026, 2, 28)
+
+
+def test_best_before() -> None:
+    assert decode("]C1010950110153000315270415").best_before == dt.date(2027, 4, 15)
+
+
+def test_leading_and_trailing_group_separators_are_tolerated() -> None:
+    decoded = decode(f"]d2{GS}0109501101530003{GS}10LOT{GS}")
+    assert (decoded.gtin, decoded.lot) == ("09501101530003", "LOT")
+
+
+def test_gs1_without_identifier_by_group_separator_or_leading_ai() -> None:
+    assert decode(f"10LOT{GS}0109501101530003").lot == "LOT"
+    assert decode("0109501101530003" + "10ABC").gtin == "09501101530003"
+    assert decode("(01)09501101530003(17)260131").expiry == dt.date(2026, 1, 31)
+
+
+def test_gs1_digital_link_in_a_gs1_datamatrix() -> None:
+    decoded = decode("]d2https://id.gs1.org/01/09501101530003/10/ABC")
+    assert (decoded.gtin, decoded.lot) == ("09501101530003", "ABC")
+
+
+def test_gs1_gtin_with_a_bad_check_digit_is_an_error() -> None:
+    with pytest.raises(DecodeError, match=r"The GTIN in \(01\) 09501101530004 has a wrong check digit"):
+        decode("]C10109501101530004" + "10LOT")
+    with pytest.raises(DecodeError, match=r"The GTIN in \(02\)"):
+        decode("]C10209501101530004" + "3712")
+
+
+def test_gs1_sscc_with_a_bad_check_digit_is_an_error() -> None:
+    with pytest.raises(DecodeError, match=r"The SSCC in \(00\)"):
+        decode("]C100" + with_wrong_check_digit("30614141123456789"))
+
+
+@pytest.mark.parametrize(
+    "scanned",
+    [
+        "]C1011095011015300317261340",  # (17) month 13
+        "]C1010950110153000x",  # (01) not digits
+        "]C1ZZZ",  # no AI at all
+    ],
+)
+def test_unreadable_gs1_is_an_error(scanned: str) -> None:
+    with pytest.raises(DecodeError, match="The GS1-128 barcode .* cannot be read"):
+        decode(scanned)
+
+
+def test_values_that_only_look_like_gs1_stay_text() -> None:
+    assert decode("0123456789012345678").kind is DecodedKind.TEXT  # 19 digits: no GTIN, no complete GS1
+    assert decode("(staff) badge 7").kind is DecodedKind.TEXT
+
+
+def test_values_with_a_group_separator_must_be_gs1() -> None:
+    with pytest.raises(DecodeError, match="The GS1 barcode .* cannot be read"):
+        decode(f"HELLO{GS}WORLD")
+
+
+def test_gs1_without_identifier_still_checks_the_gtin() -> None:
+    with pytest.raises(DecodeError, match="wrong check digit"):
+        decode("(01)09501101530004(10)LOT")
+
+
+# -- restricted circulation numbers (in-store weighed / priced items) ------------------------------
+
+
+def test_rcn_price_in_great_britain() -> None:
+    decoded = decode("]E02012345102989", rcn_region="gb")
+    assert decoded.rcn is not None
+    assert (decoded.rcn.region, decoded.rcn.price, decoded.rcn.currency) == ("gb", Decimal("2.98"), "GBP")
+    assert decoded.rcn.weight_kg is None
+    assert decoded.rcn.lookup_gtin == "02012345000001"
+    assert decoded.catalog_key == "02012345000001"  # the same item at any price
+    assert decode("]E02012345912342", rcn_region="gb").catalog_key == "02012345000001"
+    assert decoded.attrs()["rcn_price"] == "2.98"
+
+
+def test_rcn_weight_in_germany_and_sweden() -> None:
+    german = decode("2812347012503", rcn_region="de")
+    swedish = decode("2312345612502", rcn_region="SE")
+    assert german.rcn is not None and german.rcn.weight_kg == Decimal("1.25")
+    assert swedish.rcn is not None and swedish.rcn.weight_kg == Decimal("1.25")
+    assert german.rcn.lookup_gtin == "02812340000002"
+
+
+def test_rcn_price_in_denmark() -> None:
+    decoded = decode("2201230024950", rcn_region="dk")
+    assert decoded.rcn is not None and (decoded.rcn.price, decoded.rcn.currency) == (Decimal("24.95"), "DKK")
+
+
+def test_rcn_with_a_bad_price_weight_check_digit_is_an_error() -> None:
+    # The GTIN check digit is right; the weight's own check digit (German rules) is not.
+    with pytest.raises(DecodeError, match="weighed or priced item whose price/weight check digit is wrong"):
+        decode("2812348012502", rcn_region="de")
+
+
+def test_rcn_without_a_region_is_flagged_but_not_interpreted() -> None:
+    decoded = decode("]E02012345102989")
+    assert decoded.rcn is not None
+    assert (decoded.rcn.usage, decoded.rcn.region, decoded.rcn.price) == ("geo", None, None)
+    assert decoded.catalog_key == "02012345102989"
+
+
+def test_company_rcn() -> None:
+    decoded = decode(with_check_digit("041234567890"), rcn_region="gb")
+    assert decoded.rcn is not None and decoded.rcn.usage == "company"
+    assert decoded.rcn.price is None
+
+
+def test_an_ordinary_gtin_is_not_an_rcn() -> None:
+    assert decode("]E05901234123457", rcn_region="gb").rcn is None
+
+
+def test_unknown_rcn_region_is_a_config_error() -> None:
+    with pytest.raises(ScannerConfigError, match="rcn_region 'xx' is not supported"):
+        decode("]E05901234123457", rcn_region="xx")
+    assert check_rcn_region(" GB ") == "gb"
+    assert check_rcn_region(None) is None

@@ -1,0 +1,331 @@
+"""SerialScanner against real pseudo-terminals (and a real TCP device server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import termios
+import threading
+from pathlib import Path
+
+import pytest
+from scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
+
+from hardware import (
+    GS,
+    ScannerClosed,
+    ScannerConfigError,
+    ScannerDisconnected,
+    SerialScanner,
+    SerialScannerConfig,
+    decode,
+)
+from hardware.reader import QUEUE_PAUSE_SCANS
+from hardware.serial_scanner import serial_options
+
+FAST = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1}
+
+
+def config(port: Path | str, **overrides: object) -> SerialScannerConfig:
+    """A configuration with fast reconnects, for tests."""
+    return SerialScannerConfig(**{"reader_id": "backdoor", "port": str(port), **FAST, **overrides})  # type: ignore[arg-type]
+
+
+def reader_records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "hardware.reader" and r.levelno == level]
+
+
+async def test_frames_end_at_cr_lf_and_crlf_without_empty_frames(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=None), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        pty_scanner.write(b"CR-ONLY\rLF-ONLY\nCRLF\r\nDOUBLE\r\n\r\n\nLAST\r\n")
+        scans = await ScanTaker(scanner).take(5)
+    assert [s.raw for s in scans] == [b"CR-ONLY", b"LF-ONLY", b"CRLF", b"DOUBLE", b"LAST"]
+    assert all(s.complete and s.reader_id == "backdoor" and s.received_at_ms > 0 for s in scans)
+
+
+async def test_a_barcode_split_across_writes_is_one_frame(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=None), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        await pty_scanner.write_slowly([b"]E05901", b"2341", b"23457\r", b"\n]E4963", b"85074\r\n"], 0.02)
+        scans = await ScanTaker(scanner).take(2)
+    assert [s.text for s in scans] == ["]E05901234123457", "]E496385074"]
+    assert decode(scans[0].text).gtin == "05901234123457"
+
+
+async def test_fragments_within_the_idle_gap_stay_one_frame(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=2.0), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        await pty_scanner.write_slowly([b"4006", b"3813", b"33931"], 0.02)
+        scan = await ScanTaker(scanner).one()
+    assert scan.raw == b"4006381333931" and scan.complete
+
+
+async def test_no_suffix_scanner_frames_end_after_the_idle_gap(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=0.05), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        taker = ScanTaker(scanner)
+        pty_scanner.write(b"5901234123457")
+        first = await taker.one()
+        pty_scanner.write(b"BIN-A-12")
+        second = await taker.one()
+    assert (first.raw, second.raw) == (b"5901234123457", b"BIN-A-12")
+    assert first.complete and second.complete
+
+
+async def test_gs1_with_group_separators_decodes(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    label = f"]C10109501101530003172601311010LOT-42{GS}21SN0001{GS}3102001250\r\n".encode()
+    async with SerialScanner(config(pty_scanner.link), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        pty_scanner.write(label)
+        scan = await ScanTaker(scanner).one()
+    decoded = decode(scan.text)
+    assert scan.raw == label[:-2]
+    assert decoded.gtin == "09501101530003"
+    assert decoded.expiry is not None and decoded.expiry.isoformat() == "2026-01-31"
+    assert (decoded.lot, decoded.serial) == ("10LOT-42", "SN0001")
+    assert decoded.net_weight is not None and str(decoded.net_weight.value) == "12.50"
+    assert [e.ai for e in decoded.elements] == ["01", "17", "10", "21", "3102"]
+
+
+async def test_unplug_marks_unavailable_logs_once_and_replug_recovers(
+    pty_scanner: PtyScanner, statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hardware")
+    async with SerialScanner(config(pty_scanner.link), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        taker = ScanTaker(scanner)
+        pty_scanner.write(b"BEFORE-1\r\nBEFORE-2\r\n")
+        before = await taker.take(2)
+
+        pty_scanner.unplug()
+        down = await statuses.wait(available=False)
+        assert not scanner.available
+        assert isinstance(down.error, ScannerDisconnected)
+        assert "backdoor" in str(down.error) and str(pty_scanner.link) in str(down.error)
+        with pytest.raises(ScannerDisconnected):
+            scanner.send(b"beep")
+        async with asyncio.timeout(WAIT_S):  # let several reconnect attempts fail
+            while len([m for m in reader_records(caplog, logging.DEBUG) if "still cannot open" in m]) < 3:
+                await asyncio.sleep(0.01)
+
+        pty_scanner.plug()
+        await statuses.wait(available=True)
+        pty_scanner.write(b"AFTER\r\n")
+        after = await taker.one()
+
+    assert [s.raw for s in before] == [b"BEFORE-1", b"BEFORE-2"]
+    assert after.raw == b"AFTER"
+    warnings = reader_records(caplog, logging.WARNING)
+    assert len(warnings) == 1 and "went away" in warnings[0]
+    assert len([m for m in reader_records(caplog, logging.INFO) if "is back" in m]) == 1
+    assert [s.available for s in statuses.items] == [True, False, True, False]  # the last: closed
+
+
+async def test_partial_frame_at_unplug_is_delivered_as_cut_off(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=None), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        taker = ScanTaker(scanner)
+        pty_scanner.write(b"WHOLE\r\n]E059012341")
+        whole = await taker.one()  # the write has reached the tty ...
+        await pty_scanner.wait_read()  # ... and the reader has taken all of it
+        pty_scanner.unplug()
+        cut = await taker.one()
+    assert (whole.raw, whole.complete) == (b"WHOLE", True)
+    assert (cut.raw, cut.complete) == (b"]E059012341", False)
+
+
+async def test_missing_port_at_start_is_unavailable_until_it_appears(
+    tmp_path: Path, statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hardware")
+    link = tmp_path / "usb-Zebra_DS2208-if00"
+    async with SerialScanner(config(link), on_status=statuses) as scanner:
+        down = await statuses.wait(available=False)
+        assert down.error is not None and "No such file or directory" in str(down.error)
+        async with asyncio.timeout(WAIT_S):
+            while not any("still cannot open" in m for m in reader_records(caplog, logging.DEBUG)):
+                await asyncio.sleep(0.01)
+        device = PtyScanner(link)
+        try:
+            await statuses.wait(available=True)
+            device.write(b"HELLO\n")
+            assert (await ScanTaker(scanner).one()).raw == b"HELLO"
+        finally:
+            device.close()
+    warnings = reader_records(caplog, logging.WARNING)
+    assert len(warnings) == 1 and "cannot open" in warnings[0]
+    assert any("opened" in m and "after" in m for m in reader_records(caplog, logging.INFO))
+
+
+async def test_line_settings_reach_the_port(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    # A pty accepts speed, stop bits and flow control; some kernels refuse 7 data bits or parity on a
+    # pty, so those are checked on the options handed to pyserial below.
+    cfg = config(pty_scanner.link, baudrate=19200, stopbits=2, rtscts=True, xonxoff=True)
+    async with SerialScanner(cfg, on_status=statuses):
+        await statuses.wait(available=True)
+        assert pty_scanner.slave is not None
+        iflag, _oflag, cflag, _lflag, ispeed, _ospeed, _cc = termios.tcgetattr(pty_scanner.slave)
+    assert cflag & termios.CSTOPB
+    assert cflag & termios.CRTSCTS
+    assert iflag & termios.IXON and iflag & termios.IXOFF
+    assert ispeed == termios.B19200
+
+
+def test_every_line_setting_is_handed_to_pyserial() -> None:
+    cfg = config("/dev/ttyUSB0", baudrate=2400, bytesize=7, parity="O", stopbits=1.5, rtscts=True, xonxoff=False)
+    assert serial_options(cfg) == {
+        "baudrate": 2400,
+        "bytesize": 7,
+        "parity": "O",
+        "stopbits": 1.5,
+        "rtscts": True,
+        "xonxoff": False,
+        "exclusive": True,
+    }
+    assert "exclusive" not in serial_options(config("socket://127.0.0.1:4001"))
+
+
+async def test_default_line_settings_are_8n1(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    async with SerialScanner(config(pty_scanner.link), on_status=statuses):
+        await statuses.wait(available=True)
+        assert pty_scanner.slave is not None
+        iflag, _oflag, cflag, _lflag, ispeed, _ospeed, _cc = termios.tcgetattr(pty_scanner.slave)
+    assert cflag & termios.CSIZE == termios.CS8
+    assert not cflag & (termios.PARENB | termios.CSTOPB | termios.CRTSCTS)
+    assert not iflag & termios.IXON
+    assert ispeed == termios.B9600
+
+
+async def test_a_second_reader_cannot_share_the_port(pty_scanner: PtyScanner) -> None:
+    first_log, second_log = StatusLog(), StatusLog()
+    async with SerialScanner(config(pty_scanner.link, reader_id="first"), on_status=first_log):
+        await first_log.wait(available=True)
+        async with SerialScanner(config(pty_scanner.link, reader_id="second"), on_status=second_log) as second:
+            down = await second_log.wait(available=False)
+            assert not second.available
+    assert down.error is not None and "second" in str(down.error)
+
+
+async def test_send_writes_to_the_scanner(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    async with SerialScanner(config(pty_scanner.link), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        scanner.send(b"\x16T\r")  # a Honeywell trigger command
+        received = await asyncio.wait_for(asyncio.to_thread(pty_scanner.read_from_reader), WAIT_S)
+    assert received == b"\x16T\r"
+
+
+async def test_socket_device_server_partial_frame_and_reconnect(statuses: StatusLog) -> None:
+    connections: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def on_client(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await connections.put(writer)
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    try:
+        async with SerialScanner(config(f"socket://{host}:{port}", idle_gap_s=None), on_status=statuses) as scanner:
+            taker = ScanTaker(scanner)
+            first = await asyncio.wait_for(connections.get(), WAIT_S)
+            await statuses.wait(available=True)
+            first.write(b"]E05901234123457\r\n]C0PALLET-7")
+            await first.drain()
+            first.close()  # the device server drops the line mid-frame
+            scans = await taker.take(2)
+            down = await statuses.wait(available=False)
+
+            second = await asyncio.wait_for(connections.get(), WAIT_S)
+            await statuses.wait(available=True)
+            second.write(b"AGAIN\n")
+            await second.drain()
+            again = await taker.one()
+            second.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [(s.raw, s.complete) for s in scans] == [(b"]E05901234123457", True), (b"]C0PALLET-7", False)]
+    assert down.error is not None and "closed the connection" in str(down.error)
+    assert again.raw == b"AGAIN"
+
+
+async def test_slow_consumer_pauses_reading_and_loses_nothing(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    count = QUEUE_PAUSE_SCANS * 3
+    payload = b"".join(b"ITEM-%05d\r\n" % i for i in range(count))
+    writer = threading.Thread(target=pty_scanner.write, args=(payload,), daemon=True)  # may block on a full pty
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=None), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        writer.start()
+        async with asyncio.timeout(WAIT_S):  # nobody consumes: the reader fills its queue, then pauses
+            while scanner.pending_scans < QUEUE_PAUSE_SCANS or pty_scanner.unread_bytes() == 0:
+                await asyncio.sleep(0.005)
+        held_back = scanner.pending_scans
+        scans = await ScanTaker(scanner).take(count)
+        await asyncio.to_thread(writer.join, WAIT_S)
+    assert held_back < count  # paused: the rest waited in the kernel's buffer
+    assert [s.raw for s in scans] == [b"ITEM-%05d" % i for i in range(count)]
+    assert scanner.pending_scans == 0
+
+
+async def test_close_is_idempotent_and_use_after_close_is_a_clear_error(pty_scanner: PtyScanner) -> None:
+    scanner = SerialScanner(config(pty_scanner.link))
+    async with scanner:
+        pass
+    await scanner.close()
+    with pytest.raises(ScannerClosed, match="closed"):
+        await anext(scanner.scans())
+    with pytest.raises(ScannerClosed):
+        scanner.send(b"x")
+    with pytest.raises(ScannerClosed):
+        scanner.start()
+
+
+async def test_close_ends_a_running_consumer(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
+    scanner = SerialScanner(config(pty_scanner.link), on_status=statuses)
+    scanner.start()
+    await statuses.wait(available=True)
+    seen: list[bytes] = []
+
+    async def consume() -> None:
+        async for scan in scanner.scans():
+            seen.append(scan.raw)
+
+    consumer = asyncio.create_task(consume())
+    pty_scanner.write(b"ONE\r\n")
+    async with asyncio.timeout(WAIT_S):
+        while not seen:
+            await asyncio.sleep(0.005)
+    await scanner.close()
+    await asyncio.wait_for(consumer, WAIT_S)
+    assert seen == [b"ONE"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"parity": "X"}, "parity"),
+        ({"bytesize": 9}, "bytesize"),
+        ({"stopbits": 3}, "stopbits"),
+        ({"baudrate": 0}, "baudrate"),
+        ({"port": "rfc2217://127.0.0.1:7000"}, "not supported"),
+        ({"port": "ttyUSB0"}, "absolute"),
+        ({"reader_id": "back door"}, "reader_id"),
+        ({"idle_gap_s": 0}, "idle_gap_s"),
+        ({"reconnect_initial_s": 5.0, "reconnect_max_s": 1.0}, "must not exceed"),
+        ({"rtscts": "yes"}, "rtscts"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_sentence(overrides: dict[str, object], message: str) -> None:
+    settings: dict[str, object] = {"port": "/dev/ttyUSB0", **overrides}
+    with pytest.raises(ScannerConfigError, match=message):
+        config(**settings)  # type: ignore[arg-type]
+
+
+def test_config_from_a_table() -> None:
+    cfg = SerialScannerConfig.from_mapping(
+        {"reader_id": "dock-2", "port": "socket://127.0.0.1:4001", "baudrate": 19200, "parity": "even", "bytesize": 7}
+    )
+    assert (cfg.parity, cfg.bytesize, cfg.baudrate, cfg.is_socket) == ("E", 7, 19200, True)
+    with pytest.raises(ScannerConfigError, match="unknown serial scanner setting"):
+        SerialScannerConfig.from_mapping({"reader_id": "x", "port": "/dev/ttyS0", "speed": 9600})
+    with pytest.raises(ScannerConfigError, match="incomplete"):
+        SerialScannerConfig.from_mapping({"reader_id": "x"})
