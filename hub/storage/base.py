@@ -8,11 +8,11 @@ All methods are coroutines; a store is an async context manager and
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
+from hub.resolver import Effect as Effect  # noqa: PLC0414 (re-exported: the ledger speaks the resolver's words)
 from protocol import CountSnapshot, Rejection, StockEvent
 
 
@@ -25,13 +25,20 @@ class StoreClosed(HubError):
         super().__init__("the hub store is closed")
 
 
-class Effect(StrEnum):
-    """What an event did, as the ledger shows it."""
+class StoreError(HubError):
+    """The database failed or cannot be used (the message says which, the cause is chained)."""
 
-    APPLIED = "applied"  # counted in on_hand (or in reserved, for reserve/release)
-    SUPERSEDED = "superseded"  # a delta ordered before the last count: the count already saw it
-    DUPLICATE = "duplicate"  # a resend of an event already in the ledger
-    REJECTED = "rejected"  # refused; never counted (reason kept)
+
+class Forbidden(HubError):
+    """The credential may not do this (a reader sending stock events)."""
+
+
+class InvalidInput(HubError, ValueError):
+    """An argument outside the contract (a bad role, location code or quantity)."""
+
+
+ROLES = ("agent", "reader", "admin")
+INGEST_ROLES = frozenset({"agent", "admin"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,13 @@ class AgentIdentity:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
+    """The answer to one batch, computed inside its transaction.
+
+    ``applied`` counts events stored for the first time (their effect may be
+    superseded); ``duplicates`` counts resends ignored; ``counts`` holds a
+    snapshot of every (location, sku) the batch's stored or resent events touch.
+    """
+
     agent_id: str
     epoch: int
     hwm: int
@@ -88,6 +102,7 @@ class LedgerRow:
     duplicates: int  # how many resends of this event the hub has seen and ignored
     received_at_ms: int
     rejection: str | None = None  # for effect == rejected: why
+    rejection_code: str | None = None  # for effect == rejected: "forbidden_location", "conflict", ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +121,34 @@ class AgentStatus:
     locations: tuple[str, ...]
     last_sync_ms: int | None
     hwm: dict[int, int]  # epoch -> high-water mark
-    clock_skew_ms: int | None
+    clock_skew_ms: int | None  # hub wall clock − the newest event wall clock of the last batch
+    role: str = "agent"
+    revoked: bool = False
+
+
+S_co = TypeVar("S_co", bound="HubStore", covariant=True)
+
+
+class StoreOpener(Generic[S_co]):
+    """What ``SomeStore.open(...)`` returns: ``await`` it for a store you close
+    yourself, or use it as ``async with SomeStore.open(...) as store:``."""
+
+    __slots__ = ("_open", "_store")
+
+    def __init__(self, open_: Callable[[], Awaitable[S_co]]) -> None:
+        self._open = open_
+        self._store: S_co | None = None
+
+    def __await__(self) -> Generator[Any, None, S_co]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> S_co:
+        self._store = await self._open()
+        return self._store
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._store is not None:
+            await self._store.close()
 
 
 class HubStore(abc.ABC):
@@ -131,7 +173,8 @@ class HubStore(abc.ABC):
         """The identity for a bearer token, or None if unknown or revoked."""
 
     @abc.abstractmethod
-    async def revoke_agent(self, agent_id: str) -> bool: ...
+    async def revoke_agent(self, agent_id: str) -> bool:
+        """Revoke a credential; True if it was active until now."""
 
     # --- ingest ----------------------------------------------------------
     @abc.abstractmethod
@@ -143,17 +186,21 @@ class HubStore(abc.ABC):
         already stored with different content, are rejected (kept in the
         rejections log, never counted). The answer carries the counts of every
         (location, sku) the batch touched, read inside the same transaction.
+        Raises ``Forbidden`` unless ``who.role`` is "agent" or "admin".
         """
 
     # --- reads -----------------------------------------------------------
     @abc.abstractmethod
-    async def counts(self, *, location: str | None = None, sku: str | None = None, limit: int = 1000) -> list[CountRow]: ...
+    async def counts(
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000
+    ) -> list[CountRow]: ...
 
     @abc.abstractmethod
     async def ledger(
         self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, before: int | None = None
     ) -> list[LedgerRow]:
-        """Events (and rejected attempts) newest first in resolution order."""
+        """Events (and rejected attempts) newest first in resolution order;
+        ``before`` (a packed HLC) keeps only those with ``occurred_at < before``."""
 
     @abc.abstractmethod
     async def exceptions(self, *, location: str | None = None, limit: int = 1000) -> list[ExceptionRow]: ...
@@ -162,7 +209,8 @@ class HubStore(abc.ABC):
     async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]: ...
 
     @abc.abstractmethod
-    async def set_safety_stock(self, location: str, sku: str, qty: int) -> CountRow: ...
+    async def set_safety_stock(self, location: str, sku: str, qty: int) -> CountRow:
+        """Set the units held back from ``available`` at one (location, sku)."""
 
     @abc.abstractmethod
     async def health(self) -> dict[str, Any]: ...

@@ -1,0 +1,91 @@
+"""Bearer-token authentication for the hub's HTTP API.
+
+A middleware resolves ``Authorization: Bearer <token>`` to an
+``AgentIdentity`` through the store for every route except the public ones
+(``/healthz``); handlers then state which roles they accept with
+``require_role``. The store keeps only a hash of each token, so a revoked or
+unknown token simply finds no identity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection
+
+from aiohttp import web
+
+from hub.storage.base import AgentIdentity, HubStore
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ROLE_AGENT = "agent"
+ROLE_READER = "reader"
+ROLE_ADMIN = "admin"
+TOKEN_MAX_CHARS = 512  # far above any token the hub issues; longer headers are refused unread
+
+IDENTITY_KEY = web.RequestKey("identity", AgentIdentity)
+STORE_KEY = web.AppKey("store", HubStore)
+PUBLIC_ROUTES_KEY = web.AppKey("public_routes", frozenset[str])
+
+
+class Unauthorized(web.HTTPUnauthorized):
+    """401 with the challenge header RFC 6750 asks for."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(text=message, headers={"WWW-Authenticate": 'Bearer realm="shelfsync-hub"'})
+
+
+def bearer_token(request: web.Request) -> str:
+    """The token of the Authorization header, or a 401 saying what is wrong with it."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise Unauthorized("this route needs a credential: send the header 'Authorization: Bearer <token>'")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("the Authorization header must have the form 'Bearer <token>'")
+    if len(token) > TOKEN_MAX_CHARS or not token.isprintable() or not token.isascii():
+        raise Unauthorized("the credential is not valid")
+    return token
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate every matched, non-public route before its handler runs."""
+    match = request.match_info
+    if match.http_exception is not None or match.route.name in request.app[PUBLIC_ROUTES_KEY]:
+        return await handler(request)
+    token = bearer_token(request)
+    identity = await request.app[STORE_KEY].authenticate(token)
+    if identity is None:
+        log.info(
+            "refused a request to %s %s from %s: unknown or revoked credential",
+            request.method,
+            request.path,
+            request.remote,
+        )
+        raise Unauthorized("the credential is unknown or has been revoked")
+    request[IDENTITY_KEY] = identity
+    return await handler(request)
+
+
+def identity_of(request: web.Request) -> AgentIdentity:
+    """The caller the middleware authenticated."""
+    return request[IDENTITY_KEY]
+
+
+def require_role(request: web.Request, roles: Collection[str], action: str) -> AgentIdentity:
+    """The caller, if its role is one of ``roles``; otherwise a 403 naming ``action``."""
+    who = identity_of(request)
+    if who.role not in roles:
+        allowed = " or ".join(sorted(roles))
+        raise web.HTTPForbidden(
+            text=f"{_article(who.role)} {who.role} credential cannot {action}; only {allowed} credentials can"
+        )
+    return who
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

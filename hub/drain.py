@@ -1,0 +1,59 @@
+"""Graceful stop: count the requests in flight, refuse new ones, wait for the rest.
+
+aiohttp's own shutdown stops reading from open connections, so a request
+whose body is still arriving would wait out the whole timeout and be
+cancelled. The hub therefore drains first: stop listening, answer new
+requests on kept-alive connections with 503, and wait until every request
+already inside a handler has its answer — then let aiohttp close the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from hub.auth import Handler
+
+
+class RequestGate:
+    """A middleware that knows how many requests are in flight and can close the door."""
+
+    __slots__ = ("_active", "_closed", "_idle")
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._closed:
+            raise web.HTTPServiceUnavailable(
+                text="the hub is shutting down; try again shortly", headers={"Connection": "close"}
+            )
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests; True once none is in flight, False if ``timeout_s`` passed first."""
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+GATE_KEY = web.AppKey("request_gate", RequestGate)

@@ -1,0 +1,333 @@
+"""Resolution: from a set of stock events to counts, effects and variances.
+
+This is the reference specification of DESIGN.md "Resolution". It is pure — no
+I/O, no database, no clock — and it works on the *final set* of events only,
+so its answer cannot depend on the order, batching or duplication of their
+delivery. The storage backends compute the same thing incrementally and the
+tests check ``store == resolve(all events)`` after arbitrary deliveries.
+
+The rules, per (location, sku):
+
+* Events are totally ordered by ``order_key`` = (occurred_at, agent_id, seq,
+  event_id). The event id only breaks ties the first three leave (the same
+  agent in two epochs at the same instant), so the order stays total.
+* ``on_hand`` = qty of the last ``count`` (0 if none) + every on-hand delta
+  (``protocol.ON_HAND_KINDS``) ordered after it.
+* A delta is *superseded* iff some count of its (location, sku) is ordered
+  after it, else *applied*; counts, reserves and releases are *applied*.
+* The variance of a count = its qty − (qty of the count before it, or 0, + the
+  deltas strictly between the two). A late delta ordered before a count moves
+  that count's variance (the shrinkage report), not ``on_hand``.
+* Reservations are kept per (location, sku, ref); a sale carrying the same
+  ref consumes its reservation. ``reserved`` is the sum of what stays open.
+* ``available`` = max(0, on_hand − reserved − safety stock).
+* Transfers are kept per (ref, sku): shipped by ``transfer_out``, received by
+  ``transfer_in``; what is shipped and not yet received is in transit to the
+  receiving location.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, TypeAlias, TypeGuard
+
+from protocol import ON_HAND_KINDS, Kind, StockEvent
+from protocol.event import LOCATION_MAX_LEN
+
+OrderKey: TypeAlias = tuple[int, str, int, bytes]  # (occurred_at, agent_id, seq, event_id)
+StockKey: TypeAlias = tuple[str, str]  # (location, sku)
+TransferKey: TypeAlias = tuple[str, str]  # (ref, sku)
+ReservationKey: TypeAlias = tuple[str, str, str]  # (location, sku, ref); "" for reservations without a ref
+
+LOCATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
+# Kinds whose position in the order matters for on_hand and variances.
+ORDERED_KINDS = ON_HAND_KINDS | {Kind.COUNT}
+RESERVATION_KINDS = frozenset({Kind.RESERVE, Kind.RELEASE})
+
+
+class Effect(StrEnum):
+    """What an event did, as the ledger shows it."""
+
+    APPLIED = "applied"  # counted in on_hand (or in reserved, for reserve/release)
+    SUPERSEDED = "superseded"  # a delta ordered before the last count: the count already saw it
+    DUPLICATE = "duplicate"  # a resend of an event already in the ledger
+    REJECTED = "rejected"  # refused; never counted (reason kept)
+
+
+def order_key(ev: StockEvent) -> OrderKey:
+    return (ev.occurred_at, ev.agent_id, ev.seq, ev.event_id)
+
+
+def is_location(value: object) -> TypeGuard[str]:
+    """True for a well-formed location code (the same rule the protocol applies to events)."""
+    return isinstance(value, str) and 0 < len(value) <= LOCATION_MAX_LEN and LOCATION_RE.fullmatch(value) is not None
+
+
+def available(on_hand: int, reserved: int, safety_stock: int) -> int:
+    return max(0, on_hand - reserved - safety_stock)
+
+
+# --- findings: what the operations team should look at ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing that needs a person: the store turns these into ExceptionRows."""
+
+    kind: str  # "negative_on_hand", "transfer_short", "transfer_over", "transfer_unmatched"
+    location: str | None
+    sku: str | None
+    detail: str  # one sentence for the operations team
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def negative_on_hand_finding(location: str, sku: str, on_hand: int) -> Finding | None:
+    if on_hand >= 0:
+        return None
+    return Finding(
+        "negative_on_hand",
+        location,
+        sku,
+        f"{sku} at {location} stands at {on_hand} on hand, below zero: a receipt is probably missing "
+        f"or a count was wrong, and nothing is shown as available until it is fixed.",
+        {"on_hand": on_hand},
+    )
+
+
+# --- reservations ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One reservation ref at one (location, sku); commutative sums only."""
+
+    reserved: int = 0  # Σ reserve qty + Σ release qty (a release is negative)
+    consumed: int = 0  # Σ |qty| of sales carrying this ref
+
+    @property
+    def open(self) -> int:
+        return max(0, self.reserved - self.consumed)
+
+
+def reservation_key(ev: StockEvent) -> ReservationKey | None:
+    """The reservation an event adds to or consumes, if any."""
+    if ev.kind in RESERVATION_KINDS:
+        return (ev.location, ev.sku, ev.ref or "")
+    if ev.kind is Kind.SALE and ev.ref is not None:
+        return (ev.location, ev.sku, ev.ref)
+    return None
+
+
+def tally_reservation(res: Reservation, ev: StockEvent) -> Reservation:
+    if ev.kind in RESERVATION_KINDS:
+        return Reservation(res.reserved + ev.qty, res.consumed)
+    if ev.kind is Kind.SALE and ev.ref is not None:
+        return Reservation(res.reserved, res.consumed - ev.qty)
+    return res
+
+
+# --- transfers -------------------------------------------------------------
+
+
+def _min_opt(a: str | None, b: str | None) -> str | None:
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One transfer document for one SKU, folded from both sides' events.
+
+    Where the sides disagree about a location (two different destinations),
+    the smallest code wins, so the answer does not depend on arrival order.
+    """
+
+    ref: str
+    sku: str
+    shipped: int = 0  # units sent by transfer_out events (positive)
+    received: int = 0  # units taken in by transfer_in events
+    out_from: str | None = None  # where the transfer_out events happened
+    out_to: str | None = None  # their attrs["to"]
+    in_to: str | None = None  # where the transfer_in events happened
+    in_from: str | None = None  # their attrs["from"]
+
+    @property
+    def from_location(self) -> str | None:
+        return self.out_from if self.out_from is not None else self.in_from
+
+    @property
+    def to_location(self) -> str | None:
+        return self.in_to if self.in_to is not None else self.out_to
+
+    @property
+    def in_transit(self) -> int:
+        return max(0, self.shipped - self.received)
+
+    def finding(self) -> Finding | None:
+        shipped, received = self.shipped, self.received
+        src = self.from_location or "an unknown location"
+        dst = self.to_location or "an unknown location"
+        data: dict[str, Any] = {
+            "ref": self.ref,
+            "from": self.from_location,
+            "to": self.to_location,
+            "shipped": shipped,
+            "received": received,
+        }
+        if shipped == 0 and received > 0:
+            return Finding(
+                "transfer_unmatched",
+                self.to_location,
+                self.sku,
+                f"Transfer {self.ref}: {received} of {self.sku} were received at {dst} "
+                f"but no shipment from {src} has been recorded.",
+                data,
+            )
+        if received > shipped:
+            return Finding(
+                "transfer_over",
+                self.to_location,
+                self.sku,
+                f"Transfer {self.ref}: {dst} received {received} of {self.sku} but {src} shipped only {shipped}.",
+                data,
+            )
+        if 0 < received < shipped:
+            return Finding(
+                "transfer_short",
+                self.to_location,
+                self.sku,
+                f"Transfer {self.ref}: {src} shipped {shipped} of {self.sku} "
+                f"but {dst} received only {received}; {shipped - received} are missing.",
+                data,
+            )
+        return None
+
+
+def transfer_key(ev: StockEvent) -> TransferKey | None:
+    if ev.kind in (Kind.TRANSFER_OUT, Kind.TRANSFER_IN) and ev.ref is not None:
+        return (ev.ref, ev.sku)
+    return None
+
+
+def transfer_destination(ev: StockEvent) -> str | None:
+    """The destination a transfer_out names in attrs["to"], if it is a location code."""
+    to = ev.attrs.get("to") if ev.kind is Kind.TRANSFER_OUT else None
+    return to if is_location(to) else None
+
+
+def tally_transfer(t: Transfer, ev: StockEvent) -> Transfer:
+    if ev.kind is Kind.TRANSFER_OUT:
+        return replace(
+            t,
+            shipped=t.shipped - ev.qty,
+            out_from=_min_opt(t.out_from, ev.location),
+            out_to=_min_opt(t.out_to, transfer_destination(ev)),
+        )
+    if ev.kind is Kind.TRANSFER_IN:
+        frm = ev.attrs.get("from")
+        return replace(
+            t,
+            received=t.received + ev.qty,
+            in_to=_min_opt(t.in_to, ev.location),
+            in_from=_min_opt(t.in_from, frm if is_location(frm) else None),
+        )
+    return t
+
+
+# --- the resolution ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StockState:
+    location: str
+    sku: str
+    on_hand: int
+    reserved: int
+    in_transit: int
+    safety_stock: int
+    last_count: OrderKey | None
+
+    @property
+    def available(self) -> int:
+        return available(self.on_hand, self.reserved, self.safety_stock)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    stock: Mapping[StockKey, StockState]
+    effects: Mapping[bytes, Effect]  # event_id -> effect
+    variances: Mapping[bytes, int]  # event_id of each count -> counted − expected
+    transfers: Mapping[TransferKey, Transfer]
+    reservations: Mapping[ReservationKey, Reservation]
+    findings: tuple[Finding, ...]
+
+
+def resolve(events: Iterable[StockEvent], safety_stock: Mapping[StockKey, int] | None = None) -> Resolution:
+    """Resolve a set of events (duplicates allowed; one content per event id).
+
+    The stock keys are every (location, sku) with an event, every destination a
+    transfer_out names, and every key given a safety stock.
+    """
+    unique: dict[bytes, StockEvent] = {}
+    for ev in events:
+        seen = unique.setdefault(ev.event_id, ev)
+        if seen is not ev and seen.content_hash != ev.content_hash:
+            raise ValueError(f"two different events share the id {ev.event_id.hex()}; resolve needs one per id")
+
+    by_key: dict[StockKey, list[StockEvent]] = defaultdict(list)
+    reservations: dict[ReservationKey, Reservation] = {}
+    transfers: dict[TransferKey, Transfer] = {}
+    keys: set[StockKey] = set(safety_stock or ())
+    for ev in unique.values():
+        by_key[(ev.location, ev.sku)].append(ev)
+        if (rkey := reservation_key(ev)) is not None:
+            reservations[rkey] = tally_reservation(reservations.get(rkey, Reservation()), ev)
+        if (tkey := transfer_key(ev)) is not None:
+            transfers[tkey] = tally_transfer(transfers.get(tkey) or Transfer(*tkey), ev)
+            if (dest := transfer_destination(ev)) is not None:
+                keys.add((dest, ev.sku))
+    keys.update(by_key)
+
+    reserved: dict[StockKey, int] = defaultdict(int)
+    for (location, sku, _ref), res in reservations.items():
+        reserved[(location, sku)] += res.open
+    in_transit: dict[StockKey, int] = defaultdict(int)
+    for t in transfers.values():
+        if t.to_location is not None:
+            in_transit[(t.to_location, t.sku)] += t.in_transit
+
+    effects: dict[bytes, Effect] = {}
+    variances: dict[bytes, int] = {}
+    stock: dict[StockKey, StockState] = {}
+    for key in sorted(keys):
+        evs = sorted(by_key.get(key, ()), key=order_key)
+        last_count = max((i for i, ev in enumerate(evs) if ev.kind is Kind.COUNT), default=-1)
+        running = 0  # on_hand just after each event: the expected quantity at the next count
+        for i, ev in enumerate(evs):
+            if ev.kind is Kind.COUNT:
+                variances[ev.event_id] = ev.qty - running
+                running = ev.qty
+                effects[ev.event_id] = Effect.APPLIED
+            elif ev.kind in ON_HAND_KINDS:
+                running += ev.qty
+                effects[ev.event_id] = Effect.SUPERSEDED if i < last_count else Effect.APPLIED
+            else:
+                effects[ev.event_id] = Effect.APPLIED
+        stock[key] = StockState(
+            key[0],
+            key[1],
+            on_hand=running,
+            reserved=reserved[key],
+            in_transit=in_transit[key],
+            safety_stock=(safety_stock or {}).get(key, 0),
+            last_count=order_key(evs[last_count]) if last_count >= 0 else None,
+        )
+
+    findings = [f for s in stock.values() if (f := negative_on_hand_finding(s.location, s.sku, s.on_hand))]
+    findings += [f for _, t in sorted(transfers.items()) if (f := t.finding())]
+    return Resolution(stock, effects, variances, transfers, reservations, tuple(findings))

@@ -1,0 +1,70 @@
+"""The hub's storage: the interface, its SQLite backend, and ``open_store``.
+
+Use: ``async with open_store("sqlite:///var/lib/shelfsync/hub.db") as store:``
+then ``await store.ingest(who, epoch, events)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hub.storage.base import (
+    INGEST_ROLES,
+    ROLES,
+    AgentIdentity,
+    AgentStatus,
+    CountRow,
+    Effect,
+    ExceptionRow,
+    Forbidden,
+    HubError,
+    HubStore,
+    IngestResult,
+    InvalidInput,
+    LedgerRow,
+    StoreClosed,
+    StoreError,
+    StoreOpener,
+)
+from hub.storage.sqlite import SqliteHubStore
+
+SQLITE_SCHEME = "sqlite://"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_store(url_or_path: str | os.PathLike[str]) -> StoreOpener[HubStore]:
+    """Open the store a URL or path names: ``sqlite:///abs/path.db`` (what follows
+    ``sqlite://`` is the path), or a plain file path. ``await`` it, or use it as
+    ``async with``."""
+    target = os.fspath(url_or_path)
+    if target.startswith(POSTGRES_SCHEMES):
+        raise StoreError("PostgreSQL storage is not available in this version of shelfsync; use a SQLite path")
+    if target.startswith(SQLITE_SCHEME):
+        target = target[len(SQLITE_SCHEME) :]
+    elif "://" in target:
+        raise StoreError(f"unknown database URL scheme in {target!r}; use sqlite:///path/to/hub.db or a file path")
+    if not target.strip("/") or target.lstrip("/") == ":memory:" or target.startswith("file:"):
+        raise StoreError("the hub database must be a file path (the hub opens it twice: one writer, one reader)")
+    return SqliteHubStore.open(target)
+
+
+__all__ = [
+    "INGEST_ROLES",
+    "ROLES",
+    "AgentIdentity",
+    "AgentStatus",
+    "CountRow",
+    "Effect",
+    "ExceptionRow",
+    "Forbidden",
+    "HubError",
+    "HubStore",
+    "IngestResult",
+    "InvalidInput",
+    "LedgerRow",
+    "SqliteHubStore",
+    "StoreClosed",
+    "StoreError",
+    "StoreOpener",
+    "open_store",
+]

@@ -1,0 +1,65 @@
+"""Bearer credentials: minted here, stored only as a SHA-256 hash.
+
+A token reads ``ssk1.<agent_id>.<secret>``; the agent id inside it finds the
+stored hash, and the hash is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+
+from hub.resolver import is_location
+from hub.storage.base import ROLES, InvalidInput
+
+TOKEN_SCHEME = "ssk1"
+TOKEN_SECRET_BYTES = 32
+TOKEN_MAX_LEN = 256
+AGENT_ID_PREFIX = "agent-"
+AGENT_ID_HEX_BYTES = 4
+# Compared against when the agent id is unknown, so both answers take as long.
+_UNKNOWN_HASH = hashlib.sha256(b"shelfsync: no such credential").hexdigest()
+
+
+def new_agent_id() -> str:
+    return AGENT_ID_PREFIX + secrets.token_hex(AGENT_ID_HEX_BYTES)
+
+
+def new_token(agent_id: str) -> str:
+    return f"{TOKEN_SCHEME}.{agent_id}.{secrets.token_urlsafe(TOKEN_SECRET_BYTES)}"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_agent_id(token: object) -> str | None:
+    """The agent id a well-formed token names, else None."""
+    if not isinstance(token, str) or len(token) > TOKEN_MAX_LEN or not token.isascii():
+        return None
+    scheme, _, rest = token.partition(".")
+    agent_id, _, secret = rest.rpartition(".")
+    if scheme != TOKEN_SCHEME or not agent_id or not secret:
+        return None
+    return agent_id
+
+
+def hash_matches(token: str, stored_hash: str | None) -> bool:
+    """Constant-time check of ``token`` against a stored hash (None: unknown agent)."""
+    return hmac.compare_digest(token_hash(token), stored_hash or _UNKNOWN_HASH) and stored_hash is not None
+
+
+def check_grant(locations: Sequence[str], role: str) -> tuple[str, ...]:
+    """Validate what a new credential may do; return its locations, sorted and unique."""
+    if role not in ROLES:
+        raise InvalidInput(f"unknown role {role!r}; a credential is one of {', '.join(ROLES)}")
+    if isinstance(locations, str):
+        raise InvalidInput("locations must be a list of location codes, not one string")
+    for loc in locations:
+        if not is_location(loc):
+            raise InvalidInput(f"{loc!r} is not a location code (letters, digits, '.', '_', '-'; at most 32)")
+    if role == "agent" and not locations:
+        raise InvalidInput("an agent credential must be bound to at least one location")
+    return tuple(sorted(set(locations)))

@@ -1,0 +1,442 @@
+"""The incremental ingest algorithm every storage backend shares.
+
+A batch is first checked against its sender (``prepare_batch``: pure, outside
+any transaction), then applied through an ``IngestTx`` — a dozen set-based
+reads and writes a backend runs inside its one write transaction
+(``apply_batch``). This module decides what to read and write so that, after
+any delivery (any order, any duplicates, any batching), the stored state equals
+``hub.resolver.resolve`` of every stored event — at O(batch) cost when events
+arrive roughly in order, and with indexed range queries for the late cases:
+
+* in order (every new delta/count of a key is ordered after the newest one
+  stored): on_hand and the variance of each new count follow by adding up the
+  batch in memory; a new count supersedes the stored deltas since the previous
+  count with one range UPDATE.
+* late: new deltas ordered before the last count are stored as superseded; if
+  the last count moved, the deltas it passed are superseded with one range
+  UPDATE and on_hand is that count plus one indexed SUM after it; only the
+  counts whose window received an event get their variance recomputed.
+
+Two deliveries of one event id are the same event iff their ``EventRow`` — every
+field ``StockEvent.content_hash`` covers — is equal; the comparison reads the
+stored row only for ids already stored, so new events cost no hashing.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from operator import attrgetter
+from typing import Any, Protocol, TypeAlias
+
+from hub.resolver import (
+    ORDERED_KINDS,
+    Effect,
+    OrderKey,
+    Reservation,
+    ReservationKey,
+    StockKey,
+    Transfer,
+    TransferKey,
+    available,
+    order_key,
+    reservation_key,
+    tally_reservation,
+    tally_transfer,
+    transfer_destination,
+    transfer_key,
+)
+from hub.storage.base import INGEST_ROLES, AgentIdentity, Forbidden, IngestResult
+from protocol import CountSnapshot, Kind, Rejection, StockEvent, event_id_hex
+
+# (agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs JSON or None)
+EventRow: TypeAlias = tuple[Any, ...]
+
+
+def attrs_json(attrs: Mapping[str, Any]) -> str:
+    return json.dumps(dict(attrs), separators=(",", ":"))
+
+
+_ROW_FIELDS = attrgetter(
+    "agent_id", "epoch", "seq", "location", "sku", "kind", "qty", "occurred_at", "wall_ms", "source", "ref", "reason"
+)
+
+
+def event_row(ev: StockEvent) -> EventRow:
+    """What a backend stores of an event besides its id, in column order (``kind``
+    stays the StrEnum, which drivers bind and compare as its string)."""
+    return (*_ROW_FIELDS(ev), attrs_json(ev.attrs) if ev.attrs else None)
+
+
+@dataclass(frozen=True, slots=True)
+class StockRow:
+    """The resolved state of one (location, sku) as a backend stores it."""
+
+    location: str
+    sku: str
+    on_hand: int = 0
+    reserved: int = 0
+    in_transit: int = 0
+    safety_stock: int = 0
+    last_count: OrderKey | None = None
+    max_key: OrderKey | None = None  # the newest delta or count stored: later arrivals are in order
+    updated_at_ms: int = 0
+
+    def snapshot(self) -> CountSnapshot:
+        return CountSnapshot(
+            self.location,
+            self.sku,
+            self.on_hand,
+            self.reserved,
+            available(self.on_hand, self.reserved, self.safety_stock),
+            self.in_transit,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CountPoint:
+    key: OrderKey
+    qty: int
+
+
+# (event_id, row, effect, variance); variance is None for a count whose variance follows the insert
+NewEvent: TypeAlias = tuple[bytes, EventRow, Effect, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedAttempt:
+    event: StockEvent
+    row: EventRow
+    code: str  # "invalid", "forbidden_location", "conflict"
+    reason: str
+
+    @property
+    def content_hash(self) -> bytes:
+        return self.event.content_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch checked against its sender, before any database work."""
+
+    who: AgentIdentity
+    epoch: int
+    accepted: tuple[tuple[StockEvent, EventRow], ...]  # for the sender's locations, in batch order
+    refused: tuple[RejectedAttempt, ...]
+    max_seq: int  # every event counts as processed, refused ones too
+    max_wall_ms: int | None
+
+
+class IngestTx(Protocol):
+    """Reads and writes inside one open write transaction of a backend."""
+
+    async def stored_rows(self, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
+        """The stored ``EventRow`` of those of ``event_ids`` already stored."""
+
+    async def stock_rows(self, keys: Collection[StockKey]) -> dict[StockKey, StockRow]: ...
+
+    async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]: ...
+
+    async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]: ...
+
+    async def stored_sales(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, int]:
+        """Σ |qty| of the stored sales carrying each (location, sku, ref)."""
+
+    async def supersede(self, ranges: Sequence[tuple[StockKey, OrderKey | None, OrderKey]]) -> None:
+        """Mark the applied on-hand deltas of each key strictly between the two keys superseded."""
+
+    async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None: ...
+
+    async def add_duplicates(self, counts: Mapping[bytes, int]) -> None: ...
+
+    async def insert_rejections(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
+        """Keep refused attempts; the same attempt again only counts one more try."""
+
+    async def sum_deltas(self, key: StockKey, after: OrderKey | None, before: OrderKey | None) -> int:
+        """Σ qty of the on-hand deltas of ``key`` strictly between ``after`` and ``before`` (None: open)."""
+
+    async def counts_from(self, key: StockKey, start: OrderKey) -> list[CountPoint]:
+        """The last count of ``key`` before ``start`` (if any), then every count at or after it, in order."""
+
+    async def set_variances(self, rows: Sequence[tuple[bytes, int]]) -> None:
+        """(event_id, variance) for counts."""
+
+    async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None: ...
+
+    async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None: ...
+
+    async def save_stock(self, rows: Sequence[StockRow], now_ms: int) -> None:
+        """Upsert whole rows; ``updated_at_ms`` becomes ``now_ms``."""
+
+    async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
+        """Raise the mark of (agent_id, epoch) to ``seq`` if higher; return the mark."""
+
+    async def note_sync(self, agent_id: str, now_ms: int, clock_skew_ms: int | None) -> None: ...
+
+
+def prepare_batch(who: AgentIdentity, epoch: int, events: Sequence[StockEvent]) -> Batch:
+    """Check a batch against its sender: pure, so it runs before the write transaction."""
+    if who.role not in INGEST_ROLES:
+        raise Forbidden(f"{who.agent_id} holds a {who.role} credential, which may not send stock events")
+    accepted: list[tuple[StockEvent, EventRow]] = []
+    refused: list[RejectedAttempt] = []
+    for ev in events:
+        if ev.agent_id != who.agent_id or ev.epoch != epoch:
+            reason = (
+                f"event {event_id_hex(ev.event_id)} names agent {ev.agent_id} epoch {ev.epoch}, "
+                f"but it was sent by {who.agent_id} in epoch {epoch}"
+            )
+            refused.append(RejectedAttempt(ev, event_row(ev), "invalid", reason))
+        elif ev.location not in who.locations:
+            bound = ", ".join(sorted(who.locations)) or "no location"
+            reason = f"{who.agent_id} may not write stock at {ev.location}; it is bound to {bound}"
+            refused.append(RejectedAttempt(ev, event_row(ev), "forbidden_location", reason))
+        else:
+            accepted.append((ev, event_row(ev)))
+    return Batch(
+        who,
+        epoch,
+        tuple(accepted),
+        tuple(refused),
+        max((ev.seq for ev in events), default=0),
+        max((ev.wall_ms for ev in events), default=None),
+    )
+
+
+@dataclass(slots=True)
+class _Late:
+    """What is left to do for one key after the insert when events arrived late."""
+
+    events: list[StockEvent]  # the new deltas and counts of the key, in order
+    recount: CountPoint | None  # the new last count, when it moved: on_hand restarts from it
+
+
+def _plan_key(
+    row: StockRow,
+    fresh: list[StockEvent],
+    effects: dict[bytes, Effect],
+    variances: dict[bytes, int | None],
+    reserved: int,
+    in_transit: int,
+) -> tuple[StockRow, tuple[OrderKey | None, OrderKey] | None, _Late | None]:
+    """Fold one key's new events (sorted) into its row, in memory.
+
+    Returns the new row, the range of stored deltas the last count now passes
+    (to supersede), and the work left for after the insert if any event is late.
+    """
+    ordered = []
+    for ev in fresh:
+        if ev.kind in ORDERED_KINDS:
+            ordered.append(ev)
+        else:
+            effects[ev.event_id] = Effect.APPLIED
+    old_last, max_key, on_hand = row.last_count, row.max_key, row.on_hand
+    new_last, passed, late = old_last, None, None
+    if ordered:
+        counts = [ev for ev in ordered if ev.kind is Kind.COUNT]
+        if counts and (old_last is None or order_key(counts[-1]) > old_last):
+            new_last = order_key(counts[-1])
+            passed = (old_last, new_last)
+        in_order = max_key is None or order_key(ordered[0]) > max_key
+        newest = order_key(ordered[-1])
+        max_key = newest if max_key is None or newest > max_key else max_key
+        for ev in ordered:
+            if ev.kind is Kind.COUNT or new_last is None or order_key(ev) > new_last:
+                effects[ev.event_id] = Effect.APPLIED
+            else:
+                effects[ev.event_id] = Effect.SUPERSEDED
+        if in_order:
+            for ev in ordered:
+                if ev.kind is Kind.COUNT:
+                    variances[ev.event_id] = ev.qty - on_hand
+                    on_hand = ev.qty
+                else:
+                    on_hand += ev.qty
+        else:
+            for ev in counts:
+                variances[ev.event_id] = None
+            if passed is not None:  # on_hand restarts from the new last count, after the insert
+                late = _Late(ordered, CountPoint(passed[1], counts[-1].qty))
+            else:
+                late = _Late(ordered, None)
+                on_hand += sum(
+                    ev.qty for ev in ordered if ev.kind is not Kind.COUNT and effects[ev.event_id] is Effect.APPLIED
+                )
+    new_row = StockRow(
+        row.location,
+        row.sku,
+        on_hand,
+        row.reserved + reserved,
+        row.in_transit + in_transit,
+        row.safety_stock,
+        new_last,
+        max_key,
+        row.updated_at_ms,
+    )
+    return new_row, passed, late
+
+
+async def _settle_late(
+    tx: IngestTx, key: StockKey, row: StockRow, late: _Late
+) -> tuple[StockRow, list[tuple[bytes, int]]]:
+    """Finish a key with late events: on_hand from its new last count, and the
+    variance of every count whose window (previous count, count) got an event."""
+    if late.recount is not None:
+        on_hand = late.recount.qty + await tx.sum_deltas(key, late.recount.key, None)
+        row = replace(row, on_hand=on_hand)
+    if row.last_count is None or order_key(late.events[0]) > row.last_count:
+        return row, []  # no count after any of these events: no variance moves
+    points = await tx.counts_from(key, order_key(late.events[0]))
+    keys = [p.key for p in points]
+    affected: set[int] = set()
+    for ev in late.events:
+        k = order_key(ev)
+        if ev.kind is Kind.COUNT:
+            affected.add(keys.index(k))
+        nxt = bisect_right(keys, k)  # the first count after ev: its window holds ev
+        if nxt < len(keys):
+            affected.add(nxt)
+    out: list[tuple[bytes, int]] = []
+    for i in sorted(affected):
+        prev = points[i - 1] if i > 0 else None
+        between = await tx.sum_deltas(key, prev.key if prev else None, points[i].key)
+        out.append((points[i].key[3], points[i].qty - ((prev.qty if prev else 0) + between)))
+    return row, out
+
+
+async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
+    """Dedupe, resolve and write one prepared batch through ``tx`` (see the module doc)."""
+    who, epoch = batch.who, batch.epoch
+
+    # 1. What is new, a resend, or a conflict.
+    rejected = list(batch.refused)
+    stored = await tx.stored_rows([ev.event_id for ev, _ in batch.accepted]) if batch.accepted else {}
+    fresh: list[tuple[StockEvent, EventRow]] = []
+    seen: dict[bytes, EventRow] = {}
+    duplicates: Counter[bytes] = Counter()
+    touched: set[StockKey] = set()
+    for ev, row in batch.accepted:
+        known = stored.get(ev.event_id) or seen.get(ev.event_id)
+        if known is None:
+            seen[ev.event_id] = row
+            fresh.append((ev, row))
+            touched.add((ev.location, ev.sku))
+        elif known == row:
+            duplicates[ev.event_id] += 1
+            touched.add((ev.location, ev.sku))
+        else:
+            reason = (
+                f"event {event_id_hex(ev.event_id)} was already recorded with different content; "
+                f"the original stands and this version is not counted"
+            )
+            rejected.append(RejectedAttempt(ev, row, "conflict", reason))
+
+    # 2. Transfers and reservations: commutative sums, folded in memory.
+    in_transit_delta: Counter[StockKey] = Counter()
+    reserved_delta: Counter[StockKey] = Counter()
+    stock_keys = set(touched)
+    by_key: dict[StockKey, list[StockEvent]] = defaultdict(list)
+    by_transfer: dict[TransferKey, list[StockEvent]] = defaultdict(list)
+    by_reservation: dict[ReservationKey, list[StockEvent]] = defaultdict(list)
+    for ev, _ in fresh:
+        by_key[(ev.location, ev.sku)].append(ev)
+        if (tkey := transfer_key(ev)) is not None:
+            by_transfer[tkey].append(ev)
+            if (dest := transfer_destination(ev)) is not None:
+                stock_keys.add((dest, ev.sku))
+        if (rkey := reservation_key(ev)) is not None:
+            by_reservation[rkey].append(ev)
+    new_transfers: list[Transfer] = []
+    if by_transfer:
+        old_transfers = await tx.transfer_rows(list(by_transfer))
+        for tkey, evs in by_transfer.items():
+            old = old_transfers.get(tkey)
+            new = old or Transfer(*tkey)
+            for ev in evs:
+                new = tally_transfer(new, ev)
+            new_transfers.append(new)
+            if old is not None and old.to_location is not None:
+                in_transit_delta[(old.to_location, old.sku)] -= old.in_transit
+            if new.to_location is not None:
+                in_transit_delta[(new.to_location, new.sku)] += new.in_transit
+        stock_keys.update(k for k, v in in_transit_delta.items() if v)
+    new_reservations: dict[ReservationKey, Reservation] = {}
+    if by_reservation:
+        old_reservations = await tx.reservation_rows(list(by_reservation))
+        opening = [  # reservations seen for the first time: sales may have consumed them already
+            k
+            for k, evs in by_reservation.items()
+            if k not in old_reservations and k[2] and any(ev.kind is not Kind.SALE for ev in evs)
+        ]
+        consumed = await tx.stored_sales(opening) if opening else {}
+        for rkey, evs in by_reservation.items():
+            old_res = old_reservations.get(rkey)
+            if old_res is None and all(ev.kind is Kind.SALE for ev in evs):
+                continue  # a sale nobody reserved for (yet): a later reserve finds it in the ledger
+            res = old_res or Reservation(0, consumed.get(rkey, 0))
+            for ev in evs:
+                res = tally_reservation(res, ev)
+            new_reservations[rkey] = res
+            reserved_delta[(rkey[0], rkey[1])] += res.open - (old_res.open if old_res else 0)
+
+    # 3. Per (location, sku): effects, on_hand and variances, in memory when in order.
+    rows = await tx.stock_rows(list(stock_keys))
+    effects: dict[bytes, Effect] = {}
+    variances: dict[bytes, int | None] = {}
+    passed: list[tuple[StockKey, OrderKey | None, OrderKey]] = []
+    late: dict[StockKey, _Late] = {}
+    changed: list[StockKey] = []
+    for key in stock_keys:
+        key_events = by_key.get(key, [])
+        if not key_events and key in touched and not (reserved_delta[key] or in_transit_delta[key]):
+            continue  # only resends: nothing changes
+        key_events.sort(key=order_key)
+        state = rows.get(key) or StockRow(*key)
+        rows[key], moved, rest = _plan_key(
+            state, key_events, effects, variances, reserved_delta[key], in_transit_delta[key]
+        )
+        if moved is not None:
+            passed.append((key, *moved))
+        if rest is not None:
+            late[key] = rest
+        changed.append(key)
+
+    # 4. Write: stored deltas passed by a new last count first, then the batch.
+    if passed:
+        await tx.supersede(passed)
+    if fresh:
+        await tx.insert_events(
+            [(ev.event_id, row, effects[ev.event_id], variances.get(ev.event_id)) for ev, row in fresh], now_ms
+        )
+    if duplicates:
+        await tx.add_duplicates(duplicates)
+    if rejected:
+        await tx.insert_rejections(rejected, now_ms)
+    if late:
+        recomputed: list[tuple[bytes, int]] = []
+        for key, rest in late.items():
+            rows[key], more = await _settle_late(tx, key, rows[key], rest)
+            recomputed += more
+        if recomputed:
+            await tx.set_variances(recomputed)
+    if new_transfers:
+        await tx.save_transfers(new_transfers, now_ms)
+    if new_reservations:
+        await tx.save_reservations(new_reservations, now_ms)
+    if changed:
+        await tx.save_stock([rows[k] for k in changed], now_ms)
+    hwm = await tx.advance_hwm(who.agent_id, epoch, batch.max_seq, now_ms)
+    skew = None if batch.max_wall_ms is None else now_ms - batch.max_wall_ms
+    await tx.note_sync(who.agent_id, now_ms, skew)
+    return IngestResult(
+        agent_id=who.agent_id,
+        epoch=epoch,
+        hwm=hwm,
+        rejected=tuple(Rejection(r.event.event_id, r.event.seq, r.code, r.reason) for r in rejected),
+        duplicates=sum(duplicates.values()),
+        applied=len(fresh),
+        counts=tuple(rows[k].snapshot() for k in sorted(touched)),
+    )

@@ -1,0 +1,492 @@
+"""The SQLite hub store: one file, one writer, WAL.
+
+One writer task owns the writer connection: every write (a batch, a
+credential, a safety stock) commits inside a ``BEGIN IMMEDIATE … COMMIT``
+there, and writes that queue up meanwhile share the next one (group commit,
+see ``_write``). Reads go through a second, query-only connection: they never
+upgrade to writers, and under WAL they never wait for a write.
+
+``synchronous=FULL``: under WAL, NORMAL can lose the last commits on power
+loss. The hub answers an agent right after the commit and the agent then
+forgets the batch, so a lost commit would be a lost stock movement. FULL costs
+one WAL fsync per write transaction; the hub pays it (group commit shares it).
+
+The ingest algorithm lives in ``hub.storage.ingest``; ``hub.storage.sqlite_ingest``
+supplies its reads and writes in SQL, ``hub.storage.sqlite_schema`` the schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from hub.resolver import Effect, Transfer, available, is_location, negative_on_hand_finding
+from hub.storage import credentials
+from hub.storage.base import (
+    AgentIdentity,
+    AgentStatus,
+    CountRow,
+    ExceptionRow,
+    HubStore,
+    IngestResult,
+    InvalidInput,
+    LedgerRow,
+    StoreClosed,
+    StoreError,
+    StoreOpener,
+)
+from hub.storage.ingest import apply_batch, prepare_batch
+from hub.storage.sqlite_ingest import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, SqliteIngest
+from hub.storage.sqlite_schema import SCHEMA_VERSION, migrate
+from protocol import QTY_MAX, StockEvent, event_id_hex, wall_ms_now
+from protocol.event import SKU_MAX_LEN
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5_000
+CACHE_SIZE_KIB = 16_384
+LIMIT_MAX = 100_000
+WRITE_GROUP_MAX = 16  # writes that share one transaction at most
+ADD_AGENT_ATTEMPTS = 5
+
+
+def _count_row(r: Sequence[Any]) -> CountRow:
+    # location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms
+    return CountRow(r[0], r[1], r[2], r[3], available(r[2], r[3], r[5]), r[4], r[5], r[6], r[7])
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIMIT_MAX:
+        raise InvalidInput(f"limit must be an integer from 1 to {LIMIT_MAX}, got {limit!r}")
+    return limit
+
+
+def _ledger_row(r: Sequence[Any]) -> LedgerRow:
+    # EVENT_FIELDS, then effect, variance, duplicates, received_at_ms, rejection, rejection_code
+    return LedgerRow(
+        event_id=r[0],
+        agent_id=r[1],
+        epoch=r[2],
+        seq=r[3],
+        location=r[4],
+        sku=r[5],
+        kind=r[6],
+        qty=r[7],
+        occurred_at=r[8],
+        wall_ms=r[9],
+        source=r[10],
+        ref=r[11],
+        reason=r[12],
+        attrs=json.loads(r[13]) if r[13] else {},
+        effect=Effect(r[14]),
+        variance=r[15],
+        duplicates=r[16],
+        received_at_ms=r[17],
+        rejection=r[18],
+        rejection_code=r[19],
+    )
+
+
+def _rejection_exception(r: Sequence[Any]) -> ExceptionRow:
+    event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, at_ms = r
+    return ExceptionRow(
+        "rejected_event",
+        location,
+        sku,
+        f"{agent_id}'s {kind} of {qty:+d} {sku} at {location} was refused ({code}): {detail}.",
+        {"event_id": event_id_hex(event_id), "agent_id": agent_id, "seq": seq, "code": code, "attempts": attempts},
+        at_ms,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    what: str  # for messages: "adding a credential"
+    work: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    done: asyncio.Future[Any]
+
+
+def _consume_result(done: asyncio.Future[Any]) -> None:
+    """Mark a write's error as seen, for callers that were cancelled while waiting."""
+    if not done.cancelled():
+        done.exception()
+
+
+def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(result)
+    else:
+        done.set_exception(error)
+
+
+def _translated(err: Exception, what: str) -> Exception:
+    if isinstance(err, sqlite3.Error):
+        translated = StoreError(f"the hub database failed while {what}: {err}")
+        translated.__cause__ = err
+        return translated
+    return err
+
+
+class SqliteHubStore(HubStore):
+    """The hub's default store: one SQLite file. Open with ``SqliteHubStore.open(path)``."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection, hub_id: str) -> None:
+        self.path = path
+        self.hub_id = hub_id
+        self._writer = writer
+        self._reader = reader
+        self._queue: list[_Write] = []
+        self._writer_task: asyncio.Task[None] | None = None
+        self._read_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> StoreOpener[SqliteHubStore]:
+        """``async with SqliteHubStore.open(path) as store:`` (or ``store = await …``)."""
+        return StoreOpener(lambda: cls._open(Path(path)))
+
+    @classmethod
+    async def _open(cls, path: Path) -> SqliteHubStore:
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot open the hub database {path}: the directory {path.parent} does not exist")
+        opened: list[aiosqlite.Connection] = []
+        try:
+            writer = await aiosqlite.connect(path, isolation_level=None)
+            opened.append(writer)
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute("PRAGMA synchronous = FULL")  # see the module doc
+            await writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await writer.execute(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
+            hub_id = await migrate(writer, path)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            opened.append(reader)
+            await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await reader.execute("PRAGMA query_only = ON")
+        except (sqlite3.Error, OSError) as err:
+            for conn in opened:
+                await conn.close()
+            raise StoreError(f"cannot open the hub database {path}: {err}") from err
+        except BaseException:
+            for conn in opened:
+                await conn.close()
+            raise
+        log.info("Opened the hub database %s (schema version %d).", path, SCHEMA_VERSION)
+        return cls(path, writer, reader, hub_id)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer_task is not None:  # writes already accepted are committed first
+            await asyncio.shield(self._writer_task)
+        await self._writer.close()
+        async with self._read_lock:
+            await self._reader.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed()
+
+    # --- transactions ------------------------------------------------------
+
+    async def _write(self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``work`` inside a write transaction and return its result once committed.
+
+        One writer task owns the connection. Writes that queue up while it is
+        busy share its next transaction (group commit: one BEGIN IMMEDIATE …
+        COMMIT and one fsync for all of them), each inside its own SAVEPOINT,
+        so one failing write does not undo the others. A caller that is
+        cancelled does not cancel its write: it commits or fails whole."""
+        self._check_open()
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_consume_result)
+        self._queue.append(_Write(what, work, done))
+        if self._writer_task is None:
+            self._writer_task = asyncio.create_task(self._drain(), name=f"hub-writer:{self.path.name}")
+        result: T = await asyncio.shield(done)
+        return result
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                group = self._queue[:WRITE_GROUP_MAX]
+                del self._queue[:WRITE_GROUP_MAX]
+                await self._commit(group)
+        finally:
+            self._writer_task = None
+
+    async def _commit(self, group: list[_Write]) -> None:
+        db = self._writer
+        single = len(group) == 1
+        outcomes: list[tuple[_Write, Any, BaseException | None]] = []
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            for item in group:
+                if not single:
+                    await db.execute("SAVEPOINT one_write")
+                try:
+                    result = await item.work(db)
+                except Exception as err:
+                    if single:
+                        raise
+                    await db.execute("ROLLBACK TO one_write")
+                    await db.execute("RELEASE one_write")
+                    outcomes.append((item, None, _translated(err, item.what)))
+                else:
+                    if not single:
+                        await db.execute("RELEASE one_write")
+                    outcomes.append((item, result, None))
+            await db.execute("COMMIT")
+        except BaseException as err:  # the transaction failed as a whole: nothing of it is committed
+            log.warning("A write transaction of %d write(s) failed and was rolled back: %s", len(group), err)
+            try:
+                await db.execute("ROLLBACK")
+            except sqlite3.Error as rollback_err:
+                log.warning("Rolling back a failed write transaction failed too: %s", rollback_err)
+            if isinstance(err, Exception):
+                for item in group:
+                    _settle(item.done, None, _translated(err, item.what))
+                return
+            for item in group:
+                _settle(item.done, None, StoreError(f"the hub stopped before {item.what} was committed"))
+            raise
+        for item, result, error in outcomes:
+            _settle(item.done, result, error)
+
+    async def _read(
+        self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]], *, snapshot: bool = False
+    ) -> T:
+        self._check_open()
+        async with self._read_lock:
+            self._check_open()
+            db = self._reader
+            try:
+                if not snapshot:
+                    return await work(db)
+                await db.execute("BEGIN")
+                try:
+                    return await work(db)
+                finally:
+                    await db.execute("COMMIT")
+            except sqlite3.Error as err:
+                raise StoreError(f"the hub database failed while {what}: {err}") from err
+
+    # --- credentials -------------------------------------------------------
+
+    async def add_agent(self, locations: Sequence[str], role: str = "agent") -> tuple[str, str]:
+        granted = credentials.check_grant(locations, role)
+
+        async def work(db: aiosqlite.Connection) -> tuple[str, str]:
+            for _ in range(ADD_AGENT_ATTEMPTS):
+                agent_id = credentials.new_agent_id()
+                token = credentials.new_token(agent_id)
+                cur = await db.execute(
+                    "INSERT INTO agents (agent_id, token_sha256, role, locations, created_ms) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (agent_id) DO NOTHING",
+                    (agent_id, credentials.token_hash(token), role, json.dumps(granted), wall_ms_now()),
+                )
+                if cur.rowcount == 1:
+                    return agent_id, token
+            raise StoreError(f"could not find a free agent id in {ADD_AGENT_ATTEMPTS} tries")
+
+        agent_id, token = await self._write("adding a credential", work)
+        log.info("Added the %s credential %s for %s.", role, agent_id, ", ".join(granted) or "no location")
+        return agent_id, token
+
+    async def authenticate(self, token: str) -> AgentIdentity | None:
+        self._check_open()
+        agent_id = credentials.token_agent_id(token)
+        if agent_id is None:
+            return None
+
+        async def work(db: aiosqlite.Connection) -> list[Any]:
+            sql = "SELECT token_sha256, role, locations, revoked_ms FROM agents WHERE agent_id = ?"
+            return list(await db.execute_fetchall(sql, (agent_id,)))
+
+        rows = await self._read("checking a credential", work)
+        row = rows[0] if rows else None
+        if not credentials.hash_matches(token, row[0] if row else None) or row is None or row[3] is not None:
+            return None
+        return AgentIdentity(agent_id, frozenset(json.loads(row[2])), row[1])
+
+    async def revoke_agent(self, agent_id: str) -> bool:
+        async def work(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(
+                "UPDATE agents SET revoked_ms = ? WHERE agent_id = ? AND revoked_ms IS NULL", (wall_ms_now(), agent_id)
+            )
+            return cur.rowcount == 1
+
+        revoked = await self._write("revoking a credential", work)
+        if revoked:
+            log.info("Revoked the credential %s.", agent_id)
+        return revoked
+
+    # --- ingest --------------------------------------------------------------
+
+    async def ingest(self, who: AgentIdentity, epoch: int, events: Sequence[StockEvent]) -> IngestResult:
+        self._check_open()
+        batch = prepare_batch(who, epoch, events)  # before the write lock: overlaps another batch's commit
+
+        def work(db: aiosqlite.Connection) -> Awaitable[IngestResult]:
+            return apply_batch(SqliteIngest(db), batch, wall_ms_now())
+
+        return await self._write(f"committing {len(events)} event(s) from {who.agent_id}", work)
+
+    # --- reads -----------------------------------------------------------------
+
+    async def counts(self, *, location: str | None = None, sku: str | None = None, limit: int = 1000) -> list[CountRow]:
+        where, params = _filters(location=location, sku=sku)
+        sql = (
+            "SELECT location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms "
+            f"FROM stock{where} ORDER BY location, sku LIMIT ?"
+        )
+
+        async def work(db: aiosqlite.Connection) -> list[CountRow]:
+            return [_count_row(r) for r in await db.execute_fetchall(sql, (*params, _check_limit(limit)))]
+
+        return await self._read("reading counts", work)
+
+    async def ledger(
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, before: int | None = None
+    ) -> list[LedgerRow]:
+        where, params = _filters(location=location, sku=sku, before=before)
+        _check_limit(limit)
+        events_sql = (
+            f"SELECT {EVENT_FIELDS}, effect, variance, duplicates, received_at_ms, NULL, NULL "
+            f"FROM events{where} ORDER BY {NEWEST_FIRST} LIMIT ?"
+        )
+        rejections_sql = (
+            f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code "
+            f"FROM rejections{where} ORDER BY {NEWEST_FIRST} LIMIT ?"
+        )
+
+        async def work(db: aiosqlite.Connection) -> list[LedgerRow]:
+            rows = list(await db.execute_fetchall(events_sql, (*params, limit)))
+            rows += await db.execute_fetchall(rejections_sql, (*params, limit))
+            rows.sort(key=lambda r: (r[8], r[1], r[3], r[0]), reverse=True)
+            return [_ledger_row(r) for r in rows[:limit]]
+
+        return await self._read("reading the ledger", work, snapshot=True)
+
+    async def exceptions(self, *, location: str | None = None, limit: int = 1000) -> list[ExceptionRow]:
+        _check_limit(limit)
+        negative_where, at = _filters("on_hand < 0", location=location)
+        rejected_where, _ = _filters(location=location)
+        transfer_where = " WHERE received > 0 AND received <> shipped" + (
+            " AND (COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ?)" if location is not None else ""
+        )
+
+        async def work(db: aiosqlite.Connection) -> list[ExceptionRow]:
+            out: list[ExceptionRow] = []
+            negative = await db.execute_fetchall(
+                f"SELECT location, sku, on_hand, updated_at_ms FROM stock{negative_where} "
+                "ORDER BY updated_at_ms DESC LIMIT ?",
+                (*at, limit),
+            )
+            for loc, sku, on_hand, at_ms in negative:
+                finding = negative_on_hand_finding(loc, sku, on_hand)
+                if finding is not None:
+                    data = finding.data | {"available": 0}
+                    out.append(ExceptionRow(finding.kind, loc, sku, finding.detail, data, at_ms))
+            transfers = await db.execute_fetchall(
+                f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{transfer_where} "
+                "ORDER BY updated_at_ms DESC LIMIT ?",
+                (*at, *at, limit),
+            )
+            for r in transfers:
+                finding = Transfer(*r[:8]).finding()
+                if finding is not None:
+                    out.append(
+                        ExceptionRow(finding.kind, finding.location, finding.sku, finding.detail, finding.data, r[8])
+                    )
+            rejected = await db.execute_fetchall(
+                "SELECT event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms "
+                f"FROM rejections{rejected_where} ORDER BY received_at_ms DESC LIMIT ?",
+                (*at, limit),
+            )
+            out += [_rejection_exception(r) for r in rejected]
+            out.sort(key=lambda e: (-e.at_ms, e.kind, e.location or "", e.sku or ""))
+            return out[:limit]
+
+        return await self._read("reading exceptions", work, snapshot=True)
+
+    async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]:
+        where, params = ("WHERE agent_id = ?", (agent_id,)) if agent_id is not None else ("", ())
+
+        async def work(db: aiosqlite.Connection) -> list[AgentStatus]:
+            marks: dict[str, dict[int, int]] = {}
+            for aid, epoch, hwm in await db.execute_fetchall(
+                f"SELECT agent_id, epoch, hwm FROM agent_hwm {where}", params
+            ):
+                marks.setdefault(aid, {})[epoch] = hwm
+            rows = await db.execute_fetchall(
+                "SELECT agent_id, locations, last_sync_ms, clock_skew_ms, role, revoked_ms "
+                f"FROM agents {where} ORDER BY agent_id",
+                params,
+            )
+            return [
+                AgentStatus(aid, tuple(json.loads(locs)), last, marks.get(aid, {}), skew, role, revoked is not None)
+                for aid, locs, last, skew, role, revoked in rows
+            ]
+
+        return await self._read("reading agent status", work, snapshot=True)
+
+    async def set_safety_stock(self, location: str, sku: str, qty: int) -> CountRow:
+        if not is_location(location):
+            raise InvalidInput(f"{location!r} is not a location code")
+        if not isinstance(sku, str) or not 0 < len(sku) <= SKU_MAX_LEN:
+            raise InvalidInput(f"{sku!r} is not a SKU (1 to {SKU_MAX_LEN} characters)")
+        if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= QTY_MAX:
+            raise InvalidInput(f"safety stock must be a whole number of units from 0 to {QTY_MAX}, got {qty!r}")
+
+        async def work(db: aiosqlite.Connection) -> CountRow:
+            rows = await db.execute_fetchall(
+                "INSERT INTO stock (location, sku, on_hand, reserved, in_transit, safety_stock, updated_at_ms) "
+                "VALUES (?, ?, 0, 0, 0, ?, ?) ON CONFLICT (location, sku) DO UPDATE SET "
+                "safety_stock = excluded.safety_stock, updated_at_ms = excluded.updated_at_ms "
+                "RETURNING location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms",
+                (location, sku, qty, wall_ms_now()),
+            )
+            return _count_row(next(iter(rows)))
+
+        return await self._write(f"setting the safety stock of {sku} at {location}", work)
+
+    async def health(self) -> dict[str, Any]:
+        async def work(db: aiosqlite.Connection) -> dict[str, Any]:
+            rows = list(await db.execute_fetchall("PRAGMA user_version"))
+            return {
+                "ok": True,
+                "backend": "sqlite",
+                "path": str(self.path),
+                "hub_id": self.hub_id,
+                "schema_version": rows[0][0],
+                "writes_queued": len(self._queue),
+            }
+
+        return await self._read("checking health", work)
+
+
+def _filters(
+    *terms: str, location: str | None = None, sku: str | None = None, before: int | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """A `` WHERE …`` clause (or "") of ``terms`` and the optional filters, and its parameters."""
+    where = list(terms)
+    params: list[Any] = []
+    for term, value in (("location = ?", location), ("sku = ?", sku), ("occurred_at < ?", before)):
+        if value is not None:
+            where.append(term)
+            params.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), tuple(params)

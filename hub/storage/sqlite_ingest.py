@@ -1,0 +1,220 @@
+"""The SQLite side of the shared ingest algorithm: ``hub.storage.ingest.IngestTx`` in SQL.
+
+The SQL is plain enough for a PostgreSQL backend to mirror: upserts with
+``ON CONFLICT``, row-value ranges on the order key, and ``WITH k(...) AS
+(VALUES …)`` joins for set lookups (each chunk one statement, one round trip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transfer, TransferKey
+from hub.storage.ingest import CountPoint, EventRow, NewEvent, RejectedAttempt, StockRow
+from protocol import ON_HAND_KINDS
+
+T = TypeVar("T")
+
+IN_LIST_MAX_PARAMS = 5_000  # well under SQLite's 32,766 bound parameters per statement
+
+DELTA_KINDS = "(" + ", ".join(f"'{k.value}'" for k in sorted(ON_HAND_KINDS)) + ")"
+ORDER_KEY = "(occurred_at, agent_id, seq, event_id)"
+NEWEST_FIRST = "occurred_at DESC, agent_id DESC, seq DESC, event_id DESC"
+EVENT_FIELDS = (
+    "event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs"
+)
+STOCK_FIELDS = (
+    "location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, last_count_agent, last_count_seq, "
+    "last_count_id, max_at, max_agent, max_seq, max_id, updated_at_ms"
+)
+TRANSFER_FIELDS = "ref, sku, shipped, received, out_from, out_to, in_to, in_from"
+
+
+def chunks(items: Sequence[T], params_each: int) -> Iterable[Sequence[T]]:
+    step = max(1, IN_LIST_MAX_PARAMS // params_each)
+    for i in range(0, len(items), step):
+        yield items[i : i + step]
+
+
+def marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def values_rows(n: int, width: int) -> str:
+    return ", ".join([f"({marks(width)})"] * n)
+
+
+def key4(row: Sequence[Any], at: int) -> OrderKey | None:
+    return None if row[at] is None else (row[at], row[at + 1], row[at + 2], row[at + 3])
+
+
+def stock_row(r: Sequence[Any]) -> StockRow:
+    return StockRow(r[0], r[1], r[2], r[3], r[4], r[5], key4(r, 6), key4(r, 10), r[14])
+
+
+class SqliteIngest:
+    """``hub.storage.ingest.IngestTx`` over the writer connection, inside its transaction."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self.db.execute_fetchall(sql, params))
+
+    async def stored_rows(self, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
+        found: dict[bytes, EventRow] = {}
+        for part in chunks(event_ids, 1):
+            sql = f"SELECT {EVENT_FIELDS} FROM events WHERE event_id IN ({marks(len(part))})"
+            found.update((r[0], tuple(r[1:])) for r in await self._fetch(sql, part))
+        return found
+
+    async def _join(self, table: str, fields: str, names: str, keys: Collection[tuple[str, ...]]) -> list[Any]:
+        cols = names.split(", ")
+        on = " AND ".join(f"t.{c} = k.{c}" for c in cols)
+        rows: list[Any] = []
+        for part in chunks(list(keys), len(cols)):
+            sql = (
+                f"WITH k({names}) AS (VALUES {values_rows(len(part), len(cols))}) "
+                f"SELECT {fields} FROM k JOIN {table} t ON {on}"
+            )
+            rows += await self._fetch(sql, [v for key in part for v in key])
+        return rows
+
+    async def stock_rows(self, keys: Collection[StockKey]) -> dict[StockKey, StockRow]:
+        fields = ", ".join(f"t.{c}" for c in STOCK_FIELDS.split(", "))
+        return {(r[0], r[1]): stock_row(r) for r in await self._join("stock", fields, "location, sku", keys)}
+
+    async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]:
+        fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
+        return {(r[0], r[1]): Transfer(*r) for r in await self._join("transfers", fields, "ref, sku", keys)}
+
+    async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]:
+        rows = await self._join(
+            "reservations", "t.location, t.sku, t.ref, t.reserved, t.consumed", "location, sku, ref", keys
+        )
+        return {(r[0], r[1], r[2]): Reservation(r[3], r[4]) for r in rows}
+
+    async def stored_sales(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, int]:
+        out: dict[ReservationKey, int] = {}
+        for part in chunks(list(keys), 3):
+            sql = (
+                f"WITH k(location, sku, ref) AS (VALUES {values_rows(len(part), 3)}) "
+                "SELECT k.location, k.sku, k.ref, -SUM(e.qty) FROM k JOIN events e "
+                "ON e.ref = k.ref AND e.location = k.location AND e.sku = k.sku AND e.kind = 'sale' "
+                "GROUP BY k.location, k.sku, k.ref"
+            )
+            rows = await self._fetch(sql, [v for key in part for v in key])
+            out.update({(r[0], r[1], r[2]): r[3] for r in rows})
+        return out
+
+    async def supersede(self, ranges: Sequence[tuple[StockKey, OrderKey | None, OrderKey]]) -> None:
+        base = (
+            "UPDATE events SET effect = 'superseded' WHERE location = ? AND sku = ? "
+            f"AND kind IN {DELTA_KINDS} AND effect = 'applied' AND {ORDER_KEY} < (?, ?, ?, ?)"
+        )
+        bounded = [(*key, *hi, *lo) for key, lo, hi in ranges if lo is not None]
+        open_ = [(*key, *hi) for key, lo, hi in ranges if lo is None]
+        if bounded:
+            await self.db.executemany(f"{base} AND {ORDER_KEY} > (?, ?, ?, ?)", bounded)
+        if open_:
+            await self.db.executemany(base, open_)
+
+    async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
+        await self.db.executemany(
+            f"INSERT INTO events ({EVENT_FIELDS}, effect, variance, received_at_ms) VALUES ({marks(17)})",
+            [(event_id, *row, effect, variance, received_at_ms) for event_id, row, effect, variance in rows],
+        )
+
+    async def add_duplicates(self, counts: Mapping[bytes, int]) -> None:
+        await self.db.executemany(
+            "UPDATE events SET duplicates = duplicates + ? WHERE event_id = ?", [(n, i) for i, n in counts.items()]
+        )
+
+    async def insert_rejections(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
+        await self.db.executemany(
+            f"INSERT INTO rejections ({EVENT_FIELDS}, content_hash, code, detail, received_at_ms) "
+            f"VALUES ({marks(18)}) ON CONFLICT (event_id, content_hash) DO UPDATE SET "
+            "attempts = rejections.attempts + 1, code = excluded.code, detail = excluded.detail, "
+            "received_at_ms = excluded.received_at_ms",
+            [(r.event.event_id, *r.row, r.content_hash, r.code, r.reason, received_at_ms) for r in rows],
+        )
+
+    async def sum_deltas(self, key: StockKey, after: OrderKey | None, before: OrderKey | None) -> int:
+        sql = f"SELECT COALESCE(SUM(qty), 0) FROM events WHERE location = ? AND sku = ? AND kind IN {DELTA_KINDS}"
+        params: list[Any] = [*key]
+        if after is not None:
+            sql += f" AND {ORDER_KEY} > (?, ?, ?, ?)"
+            params += after
+        if before is not None:
+            sql += f" AND {ORDER_KEY} < (?, ?, ?, ?)"
+            params += before
+        rows = await self._fetch(sql, params)
+        return int(rows[0][0])
+
+    async def counts_from(self, key: StockKey, start: OrderKey) -> list[CountPoint]:
+        fields = "occurred_at, agent_id, seq, event_id, qty"
+        where = "location = ? AND sku = ? AND kind = 'count'"
+        before = await self._fetch(
+            f"SELECT {fields} FROM events WHERE {where} AND {ORDER_KEY} < (?, ?, ?, ?) ORDER BY {NEWEST_FIRST} LIMIT 1",
+            [*key, *start],
+        )
+        since = await self._fetch(
+            f"SELECT {fields} FROM events WHERE {where} AND {ORDER_KEY} >= (?, ?, ?, ?) "
+            "ORDER BY occurred_at, agent_id, seq, event_id",
+            [*key, *start],
+        )
+        return [CountPoint((r[0], r[1], r[2], r[3]), r[4]) for r in before + since]
+
+    async def set_variances(self, rows: Sequence[tuple[bytes, int]]) -> None:
+        await self.db.executemany("UPDATE events SET variance = ? WHERE event_id = ?", [(v, i) for i, v in rows])
+
+    async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
+        sql = (
+            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ({marks(9)}) "
+            "ON CONFLICT (ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
+            "out_from = excluded.out_from, out_to = excluded.out_to, in_to = excluded.in_to, "
+            "in_from = excluded.in_from, updated_at_ms = excluded.updated_at_ms"
+        )
+        params = [(t.ref, t.sku, t.shipped, t.received, t.out_from, t.out_to, t.in_to, t.in_from, now_ms) for t in rows]
+        await self.db.executemany(sql, params)
+
+    async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:
+        sql = (
+            f"INSERT INTO reservations (location, sku, ref, reserved, consumed, updated_at_ms) VALUES ({marks(6)}) "
+            "ON CONFLICT (location, sku, ref) DO UPDATE SET reserved = excluded.reserved, "
+            "consumed = excluded.consumed, updated_at_ms = excluded.updated_at_ms"
+        )
+        await self.db.executemany(sql, [(*k, r.reserved, r.consumed, now_ms) for k, r in rows.items()])
+
+    async def save_stock(self, rows: Sequence[StockRow], now_ms: int) -> None:
+        names = STOCK_FIELDS.split(", ")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in names[2:])
+        none4 = (None, None, None, None)
+        await self.db.executemany(
+            f"INSERT INTO stock ({STOCK_FIELDS}) VALUES ({marks(len(names))}) "
+            f"ON CONFLICT (location, sku) DO UPDATE SET {updates}",
+            [
+                (r.location, r.sku, r.on_hand, r.reserved, r.in_transit, r.safety_stock)
+                + (*(r.last_count or none4), *(r.max_key or none4), now_ms)
+                for r in rows
+            ],
+        )
+
+    async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
+        rows = await self._fetch(
+            "INSERT INTO agent_hwm (agent_id, epoch, hwm, updated_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (agent_id, epoch) DO UPDATE SET "
+            "hwm = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.hwm ELSE agent_hwm.hwm END, "
+            "updated_ms = excluded.updated_ms RETURNING hwm",
+            (agent_id, epoch, seq, now_ms),
+        )
+        return int(rows[0][0])
+
+    async def note_sync(self, agent_id: str, now_ms: int, clock_skew_ms: int | None) -> None:
+        await self.db.execute(
+            "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms) WHERE agent_id = ?",
+            (now_ms, clock_skew_ms, agent_id),
+        )

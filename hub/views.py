@@ -1,0 +1,197 @@
+"""JSON shapes of the hub's read API, and validation of query and path parameters.
+
+Packed HLC timestamps are JSON integers that can exceed 2**53, so each one is
+accompanied by the ISO 8601 time of its wall-clock part for people and for
+JavaScript clients that would round the integer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from hub.resolver import is_location
+from hub.storage.base import AgentStatus, CountRow, ExceptionRow, LedgerRow
+from protocol import BadEvent, event_id_hex, unpack_hlc
+from protocol.event import LOCATION_MAX_LEN, SKU_MAX_LEN
+
+HLC_QUERY_MAX = (1 << 63) - 1
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return event_id_hex(obj) if len(obj) == 16 else obj.hex()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return sorted(obj) if isinstance(obj, (set, frozenset)) else list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as err:
+        raise ValueError("it is not UTF-8") from err
+
+
+def iso_ms(ms: int | None) -> str | None:
+    """ISO 8601 UTC time of a Unix-milliseconds value, or None if absent or out of range."""
+    if ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def hlc_time(packed: int | None) -> str | None:
+    return None if packed is None else iso_ms(unpack_hlc(packed)[0])
+
+
+# --- rows -------------------------------------------------------------------
+
+
+def count_row(r: CountRow) -> dict[str, Any]:
+    return {
+        "location": r.location,
+        "sku": r.sku,
+        "on_hand": r.on_hand,
+        "reserved": r.reserved,
+        "available": r.available,
+        "in_transit": r.in_transit,
+        "safety_stock": r.safety_stock,
+        "last_count_at": r.last_count_at,
+        "last_count_time": hlc_time(r.last_count_at),
+        "updated_at_ms": r.updated_at_ms,
+        "updated_at": iso_ms(r.updated_at_ms),
+    }
+
+
+def ledger_row(r: LedgerRow) -> dict[str, Any]:
+    return {
+        "event_id": event_id_hex(r.event_id),
+        "agent_id": r.agent_id,
+        "epoch": r.epoch,
+        "seq": r.seq,
+        "location": r.location,
+        "sku": r.sku,
+        "kind": r.kind,
+        "qty": r.qty,
+        "occurred_at": r.occurred_at,
+        "occurred_at_time": hlc_time(r.occurred_at),
+        "wall_ms": r.wall_ms,
+        "source": r.source,
+        "ref": r.ref,
+        "reason": r.reason,
+        "attrs": r.attrs,
+        "effect": r.effect.value,
+        "variance": r.variance,
+        "duplicates": r.duplicates,
+        "rejection": r.rejection,
+        "rejection_code": r.rejection_code,
+        "received_at_ms": r.received_at_ms,
+        "received_at": iso_ms(r.received_at_ms),
+    }
+
+
+def exception_row(r: ExceptionRow) -> dict[str, Any]:
+    return {
+        "kind": r.kind,
+        "location": r.location,
+        "sku": r.sku,
+        "detail": r.detail,
+        "data": r.data,
+        "at_ms": r.at_ms,
+        "at": iso_ms(r.at_ms),
+    }
+
+
+def agent_status(r: AgentStatus) -> dict[str, Any]:
+    return {
+        "agent_id": r.agent_id,
+        "role": r.role,
+        "revoked": r.revoked,
+        "locations": list(r.locations),
+        "last_sync_ms": r.last_sync_ms,
+        "last_sync": iso_ms(r.last_sync_ms),
+        "epochs": [{"epoch": epoch, "hwm": hwm} for epoch, hwm in sorted(r.hwm.items())],
+        "clock_skew_ms": r.clock_skew_ms,
+    }
+
+
+def bad_event(b: BadEvent) -> dict[str, Any]:
+    return {
+        "index": b.index,
+        "event_id": None if b.event_id is None else event_id_hex(b.event_id),
+        "seq": b.seq,
+        "reason": b.reason,
+    }
+
+
+# --- parameters -------------------------------------------------------------
+
+
+def location_param(value: str, name: str = "location") -> str:
+    if not is_location(value):
+        raise web.HTTPBadRequest(
+            text=f"{name} {value[:40]!r} is not a location code (letters, digits, '.', '_' and '-', "
+            f"at most {LOCATION_MAX_LEN} characters)"
+        )
+    return value
+
+
+def sku_param(value: str, name: str = "sku") -> str:
+    if not value or len(value) > SKU_MAX_LEN or not value.isprintable():
+        raise web.HTTPBadRequest(text=f"{name} {value[:40]!r} is not a SKU (1 to {SKU_MAX_LEN} printable characters)")
+    return value
+
+
+class Query:
+    """The query string of one request, checked against the parameters its route takes."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, request: web.Request, allowed: Collection[str]) -> None:
+        self._q = request.rel_url.query
+        unknown = sorted(set(self._q) - set(allowed))
+        if unknown:
+            takes = f"it takes {', '.join(sorted(allowed))}" if allowed else "it takes none"
+            raise web.HTTPBadRequest(
+                text=f"unknown query parameter(s) {', '.join(unknown)} for {request.path}; {takes}"
+            )
+        for key in self._q:
+            if len(self._q.getall(key)) > 1:
+                raise web.HTTPBadRequest(text=f"query parameter {key} is given more than once")
+
+    def _get(self, key: str) -> str | None:
+        return self._q.get(key)
+
+    def _int(self, key: str, lo: int, hi: int) -> int | None:
+        raw = self._get(key)
+        if raw is None:
+            return None
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 20 or not lo <= int(raw) <= hi:
+            raise web.HTTPBadRequest(text=f"{key} must be a whole number from {lo} to {hi}, got {raw[:40]!r}")
+        return int(raw)
+
+    def limit(self, default: int, maximum: int) -> int:
+        value = self._int("limit", 1, maximum)
+        return default if value is None else value
+
+    def before(self) -> int | None:
+        return self._int("before", 1, HLC_QUERY_MAX)
+
+    def location(self) -> str | None:
+        raw = self._get("location")
+        return None if raw is None else location_param(raw)
+
+    def sku(self) -> str | None:
+        raw = self._get("sku")
+        return None if raw is None else sku_param(raw)

@@ -1,0 +1,245 @@
+"""``shelfsync-hub`` as real subprocesses (``python -m hub``) against SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from protocol import (
+    MSGPACK_CONTENT_TYPE,
+    Kind,
+    StockEvent,
+    SyncRequest,
+    decode_sync_response,
+    encode_sync_request,
+    new_event_id,
+    pack_hlc,
+)
+
+PROCESS_TIMEOUT_S = 30.0
+LISTENING_RE = re.compile(r"hub listening on http://127\.0\.0\.1:(\d+), database (.+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+async def hub(*args: str, cwd: Path) -> Run:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), PROCESS_TIMEOUT_S)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+def credential_of(run: Run) -> tuple[str, str]:
+    assert run.code == 0, run.err
+    fields = dict(line.split(": ", 1) for line in run.out.splitlines() if ": " in line and not line.startswith("The "))
+    return fields["agent_id"], fields["credential"]
+
+
+def one_sentence_error(run: Run) -> str:
+    """The error line of a failed run: exactly one, the last on stderr (serve may log before it)."""
+    assert run.code == 2, (run.out, run.err)
+    lines = run.err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("shelfsync-hub: ")]
+    assert errors == lines[-1:], run.err
+    assert "Traceback" not in run.err
+    return errors[0]
+
+
+@dataclass
+class Served:
+    proc: asyncio.subprocess.Process
+    url: str
+    log: list[str]
+    db: str = ""
+
+
+@pytest.fixture
+async def serve_hub(tmp_path: Path) -> AsyncIterator[list[Served]]:
+    """Processes started by a test; any still running at the end is killed."""
+    started: list[Served] = []
+    yield started
+    for served in started:
+        if served.proc.returncode is None:
+            served.proc.kill()
+            await served.proc.wait()
+
+
+async def start_serve(started: list[Served], *args: str, cwd: Path) -> Served:
+    """Start ``python -m hub serve ARGS`` and wait for its "hub listening on …" line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hub",
+        "serve",
+        *args,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    served = Served(proc, "", [])
+    started.append(served)
+    assert proc.stderr is not None
+    while not served.url:
+        line = (await asyncio.wait_for(proc.stderr.readline(), PROCESS_TIMEOUT_S)).decode()
+        assert line, f"the hub exited before listening: {''.join(served.log)}"
+        served.log.append(line)
+        if match := LISTENING_RE.search(line.strip()):
+            served.url = f"http://127.0.0.1:{match[1]}"
+            served.db = match[2]
+    return served
+
+
+async def stop_serve(served: Served) -> int:
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.stderr is not None
+    rest = await asyncio.wait_for(served.proc.stderr.read(), PROCESS_TIMEOUT_S)
+    served.log.append(rest.decode())
+    return await asyncio.wait_for(served.proc.wait(), PROCESS_TIMEOUT_S)
+
+
+def sale_batch(agent_id: str) -> bytes:
+    wall_ms = 1_764_061_200_000
+    events = tuple(
+        StockEvent(
+            event_id=new_event_id(),
+            agent_id=agent_id,
+            epoch=1,
+            seq=seq,
+            location="S001",
+            sku="SKU-1",
+            kind=Kind(kind),
+            qty=qty,
+            occurred_at=pack_hlc(wall_ms + seq, 0),
+            wall_ms=wall_ms + seq,
+            source="pos:acme",
+        )
+        for seq, kind, qty in ((1, "receive", 12), (2, "sale", -2))
+    )
+    return encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=events))
+
+
+async def test_agent_add_then_serve_then_sync_then_sigterm(tmp_path: Path, serve_hub: list[Served]) -> None:
+    db = tmp_path / "hub.db"
+    added = await hub("agent", "add", "--db", str(db), "--location", "S001", cwd=tmp_path)
+    agent_id, token = credential_of(added)
+    assert "keeps only a hash" in added.out
+
+    served = await start_serve(serve_hub, "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path)
+    assert served.db == str(db)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http:
+        async with http.post(
+            f"{served.url}/v1/sync",
+            data=sale_batch(agent_id),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = decode_sync_response(await resp.read())
+        async with http.get(f"{served.url}/healthz") as resp:
+            assert resp.status == 200
+
+    assert answer.hwm == 2 and [(c.sku, c.on_hand) for c in answer.counts] == [("SKU-1", 10)]
+    assert await stop_serve(served) == 0
+    log = "".join(served.log)
+    assert f"agent {agent_id} synced 2 events (2 applied, 0 duplicates, 0 rejected)" in log
+    assert "hub stopped" in log
+
+    # The commit survived the process: a second hub on the same file reports the agent's mark.
+    listed = await hub("agent", "list", "--db", str(db), cwd=tmp_path)
+    assert listed.code == 0 and re.search(
+        rf"^{re.escape(agent_id)}\s+agent\s+S001\s+\S+\s+1:2\b", listed.out, re.MULTILINE
+    ), listed.out
+
+
+async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    for role in ("reader", "admin"):
+        run = await hub("agent", "add", "--db", str(db), "--role", role, cwd=tmp_path)
+        agent_id, token = credential_of(run)
+        assert f"role: {role}" in run.out and len(token) >= 20 and agent_id
+
+
+async def test_agent_without_location_is_refused(tmp_path: Path) -> None:
+    run = await hub("agent", "add", "--db", str(tmp_path / "hub.db"), cwd=tmp_path)
+    assert "needs at least one --location" in one_sentence_error(run)
+
+
+async def test_bad_location_code_is_refused(tmp_path: Path) -> None:
+    run = await hub("agent", "add", "--db", str(tmp_path / "hub.db"), "--location", "S 001", cwd=tmp_path)
+    assert "'S 001' is not a location code" in one_sentence_error(run)
+
+
+async def test_revoke_then_revoke_again(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    agent_id, _ = credential_of(await hub("agent", "add", "--db", str(db), "--location", "S001", cwd=tmp_path))
+
+    first = await hub("agent", "revoke", "--db", str(db), agent_id, cwd=tmp_path)
+    assert first.code == 0 and f"revoked {agent_id}" in first.out
+
+    again = await hub("agent", "revoke", "--db", str(db), agent_id, cwd=tmp_path)
+    assert f"no active credential {agent_id}" in one_sentence_error(again)
+
+
+async def test_list_of_an_empty_hub_says_how_to_add(tmp_path: Path) -> None:
+    run = await hub("agent", "list", "--db", str(tmp_path / "hub.db"), cwd=tmp_path)
+    assert run.code == 0 and "no agents yet" in run.out
+
+
+async def test_config_file_with_unknown_key_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\ndb = "hub.db"\nprot = 9000\n')
+    run = await hub("serve", "--config", str(config), cwd=tmp_path)
+    assert "unknown key(s) 'prot'" in one_sentence_error(run)
+
+
+async def test_serve_without_db_is_refused(tmp_path: Path) -> None:
+    run = await hub("serve", "--port", "0", cwd=tmp_path)
+    assert "no database given" in one_sentence_error(run)
+
+
+async def test_serve_on_a_taken_port_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = await hub(
+            "serve", "--db", str(tmp_path / "hub.db"), "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path
+        )
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in one_sentence_error(run)
+
+
+async def test_serve_reads_settings_from_the_config_file(tmp_path: Path, serve_hub: list[Served]) -> None:
+    (tmp_path / "etc").mkdir()
+    config = tmp_path / "etc" / "hub.toml"
+    config.write_text('[hub]\ndb = "hub.db"\nhost = "127.0.0.1"\nport = 0\nmax_body_bytes = 1000\n')
+    _, token = credential_of(await hub("agent", "add", "--config", str(config), "--location", "S001", cwd=tmp_path))
+    assert (tmp_path / "etc" / "hub.db").exists()  # relative to the config file
+
+    served = await start_serve(serve_hub, "--config", str(config), cwd=tmp_path)
+    assert served.db == str(tmp_path / "etc" / "hub.db")
+
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http,
+        http.post(
+            f"{served.url}/v1/sync",
+            data=b"\x00" * 2000,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
+        ) as resp,
+    ):
+        assert resp.status == 413  # max_body_bytes = 1000 from the file
+    assert await stop_serve(served) == 0
