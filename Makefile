@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m demo
+	$(PY) -m hub.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -23,7 +23,7 @@ import logging
 import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -396,7 +396,7 @@ class Outbox:
         duplicates: list[bytes] = []
         for draft, time_supplied in drafts:
             occurred_at = draft.occurred_at if time_supplied else self.clock.now()
-            ev = replace(draft, seq=last_seq + 1, occurred_at=occurred_at, wall_ms=wall_ms)
+            ev = draft.stamped(seq=last_seq + 1, occurred_at=occurred_at, wall_ms=wall_ms)
             cur = conn.execute(f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PARAMS})", _row(ev))
             if cur.rowcount == 1:
                 last_seq += 1

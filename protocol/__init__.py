@@ -19,7 +19,16 @@ from protocol.codec import (
     encode_sync_response,
 )
 from protocol.errors import ProtocolError
-from protocol.event import ON_HAND_KINDS, QTY_MAX, Kind, StockEvent, check_kind, check_qty, event_from_wire, event_to_wire
+from protocol.event import (
+    ON_HAND_KINDS,
+    QTY_MAX,
+    Kind,
+    StockEvent,
+    check_kind,
+    check_qty,
+    event_from_wire,
+    event_to_wire,
+)
 from protocol.hlc import HybridClock, pack_hlc, unpack_hlc, wall_ms_now
 from protocol.ids import derived_event_id, event_id_hex, new_event_id, parse_event_id
 

@@ -9,6 +9,7 @@ can answer all of them at once and the agent can set exactly those aside.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,11 @@ import msgpack
 
 from protocol.errors import ProtocolError
 from protocol.event import (
+    _AGENT_RE,
     AGENT_ID_MAX_LEN,
     EPOCH_MAX,
     SEQ_MAX,
     StockEvent,
-    _AGENT_RE,
     _check_int,
     _check_str,
     event_from_wire,
@@ -170,7 +171,7 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     if bad:
         raise BadEvents(bad, agent_id, epoch)
     seqs = [ev.seq for ev in events]
-    if any(b <= a for a, b in zip(seqs, seqs[1:])):
+    if any(b <= a for a, b in itertools.pairwise(seqs)):
         raise ProtocolError("seq must strictly increase within a request", field="events")
     return SyncRequest(agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq)
 
@@ -220,7 +221,7 @@ def decode_sync_response(data: bytes) -> SyncResponse:
         rejected.append(Rejection(item[0], item[1], item[2], item[3]))
     raw_counts = obj.get("counts", [])
     if not isinstance(raw_counts, list) or len(raw_counts) > MAX_COUNTS:
-        raise ProtocolError("must be a list of at most {MAX_COUNTS} entries", field="counts")
+        raise ProtocolError(f"must be a list of at most {MAX_COUNTS} entries", field="counts")
     counts: list[CountSnapshot] = []
     for i, item in enumerate(raw_counts):
         if not (

@@ -106,6 +106,22 @@ class StockEvent:
             digest_size=16,
         ).digest()
 
+    def stamped(self, *, seq: int, occurred_at: int, wall_ms: int) -> StockEvent:
+        """A copy with its seq and clock filled in; only those three are checked again.
+
+        The writer of an outbox validates a movement once, then stamps it at commit.
+        """
+        _check_int(seq, "seq", 1, SEQ_MAX)
+        _check_int(occurred_at, "occurred_at", 1, HLC_MAX)
+        _check_int(wall_ms, "wall_ms", 0, HLC_MAX)
+        copy = object.__new__(StockEvent)
+        for name in StockEvent.__slots__:
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "seq", seq)
+        object.__setattr__(copy, "occurred_at", occurred_at)
+        object.__setattr__(copy, "wall_ms", wall_ms)
+        return copy
+
     def with_seq(self, agent_id: str, epoch: int, seq: int) -> StockEvent:
         return StockEvent(
             self.event_id, agent_id, epoch, seq, self.location, self.sku, self.kind, self.qty,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 COUNTER_BITS = 16
 COUNTER_MAX = (1 << COUNTER_BITS) - 1
@@ -44,10 +44,7 @@ class HybridClock:
 
     wall_clock_ms: Callable[[], int] = wall_ms_now
     last: int = 0
-    _lock: threading.Lock = threading.Lock()
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def now(self) -> int:
         with self._lock:
@@ -58,5 +55,4 @@ class HybridClock:
     def observe(self, ts: int) -> None:
         """Never issue a timestamp at or below ``ts`` from now on."""
         with self._lock:
-            if ts > self.last:
-                self.last = ts
+            self.last = max(self.last, ts)
