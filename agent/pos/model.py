@@ -1,0 +1,109 @@
+"""The values the POS import produces besides movements: observations, quarantined rows, reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Another system's belief about stock on hand — a snapshot, never a movement.
+
+    Shopify's inventory export says "On hand: 7" for a SKU at a location; the
+    hub compares it with its own count and raises a divergence, it does not
+    move stock. ``system`` is the vendor ("shopify"); ``observed_at_ms`` is
+    when the other system believed it (the export's time).
+    """
+
+    location: str
+    sku: str
+    system: str
+    on_hand: int
+    observed_at_ms: int
+    source_file: str
+
+    def to_wire(self, observation_id: int) -> dict[str, Any]:
+        """The proposed wire map (docs/pos-import.md): the store id lets the hub's answer name it."""
+        return {
+            "id": observation_id, "location": self.location, "sku": self.sku, "system": self.system,
+            "on_hand": self.on_hand, "observed_at_ms": self.observed_at_ms, "source_file": self.source_file,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A row that could not be imported, and why; the rest of its file still is."""
+
+    line: int
+    reason: str
+    raw: str = ""  # the row as CSV text, cut to RAW_MAX_CHARS
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A row that is not stock (a custom amount, a gift card, "not stocked"): counted, not imported."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """One quarantined row as stored, for ``shelfsync-agent import --report``."""
+
+    id: int
+    file_name: str
+    sha256: str
+    line: int
+    reason: str
+    raw: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What importing one file did. Written beside the file as JSON, and kept in the store."""
+
+    file_name: str
+    sha256: str
+    size_bytes: int
+    encoding: str
+    profile: str
+    status: str  # "imported"; "quarantined" (every row was); "failed" (the file could not be read)
+    rows_read: int = 0  # data rows (not the header, not blank lines)
+    imported: int = 0  # movements newly recorded in the outbox
+    duplicates: int = 0  # movements the outbox already held (the same rows imported before)
+    observations: int = 0  # stock-on-hand observations newly stored
+    observation_duplicates: int = 0
+    skipped: int = 0  # rows that are not stock
+    quarantined: int = 0
+    quarantine: tuple[Quarantined, ...] = ()  # the first REPORT_QUARANTINE_MAX, with line and reason
+    error: str | None = None  # why the whole file failed
+    started_ms: int = 0
+    finished_ms: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)  # why rows were not stock, with counts
+    produces: str = "movements"  # or "observations", as the profile does
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["quarantine"] = [{"line": q.line, "reason": q.reason, "row": q.raw} for q in self.quarantine]
+        data["quarantine_truncated"] = self.quarantined > len(self.quarantine)
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+    def summary(self) -> str:
+        """One sentence for a person."""
+        if self.status == "failed":
+            return f"{self.file_name}: not imported — {self.error}"
+        parts = [f"{self.rows_read:,} rows read"]
+        if self.produces == "movements":
+            parts.append(f"{self.imported:,} imported")
+            parts.append(f"{self.duplicates:,} already imported")
+        else:
+            parts.append(f"{self.observations:,} stock observations")
+            parts.append(f"{self.observation_duplicates:,} already stored")
+        if self.skipped:
+            parts.append(f"{self.skipped:,} not stock")
+        parts.append(f"{self.quarantined:,} quarantined")
+        return f"{self.file_name} ({self.profile}, {self.encoding}): " + ", ".join(parts)

@@ -1,0 +1,106 @@
+"""How many times has this row identity been seen in this file? Exactly, in bounded memory.
+
+Two identical lines in one transaction (the same item rung up twice) are two
+sales, so a row's key carries its occurrence index among identical lines.
+Counting that exactly needs every identity seen so far, which grows with the
+file. Recent identities stay in memory in two generations (exports are sorted
+by time, so a transaction's lines sit together): when the young generation is
+full, the old one is written to a private temporary SQLite file and dropped
+whole, and the young one becomes old. A fixed-size Bloom filter says which
+identities could be on disk, so a new identity almost never touches it.
+
+Dropping whole dicts (rather than evicting entries one by one) keeps the
+allocation pattern the same every cycle, so resident memory stays flat.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Self
+
+GENERATION_KEYS = 25_000  # identities per in-memory generation (~90 bytes each); two generations at most
+BLOOM_BYTES = 1 << 22  # 4 MiB: 32M bits, 3 probes; under 0.1% false positives at 1M spilled identities
+SPILL_CACHE_KIB = 2_048  # SQLite page cache of the spill file
+_BLOOM_MASK_BITS = (BLOOM_BYTES * 8) - 1
+
+
+class OccurrenceCounter:
+    """``next(key)`` is 0 the first time ``key`` is seen, 1 the second time, …
+
+    Not thread-safe; use from one thread at a time (any thread). Close it to
+    delete the spill file.
+    """
+
+    def __init__(self, *, generation_keys: int = GENERATION_KEYS) -> None:
+        self._young: dict[bytes, int] = {}
+        self._old: dict[bytes, int] = {}
+        self._generation_keys = generation_keys
+        self._bloom: bytearray | None = None  # allocated on the first spill
+        self._spill: sqlite3.Connection | None = None
+        self.spilled = 0
+
+    def next(self, key: bytes) -> int:
+        """The occurrence index of ``key`` (a digest of at least 12 bytes), then count it."""
+        seen = self._young.get(key)
+        if seen is None:
+            seen = self._old.pop(key, None)
+            if seen is None:
+                seen = self._spilled_count(key) if self._bloom is not None else 0
+            if len(self._young) >= self._generation_keys:
+                self._age()
+        self._young[key] = seen + 1
+        return seen
+
+    def in_memory(self) -> int:
+        return len(self._young) + len(self._old)
+
+    def _bits(self, key: bytes) -> tuple[int, int, int]:
+        n = int.from_bytes(key[:12], "big")
+        return n & _BLOOM_MASK_BITS, (n >> 32) & _BLOOM_MASK_BITS, (n >> 64) & _BLOOM_MASK_BITS
+
+    def _spilled_count(self, key: bytes) -> int:
+        assert self._bloom is not None and self._spill is not None
+        bloom = self._bloom
+        if not all(bloom[b >> 3] & (1 << (b & 7)) for b in self._bits(key)):
+            return 0
+        row = self._spill.execute("SELECT n FROM spill WHERE k = ?", (key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _age(self) -> None:
+        """Spill the old generation to disk; the young one becomes old."""
+        if self._old:
+            self._write(self._old)
+        self._old, self._young = self._young, {}
+
+    def _write(self, entries: dict[bytes, int]) -> None:
+        if self._spill is None:
+            # "" opens a private on-disk temporary database, deleted on close.
+            self._spill = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+            self._spill.execute("PRAGMA journal_mode = OFF")
+            self._spill.execute("PRAGMA synchronous = OFF")
+            self._spill.execute(f"PRAGMA cache_size = -{SPILL_CACHE_KIB}")
+            self._spill.execute("CREATE TABLE spill (k BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
+            self._bloom = bytearray(BLOOM_BYTES)
+        bloom = self._bloom
+        assert bloom is not None
+        for key in entries:
+            for b in self._bits(key):
+                bloom[b >> 3] |= 1 << (b & 7)
+        self._spill.execute("BEGIN")
+        self._spill.executemany("INSERT OR REPLACE INTO spill (k, n) VALUES (?, ?)", entries.items())
+        self._spill.execute("COMMIT")
+        self.spilled += len(entries)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the spill file. Safe to call twice."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+        self._bloom = None
+        self._young, self._old = {}, {}

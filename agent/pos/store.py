@@ -1,0 +1,284 @@
+"""The POS import's own SQLite file: imports done, rows quarantined, stock observations.
+
+It sits beside the outbox (``pos-import.sqlite``) rather than inside it: the
+outbox file has one owner and one writer (``agent.outbox``), and nothing here
+needs to commit in the same transaction as the movements. Every write here is
+idempotent instead — a quarantined row is keyed by (file digest, line), an
+observation by (system, location, sku, time) — so a crash between the outbox
+commit and this one is repaired by importing the file again, which the watcher
+does because the file is only moved once both are committed.
+
+Same shape as the outbox: one connection on one thread (``agent.db``), WAL,
+each write one ``BEGIN IMMEDIATE … COMMIT``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from agent.db import SqliteThread
+from agent.pos.errors import PosImportError, PosStoreClosed
+from agent.pos.model import ImportReport, Observation, Quarantined, QuarantineEntry
+from agent.pos.source import FileScan
+from protocol import wall_ms_now
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS imports (
+        id          INTEGER PRIMARY KEY,
+        file_name   TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        size_bytes  INTEGER NOT NULL,
+        encoding    TEXT NOT NULL,
+        profile     TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER,
+        rows_read   INTEGER NOT NULL DEFAULT 0,
+        imported    INTEGER NOT NULL DEFAULT 0,
+        duplicates  INTEGER NOT NULL DEFAULT 0,
+        observations INTEGER NOT NULL DEFAULT 0,
+        observation_duplicates INTEGER NOT NULL DEFAULT 0,
+        skipped     INTEGER NOT NULL DEFAULT 0,
+        quarantined INTEGER NOT NULL DEFAULT 0,
+        error       TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id          INTEGER PRIMARY KEY,
+        import_id   INTEGER NOT NULL REFERENCES imports (id),
+        file_name   TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        line        INTEGER NOT NULL,
+        reason      TEXT NOT NULL,
+        raw         TEXT NOT NULL,
+        at_ms       INTEGER NOT NULL,
+        UNIQUE (sha256, line)
+    )""",
+    """CREATE TABLE IF NOT EXISTS observations (
+        id             INTEGER PRIMARY KEY,
+        system         TEXT NOT NULL,
+        location       TEXT NOT NULL,
+        sku            TEXT NOT NULL,
+        on_hand        INTEGER NOT NULL,
+        observed_at_ms INTEGER NOT NULL,
+        source_file    TEXT NOT NULL,
+        stored_ms      INTEGER NOT NULL,
+        sent_ms        INTEGER,
+        UNIQUE (system, location, sku, observed_at_ms)
+    )""",
+    "CREATE INDEX IF NOT EXISTS observations_unsent ON observations (id) WHERE sent_ms IS NULL",
+)
+_COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
+
+
+class _Opening:
+    """``PosStore.open(path)``: await it, or use it as ``async with``."""
+
+    def __init__(self, make: Callable[[], Awaitable[PosStore]]) -> None:
+        self._make = make
+        self._store: PosStore | None = None
+
+    def __await__(self) -> Generator[Any, None, PosStore]:
+        return self._make().__await__()
+
+    async def __aenter__(self) -> PosStore:
+        self._store = await self._make()
+        return self._store
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
+class PosStore:
+    """Durable records of the POS import. Use ``PosStore.open``."""
+
+    def __init__(self, db: SqliteThread, *, wall_clock_ms: Callable[[], int]) -> None:
+        self.path = str(db.path)
+        self._db = db
+        self._wall_clock_ms = wall_clock_ms
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | Path, *, wall_clock_ms: Callable[[], int] | None = None) -> _Opening:
+        """Open (or create) the store at ``path``."""
+        return _Opening(lambda: cls._open(Path(path), wall_clock_ms or wall_ms_now))
+
+    @classmethod
+    async def _open(cls, path: Path, wall_clock_ms: Callable[[], int]) -> PosStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = SqliteThread(path, "full")
+        store = cls(db, wall_clock_ms=wall_clock_ms)
+        try:
+            await db.connect()
+            await db.write(store._init)
+        except sqlite3.DatabaseError as err:
+            await db.close()
+            raise PosImportError(f"{path} is not a usable POS import store: {err}") from err
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    def _init(self, conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise PosImportError(f"{self.path} was written by a newer shelfsync (schema {row[0]}); upgrade this agent")
+
+    async def close(self) -> None:
+        """Wait for writes already started, then close. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise PosStoreClosed(self.path)
+        try:
+            return await self._db.read(fn)
+        except sqlite3.Error as err:
+            raise PosImportError(f"the POS import store {self.path} could not be read: {err}") from err
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise PosStoreClosed(self.path)
+        try:
+            return await self._db.write(fn)
+        except sqlite3.Error as err:
+            raise PosImportError(f"the POS import store {self.path} could not be written: {err}") from err
+
+    # --- imports ----------------------------------------------------------------
+    async def begin_import(self, scan: FileScan, file_name: str, profile: str) -> int:
+        now_ms = self._wall_clock_ms()
+
+        def insert(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO imports (file_name, sha256, size_bytes, encoding, profile, status, started_ms)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                (file_name, scan.sha256, scan.size_bytes, scan.encoding, profile, now_ms),
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._write(insert)
+
+    async def finish_import(self, import_id: int, report: ImportReport) -> None:
+        values = [getattr(report, name) for name in _COUNTS]
+        await self._write(
+            lambda conn: conn.execute(
+                f"UPDATE imports SET status = ?, finished_ms = ?, error = ?, {', '.join(f'{n} = ?' for n in _COUNTS)}"
+                " WHERE id = ?",
+                (report.status, report.finished_ms, report.error, *values, import_id),
+            )
+        )
+
+    async def recent_imports(self, limit: int = 20) -> list[ImportReport]:
+        """The last imports, newest first (without their quarantine lists)."""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT file_name, sha256, size_bytes, encoding, profile, status, started_ms, coalesce(finished_ms, 0),"
+                f" error, {', '.join(_COUNTS)} FROM imports ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [
+            ImportReport(
+                file_name=r[0], sha256=r[1], size_bytes=r[2], encoding=r[3], profile=r[4], status=r[5],
+                started_ms=r[6], finished_ms=r[7], error=r[8], **dict(zip(_COUNTS, r[9:], strict=True)),
+                produces="observations" if r[12] or r[13] else "movements",
+            )
+            for r in rows
+        ]
+
+    # --- quarantine ---------------------------------------------------------------
+    async def add_quarantine(self, import_id: int, file_name: str, sha256: str, rows: Sequence[Quarantined]) -> int:
+        """Keep these rows with their reasons; a row of the same file content and line is kept once."""
+        if not rows:
+            return 0
+        now_ms = self._wall_clock_ms()
+
+        def insert(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO quarantine (import_id, file_name, sha256, line, reason, raw, at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(import_id, file_name, sha256, q.line, q.reason, q.raw, now_ms) for q in rows],
+            )
+            return conn.total_changes - before
+
+        return await self._write(insert)
+
+    async def quarantined(self, limit: int = 100, *, file_name: str | None = None) -> list[QuarantineEntry]:
+        """Quarantined rows, newest file first, then by line."""
+
+        def read(conn: sqlite3.Connection) -> list[QuarantineEntry]:
+            where, args = ("WHERE file_name = ?", (file_name,)) if file_name else ("", ())
+            rows = conn.execute(
+                f"SELECT id, file_name, sha256, line, reason, raw, at_ms FROM quarantine {where}"
+                " ORDER BY import_id DESC, line LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [QuarantineEntry(*row) for row in rows]
+
+        return await self._read(read)
+
+    async def quarantine_count(self) -> int:
+        return int(await self._read(lambda conn: conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]))
+
+    # --- observations -------------------------------------------------------------
+    async def add_observations(self, observations: Sequence[Observation]) -> tuple[int, int]:
+        """Store observations for the hub; returns (new, already stored)."""
+        if not observations:
+            return 0, 0
+        now_ms = self._wall_clock_ms()
+
+        def insert(conn: sqlite3.Connection) -> tuple[int, int]:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO observations"
+                " (system, location, sku, on_hand, observed_at_ms, source_file, stored_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(o.system, o.location, o.sku, o.on_hand, o.observed_at_ms, o.source_file, now_ms) for o in observations],
+            )
+            new = conn.total_changes - before
+            return new, len(observations) - new
+
+        return await self._write(insert)
+
+    async def pending_observations(self, limit: int = 1000) -> list[tuple[int, Observation]]:
+        """Observations not yet sent to the hub, oldest first, with their ids for ``mark_observations_sent``."""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT id, location, sku, system, on_hand, observed_at_ms, source_file FROM observations"
+                " WHERE sent_ms IS NULL ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [(r[0], Observation(*r[1:])) for r in rows]
+
+    async def mark_observations_sent(self, ids: Sequence[int]) -> None:
+        now_ms = self._wall_clock_ms()
+        await self._write(
+            lambda conn: conn.executemany(
+                "UPDATE observations SET sent_ms = ? WHERE id = ? AND sent_ms IS NULL", [(now_ms, i) for i in ids]
+            )
+        )

@@ -1,0 +1,264 @@
+"""The drop folder: exports appear, are imported once complete, and are filed with a report.
+
+A file is taken once it has *settled* — its size and modification time
+unchanged for ``settle_s`` — so a POS still writing it, or a slow copy over
+the network, is never read half-way. Writers that can should write to a
+temporary name (``export.csv.part``, ``.tmp``) and rename when done: only
+names matching ``patterns`` are considered at all.
+
+After the import the file moves to ``processed/`` (or ``failed/`` when it
+could not be read, or every row was quarantined) with ``<name>.report.json``
+beside it. Movements are committed before the move, so a crash in between
+only means the file is imported again — every row a duplicate.
+
+The loop has the agent's one shape: wait for a folder change (watchfiles)
+or a tick, take one settled file, import it; if the outbox or store fails,
+back off exponentially with jitter up to a cap, warn once, and say once when
+it recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import watchfiles
+
+from agent.pos.errors import PosImportError
+from agent.pos.importer import PosImporter
+from agent.pos.model import ImportReport
+
+log = logging.getLogger(__name__)
+
+PROCESSED_DIR = "processed"
+FAILED_DIR = "failed"
+REPORT_SUFFIX = ".report.json"
+RESCAN_S = 10.0  # a full listing of the folder, in case a notification was missed
+TICK_MIN_S = 0.05
+TICK_MAX_S = 1.0
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 60.0
+WATCH_DEBOUNCE_MS = 200
+TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart")
+
+ReportFn = Callable[[ImportReport, Path], None]
+
+
+@dataclass(slots=True)
+class _Seen:
+    size: int
+    mtime_ns: int
+    since: float  # monotonic seconds when size and mtime last changed
+
+
+class PosFolderWatcher:
+    """Imports exports dropped into ``folder``. ``async with`` starts and stops it."""
+
+    def __init__(
+        self,
+        importer: PosImporter,
+        folder: Path,
+        *,
+        settle_s: float | None = None,
+        patterns: tuple[str, ...] | None = None,
+        force_polling: bool | None = None,
+        on_report: ReportFn | None = None,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
+    ) -> None:
+        config = importer.config
+        self.importer = importer
+        self.folder = Path(folder)
+        self.settle_s = config.settle_s if settle_s is None else settle_s
+        self.patterns = tuple(p.casefold() for p in (patterns or config.patterns))
+        self.force_polling = config.force_polling if force_polling is None else force_polling
+        self.on_report = on_report
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self._pending: dict[Path, _Seen] = {}
+        self._unmovable: dict[Path, tuple[int, int]] = {}  # imported but could not be filed away
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_rescan = 0.0
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            for sub in ("", PROCESSED_DIR, FAILED_DIR):
+                (self.folder / sub).mkdir(parents=True, exist_ok=True)
+            self._task = asyncio.create_task(self.run(), name=f"pos-watch:{self.folder}")
+
+    async def stop(self) -> None:
+        """Stop watching; an import under way is cancelled (what it committed stays, the file stays). Safe twice."""
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- the loop -------------------------------------------------------------------
+    async def run(self) -> None:
+        log.info("Watching %s for POS exports (%s).", self.folder, ", ".join(self.patterns))
+        watch = asyncio.create_task(self._watch())
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now - self._last_rescan >= RESCAN_S:
+                    self._rescan(now)
+                path = self._settled(now) if now >= self._retry_at else None
+                if path is not None:
+                    await self._import(path)
+                    continue
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._tick_s(now))
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    def _tick_s(self, now: float) -> float:
+        if now < self._retry_at:
+            return max(TICK_MIN_S, self._retry_at - now)
+        if self._pending:
+            return min(TICK_MAX_S, max(TICK_MIN_S, self.settle_s / 4))
+        return RESCAN_S
+
+    async def _watch(self) -> None:
+        """Turn folder notifications into pending files; the rescan tick covers any that are missed."""
+        try:
+            async for changes in watchfiles.awatch(
+                self.folder, stop_event=self._stop, recursive=False, force_polling=self.force_polling,
+                debounce=WATCH_DEBOUNCE_MS, step=50,
+            ):
+                now = time.monotonic()
+                for change, name in changes:
+                    path = Path(name)
+                    if change == watchfiles.Change.deleted:
+                        self._pending.pop(path, None)
+                    elif self._wanted(path):
+                        self._note(path, now)
+                self._wake.set()
+        except (OSError, RuntimeError) as err:
+            log.warning("Folder notifications for %s stopped (%s); still checking it every %.0f s.", self.folder, err, RESCAN_S)
+
+    def _wanted(self, path: Path) -> bool:
+        if path.parent != self.folder:
+            return False
+        name = path.name.casefold()
+        if name.startswith((".", "~")) or name.endswith(TEMPORARY_SUFFIXES):
+            return False
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.patterns)
+
+    def _note(self, path: Path, now: float) -> None:
+        try:
+            st = path.stat()
+        except OSError:
+            self._pending.pop(path, None)
+            return
+        if not os.path.isfile(path):
+            return
+        if self._unmovable.get(path) == (st.st_size, st.st_mtime_ns):
+            return
+        seen = self._pending.get(path)
+        if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+
+    def _rescan(self, now: float) -> None:
+        self._last_rescan = now
+        try:
+            with os.scandir(self.folder) as entries:
+                for entry in entries:
+                    path = Path(entry.path)
+                    if path not in self._pending and entry.is_file() and self._wanted(path):
+                        self._note(path, now)
+        except OSError as err:
+            log.warning("The POS drop folder %s cannot be listed: %s", self.folder, err.strerror or err)
+
+    def _settled(self, now: float) -> Path | None:
+        """One pending file whose size and mtime have not changed for settle_s, if any."""
+        for path in list(self._pending):
+            seen = self._pending[path]
+            try:
+                st = path.stat()
+            except OSError:
+                del self._pending[path]
+                continue
+            if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+            elif now - seen.since >= self.settle_s:
+                return path
+        return None
+
+    # --- one unit of work -----------------------------------------------------------
+    async def _import(self, path: Path) -> None:
+        seen = self._pending[path]
+        try:
+            report = await self.importer.import_file(path)
+        except PosImportError as err:  # the outbox or store cannot be written: the file stays, retry later
+            self._failures += 1
+            delay = min(self.retry_max_s, self.retry_base_s * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
+            self._retry_at = time.monotonic() + delay
+            if self._failures == 1:
+                log.warning("Importing %s failed, retrying with backoff: %s", path.name, err)
+            return
+        except Exception as err:  # a surprise in one file must not stop the folder, nor be retried forever
+            log.exception("Importing %s failed unexpectedly; it goes to %s/.", path.name, FAILED_DIR)
+            report = ImportReport(path.name, "", seen.size, "", "", "failed", error=f"unexpected error: {err!r}"[:500])
+        else:
+            if self._failures:
+                log.info("POS imports work again after %d failed attempts.", self._failures)
+                self._failures = 0
+                self._retry_at = 0.0
+        del self._pending[path]
+        self._finish(path, report, seen)
+
+    def _finish(self, path: Path, report: ImportReport, seen: _Seen) -> None:
+        """File the export away with its report, and tell whoever listens."""
+        if not path.exists():
+            log.warning("%s disappeared from %s while it was being imported.", path.name, self.folder)
+            return
+        failed = report.status != "imported"
+        try:
+            dest = self._file_away(path, report, FAILED_DIR if failed else PROCESSED_DIR)
+        except OSError as err:
+            self._unmovable[path] = (seen.size, seen.mtime_ns)
+            log.error("%s was imported but cannot be moved out of %s: %s", path.name, self.folder, err.strerror or err)
+            dest = path
+        if self.on_report is not None:
+            self.on_report(report, dest)
+
+    def _file_away(self, path: Path, report: ImportReport, sub: str) -> Path:
+        target_dir = self.folder / sub
+        target_dir.mkdir(exist_ok=True)
+        dest = target_dir / path.name
+        n = 1
+        while dest.exists() or dest.with_name(dest.name + REPORT_SUFFIX).exists():
+            dest = target_dir / f"{path.stem}.{n}{path.suffix}"
+            n += 1
+        os.replace(path, dest)
+        report_path = dest.with_name(dest.name + REPORT_SUFFIX)
+        tmp = report_path.with_name(report_path.name + ".tmp")
+        tmp.write_text(report.to_json(), encoding="utf-8")
+        os.replace(tmp, report_path)
+        return dest

@@ -1,0 +1,226 @@
+"""Importing whole files into a real outbox and store (SQLite files in tmp_path)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from pos_helpers import GENERIC, LOCATION, OVERLAP_A, OVERLAP_B, SHOPIFY, SQUARE_CP1252, SQUARE_UTF8, open_env
+
+from agent.pos import PosImportConfig, PosImporter, PosImportError, PosStore
+from protocol import Kind
+
+# Square UTF-8 fixture: what each line becomes (see tests/fixtures/pos/make_fixtures.py).
+UTF8_MOVEMENTS = Counter({("LAT-12", Kind.SALE, -1): 2, ("CRS-01", Kind.SALE, -2): 1, ("CAF-CR", Kind.SALE, -1): 1,
+                          ("CAF-CR", Kind.RETURN, 1): 1, ("ESP-900", Kind.SALE, -1): 1, ("MUG-01", Kind.RETURN, 1): 1,
+                          ("MUG-01", Kind.SALE, -1): 1, ("LAT-12", Kind.SALE, -3): 1})
+UTF8_QUARANTINED = {
+    7: "Qty '0.5' kg is not whole; add kg = <base units per kg> under [pos.units]",
+    9: "Qty 'two' is not a number",
+    10: "SKU is empty (item 'Teapot')",
+    11: "date '2024-02-30' is not a date (expected YYYY-MM-DD or MM/DD/YYYY)",
+    16: "Qty '1.5' is not a whole number of units; items sold by weight need their unit under [pos.units]",
+}
+
+
+async def test_square_utf8_bom_export(tmp_path: Path) -> None:
+    async with open_env(tmp_path) as env:
+        report = await env.importer.import_file(SQUARE_UTF8)
+        assert (report.profile, report.encoding, report.status) == ("square", "utf-8-sig", "imported")
+        assert (report.rows_read, report.imported, report.duplicates, report.skipped, report.quarantined) == (15, 9, 0, 1, 5)
+        assert {q.line: q.reason for q in report.quarantine} == UTF8_QUARANTINED
+        assert report.skipped_reasons == {"Itemization Type: Custom Amount": 1}
+        events = await env.events()
+        assert Counter((e.sku, e.kind, e.qty) for e in events) == UTF8_MOVEMENTS
+        assert {e.location for e in events} == {LOCATION} and {e.source for e in events} == {"pos:square"}
+        espresso = next(e for e in events if e.sku == "ESP-900")
+        assert espresso.attrs == {"gross_sales": "1234.50", "net_sales": "1234.50"}
+        assert espresso.ref == "T-1008"
+        stored = await env.store.quarantined()
+        assert {(q.file_name, q.line, q.reason) for q in stored} == {("square_items_utf8_bom.csv", k, v) for k, v in UTF8_QUARANTINED.items()}
+        teapot = next(q for q in stored if q.line == 10)
+        assert "Teapot" in teapot.raw and "T-1006" in teapot.raw
+
+
+async def test_cp1252_export_with_euro_amounts_and_day_first_dates(tmp_path: Path) -> None:
+    config = PosImportConfig.from_mapping({"date_order": "DMY"})
+    async with open_env(tmp_path, config) as env:
+        report = await env.importer.import_file(SQUARE_CP1252)
+        assert (report.encoding, report.profile, report.rows_read, report.imported, report.quarantined) == ("cp1252", "square", 5, 4, 1)
+        assert report.quarantine[0].line == 5 and report.quarantine[0].reason == "Qty '1x' is not a number"
+        assert "Café crème" in report.quarantine[0].raw and "3,80 €" in report.quarantine[0].raw
+        events = {(e.sku, e.kind): e for e in await env.events()}
+        assert events[("CAF-CR", Kind.SALE)].qty == -2
+        assert events[("CAF-CR", Kind.SALE)].attrs["net_sales"] == "7.60"
+        assert events[("BRU-01", Kind.RETURN)].qty == 1
+        assert events[("BRU-01", Kind.RETURN)].attrs["net_sales"] == "-6.50"
+        assert events[("ESP-900", Kind.SALE)].attrs["gross_sales"] == "1234.50"
+        # 05/03/2024 08:00 in Paris (UTC+1) is 07:00 UTC on 5 March
+        assert events[("CAF-CR", Kind.SALE)].occurred_at >> 16 == 1709622000000
+
+
+async def test_weighed_items_import_once_kg_is_configured(tmp_path: Path) -> None:
+    async with open_env(tmp_path, PosImportConfig.from_mapping({"units": {"kg": 1000}})) as env:
+        report = await env.importer.import_file(SQUARE_UTF8)
+        assert (report.imported, report.quarantined) == (10, 4)
+        beans = [e for e in await env.events() if e.sku == "BEAN-HOUSE"]
+        assert [(e.kind, e.qty, e.attrs.get("unit")) for e in beans] == [(Kind.SALE, -500, "kg")]
+
+
+async def test_the_same_file_twice_counts_nothing_twice(tmp_path: Path) -> None:
+    async with open_env(tmp_path) as env:
+        first = await env.importer.import_file(SQUARE_UTF8)
+        events = await env.events()
+        second = await env.importer.import_file(env.copy(SQUARE_UTF8, "renamed-copy.csv"))
+        assert (second.imported, second.duplicates, second.quarantined) == (0, first.imported, first.quarantined)
+        assert await env.events() == events
+        assert await env.store.quarantine_count() == len(UTF8_QUARANTINED)  # the same bad rows are kept once
+        imports = await env.store.recent_imports()
+        assert [(r.file_name, r.imported, r.duplicates) for r in imports] == [("renamed-copy.csv", 0, 9), ("square_items_utf8_bom.csv", 9, 0)]
+
+
+async def test_overlapping_exports_count_shared_rows_once(tmp_path: Path) -> None:
+    async with open_env(tmp_path) as env:
+        a = await env.importer.import_file(OVERLAP_A)
+        b = await env.importer.import_file(OVERLAP_B)
+        assert (a.imported, a.duplicates) == (7, 0)
+        assert (b.imported, b.duplicates) == (2, 3)  # the three rows of 5 March were in both
+        # and the full export of the same period adds nothing: its good rows are all known
+        full = await env.importer.import_file(SQUARE_UTF8)
+        assert (full.imported, full.duplicates) == (0, 9)
+        assert Counter((e.sku, e.kind, e.qty) for e in await env.events()) == UTF8_MOVEMENTS
+
+
+async def test_a_row_that_changed_since_its_import_is_quarantined_and_the_rest_imports(tmp_path: Path) -> None:
+    async with open_env(tmp_path) as env:
+        await env.importer.import_file(OVERLAP_A)
+        text = OVERLAP_A.read_text(encoding="utf-8")
+        changed = tmp_path / "reexport.csv"
+        changed.write_text(text.replace("$7.00,$0.00,$7.00", "$7.00,$0.00,$6.30"), encoding="utf-8")
+        assert changed.read_text(encoding="utf-8") != text
+        report = await env.importer.import_file(changed)
+        assert (report.imported, report.duplicates, report.quarantined) == (0, 6, 1)
+        (conflict,) = report.quarantine
+        assert conflict.line == 3
+        assert "the row changed since it was first imported" in conflict.reason and "attrs" in conflict.reason
+
+
+async def test_shopify_on_hand_becomes_observations_not_movements(tmp_path: Path) -> None:
+    config = PosImportConfig.from_mapping({"locations": {"Main Street": "S001", "Warehouse": "W001"}})
+    async with open_env(tmp_path, config) as env:
+        report = await env.importer.import_file(SHOPIFY)
+        assert (report.profile, report.produces, report.observations, report.skipped, report.quarantined) == ("shopify", "observations", 3, 1, 2)
+        assert {q.line: q.reason for q in report.quarantine} == {6: "SKU is empty", 7: "On hand 'five' is not a number"}
+        assert await env.events() == ()
+        pending = await env.store.pending_observations()
+        mtime_ms = SHOPIFY.stat().st_mtime_ns // 1_000_000
+        assert [(o.location, o.sku, o.system, o.on_hand, o.observed_at_ms) for _, o in pending] == [
+            ("S001", "MUG-01", "shopify", 7, mtime_ms), ("W001", "MUG-01", "shopify", 40, mtime_ms),
+            ("S001", "TEE-M-BLK", "shopify", -2, mtime_ms),
+        ]
+        again = await env.importer.import_file(SHOPIFY)
+        assert (again.observations, again.observation_duplicates) == (0, 3)
+        obs_id, first = pending[0]
+        assert first.to_wire(obs_id) == {
+            "id": obs_id, "location": "S001", "sku": "MUG-01", "system": "shopify", "on_hand": 7,
+            "observed_at_ms": mtime_ms, "source_file": "shopify_inventory.csv",
+        }
+        await env.store.mark_observations_sent([obs_id])
+        assert [o.sku for _, o in await env.store.pending_observations()] == ["MUG-01", "TEE-M-BLK"]
+
+
+async def test_generic_export(tmp_path: Path) -> None:
+    async with open_env(tmp_path) as env:
+        report = await env.importer.import_file(GENERIC)
+        assert (report.profile, report.imported, report.quarantined) == ("generic", 5, 1)
+        assert report.quarantine[0].line == 7 and "kind 'teleport' is not one this profile knows" in report.quarantine[0].reason
+        assert [(e.kind, e.qty, e.ref) for e in await env.events()] == [
+            (Kind.RECEIVE, 24, "PO-77"), (Kind.SALE, -1, "R-1"), (Kind.SALE, -1, "R-1"), (Kind.COUNT, 20, "CS-1"), (Kind.ADJUST, -2, None),
+        ]
+
+
+async def test_batches_are_transactions_and_results_do_not_depend_on_their_size(tmp_path: Path) -> None:
+    small = PosImportConfig.from_mapping({"batch_rows": 2})
+    async with open_env(tmp_path / "a", small) as env_small, open_env(tmp_path / "b") as env_big:
+        progress: list[tuple[int, int, int]] = []
+        r1 = await env_small.importer.import_file(SQUARE_UTF8, on_progress=lambda *p: progress.append(p))
+        r2 = await env_big.importer.import_file(SQUARE_UTF8)
+        assert r1.imported == r2.imported and r1.quarantined == r2.quarantined
+        assert [e.event_id for e in await env_small.events()] == [e.event_id for e in await env_big.events()]
+        assert len(progress) > 5  # one call per batch
+        assert [p[2] for p in progress] == sorted(p[2] for p in progress) and progress[-1][2] == 15
+        assert progress[-1][0] == progress[-1][1] == SQUARE_UTF8.stat().st_size
+
+
+async def test_files_that_cannot_be_imported_give_a_failed_report(tmp_path: Path) -> None:
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("Foo,Bar\n1,2\n", encoding="utf-8")
+    async with open_env(tmp_path) as env:
+        report = await env.importer.import_file(unknown)
+        assert report.status == "failed" and "matches no import profile" in (report.error or "")
+        assert json.loads(report.to_json())["status"] == "failed"
+        missing = await env.importer.import_file(tmp_path / "gone.csv")
+        assert missing.status == "failed" and "could not be read" in (missing.error or "")
+        assert [r.status for r in await env.store.recent_imports()] == ["failed"]
+
+
+async def test_every_row_bad_is_status_quarantined(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,sku,qty,kind\n2024-01-01,A,x,sale\n2024-01-01,,1,sale\n", encoding="utf-8")
+    async with open_env(tmp_path) as env:
+        report = await env.importer.import_file(bad)
+        assert (report.status, report.quarantined, report.rows_read) == ("quarantined", 2, 2)
+
+
+async def test_a_closed_outbox_stops_the_import_with_one_clear_error(tmp_path: Path) -> None:
+    async with open_env(tmp_path) as env:
+        await env.outbox.close()
+        with pytest.raises(PosImportError, match="the import stopped: the outbox .* is closed"):
+            await env.importer.import_file(SQUARE_UTF8)
+
+
+async def test_a_cancelled_import_leaves_only_whole_batches_and_can_be_redone(tmp_path: Path) -> None:
+    big = tmp_path / "big.csv"
+    with big.open("w", encoding="utf-8") as f:
+        f.write("date,sku,qty,kind,ref\n")
+        for i in range(20_000):
+            f.write(f"2024-03-04T09:{i // 1000 % 60:02d}:{i % 60:02d},SKU-{i % 50},1,sale,R-{i}\n")
+    async with open_env(tmp_path, PosImportConfig.from_mapping({"batch_rows": 500})) as env:
+        first_batch = asyncio.Event()
+        task = asyncio.create_task(env.importer.import_file(big, on_progress=lambda *_: first_batch.set()))
+        await first_batch.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        partial = len(await env.events())
+        assert 500 <= partial < 20_000 and partial % 500 == 0
+        report = await env.importer.import_file(big)
+        assert (report.imported, report.duplicates) == (20_000 - partial, partial)
+        assert len(await env.events()) == 20_000
+
+
+async def test_store_close_twice_and_use_after_close(tmp_path: Path) -> None:
+    store = await PosStore.open(tmp_path / "pos.sqlite")
+    await store.close()
+    await store.close()
+    with pytest.raises(PosImportError, match="is closed"):
+        await store.quarantined()
+
+
+async def test_quarantine_survives_a_restart(tmp_path: Path) -> None:
+    async with open_env(tmp_path) as env:
+        await env.importer.import_file(SQUARE_UTF8)
+        path = env.store.path
+    async with PosStore.open(path) as store:
+        assert sorted(q.line for q in await store.quarantined()) == sorted(UTF8_QUARANTINED)
+
+
+def test_importer_location_defaults_to_the_outbox(tmp_path: Path) -> None:
+    class FakeOutbox:
+        location = "S009"
+
+    importer = PosImporter(FakeOutbox(), None, PosImportConfig())  # type: ignore[arg-type]
+    assert importer.location == "S009"

@@ -1,0 +1,199 @@
+"""The drop folder: files are taken once settled, imported once, and filed with a report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pos_helpers import LOCATION, SQUARE_UTF8, open_env
+
+from agent.outbox import Outbox
+from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig
+
+WAIT_S = 30.0  # bound on every wait for the watcher; never reached when things work
+
+
+class Reports:
+    """Collects the watcher's reports; ``next()`` awaits the next one."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[ImportReport, Path]] = asyncio.Queue()
+        self.seen: list[tuple[ImportReport, Path]] = []
+
+    def __call__(self, report: ImportReport, dest: Path) -> None:
+        self.seen.append((report, dest))
+        self.queue.put_nowait((report, dest))
+
+    async def next(self) -> tuple[ImportReport, Path]:
+        return await asyncio.wait_for(self.queue.get(), WAIT_S)
+
+
+def drop_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    return folder
+
+
+async def test_a_file_written_slowly_is_taken_only_once_it_settles(tmp_path: Path) -> None:
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    data = SQUARE_UTF8.read_bytes()
+    async with open_env(tmp_path) as env:
+        calls: list[int] = []
+        real_import = env.importer.import_file
+
+        async def counting_import(path: Path, **kw: Any) -> ImportReport:
+            calls.append(path.stat().st_size)
+            report: ImportReport = await real_import(path, **kw)
+            return report
+
+        env.importer.import_file = counting_import
+        async with PosFolderWatcher(env.importer, folder, settle_s=1.0, on_report=reports):
+            target = folder / "square-export.csv"
+            chunk = len(data) // 8 + 1
+            with target.open("wb") as f:
+                for start in range(0, len(data), chunk):  # a POS writing its export over ~0.4 s
+                    f.write(data[start : start + chunk])
+                    f.flush()
+                    await asyncio.sleep(0.05)
+            report, dest = await reports.next()
+        assert calls == [len(data)]  # read once, complete
+        assert (report.rows_read, report.imported, report.quarantined) == (15, 9, 5)
+        assert dest == folder / "processed" / "square-export.csv" and dest.read_bytes() == data
+        saved = json.loads((folder / "processed" / "square-export.csv.report.json").read_text(encoding="utf-8"))
+        assert (saved["rows_read"], saved["imported"], saved["duplicates"], saved["quarantined"]) == (15, 9, 0, 5)
+        assert [(q["line"], q["reason"][:14]) for q in saved["quarantine"]][:2] == [(7, "Qty '0.5' kg i"), (9, "Qty 'two' is n")]
+        assert not target.exists()
+        assert len(await env.events()) == 9
+
+
+async def test_a_temporary_name_is_ignored_until_renamed(tmp_path: Path) -> None:
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.2, on_report=reports):
+        partial = folder / "export.csv.part"
+        partial.write_bytes(SQUARE_UTF8.read_bytes()[:500])
+        (folder / "notes.xlsx").write_bytes(b"not an export")
+        await asyncio.sleep(0.5)  # the writer is slow; nothing may be taken meanwhile
+        assert reports.seen == []
+        partial.write_bytes(SQUARE_UTF8.read_bytes())
+        os.replace(partial, folder / "export.csv")
+        report, dest = await reports.next()
+        assert dest.name == "export.csv" and report.imported == 9
+        assert (folder / "notes.xlsx").exists() and len(reports.seen) == 1
+
+
+async def test_the_same_file_dropped_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports):
+        (folder / "sales.csv").write_bytes(SQUARE_UTF8.read_bytes())
+        first, first_dest = await reports.next()
+        events = await env.events()
+        (folder / "sales.csv").write_bytes(SQUARE_UTF8.read_bytes())
+        second, second_dest = await reports.next()
+        assert (first.imported, first.duplicates) == (9, 0)
+        assert (second.imported, second.duplicates, second.quarantined) == (0, 9, 5)
+        assert await env.events() == events
+        assert await env.store.quarantine_count() == 5
+        assert (first_dest.name, second_dest.name) == ("sales.csv", "sales.1.csv")
+        assert sorted(p.name for p in (folder / "processed").iterdir()) == [
+            "sales.1.csv", "sales.1.csv.report.json", "sales.csv", "sales.csv.report.json",
+        ]
+
+
+async def test_files_already_there_at_start_are_imported(tmp_path: Path) -> None:
+    folder = drop_folder(tmp_path)
+    (folder / "waiting.csv").write_bytes(SQUARE_UTF8.read_bytes())
+    reports = Reports()
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports):
+        report, _ = await reports.next()
+        assert report.imported == 9
+
+
+async def test_unreadable_files_go_to_failed_with_the_reason(tmp_path: Path) -> None:
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports):
+        (folder / "mystery.csv").write_text("Colour,Size\nred,XL\n", encoding="utf-8")
+        report, dest = await reports.next()
+    assert report.status == "failed"
+    assert dest == folder / "failed" / "mystery.csv"
+    saved = json.loads((folder / "failed" / "mystery.csv.report.json").read_text(encoding="utf-8"))
+    assert saved["status"] == "failed" and "matches no import profile" in saved["error"]
+
+
+async def test_outbox_failures_back_off_warn_once_and_recover(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path) as env:
+        broken = await Outbox.open(tmp_path / "other.sqlite3", agent_id="store-1", location=LOCATION)
+        await broken.close()
+        healthy = env.importer.outbox
+        env.importer.outbox = broken  # every import now fails: the outbox is closed
+        attempts: list[int] = []
+        real_import = env.importer.import_file
+
+        async def failing_then_fixed(path: Path, **kw: Any) -> ImportReport:
+            attempts.append(1)
+            if len(attempts) == 3:
+                env.importer.outbox = healthy
+            report: ImportReport = await real_import(path, **kw)
+            return report
+
+        env.importer.import_file = failing_then_fixed
+        async with PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports, retry_base_s=0.05, retry_max_s=0.2):
+            (folder / "sales.csv").write_bytes(SQUARE_UTF8.read_bytes())
+            report, dest = await reports.next()
+        assert len(attempts) == 3 and report.imported == 9 and dest.parent.name == "processed"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if "Importing sales.csv failed, retrying with backoff" in w]) == 1
+    assert len([r for r in caplog.records if "POS imports work again after 2 failed attempts" in r.getMessage()]) == 1
+
+
+async def test_stop_is_safe_twice_and_cancels_cleanly(tmp_path: Path) -> None:
+    folder = drop_folder(tmp_path)
+    async with open_env(tmp_path) as env:
+        watcher = PosFolderWatcher(env.importer, folder, settle_s=0.1)
+        await watcher.start()
+        assert (folder / "processed").is_dir() and (folder / "failed").is_dir()
+        await watcher.stop()
+        await watcher.stop()
+
+
+def test_patterns_come_from_the_configuration(tmp_path: Path) -> None:
+    class Importer:
+        config = PosImportConfig.from_mapping({"patterns": ["*.CSV"], "settle_s": 5})
+
+    watcher = PosFolderWatcher(Importer(), tmp_path)  # type: ignore[arg-type]
+    assert watcher.settle_s == 5
+    assert watcher._wanted(tmp_path / "a.csv") and not watcher._wanted(tmp_path / "a.txt")
+    assert not watcher._wanted(tmp_path / ".a.csv") and not watcher._wanted(tmp_path / "sub" / "a.csv")
+
+
+async def test_an_unexpected_error_files_the_export_as_failed_and_watching_goes_on(tmp_path: Path) -> None:
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    async with open_env(tmp_path) as env:
+        real_import = env.importer.import_file
+
+        async def surprising(path: Path, **kw: Any) -> ImportReport:
+            if path.name == "first.csv":
+                raise RuntimeError("a bug")
+            report: ImportReport = await real_import(path, **kw)
+            return report
+
+        env.importer.import_file = surprising
+        async with PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports):
+            (folder / "first.csv").write_bytes(SQUARE_UTF8.read_bytes())
+            report, dest = await reports.next()
+            assert (report.status, report.error, dest.parent.name) == ("failed", "unexpected error: RuntimeError('a bug')", "failed")
+            (folder / "second.csv").write_bytes(SQUARE_UTF8.read_bytes())
+            report, dest = await reports.next()
+            assert (report.imported, dest.parent.name) == (9, "processed")
