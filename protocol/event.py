@@ -33,7 +33,7 @@ ATTR_STR_MAX_LEN = 256
 _CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
 _SOURCE_RE = re.compile(r"(scanner|pos|api|session|import|hub):[^\s]+")
-_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f]+")
+_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")  # no C0 or C1 control characters
 
 
 class Kind(StrEnum):
@@ -203,29 +203,62 @@ def check_qty(kind: Kind, value: Any, name: str = "qty") -> int:
     return qty
 
 
+# Strings already found valid, per field: a batch repeats the same few agent
+# ids, locations, sources and SKUs, so most checks become one set lookup.
+_VALID_STRINGS: dict[str, set[str]] = {"agent_id": set(), "location": set(), "sku": set(), "source": set()}
+_VALID_STRINGS_MAX = 100_000
+_KIND_BY_VALUE: dict[str, Kind] = {k.value: k for k in Kind}
+
+
+def _check_str_cached(value: Any, name: str, max_len: int, pattern: re.Pattern[str] | None, what: str) -> None:
+    cache = _VALID_STRINGS[name]
+    if type(value) is str and value in cache:
+        return
+    _check_str(value, name, max_len, pattern, what=what)
+    if len(cache) >= _VALID_STRINGS_MAX:
+        cache.clear()
+    cache.add(value)
+
+
+def _int_in(value: Any, lo: int, hi: int) -> bool:
+    return type(value) is int and lo <= value <= hi
+
+
 def validate_event(ev: StockEvent) -> None:
     """Raise ProtocolError unless every field of ``ev`` is within the contract."""
-    if not isinstance(ev.event_id, bytes) or len(ev.event_id) != EVENT_ID_BYTES:
+    if type(ev.event_id) is not bytes or len(ev.event_id) != EVENT_ID_BYTES:
         raise _fail("event_id", f"must be {EVENT_ID_BYTES} bytes")
-    _check_str(ev.agent_id, "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
-    _check_int(ev.epoch, "epoch", 0, EPOCH_MAX)
-    _check_int(ev.seq, "seq", 1, SEQ_MAX)
-    _check_str(ev.location, "location", LOCATION_MAX_LEN, _CODE_RE, what="location code")
-    _check_str(ev.sku, "sku", SKU_MAX_LEN, what="SKU")
-    kind = check_kind(ev.kind)
-    if ev.kind is not kind:
+    _check_str_cached(ev.agent_id, "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, "agent id")
+    if not _int_in(ev.epoch, 0, EPOCH_MAX):
+        _check_int(ev.epoch, "epoch", 0, EPOCH_MAX)
+    if not _int_in(ev.seq, 1, SEQ_MAX):
+        _check_int(ev.seq, "seq", 1, SEQ_MAX)
+    _check_str_cached(ev.location, "location", LOCATION_MAX_LEN, _CODE_RE, "location code")
+    _check_str_cached(ev.sku, "sku", SKU_MAX_LEN, None, "SKU")
+    raw_kind = ev.kind
+    kind = raw_kind if type(raw_kind) is Kind else (_KIND_BY_VALUE.get(raw_kind) if type(raw_kind) is str else None)
+    if kind is None:
+        kind = check_kind(raw_kind)  # raises with the list of known kinds
+    if raw_kind is not kind:
         object.__setattr__(ev, "kind", kind)
     check_qty(kind, ev.qty)
-    _check_int(ev.occurred_at, "occurred_at", 1, HLC_MAX)
-    _check_int(ev.wall_ms, "wall_ms", 0, HLC_MAX)
-    _check_str(ev.source, "source", SOURCE_MAX_LEN, _SOURCE_RE, what="source (scanner:<id>, pos:<vendor>, api:<client> …)")
-    _check_opt_str(ev.ref, "ref", REF_MAX_LEN)
-    _check_opt_str(ev.reason, "reason", REASON_MAX_LEN)
-    if kind in REF_REQUIRED and ev.ref is None:
+    if not _int_in(ev.occurred_at, 1, HLC_MAX):
+        _check_int(ev.occurred_at, "occurred_at", 1, HLC_MAX)
+    if not _int_in(ev.wall_ms, 0, HLC_MAX):
+        _check_int(ev.wall_ms, "wall_ms", 0, HLC_MAX)
+    _check_str_cached(ev.source, "source", SOURCE_MAX_LEN, _SOURCE_RE, "source (scanner:<id>, pos:<vendor>, api:<client> …)")
+    if ev.ref is not None:
+        _check_str(ev.ref, "ref", REF_MAX_LEN)
+    elif kind in REF_REQUIRED:
         raise _fail("ref", f"a {kind.value} needs the transfer reference that pairs it with the other side")
-    attrs = _check_attrs(ev.attrs, "attrs")
-    if attrs is not ev.attrs:
-        object.__setattr__(ev, "attrs", attrs)
+    if ev.reason is not None:
+        _check_str(ev.reason, "reason", REASON_MAX_LEN)
+    attrs = ev.attrs
+    if type(attrs) is dict and not attrs:
+        return
+    checked = _check_attrs(attrs, "attrs")
+    if checked is not attrs:
+        object.__setattr__(ev, "attrs", checked)
 
 
 # Wire form of one event inside a sync request. agent_id and epoch travel once
@@ -250,35 +283,35 @@ def event_to_wire(ev: StockEvent) -> dict[str, Any]:
     }
 
 
+_WIRE_FIELD_SET = frozenset(_WIRE_FIELDS)
+_REQUIRED_WIRE_FIELDS = ("id", "seq", "location", "sku", "kind", "qty", "occurred_at", "source")
+_REQUIRED_WIRE_SET = frozenset(_REQUIRED_WIRE_FIELDS)
+
+
 def event_from_wire(obj: Any, agent_id: str, epoch: int, name: str = "event") -> StockEvent:
     """Build and validate one event from its wire map; ProtocolError names the field."""
-    if not isinstance(obj, Mapping):
-        raise _fail(name, f"must be a map, got {type(obj).__name__}")
-    unknown = set(obj) - set(_WIRE_FIELDS)
-    if unknown:
-        raise _fail(name, f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}")
-    for required in ("id", "seq", "location", "sku", "kind", "qty", "occurred_at", "source"):
-        if required not in obj:
-            raise _fail(f"{name}.{required}", "is missing")
+    if type(obj) is not dict:
+        if not isinstance(obj, Mapping):
+            raise _fail(name, f"must be a map, got {type(obj).__name__}")
+        obj = dict(obj)
+    keys = obj.keys()
+    if not keys <= _WIRE_FIELD_SET:
+        unknown = sorted(map(str, keys - _WIRE_FIELD_SET))
+        raise _fail(name, f"unknown field(s) {', '.join(unknown)[:80]}")
+    if not _REQUIRED_WIRE_SET <= keys:
+        missing = next(f for f in _REQUIRED_WIRE_FIELDS if f not in obj)
+        raise _fail(f"{name}.{missing}", "is missing")
     event_id = obj["id"]
-    if not isinstance(event_id, bytes) or len(event_id) != EVENT_ID_BYTES:
+    if type(event_id) is not bytes or len(event_id) != EVENT_ID_BYTES:
         raise _fail(f"{name}.id", f"must be {EVENT_ID_BYTES} bytes (a UUID in binary)")
+    occurred_at = obj["occurred_at"]
+    wall_ms = obj.get("wall_ms")
+    if wall_ms is None:
+        wall_ms = occurred_at >> 16 if type(occurred_at) is int and occurred_at > 0 else 0
     try:
         return StockEvent(
-            event_id=event_id,
-            agent_id=agent_id,
-            epoch=epoch,
-            seq=obj["seq"],
-            location=obj["location"],
-            sku=obj["sku"],
-            kind=check_kind(obj["kind"]),
-            qty=obj["qty"],
-            occurred_at=obj["occurred_at"],
-            wall_ms=obj.get("wall_ms", obj["occurred_at"] >> 16 if isinstance(obj["occurred_at"], int) else 0),
-            source=obj["source"],
-            ref=obj.get("ref"),
-            reason=obj.get("reason"),
-            attrs=obj.get("attrs") or {},
-        )
+            event_id, agent_id, epoch, obj["seq"], obj["location"], obj["sku"], obj["kind"], obj["qty"],
+            occurred_at, wall_ms, obj["source"], obj.get("ref"), obj.get("reason"), obj.get("attrs") or {},
+        )  # fmt: skip
     except ProtocolError as err:
         raise ProtocolError(err.reason, field=f"{name}.{err.field}" if err.field else name) from None
