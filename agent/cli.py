@@ -14,15 +14,23 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import aiohttp
 
+from agent.catalog import AgentCatalog
 from agent.config import AgentConfig, load_config
+from agent.discovery import HubFinder
 from agent.errors import AgentError, ConfigError, InvalidMovement
+from agent.localapi.runtime import start_staff_services
 from agent.outbox import Movement, Outbox, OutboxStats
+from agent.pos import PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
 from agent.replicator import Replicator
+from agent.reports import ReportSender
+from agent.scan_journal import JOURNAL_FILENAME, ReaderState, ScanJournal, read_reader_states
+from agent.scanning import ModeRouter, ScanRouter, ScanService
+from agent.sessions.router import SessionRouter
 from agent.simulate import Simulator
 from protocol import Kind, event_id_hex
 
@@ -33,6 +41,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 PROBE_TIMEOUT_S = 3.0
 HEALTH_PATH = "/healthz"
+CATALOG_CACHE_FILENAME = "catalog-cache.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--reason", help="reason code (damaged, theft, found …)")
     record.add_argument("--location", help="default: the agent's location")
     record.add_argument("--source", default="api:cli", help="what produced it (default: api:cli)")
+    add_import_parser(commands, parents=[common])
     return parser
 
 
@@ -73,10 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "status": _status,
         "record": _record,
+        "import": import_command,
     }[args.command]
     try:
         return asyncio.run(command(config, args))
-    except InvalidMovement as err:
+    except (InvalidMovement, ConfigError) as err:
         print(f"shelfsync-agent: {err}", file=sys.stderr)
         return EXIT_USAGE
     except AgentError as err:
@@ -129,6 +140,11 @@ async def _run(config: AgentConfig, args: argparse.Namespace) -> int:
             a.outbox,
             a.hub_url or "not configured (recording only, nothing is sent)",
         )
+        moved = asyncio.Event()  # zeroconf found the hub at a new address
+        finder = await _find_hub(config, moved)
+        if finder is not None and finder.current is not None:
+            config = _with_hub_url(config, finder.current.url)
+        services = await _start_services(config, outbox)
         replicator = _replicator(config, outbox)
         if replicator is not None:
             await replicator.start()
@@ -140,27 +156,100 @@ async def _run(config: AgentConfig, args: argparse.Namespace) -> int:
                 waits: list[asyncio.Future[Any]] = [
                     asyncio.ensure_future(stop.wait()),
                     asyncio.ensure_future(reload.wait()),
+                    asyncio.ensure_future(moved.wait()),
                 ]
                 if simulation is not None and not simulation.done():
                     waits.append(simulation)
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for waiting in waits[:2]:
+                for waiting in waits[:3]:
                     waiting.cancel()
                 if simulation is not None and simulation.done() and (failure := simulation.exception()) is not None:
                     raise failure
                 if reload.is_set():
                     reload.clear()
                     config, replicator = await _reload(config, outbox, replicator)
+                    services.update_credentials(config)
+                    if finder is not None:
+                        moved.set()  # keep following the hub found, with the reloaded token
+                if moved.is_set() and finder is not None and finder.current is not None:
+                    moved.clear()
+                    config = _with_hub_url(config, finder.current.url)
+                    replicator = await _follow_hub(config, outbox, replicator)
+                    services.update_credentials(config)
         finally:
+            if finder is not None:
+                await finder.stop()
             if simulation is not None:
                 simulation.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await simulation
             if replicator is not None:
                 await replicator.stop()
+            await services.aclose()
         backlog = (await outbox.stats()).backlog
     log.info("Agent %s stopped; %s events wait for the hub in the outbox.", a.id, f"{backlog:,}")
     return EXIT_OK
+
+
+class _Services(contextlib.AsyncExitStack):
+    """What ``run`` starts besides the replicator; ``aclose()`` stops it all, in reverse order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub_clients: list[AgentCatalog | ReportSender] = []
+        self.hub_url: str | None = None  # in use now: configured, or found by zeroconf
+
+    def update_credentials(self, config: AgentConfig) -> None:
+        """SIGHUP: the token and hub address of a reloaded configuration (unchanged if it did not load)."""
+        if config.agent.token is not None and config.agent.hub_url is not None:
+            self.hub_url = config.agent.hub_url
+            for client in self.hub_clients:
+                client.update_credentials(config.agent.token, config.agent.hub_url)
+
+
+async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
+    """The catalog, the scanners, the POS drop folder and the reports to the hub; close the stack to stop them."""
+    a, r, c = config.agent, config.replicator, config.catalog
+    stack = _Services()
+    try:
+        catalog = await stack.enter_async_context(
+            AgentCatalog(
+                file=c.file, hub_url=a.hub_url, token=a.token, cache=c.cache_file or a.outbox.with_name(CATALOG_CACHE_FILENAME),
+                refresh_s=c.refresh_s, retry_base_s=r.retry_base_s, retry_max_s=c.retry_max_s, timeout_s=c.timeout_s,
+            )
+        )  # fmt: skip
+        stack.hub_clients.append(catalog)
+        stack.hub_url = a.hub_url
+        sessions = await start_staff_services(stack, config, outbox, catalog, lambda: stack.hub_url)
+        if config.scanners:
+            journal = await stack.enter_async_context(
+                ScanJournal.open(a.outbox.with_name(JOURNAL_FILENAME), retention_s=a.retention_days * 86_400)
+            )
+            router: ScanRouter = ModeRouter(outbox, catalog, config.scanners, location=a.location, journal=journal)
+            if sessions is not None:  # a scanner feeds the session open on it first
+                router = SessionRouter(sessions, router)
+            await stack.enter_async_context(ScanService(config.scanners, router, journal))
+        store_path = config.pos.store_path_for(a.outbox)
+        if config.pos.watch_dir is not None or store_path.exists():
+            store = await stack.enter_async_context(PosStore.open(store_path))
+            sender: ReportSender | None = None
+            if a.hub_url is not None and a.token is not None:
+                sender = ReportSender(
+                    store, a.hub_url, a.token, agent_id=a.id, location=a.location, tick_s=r.tick_s,
+                    retry_base_s=r.retry_base_s, retry_max_s=r.retry_max_s, timeout_s=r.timeout_s, auth_retry_s=r.auth_retry_s,
+                )  # fmt: skip
+                await stack.enter_async_context(sender)
+                stack.hub_clients.append(sender)
+            if config.pos.watch_dir is not None:
+                importer = PosImporter(outbox, store, config.pos, location=a.location)
+                kick = sender.kick if sender is not None else None
+                await stack.enter_async_context(
+                    PosFolderWatcher(importer, config.pos.watch_dir, on_report=lambda *_: kick() if kick else None)
+                )
+    except BaseException:
+        await stack.aclose()
+        raise
+    return stack
 
 
 async def _reload(
@@ -182,12 +271,43 @@ async def _reload(
     return fresh, replicator
 
 
+async def _find_hub(config: AgentConfig, moved: asyncio.Event) -> HubFinder | None:
+    """With [discovery] on and no hub_url: browse for the hub, waiting up to wait_s for it before going on."""
+    d = config.discovery
+    if not d.enabled or config.agent.hub_url is not None:
+        return None
+    finder = HubFinder(lambda location: moved.set(), hub_id=d.hub_id, interfaces=list(d.interfaces) or None)
+    await finder.start()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(finder.wait_for(lambda location: location is not None), d.wait_s)
+    if finder.current is None:
+        log.warning("No hub found by zeroconf within %g s; recording only until one is found.", d.wait_s)
+    moved.clear()  # what was found so far is used from the start
+    return finder
+
+
+def _with_hub_url(config: AgentConfig, url: str) -> AgentConfig:
+    return replace(config, agent=replace(config.agent, hub_url=url))
+
+
+async def _follow_hub(config: AgentConfig, outbox: Outbox, replicator: Replicator | None) -> Replicator | None:
+    """Point the replicator at the hub's address found by zeroconf (start it if this is the first)."""
+    a = config.agent
+    if replicator is not None and a.token is not None and a.hub_url is not None:
+        replicator.update_credentials(a.token, a.hub_url)
+    elif replicator is None and (replicator := _replicator(config, outbox)) is not None:
+        await replicator.start()
+    return replicator
+
+
 # --- status --------------------------------------------------------------------
 async def _status(config: AgentConfig, args: argparse.Namespace) -> int:
     async with _open(config, create=False) as outbox:
         stats = await outbox.stats()
+    readers = await asyncio.to_thread(read_reader_states, config.agent.outbox.with_name(JOURNAL_FILENAME))
     probe = await _probe(config.agent.hub_url) if config.agent.hub_url else None
     report = _report(config, stats, probe)
+    report["scanners"] = [asdict(state) for state in readers or ()]
     print(json.dumps(report, indent=2) if args.json else _human(report))
     return EXIT_OK
 
@@ -251,7 +371,21 @@ def _human(r: dict[str, Any]) -> str:
         f"set aside    {r['set_aside']:,} events the hub refused",
         f"clock skew   {skew}",
     ]
+    lines += [_reader_line(ReaderState(**state)) for state in r.get("scanners", ())]
     return "\n".join(lines)
+
+
+def _reader_line(state: ReaderState) -> str:
+    now_ms = time.time_ns() // 1_000_000
+    since = f" for {_age(max(0, now_ms - state.changed_ms) / 1000)}" if state.changed_ms else ""
+    line = f"scanner      {state.reader_id} " + (
+        f"available{since}" if state.available else f"UNAVAILABLE{since}: {state.error or 'no reason given'}"
+    )
+    line += f"; {state.scans:,} scans, {state.problems:,} not booked"
+    if state.last_problem:
+        ago = f" ({_age(max(0, now_ms - state.last_problem_ms) / 1000)} ago)" if state.last_problem_ms else ""
+        line += f"; last problem{ago}: {state.last_problem}"
+    return line
 
 
 # --- record ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ must not silently fall back to a default.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -15,13 +16,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import hardware
+from agent.catalog import REFRESH_S as CATALOG_REFRESH_S
+from agent.catalog import RETRY_MAX_S as CATALOG_RETRY_MAX_S
+from agent.catalog import TIMEOUT_S as CATALOG_TIMEOUT_S
 from agent.db import SYNCHRONOUS_MODES
 from agent.errors import ConfigError, OutboxError
+from agent.localapi.auth import LOGIN_TTL_S, AuthError, PinHash
 from agent.outbox import check_identity
+from agent.pos.config import PosConfigError, PosImportConfig
 from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
+from agent.scanning import COUNT_RESET_S, MODES
+from agent.sessions.errors import InvalidSessionInput
+from agent.sessions.model import check_staff
 from protocol import MAX_BATCH_EVENTS
 
 OUTBOX_FILENAME = "outbox.sqlite3"
+LOCALAPI_HOST = "127.0.0.1"
+LOCALAPI_PORT = 8471
+DISCOVERY_WAIT_S = 5.0
 RETENTION_DAYS = 30.0
 SIMULATE_RATE_PER_S = 10.0
 SIMULATE_SKUS = ("SKU-0001", "SKU-0002", "SKU-0003", "SKU-0004", "SKU-0005")
@@ -60,11 +73,65 @@ class SimulateSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ScannerSection:
+    """One ``[[scanner]]`` table: a reader, the mode its scans are booked as, and its device settings."""
+
+    id: str
+    type: str  # "serial" or "wedge"
+    mode: str  # a key of agent.scanning.MODES: receive, sale, return, damage, found, count
+    device: hardware.SerialScannerConfig | hardware.WedgeScannerConfig
+    location: str | None = None  # None: the agent's location
+    rcn_region: str | None = None  # how to read in-store weighed/priced numbers ("gb", "de" …)
+    count_reset_s: float = COUNT_RESET_S
+
+    @property
+    def device_path(self) -> str:
+        return self.device.port if isinstance(self.device, hardware.SerialScannerConfig) else self.device.device
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSection:
+    file: Path | None = None  # the store's own catalog file (CSV or JSON); None: only the hub's
+    cache_file: Path | None = None  # where the hub's catalog is kept; None: catalog-cache.json beside the outbox
+    refresh_s: float = CATALOG_REFRESH_S
+    retry_max_s: float = CATALOG_RETRY_MAX_S
+    timeout_s: float = CATALOG_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True)
+class LocalApiSection:
+    """``[localapi]``: the HTTP API and page for handhelds, and who may sign in to it."""
+
+    enabled: bool = False
+    host: str = LOCALAPI_HOST
+    port: int = LOCALAPI_PORT
+    staff: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (staff id, PIN hash)
+    login_ttl_h: float = LOGIN_TTL_S / 3600
+    sessions_db: Path | None = None  # None: sessions.sqlite3 beside the outbox
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySection:
+    """``[discovery]``: find the hub by zeroconf when hub_url is not set; announce the local API."""
+
+    enabled: bool = False
+    hub_id: str | None = None  # follow only this hub (None: adopt the first found)
+    advertise: bool = True  # announce the local API as _shelfsync-agent._tcp (when [localapi] is enabled)
+    interfaces: tuple[str, ...] = ()  # IPv4 addresses of the interfaces to use; empty: all
+    wait_s: float = DISCOVERY_WAIT_S
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     path: Path
     agent: AgentSection
     replicator: ReplicatorSection
     simulate: SimulateSection | None  # None: no [simulate] section
+    scanners: tuple[ScannerSection, ...] = ()
+    catalog: CatalogSection = field(default_factory=CatalogSection)
+    pos: PosImportConfig = field(default_factory=PosImportConfig)
+    localapi: LocalApiSection = field(default_factory=LocalApiSection)
+    discovery: DiscoverySection = field(default_factory=DiscoverySection)
 
 
 # Every key each section accepts (docs/agent.md documents each; a test checks).
@@ -82,25 +149,36 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "replicator": ("batch_size", "tick_s", "retry_base_s", "retry_max_s", "timeout_s", "auth_retry_s"),
     "simulate": ("count", "rate_per_s", "skus", "seed", "batch", "enabled"),
+    # [[scanner]]: these, plus the device settings of its type (docs/scanners.md; reader_id is `id` here)
+    "scanner": ("id", "type", "mode", "location", "rcn_region", "count_reset_s"),
+    "catalog": ("file", "cache_file", "refresh_s", "retry_max_s", "timeout_s"),
+    "localapi": ("enabled", "host", "port", "staff", "login_ttl_h", "sessions_db"),
+    "discovery": ("enabled", "hub_id", "advertise", "interfaces", "wait_s"),
+}
+# Sections read by their own module; their keys are documented with it.
+OTHER_SECTIONS = {"pos": "docs/pos-import.md"}
+SCANNER_TYPES: dict[str, type[hardware.SerialScannerConfig | hardware.WedgeScannerConfig]] = {
+    "serial": hardware.SerialScannerConfig,
+    "wedge": hardware.WedgeScannerConfig,
 }
 
 
 class _Section:
     """Typed access to one table of the file, with errors naming file, section and key."""
 
-    def __init__(self, path: Path, name: str, table: Any) -> None:
+    def __init__(self, path: Path, name: str, table: Any, *, extra_keys: tuple[str, ...] = (), label: str = "") -> None:
         self.path, self.name = path, name
+        self.label = label or f"[{name}]"
         if not isinstance(table, Mapping):
             raise self.error(None, "must be a table")
         self.table = table
-        unknown = sorted(set(table) - set(KNOWN_KEYS[name]))
+        known = KNOWN_KEYS[name] + extra_keys
+        unknown = sorted(set(table) - set(known))
         if unknown:
-            raise ConfigError(
-                f"{path}: unknown key {unknown[0]!r} in [{name}]; known keys are {', '.join(KNOWN_KEYS[name])}"
-            )
+            raise ConfigError(f"{path}: unknown key {unknown[0]!r} in {self.label}; known keys are {', '.join(known)}")
 
     def error(self, key: str | None, message: str) -> ConfigError:
-        where = f"[{self.name}] {key}" if key else f"[{self.name}]"
+        where = f"{self.label} {key}" if key else self.label
         return ConfigError(f"{self.path}: {where} {message}")
 
     def get(
@@ -168,19 +246,35 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"the configuration file {path} is not UTF-8 text") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"the configuration file {path} is not valid TOML ({err})") from err
-    unknown = sorted(set(doc) - set(KNOWN_KEYS))
+    unknown = sorted(set(doc) - set(KNOWN_KEYS) - set(OTHER_SECTIONS))
     if unknown:
-        raise ConfigError(
-            f"{path}: unknown section [{unknown[0]}]; known sections are {', '.join(f'[{s}]' for s in KNOWN_KEYS)}"
-        )
+        known = ", ".join(f"[{s}]" for s in (*KNOWN_KEYS, *OTHER_SECTIONS))
+        raise ConfigError(f"{path}: unknown section [{unknown[0]}]; known sections are {known}")
     if "agent" not in doc:
         raise ConfigError(f"{path}: the [agent] section is missing")
+    agent = _agent(_Section(path, "agent", doc["agent"]))
+    try:
+        pos = PosImportConfig.from_mapping(_table(path, doc, "pos"), base_dir=path.parent)
+    except PosConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
     return AgentConfig(
         path=path,
-        agent=_agent(_Section(path, "agent", doc["agent"])),
+        agent=agent,
         replicator=_replicator(_Section(path, "replicator", doc.get("replicator", {}))),
         simulate=_simulate(_Section(path, "simulate", doc["simulate"])) if "simulate" in doc else None,
+        scanners=_scanners(path, doc.get("scanner", []), agent),
+        catalog=_catalog(_Section(path, "catalog", doc.get("catalog", {}))),
+        pos=pos,
+        localapi=_localapi(_Section(path, "localapi", doc.get("localapi", {}))),
+        discovery=_discovery(_Section(path, "discovery", doc.get("discovery", {})), agent),
     )
+
+
+def _table(path: Path, doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    table = doc.get(name, {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return table
 
 
 def _agent(s: _Section) -> AgentSection:
@@ -259,4 +353,107 @@ def _simulate(s: _Section) -> SimulateSection:
         seed=s.get("seed", int, 0),
         batch=s.get("batch", int, 1, _between(1, MAX_BATCH_EVENTS)),
         enabled=s.get("enabled", bool, True),
+    )
+
+
+def _scanners(path: Path, tables: Any, agent: AgentSection) -> tuple[ScannerSection, ...]:
+    if not isinstance(tables, list):
+        raise ConfigError(f"{path}: scanner must be written as [[scanner]] tables, one per reader")
+    device_keys = tuple(
+        sorted({f.name for cls in SCANNER_TYPES.values() for f in dataclasses.fields(cls)} - {"reader_id"})
+    )
+    out: list[ScannerSection] = []
+    for number, table in enumerate(tables, start=1):
+        s = _Section(path, "scanner", table, extra_keys=device_keys, label=f"[[scanner]] #{number}")
+        reader_id = s.get("id", str, _REQUIRED, _non_empty)
+        s.label = f"[[scanner]] {reader_id!r}"
+        kind = s.get("type", str, _REQUIRED, lambda v: None if v in SCANNER_TYPES else "must be \"serial\" or \"wedge\"")
+        mode = s.get("mode", str, _REQUIRED, lambda v: None if v in MODES else f"must be one of {', '.join(MODES)}")
+        location = s.get("location", str, None, _non_empty)
+        if location is not None:
+            try:
+                check_identity(agent.id, location)
+            except OutboxError as err:
+                raise s.error("location", f"is not a valid location code: {err.__cause__ or err}") from err
+        try:
+            rcn_region = hardware.check_rcn_region(s.get("rcn_region", str, None))
+            settings = {k: v for k, v in s.table.items() if k in device_keys}
+            device = SCANNER_TYPES[kind].from_mapping({"reader_id": reader_id, **settings})
+        except hardware.ScannerConfigError as err:
+            raise s.error(None, f"is wrong: {err}") from err
+        section = ScannerSection(
+            id=reader_id,
+            type=kind,
+            mode=mode,
+            device=device,
+            location=location,
+            rcn_region=rcn_region,
+            count_reset_s=float(s.get("count_reset_s", (int, float), COUNT_RESET_S, _positive)),
+        )
+        for other in out:
+            if other.id == section.id:
+                raise s.error("id", f"{reader_id!r} is used by two [[scanner]] tables; each reader needs its own id")
+            if other.device_path == section.device_path:
+                raise s.error(None, f"uses {section.device_path}, which scanner {other.id!r} uses already")
+        out.append(section)
+    return tuple(out)
+
+
+def _catalog(s: _Section) -> CatalogSection:
+    def seconds(key: str, default: float) -> float:
+        return float(s.get(key, (int, float), default, _positive))
+
+    return CatalogSection(
+        file=s.path_value("file", Path()) if "file" in s.table else None,
+        cache_file=s.path_value("cache_file", Path()) if "cache_file" in s.table else None,
+        refresh_s=seconds("refresh_s", CATALOG_REFRESH_S),
+        retry_max_s=seconds("retry_max_s", CATALOG_RETRY_MAX_S),
+        timeout_s=seconds("timeout_s", CATALOG_TIMEOUT_S),
+    )
+
+
+def _localapi(s: _Section) -> LocalApiSection:
+    enabled = s.get("enabled", bool, False)
+    staff = s.table.get("staff", {})
+    if not isinstance(staff, Mapping):
+        raise s.error("staff", 'must be a table of staff id = "PIN hash" (see docs/agent-api.md)')
+    pairs = []
+    for staff_id, pin_hash in staff.items():
+        if not isinstance(pin_hash, str):
+            raise s.error("staff", f"{staff_id!r} must be a PIN hash string, got {pin_hash!r}")
+        try:
+            check_staff(staff_id)
+        except InvalidSessionInput as err:
+            raise s.error("staff", str(err)) from err
+        try:
+            PinHash.parse(pin_hash)
+        except AuthError as err:
+            raise s.error("staff", f"{staff_id!r}: {err}") from err
+        pairs.append((staff_id, pin_hash))
+    if enabled and not pairs:
+        raise s.error(None, "is enabled but lists no staff; add [localapi.staff] entries so someone can sign in")
+    sessions_db = s.get("sessions_db", str, None, _non_empty)
+    return LocalApiSection(
+        enabled=enabled,
+        host=s.get("host", str, LOCALAPI_HOST, _non_empty),
+        port=s.get("port", int, LOCALAPI_PORT, _between(0, 65_535)),
+        staff=tuple(pairs),
+        login_ttl_h=float(s.get("login_ttl_h", (int, float), LOGIN_TTL_S / 3600, _positive)),
+        sessions_db=None if sessions_db is None else s.path_value("sessions_db", Path()),
+    )
+
+
+def _discovery(s: _Section, agent: AgentSection) -> DiscoverySection:
+    enabled = s.get("enabled", bool, False)
+    interfaces = s.get("interfaces", list, [])
+    if not all(isinstance(i, str) and i.strip() for i in interfaces):
+        raise s.error("interfaces", 'must be a list of IPv4 addresses, e.g. ["192.168.1.20"]')
+    if enabled and agent.hub_url is None and agent.token is None:
+        raise s.error(None, "needs the agent's token (token or token_file in [agent]) to talk to the hub it finds")
+    return DiscoverySection(
+        enabled=enabled,
+        hub_id=s.get("hub_id", str, None, _non_empty),
+        advertise=s.get("advertise", bool, True),
+        interfaces=tuple(interfaces),
+        wait_s=float(s.get("wait_s", (int, float), DISCOVERY_WAIT_S, lambda v: None if v >= 0 else "must be 0 or more")),
     )

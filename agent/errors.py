@@ -29,3 +29,12 @@ class OutboxMissing(OutboxError):
 
 class InvalidMovement(OutboxError):
     """A movement that breaks the event contract; nothing of its batch was recorded."""
+
+
+class EventConflict(InvalidMovement):
+    """An event id already recorded with different content (DESIGN.md: an error, not a duplicate).
+
+    Nothing of the batch was recorded. A producer that derives ids from its
+    input (the POS import) tells "this row changed since it was first recorded"
+    from an outbox that cannot be written by catching this.
+    """

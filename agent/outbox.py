@@ -31,7 +31,7 @@ import msgpack
 
 from agent.counts import COUNTS_SCHEMA, CountCache, store_counts
 from agent.db import SqliteThread
-from agent.errors import InvalidMovement, OutboxClosed, OutboxError, OutboxMissing
+from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError, OutboxMissing
 from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
 from protocol.hlc import wall_ms_now
 
@@ -255,6 +255,8 @@ class Outbox:
                 await db.read(lambda conn: outbox._load(conn, agent_id))
         except sqlite3.DatabaseError as err:
             await db.close()
+            if getattr(err, "sqlite_errorname", "") in _DISK_REFUSED:
+                raise OutboxError(f"the outbox {path} could not be opened: {write_failure(err)}") from err
             raise OutboxError(f"{path} is not a usable shelfsync outbox: {err}") from err
         except BaseException:
             await db.close()
@@ -332,7 +334,7 @@ class Outbox:
         try:
             return await self._db.write(fn)
         except sqlite3.Error as err:
-            raise OutboxError(f"the outbox {self.path} could not be written: {err}") from err
+            raise OutboxError(f"the outbox {self.path} could not be written: {write_failure(err)}") from err
 
     def _event(self, row: Sequence[Any]) -> StockEvent:
         """An event from a row of ``_EVENT_COLUMNS``."""
@@ -347,7 +349,8 @@ class Outbox:
         """Validate, commit all of ``movements`` in one transaction, then wake the replicator.
 
         A movement that breaks the event contract raises ``InvalidMovement``
-        naming it, and none of the batch is recorded. ``tally`` names a counter (see
+        naming it (``EventConflict`` when its id is already recorded with other
+        content), and none of the batch is recorded. ``tally`` names a counter (see
         ``tally()``) increased by the number inserted, in the same transaction.
         """
         if self._closed:
@@ -418,7 +421,7 @@ class Outbox:
         )
         differ = [name for name in fields if getattr(stored, name) != getattr(ev, name)]
         if differ:
-            raise InvalidMovement(
+            raise EventConflict(
                 f"event {event_id_hex(ev.event_id)} is already recorded with a different {', '.join(differ)};"
                 " nothing was recorded"
             )
@@ -576,6 +579,19 @@ class Outbox:
             )
 
         return await self._read(read)
+
+
+_DISK_REFUSED = ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_SHMSIZE")
+
+
+def write_failure(err: sqlite3.Error) -> str:
+    """A failed write in words an operator can act on: a full disk says so (SQLite calls a file-size limit an I/O error)."""
+    if getattr(err, "sqlite_errorname", "") in _DISK_REFUSED:
+        return (
+            f"the disk is full or refuses writes ({err}); nothing of this write was recorded and everything"
+            " recorded before is safe; free disk space, then record again"
+        )
+    return str(err)
 
 
 def check_identity(agent_id: str, location: str) -> None:

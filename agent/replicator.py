@@ -20,6 +20,8 @@ Hub answers and what they mean here:
 - 413: the batch was too big; halve the batch size and resend at once.
 - 401/403: credentials refused; stop sending, log one ERROR, retry only every
   ``auth_retry_s`` or when ``update_credentials`` is called (config reload).
+- 429: the hub asks this agent to slow down; wait its Retry-After (seconds, at
+  most ``RETRY_AFTER_MAX_S``) instead of the backoff, then send again.
 - 400 and other 4xx: a bug or a wrong hub_url; log an ERROR, back off.
 - 5xx, connection errors, timeouts: back off.
 """
@@ -62,6 +64,7 @@ RETRY_BASE_S = 0.5
 RETRY_MAX_S = 60.0
 TIMEOUT_S = 30.0
 AUTH_RETRY_S = 300.0
+RETRY_AFTER_MAX_S = 600.0  # the longest a hub's Retry-After (429) is honoured
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ class ReplicatorState:
 
     attempts: int  # sync attempts so far (each batch sent is one)
     sent_events: int  # events the hub has acknowledged to this replicator
-    sync_state: str  # "never", "ok", "unreachable", "credentials_refused", "hub_error", "outbox_error"
+    sync_state: str  # "never", "ok", "unreachable", "credentials_refused", "rate_limited", "hub_error", "outbox_error"
     last_error: str | None
     hub_reachable: bool | None
     credentials_refused: bool
@@ -90,6 +93,7 @@ class _Failed(Exception):
         reachable: bool,
         level: int = logging.WARNING,
         cause: BaseException | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.state = state
@@ -97,6 +101,7 @@ class _Failed(Exception):
         self.reachable = reachable
         self.level = level
         self.cause = cause  # logged with its traceback: an unexpected error is a bug
+        self.retry_after_s = retry_after_s  # the hub asked to wait this long (429 Retry-After)
 
 
 class Replicator:
@@ -138,6 +143,7 @@ class Replicator:
         # so a hub restored from an older backup shows a mark below ours and we resend what it lost.
         # (A batch would hide that: the hub raises its mark to the batch's last seq.)
         self._handshake_due = True
+        self._retry_after: str | None = None  # the Retry-After header of the last answer
         self._state = ReplicatorState(0, 0, "never", None, None, False, 0, batch_size, None)
 
     # --- lifecycle -----------------------------------------------------
@@ -206,6 +212,8 @@ class Replicator:
                 await self._failed(failure)
                 refused = failure.state == "credentials_refused"
                 delay_s = self._auth_retry_s if refused else self._backoff_s()
+                if failure.retry_after_s is not None:
+                    delay_s = failure.retry_after_s
                 wake_on_data = False  # new data must not cut a backoff short
             except OutboxClosed:
                 log.info("The outbox was closed; the replicator stops.")
@@ -254,6 +262,8 @@ class Replicator:
                     await self._update(backlog=0)
                     return False
             status, body, sent_ms, received_ms = await self._post(batch)
+            if status == 429:
+                raise self._slow_down(body)
             if status == 200:
                 return await self._accepted(batch, body, sent_ms, received_ms)
             if status == 422 and batch:
@@ -273,6 +283,7 @@ class Replicator:
         sent_ms = wall_ms_now()
         try:
             async with self._session.post(self._url, data=encode_sync_request(request), headers=headers) as http:
+                self._retry_after = http.headers.get("Retry-After")
                 return http.status, await http.read(), sent_ms, wall_ms_now()
         except TimeoutError:
             raise _Failed(
@@ -370,6 +381,19 @@ class Replicator:
         await self._answered(waiting=len(batch))
         return True
 
+    def _slow_down(self, body: bytes) -> _Failed:
+        """429: wait what the hub's Retry-After says (seconds; backoff if it is missing or unreadable)."""
+        raw = (self._retry_after or "").strip()
+        wait_s = min(float(raw), RETRY_AFTER_MAX_S) if raw.isdigit() else self._backoff_s()
+        return _Failed(
+            "rate_limited",
+            f"the hub at {self._url} asks this agent to send less often (HTTP 429: {_error_message(body)});"
+            f" waiting {wait_s:g} s",
+            reachable=True,
+            level=logging.INFO,  # flow control, not a failure
+            retry_after_s=wait_s,
+        )
+
     def _refused(self, status: int, body: bytes) -> _Failed:
         message = _error_message(body)
         if status in (401, 403):
@@ -414,7 +438,9 @@ class Replicator:
 
     async def _failed(self, failure: _Failed) -> None:
         previous = self._state
-        self._handshake_due = True
+        # After a failure the next request is a handshake, except after a 429: the hub answered and nothing
+        # changed, and one more request would only spend the token the batch needs.
+        self._handshake_due = self._handshake_due or failure.state != "rate_limited"
         first = previous.failures == 0 or previous.sync_state != failure.state
         backlog = previous.backlog
         with contextlib.suppress(OutboxError):

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import OutboxClosed, OutboxError
+from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError
 from agent.outbox import Movement, Outbox
 from agent.pos.config import PosImportConfig
 from agent.pos.errors import FileRejected, PosImportError
@@ -249,19 +248,22 @@ class PosImporter:
         """
         try:
             result = await self.outbox.record(movements)
-        except OutboxClosed as err:
-            raise PosImportError(f"the import stopped: {err}") from err
-        except OutboxError as err:
-            if isinstance(err.__cause__, sqlite3.Error):
-                raise PosImportError(f"the import stopped because the outbox could not be written: {err}") from err
+        except InvalidMovement as err:  # EventConflict too: a row changed since it was first imported
             if len(movements) == 1:
                 line, fields = rows[0]
                 reason = str(err).removesuffix("; nothing was recorded")
-                reason = f"the row changed since it was first imported: {reason}"
+                what = "the row changed since it was first imported" if isinstance(err, EventConflict) else (
+                    "the row is not a valid movement"
+                )
+                reason = f"{what}: {reason}"
                 delimiter = parse.mapper.delimiter if parse.mapper else ","
                 return 0, 0, [Quarantined(line, reason[:500], row_text(fields, delimiter))]
             half = len(movements) // 2
             a = await self._record(movements[:half], rows[:half], parse)
             b = await self._record(movements[half:], rows[half:], parse)
             return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+        except OutboxClosed as err:
+            raise PosImportError(f"the import stopped: {err}") from err
+        except OutboxError as err:
+            raise PosImportError(f"the import stopped because the outbox could not be written: {err}") from err
         return len(result.events), len(result.duplicates), []

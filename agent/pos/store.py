@@ -134,6 +134,10 @@ class PosStore:
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             raise PosImportError(f"{self.path} was written by a newer shelfsync (schema {row[0]}); upgrade this agent")
+        # Quarantined rows are reported to the hub (agent.reports); files from before that gain the column.
+        if "sent_ms" not in {r[1] for r in conn.execute("PRAGMA table_info(quarantine)")}:
+            conn.execute("ALTER TABLE quarantine ADD COLUMN sent_ms INTEGER")
+        conn.execute("CREATE INDEX IF NOT EXISTS quarantine_unsent ON quarantine (id) WHERE sent_ms IS NULL")
 
     async def close(self) -> None:
         """Wait for writes already started, then close. Safe to call twice."""
@@ -241,6 +245,25 @@ class PosStore:
             return [QuarantineEntry(*row) for row in rows]
 
         return await self._read(read)
+
+    async def pending_quarantine(self, limit: int = 1000) -> list[QuarantineEntry]:
+        """Quarantined rows not yet reported to the hub, oldest first (``mark_quarantine_sent`` their ids)."""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT id, file_name, sha256, line, reason, raw, at_ms FROM quarantine WHERE sent_ms IS NULL"
+                " ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [QuarantineEntry(*row) for row in rows]
+
+    async def mark_quarantine_sent(self, ids: Sequence[int]) -> None:
+        now_ms = self._wall_clock_ms()
+        await self._write(
+            lambda conn: conn.executemany(
+                "UPDATE quarantine SET sent_ms = ? WHERE id = ? AND sent_ms IS NULL", [(now_ms, i) for i in ids]
+            )
+        )
 
     async def quarantine_count(self) -> int:
         return int(await self._read(lambda conn: conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]))

@@ -1,0 +1,537 @@
+"""The catalog at the agent: which SKU a barcode is, and how many units one scan of it counts.
+
+Two sources, merged: a file the store keeps (``[catalog] file``, CSV or JSON)
+and the hub's catalog (``GET {hub_url}/v1/catalog``), which wins for a barcode
+both know. The hub's copy is kept in a cache file, so an agent that starts
+while the hub is unreachable still knows every item it knew before.
+
+Keys are normalised as the hub does (``protocol.catalog.barcode_key``), so any
+form of a GTIN matches: digits of a GTIN length (8, 12, 13, 14) with a correct
+check digit become the 14-digit GTIN; anything else (an internal label, a
+Code 39 shelf tag) is kept as text. A case GTIN-14
+(indicator digit 1-8) maps to its SKU with ``pack_size`` > 1, and a scan of it
+counts that many units.
+
+    async with AgentCatalog(file=Path("catalog.csv"), hub_url=url, token=token, cache=path) as catalog:
+        item = catalog.lookup(decoded, scan.text)      # CatalogItem or None
+
+Bad rows are reported with their line (``CatalogLoad.problems``) and the good
+rows are kept; a file that cannot be read at all raises ``CatalogError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Self
+
+import aiohttp
+
+from agent.errors import AgentError
+from hardware import Decoded
+from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
+from protocol.event import SKU_MAX_LEN
+
+log = logging.getLogger(__name__)
+
+CATALOG_PATH = "/v1/catalog"
+DESCRIPTION_MAX_LEN = 256
+PACK_SIZE_MAX = 1_000_000
+REFRESH_S = 60.0
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 300.0
+TIMEOUT_S = 30.0
+FILE_MAX_BYTES = 64 << 20
+PROBLEMS_LOGGED = 5  # problems quoted in a log line; all of them are in CatalogLoad.problems
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class CatalogError(AgentError):
+    """A catalog file or answer cannot be used at all; the message is one sentence."""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogItem:
+    """One barcode of the catalog. ``barcode`` is the normalised key (GTIN-14 or text)."""
+
+    barcode: str
+    sku: str
+    pack_size: int = 1
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogProblem:
+    """A row that was left out, and why; the rest of its file is kept."""
+
+    line: int  # CSV: the line the row starts on (the header is line 1); JSON: the item's number (first = 1)
+    reason: str
+    where: str = "line"  # "line" (CSV) or "item" (JSON)
+
+    def __str__(self) -> str:
+        return f"{self.where} {self.line}: {self.reason}"
+
+
+def normalise_barcode(text: str) -> str:
+    """The catalog key of a barcode (``protocol.catalog.barcode_key``: a GTIN's GTIN-14, else the text).
+
+    Raises ValueError (one sentence) for an empty or over-long value or one
+    holding control characters.
+    """
+    value = text.strip()
+    if not value:
+        raise ValueError("the barcode is empty")
+    if len(value) > BARCODE_MAX_LEN:
+        raise ValueError(f"the barcode is {len(value)} characters long; the limit is {BARCODE_MAX_LEN}")
+    if _CONTROL_RE.search(value):
+        raise ValueError(f"the barcode {value[:40]!r} holds a control character")
+    return barcode_key(value)
+
+
+def make_item(barcode: Any, sku: Any, pack_size: Any = 1, description: Any = "") -> CatalogItem:
+    """Check one catalog entry; ValueError (TypeError for a value of the wrong type) says what is wrong."""
+    if not isinstance(barcode, str):
+        raise TypeError(f"barcode must be text, got {barcode!r}")
+    key = normalise_barcode(barcode)
+    if not isinstance(sku, str) or not sku.strip():
+        raise ValueError(f"sku must be non-empty text, got {sku!r}")
+    sku = sku.strip()
+    if len(sku) > SKU_MAX_LEN or _CONTROL_RE.search(sku):
+        raise ValueError(f"sku {sku[:40]!r} must be at most {SKU_MAX_LEN} printable characters")
+    if sku.startswith(UNKNOWN_SKU_PREFIX):
+        raise ValueError(f"sku {sku[:40]!r} starts with {UNKNOWN_SKU_PREFIX!r}, which is reserved for unknown barcodes")
+    if pack_size is None or isinstance(pack_size, str) and not pack_size.strip():
+        pack_size = 1
+    elif isinstance(pack_size, str) and pack_size.strip().isascii() and pack_size.strip().isdigit():
+        pack_size = int(pack_size.strip())
+    if isinstance(pack_size, bool) or not isinstance(pack_size, int) or not 1 <= pack_size <= PACK_SIZE_MAX:
+        raise ValueError(f"pack_size must be a whole number from 1 to {PACK_SIZE_MAX:,}, got {pack_size!r}")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        raise TypeError(f"description must be text, got {description!r}")
+    return CatalogItem(key, sku, pack_size, description.strip()[:DESCRIPTION_MAX_LEN])
+
+
+class Catalog:
+    """An immutable barcode index. ``lookup`` finds the item a scan means, or None."""
+
+    __slots__ = ("_items", "version")
+
+    def __init__(self, items: Iterable[CatalogItem] = (), *, version: int | None = None) -> None:
+        self._items: dict[str, CatalogItem] = {item.barcode: item for item in items}
+        self.version = version
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Any:
+        return iter(self._items.values())
+
+    def get(self, barcode: str) -> CatalogItem | None:
+        """The item of one barcode in any GTIN form (or text), or None."""
+        try:
+            return self._items.get(normalise_barcode(barcode))
+        except ValueError:
+            return None
+
+    def lookup(self, decoded: Decoded | None, text: str) -> CatalogItem | None:
+        """By the decoded GTIN-14, then the decoder's catalog key (RCN, pallet contents), then the raw text."""
+        if decoded is not None:
+            for key in (decoded.gtin, decoded.catalog_key):
+                if key and (item := self._items.get(key)) is not None:
+                    return item
+            if (item := self.get(decoded.data)) is not None:
+                return item
+        return self.get(text)
+
+    def merged(self, over: Catalog) -> Catalog:
+        """This catalog with ``over``'s items replacing any of the same barcode."""
+        merged = Catalog(version=over.version if over.version is not None else self.version)
+        merged._items = self._items | over._items
+        return merged
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogLoad:
+    """What reading one catalog source gave: the good items, and every row left out."""
+
+    catalog: Catalog
+    problems: tuple[CatalogProblem, ...]
+    source: str
+
+    def log_problems(self) -> None:
+        if not self.problems:
+            return
+        shown = "; ".join(str(p) for p in self.problems[:PROBLEMS_LOGGED])
+        more = f" (and {len(self.problems) - PROBLEMS_LOGGED:,} more)" if len(self.problems) > PROBLEMS_LOGGED else ""
+        log.warning(
+            "The catalog %s has %d bad row(s), left out; %d items kept: %s%s.",
+            self.source, len(self.problems), len(self.catalog), shown, more,
+        )  # fmt: skip
+
+
+class _Builder:
+    """Collects items and problems; a barcode twice with different content keeps the first."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.items: dict[str, tuple[int, CatalogItem]] = {}
+        self.problems: list[CatalogProblem] = []
+
+    def add(self, line: int, fields: Mapping[str, Any]) -> None:
+        try:
+            item = make_item(
+                fields.get("barcode"), fields.get("sku"), fields.get("pack_size"), fields.get("description")
+            )
+        except (ValueError, TypeError) as err:
+            self.problems.append(CatalogProblem(line, str(err), self.where))
+            return
+        seen = self.items.get(item.barcode)
+        if seen is None:
+            self.items[item.barcode] = (line, item)
+        elif (seen[1].sku, seen[1].pack_size) != (item.sku, item.pack_size):
+            self.problems.append(
+                CatalogProblem(
+                    line,
+                    f"barcode {item.barcode} is already {seen[1].sku} × {seen[1].pack_size} on {self.where} {seen[0]}",
+                    self.where,
+                )
+            )
+
+    def result(self, source: str, version: int | None = None) -> CatalogLoad:
+        catalog = Catalog((item for _, item in self.items.values()), version=version)
+        return CatalogLoad(catalog, tuple(self.problems), source)
+
+
+def parse_catalog_csv(text: str, source: str = "catalog") -> CatalogLoad:
+    """CSV with a header naming ``barcode`` and ``sku`` (``pack_size``, ``description`` optional)."""
+    lines = text.splitlines(keepends=True)
+    if not lines or not lines[0].strip():
+        raise CatalogError(f"the catalog {source} is empty; it needs a header row such as barcode,sku,pack_size")
+    delimiter = max(",;\t|", key=lines[0].count)  # whichever the header uses most (a comma if none)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = [h.strip().lower().replace(" ", "_") for h in next(reader)]
+    missing = [name for name in ("barcode", "sku") if name not in header]
+    if missing:
+        raise CatalogError(
+            f"the catalog {source} has no {' or '.join(missing)} column; its header is {', '.join(header)[:120]!r}"
+        )
+    columns = {name: header.index(name) for name in ("barcode", "sku", "pack_size", "description") if name in header}
+    builder = _Builder("line")
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            builder.problems.append(CatalogProblem(line, f"the row is not valid CSV ({err})"))
+            continue
+        if not any(field.strip() for field in row):
+            continue
+        builder.add(line, {name: row[i] if i < len(row) else None for name, i in columns.items()})
+    return builder.result(source)
+
+
+def parse_catalog_json(data: Any, source: str = "catalog") -> CatalogLoad:
+    """``{"version": n, "items": [...]}`` (the hub's answer) or a bare list of items."""
+    version = None
+    if isinstance(data, Mapping):
+        version = data.get("version")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise CatalogError(f"the catalog {source} has a version that is not a whole number: {version!r}")
+        data = data.get("items")
+    if not isinstance(data, list):
+        raise CatalogError(f'the catalog {source} must be a list of items or an object with an "items" list')
+    builder = _Builder("item")
+    for number, entry in enumerate(data, start=1):
+        if not isinstance(entry, Mapping):
+            builder.problems.append(CatalogProblem(number, f"must be an object, got {type(entry).__name__}", "item"))
+        else:
+            builder.add(number, entry)
+    return builder.result(source, version)
+
+
+def load_catalog_file(path: Path) -> CatalogLoad:
+    """Read a ``.json`` file as JSON and anything else as CSV (UTF-8, a BOM is fine)."""
+    try:
+        if path.stat().st_size > FILE_MAX_BYTES:
+            raise CatalogError(f"the catalog file {path} is larger than {FILE_MAX_BYTES >> 20} MiB")
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CatalogError(f"the catalog file {path} does not exist") from None
+    except OSError as err:
+        raise CatalogError(f"the catalog file {path} cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise CatalogError(f"the catalog file {path} is not UTF-8 text (byte {err.start})") from err
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CatalogError(f"the catalog file {path} is not valid JSON ({err})") from err
+        return parse_catalog_json(data, str(path))
+    return parse_catalog_csv(text, str(path))
+
+
+class ItemLookup(Protocol):
+    """What the scan router needs of a catalog."""
+
+    def lookup(self, decoded: Decoded | None, text: str) -> CatalogItem | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    status: str  # "updated", "not_modified", "file_reloaded", "unchanged"
+    version: int | None
+    items: int
+
+
+class _Failed(Exception):
+    """One failed refresh; the message is one sentence."""
+
+
+class AgentCatalog:
+    """The running agent's catalog: the store's file plus the hub's copy, kept fresh by one loop.
+
+    The loop (STYLE.md item 5): wait ``refresh_s`` (or ``refresh_soon()``),
+    re-read the file if it changed and ask the hub for its catalog with
+    ``If-None-Match``; on failure back off exponentially with jitter up to
+    ``retry_max_s``, warn once, and say once when it works again. The current
+    catalog stays in use meanwhile.
+    """
+
+    def __init__(
+        self,
+        *,
+        file: Path | None = None,
+        hub_url: str | None = None,
+        token: str | None = None,
+        cache: Path | None = None,
+        refresh_s: float = REFRESH_S,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
+        self.file = file
+        self.cache = cache
+        self._url = hub_url.rstrip("/") + CATALOG_PATH if hub_url else None
+        self._token = token
+        self.refresh_s = refresh_s
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.timeout_s = timeout_s
+        self._local = Catalog()
+        self._hub = Catalog()
+        self._merged = Catalog()
+        self._file_stamp: tuple[int, int] | None = None
+        self._etag: str | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+        self._failures = 0
+        self._stopped = False
+        self._changed = asyncio.Condition()
+        self.last_error: str | None = None
+
+    # --- lookups -----------------------------------------------------------
+    def lookup(self, decoded: Decoded | None, text: str) -> CatalogItem | None:
+        return self._merged.lookup(decoded, text)
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._merged
+
+    @property
+    def hub_version(self) -> int | None:
+        return self._hub.version
+
+    # --- lifecycle ---------------------------------------------------------
+    async def load(self) -> None:
+        """Read the file (``CatalogError`` if it cannot be read at all) and the hub cache (best effort)."""
+        if self.file is not None:
+            self._use_file(await asyncio.to_thread(load_catalog_file, self.file))
+        if self.cache is not None and self.cache.exists():
+            try:
+                cached = json.loads(await asyncio.to_thread(self.cache.read_text, encoding="utf-8"))
+                loaded = parse_catalog_json(cached.get("catalog"), f"cache {self.cache}")
+            except (OSError, ValueError, AttributeError, CatalogError) as err:
+                log.warning("The cached hub catalog %s cannot be used (%s); waiting for the hub.", self.cache, err)
+            else:
+                self._hub = loaded.catalog
+                self._etag = cached.get("etag") if isinstance(cached.get("etag"), str) else None
+                self._merge()
+        log.info(
+            "Catalog ready: %s items (file %s, hub version %s).",
+            f"{len(self._merged):,}", self.file or "none", self._hub.version if self._hub.version is not None else "none",
+        )  # fmt: skip
+
+    async def start(self) -> None:
+        """``load()``, then keep the catalog fresh in the background. Returns at once after loading."""
+        self._check_open()
+        if self._task is not None:
+            return
+        await self.load()
+        if self._url is not None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        if self._url is not None or self.file is not None:
+            self._task = asyncio.create_task(self._run(), name="shelfsync-catalog")
+
+    async def stop(self) -> None:
+        """Stop refreshing; lookups keep working, refreshing again raises. Safe twice."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise CatalogError("the catalog was stopped; it is not refreshed any more")
+
+    def refresh_soon(self) -> None:
+        """Wake the loop now (a config reload, a test)."""
+        self._kick.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], *, timeout_s: float) -> None:
+        """Wait until ``predicate()`` holds after some refresh attempt of the loop (bounded)."""
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(predicate)
+
+    def update_credentials(self, token: str, hub_url: str | None = None) -> None:
+        self._token = token
+        if hub_url is not None:
+            self._url = hub_url.rstrip("/") + CATALOG_PATH
+        self._kick.set()
+
+    # --- one refresh ---------------------------------------------------------
+    async def refresh(self) -> RefreshResult:
+        """Re-read the file if it changed, then ask the hub. Raises CatalogError when either fails."""
+        self._check_open()
+        status, problems = "unchanged", []
+        if self.file is not None and self._stamp(self.file) != self._file_stamp:
+            try:  # a broken file keeps the items read before; the hub is still asked
+                self._use_file(await asyncio.to_thread(load_catalog_file, self.file))
+                status = "file_reloaded"
+            except CatalogError as err:
+                problems.append(str(err))
+        if self._url is not None:
+            try:
+                status = await self._fetch()
+            except _Failed as err:
+                problems.append(str(err))
+        if problems:
+            raise CatalogError("; ".join(problems))
+        return RefreshResult(status, self._hub.version, len(self._merged))
+
+    async def _fetch(self) -> str:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        assert self._url is not None
+        headers = {"Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if self._etag:
+            headers["If-None-Match"] = self._etag
+        try:
+            async with self._session.get(self._url, headers=headers) as resp:
+                if resp.status == 304:
+                    return "not_modified"
+                body = await resp.read()
+                if resp.status != 200:
+                    what = "refused this agent's credentials" if resp.status in (401, 403) else "answered"
+                    raise _Failed(
+                        f"the hub at {self._url} {what} (HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')})"
+                    )
+                etag = resp.headers.get("ETag")
+        except TimeoutError:
+            raise _Failed(f"the hub at {self._url} did not answer within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as err:
+            raise _Failed(f"the catalog could not be fetched from {self._url} ({err or type(err).__name__})") from err
+        try:
+            data = json.loads(body)
+            loaded = parse_catalog_json(data, f"from the hub at {self._url}")
+        except (ValueError, CatalogError) as err:
+            raise _Failed(f"the hub's catalog could not be read ({err})") from err
+        loaded.log_problems()
+        self._hub, self._etag = loaded.catalog, etag
+        self._merge()
+        if self.cache is not None:
+            await asyncio.to_thread(_write_atomically, self.cache, {"etag": etag, "catalog": data})
+        log.info("The hub's catalog version %s is in use: %s items.", loaded.catalog.version, f"{len(self._merged):,}")
+        return "updated"
+
+    def _use_file(self, loaded: CatalogLoad) -> None:
+        assert self.file is not None
+        loaded.log_problems()
+        self._local = loaded.catalog
+        self._file_stamp = self._stamp(self.file)
+        self._merge()
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    def _merge(self) -> None:
+        self._merged = self._local.merged(self._hub)
+
+    # --- the loop --------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            delay_s = self.refresh_s
+            try:
+                await self.refresh()
+            except CatalogError as err:
+                self._failures += 1
+                self.last_error = str(err)
+                if self._failures == 1:
+                    log.warning("Catalog refresh failed, the current catalog stays in use: %s", err)
+                else:
+                    log.debug("Catalog refresh failed again: %s", err)
+                ceiling_s = min(self.retry_max_s, self.retry_base_s * 2 ** min(self._failures - 1, 30))
+                delay_s = min(self.refresh_s, random.uniform(ceiling_s / 2, ceiling_s))
+            else:
+                if self._failures:
+                    log.info("The catalog refreshes again after %d failed attempts.", self._failures)
+                self._failures, self.last_error = 0, None
+            async with self._changed:
+                self._changed.notify_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), delay_s)
+            self._kick.clear()
+
+
+def _write_atomically(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,392 @@
+"""The agent's local HTTP API for handhelds, and the handheld page it serves.
+
+Every route is documented in docs/agent-api.md (a test checks it). Errors are
+JSON ``{"error": {"code": …, "message": …}}`` with one sentence a person can
+act on. Everything under ``/api/v1`` except ``login`` needs a staff sign-in:
+the cookie the page gets, or ``Authorization: Bearer <token>``. A request that
+changes something must send ``Content-Type: application/json`` (with the
+SameSite=Strict cookie, this keeps other web pages from posting on a signed-in
+handheld's behalf).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent.errors import OutboxClosed, OutboxError
+from agent.localapi import views
+from agent.localapi.auth import AuthError, LockedOut, Login, StaffDirectory
+from agent.outbox import Outbox
+from agent.sessions import (
+    InvalidSessionInput,
+    SessionConflict,
+    SessionError,
+    SessionManager,
+    SessionNotFound,
+    SessionNotOpen,
+    SessionStoreClosed,
+)
+from agent.sessions.model import check_sku
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+COOKIE_NAME = "shelfsync_login"
+BODY_MAX_BYTES = 1 << 20
+LIST_LIMIT_MAX = 500
+LINES_SHOWN_MAX = 20_000
+JSON_TYPE = "application/json"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
+    " base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+
+
+@dataclass(frozen=True, slots=True)
+class LocalApiContext:
+    """What the routes work with."""
+
+    sessions: SessionManager
+    outbox: Outbox
+    staff: StaffDirectory
+    hub_url: Callable[[], str | None] = lambda: None  # the hub address in use (configured or discovered)
+    readers: Sequence[str] = ()  # back-office scanner ids a session can be bound to
+    login_ttl_s: float = 12 * 3600.0
+    public_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/", "/healthz", "/api/v1/login"}))
+
+
+CONTEXT_KEY = web.AppKey("context", LocalApiContext)
+LOGIN_KEY = web.RequestKey("login", Login)
+
+
+def create_app(context: LocalApiContext) -> web.Application:
+    app = web.Application(
+        client_max_size=BODY_MAX_BYTES, middlewares=[_headers_middleware, _error_middleware, _auth_middleware]
+    )
+    app[CONTEXT_KEY] = context
+    r = app.router
+    r.add_get("/", index, name="index")
+    r.add_get("/static/{name}", static, name="static")
+    r.add_get("/healthz", healthz, name="healthz")
+    r.add_post("/api/v1/login", login, name="login")
+    r.add_post("/api/v1/logout", logout, name="logout")
+    r.add_get("/api/v1/me", me, name="me")
+    r.add_get("/api/v1/status", status, name="status")
+    r.add_get("/api/v1/readers", readers, name="readers")
+    r.add_get("/api/v1/skus/{sku}/count", sku_count, name="sku_count")
+    r.add_get("/api/v1/sessions", list_sessions, name="sessions")
+    r.add_post("/api/v1/sessions", open_session, name="open_session")
+    r.add_get("/api/v1/sessions/{id}", get_session, name="session")
+    r.add_post("/api/v1/sessions/{id}/scans", add_scan, name="scan")
+    r.add_post("/api/v1/sessions/{id}/undo", undo, name="undo")
+    r.add_post("/api/v1/sessions/{id}/close", close_session, name="close")
+    r.add_post("/api/v1/sessions/{id}/cancel", cancel_session, name="cancel")
+    r.add_put("/api/v1/sessions/{id}/reader", bind_reader, name="bind_reader")
+    return app
+
+
+# --- middlewares -------------------------------------------------------------------
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type"}  # fmt: skip
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        text = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else None
+        if isinstance(exc, web.HTTPNotFound) and text is None:
+            text = f"there is no route {request.path}; the routes are listed in docs/agent-api.md"
+        if isinstance(exc, web.HTTPMethodNotAllowed) and text is None:
+            text = f"{request.path} does not take {request.method}; it takes {', '.join(sorted(exc.allowed_methods))}"
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, f"http_{exc.status}"), text or exc.reason, keep)
+    except LockedOut as err:
+        return error_response(429, "locked_out", str(err), {"Retry-After": str(max(1, round(err.retry_after_s)))})
+    except AuthError as err:
+        return error_response(401, "unauthorized", str(err))
+    except SessionNotFound as err:
+        return error_response(404, "not_found", str(err))
+    except (SessionNotOpen, SessionConflict) as err:
+        return error_response(409, "conflict", str(err))
+    except InvalidSessionInput as err:
+        return error_response(400, "bad_request", str(err))
+    except (SessionStoreClosed, OutboxClosed):
+        return error_response(503, "unavailable", "the agent is shutting down; try again shortly")
+    except (SessionError, OutboxError) as err:
+        log.error("%s %s failed: %s", request.method, request.path, err)
+        return error_response(503, "unavailable", f"the agent could not do that right now: {err}")
+    except Exception:
+        log.exception(
+            "%s %s failed with an unexpected error; the local API keeps serving", request.method, request.path
+        )
+        return error_response(500, "internal_error", "the agent failed to handle this request; the cause is in its log")
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx = request.app[CONTEXT_KEY]
+    if request.path in ctx.public_paths or request.path.startswith("/static/"):
+        return await handler(request)
+    if request.method not in ("GET", "HEAD") and request.content_type != JSON_TYPE:
+        raise web.HTTPUnsupportedMediaType(text=f"send the request with Content-Type: {JSON_TYPE}")
+    token = _token(request)
+    login = ctx.staff.check(token) if token else None
+    if login is None:
+        raise web.HTTPUnauthorized(text="sign in with your staff id and PIN first (POST /api/v1/login)")
+    request[LOGIN_KEY] = login
+    return await handler(request)
+
+
+@web.middleware
+async def _headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _token(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[7:].strip()
+    return request.cookies.get(COOKIE_NAME, "")
+
+
+def _who(request: web.Request) -> Login:
+    login: Login = request[LOGIN_KEY]
+    return login
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != JSON_TYPE:
+        raise web.HTTPUnsupportedMediaType(text=f"send the request with Content-Type: {JSON_TYPE}")
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    return body
+
+
+def _fields(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown field {unknown[0]!r}; the fields are {', '.join(sorted(allowed))}")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+# --- page and health ---------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    """The handheld page."""
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+async def static(request: web.Request) -> web.FileResponse:
+    """The page's own script and style sheet (no CDN, nothing from the internet)."""
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    kind = STATIC_TYPES.get(Path(name).suffix)
+    if kind is None or "/" in name or name.startswith(".") or not path.is_file():
+        raise web.HTTPNotFound(text=f"there is no file {name!r} here")
+    return web.FileResponse(path, headers={"Content-Type": f"{kind}; charset=utf-8"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness; no sign-in needed."""
+    outbox = request.app[CONTEXT_KEY].outbox
+    return _json({"status": "ok", "agent_id": outbox.agent_id, "location": outbox.location})
+
+
+# --- signing in --------------------------------------------------------------------
+
+
+async def login(request: web.Request) -> web.Response:
+    """Sign in with a staff id and PIN; answers a token and sets the page's cookie."""
+    ctx = request.app[CONTEXT_KEY]
+    body = await _body(request)
+    _fields(body, {"staff", "pin"})
+    staff, pin = body.get("staff"), body.get("pin")
+    if not isinstance(staff, str) or not isinstance(pin, str):
+        raise web.HTTPBadRequest(text='send {"staff": "<staff id>", "pin": "<PIN>"}')
+    try:
+        token, who = await ctx.staff.sign_in(staff.strip(), pin, remote=request.remote or "")
+    except AuthError as err:
+        log.warning("Sign-in refused for staff id %r from %s: %s.", staff[:32], request.remote, err)
+        raise
+    log.info("Staff %s signed in from %s.", who.staff, request.remote)
+    response = _json({"staff": who.staff, "token": token, "expires_in_s": ctx.login_ttl_s})
+    response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="Strict", path="/", max_age=int(ctx.login_ttl_s))
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    """Sign out: the token stops working."""
+    request.app[CONTEXT_KEY].staff.sign_out(_token(request))
+    response = _json({"signed_out": True})
+    response.del_cookie(COOKIE_NAME, path="/")
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    """Who is signed in, and at which store."""
+    outbox = request.app[CONTEXT_KEY].outbox
+    return _json({"staff": _who(request).staff, "agent_id": outbox.agent_id, "location": outbox.location})
+
+
+# --- status and counts -----------------------------------------------------------------
+
+
+async def status(request: web.Request) -> web.Response:
+    """Backlog, whether the hub answered at the last sync, the last sync, clock skew."""
+    ctx = request.app[CONTEXT_KEY]
+    stats = await ctx.outbox.stats()
+    active = await ctx.sessions.list(active=True, limit=LIST_LIMIT_MAX)
+    return _json(views.status_json(stats, ctx.hub_url(), len(active)))
+
+
+async def readers(request: web.Request) -> web.Response:
+    """The back-office scanners, and the session each one feeds."""
+    ctx = request.app[CONTEXT_KEY]
+    out = []
+    for reader_id in ctx.readers:
+        session = await ctx.sessions.for_reader(reader_id)
+        out.append({"id": reader_id, "session": None if session is None else session.id})
+    return _json({"readers": out})
+
+
+async def sku_count(request: web.Request) -> web.Response:
+    """A SKU's local count: the hub's count plus this store's movements not yet acknowledged."""
+    ctx = request.app[CONTEXT_KEY]
+    sku = check_sku(request.match_info["sku"])
+    location = request.query.get("location") or ctx.outbox.location
+    count = await ctx.outbox.counts.local_count(location, sku)
+    return _json(views.count_json(count))
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Open sessions (``?state=active``, the default) or finished ones (``?state=done``), newest first."""
+    state = request.query.get("state", "active")
+    if state not in ("active", "done"):
+        raise web.HTTPBadRequest(text=f"state must be active or done, got {state[:20]!r}")
+    limit_text = request.query.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT_MAX:
+        raise web.HTTPBadRequest(text=f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}")
+    found = await request.app[CONTEXT_KEY].sessions.list(active=state == "active", limit=int(limit_text))
+    return _json({"sessions": [views.session_json(s) for s in found]})
+
+
+async def open_session(request: web.Request) -> web.Response:
+    """Open a session."""
+    ctx = request.app[CONTEXT_KEY]
+    spec = views.spec_from_json(await _body(request))
+    if spec.reader_id is not None and spec.reader_id not in ctx.readers:
+        raise web.HTTPBadRequest(text=_no_reader(spec.reader_id, ctx.readers))
+    session = await ctx.sessions.open(spec, by=_who(request).staff)
+    return _json({"session": views.session_json(session)}, status=201)
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """A session with its newest lines (``?lines=``, default 200) and running totals."""
+    shown = request.query.get("lines", str(views.LINES_SHOWN_DEFAULT))
+    if not shown.isdigit() or int(shown) > LINES_SHOWN_MAX:
+        raise web.HTTPBadRequest(text=f"lines must be a whole number from 0 to {LINES_SHOWN_MAX}")
+    view = await request.app[CONTEXT_KEY].sessions.view(request.match_info["id"])
+    return _json(views.view_json(view, int(shown)))
+
+
+async def add_scan(request: web.Request) -> web.Response:
+    """Add a scanned barcode (``code``) or a SKU keyed by hand (``sku``), ``qty`` times."""
+    body = await _body(request)
+    _fields(body, {"code", "sku", "qty", "disposition"})
+    sessions = request.app[CONTEXT_KEY].sessions
+    session_id, by = request.match_info["id"], _who(request).staff
+    qty = body.get("qty", 1)
+    if ("code" in body) == ("sku" in body):
+        raise web.HTTPBadRequest(text='send either "code" (what was scanned) or "sku" (keyed by hand)')
+    if "code" in body:
+        if not isinstance(body["code"], str):
+            raise web.HTTPBadRequest(text="code must be the scanned text")
+        line = await sessions.scan(session_id, body["code"], by=by, qty=qty, disposition=body.get("disposition"))
+    else:
+        line = await sessions.key(session_id, body["sku"], qty, by=by, disposition=body.get("disposition"))
+    view = await sessions.view(session_id)
+    return _json({"line": views.line_json(line), **views.view_json(view)}, status=201)
+
+
+async def undo(request: web.Request) -> web.Response:
+    """Undo the newest line that still counts."""
+    await _body(request)
+    sessions = request.app[CONTEXT_KEY].sessions
+    line = await sessions.undo(request.match_info["id"], by=_who(request).staff)
+    view = await sessions.view(request.match_info["id"])
+    return _json({"undone": None if line is None else views.line_json(line), **views.view_json(view)})
+
+
+async def close_session(request: web.Request) -> web.Response:
+    """Close: book the session's events (one outbox transaction) and answer the report."""
+    body = await _body(request)
+    _fields(body, {"zero_unscanned"})
+    zero = body.get("zero_unscanned", False)
+    if not isinstance(zero, bool):
+        raise web.HTTPBadRequest(text="zero_unscanned must be true or false")
+    session = await request.app[CONTEXT_KEY].sessions.close(
+        request.match_info["id"], by=_who(request).staff, zero_unscanned=zero
+    )
+    return _json({"session": views.session_json(session)})
+
+
+async def cancel_session(request: web.Request) -> web.Response:
+    """Cancel: nothing is booked."""
+    await _body(request)
+    session = await request.app[CONTEXT_KEY].sessions.cancel(request.match_info["id"], by=_who(request).staff)
+    return _json({"session": views.session_json(session)})
+
+
+async def bind_reader(request: web.Request) -> web.Response:
+    """Let a back-office scanner feed this session (``{"reader_id": null}`` unbinds)."""
+    ctx = request.app[CONTEXT_KEY]
+    body = await _body(request)
+    _fields(body, {"reader_id"})
+    reader_id = body.get("reader_id")
+    if reader_id is not None and reader_id not in ctx.readers:
+        raise web.HTTPBadRequest(text=_no_reader(reader_id, ctx.readers))
+    session = await ctx.sessions.bind_reader(request.match_info["id"], reader_id)
+    return _json({"session": views.session_json(session)})
+
+
+def _no_reader(reader_id: object, known: Sequence[str]) -> str:
+    return f"there is no scanner {str(reader_id)[:40]!r}; the scanners are: {', '.join(known) or 'none configured'}"

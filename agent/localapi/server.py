@@ -1,0 +1,63 @@
+"""Serving the local API: bind, serve until stopped, close cleanly."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Self
+
+from aiohttp import web
+
+from agent.errors import AgentError
+from agent.localapi.app import LocalApiContext, create_app
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class LocalApiServer:
+    """``async with LocalApiServer(context, host, port) as server:`` serves until the block ends.
+
+    ``port`` 0 picks a free port; ``server.port`` and ``server.url`` say which.
+    """
+
+    def __init__(self, context: LocalApiContext, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.context = context
+        self.host = host
+        self.port = port
+        self.app = create_app(context)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as err:
+            await runner.cleanup()
+            why = os.strerror(err.errno).lower() if err.errno else str(err)
+            raise AgentError(f"the local API cannot listen on {self.host}:{self.port}: {why}") from err
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        log.info("Local API and handheld page at http://%s:%d/.", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop serving. Safe twice."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,563 @@
+/* shelfsync handheld page: talks to the agent's local API (docs/agent-api.md). Plain JS, nothing remote. */
+"use strict";
+
+(function () {
+  const TYPES = {
+    receive: "Receive",
+    count: "Count",
+    transfer_out: "Transfer out",
+    transfer_in: "Transfer in",
+    return: "Customer return",
+    write_off: "Damage / write-off",
+  };
+  // Which fields of the open form each session type shows.
+  const FIELDS = {
+    receive: ["ref", "expected", "reader_id"],
+    count: ["ref", "scope_skus", "bin", "reader_id"],
+    transfer_out: ["ref", "to_location", "reader_id"],
+    transfer_in: ["ref", "from_location", "reader_id"],
+    return: ["ref", "reader_id"],
+    write_off: ["reason", "ref", "reader_id"],
+  };
+  const REF_HINT = {
+    receive: "delivery note",
+    count: "optional",
+    transfer_out: "transfer reference (required)",
+    transfer_in: "transfer reference (required)",
+    return: "receipt number",
+    write_off: "optional",
+  };
+  const SESSION_POLL_MS = 3000;
+  const QTY_IDLE_MS = 1500;  // after typing a quantity, the focus goes back to the scan field
+  const STATUS_POLL_MS = 10000;
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    me: null, session: null, openType: null, readers: [], pollTimer: null, statusTimer: null, busy: false,
+    queue: Promise.resolve(),  // scans waiting to be sent, in order
+  };
+
+  // --- HTTP ---------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function api(method, path, body) {
+    const options = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (method !== "GET") {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body || {});
+    }
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (err) {
+      throw new ApiError(0, "The agent does not answer. Check the Wi-Fi and try again.");
+    }
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (err) {
+      data = null;
+    }
+    if (!response.ok) {
+      const message = data && data.error ? data.error.message : "The agent answered HTTP " + response.status + ".";
+      if (response.status === 401 && path !== "/api/v1/login") {
+        showSignin();
+      }
+      throw new ApiError(response.status, sentence(message));
+    }
+    return data;
+  }
+
+  function sentence(text) {
+    const s = String(text || "").trim();
+    if (!s) return "";
+    const first = s.charAt(0).toUpperCase() + s.slice(1);
+    return /[.!?]$/.test(first) ? first : first + ".";
+  }
+
+  // --- screens -------------------------------------------------------------------------
+  function show(name) {
+    for (const section of document.querySelectorAll(".screen")) {
+      section.hidden = section.id !== "screen-" + name;
+    }
+    if (name !== "session") stopPolling();
+    window.scrollTo(0, 0);
+  }
+
+  function message(el, text, kind) {
+    el.textContent = text;
+    el.className = "msg" + (kind ? " msg-" + kind : "");
+    el.hidden = !text;
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function when(ms) {
+    return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  // --- sign in ---------------------------------------------------------------------------
+  function showSignin() {
+    state.me = null;
+    $("signout").hidden = true;
+    $("sync").hidden = true;
+    $("where").textContent = "";
+    $("who").textContent = "";
+    show("signin");
+    $("signin-staff").focus();
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const error = $("signin-error");
+    error.hidden = true;
+    try {
+      await api("POST", "/api/v1/login", { staff: $("signin-staff").value.trim(), pin: $("signin-pin").value });
+      $("signin-pin").value = "";
+      await start();
+    } catch (err) {
+      message(error, err.message, "bad");
+      $("signin-pin").select();
+    }
+  }
+
+  async function signOut() {
+    try {
+      await api("POST", "/api/v1/logout", {});
+    } catch (err) {
+      /* signed out either way */
+    }
+    showSignin();
+  }
+
+  // --- status ----------------------------------------------------------------------------
+  async function refreshStatus() {
+    const pill = $("sync");
+    try {
+      const s = await api("GET", "/api/v1/status");
+      let text, kind;
+      if (s.hub_reachable === false) {
+        text = "Offline · " + s.backlog + " waiting";
+        kind = "bad";
+      } else if (s.backlog > 0) {
+        text = s.backlog + " to send";
+        kind = "warn";
+      } else if (s.hub_reachable === true) {
+        text = "Synced";
+        kind = "ok";
+      } else {
+        text = "Not synced yet";
+        kind = "warn";
+      }
+      pill.textContent = text;
+      pill.className = "pill " + kind;
+      pill.title = s.last_sync_ms ? "Last sync " + when(s.last_sync_ms) : "No sync yet";
+      pill.hidden = false;
+    } catch (err) {
+      if (err.status !== 401) {
+        pill.textContent = "Agent not answering";
+        pill.className = "pill bad";
+        pill.hidden = false;
+      }
+    }
+  }
+
+  // --- home ----------------------------------------------------------------------------------
+  async function showHome() {
+    show("home");
+    const list = $("active-list");
+    const data = await api("GET", "/api/v1/sessions?state=active");
+    list.replaceChildren();
+    for (const s of data.sessions) {
+      const button = el("button", "", null);
+      button.type = "button";
+      button.appendChild(el("b", "", TYPES[s.type] + (s.ref ? " · " + s.ref : "")));
+      const bits = ["by " + s.by, "opened " + when(s.opened_ms)];
+      if (s.to_location) bits.push("to " + s.to_location);
+      if (s.from_location) bits.push("from " + s.from_location);
+      if (s.reader_id) bits.push("scanner " + s.reader_id);
+      if (s.status === "closing") bits.push("closing…");
+      button.appendChild(el("span", "sub", bits.join(" · ")));
+      button.addEventListener("click", () => openSession(s.id));
+      const item = el("li");
+      item.appendChild(button);
+      list.appendChild(item);
+    }
+    $("active-empty").hidden = data.sessions.length > 0;
+  }
+
+  async function lookUp(event) {
+    event.preventDefault();
+    const sku = $("lookup-sku").value.trim();
+    const out = $("lookup-result");
+    try {
+      const c = await api("GET", "/api/v1/skus/" + encodeURIComponent(sku) + "/count");
+      const pending = c.pending_events ? " (" + c.pending_events + " not yet at the hub)" : "";
+      message(out, c.sku + " at " + c.location + ": " + c.on_hand + " on hand, " + c.available + " available" +
+        (c.in_transit ? ", " + c.in_transit + " in transit" : "") + pending + ".", "good");
+    } catch (err) {
+      message(out, err.message, "bad");
+    }
+  }
+
+  // --- opening a session --------------------------------------------------------------------
+  function showOpen(type) {
+    state.openType = type;
+    const form = $("open-form");
+    form.reset();
+    $("open-title").textContent = "New " + TYPES[type].toLowerCase() + " session";
+    $("ref-hint").textContent = REF_HINT[type];
+    for (const label of form.querySelectorAll("label[data-for]")) {
+      const name = label.dataset.for;
+      label.hidden = FIELDS[type].indexOf(name) < 0 || (name === "reader_id" && state.readers.length === 0);
+    }
+    const select = form.elements.reader_id;
+    select.replaceChildren(new Option("none", ""));
+    for (const r of state.readers) {
+      const option = new Option(r.id + (r.session ? " (busy)" : ""), r.id);
+      option.disabled = Boolean(r.session);
+      select.appendChild(option);
+    }
+    $("open-error").hidden = true;
+    show("open");
+    const first = form.querySelector("label:not([hidden]) input, label:not([hidden]) select, label:not([hidden]) textarea");
+    if (first) first.focus();
+  }
+
+  function parseExpected(text) {
+    const lines = [];
+    for (const raw of text.split(/\n/)) {
+      const line = raw.trim();
+      if (!line) continue;
+      const match = line.match(/^(.*\S)\s+(\d+)$/);
+      if (!match) throw new ApiError(400, "Write each expected line as \"SKU quantity\", e.g. \"SKU-1 12\": " + line);
+      lines.push({ sku: match[1], qty: parseInt(match[2], 10) });
+    }
+    return lines;
+  }
+
+  async function submitOpen(event) {
+    event.preventDefault();
+    const form = $("open-form");
+    const type = state.openType;
+    const body = { type };
+    try {
+      for (const name of FIELDS[type]) {
+        const value = form.elements[name].value.trim();
+        if (!value) continue;
+        if (name === "scope_skus") body.scope_skus = value.split(/\n/).map((s) => s.trim()).filter(Boolean);
+        else if (name === "expected") body.expected = parseExpected(value);
+        else body[name] = value;
+      }
+      const data = await api("POST", "/api/v1/sessions", body);
+      await openSession(data.session.id);
+    } catch (err) {
+      message($("open-error"), err.message, "bad");
+    }
+  }
+
+  // --- a session -------------------------------------------------------------------------------
+  async function openSession(id) {
+    const view = await api("GET", "/api/v1/sessions/" + encodeURIComponent(id));
+    if (view.session.status === "closed") {
+      showReport(view.session);
+      return;
+    }
+    state.session = view.session;
+    const s = view.session;
+    $("session-title").textContent = TYPES[s.type] + (s.ref ? " · " + s.ref : "");
+    const sub = ["opened by " + s.by];
+    if (s.to_location) sub.push("to " + s.to_location);
+    if (s.from_location) sub.push("from " + s.from_location);
+    if (s.reason) sub.push("reason: " + s.reason);
+    if (s.bin) sub.push("bin " + s.bin);
+    if (s.scope_skus.length) sub.push(s.scope_skus.length + " SKUs in scope");
+    if (s.reader_id) sub.push("scanner " + s.reader_id + " feeds this session");
+    $("session-sub").textContent = sub.join(" · ");
+    $("disposition").hidden = s.type !== "return";
+    $("scan-qty").min = s.type === "count" ? "0" : "1";
+    $("scan-qty").value = "1";
+    $("scan-keyed").checked = false;
+    updateScanPlaceholder();
+    message($("scan-msg"), "", null);
+    render(view);
+    show("session");
+    focusScan();
+    startPolling();
+  }
+
+  function updateScanPlaceholder() {
+    $("scan-code").placeholder = $("scan-keyed").checked ? "Type a SKU" : "Scan a barcode";
+  }
+
+  function focusScan() {
+    const input = $("scan-code");
+    if (!$("screen-session").hidden && document.activeElement !== input && !$("confirm").open) input.focus();
+  }
+
+  function render(view) {
+    const s = view.session;
+    state.session = s;
+    const expected = {};
+    for (const e of s.expected) expected[e.sku] = e.qty;
+    const hasExpected = s.expected.length > 0;
+    $("totals-expected-head").hidden = !hasExpected;
+    const body = $("totals");
+    body.replaceChildren();
+    const usePreview = hasExpected || s.type === "count";  // shows what is short, or still to count
+    const rows = usePreview ? view.preview : view.totals.map((t) => ({ sku: t.sku, qty: t.qty, disposition: t.disposition }));
+    for (const r of rows) {
+      const tr = el("tr", r.status && r.status !== "ok" ? r.status : "");
+      tr.appendChild(el("td", "", r.sku + (r.disposition === "damaged" ? " (damaged)" : "")));
+      tr.appendChild(el("td", "num", r.qty));
+      if (hasExpected) tr.appendChild(el("td", "num", r.expected === null || r.expected === undefined ? "—" : r.expected));
+      body.appendChild(tr);
+    }
+    const live = view.totals.reduce((n, t) => n + t.lines, 0);  // every line that counts, shown or not
+    $("total-units").textContent = view.units + (view.units === 1 ? " unit" : " units");
+    $("total-lines").textContent = live + (live === 1 ? " line" : " lines");
+    const list = $("lines");
+    list.replaceChildren();
+    for (const line of view.lines.slice().reverse()) {
+      const text = line.sku + " × " + line.qty + (line.barcode ? " · " + line.barcode : " · keyed") +
+        (line.disposition ? " · " + line.disposition : "") + " · " + line.by + " · " + when(line.at_ms);
+      const item = el("li", line.undone ? "undone" : "", text);
+      item.value = line.no;
+      list.appendChild(item);
+    }
+    const closing = s.status !== "open";
+    for (const id of ["close", "cancel"]) $(id).disabled = closing || state.busy;
+    $("undo").disabled = closing || state.busy || live === 0;
+    $("scan-code").disabled = closing;
+  }
+
+  // Scans are sent one at a time, in the order they were made; the field is free for the next scan at once
+  // (a fast scanner operator must never have a scan merged into the previous one).
+  function addScan(event) {
+    event.preventDefault();
+    const input = $("scan-code");
+    const code = input.value.trim();
+    if (!code || !state.session || state.busy) {
+      focusScan();
+      return;
+    }
+    const qty = parseInt($("scan-qty").value, 10);
+    const body = { qty: Number.isNaN(qty) ? 1 : qty };
+    body[$("scan-keyed").checked ? "sku" : "code"] = code;
+    if (state.session.type === "return") {
+      body.disposition = document.querySelector("input[name=disposition]:checked").value;
+    }
+    input.value = "";
+    $("scan-qty").value = "1";
+    const sessionId = state.session.id;
+    state.queue = state.queue.then(() => sendScan(sessionId, code, body));
+  }
+
+  async function sendScan(sessionId, code, body) {
+    try {
+      const data = await api("POST", "/api/v1/sessions/" + sessionId + "/scans", body);
+      const line = data.line;
+      const unknown = line.unknown ? " — not in the catalog, kept as " + line.sku : "";
+      message($("scan-msg"), "Added " + line.qty + " × " + line.sku + unknown + ".", line.unknown ? "warn" : "good");
+      if (state.session && state.session.id === sessionId) render(data);
+    } catch (err) {
+      message($("scan-msg"), code + ": " + err.message, "bad");
+    }
+    focusScan();
+  }
+
+  async function undoLast() {
+    if (!state.session) return;
+    await state.queue;
+    try {
+      const data = await api("POST", "/api/v1/sessions/" + state.session.id + "/undo", {});
+      message($("scan-msg"), data.undone ? "Undid " + data.undone.qty + " × " + data.undone.sku + "." : "Nothing to undo.", "warn");
+      render(data);
+    } catch (err) {
+      message($("scan-msg"), err.message, "bad");
+    }
+    focusScan();
+  }
+
+  function confirmDialog(title, text, withZero) {
+    const dialog = $("confirm");
+    $("confirm-title").textContent = title;
+    $("confirm-text").textContent = text;
+    $("confirm-zero").hidden = !withZero;
+    $("confirm-zero-box").checked = false;
+    return new Promise((resolve) => {
+      dialog.addEventListener(
+        "close",
+        () => resolve(dialog.returnValue === "yes" ? { zero: $("confirm-zero-box").checked } : null),
+        { once: true }
+      );
+      dialog.returnValue = "";
+      dialog.showModal();
+      $("confirm-yes").focus();
+    });
+  }
+
+  async function closeSession() {
+    const s = state.session;
+    if (!s) return;
+    const isCount = s.type === "count" && s.scope_skus.length > 0;
+    const answer = await confirmDialog(
+      "Close this session?",
+      "Its lines are booked as stock movements and cannot be changed afterwards.",
+      isCount
+    );
+    if (!answer) {
+      focusScan();
+      return;
+    }
+    state.busy = true;
+    await state.queue;
+    try {
+      const data = await api("POST", "/api/v1/sessions/" + s.id + "/close", { zero_unscanned: answer.zero });
+      state.busy = false;
+      showReport(data.session);
+    } catch (err) {
+      state.busy = false;
+      message($("scan-msg"), err.message, "bad");
+      focusScan();
+    }
+  }
+
+  async function cancelSession() {
+    const s = state.session;
+    if (!s) return;
+    const answer = await confirmDialog("Cancel this session?", "Nothing of it is booked. Its lines are kept for the record only.", false);
+    if (!answer) {
+      focusScan();
+      return;
+    }
+    try {
+      await api("POST", "/api/v1/sessions/" + s.id + "/cancel", {});
+      state.session = null;
+      await showHome();
+    } catch (err) {
+      message($("scan-msg"), err.message, "bad");
+    }
+  }
+
+  function showReport(s) {
+    state.session = null;
+    const r = s.report;
+    $("report-title").textContent = TYPES[s.type] + (s.ref ? " · " + s.ref : "") + " closed";
+    $("report-sub").textContent = r.events + (r.events === 1 ? " movement" : " movements") + " recorded, " + r.units +
+      (r.units === 1 ? " unit" : " units") + ". They reach the hub with the next sync.";
+    const body = $("report-lines");
+    body.replaceChildren();
+    for (const line of r.lines) {
+      const tr = el("tr", line.status);
+      const sku = el("td", "", line.sku);
+      sku.appendChild(el("span", "badge status-" + line.status, line.status.replace("_", " ")));
+      tr.appendChild(sku);
+      tr.appendChild(el("td", "num", line.qty));
+      tr.appendChild(el("td", "num", line.expected === null ? "—" : line.expected));
+      body.appendChild(tr);
+    }
+    show("report");
+    $("report-done").focus();
+  }
+
+  // --- polling (a back-office scanner may add lines; the sync state changes) --------------------------
+  function startPolling() {
+    stopPolling();
+    state.pollTimer = window.setInterval(async () => {
+      if (!state.session || state.busy || document.hidden) return;
+      try {
+        render(await api("GET", "/api/v1/sessions/" + state.session.id));
+      } catch (err) {
+        /* the next poll tries again; errors of actions are shown where they happen */
+      }
+    }, SESSION_POLL_MS);
+  }
+
+  function stopPolling() {
+    if (state.pollTimer) window.clearInterval(state.pollTimer);
+    state.pollTimer = null;
+  }
+
+  // --- start ----------------------------------------------------------------------------------------
+  async function start() {
+    try {
+      state.me = await api("GET", "/api/v1/me");
+    } catch (err) {
+      if (err.status === 401) {
+        showSignin();
+        return;
+      }
+      throw err;
+    }
+    $("where").textContent = state.me.location;
+    $("who").textContent = state.me.staff;
+    $("signout").hidden = false;
+    state.readers = (await api("GET", "/api/v1/readers")).readers;
+    refreshStatus();
+    if (!state.statusTimer) state.statusTimer = window.setInterval(refreshStatus, STATUS_POLL_MS);
+    await showHome();
+  }
+
+  function wire() {
+    $("signin-form").addEventListener("submit", signIn);
+    $("signout").addEventListener("click", signOut);
+    for (const tile of document.querySelectorAll("#new-tiles .tile")) {
+      tile.addEventListener("click", () => showOpen(tile.dataset.type));
+    }
+    $("lookup-form").addEventListener("submit", lookUp);
+    $("open-form").addEventListener("submit", submitOpen);
+    $("open-back").addEventListener("click", () => showHome());
+    $("scan-form").addEventListener("submit", addScan);
+    // The quantity applies to the next scan. Enter in it (or a pause) hands the focus back to the scan field,
+    // so the scanner's keystrokes never end up in the quantity.
+    let qtyTimer = null;
+    $("scan-qty").addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        focusScan();
+      }
+    });
+    $("scan-qty").addEventListener("input", () => {
+      if (qtyTimer) window.clearTimeout(qtyTimer);
+      qtyTimer = window.setTimeout(focusScan, QTY_IDLE_MS);
+    });
+    for (const radio of document.querySelectorAll("input[name=disposition]")) {
+      radio.addEventListener("change", focusScan);
+    }
+    $("scan-keyed").addEventListener("change", () => {
+      updateScanPlaceholder();
+      focusScan();
+    });
+    $("undo").addEventListener("click", undoLast);
+    $("close").addEventListener("click", closeSession);
+    $("cancel").addEventListener("click", cancelSession);
+    $("leave").addEventListener("click", () => showHome());
+    $("report-done").addEventListener("click", () => showHome());
+    // A keyboard-wedge scanner types wherever the focus is: on the session screen, keep it in the scan field.
+    document.addEventListener("keydown", (event) => {
+      const onSession = !$("screen-session").hidden;
+      const target = event.target;
+      const typing = target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || target instanceof HTMLSelectElement;
+      if (onSession && !typing && !$("confirm").open && event.key.length === 1 && !event.ctrlKey && !event.metaKey) {
+        $("scan-code").focus();
+      }
+    });
+    start().catch((err) => {
+      showSignin();
+      message($("signin-error"), err.message, "bad");
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", wire);
+})();

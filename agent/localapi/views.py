@@ -1,0 +1,170 @@
+"""JSON shapes of the local API (docs/agent-api.md shows each), and reading request bodies into values."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from agent.counts import LocalCount
+from agent.outbox import OutboxStats
+from agent.sessions import (
+    CloseReport,
+    ExpectedLine,
+    InvalidSessionInput,
+    Line,
+    ReportLine,
+    Session,
+    SessionSpec,
+    SessionView,
+    Total,
+)
+from protocol import unpack_hlc
+
+LINES_SHOWN_DEFAULT = 200
+SPEC_FIELDS = frozenset(
+    {"type", "ref", "to_location", "from_location", "reason", "scope_skus", "bin", "expected", "reader_id"}
+)
+
+
+def spec_from_json(body: Any) -> SessionSpec:
+    """A ``SessionSpec`` from a request body; ``InvalidSessionInput`` names what is wrong."""
+    if not isinstance(body, Mapping):
+        raise InvalidSessionInput('the body must be a JSON object such as {"type": "receive"}')
+    unknown = sorted(set(body) - SPEC_FIELDS)
+    if unknown:
+        raise InvalidSessionInput(f"unknown field {unknown[0]!r}; the fields are {', '.join(sorted(SPEC_FIELDS))}")
+    if "type" not in body:
+        raise InvalidSessionInput("type is missing: receive, count, transfer_out, transfer_in, return or write_off")
+    scope = body.get("scope_skus") or []
+    if not isinstance(scope, list):
+        raise InvalidSessionInput("scope_skus must be a list of SKUs")
+    expected_raw = body.get("expected") or []
+    if not isinstance(expected_raw, list) or not all(isinstance(e, Mapping) for e in expected_raw):
+        raise InvalidSessionInput('expected must be a list of {"sku": …, "qty": …} objects')
+    expected = []
+    for e in expected_raw:
+        if set(e) - {"sku", "qty"}:
+            raise InvalidSessionInput('each expected line has exactly the fields "sku" and "qty"')
+        expected.append(ExpectedLine(e.get("sku"), e.get("qty")))
+    return SessionSpec(
+        type=body["type"],
+        ref=_opt(body, "ref"),
+        to_location=_opt(body, "to_location"),
+        from_location=_opt(body, "from_location"),
+        reason=_opt(body, "reason"),
+        scope_skus=tuple(scope),
+        bin=_opt(body, "bin"),
+        expected=tuple(expected),
+        reader_id=_opt(body, "reader_id"),
+    )
+
+
+def _opt(body: Mapping[str, Any], key: str) -> Any:
+    value = body.get(key)
+    if isinstance(value, str) and not value.strip():
+        return None  # an empty form field means "not given"
+    return value
+
+
+def session_json(s: Session) -> dict[str, Any]:
+    spec = s.spec
+    return {
+        "id": s.id,
+        "type": s.type.value,
+        "status": s.status.value,
+        "location": s.location,
+        "by": s.by,
+        "opened_ms": s.opened_ms,
+        "ref": spec.ref,
+        "to_location": spec.to_location,
+        "from_location": spec.from_location,
+        "reason": spec.reason,
+        "scope_skus": list(spec.scope_skus),
+        "bin": spec.bin,
+        "expected": [{"sku": e.sku, "qty": e.qty} for e in spec.expected],
+        "reader_id": spec.reader_id,
+        "zero_unscanned": s.zero_unscanned,
+        "closed_by": s.closed_by,
+        "closed_ms": s.closed_ms,
+        "report": None if s.report is None else report_json(s.report),
+    }
+
+
+def line_json(line: Line) -> dict[str, Any]:
+    return {
+        "no": line.no,
+        "sku": line.sku,
+        "qty": line.qty,
+        "pack_size": line.pack_size,
+        "barcode": line.barcode,
+        "unknown": line.unknown,
+        "disposition": None if line.disposition is None else line.disposition.value,
+        "by": line.by,
+        "source": line.source,
+        "at_ms": line.at_ms,
+        "hlc_ms": unpack_hlc(line.hlc)[0],
+        "undone": line.undone,
+    }
+
+
+def total_json(t: Total) -> dict[str, Any]:
+    return {
+        "sku": t.sku,
+        "qty": t.qty,
+        "lines": t.lines,
+        "disposition": None if t.disposition is None else t.disposition.value,
+        "last_scan_ms": unpack_hlc(t.last_hlc)[0],
+    }
+
+
+def report_line_json(r: ReportLine) -> dict[str, Any]:
+    return {"sku": r.sku, "status": r.status, "qty": r.qty, "expected": r.expected, "difference": r.difference}
+
+
+def report_json(r: CloseReport) -> dict[str, Any]:
+    return {"events": r.events, "units": r.units, "lines": [report_line_json(x) for x in r.lines]}
+
+
+def view_json(v: SessionView, lines_shown: int = LINES_SHOWN_DEFAULT) -> dict[str, Any]:
+    """The session, its newest ``lines_shown`` lines (all totals, whatever their number) and the preview."""
+    return {
+        "session": session_json(v.session),
+        "lines": [line_json(x) for x in v.lines[-lines_shown:]] if lines_shown else [],
+        "lines_total": len(v.lines),
+        "totals": [total_json(t) for t in v.totals],
+        "units": sum(t.qty for t in v.totals),
+        "preview": [report_line_json(r) for r in v.preview],
+    }
+
+
+def count_json(c: LocalCount) -> dict[str, Any]:
+    return {
+        "location": c.location,
+        "sku": c.sku,
+        "on_hand": c.on_hand,
+        "reserved": c.reserved,
+        "available": c.available,
+        "in_transit": c.in_transit,
+        "pending_events": c.pending_events,
+        "hub_as_of_ms": c.hub_as_of_ms,
+    }
+
+
+def status_json(stats: OutboxStats, hub_url: str | None, active_sessions: int) -> dict[str, Any]:
+    now_ms = time.time_ns() // 1_000_000
+    return {
+        "agent_id": stats.agent_id,
+        "location": stats.location,
+        "backlog": stats.backlog,
+        "oldest_pending_age_s": stats.oldest_pending_age_s,
+        "set_aside": stats.set_aside,
+        "hub_url": hub_url,
+        "hub_reachable": stats.hub_reachable,
+        "sync_state": stats.sync_state,
+        "last_sync_ms": stats.last_sync_ms,
+        "last_sync_age_s": None if stats.last_sync_ms is None else max(0.0, (now_ms - stats.last_sync_ms) / 1000),
+        "last_error": stats.last_error,
+        "clock_skew_ms": stats.clock_skew_ms,
+        "active_sessions": active_sessions,
+    }

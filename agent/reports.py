@@ -1,0 +1,369 @@
+"""Sends what the POS import found besides movements to the hub: observations and quarantined rows.
+
+Observations (another system's belief about stock on hand) go to ``POST
+/v1/observations``, quarantined import rows to ``POST /v1/import-issues``,
+msgpack both ways (``protocol.reports``), with the agent's credential. Each
+item's id is derived from its content — an observation from (system,
+location, sku, observed_at_ms), a row from (file digest, line) — so resending
+after a crash, or from a recreated POS store, is a duplicate the hub drops.
+
+One loop (STYLE.md item 5): wait for new data (``kick()``, called when the
+drop folder imported a file) or a tick, send one batch, mark what the hub
+answered for; on failure back off exponentially with full jitter and a cap,
+log the first failure as a warning and the recovery once. Credentials refused
+(401/403) wait ``auth_retry_s``. An item the hub rejects is logged with the
+hub's reason and not sent again; one the hub does not mention is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Self
+
+import aiohttp
+
+from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
+from agent.replicator import AUTH_RETRY_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
+from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
+from protocol.reports import (
+    ISSUE_FILE_MAX_LEN,
+    ISSUE_RAW_MAX_LEN,
+    ISSUE_REASON_MAX_LEN,
+    SOURCE_FILE_MAX_LEN,
+    SYSTEM_MAX_LEN,
+    ImportIssueReport,
+    ImportIssuesRequest,
+    ObservationReport,
+    ObservationsRequest,
+    ReportAnswer,
+    decode_import_issues,
+    decode_observations,
+    decode_report_answer,
+    encode_import_issues,
+    encode_observations,
+)
+
+log = logging.getLogger(__name__)
+
+OBSERVATIONS_PATH = "/v1/observations"
+IMPORT_ISSUES_PATH = "/v1/import-issues"
+BATCH_SIZE = 500
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportsState:
+    attempts: int = 0
+    observations_sent: int = 0  # accepted by the hub
+    issues_sent: int = 0
+    rejected: int = 0  # refused by the hub (logged, not sent again)
+    unsendable: int = 0  # broke the wire contract here (logged, not sent)
+    failures: int = 0  # consecutive failed attempts
+    last_error: str | None = None
+    pending: bool | None = None  # whether the last attempt left more to send (None: not known yet)
+
+
+class _Failed(Exception):
+    def __init__(
+        self, message: str, *, auth: bool = False, level: int = logging.WARNING, cause: BaseException | None = None
+    ) -> None:
+        super().__init__(message)
+        self.auth = auth
+        self.level = level
+        self.cause = cause  # logged with its traceback: an unexpected error is a bug
+
+
+def observation_id(o: Observation) -> str:
+    digest = hashlib.blake2b(
+        f"{o.system}\0{o.location}\0{o.sku}\0{o.observed_at_ms}".encode(), digest_size=12, person=b"shelfsync-obs"
+    )
+    return f"obs-{digest.hexdigest()}"
+
+
+def issue_id(entry: QuarantineEntry) -> str:
+    return f"row-{entry.sha256[:40]}-{entry.line}"
+
+
+def _printable(text: str, limit: int) -> str:
+    return _CONTROL_RE.sub(" ", text)[:limit].strip() or "?"
+
+
+class ReportSender:
+    """Long-running sender of one POS store's observations and quarantined rows. ``async with`` it."""
+
+    def __init__(
+        self,
+        store: PosStore,
+        hub_url: str,
+        token: str,
+        *,
+        agent_id: str,
+        location: str,
+        batch_size: int = BATCH_SIZE,
+        tick_s: float = TICK_S,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
+        timeout_s: float = TIMEOUT_S,
+        auth_retry_s: float = AUTH_RETRY_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self._hub_url = hub_url.rstrip("/")
+        self._token = token
+        self.agent_id = agent_id
+        self.location = location
+        self.batch_size = batch_size
+        self.tick_s = tick_s
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.timeout_s = timeout_s
+        self.auth_retry_s = auth_retry_s
+        self._rng = rng or random.Random()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._stopped = False
+        self._state = ReportsState()
+
+    # --- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        if self._stopped:
+            raise PosImportError("this report sender was stopped; make a new one")
+        if self._task is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+            self._task = asyncio.create_task(self._run(), name="shelfsync-reports")
+
+    async def stop(self) -> None:
+        """Stop sending; what was not answered is sent next time. Safe twice."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def state(self) -> ReportsState:
+        return self._state
+
+    def kick(self) -> None:
+        """New observations or quarantined rows were stored: send now."""
+        self._kick.set()
+
+    def update_credentials(self, token: str, hub_url: str | None = None) -> None:
+        self._token = token
+        if hub_url is not None:
+            self._hub_url = hub_url.rstrip("/")
+        self._kick.set()
+
+    async def wait_for(self, predicate: Callable[[ReportsState], bool]) -> ReportsState:
+        """Wait until the state after some attempt satisfies ``predicate`` (bound it with a timeout)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self._state))
+            return self._state
+
+    # --- the loop --------------------------------------------------------------
+    async def _run(self) -> None:
+        delay_s = 0.0
+        while True:
+            await self._wait(delay_s)
+            try:
+                more = await self.send_once()
+            except PosStoreClosed:
+                log.info("The POS store was closed; reports to the hub stop.")
+                return
+            except _Failed as failure:
+                await self._failed(failure)
+                delay_s = self.auth_retry_s if failure.auth else self._backoff_s()
+            except PosImportError as err:
+                await self._failed(_Failed(f"the POS store failed: {err}", level=logging.ERROR))
+                delay_s = self._backoff_s()
+            except Exception as err:  # noqa: BLE001 - a bug must not end reporting: say so once, back off
+                await self._failed(_Failed(f"unexpected {type(err).__name__}: {err}", level=logging.ERROR, cause=err))
+                delay_s = self._backoff_s()
+            else:
+                delay_s = 0.0 if more else self.tick_s
+
+    async def _wait(self, delay_s: float) -> None:
+        if delay_s <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kick.wait(), delay_s)
+        self._kick.clear()
+
+    def _backoff_s(self) -> float:
+        ceiling_s = min(self.retry_max_s, self.retry_base_s * 2 ** min(self._state.failures - 1, 30))
+        return self._rng.uniform(0, ceiling_s)
+
+    # --- one unit of work ----------------------------------------------------------
+    async def send_once(self) -> bool:
+        """Send one batch (observations first, then quarantined rows). True if more is waiting."""
+        self._kick.clear()
+        observations = await self.store.pending_observations(self.batch_size)
+        if observations:
+            await self._send_observations(observations)
+            more = len(observations) == self.batch_size or bool(await self.store.pending_quarantine(1))
+        else:
+            issues = await self.store.pending_quarantine(self.batch_size)
+            if issues:
+                await self._send_issues(issues)
+            more = len(issues) == self.batch_size
+        await self._update(failures=0, last_error=None, pending=more, attempts=self._state.attempts + 1)
+        return more
+
+    async def _send_observations(self, rows: list[tuple[int, Observation]]) -> None:
+        by_id: dict[str, int] = {}
+        items: list[ObservationReport] = []
+        unsendable: list[int] = []
+        for row_id, o in rows:
+            item = ObservationReport(
+                id=observation_id(o), location=o.location, sku=o.sku, system=o.system[:SYSTEM_MAX_LEN],
+                on_hand=o.on_hand, observed_at_ms=o.observed_at_ms, source_file=o.source_file[:SOURCE_FILE_MAX_LEN],
+            )  # fmt: skip
+            single = encode_observations(ObservationsRequest(self.agent_id, (item,)))
+            problem = _contract_problem(lambda body=single: decode_observations(body))  # type: ignore[misc]
+            if problem:
+                log.warning(
+                    "The observation of %s at %s from %s cannot be reported: %s",
+                    o.sku,
+                    o.location,
+                    o.source_file,
+                    problem,
+                )
+                unsendable.append(row_id)
+                continue
+            by_id[item.id] = row_id
+            items.append(item)
+        if unsendable:
+            await self.store.mark_observations_sent(unsendable)
+            await self._update(unsendable=self._state.unsendable + len(unsendable))
+        if not items:
+            return
+        body = encode_observations(ObservationsRequest(self.agent_id, tuple(items)))
+        answer = await self._post(OBSERVATIONS_PATH, body)
+        done, rejected = self._settle(answer, by_id, "observation")
+        await self.store.mark_observations_sent(done)
+        await self._update(
+            observations_sent=self._state.observations_sent + len(done) - rejected,
+            rejected=self._state.rejected + rejected,
+        )
+
+    async def _send_issues(self, entries: list[QuarantineEntry]) -> None:
+        by_id: dict[str, int] = {}
+        items: list[ImportIssueReport] = []
+        for e in entries:
+            item = ImportIssueReport(
+                id=issue_id(e), location=self.location, file=_printable(e.file_name, ISSUE_FILE_MAX_LEN),
+                line=max(0, e.line), reason=_printable(e.reason, ISSUE_REASON_MAX_LEN), raw=e.raw[:ISSUE_RAW_MAX_LEN],
+            )  # fmt: skip
+            by_id[item.id] = e.id
+            items.append(item)
+        request = ImportIssuesRequest(self.agent_id, tuple(items))
+        problem = _contract_problem(lambda: decode_import_issues(encode_import_issues(request)))
+        if problem:  # the location or agent id itself: nothing of this batch could ever be sent
+            raise _Failed(f"quarantined rows cannot be reported: {problem}", level=logging.ERROR)
+        answer = await self._post(IMPORT_ISSUES_PATH, encode_import_issues(request))
+        done, rejected = self._settle(answer, by_id, "quarantined row")
+        await self.store.mark_quarantine_sent(done)
+        await self._update(
+            issues_sent=self._state.issues_sent + len(done) - rejected, rejected=self._state.rejected + rejected
+        )
+
+    def _settle(self, answer: ReportAnswer, by_id: dict[str, int], what: str) -> tuple[list[int], int]:
+        """Store row ids the hub answered for (accepted or rejected), and how many were rejected."""
+        done = [by_id[i] for i in answer.accepted if i in by_id]
+        rejected = [r for r in answer.rejected if r.id in by_id]
+        if rejected:
+            log.warning(
+                "The hub refused %d %s(s), which will not be sent again (first: %s: %s).",
+                len(rejected), what, rejected[0].id, rejected[0].reason,
+            )  # fmt: skip
+        done += [by_id[r.id] for r in rejected]
+        if by_id and not done:
+            raise _Failed(f"the hub answered for none of the {len(by_id)} {what}(s) sent", level=logging.ERROR)
+        return done, len(rejected)
+
+    async def _post(self, path: str, body: bytes) -> ReportAnswer:
+        if self._stopped:
+            raise PosImportError("this report sender was stopped; make a new one")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        url = self._hub_url + path
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+        try:
+            async with self._session.post(url, data=body, headers=headers) as resp:
+                status, data = resp.status, await resp.read()
+        except TimeoutError:
+            raise _Failed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
+        except aiohttp.ClientConnectorError as err:
+            raise _Failed(f"could not connect to the hub at {url} ({err.os_error.strerror or err.os_error})") from err
+        except aiohttp.ClientError as err:
+            raise _Failed(f"the connection to the hub at {url} failed ({err or type(err).__name__})") from err
+        if status in (401, 403):
+            raise _Failed(
+                f"the hub at {url} refused this agent's credentials (HTTP {status}: {_message(data)})",
+                auth=True, level=logging.ERROR,
+            )  # fmt: skip
+        if status != 200:
+            level = logging.WARNING if status >= 500 else logging.ERROR
+            raise _Failed(f"the hub at {url} answered HTTP {status} ({_message(data)})", level=level)
+        try:
+            return decode_report_answer(data)
+        except ProtocolError as err:
+            raise _Failed(f"the hub's answer from {url} could not be decoded ({err})", level=logging.ERROR) from err
+
+    # --- bookkeeping ---------------------------------------------------------------
+    async def _failed(self, failure: _Failed) -> None:
+        previous = self._state
+        if previous.failures == 0:
+            log.log(
+                failure.level, "Reports to the hub failed, retrying with backoff: %s.", failure, exc_info=failure.cause
+            )
+        else:
+            log.debug("Reports to the hub failed again: %s.", failure)
+        await self._update(
+            attempts=previous.attempts + 1, failures=previous.failures + 1, last_error=str(failure), pending=True
+        )
+
+    async def _update(self, **changes: Any) -> None:
+        if changes.get("failures") == 0 and self._state.failures:
+            log.info("Reports reach the hub again after %d failed attempts.", self._state.failures)
+        self._state = dataclasses.replace(self._state, **changes)
+        async with self._changed:
+            self._changed.notify_all()
+
+
+def _contract_problem(check: Callable[[], Any]) -> str | None:
+    try:
+        check()
+    except ProtocolError as err:
+        return str(err)
+    return None
+
+
+def _message(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace").strip() or "no message"

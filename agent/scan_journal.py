@@ -1,0 +1,358 @@
+"""The scan journal: every raw scan any reader sent, with what became of it, and each reader's state.
+
+Its own SQLite file beside the outbox (``scans.sqlite3``), like the POS
+import's store: the outbox has one owner and one writer, and nothing here must
+commit in the same transaction as a movement. Same shape as the outbox: one
+connection on one thread (``agent.db``), WAL, each write one ``BEGIN
+IMMEDIATE … COMMIT``; ``synchronous = NORMAL``, because the journal explains
+what happened and the outbox is what must survive a power cut.
+
+A scan is written *before* it is routed (result ``received``) and updated with
+its outcome afterwards, so a scan whose routing was cut short by a crash is
+still there: the next start marks it ``interrupted`` and counts it as a
+problem. ``readers`` holds each reader's availability and its last problem
+(a bad check digit, a cut-off scan) for ``shelfsync-agent status``, which
+reads the file without writing (``read_reader_states``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from agent.db import SqliteThread
+from agent.errors import AgentError
+from protocol import event_id_hex, wall_ms_now
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+JOURNAL_FILENAME = "scans.sqlite3"
+PURGE_EVERY_MS = 3_600_000
+RETENTION_DEFAULT_S = 30 * 86_400.0
+RECEIVED = "received"  # written, not yet routed
+INTERRUPTED = "interrupted"  # was being routed when the agent stopped
+PROBLEM_RESULTS = ("decode_error", "incomplete", "failed", INTERRUPTED)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS scans (
+        id          INTEGER PRIMARY KEY,
+        reader_id   TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        raw         BLOB NOT NULL,
+        complete    INTEGER NOT NULL,
+        mode        TEXT,
+        result      TEXT NOT NULL,
+        message     TEXT,
+        location    TEXT,
+        sku         TEXT,
+        kind        TEXT,
+        qty         INTEGER,
+        event_ids   TEXT,
+        decided_ms  INTEGER
+    )""",
+    # The running total of a count-mode reader survives a restart: the last count booked per key.
+    "CREATE INDEX IF NOT EXISTS scans_counts ON scans (reader_id, location, sku, id) WHERE kind = 'count'",
+    """CREATE TABLE IF NOT EXISTS readers (
+        reader_id       TEXT PRIMARY KEY,
+        device          TEXT,
+        available       INTEGER NOT NULL DEFAULT 0,
+        changed_ms      INTEGER,
+        error           TEXT,
+        scans           INTEGER NOT NULL DEFAULT 0,
+        problems        INTEGER NOT NULL DEFAULT 0,
+        last_scan_ms    INTEGER,
+        last_problem    TEXT,
+        last_problem_ms INTEGER
+    )""",
+)
+
+
+class JournalError(AgentError):
+    """The scan journal cannot be opened, read or written."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    id: int
+    reader_id: str
+    received_ms: int
+    raw: bytes
+    complete: bool
+    mode: str | None
+    result: str  # a ScanResult value, or "received" / "interrupted"
+    message: str | None
+    location: str | None
+    sku: str | None
+    kind: str | None
+    qty: int | None
+    event_ids: tuple[str, ...]  # UUID text
+    decided_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderState:
+    """One reader as ``status`` shows it."""
+
+    reader_id: str
+    device: str | None
+    available: bool
+    changed_ms: int | None
+    error: str | None  # why it is unavailable
+    scans: int
+    problems: int  # scans that could not be booked (bad check digit, cut off, failed, interrupted)
+    last_scan_ms: int | None
+    last_problem: str | None
+    last_problem_ms: int | None
+
+
+_ENTRY_COLUMNS = (
+    "id, reader_id, received_ms, raw, complete, mode, result, message, location, sku, kind, qty, event_ids, decided_ms"
+)
+_READER_COLUMNS = (
+    "reader_id, device, available, changed_ms, error, scans, problems, last_scan_ms, last_problem, last_problem_ms"
+)
+
+
+def _entry(row: Any) -> JournalEntry:
+    values = list(row)
+    values[4] = bool(values[4])
+    values[12] = tuple(values[12].split()) if values[12] else ()
+    return JournalEntry(*values)
+
+
+def _reader(row: Any) -> ReaderState:
+    values = list(row)
+    values[2] = bool(values[2])
+    return ReaderState(*values)
+
+
+class _Opening:
+    def __init__(self, make: Callable[[], Awaitable[ScanJournal]]) -> None:
+        self._make = make
+        self._journal: ScanJournal | None = None
+
+    def __await__(self) -> Generator[Any, None, ScanJournal]:
+        return self._make().__await__()
+
+    async def __aenter__(self) -> ScanJournal:
+        self._journal = await self._make()
+        return self._journal
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._journal is not None:
+            await self._journal.close()
+
+
+class ScanJournal:
+    """Use ``ScanJournal.open(path)``; one per agent process."""
+
+    def __init__(self, db: SqliteThread, *, retention_s: float, wall_clock_ms: Callable[[], int]) -> None:
+        self.path = str(db.path)
+        self._db = db
+        self._retention_ms = int(retention_s * 1000)
+        self._wall_clock_ms = wall_clock_ms
+        self._last_purge_ms = 0
+        self._closed = False
+        self.interrupted = 0  # scans found half-routed when this journal was opened
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        retention_s: float = RETENTION_DEFAULT_S,
+        wall_clock_ms: Callable[[], int] = wall_ms_now,
+    ) -> _Opening:
+        return _Opening(lambda: cls._open(Path(path), retention_s, wall_clock_ms))
+
+    @classmethod
+    async def _open(cls, path: Path, retention_s: float, wall_clock_ms: Callable[[], int]) -> ScanJournal:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = SqliteThread(path, "normal")
+        journal = cls(db, retention_s=retention_s, wall_clock_ms=wall_clock_ms)
+        try:
+            await db.connect()
+            await db.write(journal._init)
+        except sqlite3.DatabaseError as err:
+            await db.close()
+            raise JournalError(f"{path} is not a usable scan journal: {err}") from err
+        except BaseException:
+            await db.close()
+            raise
+        return journal
+
+    def _init(self, conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise JournalError(f"{self.path} was written by a newer shelfsync (schema {row[0]}); upgrade this agent")
+        now_ms = self._wall_clock_ms()
+        stuck = conn.execute("SELECT id, reader_id FROM scans WHERE result = ?", (RECEIVED,)).fetchall()
+        message = "the agent stopped while this scan was being booked; check whether it was recorded"
+        for scan_id, reader_id in stuck:
+            conn.execute(
+                "UPDATE scans SET result = ?, message = ?, decided_ms = ? WHERE id = ?",
+                (INTERRUPTED, message, now_ms, scan_id),
+            )
+            conn.execute(
+                "UPDATE readers SET problems = problems + 1, last_problem = ?, last_problem_ms = ? WHERE reader_id = ?",
+                (message, now_ms, reader_id),
+            )
+        self.interrupted = len(stuck)
+        # Nothing reads a device until the agent runs its readers again.
+        conn.execute(
+            "UPDATE readers SET available = 0, error = 'the agent is not running it', changed_ms = ?", (now_ms,)
+        )
+        self._purge(conn, now_ms)
+
+    async def close(self) -> None:
+        """Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise JournalError(f"the scan journal {self.path} is closed")
+        try:
+            return await self._db.read(fn)
+        except sqlite3.Error as err:
+            raise JournalError(f"the scan journal {self.path} could not be read: {err}") from err
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise JournalError(f"the scan journal {self.path} is closed")
+        try:
+            return await self._db.write(fn)
+        except sqlite3.Error as err:
+            raise JournalError(f"the scan journal {self.path} could not be written: {err}") from err
+
+    # --- writing -------------------------------------------------------------
+    async def add(self, reader_id: str, received_ms: int, raw: bytes, complete: bool, mode: str | None) -> int:
+        """Keep one raw scan, before anything is decided about it. Returns its journal id."""
+
+        def insert(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO scans (reader_id, received_ms, raw, complete, mode, result) VALUES (?, ?, ?, ?, ?, ?)",
+                (reader_id, received_ms, raw, int(complete), mode, RECEIVED),
+            )
+            conn.execute(
+                "INSERT INTO readers (reader_id, scans, last_scan_ms) VALUES (?, 1, ?) ON CONFLICT (reader_id)"
+                " DO UPDATE SET scans = scans + 1, last_scan_ms = excluded.last_scan_ms",
+                (reader_id, received_ms),
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._write(insert)
+
+    async def decide(
+        self,
+        scan_id: int,
+        reader_id: str,
+        *,
+        result: str,
+        message: str,
+        location: str | None = None,
+        sku: str | None = None,
+        kind: str | None = None,
+        qty: int | None = None,
+        event_ids: tuple[bytes, ...] = (),
+    ) -> None:
+        """Record what became of a scan; a problem also becomes its reader's last problem."""
+        now_ms = self._wall_clock_ms()
+        ids = " ".join(event_id_hex(e) for e in event_ids) or None
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE scans SET result = ?, message = ?, location = ?, sku = ?, kind = ?, qty = ?, event_ids = ?,"
+                " decided_ms = ? WHERE id = ?",
+                (result, message, location, sku, kind, qty, ids, now_ms, scan_id),
+            )
+            if result in PROBLEM_RESULTS:
+                conn.execute(
+                    "UPDATE readers SET problems = problems + 1, last_problem = ?, last_problem_ms = ?"
+                    " WHERE reader_id = ?",
+                    (message, now_ms, reader_id),
+                )
+            if now_ms - self._last_purge_ms >= PURGE_EVERY_MS:
+                self._purge(conn, now_ms)
+
+        await self._write(update)
+
+    async def note_status(
+        self, reader_id: str, device: str, available: bool, changed_ms: int, error: str | None
+    ) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO readers (reader_id, device, available, changed_ms, error) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (reader_id) DO UPDATE SET device = excluded.device, available = excluded.available,"
+                " changed_ms = excluded.changed_ms, error = excluded.error",
+                (reader_id, device, int(available), changed_ms, error),
+            )
+        )
+
+    def _purge(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        self._last_purge_ms = now_ms
+        conn.execute("DELETE FROM scans WHERE received_ms < ? AND result != ?", (now_ms - self._retention_ms, RECEIVED))
+
+    # --- reading -----------------------------------------------------------------
+    async def recent(self, limit: int = 100, *, reader_id: str | None = None) -> list[JournalEntry]:
+        """The latest scans, newest first."""
+        where, args = ("WHERE reader_id = ?", (reader_id,)) if reader_id else ("", ())
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM scans {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
+
+    async def last_count(self, reader_id: str, location: str, sku: str) -> tuple[int, int] | None:
+        """(qty, decided_ms) of the last count this reader booked for (location, sku), if any."""
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT qty, decided_ms FROM scans WHERE reader_id = ? AND location = ? AND sku = ? AND kind = 'count'"
+                " AND qty IS NOT NULL AND event_ids IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (reader_id, location, sku),
+            ).fetchone()
+        )
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    async def readers(self) -> list[ReaderState]:
+        rows = await self._read(
+            lambda conn: conn.execute(f"SELECT {_READER_COLUMNS} FROM readers ORDER BY reader_id").fetchall()
+        )
+        return [_reader(row) for row in rows]
+
+
+def read_reader_states(path: Path) -> list[ReaderState] | None:
+    """The readers' states from another process (``status``): read-only, never creates the file. None: no journal."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            rows = conn.execute(f"SELECT {_READER_COLUMNS} FROM readers ORDER BY reader_id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise JournalError(f"the scan journal {path} could not be read: {err}") from err
+    return [_reader(row) for row in rows]

@@ -1,0 +1,423 @@
+"""Scanners at the agent: each configured reader's scans become decisions, and movements in the outbox.
+
+    journal = await ScanJournal.open(data_dir / "scans.sqlite3")
+    router = ModeRouter(outbox, catalog, config.scanners, location="S001", journal=journal)
+    async with ScanService(config.scanners, router, journal):
+        ...                                  # scans are booked until the service stops
+
+Per scan, in the order the reader delivered them (one task per reader):
+
+1. the raw scan goes into the scan journal (nothing a scanner sent is ever
+   silently dropped);
+2. a complete scan is decoded with the reader's ``rcn_region``; a cut-off scan
+   is not decoded but handed on with a ``DecodeError`` saying so;
+3. the router decides (``ScanRouter.route``) and returns a ``ScanOutcome``;
+4. the outcome goes into the journal; a problem (bad check digit, cut-off,
+   not recorded) is logged as one WARNING sentence and becomes the reader's
+   last problem, shown by ``shelfsync-agent status``.
+
+The router is pluggable: ``ScanService(..., router)`` or ``service.router =``.
+The default, ``ModeRouter``, books the reader's configured mode; a session
+router (agent.sessions) offers the scan to the session open on that reader
+first and falls back to it.
+
+A reader that reports itself unavailable (unplugged, port missing) is marked so
+in the journal; the agent keeps running and the reader reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol, Self
+
+import hardware
+from agent.catalog import CatalogItem, ItemLookup
+from agent.errors import AgentError, InvalidMovement, OutboxClosed, OutboxError
+from agent.outbox import Movement, Outbox
+from agent.scan_journal import JournalError, ScanJournal
+from protocol import Kind, wall_ms_now
+from protocol import catalog as barcodes
+from protocol.event import ATTR_STR_MAX_LEN
+
+if TYPE_CHECKING:  # agent.config imports this module for the mode names
+    from agent.config import ScannerSection
+
+log = logging.getLogger(__name__)
+
+COUNT_RESET_S = 900.0  # a count-mode reader starts a new count of a SKU after this long without scanning it
+STOP_TIMEOUT_S = 10.0
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class ScanResult(StrEnum):
+    BOOKED = "booked"  # a stock event with the catalog's SKU is in the outbox
+    UNKNOWN = "unknown"  # not in the catalog: a stock event for "unknown:<barcode>" is in the outbox
+    HANDLED = "handled"  # taken by a session or another router (it says what it did in the message)
+    DECODE_ERROR = "decode_error"  # the barcode cannot be trusted (bad check digit …): nothing booked
+    INCOMPLETE = "incomplete"  # the frame was cut off: nothing booked, scan again
+    FAILED = "failed"  # the movement could not be recorded (outbox error, invalid movement)
+
+
+PROBLEMS = frozenset({ScanResult.DECODE_ERROR, ScanResult.INCOMPLETE, ScanResult.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOutcome:
+    """What became of one scan; ``message`` is the sentence for the operator and the journal."""
+
+    result: ScanResult
+    message: str
+    event_ids: tuple[bytes, ...] = ()  # the events recorded for it, durable in the outbox
+    location: str | None = None
+    sku: str | None = None
+    kind: Kind | None = None
+    qty: int | None = None
+
+    @property
+    def problem(self) -> bool:
+        """The scan was not booked and the operator must act (scan again, fix the label)."""
+        return self.result in PROBLEMS
+
+
+class ScanRouter(Protocol):
+    """Turns one scan into a decision. ``error`` is set (and ``decoded`` None) when the scan cannot be trusted."""
+
+    async def route(
+        self,
+        reader_id: str,
+        scan: hardware.Scan,
+        decoded: hardware.Decoded | None,
+        error: hardware.DecodeError | None,
+    ) -> ScanOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModeRule:
+    """How a reader mode books one scan: the event kind, the sign of its qty, the reason code."""
+
+    kind: Kind
+    sign: int  # +1 or -1; 0 for count (the qty is the running absolute count)
+    reason: str | None = None
+
+
+MODES: dict[str, ModeRule] = {
+    "receive": ModeRule(Kind.RECEIVE, +1),
+    "sale": ModeRule(Kind.SALE, -1),
+    "return": ModeRule(Kind.RETURN, +1),
+    "damage": ModeRule(Kind.ADJUST, -1, "damaged"),
+    "found": ModeRule(Kind.ADJUST, +1, "found"),
+    "count": ModeRule(Kind.COUNT, 0),
+}
+
+
+def unknown_sku(key: str) -> str:
+    """``unknown:<barcode>`` as the hub keys it (``protocol.catalog``); control characters made printable."""
+    return barcodes.unknown_sku(_CONTROL_RE.sub("\ufffd", key))
+
+
+def scan_units(item: CatalogItem | None, decoded: hardware.Decoded | None) -> int:
+    """Base units one scan counts: the pack size, times (37) for a logistic label of (02) contents."""
+    units = item.pack_size if item is not None else 1
+    if decoded is not None and decoded.gtin is None and decoded.content_gtin and decoded.count:
+        units *= decoded.count
+    return units
+
+
+class ModeRouter:
+    """The default router: books each scan as its reader's configured mode (``ScannerSection.mode``).
+
+    Known barcodes are booked under their SKU with qty = sign × pack size;
+    unknown ones under ``unknown:<GTIN-14 or text>`` with ``attrs.unknown`` set,
+    for the hub to re-book once its catalog learns them. In ``count`` mode each
+    scan adds its units to a running count of that SKU at that reader and
+    records a ``count`` event with the total (the latest count wins at the hub);
+    the running count starts again after ``count_reset_s`` without a scan of it.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        catalog: ItemLookup,
+        scanners: Iterable[ScannerSection],
+        *,
+        location: str,
+        journal: ScanJournal | None = None,
+        wall_clock_ms: Callable[[], int] = wall_ms_now,
+    ) -> None:
+        self.outbox = outbox
+        self.catalog = catalog
+        self.readers: dict[str, ScannerSection] = {s.id: s for s in scanners}
+        self.location = location
+        self.journal = journal
+        self._wall_clock_ms = wall_clock_ms
+        self._counts: dict[tuple[str, str, str], tuple[int, int]] = {}  # (reader, location, sku) -> (total, at_ms)
+
+    async def route(
+        self,
+        reader_id: str,
+        scan: hardware.Scan,
+        decoded: hardware.Decoded | None,
+        error: hardware.DecodeError | None,
+    ) -> ScanOutcome:
+        if error is not None or decoded is None:
+            return problem_outcome(reader_id, scan, error)
+        reader = self.readers.get(reader_id)
+        if reader is None:
+            return ScanOutcome(ScanResult.FAILED, f"Scanner {reader_id!r} has no mode configured; nothing was booked.")
+        rule = MODES[reader.mode]
+        location = reader.location or self.location
+        item = self.catalog.lookup(decoded, scan.text)
+        barcode = decoded.data[:ATTR_STR_MAX_LEN]
+        attrs: dict[str, str | int | bool] = dict(decoded.attrs())
+        attrs["barcode"] = barcode
+        if item is not None:
+            sku = item.sku
+            if item.pack_size > 1:
+                attrs["pack_size"] = item.pack_size
+        else:
+            sku = unknown_sku(decoded.catalog_key)
+            attrs["unknown"] = True
+        units = scan_units(item, decoded)
+        if rule.kind is Kind.COUNT:
+            qty = await self._running_count(reader, location, sku, units)
+        else:
+            qty = rule.sign * units
+        movement = Movement(location, sku, rule.kind, qty, f"scanner:{reader_id}", reason=rule.reason, attrs=attrs)
+        try:
+            recorded = await self.outbox.record([movement])
+        except OutboxClosed:
+            raise
+        except InvalidMovement as err:
+            return ScanOutcome(
+                ScanResult.FAILED, f"Scan {barcode[:40]!r} cannot be booked: {err}.", location=location, sku=sku
+            )
+        except OutboxError as err:
+            return ScanOutcome(
+                ScanResult.FAILED, f"Scan {barcode[:40]!r} was NOT recorded: {err}.", location=location, sku=sku
+            )
+        if rule.kind is Kind.COUNT:
+            self._counts[(reader.id, location, sku)] = (qty, self._wall_clock_ms())
+        ids = tuple(ev.event_id for ev in recorded.events)
+        what = f"{rule.kind.value} {qty:+d}" if rule.kind is not Kind.COUNT else f"count {qty}"
+        if item is None:
+            message = f"Barcode {decoded.catalog_key[:40]} is not in the catalog; booked as {sku} ({what}) for the hub to re-book."
+            return ScanOutcome(ScanResult.UNKNOWN, message, ids, location, sku, rule.kind, qty)
+        pack = f" (a pack of {units})" if units > 1 else ""
+        return ScanOutcome(
+            ScanResult.BOOKED, f"Booked {what} of {sku}{pack} at {location}.", ids, location, sku, rule.kind, qty
+        )
+
+    async def _running_count(self, reader: ScannerSection, location: str, sku: str, units: int) -> int:
+        key = (reader.id, location, sku)
+        now_ms = self._wall_clock_ms()
+        last = self._counts.get(key)
+        if last is None and self.journal is not None:
+            with contextlib.suppress(JournalError):
+                last = await self.journal.last_count(reader.id, location, sku)
+        if last is None or now_ms - last[1] > reader.count_reset_s * 1000:
+            return units
+        return last[0] + units
+
+
+def problem_outcome(reader_id: str, scan: hardware.Scan, error: hardware.DecodeError | None) -> ScanOutcome:
+    """The outcome of a scan that cannot be booked: cut off, or failing to decode."""
+    if not scan.complete:
+        return ScanOutcome(
+            ScanResult.INCOMPLETE,
+            f"The scan {scan.text[:40]!r} from scanner {reader_id!r} was cut off; scan the item again.",
+        )
+    reason = str(error) if error is not None else "the scan could not be decoded"
+    return ScanOutcome(ScanResult.DECODE_ERROR, reason)
+
+
+def make_reader(section: ScannerSection, on_status: hardware.StatusCallback) -> hardware.ScannerReader:
+    """The hardware reader of one ``[[scanner]]`` table."""
+    device = section.device
+    if isinstance(device, hardware.SerialScannerConfig):
+        return hardware.SerialScanner(device, on_status=on_status)
+    return hardware.WedgeScanner(device, on_status=on_status)
+
+
+ReaderFactory = Callable[["ScannerSection", hardware.StatusCallback], hardware.ScannerReader]
+
+
+class ScanService:
+    """Runs every configured reader and routes each scan. ``async with`` starts and stops it."""
+
+    def __init__(
+        self,
+        scanners: Iterable[ScannerSection],
+        router: ScanRouter,
+        journal: ScanJournal,
+        *,
+        reader_factory: ReaderFactory = make_reader,
+    ) -> None:
+        self.scanners: dict[str, ScannerSection] = {s.id: s for s in scanners}
+        self.router = router
+        self.journal = journal
+        self._reader_factory = reader_factory
+        self._readers: dict[str, hardware.ScannerReader] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status_writes: set[asyncio.Task[None]] = set()
+        self.statuses: dict[str, hardware.ReaderStatus] = {}  # as the readers last reported
+        self.journaled_statuses: dict[str, hardware.ReaderStatus] = {}  # as the journal holds them
+        self._stopped = False
+        self.outcomes = 0  # scans decided since start (tests and benchmarks wait on it)
+        self.decided = asyncio.Condition()  # notified after each scan decided and each status journaled
+
+    @property
+    def readers(self) -> Mapping[str, hardware.ScannerReader]:
+        return self._readers
+
+    async def start(self) -> None:
+        if self._stopped:
+            raise AgentError("this scan service was stopped; make a new one")
+        if self._tasks:
+            return
+        for section in self.scanners.values():
+            reader = self._reader_factory(section, self._on_status)
+            self._readers[section.id] = reader
+            reader.start()
+            self._tasks.append(asyncio.create_task(self._consume(section, reader), name=f"scans:{section.id}"))
+        if self.scanners:
+            log.info(
+                "Started %d scanner(s): %s.",
+                len(self.scanners),
+                ", ".join(f"{s.id} ({s.mode})" for s in self.scanners.values()),
+            )
+
+    async def stop(self) -> None:
+        """Close every reader; the scans already received are still routed. Safe twice."""
+        self._stopped = True
+        readers, self._readers = self._readers, {}
+        for reader in readers.values():
+            await reader.close()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._status_writes:
+            await asyncio.wait(list(self._status_writes), timeout=STOP_TIMEOUT_S)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_status(self, reader_id: str, *, available: bool, timeout_s: float) -> hardware.ReaderStatus:
+        """Wait until ``reader_id`` is (un)available and that is in the journal (bounded)."""
+
+        def reached() -> bool:
+            status = self.journaled_statuses.get(reader_id)
+            return status is not None and status.available is available
+
+        async with asyncio.timeout(timeout_s), self.decided:
+            await self.decided.wait_for(reached)
+        return self.journaled_statuses[reader_id]
+
+    async def wait_decided(self, count: int, timeout_s: float) -> None:
+        """Wait until ``count`` scans have been decided since start (bounded)."""
+        async with asyncio.timeout(timeout_s), self.decided:
+            await self.decided.wait_for(lambda: self.outcomes >= count)
+
+    # --- availability ----------------------------------------------------------
+    def _on_status(self, status: hardware.ReaderStatus) -> None:
+        self.statuses[status.reader_id] = status
+        section = self.scanners.get(status.reader_id)
+        device = section.device_path if section is not None else ""
+        if status.available:
+            error = None
+        elif status.error is not None:
+            error = status.error.reason
+        else:
+            error = "the agent closed it"
+        task = asyncio.get_running_loop().create_task(self._write_status(status, device, error))
+        self._status_writes.add(task)
+        task.add_done_callback(self._status_writes.discard)
+
+    async def _write_status(self, status: hardware.ReaderStatus, device: str, error: str | None) -> None:
+        try:
+            await self.journal.note_status(status.reader_id, device, status.available, status.changed_at_ms, error)
+        except JournalError as err:
+            log.error("The state of scanner %r could not be journaled: %s", status.reader_id, err)
+        self.journaled_statuses[status.reader_id] = status
+        async with self.decided:
+            self.decided.notify_all()
+
+    # --- scans -------------------------------------------------------------------
+    async def _consume(self, section: ScannerSection, reader: hardware.ScannerReader) -> None:
+        async for scan in reader.scans():
+            try:
+                await self.handle(section, scan)
+            except OutboxClosed:
+                log.info("The outbox was closed; scanner %r stops booking.", section.id)
+                return
+            except Exception:  # a bug must not stop the reader: the scan is journaled, the next one routed
+                log.exception("Scan %r from scanner %r could not be handled.", scan.text[:40], section.id)
+
+    async def handle(self, section: ScannerSection, scan: hardware.Scan) -> ScanOutcome:
+        """One scan: journal it, decode it, route it, journal the outcome, tell the operator of a problem."""
+        scan_id: int | None = None
+        try:
+            scan_id = await self.journal.add(section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode)
+        except JournalError as err:
+            log.error(
+                "Scan %r from scanner %r could not be journaled (it is still booked): %s",
+                scan.text[:40],
+                section.id,
+                err,
+            )
+        decoded: hardware.Decoded | None = None
+        error: hardware.DecodeError | None = None
+        if not scan.complete:
+            error = hardware.DecodeError(scan.text, f"The scan {scan.text[:40]!r} was cut off; scan the item again.")
+        else:
+            try:
+                decoded = hardware.decode(scan.text, rcn_region=section.rcn_region)
+            except hardware.DecodeError as err:
+                error = err
+        try:
+            outcome = await self.router.route(section.id, scan, decoded, error)
+        except OutboxClosed:
+            await self._decide(
+                scan_id, section, ScanOutcome(ScanResult.FAILED, "The agent stopped before this scan was booked.")
+            )
+            raise
+        except Exception as err:
+            outcome = ScanOutcome(ScanResult.FAILED, f"The scan could not be booked ({type(err).__name__}: {err}).")
+            await self._decide(scan_id, section, outcome)
+            raise
+        await self._decide(scan_id, section, outcome)
+        return outcome
+
+    async def _decide(self, scan_id: int | None, section: ScannerSection, outcome: ScanOutcome) -> None:
+        if outcome.problem:
+            log.warning("Scanner %r: %s", section.id, outcome.message)
+        elif outcome.result is ScanResult.UNKNOWN:
+            log.info("Scanner %r: %s", section.id, outcome.message)
+        else:
+            log.debug("Scanner %r: %s", section.id, outcome.message)
+        if scan_id is not None:
+            try:
+                await self.journal.decide(
+                    scan_id, section.id, result=outcome.result.value, message=outcome.message,
+                    location=outcome.location, sku=outcome.sku, kind=outcome.kind.value if outcome.kind else None,
+                    qty=outcome.qty, event_ids=outcome.event_ids,
+                )  # fmt: skip
+            except JournalError as err:
+                log.error("The outcome of a scan from %r could not be journaled: %s", section.id, err)
+        self.outcomes += 1
+        async with self.decided:
+            self.decided.notify_all()

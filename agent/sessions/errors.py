@@ -1,0 +1,31 @@
+"""The staff sessions' exceptions, under the agent's one base."""
+
+from __future__ import annotations
+
+from agent.errors import AgentError
+
+
+class SessionError(AgentError):
+    """Base of every error the sessions raise on purpose; its message is one sentence for the operator."""
+
+
+class SessionNotFound(SessionError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"there is no session {session_id[:40]!r}")
+
+
+class SessionNotOpen(SessionError):
+    """The session was closed or cancelled (or is being closed): it takes no more scans."""
+
+
+class InvalidSessionInput(SessionError, ValueError):
+    """A request outside the contract: an unknown session type, a missing transfer reference, a bad quantity …"""
+
+
+class SessionConflict(SessionError):
+    """The request clashes with another open session (a reader that already feeds one)."""
+
+
+class SessionStoreClosed(SessionError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the session store {path} is closed")

@@ -1,0 +1,72 @@
+"""What a scanned or typed code is: a SKU and how many units one scan of it counts.
+
+The catalog (``agent.catalog``) knows barcodes; a barcode it does not know is
+still taken, under the SKU ``unknown:<key>`` (``protocol.catalog``: the
+GTIN-14 of a GTIN, else the text as scanned), with attrs {"barcode": …,
+"unknown": true} on its line — never dropped. A SKU keyed by hand is taken as
+given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.sessions.errors import InvalidSessionInput
+from agent.sessions.model import check_sku
+from hardware import Decoded, DecodeError, decode
+from protocol.catalog import BARCODE_MAX_LEN, unknown_sku
+
+
+class CatalogItemLike(Protocol):
+    @property
+    def sku(self) -> str: ...
+
+    @property
+    def pack_size(self) -> int: ...
+
+
+class ItemLookup(Protocol):
+    """What the sessions need of a catalog (``agent.catalog.AgentCatalog`` is one)."""
+
+    def lookup(self, decoded: Decoded | None, text: str) -> CatalogItemLike | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    sku: str
+    pack_size: int  # units one scan counts
+    barcode: str | None  # the code as scanned (None when a SKU was keyed)
+    unknown: bool = False
+
+
+def keyed_sku(sku: str) -> Item:
+    return Item(check_sku(sku.strip() if isinstance(sku, str) else sku), 1, None)
+
+
+def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None = None) -> Item:
+    """The item a scanned ``text`` means; ``InvalidSessionInput`` (one sentence) if it cannot be read at all."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidSessionInput("the scan is empty; scan the barcode again")
+    text = text.strip()
+    if len(text) > BARCODE_MAX_LEN * 2:
+        raise InvalidSessionInput(f"the scan is {len(text)} characters long, too long for a barcode")
+    if decoded is None:
+        try:
+            decoded = decode(text)
+        except DecodeError as err:
+            found = catalog.lookup(None, text) if catalog is not None else None
+            if found is None:
+                raise InvalidSessionInput(str(err)) from err
+            return Item(found.sku, found.pack_size, text[:BARCODE_MAX_LEN])
+    if catalog is not None and (found := catalog.lookup(decoded, text)) is not None:
+        return Item(found.sku, _units(found.pack_size, decoded), text[:BARCODE_MAX_LEN])
+    key = decoded.catalog_key if decoded is not None else text
+    return Item(unknown_sku(key[:BARCODE_MAX_LEN]), _units(1, decoded), text[:BARCODE_MAX_LEN], unknown=True)
+
+
+def _units(pack_size: int, decoded: Decoded | None) -> int:
+    """Units one scan counts: the pack size, times (37) on a logistic label of (02) contents (as agent.scanning)."""
+    if decoded is not None and decoded.gtin is None and decoded.content_gtin and decoded.count:
+        return pack_size * decoded.count
+    return pack_size

@@ -1,0 +1,287 @@
+"""The session manager: open, scan or key, undo, close, cancel — the one writer of the session store.
+
+    async with SessionStore.open(data_dir / "sessions.sqlite3") as store:
+        sessions = SessionManager(store, outbox, catalog=catalog)
+        await sessions.recover()                       # finish closes a crash interrupted
+        s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="PO-1"), by="ana")
+        await sessions.scan(s.id, "4006381333931", by="ana")
+        await sessions.close(s.id, by="ana")           # one outbox transaction
+
+Every line is stamped with the outbox's hybrid logical clock when it is
+scanned, so a count's time sits in the same order as every other event of
+this agent. A close is decided (stored as ``closing``), then its events are
+recorded in one ``Outbox.record`` call with ids derived from the session, then
+the session is marked closed; see ``agent.sessions.store`` for why a crash at
+any point neither loses nor double-books it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from agent.errors import InvalidMovement
+from agent.outbox import Outbox
+from agent.sessions.errors import InvalidSessionInput, SessionError, SessionNotOpen
+from agent.sessions.items import Item, ItemLookup, keyed_sku, resolve_code
+from agent.sessions.model import (
+    Disposition,
+    Line,
+    Session,
+    SessionSpec,
+    SessionStatus,
+    SessionType,
+    SessionView,
+    check_qty,
+    check_staff,
+)
+from agent.sessions.plan import plan_close, preview, totals
+from agent.sessions.store import SessionStore
+from hardware import Decoded
+from protocol import event_id_hex, new_event_id, wall_ms_now
+
+log = logging.getLogger(__name__)
+
+LIST_LIMIT_DEFAULT = 100
+
+
+class SessionManager:
+    """Staff sessions over one ``SessionStore`` and one ``Outbox``."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        outbox: Outbox,
+        *,
+        catalog: ItemLookup | None = None,
+        wall_clock_ms: Callable[[], int] = wall_ms_now,
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.catalog = catalog
+        self._wall_clock_ms = wall_clock_ms
+        self._closing = asyncio.Lock()
+        self.changed = asyncio.Condition()  # notified after every change of any session
+        self.version = 0  # increases with every change (for pollers)
+
+    @property
+    def location(self) -> str:
+        return self.outbox.location
+
+    async def recover(self) -> list[Session]:
+        """Keep the clock above every stored stamp, then finish the closes a crash interrupted."""
+        self.outbox.clock.observe(await self.store.max_hlc())
+        finished = []
+        for session in await self.store.list([SessionStatus.CLOSING], limit=10_000):
+            log.warning(
+                "Session %s (%s) was being closed when the agent stopped; finishing it.", session.id, session.type
+            )
+            try:
+                finished.append(await self._finish(session))
+            except SessionError as err:  # one broken session must not keep the agent from starting
+                log.error("Session %s could not be finished: %s", session.id, err)
+        return finished
+
+    # --- opening -------------------------------------------------------------
+    async def open(self, spec: SessionSpec, *, by: str) -> Session:
+        check_staff(by)
+        if spec.type is SessionType.TRANSFER_OUT and spec.to_location == self.location:
+            raise InvalidSessionInput(f"a transfer out of {self.location} cannot go to {self.location} itself")
+        if spec.type is SessionType.TRANSFER_IN and spec.from_location == self.location:
+            raise InvalidSessionInput(f"a transfer into {self.location} cannot come from {self.location} itself")
+        session = Session(
+            id=event_id_hex(new_event_id()),
+            spec=spec,
+            location=self.location,
+            status=SessionStatus.OPEN,
+            by=by,
+            opened_ms=self._wall_clock_ms(),
+        )
+        await self.store.insert(session)
+        log.info("%s opened %s session %s%s.", by, spec.type.value, session.id, _ref_phrase(spec))
+        await self._changed()
+        return session
+
+    # --- lines -----------------------------------------------------------------
+    async def scan(
+        self,
+        session_id: str,
+        code: str,
+        *,
+        by: str,
+        qty: int = 1,
+        disposition: Disposition | str | None = None,
+        source: str = "handheld",
+        decoded: Decoded | None = None,
+    ) -> Line:
+        """Add a scanned barcode: ``qty`` × its pack size units (a count line may be 0: "none here")."""
+        return await self._add(session_id, resolve_code(code, self.catalog, decoded), by, qty, disposition, source)
+
+    async def key(
+        self, session_id: str, sku: str, qty: int, *, by: str, disposition: Disposition | str | None = None
+    ) -> Line:
+        """Add ``qty`` units of a SKU keyed by hand."""
+        return await self._add(session_id, keyed_sku(sku), by, qty, disposition, "keyed")
+
+    async def _add(
+        self, session_id: str, item: Item, by: str, qty: int, disposition: Disposition | str | None, source: str
+    ) -> Line:
+        check_staff(by)
+        session = await self.store.get(session_id)
+        if session.status is not SessionStatus.OPEN:
+            raise SessionNotOpen(f"session {session_id} is {session.status.value} and takes no more scans")
+        check_qty(qty, minimum=0 if session.type is SessionType.COUNT else 1)
+        units = qty * item.pack_size
+        check_qty(units, "qty × pack size", minimum=0 if session.type is SessionType.COUNT else 1)
+        spec = session.spec
+        if session.type is SessionType.COUNT and spec.scope_skus and item.sku not in spec.scope_skus:
+            raise InvalidSessionInput(
+                f"{item.sku} is not in this count's scope; count it in its own session so its stock is not"
+                " booked from a partial count"
+            )
+        if session.type is SessionType.RETURN:
+            disposition = _disposition(disposition)
+        elif disposition is not None:
+            raise InvalidSessionInput("a disposition (restock or damaged) applies only to return sessions")
+        line = Line(
+            session_id=session_id,
+            no=0,
+            sku=item.sku,
+            qty=units,
+            hlc=self.outbox.clock.now(),
+            at_ms=self._wall_clock_ms(),
+            by=by,
+            source=source,
+            barcode=item.barcode,
+            pack_size=item.pack_size,
+            disposition=disposition,
+            unknown=item.unknown,
+        )
+        stored = await self.store.add_line(line)
+        if stored.unknown:
+            log.warning(
+                "Session %s: barcode %r is not in the catalog; booked as %s so nothing is lost.",
+                session_id,
+                stored.barcode,
+                stored.sku,
+            )
+        await self._changed()
+        return stored
+
+    async def undo(self, session_id: str, *, by: str) -> Line | None:
+        """Undo the newest line still counting; None if there is none."""
+        check_staff(by)
+        line = await self.store.undo_last(session_id)
+        if line is not None:
+            log.info("%s undid line %d (%s × %d) of session %s.", by, line.no, line.sku, line.qty, session_id)
+            await self._changed()
+        return line
+
+    async def bind_reader(self, session_id: str, reader_id: str | None) -> Session:
+        """Let a back-office scanner feed this session (``None`` unbinds)."""
+        session = await self.store.bind_reader(session_id, reader_id)
+        await self._changed()
+        return session
+
+    # --- closing ------------------------------------------------------------------
+    async def close(self, session_id: str, *, by: str, zero_unscanned: bool = False) -> Session:
+        """Book the session's events in one outbox transaction and return it closed, with its report.
+
+        Closing a session that is already closed returns it as it is (a retried
+        request books nothing twice). ``zero_unscanned`` (counts only): SKUs in
+        scope never scanned are booked as counted 0.
+        """
+        check_staff(by)
+        async with self._closing:
+            session = await self.store.get(session_id)
+            if session.status is SessionStatus.CLOSED:
+                return session
+            if session.status is SessionStatus.CANCELLED:
+                raise SessionNotOpen(f"session {session_id} was cancelled and cannot be closed")
+            if zero_unscanned and session.type is not SessionType.COUNT:
+                raise InvalidSessionInput("zero_unscanned applies only to count sessions")
+            if session.status is SessionStatus.OPEN:
+                session = await self.store.begin_close(
+                    session_id, by=by, close_hlc=self.outbox.clock.now(), zero_unscanned=zero_unscanned
+                )
+            return await self._finish(session)
+
+    async def _finish(self, session: Session) -> Session:
+        lines = await self.store.lines(session.id)
+        plan = plan_close(session, lines)
+        if plan.movements:
+            try:
+                result = await self.outbox.record(plan.movements)
+            except InvalidMovement as err:  # nothing of the batch was recorded: the session stays workable
+                await self.store.reopen(session.id)
+                log.error("Session %s could not be closed and is open again: %s", session.id, err)
+                raise SessionError(f"session {session.id} cannot be closed: {err}") from err
+            recorded, again = len(result.events), len(result.duplicates)
+        else:
+            recorded = again = 0
+        closed = await self.store.finish_close(session.id, plan.report, self._wall_clock_ms())
+        log.info(
+            "%s closed %s session %s: %d event(s) recorded%s, %d unit(s).",
+            closed.closed_by,
+            closed.type.value,
+            closed.id,
+            recorded,
+            f" ({again} already recorded by an earlier attempt)" if again else "",
+            plan.report.units,
+        )
+        await self._changed()
+        return closed
+
+    async def cancel(self, session_id: str, *, by: str) -> Session:
+        """Drop an open session: nothing is booked; its lines are kept for the record."""
+        check_staff(by)
+        async with self._closing:
+            session = await self.store.cancel(session_id, by=by, at_ms=self._wall_clock_ms())
+        log.info("%s cancelled %s session %s; nothing was booked.", by, session.type.value, session.id)
+        await self._changed()
+        return session
+
+    # --- reading -----------------------------------------------------------------
+    async def get(self, session_id: str) -> Session:
+        return await self.store.get(session_id)
+
+    async def view(self, session_id: str) -> SessionView:
+        session, lines = await self.store.get_with_lines(session_id)
+        return SessionView(session, lines, totals(lines), preview(session, lines))
+
+    async def list(self, *, active: bool = True, limit: int = LIST_LIMIT_DEFAULT) -> list[Session]:
+        statuses = (
+            [SessionStatus.OPEN, SessionStatus.CLOSING] if active else [SessionStatus.CLOSED, SessionStatus.CANCELLED]
+        )
+        return await self.store.list(statuses, limit)
+
+    async def for_reader(self, reader_id: str) -> Session | None:
+        return await self.store.for_reader(reader_id)
+
+    async def _changed(self) -> None:
+        async with self.changed:
+            self.version += 1
+            self.changed.notify_all()
+
+
+def _disposition(value: Disposition | str | None) -> Disposition:
+    if value is None:
+        return Disposition.RESTOCK
+    try:
+        return Disposition(value)
+    except ValueError:
+        raise InvalidSessionInput(f"disposition must be restock or damaged, got {str(value)[:40]!r}") from None
+
+
+def _ref_phrase(spec: SessionSpec) -> str:
+    parts = []
+    if spec.ref:
+        parts.append(f"ref {spec.ref}")
+    if spec.to_location:
+        parts.append(f"to {spec.to_location}")
+    if spec.from_location:
+        parts.append(f"from {spec.from_location}")
+    if spec.reader_id:
+        parts.append(f"on reader {spec.reader_id}")
+    return f" ({', '.join(parts)})" if parts else ""

@@ -1,0 +1,267 @@
+"""The values of a staff session: what is opened, each line scanned or keyed, and the report on close.
+
+A session is one document a person works through on a handheld or at a
+back-office scanner: a delivery received, a cycle count, a transfer shipped or
+received, a customer return, a write-off. Its lines are kept until it is
+closed; closing turns them into stock events (``agent.sessions.plan``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from agent.sessions.errors import InvalidSessionInput
+from protocol.event import LOCATION_MAX_LEN, QTY_MAX, REASON_MAX_LEN, REF_MAX_LEN, SKU_MAX_LEN
+
+STAFF_ID_MAX_LEN = 32
+READER_ID_MAX_LEN = 64
+BIN_MAX_LEN = 64
+SCOPE_SKUS_MAX = 5000
+EXPECTED_LINES_MAX = 5000
+WRITE_OFF_REASON_DEFAULT = "damaged"
+
+_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")  # location codes, as the protocol checks them
+_STAFF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
+_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
+
+
+class SessionType(StrEnum):
+    RECEIVE = "receive"  # a delivery: receive events, optionally checked against the expected lines
+    COUNT = "count"  # a cycle count of a list of SKUs or a bin: count events
+    TRANSFER_OUT = "transfer_out"  # shipped to another location under a transfer reference
+    TRANSFER_IN = "transfer_in"  # received from another location against that reference
+    RETURN = "return"  # a customer return: restocked, or damaged (returned, then written off)
+    WRITE_OFF = "write_off"  # damage, expiry, theft …: adjust events with the session's reason
+
+
+class SessionStatus(StrEnum):
+    OPEN = "open"
+    CLOSING = "closing"  # the close was decided and its events are being (or were) recorded
+    CLOSED = "closed"
+    CANCELLED = "cancelled"
+
+
+class Disposition(StrEnum):
+    """What happens to a returned item (return sessions only)."""
+
+    RESTOCK = "restock"  # back on the shelf: one return event
+    DAMAGED = "damaged"  # a return event, then an adjust event with reason "damaged"
+
+
+ACTIVE_STATUSES = (SessionStatus.OPEN, SessionStatus.CLOSING)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedLine:
+    """One line of an expected delivery: ``qty`` units of ``sku``."""
+
+    sku: str
+    qty: int
+
+    def __post_init__(self) -> None:
+        check_sku(self.sku, "expected sku")
+        check_qty(self.qty, "expected qty", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSpec:
+    """What a person opens: the session type and its document fields."""
+
+    type: SessionType
+    ref: str | None = None  # delivery note, transfer reference, return receipt …
+    to_location: str | None = None  # transfer_out: the receiving location
+    from_location: str | None = None  # transfer_in: the shipping location, if known
+    reason: str | None = None  # write_off: damaged (default), expired, theft …
+    scope_skus: tuple[str, ...] = ()  # count: the SKUs to count
+    bin: str | None = None  # count: the bin counted (attrs {"bin": …} on its events)
+    expected: tuple[ExpectedLine, ...] = ()  # receive: the expected delivery's lines
+    reader_id: str | None = None  # a back-office scanner that feeds this session
+
+    def __post_init__(self) -> None:
+        try:
+            kind = SessionType(self.type)
+        except ValueError:
+            known = ", ".join(t.value for t in SessionType)
+            raise InvalidSessionInput(
+                f"unknown session type {str(self.type)[:40]!r}; known types are {known}"
+            ) from None
+        object.__setattr__(self, "type", kind)
+        _check_spec(self)
+
+
+def _check_spec(s: SessionSpec) -> None:
+    t = s.type
+    if s.ref is not None:
+        check_text(s.ref, "ref", REF_MAX_LEN)
+    if t in (SessionType.TRANSFER_OUT, SessionType.TRANSFER_IN) and not s.ref:
+        raise InvalidSessionInput(f"a {t.value} session needs the transfer reference (ref) that pairs both sides")
+    _only(s, "to_location", s.to_location is not None, t is SessionType.TRANSFER_OUT)
+    _only(s, "from_location", s.from_location is not None, t is SessionType.TRANSFER_IN)
+    _only(s, "reason", s.reason is not None, t is SessionType.WRITE_OFF)
+    _only(s, "scope_skus", bool(s.scope_skus), t is SessionType.COUNT)
+    _only(s, "bin", s.bin is not None, t is SessionType.COUNT)
+    _only(s, "expected", bool(s.expected), t is SessionType.RECEIVE)
+    if t is SessionType.TRANSFER_OUT:
+        if s.to_location is None:
+            raise InvalidSessionInput("a transfer_out session needs the receiving location (to_location)")
+        check_location(s.to_location, "to_location")
+    if s.from_location is not None:
+        check_location(s.from_location, "from_location")
+    if t is SessionType.WRITE_OFF:
+        object.__setattr__(s, "reason", check_text(s.reason or WRITE_OFF_REASON_DEFAULT, "reason", REASON_MAX_LEN))
+    if t is SessionType.COUNT and not s.scope_skus and s.bin is None:
+        raise InvalidSessionInput("a count session needs its scope: a list of SKUs (scope_skus) or a bin")
+    if len(s.scope_skus) > SCOPE_SKUS_MAX:
+        raise InvalidSessionInput(f"a count may list at most {SCOPE_SKUS_MAX} SKUs, got {len(s.scope_skus)}")
+    for sku in s.scope_skus:
+        check_sku(sku, "scope sku")
+    object.__setattr__(s, "scope_skus", tuple(dict.fromkeys(s.scope_skus)))
+    if s.bin is not None:
+        check_text(s.bin, "bin", BIN_MAX_LEN)
+    if len(s.expected) > EXPECTED_LINES_MAX:
+        raise InvalidSessionInput(f"a delivery may list at most {EXPECTED_LINES_MAX} lines, got {len(s.expected)}")
+    seen: set[str] = set()
+    for line in s.expected:
+        if line.sku in seen:
+            raise InvalidSessionInput(f"the expected delivery lists {line.sku!r} twice; give each SKU once")
+        seen.add(line.sku)
+    if s.reader_id is not None:
+        check_text(s.reader_id, "reader_id", READER_ID_MAX_LEN)
+
+
+def _only(s: SessionSpec, name: str, given: bool, allowed: bool) -> None:
+    if given and not allowed:
+        raise InvalidSessionInput(f"{name} does not apply to a {s.type.value} session")
+
+
+def check_text(value: object, name: str, max_len: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidSessionInput(f"{name} must be non-empty text")
+    if len(value) > max_len:
+        raise InvalidSessionInput(f"{name} is {len(value)} characters long; the limit is {max_len}")
+    if not _PRINTABLE_RE.fullmatch(value):
+        raise InvalidSessionInput(f"{name} must not contain control characters")
+    return value
+
+
+def check_sku(value: object, name: str = "sku") -> str:
+    return check_text(value, name, SKU_MAX_LEN)
+
+
+def check_location(value: object, name: str) -> str:
+    if not isinstance(value, str) or len(value) > LOCATION_MAX_LEN or not _CODE_RE.fullmatch(value):
+        raise InvalidSessionInput(
+            f"{name} must be a location code (letters, digits, '.', '_', '-'; at most {LOCATION_MAX_LEN}),"
+            f" got {str(value)[:40]!r}"
+        )
+    return value
+
+
+def check_staff(value: object) -> str:
+    if not isinstance(value, str) or len(value) > STAFF_ID_MAX_LEN or not _STAFF_RE.fullmatch(value):
+        raise InvalidSessionInput(
+            f"a staff id is letters, digits, '.', '_' or '-' (at most {STAFF_ID_MAX_LEN}), got {str(value)[:40]!r}"
+        )
+    return value
+
+
+def check_qty(value: object, name: str = "qty", *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= QTY_MAX:
+        raise InvalidSessionInput(f"{name} must be a whole number from {minimum} to {QTY_MAX}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session as stored: its spec, who opened it, where it stands."""
+
+    id: str
+    spec: SessionSpec
+    location: str
+    status: SessionStatus
+    by: str  # the staff id who opened it; attrs {"by": …} on its events
+    opened_ms: int
+    close_hlc: int | None = None  # the HLC the close was decided at (deltas are stamped with it)
+    zero_unscanned: bool = False  # count: SKUs in scope never scanned were closed as counted 0
+    closed_by: str | None = None
+    closed_ms: int | None = None
+    report: CloseReport | None = None
+
+    @property
+    def type(self) -> SessionType:
+        return self.spec.type
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One scan or keyed quantity. Undone lines are kept (marked) for the record, and count for nothing."""
+
+    session_id: str
+    no: int  # 1, 2, … within the session
+    sku: str
+    qty: int  # base units (a case barcode counts its pack size); a count line may be 0 ("none here")
+    hlc: int  # packed HLC when it was scanned: a count is stamped at its SKU's last scan
+    at_ms: int
+    by: str
+    source: str  # "handheld", "keyed" or "scanner:<reader id>"
+    barcode: str | None = None
+    pack_size: int = 1
+    disposition: Disposition | None = None  # return sessions only
+    unknown: bool = False  # the catalog did not know the barcode; sku is "unknown:" + its key
+    undone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Total:
+    """The effective lines of one SKU (and, for returns, one disposition)."""
+
+    sku: str
+    qty: int
+    lines: int
+    last_hlc: int  # the HLC of its last effective line
+    disposition: Disposition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportLine:
+    """One SKU in the close report.
+
+    Receive: status "ok", "over", "short" or "unexpected" (``expected`` None);
+    count: "counted", "zero_filled" or "not_counted" (in scope, never scanned,
+    and not closed as zero: no event). Other sessions: "booked".
+    """
+
+    sku: str
+    status: str
+    qty: int  # units received / counted / moved
+    expected: int | None = None
+
+    @property
+    def difference(self) -> int | None:
+        return None if self.expected is None else self.qty - self.expected
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReport:
+    events: int  # stock events the close recorded
+    units: int  # base units moved (counted, for a count)
+    lines: tuple[ReportLine, ...] = field(default_factory=tuple)
+
+    def with_status(self, status: str) -> tuple[ReportLine, ...]:
+        return tuple(line for line in self.lines if line.status == status)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """A session with its lines (newest last) and its running totals."""
+
+    session: Session
+    lines: tuple[Line, ...]
+    totals: tuple[Total, ...]
+    preview: tuple[ReportLine, ...]  # what closing now would report (receive: over/short so far)

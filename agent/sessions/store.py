@@ -1,0 +1,477 @@
+"""The sessions' own SQLite file: every session and every line, so an open session survives a restart.
+
+It sits beside the outbox (``sessions.sqlite3``) rather than inside it, like
+the POS import's file: the outbox has one owner and one writer
+(``agent.outbox``), and a session's lines are a working document, not stock
+movements — they become movements only when the session is closed, through
+one ``Outbox.record`` call. A close therefore spans two files, and is made
+safe by its order and by deterministic event ids:
+
+1. ``begin_close``: the session becomes ``closing`` with the close's HLC and
+   choices stored (from here on its lines cannot change);
+2. the manager records the planned events in the outbox (one transaction);
+3. ``finish_close``: the session becomes ``closed`` with its report.
+
+A crash after 1 or 2 leaves a ``closing`` session; on start the manager plans
+the same events again (same ids, same content) and records them — the outbox
+drops the ones it already has — then finishes. Nothing is booked twice.
+
+Same shape as the outbox: one connection on one thread (``agent.db``), WAL,
+each write one ``BEGIN IMMEDIATE … COMMIT``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from agent.db import SqliteThread
+from agent.sessions.errors import (
+    InvalidSessionInput,
+    SessionConflict,
+    SessionError,
+    SessionNotFound,
+    SessionNotOpen,
+    SessionStoreClosed,
+)
+from agent.sessions.model import (
+    CloseReport,
+    Disposition,
+    ExpectedLine,
+    Line,
+    ReportLine,
+    Session,
+    SessionSpec,
+    SessionStatus,
+)
+from protocol import QTY_MAX
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+LINES_MAX = 20_000  # per session
+FILENAME = "sessions.sqlite3"
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id             TEXT PRIMARY KEY,
+        type           TEXT NOT NULL,
+        location       TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        opened_by      TEXT NOT NULL,
+        opened_ms      INTEGER NOT NULL,
+        ref            TEXT,
+        to_location    TEXT,
+        from_location  TEXT,
+        reason         TEXT,
+        bin            TEXT,
+        scope          TEXT NOT NULL,
+        expected       TEXT NOT NULL,
+        reader_id      TEXT,
+        close_hlc      INTEGER,
+        zero_unscanned INTEGER NOT NULL DEFAULT 0,
+        closed_by      TEXT,
+        closed_ms      INTEGER,
+        report         TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, opened_ms)",
+    (
+        "CREATE UNIQUE INDEX IF NOT EXISTS sessions_reader ON sessions (reader_id)"
+        " WHERE reader_id IS NOT NULL AND status IN ('open', 'closing')"
+    ),
+    """CREATE TABLE IF NOT EXISTS lines (
+        session_id  TEXT NOT NULL REFERENCES sessions (id),
+        no          INTEGER NOT NULL,
+        sku         TEXT NOT NULL,
+        qty         INTEGER NOT NULL,
+        hlc         INTEGER NOT NULL,
+        at_ms       INTEGER NOT NULL,
+        by          TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        barcode     TEXT,
+        pack_size   INTEGER NOT NULL,
+        disposition TEXT,
+        unknown     INTEGER NOT NULL,
+        undone      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (session_id, no)
+    ) WITHOUT ROWID""",
+)
+_SESSION_COLUMNS = (
+    "id, type, location, status, opened_by, opened_ms, ref, to_location, from_location, reason, bin, scope,"
+    " expected, reader_id, close_hlc, zero_unscanned, closed_by, closed_ms, report"
+)
+_LINE_COLUMNS = "session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone"
+
+
+class _Opening:
+    """``SessionStore.open(path)``: await it, or use it as ``async with``."""
+
+    def __init__(self, make: Callable[[], Awaitable[SessionStore]]) -> None:
+        self._make = make
+        self._store: SessionStore | None = None
+
+    def __await__(self) -> Generator[Any, None, SessionStore]:
+        return self._make().__await__()
+
+    async def __aenter__(self) -> SessionStore:
+        self._store = await self._make()
+        return self._store
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
+class SessionStore:
+    """Durable sessions and lines. Use ``SessionStore.open``; ``SessionManager`` is the one writer."""
+
+    def __init__(self, db: SqliteThread) -> None:
+        self.path = str(db.path)
+        self._db = db
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | Path, *, synchronous: str = "full") -> _Opening:
+        return _Opening(lambda: cls._open(Path(path), synchronous))
+
+    @classmethod
+    async def _open(cls, path: Path, synchronous: str) -> SessionStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = SqliteThread(path, synchronous)
+        store = cls(db)
+        try:
+            await db.connect()
+            await db.write(store._init)
+        except sqlite3.DatabaseError as err:
+            await db.close()
+            raise SessionError(f"{path} is not a usable session store: {err}") from err
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    def _init(self, conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise SessionError(f"{self.path} was written by a newer shelfsync (schema {row[0]}); upgrade this agent")
+
+    async def close(self) -> None:
+        """Wait for writes already started, then close. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise SessionStoreClosed(self.path)
+        try:
+            return await self._db.read(fn)
+        except sqlite3.Error as err:
+            raise SessionError(f"the session store {self.path} could not be read: {err}") from err
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise SessionStoreClosed(self.path)
+        try:
+            return await self._db.write(fn)
+        except sqlite3.Error as err:
+            raise SessionError(f"the session store {self.path} could not be written: {err}") from err
+
+    # --- sessions ----------------------------------------------------------
+    async def insert(self, session: Session) -> Session:
+        def insert(conn: sqlite3.Connection) -> Session:
+            if session.spec.reader_id is not None:
+                _check_reader_free(conn, session.spec.reader_id, session.id)
+            conn.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_marks(19)})", _session_row(session))
+            return session
+
+        return await self._write(insert)
+
+    async def get(self, session_id: str) -> Session:
+        return await self._read(lambda conn: _get(conn, session_id))
+
+    async def get_with_lines(self, session_id: str) -> tuple[Session, tuple[Line, ...]]:
+        """The session and its lines, read in one snapshot."""
+        return await self._read(lambda conn: (_get(conn, session_id), _lines(conn, session_id)))
+
+    async def lines(self, session_id: str) -> tuple[Line, ...]:
+        return await self._read(lambda conn: _lines(conn, session_id))
+
+    async def list(self, statuses: Sequence[SessionStatus], limit: int = 100) -> list[Session]:
+        """Sessions in these states, newest first."""
+        marks = _marks(len(statuses))
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status IN ({marks})"
+                " ORDER BY opened_ms DESC, id DESC LIMIT ?",
+                (*[s.value for s in statuses], limit),
+            ).fetchall()
+        )
+        return [_session(row) for row in rows]
+
+    async def for_reader(self, reader_id: str) -> Session | None:
+        """The open (or closing) session this reader feeds, if any."""
+
+        def read(conn: sqlite3.Connection) -> Session | None:
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE reader_id = ? AND status IN ('open', 'closing')",
+                (reader_id,),
+            ).fetchone()
+            return None if row is None else _session(row)
+
+        return await self._read(read)
+
+    async def bind_reader(self, session_id: str, reader_id: str | None) -> Session:
+        def bind(conn: sqlite3.Connection) -> Session:
+            session = _open_session(conn, session_id, "take a reader")
+            if reader_id is not None:
+                _check_reader_free(conn, reader_id, session_id)
+            conn.execute("UPDATE sessions SET reader_id = ? WHERE id = ?", (reader_id, session_id))
+            return _get(conn, session.id)
+
+        return await self._write(bind)
+
+    async def max_hlc(self) -> int:
+        """The highest HLC any line or close holds (the clock must never issue below it)."""
+        return int(
+            await self._read(
+                lambda conn: conn.execute(
+                    "SELECT max(coalesce((SELECT max(hlc) FROM lines), 0),"
+                    " coalesce((SELECT max(close_hlc) FROM sessions), 0))"
+                ).fetchone()[0]
+            )
+        )
+
+    # --- lines ---------------------------------------------------------------
+    async def add_line(self, line: Line) -> Line:
+        """Append ``line`` (its ``no`` is assigned here) to an open session."""
+
+        def add(conn: sqlite3.Connection) -> Line:
+            _open_session(conn, line.session_id, "take scans")
+            no, count = conn.execute(
+                "SELECT coalesce(max(no), 0) + 1, count(*) FROM lines WHERE session_id = ?", (line.session_id,)
+            ).fetchone()
+            if count >= LINES_MAX:
+                raise InvalidSessionInput(f"a session holds at most {LINES_MAX:,} lines; close it and open another")
+            total = conn.execute(
+                "SELECT coalesce(sum(qty), 0) FROM lines WHERE session_id = ? AND sku = ? AND undone = 0",
+                (line.session_id, line.sku),
+            ).fetchone()[0]
+            if total + line.qty > QTY_MAX:
+                raise InvalidSessionInput(f"{line.sku} would total more than {QTY_MAX:,} units in this session")
+            stored = dataclasses.replace(line, no=no)
+            conn.execute(f"INSERT INTO lines ({_LINE_COLUMNS}) VALUES ({_marks(13)})", _line_row(stored))
+            return stored
+
+        return await self._write(add)
+
+    async def undo_last(self, session_id: str) -> Line | None:
+        """Mark the newest line not yet undone as undone; None if there is none."""
+
+        def undo(conn: sqlite3.Connection) -> Line | None:
+            _open_session(conn, session_id, "undo lines")
+            row = conn.execute(
+                f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND undone = 0 ORDER BY no DESC LIMIT 1",
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE lines SET undone = 1 WHERE session_id = ? AND no = ?", (session_id, row[1]))
+            return _line(row[:-1] + (1,))
+
+        return await self._write(undo)
+
+    # --- closing and cancelling ----------------------------------------------------
+    async def begin_close(self, session_id: str, *, by: str, close_hlc: int, zero_unscanned: bool) -> Session:
+        """Decide the close: ``open`` → ``closing`` with its HLC and choices. A ``closing`` session is returned as stored."""
+
+        def begin(conn: sqlite3.Connection) -> Session:
+            session = _get(conn, session_id)
+            if session.status is SessionStatus.CLOSING:
+                return session
+            _check_open(session, "be closed")
+            conn.execute(
+                "UPDATE sessions SET status = 'closing', close_hlc = ?, zero_unscanned = ?, closed_by = ? WHERE id = ?",
+                (close_hlc, int(zero_unscanned), by, session_id),
+            )
+            return _get(conn, session_id)
+
+        return await self._write(begin)
+
+    async def finish_close(self, session_id: str, report: CloseReport, closed_ms: int) -> Session:
+        def finish(conn: sqlite3.Connection) -> Session:
+            session = _get(conn, session_id)
+            if session.status is SessionStatus.CLOSED:
+                return session
+            if session.status is not SessionStatus.CLOSING:
+                raise SessionNotOpen(f"session {session_id} is {session.status.value}, not closing")
+            conn.execute(
+                "UPDATE sessions SET status = 'closed', closed_ms = ?, report = ? WHERE id = ?",
+                (closed_ms, json.dumps(_report_json(report)), session_id),
+            )
+            return _get(conn, session_id)
+
+        return await self._write(finish)
+
+    async def reopen(self, session_id: str) -> Session:
+        """``closing`` → ``open`` again: only when the close's events were refused and none was recorded."""
+
+        def reopen(conn: sqlite3.Connection) -> Session:
+            conn.execute(
+                "UPDATE sessions SET status = 'open', close_hlc = NULL, zero_unscanned = 0, closed_by = NULL"
+                " WHERE id = ? AND status = 'closing'",
+                (session_id,),
+            )
+            return _get(conn, session_id)
+
+        return await self._write(reopen)
+
+    async def cancel(self, session_id: str, *, by: str, at_ms: int) -> Session:
+        def cancel(conn: sqlite3.Connection) -> Session:
+            session = _get(conn, session_id)
+            _check_open(session, "be cancelled")
+            conn.execute(
+                "UPDATE sessions SET status = 'cancelled', closed_by = ?, closed_ms = ? WHERE id = ?",
+                (by, at_ms, session_id),
+            )
+            return _get(conn, session_id)
+
+        return await self._write(cancel)
+
+
+# --- rows ----------------------------------------------------------------------
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _get(conn: sqlite3.Connection, session_id: str) -> Session:
+    row = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is None:
+        raise SessionNotFound(session_id)
+    return _session(row)
+
+
+def _lines(conn: sqlite3.Connection, session_id: str) -> tuple[Line, ...]:
+    rows = conn.execute(f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? ORDER BY no", (session_id,))
+    return tuple(_line(row) for row in rows)
+
+
+def _check_open(session: Session, what: str) -> None:
+    if session.status is not SessionStatus.OPEN:
+        raise SessionNotOpen(f"session {session.id} is {session.status.value} and cannot {what}")
+
+
+def _open_session(conn: sqlite3.Connection, session_id: str, what: str) -> Session:
+    session = _get(conn, session_id)
+    _check_open(session, what)
+    return session
+
+
+def _check_reader_free(conn: sqlite3.Connection, reader_id: str, session_id: str) -> None:
+    row = conn.execute(
+        "SELECT id FROM sessions WHERE reader_id = ? AND status IN ('open', 'closing') AND id <> ?",
+        (reader_id, session_id),
+    ).fetchone()
+    if row is not None:
+        raise SessionConflict(f"reader {reader_id} already feeds session {row[0]}; close that one or unbind it first")
+
+
+def _session_row(s: Session) -> tuple[Any, ...]:
+    spec = s.spec
+    return (
+        s.id, spec.type.value, s.location, s.status.value, s.by, s.opened_ms, spec.ref, spec.to_location,
+        spec.from_location, spec.reason, spec.bin, json.dumps(list(spec.scope_skus)),
+        json.dumps([[e.sku, e.qty] for e in spec.expected]), spec.reader_id, s.close_hlc, int(s.zero_unscanned),
+        s.closed_by, s.closed_ms, None if s.report is None else json.dumps(_report_json(s.report)),
+    )  # fmt: skip
+
+
+def _session(row: Sequence[Any]) -> Session:
+    (
+        id_, type_, location, status, by, opened_ms, ref, to_location, from_location, reason, bin_, scope, expected,
+        reader_id, close_hlc, zero_unscanned, closed_by, closed_ms, report,
+    ) = row  # fmt: skip
+    spec = SessionSpec(
+        type=type_,
+        ref=ref,
+        to_location=to_location,
+        from_location=from_location,
+        reason=reason,
+        scope_skus=tuple(json.loads(scope)),
+        bin=bin_,
+        expected=tuple(ExpectedLine(sku, qty) for sku, qty in json.loads(expected)),
+        reader_id=reader_id,
+    )
+    return Session(
+        id=id_,
+        spec=spec,
+        location=location,
+        status=SessionStatus(status),
+        by=by,
+        opened_ms=opened_ms,
+        close_hlc=close_hlc,
+        zero_unscanned=bool(zero_unscanned),
+        closed_by=closed_by,
+        closed_ms=closed_ms,
+        report=None if report is None else _report_from_json(json.loads(report)),
+    )
+
+
+def _line_row(line: Line) -> tuple[Any, ...]:
+    return (
+        line.session_id, line.no, line.sku, line.qty, line.hlc, line.at_ms, line.by, line.source, line.barcode,
+        line.pack_size, None if line.disposition is None else line.disposition.value, int(line.unknown),
+        int(line.undone),
+    )  # fmt: skip
+
+
+def _line(row: Sequence[Any]) -> Line:
+    session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone = row
+    return Line(
+        session_id=session_id,
+        no=no,
+        sku=sku,
+        qty=qty,
+        hlc=hlc,
+        at_ms=at_ms,
+        by=by,
+        source=source,
+        barcode=barcode,
+        pack_size=pack_size,
+        disposition=None if disposition is None else Disposition(disposition),
+        unknown=bool(unknown),
+        undone=bool(undone),
+    )
+
+
+def _report_json(report: CloseReport) -> dict[str, Any]:
+    return {
+        "events": report.events,
+        "units": report.units,
+        "lines": [[r.sku, r.status, r.qty, r.expected] for r in report.lines],
+    }
+
+
+def _report_from_json(data: dict[str, Any]) -> CloseReport:
+    return CloseReport(data["events"], data["units"], tuple(ReportLine(*line) for line in data["lines"]))

@@ -1,0 +1,23 @@
+"""Shared values of the session tests: barcodes and a small catalog."""
+
+from __future__ import annotations
+
+from agent.catalog import Catalog, make_item
+
+# EAN-13s with valid check digits, and the case GTIN-14 of the first (a pack of 12).
+APPLE = "4006381333931"
+PEAR = "5012345678900"
+PLUM = "4000417025005"
+APPLE_CASE = "14006381333938"
+STRANGER = "4007817327098"  # valid, not in the catalog
+
+
+def catalog() -> Catalog:
+    return Catalog(
+        [
+            make_item(APPLE, "SKU-APPLE"),
+            make_item(PEAR, "SKU-PEAR"),
+            make_item(PLUM, "SKU-PLUM"),
+            make_item(APPLE_CASE, "SKU-APPLE", 12),
+        ]
+    )

@@ -1,0 +1,163 @@
+"""A session's life: survive a restart, undo, cancel, close exactly once even across a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sessions_helpers import APPLE, PEAR, PLUM, catalog
+
+from agent.outbox import Outbox
+from agent.sessions import (
+    SessionConflict,
+    SessionError,
+    SessionManager,
+    SessionNotFound,
+    SessionNotOpen,
+    SessionSpec,
+    SessionStatus,
+    SessionStore,
+    SessionType,
+)
+from agent.sessions.plan import plan_close
+from protocol import Kind
+
+
+async def test_an_open_session_and_its_lines_survive_a_restart(tmp_path: Path) -> None:
+    outbox_path, store_path = tmp_path / "outbox.sqlite3", tmp_path / "sessions.sqlite3"
+    async with (
+        Outbox.open(outbox_path, agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(store_path) as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog())
+        s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-1", reader_id="dock"), by="ana")
+        await sessions.scan(s.id, APPLE, by="ana", qty=4)
+        await sessions.scan(s.id, PEAR, by="ana")
+        before = await sessions.view(s.id)
+        last_hlc = outbox.clock.last
+
+    async with (
+        Outbox.open(outbox_path, agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(store_path) as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog())
+        await sessions.recover()
+        assert outbox.clock.now() > last_hlc
+        after = await sessions.view(s.id)
+        assert after == before
+        assert [x.id for x in await sessions.list()] == [s.id]
+        assert (await sessions.for_reader("dock")) == after.session
+        await sessions.scan(s.id, PLUM, by="bo")
+        closed = await sessions.close(s.id, by="bo")
+        booked = [(ev.sku, ev.qty, ev.attrs["by"], ev.attrs.get("closed_by")) for ev in await outbox.pending(100)]
+        assert booked == [("SKU-APPLE", 4, "ana", "bo"), ("SKU-PEAR", 1, "ana", "bo"), ("SKU-PLUM", 1, "ana", "bo")]
+        assert closed.closed_by == "bo"
+        assert await sessions.for_reader("dock") is None  # a closed session frees its reader
+
+
+async def test_undo_takes_back_the_newest_lines_one_by_one(sessions: SessionManager, outbox: Outbox) -> None:
+    s = await sessions.open(SessionSpec(SessionType.RECEIVE), by="ana")
+    assert await sessions.undo(s.id, by="ana") is None  # nothing to undo yet
+    await sessions.scan(s.id, APPLE, by="ana", qty=2)
+    await sessions.scan(s.id, PEAR, by="ana")
+    await sessions.scan(s.id, APPLE, by="ana", qty=5)
+    undone = await sessions.undo(s.id, by="ana")
+    assert undone is not None and (undone.no, undone.sku, undone.qty, undone.undone) == (3, "SKU-APPLE", 5, True)
+    undone = await sessions.undo(s.id, by="ana")
+    assert undone is not None and undone.no == 2
+    view = await sessions.view(s.id)
+    assert [(line.no, line.undone) for line in view.lines] == [(1, False), (2, True), (3, True)]
+    assert [(t.sku, t.qty) for t in view.totals] == [("SKU-APPLE", 2)]
+    await sessions.scan(s.id, PLUM, by="ana")  # numbering goes on after undone lines
+    assert (await sessions.view(s.id)).lines[-1].no == 4
+    await sessions.close(s.id, by="ana")
+    assert [(ev.sku, ev.qty) for ev in await outbox.pending(100)] == [("SKU-APPLE", 2), ("SKU-PLUM", 1)]
+
+
+async def test_cancel_books_nothing_and_closes_the_session_to_scans(sessions: SessionManager, outbox: Outbox) -> None:
+    s = await sessions.open(SessionSpec(SessionType.WRITE_OFF, reason="theft"), by="ana")
+    await sessions.scan(s.id, APPLE, by="ana")
+    cancelled = await sessions.cancel(s.id, by="bo")
+    assert (cancelled.status, cancelled.closed_by) == (SessionStatus.CANCELLED, "bo")
+    with pytest.raises(SessionNotOpen):
+        await sessions.scan(s.id, APPLE, by="ana")
+    with pytest.raises(SessionNotOpen):
+        await sessions.undo(s.id, by="ana")
+    with pytest.raises(SessionNotOpen, match="cancelled"):
+        await sessions.close(s.id, by="ana")
+    with pytest.raises(SessionNotOpen):
+        await sessions.cancel(s.id, by="ana")
+    assert await outbox.pending(100) == ()
+    assert [x.id for x in await sessions.list(active=False)] == [s.id]
+    assert await sessions.list() == []
+    with pytest.raises(SessionNotFound):
+        await sessions.view("no-such-session")
+
+
+async def test_a_crash_between_recording_and_marking_closed_books_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox_path, store_path = tmp_path / "outbox.sqlite3", tmp_path / "sessions.sqlite3"
+    async with (
+        Outbox.open(outbox_path, agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(store_path) as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog())
+        s = await sessions.open(SessionSpec(SessionType.COUNT, scope_skus=("SKU-APPLE", "SKU-PEAR")), by="ana")
+        await sessions.scan(s.id, APPLE, by="ana", qty=7)
+
+        async def crash(*args: object, **kwargs: object) -> None:
+            raise SessionError("power cut")
+
+        monkeypatch.setattr(store, "finish_close", crash)
+        with pytest.raises(SessionError, match="power cut"):
+            await sessions.close(s.id, by="ana", zero_unscanned=True)
+        recorded = await outbox.pending(100)
+        assert [(ev.sku, ev.kind, ev.qty) for ev in recorded] == [
+            ("SKU-APPLE", Kind.COUNT, 7),
+            ("SKU-PEAR", Kind.COUNT, 0),
+        ]
+        monkeypatch.undo()
+
+    async with (
+        Outbox.open(outbox_path, agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(store_path) as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog())
+        assert (await sessions.get(s.id)).status is SessionStatus.CLOSING
+        with pytest.raises(SessionNotOpen):
+            await sessions.scan(s.id, APPLE, by="ana")  # a closing session takes no more lines
+        [finished] = await sessions.recover()
+        assert finished.status is SessionStatus.CLOSED
+        assert finished.report is not None and finished.report.events == 2
+        again = await outbox.pending(100)
+        assert [ev.event_id for ev in again] == [ev.event_id for ev in recorded]  # nothing booked twice
+        assert await sessions.recover() == []
+
+
+async def test_planning_a_close_twice_gives_the_same_ids_times_and_content(sessions: SessionManager) -> None:
+    s = await sessions.open(SessionSpec(SessionType.RETURN), by="ana")
+    await sessions.scan(s.id, APPLE, by="ana", disposition="damaged")
+    await sessions.scan(s.id, PEAR, by="ana")
+    decided = await sessions.store.begin_close(
+        s.id, by="ana", close_hlc=sessions.outbox.clock.now(), zero_unscanned=False
+    )
+    lines = await sessions.store.lines(s.id)
+    first, second = plan_close(decided, lines), plan_close(await sessions.get(s.id), await sessions.store.lines(s.id))
+    assert first == second
+    assert len({m.event_id for m in first.movements}) == 3
+
+
+async def test_a_reader_feeds_one_session_at_a_time(sessions: SessionManager) -> None:
+    a = await sessions.open(SessionSpec(SessionType.RECEIVE, reader_id="dock"), by="ana")
+    with pytest.raises(SessionConflict, match=f"already feeds session {a.id}"):
+        await sessions.open(SessionSpec(SessionType.RECEIVE, reader_id="dock"), by="bo")
+    b = await sessions.open(SessionSpec(SessionType.RECEIVE), by="bo")
+    with pytest.raises(SessionConflict):
+        await sessions.bind_reader(b.id, "dock")
+    await sessions.bind_reader(a.id, None)
+    bound = await sessions.bind_reader(b.id, "dock")
+    assert bound.spec.reader_id == "dock"
+    assert (await sessions.for_reader("dock")) == bound
+    await sessions.cancel(b.id, by="bo")
+    assert await sessions.for_reader("dock") is None

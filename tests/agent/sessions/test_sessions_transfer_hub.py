@@ -1,0 +1,61 @@
+"""A transfer shipped by store A and received short by store B: in transit at the hub, then an exception."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sessions_helpers import APPLE, PEAR, catalog
+from sessions_hub import running_hub, sync
+
+from agent.outbox import Outbox
+from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
+from hub import HubStore
+
+
+async def at(store: HubStore, location: str, sku: str) -> tuple[int, int]:
+    """(on_hand, in_transit) of one key at the hub."""
+    rows = await store.counts(location=location, sku=sku)
+    return (rows[0].on_hand, rows[0].in_transit) if rows else (0, 0)
+
+
+async def test_transfer_shipped_by_a_and_received_short_by_b(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as (hub, url):
+        a_id, a_token = await hub.add_agent(["S001"])
+        b_id, b_token = await hub.add_agent(["S002"])
+        async with (
+            Outbox.open(tmp_path / "a.sqlite3", agent_id=a_id, location="S001") as a_outbox,
+            Outbox.open(tmp_path / "b.sqlite3", agent_id=b_id, location="S002") as b_outbox,
+            SessionStore.open(tmp_path / "a-sessions.sqlite3") as a_store,
+            SessionStore.open(tmp_path / "b-sessions.sqlite3") as b_store,
+        ):
+            store_a = SessionManager(a_store, a_outbox, catalog=catalog())
+            store_b = SessionManager(b_store, b_outbox, catalog=catalog())
+
+            ship = await store_a.open(
+                SessionSpec(SessionType.TRANSFER_OUT, ref="TR-1001", to_location="S002"), by="ana"
+            )
+            await store_a.scan(ship.id, APPLE, by="ana", qty=10)
+            await store_a.scan(ship.id, PEAR, by="ana", qty=4)
+            await store_a.close(ship.id, by="ana")
+            await sync(a_outbox, url, a_token)
+
+            assert await at(hub, "S001", "SKU-APPLE") == (-10, 0)
+            assert await at(hub, "S002", "SKU-APPLE") == (0, 10)  # on its way to B
+            assert await at(hub, "S002", "SKU-PEAR") == (0, 4)
+            assert [e for e in await hub.exceptions() if e.kind.startswith("transfer")] == []
+
+            receive = await store_b.open(
+                SessionSpec(SessionType.TRANSFER_IN, ref="TR-1001", from_location="S001"), by="bo"
+            )
+            await store_b.scan(receive.id, APPLE, by="bo", qty=8)  # two apples never arrived
+            await store_b.scan(receive.id, PEAR, by="bo", qty=4)
+            await store_b.close(receive.id, by="bo")
+            await sync(b_outbox, url, b_token)
+
+            assert await at(hub, "S002", "SKU-APPLE") == (8, 2)
+            assert await at(hub, "S002", "SKU-PEAR") == (4, 0)
+            [short] = [e for e in await hub.exceptions() if e.kind.startswith("transfer")]
+            assert (short.kind, short.location, short.sku) == ("transfer_short", "S002", "SKU-APPLE")
+            assert short.data["ref"] == "TR-1001"
+            assert (short.data["shipped"], short.data["received"]) == (10, 8)
+            assert (short.data["from"], short.data["to"]) == ("S001", "S002")

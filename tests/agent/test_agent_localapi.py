@@ -1,0 +1,261 @@
+"""The agent's local API over real HTTP on 127.0.0.1: sign-in, sessions, counts, status, and its docs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent.catalog import Catalog, make_item
+from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, create_app, hash_pin
+from agent.localapi.auth import FAILURES_MAX, AuthError, LockedOut
+from agent.outbox import Movement, Outbox
+from agent.sessions import SessionManager, SessionStore
+from protocol import Kind
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "agent-api.md"
+STATIC = Path(__file__).resolve().parents[2] / "agent" / "localapi" / "static"
+APPLE = "4006381333931"
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Api:
+    url: str
+    http: aiohttp.ClientSession
+    outbox: Outbox
+    sessions: SessionManager
+
+    async def call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        if body is not None:
+            kw["json"] = body
+        async with self.http.request(method, self.url + path, **kw) as resp:
+            return resp.status, await resp.json()
+
+    async def ok(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+        got, data = await self.call(method, path, body if body is not None or method == "GET" else {})
+        assert got == status, data
+        return data
+
+    async def sign_in(self, staff: str = "ana", pin: str = "4711") -> str:
+        data = await self.ok("POST", "/api/v1/login", {"staff": staff, "pin": pin})
+        return str(data["token"])
+
+
+STAFF = {"ana": hash_pin("4711"), "bo": hash_pin("0000")}
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    catalog = Catalog([make_item(APPLE, "SKU-APPLE")])
+    async with (
+        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog)
+        context = LocalApiContext(
+            sessions=sessions,
+            outbox=outbox,
+            staff=StaffDirectory(STAFF),
+            hub_url=lambda: "http://127.0.0.1:9",
+            readers=("dock",),
+        )
+        async with (
+            LocalApiServer(context, "127.0.0.1", 0) as server,
+            aiohttp.ClientSession(
+                cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=20)
+            ) as http,
+        ):
+            yield Api(server.url, http, outbox, sessions)
+
+
+def test_every_route_is_documented_and_every_documented_route_exists() -> None:
+    app = create_app(LocalApiContext(sessions=None, outbox=None, staff=StaffDirectory({})))  # type: ignore[arg-type]
+    routes = {
+        (r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource is not None
+    }
+    documented = set(re.findall(r"^### `(GET|POST|PUT|DELETE|PATCH) (/\S*)`$", DOC.read_text(), re.MULTILINE))
+    assert routes == documented
+
+
+def test_the_page_loads_nothing_from_the_internet() -> None:
+    names = sorted(p.name for p in STATIC.iterdir() if p.suffix in (".html", ".css", ".js", ".svg"))
+    assert names == ["handheld.css", "handheld.js", "index.html"]  # packaged: pyproject's package-data takes these
+    for name in names:
+        text = (STATIC / name).read_text()
+        remote = [u for u in re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s\"')]*", text) if "www.w3.org" not in u]
+        assert remote == [], f"{name} refers to {remote}"
+        assert "<script>" not in text and "style=" not in text  # the CSP allows neither inline scripts nor styles
+
+
+async def test_everything_but_the_page_and_login_needs_a_sign_in(api: Api) -> None:
+    assert (await api.call("GET", "/api/v1/sessions"))[0] == 401
+    assert (await api.call("GET", "/api/v1/status"))[0] == 401
+    status, error = await api.call("POST", "/api/v1/sessions", {"type": "receive"})
+    assert (status, error["error"]["code"]) == (401, "unauthorized")
+    assert (await api.call("GET", "/healthz")) == (200, {"status": "ok", "agent_id": "store-a", "location": "S001"})
+    async with api.http.get(api.url + "/") as page:
+        assert page.status == 200
+        assert "text/html" in page.headers["Content-Type"]
+        assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        assert 'id="scan-code"' in await page.text()
+    async with api.http.get(api.url + "/static/handheld.js") as script:
+        assert script.status == 200 and "javascript" in script.headers["Content-Type"]
+    async with api.http.get(api.url + "/static/..%2Fapp.py") as sneaky:
+        assert sneaky.status == 404
+
+
+async def test_wrong_pins_are_refused_alike_and_then_locked_out(api: Api) -> None:
+    unknown = await api.call("POST", "/api/v1/login", {"staff": "zed", "pin": "4711"})
+    wrong = await api.call("POST", "/api/v1/login", {"staff": "bo", "pin": "4711"})
+    assert unknown == wrong == (401, {"error": {"code": "unauthorized", "message": "unknown staff id or wrong PIN"}})
+    for _ in range(FAILURES_MAX - 2):  # this address has failed FAILURES_MAX times now
+        assert (await api.call("POST", "/api/v1/login", {"staff": "bo", "pin": "1234"}))[0] == 401
+    status, error = await api.call("POST", "/api/v1/login", {"staff": "bo", "pin": "0000"})
+    assert (status, error["error"]["code"]) == (429, "locked_out")
+
+
+async def test_cookie_and_bearer_sign_ins_and_sign_out(api: Api) -> None:
+    token = await api.sign_in()
+    assert await api.ok("GET", "/api/v1/me") == {"staff": "ana", "agent_id": "store-a", "location": "S001"}
+    async with aiohttp.ClientSession() as other:  # no cookie: the bearer token alone
+        async with other.get(api.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+        # A page elsewhere cannot post a form on a signed-in handheld's behalf: only JSON bodies are taken.
+        form = await other.post(
+            api.url + "/api/v1/sessions", data={"type": "receive"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert form.status == 415
+        await api.ok("POST", "/api/v1/logout")
+        async with other.get(api.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 401
+    assert (await api.call("GET", "/api/v1/me"))[0] == 401
+
+
+async def test_sign_ins_expire_and_locks_lift() -> None:
+    now = [1000.0]
+    staff = StaffDirectory({"ana": STAFF["ana"]}, login_ttl_s=60, clock=lambda: now[0])
+    token, login = await staff.sign_in("ana", "4711")
+    assert staff.check(token) == login
+    now[0] += 61
+    assert staff.check(token) is None
+    for _ in range(FAILURES_MAX):
+        with pytest.raises(AuthError):
+            await staff.sign_in("ana", "9999", remote="10.0.0.7")
+    with pytest.raises(LockedOut):
+        await staff.sign_in("ana", "4711", remote="10.0.0.8")  # locked by staff id, whatever the address
+    now[0] += 61
+    assert (await staff.sign_in("ana", "4711", remote="10.0.0.8"))[1].staff == "ana"
+
+
+async def test_a_receiving_session_over_http(api: Api) -> None:
+    await api.sign_in()
+    opened = await api.ok(
+        "POST",
+        "/api/v1/sessions",
+        {"type": "receive", "ref": "DN-9", "expected": [{"sku": "SKU-APPLE", "qty": 3}, {"sku": "SKU-PEAR", "qty": 2}]},
+        status=201,
+    )
+    sid = opened["session"]["id"]
+    assert (opened["session"]["status"], opened["session"]["by"]) == ("open", "ana")
+    added = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "qty": 4}, status=201)
+    assert (added["line"]["sku"], added["line"]["qty"], added["units"]) == ("SKU-APPLE", 4, 4)
+    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-FIG"}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": "4007817327098"}, status=201)
+    undone = await api.ok("POST", f"/api/v1/sessions/{sid}/undo")
+    assert undone["undone"]["sku"] == "unknown:04007817327098"
+    view = await api.ok("GET", f"/api/v1/sessions/{sid}")
+    assert [(p["sku"], p["status"]) for p in view["preview"]] == [
+        ("SKU-APPLE", "over"),
+        ("SKU-PEAR", "short"),
+        ("SKU-FIG", "unexpected"),
+    ]
+    assert [s["id"] for s in (await api.ok("GET", "/api/v1/sessions"))["sessions"]] == [sid]
+    newest = await api.ok("GET", f"/api/v1/sessions/{sid}?lines=1")
+    assert ([line["no"] for line in newest["lines"]], newest["lines_total"], newest["units"]) == ([3], 3, 5)
+
+    await api.sign_in("bo", "0000")
+    closed = (await api.ok("POST", f"/api/v1/sessions/{sid}/close", {}))["session"]
+    assert (closed["status"], closed["closed_by"]) == ("closed", "bo")
+    assert closed["report"]["events"] == 2
+    assert [(x["sku"], x["status"], x["difference"]) for x in closed["report"]["lines"]] == [
+        ("SKU-APPLE", "over", 1),
+        ("SKU-PEAR", "short", -2),
+        ("SKU-FIG", "unexpected", None),
+    ]
+    booked = [
+        (ev.sku, ev.kind, ev.qty, ev.attrs["by"], ev.attrs.get("closed_by")) for ev in await api.outbox.pending(10)
+    ]
+    assert booked == [("SKU-APPLE", Kind.RECEIVE, 4, "ana", "bo"), ("SKU-FIG", Kind.RECEIVE, 1, "ana", "bo")]
+    assert (await api.ok("POST", f"/api/v1/sessions/{sid}/close", {}))["session"] == closed  # a retry books nothing
+    assert len(await api.outbox.pending(10)) == 2
+    status, error = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE})
+    assert (status, error["error"]["code"]) == (409, "conflict")
+    assert [s["id"] for s in (await api.ok("GET", "/api/v1/sessions?state=done"))["sessions"]] == [sid]
+
+
+async def test_bad_requests_get_one_clear_sentence(api: Api) -> None:
+    await api.sign_in()
+    cases: list[tuple[str, str, Any, int, str]] = [
+        ("POST", "/api/v1/sessions", {"type": "picnic"}, 400, "unknown session type 'picnic'"),
+        ("POST", "/api/v1/sessions", {"type": "transfer_out", "to_location": "S002"}, 400, "transfer reference"),
+        ("POST", "/api/v1/sessions", {"type": "count"}, 400, "needs its scope"),
+        ("POST", "/api/v1/sessions", {"type": "receive", "colour": "red"}, 400, "unknown field 'colour'"),
+        ("POST", "/api/v1/sessions", {"type": "receive", "reader_id": "till"}, 400, "there is no scanner 'till'"),
+        ("GET", "/api/v1/sessions/nope", None, 404, "there is no session 'nope'"),
+        ("GET", "/api/v1/sessions?state=later", None, 400, "state must be active or done"),
+        ("GET", "/api/v1/nothing", None, 404, "there is no route /api/v1/nothing"),
+    ]
+    for method, path, body, status, text in cases:
+        got, data = await api.call(method, path, body)
+        assert got == status, (path, data)
+        assert text in data["error"]["message"], data
+    count = (await api.ok("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-APPLE"]}, status=201))[
+        "session"
+    ]
+    got, data = await api.call("POST", f"/api/v1/sessions/{count['id']}/scans", {"sku": "SKU-PEAR"})
+    assert got == 400 and "not in this count's scope" in data["error"]["message"]
+    got, data = await api.call("POST", f"/api/v1/sessions/{count['id']}/scans", {"code": "4006381333932"})
+    assert got == 400 and "wrong check digit" in data["error"]["message"]
+    got, data = await api.call("POST", f"/api/v1/sessions/{count['id']}/scans", {"code": APPLE, "sku": "SKU-APPLE"})
+    assert got == 400 and "either" in data["error"]["message"]
+    zero = await api.ok("POST", f"/api/v1/sessions/{count['id']}/scans", {"sku": "SKU-APPLE", "qty": 0}, status=201)
+    assert zero["line"]["qty"] == 0  # "none here" counts in a count
+
+
+async def test_readers_can_be_bound_and_freed(api: Api) -> None:
+    await api.sign_in()
+    a = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "reader_id": "dock"}, status=201))["session"]
+    b = (await api.ok("POST", "/api/v1/sessions", {"type": "return"}, status=201))["session"]
+    assert (await api.ok("GET", "/api/v1/readers")) == {"readers": [{"id": "dock", "session": a["id"]}]}
+    got, data = await api.call("PUT", f"/api/v1/sessions/{b['id']}/reader", {"reader_id": "dock"})
+    assert got == 409 and a["id"] in data["error"]["message"]
+    await api.ok("PUT", f"/api/v1/sessions/{a['id']}/reader", {"reader_id": None})
+    bound = await api.ok("PUT", f"/api/v1/sessions/{b['id']}/reader", {"reader_id": "dock"})
+    assert bound["session"]["reader_id"] == "dock"
+    cancelled = await api.ok("POST", f"/api/v1/sessions/{b['id']}/cancel")
+    assert cancelled["session"]["status"] == "cancelled"
+    assert (await api.ok("GET", "/api/v1/readers")) == {"readers": [{"id": "dock", "session": None}]}
+
+
+async def test_status_and_local_count(api: Api) -> None:
+    await api.sign_in()
+    await api.outbox.record([Movement("S001", "SKU-APPLE", Kind.RECEIVE, 7, "api:test")])
+    count = await api.ok("GET", "/api/v1/skus/SKU-APPLE/count")
+    assert count == {
+        "location": "S001", "sku": "SKU-APPLE", "on_hand": 7, "reserved": 0, "available": 7, "in_transit": 0,
+        "pending_events": 1, "hub_as_of_ms": None,
+    }  # fmt: skip
+    status = await api.ok("GET", "/api/v1/status")
+    assert (status["backlog"], status["hub_reachable"], status["sync_state"], status["last_sync_ms"]) == (
+        1,
+        None,
+        "never",
+        None,
+    )
+    assert (status["hub_url"], status["clock_skew_ms"], status["active_sessions"]) == ("http://127.0.0.1:9", None, 0)

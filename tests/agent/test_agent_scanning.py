@@ -1,0 +1,236 @@
+"""Scanners at the agent: a real pty reader, a real outbox and journal, the catalog, the mode router."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from agent_scan_helpers import PtyDevice, gtin, wrong_check_digit
+
+import hardware
+from agent.catalog import Catalog, CatalogItem
+from agent.config import ScannerSection
+from agent.errors import AgentError
+from agent.outbox import Outbox
+from agent.scan_journal import INTERRUPTED, ScanJournal, read_reader_states
+from agent.scanning import ModeRouter, ScanOutcome, ScanResult, ScanRouter, ScanService
+from hardware import GS
+from protocol import Kind, StockEvent, event_id_hex, wall_ms_now
+
+EAN13 = gtin("590123412345")
+CASE = gtin("1" + EAN13[:-1])  # a case of 12 of EAN13's item
+UNKNOWN = gtin("400638133393")  # decodes fine, not in the catalog
+LOCATION = "S001"
+WAIT_S = 10.0
+
+CATALOG = Catalog([CatalogItem("0" + EAN13, "MUG-01"), CatalogItem(CASE, "MUG-01", 12), CatalogItem("TOTE-7", "TOTE")])
+
+
+def section(link: Path, mode: str = "receive", reader_id: str = "backdoor", **extra: object) -> ScannerSection:
+    device = hardware.SerialScannerConfig(
+        reader_id=reader_id, port=str(link), idle_gap_s=None, reconnect_initial_s=0.02, reconnect_max_s=0.1
+    )
+    return ScannerSection(id=reader_id, type="serial", mode=mode, device=device, **extra)  # type: ignore[arg-type]
+
+
+@dataclass
+class Rig:
+    outbox: Outbox
+    journal: ScanJournal
+    service: ScanService
+    device: PtyDevice
+
+    async def scan(self, *frames: bytes) -> None:
+        """Write frames as the scanner would and wait until the agent has decided each one."""
+        target = self.service.outcomes + len(frames)
+        self.device.write(b"".join(f + b"\r\n" for f in frames))
+        await self.service.wait_decided(target, WAIT_S)
+
+    async def events(self) -> tuple[StockEvent, ...]:
+        return await self.outbox.pending(1000)
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, *sections_: ScannerSection, router: ScanRouter | None = None) -> AsyncIterator[Rig]:
+    device = PtyDevice(tmp_path / "usb-Honeywell_Xenon_1900-if00")
+    sections = sections_ or (section(device.link),)
+    try:
+        async with (
+            Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location=LOCATION) as outbox,
+            ScanJournal.open(tmp_path / "scans.sqlite3") as journal,
+        ):
+            default = ModeRouter(outbox, CATALOG, sections, location=LOCATION, journal=journal)
+            service = ScanService(sections, router or default, journal)
+            async with service:
+                await service.wait_status(sections[0].id, available=True, timeout_s=WAIT_S)
+                yield Rig(outbox, journal, service, device)
+    finally:
+        device.unplug()
+
+
+async def test_receive_mode_books_the_sku_the_case_pack_size_and_gs1_attrs(tmp_path: Path) -> None:
+    label = f"]C101{CASE}17261231" + "10LOT-42" + GS + "21SN0001"
+    async with rig(tmp_path) as r:
+        await r.scan(b"]E0" + EAN13.encode(), label.encode(), b"]C0TOTE-7")
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [(e.sku, e.kind, e.qty, e.source, e.location) for e in events] == [
+        ("MUG-01", Kind.RECEIVE, 1, "scanner:backdoor", LOCATION),
+        ("MUG-01", Kind.RECEIVE, 12, "scanner:backdoor", LOCATION),
+        ("TOTE", Kind.RECEIVE, 1, "scanner:backdoor", LOCATION),
+    ]
+    assert events[0].attrs == {"symbology": "]E0", "barcode": EAN13}
+    assert events[1].attrs["lot"] == "LOT-42"
+    assert events[1].attrs["expiry"] == "2026-12-31"
+    assert events[1].attrs["serial"] == "SN0001"
+    assert events[1].attrs["pack_size"] == 12
+    # The journal keeps every raw scan with what became of it, newest first.
+    assert [(e.raw, e.result, e.sku, e.qty) for e in reversed(entries)] == [
+        (b"]E0" + EAN13.encode(), "booked", "MUG-01", 1),
+        (label.encode(), "booked", "MUG-01", 12),
+        (b"]C0TOTE-7", "booked", "TOTE", 1),
+    ]
+    assert entries[-1].event_ids == (event_id_hex(events[0].event_id),)
+
+
+async def test_an_unknown_barcode_is_booked_as_unknown_never_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.scanning")
+    async with rig(tmp_path) as r:
+        await r.scan(UNKNOWN.encode(), b"]C0SHELF TAG 9")
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [(e.sku, e.kind, e.qty) for e in events] == [
+        ("unknown:0" + UNKNOWN, Kind.RECEIVE, 1),
+        ("unknown:SHELF TAG 9", Kind.RECEIVE, 1),
+    ]
+    assert events[0].attrs == {"barcode": UNKNOWN, "unknown": True}
+    assert events[1].attrs == {"symbology": "]C0", "barcode": "SHELF TAG 9", "unknown": True}
+    assert {e.result for e in entries} == {"unknown"}
+    assert any("is not in the catalog" in m for m in caplog.messages)
+
+
+async def test_a_bad_check_digit_books_nothing_and_is_journaled_logged_and_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = wrong_check_digit(EAN13)
+    async with rig(tmp_path) as r:
+        await r.scan(bad.encode(), b"]E0" + EAN13.encode())
+        events = await r.events()
+        entries = await r.journal.recent()
+        states = await r.journal.readers()
+    assert [e.sku for e in events] == ["MUG-01"]  # only the good scan
+    problem = entries[1]
+    assert (problem.raw, problem.result, problem.event_ids) == (bad.encode(), "decode_error", ())
+    assert "wrong check digit" in (problem.message or "")
+    [state] = states
+    assert (state.reader_id, state.scans, state.problems) == ("backdoor", 2, 1)
+    assert "wrong check digit" in (state.last_problem or "")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "agent.scanning"]
+    assert any(bad in w and "wrong check digit" in w for w in warnings)
+    # `status` reads the same from another process, read-only.
+    [seen] = read_reader_states(tmp_path / "scans.sqlite3") or []
+    assert seen.problems == 1 and "wrong check digit" in (seen.last_problem or "")
+
+
+async def test_an_unplugged_reader_is_marked_unavailable_and_its_cut_off_scan_is_journaled(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        await r.scan(b"]C0TOTE-7")  # the pty carries bytes: the next write reaches the reader too ...
+        r.device.write(b"]E059012341")  # ... half a barcode, then the cable is pulled
+        await r.device.wait_read()
+        r.device.unplug()
+        await r.service.wait_decided(2, WAIT_S)
+        await r.service.wait_status("backdoor", available=False, timeout_s=WAIT_S)
+        states = await r.journal.readers()
+        entries = await r.journal.recent()
+        events = await r.events()
+    assert [e.sku for e in events] == ["TOTE"]
+    assert (entries[0].raw, entries[0].complete, entries[0].result) == (b"]E059012341", False, "incomplete")
+    assert "was cut off; scan the item again" in (entries[0].message or "")
+    [state] = states
+    assert not state.available and state.error and state.device and state.device.endswith("if00")
+
+
+async def test_count_mode_records_the_running_count_and_survives_a_restart(tmp_path: Path) -> None:
+    link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
+    counting = section(link, mode="count")
+    async with rig(tmp_path, counting) as r:
+        await r.scan(b"]E0" + EAN13.encode(), b"]E0" + EAN13.encode(), b"]I1" + CASE.encode(), UNKNOWN.encode())
+    async with rig(tmp_path, counting) as r:  # the agent restarted mid-count
+        await r.scan(b"]E0" + EAN13.encode())
+        events = await r.events()
+    assert [(e.sku, e.kind, e.qty) for e in events] == [
+        ("MUG-01", Kind.COUNT, 1),
+        ("MUG-01", Kind.COUNT, 2),
+        ("MUG-01", Kind.COUNT, 14),  # a case counts its 12 units
+        ("unknown:0" + UNKNOWN, Kind.COUNT, 1),
+        ("MUG-01", Kind.COUNT, 15),
+    ]
+
+
+async def test_damage_mode_adjusts_down_with_reason_damaged_at_the_readers_location(tmp_path: Path) -> None:
+    link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
+    async with rig(tmp_path, section(link, mode="damage", location="W001")) as r:
+        await r.scan(b"]I1" + CASE.encode())
+        [event] = await r.events()
+    assert (event.kind, event.qty, event.reason, event.location) == (Kind.ADJUST, -12, "damaged", "W001")
+
+
+async def test_a_router_in_front_sees_every_scan_and_falls_back_to_the_mode_router(tmp_path: Path) -> None:
+    class SessionLike:
+        def __init__(self) -> None:
+            self.fallback: ModeRouter | None = None
+            self.seen: list[tuple[str, bytes, bool]] = []
+
+        async def route(
+            self,
+            reader_id: str,
+            scan: hardware.Scan,
+            decoded: hardware.Decoded | None,
+            error: hardware.DecodeError | None,
+        ) -> ScanOutcome:
+            self.seen.append((reader_id, scan.raw, error is None))
+            if decoded is not None and decoded.data == "SESSION-START":
+                return ScanOutcome(ScanResult.HANDLED, "A receiving session started.")
+            assert self.fallback is not None
+            return await self.fallback.route(reader_id, scan, decoded, error)
+
+    front = SessionLike()
+    async with rig(tmp_path, router=front) as r:
+        front.fallback = ModeRouter(r.outbox, CATALOG, r.service.scanners.values(), location=LOCATION)
+        await r.scan(b"]C0SESSION-START", b"]E0" + EAN13.encode(), wrong_check_digit(EAN13).encode())
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [raw for _, raw, _ in front.seen] == [
+        b"]C0SESSION-START",
+        b"]E0" + EAN13.encode(),
+        wrong_check_digit(EAN13).encode(),
+    ]
+    assert [ok for _, _, ok in front.seen] == [True, True, False]
+    assert [e.sku for e in events] == ["MUG-01"]
+    assert [e.result for e in reversed(entries)] == ["handled", "booked", "decode_error"]
+
+
+async def test_a_scan_half_routed_when_the_agent_stopped_is_marked_interrupted(tmp_path: Path) -> None:
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        await journal.add("backdoor", wall_ms_now(), b"]E0" + EAN13.encode(), True, "receive")
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        [entry] = await journal.recent()
+        [state] = await journal.readers()
+        assert journal.interrupted == 1
+    assert entry.result == INTERRUPTED
+    assert state.problems == 1 and "check whether it was recorded" in (state.last_problem or "")
+
+
+async def test_a_stopped_service_refuses_to_start_again(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        service = r.service
+    await service.stop()  # twice is fine
+    assert service.readers == {}
+    with pytest.raises(AgentError, match="was stopped; make a new one"):
+        await service.start()

@@ -1,0 +1,194 @@
+"""``python -m agent`` as a real subprocess: scanners and the POS drop folder inside ``run``, ``import``, ``status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from agent_scan_helpers import ContractHub, PtyDevice, gtin, wrong_check_digit
+
+from agent.outbox import Outbox
+from protocol import Kind
+
+WAIT_S = 30.0
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pos"
+EAN13 = gtin("590123412345")
+CASE = gtin("1" + EAN13[:-1])
+
+
+def write_config(tmp_path: Path, extra: str, hub: ContractHub | None = None) -> Path:
+    lines = ["[agent]", 'id = "store-1"', 'location = "S001"', 'data_dir = "data"']
+    if hub is not None:
+        lines += [f'hub_url = "{hub.url}"', f'token = "{hub.token}"', "", "[replicator]", "tick_s = 0.2",
+                  "retry_base_s = 0.05", "retry_max_s = 0.2"]  # fmt: skip
+    path = tmp_path / "agent.toml"
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+async def agent(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Running:
+    """``shelfsync-agent run`` in a subprocess, with its log lines awaited one by one."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.log = ""
+
+    async def wait_log(self, needle: str) -> str:
+        assert self.proc.stderr is not None
+
+        async def read() -> None:
+            while needle not in self.log:
+                line = await self.proc.stderr.readline()  # type: ignore[union-attr]
+                if not line:
+                    raise AssertionError(f"the agent stopped before logging {needle!r}:\n{self.log}")
+                self.log += line.decode()
+
+        await asyncio.wait_for(read(), WAIT_S)
+        return self.log
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(self.proc.communicate(), WAIT_S)
+        self.log += rest.decode()
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+async def start(config: Path) -> Running:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "run", "-c", str(config), "--log-level", "debug",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return Running(proc)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[ContractHub]:
+    async with ContractHub() as running:
+        yield running
+
+
+async def outbox_events(tmp_path: Path) -> list[tuple[str, Kind, int, str]]:
+    async with Outbox.open(tmp_path / "data" / "outbox.sqlite3", agent_id=None, location=None, create=False) as outbox:
+        return [(e.sku, e.kind, e.qty, e.source) for e in await outbox.pending(10_000)]
+
+
+async def test_import_files_through_the_agent_cli(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[pos]\ntime_zone = "UTC"\n')
+    code, out, err = await agent("import", "-c", str(config), str(FIXTURES / "generic.csv"), "--no-progress")
+    assert code == 3, err  # imported, one row quarantined
+    assert "generic.csv (generic, utf-8): 6 rows read, 5 imported, 0 already imported, 1 quarantined" in out
+    events = await outbox_events(tmp_path)
+    assert [(sku, kind, qty) for sku, kind, qty, _ in events] == [
+        ("MUG-01", Kind.RECEIVE, 24), ("MUG-01", Kind.SALE, -1), ("MUG-01", Kind.SALE, -1),
+        ("MUG-01", Kind.COUNT, 20), ("MUG-01", Kind.ADJUST, -2),
+    ]  # fmt: skip
+
+    code, out, _ = await agent("import", "-c", str(config), str(FIXTURES / "generic.csv"), "--json", "--no-progress")
+    assert (code, json.loads(out)["duplicates"]) == (3, 5)  # a second import records nothing twice
+    code, out, _ = await agent("import", "-c", str(config), "--report")
+    assert code == 0 and "generic.csv line 7:" in out and "teleport" in out
+
+    bad_mapping = tmp_path / "mapping.toml"
+    bad_mapping.write_text('[pos]\nprofile = "nope"\n', encoding="utf-8")
+    code, _, err = await agent(
+        "import", "-c", str(config), "--mapping", str(bad_mapping), str(FIXTURES / "generic.csv")
+    )
+    assert code == 2 and "profile 'nope'" in err
+
+
+async def test_run_watches_the_drop_folder_and_reports_observations_and_quarantine(
+    tmp_path: Path, hub: ContractHub
+) -> None:
+    drop = tmp_path / "drop"
+    config = write_config(tmp_path, f'[pos]\nwatch_dir = "{drop}"\nsettle_s = 0.1\n', hub)
+    running = await start(config)
+    try:
+        await running.wait_log("Watching")
+        shutil.copyfile(FIXTURES / "shopify_inventory.csv", drop / "inventory.part")
+        (drop / "inventory.part").rename(drop / "inventory.csv")
+        shutil.copyfile(FIXTURES / "generic.csv", drop / "sales.csv")
+        await hub.wait_for(lambda: len(hub.observations) >= 2 and len(hub.issues) >= 4, WAIT_S)
+        await hub.wait_for(lambda: len(hub.synced) >= 5, WAIT_S)
+    finally:
+        code = await running.stop()
+    assert code == 0, running.log
+    assert sorted(p.name for p in (drop / "processed").iterdir()) == [
+        "inventory.csv", "inventory.csv.report.json", "sales.csv", "sales.csv.report.json",
+    ]  # fmt: skip
+    assert sorted((o.location, o.sku, o.on_hand) for o in hub.observations.values()) == [
+        ("S001", "MUG-01", 7),
+        ("S001", "TEE-M-BLK", -2),
+    ]
+    assert sorted((x.file, x.line) for x in hub.issues.values()) == [
+        ("inventory.csv", 3), ("inventory.csv", 6), ("inventory.csv", 7), ("sales.csv", 7),
+    ]  # fmt: skip
+    assert {e.sku for e in hub.synced} == {"MUG-01"}
+
+
+async def test_run_books_scans_from_a_serial_reader_and_status_shows_the_reader(tmp_path: Path) -> None:
+    device = PtyDevice(tmp_path / "usb-Zebra_DS2208-if00")
+    (tmp_path / "catalog.csv").write_text(
+        f"barcode,sku,pack_size\n{EAN13},MUG-01,1\n{CASE},MUG-01,6\n", encoding="utf-8"
+    )
+    config = write_config(
+        tmp_path,
+        f'[catalog]\nfile = "catalog.csv"\n\n[[scanner]]\nid = "backdoor"\ntype = "serial"\nport = "{device.link}"\n'
+        'mode = "receive"\nidle_gap_s = 0.2\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.2\n',
+    )
+    running = await start(config)
+    try:
+        await running.wait_log(f"Scanner 'backdoor' opened {device.link}")
+        device.write(f"]E0{EAN13}\r\n]I1{CASE}\r\n".encode())
+        await running.wait_log("Booked receive +6 of MUG-01 (a pack of 6) at S001.")
+        device.write(f"{wrong_check_digit(EAN13)}\r\n".encode())
+        await running.wait_log("wrong check digit")
+        code, out, err = await agent("status", "-c", str(config), "--json")
+        assert code == 0, err
+        [scanner] = json.loads(out)["scanners"]
+        assert (scanner["reader_id"], scanner["available"], scanner["scans"], scanner["problems"]) == (
+            "backdoor",
+            True,
+            3,
+            1,
+        )
+        assert "wrong check digit" in scanner["last_problem"]
+        code, text, _ = await agent("status", "-c", str(config))
+        assert "scanner      backdoor available" in text and "1 not booked" in text
+
+        device.unplug()
+        await running.wait_log("went away")
+        code, out, _ = await agent("status", "-c", str(config), "--json")
+        [scanner] = json.loads(out)["scanners"]
+        assert scanner["available"] is False and scanner["error"]
+    finally:
+        code = await running.stop()
+        device.unplug()
+    assert code == 0, running.log
+    assert await outbox_events(tmp_path) == [
+        ("MUG-01", Kind.RECEIVE, 1, "scanner:backdoor"),
+        ("MUG-01", Kind.RECEIVE, 6, "scanner:backdoor"),
+    ]
+
+
+async def test_run_refuses_to_start_with_a_catalog_file_that_cannot_be_read(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[catalog]\nfile = "missing.csv"\n')
+    code, _, err = await agent("run", "-c", str(config))
+    assert code == 1
+    assert f"the catalog file {tmp_path / 'missing.csv'} does not exist" in err

@@ -1,0 +1,213 @@
+"""The handheld page in real headless Chromium, on a phone-sized screen, against a real agent local API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, expect
+
+from agent.catalog import Catalog, make_item
+from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
+from agent.outbox import Outbox
+from agent.sessions import SessionManager, SessionStore, SessionType
+from protocol import Kind
+
+PHONE = {"width": 390, "height": 844}
+APPLE = "4006381333931"
+PEAR = "5012345678900"
+STRANGER = "4007817327098"
+
+
+class Agent:
+    def __init__(self, url: str, outbox: Outbox, sessions: SessionManager) -> None:
+        self.url, self.outbox, self.sessions = url, outbox, sessions
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
+    catalog = Catalog([make_item(APPLE, "SKU-APPLE"), make_item(PEAR, "SKU-PEAR")])
+    async with (
+        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog)
+        context = LocalApiContext(
+            sessions=sessions, outbox=outbox, staff=StaffDirectory({"ana": hash_pin("4711")}), readers=("dock",)
+        )
+        async with LocalApiServer(context, "127.0.0.1", 0) as server:
+            yield Agent(server.url, outbox, sessions)
+
+
+async def sign_in(page: Page, agent: Agent) -> None:
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await page.goto(agent.url + "/")
+    await expect(page.locator("#screen-signin")).to_be_visible()
+    await page.fill("#signin-staff", "ana")
+    await page.fill("#signin-pin", "4711")
+    await page.press("#signin-pin", "Enter")
+    await expect(page.locator("#screen-home")).to_be_visible()
+
+
+async def wedge(page: Page, code: str) -> None:
+    """What a keyboard-wedge scanner does: type the digits fast into whatever has focus, then Enter."""
+    await page.keyboard.type(code, delay=2)
+    await page.keyboard.press("Enter")
+
+
+def script_errors(console_errors: list[str]) -> list[str]:
+    """Console errors but Chromium's note of every 4xx answer (a wrong PIN, a misread: answered on the page)."""
+    return [
+        e
+        for e in console_errors
+        if not e.startswith("Failed to load resource: the server responded with a status of 4")
+    ]
+
+
+async def focused_id(page: Page) -> str:
+    return str(await page.evaluate("document.activeElement && document.activeElement.id"))
+
+
+async def test_receiving_a_delivery_on_a_phone(
+    page: Page, agent: Agent, console_errors: list[str], screenshot: object
+) -> None:
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await page.goto(agent.url + "/")
+    await expect(page.locator("#signin-staff")).to_be_focused()
+    await page.fill("#signin-staff", "ana")
+    await page.fill("#signin-pin", "1111")
+    await page.press("#signin-pin", "Enter")
+    await expect(page.locator("#signin-error")).to_have_text("Unknown staff id or wrong PIN.")
+    await screenshot("handheld-1-signin")  # type: ignore[operator]
+    await page.fill("#signin-pin", "4711")
+    await page.press("#signin-pin", "Enter")
+    await expect(page.locator("#screen-home")).to_be_visible()
+    await expect(page.locator("#where")).to_have_text("S001")
+    await expect(page.locator("#who")).to_have_text("ana")
+    await expect(page.locator("#sync")).to_have_text("Not synced yet")
+    await screenshot("handheld-2-home")  # type: ignore[operator]
+
+    await page.click("text=Receive")
+    await expect(page.locator("#screen-open")).to_be_visible()
+    await expect(page.locator("label[data-for=to_location]")).to_be_hidden()
+    await page.fill("#open-form input[name=ref]", "DN-4711")
+    await page.fill("#open-form textarea[name=expected]", "SKU-APPLE 3\nSKU-PEAR 2\n")
+    await screenshot("handheld-3-open")  # type: ignore[operator]
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    await expect(page.locator("#session-title")).to_have_text("Receive · DN-4711")
+    assert await focused_id(page) == "scan-code"
+    await expect(page.locator("#undo")).to_be_disabled()  # nothing to undo yet
+
+    for _ in range(4):  # as fast as a scanner goes: each scan is typed before the last one is answered
+        await wedge(page, APPLE)
+    await expect(page.locator("#total-units")).to_have_text("4 units")
+    await wedge(page, STRANGER)
+    await expect(page.locator("#scan-msg")).to_contain_text("not in the catalog, kept as unknown:04007817327098")
+    await wedge(page, "4006381333932")  # a misread: wrong check digit
+    await expect(page.locator("#scan-msg")).to_contain_text("wrong check digit")
+    assert await focused_id(page) == "scan-code"
+
+    # Focus wandered off (a tap on the heading); the scanner's keystrokes still land in the scan field.
+    await page.click("#session-title")
+    await wedge(page, PEAR)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-PEAR.")
+
+    await page.fill("#scan-qty", "2")
+    await expect(page.locator("#scan-code")).to_be_focused()  # a pause after typing a quantity hands focus back
+    await page.check("#scan-keyed")
+    await page.fill("#scan-code", "SKU-FIG")
+    await page.press("#scan-code", "Enter")
+    await expect(page.locator("#scan-msg")).to_have_text("Added 2 × SKU-FIG.")
+    await expect(page.locator("#scan-qty")).to_have_value("1")
+
+    await page.click("#undo")
+    await expect(page.locator("#scan-msg")).to_have_text("Undid 2 × SKU-FIG.")
+    rows = page.locator("#totals tr")
+    await expect(rows).to_have_count(3)
+    await expect(rows.nth(0)).to_have_text("SKU-APPLE43")
+    await expect(rows.nth(0)).to_have_class("over")
+    await expect(rows.nth(1)).to_have_class("short")
+    await expect(rows.nth(2)).to_have_text("unknown:040078173270981—")
+    await page.click(".lines-box summary")
+    await expect(page.locator("#lines li")).to_have_count(7)
+    await expect(page.locator("#lines li.undone")).to_have_count(1)
+    await screenshot("handheld-4-session")  # type: ignore[operator]
+
+    await page.click("#close")
+    await expect(page.locator("#confirm")).to_be_visible()
+    await expect(page.locator("#confirm-zero")).to_be_hidden()
+    await screenshot("handheld-5-confirm")  # type: ignore[operator]
+    await page.click("#confirm-yes")
+    await expect(page.locator("#screen-report")).to_be_visible()
+    await expect(page.locator("#report-sub")).to_have_text(
+        "3 movements recorded, 6 units. They reach the hub with the next sync."
+    )
+    statuses = await page.locator("#report-lines .badge").all_text_contents()
+    assert statuses == ["over", "short", "unexpected"]
+    await screenshot("handheld-6-report")  # type: ignore[operator]
+
+    booked = [(ev.sku, ev.kind, ev.qty, ev.ref, ev.attrs["by"]) for ev in await agent.outbox.pending(10)]
+    assert booked == [
+        ("SKU-APPLE", Kind.RECEIVE, 4, "DN-4711", "ana"),
+        ("unknown:04007817327098", Kind.RECEIVE, 1, "DN-4711", "ana"),
+        ("SKU-PEAR", Kind.RECEIVE, 1, "DN-4711", "ana"),
+    ]
+    await page.click("#report-done")
+    await expect(page.locator("#active-empty")).to_be_visible()
+    assert script_errors(console_errors) == []
+
+
+async def test_a_count_closed_with_unscanned_skus_as_zero_and_a_cancelled_return(
+    page: Page, agent: Agent, console_errors: list[str], screenshot: object
+) -> None:
+    await sign_in(page, agent)
+    await page.click("text=Count")
+    await page.fill("#open-form textarea[name=scope_skus]", "SKU-APPLE\nSKU-PEAR\nSKU-PLUM")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    await wedge(page, APPLE)
+    await wedge(page, APPLE)
+    await expect(page.locator("#total-units")).to_have_text("2 units")
+    await page.fill("#scan-qty", "0")
+    await page.press("#scan-qty", "Enter")  # the quantity is set; the focus is back in the scan field
+    assert await focused_id(page) == "scan-code"
+    await wedge(page, PEAR)  # looked: no pears on the shelf
+    await expect(page.locator("#scan-msg")).to_have_text("Added 0 × SKU-PEAR.")
+    await expect(page.locator("#totals tr.not_counted")).to_have_text("SKU-PLUM0")
+    await screenshot("handheld-7-count")  # type: ignore[operator]
+    await page.click("#close")
+    await expect(page.locator("#confirm-zero")).to_be_visible()
+    await page.check("#confirm-zero-box")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#screen-report")).to_be_visible()
+    statuses = await page.locator("#report-lines .badge").all_text_contents()
+    assert statuses == ["counted", "counted", "zero filled"]
+    counted = {ev.sku: ev.qty for ev in await agent.outbox.pending(10) if ev.kind is Kind.COUNT}
+    assert counted == {"SKU-APPLE": 2, "SKU-PEAR": 0, "SKU-PLUM": 0}
+
+    await page.click("#report-done")
+    await page.click("text=Customer return")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#disposition")).to_be_visible()
+    await page.check("input[name=disposition][value=damaged]")
+    await wedge(page, APPLE)
+    await expect(page.locator("#totals tr")).to_have_text("SKU-APPLE (damaged)1")
+    await screenshot("handheld-8-return")  # type: ignore[operator]
+    await page.click("#cancel")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#screen-home")).to_be_visible()
+    [cancelled] = await agent.sessions.list(active=False, limit=1)
+    assert cancelled.type is SessionType.RETURN and cancelled.closed_by == "ana"
+    assert len(await agent.outbox.pending(10)) == 3  # the cancelled return booked nothing
+    assert script_errors(console_errors) == []
+
+
+async def test_a_signed_out_page_asks_for_the_pin_again(page: Page, agent: Agent, console_errors: list[str]) -> None:
+    await sign_in(page, agent)
+    await page.click("#signout")
+    await expect(page.locator("#screen-signin")).to_be_visible()
+    await page.reload()
+    await expect(page.locator("#screen-signin")).to_be_visible()
+    assert script_errors(console_errors) == []
