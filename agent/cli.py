@@ -121,6 +121,7 @@ def _replicator(config: AgentConfig, outbox: Outbox) -> Replicator | None:
         retry_max_s=r.retry_max_s,
         timeout_s=r.timeout_s,
         auth_retry_s=r.auth_retry_s,
+        heartbeat_s=r.heartbeat_s,
     )
 
 

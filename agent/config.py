@@ -25,7 +25,7 @@ from agent.errors import ConfigError, OutboxError
 from agent.localapi.auth import LOGIN_TTL_S, AuthError, PinHash
 from agent.outbox import check_identity
 from agent.pos.config import PosConfigError, PosImportConfig
-from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
+from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, HEARTBEAT_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
 from agent.scanning import COUNT_RESET_S, MODES
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
@@ -60,6 +60,7 @@ class ReplicatorSection:
     retry_max_s: float = RETRY_MAX_S
     timeout_s: float = TIMEOUT_S
     auth_retry_s: float = AUTH_RETRY_S
+    heartbeat_s: float = HEARTBEAT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "synchronous",
         "retention_days",
     ),
-    "replicator": ("batch_size", "tick_s", "retry_base_s", "retry_max_s", "timeout_s", "auth_retry_s"),
+    "replicator": ("batch_size", "tick_s", "retry_base_s", "retry_max_s", "timeout_s", "auth_retry_s", "heartbeat_s"),
     "simulate": ("count", "rate_per_s", "skus", "seed", "batch", "enabled"),
     # [[scanner]]: these, plus the device settings of its type (docs/scanners.md; reader_id is `id` here)
     "scanner": ("id", "type", "mode", "location", "rcn_region", "count_reset_s"),
@@ -333,6 +334,7 @@ def _replicator(s: _Section) -> ReplicatorSection:
         retry_max_s=seconds("retry_max_s", RETRY_MAX_S),
         timeout_s=seconds("timeout_s", TIMEOUT_S),
         auth_retry_s=seconds("auth_retry_s", AUTH_RETRY_S),
+        heartbeat_s=seconds("heartbeat_s", HEARTBEAT_S),
     )
 
 

@@ -33,7 +33,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -64,6 +66,7 @@ RETRY_BASE_S = 0.5
 RETRY_MAX_S = 60.0
 TIMEOUT_S = 30.0
 AUTH_RETRY_S = 300.0
+HEARTBEAT_S = 60.0  # an idle agent still tells the hub it is alive (and its backlog) this often
 RETRY_AFTER_MAX_S = 600.0  # the longest a hub's Retry-After (429) is honoured
 
 
@@ -119,6 +122,7 @@ class Replicator:
         retry_max_s: float = RETRY_MAX_S,
         timeout_s: float = TIMEOUT_S,
         auth_retry_s: float = AUTH_RETRY_S,
+        heartbeat_s: float = HEARTBEAT_S,
         rng: random.Random | None = None,
     ) -> None:
         if batch_size < 1:
@@ -132,6 +136,8 @@ class Replicator:
         self._retry_max_s = retry_max_s
         self._timeout_s = timeout_s
         self._auth_retry_s = auth_retry_s
+        self._heartbeat_s = heartbeat_s
+        self._last_answer_s = -math.inf  # monotonic time of the last 200 from the hub
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -260,11 +266,14 @@ class Replicator:
                 batch = await self._outbox.pending(self._batch_size)
                 if not batch:
                     await self._update(backlog=0)
-                    return False
+                    if time.monotonic() - self._last_answer_s < self._heartbeat_s:
+                        return False
+                    # idle for a while: an empty request tells the hub we are alive (and re-checks its mark)
             status, body, sent_ms, received_ms = await self._post(batch)
             if status == 429:
                 raise self._slow_down(body)
             if status == 200:
+                self._last_answer_s = time.monotonic()
                 return await self._accepted(batch, body, sent_ms, received_ms)
             if status == 422 and batch:
                 return await self._invalid(batch, body)
@@ -278,7 +287,11 @@ class Replicator:
 
     async def _post(self, batch: tuple[StockEvent, ...]) -> tuple[int, bytes, int, int]:
         assert self._session is not None
-        request = SyncRequest(self._outbox.agent_id, self._outbox.epoch, batch, acked_seq=self._acked_seq)
+        stats = await self._outbox.stats()
+        request = SyncRequest(
+            self._outbox.agent_id, self._outbox.epoch, batch, acked_seq=self._acked_seq,
+            backlog=stats.backlog, oldest_pending_ms=stats.oldest_pending_ms,
+        )  # fmt: skip
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
         sent_ms = wall_ms_now()
         try:

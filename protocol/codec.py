@@ -42,6 +42,8 @@ class SyncRequest:
     epoch: int
     events: tuple[StockEvent, ...]
     acked_seq: int = 0  # the agent's acknowledged mark, for the hub to compare with its own
+    backlog: int | None = None  # events in the outbox not yet acknowledged, this batch included
+    oldest_pending_ms: int | None = None  # wall ms of the oldest of them (None when the backlog is empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ def encode_sync_request(req: SyncRequest) -> bytes:
             "agent_id": req.agent_id,
             "epoch": req.epoch,
             "acked_seq": req.acked_seq,
+            **({"backlog": req.backlog} if req.backlog is not None else {}),
+            **({"oldest_pending_ms": req.oldest_pending_ms} if req.oldest_pending_ms is not None else {}),
             "events": [event_to_wire(ev) for ev in req.events],
         },
         use_bin_type=True,
@@ -143,10 +147,18 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     Raises ``ProtocolError`` for a bad envelope and ``BadEvents`` (a subclass)
     when the envelope is sound but one or more events are not.
     """
-    obj = _envelope(_unpack(data, "sync request"), "sync request", {"v", "agent_id", "epoch", "acked_seq", "events"})
+    obj = _envelope(
+        _unpack(data, "sync request"), "sync request", {"v", "agent_id", "epoch", "acked_seq", "backlog", "oldest_pending_ms", "events"}
+    )
     agent_id = _check_str(obj.get("agent_id"), "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
     epoch = _check_int(obj.get("epoch"), "epoch", 0, EPOCH_MAX)
     acked_seq = _check_int(obj.get("acked_seq", 0), "acked_seq", 0, SEQ_MAX)
+    backlog = obj.get("backlog")
+    if backlog is not None:
+        _check_int(backlog, "backlog", 0, SEQ_MAX)
+    oldest_pending_ms = obj.get("oldest_pending_ms")
+    if oldest_pending_ms is not None:
+        _check_int(oldest_pending_ms, "oldest_pending_ms", 0, SEQ_MAX)
     raw_events = obj.get("events")
     if not isinstance(raw_events, list):
         raise ProtocolError(f"must be a list, got {type(raw_events).__name__}", field="events")
@@ -173,7 +185,10 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     seqs = [ev.seq for ev in events]
     if any(b <= a for a, b in itertools.pairwise(seqs)):
         raise ProtocolError("seq must strictly increase within a request", field="events")
-    return SyncRequest(agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq)
+    return SyncRequest(
+        agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq,
+        backlog=backlog, oldest_pending_ms=oldest_pending_ms,
+    )  # fmt: skip
 
 
 def encode_sync_response(resp: SyncResponse) -> bytes:

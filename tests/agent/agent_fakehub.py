@@ -38,6 +38,7 @@ class Seen:
     token: str
     seqs: tuple[int, ...]
     status: int
+    backlog: int | None = None  # what the agent reported
 
 
 class FakeHub:
@@ -109,7 +110,7 @@ class FakeHub:
         body = await request.read()
         sync = decode_sync_request(body)
         response = self._answer(token, sync.agent_id, sync.epoch, sync.events)
-        self.requests.append(Seen(token, tuple(ev.seq for ev in sync.events), response.status))
+        self.requests.append(Seen(token, tuple(ev.seq for ev in sync.events), response.status, sync.backlog))
         async with self.changed:
             self.changed.notify_all()
         if self.gate is not None:

@@ -68,6 +68,24 @@ async def test_batches_are_at_most_batch_size_and_in_seq_order(hub: FakeHub, out
     assert (stats.backlog, stats.acked_seq, stats.sync_state, stats.hub_reachable) == (0, 30, "ok", True)
 
 
+async def test_requests_report_the_backlog_and_an_idle_agent_sends_heartbeats(hub: FakeHub, outbox: Outbox) -> None:
+    await outbox.record([sale(f"SKU-{n % 4}") for n in range(30)])
+    async with fast(outbox, hub, batch_size=10, tick_s=0.05, heartbeat_s=0.2) as replicator:
+        await until(replicator, lambda s: s.sent_events == 30)
+        await hub.wait_for(lambda: sum(1 for seen in hub.requests if not seen.seqs) >= 3)  # handshake + 2 heartbeats
+    with_events = [seen.backlog for seen in hub.requests if seen.seqs]
+    assert with_events == [30, 20, 10]
+    heartbeats = [seen for seen in hub.requests[1:] if not seen.seqs]
+    assert heartbeats and all(seen.backlog == 0 for seen in heartbeats)
+
+
+async def test_a_busy_agent_sends_no_heartbeat_and_an_idle_one_waits_for_it(hub: FakeHub, outbox: Outbox) -> None:
+    async with fast(outbox, hub, tick_s=0.05, heartbeat_s=600.0) as replicator:
+        await until(replicator, lambda s: s.sync_state == "ok")
+        await asyncio.sleep(0.3)  # several ticks pass with nothing to send
+    assert [seen.seqs for seen in hub.requests] == [()]  # the handshake only
+
+
 async def test_new_records_wake_the_replicator(hub: FakeHub, outbox: Outbox) -> None:
     async with fast(outbox, hub, tick_s=600.0) as replicator:  # a tick that never comes in this test
         await until(replicator, lambda s: s.sync_state == "ok")

@@ -116,3 +116,11 @@ def test_fuzzed_structures_inside_the_envelope_only_raise_protocol_error(obj):
             decode_sync_request(data)
         except ProtocolError:
             pass
+
+
+def test_backlog_report_round_trips_and_is_optional():
+    req = SyncRequest("agent-1", 3, (event(1),), acked_seq=0, backlog=1200, oldest_pending_ms=1_700_000_000_000)
+    assert decode_sync_request(encode_sync_request(req)) == req
+    assert decode_sync_request(body([])).backlog is None
+    with pytest.raises(ProtocolError, match="backlog: must be between"):
+        decode_sync_request(body([], backlog=-1))
