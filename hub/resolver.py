@@ -98,6 +98,35 @@ def negative_on_hand_finding(location: str, sku: str, on_hand: int) -> Finding |
     )
 
 
+# --- other systems' counts: divergence --------------------------------------
+
+DIVERGENCE_MIN_UNITS = 2  # a difference of this many units always counts …
+DIVERGENCE_FRACTION_DIVISOR = 20  # … and a smaller one when it is >= 1/20 (5 %) of the hub's on_hand
+
+
+def diverges(observed: int, hub_on_hand: int) -> bool:
+    """True when another system's on_hand differs from the hub's enough to report:
+    |difference| >= min(2, 5 % of the hub's on_hand), and never when they agree."""
+    diff = abs(observed - hub_on_hand)
+    return diff > 0 and (diff >= DIVERGENCE_MIN_UNITS or diff * DIVERGENCE_FRACTION_DIVISOR >= abs(hub_on_hand))
+
+
+def on_hand_as_of(events: Iterable[StockEvent], location: str, sku: str, before: int) -> int:
+    """The reference for "on_hand as of a time": the last count of (location, sku)
+    ordered before the packed HLC ``before`` plus the deltas between it and ``before``."""
+    evs = sorted(
+        (ev for ev in events if ev.location == location and ev.sku == sku and ev.occurred_at < before),
+        key=order_key,
+    )
+    on_hand = 0
+    for ev in evs:
+        if ev.kind is Kind.COUNT:
+            on_hand = ev.qty
+        elif ev.kind in ON_HAND_KINDS:
+            on_hand += ev.qty
+    return on_hand
+
+
 # --- reservations ----------------------------------------------------------
 
 

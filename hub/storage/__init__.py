@@ -13,18 +13,28 @@ from hub.storage.base import (
     ROLES,
     AgentIdentity,
     AgentStatus,
+    Catalog,
+    CatalogItem,
+    CatalogUpdate,
+    ChangeRow,
     CountRow,
+    DivergenceRow,
     Effect,
     ExceptionRow,
     Forbidden,
     HubError,
     HubStore,
+    ImportIssue,
     IngestResult,
     InvalidInput,
     LedgerRow,
+    Observation,
+    ReportResult,
     StoreClosed,
     StoreError,
     StoreOpener,
+    WebhookDelivery,
+    WebhookState,
 )
 from hub.storage.sqlite import SqliteHubStore
 
@@ -34,11 +44,13 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 def open_store(url_or_path: str | os.PathLike[str]) -> StoreOpener[HubStore]:
     """Open the store a URL or path names: ``sqlite:///abs/path.db`` (what follows
-    ``sqlite://`` is the path), or a plain file path. ``await`` it, or use it as
-    ``async with``."""
+    ``sqlite://`` is the path), a plain file path, or ``postgresql://user:pw@host/db``
+    (``postgres://`` too). ``await`` it, or use it as ``async with``."""
     target = os.fspath(url_or_path)
     if target.startswith(POSTGRES_SCHEMES):
-        raise StoreError("PostgreSQL storage is not available in this version of shelfsync; use a SQLite path")
+        from hub.storage.postgres import PostgresHubStore  # the driver loads only for a PostgreSQL hub
+
+        return PostgresHubStore.open(target)
     if target.startswith(SQLITE_SCHEME):
         target = target[len(SQLITE_SCHEME) :]
     elif "://" in target:
@@ -53,18 +65,28 @@ __all__ = [
     "ROLES",
     "AgentIdentity",
     "AgentStatus",
+    "Catalog",
+    "CatalogItem",
+    "CatalogUpdate",
+    "ChangeRow",
     "CountRow",
+    "DivergenceRow",
     "Effect",
     "ExceptionRow",
     "Forbidden",
     "HubError",
     "HubStore",
+    "ImportIssue",
     "IngestResult",
     "InvalidInput",
     "LedgerRow",
+    "Observation",
+    "ReportResult",
     "SqliteHubStore",
     "StoreClosed",
     "StoreError",
     "StoreOpener",
+    "WebhookDelivery",
+    "WebhookState",
     "open_store",
 ]

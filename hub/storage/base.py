@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 from hub.resolver import Effect as Effect  # noqa: PLC0414 (re-exported: the ledger speaks the resolver's words)
 from protocol import CountSnapshot, Rejection, StockEvent
@@ -126,6 +126,127 @@ class AgentStatus:
     revoked: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeRow:
+    """One committed change of a (location, sku)'s counts, as the change feed serves it.
+
+    ``change_id`` follows commit order: strictly increasing, never reused, and a
+    reader never sees change N+1 before change N. ``event_ids`` are (some of) the
+    events that caused it, at most ``CHANGE_EVENT_IDS_MAX``; empty when the change
+    is not an event's (a safety stock set by an admin).
+    """
+
+    change_id: int
+    location: str
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+    in_transit: int
+    event_ids: tuple[bytes, ...]
+    at_ms: int
+
+
+CHANGE_EVENT_IDS_MAX = 16  # event ids kept per change row; the ledger has them all
+
+
+class WebhookState(NamedTuple):
+    """Where one webhook stands. A tuple, so ``cursor, last_error, attempts = …`` works too."""
+
+    cursor: int  # the last change_id delivered (0: none yet)
+    last_error: str | None  # the last delivery failure, None after a success
+    attempts: int  # failed attempts since the last success
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One delivery attempt of changes ``first_change``..``last_change`` to a webhook."""
+
+    delivery_id: int
+    name: str
+    first_change: int
+    last_change: int
+    status: str  # "delivered" | "failed" (free text for the feed helper; stored as given)
+    http_status: int | None
+    error: str | None
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogItem:
+    """One barcode the hub knows: what SKU it is and how many base units one scan means."""
+
+    barcode: str  # GTIN-8/12/13/14 digits or other scanned text, at most 64 characters
+    sku: str
+    pack_size: int = 1
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    version: int  # 0 for an empty catalog that was never written; +1 on every change
+    items: tuple[CatalogItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogUpdate:
+    """The answer to ``put_catalog``: the new version and the barcodes whose mapping changed."""
+
+    version: int
+    updated: int  # items inserted or changed (unchanged ones do not count)
+    changed: tuple[str, ...]  # barcodes inserted or changed
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Another system's on-hand belief for one (location, sku) at one time (a snapshot, never a movement)."""
+
+    obs_id: str  # the sender's id, unique per agent
+    location: str
+    sku: str
+    system: str  # "shopify", "square" ...
+    on_hand: int
+    observed_at_ms: int
+    source_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportIssue:
+    """A row of a POS export that the agent quarantined instead of importing."""
+
+    issue_id: str  # the sender's id, unique per agent
+    location: str
+    file: str
+    line: int
+    reason: str
+    raw: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    """The answer to a batch of observations or import issues: ids kept (new or resent) and refused."""
+
+    accepted: tuple[str, ...]
+    rejected: tuple[tuple[str, str], ...]  # (id, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class DivergenceRow:
+    """The latest observation of one (system, location, sku) against the hub's on_hand at its time."""
+
+    system: str
+    location: str
+    sku: str
+    observed: int
+    hub_on_hand: int  # the hub's on_hand as of observed_at_ms
+    difference: int  # observed − hub_on_hand
+    observed_at_ms: int
+    agent_id: str
+    obs_id: str
+    source_file: str
+    received_at_ms: int
+
+
 S_co = TypeVar("S_co", bound="HubStore", covariant=True)
 
 
@@ -178,9 +299,19 @@ class HubStore(abc.ABC):
 
     # --- ingest ----------------------------------------------------------
     @abc.abstractmethod
-    async def ingest(self, who: AgentIdentity, epoch: int, events: Sequence[StockEvent]) -> IngestResult:
+    async def ingest(
+        self, who: AgentIdentity, epoch: int, events: Sequence[StockEvent], acked_seq: int = 0
+    ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
+
+        ``acked_seq`` is the sender's acknowledged mark. When it is above the
+        mark the hub holds (the hub database was restored from an older copy),
+        the batch is still committed but the answer's ``hwm`` is the hub's mark
+        from before the batch, so the agent rewinds and resends what was lost.
+
+        Every (location, sku) whose on_hand, reserved, available or in_transit
+        changed gets one row in the change feed, in the same transaction.
 
         Events for locations ``who`` is not bound to, and events whose id is
         already stored with different content, are rejected (kept in the
@@ -214,3 +345,82 @@ class HubStore(abc.ABC):
 
     @abc.abstractmethod
     async def health(self) -> dict[str, Any]: ...
+
+    # --- change feed -------------------------------------------------------
+    @abc.abstractmethod
+    async def changes(
+        self, after: int, limit: int, location: str | None = None, sku: str | None = None
+    ) -> list[ChangeRow]:
+        """Change rows with ``change_id > after``, oldest first, at most ``limit``;
+        optionally of one location and/or one SKU. Resuming with the last id read
+        yields exactly the rest, each change once, in commit order."""
+
+    @abc.abstractmethod
+    async def latest_change_id(self) -> int:
+        """The newest change_id committed (0 when there is none)."""
+
+    # --- webhooks (the feed helper drives them; the store keeps their state) --
+    @abc.abstractmethod
+    async def webhook_state(self, name: str) -> WebhookState:
+        """Where webhook ``name`` stands; ``WebhookState(0, None, 0)`` if never saved."""
+
+    @abc.abstractmethod
+    async def save_webhook_state(self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0) -> None:
+        """Upsert the state of webhook ``name``."""
+
+    @abc.abstractmethod
+    async def log_webhook_delivery(
+        self,
+        name: str,
+        first_change: int,
+        last_change: int,
+        status: str,
+        http_status: int | None,
+        error: str | None,
+        at_ms: int,
+    ) -> None:
+        """Append one delivery attempt to the webhook's log."""
+
+    @abc.abstractmethod
+    async def webhook_deliveries(self, name: str, limit: int = 100) -> list[WebhookDelivery]:
+        """The webhook's delivery attempts, newest first."""
+
+    # --- catalog -------------------------------------------------------------
+    @abc.abstractmethod
+    async def catalog(self) -> Catalog:
+        """Every catalog item (ordered by barcode) and the catalog version."""
+
+    @abc.abstractmethod
+    async def catalog_version(self) -> int:
+        """The catalog version alone (cheap: for ETag / If-None-Match)."""
+
+    @abc.abstractmethod
+    async def put_catalog(self, items: Sequence[CatalogItem]) -> CatalogUpdate:
+        """Upsert ``items`` by barcode in one transaction. The version goes up by
+        one iff some item was inserted or changed."""
+
+    @abc.abstractmethod
+    async def unknown_events(self, skus: Sequence[str]) -> list[LedgerRow]:
+        """Every stored event (not rejected attempts) whose sku is one of ``skus``
+        (the "unknown:<barcode>" keys), in resolution order."""
+
+    # --- observations and import issues ---------------------------------------
+    @abc.abstractmethod
+    async def add_observations(self, who: AgentIdentity, observations: Sequence[Observation]) -> ReportResult:
+        """Store observations sent by ``who``, deduplicated by (agent_id, obs_id).
+        An observation of a location ``who`` is not bound to is rejected; a resend
+        (same id, same content) is accepted again, a different content under a
+        known id is rejected."""
+
+    @abc.abstractmethod
+    async def add_import_issues(self, who: AgentIdentity, issues: Sequence[ImportIssue]) -> ReportResult:
+        """Store quarantined import rows sent by ``who``; the same rules as ``add_observations``."""
+
+    @abc.abstractmethod
+    async def divergence(
+        self, *, location: str | None = None, system: str | None = None, limit: int = 1000
+    ) -> list[DivergenceRow]:
+        """For the latest observation per (system, location, sku): the hub's
+        on_hand as of its ``observed_at_ms`` (the last count ordered before it
+        plus the deltas between) next to the observed value, for those whose
+        difference reaches the threshold (``hub.resolver.diverges``)."""

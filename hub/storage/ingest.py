@@ -17,6 +17,12 @@ arrive roughly in order, and with indexed range queries for the late cases:
   UPDATE and on_hand is that count plus one indexed SUM after it; only the
   counts whose window received an event get their variance recomputed.
 
+Every key whose on_hand, reserved, available or in_transit changed gets one
+``NewChange`` row appended to the change feed (``IngestTx.append_changes``) in
+the same transaction. The answer's ``hwm`` is the mark from before the batch
+when the sender's acknowledged mark is above it (the hub was restored from an
+older copy: the sender must rewind and resend).
+
 Two deliveries of one event id are the same event iff their ``EventRow`` — every
 field ``StockEvent.content_hash`` covers — is equal; the comparison reads the
 stored row only for ids already stored, so new events cost no hashing.
@@ -49,7 +55,7 @@ from hub.resolver import (
     transfer_destination,
     transfer_key,
 )
-from hub.storage.base import INGEST_ROLES, AgentIdentity, Forbidden, IngestResult
+from hub.storage.base import CHANGE_EVENT_IDS_MAX, INGEST_ROLES, AgentIdentity, Forbidden, IngestResult
 from protocol import CountSnapshot, Kind, Rejection, StockEvent, event_id_hex
 
 # (agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs JSON or None)
@@ -102,6 +108,14 @@ class CountPoint:
     qty: int
 
 
+@dataclass(frozen=True, slots=True)
+class NewChange:
+    """One change-feed row to append: the key's new counts and (some of) the events that caused it."""
+
+    snapshot: CountSnapshot
+    event_ids: tuple[bytes, ...]  # at most CHANGE_EVENT_IDS_MAX, in resolution order
+
+
 # (event_id, row, effect, variance); variance is None for a count whose variance follows the insert
 NewEvent: TypeAlias = tuple[bytes, EventRow, Effect, int | None]
 
@@ -128,6 +142,7 @@ class Batch:
     refused: tuple[RejectedAttempt, ...]
     max_seq: int  # every event counts as processed, refused ones too
     max_wall_ms: int | None
+    acked_seq: int = 0  # the sender's acknowledged mark (see the module doc)
 
 
 class IngestTx(Protocol):
@@ -176,8 +191,19 @@ class IngestTx(Protocol):
 
     async def note_sync(self, agent_id: str, now_ms: int, clock_skew_ms: int | None) -> None: ...
 
+    # Added in wave 2 (additive):
 
-def prepare_batch(who: AgentIdentity, epoch: int, events: Sequence[StockEvent]) -> Batch:
+    async def stored_hwm(self, agent_id: str, epoch: int) -> int:
+        """The mark of (agent_id, epoch) as stored before this batch; 0 if none.
+        Called before ``advance_hwm``, only when the sender states an acknowledged mark."""
+
+    async def append_changes(self, rows: Sequence[NewChange], now_ms: int) -> None:
+        """Append change-feed rows in the given order with increasing change ids
+        (``at_ms`` = ``now_ms``); the backend guarantees a reader never sees a
+        change id before every smaller one is visible."""
+
+
+def prepare_batch(who: AgentIdentity, epoch: int, events: Sequence[StockEvent], acked_seq: int = 0) -> Batch:
     """Check a batch against its sender: pure, so it runs before the write transaction."""
     if who.role not in INGEST_ROLES:
         raise Forbidden(f"{who.agent_id} holds a {who.role} credential, which may not send stock events")
@@ -203,6 +229,7 @@ def prepare_batch(who: AgentIdentity, epoch: int, events: Sequence[StockEvent]) 
         tuple(refused),
         max((ev.seq for ev in events), default=0),
         max((ev.wall_ms for ev in events), default=None),
+        acked_seq,
     )
 
 
@@ -389,12 +416,14 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     passed: list[tuple[StockKey, OrderKey | None, OrderKey]] = []
     late: dict[StockKey, _Late] = {}
     changed: list[StockKey] = []
+    before: dict[StockKey, CountSnapshot] = {}
     for key in stock_keys:
         key_events = by_key.get(key, [])
         if not key_events and key in touched and not (reserved_delta[key] or in_transit_delta[key]):
             continue  # only resends: nothing changes
         key_events.sort(key=order_key)
         state = rows.get(key) or StockRow(*key)
+        before[key] = state.snapshot()
         rows[key], moved, rest = _plan_key(
             state, key_events, effects, variances, reserved_delta[key], in_transit_delta[key]
         )
@@ -428,7 +457,17 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         await tx.save_reservations(new_reservations, now_ms)
     if changed:
         await tx.save_stock([rows[k] for k in changed], now_ms)
-    hwm = await tx.advance_hwm(who.agent_id, epoch, batch.max_seq, now_ms)
+        feed = _changes(changed, rows, before, by_key, by_transfer, new_transfers)
+        if feed:
+            await tx.append_changes(feed, now_ms)
+    restored_hwm = None
+    if batch.acked_seq > 0:
+        stored_hwm = await tx.stored_hwm(who.agent_id, epoch)
+        if batch.acked_seq > stored_hwm:
+            restored_hwm = stored_hwm
+    # The sender holding more than this hub is told to rewind and resend. The stored mark stays too: the
+    # seqs between it and this batch are missing here, and raising it would hide them from the resend.
+    hwm = await tx.advance_hwm(who.agent_id, epoch, batch.max_seq if restored_hwm is None else restored_hwm, now_ms)
     skew = None if batch.max_wall_ms is None else now_ms - batch.max_wall_ms
     await tx.note_sync(who.agent_id, now_ms, skew)
     return IngestResult(
@@ -440,3 +479,29 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         applied=len(fresh),
         counts=tuple(rows[k].snapshot() for k in sorted(touched)),
     )
+
+
+def _changes(
+    changed: Sequence[StockKey],
+    rows: Mapping[StockKey, StockRow],
+    before: Mapping[StockKey, CountSnapshot],
+    by_key: Mapping[StockKey, list[StockEvent]],
+    by_transfer: Mapping[TransferKey, list[StockEvent]],
+    transfers: Sequence[Transfer],
+) -> list[NewChange]:
+    """One change row per key whose counts moved, in key order (deterministic)."""
+    causes: dict[StockKey, list[bytes]] = {key: [ev.event_id for ev in evs] for key, evs in by_key.items()}
+    for t in transfers:  # a destination moved by the other side's event: name that event
+        if t.to_location is not None and not causes.get((t.to_location, t.sku)):
+            causes[(t.to_location, t.sku)] = [ev.event_id for ev in by_transfer.get((t.ref, t.sku), ())]
+    out: list[NewChange] = []
+    for key in sorted(changed):
+        new, old = rows[key].snapshot(), before[key]
+        if (new.on_hand, new.reserved, new.available, new.in_transit) != (
+            old.on_hand,
+            old.reserved,
+            old.available,
+            old.in_transit,
+        ):
+            out.append(NewChange(new, tuple(causes.get(key, ())[:CHANGE_EVENT_IDS_MAX])))
+    return out

@@ -30,24 +30,34 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from hub.resolver import Effect, Transfer, available, is_location, negative_on_hand_finding
-from hub.storage import credentials
+from hub.storage import checks, credentials, findings, sqlite_feed, sqlite_reports
 from hub.storage.base import (
     AgentIdentity,
     AgentStatus,
+    Catalog,
+    CatalogItem,
+    CatalogUpdate,
+    ChangeRow,
     CountRow,
+    DivergenceRow,
     ExceptionRow,
     HubStore,
+    ImportIssue,
     IngestResult,
     InvalidInput,
     LedgerRow,
+    Observation,
+    ReportResult,
     StoreClosed,
     StoreError,
     StoreOpener,
+    WebhookDelivery,
+    WebhookState,
 )
-from hub.storage.ingest import apply_batch, prepare_batch
+from hub.storage.ingest import NewChange, apply_batch, prepare_batch
 from hub.storage.sqlite_ingest import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, SqliteIngest
 from hub.storage.sqlite_schema import SCHEMA_VERSION, migrate
-from protocol import QTY_MAX, StockEvent, event_id_hex, wall_ms_now
+from protocol import QTY_MAX, CountSnapshot, StockEvent, event_id_hex, wall_ms_now
 from protocol.event import SKU_MAX_LEN
 
 log = logging.getLogger(__name__)
@@ -336,9 +346,11 @@ class SqliteHubStore(HubStore):
 
     # --- ingest --------------------------------------------------------------
 
-    async def ingest(self, who: AgentIdentity, epoch: int, events: Sequence[StockEvent]) -> IngestResult:
+    async def ingest(
+        self, who: AgentIdentity, epoch: int, events: Sequence[StockEvent], acked_seq: int = 0
+    ) -> IngestResult:
         self._check_open()
-        batch = prepare_batch(who, epoch, events)  # before the write lock: overlaps another batch's commit
+        batch = prepare_batch(who, epoch, events, acked_seq)  # before the write lock: overlaps another batch
 
         def work(db: aiosqlite.Connection) -> Awaitable[IngestResult]:
             return apply_batch(SqliteIngest(db), batch, wall_ms_now())
@@ -418,6 +430,9 @@ class SqliteHubStore(HubStore):
                 (*at, limit),
             )
             out += [_rejection_exception(r) for r in rejected]
+            out += await sqlite_reports.unknown_barcode_exceptions(db, location, limit)
+            out += await sqlite_reports.import_issue_exceptions(db, location, limit)
+            out += [findings.divergence(d) for d in await sqlite_reports.divergence(db, location, None, limit)]
             out.sort(key=lambda e: (-e.at_ms, e.kind, e.location or "", e.sku or ""))
             return out[:limit]
 
@@ -453,16 +468,118 @@ class SqliteHubStore(HubStore):
             raise InvalidInput(f"safety stock must be a whole number of units from 0 to {QTY_MAX}, got {qty!r}")
 
         async def work(db: aiosqlite.Connection) -> CountRow:
+            now_ms = wall_ms_now()
+            old = await db.execute_fetchall(
+                "SELECT on_hand, reserved, safety_stock FROM stock WHERE location = ? AND sku = ?", (location, sku)
+            )
             rows = await db.execute_fetchall(
                 "INSERT INTO stock (location, sku, on_hand, reserved, in_transit, safety_stock, updated_at_ms) "
                 "VALUES (?, ?, 0, 0, 0, ?, ?) ON CONFLICT (location, sku) DO UPDATE SET "
                 "safety_stock = excluded.safety_stock, updated_at_ms = excluded.updated_at_ms "
                 "RETURNING location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms",
-                (location, sku, qty, wall_ms_now()),
+                (location, sku, qty, now_ms),
             )
-            return _count_row(next(iter(rows)))
+            row = _count_row(next(iter(rows)))
+            was = next(iter(old), (0, 0, 0))  # a new key starts at zero
+            if available(was[0], was[1], was[2]) != row.available:  # the feed shows the new available
+                snapshot = CountSnapshot(location, sku, row.on_hand, row.reserved, row.available, row.in_transit)
+                await SqliteIngest(db).append_changes([NewChange(snapshot, ())], now_ms)
+            return row
 
         return await self._write(f"setting the safety stock of {sku} at {location}", work)
+
+    # --- change feed and webhooks ----------------------------------------------
+
+    async def changes(
+        self, after: int, limit: int, location: str | None = None, sku: str | None = None
+    ) -> list[ChangeRow]:
+        checks.whole(after, "after", 0, 2**63 - 1)
+        _check_limit(limit)
+        return await self._read("reading the change feed", lambda db: sqlite_feed.changes(db, after, limit, location, sku))
+
+    async def latest_change_id(self) -> int:
+        return await self._read("reading the change feed", sqlite_feed.latest_change_id)
+
+    async def webhook_state(self, name: str) -> WebhookState:
+        return await self._read("reading a webhook's state", lambda db: sqlite_feed.webhook_state(db, name))
+
+    async def save_webhook_state(
+        self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0
+    ) -> None:
+        await self._write(
+            f"saving the state of webhook {name}",
+            lambda db: sqlite_feed.save_webhook_state(db, name, cursor, last_error, attempts, wall_ms_now()),
+        )
+
+    async def log_webhook_delivery(
+        self,
+        name: str,
+        first_change: int,
+        last_change: int,
+        status: str,
+        http_status: int | None,
+        error: str | None,
+        at_ms: int,
+    ) -> None:
+        await self._write(
+            f"logging a delivery of webhook {name}",
+            lambda db: sqlite_feed.log_webhook_delivery(
+                db, name, first_change, last_change, status, http_status, error, at_ms
+            ),
+        )
+
+    async def webhook_deliveries(self, name: str, limit: int = 100) -> list[WebhookDelivery]:
+        _check_limit(limit)
+        return await self._read(
+            "reading a webhook's deliveries", lambda db: sqlite_feed.webhook_deliveries(db, name, limit)
+        )
+
+    # --- catalog, observations, import issues ------------------------------------
+
+    async def catalog(self) -> Catalog:
+        return await self._read("reading the catalog", sqlite_reports.catalog, snapshot=True)
+
+    async def catalog_version(self) -> int:
+        return await self._read("reading the catalog version", sqlite_reports.catalog_version)
+
+    async def put_catalog(self, items: Sequence[CatalogItem]) -> CatalogUpdate:
+        checked = checks.catalog_items(items)
+        update = await self._write(
+            f"writing {len(checked)} catalog item(s)", lambda db: sqlite_reports.put_catalog(db, checked, wall_ms_now())
+        )
+        if update.updated:
+            log.info("The catalog is at version %d: %d item(s) added or changed.", update.version, update.updated)
+        return update
+
+    async def unknown_events(self, skus: Sequence[str]) -> list[LedgerRow]:
+        async def work(db: aiosqlite.Connection) -> list[LedgerRow]:
+            return [_ledger_row(r) for r in await sqlite_reports.unknown_event_rows(db, skus)]
+
+        return await self._read("reading unknown-barcode events", work, snapshot=True)
+
+    async def add_observations(self, who: AgentIdentity, observations: Sequence[Observation]) -> ReportResult:
+        checks.reporter(who, "observations")
+        checks.observations(observations)
+        return await self._write(
+            f"storing {len(observations)} observation(s) from {who.agent_id}",
+            lambda db: sqlite_reports.add_observations(db, who, observations, wall_ms_now()),
+        )
+
+    async def add_import_issues(self, who: AgentIdentity, issues: Sequence[ImportIssue]) -> ReportResult:
+        checks.reporter(who, "import issues")
+        checks.import_issues(issues)
+        return await self._write(
+            f"storing {len(issues)} import issue(s) from {who.agent_id}",
+            lambda db: sqlite_reports.add_import_issues(db, who, issues, wall_ms_now()),
+        )
+
+    async def divergence(
+        self, *, location: str | None = None, system: str | None = None, limit: int = 1000
+    ) -> list[DivergenceRow]:
+        _check_limit(limit)
+        return await self._read(
+            "comparing observations", lambda db: sqlite_reports.divergence(db, location, system, limit), snapshot=True
+        )
 
     async def health(self) -> dict[str, Any]:
         async def work(db: aiosqlite.Connection) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transfer, TransferKey
-from hub.storage.ingest import CountPoint, EventRow, NewEvent, RejectedAttempt, StockRow
+from hub.storage.ingest import CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
 from protocol import ON_HAND_KINDS
 
 T = TypeVar("T")
@@ -217,4 +217,27 @@ class SqliteIngest:
         await self.db.execute(
             "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms) WHERE agent_id = ?",
             (now_ms, clock_skew_ms, agent_id),
+        )
+
+    async def stored_hwm(self, agent_id: str, epoch: int) -> int:
+        rows = await self._fetch("SELECT hwm FROM agent_hwm WHERE agent_id = ? AND epoch = ?", (agent_id, epoch))
+        return int(rows[0][0]) if rows else 0
+
+    async def append_changes(self, rows: Sequence[NewChange], now_ms: int) -> None:
+        await self.db.executemany(
+            "INSERT INTO changes (location, sku, on_hand, reserved, available, in_transit, event_ids, at_ms) "
+            f"VALUES ({marks(8)})",
+            [
+                (
+                    c.snapshot.location,
+                    c.snapshot.sku,
+                    c.snapshot.on_hand,
+                    c.snapshot.reserved,
+                    c.snapshot.available,
+                    c.snapshot.in_transit,
+                    b"".join(c.event_ids),
+                    now_ms,
+                )
+                for c in rows
+            ],
         )

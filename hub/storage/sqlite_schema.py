@@ -14,15 +14,15 @@ from hub.storage.base import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
-def _schema_v1() -> str:
-    return resources.files("hub.storage").joinpath("schema_sqlite.sql").read_text(encoding="utf-8")
+def _script(name: str) -> Callable[[], str]:
+    return lambda: resources.files("hub.storage").joinpath(name).read_text(encoding="utf-8")
 
 
 # Schema version -> the script that brings version - 1 to it.
-MIGRATIONS: dict[int, Callable[[], str]] = {1: _schema_v1}
+MIGRATIONS: dict[int, Callable[[], str]] = {1: _script("schema_sqlite.sql"), 2: _script("schema_sqlite_v2.sql")}
 
 
 async def migrate(db: aiosqlite.Connection, path: Path) -> str:

@@ -1,0 +1,350 @@
+"""The PostgreSQL side of the shared ingest algorithm: ``hub.storage.ingest.IngestTx`` in SQL.
+
+Several hub processes may ingest into one database at once, so every
+read-modify-write of the algorithm is guarded by transaction-scoped advisory
+locks (``lock_keys``):
+
+* a (location, SKU bucket) lock for the stock rows of that location whose SKU
+  hashes to the bucket — and with them the key's events (ranges, variances,
+  duplicates) and its reservations, which only that key's events change;
+* a transfer-document lock (ref) for the (ref, sku) transfer rows, which the
+  events of two locations change.
+
+Buckets keep the locks one transaction holds bounded (at most
+``STOCK_LOCK_BUCKETS`` per location, however many SKUs a batch of up to
+10,000 events names: PostgreSQL's lock table is shared and finite), while
+batches of one location with different SKUs still commit side by side.
+
+A batch takes the locks it can foresee in one sorted round before its first
+read (``batch_locks``), so two hubs never deadlock over them; each read locks
+its keys again (a no-op for those held) in case the algorithm needs more — a
+transfer's receiving location — and the rare deadlock that can cause is
+detected by PostgreSQL and retried by the store. Under READ COMMITTED every
+statement after the lock sees the other hubs' commits under it.
+
+Sets travel as arrays (``unnest``) or COPY, one statement per lookup or bulk write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from hub.resolver import (
+    OrderKey,
+    Reservation,
+    ReservationKey,
+    StockKey,
+    Transfer,
+    TransferKey,
+    transfer_destination,
+    transfer_key,
+)
+from hub.storage.ingest import Batch, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
+from hub.storage.postgres_feed import append_changes
+from protocol import ON_HAND_KINDS
+
+DELTA_KINDS = "(" + ", ".join(f"'{k.value}'" for k in sorted(ON_HAND_KINDS)) + ")"
+ORDER_KEY = "(occurred_at, agent_id, seq, event_id)"
+NEWEST_FIRST = "occurred_at DESC, agent_id DESC, seq DESC, event_id DESC"
+EVENT_FIELDS = (
+    "event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs"
+)
+STOCK_FIELDS = (
+    "location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, last_count_agent, last_count_seq, "
+    "last_count_id, max_at, max_agent, max_seq, max_id, updated_at_ms"
+)
+STOCK_TYPES = (
+    "text", "text", "int8", "int8", "int8", "int8", "int8", "text", "int8", "bytea", "int8", "text", "int8", "bytea",
+    "int8",
+)  # fmt: skip
+TRANSFER_FIELDS = "ref, sku, shipped, received, out_from, out_to, in_to, in_from"
+EVENT_COLUMNS = [*EVENT_FIELDS.split(", "), "effect", "variance", "received_at_ms"]
+
+LOCK_SQL = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k"
+
+
+STOCK_LOCK_BUCKETS = 16  # stock locks per location
+
+# What a lock guards: ("stock", location, SKU bucket) or ("transfer", ref).
+Lockable: TypeAlias = tuple[str, ...]
+
+
+def _digest(text: str, size: int) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=size).digest()
+
+
+def stock_lockable(key: StockKey) -> Lockable:
+    location, sku = key
+    return ("stock", location, str(int.from_bytes(_digest(sku, 4), "big") % STOCK_LOCK_BUCKETS))
+
+
+def transfer_lockable(key: TransferKey) -> Lockable:
+    return ("transfer", key[0])
+
+
+def lock_key(what: Lockable) -> int:
+    """The signed 64-bit advisory lock key of a lockable (the same in every hub
+    process; a collision only makes two unrelated keys wait for each other)."""
+    return int.from_bytes(_digest("\x1f".join(what), 8), "big", signed=True)
+
+
+def batch_locks(batch: Batch) -> set[Lockable]:
+    """Every lock the batch is known to need before anything is read."""
+    stock: set[StockKey] = set()
+    transfers: set[Lockable] = set()
+    for ev, _ in batch.accepted:
+        stock.add((ev.location, ev.sku))
+        if (tkey := transfer_key(ev)) is not None:
+            transfers.add(transfer_lockable(tkey))
+            if (dest := transfer_destination(ev)) is not None:
+                stock.add((dest, ev.sku))
+    return {stock_lockable(k) for k in stock} | transfers
+
+
+async def lock_keys(conn: asyncpg.Connection, keys: Iterable[Lockable]) -> None:
+    """Take the transaction-scoped advisory locks of ``keys``, in sorted order (held until commit)."""
+    ordered = sorted({lock_key(k) for k in keys})
+    if ordered:
+        await conn.execute(LOCK_SQL, ordered)
+
+
+def _key4(r: Sequence[Any], at: int) -> OrderKey | None:
+    return None if r[at] is None else (r[at], r[at + 1], r[at + 2], r[at + 3])
+
+
+def stock_row(r: Sequence[Any]) -> StockRow:
+    return StockRow(r[0], r[1], r[2], r[3], r[4], r[5], _key4(r, 6), _key4(r, 10), r[14])
+
+
+def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows to one list per column, for ``unnest``."""
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def unnest(types: Sequence[str], first: int = 1) -> str:
+    return "unnest(" + ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, first)) + ")"
+
+
+class PostgresIngest:
+    """``hub.storage.ingest.IngestTx`` over one connection, inside its transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, locked: set[Lockable]) -> None:
+        self.conn = conn
+        self.locked = locked  # the keys this transaction holds locks on
+        self._changes: list[NewChange] = []
+        self._changes_at_ms = 0
+
+    async def _lock(self, keys: Iterable[Lockable]) -> None:
+        """Lock those of ``keys`` not held yet (the algorithm may need more than ``batch_locks`` foresaw)."""
+        more = set(keys) - self.locked
+        if more:
+            await lock_keys(self.conn, more)
+            self.locked |= more
+
+    async def stored_rows(self, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
+        rows = await self.conn.fetch(
+            f"SELECT {', '.join('e.' + f for f in EVENT_FIELDS.split(', '))} FROM event_ids i "
+            "JOIN events e ON e.location = i.location AND e.event_id = i.event_id "
+            "WHERE i.event_id = ANY($1::bytea[])",
+            list(event_ids),
+        )
+        return {r[0]: tuple(r)[1:] for r in rows}
+
+    async def stock_rows(self, keys: Collection[StockKey]) -> dict[StockKey, StockRow]:
+        keys = list(keys)
+        await self._lock(map(stock_lockable, keys))
+        fields = ", ".join(f"s.{c}" for c in STOCK_FIELDS.split(", "))
+        rows = await self.conn.fetch(
+            f"SELECT {fields} FROM unnest($1::text[], $2::text[]) AS k(location, sku) "
+            "JOIN stock s ON s.location = k.location AND s.sku = k.sku",
+            *columns(keys, 2),
+        )
+        return {(r[0], r[1]): stock_row(r) for r in rows}
+
+    async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]:
+        keys = list(keys)
+        await self._lock(map(transfer_lockable, keys))
+        fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
+        rows = await self.conn.fetch(
+            f"SELECT {fields} FROM unnest($1::text[], $2::text[]) AS k(ref, sku) "
+            "JOIN transfers t ON t.ref = k.ref AND t.sku = k.sku",
+            *columns(keys, 2),
+        )
+        return {(r[0], r[1]): Transfer(*r) for r in rows}
+
+    async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]:
+        # only the events of (location, sku) change its reservations: its stock lock guards them
+        keys = list(keys)
+        await self._lock(stock_lockable((k[0], k[1])) for k in keys)
+        rows = await self.conn.fetch(
+            "SELECT t.location, t.sku, t.ref, t.reserved, t.consumed "
+            "FROM unnest($1::text[], $2::text[], $3::text[]) AS k(location, sku, ref) "
+            "JOIN reservations t ON t.location = k.location AND t.sku = k.sku AND t.ref = k.ref",
+            *columns(keys, 3),
+        )
+        return {(r[0], r[1], r[2]): Reservation(r[3], r[4]) for r in rows}
+
+    async def stored_sales(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, int]:
+        rows = await self.conn.fetch(
+            "SELECT k.location, k.sku, k.ref, -SUM(e.qty) "
+            "FROM unnest($1::text[], $2::text[], $3::text[]) AS k(location, sku, ref) JOIN events e "
+            "ON e.location = k.location AND e.sku = k.sku AND e.ref = k.ref AND e.kind = 'sale' "
+            "GROUP BY k.location, k.sku, k.ref",
+            *columns(list(keys), 3),
+        )
+        return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+    async def supersede(self, ranges: Sequence[tuple[StockKey, OrderKey | None, OrderKey]]) -> None:
+        base = (
+            "UPDATE events SET effect = 'superseded' WHERE location = $1 AND sku = $2 "
+            f"AND kind IN {DELTA_KINDS} AND effect = 'applied' AND {ORDER_KEY} < ($3, $4, $5, $6)"
+        )
+        bounded = [(*key, *hi, *lo) for key, lo, hi in ranges if lo is not None]
+        open_ = [(*key, *hi) for key, lo, hi in ranges if lo is None]
+        if bounded:
+            await self.conn.executemany(f"{base} AND {ORDER_KEY} > ($7, $8, $9, $10)", bounded)
+        if open_:
+            await self.conn.executemany(base, open_)
+
+    async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
+        # COPY, the cheapest bulk insert on both sides. An id another hub stored
+        # meanwhile (under another location's lock) violates event_ids' primary
+        # key: the transaction fails, and its retry finds the id stored.
+        await self.conn.copy_records_to_table(
+            "event_ids", records=[(event_id, row[3]) for event_id, row, _, _ in rows], columns=["event_id", "location"]
+        )
+        await self.conn.copy_records_to_table(
+            "events",
+            records=[(event_id, *row, effect, variance, received_at_ms) for event_id, row, effect, variance in rows],
+            columns=EVENT_COLUMNS,
+        )
+
+    async def add_duplicates(self, counts: Mapping[bytes, int]) -> None:
+        await self.conn.execute(
+            "UPDATE events e SET duplicates = e.duplicates + d.n "
+            "FROM unnest($1::bytea[], $2::int8[]) AS d(event_id, n) JOIN event_ids i ON i.event_id = d.event_id "
+            "WHERE e.location = i.location AND e.event_id = d.event_id",
+            list(counts),
+            list(counts.values()),
+        )
+
+    async def insert_rejections(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
+        # One statement per attempt: the same attempt twice in a batch counts twice.
+        await self.conn.executemany(
+            f"INSERT INTO rejections ({EVENT_FIELDS}, content_hash, code, detail, received_at_ms) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
+            "ON CONFLICT (event_id, content_hash) DO UPDATE SET "
+            "attempts = rejections.attempts + 1, code = excluded.code, detail = excluded.detail, "
+            "received_at_ms = excluded.received_at_ms",
+            [(r.event.event_id, *r.row, r.content_hash, r.code, r.reason, received_at_ms) for r in rows],
+        )
+
+    async def sum_deltas(self, key: StockKey, after: OrderKey | None, before: OrderKey | None) -> int:
+        sql = f"SELECT COALESCE(SUM(qty), 0) FROM events WHERE location = $1 AND sku = $2 AND kind IN {DELTA_KINDS}"
+        params: list[Any] = [*key]
+        if after is not None:
+            sql += (
+                f" AND {ORDER_KEY} > (${len(params) + 1}, ${len(params) + 2}, ${len(params) + 3}, ${len(params) + 4})"
+            )
+            params += after
+        if before is not None:
+            sql += (
+                f" AND {ORDER_KEY} < (${len(params) + 1}, ${len(params) + 2}, ${len(params) + 3}, ${len(params) + 4})"
+            )
+            params += before
+        return int(await self.conn.fetchval(sql, *params))
+
+    async def counts_from(self, key: StockKey, start: OrderKey) -> list[CountPoint]:
+        fields = "occurred_at, agent_id, seq, event_id, qty"
+        where = "location = $1 AND sku = $2 AND kind = 'count'"
+        before = await self.conn.fetch(
+            f"SELECT {fields} FROM events WHERE {where} AND {ORDER_KEY} < ($3, $4, $5, $6) "
+            f"ORDER BY {NEWEST_FIRST} LIMIT 1",
+            *key,
+            *start,
+        )
+        since = await self.conn.fetch(
+            f"SELECT {fields} FROM events WHERE {where} AND {ORDER_KEY} >= ($3, $4, $5, $6) "
+            "ORDER BY occurred_at, agent_id, seq, event_id",
+            *key,
+            *start,
+        )
+        return [CountPoint((r[0], r[1], r[2], r[3]), r[4]) for r in [*before, *since]]
+
+    async def set_variances(self, rows: Sequence[tuple[bytes, int]]) -> None:
+        await self.conn.execute(
+            "UPDATE events e SET variance = v.variance "
+            "FROM unnest($1::bytea[], $2::int8[]) AS v(event_id, variance) JOIN event_ids i ON i.event_id = v.event_id "
+            "WHERE e.location = i.location AND e.event_id = v.event_id",
+            *columns(rows, 2),
+        )
+
+    async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
+        await self.conn.executemany(
+            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
+            "out_from = excluded.out_from, out_to = excluded.out_to, in_to = excluded.in_to, "
+            "in_from = excluded.in_from, updated_at_ms = excluded.updated_at_ms",
+            [(t.ref, t.sku, t.shipped, t.received, t.out_from, t.out_to, t.in_to, t.in_from, now_ms) for t in rows],
+        )
+
+    async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:
+        await self.conn.executemany(
+            "INSERT INTO reservations (location, sku, ref, reserved, consumed, updated_at_ms) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (location, sku, ref) DO UPDATE SET "
+            "reserved = excluded.reserved, consumed = excluded.consumed, updated_at_ms = excluded.updated_at_ms",
+            [(*k, r.reserved, r.consumed, now_ms) for k, r in rows.items()],
+        )
+
+    async def save_stock(self, rows: Sequence[StockRow], now_ms: int) -> None:
+        names = STOCK_FIELDS.split(", ")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in names[2:])
+        none4 = (None, None, None, None)
+        values = [
+            (r.location, r.sku, r.on_hand, r.reserved, r.in_transit, r.safety_stock)
+            + (*(r.last_count or none4), *(r.max_key or none4), now_ms)
+            for r in rows
+        ]
+        await self.conn.execute(
+            f"INSERT INTO stock ({STOCK_FIELDS}) SELECT * FROM {unnest(STOCK_TYPES)} "
+            f"ON CONFLICT (location, sku) DO UPDATE SET {updates}",
+            *columns(values, len(names)),
+        )
+
+    async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
+        hwm = await self.conn.fetchval(
+            "INSERT INTO agent_hwm (agent_id, epoch, hwm, updated_ms) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (agent_id, epoch) DO UPDATE SET hwm = GREATEST(agent_hwm.hwm, excluded.hwm), "
+            "updated_ms = excluded.updated_ms RETURNING hwm",
+            agent_id,
+            epoch,
+            seq,
+            now_ms,
+        )
+        return int(hwm)
+
+    async def note_sync(self, agent_id: str, now_ms: int, clock_skew_ms: int | None) -> None:
+        await self.conn.execute(
+            "UPDATE agents SET last_sync_ms = $1, clock_skew_ms = COALESCE($2, clock_skew_ms) WHERE agent_id = $3",
+            now_ms,
+            clock_skew_ms,
+            agent_id,
+        )
+
+    async def stored_hwm(self, agent_id: str, epoch: int) -> int:
+        hwm = await self.conn.fetchval("SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $2", agent_id, epoch)
+        return 0 if hwm is None else int(hwm)
+
+    async def append_changes(self, rows: Sequence[NewChange], now_ms: int) -> None:
+        """Kept until ``flush_changes``: the feed's ids are taken just before COMMIT."""
+        self._changes += rows
+        self._changes_at_ms = now_ms
+
+    async def flush_changes(self) -> None:
+        """Append the change rows of the transaction; call it last, right before COMMIT."""
+        await append_changes(self.conn, self._changes, self._changes_at_ms)
+        self._changes = []

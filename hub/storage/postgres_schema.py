@@ -1,0 +1,70 @@
+"""The PostgreSQL hub schema and its migrations (the ``schema_migrations`` table).
+
+Each step runs in its own transaction under a transaction-scoped advisory lock
+on the schema, so hubs started at the same moment migrate once: the second
+waits, then finds the work done.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from importlib import resources
+
+import asyncpg
+
+from hub.storage.base import StoreError
+from protocol import wall_ms_now
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('shelfsync.migrate.' || current_schema()))"
+
+
+def _script(name: str) -> Callable[[], str]:
+    return lambda: resources.files("hub.storage").joinpath(name).read_text(encoding="utf-8")
+
+
+# Schema version -> the script that brings version - 1 to it.
+MIGRATIONS: dict[int, Callable[[], str]] = {1: _script("schema_postgres.sql"), 2: _script("schema_postgres_v2.sql")}
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return 0
+    return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_migrations"))
+
+
+async def migrate(conn: asyncpg.Connection, where: str) -> str:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id."""
+    if await conn.fetchval("SELECT current_schema()") is None:
+        raise StoreError(f"the database {where} has no schema to create the hub's tables in; check its search_path")
+    version = -1
+    while version < SCHEMA_VERSION:
+        async with conn.transaction():
+            await conn.execute(MIGRATION_LOCK_SQL)
+            version = await schema_version(conn)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the hub database {where} has schema version {version}, newer than this shelfsync "
+                    f"understands ({SCHEMA_VERSION}); upgrade shelfsync"
+                )
+            if version == SCHEMA_VERSION:
+                break
+            step = version + 1
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)"
+            )
+            await conn.execute(MIGRATIONS[step]())
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", step, wall_ms_now()
+            )
+        version = step
+        log.info("Migrated the hub database %s to schema version %d.", where, step)
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('hub_id', $1) ON CONFLICT (key) DO NOTHING", uuid.uuid4().hex
+        )
+        return str(await conn.fetchval("SELECT value FROM meta WHERE key = 'hub_id'"))

@@ -1,0 +1,334 @@
+"""The PostgreSQL hub store: the storage contract, plus what only PostgreSQL has —
+migrations, the partitioned ledger, byte-order text, and several stores (as
+several hub processes would) writing one database at once.
+
+Every test works in a fresh schema of the test server (see pg_testing); the
+tests skip where no server is reachable, and fail in CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from event_factory import EventFactory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pg_testing import fresh_schema, pg_server, pg_url
+from storage_contract import StorageContract
+from test_convergence import SAFETY_STOCK, event_sets
+from test_convergence import _deliver as deliver
+from test_convergence import _delivery as delivery
+from test_convergence import _expected as expected_state
+from test_convergence import _observe as observe
+
+from hub.resolver import resolve
+from hub.storage import AgentIdentity, HubStore, StoreError, StoreOpener, open_store
+from hub.storage.ingest import prepare_batch
+from hub.storage.postgres import PostgresHubStore
+from hub.storage.postgres_ingest import STOCK_LOCK_BUCKETS, batch_locks
+from hub.storage.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from protocol import MAX_BATCH_EVENTS, Kind, StockEvent
+
+FIXTURES = (pg_server, pg_url)  # used by name in the tests below
+
+
+async def _dump(url: str) -> bytes:
+    """Every row of every table of the store's schema, as text."""
+    conn = await asyncpg.connect(url)
+    try:
+        tables = await conn.fetch(
+            "SELECT quote_ident(table_name) FROM information_schema.tables "
+            "WHERE table_schema = current_schema() ORDER BY table_name"
+        )
+        out = []
+        for (table,) in tables:
+            out += [r[0] for r in await conn.fetch(f"SELECT t::text FROM {table} t")]
+        return "\n".join(out).encode()
+    finally:
+        await conn.close()
+
+
+class TestPostgresHubStore(StorageContract):
+    url: str
+
+    @pytest.fixture(autouse=True)
+    async def _schema(self, pg_url: str) -> AsyncIterator[None]:
+        self.url = pg_url
+        yield
+
+    def open_store(self, tmp_path: Path) -> StoreOpener[HubStore]:
+        return PostgresHubStore.open(self.url)
+
+    def stored_bytes(self, tmp_path: Path) -> bytes:
+        # the contract asks synchronously from inside its event loop: read on a thread of its own
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, _dump(self.url)).result()
+
+
+async def _agent(store: HubStore, *locations: str) -> AgentIdentity:
+    _, token = await store.add_agent(list(locations))
+    who = await store.authenticate(token)
+    assert who is not None
+    return who
+
+
+# --- opening and migrations -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+async def test_open_store_picks_postgresql_by_url(pg_url: str, scheme: str) -> None:
+    async with open_store(pg_url.replace("postgresql://", f"{scheme}://", 1)) as store:
+        assert isinstance(store, PostgresHubStore)
+        health = await store.health()
+    assert (health["ok"], health["backend"], health["schema_version"]) == (True, "postgresql", SCHEMA_VERSION)
+    assert ":shelfsync@" not in health["database"] and ":***@" in health["database"]  # no password shown
+
+
+async def test_an_unreachable_server_is_one_clear_error(pg_server: str) -> None:
+    with pytest.raises(StoreError, match=r"cannot open the hub database postgresql://hub:\*\*\*@127.0.0.1:1/hub"):
+        await PostgresHubStore.open("postgresql://hub:secret@127.0.0.1:1/hub")
+
+
+async def test_every_migration_is_recorded_and_an_old_schema_is_brought_forward(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        async with conn.transaction():  # a database a version-1 hub left behind
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)"
+            )
+            await conn.execute(MIGRATIONS[1]())
+            await conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+            await conn.execute(
+                "INSERT INTO agents (agent_id, token_sha256, role, locations, created_ms) "
+                "VALUES ('agent-00000001', 'x', 'agent', '[\"S1\"]', 0)"
+            )
+        async with PostgresHubStore.open(pg_url) as store:
+            assert (await store.health())["schema_version"] == SCHEMA_VERSION
+            assert [s.agent_id for s in await store.agent_status()] == ["agent-00000001"]
+            assert await store.latest_change_id() == 0  # a version-2 table
+        versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        await conn.close()
+
+
+async def test_hubs_starting_together_migrate_once(pg_url: str) -> None:
+    stores = await asyncio.gather(*(PostgresHubStore.open(pg_url) for _ in range(3)))
+    try:
+        assert len({s.hub_id for s in stores}) == 1  # one database, one hub id
+        assert {(await s.health())["schema_version"] for s in stores} == {SCHEMA_VERSION}
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_database_from_a_newer_shelfsync_is_refused(pg_url: str) -> None:
+    async with PostgresHubStore.open(pg_url):
+        pass
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", SCHEMA_VERSION + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(StoreError, match="newer than this shelfsync"):
+        await PostgresHubStore.open(pg_url)
+
+
+# --- layout --------------------------------------------------------------------------
+
+
+async def test_the_ledger_is_hash_partitioned_by_location(pg_url: str) -> None:
+    async with PostgresHubStore.open(pg_url) as store:
+        who = await _agent(store, *(f"S{i}" for i in range(40)))
+        ev = EventFactory(who.agent_id)
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 1, at_ms=i, location=f"S{i}") for i in range(40)])
+    conn = await asyncpg.connect(pg_url)
+    try:
+        strategy = await conn.fetchval(
+            "SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = to_regclass('events')"
+        )
+        assert strategy == "h"
+        placed = await conn.fetch("SELECT tableoid::regclass::text AS part, location FROM events")
+        by_location: dict[str, set[str]] = {}
+        for r in placed:
+            by_location.setdefault(r["location"], set()).add(r["part"])
+        assert len(by_location) == 40 and all(len(parts) == 1 for parts in by_location.values())
+        assert len({r["part"] for r in placed}) > 8  # 40 locations spread over most of the 16 partitions
+        assert await conn.fetchval("SELECT count(*) FROM event_ids") == 40
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN SELECT * FROM events WHERE location = 'S7' AND sku = 'A'")
+        )
+        assert len(set(re.findall(r" on (events_p\d+)", plan))) == 1  # one location's reads touch one partition
+    finally:
+        await conn.close()
+
+
+async def test_text_sorts_by_bytes_like_sqlite(pg_url: str) -> None:
+    skus = ["b", "B", "a", "Z", "é", "_x", "10", "9"]
+    async with PostgresHubStore.open(pg_url) as store:
+        who = await _agent(store, "S1")
+        ev = EventFactory(who.agent_id)
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 1, at_ms=i, sku=s) for i, s in enumerate(skus)])
+        rows = await store.counts(location="S1")
+    assert [r.sku for r in rows] == sorted(skus, key=str.encode)
+
+
+# --- several stores on one database -----------------------------------------------------
+
+
+async def test_the_same_batch_to_two_stores_at_once_is_counted_once(pg_url: str) -> None:
+    async with PostgresHubStore.open(pg_url) as one, PostgresHubStore.open(pg_url) as two:
+        who = await _agent(one, "S1")
+        ev = EventFactory(who.agent_id)
+        batch = [ev(Kind.RECEIVE, 5, at_ms=i, sku=f"K{i % 3}") for i in range(30)]
+        batch += [ev(Kind.COUNT, 4, at_ms=40, sku="K0"), ev(Kind.SALE, -1, at_ms=41, sku="K0")]
+        results = await asyncio.gather(*(store.ingest(who, 1, batch) for store in (one, two, one, two)))
+        assert sorted(r.applied for r in results) == [0, 0, 0, len(batch)]
+        assert sum(r.duplicates for r in results) == 3 * len(batch)
+        assert {r.counts for r in results} == {results[0].counts}  # every answer reads the committed state
+        counts = {r.sku: r.on_hand for r in await two.counts()}
+        assert counts == {"K0": 3, "K1": 50, "K2": 50}
+        ledger = await one.ledger()
+        assert len(ledger) == len(batch)
+        assert sum(r.duplicates for r in ledger) == 3 * len(batch)
+
+
+async def test_a_conflict_racing_at_another_location_is_caught(pg_url: str) -> None:
+    """The same event id sent with other content for another location at the same
+    moment: the two take different locks, and the id's primary key decides."""
+    async with PostgresHubStore.open(pg_url) as one, PostgresHubStore.open(pg_url) as two:
+        who = await _agent(one, "S1", "S2")
+        ev = EventFactory(who.agent_id)
+        for round_ in range(10):
+            first = ev(Kind.RECEIVE, 1, at_ms=round_, location="S1")
+            forged = ev(Kind.RECEIVE, 1, at_ms=round_, location="S2", event_id=first.event_id)
+            a, b = await asyncio.gather(one.ingest(who, 1, [first]), two.ingest(who, 1, [forged]))
+            assert sorted((a.applied, b.applied)) == [0, 1]
+            assert [r.code for r in a.rejected + b.rejected] == ["conflict"]
+        total = sum(r.on_hand for r in await one.counts())
+        assert total == 10
+
+
+async def test_concurrent_stores_keep_one_gapless_change_feed(pg_url: str) -> None:
+    """Four stores ingest at once while a reader follows the feed: it sees every
+    change id exactly once, in order, never one before the ones below it."""
+    stores = [await PostgresHubStore.open(pg_url) for _ in range(4)]
+    try:
+        agents = [await _agent(stores[0], f"S{i % 2}") for i in range(8)]
+        done = asyncio.Event()
+        seen: list[int] = []
+
+        async def follow() -> None:
+            cursor = 0
+            while True:
+                finished = done.is_set()
+                rows = await stores[0].changes(cursor, 1000)
+                seen.extend(r.change_id for r in rows)
+                cursor = rows[-1].change_id if rows else cursor
+                if finished and not rows:
+                    return
+                await asyncio.sleep(0)
+
+        async def send(i: int, who: AgentIdentity) -> None:
+            ev = EventFactory(who.agent_id, location=next(iter(who.locations)))
+            for b in range(10):
+                batch = [ev(Kind.RECEIVE, 1, at_ms=b * 20 + k, sku=f"K{(i + k) % 5}") for k in range(20)]
+                await stores[(i + b) % 4].ingest(who, 1, batch)
+
+        reader = asyncio.create_task(follow())
+        await asyncio.gather(*(send(i, who) for i, who in enumerate(agents)))
+        done.set()
+        await asyncio.wait_for(reader, 60)
+        latest = await stores[1].latest_change_id()
+        assert seen == list(range(1, latest + 1))
+        assert sum(r.on_hand for r in await stores[2].counts()) == 8 * 10 * 20
+        last = {}
+        for row in await stores[3].changes(0, 100_000):
+            last[(row.location, row.sku)] = row.on_hand
+        assert last == {(r.location, r.sku): r.on_hand for r in await stores[3].counts()}
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_safety_stock_set_during_ingest_is_not_lost(pg_url: str) -> None:
+    async with PostgresHubStore.open(pg_url) as one, PostgresHubStore.open(pg_url) as two:
+        who = await _agent(one, "S1")
+        ev = EventFactory(who.agent_id)
+        for i in range(20):
+            await asyncio.gather(
+                one.ingest(who, 1, [ev(Kind.RECEIVE, 1, at_ms=i)]), two.set_safety_stock("S1", "A", i + 1)
+            )
+        (row,) = await one.counts()
+        assert (row.on_hand, row.safety_stock) == (20, 20)
+
+
+async def test_a_cancelled_caller_does_not_cancel_its_write(pg_url: str) -> None:
+    async with PostgresHubStore.open(pg_url) as store:
+        who = await _agent(store, "S1")
+        ingest = asyncio.create_task(store.ingest(who, 1, [EventFactory(who.agent_id)(Kind.RECEIVE, 4, at_ms=1)]))
+        await asyncio.sleep(0)  # let it start its transaction
+        ingest.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await ingest
+    async with PostgresHubStore.open(pg_url) as store:  # close() waited for it
+        assert [(r.sku, r.on_hand) for r in await store.counts()] == [("A", 4)]
+
+
+async def test_schemas_in_one_database_are_separate_hubs(pg_server: str) -> None:
+    async with (
+        fresh_schema() as a_url,
+        fresh_schema() as b_url,
+        PostgresHubStore.open(a_url) as a,
+        PostgresHubStore.open(b_url) as b,
+    ):
+        await _agent(a, "S1")
+        assert await b.agent_status() == []
+        assert a.hub_id != b.hub_id
+
+
+# --- convergence under concurrency ---------------------------------------------------------
+
+
+async def _converge(batches: list[list[StockEvent]]) -> dict[str, Any]:
+    """Deliver ``batches`` through two stores at once (alternating), then observe through a third."""
+    async with fresh_schema() as url:
+        async with PostgresHubStore.open(url) as one, PostgresHubStore.open(url) as two:
+            for (location, sku), qty in SAFETY_STOCK.items():
+                await one.set_safety_stock(location, sku, qty)
+            await asyncio.gather(deliver(one, batches[0::2]), deliver(two, batches[1::2]))
+        async with PostgresHubStore.open(url) as store:
+            return await observe(store)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=event_sets(), data=st.data())
+def test_concurrent_deliveries_converge_on_the_resolution(
+    pg_server: str, events: list[StockEvent], data: st.DataObject
+) -> None:
+    assert asyncio.run(_converge(delivery(data, events))) == expected_state(resolve(events, SAFETY_STOCK))
+
+
+async def test_a_batch_holds_few_locks_however_many_skus_it_names(pg_url: str) -> None:
+    """PostgreSQL's lock table is shared and finite (max_locks_per_transaction ×
+    max_connections): several full batches of distinct SKUs at once must fit in it."""
+    async with PostgresHubStore.open(pg_url) as one, PostgresHubStore.open(pg_url) as two:
+        agents = [await _agent(one, f"S{i}") for i in range(4)]
+        batches = []
+        for who in agents:
+            ev = EventFactory(who.agent_id, location=next(iter(who.locations)))
+            batches.append([ev(Kind.RECEIVE, 1, at_ms=k, sku=f"K{k}") for k in range(MAX_BATCH_EVENTS)])
+            assert len(batch_locks(prepare_batch(who, 1, batches[-1]))) <= STOCK_LOCK_BUCKETS
+        results = await asyncio.gather(
+            *(store.ingest(who, 1, batch) for store, who, batch in zip([one, two] * 2, agents, batches, strict=True))
+        )
+        assert [r.applied for r in results] == [MAX_BATCH_EVENTS] * 4
+        rows = await one.counts(limit=4 * MAX_BATCH_EVENTS)
+        assert len(rows) == 4 * MAX_BATCH_EVENTS and {r.on_hand for r in rows} == {1}
