@@ -432,13 +432,35 @@ class Outbox:
 
     # --- replication -----------------------------------------------------
     async def pending(self, limit: int) -> tuple[StockEvent, ...]:
-        """Unacknowledged events not set aside, in seq order, at most ``limit``."""
+        """Unacknowledged events not set aside, in seq order, at most ``limit``.
+
+        A row that cannot be read back as an event (written by a newer or a broken program) is set
+        aside with code "unreadable" instead of blocking every row behind it.
+        """
         rows = await self._read(
             lambda conn: conn.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE {_PENDING} ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
         )
-        return tuple(self._event(row) for row in rows)
+        events: list[StockEvent] = []
+        unreadable: list[tuple[int, str]] = []
+        for row in rows:
+            try:
+                events.append(self._event(row))
+            except (ValueError, TypeError, msgpack.UnpackException) as err:
+                unreadable.append((row[0], f"this outbox row cannot be read back as an event: {err}"))
+        if unreadable:
+            await self._write(lambda conn: self._set_unreadable(conn, unreadable))
+        return tuple(events)
+
+    def _set_unreadable(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
+        now_ms = self._wall_clock_ms()
+        for seq, reason in rows:
+            conn.execute(
+                "INSERT OR REPLACE INTO rejected (seq, code, reason, rejected_ms) VALUES (?, 'unreadable', ?, ?)",
+                (seq, reason[:1000], now_ms),
+            )
+            log.error("Outbox row seq %d was set aside and the events behind it are sent: %s.", seq, reason)
 
     async def mark_acked(self, hwm: int) -> AnswerResult:
         """Set the acknowledged mark to the hub's high-water mark (rewinding it if the hub's is lower)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import views
+from hub import catalog, dashboard, events_api, feed, metrics, ratelimit, reports, views, webhooks
 from hub.auth import (
     PUBLIC_ROUTES_KEY,
     ROLE_ADMIN,
@@ -61,9 +61,11 @@ _ERROR_CODES: Mapping[int, str] = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_events",
+    429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
 }
@@ -96,7 +98,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("www-authenticate", "allow", "connection")}
+        keep = {
+            k: v for k, v in exc.headers.items() if k.lower() in ("www-authenticate", "allow", "connection", "retry-after")
+        }
         return error_response(exc.status, _message(request, exc), headers=keep)
     except Forbidden as err:
         return error_response(403, str(err))
@@ -114,12 +118,55 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "the hub failed to handle this request; the cause is in the hub's log")
 
 
+@web.middleware
+async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read a request's whole body within ``body_timeout_s`` before its handler runs (which then reads it from memory).
+
+    A client that sends the head and then trickles the body, or stops, is answered 408 and its connection
+    closed; one that goes away midway is logged in one line. A body over ``max_body_bytes`` is answered
+    413, unread when its Content-Length says so.
+    """
+    settings = request.app[SETTINGS_KEY]
+    if not request.body_exists:
+        return await handler(request)
+    limit = settings.max_body_bytes
+    if (request.content_length or 0) > limit:  # refused unread
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length, text=_too_big(limit))
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            await request.read()
+    except TimeoutError:
+        log.info("cut off %s %s from %s: its body did not arrive within %g s", request.method, request.path,
+                 request.remote, settings.body_timeout_s)  # fmt: skip
+        response = error_response(
+            408, f"the request body did not arrive within {settings.body_timeout_s:g} s (body_timeout_s); send it again"
+        )
+        response.force_close()
+        return response
+    except web.HTTPRequestEntityTooLarge as err:  # a chunked body, found too big while reading
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, text=_too_big(limit)) from err
+    except ConnectionError as err:
+        log.info("%s %s from %s ended before its whole body arrived (%s)", request.method, request.path,
+                 request.remote, err)  # fmt: skip
+        raise web.HTTPBadRequest(text="the connection was lost before the whole request body arrived") from err
+    return await handler(request)
+
+
+def _too_big(limit: int) -> str:
+    return (
+        f"the request body is larger than this hub's limit of {limit} bytes (max_body_bytes);"
+        " send a smaller one (an agent: fewer events per request)"
+    )
+
+
 def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     """The hub's aiohttp application over an open ``store``. The caller owns (and closes) the store."""
     gate = RequestGate()
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[error_middleware, gate.middleware, auth_middleware]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[error_middleware, gate.middleware, auth_middleware, ratelimit.middleware, body_middleware],
     )
+    ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
     app[GATE_KEY] = gate
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
@@ -133,6 +180,13 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     r.add_get("/v1/exceptions", get_exceptions, name="exceptions")
     r.add_get("/v1/agents", get_agents, name="agents")
     r.add_put("/v1/locations/{location}/skus/{sku}/safety-stock", put_safety_stock, name="safety_stock")
+    catalog.routes(app)  # GET/PUT /v1/catalog
+    reports.routes(app)  # POST /v1/observations, POST /v1/import-issues, GET /v1/divergence
+    feed.setup(app, store, settings.change_recheck_s)  # GET /v1/changes, GET /v1/changes/stream
+    metrics.setup(app)  # GET /metrics
+    webhooks.setup(app, settings.webhooks)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
+    events_api.setup(app)  # POST /v1/events
+    dashboard.setup(app, store)  # /, /dashboard/…, GET /v1/status, GET /v1/counts
     return app
 
 
@@ -163,13 +217,18 @@ async def post_sync(request: web.Request) -> web.Response:
             len(err.bad),
             err.bad[0].reason,
         )
+        metrics.observe_invalid(request.app, "sync", len(err.bad))
         return error_response(422, str(err), rejected=[views.bad_event(b) for b in err.bad])
     except ProtocolError as err:
         log.info("refused a sync request from agent %s: %s", who.agent_id, err)
         raise web.HTTPBadRequest(text=str(err)) from err
     _check_sender(who, sync.agent_id)
     store = request.app[STORE_KEY]
-    result = await store.ingest(who, sync.epoch, sync.events)
+    result = await store.ingest(who, sync.epoch, sync.events, sync.acked_seq)
+    if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
+        await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
+    feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks
+    metrics.observe_ingest(request.app, "sync", result, time.perf_counter() - started)
     answer = SyncResponse(
         agent_id=result.agent_id,
         epoch=result.epoch,

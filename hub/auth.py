@@ -5,12 +5,17 @@ A middleware resolves ``Authorization: Bearer <token>`` to an
 (``/healthz``); handlers then state which roles they accept with
 ``require_role``. The store keeps only a hash of each token, so a revoked or
 unknown token simply finds no identity.
+
+A request without an ``Authorization`` header may instead carry a dashboard
+session cookie (``hub.dashboard.sessions``): it is accepted on GET and HEAD
+only, and always identifies a reader, so no write route accepts it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection
+from typing import Protocol
 
 from aiohttp import web
 
@@ -28,6 +33,15 @@ TOKEN_MAX_CHARS = 512  # far above any token the hub issues; longer headers are 
 IDENTITY_KEY = web.RequestKey("identity", AgentIdentity)
 STORE_KEY = web.AppKey("store", HubStore)
 PUBLIC_ROUTES_KEY = web.AppKey("public_routes", frozenset[str])
+SESSION_METHODS = frozenset({"GET", "HEAD"})  # the only methods a cookie session is accepted on
+
+
+class CookieSessions(Protocol):
+    async def identify(self, request: web.Request) -> AgentIdentity | None:
+        """The read-only identity of the request's session cookie, or None."""
+
+
+COOKIE_SESSIONS_KEY = web.AppKey("cookie_sessions", CookieSessions)
 
 
 class Unauthorized(web.HTTPUnauthorized):
@@ -57,6 +71,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     match = request.match_info
     if match.http_exception is not None or match.route.name in request.app[PUBLIC_ROUTES_KEY]:
         return await handler(request)
+    sessions = request.app.get(COOKIE_SESSIONS_KEY)
+    if sessions is not None and request.method in SESSION_METHODS and "Authorization" not in request.headers:
+        session = await sessions.identify(request)
+        if session is not None:
+            request[IDENTITY_KEY] = AgentIdentity(session.agent_id, frozenset(), ROLE_READER)  # never more
+            return await handler(request)
     token = bearer_token(request)
     identity = await request.app[STORE_KEY].authenticate(token)
     if identity is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.storage.base import HubError
+from hub.webhook_spec import WebhookConfigError, WebhookSpec, parse_webhooks
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8470
@@ -22,6 +23,10 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 PORT_MAX = 65_535
 MAX_BODY_BYTES_LIMIT = 1024 * 1024 * 1024  # a sanity cap on the setting itself: 1 GiB
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_CHANGE_RECHECK_S = 1.0
+DEFAULT_BODY_TIMEOUT_S = 60.0
+DEFAULT_RATE_LIMIT_PER_S = 50.0
+DEFAULT_RATE_LIMIT_BURST = 100
 
 
 class ConfigError(HubError):
@@ -39,6 +44,12 @@ class HubSettings:
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     log_level: str = "INFO"
     access_log: bool = False
+    advertise: bool = False  # announce the hub by zeroconf (_shelfsync-hub._tcp) on the interface it listens on
+    change_recheck_s: float = DEFAULT_CHANGE_RECHECK_S  # the change feed re-reads the newest change this often
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request body must arrive whole within this; else 408
+    rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # write requests per second per credential; 0: no limit
+    rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST  # write requests a credential may send at once
+    webhooks: tuple[WebhookSpec, ...] = ()  # the [[webhooks]] tables, not a [hub] key
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -48,7 +59,7 @@ class HubSettings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HubSettings))
+CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HubSettings) if f.name != "webhooks")
 
 
 def _validate(s: HubSettings) -> None:
@@ -67,11 +78,32 @@ def _validate(s: HubSettings) -> None:
     _typed("shutdown_timeout_s", s.shutdown_timeout_s, float)
     if not 0.0 <= s.shutdown_timeout_s <= 3600.0:
         raise ConfigError(f"shutdown_timeout_s must be between 0 and 3600 seconds, got {s.shutdown_timeout_s}")
+    for key in ("body_timeout_s", "rate_limit_per_s"):  # a whole number in TOML is a number too
+        value = getattr(s, key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(s, key, float(value))
+    _typed("body_timeout_s", s.body_timeout_s, float)
+    if not 0.1 <= s.body_timeout_s <= 3600.0:
+        raise ConfigError(f"body_timeout_s must be between 0.1 and 3600 seconds, got {s.body_timeout_s}")
+    _typed("rate_limit_per_s", s.rate_limit_per_s, float)
+    if not 0.0 <= s.rate_limit_per_s <= 1_000_000.0:
+        raise ConfigError(f"rate_limit_per_s must be between 0 (no limit) and 1000000, got {s.rate_limit_per_s}")
+    _typed("rate_limit_burst", s.rate_limit_burst, int)
+    if not 1 <= s.rate_limit_burst <= 1_000_000:
+        raise ConfigError(f"rate_limit_burst must be between 1 and 1000000, got {s.rate_limit_burst}")
     _typed("log_level", s.log_level, str)
     if s.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
     object.__setattr__(s, "log_level", s.log_level.upper())
     _typed("access_log", s.access_log, bool)
+    _typed("advertise", s.advertise, bool)
+    if isinstance(s.change_recheck_s, int) and not isinstance(s.change_recheck_s, bool):
+        object.__setattr__(s, "change_recheck_s", float(s.change_recheck_s))
+    _typed("change_recheck_s", s.change_recheck_s, float)
+    if not 0.05 <= s.change_recheck_s <= 60.0:
+        raise ConfigError(f"change_recheck_s must be between 0.05 and 60 seconds, got {s.change_recheck_s}")
+    if not isinstance(s.webhooks, tuple) or not all(isinstance(w, WebhookSpec) for w in s.webhooks):
+        raise ConfigError("webhooks must be a tuple of WebhookSpec (from [[webhooks]] tables)")
 
 
 def _typed(key: str, value: Any, kind: type) -> None:
@@ -111,13 +143,21 @@ def _read_file(path: Path) -> HubSettings:
         raise ConfigError(f"config file {path} cannot be read ({err.strerror or err})") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML ({err})") from err
-    extra = sorted(set(doc) - {"hub"})
+    extra = sorted(set(doc) - {"hub", "webhooks"})
     if extra:
-        raise ConfigError(f"unknown key(s) {', '.join(map(repr, extra))} in {path}; hub settings go in a [hub] table")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, extra))} in {path}; hub settings go in a [hub] table "
+            "and webhooks in [[webhooks]] tables"
+        )
     table = doc.get("hub", {})
     if not isinstance(table, dict):
         raise ConfigError(f"hub in {path} must be a table ([hub])")
     settings = settings_from_mapping(table, where=f"the [hub] table of {path}")
+    if "webhooks" in doc:
+        try:
+            settings = settings.replace(webhooks=parse_webhooks(doc["webhooks"]))
+        except WebhookConfigError as err:
+            raise ConfigError(f"{err} (in {path})") from err
     if settings.db and not _is_url(settings.db) and not Path(settings.db).is_absolute():
         # A relative database path in a config file is relative to that file, not to the working directory.
         settings = settings.replace(db=str(path.parent / settings.db))

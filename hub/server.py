@@ -14,7 +14,9 @@ from aiohttp import web
 
 from hub.app import create_app
 from hub.config import HubSettings
+from hub.discovery import HubAdvertiser, start_advertiser
 from hub.drain import GATE_KEY
+from hub.feed import end_streams
 from hub.storage import open_store
 from hub.storage.base import HubError
 
@@ -40,6 +42,7 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None) -> Non
             shutdown_timeout=RESPONSE_FLUSH_S,  # requests are drained before aiohttp's own shutdown
         )
         await runner.setup()
+        advertiser: HubAdvertiser | None = None
         try:
             site = web.TCPSite(runner, settings.host, settings.port)
             try:
@@ -49,11 +52,14 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None) -> Non
                 raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err
             host, port = runner.addresses[0][:2]
             log.info("hub listening on http://%s:%d, database %s", host, port, display_db(settings.db))
+            if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
+                advertiser = await start_advertiser(str((await store.health()).get("hub_id") or ""), settings.host, port)
             with _stop_on_signals(stop):  # kept while draining: a second signal does not cut a commit short
                 await stop.wait()
                 await site.stop()
                 gate = app[GATE_KEY]
                 log.info("hub stopping: refusing new requests and finishing the %d in flight", gate.active)
+                await end_streams(app)  # long-polls answer now and event streams end: they hold no writes
                 if not await gate.drain(settings.shutdown_timeout_s):
                     log.warning(
                         "%d request(s) were still running after %.0f s (shutdown_timeout_s); cancelling them",
@@ -61,6 +67,8 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None) -> Non
                         settings.shutdown_timeout_s,
                     )
         finally:
+            if advertiser is not None:
+                await advertiser.stop()
             await runner.cleanup()
     log.info("hub stopped; the database is closed")
 

@@ -39,6 +39,8 @@ def loads(raw: bytes) -> Any:
         return json.loads(raw)
     except UnicodeDecodeError as err:
         raise ValueError("it is not UTF-8") from err
+    except RecursionError as err:  # json's C scanner recurses once per nesting level
+        raise ValueError("it is nested too deeply") from err
 
 
 def iso_ms(ms: int | None) -> str | None:

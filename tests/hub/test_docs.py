@@ -47,7 +47,10 @@ async def test_every_route_has_a_heading_in_hub_api_md(app: web.Application) -> 
 
 def test_every_config_key_is_documented() -> None:
     section = hub_section((DOCS / "configuration.md").read_text())
-    assert set(CONFIG_KEYS) == {"db", "host", "port", "max_body_bytes", "shutdown_timeout_s", "log_level", "access_log"}
+    assert set(CONFIG_KEYS) == {
+        "db", "host", "port", "max_body_bytes", "shutdown_timeout_s", "log_level", "access_log", "change_recheck_s",
+        "advertise", "body_timeout_s", "rate_limit_per_s", "rate_limit_burst",
+    }
     missing = [key for key in CONFIG_KEYS if not re.search(rf"^\| `{key}` \|", section, re.MULTILINE)]
     assert missing == [], "config keys missing from the Hub table of docs/configuration.md"
 

@@ -1,0 +1,32 @@
+"""The operations dashboard the hub serves at ``/dashboard/``.
+
+Plain HTML, CSS and JavaScript in this package (nothing to build, no CDN):
+stores online or offline, counts by location and SKU, a SKU's ledger, the
+exceptions — all updated live from the change feed. Readers sign in with a
+reader credential and get a read-only session cookie (``sessions``).
+
+Public API::
+
+    setup(app, store)                 # routes, sessions and the cookie hook of hub.auth
+    DashboardSessions, SESSION_COOKIE
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hub.auth import COOKIE_SESSIONS_KEY, PUBLIC_ROUTES_KEY
+from hub.dashboard import api, pages
+from hub.dashboard.sessions import SESSION_COOKIE, DashboardSessions
+from hub.storage.base import HubStore
+
+__all__ = ["SESSION_COOKIE", "DashboardSessions", "setup"]
+
+
+def setup(app: web.Application, store: HubStore) -> None:
+    """Serve the dashboard on ``app`` and let its session cookie read (only read) the API."""
+    sessions = DashboardSessions(store)
+    app[COOKIE_SESSIONS_KEY] = sessions
+    pages.setup(app, sessions)
+    api.setup(app)
+    app[PUBLIC_ROUTES_KEY] = app.get(PUBLIC_ROUTES_KEY, frozenset()) | pages.ROUTE_NAMES

@@ -1,0 +1,75 @@
+"""The read routes the dashboard needs beyond the core API: an operations summary and all counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from hub import views
+from hub.auth import STORE_KEY, identity_of
+from hub.metrics import events_last_hour
+from hub.storage.base import AgentStatus, StoreError
+from hub.webhooks import WEBHOOKS_KEY, webhook_statuses
+from protocol import wall_ms_now
+
+ONLINE_WITHIN_S = 300  # an agent that synced this recently is shown as online
+COUNTS_LIMIT_DEFAULT = 1_000
+COUNTS_LIMIT_MAX = 10_000
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/status", get_status, name="status")
+    app.router.add_get("/v1/counts", get_counts, name="counts")
+
+
+def agent_summary(app: web.Application, r: AgentStatus, now_ms: int) -> dict[str, Any]:
+    age_s = None if r.last_sync_ms is None else max(0, now_ms - r.last_sync_ms) // 1000
+    return {
+        **views.agent_status(r),
+        "last_sync_age_s": age_s,
+        "online": age_s is not None and age_s <= ONLINE_WITHIN_S and not r.revoked,
+        "events_last_hour": events_last_hour(app, r.agent_id),
+    }
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """What the dashboard's status strip shows: the database, agents, the feed and the webhooks."""
+    views.Query(request, set())
+    store = request.app[STORE_KEY]
+    now_ms = wall_ms_now()
+    try:
+        await store.health()
+        db: dict[str, Any] = {"ok": True}
+    except StoreError as err:
+        db = {"ok": False, "error": str(err)}
+    agents = await store.agent_status()
+    latest = await store.latest_change_id()
+    newest = await store.changes(latest - 1, 1) if latest else []
+    return web.json_response(
+        {
+            "hub_time_ms": now_ms,
+            "hub_time": views.iso_ms(now_ms),
+            "you": identity_of(request).agent_id,
+            "online_within_s": ONLINE_WITHIN_S,
+            "db": db,
+            "feed": {
+                "cursor": str(latest),
+                "last_change_ms": newest[0].at_ms if newest else None,
+                "last_change": views.iso_ms(newest[0].at_ms) if newest else None,
+            },
+            "agents": [agent_summary(request.app, r, now_ms) for r in agents],
+            "webhooks": webhook_statuses(request.app) if WEBHOOKS_KEY in request.app else [],
+        },
+        dumps=views.dumps,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def get_counts(request: web.Request) -> web.Response:
+    """Counts of every (location, SKU), optionally of one location or one SKU."""
+    params = views.Query(request, {"location", "sku", "limit"})
+    rows = await request.app[STORE_KEY].counts(
+        location=params.location(), sku=params.sku(), limit=params.limit(COUNTS_LIMIT_DEFAULT, COUNTS_LIMIT_MAX)
+    )
+    return web.json_response({"counts": [views.count_row(r) for r in rows]}, dumps=views.dumps)

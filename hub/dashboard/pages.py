@@ -1,0 +1,149 @@
+"""The dashboard's pages: sign-in, the single-page app and its static assets.
+
+Plain HTML, CSS and JavaScript files shipped in this package: nothing to
+build, nothing fetched from elsewhere (the Content-Security-Policy allows this
+origin only). The app reads the JSON API with its session cookie and follows
+the change feed over server-sent events.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from importlib import resources
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from hub.dashboard.sessions import SESSION_COOKIE, DashboardSessions, SignInRefused, clear_cookie, set_cookie
+
+log = logging.getLogger(__name__)
+
+SESSIONS_KEY = web.AppKey("dashboard_sessions", DashboardSessions)
+ASSETS = {
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+}
+PAGES = ("index.html", "sign-in.html")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # no-referrer would make browsers send Origin: null on the form POST
+    "X-Frame-Options": "DENY",
+}
+SIGN_IN_FORM_MAX_BYTES = 4_096
+ERROR_SLOT = "<!--error-->"
+ROUTE_NAMES = frozenset(
+    {
+        "root",
+        "dashboard_redirect",
+        "dashboard",
+        "dashboard_sign_in_page",
+        "dashboard_sign_in",
+        "dashboard_sign_out",
+        "dashboard_asset",
+    }
+)
+
+
+def _read(name: str) -> bytes:
+    return resources.files("hub.dashboard").joinpath(name).read_bytes()
+
+
+FILES_KEY = web.AppKey("dashboard_files", dict[str, bytes])
+
+
+def setup(app: web.Application, sessions: DashboardSessions) -> None:
+    app[SESSIONS_KEY] = sessions
+    app[FILES_KEY] = {name: _read(name) for name in (*PAGES, *ASSETS)}
+    r = app.router
+    r.add_get("/", get_root, name="root")
+    r.add_get("/dashboard", get_root, name="dashboard_redirect")
+    r.add_get("/dashboard/", get_dashboard, name="dashboard")
+    r.add_get("/dashboard/sign-in", get_sign_in, name="dashboard_sign_in_page")
+    r.add_post("/dashboard/sign-in", post_sign_in, name="dashboard_sign_in")
+    r.add_post("/dashboard/sign-out", post_sign_out, name="dashboard_sign_out")
+    r.add_get("/dashboard/assets/{name}", get_asset, name="dashboard_asset")
+
+
+def _page(request: web.Request, name: str, status: int = 200, error: str | None = None) -> web.Response:
+    body = request.app[FILES_KEY][name]
+    if name == "sign-in.html":
+        slot = f'<p class="form-error" role="alert">{html.escape(error)}</p>' if error else ""
+        body = body.replace(ERROR_SLOT.encode(), slot.encode())
+    headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
+    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8", headers=headers)
+
+
+async def get_root(request: web.Request) -> web.Response:
+    """Send people to the dashboard."""
+    return _see_other("/dashboard/")
+
+
+async def get_dashboard(request: web.Request) -> web.Response:
+    """The dashboard app, or the sign-in page when there is no session."""
+    if await request.app[SESSIONS_KEY].identify(request) is None:
+        return _see_other("/dashboard/sign-in")
+    return _page(request, "index.html")
+
+
+async def get_sign_in(request: web.Request) -> web.Response:
+    return _page(request, "sign-in.html")
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        return origin is None  # a browser always sends Origin on a form POST; "null" is an opaque origin
+    return urlsplit(origin).netloc == request.host
+
+
+async def post_sign_in(request: web.Request) -> web.Response:
+    """Exchange a reader credential for a session cookie."""
+    if not _same_origin(request):
+        raise web.HTTPForbidden(text="sign in from the hub's own sign-in page")
+    if request.content_length is not None and request.content_length > SIGN_IN_FORM_MAX_BYTES:
+        return _page(request, "sign-in.html", 400, "The form is too large; paste only the credential.")
+    form = await request.post()
+    token = form.get("token")
+    if not isinstance(token, str):
+        return _page(request, "sign-in.html", 400, "Paste your reader credential into the field.")
+    try:
+        session_id, _agent_id = await request.app[SESSIONS_KEY].sign_in(token)
+    except SignInRefused as err:
+        log.info("refused a dashboard sign-in from %s: %s", request.remote, err)
+        return _page(request, "sign-in.html", 403, f"Not signed in: {err}.")
+    response = _see_other("/dashboard/")
+    set_cookie(response, request, session_id)
+    return response
+
+
+async def post_sign_out(request: web.Request) -> web.Response:
+    """Forget the session (it ends at once, in this hub process) and clear the cookie."""
+    if not _same_origin(request):
+        raise web.HTTPForbidden(text="sign out from the dashboard itself")
+    request.app[SESSIONS_KEY].sign_out(request.cookies.get(SESSION_COOKIE))
+    response = _see_other("/dashboard/sign-in")
+    clear_cookie(response)
+    return response
+
+
+async def get_asset(request: web.Request) -> web.Response:
+    """The dashboard's CSS and JavaScript (public: they hold no data)."""
+    name = request.match_info["name"]
+    content_type = ASSETS.get(name)
+    if content_type is None:
+        raise web.HTTPNotFound(text=f"the dashboard has no file {name[:64]!r}")
+    return web.Response(
+        body=request.app[FILES_KEY][name],
+        content_type=content_type,
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )

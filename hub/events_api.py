@@ -1,0 +1,221 @@
+"""``POST /v1/events``: channel connectors push their own movements as JSON.
+
+A web shop or marketplace connector holds an agent-role credential bound to
+its channel location(s) (``WEB``). It sends movements under its own ids — an
+online order as ``reserve`` then ``sale`` (with the order as ``ref``, so the
+sale consumes the reservation), a cancellation as ``release`` — and they go
+through the same validation, dedupe and resolution as an agent's events.
+
+The hub turns each into a ``StockEvent``:
+
+* ``event_id`` = ``derived_event_id(occurred_ms, b"api:<agent_id>:<id>")``, so
+  resending the same movement (same id, same time) is a duplicate, never a
+  second movement;
+* epoch 0 (agents never use it), and ``seq`` = the event's time in Unix ms —
+  derived from the event itself, not a counter: ``seq`` is part of an event's
+  content, so a counter would turn every resend into a conflict. A connector's
+  high-water mark is therefore the time of its newest movement;
+* ``occurred_at`` = the given time (ISO 8601 with a UTC offset, or Unix ms)
+  as a packed HLC with counter 0; ``source`` = ``api:<agent_id>``; the
+  connector's id is kept in ``attrs["api_id"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from hub import feed, metrics, views
+from hub.auth import STORE_KEY, require_role
+from hub.storage.base import INGEST_ROLES, AgentIdentity
+from protocol import (
+    ProtocolError,
+    StockEvent,
+    check_kind,
+    derived_event_id,
+    event_id_hex,
+    pack_hlc,
+    wall_ms_now,
+)
+
+log = logging.getLogger(__name__)
+
+ROUTE = "events"
+EVENTS_MAX = 1_000
+API_ID_MAX_LEN = 128
+API_ID_ATTR = "api_id"
+CONNECTOR_EPOCH = 0
+EARLIEST_MS = 946_684_800_000  # 2000-01-01: an earlier time is almost surely seconds sent as ms
+FUTURE_SLACK_MS = 24 * 3_600 * 1_000  # a time further ahead than this is a unit or clock error
+_FIELDS = frozenset({"id", "location", "sku", "kind", "qty", "occurred_at", "ref", "reason", "attrs"})
+_REQUIRED = ("id", "location", "sku", "kind", "qty", "occurred_at")
+
+
+class BadEvent(ValueError):
+    """One event of the request breaks the contract; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    index: int
+    api_id: str | None
+    reason: str
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/events", post_events, name="events")
+
+
+def occurred_ms(value: Any, now_ms: int) -> int:
+    """Unix milliseconds of an ``occurred_at``: an integer of ms, or ISO 8601 text with a UTC offset."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadEvent("occurred_at must be ISO 8601 text with a UTC offset or Unix milliseconds")
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip().replace("z", "Z"))
+        except ValueError:
+            raise BadEvent(f"occurred_at {value[:40]!r} is not an ISO 8601 time (e.g. 2025-11-25T09:00:00Z)") from None
+        if when.tzinfo is None:
+            raise BadEvent(f"occurred_at {value[:40]!r} has no UTC offset; add Z or +01:00")
+        ms = int(when.timestamp() * 1000)
+    else:
+        ms = value
+    if ms < EARLIEST_MS:
+        raise BadEvent(f"occurred_at {value!r} is before the year 2000; Unix time must be in milliseconds")
+    if ms > now_ms + FUTURE_SLACK_MS:
+        raise BadEvent(f"occurred_at {value!r} is more than a day in the future; check the unit and the clock")
+    return ms
+
+
+def _api_id(raw: Any) -> str:
+    if not isinstance(raw, str) or not 1 <= len(raw) <= API_ID_MAX_LEN or not raw.isprintable():
+        raise BadEvent(f"id must be a string of 1 to {API_ID_MAX_LEN} printable characters")
+    return raw
+
+
+def build_event(who: AgentIdentity, raw: Any, now_ms: int) -> StockEvent:
+    """The stock event one JSON movement stands for, or ``BadEvent`` naming what is wrong."""
+    if not isinstance(raw, Mapping):
+        raise BadEvent(f"an event must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - _FIELDS)
+    if unknown:
+        raise BadEvent(f"unknown field(s) {', '.join(unknown)[:80]}; the fields are {', '.join(sorted(_FIELDS))}")
+    missing = [f for f in _REQUIRED if f not in raw]
+    if missing:
+        raise BadEvent(f"missing field(s) {', '.join(missing)}")
+    api_id = _api_id(raw["id"])
+    attrs = raw.get("attrs") or {}
+    if not isinstance(attrs, Mapping):
+        raise BadEvent(f"attrs must be a JSON object, got {type(attrs).__name__}")
+    if API_ID_ATTR in attrs:
+        raise BadEvent(f"attrs.{API_ID_ATTR} is set by the hub (it keeps the event's id); use another key")
+    ms = occurred_ms(raw["occurred_at"], now_ms)
+    at = pack_hlc(ms, 0)
+    try:
+        return StockEvent(
+            event_id=derived_event_id(ms, f"api:{who.agent_id}:{api_id}".encode()),
+            agent_id=who.agent_id,
+            epoch=CONNECTOR_EPOCH,
+            seq=ms,
+            location=raw["location"],
+            sku=raw["sku"],
+            kind=check_kind(raw["kind"]),
+            qty=raw["qty"],
+            occurred_at=at,
+            wall_ms=ms,
+            source=f"api:{who.agent_id}",
+            ref=raw.get("ref"),
+            reason=raw.get("reason"),
+            attrs={**attrs, API_ID_ATTR: api_id},
+        )
+    except ProtocolError as err:
+        raise BadEvent(str(err)) from None
+
+
+def _parse(who: AgentIdentity, body: Any) -> tuple[list[StockEvent], list[str], list[Invalid]]:
+    if not isinstance(body, dict) or set(body) != {"events"}:
+        raise web.HTTPBadRequest(text='the body must be a JSON object with one field, {"events": [...]}')
+    raw_events = body["events"]
+    if not isinstance(raw_events, list) or not 1 <= len(raw_events) <= EVENTS_MAX:
+        raise web.HTTPBadRequest(text=f"events must be a list of 1 to {EVENTS_MAX} events")
+    now_ms = wall_ms_now()
+    events: list[StockEvent] = []
+    ids: list[str] = []
+    invalid: list[Invalid] = []
+    for i, raw in enumerate(raw_events):
+        api_id = raw.get("id") if isinstance(raw, Mapping) else None
+        try:
+            events.append(build_event(who, raw, now_ms))
+        except BadEvent as err:
+            invalid.append(Invalid(i, api_id if isinstance(api_id, str) else None, f"events[{i}]: {err}"))
+        else:
+            ids.append(raw["id"])  # build_event checked it is a string
+    return events, ids, invalid
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """Validate, resolve and commit a connector's movements; answer each one's fate and the counts touched."""
+    who = require_role(request, INGEST_ROLES, "send events")
+    started = time.perf_counter()
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text=f"send the events as JSON with Content-Type: application/json, got {request.content_type}"
+        )
+    try:
+        body = views.loads(await request.read())
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
+    events, ids, invalid = _parse(who, body)
+    if invalid:
+        metrics.observe_invalid(request.app, ROUTE, len(invalid))
+        log.info("refused %d event(s) from %s: first %s", len(invalid), who.agent_id, invalid[0].reason)
+        message = f"{len(invalid)} event(s) are invalid and nothing was committed; first: {invalid[0].reason}"
+        rejected = [{"index": b.index, "id": b.api_id, "reason": b.reason} for b in invalid]
+        error = {"error": {"code": "invalid_events", "message": message, "rejected": rejected}}
+        return web.json_response(error, status=422, dumps=views.dumps)
+    result = await request.app[STORE_KEY].ingest(who, CONNECTOR_EPOCH, events)
+    elapsed_s = time.perf_counter() - started
+    feed.poke(request.app)
+    metrics.observe_ingest(request.app, ROUTE, result, elapsed_s)
+    refused = {r.event_id: r for r in result.rejected}
+    answers: list[dict[str, Any]] = []
+    for api_id, ev in zip(ids, events, strict=True):
+        answer: dict[str, Any] = {"id": api_id, "event_id": event_id_hex(ev.event_id), "status": "accepted"}
+        if (r := refused.get(ev.event_id)) is not None:
+            answer.update(status="rejected", code=r.code, reason=r.reason)
+        answers.append(answer)
+    log.info(
+        "%s pushed %d events (%d new, %d duplicates, %d rejected) in %d ms",
+        who.agent_id,
+        len(events),
+        result.applied,
+        result.duplicates,
+        len(result.rejected),
+        round(elapsed_s * 1000),
+    )
+    return web.json_response(
+        {
+            "events": answers,
+            "applied": result.applied,
+            "duplicates": result.duplicates,
+            "rejected": len(result.rejected),
+            "counts": [
+                {
+                    "location": c.location,
+                    "sku": c.sku,
+                    "on_hand": c.on_hand,
+                    "reserved": c.reserved,
+                    "available": c.available,
+                    "in_transit": c.in_transit,
+                }
+                for c in result.counts
+            ],
+        },
+        dumps=views.dumps,
+    )

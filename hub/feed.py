@@ -1,0 +1,340 @@
+"""The change feed: every committed change of a count, in commit order, by cursor.
+
+``GET /v1/changes`` answers a page of changes after a cursor and long-polls
+(waits up to ``wait`` seconds) when there is none yet; ``GET
+/v1/changes/stream`` serves the same rows as server-sent events and resumes
+from ``Last-Event-ID``. Webhooks (``hub.webhooks``) read the same rows.
+
+A ``ChangeWatch`` knows the newest change id. The ingest path pokes it right
+after each commit in this process (``poke``); while anyone waits, it also
+re-reads the id every ``change_recheck_s``, so changes committed by another
+hub process sharing a PostgreSQL database (or by a route that does not poke)
+are seen too.
+
+A cursor is the ``change_id`` of the last change read, as a decimal string.
+With a location or SKU filter it may run ahead of the last change returned
+(past changes that did not match), never past one that did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Self
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse, sse_response
+
+from hub import views
+from hub.auth import STORE_KEY
+from hub.storage.base import ChangeRow, HubStore, StoreClosed, StoreError
+from protocol import event_id_hex
+
+log = logging.getLogger(__name__)
+
+CHANGES_LIMIT_DEFAULT = 500
+CHANGES_LIMIT_MAX = 5_000
+WAIT_MAX_S = 60.0  # the longest a long-poll waits; proxies commonly cut idle requests after 60 s or more
+RECHECK_DEFAULT_S = 1.0
+STREAM_PING_S = 15.0  # SSE comment lines that keep proxies from closing an idle stream
+STREAM_BATCH = 500
+STREAM_RETRY_MS = 3_000  # what browsers wait before reconnecting a dropped stream
+RETRY_BASE_S = 0.5
+RETRY_MAX_S = 30.0
+CURSOR_MAX = (1 << 63) - 1
+
+
+class ChangeWatch:
+    """The newest change id, kept fresh for the long-polls, streams and webhooks waiting on it.
+
+    One loop: wait for a poke (a commit in this process) or, while someone
+    waits, a tick of ``recheck_s``; read the newest id once; wake every waiter
+    it concerns. A failing read backs off exponentially with jitter.
+    """
+
+    def __init__(self, store: HubStore, recheck_s: float = RECHECK_DEFAULT_S) -> None:
+        self._store = store
+        self._recheck_s = recheck_s
+        self._latest = 0
+        self._cond = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._waiters = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def latest(self) -> int:
+        """The newest change id seen so far (it may lag the database by up to ``recheck_s``)."""
+        return self._latest
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def waiting(self) -> int:
+        """How many long-polls, streams and webhooks are waiting for a change right now."""
+        return self._waiters
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def poke(self) -> None:
+        """A commit happened in this process: re-read the newest id now."""
+        if not self._closed:
+            self._wake.set()
+
+    async def wait_past(self, after: int, timeout_s: float) -> int:
+        """Wait until a change after ``after`` is known or ``timeout_s`` passes; return the newest id known.
+
+        Returns at once (with whatever is known) once the watch is closed.
+        """
+        if self._closed:
+            return self._latest
+        self._start()
+        self._waiters += 1
+        if self._waiters == 1:
+            self._wake.set()  # the loop idles while nobody waits: read once now, then tick
+        try:
+            async with self._cond:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._cond.wait_for(lambda: self._latest > after or self._closed), max(0.0, timeout_s)
+                    )
+        finally:
+            self._waiters -= 1
+        return self._latest
+
+    async def close(self) -> None:
+        """Wake every waiter and stop the loop; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        async with self._cond:
+            self._cond.notify_all()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="change-watch")
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closed:
+            delay_s = self._recheck_s if self._waiters else None
+            if failures:
+                delay_s = random.uniform(0, min(RETRY_MAX_S, RETRY_BASE_S * 2 ** min(failures - 1, 16)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay_s)
+            self._wake.clear()
+            if self._closed:
+                return
+            if not self._waiters:
+                continue  # nobody waits: the next waiter's arrival triggers a fresh read
+            try:
+                latest = await self._store.latest_change_id()
+            except StoreClosed:
+                return
+            except (StoreError, OSError) as err:
+                failures += 1
+                if failures == 1:
+                    log.warning("the change feed cannot read the newest change id (%s); retrying with backoff", err)
+                continue
+            if failures:
+                log.info("the change feed reads the newest change id again after %d failed attempt(s)", failures)
+                failures = 0
+            if latest > self._latest:
+                self._latest = latest
+                async with self._cond:
+                    self._cond.notify_all()
+
+
+FEED_KEY = web.AppKey("change_watch", ChangeWatch)
+
+
+def poke(app: web.Application) -> None:
+    """Tell the feed that a commit happened (called by the ingest routes)."""
+    watch = app.get(FEED_KEY)
+    if watch is not None:
+        watch.poke()
+
+
+async def end_streams(app: web.Application) -> None:
+    """Answer every long-poll and end every stream now (the hub is stopping; they hold no writes)."""
+    watch = app.get(FEED_KEY)
+    if watch is not None:
+        await watch.close()
+
+
+def setup(app: web.Application, store: HubStore, recheck_s: float) -> None:
+    """Register the feed's routes and its watch on ``app``."""
+    app[FEED_KEY] = ChangeWatch(store, recheck_s)
+
+    async def stop(app: web.Application) -> None:
+        await app[FEED_KEY].close()
+
+    app.on_shutdown.append(stop)
+    app.router.add_get("/v1/changes", get_changes, name="changes")
+    app.router.add_get("/v1/changes/stream", get_changes_stream, name="changes_stream")
+
+
+# --- reading ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[ChangeRow]
+    cursor: int  # resume after this id
+    more: bool  # a full page: more may be there right away
+
+
+async def read_page(
+    store: HubStore, after: int, limit: int, location: str | None = None, sku: str | None = None
+) -> Page:
+    """Changes after ``after``; with a filter, the cursor also skips what did not match."""
+    if location is None and sku is None:
+        rows = await store.changes(after, limit)
+        return Page(rows, rows[-1].change_id if rows else after, len(rows) == limit)
+    # Every change up to ``latest`` is visible once read (ids are assigned in commit order), so a
+    # short page proves no matching change up to ``latest`` was left out.
+    latest = await store.latest_change_id()
+    rows = await store.changes(after, limit, location, sku)
+    if len(rows) == limit:
+        return Page(rows, rows[-1].change_id, True)
+    return Page(rows, max(after, latest, rows[-1].change_id if rows else 0), False)
+
+
+def change_json(r: ChangeRow) -> dict[str, Any]:
+    return {
+        "change_id": r.change_id,
+        "location": r.location,
+        "sku": r.sku,
+        "on_hand": r.on_hand,
+        "reserved": r.reserved,
+        "available": r.available,
+        "in_transit": r.in_transit,
+        "event_ids": [event_id_hex(e) for e in r.event_ids],
+        "at_ms": r.at_ms,
+        "at": views.iso_ms(r.at_ms),
+    }
+
+
+# --- parameters --------------------------------------------------------------
+
+
+def parse_cursor(raw: str, name: str = "cursor") -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > CURSOR_MAX:
+        raise web.HTTPBadRequest(
+            text=f"{name} must be a cursor the hub gave out (a whole number, 0 for the start), got {raw[:40]!r}"
+        )
+    return int(raw)
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return CHANGES_LIMIT_DEFAULT
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= CHANGES_LIMIT_MAX:
+        raise web.HTTPBadRequest(text=f"limit must be a whole number from 1 to {CHANGES_LIMIT_MAX}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _wait_s(raw: str | None) -> float:
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw) if raw.isascii() and len(raw) <= 12 else -1.0
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= WAIT_MAX_S:  # also refuses nan and inf
+        raise web.HTTPBadRequest(text=f"wait must be a number of seconds from 0 to {WAIT_MAX_S:g}, got {raw[:40]!r}")
+    return value
+
+
+def _filters(params: views.Query) -> tuple[str | None, str | None]:
+    return params.location(), params.sku()
+
+
+# --- routes -----------------------------------------------------------------
+
+
+async def get_changes(request: web.Request) -> web.Response:
+    """A page of changes after ``cursor``; waits up to ``wait`` seconds when there is none yet."""
+    params = views.Query(request, {"cursor", "limit", "wait", "location", "sku"})
+    query = request.rel_url.query
+    after = parse_cursor(query.get("cursor", "0"))
+    limit = _limit(query.get("limit"))
+    wait_s = _wait_s(query.get("wait"))
+    location, sku = _filters(params)
+    store = request.app[STORE_KEY]
+    watch = request.app[FEED_KEY]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    page = await read_page(store, after, limit, location, sku)
+    while not page.rows and not watch.closed and (remaining := deadline - loop.time()) > 0:
+        await watch.wait_past(page.cursor, remaining)
+        page = await read_page(store, page.cursor, limit, location, sku)
+    body = {
+        "changes": [change_json(r) for r in page.rows],
+        "cursor": str(page.cursor),
+        "more": page.more,
+    }
+    return web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
+
+
+async def get_changes_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one ``change`` event per change, ``id`` = its cursor; resumes from Last-Event-ID."""
+    params = views.Query(request, {"cursor", "location", "sku"})
+    location, sku = _filters(params)
+    store = request.app[STORE_KEY]
+    watch = request.app[FEED_KEY]
+    resume = request.headers.get("Last-Event-ID")
+    if resume is not None:
+        after = parse_cursor(resume.strip(), "Last-Event-ID")
+    elif "cursor" in request.rel_url.query:
+        after = parse_cursor(request.rel_url.query["cursor"])
+    else:
+        after = await store.latest_change_id()  # no position given: from now on
+    async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
+        await sse.send(views.dumps({"cursor": str(after)}), event="ready", retry=STREAM_RETRY_MS)
+        await _stream(sse, store, watch, after, location, sku)
+    return sse
+
+
+async def _stream(
+    sse: EventSourceResponse, store: HubStore, watch: ChangeWatch, after: int, location: str | None, sku: str | None
+) -> None:
+    gone = asyncio.ensure_future(sse.wait())  # ends when the client goes away (a ping fails) or we stop
+    try:
+        while not watch.closed and not gone.done():
+            try:
+                page = await read_page(store, after, STREAM_BATCH, location, sku)
+            except (StoreError, StoreClosed) as err:
+                log.warning("a change stream ended: the hub database failed (%s)", err)
+                await sse.send(
+                    views.dumps({"message": "the hub database is not available; reconnect shortly"}), event="error"
+                )
+                return
+            for row in page.rows:
+                await sse.send(views.dumps(change_json(row)), id=str(row.change_id), event="change")
+            after = page.cursor
+            if page.more:
+                continue
+            waiting = asyncio.ensure_future(watch.wait_past(after, WAIT_MAX_S))
+            try:
+                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+    except (ConnectionResetError, TimeoutError):
+        return  # the client went away mid-send
+    finally:
+        gone.cancel()

@@ -1,0 +1,192 @@
+"""Prometheus metrics of one hub process, served at ``GET /metrics``.
+
+Each application has its own ``CollectorRegistry`` (tests create many apps in
+one process; the global registry would refuse the second). Counters and the
+ingest-latency histogram are fed by the ingest routes (``observe_ingest``);
+per-agent gauges (last-sync age, high-water marks, events in the last hour)
+are read from the store when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hub.auth import STORE_KEY
+from hub.storage.base import AgentStatus, IngestResult
+from protocol import wall_ms_now
+
+RECENT_WINDOW_S = 3_600
+RECENT_BUCKET_S = 60
+INGEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RecentIngest:
+    """Events received per agent in the last hour, in one-minute buckets (this process only)."""
+
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, deque[list[int]]] = defaultdict(deque)  # agent -> [[minute, events], …]
+
+    def add(self, agent_id: str, events: int, now_s: float | None = None) -> None:
+        if events <= 0:
+            return
+        minute = int((time.time() if now_s is None else now_s) // RECENT_BUCKET_S)
+        buckets = self._buckets[agent_id]
+        if buckets and buckets[-1][0] == minute:
+            buckets[-1][1] += events
+        else:
+            buckets.append([minute, events])
+        self._trim(buckets, minute)
+
+    def last_hour(self, agent_id: str, now_s: float | None = None) -> int:
+        buckets = self._buckets.get(agent_id)
+        if not buckets:
+            return 0
+        self._trim(buckets, int((time.time() if now_s is None else now_s) // RECENT_BUCKET_S))
+        return sum(n for _, n in buckets)
+
+    @staticmethod
+    def _trim(buckets: deque[list[int]], minute: int) -> None:
+        oldest = minute - RECENT_WINDOW_S // RECENT_BUCKET_S + 1
+        while buckets and buckets[0][0] < oldest:
+            buckets.popleft()
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    agents: tuple[AgentStatus, ...] = ()
+    now_ms: int = 0
+    latest_change: int = 0
+
+
+class _AgentCollector(Collector):
+    """Per-agent gauges from the snapshot the ``/metrics`` handler takes just before rendering."""
+
+    def __init__(self, recent: RecentIngest) -> None:
+        self.recent = recent
+        self.snapshot = _Snapshot()
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.snapshot
+        age = GaugeMetricFamily(
+            "shelfsync_agent_last_sync_age_seconds", "Seconds since the agent's last sync.", labels=["agent_id"]
+        )
+        hwm = GaugeMetricFamily(
+            "shelfsync_agent_hwm",
+            "The agent's high-water mark (highest seq committed) per epoch.",
+            labels=["agent_id", "epoch"],
+        )
+        recent = GaugeMetricFamily(
+            "shelfsync_agent_events_last_hour",
+            "Events this hub process received from the agent in the last hour.",
+            labels=["agent_id"],
+        )
+        skew = GaugeMetricFamily(
+            "shelfsync_agent_clock_skew_seconds",
+            "The hub's wall clock minus the newest event's wall clock at the agent's last sync.",
+            labels=["agent_id"],
+        )
+        for a in snap.agents:
+            if a.revoked:
+                continue
+            if a.last_sync_ms is not None:
+                age.add_metric([a.agent_id], max(0, snap.now_ms - a.last_sync_ms) / 1000)
+            for epoch, mark in sorted(a.hwm.items()):
+                hwm.add_metric([a.agent_id, str(epoch)], mark)
+            recent.add_metric([a.agent_id], self.recent.last_hour(a.agent_id, snap.now_ms / 1000))
+            if a.clock_skew_ms is not None:
+                skew.add_metric([a.agent_id], a.clock_skew_ms / 1000)
+        latest = GaugeMetricFamily("shelfsync_changes_latest_id", "The newest change id of the change feed.")
+        latest.add_metric([], snap.latest_change)
+        yield from (age, hwm, recent, skew, latest)
+
+
+class HubMetrics:
+    """The metrics of one hub application."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.batches = Counter("shelfsync_ingest_batches", "Batches ingested.", ["route"], registry=r)
+        self.ingested = Counter("shelfsync_events_ingested", "Events stored for the first time.", ["route"], registry=r)
+        self.duplicates = Counter(
+            "shelfsync_events_duplicate", "Events received again and ignored (resends).", ["route"], registry=r
+        )
+        self.rejected = Counter(
+            "shelfsync_events_rejected",
+            "Events refused: by ingest (forbidden_location, conflict, invalid) or as an invalid request (request_invalid).",
+            ["route", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "shelfsync_ingest_seconds",
+            "Time to handle one ingest request.",
+            ["route"],
+            buckets=INGEST_BUCKETS_S,
+            registry=r,
+        )
+        self.recent = RecentIngest()
+        self._agents = _AgentCollector(self.recent)
+        r.register(self._agents)
+
+    def observe(self, route: str, result: IngestResult, elapsed_s: float) -> None:
+        self.batches.labels(route).inc()
+        self.ingested.labels(route).inc(result.applied)
+        self.duplicates.labels(route).inc(result.duplicates)
+        for rejection in result.rejected:
+            self.rejected.labels(route, rejection.code).inc()
+        self.latency.labels(route).observe(elapsed_s)
+        self.recent.add(result.agent_id, result.applied + result.duplicates + len(result.rejected))
+
+    def observe_invalid(self, route: str, events: int) -> None:
+        """A request refused whole because ``events`` of its events broke the contract (422)."""
+        self.rejected.labels(route, "request_invalid").inc(events)
+
+    def render(self, agents: Sequence[AgentStatus], latest_change: int) -> bytes:
+        self._agents.snapshot = _Snapshot(tuple(agents), wall_ms_now(), latest_change)
+        return generate_latest(self.registry)
+
+
+METRICS_KEY = web.AppKey("metrics", HubMetrics)
+
+
+def setup(app: web.Application) -> None:
+    app[METRICS_KEY] = HubMetrics()
+    app.router.add_get("/metrics", get_metrics, name="metrics")
+
+
+def observe_ingest(app: web.Application, route: str, result: IngestResult, elapsed_s: float) -> None:
+    """Count one committed ingest request (called by the ingest routes after the commit)."""
+    metrics = app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.observe(route, result, elapsed_s)
+
+
+def observe_invalid(app: web.Application, route: str, events: int) -> None:
+    metrics = app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.observe_invalid(route, events)
+
+
+def events_last_hour(app: web.Application, agent_id: str) -> int:
+    metrics = app.get(METRICS_KEY)
+    return 0 if metrics is None else metrics.recent.last_hour(agent_id)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this hub process's metrics."""
+    if request.rel_url.query:
+        raise web.HTTPBadRequest(text="/metrics takes no query parameters")
+    store = request.app[STORE_KEY]
+    agents = await store.agent_status()
+    body = request.app[METRICS_KEY].render(agents, await store.latest_change_id())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})

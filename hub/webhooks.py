@@ -1,0 +1,341 @@
+"""Webhooks: the change feed pushed to channels (web shop, marketplaces) as signed JSON batches.
+
+Each ``[[webhooks]]`` entry of the hub config gets one dispatcher loop: read
+the changes after its cursor (optionally of one location), POST them as one
+JSON batch, and advance the stored cursor only after a 2xx answer — at least
+once, in change order. A failure is logged in the delivery log and retried
+with exponential backoff, jitter and a cap; the first failure is a warning,
+the recovery is logged once.
+
+Each request is signed: ``X-Shelfsync-Timestamp`` is the Unix time in
+seconds and ``X-Shelfsync-Signature`` is ``sha256=`` + the hex HMAC-SHA256,
+keyed with the webhook's secret, of ``<timestamp>.`` followed by the raw
+body. The receiver recomputes it, compares in constant time and refuses a
+timestamp more than a few minutes old (``verify_signature``), so a captured
+request cannot be replayed later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hub import views
+from hub.auth import STORE_KEY
+from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
+from hub.metrics import METRICS_KEY
+from hub.storage.base import ChangeRow, HubStore, StoreClosed, StoreError, WebhookDelivery
+from hub.webhook_spec import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WEBHOOK_HEADER,
+    WebhookConfigError,
+    WebhookSpec,
+    parse_webhooks,
+    sign,
+    verify_signature,
+)
+from protocol import wall_ms_now
+
+__all__ = [
+    "WebhookConfigError",
+    "WebhookDispatcher",
+    "WebhookSpec",
+    "parse_webhooks",
+    "setup",
+    "sign",
+    "verify_signature",
+]
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE_S = 1.0
+RESPONSE_READ_MAX_BYTES = 4_096  # of a receiver's answer, kept for the delivery log
+DELIVERIES_LIMIT_DEFAULT = 100
+DELIVERIES_LIMIT_MAX = 1_000
+
+
+# --- delivery ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WebhookStatus:
+    """Where one dispatcher stands, in memory (the stored state is the store's ``webhook_state``)."""
+
+    cursor: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_attempt_ms: int | None = None
+    last_success_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    ok: bool
+    http_status: int | None
+    error: str | None
+
+
+class WebhookDispatcher:
+    """Delivers the change feed to one webhook, forever; ``run`` is the loop."""
+
+    def __init__(
+        self,
+        spec: WebhookSpec,
+        store: HubStore,
+        watch: ChangeWatch,
+        session: aiohttp.ClientSession,
+        deliveries: Counter | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.status = WebhookStatus()
+        self._store = store
+        self._watch = watch
+        self._session = session
+        self._deliveries = deliveries
+        self._rng = rng or random.Random()
+
+    async def run(self) -> None:
+        spec = self.spec
+        try:
+            state = await self._retrying(lambda: self._store.webhook_state(spec.name))
+            self.status.cursor, self.status.last_error, self.status.failures = state
+            scanned = state.cursor
+            while not self._watch.closed:
+                page = await self._retrying(
+                    lambda after=scanned: read_page(self._store, after, spec.batch_max, spec.location)  # type: ignore[misc]
+                )
+                if not page.rows:
+                    scanned = page.cursor
+                    await self._watch.wait_past(scanned, WAIT_MAX_S)
+                    continue
+                outcome = await self._deliver(page.rows)
+                if outcome.ok:
+                    scanned = page.cursor
+                    await self._succeeded(page.rows, page.cursor, outcome)
+                else:
+                    await self._failed(page.rows, outcome)
+                    await asyncio.sleep(self._backoff_s())
+        except StoreClosed:
+            return
+
+    async def _retrying(self, read: Callable[[], Awaitable[T]]) -> T:
+        failures = 0
+        while True:
+            try:
+                result = await read()
+            except StoreError as err:
+                failures += 1
+                if failures == 1:
+                    log.warning("webhook %s cannot read the change feed (%s); retrying", self.spec.name, err)
+                await asyncio.sleep(min(self.spec.retry_max_s, RETRY_BASE_S * 2 ** min(failures - 1, 16)))
+                continue
+            if failures:
+                log.info("webhook %s reads the change feed again", self.spec.name)
+            return result
+
+    def _backoff_s(self) -> float:
+        ceiling_s = min(self.spec.retry_max_s, RETRY_BASE_S * 2 ** min(self.status.failures - 1, 30))
+        return self._rng.uniform(ceiling_s / 2, ceiling_s)
+
+    async def _deliver(self, rows: list[ChangeRow]) -> _Outcome:
+        spec = self.spec
+        first, last = rows[0].change_id, rows[-1].change_id
+        body = views.dumps(
+            {"webhook": spec.name, "cursor": str(last), "changes": [change_json(r) for r in rows]}
+        ).encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "shelfsync-hub",
+            WEBHOOK_HEADER: spec.name,
+            DELIVERY_HEADER: f"{spec.name}:{first}-{last}",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(spec.secret, timestamp, body),
+        }
+        self.status.last_attempt_ms = wall_ms_now()
+        try:
+            async with self._session.post(
+                spec.url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+                allow_redirects=False,
+            ) as resp:
+                answer = await resp.content.read(RESPONSE_READ_MAX_BYTES)
+                if 200 <= resp.status < 300:
+                    return _Outcome(True, resp.status, None)
+                text = answer.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+                return _Outcome(False, resp.status, f"the receiver answered HTTP {resp.status}: {text or resp.reason}")
+        except TimeoutError:
+            return _Outcome(False, None, f"the receiver did not answer within {spec.timeout_s:g} s (timeout_s)")
+        except aiohttp.ClientError as err:
+            return _Outcome(False, None, f"cannot reach the receiver: {err or type(err).__name__}")
+
+    async def _succeeded(self, rows: list[ChangeRow], cursor: int, outcome: _Outcome) -> None:
+        spec, status = self.spec, self.status
+        now_ms = wall_ms_now()
+        await self._retrying(
+            lambda: self._store.log_webhook_delivery(
+                spec.name, rows[0].change_id, rows[-1].change_id, "delivered", outcome.http_status, None, now_ms
+            )
+        )
+        await self._retrying(lambda: self._store.save_webhook_state(spec.name, cursor, None, 0))
+        if status.failures:
+            log.info("webhook %s delivers again, after %d failed attempt(s)", spec.name, status.failures)
+        status.cursor, status.failures, status.last_error, status.last_success_ms = cursor, 0, None, now_ms
+        if self._deliveries is not None:
+            self._deliveries.labels(spec.name, "delivered").inc()
+
+    async def _failed(self, rows: list[ChangeRow], outcome: _Outcome) -> None:
+        spec, status = self.spec, self.status
+        status.failures += 1
+        status.last_error = outcome.error
+        first, last = rows[0].change_id, rows[-1].change_id
+        await self._retrying(
+            lambda: self._store.log_webhook_delivery(
+                spec.name, first, last, "failed", outcome.http_status, outcome.error, wall_ms_now()
+            )
+        )
+        await self._retrying(
+            lambda: self._store.save_webhook_state(spec.name, status.cursor, outcome.error, status.failures)
+        )
+        if status.failures == 1:
+            log.warning(
+                "webhook %s: delivering changes %d-%d to %s failed (%s); retrying with backoff",
+                spec.name,
+                first,
+                last,
+                spec.display_url,
+                outcome.error,
+            )
+        if self._deliveries is not None:
+            self._deliveries.labels(spec.name, "failed").inc()
+
+
+class _WebhookCollector(Collector):
+    def __init__(self, dispatchers: Iterable[WebhookDispatcher], watch: ChangeWatch) -> None:
+        self._dispatchers = list(dispatchers)
+        self._watch = watch
+
+    def collect(self) -> Iterable[Metric]:
+        lag = GaugeMetricFamily(
+            "shelfsync_webhook_lag_changes", "Changes committed but not yet delivered to the webhook.", labels=["name"]
+        )
+        failing = GaugeMetricFamily(
+            "shelfsync_webhook_failures", "Failed delivery attempts since the last success.", labels=["name"]
+        )
+        for d in self._dispatchers:
+            lag.add_metric([d.spec.name], max(0, self._watch.latest - d.status.cursor))
+            failing.add_metric([d.spec.name], d.status.failures)
+        yield from (lag, failing)
+
+
+WEBHOOKS_KEY = web.AppKey("webhooks", dict[str, WebhookDispatcher])
+
+
+def setup(app: web.Application, specs: tuple[WebhookSpec, ...]) -> None:
+    """Register the webhook routes and, if any webhook is configured, run its dispatcher while the app runs."""
+    app[WEBHOOKS_KEY] = {}
+    app.router.add_get("/v1/webhooks", get_webhooks, name="webhooks")
+    app.router.add_get("/v1/webhooks/{name}/deliveries", get_deliveries, name="webhook_deliveries")
+    if specs:
+        app.cleanup_ctx.append(lambda app: _run_dispatchers(app, specs))
+
+
+async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...]) -> AsyncIterator[None]:
+    store, watch = app[STORE_KEY], app[FEED_KEY]
+    metrics = app.get(METRICS_KEY)
+    counter = None
+    if metrics is not None:
+        counter = Counter(
+            "shelfsync_webhook_deliveries", "Webhook delivery attempts.", ["name", "status"], registry=metrics.registry
+        )
+    async with aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(limit=len(specs) * 2)) as session:
+        dispatchers = {s.name: WebhookDispatcher(s, store, watch, session, counter) for s in specs}
+        app[WEBHOOKS_KEY].update(dispatchers)
+        if metrics is not None:
+            metrics.registry.register(_WebhookCollector(dispatchers.values(), watch))
+        tasks = [asyncio.create_task(d.run(), name=f"webhook-{name}") for name, d in dispatchers.items()]
+        log.info("delivering the change feed to %d webhook(s): %s", len(tasks), ", ".join(dispatchers))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+# --- routes -------------------------------------------------------------------
+
+
+def _status_json(d: WebhookDispatcher, latest: int) -> dict[str, Any]:
+    s = d.status
+    return {
+        "name": d.spec.name,
+        "url": d.spec.display_url,
+        "location": d.spec.location,
+        "cursor": str(s.cursor),
+        "lag": max(0, latest - s.cursor),
+        "failures": s.failures,
+        "last_error": s.last_error,
+        "last_attempt_ms": s.last_attempt_ms,
+        "last_attempt": views.iso_ms(s.last_attempt_ms),
+        "last_success_ms": s.last_success_ms,
+        "last_success": views.iso_ms(s.last_success_ms),
+    }
+
+
+def delivery_json(d: WebhookDelivery) -> dict[str, Any]:
+    return {
+        "delivery_id": d.delivery_id,
+        "first_change": d.first_change,
+        "last_change": d.last_change,
+        "status": d.status,
+        "http_status": d.http_status,
+        "error": d.error,
+        "at_ms": d.at_ms,
+        "at": views.iso_ms(d.at_ms),
+    }
+
+
+def webhook_statuses(app: web.Application) -> list[dict[str, Any]]:
+    latest = app[FEED_KEY].latest
+    return [_status_json(d, latest) for d in app[WEBHOOKS_KEY].values()]
+
+
+async def get_webhooks(request: web.Request) -> web.Response:
+    """Every configured webhook: where it stands and its last error."""
+    views.Query(request, set())
+    return web.json_response({"webhooks": webhook_statuses(request.app)}, dumps=views.dumps)
+
+
+async def get_deliveries(request: web.Request) -> web.Response:
+    """One webhook's delivery log, newest first."""
+    params = views.Query(request, {"limit"})
+    name = request.match_info["name"]
+    hooks = request.app[WEBHOOKS_KEY]
+    if name not in hooks:
+        known = ", ".join(sorted(hooks)) or "none is configured"
+        raise web.HTTPNotFound(text=f"there is no webhook named {name[:64]!r}; the webhooks are: {known}")
+    limit = params.limit(DELIVERIES_LIMIT_DEFAULT, DELIVERIES_LIMIT_MAX)
+    rows = await request.app[STORE_KEY].webhook_deliveries(name, limit)
+    return web.json_response({"webhook": name, "deliveries": [delivery_json(d) for d in rows]}, dumps=views.dumps)

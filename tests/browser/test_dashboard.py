@@ -1,0 +1,235 @@
+"""The operations dashboard in real headless Chromium against a hub on 127.0.0.1.
+
+Signs in with a reader credential, walks every page (saving a screenshot of
+each to tests/artifacts/screenshots/), finds a SKU and watches its count
+change live when a store agent pushes a sale through POST /v1/sync.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Page, expect
+
+from hub import HubSettings, HubStore, create_app, open_store
+from hub.webhooks import WebhookSpec
+from protocol import (
+    MSGPACK_CONTENT_TYPE,
+    Kind,
+    StockEvent,
+    SyncRequest,
+    decode_sync_response,
+    encode_sync_request,
+    new_event_id,
+    pack_hlc,
+    wall_ms_now,
+)
+
+SKU = "TEE-BLK-M"
+Screenshot = Callable[..., Awaitable[Path]]  # the conftest fixture's type
+
+
+@dataclass
+class StoreAgent:
+    agent_id: str
+    token: str
+    location: str
+    client: TestClient[Any, Any]
+    seq: itertools.count[int]
+
+    async def push(self, *moves: tuple[str, int, str], **extra: Any) -> None:
+        """POST /v1/sync one batch of (kind, qty, sku) moves, encoded with the protocol codec."""
+        now = wall_ms_now()
+        events = []
+        for i, (kind, qty, sku) in enumerate(moves):
+            seq = next(self.seq)
+            events.append(
+                StockEvent(
+                    new_event_id(),
+                    self.agent_id,
+                    1,
+                    seq,
+                    extra.get("location", self.location),
+                    sku,
+                    Kind(kind),
+                    qty,
+                    pack_hlc(now, i),
+                    now,
+                    "scanner:front-till",
+                    extra.get("ref"),
+                    extra.get("reason"),
+                    extra.get("attrs", {}),
+                )
+            )
+        body = encode_sync_request(SyncRequest(self.agent_id, 1, tuple(events)))
+        resp = await self.client.post(
+            "/v1/sync",
+            data=body,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": MSGPACK_CONTENT_TYPE},
+        )
+        assert resp.status == 200, await resp.text()
+        decode_sync_response(await resp.read())
+
+
+@dataclass
+class Shop:
+    base: str
+    reader: str
+    s001: StoreAgent
+    s002: StoreAgent
+
+
+async def _agent(store: HubStore, client: TestClient[Any, Any], location: str) -> StoreAgent:
+    agent_id, token = await store.add_agent([location])
+    return StoreAgent(agent_id, token, location, client, itertools.count(1))
+
+
+@pytest.fixture
+async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
+    """A hub with two stores, a web-shop connector, a webhook receiver and some history."""
+    receiver = web.Application()
+    receiver.router.add_post("/stock", _accept)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    hook = WebhookSpec("web-shop", f"http://{host}:{port}/stock", "a-shared-secret-of-the-shop", retry_max_s=0.2)
+    async with open_store(tmp_path / "hub.db") as store:
+        app = create_app(store, HubSettings(db=str(tmp_path / "hub.db"), webhooks=(hook,)))
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+        await client.start_server()
+        try:
+            _, reader = await store.add_agent([], role="reader")
+            s001, s002 = await _agent(store, client, "S001"), await _agent(store, client, "S002")
+            await store.add_agent(["S003"])  # a store whose agent never synced
+            await s001.push(("receive", 24, SKU), ("receive", 12, "MUG-ENAMEL-12"), ("receive", 40, "SOCK-WOOL-L"))
+            await s001.push(("sale", -3, SKU), ("sale", -2, "CAP-NAVY"))
+            await s001.push(("count", 10, "MUG-ENAMEL-12"), ref="count-session-7")
+            await s002.push(("receive", 8, SKU), ("receive", 15, "BOTTLE-750"), ("sale", -1, "BOTTLE-750"))
+            await s002.push(("receive", 3, SKU), location="S001")  # refused: S002's agent may not write S001
+            await s002.push(
+                ("receive", 1, "unknown:04006381333931"), attrs={"barcode": "04006381333931", "unknown": True}
+            )
+            _, web_token = await store.add_agent(["WEB"])
+            resp = await client.post(
+                "/v1/events",
+                json={
+                    "events": [
+                        {
+                            "id": "stock-web-1",
+                            "location": "WEB",
+                            "sku": SKU,
+                            "kind": "receive",
+                            "qty": 6,
+                            "occurred_at": wall_ms_now(),
+                        },
+                        {
+                            "id": "order-5531:reserve",
+                            "location": "WEB",
+                            "sku": SKU,
+                            "kind": "reserve",
+                            "qty": 2,
+                            "occurred_at": wall_ms_now(),
+                            "ref": "order-5531",
+                        },
+                    ]
+                },
+                headers={"Authorization": f"Bearer {web_token}"},
+            )
+            assert resp.status == 200, await resp.text()
+            yield Shop(str(client.make_url("")).rstrip("/"), reader, s001, s002)
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+
+async def _accept(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({"ok": True})
+
+
+async def sign_in(page: Page, shop: Shop) -> None:
+    await page.goto(f"{shop.base}/dashboard/")
+    await expect(page).to_have_url(f"{shop.base}/dashboard/sign-in")
+    await page.fill("#token", shop.reader)
+    await page.click("button[type=submit]")
+    await expect(page).to_have_url(f"{shop.base}/dashboard/")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+
+def count_cell(page: Page, table: str, location: str, field: str) -> Any:
+    return page.locator(f'{table} tr[data-key="{location}|{SKU}"] td[data-field="{field}"]')
+
+
+async def test_sign_in_find_a_sku_and_watch_it_change_live(
+    page: Page, shop: Shop, screenshot: Screenshot, console_errors: list[str]
+) -> None:
+    await page.goto(f"{shop.base}/dashboard/sign-in")
+    await screenshot("dashboard-sign-in")
+    await page.fill("#token", "not-a-real-credential")
+    await page.click("button[type=submit]")
+    await expect(page.locator(".form-error")).to_contain_text("unknown or has been revoked")
+    await screenshot("dashboard-sign-in-error")
+    console_errors.clear()  # the refused sign-in's 403 page load is logged by Chromium, and meant
+
+    await sign_in(page, shop)
+    agents = page.locator("#view tbody tr[data-agent]")
+    await expect(agents).to_have_count(4)  # S001, S002, S003 (never synced) and the WEB connector
+    await expect(page.locator("#view")).to_contain_text("Never synced")
+    await expect(page.locator("#stat-stores .stat-value")).to_have_text("3 / 4")
+    await expect(page.locator("#view")).to_contain_text("web-shop")
+    await screenshot("dashboard-stores")
+
+    await page.click("nav a[data-view=stock]")
+    await expect(count_cell(page, "#stock-body", "S001", "on_hand")).to_have_text("21")
+    negative = page.locator('#stock-body tr[data-key="S001|CAP-NAVY"] td[data-field="on_hand"]')
+    await expect(negative).to_have_text("\u22122")
+    await expect(negative).to_have_class("num neg")
+    await screenshot("dashboard-stock")
+    await page.fill("#stock-filter", "tee")
+    await expect(page.locator("#stock-body tr")).to_have_count(3)  # S001, S002, WEB
+    await expect(count_cell(page, "#stock-body", "WEB", "available")).to_have_text("4")
+
+    await shop.s001.push(("sale", -1, SKU))  # the stock page follows the feed
+    await expect(count_cell(page, "#stock-body", "S001", "on_hand")).to_have_text("20")
+
+    await page.click("nav a[data-view=exceptions]")
+    for kind in ("Negative stock", "Rejected event", "Unknown barcode"):
+        await expect(page.locator("#view table")).to_contain_text(kind)
+    await screenshot("dashboard-exceptions")
+
+    await page.fill("#find-sku-input", SKU)
+    await page.press("#find-sku-input", "Enter")
+    await expect(page.locator("h1.sku-title")).to_have_text(SKU)
+    on_hand = count_cell(page, "#sku-counts", "S001", "on_hand")
+    await expect(on_hand).to_have_text("20")
+    # 3 events at S001 (one live), S002's receive and its refused attempt at S001, WEB's receive and reserve
+    await expect(page.locator("#sku-ledger tbody tr")).to_have_count(7)
+    await screenshot("dashboard-sku")
+
+    await shop.s001.push(("sale", -2, SKU))  # an agent pushes a sale: the count changes without a reload
+    await expect(on_hand).to_have_text("18")
+    await expect(count_cell(page, "#sku-counts", "S001", "available")).to_have_text("18")
+    await expect(page.locator("#sku-ledger tbody tr")).to_have_count(8)
+    newest = page.locator("#sku-ledger tbody tr").first
+    await expect(newest).to_contain_text("\u22122")
+    await expect(newest.locator("td").nth(5)).to_have_text("18")  # on hand after: the ledger explains the count
+    await screenshot("dashboard-sku-live")
+    assert console_errors == []
+
+
+async def test_signing_out_returns_to_the_sign_in_page(page: Page, shop: Shop, console_errors: list[str]) -> None:
+    await sign_in(page, shop)
+    await page.click("text=Sign out")
+    await expect(page).to_have_url(f"{shop.base}/dashboard/sign-in")
+    await page.goto(f"{shop.base}/dashboard/")
+    await expect(page).to_have_url(f"{shop.base}/dashboard/sign-in")
+    assert console_errors == []

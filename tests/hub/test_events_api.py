@@ -1,0 +1,150 @@
+"""POST /v1/events: a channel connector's own movements through the hub's ingest, over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from feed_helpers import Hub, running_hub
+
+from protocol import derived_event_id, parse_event_id
+
+T0 = "2025-11-25T09:00:00Z"
+T0_MS = 1_764_061_200_000
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    async with running_hub(tmp_path) as h:
+        yield h
+
+
+@pytest.fixture
+async def connector(hub: Hub) -> tuple[str, str]:
+    return await hub.store.add_agent(["WEB"])  # an agent-role credential bound to the channel's location
+
+
+def move(id_: str, kind: str, qty: int, at: Any = T0, **extra: Any) -> dict[str, Any]:
+    return {"id": id_, "location": "WEB", "sku": "SKU-1", "kind": kind, "qty": qty, "occurred_at": at, **extra}
+
+
+async def post(hub: Hub, token: str, *events: dict[str, Any], status: int = 200) -> Any:
+    resp = await hub.client.post("/v1/events", json={"events": list(events)}, headers=hub.auth(token))
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+async def web_count(hub: Hub) -> dict[str, int]:
+    (count,) = (await hub.get_json("/v1/skus/SKU-1/counts"))["counts"]
+    return {k: count[k] for k in ("on_hand", "reserved", "available")}
+
+
+async def test_an_order_reserves_then_sells_and_a_cancellation_releases(hub: Hub, connector: tuple[str, str]) -> None:
+    _, token = connector
+    await post(hub, token, move("stock-in-1", "receive", 10, "2025-11-25T08:00:00Z"))
+    answer = await post(hub, token, move("order-1001:reserve", "reserve", 2, ref="order-1001"))
+    assert answer["counts"] == [
+        {"location": "WEB", "sku": "SKU-1", "on_hand": 10, "reserved": 2, "available": 8, "in_transit": 0}
+    ]
+    await post(hub, token, move("order-1001:sale", "sale", -2, "2025-11-25T09:05:00+01:00", ref="order-1001"))
+    assert await web_count(hub) == {"on_hand": 8, "reserved": 0, "available": 8}  # the sale consumed the reservation
+    await post(hub, token, move("order-1002:reserve", "reserve", 3, T0_MS + 60_000, ref="order-1002"))
+    assert await web_count(hub) == {"on_hand": 8, "reserved": 3, "available": 5}
+    answer = await post(hub, token, move("order-1002:cancel", "release", -3, T0_MS + 120_000, ref="order-1002"))
+    assert answer["events"][0]["status"] == "accepted" and answer["applied"] == 1
+    assert await web_count(hub) == {"on_hand": 8, "reserved": 0, "available": 8}
+
+
+async def test_a_resend_is_a_duplicate_whether_the_time_is_iso_or_ms(hub: Hub, connector: tuple[str, str]) -> None:
+    agent_id, token = connector
+    first = await post(hub, token, move("order-7:reserve", "reserve", 1, T0, ref="order-7"))
+    again = await post(hub, token, move("order-7:reserve", "reserve", 1, T0_MS, ref="order-7"))
+    assert (first["applied"], again["applied"], again["duplicates"]) == (1, 0, 1)
+    assert again["events"][0]["event_id"] == first["events"][0]["event_id"]
+    expected = derived_event_id(T0_MS, f"api:{agent_id}:order-7:reserve".encode())
+    assert parse_event_id(first["events"][0]["event_id"]) == expected
+    assert await web_count(hub) == {"on_hand": 0, "reserved": 1, "available": 0}
+    (row,) = (await hub.get_json("/v1/ledger?sku=SKU-1"))["events"]
+    assert (row["source"], row["attrs"], row["epoch"], row["duplicates"]) == (
+        f"api:{agent_id}",
+        {"api_id": "order-7:reserve"},
+        0,
+        1,
+    )
+
+
+async def test_invalid_events_are_listed_each_and_nothing_is_committed(hub: Hub, connector: tuple[str, str]) -> None:
+    _, token = connector
+    good = move("ok-1", "receive", 5)
+    body = await post(
+        hub,
+        token,
+        good,
+        move("bad-sign", "sale", 2),
+        move("bad-kind", "teleport", 1),
+        {"id": "missing", "location": "WEB", "kind": "receive", "qty": 1, "occurred_at": T0},
+        move("naive-time", "receive", 1, "2025-11-25T09:00:00"),
+        move("seconds", "receive", 1, 1_764_061_200),
+        move("float", "receive", 1.5),
+        move("attrs", "receive", 1, attrs={"api_id": "mine"}),
+        move("x" * 129, "receive", 1),
+        status=422,
+    )
+    rejected = body["error"]["rejected"]
+    assert [r["index"] for r in rejected] == [1, 2, 3, 4, 5, 6, 7, 8]
+    reasons = [r["reason"] for r in rejected]
+    assert "takes units away, so its qty is negative" in reasons[0]
+    assert "unknown kind 'teleport'" in reasons[1]
+    assert "missing field(s) sku" in reasons[2]
+    assert "no UTC offset" in reasons[3]
+    assert "milliseconds" in reasons[4]
+    assert "must be an integer" in reasons[5]
+    assert "attrs.api_id is set by the hub" in reasons[6]
+    assert "1 to 128" in reasons[7]
+    assert [r["id"] for r in rejected][:2] == ["bad-sign", "bad-kind"]
+    assert body["error"]["code"] == "invalid_events" and "nothing was committed" in body["error"]["message"]
+    assert (await hub.get_json("/v1/skus/SKU-1/counts"))["counts"] == []
+
+
+async def test_a_location_the_connector_is_not_bound_to_is_rejected_and_reported(
+    hub: Hub, connector: tuple[str, str]
+) -> None:
+    _, token = connector
+    answer = await post(hub, token, move("ok", "receive", 2), {**move("elsewhere", "receive", 2), "location": "S001"})
+    ok, refused = answer["events"]
+    assert ok["status"] == "accepted"
+    assert (refused["status"], refused["code"]) == ("rejected", "forbidden_location")
+    assert "bound to WEB" in refused["reason"]
+    kinds = [e["kind"] for e in (await hub.get_json("/v1/exceptions"))["exceptions"]]
+    assert "rejected_event" in kinds
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "needle"),
+    [
+        (b'{"events": [', "application/json", 400, "not valid JSON"),
+        (b'{"events": []}', "application/json", 400, "1 to 1000 events"),
+        (b'{"movements": []}', "application/json", 400, 'one field, {"events": [...]}'),
+        (b"events=1", "application/x-www-form-urlencoded", 415, "application/json"),
+    ],
+)
+async def test_a_malformed_request_is_one_clear_error(
+    hub: Hub, connector: tuple[str, str], body: bytes, content_type: str, status: int, needle: str
+) -> None:
+    _, token = connector
+    resp = await hub.client.post("/v1/events", data=body, headers={**hub.auth(token), "Content-Type": content_type})
+    assert resp.status == status
+    assert needle in (await resp.json())["error"]["message"]
+
+
+async def test_a_reader_cannot_push_events(hub: Hub) -> None:
+    body = await post(hub, hub.reader, move("r", "receive", 1), status=403)
+    assert "reader credential cannot send events" in body["error"]["message"]
+
+
+async def test_a_time_far_in_the_future_is_refused(hub: Hub, connector: tuple[str, str]) -> None:
+    _, token = connector
+    body = await post(hub, token, move("future", "receive", 1, "2999-01-01T00:00:00Z"), status=422)
+    assert "more than a day in the future" in body["error"]["rejected"][0]["reason"]

@@ -1,0 +1,247 @@
+"""The change feed over real HTTP: cursor pages, long-poll, server-sent events, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from event_factory import EventFactory
+from feed_helpers import Hub, running_hub
+
+from hub import HubSettings, open_store, serve
+from hub.feed import FEED_KEY, end_streams
+from hub.storage.base import AgentIdentity
+from protocol import Kind
+
+BOUND_S = 10.0  # every wait in these tests is bounded by this
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    async with running_hub(tmp_path, change_recheck_s=60.0) as h:  # only a poke can wake a waiter quickly
+        yield h
+
+
+async def wait_until_waiting(hub: Hub, n: int = 1) -> None:
+    watch = hub.client.server.app[FEED_KEY]
+    async with asyncio.timeout(BOUND_S):
+        while watch.waiting < n:
+            await asyncio.sleep(0.005)
+
+
+async def test_every_change_is_served_exactly_once_across_cursor_resumes(hub: Hub) -> None:
+    a, b = await hub.agent("S1"), await hub.agent("S2")
+    await a.sync((Kind.RECEIVE, 10, "A"), (Kind.RECEIVE, 5, "B"))
+    await b.sync((Kind.RECEIVE, 7, "A"))
+    seen: list[dict[str, Any]] = []
+    cursor = "0"
+    for round_ in range(12):
+        page = await hub.get_json(f"/v1/changes?cursor={cursor}&limit=2")
+        seen += page["changes"]
+        cursor = page["cursor"]
+        if round_ == 1:  # more changes commit while a reader is half-way through
+            await a.sync((Kind.SALE, -1, "A"), (Kind.SALE, -2, "B"), (Kind.RECEIVE, 1, "C"))
+            await b.sync((Kind.SALE, -3, "A"))
+        if not page["changes"] and not page["more"]:
+            break
+    ids = [c["change_id"] for c in seen]
+    assert ids == sorted(set(ids)), "each change once, in commit order"
+    assert ids == [r.change_id for r in await hub.store.changes(0, 1000)]
+    last = {(c["location"], c["sku"]): c for c in seen}
+    assert {k: v["on_hand"] for k, v in last.items()} == {
+        ("S1", "A"): 9,
+        ("S1", "B"): 3,
+        ("S1", "C"): 1,
+        ("S2", "A"): 4,
+    }
+    assert last[("S1", "A")]["available"] == 9 and len(last[("S1", "A")]["event_ids"]) >= 1
+    again = await hub.get_json(f"/v1/changes?cursor={cursor}")
+    assert again == {"changes": [], "cursor": cursor, "more": False}
+
+
+async def test_a_long_poll_wakes_when_an_agent_syncs(hub: Hub) -> None:
+    agent = await hub.agent()
+    await agent.sync((Kind.RECEIVE, 4))
+    cursor = (await hub.get_json("/v1/changes"))["cursor"]
+    poll = asyncio.create_task(hub.get_json(f"/v1/changes?cursor={cursor}&wait=30"))
+    await wait_until_waiting(hub)
+    assert not poll.done()
+    await agent.sync((Kind.SALE, -1))
+    page = await asyncio.wait_for(poll, BOUND_S)  # far less than wait=30 and the 60 s re-check: the poke woke it
+    assert [(c["sku"], c["on_hand"]) for c in page["changes"]] == [("A", 3)]
+    assert int(page["cursor"]) > int(cursor)
+
+
+async def test_a_long_poll_sees_a_commit_of_another_hub_process_by_rechecking(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, change_recheck_s=0.05) as hub:
+        agent_id, _ = await hub.store.add_agent(["S1"])
+        poll = asyncio.create_task(hub.get_json("/v1/changes?cursor=0&wait=30"))
+        await wait_until_waiting(hub)
+        # Committed straight into the database: no route of this process pokes the feed.
+        events = EventFactory(agent_id, location="S1")
+        await hub.store.ingest(AgentIdentity(agent_id, frozenset({"S1"})), 1, [events(Kind.RECEIVE, 2, at_ms=1)])
+        page = await asyncio.wait_for(poll, BOUND_S)
+        assert [(c["location"], c["on_hand"]) for c in page["changes"]] == [("S1", 2)]
+
+
+async def test_a_long_poll_with_nothing_new_answers_empty_with_the_same_cursor(hub: Hub) -> None:
+    agent = await hub.agent()
+    await agent.sync((Kind.RECEIVE, 1))
+    cursor = (await hub.get_json("/v1/changes"))["cursor"]
+    page = await hub.get_json(f"/v1/changes?cursor={cursor}&wait=0.2")
+    assert page == {"changes": [], "cursor": cursor, "more": False}
+
+
+async def test_a_filtered_cursor_skips_other_locations_but_never_a_match(hub: Hub) -> None:
+    s1, s2 = await hub.agent("S1"), await hub.agent("S2")
+    await s1.sync((Kind.RECEIVE, 1))
+    await s2.sync((Kind.RECEIVE, 2), (Kind.RECEIVE, 3, "B"))
+    page = await hub.get_json("/v1/changes?cursor=0&location=S2")
+    assert [(c["location"], c["sku"]) for c in page["changes"]] == [("S2", "A"), ("S2", "B")]
+    await s1.sync((Kind.RECEIVE, 1))
+    quiet = await hub.get_json(f"/v1/changes?cursor={page['cursor']}&location=S2")
+    assert quiet["changes"] == [] and int(quiet["cursor"]) > int(page["cursor"])  # moved past S1's change
+    await s2.sync((Kind.SALE, -1, "B"))
+    later = await hub.get_json(f"/v1/changes?cursor={quiet['cursor']}&location=S2&sku=B")
+    assert [(c["sku"], c["on_hand"]) for c in later["changes"]] == [("B", 2)]
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("cursor=abc", "cursor must be"),
+        ("cursor=-1", "cursor must be"),
+        ("wait=61", "wait must be"),
+        ("wait=nan", "wait must be"),
+        ("limit=0", "limit must be"),
+        ("limit=5001", "limit must be"),
+        ("location=bad%20code", "not a location code"),
+        ("since=3", "unknown query parameter"),
+    ],
+)
+async def test_bad_parameters_are_answered_400_with_a_sentence(hub: Hub, query: str, needle: str) -> None:
+    body = await hub.get_json(f"/v1/changes?{query}", status=400)
+    assert needle in body["error"]["message"]
+
+
+async def test_the_feed_needs_a_credential(hub: Hub) -> None:
+    resp = await hub.client.get("/v1/changes")
+    assert resp.status == 401
+
+
+# --- server-sent events -------------------------------------------------------
+
+
+async def next_event(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    """The next SSE event (comment lines such as pings are skipped)."""
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(BOUND_S):
+        while True:
+            line = (await resp.content.readline()).decode()
+            if not line:
+                raise AssertionError(f"the stream ended; got so far {fields}")
+            line = line.rstrip("\r\n")
+            if not line:
+                if fields:
+                    return fields
+                continue
+            if line.startswith(":"):
+                continue
+            key, _, value = line.partition(":")
+            fields[key] = fields.get(key, "") + value.removeprefix(" ")
+
+
+async def test_the_stream_delivers_changes_live_and_resumes_from_last_event_id(hub: Hub) -> None:
+    agent = await hub.agent()
+    await agent.sync((Kind.RECEIVE, 6))
+    resp = await hub.client.get("/v1/changes/stream", headers=hub.auth())
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    ready = await next_event(resp)
+    assert ready["event"] == "ready"
+    start = json.loads(ready["data"])["cursor"]
+    await agent.sync((Kind.SALE, -2))
+    change = await next_event(resp)
+    assert change["event"] == "change"
+    data = json.loads(change["data"])
+    assert (data["location"], data["sku"], data["on_hand"], data["available"]) == ("S1", "A", 4, 4)
+    assert change["id"] == str(data["change_id"]) and int(change["id"]) > int(start)
+    resp.close()
+
+    await agent.sync((Kind.SALE, -1))  # while nobody listens
+    resumed = await hub.client.get("/v1/changes/stream", headers={**hub.auth(), "Last-Event-ID": change["id"]})
+    assert json.loads((await next_event(resumed))["data"]) == {"cursor": change["id"]}
+    missed = json.loads((await next_event(resumed))["data"])
+    assert (missed["on_hand"], missed["change_id"]) == (3, int(change["id"]) + 1)
+    resumed.close()
+
+
+async def test_the_stream_from_cursor_zero_replays_history_for_one_sku(hub: Hub) -> None:
+    agent = await hub.agent()
+    await agent.sync((Kind.RECEIVE, 1, "A"), (Kind.RECEIVE, 2, "B"), (Kind.SALE, -1, "B"))
+    resp = await hub.client.get("/v1/changes/stream?cursor=0&sku=B", headers=hub.auth())
+    await next_event(resp)
+    first = json.loads((await next_event(resp))["data"])
+    assert (first["sku"], first["on_hand"]) == ("B", 1)  # one batch: one change per (location, sku)
+    resp.close()
+
+
+async def test_a_bad_last_event_id_is_refused(hub: Hub) -> None:
+    resp = await hub.client.get("/v1/changes/stream", headers={**hub.auth(), "Last-Event-ID": "x1"})
+    assert resp.status == 400
+    assert "Last-Event-ID" in (await resp.json())["error"]["message"]
+
+
+async def test_stopping_the_hub_ends_streams_and_answers_long_polls(hub: Hub) -> None:
+    stream = await hub.client.get("/v1/changes/stream", headers=hub.auth())
+    await next_event(stream)
+    poll = asyncio.create_task(hub.get_json("/v1/changes?wait=30"))
+    await wait_until_waiting(hub, 2)
+    await end_streams(hub.client.server.app)
+    page = await asyncio.wait_for(poll, BOUND_S)
+    assert page["changes"] == []
+    async with asyncio.timeout(BOUND_S):
+        assert await stream.content.read() == b""  # the stream ended
+
+
+async def test_a_stopping_hub_process_does_not_wait_for_open_streams(tmp_path: Path) -> None:
+    """serve() ends streams before draining: with shutdown_timeout_s=30 it still stops within the bound."""
+    db = tmp_path / "hub.db"
+    async with open_store(db) as store:
+        _, reader = await store.add_agent([], role="reader")
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    class Listening(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found = re.search(r"listening on (http://\S+),", record.getMessage())
+            if found and not listening.done():
+                listening.set_result(found.group(1))
+
+    logger = logging.getLogger("hub.server")
+    handler, old_level = Listening(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    stop = asyncio.Event()
+    settings = HubSettings(db=str(db), port=0, shutdown_timeout_s=30.0)
+    server = asyncio.create_task(serve(settings, stop))
+    try:
+        base = await asyncio.wait_for(listening, BOUND_S)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {reader}"}) as http:
+            stream = await http.get(f"{base}/v1/changes/stream")
+            assert (await next_event(stream))["event"] == "ready"  # the stream is in flight
+            stop.set()
+            await asyncio.wait_for(server, BOUND_S)  # far below shutdown_timeout_s: nothing waited for the stream
+            async with asyncio.timeout(BOUND_S):
+                assert await stream.content.read() == b""
+    finally:
+        stop.set()
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        if not server.done():
+            server.cancel()

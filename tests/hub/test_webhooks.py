@@ -1,0 +1,231 @@
+"""Webhooks: signed batches POSTed to a real receiver on 127.0.0.1, retried until it accepts them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from feed_helpers import Agent, running_hub
+
+from hub import HubStore
+from hub.config import ConfigError, load_settings
+from hub.webhook_spec import KEYS
+from hub.webhooks import WebhookConfigError, WebhookSpec, parse_webhooks, sign, verify_signature
+from protocol import Kind
+
+SECRET = "s3cret-for-the-web-shop"
+BOUND_S = 10.0
+
+
+@dataclass
+class Receiver:
+    """A channel's webhook endpoint: verifies each request, fails the first ``fail_first`` with 500."""
+
+    fail_first: int = 0
+    location: str | None = None
+    requests: int = 0
+    bad_signatures: int = 0
+    accepted: list[dict[str, Any]] = field(default_factory=list)  # changes of accepted requests, in order
+    headers: list[dict[str, str]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests += 1
+        self.headers.append(dict(request.headers))
+        if not verify_signature(
+            SECRET, request.headers.get("X-Shelfsync-Timestamp"), request.headers.get("X-Shelfsync-Signature"), body
+        ):
+            self.bad_signatures += 1
+            return web.Response(status=401, text="bad signature")
+        if self.requests <= self.fail_first:
+            return web.Response(status=500, text="the shop database is down")
+        self.accepted += json.loads(body)["changes"]
+        self.changed.set()
+        return web.json_response({"ok": True})
+
+    async def until(self, done: Any) -> None:
+        async with asyncio.timeout(BOUND_S):
+            while not done():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver(fail_first=2)
+    app = web.Application()
+    app.router.add_post("/hooks/stock", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    rec.url = f"http://{host}:{port}/hooks/stock"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+async def delivered_up_to(store: HubStore, name: str, change_id: int) -> None:
+    async with asyncio.timeout(BOUND_S):
+        while (await store.webhook_state(name)).cursor < change_id:
+            await asyncio.sleep(0.01)
+
+
+def spec(url: str, **kw: Any) -> WebhookSpec:
+    return WebhookSpec(name=kw.pop("name", "shop"), url=url, secret=SECRET, retry_max_s=0.05, **kw)
+
+
+async def test_a_failing_receiver_gets_every_change_after_retries_signed(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hub.webhooks")
+    async with running_hub(tmp_path, webhooks=(spec(receiver.url),)) as hub:
+        agent = await hub.agent()
+        await agent.sync((Kind.RECEIVE, 5), (Kind.RECEIVE, 2, "B"))
+        await agent.sync((Kind.SALE, -1))
+        latest = await hub.store.latest_change_id()
+        await receiver.until(lambda: receiver.accepted and receiver.accepted[-1]["change_id"] == latest)
+        await delivered_up_to(hub.store, "shop", latest)  # the hub logs a delivery once it has the answer
+
+        assert receiver.bad_signatures == 0
+        assert receiver.requests >= 3  # two refused, then accepted
+        ids = [c["change_id"] for c in receiver.accepted]
+        assert ids == [r.change_id for r in await hub.store.changes(0, 100)]  # all, in order, none lost
+        final = {(c["location"], c["sku"]): c["on_hand"] for c in receiver.accepted}
+        assert final == {("S1", "A"): 4, ("S1", "B"): 2}
+        first = receiver.headers[0]
+        assert first["X-Shelfsync-Webhook"] == "shop"
+        assert first["X-Shelfsync-Signature"].startswith("sha256=")
+
+        log = await hub.get_json("/v1/webhooks/shop/deliveries")
+        statuses = [(d["status"], d["http_status"]) for d in reversed(log["deliveries"])]
+        assert statuses[:3] == [("failed", 500), ("failed", 500), ("delivered", 200)]
+        assert "HTTP 500: the shop database is down" in log["deliveries"][-1]["error"]
+        state = await hub.store.webhook_state("shop")
+        assert (state.cursor, state.last_error, state.attempts) == (latest, None, 0)
+        (status,) = (await hub.get_json("/v1/webhooks"))["webhooks"]
+        assert (status["name"], status["cursor"], status["failures"]) == ("shop", str(latest), 0)
+        assert status["url"] == receiver.url
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "hub.webhooks"]
+    recoveries = [r for r in caplog.records if "delivers again" in r.getMessage()]
+    assert len(warnings) == 1 and "failed" in warnings[0].getMessage()
+    assert len(recoveries) == 1
+
+
+async def test_the_cursor_survives_a_restart_and_nothing_delivered_is_sent_again(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.fail_first = 0
+    async with running_hub(tmp_path, webhooks=(spec(receiver.url),)) as hub:
+        agent = await hub.agent()
+        await agent.sync((Kind.RECEIVE, 3))
+        first = await hub.store.latest_change_id()
+        await delivered_up_to(hub.store, "shop", first)
+    async with running_hub(tmp_path, webhooks=(spec(receiver.url),)) as hub:
+        agent = Agent(agent.agent_id, agent.token, agent.events, hub.client, agent.at_ms)
+        await agent.sync((Kind.SALE, -1))
+        await receiver.until(lambda: len(receiver.accepted) >= 2)
+        assert [c["change_id"] for c in receiver.accepted] == [first, first + 1]
+        assert receiver.accepted[-1]["on_hand"] == 2
+
+
+async def test_a_location_filter_sends_only_that_location(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.fail_first = 0
+    async with running_hub(tmp_path, webhooks=(spec(receiver.url, location="S2"),)) as hub:
+        s1, s2 = await hub.agent("S1"), await hub.agent("S2")
+        await s1.sync((Kind.RECEIVE, 1))
+        await s2.sync((Kind.RECEIVE, 2))
+        await s1.sync((Kind.RECEIVE, 1))
+        await s2.sync((Kind.SALE, -1))
+        await receiver.until(lambda: [c["on_hand"] for c in receiver.accepted] == [2, 1])
+        assert {c["location"] for c in receiver.accepted} == {"S2"}
+
+
+async def test_an_unknown_webhook_has_no_delivery_log(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        body = await hub.get_json("/v1/webhooks/nope/deliveries", status=404)
+        assert "no webhook named 'nope'" in body["error"]["message"]
+        assert (await hub.get_json("/v1/webhooks")) == {"webhooks": []}
+
+
+# --- signatures -------------------------------------------------------------------
+
+
+def test_a_signature_binds_the_body_and_the_timestamp() -> None:
+    body = b'{"changes":[]}'
+    now = int(time.time())
+    good = sign(SECRET, str(now), body)
+    assert verify_signature(SECRET, str(now), good, body)
+    assert not verify_signature(SECRET, str(now), good, body + b" ")  # tampered body
+    assert not verify_signature(SECRET, str(now + 1), good, body)  # another timestamp
+    assert not verify_signature("another-secret-of-16", str(now), good, body)
+    old = str(now - 3_600)
+    assert not verify_signature(SECRET, old, sign(SECRET, old, body), body)  # a replay an hour later
+    assert not verify_signature(SECRET, None, good, body)
+    assert not verify_signature(SECRET, "soon", good, body)
+
+
+# --- configuration -----------------------------------------------------------------
+
+
+def test_webhooks_are_read_from_the_hub_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text(
+        '[hub]\ndb = "hub.db"\n\n'
+        '[[webhooks]]\nname = "shop"\nurl = "https://shop.example/hooks?token=x"\n'
+        f'secret = "{SECRET}"\nlocation = "WEB"\nbatch_max = 50\n\n'
+        f'[[webhooks]]\nname = "market"\nurl = "http://127.0.0.1:9000/in"\nsecret = "{SECRET}"\n'
+    )
+    settings = load_settings(path)
+    shop, market = settings.webhooks
+    assert (shop.name, shop.location, shop.batch_max, shop.timeout_s) == ("shop", "WEB", 50, 10.0)
+    assert shop.display_url == "https://shop.example/hooks"  # no query: it may hold a token
+    assert SECRET not in repr(shop)
+    assert (market.location, market.batch_max) == (None, 100)
+
+
+@pytest.mark.parametrize(
+    ("tables", "needle"),
+    [
+        ([{"name": "shop", "url": "ftp://x/y", "secret": SECRET}], "url must be an http"),
+        ([{"name": "shop", "url": "http://127.0.0.1/", "secret": "short"}], "at least 16"),
+        ([{"name": "shop", "url": "http://127.0.0.1/"}], "missing secret"),
+        ([{"name": "shop", "url": "http://127.0.0.1/", "secret": SECRET, "colour": 1}], "unknown key(s) 'colour'"),
+        ([{"name": "a b", "url": "http://127.0.0.1/", "secret": SECRET}], "name must be"),
+        ([{"name": "s", "url": "http://127.0.0.1/", "secret": SECRET, "location": "W EB"}], "not a location code"),
+        ([{"name": "s", "url": "http://127.0.0.1/", "secret": SECRET, "batch_max": 0}], "batch_max must be"),
+        ([{"name": "s", "url": "http://127.0.0.1/", "secret": SECRET, "retry_max_s": "1"}], "retry_max_s must be"),
+        ([{"name": "s", "url": "http://127.0.0.1/", "secret": SECRET}] * 2, "used twice"),
+        ({"name": "s"}, "array of tables"),
+    ],
+)
+def test_a_wrong_webhook_entry_is_one_clear_sentence(tables: Any, needle: str) -> None:
+    with pytest.raises(WebhookConfigError, match=None) as err:
+        parse_webhooks(tables)
+    assert needle in str(err.value)
+
+
+def test_a_wrong_webhook_in_a_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text('[hub]\ndb = "hub.db"\n[[webhooks]]\nname = "shop"\nurl = "http://127.0.0.1/"\n')
+    with pytest.raises(ConfigError, match=r"webhooks\[0\] is missing secret \(in .*hub.toml\)"):
+        load_settings(path)
+
+
+def test_every_webhook_key_is_documented() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = text[text.index("### Webhooks") :]
+    assert [key for key in KEYS if f"| `{key}` |" not in section] == []
