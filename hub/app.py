@@ -131,7 +131,7 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     limit = settings.max_body_bytes
     if (request.content_length or 0) > limit:  # refused unread
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length, text=_too_big(limit))
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0, text=_too_big(limit))
     try:
         async with asyncio.timeout(settings.body_timeout_s):
             await request.read()
@@ -224,7 +224,9 @@ async def post_sync(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=str(err)) from err
     _check_sender(who, sync.agent_id)
     store = request.app[STORE_KEY]
-    result = await store.ingest(who, sync.epoch, sync.events, sync.acked_seq)
+    result = await store.ingest(
+        who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog, oldest_pending_ms=sync.oldest_pending_ms
+    )
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks

@@ -95,6 +95,11 @@ class _AgentCollector(Collector):
             "The hub's wall clock minus the newest event's wall clock at the agent's last sync.",
             labels=["agent_id"],
         )
+        backlog = GaugeMetricFamily(
+            "shelfsync_agent_backlog_events",
+            "Events waiting in the agent's outbox, not yet acknowledged, as it reported at its newest sync.",
+            labels=["agent_id"],
+        )
         for a in snap.agents:
             if a.revoked:
                 continue
@@ -105,9 +110,11 @@ class _AgentCollector(Collector):
             recent.add_metric([a.agent_id], self.recent.last_hour(a.agent_id, snap.now_ms / 1000))
             if a.clock_skew_ms is not None:
                 skew.add_metric([a.agent_id], a.clock_skew_ms / 1000)
+            if a.backlog is not None:
+                backlog.add_metric([a.agent_id], a.backlog)
         latest = GaugeMetricFamily("shelfsync_changes_latest_id", "The newest change id of the change feed.")
         latest.add_metric([], snap.latest_change)
-        yield from (age, hwm, recent, skew, latest)
+        yield from (age, hwm, recent, skew, backlog, latest)
 
 
 class HubMetrics:

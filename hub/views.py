@@ -125,6 +125,11 @@ def agent_status(r: AgentStatus) -> dict[str, Any]:
         "last_sync": iso_ms(r.last_sync_ms),
         "epochs": [{"epoch": epoch, "hwm": hwm} for epoch, hwm in sorted(r.hwm.items())],
         "clock_skew_ms": r.clock_skew_ms,
+        "backlog": r.backlog,
+        "oldest_pending_ms": r.oldest_pending_ms,
+        "oldest_pending": iso_ms(r.oldest_pending_ms),
+        "backlog_at_ms": r.backlog_at_ms,
+        "backlog_at": iso_ms(r.backlog_at_ms),
     }
 
 

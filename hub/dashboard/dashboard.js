@@ -107,6 +107,18 @@
       (ms < 0 ? MINUS : ms > 0 ? "+" : "") + text);
   }
 
+  function backlogCell(a) {
+    if (a.backlog === null || a.backlog === undefined) {
+      return h("td", { class: "num zero", dataset: { field: "backlog" },
+        title: "this agent does not report its backlog: the last sync and the high-water mark are the proxy" }, "–");
+    }
+    const oldest = a.backlog > 0 && a.oldest_pending_ms != null
+      ? h("span", { class: "sub" }, "oldest ", ageEl(a.oldest_pending_ms)) : null;
+    return h("td", { class: "num" + (a.backlog === 0 ? " zero" : ""), dataset: { field: "backlog" },
+      title: "events waiting at the store, not yet acknowledged by the hub, as the agent reported them" },
+      fmt(a.backlog), oldest, h("span", { class: "sub" }, "as of ", ageEl(a.backlog_at_ms)));
+  }
+
   function pill(text, tone) {
     return h("span", { class: `pill ${tone || ""}` }, text);
   }
@@ -272,14 +284,15 @@
           ? h("td", { class: "num", title: "an API connector: its mark is the time of its newest movement" },
             timeText(new Date(latest.hwm).toISOString()), h("span", { class: "sub" }, "API connector"))
           : h("td", { class: "num" }, latest ? fmt(latest.hwm) : "–", latest ? h("span", { class: "sub" }, `epoch ${latest.epoch}`) : null),
+        backlogCell(a),
         skew(a.clock_skew_ms));
     });
     const head = h("div", { class: "view-head" },
       h("div", {}, h("h1", {}, "Stores"),
         h("p", { class: "muted" }, `An agent is online when it synced in the last ${Math.round(st.online_within_s / 60)} minutes. ` +
-          "An idle store that has nothing to send does not call the hub, so check the last sync before worrying.")));
+          "An idle agent calls the hub every minute with nothing to send. The backlog is what the agent reported waiting in its outbox at its last sync.")));
     const parts = [head, table(
-      ["Status", "Locations", "Agent", "Last sync", ["Events, last hour", "num"], ["High-water mark", "num"], ["Clock skew", "num"]],
+      ["Status", "Locations", "Agent", "Last sync", ["Events, last hour", "num"], ["High-water mark", "num"], ["Backlog", "num"], ["Clock skew", "num"]],
       rows, "No store agents yet. Create one with shelfsync-hub agent add --location CODE.")];
     if (others) parts.push(h("p", { class: "muted" }, `${others} reader, admin or revoked credential(s) are not listed.`));
     const hooks = st.webhooks || [];

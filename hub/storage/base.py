@@ -124,6 +124,10 @@ class AgentStatus:
     clock_skew_ms: int | None  # hub wall clock − the newest event wall clock of the last batch
     role: str = "agent"
     revoked: bool = False
+    # The agent's own report of its outbox, from its newest sync request that carried one (None: never reported).
+    backlog: int | None = None  # events waiting at the store, not yet acknowledged by a hub
+    oldest_pending_ms: int | None = None  # wall ms of the oldest of them (None when the backlog is empty)
+    backlog_at_ms: int | None = None  # hub wall ms when that report arrived
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,10 +304,23 @@ class HubStore(abc.ABC):
     # --- ingest ----------------------------------------------------------
     @abc.abstractmethod
     async def ingest(
-        self, who: AgentIdentity, epoch: int, events: Sequence[StockEvent], acked_seq: int = 0
+        self,
+        who: AgentIdentity,
+        epoch: int,
+        events: Sequence[StockEvent],
+        acked_seq: int = 0,
+        *,
+        backlog: int | None = None,
+        oldest_pending_ms: int | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
+
+        ``backlog`` and ``oldest_pending_ms`` are the sender's report of its
+        outbox (events not yet acknowledged, and the wall ms of the oldest);
+        when ``backlog`` is given, both are stored with the hub's time in the
+        same transaction (``AgentStatus``). None means "not reported": the
+        previous report stays. Negative values raise ``InvalidInput``.
 
         ``acked_seq`` is the sender's acknowledged mark. When it is above the
         mark the hub holds (the hub database was restored from an older copy),

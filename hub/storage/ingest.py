@@ -55,7 +55,7 @@ from hub.resolver import (
     transfer_destination,
     transfer_key,
 )
-from hub.storage.base import CHANGE_EVENT_IDS_MAX, INGEST_ROLES, AgentIdentity, Forbidden, IngestResult
+from hub.storage.base import CHANGE_EVENT_IDS_MAX, INGEST_ROLES, AgentIdentity, Forbidden, IngestResult, InvalidInput
 from protocol import CountSnapshot, Kind, Rejection, StockEvent, event_id_hex
 
 # (agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs JSON or None)
@@ -143,6 +143,8 @@ class Batch:
     max_seq: int  # every event counts as processed, refused ones too
     max_wall_ms: int | None
     acked_seq: int = 0  # the sender's acknowledged mark (see the module doc)
+    backlog: int | None = None  # the sender's report of events not yet acknowledged; None: not reported
+    oldest_pending_ms: int | None = None  # wall ms of the oldest of them, as reported
 
 
 class IngestTx(Protocol):
@@ -189,7 +191,17 @@ class IngestTx(Protocol):
     async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
         """Raise the mark of (agent_id, epoch) to ``seq`` if higher; return the mark."""
 
-    async def note_sync(self, agent_id: str, now_ms: int, clock_skew_ms: int | None) -> None: ...
+    async def note_sync(
+        self,
+        agent_id: str,
+        now_ms: int,
+        clock_skew_ms: int | None,
+        *,
+        backlog: int | None = None,
+        oldest_pending_ms: int | None = None,
+    ) -> None:
+        """Record the sync's time and skew; when ``backlog`` is not None, also the sender's
+        backlog report (``backlog``, ``oldest_pending_ms``, ``backlog_at_ms`` = ``now_ms``)."""
 
     # Added in wave 2 (additive):
 
@@ -203,10 +215,20 @@ class IngestTx(Protocol):
         change id before every smaller one is visible."""
 
 
-def prepare_batch(who: AgentIdentity, epoch: int, events: Sequence[StockEvent], acked_seq: int = 0) -> Batch:
+def prepare_batch(
+    who: AgentIdentity,
+    epoch: int,
+    events: Sequence[StockEvent],
+    acked_seq: int = 0,
+    *,
+    backlog: int | None = None,
+    oldest_pending_ms: int | None = None,
+) -> Batch:
     """Check a batch against its sender: pure, so it runs before the write transaction."""
     if who.role not in INGEST_ROLES:
         raise Forbidden(f"{who.agent_id} holds a {who.role} credential, which may not send stock events")
+    _check_report("backlog", backlog)
+    _check_report("oldest_pending_ms", oldest_pending_ms)
     accepted: list[tuple[StockEvent, EventRow]] = []
     refused: list[RejectedAttempt] = []
     for ev in events:
@@ -230,7 +252,17 @@ def prepare_batch(who: AgentIdentity, epoch: int, events: Sequence[StockEvent], 
         max((ev.seq for ev in events), default=0),
         max((ev.wall_ms for ev in events), default=None),
         acked_seq,
+        backlog,
+        oldest_pending_ms,
     )
+
+
+INT64_MAX = 2**63 - 1  # the largest figure of a backlog report the databases' integer columns hold
+
+
+def _check_report(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX):
+        raise InvalidInput(f"{name} must be a whole number from 0 to {INT64_MAX} or absent, got {value!r}")
 
 
 @dataclass(slots=True)
@@ -469,7 +501,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     # seqs between it and this batch are missing here, and raising it would hide them from the resend.
     hwm = await tx.advance_hwm(who.agent_id, epoch, batch.max_seq if restored_hwm is None else restored_hwm, now_ms)
     skew = None if batch.max_wall_ms is None else now_ms - batch.max_wall_ms
-    await tx.note_sync(who.agent_id, now_ms, skew)
+    await tx.note_sync(who.agent_id, now_ms, skew, backlog=batch.backlog, oldest_pending_ms=batch.oldest_pending_ms)
     return IngestResult(
         agent_id=who.agent_id,
         epoch=epoch,

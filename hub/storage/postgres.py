@@ -347,10 +347,17 @@ class PostgresHubStore(HubStore):
     # --- ingest --------------------------------------------------------------
 
     async def ingest(
-        self, who: AgentIdentity, epoch: int, events: Sequence[StockEvent], acked_seq: int = 0
+        self,
+        who: AgentIdentity,
+        epoch: int,
+        events: Sequence[StockEvent],
+        acked_seq: int = 0,
+        *,
+        backlog: int | None = None,
+        oldest_pending_ms: int | None = None,
     ) -> IngestResult:
         self._check_open()
-        batch = prepare_batch(who, epoch, events, acked_seq)
+        batch = prepare_batch(who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms)
         locks = batch_locks(batch)
 
         async def work(conn: asyncpg.Connection) -> IngestResult:
@@ -448,13 +455,25 @@ class PostgresHubStore(HubStore):
             for aid, epoch, hwm in await conn.fetch(f"SELECT agent_id, epoch, hwm FROM agent_hwm{f.where}", *f.params):
                 marks.setdefault(aid, {})[epoch] = hwm
             rows = await conn.fetch(
-                "SELECT agent_id, locations, last_sync_ms, clock_skew_ms, role, revoked_ms "
+                "SELECT agent_id, locations, last_sync_ms, clock_skew_ms, role, revoked_ms, "
+                "backlog, oldest_pending_ms, backlog_at_ms "
                 f"FROM agents{f.where} ORDER BY agent_id",
                 *f.params,
             )
             return [
-                AgentStatus(aid, tuple(json.loads(locs)), last, marks.get(aid, {}), skew, role, revoked is not None)
-                for aid, locs, last, skew, role, revoked in rows
+                AgentStatus(
+                    aid,
+                    tuple(json.loads(locs)),
+                    last,
+                    marks.get(aid, {}),
+                    skew,
+                    role,
+                    revoked is not None,
+                    backlog=backlog,
+                    oldest_pending_ms=oldest,
+                    backlog_at_ms=backlog_at,
+                )
+                for aid, locs, last, skew, role, revoked, backlog, oldest, backlog_at in rows
             ]
 
         return await self._read("reading agent status", work, snapshot=True)

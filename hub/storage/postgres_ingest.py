@@ -327,11 +327,30 @@ class PostgresIngest:
         )
         return int(hwm)
 
-    async def note_sync(self, agent_id: str, now_ms: int, clock_skew_ms: int | None) -> None:
+    async def note_sync(
+        self,
+        agent_id: str,
+        now_ms: int,
+        clock_skew_ms: int | None,
+        *,
+        backlog: int | None = None,
+        oldest_pending_ms: int | None = None,
+    ) -> None:
+        if backlog is None:  # not reported: the previous report stays
+            await self.conn.execute(
+                "UPDATE agents SET last_sync_ms = $1, clock_skew_ms = COALESCE($2, clock_skew_ms) WHERE agent_id = $3",
+                now_ms,
+                clock_skew_ms,
+                agent_id,
+            )
+            return
         await self.conn.execute(
-            "UPDATE agents SET last_sync_ms = $1, clock_skew_ms = COALESCE($2, clock_skew_ms) WHERE agent_id = $3",
+            "UPDATE agents SET last_sync_ms = $1, clock_skew_ms = COALESCE($2, clock_skew_ms), "
+            "backlog = $3, oldest_pending_ms = $4, backlog_at_ms = $1 WHERE agent_id = $5",
             now_ms,
             clock_skew_ms,
+            backlog,
+            oldest_pending_ms,
             agent_id,
         )
 

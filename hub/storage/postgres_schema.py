@@ -19,7 +19,7 @@ from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('shelfsync.migrate.' || current_schema()))"
 
 
@@ -28,7 +28,11 @@ def _script(name: str) -> Callable[[], str]:
 
 
 # Schema version -> the script that brings version - 1 to it.
-MIGRATIONS: dict[int, Callable[[], str]] = {1: _script("schema_postgres.sql"), 2: _script("schema_postgres_v2.sql")}
+MIGRATIONS: dict[int, Callable[[], str]] = {
+    1: _script("schema_postgres.sql"),
+    2: _script("schema_postgres_v2.sql"),
+    3: _script("schema_postgres_v3.sql"),
+}
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:

@@ -347,10 +347,18 @@ class SqliteHubStore(HubStore):
     # --- ingest --------------------------------------------------------------
 
     async def ingest(
-        self, who: AgentIdentity, epoch: int, events: Sequence[StockEvent], acked_seq: int = 0
+        self,
+        who: AgentIdentity,
+        epoch: int,
+        events: Sequence[StockEvent],
+        acked_seq: int = 0,
+        *,
+        backlog: int | None = None,
+        oldest_pending_ms: int | None = None,
     ) -> IngestResult:
         self._check_open()
-        batch = prepare_batch(who, epoch, events, acked_seq)  # before the write lock: overlaps another batch
+        # Checked before the write lock: overlaps another batch.
+        batch = prepare_batch(who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms)
 
         def work(db: aiosqlite.Connection) -> Awaitable[IngestResult]:
             return apply_batch(SqliteIngest(db), batch, wall_ms_now())
@@ -448,13 +456,25 @@ class SqliteHubStore(HubStore):
             ):
                 marks.setdefault(aid, {})[epoch] = hwm
             rows = await db.execute_fetchall(
-                "SELECT agent_id, locations, last_sync_ms, clock_skew_ms, role, revoked_ms "
+                "SELECT agent_id, locations, last_sync_ms, clock_skew_ms, role, revoked_ms, "
+                "backlog, oldest_pending_ms, backlog_at_ms "
                 f"FROM agents {where} ORDER BY agent_id",
                 params,
             )
             return [
-                AgentStatus(aid, tuple(json.loads(locs)), last, marks.get(aid, {}), skew, role, revoked is not None)
-                for aid, locs, last, skew, role, revoked in rows
+                AgentStatus(
+                    aid,
+                    tuple(json.loads(locs)),
+                    last,
+                    marks.get(aid, {}),
+                    skew,
+                    role,
+                    revoked is not None,
+                    backlog=backlog,
+                    oldest_pending_ms=oldest,
+                    backlog_at_ms=backlog_at,
+                )
+                for aid, locs, last, skew, role, revoked, backlog, oldest, backlog_at in rows
             ]
 
         return await self._read("reading agent status", work, snapshot=True)

@@ -213,10 +213,25 @@ class SqliteIngest:
         )
         return int(rows[0][0])
 
-    async def note_sync(self, agent_id: str, now_ms: int, clock_skew_ms: int | None) -> None:
+    async def note_sync(
+        self,
+        agent_id: str,
+        now_ms: int,
+        clock_skew_ms: int | None,
+        *,
+        backlog: int | None = None,
+        oldest_pending_ms: int | None = None,
+    ) -> None:
+        if backlog is None:  # not reported: the previous report stays
+            await self.db.execute(
+                "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms) WHERE agent_id = ?",
+                (now_ms, clock_skew_ms, agent_id),
+            )
+            return
         await self.db.execute(
-            "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms) WHERE agent_id = ?",
-            (now_ms, clock_skew_ms, agent_id),
+            "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms), "
+            "backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ? WHERE agent_id = ?",
+            (now_ms, clock_skew_ms, backlog, oldest_pending_ms, now_ms, agent_id),
         )
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:

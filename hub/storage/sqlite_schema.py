@@ -14,7 +14,7 @@ from hub.storage.base import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _script(name: str) -> Callable[[], str]:
@@ -22,7 +22,11 @@ def _script(name: str) -> Callable[[], str]:
 
 
 # Schema version -> the script that brings version - 1 to it.
-MIGRATIONS: dict[int, Callable[[], str]] = {1: _script("schema_sqlite.sql"), 2: _script("schema_sqlite_v2.sql")}
+MIGRATIONS: dict[int, Callable[[], str]] = {
+    1: _script("schema_sqlite.sql"),
+    2: _script("schema_sqlite_v2.sql"),
+    3: _script("schema_sqlite_v3.sql"),
+}
 
 
 async def migrate(db: aiosqlite.Connection, path: Path) -> str:

@@ -68,7 +68,8 @@ class StoreAgent:
                     extra.get("attrs", {}),
                 )
             )
-        body = encode_sync_request(SyncRequest(self.agent_id, 1, tuple(events)))
+        report = {k: extra[k] for k in ("backlog", "oldest_pending_ms") if k in extra}  # the agent's outbox, if given
+        body = encode_sync_request(SyncRequest(self.agent_id, 1, tuple(events), **report))
         resp = await self.client.post(
             "/v1/sync",
             data=body,
@@ -112,7 +113,12 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
             await store.add_agent(["S003"])  # a store whose agent never synced
             await s001.push(("receive", 24, SKU), ("receive", 12, "MUG-ENAMEL-12"), ("receive", 40, "SOCK-WOOL-L"))
             await s001.push(("sale", -3, SKU), ("sale", -2, "CAP-NAVY"))
-            await s001.push(("count", 10, "MUG-ENAMEL-12"), ref="count-session-7")
+            await s001.push(
+                ("count", 10, "MUG-ENAMEL-12"),
+                ref="count-session-7",
+                backlog=1234,
+                oldest_pending_ms=wall_ms_now() - 300_000,
+            )
             await s002.push(("receive", 8, SKU), ("receive", 15, "BOTTLE-750"), ("sale", -1, "BOTTLE-750"))
             await s002.push(("receive", 3, SKU), location="S001")  # refused: S002's agent may not write S001
             await s002.push(
@@ -186,6 +192,12 @@ async def test_sign_in_find_a_sku_and_watch_it_change_live(
     await expect(page.locator("#view")).to_contain_text("Never synced")
     await expect(page.locator("#stat-stores .stat-value")).to_have_text("3 / 4")
     await expect(page.locator("#view")).to_contain_text("web-shop")
+    backlog = page.locator(f'#view tr[data-agent="{shop.s001.agent_id}"] td[data-field="backlog"]')
+    await expect(backlog).to_contain_text("1,234")  # what S001's agent reported waiting in its outbox
+    await expect(backlog).to_contain_text("oldest")
+    await expect(backlog).to_contain_text("as of")
+    unreported = page.locator(f'#view tr[data-agent="{shop.s002.agent_id}"] td[data-field="backlog"]')
+    await expect(unreported).to_have_text("–")
     await screenshot("dashboard-stores")
 
     await page.click("nav a[data-view=stock]")

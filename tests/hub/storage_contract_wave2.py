@@ -61,6 +61,45 @@ class Wave2Contract:
         assert result.hwm == 0
         assert (await store.agent_status(who.agent_id))[0].hwm == {1: 0}
 
+    # --- the agent's backlog report ----------------------------------------------------
+
+    async def test_a_backlog_report_is_stored_with_its_batch_and_kept_until_the_next(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        _, token = await store.add_agent(["S1"])
+        quiet = await store.authenticate(token)
+        assert quiet is not None
+        (before,) = await store.agent_status(who.agent_id)
+        assert (before.backlog, before.oldest_pending_ms, before.backlog_at_ms) == (None, None, None)
+
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 2, at_ms=1)], backlog=1234, oldest_pending_ms=BASE_MS + 1)
+        await store.ingest(quiet, 1, [EventFactory(quiet.agent_id, epoch=1)(Kind.RECEIVE, 1, at_ms=2)])
+        (reported,) = await store.agent_status(who.agent_id)
+        assert (reported.backlog, reported.oldest_pending_ms) == (1234, BASE_MS + 1)
+        assert reported.backlog_at_ms is not None and reported.backlog_at_ms == reported.last_sync_ms
+        assert reported.hwm == {1: 1}  # the same ingest committed the batch
+        (silent,) = await store.agent_status(quiet.agent_id)
+        assert silent.last_sync_ms is not None and silent.backlog is None  # an agent that never reports
+
+        await store.ingest(who, 1, [], acked_seq=1)  # a request without a report: the last one stays
+        (kept,) = await store.agent_status(who.agent_id)
+        assert (kept.backlog, kept.oldest_pending_ms, kept.backlog_at_ms) == (1234, BASE_MS + 1, reported.backlog_at_ms)
+
+        await store.ingest(who, 1, [], acked_seq=1, backlog=0)  # an idle agent's heartbeat: nothing waits
+        (idle,) = await store.agent_status(who.agent_id)
+        assert (idle.backlog, idle.oldest_pending_ms) == (0, None)
+        assert idle.backlog_at_ms is not None and idle.backlog_at_ms >= reported.backlog_at_ms
+
+    @pytest.mark.parametrize("report", [{"backlog": -1}, {"backlog": 3, "oldest_pending_ms": -5}, {"backlog": 2**63}])
+    async def test_a_bad_backlog_report_is_refused_and_nothing_is_committed(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory, report: dict[str, int]
+    ) -> None:
+        with pytest.raises(InvalidInput, match="backlog|oldest_pending_ms"):
+            await store.ingest(who, 1, [ev(Kind.RECEIVE, 2, at_ms=1)], **report)
+        assert await store.counts() == []
+        (status,) = await store.agent_status(who.agent_id)
+        assert (status.last_sync_ms, status.backlog) == (None, None)
+
     # --- change feed -----------------------------------------------------------------
 
     async def test_every_change_appears_once_in_commit_order_and_any_cursor_resumes(

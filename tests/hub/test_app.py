@@ -479,6 +479,43 @@ async def test_read_routes_after_a_sync(client: TestClient[Any, Any], store: Hub
     assert agents[agent_id]["last_sync_ms"] is not None and agents[agent_id]["last_sync"].endswith("Z")
 
 
+async def agent_json(client: TestClient[Any, Any], token: str, path: str, agent_id: str) -> dict[str, Any]:
+    """The entry of ``agent_id`` in the ``agents`` list of GET ``path``."""
+    resp = await client.get(path, headers=auth(token))
+    assert resp.status == 200
+    (entry,) = [a for a in (await resp.json())["agents"] if a["agent_id"] == agent_id]
+    return entry
+
+
+async def test_a_reported_backlog_shows_in_agents_status_and_metrics(
+    client: TestClient[Any, Any], store: HubStore, agent: tuple[str, str]
+) -> None:
+    agent_id, token = agent
+    _, reader = await store.add_agent([], role="reader")
+    report = SyncRequest(agent_id, 1, (event(agent_id, 1),), backlog=1234, oldest_pending_ms=WALL_MS + 1)
+    assert (await sync_ok(client, token, encode_sync_request(report))).hwm == 1
+
+    listed = await agent_json(client, reader, "/v1/agents", agent_id)
+    assert (listed["backlog"], listed["oldest_pending_ms"]) == (1234, WALL_MS + 1)
+    assert listed["oldest_pending"] == "2025-11-25T09:00:00.001Z"
+    assert listed["backlog_at_ms"] == listed["last_sync_ms"] and listed["backlog_at"].endswith("Z")
+    shown = await agent_json(client, reader, "/v1/status", agent_id)
+    assert (shown["backlog"], shown["oldest_pending_ms"], shown["backlog_at_ms"]) == (
+        1234,
+        WALL_MS + 1,
+        listed["backlog_at_ms"],
+    )
+    metrics = (await (await client.get("/metrics", headers=auth(reader))).text()).splitlines()
+    assert f'shelfsync_agent_backlog_events{{agent_id="{agent_id}"}} 1234.0' in metrics
+
+    heartbeat = SyncRequest(agent_id, 1, (), acked_seq=1, backlog=0)  # idle: an empty request with the report
+    assert (await sync_ok(client, token, encode_sync_request(heartbeat))).hwm == 1
+    idle = await agent_json(client, reader, "/v1/agents", agent_id)
+    assert (idle["backlog"], idle["oldest_pending_ms"], idle["oldest_pending"]) == (0, None, None)
+    metrics = (await (await client.get("/metrics", headers=auth(reader))).text()).splitlines()
+    assert f'shelfsync_agent_backlog_events{{agent_id="{agent_id}"}} 0.0' in metrics
+
+
 async def test_healthz_needs_no_credential(client: TestClient[Any, Any]) -> None:
     resp = await client.get("/healthz")
     assert resp.status == 200

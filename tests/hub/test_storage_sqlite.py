@@ -91,6 +91,27 @@ async def test_a_database_from_a_newer_shelfsync_is_refused(tmp_path: Path) -> N
         await SqliteHubStore.open(db)
 
 
+async def test_a_version_2_database_gains_the_backlog_columns_and_keeps_its_agents(tmp_path: Path) -> None:
+    db = tmp_path / DB_NAME
+    async with SqliteHubStore.open(db) as store:
+        agent_id, token = await store.add_agent(["S1"])
+        who = await store.authenticate(token)
+        assert who is not None
+        await store.ingest(who, 1, [EventFactory(agent_id)(Kind.RECEIVE, 1, at_ms=1)])
+    conn = sqlite3.connect(db)  # back to what shelfsync with schema version 2 left behind
+    for column in ("backlog", "oldest_pending_ms", "backlog_at_ms"):
+        conn.execute(f"ALTER TABLE agents DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    async with SqliteHubStore.open(db) as store:
+        assert (await store.health())["schema_version"] == SCHEMA_VERSION == 3
+        (status,) = await store.agent_status(agent_id)
+        assert (status.hwm, status.backlog) == ({1: 1}, None)
+        await store.ingest(who, 1, [], backlog=7)
+        assert (await store.agent_status(agent_id))[0].backlog == 7
+
+
 async def test_writes_that_share_a_transaction_fail_alone(tmp_path: Path) -> None:
     async with SqliteHubStore.open(tmp_path / DB_NAME) as store:
 
