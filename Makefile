@@ -22,6 +22,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy protocol hub
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m bench.run_all
 
 clean:

@@ -27,6 +27,7 @@ from hub.storage import open_store
 from protocol import Kind, StockEvent, SyncRequest, encode_sync_request, new_event_id, pack_hlc, wall_ms_now
 
 BATCH = 1_000
+PROFILE_ARGS: list[str] = []  # e.g. ["-m", "cProfile", "-o", "hub.prof"] to profile the hub process
 SKUS_PER_STORE = 500
 
 
@@ -81,7 +82,7 @@ async def post_all(url: str, token: str, bodies: list[bytes]) -> None:
 
 def run_hub(db: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve", "--db", str(db), "--port", str(port), "--log-level", "WARNING"],
+        [sys.executable, *PROFILE_ARGS, "-m", "hub", "serve", "--db", str(db), "--port", str(port), "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     import urllib.request

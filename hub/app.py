@@ -109,12 +109,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except StoreClosed:
         return error_response(503, "the hub is shutting down; try again shortly")
     except StoreError as err:
-        log.warning("%s %s failed: %s", request.method, request.path, err)
+        log.warning("%s %s failed: %s", request.method, request.rel_url.raw_path, err)
         return error_response(503, f"the hub database is not available right now ({err}); try again shortly")
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("%s %s failed with an unexpected error; the hub keeps serving", request.method, request.path)
+        log.exception(
+            "%s %s failed with an unexpected error; the hub keeps serving", request.method, request.rel_url.raw_path
+        )
         return error_response(500, "the hub failed to handle this request; the cause is in the hub's log")
 
 
@@ -136,7 +138,7 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
         async with asyncio.timeout(settings.body_timeout_s):
             await request.read()
     except TimeoutError:
-        log.info("cut off %s %s from %s: its body did not arrive within %g s", request.method, request.path,
+        log.info("cut off %s %s from %s: its body did not arrive within %g s", request.method, request.rel_url.raw_path,
                  request.remote, settings.body_timeout_s)  # fmt: skip
         response = error_response(
             408, f"the request body did not arrive within {settings.body_timeout_s:g} s (body_timeout_s); send it again"
@@ -146,7 +148,7 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPRequestEntityTooLarge as err:  # a chunked body, found too big while reading
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, text=_too_big(limit)) from err
     except ConnectionError as err:
-        log.info("%s %s from %s ended before its whole body arrived (%s)", request.method, request.path,
+        log.info("%s %s from %s ended before its whole body arrived (%s)", request.method, request.rel_url.raw_path,
                  request.remote, err)  # fmt: skip
         raise web.HTTPBadRequest(text="the connection was lost before the whole request body arrived") from err
     return await handler(request)

@@ -83,7 +83,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         log.info(
             "refused a request to %s %s from %s: unknown or revoked credential",
             request.method,
-            request.path,
+            request.rel_url.raw_path,  # as sent (percent-encoded): a decoded %0a would forge a log line
             request.remote,
         )
         raise Unauthorized("the credential is unknown or has been revoked")

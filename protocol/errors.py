@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import re
+
+MESSAGE_MAX_CHARS = 500
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped and cut to MESSAGE_MAX_CHARS: what a sender
+    put in a field can neither forge a line of the log nor flood it."""
+    text = _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text if len(text) <= MESSAGE_MAX_CHARS else text[: MESSAGE_MAX_CHARS - 1] + "…"
+
 
 class ProtocolError(ValueError):
     """Input that does not follow the wire contract.
 
     The message is one sentence a person can act on, naming the field that is
-    wrong (``events[3].qty: a sale's qty is negative …``).
+    wrong (``events[3].qty: a sale's qty is negative …``). It often quotes the
+    input, so it is kept to one line of bounded length (``one_line``).
     """
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
-        self.field = field
-        self.reason = message
-        super().__init__(f"{field}: {message}" if field else message)
+        self.field = None if field is None else one_line(field)
+        self.reason = one_line(message)
+        super().__init__(f"{self.field}: {self.reason}" if self.field else self.reason)
