@@ -436,6 +436,12 @@ class Replicator:
     # --- bookkeeping -------------------------------------------------------
     async def _answered(self, *, waiting: int, sent: int = 0, backlog: int | None = None) -> None:
         """The hub answered an attempt usefully (200, 413 or 422)."""
+        if sent == 0 and waiting > 0 and self._state.failures:
+            # Only the handshake after a failure went through: whether the hub takes our events again is
+            # not known yet, so neither the recovery is logged nor the failure forgotten (a batch that
+            # keeps failing after each good handshake is then logged once, not on every cycle).
+            await self._update(attempts=self._state.attempts + 1, hub_reachable=True)
+            return
         if self._state.failures:
             log.info("hub reachable again; %s events waiting, sending", f"{waiting:,}")
         await self._update(

@@ -30,10 +30,25 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _headline(rows: list[dict[str, object]]) -> str:
+    """The rows of one benchmark in one cell: 'measure: value (baseline, ratio, target)'."""
+    cells = []
+    for row in rows:
+        items = [(k, v) for k, v in row.items() if v not in ("", None)]
+        if not items:
+            continue
+        label, rest = _fmt(items[0][1]), items[1:]
+        cells.append(f"{label}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rest))
+    return "<br>".join(cells)
+
+
 def render() -> str:
-    parts = [HEADER]
-    for path in sorted(RESULTS_DIR.glob("*.json")):
-        data = json.loads(path.read_text())
+    results = [json.loads(path.read_text()) for path in sorted(RESULTS_DIR.glob("*.json"))]
+    parts = [HEADER, "## All figures at a glance\n\n| benchmark | figures | date |\n|---|---|---|\n"]
+    for data in results:
+        parts.append(f"| {data['title']} | {_headline(data['rows'])} | {data['date']} |\n")
+    parts.append("\nEach benchmark in detail follows: the command, the machine, the date, and what was measured.\n\n")
+    for data in results:
         parts.append(f"## {data['title']}\n")
         parts.append(f"- command: `{data['command']}`\n- machine: {data['machine']}\n- date: {data['date']} (commit {data['git']})\n")
         rows = data["rows"]

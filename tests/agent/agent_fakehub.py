@@ -53,6 +53,7 @@ class FakeHub:
         self.invalid_skus: set[str] = set()  # events with these SKUs: 422 for the whole batch
         self.reject_skus: set[str] = set()  # events with these SKUs: rejected in a 200
         self.skew_ms = 0  # added to server_time_ms
+        self.fail_batches: int | None = None  # if set: answer every request carrying events with this status
         self.gate: asyncio.Event | None = None  # if set: answer only once it is set (after committing)
         self.changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -118,6 +119,8 @@ class FakeHub:
         return response
 
     def _answer(self, token: str, agent_id: str, epoch: int, events: tuple[StockEvent, ...]) -> web.Response:
+        if self.fail_batches is not None and events:
+            return _error(self.fail_batches, "scripted_failure", f"scripted failure {self.fail_batches} for batches")
         if self.script:
             status = self.script.popleft()
             return _error(status, "scripted_failure", f"scripted failure {status}")

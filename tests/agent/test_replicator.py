@@ -86,6 +86,22 @@ async def test_a_busy_agent_sends_no_heartbeat_and_an_idle_one_waits_for_it(hub:
     assert [seen.seqs for seen in hub.requests] == [()]  # the handshake only
 
 
+async def test_a_batch_failing_after_every_good_handshake_is_logged_once(
+    hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.replicator")
+    hub.fail_batches = 500
+    await outbox.record([sale("SKU-1")])
+    async with fast(outbox, hub) as replicator:
+        await hub.wait_for(lambda: sum(1 for seen in hub.requests if seen.seqs) >= 4)  # four failed batches
+        assert replicator.state.sync_state == "hub_error"
+        hub.fail_batches = None
+        await until(replicator, lambda s: s.sync_state == "ok" and s.backlog == 0)
+    failures = [r for r in caplog.records if r.getMessage().startswith("Sync failed:")]
+    recoveries = [r for r in caplog.records if r.getMessage().startswith("hub reachable again")]
+    assert len(failures) == 1 and len(recoveries) == 1
+
+
 async def test_new_records_wake_the_replicator(hub: FakeHub, outbox: Outbox) -> None:
     async with fast(outbox, hub, tick_s=600.0) as replicator:  # a tick that never comes in this test
         await until(replicator, lambda s: s.sync_state == "ok")
