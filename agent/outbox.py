@@ -71,6 +71,11 @@ _SCHEMA = (
 )
 _EVENT_COLUMNS = "seq, event_id, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs"
 _EVENT_PARAMS = ", ".join("?" * len(_EVENT_COLUMNS.split(", ")))
+_INSERT_EVENT = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PARAMS})"
+_READ_MARKS = "SELECT key, value FROM meta WHERE key IN ('hlc_last', 'last_seq')"
+_WRITE_MARKS = (
+    "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 ELSE ?2 END WHERE key IN ('last_seq', 'hlc_last')"
+)
 _PENDING = "seq > (SELECT value FROM meta WHERE key = 'acked_seq') AND seq NOT IN (SELECT seq FROM rejected)"
 
 
@@ -392,22 +397,25 @@ class Outbox:
     def _insert(
         self, conn: sqlite3.Connection, drafts: list[tuple[StockEvent, bool]], tally: str | None
     ) -> RecordResult:
-        self.clock.observe(_meta(conn, "hlc_last", 0))  # another process may have recorded since we last looked
-        last_seq = _meta(conn, "last_seq")
+        # One read of both marks: another process (``shelfsync-agent record``) may have recorded since we last
+        # looked, and nobody else can write until this transaction ends (BEGIN IMMEDIATE).
+        marks = dict(conn.execute(_READ_MARKS).fetchall())
+        self.clock.observe(marks.get("hlc_last", 0))
+        last_seq = marks["last_seq"]
         wall_ms = self._wall_clock_ms()
         inserted: list[StockEvent] = []
         duplicates: list[bytes] = []
         for draft, time_supplied in drafts:
             occurred_at = draft.occurred_at if time_supplied else self.clock.now()
             ev = draft.stamped(seq=last_seq + 1, occurred_at=occurred_at, wall_ms=wall_ms)
-            cur = conn.execute(f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PARAMS})", _row(ev))
+            cur = conn.execute(_INSERT_EVENT, _row(ev))
             if cur.rowcount == 1:
                 last_seq += 1
                 inserted.append(ev)
             else:
                 self._check_same(conn, ev, check_time=time_supplied)
                 duplicates.append(ev.event_id)
-        _set_meta(conn, last_seq=last_seq, hlc_last=max(self.clock.last, _meta(conn, "hlc_last", 0)))
+        conn.execute(_WRITE_MARKS, (last_seq, self.clock.last))  # observe() above: never below the stored hlc
         if tally is not None and inserted:
             _set_meta(conn, **{f"tally:{tally}": _meta(conn, f"tally:{tally}", 0) + len(inserted)})
         return RecordResult(tuple(inserted), tuple(duplicates))
