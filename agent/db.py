@@ -19,9 +19,9 @@ import functools
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -127,3 +127,77 @@ def _settle(done: asyncio.Future[T], result: T | None, err: BaseException | None
         done.set_exception(err)
     else:
         done.set_result(result)  # type: ignore[arg-type]
+
+
+S = TypeVar("S", bound="SqliteFile")
+
+
+class Opening(Generic[S]):
+    """What ``X.open(...)`` returns for the agent's SQLite files: await it, or use it as ``async with``."""
+
+    def __init__(self, make: Callable[[], Awaitable[S]]) -> None:
+        self._make = make
+        self._opened: S | None = None
+
+    def __await__(self) -> Generator[Any, None, S]:
+        return self._make().__await__()
+
+    async def __aenter__(self) -> S:
+        self._opened = await self._make()
+        return self._opened
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._opened is not None:
+            await self._opened.close()
+
+
+class SqliteFile:
+    """One of the agent's SQLite files, owned through one ``SqliteThread``.
+
+    ``close()`` is safe twice; any read or write after it raises ``_closed_error()``; a SQLite failure
+    becomes ``_failure(verb, err)``: each file names itself in one sentence.
+    """
+
+    def __init__(self, db: SqliteThread) -> None:
+        self.path = str(db.path)
+        self._db = db
+        self._closed = False
+
+    def _closed_error(self) -> Exception:
+        raise NotImplementedError
+
+    def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Wait for writes already started, then close. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise self._closed_error()
+        try:
+            return await self._db.read(fn)
+        except sqlite3.Error as err:
+            raise self._failure("read", err) from err
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise self._closed_error()
+        try:
+            return await self._db.write(fn)
+        except sqlite3.Error as err:
+            raise self._failure("written", err) from err

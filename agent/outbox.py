@@ -22,15 +22,15 @@ import asyncio
 import logging
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import msgpack
 
 from agent.counts import COUNTS_SCHEMA, CountCache, store_counts
-from agent.db import SqliteThread
+from agent.db import Opening, SqliteFile, SqliteThread
 from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError, OutboxMissing
 from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
 from protocol.hlc import wall_ms_now
@@ -166,34 +166,13 @@ def _row(ev: StockEvent) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-class _Opening:
-    """``Outbox.open(...)``: await it, or use it as ``async with``."""
-
-    def __init__(self, make: Callable[[], Awaitable[Outbox]]) -> None:
-        self._make = make
-        self._outbox: Outbox | None = None
-
-    def __await__(self) -> Generator[Any, None, Outbox]:
-        return self._make().__await__()
-
-    async def __aenter__(self) -> Outbox:
-        self._outbox = await self._make()
-        return self._outbox
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._outbox is not None:
-            await self._outbox.close()
-
-
-class Outbox:
+class Outbox(SqliteFile):
     """The store's durable queue of stock events. Use ``Outbox.open``."""
 
     def __init__(self, db: SqliteThread, *, wall_clock_ms: Callable[[], int], retention_s: float) -> None:
-        self.path = str(db.path)
-        self._db = db
+        super().__init__(db)
         self._wall_clock_ms = wall_clock_ms
         self._retention_ms = int(retention_s * 1000)
-        self._closed = False
         self._last_purge_ms = 0
         self.clock = HybridClock(wall_clock_ms=wall_clock_ms)
         self.agent_id = ""
@@ -214,14 +193,14 @@ class Outbox:
         retention_s: float = RETENTION_DEFAULT_S,
         wall_clock_ms: Callable[[], int] = wall_ms_now,
         create: bool = True,
-    ) -> _Opening:
+    ) -> Opening[Outbox]:
         """Open (or create) the outbox at ``path``.
 
         ``create=False`` opens only an existing file (``OutboxMissing``
         otherwise) and changes nothing in it. ``agent_id``/``location`` may be
         None only then; if given, they must match the file's agent id.
         """
-        return _Opening(
+        return Opening(
             lambda: cls._open(Path(path), agent_id, location, synchronous, retention_s, wall_clock_ms, create)
         )
 
@@ -307,39 +286,12 @@ class Outbox:
         self.epoch = _meta(conn, "epoch")
         self.clock.observe(_meta(conn, "hlc_last", 0))
 
-    async def close(self) -> None:
-        """Wait for writes already started, then close. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._db.close()
+    def _closed_error(self) -> Exception:
+        return OutboxClosed(self.path)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    # --- plumbing --------------------------------------------------------
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise OutboxClosed(self.path)
-        try:
-            return await self._db.read(fn)
-        except sqlite3.Error as err:
-            raise OutboxError(f"the outbox {self.path} could not be read: {err}") from err
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise OutboxClosed(self.path)
-        try:
-            return await self._db.write(fn)
-        except sqlite3.Error as err:
-            raise OutboxError(f"the outbox {self.path} could not be written: {write_failure(err)}") from err
+    def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
+        detail = write_failure(err) if verb == "written" else err
+        return OutboxError(f"the outbox {self.path} could not be {verb}: {detail}")
 
     def _event(self, row: Sequence[Any]) -> StockEvent:
         """An event from a row of ``_EVENT_COLUMNS``."""

@@ -15,11 +15,11 @@ each write one ``BEGIN IMMEDIATE … COMMIT``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import TypeVar
 
-from agent.db import SqliteThread
+from agent.db import Opening, SqliteFile, SqliteThread
 from agent.pos.errors import PosImportError, PosStoreClosed
 from agent.pos.model import ImportReport, Observation, Quarantined, QuarantineEntry
 from agent.pos.source import FileScan
@@ -77,38 +77,17 @@ _SCHEMA = (
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
 
 
-class _Opening:
-    """``PosStore.open(path)``: await it, or use it as ``async with``."""
-
-    def __init__(self, make: Callable[[], Awaitable[PosStore]]) -> None:
-        self._make = make
-        self._store: PosStore | None = None
-
-    def __await__(self) -> Generator[Any, None, PosStore]:
-        return self._make().__await__()
-
-    async def __aenter__(self) -> PosStore:
-        self._store = await self._make()
-        return self._store
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._store is not None:
-            await self._store.close()
-
-
-class PosStore:
+class PosStore(SqliteFile):
     """Durable records of the POS import. Use ``PosStore.open``."""
 
     def __init__(self, db: SqliteThread, *, wall_clock_ms: Callable[[], int]) -> None:
-        self.path = str(db.path)
-        self._db = db
+        super().__init__(db)
         self._wall_clock_ms = wall_clock_ms
-        self._closed = False
 
     @classmethod
-    def open(cls, path: str | Path, *, wall_clock_ms: Callable[[], int] | None = None) -> _Opening:
+    def open(cls, path: str | Path, *, wall_clock_ms: Callable[[], int] | None = None) -> Opening[PosStore]:
         """Open (or create) the store at ``path``."""
-        return _Opening(lambda: cls._open(Path(path), wall_clock_ms or wall_ms_now))
+        return Opening(lambda: cls._open(Path(path), wall_clock_ms or wall_ms_now))
 
     @classmethod
     async def _open(cls, path: Path, wall_clock_ms: Callable[[], int]) -> PosStore:
@@ -139,38 +118,11 @@ class PosStore:
             conn.execute("ALTER TABLE quarantine ADD COLUMN sent_ms INTEGER")
         conn.execute("CREATE INDEX IF NOT EXISTS quarantine_unsent ON quarantine (id) WHERE sent_ms IS NULL")
 
-    async def close(self) -> None:
-        """Wait for writes already started, then close. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._db.close()
+    def _closed_error(self) -> Exception:
+        return PosStoreClosed(self.path)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise PosStoreClosed(self.path)
-        try:
-            return await self._db.read(fn)
-        except sqlite3.Error as err:
-            raise PosImportError(f"the POS import store {self.path} could not be read: {err}") from err
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise PosStoreClosed(self.path)
-        try:
-            return await self._db.write(fn)
-        except sqlite3.Error as err:
-            raise PosImportError(f"the POS import store {self.path} could not be written: {err}") from err
+    def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
+        return PosImportError(f"the POS import store {self.path} could not be {verb}: {err}")
 
     # --- imports ----------------------------------------------------------------
     async def begin_import(self, scan: FileScan, file_name: str, profile: str) -> int:

@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
-from agent.db import SqliteThread
+from agent.db import Opening, SqliteFile, SqliteThread
 from agent.sessions.errors import (
     InvalidSessionInput,
     SessionConflict,
@@ -107,36 +107,15 @@ _SESSION_COLUMNS = (
 _LINE_COLUMNS = "session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone"
 
 
-class _Opening:
-    """``SessionStore.open(path)``: await it, or use it as ``async with``."""
-
-    def __init__(self, make: Callable[[], Awaitable[SessionStore]]) -> None:
-        self._make = make
-        self._store: SessionStore | None = None
-
-    def __await__(self) -> Generator[Any, None, SessionStore]:
-        return self._make().__await__()
-
-    async def __aenter__(self) -> SessionStore:
-        self._store = await self._make()
-        return self._store
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._store is not None:
-            await self._store.close()
-
-
-class SessionStore:
+class SessionStore(SqliteFile):
     """Durable sessions and lines. Use ``SessionStore.open``; ``SessionManager`` is the one writer."""
 
     def __init__(self, db: SqliteThread) -> None:
-        self.path = str(db.path)
-        self._db = db
-        self._closed = False
+        super().__init__(db)
 
     @classmethod
-    def open(cls, path: str | Path, *, synchronous: str = "full") -> _Opening:
-        return _Opening(lambda: cls._open(Path(path), synchronous))
+    def open(cls, path: str | Path, *, synchronous: str = "full") -> Opening[SessionStore]:
+        return Opening(lambda: cls._open(Path(path), synchronous))
 
     @classmethod
     async def _open(cls, path: Path, synchronous: str) -> SessionStore:
@@ -163,38 +142,11 @@ class SessionStore:
         elif row[0] > SCHEMA_VERSION:
             raise SessionError(f"{self.path} was written by a newer shelfsync (schema {row[0]}); upgrade this agent")
 
-    async def close(self) -> None:
-        """Wait for writes already started, then close. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._db.close()
+    def _closed_error(self) -> Exception:
+        return SessionStoreClosed(self.path)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise SessionStoreClosed(self.path)
-        try:
-            return await self._db.read(fn)
-        except sqlite3.Error as err:
-            raise SessionError(f"the session store {self.path} could not be read: {err}") from err
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise SessionStoreClosed(self.path)
-        try:
-            return await self._db.write(fn)
-        except sqlite3.Error as err:
-            raise SessionError(f"the session store {self.path} could not be written: {err}") from err
+    def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
+        return SessionError(f"the session store {self.path} could not be {verb}: {err}")
 
     # --- sessions ----------------------------------------------------------
     async def insert(self, session: Session) -> Session:
