@@ -241,3 +241,29 @@ async def test_synchronous_normal_is_accepted(tmp_path: Path) -> None:
     async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC, synchronous="normal") as outbox:
         await outbox.record([sale()])
         assert (await outbox.stats()).backlog == 1
+
+
+async def test_the_backlog_figure_matches_the_pending_events_through_acks_set_asides_and_rewinds(
+    tmp_path: Path,
+) -> None:
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+
+        async def agree() -> None:
+            stats = await outbox.stats()
+            pending = await outbox.pending(10_000)
+            assert stats.backlog == len(pending)
+            assert stats.oldest_pending_ms == (pending[0].wall_ms if pending else None)
+
+        events = (await outbox.record([sale(f"SKU-{n % 3}") for n in range(20)])).events
+        await agree()
+        await outbox.set_aside([Rejection(ev.event_id, ev.seq, "invalid", "no") for ev in events[3:6]])
+        await agree()
+        await outbox.mark_acked(10)  # some set-asides now below the mark
+        await agree()
+        await outbox.set_aside([Rejection(events[15].event_id, 16, "invalid", "no")])
+        await agree()
+        await outbox.mark_acked(4)  # the hub was restored: the mark goes back
+        await agree()
+        await outbox.mark_acked(20)
+        await agree()
+        assert (await outbox.stats()).backlog == 0
