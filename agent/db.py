@@ -43,6 +43,7 @@ class SqliteThread:
         self._thread = threading.Thread(target=self._serve, name=f"sqlite:{path.name}", daemon=True)
         self._thread.start()
         self._conn: sqlite3.Connection | None = None
+        self._stopping = False
 
     async def connect(self) -> None:
         await self._submit(self._connect)
@@ -86,10 +87,12 @@ class SqliteThread:
             work()
 
     async def close(self) -> None:
-        if not self._thread.is_alive():
+        """Close the connection and end the thread. Safe to call twice; later work raises."""
+        if self._stopping:
             return
+        self._stopping = True
         try:
-            await self._submit(self._close)
+            await self._submit(self._close, closing=True)
         finally:
             self._queue.put(None)  # the thread ends after the close
 
@@ -98,7 +101,7 @@ class SqliteThread:
             self._conn.close()
             self._conn = None
 
-    async def _submit(self, fn: Callable[[], T]) -> T:
+    async def _submit(self, fn: Callable[[], T], *, closing: bool = False) -> T:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
 
@@ -114,8 +117,8 @@ class SqliteThread:
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-        if not self._thread.is_alive():
-            raise RuntimeError(f"the SQLite thread of {self.path} has stopped")
+        if (self._stopping and not closing) or not self._thread.is_alive():
+            raise RuntimeError(f"the SQLite file {self.path} is closed")
         self._queue.put(run)
         return await done
 
