@@ -172,6 +172,23 @@ class SqliteFile:
     def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
         raise NotImplementedError
 
+    def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
+        raise NotImplementedError
+
+    async def _start(self, init: Callable[[sqlite3.Connection], None]) -> Self:
+        """Connect and run ``init`` (create or check the schema) in the first write transaction; a file that
+        is not a usable database says so, and nothing stays open."""
+        try:
+            await self._db.connect()
+            await self._db.write(init)
+        except sqlite3.DatabaseError as err:
+            await self._db.close()
+            raise self._not_usable(err) from err
+        except BaseException:
+            await self._db.close()
+            raise
+        return self
+
     async def close(self) -> None:
         """Wait for writes already started, then close. Safe to call twice."""
         if self._closed:

@@ -18,12 +18,12 @@ reads the file without writing (``read_reader_states``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
-from agent.db import SqliteThread
+from agent.db import Opening, SqliteFile, SqliteThread
 from agent.errors import AgentError
 from protocol import event_id_hex, wall_ms_now
 
@@ -131,33 +131,14 @@ def _reader(row: Any) -> ReaderState:
     return ReaderState(*values)
 
 
-class _Opening:
-    def __init__(self, make: Callable[[], Awaitable[ScanJournal]]) -> None:
-        self._make = make
-        self._journal: ScanJournal | None = None
-
-    def __await__(self) -> Generator[Any, None, ScanJournal]:
-        return self._make().__await__()
-
-    async def __aenter__(self) -> ScanJournal:
-        self._journal = await self._make()
-        return self._journal
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._journal is not None:
-            await self._journal.close()
-
-
-class ScanJournal:
+class ScanJournal(SqliteFile):
     """Use ``ScanJournal.open(path)``; one per agent process."""
 
     def __init__(self, db: SqliteThread, *, retention_s: float, wall_clock_ms: Callable[[], int]) -> None:
-        self.path = str(db.path)
-        self._db = db
+        super().__init__(db)
         self._retention_ms = int(retention_s * 1000)
         self._wall_clock_ms = wall_clock_ms
         self._last_purge_ms = 0
-        self._closed = False
         self.interrupted = 0  # scans found half-routed when this journal was opened
 
     @classmethod
@@ -167,24 +148,14 @@ class ScanJournal:
         *,
         retention_s: float = RETENTION_DEFAULT_S,
         wall_clock_ms: Callable[[], int] = wall_ms_now,
-    ) -> _Opening:
-        return _Opening(lambda: cls._open(Path(path), retention_s, wall_clock_ms))
+    ) -> Opening[ScanJournal]:
+        return Opening(lambda: cls._open(Path(path), retention_s, wall_clock_ms))
 
     @classmethod
     async def _open(cls, path: Path, retention_s: float, wall_clock_ms: Callable[[], int]) -> ScanJournal:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = SqliteThread(path, "normal")
-        journal = cls(db, retention_s=retention_s, wall_clock_ms=wall_clock_ms)
-        try:
-            await db.connect()
-            await db.write(journal._init)
-        except sqlite3.DatabaseError as err:
-            await db.close()
-            raise JournalError(f"{path} is not a usable scan journal: {err}") from err
-        except BaseException:
-            await db.close()
-            raise
-        return journal
+        opened = cls(SqliteThread(path, "normal"), retention_s=retention_s, wall_clock_ms=wall_clock_ms)
+        return await opened._start(opened._init)
 
     def _init(self, conn: sqlite3.Connection) -> None:
         for statement in _SCHEMA:
@@ -213,38 +184,14 @@ class ScanJournal:
         )
         self._purge(conn, now_ms)
 
-    async def close(self) -> None:
-        """Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._db.close()
+    def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
+        return JournalError(f"{self.path} is not a usable scan journal: {err}")
 
-    async def __aenter__(self) -> Self:
-        return self
+    def _closed_error(self) -> Exception:
+        return JournalError(f"the scan journal {self.path} is closed")
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise JournalError(f"the scan journal {self.path} is closed")
-        try:
-            return await self._db.read(fn)
-        except sqlite3.Error as err:
-            raise JournalError(f"the scan journal {self.path} could not be read: {err}") from err
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise JournalError(f"the scan journal {self.path} is closed")
-        try:
-            return await self._db.write(fn)
-        except sqlite3.Error as err:
-            raise JournalError(f"the scan journal {self.path} could not be written: {err}") from err
+    def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
+        return JournalError(f"the scan journal {self.path} could not be {verb}: {err}")
 
     # --- writing -------------------------------------------------------------
     async def add(self, reader_id: str, received_ms: int, raw: bytes, complete: bool, mode: str | None) -> int:

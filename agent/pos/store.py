@@ -92,18 +92,8 @@ class PosStore(SqliteFile):
     @classmethod
     async def _open(cls, path: Path, wall_clock_ms: Callable[[], int]) -> PosStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = SqliteThread(path, "full")
-        store = cls(db, wall_clock_ms=wall_clock_ms)
-        try:
-            await db.connect()
-            await db.write(store._init)
-        except sqlite3.DatabaseError as err:
-            await db.close()
-            raise PosImportError(f"{path} is not a usable POS import store: {err}") from err
-        except BaseException:
-            await db.close()
-            raise
-        return store
+        opened = cls(SqliteThread(path, "full"), wall_clock_ms=wall_clock_ms)
+        return await opened._start(opened._init)
 
     def _init(self, conn: sqlite3.Connection) -> None:
         for statement in _SCHEMA:
@@ -117,6 +107,9 @@ class PosStore(SqliteFile):
         if "sent_ms" not in {r[1] for r in conn.execute("PRAGMA table_info(quarantine)")}:
             conn.execute("ALTER TABLE quarantine ADD COLUMN sent_ms INTEGER")
         conn.execute("CREATE INDEX IF NOT EXISTS quarantine_unsent ON quarantine (id) WHERE sent_ms IS NULL")
+
+    def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
+        return PosImportError(f"{self.path} is not a usable POS import store: {err}")
 
     def _closed_error(self) -> Exception:
         return PosStoreClosed(self.path)

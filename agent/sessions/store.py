@@ -120,18 +120,8 @@ class SessionStore(SqliteFile):
     @classmethod
     async def _open(cls, path: Path, synchronous: str) -> SessionStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = SqliteThread(path, synchronous)
-        store = cls(db)
-        try:
-            await db.connect()
-            await db.write(store._init)
-        except sqlite3.DatabaseError as err:
-            await db.close()
-            raise SessionError(f"{path} is not a usable session store: {err}") from err
-        except BaseException:
-            await db.close()
-            raise
-        return store
+        opened = cls(SqliteThread(path, synchronous))
+        return await opened._start(opened._init)
 
     def _init(self, conn: sqlite3.Connection) -> None:
         for statement in _SCHEMA:
@@ -141,6 +131,9 @@ class SessionStore(SqliteFile):
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             raise SessionError(f"{self.path} was written by a newer shelfsync (schema {row[0]}); upgrade this agent")
+
+    def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
+        return SessionError(f"{self.path} is not a usable session store: {err}")
 
     def _closed_error(self) -> Exception:
         return SessionStoreClosed(self.path)
