@@ -35,11 +35,11 @@ from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from operator import attrgetter
 from typing import Any, Protocol, TypeAlias
 
 from hub.resolver import (
     ORDERED_KINDS,
+    RESERVATION_KINDS,
     Effect,
     OrderKey,
     Reservation,
@@ -66,15 +66,28 @@ def attrs_json(attrs: Mapping[str, Any]) -> str:
     return json.dumps(dict(attrs), separators=(",", ":"))
 
 
-_ROW_FIELDS = attrgetter(
-    "agent_id", "epoch", "seq", "location", "sku", "kind", "qty", "occurred_at", "wall_ms", "source", "ref", "reason"
-)
-
-
 def event_row(ev: StockEvent) -> EventRow:
-    """What a backend stores of an event besides its id, in column order (``kind``
-    stays the StrEnum, which drivers bind and compare as its string)."""
-    return (*_ROW_FIELDS(ev), attrs_json(ev.attrs) if ev.attrs else None)
+    """What a backend stores of an event besides its id, in column order; ``kind`` as its
+    plain string (a driver binds an exact ``str`` without looking for an adapter)."""
+    return (
+        ev.agent_id,
+        ev.epoch,
+        ev.seq,
+        ev.location,
+        ev.sku,
+        KIND_TEXT[ev.kind],
+        ev.qty,
+        ev.occurred_at,
+        ev.wall_ms,
+        ev.source,
+        ev.ref,
+        ev.reason,
+        attrs_json(ev.attrs) if ev.attrs else None,
+    )
+
+
+KIND_TEXT: dict[Kind, str] = {k: k.value for k in Kind}
+EFFECT_TEXT: dict[Effect, str] = {e: e.value for e in Effect}
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,44 +299,53 @@ def _plan_key(
     Returns the new row, the range of stored deltas the last count now passes
     (to supersede), and the work left for after the insert if any event is late.
     """
+    count, applied = Kind.COUNT, Effect.APPLIED
     ordered = []
+    counts = []
     for ev in fresh:
-        if ev.kind in ORDERED_KINDS:
+        kind = ev.kind
+        if kind in ORDERED_KINDS:
             ordered.append(ev)
+            if kind is count:
+                counts.append(ev)
         else:
-            effects[ev.event_id] = Effect.APPLIED
+            effects[ev.event_id] = applied
     old_last, max_key, on_hand = row.last_count, row.max_key, row.on_hand
     new_last, passed, late = old_last, None, None
     if ordered:
-        counts = [ev for ev in ordered if ev.kind is Kind.COUNT]
         if counts and (old_last is None or order_key(counts[-1]) > old_last):
             new_last = order_key(counts[-1])
             passed = (old_last, new_last)
         in_order = max_key is None or order_key(ordered[0]) > max_key
         newest = order_key(ordered[-1])
         max_key = newest if max_key is None or newest > max_key else max_key
-        for ev in ordered:
-            if ev.kind is Kind.COUNT or new_last is None or order_key(ev) > new_last:
-                effects[ev.event_id] = Effect.APPLIED
-            else:
-                effects[ev.event_id] = Effect.SUPERSEDED
-        if in_order:
+        if in_order and not counts:  # the common case: deltas after everything stored, all applied
             for ev in ordered:
-                if ev.kind is Kind.COUNT:
-                    variances[ev.event_id] = ev.qty - on_hand
-                    on_hand = ev.qty
-                else:
-                    on_hand += ev.qty
+                effects[ev.event_id] = applied
+                on_hand += ev.qty
         else:
-            for ev in counts:
-                variances[ev.event_id] = None
-            if passed is not None:  # on_hand restarts from the new last count, after the insert
-                late = _Late(ordered, CountPoint(passed[1], counts[-1].qty))
+            for ev in ordered:
+                if ev.kind is Kind.COUNT or new_last is None or order_key(ev) > new_last:
+                    effects[ev.event_id] = Effect.APPLIED
+                else:
+                    effects[ev.event_id] = Effect.SUPERSEDED
+            if in_order:
+                for ev in ordered:
+                    if ev.kind is Kind.COUNT:
+                        variances[ev.event_id] = ev.qty - on_hand
+                        on_hand = ev.qty
+                    else:
+                        on_hand += ev.qty
             else:
-                late = _Late(ordered, None)
-                on_hand += sum(
-                    ev.qty for ev in ordered if ev.kind is not Kind.COUNT and effects[ev.event_id] is Effect.APPLIED
-                )
+                for ev in counts:
+                    variances[ev.event_id] = None
+                if passed is not None:  # on_hand restarts from the new last count, after the insert
+                    late = _Late(ordered, CountPoint(passed[1], counts[-1].qty))
+                else:
+                    late = _Late(ordered, None)
+                    on_hand += sum(
+                        ev.qty for ev in ordered if ev.kind is not Kind.COUNT and effects[ev.event_id] is Effect.APPLIED
+                    )
     new_row = StockRow(
         row.location,
         row.sku,
@@ -402,6 +424,8 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     by_reservation: dict[ReservationKey, list[StockEvent]] = defaultdict(list)
     for ev, _ in fresh:
         by_key[(ev.location, ev.sku)].append(ev)
+        if ev.ref is None and ev.kind not in RESERVATION_KINDS:
+            continue  # neither a transfer nor a reservation
         if (tkey := transfer_key(ev)) is not None:
             by_transfer[tkey].append(ev)
             if (dest := transfer_destination(ev)) is not None:
@@ -448,14 +472,14 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     passed: list[tuple[StockKey, OrderKey | None, OrderKey]] = []
     late: dict[StockKey, _Late] = {}
     changed: list[StockKey] = []
-    before: dict[StockKey, CountSnapshot] = {}
+    before: dict[StockKey, tuple[int, int, int]] = {}
     for key in stock_keys:
         key_events = by_key.get(key, [])
         if not key_events and key in touched and not (reserved_delta[key] or in_transit_delta[key]):
             continue  # only resends: nothing changes
         key_events.sort(key=order_key)
         state = rows.get(key) or StockRow(*key)
-        before[key] = state.snapshot()
+        before[key] = (state.on_hand, state.reserved, state.in_transit)  # ingest leaves safety_stock as it is
         rows[key], moved, rest = _plan_key(
             state, key_events, effects, variances, reserved_delta[key], in_transit_delta[key]
         )
@@ -487,9 +511,10 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         await tx.save_transfers(new_transfers, now_ms)
     if new_reservations:
         await tx.save_reservations(new_reservations, now_ms)
+    snapshots = {k: rows[k].snapshot() for k in touched.union(changed)}
     if changed:
         await tx.save_stock([rows[k] for k in changed], now_ms)
-        feed = _changes(changed, rows, before, by_key, by_transfer, new_transfers)
+        feed = _changes(changed, rows, snapshots, before, by_key, by_transfer, new_transfers)
         if feed:
             await tx.append_changes(feed, now_ms)
     restored_hwm = None
@@ -509,31 +534,34 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         rejected=tuple(Rejection(r.event.event_id, r.event.seq, r.code, r.reason) for r in rejected),
         duplicates=sum(duplicates.values()),
         applied=len(fresh),
-        counts=tuple(rows[k].snapshot() for k in sorted(touched)),
+        counts=tuple(snapshots[k] for k in sorted(touched)),
     )
 
 
 def _changes(
     changed: Sequence[StockKey],
     rows: Mapping[StockKey, StockRow],
-    before: Mapping[StockKey, CountSnapshot],
+    snapshots: Mapping[StockKey, CountSnapshot],
+    before: Mapping[StockKey, tuple[int, int, int]],
     by_key: Mapping[StockKey, list[StockEvent]],
     by_transfer: Mapping[TransferKey, list[StockEvent]],
     transfers: Sequence[Transfer],
 ) -> list[NewChange]:
-    """One change row per key whose counts moved, in key order (deterministic)."""
-    causes: dict[StockKey, list[bytes]] = {key: [ev.event_id for ev in evs] for key, evs in by_key.items()}
+    """One change row per key whose counts moved, in key order (deterministic).
+
+    With safety stock unchanged, available moves only with on_hand or reserved."""
+    destinations: dict[StockKey, Transfer] = {}
     for t in transfers:  # a destination moved by the other side's event: name that event
-        if t.to_location is not None and not causes.get((t.to_location, t.sku)):
-            causes[(t.to_location, t.sku)] = [ev.event_id for ev in by_transfer.get((t.ref, t.sku), ())]
+        if t.to_location is not None:
+            destinations.setdefault((t.to_location, t.sku), t)
     out: list[NewChange] = []
     for key in sorted(changed):
-        new, old = rows[key].snapshot(), before[key]
-        if (new.on_hand, new.reserved, new.available, new.in_transit) != (
-            old.on_hand,
-            old.reserved,
-            old.available,
-            old.in_transit,
-        ):
-            out.append(NewChange(new, tuple(causes.get(key, ())[:CHANGE_EVENT_IDS_MAX])))
+        row = rows[key]
+        if (row.on_hand, row.reserved, row.in_transit) == before[key]:
+            continue
+        evs = by_key.get(key)
+        if not evs and (via := destinations.get(key)) is not None:
+            evs = by_transfer.get((via.ref, via.sku))
+        causes = tuple(ev.event_id for ev in evs[:CHANGE_EVENT_IDS_MAX]) if evs else ()
+        out.append(NewChange(snapshots[key], causes))
     return out

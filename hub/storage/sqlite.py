@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,8 +55,9 @@ from hub.storage.base import (
     WebhookState,
 )
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
-from hub.storage.sqlite_ingest import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, SqliteIngest
+from hub.storage.sqlite_ingest import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, SqliteIngest, StockCache
 from hub.storage.sqlite_schema import SCHEMA_VERSION, migrate
+from hub.storage.sqlite_writer import WAL_VALVE_PAGES, Checkpointer, ConnectionThread, InlineConnection, run_inline
 from protocol import QTY_MAX, CountSnapshot, StockEvent, event_id_hex, wall_ms_now
 from protocol.event import SKU_MAX_LEN
 
@@ -123,7 +124,7 @@ def _rejection_exception(r: Sequence[Any]) -> ExceptionRow:
 @dataclass(frozen=True, slots=True)
 class _Write:
     what: str  # for messages: "adding a credential"
-    work: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    work: Callable[[InlineConnection], Coroutine[Any, Any, Any]]
     done: asyncio.Future[Any]
 
 
@@ -142,6 +143,48 @@ def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None)
         done.set_exception(error)
 
 
+def _commit_group(
+    conn: sqlite3.Connection, group: list[_Write], cache: StockCache
+) -> tuple[list[tuple[_Write, Any, Exception | None]], int]:
+    """On the writer thread: every write of ``group`` in one transaction, each in its own savepoint
+    (one failing write does not undo the others); one alone runs without one. Also returns the
+    number of rows the transaction changed."""
+    db = InlineConnection(conn)
+    changes_before = conn.total_changes
+    single = len(group) == 1
+    outcomes: list[tuple[_Write, Any, Exception | None]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        cache.check_version(conn.execute("PRAGMA data_version").fetchone()[0])
+        for item in group:
+            if not single:
+                conn.execute("SAVEPOINT one_write")
+            try:
+                result = run_inline(item.work(db))
+            except Exception as err:
+                if single:
+                    raise
+                conn.execute("ROLLBACK TO one_write")
+                conn.execute("RELEASE one_write")
+                cache.clear()  # it may hold rows of the write just undone
+                outcomes.append((item, None, _translated(err, item.what)))
+            else:
+                if not single:
+                    conn.execute("RELEASE one_write")
+                outcomes.append((item, result, None))
+        conn.execute("COMMIT")
+    except BaseException as err:
+        cache.clear()
+        log.warning("A write transaction of %d write(s) failed and was rolled back: %s", len(group), err)
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback_err:
+                log.warning("Rolling back a failed write transaction failed too: %s", rollback_err)
+        raise
+    return outcomes, conn.total_changes - changes_before
+
+
 def _translated(err: Exception, what: str) -> Exception:
     if isinstance(err, sqlite3.Error):
         translated = StoreError(f"the hub database failed while {what}: {err}")
@@ -153,12 +196,21 @@ def _translated(err: Exception, what: str) -> Exception:
 class SqliteHubStore(HubStore):
     """The hub's default store: one SQLite file. Open with ``SqliteHubStore.open(path)``."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection, hub_id: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: ConnectionThread,
+        checkpointer: Checkpointer,
+        reader: aiosqlite.Connection,
+        hub_id: str,
+    ) -> None:
         self.path = path
         self.hub_id = hub_id
         self._writer = writer
+        self._checkpointer = checkpointer
         self._reader = reader
         self._queue: list[_Write] = []
+        self._stock_cache = StockCache()  # the writer thread's alone
         self._writer_task: asyncio.Task[None] | None = None
         self._read_lock = asyncio.Lock()
         self._closed = False
@@ -172,29 +224,34 @@ class SqliteHubStore(HubStore):
     async def _open(cls, path: Path) -> SqliteHubStore:
         if not path.parent.is_dir():
             raise StoreError(f"cannot open the hub database {path}: the directory {path.parent} does not exist")
-        opened: list[aiosqlite.Connection] = []
+        writer = ConnectionThread(path, f"hub-writer:{path.name}")
+        checkpointer = Checkpointer(path)
+        reader: aiosqlite.Connection | None = None
         try:
-            writer = await aiosqlite.connect(path, isolation_level=None)
-            opened.append(writer)
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await writer.execute("PRAGMA synchronous = FULL")  # see the module doc
-            await writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await writer.execute(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
-            hub_id = await migrate(writer, path)
+            await writer.open(
+                [
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = FULL",  # see the module doc
+                    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+                    f"PRAGMA cache_size = -{CACHE_SIZE_KIB}",
+                    f"PRAGMA wal_autocheckpoint = {WAL_VALVE_PAGES}",  # the checkpointer's job; see hub.storage.sqlite_writer
+                ]
+            )
+            hub_id = await writer.run(lambda conn: run_inline(migrate(InlineConnection(conn), path)))
+            await checkpointer.open()
             reader = await aiosqlite.connect(path, isolation_level=None)
-            opened.append(reader)
             await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await reader.execute("PRAGMA query_only = ON")
-        except (sqlite3.Error, OSError) as err:
-            for conn in opened:
-                await conn.close()
-            raise StoreError(f"cannot open the hub database {path}: {err}") from err
-        except BaseException:
-            for conn in opened:
-                await conn.close()
+        except BaseException as err:
+            if reader is not None:
+                await reader.close()
+            await checkpointer.close()
+            await writer.close()
+            if isinstance(err, (sqlite3.Error, OSError)):
+                raise StoreError(f"cannot open the hub database {path}: {err}") from err
             raise
         log.info("Opened the hub database %s (schema version %d).", path, SCHEMA_VERSION)
-        return cls(path, writer, reader, hub_id)
+        return cls(path, writer, checkpointer, reader, hub_id)
 
     async def close(self) -> None:
         if self._closed:
@@ -202,6 +259,7 @@ class SqliteHubStore(HubStore):
         self._closed = True
         if self._writer_task is not None:  # writes already accepted are committed first
             await asyncio.shield(self._writer_task)
+        await self._checkpointer.close()
         await self._writer.close()
         async with self._read_lock:
             await self._reader.close()
@@ -212,7 +270,7 @@ class SqliteHubStore(HubStore):
 
     # --- transactions ------------------------------------------------------
 
-    async def _write(self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def _write(self, what: str, work: Callable[[InlineConnection], Coroutine[Any, Any, T]]) -> T:
         """Run ``work`` inside a write transaction and return its result once committed.
 
         One writer task owns the connection. Writes that queue up while it is
@@ -239,33 +297,9 @@ class SqliteHubStore(HubStore):
             self._writer_task = None
 
     async def _commit(self, group: list[_Write]) -> None:
-        db = self._writer
-        single = len(group) == 1
-        outcomes: list[tuple[_Write, Any, BaseException | None]] = []
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            for item in group:
-                if not single:
-                    await db.execute("SAVEPOINT one_write")
-                try:
-                    result = await item.work(db)
-                except Exception as err:
-                    if single:
-                        raise
-                    await db.execute("ROLLBACK TO one_write")
-                    await db.execute("RELEASE one_write")
-                    outcomes.append((item, None, _translated(err, item.what)))
-                else:
-                    if not single:
-                        await db.execute("RELEASE one_write")
-                    outcomes.append((item, result, None))
-            await db.execute("COMMIT")
+            outcomes, rows = await self._writer.run(lambda conn: _commit_group(conn, group, self._stock_cache))
         except BaseException as err:  # the transaction failed as a whole: nothing of it is committed
-            log.warning("A write transaction of %d write(s) failed and was rolled back: %s", len(group), err)
-            try:
-                await db.execute("ROLLBACK")
-            except sqlite3.Error as rollback_err:
-                log.warning("Rolling back a failed write transaction failed too: %s", rollback_err)
             if isinstance(err, Exception):
                 for item in group:
                     _settle(item.done, None, _translated(err, item.what))
@@ -273,6 +307,7 @@ class SqliteHubStore(HubStore):
             for item in group:
                 _settle(item.done, None, StoreError(f"the hub stopped before {item.what} was committed"))
             raise
+        self._checkpointer.committed(rows)
         for item, result, error in outcomes:
             _settle(item.done, result, error)
 
@@ -299,7 +334,7 @@ class SqliteHubStore(HubStore):
     async def add_agent(self, locations: Sequence[str], role: str = "agent") -> tuple[str, str]:
         granted = credentials.check_grant(locations, role)
 
-        async def work(db: aiosqlite.Connection) -> tuple[str, str]:
+        async def work(db: InlineConnection) -> tuple[str, str]:
             for _ in range(ADD_AGENT_ATTEMPTS):
                 agent_id = credentials.new_agent_id()
                 token = credentials.new_token(agent_id)
@@ -333,7 +368,7 @@ class SqliteHubStore(HubStore):
         return AgentIdentity(agent_id, frozenset(json.loads(row[2])), row[1])
 
     async def revoke_agent(self, agent_id: str) -> bool:
-        async def work(db: aiosqlite.Connection) -> bool:
+        async def work(db: InlineConnection) -> bool:
             cur = await db.execute(
                 "UPDATE agents SET revoked_ms = ? WHERE agent_id = ? AND revoked_ms IS NULL", (wall_ms_now(), agent_id)
             )
@@ -360,8 +395,8 @@ class SqliteHubStore(HubStore):
         # Checked before the write lock: overlaps another batch.
         batch = prepare_batch(who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms)
 
-        def work(db: aiosqlite.Connection) -> Awaitable[IngestResult]:
-            return apply_batch(SqliteIngest(db), batch, wall_ms_now())
+        def work(db: InlineConnection) -> Coroutine[Any, Any, IngestResult]:
+            return apply_batch(SqliteIngest(db, self._stock_cache), batch, wall_ms_now())
 
         return await self._write(f"committing {len(events)} event(s) from {who.agent_id}", work)
 
@@ -487,7 +522,7 @@ class SqliteHubStore(HubStore):
         if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= QTY_MAX:
             raise InvalidInput(f"safety stock must be a whole number of units from 0 to {QTY_MAX}, got {qty!r}")
 
-        async def work(db: aiosqlite.Connection) -> CountRow:
+        async def work(db: InlineConnection) -> CountRow:
             now_ms = wall_ms_now()
             old = await db.execute_fetchall(
                 "SELECT on_hand, reserved, safety_stock FROM stock WHERE location = ? AND sku = ?", (location, sku)
@@ -499,6 +534,7 @@ class SqliteHubStore(HubStore):
                 "RETURNING location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms",
                 (location, sku, qty, now_ms),
             )
+            self._stock_cache.discard((location, sku))
             row = _count_row(next(iter(rows)))
             was = next(iter(old), (0, 0, 0))  # a new key starts at zero
             if available(was[0], was[1], was[2]) != row.available:  # the feed shows the new available
@@ -515,7 +551,9 @@ class SqliteHubStore(HubStore):
     ) -> list[ChangeRow]:
         checks.whole(after, "after", 0, 2**63 - 1)
         _check_limit(limit)
-        return await self._read("reading the change feed", lambda db: sqlite_feed.changes(db, after, limit, location, sku))
+        return await self._read(
+            "reading the change feed", lambda db: sqlite_feed.changes(db, after, limit, location, sku)
+        )
 
     async def latest_change_id(self) -> int:
         return await self._read("reading the change feed", sqlite_feed.latest_change_id)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from hub.storage.base import ChangeRow, WebhookDelivery, WebhookState
+from hub.storage.sqlite_writer import Db
 
 WEBHOOK_DELIVERIES_KEPT = 1_000  # per webhook; older attempts are pruned as new ones are logged
 EVENT_ID_BYTES = 16
@@ -33,9 +32,7 @@ def _change_row(r: Sequence[Any]) -> ChangeRow:
     )
 
 
-async def changes(
-    db: aiosqlite.Connection, after: int, limit: int, location: str | None, sku: str | None
-) -> list[ChangeRow]:
+async def changes(db: Db, after: int, limit: int, location: str | None, sku: str | None) -> list[ChangeRow]:
     where = ["change_id > ?"]
     params: list[Any] = [after]
     if location is not None:
@@ -51,18 +48,18 @@ async def changes(
     return [_change_row(r) for r in await db.execute_fetchall(sql, (*params, limit))]
 
 
-async def latest_change_id(db: aiosqlite.Connection) -> int:
+async def latest_change_id(db: Db) -> int:
     rows = list(await db.execute_fetchall("SELECT COALESCE(MAX(change_id), 0) FROM changes"))
     return int(rows[0][0])
 
 
-async def webhook_state(db: aiosqlite.Connection, name: str) -> WebhookState:
+async def webhook_state(db: Db, name: str) -> WebhookState:
     rows = list(await db.execute_fetchall("SELECT cursor, last_error, attempts FROM webhooks WHERE name = ?", (name,)))
     return WebhookState(0, None, 0) if not rows else WebhookState(rows[0][0], rows[0][1], rows[0][2])
 
 
 async def save_webhook_state(
-    db: aiosqlite.Connection, name: str, cursor: int, last_error: str | None, attempts: int, now_ms: int
+    db: Db, name: str, cursor: int, last_error: str | None, attempts: int, now_ms: int
 ) -> None:
     await db.execute(
         "INSERT INTO webhooks (name, cursor, last_error, attempts, updated_ms) VALUES (?, ?, ?, ?, ?) "
@@ -73,7 +70,7 @@ async def save_webhook_state(
 
 
 async def log_webhook_delivery(
-    db: aiosqlite.Connection,
+    db: Db,
     name: str,
     first_change: int,
     last_change: int,
@@ -94,7 +91,7 @@ async def log_webhook_delivery(
     )
 
 
-async def webhook_deliveries(db: aiosqlite.Connection, name: str, limit: int) -> list[WebhookDelivery]:
+async def webhook_deliveries(db: Db, name: str, limit: int) -> list[WebhookDelivery]:
     rows = await db.execute_fetchall(
         "SELECT delivery_id, name, first_change, last_change, status, http_status, error, at_ms "
         "FROM webhook_deliveries WHERE name = ? ORDER BY delivery_id DESC LIMIT ?",

@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import aiosqlite
-
 from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transfer, TransferKey
-from hub.storage.ingest import CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
+from hub.storage.ingest import EFFECT_TEXT, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
+from hub.storage.sqlite_writer import Db
 from protocol import ON_HAND_KINDS
 
 T = TypeVar("T")
 
-IN_LIST_MAX_PARAMS = 5_000  # well under SQLite's 32,766 bound parameters per statement
+IN_LIST_MAX_PARAMS = 5_000
+STOCK_CACHE_ROWS = 50_000  # (location, sku) rows the writer keeps in memory: ~20 MiB  # well under SQLite's 32,766 bound parameters per statement
 
 DELTA_KINDS = "(" + ", ".join(f"'{k.value}'" for k in sorted(ON_HAND_KINDS)) + ")"
 ORDER_KEY = "(occurred_at, agent_id, seq, event_id)"
@@ -55,11 +55,55 @@ def stock_row(r: Sequence[Any]) -> StockRow:
     return StockRow(r[0], r[1], r[2], r[3], r[4], r[5], key4(r, 6), key4(r, 10), r[14])
 
 
+class StockCache:
+    """The writer's copy of the stock rows it read or wrote lately, so a batch finds its keys in memory.
+
+    Owned by the writer thread. The store clears it when a write rolls back
+    (rows it cached may not be committed) and when another connection has
+    committed since the last write (``PRAGMA data_version``). The least
+    recently saved rows leave first once it holds ``max_rows``. A cached row's
+    ``updated_at_ms`` may lag: ingest never reads it.
+    """
+
+    def __init__(self, max_rows: int = STOCK_CACHE_ROWS) -> None:
+        self.max_rows = max_rows
+        self._rows: dict[StockKey, StockRow] = {}  # in order of last save: a dict keeps insertion order
+        self.data_version: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: StockKey) -> StockRow | None:
+        return self._rows.get(key)
+
+    def put(self, rows: Iterable[StockRow]) -> None:
+        cached = self._rows
+        for row in rows:
+            key = (row.location, row.sku)
+            cached.pop(key, None)
+            cached[key] = row
+        while len(cached) > self.max_rows:
+            del cached[next(iter(cached))]
+
+    def discard(self, key: StockKey) -> None:
+        self._rows.pop(key, None)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+    def check_version(self, data_version: int) -> None:
+        """Forget everything if another connection committed (``data_version`` moved)."""
+        if data_version != self.data_version:
+            self._rows.clear()
+            self.data_version = data_version
+
+
 class SqliteIngest:
     """``hub.storage.ingest.IngestTx`` over the writer connection, inside its transaction."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Db, cache: StockCache | None = None) -> None:
         self.db = db
+        self.cache = cache
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self.db.execute_fetchall(sql, params))
@@ -84,8 +128,19 @@ class SqliteIngest:
         return rows
 
     async def stock_rows(self, keys: Collection[StockKey]) -> dict[StockKey, StockRow]:
-        fields = ", ".join(f"t.{c}" for c in STOCK_FIELDS.split(", "))
-        return {(r[0], r[1]): stock_row(r) for r in await self._join("stock", fields, "location, sku", keys)}
+        cache = self.cache
+        if cache is None:
+            found, missing = {}, list(keys)
+        else:
+            found = {k: row for k in keys if (row := cache.get(k)) is not None}
+            missing = [k for k in keys if k not in found]
+        if missing:
+            fields = ", ".join(f"t.{c}" for c in STOCK_FIELDS.split(", "))
+            read = {(r[0], r[1]): stock_row(r) for r in await self._join("stock", fields, "location, sku", missing)}
+            if cache is not None:
+                cache.put(read.values())
+            found.update(read)
+        return found
 
     async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]:
         fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
@@ -125,7 +180,10 @@ class SqliteIngest:
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
         await self.db.executemany(
             f"INSERT INTO events ({EVENT_FIELDS}, effect, variance, received_at_ms) VALUES ({marks(17)})",
-            [(event_id, *row, effect, variance, received_at_ms) for event_id, row, effect, variance in rows],
+            [
+                (event_id, *row, EFFECT_TEXT[effect], variance, received_at_ms)
+                for event_id, row, effect, variance in rows
+            ],
         )
 
     async def add_duplicates(self, counts: Mapping[bytes, int]) -> None:
@@ -202,6 +260,8 @@ class SqliteIngest:
                 for r in rows
             ],
         )
+        if self.cache is not None:
+            self.cache.put(rows)
 
     async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
         rows = await self._fetch(

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from hub.resolver import diverges
 from hub.storage import checks, findings
 from hub.storage.base import (
@@ -28,13 +26,14 @@ from hub.storage.base import (
     ReportResult,
 )
 from hub.storage.sqlite_ingest import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, chunks, marks
+from hub.storage.sqlite_writer import Db
 from protocol import pack_hlc
 from protocol.catalog import unknown_sku
 
 CATALOG_VERSION_KEY = "catalog_version"
 
 
-async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+async def _fetch(db: Db, sql: str, params: Sequence[Any] = ()) -> list[Any]:
     return list(await db.execute_fetchall(sql, params))
 
 
@@ -45,17 +44,17 @@ def _where(terms: list[str]) -> str:
 # --- catalog ----------------------------------------------------------------------
 
 
-async def catalog_version(db: aiosqlite.Connection) -> int:
+async def catalog_version(db: Db) -> int:
     rows = await _fetch(db, "SELECT value FROM meta WHERE key = ?", (CATALOG_VERSION_KEY,))
     return int(rows[0][0]) if rows else 0
 
 
-async def catalog(db: aiosqlite.Connection) -> Catalog:
+async def catalog(db: Db) -> Catalog:
     rows = await _fetch(db, "SELECT barcode, sku, pack_size, description FROM catalog ORDER BY barcode")
     return Catalog(await catalog_version(db), tuple(CatalogItem(*r) for r in rows))
 
 
-async def put_catalog(db: aiosqlite.Connection, items: Sequence[CatalogItem], now_ms: int) -> CatalogUpdate:
+async def put_catalog(db: Db, items: Sequence[CatalogItem], now_ms: int) -> CatalogUpdate:
     stored: dict[str, CatalogItem] = {}
     for part in chunks(items, 1):
         sql = f"SELECT barcode, sku, pack_size, description FROM catalog WHERE barcode IN ({marks(len(part))})"
@@ -77,7 +76,7 @@ async def put_catalog(db: aiosqlite.Connection, items: Sequence[CatalogItem], no
     return CatalogUpdate(version, len(changed), tuple(i.barcode for i in changed))
 
 
-async def unknown_event_rows(db: aiosqlite.Connection, skus: Sequence[str]) -> list[Any]:
+async def unknown_event_rows(db: Db, skus: Sequence[str]) -> list[Any]:
     """Rows in ``hub.storage.sqlite`` ledger shape of every event booked under one of ``skus``."""
     out: list[Any] = []
     for part in chunks(list(dict.fromkeys(skus)), 1):
@@ -93,7 +92,7 @@ async def unknown_event_rows(db: aiosqlite.Connection, skus: Sequence[str]) -> l
     return out
 
 
-async def unknown_barcode_exceptions(db: aiosqlite.Connection, location: str | None, limit: int) -> list[ExceptionRow]:
+async def unknown_barcode_exceptions(db: Db, location: str | None, limit: int) -> list[ExceptionRow]:
     """Unknown-barcode keys still holding stock, or whose barcode the catalog does not know yet."""
     terms = [
         "substr(s.sku, 1, 8) = 'unknown:'",
@@ -115,9 +114,7 @@ async def unknown_barcode_exceptions(db: aiosqlite.Connection, location: str | N
 # --- observations and import issues -------------------------------------------------
 
 
-async def add_observations(
-    db: aiosqlite.Connection, who: AgentIdentity, items: Sequence[Observation], now_ms: int
-) -> ReportResult:
+async def add_observations(db: Db, who: AgentIdentity, items: Sequence[Observation], now_ms: int) -> ReportResult:
     stored: dict[str, tuple[Any, ...]] = {}
     for part in chunks(list({o.obs_id for o in items}), 1):
         rows = await _fetch(
@@ -136,9 +133,7 @@ async def add_observations(
     return result
 
 
-async def add_import_issues(
-    db: aiosqlite.Connection, who: AgentIdentity, items: Sequence[ImportIssue], now_ms: int
-) -> ReportResult:
+async def add_import_issues(db: Db, who: AgentIdentity, items: Sequence[ImportIssue], now_ms: int) -> ReportResult:
     stored: dict[str, tuple[Any, ...]] = {}
     for part in chunks(list({x.issue_id for x in items}), 1):
         rows = await _fetch(
@@ -157,7 +152,7 @@ async def add_import_issues(
     return result
 
 
-async def import_issue_exceptions(db: aiosqlite.Connection, location: str | None, limit: int) -> list[ExceptionRow]:
+async def import_issue_exceptions(db: Db, location: str | None, limit: int) -> list[ExceptionRow]:
     where, params = (" WHERE location = ?", (location,)) if location is not None else ("", ())
     rows = await _fetch(
         db,
@@ -171,7 +166,7 @@ async def import_issue_exceptions(db: aiosqlite.Connection, location: str | None
 # --- divergence ------------------------------------------------------------------------
 
 
-async def on_hand_as_of(db: aiosqlite.Connection, location: str, sku: str, at_ms: int) -> int:
+async def on_hand_as_of(db: Db, location: str, sku: str, at_ms: int) -> int:
     """The hub's on_hand of (location, sku) counting the events of wall time <= ``at_ms``:
     the last such count plus the deltas after it (``hub.resolver.on_hand_as_of``)."""
     before = pack_hlc(at_ms + 1, 0)
@@ -196,9 +191,7 @@ async def on_hand_as_of(db: aiosqlite.Connection, location: str, sku: str, at_ms
     return (count[0][4] if count else 0) + int(deltas[0][0])
 
 
-async def divergence(
-    db: aiosqlite.Connection, location: str | None, system: str | None, limit: int
-) -> list[DivergenceRow]:
+async def divergence(db: Db, location: str | None, system: str | None, limit: int) -> list[DivergenceRow]:
     terms, params = [], []
     for column, value in (("location", location), ("system", system)):
         if value is not None:

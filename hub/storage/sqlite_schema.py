@@ -8,9 +8,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-import aiosqlite
-
 from hub.storage.base import StoreError
+from hub.storage.sqlite_writer import InlineConnection
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ MIGRATIONS: dict[int, Callable[[], str]] = {
 }
 
 
-async def migrate(db: aiosqlite.Connection, path: Path) -> str:
+async def migrate(db: InlineConnection, path: Path) -> str:
     """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id."""
     rows = list(await db.execute_fetchall("PRAGMA user_version"))
     version = int(rows[0][0])
