@@ -10,23 +10,39 @@ has the same shape.)
 
 A caller that is cancelled while its function runs does not stop it: a write
 that started commits, so "committed" never depends on who was still waiting.
+
+The hop itself (waking the thread, then the event loop) costs about as much
+as a fast disk's commit. So a small write (``write(fn, small=True)``) runs
+directly on the caller's thread when the connection is idle and recent
+commits have been quick (under ``INLINE_COMMIT_MAX_S``): the loop is held no
+longer than a commit it has just seen take a millisecond at most, and on a
+slow disk every write goes through the thread. Checkpoints never run inline:
+SQLite's automatic checkpoint is off and the thread runs one after every
+``CHECKPOINT_ROWS`` changed rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000  # another process (``shelfsync-agent record``) may hold the write lock briefly
 SYNCHRONOUS_MODES = ("full", "normal")
+INLINE_COMMIT_MAX_S = 0.001  # small writes run on the caller's thread while commits average less than this
+COMMIT_AVERAGE_WEIGHT = 0.2  # of the newest commit in the running average of commit times
+CHECKPOINT_ROWS = 1_000  # changed rows after which the thread copies the WAL back (SQLite's own: 1,000 pages)
 
 
 class SqliteThread:
@@ -44,18 +60,26 @@ class SqliteThread:
         self._thread.start()
         self._conn: sqlite3.Connection | None = None
         self._stopping = False
+        self._lock = threading.Lock()  # the connection: one user at a time, this thread or the caller's
+        self._submitted = 0  # work handed to the thread; written by the caller's (event loop's) thread only
+        self._finished = 0  # work the thread has done; written by the thread only
+        self._commit_s: float | None = None  # running average of write transactions; None: not measured yet
+        self._changed_rows = 0  # since the last checkpoint
 
     async def connect(self) -> None:
         await self._submit(self._connect)
 
     def _connect(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(  # used from the caller's thread too, one at a time (self._lock)
+            self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"could not switch to WAL (journal_mode is {mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the thread checkpoints; see the module doc
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             conn.close()
@@ -66,9 +90,55 @@ class SqliteThread:
         """Run ``fn`` inside one read transaction (a consistent snapshot; never upgraded to a write)."""
         return await self._submit(functools.partial(self._in_transaction, "BEGIN DEFERRED", fn))
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` inside one ``BEGIN IMMEDIATE … COMMIT``; any exception rolls everything back."""
-        return await self._submit(functools.partial(self._in_transaction, "BEGIN IMMEDIATE", fn))
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+        """Run ``fn`` inside one ``BEGIN IMMEDIATE … COMMIT``; any exception rolls everything back.
+
+        ``small``: a write of a few rows, which may run on the caller's thread (see the module doc)."""
+        if small and self._may_run_inline() and self._lock.acquire(blocking=False):
+            try:
+                return self._write_transaction(fn)
+            finally:
+                self._lock.release()
+                self._maybe_checkpoint()
+        return await self._submit(functools.partial(self._write_transaction, fn))
+
+    def _may_run_inline(self) -> bool:
+        average = self._commit_s
+        return (
+            average is not None
+            and average < INLINE_COMMIT_MAX_S
+            and self._submitted == self._finished  # nothing queued or running: order is kept
+            and not self._stopping
+        )
+
+    def _write_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        assert conn is not None, "SqliteThread used before connect()"
+        started = time.perf_counter()
+        changes = conn.total_changes
+        result = self._in_transaction("BEGIN IMMEDIATE", fn)
+        took = time.perf_counter() - started
+        average = self._commit_s
+        self._commit_s = took if average is None else average + COMMIT_AVERAGE_WEIGHT * (took - average)
+        self._changed_rows += conn.total_changes - changes
+        return result
+
+    def _maybe_checkpoint(self) -> None:
+        """On the caller's thread: hand a checkpoint to the thread once enough rows changed."""
+        if self._changed_rows >= CHECKPOINT_ROWS and not self._stopping:
+            self._changed_rows = 0
+            self._submitted += 1
+            self._queue.put(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as err:  # the next one retries; the WAL only grows meanwhile
+            log.warning("Copying the WAL of %s back into the database failed: %s", self.path, err)
+        finally:
+            self._finished += 1
 
     def _in_transaction(self, begin: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -107,11 +177,13 @@ class SqliteThread:
 
         def run() -> None:  # on the connection's thread; hands the outcome straight back to the loop
             try:
-                result = fn()
+                with self._lock:
+                    result = fn()
             except BaseException as err:  # noqa: BLE001 - re-raised in the caller
                 outcome: tuple[T | None, BaseException | None] = (None, err)
             else:
                 outcome = (result, None)
+            self._finished += 1  # before the caller can see the outcome: its next small write may run inline
             try:
                 loop.call_soon_threadsafe(_settle, done, *outcome)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -119,8 +191,12 @@ class SqliteThread:
 
         if (self._stopping and not closing) or not self._thread.is_alive():
             raise RuntimeError(f"the SQLite file {self.path} is closed")
+        self._submitted += 1
         self._queue.put(run)
-        return await done
+        try:
+            return await done
+        finally:
+            self._maybe_checkpoint()
 
 
 def _settle(done: asyncio.Future[T], result: T | None, err: BaseException | None) -> None:
@@ -214,10 +290,10 @@ class SqliteFile:
         except sqlite3.Error as err:
             raise self._failure("read", err) from err
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
         if self._closed:
             raise self._closed_error()
         try:
-            return await self._db.write(fn)
+            return await self._db.write(fn, small=small)
         except sqlite3.Error as err:
             raise self._failure("written", err) from err

@@ -42,6 +42,7 @@ SCHEMA_VERSION = 1
 RETENTION_DEFAULT_S = 30 * 86_400.0
 PURGE_EVERY_MS = 3_600_000
 EPOCH_BITS = 63
+INLINE_MAX_MOVEMENTS = 8  # a record of at most this many may commit on the caller's thread (agent.db)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -313,7 +314,8 @@ class Outbox(SqliteFile):
         if self._closed:
             raise OutboxClosed(self.path)
         drafts = [self._draft(i, m) for i, m in enumerate(movements)]
-        result = await self._write(lambda conn: self._insert(conn, drafts, tally))
+        small = len(drafts) <= INLINE_MAX_MOVEMENTS
+        result = await self._write(lambda conn: self._insert(conn, drafts, tally), small=small)
         if result.events:
             self.new_data.set()
         return result

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import agent.db as agent_db
 from agent.db import SqliteThread
 
 WAIT_S = 5.0
@@ -34,4 +35,88 @@ async def test_an_error_inside_a_write_rolls_it_back_and_reaches_the_caller(tmp_
     with pytest.raises(ValueError, match="boom"):
         await db.write(half_then_fail)
     assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 0
+    await db.close()
+
+
+def _where(conn: object) -> int:
+    import threading
+
+    return threading.get_ident()
+
+
+async def test_a_small_write_runs_inline_once_commits_are_fast_and_big_ones_on_the_thread(tmp_path: Path) -> None:
+    import threading
+
+    db = SqliteThread(tmp_path / "x.sqlite3", "full")
+    await db.connect()
+    here = threading.get_ident()
+    # no commit measured yet: even a small write goes through the thread
+    assert await db.write(lambda conn: (conn.execute("CREATE TABLE t (x)"), _where(conn))[1], small=True) != here
+    if db._commit_s is None or db._commit_s >= agent_db.INLINE_COMMIT_MAX_S:
+        db._commit_s = agent_db.INLINE_COMMIT_MAX_S / 10  # a disk as fast as the module expects
+    assert await db.write(lambda conn: (conn.execute("INSERT INTO t VALUES (1)"), _where(conn))[1], small=True) == here
+    assert await db.write(lambda conn: (conn.execute("INSERT INTO t VALUES (2)"), _where(conn))[1]) != here
+    assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 2
+    await db.close()
+
+
+async def test_on_a_slow_disk_small_writes_go_through_the_thread(tmp_path: Path) -> None:
+    import threading
+
+    db = SqliteThread(tmp_path / "x.sqlite3", "full")
+    await db.connect()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (x)"))
+    db._commit_s = agent_db.INLINE_COMMIT_MAX_S * 5  # recent commits took 5 ms
+    assert await db.write(lambda conn: (conn.execute("INSERT INTO t VALUES (1)"), _where(conn))[1], small=True) != (
+        threading.get_ident()
+    )
+    await db.close()
+
+
+async def test_a_small_write_never_overtakes_work_already_handed_to_the_thread(tmp_path: Path) -> None:
+    import time
+
+    db = SqliteThread(tmp_path / "x.sqlite3", "full")
+    await db.connect()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (n INTEGER PRIMARY KEY AUTOINCREMENT, tag)"))
+    db._commit_s = agent_db.INLINE_COMMIT_MAX_S / 10
+
+    def slow_first(conn):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        conn.execute("INSERT INTO t (tag) VALUES ('first')")
+
+    first = asyncio.ensure_future(db.write(slow_first))
+    await asyncio.sleep(0)  # handed to the thread, still running
+    second = db.write(lambda conn: conn.execute("INSERT INTO t (tag) VALUES ('second')"), small=True)
+    await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)
+    tags = await db.read(lambda conn: [r[0] for r in conn.execute("SELECT tag FROM t ORDER BY n")])
+    assert tags == ["first", "second"]
+    await db.close()
+
+
+async def test_the_thread_checkpoints_the_wal_after_enough_rows_and_sqlite_never_does_it_inline(tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+
+    db = SqliteThread(tmp_path / "x.sqlite3", "full")
+    await db.connect()
+    assert await db.read(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+    ran_on: list[int] = []
+    checkpoint = db._checkpoint
+
+    def counted() -> None:
+        ran_on.append(threading.get_ident())
+        checkpoint()
+
+    db._checkpoint = counted  # type: ignore[method-assign]
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (x)"))
+    await db.write(lambda conn: conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(10)]))
+    assert ran_on == []  # 10 rows: not yet
+    rows = agent_db.CHECKPOINT_ROWS
+    await db.write(lambda conn: conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(rows)]))
+    await db.read(lambda conn: None)  # the checkpoint was queued behind the write: this waits for it
+    assert len(ran_on) == 1 and ran_on[0] != threading.get_ident()
+    with sqlite3.connect(tmp_path / "x.sqlite3") as other:
+        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == rows + 10
+        assert other.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     await db.close()
