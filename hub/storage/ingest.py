@@ -393,37 +393,45 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     who, epoch = batch.who, batch.epoch
 
     # 1. What is new, a resend, or a conflict.
+    accepted = batch.accepted
     rejected = list(batch.refused)
-    stored = await tx.stored_rows([ev.event_id for ev, _ in batch.accepted]) if batch.accepted else {}
-    fresh: list[tuple[StockEvent, EventRow]] = []
-    seen: dict[bytes, EventRow] = {}
+    ids = [ev.event_id for ev, _ in accepted]
+    stored = await tx.stored_rows(ids) if accepted else {}
     duplicates: Counter[bytes] = Counter()
-    touched: set[StockKey] = set()
-    for ev, row in batch.accepted:
-        known = stored.get(ev.event_id) or seen.get(ev.event_id)
-        if known is None:
-            seen[ev.event_id] = row
-            fresh.append((ev, row))
-            touched.add((ev.location, ev.sku))
-        elif known == row:
-            duplicates[ev.event_id] += 1
-            touched.add((ev.location, ev.sku))
-        else:
-            reason = (
-                f"event {event_id_hex(ev.event_id)} was already recorded with different content; "
-                f"the original stands and this version is not counted"
-            )
-            rejected.append(RejectedAttempt(ev, row, "conflict", reason))
+    by_key: dict[StockKey, list[StockEvent]] = defaultdict(list)
+    if not stored and len(set(ids)) == len(ids):  # the common case: every event new, none twice
+        fresh = list(accepted)
+        for ev, _ in accepted:
+            by_key[(ev.location, ev.sku)].append(ev)
+        touched = set(by_key)
+    else:
+        fresh = []
+        seen: dict[bytes, EventRow] = {}
+        touched = set()
+        for ev, row in accepted:
+            known = stored.get(ev.event_id) or seen.get(ev.event_id)
+            if known is None:
+                seen[ev.event_id] = row
+                fresh.append((ev, row))
+                by_key[(ev.location, ev.sku)].append(ev)
+                touched.add((ev.location, ev.sku))
+            elif known == row:
+                duplicates[ev.event_id] += 1
+                touched.add((ev.location, ev.sku))
+            else:
+                reason = (
+                    f"event {event_id_hex(ev.event_id)} was already recorded with different content; "
+                    f"the original stands and this version is not counted"
+                )
+                rejected.append(RejectedAttempt(ev, row, "conflict", reason))
 
     # 2. Transfers and reservations: commutative sums, folded in memory.
     in_transit_delta: Counter[StockKey] = Counter()
     reserved_delta: Counter[StockKey] = Counter()
     stock_keys = set(touched)
-    by_key: dict[StockKey, list[StockEvent]] = defaultdict(list)
     by_transfer: dict[TransferKey, list[StockEvent]] = defaultdict(list)
     by_reservation: dict[ReservationKey, list[StockEvent]] = defaultdict(list)
     for ev, _ in fresh:
-        by_key[(ev.location, ev.sku)].append(ev)
         if ev.ref is None and ev.kind not in RESERVATION_KINDS:
             continue  # neither a transfer nor a reservation
         if (tkey := transfer_key(ev)) is not None:

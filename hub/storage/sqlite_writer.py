@@ -131,6 +131,8 @@ class ConnectionThread:
             self._executor.shutdown(wait=False)
 
     async def _submit(self, fn: Callable[[], T]) -> T:
+        if self._executor._shutdown:  # a clear error instead of the executor's
+            raise sqlite3.ProgrammingError(f"the connection to {self._path} is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
 
@@ -164,10 +166,7 @@ class Checkpointer:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._task])  # a cancellation of our caller still reaches it
             self._task = None
         await self._thread.close()
 

@@ -62,6 +62,19 @@ def test_count_of_zero_is_valid_and_kind_string_is_normalised():
 
 def test_content_hash_differs_when_any_field_differs():
     ev = make()
-    assert ev.content_hash == StockEvent(**{f: getattr(ev, f) for f in ev.__slots__}).content_hash
+    assert ev.content_hash == StockEvent(**ev._asdict()).content_hash
     assert ev.content_hash != make(event_id=ev.event_id, qty=-2).content_hash
     assert ev.content_hash != make(event_id=ev.event_id, attrs={"lot": "A1"}).content_hash
+
+
+def test_an_event_is_immutable_and_a_copy_through_pickle_is_checked_again():
+    import pickle
+
+    ev = make(attrs={"lot": "L1"})
+    with pytest.raises(AttributeError):
+        ev.qty = 5  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(ev)) == ev
+    assert ev.stamped(seq=9, occurred_at=ev.occurred_at + 1, wall_ms=ev.wall_ms).seq == 9
+    with pytest.raises(ProtocolError, match="seq"):
+        ev.stamped(seq=0, occurred_at=ev.occurred_at, wall_ms=ev.wall_ms)
+    assert make().attrs == {} and make().attrs is not make().attrs  # no shared default
