@@ -25,6 +25,7 @@ from hub.auth import (
     require_role,
 )
 from hub.config import HubSettings
+from hub.decoding import SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
 from hub.storage.base import (
     INGEST_ROLES,
@@ -42,7 +43,6 @@ from protocol import (
     ProtocolError,
     SyncRequest,
     SyncResponse,
-    decode_sync_request,
     encode_sync_response,
     wall_ms_now,
 )
@@ -50,7 +50,7 @@ from protocol import (
 log = logging.getLogger(__name__)
 
 SETTINGS_KEY = web.AppKey("settings", HubSettings)
-DECODE_INLINE_MAX_BYTES = 64 * 1024  # larger sync bodies are decoded in a worker thread
+DECODER_KEY = web.AppKey("sync_decoder", SyncDecoder)
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
@@ -172,6 +172,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     app[GATE_KEY] = gate
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
+    app[DECODER_KEY] = SyncDecoder()
+    app.on_cleanup.append(_close_decoder)
     app[PUBLIC_ROUTES_KEY] = frozenset({"healthz"})
     r = app.router
     r.add_get("/healthz", healthz, name="healthz")
@@ -210,7 +212,7 @@ async def post_sync(request: web.Request) -> web.Response:
         )
     body = await _read_body(request, "; send fewer events per request")
     try:
-        sync = await _decode(body)
+        sync = await request.app[DECODER_KEY].decode(body)
     except BadEvents as err:
         _check_sender(who, err.agent_id)
         log.info(
@@ -259,10 +261,8 @@ async def _read_body(request: web.Request, advice: str = "") -> bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, text=too_big) from err
 
 
-async def _decode(body: bytes) -> SyncRequest:
-    if len(body) <= DECODE_INLINE_MAX_BYTES:
-        return decode_sync_request(body)
-    return await asyncio.to_thread(decode_sync_request, body)  # keep the loop serving while a big batch decodes
+async def _close_decoder(app: web.Application) -> None:
+    app[DECODER_KEY].close()
 
 
 def _check_sender(who: AgentIdentity, agent_id: str) -> None:

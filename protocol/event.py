@@ -125,6 +125,8 @@ class StockEvent(_EventFields):
         return tuple.__new__(cls, values)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # A pickled event was checked where it was built: unpickling skips the checks (a hub decodes
+        # sync bodies in worker processes, hub.decoding). Pickles are trusted input anyway.
         return (tuple.__new__, (StockEvent, tuple(self)))
 
     @property

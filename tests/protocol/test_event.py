@@ -67,7 +67,7 @@ def test_content_hash_differs_when_any_field_differs():
     assert ev.content_hash != make(event_id=ev.event_id, attrs={"lot": "A1"}).content_hash
 
 
-def test_an_event_is_immutable_and_a_copy_through_pickle_is_checked_again():
+def test_an_event_is_immutable_survives_pickle_and_a_stamped_copy_is_checked():
     import pickle
 
     ev = make(attrs={"lot": "L1"})

@@ -1,0 +1,133 @@
+"""Decoding big sync bodies in a worker process.
+
+Checking a 1,000-event body is ~5 ms of Python. In the hub's own process that
+time is taken from the SQLite writer, which needs the GIL back after every
+row it writes (see ``hub.storage.sqlite_writer``); in a worker process it
+runs on another core. Bodies up to ``DECODE_INLINE_MAX_BYTES`` (heartbeats,
+small batches) are decoded in place: the round trip would cost more than it
+saves. The worker starts with the first big body, and a worker that dies is
+replaced on the next one, the body meanwhile decoded in a thread: a decode
+never fails because of the pool.
+
+Workers are started with ``spawn`` (never ``fork``: the hub has threads) and
+watch their parent: if the hub is killed, they exit within
+``PARENT_CHECK_S`` instead of lingering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import BadEvents, ProtocolError, SyncRequest, decode_sync_request
+from protocol.codec import BadEvent
+
+log = logging.getLogger(__name__)
+
+DECODE_INLINE_MAX_BYTES = 64 * 1024
+DECODE_WORKERS_MAX = 2
+PARENT_CHECK_S = 1.0
+
+
+def default_workers() -> int:
+    """One core for the hub's own process, the rest (at most ``DECODE_WORKERS_MAX``) for decoding."""
+    return max(0, min(DECODE_WORKERS_MAX, (os.cpu_count() or 1) - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A decode error, as plain data: exceptions with their own constructors do not cross processes whole."""
+
+    message: str
+    field: str | None
+    bad: tuple[BadEvent, ...] | None
+    agent_id: str
+    epoch: int
+
+    @classmethod
+    def of(cls, err: ProtocolError) -> _Refused:
+        if isinstance(err, BadEvents):
+            return cls(str(err), err.field, err.bad, err.agent_id, err.epoch)
+        return cls(err.reason, err.field, None, "", 0)
+
+    def error(self) -> ProtocolError:
+        if self.bad is not None:
+            return BadEvents(list(self.bad), self.agent_id, self.epoch)
+        return ProtocolError(self.message, field=self.field)
+
+
+def _decode_in_worker(body: bytes) -> SyncRequest | _Refused:
+    try:
+        return decode_sync_request(body)
+    except ProtocolError as err:
+        return _Refused.of(err)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """In a worker: exit once the hub that started it is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class SyncDecoder:
+    """``await decode(body)``: a ``SyncRequest``, or the ``ProtocolError``/``BadEvents`` the body deserves."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = default_workers() if workers is None else workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
+
+    async def decode(self, body: bytes) -> SyncRequest:
+        if len(body) <= DECODE_INLINE_MAX_BYTES:
+            return decode_sync_request(body)
+        pool = self._pool_or_none()
+        if pool is None:
+            return await asyncio.to_thread(decode_sync_request, body)
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(pool, _decode_in_worker, body)
+        except BrokenProcessPool:
+            log.warning("A sync decoding worker died; starting another for the next batch, decoding this one here.")
+            self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            return await asyncio.to_thread(decode_sync_request, body)
+        if isinstance(outcome, _Refused):
+            raise outcome.error()
+        return outcome
+
+    def _pool_or_none(self) -> ProcessPoolExecutor | None:
+        if self._closed or self.workers == 0:
+            return None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the workers (they finish nothing more); later bodies are decoded in a thread."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def pids(decoder: SyncDecoder) -> list[int]:
+    """The worker processes' ids (for tests and /healthz-style checks)."""
+    pool: Any = decoder._pool
+    return [] if pool is None else [p.pid for p in pool._processes.values()]
