@@ -34,8 +34,9 @@ import json
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeAlias
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from hub.resolver import (
     ORDERED_KINDS,
@@ -87,12 +88,13 @@ def event_row(ev: StockEvent) -> EventRow:
 
 
 KIND_TEXT: dict[Kind, str] = {k: k.value for k in Kind}
+_COUNT, _APPLIED, _SUPERSEDED = Kind.COUNT, Effect.APPLIED, Effect.SUPERSEDED  # a member lookup per use is slow
+_EVENT_ID = attrgetter("event_id")
 EFFECT_TEXT: dict[Effect, str] = {e: e.value for e in Effect}
 
 
-@dataclass(frozen=True, slots=True)
-class StockRow:
-    """The resolved state of one (location, sku) as a backend stores it."""
+class StockRow(NamedTuple):
+    """The resolved state of one (location, sku) as a backend stores it (a tuple: hundreds are built per batch)."""
 
     location: str
     sku: str
@@ -299,7 +301,7 @@ def _plan_key(
     Returns the new row, the range of stored deltas the last count now passes
     (to supersede), and the work left for after the insert if any event is late.
     """
-    count, applied = Kind.COUNT, Effect.APPLIED
+    count, applied = _COUNT, _APPLIED
     ordered = []
     counts = []
     for ev in fresh:
@@ -325,13 +327,13 @@ def _plan_key(
                 on_hand += ev.qty
         else:
             for ev in ordered:
-                if ev.kind is Kind.COUNT or new_last is None or order_key(ev) > new_last:
-                    effects[ev.event_id] = Effect.APPLIED
+                if ev.kind is count or new_last is None or order_key(ev) > new_last:
+                    effects[ev.event_id] = applied
                 else:
-                    effects[ev.event_id] = Effect.SUPERSEDED
+                    effects[ev.event_id] = _SUPERSEDED
             if in_order:
                 for ev in ordered:
-                    if ev.kind is Kind.COUNT:
+                    if ev.kind is count:
                         variances[ev.event_id] = ev.qty - on_hand
                         on_hand = ev.qty
                     else:
@@ -344,7 +346,7 @@ def _plan_key(
                 else:
                     late = _Late(ordered, None)
                     on_hand += sum(
-                        ev.qty for ev in ordered if ev.kind is not Kind.COUNT and effects[ev.event_id] is Effect.APPLIED
+                        ev.qty for ev in ordered if ev.kind is not count and effects[ev.event_id] is applied
                     )
     new_row = StockRow(
         row.location,
@@ -367,7 +369,7 @@ async def _settle_late(
     variance of every count whose window (previous count, count) got an event."""
     if late.recount is not None:
         on_hand = late.recount.qty + await tx.sum_deltas(key, late.recount.key, None)
-        row = replace(row, on_hand=on_hand)
+        row = row._replace(on_hand=on_hand)
     if row.last_count is None or order_key(late.events[0]) > row.last_count:
         return row, []  # no count after any of these events: no variance moves
     points = await tx.counts_from(key, order_key(late.events[0]))
@@ -570,6 +572,6 @@ def _changes(
         evs = by_key.get(key)
         if not evs and (via := destinations.get(key)) is not None:
             evs = by_transfer.get((via.ref, via.sku))
-        causes = tuple(ev.event_id for ev in evs[:CHANGE_EVENT_IDS_MAX]) if evs else ()
+        causes = tuple(map(_EVENT_ID, evs[:CHANGE_EVENT_IDS_MAX])) if evs else ()
         out.append(NewChange(snapshots[key], causes))
     return out
