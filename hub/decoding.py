@@ -99,9 +99,10 @@ class SyncDecoder:
         try:
             outcome = await asyncio.get_running_loop().run_in_executor(pool, _decode_in_worker, body)
         except BrokenProcessPool:
-            log.warning("A sync decoding worker died; starting another for the next batch, decoding this one here.")
-            self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
+            if self._pool is pool:  # not a pool started since by another body that met the same death
+                log.warning("A sync decoding worker died; starting another for the next batch, decoding this one here.")
+                self._pool = None
+                pool.shutdown(wait=False)
             return await asyncio.to_thread(decode_sync_request, body)
         if isinstance(outcome, _Refused):
             raise outcome.error()
@@ -120,10 +121,11 @@ class SyncDecoder:
         return self._pool
 
     def close(self) -> None:
-        """Stop the workers (they finish nothing more); later bodies are decoded in a thread."""
+        """Let the workers finish the bodies already handed to them, then stop; later bodies are decoded
+        in a thread."""
         self._closed = True
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False)
             self._pool = None
 
 
