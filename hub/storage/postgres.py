@@ -62,6 +62,7 @@ from hub.storage.postgres_ingest import (
     TRANSFER_FIELDS,
     PostgresIngest,
     batch_locks,
+    ledger_events_sql,
     lock_keys,
     stock_lockable,
 )
@@ -386,10 +387,7 @@ class PostgresHubStore(HubStore):
     ) -> list[LedgerRow]:
         f = Filters().add("location = {}", location).add("sku = {}", sku).add("occurred_at < {}", before)
         check_limit(limit)
-        events_sql = (
-            f"SELECT {EVENT_FIELDS}, effect, variance, duplicates, received_at_ms, NULL, NULL "
-            f"FROM events{f.where} ORDER BY {NEWEST_FIRST} LIMIT {f.next()}"
-        )
+        events_sql = ledger_events_sql(f"(SELECT * FROM events{f.where} ORDER BY {NEWEST_FIRST} LIMIT {f.next()})")
         rejections_sql = (
             f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code "
             f"FROM rejections{f.where} ORDER BY {NEWEST_FIRST} LIMIT {f.next()}"

@@ -50,9 +50,29 @@ from protocol import ON_HAND_KINDS
 DELTA_KINDS = "(" + ", ".join(f"'{k.value}'" for k in sorted(ON_HAND_KINDS)) + ")"
 ORDER_KEY = "(occurred_at, agent_id, seq, event_id)"
 NEWEST_FIRST = "occurred_at DESC, agent_id DESC, seq DESC, event_id DESC"
+
+# A stored delta's effect is "superseded" once a count of its key is ordered after it, that is when it is
+# ordered before the key's last count (``stock.last_count_*``). Stored rows keep the effect they had when
+# inserted; the ledger derives the current one, so a new count never rewrites the deltas it passes.
+EFFECT_NOW = (
+    f"CASE WHEN e.effect = 'applied' AND e.kind IN {DELTA_KINDS} AND (e.occurred_at, e.agent_id, e.seq, e.event_id) "
+    "< (s.last_count_at, s.last_count_agent, s.last_count_seq, s.last_count_id) THEN 'superseded' ELSE e.effect END"
+)
+
 EVENT_FIELDS = (
     "event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs"
 )
+
+
+def ledger_events_sql(events: str) -> str:
+    """``events`` (a query or table of event rows) in the ledger's row shape, effect as of now."""
+    fields = ", ".join(f"e.{c}" for c in EVENT_FIELDS.split(", "))
+    return (
+        f"SELECT {fields}, {EFFECT_NOW}, e.variance, e.duplicates, e.received_at_ms, NULL, NULL "
+        f"FROM {events} e LEFT JOIN stock s ON s.location = e.location AND s.sku = e.sku"
+    )
+
+
 STOCK_FIELDS = (
     "location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, last_count_agent, last_count_seq, "
     "last_count_id, max_at, max_agent, max_seq, max_id, updated_at_ms"
@@ -197,18 +217,6 @@ class PostgresIngest:
             *columns(list(keys), 3),
         )
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
-
-    async def supersede(self, ranges: Sequence[tuple[StockKey, OrderKey | None, OrderKey]]) -> None:
-        base = (
-            "UPDATE events SET effect = 'superseded' WHERE location = $1 AND sku = $2 "
-            f"AND kind IN {DELTA_KINDS} AND effect = 'applied' AND {ORDER_KEY} < ($3, $4, $5, $6)"
-        )
-        bounded = [(*key, *hi, *lo) for key, lo, hi in ranges if lo is not None]
-        open_ = [(*key, *hi) for key, lo, hi in ranges if lo is None]
-        if bounded:
-            await self.conn.executemany(f"{base} AND {ORDER_KEY} > ($7, $8, $9, $10)", bounded)
-        if open_:
-            await self.conn.executemany(base, open_)
 
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
         # COPY, the cheapest bulk insert on both sides. An id another hub stored

@@ -28,7 +28,7 @@ from hub.storage.base import (
     Observation,
     ReportResult,
 )
-from hub.storage.postgres_ingest import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, columns, lock_keys
+from hub.storage.postgres_ingest import DELTA_KINDS, NEWEST_FIRST, columns, ledger_events_sql, lock_keys
 from protocol import pack_hlc
 from protocol.catalog import UNKNOWN_SKU_PREFIX, unknown_sku
 
@@ -85,9 +85,10 @@ async def unknown_event_rows(conn: asyncpg.Connection, skus: Sequence[str]) -> l
     """Rows in ``hub.storage.postgres`` ledger shape of every event booked under one of ``skus``."""
     rows = list(
         await conn.fetch(
-            f"SELECT {', '.join('e.' + f for f in EVENT_FIELDS.split(', '))}, e.effect, e.variance, e.duplicates, "
-            "e.received_at_ms, NULL, NULL FROM stock s JOIN events e ON e.location = s.location AND e.sku = s.sku "
-            "WHERE s.sku = ANY($1::text[])",
+            ledger_events_sql(
+                "(SELECT e.* FROM stock k JOIN events e ON e.location = k.location AND e.sku = k.sku "
+                "WHERE k.sku = ANY($1::text[]))"
+            ),
             list(dict.fromkeys(skus)),
         )
     )

@@ -55,7 +55,14 @@ from hub.storage.base import (
     WebhookState,
 )
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
-from hub.storage.sqlite_ingest import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, SqliteIngest, StockCache
+from hub.storage.sqlite_ingest import (
+    EVENT_FIELDS,
+    NEWEST_FIRST,
+    TRANSFER_FIELDS,
+    SqliteIngest,
+    StockCache,
+    ledger_events_sql,
+)
 from hub.storage.sqlite_schema import SCHEMA_VERSION, migrate
 from hub.storage.sqlite_writer import WAL_VALVE_PAGES, Checkpointer, ConnectionThread, InlineConnection, run_inline
 from protocol import QTY_MAX, CountSnapshot, StockEvent, event_id_hex, wall_ms_now
@@ -419,10 +426,7 @@ class SqliteHubStore(HubStore):
     ) -> list[LedgerRow]:
         where, params = _filters(location=location, sku=sku, before=before)
         _check_limit(limit)
-        events_sql = (
-            f"SELECT {EVENT_FIELDS}, effect, variance, duplicates, received_at_ms, NULL, NULL "
-            f"FROM events{where} ORDER BY {NEWEST_FIRST} LIMIT ?"
-        )
+        events_sql = ledger_events_sql(f"(SELECT * FROM events{where} ORDER BY {NEWEST_FIRST} LIMIT ?)")
         rejections_sql = (
             f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code "
             f"FROM rejections{where} ORDER BY {NEWEST_FIRST} LIMIT ?"

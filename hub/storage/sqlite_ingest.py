@@ -32,6 +32,23 @@ STOCK_FIELDS = (
 )
 TRANSFER_FIELDS = "ref, sku, shipped, received, out_from, out_to, in_to, in_from"
 
+# A stored delta's effect is "superseded" once a count of its key is ordered after it, that is when it is
+# ordered before the key's last count (``stock.last_count_*``). Stored rows keep the effect they had when
+# inserted; the ledger derives the current one, so a new count never rewrites the deltas it passes.
+EFFECT_NOW = (
+    f"CASE WHEN e.effect = 'applied' AND e.kind IN {DELTA_KINDS} AND (e.occurred_at, e.agent_id, e.seq, e.event_id) "
+    "< (s.last_count_at, s.last_count_agent, s.last_count_seq, s.last_count_id) THEN 'superseded' ELSE e.effect END"
+)
+
+
+def ledger_events_sql(events: str) -> str:
+    """``events`` (a query or table of event rows, aliased as is) in the ledger's row shape, effect as of now."""
+    fields = ", ".join(f"e.{c}" for c in EVENT_FIELDS.split(", "))
+    return (
+        f"SELECT {fields}, {EFFECT_NOW}, e.variance, e.duplicates, e.received_at_ms, NULL, NULL "
+        f"FROM {events} e LEFT JOIN stock s ON s.location = e.location AND s.sku = e.sku"
+    )
+
 
 def chunks(items: Sequence[T], params_each: int) -> Iterable[Sequence[T]]:
     step = max(1, IN_LIST_MAX_PARAMS // params_each)
@@ -164,18 +181,6 @@ class SqliteIngest:
             rows = await self._fetch(sql, [v for key in part for v in key])
             out.update({(r[0], r[1], r[2]): r[3] for r in rows})
         return out
-
-    async def supersede(self, ranges: Sequence[tuple[StockKey, OrderKey | None, OrderKey]]) -> None:
-        base = (
-            "UPDATE events SET effect = 'superseded' WHERE location = ? AND sku = ? "
-            f"AND kind IN {DELTA_KINDS} AND effect = 'applied' AND {ORDER_KEY} < (?, ?, ?, ?)"
-        )
-        bounded = [(*key, *hi, *lo) for key, lo, hi in ranges if lo is not None]
-        open_ = [(*key, *hi) for key, lo, hi in ranges if lo is None]
-        if bounded:
-            await self.db.executemany(f"{base} AND {ORDER_KEY} > (?, ?, ?, ?)", bounded)
-        if open_:
-            await self.db.executemany(base, open_)
 
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
         await self.db.executemany(

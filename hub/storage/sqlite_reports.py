@@ -25,7 +25,7 @@ from hub.storage.base import (
     Observation,
     ReportResult,
 )
-from hub.storage.sqlite_ingest import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, chunks, marks
+from hub.storage.sqlite_ingest import DELTA_KINDS, NEWEST_FIRST, chunks, ledger_events_sql, marks
 from hub.storage.sqlite_writer import Db
 from protocol import pack_hlc
 from protocol.catalog import unknown_sku
@@ -84,8 +84,7 @@ async def unknown_event_rows(db: Db, skus: Sequence[str]) -> list[Any]:
         for location, sku in keys:
             out += await _fetch(
                 db,
-                f"SELECT {EVENT_FIELDS}, effect, variance, duplicates, received_at_ms, NULL, NULL "
-                "FROM events WHERE location = ? AND sku = ? ORDER BY occurred_at, agent_id, seq, event_id",
+                ledger_events_sql("(SELECT * FROM events WHERE location = ? AND sku = ?)"),
                 (location, sku),
             )
     out.sort(key=lambda r: (r[8], r[1], r[3], r[0]))
