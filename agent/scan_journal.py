@@ -209,7 +209,7 @@ class ScanJournal(SqliteFile):
             )
             return int(cur.lastrowid or 0)
 
-        return await self._write(insert)
+        return await self._write(insert, small=True)
 
     async def decide(
         self,
@@ -240,10 +240,11 @@ class ScanJournal(SqliteFile):
                     " WHERE reader_id = ?",
                     (message, now_ms, reader_id),
                 )
-            if now_ms - self._last_purge_ms >= PURGE_EVERY_MS:
+            if purge:
                 self._purge(conn, now_ms)
 
-        await self._write(update)
+        purge = now_ms - self._last_purge_ms >= PURGE_EVERY_MS
+        await self._write(update, small=not purge)  # a purge may delete many rows: never on the caller's thread
 
     async def note_status(
         self, reader_id: str, device: str, available: bool, changed_ms: int, error: str | None

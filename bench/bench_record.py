@@ -17,14 +17,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import agent.db as agent_db
 from agent.outbox import Movement, Outbox
 from bench.common import median, percentile, write_result
 from protocol import Kind, new_event_id, pack_hlc, wall_ms_now
 
 LOCATION = "STORE-1"
+INLINE_COMMIT_MAX_S = agent_db.INLINE_COMMIT_MAX_S
 
 
-async def outbox_latencies(path: Path, n: int) -> list[float]:
+async def outbox_latencies(path: Path, n: int, *, inline: bool = True) -> list[float]:
+    """``inline=False``: every write through the outbox's thread, as on a disk slower than agent.db expects."""
+    agent_db.INLINE_COMMIT_MAX_S = INLINE_COMMIT_MAX_S if inline else 0.0
     lat: list[float] = []
     async with Outbox.open(path, agent_id="bench-agent", location=LOCATION, synchronous="full") as outbox:
         for i in range(n):
@@ -65,17 +69,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", default=None, help="directory on the disk to measure (default: a temp dir)")
     args = parser.parse_args()
-    p50s, p99s, base50s, base99s = [], [], [], []
+    p50s, p99s, base50s, base99s, thread50s, thread99s = [], [], [], [], [], []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             outbox_path = Path(tmp) / "outbox.sqlite3"
             ours = asyncio.run(outbox_latencies(outbox_path, args.n))
+            threaded = asyncio.run(outbox_latencies(Path(tmp) / "threaded.sqlite3", args.n, inline=False))
             base = sqlite_latencies(outbox_path, Path(tmp) / "plain.sqlite3", args.n)
         p50s.append(percentile(ours, 50)), p99s.append(percentile(ours, 99))
         base50s.append(percentile(base, 50)), base99s.append(percentile(base, 99))
+        thread50s.append(percentile(threaded, 50)), thread99s.append(percentile(threaded, 99))
         print(f"run {run + 1}: outbox p50 {p50s[-1] * 1e3:.3f} ms p99 {p99s[-1] * 1e3:.3f} ms; "
-              f"plain sqlite3 p50 {base50s[-1] * 1e3:.3f} ms p99 {base99s[-1] * 1e3:.3f} ms")
+              f"plain sqlite3 p50 {base50s[-1] * 1e3:.3f} ms p99 {base99s[-1] * 1e3:.3f} ms; "
+              f"through the thread p50 {thread50s[-1] * 1e3:.3f} ms p99 {thread99s[-1] * 1e3:.3f} ms")
     p50, p99, b50, b99 = median(p50s), median(p99s), median(base50s), median(base99s)
+    t50, t99 = median(thread50s), median(thread99s)
     write_result(
         "issue2_record_latency",
         title="Agent record-to-durable latency (issue 2)",
@@ -83,8 +91,15 @@ def main() -> None:
         rows=[
             {"measure": "p50 (ms)", "outbox.record()": p50 * 1e3, "plain sqlite3 commit, synchronous=FULL": b50 * 1e3, "ratio": p50 / b50, "target": "≤ 2"},
             {"measure": "p99 (ms)", "outbox.record()": p99 * 1e3, "plain sqlite3 commit, synchronous=FULL": b99 * 1e3, "ratio": p99 / b99, "target": ""},
+            {"measure": "p50 (ms), every write through the thread", "outbox.record()": t50 * 1e3, "plain sqlite3 commit, synchronous=FULL": b50 * 1e3, "ratio": t50 / b50, "target": ""},
+            {"measure": "p99 (ms), every write through the thread", "outbox.record()": t99 * 1e3, "plain sqlite3 commit, synchronous=FULL": b99 * 1e3, "ratio": t99 / b99, "target": ""},
         ],
-        notes=f"{args.n} single-movement records per run, median of {args.runs} runs, on {os.path.realpath(args.dir or tempfile.gettempdir())}.",
+        notes=(
+            f"{args.n} single-movement records per run, median of {args.runs} runs, on "
+            f"{os.path.realpath(args.dir or tempfile.gettempdir())}. A record of a few movements commits on the "
+            "event loop's thread while recent commits average under 1 ms (agent/db.py), as they do on this disk; "
+            "the last two rows force every write through the outbox's thread, the path a slower disk takes."
+        ),
     )
 
 

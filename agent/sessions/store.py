@@ -193,7 +193,7 @@ class SessionStore(SqliteFile):
             conn.execute("UPDATE sessions SET reader_id = ? WHERE id = ?", (reader_id, session_id))
             return _get(conn, session.id)
 
-        return await self._write(bind)
+        return await self._write(bind, small=True)
 
     async def max_hlc(self) -> int:
         """The highest HLC any line or close holds (the clock must never issue below it)."""
@@ -227,7 +227,7 @@ class SessionStore(SqliteFile):
             conn.execute(f"INSERT INTO lines ({_LINE_COLUMNS}) VALUES ({_marks(13)})", _line_row(stored))
             return stored
 
-        return await self._write(add)
+        return await self._write(add, small=True)
 
     async def undo_last(self, session_id: str) -> Line | None:
         """Mark the newest line not yet undone as undone; None if there is none."""
@@ -243,7 +243,7 @@ class SessionStore(SqliteFile):
             conn.execute("UPDATE lines SET undone = 1 WHERE session_id = ? AND no = ?", (session_id, row[1]))
             return _line(row[:-1] + (1,))
 
-        return await self._write(undo)
+        return await self._write(undo, small=True)
 
     # --- closing and cancelling ----------------------------------------------------
     async def begin_close(self, session_id: str, *, by: str, close_hlc: int, zero_unscanned: bool) -> Session:
