@@ -7,9 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from agent_scan_helpers import PtyDevice, gtin, wrong_check_digit
+from agent_scan_helpers import PtyDevice, eventually, gtin, wrong_check_digit
 
 import hardware
 from agent.catalog import Catalog, CatalogItem
@@ -142,7 +143,15 @@ async def test_an_unplugged_reader_is_marked_unavailable_and_its_cut_off_scan_is
     async with rig(tmp_path) as r:
         await r.scan(b"]C0TOTE-7")  # the pty carries bytes: the next write reaches the reader too ...
         r.device.write(b"]E059012341")  # ... half a barcode, then the cable is pulled
-        await r.device.wait_read()
+        # Once the reader holds those bytes: a pty moves written bytes to the reading side a moment later
+        # (the kernel's flip buffer), and pulling the cable before that would lose them on the wire.
+        reader = r.service.readers["backdoor"]
+
+        def holds_half_a_barcode() -> bool:
+            link: Any = reader._link
+            return link is not None and bool(link._splitter.pending)
+
+        await eventually(holds_half_a_barcode, what="half a barcode read")
         r.device.unplug()
         await r.service.wait_decided(2, WAIT_S)
         await r.service.wait_status("backdoor", available=False, timeout_s=WAIT_S)
