@@ -96,7 +96,9 @@ class SqliteThread:
         ``small``: a write of a few rows, which may run on the caller's thread (see the module doc)."""
         if small and self._may_run_inline() and self._lock.acquire(blocking=False):
             try:
-                return self._write_transaction(fn)
+                return self._write_transaction(fn, wait_for_lock=False)
+            except _WriteLockBusy:
+                pass  # another process is writing: wait for it on the thread, never on the event loop
             finally:
                 self._lock.release()
                 self._maybe_checkpoint()
@@ -111,12 +113,16 @@ class SqliteThread:
             and not self._stopping
         )
 
-    def _write_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _write_transaction(self, fn: Callable[[sqlite3.Connection], T], *, wait_for_lock: bool = True) -> T:
         conn = self._conn
         assert conn is not None, "SqliteThread used before connect()"
         started = time.perf_counter()
         changes = conn.total_changes
-        result = self._in_transaction("BEGIN IMMEDIATE", fn)
+        if wait_for_lock:
+            result = self._in_transaction("BEGIN IMMEDIATE", fn)
+        else:
+            _begin_at_once(conn)
+            result = self._in_transaction(None, fn)
         took = time.perf_counter() - started
         average = self._commit_s
         self._commit_s = took if average is None else average + COMMIT_AVERAGE_WEIGHT * (took - average)
@@ -140,10 +146,12 @@ class SqliteThread:
         finally:
             self._finished += 1
 
-    def _in_transaction(self, begin: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _in_transaction(self, begin: str | None, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``begin`` None: the transaction is already open."""
         conn = self._conn
         assert conn is not None, "SqliteThread used before connect()"
-        conn.execute(begin)
+        if begin is not None:
+            conn.execute(begin)
         try:
             result = fn(conn)
         except BaseException:
@@ -197,6 +205,21 @@ class SqliteThread:
             return await done
         finally:
             self._maybe_checkpoint()
+
+
+class _WriteLockBusy(Exception):
+    """The write lock is held by another connection (another process)."""
+
+
+def _begin_at_once(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` without waiting for another writer; ``_WriteLockBusy`` if there is one."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as err:
+        raise _WriteLockBusy() from err
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def _settle(done: asyncio.Future[T], result: T | None, err: BaseException | None) -> None:

@@ -120,3 +120,29 @@ async def test_the_thread_checkpoints_the_wal_after_enough_rows_and_sqlite_never
         assert other.execute("SELECT count(*) FROM t").fetchone()[0] == rows + 10
         assert other.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     await db.close()
+
+
+async def test_a_small_write_waits_for_another_process_s_write_lock_on_the_thread_not_the_loop(tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+    import time
+
+    db = SqliteThread(tmp_path / "x.sqlite3", "full")
+    await db.connect()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (x)"))
+    db._commit_s = agent_db.INLINE_COMMIT_MAX_S / 10
+    other = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing, e.g. `shelfsync-agent record`
+    here = threading.get_ident()
+    write = asyncio.ensure_future(
+        db.write(lambda conn: (conn.execute("INSERT INTO t VALUES (1)"), _where(conn))[1], small=True)
+    )
+    started = time.perf_counter()
+    await asyncio.sleep(0.2)  # the loop keeps running while the write waits for the lock
+    assert time.perf_counter() - started < 1.0 and not write.done()
+    other.execute("COMMIT")
+    other.close()
+    assert await asyncio.wait_for(write, WAIT_S) != here  # it went to the thread
+    assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
+    assert await db.read(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0]) == agent_db.BUSY_TIMEOUT_MS
+    await db.close()
