@@ -56,17 +56,9 @@ from hub.storage.base import (
     WebhookState,
 )
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
-from hub.storage.postgres_ingest import (
-    EVENT_FIELDS,
-    NEWEST_FIRST,
-    TRANSFER_FIELDS,
-    PostgresIngest,
-    batch_locks,
-    ledger_events_sql,
-    lock_keys,
-    stock_lockable,
-)
+from hub.storage.postgres_ingest import PostgresIngest, batch_locks, lock_keys, stock_lockable
 from hub.storage.postgres_schema import SCHEMA_VERSION, migrate, schema_version
+from hub.storage.sql import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, ledger_events_sql
 from protocol import QTY_MAX, CountSnapshot, StockEvent, event_id_hex, wall_ms_now
 from protocol.event import SKU_MAX_LEN
 

@@ -45,43 +45,12 @@ from hub.resolver import (
 )
 from hub.storage.ingest import Batch, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
 from hub.storage.postgres_feed import append_changes
-from protocol import ON_HAND_KINDS
+from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
 
-DELTA_KINDS = "(" + ", ".join(f"'{k.value}'" for k in sorted(ON_HAND_KINDS)) + ")"
-ORDER_KEY = "(occurred_at, agent_id, seq, event_id)"
-NEWEST_FIRST = "occurred_at DESC, agent_id DESC, seq DESC, event_id DESC"
-
-# A stored delta's effect is "superseded" once a count of its key is ordered after it, that is when it is
-# ordered before the key's last count (``stock.last_count_*``). Stored rows keep the effect they had when
-# inserted; the ledger derives the current one, so a new count never rewrites the deltas it passes.
-EFFECT_NOW = (
-    f"CASE WHEN e.effect = 'applied' AND e.kind IN {DELTA_KINDS} AND (e.occurred_at, e.agent_id, e.seq, e.event_id) "
-    "< (s.last_count_at, s.last_count_agent, s.last_count_seq, s.last_count_id) THEN 'superseded' ELSE e.effect END"
-)
-
-EVENT_FIELDS = (
-    "event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs"
-)
-
-
-def ledger_events_sql(events: str) -> str:
-    """``events`` (a query or table of event rows) in the ledger's row shape, effect as of now."""
-    fields = ", ".join(f"e.{c}" for c in EVENT_FIELDS.split(", "))
-    return (
-        f"SELECT {fields}, {EFFECT_NOW}, e.variance, e.duplicates, e.received_at_ms, NULL, NULL "
-        f"FROM {events} e LEFT JOIN stock s ON s.location = e.location AND s.sku = e.sku"
-    )
-
-
-STOCK_FIELDS = (
-    "location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, last_count_agent, last_count_seq, "
-    "last_count_id, max_at, max_agent, max_seq, max_id, updated_at_ms"
-)
 STOCK_TYPES = (
     "text", "text", "int8", "int8", "int8", "int8", "int8", "text", "int8", "bytea", "int8", "text", "int8", "bytea",
     "int8",
 )  # fmt: skip
-TRANSFER_FIELDS = "ref, sku, shipped, received, out_from, out_to, in_to, in_from"
 EVENT_COLUMNS = [*EVENT_FIELDS.split(", "), "effect", "variance", "received_at_ms"]
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k"

@@ -28,7 +28,8 @@ from hub.storage.base import (
     Observation,
     ReportResult,
 )
-from hub.storage.postgres_ingest import DELTA_KINDS, NEWEST_FIRST, columns, ledger_events_sql, lock_keys
+from hub.storage.postgres_ingest import columns, lock_keys
+from hub.storage.sql import DELTA_KINDS, NEWEST_FIRST, ledger_events_sql
 from protocol import pack_hlc
 from protocol.catalog import UNKNOWN_SKU_PREFIX, unknown_sku
 

@@ -55,14 +55,8 @@ from hub.storage.base import (
     WebhookState,
 )
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
-from hub.storage.sqlite_ingest import (
-    EVENT_FIELDS,
-    NEWEST_FIRST,
-    TRANSFER_FIELDS,
-    SqliteIngest,
-    StockCache,
-    ledger_events_sql,
-)
+from hub.storage.sql import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, ledger_events_sql
+from hub.storage.sqlite_ingest import SqliteIngest, StockCache
 from hub.storage.sqlite_schema import SCHEMA_VERSION, migrate
 from hub.storage.sqlite_writer import WAL_VALVE_PAGES, Checkpointer, ConnectionThread, InlineConnection, run_inline
 from protocol import QTY_MAX, CountSnapshot, StockEvent, event_id_hex, wall_ms_now

@@ -25,7 +25,8 @@ from hub.storage.base import (
     Observation,
     ReportResult,
 )
-from hub.storage.sqlite_ingest import DELTA_KINDS, NEWEST_FIRST, chunks, ledger_events_sql, marks
+from hub.storage.sql import DELTA_KINDS, NEWEST_FIRST, ledger_events_sql
+from hub.storage.sqlite_ingest import chunks, marks
 from hub.storage.sqlite_writer import Db
 from protocol import pack_hlc
 from protocol.catalog import unknown_sku
