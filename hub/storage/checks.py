@@ -37,6 +37,7 @@ T = TypeVar("T")
 DESCRIPTION_MAX_LEN = 256
 PACK_SIZE_MAX = 1_000_000
 CATALOG_ITEMS_MAX = 100_000  # per write
+LIMIT_MAX = 100_000  # rows one read may ask for
 
 
 def text(value: object, what: str, max_len: int, *, allow_empty: bool = False, printable: bool = True) -> str:
@@ -158,3 +159,10 @@ def observation_content(o: Observation) -> tuple[Any, ...]:
 
 def issue_content(x: ImportIssue) -> tuple[Any, ...]:
     return (x.location, x.file, x.line, x.reason, x.raw)
+
+
+def limit(value: int) -> int:
+    """A read's row limit, from 1 to ``LIMIT_MAX``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMIT_MAX:
+        raise InvalidInput(f"limit must be an integer from 1 to {LIMIT_MAX}, got {value!r}")
+    return value

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from hub.resolver import Effect, Transfer, available, is_location, negative_on_hand_finding
+from hub.resolver import Transfer, available, is_location, negative_on_hand_finding
 from hub.storage import checks, credentials, findings, postgres_feed, postgres_reports
 from hub.storage.base import (
     AgentIdentity,
@@ -58,8 +58,9 @@ from hub.storage.base import (
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
 from hub.storage.postgres_ingest import PostgresIngest, batch_locks, lock_keys, stock_lockable
 from hub.storage.postgres_schema import SCHEMA_VERSION, migrate, schema_version
+from hub.storage.rows import COUNT_FIELDS, count_row, ledger_row, rejection_exception
 from hub.storage.sql import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, ledger_events_sql
-from protocol import QTY_MAX, CountSnapshot, StockEvent, event_id_hex, wall_ms_now
+from protocol import QTY_MAX, CountSnapshot, StockEvent, wall_ms_now
 from protocol.event import SKU_MAX_LEN
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,6 @@ POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10  # connections per hub process; N hubs need N × this below max_connections
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 30.0
-LIMIT_MAX = 100_000
 ADD_AGENT_ATTEMPTS = 5
 TX_ATTEMPTS = 10
 RETRY_BASE_S = 0.005
@@ -87,58 +87,6 @@ def redacted(url: str) -> str:
     if parts.password is None:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
-
-
-def _count_row(r: Sequence[Any]) -> CountRow:
-    # location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms
-    return CountRow(r[0], r[1], r[2], r[3], available(r[2], r[3], r[5]), r[4], r[5], r[6], r[7])
-
-
-COUNT_FIELDS = "location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms"
-
-
-def check_limit(limit: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIMIT_MAX:
-        raise InvalidInput(f"limit must be an integer from 1 to {LIMIT_MAX}, got {limit!r}")
-    return limit
-
-
-def _ledger_row(r: Sequence[Any]) -> LedgerRow:
-    # EVENT_FIELDS, then effect, variance, duplicates, received_at_ms, rejection, rejection_code
-    return LedgerRow(
-        event_id=r[0],
-        agent_id=r[1],
-        epoch=r[2],
-        seq=r[3],
-        location=r[4],
-        sku=r[5],
-        kind=r[6],
-        qty=r[7],
-        occurred_at=r[8],
-        wall_ms=r[9],
-        source=r[10],
-        ref=r[11],
-        reason=r[12],
-        attrs=json.loads(r[13]) if r[13] else {},
-        effect=Effect(r[14]),
-        variance=r[15],
-        duplicates=r[16],
-        received_at_ms=r[17],
-        rejection=r[18],
-        rejection_code=r[19],
-    )
-
-
-def _rejection_exception(r: Sequence[Any]) -> ExceptionRow:
-    event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, at_ms = r
-    return ExceptionRow(
-        "rejected_event",
-        location,
-        sku,
-        f"{agent_id}'s {kind} of {qty:+d} {sku} at {location} was refused ({code}): {detail}.",
-        {"event_id": event_id_hex(event_id), "agent_id": agent_id, "seq": seq, "code": code, "attempts": attempts},
-        at_ms,
-    )
 
 
 class Filters:
@@ -367,10 +315,10 @@ class PostgresHubStore(HubStore):
     async def counts(self, *, location: str | None = None, sku: str | None = None, limit: int = 1000) -> list[CountRow]:
         f = Filters().add("location = {}", location).add("sku = {}", sku)
         sql = f"SELECT {COUNT_FIELDS} FROM stock{f.where} ORDER BY location, sku LIMIT {f.next()}"
-        params = (*f.params, check_limit(limit))
+        params = (*f.params, checks.limit(limit))
 
         async def work(conn: asyncpg.Connection) -> list[CountRow]:
-            return [_count_row(r) for r in await conn.fetch(sql, *params)]
+            return [count_row(r) for r in await conn.fetch(sql, *params)]
 
         return await self._read("reading counts", work)
 
@@ -378,7 +326,7 @@ class PostgresHubStore(HubStore):
         self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, before: int | None = None
     ) -> list[LedgerRow]:
         f = Filters().add("location = {}", location).add("sku = {}", sku).add("occurred_at < {}", before)
-        check_limit(limit)
+        checks.limit(limit)
         events_sql = ledger_events_sql(f"(SELECT * FROM events{f.where} ORDER BY {NEWEST_FIRST} LIMIT {f.next()})")
         rejections_sql = (
             f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code "
@@ -389,12 +337,12 @@ class PostgresHubStore(HubStore):
             rows = list(await conn.fetch(events_sql, *f.params, limit))
             rows += await conn.fetch(rejections_sql, *f.params, limit)
             rows.sort(key=lambda r: (r[8], r[1], r[3], r[0]), reverse=True)
-            return [_ledger_row(r) for r in rows[:limit]]
+            return [ledger_row(r) for r in rows[:limit]]
 
         return await self._read("reading the ledger", work, snapshot=True)
 
     async def exceptions(self, *, location: str | None = None, limit: int = 1000) -> list[ExceptionRow]:
-        check_limit(limit)
+        checks.limit(limit)
         negative = Filters("on_hand < 0").add("location = {}", location)
         rejected = Filters().add("location = {}", location)
         transfers = Filters("received > 0", "received <> shipped").add(
@@ -428,7 +376,7 @@ class PostgresHubStore(HubStore):
                 *rejected.params,
                 limit,
             )
-            out += [_rejection_exception(tuple(r)) for r in rows]
+            out += [rejection_exception(tuple(r)) for r in rows]
             out += await postgres_reports.unknown_barcode_exceptions(conn, location, limit)
             out += await postgres_reports.import_issue_exceptions(conn, location, limit)
             out += [findings.divergence(d) for d in await postgres_reports.divergence(conn, location, None, limit)]
@@ -492,7 +440,7 @@ class PostgresHubStore(HubStore):
                 qty,
                 now_ms,
             )
-            row = _count_row(stored)
+            row = count_row(stored)
             if available(*(was or (0, 0, 0))) != row.available:  # the feed shows the new available
                 snapshot = CountSnapshot(location, sku, row.on_hand, row.reserved, row.available, row.in_transit)
                 await postgres_feed.append_changes(conn, [NewChange(snapshot, ())], now_ms)  # last: see the module doc
@@ -520,7 +468,7 @@ class PostgresHubStore(HubStore):
         self, after: int, limit: int, location: str | None = None, sku: str | None = None
     ) -> list[ChangeRow]:
         checks.whole(after, "after", 0, 2**63 - 1)
-        check_limit(limit)
+        checks.limit(limit)
 
         async def work(conn: asyncpg.Connection) -> list[ChangeRow]:
             return await postgres_feed.changes(conn, after, limit, location, sku)
@@ -564,7 +512,7 @@ class PostgresHubStore(HubStore):
         await self._write(f"logging a delivery of webhook {name}", work)
 
     async def webhook_deliveries(self, name: str, limit: int = 100) -> list[WebhookDelivery]:
-        check_limit(limit)
+        checks.limit(limit)
 
         async def work(conn: asyncpg.Connection) -> list[WebhookDelivery]:
             return await postgres_feed.webhook_deliveries(conn, name, limit)
@@ -592,7 +540,7 @@ class PostgresHubStore(HubStore):
 
     async def unknown_events(self, skus: Sequence[str]) -> list[LedgerRow]:
         async def work(conn: asyncpg.Connection) -> list[LedgerRow]:
-            return [_ledger_row(r) for r in await postgres_reports.unknown_event_rows(conn, skus)]
+            return [ledger_row(r) for r in await postgres_reports.unknown_event_rows(conn, skus)]
 
         return await self._read("reading unknown-barcode events", work, snapshot=True)
 
@@ -621,7 +569,7 @@ class PostgresHubStore(HubStore):
     async def divergence(
         self, *, location: str | None = None, system: str | None = None, limit: int = 1000
     ) -> list[DivergenceRow]:
-        check_limit(limit)
+        checks.limit(limit)
 
         async def work(conn: asyncpg.Connection) -> list[DivergenceRow]:
             return await postgres_reports.divergence(conn, location, system, limit)

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from hub.resolver import Effect, Transfer, available, is_location, negative_on_hand_finding
+from hub.resolver import Transfer, available, is_location, negative_on_hand_finding
 from hub.storage import checks, credentials, findings, sqlite_feed, sqlite_reports
 from hub.storage.base import (
     AgentIdentity,
@@ -55,11 +55,12 @@ from hub.storage.base import (
     WebhookState,
 )
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
+from hub.storage.rows import COUNT_FIELDS, count_row, ledger_row, rejection_exception
 from hub.storage.sql import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, ledger_events_sql
 from hub.storage.sqlite_ingest import SqliteIngest, StockCache
 from hub.storage.sqlite_schema import SCHEMA_VERSION, migrate
 from hub.storage.sqlite_writer import WAL_VALVE_PAGES, Checkpointer, ConnectionThread, InlineConnection, run_inline
-from protocol import QTY_MAX, CountSnapshot, StockEvent, event_id_hex, wall_ms_now
+from protocol import QTY_MAX, CountSnapshot, StockEvent, wall_ms_now
 from protocol.event import SKU_MAX_LEN
 
 log = logging.getLogger(__name__)
@@ -68,58 +69,8 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5_000
 CACHE_SIZE_KIB = 16_384
-LIMIT_MAX = 100_000
 WRITE_GROUP_MAX = 16  # writes that share one transaction at most
 ADD_AGENT_ATTEMPTS = 5
-
-
-def _count_row(r: Sequence[Any]) -> CountRow:
-    # location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms
-    return CountRow(r[0], r[1], r[2], r[3], available(r[2], r[3], r[5]), r[4], r[5], r[6], r[7])
-
-
-def _check_limit(limit: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIMIT_MAX:
-        raise InvalidInput(f"limit must be an integer from 1 to {LIMIT_MAX}, got {limit!r}")
-    return limit
-
-
-def _ledger_row(r: Sequence[Any]) -> LedgerRow:
-    # EVENT_FIELDS, then effect, variance, duplicates, received_at_ms, rejection, rejection_code
-    return LedgerRow(
-        event_id=r[0],
-        agent_id=r[1],
-        epoch=r[2],
-        seq=r[3],
-        location=r[4],
-        sku=r[5],
-        kind=r[6],
-        qty=r[7],
-        occurred_at=r[8],
-        wall_ms=r[9],
-        source=r[10],
-        ref=r[11],
-        reason=r[12],
-        attrs=json.loads(r[13]) if r[13] else {},
-        effect=Effect(r[14]),
-        variance=r[15],
-        duplicates=r[16],
-        received_at_ms=r[17],
-        rejection=r[18],
-        rejection_code=r[19],
-    )
-
-
-def _rejection_exception(r: Sequence[Any]) -> ExceptionRow:
-    event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, at_ms = r
-    return ExceptionRow(
-        "rejected_event",
-        location,
-        sku,
-        f"{agent_id}'s {kind} of {qty:+d} {sku} at {location} was refused ({code}): {detail}.",
-        {"event_id": event_id_hex(event_id), "agent_id": agent_id, "seq": seq, "code": code, "attempts": attempts},
-        at_ms,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,12 +357,12 @@ class SqliteHubStore(HubStore):
     async def counts(self, *, location: str | None = None, sku: str | None = None, limit: int = 1000) -> list[CountRow]:
         where, params = _filters(location=location, sku=sku)
         sql = (
-            "SELECT location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms "
+            f"SELECT {COUNT_FIELDS} "
             f"FROM stock{where} ORDER BY location, sku LIMIT ?"
         )
 
         async def work(db: aiosqlite.Connection) -> list[CountRow]:
-            return [_count_row(r) for r in await db.execute_fetchall(sql, (*params, _check_limit(limit)))]
+            return [count_row(r) for r in await db.execute_fetchall(sql, (*params, checks.limit(limit)))]
 
         return await self._read("reading counts", work)
 
@@ -419,7 +370,7 @@ class SqliteHubStore(HubStore):
         self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, before: int | None = None
     ) -> list[LedgerRow]:
         where, params = _filters(location=location, sku=sku, before=before)
-        _check_limit(limit)
+        checks.limit(limit)
         events_sql = ledger_events_sql(f"(SELECT * FROM events{where} ORDER BY {NEWEST_FIRST} LIMIT ?)")
         rejections_sql = (
             f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code "
@@ -430,12 +381,12 @@ class SqliteHubStore(HubStore):
             rows = list(await db.execute_fetchall(events_sql, (*params, limit)))
             rows += await db.execute_fetchall(rejections_sql, (*params, limit))
             rows.sort(key=lambda r: (r[8], r[1], r[3], r[0]), reverse=True)
-            return [_ledger_row(r) for r in rows[:limit]]
+            return [ledger_row(r) for r in rows[:limit]]
 
         return await self._read("reading the ledger", work, snapshot=True)
 
     async def exceptions(self, *, location: str | None = None, limit: int = 1000) -> list[ExceptionRow]:
-        _check_limit(limit)
+        checks.limit(limit)
         negative_where, at = _filters("on_hand < 0", location=location)
         rejected_where, _ = _filters(location=location)
         transfer_where = " WHERE received > 0 AND received <> shipped" + (
@@ -470,7 +421,7 @@ class SqliteHubStore(HubStore):
                 f"FROM rejections{rejected_where} ORDER BY received_at_ms DESC LIMIT ?",
                 (*at, limit),
             )
-            out += [_rejection_exception(r) for r in rejected]
+            out += [rejection_exception(r) for r in rejected]
             out += await sqlite_reports.unknown_barcode_exceptions(db, location, limit)
             out += await sqlite_reports.import_issue_exceptions(db, location, limit)
             out += [findings.divergence(d) for d in await sqlite_reports.divergence(db, location, None, limit)]
@@ -529,11 +480,11 @@ class SqliteHubStore(HubStore):
                 "INSERT INTO stock (location, sku, on_hand, reserved, in_transit, safety_stock, updated_at_ms) "
                 "VALUES (?, ?, 0, 0, 0, ?, ?) ON CONFLICT (location, sku) DO UPDATE SET "
                 "safety_stock = excluded.safety_stock, updated_at_ms = excluded.updated_at_ms "
-                "RETURNING location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms",
+                f"RETURNING {COUNT_FIELDS}",
                 (location, sku, qty, now_ms),
             )
             self._stock_cache.discard((location, sku))
-            row = _count_row(next(iter(rows)))
+            row = count_row(next(iter(rows)))
             was = next(iter(old), (0, 0, 0))  # a new key starts at zero
             if available(was[0], was[1], was[2]) != row.available:  # the feed shows the new available
                 snapshot = CountSnapshot(location, sku, row.on_hand, row.reserved, row.available, row.in_transit)
@@ -548,7 +499,7 @@ class SqliteHubStore(HubStore):
         self, after: int, limit: int, location: str | None = None, sku: str | None = None
     ) -> list[ChangeRow]:
         checks.whole(after, "after", 0, 2**63 - 1)
-        _check_limit(limit)
+        checks.limit(limit)
         return await self._read(
             "reading the change feed", lambda db: sqlite_feed.changes(db, after, limit, location, sku)
         )
@@ -585,7 +536,7 @@ class SqliteHubStore(HubStore):
         )
 
     async def webhook_deliveries(self, name: str, limit: int = 100) -> list[WebhookDelivery]:
-        _check_limit(limit)
+        checks.limit(limit)
         return await self._read(
             "reading a webhook's deliveries", lambda db: sqlite_feed.webhook_deliveries(db, name, limit)
         )
@@ -609,7 +560,7 @@ class SqliteHubStore(HubStore):
 
     async def unknown_events(self, skus: Sequence[str]) -> list[LedgerRow]:
         async def work(db: aiosqlite.Connection) -> list[LedgerRow]:
-            return [_ledger_row(r) for r in await sqlite_reports.unknown_event_rows(db, skus)]
+            return [ledger_row(r) for r in await sqlite_reports.unknown_event_rows(db, skus)]
 
         return await self._read("reading unknown-barcode events", work, snapshot=True)
 
@@ -632,7 +583,7 @@ class SqliteHubStore(HubStore):
     async def divergence(
         self, *, location: str | None = None, system: str | None = None, limit: int = 1000
     ) -> list[DivergenceRow]:
-        _check_limit(limit)
+        checks.limit(limit)
         return await self._read(
             "comparing observations", lambda db: sqlite_reports.divergence(db, location, system, limit), snapshot=True
         )

@@ -1,0 +1,56 @@
+"""Database rows to the store's values, the same for both backends (their queries select the same columns)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from hub.resolver import Effect, available
+from hub.storage.base import CountRow, ExceptionRow, LedgerRow
+from protocol import event_id_hex
+
+COUNT_FIELDS = "location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms"
+
+
+def count_row(r: Sequence[Any]) -> CountRow:
+    # COUNT_FIELDS
+    return CountRow(r[0], r[1], r[2], r[3], available(r[2], r[3], r[5]), r[4], r[5], r[6], r[7])
+
+
+def ledger_row(r: Sequence[Any]) -> LedgerRow:
+    # EVENT_FIELDS, then effect, variance, duplicates, received_at_ms, rejection, rejection_code
+    return LedgerRow(
+        event_id=r[0],
+        agent_id=r[1],
+        epoch=r[2],
+        seq=r[3],
+        location=r[4],
+        sku=r[5],
+        kind=r[6],
+        qty=r[7],
+        occurred_at=r[8],
+        wall_ms=r[9],
+        source=r[10],
+        ref=r[11],
+        reason=r[12],
+        attrs=json.loads(r[13]) if r[13] else {},
+        effect=Effect(r[14]),
+        variance=r[15],
+        duplicates=r[16],
+        received_at_ms=r[17],
+        rejection=r[18],
+        rejection_code=r[19],
+    )
+
+
+def rejection_exception(r: Sequence[Any]) -> ExceptionRow:
+    event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, at_ms = r
+    return ExceptionRow(
+        "rejected_event",
+        location,
+        sku,
+        f"{agent_id}'s {kind} of {qty:+d} {sku} at {location} was refused ({code}): {detail}.",
+        {"event_id": event_id_hex(event_id), "agent_id": agent_id, "seq": seq, "code": code, "attempts": attempts},
+        at_ms,
+    )
