@@ -33,11 +33,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import aiohttp
 
 from agent.errors import AgentError
+from agent.hub_loop import HubLoop
 from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.event import SKU_MAX_LEN
@@ -302,7 +303,7 @@ class _Failed(Exception):
     """One failed refresh; the message is one sentence."""
 
 
-class AgentCatalog:
+class AgentCatalog(HubLoop):
     """The running agent's catalog: the store's file plus the hub's copy, kept fresh by one loop.
 
     The loop (STYLE.md item 5): wait ``refresh_s`` (or ``refresh_soon()``),
@@ -337,11 +338,9 @@ class AgentCatalog:
         self._merged = Catalog()
         self._file_stamp: tuple[int, int] | None = None
         self._etag: str | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
+        HubLoop.__init__(self)
         self._kick = asyncio.Event()
         self._failures = 0
-        self._stopped = False
         self._changed = asyncio.Condition()
         self.last_error: str | None = None
 
@@ -384,28 +383,11 @@ class AgentCatalog:
             return
         await self.load()
         if self._url is not None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+            self._http()
         if self._url is not None or self.file is not None:
-            self._task = asyncio.create_task(self._run(), name="shelfsync-catalog")
+            self._launch(self._run(), "shelfsync-catalog")
 
-    async def stop(self) -> None:
-        """Stop refreshing; lookups keep working, refreshing again raises. Safe twice."""
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    # stop(): lookups keep working; refreshing again raises.
 
     def _check_open(self) -> None:
         if self._stopped:
@@ -447,8 +429,7 @@ class AgentCatalog:
         return RefreshResult(status, self._hub.version, len(self._merged))
 
     async def _fetch(self) -> str:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        session = self._http()
         assert self._url is not None
         headers = {"Accept": "application/json"}
         if self._token:
@@ -456,7 +437,7 @@ class AgentCatalog:
         if self._etag:
             headers["If-None-Match"] = self._etag
         try:
-            async with self._session.get(self._url, headers=headers) as resp:
+            async with session.get(self._url, headers=headers) as resp:
                 if resp.status == 304:
                     return "not_modified"
                 body = await resp.read()

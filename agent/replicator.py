@@ -38,11 +38,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 
 from agent.errors import AgentError, OutboxClosed, OutboxError
+from agent.hub_loop import HubLoop
 from agent.outbox import Outbox
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -107,7 +108,7 @@ class _Failed(Exception):
         self.retry_after_s = retry_after_s  # the hub asked to wait this long (429 Retry-After)
 
 
-class Replicator:
+class Replicator(HubLoop):
     """Long-running sender of one outbox to one hub. ``async with Replicator(...)`` or start()/stop()."""
 
     def __init__(
@@ -134,16 +135,14 @@ class Replicator:
         self._tick_s = tick_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
-        self._timeout_s = timeout_s
+        self.timeout_s = timeout_s
         self._auth_retry_s = auth_retry_s
         self._heartbeat_s = heartbeat_s
         self._last_answer_s = -math.inf  # monotonic time of the last 200 from the hub
         self._rng = rng or random.Random()
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
+        HubLoop.__init__(self)
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
-        self._stopped = False
         self._acked_seq = 0
         # The first request after (re)connecting carries no events: the hub answers its mark as it is,
         # so a hub restored from an older backup shows a mark below ours and we resend what it lost.
@@ -159,27 +158,10 @@ class Replicator:
         if self._task is not None:
             return
         self._acked_seq = (await self._outbox.stats()).acked_seq
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
-        self._task = asyncio.create_task(self._run(), name="shelfsync-replicator")
+        self._http()
+        self._launch(self._run(), "shelfsync-replicator")
 
-    async def stop(self) -> None:
-        """Stop sending. Safe twice. An answer not yet stored is simply not acknowledged: it is sent again."""
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    # stop(): an answer not yet stored is simply not acknowledged, and is sent again.
 
     @property
     def state(self) -> ReplicatorState:
@@ -300,7 +282,7 @@ class Replicator:
                 return http.status, await http.read(), sent_ms, wall_ms_now()
         except TimeoutError:
             raise _Failed(
-                "unreachable", f"the hub at {self._url} did not answer within {self._timeout_s:g} s", reachable=False
+                "unreachable", f"the hub at {self._url} did not answer within {self.timeout_s:g} s", reachable=False
             ) from None
         except aiohttp.ClientConnectorError as err:
             reason = err.os_error.strerror or str(err.os_error)

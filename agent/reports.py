@@ -27,10 +27,11 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 
+from agent.hub_loop import HubLoop
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
 from agent.replicator import AUTH_RETRY_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
@@ -97,7 +98,7 @@ def _printable(text: str, limit: int) -> str:
     return _CONTROL_RE.sub(" ", text)[:limit].strip() or "?"
 
 
-class ReportSender:
+class ReportSender(HubLoop):
     """Long-running sender of one POS store's observations and quarantined rows. ``async with`` it."""
 
     def __init__(
@@ -128,11 +129,9 @@ class ReportSender:
         self.timeout_s = timeout_s
         self.auth_retry_s = auth_retry_s
         self._rng = rng or random.Random()
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
+        HubLoop.__init__(self)
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
-        self._stopped = False
         self._state = ReportsState()
 
     # --- lifecycle ---------------------------------------------------------
@@ -140,27 +139,10 @@ class ReportSender:
         if self._stopped:
             raise PosImportError("this report sender was stopped; make a new one")
         if self._task is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-            self._task = asyncio.create_task(self._run(), name="shelfsync-reports")
+            self._http()
+            self._launch(self._run(), "shelfsync-reports")
 
-    async def stop(self) -> None:
-        """Stop sending; what was not answered is sent next time. Safe twice."""
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    # stop(): what was not answered is sent next time.
 
     @property
     def state(self) -> ReportsState:
@@ -307,12 +289,11 @@ class ReportSender:
     async def _post(self, path: str, body: bytes) -> ReportAnswer:
         if self._stopped:
             raise PosImportError("this report sender was stopped; make a new one")
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        session = self._http()
         url = self._hub_url + path
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
         try:
-            async with self._session.post(url, data=body, headers=headers) as resp:
+            async with session.post(url, data=body, headers=headers) as resp:
                 status, data = resp.status, await resp.read()
         except TimeoutError:
             raise _Failed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
