@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(PY) -m hub.demo
 
 test: $(STAMP)
+	bash .ci/test-services
 	$(PY) -m pytest -q
 
 typecheck: $(STAMP)
