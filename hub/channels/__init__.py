@@ -1,0 +1,67 @@
+"""Channels: what a web shop or a POS account shows, computed from the hub's counts and pushed to it.
+
+* ``config``: the ``[[channel]]`` tables (pool, buffer, secrets) → ``ChannelSpec``;
+* ``mapping``: hub SKU ↔ the channel's ids, from its listing or a CSV, with findings;
+* ``levels``: what a channel shows (pure);
+* ``state``: cursor, last pushed levels and mapping, kept across restarts;
+* ``pusher``: the loop over the change-feed cursor; ``shopify`` and ``square``: the connectors;
+* ``runner``: all configured pushers beside the hub.
+
+See docs/channels.md.
+"""
+
+from hub.channels.config import (
+    Buffer,
+    ChannelConfigError,
+    ChannelSpec,
+    load_channels,
+    parse_channels,
+)
+from hub.channels.connector import ChannelError, ChannelRejected, ChannelUnavailable, Connector, Target
+from hub.channels.levels import LevelKey, channel_levels
+from hub.channels.loop import Backoff
+from hub.channels.mapping import (
+    ItemIds,
+    ListingEntry,
+    MappingError,
+    MappingFinding,
+    SkuMapping,
+    build_mapping,
+    parse_mapping_csv,
+)
+from hub.channels.pusher import ChannelPusher, PusherStatus
+from hub.channels.runner import channel_pushers, make_connector
+from hub.channels.shopify import ShopifyConnector
+from hub.channels.square import SquareConnector
+from hub.channels.state import ChannelState, SqliteChannelState
+
+__all__ = [
+    "Backoff",
+    "Buffer",
+    "ChannelConfigError",
+    "ChannelError",
+    "ChannelPusher",
+    "ChannelRejected",
+    "ChannelSpec",
+    "ChannelState",
+    "ChannelUnavailable",
+    "Connector",
+    "ItemIds",
+    "LevelKey",
+    "ListingEntry",
+    "MappingError",
+    "MappingFinding",
+    "PusherStatus",
+    "ShopifyConnector",
+    "SkuMapping",
+    "SqliteChannelState",
+    "SquareConnector",
+    "Target",
+    "build_mapping",
+    "channel_levels",
+    "channel_pushers",
+    "load_channels",
+    "make_connector",
+    "parse_channels",
+    "parse_mapping_csv",
+]

@@ -1,0 +1,359 @@
+"""A channel's configuration: the ``[[channel]]`` tables of the hub's TOML file.
+
+A channel is a place that sells the hub's stock: a Shopify store, a Square
+account or a generic webhook. It sells from a *pool*: hub locations mapped to
+the channel's own location ids (several hub locations may feed one channel
+location). A *buffer* holds units back: what the channel shows is the pool's
+available minus the buffer, never below zero (``hub.channels.levels``).
+
+Secrets never sit in the config file: ``secret_file`` names a file holding the
+token, ``secret_env`` an environment variable. Both are read once, when the
+configuration is parsed, so a missing secret stops the hub at start-up with one
+sentence instead of failing at the first push.
+
+``parse_channels`` is what the hub's config calls with the ``channel`` array of
+its TOML document; ``load_channels`` reads a file on its own (tools, tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from hub.resolver import is_location
+from protocol.event import SKU_MAX_LEN
+
+KINDS = ("shopify", "square", "webhook")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
+CHANNEL_LOCATION_MAX_LEN = 255
+SECRET_MAX_BYTES = 4_096
+SHOPIFY_API_VERSION = "2026-01"  # the GraphQL Admin API version the Shopify connector follows
+SQUARE_API_VERSION = "2024-11-20"  # the Square-Version header the Square connector sends
+SQUARE_URL = "https://connect.squareup.com"
+SHOPIFY_BATCH_MAX = 250  # quantities per inventorySetQuantities call
+SQUARE_BATCH_MAX = 100  # changes per batch-create request (Square's limit)
+WEBHOOK_BATCH_MAX = 1_000
+BUFFER_UNITS_MAX = 1_000_000
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_RETRY_MAX_S = 300.0
+DEFAULT_SHOPIFY_REASON = "correction"
+DEFAULT_COALESCE_S = 0.25  # after a push, gather changes this long before the next one
+SHOPIFY_REASONS = (
+    "correction",
+    "cycle_count_available",
+    "damaged",
+    "movement_created",
+    "movement_updated",
+    "movement_received",
+    "movement_canceled",
+    "other",
+    "promotion",
+    "quality_control",
+    "received",
+    "reservation_created",
+    "reservation_deleted",
+    "reservation_updated",
+    "restock",
+    "safety_stock",
+    "shrinkage",
+)
+KEYS = (
+    "name",
+    "kind",
+    "pool",
+    "buffer",
+    "secret_file",
+    "secret_env",
+    "shop",
+    "url",
+    "api_version",
+    "mapping_csv",
+    "batch_max",
+    "timeout_s",
+    "retry_max_s",
+    "reason",
+    "coalesce_s",
+)
+BUFFER_KEYS = ("units", "percent", "skus")
+
+
+class ChannelConfigError(ValueError):
+    """A ``[[channel]]`` table is wrong; the message is one sentence naming the channel and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    """Units a channel holds back from what its pool has available.
+
+    For a SKU listed in ``skus`` that number is held back; for any other SKU,
+    ``units`` or ``percent`` % of the pool's available (rounded up), whichever
+    is more.
+    """
+
+    units: int = 0
+    percent: float = 0.0
+    skus: Mapping[str, int] = field(default_factory=dict)
+
+    def held_back(self, sku: str, pool_available: int) -> int:
+        """The units held back for ``sku`` when the pool has ``pool_available``."""
+        if sku in self.skus:
+            return self.skus[sku]
+        by_rule = math.ceil(max(0, pool_available) * self.percent / 100.0) if self.percent else 0
+        return max(self.units, by_rule)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """One ``[[channel]]`` table, checked; ``secret`` is the resolved token (never printed)."""
+
+    name: str
+    kind: str
+    pool: Mapping[str, str]  # hub location -> the channel's location id
+    url: str  # the API endpoint (Shopify: the GraphQL URL; Square: the base URL; webhook: the receiver)
+    secret: str = field(repr=False)
+    secret_source: str = ""  # "file /path" or "env NAME": where the secret came from, for messages
+    buffer: Buffer = Buffer()
+    api_version: str = ""
+    mapping_csv: str | None = None
+    batch_max: int = SHOPIFY_BATCH_MAX
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retry_max_s: float = DEFAULT_RETRY_MAX_S
+    reason: str = DEFAULT_SHOPIFY_REASON
+    coalesce_s: float = DEFAULT_COALESCE_S
+
+    @property
+    def channel_locations(self) -> tuple[str, ...]:
+        """The channel's location ids the pool feeds, each once, in config order."""
+        return tuple(dict.fromkeys(self.pool.values()))
+
+    @property
+    def display_url(self) -> str:
+        """The URL without credentials or query, for logs and the API."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def parse_channels(
+    raw: Any, *, base_dir: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[ChannelSpec, ...]:
+    """The ``[[channel]]`` array of a hub config file, checked, with every secret read.
+
+    ``base_dir``: relative ``secret_file`` and ``mapping_csv`` paths are relative
+    to it (the config file's folder). ``environ``: where ``secret_env`` is looked
+    up (default: the process environment).
+    """
+    if not isinstance(raw, list):
+        raise ChannelConfigError("channel must be an array of tables ([[channel]])")
+    env = os.environ if environ is None else environ
+    base = Path(base_dir) if base_dir is not None else None
+    specs = [_parse_one(i, table, base, env) for i, table in enumerate(raw)]
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ChannelConfigError(f"channel name(s) {', '.join(twice)} are used twice; give each channel its own name")
+    return tuple(specs)
+
+
+def load_channels(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> tuple[ChannelSpec, ...]:
+    """The channels of a TOML file's ``[[channel]]`` tables (none if it has none)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            doc = tomllib.load(f)
+    except OSError as err:
+        raise ChannelConfigError(f"config file {p} cannot be read ({err.strerror or err})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ChannelConfigError(f"config file {p} is not valid TOML ({err})") from err
+    if "channel" not in doc:
+        return ()
+    return parse_channels(doc["channel"], base_dir=p.parent, environ=environ)
+
+
+def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) -> ChannelSpec:
+    if not isinstance(table, Mapping):
+        raise ChannelConfigError(f"channel[{i}] must be a table")
+    name = table.get("name")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ChannelConfigError(f"channel[{i}]: name must be 1 to 64 letters, digits, '.', '_' or '-'")
+    where = f"channel {name!r}"
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        hint = " (put the token in a file named by secret_file or a variable named by secret_env)" if "secret" in unknown else ""
+        raise ChannelConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}{hint}; the keys are {', '.join(KEYS)}"
+        )
+    kind = table.get("kind")
+    if kind not in KINDS:
+        raise ChannelConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    pool = _pool(where, table.get("pool"))
+    secret, source = _secret(where, table, base, env)
+    api_version, url = _endpoint(where, kind, table)
+    batch_limit = {"shopify": SHOPIFY_BATCH_MAX, "square": SQUARE_BATCH_MAX, "webhook": WEBHOOK_BATCH_MAX}[kind]
+    batch_max = table.get("batch_max", batch_limit)
+    if isinstance(batch_max, bool) or not isinstance(batch_max, int) or not 1 <= batch_max <= batch_limit:
+        raise ChannelConfigError(f"{where}: batch_max must be a whole number from 1 to {batch_limit} for {kind}")
+    timeout_s = _seconds(where, "timeout_s", table.get("timeout_s", DEFAULT_TIMEOUT_S), 0.1, 300.0)
+    retry_max_s = _seconds(where, "retry_max_s", table.get("retry_max_s", DEFAULT_RETRY_MAX_S), 0.01, 86_400.0)
+    coalesce_s = _seconds(where, "coalesce_s", table.get("coalesce_s", DEFAULT_COALESCE_S), 0.0, 60.0)
+    reason = table.get("reason", DEFAULT_SHOPIFY_REASON)
+    if reason not in SHOPIFY_REASONS:
+        raise ChannelConfigError(f"{where}: reason must be one of Shopify's reasons ({', '.join(SHOPIFY_REASONS)})")
+    mapping_csv = table.get("mapping_csv")
+    if mapping_csv is not None:
+        if not isinstance(mapping_csv, str) or not mapping_csv:
+            raise ChannelConfigError(f"{where}: mapping_csv must be the path of a CSV file")
+        mapping_csv = str(base / mapping_csv) if base is not None and not Path(mapping_csv).is_absolute() else mapping_csv
+    return ChannelSpec(
+        name=name,
+        kind=kind,
+        pool=pool,
+        url=url,
+        secret=secret,
+        secret_source=source,
+        buffer=_buffer(where, table.get("buffer", {})),
+        api_version=api_version,
+        mapping_csv=mapping_csv,
+        batch_max=batch_max,
+        timeout_s=timeout_s,
+        retry_max_s=retry_max_s,
+        reason=reason,
+        coalesce_s=coalesce_s,
+    )
+
+
+def _pool(where: str, raw: Any) -> dict[str, str]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise ChannelConfigError(
+            f"{where}: pool must be a table of hub location = channel location id, e.g. pool = {{ WH1 = \"gid://shopify/Location/1\" }}"
+        )
+    pool: dict[str, str] = {}
+    for hub_location, channel_location in raw.items():
+        if not is_location(hub_location):
+            raise ChannelConfigError(f"{where}: pool key {hub_location!r} is not a hub location code")
+        if (
+            not isinstance(channel_location, str)
+            or not channel_location.strip()
+            or len(channel_location) > CHANNEL_LOCATION_MAX_LEN
+            or not channel_location.isprintable()
+        ):
+            raise ChannelConfigError(
+                f"{where}: pool.{hub_location} must be the channel's location id (printable text, "
+                f"at most {CHANNEL_LOCATION_MAX_LEN} characters)"
+            )
+        pool[hub_location] = channel_location
+    return pool
+
+
+def _buffer(where: str, raw: Any) -> Buffer:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = {"units": raw}
+    if not isinstance(raw, Mapping):
+        raise ChannelConfigError(f"{where}: buffer must be a number of units or a table with units, percent, skus")
+    unknown = sorted(set(raw) - set(BUFFER_KEYS))
+    if unknown:
+        raise ChannelConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} in buffer; the keys are {', '.join(BUFFER_KEYS)}"
+        )
+    units = raw.get("units", 0)
+    if not _whole(units, BUFFER_UNITS_MAX):
+        raise ChannelConfigError(f"{where}: buffer.units must be a whole number from 0 to {BUFFER_UNITS_MAX}")
+    percent = raw.get("percent", 0)
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        raise ChannelConfigError(f"{where}: buffer.percent must be a number from 0 to 100")
+    skus_raw = raw.get("skus", {})
+    if not isinstance(skus_raw, Mapping):
+        raise ChannelConfigError(f"{where}: buffer.skus must be a table of SKU = units")
+    skus: dict[str, int] = {}
+    for sku, held in skus_raw.items():
+        if not _is_sku(sku):
+            raise ChannelConfigError(f"{where}: buffer.skus has {sku!r}, which is not a SKU")
+        if not _whole(held, BUFFER_UNITS_MAX):
+            raise ChannelConfigError(f"{where}: buffer.skus.{sku} must be a whole number from 0 to {BUFFER_UNITS_MAX}")
+        skus[sku] = held
+    return Buffer(units=units, percent=float(percent), skus=skus)
+
+
+def _secret(where: str, table: Mapping[str, Any], base: Path | None, env: Mapping[str, str]) -> tuple[str, str]:
+    file, var = table.get("secret_file"), table.get("secret_env")
+    if (file is None) == (var is None):
+        raise ChannelConfigError(
+            f"{where}: give exactly one of secret_file (a file holding the access token) or secret_env "
+            "(the name of an environment variable holding it)"
+        )
+    if var is not None:
+        if not isinstance(var, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", var):
+            raise ChannelConfigError(f"{where}: secret_env must be an environment variable name, got {var!r}")
+        value = env.get(var, "")
+        source = f"environment variable {var}"
+    else:
+        if not isinstance(file, str) or not file:
+            raise ChannelConfigError(f"{where}: secret_file must be a file path")
+        path = base / file if base is not None and not Path(file).is_absolute() else Path(file)
+        source = f"file {path}"
+        try:
+            with path.open("rb") as f:
+                data = f.read(SECRET_MAX_BYTES + 1)
+        except OSError as err:
+            raise ChannelConfigError(f"{where}: the secret {source} cannot be read ({err.strerror or err})") from None
+        if len(data) > SECRET_MAX_BYTES:
+            raise ChannelConfigError(f"{where}: the secret {source} is longer than {SECRET_MAX_BYTES} bytes")
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ChannelConfigError(f"{where}: the secret {source} is not UTF-8 text") from None
+    value = value.strip()
+    if not value:
+        raise ChannelConfigError(f"{where}: the secret ({source}) is empty or not set")
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise ChannelConfigError(f"{where}: the secret ({source}) must be one line of text without spaces")
+    return value, source
+
+
+def _endpoint(where: str, kind: str, table: Mapping[str, Any]) -> tuple[str, str]:
+    default_version = {"shopify": SHOPIFY_API_VERSION, "square": SQUARE_API_VERSION, "webhook": ""}[kind]
+    version = table.get("api_version", default_version)
+    if kind != "webhook" and (not isinstance(version, str) or not re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", version)):
+        raise ChannelConfigError(f"{where}: api_version must look like {default_version}, got {version!r}")
+    shop, url = table.get("shop"), table.get("url")
+    if kind == "shopify":
+        if shop is not None and url is not None:
+            raise ChannelConfigError(f"{where}: give shop (the store's myshopify.com domain) or url, not both")
+        if shop is not None:
+            if not isinstance(shop, str) or not re.fullmatch(r"[a-z0-9][a-z0-9\-]*\.myshopify\.com", shop):
+                raise ChannelConfigError(f"{where}: shop must be the store's domain, like example.myshopify.com")
+            url = f"https://{shop}/admin/api/{version}/graphql.json"
+    elif shop is not None:
+        raise ChannelConfigError(f"{where}: shop is a Shopify setting; a {kind} channel takes url")
+    if kind == "square" and url is None:
+        url = SQUARE_URL
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        need = "shop or url" if kind == "shopify" else "url"
+        raise ChannelConfigError(f"{where}: {need} must give an http:// or https:// address, got {url!r}")
+    if parts.username or parts.password:
+        raise ChannelConfigError(f"{where}: url must not carry a user or password; use secret_file or secret_env")
+    assert isinstance(url, str)
+    return str(version), url.rstrip("/") if kind == "square" else url
+
+
+def _seconds(where: str, key: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ChannelConfigError(f"{where}: {key} must be a number of seconds from {lo:g} to {hi:g}")
+    return float(value)
+
+
+def _whole(value: Any, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= hi
+
+
+def _is_sku(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= SKU_MAX_LEN and value.isprintable() and value == value.strip()

@@ -1,0 +1,377 @@
+"""Shopify connector: the GraphQL Admin API, version 2026-01 (``ChannelSpec.api_version``).
+
+Levels are set with ``inventorySetQuantities`` (name ``available``, a reason, a
+``referenceDocumentUri`` naming the hub and channel, and one quantity per
+inventory item and location) with:
+
+* ``changeFromQuantity`` — compare-and-set: the quantity the connector last
+  confirmed (read first if unknown). Shopify refuses the whole call with
+  ``CHANGE_FROM_QUANTITY_STALE`` when the level moved (a sale at Shopify, an
+  edit in the admin); the connector re-reads those levels and sets again;
+* ``@idempotent(key:)`` — a UUID derived from the turn and the variables, so a
+  retry after a timeout or a dropped connection carries the same key and
+  Shopify applies it at most once (optional in 2026-01, required from
+  2026-04);
+* cost-based throttling: every answer carries ``extensions.cost`` with
+  ``requestedQueryCost``, ``actualQueryCost`` and ``throttleStatus``
+  (``maximumAvailable``, ``currentlyAvailable``, ``restoreRate`` — 100 points/s
+  on standard plans, 1,000 on Plus). The connector keeps a model of that
+  leaky bucket and waits before a call until the bucket holds its cost, so
+  it is seldom answered ``THROTTLED``; when it is, it waits for exactly the
+  missing points and sends the same request again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from hub.channels.config import ChannelSpec
+from hub.channels.connector import (
+    ChannelRejected,
+    ChannelUnavailable,
+    Target,
+    idempotency_key,
+    read_bounded,
+    short,
+)
+from hub.channels.levels import LevelKey
+from hub.channels.mapping import ListingEntry
+
+log = logging.getLogger(__name__)
+
+MUTATION_COST = 10  # what Shopify charges a mutation, before the first answer says so
+THROTTLED_RETRIES_MAX = 8  # THROTTLED answers in a row before a turn gives up (and backs off)
+CAS_RETRIES_MAX = 5  # compare-and-set misses in a row before a turn gives up
+CONCURRENT_RETRY_S = 0.5
+NODES_MAX = 250
+LISTING_PAGE = 250
+LISTING_PAGES_MAX = 10_000
+ANSWER_MAX_BYTES = 16 * 1024 * 1024
+
+SET_QUANTITIES = """
+mutation setLevels($input: InventorySetQuantitiesInput!, $key: String!) {
+  inventorySetQuantities(input: $input) @idempotent(key: $key) {
+    inventoryAdjustmentGroup { createdAt reason referenceDocumentUri changes { name delta quantityAfterChange } }
+    userErrors { code field message }
+  }
+}
+""".strip()
+
+READ_LEVELS = """
+query readLevels($ids: [ID!]!, $locationId: ID!) {
+  nodes(ids: $ids) {
+    ... on InventoryItem { id inventoryLevel(locationId: $locationId) { quantities(names: ["available"]) { name quantity } } }
+  }
+}
+""".strip()
+
+LIST_VARIANTS = """
+query listVariants($first: Int!, $after: String) {
+  productVariants(first: $first, after: $after) {
+    nodes { id sku barcode title inventoryItem { id } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+""".strip()
+
+class _CostTooHigh(ChannelRejected):
+    """A query asked for more points than the shop's bucket can ever hold (MAX_COST_EXCEEDED)."""
+
+    def __init__(self, message: str, max_cost: float | None) -> None:
+        super().__init__(message)
+        self.max_cost = max_cost
+
+
+STALE_CODES = frozenset({"CHANGE_FROM_QUANTITY_STALE", "COMPARE_QUANTITY_STALE"})
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleStatus:
+    """Shopify's leaky bucket as last reported, and when (monotonic seconds)."""
+
+    maximum: float
+    available: float
+    restore_rate: float
+    at_s: float
+
+    def available_at(self, now_s: float) -> float:
+        return min(self.maximum, self.available + max(0.0, now_s - self.at_s) * self.restore_rate)
+
+    def wait_s(self, cost: float, now_s: float) -> float:
+        """How long until the bucket holds ``cost`` points."""
+        missing = min(cost, self.maximum) - self.available_at(now_s)
+        return max(0.0, missing / self.restore_rate) if self.restore_rate > 0 else 0.0
+
+
+class ShopifyConnector:
+    kind = "shopify"
+
+    def __init__(
+        self,
+        spec: ChannelSpec,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.spec = spec
+        self._session = session
+        self._clock = clock
+        self._sleep = sleep
+        self.throttle: ThrottleStatus | None = None
+        self._costs: dict[str, float] = {"setLevels": MUTATION_COST}
+        self.calls = 0  # requests sent (for the status and the benchmarks)
+        self.throttled = 0  # THROTTLED answers received
+        self.cas_misses = 0
+
+    async def close(self) -> None:
+        return None
+
+    # --- pushing -----------------------------------------------------------------
+
+    async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
+        keys = sorted(batch)
+        previous = {k: batch[k].previous for k in keys}
+        unknown = [k for k in keys if previous[k] is None]
+        if unknown:
+            previous.update(await self.read_levels(unknown))
+        for _ in range(CAS_RETRIES_MAX):
+            quantities = [
+                {
+                    "inventoryItemId": k.item_id,
+                    "locationId": k.location_id,
+                    "quantity": batch[k].quantity,
+                    "changeFromQuantity": previous[k],
+                }
+                for k in keys
+            ]
+            variables: dict[str, Any] = {
+                "input": {
+                    "name": "available",
+                    "reason": self.spec.reason,
+                    "referenceDocumentUri": f"shelfsync://hub/channel/{self.spec.name}",
+                    "quantities": quantities,
+                }
+            }
+            variables["key"] = idempotency_key(turn_key, variables["input"])
+            data = await self._graphql("setLevels", SET_QUANTITIES, variables)
+            payload = data.get("inventorySetQuantities") or {}
+            errors = payload.get("userErrors") or []
+            if not errors:
+                return {k: batch[k].quantity for k in keys}
+            codes = {str(e.get("code")) for e in errors}
+            if codes <= STALE_CODES:
+                stale = _stale_keys(errors, keys)
+                self.cas_misses += 1
+                log.info(
+                    "channel %s: %d level(s) changed at Shopify since the last push; reading them again",
+                    self.spec.name,
+                    len(stale),
+                )
+                previous.update(await self.read_levels(stale))
+                continue
+            if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
+                await self._sleep(CONCURRENT_RETRY_S)
+                continue
+            first = errors[0]
+            raise ChannelRejected(
+                f"Shopify refused to set {len(keys)} level(s) of channel {self.spec.name}: "
+                f"{first.get('code')}: {short(str(first.get('message', '')))}"
+            )
+        raise ChannelUnavailable(
+            f"the levels of channel {self.spec.name} kept changing at Shopify during {CAS_RETRIES_MAX} attempts"
+        )
+
+    async def read_levels(self, keys: list[LevelKey]) -> dict[LevelKey, int | None]:
+        """The ``available`` quantity at Shopify of each level (None: the item is not stocked there)."""
+        found: dict[LevelKey, int | None] = {}
+        by_location: dict[str, list[LevelKey]] = {}
+        for k in keys:
+            by_location.setdefault(k.location_id, []).append(k)
+        for location_id, group in by_location.items():
+            for start in range(0, len(group), NODES_MAX):
+                chunk = group[start : start + NODES_MAX]
+                data = await self._graphql(
+                    "readLevels", READ_LEVELS, {"ids": [k.item_id for k in chunk], "locationId": location_id}
+                )
+                nodes = {n.get("id"): n for n in data.get("nodes") or [] if isinstance(n, dict)}
+                for k in chunk:
+                    found[k] = _available(nodes.get(k.item_id))
+        return found
+
+    # --- listing -------------------------------------------------------------------
+
+    async def listing(self) -> list[ListingEntry]:
+        entries: list[ListingEntry] = []
+        after: str | None = None
+        first = LISTING_PAGE
+        for _ in range(LISTING_PAGES_MAX):
+            if self.throttle is not None:  # a page costs 2 + 2 points per variant: never more than the bucket holds
+                first = max(1, min(first, int((self.throttle.maximum - 2) // 2)))
+            try:
+                data = await self._graphql("listVariants", LIST_VARIANTS, {"first": first, "after": after})
+            except _CostTooHigh as err:
+                if err.max_cost is None or first == 1:
+                    raise
+                first = max(1, min(first - 1, int((err.max_cost - 2) // 2)))
+                continue
+            page = data.get("productVariants") or {}
+            for node in page.get("nodes") or []:
+                item = node.get("inventoryItem") or {}
+                if not item.get("id"):
+                    continue
+                entries.append(
+                    ListingEntry(
+                        item_id=str(item["id"]),
+                        sku=str(node.get("sku") or ""),
+                        variant_id=str(node.get("id") or ""),
+                        barcode=str(node.get("barcode") or ""),
+                        title=str(node.get("title") or ""),
+                    )
+                )
+            info = page.get("pageInfo") or {}
+            if not info.get("hasNextPage"):
+                return entries
+            after = info.get("endCursor")
+        raise ChannelRejected(f"channel {self.spec.name} lists more than {LISTING_PAGES_MAX * LISTING_PAGE} variants")
+
+    # --- transport -----------------------------------------------------------------
+
+    async def _graphql(self, operation: str, query: str, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` of one GraphQL call, paced by the throttle model and repeated after THROTTLED."""
+        for _ in range(THROTTLED_RETRIES_MAX):
+            cost = self._costs.get(operation, 0.0)
+            if self.throttle is not None:
+                wait_s = self.throttle.wait_s(cost, self._clock())
+                if wait_s > 0:
+                    await self._sleep(wait_s)
+            body = await self._post({"query": query, "variables": dict(variables), "operationName": operation})
+            self._learn(operation, body)
+            errors = body.get("errors")
+            if isinstance(errors, list) and errors:
+                codes = {str((e.get("extensions") or {}).get("code")) for e in errors if isinstance(e, dict)}
+                if "THROTTLED" in codes:
+                    self.throttled += 1
+                    continue  # the model now knows the bucket: the next turn of this loop waits for it
+                first = errors[0] if isinstance(errors[0], dict) else {}
+                if "MAX_COST_EXCEEDED" in codes:
+                    max_cost = (first.get("extensions") or {}).get("maxCost")
+                    raise _CostTooHigh(
+                        f"a query of channel {self.spec.name} costs more than Shopify allows ({short(str(first.get('message', '')))})",
+                        float(max_cost) if isinstance(max_cost, (int, float)) else None,
+                    )
+                raise ChannelRejected(
+                    f"Shopify refused a request of channel {self.spec.name}: {short(str(first.get('message', errors[0])))}"
+                )
+            data = body.get("data")
+            if not isinstance(data, dict):
+                raise ChannelUnavailable(f"Shopify answered channel {self.spec.name} without data")
+            return data
+        raise ChannelUnavailable(
+            f"Shopify kept throttling channel {self.spec.name} ({THROTTLED_RETRIES_MAX} THROTTLED answers in a row)"
+        )
+
+    def _learn(self, operation: str, body: Mapping[str, Any]) -> None:
+        cost = (body.get("extensions") or {}).get("cost") if isinstance(body.get("extensions"), dict) else None
+        if not isinstance(cost, dict):
+            return
+        requested = cost.get("requestedQueryCost")
+        if isinstance(requested, (int, float)) and not isinstance(requested, bool):
+            self._costs[operation] = float(requested)
+        status = cost.get("throttleStatus")
+        if isinstance(status, dict):
+            try:
+                self.throttle = ThrottleStatus(
+                    float(status["maximumAvailable"]),
+                    float(status["currentlyAvailable"]),
+                    float(status["restoreRate"]),
+                    self._clock(),
+                )
+            except (KeyError, TypeError, ValueError):
+                pass
+
+    async def _post(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        spec = self.spec
+        headers = {
+            "X-Shopify-Access-Token": spec.secret,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "shelfsync-hub",
+        }
+        self.calls += 1
+        try:
+            async with self._session.post(
+                spec.url, json=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+                allow_redirects=False,
+            ) as resp:
+                raw = await read_bounded(resp.content, ANSWER_MAX_BYTES)
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except TimeoutError:
+            raise ChannelUnavailable(f"Shopify did not answer channel {spec.name} within {spec.timeout_s:g} s") from None
+        except aiohttp.ClientError as err:
+            raise ChannelUnavailable(f"cannot reach Shopify for channel {spec.name}: {err or type(err).__name__}") from err
+        text = raw[:ANSWER_MAX_BYTES].decode("utf-8", "replace")
+        if status in (401, 403):
+            raise ChannelRejected(
+                f"Shopify refused the access token of channel {spec.name} (HTTP {status}); check the token in "
+                f"{spec.secret_source or 'its secret'} and its write_inventory scope"
+            )
+        if status == 429 or status >= 500:
+            raise ChannelUnavailable(
+                f"Shopify answered channel {spec.name} with HTTP {status}", _retry_after_s(retry_after)
+            )
+        if status != 200:
+            raise ChannelRejected(f"Shopify answered channel {spec.name} with HTTP {status}: {short(text)}")
+        if len(raw) > ANSWER_MAX_BYTES:
+            raise ChannelUnavailable(f"Shopify's answer to channel {spec.name} is larger than {ANSWER_MAX_BYTES} bytes")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise ChannelUnavailable(f"Shopify answered channel {spec.name} with something that is not JSON") from None
+        if not isinstance(body, dict):
+            raise ChannelUnavailable(f"Shopify answered channel {spec.name} with JSON that is not an object")
+        return body
+
+
+def _available(node: Any) -> int | None:
+    if not isinstance(node, dict):
+        return None
+    level = node.get("inventoryLevel")
+    if not isinstance(level, dict):
+        return None
+    for q in level.get("quantities") or []:
+        if isinstance(q, dict) and q.get("name") == "available" and isinstance(q.get("quantity"), int):
+            return int(q["quantity"])
+    return None
+
+
+_INDEX_RE = re.compile(r"\d+")
+
+
+def _stale_keys(errors: list[Any], keys: list[LevelKey]) -> list[LevelKey]:
+    """The levels named by stale-quantity errors (``field``: ["input", "quantities", "3", ...]); all if unclear."""
+    stale: list[LevelKey] = []
+    for e in errors:
+        path = e.get("field") if isinstance(e, dict) else None
+        index = next((int(p) for p in path or [] if isinstance(p, str) and _INDEX_RE.fullmatch(p)), None)
+        if index is None or not 0 <= index < len(keys):
+            return list(keys)
+        stale.append(keys[index])
+    return stale
+
+
+def _retry_after_s(raw: str | None) -> float | None:
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value <= 3_600 else None

@@ -1,0 +1,210 @@
+"""Square connector: the Square Inventory and Catalog APIs, ``Square-Version: 2024-11-20``.
+
+Levels are set with ``POST /v2/inventory/changes/batch-create``: at most 100
+``PHYSICAL_COUNT`` changes per request (``catalog_object_id``, ``location_id``,
+``state: IN_STOCK``, ``quantity`` as a decimal string, and the client's
+``occurred_at`` — the hub's time of the newest change behind the quantity, so
+an older count can never override a newer one at Square), one
+``idempotency_key`` per request derived from the turn and the request's
+content (a retry carries the same key; Square answers a reused key with
+different content ``IDEMPOTENCY_KEY_REUSED``). ``429`` is honoured: the
+connector waits ``Retry-After`` seconds and sends the same request again.
+Errors come as ``{"errors": [{"category", "code", "detail", "field"}]}``.
+
+The listing is ``POST /v2/catalog/search`` for ``ITEM_VARIATION`` objects
+(their ``sku`` and ``upc``), page by page with Square's ``cursor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from hub.channels.config import ChannelSpec
+from hub.channels.connector import (
+    ChannelRejected,
+    ChannelUnavailable,
+    Target,
+    idempotency_key,
+    read_bounded,
+    short,
+)
+from hub.channels.levels import LevelKey
+from hub.channels.mapping import ListingEntry
+
+RATE_LIMITED_RETRIES_MAX = 5  # 429 answers in a row before a turn gives up (and backs off)
+RETRY_AFTER_DEFAULT_S = 1.0
+RETRY_AFTER_MAX_S = 300.0
+CATALOG_PAGE = 1_000
+CATALOG_PAGES_MAX = 10_000
+ANSWER_MAX_BYTES = 16 * 1024 * 1024
+
+
+def rfc3339_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+class SquareConnector:
+    kind = "square"
+
+    def __init__(
+        self,
+        spec: ChannelSpec,
+        session: aiohttp.ClientSession,
+        *,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self._session = session
+        self._sleep = sleep
+        self._clock = clock
+        self.calls = 0
+        self.rate_limited = 0
+
+    async def close(self) -> None:
+        return None
+
+    async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
+        keys = sorted(batch)
+        if len(keys) > self.spec.batch_max:
+            raise ValueError(f"a Square batch holds at most {self.spec.batch_max} changes, got {len(keys)}")
+        changes = [
+            {
+                "type": "PHYSICAL_COUNT",
+                "physical_count": {
+                    "catalog_object_id": k.item_id,
+                    "location_id": k.location_id,
+                    "state": "IN_STOCK",
+                    "quantity": str(batch[k].quantity),
+                    "occurred_at": rfc3339_ms(batch[k].occurred_at_ms),
+                },
+            }
+            for k in keys
+        ]
+        body = {
+            "idempotency_key": idempotency_key(turn_key, changes),
+            "changes": changes,
+            "ignore_unchanged_counts": True,
+        }
+        await self._call("/v2/inventory/changes/batch-create", body, "setting levels")
+        return {k: batch[k].quantity for k in keys}
+
+    async def listing(self) -> list[ListingEntry]:
+        entries: list[ListingEntry] = []
+        cursor: str | None = None
+        for _ in range(CATALOG_PAGES_MAX):
+            request: dict[str, Any] = {"object_types": ["ITEM_VARIATION"], "limit": CATALOG_PAGE}
+            if cursor:
+                request["cursor"] = cursor
+            answer = await self._call("/v2/catalog/search", request, "reading the catalog")
+            for obj in answer.get("objects") or []:
+                if not isinstance(obj, dict) or obj.get("type") != "ITEM_VARIATION" or obj.get("is_deleted"):
+                    continue
+                data = obj.get("item_variation_data") or {}
+                entries.append(
+                    ListingEntry(
+                        item_id=str(obj.get("id") or ""),
+                        sku=str(data.get("sku") or ""),
+                        barcode=str(data.get("upc") or ""),
+                        title=str(data.get("name") or ""),
+                    )
+                )
+            cursor = answer.get("cursor")
+            if not cursor:
+                return entries
+        raise ChannelRejected(f"channel {self.spec.name} lists more than {CATALOG_PAGES_MAX * CATALOG_PAGE} variations")
+
+    async def read_counts(self, item_ids: list[str], location_ids: list[str]) -> dict[LevelKey, int]:
+        """Square's IN_STOCK count of each item at each location (for reconciliation and tests)."""
+        answer = await self._call(
+            "/v2/inventory/counts/batch-retrieve",
+            {"catalog_object_ids": item_ids, "location_ids": location_ids, "states": ["IN_STOCK"]},
+            "reading levels",
+        )
+        return {
+            LevelKey(str(c["catalog_object_id"]), str(c["location_id"])): int(float(c["quantity"]))
+            for c in answer.get("counts") or []
+            if isinstance(c, dict) and c.get("state") == "IN_STOCK"
+        }
+
+    async def _call(self, path: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """One request, sent again (the same body, the same key) after each 429 once Retry-After has passed."""
+        spec = self.spec
+        for _ in range(RATE_LIMITED_RETRIES_MAX):
+            status, retry_after, answer = await self._post(path, body, what)
+            if status == 429:
+                self.rate_limited += 1
+                await self._sleep(_retry_after_s(retry_after))
+                continue
+            if 200 <= status < 300 and not answer.get("errors"):
+                return answer
+            detail = _first_error(answer) or f"HTTP {status}"
+            if status >= 500:
+                raise ChannelUnavailable(f"Square failed {what} for channel {spec.name} (HTTP {status}: {detail})")
+            if status in (401, 403):
+                raise ChannelRejected(
+                    f"Square refused the access token of channel {spec.name} ({detail}); check the token in "
+                    f"{spec.secret_source or 'its secret'} and its INVENTORY_WRITE permission"
+                )
+            raise ChannelRejected(f"Square refused {what} for channel {spec.name} (HTTP {status}: {detail})")
+        raise ChannelUnavailable(
+            f"Square kept answering 429 to channel {spec.name} ({RATE_LIMITED_RETRIES_MAX} times in a row)",
+            _retry_after_s(None),
+        )
+
+    async def _post(self, path: str, body: Mapping[str, Any], what: str) -> tuple[int, str | None, dict[str, Any]]:
+        spec = self.spec
+        headers = {
+            "Authorization": f"Bearer {spec.secret}",
+            "Square-Version": spec.api_version,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "shelfsync-hub",
+        }
+        self.calls += 1
+        try:
+            async with self._session.post(
+                spec.url + path, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+                allow_redirects=False,
+            ) as resp:
+                raw = await read_bounded(resp.content, ANSWER_MAX_BYTES)
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except TimeoutError:
+            raise ChannelUnavailable(
+                f"Square did not answer {what} for channel {spec.name} within {spec.timeout_s:g} s"
+            ) from None
+        except aiohttp.ClientError as err:
+            raise ChannelUnavailable(f"cannot reach Square for channel {spec.name}: {err or type(err).__name__}") from err
+        if len(raw) > ANSWER_MAX_BYTES:
+            raise ChannelUnavailable(f"Square's answer to channel {spec.name} is larger than {ANSWER_MAX_BYTES} bytes")
+        try:
+            answer = json.loads(raw.decode("utf-8", "replace")) if raw else {}
+        except ValueError:
+            answer = {"errors": [{"detail": short(raw.decode("utf-8", "replace"))}]}
+        return status, retry_after, answer if isinstance(answer, dict) else {}
+
+
+def _first_error(answer: Mapping[str, Any]) -> str:
+    errors = answer.get("errors")
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return ""
+    e = errors[0]
+    field = f" ({e['field']})" if e.get("field") else ""
+    return short(f"{e.get('category', '')} {e.get('code', '')}: {e.get('detail', '')}{field}".strip())
+
+
+def _retry_after_s(raw: str | None) -> float:
+    try:
+        value = float(raw) if raw is not None else RETRY_AFTER_DEFAULT_S
+    except ValueError:
+        value = RETRY_AFTER_DEFAULT_S
+    if value != value or value < 0:  # nan or negative
+        value = RETRY_AFTER_DEFAULT_S
+    return min(value, RETRY_AFTER_MAX_S)

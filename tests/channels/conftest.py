@@ -1,0 +1,96 @@
+"""Fixtures for the channel tests: a real hub store on a tmp SQLite file, its change watch, the emulators."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.channels import ChannelSpec, SqliteChannelState, parse_channels
+from hub.feed import ChangeWatch
+from hub.storage import HubStore, open_store
+from hub.storage.base import AgentIdentity
+from protocol import Kind
+from tests.channels.emulators.shopify import ShopifyEmulator
+from tests.channels.emulators.square import SquareEmulator
+from tests.hub.event_factory import EventFactory
+
+BOUND_S = 30.0  # every wait in these tests is bounded by this
+
+
+@dataclass
+class Hub:
+    """A real hub store with one agent credential for the pool's locations, and its change feed watch."""
+
+    store: HubStore
+    who: AgentIdentity
+    watch: ChangeWatch
+    db_path: Path
+    factory: EventFactory
+    clock_ms: float = 0.0
+
+    async def move(self, *moves: tuple[Kind, int, str, str]) -> None:
+        """Ingest one batch of movements (kind, qty, location, sku) as one agent sync."""
+        events = []
+        for kind, qty, location, sku in moves:
+            self.clock_ms += 1
+            events.append(self.factory(kind, qty, at_ms=self.clock_ms, location=location, sku=sku))
+        result = await self.store.ingest(self.who, self.factory.epoch, events)
+        assert not result.rejected, result.rejected
+
+    async def available(self, location: str, sku: str) -> int:
+        rows = await self.store.counts(location=location, sku=sku)
+        return rows[0].available if rows else 0
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    db = tmp_path / "hub.db"
+    async with open_store(db) as store:
+        agent_id, token = await store.add_agent(["S1", "S2", "WH", "OTHER"])
+        who = await store.authenticate(token)
+        assert who is not None
+        async with ChangeWatch(store, recheck_s=0.05) as watch:
+            yield Hub(store, who, watch, db, EventFactory(agent_id))
+
+
+@pytest.fixture
+async def state(hub: Hub) -> AsyncIterator[SqliteChannelState]:
+    async with await SqliteChannelState.open(hub.db_path) as s:
+        yield s
+
+
+@pytest.fixture
+async def shopify() -> AsyncIterator[ShopifyEmulator]:
+    async with ShopifyEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+async def square() -> AsyncIterator[SquareEmulator]:
+    async with SquareEmulator() as emu:
+        yield emu
+
+
+def spec_of(table: dict[str, Any], token: str) -> ChannelSpec:
+    """One channel's spec, its secret from an environment variable (as a hub would read it)."""
+    (spec,) = parse_channels([{"secret_env": "CHANNEL_TOKEN", **table}], environ={"CHANNEL_TOKEN": token})
+    return spec
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], what: str, bound_s: float = BOUND_S) -> None:
+    """Poll ``check`` until true; fail with ``what`` after ``bound_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.02)
+
+
+def expected_level(avail: Sequence[int], held_back: int = 0) -> int:
+    return max(0, sum(avail) - held_back)

@@ -1,0 +1,73 @@
+"""SKU mapping from the channels' listings (through the emulators) and from a CSV, with findings."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from hub.channels import (
+    ListingEntry,
+    MappingError,
+    ShopifyConnector,
+    SquareConnector,
+    build_mapping,
+    parse_mapping_csv,
+)
+from tests.channels.conftest import spec_of
+from tests.channels.emulators.shopify import ShopifyEmulator
+from tests.channels.emulators.square import SquareEmulator
+
+
+def test_findings_say_what_to_do() -> None:
+    entries = [
+        ListingEntry("i1", "A", barcode="4006381333931"),
+        ListingEntry("i2", "B", barcode="4006381333931"),  # one barcode on two SKUs
+        ListingEntry("i3", "C"),
+        ListingEntry("i4", "C"),  # one SKU on two items
+        ListingEntry("i5", "", title="Gift card"),
+    ]
+    m = build_mapping("web", entries, {"A", "B", "C", "D"}, where="Shopify")
+    assert m.by_sku() == {"A": "i1", "B": "i2"}
+    kinds = {f.kind: f for f in m.findings}
+    assert set(kinds) == {"sku_twice", "barcode_twice", "no_sku", "unmapped_sku"}
+    assert kinds["sku_twice"].sku == "C" and "give each item its own SKU in Shopify" in kinds["sku_twice"].detail
+    assert "4006381333931" in kinds["barcode_twice"].detail and "A, B" in kinds["barcode_twice"].detail
+    assert "Gift card" in kinds["no_sku"].detail
+    assert kinds["unmapped_sku"].sku == "D" and "add it to the item" in kinds["unmapped_sku"].detail
+
+
+def test_a_csv_maps_skus_and_a_bad_one_names_the_line() -> None:
+    text = "sku,item_id,variant_id,barcode\nA,gid://shopify/InventoryItem/1,gid://shopify/ProductVariant/9,123\n\nB,gid://shopify/InventoryItem/2,,\n"
+    entries = parse_mapping_csv(text)
+    assert [(e.sku, e.item_id, e.variant_id, e.barcode) for e in entries] == [
+        ("A", "gid://shopify/InventoryItem/1", "gid://shopify/ProductVariant/9", "123"),
+        ("B", "gid://shopify/InventoryItem/2", "", ""),
+    ]
+    with pytest.raises(MappingError, match="has no item_id column"):
+        parse_mapping_csv("sku,id\nA,1\n")
+    with pytest.raises(MappingError, match="line 3 of the mapping CSV: item_id must be"):
+        parse_mapping_csv("sku,item_id\nA,1\nB,\n")
+
+
+async def test_the_shopify_listing_is_read_page_by_page() -> None:
+    async with ShopifyEmulator(maximum_available=100.0) as shop, aiohttp.ClientSession() as session:
+        loc = shop.add_location()
+        made = [shop.add_variant(f"S{i:03d}", barcode=f"B{i}", stocked_at=[loc]) for i in range(130)]
+        shop.add_variant("")
+        spec = spec_of({"name": "web", "kind": "shopify", "url": shop.url, "pool": {"S1": loc}}, shop.token)
+        entries = await ShopifyConnector(spec, session).listing()
+    assert [(e.sku, e.item_id, e.variant_id) for e in entries[:130]] == [(v.sku, v.item_id, v.variant_id) for v in made]
+    assert shop.stats.by_operation["productVariants"] >= 3  # a bucket of 100 allows pages of at most 49
+    assert shop.stats.throttled <= 1
+    assert build_mapping("web", entries, set()).findings[0].kind == "no_sku"
+
+
+async def test_the_square_catalog_is_read_page_by_page() -> None:
+    async with SquareEmulator() as sq, aiohttp.ClientSession() as session:
+        loc = sq.add_location()
+        ids = [sq.add_variation(f"Q{i:04d}", upc=f"0{i:011d}") for i in range(1_500)]
+        spec = spec_of({"name": "pos", "kind": "square", "url": sq.url, "pool": {"S1": loc}}, sq.token)
+        entries = await SquareConnector(spec, session).listing()
+    assert [e.item_id for e in entries] == ids
+    assert entries[3].sku == "Q0003" and entries[3].barcode == "000000000003"
+    assert sq.stats.requests == 2

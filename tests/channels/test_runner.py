@@ -1,0 +1,38 @@
+"""All configured pushers beside the hub: one call starts them, leaving the block stops them."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.channels import ChannelError, channel_pushers
+from protocol import Kind
+from tests.channels.conftest import Hub, spec_of, wait_until
+from tests.channels.emulators.shopify import ShopifyEmulator
+from tests.channels.emulators.square import SquareEmulator
+
+
+async def test_every_configured_channel_gets_its_levels(hub: Hub, shopify: ShopifyEmulator, square: SquareEmulator) -> None:
+    shop_loc, sq_loc = shopify.add_location(), square.add_location()
+    variant = shopify.add_variant("A", stocked_at=[shop_loc])
+    variation = square.add_variation("A")
+    specs = [
+        spec_of({"name": "web", "kind": "shopify", "url": shopify.url, "pool": {"S1": shop_loc, "WH": shop_loc}}, shopify.token),
+        spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}, "buffer": 1}, square.token),
+    ]
+    await hub.move((Kind.RECEIVE, 6, "S1", "A"), (Kind.RECEIVE, 4, "WH", "A"))
+    async with channel_pushers(specs, hub.store, str(hub.db_path), hub.watch) as pushers:
+        assert set(pushers) == {"web", "pickup"}
+
+        async def right() -> bool:
+            return shopify.available(variant.item_id, shop_loc) == 10 and square.quantity(variation, sq_loc) == 5
+
+        await wait_until(right, "both channels show the pool minus their buffer")
+    latest = await hub.store.latest_change_id()
+    assert [p.status.cursor for p in pushers.values()] == [latest, latest]
+
+
+async def test_a_postgresql_hub_cannot_run_channels_yet(hub: Hub, square: SquareEmulator) -> None:
+    spec = spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": "L1"}}, square.token)
+    with pytest.raises(ChannelError, match="PostgreSQL hub cannot run them yet"):
+        async with channel_pushers([spec], hub.store, "postgresql://u@127.0.0.1/db", hub.watch):
+            pass

@@ -1,0 +1,225 @@
+"""The Shopify pusher against the Shopify emulator, with a real hub store and its real change feed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, ShopifyConnector, SqliteChannelState
+from protocol import Kind
+from tests.channels.conftest import Hub, spec_of, wait_until
+from tests.channels.emulators.shopify import ShopifyEmulator, Variant
+
+FAST = Backoff(base_s=0.02, max_s=0.2)
+
+
+def shop_spec(emu: ShopifyEmulator, pool: dict[str, str], **extra: Any) -> ChannelSpec:
+    return spec_of({"name": "web", "kind": "shopify", "url": emu.url, "pool": pool, "timeout_s": 2, **extra}, emu.token)
+
+
+@asynccontextmanager
+async def pushing(
+    spec: ChannelSpec, hub: Hub, state: SqliteChannelState, **connector_kw: Any
+) -> AsyncIterator[ChannelPusher]:
+    async with aiohttp.ClientSession() as session:
+        connector = ShopifyConnector(spec, session, **connector_kw)
+        async with ChannelPusher(spec, hub.store, state, connector, hub.watch, backoff=FAST) as pusher:
+            yield pusher
+
+
+def shows(emu: ShopifyEmulator, expected: dict[tuple[str, str], int]) -> Callable[[], Any]:
+    async def check() -> bool:
+        return all(emu.available(item, loc) == q for (item, loc), q in expected.items())
+
+    return check
+
+
+@pytest.fixture
+def web(shopify: ShopifyEmulator) -> tuple[str, str]:
+    return shopify.add_location(), shopify.add_location()  # the web shop's two Shopify locations
+
+
+def variants(emu: ShopifyEmulator, locations: tuple[str, str], *skus: str) -> dict[str, Variant]:
+    return {sku: emu.add_variant(sku, stocked_at=locations, available=0) for sku in skus}
+
+
+async def test_levels_are_right_after_a_burst(hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]) -> None:
+    online, outlet = web
+    v = variants(shopify, web, "A", "B", "C")
+    spec = shop_spec(shopify, {"S1": online, "S2": online, "WH": outlet}, buffer={"units": 1, "skus": {"C": 0}})
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 5, "S2", "A"), (Kind.RECEIVE, 7, "WH", "A"))
+    await hub.move((Kind.RECEIVE, 3, "S1", "B"), (Kind.RECEIVE, 2, "S1", "C"), (Kind.RECEIVE, 50, "OTHER", "C"))
+    async with pushing(spec, hub, state):
+        for i in range(30):  # a burst of sales while the pusher runs
+            await hub.move((Kind.SALE, -1, "S1" if i % 2 else "S2", "A"), (Kind.SALE, -1, "WH", "A"))
+        await hub.move((Kind.SALE, -3, "S1", "B"))
+        # A: S1 10-15+20 = 15, S2 5-15 = -10 (available 0, never below), WH 7-30+40 = 17; B: 3-3 = 0
+        await hub.move((Kind.RECEIVE, 20, "S1", "A"), (Kind.RECEIVE, 40, "WH", "A"))
+        assert await hub.available("S2", "A") == 0
+        expected = {
+            (v["A"].item_id, online): 15 + 0 - 1,  # the pool's available minus a buffer of 1
+            (v["A"].item_id, outlet): 17 - 1,
+            (v["B"].item_id, online): 0,
+            (v["C"].item_id, online): 2,  # OTHER is not in the pool; C's buffer is 0
+            (v["C"].item_id, outlet): 0,
+        }
+        await wait_until(shows(shopify, expected), "Shopify shows the hub's levels minus the buffer")
+    assert shopify.stats.throttled == 0
+
+
+async def test_a_burst_of_1000_sales_costs_a_handful_of_calls_and_the_last_value_wins(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    v = variants(shopify, web, "A")
+    spec = shop_spec(shopify, {"S1": online}, coalesce_s=0.25)
+    await hub.move((Kind.RECEIVE, 1500, "S1", "A"))
+    async with pushing(spec, hub, state) as pusher:
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 1500}), "the first level is out")
+        before = shopify.stats.mutations_applied
+        for _ in range(1000):  # 1,000 sales, each its own sync and its own change in the feed
+            await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 500}), "the last value is out")
+        await asyncio.sleep(0)
+        calls = shopify.stats.mutations_applied - before
+        assert 1 <= calls <= 50, f"1,000 sales cost {calls} calls"
+        assert shopify.stats.history[-1] == {(v["A"].item_id, online): 500}
+        assert pusher.status.cursor == await hub.store.latest_change_id()
+
+
+async def test_a_backlog_read_at_once_is_one_call(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    v = variants(shopify, web, "A")
+    await hub.move((Kind.RECEIVE, 1000, "S1", "A"))
+    for _ in range(999):
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+    spec = shop_spec(shopify, {"S1": online})
+    async with pushing(spec, hub, state):
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 1}), "the level is out")
+    assert shopify.stats.mutations_applied == 1
+    assert shopify.stats.history == [{(v["A"].item_id, online): 1}]
+
+
+async def test_throttling_is_paced_by_the_leaky_bucket_not_a_storm_of_throttled(
+    hub: Hub, state: SqliteChannelState, web: tuple[str, str]
+) -> None:
+    async with ShopifyEmulator(maximum_available=60.0, restore_rate=100.0) as shop:
+        loc = shop.add_location()
+        skus = [f"T{i:02d}" for i in range(25)]
+        v = {sku: shop.add_variant(sku, stocked_at=[loc]) for sku in skus}
+        shop.drain(60.0)  # another app just emptied the bucket: the first call is THROTTLED
+        await hub.move(*[(Kind.RECEIVE, i + 1, "S1", sku) for i, sku in enumerate(skus)])
+        spec = shop_spec(shop, {"S1": loc}, batch_max=1)  # one call per level: 25 mutations of 10 points
+        async with pushing(spec, hub, state) as pusher:
+            await wait_until(
+                shows(shop, {(v[s].item_id, loc): i + 1 for i, s in enumerate(skus)}), "every level is out"
+            )
+        assert shop.stats.mutations_applied == 25
+        assert shop.stats.throttled <= 2, f"{shop.stats.throttled} THROTTLED answers"
+        assert isinstance(pusher.connector, ShopifyConnector) and pusher.connector.throttle is not None
+
+
+async def test_a_compare_and_set_miss_reads_the_level_again_and_sets_it(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    v = variants(shopify, web, "A", "B")
+    spec = shop_spec(shopify, {"S1": online})
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 4, "S1", "B"))
+    async with pushing(spec, hub, state) as pusher:
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 10, (v["B"].item_id, online): 4}), "first levels")
+        shopify.levels[(v["B"].item_id, online)] = 1  # a sale at Shopify the hub has not heard of
+        shopify.faults.queue("cas_miss")  # and another one on A, just before the next call lands
+        await hub.move((Kind.SALE, -2, "S1", "A"), (Kind.SALE, -1, "S1", "B"))
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 8, (v["B"].item_id, online): 3}), "levels after the miss")
+        assert shopify.stats.cas_misses >= 1
+        assert isinstance(pusher.connector, ShopifyConnector) and pusher.connector.cas_misses >= 1
+        assert pusher.status.failures == 0
+
+
+async def test_a_restart_resumes_from_the_saved_cursor_and_misses_nothing(
+    hub: Hub, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    v = variants(shopify, web, "A", "B")
+    spec = shop_spec(shopify, {"S1": online, "S2": online})
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 10, "S2", "B"))
+    async with await SqliteChannelState.open(hub.db_path) as state:
+        async with pushing(spec, hub, state):
+            await wait_until(shows(shopify, {(v["A"].item_id, online): 10, (v["B"].item_id, online): 10}), "first")
+        saved = await state.cursor("web")
+    assert saved == await hub.store.latest_change_id()
+    # While the hub's channel pusher is down, the stores keep selling.
+    await hub.move((Kind.SALE, -3, "S1", "A"))
+    await hub.move((Kind.SALE, -1, "S2", "A"), (Kind.RECEIVE, 2, "S1", "A"))
+    applied = shopify.stats.mutations_applied
+    async with await SqliteChannelState.open(hub.db_path) as state:
+        assert await state.cursor("web") == saved
+        async with pushing(spec, hub, state):
+            await wait_until(shows(shopify, {(v["A"].item_id, online): 9}), "the level after the restart")
+        assert await state.cursor("web") == await hub.store.latest_change_id()
+    assert shopify.stats.mutations_applied - applied == 1  # A once; B did not change and is not sent again
+    assert all(set(h) == {(v["A"].item_id, online)} for h in shopify.stats.history[-1:])
+
+
+async def test_an_answer_lost_after_it_was_applied_is_retried_with_the_same_key_and_applied_once(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    v = variants(shopify, web, "A")
+    spec = shop_spec(shopify, {"S1": online})
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with pushing(spec, hub, state):
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 10}), "first level")
+        keys_before = len(shopify.stats.keys)
+        shopify.faults.queue("drop_after", "http_503")  # applied then the connection dropped; then a 503
+        await hub.move((Kind.SALE, -4, "S1", "A"))
+        await wait_until(lambda: _async(shopify.stats.replays >= 1), "the retry was answered from the first result")
+        assert shopify.available(v["A"].item_id, online) == 6
+    retry_keys = shopify.stats.keys[keys_before:]
+    assert len(retry_keys) >= 2 and len(set(retry_keys)) == 1, retry_keys
+    assert shopify.stats.history.count({(v["A"].item_id, online): 6}) == 1
+
+
+async def test_a_slow_shop_times_out_and_the_level_still_arrives(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    v = variants(shopify, web, "A")
+    spec = shop_spec(shopify, {"S1": online}, timeout_s=0.3)
+    shopify.faults.slow_s = 1.0
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with pushing(spec, hub, state) as pusher:
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 10}), "first level")
+        shopify.faults.queue("slow", "drop", "http_500")
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 9}), "the level after a slow, a dropped and a failed call")
+        await wait_until(lambda: _async(pusher.status.failures == 0), "the pusher recovered")
+    assert shopify.faults.pending == 0
+
+
+async def test_a_wrong_token_is_one_clear_sentence_and_no_push(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    online, _ = web
+    variants(shopify, web, "A")
+    spec = spec_of({"name": "web", "kind": "shopify", "url": shopify.url, "pool": {"S1": online}}, "shpat_wrong")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with pushing(spec, hub, state) as pusher:
+        await wait_until(lambda: _async(pusher.status.failures >= 2), "two failed attempts")
+    assert "refused the access token of channel web" in (pusher.status.last_error or "")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "channel web" in r.getMessage()]
+    assert len(warnings) == 1, "the first failure is logged, not every retry"
+    assert "shpat_wrong" not in caplog.text
+    assert shopify.stats.mutations_applied == 0 and await state.cursor("web") == 0
+
+
+async def _async(value: bool) -> bool:
+    return value

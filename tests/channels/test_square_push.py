@@ -1,0 +1,123 @@
+"""The Square pusher against the Square emulator, with a real hub store and its real change feed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from hub.channels import Backoff, ChannelPusher, ChannelSpec, SqliteChannelState, SquareConnector
+from protocol import Kind
+from tests.channels.conftest import Hub, spec_of, wait_until
+from tests.channels.emulators.square import SquareEmulator
+
+FAST = Backoff(base_s=0.02, max_s=0.2)
+
+
+def square_spec(emu: SquareEmulator, pool: dict[str, str], **extra: Any) -> ChannelSpec:
+    return spec_of({"name": "pos", "kind": "square", "url": emu.url, "pool": pool, "timeout_s": 2, **extra}, emu.token)
+
+
+@asynccontextmanager
+async def pushing(spec: ChannelSpec, hub: Hub, state: SqliteChannelState, **kw: Any) -> AsyncIterator[ChannelPusher]:
+    async with aiohttp.ClientSession() as session:
+        async with ChannelPusher(spec, hub.store, state, SquareConnector(spec, session, **kw), hub.watch, backoff=FAST) as p:
+            yield p
+
+
+def shows(emu: SquareEmulator, expected: dict[tuple[str, str], int]) -> Callable[[], Any]:
+    async def check() -> bool:
+        return all(emu.quantity(obj, loc) == q for (obj, loc), q in expected.items())
+
+    return check
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_250_levels_go_out_in_batches_of_at_most_100(hub: Hub, state: SqliteChannelState, square: SquareEmulator) -> None:
+    loc = square.add_location()
+    ids = {f"P{i:03d}": square.add_variation(f"P{i:03d}") for i in range(250)}
+    await hub.move(*[(Kind.RECEIVE, i % 7 + 1, "S1", sku) for i, sku in enumerate(ids)])
+    await hub.move(*[(Kind.RECEIVE, 1, "S2", sku) for sku in list(ids)[:10]])
+    async with pushing(square_spec(square, {"S1": loc, "S2": loc}), hub, state):
+        expected = {(vid, loc): i % 7 + 1 + (1 if i < 10 else 0) for i, vid in enumerate(ids.values())}
+        await wait_until(shows(square, expected), "Square holds every level")
+    assert square.stats.batch_sizes and max(square.stats.batch_sizes) <= 100
+    assert sum(square.stats.batch_sizes) == 250
+    assert len(set(square.stats.keys)) == len(square.stats.keys), "one idempotency key per request"
+
+
+async def test_429_waits_retry_after_and_sends_the_same_request_again(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    loc = square.add_location()
+    vid = square.add_variation("A")
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    square.faults.retry_after_s = 7
+    square.faults.queue("429", "429")
+    await hub.move((Kind.RECEIVE, 12, "S1", "A"))
+    async with pushing(square_spec(square, {"S1": loc}), hub, state, sleep=sleep) as pusher:
+        await wait_until(shows(square, {(vid, loc): 12}), "the level is out")
+    assert slept == [7.0, 7.0], "Retry-After is honoured, each time"
+    assert square.stats.rate_limited == 2 and pusher.status.failures == 0
+    assert isinstance(pusher.connector, SquareConnector) and pusher.connector.rate_limited == 2
+
+
+async def test_a_lost_answer_is_retried_with_the_same_key_and_applied_once(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    loc = square.add_location()
+    vid = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"))
+    async with pushing(square_spec(square, {"S1": loc}), hub, state):
+        await wait_until(shows(square, {(vid, loc): 5}), "first level")
+        before = len(square.stats.keys)
+        square.faults.queue("drop_after", "http_500", "drop")
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+        await wait_until(lambda: _async(square.stats.replays >= 1), "the retry was answered from the first result")
+        assert square.quantity(vid, loc) == 3
+    keys = square.stats.keys[before:]
+    assert len(keys) >= 2 and len(set(keys)) == 1, keys
+    assert square.stats.batches_applied == 2
+
+
+async def test_a_restart_resumes_from_the_saved_cursor(hub: Hub, square: SquareEmulator) -> None:
+    loc = square.add_location()
+    a, b = square.add_variation("A"), square.add_variation("B")
+    spec = square_spec(square, {"S1": loc})
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"), (Kind.RECEIVE, 6, "S1", "B"))
+    async with await SqliteChannelState.open(hub.db_path) as state:
+        async with pushing(spec, hub, state):
+            await wait_until(shows(square, {(a, loc): 5, (b, loc): 6}), "first levels")
+        saved = await state.cursor("pos")
+    await hub.move((Kind.SALE, -1, "S1", "B"))
+    await hub.move((Kind.SALE, -1, "S1", "B"))
+    sizes = len(square.stats.batch_sizes)
+    async with await SqliteChannelState.open(hub.db_path) as state:
+        assert await state.cursor("pos") == saved
+        async with pushing(spec, hub, state):
+            await wait_until(shows(square, {(a, loc): 5, (b, loc): 4}), "levels after the restart")
+    assert square.stats.batch_sizes[sizes:] == [1], "only B went out again"
+
+
+async def test_an_unknown_item_is_refused_with_squares_error_and_retried_with_backoff(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    loc = square.add_location()
+    vid = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"))
+    async with pushing(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        await wait_until(shows(square, {(vid, loc): 5}), "first level")
+        del square.variations[vid]  # deleted at Square after the mapping was loaded
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(lambda: _async(pusher.status.failures >= 2), "failures")
+        assert "NOT_FOUND" in (pusher.status.last_error or "")
+        assert "catalog_object_id" in (pusher.status.last_error or "")
