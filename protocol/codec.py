@@ -31,6 +31,7 @@ from protocol.event import (
 from protocol.ids import EVENT_ID_BYTES
 
 WIRE_VERSION = 1
+CHAIN_BYTES = 16  # a lineage digest (blake2b, digest_size 16)
 MAX_BATCH_EVENTS = 10_000
 MAX_COUNTS = 100_000
 MSGPACK_CONTENT_TYPE = "application/msgpack"
@@ -44,6 +45,12 @@ class SyncRequest:
     acked_seq: int = 0  # the agent's acknowledged mark, for the hub to compare with its own
     backlog: int | None = None  # events in the outbox not yet acknowledged, this batch included
     oldest_pending_ms: int | None = None  # wall ms of the oldest of them (None when the backlog is empty)
+    # The outbox's lineage (see agent.outbox): the chain digest at the last seq sent (at acked_seq for a
+    # request without events); the seq this epoch continues from and the chain there. None: not sent.
+    chain: bytes | None = None
+    epoch_base: int | None = None
+    base_chain: bytes | None = None
+    sent_ms: int | None = None  # the agent's wall clock when it sent this request: the hub measures its skew from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +59,7 @@ class Rejection:
 
     event_id: bytes
     seq: int
-    code: str  # "invalid", "forbidden_location", "conflict", ...
+    code: str  # "invalid", "forbidden_location", "conflict", "invalid_transfer", "quarantined" (held, not final) ...
     reason: str
 
 
@@ -75,6 +82,8 @@ class SyncResponse:
     duplicates: int = 0
     counts: tuple[CountSnapshot, ...] = ()
     server_time_ms: int = 0
+    chain: bytes | None = None  # the hub's chain digest at hwm; None: unknown (a mark from before chains)
+    held: int | None = None  # this agent's events the hub holds for an operator (clock quarantine); None: not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +143,29 @@ def encode_sync_request(req: SyncRequest) -> bytes:
             "acked_seq": req.acked_seq,
             **({"backlog": req.backlog} if req.backlog is not None else {}),
             **({"oldest_pending_ms": req.oldest_pending_ms} if req.oldest_pending_ms is not None else {}),
+            **({"chain": req.chain} if req.chain is not None else {}),
+            **({"epoch_base": req.epoch_base} if req.epoch_base is not None else {}),
+            **({"base_chain": req.base_chain} if req.base_chain is not None else {}),
+            **({"sent_ms": req.sent_ms} if req.sent_ms is not None else {}),
             "events": [event_to_wire(ev) for ev in req.events],
         },
         use_bin_type=True,
     )
     return data
+
+
+_REQUEST_KEYS = {
+    "v", "agent_id", "epoch", "acked_seq", "backlog", "oldest_pending_ms", "chain", "epoch_base", "base_chain", "events",
+    "sent_ms",
+}  # fmt: skip
+
+
+def _check_chain(value: Any, name: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, bytes) or len(value) != CHAIN_BYTES:
+        raise ProtocolError(f"must be {CHAIN_BYTES} bytes or absent", field=name)
+    return value
 
 
 def decode_sync_request(data: bytes) -> SyncRequest:
@@ -148,7 +175,7 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     when the envelope is sound but one or more events are not.
     """
     obj = _envelope(
-        _unpack(data, "sync request"), "sync request", {"v", "agent_id", "epoch", "acked_seq", "backlog", "oldest_pending_ms", "events"}
+        _unpack(data, "sync request"), "sync request", _REQUEST_KEYS
     )
     agent_id = _check_str(obj.get("agent_id"), "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
     epoch = _check_int(obj.get("epoch"), "epoch", 0, EPOCH_MAX)
@@ -159,6 +186,14 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     oldest_pending_ms = obj.get("oldest_pending_ms")
     if oldest_pending_ms is not None:
         _check_int(oldest_pending_ms, "oldest_pending_ms", 0, SEQ_MAX)
+    chain = _check_chain(obj.get("chain"), "chain")
+    epoch_base = obj.get("epoch_base")
+    if epoch_base is not None:
+        _check_int(epoch_base, "epoch_base", 0, SEQ_MAX)
+    base_chain = _check_chain(obj.get("base_chain"), "base_chain")
+    sent_ms = obj.get("sent_ms")
+    if sent_ms is not None:
+        _check_int(sent_ms, "sent_ms", 0, SEQ_MAX)
     raw_events = obj.get("events")
     if not isinstance(raw_events, list):
         raise ProtocolError(f"must be a list, got {type(raw_events).__name__}", field="events")
@@ -187,7 +222,8 @@ def decode_sync_request(data: bytes) -> SyncRequest:
         raise ProtocolError("seq must strictly increase within a request", field="events")
     return SyncRequest(
         agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq,
-        backlog=backlog, oldest_pending_ms=oldest_pending_ms,
+        backlog=backlog, oldest_pending_ms=oldest_pending_ms, chain=chain, epoch_base=epoch_base, base_chain=base_chain,
+        sent_ms=sent_ms,
     )  # fmt: skip
 
 
@@ -204,6 +240,8 @@ def encode_sync_response(resp: SyncResponse) -> bytes:
                 [c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit] for c in resp.counts
             ],
             "server_time_ms": resp.server_time_ms,
+            **({"chain": resp.chain} if resp.chain is not None else {}),
+            **({"held": resp.held} if resp.held is not None else {}),
         },
         use_bin_type=True,
     )
@@ -214,7 +252,7 @@ def decode_sync_response(data: bytes) -> SyncResponse:
     obj = _envelope(
         _unpack(data, "sync response"),
         "sync response",
-        {"v", "agent_id", "epoch", "hwm", "rejected", "duplicates", "counts", "server_time_ms"},
+        {"v", "agent_id", "epoch", "hwm", "rejected", "duplicates", "counts", "server_time_ms", "chain", "held"},
     )
     agent_id = _check_str(obj.get("agent_id"), "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
     epoch = _check_int(obj.get("epoch"), "epoch", 0, EPOCH_MAX)
@@ -250,4 +288,7 @@ def decode_sync_response(data: bytes) -> SyncResponse:
         counts.append(CountSnapshot(*item))
     duplicates = _check_int(obj.get("duplicates", 0), "duplicates", 0, SEQ_MAX)
     server_time_ms = _check_int(obj.get("server_time_ms", 0), "server_time_ms", 0, SEQ_MAX)
-    return SyncResponse(agent_id, epoch, hwm, tuple(rejected), duplicates, tuple(counts), server_time_ms)
+    chain = _check_chain(obj.get("chain"), "chain")
+    raw_held = obj.get("held")
+    held = None if raw_held is None else _check_int(raw_held, "held", 0, SEQ_MAX)
+    return SyncResponse(agent_id, epoch, hwm, tuple(rejected), duplicates, tuple(counts), server_time_ms, chain, held)

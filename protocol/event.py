@@ -6,33 +6,33 @@ import hashlib
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, NamedTuple, Self, TypeAlias
+from typing import Any, NamedTuple, Self
 
 import msgpack
 
+from protocol import values
 from protocol.errors import ProtocolError
 from protocol.hlc import HLC_MAX
 from protocol.ids import EVENT_ID_BYTES
-
-AttrValue: TypeAlias = str | int | float | bool | None
+from protocol.values import ATTR_KEY_MAX_LEN as ATTR_KEY_MAX_LEN  # noqa: PLC0414 (re-exported)
+from protocol.values import ATTR_STR_MAX_LEN as ATTR_STR_MAX_LEN  # noqa: PLC0414
+from protocol.values import ATTRS_MAX_KEYS as ATTRS_MAX_KEYS  # noqa: PLC0414
+from protocol.values import AttrValue as AttrValue  # noqa: PLC0414
 
 QTY_MAX = 1_000_000_000
 SEQ_MAX = (1 << 63) - 1
 EPOCH_MAX = (1 << 63) - 1
-AGENT_ID_MAX_LEN = 64
-LOCATION_MAX_LEN = 32
-SKU_MAX_LEN = 64
-SOURCE_MAX_LEN = 96
-REF_MAX_LEN = 128
-REASON_MAX_LEN = 64
-ATTRS_MAX_KEYS = 32
-ATTR_KEY_MAX_LEN = 32
-ATTR_STR_MAX_LEN = 256
+AGENT_ID_MAX_LEN = values.AGENT_ID.max_len
+LOCATION_MAX_LEN = values.LOCATION.max_len
+SKU_MAX_LEN = values.SKU.max_len
+SOURCE_MAX_LEN = values.SOURCE.max_len
+REF_MAX_LEN = values.REF.max_len
+REASON_MAX_LEN = values.REASON.max_len
 
-_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
-_AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
-_SOURCE_RE = re.compile(r"(scanner|pos|api|session|import|hub):[^\s]+")
-_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")  # no C0 or C1 control characters
+# Patterns of the identifiers that have one (protocol.values owns them; these names are kept for importers).
+_CODE_RE = values.CODE_RE
+_AGENT_RE = values.AGENT_RE
+_SOURCE_RE = values.SOURCE_RE
 
 
 class Kind(StrEnum):
@@ -176,15 +176,8 @@ def _check_int(value: Any, name: str, lo: int, hi: int) -> int:
 
 
 def _check_str(value: Any, name: str, max_len: int, pattern: re.Pattern[str] | None = None, *, what: str = "") -> str:
-    if not isinstance(value, str):
-        raise _fail(name, f"must be a string, got {type(value).__name__}")
-    if not value:
-        raise _fail(name, "must not be empty")
-    if len(value) > max_len:
-        raise _fail(name, f"is {len(value)} characters long; the limit is {max_len}")
-    if not (pattern or _PRINTABLE_RE).fullmatch(value):
-        raise _fail(name, f"{value[:40]!r} is not a valid {what or name}")
-    return value
+    """Text by the one rule (protocol.values), 1 to ``max_len`` characters, matching ``pattern`` if given."""
+    return values.TextField(what or name, max_len, pattern).check(value, name)
 
 
 def _check_opt_str(value: Any, name: str, max_len: int) -> str | None:
@@ -192,23 +185,7 @@ def _check_opt_str(value: Any, name: str, max_len: int) -> str | None:
 
 
 def _check_attrs(value: Any, name: str) -> dict[str, AttrValue]:
-    if not isinstance(value, Mapping):
-        raise _fail(name, f"must be a map, got {type(value).__name__}")
-    if len(value) > ATTRS_MAX_KEYS:
-        raise _fail(name, f"has {len(value)} keys; the limit is {ATTRS_MAX_KEYS}")
-    out: dict[str, AttrValue] = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not key or len(key) > ATTR_KEY_MAX_LEN:
-            raise _fail(name, f"key {key!r} must be a string of 1 to {ATTR_KEY_MAX_LEN} characters")
-        if isinstance(item, str):
-            if len(item) > ATTR_STR_MAX_LEN:
-                raise _fail(f"{name}.{key}", f"is {len(item)} characters long; the limit is {ATTR_STR_MAX_LEN}")
-        elif isinstance(item, int) and not isinstance(item, bool):
-            _check_int(item, f"{name}.{key}", -(1 << 63), (1 << 63) - 1)
-        elif not (item is None or isinstance(item, (bool, float))):
-            raise _fail(f"{name}.{key}", f"must be a string, number, boolean or null, got {type(item).__name__}")
-        out[key] = item
-    return out
+    return values.check_attrs(value, name)
 
 
 def check_kind(value: Any, name: str = "kind") -> Kind:
@@ -244,11 +221,11 @@ _VALID_STRINGS_MAX = 100_000
 _KIND_BY_VALUE: dict[str, Kind] = {k.value: k for k in Kind}
 
 
-def _check_str_cached(value: Any, name: str, max_len: int, pattern: re.Pattern[str] | None, what: str) -> None:
+def _check_field_cached(value: Any, name: str, field: values.TextField) -> None:
     cache = _VALID_STRINGS[name]
     if type(value) is str and value in cache:
         return
-    _check_str(value, name, max_len, pattern, what=what)
+    field.check(value, name)
     if len(cache) >= _VALID_STRINGS_MAX:
         cache.clear()
     cache.add(value)
@@ -282,13 +259,13 @@ def _checked(
     """Check every field; return the kind as a ``Kind`` and the attrs as a checked dict (``{}`` for None)."""
     if type(event_id) is not bytes or len(event_id) != EVENT_ID_BYTES:
         raise _fail("event_id", f"must be {EVENT_ID_BYTES} bytes")
-    _check_str_cached(agent_id, "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, "agent id")
+    _check_field_cached(agent_id, "agent_id", values.AGENT_ID)
     if not _int_in(epoch, 0, EPOCH_MAX):
         _check_int(epoch, "epoch", 0, EPOCH_MAX)
     if not _int_in(seq, 1, SEQ_MAX):
         _check_int(seq, "seq", 1, SEQ_MAX)
-    _check_str_cached(location, "location", LOCATION_MAX_LEN, _CODE_RE, "location code")
-    _check_str_cached(sku, "sku", SKU_MAX_LEN, None, "SKU")
+    _check_field_cached(location, "location", values.LOCATION)
+    _check_field_cached(sku, "sku", values.SKU)
     kind = raw_kind if type(raw_kind) is Kind else (_KIND_BY_VALUE.get(raw_kind) if type(raw_kind) is str else None)
     if kind is None:
         kind = check_kind(raw_kind)  # raises with the list of known kinds
@@ -297,13 +274,13 @@ def _checked(
         _check_int(occurred_at, "occurred_at", 1, HLC_MAX)
     if not _int_in(wall_ms, 0, HLC_MAX):
         _check_int(wall_ms, "wall_ms", 0, HLC_MAX)
-    _check_str_cached(source, "source", SOURCE_MAX_LEN, _SOURCE_RE, "source (scanner:<id>, pos:<vendor>, api:<client> …)")
+    _check_field_cached(source, "source", values.SOURCE)
     if ref is not None:
-        _check_str(ref, "ref", REF_MAX_LEN)
+        values.REF.check(ref, "ref")
     elif kind in REF_REQUIRED:
         raise _fail("ref", f"a {kind.value} needs the transfer reference that pairs it with the other side")
     if reason is not None:
-        _check_str(reason, "reason", REASON_MAX_LEN)
+        values.REASON.check(reason, "reason")
     if attrs is None or (type(attrs) is dict and not attrs):
         return kind, {}
     return kind, _check_attrs(attrs, "attrs")

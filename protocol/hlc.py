@@ -52,6 +52,12 @@ class HybridClock:
             self.last = physical if physical > self.last else self.last + 1
             return self.last
 
+    def reset(self, ts: int) -> None:
+        """Issue timestamps after ``ts`` from now on, even below ones issued before: only for a clock
+        known to have run far ahead (a wrong year), once the real time is known again."""
+        with self._lock:
+            self.last = ts
+
     def observe(self, ts: int) -> None:
         """Never issue a timestamp at or below ``ts`` from now on."""
         with self._lock:

@@ -35,6 +35,10 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 codes = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,20}", fullmatch=True)
 printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=30)
+# Any text protocol.values takes (keys of attrs): every code point but controls, U+2028/9 and surrogates.
+text_by_the_rule = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\u2028\u2029"), min_size=1, max_size=8
+)
 SIGNS = {Kind.SALE: -1, Kind.RETURN: 1, Kind.RECEIVE: 1, Kind.ADJUST: 1, Kind.TRANSFER_OUT: -1,
          Kind.TRANSFER_IN: 1, Kind.RESERVE: 1, Kind.RELEASE: -1, Kind.COUNT: 1}  # fmt: skip
 
@@ -56,7 +60,7 @@ def wire_event(draw: st.DrawFn, seq: int) -> dict[str, Any]:
         "source": "pos:" + draw(codes),
         "ref": draw(printable) if kind in (Kind.TRANSFER_IN, Kind.TRANSFER_OUT) else draw(st.none() | printable),
         "reason": draw(st.none() | printable),
-        "attrs": draw(st.dictionaries(st.text(min_size=1, max_size=8), st.none() | st.booleans() | st.integers(-5, 5) | printable, max_size=3)),
+        "attrs": draw(st.dictionaries(text_by_the_rule, st.none() | st.booleans() | st.integers(-5, 5) | printable, max_size=3)),
     }
 
 

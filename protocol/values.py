@@ -1,0 +1,229 @@
+"""The one rule for identifiers and values, on ingest and on every read.
+
+Every text an agent, a connector or a person sends — location, SKU, ref,
+reason, source, staff name, catalog text, attrs — and every text a read route
+takes as a parameter is checked here, so what was accepted can always be
+looked up again, and what is refused is refused everywhere with the same
+sentence.
+
+**Text** (``is_text``) is a ``str`` of Unicode scalar values with no
+character that breaks a line, a log or a terminal:
+
+* no surrogate code point (U+D800–U+DFFF): they are not characters, UTF-8
+  cannot encode them, and only a JSON ``\\ud800`` escape (never UTF-8 bytes
+  or a well-formed msgpack string) can produce one;
+* no control character: C0 (U+0000–U+001F), DEL (U+007F), C1 (U+0080–U+009F);
+* no line or paragraph separator (U+2028, U+2029): they end a line in
+  JavaScript, logs and CSV readers like a newline does.
+
+Everything else is allowed, spaces included (U+0020 and the no-break space
+U+00A0 that POS exports carry), and so are characters newer than this
+Python's Unicode tables: the rule is a fixed list of code points, not a
+Unicode version's categories, so an agent and a hub on different Python
+versions always agree.
+
+**Identifiers** are text with a length bound (``TextField``); location codes
+and agent ids also follow a pattern of ASCII letters, digits and ``._-``.
+
+**Attrs** (``check_attrs``) are a flat JSON-safe map: at most
+``ATTRS_MAX_KEYS`` keys of text (1 to ``ATTR_KEY_MAX_LEN`` characters), each
+value a string of at most ``ATTR_STR_MAX_LEN`` characters (valid Unicode;
+control characters are allowed there: GS1 element strings carry the GS
+separator, and JSON escapes them), a 64-bit integer, a finite float, a
+boolean or null. No nesting (depth 1), so an event's attrs are at most a few
+kilobytes of JSON. NaN and ±Infinity are refused: strict JSON has no word
+for them.
+
+Stored rows from before this rule may still hold a surrogate or a NaN;
+``json_safe`` turns such a value into one strict JSON can carry (U+FFFD for a
+surrogate, null for NaN/±Infinity, as JavaScript's ``JSON.stringify`` does),
+so they are served, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from protocol.errors import ProtocolError
+
+AttrValue: TypeAlias = str | int | float | bool | None
+
+# Characters no text may hold (see the module docstring).
+NOT_TEXT_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
+TEXT_RULE = "no control characters, line separators or lone surrogates"
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+ATTRS_MAX_KEYS = 32
+ATTR_KEY_MAX_LEN = 32
+ATTR_STR_MAX_LEN = 256
+JSON_DEPTH_MAX = 32  # a request body nested deeper than this is refused before any use
+
+
+def is_text(value: object) -> bool:
+    """True for a ``str`` that follows the text rule (the empty string included)."""
+    return isinstance(value, str) and NOT_TEXT_RE.search(value) is None
+
+
+def is_unicode(value: str) -> bool:
+    """True when ``value`` holds no lone surrogate (it can be encoded as UTF-8)."""
+    return SURROGATE_RE.search(value) is None
+
+
+def _quote(value: str) -> str:
+    """``value`` cut to 40 characters for a message, with what the rule refuses escaped."""
+    cut = value[:40]
+    return repr(NOT_TEXT_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", cut))
+
+
+@dataclass(frozen=True, slots=True)
+class TextField:
+    """One kind of identifier or text: its length bound, an optional pattern, and how it is named to people."""
+
+    what: str  # "SKU", "location code" …
+    max_len: int
+    pattern: re.Pattern[str] | None = None  # a fullmatch on top of the text rule
+    shape: str = ""  # the pattern in words, for the message
+
+    def problem(self, value: object, *, allow_empty: bool = False) -> str | None:
+        """Why ``value`` is not one of these (a clause), or None when it is."""
+        if not isinstance(value, str):
+            return f"must be a string, got {type(value).__name__}"
+        if not value:
+            return None if allow_empty else "must not be empty"
+        if len(value) > self.max_len:
+            return f"is {len(value)} characters long; the limit is {self.max_len}"
+        if NOT_TEXT_RE.search(value) is not None or (self.pattern is not None and not self.pattern.fullmatch(value)):
+            return f"{_quote(value)} is not a {self.what}"
+        return None
+
+    def valid(self, value: object) -> bool:
+        return self.problem(value) is None
+
+    def check(self, value: object, name: str, *, allow_empty: bool = False) -> str:
+        """``value`` if it is one of these; else ``ProtocolError`` naming ``name``."""
+        problem = self.problem(value, allow_empty=allow_empty)
+        if problem is not None:
+            raise ProtocolError(f"{problem}; a {self.what} is {self.rule()}", field=name)
+        assert isinstance(value, str)
+        return value
+
+    def rule(self) -> str:
+        """The rule in words, for a message: "1 to 64 characters, no control characters …"."""
+        shape = f"{self.shape}, " if self.shape else ""
+        return f"{shape}1 to {self.max_len} characters, {TEXT_RULE}"
+
+
+CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
+AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
+SOURCE_RE = re.compile(r"(scanner|pos|api|session|import|hub):[^\s]+")
+CODE_SHAPE = "ASCII letters, digits, '.', '_' and '-'"
+
+LOCATION = TextField("location code", 32, CODE_RE, CODE_SHAPE)
+AGENT_ID = TextField("agent id", 64, AGENT_RE, "ASCII letters, digits, '.', '_', ':' and '-'")
+SKU = TextField("SKU", 64)
+SOURCE = TextField("source", 96, SOURCE_RE, "scanner:<id>, pos:<vendor>, api:<client> … without spaces")
+REF = TextField("ref", 128)
+REASON = TextField("reason", 64)
+STAFF = TextField("staff id", 64)
+ATTR_KEY = TextField("key name", ATTR_KEY_MAX_LEN)
+
+
+def check_attrs(value: Any, name: str = "attrs") -> dict[str, AttrValue]:
+    """A checked copy of an event's attrs (see the module docstring), or ``ProtocolError`` naming the item."""
+    if not isinstance(value, Mapping):
+        raise ProtocolError(f"must be a map, got {type(value).__name__}", field=name)
+    if len(value) > ATTRS_MAX_KEYS:
+        raise ProtocolError(f"has {len(value)} keys; the limit is {ATTRS_MAX_KEYS}", field=name)
+    out: dict[str, AttrValue] = {}
+    for key, item in value.items():
+        if (problem := ATTR_KEY.problem(key)) is not None:
+            raise ProtocolError(f"key {problem}", field=name)
+        where = f"{name}.{key}"
+        if isinstance(item, str):
+            if len(item) > ATTR_STR_MAX_LEN:
+                raise ProtocolError(f"is {len(item)} characters long; the limit is {ATTR_STR_MAX_LEN}", field=where)
+            if not is_unicode(item):
+                raise ProtocolError("holds a lone surrogate (\\ud800–\\udfff), which is not Unicode text", field=where)
+        elif isinstance(item, bool) or item is None:
+            pass
+        elif isinstance(item, int):
+            if not INT64_MIN <= item <= INT64_MAX:
+                raise ProtocolError(f"must be between {INT64_MIN} and {INT64_MAX}, got {item}", field=where)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ProtocolError(f"is {item}, which JSON cannot carry; send a finite number or null", field=where)
+        else:
+            raise ProtocolError(
+                f"must be a string, number, boolean or null (attrs are flat), got {type(item).__name__}", field=where
+            )
+        out[key] = item
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (decoded JSON) with what strict JSON cannot carry replaced: a lone surrogate by U+FFFD,
+    NaN and ±Infinity by None. Values already safe come back as they are (the same object)."""
+    if isinstance(value, str):
+        return SURROGATE_RE.sub("\ufffd", value) if SURROGATE_RE.search(value) else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class JsonRefused(ValueError):
+    """A JSON document outside the rule; the message is a clause ("it holds NaN, …")."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JsonRefused(f"it holds {name}, which strict JSON has not; send a finite number or null")
+
+
+def check_json(value: Any, depth_max: int = JSON_DEPTH_MAX) -> Any:
+    """``value`` (parsed JSON) if it nests at most ``depth_max`` levels and holds no lone surrogate, in any key
+    or string; else ``JsonRefused``. Iterative, so a deep document cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, str):
+            if SURROGATE_RE.search(item):
+                raise JsonRefused("it holds a lone surrogate escape (\\ud800–\\udfff), which is not Unicode text")
+        elif isinstance(item, float):
+            if not math.isfinite(item):  # 1e999 parses as inf
+                raise JsonRefused("it holds a number too large for a float (it reads as Infinity); send a smaller one")
+        elif isinstance(item, dict):
+            if level >= depth_max:
+                raise JsonRefused(f"it nests deeper than {depth_max} levels")
+            stack.extend((k, level + 1) for k in item)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            if level >= depth_max:
+                raise JsonRefused(f"it nests deeper than {depth_max} levels")
+            stack.extend((v, level + 1) for v in item)
+    return value
+
+
+def loads_json(raw: bytes | str, depth_max: int = JSON_DEPTH_MAX) -> Any:
+    """Parse a JSON request body under the rule: UTF-8, no NaN/Infinity literals, no lone surrogate escapes,
+    at most ``depth_max`` levels. Raises ``JsonRefused`` (a ``ValueError``) with a clause saying what is wrong."""
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except JsonRefused:
+        raise
+    except UnicodeDecodeError as err:
+        raise JsonRefused("it is not UTF-8") from err
+    except RecursionError as err:  # json's C scanner recurses once per nesting level
+        raise JsonRefused(f"it nests deeper than {depth_max} levels") from err
+    except ValueError as err:
+        raise JsonRefused(str(err)) from err
+    return check_json(value, depth_max)
