@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from agent.errors import AgentError
-from agent.hub_loop import HubLoop
+from agent.hub_loop import AnswerTooLarge, HubLoop, read_answer
 from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.event import SKU_MAX_LEN
@@ -53,6 +53,7 @@ RETRY_BASE_S = 1.0
 RETRY_MAX_S = 300.0
 TIMEOUT_S = 30.0
 FILE_MAX_BYTES = 64 << 20
+ANSWER_MAX_BYTES = 2 * FILE_MAX_BYTES  # the hub's catalog as JSON: generous, but not whatever arrives
 PROBLEMS_LOGGED = 5  # problems quoted in a log line; all of them are in CatalogLoad.problems
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -324,6 +325,7 @@ class AgentCatalog(HubLoop):
         retry_base_s: float = RETRY_BASE_S,
         retry_max_s: float = RETRY_MAX_S,
         timeout_s: float = TIMEOUT_S,
+        answer_max_bytes: int = ANSWER_MAX_BYTES,
     ) -> None:
         self.file = file
         self.cache = cache
@@ -333,6 +335,7 @@ class AgentCatalog(HubLoop):
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.timeout_s = timeout_s
+        self.answer_max_bytes = answer_max_bytes  # a longer answer is a failed refresh (agent.hub_loop)
         self._local = Catalog()
         self._hub = Catalog()
         self._merged = Catalog()
@@ -440,13 +443,15 @@ class AgentCatalog(HubLoop):
             async with session.get(self._url, headers=headers) as resp:
                 if resp.status == 304:
                     return "not_modified"
-                body = await resp.read()
+                body = await read_answer(resp, self.answer_max_bytes, "catalog")
                 if resp.status != 200:
                     what = "refused this agent's credentials" if resp.status in (401, 403) else "answered"
                     raise _Failed(
                         f"the hub at {self._url} {what} (HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')})"
                     )
                 etag = resp.headers.get("ETag")
+        except AnswerTooLarge as err:
+            raise _Failed(str(err)) from err
         except TimeoutError:
             raise _Failed(f"the hub at {self._url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as err:

@@ -1,6 +1,9 @@
 """``shelfsync-agent``: run the agent, show its status, record one movement by hand.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error; ``run``
+3 when another agent already runs on the same outbox; ``status`` 3 when no
+agent is running on the outbox, 4 when the hub does not answer, 5 when the
+hub refused this agent's credentials (docs/agent.md).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from agent.config import AgentConfig, load_config
 from agent.discovery import HubFinder
 from agent.errors import AgentError, ConfigError, InvalidMovement
 from agent.localapi.runtime import start_staff_services
+from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock
 from agent.outbox import Movement, Outbox, OutboxStats
 from agent.pos import PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
+from agent.redact import install_log_redaction, redact_url
 from agent.replicator import Replicator
 from agent.reports import ReportSender
 from agent.scan_journal import JOURNAL_FILENAME, ReaderState, ScanJournal, read_reader_states
@@ -39,7 +44,12 @@ log = logging.getLogger("agent")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_ALREADY_RUNNING = 3  # run: another agent holds this outbox
+EXIT_NOT_RUNNING = 3  # status: no agent runs on this outbox
+EXIT_HUB_UNREACHABLE = 4  # status: the hub does not answer /healthz
+EXIT_CREDENTIALS_REFUSED = 5  # status: the hub refused this agent's token at the last sync
 PROBE_TIMEOUT_S = 3.0
+CLOCK_WRONG_MS = 60_000  # status calls this machine's clock wrong past this skew from the hub's
 HEALTH_PATH = "/healthz"
 CATALOG_CACHE_FILENAME = "catalog-cache.json"
 
@@ -74,11 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction()
     try:
         config = load_config(args.config)
     except ConfigError as err:
         print(f"shelfsync-agent: {err}", file=sys.stderr)
         return EXIT_USAGE
+    install_log_redaction([config.agent.token] if config.agent.token else [])
     command: Callable[[AgentConfig, argparse.Namespace], Coroutine[Any, Any, int]] = {
         "run": _run,
         "status": _status,
@@ -87,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     try:
         return asyncio.run(command(config, args))
+    except AgentAlreadyRunning as err:
+        print(f"shelfsync-agent: {err}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
     except (InvalidMovement, ConfigError) as err:
         print(f"shelfsync-agent: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -122,11 +137,18 @@ def _replicator(config: AgentConfig, outbox: Outbox) -> Replicator | None:
         timeout_s=r.timeout_s,
         auth_retry_s=r.auth_retry_s,
         heartbeat_s=r.heartbeat_s,
+        answer_max_bytes=r.answer_max_bytes,
     )
 
 
 # --- run ---------------------------------------------------------------------
 async def _run(config: AgentConfig, args: argparse.Namespace) -> int:
+    """One agent per outbox: the lock is taken before anything is opened and held until the end."""
+    with hold_agent_lock(config.agent.outbox):
+        return await _run_locked(config, args)
+
+
+async def _run_locked(config: AgentConfig, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,7 +161,7 @@ async def _run(config: AgentConfig, args: argparse.Namespace) -> int:
             a.id,
             a.location,
             a.outbox,
-            a.hub_url or "not configured (recording only, nothing is sent)",
+            redact_url(a.hub_url) if a.hub_url else "not configured (recording only, nothing is sent)",
         )
         moved = asyncio.Event()  # zeroconf found the hub at a new address
         finder = await _find_hub(config, moved)
@@ -217,6 +239,7 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
             AgentCatalog(
                 file=c.file, hub_url=a.hub_url, token=a.token, cache=c.cache_file or a.outbox.with_name(CATALOG_CACHE_FILENAME),
                 refresh_s=c.refresh_s, retry_base_s=r.retry_base_s, retry_max_s=c.retry_max_s, timeout_s=c.timeout_s,
+                answer_max_bytes=c.answer_max_bytes,
             )
         )  # fmt: skip
         stack.hub_clients.append(catalog)
@@ -231,13 +254,18 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
                 router = SessionRouter(sessions, router)
             await stack.enter_async_context(ScanService(config.scanners, router, journal))
         store_path = config.pos.store_path_for(a.outbox)
-        if config.pos.watch_dir is not None or store_path.exists():
+        # Opened whenever the hub is known, not only when the file exists already: rows that a manual
+        # `import` (another process) quarantines later land in this file and must reach the hub without
+        # a restart of this agent.
+        reports_to_hub = a.hub_url is not None and a.token is not None
+        if config.pos.watch_dir is not None or reports_to_hub or store_path.exists():
             store = await stack.enter_async_context(PosStore.open(store_path))
             sender: ReportSender | None = None
             if a.hub_url is not None and a.token is not None:
                 sender = ReportSender(
                     store, a.hub_url, a.token, agent_id=a.id, location=a.location, tick_s=r.tick_s,
                     retry_base_s=r.retry_base_s, retry_max_s=r.retry_max_s, timeout_s=r.timeout_s, auth_retry_s=r.auth_retry_s,
+                    answer_max_bytes=r.answer_max_bytes,
                 )  # fmt: skip
                 await stack.enter_async_context(sender)
                 stack.hub_clients.append(sender)
@@ -263,6 +291,7 @@ async def _reload(
         log.error("Configuration not reloaded, the running one stays: %s", err)
         return config, replicator
     a = fresh.agent
+    install_log_redaction([a.token] if a.token else [])
     if replicator is not None and a.hub_url is not None and a.token is not None:
         replicator.update_credentials(a.token, a.hub_url)
     elif replicator is None and (new := _replicator(fresh, outbox)) is not None:
@@ -309,7 +338,20 @@ async def _status(config: AgentConfig, args: argparse.Namespace) -> int:
     probe = await _probe(config.agent.hub_url) if config.agent.hub_url else None
     report = _report(config, stats, probe)
     report["scanners"] = [asdict(state) for state in readers or ()]
+    report["agent_running"] = await asyncio.to_thread(agent_running, config.agent.outbox)
+    report["exit_code"] = _status_code(report)
     print(json.dumps(report, indent=2) if args.json else _human(report))
+    return int(report["exit_code"])
+
+
+def _status_code(report: dict[str, Any]) -> int:
+    """0 all well; else the first of: agent not running, credentials refused, hub unreachable (docs/agent.md)."""
+    if not report["agent_running"]:
+        return EXIT_NOT_RUNNING
+    if report["sync_state"] == "credentials_refused":
+        return EXIT_CREDENTIALS_REFUSED
+    if report["hub_reachable_now"] is False:
+        return EXIT_HUB_UNREACHABLE
     return EXIT_OK
 
 
@@ -332,7 +374,7 @@ def _report(config: AgentConfig, stats: OutboxStats, probe: str | None) -> dict[
     report = asdict(stats)
     report["outbox"] = report.pop("path")
     report["last_sync_age_s"] = None if stats.last_sync_ms is None else max(0.0, (now_ms - stats.last_sync_ms) / 1000)
-    report["hub_url"] = config.agent.hub_url
+    report["hub_url"] = redact_url(config.agent.hub_url) if config.agent.hub_url else None
     report["hub_reachable_now"] = None if config.agent.hub_url is None else probe is None
     report["hub_probe"] = "ok" if config.agent.hub_url and probe is None else probe
     return report
@@ -362,6 +404,7 @@ def _human(r: dict[str, Any]) -> str:
     skew = "unknown" if r["clock_skew_ms"] is None else f"{r['clock_skew_ms']:+,} ms (hub minus this machine)"
     lines = [
         f"agent        {r['agent_id']} at {r['location']} (epoch {r['epoch']})",
+        f"running      {_running(r)}",
         f"outbox       {r['outbox']}",
         f"backlog      {r['backlog']:,} events waiting{oldest}",
         f"acknowledged up to seq {r['acked_seq']:,} (last recorded {r['last_seq']:,})",
@@ -372,8 +415,31 @@ def _human(r: dict[str, Any]) -> str:
         f"set aside    {r['set_aside']:,} events the hub refused",
         f"clock skew   {skew}",
     ]
+    if r["clock_skew_ms"] is not None and abs(r["clock_skew_ms"]) > CLOCK_WRONG_MS:  # measured against the hub's
+        off_s = abs(r["clock_skew_ms"]) / 1000
+        off = f"{off_s / 60:.0f} minutes" if off_s < 5400 else f"{off_s / 3600:.1f} hours" if off_s < 172_800 else f"{off_s / 86_400:,.1f} days"
+        lines.append(
+            f"clock        WRONG: this machine's clock is {off} {'behind' if r['clock_skew_ms'] > 0 else 'ahead of'}"
+            " the hub's; set it right (the hub holds movements stamped outside its clock window for its operator)"
+        )
+    if r.get("held_by_hub"):  # processed, not refused: the hub's operator applies or discards them
+        lines.append(f"held by hub  {r['held_by_hub']:,} events with a clock outside the hub's window, for its operator")
+    if r.get("forked_from_epoch") is not None:
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["forked_ms"] / 1000))
+        lines.append(
+            f"lineage      forked from epoch {r['forked_from_epoch']} at {at} (outbox restored, copied or rolled"
+            f" back); resent {r['fork_resent']:,} events from seq {r['epoch_base']:,}"
+        )
     lines += [_reader_line(ReaderState(**state)) for state in r.get("scanners", ())]
     return "\n".join(lines)
+
+
+def _running(r: dict[str, Any]) -> str:
+    if r.get("agent_running") is None:
+        return "unknown"
+    if r["agent_running"]:
+        return "yes (an agent process holds this outbox)"
+    return "NO: no `shelfsync-agent run` holds this outbox; start the agent"
 
 
 def _reader_line(state: ReaderState) -> str:

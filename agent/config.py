@@ -19,12 +19,15 @@ from urllib.parse import urlsplit
 import hardware
 from agent.catalog import REFRESH_S as CATALOG_REFRESH_S
 from agent.catalog import RETRY_MAX_S as CATALOG_RETRY_MAX_S
+from agent.catalog import ANSWER_MAX_BYTES as CATALOG_ANSWER_MAX_BYTES
 from agent.catalog import TIMEOUT_S as CATALOG_TIMEOUT_S
 from agent.db import SYNCHRONOUS_MODES
 from agent.errors import ConfigError, OutboxError
+from agent.hub_loop import SYNC_ANSWER_MAX_BYTES
 from agent.localapi.auth import LOGIN_TTL_S, AuthError, PinHash
 from agent.outbox import check_identity
 from agent.pos.config import PosConfigError, PosImportConfig
+from agent.redact import redact_url
 from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, HEARTBEAT_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
 from agent.scanning import COUNT_RESET_S, MODES
 from agent.sessions.errors import InvalidSessionInput
@@ -37,6 +40,7 @@ LOCALAPI_PORT = 8471
 DISCOVERY_WAIT_S = 5.0
 RETENTION_DAYS = 30.0
 SIMULATE_RATE_PER_S = 10.0
+ANSWER_MIN_BYTES = 64 << 10  # the smallest answer_max_bytes: below it even a handshake's answer may not fit
 SIMULATE_SKUS = ("SKU-0001", "SKU-0002", "SKU-0003", "SKU-0004", "SKU-0005")
 
 
@@ -61,6 +65,7 @@ class ReplicatorSection:
     timeout_s: float = TIMEOUT_S
     auth_retry_s: float = AUTH_RETRY_S
     heartbeat_s: float = HEARTBEAT_S
+    answer_max_bytes: int = SYNC_ANSWER_MAX_BYTES  # of a sync or report answer from the hub
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,7 @@ class CatalogSection:
     refresh_s: float = CATALOG_REFRESH_S
     retry_max_s: float = CATALOG_RETRY_MAX_S
     timeout_s: float = CATALOG_TIMEOUT_S
+    answer_max_bytes: int = CATALOG_ANSWER_MAX_BYTES  # of the hub's catalog answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +154,20 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "synchronous",
         "retention_days",
     ),
-    "replicator": ("batch_size", "tick_s", "retry_base_s", "retry_max_s", "timeout_s", "auth_retry_s", "heartbeat_s"),
+    "replicator": (
+        "batch_size",
+        "tick_s",
+        "retry_base_s",
+        "retry_max_s",
+        "timeout_s",
+        "auth_retry_s",
+        "heartbeat_s",
+        "answer_max_bytes",
+    ),
     "simulate": ("count", "rate_per_s", "skus", "seed", "batch", "enabled"),
     # [[scanner]]: these, plus the device settings of its type (docs/scanners.md; reader_id is `id` here)
     "scanner": ("id", "type", "mode", "location", "rcn_region", "count_reset_s"),
-    "catalog": ("file", "cache_file", "refresh_s", "retry_max_s", "timeout_s"),
+    "catalog": ("file", "cache_file", "refresh_s", "retry_max_s", "timeout_s", "answer_max_bytes"),
     "localapi": ("enabled", "host", "port", "staff", "login_ttl_h", "sessions_db"),
     "discovery": ("enabled", "hub_id", "advertise", "interfaces", "wait_s"),
 }
@@ -226,11 +241,21 @@ def _between(lo: int, hi: int) -> Callable[[int], str | None]:
 
 
 def _hub_url(value: str) -> str | None:
-    parts = urlsplit(value)
+    shown = redact_url(value)  # an error quotes the address, never a password in it
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"must be an http:// or https:// address like http://hub.example:8080, got {shown!r}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"must be an http:// or https:// address like http://hub.example:8080, got {value!r}"
+        return f"must be an http:// or https:// address like http://hub.example:8080, got {shown!r}"
+    if parts.username is not None or parts.password is not None:
+        return (
+            f"must not carry a user name or password (got {shown!r}); the agent signs in to the hub with its"
+            " token, so remove the user:password@ part"
+        )
     if parts.query or parts.fragment:
-        return f"must not carry a query or fragment, got {value!r}"
+        return f"must not carry a query or fragment, got {shown!r}"
     return None
 
 
@@ -335,6 +360,7 @@ def _replicator(s: _Section) -> ReplicatorSection:
         timeout_s=seconds("timeout_s", TIMEOUT_S),
         auth_retry_s=seconds("auth_retry_s", AUTH_RETRY_S),
         heartbeat_s=seconds("heartbeat_s", HEARTBEAT_S),
+        answer_max_bytes=s.get("answer_max_bytes", int, SYNC_ANSWER_MAX_BYTES, _between(ANSWER_MIN_BYTES, 1 << 40)),
     )
 
 
@@ -411,6 +437,7 @@ def _catalog(s: _Section) -> CatalogSection:
         refresh_s=seconds("refresh_s", CATALOG_REFRESH_S),
         retry_max_s=seconds("retry_max_s", CATALOG_RETRY_MAX_S),
         timeout_s=seconds("timeout_s", CATALOG_TIMEOUT_S),
+        answer_max_bytes=s.get("answer_max_bytes", int, CATALOG_ANSWER_MAX_BYTES, _between(ANSWER_MIN_BYTES, 1 << 40)),
     )
 
 

@@ -3,6 +3,14 @@
 The replicator, the report sender and the catalog each run one background
 task (STYLE.md item 5) over one ``aiohttp`` session; they subclass
 ``HubLoop`` and write their own ``start()`` and ``_run()``.
+
+Every answer from the hub is read with ``read_answer``: at most a limit of
+bytes (checked against Content-Length before reading, and while reading, so an
+answer without one is cut off too), else ``AnswerTooLarge`` — one sentence,
+the connection dropped, memory flat. Each loop treats it as a failed attempt
+(logged once, retried with backoff). The limits are sized from the largest
+answer the hub legitimately gives (``SYNC_ANSWER_MAX_BYTES``) and can be
+raised in the configuration (``answer_max_bytes``).
 """
 
 from __future__ import annotations
@@ -13,6 +21,41 @@ from collections.abc import Coroutine
 from typing import Any, Self
 
 import aiohttp
+
+from agent.errors import AgentError
+
+# A sync answer for the largest batch (10,000 events, protocol.MAX_BATCH_EVENTS): every event rejected
+# (16-byte id, seq, code, reason of at most ~1 KiB: about 11 MB) plus counts for every key touched
+# (location ≤ 32 and SKU ≤ 64 characters, four integers: at most ~430 bytes each, about 4.3 MB), with
+# room for the components of bundles. Report answers (≤ 10,000 items) fit in the same bound.
+SYNC_ANSWER_MAX_BYTES = 32 << 20
+READ_CHUNK_BYTES = 64 << 10
+
+
+class AnswerTooLarge(AgentError):
+    """The hub's answer was larger than the agent reads; the message is one sentence."""
+
+
+async def read_answer(resp: aiohttp.ClientResponse, limit_bytes: int, what: str) -> bytes:
+    """The body of ``resp``, at most ``limit_bytes``; ``AnswerTooLarge`` (nothing more read) beyond that."""
+    declared = resp.content_length
+    if declared is not None and declared > limit_bytes:
+        resp.close()  # the connection is dropped rather than drained
+        raise AnswerTooLarge(_too_large(what, resp, limit_bytes, f"{declared:,} bytes, "))
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(READ_CHUNK_BYTES):
+        if len(body) + len(chunk) > limit_bytes:
+            resp.close()
+            raise AnswerTooLarge(_too_large(what, resp, limit_bytes, ""))
+        body += chunk
+    return bytes(body)
+
+
+def _too_large(what: str, resp: aiohttp.ClientResponse, limit_bytes: int, size: str) -> str:
+    return (
+        f"the hub's {what} (HTTP {resp.status}) is {size}more than the {limit_bytes:,} bytes this agent reads"
+        " (answer_max_bytes); it was dropped, and the request is tried again with backoff"
+    )
 
 
 class HubLoop:

@@ -12,6 +12,21 @@ One SQLite file (WAL), one writer thread (see ``agent.db``), every write one
 - ``rejected``: events set aside with the reason (the hub refused them);
 - ``counts``: the local count cache (``agent.counts``).
 
+Lineage. Every row carries a 16-byte digest of the outbox's history up to it:
+``chain(seq) = blake2b(chain(seq - 1) || event_id)``, 16 zero bytes before the
+first row (computed at record time, in the same transaction; meta ``chain_last``
+holds the newest). The hub stores the digest sent with each batch at its
+high-water mark and answers it back. The acknowledged mark moves to the hub's
+mark only when this file holds a row there with the same digest. Otherwise the
+hub has seen another history of this epoch — the file was restored from an
+older backup, copied to another machine, or rolled back with a VM snapshot —
+and renumbering or skipping would lose movements. The outbox then *forks*: it
+takes a new random epoch that continues from its own acknowledged mark
+(``epoch_base``, verified when it was acknowledged), keeps its rows and seqs,
+and resends everything above the base; the hub counts each event once (an event
+is identified by agent id and event id, not by epoch and seq). It says so once
+as a WARNING and in ``status``.
+
     async with Outbox.open(path, agent_id="store-1", location="S001") as outbox:
         result = await outbox.record([Movement("S001", "SKU-1", Kind.SALE, -1, "pos:acme")])
 """
@@ -19,6 +34,7 @@ One SQLite file (WAL), one writer thread (see ``agent.db``), every write one
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import sqlite3
@@ -33,12 +49,14 @@ from agent.counts import COUNTS_SCHEMA, CountCache, store_counts
 from agent.db import Opening, SqliteFile, SqliteThread
 from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError, OutboxMissing
 from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
-from protocol.hlc import wall_ms_now
+from protocol.hlc import pack_hlc, unpack_hlc, wall_ms_now
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the lineage chain (a ``chain`` per row)
+CHAIN_BYTES = 16
+ZERO_CHAIN = bytes(CHAIN_BYTES)  # the chain before the first row
 RETENTION_DEFAULT_S = 30 * 86_400.0
 PURGE_EVERY_MS = 3_600_000
 EPOCH_BITS = 63
@@ -58,7 +76,8 @@ _SCHEMA = (
         source      TEXT NOT NULL,
         ref         TEXT,
         reason      TEXT,
-        attrs       BLOB NOT NULL
+        attrs       BLOB NOT NULL,
+        chain       BLOB
     )""",
     "CREATE INDEX IF NOT EXISTS events_by_key ON events (location, sku)",
     """CREATE TABLE IF NOT EXISTS rejected (
@@ -72,10 +91,11 @@ _SCHEMA = (
 )
 _EVENT_COLUMNS = "seq, event_id, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs"
 _EVENT_PARAMS = ", ".join("?" * len(_EVENT_COLUMNS.split(", ")))
-_INSERT_EVENT = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PARAMS})"
-_READ_MARKS = "SELECT key, value FROM meta WHERE key IN ('hlc_last', 'last_seq')"
+_INSERT_EVENT = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}, chain) VALUES ({_EVENT_PARAMS}, ?)"
+_READ_MARKS = "SELECT key, value FROM meta WHERE key IN ('hlc_last', 'last_seq', 'chain_last')"
 _WRITE_MARKS = (
-    "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 ELSE ?2 END WHERE key IN ('last_seq', 'hlc_last')"
+    "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'hlc_last' THEN ?2 ELSE ?3 END"
+    " WHERE key IN ('last_seq', 'hlc_last', 'chain_last')"
 )
 _PENDING = "seq > (SELECT value FROM meta WHERE key = 'acked_seq') AND seq NOT IN (SELECT seq FROM rejected)"
 
@@ -124,10 +144,28 @@ class AnswerResult:
     previous_acked_seq: int
     set_aside: int
     backlog: int  # pending events after the answer
+    forked_from_epoch: int | None = None  # the hub holds another history of that epoch: this outbox left it
+    epoch: int = 0  # after a fork: the new epoch
+    fork_reason: str = ""
 
     @property
     def rewound(self) -> bool:
         return self.acked_seq < self.previous_acked_seq
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """The next request's events and the lineage it reports (``protocol.SyncRequest``)."""
+
+    events: tuple[StockEvent, ...]
+    chain: bytes | None  # at the last event's seq, or at the acknowledged mark when there is none
+    epoch_base: int  # the seq this epoch continues from (0: the file's first epoch)
+    base_chain: bytes | None
+
+
+def chain_link(previous: bytes, event_id: bytes) -> bytes:
+    """The lineage digest of a row: its predecessor's digest and its event id, hashed."""
+    return hashlib.blake2b(previous + event_id, digest_size=CHAIN_BYTES).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +185,19 @@ class OutboxStats:
     last_error: str | None
     hub_reachable: bool | None  # None: no sync attempt yet
     clock_skew_ms: int | None  # hub clock minus ours, at the last sync
+    epoch_base: int = 0  # the seq this epoch continues from (see the module doc: lineage)
+    forked_from_epoch: int | None = None  # the last fork: the epoch this outbox left, when, and events resent
+    forked_ms: int | None = None
+    fork_resent: int | None = None
+    held_by_hub: int = 0  # events the hub holds in its clock quarantine: processed, waiting for an operator there
+
+
+# A clock that ran ahead (see Outbox._recover_clock): reset once the machine's clock is within
+# HLC_SANE_SKEW_MS of the hub's and the outbox's clock is HLC_AHEAD_RESET_MS ahead of it (the hub's
+# default clock window), or any amount over HLC_SANE_SKEW_MS when the hub has just held an event for it.
+HLC_SANE_SKEW_MS = 60_000
+HLC_AHEAD_RESET_MS = 24 * 3_600_000
+HELD_CODE = "quarantined"  # a rejection code that is not a refusal: the hub holds the event (clock quarantine)
 
 
 def _meta(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
@@ -179,6 +230,7 @@ class Outbox(SqliteFile):
         self.agent_id = ""
         self.location = ""
         self.epoch = 0
+        self._chain_column = "chain"
         self.new_data = asyncio.Event()  # set after every commit that added events
         self.counts = CountCache(self)
 
@@ -264,11 +316,17 @@ class Outbox(SqliteFile):
                 acked_seq=0,
                 hlc_last=0,
                 sync_state="never",
+                chain_last=ZERO_CHAIN,
+                ack_chain=ZERO_CHAIN,
+                epoch_base=0,
+                base_chain=ZERO_CHAIN,
             )
         elif location is not None and _meta(conn, "location") != location:
             _set_meta(conn, location=location)
+        if _meta(conn, "schema_version") == 1:
+            _migrate_to_2(conn)
         self._load(conn, agent_id)
-        self._purge(conn, now_ms)
+        self._purge(conn)
 
     def _load(self, conn: sqlite3.Connection, agent_id: str | None) -> None:
         version = _meta(conn, "schema_version")
@@ -283,6 +341,7 @@ class Outbox(SqliteFile):
                 " point this agent at its own outbox file"
             )
         self.agent_id = stored_agent
+        self._chain_column = "chain" if version >= 2 else "NULL"  # a schema-1 file opened read-only (status)
         self.location = _meta(conn, "location")
         self.epoch = _meta(conn, "epoch")
         self.clock.observe(_meta(conn, "hlc_last", 0))
@@ -359,17 +418,20 @@ class Outbox(SqliteFile):
         wall_ms = self._wall_clock_ms()
         inserted: list[StockEvent] = []
         duplicates: list[bytes] = []
+        chain = marks.get("chain_last") or ZERO_CHAIN
         for draft, time_supplied in drafts:
             occurred_at = draft.occurred_at if time_supplied else self.clock.now()
             ev = draft.stamped(seq=last_seq + 1, occurred_at=occurred_at, wall_ms=wall_ms)
-            cur = conn.execute(_INSERT_EVENT, _row(ev))
+            linked = chain_link(chain, ev.event_id)
+            cur = conn.execute(_INSERT_EVENT, (*_row(ev), linked))
             if cur.rowcount == 1:
                 last_seq += 1
+                chain = linked
                 inserted.append(ev)
             else:
                 self._check_same(conn, ev, check_time=time_supplied)
                 duplicates.append(ev.event_id)
-        conn.execute(_WRITE_MARKS, (last_seq, self.clock.last))  # observe() above: never below the stored hlc
+        conn.execute(_WRITE_MARKS, (last_seq, self.clock.last, chain))  # observe() above: never below the stored hlc
         if tally is not None and inserted:
             _set_meta(conn, **{f"tally:{tally}": _meta(conn, f"tally:{tally}", 0) + len(inserted)})
         return RecordResult(tuple(inserted), tuple(duplicates))
@@ -399,21 +461,35 @@ class Outbox(SqliteFile):
         A row that cannot be read back as an event (written by a newer or a broken program) is set
         aside with code "unreadable" instead of blocking every row behind it.
         """
-        rows = await self._read(
-            lambda conn: conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {_PENDING} ORDER BY seq LIMIT ?", (limit,)
+        return (await self.outgoing(limit)).events
+
+    async def outgoing(self, limit: int) -> Outgoing:
+        """``pending(limit)`` and the lineage the request carrying them reports (limit 0: a handshake's)."""
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Any], bytes | None, int, bytes | None]:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS}, {self._chain_column} FROM events WHERE {_PENDING} ORDER BY seq LIMIT ?",
+                (limit,),
             ).fetchall()
-        )
+            meta = dict(
+                conn.execute("SELECT key, value FROM meta WHERE key IN ('ack_chain', 'epoch_base', 'base_chain')")
+            )
+            return rows, meta.get("ack_chain"), meta.get("epoch_base") or 0, meta.get("base_chain")
+
+        rows, ack_chain, epoch_base, base_chain = await self._read(read)
         events: list[StockEvent] = []
         unreadable: list[tuple[int, str]] = []
+        chain = ack_chain
         for row in rows:
             try:
-                events.append(self._event(row))
+                events.append(self._event(row[:12]))
             except (ValueError, TypeError, msgpack.UnpackException) as err:
                 unreadable.append((row[0], f"this outbox row cannot be read back as an event: {err}"))
+            else:
+                chain = row[12]
         if unreadable:
             await self._write(lambda conn: self._set_unreadable(conn, unreadable))
-        return tuple(events)
+        return Outgoing(tuple(events), chain if events else ack_chain, epoch_base, base_chain if epoch_base else None)
 
     def _set_unreadable(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
         now_ms = self._wall_clock_ms()
@@ -424,10 +500,12 @@ class Outbox(SqliteFile):
             )
             log.error("Outbox row seq %d was set aside and the events behind it are sent: %s.", seq, reason)
 
-    async def mark_acked(self, hwm: int) -> AnswerResult:
-        """Set the acknowledged mark to the hub's high-water mark (rewinding it if the hub's is lower)."""
-        result = await self._write(lambda conn: self._ack(conn, hwm, ()))
-        self._log_ack(hwm, result)
+    async def mark_acked(self, hwm: int, chain: bytes | None = None, *, hub_ms: int | None = None) -> AnswerResult:
+        """Set the acknowledged mark to the hub's high-water mark (rewinding it if the hub's is lower),
+        or fork to a new epoch if the hub's mark is not this outbox's history (see the module doc).
+        ``hub_ms``: the hub's clock when it answered; acknowledgements age by it (retention)."""
+        result = await self._write(lambda conn: self._ack(conn, hwm, chain, (), hub_ms=hub_ms))
+        self._after_ack(hwm, result)
         return result
 
     async def set_aside(self, rejections: Sequence[Rejection]) -> int:
@@ -439,8 +517,11 @@ class Outbox(SqliteFile):
         as_of_ms = resp.server_time_ms or self._wall_clock_ms()
 
         def apply(conn: sqlite3.Connection) -> AnswerResult:
-            result = self._ack(conn, resp.hwm, resp.rejected)
+            result = self._ack(conn, resp.hwm, resp.chain, resp.rejected, hub_ms=resp.server_time_ms or None)
+            self._recover_clock(conn, resp, clock_skew_ms)
             store_counts(conn, resp.counts, as_of_ms)
+            if resp.held is not None:
+                _set_meta(conn, held_by_hub=resp.held)
             _set_meta(
                 conn,
                 sync_state="ok",
@@ -452,33 +533,96 @@ class Outbox(SqliteFile):
             return result
 
         result = await self._write(apply)
-        self._log_ack(resp.hwm, result)
+        self._after_ack(resp.hwm, result)
         return result
 
-    def _ack(self, conn: sqlite3.Connection, hwm: int, rejections: Sequence[Rejection]) -> AnswerResult:
+    def _ack(
+        self,
+        conn: sqlite3.Connection,
+        hwm: int,
+        hub_chain: bytes | None,
+        rejections: Sequence[Rejection],
+        *,
+        hub_ms: int | None = None,
+    ) -> AnswerResult:
         previous = _meta(conn, "acked_seq")
         last_seq = _meta(conn, "last_seq")
         now_ms = self._wall_clock_ms()
-        if hwm > last_seq:
-            # The hub has seen seqs this file never issued: the file was restored from a backup.
-            # Number new events above the hub's mark so they are not mistaken for ones it has.
-            log.warning(
-                "The hub has seen seq %d of epoch %d but this outbox only issued up to %d (restored from a backup?);"
-                " numbering new events from %d.",
-                hwm,
-                self.epoch,
-                last_seq,
-                hwm + 1,
-            )
-            _set_meta(conn, last_seq=hwm)
-        _set_meta(conn, acked_seq=hwm)
-        if hwm > previous:
-            conn.execute("INSERT INTO acks (acked_seq, at_ms) VALUES (?, ?)", (hwm, now_ms))
+        epoch = _meta(conn, "epoch")
+        if hwm > last_seq:  # seqs this file never issued
+            why = f"the hub holds seq {hwm:,} of epoch {epoch} but this outbox only issued up to {last_seq:,}"
+            return self._fork(conn, hwm, previous, why, rejections, now_ms)
+        mine = _chain_at(conn, hwm, previous)
+        # A row at or below the acknowledged mark whose digest is gone was verified when it was acknowledged.
+        if hub_chain is not None and hwm > 0 and mine != hub_chain and (mine is not None or hwm > previous):
+            why = f"the hub's seq {hwm:,} of epoch {epoch} is another copy's movement, not this outbox's"
+            return self._fork(conn, hwm, previous, why, rejections, now_ms)
+        _set_meta(conn, acked_seq=hwm, ack_chain=mine if mine is not None else hub_chain)
+        # Acknowledgements are timed by the hub's clock, never this machine's: a clock a century ahead
+        # must not make the retention period pass at once and purge what a restored hub may ask for again.
+        if hub_ms is not None and hub_ms > _meta(conn, "hub_time_ms", 0):
+            _set_meta(conn, hub_time_ms=hub_ms)
+        hub_now_ms = _meta(conn, "hub_time_ms")
+        if hwm > previous and hub_now_ms is not None:
+            conn.execute("INSERT INTO acks (acked_seq, at_ms) VALUES (?, ?)", (hwm, hub_now_ms))
         set_aside = self._set_aside(conn, rejections)
-        if now_ms - self._last_purge_ms >= PURGE_EVERY_MS:
-            self._purge(conn, now_ms)
+        if hub_now_ms is not None and hub_now_ms - self._last_purge_ms >= PURGE_EVERY_MS:
+            self._purge(conn)
         backlog = conn.execute(f"SELECT count(*) FROM events WHERE {_PENDING}").fetchone()[0]
         return AnswerResult(hwm, previous, set_aside, backlog)
+
+    def _fork(
+        self,
+        conn: sqlite3.Connection,
+        hwm: int,
+        previous: int,
+        why: str,
+        rejections: Sequence[Rejection],
+        now_ms: int,
+    ) -> AnswerResult:
+        """Leave this epoch: a new one continues from the acknowledged mark (see the module doc).
+
+        The rows up to the mark were acknowledged with this history. Only if the hub's mark is below
+        ours (the hub was restored too) is nothing known to be there, and the new epoch starts at 0.
+        """
+        old = _meta(conn, "epoch")
+        new = old
+        while new == old:
+            new = secrets.randbits(EPOCH_BITS) or 1
+        base = previous if hwm >= previous else 0
+        base_chain = (_meta(conn, "ack_chain") if base else ZERO_CHAIN) or None
+        set_aside = self._set_aside(conn, rejections)
+        resend = conn.execute(
+            "SELECT count(*) FROM events WHERE seq > ? AND seq NOT IN (SELECT seq FROM rejected)", (base,)
+        ).fetchone()[0]
+        _set_meta(
+            conn,
+            epoch=new,
+            epoch_base=base,
+            base_chain=base_chain,
+            acked_seq=base,
+            ack_chain=base_chain,
+            forked_from_epoch=old,
+            forked_ms=now_ms,
+            fork_resent=resend,
+            fork_reason=why,
+        )
+        return AnswerResult(base, previous, set_aside, resend, forked_from_epoch=old, epoch=new, fork_reason=why)
+
+    def _after_ack(self, hwm: int, result: AnswerResult) -> None:
+        """After the commit: take a new epoch on, and say what happened."""
+        if result.forked_from_epoch is not None:
+            self.epoch = result.epoch
+            log.warning(
+                "This outbox was restored from a backup, copied or rolled back (%s); it continues as epoch %d"
+                " from seq %d and sends its %s events above that again, which the hub counts once.",
+                result.fork_reason,
+                self.epoch,
+                result.acked_seq,
+                f"{result.backlog:,}",
+            )
+            return
+        self._log_ack(hwm, result)
 
     def _log_ack(self, hwm: int, result: AnswerResult) -> None:
         if result.rewound:
@@ -508,11 +652,38 @@ class Outbox(SqliteFile):
                 "INSERT OR REPLACE INTO rejected (seq, code, reason, rejected_ms) VALUES (?, ?, ?, ?)",
                 (row[0], r.code, r.reason, now_ms),
             )
-            done += 1
+            if r.code == HELD_CODE:  # processed by the hub, held there for an operator: not set aside here
+                log.warning("The hub holds event seq %d in its clock quarantine: %s.", r.seq, r.reason)
+            else:
+                done += 1
         return done
 
-    def _purge(self, conn: sqlite3.Connection, now_ms: int) -> None:
-        """Delete acknowledged events whose acknowledgement is older than the retention period."""
+    def wall_ms(self) -> int:
+        """This outbox's wall clock (the one its events are stamped with)."""
+        return self._wall_clock_ms()
+
+    def _recover_clock(self, conn: sqlite3.Connection, resp: SyncResponse, clock_skew_ms: int | None) -> None:
+        """Reset the hybrid clock when it ran far ahead and the machine's clock is right again: it never
+        goes backwards by itself, so one day in a wrong year would stamp every later event in that year."""
+        if not resp.server_time_ms or clock_skew_ms is None or abs(clock_skew_ms) > HLC_SANE_SKEW_MS:
+            return
+        ahead_ms = unpack_hlc(self.clock.last)[0] - resp.server_time_ms
+        held = any(r.code == HELD_CODE for r in resp.rejected)
+        if ahead_ms > HLC_AHEAD_RESET_MS or (held and ahead_ms > HLC_SANE_SKEW_MS):
+            self.clock.reset(pack_hlc(self._wall_clock_ms(), 0))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'hlc_last'", (self.clock.last,))
+            log.warning(
+                "This outbox's clock was %.1f hours ahead of the hub's while this machine's clock is right; "
+                "it was reset to the machine's time, and events recorded from now on are stamped with it.",
+                ahead_ms / 3_600_000,
+            )
+
+    def _purge(self, conn: sqlite3.Connection) -> None:
+        """Delete acknowledged events whose acknowledgement is older than the retention period, both
+        measured by the hub's clock as last heard (``hub_time_ms``): never purged by a wrong local clock."""
+        now_ms = _meta(conn, "hub_time_ms")
+        if now_ms is None:
+            return
         self._last_purge_ms = now_ms
         cutoff_ms = now_ms - self._retention_ms
         mark = conn.execute("SELECT max(acked_seq) FROM acks WHERE at_ms <= ?", (cutoff_ms,)).fetchone()[0]
@@ -554,15 +725,60 @@ class Outbox(SqliteFile):
                 backlog=backlog,
                 oldest_pending_ms=oldest,
                 oldest_pending_age_s=None if oldest is None else max(0.0, (self._wall_clock_ms() - oldest) / 1000),
-                set_aside=conn.execute("SELECT count(*) FROM rejected").fetchone()[0],
+                set_aside=conn.execute(f"SELECT count(*) FROM rejected WHERE code <> '{HELD_CODE}'").fetchone()[0],
+                held_by_hub=_held_by_hub(conn),
                 sync_state=_meta(conn, "sync_state", "never"),
                 last_sync_ms=_meta(conn, "last_sync_ms"),
                 last_error=_meta(conn, "last_error"),
                 hub_reachable=None if reachable is None else bool(reachable),
                 clock_skew_ms=_meta(conn, "clock_skew_ms"),
+                epoch_base=_meta(conn, "epoch_base", 0) or 0,
+                forked_from_epoch=_meta(conn, "forked_from_epoch"),
+                forked_ms=_meta(conn, "forked_ms"),
+                fork_resent=_meta(conn, "fork_resent"),
             )
 
         return await self._read(read)
+
+
+def _chain_at(conn: sqlite3.Connection, seq: int, acked_seq: int) -> bytes | None:
+    """The lineage digest at ``seq``; None when unknown (the row was purged, or written before chains)."""
+    if seq == 0:
+        return ZERO_CHAIN
+    row = conn.execute("SELECT chain FROM events WHERE seq = ?", (seq,)).fetchone()
+    if row is not None and row[0] is not None:
+        return bytes(row[0])
+    known = _meta(conn, "ack_chain") if seq == acked_seq else None
+    if known is None and seq == _meta(conn, "epoch_base"):
+        known = _meta(conn, "base_chain")
+    return None if known is None else bytes(known)
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Schema 1 → 2: a lineage digest for every retained row, from 16 zero bytes before the first."""
+    if "chain" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}:
+        conn.execute("ALTER TABLE events ADD COLUMN chain BLOB")
+    acked = _meta(conn, "acked_seq")
+    chain = ack_chain = ZERO_CHAIN
+    links: list[tuple[bytes, int]] = []
+    for seq, event_id in conn.execute("SELECT seq, event_id FROM events ORDER BY seq"):
+        chain = chain_link(chain, event_id)
+        links.append((chain, seq))
+        if seq == acked:
+            ack_chain = chain
+    conn.executemany("UPDATE events SET chain = ? WHERE seq = ?", links)
+    _set_meta(
+        conn, schema_version=2, chain_last=chain, ack_chain=ack_chain, epoch_base=0, base_chain=ZERO_CHAIN
+    )
+
+
+def _held_by_hub(conn: sqlite3.Connection) -> int:
+    """The hub's own figure from its last answer (it falls as the operator resolves them); before any, this
+    outbox's count of events it answered as held."""
+    said = _meta(conn, "held_by_hub")
+    if said is not None:
+        return int(said)
+    return int(conn.execute(f"SELECT count(*) FROM rejected WHERE code = '{HELD_CODE}'").fetchone()[0])
 
 
 def _backlog(conn: sqlite3.Connection) -> tuple[int, int | None]:

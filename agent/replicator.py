@@ -43,8 +43,8 @@ from typing import Any
 import aiohttp
 
 from agent.errors import AgentError, OutboxClosed, OutboxError
-from agent.hub_loop import HubLoop
-from agent.outbox import Outbox
+from agent.hub_loop import SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer
+from agent.outbox import Outbox, Outgoing
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     ProtocolError,
@@ -56,7 +56,6 @@ from protocol import (
     event_id_hex,
     parse_event_id,
 )
-from protocol.hlc import wall_ms_now
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +123,7 @@ class Replicator(HubLoop):
         timeout_s: float = TIMEOUT_S,
         auth_retry_s: float = AUTH_RETRY_S,
         heartbeat_s: float = HEARTBEAT_S,
+        answer_max_bytes: int = SYNC_ANSWER_MAX_BYTES,
         rng: random.Random | None = None,
     ) -> None:
         if batch_size < 1:
@@ -138,6 +138,7 @@ class Replicator(HubLoop):
         self.timeout_s = timeout_s
         self._auth_retry_s = auth_retry_s
         self._heartbeat_s = heartbeat_s
+        self.answer_max_bytes = answer_max_bytes  # a longer answer is a failed attempt (agent.hub_loop)
         self._last_answer_s = -math.inf  # monotonic time of the last 200 from the hub
         self._rng = rng or random.Random()
         HubLoop.__init__(self)
@@ -243,15 +244,14 @@ class Replicator(HubLoop):
         """Send one batch and store the answer. True if there is more to send right away."""
         self._outbox.new_data.clear()  # before reading: a record() after this wakes us again
         try:
-            batch: tuple[StockEvent, ...] = ()
-            if not self._handshake_due:
-                batch = await self._outbox.pending(self._batch_size)
-                if not batch:
-                    await self._update(backlog=0)
-                    if time.monotonic() - self._last_answer_s < self._heartbeat_s:
-                        return False
-                    # idle for a while: an empty request tells the hub we are alive (and re-checks its mark)
-            status, body, sent_ms, received_ms = await self._post(batch)
+            outgoing = await self._outbox.outgoing(0 if self._handshake_due else self._batch_size)
+            batch = outgoing.events
+            if not self._handshake_due and not batch:
+                await self._update(backlog=0)
+                if time.monotonic() - self._last_answer_s < self._heartbeat_s:
+                    return False
+                # idle for a while: an empty request tells the hub we are alive (and re-checks its mark)
+            status, body, sent_ms, received_ms = await self._post(outgoing)
             if status == 429:
                 raise self._slow_down(body)
             if status == 200:
@@ -267,19 +267,25 @@ class Replicator(HubLoop):
         except OutboxError as err:
             raise _Failed("outbox_error", f"the outbox failed: {err}", reachable=True, level=logging.ERROR) from err
 
-    async def _post(self, batch: tuple[StockEvent, ...]) -> tuple[int, bytes, int, int]:
+    async def _post(self, outgoing: Outgoing) -> tuple[int, bytes, int, int]:
         assert self._session is not None
         stats = await self._outbox.stats()
+        # Skew is measured from the request (NTP style), on the clock that stamps this outbox's events.
+        sent_ms = self._outbox.wall_ms()
         request = SyncRequest(
-            self._outbox.agent_id, self._outbox.epoch, batch, acked_seq=self._acked_seq,
+            self._outbox.agent_id, self._outbox.epoch, outgoing.events, acked_seq=self._acked_seq,
             backlog=stats.backlog, oldest_pending_ms=stats.oldest_pending_ms,
+            chain=outgoing.chain, epoch_base=outgoing.epoch_base or None, base_chain=outgoing.base_chain,
+            sent_ms=sent_ms,
         )  # fmt: skip
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
-        sent_ms = wall_ms_now()
         try:
             async with self._session.post(self._url, data=encode_sync_request(request), headers=headers) as http:
                 self._retry_after = http.headers.get("Retry-After")
-                return http.status, await http.read(), sent_ms, wall_ms_now()
+                body = await read_answer(http, self.answer_max_bytes, "sync answer")
+                return http.status, body, sent_ms, self._outbox.wall_ms()
+        except AnswerTooLarge as err:
+            raise _Failed("hub_error", str(err), reachable=True, level=logging.ERROR) from err
         except TimeoutError:
             raise _Failed(
                 "unreachable", f"the hub at {self._url} did not answer within {self.timeout_s:g} s", reachable=False
@@ -332,12 +338,21 @@ class Replicator(HubLoop):
         )
         if not batch:
             self._handshake_due = False
-        elif not (result.acked_seq >= batch[-1].seq or result.rewound or result.set_aside > 0):
+        elif not (
+            result.acked_seq >= batch[-1].seq
+            or result.rewound
+            or result.set_aside > 0
+            or result.forked_from_epoch is not None  # the outbox logged it; it resends in its new epoch
+        ):
             raise _Failed(
                 "hub_error",
                 f"the hub acknowledged only up to seq {result.acked_seq} of a batch ending at seq {batch[-1].seq}",
                 reachable=True,
             )
+        if batch and result.backlog == 0:
+            # The backlog this request reported counted the batch itself; the hub (and its dashboard) would
+            # show it until the next heartbeat. Send that heartbeat at the next tick: it reports the true 0.
+            self._last_answer_s = -math.inf
         await self._answered(waiting=len(batch) + result.backlog, sent=len(batch), backlog=result.backlog)
         return result.backlog > 0
 

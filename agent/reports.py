@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.hub_loop import HubLoop
+from agent.hub_loop import SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
 from agent.replicator import AUTH_RETRY_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
@@ -115,6 +115,7 @@ class ReportSender(HubLoop):
         retry_max_s: float = RETRY_MAX_S,
         timeout_s: float = TIMEOUT_S,
         auth_retry_s: float = AUTH_RETRY_S,
+        answer_max_bytes: int = SYNC_ANSWER_MAX_BYTES,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -128,6 +129,7 @@ class ReportSender(HubLoop):
         self.retry_max_s = retry_max_s
         self.timeout_s = timeout_s
         self.auth_retry_s = auth_retry_s
+        self.answer_max_bytes = answer_max_bytes  # a longer answer is a failed attempt (agent.hub_loop)
         self._rng = rng or random.Random()
         HubLoop.__init__(self)
         self._kick = asyncio.Event()
@@ -294,7 +296,9 @@ class ReportSender(HubLoop):
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
         try:
             async with session.post(url, data=body, headers=headers) as resp:
-                status, data = resp.status, await resp.read()
+                status, data = resp.status, await read_answer(resp, self.answer_max_bytes, f"answer to {path}")
+        except AnswerTooLarge as err:
+            raise _Failed(str(err), level=logging.ERROR) from err
         except TimeoutError:
             raise _Failed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as err:

@@ -34,6 +34,7 @@ from agent.sessions import (
     SessionStoreClosed,
 )
 from agent.sessions.model import check_sku
+from protocol import values
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COOKIE_NAME = "shelfsync_login"
 BODY_MAX_BYTES = 1 << 20
+JSON_DEPTH_MAX = 16  # every body here is a flat object; deeper nesting is refused before any use
 LIST_LIMIT_MAX = 500
 LINES_SHOWN_MAX = 20_000
 JSON_TYPE = "application/json"
@@ -99,7 +101,18 @@ def create_app(context: LocalApiContext) -> web.Application:
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers, dumps=dumps)
+
+
+def dumps(obj: Any) -> str:
+    """Strict JSON of an answer (no NaN/Infinity, no lone surrogate: ``values.json_safe`` makes such a value safe)."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = None
+    if text is None or values.SURROGATE_RE.search(text):
+        text = json.dumps(values.json_safe(obj), ensure_ascii=False, allow_nan=False)
+    return text
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -185,10 +198,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as err:
-        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
+    try:  # the one rule for JSON bodies (protocol.values): no NaN/Infinity, no lone surrogates, bounded depth
+        body = values.loads_json(raw, JSON_DEPTH_MAX)
+    except values.JsonRefused as err:
+        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err}); send a flat JSON object") from err
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="the body must be a JSON object")
     return body
@@ -201,7 +214,7 @@ def _fields(body: dict[str, Any], allowed: set[str]) -> None:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
+    return web.json_response(data, status=status, dumps=dumps)
 
 
 # --- page and health ---------------------------------------------------------------
@@ -239,6 +252,8 @@ async def login(request: web.Request) -> web.Response:
     staff, pin = body.get("staff"), body.get("pin")
     if not isinstance(staff, str) or not isinstance(pin, str):
         raise web.HTTPBadRequest(text='send {"staff": "<staff id>", "pin": "<PIN>"}')
+    if (problem := values.STAFF.problem(staff.strip())) is not None:
+        raise web.HTTPBadRequest(text=f"staff {problem}; a staff id is {values.STAFF.rule()}")
     try:
         token, who = await ctx.staff.sign_in(staff.strip(), pin, remote=request.remote or "")
     except AuthError as err:

@@ -9,9 +9,16 @@ stored or logged.
 Signing in with a staff id and PIN gives a random token (a cookie for the
 handheld page, or ``Authorization: Bearer`` for other clients) that expires
 after ``login_ttl_s``. Tokens live in memory, hashed: an agent restart signs
-everyone out (their open sessions are kept). After ``FAILURES_MAX`` wrong PINs
-in a row for one staff id, or from one address, sign-in is refused for
-``LOCKOUT_S`` seconds.
+everyone out (their open sessions are kept).
+
+Guessing is braked per device (the address a handheld connects from) and
+staff id, never globally (``PinBrake``): after ``FAILURES_MAX`` wrong PINs for
+one staff id from one device, that staff id is refused *on that device* for
+``LOCKOUT_BASE_S``, doubling with each further wrong PIN up to
+``LOCKOUT_MAX_S``; a right PIN there resets it. The same staff member signs
+in on every other device meanwhile, so a guesser on one handheld cannot lock
+anyone out of the others. One device trying many staff ids is braked the same
+way after ``DEVICE_FAILURES_MAX`` wrong PINs, whoever it tried.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -36,8 +44,13 @@ PIN_MIN_LEN = 4
 PIN_MAX_LEN = 64
 TOKEN_BYTES = 32
 LOGIN_TTL_S = 12 * 3600.0
-FAILURES_MAX = 5
-LOCKOUT_S = 60.0
+FAILURES_MAX = 5  # wrong PINs for one staff id from one device before each next one waits
+LOCKOUT_BASE_S = 30.0  # the first wait; it doubles with each further wrong PIN
+LOCKOUT_MAX_S = 900.0
+DEVICE_FAILURES_MAX = 20  # wrong PINs from one device, any staff ids, before it waits the same way
+FAILURE_MEMORY_S = 3600.0  # a key with no wrong PIN for this long (and not waiting) starts again from 0
+BRAKE_KEYS_MAX = 10_000  # (staff id, device) pairs remembered; the oldest are forgotten beyond this
+STAFF_KEY_MAX_LEN = 64
 TOKENS_MAX = 10_000  # oldest sign-ins are dropped beyond this
 
 
@@ -47,7 +60,10 @@ class AuthError(AgentError):
 
 class LockedOut(AuthError):
     def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"too many wrong PINs; try again in {max(1, round(retry_after_s))} s")
+        super().__init__(
+            f"too many wrong PINs for this staff id on this device; try again here in {max(1, round(retry_after_s))} s"
+            " (other devices are not affected)"
+        )
         self.retry_after_s = retry_after_s
 
 
@@ -117,6 +133,59 @@ class Login:
     expires_at: float  # monotonic seconds
 
 
+@dataclass(frozen=True, slots=True)
+class Failures:
+    """Wrong PINs counted under one key, and until when the key must wait (monotonic seconds)."""
+
+    count: int
+    last_s: float
+    locked_until_s: float
+
+
+class PinBrake:
+    """Wrong-PIN counts and waits per (staff id, device) and per device; never for a staff id everywhere."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._keys: OrderedDict[tuple[str, str], Failures] = OrderedDict()
+
+    @staticmethod
+    def keys(staff: str, device: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return (f"staff:{staff[:STAFF_KEY_MAX_LEN]}", device), ("device", device)
+
+    def wait_s(self, staff: str, device: str) -> float:
+        """Seconds this staff id must still wait on this device (0: it may try now)."""
+        now = self._clock()
+        return max((f.locked_until_s - now for k in self.keys(staff, device) if (f := self._keys.get(k))), default=0.0)
+
+    def failed(self, staff: str, device: str) -> tuple[Failures | None, Failures | None]:
+        """Count one wrong PIN (before it is known, so parallel guesses count too); returns what was there."""
+        before = tuple(self._keys.get(k) for k in self.keys(staff, device))
+        for key, free in zip(self.keys(staff, device), (FAILURES_MAX, DEVICE_FAILURES_MAX), strict=True):
+            self._bump(key, free)
+        return before[0], before[1]
+
+    def succeeded(self, staff: str, device: str, before: tuple[Failures | None, Failures | None]) -> None:
+        """The PIN was right: this staff id starts again from 0 on this device; the device's count is put back."""
+        pair, device_key = self.keys(staff, device)
+        self._keys.pop(pair, None)
+        if before[1] is None:
+            self._keys.pop(device_key, None)
+        else:
+            self._keys[device_key] = before[1]
+
+    def _bump(self, key: tuple[str, str], free: int) -> None:
+        now = self._clock()
+        seen = self._keys.pop(key, None)
+        if seen is not None and now - seen.last_s >= FAILURE_MEMORY_S and now >= seen.locked_until_s:
+            seen = None
+        count = 1 if seen is None else seen.count + 1
+        wait_s = 0.0 if count < free else min(LOCKOUT_MAX_S, LOCKOUT_BASE_S * 2 ** min(count - free, 30))
+        self._keys[key] = Failures(count, now, now + wait_s)
+        while len(self._keys) > BRAKE_KEYS_MAX:
+            self._keys.popitem(last=False)
+
+
 class StaffDirectory:
     """Staff PIN hashes, sign-ins and their tokens. One per local API."""
 
@@ -131,7 +200,7 @@ class StaffDirectory:
         self._ttl_s = login_ttl_s
         self._clock = clock
         self._tokens: dict[bytes, Login] = {}
-        self._failures: dict[str, tuple[int, float]] = {}  # "staff:<id>" / "addr:<ip>" -> (count, last at)
+        self.brake = PinBrake(clock)
         # A wrong staff id costs as much as a wrong PIN, so timing does not tell which staff ids exist.
         self._decoy = PinHash.parse(hash_pin("0000", salt=b"shelfsync-decoy!"))
 
@@ -142,26 +211,22 @@ class StaffDirectory:
     async def sign_in(self, staff: str, pin: str, *, remote: str = "") -> tuple[str, Login]:
         """Check the PIN; return a new token and its login. ``AuthError`` (or ``LockedOut``) otherwise.
 
+        ``remote`` names the device (its address): wrong PINs are braked per device and staff id.
         The hash is computed in a worker thread (it takes tens of milliseconds
         on purpose); the bookkeeping stays on the event loop.
         """
-        keys = (f"staff:{staff}", f"addr:{remote}")
-        now = self._clock()
-        for key in keys:
-            count, at = self._failures.get(key, (0, 0.0))
-            if count >= FAILURES_MAX and now - at < LOCKOUT_S:
-                raise LockedOut(LOCKOUT_S - (now - at))
-        stored = self._hashes.get(staff) if isinstance(staff, str) else None
+        staff = staff if isinstance(staff, str) else ""
+        wait_s = self.brake.wait_s(staff, remote)
+        if wait_s > 0:
+            raise LockedOut(wait_s)
+        before = self.brake.failed(staff, remote)
+        stored = self._hashes.get(staff)
         ok = isinstance(pin, str) and len(pin) <= PIN_MAX_LEN
         ok = ok and await asyncio.to_thread((stored or self._decoy).matches, pin) and stored is not None
-        now = self._clock()
         if not ok:
-            for key in keys:
-                count, at = self._failures.get(key, (0, 0.0))
-                self._failures[key] = (1 if now - at >= LOCKOUT_S else count + 1, now)
             raise AuthError("unknown staff id or wrong PIN")
-        for key in keys:
-            self._failures.pop(key, None)
+        self.brake.succeeded(staff, remote, before)
+        now = self._clock()
         token = secrets.token_urlsafe(TOKEN_BYTES)
         login = Login(staff, now + self._ttl_s)
         if len(self._tokens) >= TOKENS_MAX:

@@ -8,7 +8,13 @@ cp1252 leaves undefined are read as the C1 control characters Windows maps
 them to, so one odd byte lands a row in quarantine instead of failing the file.
 
 ``CsvRows`` then reads the text through the csv module — one row at a time,
-with the line it starts on and the bytes read so far (for progress).
+with the line it starts on and the bytes read so far (for progress). It
+hands the csv module one physical line at a time, each at most
+``LINE_MAX_CHARS`` (a longer line is skipped unread and reported as a bad
+row, so a 2 GB line costs no memory), and it watches for a quote that is
+opened and never closed: such a field would swallow every line after it, so
+the row it starts on is reported as bad and the lines after it are read
+again on their own.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import csv
 import hashlib
 import io
 import itertools
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,7 @@ from agent.pos.errors import FileRejected
 
 SCAN_CHUNK_BYTES = 1 << 20
 HEADER_MAX_CHARS = 64 * 1024
+LINE_MAX_CHARS = 1 << 20  # a physical line longer than this is no export row: skipped unread, reported
 DELIMITERS = (",", ";", "\t", "|")
 _C1_ERRORS = "shelfsync-c1"
 
@@ -85,6 +93,30 @@ def scan_file(path: Path) -> FileScan:
     return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding)
 
 
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """One physical line of the file, as handed to the csv module."""
+
+    number: int  # 1-based
+    text: str
+    overlong: bool = False  # longer than LINE_MAX_CHARS: skipped, ``text`` is an empty line in its place
+
+
+def _runaway(fields: list[str] | None, taken: list[_Line], width: int, delimiter: str) -> bool:
+    """Whether a row spanning several lines is a stray quote rather than a field holding line breaks.
+
+    It is when the row is broken (a csv error, a field count other than the
+    header's, a line skipped as overlong), when a quote is still open at its
+    end (an odd count), or when a line inside it is a whole row on its own (a
+    stray quote swallowed rows until the next stray quote closed it).
+    """
+    if fields is None or len(fields) != width or any(line.overlong for line in taken):
+        return True
+    if sum(line.text.count('"') for line in taken) % 2 == 1:
+        return True
+    return any(len(next(csv.reader([line.text], delimiter=delimiter), [])) == width for line in taken[1:-1])
+
+
 def _delimiter(header_line: str) -> str:
     counts = {d: header_line.count(d) for d in DELIMITERS}
     best = max(DELIMITERS, key=lambda d: counts[d])
@@ -108,7 +140,9 @@ class CsvRows:
         self._binary: BinaryIO | None = None
         self._text: TextIO | None = None
         self._reader: Iterator[list[str]] | None = None
-        self._line_num = 1
+        self._line_num = 0  # physical lines taken from the file so far
+        self._pushed: deque[_Line] = deque()  # lines to read again, before the file's next ones
+        self._taken: list[_Line] = []  # the lines of the record being read
 
     def __enter__(self) -> Self:
         self.open()
@@ -127,27 +161,64 @@ class CsvRows:
         errors = {"cp1252": _C1_ERRORS, "utf-16": "replace"}.get(self.scan.encoding, "strict")
         self._text = io.TextIOWrapper(self._binary, encoding=self.scan.encoding, errors=errors, newline="")
         try:
-            first = self._text.readline(HEADER_MAX_CHARS)
+            first = self._header_line()
+            while first and not first.strip():  # blank lines before the header
+                first = self._header_line()
         except (UnicodeError, OSError) as err:
             self.close()
             raise FileRejected(f"{self.scan.path.name} could not be read as {self.scan.encoding}: {err}") from err
-        while first and not first.strip():  # blank lines before the header
-            self._line_num += 1
-            first = self._text.readline(HEADER_MAX_CHARS)
         if not first.strip():
             self.close()
             raise FileRejected(f"{self.scan.path.name} is empty: it has no header row")
         self.delimiter = _delimiter(first)
-        reader = csv.reader(itertools.chain((first,), self._text), delimiter=self.delimiter)
+        self._taken = [_Line(self._line_num, first)]
+        reader = csv.reader(itertools.chain((first,), self._lines()), delimiter=self.delimiter)
         try:
             header = next(reader)
         except csv.Error as err:
             self.close()
             raise FileRejected(f"the header row of {self.scan.path.name} is not CSV: {err}") from err
+        if any(line.overlong for line in self._taken):
+            self.close()
+            raise FileRejected(
+                f"the header row of {self.scan.path.name} is longer than {LINE_MAX_CHARS:,} characters; "
+                "it is not an export this agent can read"
+            )
         self.header = tuple(h.strip() for h in header)
-        self._header_lines = reader.line_num
-        self._line_num += reader.line_num - 1
         self._csv = reader
+
+    def _header_line(self) -> str:
+        """The next physical line, for the header; a header longer than HEADER_MAX_CHARS rejects the file."""
+        assert self._text is not None
+        line = self._text.readline(HEADER_MAX_CHARS)
+        self._line_num += 1
+        if len(line) >= HEADER_MAX_CHARS and not line.endswith(("\n", "\r")):
+            raise FileRejected(
+                f"the header row of {self.scan.path.name} is longer than {HEADER_MAX_CHARS:,} characters "
+                "(a binary file, or not an export?); it is not an export this agent can read"
+            )
+        return line
+
+    def _lines(self) -> Iterator[str]:
+        """Physical lines for the csv module: lines to read again first, then the file's, each noted in ``_taken``."""
+        text = self._text
+        while True:
+            if self._pushed:
+                line = self._pushed.popleft()
+            else:
+                if text is None or text.closed:
+                    return
+                raw = text.readline(LINE_MAX_CHARS)
+                if not raw:
+                    return
+                self._line_num += 1
+                line = _Line(self._line_num, raw)
+                if len(raw) >= LINE_MAX_CHARS and not raw.endswith(("\n", "\r")):
+                    while (rest := text.readline(LINE_MAX_CHARS)) and not rest.endswith(("\n", "\r")):
+                        pass  # the rest of an overlong line is skipped, never held in memory
+                    line = _Line(self._line_num, "\n", overlong=True)
+            self._taken.append(line)
+            yield line.text
 
     @property
     def bytes_read(self) -> int:
@@ -159,21 +230,38 @@ class CsvRows:
 
     def __iter__(self) -> Iterator[tuple[int, list[str] | None]]:
         reader = self._csv
-        offset = self._line_num - self._header_lines  # lines skipped before the header
-        last = reader.line_num
         while True:
+            self._taken = []
+            error: str | None = None
+            fields: list[str] | None
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as err:
-                self.error = str(err)
-                line = last + 1 + offset
-                last = reader.line_num
+                fields, error = None, str(err)
+            taken = self._taken
+            if not taken:
+                return
+            line = taken[0].number
+            if len(taken) > 1 and (error is not None or _runaway(fields, taken, len(self.header), self.delimiter)):
+                # A quote opened on this line swallowed the lines after it: read them again on their own.
+                self._pushed.extendleft(reversed(taken[1:]))
+                reader = self._csv = csv.reader(self._lines(), delimiter=self.delimiter)  # the old one may be at its end
+                self.error = (
+                    f"a quoted field opened on line {line} is never closed properly; "
+                    f"the {len(taken) - 1} line(s) after it are read again on their own"
+                )
                 yield line, None
                 continue
-            line = last + 1 + offset
-            last = reader.line_num
+            if taken[0].overlong:
+                self.error = f"line {line} is longer than {LINE_MAX_CHARS:,} characters and was skipped unread"
+                yield line, None
+                continue
+            if error is not None:
+                self.error = error
+                yield line, None
+                continue
             yield line, fields
 
     def close(self) -> None:

@@ -60,6 +60,15 @@ class _Seen:
     since: float  # monotonic seconds when size and mtime last changed
 
 
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """Which file sits at ``path`` and in what state: (device, inode, size, mtime); None if there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class PosFolderWatcher:
     """Imports exports dropped into ``folder``. ``async with`` starts and stops it."""
 
@@ -206,13 +215,14 @@ class PosFolderWatcher:
                 continue
             if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
                 self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
-            elif now - seen.since >= self.settle_s:
+            elif st.st_size and now - seen.since >= self.settle_s:  # an empty file is still being written
                 return path
         return None
 
     # --- one unit of work -----------------------------------------------------------
     async def _import(self, path: Path) -> None:
         seen = self._pending[path]
+        before = _identity(path)
         try:
             report = await self.importer.import_file(path)
         except PosImportError as err:  # the outbox or store cannot be written: the file stays, retry later
@@ -230,6 +240,13 @@ class PosFolderWatcher:
                 log.info("POS imports work again after %d failed attempts.", self._failures)
                 self._failures = 0
                 self._retry_at = 0.0
+        after = _identity(path)
+        if after is not None and after != before:
+            # Replaced or written to while it was read: what sits there now was not (all) imported. Leave it
+            # to settle and import it again; the rows already recorded come back as duplicates.
+            log.warning("%s changed while it was being imported; it is imported again once it settles.", path.name)
+            self._pending[path] = _Seen(-1, -1, time.monotonic())
+            return
         del self._pending[path]
         self._finish(path, report, seen)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from agent.sessions.errors import InvalidSessionInput
+from protocol import values
 from protocol.event import LOCATION_MAX_LEN, QTY_MAX, REASON_MAX_LEN, REF_MAX_LEN, SKU_MAX_LEN
 
 STAFF_ID_MAX_LEN = 32
@@ -24,7 +25,6 @@ WRITE_OFF_REASON_DEFAULT = "damaged"
 
 _CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")  # location codes, as the protocol checks them
 _STAFF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
-_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
 
 
 class SessionType(StrEnum):
@@ -141,8 +141,8 @@ def check_text(value: object, name: str, max_len: int) -> str:
         raise InvalidSessionInput(f"{name} must be non-empty text")
     if len(value) > max_len:
         raise InvalidSessionInput(f"{name} is {len(value)} characters long; the limit is {max_len}")
-    if not _PRINTABLE_RE.fullmatch(value):
-        raise InvalidSessionInput(f"{name} must not contain control characters")
+    if not values.is_text(value):  # the one rule for text (protocol.values), as the hub checks it
+        raise InvalidSessionInput(f"{name} must not contain control characters, line separators or lone surrogates")
     return value
 
 

@@ -15,7 +15,8 @@ What each session type books, one event per SKU (the document's line):
   scanned are booked as counted 0 (stamped at the close) only when the session
   is closed with ``zero_unscanned``; otherwise they are reported "not_counted".
 - transfer_out: ``transfer_out`` −qty with attrs {"to": location}.
-- transfer_in: ``transfer_in`` +qty with attrs {"from": location} when known.
+- transfer_in: ``transfer_in`` +qty with attrs {"from": location} when known and {"final": true}:
+  closing the receiving session closes the transfer at the hub.
 - return: ``return`` +qty per disposition; damaged units are then written off
   by an ``adjust`` −qty with reason "damaged" at the same instant, so the
   ledger shows the item came back and why it is not on the shelf.
@@ -151,8 +152,10 @@ def _movements(session: Session, sums: tuple[Total, ...], close_hlc: int) -> lis
         elif kind is SessionType.TRANSFER_OUT:
             book("transfer_out", t.sku, Kind.TRANSFER_OUT, -t.qty, close_hlc, attrs={"to": spec.to_location})
         elif kind is SessionType.TRANSFER_IN:
+            # Closing the receiving session is the final receipt: the hub closes the transfer and writes off
+            # what never arrived (docs/faults.md "Transfers").
             frm: dict[str, AttrValue] = {"from": spec.from_location} if spec.from_location else {}
-            book("transfer_in", t.sku, Kind.TRANSFER_IN, t.qty, close_hlc, attrs=frm)
+            book("transfer_in", t.sku, Kind.TRANSFER_IN, t.qty, close_hlc, attrs={**frm, "final": True})
         elif kind is SessionType.RETURN:
             disposition = t.disposition or Disposition.RESTOCK
             marked: dict[str, AttrValue] = {"disposition": disposition.value}

@@ -13,7 +13,7 @@ import pytest
 
 from agent.catalog import Catalog, make_item
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, create_app, hash_pin
-from agent.localapi.auth import FAILURES_MAX, AuthError, LockedOut
+from agent.localapi.auth import FAILURES_MAX, LOCKOUT_BASE_S, AuthError, LockedOut
 from agent.outbox import Movement, Outbox
 from agent.sessions import SessionManager, SessionStore
 from protocol import Kind
@@ -114,10 +114,11 @@ async def test_wrong_pins_are_refused_alike_and_then_locked_out(api: Api) -> Non
     unknown = await api.call("POST", "/api/v1/login", {"staff": "zed", "pin": "4711"})
     wrong = await api.call("POST", "/api/v1/login", {"staff": "bo", "pin": "4711"})
     assert unknown == wrong == (401, {"error": {"code": "unauthorized", "message": "unknown staff id or wrong PIN"}})
-    for _ in range(FAILURES_MAX - 2):  # this address has failed FAILURES_MAX times now
+    for _ in range(FAILURES_MAX - 1):  # bo has failed FAILURES_MAX times on this device now
         assert (await api.call("POST", "/api/v1/login", {"staff": "bo", "pin": "1234"}))[0] == 401
     status, error = await api.call("POST", "/api/v1/login", {"staff": "bo", "pin": "0000"})
     assert (status, error["error"]["code"]) == (429, "locked_out")
+    assert "on this device" in error["error"]["message"]
 
 
 async def test_cookie_and_bearer_sign_ins_and_sign_out(api: Api) -> None:
@@ -148,9 +149,10 @@ async def test_sign_ins_expire_and_locks_lift() -> None:
         with pytest.raises(AuthError):
             await staff.sign_in("ana", "9999", remote="10.0.0.7")
     with pytest.raises(LockedOut):
-        await staff.sign_in("ana", "4711", remote="10.0.0.8")  # locked by staff id, whatever the address
-    now[0] += 61
-    assert (await staff.sign_in("ana", "4711", remote="10.0.0.8"))[1].staff == "ana"
+        await staff.sign_in("ana", "4711", remote="10.0.0.7")  # locked on the device that guessed …
+    assert (await staff.sign_in("ana", "4711", remote="10.0.0.8"))[1].staff == "ana"  # … and nowhere else
+    now[0] += LOCKOUT_BASE_S + 1
+    assert (await staff.sign_in("ana", "4711", remote="10.0.0.7"))[1].staff == "ana"
 
 
 async def test_a_receiving_session_over_http(api: Api) -> None:
@@ -259,3 +261,15 @@ async def test_status_and_local_count(api: Api) -> None:
         None,
     )
     assert (status["hub_url"], status["clock_skew_ms"], status["active_sessions"]) == ("http://127.0.0.1:9", None, 0)
+
+
+async def test_deeply_nested_json_is_a_400_on_login_and_signed_in_routes(api: Api) -> None:
+    bomb = "[" * 3000 + "]" * 3000
+    headers = {"Content-Type": "application/json"}
+    status, error = await api.call("POST", "/api/v1/login", data=bomb, headers=headers)
+    assert (status, error["error"]["code"]) == (400, "bad_request") and "nests deeper" in error["error"]["message"]
+    shallow_but_too_deep = '{"staff": "ana", "pin": ' + "[" * 20 + "]" * 20 + "}"
+    assert (await api.call("POST", "/api/v1/login", data=shallow_but_too_deep, headers=headers))[0] == 400
+    await api.sign_in()
+    status, error = await api.call("POST", "/api/v1/sessions", data=bomb, headers=headers)
+    assert status == 400 and "nests deeper" in error["error"]["message"]

@@ -157,34 +157,55 @@ async def test_the_acked_mark_rewinds_when_the_hub_mark_goes_back(
     assert "below the 5 it acknowledged before" in caplog.text
 
 
-async def test_a_hub_ahead_of_the_outbox_moves_new_seqs_above_its_mark(tmp_path: Path) -> None:
-    """A file restored from a backup must not reuse seqs the hub already holds."""
+async def test_a_hub_ahead_of_the_outbox_forks_it_to_a_new_epoch_and_keeps_every_row_pending(tmp_path: Path) -> None:
+    """A file restored from a backup must not reuse the hub's seqs of its epoch, nor skip its own rows
+    (tests/agent/test_outbox_lineage.py has the rest)."""
     async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
         await outbox.record([sale()])
-        await outbox.mark_acked(40)
-        result = await outbox.record([sale()])
-        assert result.events[0].seq == 41
-        assert [ev.seq for ev in await outbox.pending(10)] == [41]
+        old_epoch = outbox.epoch
+        result = await outbox.mark_acked(40)
+        assert result.forked_from_epoch == old_epoch and outbox.epoch != old_epoch
+        await outbox.record([sale()])
+        assert [(ev.seq, ev.epoch) for ev in await outbox.pending(10)] == [(1, outbox.epoch), (2, outbox.epoch)]
 
 
 async def test_acknowledged_events_are_kept_for_the_retention_period_then_purged(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     wall = FakeWall()
+    hub_ms = wall.now_ms  # the hub's clock, as its answers tell it
     retention_s = 2 * 86_400.0
     async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=retention_s) as outbox:
         events = (await outbox.record([sale("A"), sale("B"), sale("C")])).events
         await outbox.set_aside([Rejection(events[0].event_id, 1, "invalid", "no")])
-        await outbox.mark_acked(2)
-    wall.now_ms += DAY_MS
+        await outbox.mark_acked(2, hub_ms=hub_ms)
+    hub_ms += DAY_MS
     async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=retention_s) as outbox:
-        await outbox.mark_acked(0)  # still within retention: everything can be resent
+        await outbox.mark_acked(0, hub_ms=hub_ms)  # still within retention: everything can be resent
         assert [ev.seq for ev in await outbox.pending(10)] == [2, 3]
-        await outbox.mark_acked(2)
-    wall.now_ms += 3 * DAY_MS
+        await outbox.mark_acked(2, hub_ms=hub_ms)
+    hub_ms += 3 * DAY_MS
     async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=retention_s) as outbox:
-        await outbox.mark_acked(0)  # the acknowledged B is gone; the set-aside A and pending C stay
+        await outbox.mark_acked(2, hub_ms=hub_ms)  # the hub's clock is now past B's retention: B is purged
+        await outbox.mark_acked(0, hub_ms=hub_ms)  # a rewind resends only what is kept: the set-aside A and C stay
         assert [ev.seq for ev in await outbox.pending(10)] == [3]
         assert [r.event.sku for r in await outbox.list_rejected()] == ["A"]
+
+
+async def test_a_wrong_local_clock_never_ages_acknowledged_events(tmp_path: Path) -> None:
+    """Retention runs on the hub's clock: a machine clock a century ahead purges nothing, so a hub restored
+    from a backup can still be sent everything it lost."""
+    path = tmp_path / "o.sqlite3"
+    wall = FakeWall()
+    hub_ms = wall.now_ms
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=86_400.0) as outbox:
+        await outbox.record([sale("A"), sale("B")])
+        await outbox.mark_acked(2, hub_ms=hub_ms)
+        wall.now_ms += 100 * 365 * DAY_MS  # a dead CMOS battery, a wrong year typed
+        await outbox.record([sale("C")])
+        await outbox.mark_acked(3, hub_ms=hub_ms + 60_000)
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=86_400.0) as outbox:
+        await outbox.mark_acked(0, hub_ms=hub_ms + 120_000)  # the hub was restored: all three can be resent
+        assert [ev.sku for ev in await outbox.pending(10)] == ["A", "B", "C"]
 
 
 async def test_record_wakes_the_replicator_after_commit(tmp_path: Path) -> None:

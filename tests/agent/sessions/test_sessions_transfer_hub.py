@@ -1,4 +1,5 @@
-"""A transfer shipped by store A and received short by store B: in transit at the hub, then an exception."""
+"""A transfer shipped by store A and received short by store B: in transit at the hub, then closed short:
+the missing units written off in the ledger and an exception."""
 
 from __future__ import annotations
 
@@ -52,10 +53,13 @@ async def test_transfer_shipped_by_a_and_received_short_by_b(tmp_path: Path) -> 
             await store_b.close(receive.id, by="bo")
             await sync(b_outbox, url, b_token)
 
-            assert await at(hub, "S002", "SKU-APPLE") == (8, 2)
+            assert await at(hub, "S002", "SKU-APPLE") == (8, 0)  # the closed session was the final receipt
             assert await at(hub, "S002", "SKU-PEAR") == (4, 0)
             [short] = [e for e in await hub.exceptions() if e.kind.startswith("transfer")]
             assert (short.kind, short.location, short.sku) == ("transfer_short", "S002", "SKU-APPLE")
             assert short.data["ref"] == "TR-1001"
             assert (short.data["shipped"], short.data["received"]) == (10, 8)
             assert (short.data["from"], short.data["to"]) == ("S001", "S002")
+            assert (short.data["written_off"], short.data["closed"]) == (2, True)
+            [writeoff] = [r for r in await hub.ledger(location="S002") if r.kind == "transfer_writeoff"]
+            assert (writeoff.sku, writeoff.qty, writeoff.ref) == ("SKU-APPLE", -2, "TR-1001")

@@ -1,0 +1,77 @@
+"""One running agent per outbox: a lock held for the life of ``run`` on a file beside the outbox.
+
+``shelfsync-agent run`` takes the lock before it opens anything and keeps it
+until it exits; a second ``run`` on the same outbox (the same configuration
+started twice, or two configurations naming one outbox) refuses to start with
+one sentence. The lock is the operating system's own (``flock`` on Unix,
+``LockFileEx`` on Windows, through the ``filelock`` package), so the kernel
+drops it when the process ends in any way, SIGKILL and power loss included:
+the file left behind never blocks the next start.
+
+Only ``run`` needs it. ``record`` and ``import`` write the outbox next to a
+running agent through SQLite's own locking (each write one ``BEGIN
+IMMEDIATE``), and ``status`` only asks whether the lock is held
+(``agent_running``) to tell a stopped agent from a running one.
+
+    with hold_agent_lock(config.agent.outbox):
+        ...  # AgentAlreadyRunning if another process holds it
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from agent.errors import AgentError
+
+LOCK_SUFFIX = ".lock"
+ACQUIRE_WAIT_S = 1.0  # how long ``run`` waits for the lock: covers ``status`` peeking at it at that moment
+
+
+class AgentAlreadyRunning(AgentError):
+    """Another process runs an agent on this outbox; the message is one sentence."""
+
+
+def lock_path(outbox: Path) -> Path:
+    """The lock file of an outbox: ``outbox.sqlite3.lock`` beside it."""
+    return outbox.with_name(outbox.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def hold_agent_lock(outbox: Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iterator[Path]:
+    """Hold the agent lock of ``outbox`` for the ``with`` block; ``AgentAlreadyRunning`` if it is taken."""
+    path = lock_path(outbox)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=wait_s)
+    except Timeout:
+        raise AgentAlreadyRunning(
+            f"another shelfsync agent is already running on the outbox {outbox} (it holds {path});"
+            " stop that one first, or give this one its own outbox"
+        ) from None
+    except OSError as err:
+        raise AgentError(f"the agent lock {path} cannot be taken ({err.strerror or err})") from err
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
+def agent_running(outbox: Path) -> bool:
+    """Whether some process holds the agent lock of ``outbox`` now (peeks without waiting)."""
+    path = lock_path(outbox)
+    if not path.exists():
+        return False
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False

@@ -1,0 +1,144 @@
+"""Every answer from the hub is read within a bound (agent.hub_loop.read_answer), and the backlog the hub
+hears after a drain is the true one. Real HTTP on 127.0.0.1, real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from agent_fakehub import FakeHub
+from aiohttp import web
+
+from agent import Movement, Outbox, Replicator
+from agent.catalog import AgentCatalog, CatalogError
+from agent.hub_loop import AnswerTooLarge, read_answer
+from agent.pos import PosStore, Quarantined
+from agent.pos.source import FileScan
+from agent.reports import ReportSender
+from protocol import Kind
+
+WAIT_S = 15.0
+LIMIT_BYTES = 256 << 10
+BIG_BYTES = 4 << 20
+
+
+class Oversized:
+    """A hub whose every answer is ``BIG_BYTES`` long: with Content-Length (``declared``) or chunked."""
+
+    def __init__(self) -> None:
+        self.declared = False
+        self.requests = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Oversized:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        await request.read()
+        if request.path == "/small":
+            return web.Response(body=b"x" * 1000)
+        if self.declared:
+            return web.Response(body=bytes(BIG_BYTES), content_type="application/msgpack")
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            for _ in range(BIG_BYTES // (64 << 10)):
+                await resp.write(bytes(64 << 10))
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+
+@pytest.fixture
+async def oversized() -> AsyncIterator[Oversized]:
+    async with Oversized() as hub:
+        yield hub
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_read_answer_stops_at_the_limit_with_one_sentence(oversized: Oversized, declared: bool) -> None:
+    oversized.declared = declared
+    async with aiohttp.ClientSession() as http:
+        async with http.get(oversized.url + "/small") as resp:
+            assert await read_answer(resp, LIMIT_BYTES, "test answer") == b"x" * 1000
+        async with http.get(oversized.url + "/big") as resp:
+            with pytest.raises(AnswerTooLarge, match=r"the hub's test answer \(HTTP 200\) is .*more than the 262,144 bytes"):
+                await read_answer(resp, LIMIT_BYTES, "test answer")
+        async with http.get(oversized.url + "/small") as resp:  # the session is still usable
+            assert len(await read_answer(resp, LIMIT_BYTES, "test answer")) == 1000
+
+
+async def test_the_replicator_fails_an_oversized_answer_once_and_keeps_retrying(
+    oversized: Oversized, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent.replicator")
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location="S001") as outbox:
+        await outbox.record([Movement("S001", "SKU-1", Kind.RECEIVE, 3, "api:test")])
+        replicator = Replicator(
+            outbox, oversized.url, "token-1", tick_s=0.2, retry_base_s=0.01, retry_max_s=0.05,
+            answer_max_bytes=LIMIT_BYTES, rng=random.Random(3),
+        )  # fmt: skip
+        async with replicator:
+            state = await asyncio.wait_for(replicator.wait_for(lambda s: s.failures >= 3), WAIT_S)
+        stats = await outbox.stats()
+    assert state.sync_state == "hub_error" and "more than the 262,144 bytes" in (state.last_error or "")
+    assert (stats.backlog, stats.acked_seq, stats.sync_state) == (1, 0, "hub_error")
+    first = [r for r in caplog.records if r.levelno >= logging.WARNING and "262,144" in r.getMessage()]
+    assert len(first) == 1 and first[0].levelno == logging.ERROR
+
+
+async def test_the_catalog_and_the_reports_bound_their_answers_too(oversized: Oversized, tmp_path: Path) -> None:
+    oversized.declared = True
+    async with AgentCatalog(hub_url=oversized.url, token="t", answer_max_bytes=LIMIT_BYTES, refresh_s=60) as catalog:
+        with pytest.raises(CatalogError, match="catalog .* more than the 262,144 bytes"):
+            await catalog.refresh()
+        assert len(catalog.catalog) == 0  # the current (empty) catalog stays in use
+    async with PosStore.open(tmp_path / "pos.sqlite3") as store:
+        import_id = await store.begin_import(_scan(), "export.csv", "generic")
+        await store.add_quarantine(import_id, "export.csv", "ab" * 32, [Quarantined(2, "qty is not a number", "A,x")])
+        sender = ReportSender(
+            store, oversized.url, "t", agent_id="store-1", location="S001", tick_s=0.2, retry_base_s=0.01,
+            retry_max_s=0.05, answer_max_bytes=LIMIT_BYTES, rng=random.Random(1),
+        )  # fmt: skip
+        async with sender:
+            state = await asyncio.wait_for(sender.wait_for(lambda s: s.failures >= 2), WAIT_S)
+        assert "more than the 262,144 bytes" in (state.last_error or "")
+        assert len(await store.pending_quarantine()) == 1  # not marked sent: it goes again later
+
+
+def _scan() -> FileScan:
+    return FileScan(Path("export.csv"), size_bytes=3, mtime_ms=0, sha256="ab" * 32, encoding="utf-8")
+
+
+async def test_the_hub_hears_a_backlog_of_0_right_after_a_drain(tmp_path: Path) -> None:
+    async with FakeHub() as hub, Outbox.open(tmp_path / "o.sqlite3", agent_id="store-1", location="S001") as outbox:
+        await outbox.record([Movement("S001", "SKU-1", Kind.SALE, -1, "api:test") for _ in range(30)])
+        replicator = Replicator(
+            outbox, hub.url, "token-1", batch_size=10, tick_s=0.1, heartbeat_s=3600, rng=random.Random(5)
+        )
+        async with replicator:
+            await asyncio.wait_for(replicator.wait_synced(), WAIT_S)
+            # The last batch reported the backlog with itself in it; one empty request must follow with 0.
+            await hub.wait_for(lambda: bool(hub.requests) and not hub.requests[-1].seqs and hub.requests[-1].backlog == 0)
+        carrying = [r for r in hub.requests if r.seqs]
+        assert [r.backlog for r in carrying] == [30, 20, 10]

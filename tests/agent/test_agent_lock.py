@@ -1,0 +1,63 @@
+"""One ``run`` per outbox (agent.lock): a real OS lock on a file beside the outbox, held by real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock, lock_path
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from agent.lock import hold_agent_lock
+with hold_agent_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(outbox: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(outbox)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_holder_is_refused_with_one_sentence_and_status_sees_the_first(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    assert not agent_running(outbox)
+    holder = _holder(outbox)
+    try:
+        assert agent_running(outbox)
+        with pytest.raises(AgentAlreadyRunning, match=r"^another shelfsync agent is already running on the outbox .*outbox\.sqlite3"):
+            with hold_agent_lock(outbox, wait_s=0.1):
+                pass
+        assert holder.poll() is None  # the first is untouched
+    finally:
+        holder.kill()
+        holder.wait(timeout=20)
+
+
+def test_a_lock_left_by_sigkill_does_not_block_the_next_start(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    holder = _holder(outbox)
+    holder.kill()  # SIGKILL: no clean-up ran
+    holder.wait(timeout=20)
+    assert lock_path(outbox).exists()
+    assert not agent_running(outbox)
+    started = time.monotonic()
+    with hold_agent_lock(outbox):
+        assert agent_running(outbox)  # held now, by this process
+    assert time.monotonic() - started < 30
+
+
+def test_the_lock_is_released_at_the_end_and_can_be_taken_again(tmp_path: Path) -> None:
+    outbox = tmp_path / "sub" / "outbox.sqlite3"
+    with hold_agent_lock(outbox) as path:
+        assert path == lock_path(outbox) and path.exists()
+    with hold_agent_lock(outbox, wait_s=0):
+        pass
