@@ -10,29 +10,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
-from hub import catalog, dashboard, events_api, feed, metrics, ratelimit, reports, views, webhooks
+from hub import catalog, dashboard, events_api, feed, metrics, paging, quarantine, ratelimit, reports, views, webhooks
 from hub.auth import (
     PUBLIC_ROUTES_KEY,
+    UNKNOWN_CREDENTIALS_KEY,
     ROLE_ADMIN,
     STORE_KEY,
     Handler,
     auth_middleware,
     require_role,
 )
+from hub.channels.runner import channel_pushers
 from hub.config import HubSettings
 from hub.decoding import SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
+from hub.logsafety import RepeatLog
+from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,
     AgentIdentity,
     Forbidden,
     HubStore,
     InvalidInput,
+    Lineage,
     StoreClosed,
     StoreError,
 )
@@ -54,6 +60,26 @@ DECODER_KEY = web.AppKey("sync_decoder", SyncDecoder)
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
+IDENTITY_ENCODINGS = frozenset({"", "identity"})  # the only Content-Encoding of a request body the hub takes
+
+
+class RequestRepeats:
+    """Failures that can come thousands of times a second, each logged once a minute with a count."""
+
+    __slots__ = ("unexpected", "db_failures", "bad_bodies")
+
+    def __init__(self) -> None:
+        self.unexpected = RepeatLog(
+            log, "failed", "request with an unexpected error|requests with an unexpected error", level=logging.ERROR
+        )
+        self.db_failures = RepeatLog(
+            log, "answered", "request 503 as the database failed|requests 503 as the database failed",
+            level=logging.WARNING,
+        )  # fmt: skip
+        self.bad_bodies = RepeatLog(log, "refused", "request with a malformed body|requests with a malformed body")
+
+
+REPEATS_KEY = web.AppKey("request_repeats", RequestRepeats)
 
 _ERROR_CODES: Mapping[int, str] = {
     400: "bad_request",
@@ -109,14 +135,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except StoreClosed:
         return error_response(503, "the hub is shutting down; try again shortly")
     except StoreError as err:
-        log.warning("%s %s failed: %s", request.method, request.rel_url.raw_path, err)
+        where = f"{request.method} {request.rel_url.raw_path}: {err}"
+        request.app[REPEATS_KEY].db_failures.record(request.remote, where)
         return error_response(503, f"the hub database is not available right now ({err}); try again shortly")
     except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception(
-            "%s %s failed with an unexpected error; the hub keeps serving", request.method, request.rel_url.raw_path
-        )
+    except Exception as err:  # the first in a minute with its traceback, the rest counted; the hub keeps serving
+        where = f"{request.method} {request.rel_url.raw_path}: {type(err).__name__}"
+        request.app[REPEATS_KEY].unexpected.record(request.remote, where, exc=err)
         return error_response(500, "the hub failed to handle this request; the cause is in the hub's log")
 
 
@@ -126,11 +152,22 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
     A client that sends the head and then trickles the body, or stops, is answered 408 and its connection
     closed; one that goes away midway is logged in one line. A body over ``max_body_bytes`` is answered
-    413, unread when its Content-Length says so.
+    413, unread when its Content-Length says so. A compressed body (``Content-Encoding`` gzip, deflate,
+    br …) is answered 415 unread: the app never inflates a body (``auto_decompress`` is off), so a small
+    bomb cannot cost the hub a gigabyte, before authentication or after. A malformed body (broken chunked
+    encoding, a Content-Length longer than what came) is a 400, counted in the log once a minute.
     """
     settings = request.app[SETTINGS_KEY]
     if not request.body_exists:
         return await handler(request)
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in IDENTITY_ENCODINGS:
+        response = error_response(
+            415, f"this hub takes request bodies without compression, got Content-Encoding {encoding[:20]!r}; "
+            "send the body uncompressed",
+        )  # fmt: skip
+        response.force_close()  # its body is not read: the connection cannot carry another request
+        return response
     limit = settings.max_body_bytes
     if (request.content_length or 0) > limit:  # refused unread
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0, text=_too_big(limit))
@@ -151,6 +188,12 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
         log.info("%s %s from %s ended before its whole body arrived (%s)", request.method, request.rel_url.raw_path,
                  request.remote, err)  # fmt: skip
         raise web.HTTPBadRequest(text="the connection was lost before the whole request body arrived") from err
+    except RequestPayloadError as err:
+        where = f"{request.method} {request.rel_url.raw_path}: {err}"
+        request.app[REPEATS_KEY].bad_bodies.record(request.remote, where)
+        response = error_response(400, "the request body is malformed (its framing is broken); send it again whole")
+        response.force_close()
+        return response
     return await handler(request)
 
 
@@ -166,12 +209,18 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     gate = RequestGate()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
+        handler_args={"auto_decompress": False},  # a body is never inflated; body_middleware refuses compressed ones
         middlewares=[error_middleware, gate.middleware, auth_middleware, ratelimit.middleware, body_middleware],
     )
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
     app[GATE_KEY] = gate
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
+    app[REPEATS_KEY] = RequestRepeats()
+    app[UNKNOWN_CREDENTIALS_KEY] = RepeatLog(
+        log, "refused", "request with an unknown or revoked credential|requests with an unknown or revoked credential"
+    )
+    app.on_cleanup.append(_flush_repeats)  # counts still pending are logged on the way out
     app[DECODER_KEY] = SyncDecoder()
     app.on_cleanup.append(_close_decoder)
     app[PUBLIC_ROUTES_KEY] = frozenset({"healthz"})
@@ -189,9 +238,18 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     feed.setup(app, store, settings.change_recheck_s)  # GET /v1/changes, GET /v1/changes/stream
     metrics.setup(app)  # GET /metrics
     webhooks.setup(app, settings.webhooks)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
-    events_api.setup(app)  # POST /v1/events
+    events_api.setup(app, settings.clock_window_s)  # POST /v1/events
+    quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/{id}
     dashboard.setup(app, store)  # /, /dashboard/…, GET /v1/status, GET /v1/counts
+    if settings.channels:  # push what each sales channel shows (docs/channels.md)
+        app.cleanup_ctx.append(_run_channels)
     return app
+
+
+async def _run_channels(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    async with channel_pushers(settings.channels, app[STORE_KEY], settings.db, app[feed.FEED_KEY]):
+        yield
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -228,9 +286,11 @@ async def post_sync(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=str(err)) from err
     _check_sender(who, sync.agent_id)
     store = request.app[STORE_KEY]
+    lineage = Lineage(sync.chain, sync.epoch_base or 0, sync.base_chain)
     result = await store.ingest(
-        who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog, oldest_pending_ms=sync.oldest_pending_ms
-    )
+        who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog, oldest_pending_ms=sync.oldest_pending_ms,
+        lineage=lineage, clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
+    )  # fmt: skip
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks
@@ -243,6 +303,8 @@ async def post_sync(request: web.Request) -> web.Response:
         duplicates=result.duplicates,
         counts=result.counts,
         server_time_ms=wall_ms_now(),
+        chain=result.chain if sync.chain is not None else None,  # an agent from before lineages refuses the field
+        held=result.held if sync.chain is not None else None,  # … and this one
     )
     _log_sync(sync, result.applied, result.duplicates, len(result.rejected), result.hwm, started)
     return web.Response(body=encode_sync_response(answer), content_type=MSGPACK_CONTENT_TYPE)
@@ -259,6 +321,12 @@ async def _read_body(request: web.Request, advice: str = "") -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as err:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, text=too_big) from err
+
+
+async def _flush_repeats(app: web.Application) -> None:
+    repeats = app[REPEATS_KEY]
+    for counter in (repeats.unexpected, repeats.db_failures, repeats.bad_bodies, app[UNKNOWN_CREDENTIALS_KEY]):
+        counter.flush()
 
 
 async def _close_decoder(app: web.Application) -> None:
@@ -315,39 +383,55 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def get_location_counts(request: web.Request) -> web.Response:
-    """Counts of every SKU at one location."""
-    params = views.Query(request, {"limit"})
+    """Counts of every SKU at one location, by SKU, a page at a time (``next``/``cursor``)."""
+    params = views.Query(request, {"limit", "cursor"})
     location = views.location_param(request.match_info["location"])
-    rows = await request.app[STORE_KEY].counts(location=location, limit=params.limit(LIMIT_DEFAULT, LIMIT_MAX))
-    return _json({"location": location, "counts": [views.count_row(r) for r in rows]})
+    body = await paging.counts_page(request, params, LIMIT_DEFAULT, LIMIT_MAX, location=location)
+    return _json({"location": location, **body})
 
 
 async def get_sku_counts(request: web.Request) -> web.Response:
-    """Counts of one SKU at every location."""
-    params = views.Query(request, {"limit"})
+    """Counts of one SKU at every location, by location, a page at a time (``next``/``cursor``)."""
+    params = views.Query(request, {"limit", "cursor"})
     sku = views.sku_param(request.match_info["sku"])
-    rows = await request.app[STORE_KEY].counts(sku=sku, limit=params.limit(LIMIT_DEFAULT, LIMIT_MAX))
-    return _json({"sku": sku, "counts": [views.count_row(r) for r in rows]})
+    body = await paging.counts_page(request, params, LIMIT_DEFAULT, LIMIT_MAX, sku=sku)
+    return _json({"sku": sku, **body})
 
 
 async def get_ledger(request: web.Request) -> web.Response:
-    """Events and rejected attempts, newest first in resolution order."""
-    params = views.Query(request, {"location", "sku", "limit", "before"})
+    """Events and rejected attempts, newest first in resolution order, a page at a time (``next``/``cursor``).
+
+    ``before`` (a packed HLC) only says where the first page starts; the pages after it follow ``next``.
+    """
+    params = views.Query(request, {"location", "sku", "limit", "before", "cursor"})
+    after = paging.parse(request, paging.ledger_key, "the ledger")
+    before = params.before()
+    if after is not None and before is not None:
+        raise web.HTTPBadRequest(
+            text="give cursor or before, not both: before only says where the first page starts, "
+            "and the next page is the next value of the page before it"
+        )
+    limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
     rows = await request.app[STORE_KEY].ledger(
-        location=params.location(),
-        sku=params.sku(),
-        limit=params.limit(LIMIT_DEFAULT, LIMIT_MAX),
-        before=params.before(),
+        location=params.location(), sku=params.sku(), limit=limit + 1, before=before, after=after
     )
-    return _json({"events": [views.ledger_row(r) for r in rows]})
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return _json(
+        {
+            "events": [views.ledger_row(r) for r in rows],
+            "next": paging.ledger_cursor(keys.ledger_key(rows[-1])) if more else None,
+        }
+    )
 
 
 async def get_exceptions(request: web.Request) -> web.Response:
     """What the operations team should look at: negative stock, transfer differences, rejections."""
     params = views.Query(request, {"location", "limit"})
     rows = await request.app[STORE_KEY].exceptions(
-        location=params.location(), limit=params.limit(LIMIT_DEFAULT, LIMIT_MAX)
-    )
+        location=params.location(), limit=params.limit(LIMIT_DEFAULT, LIMIT_MAX),
+        transfer_open_max_ms=request.app[SETTINGS_KEY].transfer_open_max_s * 1000,
+    )  # fmt: skip
     return _json({"exceptions": [views.exception_row(r) for r in rows]})
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from hub.logsafety import RepeatLog
 from hub.storage.base import AgentIdentity, HubStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ TOKEN_MAX_CHARS = 512  # far above any token the hub issues; longer headers are 
 IDENTITY_KEY = web.RequestKey("identity", AgentIdentity)
 STORE_KEY = web.AppKey("store", HubStore)
 PUBLIC_ROUTES_KEY = web.AppKey("public_routes", frozenset[str])
+UNKNOWN_CREDENTIALS_KEY = web.AppKey("unknown_credentials", RepeatLog)  # refusals, logged once a minute with a count
 SESSION_METHODS = frozenset({"GET", "HEAD"})  # the only methods a cookie session is accepted on
 
 
@@ -53,7 +55,10 @@ class Unauthorized(web.HTTPUnauthorized):
 
 def bearer_token(request: web.Request) -> str:
     """The token of the Authorization header, or a 401 saying what is wrong with it."""
-    header = request.headers.get("Authorization")
+    headers = request.headers.getall("Authorization", [])
+    if len(headers) > 1:  # which one counts is ambiguous (a proxy may check the other): refuse, never pick one
+        raise web.HTTPBadRequest(text="the request has more than one Authorization header; send exactly one")
+    header = headers[0] if headers else None
     if header is None:
         raise Unauthorized("this route needs a credential: send the header 'Authorization: Bearer <token>'")
     scheme, _, token = header.strip().partition(" ")
@@ -80,12 +85,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token = bearer_token(request)
     identity = await request.app[STORE_KEY].authenticate(token)
     if identity is None:
-        log.info(
-            "refused a request to %s %s from %s: unknown or revoked credential",
-            request.method,
-            request.rel_url.raw_path,  # as sent (percent-encoded): a decoded %0a would forge a log line
-            request.remote,
-        )
+        where = f"{request.method} {request.rel_url.raw_path}"  # as sent (percent-encoded): no forged log lines
+        repeats = request.app.get(UNKNOWN_CREDENTIALS_KEY)
+        if repeats is not None:
+            repeats.record(request.remote, where)
+        else:
+            log.info("refused a request to %s from %s: unknown or revoked credential", where, request.remote)
         raise Unauthorized("the credential is unknown or has been revoked")
     request[IDENTITY_KEY] = identity
     return await handler(request)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLOCK_WINDOW_S
 from hub.storage.base import HubError
+from hub.channels.config import ChannelConfigError, ChannelSpec, parse_channels
 from hub.webhook_spec import WebhookConfigError, WebhookSpec, parse_webhooks
 
 DEFAULT_HOST = "127.0.0.1"
@@ -27,6 +29,10 @@ DEFAULT_CHANGE_RECHECK_S = 1.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_LIMIT_BURST = 100
+DEFAULT_TRANSFER_OPEN_MAX_S = 14 * 24 * 3_600
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT_S = 30.0  # above aiohttp's client default (15 s), so an agent closes an idle connection first
+MAX_CONNECTIONS_LIMIT = 1_000_000
 
 
 class ConfigError(HubError):
@@ -49,7 +55,13 @@ class HubSettings:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request body must arrive whole within this; else 408
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # write requests per second per credential; 0: no limit
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST  # write requests a credential may send at once
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # a request line and headers must arrive within this; else 408
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S  # an idle connection is closed after this
+    max_connections: int = 0  # open connections at most; 0: as many as the open-file limit allows (hub/limits.py)
+    clock_window_s: int = DEFAULT_CLOCK_WINDOW_S  # events stamped further ahead (or before their credential) are held
+    transfer_open_max_s: int = DEFAULT_TRANSFER_OPEN_MAX_S  # a transfer open longer is an exception (transfer_overdue)
     webhooks: tuple[WebhookSpec, ...] = ()  # the [[webhooks]] tables, not a [hub] key
+    channels: tuple[ChannelSpec, ...] = ()  # the [[channel]] tables (docs/channels.md), not a [hub] key
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -59,7 +71,9 @@ class HubSettings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HubSettings) if f.name != "webhooks")
+CONFIG_KEYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(HubSettings) if f.name not in ("webhooks", "channels")
+)
 
 
 def _validate(s: HubSettings) -> None:
@@ -78,13 +92,23 @@ def _validate(s: HubSettings) -> None:
     _typed("shutdown_timeout_s", s.shutdown_timeout_s, float)
     if not 0.0 <= s.shutdown_timeout_s <= 3600.0:
         raise ConfigError(f"shutdown_timeout_s must be between 0 and 3600 seconds, got {s.shutdown_timeout_s}")
-    for key in ("body_timeout_s", "rate_limit_per_s"):  # a whole number in TOML is a number too
+    for key in ("body_timeout_s", "rate_limit_per_s", "header_timeout_s", "keepalive_timeout_s"):  # 1 is a number too
         value = getattr(s, key)
         if isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(s, key, float(value))
     _typed("body_timeout_s", s.body_timeout_s, float)
     if not 0.1 <= s.body_timeout_s <= 3600.0:
         raise ConfigError(f"body_timeout_s must be between 0.1 and 3600 seconds, got {s.body_timeout_s}")
+    for key in ("header_timeout_s", "keepalive_timeout_s"):
+        _typed(key, getattr(s, key), float)
+        if not 0.1 <= getattr(s, key) <= 3600.0:
+            raise ConfigError(f"{key} must be between 0.1 and 3600 seconds, got {getattr(s, key)}")
+    _typed("max_connections", s.max_connections, int)
+    if not 0 <= s.max_connections <= MAX_CONNECTIONS_LIMIT:
+        raise ConfigError(
+            f"max_connections must be between 0 (as many as the open-file limit allows) and {MAX_CONNECTIONS_LIMIT}, "
+            f"got {s.max_connections}"
+        )
     _typed("rate_limit_per_s", s.rate_limit_per_s, float)
     if not 0.0 <= s.rate_limit_per_s <= 1_000_000.0:
         raise ConfigError(f"rate_limit_per_s must be between 0 (no limit) and 1000000, got {s.rate_limit_per_s}")
@@ -102,6 +126,16 @@ def _validate(s: HubSettings) -> None:
     _typed("change_recheck_s", s.change_recheck_s, float)
     if not 0.05 <= s.change_recheck_s <= 60.0:
         raise ConfigError(f"change_recheck_s must be between 0.05 and 60 seconds, got {s.change_recheck_s}")
+    _typed("clock_window_s", s.clock_window_s, int)
+    if not CLOCK_WINDOW_MIN_S <= s.clock_window_s <= CLOCK_WINDOW_MAX_S:
+        raise ConfigError(
+            f"clock_window_s must be between {CLOCK_WINDOW_MIN_S} and {CLOCK_WINDOW_MAX_S} seconds, got {s.clock_window_s}"
+        )
+    _typed("transfer_open_max_s", s.transfer_open_max_s, int)
+    if not 60 <= s.transfer_open_max_s <= 365 * 24 * 3_600:
+        raise ConfigError(
+            f"transfer_open_max_s must be between 60 and 31536000 seconds (a year), got {s.transfer_open_max_s}"
+        )
     if not isinstance(s.webhooks, tuple) or not all(isinstance(w, WebhookSpec) for w in s.webhooks):
         raise ConfigError("webhooks must be a tuple of WebhookSpec (from [[webhooks]] tables)")
 
@@ -143,11 +177,11 @@ def _read_file(path: Path) -> HubSettings:
         raise ConfigError(f"config file {path} cannot be read ({err.strerror or err})") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML ({err})") from err
-    extra = sorted(set(doc) - {"hub", "webhooks"})
+    extra = sorted(set(doc) - {"hub", "webhooks", "channel"})
     if extra:
         raise ConfigError(
-            f"unknown key(s) {', '.join(map(repr, extra))} in {path}; hub settings go in a [hub] table "
-            "and webhooks in [[webhooks]] tables"
+            f"unknown key(s) {', '.join(map(repr, extra))} in {path}; hub settings go in a [hub] table, "
+            "webhooks in [[webhooks]] tables and sales channels in [[channel]] tables"
         )
     table = doc.get("hub", {})
     if not isinstance(table, dict):
@@ -157,6 +191,11 @@ def _read_file(path: Path) -> HubSettings:
         try:
             settings = settings.replace(webhooks=parse_webhooks(doc["webhooks"]))
         except WebhookConfigError as err:
+            raise ConfigError(f"{err} (in {path})") from err
+    if "channel" in doc:
+        try:
+            settings = settings.replace(channels=parse_channels(doc["channel"], base_dir=path.parent))
+        except ChannelConfigError as err:
             raise ConfigError(f"{err} (in {path})") from err
     if settings.db and not _is_url(settings.db) and not Path(settings.db).is_absolute():
         # A relative database path in a config file is relative to that file, not to the working directory.

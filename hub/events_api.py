@@ -18,6 +18,14 @@ The hub turns each into a ``StockEvent``:
 * ``occurred_at`` = the given time (ISO 8601 with a UTC offset, or Unix ms)
   as a packed HLC with counter 0; ``source`` = ``api:<agent_id>``; the
   connector's id is kept in ``attrs["api_id"]``.
+
+Clocks: a connector is online and hears the answer, so a time further ahead
+of the hub's clock than ``clock_window_s`` is refused (422) rather than held
+in quarantine as an agent's would be (hub.clock_window): the connector fixes
+its unit or clock and sends it again. A time in the past is the channel's own
+record of when an order happened (its server's clock, not a store PC's), so
+orders from before the connector's credential existed are accepted; only a
+time before 2000 (seconds sent as milliseconds) is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from protocol import (
     derived_event_id,
     event_id_hex,
     pack_hlc,
+    values,
     wall_ms_now,
 )
 
@@ -50,9 +59,10 @@ ROUTE = "events"
 EVENTS_MAX = 1_000
 API_ID_MAX_LEN = 128
 API_ID_ATTR = "api_id"
+API_ID = values.TextField("id", API_ID_MAX_LEN)
 CONNECTOR_EPOCH = 0
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: an earlier time is almost surely seconds sent as ms
-FUTURE_SLACK_MS = 24 * 3_600 * 1_000  # a time further ahead than this is a unit or clock error
+FUTURE_SLACK_MS = 24 * 3_600 * 1_000  # the default clock window (hub.clock_window.DEFAULT_CLOCK_WINDOW_S)
 _FIELDS = frozenset({"id", "location", "sku", "kind", "qty", "occurred_at", "ref", "reason", "attrs"})
 _REQUIRED = ("id", "location", "sku", "kind", "qty", "occurred_at")
 
@@ -68,11 +78,15 @@ class Invalid:
     reason: str
 
 
-def setup(app: web.Application) -> None:
+WINDOW_KEY = web.AppKey("events_clock_window_ms", int)
+
+
+def setup(app: web.Application, clock_window_s: int = FUTURE_SLACK_MS // 1000) -> None:
+    app[WINDOW_KEY] = clock_window_s * 1000
     app.router.add_post("/v1/events", post_events, name="events")
 
 
-def occurred_ms(value: Any, now_ms: int) -> int:
+def occurred_ms(value: Any, now_ms: int, window_ms: int = FUTURE_SLACK_MS) -> int:
     """Unix milliseconds of an ``occurred_at``: an integer of ms, or ISO 8601 text with a UTC offset."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise BadEvent("occurred_at must be ISO 8601 text with a UTC offset or Unix milliseconds")
@@ -88,18 +102,22 @@ def occurred_ms(value: Any, now_ms: int) -> int:
         ms = value
     if ms < EARLIEST_MS:
         raise BadEvent(f"occurred_at {value!r} is before the year 2000; Unix time must be in milliseconds")
-    if ms > now_ms + FUTURE_SLACK_MS:
-        raise BadEvent(f"occurred_at {value!r} is more than a day in the future; check the unit and the clock")
+    if ms > now_ms + window_ms:
+        raise BadEvent(
+            f"occurred_at {value!r} is more than {window_ms // 1000} s ahead of the hub's clock "
+            "(its clock window, clock_window_s); check the unit and the clock"
+        )
     return ms
 
 
 def _api_id(raw: Any) -> str:
-    if not isinstance(raw, str) or not 1 <= len(raw) <= API_ID_MAX_LEN or not raw.isprintable():
-        raise BadEvent(f"id must be a string of 1 to {API_ID_MAX_LEN} printable characters")
-    return raw
+    problem = API_ID.problem(raw)
+    if problem is not None:
+        raise BadEvent(f"id {problem}; an id is {API_ID.rule()}")
+    return str(raw)
 
 
-def build_event(who: AgentIdentity, raw: Any, now_ms: int) -> StockEvent:
+def build_event(who: AgentIdentity, raw: Any, now_ms: int, window_ms: int = FUTURE_SLACK_MS) -> StockEvent:
     """The stock event one JSON movement stands for, or ``BadEvent`` naming what is wrong."""
     if not isinstance(raw, Mapping):
         raise BadEvent(f"an event must be a JSON object, got {type(raw).__name__}")
@@ -115,7 +133,7 @@ def build_event(who: AgentIdentity, raw: Any, now_ms: int) -> StockEvent:
         raise BadEvent(f"attrs must be a JSON object, got {type(attrs).__name__}")
     if API_ID_ATTR in attrs:
         raise BadEvent(f"attrs.{API_ID_ATTR} is set by the hub (it keeps the event's id); use another key")
-    ms = occurred_ms(raw["occurred_at"], now_ms)
+    ms = occurred_ms(raw["occurred_at"], now_ms, window_ms)
     at = pack_hlc(ms, 0)
     try:
         return StockEvent(
@@ -138,7 +156,9 @@ def build_event(who: AgentIdentity, raw: Any, now_ms: int) -> StockEvent:
         raise BadEvent(str(err)) from None
 
 
-def _parse(who: AgentIdentity, body: Any) -> tuple[list[StockEvent], list[str], list[Invalid]]:
+def _parse(
+    who: AgentIdentity, body: Any, window_ms: int = FUTURE_SLACK_MS
+) -> tuple[list[StockEvent], list[str], list[Invalid]]:
     if not isinstance(body, dict) or set(body) != {"events"}:
         raise web.HTTPBadRequest(text='the body must be a JSON object with one field, {"events": [...]}')
     raw_events = body["events"]
@@ -151,7 +171,7 @@ def _parse(who: AgentIdentity, body: Any) -> tuple[list[StockEvent], list[str], 
     for i, raw in enumerate(raw_events):
         api_id = raw.get("id") if isinstance(raw, Mapping) else None
         try:
-            events.append(build_event(who, raw, now_ms))
+            events.append(build_event(who, raw, now_ms, window_ms))
         except BadEvent as err:
             invalid.append(Invalid(i, api_id if isinstance(api_id, str) else None, f"events[{i}]: {err}"))
         else:
@@ -171,7 +191,7 @@ async def post_events(request: web.Request) -> web.Response:
         body = views.loads(await request.read())
     except ValueError as err:
         raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
-    events, ids, invalid = _parse(who, body)
+    events, ids, invalid = _parse(who, body, request.app[WINDOW_KEY])
     if invalid:
         metrics.observe_invalid(request.app, ROUTE, len(invalid))
         log.info("refused %d event(s) from %s: first %s", len(invalid), who.agent_id, invalid[0].reason)

@@ -240,6 +240,18 @@ def parse_cursor(raw: str, name: str = "cursor") -> int:
     return int(raw)
 
 
+async def check_not_ahead(store: HubStore, after: int, name: str = "cursor") -> None:
+    """A 400 for a cursor past the newest change: this feed never gave it out, and reading on would skip changes."""
+    if after == 0:
+        return
+    latest = await store.latest_change_id()
+    if after > latest:
+        raise web.HTTPBadRequest(
+            text=f"{name} {after} is ahead of this hub's change feed, whose newest change is {latest} (a cursor of "
+            "another hub, or this hub's database was restored from a backup); resume from 0 or from the newest change"
+        )
+
+
 def _limit(raw: str | None) -> int:
     if raw is None:
         return CHANGES_LIMIT_DEFAULT
@@ -279,6 +291,7 @@ async def get_changes(request: web.Request) -> web.Response:
     watch = request.app[FEED_KEY]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
+    await check_not_ahead(store, after)
     page = await read_page(store, after, limit, location, sku)
     while not page.rows and not watch.closed and (remaining := deadline - loop.time()) > 0:
         await watch.wait_past(page.cursor, remaining)
@@ -300,8 +313,10 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
     resume = request.headers.get("Last-Event-ID")
     if resume is not None:
         after = parse_cursor(resume.strip(), "Last-Event-ID")
+        await check_not_ahead(store, after, "Last-Event-ID")
     elif "cursor" in request.rel_url.query:
         after = parse_cursor(request.rel_url.query["cursor"])
+        await check_not_ahead(store, after)
     else:
         after = await store.latest_change_id()  # no position given: from now on
     async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:

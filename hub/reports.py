@@ -24,7 +24,7 @@ from aiohttp import web
 from hub import views
 from hub.auth import STORE_KEY, require_role
 from hub.storage.base import INGEST_ROLES, AgentIdentity, DivergenceRow, ImportIssue, Observation, ReportResult
-from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
+from protocol import MSGPACK_CONTENT_TYPE, ProtocolError, values
 from protocol.reports import (
     SYSTEM_MAX_LEN,
     ReportAnswer,
@@ -41,6 +41,7 @@ T = TypeVar("T")
 DECODE_INLINE_MAX_BYTES = 64 * 1024  # larger bodies are decoded in a worker thread
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
+SYSTEM = values.TextField("system name", SYSTEM_MAX_LEN)
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
 
 
@@ -130,9 +131,7 @@ def divergence_json(r: DivergenceRow) -> dict[str, Any]:
 async def get_divergence(request: web.Request) -> web.Response:
     """Where another system's latest on-hand figure disagrees with the hub's at that time."""
     params = views.Query(request, {"location", "system", "limit"})
-    system = request.rel_url.query.get("system")
-    if system is not None and not (0 < len(system) <= SYSTEM_MAX_LEN and system.isprintable()):
-        raise web.HTTPBadRequest(text=f"system {system[:40]!r} is not a system name (1 to {SYSTEM_MAX_LEN} characters)")
+    system = params.text(SYSTEM, "system")
     rows = await request.app[STORE_KEY].divergence(
         location=params.location(), system=system, limit=params.limit(LIMIT_DEFAULT, LIMIT_MAX)
     )

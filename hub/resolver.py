@@ -23,7 +23,12 @@ The rules, per (location, sku):
 * ``available`` = max(0, on_hand − reserved − safety stock).
 * Transfers are kept per (ref, sku): shipped by ``transfer_out``, received by
   ``transfer_in``; what is shipped and not yet received is in transit to the
-  receiving location.
+  receiving location. A ``transfer_in`` with attrs {"final": true} closes the
+  transfer: nothing stays in transit, and what was shipped but never received
+  is written off (``Transfer.written_off``, a ledger row of its own: the units
+  already left the source's on_hand when shipped, so no on-hand count moves).
+  Partial receipts keep it open; an open transfer is overdue once its first
+  shipment is older than the hub's ``transfer_open_max_s`` (``overdue_finding``).
 """
 
 from __future__ import annotations
@@ -184,6 +189,8 @@ class Transfer:
     out_to: str | None = None  # their attrs["to"]
     in_to: str | None = None  # where the transfer_in events happened
     in_from: str | None = None  # their attrs["from"]
+    shipped_at_ms: int | None = None  # the earliest wall ms of its transfer_out events: it is open since then
+    closed_at: int | None = None  # the earliest occurred_at of a final receipt (attrs {"final": true}); None: open
 
     @property
     def from_location(self) -> str | None:
@@ -194,20 +201,41 @@ class Transfer:
         return self.in_to if self.in_to is not None else self.out_to
 
     @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+    @property
     def in_transit(self) -> int:
-        return max(0, self.shipped - self.received)
+        return 0 if self.closed else max(0, self.shipped - self.received)
+
+    @property
+    def written_off(self) -> int:
+        """Units shipped and never received, written off when a final receipt closed the transfer."""
+        return max(0, self.shipped - self.received) if self.closed else 0
+
+    def _data(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "from": self.from_location,
+            "to": self.to_location,
+            "shipped": self.shipped,
+            "received": self.received,
+        }
 
     def finding(self) -> Finding | None:
         shipped, received = self.shipped, self.received
         src = self.from_location or "an unknown location"
         dst = self.to_location or "an unknown location"
-        data: dict[str, Any] = {
-            "ref": self.ref,
-            "from": self.from_location,
-            "to": self.to_location,
-            "shipped": shipped,
-            "received": received,
-        }
+        data = self._data()
+        if self.written_off:
+            return Finding(
+                "transfer_short",
+                self.to_location,
+                self.sku,
+                f"Transfer {self.ref} was closed by {dst} with {received} of the {shipped} {self.sku} "
+                f"shipped by {src} received; {self.written_off} are missing and were written off.",
+                data | {"written_off": self.written_off, "closed": True},
+            )
         if shipped == 0 and received > 0:
             return Finding(
                 "transfer_unmatched",
@@ -236,6 +264,54 @@ class Transfer:
             )
         return None
 
+    def overdue_finding(self, now_ms: int, open_max_ms: int) -> Finding | None:
+        """``transfer_overdue`` when the transfer is still open with units in transit more than
+        ``open_max_ms`` after its first shipment (a clock the pure resolution does not have)."""
+        if self.closed or self.in_transit <= 0 or self.shipped_at_ms is None:
+            return None
+        open_ms = now_ms - self.shipped_at_ms
+        if open_ms <= open_max_ms:
+            return None
+        days = open_ms / 86_400_000
+        return Finding(
+            "transfer_overdue",
+            self.to_location,
+            self.sku,
+            f"Transfer {self.ref}: {self.in_transit} of {self.sku} shipped from "
+            f"{self.from_location or 'an unknown location'} to {self.to_location or 'an unknown location'} "
+            f"{days:.1f} days ago are still in transit; receive them, or close the transfer with a final receipt.",
+            self._data() | {"in_transit": self.in_transit, "shipped_at_ms": self.shipped_at_ms},
+        )
+
+
+TRANSFER_QTY_MAX = 1_000_000  # units of one SKU one transfer event may move: far above any real shipment
+
+
+def transfer_problem(ev: StockEvent) -> str | None:
+    """Why the hub refuses a transfer event, or None: a transfer_out names a destination (attrs "to")
+    that is a location code other than its own location; a transfer_in's attrs "from", when given, is
+    such a code too, and "final" is true or absent; one event moves at most TRANSFER_QTY_MAX units."""
+    if ev.kind not in (Kind.TRANSFER_OUT, Kind.TRANSFER_IN):
+        return None
+    what = f"{ev.kind.value} {ev.ref} of {ev.sku} at {ev.location}"
+    if abs(ev.qty) > TRANSFER_QTY_MAX:
+        return f"{what} moves {abs(ev.qty)} units; one transfer event moves at most {TRANSFER_QTY_MAX}"
+    side, other = ("to", ev.attrs.get("to")) if ev.kind is Kind.TRANSFER_OUT else ("from", ev.attrs.get("from"))
+    if other is None and ev.kind is Kind.TRANSFER_OUT:
+        return f"{what} names no destination; set attrs.to to the receiving location's code"
+    if other is not None and not is_location(other):
+        return f"{what} has attrs.{side} {str(other)[:40]!r}, which is not a location code"
+    if other == ev.location:
+        return f"{what} names its own location as attrs.{side}; a transfer moves stock between two locations"
+    if ev.kind is Kind.TRANSFER_IN and ev.attrs.get("final", True) is not True:
+        return f"{what} has attrs.final {ev.attrs.get('final')!r}; set it to true on the last receipt, or leave it out"
+    return None
+
+
+def is_final_receipt(ev: StockEvent) -> bool:
+    """A transfer_in that closes its transfer: attrs {"final": true}."""
+    return ev.kind is Kind.TRANSFER_IN and ev.attrs.get("final") is True
+
 
 def transfer_key(ev: StockEvent) -> TransferKey | None:
     if ev.kind in (Kind.TRANSFER_OUT, Kind.TRANSFER_IN) and ev.ref is not None:
@@ -256,6 +332,7 @@ def tally_transfer(t: Transfer, ev: StockEvent) -> Transfer:
             shipped=t.shipped - ev.qty,
             out_from=_min_opt(t.out_from, ev.location),
             out_to=_min_opt(t.out_to, transfer_destination(ev)),
+            shipped_at_ms=_min_int(t.shipped_at_ms, ev.wall_ms),
         )
     if ev.kind is Kind.TRANSFER_IN:
         frm = ev.attrs.get("from")
@@ -264,8 +341,13 @@ def tally_transfer(t: Transfer, ev: StockEvent) -> Transfer:
             received=t.received + ev.qty,
             in_to=_min_opt(t.in_to, ev.location),
             in_from=_min_opt(t.in_from, frm if is_location(frm) else None),
+            closed_at=_min_int(t.closed_at, ev.occurred_at) if is_final_receipt(ev) else t.closed_at,
         )
     return t
+
+
+def _min_int(a: int | None, b: int) -> int:
+    return b if a is None or b < a else a
 
 
 # --- the resolution ----------------------------------------------------------

@@ -14,10 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.resolver import is_location
 from hub.storage.base import AgentStatus, CountRow, ExceptionRow, LedgerRow
-from protocol import BadEvent, event_id_hex, unpack_hlc
-from protocol.event import LOCATION_MAX_LEN, SKU_MAX_LEN
+from protocol import BadEvent, event_id_hex, unpack_hlc, values
 
 HLC_QUERY_MAX = (1 << 63) - 1
 
@@ -31,16 +29,24 @@ def _default(obj: Any) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"))
+    """Strict JSON (RFC 8259) of an answer: no NaN or Infinity, no lone surrogate. A value that would break
+    that (a row stored before protocol.values refused it) is served made safe (``values.json_safe``)."""
+    try:
+        text = json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or ±Infinity somewhere
+        text = None
+    if text is None or values.SURROGATE_RE.search(text):
+        text = json.dumps(
+            values.json_safe(json.loads(json.dumps(obj, default=_default))),
+            ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+        )  # fmt: skip
+    return text
 
 
 def loads(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError as err:
-        raise ValueError("it is not UTF-8") from err
-    except RecursionError as err:  # json's C scanner recurses once per nesting level
-        raise ValueError("it is nested too deeply") from err
+    """A JSON request body under the one rule (protocol.values): UTF-8, no NaN/Infinity literals, no lone
+    surrogate escapes, at most ``values.JSON_DEPTH_MAX`` levels deep; ``ValueError`` saying what is wrong."""
+    return values.loads_json(raw)
 
 
 def iso_ms(ms: int | None) -> str | None:
@@ -145,19 +151,20 @@ def bad_event(b: BadEvent) -> dict[str, Any]:
 # --- parameters -------------------------------------------------------------
 
 
-def location_param(value: str, name: str = "location") -> str:
-    if not is_location(value):
-        raise web.HTTPBadRequest(
-            text=f"{name} {value[:40]!r} is not a location code (letters, digits, '.', '_' and '-', "
-            f"at most {LOCATION_MAX_LEN} characters)"
-        )
+def text_param(field: values.TextField, value: str, name: str) -> str:
+    """A query or path parameter checked by the same rule as on ingest (protocol.values), or a 400."""
+    problem = field.problem(value)
+    if problem is not None:
+        raise web.HTTPBadRequest(text=f"{name} {problem}; a {field.what} is {field.rule()}")
     return value
+
+
+def location_param(value: str, name: str = "location") -> str:
+    return text_param(values.LOCATION, value, name)
 
 
 def sku_param(value: str, name: str = "sku") -> str:
-    if not value or len(value) > SKU_MAX_LEN or not value.isprintable():
-        raise web.HTTPBadRequest(text=f"{name} {value[:40]!r} is not a SKU (1 to {SKU_MAX_LEN} printable characters)")
-    return value
+    return text_param(values.SKU, value, name)
 
 
 class Query:
@@ -194,6 +201,10 @@ class Query:
 
     def before(self) -> int | None:
         return self._int("before", 1, HLC_QUERY_MAX)
+
+    def text(self, field: values.TextField, key: str) -> str | None:
+        raw = self._get(key)
+        return None if raw is None else text_param(field, raw, key)
 
     def location(self) -> str | None:
         raw = self._get("location")

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import views
+from hub import paging, views
 from hub.auth import STORE_KEY, identity_of
 from hub.metrics import events_last_hour
 from hub.storage.base import AgentStatus, StoreError
@@ -68,8 +68,8 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_counts(request: web.Request) -> web.Response:
     """Counts of every (location, SKU), optionally of one location or one SKU."""
-    params = views.Query(request, {"location", "sku", "limit"})
-    rows = await request.app[STORE_KEY].counts(
-        location=params.location(), sku=params.sku(), limit=params.limit(COUNTS_LIMIT_DEFAULT, COUNTS_LIMIT_MAX)
+    params = views.Query(request, {"location", "sku", "limit", "cursor"})
+    body = await paging.counts_page(
+        request, params, COUNTS_LIMIT_DEFAULT, COUNTS_LIMIT_MAX, location=params.location(), sku=params.sku()
     )
-    return web.json_response({"counts": [views.count_row(r) for r in rows]}, dumps=views.dumps)
+    return web.json_response(body, dumps=views.dumps)

@@ -7,6 +7,7 @@
 (() => {
   const NUM = new Intl.NumberFormat("en-US");
   const MINUS = "\u2212";
+  const ONE_DECIMAL = new Intl.NumberFormat("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
   const STOCK_ROWS_SHOWN = 500;
   const STATUS_REFRESH_MS = 15000;
   const AGE_TICK_MS = 5000;
@@ -20,7 +21,12 @@
     transfer_unmatched: ["Transfer unmatched", "warn"],
     rejected_event: ["Rejected event", "bad"],
     import_quarantine: ["Import quarantined", "warn"],
+    clock_quarantine: ["Clock quarantine", "warn"],
+    transfer_overdue: ["Transfer overdue", "warn"],
   };
+  const QUARANTINE_STATUSES = ["pending", "applied", "discarded", "all"];
+  const QUARANTINE_LIMIT = 1000; // GET /v1/quarantine's maximum page
+  const QUARANTINE_TONES = { pending: "warn", applied: "good", discarded: "plain" };
   const EFFECT_TONES = { applied: "good", superseded: "warn", rejected: "bad", duplicate: "plain" };
   const ON_HAND_KINDS = new Set(["sale", "return", "receive", "adjust", "transfer_out", "transfer_in", "count"]);
   const CONNECTOR_EPOCH = 0; // POST /v1/events: seq is the movement's Unix ms, so the mark is a time
@@ -215,6 +221,10 @@
     const badge = $("exceptions-badge");
     badge.hidden = total === 0;
     badge.textContent = total > 999 ? "999+" : String(total);
+    const held = state.exceptions.filter((e) => e.kind === "clock_quarantine").length; // one per pending held event
+    const heldBadge = $("quarantine-badge");
+    heldBadge.hidden = held === 0;
+    heldBadge.textContent = held > 999 ? "999+" : String(held);
     setStat("stat-change", state.lastChangeMs ? ageText(state.lastChangeMs) : "–",
       state.cursor !== null ? `feed cursor ${state.cursor}` : "");
     const change = $("stat-change").querySelector(".stat-value");
@@ -234,7 +244,7 @@
   const refreshSoon = debounce(async () => {
     await refreshStatus();
     const view = currentView();
-    if (view.name === "overview" || view.name === "exceptions") render();
+    if (view.name === "overview" || view.name === "exceptions" || view.name === "quarantine") render();
   }, 1500);
 
   // --- router ----------------------------------------------------------------
@@ -244,6 +254,7 @@
     const name = parts[0] || "overview";
     if (name === "sku" && parts.length > 1) return { name, arg: decodeURIComponent(parts.slice(1).join("/")) };
     if (name === "exceptions") return { name, arg: parts[1] ? decodeURIComponent(parts[1]) : "" };
+    if (name === "quarantine") return { name, arg: QUARANTINE_STATUSES.includes(parts[1]) ? parts[1] : "pending" };
     return { name: ["overview", "stock"].includes(name) ? name : "overview", arg: "" };
   }
 
@@ -389,7 +400,13 @@
     if (!state.status) await refreshStatus();
     const st = state.stock;
     const query = st.location ? `?location=${encodeURIComponent(st.location)}&limit=10000` : "?limit=10000";
-    st.rows = (await api("/v1/counts" + query)).counts;
+    st.rows = [];
+    // Every page: follow `next` until it is null (bounded, so a misbehaving hub cannot loop the page forever).
+    for (let page = await api("/v1/counts" + query), n = 0; ; n++) {
+      st.rows.push(...page.counts);
+      if (!page.next || n >= 100) break;
+      page = await api("/v1/counts" + query + "&cursor=" + encodeURIComponent(page.next));
+    }
     const select = h("select", {
       id: "stock-location", "aria-label": "Location",
       onchange: (e) => { st.location = e.target.value; render(); },
@@ -504,7 +521,82 @@
     chips, table(["Kind", "Location", "SKU", "What happened", "When"], rows, "Nothing needs attention.")];
   }
 
-  const VIEWS = { overview, stock, sku: skuView, exceptions: exceptionsView };
+  // --- quarantine: events held for a clock outside the hub's window -----------------
+
+  function spanText(ms) {
+    const hours = Math.abs(ms) / 3600000;
+    return hours < 48 ? `${ONE_DECIMAL.format(hours)} hours` : `${ONE_DECIMAL.format(hours / 24)} days`;
+  }
+
+  function offText(q) {
+    return `${spanText(q.skew_ms)} ${q.skew_ms > 0 ? "ahead" : "behind"}`;
+  }
+
+  function stampParts(iso) { // [date, "time UTC"]: the stamp as it was, never in the browser's time zone
+    if (!iso) return ["–", ""];
+    const [date, time] = iso.split("T");
+    return [date, time.replace(/\.\d+Z$/, " UTC")];
+  }
+
+  // The exact call an admin runs: the dashboard itself only reads (its session cookie never writes).
+  function resolveCommand(q, action) {
+    const body = JSON.stringify({ action });
+    return `curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: application/json" ` +
+      `-d '${body}' ${window.location.origin}/v1/quarantine/${q.id}`;
+  }
+
+  function resolveCell(q) {
+    if (q.status !== "pending") {
+      return h("td", { class: "wrap" }, `${q.status} by `, h("span", { class: "mono" }, q.resolved_by || "–"),
+        h("span", { class: "sub" }, q.resolved_at_ms ? isoTitle(q.resolved_at_ms) : ""));
+    }
+    const command = (action, what) => h("div", { class: "command" }, h("div", { class: "sub" }, what),
+      h("code", { class: "command-text", dataset: { action } }, resolveCommand(q, action)));
+    return h("td", { class: "wrap resolve" }, h("details", {},
+      h("summary", {}, "How to resolve"),
+      command("apply_at_receipt", "Apply it as if it happened when the hub received it:"),
+      command("discard", "Or discard it (kept in the ledger as a rejected attempt):")));
+  }
+
+  function quarantineRow(q) {
+    const qty = q.kind === "count" ? h("td", { class: "num", title: "counted on the shelf" }, "= " + fmt(q.qty))
+      : numCell(q.qty, { signed: true, negative: false });
+    return h("tr", { dataset: { quarantine: String(q.id) } },
+      h("td", { class: "nowrap" }, pill(q.status, QUARANTINE_TONES[q.status] || "plain")),
+      h("td", { class: "mono nowrap" }, q.agent_id, h("span", { class: "sub" }, `seq ${NUM.format(q.seq)}`)),
+      h("td", { class: "key" }, q.location),
+      h("td", { class: "nowrap" }, skuLink(q.sku)),
+      h("td", {}, h("span", { class: "pill plain accent" }, q.kind)),
+      qty,
+      h("td", { class: "nowrap mono", dataset: { field: "stamp" }, title: "the time the store's machine gave it" },
+        stampParts(q.occurred)[0], h("span", { class: "sub" }, stampParts(q.occurred)[1])),
+      h("td", { class: "nowrap", dataset: { field: "received" } }, stampParts(q.received)[0],
+        h("span", { class: "sub" }, stampParts(q.received)[1] + (q.attempts > 1 ? `, sent ${NUM.format(q.attempts)} times` : ""))),
+      h("td", { class: "num neg", dataset: { field: "off" }, title: q.detail }, offText(q)),
+      resolveCell(q));
+  }
+
+  async function quarantineView(status) {
+    await refreshStatus();
+    const body = await api(`/v1/quarantine?status=${status}&limit=${QUARANTINE_LIMIT}`);
+    const rows = body.quarantine;
+    const chips = h("div", { class: "chips", role: "group", "aria-label": "Status" },
+      QUARANTINE_STATUSES.map((s) => h("a", { class: "chip", href: "#/quarantine/" + s, "aria-pressed": String(status === s) },
+        s[0].toUpperCase() + s.slice(1))));
+    const note = body.next ? h("p", { class: "muted" }, `Showing the newest ${NUM.format(QUARANTINE_LIMIT)}; filter by status to see the rest.`) : null;
+    return [h("div", { class: "view-head" }, h("div", {}, h("h1", {}, "Quarantine"),
+      h("p", { class: "muted" }, "Movements the hub held back because the store machine's clock was outside the hub's clock window: " +
+        "they are not in any count until an admin applies them at the time the hub received them, or discards them."),
+      h("p", { class: "muted" }, "The dashboard only reads. An admin resolves each one with an admin credential ",
+        h("code", {}, "shelfsync-hub agent add --role admin"), ", exported as ", h("code", {}, "SHELFSYNC_ADMIN_TOKEN"),
+        ", by running the command shown under How to resolve."))),
+    chips, ...(note ? [note] : []),
+    table(["Status", "Agent", "Location", "SKU", "Kind", ["Qty", "num"], "Stamp it carried", "Received by the hub",
+      ["How far off", "num"], "Resolve"], rows.map(quarantineRow),
+      status === "pending" ? "Nothing is held: every store's clock was within the window." : "Nothing here.")];
+  }
+
+  const VIEWS = { overview, stock, sku: skuView, exceptions: exceptionsView, quarantine: quarantineView };
 
   // --- live updates ------------------------------------------------------------
 

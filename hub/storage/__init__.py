@@ -26,6 +26,7 @@ from hub.storage.base import (
     HubStore,
     ImportIssue,
     IngestResult,
+    Lineage,
     InvalidInput,
     LedgerRow,
     Observation,
@@ -54,7 +55,8 @@ def open_store(url_or_path: str | os.PathLike[str]) -> StoreOpener[HubStore]:
     if target.startswith(SQLITE_SCHEME):
         target = target[len(SQLITE_SCHEME) :]
     elif "://" in target:
-        raise StoreError(f"unknown database URL scheme in {target!r}; use sqlite:///path/to/hub.db or a file path")
+        scheme = target.split("://", 1)[0][:20]  # not the URL: it may hold a password
+        raise StoreError(f"unknown database URL scheme {scheme!r}; use sqlite:///path/to/hub.db or a file path")
     if not target.strip("/") or target.lstrip("/") == ":memory:" or target.startswith("file:"):
         raise StoreError("the hub database must be a file path (the hub opens it twice: one writer, one reader)")
     return SqliteHubStore.open(target)
@@ -78,6 +80,7 @@ __all__ = [
     "HubStore",
     "ImportIssue",
     "IngestResult",
+    "Lineage",
     "InvalidInput",
     "LedgerRow",
     "Observation",

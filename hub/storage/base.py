@@ -10,10 +10,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar
 
 from hub.resolver import Effect as Effect  # noqa: PLC0414 (re-exported: the ledger speaks the resolver's words)
 from protocol import CountSnapshot, Rejection, StockEvent
+
+if TYPE_CHECKING:
+    from hub.storage.keys import CountKey, LedgerKey
 
 
 class HubError(Exception):
@@ -48,6 +51,8 @@ class AgentIdentity:
     agent_id: str
     locations: frozenset[str]
     role: str = "agent"  # "agent" | "reader" | "admin"
+    # When the credential was created (the clock window's lower bound); None: unknown. Not part of who it is.
+    created_ms: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,59 @@ class IngestResult:
     duplicates: int
     applied: int
     counts: tuple[CountSnapshot, ...]
+    chain: bytes | None = None  # the sender's lineage digest at hwm as the hub stores it; None: unknown
+    held: int = 0  # the sender's events waiting in the clock quarantine for an operator
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """A sender's report of its outbox lineage (agent.outbox): ``chain`` is its digest at the last seq of
+    the batch (at its acknowledged mark when the batch is empty); a new epoch continues from ``epoch_base``,
+    whose digest is ``base_chain``: the hub starts the epoch's mark there instead of at 0."""
+
+    chain: bytes | None = None
+    epoch_base: int = 0
+    base_chain: bytes | None = None
+
+
+class AlreadyResolved(HubError):
+    """A quarantined event an operator already applied or discarded."""
+
+
+QUARANTINE_ACTIONS = ("apply_at_receipt", "discard")
+QUARANTINE_STATUSES = ("pending", "applied", "discarded")
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    """An event held back because its stamp was outside the clock window (hub.clock_window)."""
+
+    quarantine_id: int
+    event_id: bytes
+    agent_id: str
+    epoch: int
+    seq: int
+    location: str
+    sku: str
+    kind: str
+    qty: int
+    occurred_at: int  # the original stamp (packed HLC), as the sender's clock gave it
+    wall_ms: int
+    source: str
+    ref: str | None
+    reason: str | None
+    attrs: dict[str, Any]
+    detail: str  # why it was held, as answered to the sender
+    attempts: int  # deliveries of it the hub received
+    received_at_ms: int  # the hub's clock at its first receipt: where apply_at_receipt places it
+    status: str  # "pending" | "applied" | "discarded"
+    resolved_by: str | None = None  # the operator's credential id
+    resolved_at_ms: int | None = None
+
+    @property
+    def skew_ms(self) -> int:
+        """The stamp's wall part minus the hub's clock at receipt (positive: ahead)."""
+        return (self.occurred_at >> 16) - self.received_at_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +161,7 @@ class LedgerRow:
     received_at_ms: int
     rejection: str | None = None  # for effect == rejected: why
     rejection_code: str | None = None  # for effect == rejected: "forbidden_location", "conflict", ...
+    content_hash: bytes | None = None  # for effect == rejected: which attempt (one id may be refused with several)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,9 +371,27 @@ class HubStore(abc.ABC):
         *,
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
+        lineage: Lineage | None = None,
+        clock_window_ms: int | None = None,
+        sent_ms: int | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
+
+        ``clock_window_ms`` (None: no window): an event whose stamp is further
+        than this ahead of the hub's clock, or before ``who.created_ms`` minus
+        it, is held in quarantine (``quarantine``), answered as rejected with
+        code "quarantined" and counted as processed for the mark. ``sent_ms``:
+        the sender's wall clock when it sent; its clock skew is measured from it.
+        Transfer events breaking ``hub.resolver.transfer_problem`` are rejected
+        ("invalid_transfer").
+
+        An event is identified by (who.agent_id, event_id): ids are namespaced
+        by the credential, and two deliveries are the same event iff their
+        movement content is equal (epoch and seq are delivery data; the stored
+        event keeps its first). ``lineage`` (optional): the mark is stored with
+        the sender's chain digest, answered as ``IngestResult.chain``; an epoch
+        seen for the first time starts at ``lineage.epoch_base``.
 
         ``backlog`` and ``oldest_pending_ms`` are the sender's report of its
         outbox (events not yet acknowledged, and the wall ms of the oldest);
@@ -340,18 +417,46 @@ class HubStore(abc.ABC):
     # --- reads -----------------------------------------------------------
     @abc.abstractmethod
     async def counts(
-        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000
-    ) -> list[CountRow]: ...
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None
+    ) -> list[CountRow]:
+        """Counts ordered by (location, sku); ``after`` keeps those ordered after that key (the next page)."""
 
     @abc.abstractmethod
     async def ledger(
-        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, before: int | None = None
+        self,
+        *,
+        location: str | None = None,
+        sku: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+        after: LedgerKey | None = None,
     ) -> list[LedgerRow]:
-        """Events (and rejected attempts) newest first in resolution order;
-        ``before`` (a packed HLC) keeps only those with ``occurred_at < before``."""
+        """Events, rejected attempts and transfer write-offs newest first in the full order of
+        ``hub.storage.keys.ledger_key``; ``before`` (a packed HLC) keeps only those with
+        ``occurred_at < before``; ``after`` only those ordered after that key (the next page)."""
 
     @abc.abstractmethod
-    async def exceptions(self, *, location: str | None = None, limit: int = 1000) -> list[ExceptionRow]: ...
+    async def exceptions(
+        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None
+    ) -> list[ExceptionRow]:
+        """What needs a person, newest first. With ``transfer_open_max_ms``, transfers still open with
+        units in transit that long after their first shipment are listed too ("transfer_overdue")."""
+
+    # --- clock quarantine (schema version 5) ------------------------------------
+    @abc.abstractmethod
+    async def quarantine(
+        self, *, status: str | None = "pending", location: str | None = None, limit: int = 1000,
+        before_id: int | None = None,
+    ) -> list[QuarantineRow]:
+        """Events held for a stamp outside the clock window, newest first (by ``quarantine_id``); ``status``
+        None: all; ``before_id``: only those with a smaller id (the page after a row)."""
+
+    @abc.abstractmethod
+    async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
+        """Resolve one held event in one transaction: "apply_at_receipt" ingests it re-stamped at its
+        receipt time (attrs keep the original stamp; counts, feed and variances follow as for any event),
+        "discard" keeps it as a rejection naming the operator. None: no such id; ``AlreadyResolved``
+        when it was resolved before; ``InvalidInput`` for another action."""
 
     @abc.abstractmethod
     async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]: ...

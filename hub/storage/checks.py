@@ -21,6 +21,7 @@ from hub.storage.base import (
 from protocol import QTY_MAX
 from protocol.catalog import BARCODE_MAX_LEN, GTIN_LENGTHS, gtin14, is_unknown_sku
 from protocol.event import SKU_MAX_LEN
+from protocol.values import TEXT_RULE, is_text, is_unicode
 from protocol.reports import (
     ISSUE_FILE_MAX_LEN,
     ISSUE_LINE_MAX,
@@ -47,8 +48,10 @@ def text(value: object, what: str, max_len: int, *, allow_empty: bool = False, p
         raise InvalidInput(f"{what} must not be empty")
     if len(value) > max_len:
         raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {max_len}")
-    if printable and value and not value.isprintable():
-        raise InvalidInput(f"{what} {value[:40]!r} holds control characters")
+    if printable and value and not is_text(value):
+        raise InvalidInput(f"{what} {value[:40]!r} is not valid text ({TEXT_RULE})")
+    if not printable and not is_unicode(value):
+        raise InvalidInput(f"{what} holds a lone surrogate (\\ud800–\\udfff), which is not Unicode text")
     return value
 
 

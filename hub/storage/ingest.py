@@ -28,9 +28,19 @@ the same transaction. The answer's ``hwm`` is the mark from before the batch
 when the sender's acknowledged mark is above it (the hub was restored from an
 older copy: the sender must rewind and resend).
 
-Two deliveries of one event id are the same event iff their ``EventRow`` — every
-field ``StockEvent.content_hash`` covers — is equal; the comparison reads the
-stored row only for ids already stored, so new events cost no hashing.
+An event is identified by (agent_id, event_id): ids are namespaced by the
+sending credential (``prepare_batch`` accepts only events naming the sender),
+so no credential can pre-empt or shadow another's. Two deliveries of one id are
+the same event iff their movement content — ``EventRow`` from ``location`` on
+(``CONTENT_FROM``) — is equal: epoch and seq are delivery data (an outbox that
+forked to a new epoch resends its rows under their old seqs) and the stored
+event keeps its first. The comparison reads the stored row only for ids already
+stored, so new events cost no hashing.
+
+Each (agent_id, epoch) mark is stored with the sender's lineage digest at that
+mark (``protocol.SyncRequest.chain``), answered back so the agent can tell
+whether the hub's mark is its own lineage (see agent.outbox); an epoch seen for
+the first time starts at the sender's ``epoch_base`` instead of 0.
 """
 
 from __future__ import annotations
@@ -60,12 +70,23 @@ from hub.resolver import (
     tally_transfer,
     transfer_destination,
     transfer_key,
+    transfer_problem,
 )
-from hub.storage.base import CHANGE_EVENT_IDS_MAX, INGEST_ROLES, AgentIdentity, Forbidden, IngestResult, InvalidInput
+from hub.clock_window import ClockWindow
+from hub.storage.base import (
+    CHANGE_EVENT_IDS_MAX,
+    INGEST_ROLES,
+    AgentIdentity,
+    Forbidden,
+    IngestResult,
+    InvalidInput,
+    Lineage,
+)
 from protocol import CountSnapshot, Kind, Rejection, StockEvent, event_id_hex
 
 # (agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs JSON or None)
 EventRow: TypeAlias = tuple[Any, ...]
+CONTENT_FROM = 3  # EventRow[CONTENT_FROM:] is an event's movement content; agent_id is the key, epoch and seq delivery
 
 
 def attrs_json(attrs: Mapping[str, Any]) -> str:
@@ -144,7 +165,7 @@ NewEvent: TypeAlias = tuple[bytes, EventRow, Effect, int | None]
 class RejectedAttempt:
     event: StockEvent
     row: EventRow
-    code: str  # "invalid", "forbidden_location", "conflict"
+    code: str  # "invalid", "forbidden_location", "conflict", "invalid_transfer"; "quarantined" (see Batch)
     reason: str
 
     @property
@@ -165,13 +186,20 @@ class Batch:
     acked_seq: int = 0  # the sender's acknowledged mark (see the module doc)
     backlog: int | None = None  # the sender's report of events not yet acknowledged; None: not reported
     oldest_pending_ms: int | None = None  # wall ms of the oldest of them, as reported
+    lineage: Lineage | None = None  # the sender's lineage report; None: a sender from before lineages
+    # Clock window (schema version 5): events stamped outside it, held for an operator (answered "quarantined",
+    # processed for the mark, never applied); the sender's wall clock when it sent (its skew is measured from
+    # it); an operator applying a quarantined event (no sender: no mark or sync is recorded).
+    quarantined: tuple[RejectedAttempt, ...] = ()
+    sent_ms: int | None = None
+    operator: str | None = None
 
 
 class IngestTx(Protocol):
     """Reads and writes inside one open write transaction of a backend."""
 
-    async def stored_rows(self, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
-        """The stored ``EventRow`` of those of ``event_ids`` already stored."""
+    async def stored_rows(self, agent_id: str, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
+        """The stored ``EventRow`` of those of ``agent_id``'s ``event_ids`` already stored."""
 
     async def stock_rows(self, keys: Collection[StockKey]) -> dict[StockKey, StockRow]: ...
 
@@ -184,7 +212,7 @@ class IngestTx(Protocol):
 
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None: ...
 
-    async def add_duplicates(self, counts: Mapping[bytes, int]) -> None: ...
+    async def add_duplicates(self, agent_id: str, counts: Mapping[bytes, int]) -> None: ...
 
     async def insert_rejections(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
         """Keep refused attempts; the same attempt again only counts one more try."""
@@ -195,8 +223,8 @@ class IngestTx(Protocol):
     async def counts_from(self, key: StockKey, start: OrderKey) -> list[CountPoint]:
         """The last count of ``key`` before ``start`` (if any), then every count at or after it, in order."""
 
-    async def set_variances(self, rows: Sequence[tuple[bytes, int]]) -> None:
-        """(event_id, variance) for counts."""
+    async def set_variances(self, rows: Sequence[tuple[str, bytes, int]]) -> None:
+        """(agent_id, event_id, variance) for counts."""
 
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None: ...
 
@@ -231,6 +259,29 @@ class IngestTx(Protocol):
         (``at_ms`` = ``now_ms``); the backend guarantees a reader never sees a
         change id before every smaller one is visible."""
 
+    # Lineage (schema version 4):
+
+    async def stored_mark(self, agent_id: str, epoch: int) -> tuple[int, bytes | None] | None:
+        """(mark, chain at the mark) of (agent_id, epoch) as stored before this batch; None: never seen."""
+
+    async def advance_mark(
+        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int
+    ) -> tuple[int, bytes | None]:
+        """Raise the mark of (agent_id, epoch) to ``seq`` with ``chain`` if higher (create it at ``seq``
+        when missing); return the mark and its chain as stored now."""
+
+    # Clock window (schema version 5):
+
+    async def held_pending(self, agent_id: str) -> int:
+        """How many of ``agent_id``'s events wait in the clock quarantine for an operator."""
+
+    async def held_status(self, agent_id: str, event_ids: Sequence[bytes]) -> dict[bytes, str]:
+        """The quarantine status (pending, applied, discarded) of those of ``agent_id``'s ``event_ids`` ever held."""
+
+    async def insert_quarantined(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
+        """Hold events stamped outside the clock window, keyed by (agent_id, event_id); the same
+        event again only counts one more attempt (its first receipt time stays)."""
+
 
 def prepare_batch(
     who: AgentIdentity,
@@ -240,14 +291,23 @@ def prepare_batch(
     *,
     backlog: int | None = None,
     oldest_pending_ms: int | None = None,
+    lineage: Lineage | None = None,
+    clock: ClockWindow | None = None,
+    sent_ms: int | None = None,
 ) -> Batch:
-    """Check a batch against its sender: pure, so it runs before the write transaction."""
+    """Check a batch against its sender: pure, so it runs before the write transaction.
+
+    Transfer events that break ``hub.resolver.transfer_problem`` are refused; with ``clock``, events
+    stamped outside its window are held back (``Batch.quarantined``), ``sent_ms`` (the sender's clock when
+    it sent) included in that window (``hub.clock_window.BEHIND``)."""
     if who.role not in INGEST_ROLES:
         raise Forbidden(f"{who.agent_id} holds a {who.role} credential, which may not send stock events")
     _check_report("backlog", backlog)
     _check_report("oldest_pending_ms", oldest_pending_ms)
     accepted: list[tuple[StockEvent, EventRow]] = []
     refused: list[RejectedAttempt] = []
+    held: list[RejectedAttempt] = []
+    clock = clock.with_sender(sent_ms) if clock is not None else None  # a sender's clock far behind: BEHIND
     for ev in events:
         if ev.agent_id != who.agent_id or ev.epoch != epoch:
             reason = (
@@ -259,6 +319,11 @@ def prepare_batch(
             bound = ", ".join(sorted(who.locations)) or "no location"
             reason = f"{who.agent_id} may not write stock at {ev.location}; it is bound to {bound}"
             refused.append(RejectedAttempt(ev, event_row(ev), "forbidden_location", reason))
+        elif ev.ref is not None and (problem := transfer_problem(ev)) is not None:
+            refused.append(RejectedAttempt(ev, event_row(ev), "invalid_transfer", problem))
+        elif clock is not None and clock.outside(ev.occurred_at) is not None:
+            reason = clock.reason(ev.occurred_at, "GET /v1/quarantine")
+            held.append(RejectedAttempt(ev, event_row(ev), "quarantined", f"event {event_id_hex(ev.event_id)}: {reason}"))
         else:
             accepted.append((ev, event_row(ev)))
     return Batch(
@@ -271,6 +336,9 @@ def prepare_batch(
         acked_seq,
         backlog,
         oldest_pending_ms,
+        lineage,
+        tuple(held),
+        sent_ms,
     )
 
 
@@ -364,7 +432,7 @@ def _plan_key(
 
 async def _settle_late(
     tx: IngestTx, key: StockKey, row: StockRow, late: _Late
-) -> tuple[StockRow, list[tuple[bytes, int]]]:
+) -> tuple[StockRow, list[tuple[str, bytes, int]]]:
     """Finish a key with late events: on_hand from its new last count, and the
     variance of every count whose window (previous count, count) got an event."""
     if late.recount is not None:
@@ -382,12 +450,18 @@ async def _settle_late(
         nxt = bisect_right(keys, k)  # the first count after ev: its window holds ev
         if nxt < len(keys):
             affected.add(nxt)
-    out: list[tuple[bytes, int]] = []
+    out: list[tuple[str, bytes, int]] = []
     for i in sorted(affected):
         prev = points[i - 1] if i > 0 else None
         between = await tx.sum_deltas(key, prev.key if prev else None, points[i].key)
-        out.append((points[i].key[3], points[i].qty - ((prev.qty if prev else 0) + between)))
+        out.append((points[i].key[1], points[i].key[3], points[i].qty - ((prev.qty if prev else 0) + between)))
     return row, out
+
+
+def _held_again(event_id: bytes, status: str) -> str:
+    fate = {"pending": "waits there for an operator", "applied": "an operator applied it at its receipt time",
+            "discarded": "an operator discarded it"}.get(status, status)  # fmt: skip
+    return f"event {event_id_hex(event_id)} was held in the hub's clock quarantine before and {fate}; it is not applied again"
 
 
 async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
@@ -397,8 +471,20 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     # 1. What is new, a resend, or a conflict.
     accepted = batch.accepted
     rejected = list(batch.refused)
+    quarantined = list(batch.quarantined)
+    if accepted and batch.operator is None:
+        # An event once held stays the operator's: a resend (an outbox restored or forked) whose stamp now
+        # falls inside the window is held again, never applied at the time an operator discarded or corrected.
+        held = await tx.held_status(who.agent_id, [ev.event_id for ev, _ in accepted])
+        if held:
+            quarantined += [
+                RejectedAttempt(ev, row, "quarantined", _held_again(ev.event_id, held[ev.event_id]))
+                for ev, row in accepted
+                if ev.event_id in held
+            ]
+            accepted = tuple((ev, row) for ev, row in accepted if ev.event_id not in held)
     ids = [ev.event_id for ev, _ in accepted]
-    stored = await tx.stored_rows(ids) if accepted else {}
+    stored = await tx.stored_rows(who.agent_id, ids) if accepted else {}
     duplicates: Counter[bytes] = Counter()
     by_key: dict[StockKey, list[StockEvent]] = defaultdict(list)
     if not stored and len(set(ids)) == len(ids):  # the common case: every event new, none twice
@@ -417,7 +503,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
                 fresh.append((ev, row))
                 by_key[(ev.location, ev.sku)].append(ev)
                 touched.add((ev.location, ev.sku))
-            elif known == row:
+            elif known[CONTENT_FROM:] == row[CONTENT_FROM:]:  # the same movement, maybe under another epoch/seq
                 duplicates[ev.event_id] += 1
                 touched.add((ev.location, ev.sku))
             else:
@@ -502,11 +588,14 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
             [(ev.event_id, row, effects[ev.event_id], variances.get(ev.event_id)) for ev, row in fresh], now_ms
         )
     if duplicates:
-        await tx.add_duplicates(duplicates)
+        await tx.add_duplicates(who.agent_id, duplicates)
     if rejected:
         await tx.insert_rejections(rejected, now_ms)
+    if quarantined:
+        await tx.insert_quarantined(quarantined, now_ms)
+        rejected += quarantined  # answered as such: processed for the mark, held for an operator
     if late:
-        recomputed: list[tuple[bytes, int]] = []
+        recomputed: list[tuple[str, bytes, int]] = []
         for key, rest in late.items():
             rows[key], more = await _settle_late(tx, key, rows[key], rest)
             recomputed += more
@@ -522,16 +611,13 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         feed = _changes(changed, rows, snapshots, before, by_key, by_transfer, new_transfers)
         if feed:
             await tx.append_changes(feed, now_ms)
-    restored_hwm = None
-    if batch.acked_seq > 0:
-        stored_hwm = await tx.stored_hwm(who.agent_id, epoch)
-        if batch.acked_seq > stored_hwm:
-            restored_hwm = stored_hwm
-    # The sender holding more than this hub is told to rewind and resend. The stored mark stays too: the
-    # seqs between it and this batch are missing here, and raising it would hide them from the resend.
-    hwm = await tx.advance_hwm(who.agent_id, epoch, batch.max_seq if restored_hwm is None else restored_hwm, now_ms)
-    skew = None if batch.max_wall_ms is None else now_ms - batch.max_wall_ms
-    await tx.note_sync(who.agent_id, now_ms, skew, backlog=batch.backlog, oldest_pending_ms=batch.oldest_pending_ms)
+    if batch.operator is None:
+        hwm, chain = await _advance_mark(tx, batch, now_ms)
+        skew = _skew_ms(batch, now_ms)
+        await tx.note_sync(who.agent_id, now_ms, skew, backlog=batch.backlog, oldest_pending_ms=batch.oldest_pending_ms)
+        held_now = await tx.held_pending(who.agent_id)  # the sender shows this, not its own count of "quarantined"
+    else:  # an operator applying a held event: the sender's mark and sync are not this request's
+        hwm, chain, held_now = 0, None, 0
     return IngestResult(
         agent_id=who.agent_id,
         epoch=epoch,
@@ -540,7 +626,40 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         duplicates=sum(duplicates.values()),
         applied=len(fresh),
         counts=tuple(snapshots[k] for k in sorted(touched)),
+        chain=chain,
+        held=held_now,
     )
+
+
+def _skew_ms(batch: Batch, now_ms: int) -> int | None:
+    """The hub's clock minus the sender's: from the wall clock it stated when sending (request time
+    included, a few ms), else — a sender from before ``sent_ms`` — from the newest event of the batch."""
+    if batch.sent_ms is not None:
+        return now_ms - batch.sent_ms
+    return None if batch.max_wall_ms is None else now_ms - batch.max_wall_ms
+
+
+async def _advance_mark(tx: IngestTx, batch: Batch, now_ms: int) -> tuple[int, bytes | None]:
+    """The sender's mark after this batch, and the lineage digest stored with it.
+
+    An epoch seen for the first time starts at the sender's ``epoch_base`` (with its chain): the rows up
+    to it were acknowledged in an earlier epoch. The sender holding more than this hub (its acknowledged
+    mark is above the stored one: the hub was restored from an older copy) is told to rewind and resend;
+    the stored mark stays too: the seqs between it and this batch are missing here, and raising it would
+    hide them from the resend.
+    """
+    who, lineage = batch.who, batch.lineage or Lineage()
+    stored = await tx.stored_mark(who.agent_id, batch.epoch)
+    if stored is None:
+        base = lineage.epoch_base
+        stored_hwm, stored_chain = base, (lineage.base_chain if base else None)
+    else:
+        stored_hwm, stored_chain = stored
+    if batch.acked_seq > stored_hwm or batch.max_seq <= stored_hwm:
+        seq, chain = stored_hwm, stored_chain
+    else:
+        seq, chain = batch.max_seq, lineage.chain
+    return await tx.advance_mark(who.agent_id, batch.epoch, seq, chain, now_ms)
 
 
 def _changes(

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,6 +48,7 @@ from hub.storage.base import (
     IngestResult,
     InvalidInput,
     LedgerRow,
+    Lineage,
     Observation,
     ReportResult,
     StoreClosed,
@@ -55,7 +57,12 @@ from hub.storage.base import (
     WebhookDelivery,
     WebhookState,
 )
+from hub.clock_window import ClockWindow
+from hub.storage import held
+from hub.storage.base import AlreadyResolved, QuarantineRow
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
+from hub.storage import keys
+from hub.storage.keys import CountKey, LedgerKey
 from hub.storage.postgres_ingest import PostgresIngest, batch_locks, lock_keys, stock_lockable
 from hub.storage.postgres_schema import SCHEMA_VERSION, migrate, schema_version
 from hub.storage.rows import COUNT_FIELDS, count_row, ledger_row, rejection_exception
@@ -110,6 +117,16 @@ class Filters:
     @property
     def where(self) -> str:
         return " WHERE " + " AND ".join(self.terms) if self.terms else ""
+
+
+def _after(f: Filters, term: tuple[str, tuple[Any, ...]] | None) -> Filters:
+    """``f`` with a paging term of hub.storage.keys (``{}`` per parameter) numbered in."""
+    if term is not None:
+        sql, params = term
+        marks = [f"${len(f.params) + i + 1}" for i in range(len(params))]
+        f.params.extend(params)
+        f.terms.append(sql.format(*marks))
+    return f
 
 
 def _consume_result(task: asyncio.Task[Any]) -> None:
@@ -263,13 +280,13 @@ class PostgresHubStore(HubStore):
             return None
 
         async def work(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            sql = "SELECT token_sha256, role, locations, revoked_ms FROM agents WHERE agent_id = $1"
+            sql = "SELECT token_sha256, role, locations, revoked_ms, created_ms FROM agents WHERE agent_id = $1"
             return await conn.fetchrow(sql, agent_id)
 
         row = await self._read("checking a credential", work)
         if not credentials.hash_matches(token, row[0] if row else None) or row is None or row[3] is not None:
             return None
-        return AgentIdentity(agent_id, frozenset(json.loads(row[2])), row[1])
+        return AgentIdentity(agent_id, frozenset(json.loads(row[2])), row[1], row[4])
 
     async def revoke_agent(self, agent_id: str) -> bool:
         async def work(conn: asyncpg.Connection) -> bool:
@@ -296,9 +313,16 @@ class PostgresHubStore(HubStore):
         *,
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
+        lineage: Lineage | None = None,
+        clock_window_ms: int | None = None,
+        sent_ms: int | None = None,
     ) -> IngestResult:
         self._check_open()
-        batch = prepare_batch(who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms)
+        clock = None if clock_window_ms is None else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms)
+        batch = prepare_batch(
+            who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
+            clock=clock, sent_ms=sent_ms,
+        )  # fmt: skip
         locks = batch_locks(batch)
 
         async def work(conn: asyncpg.Connection) -> IngestResult:
@@ -312,8 +336,11 @@ class PostgresHubStore(HubStore):
 
     # --- reads -----------------------------------------------------------------
 
-    async def counts(self, *, location: str | None = None, sku: str | None = None, limit: int = 1000) -> list[CountRow]:
-        f = Filters().add("location = {}", location).add("sku = {}", sku)
+    async def counts(
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None
+    ) -> list[CountRow]:
+        f = _after(Filters(), keys.counts_after(after) if after is not None else None)
+        f.add("location = {}", location).add("sku = {}", sku)
         sql = f"SELECT {COUNT_FIELDS} FROM stock{f.where} ORDER BY location, sku LIMIT {f.next()}"
         params = (*f.params, checks.limit(limit))
 
@@ -323,30 +350,74 @@ class PostgresHubStore(HubStore):
         return await self._read("reading counts", work)
 
     async def ledger(
-        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, before: int | None = None
+        self,
+        *,
+        location: str | None = None,
+        sku: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+        after: LedgerKey | None = None,
     ) -> list[LedgerRow]:
-        f = Filters().add("location = {}", location).add("sku = {}", sku).add("occurred_at < {}", before)
         checks.limit(limit)
+
+        def filters(term: tuple[str, tuple[Any, ...]] | None) -> Filters:
+            return _after(Filters(), term).add("location = {}", location).add("sku = {}", sku).add(
+                "occurred_at < {}", before
+            )
+
+        f = filters(keys.events_after(after) if after is not None else None)
+        rf = filters(keys.rejections_after(after) if after is not None else None)
         events_sql = ledger_events_sql(f"(SELECT * FROM events{f.where} ORDER BY {NEWEST_FIRST} LIMIT {f.next()})")
         rejections_sql = (
-            f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code "
-            f"FROM rejections{f.where} ORDER BY {NEWEST_FIRST} LIMIT {f.next()}"
+            f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code, content_hash "
+            f"FROM rejections{rf.where} ORDER BY {keys.REJECTIONS_NEWEST_FIRST} LIMIT {rf.next()}"
         )
+
+        def writeoffs(closed_at_term: str | None, closed_at: int | None) -> Filters:
+            return (
+                Filters("closed_at IS NOT NULL", "shipped > received")
+                .add("COALESCE(in_to, out_to) = {}", location)
+                .add("sku = {}", sku)
+                .add("closed_at < {}", before)
+                .add(closed_at_term or "", closed_at)
+            )
+
+        if after is None:
+            wanted = [(writeoffs(None, None), limit)]
+        else:  # those stamped like the cursor's row may sort either side of it: read them all
+            wanted = [
+                (writeoffs("closed_at < {}", after.occurred_at), limit),
+                (writeoffs("closed_at = {}", after.occurred_at), keys.TIES_MAX),
+            ]
 
         async def work(conn: asyncpg.Connection) -> list[LedgerRow]:
             rows = list(await conn.fetch(events_sql, *f.params, limit))
-            rows += await conn.fetch(rejections_sql, *f.params, limit)
-            rows.sort(key=lambda r: (r[8], r[1], r[3], r[0]), reverse=True)
-            return [ledger_row(r) for r in rows[:limit]]
+            rows += await conn.fetch(rejections_sql, *rf.params, limit)
+            out = [ledger_row(r) for r in rows]
+            for w, most in wanted:  # transfers closed short: a ledger row of their own (hub.storage.held)
+                sql = f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{w.where} ORDER BY closed_at DESC"
+                found = await conn.fetch(f"{sql} LIMIT {w.next()}", *w.params, most)
+                out += [held.writeoff_ledger_row(Transfer(*tuple(r)[:10]), r[10]) for r in found]
+            return keys.newest_first_after(out, after, limit)
 
         return await self._read("reading the ledger", work, snapshot=True)
 
-    async def exceptions(self, *, location: str | None = None, limit: int = 1000) -> list[ExceptionRow]:
+    async def exceptions(
+        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None
+    ) -> list[ExceptionRow]:
         checks.limit(limit)
+        now_ms = wall_ms_now()
         negative = Filters("on_hand < 0").add("location = {}", location)
-        rejected = Filters().add("location = {}", location)
-        transfers = Filters("received > 0", "received <> shipped").add(
-            "(COALESCE(in_to, out_to) = {0} OR COALESCE(out_from, in_from) = {0})", location
+        rejected = Filters("code <> 'discarded'").add("location = {}", location)
+        pending = Filters("status = 'pending'").add("location = {}", location)
+        at = "(COALESCE(in_to, out_to) = {0} OR COALESCE(out_from, in_from) = {0})"
+        transfers = Filters(
+            "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received))"
+        ).add(at, location)
+        overdue = (
+            Filters("closed_at IS NULL", "shipped > received")
+            .add("shipped_at_ms < {}", None if transfer_open_max_ms is None else now_ms - transfer_open_max_ms)
+            .add(at, location)
         )
 
         async def work(conn: asyncpg.Connection) -> list[ExceptionRow]:
@@ -367,9 +438,25 @@ class PostgresHubStore(HubStore):
                 *transfers.params,
                 limit,
             ):
-                t = Transfer(*tuple(r)[:8]).finding()
+                t = Transfer(*tuple(r)[:10]).finding()
                 if t is not None:
-                    out.append(ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[8]))
+                    out.append(ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10]))
+            if transfer_open_max_ms is not None:
+                for r in await conn.fetch(
+                    f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{overdue.where} "
+                    f"ORDER BY shipped_at_ms LIMIT {overdue.next()}",
+                    *overdue.params,
+                    limit,
+                ):
+                    if (t := Transfer(*tuple(r)[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
+                        out.append(ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10]))
+            held_rows = await conn.fetch(
+                f"SELECT {held.QUARANTINE_FIELDS} FROM quarantine{pending.where} "
+                f"ORDER BY received_at_ms DESC LIMIT {pending.next()}",
+                *pending.params,
+                limit,
+            )
+            out += [held.quarantine_exception(held.quarantine_row(tuple(r))) for r in held_rows]
             rows = await conn.fetch(
                 "SELECT event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms "
                 f"FROM rejections{rejected.where} ORDER BY received_at_ms DESC LIMIT {rejected.next()}",
@@ -384,6 +471,73 @@ class PostgresHubStore(HubStore):
             return out[:limit]
 
         return await self._read("reading exceptions", work, snapshot=True)
+
+    # --- clock quarantine ---------------------------------------------------------
+
+    async def quarantine(
+        self, *, status: str | None = "pending", location: str | None = None, limit: int = 1000,
+        before_id: int | None = None,
+    ) -> list[QuarantineRow]:
+        held.check_query(status)
+        f = Filters().add("status = {}", status).add("location = {}", location).add("quarantine_id < {}", before_id)
+        sql = f"SELECT {held.QUARANTINE_FIELDS} FROM quarantine{f.where} ORDER BY quarantine_id DESC LIMIT {f.next()}"
+        params = (*f.params, checks.limit(limit))
+
+        async def work(conn: asyncpg.Connection) -> list[QuarantineRow]:
+            return [held.quarantine_row(tuple(r)) for r in await conn.fetch(sql, *params)]
+
+        return await self._read("reading the quarantine", work)
+
+    async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
+        held.check_action(action)
+        checks.whole(quarantine_id, "quarantine id", 1, 2**63 - 1)
+        select = f"SELECT {held.QUARANTINE_FIELDS} FROM quarantine WHERE quarantine_id = $1 FOR UPDATE"
+
+        async def work(conn: asyncpg.Connection) -> QuarantineRow | None:
+            found = await conn.fetchrow(select, quarantine_id)
+            if found is None:
+                return None
+            row = held.quarantine_row(tuple(found))
+            if row.status != "pending":
+                raise AlreadyResolved(f"held event {quarantine_id} was already {row.status} by {row.resolved_by}")
+            now_ms = wall_ms_now()
+            if action == "apply_at_receipt":
+                who, event = held.restamped(row, operator)
+                batch = replace(prepare_batch(who, event.epoch, [event]), operator=operator)
+                locks = batch_locks(batch)
+                await lock_keys(conn, locks)
+                tx = PostgresIngest(conn, set(locks))
+                result = await apply_batch(tx, batch, now_ms)
+                await tx.flush_changes()
+                if result.rejected:
+                    raise InvalidInput(f"held event {quarantine_id} cannot be applied: {result.rejected[0].reason}")
+                status = "applied"
+            else:
+                await conn.execute(
+                    f"INSERT INTO rejections ({EVENT_FIELDS}, content_hash, code, detail, received_at_ms) "
+                    "SELECT event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, "
+                    "ref, reason, attrs, $1, 'discarded', $2, $3 FROM quarantine WHERE quarantine_id = $4 "
+                    "ON CONFLICT DO NOTHING",
+                    held.discarded_hash(row),
+                    held.discard_detail(row, operator, now_ms),
+                    now_ms,
+                    quarantine_id,
+                )
+                status = "discarded"
+            await conn.execute(
+                "UPDATE quarantine SET status = $1, resolved_by = $2, resolved_at_ms = $3 WHERE quarantine_id = $4",
+                status,
+                operator,
+                now_ms,
+                quarantine_id,
+            )
+            return replace(row, status=status, resolved_by=operator, resolved_at_ms=now_ms)
+
+        resolved = await self._write(f"resolving held event {quarantine_id}", work, unique_races=True)
+        if resolved is not None:
+            log.info("%s %s held event %d (%s of %s at %s).", operator, resolved.status, quarantine_id,
+                     resolved.kind, resolved.sku, resolved.location)  # fmt: skip
+        return resolved
 
     async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]:
         f = Filters().add("agent_id = {}", agent_id)

@@ -43,6 +43,7 @@ from hub.resolver import (
     transfer_destination,
     transfer_key,
 )
+from hub.storage.held import transfer_values
 from hub.storage.ingest import Batch, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
 from hub.storage.postgres_feed import append_changes
 from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
@@ -134,11 +135,12 @@ class PostgresIngest:
             await lock_keys(self.conn, more)
             self.locked |= more
 
-    async def stored_rows(self, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
+    async def stored_rows(self, agent_id: str, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
         rows = await self.conn.fetch(
             f"SELECT {', '.join('e.' + f for f in EVENT_FIELDS.split(', '))} FROM event_ids i "
-            "JOIN events e ON e.location = i.location AND e.event_id = i.event_id "
-            "WHERE i.event_id = ANY($1::bytea[])",
+            "JOIN events e ON e.location = i.location AND e.agent_id = i.agent_id AND e.event_id = i.event_id "
+            "WHERE i.agent_id = $1 AND i.event_id = ANY($2::bytea[])",
+            agent_id,
             list(event_ids),
         )
         return {r[0]: tuple(r)[1:] for r in rows}
@@ -192,7 +194,9 @@ class PostgresIngest:
         # meanwhile (under another location's lock) violates event_ids' primary
         # key: the transaction fails, and its retry finds the id stored.
         await self.conn.copy_records_to_table(
-            "event_ids", records=[(event_id, row[3]) for event_id, row, _, _ in rows], columns=["event_id", "location"]
+            "event_ids",
+            records=[(row[0], event_id, row[3]) for event_id, row, _, _ in rows],
+            columns=["agent_id", "event_id", "location"],
         )
         await self.conn.copy_records_to_table(
             "events",
@@ -200,11 +204,13 @@ class PostgresIngest:
             columns=EVENT_COLUMNS,
         )
 
-    async def add_duplicates(self, counts: Mapping[bytes, int]) -> None:
+    async def add_duplicates(self, agent_id: str, counts: Mapping[bytes, int]) -> None:
         await self.conn.execute(
             "UPDATE events e SET duplicates = e.duplicates + d.n "
-            "FROM unnest($1::bytea[], $2::int8[]) AS d(event_id, n) JOIN event_ids i ON i.event_id = d.event_id "
-            "WHERE e.location = i.location AND e.event_id = d.event_id",
+            "FROM unnest($2::bytea[], $3::int8[]) AS d(event_id, n) "
+            "JOIN event_ids i ON i.agent_id = $1 AND i.event_id = d.event_id "
+            "WHERE e.location = i.location AND e.agent_id = $1 AND e.event_id = d.event_id",
+            agent_id,
             list(counts),
             list(counts.values()),
         )
@@ -214,7 +220,7 @@ class PostgresIngest:
         await self.conn.executemany(
             f"INSERT INTO rejections ({EVENT_FIELDS}, content_hash, code, detail, received_at_ms) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
-            "ON CONFLICT (event_id, content_hash) DO UPDATE SET "
+            "ON CONFLICT (agent_id, event_id, content_hash) DO UPDATE SET "
             "attempts = rejections.attempts + 1, code = excluded.code, detail = excluded.detail, "
             "received_at_ms = excluded.received_at_ms",
             [(r.event.event_id, *r.row, r.content_hash, r.code, r.reason, received_at_ms) for r in rows],
@@ -252,21 +258,48 @@ class PostgresIngest:
         )
         return [CountPoint((r[0], r[1], r[2], r[3]), r[4]) for r in [*before, *since]]
 
-    async def set_variances(self, rows: Sequence[tuple[bytes, int]]) -> None:
+    async def set_variances(self, rows: Sequence[tuple[str, bytes, int]]) -> None:
         await self.conn.execute(
             "UPDATE events e SET variance = v.variance "
-            "FROM unnest($1::bytea[], $2::int8[]) AS v(event_id, variance) JOIN event_ids i ON i.event_id = v.event_id "
-            "WHERE e.location = i.location AND e.event_id = v.event_id",
-            *columns(rows, 2),
+            "FROM unnest($1::text[], $2::bytea[], $3::int8[]) AS v(agent_id, event_id, variance) "
+            "JOIN event_ids i ON i.agent_id = v.agent_id AND i.event_id = v.event_id "
+            "WHERE e.location = i.location AND e.agent_id = v.agent_id AND e.event_id = v.event_id",
+            *columns(rows, 3),
         )
 
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
         await self.conn.executemany(
-            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
             "ON CONFLICT (ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
             "out_from = excluded.out_from, out_to = excluded.out_to, in_to = excluded.in_to, "
-            "in_from = excluded.in_from, updated_at_ms = excluded.updated_at_ms",
-            [(t.ref, t.sku, t.shipped, t.received, t.out_from, t.out_to, t.in_to, t.in_from, now_ms) for t in rows],
+            "in_from = excluded.in_from, shipped_at_ms = excluded.shipped_at_ms, closed_at = excluded.closed_at, "
+            "updated_at_ms = excluded.updated_at_ms",
+            [(*transfer_values(t), now_ms) for t in rows],
+        )
+
+    async def held_pending(self, agent_id: str) -> int:
+        n = await self.conn.fetchval(
+            "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND status = 'pending'", agent_id
+        )
+        return int(n)
+
+    async def held_status(self, agent_id: str, event_ids: Sequence[bytes]) -> dict[bytes, str]:
+        if await self.conn.fetchval("SELECT 1 FROM quarantine WHERE agent_id = $1 LIMIT 1", agent_id) is None:
+            return {}  # the common case: nothing of this sender was ever held
+        rows = await self.conn.fetch(
+            "SELECT event_id, status FROM quarantine WHERE agent_id = $1 AND event_id = ANY($2::bytea[])",
+            agent_id,
+            list(event_ids),
+        )
+        return {bytes(r[0]): str(r[1]) for r in rows}
+
+    async def insert_quarantined(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
+        await self.conn.executemany(
+            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+            "ON CONFLICT (agent_id, event_id) DO UPDATE SET attempts = quarantine.attempts + 1",
+            [(r.event.event_id, *r.row, r.reason, received_at_ms) for r in rows],
         )
 
     async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:
@@ -334,6 +367,29 @@ class PostgresIngest:
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
         hwm = await self.conn.fetchval("SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $2", agent_id, epoch)
         return 0 if hwm is None else int(hwm)
+
+    async def stored_mark(self, agent_id: str, epoch: int) -> tuple[int, bytes | None] | None:
+        row = await self.conn.fetchrow(
+            "SELECT hwm, chain FROM agent_hwm WHERE agent_id = $1 AND epoch = $2", agent_id, epoch
+        )
+        return None if row is None else (int(row[0]), row[1])
+
+    async def advance_mark(
+        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int
+    ) -> tuple[int, bytes | None]:
+        row = await self.conn.fetchrow(
+            "INSERT INTO agent_hwm (agent_id, epoch, hwm, chain, updated_ms) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (agent_id, epoch) DO UPDATE SET "
+            "chain = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.chain ELSE agent_hwm.chain END, "
+            "hwm = GREATEST(agent_hwm.hwm, excluded.hwm), updated_ms = excluded.updated_ms RETURNING hwm, chain",
+            agent_id,
+            epoch,
+            seq,
+            chain,
+            now_ms,
+        )
+        assert row is not None
+        return int(row[0]), row[1]
 
     async def append_changes(self, rows: Sequence[NewChange], now_ms: int) -> None:
         """Kept until ``flush_changes``: the feed's ids are taken just before COMMIT."""

@@ -19,7 +19,7 @@ from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('shelfsync.migrate.' || current_schema()))"
 
 
@@ -32,6 +32,8 @@ MIGRATIONS: dict[int, Callable[[], str]] = {
     1: _script("schema_postgres.sql"),
     2: _script("schema_postgres_v2.sql"),
     3: _script("schema_postgres_v3.sql"),
+    4: _script("schema_postgres_v4.sql"),
+    5: _script("schema_postgres_v5.sql"),
 }
 
 

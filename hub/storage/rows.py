@@ -9,6 +9,7 @@ from typing import Any
 from hub.resolver import Effect, available
 from hub.storage.base import CountRow, ExceptionRow, LedgerRow
 from protocol import event_id_hex
+from protocol.values import ATTR_STR_MAX_LEN, json_safe
 
 COUNT_FIELDS = "location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, updated_at_ms"
 
@@ -34,14 +35,29 @@ def ledger_row(r: Sequence[Any]) -> LedgerRow:
         source=r[10],
         ref=r[11],
         reason=r[12],
-        attrs=json.loads(r[13]) if r[13] else {},
+        attrs=stored_attrs(r[13]),
         effect=Effect(r[14]),
         variance=r[15],
         duplicates=r[16],
         received_at_ms=r[17],
         rejection=r[18],
         rejection_code=r[19],
+        content_hash=r[20] if len(r) > 20 else None,
     )
+
+
+def stored_attrs(text: str | None) -> dict[str, Any]:
+    """An event's stored attrs, made strict-JSON-safe: rows stored before protocol.values refused them may
+    hold NaN, ±Infinity (served as null) or a lone surrogate (served as U+FFFD); sanitised on read, so old
+    rows are served unchanged in the database and never break a read."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"unreadable": text[:ATTR_STR_MAX_LEN]}
+    safe = json_safe(value)
+    return safe if isinstance(safe, dict) else {"value": safe}
 
 
 def rejection_exception(r: Sequence[Any]) -> ExceptionRow:

@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from hub.storage.base import (
     IngestResult,
     InvalidInput,
     LedgerRow,
+    Lineage,
     Observation,
     ReportResult,
     StoreClosed,
@@ -54,7 +55,12 @@ from hub.storage.base import (
     WebhookDelivery,
     WebhookState,
 )
+from hub.clock_window import ClockWindow
+from hub.storage import held
+from hub.storage.base import AlreadyResolved, QuarantineRow
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
+from hub.storage import keys
+from hub.storage.keys import CountKey, LedgerKey
 from hub.storage.rows import COUNT_FIELDS, count_row, ledger_row, rejection_exception
 from hub.storage.sql import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, ledger_events_sql
 from hub.storage.sqlite_ingest import SqliteIngest, StockCache
@@ -310,14 +316,14 @@ class SqliteHubStore(HubStore):
             return None
 
         async def work(db: aiosqlite.Connection) -> list[Any]:
-            sql = "SELECT token_sha256, role, locations, revoked_ms FROM agents WHERE agent_id = ?"
+            sql = "SELECT token_sha256, role, locations, revoked_ms, created_ms FROM agents WHERE agent_id = ?"
             return list(await db.execute_fetchall(sql, (agent_id,)))
 
         rows = await self._read("checking a credential", work)
         row = rows[0] if rows else None
         if not credentials.hash_matches(token, row[0] if row else None) or row is None or row[3] is not None:
             return None
-        return AgentIdentity(agent_id, frozenset(json.loads(row[2])), row[1])
+        return AgentIdentity(agent_id, frozenset(json.loads(row[2])), row[1], row[4])
 
     async def revoke_agent(self, agent_id: str) -> bool:
         async def work(db: InlineConnection) -> bool:
@@ -342,10 +348,17 @@ class SqliteHubStore(HubStore):
         *,
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
+        lineage: Lineage | None = None,
+        clock_window_ms: int | None = None,
+        sent_ms: int | None = None,
     ) -> IngestResult:
         self._check_open()
         # Checked before the write lock: overlaps another batch.
-        batch = prepare_batch(who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms)
+        clock = None if clock_window_ms is None else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms)
+        batch = prepare_batch(
+            who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
+            clock=clock, sent_ms=sent_ms,
+        )  # fmt: skip
 
         def work(db: InlineConnection) -> Coroutine[Any, Any, IngestResult]:
             return apply_batch(SqliteIngest(db, self._stock_cache), batch, wall_ms_now())
@@ -354,8 +367,12 @@ class SqliteHubStore(HubStore):
 
     # --- reads -----------------------------------------------------------------
 
-    async def counts(self, *, location: str | None = None, sku: str | None = None, limit: int = 1000) -> list[CountRow]:
-        where, params = _filters(location=location, sku=sku)
+    async def counts(
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None
+    ) -> list[CountRow]:
+        terms, after_params = _after_terms(keys.counts_after(after) if after is not None else None)
+        where, params = _filters(*terms, location=location, sku=sku)
+        params = after_params + params
         sql = (
             f"SELECT {COUNT_FIELDS} "
             f"FROM stock{where} ORDER BY location, sku LIMIT ?"
@@ -367,31 +384,70 @@ class SqliteHubStore(HubStore):
         return await self._read("reading counts", work)
 
     async def ledger(
-        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, before: int | None = None
+        self,
+        *,
+        location: str | None = None,
+        sku: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+        after: LedgerKey | None = None,
     ) -> list[LedgerRow]:
-        where, params = _filters(location=location, sku=sku, before=before)
         checks.limit(limit)
-        events_sql = ledger_events_sql(f"(SELECT * FROM events{where} ORDER BY {NEWEST_FIRST} LIMIT ?)")
+        ev_terms, ev_after = _after_terms(keys.events_after(after) if after is not None else None)
+        rej_terms, rej_after = _after_terms(keys.rejections_after(after) if after is not None else None)
+        ev_where, params = _filters(*ev_terms, location=location, sku=sku, before=before)
+        rej_where, _ = _filters(*rej_terms, location=location, sku=sku, before=before)
+        events_sql = ledger_events_sql(f"(SELECT * FROM events{ev_where} ORDER BY {NEWEST_FIRST} LIMIT ?)")
         rejections_sql = (
-            f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code "
-            f"FROM rejections{where} ORDER BY {NEWEST_FIRST} LIMIT ?"
+            f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code, content_hash "
+            f"FROM rejections{rej_where} ORDER BY {keys.REJECTIONS_NEWEST_FIRST} LIMIT ?"
         )
 
+        def writeoffs_sql(closed_at_term: str | None) -> str:
+            return (
+                f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers WHERE closed_at IS NOT NULL AND shipped > received"
+                + "".join(
+                    f" AND {term}"
+                    for term, value in (("COALESCE(in_to, out_to) = ?", location), ("sku = ?", sku), ("closed_at < ?", before))
+                    if value is not None
+                )
+                + (f" AND {closed_at_term}" if closed_at_term else "")
+                + " ORDER BY closed_at DESC LIMIT ?"
+            )
+
+        _, w_params = _filters(location=location, sku=sku, before=before)
+
         async def work(db: aiosqlite.Connection) -> list[LedgerRow]:
-            rows = list(await db.execute_fetchall(events_sql, (*params, limit)))
-            rows += await db.execute_fetchall(rejections_sql, (*params, limit))
-            rows.sort(key=lambda r: (r[8], r[1], r[3], r[0]), reverse=True)
-            return [ledger_row(r) for r in rows[:limit]]
+            rows = list(await db.execute_fetchall(events_sql, (*ev_after, *params, limit)))
+            rows += await db.execute_fetchall(rejections_sql, (*rej_after, *params, limit))
+            out = [ledger_row(r) for r in rows]
+            if after is None:
+                writeoffs = list(await db.execute_fetchall(writeoffs_sql(None), (*w_params, limit)))
+            else:  # those stamped like the cursor's row may sort either side of it: read them all
+                older = (*w_params, after.occurred_at, limit)
+                writeoffs = list(await db.execute_fetchall(writeoffs_sql("closed_at < ?"), older))
+                writeoffs += await db.execute_fetchall(
+                    writeoffs_sql("closed_at = ?"), (*w_params, after.occurred_at, keys.TIES_MAX)
+                )
+            # transfers closed short: a ledger row of their own (hub.storage.held)
+            out += [held.writeoff_ledger_row(Transfer(*r[:10]), r[10]) for r in writeoffs]
+            return keys.newest_first_after(out, after, limit)
 
         return await self._read("reading the ledger", work, snapshot=True)
 
-    async def exceptions(self, *, location: str | None = None, limit: int = 1000) -> list[ExceptionRow]:
+    async def exceptions(
+        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None
+    ) -> list[ExceptionRow]:
         checks.limit(limit)
         negative_where, at = _filters("on_hand < 0", location=location)
-        rejected_where, _ = _filters(location=location)
-        transfer_where = " WHERE received > 0 AND received <> shipped" + (
-            " AND (COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ?)" if location is not None else ""
+        rejected_where, _ = _filters("code <> 'discarded'", location=location)
+        held_where, _ = _filters("status = 'pending'", location=location)
+        where_at = " AND (COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ?)" if location is not None else ""
+        transfer_where = (
+            " WHERE ((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received))" + where_at
         )
+        overdue_where = " WHERE closed_at IS NULL AND shipped > received AND shipped_at_ms < ?" + where_at
+        now_ms = wall_ms_now()
 
         async def work(db: aiosqlite.Connection) -> list[ExceptionRow]:
             out: list[ExceptionRow] = []
@@ -411,11 +467,25 @@ class SqliteHubStore(HubStore):
                 (*at, *at, limit),
             )
             for r in transfers:
-                finding = Transfer(*r[:8]).finding()
+                finding = Transfer(*r[:10]).finding()
                 if finding is not None:
                     out.append(
-                        ExceptionRow(finding.kind, finding.location, finding.sku, finding.detail, finding.data, r[8])
+                        ExceptionRow(finding.kind, finding.location, finding.sku, finding.detail, finding.data, r[10])
                     )
+            if transfer_open_max_ms is not None:
+                overdue = await db.execute_fetchall(
+                    f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{overdue_where} "
+                    "ORDER BY shipped_at_ms LIMIT ?",
+                    (now_ms - transfer_open_max_ms, *at, *at, limit),
+                )
+                for r in overdue:
+                    if (f := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
+                        out.append(ExceptionRow(f.kind, f.location, f.sku, f.detail, f.data, r[10]))
+            pending = await db.execute_fetchall(
+                f"SELECT {held.QUARANTINE_FIELDS} FROM quarantine{held_where} ORDER BY received_at_ms DESC LIMIT ?",
+                (*at, limit),
+            )
+            out += [held.quarantine_exception(held.quarantine_row(r)) for r in pending]
             rejected = await db.execute_fetchall(
                 "SELECT event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms "
                 f"FROM rejections{rejected_where} ORDER BY received_at_ms DESC LIMIT ?",
@@ -429,6 +499,65 @@ class SqliteHubStore(HubStore):
             return out[:limit]
 
         return await self._read("reading exceptions", work, snapshot=True)
+
+    # --- clock quarantine ---------------------------------------------------------
+
+    async def quarantine(
+        self, *, status: str | None = "pending", location: str | None = None, limit: int = 1000,
+        before_id: int | None = None,
+    ) -> list[QuarantineRow]:
+        held.check_query(status)
+        terms = [t for t, v in (("status = ?", status), ("quarantine_id < ?", before_id)) if v is not None]
+        where, params = _filters(*terms, location=location)
+        sql = f"SELECT {held.QUARANTINE_FIELDS} FROM quarantine{where} ORDER BY quarantine_id DESC LIMIT ?"
+        args = tuple(v for v in (status, before_id) if v is not None) + params + (checks.limit(limit),)
+
+        async def work(db: aiosqlite.Connection) -> list[QuarantineRow]:
+            return [held.quarantine_row(r) for r in await db.execute_fetchall(sql, args)]
+
+        return await self._read("reading the quarantine", work)
+
+    async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
+        held.check_action(action)
+        checks.whole(quarantine_id, "quarantine id", 1, 2**63 - 1)
+        select = f"SELECT {held.QUARANTINE_FIELDS} FROM quarantine WHERE quarantine_id = ?"
+
+        async def work(db: InlineConnection) -> QuarantineRow | None:
+            found = list(await db.execute_fetchall(select, (quarantine_id,)))
+            if not found:
+                return None
+            row = held.quarantine_row(found[0])
+            if row.status != "pending":
+                raise AlreadyResolved(f"held event {quarantine_id} was already {row.status} by {row.resolved_by}")
+            now_ms = wall_ms_now()
+            if action == "apply_at_receipt":
+                who, event = held.restamped(row, operator)
+                batch = replace(prepare_batch(who, event.epoch, [event]), operator=operator)
+                result = await apply_batch(SqliteIngest(db, self._stock_cache), batch, now_ms)
+                if result.rejected:
+                    raise InvalidInput(f"held event {quarantine_id} cannot be applied: {result.rejected[0].reason}")
+                status = "applied"
+            else:
+                detail = held.discard_detail(row, operator, now_ms)
+                await db.execute(
+                    f"INSERT INTO rejections ({EVENT_FIELDS}, content_hash, code, detail, received_at_ms) "
+                    "SELECT event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, "
+                    "ref, reason, attrs, ?, 'discarded', ?, ? FROM quarantine WHERE quarantine_id = ? "
+                    "ON CONFLICT DO NOTHING",
+                    (held.discarded_hash(row), detail, now_ms, quarantine_id),
+                )
+                status = "discarded"
+            await db.execute(
+                "UPDATE quarantine SET status = ?, resolved_by = ?, resolved_at_ms = ? WHERE quarantine_id = ?",
+                (status, operator, now_ms, quarantine_id),
+            )
+            return replace(row, status=status, resolved_by=operator, resolved_at_ms=now_ms)
+
+        resolved = await self._write(f"resolving held event {quarantine_id}", work)
+        if resolved is not None:
+            log.info("%s %s held event %d (%s of %s at %s).", operator, resolved.status, quarantine_id,
+                     resolved.kind, resolved.sku, resolved.location)  # fmt: skip
+        return resolved
 
     async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]:
         where, params = ("WHERE agent_id = ?", (agent_id,)) if agent_id is not None else ("", ())
@@ -601,6 +730,14 @@ class SqliteHubStore(HubStore):
             }
 
         return await self._read("checking health", work)
+
+
+def _after_terms(term: tuple[str, tuple[Any, ...]] | None) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """A paging term of hub.storage.keys (``{}`` per parameter) with SQLite's ``?`` marks."""
+    if term is None:
+        return (), ()
+    sql, params = term
+    return (sql.format(*("?" * len(params))),), params
 
 
 def _filters(

@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transfer, TransferKey
+from hub.storage.held import transfer_values
 from hub.storage.ingest import EFFECT_TEXT, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
 from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
 from hub.storage.sqlite_writer import Db
@@ -95,11 +96,11 @@ class SqliteIngest:
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self.db.execute_fetchall(sql, params))
 
-    async def stored_rows(self, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
+    async def stored_rows(self, agent_id: str, event_ids: Sequence[bytes]) -> dict[bytes, EventRow]:
         found: dict[bytes, EventRow] = {}
         for part in chunks(event_ids, 1):
-            sql = f"SELECT {EVENT_FIELDS} FROM events WHERE event_id IN ({marks(len(part))})"
-            found.update((r[0], tuple(r[1:])) for r in await self._fetch(sql, part))
+            sql = f"SELECT {EVENT_FIELDS} FROM events WHERE agent_id = ? AND event_id IN ({marks(len(part))})"
+            found.update((r[0], tuple(r[1:])) for r in await self._fetch(sql, [agent_id, *part]))
         return found
 
     async def _join(self, table: str, fields: str, names: str, keys: Collection[tuple[str, ...]]) -> list[Any]:
@@ -161,15 +162,16 @@ class SqliteIngest:
             ],
         )
 
-    async def add_duplicates(self, counts: Mapping[bytes, int]) -> None:
+    async def add_duplicates(self, agent_id: str, counts: Mapping[bytes, int]) -> None:
         await self.db.executemany(
-            "UPDATE events SET duplicates = duplicates + ? WHERE event_id = ?", [(n, i) for i, n in counts.items()]
+            "UPDATE events SET duplicates = duplicates + ? WHERE agent_id = ? AND event_id = ?",
+            [(n, agent_id, i) for i, n in counts.items()],
         )
 
     async def insert_rejections(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
         await self.db.executemany(
             f"INSERT INTO rejections ({EVENT_FIELDS}, content_hash, code, detail, received_at_ms) "
-            f"VALUES ({marks(18)}) ON CONFLICT (event_id, content_hash) DO UPDATE SET "
+            f"VALUES ({marks(18)}) ON CONFLICT (agent_id, event_id, content_hash) DO UPDATE SET "
             "attempts = rejections.attempts + 1, code = excluded.code, detail = excluded.detail, "
             "received_at_ms = excluded.received_at_ms",
             [(r.event.event_id, *r.row, r.content_hash, r.code, r.reason, received_at_ms) for r in rows],
@@ -201,18 +203,41 @@ class SqliteIngest:
         )
         return [CountPoint((r[0], r[1], r[2], r[3]), r[4]) for r in before + since]
 
-    async def set_variances(self, rows: Sequence[tuple[bytes, int]]) -> None:
-        await self.db.executemany("UPDATE events SET variance = ? WHERE event_id = ?", [(v, i) for i, v in rows])
+    async def set_variances(self, rows: Sequence[tuple[str, bytes, int]]) -> None:
+        await self.db.executemany(
+            "UPDATE events SET variance = ? WHERE agent_id = ? AND event_id = ?", [(v, a, i) for a, i, v in rows]
+        )
 
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
         sql = (
-            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ({marks(9)}) "
+            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ({marks(11)}) "
             "ON CONFLICT (ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
             "out_from = excluded.out_from, out_to = excluded.out_to, in_to = excluded.in_to, "
-            "in_from = excluded.in_from, updated_at_ms = excluded.updated_at_ms"
+            "in_from = excluded.in_from, shipped_at_ms = excluded.shipped_at_ms, closed_at = excluded.closed_at, "
+            "updated_at_ms = excluded.updated_at_ms"
         )
-        params = [(t.ref, t.sku, t.shipped, t.received, t.out_from, t.out_to, t.in_to, t.in_from, now_ms) for t in rows]
+        params = [(*transfer_values(t), now_ms) for t in rows]
         await self.db.executemany(sql, params)
+
+    async def held_pending(self, agent_id: str) -> int:
+        rows = await self._fetch("SELECT count(*) FROM quarantine WHERE agent_id = ? AND status = 'pending'", (agent_id,))
+        return int(rows[0][0])
+
+    async def held_status(self, agent_id: str, event_ids: Sequence[bytes]) -> dict[bytes, str]:
+        if not await self._fetch("SELECT 1 FROM quarantine WHERE agent_id = ? LIMIT 1", (agent_id,)):
+            return {}  # the common case: nothing of this sender was ever held
+        found: dict[bytes, str] = {}
+        for part in chunks(event_ids, 1):
+            sql = f"SELECT event_id, status FROM quarantine WHERE agent_id = ? AND event_id IN ({marks(len(part))})"
+            found.update((r[0], r[1]) for r in await self._fetch(sql, [agent_id, *part]))
+        return found
+
+    async def insert_quarantined(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
+        await self.db.executemany(
+            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms) VALUES ({marks(16)}) "
+            "ON CONFLICT (agent_id, event_id) DO UPDATE SET attempts = quarantine.attempts + 1",
+            [(r.event.event_id, *r.row, r.reason, received_at_ms) for r in rows],
+        )
 
     async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:
         sql = (
@@ -272,6 +297,25 @@ class SqliteIngest:
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
         rows = await self._fetch("SELECT hwm FROM agent_hwm WHERE agent_id = ? AND epoch = ?", (agent_id, epoch))
         return int(rows[0][0]) if rows else 0
+
+    async def stored_mark(self, agent_id: str, epoch: int) -> tuple[int, bytes | None] | None:
+        rows = await self._fetch(
+            "SELECT hwm, chain FROM agent_hwm WHERE agent_id = ? AND epoch = ?", (agent_id, epoch)
+        )
+        return (int(rows[0][0]), rows[0][1]) if rows else None
+
+    async def advance_mark(
+        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int
+    ) -> tuple[int, bytes | None]:
+        rows = await self._fetch(
+            "INSERT INTO agent_hwm (agent_id, epoch, hwm, chain, updated_ms) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (agent_id, epoch) DO UPDATE SET "
+            "chain = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.chain ELSE agent_hwm.chain END, "
+            "hwm = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.hwm ELSE agent_hwm.hwm END, "
+            "updated_ms = excluded.updated_ms RETURNING hwm, chain",
+            (agent_id, epoch, seq, chain, now_ms),
+        )
+        return int(rows[0][0]), rows[0][1]
 
     async def append_changes(self, rows: Sequence[NewChange], now_ms: int) -> None:
         await self.db.executemany(

@@ -13,7 +13,7 @@ from hub.storage.sqlite_writer import InlineConnection
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 
 def _script(name: str) -> Callable[[], str]:
@@ -25,6 +25,8 @@ MIGRATIONS: dict[int, Callable[[], str]] = {
     1: _script("schema_sqlite.sql"),
     2: _script("schema_sqlite_v2.sql"),
     3: _script("schema_sqlite_v3.sql"),
+    4: _script("schema_sqlite_v4.sql"),
+    5: _script("schema_sqlite_v5.sql"),
 }
 
 

@@ -18,7 +18,10 @@ def at(ms: float) -> int:
 class EventFactory:
     """``ev = EventFactory("agent-1"); ev(Kind.SALE, -1, at_ms=3)`` makes the next event of that agent."""
 
-    def __init__(self, agent_id: str = "a1", epoch: int = 1, location: str = "S1", sku: str = "A") -> None:
+    def __init__(
+        self, agent_id: str = "a1", epoch: int = 1, location: str = "S1", sku: str = "A", *, base_ms: int = BASE_MS
+    ) -> None:
+        self.base_ms = base_ms  # events sent to a hub over HTTP need a recent base: inside its clock window
         self.agent_id = agent_id
         self.epoch = epoch
         self.location = location
@@ -41,7 +44,7 @@ class EventFactory:
         if seq is None:
             self.seq += 1
             seq = self.seq
-        occurred_at = at(at_ms)
+        occurred_at = at(at_ms) + ((self.base_ms - BASE_MS) << 16)
         return StockEvent(
             event_id=event_id or new_event_id(),
             agent_id=self.agent_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from protocol import (
     decode_sync_response,
     encode_sync_request,
 )
+
+
+RECENT_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 
 
 @dataclass
@@ -62,7 +66,7 @@ class Hub:
 
     async def agent(self, location: str = "S1", sku: str = "A") -> Agent:
         agent_id, token = await self.store.add_agent([location])
-        return Agent(agent_id, token, EventFactory(agent_id, 1, location, sku), self.client)
+        return Agent(agent_id, token, EventFactory(agent_id, 1, location, sku, base_ms=RECENT_MS), self.client)
 
     def auth(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.reader}"}

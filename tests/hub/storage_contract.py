@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from event_factory import EventFactory, at
+from storage_contract_clock import ClockTransferContract
 from storage_contract_wave2 import Wave2Contract
 
 from hub.storage.base import (
@@ -31,7 +32,7 @@ from protocol import CountSnapshot, Kind
 AGENT_ID_RE = re.compile(r"agent-[0-9a-f]{8}")
 
 
-class StorageContract(Wave2Contract):
+class StorageContract(Wave2Contract, ClockTransferContract):
     def open_store(self, tmp_path: Path) -> StoreOpener[HubStore]:
         raise NotImplementedError
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,7 +29,8 @@ from protocol import (
     pack_hlc,
 )
 
-WALL_MS = 1_764_061_200_000  # 2025-11-25T09:00:00Z
+WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
+DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
@@ -437,7 +440,7 @@ async def test_read_routes_after_a_sync(client: TestClient[Any, Any], store: Hub
     rows = {r["sku"]: r for r in body["counts"]}
     assert rows["SKU-1"]["on_hand"] == 8 and rows["SKU-1"]["available"] == 8
     assert rows["SKU-1"]["last_count_at"] == count.occurred_at
-    assert rows["SKU-1"]["last_count_time"] == "2025-11-25T09:00:00.003Z"
+    assert rows["SKU-1"]["last_count_time"] == f"{DAY}T00:00:00.003Z"
     assert rows["SKU-2"]["on_hand"] == -2 and rows["SKU-2"]["available"] == 0
 
     resp = await client.get("/v1/skus/SKU-1/counts", headers=auth(reader_token))
@@ -457,7 +460,7 @@ async def test_read_routes_after_a_sync(client: TestClient[Any, Any], store: Hub
     assert counted["variance"] == -1  # expected 9 once the late sale is known; counted 8
     assert counted["event_id"] == event_id_hex(count.event_id)
     assert counted["occurred_at"] == count.occurred_at
-    assert counted["occurred_at_time"] == "2025-11-25T09:00:00.003Z"
+    assert counted["occurred_at_time"] == f"{DAY}T00:00:00.003Z"
     assert sold["duplicates"] == 1 and sold["qty"] == -1
     assert received["variance"] is None and received["qty"] == 10 and received["source"] == "scanner:door-1"
 
@@ -497,7 +500,7 @@ async def test_a_reported_backlog_shows_in_agents_status_and_metrics(
 
     listed = await agent_json(client, reader, "/v1/agents", agent_id)
     assert (listed["backlog"], listed["oldest_pending_ms"]) == (1234, WALL_MS + 1)
-    assert listed["oldest_pending"] == "2025-11-25T09:00:00.001Z"
+    assert listed["oldest_pending"] == f"{DAY}T00:00:00.001Z"
     assert listed["backlog_at_ms"] == listed["last_sync_ms"] and listed["backlog_at"].endswith("Z")
     shown = await agent_json(client, reader, "/v1/status", agent_id)
     assert (shown["backlog"], shown["oldest_pending_ms"], shown["backlog_at_ms"]) == (

@@ -3,6 +3,8 @@ re-booking of unknown-barcode scans through the normal ingest path."""
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ from protocol import (
 )
 from protocol.catalog import unknown_sku
 
-WALL_MS = 1_764_061_200_000
+WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
+DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
 CASE = "14006381333938"
 ITEM = "4006381333931"
 

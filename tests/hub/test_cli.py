@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import asyncio
 import re
 import signal
@@ -34,6 +36,9 @@ class Run:
     code: int
     out: str
     err: str
+
+
+RECENT_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 
 
 async def hub(*args: str, cwd: Path) -> Run:
@@ -114,7 +119,7 @@ async def stop_serve(served: Served) -> int:
 
 
 def sale_batch(agent_id: str) -> bytes:
-    wall_ms = 1_764_061_200_000
+    wall_ms = RECENT_MS
     events = tuple(
         StockEvent(
             event_id=new_event_id(),

@@ -46,17 +46,19 @@ def _spec(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(st.sampled_from(list(Kind)))
     ref: str | None = None
     attrs: dict[str, str] = {}
+    location = draw(st.sampled_from(LOCATIONS))
     if kind in (Kind.TRANSFER_OUT, Kind.TRANSFER_IN):
         ref = draw(st.sampled_from(TRANSFER_REFS))
+        # the hub refuses a transfer_out without a destination, and either side naming its own location
         side = "to" if kind is Kind.TRANSFER_OUT else "from"
-        if draw(st.booleans()):
-            attrs[side] = draw(st.sampled_from(LOCATIONS))
+        if kind is Kind.TRANSFER_OUT or draw(st.booleans()):
+            attrs[side] = draw(st.sampled_from([loc for loc in LOCATIONS if loc != location]))
     elif kind in (Kind.SALE, Kind.RESERVE, Kind.RELEASE):
         ref = draw(st.sampled_from(ORDER_REFS))
     return {
         "kind": kind,
         "qty": draw(_qty(kind)),
-        "location": draw(st.sampled_from(LOCATIONS)),
+        "location": location,
         "sku": draw(st.sampled_from(SKUS)),
         "agent": draw(st.sampled_from(AGENTS)),
         "epoch": draw(st.sampled_from(EPOCHS)),

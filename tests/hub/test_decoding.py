@@ -475,7 +475,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
     try:
         # Only a worker can decode: the hub's own copy of the decoder refuses (a fallback would answer 500).
         monkeypatch.setattr(decoding, "decode_sync_request", not_in_this_process)
-        ev = EventFactory(agent_id, 1, location="S001")
+        ev = EventFactory(agent_id, 1, location="S001", base_ms=time.time_ns() // 1_000_000)  # inside the clock window
         events = [
             ev(Kind.RECEIVE, 1 + i % 4, at_ms=i, sku=f"SKU-{i % 5}")
             if i % 3

@@ -3,6 +3,8 @@ from the real agent (outbox + replicator), over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import time
+
 import asyncio
 import logging
 import sqlite3
@@ -29,6 +31,8 @@ from protocol import (
 
 WAIT_S = 15.0
 LOC = "S001"
+
+RECENT_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 
 
 def move(kind: Kind, qty: int) -> Movement:
@@ -116,8 +120,8 @@ async def test_a_sync_ahead_of_the_hub_is_answered_the_hubs_mark_over_http(tmp_p
                 "SKU-1",
                 Kind.RECEIVE,
                 1,
-                pack_hlc(1_764_061_200_000 + seq, 0),
-                1_764_061_200_000 + seq,
+                pack_hlc(RECENT_MS + seq, 0),
+                RECENT_MS + seq,
                 "pos:acme",
             )
             for seq in range(1, 6)

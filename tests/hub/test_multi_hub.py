@@ -54,7 +54,7 @@ HUBS = 3
 BATCHES = 12
 BATCH_EVENTS = 40
 SKUS = tuple(f"K{i}" for i in range(6))
-BASE_MS = 1_700_000_000_000
+BASE_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hubs' clock window
 FIXTURES = (pg_server, pg_url)  # used by name in the tests below
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import asyncio
 import logging
 import re
@@ -26,7 +28,8 @@ from protocol import (
 )
 
 STEP_TIMEOUT_S = 20.0
-WALL_MS = 1_764_061_200_000
+WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
+DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
 
 
 class _LogWatch(logging.Handler):

@@ -12,8 +12,11 @@ from event_factory import EventFactory
 from storage_contract import StorageContract
 
 from hub.storage import AgentIdentity, HubStore, SqliteHubStore, StoreError, StoreOpener, open_store
-from hub.storage.sqlite_schema import SCHEMA_VERSION
-from protocol import Kind
+from hub.storage.credentials import new_token, token_hash
+from hub.storage.ingest import event_row
+from hub.storage.sql import EVENT_FIELDS
+from hub.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from protocol import Kind, wall_ms_now
 
 DB_NAME = "hub.db"
 
@@ -91,25 +94,49 @@ async def test_a_database_from_a_newer_shelfsync_is_refused(tmp_path: Path) -> N
         await SqliteHubStore.open(db)
 
 
-async def test_a_version_2_database_gains_the_backlog_columns_and_keeps_its_agents(tmp_path: Path) -> None:
+async def test_a_version_1_database_is_migrated_step_by_step_and_keeps_its_data(tmp_path: Path) -> None:
+    """A hub database left by the first shelfsync (schema 1) opens under this one: every migration runs in
+    turn, credentials still authenticate, marks, events and counts stay, and ingest goes on from there."""
     db = tmp_path / DB_NAME
-    async with SqliteHubStore.open(db) as store:
-        agent_id, token = await store.add_agent(["S1"])
-        who = await store.authenticate(token)
-        assert who is not None
-        await store.ingest(who, 1, [EventFactory(agent_id)(Kind.RECEIVE, 1, at_ms=1)])
-    conn = sqlite3.connect(db)  # back to what shelfsync with schema version 2 left behind
-    for column in ("backlog", "oldest_pending_ms", "backlog_at_ms"):
-        conn.execute(f"ALTER TABLE agents DROP COLUMN {column}")
-    conn.execute("PRAGMA user_version = 2")
+    token = new_token("store-1")
+    conn = sqlite3.connect(db)
+    conn.executescript(MIGRATIONS[1]() + "\nPRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO agents (agent_id, token_sha256, role, locations, created_ms) VALUES (?, ?, 'agent', ?, 0)",
+        ("store-1", token_hash(token), '["S1"]'),
+    )
+    events = EventFactory("store-1", base_ms=wall_ms_now() - 60_000)
+    old = events(Kind.RECEIVE, 5, at_ms=0)
+    conn.execute(
+        f"INSERT INTO events ({EVENT_FIELDS}, effect, variance, received_at_ms) VALUES ({', '.join('?' * 17)})",
+        (old.event_id, *event_row(old), "applied", None, 1),
+    )
+    conn.execute("INSERT INTO agent_hwm (agent_id, epoch, hwm, updated_ms) VALUES ('store-1', ?, ?, 1)", (old.epoch, old.seq))
+    conn.execute(
+        "INSERT INTO stock (location, sku, on_hand, reserved, in_transit, safety_stock, updated_at_ms) "
+        "VALUES ('S1', ?, 5, 0, 0, 0, 1)",
+        (old.sku,),
+    )
     conn.commit()
     conn.close()
     async with SqliteHubStore.open(db) as store:
-        assert (await store.health())["schema_version"] == SCHEMA_VERSION == 3
-        (status,) = await store.agent_status(agent_id)
-        assert (status.hwm, status.backlog) == ({1: 1}, None)
-        await store.ingest(who, 1, [], backlog=7)
-        assert (await store.agent_status(agent_id))[0].backlog == 7
+        assert (await store.health())["schema_version"] == SCHEMA_VERSION == max(MIGRATIONS)
+        who = await store.authenticate(token)
+        assert who is not None and who.agent_id == "store-1"
+        (status,) = await store.agent_status("store-1")
+        assert (status.hwm, status.backlog) == ({old.epoch: old.seq}, None)
+        assert [r.event_id for r in await store.ledger(location="S1")] == [old.event_id]
+        again = await store.ingest(who, old.epoch, [old], backlog=0)  # the old event resent: a duplicate
+        assert (again.applied, again.duplicates) == (0, 1)
+        sale = events(Kind.SALE, -2, at_ms=1_000)
+        result = await store.ingest(who, old.epoch, [sale], backlog=7)
+        assert result.applied == 1 and result.hwm == old.seq + 1
+        (row,) = await store.counts(location="S1")
+        assert row.on_hand == 3
+        assert (await store.agent_status("store-1"))[0].backlog == 7
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
 
 
 async def test_writes_that_share_a_transaction_fail_alone(tmp_path: Path) -> None:

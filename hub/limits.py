@@ -1,0 +1,344 @@
+"""Connection limits that let the hub face the open internet.
+
+aiohttp closes a connection that sends nothing for ``keepalive_timeout``, but
+a client that trickles a request head (slowloris) and a crowd of idle
+connections are its own problem, and its parser logs a traceback per
+malformed request. This module adds, below the application:
+
+- a budget of open connections under the process's open-file limit
+  (``RLIMIT_NOFILE``, raised to its hard limit at start), keeping files for
+  the database, its WAL, worker threads, the log and a burst of accepts;
+- at that budget, the connection idle the longest is closed to make room (so
+  ``/healthz`` still answers with a thousand idle sockets open); when every
+  connection is busy the new one is answered ``503`` and closed;
+- a request head (request line and headers) must arrive whole within
+  ``header_timeout_s`` of its first byte, else ``408`` and the connection closes;
+- a malformed request is answered ``400`` with one sentence and counted, and
+  the count is logged once a minute (``hub.logsafety.RepeatLog``).
+
+``GuardedRunner`` is ``web.AppRunner`` with these; ``serve`` uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import re
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+
+from hub.logsafety import RepeatLog, one_line
+
+log = logging.getLogger(__name__)
+
+FD_RESERVE = 64  # files kept for the database and its WAL, worker threads, the log, PostgreSQL and webhook sockets
+LISTEN_BACKLOG = 64  # the kernel's queue of connections not yet accepted; asyncio accepts this many per turn
+# asyncio accepts a batch per turn of the loop and a connection reaches the guard two turns later, and the file of
+# one the guard closed is released a turn after that: up to three batches are open beyond the guard's count.
+ACCEPT_SLACK = 3 * LISTEN_BACKLOG
+CONNECTIONS_MIN = 16  # below this the open-file limit is too low to serve; the hub says so and uses this
+FD_TARGET_MAX = 1 << 20  # raising an unlimited hard limit: ask for this many files
+MALFORMED_KEY = web.ResponseKey("shelfsync_malformed", bool)  # on the 400 answer to a malformed request
+_QUOTED_RE = re.compile(r"""(?:^|(?<=\s))b?(['"`])(.*?)(\1|$)""")  # opening quotes only, not "can't"
+_NAME_RE = re.compile(r"[A-Za-z-]{1,32}")  # a header name in a parser message; anything else may be a secret
+_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@dataclass(frozen=True, slots=True)
+class FdBudget:
+    """How many connections the hub may hold open, and why."""
+
+    soft_limit: int  # RLIMIT_NOFILE after the raise
+    raised_from: int | None  # the soft limit before, when it was raised
+    in_use_at_start: int  # files open when the budget was made (stdio, the listening socket's neighbours …)
+    max_connections: int
+    clipped_from: int | None  # a configured max_connections above what the limit allows
+
+    def describe(self) -> str:
+        raised = f", raised from {self.raised_from}" if self.raised_from is not None else ""
+        return (
+            f"at most {self.max_connections} open connections (max_connections) for an open-file limit of "
+            f"{self.soft_limit}{raised}; the connection idle the longest gives way to a new one"
+        )
+
+
+def raise_fd_limit() -> tuple[int, int | None]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one; the soft limit now, and the old one if it changed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_TARGET_MAX if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # the kernel caps it lower (nr_open): keep what we have
+            return soft, None
+        return target, soft
+    return (FD_TARGET_MAX if soft == resource.RLIM_INFINITY else soft), None
+
+
+def open_fd_count() -> int:
+    """Files this process has open now (0 where /proc is not available)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def fd_budget(configured: int, soft_limit: int, in_use: int, raised_from: int | None = None) -> FdBudget:
+    """The connection budget: ``configured`` (0: automatic) within what ``soft_limit`` leaves."""
+    allowed = max(CONNECTIONS_MIN, soft_limit - in_use - FD_RESERVE - ACCEPT_SLACK)
+    if configured == 0:
+        return FdBudget(soft_limit, raised_from, in_use, allowed, None)
+    if configured > allowed:
+        return FdBudget(soft_limit, raised_from, in_use, allowed, configured)
+    return FdBudget(soft_limit, raised_from, in_use, configured, None)
+
+
+def plan_fd_budget(configured: int) -> FdBudget:
+    """Raise the open-file limit and make the budget for this process (logging a clipped or cramped setting)."""
+    soft, raised_from = raise_fd_limit()
+    budget = fd_budget(configured, soft, open_fd_count(), raised_from)
+    if budget.clipped_from is not None:
+        log.warning(
+            "max_connections %d is more than an open-file limit of %d allows; the hub holds at most %d",
+            budget.clipped_from, soft, budget.max_connections,
+        )  # fmt: skip
+    if soft - budget.in_use_at_start - FD_RESERVE - ACCEPT_SLACK < CONNECTIONS_MIN:
+        log.warning(
+            "the open-file limit of %d is too low to serve many clients; raise it (ulimit -n, LimitNOFILE=)", soft
+        )
+    return budget
+
+
+def _raw_error(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def parse_error_reason(exc: BaseException | None, message: str | None) -> str:
+    """What was wrong with a request aiohttp could not parse, without echoing any of its bytes."""
+    text = one_line(message or (exc.message if isinstance(exc, HttpProcessingError) else "") or "")
+    text = text.split(":", 1)[0]  # what follows a colon is the offending bytes
+    text = _QUOTED_RE.sub(lambda m: m.group(0) if _NAME_RE.fullmatch(m.group(2)) else "", text)  # keep header names
+    text = " ".join(text.split()).rstrip(".")
+    return text or "not an HTTP request"
+
+
+class ConnectionGuard:
+    """The open connections of one hub process: the budget, who is idle, and the counts of what was refused."""
+
+    def __init__(self, max_connections: int, header_timeout_s: float) -> None:
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self._open: set[GuardedHandler] = set()
+        self._idle: dict[GuardedHandler, None] = {}  # insertion order: idle the longest first
+        self.malformed = RepeatLog(log, "refused", "malformed request")
+        self.slow_heads = RepeatLog(
+            log,
+            "closed",
+            f"connection whose request head did not arrive within {header_timeout_s:g} s (header_timeout_s)"
+            f"|connections whose request head did not arrive within {header_timeout_s:g} s (header_timeout_s)",
+        )
+        self.evicted = RepeatLog(
+            log,
+            "closed",
+            f"idle connection to make room for a new one (max_connections {max_connections})"
+            f"|idle connections to make room for new ones (max_connections {max_connections})",
+        )
+        self.refused = RepeatLog(
+            log,
+            "refused",
+            f"connection: all {max_connections} were busy (max_connections)"
+            f"|connections: all {max_connections} were busy (max_connections)",
+            level=logging.WARNING,
+        )
+        self.accept_failed = RepeatLog(
+            log, "could not accept", "connection|connections", level=logging.WARNING
+        )
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def opened(self, handler: GuardedHandler) -> bool:
+        """Admit a new connection, closing the one idle the longest if the budget is full; False: refused."""
+        self._open.add(handler)
+        self._idle[handler] = None
+        if len(self._open) <= self.max_connections:
+            return True
+        victim = next(iter(self._idle))
+        if victim is handler:  # every other connection is busy
+            self.closed(handler)
+            self.refused.record(handler.remote)
+            return False
+        self.closed(victim)
+        self.evicted.record(victim.remote)
+        victim.force_close()
+        return True
+
+    def busy(self, handler: GuardedHandler) -> None:
+        self._idle.pop(handler, None)
+
+    def idle(self, handler: GuardedHandler) -> None:
+        if handler in self._open:
+            self._idle.pop(handler, None)
+            self._idle[handler] = None  # to the back: idle the shortest
+
+    def closed(self, handler: GuardedHandler) -> None:
+        self._open.discard(handler)
+        self._idle.pop(handler, None)
+
+    def flush(self) -> None:
+        for counter in (self.malformed, self.slow_heads, self.evicted, self.refused, self.accept_failed):
+            counter.flush()
+
+    def loop_exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Count accept() failures for want of files instead of a traceback each; pass anything else on."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS and "accept" in str(context.get("message", "")):
+            self.accept_failed.record(None, os.strerror(exc.errno or 0))
+            return
+        loop.default_exception_handler(context)
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's connection protocol, kept within the guard's budget and a request-head deadline."""
+
+    __slots__ = ("_guard", "_head_timer")
+
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def remote(self) -> str | None:
+        peer = self.peername
+        if isinstance(peer, tuple) and peer:
+            return str(peer[0])
+        return None if peer is None else str(peer)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._guard.opened(self):
+            self._answer_and_close(
+                _raw_error(503, "Service Unavailable", "unavailable",
+                           "the hub is at its limit of open connections; try again shortly", "Retry-After: 1\r\n")
+            )  # fmt: skip
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        self._guard.closed(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        was_waiting = not self._request_in_progress and not self._messages
+        super().data_received(data)
+        if self._messages or self._request_in_progress:
+            self._cancel_head_timer()  # a whole head arrived: the body has its own deadline (body_timeout_s)
+            self._guard.busy(self)
+        elif data and was_waiting and self._head_timer is None and not (self._close or self._force_close):
+            self._head_timer = self._loop.call_later(self._guard.header_timeout_s, self._head_timed_out)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        self._cancel_head_timer()
+        if not self._messages:
+            self._guard.idle(self)
+        return result
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        reason = parse_error_reason(exc, message)
+        self._guard.malformed.record(self.remote, reason)
+        message = f"the request is not valid HTTP/1.1 ({reason}); fix the client"
+        response = web.json_response({"error": {"code": "bad_request", "message": message}}, status=400)
+        response[MALFORMED_KEY] = True
+        response.force_close()
+        return response
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._request_in_progress or self._messages or self.transport is None:
+            return
+        self._guard.slow_heads.record(self.remote)
+        self._answer_and_close(
+            _raw_error(408, "Request Timeout", "request_timeout",
+                       f"the request head did not arrive within {self._guard.header_timeout_s:g} s "
+                       "(header_timeout_s); send the request line and headers at once")
+        )  # fmt: skip
+
+    def _answer_and_close(self, raw: bytes) -> None:
+        self._guard.closed(self)
+        if self.transport is not None:
+            try:
+                self.transport.write(raw)
+            except (OSError, RuntimeError):  # the peer is gone already
+                pass
+        self.force_close()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server, making ``GuardedHandler`` connections."""
+
+    def __init__(self, base: web.Server, guard: ConnectionGuard) -> None:  # adopts ``base``'s state
+        self.__dict__.update(base.__dict__)
+        self.guard = guard
+
+    def __call__(self) -> RequestHandler:
+        return GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections the guard keeps in budget and on time."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._guard = guard
+
+    async def _make_server(self) -> web.Server:
+        return GuardedServer(await super()._make_server(), self._guard)
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request with no query string, header or userinfo in it (they may carry a secret)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if response.get(MALFORMED_KEY):  # counted by the guard; a flood must not flood the access log
+            return
+        self.logger.info(
+            '%s "%s %s" %d %d %.3f s',
+            request.remote, request.method, request.rel_url.raw_path, response.status, response.body_length, time,
+        )  # fmt: skip

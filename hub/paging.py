@@ -1,0 +1,183 @@
+"""Opaque cursors of the hub's paged read routes.
+
+A paged route answers ``next``: a cursor naming the last row of the page (its
+full order key, ``hub.storage.keys``), or null when there is no further page;
+it takes ``cursor=<next>`` to answer the page after it. A walk from the first
+page to the last sees every row that existed before the walk exactly once, in
+order, however many rows share a timestamp; rows committed during the walk
+show up on a later page if they sort after the cursor.
+
+A cursor is base64url (no padding) of ``[route, version, key fields…]`` as
+compact JSON followed by an 8-byte BLAKE2b check, so a cursor that was cut,
+altered or given to another route is refused (400) with one sentence instead
+of silently starting somewhere else. The check is not a secret: a cursor only
+names a position in data its holder may read anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from hub import views
+from hub.auth import STORE_KEY
+from hub.storage import keys
+from hub.storage.keys import (
+    PART_EVENT,
+    PART_WRITEOFF,
+    CountKey,
+    ExceptionKey,
+    LedgerKey,
+)
+from protocol import values
+
+CURSOR_VERSION = 1
+CURSOR_MAX_CHARS = 1024
+CHECK_BYTES = 8
+INT63_MAX = (1 << 63) - 1
+EVENT_ID_BYTES = 16
+TIEBREAK_MAX_BYTES = 32
+_PERSON = b"shelfsync-cursor"
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def _check(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=CHECK_BYTES, person=_PERSON).digest()
+
+
+def encode(route: str, fields: list[Any]) -> str:
+    payload = json.dumps([route, CURSOR_VERSION, *fields], separators=(",", ":"), ensure_ascii=True).encode()
+    return base64.urlsafe_b64encode(payload + _check(payload)).rstrip(b"=").decode("ascii")
+
+
+def decode(route: str, cursor: str) -> list[Any]:
+    """The key fields of a cursor this hub gave out for ``route``; ``BadCursor`` for anything else."""
+    if not cursor or len(cursor) > CURSOR_MAX_CHARS or not cursor.isascii():
+        raise BadCursor
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError) as err:
+        raise BadCursor from err
+    payload, check = raw[:-CHECK_BYTES], raw[-CHECK_BYTES:]
+    if len(raw) <= CHECK_BYTES or _check(payload) != check:
+        raise BadCursor
+    try:
+        value = json.loads(payload)
+    except ValueError as err:
+        raise BadCursor from err
+    if not isinstance(value, list) or len(value) < 2 or value[0] != route or value[1] != CURSOR_VERSION:
+        raise BadCursor
+    return value[2:]
+
+
+def _int(value: Any, lo: int = 0, hi: int = INT63_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadCursor
+    return value
+
+
+def _hex(value: Any, sizes: range) -> bytes:
+    if not isinstance(value, str) or len(value) // 2 not in sizes:
+        raise BadCursor
+    try:
+        return bytes.fromhex(value)
+    except ValueError as err:
+        raise BadCursor from err
+
+
+def _text(field: values.TextField, value: Any, *, allow_empty: bool = False) -> str:
+    if field.problem(value, allow_empty=allow_empty) is not None:
+        raise BadCursor
+    assert isinstance(value, str)
+    return value
+
+
+# --- one encoding per key ----------------------------------------------------------------------------
+
+
+def ledger_cursor(key: LedgerKey) -> str:
+    return encode(
+        "ledger", [key.occurred_at, key.agent_id, key.seq, key.event_id.hex(), key.part, key.tiebreak.hex()]
+    )
+
+
+def ledger_key(cursor: str) -> LedgerKey:
+    f = decode("ledger", cursor)
+    if len(f) != 6:
+        raise BadCursor
+    part = _int(f[4], PART_EVENT, PART_WRITEOFF)
+    return LedgerKey(
+        _int(f[0]),
+        _text(values.AGENT_ID, f[1]),
+        _int(f[2]),
+        _hex(f[3], range(EVENT_ID_BYTES, EVENT_ID_BYTES + 1)),
+        part,
+        _hex(f[5], range(0, TIEBREAK_MAX_BYTES + 1)),
+    )
+
+
+def count_cursor(key: CountKey) -> str:
+    return encode("counts", [key.location, key.sku])
+
+
+def count_key(cursor: str) -> CountKey:
+    f = decode("counts", cursor)
+    if len(f) != 2:
+        raise BadCursor
+    return CountKey(_text(values.LOCATION, f[0]), _text(values.SKU, f[1]))
+
+
+def exception_cursor(key: ExceptionKey) -> str:
+    return encode("exceptions", [key.at_ms, key.kind, key.location, key.sku, key.ident])
+
+
+def exception_key(cursor: str) -> ExceptionKey:
+    f = decode("exceptions", cursor)
+    if len(f) != 5:
+        raise BadCursor
+    kind = values.TextField("exception kind", 64)
+    return ExceptionKey(
+        _int(f[0]),
+        _text(kind, f[1]),
+        _text(values.LOCATION, f[2], allow_empty=True),
+        _text(values.SKU, f[3], allow_empty=True),
+        _text(values.TextField("ident", 64), f[4]),
+    )
+
+
+def parse(request: web.Request, read: Any, what: str) -> Any:
+    """The key of the request's ``cursor`` parameter read by ``read`` (None without one), or a 400 saying why."""
+    raw = request.rel_url.query.get("cursor")
+    if raw is None:
+        return None
+    try:
+        return read(raw)
+    except BadCursor:
+        raise web.HTTPBadRequest(
+            text=f"cursor is not one this hub gave out for {what} (it is cut, altered or from another route); "
+            "send the next value of the previous page unchanged, or start again without cursor"
+        ) from None
+
+
+async def counts_page(
+    request: web.Request, params: views.Query, limit_default: int, limit_max: int, *,
+    location: str | None = None, sku: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``{"counts": [...], "next": cursor | None}``: one page of counts, ordered by (location, sku)."""
+    after = parse(request, count_key, "counts")
+    limit = params.limit(limit_default, limit_max)
+    rows = await request.app[STORE_KEY].counts(location=location, sku=sku, limit=limit + 1, after=after)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "counts": [views.count_row(r) for r in rows],
+        "next": count_cursor(keys.count_key(rows[-1])) if more else None,
+    }

@@ -1,0 +1,128 @@
+"""``GET /v1/quarantine`` and ``POST /v1/quarantine/{id}``: events held for a clock outside the window.
+
+An event whose stamp is further than ``clock_window_s`` ahead of the hub's
+clock, or that far before its credential was created, is neither applied nor
+refused (hub.clock_window): it waits here. A reader lists what waits; an
+admin resolves each one, ``{"action": "apply_at_receipt"}`` (ingested
+re-stamped at the hub's receipt time, the original stamp kept in its attrs)
+or ``{"action": "discard"}`` (kept as a rejection naming the admin).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from hub import feed, paging, views
+from hub.auth import STORE_KEY, require_role
+from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES, AlreadyResolved, QuarantineRow
+from protocol import event_id_hex
+
+log = logging.getLogger(__name__)
+
+LIMIT_DEFAULT = 100
+LIMIT_MAX = 1_000
+BODY_MAX_BYTES = 1_024
+READ_ROLES = frozenset({"reader", "admin"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/quarantine", get_quarantine, name="quarantine")
+    app.router.add_post("/v1/quarantine/{quarantine_id}", post_quarantine, name="quarantine_resolve")
+
+
+def quarantine_row(r: QuarantineRow) -> dict[str, Any]:
+    return {
+        "id": r.quarantine_id,
+        "event_id": event_id_hex(r.event_id),
+        "agent_id": r.agent_id,
+        "epoch": r.epoch,
+        "seq": r.seq,
+        "location": r.location,
+        "sku": r.sku,
+        "kind": r.kind,
+        "qty": r.qty,
+        "occurred_at": r.occurred_at,
+        "occurred": views.hlc_time(r.occurred_at),
+        "wall_ms": r.wall_ms,
+        "source": r.source,
+        "ref": r.ref,
+        "reason": r.reason,
+        "attrs": r.attrs,
+        "received_at_ms": r.received_at_ms,
+        "received": views.iso_ms(r.received_at_ms),
+        "skew_ms": r.skew_ms,
+        "detail": r.detail,
+        "attempts": r.attempts,
+        "status": r.status,
+        "resolved_by": r.resolved_by,
+        "resolved_at_ms": r.resolved_at_ms,
+    }
+
+
+def quarantine_cursor(quarantine_id: int) -> str:
+    """The opaque ``next`` of a page ending at this held event (hub.paging's convention)."""
+    return paging.encode("quarantine", [quarantine_id])
+
+
+def quarantine_key(cursor: str) -> int:
+    """The held event id a cursor of this route names; ``paging.BadCursor`` for anything else."""
+    fields = paging.decode("quarantine", cursor)
+    if len(fields) != 1 or isinstance(fields[0], bool) or not isinstance(fields[0], int) or not 1 <= fields[0] < 2**63:
+        raise paging.BadCursor
+    quarantine_id: int = fields[0]
+    return quarantine_id
+
+
+async def get_quarantine(request: web.Request) -> web.Response:
+    """Held events, newest first: ``status`` pending (default), applied, discarded or all; paged by ``cursor``."""
+    require_role(request, READ_ROLES, "read the quarantine")
+    params = views.Query(request, {"status", "location", "limit", "cursor"})
+    status = request.query.get("status", "pending")
+    if status not in (*QUARANTINE_STATUSES, "all"):
+        raise web.HTTPBadRequest(text=f"status must be one of {', '.join(QUARANTINE_STATUSES)} or all, got {status[:40]!r}")
+    before_id = paging.parse(request, quarantine_key, "the quarantine")
+    limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
+    rows = await request.app[STORE_KEY].quarantine(
+        status=None if status == "all" else status, location=params.location(), limit=limit + 1, before_id=before_id
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return web.json_response(
+        {
+            "quarantine": [quarantine_row(r) for r in rows],
+            "next": quarantine_cursor(rows[-1].quarantine_id) if more else None,
+        },
+        dumps=views.dumps,
+    )
+
+
+async def post_quarantine(request: web.Request) -> web.Response:
+    """Resolve one held event: ``{"action": "apply_at_receipt"}`` or ``{"action": "discard"}`` (admin)."""
+    who = require_role(request, frozenset({"admin"}), "resolve held events")
+    raw_id = request.match_info["quarantine_id"]
+    if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 18 or int(raw_id) < 1:
+        raise web.HTTPBadRequest(text=f"{raw_id[:40]!r} is not a quarantine id; GET /v1/quarantine lists them")
+    body = await request.read()  # bounded by max_body_bytes (the body middleware)
+    if len(body) > BODY_MAX_BYTES:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=BODY_MAX_BYTES, actual_size=len(body), text=f"the body must be under {BODY_MAX_BYTES} bytes"
+        )
+    try:
+        parsed = views.loads(body)
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
+    actions = " or ".join(f'{{"action": "{a}"}}' for a in QUARANTINE_ACTIONS)
+    if not isinstance(parsed, dict) or set(parsed) != {"action"} or parsed["action"] not in QUARANTINE_ACTIONS:
+        raise web.HTTPBadRequest(text=f"the body must be {actions}")
+    try:
+        row = await request.app[STORE_KEY].resolve_quarantine(int(raw_id), parsed["action"], who.agent_id)
+    except AlreadyResolved as err:
+        raise web.HTTPConflict(text=f"{err}; nothing was changed") from err
+    if row is None:
+        raise web.HTTPNotFound(text=f"there is no held event {raw_id}; GET /v1/quarantine lists them")
+    if row.status == "applied":
+        feed.poke(request.app)  # committed: the counts it moved go out on the change feed
+    return web.json_response({"quarantine": quarantine_row(row)}, dumps=views.dumps)

@@ -1,0 +1,145 @@
+"""What both backends share for the clock quarantine and transfer write-offs (schema version 5).
+
+Row mappings, the event an operator's "apply_at_receipt" ingests, and the
+exception and ledger rows these produce, so SQLite and PostgreSQL answer the
+same words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from hub.clock_window import span
+from hub.resolver import Effect, Transfer
+from hub.storage.base import (
+    QUARANTINE_ACTIONS,
+    QUARANTINE_STATUSES,
+    AgentIdentity,
+    ExceptionRow,
+    InvalidInput,
+    LedgerRow,
+    QuarantineRow,
+)
+from protocol import ProtocolError, StockEvent, derived_event_id, event_id_hex, pack_hlc, unpack_hlc
+
+QUARANTINE_FIELDS = (
+    "quarantine_id, event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, "
+    "ref, reason, attrs, detail, attempts, received_at_ms, status, resolved_by, resolved_at_ms"
+)
+ORIGINAL_AT_ATTR = "original_occurred_at"  # the re-stamped event keeps its original stamp here
+ORIGINAL_WALL_ATTR = "original_wall_ms"
+APPLIED_BY_ATTR = "applied_by"
+WRITEOFF_KIND = "transfer_writeoff"  # a ledger row of its own: not a StockEvent kind, never sent by an agent
+WRITEOFF_AGENT = "hub"
+
+
+def transfer_values(t: Transfer) -> tuple[Any, ...]:
+    """A transfer's ``hub.storage.sql.TRANSFER_FIELDS`` values, in order."""
+    return (t.ref, t.sku, t.shipped, t.received, t.out_from, t.out_to, t.in_to, t.in_from, t.shipped_at_ms, t.closed_at)
+
+
+def quarantine_row(r: Sequence[Any]) -> QuarantineRow:
+    return QuarantineRow(
+        r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+        json.loads(r[14]) if r[14] else {}, r[15], r[16], r[17], r[18], r[19], r[20],
+    )  # fmt: skip
+
+
+def check_query(status: str | None) -> None:
+    if status is not None and status not in QUARANTINE_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(QUARANTINE_STATUSES)} or absent, got {status!r}")
+
+
+def check_action(action: str) -> None:
+    if action not in QUARANTINE_ACTIONS:
+        raise InvalidInput(f"action must be one of {', '.join(QUARANTINE_ACTIONS)}, got {str(action)[:40]!r}")
+
+
+def restamped(row: QuarantineRow, operator: str) -> tuple[AgentIdentity, StockEvent]:
+    """The held event as "apply_at_receipt" ingests it: stamped at the hub's receipt time (counter 0),
+    with its original stamp and the operator in attrs, sent as its agent for its own location."""
+    attrs = dict(row.attrs) | {
+        ORIGINAL_AT_ATTR: row.occurred_at,
+        ORIGINAL_WALL_ATTR: row.wall_ms,
+        APPLIED_BY_ATTR: operator,
+    }
+    try:
+        event = StockEvent(
+            event_id=row.event_id,
+            agent_id=row.agent_id,
+            epoch=row.epoch,
+            seq=row.seq,
+            location=row.location,
+            sku=row.sku,
+            kind=row.kind,
+            qty=row.qty,
+            occurred_at=pack_hlc(row.received_at_ms, 0),
+            wall_ms=row.received_at_ms,
+            source=row.source,
+            ref=row.ref,
+            reason=row.reason,
+            attrs=attrs,
+        )
+    except ProtocolError as err:
+        raise InvalidInput(f"held event {row.quarantine_id} cannot be re-stamped ({err}); discard it") from err
+    return AgentIdentity(row.agent_id, frozenset({row.location})), event
+
+
+def discarded_hash(row: QuarantineRow) -> bytes:
+    """The rejections key part of a discarded held event (one row per held event, never a sender's hash)."""
+    return hashlib.blake2b(b"discarded:" + row.event_id, digest_size=32).digest()
+
+
+def discard_detail(row: QuarantineRow, operator: str, now_ms: int) -> str:
+    return f"discarded from the clock quarantine by {operator} at hub time {now_ms} ms; it was held because {row.detail}"
+
+
+def quarantine_exception(row: QuarantineRow) -> ExceptionRow:
+    where = "ahead of" if row.skew_ms > 0 else "behind"
+    return ExceptionRow(
+        "clock_quarantine",
+        row.location,
+        row.sku,
+        f"{row.agent_id}'s {row.kind} of {row.qty:+d} {row.sku} at {row.location} is stamped {span(row.skew_ms)} "
+        f"{where} the hub's clock at its receipt and is held in quarantine: apply it at its receipt time or "
+        f"discard it (POST /v1/quarantine/{row.quarantine_id}).",
+        {
+            "quarantine_id": row.quarantine_id,
+            "event_id": event_id_hex(row.event_id),
+            "agent_id": row.agent_id,
+            "occurred_at": row.occurred_at,
+            "wall_ms": unpack_hlc(row.occurred_at)[0],
+            "received_at_ms": row.received_at_ms,
+            "skew_ms": row.skew_ms,
+        },
+        row.received_at_ms,
+    )
+
+
+def writeoff_ledger_row(t: Transfer, updated_at_ms: int) -> LedgerRow:
+    """The ledger row of a transfer closed short: its missing units written off at the receiving location,
+    placed at the final receipt's stamp. No on_hand moves (the units left the source when shipped)."""
+    assert t.closed_at is not None
+    return LedgerRow(
+        event_id=derived_event_id(unpack_hlc(t.closed_at)[0], f"writeoff:{t.ref}:{t.sku}".encode()),
+        agent_id=WRITEOFF_AGENT,
+        epoch=0,
+        seq=0,
+        location=t.to_location or t.from_location or "",
+        sku=t.sku,
+        kind=WRITEOFF_KIND,
+        qty=-t.written_off,
+        occurred_at=t.closed_at,
+        wall_ms=unpack_hlc(t.closed_at)[0],
+        source="hub:transfer",
+        ref=t.ref,
+        reason="lost_in_transit",
+        attrs={"from": t.from_location, "to": t.to_location, "shipped": t.shipped, "received": t.received},
+        effect=Effect.APPLIED,
+        variance=None,
+        duplicates=0,
+        received_at_ms=updated_at_ms,
+    )

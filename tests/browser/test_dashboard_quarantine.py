@@ -1,0 +1,183 @@
+"""The dashboard's Quarantine view in real headless Chromium against a hub on 127.0.0.1.
+
+A store agent sends a count stamped a century ahead and a sale from a clock reset twenty years back (the
+hub holds both). A reader sees them listed with the stamp they carried, when the hub received them and how
+far off they were; the dashboard only reads, so each row shows the exact command an admin runs. The test
+runs those commands as shown, with real curl and an admin credential, and watches the view follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Page, expect
+
+from hub import HubSettings, HubStore, create_app, open_store
+from protocol import (
+    MSGPACK_CONTENT_TYPE,
+    Kind,
+    StockEvent,
+    SyncRequest,
+    decode_sync_response,
+    encode_sync_request,
+    new_event_id,
+    pack_hlc,
+    wall_ms_now,
+)
+
+DAY_MS = 86_400_000
+CENTURY_MS = 36_525 * DAY_MS
+CURL_TIMEOUT_S = 20
+Screenshot = Callable[..., Awaitable[Path]]  # the conftest fixture's type
+
+
+@dataclass
+class Held:
+    base: str
+    store: HubStore
+    client: TestClient[Any, Any]
+    reader: str
+    admin: str
+    admin_id: str
+    agent_id: str
+
+
+@pytest.fixture
+async def held(tmp_path: Path) -> AsyncIterator[Held]:
+    async with open_store(tmp_path / "hub.db") as store:
+        app = create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+        await client.start_server()
+        try:
+            _, reader = await store.add_agent([], role="reader")
+            admin_id, admin = await store.add_agent([], role="admin")
+            agent_id, token = await store.add_agent(["S001"])
+            now = wall_ms_now()
+            seq = itertools.count(1)
+            moves = [
+                (Kind.RECEIVE, 10, now - 60_000),
+                (Kind.COUNT, 50, now + CENTURY_MS),  # a dead CMOS battery: a century ahead
+                (Kind.SALE, -2, now - 20 * 365 * DAY_MS),  # a clock reset twenty years back
+            ]
+            events = tuple(
+                StockEvent(new_event_id(), agent_id, 1, next(seq), "S001", "TEE-BLK-M", kind, qty, pack_hlc(at, 0), at,
+                           "scanner:back-door")
+                for kind, qty, at in moves
+            )  # fmt: skip
+            resp = await client.post(
+                "/v1/sync",
+                data=encode_sync_request(SyncRequest(agent_id, 1, events, sent_ms=now)),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
+            )
+            assert resp.status == 200, await resp.text()
+            answer = decode_sync_response(await resp.read())
+            assert [r.code for r in answer.rejected] == ["quarantined", "quarantined"]
+            yield Held(str(client.make_url("")).rstrip("/"), store, client, reader, admin, admin_id, agent_id)
+        finally:
+            await client.close()
+
+
+async def sign_in(page: Page, base: str, token: str) -> None:
+    await page.goto(f"{base}/dashboard/sign-in")
+    await page.fill("#token", token)
+    await page.click("button[type=submit]")
+    await expect(page).to_have_url(f"{base}/dashboard/")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+
+async def run_shown(command: str, admin_token: str) -> str:
+    """Run a command exactly as the dashboard shows it, with the admin credential in the variable it names."""
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, env={**os.environ, "SHELFSYNC_ADMIN_TOKEN": admin_token},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), CURL_TIMEOUT_S)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return out.decode()
+
+
+async def on_hand(held: Held) -> int:
+    resp = await held.client.get("/v1/locations/S001/counts", headers={"Authorization": f"Bearer {held.reader}"})
+    rows = (await resp.json())["counts"]
+    return next(r["on_hand"] for r in rows if r["sku"] == "TEE-BLK-M")
+
+
+async def test_a_reader_sees_what_is_held_and_the_command_an_admin_runs(
+    page: Page, held: Held, screenshot: Screenshot, console_errors: list[str]
+) -> None:
+    await sign_in(page, held.base, held.reader)
+    await expect(page.locator("#quarantine-badge")).to_have_text("2")
+    await page.click("nav a[data-view=exceptions]")
+    await expect(page.locator("#view h1")).to_have_text("Exceptions")
+    await expect(page.locator("#view table")).to_contain_text("Clock quarantine")
+
+    await page.click("nav a[data-view=quarantine]")
+    await expect(page.locator("#view h1")).to_have_text("Quarantine")
+    rows = page.locator("#view tbody tr[data-quarantine]")
+    await expect(rows).to_have_count(2)
+    count = rows.filter(has_text="count")
+    sale = rows.filter(has_text="sale")
+    await expect(count).to_contain_text(held.agent_id)
+    await expect(count).to_contain_text("S001")
+    await expect(count).to_contain_text("TEE-BLK-M")
+    await expect(count).to_contain_text("= 50")
+    year = int((await count.locator('td[data-field="stamp"]').inner_text())[:4])
+    assert year >= 2100, "the stamp it carried, a century ahead"
+    await expect(count.locator('td[data-field="off"]')).to_contain_text("days ahead")
+    await expect(count.locator('td[data-field="received"]')).to_contain_text("UTC")
+    await expect(sale.locator('td[data-field="off"]')).to_contain_text("days behind")
+    await expect(page.locator("#view button, #view form")).to_have_count(0)  # the dashboard only reads
+
+    await count.locator("summary").click()
+    apply_cmd = count.locator('code[data-action="apply_at_receipt"]')
+    await expect(apply_cmd).to_be_visible()
+    await expect(apply_cmd).to_contain_text(f"{held.base}/v1/quarantine/")
+    await screenshot("dashboard-quarantine")
+
+    assert await on_hand(held) == 10
+    output = await run_shown(await apply_cmd.inner_text(), held.admin)
+    assert '"status": "applied"' in output or '"status":"applied"' in output, output
+    assert await on_hand(held) == 50, "applied at its receipt, after the receipt of 10"
+    await expect(rows).to_have_count(1)  # the change feed brings the view up to date
+    await expect(page.locator("#quarantine-badge")).to_have_text("1")
+
+    await sale.locator("summary").click()
+    output = await run_shown(await sale.locator('code[data-action="discard"]').inner_text(), held.admin)
+    assert "discarded" in output, output
+    await page.reload()
+    await expect(page.locator("#view .empty")).to_contain_text("Nothing is held")
+    await expect(page.locator("#quarantine-badge")).to_be_hidden()
+    assert await on_hand(held) == 50, "the discarded sale is in no count"
+
+    await page.click('#view .chip[href="#/quarantine/all"]')
+    await expect(rows).to_have_count(2)
+    await expect(rows.filter(has_text="count")).to_contain_text(f"applied by {held.admin_id}")
+    await expect(rows.filter(has_text="sale")).to_contain_text(f"discarded by {held.admin_id}")
+    await screenshot("dashboard-quarantine-resolved")
+    assert console_errors == []
+
+
+async def test_an_admin_session_reads_the_quarantine_and_cannot_write_through_the_browser(
+    page: Page, held: Held, console_errors: list[str]
+) -> None:
+    await sign_in(page, held.base, held.admin)
+    await page.goto(f"{held.base}/dashboard/#/quarantine")
+    await expect(page.locator("#view tbody tr[data-quarantine]")).to_have_count(2)
+    [row] = (await (await held.client.get(
+        "/v1/quarantine?limit=1", headers={"Authorization": f"Bearer {held.reader}"})).json())["quarantine"]  # fmt: skip
+    status = await page.evaluate(
+        """async (id) => (await fetch(`/v1/quarantine/${id}`, {method: "POST", credentials: "same-origin",
+             headers: {"Content-Type": "application/json"}, body: JSON.stringify({action: "discard"})})).status""",
+        row["id"],
+    )
+    assert status == 401, "the session cookie never writes, even an admin's"
+    console_errors.clear()  # Chromium logs the refused fetch, and it is meant
+    assert [r.status for r in await held.store.quarantine()] == ["pending", "pending"]

@@ -1,0 +1,216 @@
+"""Storage contract, schema version 5: the clock window's quarantine and transfers that close.
+
+Mixed into ``StorageContract``, so every backend runs it (fixture ``store``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+from event_factory import EventFactory
+
+from hub.storage import AgentIdentity, HubStore
+from hub.storage.base import AlreadyResolved
+from protocol import Kind, pack_hlc, unpack_hlc
+
+DAY_MS = 86_400_000
+WINDOW_MS = DAY_MS
+CENTURY_MS = 36_525 * DAY_MS
+HALF_YEAR_MS = 182 * DAY_MS
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def agent(store: HubStore, *locations: str) -> AgentIdentity:
+    _, token = await store.add_agent(list(locations) or ["S1", "S2"])
+    who = await store.authenticate(token)
+    assert who is not None and who.created_ms is not None
+    return who
+
+
+async def on_hand(store: HubStore, location: str = "S1", sku: str = "A") -> tuple[int, int]:
+    rows = await store.counts(location=location, sku=sku)
+    return (rows[0].on_hand, rows[0].in_transit) if rows else (0, 0)
+
+
+class ClockTransferContract:
+    async def test_a_count_a_century_ahead_is_held_and_sales_after_it_count(self, store: HubStore) -> None:
+        who = await agent(store)
+        ev = EventFactory(who.agent_id, base_ms=now_ms() - 3_600_000)  # movements of the last hour
+        future = ev(Kind.COUNT, 50, at_ms=CENTURY_MS)
+        held = await store.ingest(who, 1, [ev(Kind.RECEIVE, 10, at_ms=0), future], clock_window_ms=WINDOW_MS)
+        assert held.hwm == 2, "the held event counts as processed for the mark"
+        [(code, reason)] = [(r.code, r.reason) for r in held.rejected]
+        assert code == "quarantined" and "ahead of the hub's clock" in reason and "quarantine" in reason
+        sales = [ev(Kind.SALE, -1, at_ms=1 + i) for i in range(3)]
+        assert (await store.ingest(who, 1, sales, clock_window_ms=WINDOW_MS)).rejected == ()
+        assert await on_hand(store) == (7, 0), "sales after a held count are not superseded by it"
+        assert [e.effect for e in await store.ledger() if e.kind == "sale"] == ["applied"] * 3
+
+        [row] = await store.quarantine()
+        assert (row.event_id, row.kind, row.qty, row.occurred_at, row.status) == (
+            future.event_id, "count", 50, future.occurred_at, "pending"
+        )
+        assert row.skew_ms > CENTURY_MS - DAY_MS
+        [exc] = [e for e in await store.exceptions() if e.kind == "clock_quarantine"]
+        assert exc.data["quarantine_id"] == row.quarantine_id and "held in quarantine" in exc.detail
+
+        again = await store.ingest(who, 1, [future], clock_window_ms=WINDOW_MS)
+        assert [r.code for r in again.rejected] == ["quarantined"]
+        assert [r.attempts for r in await store.quarantine()] == [2], "a resend is one more attempt, not a row"
+
+        more = ev(Kind.SALE, -2, at_ms=DAY_MS // 2)  # later than the receipt time the count is applied at
+        await store.ingest(who, 1, [more], clock_window_ms=WINDOW_MS)
+        applied = await store.resolve_quarantine(row.quarantine_id, "apply_at_receipt", "admin-1")
+        assert applied is not None and (applied.status, applied.resolved_by) == ("applied", "admin-1")
+        assert await on_hand(store) == (48, 0), "the count at its receipt time, then the sale after it"
+        [count] = [e for e in await store.ledger() if e.kind == "count"]
+        assert count.occurred_at == pack_hlc(row.received_at_ms, 0) and count.variance == 50 - 7
+        assert count.attrs["original_occurred_at"] == future.occurred_at and count.attrs["applied_by"] == "admin-1"
+        assert [e for e in await store.exceptions() if e.kind == "clock_quarantine"] == []
+        assert await store.quarantine() == [] and len(await store.quarantine(status=None)) == 1
+        with pytest.raises(AlreadyResolved):
+            await store.resolve_quarantine(row.quarantine_id, "discard", "admin-2")
+        assert await store.resolve_quarantine(row.quarantine_id + 1000, "discard", "admin-2") is None
+
+    async def test_an_event_once_held_is_held_again_whenever_it_comes_back(self, store: HubStore) -> None:
+        """A discarded or applied event resent later (an outbox restored from a backup, a fork) never slips in:
+        not when its stamp is inside the window by then, not at the time an operator refused."""
+        who = await agent(store)
+        ev = EventFactory(who.agent_id, base_ms=now_ms() - 3_600_000)
+        ahead, also = ev(Kind.RECEIVE, 40, at_ms=3 * DAY_MS), ev(Kind.RECEIVE, 9, at_ms=4 * DAY_MS)
+        first = await store.ingest(who, 1, [ahead, also], clock_window_ms=WINDOW_MS)
+        assert [r.code for r in first.rejected] == ["quarantined", "quarantined"]
+        rows = {r.event_id: r for r in await store.quarantine()}
+        await store.resolve_quarantine(rows[ahead.event_id].quarantine_id, "discard", "admin-1")
+        await store.resolve_quarantine(rows[also.event_id].quarantine_id, "apply_at_receipt", "admin-1")
+        assert await on_hand(store) == (9, 0)
+        wide = 10 * DAY_MS  # the window widened since (or days passed): both stamps are inside it now
+        resent = await store.ingest(who, 2, [ahead.with_seq(who.agent_id, 2, 1), also.with_seq(who.agent_id, 2, 2)],
+                                    clock_window_ms=wide)  # fmt: skip
+        assert [(r.code, "discarded" in r.reason or "applied" in r.reason) for r in resent.rejected] == [
+            ("quarantined", True), ("quarantined", True)
+        ]
+        assert resent.applied == 0 and await on_hand(store) == (9, 0)
+        assert sorted(r.attempts for r in await store.quarantine(status=None)) == [2, 2]
+
+    async def test_a_stamp_from_before_the_credential_is_held_and_can_be_discarded(self, store: HubStore) -> None:
+        who = await agent(store)
+        assert who.created_ms is not None
+        ev = EventFactory(who.agent_id, base_ms=who.created_ms - 10 * 365 * DAY_MS)  # a clock reset to the past
+        past = ev(Kind.SALE, -4, at_ms=0)
+        result = await store.ingest(who, 1, [past], clock_window_ms=WINDOW_MS)
+        assert [r.code for r in result.rejected] == ["quarantined"] and "before its credential" in result.rejected[0].reason
+        assert await on_hand(store) == (0, 0)
+        [row] = await store.quarantine(location="S1")
+        assert row.skew_ms < -9 * 365 * DAY_MS
+        discarded = await store.resolve_quarantine(row.quarantine_id, "discard", "admin-1")
+        assert discarded is not None and discarded.status == "discarded"
+        [ledger] = [e for e in await store.ledger() if e.event_id == past.event_id]
+        assert (ledger.effect, ledger.rejection_code) == ("rejected", "discarded") and "admin-1" in (ledger.rejection or "")
+        assert [e.kind for e in await store.exceptions()] == [], "a discarded event is resolved, not an exception"
+        assert await on_hand(store) == (0, 0)
+
+    async def test_a_clock_set_back_after_the_credential_is_held_by_the_senders_clock(self, store: HubStore) -> None:
+        who = replace(await agent(store), created_ms=now_ms() - 365 * DAY_MS)  # a credential a year old
+        other = await agent(store)
+        now = now_ms()
+        counted = EventFactory(other.agent_id, base_ms=now)
+        await store.ingest(other, 1, [counted(Kind.COUNT, 20, at_ms=-3_600_000)], sent_ms=now, clock_window_ms=WINDOW_MS)
+        ev = EventFactory(who.agent_id, base_ms=now)
+        set_back = now - HALF_YEAR_MS  # this machine's clock, six months behind
+        batch = [
+            ev(Kind.SALE, -3, at_ms=-HALF_YEAR_MS),  # stamped by the clock set back
+            ev(Kind.SALE, -2, at_ms=-2 * DAY_MS),  # its hybrid clock frozen at the reset two days ago
+            ev(Kind.SALE, -1, at_ms=-3_000_000),  # frozen less than the window ago: true enough
+        ]
+        result = await store.ingest(who, 1, batch, sent_ms=set_back, clock_window_ms=WINDOW_MS)
+        assert result.hwm == 3 and [r.code for r in result.rejected] == ["quarantined"] * 2
+        assert all("behind the hub's when it sent it" in r.reason for r in result.rejected)
+        assert await on_hand(store) == (19, 0), "no sale slipped under the count taken since"
+        [status] = await store.agent_status(who.agent_id)
+        assert status.clock_skew_ms is not None and abs(status.clock_skew_ms - HALF_YEAR_MS) < 60_000
+
+        backlog = ev(Kind.SALE, -4, at_ms=-5 * DAY_MS)  # an old offline backlog, sent once the clock is right
+        assert (await store.ingest(who, 1, [backlog], sent_ms=now_ms(), clock_window_ms=WINDOW_MS)).rejected == ()
+        [late] = [e for e in await store.ledger() if e.event_id == backlog.event_id]
+        assert late.effect == "superseded" and await on_hand(store) == (19, 0), "ordered at its true time"
+
+        held = sorted(await store.quarantine(), key=lambda r: r.seq)
+        assert [(r.seq, r.qty) for r in held] == [(1, -3), (2, -2)] and all(r.skew_ms < -DAY_MS for r in held)
+        [exc, _] = [e for e in await store.exceptions() if e.kind == "clock_quarantine"]
+        assert "behind the hub's clock" in exc.detail
+        await store.resolve_quarantine(held[1].quarantine_id, "apply_at_receipt", "admin-1")
+        await store.resolve_quarantine(held[0].quarantine_id, "discard", "admin-1")
+        assert await on_hand(store) == (17, 0), "applied at its receipt, after the count; the other discarded"
+
+    async def test_without_a_window_and_inside_it_nothing_is_held(self, store: HubStore) -> None:
+        who = await agent(store)
+        ev = EventFactory(who.agent_id, base_ms=now_ms())
+        edge = [ev(Kind.RECEIVE, 1, at_ms=WINDOW_MS - 60_000), ev(Kind.RECEIVE, 1, at_ms=-WINDOW_MS + 60_000)]
+        assert (await store.ingest(who, 1, edge, clock_window_ms=WINDOW_MS)).rejected == ()
+        far = ev(Kind.RECEIVE, 1, at_ms=CENTURY_MS)
+        assert (await store.ingest(who, 1, [far])).rejected == (), "no window given: the store applies it"
+
+    async def test_the_skew_is_measured_from_the_request_not_the_newest_event(self, store: HubStore) -> None:
+        who = await agent(store)
+        ev = EventFactory(who.agent_id, base_ms=now_ms() - 3_600_000)  # a bulk import of rows an hour old
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 1, at_ms=0)], sent_ms=now_ms(), clock_window_ms=WINDOW_MS)
+        [status] = await store.agent_status(who.agent_id)
+        assert status.clock_skew_ms is not None and abs(status.clock_skew_ms) < 60_000
+        await store.ingest(who, 1, [], sent_ms=now_ms() + 3_600_000)  # this machine's clock an hour fast
+        [status] = await store.agent_status(who.agent_id)
+        assert status.clock_skew_ms is not None and abs(status.clock_skew_ms + 3_600_000) < 60_000
+
+    async def test_a_final_receipt_closes_a_transfer_and_writes_off_the_rest(self, store: HubStore) -> None:
+        a, b = await agent(store, "S1"), await agent(store, "S2")
+        ea, eb = EventFactory(a.agent_id, base_ms=now_ms()), EventFactory(b.agent_id, location="S2", base_ms=now_ms())
+        await store.ingest(a, 1, [ea(Kind.TRANSFER_OUT, -10, at_ms=1, ref="T1", attrs={"to": "S2"})])
+        await store.ingest(b, 1, [eb(Kind.TRANSFER_IN, 5, at_ms=2, ref="T1")])
+        assert await on_hand(store, "S2") == (5, 5), "a partial receipt keeps it open"
+        await store.ingest(b, 1, [eb(Kind.TRANSFER_IN, 3, at_ms=3, ref="T1", attrs={"final": True})])
+        assert await on_hand(store, "S2") == (8, 0)
+        assert await on_hand(store, "S1") == (-10, 0)
+        [short] = [e for e in await store.exceptions() if e.kind.startswith("transfer")]
+        assert (short.kind, short.data["written_off"], short.data["closed"]) == ("transfer_short", 2, True)
+        assert "written off" in short.detail
+        [off] = [e for e in await store.ledger(location="S2") if e.kind == "transfer_writeoff"]
+        assert (off.sku, off.qty, off.ref, off.reason) == ("A", -2, "T1", "lost_in_transit")
+        late = await store.ingest(a, 1, [ea(Kind.TRANSFER_OUT, -1, at_ms=4, ref="T1", attrs={"to": "S2"})])
+        assert late.rejected == () and await on_hand(store, "S2") == (8, 0), "nothing is in transit once closed"
+        [off] = [e for e in await store.ledger(location="S2") if e.kind == "transfer_writeoff"]
+        assert off.qty == -3
+
+    async def test_an_open_transfer_becomes_overdue(self, store: HubStore) -> None:
+        a = await agent(store, "S1")
+        ea = EventFactory(a.agent_id, base_ms=now_ms() - 3 * DAY_MS)
+        await store.ingest(a, 1, [ea(Kind.TRANSFER_OUT, -4, at_ms=0, ref="T9", attrs={"to": "S2"})])
+        assert [e.kind for e in await store.exceptions(transfer_open_max_ms=7 * DAY_MS)] == ["negative_on_hand"]
+        kinds = sorted(e.kind for e in await store.exceptions(transfer_open_max_ms=DAY_MS))
+        assert kinds == ["negative_on_hand", "transfer_overdue"]
+        [late] = [e for e in await store.exceptions(transfer_open_max_ms=DAY_MS) if e.kind == "transfer_overdue"]
+        assert (late.location, late.data["in_transit"], late.data["ref"]) == ("S2", 4, "T9")
+        assert [e.kind for e in await store.exceptions(location="S2", transfer_open_max_ms=DAY_MS)] == [
+            "transfer_overdue"
+        ]
+
+    async def test_bad_transfers_are_refused_and_never_in_transit(self, store: HubStore) -> None:
+        a = await agent(store, "S1")
+        ea = EventFactory(a.agent_id, base_ms=now_ms())
+        bad = [
+            ea(Kind.TRANSFER_OUT, -1_000_000_000, at_ms=1, ref="T1", attrs={"to": "S2"}),
+            ea(Kind.TRANSFER_OUT, -1, at_ms=2, ref="T2"),
+            ea(Kind.TRANSFER_OUT, -1, at_ms=3, ref="T3", attrs={"to": "S1"}),
+            ea(Kind.TRANSFER_OUT, -1, at_ms=4, ref="T4", attrs={"to": "not a code"}),
+            ea(Kind.TRANSFER_IN, 1, at_ms=5, ref="T5", attrs={"final": "yes"}),
+        ]
+        result = await store.ingest(a, 1, bad)
+        assert [r.code for r in result.rejected] == ["invalid_transfer"] * 5
+        assert result.hwm == 5
+        assert [c for c in await store.counts() if c.in_transit] == []
+        assert {e.data["code"] for e in await store.exceptions() if e.kind == "rejected_event"} == {"invalid_transfer"}
+        assert unpack_hlc(bad[0].occurred_at)[1] == 0

@@ -1,0 +1,301 @@
+"""The hub's guards for the open internet, in process: budgets, counts in the log, masked secrets, refusals.
+
+The black-box attacks on a real hub process are in tests/adversarial/test_hub_exposure.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from hub import HubSettings, HubStore, create_app, open_store, serve
+from hub.auth import PUBLIC_ROUTES_KEY
+from hub.config import ConfigError, settings_from_mapping
+from hub.limits import ACCEPT_SLACK, CONNECTIONS_MIN, FD_RESERVE, ConnectionGuard, fd_budget, parse_error_reason
+from hub.logsafety import RepeatLog, SecretFilter, secrets_masked
+from hub.server import secrets_of
+from tests.faults.helpers import free_port
+
+STEP_TIMEOUT_S = 20.0
+TOKEN = "tok-0123456789abcdef-secret"
+
+
+# --- RepeatLog ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_flood_is_one_line_at_once_then_one_count_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    repeats = RepeatLog(logging.getLogger("test.repeat"), "refused", "malformed request", clock_s=clock)
+    caplog.set_level(logging.INFO, "test.repeat")
+    assert repeats.record("10.0.0.1", "Bad status line") is True
+    for i in range(1233):
+        clock.now_s += 0.01
+        assert repeats.record("10.0.0.2", f"Invalid header value char {i}") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 1 malformed request in the last 60 s, last from 10.0.0.1: Bad status line"
+    ]
+    clock.now_s += 60.0
+    repeats.record("10.0.0.3", "Invalid method encountered")
+    assert caplog.records[-1].getMessage() == (
+        "refused 1,234 malformed requests in the last 60 s, last from 10.0.0.3: Invalid method encountered"
+    )
+    repeats.flush()  # nothing pending: nothing logged
+    assert len(caplog.records) == 2 and repeats.total == 1235
+
+
+def test_a_count_is_flushed_by_a_timer_when_the_flood_stops(caplog: pytest.LogCaptureFixture) -> None:
+    async def flood() -> None:
+        repeats = RepeatLog(logging.getLogger("test.repeat"), "refused", "thing", interval_s=0.2)
+        for _ in range(5):
+            repeats.record("10.0.0.1", "why")
+        await asyncio.sleep(0.5)  # the interval's timer logs the four still pending; nothing else will
+
+    caplog.set_level(logging.INFO, "test.repeat")
+    asyncio.run(flood())
+    assert [r.getMessage().split(" in the last")[0] for r in caplog.records] == ["refused 1 thing", "refused 4 things"]
+
+
+def test_detail_is_one_printable_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "test.repeat")
+    repeats = RepeatLog(logging.getLogger("test.repeat"), "refused", "request", clock_s=FakeClock())
+    repeats.record("x", "first\x1b[31m\nINFO forged line")
+    assert [r.getMessage() for r in caplog.records] == ["refused 1 request in the last 60 s, last from x: first?[31m"]
+
+
+# --- SecretFilter ---------------------------------------------------------------------------
+
+
+def test_the_secret_filter_masks_tokens_passwords_and_literals() -> None:
+    masking = SecretFilter(["pg-secret", "hook-secret-1234"])
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "got %s from %s with %s", (f"Bearer {TOKEN}", "postgresql://u:pw@db/x",
+                                                                   "hook-secret-1234"), None,
+    )  # fmt: skip
+    try:
+        raise ValueError(f"connecting to postgres://hub:pg-secret@10.0.0.9/hub failed; Authorization: bearer {TOKEN}")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    assert masking.filter(record)
+    text = logging.Formatter().format(record)
+    for secret in (TOKEN, "pg-secret", "hook-secret-1234", ":pw@"):
+        assert secret not in text
+    assert "Bearer ***" in text and "postgresql://u:***@db/x" in text and "ValueError" in text
+
+
+def test_secrets_of_settings_are_the_db_password_and_webhook_secrets() -> None:
+    settings = HubSettings(db="postgresql://hub:p%40ss-word@db.example/hub")
+    assert set(secrets_of(settings)) == {"p%40ss-word", "p@ss-word"}
+    assert secrets_of(HubSettings(db="/var/lib/hub.db")) == []
+
+
+def test_secrets_masked_covers_every_root_handler_and_is_removed_after(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with secrets_masked(["very-secret-password"]):
+        logging.getLogger("test.mask").info("the url is postgresql://u:very-secret-password@h/db")
+    logging.getLogger("test.mask").info("after: very-secret-password")
+    assert "very-secret-password" not in caplog.records[0].getMessage()
+    assert "very-secret-password" in caplog.records[1].getMessage()
+
+
+# --- budgets and the guard ---------------------------------------------------------------------
+
+
+def test_the_connection_budget_keeps_files_for_the_database_and_a_burst_of_accepts() -> None:
+    auto = fd_budget(0, soft_limit=1024, in_use=10)
+    assert auto.max_connections == 1024 - 10 - FD_RESERVE - ACCEPT_SLACK
+    assert auto.clipped_from is None and "1024" in auto.describe()
+    assert fd_budget(100, soft_limit=1024, in_use=10).max_connections == 100
+    clipped = fd_budget(5000, soft_limit=1024, in_use=10)
+    assert clipped.max_connections == auto.max_connections and clipped.clipped_from == 5000
+    assert fd_budget(0, soft_limit=200, in_use=10).max_connections == CONNECTIONS_MIN
+
+
+class FakeConnection:
+    def __init__(self, name: str) -> None:
+        self.remote = name
+        self.closed = False
+
+    def force_close(self) -> None:
+        self.closed = True
+
+
+def test_the_guard_closes_the_connection_idle_the_longest_and_refuses_when_all_are_busy() -> None:
+    guard = ConnectionGuard(max_connections=3, header_timeout_s=10.0)
+    a, b, c, d, e = (FakeConnection(n) for n in "abcde")
+    for conn in (a, b, c):
+        assert guard.opened(conn)  # type: ignore[arg-type]
+    guard.busy(a)  # type: ignore[arg-type]
+    guard.idle(b)  # type: ignore[arg-type]  (b answered a request: now idle the shortest)
+    assert guard.opened(d)  # type: ignore[arg-type]
+    assert c.closed and not a.closed and not b.closed  # c was idle the longest
+    for conn in (b, d):
+        guard.busy(conn)  # type: ignore[arg-type]
+    assert not guard.opened(e)  # type: ignore[arg-type]
+    assert guard.open_count == 3 and guard.refused.total == 1 and guard.evicted.total == 1
+
+
+def test_a_parse_error_is_described_without_the_bytes_that_caused_it() -> None:
+    assert parse_error_reason(None, "Invalid HTTP header: b'Authorization: Bearer abc123'") == "Invalid HTTP header"
+    assert parse_error_reason(None, "Bad status line 'GET /?token=abc123 HTTP/7'") == "Bad status line"
+    assert parse_error_reason(None, "Got more than 8190 bytes when reading: b'Authorization: x'.") == (
+        "Got more than 8190 bytes when reading"
+    )
+    duplicate = "Duplicate 'Content-Length' header found"
+    assert parse_error_reason(None, duplicate + ".") == duplicate
+    assert parse_error_reason(None, "") == "not an HTTP request"
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+
+def test_the_new_settings_have_defaults_bounds_and_take_whole_numbers() -> None:
+    table = {"db": "x", "header_timeout_s": 5, "keepalive_timeout_s": 45, "max_connections": 9}
+    settings = settings_from_mapping(table)
+    assert (settings.header_timeout_s, settings.keepalive_timeout_s, settings.max_connections) == (5.0, 45.0, 9)
+    defaults = HubSettings()
+    assert (defaults.header_timeout_s, defaults.keepalive_timeout_s, defaults.max_connections) == (10.0, 30.0, 0)
+    for key, value in (("header_timeout_s", 0), ("keepalive_timeout_s", 7200), ("max_connections", -1)):
+        with pytest.raises(ConfigError, match=key):
+            settings_from_mapping({"db": "x", key: value})
+
+
+# --- the app: compressed and malformed bodies, floods of failures ------------------------------------------
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
+    async with open_store(tmp_path / "hub.db") as s:
+        yield s
+
+
+@pytest.fixture
+async def app_client(store: HubStore) -> AsyncIterator[tuple[web.Application, TestClient[Any, Any]]]:
+    app = create_app(store, HubSettings(db="unused", rate_limit_per_s=0))
+
+    async def boom(request: web.Request) -> web.Response:
+        raise KeyError("a bug")
+
+    app.router.add_get("/boom", boom, name="healthz_boom")
+    app[PUBLIC_ROUTES_KEY] = app[PUBLIC_ROUTES_KEY] | {"healthz_boom"}
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await client.start_server()
+    yield app, client
+    await client.close()
+
+
+async def test_a_compressed_body_is_refused_after_authentication_and_never_inflated(
+    store: HubStore, app_client: tuple[web.Application, TestClient[Any, Any]]
+) -> None:
+    _, client = app_client
+    _agent_id, token = await store.add_agent(["S001"])
+    bomb = gzip.compress(bytes(10 * 1024 * 1024))
+    headers = {"Content-Type": "application/msgpack", "Content-Encoding": "gzip"}
+    resp = await client.post("/v1/sync", data=bomb, headers=headers)
+    assert resp.status == 401  # no credential: refused before anything looks at the body
+    resp = await client.post("/v1/sync", data=bomb, headers={**headers, "Authorization": f"Bearer {token}"})
+    assert resp.status == 415
+    message = (await resp.json())["error"]["message"]
+    assert message == (
+        "this hub takes request bodies without compression, got Content-Encoding 'gzip'; send the body uncompressed"
+    )
+
+
+async def test_unexpected_errors_and_unknown_credentials_are_counted_not_logged_each(
+    app_client: tuple[web.Application, TestClient[Any, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, client = app_client
+    caplog.set_level(logging.INFO, "hub")
+    for _ in range(20):
+        assert (await client.get("/boom")).status == 500
+        assert (await client.get("/v1/ledger", headers={"Authorization": f"Bearer {TOKEN}"})).status == 401
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and "failed 1 request with an unexpected error" in tracebacks[0].getMessage()
+    assert len(caplog.records) == 2  # the first of each, at once
+    await client.close()  # the app's cleanup logs the counts still pending
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("failed 19 requests with an unexpected error" in m for m in messages)
+    assert any("refused 19 requests with an unknown or revoked credential" in m for m in messages)
+    assert all(TOKEN not in m for m in messages)
+
+
+# --- serve: the guard in a real server ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, str, int]]:
+    db = tmp_path / "hub.db"
+    async with open_store(db) as s:
+        _agent_id, token = await s.add_agent(["S001"])
+    port = free_port()
+    settings = HubSettings(db=str(db), port=port, max_connections=3, header_timeout_s=0.5, body_timeout_s=3600.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"{url}/healthz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    yield token, url, port
+    stop.set()
+    await asyncio.wait_for(task, STEP_TIMEOUT_S)
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), STEP_TIMEOUT_S)
+
+
+async def test_idle_connections_give_way_and_busy_ones_are_kept(served: tuple[str, str, int]) -> None:
+    token, url, port = served
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]  # over the budget of 3
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as resp:
+        assert resp.status == 200
+    busy = []
+    for _ in range(3):  # each holds a connection in its body read (body_timeout_s is an hour)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST /v1/sync HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\nExpect: 100-continue\r\n"
+            "Content-Type: application/msgpack\r\nContent-Length: 1000\r\n\r\n".encode()
+        )
+        await writer.drain()  # "100 Continue" says the hub is handling the request: the connection is busy
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP_TIMEOUT_S) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"x")
+        busy.append((reader, writer))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = await _read_all(reader)
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"limit of open connections" in answer
+    for r, _w in idle:
+        assert await _read_all(r) == b""  # every idle one was closed to make room
+    for _, w in busy + idle + [(reader, writer)]:
+        w.close()
+
+
+async def test_a_slow_request_head_is_answered_408(served: tuple[str, str, int]) -> None:
+    _token, _url, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: h\r\n")
+    await writer.drain()
+    answer = await _read_all(reader)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"header_timeout_s" in answer
+    writer.close()
