@@ -4,9 +4,13 @@ Each store is a real outbox and replicator (in this process, one SQLite file
 and one HTTP session each) recording movements at random (Poisson) times;
 every sync crosses the fault proxy of tests/faults/proxy.py, which drops,
 delays and cuts a share of the requests and partitions the network now and
-then. A reader follows the hub's change feed to see when each movement
-becomes visible in its count. At the end every store drains and the hub's
-database is compared with the outboxes.
+then. Stores are also treated the way careless stores treat their PCs: an
+outbox is backed up, later restored from that backup while the old file goes
+on (as if the old machine came back); an outbox is copied to a second machine
+that records beside the first for a while. A reader follows the hub's change
+feed to see when each movement becomes visible in its count. At the end every
+copy of every outbox drains and the hub's database is compared with all of
+them: every movement recorded in any copy must be there exactly once.
 
 Reported: events lost (must be 0), events counted twice (must be 0), p50 /
 p99 / max event-to-visible latency (from ``record()`` returning to the change
@@ -29,6 +33,7 @@ import contextlib
 import json
 import logging
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -45,9 +50,10 @@ import aiohttp
 import psutil
 
 from agent import Movement, Outbox, Replicator
+from agent.errors import OutboxClosed
 from bench.common import percentile, write_result
 from hub import open_store
-from protocol import Kind
+from protocol import Kind, wall_ms_now
 from tests.faults.proxy import Fault, FaultPlan, FaultProxy
 
 SKUS_PER_STORE = 20
@@ -58,6 +64,12 @@ FEED_WAIT_S = 20
 FEED_PAGE = 5_000
 PARTITION_S = (2.0, 8.0)
 EPISODE_EVERY_S = (20.0, 40.0)
+MISTREAT_EVERY_S = (5.0, 10.0)
+COPY_RECORDS_S = (10.0, 30.0)
+WRONG_CLOCK_AHEAD_MS = 100 * 365 * 86_400_000  # a century ahead
+WRONG_CLOCK_BEHIND_MS = 2 * 365 * 86_400_000  # two years back: before the store's credential existed
+WRONG_CLOCK_S = (3.0, 8.0)
+OPERATOR_EVERY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -67,12 +79,58 @@ class Recorded:
 
 
 @dataclass(slots=True)
+class Copy:
+    """One running copy of a store's outbox: its file, the outbox and the replicator syncing it."""
+
+    path: Path
+    outbox: Outbox
+    replicator: Replicator
+
+    async def close(self) -> None:
+        await self.replicator.stop()
+        await self.outbox.close()
+
+
+@dataclass(slots=True)
+class StoreRun:
+    """A store: the copy its movements are recorded into now, every other copy still syncing, its backups."""
+
+    location: str
+    agent_id: str
+    token: str
+    root: Path
+    url: str
+    live: Copy | None = None
+    others: list[Copy] = field(default_factory=list)
+    backups: list[Path] = field(default_factory=list)
+    files: int = 0
+    clock_offset_ms: int = 0  # a wrong clock on this store's PC (every copy of it): 0 when right
+
+    def wall_ms(self) -> int:
+        return wall_ms_now() + self.clock_offset_ms
+
+    def new_path(self, what: str) -> Path:
+        self.files += 1
+        return self.root / f"{what}-{self.files}.sqlite3"
+
+    async def open_copy(self, path: Path) -> Copy:
+        outbox = await Outbox.open(path, agent_id=self.agent_id, location=self.location, wall_clock_ms=self.wall_ms)
+        replicator = Replicator(outbox, self.url, self.token, tick_s=1.0, retry_base_s=0.2, retry_max_s=5.0, timeout_s=5.0)
+        await replicator.start()
+        return Copy(path, outbox, replicator)
+
+    def copies(self) -> list[Copy]:
+        return ([self.live] if self.live else []) + self.others
+
+
+@dataclass(slots=True)
 class Soak:
     pending: dict[tuple[str, str], dict[bytes, Recorded]] = field(default_factory=lambda: defaultdict(dict))
     latencies_s: list[float] = field(default_factory=list)
     rss: list[tuple[float, int]] = field(default_factory=list)
     recorded: int = 0
     episodes: Counter[str] = field(default_factory=Counter)
+    held_applied: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -82,7 +140,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def make_credentials(db: Path, stores: int) -> tuple[list[tuple[str, str, str]], str]:
+async def make_credentials(db: Path, stores: int) -> tuple[list[tuple[str, str, str]], str, str]:
     async with open_store(str(db)) as store:
         creds = []
         for i in range(stores):
@@ -90,7 +148,8 @@ async def make_credentials(db: Path, stores: int) -> tuple[list[tuple[str, str, 
             agent_id, token = await store.add_agent([location])
             creds.append((location, agent_id, token))
         _, reader = await store.add_agent([], role="reader")
-    return creds, reader
+        _, admin = await store.add_agent([], role="admin")
+    return creds, reader, admin
 
 
 async def start_hub(db: Path, port: int, log: Path) -> asyncio.subprocess.Process:
@@ -114,17 +173,28 @@ async def start_hub(db: Path, port: int, log: Path) -> asyncio.subprocess.Proces
     raise SystemExit(f"the hub did not answer within {HUB_START_TIMEOUT_S:.0f} s; see {log}")
 
 
-async def run_store(outbox: Outbox, location: str, rate_per_s: float, rng: random.Random, soak: Soak) -> None:
-    """Record movements at Poisson times until told to stop."""
+async def run_store(
+    store: StoreRun, rate_per_s: float, rng: random.Random, soak: Soak, until: asyncio.Event | None = None, copy: Copy | None = None
+) -> None:
+    """Record movements at Poisson times into the store's live copy (or ``copy``) until told to stop."""
     skus = [f"SKU-{k:02d}" for k in range(SKUS_PER_STORE)]
-    while not soak.stop.is_set():
+    location = store.location
+    stop = until or soak.stop
+    while not (stop.is_set() or soak.stop.is_set()):
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(soak.stop.wait(), rng.expovariate(rate_per_s))
+            await asyncio.wait_for(stop.wait(), rng.expovariate(rate_per_s))
             return
+        target = copy or store.live
+        if target is None:  # the store's PC is being restored
+            continue
+        outbox = target.outbox
         sku = rng.choice(skus)
         roll = rng.random()
         kind, qty = (Kind.SALE, -1) if roll < 0.75 else (Kind.RECEIVE, rng.randint(5, 20)) if roll < 0.95 else (Kind.RETURN, 1)
-        result = await outbox.record([Movement(location, sku, kind, qty, "api:soak")])
+        try:
+            result = await outbox.record([Movement(location, sku, kind, qty, "api:soak")])
+        except OutboxClosed:  # closed by a restore between the pick and the write: nothing was recorded
+            continue
         now = time.perf_counter()
         for ev in result.events:
             soak.pending[(location, sku)][ev.event_id] = Recorded(ev.seq, now)
@@ -169,6 +239,82 @@ async def sample_rss(pid: int, soak: Soak, done: asyncio.Event, started: float) 
             await asyncio.wait_for(done.wait(), RSS_EVERY_S)
 
 
+def backup(source: Path, target: Path) -> None:
+    """SQLite's online backup of a live outbox: what a nightly backup job would take."""
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+async def mistreat_stores(
+    stores: list[StoreRun], rate_per_s: float, rng: random.Random, soak: Soak, every_s: tuple[float, float] = MISTREAT_EVERY_S
+) -> None:
+    """Every 10-20 s something a careless store does to its PC: a backup, a restore of an older backup
+    (the replaced file keeps syncing, as if the old machine came back), or a copy of the outbox on a
+    second machine that records beside the first for a while."""
+    side: list[asyncio.Task[None]] = []
+    while not soak.stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(soak.stop.wait(), rng.uniform(*every_s))
+            break
+        episode = rng.choice(("backup", "restore", "copy", "clock"))
+        backed_up = [st for st in stores if st.backups and st.live is not None]
+        if episode == "restore" and not backed_up:
+            episode = "backup"
+        store = rng.choice(backed_up if episode == "restore" else stores)
+        live = store.live
+        if live is None:
+            continue
+        soak.episodes[episode] += 1
+        if episode == "clock":  # a dead CMOS battery or a wrong year typed, noticed and fixed a few seconds later
+            store.clock_offset_ms = rng.choice((WRONG_CLOCK_AHEAD_MS, -WRONG_CLOCK_BEHIND_MS))
+            asyncio.get_running_loop().call_later(rng.uniform(*WRONG_CLOCK_S), setattr, store, "clock_offset_ms", 0)
+        elif episode == "backup":
+            path = store.new_path("backup")
+            await asyncio.to_thread(backup, live.path, path)
+            store.backups.append(path)
+        elif episode == "restore":
+            store.live = None
+            await live.close()
+            moved = store.new_path("replaced")
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{live.path}{suffix}").exists():
+                    Path(f"{live.path}{suffix}").rename(f"{moved}{suffix}")
+            shutil.copyfile(rng.choice(store.backups), live.path)
+            store.live = await store.open_copy(live.path)
+            store.others.append(await store.open_copy(moved))
+        else:
+            path = store.new_path("copy")
+            await asyncio.to_thread(backup, live.path, path)
+            clone = await store.open_copy(path)
+            store.others.append(clone)
+            until = asyncio.Event()
+            side.append(asyncio.create_task(run_store(store, rate_per_s, random.Random(rng.random()), soak, until, clone)))
+            asyncio.get_running_loop().call_later(rng.uniform(*COPY_RECORDS_S), until.set)
+    await asyncio.gather(*side)
+
+
+async def operate(url: str, admin: str, soak: Soak, done: asyncio.Event) -> None:
+    """The operations team: every few seconds, apply each event the hub held for a wrong clock at its receipt time."""
+    headers = {"Authorization": f"Bearer {admin}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, json.JSONDecodeError):
+                async with session.get(f"{url}/v1/quarantine", params={"limit": "1000"}, headers=headers) as resp:
+                    held = (await resp.json())["quarantine"]
+                for row in held:
+                    async with session.post(
+                        f"{url}/v1/quarantine/{row['id']}", json={"action": "apply_at_receipt"}, headers=headers
+                    ) as resp:
+                        if resp.status == 200:
+                            soak.held_applied += 1
+                            mine = soak.pending.get((row["location"], row["sku"]), {})
+                            mine.pop(bytes.fromhex(row["event_id"].replace("-", "")), None)  # its wait is the operator's
+                if done.is_set() and not held:
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), OPERATOR_EVERY_S)
+
+
 async def inject_faults(proxy: FaultProxy, base: FaultPlan, rng: random.Random, soak: Soak) -> None:
     """Every 20-40 s one episode: a partition, a burst of faults, or a slow network."""
     while not soak.stop.is_set():
@@ -192,7 +338,7 @@ async def inject_faults(proxy: FaultProxy, base: FaultPlan, rng: random.Random, 
 def compare(hub_db: Path, outboxes: list[Path]) -> dict[str, int]:
     """Loss and double counting: the hub's events and counts against the outboxes."""
     recorded: dict[bytes, tuple[str, str, int]] = {}
-    for path in outboxes:
+    for path in outboxes:  # every copy: live files, replaced files, second machines (backups hold nothing new)
         with contextlib.closing(sqlite3.connect(path)) as conn:
             recorded |= {r[0]: (r[1], r[2], r[3]) for r in conn.execute("SELECT event_id, location, sku, qty FROM events")}
     with contextlib.closing(sqlite3.connect(hub_db)) as conn:
@@ -219,53 +365,60 @@ def compare(hub_db: Path, outboxes: list[Path]) -> dict[str, int]:
 async def soak_run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Any], Soak, dict[str, Any]]:
     rng = random.Random(args.seed)
     hub_db = root / "hub.db"
-    creds, reader = await make_credentials(hub_db, args.stores)
+    creds, reader, admin = await make_credentials(hub_db, args.stores)
     port = free_port()
     hub = await start_hub(hub_db, port, root / "hub.log")
     soak = Soak()
     base = FaultPlan.mixed(fault_share=args.fault_share)
-    outboxes: list[Outbox] = []
-    replicators: list[Replicator] = []
+    stores: list[StoreRun] = []
     done = asyncio.Event()
     started = time.perf_counter()
     try:
         async with FaultProxy(port, plan=base, seed=args.seed) as proxy:
             feed = asyncio.create_task(follow_feed(f"http://127.0.0.1:{port}", reader, soak, done))
             rss = asyncio.create_task(sample_rss(hub.pid, soak, done, started))
+            operator_done = asyncio.Event()
+            operator = asyncio.create_task(operate(f"http://127.0.0.1:{port}", admin, soak, operator_done))
             for location, agent_id, token in creds:
-                outbox = await Outbox.open(root / location / "outbox.sqlite3", agent_id=agent_id, location=location)
-                outboxes.append(outbox)
-                replicator = Replicator(outbox, proxy.url, token, tick_s=1.0, retry_base_s=0.2, retry_max_s=5.0, timeout_s=5.0)
-                await replicator.start()
-                replicators.append(replicator)
-            stores = [asyncio.create_task(run_store(o, o.location, args.rate, random.Random(rng.random()), soak)) for o in outboxes]
+                store = StoreRun(location, agent_id, token, root / location, proxy.url)
+                store.root.mkdir(parents=True, exist_ok=True)
+                store.live = await store.open_copy(store.root / "outbox.sqlite3")
+                stores.append(store)
+            recording = [asyncio.create_task(run_store(st, args.rate, random.Random(rng.random()), soak)) for st in stores]
             faults = asyncio.create_task(inject_faults(proxy, base, random.Random(rng.random()), soak))
+            mistreat = asyncio.create_task(
+                mistreat_stores(stores, args.rate, random.Random(rng.random()), soak, (args.mistreat_every_s / 2, args.mistreat_every_s))
+            )
             print(f"soak: {args.stores} stores at {args.rate:g} movements/s each for {args.minutes:g} min, hub pid {hub.pid}")
             await asyncio.sleep(args.minutes * 60)
             soak.stop.set()
-            await asyncio.gather(*stores, faults)
+            await asyncio.gather(*recording, faults, mistreat)
             proxy.heal()
             proxy.plan = FaultPlan.clean()
             drain_started = time.perf_counter()
-            await asyncio.wait_for(asyncio.gather(*(r.wait_synced() for r in replicators)), DRAIN_TIMEOUT_S)
+            copies = [c for st in stores for c in st.copies()]
+            await asyncio.wait_for(asyncio.gather(*(c.replicator.wait_synced() for c in copies)), DRAIN_TIMEOUT_S)
             drain_s = time.perf_counter() - drain_started
+            operator_done.set()
+            await asyncio.wait_for(operator, 120)  # the last held events applied
             deadline = time.monotonic() + 60
             while any(soak.pending.values()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             done.set()
             await asyncio.gather(feed, rss)
             proxy_stats = proxy.stats()
+            forks = sum([(await c.outbox.stats()).forked_from_epoch is not None for c in copies])
     finally:
         done.set()
-        for replicator in replicators:
-            await replicator.stop()
-        for outbox in outboxes:
-            await outbox.close()
+        for st in stores:
+            for copy in st.copies():
+                await copy.close()
         hub.send_signal(signal.SIGTERM)
         await asyncio.wait_for(hub.wait(), 60)
-    result = compare(hub_db, [root / c[0] / "outbox.sqlite3" for c in creds])
+    files = [c.path for st in stores for c in st.copies()]
+    result = compare(hub_db, files)
     result["unseen_on_feed"] = sum(len(v) for v in soak.pending.values())
-    extra = {"drain_s": drain_s, "proxy": proxy_stats}
+    extra = {"drain_s": drain_s, "proxy": proxy_stats, "copies": len(files), "forks": forks}
     return result, soak, extra
 
 
@@ -276,12 +429,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="movements per second per store (Poisson)")
     parser.add_argument("--fault-share", type=float, default=0.05, help="share of sync requests dropped, delayed or cut")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mistreat-every-s", type=float, default=MISTREAT_EVERY_S[1], help="a backup, restore, copy or wrong clock every half to whole of this")
     parser.add_argument("--dir", default=None, help="where the databases go (default: a temp dir, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep the databases for a post-mortem")
     args = parser.parse_args()
     # A hundred replicators meeting injected faults warn a lot; the verdict is in the result.
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    if args.keep:  # the databases stay for a post-mortem
+        tmp = tempfile.mkdtemp(prefix="soak-", dir=args.dir)
+        print(f"soak: databases kept in {tmp}")
         result, soak, extra = asyncio.run(soak_run(args, Path(tmp)))
+    else:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            result, soak, extra = asyncio.run(soak_run(args, Path(tmp)))
     lat = soak.latencies_s
     rss_mib = [r / 2**20 for _, r in soak.rss]
     by_minute = {int(t // 60): r / 2**20 for t, r in soak.rss}
@@ -299,6 +459,8 @@ def main() -> None:
         {"measure": "events never seen on the feed", "value": result["unseen_on_feed"], "target": "0"},
         {"measure": "hub RSS start / max / end (MiB)", "value": f"{rss_mib[0]:.0f} / {max(rss_mib):.0f} / {rss_mib[-1]:.0f}" if rss_mib else "n/a", "target": "flat"},
         {"measure": "drain after the last movement (s)", "value": extra["drain_s"], "target": ""},
+        {"measure": "events held for a wrong clock, applied by the operator", "value": soak.held_applied, "target": ""},
+        {"measure": "outbox copies compared / copies that forked to a new epoch", "value": f"{extra['copies']} / {extra['forks']}", "target": ""},
         {"measure": "hub database integrity_check", "value": "ok" if result["integrity_ok"] else "FAILED", "target": "ok"},
     ]  # fmt: skip
     faults = ", ".join(f"{f.value} {n:,}" for f, n in sorted(stats.faults.items()))
@@ -306,13 +468,16 @@ def main() -> None:
     rss_line = ", ".join(f"{m} min {v:.0f}" for m, v in sorted(by_minute.items()))
     write_result(
         "soak",
-        title=f"Soak: {args.stores} stores, {args.minutes:g} min, faults injected (issue 8)",
+        title=f"Soak: {args.stores} stores, {args.minutes:g} min, faults, restores and copies injected (issues 8, 12)",
         command=f"python -m bench.soak --stores {args.stores} --minutes {args.minutes:g} --rate {args.rate:g} "
         f"--fault-share {args.fault_share:g} --seed {args.seed}",
         rows=rows,
         notes=(
             f"Every sync crossed the fault proxy: {stats.requests:,} requests ({faults}); episodes: {episodes or 'none'} "
-            f"(a partition, a burst of 50 % faults or a slow network for 2-8 s every 20-40 s). Latency is from record() "
+            f"(a partition, a burst of 50 % faults or a slow network for 2-8 s every 20-40 s; every 5-10 s a store's outbox "
+            f"backed up, restored from an older backup while the replaced file syncs on, copied to a second machine "
+            f"that records beside the first for 10-30 s, or its clock set a century ahead or two years back for 3-8 s; "
+            f"an operator applies every event the hub held for its clock at its receipt time). Latency is from record() "
             f"returning to the change feed showing the count that includes the movement, faults included. "
             f"Hub RSS (MiB) by minute: {rss_line}."
         ),
