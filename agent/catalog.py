@@ -307,7 +307,7 @@ class _Failed(Exception):
 class AgentCatalog(HubLoop):
     """The running agent's catalog: the store's file plus the hub's copy, kept fresh by one loop.
 
-    The loop (STYLE.md item 5): wait ``refresh_s`` (or ``refresh_soon()``),
+    The loop (docs/design.md): wait ``refresh_s`` (or ``refresh_soon()``),
     re-read the file if it changed and ask the hub for its catalog with
     ``If-None-Match``; on failure back off exponentially with jitter up to
     ``retry_max_s``, warn once, and say once when it works again. The current

@@ -1,6 +1,6 @@
 """Zeroconf at the agent: find the hub (``_shelfsync-hub._tcp``) and announce this agent (``_shelfsync-agent._tcp``).
 
-Identity is stable, addresses are data (STYLE.md item 6). A hub is known by
+Identity is stable, addresses are data (docs/design.md). A hub is known by
 the ``id`` in its TXT record. With ``[discovery] hub_id`` set, only that hub
 is followed; without it, the first hub found is adopted and followed from then
 on (another hub on the network is ignored, with a warning once). Whenever the

@@ -32,7 +32,7 @@ class InvalidMovement(OutboxError):
 
 
 class EventConflict(InvalidMovement):
-    """An event id already recorded with different content (DESIGN.md: an error, not a duplicate).
+    """An event id already recorded with different content (docs/design.md: an error, not a duplicate).
 
     Nothing of the batch was recorded. A producer that derives ids from its
     input (the POS import) tells "this row changed since it was first recorded"

@@ -1,7 +1,7 @@
 """What the agent's loops that talk to the hub share: one task, one HTTP session, a stop that is safe twice.
 
 The replicator, the report sender and the catalog each run one background
-task (STYLE.md item 5) over one ``aiohttp`` session; they subclass
+task (the loop shape of docs/design.md) over one ``aiohttp`` session; they subclass
 ``HubLoop`` and write their own ``start()`` and ``_run()``.
 
 Every answer from the hub is read with ``read_answer``: at most a limit of

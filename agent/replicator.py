@@ -1,6 +1,6 @@
 """The replicator: sends the outbox to the hub, in seq order, and stores the hub's answers.
 
-One loop (STYLE.md item 5): wait for new data or a tick, send one batch, store
+One loop shape (docs/design.md): wait for new data or a tick, send one batch, store
 the answer; on failure back off exponentially with full jitter and a cap, log
 the first failure as a warning and the recovery once. The acknowledged mark
 moves only after a 200 answer is fully decoded and stored, so stopping (or

@@ -7,7 +7,7 @@ item's id is derived from its content — an observation from (system,
 location, sku, observed_at_ms), a row from (file digest, line) — so resending
 after a crash, or from a recreated POS store, is a duplicate the hub drops.
 
-One loop (STYLE.md item 5): wait for new data (``kick()``, called when the
+One loop shape (docs/design.md): wait for new data (``kick()``, called when the
 drop folder imported a file) or a tick, send one batch, mark what the hub
 answered for; on failure back off exponentially with full jitter and a cap,
 log the first failure as a warning and the recovery once. Credentials refused

@@ -1,6 +1,6 @@
 """Resolution: from a set of stock events to counts, effects and variances.
 
-This is the reference specification of DESIGN.md "Resolution". It is pure — no
+This is the reference specification of docs/design.md "Resolution". It is pure — no
 I/O, no database, no clock — and it works on the *final set* of events only,
 so its answer cannot depend on the order, batching or duplication of their
 delivery. The storage backends compute the same thing incrementally and the

@@ -129,7 +129,9 @@ def agent_status(r: AgentStatus) -> dict[str, Any]:
         "locations": list(r.locations),
         "last_sync_ms": r.last_sync_ms,
         "last_sync": iso_ms(r.last_sync_ms),
-        "epochs": [{"epoch": epoch, "hwm": hwm} for epoch, hwm in sorted(r.hwm.items())],
+        # In the order they were last marked: after a fork (an outbox restored, copied or rolled back) the
+        # current epoch comes last. epoch_text: the 63-bit epoch exactly, for JavaScript, whose numbers round it.
+        "epochs": [{"epoch": epoch, "epoch_text": str(epoch), "hwm": hwm} for epoch, hwm in r.hwm.items()],
         "clock_skew_ms": r.clock_skew_ms,
         "backlog": r.backlog,
         "oldest_pending_ms": r.oldest_pending_ms,

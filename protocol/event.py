@@ -82,7 +82,7 @@ class _EventFields(NamedTuple):
 
 
 class StockEvent(_EventFields):
-    """One stock movement, exactly as DESIGN.md's table describes it.
+    """One stock movement, exactly as docs/design.md's table describes it.
 
     ``qty`` is a signed delta in base units (a sale is negative), except for
     ``count``, where it is the absolute quantity counted. ``occurred_at`` is a

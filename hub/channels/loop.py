@@ -1,4 +1,4 @@
-"""The one shape of a channel's long-running loop, and its backoff value (STYLE.md items 5 and 14).
+"""The one shape of a channel's long-running loop, and its backoff value (docs/design.md, "How the code is shaped").
 
 ``Backoff`` is a frozen value: the delay after the n-th failure in a row is
 drawn from [ceiling/2, ceiling], ceiling = min(max_s, base_s × 2^(n−1)).

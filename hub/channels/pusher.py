@@ -1,4 +1,4 @@
-"""A channel pusher: the change feed carried to one channel, as a loop over a cursor (STYLE.md item 14).
+"""A channel pusher: the change feed carried to one channel, as a loop over a cursor (docs/design.md: connectors are loops over a cursor).
 
 One turn is one unit of work:
 

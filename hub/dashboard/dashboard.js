@@ -294,7 +294,12 @@
         latest && latest.epoch === CONNECTOR_EPOCH
           ? h("td", { class: "num", title: "an API connector: its mark is the time of its newest movement" },
             timeText(new Date(latest.hwm).toISOString()), h("span", { class: "sub" }, "API connector"))
-          : h("td", { class: "num" }, latest ? fmt(latest.hwm) : "–", latest ? h("span", { class: "sub" }, `epoch ${latest.epoch}`) : null),
+          : h("td", { class: "num" }, latest ? fmt(latest.hwm) : "–",
+            latest ? h("span", { class: "sub" }, `epoch ${latest.epoch_text || latest.epoch}`) : null,
+            a.epochs.length > 1
+              ? h("span", { class: "sub warn", title: "each new epoch began when the agent found the hub held another history of its outbox" },
+                `${a.epochs.length} epochs: outbox restored, copied or rolled back`)
+              : null),
         backlogCell(a),
         skew(a.clock_skew_ms));
     });

@@ -28,8 +28,8 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
-from tests.e2e.procs import add_credential
-from tests.faults.helpers import Hub, Simulation, Store, drained, hub_events, verify, wait_until
+from tests.e2e.procs import add_credential, get_json
+from tests.faults.helpers import Hub, Simulation, Store, drained, hub_events, outbox_meta, verify, wait_until
 
 
 def sqlite_backup(src: Path, dst: Path) -> None:
@@ -99,6 +99,11 @@ def test_a_restored_outbox_that_recorded_offline_loses_nothing(
     assert stopped.returncode == 3, stopped.stderr
     assert f"forked from epoch {next(iter(first_epoch))}" in status, status
     assert "resent 30 events from seq 40" in status, status
+    # The hub's agent list (and so the dashboard) shows both epochs, the current one last, exactly.
+    (listed,) = [a for a in get_json(f"{hub.url}/v1/agents", store.cred.token)["agents"] if a["agent_id"] == store.cred.agent_id]
+    current = outbox_meta(store.outbox)["epoch"]
+    assert [int(e["epoch_text"]) for e in listed["epochs"]] == [next(iter(first_epoch)), current]
+    assert listed["epochs"][-1]["epoch_text"] == str(current)
 
 
 def test_two_running_copies_of_one_outbox_both_get_through(

@@ -1,4 +1,4 @@
-"""Docs that cannot rot (STYLE.md item 12): every agent config key, command and option is in docs/agent.md."""
+"""Docs that cannot rot (docs/design.md): every agent config key, command and option is in docs/agent.md."""
 
 from __future__ import annotations
 

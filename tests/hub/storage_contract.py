@@ -1,4 +1,4 @@
-"""The contract every hub storage backend passes (DESIGN.md "Storage").
+"""The contract every hub storage backend passes (docs/design.md "Storage").
 
 Subclass ``StorageContract`` in a ``test_storage_<backend>.py`` and implement
 ``open_store`` (a store over the files or database kept under ``tmp_path``)

@@ -477,8 +477,8 @@ async def test_read_routes_after_a_sync(client: TestClient[Any, Any], store: Hub
     assert resp.status == 200
     agents = {a["agent_id"]: a for a in (await resp.json())["agents"]}
     assert agents[agent_id]["locations"] == ["S001"]
-    assert agents[agent_id]["epochs"] == [{"epoch": 1, "hwm": 3}]
-    assert agents[other_id]["epochs"] == [{"epoch": 1, "hwm": 1}]
+    assert agents[agent_id]["epochs"] == [{"epoch": 1, "epoch_text": "1", "hwm": 3}]
+    assert agents[other_id]["epochs"] == [{"epoch": 1, "epoch_text": "1", "hwm": 1}]
     assert agents[agent_id]["last_sync_ms"] is not None and agents[agent_id]["last_sync"].endswith("Z")
 
 

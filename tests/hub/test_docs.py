@@ -1,4 +1,4 @@
-"""Docs that cannot rot (STYLE.md item 12): every route, config key and CLI option is documented."""
+"""Docs that cannot rot (docs/design.md): every route, config key and CLI option is documented."""
 
 from __future__ import annotations
 

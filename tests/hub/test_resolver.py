@@ -1,4 +1,4 @@
-"""The resolver, rule by rule (DESIGN.md "Resolution"); no server, no database."""
+"""The resolver, rule by rule (docs/design.md "Resolution"); no server, no database."""
 
 from __future__ import annotations
 

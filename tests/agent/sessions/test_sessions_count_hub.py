@@ -1,4 +1,4 @@
-"""A cycle count while POS sales arrive, resolved by the real hub exactly as DESIGN.md says.
+"""A cycle count while POS sales arrive, resolved by the real hub exactly as docs/design.md says.
 
 Each SKU's count is stamped at its last scan in the session. A sale stamped
 before that scan was already off the shelf when the SKU was counted: it is
