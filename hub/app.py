@@ -426,13 +426,23 @@ async def get_ledger(request: web.Request) -> web.Response:
 
 
 async def get_exceptions(request: web.Request) -> web.Response:
-    """What the operations team should look at: negative stock, transfer differences, rejections."""
-    params = views.Query(request, {"location", "limit"})
+    """What the operations team should look at: negative stock, transfer differences, rejections … newest
+    first, a page at a time (``next``/``cursor``)."""
+    params = views.Query(request, {"location", "limit", "cursor"})
+    after = paging.parse(request, paging.exception_key, "the exceptions")
+    limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
     rows = await request.app[STORE_KEY].exceptions(
-        location=params.location(), limit=params.limit(LIMIT_DEFAULT, LIMIT_MAX),
+        location=params.location(), limit=limit + 1, after=after,
         transfer_open_max_ms=request.app[SETTINGS_KEY].transfer_open_max_s * 1000,
     )  # fmt: skip
-    return _json({"exceptions": [views.exception_row(r) for r in rows]})
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return _json(
+        {
+            "exceptions": [views.exception_row(r) for r in rows],
+            "next": paging.exception_cursor(keys.exception_key(rows[-1])) if more else None,
+        }
+    )
 
 
 async def get_agents(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -28,9 +29,11 @@ from hub import views
 from hub.auth import STORE_KEY
 from hub.storage import keys
 from hub.storage.keys import (
+    EXCEPTION_SOURCES,
     PART_EVENT,
     PART_WRITEOFF,
     CountKey,
+    DivergenceKey,
     ExceptionKey,
     LedgerKey,
 )
@@ -42,6 +45,7 @@ CHECK_BYTES = 8
 INT63_MAX = (1 << 63) - 1
 EVENT_ID_BYTES = 16
 TIEBREAK_MAX_BYTES = 32
+KEY_BYTES_MAX = 64  # a bytes column of an exception source's key (event ids, content hashes)
 _PERSON = b"shelfsync-cursor"
 
 
@@ -93,6 +97,14 @@ def _hex(value: Any, sizes: range) -> bytes:
         raise BadCursor from err
 
 
+def _stored_text(value: Any) -> str:
+    """Text a cursor names as a row held it: any valid Unicode (rows from before the identifier rule may hold
+    what it refuses today, and their cursors must still work), never a lone surrogate no database takes."""
+    if not isinstance(value, str) or not values.is_unicode(value):
+        raise BadCursor
+    return value
+
+
 def _text(field: values.TextField, value: Any, *, allow_empty: bool = False) -> str:
     if field.problem(value, allow_empty=allow_empty) is not None:
         raise BadCursor
@@ -136,21 +148,53 @@ def count_key(cursor: str) -> CountKey:
 
 
 def exception_cursor(key: ExceptionKey) -> str:
-    return encode("exceptions", [key.at_ms, key.kind, key.location, key.sku, key.ident])
+    ident = [v.hex() if isinstance(v, bytes) else v for v in key.ident]
+    return encode("exceptions", [key.at_ms, key.source, ident])
+
+
+def _ident_part(kind: str, value: Any) -> str | int | bytes:
+    if kind == "i":
+        return _int(value)
+    if kind == "b":
+        return _hex(value, range(0, KEY_BYTES_MAX + 1))
+    return _stored_text(value)
 
 
 def exception_key(cursor: str) -> ExceptionKey:
     f = decode("exceptions", cursor)
-    if len(f) != 5:
+    if len(f) != 3 or not isinstance(f[1], str) or f[1] not in EXCEPTION_SOURCES or not isinstance(f[2], list):
         raise BadCursor
-    kind = values.TextField("exception kind", 64)
-    return ExceptionKey(
-        _int(f[0]),
-        _text(kind, f[1]),
-        _text(values.LOCATION, f[2], allow_empty=True),
-        _text(values.SKU, f[3], allow_empty=True),
-        _text(values.TextField("ident", 64), f[4]),
-    )
+    types = EXCEPTION_SOURCES[f[1]].types
+    if len(f[2]) != len(types):
+        raise BadCursor
+    return ExceptionKey(_int(f[0]), f[1], tuple(_ident_part(t, v) for t, v in zip(types, f[2], strict=True)))
+
+
+def divergence_cursor(key: DivergenceKey) -> str:
+    return encode("divergence", [key.location, key.sku, key.system])
+
+
+def divergence_key(cursor: str) -> DivergenceKey:
+    f = decode("divergence", cursor)
+    if len(f) != 3:
+        raise BadCursor
+    return DivergenceKey(_stored_text(f[0]), _stored_text(f[1]), _stored_text(f[2]))
+
+
+def delivery_cursor(webhook: str, delivery_id: int) -> str:
+    return encode("deliveries", [webhook, delivery_id])
+
+
+def delivery_reader(webhook: str) -> Callable[[str], int]:
+    """Reads a cursor of ``webhook``'s delivery log into the delivery id it names (another webhook's is bad)."""
+
+    def read(cursor: str) -> int:
+        f = decode("deliveries", cursor)
+        if len(f) != 2 or f[0] != webhook:
+            raise BadCursor
+        return _int(f[1], 1)
+
+    return read
 
 
 def parse(request: web.Request, read: Any, what: str) -> Any:

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from hub import views
+from hub import paging, views
 from hub.auth import STORE_KEY, require_role
+from hub.storage import keys
 from hub.storage.base import INGEST_ROLES, AgentIdentity, DivergenceRow, ImportIssue, Observation, ReportResult
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError, values
 from protocol.reports import (
@@ -129,13 +130,22 @@ def divergence_json(r: DivergenceRow) -> dict[str, Any]:
 
 
 async def get_divergence(request: web.Request) -> web.Response:
-    """Where another system's latest on-hand figure disagrees with the hub's at that time."""
-    params = views.Query(request, {"location", "system", "limit"})
+    """Where another system's latest on-hand figure disagrees with the hub's at that time, by (location, sku,
+    system), a page at a time (``next``/``cursor``)."""
+    params = views.Query(request, {"location", "system", "limit", "cursor"})
     system = params.text(SYSTEM, "system")
+    after = paging.parse(request, paging.divergence_key, "divergence")
+    limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
     rows = await request.app[STORE_KEY].divergence(
-        location=params.location(), system=system, limit=params.limit(LIMIT_DEFAULT, LIMIT_MAX)
+        location=params.location(), system=system, limit=limit + 1, after=after
     )
-    return web.json_response({"divergence": [divergence_json(r) for r in rows]}, dumps=views.dumps)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    body = {
+        "divergence": [divergence_json(r) for r in rows],
+        "next": paging.divergence_cursor(keys.divergence_key(rows[-1])) if more else None,
+    }
+    return web.json_response(body, dumps=views.dumps)
 
 
 def routes(app: web.Application) -> None:

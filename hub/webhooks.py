@@ -32,7 +32,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hub import views
+from hub import paging, views
 from hub.auth import STORE_KEY
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
 from hub.metrics import METRICS_KEY
@@ -329,13 +329,21 @@ async def get_webhooks(request: web.Request) -> web.Response:
 
 
 async def get_deliveries(request: web.Request) -> web.Response:
-    """One webhook's delivery log, newest first."""
-    params = views.Query(request, {"limit"})
+    """One webhook's delivery log, newest first, a page at a time (``next``/``cursor``)."""
+    params = views.Query(request, {"limit", "cursor"})
     name = request.match_info["name"]
     hooks = request.app[WEBHOOKS_KEY]
     if name not in hooks:
         known = ", ".join(sorted(hooks)) or "none is configured"
         raise web.HTTPNotFound(text=f"there is no webhook named {name[:64]!r}; the webhooks are: {known}")
+    before_id = paging.parse(request, paging.delivery_reader(name), f"the deliveries of webhook {name}")
     limit = params.limit(DELIVERIES_LIMIT_DEFAULT, DELIVERIES_LIMIT_MAX)
-    rows = await request.app[STORE_KEY].webhook_deliveries(name, limit)
-    return web.json_response({"webhook": name, "deliveries": [delivery_json(d) for d in rows]}, dumps=views.dumps)
+    rows = await request.app[STORE_KEY].webhook_deliveries(name, limit + 1, before_id)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    body = {
+        "webhook": name,
+        "deliveries": [delivery_json(d) for d in rows],
+        "next": paging.delivery_cursor(name, rows[-1].delivery_id) if more else None,
+    }
+    return web.json_response(body, dumps=views.dumps)

@@ -16,7 +16,7 @@ from hub.resolver import Effect as Effect  # noqa: PLC0414 (re-exported: the led
 from protocol import CountSnapshot, Rejection, StockEvent
 
 if TYPE_CHECKING:
-    from hub.storage.keys import CountKey, LedgerKey
+    from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, LedgerKey
 
 
 class HubError(Exception):
@@ -172,6 +172,10 @@ class ExceptionRow:
     detail: str  # one sentence for the operations team
     data: dict[str, Any] = field(default_factory=dict)
     at_ms: int = 0
+    # Where it comes from (``hub.storage.keys.EXCEPTION_SOURCES``) and that source's own key of it: with
+    # ``at_ms``, the exception's place in the list (``hub.storage.keys.exception_key``), shared with no other.
+    source: str = ""
+    ident: tuple[str | int | bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +183,7 @@ class AgentStatus:
     agent_id: str
     locations: tuple[str, ...]
     last_sync_ms: int | None
-    hwm: dict[int, int]  # epoch -> high-water mark
+    hwm: dict[int, int]  # epoch -> high-water mark, the epoch marked last comes last (a fork's new epoch)
     clock_skew_ms: int | None  # hub wall clock − the newest event wall clock of the last batch
     role: str = "agent"
     revoked: bool = False
@@ -336,7 +340,7 @@ class StoreOpener(Generic[S_co]):
 
 
 class HubStore(abc.ABC):
-    """One hub database. Every write is one transaction; see DESIGN.md."""
+    """One hub database. Every write is one transaction; see docs/design.md."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -437,10 +441,13 @@ class HubStore(abc.ABC):
 
     @abc.abstractmethod
     async def exceptions(
-        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None
+        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
+        after: ExceptionKey | None = None,
     ) -> list[ExceptionRow]:
-        """What needs a person, newest first. With ``transfer_open_max_ms``, transfers still open with
-        units in transit that long after their first shipment are listed too ("transfer_overdue")."""
+        """What needs a person, newest first in the full order of ``hub.storage.keys.exception_key``
+        (``at_ms``, then source and the source's own key); ``after`` keeps those ordered after that key (the
+        next page). With ``transfer_open_max_ms``, transfers still open with units in transit that long
+        after their first shipment are listed too ("transfer_overdue")."""
 
     # --- clock quarantine (schema version 5) ------------------------------------
     @abc.abstractmethod
@@ -504,8 +511,11 @@ class HubStore(abc.ABC):
         """Append one delivery attempt to the webhook's log."""
 
     @abc.abstractmethod
-    async def webhook_deliveries(self, name: str, limit: int = 100) -> list[WebhookDelivery]:
-        """The webhook's delivery attempts, newest first."""
+    async def webhook_deliveries(
+        self, name: str, limit: int = 100, before_id: int | None = None
+    ) -> list[WebhookDelivery]:
+        """The webhook's delivery attempts, newest first (by ``delivery_id``); ``before_id``: only those with
+        a smaller id (the page after a row)."""
 
     # --- catalog -------------------------------------------------------------
     @abc.abstractmethod
@@ -540,9 +550,12 @@ class HubStore(abc.ABC):
 
     @abc.abstractmethod
     async def divergence(
-        self, *, location: str | None = None, system: str | None = None, limit: int = 1000
+        self, *, location: str | None = None, system: str | None = None, limit: int = 1000,
+        after: DivergenceKey | None = None,
     ) -> list[DivergenceRow]:
         """For the latest observation per (system, location, sku): the hub's
         on_hand as of its ``observed_at_ms`` (the last count ordered before it
         plus the deltas between) next to the observed value, for those whose
-        difference reaches the threshold (``hub.resolver.diverges``)."""
+        difference reaches the threshold (``hub.resolver.diverges``), ordered
+        by (location, sku, system); ``after`` keeps those ordered after that key
+        (the next page)."""

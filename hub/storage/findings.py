@@ -1,7 +1,10 @@
 """Exception rows for the wave-2 findings, worded once for every backend:
-unknown barcodes, divergence from another system, quarantined import rows."""
+unknown barcodes, divergence from another system, quarantined import rows; and each exception's place
+in the list (its source and that source's key of it, ``hub.storage.keys``)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from hub.storage.base import DivergenceRow, ExceptionRow
 from protocol.catalog import UNKNOWN_SKU_PREFIX
@@ -17,6 +20,8 @@ def unknown_barcode(location: str, sku: str, on_hand: int, at_ms: int) -> Except
         f"{on_hand:+d} units wait under {sku} until it is added to the catalog (PUT /v1/catalog).",
         {"barcode": barcode, "on_hand": on_hand},
         at_ms,
+        "unknown_barcode",
+        (location, sku),
     )
 
 
@@ -38,6 +43,8 @@ def divergence(row: DivergenceRow) -> ExceptionRow:
             "source_file": row.source_file,
         },
         row.received_at_ms,
+        "divergence",
+        (row.location, row.sku, row.system),
     )
 
 
@@ -52,4 +59,11 @@ def import_quarantine(
         f"A row of {where} at {location} was not imported: {reason}",
         {"agent_id": agent_id, "id": issue_id, "file": file, "line": line, "reason": reason, "raw": raw},
         at_ms,
+        "import_quarantine",
+        (agent_id, issue_id),
     )
+
+
+def sourced(row: ExceptionRow, source: str, *ident: str | int | bytes) -> ExceptionRow:
+    """``row`` placed in the list: from ``source`` (``hub.storage.keys.EXCEPTION_SOURCES``), keyed ``ident``."""
+    return replace(row, source=source, ident=ident)

@@ -6,20 +6,21 @@ them into opaque cursors).
   resolution order, then which table the row comes from (``PART_EVENT``, ``PART_REJECTION``,
   ``PART_WRITEOFF``: a refused attempt can share its event's id and stamp) and, for rejections, the
   attempt's content hash (one id can be refused with several contents). No two rows share a key.
-* Counts are ordered by ``(location, sku)``, their primary key.
-* Exceptions are newest first by ``(at_ms, kind, location, sku, ident)``, ``ident`` a digest of what
-  the exception is about (``exception_ident``).
+* Counts are ordered by ``(location, sku)``, their primary key; divergence by ``(location, sku, system)``.
+* Exceptions come from several sources (``EXCEPTION_SOURCES``: a table, or one query over a table, each).
+  They are newest first by ``at_ms``, then by source name, then by the source's own primary key
+  (``ExceptionKey``), so a page can start inside a burst of exceptions sharing one ``at_ms``. Each source
+  is read in that order from the cursor on, at most a page of it, and the sources are merged.
+* Webhook deliveries are newest first by ``delivery_id``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from hub.resolver import Effect
-from hub.storage.base import CountRow, ExceptionRow, LedgerRow
+from hub.storage.base import CountRow, DivergenceRow, ExceptionRow, LedgerRow
 
 PART_EVENT = 0
 PART_REJECTION = 1
@@ -48,17 +49,71 @@ class CountKey:
     sku: str
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class DivergenceKey:
+    location: str
+    sku: str
+    system: str
+
+
+Ident = tuple[str | int | bytes, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class ExceptionKey:
     at_ms: int
-    kind: str
-    location: str
-    sku: str
-    ident: str
+    source: str  # a name of EXCEPTION_SOURCES
+    ident: Ident  # the source's own key of the row, typed as ExceptionSource.types says
 
-    def sort_key(self) -> tuple[int, str, str, str, str]:
-        """Ascending in this is the list's order (newest first)."""
-        return (-self.at_ms, self.kind, self.location, self.sku, self.ident)
+    def sort_key(self) -> tuple[int, str, Ident]:
+        """Ascending in this is the list's order (newest first); idents are only compared within a source."""
+        return (-self.at_ms, self.source, self.ident)
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionSource:
+    """One source of exceptions: the column holding its ``at_ms`` and the columns of its own primary key,
+    which SQL orders as Python does (integers, bytes, and text that PostgreSQL compares COLLATE "C")."""
+
+    name: str
+    at: str
+    ident: tuple[str, ...]
+    types: str  # one letter per ident column: "s" text, "i" integer, "b" bytes (what a cursor may hold)
+
+    @property
+    def order(self) -> str:
+        """The ORDER BY of the source's rows in the list's order."""
+        return ", ".join((f"{self.at} DESC", *self.ident))
+
+    def after(self, key: ExceptionKey) -> tuple[str, tuple[Any, ...]]:
+        """The term keeping this source's rows ordered after ``key``: older ones, and at ``key.at_ms`` those
+        of a source named after ``key.source``, or of this one with a greater ident."""
+        if self.name < key.source:
+            return f"{self.at} < {{}}", (key.at_ms,)
+        if self.name > key.source:
+            return f"{self.at} <= {{}}", (key.at_ms,)
+        marks = ", ".join("{}" for _ in self.ident)
+        return (
+            f"({self.at} < {{}} OR ({self.at} = {{}} AND ({', '.join(self.ident)}) > ({marks})))",
+            (key.at_ms, key.at_ms, *key.ident),
+        )
+
+
+NEGATIVE = ExceptionSource("negative_on_hand", "updated_at_ms", ("location", "sku"), "ss")
+UNKNOWN_BARCODE = ExceptionSource("unknown_barcode", "s.updated_at_ms", ("s.location", "s.sku"), "ss")
+TRANSFER = ExceptionSource("transfer", "updated_at_ms", ("ref", "sku"), "ss")  # short, over, unmatched
+TRANSFER_OVERDUE = ExceptionSource("transfer_overdue", "updated_at_ms", ("ref", "sku"), "ss")
+CLOCK_QUARANTINE = ExceptionSource("clock_quarantine", "received_at_ms", ("quarantine_id",), "i")
+REJECTED = ExceptionSource("rejected_event", "received_at_ms", ("agent_id", "event_id", "content_hash"), "sbb")
+IMPORT_QUARANTINE = ExceptionSource("import_quarantine", "received_at_ms", ("agent_id", "issue_id"), "ss")
+DIVERGENCE = ExceptionSource("divergence", "received_at_ms", ("location", "sku", "system"), "sss")
+EXCEPTION_SOURCES = {
+    s.name: s
+    for s in (
+        NEGATIVE, UNKNOWN_BARCODE, TRANSFER, TRANSFER_OVERDUE, CLOCK_QUARANTINE, REJECTED, IMPORT_QUARANTINE,
+        DIVERGENCE,
+    )
+}  # fmt: skip
 
 
 def ledger_key(row: LedgerRow) -> LedgerKey:
@@ -75,14 +130,17 @@ def count_key(row: CountRow) -> CountKey:
     return CountKey(row.location, row.sku)
 
 
-def exception_ident(row: ExceptionRow) -> str:
-    """What tells two exceptions of one kind, time, location and SKU apart: a digest of their data."""
-    data = json.dumps(row.data, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=True)
-    return hashlib.blake2b(data.encode("ascii"), digest_size=8).hexdigest()
+def divergence_key(row: DivergenceRow) -> DivergenceKey:
+    return DivergenceKey(row.location, row.sku, row.system)
 
 
 def exception_key(row: ExceptionRow) -> ExceptionKey:
-    return ExceptionKey(row.at_ms, row.kind, row.location or "", row.sku or "", exception_ident(row))
+    return ExceptionKey(row.at_ms, row.source, row.ident)
+
+
+def exceptions_page(rows: list[ExceptionRow], limit: int) -> list[ExceptionRow]:
+    """The first ``limit`` of the sources' rows merged in the list's order."""
+    return sorted(rows, key=lambda r: exception_key(r).sort_key())[:limit]
 
 
 def newest_first_after(rows: list[Any], after: LedgerKey | None, limit: int) -> list[LedgerRow]:
@@ -119,3 +177,10 @@ REJECTIONS_NEWEST_FIRST = "occurred_at DESC, agent_id DESC, seq DESC, event_id D
 
 def counts_after(after: CountKey) -> tuple[str, tuple[Any, ...]]:
     return "(location, sku) > ({}, {})", (after.location, after.sku)
+
+
+DIVERGENCE_ORDER = "location, sku, system"
+
+
+def divergence_after(after: DivergenceKey) -> tuple[str, tuple[Any, ...]]:
+    return "(location, sku, system) > ({}, {}, {})", (after.location, after.sku, after.system)

@@ -62,7 +62,7 @@ from hub.storage import held
 from hub.storage.base import AlreadyResolved, QuarantineRow
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
 from hub.storage import keys
-from hub.storage.keys import CountKey, LedgerKey
+from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, ExceptionSource, LedgerKey
 from hub.storage.postgres_ingest import PostgresIngest, batch_locks, lock_keys, stock_lockable
 from hub.storage.postgres_schema import SCHEMA_VERSION, migrate, schema_version
 from hub.storage.rows import COUNT_FIELDS, count_row, ledger_row, rejection_exception
@@ -403,72 +403,76 @@ class PostgresHubStore(HubStore):
         return await self._read("reading the ledger", work, snapshot=True)
 
     async def exceptions(
-        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None
+        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
+        after: ExceptionKey | None = None,
     ) -> list[ExceptionRow]:
         checks.limit(limit)
         now_ms = wall_ms_now()
-        negative = Filters("on_hand < 0").add("location = {}", location)
-        rejected = Filters("code <> 'discarded'").add("location = {}", location)
-        pending = Filters("status = 'pending'").add("location = {}", location)
+
+        def query(source: ExceptionSource, fields: str, table: str, f: Filters) -> tuple[str, list[Any]]:
+            """One source's rows after ``after`` in the list's order, at most ``limit``."""
+            _after(f, source.after(after) if after is not None else None)
+            sql = f"SELECT {fields} FROM {table}{f.where} ORDER BY {source.order} LIMIT {f.next()}"
+            return sql, [*f.params, limit]
+
         at = "(COALESCE(in_to, out_to) = {0} OR COALESCE(out_from, in_from) = {0})"
-        transfers = Filters(
-            "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received))"
-        ).add(at, location)
-        overdue = (
+        negative = query(
+            keys.NEGATIVE, "location, sku, on_hand, updated_at_ms", "stock",
+            Filters("on_hand < 0").add("location = {}", location),
+        )  # fmt: skip
+        transfers = query(
+            keys.TRANSFER, f"{TRANSFER_FIELDS}, updated_at_ms", "transfers",
+            Filters(
+                "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received))"
+            ).add(at, location),
+        )  # fmt: skip
+        overdue = query(
+            keys.TRANSFER_OVERDUE, f"{TRANSFER_FIELDS}, updated_at_ms", "transfers",
             Filters("closed_at IS NULL", "shipped > received")
             .add("shipped_at_ms < {}", None if transfer_open_max_ms is None else now_ms - transfer_open_max_ms)
-            .add(at, location)
-        )
+            .add(at, location),
+        )  # fmt: skip
+        pending = query(
+            keys.CLOCK_QUARANTINE, held.QUARANTINE_FIELDS, "quarantine",
+            Filters("status = 'pending'").add("location = {}", location),
+        )  # fmt: skip
+        rejected = query(
+            keys.REJECTED,
+            "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash",
+            "rejections", Filters("code <> 'discarded'").add("location = {}", location),
+        )  # fmt: skip
+        divergence_page = keys.DIVERGENCE.after(after) if after is not None else None
 
         async def work(conn: asyncpg.Connection) -> list[ExceptionRow]:
             out: list[ExceptionRow] = []
-            for loc, sku, on_hand, at_ms in await conn.fetch(
-                f"SELECT location, sku, on_hand, updated_at_ms FROM stock{negative.where} "
-                f"ORDER BY updated_at_ms DESC LIMIT {negative.next()}",
-                *negative.params,
-                limit,
-            ):
+            for loc, sku, on_hand, at_ms in await conn.fetch(negative[0], *negative[1]):
                 finding = negative_on_hand_finding(loc, sku, on_hand)
                 if finding is not None:
                     data = finding.data | {"available": 0}
-                    out.append(ExceptionRow(finding.kind, loc, sku, finding.detail, data, at_ms))
-            for r in await conn.fetch(
-                f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{transfers.where} "
-                f"ORDER BY updated_at_ms DESC LIMIT {transfers.next()}",
-                *transfers.params,
-                limit,
-            ):
-                t = Transfer(*tuple(r)[:10]).finding()
-                if t is not None:
-                    out.append(ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10]))
+                    row = ExceptionRow(finding.kind, loc, sku, finding.detail, data, at_ms)
+                    out.append(findings.sourced(row, keys.NEGATIVE.name, loc, sku))
+            for r in await conn.fetch(transfers[0], *transfers[1]):
+                if (t := Transfer(*tuple(r)[:10]).finding()) is not None:
+                    row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
+                    out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))
             if transfer_open_max_ms is not None:
-                for r in await conn.fetch(
-                    f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{overdue.where} "
-                    f"ORDER BY shipped_at_ms LIMIT {overdue.next()}",
-                    *overdue.params,
-                    limit,
-                ):
+                for r in await conn.fetch(overdue[0], *overdue[1]):
                     if (t := Transfer(*tuple(r)[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
-                        out.append(ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10]))
-            held_rows = await conn.fetch(
-                f"SELECT {held.QUARANTINE_FIELDS} FROM quarantine{pending.where} "
-                f"ORDER BY received_at_ms DESC LIMIT {pending.next()}",
-                *pending.params,
-                limit,
+                        row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
+                        out.append(findings.sourced(row, keys.TRANSFER_OVERDUE.name, r[0], r[1]))
+            for r in await conn.fetch(pending[0], *pending[1]):
+                row = held.quarantine_exception(held.quarantine_row(tuple(r)))
+                out.append(findings.sourced(row, keys.CLOCK_QUARANTINE.name, r[0]))
+            for r in await conn.fetch(rejected[0], *rejected[1]):
+                row = rejection_exception(tuple(r)[:11])
+                out.append(findings.sourced(row, keys.REJECTED.name, r[1], r[0], r[11]))
+            out += await postgres_reports.unknown_barcode_exceptions(conn, location, limit, after)
+            out += await postgres_reports.import_issue_exceptions(conn, location, limit, after)
+            diverging = await postgres_reports.divergence(
+                conn, location, None, limit, divergence_page, keys.DIVERGENCE.order
             )
-            out += [held.quarantine_exception(held.quarantine_row(tuple(r))) for r in held_rows]
-            rows = await conn.fetch(
-                "SELECT event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms "
-                f"FROM rejections{rejected.where} ORDER BY received_at_ms DESC LIMIT {rejected.next()}",
-                *rejected.params,
-                limit,
-            )
-            out += [rejection_exception(tuple(r)) for r in rows]
-            out += await postgres_reports.unknown_barcode_exceptions(conn, location, limit)
-            out += await postgres_reports.import_issue_exceptions(conn, location, limit)
-            out += [findings.divergence(d) for d in await postgres_reports.divergence(conn, location, None, limit)]
-            out.sort(key=lambda e: (-e.at_ms, e.kind, e.location or "", e.sku or ""))
-            return out[:limit]
+            out += [findings.divergence(d) for d in diverging]
+            return keys.exceptions_page(out, limit)
 
         return await self._read("reading exceptions", work, snapshot=True)
 
@@ -544,7 +548,9 @@ class PostgresHubStore(HubStore):
 
         async def work(conn: asyncpg.Connection) -> list[AgentStatus]:
             marks: dict[str, dict[int, int]] = {}
-            for aid, epoch, hwm in await conn.fetch(f"SELECT agent_id, epoch, hwm FROM agent_hwm{f.where}", *f.params):
+            for aid, epoch, hwm in await conn.fetch(
+                f"SELECT agent_id, epoch, hwm FROM agent_hwm{f.where} ORDER BY updated_ms, epoch", *f.params
+            ):
                 marks.setdefault(aid, {})[epoch] = hwm
             rows = await conn.fetch(
                 "SELECT agent_id, locations, last_sync_ms, clock_skew_ms, role, revoked_ms, "
@@ -665,11 +671,13 @@ class PostgresHubStore(HubStore):
 
         await self._write(f"logging a delivery of webhook {name}", work)
 
-    async def webhook_deliveries(self, name: str, limit: int = 100) -> list[WebhookDelivery]:
+    async def webhook_deliveries(
+        self, name: str, limit: int = 100, before_id: int | None = None
+    ) -> list[WebhookDelivery]:
         checks.limit(limit)
 
         async def work(conn: asyncpg.Connection) -> list[WebhookDelivery]:
-            return await postgres_feed.webhook_deliveries(conn, name, limit)
+            return await postgres_feed.webhook_deliveries(conn, name, limit, before_id)
 
         return await self._read(f"reading the deliveries of webhook {name}", work)
 
@@ -721,11 +729,13 @@ class PostgresHubStore(HubStore):
         return await self._write(f"storing {len(issues)} import issue(s) from {who.agent_id}", work, unique_races=True)
 
     async def divergence(
-        self, *, location: str | None = None, system: str | None = None, limit: int = 1000
+        self, *, location: str | None = None, system: str | None = None, limit: int = 1000,
+        after: DivergenceKey | None = None,
     ) -> list[DivergenceRow]:
         checks.limit(limit)
+        page = keys.divergence_after(after) if after is not None else None
 
         async def work(conn: asyncpg.Connection) -> list[DivergenceRow]:
-            return await postgres_reports.divergence(conn, location, system, limit)
+            return await postgres_reports.divergence(conn, location, system, limit, page)
 
         return await self._read("comparing observations", work, snapshot=True)

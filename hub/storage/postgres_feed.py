@@ -129,11 +129,14 @@ async def log_webhook_delivery(
     )
 
 
-async def webhook_deliveries(conn: asyncpg.Connection, name: str, limit: int) -> list[WebhookDelivery]:
+async def webhook_deliveries(
+    conn: asyncpg.Connection, name: str, limit: int, before_id: int | None = None
+) -> list[WebhookDelivery]:
     rows = await conn.fetch(
         "SELECT delivery_id, name, first_change, last_change, status, http_status, error, at_ms "
-        "FROM webhook_deliveries WHERE name = $1 ORDER BY delivery_id DESC LIMIT $2",
+        "FROM webhook_deliveries WHERE name = $1 AND delivery_id < $2 ORDER BY delivery_id DESC LIMIT $3",
         name,
+        (1 << 63) - 1 if before_id is None else before_id,
         limit,
     )
     return [WebhookDelivery(*r) for r in rows]

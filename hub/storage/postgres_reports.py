@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from hub.resolver import diverges
-from hub.storage import checks, findings
+from hub.storage import checks, findings, keys
 from hub.storage.base import (
     AgentIdentity,
     Catalog,
@@ -39,6 +39,17 @@ CATALOG_LOCK = ("catalog",)
 
 def _where(terms: list[str]) -> str:
     return " WHERE " + " AND ".join(terms) if terms else ""
+
+
+def _page(page: tuple[str, tuple[Any, ...]] | None, params: list[Any]) -> list[str]:
+    """A paging term of hub.storage.keys (``{}`` per parameter) numbered after ``params``, which get its
+    parameters; [] without one."""
+    if page is None:
+        return []
+    sql, values = page
+    marks = [f"${len(params) + i + 1}" for i in range(len(values))]
+    params.extend(values)
+    return [sql.format(*marks)]
 
 
 # --- catalog ----------------------------------------------------------------------
@@ -97,19 +108,24 @@ async def unknown_event_rows(conn: asyncpg.Connection, skus: Sequence[str]) -> l
     return rows
 
 
-async def unknown_barcode_exceptions(conn: asyncpg.Connection, location: str | None, limit: int) -> list[ExceptionRow]:
-    """Unknown-barcode keys still holding stock, or whose barcode the catalog does not know yet."""
+async def unknown_barcode_exceptions(
+    conn: asyncpg.Connection, location: str | None, limit: int, after: keys.ExceptionKey | None = None
+) -> list[ExceptionRow]:
+    """Unknown-barcode keys still holding stock, or whose barcode the catalog does not know yet (in the
+    exceptions' order, after ``after``)."""
+    source = keys.UNKNOWN_BARCODE
     terms = [
         "s.sku LIKE $1",
         "(s.on_hand <> 0 OR NOT EXISTS (SELECT 1 FROM catalog c WHERE c.unknown_sku = s.sku))",
     ]
     params: list[Any] = [UNKNOWN_SKU_PREFIX.replace("_", r"\_").replace("%", r"\%") + "%"]
+    terms += _page(source.after(after) if after is not None else None, params)
     if location is not None:
         params.append(location)
         terms.append(f"s.location = ${len(params)}")
     rows = await conn.fetch(
         f"SELECT s.location, s.sku, s.on_hand, s.updated_at_ms FROM stock s{_where(terms)} "
-        f"ORDER BY s.updated_at_ms DESC LIMIT ${len(params) + 1}",
+        f"ORDER BY {source.order} LIMIT ${len(params) + 1}",
         *params,
         limit,
     )
@@ -167,11 +183,18 @@ async def add_import_issues(
     return result
 
 
-async def import_issue_exceptions(conn: asyncpg.Connection, location: str | None, limit: int) -> list[ExceptionRow]:
-    where, params = (" WHERE location = $1", [location]) if location is not None else ("", [])
+async def import_issue_exceptions(
+    conn: asyncpg.Connection, location: str | None, limit: int, after: keys.ExceptionKey | None = None
+) -> list[ExceptionRow]:
+    source = keys.IMPORT_QUARANTINE
+    params: list[Any] = []
+    terms = _page(source.after(after) if after is not None else None, params)
+    if location is not None:
+        params.append(location)
+        terms.append(f"location = ${len(params)}")
     rows = await conn.fetch(
         "SELECT agent_id, issue_id, location, file, line, reason, raw, received_at_ms "
-        f"FROM import_issues{where} ORDER BY received_at_ms DESC LIMIT ${len(params) + 1}",
+        f"FROM import_issues{_where(terms)} ORDER BY {source.order} LIMIT ${len(params) + 1}",
         *params,
         limit,
     )
@@ -208,19 +231,22 @@ async def on_hand_as_of(conn: asyncpg.Connection, location: str, sku: str, at_ms
 
 
 async def divergence(
-    conn: asyncpg.Connection, location: str | None, system: str | None, limit: int
-) -> list[DivergenceRow]:
+    conn: asyncpg.Connection, location: str | None, system: str | None, limit: int,
+    page: tuple[str, tuple[Any, ...]] | None = None, order: str = keys.DIVERGENCE_ORDER,
+) -> list[DivergenceRow]:  # fmt: skip
+    """Up to ``limit`` diverging latest observations in ``order``, those after the paging term ``page``."""
     terms: list[str] = []
     params: list[Any] = []
     for column, value in (("location", location), ("system", system)):
         if value is not None:
             params.append(value)
             terms.append(f"{column} = ${len(params)}")
+    outer = ["newest = 1", *_page(page, params)]
     latest = await conn.fetch(
         "SELECT system, location, sku, on_hand, observed_at_ms, agent_id, obs_id, source_file, received_at_ms "
         "FROM (SELECT o.*, ROW_NUMBER() OVER (PARTITION BY system, location, sku "
         "ORDER BY observed_at_ms DESC, received_at_ms DESC, agent_id DESC, obs_id DESC) AS newest "
-        f"FROM observations o{_where(terms)}) AS latest WHERE newest = 1 ORDER BY location, sku, system",
+        f"FROM observations o{_where(terms)}) AS latest WHERE {' AND '.join(outer)} ORDER BY {order}",
         *params,
     )
     out: list[DivergenceRow] = []

@@ -60,7 +60,7 @@ from hub.storage import held
 from hub.storage.base import AlreadyResolved, QuarantineRow
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
 from hub.storage import keys
-from hub.storage.keys import CountKey, LedgerKey
+from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, ExceptionSource, LedgerKey
 from hub.storage.rows import COUNT_FIELDS, count_row, ledger_row, rejection_exception
 from hub.storage.sql import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, ledger_events_sql
 from hub.storage.sqlite_ingest import SqliteIngest, StockCache
@@ -436,67 +436,73 @@ class SqliteHubStore(HubStore):
         return await self._read("reading the ledger", work, snapshot=True)
 
     async def exceptions(
-        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None
+        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
+        after: ExceptionKey | None = None,
     ) -> list[ExceptionRow]:
         checks.limit(limit)
-        negative_where, at = _filters("on_hand < 0", location=location)
-        rejected_where, _ = _filters("code <> 'discarded'", location=location)
-        held_where, _ = _filters("status = 'pending'", location=location)
-        where_at = " AND (COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ?)" if location is not None else ""
-        transfer_where = (
-            " WHERE ((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received))" + where_at
-        )
-        overdue_where = " WHERE closed_at IS NULL AND shipped > received AND shipped_at_ms < ?" + where_at
         now_ms = wall_ms_now()
+        here = ("location = ?",) if location is not None else ()
+        at, at2 = ((location,), (location, location)) if location is not None else ((), ())
+        either_end = ""
+        if location is not None:  # a transfer is the business of both its ends
+            either_end = " AND (COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ?)"
+
+        def query(source: ExceptionSource, fields: str, table: str, *terms: str) -> tuple[str, tuple[Any, ...]]:
+            """One source's rows after ``after`` in the list's order, at most ``limit``, and the paging
+            term's parameters (``?``: those, then those of ``terms``, then the limit)."""
+            page, page_params = _after_terms(source.after(after) if after is not None else None)
+            where = " AND ".join((*page, *terms))
+            return f"SELECT {fields} FROM {table} WHERE {where} ORDER BY {source.order} LIMIT ?", page_params
+
+        transfer_fields = f"{TRANSFER_FIELDS}, updated_at_ms"
+        negative = query(keys.NEGATIVE, "location, sku, on_hand, updated_at_ms", "stock", "on_hand < 0", *here)
+        transfers = query(
+            keys.TRANSFER, transfer_fields, "transfers",
+            "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received))" + either_end,
+        )  # fmt: skip
+        overdue = query(
+            keys.TRANSFER_OVERDUE, transfer_fields, "transfers",
+            "closed_at IS NULL AND shipped > received AND shipped_at_ms < ?" + either_end,
+        )  # fmt: skip
+        pending = query(keys.CLOCK_QUARANTINE, held.QUARANTINE_FIELDS, "quarantine", "status = 'pending'", *here)
+        rejection_fields = (
+            "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
+        )
+        rejected = query(keys.REJECTED, rejection_fields, "rejections", "code <> 'discarded'", *here)
+        divergence_page = keys.DIVERGENCE.after(after) if after is not None else None
 
         async def work(db: aiosqlite.Connection) -> list[ExceptionRow]:
+            async def fetch(sql: tuple[str, tuple[Any, ...]], *params: Any) -> list[Any]:
+                return list(await db.execute_fetchall(sql[0], (*sql[1], *params, limit)))
+
             out: list[ExceptionRow] = []
-            negative = await db.execute_fetchall(
-                f"SELECT location, sku, on_hand, updated_at_ms FROM stock{negative_where} "
-                "ORDER BY updated_at_ms DESC LIMIT ?",
-                (*at, limit),
-            )
-            for loc, sku, on_hand, at_ms in negative:
+            for loc, sku, on_hand, at_ms in await fetch(negative, *at):
                 finding = negative_on_hand_finding(loc, sku, on_hand)
                 if finding is not None:
                     data = finding.data | {"available": 0}
-                    out.append(ExceptionRow(finding.kind, loc, sku, finding.detail, data, at_ms))
-            transfers = await db.execute_fetchall(
-                f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{transfer_where} "
-                "ORDER BY updated_at_ms DESC LIMIT ?",
-                (*at, *at, limit),
-            )
-            for r in transfers:
-                finding = Transfer(*r[:10]).finding()
-                if finding is not None:
-                    out.append(
-                        ExceptionRow(finding.kind, finding.location, finding.sku, finding.detail, finding.data, r[10])
-                    )
+                    row = ExceptionRow(finding.kind, loc, sku, finding.detail, data, at_ms)
+                    out.append(findings.sourced(row, keys.NEGATIVE.name, loc, sku))
+            for r in await fetch(transfers, *at2):
+                if (t := Transfer(*r[:10]).finding()) is not None:
+                    row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
+                    out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))
             if transfer_open_max_ms is not None:
-                overdue = await db.execute_fetchall(
-                    f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{overdue_where} "
-                    "ORDER BY shipped_at_ms LIMIT ?",
-                    (now_ms - transfer_open_max_ms, *at, *at, limit),
-                )
-                for r in overdue:
-                    if (f := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
-                        out.append(ExceptionRow(f.kind, f.location, f.sku, f.detail, f.data, r[10]))
-            pending = await db.execute_fetchall(
-                f"SELECT {held.QUARANTINE_FIELDS} FROM quarantine{held_where} ORDER BY received_at_ms DESC LIMIT ?",
-                (*at, limit),
+                for r in await fetch(overdue, now_ms - transfer_open_max_ms, *at2):
+                    if (t := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
+                        row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
+                        out.append(findings.sourced(row, keys.TRANSFER_OVERDUE.name, r[0], r[1]))
+            for r in await fetch(pending, *at):
+                row = held.quarantine_exception(held.quarantine_row(r))
+                out.append(findings.sourced(row, keys.CLOCK_QUARANTINE.name, r[0]))
+            for r in await fetch(rejected, *at):
+                out.append(findings.sourced(rejection_exception(r[:11]), keys.REJECTED.name, r[1], r[0], r[11]))
+            out += await sqlite_reports.unknown_barcode_exceptions(db, location, limit, after)
+            out += await sqlite_reports.import_issue_exceptions(db, location, limit, after)
+            diverging = await sqlite_reports.divergence(
+                db, location, None, limit, divergence_page, keys.DIVERGENCE.order
             )
-            out += [held.quarantine_exception(held.quarantine_row(r)) for r in pending]
-            rejected = await db.execute_fetchall(
-                "SELECT event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms "
-                f"FROM rejections{rejected_where} ORDER BY received_at_ms DESC LIMIT ?",
-                (*at, limit),
-            )
-            out += [rejection_exception(r) for r in rejected]
-            out += await sqlite_reports.unknown_barcode_exceptions(db, location, limit)
-            out += await sqlite_reports.import_issue_exceptions(db, location, limit)
-            out += [findings.divergence(d) for d in await sqlite_reports.divergence(db, location, None, limit)]
-            out.sort(key=lambda e: (-e.at_ms, e.kind, e.location or "", e.sku or ""))
-            return out[:limit]
+            out += [findings.divergence(d) for d in diverging]
+            return keys.exceptions_page(out, limit)
 
         return await self._read("reading exceptions", work, snapshot=True)
 
@@ -565,7 +571,7 @@ class SqliteHubStore(HubStore):
         async def work(db: aiosqlite.Connection) -> list[AgentStatus]:
             marks: dict[str, dict[int, int]] = {}
             for aid, epoch, hwm in await db.execute_fetchall(
-                f"SELECT agent_id, epoch, hwm FROM agent_hwm {where}", params
+                f"SELECT agent_id, epoch, hwm FROM agent_hwm {where} ORDER BY updated_ms, epoch", params
             ):
                 marks.setdefault(aid, {})[epoch] = hwm
             rows = await db.execute_fetchall(
@@ -664,10 +670,12 @@ class SqliteHubStore(HubStore):
             ),
         )
 
-    async def webhook_deliveries(self, name: str, limit: int = 100) -> list[WebhookDelivery]:
+    async def webhook_deliveries(
+        self, name: str, limit: int = 100, before_id: int | None = None
+    ) -> list[WebhookDelivery]:
         checks.limit(limit)
         return await self._read(
-            "reading a webhook's deliveries", lambda db: sqlite_feed.webhook_deliveries(db, name, limit)
+            "reading a webhook's deliveries", lambda db: sqlite_feed.webhook_deliveries(db, name, limit, before_id)
         )
 
     # --- catalog, observations, import issues ------------------------------------
@@ -710,11 +718,15 @@ class SqliteHubStore(HubStore):
         )
 
     async def divergence(
-        self, *, location: str | None = None, system: str | None = None, limit: int = 1000
+        self, *, location: str | None = None, system: str | None = None, limit: int = 1000,
+        after: DivergenceKey | None = None,
     ) -> list[DivergenceRow]:
         checks.limit(limit)
+        page = keys.divergence_after(after) if after is not None else None
         return await self._read(
-            "comparing observations", lambda db: sqlite_reports.divergence(db, location, system, limit), snapshot=True
+            "comparing observations",
+            lambda db: sqlite_reports.divergence(db, location, system, limit, page),
+            snapshot=True,
         )
 
     async def health(self) -> dict[str, Any]:

@@ -91,10 +91,10 @@ async def log_webhook_delivery(
     )
 
 
-async def webhook_deliveries(db: Db, name: str, limit: int) -> list[WebhookDelivery]:
+async def webhook_deliveries(db: Db, name: str, limit: int, before_id: int | None = None) -> list[WebhookDelivery]:
     rows = await db.execute_fetchall(
         "SELECT delivery_id, name, first_change, last_change, status, http_status, error, at_ms "
-        "FROM webhook_deliveries WHERE name = ? ORDER BY delivery_id DESC LIMIT ?",
-        (name, limit),
+        "FROM webhook_deliveries WHERE name = ? AND delivery_id < ? ORDER BY delivery_id DESC LIMIT ?",
+        (name, (1 << 63) - 1 if before_id is None else before_id, limit),
     )
     return [WebhookDelivery(*r) for r in rows]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hub.resolver import diverges
-from hub.storage import checks, findings
+from hub.storage import checks, findings, keys
 from hub.storage.base import (
     AgentIdentity,
     Catalog,
@@ -40,6 +40,11 @@ async def _fetch(db: Db, sql: str, params: Sequence[Any] = ()) -> list[Any]:
 
 def _where(terms: list[str]) -> str:
     return " WHERE " + " AND ".join(terms) if terms else ""
+
+
+def _page(page: tuple[str, tuple[Any, ...]] | None) -> tuple[list[str], tuple[Any, ...]]:
+    """A paging term of hub.storage.keys (``{}`` per parameter) with SQLite's ``?`` marks, and its parameters."""
+    return ([page[0].format(*("?" * len(page[1])))], page[1]) if page is not None else ([], ())
 
 
 # --- catalog ----------------------------------------------------------------------
@@ -92,20 +97,25 @@ async def unknown_event_rows(db: Db, skus: Sequence[str]) -> list[Any]:
     return out
 
 
-async def unknown_barcode_exceptions(db: Db, location: str | None, limit: int) -> list[ExceptionRow]:
-    """Unknown-barcode keys still holding stock, or whose barcode the catalog does not know yet."""
-    terms = [
+async def unknown_barcode_exceptions(
+    db: Db, location: str | None, limit: int, after: keys.ExceptionKey | None = None
+) -> list[ExceptionRow]:
+    """Unknown-barcode keys still holding stock, or whose barcode the catalog does not know yet (in the
+    exceptions' order, after ``after``)."""
+    source = keys.UNKNOWN_BARCODE
+    terms, page = _page(source.after(after) if after is not None else None)
+    terms += [
         "substr(s.sku, 1, 8) = 'unknown:'",
         "(s.on_hand <> 0 OR NOT EXISTS (SELECT 1 FROM catalog c WHERE c.unknown_sku = s.sku))",
     ]
-    params: list[Any] = []
+    params: list[Any] = [*page]
     if location is not None:
         terms.append("s.location = ?")
         params.append(location)
     rows = await _fetch(
         db,
         f"SELECT s.location, s.sku, s.on_hand, s.updated_at_ms FROM stock s{_where(terms)} "
-        "ORDER BY s.updated_at_ms DESC LIMIT ?",
+        f"ORDER BY {source.order} LIMIT ?",
         (*params, limit),
     )
     return [findings.unknown_barcode(*r) for r in rows]
@@ -152,12 +162,19 @@ async def add_import_issues(db: Db, who: AgentIdentity, items: Sequence[ImportIs
     return result
 
 
-async def import_issue_exceptions(db: Db, location: str | None, limit: int) -> list[ExceptionRow]:
-    where, params = (" WHERE location = ?", (location,)) if location is not None else ("", ())
+async def import_issue_exceptions(
+    db: Db, location: str | None, limit: int, after: keys.ExceptionKey | None = None
+) -> list[ExceptionRow]:
+    source = keys.IMPORT_QUARANTINE
+    terms, page = _page(source.after(after) if after is not None else None)
+    params: tuple[Any, ...] = page
+    if location is not None:
+        terms.append("location = ?")
+        params += (location,)
     rows = await _fetch(
         db,
         "SELECT agent_id, issue_id, location, file, line, reason, raw, received_at_ms "
-        f"FROM import_issues{where} ORDER BY received_at_ms DESC LIMIT ?",
+        f"FROM import_issues{_where(terms)} ORDER BY {source.order} LIMIT ?",
         (*params, limit),
     )
     return [findings.import_quarantine(*r) for r in rows]
@@ -191,19 +208,24 @@ async def on_hand_as_of(db: Db, location: str, sku: str, at_ms: int) -> int:
     return (count[0][4] if count else 0) + int(deltas[0][0])
 
 
-async def divergence(db: Db, location: str | None, system: str | None, limit: int) -> list[DivergenceRow]:
+async def divergence(
+    db: Db, location: str | None, system: str | None, limit: int,
+    page: tuple[str, tuple[Any, ...]] | None = None, order: str = keys.DIVERGENCE_ORDER,
+) -> list[DivergenceRow]:  # fmt: skip
+    """Up to ``limit`` diverging latest observations in ``order``, those after the paging term ``page``."""
     terms, params = [], []
     for column, value in (("location", location), ("system", system)):
         if value is not None:
             terms.append(f"{column} = ?")
             params.append(value)
+    outer, outer_params = _page(page)
     latest = await _fetch(
         db,
         "SELECT system, location, sku, on_hand, observed_at_ms, agent_id, obs_id, source_file, received_at_ms "
         "FROM (SELECT o.*, ROW_NUMBER() OVER (PARTITION BY system, location, sku "
         "ORDER BY observed_at_ms DESC, received_at_ms DESC, agent_id DESC, obs_id DESC) AS newest "
-        f"FROM observations o{_where(terms)}) AS latest WHERE newest = 1 ORDER BY location, sku, system",
-        params,
+        f"FROM observations o{_where(terms)}) AS latest WHERE {' AND '.join(['newest = 1', *outer])} ORDER BY {order}",
+        (*params, *outer_params),
     )
     out: list[DivergenceRow] = []
     for system_, loc, sku, observed, at_ms, agent_id, obs_id, source_file, received_ms in latest:

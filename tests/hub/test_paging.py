@@ -1,4 +1,5 @@
-"""Paging never skips or repeats: cursors on the ledger and the counts, over real HTTP, on both backends.
+"""Paging never skips or repeats: cursors on the ledger, the counts, the exceptions, divergence and webhook
+deliveries, over real HTTP, on both backends.
 
 Bursts of hundreds of events on ONE timestamp (and on a few) are walked page by page with small limits;
 every row must come exactly once, in the order of the full key. Tampered cursors are a 400 with a sentence.
@@ -6,7 +7,10 @@ every row must come exactly once, in the order of the full key. Tampered cursors
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +19,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pg_testing import fresh_schema, pg_server
 
-from hub import HubSettings, HubStore, create_app, open_store
-from hub.storage.base import AgentIdentity
+from hub import HubSettings, HubStore, create_app, open_store, paging
+from hub.storage.base import AgentIdentity, ImportIssue, Observation
+from hub.webhooks import WebhookSpec
 from protocol import Kind, StockEvent, event_id_hex, new_event_id, pack_hlc
 
 FIXTURES = (pg_server,)  # used by name below
@@ -185,3 +190,198 @@ async def test_tampered_cursors_are_400_with_one_sentence(store: HubStore, clien
         assert "cursor" in message and message.count(". ") == 0 and "\n" not in message
     good = await client.get("/v1/ledger", params={"cursor": ledger_next}, headers=auth)
     assert good.status == 200
+
+
+# --- exceptions: one list merged from many sources -----------------------------------------------------
+
+HOUR_MS = 3_600_000
+
+
+def move(who: AgentIdentity, seq: int, at_ms: int, kind: Kind, qty: int, *, sku: str, location: str = "S001",
+         ref: str | None = None, attrs: dict[str, Any] | None = None) -> StockEvent:  # fmt: skip
+    return StockEvent(
+        new_event_id(), who.agent_id, 1, seq, location, sku, kind, qty, pack_hlc(at_ms, 0), at_ms, "api:test",
+        ref, None, attrs,
+    )  # fmt: skip
+
+
+async def exception_burst(store: HubStore) -> str:
+    """Hundreds of exceptions of every source, most of them committed by ONE batch and so sharing one
+    ``at_ms``: negative stock, unknown barcodes, transfers closed short, overdue transfers, refused
+    events, events held for their clock; then import issues and divergence, a batch each."""
+    a, token = await agent(store, ["S001", "S002", "S003"])
+    batch: list[StockEvent] = []
+
+    def add(at_ms: int, kind: Kind, qty: int, **kw: Any) -> None:
+        batch.append(move(a, len(batch) + 1, at_ms, kind, qty, **kw))
+
+    for i in range(120):
+        add(NOW_MS, Kind.SALE, -1, sku=f"SKU-N{i:03d}")
+    for i in range(30):
+        add(NOW_MS, Kind.SALE, -1, sku=f"unknown:40000000{i:05d}", location="S002")
+    for i in range(25):  # shipped 3, received 1 on a final receipt: closed short
+        add(NOW_MS, Kind.TRANSFER_OUT, -3, sku=f"SKU-T{i:03d}", ref=f"T{i}", attrs={"to": "S002"})
+        add(NOW_MS + 1, Kind.TRANSFER_IN, 1, sku=f"SKU-T{i:03d}", location="S002", ref=f"T{i}")
+    for i in range(20):  # shipped two hours ago, never received: overdue after an hour
+        add(NOW_MS - 2 * HOUR_MS, Kind.TRANSFER_OUT, -2, sku=f"SKU-O{i:03d}", ref=f"O{i}", attrs={"to": "S003"})
+    for i in range(40):  # a location this credential is not bound to
+        add(NOW_MS, Kind.RECEIVE, 1, sku=f"SKU-R{i:03d}", location="S009")
+    for i in range(30):  # three days ahead of the hub's clock
+        add(NOW_MS + 72 * HOUR_MS, Kind.RECEIVE, 1, sku=f"SKU-Q{i:03d}")
+    result = await store.ingest(a, 1, batch, clock_window_ms=24 * HOUR_MS)
+    assert sorted({r.code for r in result.rejected}) == ["forbidden_location", "quarantined"]
+    issues = [ImportIssue(f"i{i}", "S001", "pos.csv", i + 1, "the quantity is not a number") for i in range(40)]
+    assert len((await store.add_import_issues(a, issues)).accepted) == 40
+    seen = [Observation(f"o{i}", "S001", f"SKU-N{i:03d}", "shopify", 50, NOW_MS + 10) for i in range(40)]
+    assert len((await store.add_observations(a, seen)).accepted) == 40
+    return token
+
+
+@pytest.fixture
+async def ops_client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
+    """A hub whose transfers are overdue after an hour."""
+    app = create_app(store, HubSettings(db="unused-by-create-app", transfer_open_max_s=3_600))
+    c: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await c.start_server()
+    yield c
+    await c.close()
+
+
+def identity(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True)
+
+
+EXCEPTION_KINDS = {
+    "negative_on_hand": 120 + 30 + 25 + 20,
+    "unknown_barcode": 30,
+    "transfer_short": 25,
+    "transfer_overdue": 20,
+    "rejected_event": 40,
+    "clock_quarantine": 30,
+    "import_quarantine": 40,
+    "divergence": 40,
+}
+
+
+@pytest.mark.parametrize("limit", [7, 50])
+async def test_walking_the_exceptions_sees_each_once(
+    store: HubStore, ops_client: TestClient[Any, Any], limit: int
+) -> None:
+    token = await exception_burst(store)
+    rows = await walk(ops_client, token, "/v1/exceptions", "exceptions", limit=limit)
+    assert Counter(r["kind"] for r in rows) == EXCEPTION_KINDS
+    assert len({identity(r) for r in rows}) == len(rows), "an exception came twice"
+    burst = Counter(r["at_ms"] for r in rows).most_common(1)[0][1]
+    assert burst >= 200, f"only {burst} exceptions share one at_ms: the burst is not a burst"
+    assert [r["at_ms"] for r in rows] == sorted((r["at_ms"] for r in rows), reverse=True)
+    auth = {"Authorization": f"Bearer {token}"}
+    whole = await (await ops_client.get("/v1/exceptions", params={"limit": "10000"}, headers=auth)).json()
+    assert [identity(r) for r in whole["exceptions"]] == [identity(r) for r in rows] and whole["next"] is None
+
+
+async def test_a_filtered_exception_walk_is_whole_too(store: HubStore, ops_client: TestClient[Any, Any]) -> None:
+    token = await exception_burst(store)
+    rows = await walk(ops_client, token, "/v1/exceptions", "exceptions", limit=4, location="S002")
+    assert Counter(r["kind"] for r in rows) == {"negative_on_hand": 30, "unknown_barcode": 30, "transfer_short": 25}
+    assert len({identity(r) for r in rows}) == len(rows)
+
+
+async def test_exceptions_raised_during_a_walk_do_not_disturb_it(
+    store: HubStore, ops_client: TestClient[Any, Any]
+) -> None:
+    token = await exception_burst(store)
+    auth = {"Authorization": f"Bearer {token}"}
+    first = await (await ops_client.get("/v1/exceptions", params={"limit": "30"}, headers=auth)).json()
+    b, _ = await agent(store, ["S004"])
+    later = [move(b, i + 1, NOW_MS, Kind.SALE, -1, sku=f"SKU-L{i:03d}", location="S004") for i in range(10)]
+    assert not (await store.ingest(b, 1, later)).rejected  # newer: they sort before the cursor
+    rest = await walk(ops_client, token, "/v1/exceptions", "exceptions", limit=30, cursor=first["next"])
+    rows = first["exceptions"] + rest
+    assert Counter(r["kind"] for r in rows) == EXCEPTION_KINDS
+    assert len({identity(r) for r in rows}) == len(rows)
+
+
+# --- divergence and webhook deliveries ---------------------------------------------------------------
+
+
+async def test_walking_divergence_sees_each_once(store: HubStore, client: TestClient[Any, Any]) -> None:
+    a, token = await agent(store, ["S001", "S002"])
+    sales = [ev(a, i + 1, NOW_MS, sku=f"SKU-{i:03d}", location=f"S00{1 + i % 2}") for i in range(30)]
+    assert not (await store.ingest(a, 1, sales)).rejected
+    seen = [
+        Observation(f"o{system}{i}", e.location, e.sku, system, 40 + i, NOW_MS + 10)
+        for i, e in enumerate(sales)
+        for system in ("shopify", "square")
+    ]
+    assert len((await store.add_observations(a, seen)).accepted) == 60
+    rows = await walk(client, token, "/v1/divergence", "divergence", limit=7)
+    keys = [(r["location"], r["sku"], r["system"]) for r in rows]
+    assert keys == sorted((o.location, o.sku, o.system) for o in seen)
+    of_one = await walk(client, token, "/v1/divergence", "divergence", limit=4, system="square", location="S002")
+    assert [r["sku"] for r in of_one] == [e.sku for e in sales if e.location == "S002"]
+
+
+@pytest.fixture
+async def hook_client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
+    """A hub with two webhooks (the feed stays empty, so they never call their URL)."""
+    hooks = tuple(WebhookSpec(name, "http://127.0.0.1:9/hook", "s" * 32) for name in ("shop", "other"))
+    app = create_app(store, HubSettings(db="unused-by-create-app", webhooks=hooks))
+    c: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await c.start_server()
+    yield c
+    await c.close()
+
+
+async def test_walking_webhook_deliveries_sees_each_once(
+    store: HubStore, hook_client: TestClient[Any, Any]
+) -> None:
+    _, token = await agent(store, ["S001"])
+    for i in range(45):  # every attempt at one ms
+        await store.log_webhook_delivery("shop", i + 1, i + 1, "failed", 500, f"attempt {i}", NOW_MS)
+    await store.log_webhook_delivery("other", 1, 1, "delivered", 200, None, NOW_MS)
+    rows = await walk(hook_client, token, "/v1/webhooks/shop/deliveries", "deliveries", limit=4)
+    assert [r["first_change"] for r in rows] == list(range(45, 0, -1))
+    auth = {"Authorization": f"Bearer {token}"}
+    page = await (await hook_client.get("/v1/webhooks/shop/deliveries", params={"limit": "2"}, headers=auth)).json()
+    resp = await hook_client.get("/v1/webhooks/other/deliveries", params={"cursor": page["next"]}, headers=auth)
+    body = await resp.json()
+    assert resp.status == 400 and "cursor" in body["error"]["message"], "another webhook's cursor"
+
+
+async def test_tampered_cursors_of_the_other_routes_are_400(
+    store: HubStore, ops_client: TestClient[Any, Any]
+) -> None:
+    token = await exception_burst(store)
+    auth = {"Authorization": f"Bearer {token}"}
+    exc_next = (await (await ops_client.get("/v1/exceptions", params={"limit": "3"}, headers=auth)).json())["next"]
+    div_next = (await (await ops_client.get("/v1/divergence", params={"limit": "3"}, headers=auth)).json())["next"]
+    assert exc_next and div_next
+    flipped = exc_next[:12] + ("A" if exc_next[12] != "A" else "B") + exc_next[13:]
+    forged = [  # a valid check (it is no secret) around fields this hub never gives out
+        paging.encode("exceptions", [NOW_MS, "no_such_source", ["x"]]),
+        paging.encode("exceptions", [NOW_MS, "rejected_event", ["agent", "not hex", ""]]),
+        paging.encode("exceptions", [NOW_MS, "negative_on_hand", ["S001"]]),
+        paging.encode("exceptions", [-1, "negative_on_hand", ["S001", "SKU-1"]]),
+        paging.encode("exceptions", [NOW_MS, "clock_quarantine", ["1"]]),
+        paging.encode("exceptions", [NOW_MS, "import_quarantine", ["\ud800", "i1"]]),
+        paging.encode("divergence", ["S001", "SKU-1", 5]),
+    ]
+    for path, cursor in (
+        ("/v1/exceptions", flipped),
+        ("/v1/exceptions", exc_next[:-2]),
+        ("/v1/exceptions", div_next),
+        ("/v1/divergence", exc_next),
+        ("/v1/divergence", "%%%"),
+        *(("/v1/divergence" if '"divergence"' in _payload(c) else "/v1/exceptions", c) for c in forged),
+    ):
+        resp = await ops_client.get(path, params={"cursor": cursor}, headers=auth)
+        body = await resp.json()
+        assert resp.status == 400, (path, cursor, body)
+        message = body["error"]["message"]
+        assert "cursor" in message and message.count(". ") == 0 and "\n" not in message
+    assert (await ops_client.get("/v1/exceptions", params={"cursor": exc_next}, headers=auth)).status == 200
+
+
+def _payload(cursor: str) -> str:
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    return raw[: -paging.CHECK_BYTES].decode()

@@ -16,7 +16,7 @@ from hub import HubSettings, HubStore, create_app, open_store
 from hub.auth import PUBLIC_ROUTES_KEY
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-PLACEHOLDERS = {"location": "S001", "sku": "SKU-1", "name": "hook", "id": "x"}
+PLACEHOLDERS = {"location": "S001", "sku": "SKU-1", "name": "hook", "id": "x", "quarantine_id": "1"}
 
 
 @dataclass(frozen=True, slots=True)
