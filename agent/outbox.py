@@ -38,6 +38,7 @@ import hashlib
 import logging
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ ZERO_CHAIN = bytes(CHAIN_BYTES)  # the chain before the first row
 RETENTION_DEFAULT_S = 30 * 86_400.0
 PURGE_EVERY_MS = 3_600_000
 EPOCH_BITS = 63
+OPEN_BUSY_S = 10.0  # opening waits this long for another process creating or migrating the same file
+OPEN_RETRY_S = 0.05
 INLINE_MAX_MOVEMENTS = 8  # a record of at most this many may commit on the caller's thread (agent.db)
 
 _SCHEMA = (
@@ -285,15 +288,32 @@ class Outbox(SqliteFile):
             raise OutboxError(str(err)) from err
         outbox = cls(db, wall_clock_ms=wall_clock_ms, retention_s=retention_s)
         try:
-            await db.connect()
-            if create:
-                await db.write(lambda conn: outbox._init(conn, agent_id, location))
-            else:
-                await db.read(lambda conn: outbox._load(conn, agent_id))
+            deadline = time.monotonic() + OPEN_BUSY_S
+            while True:
+                try:
+                    await db.connect()
+                    if create:
+                        await db.write(lambda conn: outbox._init(conn, agent_id, location))
+                    else:
+                        await db.read(lambda conn: outbox._load(conn, agent_id))
+                    break
+                except sqlite3.OperationalError as err:
+                    # Another process (an agent starting, a `record`) is creating or switching the same file
+                    # to WAL at this moment: SQLite answers "locked" without waiting. Try again shortly.
+                    if not _busy(err) or time.monotonic() > deadline:
+                        raise
+                    await db.close()
+                    db = SqliteThread(path, synchronous)
+                    outbox = cls(db, wall_clock_ms=wall_clock_ms, retention_s=retention_s)
+                    await asyncio.sleep(OPEN_RETRY_S)
         except sqlite3.DatabaseError as err:
             await db.close()
             if getattr(err, "sqlite_errorname", "") in _DISK_REFUSED:
                 raise OutboxError(f"the outbox {path} could not be opened: {write_failure(err)}") from err
+            if isinstance(err, sqlite3.OperationalError) and _busy(err):
+                raise OutboxError(
+                    f"the outbox {path} stayed locked by another process for {OPEN_BUSY_S:g} s; try again"
+                ) from err
             raise OutboxError(f"{path} is not a usable shelfsync outbox: {err}") from err
         except BaseException:
             await db.close()
@@ -793,6 +813,10 @@ def _backlog(conn: sqlite3.Connection) -> tuple[int, int | None]:
     aside = conn.execute("SELECT count(*) FROM rejected WHERE seq > ?", (floor,)).fetchone()[0]
     row = conn.execute(f"SELECT wall_ms FROM events WHERE {_PENDING} ORDER BY seq LIMIT 1").fetchone()
     return max(0, last - floor - aside), None if row is None else row[0]
+
+
+def _busy(err: sqlite3.OperationalError) -> bool:
+    return getattr(err, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(err)
 
 
 _DISK_REFUSED = ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_SHMSIZE")

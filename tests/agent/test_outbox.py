@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from agent import InvalidMovement, Movement, Outbox, OutboxClosed, OutboxError, OutboxMissing
+from agent import outbox as outbox_module
+from agent.db import SqliteThread
 from protocol import Kind, Rejection, derived_event_id, pack_hlc, unpack_hlc
 
 AGENT = "store-1"
@@ -288,3 +291,29 @@ async def test_the_backlog_figure_matches_the_pending_events_through_acks_set_as
         await outbox.mark_acked(20)
         await agree()
         assert (await outbox.stats()).backlog == 0
+
+
+async def test_opening_waits_while_another_process_holds_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent starting while ``record`` opens the same outbox (or the reverse) can meet SQLite's "database is
+    locked" without its busy handler (seen under load in the adversarial suite): the open tries again for a
+    while instead of calling the file unusable, and says "locked", not "unusable", if it never frees."""
+    path = tmp_path / "o.sqlite3"
+    real_connect = SqliteThread._connect
+    refusals = [sqlite3.OperationalError("database is locked")] * 3
+
+    def connect(self: SqliteThread) -> None:
+        if refusals:
+            raise refusals.pop()
+        real_connect(self)
+
+    monkeypatch.setattr(SqliteThread, "_connect", connect)
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        assert (await outbox.record([sale()])).events[0].seq == 1
+    assert refusals == []
+
+    monkeypatch.setattr(outbox_module, "OPEN_BUSY_S", 0.2)
+    refusals.extend([sqlite3.OperationalError("database is locked")] * 1000)
+    with pytest.raises(OutboxError, match="stayed locked by another process"):
+        await Outbox.open(path, agent_id=AGENT, location=LOC)

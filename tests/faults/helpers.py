@@ -285,9 +285,12 @@ def outbox_meta(outbox: Path) -> dict[str, Any]:
     return dict(_query(outbox, "SELECT key, value FROM meta"))
 
 
-def hub_events(hub_db: Path) -> dict[str, EventRow]:
+def hub_events(hub_db: Path, locations: Iterable[str] | None = None) -> dict[str, EventRow]:
+    """The hub's events by id, of ``locations`` only if given (an id is unique per credential, so two
+    stores may hold the same one: keep to one store's locations to key by id)."""
     rows = _query(hub_db, "SELECT event_id, location, sku, kind, qty, seq FROM events")
-    return {_uuid(r[0]): EventRow(*r[1:]) for r in rows}
+    wanted = None if locations is None else set(locations)
+    return {_uuid(r[0]): EventRow(*r[1:]) for r in rows if wanted is None or r[1] in wanted}
 
 
 def hub_rejections(hub_db: Path) -> dict[str, str]:
@@ -371,7 +374,7 @@ def verify(
     for path in sorted(outboxes):
         recorded |= outbox_events(path)
     locations = sorted({s.location for s in stores})
-    held = {k: v for k, v in hub_events(Path(hub.db)).items() if v.location in locations}
+    held = hub_events(Path(hub.db), locations)
 
     lost = set(recorded) - set(held)
     assert not lost, f"{len(lost)} recorded event(s) never reached the hub, e.g. {sorted(lost)[:3]}"
