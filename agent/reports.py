@@ -52,6 +52,7 @@ from protocol.reports import (
     encode_import_issues,
     encode_observations,
 )
+from protocol.values import shown
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +231,9 @@ class ReportSender(HubLoop):
             if problem:
                 log.warning(
                     "The observation of %s at %s from %s cannot be reported: %s",
-                    o.sku,
-                    o.location,
-                    o.source_file,
+                    shown(o.sku),
+                    shown(o.location),
+                    shown(o.source_file, bare=True),
                     problem,
                 )
                 unsendable.append(row_id)

@@ -179,12 +179,16 @@ class Query:
         unknown = sorted(set(self._q) - set(allowed))
         if unknown:
             takes = f"it takes {', '.join(sorted(allowed))}" if allowed else "it takes none"
+            # the names and the path are the sender's: shown escaped and bounded, never as they came
+            named = ", ".join(values.shown(k, values.QUOTE_MAX_CHARS, bare=True) for k in unknown[:5])
+            more = f" and {len(unknown) - 5:,} more" if len(unknown) > 5 else ""
             raise web.HTTPBadRequest(
-                text=f"unknown query parameter(s) {', '.join(unknown)} for {request.path}; {takes}"
+                text=f"unknown query parameter(s) {named}{more} for {values.shown(request.path, bare=True)}; {takes}"
             )
         for key in self._q:
             if len(self._q.getall(key)) > 1:
-                raise web.HTTPBadRequest(text=f"query parameter {key} is given more than once")
+                named = values.shown(key, values.QUOTE_MAX_CHARS, bare=True)
+                raise web.HTTPBadRequest(text=f"query parameter {named} is given more than once")
 
     def _get(self, key: str) -> str | None:
         return self._q.get(key)
@@ -194,7 +198,8 @@ class Query:
         if raw is None:
             return None
         if not raw.isascii() or not raw.isdigit() or len(raw) > 20 or not lo <= int(raw) <= hi:
-            raise web.HTTPBadRequest(text=f"{key} must be a whole number from {lo} to {hi}, got {raw[:40]!r}")
+            got = values.shown(raw, values.QUOTE_MAX_CHARS)
+            raise web.HTTPBadRequest(text=f"{key} must be a whole number from {lo} to {hi}, got {got}")
         return int(raw)
 
     def limit(self, default: int, maximum: int) -> int:

@@ -64,6 +64,8 @@ ATTRS_MAX_KEYS = 32
 ATTR_KEY_MAX_LEN = 32
 ATTR_STR_MAX_LEN = 256
 JSON_DEPTH_MAX = 32  # a request body nested deeper than this is refused before any use
+SHOWN_MAX_CHARS = 120  # of an untrusted string quoted in a log line or a message (``shown``)
+QUOTE_MAX_CHARS = 40  # of a refused value quoted in a 400's sentence
 
 
 def is_text(value: object) -> bool:
@@ -76,10 +78,27 @@ def is_unicode(value: str) -> bool:
     return SURROGATE_RE.search(value) is None
 
 
+def shown(value: str, limit: int = SHOWN_MAX_CHARS, *, bare: bool = False) -> str:
+    """``value`` as it may appear in a log line or a message: one line, nothing a terminal acts on, bounded.
+
+    Quoted as Python's ``repr`` quotes it, so every character that is not printable — a newline, a
+    terminal's ESC, a line separator, a lone surrogate, a bidirectional override — appears once as its
+    escape (``\\n``, ``\\x1b``, ``\\u2028``), never as itself; at most ``limit`` characters of ``value``,
+    with ``…`` after a cut. ``bare=True`` leaves a value that needs no escape unquoted, so an ordinary
+    file name reads as itself. Every string a sender, a file or a file name hands us goes through this
+    before it reaches a log line or an error sentence.
+    """
+    cut = value[:limit]
+    more = "…" if len(value) > limit else ""
+    if bare and cut.isprintable():
+        return cut + more
+    quoted = repr(cut)
+    return quoted[:-1] + more + quoted[-1]
+
+
 def _quote(value: str) -> str:
-    """``value`` cut to 40 characters for a message, with what the rule refuses escaped."""
-    cut = value[:40]
-    return repr(NOT_TEXT_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", cut))
+    """``value`` cut to 40 characters for a message, quoted, every character the rule refuses escaped once."""
+    return shown(value, QUOTE_MAX_CHARS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from agent.outbox import Outbox
 from agent.pos.config import PosImportConfig
 from agent.pos.importer import PosImporter
 from agent.pos.store import PosStore
+from protocol.values import shown
 
 if TYPE_CHECKING:  # agent.config may import agent.pos.config: no import cycle through here
     from agent.config import AgentConfig
@@ -37,6 +38,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_QUARANTINED = 3
 PROGRESS_MIN_BYTES = 1 << 20  # smaller files finish before a bar is worth drawing
+REASON_SHOWN_MAX_CHARS = 500
+RAW_SHOWN_MAX_CHARS = 160
 
 
 def add_import_parser(subparsers: Any, *, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
@@ -104,7 +107,7 @@ async def import_command(config: AgentConfig, args: argparse.Namespace, *, out: 
         for name in args.files:
             path = Path(name)
             if not path.is_file():
-                print(f"shelfsync-agent: {name} is not a file", file=sys.stderr)
+                print(f"shelfsync-agent: {shown(name, bare=True)} is not a file", file=sys.stderr)
                 worst = EXIT_FAILURE
                 continue
             with _Progress(path, disabled=args.no_progress) as progress:
@@ -124,7 +127,7 @@ class _Progress:
         size = path.stat().st_size
         # disable=None: tqdm draws only when stderr is a terminal.
         self._bar = tqdm(
-            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name, file=sys.stderr,
+            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=shown(path.name, bare=True), file=sys.stderr,
             disable=True if disabled or size < PROGRESS_MIN_BYTES else None, leave=True, dynamic_ncols=True,
         )
         self._started = time.monotonic()
@@ -159,9 +162,11 @@ async def _report(store_path: Path, args: argparse.Namespace, out: TextIO) -> in
         return EXIT_OK
     lines = [f"Quarantined rows: {total:,}" + (f" (showing {len(entries):,})" if total > len(entries) else "")]
     for e in entries:
-        lines.append(f"  {e.file_name} line {e.line}: {e.reason}")
+        # names, reasons and rows come from files: escaped and bounded, so none can forge a line or a colour
+        reason = shown(e.reason, REASON_SHOWN_MAX_CHARS, bare=True)
+        lines.append(f"  {shown(e.file_name, bare=True)} line {e.line}: {reason}")
         if e.raw:
-            lines.append(f"      {e.raw[:160]}")
+            lines.append(f"      {shown(e.raw, RAW_SHOWN_MAX_CHARS, bare=True)}")
     lines.append("Recent imports:")
     for r in imports:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_ms / 1000))

@@ -28,6 +28,7 @@ from agent.pos.rows import RowMapper, row_text
 from agent.pos.source import CsvRows, FileScan, scan_file
 from agent.pos.store import PosStore
 from protocol import wall_ms_now
+from protocol.values import shown
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class _FileParse:
             self._rows = rows
             self.columns = choose(rows.header, self._config.all_profiles(), self._profile)
             self.mapper = RowMapper(
-                self.columns, self._config, default_location=self._location, source_file=self._name,
+                # the name as it may be shown and sent (the hub refuses control characters in it)
+                self.columns, self._config, default_location=self._location, source_file=shown(self._name, bare=True),
                 file_time_ms=self._scan.mtime_ms, now_ms=self._now_ms, counter=self._counter, delimiter=rows.delimiter,
             )
             self._iter = iter(rows)
@@ -88,7 +90,9 @@ class _FileParse:
             for line, fields in iterator:
                 if fields is None:
                     batch.rows += 1
-                    batch.quarantined.append(Quarantined(line, f"the row is not valid CSV: {rows.error}"))
+                    # the line's text is kept, as for every quarantined row: nothing a file hands us is dropped
+                    reason = f"the row is not valid CSV: {rows.error}"
+                    batch.quarantined.append(Quarantined(line, reason, rows.bad_text))
                     outcomes += 1
                 elif not any(f.strip() for f in fields):
                     continue  # a blank line
@@ -137,19 +141,27 @@ class PosImporter:
         self._wall_clock_ms = wall_clock_ms
 
     async def import_file(
-        self, path: Path, *, profile: str | None = None, name: str | None = None, on_progress: ProgressFn | None = None
+        self,
+        path: Path,
+        *,
+        profile: str | None = None,
+        name: str | None = None,
+        on_progress: ProgressFn | None = None,
+        follow_links: bool = True,
     ) -> ImportReport:
         """Import one file. A file that cannot be read at all gives a report with status "failed".
 
-        Raises PosImportError only when the outbox or the store cannot be
-        written — then nothing about the file is final, and importing it again
-        later is safe.
+        ``follow_links=False`` (the drop folder) refuses a symbolic link
+        without reading through it. Raises PosImportError only when the outbox
+        or the store cannot be written — then nothing about the file is final,
+        and importing it again later is safe.
         """
         name = name or path.name
         started_ms = self._wall_clock_ms()
         try:
-            scan = await asyncio.to_thread(scan_file, path)
+            scan = await asyncio.to_thread(scan_file, path, follow_links=follow_links)
         except FileRejected as err:
+            log.warning("The POS export %s was not imported: %s", shown(name, bare=True), err)
             return ImportReport(name, "", 0, "", "", "failed", error=str(err), started_ms=started_ms, finished_ms=started_ms)
         parse = _FileParse(scan, self.config, profile or self.config.profile, self.location, started_ms, name)
         try:
@@ -162,7 +174,7 @@ class PosImporter:
                 )
                 import_id = await self.store.begin_import(scan, name, report.profile)
                 await self.store.finish_import(import_id, report)
-                log.warning("The POS export %s was not imported: %s", name, err)
+                log.warning("The POS export %s was not imported: %s", shown(name, bare=True), err)
                 return report
             import_id = await self.store.begin_import(scan, name, columns.profile.name)
             report = await self._import_rows(parse, scan, columns, import_id, name, started_ms, on_progress)

@@ -6,6 +6,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from protocol.values import shown
+
+RAW_MAX_CHARS = 2_000  # of a quarantined row's text, in the store, the report and to the hub
+
+
+def clip_raw(text: str) -> str:
+    """A quarantined row's text as kept: at most RAW_MAX_CHARS characters, ``…`` after a cut."""
+    return text if len(text) <= RAW_MAX_CHARS else text[: RAW_MAX_CHARS - 1] + "…"
+
 
 @dataclass(frozen=True, slots=True)
 class Observation:
@@ -38,7 +47,7 @@ class Quarantined:
 
     line: int
     reason: str
-    raw: str = ""  # the row as CSV text, cut to RAW_MAX_CHARS
+    raw: str = ""  # the row's text (as CSV, or the line as read when it is not CSV), cut by clip_raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +103,9 @@ class ImportReport:
 
     def summary(self) -> str:
         """One sentence for a person."""
+        name = shown(self.file_name, bare=True)  # a file name can hold a newline or a terminal escape
         if self.status == "failed":
-            return f"{self.file_name}: not imported — {self.error}"
+            return f"{name}: not imported — {self.error}"
         parts = [f"{self.rows_read:,} rows read"]
         if self.produces == "movements":
             parts.append(f"{self.imported:,} imported")
@@ -106,4 +116,4 @@ class ImportReport:
         if self.skipped:
             parts.append(f"{self.skipped:,} not stock")
         parts.append(f"{self.quarantined:,} quarantined")
-        return f"{self.file_name} ({self.profile}, {self.encoding}): " + ", ".join(parts)
+        return f"{name} ({self.profile}, {self.encoding}): " + ", ".join(parts)

@@ -29,6 +29,7 @@ from typing import Any
 
 from agent.pos.errors import FileRejected
 from protocol import Kind
+from protocol.values import shown
 
 
 class Produces(StrEnum):
@@ -61,6 +62,8 @@ FIELDS: Mapping[str, str] = {
 }
 MOVEMENT_REQUIRED = frozenset({"date", "sku", "qty"})
 OBSERVATION_REQUIRED = frozenset({"sku", "on_hand"})
+HEADER_NAMES_SHOWN = 8  # of a header row quoted in a sentence
+HEADER_NAME_SHOWN_MAX_CHARS = 40
 VENDOR_RE = re.compile(r"[a-z0-9][a-z0-9._\-]{0,31}")
 
 _GENERIC_KINDS: Mapping[str, Kind] = {k.value: k for k in Kind} | {
@@ -196,8 +199,11 @@ def match(profile: Profile, header: Sequence[str]) -> ColumnMap:
 
 
 def _shown(header: Sequence[str]) -> str:
-    names = ", ".join(h.strip() for h in header[:8])
-    return names + (f", … ({len(header)} columns)" if len(header) > 8 else "")
+    """The header row for a sentence: its first 8 names, each escaped and bounded (a binary file's "header"
+    is kilobytes of control bytes, and the sentence goes into a log line)."""
+    names = ", ".join(shown(h.strip(), HEADER_NAME_SHOWN_MAX_CHARS, bare=True) for h in header[:HEADER_NAMES_SHOWN])
+    more = len(header) > HEADER_NAMES_SHOWN
+    return names + (f", … ({len(header)} columns)" if more else "")
 
 
 def choose(header: Sequence[str], profiles: Mapping[str, Profile], wanted: str = "auto") -> ColumnMap:

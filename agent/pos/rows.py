@@ -24,7 +24,7 @@ from decimal import Decimal
 from agent.outbox import Movement
 from agent.pos.config import PosImportConfig
 from agent.pos.errors import BadValue
-from agent.pos.model import Observation, Quarantined, Skipped
+from agent.pos.model import Observation, Quarantined, Skipped, clip_raw
 from agent.pos.occurrences import OccurrenceCounter
 from agent.pos.profiles import ColumnMap, Produces
 from agent.pos.timezones import ZoneResolver
@@ -32,7 +32,6 @@ from agent.pos.values import MEASURE_UNITS, parse_money, parse_quantity, timesta
 from protocol import Kind, ProtocolError, StockEvent, derived_event_id, pack_hlc
 from protocol.event import QTY_SIGN
 
-RAW_MAX_CHARS = 2_000
 # C0 and C1 control characters: an undefined cp1252 byte becomes one, and no SKU holds one.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 Outcome = Movement | Observation | Quarantined | Skipped
@@ -41,13 +40,12 @@ _VALIDATOR_AGENT = "pos-import"
 
 
 def row_text(fields: Sequence[str] | None, delimiter: str = ",") -> str:
-    """The row as CSV text again, cut to RAW_MAX_CHARS, for the quarantine list."""
+    """The row as CSV text again, cut by clip_raw, for the quarantine list."""
     if not fields:
         return ""
     out = io.StringIO()
     csv.writer(out, delimiter=delimiter, lineterminator="").writerow(fields)
-    text = out.getvalue()
-    return text if len(text) <= RAW_MAX_CHARS else text[: RAW_MAX_CHARS - 1] + "…"
+    return clip_raw(out.getvalue())
 
 
 class RowMapper:

@@ -14,16 +14,24 @@ hands the csv module one physical line at a time, each at most
 row, so a 2 GB line costs no memory), and it watches for a quote that is
 opened and never closed: such a field would swallow every line after it, so
 the row it starts on is reported as bad and the lines after it are read
-again on their own.
+again on their own. A bad row keeps its text (``bad_text``) for the
+quarantine, as a good row that fails validation does.
+
+The drop folder reads with ``follow_links=False``: a symbolic link is refused
+unread (``O_NOFOLLOW`` where the system has it, a check of the link itself
+everywhere), so a link cannot make the agent read a file outside the folder.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import hashlib
 import io
 import itertools
+import os
+import stat as stat_mode
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +40,8 @@ from types import TracebackType
 from typing import BinaryIO, Self, TextIO
 
 from agent.pos.errors import FileRejected
+from agent.pos.model import RAW_MAX_CHARS, clip_raw
+from protocol.values import shown
 
 SCAN_CHUNK_BYTES = 1 << 20
 HEADER_MAX_CHARS = 64 * 1024
@@ -58,14 +68,51 @@ class FileScan:
     mtime_ms: int
     sha256: str
     encoding: str  # "utf-8", "utf-8-sig" (with BOM), "utf-16" or "cp1252"
+    follow_links: bool = True  # False: the file is opened again for its rows without following a link
 
 
-def scan_file(path: Path) -> FileScan:
-    """Hash the file and decide its encoding, reading it in chunks."""
+def _open_file(path: Path, follow_links: bool) -> BinaryIO:
+    """``path`` opened for reading. With ``follow_links=False`` a symbolic link, or anything that is not a
+    regular file, is refused without reading a byte through it."""
+    name = shown(path.name, bare=True)
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+    if not follow_links:
+        # O_NONBLOCK: a FIFO swapped in is not waited on (it is refused below); regular files ignore it
+        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        if path.is_symlink():  # systems without O_NOFOLLOW; and a clearer sentence than ELOOP everywhere
+            raise FileRejected(_link_refused(path))
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if not follow_links and (err.errno == errno.ELOOP or path.is_symlink()):
+            raise FileRejected(_link_refused(path)) from err
+        raise FileRejected(f"{name} could not be read: {err.strerror or err}") from err
+    try:
+        if not follow_links and not stat_mode.S_ISREG(os.fstat(fd).st_mode):
+            raise FileRejected(f"{name} is not a regular file; only files placed in the drop folder are imported")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _link_refused(path: Path) -> str:
+    try:
+        target = f" (to {shown(os.readlink(path))})"
+    except OSError:
+        target = ""
+    return (
+        f"{shown(path.name, bare=True)} is a symbolic link{target}; the drop folder never reads a file through a "
+        "link, which could point anywhere on this computer: move or copy the export itself into the folder"
+    )
+
+
+def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
+    """Hash the file and decide its encoding, reading it in chunks (see ``_open_file`` for ``follow_links``)."""
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as raw:
-            stat = path.stat()
+        with _open_file(path, follow_links) as raw:
+            stat = os.fstat(raw.fileno())
             first = raw.read(SCAN_CHUNK_BYTES)
             utf16 = first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
             bom = first.startswith(codecs.BOM_UTF8)
@@ -88,9 +135,9 @@ def scan_file(path: Path) -> FileScan:
                 except UnicodeDecodeError:
                     utf8_ok = False
     except OSError as err:
-        raise FileRejected(f"{path} could not be read: {err.strerror or err}") from err
+        raise FileRejected(f"{shown(path.name, bare=True)} could not be read: {err.strerror or err}") from err
     encoding = "utf-16" if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else "cp1252"
-    return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding)
+    return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +147,12 @@ class _Line:
     number: int  # 1-based
     text: str
     overlong: bool = False  # longer than LINE_MAX_CHARS: skipped, ``text`` is an empty line in its place
+    head: str = ""  # of an overlong line: its first RAW_MAX_CHARS characters, kept for the quarantine
+
+    @property
+    def raw(self) -> str:
+        """The line as read, for the quarantine (without its line break; an overlong line's head)."""
+        return clip_raw(self.head + "…" if self.overlong else self.text.rstrip("\r\n"))
 
 
 def _runaway(fields: list[str] | None, taken: list[_Line], width: int, delimiter: str) -> bool:
@@ -129,7 +182,8 @@ class CsvRows:
     ``line`` is the 1-based line a row starts on (the header is line 1; a
     quoted field may span lines). ``bytes_read`` is how far into the file the
     reader is. A row the csv module cannot parse comes back as
-    ``(line, None)`` with ``error`` set, and reading goes on.
+    ``(line, None)`` with ``error`` (why) and ``bad_text`` (the line as read,
+    cut by ``clip_raw``) set, and reading goes on.
     """
 
     def __init__(self, scan: FileScan) -> None:
@@ -137,6 +191,7 @@ class CsvRows:
         self.header: tuple[str, ...] = ()
         self.delimiter = ","
         self.error: str | None = None
+        self.bad_text = ""
         self._binary: BinaryIO | None = None
         self._text: TextIO | None = None
         self._reader: Iterator[list[str]] | None = None
@@ -152,10 +207,7 @@ class CsvRows:
         self.close()
 
     def open(self) -> None:
-        try:
-            self._binary = self.scan.path.open("rb")
-        except OSError as err:
-            raise FileRejected(f"{self.scan.path} could not be read: {err.strerror or err}") from err
+        self._binary = _open_file(self.scan.path, self.scan.follow_links)
         # utf-8 was validated by the scan; cp1252 reads every byte; a broken
         # utf-16 character becomes U+FFFD and its row fails validation.
         errors = {"cp1252": _C1_ERRORS, "utf-16": "replace"}.get(self.scan.encoding, "strict")
@@ -166,10 +218,10 @@ class CsvRows:
                 first = self._header_line()
         except (UnicodeError, OSError) as err:
             self.close()
-            raise FileRejected(f"{self.scan.path.name} could not be read as {self.scan.encoding}: {err}") from err
+            raise FileRejected(f"{self._name} could not be read as {self.scan.encoding}: {err}") from err
         if not first.strip():
             self.close()
-            raise FileRejected(f"{self.scan.path.name} is empty: it has no header row")
+            raise FileRejected(f"{self._name} is empty: it has no header row")
         self.delimiter = _delimiter(first)
         self._taken = [_Line(self._line_num, first)]
         reader = csv.reader(itertools.chain((first,), self._lines()), delimiter=self.delimiter)
@@ -177,15 +229,20 @@ class CsvRows:
             header = next(reader)
         except csv.Error as err:
             self.close()
-            raise FileRejected(f"the header row of {self.scan.path.name} is not CSV: {err}") from err
+            raise FileRejected(f"the header row of {self._name} is not CSV: {err}") from err
         if any(line.overlong for line in self._taken):
             self.close()
             raise FileRejected(
-                f"the header row of {self.scan.path.name} is longer than {LINE_MAX_CHARS:,} characters; "
+                f"the header row of {self._name} is longer than {LINE_MAX_CHARS:,} characters; "
                 "it is not an export this agent can read"
             )
         self.header = tuple(h.strip() for h in header)
         self._csv = reader
+
+    @property
+    def _name(self) -> str:
+        """The file's name for a sentence: escaped and bounded (a name can hold a newline or a terminal escape)."""
+        return shown(self.scan.path.name, bare=True)
 
     def _header_line(self) -> str:
         """The next physical line, for the header; a header longer than HEADER_MAX_CHARS rejects the file."""
@@ -194,7 +251,7 @@ class CsvRows:
         self._line_num += 1
         if len(line) >= HEADER_MAX_CHARS and not line.endswith(("\n", "\r")):
             raise FileRejected(
-                f"the header row of {self.scan.path.name} is longer than {HEADER_MAX_CHARS:,} characters "
+                f"the header row of {self._name} is longer than {HEADER_MAX_CHARS:,} characters "
                 "(a binary file, or not an export?); it is not an export this agent can read"
             )
         return line
@@ -216,7 +273,7 @@ class CsvRows:
                 if len(raw) >= LINE_MAX_CHARS and not raw.endswith(("\n", "\r")):
                     while (rest := text.readline(LINE_MAX_CHARS)) and not rest.endswith(("\n", "\r")):
                         pass  # the rest of an overlong line is skipped, never held in memory
-                    line = _Line(self._line_num, "\n", overlong=True)
+                    line = _Line(self._line_num, "\n", overlong=True, head=raw[:RAW_MAX_CHARS])
             self._taken.append(line)
             yield line.text
 
@@ -252,14 +309,17 @@ class CsvRows:
                     f"a quoted field opened on line {line} is never closed properly; "
                     f"the {len(taken) - 1} line(s) after it are read again on their own"
                 )
+                self.bad_text = taken[0].raw
                 yield line, None
                 continue
             if taken[0].overlong:
                 self.error = f"line {line} is longer than {LINE_MAX_CHARS:,} characters and was skipped unread"
+                self.bad_text = taken[0].raw
                 yield line, None
                 continue
             if error is not None:
                 self.error = error
+                self.bad_text = taken[0].raw
                 yield line, None
                 continue
             yield line, fields

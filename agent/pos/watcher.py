@@ -8,7 +8,10 @@ names matching ``patterns`` are considered at all.
 
 After the import the file moves to ``processed/`` (or ``failed/`` when it
 could not be read, or every row was quarantined) with ``<name>.report.json``
-beside it. Movements are committed before the move, so a crash in between
+beside it. A symbolic link is never read through (it could point anywhere on
+the computer): it goes to ``failed/`` itself, with a report saying why. Every
+file name reaches the log through ``protocol.values.shown``: escaped, bounded.
+Movements are committed before the move, so a crash in between
 only means the file is imported again — every row a duplicate.
 
 The loop has the agent's one shape: wait for a folder change (watchfiles)
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fnmatch
 import logging
 import os
 import random
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ import watchfiles
 from agent.pos.errors import PosImportError
 from agent.pos.importer import PosImporter
 from agent.pos.model import ImportReport
+from protocol.values import shown
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +67,25 @@ class _Seen:
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
-    """Which file sits at ``path`` and in what state: (device, inode, size, mtime); None if there is none."""
+    """Which file sits at ``path`` and in what state: (device, inode, size, mtime); None if there is none.
+
+    The entry itself, never what a link points to (``lstat``): a file swapped for a link is a change.
+    """
     try:
-        st = path.stat()
+        st = path.lstat()
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _candidate(st: os.stat_result) -> bool:
+    """A regular file to import, or a symbolic link to refuse (filed under failed/ unread); nothing else."""
+    return stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
+
+
+def _name(path: Path) -> str:
+    """A file name for a log line: escaped and bounded (a name can hold a newline or a terminal escape)."""
+    return shown(path.name, bare=True)
 
 
 class PosFolderWatcher:
@@ -181,11 +200,11 @@ class PosFolderWatcher:
 
     def _note(self, path: Path, now: float) -> None:
         try:
-            st = path.stat()
+            st = path.lstat()  # the entry itself: a link is noted as a link, never by what it points to
         except OSError:
             self._pending.pop(path, None)
             return
-        if not os.path.isfile(path):
+        if not _candidate(st):
             return
         if self._unmovable.get(path) == (st.st_size, st.st_mtime_ns):
             return
@@ -199,7 +218,8 @@ class PosFolderWatcher:
             with os.scandir(self.folder) as entries:
                 for entry in entries:
                     path = Path(entry.path)
-                    if path not in self._pending and entry.is_file() and self._wanted(path):
+                    wanted = entry.is_file(follow_symlinks=False) or entry.is_symlink()
+                    if path not in self._pending and wanted and self._wanted(path):
                         self._note(path, now)
         except OSError as err:
             log.warning("The POS drop folder %s cannot be listed: %s", self.folder, err.strerror or err)
@@ -209,7 +229,7 @@ class PosFolderWatcher:
         for path in list(self._pending):
             seen = self._pending[path]
             try:
-                st = path.stat()
+                st = path.lstat()
             except OSError:
                 del self._pending[path]
                 continue
@@ -224,16 +244,16 @@ class PosFolderWatcher:
         seen = self._pending[path]
         before = _identity(path)
         try:
-            report = await self.importer.import_file(path)
+            report = await self.importer.import_file(path, follow_links=False)
         except PosImportError as err:  # the outbox or store cannot be written: the file stays, retry later
             self._failures += 1
             delay = min(self.retry_max_s, self.retry_base_s * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
             self._retry_at = time.monotonic() + delay
             if self._failures == 1:
-                log.warning("Importing %s failed, retrying with backoff: %s", path.name, err)
+                log.warning("Importing %s failed, retrying with backoff: %s", _name(path), err)
             return
         except Exception as err:  # a surprise in one file must not stop the folder, nor be retried forever
-            log.exception("Importing %s failed unexpectedly; it goes to %s/.", path.name, FAILED_DIR)
+            log.exception("Importing %s failed unexpectedly; it goes to %s/.", _name(path), FAILED_DIR)
             report = ImportReport(path.name, "", seen.size, "", "", "failed", error=f"unexpected error: {err!r}"[:500])
         else:
             if self._failures:
@@ -244,7 +264,7 @@ class PosFolderWatcher:
         if after is not None and after != before:
             # Replaced or written to while it was read: what sits there now was not (all) imported. Leave it
             # to settle and import it again; the rows already recorded come back as duplicates.
-            log.warning("%s changed while it was being imported; it is imported again once it settles.", path.name)
+            log.warning("%s changed while it was being imported; it is imported again once it settles.", _name(path))
             self._pending[path] = _Seen(-1, -1, time.monotonic())
             return
         del self._pending[path]
@@ -252,30 +272,44 @@ class PosFolderWatcher:
 
     def _finish(self, path: Path, report: ImportReport, seen: _Seen) -> None:
         """File the export away with its report, and tell whoever listens."""
-        if not path.exists():
-            log.warning("%s disappeared from %s while it was being imported.", path.name, self.folder)
+        if _identity(path) is None:  # exists() would follow a link: a dangling one is still there to file away
+            log.warning("%s disappeared from %s while it was being imported.", _name(path), self.folder)
             return
         failed = report.status != "imported"
         try:
             dest = self._file_away(path, report, FAILED_DIR if failed else PROCESSED_DIR)
         except OSError as err:
             self._unmovable[path] = (seen.size, seen.mtime_ns)
-            log.error("%s was imported but cannot be moved out of %s: %s", path.name, self.folder, err.strerror or err)
+            log.error(
+                "%s was imported but cannot be moved out of %s: %s", _name(path), self.folder, err.strerror or err
+            )
             dest = path
         if self.on_report is not None:
             self.on_report(report, dest)
 
     def _file_away(self, path: Path, report: ImportReport, sub: str) -> Path:
+        """Move the entry (a link itself, never its target) into ``sub/`` and write its report beside it.
+
+        Links are followed nowhere: ``sub/`` must be a real folder, names are taken only when nothing —
+        not even a dangling link — holds them, and the report is created new (``O_EXCL``), so a link
+        planted in the drop folder cannot make the agent write anywhere else.
+        """
         target_dir = self.folder / sub
         target_dir.mkdir(exist_ok=True)
+        if not stat.S_ISDIR(target_dir.lstat().st_mode):
+            raise OSError(errno.ENOTDIR, f"{sub}/ is a link or a file, not a folder; the agent files nothing there")
         dest = target_dir / path.name
         n = 1
-        while dest.exists() or dest.with_name(dest.name + REPORT_SUFFIX).exists():
+        while os.path.lexists(dest) or os.path.lexists(dest.with_name(dest.name + REPORT_SUFFIX)):
             dest = target_dir / f"{path.stem}.{n}{path.suffix}"
             n += 1
         os.replace(path, dest)
         report_path = dest.with_name(dest.name + REPORT_SUFFIX)
         tmp = report_path.with_name(report_path.name + ".tmp")
-        tmp.write_text(report.to_json(), encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a leftover, or a link planted there: removed, never written through
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(report.to_json())
         os.replace(tmp, report_path)
         return dest

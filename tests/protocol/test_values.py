@@ -151,3 +151,23 @@ def test_msgpack_cannot_carry_a_lone_surrogate() -> None:
     forged = body.replace(b"\xa1a", b"\xa3\xed\xa0\x80")
     with pytest.raises(ProtocolError, match="not valid msgpack"):
         decode_sync_request(forged)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain.csv", "'plain.csv'"),
+        ("a\nINFO forged", "'a\\nINFO forged'"),
+        ("\x1b[31mred", "'\\x1b[31mred'"),
+        ("sep\u2028x", "'sep\\u2028x'"),
+        ("x" * 200, "'" + "x" * 120 + "…'"),
+    ],
+)
+def test_shown_escapes_once_keeps_one_line_and_bounds(value: str, expected: str) -> None:
+    assert values.shown(value) == expected
+    assert values.shown(value).isprintable()
+
+
+def test_shown_bare_leaves_an_ordinary_name_as_it_is() -> None:
+    assert values.shown("generic.csv", bare=True) == "generic.csv"
+    assert values.shown("evil\n.csv", bare=True) == "'evil\\n.csv'"
