@@ -60,10 +60,17 @@ def test_two_outboxes_under_one_credential_keep_separate_marks(hub: Hub, make_st
 
 
 def test_two_agents_on_one_outbox_send_each_event_once(hub: Hub, make_store: Callable[..., Store]) -> None:
+    """The same configuration started twice: the second ``run`` refuses (exit 3, one sentence) and the first
+    sends every event once, with a ``record`` process writing beside it."""
     n = scale(1_500, 6_000)
     store = make_store(hub, hub.url, batch_size=50)
     hub.start()
     agents = [store.start(), store.start()]  # two processes, one config, one outbox file
+    wait_until("one of the two refuses to run", lambda: any(a.proc.poll() is not None for a in agents), timeout_s=60)
+    [refused] = [a for a in agents if a.proc.poll() is not None]
+    assert refused.wait(10) == 3
+    assert "another shelfsync agent is already running on the outbox" in store.log()
+    agents.remove(refused)
 
     async def record() -> None:
         async with Outbox.open(store.outbox, agent_id=store.cred.agent_id, location=store.location) as outbox:
