@@ -273,6 +273,16 @@ class SqliteHubStore(HubStore):
         self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]], *, snapshot: bool = False
     ) -> T:
         self._check_open()
+        # The read runs to its end in a task of its own even when its caller is cancelled (a browser
+        # reload, a client gone): aiosqlite queues each statement on the reader thread, so a read
+        # abandoned between its BEGIN and its end would leave the next one inside its transaction.
+        read = asyncio.ensure_future(self._read_whole(what, work, snapshot))
+        read.add_done_callback(_consume_result)
+        return await asyncio.shield(read)
+
+    async def _read_whole(
+        self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]], snapshot: bool
+    ) -> T:
         async with self._read_lock:
             self._check_open()
             db = self._reader
@@ -283,7 +293,7 @@ class SqliteHubStore(HubStore):
                 try:
                     return await work(db)
                 finally:
-                    await db.execute("COMMIT")
+                    await db.rollback()  # read only: ROLLBACK ends it like COMMIT
             except sqlite3.Error as err:
                 raise StoreError(f"the hub database failed while {what}: {err}") from err
 

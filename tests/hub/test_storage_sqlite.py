@@ -167,6 +167,25 @@ async def test_writes_that_share_a_transaction_fail_alone(tmp_path: Path) -> Non
     conn.close()
 
 
+async def test_a_read_cancelled_at_any_point_leaves_later_reads_working(tmp_path: Path) -> None:
+    """A browser reload cancels the requests in flight; a snapshot read cancelled between its BEGIN and
+    its end once left the reader inside a transaction, and every later read failed with "cannot start
+    a transaction within a transaction" until the hub restarted."""
+    async with SqliteHubStore.open(tmp_path / DB_NAME) as store:
+        who = AgentIdentity("a1", frozenset({"S1"}))
+        await store.ingest(who, 1, [EventFactory("a1")(Kind.RECEIVE, 4, at_ms=1)])
+        for steps in range(12):  # cancel after 0, 1, 2 … turns of the loop: before, in and after BEGIN
+            read = asyncio.create_task(store.exceptions())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            assert isinstance(await store.exceptions(), list)
+            assert await store.agent_status() == []  # no credential was added
+            assert len(await store.ledger(sku="A", location="S1")) == 1
+
+
 async def test_a_cancelled_caller_does_not_cancel_its_write(tmp_path: Path) -> None:
     async with SqliteHubStore.open(tmp_path / DB_NAME) as store:
         who = AgentIdentity("a1", frozenset({"S1"}))
