@@ -1,10 +1,10 @@
 """Where each channel stands, kept across restarts: its change-feed cursor, what it last pushed, its mapping.
 
 ``ChannelState`` is the small interface the pusher needs. ``SqliteChannelState``
-keeps it in the hub's own SQLite file, in tables of its own created with
-``CREATE TABLE IF NOT EXISTS`` over a separate connection, so that a restore of
-the hub database brings back the channel positions that belong to it. (These
-tables are meant to become numbered migrations of both hub backends.)
+keeps it in the hub's own SQLite file, in tables of the hub's schema (numbered
+migration 6, hub/storage/schema_sqlite_v6.sql), over a connection of its own, so
+that a restore of the hub database brings back the channel positions that
+belong to it. Opening it on a file the hub has not migrated yet migrates it.
 
 Every write is one ``BEGIN IMMEDIATE … COMMIT``. The writes are small and rare
 (one per confirmed push), and SQLite's busy timeout serialises them with the
@@ -26,40 +26,9 @@ import aiosqlite
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ItemIds, MappingFinding, SkuMapping
 from hub.storage.base import StoreClosed, StoreError
+from hub.storage.sqlite import SqliteHubStore
 
 BUSY_TIMEOUT_MS = 10_000
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS channel_state (
-        channel TEXT PRIMARY KEY,
-        cursor INTEGER NOT NULL DEFAULT 0,
-        last_push_ms INTEGER,
-        last_error TEXT
-    )""",
-    """CREATE TABLE IF NOT EXISTS channel_pushed (
-        channel TEXT NOT NULL,
-        level_key TEXT NOT NULL,
-        quantity INTEGER NOT NULL,
-        pushed_at_ms INTEGER NOT NULL,
-        PRIMARY KEY (channel, level_key)
-    )""",
-    """CREATE TABLE IF NOT EXISTS channel_items (
-        channel TEXT NOT NULL,
-        sku TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        variant_id TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (channel, sku)
-    )""",
-    """CREATE TABLE IF NOT EXISTS channel_findings (
-        channel TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        sku TEXT,
-        detail TEXT NOT NULL,
-        PRIMARY KEY (channel, seq)
-    )""",
-)
-
 
 class ChannelState(Protocol):
     """What a channel pusher keeps between turns and restarts."""
@@ -96,14 +65,11 @@ class SqliteChannelState:
         target = os.fspath(path)
         if target.startswith("sqlite://"):
             target = target[len("sqlite://") :]
+        async with SqliteHubStore.open(target):
+            pass  # the hub's migrations create the channel tables
         try:
             db = await aiosqlite.connect(target, isolation_level=None)
             await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA:
-                await db.execute(statement)
-            await db.execute("COMMIT")
         except (sqlite3.Error, OSError) as err:
             raise StoreError(f"the channel state in {Path(target).name} cannot be opened ({err})") from err
         return cls(db, target)

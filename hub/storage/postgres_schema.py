@@ -19,7 +19,7 @@ from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('shelfsync.migrate.' || current_schema()))"
 
 
@@ -34,6 +34,7 @@ MIGRATIONS: dict[int, Callable[[], str]] = {
     3: _script("schema_postgres_v3.sql"),
     4: _script("schema_postgres_v4.sql"),
     5: _script("schema_postgres_v5.sql"),
+    6: _script("schema_postgres_v6.sql"),
 }
 
 

@@ -13,7 +13,7 @@ from hub.storage.sqlite_writer import InlineConnection
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _script(name: str) -> Callable[[], str]:
@@ -27,6 +27,7 @@ MIGRATIONS: dict[int, Callable[[], str]] = {
     3: _script("schema_sqlite_v3.sql"),
     4: _script("schema_sqlite_v4.sql"),
     5: _script("schema_sqlite_v5.sql"),
+    6: _script("schema_sqlite_v6.sql"),
 }
 
 
