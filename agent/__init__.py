@@ -16,8 +16,9 @@ from agent.errors import (
     OutboxClosed,
     OutboxError,
     OutboxMissing,
+    OutboxOfAnotherAgent,
 )
-from agent.outbox import AnswerResult, Movement, Outbox, OutboxStats, RecordResult, RejectedEvent
+from agent.outbox import AnswerResult, Movement, Outbox, OutboxStats, Rebound, RecordResult, RejectedEvent
 from agent.replicator import Replicator, ReplicatorState
 from agent.reports import ReportSender, ReportsState
 from agent.scan_journal import JournalEntry, JournalError, ReaderState, ScanJournal
@@ -52,8 +53,10 @@ __all__ = [
     "OutboxClosed",
     "OutboxError",
     "OutboxMissing",
+    "OutboxOfAnotherAgent",
     "OutboxStats",
     "ReaderState",
+    "Rebound",
     "RecordResult",
     "RejectedEvent",
     "Replicator",

@@ -1,9 +1,16 @@
 """``shelfsync-agent``: run the agent, show its status, record one movement by hand.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error; ``run``
-3 when another agent already runs on the same outbox; ``status`` 3 when no
-agent is running on the outbox, 4 when the hub does not answer, 5 when the
-hub refused this agent's credentials (docs/agent.md).
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error (an
+outbox of another agent id included); ``run`` 3 when another agent already
+runs on the same outbox; ``status`` 3 when no agent is running on the outbox,
+4 when the hub does not answer, 5 when the hub refused this agent's
+credentials (docs/agent.md).
+
+The configuration is ``--config``, else ``$SHELFSYNC_AGENT_CONFIG``, else this
+system's default file, with ``SHELFSYNC_AGENT_*`` variables over it
+(``agent.config_sources``). Runs on Windows too: where the event loop cannot
+watch signals, Ctrl+C and Ctrl+Break (what a service manager sends) stop the
+agent, and there is no SIGHUP reload (restart the service instead).
 """
 
 from __future__ import annotations
@@ -13,19 +20,24 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, replace
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import aiohttp
 
 from agent.catalog import AgentCatalog
 from agent.config import AgentConfig, load_config
+from agent.config_sources import CONFIG_ENV, LOG_LEVEL_ENV, default_config_path
 from agent.discovery import HubFinder
-from agent.errors import AgentError, ConfigError, InvalidMovement
+from agent.errors import AgentError, ConfigError, InvalidMovement, OutboxOfAnotherAgent
+from agent.hub_loop import hub_connector, use_ca_file
 from agent.localapi.runtime import start_staff_services
 from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock
 from agent.outbox import Movement, Outbox, OutboxStats
@@ -52,13 +64,34 @@ PROBE_TIMEOUT_S = 3.0
 CLOCK_WRONG_MS = 60_000  # status calls this machine's clock wrong past this skew from the hub's
 HEALTH_PATH = "/healthz"
 CATALOG_CACHE_FILENAME = "catalog-cache.json"
+PROG = "shelfsync-agent"
+DISTRIBUTION = "shelfsync"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGBREAK")  # SIGBREAK: Ctrl+Break on Windows
+RELOAD_SIGNALS = ("SIGHUP",)  # none on Windows
+
+
+def package_version() -> str:
+    """The installed shelfsync's version, from its package metadata."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (shelfsync is not installed as a package)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", required=True, metavar="FILE", help="the agent's TOML configuration file")
-    common.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    parser = argparse.ArgumentParser(prog="shelfsync-agent", description="The shelfsync store agent.")
+    common.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help=f"the agent's TOML configuration file (default: ${CONFIG_ENV}, else {default_config_path()})",
+    )
+    common.add_argument(
+        "--log-level", choices=LOG_LEVELS, help=f"how much to log (default: ${LOG_LEVEL_ENV}, else info)"
+    )
+    parser = argparse.ArgumentParser(prog=PROG, description="The shelfsync store agent.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "run", parents=[common], help="run the replicator (and the simulator, if configured) until SIGTERM/SIGINT"
@@ -76,29 +109,41 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--location", help="default: the agent's location")
     record.add_argument("--source", default="api:cli", help="what produced it (default: api:cli)")
     add_import_parser(commands, parents=[common])
+    commands.add_parser(
+        "rebind",
+        parents=[common],
+        help="let the outbox send as the configured agent id (the store's credential is another agent's now)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = args.log_level or os.environ.get(LOG_LEVEL_ENV, "").strip().lower() or "info"
+    if level not in LOG_LEVELS:
+        print(f"{PROG}: {LOG_LEVEL_ENV} must be one of {', '.join(LOG_LEVELS)}, got {level!r}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_log_redaction()
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, environ=os.environ)
     except ConfigError as err:
-        print(f"shelfsync-agent: {err}", file=sys.stderr)
+        print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_USAGE
     install_log_redaction([config.agent.token] if config.agent.token else [])
+    use_ca_file(config.agent.ca_file)
     command: Callable[[AgentConfig, argparse.Namespace], Coroutine[Any, Any, int]] = {
         "run": _run,
         "status": _status,
         "record": _record,
         "import": import_command,
+        "rebind": _rebind,
     }[args.command]
     try:
         return asyncio.run(command(config, args))
+    except OutboxOfAnotherAgent as err:
+        print(f"{PROG}: {err.recovery(rebind_command(args.config))}", file=sys.stderr)
+        return EXIT_USAGE
     except AgentAlreadyRunning as err:
         print(f"shelfsync-agent: {err}", file=sys.stderr)
         return EXIT_ALREADY_RUNNING
@@ -108,6 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as err:
         print(f"shelfsync-agent: {err}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def rebind_command(config_arg: str | None) -> str:
+    """The ``rebind`` command line for the configuration this command was started with."""
+    if config_arg is None:
+        return f"{PROG} rebind"  # the same $SHELFSYNC_AGENT_CONFIG or default file finds the same configuration
+    if os.name == "nt":
+        quoted = f'"{config_arg}"' if any(c in config_arg for c in " \t&()^%") else config_arg
+    else:
+        quoted = shlex.quote(config_arg)
+    return f"{PROG} rebind --config {quoted}"
 
 
 def _open(config: AgentConfig, *, create: bool = True) -> Any:
@@ -145,15 +201,41 @@ def _replicator(config: AgentConfig, outbox: Outbox) -> Replicator | None:
 async def _run(config: AgentConfig, args: argparse.Namespace) -> int:
     """One agent per outbox: the lock is taken before anything is opened and held until the end."""
     with hold_agent_lock(config.agent.outbox):
-        return await _run_locked(config, args)
+        stop, reload = asyncio.Event(), asyncio.Event()
+        with _signals(asyncio.get_running_loop(), stop, reload):
+            return await _run_locked(config, args, stop, reload)
 
 
-async def _run_locked(config: AgentConfig, args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    stop, reload = asyncio.Event(), asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload.set)
+@contextlib.contextmanager
+def _signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, reload: asyncio.Event) -> Iterator[None]:
+    """SIGTERM, SIGINT (and Windows' SIGBREAK) set ``stop``; SIGHUP sets ``reload`` where it exists.
+
+    Windows' event loops cannot watch signals (``add_signal_handler`` raises NotImplementedError): there a
+    plain handler passes Ctrl+C and Ctrl+Break — what a service manager sends to stop a console program — on
+    to the loop, and the previous handlers come back at the end.
+    """
+    watched: list[int] = []
+    previous: dict[int, Any] = {}
+    wanted = [(getattr(signal, name), stop) for name in STOP_SIGNALS if hasattr(signal, name)]
+    wanted += [(getattr(signal, name), reload) for name in RELOAD_SIGNALS if hasattr(signal, name)]
+    for sig, event in wanted:
+        try:
+            loop.add_signal_handler(sig, event.set)
+            watched.append(sig)
+        except (NotImplementedError, RuntimeError):
+            previous[sig] = signal.signal(sig, lambda *_, set_=event.set: loop.call_soon_threadsafe(set_))
+    if not any(event is reload for _, event in wanted):
+        log.debug("This system has no SIGHUP: restart the agent to reload its configuration.")
+    try:
+        yield
+    finally:
+        for sig in watched:
+            loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: asyncio.Event, reload: asyncio.Event) -> int:
     a = config.agent
     async with _open(config) as outbox:
         log.info(
@@ -190,7 +272,7 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace) -> int:
                     raise failure
                 if reload.is_set():
                     reload.clear()
-                    config, replicator = await _reload(config, outbox, replicator)
+                    config, replicator = await _reload(config, outbox, replicator, args.config)
                     services.update_credentials(config)
                     if finder is not None:
                         moved.set()  # keep following the hub found, with the reloaded token
@@ -282,11 +364,11 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
 
 
 async def _reload(
-    config: AgentConfig, outbox: Outbox, replicator: Replicator | None
+    config: AgentConfig, outbox: Outbox, replicator: Replicator | None, config_arg: str | None
 ) -> tuple[AgentConfig, Replicator | None]:
     """SIGHUP: re-read the token and hub address; other changes need a restart."""
     try:
-        fresh = load_config(config.path)
+        fresh = load_config(config_arg, environ=os.environ)
     except ConfigError as err:
         log.error("Configuration not reloaded, the running one stays: %s", err)
         return config, replicator
@@ -359,7 +441,8 @@ async def _probe(hub_url: str) -> str | None:
     """None if GET /healthz answers 200 within PROBE_TIMEOUT_S, else why not (one phrase)."""
     try:
         timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(hub_url + HEALTH_PATH) as resp:
+        session = aiohttp.ClientSession(timeout=timeout, connector=hub_connector())
+        async with session, session.get(hub_url + HEALTH_PATH) as resp:
             return None if resp.status == 200 else f"answered HTTP {resp.status}"
     except TimeoutError:
         return f"no answer within {PROBE_TIMEOUT_S:g} s"
@@ -430,6 +513,9 @@ def _human(r: dict[str, Any]) -> str:
             f"lineage      forked from epoch {r['forked_from_epoch']} at {at} (outbox restored, copied or rolled"
             f" back); resent {r['fork_resent']:,} events from seq {r['epoch_base']:,}"
         )
+    if r.get("rebound_from") is not None:
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["rebound_ms"] / 1000))
+        lines.append(f"rebound      from agent {r['rebound_from']} at {at} (shelfsync-agent rebind)")
     lines += [_reader_line(ReaderState(**state)) for state in r.get("scanners", ())]
     return "\n".join(lines)
 
@@ -453,6 +539,24 @@ def _reader_line(state: ReaderState) -> str:
         ago = f" ({_age(max(0, now_ms - state.last_problem_ms) / 1000)} ago)" if state.last_problem_ms else ""
         line += f"; last problem{ago}: {state.last_problem}"
     return line
+
+
+# --- rebind ----------------------------------------------------------------------
+async def _rebind(config: AgentConfig, args: argparse.Namespace) -> int:
+    """The outbox sends as the configured id from now on; no agent may run on it meanwhile."""
+    a = config.agent
+    with hold_agent_lock(a.outbox):
+        async with Outbox.open(a.outbox, agent_id=None, location=None, synchronous=a.synchronous, create=False) as outbox:
+            done = await outbox.rebind(a.id)
+    if not done.changed:
+        print(f"The outbox {a.outbox} belongs to agent {a.id!r} already; nothing to do.")
+    else:
+        print(
+            f"The outbox {a.outbox} now belongs to agent {done.agent_id!r} instead of {done.previous_agent_id!r}:"
+            f" its {done.waiting:,} waiting movements are sent as {done.agent_id!r} when the agent runs, and what the"
+            f" hub acknowledged to {done.previous_agent_id!r} (up to seq {done.epoch_base:,}) stays counted there."
+        )
+    return EXIT_OK
 
 
 # --- record ----------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 Relative paths (``data_dir``, ``outbox``, ``token_file``) are relative to the
 configuration file's directory. Unknown sections and keys are errors: a typo
-must not silently fall back to a default.
+must not silently fall back to a default. Where the file is, and the
+``SHELFSYNC_AGENT_*`` variables that win over it: ``agent.config_sources``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,14 @@ from agent.catalog import REFRESH_S as CATALOG_REFRESH_S
 from agent.catalog import RETRY_MAX_S as CATALOG_RETRY_MAX_S
 from agent.catalog import ANSWER_MAX_BYTES as CATALOG_ANSWER_MAX_BYTES
 from agent.catalog import TIMEOUT_S as CATALOG_TIMEOUT_S
+from agent.config_sources import (
+    ENVIRONMENT,
+    ConfigSource,
+    Overrides,
+    config_source,
+    default_data_dir,
+    environment_overrides,
+)
 from agent.db import SYNCHRONOUS_MODES
 from agent.errors import ConfigError, OutboxError
 from agent.hub_loop import SYNC_ANSWER_MAX_BYTES
@@ -54,6 +64,7 @@ class AgentSection:
     hub_url: str | None = None
     synchronous: str = "full"
     retention_days: float = RETENTION_DAYS
+    ca_file: Path | None = None  # PEM CA certificate(s) to check the hub's TLS certificate with; None: the system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +164,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "outbox",
         "synchronous",
         "retention_days",
+        "ca_file",
     ),
     "replicator": (
         "batch_size",
@@ -182,9 +194,19 @@ SCANNER_TYPES: dict[str, type[hardware.SerialScannerConfig | hardware.WedgeScann
 class _Section:
     """Typed access to one table of the file, with errors naming file, section and key."""
 
-    def __init__(self, path: Path, name: str, table: Any, *, extra_keys: tuple[str, ...] = (), label: str = "") -> None:
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        table: Any,
+        *,
+        extra_keys: tuple[str, ...] = (),
+        label: str = "",
+        variables: Mapping[str, str] | None = None,
+    ) -> None:
         self.path, self.name = path, name
         self.label = label or f"[{name}]"
+        self.variables = variables or {}  # key → the environment variable that set it
         if not isinstance(table, Mapping):
             raise self.error(None, "must be a table")
         self.table = table
@@ -194,6 +216,8 @@ class _Section:
             raise ConfigError(f"{path}: unknown key {unknown[0]!r} in {self.label}; known keys are {', '.join(known)}")
 
     def error(self, key: str | None, message: str) -> ConfigError:
+        if key is not None and key in self.variables:
+            return ConfigError(f"{self.variables[key]} (the environment's {self.label} {key}) {message}")
         where = f"{self.label} {key}" if key else self.label
         return ConfigError(f"{self.path}: {where} {message}")
 
@@ -202,7 +226,8 @@ class _Section:
     ) -> Any:
         if key not in self.table:
             if default is _REQUIRED:
-                raise self.error(key, "is required")
+                variable = _VARIABLE_OF.get(key) if self.name == "agent" else None
+                raise self.error(key, "is required" + (f" (or set {variable})" if variable else ""))
             return default
         value = self.table[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -219,6 +244,7 @@ class _Section:
 
 
 _REQUIRED = object()
+_VARIABLE_OF = {key: name for name, key in ENVIRONMENT.items()}
 _KIND_NAMES: dict[tuple[type, ...], str] = {
     (str,): "a string",
     (int,): "an integer",
@@ -259,26 +285,26 @@ def _hub_url(value: str) -> str | None:
     return None
 
 
-def load_config(path: str | Path) -> AgentConfig:
-    """Read and check the configuration file; ``ConfigError`` says what is wrong, naming file and key."""
-    path = Path(path).absolute()
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"the configuration file {path} does not exist") from None
-    except OSError as err:
-        raise ConfigError(f"the configuration file {path} cannot be read ({err.strerror})") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"the configuration file {path} is not UTF-8 text") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"the configuration file {path} is not valid TOML ({err})") from err
+def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and check the configuration; ``ConfigError`` says what is wrong, naming file (or variable) and key.
+
+    ``path``: the file; None: ``$SHELFSYNC_AGENT_CONFIG`` of ``environ``, else this system's default.
+    ``environ``: where ``SHELFSYNC_AGENT_*`` variables are read (they win over the file); None: nowhere.
+    Without a file at the default place (none was named), the variables alone configure the agent.
+    """
+    env: Mapping[str, str] = {} if environ is None else environ
+    source = config_source(path, env)
+    overrides = environment_overrides(env)
+    path = source.path.absolute()
+    doc = _read(path, source, overrides)
     unknown = sorted(set(doc) - set(KNOWN_KEYS) - set(OTHER_SECTIONS))
     if unknown:
         known = ", ".join(f"[{s}]" for s in (*KNOWN_KEYS, *OTHER_SECTIONS))
         raise ConfigError(f"{path}: unknown section [{unknown[0]}]; known sections are {known}")
-    if "agent" not in doc:
+    if "agent" not in doc and not overrides.values:
         raise ConfigError(f"{path}: the [agent] section is missing")
-    agent = _agent(_Section(path, "agent", doc["agent"]))
+    agent_table = overrides.apply(doc.get("agent", {}))
+    agent = _agent(_Section(path, "agent", agent_table, variables=overrides.variables))
     try:
         pos = PosImportConfig.from_mapping(_table(path, doc, "pos"), base_dir=path.parent)
     except PosConfigError as err:
@@ -294,6 +320,27 @@ def load_config(path: str | Path) -> AgentConfig:
         localapi=_localapi(_Section(path, "localapi", doc.get("localapi", {}))),
         discovery=_discovery(_Section(path, "discovery", doc.get("discovery", {})), agent),
     )
+
+
+def _read(path: Path, source: ConfigSource, overrides: Overrides) -> dict[str, Any]:
+    """The file's tables; none when no file is at the default place and the environment configures the agent."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if source.named:
+            raise ConfigError(f"the configuration file {path} does not exist") from None
+        if not overrides.values:
+            raise ConfigError(
+                f"there is no configuration file at {path}, this system's default; write it (docs/agent.md),"
+                " name another with --config FILE or SHELFSYNC_AGENT_CONFIG, or set SHELFSYNC_AGENT_* variables"
+            ) from None
+        return {}
+    except OSError as err:
+        raise ConfigError(f"the configuration file {path} cannot be read ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"the configuration file {path} is not UTF-8 text") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"the configuration file {path} is not valid TOML ({err})") from err
 
 
 def _table(path: Path, doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -317,8 +364,12 @@ def _agent(s: _Section) -> AgentSection:
             raise s.error("token_file", "cannot be given together with token; keep one")
         token = _read_token(s, s.path_value("token_file", Path()))
     if hub_url is not None and token is None:
-        raise s.error(None, "needs token or token_file to talk to the hub at hub_url")
-    data_dir = s.path_value("data_dir", s.path.parent)
+        raise s.error(
+            None,
+            "needs token or token_file (or SHELFSYNC_AGENT_TOKEN or SHELFSYNC_AGENT_TOKEN_FILE) to talk to the hub at"
+            " hub_url",
+        )
+    data_dir = s.path_value("data_dir", default_data_dir(s.path))
     return AgentSection(
         id=agent_id,
         location=location,
@@ -333,7 +384,20 @@ def _agent(s: _Section) -> AgentSection:
             lambda v: None if v in SYNCHRONOUS_MODES else f"must be one of {', '.join(SYNCHRONOUS_MODES)}, got {v!r}",
         ),
         retention_days=float(s.get("retention_days", (int, float), RETENTION_DAYS, _positive)),
+        ca_file=_ca_file(s) if "ca_file" in s.table else None,
     )
+
+
+def _ca_file(s: _Section) -> Path:
+    ca_file = s.path_value("ca_file", Path())
+    try:
+        ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError, ValueError) as err:
+        why = getattr(err, "strerror", None) or "not PEM CA certificates"
+        raise s.error(
+            "ca_file", f"{ca_file} cannot be used ({why}); give the PEM file of the CA that signed the hub's certificate"
+        ) from err
+    return ca_file
 
 
 def _read_token(s: _Section, token_path: Path) -> str:

@@ -27,6 +27,22 @@ class OutboxMissing(OutboxError):
         )
 
 
+class OutboxOfAnotherAgent(OutboxError):
+    """The outbox was created for another agent id than the configuration's; ``recovery`` says what to do."""
+
+    def __init__(self, path: str, outbox_agent: str, configured_agent: str, waiting: int) -> None:
+        self.path, self.outbox_agent, self.configured_agent, self.waiting = path, outbox_agent, configured_agent, waiting
+        super().__init__(self.recovery("shelfsync-agent rebind"))
+
+    def recovery(self, command: str) -> str:
+        """One sentence naming both ids and ``command``, the rebind command line to run."""
+        return (
+            f"the outbox {self.path} belongs to agent {self.outbox_agent!r}, not {self.configured_agent!r} as this"
+            f" configuration says; to send its {self.waiting:,} waiting movements as {self.configured_agent!r}, run"
+            f" `{command}` (or set id back to {self.outbox_agent!r})"
+        )
+
+
 class InvalidMovement(OutboxError):
     """A movement that breaks the event contract; nothing of its batch was recorded."""
 

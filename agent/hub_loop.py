@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
@@ -58,6 +60,21 @@ def _too_large(what: str, resp: aiohttp.ClientResponse, limit_bytes: int, size: 
     )
 
 
+_hub_tls: ssl.SSLContext | None = None  # set by use_ca_file; None: the system's CAs check the hub's certificate
+
+
+def use_ca_file(ca_file: Path | None) -> None:
+    """From now on, check the hub's TLS certificate against the CA certificates in ``ca_file`` (PEM; the
+    configuration's ``ca_file``) in every connection this process makes to the hub; None: the system's CAs."""
+    global _hub_tls
+    _hub_tls = None if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+
+
+def hub_connector() -> aiohttp.TCPConnector:
+    """A connector for a session with the hub, checking its certificate as ``use_ca_file`` said."""
+    return aiohttp.TCPConnector(ssl=True if _hub_tls is None else _hub_tls)
+
+
 class HubLoop:
     """A background task and the HTTP session it uses; ``async with`` starts and stops it."""
 
@@ -74,7 +91,9 @@ class HubLoop:
     def _http(self) -> aiohttp.ClientSession:
         """The session, opened on first use, each request bounded by ``timeout_s``."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), connector=hub_connector()
+            )
         return self._session
 
     def _launch(self, run: Coroutine[Any, Any, None], name: str) -> None:

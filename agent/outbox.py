@@ -48,7 +48,7 @@ import msgpack
 
 from agent.counts import COUNTS_SCHEMA, CountCache, store_counts
 from agent.db import Opening, SqliteFile, SqliteThread
-from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError, OutboxMissing
+from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError, OutboxMissing, OutboxOfAnotherAgent
 from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
 from protocol.hlc import pack_hlc, unpack_hlc, wall_ms_now
 
@@ -193,6 +193,23 @@ class OutboxStats:
     forked_ms: int | None = None
     fork_resent: int | None = None
     held_by_hub: int = 0  # events the hub holds in its clock quarantine: processed, waiting for an operator there
+    rebound_from: str | None = None  # the agent id this outbox belonged to before the last ``rebind``, and when
+    rebound_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rebound:
+    """What ``Outbox.rebind`` did."""
+
+    previous_agent_id: str
+    agent_id: str
+    epoch: int  # the epoch the outbox continues in (unchanged when it belonged to ``agent_id`` already)
+    epoch_base: int  # the seq it continues from: what the hub acknowledged to the previous agent id
+    waiting: int  # movements that will be sent as ``agent_id``
+
+    @property
+    def changed(self) -> bool:
+        return self.previous_agent_id != self.agent_id
 
 
 # A clock that ran ahead (see Outbox._recover_clock): reset once the machine's clock is within
@@ -356,10 +373,7 @@ class Outbox(SqliteFile):
             raise OutboxError(f"{self.path} was written by a newer shelfsync (schema {version}); upgrade this agent")
         stored_agent = _meta(conn, "agent_id")
         if agent_id is not None and stored_agent != agent_id:
-            raise OutboxError(
-                f"the outbox {self.path} belongs to agent {stored_agent!r}, not {agent_id!r};"
-                " point this agent at its own outbox file"
-            )
+            raise OutboxOfAnotherAgent(self.path, stored_agent, agent_id, _backlog(conn)[0])
         self.agent_id = stored_agent
         self._chain_column = "chain" if version >= 2 else "NULL"  # a schema-1 file opened read-only (status)
         self.location = _meta(conn, "location")
@@ -678,6 +692,52 @@ class Outbox(SqliteFile):
                 done += 1
         return done
 
+    async def rebind(self, agent_id: str) -> Rebound:
+        """Let this outbox send as ``agent_id`` from now on (its store's credential is another agent's now).
+
+        It continues in a new epoch from its acknowledged mark: what the hub acknowledged to the previous agent
+        id stays counted there and is not sent again; the movements it never acknowledged (refused, or not sent
+        yet) are sent as ``agent_id``. Run it only while no agent runs on the outbox.
+        """
+        if self._closed:
+            raise OutboxClosed(self.path)
+        check_identity(agent_id, self.location or "x")
+        result = await self._write(lambda conn: self._rebind(conn, agent_id))
+        self.agent_id, self.epoch = result.agent_id, result.epoch
+        if result.changed:
+            log.warning(
+                "The outbox %s now belongs to agent %s instead of %s; it continues as epoch %d from seq %d and"
+                " sends its %s waiting movements as %s.",
+                self.path, result.agent_id, result.previous_agent_id, result.epoch, result.epoch_base,
+                f"{result.waiting:,}", result.agent_id,
+            )  # fmt: skip
+        return result
+
+    def _rebind(self, conn: sqlite3.Connection, agent_id: str) -> Rebound:
+        previous, epoch, base = _meta(conn, "agent_id"), _meta(conn, "epoch"), _meta(conn, "acked_seq")
+        waiting = _backlog(conn)[0]
+        if previous == agent_id:
+            return Rebound(previous, agent_id, epoch, _meta(conn, "epoch_base", 0) or 0, waiting)
+        new = epoch
+        while new == epoch:
+            new = secrets.randbits(EPOCH_BITS) or 1
+        base_chain = (_meta(conn, "ack_chain") if base else ZERO_CHAIN) or None
+        _set_meta(
+            conn,
+            agent_id=agent_id,
+            epoch=new,
+            epoch_base=base,
+            base_chain=base_chain,
+            ack_chain=base_chain,
+            sync_state="never",
+            last_error=None,
+            hub_reachable=None,
+            held_by_hub=None,
+            rebound_from=previous,
+            rebound_ms=self._wall_clock_ms(),
+        )
+        return Rebound(previous, agent_id, new, base, waiting)
+
     def wall_ms(self) -> int:
         """This outbox's wall clock (the one its events are stamped with)."""
         return self._wall_clock_ms()
@@ -756,6 +816,8 @@ class Outbox(SqliteFile):
                 forked_from_epoch=_meta(conn, "forked_from_epoch"),
                 forked_ms=_meta(conn, "forked_ms"),
                 fork_resent=_meta(conn, "fork_resent"),
+                rebound_from=_meta(conn, "rebound_from"),
+                rebound_ms=_meta(conn, "rebound_ms"),
             )
 
         return await self._read(read)

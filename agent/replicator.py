@@ -407,10 +407,10 @@ class Replicator(HubLoop):
     def _refused(self, status: int, body: bytes) -> _Failed:
         message = _error_message(body)
         if status in (401, 403):
+            refused, fix = credentials_refused(self._url, status, body, self._outbox.agent_id)
             return _Failed(
                 "credentials_refused",
-                f"the hub at {self._url} refused this agent's credentials (HTTP {status}: {message}); nothing is sent"
-                f" until the token is fixed (next try in {self._auth_retry_s:g} s or on config reload)",
+                f"{refused}; nothing is sent until {fix} (next try in {self._auth_retry_s:g} s or on config reload)",
                 reachable=True,
                 level=logging.ERROR,
             )
@@ -489,6 +489,27 @@ class Replicator(HubLoop):
         self._state = dataclasses.replace(self._state, batch_size=self._batch_size, **changes)
         async with self._changed:
             self._changed.notify_all()
+
+
+def credentials_refused(url: str, status: int, body: bytes, agent_id: str) -> tuple[str, str]:
+    """What a 401/403 from the hub means, and what fixes it: "the token is wrong" unless the hub says the token
+    is good but belongs to another agent (``credential_agent_id``): then this agent is configured with the wrong id."""
+    other = _error_field(body, "credential_agent_id")
+    if status == 403 and isinstance(other, str) and other != agent_id:
+        return (
+            f"the hub at {url} says this agent's token belongs to agent {other!r}, not {agent_id!r} as configured"
+            f" (HTTP 403): set id = \"{other}\" in [agent] and run `shelfsync-agent rebind` so the outbox sends as"
+            f" {other!r}, or give this agent the token of {agent_id!r}",
+            "the id or the token is fixed",
+        )
+    return f"the hub at {url} refused this agent's credentials (HTTP {status}: {_error_message(body)})", "the token is fixed"
+
+
+def _error_field(body: bytes, name: str) -> Any:
+    try:
+        return json.loads(body)["error"].get(name)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _error_message(body: bytes) -> str:

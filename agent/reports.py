@@ -33,7 +33,7 @@ import aiohttp
 
 from agent.hub_loop import SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
-from agent.replicator import AUTH_RETRY_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
+from agent.replicator import AUTH_RETRY_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S, credentials_refused
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
 from protocol.reports import (
     ISSUE_FILE_MAX_LEN,
@@ -307,10 +307,8 @@ class ReportSender(HubLoop):
         except aiohttp.ClientError as err:
             raise _Failed(f"the connection to the hub at {url} failed ({err or type(err).__name__})") from err
         if status in (401, 403):
-            raise _Failed(
-                f"the hub at {url} refused this agent's credentials (HTTP {status}: {_message(data)})",
-                auth=True, level=logging.ERROR,
-            )  # fmt: skip
+            refused, _ = credentials_refused(url, status, data, self.agent_id)
+            raise _Failed(refused, auth=True, level=logging.ERROR)
         if status != 200:
             level = logging.WARNING if status >= 500 else logging.ERROR
             raise _Failed(f"the hub at {url} answered HTTP {status} ({_message(data)})", level=level)

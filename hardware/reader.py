@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import random
-import termios
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,13 @@ from typing import Final, Protocol, Self
 from hardware.errors import HardwareError, ScannerClosed, ScannerDisconnected
 from hardware.framing import Frame
 from hardware.scan import ReaderStatus, Scan, wall_ms
+
+try:
+    from termios import error as _termios_error
+
+    TERMIOS_ERRORS: tuple[type[Exception], ...] = (_termios_error,)
+except ImportError:  # Windows: no termios; pyserial reports a refused port setting as an OSError or ValueError there
+    TERMIOS_ERRORS = ()
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,7 @@ QUEUE_RESUME_SCANS = 100
 StatusCallback = Callable[[ReaderStatus], None]
 # What a failed open looks like: pyserial's SerialException is an OSError; ValueError and termios.error
 # are settings the device refuses; HardwareError is our own (an evdev grab refused).
-OPEN_ERRORS = (OSError, ValueError, termios.error, HardwareError)
+OPEN_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, HardwareError, *TERMIOS_ERRORS)
 
 
 class Link(Protocol):
@@ -63,7 +69,7 @@ def describe_error(err: BaseException | None) -> str:
     """A short reason for logs and statuses ("No such file or directory", "the device was unplugged")."""
     if err is None:
         return "the device closed the connection"
-    if isinstance(err, termios.error) and len(err.args) == 2:
+    if isinstance(err, TERMIOS_ERRORS) and len(err.args) == 2:
         return f"the port refused its line settings ({err.args[1]})"
     if isinstance(err, TimeoutError) and not str(err):
         return "it did not answer in time"

@@ -13,24 +13,34 @@ CRLF, or after ``idle_gap_s`` of silence for scanners that send no suffix.
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-import serial
-import serial_asyncio_fast
-
 from hardware.config import check_backoff, check_bool, check_number, check_reader_id, config_from_mapping
-from hardware.errors import ScannerClosed, ScannerConfigError, ScannerDisconnected
+from hardware.errors import HardwareError, ScannerClosed, ScannerConfigError, ScannerDisconnected
 from hardware.framing import FRAME_MAX_BYTES, Frame, FrameSplitter
 from hardware.reader import RECONNECT_INITIAL_S, RECONNECT_MAX_S, ScannerReader, StatusCallback
+
+try:
+    import serial
+    import serial_asyncio_fast
+except ImportError as err:  # pyserial missing or unable to load here: the reader says so when it opens
+    serial = serial_asyncio_fast = None  # type: ignore[assignment]
+    NO_PYSERIAL: str | None = (
+        f"serial scanners need pyserial, which cannot be loaded on this machine ({err}); install shelfsync[agent]"
+    )
+else:
+    NO_PYSERIAL = None
 
 IDLE_GAP_S = 0.05
 IDLE_GAP_MAX_S = 5.0
 CONNECT_TIMEOUT_S = 10.0  # for socket:// device servers
 BAUDRATE_MAX = 4_000_000
 PARITIES = ("N", "E", "O", "M", "S")
+WINDOWS_PORT = re.compile(r"(?:\\\\\.\\)?COM[1-9][0-9]{0,2}", re.IGNORECASE)  # COM3, \\.\COM12
 _PARITY_WORDS = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 
 
@@ -102,8 +112,10 @@ def _check_port(port: object) -> None:
             raise ScannerConfigError(
                 f"port {port!r} is not supported; use a device path or socket://host:port for a serial device server"
             )
-    elif not port.startswith("/"):
-        raise ScannerConfigError(f"port {port!r} must be an absolute device path such as /dev/serial/by-id/...")
+    elif not port.startswith("/") and not WINDOWS_PORT.fullmatch(port):
+        raise ScannerConfigError(
+            f"port {port!r} must be an absolute device path such as /dev/serial/by-id/..., or a Windows COM port (COM3)"
+        )
 
 
 class _SerialLink(asyncio.Protocol):
@@ -207,6 +219,8 @@ class SerialScanner(ScannerReader):
         link.write(bytes(data))
 
     async def _open(self) -> _SerialLink:
+        if NO_PYSERIAL is not None:
+            raise HardwareError(NO_PYSERIAL)
         cfg = self._config
         loop = asyncio.get_running_loop()
         link = _SerialLink(self._deliver, cfg.idle_gap_s, cfg.max_frame_bytes)

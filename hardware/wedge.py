@@ -19,7 +19,6 @@ kernel's repeat delay and a repeat is a stuck-key artefact.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -44,6 +43,16 @@ from hardware.keymap import (
     keymap_from_config,
 )
 from hardware.reader import RECONNECT_INITIAL_S, RECONNECT_MAX_S, ScannerReader, StatusCallback
+
+try:
+    import fcntl
+except ImportError:  # not Linux (Windows): there is no evdev to read; WedgeScanner says so when it opens
+    fcntl = None  # type: ignore[assignment]
+
+NO_EVDEV = (
+    "a keyboard-wedge scanner is read from a Linux input device, which this system does not have; set the"
+    ' scanner to USB serial (COM port) mode and configure it as type = "serial"'
+)
 
 KEY_UP, KEY_DOWN, KEY_REPEAT = 0, 1, 2
 UNKNOWN_KEY_CHAR = "\ufffd"
@@ -282,6 +291,8 @@ class WedgeScanner(ScannerReader):
         return self._config
 
     async def _open(self) -> _EventLink:
+        if fcntl is None:
+            raise HardwareError(NO_EVDEV)
         fd = os.open(self._config.device, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         if self._config.grab:
             try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -50,7 +51,10 @@ def add_import_parser(subparsers: Any, *, parents: Sequence[argparse.ArgumentPar
         "Rows already imported are counted as duplicates, never twice; bad rows are quarantined and listed by --report.",
     )
     if not any(a.dest == "config" for p in parents for a in p._actions):
-        parser.add_argument("--config", "-c", required=True, metavar="FILE", help="the agent's TOML configuration file")
+        parser.add_argument(
+            "--config", "-c", metavar="FILE",
+            help="the agent's TOML configuration file (default: $SHELFSYNC_AGENT_CONFIG, else this system's default)",
+        )  # fmt: skip
     parser.add_argument("files", nargs="*", metavar="FILE", help="export files to import")
     parser.add_argument("--profile", help="import profile: square, shopify, generic or a custom one (default: detect)")
     parser.add_argument("--mapping", metavar="TOML", help="a TOML file with [pos] settings and profiles to use instead of the configuration's")
@@ -66,7 +70,7 @@ def run_import(args: argparse.Namespace) -> int:
     from agent.config import load_config
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, environ=os.environ)
     except ConfigError as err:
         print(f"shelfsync-agent: {err}", file=sys.stderr)
         return EXIT_USAGE
