@@ -20,7 +20,7 @@ from typing import Protocol
 from aiohttp import web
 
 from hub.logsafety import RepeatLog
-from hub.storage.base import AgentIdentity, HubStore
+from hub.storage.base import AgentIdentity, Forbidden, HubStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,17 @@ class CookieSessions(Protocol):
 
 
 COOKIE_SESSIONS_KEY = web.AppKey("cookie_sessions", CookieSessions)
+
+
+class CredentialOfAnotherAgent(Forbidden):
+    """A request for one agent sent with another agent's credential: answered 403 with ``credential_agent_id``,
+    so an agent configured with the wrong id can say so instead of "token refused"."""
+
+    def __init__(self, credential_agent_id: str, agent_id: str) -> None:
+        super().__init__(
+            f"this credential belongs to agent {credential_agent_id}, but the request is for agent {agent_id}"
+        )
+        self.credential_agent_id = credential_agent_id
 
 
 class Unauthorized(web.HTTPUnauthorized):

@@ -1,51 +1,91 @@
-"""``shelfsync-hub``: serve the hub, and manage agent, reader and admin credentials.
+"""``shelfsync-hub``: serve the hub, manage agent, reader and admin credentials, back the database up.
 
     shelfsync-hub serve --db PATH [--host 127.0.0.1] [--port 8470] [--max-body-bytes N] [--config FILE.toml]
     shelfsync-hub agent add --db PATH --location CODE [--location CODE2 …]
+    shelfsync-hub agent add --db PATH --location CODE --id AGENT_ID [--write FILE] [--hub-url URL] [--ca-file PEM]
     shelfsync-hub agent add --db PATH --role reader|admin
     shelfsync-hub agent revoke --db PATH AGENT_ID
     shelfsync-hub agent list --db PATH
+    shelfsync-hub backup --db PATH --to FILE
 
-Every failure is one sentence on stderr and exit status 2.
+Settings come from the config file (``--config``, ``$SHELFSYNC_HUB_CONFIG`` or
+/etc/shelfsync/hub.toml), the ``SHELFSYNC_HUB_*`` environment and the options,
+each winning over the one before (hub/config.py). Every failure is one
+sentence on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
+import os
+import socket
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from hub.auth import ROLE_AGENT, ROLE_READER
-from hub.config import DEFAULT_HOST, DEFAULT_PORT, HubSettings, load_settings, log_level_number
+from hub.backup import backup
+from hub.config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    HubSettings,
+    config_path,
+    load_settings,
+    log_level_number,
+    url_problem,
+)
 from hub.resolver import is_location
 from hub.server import serve
 from hub.storage import open_store
 from hub.storage.base import ROLES, AgentStatus, HubError, HubStore
+from hub.storage.credentials import check_agent_id
 from hub.views import iso_ms
 
 PROG = "shelfsync-hub"
 EXIT_OK = 0
 EXIT_ERROR = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONFIG_FILE_MODE = 0o600  # an agent configuration holds its token
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
 class CliError(HubError):
     """A command-line mistake; the message says how to fix it."""
 
 
+def _package_version() -> str:
+    """The installed shelfsync's version, from its package metadata."""
+    try:
+        return importlib.metadata.version("shelfsync")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (shelfsync is not installed as a package)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--db", metavar="PATH", help="the hub database: a SQLite file path (created if missing) or a URL"
+        "--db",
+        metavar="PATH",
+        help="the hub database: a SQLite file path (created if missing) or a URL; a URL with a password is better "
+        "given by SHELFSYNC_HUB_DB or database_url_file, which no other user of the machine can read",
     )
-    common.add_argument("--config", metavar="FILE.toml", help="read settings from the [hub] table of this TOML file")
+    common.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="read settings from the [hub] table of this TOML file (default: $SHELFSYNC_HUB_CONFIG, "
+        "else /etc/shelfsync/hub.toml when it exists)",
+    )
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="The shelfsync hub: one central stock ledger for every store."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     srv = commands.add_parser("serve", parents=[common], help="serve the hub's HTTP API until SIGTERM or SIGINT")
@@ -76,9 +116,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="agent (writes its locations), reader (reads everything) or admin (also changes settings; "
         "writes the locations it is given, if any) (default agent)",
     )
+    add.add_argument(
+        "--id",
+        metavar="AGENT_ID",
+        help="the credential's agent id (letters, digits, '.', '_', ':' and '-', at most 64), e.g. the store's "
+        "name; with it, an agent credential is printed as a ready agent configuration (default: a new random id)",
+    )
+    add.add_argument(
+        "--write",
+        metavar="FILE",
+        help="write the ready agent configuration to this new file (mode 0600) instead of printing it",
+    )
+    add.add_argument(
+        "--hub-url",
+        metavar="URL",
+        help="the hub's address as the agent reaches it, for the agent configuration (default: public_url, else "
+        "from host, port and TLS)",
+    )
+    add.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="for the agent configuration: the CA certificate(s) the agent checks the hub's TLS certificate with",
+    )
     revoke = agent_commands.add_parser("revoke", parents=[common], help="revoke a credential at once")
     revoke.add_argument("agent_id", metavar="AGENT_ID")
     agent_commands.add_parser("list", parents=[common], help="list agents with their last sync and marks")
+
+    bak = commands.add_parser(
+        "backup", parents=[common], help="copy the hub database while the hub runs (SQLite file, or a pg_dump)"
+    )
+    bak.add_argument(
+        "--to",
+        required=True,
+        metavar="FILE",
+        help="where the copy goes: a file (replaced only once the new copy is whole) or a directory "
+        "(the copy is named hub-<UTC time>.db, or .dump for PostgreSQL)",
+    )
     return parser
 
 
@@ -87,8 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
-        settings = load_settings(args.config, db=args.db)
+        settings = _settings(args, db=args.db)
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+        if args.command == "backup":
+            return _backup(settings, args.to, sys.stdout, sys.stderr)
         return asyncio.run(_agent_command(args, settings, sys.stdout))
     except (HubError, OSError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -98,9 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _settings(args: argparse.Namespace, **options: object) -> HubSettings:
+    """The config file, then the environment, then the command line's options."""
+    return load_settings(config_path(args.config, os.environ), environ=os.environ, **options)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    settings = load_settings(
-        args.config,
+    settings = _settings(
+        args,
         db=args.db,
         host=args.host,
         port=args.port,
@@ -112,11 +192,24 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _backup(settings: HubSettings, to: str, out: TextIO, err: TextIO) -> int:
+    def progress(line: str) -> None:
+        err.write(f"{PROG} backup: {line}\n")
+        err.flush()
+
+    result = backup(settings.db, to, progress)  # a BackupError is one sentence, like every HubError
+    out.write(result.describe() + "\n")
+    return EXIT_OK
+
+
 async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: TextIO) -> int:
     locations = _check_locations(args.role, args.location) if args.agent_command == "add" else []
+    plan = _config_plan(args, settings, locations) if args.agent_command == "add" else None
     async with open_store(settings.db) as store:
-        if args.agent_command == "add":
-            await _agent_add(store, args.role, locations, out)
+        if args.agent_command == "add" and plan is not None:
+            await _agent_add_config(store, plan, out)
+        elif args.agent_command == "add":
+            await _agent_add(store, args.role, locations, out, args.id)
         elif args.agent_command == "revoke":
             if not await store.revoke_agent(args.agent_id):
                 raise CliError(f"no active credential {args.agent_id} is known to this hub; see: {PROG} agent list")
@@ -126,14 +219,152 @@ async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: T
     return EXIT_OK
 
 
-async def _agent_add(store: HubStore, role: str, locations: list[str], out: TextIO) -> None:
-    agent_id, token = await store.add_agent(locations, role=role)
+async def _agent_add(store: HubStore, role: str, locations: list[str], out: TextIO, wanted: str | None) -> None:
+    if wanted is not None:
+        await _check_id_free(store, wanted)
+    agent_id, token = await store.add_agent(locations, role=role, agent_id=wanted)
     where = f"locations: {', '.join(locations)}\n" if locations else ""
     keep = "put it in the agent's configuration now" if role == ROLE_AGENT else "store it safely now"
     out.write(
         f"agent_id: {agent_id}\nrole: {role}\n{where}credential: {token}\n"
         f"The hub keeps only a hash of this credential, so this is the only time it is shown: {keep}.\n"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPlan:
+    """What ``agent add`` writes into a ready agent configuration, checked before the credential exists."""
+
+    agent_id: str  # "": a new random one
+    locations: tuple[str, ...]
+    hub_url: str
+    ca_file: Path | None
+    write: Path | None  # None: print it
+
+
+def _config_plan(args: argparse.Namespace, settings: HubSettings, locations: list[str]) -> ConfigPlan | None:
+    """None: print the credential as before (no --id, --write, --hub-url or --ca-file, or not an agent)."""
+    if args.id is not None:
+        try:
+            check_agent_id(args.id)
+        except HubError as err:
+            raise CliError(f"--id {err}") from err
+    wants = [opt for opt, value in (("--write", args.write), ("--hub-url", args.hub_url), ("--ca-file", args.ca_file))
+             if value is not None]  # fmt: skip
+    if args.role != ROLE_AGENT:
+        if wants:
+            raise CliError(
+                f"{wants[0]} makes an agent's configuration; a {args.role} credential has none: leave it out"
+            )
+        return None
+    if args.id is None and not wants:
+        return None
+    hub_url = args.hub_url or settings.public_url or _derived_url(settings)
+    problem = url_problem(hub_url)
+    if problem:
+        raise CliError(f"the hub URL for the agent {problem}; pass --hub-url https://hub.example:8470")
+    ca_file = None
+    if args.ca_file is not None:
+        ca_file = Path(args.ca_file).absolute()
+        if not ca_file.is_file():
+            raise CliError(
+                f"--ca-file {ca_file} is not a file; give the PEM file of the CA that signed the hub's certificate"
+            )
+    write = None if args.write is None else Path(args.write).absolute()
+    return ConfigPlan(args.id or "", tuple(locations), hub_url, ca_file, write)
+
+
+def _derived_url(settings: HubSettings) -> str:
+    """The hub's own address from host, port and TLS; a wildcard host becomes this machine's name."""
+    if settings.port == 0:
+        raise CliError(
+            "the hub's port is 0 (a free one picked at start), so its address is not known; pass --hub-url URL"
+        )
+    host = settings.host
+    if host in WILDCARD_HOSTS:
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if settings.tls_cert else "http"
+    return f"{scheme}://{host}:{settings.port}"
+
+
+async def _check_id_free(store: HubStore, agent_id: str) -> None:
+    if await store.agent_status(agent_id):
+        raise CliError(
+            f"a credential with the agent id {agent_id} exists already (revoked ones count); choose another id, "
+            f"or see: {PROG} agent list"
+        )
+
+
+async def _agent_add_config(store: HubStore, plan: ConfigPlan, out: TextIO) -> None:
+    """Create an agent credential and hand it over as a ready agent configuration (printed, or written 0600)."""
+    if plan.agent_id:
+        await _check_id_free(store, plan.agent_id)
+    fd = None
+    if plan.write is not None:  # claimed before the credential exists, so a bad path costs no credential
+        try:
+            fd = os.open(plan.write, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CONFIG_FILE_MODE)
+        except FileExistsError:
+            raise CliError(
+                f"{plan.write} exists already; an agent configuration holds a token and is never overwritten: "
+                "remove the file or choose another path"
+            ) from None
+        except OSError as err:
+            raise CliError(f"cannot create {plan.write}: {err.strerror or err}") from err
+    try:
+        agent_id, token = await store.add_agent(plan.locations, role=ROLE_AGENT, agent_id=plan.agent_id or None)
+        text = agent_config_toml(agent_id, plan.locations, token, plan.hub_url, plan.ca_file)
+        if fd is None:
+            out.write(text)
+            return
+        os.fchmod(fd, CONFIG_FILE_MODE)  # whatever the umask made of it
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    except BaseException:
+        if fd is not None and plan.write is not None:
+            os.close(fd)
+            fd = None
+            plan.write.unlink(missing_ok=True)
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+    out.write(
+        f"wrote the configuration of agent {agent_id} (location {plan.locations[0]}, hub {plan.hub_url}) to "
+        f"{plan.write}, mode 0600; it holds the only copy of the agent's token. Start the agent with: "
+        f"python -m agent run --config {plan.write}\n"
+    )
+
+
+def agent_config_toml(agent_id: str, locations: Sequence[str], token: str, hub_url: str, ca_file: Path | None) -> str:
+    """A ready ``[agent]`` section (docs/agent.md); data_dir defaults to the file's own folder."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    lines = [
+        f"# shelfsync agent configuration for agent {agent_id}, made by `{PROG} agent add` at {when}.",
+        "# The hub keeps only a hash of the token below: this is its only copy. Keep the file private (mode 0600).",
+        "# Start the agent with: python -m agent run --config <this file>. docs/agent.md lists every other key.",
+    ]
+    if len(locations) > 1:
+        lines.append(f"# The credential may also write {', '.join(locations[1:])}; an agent records for one location.")
+    lines += [
+        "[agent]",
+        f"id = {toml_string(agent_id)}",
+        f"location = {toml_string(locations[0])}",
+        f"hub_url = {toml_string(hub_url)}",
+        f"token = {toml_string(token)}",
+    ]
+    if ca_file is not None:
+        lines.append(f"ca_file = {toml_string(str(ca_file))}")
+    return "\n".join(lines) + "\n"
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string: quotes, backslashes and control characters escaped."""
+    escaped = "".join(
+        f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else "\\" + c if c in '"\\' else c for c in value
+    )
+    return f'"{escaped}"'
 
 
 def _check_locations(role: str, locations: list[str]) -> list[str]:

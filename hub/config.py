@@ -1,4 +1,11 @@
-"""The hub's settings: defaults, a TOML file's ``[hub]`` table, then CLI overrides.
+"""The hub's settings: defaults, a TOML file's ``[hub]`` table, the environment, then CLI overrides.
+
+The file is the one ``--config`` names, else the one ``$SHELFSYNC_HUB_CONFIG``
+names, else ``/etc/shelfsync/hub.toml`` when it exists. Every ``[hub]`` key
+``k`` can also be set by the environment variable ``SHELFSYNC_HUB_<K>``
+(``SHELFSYNC_HUB_DB``, ``SHELFSYNC_HUB_PORT`` …), which wins over the file, so
+a secret (the database URL with its password) need never be written in the
+file nor on a command line; ``database_url_file`` reads the URL from a file.
 
 Every key is documented in docs/configuration.md (a test checks it).
 """
@@ -7,11 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLOCK_WINDOW_S
 from hub.storage.base import HubError
@@ -33,6 +43,13 @@ DEFAULT_TRANSFER_OPEN_MAX_S = 14 * 24 * 3_600
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_KEEPALIVE_TIMEOUT_S = 30.0  # above aiohttp's client default (15 s), so an agent closes an idle connection first
 MAX_CONNECTIONS_LIMIT = 1_000_000
+DEFAULT_CONFIG_PATH = Path("/etc/shelfsync/hub.toml")
+CONFIG_ENV = "SHELFSYNC_HUB_CONFIG"  # the config file; set but empty: none
+ENV_PREFIX = "SHELFSYNC_HUB_"
+DATABASE_URL_FILE_KEY = "database_url_file"  # read into ``db`` when the settings are loaded
+SECRET_FILE_MAX_BYTES = 64 * 1024
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 class ConfigError(HubError):
@@ -60,6 +77,9 @@ class HubSettings:
     max_connections: int = 0  # open connections at most; 0: as many as the open-file limit allows (hub/limits.py)
     clock_window_s: int = DEFAULT_CLOCK_WINDOW_S  # events stamped further ahead (or before their credential) are held
     transfer_open_max_s: int = DEFAULT_TRANSFER_OPEN_MAX_S  # a transfer open longer is an exception (transfer_overdue)
+    tls_cert: str = ""  # PEM certificate chain: with tls_key, the hub serves HTTPS itself
+    tls_key: str = ""  # PEM private key of tls_cert
+    public_url: str = ""  # how agents reach the hub (agent add writes it); "": from host, port and TLS
     webhooks: tuple[WebhookSpec, ...] = ()  # the [[webhooks]] tables, not a [hub] key
     channels: tuple[ChannelSpec, ...] = ()  # the [[channel]] tables (docs/channels.md), not a [hub] key
 
@@ -71,9 +91,18 @@ class HubSettings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-CONFIG_KEYS: tuple[str, ...] = tuple(
+SETTINGS_KEYS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(HubSettings) if f.name not in ("webhooks", "channels")
 )
+CONFIG_KEYS: tuple[str, ...] = SETTINGS_KEYS + (DATABASE_URL_FILE_KEY,)
+
+
+def env_name(key: str) -> str:
+    """The environment variable that sets config key ``key``: ``SHELFSYNC_HUB_`` and the key in capitals."""
+    return ENV_PREFIX + key.upper()
+
+
+ENV_KEYS: Mapping[str, str] = {env_name(key): key for key in CONFIG_KEYS}  # variable -> config key
 
 
 def _validate(s: HubSettings) -> None:
@@ -136,6 +165,10 @@ def _validate(s: HubSettings) -> None:
         raise ConfigError(
             f"transfer_open_max_s must be between 60 and 31536000 seconds (a year), got {s.transfer_open_max_s}"
         )
+    for key in ("tls_cert", "tls_key", "public_url"):
+        _typed(key, getattr(s, key), str)
+    if s.public_url and (problem := url_problem(s.public_url)):
+        raise ConfigError(f"public_url {problem}")
     if not isinstance(s.webhooks, tuple) or not all(isinstance(w, WebhookSpec) for w in s.webhooks):
         raise ConfigError("webhooks must be a tuple of WebhookSpec (from [[webhooks]] tables)")
 
@@ -148,6 +181,29 @@ def _typed(key: str, value: Any, kind: type) -> None:
 _KIND_NAMES: dict[type, str] = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
+def url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// address like https://hub.example:8470, got {url[:80]!r}"
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        return "must be a bare address: no user name, password, query or fragment"
+    return None
+
+
+def check_tls_pair(s: HubSettings) -> None:
+    """TLS needs both the certificate and its key; one alone is a mistake worth stopping for."""
+    if bool(s.tls_cert) != bool(s.tls_key):
+        given, missing = ("tls_cert", "tls_key") if s.tls_cert else ("tls_key", "tls_cert")
+        raise ConfigError(
+            f"{given} is set but {missing} is not; the hub serves HTTPS with both (the certificate chain and its "
+            "private key, PEM files) or plain HTTP with neither"
+        )
+
+
 def settings_from_mapping(table: Mapping[str, Any], where: str = "the settings") -> HubSettings:
     """Build settings from a mapping of config keys; unknown keys are an error."""
     unknown = sorted(set(table) - set(CONFIG_KEYS))
@@ -155,19 +211,150 @@ def settings_from_mapping(table: Mapping[str, Any], where: str = "the settings")
         raise ConfigError(
             f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; the known keys are {', '.join(CONFIG_KEYS)}"
         )
-    return HubSettings(**dict(table))
+    values = dict(table)
+    if DATABASE_URL_FILE_KEY in values:
+        values["db"] = _database_url(values, Path(), where)
+    return HubSettings(**values)
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> HubSettings:
-    """Read the ``[hub]`` table of a TOML file (if given), then apply non-None ``overrides``."""
-    base = HubSettings() if path is None else _read_file(Path(path))
-    settings = base.replace(**overrides)
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file to read: ``--config``, else ``$SHELFSYNC_HUB_CONFIG`` (empty: none), else
+    /etc/shelfsync/hub.toml when it exists, else none."""
+    if explicit is not None:
+        return Path(explicit)
+    named = environ.get(CONFIG_ENV)
+    if named is not None:
+        return Path(named) if named.strip() else None
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_settings(
+    path: str | Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> HubSettings:
+    """Read the ``[hub]`` table of a TOML file (if given), then the ``SHELFSYNC_HUB_*`` variables of
+    ``environ`` (if given), then apply non-None ``overrides`` (the command line); each wins over the one before."""
+    doc: Mapping[str, Any] = {}
+    table: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        doc, table = _read_file(path)
+    from_env = {} if environ is None else _from_environ(environ, _secret_envs(doc))
+    given = {key: value for key, value in overrides.items() if value is not None}
+    layers = [
+        (f"the [hub] table of {path}", table, path.parent if path is not None else Path()),
+        ("the environment", from_env, Path()),
+        ("the command line", given, Path()),
+    ]
+    settings = HubSettings()
+    db_layer: tuple[str, dict[str, Any], Path] | None = None
+    for where, values, base in layers:
+        if "db" in values or DATABASE_URL_FILE_KEY in values:
+            db_layer = (where, values, base)
+        plain = {k: v for k, v in values.items() if k not in ("db", DATABASE_URL_FILE_KEY)}
+        try:
+            settings = settings.replace(**plain)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (in {where})") from err
+    if db_layer is not None:
+        where, values, base = db_layer
+        settings = settings.replace(db=_database_url(values, base, where))
     if not settings.db:
-        raise ConfigError("no database given; pass --db PATH or set db in the [hub] table of the config file")
+        raise ConfigError(
+            f"no database given; pass --db URL, set {env_name('db')}, or set db (or {DATABASE_URL_FILE_KEY}) in the "
+            f"[hub] table of the config file ({DEFAULT_CONFIG_PATH} unless --config or {CONFIG_ENV} names another)"
+        )
+    check_tls_pair(settings)
+    if path is not None:
+        settings = _with_extras(settings, doc, path, environ)
     return settings
 
 
-def _read_file(path: Path) -> HubSettings:
+def _database_url(values: Mapping[str, Any], base: Path, where: str) -> str:
+    """``db`` of one layer, or the URL its ``database_url_file`` holds; both at once is a mistake."""
+    if "db" in values and DATABASE_URL_FILE_KEY in values:
+        raise ConfigError(f"db and {DATABASE_URL_FILE_KEY} are both set in {where}; keep one")
+    if DATABASE_URL_FILE_KEY not in values:
+        db = values["db"]
+        _typed("db", db, str)
+        if db and not _is_url(db) and not Path(db).is_absolute():
+            db = str(base / db)  # a relative path in a config file is relative to that file
+        return str(db)
+    name = values[DATABASE_URL_FILE_KEY]
+    _typed(DATABASE_URL_FILE_KEY, name, str)
+    file = base / str(name)
+    try:
+        with file.open("rb") as f:
+            raw = f.read(SECRET_FILE_MAX_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(
+            f"{DATABASE_URL_FILE_KEY} {file} (in {where}) cannot be read ({err.strerror or err})"
+        ) from None
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = ""
+    if not text or len(raw) > SECRET_FILE_MAX_BYTES or "\n" in text:
+        raise ConfigError(
+            f"{DATABASE_URL_FILE_KEY} {file} (in {where}) must hold one line: the database URL or file path"
+        )
+    return text
+
+
+def _from_environ(environ: Mapping[str, str], allowed: frozenset[str]) -> dict[str, Any]:
+    """The settings ``SHELFSYNC_HUB_*`` variables give, typed; an unknown one is a typo to stop for."""
+    found: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or name in allowed:
+            continue
+        key = ENV_KEYS.get(name)
+        if key is None:
+            raise ConfigError(
+                f"unknown environment variable {name}; the hub's are {CONFIG_ENV} and "
+                f"{', '.join(sorted(ENV_KEYS))} (a secret of yours needs another name, or use it by secret_env)"
+            )
+        if raw.strip() == "":
+            continue  # set but empty: as if not set (an unset line of an EnvironmentFile)
+        found[key] = _typed_from_text(key, name, raw.strip())
+    return found
+
+
+_DEFAULTS = HubSettings()
+
+
+def _typed_from_text(key: str, name: str, raw: str) -> Any:
+    default = getattr(_DEFAULTS, key, "")
+    if isinstance(default, bool):
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw[:40]!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw[:40]!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw[:40]!r}") from None
+    return raw
+
+
+def _secret_envs(doc: Mapping[str, Any]) -> frozenset[str]:
+    """Variable names the file's webhooks and channels read their secrets from: not hub settings."""
+    names: set[str] = set()
+    for section in ("webhooks", "channel"):
+        tables = doc.get(section, [])
+        if isinstance(tables, list):
+            for key in ("secret_env", "webhook_secret_env"):
+                names |= {t[key] for t in tables if isinstance(t, dict) and isinstance(t.get(key), str)}
+    return frozenset(names)
+
+
+def _read_file(path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """The whole TOML document and its ``[hub]`` table, checked for unknown keys; paths made absolute."""
     try:
         with path.open("rb") as f:
             doc = tomllib.load(f)
@@ -186,21 +373,77 @@ def _read_file(path: Path) -> HubSettings:
     table = doc.get("hub", {})
     if not isinstance(table, dict):
         raise ConfigError(f"hub in {path} must be a table ([hub])")
-    settings = settings_from_mapping(table, where=f"the [hub] table of {path}")
+    unknown = sorted(set(table) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in the [hub] table of {path}; "
+            f"the known keys are {', '.join(CONFIG_KEYS)}"
+        )
+    table = dict(table)
+    for key in ("tls_cert", "tls_key"):  # database_url_file is read relative to the file by _database_url
+        if isinstance(table.get(key), str) and table[key] and not Path(table[key]).is_absolute():
+            table[key] = str(path.parent / table[key])
+    return doc, table
+
+
+def _with_extras(
+    settings: HubSettings, doc: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None
+) -> HubSettings:
+    """The file's ``[[webhooks]]`` and ``[[channel]]`` tables, secrets read."""
     if "webhooks" in doc:
         try:
-            settings = settings.replace(webhooks=parse_webhooks(doc["webhooks"]))
+            tables = _webhook_secrets(doc["webhooks"], path.parent, os.environ if environ is None else environ)
+            settings = settings.replace(webhooks=parse_webhooks(tables))
         except WebhookConfigError as err:
             raise ConfigError(f"{err} (in {path})") from err
     if "channel" in doc:
         try:
-            settings = settings.replace(channels=parse_channels(doc["channel"], base_dir=path.parent))
+            settings = settings.replace(channels=parse_channels(doc["channel"], base_dir=path.parent, environ=environ))
         except ChannelConfigError as err:
             raise ConfigError(f"{err} (in {path})") from err
-    if settings.db and not _is_url(settings.db) and not Path(settings.db).is_absolute():
-        # A relative database path in a config file is relative to that file, not to the working directory.
-        settings = settings.replace(db=str(path.parent / settings.db))
     return settings
+
+
+def _webhook_secrets(raw: Any, base: Path, environ: Mapping[str, str]) -> Any:
+    """``[[webhooks]]`` tables with ``secret_file`` or ``secret_env`` turned into ``secret`` (read now)."""
+    if not isinstance(raw, list):
+        return raw  # parse_webhooks says what is wrong
+    out: list[Any] = []
+    for i, table in enumerate(raw, 1):
+        if not isinstance(table, dict) or not ({"secret_file", "secret_env"} & set(table)):
+            out.append(table)
+            continue
+        where = f"webhook {table.get('name', i)!r}"
+        given = [k for k in ("secret", "secret_file", "secret_env") if k in table]
+        if len(given) != 1:
+            raise WebhookConfigError(f"{where}: give exactly one of secret, secret_file and secret_env")
+        rest = {k: v for k, v in table.items() if k not in ("secret_file", "secret_env")}
+        if "secret_env" in table:
+            var = table["secret_env"]
+            if not isinstance(var, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                raise WebhookConfigError(f"{where}: secret_env must be an environment variable name, got {var!r}")
+            rest["secret"] = environ.get(var, "").strip()
+            if not rest["secret"]:
+                raise WebhookConfigError(f"{where}: the environment variable {var} (secret_env) is empty or not set")
+        else:
+            name = table["secret_file"]
+            if not isinstance(name, str) or not name:
+                raise WebhookConfigError(f"{where}: secret_file must be a file path")
+            file = base / str(name)
+            try:
+                with file.open("rb") as f:
+                    secret = f.read(SECRET_FILE_MAX_BYTES + 1)
+            except OSError as err:
+                why = err.strerror or err
+                raise WebhookConfigError(f"{where}: secret_file {file} cannot be read ({why})") from None
+            try:
+                rest["secret"] = secret.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise WebhookConfigError(f"{where}: secret_file {file} is not UTF-8 text") from None
+            if len(secret) > SECRET_FILE_MAX_BYTES:
+                raise WebhookConfigError(f"{where}: secret_file {file} is longer than {SECRET_FILE_MAX_BYTES} bytes")
+        out.append(rest)
+    return out
 
 
 def _is_url(db: str) -> bool:

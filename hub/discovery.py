@@ -19,11 +19,19 @@ import socket
 from collections.abc import Sequence
 from typing import Self
 
-import ifaddr
-from zeroconf import InterfaceChoice, IPVersion, NonUniqueNameException
-from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
-
 from hub.storage.base import HubError
+
+try:
+    import ifaddr
+    from zeroconf import InterfaceChoice, IPVersion, NonUniqueNameException
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+except ImportError as err:  # a hub installed without zeroconf starts; only ``advertise`` needs it
+    NO_ZEROCONF: str | None = (
+        f"advertise needs the zeroconf package, which cannot be loaded ({err}); install shelfsync[hub,discovery]"
+        " or turn advertise off"
+    )
+else:
+    NO_ZEROCONF = None
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,8 @@ class HubAdvertiser:
 
 async def start_advertiser(hub_id: str, host: str, port: int) -> HubAdvertiser:
     """Announce a hub listening on ``host``:``port`` (on the interfaces of the announced addresses)."""
+    if NO_ZEROCONF is not None:
+        raise DiscoveryError(NO_ZEROCONF)
     addresses = advertised_addresses(host)
     interfaces = None if host in ("", "0.0.0.0") else addresses
     advertiser = HubAdvertiser(hub_id, port, addresses=addresses, interfaces=interfaces)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -25,6 +25,7 @@ from protocol import wall_ms_now
 
 RECENT_WINDOW_S = 3_600
 RECENT_BUCKET_S = 60
+QUARANTINE_COUNT_MAX = 1_000  # the pending-quarantine gauge counts this many at most (any is worth an alert)
 INGEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -141,6 +142,17 @@ class HubMetrics:
             buckets=INGEST_BUCKETS_S,
             registry=r,
         )
+        self.failures = Counter(
+            "shelfsync_request_failures",
+            "Requests answered 503 because the database failed (cause=database) or 500 (cause=unexpected).",
+            ["cause"],
+            registry=r,
+        )
+        self.quarantine_pending = Gauge(
+            "shelfsync_quarantine_pending_events",
+            f"Events held in the clock quarantine waiting for an operator (counted up to {QUARANTINE_COUNT_MAX}).",
+            registry=r,
+        )
         self.recent = RecentIngest()
         self._agents = _AgentCollector(self.recent)
         r.register(self._agents)
@@ -184,6 +196,13 @@ def observe_invalid(app: web.Application, route: str, events: int) -> None:
         metrics.observe_invalid(route, events)
 
 
+def observe_failure(app: web.Application, cause: str) -> None:
+    """Count a request the hub failed: ``cause`` "database" (answered 503) or "unexpected" (answered 500)."""
+    metrics = app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.failures.labels(cause).inc()
+
+
 def events_last_hour(app: web.Application, agent_id: str) -> int:
     metrics = app.get(METRICS_KEY)
     return 0 if metrics is None else metrics.recent.last_hour(agent_id)
@@ -195,5 +214,7 @@ async def get_metrics(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="/metrics takes no query parameters")
     store = request.app[STORE_KEY]
     agents = await store.agent_status()
+    held = await store.quarantine(status="pending", limit=QUARANTINE_COUNT_MAX)
+    request.app[METRICS_KEY].quarantine_pending.set(len(held))
     body = request.app[METRICS_KEY].render(agents, await store.latest_change_id())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})

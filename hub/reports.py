@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from hub import paging, views
-from hub.auth import STORE_KEY, require_role
+from hub.auth import STORE_KEY, CredentialOfAnotherAgent, require_role
 from hub.storage import keys
 from hub.storage.base import INGEST_ROLES, AgentIdentity, DivergenceRow, ImportIssue, Observation, ReportResult
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError, values
@@ -62,9 +62,7 @@ async def _decode(request: web.Request, decode: Callable[[bytes], T], what: str)
 
 def _check_sender(who: AgentIdentity, agent_id: str) -> None:
     if agent_id != who.agent_id:
-        raise web.HTTPForbidden(
-            text=f"this credential belongs to agent {who.agent_id}, but the request is for agent {agent_id}"
-        )
+        raise CredentialOfAnotherAgent(who.agent_id, agent_id)
 
 
 def _answer(result: ReportResult) -> web.Response:

@@ -5,6 +5,9 @@ under the open-file limit, on time (header, body and keep-alive timeouts)
 and quiet (floods are counted, not logged one by one); see hub/limits.py.
 No secret reaches the log: the database password and webhook secrets are
 masked on every log handler while the hub serves (hub/logsafety.py).
+
+With ``tls_cert`` and ``tls_key`` the hub serves HTTPS itself (TLS 1.2 or
+newer); a client must finish its TLS handshake within ``header_timeout_s``.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aiohttp import web
 
 from hub.app import create_app
-from hub.config import HubSettings
+from hub.config import ConfigError, HubSettings, check_tls_pair
 from hub.discovery import HubAdvertiser, start_advertiser
 from hub.drain import GATE_KEY
 from hub.feed import end_streams
@@ -48,7 +53,62 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None) -> Non
     log.info("hub stopped; the database is closed")
 
 
+def tls_context(settings: HubSettings) -> ssl.SSLContext | None:
+    """The server's TLS context from ``tls_cert`` and ``tls_key``, or None for plain HTTP; ``ServeError`` says
+    which file is wrong."""
+    try:
+        check_tls_pair(settings)
+    except ConfigError as err:
+        raise ServeError(str(err)) from err
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for key, path in (("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            raise ServeError(f"the hub cannot read its {key} {path}: {err.strerror or err}") from err
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except ssl.SSLError as err:
+        raise ServeError(
+            f"the hub cannot use tls_cert {settings.tls_cert} with tls_key {settings.tls_key} ({err.reason or err}); "
+            "both must be PEM files, the key the certificate's own and not protected by a passphrase"
+        ) from err
+    return context
+
+
+class TlsSite(web.TCPSite):
+    """A TCP site whose TLS handshakes must finish within ``handshake_timeout_s`` (asyncio's default is 60 s)."""
+
+    __slots__ = ("_handshake_timeout_s",)
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout_s: float, **kwargs: Any
+    ) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout_s,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
 async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
+    tls = tls_context(settings)  # before anything opens: a wrong file is one sentence, the database untouched
     budget = plan_fd_budget(settings.max_connections)
     guard = ConnectionGuard(budget.max_connections, settings.header_timeout_s)
     loop = asyncio.get_running_loop()
@@ -56,14 +116,19 @@ async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
     loop.set_exception_handler(guard.loop_exception_handler)  # accept() out of files: counted, no traceback each
     try:
         async with open_store(settings.db) as store:
-            await _serve_store(settings, stop, store, guard, budget.describe())
+            await _serve_store(settings, stop, store, guard, budget.describe(), tls)
     finally:
         loop.set_exception_handler(previous_handler)
         guard.flush()
 
 
 async def _serve_store(
-    settings: HubSettings, stop: asyncio.Event, store: HubStore, guard: ConnectionGuard, budget: str
+    settings: HubSettings,
+    stop: asyncio.Event,
+    store: HubStore,
+    guard: ConnectionGuard,
+    budget: str,
+    tls: ssl.SSLContext | None,
 ) -> None:
     app = create_app(store, settings)
     runner = GuardedRunner(
@@ -79,14 +144,22 @@ async def _serve_store(
     await runner.setup()
     advertiser: HubAdvertiser | None = None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+        site: web.TCPSite
+        if tls is None:
+            site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+        else:
+            site = TlsSite(
+                runner, settings.host, settings.port, backlog=LISTEN_BACKLOG, ssl_context=tls,
+                handshake_timeout_s=settings.header_timeout_s,
+            )  # fmt: skip
         try:
             await site.start()
         except OSError as err:
             why = os.strerror(err.errno).lower() if err.errno else str(err)
             raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err
         host, port = runner.addresses[0][:2]
-        log.info("hub listening on http://%s:%d, database %s", host, port, display_db(settings.db))
+        scheme = "http" if tls is None else "https"
+        log.info("hub listening on %s://%s:%d, database %s", scheme, host, port, display_db(settings.db))
         log.info("the hub holds %s", budget)
         if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
             advertiser = await start_advertiser(str((await store.health()).get("hub_id") or ""), settings.host, port)

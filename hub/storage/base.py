@@ -353,8 +353,12 @@ class HubStore(abc.ABC):
 
     # --- credentials ---------------------------------------------------
     @abc.abstractmethod
-    async def add_agent(self, locations: Sequence[str], role: str = "agent") -> tuple[str, str]:
-        """Create a credential; return (agent_id, token). Only the token's hash is stored."""
+    async def add_agent(
+        self, locations: Sequence[str], role: str = "agent", agent_id: str | None = None
+    ) -> tuple[str, str]:
+        """Create a credential; return (agent_id, token). Only the token's hash is stored. ``agent_id``: the
+        id to give it (``InvalidInput`` when it is not a valid agent id or any credential, revoked too, has
+        it); None: a new random one."""
 
     @abc.abstractmethod
     async def authenticate(self, token: str) -> AgentIdentity | None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from hub.resolver import is_location
 from hub.storage.base import ROLES, InvalidInput
+from protocol.values import AGENT_ID, shown
 
 TOKEN_SCHEME = "ssk1"
 TOKEN_SECRET_BYTES = 32
@@ -25,6 +26,22 @@ _UNKNOWN_HASH = hashlib.sha256(b"shelfsync: no such credential").hexdigest()
 
 def new_agent_id() -> str:
     return AGENT_ID_PREFIX + secrets.token_hex(AGENT_ID_HEX_BYTES)
+
+
+RESERVED_ID_PREFIX = "channel:"  # the hub's own identities for channel orders (hub/channels/order_routes.py)
+
+
+def check_agent_id(agent_id: object) -> str:
+    """``agent_id`` when a new credential may carry it: an agent id of the wire (protocol.values.AGENT_ID)
+    outside the hub's reserved ``channel:`` names; else ``InvalidInput``."""
+    if isinstance(agent_id, str) and AGENT_ID.valid(agent_id):
+        if agent_id.startswith(RESERVED_ID_PREFIX):
+            raise InvalidInput(
+                f"agent ids starting with {RESERVED_ID_PREFIX!r} are the hub's own, for channel orders; choose another id"
+            )
+        return agent_id
+    what = shown(agent_id) if isinstance(agent_id, str) else type(agent_id).__name__
+    raise InvalidInput(f"{what} cannot be an agent id; an agent id is {AGENT_ID.rule()}")
 
 
 def new_token(agent_id: str) -> str:

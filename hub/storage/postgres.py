@@ -249,29 +249,36 @@ class PostgresHubStore(HubStore):
 
     # --- credentials -------------------------------------------------------
 
-    async def add_agent(self, locations: Sequence[str], role: str = "agent") -> tuple[str, str]:
+    async def add_agent(
+        self, locations: Sequence[str], role: str = "agent", agent_id: str | None = None
+    ) -> tuple[str, str]:
         granted = credentials.check_grant(locations, role)
+        chosen = None if agent_id is None else credentials.check_agent_id(agent_id)
 
         async def work(conn: asyncpg.Connection) -> tuple[str, str]:
-            for _ in range(ADD_AGENT_ATTEMPTS):
-                agent_id = credentials.new_agent_id()
-                token = credentials.new_token(agent_id)
+            for _ in range(1 if chosen else ADD_AGENT_ATTEMPTS):
+                new_id = chosen or credentials.new_agent_id()
+                token = credentials.new_token(new_id)
                 inserted = await conn.fetchval(
                     "INSERT INTO agents (agent_id, token_sha256, role, locations, created_ms) "
                     "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id) DO NOTHING RETURNING true",
-                    agent_id,
+                    new_id,
                     credentials.token_hash(token),
                     role,
                     json.dumps(granted),
                     wall_ms_now(),
                 )
                 if inserted:
-                    return agent_id, token
+                    return new_id, token
+            if chosen:
+                raise InvalidInput(
+                    f"a credential with the agent id {chosen} exists already (revoked ones count); choose another id"
+                )
             raise StoreError(f"could not find a free agent id in {ADD_AGENT_ATTEMPTS} tries")
 
-        agent_id, token = await self._write("adding a credential", work)
-        log.info("Added the %s credential %s for %s.", role, agent_id, ", ".join(granted) or "no location")
-        return agent_id, token
+        added_id, token = await self._write("adding a credential", work)
+        log.info("Added the %s credential %s for %s.", role, added_id, ", ".join(granted) or "no location")
+        return added_id, token
 
     async def authenticate(self, token: str) -> AgentIdentity | None:
         self._check_open()

@@ -1,0 +1,297 @@
+"""``shelfsync-hub backup``: a consistent copy of the hub database, taken while the hub runs.
+
+* SQLite: SQLite's online backup API, page by page, from one read snapshot
+  held for the whole copy (in WAL mode the hub keeps writing meanwhile; the
+  copy is the database as it was when the backup began). The copy is written
+  beside its destination, checked (``PRAGMA quick_check``), switched out of
+  WAL mode so it is one self-contained file, synced, and only then renamed
+  into place: a destination path never holds half a backup.
+* PostgreSQL: ``pg_dump --format=custom`` (one snapshot of the database,
+  taken without stopping anyone), the password handed over in a private
+  password file, never on a command line. Restored with ``pg_restore``.
+
+docs/operations.md ("Backup and restore") gives the restore procedures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from hub.storage.base import HubError
+
+SQLITE_SCHEME = "sqlite://"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+STEP_PAGES = 1024  # pages copied per step of the SQLite backup (4 MiB at the default page size)
+BUSY_TIMEOUT_MS = 10_000
+BACKUP_FILE_MODE = 0o600  # a backup holds every credential's hash and the whole ledger
+PROGRESS_EVERY_S = 1.0  # at most one progress line a second (and one at the end)
+PG_DUMP_TIMEOUT_S = 24 * 3_600.0
+PG_TABLE_RE = re.compile(r'dumping contents of table "?([^"\s]+)"?')
+# URL parameters libpq (and so pg_dump) understands; asyncpg's server settings (search_path) are handled apart.
+LIBPQ_PARAMS = frozenset(
+    {"sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "connect_timeout", "application_name",
+     "target_session_attrs", "options", "host", "port", "user", "dbname", "service", "gssencmode", "krbsrvname"}
+)  # fmt: skip
+
+Progress = Callable[[str], None]
+
+
+class BackupError(HubError):
+    """The backup could not be made; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    path: Path
+    backend: str  # "sqlite" or "postgresql"
+    size_bytes: int
+    elapsed_s: float
+    schema_version: int | None = None  # SQLite: read from the copy
+    events: int | None = None  # SQLite: events in the copy
+
+    def describe(self) -> str:
+        what = "" if self.events is None else f", schema version {self.schema_version}, {self.events:,} events"
+        return (
+            f"backed up the {self.backend} hub database to {self.path} ({self.size_bytes:,} bytes{what}) "
+            f"in {self.elapsed_s:.1f} s"
+        )
+
+
+def backup(db: str, to: str | os.PathLike[str], progress: Progress | None = None) -> BackupResult:
+    """Copy the hub database ``db`` (a SQLite path or URL, or a PostgreSQL URL) to ``to``.
+
+    ``to`` may be an existing directory: the copy is then named ``hub-<UTC time>.db`` (``.dump`` for
+    PostgreSQL) inside it. An existing file at ``to`` is replaced, but only once the new copy is whole."""
+    say = progress or (lambda line: None)
+    started = time.monotonic()
+    if db.startswith(POSTGRES_SCHEMES):
+        target = _target(Path(to), ".dump")
+        size = _pg_dump(db, target, say)
+        return BackupResult(target, "postgresql", size, time.monotonic() - started)
+    path = _sqlite_path(db)
+    target = _target(Path(to), ".db")
+    version, events, size = _sqlite_backup(path, target, say)
+    return BackupResult(target, "sqlite", size, time.monotonic() - started, version, events)
+
+
+def _target(to: Path, suffix: str) -> Path:
+    if to.is_dir():
+        return to / time.strftime(f"hub-%Y%m%dT%H%M%SZ{suffix}", time.gmtime())
+    if not to.parent.is_dir():
+        raise BackupError(f"cannot write the backup to {to}: the directory {to.parent} does not exist")
+    return to
+
+
+# --- SQLite -------------------------------------------------------------------------
+
+
+def _sqlite_path(db: str) -> Path:
+    if db.startswith(SQLITE_SCHEME):
+        db = db[len(SQLITE_SCHEME) :]
+    elif "://" in db:
+        scheme = db.split("://", 1)[0][:20]  # not the URL: it may hold a password
+        raise BackupError(f"unknown database URL scheme {scheme!r}; use a SQLite file path or a postgresql:// URL")
+    path = Path(db)
+    if not path.is_file():
+        raise BackupError(f"there is no hub database at {path}; give the file the hub serves (--db or its config's db)")
+    return path
+
+
+def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int, int]:
+    if target.exists() and target.resolve() == source.resolve():
+        raise BackupError(f"the backup cannot be written over the database it copies ({source}); choose another path")
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        src = sqlite3.connect(source, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as err:
+        raise BackupError(f"cannot open the hub database {source}: {err}") from err
+    try:
+        with contextlib.closing(src):
+            src.execute("PRAGMA query_only = ON")
+            src.execute("BEGIN")  # one read snapshot for every step: the hub's commits meanwhile are not copied
+            version = _check_hub_database(src, source)
+            with _removed_on_failure(partial):
+                _private_file(partial)
+                copy = sqlite3.connect(partial, isolation_level=None)
+            with _removed_on_failure(partial), contextlib.closing(copy) as dst:
+                src.backup(dst, pages=STEP_PAGES, progress=_page_progress(say), sleep=0)
+                src.execute("COMMIT")
+                dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+                check = dst.execute("PRAGMA quick_check").fetchone()
+                if check != ("ok",):
+                    raise BackupError(f"the copy of {source} failed its check ({check[0] if check else 'no answer'})")
+                events = int(dst.execute("SELECT count(*) FROM events").fetchone()[0])
+                dst.close()
+                _fsync(partial)
+                os.replace(partial, target)
+                _fsync(target.parent)
+    except sqlite3.Error as err:
+        raise BackupError(f"the backup of {source} failed: {err}") from err
+    except OSError as err:
+        raise BackupError(f"cannot write the backup to {target}: {err.strerror or err}") from err
+    return version, events, target.stat().st_size
+
+
+def _check_hub_database(src: sqlite3.Connection, source: Path) -> int:
+    version = int(src.execute("PRAGMA user_version").fetchone()[0])
+    has_meta = src.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    if version < 1 or has_meta is None:
+        raise BackupError(f"{source} is not a shelfsync hub database (no hub schema in it)")
+    return version
+
+
+def _page_progress(say: Progress) -> Callable[[int, int, int], None]:
+    last = [0.0]
+
+    def report(status: int, remaining: int, total: int) -> None:
+        now = time.monotonic()
+        if remaining and now - last[0] < PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        done = total - remaining
+        say(f"copied {done:,} of {total:,} pages ({100 * done // max(total, 1)}%)")
+
+    return report
+
+
+@contextlib.contextmanager
+def _removed_on_failure(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for leftover in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        raise
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty, readable by its owner only (the copy is then written into it)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, BACKUP_FILE_MODE))
+    os.chmod(path, BACKUP_FILE_MODE)  # whatever the umask made of it
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PgTarget:
+    """What pg_dump and pg_restore are given: a URL without the password, the password, the schema."""
+
+    url: str  # libpq URL, no password in it
+    password: str | None
+    schema: str | None  # the search_path the hub works in, when its URL names one
+    shown: str  # for messages
+
+
+def pg_target(url: str) -> PgTarget:
+    """Split a hub's PostgreSQL URL (asyncpg's form) into what libpq tools take."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as err:
+        shape = "postgresql://user@host:5432/db"
+        raise BackupError(f"the database URL cannot be read ({err}); it looks like {shape}") from None
+    password = unquote(parts.password) if parts.password is not None else None
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if parts.username is not None:
+        netloc = f"{quote(unquote(parts.username), safe='')}@{netloc}"
+    schema = None
+    kept: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "search_path":
+            schema = value.split(",")[0].strip().strip('"') or None
+        elif key == "password":
+            password = value
+        elif key in LIBPQ_PARAMS:
+            kept.append((key, value))
+        else:
+            raise BackupError(f"pg_dump cannot take the database URL parameter {key!r}; leave it out for the backup")
+    clean = urlunsplit(("postgresql", netloc, parts.path, urlencode(kept), ""))
+    return PgTarget(clean, password, schema, clean)
+
+
+@contextlib.contextmanager
+def pg_environment(target: PgTarget) -> Iterator[dict[str, str]]:
+    """The environment for pg_dump/pg_restore: the password in a private password file (PGPASSFILE)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGPASSFILE")}
+    if target.password is None:
+        yield env
+        return
+    fd, name = tempfile.mkstemp(prefix="shelfsync-pgpass-")  # mode 0600: libpq ignores a file others can read
+    try:
+        escaped = target.password.replace("\\", "\\\\").replace(":", "\\:")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"*:*:*:*:{escaped}\n")
+        yield {**env, "PGPASSFILE": name}
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def pg_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise BackupError(
+            f"{name} is not installed; install PostgreSQL's client tools of the server's version "
+            "(Debian: apt install postgresql-client)"
+        )
+    return found
+
+
+def _pg_dump(url: str, target_path: Path, say: Progress) -> int:
+    target = pg_target(url)
+    partial = target_path.with_name(f".{target_path.name}.partial-{os.getpid()}")
+    command = [pg_tool("pg_dump"), "--format=custom", "--verbose", "--no-password", f"--file={partial}"]
+    if target.schema:
+        command.append(f"--schema={target.schema}")
+    command.append(f"--dbname={target.url}")
+    first_error = last_line = ""  # what says why, if pg_dump fails
+    with pg_environment(target) as env, _removed_on_failure(partial):
+        _private_file(partial)  # pg_dump writes into it and keeps its mode
+        try:
+            proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True, errors="replace")  # fmt: skip
+        except OSError as err:
+            raise BackupError(f"cannot start pg_dump: {err.strerror or err}") from err
+        assert proc.stderr is not None
+        tables = 0
+        with proc:
+            for line in proc.stderr:
+                line = line.strip()
+                found = PG_TABLE_RE.search(line)
+                if found:
+                    tables += 1
+                    say(f"dumping table {found.group(1)} ({tables} so far)")
+                elif line:
+                    last_line = line
+                    if "error:" in line and not first_error:
+                        first_error = line  # the first error pg_dump names is the cause; later ones follow from it
+            code = proc.wait(PG_DUMP_TIMEOUT_S)
+        if code != 0:
+            why = (first_error or last_line).removeprefix("pg_dump: ").removeprefix("error: ") or f"exit status {code}"
+            raise BackupError(f"pg_dump of {target.shown} failed: {why}")
+        _fsync(partial)
+        os.replace(partial, target_path)
+        _fsync(target_path.parent)
+    say(f"dumped {tables} tables")
+    return target_path.stat().st_size

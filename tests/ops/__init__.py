@@ -1,0 +1,1 @@
+"""Operations tests: install, configure, serve, back up, upgrade and monitor shelfsync as an operator would."""

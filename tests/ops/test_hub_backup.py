@@ -1,0 +1,373 @@
+"""``shelfsync-hub backup`` while the hub runs and takes writes, then the restore procedure of
+docs/operations.md ("Backup and restore"), end to end on SQLite and on PostgreSQL.
+
+A load thread is one agent sending its events in order over real HTTP. A consistent copy holds exactly the
+events 1 … k of that agent for some k (never a gap, never half a batch) and the counts those k events make;
+after a restore, the agent's resend of k+1 … n brings the restored hub to exactly the original's counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import threading
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from protocol import (
+    MSGPACK_CONTENT_TYPE,
+    Kind,
+    StockEvent,
+    SyncRequest,
+    decode_sync_response,
+    encode_sync_request,
+    new_event_id,
+    pack_hlc,
+    wall_ms_now,
+)
+from tests.ops.hub_process import ServedHub, hub_env, run_hub, wait_until
+
+LOCATION = "S1"
+SKUS = ("SKU-A", "SKU-B", "SKU-C", "SKU-D")
+PRELOAD_EVENTS = 30_000  # several MiB of database: the SQLite copy takes many steps
+PRELOAD_BATCH = 2_000
+LOAD_BATCH = 25
+LOAD_TIMEOUT_S = 120.0
+PG_ADMIN_URL = os.environ.get("SHELFSYNC_TEST_PG_URL", "postgresql://shelfsync:shelfsync@127.0.0.1:5432/shelfsync_test")
+
+
+class SyncLoad:
+    """One agent (epoch 1) sending its events in seq order; event i is known to the test for every i."""
+
+    def __init__(self, agent_id: str, token: str) -> None:
+        self.agent_id, self.token = agent_id, token
+        self.base_ms = wall_ms_now()
+        self.events: list[StockEvent] = []
+        self.acked = 0  # the hub's mark at its last answer
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def event(self, seq: int) -> StockEvent:
+        while len(self.events) < seq:
+            i = len(self.events) + 1
+            self.events.append(StockEvent(
+                event_id=new_event_id(), agent_id=self.agent_id, epoch=1, seq=i, location=LOCATION,
+                sku=SKUS[i % len(SKUS)], kind=Kind.RECEIVE if i % 3 else Kind.SALE, qty=3 if i % 3 else -1,
+                occurred_at=pack_hlc(self.base_ms + i // 50, i % 50), wall_ms=self.base_ms + i // 50, source="pos:test",
+            ))  # fmt: skip
+        return self.events[seq - 1]
+
+    def expected(self, upto: int) -> dict[str, int]:
+        """On hand per SKU after events 1 … ``upto``."""
+        totals: Counter[str] = Counter()
+        for ev in self.events[:upto]:
+            totals[ev.sku] += ev.qty
+        return dict(totals)
+
+    def send(self, url: str, first: int, last: int) -> int:
+        """Events ``first`` … ``last`` in one request; the hub's mark."""
+        body = encode_sync_request(SyncRequest(
+            agent_id=self.agent_id, epoch=1, events=tuple(self.event(s) for s in range(first, last + 1)),
+            acked_seq=first - 1,
+        ))  # fmt: skip
+        req = urllib.request.Request(f"{url}/v1/sync", data=body, method="POST", headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": MSGPACK_CONTENT_TYPE,
+        })  # fmt: skip
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            answer = decode_sync_response(resp.read())
+        assert not answer.rejected, answer.rejected[:1]
+        return answer.hwm
+
+    def catch_up(self, url: str, upto: int, batch: int) -> None:
+        """Send from the hub's mark to ``upto`` (a restored hub asks for what it lacks)."""
+        mark = self.send(url, 1, 0) if self.acked == 0 else self.acked
+        while mark < upto:
+            mark = self.send(url, mark + 1, min(upto, mark + batch))
+        self.acked = mark
+
+    def start(self, url: str) -> None:
+        def run() -> None:
+            try:
+                while not self._stop.is_set():
+                    self.acked = self.send(url, self.acked + 1, self.acked + LOAD_BATCH)
+            except BaseException as err:  # noqa: BLE001 - reported by stop()
+                self.error = err
+
+        self._thread = threading.Thread(target=run, name="sync-load", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=LOAD_TIMEOUT_S)
+        assert self.error is None, self.error
+        return self.acked
+
+
+def get_json(url: str, token: str) -> Any:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def hub_counts(url: str, token: str) -> dict[str, int]:
+    rows = get_json(f"{url}/v1/locations/{LOCATION}/counts", token)["counts"]
+    return {r["sku"]: r["on_hand"] for r in rows}
+
+
+def hub_mark(url: str, token: str, agent_id: str) -> int:
+    (agent,) = [a for a in get_json(f"{url}/v1/agents", token)["agents"] if a["agent_id"] == agent_id]
+    return int(agent["epochs"][-1]["hwm"]) if agent["epochs"] else 0
+
+
+def credential(env: dict[str, str], *args: str) -> tuple[str, str]:
+    run = run_hub("agent", "add", *args, env=env)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    fields = dict(line.split(": ", 1) for line in lines if line.startswith(("agent_id: ", "credential: ")))
+    return fields["agent_id"], fields["credential"]
+
+
+def backup_under_load(env: dict[str, str], served: ServedHub, load: SyncLoad, to: Path) -> tuple[int, int, str]:
+    """The backup command run while ``load`` writes: (mark before, mark after, its stdout)."""
+    load.catch_up(served.url, PRELOAD_EVENTS, PRELOAD_BATCH)
+    load.start(served.url)
+    wait_until("the load committing", lambda: load.acked >= PRELOAD_EVENTS + 10 * LOAD_BATCH, LOAD_TIMEOUT_S)
+    before = load.acked
+    run = run_hub("backup", "--to", str(to), env=env)
+    after = load.acked
+    wait_until("more load after the backup", lambda: load.acked > after + 4 * LOAD_BATCH, LOAD_TIMEOUT_S)
+    load.stop()
+    assert run.returncode == 0, run.stderr
+    assert after > before, "the hub took no writes while the backup ran"
+    return before, after, run.stdout + run.stderr
+
+
+def check_restored(url: str, token: str, load: SyncLoad, before: int, after: int, final: dict[str, int]) -> None:
+    """The restored hub holds a whole prefix 1 … k of the agent's events and their counts; resent the rest,
+    it counts exactly what the original counts."""
+    k = hub_mark(url, token, load.agent_id)
+    assert before <= k <= after and k % LOAD_BATCH == PRELOAD_EVENTS % LOAD_BATCH  # a whole batch, never half
+    assert hub_counts(url, token) == load.expected(k)
+    load.acked = k
+    load.catch_up(url, len(load.events), PRELOAD_BATCH)
+    assert hub_counts(url, token) == final == load.expected(len(load.events))
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+
+def test_sqlite_backup_under_write_load_then_restore_into_a_new_hub(tmp_path: Path) -> None:
+    db = tmp_path / "live" / "hub.db"
+    db.parent.mkdir()
+    env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    agent_id, token = credential(env, "--location", LOCATION)
+    load = SyncLoad(agent_id, token)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+        before, after, said = backup_under_load(env, served, load, backups)
+        final = hub_counts(served.url, token)
+        assert served.stop() == 0
+    assert final == load.expected(load.acked)
+
+    (copy,) = backups.glob("hub-*.db")  # --to a directory: a timestamped file in it
+    assert [p.name for p in backups.iterdir()] == [copy.name]  # no partial file, no -wal beside it
+    assert "shelfsync-hub backup: copied" in said and "(100%)" in said
+    assert f"backed up the sqlite hub database to {copy}" in said
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600  # a backup is private: it holds every credential's hash
+        (events,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    conn.close()
+    assert f"{events:,} events" in said
+
+    # The restore procedure of docs/operations.md: the copy becomes the database of a new hub.
+    restored = tmp_path / "restored" / "hub.db"
+    restored.parent.mkdir()
+    shutil.copyfile(copy, restored)
+    renv = hub_env(SHELFSYNC_HUB_DB=str(restored), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    with ServedHub(env=renv, log_path=tmp_path / "restored.log") as again:
+        assert hub_mark(again.url, token, agent_id) == events  # every event of the copy, and only whole batches
+        check_restored(again.url, token, load, before, after, final)
+        assert again.stop() == 0
+
+
+def test_the_backup_replaces_a_file_only_once_the_new_copy_is_whole(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db))
+    credential(env, "--location", LOCATION)
+    target = tmp_path / "nightly.db"
+    target.write_bytes(b"yesterday's copy")
+    run = run_hub("backup", "--to", str(target), env=env)
+    assert run.returncode == 0, run.stderr
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM agents").fetchone() == (1,)
+    conn.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.db", "nightly.db"]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "there is no hub database at"),
+        ("not-a-hub", "is not a shelfsync hub database"),
+        ("onto-itself", "cannot be written over the database it copies"),
+        ("no-directory", "the directory"),
+        ("unknown-scheme", "unknown database URL scheme 'mysql'"),
+    ],
+)
+def test_a_backup_that_cannot_be_made_is_one_sentence(tmp_path: Path, case: str, expected: str) -> None:
+    db, to = tmp_path / "hub.db", tmp_path / "copy.db"
+    if case != "missing":
+        run_hub("agent", "list", "--db", str(db))  # creates an empty hub database
+    if case == "not-a-hub":
+        db = tmp_path / "other.db"
+        with sqlite3.connect(db) as other:
+            other.execute("CREATE TABLE t (x)")
+        other.close()
+    elif case == "onto-itself":
+        to = db
+    elif case == "no-directory":
+        to = tmp_path / "no" / "copy.db"
+    target = "mysql://u:secret@h/db" if case == "unknown-scheme" else str(db)
+    run = run_hub("backup", "--db", target, "--to", str(to))
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and expected in lines[0], run.stderr
+    assert "secret" not in run.stderr and "Traceback" not in run.stderr
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _pg_reachable() -> str | None:
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        return f"PostgreSQL is not reachable ({type(err).__name__}); start it with .ci/start-postgres"
+    return None
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}", query=""))
+
+
+@pytest.fixture
+def pg_databases() -> Iterator[tuple[str, str]]:
+    """Two new databases (the live hub's and the one it is restored into), dropped after the test."""
+    reason = _pg_reachable()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI must run the PostgreSQL tests, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    names = [f"shelfsync_bk_{uuid.uuid4().hex[:12]}", f"shelfsync_rs_{uuid.uuid4().hex[:12]}"]
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    for name in names:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield _with_database(PG_ADMIN_URL, names[0]), _with_database(PG_ADMIN_URL, names[1])
+    finally:
+        for name in names:
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_postgres_backup_under_write_load_then_pg_restore_into_a_fresh_database(
+    tmp_path: Path, pg_databases: tuple[str, str]
+) -> None:
+    live, fresh = pg_databases
+    password = urlsplit(live).password or ""
+    env = hub_env(SHELFSYNC_HUB_DB=live, SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    agent_id, token = credential(env, "--location", LOCATION)
+    load = SyncLoad(agent_id, token)
+    dump = tmp_path / "hub.dump"
+    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+        before, after, said = backup_under_load(env, served, load, dump)
+        final = hub_counts(served.url, token)
+        hub_id = get_json(f"{served.url}/healthz", token)["db"]["hub_id"]
+        assert served.stop() == 0
+    assert "shelfsync-hub backup: dumping table" in said and f"backed up the postgresql hub database to {dump}" in said
+    assert f":{password}@" not in said and stat.S_IMODE(dump.stat().st_mode) == 0o600  # a backup is private
+
+    # The restore procedure of docs/operations.md: pg_restore into a new, empty database.
+    parts = urlsplit(fresh)
+    restore_env = {**os.environ, "PGPASSWORD": password}
+    no_password = urlunsplit(parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}"))
+    done = subprocess.run(
+        ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={no_password}", str(dump)],
+        env=restore_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    renv = hub_env(SHELFSYNC_HUB_DB=fresh, SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    with ServedHub(env=renv, log_path=tmp_path / "restored.log") as again:
+        assert get_json(f"{again.url}/healthz", token)["db"]["hub_id"] == hub_id  # the same hub, restored
+        check_restored(again.url, token, load, before, after, final)
+        assert again.stop() == 0
+
+
+def test_pg_dump_gets_the_password_in_a_private_file_never_on_its_command_line(tmp_path: Path) -> None:
+    """A stand-in pg_dump on PATH records what it was given: argv without the password, PGPASSFILE with it."""
+    fake = tmp_path / "bin" / "pg_dump"
+    fake.parent.mkdir()
+    seen = tmp_path / "seen.json"
+    fake.write_text(
+        "#!/usr/bin/env python3\nimport json, os, stat, sys\n"
+        "f = os.environ.get('PGPASSFILE')\n"
+        "info = {'argv': sys.argv[1:], 'passfile': open(f).read() if f else None,\n"
+        "        'mode': stat.S_IMODE(os.stat(f).st_mode) if f else None, 'pgpassword': os.environ.get('PGPASSWORD')}\n"
+        f"open({str(seen)!r}, 'w').write(json.dumps(info))\n"
+        "out = next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--file='))\n"
+        "open(out, 'wb').write(b'PGDMP')\n"
+        "print('pg_dump: dumping contents of table \"public.events\"', file=sys.stderr)\n"
+    )
+    fake.chmod(0o755)
+    env = hub_env(
+        PATH=f"{fake.parent}:{os.environ['PATH']}", PGPASSWORD="leaked-from-elsewhere",
+        SHELFSYNC_HUB_DB="postgresql://hub:pa%3As%5Cw0rd@db.example:5432/hub?sslmode=require&search_path=shop",
+    )  # fmt: skip
+    run = run_hub("backup", "--to", str(tmp_path / "hub.dump"), env=env)
+    assert run.returncode == 0, run.stderr
+    info = json.loads(seen.read_text())
+    assert not any("pa:s" in a or "pa%3As" in a for a in info["argv"])
+    assert "--dbname=postgresql://hub@db.example:5432/hub?sslmode=require" in info["argv"]
+    assert "--schema=shop" in info["argv"] and "--format=custom" in info["argv"]
+    assert info["passfile"] == "*:*:*:*:pa\\:s\\\\w0rd\n" and info["mode"] == 0o600
+    assert info["pgpassword"] is None  # a stray PGPASSWORD of the caller is not passed on
+    assert not Path(next(a for a in info["argv"] if a.startswith("--file=")).split("=", 1)[1]).exists()  # renamed
+    assert (tmp_path / "hub.dump").read_bytes() == b"PGDMP"
+    assert "pa:s" not in run.stdout + run.stderr
+
+
+def test_a_failing_pg_dump_is_one_sentence_with_its_reason(tmp_path: Path) -> None:
+    env = hub_env(SHELFSYNC_HUB_DB="postgresql://nobody:wrong-password@127.0.0.1:1/none")
+    run = run_hub("backup", "--to", str(tmp_path / "hub.dump"), env=env)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1
+    assert "pg_dump of postgresql://nobody@127.0.0.1:1/none failed" in lines[0]
+    assert "wrong-password" not in run.stderr and not list(tmp_path.iterdir())

@@ -1,0 +1,172 @@
+"""The hub's settings as an operator gives them: a default config file, environment variables that win over
+it (every secret among them), a database URL kept in a file, and one sentence for each mistake."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import hub.config
+from hub.config import CONFIG_KEYS, ENV_KEYS, ConfigError, HubSettings, config_path, env_name, load_settings
+from tests.ops.hub_process import ServedHub, hub_env, run_hub
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_env_wins_over_the_file_and_the_command_line_over_both(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\ndb = "hub.db"\nport = 9000\nhost = "127.0.0.1"\naccess_log = false\n')
+    env = {"SHELFSYNC_HUB_PORT": "9100", "SHELFSYNC_HUB_ACCESS_LOG": "yes", "SHELFSYNC_HUB_BODY_TIMEOUT_S": "2.5"}
+    s = load_settings(config, environ=env)
+    assert (s.db, s.port, s.host, s.access_log, s.body_timeout_s) == (
+        str(tmp_path / "hub.db"), 9100, "127.0.0.1", True, 2.5,
+    )  # fmt: skip
+    assert load_settings(config, environ=env, port=9200).port == 9200
+    assert load_settings(config, environ={**env, "SHELFSYNC_HUB_PORT": ""}).port == 9000  # empty: not set
+
+
+def test_the_database_url_comes_from_the_environment_without_a_file(tmp_path: Path) -> None:
+    url = "postgresql://hub:s3cret@db.example:5432/hub"
+    assert load_settings(None, environ={"SHELFSYNC_HUB_DB": url}).db == url
+
+
+def test_database_url_file_is_read_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "db-url").write_text("postgresql://hub:s3cret@db.example/hub\n")
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\ndatabase_url_file = "secrets/db-url"\n')
+    assert load_settings(config, environ={}).db == "postgresql://hub:s3cret@db.example/hub"
+    # from the environment, a relative file is relative to the working directory, as any path there
+    env = {"SHELFSYNC_HUB_DATABASE_URL_FILE": str(tmp_path / "secrets" / "db-url")}
+    assert load_settings(None, environ=env).db == "postgresql://hub:s3cret@db.example/hub"
+
+
+def test_a_later_place_s_db_wins_and_the_earlier_url_file_is_not_even_read(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\ndatabase_url_file = "no-such-file"\n')
+    assert load_settings(config, environ={"SHELFSYNC_HUB_DB": "/srv/hub.db"}).db == "/srv/hub.db"
+    assert load_settings(config, environ={}, db="/cli/hub.db").db == "/cli/hub.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ('[hub]\ndb = "x"\ndatabase_url_file = "f"\n', {}, "db and database_url_file are both set in the [hub] table"),
+        ('[hub]\ndatabase_url_file = "missing"\n', {}, "database_url_file"),
+        ('[hub]\ndb = "x"\n', {"SHELFSYNC_HUB_PORT": "eighty"}, "SHELFSYNC_HUB_PORT must be an integer, got 'eighty'"),
+        ('[hub]\ndb = "x"\n', {"SHELFSYNC_HUB_ACCESS_LOG": "maybe"}, "SHELFSYNC_HUB_ACCESS_LOG must be true or false"),
+        ('[hub]\ndb = "x"\n', {"SHELFSYNC_HUB_PORT": "70000"}, "port must be between 0 and 65535, got 70000 (in the"),
+        ('[hub]\ndb = "x"\n', {"SHELFSYNC_HUB_PROT": "80"}, "unknown environment variable SHELFSYNC_HUB_PROT"),
+        ('[hub]\ndb = "x"\ntls_cert = "c.pem"\n', {}, "tls_cert is set but tls_key is not"),
+        ('[hub]\ndb = "x"\npublic_url = "hub.example"\n', {}, "public_url must be an http:// or https:// address"),
+        ('[hub]\nport = 1\n', {}, "no database given; pass --db URL, set SHELFSYNC_HUB_DB"),
+    ],
+)
+def test_each_mistake_is_one_sentence_naming_where_it_is(
+    tmp_path: Path, text: str, env: dict[str, str], expected: str
+) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(text)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ=env)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_empty_database_url_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "db-url").write_text("\n")
+    with pytest.raises(ConfigError, match="must hold one line: the database URL"):
+        load_settings(None, environ={"SHELFSYNC_HUB_DATABASE_URL_FILE": str(tmp_path / "db-url")})
+
+
+def test_a_variable_the_file_names_as_a_secret_is_not_a_hub_setting(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\ndb = "hub.db"\n\n[[webhooks]]\nname = "shop"\nurl = "https://shop.example/hook"\n'
+        'secret_env = "SHELFSYNC_HUB_SHOP_SECRET"\n'
+    )
+    s = load_settings(config, environ={"SHELFSYNC_HUB_SHOP_SECRET": "a-long-shared-webhook-secret"})
+    assert [w.secret for w in s.webhooks] == ["a-long-shared-webhook-secret"]
+
+
+def test_a_channel_order_webhook_secret_variable_is_not_a_hub_setting(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\ndb = "hub.db"\n\n[[channel]]\nname = "web"\nkind = "shopify"\nshop = "x.myshopify.com"\n'
+        'secret_env = "SHELFSYNC_HUB_SHOP_TOKEN"\nwebhook_secret_env = "SHELFSYNC_HUB_SHOP_HOOKS"\n'
+        'pool = { S1 = "gid://shopify/Location/1" }\n'
+    )
+    environ = {"SHELFSYNC_HUB_SHOP_TOKEN": "shpat_0123456789", "SHELFSYNC_HUB_SHOP_HOOKS": "hook-secret-0123456789"}
+    s = load_settings(config, environ=environ)
+    assert s.port == HubSettings().port  # neither variable was taken for a setting, and neither refused
+
+
+def test_a_webhook_secret_from_a_file_or_the_environment_never_from_both(tmp_path: Path) -> None:
+    (tmp_path / "hook.secret").write_text("  from-a-file-0123456789  \n")
+    config = tmp_path / "hub.toml"
+    hook = '[[webhooks]]\nname = "shop"\nurl = "https://shop.example/hook"\n'
+    config.write_text(f'[hub]\ndb = "hub.db"\n\n{hook}secret_file = "hook.secret"\n')
+    assert [w.secret for w in load_settings(config, environ={}).webhooks] == ["from-a-file-0123456789"]
+    config.write_text(f'[hub]\ndb = "hub.db"\n\n{hook}secret_env = "HOOK_SECRET"\n')
+    with pytest.raises(ConfigError, match="environment variable HOOK_SECRET .* is empty or not set"):
+        load_settings(config, environ={})
+    both = 'secret = "inline-secret-0123456789"\nsecret_env = "HOOK_SECRET"\n'
+    config.write_text(f'[hub]\ndb = "hub.db"\n\n{hook}{both}')
+    with pytest.raises(ConfigError, match="exactly one of secret, secret_file and secret_env"):
+        load_settings(config, environ={"HOOK_SECRET": "x" * 20})
+
+
+def test_the_config_file_is_the_option_else_the_variable_else_the_default_if_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = tmp_path / "etc" / "hub.toml"
+    monkeypatch.setattr(hub.config, "DEFAULT_CONFIG_PATH", default)
+    assert config_path(None, {}) is None  # no file there: none
+    default.parent.mkdir()
+    default.write_text('[hub]\ndb = "hub.db"\n')
+    assert config_path(None, {}) == default
+    assert config_path(None, {"SHELFSYNC_HUB_CONFIG": "/srv/hub.toml"}) == Path("/srv/hub.toml")
+    assert config_path(None, {"SHELFSYNC_HUB_CONFIG": ""}) is None  # set but empty: no file at all
+    assert config_path("/opt/hub.toml", {"SHELFSYNC_HUB_CONFIG": "/srv/hub.toml"}) == Path("/opt/hub.toml")
+
+
+def test_every_key_has_a_variable_and_every_variable_is_in_the_docs() -> None:
+    assert set(ENV_KEYS.values()) == set(CONFIG_KEYS)
+    text = (DOCS / "configuration.md").read_text()
+    missing = [name for name in [*ENV_KEYS, "SHELFSYNC_HUB_CONFIG"] if f"| `{name}` |" not in text]
+    assert missing == [], "environment variables missing from the table in docs/configuration.md"
+    assert env_name("db") == "SHELFSYNC_HUB_DB"
+
+
+# --- as processes ---------------------------------------------------------------------------------
+
+
+def test_serve_takes_its_config_file_from_the_variable_and_its_database_from_the_environment(tmp_path: Path) -> None:
+    """No option at all: the file SHELFSYNC_HUB_CONFIG names, the database SHELFSYNC_HUB_DB names (it wins)."""
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\ndb = "from-the-file.db"\nhost = "127.0.0.1"\nport = 0\n')
+    env = hub_env(SHELFSYNC_HUB_CONFIG=str(config), SHELFSYNC_HUB_DB=str(tmp_path / "from-env.db"))
+    added = run_hub("agent", "add", "--role", "reader", env=env)
+    assert added.returncode == 0, added.stderr
+    token = next(line.split(": ", 1)[1] for line in added.stdout.splitlines() if line.startswith("credential: "))
+    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+        req = urllib.request.Request(f"{served.url}/v1/agents", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            agents = json.loads(resp.read())["agents"]
+        assert served.stop() == 0
+    assert [a["role"] for a in agents] == ["reader"]
+    assert (tmp_path / "from-env.db").exists() and not (tmp_path / "from-the-file.db").exists()
+    listed = run_hub("agent", "list", env=env)
+    assert listed.returncode == 0 and "reader" in listed.stdout
+
+
+def test_a_bad_variable_stops_every_command_with_one_sentence(tmp_path: Path) -> None:
+    env = hub_env(SHELFSYNC_HUB_DB=str(tmp_path / "hub.db"), SHELFSYNC_HUB_PORT="eighty")
+    for args in (("serve",), ("agent", "list")):
+        run = run_hub(*args, env=env)
+        assert run.returncode == 2
+        assert run.stderr.strip().splitlines() == ["shelfsync-hub: SHELFSYNC_HUB_PORT must be an integer, got 'eighty'"]
