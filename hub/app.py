@@ -19,6 +19,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from hub import catalog, dashboard, events_api, feed, metrics, paging, quarantine, ratelimit, reports, views, webhooks
 from hub.auth import (
     PUBLIC_ROUTES_KEY,
+    CredentialOfAnotherAgent,
     UNKNOWN_CREDENTIALS_KEY,
     ROLE_ADMIN,
     STORE_KEY,
@@ -26,6 +27,7 @@ from hub.auth import (
     auth_middleware,
     require_role,
 )
+from hub.channels import order_routes
 from hub.channels.runner import channel_pushers
 from hub.config import HubSettings
 from hub.decoding import SyncDecoder
@@ -128,6 +130,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             k: v for k, v in exc.headers.items() if k.lower() in ("www-authenticate", "allow", "connection", "retry-after")
         }
         return error_response(exc.status, _message(request, exc), headers=keep)
+    except CredentialOfAnotherAgent as err:
+        return error_response(403, str(err), credential_agent_id=err.credential_agent_id)
     except Forbidden as err:
         return error_response(403, str(err))
     except InvalidInput as err:
@@ -137,12 +141,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except StoreError as err:
         where = f"{request.method} {request.rel_url.raw_path}: {err}"
         request.app[REPEATS_KEY].db_failures.record(request.remote, where)
+        metrics.observe_failure(request.app, "database")
         return error_response(503, f"the hub database is not available right now ({err}); try again shortly")
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the first in a minute with its traceback, the rest counted; the hub keeps serving
         where = f"{request.method} {request.rel_url.raw_path}: {type(err).__name__}"
         request.app[REPEATS_KEY].unexpected.record(request.remote, where, exc=err)
+        metrics.observe_failure(request.app, "unexpected")
         return error_response(500, "the hub failed to handle this request; the cause is in the hub's log")
 
 
@@ -241,6 +247,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     events_api.setup(app, settings.clock_window_s)  # POST /v1/events
     quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/{id}
     dashboard.setup(app, store)  # /, /dashboard/…, GET /v1/status, GET /v1/counts
+    order_routes.setup(app, settings.channels, settings.db, settings.clock_window_s)  # POST /v1/channels/{name}/webhooks
     if settings.channels:  # push what each sales channel shows (docs/channels.md)
         app.cleanup_ctx.append(_run_channels)
     return app
@@ -338,9 +345,7 @@ def _check_sender(who: AgentIdentity, agent_id: str) -> None:
         log.warning(
             "refused a sync request naming agent %s sent with the credential of agent %s", agent_id, who.agent_id
         )
-        raise web.HTTPForbidden(
-            text=f"this credential belongs to agent {who.agent_id}, but the request is for agent {agent_id}"
-        )
+        raise CredentialOfAnotherAgent(who.agent_id, agent_id)
 
 
 def _log_sync(sync: SyncRequest, applied: int, duplicates: int, rejected: int, hwm: int, started: float) -> None:

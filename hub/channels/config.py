@@ -80,6 +80,11 @@ KEYS = (
     "retry_max_s",
     "reason",
     "coalesce_s",
+    "webhook_secret_file",
+    "webhook_secret_env",
+    "notification_url",
+    "fulfil_from",
+    "order_location",
 )
 BUFFER_KEYS = ("units", "percent", "skus")
 
@@ -127,6 +132,11 @@ class ChannelSpec:
     retry_max_s: float = DEFAULT_RETRY_MAX_S
     reason: str = DEFAULT_SHOPIFY_REASON
     coalesce_s: float = DEFAULT_COALESCE_S
+    # Orders back (hub.channels.orders): the webhook signing secret, Square's notification URL, who fulfils.
+    webhook_secret: str = field(default="", repr=False)
+    notification_url: str = ""
+    fulfil_from: Mapping[str, str] = field(default_factory=dict)  # channel location id -> hub location
+    order_location: str = ""  # hub location reserving an order that names no location
 
     @property
     def channel_locations(self) -> tuple[str, ...]:
@@ -227,7 +237,67 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
         retry_max_s=retry_max_s,
         reason=reason,
         coalesce_s=coalesce_s,
+        **_orders_back(where, kind, table, pool, base, env),
     )
+
+
+def _orders_back(
+    where: str, kind: str, table: Mapping[str, Any], pool: Mapping[str, str], base: Path | None, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """The order-webhook keys: ``webhook_secret_file`` / ``webhook_secret_env``, ``notification_url`` (Square),
+    ``fulfil_from`` and ``order_location`` (docs/channels.md, "Orders back")."""
+    given = {k: table[k] for k in ("webhook_secret_file", "webhook_secret_env") if k in table}
+    fulfil_raw = table.get("fulfil_from", {})
+    if not isinstance(fulfil_raw, Mapping) or not all(isinstance(v, str) for v in fulfil_raw.values()):
+        raise ChannelConfigError(f"{where}: fulfil_from must be a table of channel location id = hub location")
+    fulfil_from: dict[str, str] = {}
+    for channel_location, hub_location in fulfil_raw.items():
+        feeding = [h for h, c in pool.items() if c == channel_location]
+        if hub_location not in feeding:
+            raise ChannelConfigError(
+                f"{where}: fulfil_from.{channel_location} is {hub_location!r}, but the pool maps "
+                f"{channel_location!r} to {', '.join(feeding) or 'no hub location'}; name one of those"
+            )
+        fulfil_from[channel_location] = hub_location
+    order_location = table.get("order_location", "")
+    if order_location and order_location not in pool:
+        raise ChannelConfigError(f"{where}: order_location must be one of the pool's hub locations ({', '.join(pool)})")
+    notification_url = table.get("notification_url", "")
+    if not given:
+        if "notification_url" in table:
+            raise ChannelConfigError(
+                f"{where}: notification_url is for order webhooks; set webhook_secret_file or webhook_secret_env too"
+            )
+        return {"fulfil_from": fulfil_from, "order_location": order_location}
+    if kind not in ("shopify", "square"):
+        raise ChannelConfigError(f"{where}: order webhooks come from shopify and square channels, not {kind}")
+    if len(given) != 1:
+        raise ChannelConfigError(f"{where}: give one of webhook_secret_file and webhook_secret_env, not both")
+    renamed = {k.removeprefix("webhook_"): v for k, v in given.items()}
+    try:
+        secret, _ = _secret(where, renamed, base, env)
+    except ChannelConfigError as err:
+        raise ChannelConfigError(str(err).replace("secret_file", "webhook_secret_file").replace(
+            "secret_env", "webhook_secret_env").replace("access token", "webhook signing secret").replace(
+            "the secret", "the webhook secret")) from None
+    if kind == "square":
+        parts = urlsplit(notification_url) if isinstance(notification_url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ChannelConfigError(
+                f"{where}: notification_url must be the exact URL Square's webhook subscription posts to "
+                "(Square signs it with the body), e.g. https://hub.example.com/v1/channels/<name>/webhooks"
+            )
+    elif "notification_url" in table:
+        raise ChannelConfigError(f"{where}: notification_url is a Square setting; Shopify signs the body alone")
+    shared = sorted({c for c in pool.values() if list(pool.values()).count(c) > 1} - set(fulfil_from))
+    if shared:
+        feeding = [h for h, c in pool.items() if c == shared[0]]
+        raise ChannelConfigError(
+            f"{where}: the pool maps {', '.join(feeding)} to {shared[0]!r}; say which fulfils its orders with "
+            f"fulfil_from = {{ \"{shared[0]}\" = \"{feeding[0]}\" }}"
+        )
+    return {"webhook_secret": secret, "notification_url": notification_url, "fulfil_from": fulfil_from,
+            "order_location": order_location}
 
 
 def _pool(where: str, raw: Any) -> dict[str, str]:

@@ -136,6 +136,10 @@ class ShopifyConnector:
     async def close(self) -> None:
         return None
 
+    async def query(self, operation: str, document: str, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` of one GraphQL query, paced by this connector's throttle model (hub.channels.order_routes)."""
+        return await self._graphql(operation, document, variables)
+
     # --- pushing -----------------------------------------------------------------
 
     async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:

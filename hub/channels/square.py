@@ -71,6 +71,10 @@ class SquareConnector:
     async def close(self) -> None:
         return None
 
+    async def call(self, path: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """One POST to the Square API, sent again after a 429 (hub.channels.order_routes reads orders with it)."""
+        return await self._call(path, body, what)
+
     async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
         keys = sorted(batch)
         if len(keys) > self.spec.batch_max:

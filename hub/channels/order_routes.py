@@ -1,0 +1,281 @@
+"""``POST /v1/channels/{name}/webhooks``: a channel's signed order webhooks, applied as stock events.
+
+No bearer token: the signature is the authentication (Shopify: HMAC-SHA256 of
+the raw body; Square: of the notification URL and the body), checked in
+constant time before the body is parsed. Then, in this order, nothing applied
+until the last step:
+
+1. the payload is read (Square: the order it names is read from the Orders
+   API; Shopify: an order naming no location in a channel selling from
+   several is looked up for a pickup location);
+2. it is translated whole by ``hub.channels.orders`` with the channel's stored
+   SKU mapping — any line that cannot be mapped refuses the whole webhook;
+3. its events are ingested in one store call under the channel's identity
+   (``channel:<name>``, bound to the pool's hub locations), as ``/v1/events``
+   does, and the change feed is woken.
+
+Answers: 200 applied (or nothing to do), 401 bad signature, 404 no such
+channel, 413 too large, 422 unusable payload, 503 the channel's mapping or API
+is not available yet (the channel retries). One log sentence per webhook.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from hub import feed, views
+from hub.auth import PUBLIC_ROUTES_KEY, STORE_KEY
+from hub.channels.config import ChannelSpec
+from hub.channels.connector import ChannelError
+from hub.channels.orders import (
+    SHOPIFY_TOPICS,
+    SQUARE_TYPES,
+    OrderContext,
+    OrderRefused,
+    Translation,
+    shopify_movements,
+    shopify_pickup_lookup,
+    shopify_signature_ok,
+    square_movements,
+    square_notice,
+    square_signature_ok,
+    to_events,
+)
+from hub.channels.runner import make_connector
+from hub.channels.shopify import ShopifyConnector
+from hub.channels.square import SquareConnector
+from hub.channels.state import SqliteChannelState
+from hub.logsafety import RepeatLog, one_line
+from hub.storage.base import AgentIdentity
+from protocol import wall_ms_now
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/v1/channels/{name}/webhooks"
+ROUTE_NAME = "channel_webhooks"
+WEBHOOK_MAX_BYTES = 4 * 1024 * 1024  # a Shopify order of hundreds of lines is well under this
+SEEN_MAX = 10_000  # deliveries remembered per hub process, to answer a resend at once
+SHOPIFY_SIGNATURE = "X-Shopify-Hmac-Sha256"
+SQUARE_SIGNATURE = "x-square-hmacsha256-signature"
+
+PICKUP_QUERY = """
+query orderPickup($id: ID!) {
+  order(id: $id) {
+    fulfillmentOrders(first: 20) { nodes { assignedLocation { location { id } } deliveryMethod { methodType } } }
+  }
+}
+""".strip()
+
+
+class Unavailable(Exception):
+    """The webhook cannot be applied now (503); the channel's retry will."""
+
+
+class OrderWebhooks:
+    """The order webhooks of every configured channel that has a webhook secret."""
+
+    def __init__(self, specs: Sequence[ChannelSpec], db_path: str, clock_window_ms: int) -> None:
+        self.specs = {s.name: s for s in specs if s.webhook_secret}
+        self._db_path = db_path
+        self._window_ms = clock_window_ms
+        self._state: SqliteChannelState | None = None
+        self._connectors: dict[str, Any] = {}
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.bad_signatures = RepeatLog(
+            log, "refused", "order webhook with a bad signature|order webhooks with a bad signature", level=logging.WARNING
+        )
+        self.unknown = RepeatLog(log, "refused", "webhook for an unknown channel|webhooks for unknown channels")
+
+    async def run(self, app: web.Application) -> AsyncIterator[None]:
+        """The channel state and one HTTP session for the channels' APIs, while the app runs."""
+        if "://" in self._db_path and not self._db_path.startswith("sqlite://"):
+            raise ChannelError(
+                "channels keep their state in the hub's SQLite file; a PostgreSQL hub cannot take order webhooks yet"
+            )
+        async with (
+            await SqliteChannelState.open(self._db_path) as state,
+            aiohttp.ClientSession(trust_env=False) as session,
+        ):
+            self._state = state
+            self._connectors = {name: make_connector(spec, session) for name, spec in self.specs.items()}
+            log.info("taking order webhooks of %d channel(s): %s", len(self.specs), ", ".join(self.specs))
+            try:
+                yield
+            finally:
+                self._state = None
+                self.bad_signatures.flush()
+                self.unknown.flush()
+
+    # --- the route ------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        spec = self.specs.get(name)
+        if spec is None or self._state is None:
+            self.unknown.record(request.remote, one_line(name, 64))
+            raise web.HTTPNotFound(
+                text=f"no channel named {one_line(name, 64)!r} takes order webhooks here; a [[channel]] table of the "
+                "hub's config needs webhook_secret_file or webhook_secret_env"
+            )
+        body = await request.read()
+        if len(body) > WEBHOOK_MAX_BYTES:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=WEBHOOK_MAX_BYTES, actual_size=len(body),
+                text=f"an order webhook may be at most {WEBHOOK_MAX_BYTES} bytes; this one is {len(body)}",
+            )  # fmt: skip
+        if not self._signed(spec, request, body):
+            self.bad_signatures.record(request.remote, f"channel {name}")
+            raise web.HTTPUnauthorized(
+                text=f"the webhook's signature does not match channel {name}'s webhook secret; nothing was applied"
+            )
+        started = time.perf_counter()
+        try:
+            payload = views.loads(body)
+        except ValueError as err:
+            return self._refused(spec, f"the body is not valid JSON ({err})", "a webhook")
+        delivery, what = self._delivery(spec, request, payload)
+        if delivery is not None and (name, delivery) in self._seen:
+            log.info("channel %s: %s came again (delivery %s); it was applied already", name, what, delivery)
+            return web.json_response({"status": "duplicate"})
+        try:
+            translated = await self._translate(spec, request, payload)
+            if translated is None:
+                log.info("channel %s: %s moves no stock; nothing to do", name, what)
+                return web.json_response({"status": "ignored"})
+            ctx, translation = translated
+            events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms)
+        except OrderRefused as err:
+            return self._refused(spec, str(err), what)
+        except Unavailable as err:
+            log.warning("channel %s: %s cannot be applied now: %s", name, what, err)
+            raise web.HTTPServiceUnavailable(text=f"{err}; the channel's retry will apply it") from None
+        result = None
+        if events:
+            result = await request.app[STORE_KEY].ingest(_who(spec), 0, events, clock_window_ms=self._window_ms)
+            feed.poke(request.app)
+        if delivery is not None:
+            self._seen[(name, delivery)] = None
+            while len(self._seen) > SEEN_MAX:
+                self._seen.popitem(last=False)
+        left_out = f"; left out {', '.join(translation.left_out[:3])}" if translation.left_out else ""
+        if result is None:
+            log.info("channel %s: %s moves nothing the hub counts%s", name, translation.what, left_out)
+            return web.json_response({"status": "applied", "applied": 0, "duplicates": 0, "rejected": 0})
+        log.info(
+            "channel %s: applied %s as %d event(s) (%d new, %d duplicates, %d refused) in %d ms%s",
+            name, translation.what, len(events), result.applied, result.duplicates, len(result.rejected),
+            round((time.perf_counter() - started) * 1000), left_out,
+        )  # fmt: skip
+        if result.rejected:
+            log.warning("channel %s: the hub refused %d event(s) of %s; first: %s", name, len(result.rejected),
+                        translation.what, result.rejected[0].reason)  # fmt: skip
+        return web.json_response(
+            {"status": "applied", "applied": result.applied, "duplicates": result.duplicates,
+             "rejected": len(result.rejected)}  # fmt: skip
+        )
+
+    # --- steps ------------------------------------------------------------------------
+
+    def _signed(self, spec: ChannelSpec, request: web.Request, body: bytes) -> bool:
+        if spec.kind == "shopify":
+            return shopify_signature_ok(spec.webhook_secret, body, request.headers.get(SHOPIFY_SIGNATURE))
+        return square_signature_ok(spec.webhook_secret, spec.notification_url, body, request.headers.get(SQUARE_SIGNATURE))
+
+    def _delivery(self, spec: ChannelSpec, request: web.Request, payload: Any) -> tuple[str | None, str]:
+        """The channel's id of this delivery (for dedupe and logs) and what it is, in words."""
+        if spec.kind == "shopify":
+            topic = one_line(request.headers.get("X-Shopify-Topic", ""), 60)
+            webhook_id = one_line(request.headers.get("X-Shopify-Webhook-Id", ""), 80) or None
+            return webhook_id, f"Shopify webhook {topic or '(no topic)'}"
+        event_type = payload.get("type") if isinstance(payload, dict) else None
+        event_id = payload.get("event_id") if isinstance(payload, dict) else None
+        shown = one_line(str(event_type), 60) if event_type else "(no type)"
+        return (one_line(str(event_id), 80) if isinstance(event_id, str) and event_id else None), f"Square event {shown}"
+
+    def _refused(self, spec: ChannelSpec, reason: str, what: str) -> web.Response:
+        log.warning("channel %s: refused %s: %s", spec.name, what, reason)
+        body = {"error": {"code": "unusable_webhook", "message": f"{reason}; nothing of it was applied"}}
+        return web.json_response(body, status=422, dumps=views.dumps)
+
+    async def _mapping_context(self, spec: ChannelSpec) -> OrderContext:
+        assert self._state is not None
+        mapping = await self._state.mapping(spec.name)
+        if mapping is None:
+            raise Unavailable(f"channel {spec.name}'s SKU mapping is not loaded yet (its pusher loads it at start)")
+        return OrderContext.of(spec.name, spec.kind, spec.pool, mapping, spec.fulfil_from, spec.order_location)
+
+    async def _translate(
+        self, spec: ChannelSpec, request: web.Request, payload: Any
+    ) -> tuple[OrderContext, Translation] | None:
+        if spec.kind == "shopify":
+            topic = request.headers.get("X-Shopify-Topic", "")
+            if topic not in SHOPIFY_TOPICS:
+                return None
+            ctx = await self._mapping_context(spec)
+            pickup = None
+            order_id = shopify_pickup_lookup(ctx, topic, payload)
+            if order_id is not None:
+                pickup = await self._shopify_pickup(spec, order_id)
+            return ctx, shopify_movements(ctx, topic, payload, pickup)
+        if not isinstance(payload, dict) or payload.get("type") not in SQUARE_TYPES:
+            return None
+        notice = square_notice(payload)
+        ctx = await self._mapping_context(spec)
+        return ctx, square_movements(ctx, await self._square_order(spec, notice.order_id, notice.location_id))
+
+    async def _shopify_pickup(self, spec: ChannelSpec, order_id: str) -> str | None:
+        connector = self._connectors[spec.name]
+        assert isinstance(connector, ShopifyConnector)
+        try:
+            data = await connector.query("orderPickup", PICKUP_QUERY, {"id": f"gid://shopify/Order/{order_id}"})
+        except ChannelError as err:
+            raise Unavailable(f"reading the fulfilment orders of Shopify order {order_id} failed ({err})") from err
+        order = data.get("order")
+        if not isinstance(order, Mapping):
+            raise OrderRefused(f"Shopify does not know order {order_id} of channel {spec.name}")
+        nodes = (order.get("fulfillmentOrders") or {}).get("nodes") or []
+        for node in nodes if isinstance(nodes, list) else []:
+            method = ((node or {}).get("deliveryMethod") or {}).get("methodType")
+            location = (((node or {}).get("assignedLocation") or {}).get("location") or {}).get("id")
+            if method == "PICK_UP" and isinstance(location, str) and location:
+                return location
+        return None
+
+    async def _square_order(self, spec: ChannelSpec, order_id: str, location_id: str) -> Mapping[str, Any]:
+        connector = self._connectors[spec.name]
+        assert isinstance(connector, SquareConnector)
+        try:
+            answer = await connector.call(
+                "/v2/orders/batch-retrieve", {"location_id": location_id, "order_ids": [order_id]}, "reading an order"
+            )
+        except ChannelError as err:
+            raise Unavailable(f"reading Square order {order_id} failed ({err})") from err
+        for order in answer.get("orders") or []:
+            if isinstance(order, Mapping) and order.get("id") == order_id:
+                return order
+        raise OrderRefused(f"Square does not know order {order_id} at location {location_id}")
+
+
+def _who(spec: ChannelSpec) -> AgentIdentity:
+    """The channel's identity: its events are namespaced under ``channel:<name>`` and bound to its pool."""
+    return AgentIdentity(f"channel:{spec.name}", frozenset(spec.pool), "agent")
+
+
+HOOKS_KEY = web.AppKey("order_webhooks", OrderWebhooks)
+
+
+def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str, clock_window_s: int) -> None:
+    """Add ``POST /v1/channels/{name}/webhooks`` (public: the signature authenticates) and its resources."""
+    hooks = OrderWebhooks(specs, db_path, clock_window_s * 1000)
+    app[HOOKS_KEY] = hooks
+    app[PUBLIC_ROUTES_KEY] = app[PUBLIC_ROUTES_KEY] | {ROUTE_NAME}
+    app.router.add_post(ROUTE, hooks.handle, name=ROUTE_NAME)
+    if hooks.specs:
+        app.cleanup_ctx.append(hooks.run)

@@ -1,0 +1,250 @@
+"""``POST /v1/channels/{name}/webhooks`` on a real hub over 127.0.0.1, fed by the Shopify and Square emulators.
+
+The hub app runs with its channels configured (its pushers load each channel's SKU mapping from the emulator);
+the emulators sign and post webhooks exactly as their services do. Bad signatures, duplicates, late and
+out-of-order deliveries, unusable payloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from hub import HubSettings, create_app
+from hub.channels import SqliteChannelState, parse_channels
+from hub.channels.config import KEYS
+from hub.storage import HubStore, open_store
+from tests.channels.conftest import wait_until
+from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
+from tests.channels.emulators.square_orders import SquareOrdersEmulator
+from tests.e2e.procs import free_port
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@dataclass
+class Hub:
+    url: str
+    store: HubStore
+    shopify: ShopifyOrdersEmulator
+    square: SquareOrdersEmulator
+    locations: dict[str, str]
+    variants: dict[str, Any]
+
+    def hook(self, channel: str) -> str:
+        return f"{self.url}/v1/channels/{channel}/webhooks"
+
+    async def count(self, location: str, sku: str) -> tuple[int, int]:
+        rows = await self.store.counts(location=location, sku=sku)
+        return (rows[0].on_hand, rows[0].reserved) if rows else (0, 0)
+
+    async def ledger_size(self) -> int:
+        return len(await self.store.ledger(limit=1000))
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    async with ShopifyOrdersEmulator() as shopify, SquareOrdersEmulator() as square:
+        wh, s1 = shopify.add_location(), shopify.add_location()
+        variants = {sku: shopify.add_variant(sku, stocked_at=[wh, s1]) for sku in ("SKU-A", "SKU-B")}
+        sq_s1 = square.add_location()
+        sq_a = square.add_variation("SKU-A")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {"SHOP_TOKEN": shopify.token, "SHOP_HOOK": shopify.webhook_secret, "SQ_TOKEN": square.token,
+               "SQ_HOOK": square.signature_key}  # fmt: skip
+        specs = parse_channels(
+            [
+                {"name": "web", "kind": "shopify", "url": shopify.url, "secret_env": "SHOP_TOKEN",
+                 "webhook_secret_env": "SHOP_HOOK", "pool": {"WH1": wh, "S1": s1}, "order_location": "WH1"},
+                {"name": "pos", "kind": "square", "url": square.url, "secret_env": "SQ_TOKEN",
+                 "webhook_secret_env": "SQ_HOOK", "notification_url": f"{url}/v1/channels/pos/webhooks",
+                 "pool": {"S1": sq_s1}},
+                {"name": "quiet", "kind": "square", "url": square.url, "secret_env": "SQ_TOKEN", "pool": {"S1": sq_s1}},
+            ],
+            environ=env,
+        )  # fmt: skip
+        db = tmp_path / "hub.db"
+        async with open_store(db) as store:
+            app = create_app(store, HubSettings(db=str(db), channels=specs))
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            try:
+                async with await SqliteChannelState.open(db) as state:
+
+                    async def mapped() -> bool:
+                        return all([await state.mapping("web"), await state.mapping("pos")])
+
+                    await wait_until(mapped, "both channels' SKU mappings are loaded")
+                yield Hub(url, store, shopify, square, {"WH1": wh, "S1": s1, "SQ1": sq_s1},
+                          {**variants, "SQ-A": sq_a})  # fmt: skip
+            finally:
+                await runner.cleanup()
+
+
+async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+async def test_a_bad_signature_is_refused_logged_and_applies_nothing(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    order = hub.shopify.create_order([(hub.variants["SKU-A"], 1)], pickup_at=hub.locations["S1"])
+    forged = hub.shopify.delivery("orders/create", order, secret="not-the-app-secret")
+    status, answer = await hub.shopify.deliver(hub.hook("web"), forged)
+    assert status == 401 and "signature" in answer["error"]["message"]
+    assert any("bad signature" in r.getMessage() for r in caplog.records)
+    tampered = hub.shopify.delivery("orders/create", order)
+    status, _ = await post(hub.hook("web"), tampered.body.replace(b'"quantity":1', b'"quantity":9'), tampered.headers)
+    assert status == 401
+    assert await hub.count("S1", "SKU-A") == (0, 0) and await hub.ledger_size() == 0
+
+
+async def test_a_pickup_order_reserves_at_the_pickup_store_once_however_often_it_comes(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hub.channels.order_routes")
+    order = hub.shopify.create_order([(hub.variants["SKU-A"], 2)], pickup_at=hub.locations["S1"])
+    delivery = hub.shopify.order_delivery("orders/create", order["id"])
+    status, answer = await hub.shopify.deliver(hub.hook("web"), delivery)
+    assert (status, answer["applied"]) == (200, 1), answer
+    assert await hub.count("S1", "SKU-A") == (0, 2)
+    assert await hub.count("WH1", "SKU-A") == (0, 0)
+    status, answer = await hub.shopify.deliver(hub.hook("web"), delivery)  # Shopify's retry: the same webhook id
+    assert (status, answer["status"]) == (200, "duplicate")
+    again = hub.shopify.order_delivery("orders/updated", order["id"])  # another webhook, the same state
+    status, answer = await hub.shopify.deliver(hub.hook("web"), again)
+    assert (status, answer["applied"], answer["duplicates"]) == (200, 0, 1)
+    assert await hub.count("S1", "SKU-A") == (0, 2)
+    applied = [r.getMessage() for r in caplog.records if "applied Shopify order" in r.getMessage()]
+    assert len(applied) == 2 and str(order["id"]) in applied[0]
+    (row,) = await hub.store.ledger(limit=10)  # the channel's own identity, its source and the order as ref
+    assert (row.agent_id, row.source, row.ref, row.kind) == (
+        "channel:web", "api:channel:web", f"web:order:{order['id']}", "reserve",
+    )  # fmt: skip
+    await hub.store.agent_status()  # readers take the channel's identity like any other
+    await hub.store.exceptions(limit=10, transfer_open_max_ms=86_400_000)
+
+
+async def test_a_cancellation_before_its_creation_and_a_late_fulfilment_end_right(hub: Hub) -> None:
+    a, s1 = hub.variants["SKU-A"], hub.locations["S1"]
+    first = hub.shopify.create_order([(a, 1)], pickup_at=s1)
+    created = hub.shopify.order_delivery("orders/create", first["id"])
+    cancelled = hub.shopify.delivery("orders/cancelled", hub.shopify.cancel(first["id"]))
+    assert (await hub.shopify.deliver(hub.hook("web"), cancelled))[0] == 200
+    assert await hub.count("S1", "SKU-A") == (0, 0)
+    status, answer = await hub.shopify.deliver(hub.hook("web"), created)  # the creation, late
+    assert (status, answer["applied"]) == (200, 0)
+    assert await hub.count("S1", "SKU-A") == (0, 0)
+
+    second = hub.shopify.create_order([(a, 3)], pickup_at=s1)
+    line = second["line_items"][0]["id"]
+    fulfilment = hub.shopify.fulfil(second["id"], s1, {line: 2})
+    updated = hub.shopify.order_delivery("orders/updated", second["id"])
+    for d in (hub.shopify.delivery("fulfillments/create", fulfilment), updated,
+              hub.shopify.order_delivery("orders/create", second["id"])):  # fmt: skip
+        assert (await hub.shopify.deliver(hub.hook("web"), d))[0] == 200
+    assert await hub.count("S1", "SKU-A") == (-2, 1)
+
+
+async def test_an_unmapped_line_refuses_the_webhook_with_a_sentence_and_applies_none_of_it(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    stranger = hub.shopify.add_variant("NEW-SKU")  # added at Shopify after the hub loaded the mapping
+    order = hub.shopify.create_order([(hub.variants["SKU-B"], 1), (stranger, 1)], pickup_at=hub.locations["S1"])
+    status, answer = await hub.shopify.deliver(hub.hook("web"), hub.shopify.order_delivery("orders/create", order["id"]))
+    assert status == 422
+    message = answer["error"]["message"]
+    assert "NEW-SKU" in message and "mapping" in message and "nothing of it was applied" in message
+    assert await hub.count("S1", "SKU-B") == (0, 0) and await hub.ledger_size() == 0
+    assert any("refused" in r.getMessage() and "NEW-SKU" in r.getMessage() for r in caplog.records)
+    status, answer = await post(hub.hook("web"), b"{not json", hub.shopify.delivery("orders/create", {}).headers)
+    assert status == 401  # the signature is checked before anything is parsed
+
+
+async def test_a_square_order_is_read_from_the_orders_api_and_reserved_then_sold(hub: Hub) -> None:
+    square, s1 = hub.square, hub.locations["SQ1"]
+    order = square.create_order(s1, [(hub.variants["SQ-A"], 2)])
+    status, answer = await square.deliver(hub.hook("pos"), square.notification("order.created", order["id"]))
+    assert (status, answer["applied"]) == (200, 1), answer
+    assert await hub.count("S1", "SKU-A") == (0, 2)
+    late = square.notification("order.created", order["id"])
+    square.pick_up(order["id"])
+    status, _ = await square.deliver(hub.hook("pos"), square.notification("order.fulfillment.updated", order["id"]))
+    assert status == 200
+    assert await hub.count("S1", "SKU-A") == (-2, 0)
+    status, answer = await square.deliver(hub.hook("pos"), late)  # an old notice: the order read now is complete
+    assert (status, answer["applied"]) == (200, 0)
+    assert await hub.count("S1", "SKU-A") == (-2, 0)
+
+
+async def test_a_square_signature_over_another_url_is_refused(hub: Hub) -> None:
+    order = hub.square.create_order(hub.locations["SQ1"], [(hub.variants["SQ-A"], 1)])
+    body = hub.square.notification("order.created", order["id"])
+    status, _ = await hub.square.deliver("https://attacker.example/hook", body, post_to=hub.hook("pos"))
+    assert status == 401
+    assert await hub.count("S1", "SKU-A") == (0, 0)
+
+
+async def test_unknown_channels_big_bodies_and_other_topics(hub: Hub) -> None:
+    delivery = hub.shopify.delivery("orders/create", {"id": 1})
+    assert (await post(hub.hook("nope"), delivery.body, delivery.headers))[0] == 404
+    assert (await post(hub.hook("quiet"), delivery.body, delivery.headers))[0] == 404  # no webhook secret
+    big = hub.shopify.delivery("orders/create", {"id": 1, "note": "x" * (5 * 1024 * 1024)})
+    status, answer = await post(hub.hook("web"), big.body, big.headers)
+    assert status == 413 and "at most" in answer["error"]["message"]
+    other = hub.shopify.delivery("customers/create", {"id": 7})
+    status, answer = await post(hub.hook("web"), other.body, other.headers)
+    assert (status, answer["status"]) == (200, "ignored")
+
+
+def test_every_channel_key_is_documented_in_channels_md() -> None:
+    text = (DOCS / "channels.md").read_text(encoding="utf-8")
+    missing = [key for key in KEYS if not re.search(rf"^\| `{key}` \|", text, re.MULTILINE)]
+    assert missing == [], "channel keys missing from the key table of docs/channels.md"
+
+
+def _channel(**table: Any) -> Any:
+    base = {"name": "web", "kind": "shopify", "shop": "x.myshopify.com", "secret_env": "T", "pool": {"S1": "L1"}}
+    merged = {k: v for k, v in {**base, **table}.items() if v is not None}  # None: leave the key out
+    (spec,) = parse_channels([merged], environ={"T": "token", "HOOK": "hook-secret"})
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ({"webhook_secret_env": "MISSING"}, "the webhook secret (environment variable MISSING) is empty"),
+        ({"webhook_secret_env": "HOOK", "webhook_secret_file": "x"}, "not both"),
+        ({"kind": "square", "shop": None, "webhook_secret_env": "HOOK"}, "notification_url"),
+        ({"webhook_secret_env": "HOOK", "notification_url": "https://h/x"}, "Square setting"),
+        ({"webhook_secret_env": "HOOK", "pool": {"S1": "L1", "S2": "L1"}}, 'fulfil_from = { "L1" = "S1" }'),
+        ({"pool": {"S1": "L1", "S2": "L1"}, "fulfil_from": {"L1": "WH9"}}, "name one of those"),
+        ({"order_location": "WH9"}, "order_location must be one of the pool's hub locations"),
+    ],
+)
+def test_order_webhook_keys_are_checked_with_one_sentence(table: dict[str, Any], says: str) -> None:
+    from hub.channels import ChannelConfigError
+
+    with pytest.raises(ChannelConfigError) as info:
+        _channel(**table)
+    assert says in str(info.value) and "\n" not in str(info.value) and "hook-secret" not in str(info.value)
+
+
+def test_order_webhook_keys_parse() -> None:
+    spec = _channel(webhook_secret_env="HOOK", pool={"S1": "L1", "S2": "L1", "WH": "L2"}, fulfil_from={"L1": "S2"},
+                    order_location="WH")  # fmt: skip
+    assert (spec.webhook_secret, dict(spec.fulfil_from), spec.order_location) == ("hook-secret", {"L1": "S2"}, "WH")
+    assert "hook-secret" not in repr(spec)
+    assert _channel().webhook_secret == ""  # no secret: the channel takes no webhooks, as before
