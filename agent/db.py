@@ -16,7 +16,12 @@ as a fast disk's commit. So a small write (``write(fn, small=True)``) runs
 directly on the caller's thread when the connection is idle and recent
 commits have been quick (under ``INLINE_COMMIT_MAX_S``): the loop is held no
 longer than a commit it has just seen take a millisecond at most, and on a
-slow disk every write goes through the thread. Checkpoints never run inline:
+slow disk every write goes through the thread. There, writes that queued up
+while the disk was busy commit together (group commit): one ``BEGIN IMMEDIATE …
+COMMIT`` and one flush for all of them, each in its own savepoint, so one that
+fails undoes only itself, and each caller hears back only after the commit —
+durability is never weakened, two scanners on a slow disk just share a flush.
+Checkpoints never run inline:
 SQLite's automatic checkpoint is off and the thread runs one after every
 ``CHECKPOINT_ROWS`` changed rows.
 """
@@ -43,6 +48,7 @@ SYNCHRONOUS_MODES = ("full", "normal")
 INLINE_COMMIT_MAX_S = 0.001  # small writes run on the caller's thread while commits average less than this
 COMMIT_AVERAGE_WEIGHT = 0.2  # of the newest commit in the running average of commit times
 CHECKPOINT_ROWS = 1_000  # changed rows after which the thread copies the WAL back (SQLite's own: 1,000 pages)
+GROUP_MAX = 64  # queued writes committed in one transaction at most
 
 
 class SqliteThread:
@@ -55,7 +61,7 @@ class SqliteThread:
         self._synchronous = synchronous
         # One thread owns the connection; work reaches it through a queue (cheaper than an executor's
         # submit: the thread hop is most of a record's latency once the disk is fast).
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=f"sqlite:{path.name}", daemon=True)
         self._thread.start()
         self._conn: sqlite3.Connection | None = None
@@ -102,7 +108,7 @@ class SqliteThread:
             finally:
                 self._lock.release()
                 self._maybe_checkpoint()
-        return await self._submit(functools.partial(self._write_transaction, fn))
+        return await self._submit(functools.partial(self._write_transaction, fn), write=fn)
 
     def _may_run_inline(self) -> bool:
         average = self._commit_s
@@ -161,8 +167,66 @@ class SqliteThread:
         return result
 
     def _serve(self) -> None:
-        while (work := self._queue.get()) is not None:
-            work()
+        work: _Queued | None = self._queue.get()
+        while work is not None:
+            following: _Queued | None | _Nothing = _NOTHING
+            if isinstance(work, _Write):
+                group = [work]
+                while len(group) < GROUP_MAX:  # writes that queued while the last commit ran share this one
+                    try:
+                        queued = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(queued, _Write):
+                        following = queued  # runs next: the order of work is kept
+                        break
+                    group.append(queued)
+                if len(group) == 1:
+                    work.run()
+                else:
+                    self._commit_group(group)
+            else:
+                work()
+            work = self._queue.get() if isinstance(following, _Nothing) else following
+
+    def _commit_group(self, group: list[_Write]) -> None:
+        """On the thread: every write of ``group`` in one transaction, each in its own savepoint."""
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            with self._lock:
+                conn = self._conn
+                assert conn is not None, "SqliteThread used before connect()"
+                started = time.perf_counter()
+                changes = conn.total_changes
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for item in group:
+                        conn.execute("SAVEPOINT one_write")
+                        try:
+                            result = item.fn(conn)
+                        except Exception as err:  # noqa: BLE001 - this write's own failure: only it is undone
+                            conn.execute("ROLLBACK TO one_write")
+                            conn.execute("RELEASE one_write")
+                            outcomes.append((None, err))
+                        else:
+                            conn.execute("RELEASE one_write")
+                            outcomes.append((result, None))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error as rollback_err:
+                            log.warning("Rolling back a group of writes to %s failed too: %s", self.path, rollback_err)
+                    raise
+                took = time.perf_counter() - started
+                average = self._commit_s
+                self._commit_s = took if average is None else average + COMMIT_AVERAGE_WEIGHT * (took - average)
+                self._changed_rows += conn.total_changes - changes
+        except BaseException as err:  # noqa: BLE001 - nothing of the group was committed: every caller hears it
+            outcomes = [(None, err)] * len(group)
+        for item, (result, error) in zip(group, outcomes, strict=True):
+            item.deliver(result, error)
 
     async def close(self) -> None:
         """Close the connection and end the thread. Safe to call twice; later work raises."""
@@ -179,32 +243,60 @@ class SqliteThread:
             self._conn.close()
             self._conn = None
 
-    async def _submit(self, fn: Callable[[], T], *, closing: bool = False) -> T:
+    async def _submit(
+        self, fn: Callable[[], T], *, closing: bool = False, write: Callable[[sqlite3.Connection], T] | None = None
+    ) -> T:
+        """Run ``fn`` on the thread. ``write``: ``fn`` is that write's transaction, and the write may instead
+        share a transaction with other queued writes."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
 
-        def run() -> None:  # on the connection's thread; hands the outcome straight back to the loop
+        def deliver(result: T | None, err: BaseException | None) -> None:  # on the thread, straight to the loop
+            self._finished += 1  # before the caller can see the outcome: its next small write may run inline
+            try:
+                loop.call_soon_threadsafe(_settle, done, result, err)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        def run() -> None:
             try:
                 with self._lock:
                     result = fn()
             except BaseException as err:  # noqa: BLE001 - re-raised in the caller
-                outcome: tuple[T | None, BaseException | None] = (None, err)
+                deliver(None, err)
             else:
-                outcome = (result, None)
-            self._finished += 1  # before the caller can see the outcome: its next small write may run inline
-            try:
-                loop.call_soon_threadsafe(_settle, done, *outcome)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+                deliver(result, None)
 
         if (self._stopping and not closing) or not self._thread.is_alive():
             raise RuntimeError(f"the SQLite file {self.path} is closed")
         self._submitted += 1
-        self._queue.put(run)
+        self._queue.put(run if write is None else _Write(write, run, deliver))
         try:
             return await done
         finally:
             self._maybe_checkpoint()
+
+
+class _Write:
+    """A write queued for the thread: ``run`` alone, or ``fn`` inside a group's transaction then ``deliver``."""
+
+    __slots__ = ("deliver", "fn", "run")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        run: Callable[[], None],
+        deliver: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        self.fn, self.run, self.deliver = fn, run, deliver
+
+
+class _Nothing:
+    """No work taken from the queue ahead of time."""
+
+
+_NOTHING = _Nothing()
+_Queued = Callable[[], None] | _Write
 
 
 class _WriteLockBusy(Exception):

@@ -21,6 +21,7 @@ The full-size flags (``--full`` passes none: each script's defaults are the full
     bench_catchup          --events 1000000 --steady-events 50000
     bench_eventsourcing    --n 2000 --runs 3
     soak                   --stores 100 --minutes 10
+    bench_slow_disk        --runs 3 --seconds 30
     bench_channels         --seconds 60 --runs 3 --burst 10000 --burst-skus 500
     bench_pg_ingest        --agents 8 --batches 25 --runs 3
     bench_pg_reads         --events 10000000 --locations 100 --skus 5000
@@ -57,6 +58,7 @@ PLANS: dict[str, Plan] = {
     "bench_catchup": Plan(("--events", "100000", "--steady-events", "20000")),
     "bench_eventsourcing": Plan(("--n", "1000", "--runs", "3")),
     "soak": Plan(("--stores", "20", "--minutes", "1")),
+    "bench_slow_disk": Plan(("--runs", "1", "--seconds", "15")),
     "bench_channels": Plan(("--seconds", "20", "--runs", "2", "--burst", "2000", "--burst-skus", "200", "--naive-max-s", "30")),
     "bench_pg_ingest": Plan(("--agents", "4", "--batches", "5", "--runs", "1"), needs_postgres=True),
     "bench_pg_reads": Plan(("--events", "200000", "--locations", "20", "--skus", "500", "--samples", "100"), needs_postgres=True),

@@ -146,3 +146,48 @@ async def test_a_small_write_waits_for_another_process_s_write_lock_on_the_threa
     assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
     assert await db.read(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0]) == agent_db.BUSY_TIMEOUT_MS
     await db.close()
+
+
+async def test_writes_queued_behind_a_slow_commit_share_one_transaction_and_a_failing_one_undoes_only_itself(
+    tmp_path: Path,
+) -> None:
+    """Group commit on a slow disk: writes that queued while the thread was busy commit together (one flush),
+    each caller hears its own outcome after that commit, and a write that fails undoes only its own rows."""
+    import threading
+
+    db = SqliteThread(tmp_path / "x.sqlite3", "full")
+    await db.connect()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)"))
+    commits: list[str] = []
+    await db.write(lambda conn: conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None))
+    release = threading.Event()
+
+    def busy(conn):  # type: ignore[no-untyped-def]  # a commit that takes long: the others queue behind it
+        release.wait(WAIT_S)
+        conn.execute("INSERT INTO t VALUES (0)")
+
+    def insert(x: int):  # type: ignore[no-untyped-def]
+        def work(conn):  # type: ignore[no-untyped-def]
+            conn.execute("INSERT INTO t VALUES (?)", (x,))
+            if x == 5:
+                conn.execute("INSERT INTO t VALUES (?)", (50,))
+                raise ValueError("write 5 fails after two rows")
+            return x
+
+        return work
+
+    commits.clear()
+    first = asyncio.ensure_future(db.write(busy))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(db.write(insert(x))) for x in range(1, 11)]
+    await asyncio.sleep(0.05)
+    assert not any(q.done() for q in queued), "nobody hears back before the commit"
+    release.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, *queued, return_exceptions=True), WAIT_S)
+    assert outcomes[0] is None
+    assert outcomes[1:5] == [1, 2, 3, 4] and outcomes[6:] == [6, 7, 8, 9, 10]
+    assert isinstance(outcomes[5], ValueError)
+    assert len(commits) == 2, commits  # the slow one, then the ten queued behind it together
+    rows = await db.read(lambda conn: [r[0] for r in conn.execute("SELECT x FROM t ORDER BY x")])
+    assert rows == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]  # write 5 left nothing behind
+    await db.close()
