@@ -10,6 +10,7 @@ are read from the store when Prometheus scrapes.
 from __future__ import annotations
 
 import time
+import collections
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from protocol import wall_ms_now
 RECENT_WINDOW_S = 3_600
 RECENT_BUCKET_S = 60
 QUARANTINE_COUNT_MAX = 1_000  # the pending-quarantine gauge counts this many at most (any is worth an alert)
+EXCEPTIONS_COUNT_MAX = 10_000  # exceptions counted per scrape at most (one bounded read)
 INGEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -153,6 +155,12 @@ class HubMetrics:
             f"Events held in the clock quarantine waiting for an operator (counted up to {QUARANTINE_COUNT_MAX}).",
             registry=r,
         )
+        self.exceptions = Gauge(
+            "shelfsync_exceptions_listed",
+            f"Exceptions the hub lists for a person, by kind (counted up to {EXCEPTIONS_COUNT_MAX} in all).",
+            ["kind"],
+            registry=r,
+        )
         self.recent = RecentIngest()
         self._agents = _AgentCollector(self.recent)
         r.register(self._agents)
@@ -216,5 +224,10 @@ async def get_metrics(request: web.Request) -> web.Response:
     agents = await store.agent_status()
     held = await store.quarantine(status="pending", limit=QUARANTINE_COUNT_MAX)
     request.app[METRICS_KEY].quarantine_pending.set(len(held))
+    listed = collections.Counter(row.kind for row in await store.exceptions(limit=EXCEPTIONS_COUNT_MAX))
+    gauge = request.app[METRICS_KEY].exceptions
+    gauge.clear()  # a kind no longer listed goes to nothing, not to its last value
+    for kind, n in sorted(listed.items()):
+        gauge.labels(kind).set(n)
     body = request.app[METRICS_KEY].render(agents, await store.latest_change_id())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})

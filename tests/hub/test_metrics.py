@@ -96,3 +96,16 @@ def test_recent_ingest_forgets_what_is_older_than_an_hour() -> None:
     assert recent.last_hour("a", now_s=1_000_000.0 + 3_700) == 2
     assert recent.last_hour("a", now_s=1_000_000.0 + 9_000) == 0
     assert recent.last_hour("nobody") == 0
+
+
+async def test_exceptions_are_counted_by_kind_and_a_kind_gone_goes_to_nothing(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        agent = await hub.agent()
+        m = await scrape(hub)
+        assert not [k for k in m if k[0] == "shelfsync_exceptions_listed"]
+        await agent.sync((Kind.SALE, -2))  # sold what the hub never saw arrive: a negative on hand
+        m = await scrape(hub)
+        assert m[("shelfsync_exceptions_listed", (("kind", "negative_on_hand"),))] == 1
+        await agent.sync((Kind.RECEIVE, 5))
+        m = await scrape(hub)
+        assert ("shelfsync_exceptions_listed", (("kind", "negative_on_hand"),)) not in m
