@@ -29,6 +29,16 @@ The rules, per (location, sku):
   already left the source's on_hand when shipped, so no on-hand count moves).
   Partial receipts keep it open; an open transfer is overdue once its first
   shipment is older than the hub's ``transfer_open_max_s`` (``overdue_finding``).
+* Bundles (``BundleBook``): a movement of a bundle SKU is booked on its parts —
+  one movement per plain SKU of its recipe, ``expand``, the same kind, ref and
+  time, qty × units per bundle, a deterministic id of its own — and is itself
+  *expanded*, counted nowhere. Which recipe expands a movement is fixed when the
+  hub first stores it (``BundleBook.fixed``); a count of a bundle is refused
+  (``bundle_problem``). A bundle's row at a location is derived from its parts'
+  rows there (``bundle_counts``): on_hand and in_transit the whole bundles they
+  make, available min over parts of ⌊available ÷ units⌋ (less the bundle's own
+  safety stock), ``reserved`` what the parts' reservations and safety stocks
+  hold back of on_hand. A bundle has a row wherever one of its parts has one.
 """
 
 from __future__ import annotations
@@ -40,8 +50,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeAlias, TypeGuard
 
-from protocol import ON_HAND_KINDS, Kind, StockEvent
-from protocol.event import LOCATION_MAX_LEN
+from protocol import ON_HAND_KINDS, Kind, StockEvent, derived_event_id, event_id_hex
+from protocol.event import ATTRS_MAX_KEYS, LOCATION_MAX_LEN, QTY_MAX
 
 OrderKey: TypeAlias = tuple[int, str, int, bytes]  # (occurred_at, agent_id, seq, event_id)
 StockKey: TypeAlias = tuple[str, str]  # (location, sku)
@@ -61,6 +71,7 @@ class Effect(StrEnum):
     SUPERSEDED = "superseded"  # a delta ordered before the last count: the count already saw it
     DUPLICATE = "duplicate"  # a resend of an event already in the ledger
     REJECTED = "rejected"  # refused; never counted (reason kept)
+    EXPANDED = "expanded"  # a bundle's movement: booked on its parts (movements of their own), counted nowhere itself
 
 
 def order_key(ev: StockEvent) -> OrderKey:
@@ -350,6 +361,151 @@ def _min_int(a: int | None, b: int) -> int:
     return b if a is None or b < a else a
 
 
+# --- bundles -------------------------------------------------------------------
+
+Parts: TypeAlias = Mapping[str, int]  # SKU -> units of it in one bundle
+
+BUNDLE_ATTR = "bundle"  # on a part's movement: the bundle SKU it was booked for
+BUNDLE_EVENT_ATTR = "bundle_event"  # … the bundle movement's event id, as text
+PER_BUNDLE_ATTR = "per_bundle"  # … units of the part in one bundle
+BUNDLE_ATTRS = frozenset({BUNDLE_ATTR, BUNDLE_EVENT_ATTR, PER_BUNDLE_ATTR})
+BUNDLE_PARTS_MAX = 100  # plain SKUs one bundle is made of, nested bundles included
+BUNDLE_DEPTH_MAX = 8  # bundles inside bundles inside …
+COMPONENT_UNITS_MAX = 10_000  # units of one component a recipe may name
+
+
+class RecipeError(ValueError):
+    """Recipes that cannot be flattened (a cycle, too deep, too many parts); the message says which."""
+
+
+def flatten(recipes: Mapping[str, Parts], first: str | None = None) -> dict[str, dict[str, int]]:
+    """Every bundle's parts in plain SKUs: a component that is itself a bundle is replaced by its own
+    parts times its units, recursively (so one bundle inside another moves its own parts).
+
+    ``recipes``: bundle SKU -> components as set. ``RecipeError`` names a cycle (a bundle inside
+    itself), a nesting deeper than ``BUNDLE_DEPTH_MAX``, more than ``BUNDLE_PARTS_MAX`` parts, or a
+    part whose units exceed ``protocol.QTY_MAX``; with ``first``, from that bundle's point of view."""
+    out: dict[str, dict[str, int]] = {}
+
+    def visit(sku: str, path: tuple[str, ...]) -> dict[str, int]:
+        done = out.get(sku)
+        if done is not None:
+            return done
+        if sku in path:
+            cycle = " → ".join((*path[path.index(sku) :], sku))
+            raise RecipeError(f"the recipes would put a bundle inside itself: {cycle}")
+        if len(path) >= BUNDLE_DEPTH_MAX:
+            raise RecipeError(
+                f"the recipes nest bundles more than {BUNDLE_DEPTH_MAX} deep ({' → '.join((*path, sku))})"
+            )
+        parts: dict[str, int] = {}
+        for component, units in recipes[sku].items():
+            inner = visit(component, (*path, sku)) if component in recipes else {component: 1}
+            for part, each in inner.items():
+                parts[part] = parts.get(part, 0) + units * each
+        if len(parts) > BUNDLE_PARTS_MAX:
+            raise RecipeError(f"bundle {sku} would be made of {len(parts)} SKUs; the limit is {BUNDLE_PARTS_MAX}")
+        for part, units in parts.items():
+            if units > QTY_MAX:
+                raise RecipeError(f"bundle {sku} would hold {units} of {part}; the limit is {QTY_MAX}")
+        out[sku] = dict(sorted(parts.items()))
+        return out[sku]
+
+    for sku in ([first] if first is not None and first in recipes else []) + sorted(recipes):
+        visit(sku, ())
+    return out
+
+
+def describe_parts(parts: Parts) -> str:
+    """``2 × A, 1 × C`` (at most 5 named)."""
+    named = [f"{units} × {sku}" for sku, units in sorted(parts.items())[:5]]
+    return ", ".join(named) + (f" and {len(parts) - 5} more" if len(parts) > 5 else "")
+
+
+def bundle_problem(ev: StockEvent, parts: Parts) -> str | None:
+    """Why a movement of a bundle made of ``parts`` cannot be booked on them, or None.
+
+    A count is refused: the number of bundles counted cannot say how many of each part stand on the
+    shelf, loose or packed. Every other kind is booked on the parts, unless a part's quantity would
+    break the event contract (``QTY_MAX``, a transfer's ``TRANSFER_QTY_MAX``) or the hub's three attrs
+    would not fit beside the movement's own."""
+    what = f"{ev.kind.value} of {abs(ev.qty)} {ev.sku} at {ev.location}"
+    if ev.kind is Kind.COUNT:
+        return (
+            f"{ev.sku} is a bundle ({describe_parts(parts)}), so a count of it cannot say how many of each "
+            "part are on the shelf; count its parts instead"
+        )
+    own = sum(1 for key in ev.attrs if key not in BUNDLE_ATTRS)
+    if own + len(BUNDLE_ATTRS) > ATTRS_MAX_KEYS:
+        return (
+            f"the {what} carries {own} attrs; a bundle's movement may carry at most "
+            f"{ATTRS_MAX_KEYS - len(BUNDLE_ATTRS)}, as the hub adds {', '.join(sorted(BUNDLE_ATTRS))} to each part's"
+        )
+    limit = TRANSFER_QTY_MAX if ev.kind in (Kind.TRANSFER_OUT, Kind.TRANSFER_IN) else QTY_MAX
+    for sku, units in sorted(parts.items()):
+        if abs(ev.qty) * units > limit:
+            return f"the {what} would move {abs(ev.qty) * units} of its part {sku}; one movement moves at most {limit}"
+    return None
+
+
+def component_event_id(ev: StockEvent, sku: str) -> bytes:
+    """The id of the movement of part ``sku`` a bundle movement is booked as: derived from the bundle
+    movement's namespaced id (agent_id, event_id) and the part, so a resend books nothing twice."""
+    key = b"\x1f".join((b"bundle", ev.agent_id.encode(), ev.event_id, sku.encode()))
+    return derived_event_id(int.from_bytes(ev.event_id[:6], "big"), key)
+
+
+def expand(ev: StockEvent, parts: Parts) -> tuple[StockEvent, ...]:
+    """The movements of its parts a bundle movement is booked as (check ``bundle_problem`` first): the same
+    agent, seq, location, kind, time, source, ref and reason; qty × units; attrs with the bundle's SKU, its
+    movement's id and the units per bundle added (``BUNDLE_ATTRS``). In part SKU order."""
+    attrs = {k: v for k, v in ev.attrs.items() if k not in BUNDLE_ATTRS}
+    attrs[BUNDLE_ATTR] = ev.sku
+    attrs[BUNDLE_EVENT_ATTR] = event_id_hex(ev.event_id)
+    out = []
+    for sku, units in sorted(parts.items()):
+        part = StockEvent(
+            component_event_id(ev, sku), ev.agent_id, ev.epoch, ev.seq, ev.location, sku, ev.kind, ev.qty * units,
+            ev.occurred_at, ev.wall_ms, ev.source, ev.ref, ev.reason, attrs | {PER_BUNDLE_ATTR: units},
+        )  # fmt: skip
+        out.append(part)
+    return tuple(out)
+
+
+def bundle_counts(parts: Parts, rows: Mapping[str, tuple[int, int, int, int]]) -> tuple[int, int, int]:
+    """A bundle's (on_hand, reserved, in_transit) at one location from its parts' (on_hand, reserved,
+    in_transit, safety_stock) there (a part without a row: all 0).
+
+    on_hand and in_transit are the whole bundles the parts make (min of ⌊units ÷ units per bundle⌋, never
+    below 0); ``reserved`` is what the parts' reservations and safety stocks hold back of that on_hand, so
+    that available = on_hand − reserved − the bundle's own safety stock = min over parts of
+    ⌊part available ÷ units per bundle⌋ − that safety stock."""
+    zero = (0, 0, 0, 0)
+    on_hand = min((max(0, rows.get(sku, zero)[0]) // units for sku, units in parts.items()), default=0)
+    usable = min((available(*_oh_res_ss(rows.get(sku, zero))) // units for sku, units in parts.items()), default=0)
+    in_transit = min((max(0, rows.get(sku, zero)[2]) // units for sku, units in parts.items()), default=0)
+    return on_hand, on_hand - usable, in_transit
+
+
+def _oh_res_ss(row: tuple[int, int, int, int]) -> tuple[int, int, int]:
+    return row[0], row[1], row[3]
+
+
+@dataclass(frozen=True, slots=True)
+class BundleBook:
+    """What resolution knows of bundles: each bundle's parts now (``flatten``), and the parts that applied to
+    the movements the hub expanded under an earlier recipe (event id -> parts; None: booked as a plain SKU,
+    before it was a bundle). A movement not in ``fixed`` is expanded by the parts of now, if any."""
+
+    recipes: Mapping[str, Parts] = field(default_factory=dict)
+    fixed: Mapping[bytes, Parts | None] = field(default_factory=dict)
+
+    def parts_for(self, ev: StockEvent) -> Parts | None:
+        if ev.event_id in self.fixed:
+            return self.fixed[ev.event_id]
+        return self.recipes.get(ev.sku)
+
+
 # --- the resolution ----------------------------------------------------------
 
 
@@ -378,11 +534,18 @@ class Resolution:
     findings: tuple[Finding, ...]
 
 
-def resolve(events: Iterable[StockEvent], safety_stock: Mapping[StockKey, int] | None = None) -> Resolution:
+def resolve(
+    events: Iterable[StockEvent],
+    safety_stock: Mapping[StockKey, int] | None = None,
+    bundles: BundleBook | None = None,
+) -> Resolution:
     """Resolve a set of events (duplicates allowed; one content per event id).
 
     The stock keys are every (location, sku) with an event, every destination a
-    transfer_out names, and every key given a safety stock.
+    transfer_out names, every key given a safety stock, and each bundle of
+    ``bundles`` wherever one of its parts has a key. A movement of a bundle is
+    expanded into its parts' movements (effect "expanded"); a count of one is
+    rejected (effect "rejected"), as the hub refuses it.
     """
     unique: dict[bytes, StockEvent] = {}
     for ev in events:
@@ -390,10 +553,25 @@ def resolve(events: Iterable[StockEvent], safety_stock: Mapping[StockKey, int] |
         if seen is not ev and seen.content_hash != ev.content_hash:
             raise ValueError(f"two different events share the id {ev.event_id.hex()}; resolve needs one per id")
 
+    effects: dict[bytes, Effect] = {}
+    keys: set[StockKey] = set(safety_stock or ())
+    book = bundles or BundleBook()
+    if book.recipes or book.fixed:
+        for ev in list(unique.values()):
+            parts = book.parts_for(ev)
+            if parts is None:
+                continue
+            del unique[ev.event_id]
+            if bundle_problem(ev, parts) is not None:
+                effects[ev.event_id] = Effect.REJECTED
+                continue
+            effects[ev.event_id] = Effect.EXPANDED
+            keys.add((ev.location, ev.sku))
+            unique.update((part.event_id, part) for part in expand(ev, parts))
+
     by_key: dict[StockKey, list[StockEvent]] = defaultdict(list)
     reservations: dict[ReservationKey, Reservation] = {}
     transfers: dict[TransferKey, Transfer] = {}
-    keys: set[StockKey] = set(safety_stock or ())
     for ev in unique.values():
         by_key[(ev.location, ev.sku)].append(ev)
         if (rkey := reservation_key(ev)) is not None:
@@ -412,9 +590,10 @@ def resolve(events: Iterable[StockEvent], safety_stock: Mapping[StockKey, int] |
         if t.to_location is not None:
             in_transit[(t.to_location, t.sku)] += t.in_transit
 
-    effects: dict[bytes, Effect] = {}
     variances: dict[bytes, int] = {}
     stock: dict[StockKey, StockState] = {}
+    for bundle, parts in book.recipes.items():
+        keys.update((location, bundle) for location, sku in list(keys) if sku in parts)
     for key in sorted(keys):
         evs = sorted(by_key.get(key, ()), key=order_key)
         last_count = max((i for i, ev in enumerate(evs) if ev.kind is Kind.COUNT), default=-1)
@@ -438,6 +617,17 @@ def resolve(events: Iterable[StockEvent], safety_stock: Mapping[StockKey, int] |
             safety_stock=(safety_stock or {}).get(key, 0),
             last_count=order_key(evs[last_count]) if last_count >= 0 else None,
         )
+
+    for (location, sku), state in list(stock.items()):
+        parts = book.recipes.get(sku)
+        if parts is not None:  # a bundle: its counts are its parts'
+            here = {
+                part: (row.on_hand, row.reserved, row.in_transit, row.safety_stock)
+                for part in parts
+                if (row := stock.get((location, part))) is not None
+            }
+            made, held_back, moving = bundle_counts(parts, here)
+            stock[(location, sku)] = replace(state, on_hand=made, reserved=held_back, in_transit=moving)
 
     findings = [f for s in stock.values() if (f := negative_on_hand_finding(s.location, s.sku, s.on_hand))]
     findings += [f for _, t in sorted(transfers.items()) if (f := t.finding())]

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.resolver import is_location
+from hub.webhook_spec import SECRET_MIN_LEN as WEBHOOK_SECRET_MIN_LEN  # a webhook channel signs like them
 from protocol.event import SKU_MAX_LEN
 
 KINDS = ("shopify", "square", "webhook")
@@ -45,6 +46,8 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RETRY_MAX_S = 300.0
 DEFAULT_SHOPIFY_REASON = "correction"
 DEFAULT_COALESCE_S = 0.25  # after a push, gather changes this long before the next one
+DEFAULT_RECONCILE_S = 900.0  # read the channel's levels back this often (0: never)
+RECONCILE_MIN_S = 10.0
 SHOPIFY_REASONS = (
     "correction",
     "cycle_count_available",
@@ -85,6 +88,7 @@ KEYS = (
     "notification_url",
     "fulfil_from",
     "order_location",
+    "reconcile_s",
 )
 BUFFER_KEYS = ("units", "percent", "skus")
 
@@ -137,6 +141,7 @@ class ChannelSpec:
     notification_url: str = ""
     fulfil_from: Mapping[str, str] = field(default_factory=dict)  # channel location id -> hub location
     order_location: str = ""  # hub location reserving an order that names no location
+    reconcile_s: float = DEFAULT_RECONCILE_S  # read the levels back this often (hub.channels.reconcile; 0: never)
 
     @property
     def channel_locations(self) -> tuple[str, ...]:
@@ -214,6 +219,13 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
     timeout_s = _seconds(where, "timeout_s", table.get("timeout_s", DEFAULT_TIMEOUT_S), 0.1, 300.0)
     retry_max_s = _seconds(where, "retry_max_s", table.get("retry_max_s", DEFAULT_RETRY_MAX_S), 0.01, 86_400.0)
     coalesce_s = _seconds(where, "coalesce_s", table.get("coalesce_s", DEFAULT_COALESCE_S), 0.0, 60.0)
+    reconcile_s = _seconds(where, "reconcile_s", table.get("reconcile_s", DEFAULT_RECONCILE_S), 0.0, 86_400.0)
+    if 0 < reconcile_s < RECONCILE_MIN_S:
+        raise ChannelConfigError(f"{where}: reconcile_s must be 0 (never) or from {RECONCILE_MIN_S:g} to 86400 seconds")
+    if kind == "webhook" and len(secret) < WEBHOOK_SECRET_MIN_LEN:
+        raise ChannelConfigError(
+            f"{where}: a webhook channel's secret signs its requests; make it at least {WEBHOOK_SECRET_MIN_LEN} characters"
+        )
     reason = table.get("reason", DEFAULT_SHOPIFY_REASON)
     if reason not in SHOPIFY_REASONS:
         raise ChannelConfigError(f"{where}: reason must be one of Shopify's reasons ({', '.join(SHOPIFY_REASONS)})")
@@ -237,6 +249,7 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
         retry_max_s=retry_max_s,
         reason=reason,
         coalesce_s=coalesce_s,
+        reconcile_s=reconcile_s,
         **_orders_back(where, kind, table, pool, base, env),
     )
 

@@ -1,11 +1,15 @@
-"""What a push connector is: set levels at a channel, list its items. Errors the pusher understands.
+"""What a push connector is: set levels at a channel, read them back, list its items. Errors the pusher
+understands.
 
 A connector speaks one channel's API and nothing else: it holds no cursor and
-no state beyond its session and its throttle model. ``push`` sets one batch of
-levels and returns what the channel confirmed; it raises ``ChannelUnavailable``
-when trying again later may work (timeouts, 5xx, throttling that did not
-clear) and ``ChannelRejected`` when the channel refused the request (a bad
-token, an unknown item) and a person must act.
+no state beyond its session, its throttle model and how its last call went.
+``push`` sets one batch of levels and returns what the channel confirmed; it
+raises ``ChannelUnavailable`` when trying again later may work (timeouts, 5xx,
+throttling that did not clear), ``LevelsRefused`` when the channel refused
+some levels of the batch for good and applied nothing (an item that cannot be
+stocked or set there: the pusher sends the rest without them), and
+``ChannelRejected`` when the channel refused the request as a whole (a bad
+token) and a person must act.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,6 +26,7 @@ import aiohttp
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from hub.storage.base import HubError
+from protocol import wall_ms_now
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6b1f3a52-5c8e-4d8e-9a43-2f0c1d7e9b10")
 
@@ -42,6 +47,27 @@ class ChannelRejected(ChannelError):
     """The channel refused the request; the message says what a person must fix."""
 
 
+class LevelsRefused(ChannelRejected):
+    """The channel refused these levels of a batch for good and applied none of the batch.
+
+    ``refused``: each refused level with the channel's reason (one sentence);
+    the other levels of the batch may be sent again without them.
+    """
+
+    def __init__(self, message: str, refused: Mapping[LevelKey, str]) -> None:
+        super().__init__(message)
+        self.refused = dict(refused)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorStatus:
+    """How a connector's calls are going, for the status API (``GET /v1/channels``)."""
+
+    connected: bool | None  # the last call was answered and the credential accepted (None: no call yet)
+    last_call_ms: int | None  # when the last call ended (the hub's clock)
+    throttle: dict[str, Any] | None  # the channel's rate limit as last reported (shape per kind), None if none
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One level to set: the quantity, what the channel had when last confirmed, and when it became true."""
@@ -53,6 +79,7 @@ class Target:
 
 class Connector(Protocol):
     kind: str
+    readable: bool  # ``read_levels`` works (a generic webhook cannot be read back)
 
     async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
         """Set every level of ``batch``; return the quantities the channel confirmed.
@@ -66,7 +93,26 @@ class Connector(Protocol):
     async def listing(self) -> list[ListingEntry]:
         """Every sellable item of the channel with its SKU (the product listing)."""
 
+    async def read_levels(self, keys: Sequence[LevelKey]) -> dict[LevelKey, int | None]:
+        """What the channel shows at each level now (None: the item is not stocked there)."""
+
+    def status(self) -> ConnectorStatus:
+        """Whether the last call went through, when, and the throttle state the channel last reported."""
+
     async def close(self) -> None: ...
+
+
+class CallRecord:
+    """How a connector's last call went (``Connector.status``): answered and accepted or not, and when."""
+
+    __slots__ = ("at_ms", "ok")
+
+    def __init__(self) -> None:
+        self.ok: bool | None = None
+        self.at_ms: int | None = None
+
+    def answered(self, ok: bool) -> None:
+        self.ok, self.at_ms = ok, wall_ms_now()
 
 
 def idempotency_key(turn_key: str, content: Any) -> str:

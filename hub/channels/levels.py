@@ -4,6 +4,10 @@ Pure: counts in, levels out, no I/O. For each channel location, the pool's
 available is the sum of ``available`` over the hub locations mapped to it
 (``available`` is already never negative); the buffer is taken off that sum
 and the result is never below zero.
+
+A bundle (docs/design.md "Bundles and kits") shows what its parts make in the
+pool: for each part, its pool available less its buffer, ⌊÷ units per bundle⌋;
+the least of those, less the bundle's own buffer (``bundle_levels``).
 """
 
 from __future__ import annotations
@@ -72,3 +76,50 @@ def channel_levels(
             total = sums.get((sku, where), 0)
             levels[LevelKey(items[sku], where)] = max(0, total - buffer.held_back(sku, total))
     return levels
+
+
+def bundle_levels(
+    counts: Iterable[HasAvailable],
+    pool: Mapping[str, str],
+    buffer: Buffer,
+    item_id: str,
+    bundle: str,
+    parts: Mapping[str, int],
+) -> dict[LevelKey, int]:
+    """The level the channel should show for a bundle (SKU ``bundle``, the channel's ``item_id``) at each
+    channel location: for each part, the pool's available of it less that part's buffer, divided by the part's
+    units per bundle and rounded down; the least of those; less the bundle's own buffer; never below zero.
+
+    ``parts``: plain SKU -> units per bundle (``HubStore.bundle_parts``); ``counts``: rows of the parts (rows
+    of other SKUs and of locations outside the pool are ignored). A part without a row in the pool makes 0."""
+    sums: dict[tuple[str, str], int] = {}
+    for row in counts:
+        where = pool.get(row.location)
+        if where is None or row.sku not in parts:
+            continue
+        sums[(row.sku, where)] = sums.get((row.sku, where), 0) + max(0, row.available)
+    levels: dict[LevelKey, int] = {}
+    for where in dict.fromkeys(pool.values()):
+        made = None
+        for sku, units in parts.items():
+            total = sums.get((sku, where), 0)
+            usable = max(0, total - buffer.held_back(sku, total)) // units
+            made = usable if made is None else min(made, usable)
+        made = made or 0
+        levels[LevelKey(item_id, where)] = max(0, made - buffer.held_back(bundle, made))
+    return levels
+
+
+def sku_levels(
+    counts: Iterable[HasAvailable],
+    pool: Mapping[str, str],
+    buffer: Buffer,
+    items: Mapping[str, str],
+    sku: str,
+    parts: Mapping[str, int] | None = None,
+) -> dict[LevelKey, int]:
+    """The levels of one mapped SKU: ``bundle_levels`` when it is a bundle (``parts`` given), else
+    ``channel_levels``."""
+    if parts:
+        return bundle_levels(counts, pool, buffer, items[sku], sku, parts)
+    return channel_levels(counts, pool, buffer, items, [sku])

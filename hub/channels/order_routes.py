@@ -48,10 +48,10 @@ from hub.channels.orders import (
     square_signature_ok,
     to_events,
 )
-from hub.channels.runner import make_connector
+from hub.channels.runner import make_connector, open_channel_state
 from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
-from hub.channels.state import SqliteChannelState
+from hub.channels.state import ChannelState
 from hub.logsafety import RepeatLog, one_line
 from hub.storage.base import AgentIdentity
 from protocol import wall_ms_now
@@ -85,7 +85,7 @@ class OrderWebhooks:
         self.specs = {s.name: s for s in specs if s.webhook_secret}
         self._db_path = db_path
         self._window_ms = clock_window_ms
-        self._state: SqliteChannelState | None = None
+        self._state: ChannelState | None = None
         self._connectors: dict[str, Any] = {}
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.bad_signatures = RepeatLog(
@@ -95,12 +95,8 @@ class OrderWebhooks:
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """The channel state and one HTTP session for the channels' APIs, while the app runs."""
-        if "://" in self._db_path and not self._db_path.startswith("sqlite://"):
-            raise ChannelError(
-                "channels keep their state in the hub's SQLite file; a PostgreSQL hub cannot take order webhooks yet"
-            )
         async with (
-            await SqliteChannelState.open(self._db_path) as state,
+            open_channel_state(self._db_path) as state,
             aiohttp.ClientSession(trust_env=False) as session,
         ):
             self._state = state

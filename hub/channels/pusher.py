@@ -6,10 +6,24 @@ One turn is one unit of work:
 2. for every mapped SKU the page touches at a pool location, compute the level
    the channel should show from the hub's *current* counts (so a burst of
    1,000 sales of one SKU is one level, and the last value always wins);
-3. drop the levels equal to what the channel last confirmed;
+3. drop the levels equal to what the channel last confirmed, and those the
+   channel refused for good at that same quantity;
 4. push the rest in batches of ``batch_max``; after each batch the channel
    confirmed, store the confirmed quantities, and with the last batch move the
    cursor to the end of the page — in one transaction.
+
+Some levels are *forced*: they go out in the next turn even if they equal what
+the channel last confirmed — every level of every mapped SKU after the mapping
+is (re)loaded (items mapped just now were never told), and the levels the
+reconciler (``hub.channels.reconcile``) found diverging, with the channel's
+actual quantity as the compare-and-set base. A forced level carries the time
+of the push as its ``occurred_at`` (Square keeps the newest count).
+
+A level the channel refuses for good (``LevelsRefused``: an item it cannot
+stock or set) does not block the channel: it is stored as a refusal (listed in
+the hub's exceptions with the channel's reason), the batch goes out again
+without it, and it is sent again only when its level changes or the mapping
+is refreshed.
 
 After a turn that pushed, the loop waits ``coalesce_s`` before the next one,
 so the changes of a burst gather into one page: 1,000 sales of one SKU in a
@@ -21,6 +35,10 @@ does the same turn again from the same cursor, so the request carries the same
 idempotency key when its content is the same. A restart resumes from the saved
 cursor; nothing after it is skipped, and nothing already confirmed is sent
 again unless its value changed.
+
+Lag (``LagStats``): per turn that confirmed levels, the time from the newest
+pushed change's movement at the store (its event's wall clock) to the
+channel's confirmation; the last one and a rolling p50/p99, in memory.
 """
 
 from __future__ import annotations
@@ -28,30 +46,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
-from collections.abc import Sequence
+import uuid
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
+from hub.bundles import bundle_parts_of
 from hub.channels.config import ChannelSpec
-from hub.channels.connector import ChannelError, Connector, Target
-from hub.channels.levels import LevelKey, channel_levels
+from hub.channels.connector import ChannelError, ChannelRejected, Connector, LevelsRefused, Target
+from hub.channels.levels import LevelKey, sku_levels
 from hub.channels.loop import Backoff, Health
-from hub.channels.mapping import MappingError, SkuMapping, build_mapping, parse_mapping_csv
-from hub.channels.state import ChannelState
-from hub.storage.base import ChangeRow, CountRow, StoreClosed, StoreError
+from hub.channels.mapping import ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
+from hub.channels.state import ChannelState, Refusal
+from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
 from protocol import wall_ms_now
+
+if TYPE_CHECKING:
+    from hub.channels.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT_DEFAULT = 1_000
 WAIT_S_DEFAULT = 60.0
 COUNTS_LIMIT = 100_000
+LAG_SAMPLES = 1_000  # the rolling window of lag samples (one per confirmed turn)
+LEDGER_LOOKBACK = 32  # newest ledger rows of a (location, sku) searched for a change's event
+UNMAPPED_MAX = 1_000  # SKUs remembered as moving in the pool unmapped since the mapping was loaded
+KIND_NAMES = {"shopify": "Shopify", "square": "Square", "webhook": "the receiver"}
 
 
 class FeedReader(Protocol):
-    """The part of the hub store a pusher reads: the change feed and the counts."""
+    """The part of the hub store a pusher reads: the change feed, the counts, the ledger (for lag)."""
 
     async def changes(
         self, after: int, limit: int, location: str | None = None, sku: str | None = None
@@ -60,6 +89,10 @@ class FeedReader(Protocol):
     async def counts(
         self, *, location: str | None = None, sku: str | None = None, limit: int = 1000
     ) -> list[CountRow]: ...
+
+    async def ledger(
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000
+    ) -> list[LedgerRow]: ...
 
 
 class ChangeWaiter(Protocol):
@@ -76,7 +109,7 @@ class PusherStatus:
     """Where one pusher stands, in memory (the stored position is the channel state's)."""
 
     cursor: int = 0
-    turns: int = 0  # turns that found changes
+    turns: int = 0  # turns that found changes (or forced levels)
     pushes: int = 0  # batches the channel confirmed
     levels_pushed: int = 0
     failures: int = 0
@@ -84,6 +117,40 @@ class PusherStatus:
     last_push_ms: int | None = None
     mapped: int = 0
     findings: int = 0
+    refused: int = 0  # levels the channel refused for good and has not taken since
+
+
+class LagStats:
+    """Store movement → channel confirmation, in ms: the last sample and percentiles of the last ``size``."""
+
+    def __init__(self, size: int = LAG_SAMPLES) -> None:
+        self._samples: deque[int] = deque(maxlen=size)
+        self.last_ms: int | None = None
+
+    def add(self, lag_ms: int) -> None:
+        self.last_ms = max(0, lag_ms)
+        self._samples.append(self.last_ms)
+
+    def percentile_ms(self, p: float) -> int | None:
+        """The ``p``-th percentile (nearest rank) of the window, None when empty."""
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        rank = max(1, math.ceil(len(ordered) * p / 100))
+        return ordered[min(rank, len(ordered)) - 1]
+
+    @property
+    def samples(self) -> int:
+        return len(self._samples)
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """What the channel should show at one level now: for which SKU, how many, and the newest count's time."""
+
+    sku: str
+    quantity: int
+    at_ms: int
 
 
 class ChannelPusher:
@@ -104,19 +171,40 @@ class ChannelPusher:
     ) -> None:
         self.spec = spec
         self.status = PusherStatus()
+        self.lag = LagStats()
         self.connector = connector
+        self.state = state
+        self.mapping: SkuMapping | None = None
+        self.reconciler: Reconciler | None = None  # set by hub.channels.runner
         self._feed = feed
-        self._state = state
         self._waiter = waiter
         self._page_limit = page_limit
         self._wait_s = wait_s
         self._backoff = backoff or Backoff(max_s=spec.retry_max_s)
         self._rng = rng or random.Random()
         self._health = Health(log, f"channel {spec.name}: pushing levels to {spec.kind}")
+        self._identity = spec.kind == "webhook" and spec.mapping_csv is None  # every SKU is its own item
         self._items: dict[str, str] = {}
         self._pushed: dict[LevelKey, int] = {}
+        self._refused: dict[LevelKey, Refusal] = {}
+        self._forced: dict[str, None] = {}  # SKUs whose every level goes out next turn (after a mapping load)
+        self._bases: dict[LevelKey, int] = {}  # levels to correct next turn, from the channel's actual quantity
+        # The stamp each level last went out with: a level's next stamp is always later, so a channel that
+        # orders changes by their time (Square's occurred_at) never keeps an older level over a newer one
+        # (a full push is stamped with the push time, which can be later than the next change's commit).
+        self._stamps: dict[LevelKey, int] = {}
+        self._force_gen = 0
+        self._nonce = uuid.uuid4().hex[:12]  # forced turns of this process never share an idempotency key
+        self._touched: dict[LevelKey, int] = {}  # push_seq of each level's last confirmation
+        self.push_seq = 0  # confirmed batches so far (the reconciler skips levels confirmed while it read)
+        self._key_sku: dict[LevelKey, str] = {}
+        self._unmapped_since: set[str] = set()  # SKUs that moved in the pool, unmapped, since the mapping load
+        self._parts: dict[str, dict[str, int]] = {}  # bundles of the last turn and their parts
         self._loaded = False
         self._pushed_last_turn = False
+        self.busy = False  # a turn is running
+        self._lock = asyncio.Lock()  # one turn or mapping refresh at a time
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -147,7 +235,7 @@ class ChannelPusher:
     # --- the loop -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Turn after turn: work while there are changes, wait for the feed when there are none."""
+        """Turn after turn: work while there are changes, wait for the feed (or forced levels) when there are none."""
         try:
             while not self._stopped and not self._waiter.closed:
                 try:
@@ -161,67 +249,269 @@ class ChannelPusher:
                 self._health.succeeded()
                 self.status.failures, self.status.last_error = 0, None
                 if not worked:
-                    await self._waiter.wait_past(self.status.cursor, self._wait_s)
+                    await self._idle()
                 elif self._pushed_last_turn and self.spec.coalesce_s > 0:
                     await asyncio.sleep(self.spec.coalesce_s)  # let a burst gather: its last value goes out next
         except StoreClosed:
             return
 
+    async def _idle(self) -> None:
+        """Wait for a change after the cursor, a wake-up (forced levels) or ``wait_s``."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        feed = asyncio.ensure_future(self._waiter.wait_past(self.status.cursor, self._wait_s))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({feed, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (feed, woken):
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(feed, woken, return_exceptions=True)
+            self._wake.clear()
+
     async def turn(self) -> bool:
-        """One unit of work; False when there was no change after the cursor."""
-        await self._load()
+        """One unit of work; False when there was no change after the cursor and nothing forced."""
+        async with self._lock:
+            await self._load()
+            self.busy = True
+            try:
+                return await self._turn()
+            finally:
+                self.busy = False
+
+    async def _turn(self) -> bool:
         start = self.status.cursor
         rows = await self._feed.changes(start, self._page_limit)
-        if not rows:
+        forced, based = dict(self._forced), set(self._bases)
+        if not rows and not forced and not based:
             return False
-        end = rows[-1].change_id
-        targets = await self._targets(rows)
-        turn_key = f"{self.spec.name}:{start}"
+        end = rows[-1].change_id if rows else start
+        targets = await self._targets(rows, forced)
+        turn_key = f"{self.spec.name}:{start}" + (f":{self._nonce}:{self._force_gen}" if forced or based else "")
         keys = sorted(targets)
         batches = [keys[i : i + self.spec.batch_max] for i in range(0, len(keys), self.spec.batch_max)] or [[]]
+        confirmed_all: dict[LevelKey, int] = {}
         for n, batch in enumerate(batches):
-            confirmed = await self.connector.push({k: targets[k] for k in batch}, turn_key) if batch else {}
+            confirmed = await self._push_batch({k: targets[k] for k in batch}, turn_key) if batch else {}
+            self._stamps.update((k, targets[k].occurred_at_ms) for k in confirmed)
             now_ms = wall_ms_now()
             last = n == len(batches) - 1
-            await self._state.record(self.spec.name, confirmed, now_ms, cursor=end if last else None)
-            self._pushed.update(confirmed)
-            if batch:
+            await self._state_record(confirmed, now_ms, end if last and rows else None)
+            if last:
+                self.status.cursor = end
+            confirmed_all.update(confirmed)
+            if confirmed:
                 self.status.pushes += 1
                 self.status.levels_pushed += len(confirmed)
                 self.status.last_push_ms = now_ms
-        self.status.cursor = end
+        await self._settle(confirmed_all, forced, based)
+        if rows and confirmed_all:
+            await self._sample_lag(rows, confirmed_all)
         self.status.turns += 1
         self._pushed_last_turn = bool(keys)
         return True
 
-    async def _targets(self, rows: Sequence[ChangeRow]) -> dict[LevelKey, Target]:
-        pool = self.spec.pool
-        skus = sorted({r.sku for r in rows if r.location in pool and r.sku in self._items})
+    async def _state_record(self, confirmed: dict[LevelKey, int], now_ms: int, cursor: int | None) -> None:
+        await self.state.record(self.spec.name, confirmed, now_ms, cursor=cursor)
+        self._pushed.update(confirmed)
+        if confirmed:
+            self.push_seq += 1
+            for k in confirmed:
+                self._touched[k] = self.push_seq
+                self._bases.pop(k, None)
+
+    async def _settle(
+        self, confirmed: dict[LevelKey, int], forced: Mapping[str, None], based: Collection[LevelKey]
+    ) -> None:
+        """After a turn: forced levels are done, refusals the channel now took are forgotten, divergences whose
+        level the channel confirmed are corrected."""
+        for sku in forced:
+            self._forced.pop(sku, None)
+        for key in based:
+            self._bases.pop(key, None)  # confirmed or refused: either way, no longer to be corrected
+        taken = [k for k in confirmed if k in self._refused]
+        if taken:
+            await self.state.clear_refusals(self.spec.name, taken)
+            for k in taken:
+                del self._refused[k]
+            self.status.refused = len(self._refused)
+        corrected = [k for k in confirmed if k in based or self._key_sku.get(k) in forced]
+        if corrected:
+            closed = await self.state.close_divergences(self.spec.name, corrected, wall_ms_now())
+            if closed:
+                log.info("channel %s: %d diverging level(s) corrected", self.spec.name, closed)
+
+    async def _push_batch(self, batch: dict[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
+        """Push one batch; levels the channel refuses for good are stored as refusals and the rest sent again."""
+        pending = dict(batch)
+        while pending:
+            try:
+                return await self.connector.push(pending, turn_key)
+            except LevelsRefused as err:
+                refused = {k: why for k, why in err.refused.items() if k in pending}
+                if not refused:
+                    raise ChannelRejected(str(err)) from err
+                await self._refuse(refused, pending)
+                pending = {k: t for k, t in pending.items() if k not in refused}
+        return {}
+
+    async def _refuse(self, refused: Mapping[LevelKey, str], batch: Mapping[LevelKey, Target]) -> None:
+        now_ms = wall_ms_now()
+        stored = {
+            k: Refusal(self._key_sku.get(k, k.item_id), self.single_feeder(k.location_id), batch[k].quantity, why, now_ms)
+            for k, why in refused.items()
+        }
+        await self.state.refuse(self.spec.name, stored)
+        self._refused.update(stored)
+        self.status.refused = len(self._refused)
+        who = KIND_NAMES.get(self.spec.kind, self.spec.kind)
+        for k, r in list(stored.items())[:20]:
+            log.warning(
+                "channel %s: %s refused to set %s (%s) at %s to %d (%s); the channel's other levels go out, and this "
+                "one again when its level changes or the mapping is refreshed",
+                self.spec.name, who, r.sku, k.item_id, k.location_id, r.quantity, r.detail,
+            )  # fmt: skip
+        if len(stored) > 20:
+            log.warning("channel %s: %s refused %d more level(s)", self.spec.name, who, len(stored) - 20)
+
+    async def _targets(self, rows: Sequence[ChangeRow], forced: Collection[str] = ()) -> dict[LevelKey, Target]:
+        now_ms = wall_ms_now()
         targets: dict[LevelKey, Target] = {}
-        for sku in skus:
-            counts = [c for c in await self._feed.counts(sku=sku, limit=COUNTS_LIMIT) if c.location in pool]
-            at_ms = max((c.updated_at_ms for c in counts), default=0)
-            for key, quantity in channel_levels(counts, pool, self.spec.buffer, self._items, [sku]).items():
-                previous = self._pushed.get(key)
-                if previous != quantity:
-                    targets[key] = Target(quantity, previous, at_ms)
+        also = {*forced, *(self._key_sku[k] for k in self._bases if k in self._key_sku)}
+        for key, level in (await self.levels_now({r.sku for r in rows if r.location in self.spec.pool}, also)).items():
+            previous = self._pushed.get(key)
+            if level.sku in forced or key in self._bases:
+                targets[key] = Target(level.quantity, self._bases.get(key, previous), self._stamp(key, now_ms))
+                continue
+            refusal = self._refused.get(key)
+            if previous != level.quantity and (refusal is None or refusal.quantity != level.quantity):
+                targets[key] = Target(level.quantity, previous, self._stamp(key, level.at_ms))
         return targets
+
+    def _stamp(self, key: LevelKey, at_ms: int) -> int:
+        return max(at_ms, self._stamps.get(key, 0) + 1)
+
+    async def levels_now(self, moved: Collection[str], also: Collection[str] = ()) -> dict[LevelKey, Level]:
+        """What the channel should show now at every level of the mapped SKUs among ``moved`` and ``also``, and
+        of every bundle made of one of them, from the hub's current counts."""
+        pool = self.spec.pool
+        moved = set(moved) | set(also)
+        if self._identity:  # a webhook without a mapping CSV: every SKU is its own item
+            for sku in moved:
+                self._items.setdefault(sku, sku)
+            self.status.mapped = len(self._items)
+        bundles = await bundle_parts_of(self._feed, moved)  # made of what moved
+        skus = sorted((moved | bundles.keys()) & self._items.keys())
+        for sku in sorted(moved - self._items.keys())[: max(0, UNMAPPED_MAX - len(self._unmapped_since))]:
+            self._unmapped_since.add(sku)
+        levels: dict[LevelKey, Level] = {}
+        for sku in skus:
+            counts = [c for s in (sku, *bundles.get(sku, ())) for c in await self._feed.counts(sku=s, limit=COUNTS_LIMIT) if c.location in pool]  # fmt: skip
+            at_ms = max((c.updated_at_ms for c in counts), default=0)
+            for key, quantity in sku_levels(counts, pool, self.spec.buffer, self._items, sku, bundles.get(sku)).items():
+                levels[key] = Level(sku, quantity, at_ms)
+                self._key_sku[key] = sku
+        self._parts.update(bundles)
+        return levels
+
+    async def _sample_lag(self, rows: Sequence[ChangeRow], confirmed: Mapping[LevelKey, int]) -> None:
+        """One lag sample: the newest change behind what was confirmed, from its movement at the store."""
+        skus = {self._key_sku[k] for k in confirmed if k in self._key_sku}
+        skus |= {p for s in list(skus) for p in self._parts.get(s, {})}
+        newest = max((r for r in rows if r.sku in skus and r.location in self.spec.pool), key=lambda r: r.change_id,
+                     default=None)  # fmt: skip
+        if newest is None:
+            return
+        at_store_ms = newest.at_ms  # the hub's commit time, when the event cannot be found
+        if newest.event_ids:
+            try:
+                recent = await self._feed.ledger(location=newest.location, sku=newest.sku, limit=LEDGER_LOOKBACK)
+            except StoreError:
+                recent = []
+            walls = [r.wall_ms for r in recent if r.event_id in newest.event_ids]
+            if walls:
+                at_store_ms = max(walls)
+        self.lag.add(wall_ms_now() - at_store_ms)
+
+    # --- what the reconciler and the status API use -------------------------------------
+
+    @property
+    def items(self) -> dict[str, str]:
+        """The mapped SKUs and their channel item ids (a copy)."""
+        return dict(self._items)
+
+    @property
+    def pushed(self) -> dict[LevelKey, int]:
+        """The last quantity the channel confirmed at each level (a copy)."""
+        return dict(self._pushed)
+
+    @property
+    def refused(self) -> dict[LevelKey, Refusal]:
+        return dict(self._refused)
+
+    def unmapped(self) -> list[str]:
+        """SKUs with stock in the pool no channel item carries: found when the mapping was loaded, and those that
+        moved in the pool since (sorted)."""
+        found = {f.sku for f in self.mapping.findings if f.kind == "unmapped_sku" and f.sku} if self.mapping else set()
+        return sorted((found | self._unmapped_since) - self._items.keys())
+
+    def confirmed_since(self, seq: int) -> set[LevelKey]:
+        """The levels the channel confirmed after ``push_seq`` was ``seq``."""
+        return {k for k, n in self._touched.items() if n > seq}
+
+    def single_feeder(self, channel_location: str) -> str | None:
+        """The hub location feeding ``channel_location``, when only one does."""
+        feeding = [h for h, c in self.spec.pool.items() if c == channel_location]
+        return feeding[0] if len(feeding) == 1 else None
+
+    async def ready(self) -> None:
+        """The mapping, cursor and confirmed levels are loaded (loading them if the loop has not yet)."""
+        if not self._loaded:
+            async with self._lock:
+                await self._load()
+
+    async def behind(self) -> bool:
+        """A turn is running or a change after the cursor waits: levels may be on their way to the channel."""
+        if self.busy or self._forced or self._bases:
+            return True
+        return bool(await self._feed.changes(self.status.cursor, 1))
+
+    async def correct(self, bases: Mapping[LevelKey, int]) -> None:
+        """Push these levels in the next turn whatever was last confirmed, from the channel's actual quantity."""
+        async with self._lock:
+            self._bases.update((k, base) for k, base in bases.items() if k in self._key_sku)
+            self._force_gen += 1
+        self._wake.set()
 
     # --- mapping and state ---------------------------------------------------------
 
-    async def _load(self) -> None:
+    async def _load(self) -> bool:
+        """Load what the state holds; True when the mapping had to be built (first start)."""
         if self._loaded:
-            return
-        mapping = await self._state.mapping(self.spec.name)
+            return False
+        mapping = await self.state.mapping(self.spec.name)
+        self.status.cursor = await self.state.cursor(self.spec.name)
+        self._pushed = await self.state.pushed(self.spec.name)
+        self._refused = await self.state.refusals(self.spec.name)
+        self.status.refused = len(self._refused)
         if mapping is None:
-            mapping = await self.refresh_mapping()
-        self._use(mapping)
-        self.status.cursor = await self._state.cursor(self.spec.name)
-        self._pushed = await self._state.pushed(self.spec.name)
+            await self._refresh()
+        else:
+            self._use(mapping)
         self._loaded = True
+        return mapping is None
 
     async def refresh_mapping(self) -> SkuMapping:
-        """Load the mapping again (from ``mapping_csv`` if configured, else the channel's listing) and store it."""
+        """Load the mapping again (from ``mapping_csv`` if configured, else the channel's listing), store it, forget
+        the refused levels, and push every mapped level once in the next turn."""
+        async with self._lock:
+            if await self._load() and self.mapping is not None:  # built just now, for the first time
+                return self.mapping
+            return await self._refresh()
+
+    async def _refresh(self) -> SkuMapping:
         spec = self.spec
         if spec.mapping_csv is not None:
             try:
@@ -230,20 +520,35 @@ class ChannelPusher:
                 raise MappingError(f"the mapping CSV {spec.mapping_csv} of channel {spec.name} cannot be read ({err})") from err
             entries = parse_mapping_csv(text, source=f"the mapping CSV {spec.mapping_csv}")
             where = "the mapping CSV"
+        elif self._identity:
+            entries = []
+            where = "the hub"
         else:
             entries = await self.connector.listing()
             where = {"shopify": "Shopify", "square": "Square"}.get(spec.kind, spec.kind)
-        mapping = build_mapping(spec.name, entries, await self._skus_in_pool(), where=where)
-        await self._state.save_mapping(spec.name, mapping)
+        in_pool = await self._skus_in_pool()
+        if self._identity:
+            entries = [ListingEntry(sku, sku) for sku in sorted(in_pool)]
+        mapping = build_mapping(spec.name, entries, in_pool, where=where)
+        await self.state.save_mapping(spec.name, mapping)
+        await self.state.clear_refusals(spec.name)
         for finding in mapping.findings[:20]:
             log.warning("channel %s: %s", spec.name, finding.detail)
         if len(mapping.findings) > 20:
             log.warning("channel %s: %d more mapping findings are stored", spec.name, len(mapping.findings) - 20)
         log.info("channel %s: %d SKU(s) mapped, %d finding(s)", spec.name, len(mapping.items), len(mapping.findings))
         self._use(mapping)
+        self._refused = {}
+        self.status.refused = 0
+        self._forced = dict.fromkeys(sorted(self._items))  # every mapped level goes out once
+        self._bases = {}
+        self._force_gen += 1
+        self._wake.set()
         return mapping
 
     def _use(self, mapping: SkuMapping) -> None:
+        self.mapping = mapping
+        self._unmapped_since = set()
         self._items = mapping.by_sku()
         self.status.mapped = len(self._items)
         self.status.findings = len(mapping.findings)

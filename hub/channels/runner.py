@@ -1,26 +1,50 @@
-"""Start every configured channel's pusher beside the hub, and stop them with it.
+"""Start every configured channel's pusher, and its reconciler, beside the hub, and stop them with it.
 
 ``channel_pushers`` is what the hub's app runs (one call, when channels are
 configured): one HTTP session for all connectors, the channel state in the
-hub's SQLite file, one pusher per channel woken by the hub's change watch.
+hub's database (``open_channel_state``: its SQLite file, or its PostgreSQL
+database), one pusher per channel woken by the hub's change watch and,
+beside each pusher of a channel that can be read back and whose
+``reconcile_s`` is not 0, its reconciler (``pusher.reconciler``).
+
+On a PostgreSQL hub several hub processes share the database, and only one
+pushes each channel: the one holding the channel's pusher lock
+(``hub.channels.state_postgres.PusherLeases``). The others stand by, try
+again every ``LEASE_RETRY_S`` and take over, with a new pusher loading the
+cursor the last one saved, when the holder goes away. ``pushes_here`` tells
+which channels this hub pushes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError, Connector
+from hub.channels.loop import Health
 from hub.channels.pusher import ChangeWaiter, ChannelPusher, FeedReader
+from hub.channels.reconcile import Reconciler
 from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
-from hub.channels.state import SqliteChannelState
+from hub.channels.state import SqlChannelState, SqliteChannelState
+from hub.channels.webhook import WebhookConnector
+from hub.storage import POSTGRES_SCHEMES
+from hub.storage.base import StoreError
+
+if TYPE_CHECKING:
+    from hub.channels.state_postgres import PusherLeases
 
 log = logging.getLogger(__name__)
+
+LEASE_RETRY_S = 3.0  # a standing-by hub tries to take a channel this often; a pushing hub checks its locks
+_PUSHING: weakref.WeakSet[ChannelPusher] = weakref.WeakSet()  # the pushers this process started
 
 
 def make_connector(spec: ChannelSpec, session: aiohttp.ClientSession) -> Connector:
@@ -28,26 +52,117 @@ def make_connector(spec: ChannelSpec, session: aiohttp.ClientSession) -> Connect
         return ShopifyConnector(spec, session)
     if spec.kind == "square":
         return SquareConnector(spec, session)
-    raise ChannelError(f"channel {spec.name}: pushing to a {spec.kind} channel is not built yet; use shopify or square")
+    if spec.kind == "webhook":
+        return WebhookConnector(spec, session)
+    raise ChannelError(f"channel {spec.name}: there is no connector for a {spec.kind} channel")
+
+
+def is_postgres(db: str) -> bool:
+    return db.startswith(POSTGRES_SCHEMES)
+
+
+@contextlib.asynccontextmanager
+async def open_channel_state(db: str) -> AsyncIterator[SqlChannelState]:
+    """The channel state in the hub's database: ``db`` is its SQLite file (or ``sqlite://`` URL) or PostgreSQL URL."""
+    if is_postgres(db):
+        from hub.channels.state_postgres import PostgresChannelState  # the driver loads only for a PostgreSQL hub
+
+        state: SqlChannelState = await PostgresChannelState.open(db)
+    else:
+        state = await SqliteChannelState.open(db)
+    async with state:
+        yield state
+
+
+def pushes_here(p: ChannelPusher) -> bool:
+    """This hub process runs ``p``'s loop (on a PostgreSQL hub, another process may push the channel instead)."""
+    return p in _PUSHING
+
+
+def _start(p: ChannelPusher) -> None:
+    p.start()
+    _PUSHING.add(p)
+    if p.connector.readable and p.spec.reconcile_s > 0:
+        p.reconciler = Reconciler(p)
+        p.reconciler.start()
+
+
+async def _stop(p: ChannelPusher) -> None:
+    if p.reconciler is not None:
+        await p.reconciler.stop()
+    await p.stop()
+    _PUSHING.discard(p)
 
 
 @contextlib.asynccontextmanager
 async def channel_pushers(
     specs: Sequence[ChannelSpec], feed: FeedReader, db_path: str, waiter: ChangeWaiter
 ) -> AsyncIterator[dict[str, ChannelPusher]]:
-    """Run one pusher per channel until the block ends. ``db_path``: the hub's SQLite file."""
-    if "://" in db_path and not db_path.startswith("sqlite://"):
-        raise ChannelError("channels keep their state in the hub's SQLite file; a PostgreSQL hub cannot run them yet")
+    """Run one pusher (and reconciler) per channel until the block ends. ``db_path``: the hub's database.
+
+    The dict yielded is kept up to date: on a PostgreSQL hub a channel's entry is replaced when this hub takes the
+    channel over or gives it up."""
     async with (
-        await SqliteChannelState.open(db_path) as state,
+        open_channel_state(db_path) as state,
         aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(limit=max(2, len(specs) * 2))) as session,
     ):
-        pushers = {s.name: ChannelPusher(s, feed, state, make_connector(s, session), waiter) for s in specs}
-        for p in pushers.values():
-            p.start()
-        log.info("pushing levels to %d channel(s): %s", len(pushers), ", ".join(pushers))
+
+        def make(spec: ChannelSpec) -> ChannelPusher:
+            return ChannelPusher(spec, feed, state, make_connector(spec, session), waiter)
+
+        pushers = {s.name: make(s) for s in specs}
+        if not is_postgres(db_path):  # one hub per SQLite file: it pushes every channel
+            for p in pushers.values():
+                _start(p)
+            log.info("pushing levels to %d channel(s): %s", len(pushers), ", ".join(pushers))
+            try:
+                yield pushers
+            finally:
+                for p in pushers.values():
+                    await _stop(p)
+            return
+        from hub.channels.state_postgres import PusherLeases  # at run time only on a PostgreSQL hub
+
+        leases = PusherLeases(db_path)
+        task = asyncio.create_task(_lead(pushers, leases, make, state), name="channel-leases")
         try:
             yield pushers
         finally:
-            for p in pushers.values():
-                await p.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for p in list(pushers.values()):
+                await _stop(p)
+            await leases.close()  # only now: no pusher of ours runs when another hub takes the channels
+
+
+async def _lead(
+    pushers: dict[str, ChannelPusher],
+    leases: PusherLeases,
+    make: Callable[[ChannelSpec], ChannelPusher],
+    state: SqlChannelState,
+) -> None:
+    """Forever: push the channels whose lock this hub holds, stand by for the others."""
+    health = Health(log, "taking the channels' pusher locks")
+    while True:
+        try:
+            if leases.held and not await leases.alive():  # the connection went, and the locks with it
+                for name, p in list(pushers.items()):
+                    if pushes_here(p):
+                        await _stop(p)
+                        pushers[name] = make(p.spec)
+                        log.warning("channel %s: this hub lost its pusher lock and stopped pushing it", name)
+            for name, p in list(pushers.items()):
+                if pushes_here(p):
+                    continue
+                if await leases.take(name):
+                    fresh = make(p.spec)  # loads the cursor and levels the last pusher saved
+                    pushers[name] = fresh
+                    _start(fresh)
+                    log.info("channel %s: this hub pushes it now", name)
+                else:
+                    p.status.cursor = await state.cursor(name)  # what GET /v1/channels shows while standing by
+            health.succeeded()
+        except StoreError as err:
+            health.failed(str(err))
+        await asyncio.sleep(LEASE_RETRY_S)

@@ -19,6 +19,13 @@ inventory item and location) with:
   leaky bucket and waits before a call until the bucket holds its cost, so
   it is seldom answered ``THROTTLED``; when it is, it waits for exactly the
   missing points and sends the same request again.
+
+A user error naming one level (``field`` ``["input", "quantities", "<i>", …]``)
+with a code that re-reading cannot cure — ``ITEM_NOT_STOCKED_AT_LOCATION``,
+``NON_MUTABLE_INVENTORY_ITEM``, ``INVALID_INVENTORY_ITEM`` … — is that level
+refused for good (``LevelsRefused``): Shopify applied nothing, and the pusher
+sends the batch again without it. ``read_levels`` reads the ``available``
+quantities back (``nodes`` of inventory items, ``inventoryLevel``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +43,11 @@ import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import (
+    CallRecord,
     ChannelRejected,
     ChannelUnavailable,
+    ConnectorStatus,
+    LevelsRefused,
     Target,
     idempotency_key,
     read_bounded,
@@ -45,6 +55,7 @@ from hub.channels.connector import (
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
+from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +103,7 @@ class _CostTooHigh(ChannelRejected):
 
 
 STALE_CODES = frozenset({"CHANGE_FROM_QUANTITY_STALE", "COMPARE_QUANTITY_STALE"})
+WHOLE_REQUEST_CODES = frozenset({"INVALID_NAME", "INVALID_REASON", "INVALID_REFERENCE_DOCUMENT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +126,7 @@ class ThrottleStatus:
 
 class ShopifyConnector:
     kind = "shopify"
+    readable = True
 
     def __init__(
         self,
@@ -128,6 +141,8 @@ class ShopifyConnector:
         self._clock = clock
         self._sleep = sleep
         self.throttle: ThrottleStatus | None = None
+        self._throttle_at_ms: int | None = None
+        self._last = CallRecord()
         self._costs: dict[str, float] = {"setLevels": MUTATION_COST}
         self.calls = 0  # requests sent (for the status and the benchmarks)
         self.throttled = 0  # THROTTLED answers received
@@ -135,6 +150,14 @@ class ShopifyConnector:
 
     async def close(self) -> None:
         return None
+
+    def status(self) -> ConnectorStatus:
+        t = self.throttle
+        throttle = None if t is None else {
+            "currently_available": t.available, "maximum_available": t.maximum, "restore_rate": t.restore_rate,
+            "at_ms": self._throttle_at_ms,
+        }  # fmt: skip
+        return ConnectorStatus(self._last.ok, self._last.at_ms, throttle)
 
     async def query(self, operation: str, document: str, variables: Mapping[str, Any]) -> dict[str, Any]:
         """``data`` of one GraphQL query, paced by this connector's throttle model (hub.channels.order_routes)."""
@@ -186,6 +209,11 @@ class ShopifyConnector:
             if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
                 await self._sleep(CONCURRENT_RETRY_S)
                 continue
+            refused = _refused_levels(errors, keys)
+            if refused:
+                raise LevelsRefused(
+                    f"Shopify refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}", refused
+                )
             first = errors[0]
             raise ChannelRejected(
                 f"Shopify refused to set {len(keys)} level(s) of channel {self.spec.name}: "
@@ -195,21 +223,32 @@ class ShopifyConnector:
             f"the levels of channel {self.spec.name} kept changing at Shopify during {CAS_RETRIES_MAX} attempts"
         )
 
-    async def read_levels(self, keys: list[LevelKey]) -> dict[LevelKey, int | None]:
+    async def read_levels(self, keys: Sequence[LevelKey]) -> dict[LevelKey, int | None]:
         """The ``available`` quantity at Shopify of each level (None: the item is not stocked there)."""
         found: dict[LevelKey, int | None] = {}
         by_location: dict[str, list[LevelKey]] = {}
         for k in keys:
             by_location.setdefault(k.location_id, []).append(k)
+        size = NODES_MAX
         for location_id, group in by_location.items():
-            for start in range(0, len(group), NODES_MAX):
-                chunk = group[start : start + NODES_MAX]
-                data = await self._graphql(
-                    "readLevels", READ_LEVELS, {"ids": [k.item_id for k in chunk], "locationId": location_id}
-                )
+            start = 0
+            while start < len(group):
+                if self.throttle is not None:  # a read costs 1 + 2 points per item: never more than the bucket holds
+                    size = max(1, min(size, int((self.throttle.maximum - 1) // 2)))
+                chunk = group[start : start + size]
+                try:
+                    data = await self._graphql(
+                        "readLevels", READ_LEVELS, {"ids": [k.item_id for k in chunk], "locationId": location_id}
+                    )
+                except _CostTooHigh as err:
+                    if err.max_cost is None or size == 1:
+                        raise
+                    size = max(1, min(size - 1, int((err.max_cost - 1) // 2)))
+                    continue
                 nodes = {n.get("id"): n for n in data.get("nodes") or [] if isinstance(n, dict)}
                 for k in chunk:
                     found[k] = _available(nodes.get(k.item_id))
+                start += len(chunk)
         return found
 
     # --- listing -------------------------------------------------------------------
@@ -300,6 +339,7 @@ class ShopifyConnector:
                     float(status["restoreRate"]),
                     self._clock(),
                 )
+                self._throttle_at_ms = wall_ms_now()
             except (KeyError, TypeError, ValueError):
                 pass
 
@@ -320,9 +360,12 @@ class ShopifyConnector:
                 raw = await read_bounded(resp.content, ANSWER_MAX_BYTES)
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
         except TimeoutError:
+            self._last.answered(False)
             raise ChannelUnavailable(f"Shopify did not answer channel {spec.name} within {spec.timeout_s:g} s") from None
         except aiohttp.ClientError as err:
+            self._last.answered(False)
             raise ChannelUnavailable(f"cannot reach Shopify for channel {spec.name}: {err or type(err).__name__}") from err
+        self._last.answered(status < 500 and status not in (401, 403))
         text = raw[:ANSWER_MAX_BYTES].decode("utf-8", "replace")
         if status in (401, 403):
             raise ChannelRejected(
@@ -371,6 +414,23 @@ def _stale_keys(errors: list[Any], keys: list[LevelKey]) -> list[LevelKey]:
             return list(keys)
         stale.append(keys[index])
     return stale
+
+
+def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, str]:
+    """The levels Shopify refused for good, each with its reason: every user error naming one level with a code
+    neither re-reading nor waiting cures. Empty when any error is about the whole request (the request is then
+    refused as a whole)."""
+    refused: dict[LevelKey, str] = {}
+    for e in errors:
+        code = str(e.get("code")) if isinstance(e, dict) else ""
+        if code in STALE_CODES:
+            continue  # the retry without the refused levels re-reads these
+        path = e.get("field") if isinstance(e, dict) else None
+        index = next((int(p) for p in path or [] if isinstance(p, str) and _INDEX_RE.fullmatch(p)), None)
+        if code in WHOLE_REQUEST_CODES or code.startswith("IDEMPOTENCY") or index is None or not 0 <= index < len(keys):
+            return {}
+        refused[keys[index]] = f"{code}: {short(str(e.get('message', '')))}"
+    return refused
 
 
 def _retry_after_s(raw: str | None) -> float | None:

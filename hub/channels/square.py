@@ -11,16 +11,24 @@ different content ``IDEMPOTENCY_KEY_REUSED``). ``429`` is honoured: the
 connector waits ``Retry-After`` seconds and sends the same request again.
 Errors come as ``{"errors": [{"category", "code", "detail", "field"}]}``.
 
+A ``400`` whose every error names one change (``field``
+``changes[<i>]…``: a deleted variation, an unknown location) refuses those
+levels for good (``LevelsRefused``): Square applied nothing, and the pusher
+sends the batch again without them.
+
 The listing is ``POST /v2/catalog/search`` for ``ITEM_VARIATION`` objects
-(their ``sku`` and ``upc``), page by page with Square's ``cursor``.
+(their ``sku`` and ``upc``), page by page with Square's ``cursor``; levels are
+read back with ``POST /v2/inventory/counts/batch-retrieve`` (``IN_STOCK``; an
+item Square holds no count of shows 0).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,8 +36,11 @@ import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import (
+    CallRecord,
     ChannelRejected,
     ChannelUnavailable,
+    ConnectorStatus,
+    LevelsRefused,
     Target,
     idempotency_key,
     read_bounded,
@@ -37,6 +48,7 @@ from hub.channels.connector import (
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
+from protocol import wall_ms_now
 
 RATE_LIMITED_RETRIES_MAX = 5  # 429 answers in a row before a turn gives up (and backs off)
 RETRY_AFTER_DEFAULT_S = 1.0
@@ -44,6 +56,17 @@ RETRY_AFTER_MAX_S = 300.0
 CATALOG_PAGE = 1_000
 CATALOG_PAGES_MAX = 10_000
 ANSWER_MAX_BYTES = 16 * 1024 * 1024
+READ_IDS_MAX = 100  # catalog object ids per counts/batch-retrieve request
+READ_PAGES_MAX = 1_000
+CHANGE_FIELD_RE = re.compile(r"changes\[(\d+)\]")
+
+
+class _Refused(ChannelRejected):
+    """A 4xx answer: the message is the sentence, ``errors`` Square's error objects."""
+
+    def __init__(self, message: str, errors: list[Any]) -> None:
+        super().__init__(message)
+        self.errors = errors
 
 
 def rfc3339_ms(ms: int) -> str:
@@ -52,6 +75,7 @@ def rfc3339_ms(ms: int) -> str:
 
 class SquareConnector:
     kind = "square"
+    readable = True
 
     def __init__(
         self,
@@ -67,9 +91,18 @@ class SquareConnector:
         self._clock = clock
         self.calls = 0
         self.rate_limited = 0
+        self._last = CallRecord()
+        self._retry_after: tuple[float, int] | None = None  # the last Retry-After (s) and until when (ms)
 
     async def close(self) -> None:
         return None
+
+    def status(self) -> ConnectorStatus:
+        held = self._retry_after
+        throttle = None
+        if held is not None and held[1] > wall_ms_now():
+            throttle = {"retry_after_s": held[0], "until_ms": held[1]}
+        return ConnectorStatus(self._last.ok, self._last.at_ms, throttle)
 
     async def call(self, path: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:
         """One POST to the Square API, sent again after a 429 (hub.channels.order_routes reads orders with it)."""
@@ -97,7 +130,15 @@ class SquareConnector:
             "changes": changes,
             "ignore_unchanged_counts": True,
         }
-        await self._call("/v2/inventory/changes/batch-create", body, "setting levels")
+        try:
+            await self._call("/v2/inventory/changes/batch-create", body, "setting levels")
+        except _Refused as err:
+            refused = _refused_levels(err.errors, keys)
+            if refused:
+                raise LevelsRefused(
+                    f"Square refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}", refused
+                ) from err
+            raise
         return {k: batch[k].quantity for k in keys}
 
     async def listing(self) -> list[ListingEntry]:
@@ -125,18 +166,35 @@ class SquareConnector:
                 return entries
         raise ChannelRejected(f"channel {self.spec.name} lists more than {CATALOG_PAGES_MAX * CATALOG_PAGE} variations")
 
-    async def read_counts(self, item_ids: list[str], location_ids: list[str]) -> dict[LevelKey, int]:
-        """Square's IN_STOCK count of each item at each location (for reconciliation and tests)."""
-        answer = await self._call(
-            "/v2/inventory/counts/batch-retrieve",
-            {"catalog_object_ids": item_ids, "location_ids": location_ids, "states": ["IN_STOCK"]},
-            "reading levels",
-        )
-        return {
-            LevelKey(str(c["catalog_object_id"]), str(c["location_id"])): int(float(c["quantity"]))
-            for c in answer.get("counts") or []
-            if isinstance(c, dict) and c.get("state") == "IN_STOCK"
-        }
+    async def read_levels(self, keys: Sequence[LevelKey]) -> dict[LevelKey, int | None]:
+        """Square's IN_STOCK count of each level; 0 where Square holds no count (nothing was ever counted)."""
+        wanted = set(keys)
+        found: dict[LevelKey, int | None] = {k: 0 for k in keys}
+        items = sorted({k.item_id for k in keys})
+        locations = sorted({k.location_id for k in keys})
+        for start in range(0, len(items), READ_IDS_MAX):
+            request: dict[str, Any] = {
+                "catalog_object_ids": items[start : start + READ_IDS_MAX], "location_ids": locations,
+                "states": ["IN_STOCK"],
+            }  # fmt: skip
+            for _ in range(READ_PAGES_MAX):
+                answer = await self._call("/v2/inventory/counts/batch-retrieve", request, "reading levels")
+                for c in answer.get("counts") or []:
+                    if not isinstance(c, dict) or c.get("state") != "IN_STOCK":
+                        continue
+                    key = LevelKey(str(c.get("catalog_object_id")), str(c.get("location_id")))
+                    if key in wanted:
+                        try:
+                            found[key] = int(float(c.get("quantity", "0")))
+                        except (TypeError, ValueError):
+                            raise ChannelUnavailable(
+                                f"Square answered channel {self.spec.name} a count that is not a number"
+                            ) from None
+                cursor = answer.get("cursor")
+                if not cursor:
+                    break
+                request["cursor"] = cursor
+        return found
 
     async def _call(self, path: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:
         """One request, sent again (the same body, the same key) after each 429 once Retry-After has passed."""
@@ -145,7 +203,9 @@ class SquareConnector:
             status, retry_after, answer = await self._post(path, body, what)
             if status == 429:
                 self.rate_limited += 1
-                await self._sleep(_retry_after_s(retry_after))
+                wait_s = _retry_after_s(retry_after)
+                self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
+                await self._sleep(wait_s)
                 continue
             if 200 <= status < 300 and not answer.get("errors"):
                 return answer
@@ -157,7 +217,11 @@ class SquareConnector:
                     f"Square refused the access token of channel {spec.name} ({detail}); check the token in "
                     f"{spec.secret_source or 'its secret'} and its INVENTORY_WRITE permission"
                 )
-            raise ChannelRejected(f"Square refused {what} for channel {spec.name} (HTTP {status}: {detail})")
+            errors = answer.get("errors")
+            raise _Refused(
+                f"Square refused {what} for channel {spec.name} (HTTP {status}: {detail})",
+                errors if isinstance(errors, list) else [],
+            )
         raise ChannelUnavailable(
             f"Square kept answering 429 to channel {spec.name} ({RATE_LIMITED_RETRIES_MAX} times in a row)",
             _retry_after_s(None),
@@ -181,11 +245,14 @@ class SquareConnector:
                 raw = await read_bounded(resp.content, ANSWER_MAX_BYTES)
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
         except TimeoutError:
+            self._last.answered(False)
             raise ChannelUnavailable(
                 f"Square did not answer {what} for channel {spec.name} within {spec.timeout_s:g} s"
             ) from None
         except aiohttp.ClientError as err:
+            self._last.answered(False)
             raise ChannelUnavailable(f"cannot reach Square for channel {spec.name}: {err or type(err).__name__}") from err
+        self._last.answered(status < 500 and status not in (401, 403))
         if len(raw) > ANSWER_MAX_BYTES:
             raise ChannelUnavailable(f"Square's answer to channel {spec.name} is larger than {ANSWER_MAX_BYTES} bytes")
         try:
@@ -202,6 +269,19 @@ def _first_error(answer: Mapping[str, Any]) -> str:
     e = errors[0]
     field = f" ({e['field']})" if e.get("field") else ""
     return short(f"{e.get('category', '')} {e.get('code', '')}: {e.get('detail', '')}{field}".strip())
+
+
+def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, str]:
+    """The levels a 400 refused, each with Square's reason, when every error names one change; else empty."""
+    refused: dict[LevelKey, str] = {}
+    for e in errors:
+        match = CHANGE_FIELD_RE.match(str(e.get("field", ""))) if isinstance(e, dict) else None
+        if match is None or not 0 <= int(match.group(1)) < len(keys):
+            return {}
+        refused[keys[int(match.group(1))]] = short(
+            f"{e.get('category', '')} {e.get('code', '')}: {e.get('detail', '')} ({e.get('field')})".strip()
+        )
+    return refused
 
 
 def _retry_after_s(raw: str | None) -> float:

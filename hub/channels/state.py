@@ -1,14 +1,18 @@
-"""Where each channel stands, kept across restarts: its change-feed cursor, what it last pushed, its mapping.
+"""Where each channel stands, kept across restarts: its change-feed cursor, what it last pushed, its mapping,
+the levels it refused for good, and what reading its levels back found (divergences).
 
-``ChannelState`` is the small interface the pusher needs. ``SqliteChannelState``
-keeps it in the hub's own SQLite file, in tables of the hub's schema (numbered
-migration 6, hub/storage/schema_sqlite_v6.sql), over a connection of its own, so
-that a restore of the hub database brings back the channel positions that
-belong to it. Opening it on a file the hub has not migrated yet migrates it.
+``ChannelState`` is the small interface the pusher and the reconciler need.
+``SqlChannelState`` writes it once, in SQL both backends run (``?`` markers; a
+backend's ``Tx`` adapts them). ``SqliteChannelState`` keeps it in the hub's own
+SQLite file, in tables of the hub's schema (numbered migration 6,
+hub/storage/schema_sqlite_v6.sql), over a connection of its own, so that a
+restore of the hub database brings back the channel positions that belong to
+it. Opening it on a file the hub has not migrated yet migrates it.
 
 Every write is one ``BEGIN IMMEDIATE … COMMIT``. The writes are small and rare
 (one per confirmed push), and SQLite's busy timeout serialises them with the
-hub's own writer.
+hub's own writer. ``hub.channels.state_postgres`` keeps it in a PostgreSQL hub's
+database, shared by every hub process.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from collections.abc import Mapping as MappingABC
-from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -25,10 +30,48 @@ import aiosqlite
 
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ItemIds, MappingFinding, SkuMapping
+from protocol import wall_ms_now
 from hub.storage.base import StoreClosed, StoreError
 from hub.storage.sqlite import SqliteHubStore
 
 BUSY_TIMEOUT_MS = 10_000
+KEYS_PER_STATEMENT = 500  # level keys per IN (...) list
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """A level a channel showed differently from what the hub holds, found by reading it back."""
+
+    key: LevelKey
+    sku: str
+    location: str | None  # the hub location feeding that channel location, when only one does
+    hub_level: int  # what the channel should have shown
+    last_pushed: int | None  # what the channel last confirmed from the hub (None: never)
+    channel_level: int  # what it showed
+    found_at_ms: int
+    corrected_at_ms: int | None = None  # when the channel confirmed the correction (None: open)
+    divergence_id: int = 0  # 1, 2, … per channel, given when stored
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A level the channel refused for good, with its reason."""
+
+    sku: str
+    location: str | None
+    quantity: int
+    detail: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """When a channel's levels were last read back, how many and how many diverged."""
+
+    at_ms: int
+    checked: int
+    diverged: int
+
 
 class ChannelState(Protocol):
     """What a channel pusher keeps between turns and restarts."""
@@ -50,29 +93,48 @@ class ChannelState(Protocol):
     async def save_mapping(self, channel: str, mapping: SkuMapping) -> None:
         """Replace the channel's mapping and findings in one transaction."""
 
+    async def refusals(self, channel: str) -> dict[LevelKey, Refusal]:
+        """The levels the channel refused for good and has not taken since."""
 
-class SqliteChannelState:
-    """``ChannelState`` in the hub's SQLite file (or any SQLite file)."""
+    async def refuse(self, channel: str, refused: MappingABC[LevelKey, Refusal]) -> None:
+        """Store (or replace) refusals."""
 
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
-        self._db = db
-        self._path = path
-        self._closed = False
-        self._lock = asyncio.Lock()
+    async def clear_refusals(self, channel: str, keys: Collection[LevelKey] | None = None) -> None:
+        """Forget the refusals of ``keys`` (None: all of the channel's)."""
 
-    @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> SqliteChannelState:
-        target = os.fspath(path)
-        if target.startswith("sqlite://"):
-            target = target[len("sqlite://") :]
-        async with SqliteHubStore.open(target):
-            pass  # the hub's migrations create the channel tables
-        try:
-            db = await aiosqlite.connect(target, isolation_level=None)
-            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        except (sqlite3.Error, OSError) as err:
-            raise StoreError(f"the channel state in {Path(target).name} cannot be opened ({err})") from err
-        return cls(db, target)
+    async def add_divergences(self, channel: str, found: Sequence[Divergence]) -> list[Divergence]:
+        """Store divergences in one transaction; return them with their ids (1, 2, … per channel)."""
+
+    async def close_divergences(self, channel: str, keys: Collection[LevelKey], at_ms: int) -> int:
+        """Mark the open divergences of ``keys`` corrected at ``at_ms``; return how many."""
+
+    async def divergences(self, channel: str, limit: int, before_id: int | None = None) -> list[Divergence]:
+        """The channel's divergences, newest first (by id); ``before_id``: only those with a smaller id."""
+
+    async def open_divergences(self, channel: str) -> int:
+        """How many of the channel's divergences are not corrected yet."""
+
+    async def reconciled(self, channel: str) -> Reconciled | None:
+        """The last reconciliation of the channel, or None."""
+
+    async def save_reconciled(self, channel: str, done: Reconciled) -> None: ...
+
+
+class Tx(Protocol):
+    """One open transaction of a backend, in ``?`` parameter markers (the only difference between the backends)."""
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement; return how many rows it changed."""
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
+
+    async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+
+
+class SqlChannelState:
+    """``ChannelState`` in SQL shared by both backends; a backend gives ``_read``, ``_write`` and ``close``."""
+
+    _closed = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -81,15 +143,18 @@ class SqliteChannelState:
         await self.close()
 
     async def close(self) -> None:
-        """Close the connection; safe twice, and any call afterwards raises ``StoreClosed``."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._db.close()
+        raise NotImplementedError
 
     def _check(self) -> None:
         if self._closed:
             raise StoreClosed()
+
+    async def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    async def _write(self, what: str, run: Callable[[Tx], Awaitable[None]], channel: str | None = None) -> None:
+        """Run ``run`` in one transaction; ``channel``: serialise it with the channel's other numbered writes."""
+        raise NotImplementedError
 
     async def cursor(self, channel: str) -> int:
         self._check()
@@ -106,18 +171,18 @@ class SqliteChannelState:
     ) -> None:
         self._check()
 
-        async def work(db: aiosqlite.Connection) -> None:
+        async def work(db: Tx) -> None:
             await db.executemany(
                 "INSERT INTO channel_pushed (channel, level_key, quantity, pushed_at_ms) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (channel, level_key) DO UPDATE SET quantity = excluded.quantity, "
                 "pushed_at_ms = excluded.pushed_at_ms",
                 [(channel, k.text(), q, at_ms) for k, q in pushed.items()],
             )
-            if cursor is not None:
+            if cursor is not None:  # never backwards
                 await db.execute(
                     "INSERT INTO channel_state (channel, cursor, last_push_ms) VALUES (?, ?, ?) "
-                    "ON CONFLICT (channel) DO UPDATE SET cursor = MAX(cursor, excluded.cursor), "
-                    "last_push_ms = excluded.last_push_ms",
+                    "ON CONFLICT (channel) DO UPDATE SET cursor = CASE WHEN excluded.cursor > channel_state.cursor "
+                    "THEN excluded.cursor ELSE channel_state.cursor END, last_push_ms = excluded.last_push_ms",
                     (channel, cursor, at_ms),
                 )
 
@@ -140,7 +205,7 @@ class SqliteChannelState:
     async def save_mapping(self, channel: str, mapping: SkuMapping) -> None:
         self._check()
 
-        async def work(db: aiosqlite.Connection) -> None:
+        async def work(db: Tx) -> None:
             await db.execute("DELETE FROM channel_items WHERE channel = ?", (channel,))
             await db.execute("DELETE FROM channel_findings WHERE channel = ?", (channel,))
             await db.executemany(
@@ -151,25 +216,218 @@ class SqliteChannelState:
                 "INSERT INTO channel_findings (channel, seq, kind, sku, detail) VALUES (?, ?, ?, ?, ?)",
                 [(channel, n, f.kind, f.sku, f.detail) for n, f in enumerate(mapping.findings)],
             )
+            await db.execute(
+                "INSERT INTO channel_mapping_loads (channel, loaded_ms) VALUES (?, ?) "
+                "ON CONFLICT (channel) DO UPDATE SET loaded_ms = excluded.loaded_ms",
+                (channel, wall_ms_now()),
+            )
 
         await self._write("saving a channel's mapping", work)
+
+    # --- refusals ---------------------------------------------------------------------
+
+    async def refusals(self, channel: str) -> dict[LevelKey, Refusal]:
+        self._check()
+        rows = await self._read(
+            "SELECT level_key, sku, location, quantity, detail, at_ms FROM channel_refusals WHERE channel = ?",
+            (channel,),
+        )
+        return {LevelKey.from_text(k): Refusal(s, loc, int(q), d, int(at)) for k, s, loc, q, d, at in rows}
+
+    async def refuse(self, channel: str, refused: MappingABC[LevelKey, Refusal]) -> None:
+        self._check()
+
+        async def work(db: Tx) -> None:
+            await db.executemany(
+                "INSERT INTO channel_refusals (channel, level_key, sku, location, quantity, detail, at_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel, level_key) DO UPDATE SET sku = excluded.sku, "
+                "location = excluded.location, quantity = excluded.quantity, detail = excluded.detail, "
+                "at_ms = excluded.at_ms",
+                [(channel, k.text(), r.sku, r.location, r.quantity, r.detail, r.at_ms) for k, r in refused.items()],
+            )
+
+        await self._write("saving a channel's refused levels", work)
+
+    async def clear_refusals(self, channel: str, keys: Collection[LevelKey] | None = None) -> None:
+        self._check()
+
+        async def work(db: Tx) -> None:
+            if keys is None:
+                await db.execute("DELETE FROM channel_refusals WHERE channel = ?", (channel,))
+                return
+            for part in _parts([k.text() for k in keys]):
+                await db.execute(
+                    f"DELETE FROM channel_refusals WHERE channel = ? AND level_key IN ({_marks(len(part))})",
+                    (channel, *part),
+                )
+
+        await self._write("forgetting a channel's refused levels", work)
+
+    # --- divergences --------------------------------------------------------------------
+
+    async def add_divergences(self, channel: str, found: Sequence[Divergence]) -> list[Divergence]:
+        self._check()
+        stored: list[Divergence] = []
+
+        async def work(db: Tx) -> None:
+            stored.clear()  # a backend may run the transaction again
+            rows = await db.fetch(
+                "SELECT COALESCE(MAX(divergence_id), 0) FROM channel_divergences WHERE channel = ?", (channel,)
+            )
+            first = int(rows[0][0]) + 1
+            stored.extend(replace(d, divergence_id=first + n) for n, d in enumerate(found))
+            await db.executemany(
+                "INSERT INTO channel_divergences (channel, divergence_id, level_key, sku, location, hub_level, "
+                "last_pushed, channel_level, found_at_ms, corrected_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (channel, d.divergence_id, d.key.text(), d.sku, d.location, d.hub_level, d.last_pushed,
+                     d.channel_level, d.found_at_ms, d.corrected_at_ms)
+                    for d in stored
+                ],
+            )  # fmt: skip
+
+        if found:
+            await self._write("saving a channel's divergences", work, channel=channel)
+        return stored
+
+    async def close_divergences(self, channel: str, keys: Collection[LevelKey], at_ms: int) -> int:
+        self._check()
+        closed = 0
+
+        async def work(db: Tx) -> None:
+            nonlocal closed
+            closed = 0
+            for part in _parts([k.text() for k in keys]):
+                closed += await db.execute(
+                    "UPDATE channel_divergences SET corrected_at_ms = ? WHERE channel = ? AND corrected_at_ms IS NULL "
+                    f"AND level_key IN ({_marks(len(part))})",
+                    (at_ms, channel, *part),
+                )
+
+        if keys:
+            await self._write("marking a channel's divergences corrected", work)
+        return closed
+
+    async def divergences(self, channel: str, limit: int, before_id: int | None = None) -> list[Divergence]:
+        self._check()
+        where, params = "channel = ?", list[object]([channel])
+        if before_id is not None:
+            where += " AND divergence_id < ?"
+            params.append(before_id)
+        rows = await self._read(
+            f"SELECT {DIVERGENCE_FIELDS} FROM channel_divergences WHERE {where} ORDER BY divergence_id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [divergence_row(r) for r in rows]
+
+    async def open_divergences(self, channel: str) -> int:
+        self._check()
+        rows = await self._read(
+            "SELECT COUNT(*) FROM channel_divergences WHERE channel = ? AND corrected_at_ms IS NULL", (channel,)
+        )
+        return int(rows[0][0])
+
+    async def reconciled(self, channel: str) -> Reconciled | None:
+        self._check()
+        rows = await self._read("SELECT at_ms, checked, diverged FROM channel_reconciled WHERE channel = ?", (channel,))
+        return Reconciled(*(int(v) for v in rows[0])) if rows else None
+
+    async def save_reconciled(self, channel: str, done: Reconciled) -> None:
+        self._check()
+
+        async def work(db: Tx) -> None:
+            await db.execute(
+                "INSERT INTO channel_reconciled (channel, at_ms, checked, diverged) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (channel) DO UPDATE SET at_ms = excluded.at_ms, checked = excluded.checked, "
+                "diverged = excluded.diverged",
+                (channel, done.at_ms, done.checked, done.diverged),
+            )
+
+        await self._write("saving a channel's reconciliation", work)
+
+
+class _SqliteTx:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        cursor = await self._db.execute(sql, params)
+        return max(0, cursor.rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        if rows:
+            await self._db.executemany(sql, rows)
+
+    async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._db.execute_fetchall(sql, params)]
+
+
+class SqliteChannelState(SqlChannelState):
+    """``ChannelState`` in the hub's SQLite file (or any SQLite file)."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self._path = path
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SqliteChannelState:
+        target = os.fspath(path).removeprefix("sqlite://")
+        async with SqliteHubStore.open(target):
+            pass  # the hub's migrations create the channel tables
+        try:
+            db = await aiosqlite.connect(target, isolation_level=None)
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except (sqlite3.Error, OSError) as err:
+            raise StoreError(f"the channel state in {Path(target).name} cannot be opened ({err})") from err
+        return cls(db, target)
+
+    async def close(self) -> None:
+        """Close the connection; safe twice, and any call afterwards raises ``StoreClosed``."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._db.close()
 
     async def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         try:
             async with self._lock:
-                return [tuple(r) for r in await self._db.execute_fetchall(sql, params)]
+                return await _SqliteTx(self._db).fetch(sql, params)
         except sqlite3.Error as err:
             raise StoreError(f"reading the channel state failed ({err})") from err
 
-    async def _write(self, what: str, run: Callable[[aiosqlite.Connection], Awaitable[None]]) -> None:
+    async def _write(self, what: str, run: Callable[[Tx], Awaitable[None]], channel: str | None = None) -> None:
+        # BEGIN IMMEDIATE takes the file's write lock: numbered writes of a channel are serialised by it
         async with self._lock:
             try:
                 await self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    await run(self._db)
+                    await run(_SqliteTx(self._db))
                 except BaseException:
                     await self._db.execute("ROLLBACK")
                     raise
                 await self._db.execute("COMMIT")
             except sqlite3.Error as err:
                 raise StoreError(f"{what} failed ({err})") from err
+
+
+DIVERGENCE_FIELDS = (
+    "divergence_id, level_key, sku, location, hub_level, last_pushed, channel_level, found_at_ms, corrected_at_ms"
+)
+
+
+def divergence_row(r: Sequence[Any]) -> Divergence:
+    """A ``Divergence`` from a row of ``DIVERGENCE_FIELDS``."""
+    return Divergence(
+        LevelKey.from_text(r[1]), r[2], r[3], int(r[4]), None if r[5] is None else int(r[5]), int(r[6]), int(r[7]),
+        None if r[8] is None else int(r[8]), int(r[0]),
+    )  # fmt: skip
+
+
+def _parts(values: list[str]) -> list[list[str]]:
+    return [values[i : i + KEYS_PER_STATEMENT] for i in range(0, len(values), KEYS_PER_STATEMENT)]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)

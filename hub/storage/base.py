@@ -8,7 +8,7 @@ All methods are coroutines; a store is an async context manager and
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar
 
@@ -73,6 +73,7 @@ class IngestResult:
     counts: tuple[CountSnapshot, ...]
     chain: bytes | None = None  # the sender's lineage digest at hwm as the hub stores it; None: unknown
     held: int = 0  # the sender's events waiting in the clock quarantine for an operator
+    change_id: int | None = None  # the change feed's newest id as of this commit (its own changes included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,41 @@ class LedgerRow:
     rejection: str | None = None  # for effect == rejected: why
     rejection_code: str | None = None  # for effect == rejected: "forbidden_location", "conflict", ...
     content_hash: bytes | None = None  # for effect == rejected: which attempt (one id may be refused with several)
+    expansion: BundleExpansion | None = None  # for effect == expanded (a bundle's movement): how it was booked
+
+
+@dataclass(frozen=True, slots=True)
+class BundleExpansion:
+    """How a bundle's movement was booked on its parts, fixed when the hub first stored it."""
+
+    version: int  # the bundle's recipe version that applied
+    parts: tuple[tuple[str, int], ...]  # (part SKU, units per bundle), by SKU: each part moved qty × units
+
+    def as_json(self) -> dict[str, Any]:
+        return {"recipe_version": self.version, "parts": dict(self.parts)}
+
+
+class BundleConflict(HubError):
+    """A recipe the hub cannot take as things stand (a cycle, a SKU holding stock of its own); one sentence."""
+
+
+@dataclass(frozen=True, slots=True)
+class BundleRecipe:
+    """One version of a bundle's recipe as an admin set it; it applies to movements stored from ``valid_from_ms``."""
+
+    sku: str
+    version: int  # 1, 2, … per bundle
+    valid_from_ms: int
+    components: tuple[tuple[str, int], ...]  # (component SKU, units per bundle) by SKU; a component may be a bundle
+    set_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A bundle as it stands: its recipe in force, and what one of it moves (bundles in it replaced by their parts)."""
+
+    recipe: BundleRecipe
+    parts: tuple[tuple[str, int], ...]  # (plain SKU, units per bundle), by SKU
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,6 +587,29 @@ class HubStore(abc.ABC):
     @abc.abstractmethod
     async def add_import_issues(self, who: AgentIdentity, issues: Sequence[ImportIssue]) -> ReportResult:
         """Store quarantined import rows sent by ``who``; the same rules as ``add_observations``."""
+
+    # --- bundles (schema version 6) -------------------------------------------
+    @abc.abstractmethod
+    async def put_bundle(self, sku: str, components: Mapping[str, int], set_by: str) -> tuple[Bundle, bool]:
+        """Set the recipe of bundle ``sku`` (component SKU -> units per bundle) in one transaction; return the
+        bundle and whether anything changed (the same recipe again adds no version). The new version applies to
+        the movements stored after it; those stored before keep how they were booked. The bundle's rows (and
+        those of every bundle holding it) follow at once, with their change-feed rows. ``InvalidInput`` for a bad
+        recipe; ``BundleConflict`` when the recipes would put a bundle inside itself, or ``sku`` still holds stock
+        of its own (on hand, reserved or in transit)."""
+
+    @abc.abstractmethod
+    async def bundles(self, *, sku: str | None = None, after: str | None = None, limit: int = 1000) -> list[Bundle]:
+        """The bundles as they stand, by SKU; ``sku``: that one only; ``after``: those after that SKU (next page)."""
+
+    @abc.abstractmethod
+    async def bundle_versions(self, sku: str) -> list[BundleRecipe]:
+        """Every recipe version of ``sku``, oldest first ([] when it is not a bundle)."""
+
+    @abc.abstractmethod
+    async def bundle_parts(self, skus: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+        """Bundle SKU -> its parts now (plain SKU -> units per bundle), for the bundles that are or contain one
+        of ``skus`` (None: every bundle)."""
 
     @abc.abstractmethod
     async def divergence(

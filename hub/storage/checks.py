@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from hub.resolver import is_location
+from hub.resolver import BUNDLE_PARTS_MAX, COMPONENT_UNITS_MAX, is_location
 from hub.storage.base import (
     INGEST_ROLES,
     AgentIdentity,
@@ -21,6 +21,7 @@ from hub.storage.base import (
 from protocol import QTY_MAX
 from protocol.catalog import BARCODE_MAX_LEN, GTIN_LENGTHS, gtin14, is_unknown_sku
 from protocol.event import SKU_MAX_LEN
+from protocol import values
 from protocol.values import TEXT_RULE, is_text, is_unicode
 from protocol.reports import (
     ISSUE_FILE_MAX_LEN,
@@ -162,6 +163,30 @@ def observation_content(o: Observation) -> tuple[Any, ...]:
 
 def issue_content(x: ImportIssue) -> tuple[Any, ...]:
     return (x.location, x.file, x.line, x.reason, x.raw)
+
+
+def bundle_recipe(sku: object, components: object) -> dict[str, int]:
+    """A recipe's components (SKU -> units per bundle), checked: 1 to ``BUNDLE_PARTS_MAX`` SKUs by the
+    identifier rule, none an unknown-barcode key or the bundle itself, units 1 to ``COMPONENT_UNITS_MAX``."""
+    if (problem := values.SKU.problem(sku)) is not None:
+        raise InvalidInput(f"the bundle SKU {problem}; a SKU is {values.SKU.rule()}")
+    assert isinstance(sku, str)
+    if is_unknown_sku(sku):
+        raise InvalidInput(f"{sku!r} is an unknown-barcode key, not a SKU; a bundle needs a SKU of its own")
+    if not isinstance(components, Mapping) or not components:
+        raise InvalidInput("components must name at least one component SKU and its units, e.g. {\"A\": 2}")
+    if len(components) > BUNDLE_PARTS_MAX:
+        raise InvalidInput(f"a bundle names {len(components)} components; the limit is {BUNDLE_PARTS_MAX}")
+    out: dict[str, int] = {}
+    for component, units in components.items():
+        if (problem := values.SKU.problem(component)) is not None:
+            raise InvalidInput(f"a component SKU {problem}; a SKU is {values.SKU.rule()}")
+        if is_unknown_sku(component):
+            raise InvalidInput(f"component {component!r} is an unknown-barcode key; give the SKU its barcode maps to")
+        if component == sku:
+            raise InvalidInput(f"bundle {sku} names itself as a component")
+        out[component] = whole(units, f"the units of component {component}", 1, COMPONENT_UNITS_MAX)
+    return dict(sorted(out.items()))
 
 
 def limit(value: int) -> int:

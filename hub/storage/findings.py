@@ -1,11 +1,15 @@
 """Exception rows for the wave-2 findings, worded once for every backend:
-unknown barcodes, divergence from another system, quarantined import rows; and each exception's place
+unknown barcodes, divergence from another system, quarantined import rows, a sales channel's diverging or
+refused level; and each exception's place
 in the list (its source and that source's key of it, ``hub.storage.keys``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 
+from hub.storage import keys
 from hub.storage.base import DivergenceRow, ExceptionRow
 from protocol.catalog import UNKNOWN_SKU_PREFIX
 
@@ -62,6 +66,91 @@ def import_quarantine(
         "import_quarantine",
         (agent_id, issue_id),
     )
+
+
+CHANNEL_DIVERGENCE_FIELDS = (
+    "channel, divergence_id, level_key, sku, location, hub_level, last_pushed, channel_level, found_at_ms, "
+    "corrected_at_ms"
+)
+CHANNEL_REFUSED_FIELDS = "channel, level_key, sku, location, quantity, detail, at_ms"
+
+
+def channel_divergence(
+    channel: str, divergence_id: int, level_key: str, sku: str, location: str | None, hub_level: int,
+    last_pushed: int | None, channel_level: int, found_at_ms: int, corrected_at_ms: int | None,
+) -> ExceptionRow:  # fmt: skip
+    """A row of ``CHANNEL_DIVERGENCE_FIELDS`` (table channel_divergences, hub.channels.reconcile)."""
+    item_id, _, channel_location = level_key.partition("\t")
+    told = "it was never told a level" if last_pushed is None else f"it last confirmed {last_pushed}"
+    done = (
+        f"the hub pushed its level there again at {_utc(corrected_at_ms)}" if corrected_at_ms is not None
+        else "the hub is pushing its level there again"
+    )
+    return ExceptionRow(
+        "channel_divergence",
+        location,
+        sku,
+        f"Channel {channel} showed {channel_level} of {sku} at its location {channel_location} where the hub's level "
+        f"is {hub_level} ({told}); {done}.",
+        {
+            "channel": channel, "id": divergence_id, "item_id": item_id, "channel_location": channel_location,
+            "hub_level": hub_level, "last_pushed": last_pushed, "channel_level": channel_level,
+            "corrected_at_ms": corrected_at_ms,
+        },
+        found_at_ms,
+        "channel_divergence",
+        (channel, divergence_id),
+    )  # fmt: skip
+
+
+def channel_refused(
+    channel: str, level_key: str, sku: str, location: str | None, quantity: int, detail: str, at_ms: int
+) -> ExceptionRow:
+    """A row of ``CHANNEL_REFUSED_FIELDS`` (table channel_refusals, hub.channels.pusher)."""
+    item_id, _, channel_location = level_key.partition("\t")
+    return ExceptionRow(
+        "channel_refused",
+        location,
+        sku,
+        f"Channel {channel} refused to set {sku} (item {item_id}) at its location {channel_location} to {quantity}: "
+        f"{detail.rstrip('.')}. Its other levels go out; fix the item at the channel, then refresh the mapping "
+        f"(POST /v1/channels/{channel}/mapping/refresh) or wait for its level to change.",
+        {"channel": channel, "item_id": item_id, "channel_location": channel_location, "quantity": quantity,
+         "reason": detail},
+        at_ms,
+        "channel_refused",
+        (channel, level_key),
+    )  # fmt: skip
+
+
+CHANNEL_MAPPING_FIELDS = "f.channel, f.seq, f.kind, f.sku, f.detail, l.loaded_ms"
+CHANNEL_MAPPING_TABLE = "channel_findings f JOIN channel_mapping_loads l ON l.channel = f.channel"
+
+
+def channel_mapping(channel: str, seq: int, kind: str, sku: str | None, detail: str, loaded_ms: int) -> ExceptionRow:
+    """A row of ``CHANNEL_MAPPING_FIELDS`` (a finding of the channel's last mapping load, hub.channels.mapping)."""
+    return ExceptionRow(
+        "channel_mapping",
+        None,
+        sku,
+        f"Channel {channel}: {detail.rstrip('.')}; then refresh the mapping (POST /v1/channels/{channel}/mapping/refresh).",
+        {"channel": channel, "finding": kind},
+        loaded_ms,
+        "channel_mapping",
+        (channel, seq),
+    )
+
+
+# Every source of channel exceptions: (source, its columns, its table, the row maker, has a location column).
+CHANNEL_SOURCES: tuple[tuple[keys.ExceptionSource, str, str, Callable[..., ExceptionRow], bool], ...] = (
+    (keys.CHANNEL_DIVERGENCE, CHANNEL_DIVERGENCE_FIELDS, "channel_divergences", channel_divergence, True),
+    (keys.CHANNEL_REFUSED, CHANNEL_REFUSED_FIELDS, "channel_refusals", channel_refused, True),
+    (keys.CHANNEL_MAPPING, CHANNEL_MAPPING_FIELDS, CHANNEL_MAPPING_TABLE, channel_mapping, False),
+)
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def sourced(row: ExceptionRow, source: str, *ident: str | int | bytes) -> ExceptionRow:

@@ -41,6 +41,16 @@ Each (agent_id, epoch) mark is stored with the sender's lineage digest at that
 mark (``protocol.SyncRequest.chain``), answered back so the agent can tell
 whether the hub's mark is its own lineage (see agent.outbox); an epoch seen for
 the first time starts at the sender's ``epoch_base`` instead of 0.
+
+Bundles (schema version 6): a new movement of a bundle SKU is booked, in the
+same transaction, as movements of its parts under the recipe in force
+(``hub.resolver.expand``: ids derived from the bundle movement's namespaced id,
+so a resend books nothing twice); the bundle movement is stored as *expanded*
+with its expansion (``IngestTx.insert_expansions``), fixed from then on. After
+the parts' rows moved, the rows of every bundle made of them follow
+(``hub.resolver.bundle_counts``) and get their change-feed rows like any key.
+``apply_recipe`` sets a recipe (a new version; the bundles' rows follow) and
+``refresh_bundles`` follows a change made outside ingest (a safety stock).
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from collections import Counter, defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol, TypeAlias
@@ -57,6 +67,12 @@ from hub.resolver import (
     ORDERED_KINDS,
     RESERVATION_KINDS,
     Effect,
+    RecipeError,
+    bundle_counts,
+    bundle_problem,
+    describe_parts,
+    expand,
+    flatten,
     OrderKey,
     Reservation,
     ReservationKey,
@@ -77,12 +93,15 @@ from hub.storage.base import (
     CHANGE_EVENT_IDS_MAX,
     INGEST_ROLES,
     AgentIdentity,
+    Bundle,
+    BundleConflict,
+    BundleRecipe,
     Forbidden,
     IngestResult,
     InvalidInput,
     Lineage,
 )
-from protocol import CountSnapshot, Kind, Rejection, StockEvent, event_id_hex
+from protocol import CountSnapshot, Kind, ProtocolError, Rejection, StockEvent, event_id_hex
 
 # (agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs JSON or None)
 EventRow: TypeAlias = tuple[Any, ...]
@@ -159,6 +178,17 @@ class NewChange:
 
 # (event_id, row, effect, variance); variance is None for a count whose variance follows the insert
 NewEvent: TypeAlias = tuple[bytes, EventRow, Effect, int | None]
+
+
+class BundleParts(NamedTuple):
+    """A bundle's recipe in force: its version and its parts (plain SKU -> units per bundle, by SKU)."""
+
+    version: int
+    parts: dict[str, int]
+
+
+# (agent_id, event_id, recipe version, parts as JSON) of a bundle movement: how it was booked
+NewExpansion: TypeAlias = tuple[str, bytes, int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +311,32 @@ class IngestTx(Protocol):
     async def insert_quarantined(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
         """Hold events stamped outside the clock window, keyed by (agent_id, event_id); the same
         event again only counts one more attempt (its first receipt time stays)."""
+
+    # Bundles (schema version 6):
+
+    async def bundle_book(self, skus: Collection[str] | None) -> dict[str, BundleParts]:
+        """The recipes in force of the bundles that are, or are made of, one of ``skus`` (None: all)."""
+
+    async def insert_expansions(self, rows: Sequence[NewExpansion]) -> None: ...
+
+    async def lock_recipes(self) -> None:
+        """Before a recipe is set: keep every other stock write out until the commit."""
+
+    async def recipes(self) -> dict[str, BundleRecipe]:
+        """Every bundle's newest recipe version, as set."""
+
+    async def insert_recipe(self, recipe: BundleRecipe) -> None: ...
+
+    async def save_parts(self, rows: Mapping[str, BundleParts]) -> None:
+        """Replace the parts in force of these bundles."""
+
+    async def stock_keys_of(self, skus: Collection[str]) -> list[StockKey]:
+        """The keys of the stock rows of these SKUs (every location that has one)."""
+
+    async def has_events(self, key: StockKey) -> bool:
+        """Whether any event of ``key`` is stored."""
+
+    async def delete_stock(self, keys: Collection[StockKey]) -> None: ...
 
 
 def prepare_batch(
@@ -512,6 +568,23 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
                     f"the original stands and this version is not counted"
                 )
                 rejected.append(RejectedAttempt(ev, row, "conflict", reason))
+    applied = len(fresh)  # the sender's events stored now (a bundle's movement counts once)
+
+    # 1b. Bundles: a new movement of a bundle SKU is booked on its parts, under the recipe in force.
+    book = await tx.bundle_book({ev.sku for ev, _ in fresh}) if fresh else {}
+    expanded: list[tuple[StockEvent, EventRow, BundleParts]] = []
+    if book and any(ev.sku in book for ev, _ in fresh):
+        fresh, expanded, refused = await _expand(tx, who.agent_id, fresh, book)
+        rejected += refused
+        applied -= len(refused)
+        by_key = defaultdict(list)
+        for ev, _ in fresh:
+            by_key[(ev.location, ev.sku)].append(ev)
+        touched.difference_update((r.event.location, r.event.sku) for r in refused)  # a refused one adds no key
+        touched.update(by_key)
+        touched.update((ev.location, ev.sku) for ev, _, _ in expanded)
+        if part_skus := {ev.sku for ev, _ in fresh}.difference(book):  # bundles made of the parts just booked
+            book.update(await tx.bundle_book(part_skus))
 
     # 2. Transfers and reservations: commutative sums, folded in memory.
     in_transit_delta: Counter[StockKey] = Counter()
@@ -583,9 +656,15 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         changed.append(key)
 
     # 4. Write.
-    if fresh:
+    if fresh or expanded:
         await tx.insert_events(
-            [(ev.event_id, row, effects[ev.event_id], variances.get(ev.event_id)) for ev, row in fresh], now_ms
+            [(ev.event_id, row, effects[ev.event_id], variances.get(ev.event_id)) for ev, row in fresh]
+            + [(ev.event_id, row, Effect.EXPANDED, None) for ev, row, _ in expanded],
+            now_ms,
+        )
+    if expanded:
+        await tx.insert_expansions(
+            [(who.agent_id, ev.event_id, bp.version, attrs_json(bp.parts)) for ev, _, bp in expanded]
         )
     if duplicates:
         await tx.add_duplicates(who.agent_id, duplicates)
@@ -605,7 +684,13 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         await tx.save_transfers(new_transfers, now_ms)
     if new_reservations:
         await tx.save_reservations(new_reservations, now_ms)
-    snapshots = {k: rows[k].snapshot() for k in touched.union(changed)}
+    if book:  # the bundles made of what moved (and those sold) follow their parts
+        for key, was in (await _settle_bundles(tx, rows, changed, book, [k for k in touched if k[1] in book])).items():
+            if key not in before:
+                before[key] = was
+                changed.append(key)
+                by_key[key] = _bundle_causes(key, book, expanded, by_key)
+    snapshots = {k: (rows.get(k) or StockRow(*k)).snapshot() for k in touched.union(changed)}
     if changed:
         await tx.save_stock([rows[k] for k in changed], now_ms)
         feed = _changes(changed, rows, snapshots, before, by_key, by_transfer, new_transfers)
@@ -624,7 +709,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         hwm=hwm,
         rejected=tuple(Rejection(r.event.event_id, r.event.seq, r.code, r.reason) for r in rejected),
         duplicates=sum(duplicates.values()),
-        applied=len(fresh),
+        applied=applied,
         counts=tuple(snapshots[k] for k in sorted(touched)),
         chain=chain,
         held=held_now,
@@ -689,3 +774,202 @@ def _changes(
         causes = tuple(map(_EVENT_ID, evs[:CHANGE_EVENT_IDS_MAX])) if evs else ()
         out.append(NewChange(snapshots[key], causes))
     return out
+
+
+
+# --- bundles ---------------------------------------------------------------------------------------------
+
+
+async def _expand(
+    tx: IngestTx, agent_id: str, fresh: list[tuple[StockEvent, EventRow]], book: Mapping[str, BundleParts]
+) -> tuple[list[tuple[StockEvent, EventRow]], list[tuple[StockEvent, EventRow, BundleParts]], list[RejectedAttempt]]:
+    """The new events with each bundle movement replaced by its parts' movements; the bundle movements
+    booked so; and those refused (``hub.resolver.bundle_problem``, or a part's derived id already taken)."""
+    out: list[tuple[StockEvent, EventRow]] = []
+    planned: list[tuple[StockEvent, EventRow, BundleParts, tuple[StockEvent, ...]]] = []
+    refused: list[RejectedAttempt] = []
+    for ev, row in fresh:
+        bp = book.get(ev.sku)
+        if bp is None:
+            out.append((ev, row))
+            continue
+        problem = bundle_problem(ev, bp.parts)
+        if problem is None:
+            try:
+                planned.append((ev, row, bp, expand(ev, bp.parts)))
+                continue
+            except ProtocolError as err:  # bundle_problem foresees these; kept as a refusal, never a failed batch
+                problem = f"a part's movement would break the event contract ({err})"
+        refused.append(RejectedAttempt(ev, row, "invalid_bundle", f"event {event_id_hex(ev.event_id)}: {problem}"))
+    expanded: list[tuple[StockEvent, EventRow, BundleParts]] = []
+    if planned:
+        derived = [part.event_id for *_, parts in planned for part in parts]
+        taken = set(await tx.stored_rows(agent_id, derived)) | {ev.event_id for ev, _ in fresh}.intersection(derived)
+        for ev, row, bp, parts in planned:
+            if taken.intersection(part.event_id for part in parts):
+                reason = (
+                    f"event {event_id_hex(ev.event_id)}: the ids of its parts' movements are already taken by "
+                    f"other events of {agent_id}, so it is not booked"
+                )
+                refused.append(RejectedAttempt(ev, row, "conflict", reason))
+                continue
+            out += [(part, event_row(part)) for part in parts]
+            expanded.append((ev, row, bp))
+    return out, expanded, refused
+
+
+def _bundle_causes(
+    key: StockKey,
+    book: Mapping[str, BundleParts],
+    expanded: Sequence[tuple[StockEvent, EventRow, BundleParts]],
+    by_key: Mapping[StockKey, list[StockEvent]],
+) -> list[StockEvent]:
+    """The events a bundle row's change names: its own movements in the batch, else its parts' there."""
+    own = [ev for ev, _, _ in expanded if (ev.location, ev.sku) == key]
+    if own:
+        return own
+    return [ev for part in book[key[1]].parts for ev in by_key.get((key[0], part), ())]
+
+
+async def _settle_bundles(
+    tx: IngestTx,
+    rows: dict[StockKey, StockRow],
+    keys: Iterable[StockKey],
+    book: Mapping[str, BundleParts],
+    bundle_keys: Iterable[StockKey] = (),
+) -> dict[StockKey, tuple[int, int, int]]:
+    """Recompute the rows (in ``rows``, reading what is missing) of the bundles of ``book`` made of one of
+    ``keys``' SKUs at its location, and of ``bundle_keys``; return those new or moved, with their
+    (on_hand, reserved, in_transit) from before ((0, 0, 0) for a new row)."""
+    containing: dict[str, list[str]] = defaultdict(list)
+    for bundle, bp in book.items():
+        for part in bp.parts:
+            containing[part].append(bundle)
+    targets = {k for k in bundle_keys if k[1] in book}
+    targets.update((location, bundle) for location, sku in keys for bundle in containing.get(sku, ()))
+    if not targets:
+        return {}
+    wanted = targets.union((location, part) for location, bundle in targets for part in book[bundle].parts)
+    missing = [k for k in wanted if k not in rows]
+    if missing:
+        rows.update(await tx.stock_rows(missing))
+    moved: dict[StockKey, tuple[int, int, int]] = {}
+    for key in sorted(targets):
+        location, bundle = key
+        parts = book[bundle].parts
+        here = {
+            part: (r.on_hand, r.reserved, r.in_transit, r.safety_stock)
+            for part in parts
+            if (r := rows.get((location, part))) is not None
+        }
+        made = bundle_counts(parts, here)
+        old = rows.get(key)
+        was = None if old is None else (old.on_hand, old.reserved, old.in_transit)
+        if was != made:
+            rows[key] = (old or StockRow(*key))._replace(on_hand=made[0], reserved=made[1], in_transit=made[2])
+            moved[key] = was or (0, 0, 0)
+    return moved
+
+
+def _moved_changes(
+    rows: Mapping[StockKey, StockRow], moved: Mapping[StockKey, tuple[int, int, int]]
+) -> list[NewChange]:
+    out = []
+    for key in sorted(moved):
+        row = rows[key]
+        if (row.on_hand, row.reserved, row.in_transit) != moved[key]:
+            out.append(NewChange(row.snapshot(), ()))
+    return out
+
+
+async def refresh_bundles(tx: IngestTx, keys: Collection[StockKey], now_ms: int) -> None:
+    """After ``keys`` changed outside ingest (a safety stock set): the rows of the bundles made of their SKUs
+    there follow, with their change-feed rows."""
+    book = await tx.bundle_book({sku for _, sku in keys})
+    if not book:
+        return
+    rows: dict[StockKey, StockRow] = {}
+    moved = await _settle_bundles(tx, rows, keys, book)
+    if moved:
+        await tx.save_stock([rows[k] for k in sorted(moved)], now_ms)
+        if changes := _moved_changes(rows, moved):
+            await tx.append_changes(changes, now_ms)
+
+
+async def apply_recipe(
+    tx: IngestTx, sku: str, components: Mapping[str, int], set_by: str, now_ms: int
+) -> tuple[Bundle, bool]:
+    """Set the recipe of bundle ``sku`` (checked by ``hub.storage.checks.bundle_recipe``) in the open
+    transaction: a new version from ``now_ms`` on (none when it is the recipe in force already), the parts in
+    force of it and of every bundle holding it, and their rows at every location, with change-feed rows.
+
+    ``BundleConflict`` when the recipes would not flatten (a bundle inside itself …) or when ``sku``, not
+    yet a bundle, holds stock of its own: a bundle's count is its parts', so that stock would be lost."""
+    await tx.lock_recipes()
+    recipes = await tx.recipes()
+    current = await tx.bundle_book(None)
+    old = recipes.get(sku)
+    if old is not None and dict(old.components) == dict(components):
+        return Bundle(old, tuple(current[sku].parts.items()) if sku in current else ()), False
+    direct = {s: dict(r.components) for s, r in recipes.items()} | {sku: dict(components)}
+    try:
+        flat = flatten(direct, first=sku)
+    except RecipeError as err:
+        raise BundleConflict(f"{err}; change this recipe or the other one first") from err
+    if old is None:
+        rows = await tx.stock_rows(await tx.stock_keys_of([sku]))
+        own = sorted((r.location, r.on_hand, r.reserved, r.in_transit) for r in rows.values() if r[2:5] != (0, 0, 0))
+        if own:
+            loc, on_hand, reserved, in_transit = own[0]
+            where = f"{on_hand} on hand, {reserved} reserved, {in_transit} in transit at {loc}" + (
+                f" and stock at {len(own) - 1} more location(s)" if len(own) > 1 else ""
+            )
+            raise BundleConflict(
+                f"{sku} holds stock of its own ({where}), and a bundle's count is made of its parts ("
+                f"{describe_parts(components)}); bring {sku} to zero first (book its units as their parts), "
+                "then set the recipe"
+            )
+    recipe = BundleRecipe(sku, (old.version + 1) if old else 1, now_ms, tuple(sorted(components.items())), set_by)
+    await tx.insert_recipe(recipe)
+    versions = {s: r.version for s, r in recipes.items()} | {sku: recipe.version}
+    new_parts = {b: BundleParts(versions[b], parts) for b, parts in flat.items()}
+    changed = {b: bp for b, bp in new_parts.items() if current.get(b) != bp}
+    await tx.save_parts(changed)
+    moved_parts = {b: bp for b, bp in changed.items() if current.get(b) is None or current[b].parts != bp.parts}
+    if moved_parts:
+        await _rebuild_bundles(tx, moved_parts, now_ms)
+    return Bundle(recipe, tuple(flat[sku].items())), True
+
+
+async def _rebuild_bundles(tx: IngestTx, book: Mapping[str, BundleParts], now_ms: int) -> None:
+    """Recompute these bundles' rows at every location where one of their parts, or they, have a row. A
+    bundle row left where none of its parts is, with no movement and no safety stock of its own, goes
+    (a bundle has a row wherever one of its parts has one: hub.resolver)."""
+    parts = {part for bp in book.values() for part in bp.parts}
+    part_keys = await tx.stock_keys_of(parts)
+    own_keys = await tx.stock_keys_of(list(book))
+    rows = await tx.stock_rows([*part_keys, *own_keys])
+    where: dict[str, set[str]] = defaultdict(set)
+    for location, part in part_keys:
+        where[part].add(location)
+    targets = set(own_keys) | {(loc, b) for b, bp in book.items() for part in bp.parts for loc in where[part]}
+    gone = [
+        key
+        for key in sorted(targets)
+        if not any(key[0] in where[part] for part in book[key[1]].parts)
+        and (row := rows.get(key)) is not None
+        and not row.safety_stock
+        and not await tx.has_events(key)
+    ]
+    moved = await _settle_bundles(tx, rows, (), book, [k for k in targets if k not in gone])
+    if gone:
+        await tx.delete_stock(gone)
+        for key in gone:  # a channel showing it learns 0
+            row = rows[key]
+            if (row.on_hand, row.reserved, row.in_transit) != (0, 0, 0):
+                moved[key] = (row.on_hand, row.reserved, row.in_transit)
+                rows[key] = StockRow(*key)
+    if moved:
+        await tx.save_stock([rows[k] for k in sorted(moved) if k not in gone], now_ms)
+        if changes := _moved_changes(rows, moved):
+            await tx.append_changes(changes, now_ms)

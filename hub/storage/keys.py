@@ -107,11 +107,16 @@ CLOCK_QUARANTINE = ExceptionSource("clock_quarantine", "received_at_ms", ("quara
 REJECTED = ExceptionSource("rejected_event", "received_at_ms", ("agent_id", "event_id", "content_hash"), "sbb")
 IMPORT_QUARANTINE = ExceptionSource("import_quarantine", "received_at_ms", ("agent_id", "issue_id"), "ss")
 DIVERGENCE = ExceptionSource("divergence", "received_at_ms", ("location", "sku", "system"), "sss")
+# a sales channel's level found diverging, and a level a channel refused for good (hub.channels.reconcile, .pusher)
+CHANNEL_DIVERGENCE = ExceptionSource("channel_divergence", "found_at_ms", ("channel", "divergence_id"), "si")
+CHANNEL_REFUSED = ExceptionSource("channel_refused", "at_ms", ("channel", "level_key"), "ss")
+# what the last load of a channel's SKU mapping found (unmapped SKUs, a SKU or barcode on two items …)
+CHANNEL_MAPPING = ExceptionSource("channel_mapping", "l.loaded_ms", ("f.channel", "f.seq"), "si")
 EXCEPTION_SOURCES = {
     s.name: s
     for s in (
         NEGATIVE, UNKNOWN_BARCODE, TRANSFER, TRANSFER_OVERDUE, CLOCK_QUARANTINE, REJECTED, IMPORT_QUARANTINE,
-        DIVERGENCE,
+        DIVERGENCE, CHANNEL_DIVERGENCE, CHANNEL_REFUSED, CHANNEL_MAPPING,
     )
 }  # fmt: skip
 

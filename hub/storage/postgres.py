@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -61,6 +61,11 @@ from hub.clock_window import ClockWindow
 from hub.storage import held
 from hub.storage.base import AlreadyResolved, QuarantineRow
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
+from hub.storage.ingest import apply_recipe, refresh_bundles
+from hub.storage.base import Bundle, BundleRecipe
+from hub.storage.rows import bundle_recipe, bundles_of, expanded_ids, with_expansions
+from hub.storage.sql import NEWEST_RECIPES, RECIPE_FIELDS
+from hub.resolver import describe_parts
 from hub.storage import keys
 from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, ExceptionSource, LedgerKey
 from hub.storage.postgres_ingest import PostgresIngest, batch_locks, lock_keys, stock_lockable
@@ -337,7 +342,8 @@ class PostgresHubStore(HubStore):
             tx = PostgresIngest(conn, set(locks))
             result = await apply_batch(tx, batch, wall_ms_now())
             await tx.flush_changes()  # last: the feed's counter row stays locked only until COMMIT
-            return result
+            # This batch's keys stay locked until COMMIT: no change of theirs can commit between this read and it.
+            return replace(result, change_id=await postgres_feed.latest_change_id(conn))
 
         return await self._write(f"committing {len(events)} event(s) from {who.agent_id}", work, unique_races=True)
 
@@ -401,6 +407,8 @@ class PostgresHubStore(HubStore):
             rows = list(await conn.fetch(events_sql, *f.params, limit))
             rows += await conn.fetch(rejections_sql, *rf.params, limit)
             out = [ledger_row(r) for r in rows]
+            if bundled := expanded_ids(out):  # a bundle's movement: how it was booked on its parts
+                out = with_expansions(out, await PostgresIngest(conn, set()).expansions(bundled))
             for w, most in wanted:  # transfers closed short: a ledger row of their own (hub.storage.held)
                 sql = f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{w.where} ORDER BY closed_at DESC"
                 found = await conn.fetch(f"{sql} LIMIT {w.next()}", *w.params, most)
@@ -475,6 +483,7 @@ class PostgresHubStore(HubStore):
                 out.append(findings.sourced(row, keys.REJECTED.name, r[1], r[0], r[11]))
             out += await postgres_reports.unknown_barcode_exceptions(conn, location, limit, after)
             out += await postgres_reports.import_issue_exceptions(conn, location, limit, after)
+            out += await postgres_reports.channel_exceptions(conn, location, limit, after)
             diverging = await postgres_reports.divergence(
                 conn, location, None, limit, divergence_page, keys.DIVERGENCE.order
             )
@@ -608,9 +617,12 @@ class PostgresHubStore(HubStore):
                 now_ms,
             )
             row = count_row(stored)
+            tx = PostgresIngest(conn, {stock_lockable((location, sku))})
+            await refresh_bundles(tx, [(location, sku)], now_ms)  # the bundles made of it follow (feed rows: below)
             if available(*(was or (0, 0, 0))) != row.available:  # the feed shows the new available
                 snapshot = CountSnapshot(location, sku, row.on_hand, row.reserved, row.available, row.in_transit)
                 await postgres_feed.append_changes(conn, [NewChange(snapshot, ())], now_ms)  # last: see the module doc
+            await tx.flush_changes()
             return row
 
         return await self._write(f"setting the safety stock of {sku} at {location}", work)
@@ -734,6 +746,48 @@ class PostgresHubStore(HubStore):
             return await postgres_reports.add_import_issues(conn, who, issues, wall_ms_now())
 
         return await self._write(f"storing {len(issues)} import issue(s) from {who.agent_id}", work, unique_races=True)
+
+    # --- bundles (schema version 6) ----------------------------------------------
+
+    async def put_bundle(self, sku: str, components: Mapping[str, int], set_by: str) -> tuple[Bundle, bool]:
+        checked = checks.bundle_recipe(sku, components)
+
+        async def work(conn: asyncpg.Connection) -> tuple[Bundle, bool]:
+            tx = PostgresIngest(conn, set())
+            result = await apply_recipe(tx, sku, checked, set_by, wall_ms_now())
+            await tx.flush_changes()  # last: see the module doc
+            return result
+
+        bundle, changed = await self._write(f"setting the recipe of bundle {sku}", work)
+        if changed:
+            log.info("%s set bundle %s to recipe version %d (%s).", set_by, sku, bundle.recipe.version,
+                     describe_parts(checked))  # fmt: skip
+        return bundle, changed
+
+    async def bundles(self, *, sku: str | None = None, after: str | None = None, limit: int = 1000) -> list[Bundle]:
+        f = Filters().add("sku > {}", after).add("sku = {}", sku)
+        sql = f"SELECT {RECIPE_FIELDS} FROM ({NEWEST_RECIPES}) n{f.where} ORDER BY sku LIMIT {f.next()}"
+        params = (*f.params, checks.limit(limit))
+
+        async def work(conn: asyncpg.Connection) -> list[Bundle]:
+            recipes = [bundle_recipe(r) for r in await conn.fetch(sql, *params)]
+            return bundles_of(recipes, await PostgresIngest(conn, set()).bundle_book([r.sku for r in recipes]))
+
+        return await self._read("reading bundles", work, snapshot=True)
+
+    async def bundle_versions(self, sku: str) -> list[BundleRecipe]:
+        async def work(conn: asyncpg.Connection) -> list[BundleRecipe]:
+            sql = f"SELECT {RECIPE_FIELDS} FROM bundle_recipes WHERE sku = $1 ORDER BY version"
+            return [bundle_recipe(r) for r in await conn.fetch(sql, sku)]
+
+        return await self._read("reading a bundle's recipes", work)
+
+    async def bundle_parts(self, skus: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+        async def work(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
+            book = await PostgresIngest(conn, set()).bundle_book(None if skus is None else list(skus))
+            return {b: dict(bp.parts) for b, bp in book.items()}
+
+        return await self._read("reading bundle recipes", work, snapshot=True)
 
     async def divergence(
         self, *, location: str | None = None, system: str | None = None, limit: int = 1000,

@@ -43,10 +43,14 @@ from hub.resolver import (
     transfer_destination,
     transfer_key,
 )
+from hub.storage.base import BundleRecipe
 from hub.storage.held import transfer_values
 from hub.storage.ingest import Batch, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
+from hub.storage.ingest import BundleParts, NewExpansion, attrs_json
 from hub.storage.postgres_feed import append_changes
+from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
+from hub.storage.sql import BUNDLE_PART_FIELDS, EXPANSION_FIELDS, NEWEST_RECIPES, RECIPE_FIELDS
 
 STOCK_TYPES = (
     "text", "text", "int8", "int8", "int8", "int8", "int8", "text", "int8", "bytea", "int8", "text", "int8", "bytea",
@@ -54,7 +58,13 @@ STOCK_TYPES = (
 )  # fmt: skip
 EVENT_COLUMNS = [*EVENT_FIELDS.split(", "), "effect", "variance", "received_at_ms"]
 
-LOCK_SQL = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k"
+# Every stock write takes the bundle recipes' lock shared, first, with its own locks; setting a recipe takes it
+# alone (``PostgresIngest.lock_recipes``), so no write reads the recipes while one is being set (schema v6).
+RECIPES_LOCK = int.from_bytes(hashlib.blake2b(b"shelfsync bundle recipes", digest_size=8).digest(), "big", signed=True)
+LOCK_SQL = (
+    f"SELECT pg_advisory_xact_lock_shared({RECIPES_LOCK}) UNION ALL "
+    "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k"
+)
 
 
 STOCK_LOCK_BUCKETS = 16  # stock locks per location
@@ -400,3 +410,69 @@ class PostgresIngest:
         """Append the change rows of the transaction; call it last, right before COMMIT."""
         await append_changes(self.conn, self._changes, self._changes_at_ms)
         self._changes = []
+
+    # --- bundles (schema version 6) ------------------------------------------------------------------
+
+    async def bundle_book(self, skus: Collection[str] | None) -> dict[str, BundleParts]:
+        if skus is None:
+            return bundle_book(await self.conn.fetch(f"SELECT {BUNDLE_PART_FIELDS} FROM bundle_parts"))
+        rows = await self.conn.fetch(
+            f"SELECT {BUNDLE_PART_FIELDS} FROM bundle_parts WHERE bundle IN "
+            "(SELECT bundle FROM bundle_parts WHERE bundle = ANY($1::text[]) OR part = ANY($1::text[]))",
+            list(skus),
+        )
+        return bundle_book(rows)
+
+    async def insert_expansions(self, rows: Sequence[NewExpansion]) -> None:
+        await self.conn.execute(
+            f"INSERT INTO bundle_expansions ({EXPANSION_FIELDS}) "
+            "SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::text[])",
+            *columns(rows, 4),
+        )
+
+    async def lock_recipes(self) -> None:
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", RECIPES_LOCK)  # alone: see LOCK_SQL
+
+    async def recipes(self) -> dict[str, BundleRecipe]:
+        return {r[0]: bundle_recipe(r) for r in await self.conn.fetch(NEWEST_RECIPES)}
+
+    async def insert_recipe(self, recipe: BundleRecipe) -> None:
+        await self.conn.execute(
+            f"INSERT INTO bundle_recipes ({RECIPE_FIELDS}) VALUES ($1, $2, $3, $4, $5)",
+            recipe.sku, recipe.version, recipe.valid_from_ms, attrs_json(dict(recipe.components)), recipe.set_by,
+        )  # fmt: skip
+
+    async def save_parts(self, rows: Mapping[str, BundleParts]) -> None:
+        await self.conn.execute("DELETE FROM bundle_parts WHERE bundle = ANY($1::text[])", list(rows))
+        values = [(b, part, units, bp.version) for b, bp in rows.items() for part, units in bp.parts.items()]
+        await self.conn.execute(
+            f"INSERT INTO bundle_parts ({BUNDLE_PART_FIELDS}) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])",
+            *columns(values, 4),
+        )
+
+    async def stock_keys_of(self, skus: Collection[str]) -> list[StockKey]:
+        rows = await self.conn.fetch("SELECT location, sku FROM stock WHERE sku = ANY($1::text[])", list(skus))
+        return [(r[0], r[1]) for r in rows]
+
+    async def has_events(self, key: StockKey) -> bool:
+        sql = "SELECT EXISTS (SELECT 1 FROM events WHERE location = $1 AND sku = $2)"
+        return bool(await self.conn.fetchval(sql, *key))
+
+    async def delete_stock(self, keys: Collection[StockKey]) -> None:
+        await self.conn.execute(
+            "DELETE FROM stock s USING unnest($1::text[], $2::text[]) AS k(location, sku) "
+            "WHERE s.location = k.location AND s.sku = k.sku",
+            *columns(list(keys), 2),
+        )
+
+    async def expansions(self, ids: Sequence[tuple[str, bytes]]) -> list[Any]:
+        """Rows of EXPANSION_FIELDS of these bundle movements (agent_id, event_id): a read, any connection."""
+        return list(
+            await self.conn.fetch(
+                f"SELECT {', '.join('e.' + f for f in EXPANSION_FIELDS.split(', '))} "
+                "FROM unnest($1::text[], $2::bytea[]) AS k(agent_id, event_id) JOIN bundle_expansions e "
+                "ON e.agent_id = k.agent_id AND e.event_id = k.event_id",
+                *columns(list(ids), 2),
+            )
+        )

@@ -201,6 +201,24 @@ async def import_issue_exceptions(
     return [findings.import_quarantine(*r) for r in rows]
 
 
+async def channel_exceptions(
+    conn: asyncpg.Connection, location: str | None, limit: int, after: keys.ExceptionKey | None = None
+) -> list[ExceptionRow]:
+    """What the sales channels need a person for: diverging and refused levels, mapping findings (schema 6)."""
+    out: list[ExceptionRow] = []
+    for source, fields, table, make, located in findings.CHANNEL_SOURCES:
+        if location is not None and not located:
+            continue
+        params: list[Any] = []
+        terms = _page(source.after(after) if after is not None else None, params)
+        if location is not None:
+            params.append(location)
+            terms.append(f"location = ${len(params)}")
+        sql = f"SELECT {fields} FROM {table}{_where(terms)} ORDER BY {source.order} LIMIT ${len(params) + 1}"
+        out += [make(*r) for r in await conn.fetch(sql, *params, limit)]
+    return out
+
+
 # --- divergence ------------------------------------------------------------------------
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from hub.resolver import Effect, available
-from hub.storage.base import CountRow, ExceptionRow, LedgerRow
+from hub.storage.base import Bundle, BundleExpansion, BundleRecipe, CountRow, ExceptionRow, LedgerRow
+from hub.storage.ingest import BundleParts
 from protocol import event_id_hex
 from protocol.values import ATTR_STR_MAX_LEN, json_safe
 
@@ -70,3 +72,38 @@ def rejection_exception(r: Sequence[Any]) -> ExceptionRow:
         {"event_id": event_id_hex(event_id), "agent_id": agent_id, "seq": seq, "code": code, "attempts": attempts},
         at_ms,
     )
+
+
+# --- bundles (schema version 6) --------------------------------------------------------------------------
+
+
+def bundle_recipe(r: Sequence[Any]) -> BundleRecipe:
+    # RECIPE_FIELDS
+    components = json.loads(r[3])
+    return BundleRecipe(r[0], r[1], r[2], tuple(sorted((str(k), int(v)) for k, v in components.items())), r[4])
+
+
+def bundle_book(rows: Iterable[Sequence[Any]]) -> dict[str, BundleParts]:
+    """Rows of BUNDLE_PART_FIELDS grouped per bundle (parts by SKU)."""
+    grouped: dict[str, tuple[int, dict[str, int]]] = {}
+    for bundle, part, units, version in rows:
+        grouped.setdefault(bundle, (int(version), {}))[1][part] = int(units)
+    return {b: BundleParts(v, dict(sorted(parts.items()))) for b, (v, parts) in sorted(grouped.items())}
+
+
+def bundles_of(recipes: Iterable[BundleRecipe], book: Mapping[str, BundleParts]) -> list[Bundle]:
+    return [Bundle(r, tuple(book[r.sku].parts.items()) if r.sku in book else ()) for r in recipes]
+
+
+def with_expansions(rows: list[LedgerRow], found: Iterable[Sequence[Any]]) -> list[LedgerRow]:
+    """``rows`` with the expansion of each bundle movement filled in from rows of EXPANSION_FIELDS."""
+    by_id = {(r[0], bytes(r[1])): BundleExpansion(r[2], tuple(sorted(json.loads(r[3]).items()))) for r in found}
+    return [
+        replace(row, expansion=by_id.get((row.agent_id, row.event_id))) if row.effect is Effect.EXPANDED else row
+        for row in rows
+    ]
+
+
+def expanded_ids(rows: Iterable[LedgerRow]) -> list[tuple[str, bytes]]:
+    """(agent_id, event_id) of the bundle movements among ``rows``."""
+    return [(row.agent_id, row.event_id) for row in rows if row.effect is Effect.EXPANDED]

@@ -37,3 +37,13 @@ def ledger_events_sql(events: str) -> str:
         f"SELECT {fields}, {EFFECT_NOW}, e.variance, e.duplicates, e.received_at_ms, NULL, NULL "
         f"FROM {events} e LEFT JOIN stock s ON s.location = e.location AND s.sku = e.sku"
     )
+
+
+# Bundles (schema version 6): recipe versions as set, the parts in force, each bundle movement's expansion.
+RECIPE_FIELDS = "sku, version, valid_from_ms, components, set_by"
+NEWEST_RECIPES = (
+    f"SELECT {RECIPE_FIELDS} FROM bundle_recipes r "
+    "WHERE version = (SELECT max(version) FROM bundle_recipes m WHERE m.sku = r.sku)"
+)
+BUNDLE_PART_FIELDS = "bundle, part, units, version"
+EXPANSION_FIELDS = "agent_id, event_id, version, parts"

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +59,11 @@ from hub.clock_window import ClockWindow
 from hub.storage import held
 from hub.storage.base import AlreadyResolved, QuarantineRow
 from hub.storage.ingest import NewChange, apply_batch, prepare_batch
+from hub.storage.ingest import apply_recipe, refresh_bundles
+from hub.storage.base import Bundle, BundleRecipe
+from hub.storage.rows import bundle_recipe, bundles_of, expanded_ids, with_expansions
+from hub.storage.sql import NEWEST_RECIPES, RECIPE_FIELDS
+from hub.resolver import describe_parts
 from hub.storage import keys
 from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, ExceptionSource, LedgerKey
 from hub.storage.rows import COUNT_FIELDS, count_row, ledger_row, rejection_exception
@@ -377,8 +382,10 @@ class SqliteHubStore(HubStore):
             clock=clock, sent_ms=sent_ms,
         )  # fmt: skip
 
-        def work(db: InlineConnection) -> Coroutine[Any, Any, IngestResult]:
-            return apply_batch(SqliteIngest(db, self._stock_cache), batch, wall_ms_now())
+        async def work(db: InlineConnection) -> IngestResult:
+            result = await apply_batch(SqliteIngest(db, self._stock_cache), batch, wall_ms_now())
+            # The one writer holds the file: the newest change id now is exactly this commit's position.
+            return replace(result, change_id=await sqlite_feed.latest_change_id(db))
 
         return await self._write(f"committing {len(events)} event(s) from {who.agent_id}", work)
 
@@ -438,6 +445,8 @@ class SqliteHubStore(HubStore):
             rows = list(await db.execute_fetchall(events_sql, (*ev_after, *params, limit)))
             rows += await db.execute_fetchall(rejections_sql, (*rej_after, *params, limit))
             out = [ledger_row(r) for r in rows]
+            if bundled := expanded_ids(out):  # a bundle's movement: how it was booked on its parts
+                out = with_expansions(out, await SqliteIngest(db).expansions(bundled))
             if after is None:
                 writeoffs = list(await db.execute_fetchall(writeoffs_sql(None), (*w_params, limit)))
             else:  # those stamped like the cursor's row may sort either side of it: read them all
@@ -515,6 +524,7 @@ class SqliteHubStore(HubStore):
                 out.append(findings.sourced(rejection_exception(r[:11]), keys.REJECTED.name, r[1], r[0], r[11]))
             out += await sqlite_reports.unknown_barcode_exceptions(db, location, limit, after)
             out += await sqlite_reports.import_issue_exceptions(db, location, limit, after)
+            out += await sqlite_reports.channel_exceptions(db, location, limit, after)
             diverging = await sqlite_reports.divergence(
                 db, location, None, limit, divergence_page, keys.DIVERGENCE.order
             )
@@ -641,6 +651,7 @@ class SqliteHubStore(HubStore):
             if available(was[0], was[1], was[2]) != row.available:  # the feed shows the new available
                 snapshot = CountSnapshot(location, sku, row.on_hand, row.reserved, row.available, row.in_transit)
                 await SqliteIngest(db).append_changes([NewChange(snapshot, ())], now_ms)
+            await refresh_bundles(SqliteIngest(db, self._stock_cache), [(location, sku)], now_ms)  # made of it
             return row
 
         return await self._write(f"setting the safety stock of {sku} at {location}", work)
@@ -733,6 +744,45 @@ class SqliteHubStore(HubStore):
             f"storing {len(issues)} import issue(s) from {who.agent_id}",
             lambda db: sqlite_reports.add_import_issues(db, who, issues, wall_ms_now()),
         )
+
+    # --- bundles (schema version 6) ----------------------------------------------
+
+    async def put_bundle(self, sku: str, components: Mapping[str, int], set_by: str) -> tuple[Bundle, bool]:
+        checked = checks.bundle_recipe(sku, components)
+        bundle, changed = await self._write(
+            f"setting the recipe of bundle {sku}",
+            lambda db: apply_recipe(SqliteIngest(db, self._stock_cache), sku, checked, set_by, wall_ms_now()),
+        )
+        if changed:
+            log.info("%s set bundle %s to recipe version %d (%s).", set_by, sku, bundle.recipe.version,
+                     describe_parts(checked))  # fmt: skip
+        return bundle, changed
+
+    async def bundles(self, *, sku: str | None = None, after: str | None = None, limit: int = 1000) -> list[Bundle]:
+        where, params = _filters(*(("sku > ?",) if after is not None else ()), sku=sku)
+        sql = f"SELECT {RECIPE_FIELDS} FROM ({NEWEST_RECIPES}){where} ORDER BY sku LIMIT ?"
+        args = ((after,) if after is not None else ()) + params + (checks.limit(limit),)
+
+        async def work(db: aiosqlite.Connection) -> list[Bundle]:
+            recipes = [bundle_recipe(r) for r in await db.execute_fetchall(sql, args)]
+            return bundles_of(recipes, await SqliteIngest(db).bundle_book([r.sku for r in recipes]))
+
+        return await self._read("reading bundles", work, snapshot=True)
+
+    async def bundle_versions(self, sku: str) -> list[BundleRecipe]:
+        sql = f"SELECT {RECIPE_FIELDS} FROM bundle_recipes WHERE sku = ? ORDER BY version"
+
+        async def work(db: aiosqlite.Connection) -> list[BundleRecipe]:
+            return [bundle_recipe(r) for r in await db.execute_fetchall(sql, (sku,))]
+
+        return await self._read("reading a bundle's recipes", work)
+
+    async def bundle_parts(self, skus: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+        async def work(db: aiosqlite.Connection) -> dict[str, dict[str, int]]:
+            book = await SqliteIngest(db).bundle_book(None if skus is None else list(skus))
+            return {b: dict(bp.parts) for b, bp in book.items()}
+
+        return await self._read("reading bundle recipes", work, snapshot=True)
 
     async def divergence(
         self, *, location: str | None = None, system: str | None = None, limit: int = 1000,

@@ -11,9 +11,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transfer, TransferKey
+from hub.storage.base import BundleRecipe
 from hub.storage.held import transfer_values
 from hub.storage.ingest import EFFECT_TEXT, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
+from hub.storage.ingest import BundleParts, NewExpansion, attrs_json
+from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
+from hub.storage.sql import BUNDLE_PART_FIELDS, EXPANSION_FIELDS, NEWEST_RECIPES, RECIPE_FIELDS
 from hub.storage.sqlite_writer import Db
 
 T = TypeVar("T")
@@ -335,3 +339,72 @@ class SqliteIngest:
                 for c in rows
             ],
         )
+
+    # --- bundles (schema version 6) ------------------------------------------------------------------
+
+    async def bundle_book(self, skus: Collection[str] | None) -> dict[str, BundleParts]:
+        if skus is None:
+            return bundle_book(await self._fetch(f"SELECT {BUNDLE_PART_FIELDS} FROM bundle_parts"))
+        if not await self._fetch("SELECT 1 FROM bundle_parts LIMIT 1"):
+            return {}  # the common case: a hub without bundles (a batch's SKUs need no look-up)
+        rows: list[Any] = []
+        for part in chunks(list(skus), 2):
+            m = marks(len(part))
+            rows += await self._fetch(
+                f"SELECT {BUNDLE_PART_FIELDS} FROM bundle_parts WHERE bundle IN (SELECT bundle FROM bundle_parts "
+                f"WHERE bundle IN ({m}) UNION SELECT bundle FROM bundle_parts WHERE part IN ({m}))",
+                [*part, *part],
+            )
+        return bundle_book(rows)
+
+    async def insert_expansions(self, rows: Sequence[NewExpansion]) -> None:
+        await self.db.executemany(
+            f"INSERT INTO bundle_expansions ({EXPANSION_FIELDS}) VALUES ({marks(4)})", [tuple(r) for r in rows]
+        )
+
+    async def lock_recipes(self) -> None:
+        return None  # one writer: nothing else writes meanwhile
+
+    async def recipes(self) -> dict[str, BundleRecipe]:
+        return {r[0]: bundle_recipe(r) for r in await self._fetch(NEWEST_RECIPES)}
+
+    async def insert_recipe(self, recipe: BundleRecipe) -> None:
+        await self.db.execute(
+            f"INSERT INTO bundle_recipes ({RECIPE_FIELDS}) VALUES ({marks(5)})",
+            (recipe.sku, recipe.version, recipe.valid_from_ms, attrs_json(dict(recipe.components)), recipe.set_by),
+        )
+
+    async def save_parts(self, rows: Mapping[str, BundleParts]) -> None:
+        await self.db.executemany("DELETE FROM bundle_parts WHERE bundle = ?", [(b,) for b in rows])
+        await self.db.executemany(
+            f"INSERT INTO bundle_parts ({BUNDLE_PART_FIELDS}) VALUES ({marks(4)})",
+            [(b, part, units, bp.version) for b, bp in rows.items() for part, units in bp.parts.items()],
+        )
+
+    async def stock_keys_of(self, skus: Collection[str]) -> list[StockKey]:
+        keys: list[StockKey] = []
+        for part in chunks(list(skus), 1):
+            rows = await self._fetch(f"SELECT location, sku FROM stock WHERE sku IN ({marks(len(part))})", part)
+            keys += [(r[0], r[1]) for r in rows]
+        return keys
+
+    async def has_events(self, key: StockKey) -> bool:
+        return bool(await self._fetch("SELECT 1 FROM events WHERE location = ? AND sku = ? LIMIT 1", key))
+
+    async def delete_stock(self, keys: Collection[StockKey]) -> None:
+        await self.db.executemany("DELETE FROM stock WHERE location = ? AND sku = ?", list(keys))
+        if self.cache is not None:
+            for key in keys:
+                self.cache.discard(key)
+
+    async def expansions(self, ids: Sequence[tuple[str, bytes]]) -> list[Any]:
+        """Rows of EXPANSION_FIELDS of these bundle movements (agent_id, event_id): a read, any connection."""
+        rows: list[Any] = []
+        for part in chunks(list(ids), 2):
+            rows += await self._fetch(
+                f"WITH k(agent_id, event_id) AS (VALUES {values_rows(len(part), 2)}) "
+                f"SELECT {', '.join('e.' + f for f in EXPANSION_FIELDS.split(', '))} FROM k JOIN bundle_expansions e "
+                "ON e.agent_id = k.agent_id AND e.event_id = k.event_id",
+                [v for key in part for v in key],
+            )
+        return rows

@@ -180,6 +180,23 @@ async def import_issue_exceptions(
     return [findings.import_quarantine(*r) for r in rows]
 
 
+async def channel_exceptions(
+    db: Db, location: str | None, limit: int, after: keys.ExceptionKey | None = None
+) -> list[ExceptionRow]:
+    """What the sales channels need a person for: diverging and refused levels, mapping findings (schema 6)."""
+    out: list[ExceptionRow] = []
+    for source, fields, table, make, located in findings.CHANNEL_SOURCES:
+        if location is not None and not located:
+            continue
+        terms, params = _page(source.after(after) if after is not None else None)
+        if location is not None:
+            terms.append("location = ?")
+            params += (location,)
+        sql = f"SELECT {fields} FROM {table}{_where(terms)} ORDER BY {source.order} LIMIT ?"
+        out += [make(*r) for r in await _fetch(db, sql, (*params, limit))]
+    return out
+
+
 # --- divergence ------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, ShopifyConnector, SqliteChannelState
-from protocol import Kind
+from protocol import Kind, wall_ms_now
 from tests.channels.conftest import Hub, spec_of, wait_until
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
 
@@ -89,7 +89,9 @@ async def test_a_burst_of_1000_sales_costs_a_handful_of_calls_and_the_last_value
         calls = shopify.stats.mutations_applied - before
         assert 1 <= calls <= 50, f"1,000 sales cost {calls} calls"
         assert shopify.stats.history[-1] == {(v["A"].item_id, online): 500}
-        assert pusher.status.cursor == await hub.store.latest_change_id()
+        latest = await hub.store.latest_change_id()
+        await wait_until(lambda: _async(pusher.status.cursor == latest), "the cursor is past the last sale")
+        assert shopify.stats.history[-1] == {(v["A"].item_id, online): 500}, "nothing more went out"
 
 
 async def test_a_backlog_read_at_once_is_one_call(
@@ -223,3 +225,65 @@ async def test_a_wrong_token_is_one_clear_sentence_and_no_push(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_one_item_refused_for_good_does_not_block_the_channel(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, outlet = web
+    a = shopify.add_variant("A", stocked_at=[online, outlet])
+    b = shopify.add_variant("B", stocked_at=[online])  # not stocked at the outlet
+    spec = shop_spec(shopify, {"S1": online, "WH": outlet})
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 4, "WH", "A"), (Kind.RECEIVE, 5, "S1", "B"))
+    async with pushing(spec, hub, state) as pusher:
+        await wait_until(shows(shopify, {(a.item_id, online): 10, (a.item_id, outlet): 4, (b.item_id, online): 5}),
+                         "every level Shopify can take")  # fmt: skip
+        await wait_until(lambda: _async(pusher.status.refused == 1), "B at the outlet is refused")
+        refused = await state.refusals("web")
+        assert list(refused) == [LevelKey(b.item_id, outlet)]
+        assert refused[LevelKey(b.item_id, outlet)].detail.startswith("ITEM_NOT_STOCKED_AT_LOCATION")
+        mutations = shopify.stats.mutations_applied
+        await hub.move((Kind.SALE, -1, "S1", "A"))  # the channel goes on; B's refused level is not sent again
+        await wait_until(shows(shopify, {(a.item_id, online): 9}), "A's next level")
+        assert shopify.stats.history[mutations:] == [{(a.item_id, online): 9}]
+        assert pusher.status.failures == 0
+        shopify.non_mutable.add(a.item_id)  # now A cannot be set at all (a bundle's parent at Shopify)
+        await hub.move((Kind.SALE, -1, "S1", "A"), (Kind.SALE, -1, "S1", "B"))
+        await wait_until(shows(shopify, {(b.item_id, online): 4}), "B still goes out")
+        await wait_until(lambda: _async(pusher.status.refused == 2), "A at the web shop is refused too")
+    exceptions = [e for e in await hub.store.exceptions() if e.kind == "channel_refused"]
+    assert sorted((e.sku, e.data["channel_location"]) for e in exceptions) == [("A", online), ("B", outlet)]
+    assert shopify.available(a.item_id, online) == 9
+
+
+async def test_a_refreshed_mapping_tells_the_channel_every_level_once(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    a = shopify.add_variant("A", stocked_at=[online])
+    await hub.move((Kind.RECEIVE, 6, "S1", "A"), (Kind.RECEIVE, 3, "S1", "C"))
+    spec = shop_spec(shopify, {"S1": online})
+    async with pushing(spec, hub, state) as pusher:
+        await wait_until(shows(shopify, {(a.item_id, online): 6}), "A is out")
+        assert pusher.mapping is not None and [f.sku for f in pusher.mapping.findings] == ["C"]
+        c = shopify.add_variant("C", stocked_at=[online], available=0)  # the merchant adds C at Shopify
+        shopify.drift(a.item_id, online, 2)  # and edits A in the admin
+        mapping = await pusher.refresh_mapping()  # no movement in the hub: the refresh alone sends every level
+        assert {i.sku for i in mapping.items} == {"A", "C"} and mapping.findings == ()
+        await wait_until(shows(shopify, {(a.item_id, online): 6, (c.item_id, online): 3}), "both levels are out")
+        assert pusher.status.mapped == 2 and pusher.status.failures == 0
+
+
+async def test_lag_runs_from_the_movement_at_the_store_to_the_channels_confirmation(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    a = shopify.add_variant("A", stocked_at=[online])
+    async with pushing(shop_spec(shopify, {"S1": online}), hub, state) as pusher:
+        started_ms = wall_ms_now()
+        await hub.move((Kind.RECEIVE, 6, "S1", "A"))  # stamped at the store in 2023 (the event factory's clock)
+        await wait_until(shows(shopify, {(a.item_id, online): 6}), "A is out")
+        await wait_until(lambda: _async(pusher.lag.samples >= 1), "a lag sample")
+    stamped_ms = (await hub.store.ledger(limit=1))[0].wall_ms
+    assert pusher.lag.last_ms is not None and pusher.lag.last_ms >= started_ms - stamped_ms
+    assert pusher.lag.percentile_ms(50) == pusher.lag.percentile_ms(99) == pusher.lag.last_ms

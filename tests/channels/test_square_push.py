@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from hub.channels import Backoff, ChannelPusher, ChannelSpec, SqliteChannelState, SquareConnector
+from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, SqliteChannelState, SquareConnector
 from protocol import Kind
 from tests.channels.conftest import Hub, spec_of, wait_until
 from tests.channels.emulators.square import SquareEmulator
@@ -108,16 +108,68 @@ async def test_a_restart_resumes_from_the_saved_cursor(hub: Hub, square: SquareE
     assert square.stats.batch_sizes[sizes:] == [1], "only B went out again"
 
 
-async def test_an_unknown_item_is_refused_with_squares_error_and_retried_with_backoff(
+async def test_a_deleted_variation_is_refused_alone_and_the_other_levels_still_go_out(
     hub: Hub, state: SqliteChannelState, square: SquareEmulator
 ) -> None:
     loc = square.add_location()
+    a, b = square.add_variation("A"), square.add_variation("B")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"), (Kind.RECEIVE, 6, "S1", "B"))
+    async with pushing(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        await wait_until(shows(square, {(a, loc): 5, (b, loc): 6}), "first levels")
+        kept = square.variations.pop(a)  # deleted at Square after the mapping was loaded
+        await hub.move((Kind.SALE, -1, "S1", "A"), (Kind.SALE, -2, "S1", "B"))
+        await wait_until(shows(square, {(b, loc): 4}), "B goes out without A")
+        refusals = await state.refusals("pos")
+        assert list(refusals) == [LevelKey(a, loc)] and refusals[LevelKey(a, loc)].quantity == 4
+        assert "NOT_FOUND" in refusals[LevelKey(a, loc)].detail
+        assert pusher.status.failures == 0 and pusher.status.refused == 1
+        (exc,) = [e for e in await hub.store.exceptions() if e.kind == "channel_refused"]
+        assert (exc.sku, exc.location, exc.data["quantity"]) == ("A", "S1", 4)
+        assert "NOT_FOUND" in exc.detail and "mapping/refresh" in exc.detail
+
+        sent = len(square.stats.batch_sizes)
+        await hub.move((Kind.SALE, -1, "S1", "B"))  # A's level did not change: it is not sent again
+        await wait_until(shows(square, {(b, loc): 3}), "B's next level")
+        assert square.stats.batch_sizes[sent:] == [1]
+
+        square.variations[a] = kept  # back at Square; A's level changes and goes out again
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(shows(square, {(a, loc): 3}), "A's new level is taken")
+        await wait_until(lambda: _async(pusher.status.refused == 0), "the refusal is forgotten")
+    assert await state.refusals("pos") == {}
+    assert [e for e in await hub.store.exceptions() if e.kind == "channel_refused"] == []
+
+
+async def test_a_refreshed_mapping_sets_every_level_again_over_newer_counts_at_square(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    loc = square.add_location()
+    a, b = square.add_variation("A"), square.add_variation("B")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"), (Kind.RECEIVE, 6, "S1", "B"))
+    async with pushing(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        await wait_until(shows(square, {(a, loc): 5, (b, loc): 6}), "first levels")
+        square.drift(a, loc, 1)  # counted at Square after the hub's last change
+        await pusher.refresh_mapping()
+        await wait_until(shows(square, {(a, loc): 5, (b, loc): 6}), "the refresh set A again")
+    assert square.stats.batch_sizes[-1] == 2, "every mapped level went out once"
+
+
+async def test_a_level_after_a_full_push_stamped_later_still_wins_at_square(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, monkeypatch: Any
+) -> None:
+    """Square keeps the count with the latest occurred_at. The full push after a mapping load is stamped with
+    the push time; a change whose commit time is earlier than that stamp (another hub's clock a little behind,
+    or this one's stepped back) must still go out stamped after it, or Square keeps the stale level."""
+    import hub.channels.pusher as pusher_module
+    from protocol import wall_ms_now
+
+    loc = square.add_location()
     vid = square.add_variation("A")
     await hub.move((Kind.RECEIVE, 5, "S1", "A"))
-    async with pushing(square_spec(square, {"S1": loc}), hub, state) as pusher:
-        await wait_until(shows(square, {(vid, loc): 5}), "first level")
-        del square.variations[vid]  # deleted at Square after the mapping was loaded
-        await hub.move((Kind.SALE, -1, "S1", "A"))
-        await wait_until(lambda: _async(pusher.status.failures >= 2), "failures")
-        assert "NOT_FOUND" in (pusher.status.last_error or "")
-        assert "catalog_object_id" in (pusher.status.last_error or "")
+    ahead_ms = 3_600_000
+    monkeypatch.setattr(pusher_module, "wall_ms_now", lambda: wall_ms_now() + ahead_ms)  # the push's clock ahead
+    async with pushing(square_spec(square, {"S1": loc}), hub, state):
+        await wait_until(shows(square, {(vid, loc): 5}), "the full push after the mapping load")
+        monkeypatch.setattr(pusher_module, "wall_ms_now", wall_ms_now)
+        await hub.move((Kind.SALE, -2, "S1", "A"))  # committed an hour before the full push's stamp
+        await wait_until(shows(square, {(vid, loc): 3}), "the sale's level wins over the earlier-pushed one")

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg_testing import fresh_schema, pg_server, pg_url
 from storage_contract import StorageContract
+from storage_contract_bundles import BundleContract
 from test_convergence import SAFETY_STOCK, event_sets
 from test_convergence import _deliver as deliver
 from test_convergence import _delivery as delivery
@@ -55,7 +56,7 @@ async def _dump(url: str) -> bytes:
         await conn.close()
 
 
-class TestPostgresHubStore(StorageContract):
+class TestPostgresHubStore(StorageContract, BundleContract):
     url: str
 
     @pytest.fixture(autouse=True)

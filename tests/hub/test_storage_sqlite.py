@@ -10,6 +10,7 @@ import aiosqlite
 import pytest
 from event_factory import EventFactory
 from storage_contract import StorageContract
+from storage_contract_bundles import BundleContract
 
 from hub.storage import AgentIdentity, HubStore, SqliteHubStore, StoreError, StoreOpener, open_store
 from hub.storage.credentials import new_token, token_hash
@@ -21,7 +22,7 @@ from protocol import Kind, wall_ms_now
 DB_NAME = "hub.db"
 
 
-class TestSqliteHubStore(StorageContract):
+class TestSqliteHubStore(StorageContract, BundleContract):
     def open_store(self, tmp_path: Path) -> StoreOpener[HubStore]:
         return SqliteHubStore.open(tmp_path / DB_NAME)
 

@@ -122,6 +122,7 @@ class ShopifyEmulator(EmulatorServer):
         self.variants: list[Variant] = []
         self.locations: list[str] = []
         self.levels: dict[tuple[str, str], int] = {}  # (inventory item gid, location gid) -> available
+        self.non_mutable: set[str] = set()  # inventory items the API may not adjust (NON_MUTABLE_INVENTORY_ITEM)
         self.stats = Stats()
         self._idempotent: dict[str, tuple[str, dict[str, Any]]] = {}
         self._running: set[str] = set()
@@ -154,6 +155,10 @@ class ShopifyEmulator(EmulatorServer):
 
     def available(self, item_id: str, location_id: str) -> int | None:
         return self.levels.get((item_id, location_id))
+
+    def drift(self, item_id: str, location_id: str, available: int) -> None:
+        """The level moves behind the hub's back (an edit in the Shopify admin, another app)."""
+        self.levels[(item_id, location_id)] = available
 
     def drain(self, points: float) -> None:
         """Another app spent ``points`` of the shop's bucket."""
@@ -345,6 +350,9 @@ class ShopifyEmulator(EmulatorServer):
                 continue
             if location not in self.locations:
                 errors.append(self._error("INVALID_LOCATION", [*at, "locationId"], "The specified location could not be found."))
+                continue
+            if item in self.non_mutable:
+                errors.append(self._error("NON_MUTABLE_INVENTORY_ITEM", [*at, "inventoryItemId"], "The specified inventory item is not allowed to be adjusted via API."))
                 continue
             if (item, location) not in self.levels:
                 errors.append(self._error("ITEM_NOT_STOCKED_AT_LOCATION", [*at, "locationId"], "The specified inventory item is not stocked at the location."))

@@ -105,6 +105,10 @@ class SquareEmulator(EmulatorServer):
         self.variations[vid] = {"sku": sku, "upc": upc, "name": name or f"Variation {sku}"}
         return vid
 
+    def drift(self, object_id: str, location_id: str, quantity: int) -> None:
+        """The count moves behind the hub's back (a sale rung up at a Square register, an edit in the dashboard)."""
+        self.counts[(object_id, location_id)] = (Decimal(quantity), datetime.now().astimezone().isoformat())
+
     def quantity(self, object_id: str, location_id: str) -> int | None:
         held = self.counts.get((object_id, location_id))
         return None if held is None else int(held[0])

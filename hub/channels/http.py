@@ -1,0 +1,274 @@
+"""The channels' HTTP routes, and running the channels beside the app (docs/hub-api.md, "Channels").
+
+* ``GET /v1/channels`` (reader, admin): where each channel stands — connected,
+  last push, lag, queue, throttle, last error, divergences open, refused
+  levels, unmapped SKUs, last reconciliation;
+* ``GET /v1/channels/{name}/divergences`` (reader, admin): the divergences
+  reconciliation found, newest first, a page at a time (``next``/``cursor``);
+* ``POST /v1/channels/{name}/mapping/refresh`` (admin): load the SKU mapping
+  again and push every mapped level once;
+* ``POST /v1/channels/{name}/reconcile`` (admin): read the channel's levels
+  back now.
+
+``setup`` registers the routes whether or not channels are configured (an
+unknown name is a 404) and, when some are, runs their pushers and reconcilers
+(``hub.channels.runner``) while the app runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from hub import feed, paging, views
+from hub.auth import STORE_KEY, require_role
+from hub.channels.config import NAME_RE, ChannelSpec
+from hub.channels.connector import ChannelRejected, ChannelUnavailable
+from hub.channels.mapping import MappingError
+from hub.channels.pusher import ChannelPusher
+from hub.channels.reconcile import Reconciler
+from hub.channels.runner import channel_pushers, pushes_here
+from hub.channels.state import Divergence, Reconciled
+from protocol import values
+
+READ_ROLES = frozenset({"reader", "admin"})
+ADMIN_ROLES = frozenset({"admin"})
+DIVERGENCES_LIMIT_DEFAULT = 100
+DIVERGENCES_LIMIT_MAX = 1_000
+UNMAPPED_LISTED_MAX = 1_000  # the unmapped SKUs named per channel (the count is exact)
+FINDINGS_ANSWERED_MAX = 100  # mapping findings in a refresh's answer (all are stored and logged)
+
+
+class Channels:
+    """The configured channels and, while the app runs, their pushers."""
+
+    def __init__(self, specs: Sequence[ChannelSpec], db_path: str) -> None:
+        self.specs = {s.name: s for s in specs}
+        self.db_path = db_path
+        self.pushers: dict[str, ChannelPusher] = {}
+
+
+CHANNELS_KEY = web.AppKey("channels", Channels)
+
+
+def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str) -> None:
+    """The channel routes; with ``specs``, each channel's pusher and reconciler while the app runs."""
+    app[CHANNELS_KEY] = Channels(specs, db_path)
+    r = app.router
+    r.add_get("/v1/channels", get_channels, name="channels")
+    r.add_get("/v1/channels/{name}/divergences", get_divergences, name="channel_divergences")
+    r.add_post("/v1/channels/{name}/mapping/refresh", post_mapping_refresh, name="channel_mapping_refresh")
+    r.add_post("/v1/channels/{name}/reconcile", post_reconcile, name="channel_reconcile")
+    if specs:  # push what each sales channel shows (docs/channels.md)
+        app.cleanup_ctx.append(_run)
+
+
+async def _run(app: web.Application) -> AsyncIterator[None]:
+    channels = app[CHANNELS_KEY]
+    specs = list(channels.specs.values())
+    async with channel_pushers(specs, app[STORE_KEY], channels.db_path, app[feed.FEED_KEY]) as pushers:
+        channels.pushers = pushers
+        try:
+            yield
+        finally:
+            channels.pushers = {}
+
+
+# --- reads ------------------------------------------------------------------------------------------
+
+
+async def get_channels(request: web.Request) -> web.Response:
+    """Every configured channel: where it stands (the dashboard's Channels tab)."""
+    require_role(request, READ_ROLES, "read the channels")
+    views.Query(request, set())
+    head = await request.app[STORE_KEY].latest_change_id()
+    pushers = request.app[CHANNELS_KEY].pushers
+    return _json({"channels": [await channel_status(p, head) for p in pushers.values()]})
+
+
+async def channel_status(p: ChannelPusher, head: int) -> dict[str, Any]:
+    """One channel's status (``GET /v1/channels``); ``head``: the newest change id of the feed."""
+    spec, status, conn = p.spec, p.status, p.connector.status()
+    unmapped = p.unmapped()
+    reconciler = p.reconciler
+    last = reconciler.last if reconciler is not None else await p.state.reconciled(spec.name)
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "url": spec.display_url,
+        "pusher": "this hub" if pushes_here(p) else "another hub",  # several hubs on one PostgreSQL database
+        "connected": conn.connected,
+        "last_call_ms": conn.last_call_ms,
+        "last_call": views.iso_ms(conn.last_call_ms),
+        "last_push_ms": status.last_push_ms,
+        "last_push": views.iso_ms(status.last_push_ms),
+        "lag": {
+            "last_ms": p.lag.last_ms,
+            "p50_ms": p.lag.percentile_ms(50),
+            "p99_ms": p.lag.percentile_ms(99),
+            "samples": p.lag.samples,
+        },
+        "cursor": str(status.cursor),
+        "queue": max(0, head - status.cursor),
+        "throttle": _with_times(conn.throttle),
+        "failures": status.failures,
+        "last_error": status.last_error,
+        "divergences_open": await p.state.open_divergences(spec.name),
+        "refused": status.refused,
+        "mapped": status.mapped,
+        "findings": status.findings,
+        "unmapped": {"count": len(unmapped), "skus": unmapped[:UNMAPPED_LISTED_MAX]},
+        "reconcile_s": spec.reconcile_s if reconciler is not None else 0,
+        "last_reconciliation": None if last is None else reconciled_json(last),
+        "reconcile_error": reconciler.last_error if reconciler is not None else None,
+    }
+
+
+async def get_divergences(request: web.Request) -> web.Response:
+    """One channel's divergences, newest first, a page at a time (``next``/``cursor``)."""
+    require_role(request, READ_ROLES, "read a channel's divergences")
+    params = views.Query(request, {"limit", "cursor"})
+    p = _pusher(request)
+    name = p.spec.name
+    before_id = paging.parse(request, _cursor_reader(name), f"the divergences of channel {name}")
+    limit = params.limit(DIVERGENCES_LIMIT_DEFAULT, DIVERGENCES_LIMIT_MAX)
+    rows = await p.state.divergences(name, limit + 1, before_id)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return _json(
+        {
+            "channel": name,
+            "divergences": [divergence_json(d) for d in rows],
+            "next": paging.encode("channel_divergences", [name, rows[-1].divergence_id]) if more else None,
+        }
+    )
+
+
+def reconciled_json(r: Reconciled) -> dict[str, Any]:
+    return {"at_ms": r.at_ms, "at": views.iso_ms(r.at_ms), "checked": r.checked, "diverged": r.diverged}
+
+
+def divergence_json(d: Divergence) -> dict[str, Any]:
+    return {
+        "id": d.divergence_id,
+        "sku": d.sku,
+        "item_id": d.key.item_id,
+        "channel_location": d.key.location_id,
+        "location": d.location,
+        "hub_level": d.hub_level,
+        "last_pushed": d.last_pushed,
+        "channel_level": d.channel_level,
+        "difference": d.channel_level - d.hub_level,
+        "found_at_ms": d.found_at_ms,
+        "found_at": views.iso_ms(d.found_at_ms),
+        "corrected_at_ms": d.corrected_at_ms,
+        "corrected_at": views.iso_ms(d.corrected_at_ms),
+    }
+
+
+# --- admin --------------------------------------------------------------------------------------------
+
+
+async def post_mapping_refresh(request: web.Request) -> web.Response:
+    """Load the channel's SKU mapping again (its listing or its CSV) and push every mapped level once."""
+    require_role(request, ADMIN_ROLES, "refresh a channel's mapping")
+    views.Query(request, set())
+    p = _pusher(request, pushing=True)
+    name = p.spec.name
+    try:
+        mapping = await p.refresh_mapping()
+    except MappingError as err:
+        raise web.HTTPUnprocessableEntity(text=f"the mapping of channel {name} was not refreshed: {err}") from err
+    except ChannelUnavailable as err:
+        raise web.HTTPServiceUnavailable(text=f"{err}; the mapping was not refreshed, try again later") from err
+    except ChannelRejected as err:
+        raise web.HTTPBadGateway(text=f"{err}; the mapping was not refreshed") from err
+    unmapped = sum(1 for f in mapping.findings if f.kind == "unmapped_sku")
+    return _json(
+        {
+            "channel": name,
+            "mapped": len(mapping.items),
+            "unmapped": unmapped,
+            "findings": [
+                {"kind": f.kind, "sku": f.sku, "detail": f.detail} for f in mapping.findings[:FINDINGS_ANSWERED_MAX]
+            ],
+            "findings_total": len(mapping.findings),
+        }
+    )
+
+
+async def post_reconcile(request: web.Request) -> web.Response:
+    """Read the channel's levels back now; divergences are stored, listed and corrected as the loop's are."""
+    require_role(request, ADMIN_ROLES, "reconcile a channel")
+    views.Query(request, set())
+    p = _pusher(request, pushing=True)
+    name = p.spec.name
+    if not p.connector.readable:
+        raise web.HTTPConflict(text=f"channel {name} is a {p.spec.kind} channel: its levels cannot be read back")
+    reconciler = p.reconciler or Reconciler(p)  # reconcile_s = 0: no loop, but it can be asked
+    try:
+        done = await reconciler.reconcile()
+    except MappingError as err:
+        raise web.HTTPUnprocessableEntity(text=f"channel {name} was not reconciled: {err}") from err
+    except ChannelUnavailable as err:
+        raise web.HTTPServiceUnavailable(text=f"{err}; channel {name} was not reconciled, try again later") from err
+    except ChannelRejected as err:
+        raise web.HTTPBadGateway(text=f"{err}; channel {name} was not reconciled") from err
+    return _json(
+        {
+            "channel": name,
+            "at_ms": done.done.at_ms,
+            "at": views.iso_ms(done.done.at_ms),
+            "checked": done.done.checked,
+            "divergences": [divergence_json(d) for d in done.divergences],
+        }
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _pusher(request: web.Request, pushing: bool = False) -> ChannelPusher:
+    """The named channel's pusher; ``pushing``: 409 unless this hub process pushes the channel."""
+    raw = request.match_info["name"]
+    channels = request.app[CHANNELS_KEY]
+    p = channels.pushers.get(raw) if NAME_RE.fullmatch(raw) else None
+    if p is None:
+        known = ", ".join(sorted(channels.pushers)) or "none is configured"
+        raise web.HTTPNotFound(
+            text=f"there is no channel named {values.shown(raw, values.QUOTE_MAX_CHARS)}; the channels are: {known}"
+        )
+    if pushing and not pushes_here(p):
+        raise web.HTTPConflict(
+            text=f"another hub process sharing this database pushes channel {raw}; send this to that hub (its "
+            'GET /v1/channels says "pusher": "this hub")'
+        )
+    return p
+
+
+def _cursor_reader(channel: str) -> Any:
+    def read(cursor: str) -> int:
+        f = paging.decode("channel_divergences", cursor)
+        if len(f) != 2 or f[0] != channel or isinstance(f[1], bool) or not isinstance(f[1], int) or f[1] < 1:
+            raise paging.BadCursor
+        value: int = f[1]
+        return value
+
+    return read
+
+
+def _with_times(throttle: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A throttle state with the ISO time beside each ``…_ms`` time."""
+    if throttle is None:
+        return None
+    out = dict(throttle)
+    for key in ("at_ms", "until_ms"):
+        if isinstance(out.get(key), int):
+            out[key.removesuffix("_ms")] = views.iso_ms(out[key])
+    return out
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=views.dumps)

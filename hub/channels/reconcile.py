@@ -1,0 +1,215 @@
+"""Reconciliation: every ``reconcile_s`` read a channel's levels back and set right what drifted there.
+
+A channel's levels can move behind the hub's back: an edit in the Shopify
+admin, a sale rung up at a Square register, an app of the merchant's, a push
+the channel accepted but did not apply. Each reconciliation:
+
+1. computes what the channel should show at every mapped level now (the
+   pusher's own computation over the hub's current counts);
+2. reads what the channel shows (``Connector.read_levels``);
+3. finds the divergences (``find_divergences``, pure): a level more than
+   min(2 units, 5 % of the hub's level) away from the hub's — except a level
+   the pusher confirmed while it was being read, a level still equal to what
+   the hub last pushed while newer changes are on their way (the pusher is
+   behind, not the channel), and a level the channel refused for good at that
+   same quantity (already an exception of its own);
+4. stores them (``ChannelState.add_divergences``: listed per channel at
+   ``GET /v1/channels/{name}/divergences`` and in the hub's exceptions as
+   ``channel_divergence``) and logs each;
+5. has the pusher push those levels again in its next turn, with the
+   channel's actual quantity as the compare-and-set base; the divergence is
+   marked corrected when the channel confirms.
+
+The loop has the one shape of every channel loop (``hub.channels.loop``): wait
+until the next reconciliation is due (``reconcile_s`` after the last one, kept
+in the channel state across restarts) or asked for (``request``), do one, back
+off on failure and log the first failure and the recovery once. A webhook
+channel cannot be read back: no reconciler runs for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Self
+
+from hub.channels.connector import ChannelError, ChannelRejected
+from hub.channels.levels import LevelKey
+from hub.channels.loop import Backoff, Health
+from hub.channels.mapping import MappingError
+from hub.channels.pusher import KIND_NAMES, ChannelPusher, Level
+from hub.channels.state import Divergence, Reconciled, Refusal
+from hub.storage.base import StoreClosed, StoreError
+from protocol import wall_ms_now
+
+log = logging.getLogger(__name__)
+
+TOLERANCE_UNITS = 2  # a level may be off by at most this many units …
+TOLERANCE_PERCENT = 5  # … and at most this percentage of the hub's level: the smaller of the two
+SKUS_PER_READ = 250  # mapped SKUs whose levels are computed and read back at once
+LOGGED_MAX = 20  # divergences logged one by one per reconciliation; the rest in one line
+
+
+def diverges(hub_level: int, channel_level: int) -> bool:
+    """True when the channel's level is more than min(2 units, 5 % of the hub's level) away from the hub's."""
+    diff = abs(channel_level - hub_level)
+    return diff > TOLERANCE_UNITS or diff * 100 > TOLERANCE_PERCENT * max(0, hub_level)
+
+
+def find_divergences(
+    expected: Mapping[LevelKey, Level],
+    read: Mapping[LevelKey, int | None],
+    pushed: Mapping[LevelKey, int],
+    refused: Mapping[LevelKey, Refusal],
+    *,
+    behind: bool,
+    skip: Collection[LevelKey],
+    feeder: Callable[[str], str | None],
+    at_ms: int,
+) -> list[Divergence]:
+    """The levels of ``expected`` the channel shows (``read``) diverging from the hub's; see the module's step 3.
+
+    ``behind``: newer changes wait to be pushed; ``skip``: levels confirmed while they were read; ``feeder``: the
+    hub location feeding a channel location (None when several do)."""
+    found: list[Divergence] = []
+    for key in sorted(expected):
+        level, shown = expected[key], read.get(key)
+        if shown is None or key in skip or not diverges(level.quantity, shown):
+            continue
+        last = pushed.get(key)
+        if behind and shown == last:
+            continue  # the channel holds what it was told; the hub's newer level is on its way
+        refusal = refused.get(key)
+        if refusal is not None and refusal.quantity == level.quantity:
+            continue  # refused for good at this level: an exception of its own
+        found.append(
+            Divergence(key, level.sku, feeder(key.location_id), level.quantity, last, shown, at_ms)
+        )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """What one reconciliation did: when, how many levels it compared, and the divergences it stored."""
+
+    done: Reconciled
+    divergences: tuple[Divergence, ...]
+
+
+class Reconciler:
+    """Reads one channel's levels back every ``spec.reconcile_s``; ``async with`` starts and stops its loop."""
+
+    def __init__(
+        self, pusher: ChannelPusher, *, backoff: Backoff | None = None, rng: random.Random | None = None
+    ) -> None:
+        self.pusher = pusher
+        self.spec = pusher.spec
+        self.last: Reconciled | None = None
+        self.last_error: str | None = None
+        self._backoff = backoff or Backoff(max_s=pusher.spec.retry_max_s)
+        self._rng = rng or random.Random()
+        self._health = Health(log, f"channel {pusher.spec.name}: reading levels back from {pusher.spec.kind}")
+        self._lock = asyncio.Lock()  # one reconciliation at a time (the loop's or one asked for)
+        self._asked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start(self) -> None:
+        if self._stopped:
+            raise RuntimeError(f"channel {self.spec.name}: a stopped reconciler cannot start again")
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=f"channel-{self.spec.name}-reconcile")
+
+    async def stop(self) -> None:
+        """Stop the loop (a reconciliation in flight is abandoned; what it stored stays); safe twice."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def request(self) -> None:
+        """Reconcile now instead of waiting for the next one due."""
+        self._asked.set()
+
+    async def run(self) -> None:
+        try:
+            self.last = await self.pusher.state.reconciled(self.spec.name)
+            while not self._stopped:
+                await self._until_due()
+                try:
+                    await self.reconcile()
+                except (ChannelError, StoreError, MappingError) as err:
+                    self._health.failed(str(err))
+                    self.last_error = str(err)
+                    retry_after = getattr(err, "retry_after_s", None) or 0.0
+                    await asyncio.sleep(max(retry_after, self._backoff.delay_s(self._health.failures, self._rng)))
+                    continue
+                self._health.succeeded()
+                self.last_error = None
+        except StoreClosed:
+            return
+
+    async def _until_due(self) -> None:
+        every_ms = round(self.spec.reconcile_s * 1000)
+        due_ms = (self.last.at_ms if self.last is not None else wall_ms_now()) + every_ms
+        wait_s = max(0.0, (due_ms - wall_ms_now()) / 1000)
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._asked.wait(), wait_s)
+        self._asked.clear()
+
+    async def reconcile(self) -> Reconciliation:
+        """One reconciliation now (steps 1–5 of the module); raises what the channel or the store raised."""
+        pusher, name = self.pusher, self.spec.name
+        if not pusher.connector.readable:
+            raise ChannelRejected(f"channel {name} is a {self.spec.kind} channel: its levels cannot be read back")
+        async with self._lock:
+            await pusher.ready()
+            seq = pusher.push_seq
+            skus = sorted(pusher.items)
+            expected: dict[LevelKey, Level] = {}
+            read: dict[LevelKey, int | None] = {}
+            for start in range(0, len(skus), SKUS_PER_READ):
+                levels = await pusher.levels_now((), skus[start : start + SKUS_PER_READ])
+                expected.update(levels)
+                read.update(await pusher.connector.read_levels(sorted(levels)))
+            now_ms = wall_ms_now()
+            found = find_divergences(
+                expected, read, pusher.pushed, pusher.refused, behind=await pusher.behind(),
+                skip=pusher.confirmed_since(seq), feeder=pusher.single_feeder, at_ms=now_ms,
+            )  # fmt: skip
+            stored = await pusher.state.add_divergences(name, found)
+            self._log(len(expected), stored)
+            if stored:
+                await pusher.correct({d.key: d.channel_level for d in stored})
+            done = Reconciled(now_ms, len(expected), len(stored))
+            await pusher.state.save_reconciled(name, done)
+            self.last = done
+            return Reconciliation(done, tuple(stored))
+
+    def _log(self, checked: int, found: list[Divergence]) -> None:
+        name, who = self.spec.name, KIND_NAMES.get(self.spec.kind, self.spec.kind)
+        if not found:
+            log.info("channel %s: read %d level(s) back from %s; none diverged", name, checked, who)
+            return
+        for d in found[:LOGGED_MAX]:
+            pushed = "never pushed" if d.last_pushed is None else f"last pushed {d.last_pushed}"
+            log.warning(
+                "channel %s: %s showed %d of %s at %s where the hub's level is %d (%s); pushing the hub's level again",
+                name, who, d.channel_level, d.sku, d.key.location_id, d.hub_level, pushed,
+            )  # fmt: skip
+        more = f" ({len(found) - LOGGED_MAX} more not logged one by one)" if len(found) > LOGGED_MAX else ""
+        log.warning("channel %s: %d of %d level(s) read back diverged%s", name, len(found), checked, more)

@@ -1,0 +1,224 @@
+"""The channel state in a PostgreSQL hub's database, and which hub process pushes each channel.
+
+``PostgresChannelState`` runs the SQL of ``hub.channels.state.SqlChannelState``
+(its ``?`` markers numbered ``$1, $2, …``) over an asyncpg pool of the hub's
+database URL, in the tables of schema migration 6
+(hub/storage/schema_postgres_v6.sql). Every write is one READ COMMITTED
+transaction; one aborted by PostgreSQL as a deadlock or serialization failure
+runs again whole. Numbering divergences (``MAX + 1``) takes a
+transaction-scoped advisory lock per channel, so two hubs reconciling one
+channel at once number one after the other.
+
+``PusherLeases``: several hub processes share one database, but only one may
+push a channel. Each channel's pusher holds a session-level advisory lock on a
+connection of its own; a hub that does not get it stands by and tries again
+(``hub.channels.runner``). The lock goes when the holder's connection does (a
+stopped or killed hub), and another hub takes the channel over from the
+cursor the holder saved. Both locks are keyed by the schema (``search_path``)
+too, so hubs in different schemas of one database never wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import asyncpg
+
+from hub.channels.state import SqlChannelState, Tx
+from hub.storage.base import StoreError
+from hub.storage.postgres import (
+    CLOSE_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    RETRY_BASE_S,
+    RETRY_MAX_S,
+    RETRY_SQLSTATES,
+    SERVER_SETTINGS,
+    TX_ATTEMPTS,
+    redacted,
+)
+from hub.storage.postgres_schema import migrate
+
+log = logging.getLogger(__name__)
+
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 4  # the channel state's own connections per hub process (writes are small and rare)
+LEASE_QUERY_TIMEOUT_S = 5.0
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+DIVERGENCES_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('shelfsync.channel.divergences.' || current_schema() || '.' || $1, 0))"
+PUSHER_KEY_SQL = "hashtextextended('shelfsync.channel.pusher.' || current_schema() || '.' || $1, 0)"
+MARK_RE = re.compile(r"\?")
+
+
+@lru_cache(maxsize=256)
+def numbered(sql: str) -> str:
+    """``sql`` with its ``?`` markers as PostgreSQL's ``$1, $2, …`` (the channel SQL has no ``?`` in literals)."""
+    n = 0
+
+    def mark(_: re.Match[str]) -> str:
+        nonlocal n
+        n += 1
+        return f"${n}"
+
+    return MARK_RE.sub(mark, sql)
+
+
+def _rows_changed(status: str) -> int:
+    """The row count of a command tag (``UPDATE 3`` → 3)."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class _PostgresTx:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return _rows_changed(await self._conn.execute(numbered(sql), *params))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        if rows:
+            await self._conn.executemany(numbered(sql), rows)
+
+    async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._conn.fetch(numbered(sql), *params)]
+
+
+class PostgresChannelState(SqlChannelState):
+    """``ChannelState`` in a PostgreSQL hub's database (shared by every hub process on it)."""
+
+    def __init__(self, pool: asyncpg.Pool, where: str) -> None:
+        self._pool = pool
+        self._where = where  # the URL without its password
+        self._closed = False
+        self._rng = random.Random()
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresChannelState:
+        """Open a pool on the hub's database URL, migrating it if the hub has not yet."""
+        where = redacted(url)
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE, timeout=CONNECT_TIMEOUT_S,
+                server_settings=SERVER_SETTINGS,
+            )  # fmt: skip
+        except (*DB_ERRORS, ValueError) as err:
+            raise StoreError(f"cannot open the channel state in {where}: {err or type(err).__name__}") from err
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, where)  # the hub's migrations create the channel tables
+        except DB_ERRORS as err:
+            await pool.close()
+            raise StoreError(f"cannot open the channel state in {where}: {err}") from err
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, where)
+
+    async def close(self) -> None:
+        """Close the pool; safe twice, and any call afterwards raises ``StoreClosed``."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("Closing the channel state's connections took over %.0f s; they were cut.", CLOSE_TIMEOUT_S)
+            self._pool.terminate()
+
+    async def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.acquire() as conn:
+                return await _PostgresTx(conn).fetch(sql, params)
+        except DB_ERRORS as err:
+            raise StoreError(
+                f"reading the channel state in {self._where} failed ({err or type(err).__name__})"
+            ) from err
+
+    async def _write(self, what: str, run: Callable[[Tx], Awaitable[None]], channel: str | None = None) -> None:
+        for attempt in range(1, TX_ATTEMPTS + 1):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    if channel is not None:
+                        await conn.execute(DIVERGENCES_LOCK_SQL, channel)
+                    await run(_PostgresTx(conn))
+                return
+            except asyncpg.PostgresError as err:
+                if err.sqlstate not in RETRY_SQLSTATES or attempt == TX_ATTEMPTS:
+                    raise StoreError(f"{what} failed ({err})") from err
+            except DB_ERRORS as err:
+                raise StoreError(f"{what} failed ({err or type(err).__name__})") from err
+            await asyncio.sleep(self._rng.uniform(0, min(RETRY_MAX_S, RETRY_BASE_S * 2**attempt)))
+
+
+class PusherLeases:
+    """Session-level advisory locks, one per channel, on one connection of their own: who pushes each channel.
+
+    ``take`` tries to take a channel's lock without waiting; ``alive`` tells whether the connection (and so every
+    lock taken on it) is still there. When it is not, the locks are gone: stop pushing, then ``take`` again
+    (it connects anew)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._where = redacted(url)
+        self._conn: asyncpg.Connection | None = None
+        self.held: set[str] = set()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self.held.clear()  # a new connection holds nothing
+            try:
+                self._conn = await asyncpg.connect(
+                    self._url, timeout=CONNECT_TIMEOUT_S, server_settings=SERVER_SETTINGS
+                )
+            except (*DB_ERRORS, ValueError) as err:
+                raise StoreError(f"cannot reach {self._where} to take the channels' pusher locks ({err})") from err
+        return self._conn
+
+    async def take(self, channel: str) -> bool:
+        """True when this hub now holds (or already held) the channel's lock."""
+        if channel in self.held and await self.alive():
+            return True
+        conn = await self._connection()
+        try:
+            got = await conn.fetchval(f"SELECT pg_try_advisory_lock({PUSHER_KEY_SQL})", channel,
+                                      timeout=LEASE_QUERY_TIMEOUT_S)  # fmt: skip
+        except DB_ERRORS as err:
+            await self._drop()
+            raise StoreError(f"taking the pusher lock of channel {channel} in {self._where} failed ({err})") from err
+        if got:
+            self.held.add(channel)
+        return bool(got)
+
+    async def alive(self) -> bool:
+        """The connection answers: every lock in ``held`` is still this hub's."""
+        if self._conn is None or self._conn.is_closed():
+            self.held.clear()
+            return False
+        try:
+            await self._conn.fetchval("SELECT 1", timeout=LEASE_QUERY_TIMEOUT_S)
+        except DB_ERRORS:
+            await self._drop()
+            return False
+        return True
+
+    async def _drop(self) -> None:
+        self.held.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        """Give every lock back (closing the connection does); safe twice."""
+        conn, self._conn = self._conn, None
+        self.held.clear()
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), LEASE_QUERY_TIMEOUT_S)
+            except DB_ERRORS:
+                conn.terminate()

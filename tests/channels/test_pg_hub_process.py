@@ -1,0 +1,129 @@
+"""Real PostgreSQL hub processes with a ``[[channel]]`` table push what the Square emulator shows.
+
+One hub (``python -m hub serve --db postgresql://…``) pushes a movement; two hubs on one database: exactly
+one pushes the channel (``GET /v1/channels`` says which), and when it stops the other takes over from the
+cursor it saved — nothing pushed again, nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.channels.conftest import wait_until
+from tests.channels.emulators.square import SquareEmulator
+from tests.e2e.procs import HubProcess, add_credential, free_port, get_json
+from tests.hub.pg_testing import fresh_schema, pg_server  # noqa: F401  (fixtures)
+
+TAKEOVER_S = 30.0  # bound on a standing-by hub taking the channel over (it retries every few seconds)
+
+
+@pytest.fixture
+async def pg_db(pg_server: str) -> AsyncIterator[str]:  # noqa: F811
+    async with fresh_schema("ch") as url:
+        yield url
+
+
+def _post_events(url: str, token: str, events: list[dict[str, object]]) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"{url}/v1/events", data=json.dumps({"events": events}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, method="POST",
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+
+def _move(url: str, token: str, event_id: str, kind: str, qty: int, minute: int) -> None:
+    answer = _post_events(url, token, [{"id": event_id, "location": "S1", "sku": "SKU-1", "kind": kind, "qty": qty,
+                                        "occurred_at": f"2026-01-01T00:{minute:02d}:00Z"}])  # fmt: skip
+    assert answer["applied"] == 1, answer
+
+
+def _channel(url: str, token: str) -> dict[str, Any]:
+    (channel,) = get_json(f"{url}/v1/channels", token)["channels"]
+    assert isinstance(channel, dict)
+    return channel
+
+
+def _config(tmp_path: Path, square: SquareEmulator, location_id: str) -> Path:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        f'[[channel]]\nname = "pickup"\nkind = "square"\nurl = "{square.url}"\nsecret_env = "SQUARE_TOKEN"\n'
+        f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+async def test_two_postgresql_hubs_push_a_channel_one_at_a_time_and_hand_it_over(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SQUARE_TOKEN", square.token)
+    location_id = square.add_location()
+    variation = square.add_variation("SKU-1")
+    agent = await asyncio.to_thread(add_credential, pg_db, "--location", "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, "--role", "reader")
+    config = _config(tmp_path, square, location_id)
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    first = HubProcess(pg_db, free_port(), tmp_path / "hub-1.log", "--config", str(config))
+    second = HubProcess(pg_db, free_port(), tmp_path / "hub-2.log", "--config", str(config))
+    try:
+        await asyncio.to_thread(first.start)
+
+        async def first_push_done() -> bool:  # every mapped level goes out once after the mapping is loaded
+            return (await asyncio.to_thread(_channel, first.url, reader.token))["last_push_ms"] is not None
+
+        await wait_until(first_push_done, "the hub pushed the levels of the mapping it loaded")
+        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        assert (await asyncio.to_thread(_channel, first.url, reader.token))["pusher"] == "this hub"
+
+        await asyncio.to_thread(second.start)
+        await asyncio.to_thread(_move, second.url, agent.token, "sale-1", "sale", -2, 1)  # taken by the other hub
+        await wait_until(lambda: shown(3), "the pushing hub pushes a sale another hub took")
+        views = [await asyncio.to_thread(_channel, h.url, reader.token) for h in (first, second)]
+        assert [v["pusher"] for v in views] == ["this hub", "another hub"]
+
+        async def second_caught_up() -> bool:
+            view = await asyncio.to_thread(_channel, second.url, reader.token)
+            return bool(view["cursor"] == views[0]["cursor"])
+
+        await wait_until(second_caught_up, "the standing-by hub shows the saved cursor")
+        applied = square.stats.batches_applied
+
+        await asyncio.to_thread(first.stop)  # its pusher lock goes with its connection
+
+        async def second_pushes() -> bool:
+            return (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "this hub"
+
+        await wait_until(second_pushes, "the other hub takes the channel over", TAKEOVER_S)
+        taken_over = await asyncio.to_thread(_channel, second.url, reader.token)
+        assert int(taken_over["cursor"]) >= int(views[0]["cursor"])  # resumed from the saved cursor
+        assert square.stats.batches_applied == applied  # nothing confirmed before is pushed again
+        await asyncio.to_thread(_move, second.url, agent.token, "sale-2", "sale", -1, 2)
+        await wait_until(lambda: shown(2), "the hub that took over pushes the next sale")
+        assert square.stats.batches_applied == applied + 1
+    finally:
+        for hub in (first, second):
+            hub.__exit__()
+    for name in ("hub-1.log", "hub-2.log"):
+        text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
+        assert square.token not in text and "Traceback" not in text
+        assert "shelfsync@" not in text or ":***@" in text  # the database password is never logged
+    assert "channel pickup: this hub pushes it now" in (tmp_path / "hub-2.log").read_text(encoding="utf-8")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)

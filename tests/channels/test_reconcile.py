@@ -1,0 +1,274 @@
+"""Reconciliation: channel levels read back, divergences found, stored, listed and corrected.
+
+The pushers here are not started: each test turns them by hand (``pusher.turn()``), so what the channel holds
+at every step is known, and nothing waits on time. The emulators drift levels behind the hub's back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from hub.channels import ChannelPusher, LevelKey, ShopifyConnector, SqliteChannelState, SquareConnector
+from hub.channels.pusher import Level
+from hub.channels.reconcile import Reconciler, diverges, find_divergences
+from hub.channels.state import Divergence, Refusal
+from hub.storage import open_store
+from hub.storage.keys import exception_key
+from hub.storage.postgres import PostgresHubStore
+from protocol import Kind
+from tests.channels.conftest import Hub, spec_of, wait_until
+from tests.channels.emulators.shopify import ShopifyEmulator
+from tests.channels.emulators.square import SquareEmulator
+from tests.hub.pg_testing import pg_server, pg_url  # noqa: F401  (fixtures)
+
+K = LevelKey("item-1", "loc-1")
+
+
+@asynccontextmanager
+async def shop_pusher(hub: Hub, state: SqliteChannelState, emu: ShopifyEmulator, pool: dict[str, str],
+                      **extra: Any) -> AsyncIterator[ChannelPusher]:  # fmt: skip
+    spec = spec_of({"name": "web", "kind": "shopify", "url": emu.url, "pool": pool, "timeout_s": 5, **extra}, emu.token)
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        yield ChannelPusher(spec, hub.store, state, ShopifyConnector(spec, session), hub.watch)
+
+
+@asynccontextmanager
+async def square_pusher(hub: Hub, state: SqliteChannelState, emu: SquareEmulator, pool: dict[str, str]
+                        ) -> AsyncIterator[ChannelPusher]:  # fmt: skip
+    spec = spec_of({"name": "pos", "kind": "square", "url": emu.url, "pool": pool, "timeout_s": 5}, emu.token)
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        yield ChannelPusher(spec, hub.store, state, SquareConnector(spec, session), hub.watch)
+
+
+async def settle(pusher: ChannelPusher) -> None:
+    """Turn the pusher until it has nothing left to do."""
+    for _ in range(20):
+        if not await pusher.turn():
+            return
+    raise AssertionError("the pusher kept finding work")
+
+
+# --- the rule, pure -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hub_level", "shown", "diverged"),
+    [
+        (100, 98, False),  # 2 units off, 2 % of 100: within both
+        (100, 97, True),  # 3 units: more than 2
+        (40, 38, False),  # 2 units is 5 % of 40: not above min(2, 2)
+        (30, 32, True),  # 2 units is above 5 % of 30 (1.5)
+        (10, 9, True),  # 1 unit is above 5 % of 10 (0.5)
+        (0, 1, True),  # anything shown where the hub has none
+        (7, 7, False),
+    ],
+)
+def test_a_divergence_is_more_than_min_2_units_and_5_percent(hub_level: int, shown: int, diverged: bool) -> None:
+    assert diverges(hub_level, shown) is diverged
+
+
+def test_find_divergences_leaves_out_what_is_on_its_way_read_meanwhile_or_refused() -> None:
+    k2, k3, k4, k5 = (LevelKey(f"item-{i}", "loc-1") for i in range(2, 6))
+    expected = {k: Level("A", 10, 0) for k in (K, k2, k3, k4, k5)}
+    read = {K: 3, k2: 3, k3: 3, k4: None, k5: 3}
+    pushed = {K: 10, k2: 3, k3: 10, k5: 10}
+
+    def find(behind: bool = False, skip: set[LevelKey] | None = None, refused: dict[LevelKey, Refusal] | None = None
+             ) -> list[Divergence]:  # fmt: skip
+        return find_divergences(
+            expected, read, pushed, refused or {}, behind=behind, skip=skip or set(), feeder=lambda loc: "S1", at_ms=5
+        )
+
+    assert [d.key for d in find()] == [K, k2, k3, k5]  # k4: not stocked there, nothing to compare
+    # behind: k2 still shows what it was last told (the newer level is on its way); K drifted all the same
+    assert [d.key for d in find(behind=True)] == [K, k3, k5]
+    assert [d.key for d in find(skip={K})] == [k2, k3, k5]  # confirmed while it was being read
+    refused = {k3: Refusal("A", "S1", 10, "NON_MUTABLE_INVENTORY_ITEM", 1), k5: Refusal("A", "S1", 9, "x", 1)}
+    assert [d.key for d in find(refused=refused)] == [K, k2, k5]  # k5 was refused at another level
+    (d,) = [d for d in find() if d.key == K]
+    assert (d.sku, d.location, d.hub_level, d.last_pushed, d.channel_level, d.found_at_ms) == ("A", "S1", 10, 10, 3, 5)
+
+
+# --- against the emulators ------------------------------------------------------------------------------
+
+
+async def test_a_shopify_level_drifted_behind_the_hubs_back_is_found_listed_and_corrected(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator
+) -> None:
+    online, outlet = shopify.add_location(), shopify.add_location()
+    a = shopify.add_variant("A", stocked_at=[online, outlet])
+    shopify.add_variant("B", stocked_at=[online, outlet])
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 100, "WH", "A"), (Kind.RECEIVE, 4, "S1", "B"))
+    async with shop_pusher(hub, state, shopify, {"S1": online, "WH": outlet}) as pusher:
+        await settle(pusher)
+        assert (shopify.available(a.item_id, online), shopify.available(a.item_id, outlet)) == (10, 100)
+        reconciler = Reconciler(pusher)
+        first = await reconciler.reconcile()
+        assert (first.done.checked, first.divergences) == (4, ())
+
+        shopify.drift(a.item_id, online, 3)  # an edit in the Shopify admin
+        shopify.drift(a.item_id, outlet, 98)  # within min(2 units, 5 %) of 100: left alone
+        found = await reconciler.reconcile()
+        (d,) = found.divergences
+        assert (d.key, d.sku, d.location, d.hub_level, d.last_pushed, d.channel_level) == (
+            LevelKey(a.item_id, online), "A", "S1", 10, 10, 3,
+        )  # fmt: skip
+        assert d.divergence_id == 1 and d.corrected_at_ms is None and found.done.diverged == 1
+        assert await state.open_divergences("web") == 1
+        (exc,) = [e for e in await hub.store.exceptions() if e.kind == "channel_divergence"]
+        assert (exc.location, exc.sku, exc.data["channel_level"], exc.data["hub_level"]) == ("S1", "A", 3, 10)
+        assert "showed 3 of A" in exc.detail and "is pushing its level there again" in exc.detail
+        assert await hub.store.exceptions(location="WH") == []
+
+        misses = shopify.stats.cas_misses
+        await settle(pusher)  # the correction, from the channel's actual quantity: no compare-and-set miss
+        assert shopify.available(a.item_id, online) == 10 and shopify.stats.cas_misses == misses
+        assert shopify.available(a.item_id, outlet) == 98  # within tolerance: only the diverging level is set
+        (stored,) = await state.divergences("web", 10)
+        assert stored.corrected_at_ms is not None and await state.open_divergences("web") == 0
+        (exc,) = [e for e in await hub.store.exceptions() if e.kind == "channel_divergence"]
+        assert "the hub pushed its level there again at" in exc.detail
+        assert (await reconciler.reconcile()).divergences == ()
+    assert await state.reconciled("web") == reconciler.last
+
+
+async def test_a_square_count_newer_than_the_hubs_is_corrected_with_the_time_of_the_correction(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    loc = square.add_location()
+    a, b = square.add_variation("A"), square.add_variation("B")
+    await hub.move((Kind.RECEIVE, 8, "S1", "A"), (Kind.RECEIVE, 5, "S1", "B"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+        assert (square.quantity(a, loc), square.quantity(b, loc)) == (8, 5)
+        square.drift(a, loc, 2)  # a sale rung up at a Square register the hub never heard of
+        del square.counts[(b, loc)]  # Square holds no count: it shows 0
+        found = await Reconciler(pusher).reconcile()
+        assert sorted((d.sku, d.channel_level, d.hub_level) for d in found.divergences) == [("A", 2, 8), ("B", 0, 5)]
+        await settle(pusher)
+    assert (square.quantity(a, loc), square.quantity(b, loc)) == (8, 5)  # a count older than Square's would not be
+    assert await state.open_divergences("pos") == 0
+
+
+async def test_levels_on_their_way_are_not_divergences_but_a_drift_meanwhile_is(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator
+) -> None:
+    loc = shopify.add_location()
+    a, b = shopify.add_variant("A", stocked_at=[loc]), shopify.add_variant("B", stocked_at=[loc])
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 10, "S1", "B"))
+    async with shop_pusher(hub, state, shopify, {"S1": loc}) as pusher:
+        await settle(pusher)
+        await hub.move((Kind.SALE, -6, "S1", "A"), (Kind.SALE, -6, "S1", "B"))  # not pushed yet: the pusher is behind
+        shopify.drift(b.item_id, loc, 1)  # and B moved at Shopify meanwhile
+        found = await Reconciler(pusher).reconcile()
+        assert [(d.sku, d.channel_level, d.hub_level, d.last_pushed) for d in found.divergences] == [("B", 1, 4, 10)]
+        await settle(pusher)
+    assert (shopify.available(a.item_id, loc), shopify.available(b.item_id, loc)) == (4, 4)
+
+
+async def test_a_level_refused_for_good_is_not_a_divergence_and_a_refresh_sends_it_again(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator
+) -> None:
+    loc = shopify.add_location()
+    a, b = shopify.add_variant("A", stocked_at=[loc]), shopify.add_variant("B", stocked_at=[loc])
+    shopify.non_mutable.add(a.item_id)  # a bundle's parent at Shopify: the API may not set it
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 7, "S1", "B"))
+    async with shop_pusher(hub, state, shopify, {"S1": loc}) as pusher:
+        await settle(pusher)
+        assert (shopify.available(a.item_id, loc), shopify.available(b.item_id, loc)) == (0, 7)
+        assert list(await state.refusals("web")) == [LevelKey(a.item_id, loc)]
+        assert (await Reconciler(pusher).reconcile()).divergences == ()  # an exception of its own already
+        shopify.non_mutable.clear()  # fixed at Shopify
+        await pusher.refresh_mapping()
+        await settle(pusher)
+    assert shopify.available(a.item_id, loc) == 10 and await state.refusals("web") == {}
+
+
+async def test_the_loop_reconciles_when_asked_and_its_last_time_survives_a_restart(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator
+) -> None:
+    loc = shopify.add_location()
+    a = shopify.add_variant("A", stocked_at=[loc])
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"))
+    async with shop_pusher(hub, state, shopify, {"S1": loc}, reconcile_s=3600) as pusher:
+        await settle(pusher)
+        shopify.drift(a.item_id, loc, 0)
+        async with Reconciler(pusher) as reconciler:
+            reconciler.request()  # due in an hour; asked now
+
+            async def done() -> bool:
+                return reconciler.last is not None
+
+            await wait_until(done, "the loop reconciled")
+        assert reconciler.last is not None and reconciler.last.diverged == 1
+        await settle(pusher)
+        assert shopify.available(a.item_id, loc) == 5
+        again = Reconciler(pusher)
+        async with again:
+            await wait_until(lambda: _async(again.last is not None), "the stored reconciliation is read at start")
+        assert again.last == reconciler.last
+
+
+async def test_divergences_are_kept_per_channel_newest_first_across_a_reopen(hub: Hub) -> None:
+    async with await SqliteChannelState.open(hub.db_path) as state:
+        rows = [Divergence(LevelKey(f"i{n}", "L"), f"S{n}", None, 5, None, n, 1_000 + n) for n in range(5)]
+        stored = await state.add_divergences("web", rows[:3])
+        assert [d.divergence_id for d in stored] == [1, 2, 3]
+        assert [d.divergence_id for d in await state.add_divergences("web", rows[3:])] == [4, 5]
+        assert [d.divergence_id for d in await state.add_divergences("pos", rows[:1])] == [1]
+        assert await state.close_divergences("web", [LevelKey("i1", "L")], 9_000) == 1
+        assert await state.close_divergences("web", [LevelKey("i1", "L")], 9_500) == 0  # closed once
+    async with await SqliteChannelState.open(hub.db_path) as state:
+        page = await state.divergences("web", 2)
+        assert [d.divergence_id for d in page] == [5, 4]
+        rest = await state.divergences("web", 10, before_id=4)
+        assert [(d.divergence_id, d.corrected_at_ms) for d in rest] == [(3, None), (2, 9_000), (1, None)]
+        assert rest[1].key == LevelKey("i1", "L") and rest[1].channel_level == 1
+        assert await state.open_divergences("web") == 4 and await state.open_divergences("pos") == 1
+
+
+async def test_channel_exceptions_read_the_same_on_postgresql(pg_url: str) -> None:  # noqa: F811
+    async with PostgresHubStore.open(pg_url) as store:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.executemany(
+                "INSERT INTO channel_divergences (channel, divergence_id, level_key, sku, location, hub_level, "
+                "last_pushed, channel_level, found_at_ms, corrected_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                [("web", n, f"item-{n}\tL1", "A", "S1" if n % 2 else None, 10, 10, 3, 5_000, None) for n in range(1, 4)],
+            )
+            await conn.execute(
+                "INSERT INTO channel_refusals (channel, level_key, sku, location, quantity, detail, at_ms) "
+                "VALUES ('web', $1, 'B', 'S1', 4, 'NON_MUTABLE_INVENTORY_ITEM: not adjustable.', 5000)",
+                "item-9\tL1",
+            )
+        finally:
+            await conn.close()
+        listed = await store.exceptions()
+        assert [(e.kind, e.data.get("id")) for e in listed] == [
+            ("channel_divergence", 1), ("channel_divergence", 2), ("channel_divergence", 3), ("channel_refused", None),
+        ]  # fmt: skip
+        assert [e.kind for e in await store.exceptions(location="S1")] == ["channel_divergence"] * 2 + ["channel_refused"]
+        after = await store.exceptions(after=exception_key(listed[1]))
+        assert after == listed[2:]
+        assert "refused to set B (item item-9) at its location L1 to 4" in listed[3].detail
+
+
+async def test_channel_exceptions_page_the_same_on_sqlite(tmp_path: Any) -> None:
+    db = tmp_path / "hub.db"
+    async with open_store(db) as store, await SqliteChannelState.open(db) as state:
+        await state.add_divergences("web", [Divergence(LevelKey(f"i{n}", "L"), "A", "S1", 5, 5, 1, 7_000) for n in range(3)])
+        await state.refuse("web", {LevelKey("i9", "L"): Refusal("B", None, 4, "INVALID_INVENTORY_ITEM: gone.", 7_000)})
+        listed = await store.exceptions()
+        assert [e.kind for e in listed] == ["channel_divergence"] * 3 + ["channel_refused"]
+        assert await store.exceptions(after=exception_key(listed[0]), limit=2) == listed[1:3]
+        assert [e.kind for e in await store.exceptions(location="S1")] == ["channel_divergence"] * 3
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -1,0 +1,185 @@
+"""The channel state contract, run against both backends: the hub's SQLite file and a PostgreSQL hub's database.
+
+Each test gets ``reopen``: a new ``ChannelState`` on the same database (a fresh SQLite file in ``tmp_path``, or a
+fresh schema of the test PostgreSQL server), so what survives a restart is checked on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from hub.channels import Divergence, ItemIds, LevelKey, MappingFinding, Reconciled, Refusal, SkuMapping
+from hub.channels.runner import open_channel_state
+from hub.channels.state import SqlChannelState
+from hub.storage import StoreClosed, StoreError, open_store
+from tests.hub.pg_testing import fresh_schema, pg_server, pg_url  # noqa: F401  (fixtures)
+
+K = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
+Reopen = Callable[[], AbstractAsyncContextManager[SqlChannelState]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_server")  # skips (fails in CI) when the server cannot be reached
+    return str(request.param)
+
+
+@pytest.fixture
+async def db(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The hub database: a SQLite file, or a PostgreSQL URL over a fresh schema."""
+    if backend == "sqlite":
+        yield str(tmp_path / "hub.db")
+        return
+    async with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def reopen(db: str) -> Reopen:
+    return lambda: open_channel_state(db)
+
+
+async def test_state_lives_beside_the_hub_tables_and_survives_a_reopen(db: str, reopen: Reopen) -> None:
+    async with open_store(db) as store:
+        async with reopen() as state:
+            assert (
+                await state.cursor("web") == 0
+                and await state.pushed("web") == {}
+                and await state.mapping("web") is None
+            )
+            await state.record("web", {K: 5}, 1_000)  # a first batch: the cursor does not move yet
+            assert await state.cursor("web") == 0
+            await state.record("web", {K: 4}, 2_000, cursor=17)
+            await state.record("web", {}, 3_000, cursor=12)  # never backwards
+            mapping = SkuMapping((ItemIds("A", K.item_id, "gid://shopify/ProductVariant/1"),),
+                                 (MappingFinding("unmapped_sku", "B", "SKU B …"),))  # fmt: skip
+            await state.save_mapping("web", mapping)
+        assert await store.latest_change_id() == 0  # the hub's own tables are untouched
+    async with reopen() as state:
+        assert await state.cursor("web") == 17
+        assert await state.pushed("web") == {K: 4}
+        assert await state.mapping("web") == mapping
+        assert await state.cursor("other") == 0 and await state.mapping("other") is None
+        await state.save_mapping("web", SkuMapping((ItemIds("C", "i-3", "v-3"),), ()))  # replaces the old one whole
+        assert await state.mapping("web") == SkuMapping((ItemIds("C", "i-3", "v-3"),), ())
+    await state.close()  # closing twice is safe
+    with pytest.raises(StoreClosed):
+        await state.cursor("web")
+
+
+async def test_refusals_are_replaced_and_cleared_per_key_or_whole(reopen: Reopen) -> None:
+    keys = [LevelKey(f"i{n}", "L") for n in range(3)]
+    async with reopen() as state:
+        await state.refuse("web", {k: Refusal("A", None, 4, "NON_MUTABLE_INVENTORY_ITEM: no.", 1_000) for k in keys})
+        await state.refuse("web", {keys[0]: Refusal("A", "S1", 2, "again", 2_000)})
+        await state.refuse("pos", {keys[0]: Refusal("B", None, 1, "other channel", 3_000)})
+        got = await state.refusals("web")
+        assert got[keys[0]] == Refusal("A", "S1", 2, "again", 2_000) and set(got) == set(keys)
+        await state.clear_refusals("web", [keys[1]])
+        assert set(await state.refusals("web")) == {keys[0], keys[2]}
+    async with reopen() as state:
+        assert set(await state.refusals("web")) == {keys[0], keys[2]}
+        await state.clear_refusals("web")
+        assert await state.refusals("web") == {}
+        assert set(await state.refusals("pos")) == {keys[0]}
+
+
+async def test_divergences_are_numbered_per_channel_and_read_newest_first(reopen: Reopen) -> None:
+    async with reopen() as state:
+        rows = [Divergence(LevelKey(f"i{n}", "L"), f"S{n}", None, 5, None, n, 1_000 + n) for n in range(5)]
+        stored = await state.add_divergences("web", rows[:3])
+        assert [d.divergence_id for d in stored] == [1, 2, 3]
+        assert [d.divergence_id for d in await state.add_divergences("web", rows[3:])] == [4, 5]
+        assert [d.divergence_id for d in await state.add_divergences("pos", rows[:1])] == [1]
+        assert await state.add_divergences("web", []) == []
+        assert await state.close_divergences("web", [LevelKey("i1", "L")], 9_000) == 1
+        assert await state.close_divergences("web", [LevelKey("i1", "L")], 9_500) == 0  # closed once
+        assert await state.close_divergences("web", [], 9_500) == 0
+    async with reopen() as state:
+        assert [d.divergence_id for d in await state.divergences("web", 2)] == [5, 4]
+        rest = await state.divergences("web", 10, before_id=4)
+        assert [(d.divergence_id, d.corrected_at_ms) for d in rest] == [(3, None), (2, 9_000), (1, None)]
+        assert rest[1].key == LevelKey("i1", "L") and rest[1].channel_level == 1 and rest[1].last_pushed is None
+        assert await state.open_divergences("web") == 4 and await state.open_divergences("pos") == 1
+
+
+async def test_divergences_added_at_once_by_two_states_get_distinct_numbers(reopen: Reopen) -> None:
+    """Two hub processes reconciling one channel at the same moment: no number is given twice."""
+    rows = [Divergence(LevelKey(f"i{n}", "L"), "A", None, 5, 5, n, 1_000) for n in range(3)]
+    async with reopen() as one, reopen() as two:
+        batches = await asyncio.gather(*(s.add_divergences("web", rows) for s in (one, two, one, two)))
+        ids = sorted(d.divergence_id for batch in batches for d in batch)
+        assert ids == list(range(1, 13))
+        assert len(await one.divergences("web", 100)) == 12
+
+
+async def test_many_keys_close_in_parts(reopen: Reopen) -> None:
+    keys = [LevelKey(f"i{n}", "L") for n in range(1_200)]  # more than one IN (...) list
+    async with reopen() as state:
+        await state.add_divergences("web", [Divergence(k, "A", None, 1, None, 0, 1_000) for k in keys])
+        await state.refuse("web", {k: Refusal("A", None, 1, "no", 1_000) for k in keys})
+        assert await state.close_divergences("web", keys[:1_100], 2_000) == 1_100
+        assert await state.open_divergences("web") == 100
+        await state.clear_refusals("web", keys[100:])
+        assert set(await state.refusals("web")) == set(keys[:100])
+
+
+async def test_the_last_reconciliation_is_kept_per_channel(reopen: Reopen) -> None:
+    async with reopen() as state:
+        assert await state.reconciled("web") is None
+        await state.save_reconciled("web", Reconciled(1_000, 10, 2))
+        await state.save_reconciled("web", Reconciled(2_000, 12, 0))
+    async with reopen() as state:
+        assert await state.reconciled("web") == Reconciled(2_000, 12, 0)
+        assert await state.reconciled("pos") is None
+
+
+async def test_a_state_opened_on_a_new_database_migrates_it(reopen: Reopen, db: str) -> None:
+    async with reopen() as state:
+        await state.record("web", {K: 1}, 1_000, cursor=3)
+    async with open_store(db) as store:  # the hub opens what the channel state migrated
+        assert await store.latest_change_id() == 0
+
+
+async def test_a_postgresql_state_names_the_database_without_its_password(pg_url: str) -> None:  # noqa: F811
+    bad = pg_url.replace("@", "x@", 1) if ":" in pg_url.split("@")[0] else pg_url
+    password = bad.split("//", 1)[1].split("@", 1)[0].split(":", 1)[-1]
+    with pytest.raises(StoreError) as err:
+        async with open_channel_state(bad):
+            pass
+    assert password not in str(err.value) and "***" in str(err.value)
+
+
+async def test_a_postgresql_state_reads_what_another_process_wrote(pg_url: str) -> None:  # noqa: F811
+    async with open_channel_state(pg_url) as state:
+        await state.record("web", {K: 7}, 1_000, cursor=5)
+        conn = await asyncpg.connect(pg_url)
+        try:
+            assert await conn.fetchval("SELECT cursor FROM channel_state WHERE channel = 'web'") == 5
+            await conn.execute("UPDATE channel_state SET cursor = 9 WHERE channel = 'web'")
+        finally:
+            await conn.close()
+        assert await state.cursor("web") == 9
+
+
+async def test_the_findings_of_the_last_mapping_load_are_hub_exceptions(reopen: Reopen, db: str) -> None:
+    """An unmapped SKU (and every other mapping finding) is an exception with the sentence saying what to do;
+    a later load replaces them; a location's list leaves them out (a finding names no hub location)."""
+    finding = MappingFinding("unmapped_sku", "B", "the hub holds stock of SKU B in the pool but no item carries it: "
+                             "add it to the item at the channel.")  # fmt: skip
+    async with open_store(db) as store, reopen() as state:
+        await state.save_mapping("web", SkuMapping((ItemIds("A", K.item_id, "v-1"),), (finding,)))
+        rows = [r for r in await store.exceptions() if r.kind == "channel_mapping"]
+        assert [(r.sku, r.data) for r in rows] == [("B", {"channel": "web", "finding": "unmapped_sku"})]
+        assert "add it to the item" in rows[0].detail and "mapping/refresh" in rows[0].detail
+        assert rows[0].at_ms > 0
+        assert not [r for r in await store.exceptions(location="S1") if r.kind == "channel_mapping"]
+        await state.save_mapping("web", SkuMapping((ItemIds("A", K.item_id, "v-1"), ItemIds("B", "i-2", "v-2")), ()))
+        assert not [r for r in await store.exceptions() if r.kind == "channel_mapping"]
