@@ -20,17 +20,35 @@ the original id goes to ``attrs["rebooked_from"]`` for every kind.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import csv
+import io
 import logging
-from collections.abc import Collection
-from typing import Any
+import os
+import re
+import ssl
+import sys
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
+import aiohttp
 from aiohttp import web
 
-from hub import views
+from hub import csvexport, views
 from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
-from hub.storage.base import AgentIdentity, CatalogItem, HubError, HubStore, LedgerRow
-from protocol import Kind, ProtocolError, StockEvent, derived_event_id, event_id_hex
+from hub.config import url_problem
+from hub.storage import open_store
+from hub.storage.base import AgentIdentity, CatalogItem, HubError, HubStore, InvalidInput, LedgerRow
+from hub.storage.checks import CATALOG_ITEMS_MAX, PACK_SIZE_MAX
+from hub.storage.checks import catalog_items as check_catalog_items
+from protocol import Kind, ProtocolError, StockEvent, derived_event_id, event_id_hex, values
 from protocol.catalog import is_unknown_sku, unknown_sku
+
+if TYPE_CHECKING:
+    from hub.config import HubSettings
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +195,11 @@ def _matches(if_none_match: str, tag: str) -> bool:
     return any(c == "*" or c.removeprefix("W/") == tag for c in candidates)
 
 
-async def get_catalog(request: web.Request) -> web.Response:
-    """The whole catalog and its version (ETag); ``If-None-Match`` with the current ETag → 304."""
+async def get_catalog(request: web.Request) -> web.StreamResponse:
+    """The whole catalog and its version (ETag); ``If-None-Match`` with the current ETag → 304. As CSV when
+    asked: the columns ``PUT /v1/catalog`` takes, so a spreadsheet round trip imports as it exported."""
+    if csvexport.wants_csv(request):
+        return await catalog_csv(request)
     views.Query(request, set())
     store = request.app[STORE_KEY]
     tag = etag(await store.catalog_version())
@@ -191,10 +212,18 @@ async def get_catalog(request: web.Request) -> web.Response:
 
 
 async def put_catalog(request: web.Request) -> web.Response:
-    """Upsert catalog items by barcode (admin), then re-book the scans of barcodes that were unknown."""
+    """Upsert catalog items by barcode (admin), from JSON or CSV (all or nothing), then re-book the scans of
+    barcodes that were unknown."""
     who = require_role(request, {ROLE_ADMIN}, "change the catalog")
     views.Query(request, set())
-    items = parse_items(await _json_body(request))
+    if request.content_type in CSV_CONTENT_TYPES:
+        try:
+            items = parse_csv(await request.read())
+        except CatalogCsvError as err:
+            log.info("%s %s sent a catalog CSV the hub refused: %s", who.role, who.agent_id, err.summary)
+            return csv_refusal(err)
+    else:
+        items = parse_items(await _json_body(request))
     store = request.app[STORE_KEY]
     update = await store.put_catalog(items)
     rebooked = await rebook(store, items)
@@ -228,7 +257,8 @@ def parse_items(body: Any) -> list[CatalogItem]:
         if unknown or missing:
             problem = f"unknown field(s) {', '.join(unknown)}" if unknown else f"no {', '.join(missing)}"
             raise web.HTTPBadRequest(text=f"items[{i}] has {problem}; it takes barcode, sku, pack_size, description")
-        out.append(CatalogItem(raw["barcode"], raw["sku"], raw.get("pack_size", 1), raw.get("description", "")))
+        pack_size = views.whole(raw.get("pack_size", 1))  # 12.0 is the JSON number 12
+        out.append(CatalogItem(raw["barcode"], raw["sku"], pack_size, raw.get("description", "")))
     return out
 
 
@@ -239,7 +269,326 @@ async def _json_body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
 
 
+# --- CSV ----------------------------------------------------------------------------------------------------
+
+CSV_CONTENT_TYPES = frozenset({"text/csv", "application/csv"})
+CSV_HEADER = ("barcode", "sku", "pack_size", "description")
+COLUMN_NAMES = {  # a header cell, lower-cased with spaces as "_" → the column it names
+    "barcode": "barcode", "gtin": "barcode", "ean": "barcode", "upc": "barcode",
+    "sku": "sku",
+    "pack_size": "pack_size", "pack": "pack_size",
+    "description": "description", "name": "description",
+}  # fmt: skip
+PROBLEMS_SHOWN = 100  # row problems named in one refusal
+EXCEL_NUMBER_RE = re.compile(r"\d(?:[.,]\d+)?E\+\d+", re.IGNORECASE)  # what Excel makes of a long barcode
+ITEM_PREFIX_RE = re.compile(r"^items\[0\]\.")
+
+
+@dataclass(frozen=True, slots=True)
+class RowProblem:
+    line: int  # the file's line the row starts on (1: the header)
+    reason: str
+
+
+class CatalogCsvError(HubError):
+    """A catalog CSV that cannot be imported; ``problems`` names every bad row (up to ``PROBLEMS_SHOWN``)."""
+
+    def __init__(self, problems: Sequence[RowProblem], total: int | None = None) -> None:
+        self.problems = tuple(problems[:PROBLEMS_SHOWN])
+        self.total = len(problems) if total is None else total
+        shown = "; ".join(f"line {p.line}: {p.reason}" for p in self.problems)
+        more = f"; and {self.total - len(self.problems):,} more" if self.total > len(self.problems) else ""
+        rows = "row" if self.total == 1 else "rows"
+        self.summary = f"{self.total:,} {rows} cannot be used"
+        super().__init__(f"{self.summary}, so nothing was imported (fix them and send the file again): {shown}{more}")
+
+
+def csv_refusal(err: CatalogCsvError) -> web.Response:
+    problems = [{"line": p.line, "reason": p.reason} for p in err.problems]
+    body = {"error": {"code": "bad_request", "message": str(err), "problems": problems, "problem_count": err.total}}
+    return web.json_response(body, status=400, dumps=views.dumps)
+
+
+def _text_of(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise CatalogCsvError(
+            [RowProblem(line, 'the file is not UTF-8 text; save it as "CSV UTF-8" (Excel) or UTF-8 CSV')]
+        ) from None
+
+
+def _columns(header: list[str]) -> list[str]:
+    named = [re.sub(r"\s+", "_", c.strip().lower()) for c in header]
+    columns = [COLUMN_NAMES.get(c, "") for c in named]
+    unknown = [header[i].strip() for i, c in enumerate(columns) if not c]
+    problems = []
+    if unknown:
+        problems.append(
+            f"the header names column(s) the catalog does not take: {', '.join(values.shown(u, 40, bare=True) for u in unknown)}"
+            f"; it takes {', '.join(CSV_HEADER)} (remove the others)"
+        )
+    twice = sorted({c for c in columns if c and columns.count(c) > 1})
+    if twice:
+        problems.append(f"the header names {', '.join(twice)} more than once")
+    missing = [c for c in ("barcode", "sku") if c not in columns]
+    if missing:
+        problems.append(
+            f"the header has no {' and no '.join(missing)} column; the first line must name the columns, "
+            f"e.g. {','.join(CSV_HEADER)}"
+        )
+    if problems:
+        raise CatalogCsvError([RowProblem(1, "; ".join(problems))])
+    return columns
+
+
+def _item(fields: dict[str, str]) -> CatalogItem:
+    """One row's item, or ``InvalidInput`` saying what is wrong with it (the store's rule, hub.storage.checks)."""
+    barcode = csvexport.unguard(fields.get("barcode", "")).strip()
+    sku = csvexport.unguard(fields.get("sku", "")).strip()
+    if EXCEL_NUMBER_RE.fullmatch(barcode):
+        raise InvalidInput(
+            f"barcode {barcode} is a number a spreadsheet rounded (scientific notation); format the barcode "
+            "column as Text and copy the barcodes in again"
+        )
+    raw_pack = fields.get("pack_size", "").strip()
+    if raw_pack and not (raw_pack.isascii() and raw_pack.isdigit() and len(raw_pack) <= 9):
+        raise InvalidInput(
+            f"pack_size must be a whole number of units from 1 to {PACK_SIZE_MAX:,}, got {values.shown(raw_pack, 20)}"
+        )
+    pack = int(raw_pack) if raw_pack else 1
+    item = CatalogItem(barcode, sku, pack, csvexport.unguard(fields.get("description", "")).strip())
+    try:
+        check_catalog_items([item])
+    except InvalidInput as err:
+        raise InvalidInput(ITEM_PREFIX_RE.sub("", str(err))) from None
+    return item
+
+
+def parse_csv(data: bytes) -> list[CatalogItem]:
+    """The items of a catalog CSV (a header row naming barcode, sku and optionally pack_size, description; comma,
+    semicolon or tab separated), or ``CatalogCsvError`` naming every row that cannot be used, by line."""
+    text = _text_of(data)
+    first_line = text.split("\n", 1)[0]
+    delimiter = next((d for d in (",", ";", "\t") if d in first_line), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    problems: list[RowProblem] = []
+    items: dict[str, tuple[int, CatalogItem]] = {}
+    columns: list[str] | None = None
+    line = 1
+    try:
+        for row in reader:
+            start, line = line, reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue
+            if columns is None:
+                columns = _columns(row)
+                continue
+            if len(row) > len(columns):
+                problems.append(
+                    RowProblem(
+                        start,
+                        f"the row has {len(row)} fields but the header names "
+                        f"{len(columns)}; a field holding {delimiter!r} must be in double quotes",
+                    )
+                )
+                continue  # fmt: skip
+            try:
+                item = _item(dict(zip(columns, row, strict=False)))
+            except InvalidInput as err:
+                problems.append(RowProblem(start, str(err)))
+                continue
+            held = items.get(item.barcode)
+            if held is not None and held[1] != item:
+                problems.append(
+                    RowProblem(
+                        start,
+                        f"barcode {item.barcode} is on line {held[0]} too, with "
+                        "another SKU, pack size or description; keep one of the two",
+                    )
+                )
+                continue  # fmt: skip
+            items.setdefault(item.barcode, (start, item))
+    except csv.Error as err:  # a quote never closed: the rest of the file cannot be read as rows
+        problems.append(RowProblem(line, f"{err}; a field that starts with a double quote must end with one"))
+    if columns is None and not problems:
+        problems.append(RowProblem(1, f"the file is empty; the first line must name the columns, e.g. "
+                                   f"{','.join(CSV_HEADER)}"))  # fmt: skip
+    if len(items) > CATALOG_ITEMS_MAX:
+        problems.append(RowProblem(line, f"the file holds {len(items):,} barcodes; send at most "
+                                   f"{CATALOG_ITEMS_MAX:,} per request (shelfsync-hub catalog import splits it)"))  # fmt: skip
+    if problems:
+        raise CatalogCsvError(problems)
+    return [item for _, item in items.values()]
+
+
+async def catalog_csv(request: web.Request) -> web.StreamResponse:
+    """The whole catalog as CSV (barcode, sku, pack_size, description), ordered by barcode."""
+    views.Query(request, {"format"})
+    catalog = await request.app[STORE_KEY].catalog()
+
+    async def pages() -> AsyncIterator[list[Sequence[object]]]:
+        rows = catalog.items
+        for start in range(0, len(rows), csvexport.PAGE_ROWS):
+            yield [(i.barcode, i.sku, i.pack_size, i.description) for i in rows[start : start + csvexport.PAGE_ROWS]]
+
+    return await csvexport.stream(request, csvexport.filename("catalog"), CSV_HEADER, pages())
+
+
 def routes(app: web.Application) -> None:
     app[KNOWN_BARCODES_KEY] = KnownBarcodes()
     app.router.add_get("/v1/catalog", get_catalog, name="catalog")
     app.router.add_put("/v1/catalog", put_catalog, name="catalog_put")
+
+
+# --- command line: shelfsync-hub catalog import -------------------------------------------------------------
+
+IMPORT_CHUNK_ROWS = 5_000  # items per write (per PUT with --hub): far below max_body_bytes
+IMPORT_TIMEOUT_S = 120.0  # one PUT, re-booking included
+ANSWER_MAX_BYTES = 1 << 20  # of the hub's answer read
+ADMIN_TOKEN_ENV = "SHELFSYNC_ADMIN_TOKEN"
+
+
+class CatalogImportError(HubError):
+    """``catalog import`` cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    rows: int
+    updated: int
+    rebooked: int
+    version: int
+
+
+def add_command(commands: Any, common: argparse.ArgumentParser) -> None:
+    """``catalog import`` under ``commands`` (the CLI's subparsers); ``common`` gives --db and --config."""
+    cat = commands.add_parser("catalog", help="import the barcode catalog from a CSV file")
+    actions = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    imp = actions.add_parser(
+        "import", parents=[common], help="import a catalog CSV (barcode, sku, pack_size, description): all or nothing"
+    )
+    imp.add_argument("file", metavar="FILE", help="the CSV file, UTF-8, with a header row ('-': standard input)")
+    imp.add_argument(
+        "--hub",
+        metavar="URL",
+        help="send it to the running hub at this address with an admin credential (--token-file, else "
+        f"${ADMIN_TOKEN_ENV}); without --hub it is written into the database (--db, or db of the config) directly",
+    )
+    imp.add_argument("--token-file", metavar="FILE", help=f"a file holding an admin credential for --hub (default: "
+                     f"${ADMIN_TOKEN_ENV})")  # fmt: skip
+    imp.add_argument("--ca-file", metavar="PEM", help="with --hub: the CA certificate(s) to check the hub's TLS "
+                     "certificate with (default: the system's)")  # fmt: skip
+
+
+def import_command(args: argparse.Namespace, settings_of: Callable[[], HubSettings], out: TextIO, err: TextIO) -> int:
+    """Run ``catalog import``: check the whole file first (nothing is written if one row is bad), then write it in
+    chunks with a progress line each. Returns the exit status (2: nothing or not everything was imported)."""
+    name = "standard input" if args.file == "-" else args.file
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as error:
+        raise CatalogImportError(f"cannot read {name}: {error.strerror or error}") from error
+    try:
+        items = parse_csv(data)
+    except CatalogCsvError as error:
+        err.write(f"shelfsync-hub catalog import: {name}: {error.summary}, so nothing was imported; fix them and "
+                  "run the command again:\n")  # fmt: skip
+        err.writelines(f"  line {p.line}: {p.reason}\n" for p in error.problems)
+        if error.total > len(error.problems):
+            err.write(f"  and {error.total - len(error.problems):,} more\n")
+        return 2
+
+    def progress(done: int) -> None:
+        err.write(f"catalog import: {done:,} of {len(items):,} rows written ({done * 100 // max(1, len(items))} %)\n")
+        err.flush()
+
+    if args.hub is not None:
+        problem = url_problem(args.hub)
+        if problem:
+            raise CatalogImportError(f"--hub {problem}")
+        token = _admin_token(args.token_file)
+        result = asyncio.run(_import_http(args.hub, token, args.ca_file, items, progress))
+    else:
+        if args.token_file is not None or args.ca_file is not None:
+            raise CatalogImportError("--token-file and --ca-file go with --hub; leave them out to write to --db")
+        result = asyncio.run(_import_db(settings_of().db, items, progress))
+    out.write(
+        f"imported {result.rows:,} catalog row(s) from {name}: {result.updated:,} new or changed, catalog version "
+        f"{result.version}, {result.rebooked:,} movement(s) of unknown barcodes re-booked\n"
+    )
+    return 0
+
+
+def _admin_token(token_file: str | None) -> str:
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise CatalogImportError(f"cannot read the credential file {token_file}: {error}") from error
+    else:
+        token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if not token:
+        raise CatalogImportError(
+            f"--hub needs an admin credential: give --token-file FILE or set {ADMIN_TOKEN_ENV} "
+            "(an admin creates one with: shelfsync-hub agent add --role admin)"
+        )
+    return token
+
+
+async def _import_db(db: str, items: list[CatalogItem], progress: Callable[[int], None]) -> ImportResult:
+    updated = rebooked = version = 0
+    async with open_store(db) as store:
+        for start in range(0, len(items), IMPORT_CHUNK_ROWS):
+            chunk = items[start : start + IMPORT_CHUNK_ROWS]
+            update = await store.put_catalog(chunk)
+            rebooked += await rebook(store, chunk)
+            updated, version = updated + update.updated, update.version
+            progress(start + len(chunk))
+        if not items:
+            version = await store.catalog_version()
+    return ImportResult(len(items), updated, rebooked, version)
+
+
+async def _import_http(
+    hub: str, token: str, ca_file: str | None, items: list[CatalogItem], progress: Callable[[int], None]
+) -> ImportResult:
+    url = hub.rstrip("/") + "/v1/catalog"
+    try:
+        tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    except (OSError, ssl.SSLError) as error:
+        raise CatalogImportError(f"--ca-file {ca_file} cannot be used: {error}") from error
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    updated = rebooked = version = 0
+    timeout = aiohttp.ClientTimeout(total=IMPORT_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=tls or True)) as session:
+        for start in range(0, max(1, len(items)), IMPORT_CHUNK_ROWS):
+            chunk = items[start : start + IMPORT_CHUNK_ROWS]
+            body = views.dumps({"items": [item_json(i) for i in chunk]})
+            try:
+                async with session.put(url, data=body.encode(), headers=headers) as resp:
+                    status, raw = resp.status, await resp.content.read(ANSWER_MAX_BYTES)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                why = str(error) or type(error).__name__
+                raise CatalogImportError(_http_failure(hub, start, f"it cannot be reached: {why}")) from error
+            try:
+                answer = views.loads(raw)
+            except ValueError:
+                answer = None
+            if status != 200 or not isinstance(answer, dict):
+                refusal = answer.get("error") if isinstance(answer, dict) else None
+                message = refusal.get("message") if isinstance(refusal, dict) else None
+                why = message or values.shown(raw.decode("utf-8", "replace"), 200) or "no reason given"
+                raise CatalogImportError(_http_failure(hub, start, f"HTTP {status}: {why}"))
+            updated += int(answer["updated"])
+            rebooked += int(answer["rebooked"])
+            version = int(answer["version"])
+            progress(start + len(chunk))
+    return ImportResult(len(items), updated, rebooked, version)
+
+
+def _http_failure(hub: str, start: int, why: str) -> str:
+    done = f"the first {start:,} rows were imported; importing the file again is safe" if start else (
+        "nothing was imported")  # fmt: skip
+    return f"the hub at {hub} did not take the catalog ({why}); {done}"

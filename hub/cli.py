@@ -7,6 +7,7 @@
     shelfsync-hub agent revoke --db PATH AGENT_ID
     shelfsync-hub agent list --db PATH
     shelfsync-hub backup --db PATH --to FILE
+    shelfsync-hub catalog import FILE.csv (--hub URL [--token-file FILE] | --db PATH)
 
 Settings come from the config file (``--config``, ``$SHELFSYNC_HUB_CONFIG`` or
 /etc/shelfsync/hub.toml), the ``SHELFSYNC_HUB_*`` environment and the options,
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from hub import catalog
 from hub.auth import ROLE_AGENT, ROLE_READER
 from hub.backup import backup
 from hub.config import (
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the copy goes: a file (replaced only once the new copy is whole) or a directory "
         "(the copy is named hub-<UTC time>.db, or .dump for PostgreSQL)",
     )
+    catalog.add_command(commands, common)  # catalog import FILE (hub/catalog.py)
     return parser
 
 
@@ -160,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "catalog":
+            logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+            return catalog.import_command(args, lambda: _settings(args, db=args.db), sys.stdout, sys.stderr)
         settings = _settings(args, db=args.db)
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
         if args.command == "backup":

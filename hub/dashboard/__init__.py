@@ -1,9 +1,13 @@
 """The operations dashboard the hub serves at ``/dashboard/``.
 
 Plain HTML, CSS and JavaScript in this package (nothing to build, no CDN):
-stores online or offline, counts by location and SKU, a SKU's ledger, the
-exceptions — all updated live from the change feed. Readers sign in with a
-reader credential and get a read-only session cookie (``sessions``).
+stores online or offline, counts by location and SKU with their product
+names, a SKU's ledger a page at a time, the exceptions, the clock
+quarantine and the shrinkage report — all updated live from the change feed,
+each list downloadable as CSV (``hub.csvexport``). Readers sign in with a
+reader credential and get a read-only session cookie (``sessions``); mapping
+an unknown barcode from the Exceptions page sends an admin credential the
+person pastes (held in the page's memory), never the cookie.
 
 Public API::
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import paging, views
+from hub import csvexport, paging, views
 from hub.auth import STORE_KEY, identity_of
 from hub.metrics import events_last_hour
 from hub.storage.base import AgentStatus, StoreError
@@ -66,8 +66,10 @@ async def get_status(request: web.Request) -> web.Response:
     )
 
 
-async def get_counts(request: web.Request) -> web.Response:
-    """Counts of every (location, SKU), optionally of one location or one SKU."""
+async def get_counts(request: web.Request) -> web.StreamResponse:
+    """Counts of every (location, SKU), optionally of one location or one SKU; every page as CSV when asked."""
+    if csvexport.wants_csv(request):
+        return await csvexport.counts(request, {"location", "sku", "limit", "cursor"})
     params = views.Query(request, {"location", "sku", "limit", "cursor"})
     body = await paging.counts_page(
         request, params, COUNTS_LIMIT_DEFAULT, COUNTS_LIMIT_MAX, location=params.location(), sku=params.sku()

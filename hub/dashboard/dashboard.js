@@ -1,7 +1,12 @@
 // shelfsync operations dashboard: one plain script, no build, no dependencies.
 // Reads the hub's JSON API with the session cookie and follows the change feed
 // (server-sent events) so counts update live. Every value from the hub is put
-// into the page as text (never as HTML).
+// into the page as text (never as HTML). The session cookie only reads; the one
+// write it offers (mapping an unknown barcode) is sent with an admin credential
+// the person pastes, held in this tab's memory only.
+//
+// Pages: PAGES (near the end) lists the navigation's tabs in order. To add a page,
+// write its render function (returning the page's elements) and add one entry.
 "use strict";
 
 (() => {
@@ -9,6 +14,11 @@
   const MINUS = "\u2212";
   const ONE_DECIMAL = new Intl.NumberFormat("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
   const STOCK_ROWS_SHOWN = 500;
+  const LEDGER_PAGE = 50; // ledger events per page of a SKU's ledger
+  const CATALOG_REFRESH_MS = 60000;
+  const TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+  const ZONE_NAME = new Intl.DateTimeFormat("en-US", { timeZoneName: "short" });
+  const LOCAL_FULL = new Intl.DateTimeFormat("en-US", { dateStyle: "medium", timeStyle: "long" });
   const STATUS_REFRESH_MS = 15000;
   const AGE_TICK_MS = 5000;
 
@@ -23,6 +33,9 @@
     import_quarantine: ["Import quarantined", "warn"],
     clock_quarantine: ["Clock quarantine", "warn"],
     transfer_overdue: ["Transfer overdue", "warn"],
+    channel_divergence: ["Channel divergence", "warn"],
+    channel_refused: ["Channel refused a level", "bad"],
+    channel_mapping: ["Channel mapping", "warn"],
   };
   const QUARANTINE_STATUSES = ["pending", "applied", "discarded", "all"];
   const QUARANTINE_LIMIT = 1000; // GET /v1/quarantine's maximum page
@@ -35,7 +48,12 @@
     status: null,
     exceptions: [],
     stock: { location: "", filter: "", rows: [], sort: ["location", 1], noteEl: null },
-    sku: null, // {sku, counts: Map(location -> count), ledgerTimer}
+    sku: null, // {sku, counts: Map(location -> count), totalsEl, ledger: {cursors, page, next, starts, fresh}}
+    names: new Map(), // SKU -> product name, from the catalog
+    skus: [], // every SKU the catalog maps barcodes to
+    catalogAt: 0,
+    catalogTag: null,
+    variance: { location: "", from: "", to: "" },
     lastChangeMs: null,
     cursor: null,
     started: false,
@@ -93,16 +111,37 @@
     return h(tag, { class: "age", dataset: ms == null ? {} : { ms: String(ms) }, title: isoTitle(ms) }, ageText(ms));
   }
 
+  // Times are shown in the browser's time zone, with its name (CET, GMT+5:30 …); hovering shows UTC.
+  function zoneOf(d) {
+    const part = ZONE_NAME.formatToParts(d).find((p) => p.type === "timeZoneName");
+    return part ? part.value : "";
+  }
+
+  function utcText(d) {
+    return d.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  }
+
   function isoTitle(ms) {
-    return ms == null ? null : new Date(ms).toLocaleString();
+    if (ms === null || ms === undefined) return null;
+    const d = new Date(ms);
+    return Number.isNaN(d.getTime()) ? null : `${LOCAL_FULL.format(d)} · ${utcText(d)}`;
   }
 
   function timeText(iso) {
     if (!iso) return "–";
     const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return "–";
     const sameDay = d.toDateString() === new Date().toDateString();
-    const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-    return sameDay ? time : `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
+    const time = d.toLocaleTimeString("en-US", { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+    const day = sameDay ? "" : d.toLocaleDateString("en-US", { month: "short", day: "numeric",
+      year: d.getFullYear() === new Date().getFullYear() ? undefined : "numeric" }) + ", ";
+    return `${day}${time} ${zoneOf(d)}`;
+  }
+
+  function timeEl(iso, tag = "span", props = {}) {
+    const ms = iso ? Date.parse(iso) : NaN;
+    return h(tag, Object.assign({ class: "time", title: Number.isNaN(ms) ? null : utcText(new Date(ms)) }, props),
+      timeText(iso));
   }
 
   function skew(ms) {
@@ -131,6 +170,21 @@
 
   function skuLink(sku) {
     return h("a", { href: "#/sku/" + encodeURIComponent(sku), class: "mono" }, sku);
+  }
+
+  function nameOf(sku) {
+    if (sku && sku.startsWith("unknown:")) return "unknown barcode";
+    return state.names.get(sku) || "";
+  }
+
+  // A SKU with its product name from the catalog under it.
+  function skuWithName(sku) {
+    const name = nameOf(sku);
+    return [skuLink(sku), name ? h("span", { class: "sub name", dataset: { field: "name" } }, name) : null];
+  }
+
+  function csvLink(path, label = "Download CSV", title = "the whole list, as a spreadsheet (CSV, UTF-8)") {
+    return h("a", { class: "button-secondary", href: path, download: "", dataset: { csv: "" }, title }, label);
   }
 
   function table(headers, rows, emptyText) {
@@ -172,6 +226,25 @@
     }
     banner(null);
     return response.json();
+  }
+
+  // SKU -> name: the description of the SKU's single-unit barcode, else of its smallest pack.
+  // Read again at most once a minute, and only when its version (ETag) moved: a 304 costs nothing.
+  async function loadCatalog(force = false) {
+    if (!force && Date.now() - state.catalogAt < CATALOG_REFRESH_MS) return;
+    state.catalogAt = Date.now();
+    const response = await fetch("/v1/catalog", { credentials: "same-origin", cache: "no-store",
+      headers: Object.assign({ Accept: "application/json" }, state.catalogTag ? { "If-None-Match": state.catalogTag } : {}) });
+    if (response.status === 304 || !response.ok) return; // unchanged, or the status refresh reports the trouble
+    const catalog = await response.json();
+    state.catalogTag = response.headers.get("ETag");
+    const best = new Map();
+    for (const item of catalog.items) {
+      const held = best.get(item.sku);
+      if (!held || (item.description && (!held.description || item.pack_size < held.pack_size))) best.set(item.sku, item);
+    }
+    state.names = new Map([...best].filter(([, item]) => item.description).map(([sku, item]) => [sku, item.description]));
+    state.skus = [...best.keys()].sort();
   }
 
   function debounce(fn, ms) {
@@ -216,15 +289,16 @@
     setStat("stat-negative", fmt(negative), negative ? "below zero" : "none below zero",
       negative ? "bad" : "good");
     const total = state.exceptions.length;
-    setStat("stat-exceptions", fmt(total), total ? `${new Set(state.exceptions.map((e) => e.kind)).size} kinds` : "nothing to look at",
+    const kinds = new Set(state.exceptions.map((e) => e.kind)).size;
+    setStat("stat-exceptions", fmt(total), total ? `${kinds} kind${kinds === 1 ? "" : "s"}` : "nothing to look at",
       total ? "warn" : "good");
-    const badge = $("exceptions-badge");
-    badge.hidden = total === 0;
-    badge.textContent = total > 999 ? "999+" : String(total);
-    const held = state.exceptions.filter((e) => e.kind === "clock_quarantine").length; // one per pending held event
-    const heldBadge = $("quarantine-badge");
-    heldBadge.hidden = held === 0;
-    heldBadge.textContent = held > 999 ? "999+" : String(held);
+    for (const page of PAGES) {
+      const badge = page.badge ? $(`${page.view}-badge`) : null;
+      if (!badge) continue;
+      const n = page.badge();
+      badge.hidden = !n;
+      badge.textContent = n > 999 ? "999+" : String(n);
+    }
     setStat("stat-change", state.lastChangeMs ? ageText(state.lastChangeMs) : "–",
       state.cursor !== null ? `feed cursor ${state.cursor}` : "");
     const change = $("stat-change").querySelector(".stat-value");
@@ -232,7 +306,8 @@
   }
 
   async function refreshStatus() {
-    const [status, exceptions] = await Promise.all([api("/v1/status"), api("/v1/exceptions?limit=10000")]);
+    const [status, exceptions] = await Promise.all([api("/v1/status"), api("/v1/exceptions?limit=10000"),
+      loadCatalog().catch(() => {}), loadChannels().catch(() => {})]);
     state.status = status;
     state.exceptions = exceptions.exceptions;
     if (state.cursor === null) state.cursor = status.feed.cursor;
@@ -243,19 +318,25 @@
 
   const refreshSoon = debounce(async () => {
     await refreshStatus();
-    const view = currentView();
-    if (view.name === "overview" || view.name === "exceptions" || view.name === "quarantine") render();
+    const page = PAGES.find((p) => p.view === currentView().name);
+    if (page && page.live) render();
   }, 1500);
 
   // --- router ----------------------------------------------------------------
 
+  // #/<view>/<rest>: the page named view (PAGES, or the SKU page), with its own reading of the rest.
   function currentView() {
     const parts = window.location.hash.replace(/^#\/?/, "").split("/");
     const name = parts[0] || "overview";
-    if (name === "sku" && parts.length > 1) return { name, arg: decodeURIComponent(parts.slice(1).join("/")) };
-    if (name === "exceptions") return { name, arg: parts[1] ? decodeURIComponent(parts[1]) : "" };
-    if (name === "quarantine") return { name, arg: QUARANTINE_STATUSES.includes(parts[1]) ? parts[1] : "pending" };
-    return { name: ["overview", "stock"].includes(name) ? name : "overview", arg: "" };
+    const rest = parts.slice(1).map(decodeURIComponent).join("/");
+    if (name === "sku" && rest) return { name, arg: rest, render: skuView };
+    const page = PAGES.find((p) => p.view === name) || PAGES[0];
+    return { name: page.view, arg: page.arg ? page.arg(rest) : "", render: page.render };
+  }
+
+  function buildNav() {
+    $("tabs").replaceChildren(...PAGES.map((page) => h("a", { href: "#/" + page.view, dataset: { view: page.view } },
+      page.label, page.badge ? h("span", { class: "tab-badge", id: `${page.view}-badge`, hidden: true }) : null)));
   }
 
   async function render() {
@@ -267,7 +348,7 @@
     if (view.name !== "sku") state.sku = null;
     const target = $("view");
     try {
-      const content = await VIEWS[view.name](view.arg);
+      const content = await view.render(view.arg);
       if (currentView().name === view.name) target.replaceChildren(...[content].flat());
     } catch (err) {
       if (err.message !== "signed out") target.replaceChildren(h("div", { class: "empty" }, `Cannot show this page: ${err.message}`));
@@ -289,13 +370,13 @@
         h("td", { class: "nowrap" }, status),
         h("td", { class: "key" }, a.locations.join(", ") || "–"),
         h("td", { class: "mono" }, a.agent_id),
-        h("td", { class: "nowrap" }, ageEl(a.last_sync_ms), h("span", { class: "sub" }, a.last_sync ? timeText(a.last_sync) : "")),
+        h("td", { class: "nowrap" }, ageEl(a.last_sync_ms), a.last_sync ? timeEl(a.last_sync, "span", { class: "sub time" }) : null),
         numCell(a.events_last_hour, { dimZero: true }),
         latest && latest.epoch === CONNECTOR_EPOCH
           ? h("td", { class: "num", title: "an API connector: its mark is the time of its newest movement" },
-            timeText(new Date(latest.hwm).toISOString()), h("span", { class: "sub" }, "API connector"))
+            timeEl(new Date(latest.hwm).toISOString()), h("span", { class: "sub" }, "API connector"))
           : h("td", { class: "num" }, latest ? fmt(latest.hwm) : "–",
-            latest ? h("span", { class: "sub" }, `epoch ${latest.epoch_text || latest.epoch}`) : null,
+            latest ? h("span", { class: "sub", dataset: { field: "epoch" } }, `epoch ${latest.epoch_text}`) : null,
             a.epochs.length > 1
               ? h("span", { class: "sub warn", title: "each new epoch began when the agent found the hub held another history of its outbox" },
                 `${a.epochs.length} epochs: outbox restored, copied or rolled back`)
@@ -336,7 +417,7 @@
   function stockRow(c) {
     return h("tr", { dataset: { key: stockKey(c) } },
       h("td", { class: "key" }, c.location),
-      h("td", {}, skuLink(c.sku)),
+      h("td", {}, skuWithName(c.sku)),
       numCell(c.on_hand, { field: "on_hand" }),
       numCell(c.reserved, { field: "reserved", dimZero: true }),
       numCell(c.available, { field: "available" }),
@@ -349,7 +430,8 @@
     const st = state.stock;
     if (st.location && c.location !== st.location) return false;
     const q = st.filter.trim().toLowerCase();
-    return !q || c.sku.toLowerCase().includes(q) || c.location.toLowerCase().includes(q);
+    return !q || c.sku.toLowerCase().includes(q) || c.location.toLowerCase().includes(q) ||
+      nameOf(c.sku).toLowerCase().includes(q);
   }
 
   function sortedStock() {
@@ -417,13 +499,16 @@
       onchange: (e) => { st.location = e.target.value; render(); },
     }, h("option", { value: "" }, "All locations"), knownLocations().map((l) => h("option", { value: l, selected: l === st.location }, l)));
     const filter = h("input", {
-      id: "stock-filter", type: "search", placeholder: "Filter by SKU or location…", value: st.filter, autocomplete: "off",
+      id: "stock-filter", type: "search", placeholder: "Filter by SKU, name or location…", value: st.filter, autocomplete: "off",
       oninput: debounce((e) => { st.filter = e.target.value; redrawStock(); }, 120),
     });
     st.noteEl = h("span", { class: "count-note", id: "stock-note" });
+    const csv = csvLink("/v1/counts?format=csv" + (st.location ? "&location=" + encodeURIComponent(st.location) : ""),
+      "Download CSV", "every count shown (all pages, not just the rows on screen), as a spreadsheet");
+    csv.id = "stock-csv";
     const head = h("div", { class: "view-head" },
       h("div", {}, h("h1", {}, "Stock"), h("p", { class: "muted" }, "Counts by location and SKU, live from the change feed. Click a SKU for its ledger.")),
-      h("div", { class: "toolbar" }, select, filter, st.noteEl));
+      h("div", { class: "toolbar" }, select, filter, st.noteEl, csv));
     return [head, h("div", { class: "stock-table-slot" }, stockTable())];
   }
 
@@ -440,10 +525,12 @@
       h("div", { class: "stat-note" }, `across ${all.length} location${all.length === 1 ? "" : "s"}`))));
   }
 
-  // Walk the ledger newest → oldest from today's on_hand: the on_hand right after each event, per location.
-  // A count's "before" is its expected quantity (counted − variance); rejected attempts changed nothing.
-  function annotateBalances(events, counts) {
-    const running = new Map([...counts.values()].map((c) => [c.location, c.on_hand]));
+  // Walk a page of the ledger newest → oldest from the on_hand after its newest event (for the first page,
+  // today's on_hand): the on_hand right after each event, per location. A count's "before" is its expected
+  // quantity (counted − variance); rejected attempts changed nothing. Returns the on_hand before the page's
+  // oldest event: where the next (older) page starts.
+  function annotateBalances(events, start) {
+    const running = new Map(start || []);
     for (const e of events) {
       e.after = null;
       if (e.effect === "rejected" || e.effect === "duplicate" || !ON_HAND_KINDS.has(e.kind)) continue;
@@ -452,6 +539,7 @@
       e.after = now;
       running.set(e.location, e.kind === "count" ? (e.variance === null ? null : e.qty - e.variance) : now - e.qty);
     }
+    return running;
   }
 
   function ledgerRow(e) {
@@ -459,7 +547,7 @@
     const effect = pill(e.effect, EFFECT_TONES[e.effect] || "plain");
     const detail = e.rejection ? h("span", { class: "sub" }, e.rejection) : null;
     return h("tr", {},
-      h("td", { class: "nowrap", title: e.occurred_at_time }, timeText(e.occurred_at_time)),
+      timeEl(e.occurred_at_time, "td", { class: "nowrap time" }),
       h("td", { class: "key" }, e.location),
       h("td", {}, h("span", { class: "pill plain accent" }, e.kind)),
       qty,
@@ -471,20 +559,52 @@
         e.epoch === CONNECTOR_EPOCH && e.attrs && e.attrs.api_id ? `id ${e.attrs.api_id}` : `${e.agent_id} · seq ${e.seq}`)));
   }
 
-  async function ledgerTable(sku, counts) {
-    const ledger = await api(`/v1/ledger?sku=${encodeURIComponent(sku)}&limit=200`);
-    annotateBalances(ledger.events, counts);
-    return table(["Occurred", "Location", "Kind", ["Qty", "num"], "Effect", ["On hand after", "num"], ["Variance", "num"],
-      "Ref / reason", "Source"], ledger.events.map(ledgerRow), "No events for this SKU.");
+  // A SKU's ledger, LEDGER_PAGE events a page, newest first. "Older" reads the page after the API's opaque
+  // cursor (`next`); "Newer" reads the page before again, with the cursor it was first read with.
+  async function ledgerPanel() {
+    const s = state.sku;
+    const lg = s.ledger;
+    const cursor = lg.cursors[lg.page];
+    const body = await api(`/v1/ledger?sku=${encodeURIComponent(s.sku)}&limit=${LEDGER_PAGE}` +
+      (cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""));
+    if (lg.page === 0) lg.starts = [new Map([...s.counts.values()].map((c) => [c.location, c.on_hand]))];
+    lg.starts[lg.page + 1] = annotateBalances(body.events, lg.starts[lg.page]);
+    lg.next = body.next;
+    lg.fresh = 0;
+    const first = lg.page * LEDGER_PAGE + 1;
+    const go = (page) => async () => {
+      if (page > lg.page) lg.cursors[page] = lg.next;
+      lg.page = page;
+      await showLedger();
+    };
+    lg.noteEl = h("span", { class: "pager-note", id: "ledger-fresh", hidden: true });
+    const pager = h("div", { class: "pager", id: "ledger-pager" },
+      h("button", { type: "button", class: "button-secondary", id: "ledger-newer", disabled: lg.page === 0, onclick: go(lg.page - 1) }, "← Newer"),
+      h("span", { class: "muted", id: "ledger-page" }, body.events.length
+        ? `Page ${NUM.format(lg.page + 1)} · events ${NUM.format(first)}–${NUM.format(first + body.events.length - 1)}` : `Page ${NUM.format(lg.page + 1)}`),
+      h("button", { type: "button", class: "button-secondary", id: "ledger-older", disabled: !lg.next, onclick: go(lg.page + 1) }, "Older →"),
+      lg.noteEl);
+    return [table(["Occurred", "Location", "Kind", ["Qty", "num"], "Effect", ["On hand after", "num"], ["Variance", "num"],
+      "Ref / reason", "Source"], body.events.map(ledgerRow), "No events for this SKU."), pager];
+  }
+
+  async function showLedger() {
+    const slot = $("sku-ledger");
+    if (state.sku && slot) slot.replaceChildren(...await ledgerPanel());
   }
 
   async function skuView(sku) {
     const counts = await api(`/v1/skus/${encodeURIComponent(sku)}/counts`);
-    state.sku = { sku, counts: new Map(counts.counts.map((c) => [c.location, c])), totalsEl: h("div", { class: "totals" }) };
-    const ledger = await ledgerTable(sku, state.sku.counts);
+    state.sku = {
+      sku, counts: new Map(counts.counts.map((c) => [c.location, c])), totalsEl: h("div", { class: "totals" }),
+      ledger: { cursors: [null], page: 0, next: null, starts: [], fresh: 0, noteEl: null },
+    };
+    const ledger = await ledgerPanel();
     const rows = counts.counts.map(stockRow);
+    const name = nameOf(sku);
     const head = h("div", { class: "view-head" },
-      h("div", {}, h("div", { class: "stat-label" }, "SKU"), h("h1", { class: "sku-title" }, sku)),
+      h("div", { class: "sku-head" }, h("div", { class: "stat-label" }, "SKU"), h("h1", { class: "sku-title" }, sku),
+        name ? h("div", { class: "sku-name", id: "sku-name" }, name) : null),
       h("a", { href: "#/stock" }, "← All stock"));
     renderSkuTotals();
     return [head, state.sku.totalsEl,
@@ -492,14 +612,25 @@
         h("div", { id: "sku-counts" }, table(["Location", "SKU", ["On hand", "num"], ["Reserved", "num"], ["Available", "num"],
           ["In transit", "num"], ["Safety stock", "num"], "Updated"], rows, "The hub has no count of this SKU anywhere."))),
       h("div", { class: "section" }, h("div", { class: "section-head" }, h("h2", {}, "Ledger"),
-        h("span", { class: "muted" }, "newest first, in resolution order; each event's effect on the count")),
+        h("span", { class: "muted" }, "newest first, in resolution order; each event's effect on the count"),
+        csvLink(`/v1/ledger?sku=${encodeURIComponent(sku)}&format=csv`, "Download CSV", "this SKU's whole ledger, every page, as a spreadsheet")),
         h("div", { id: "sku-ledger" }, ledger))];
   }
 
+  // A change of the SKU: the first page is read again; an older page stays put and says newer events came.
   const reloadLedger = debounce(async () => {
     if (!state.sku) return;
-    const slot = $("sku-ledger");
-    if (slot) slot.replaceChildren(await ledgerTable(state.sku.sku, state.sku.counts));
+    const lg = state.sku.ledger;
+    if (lg.page === 0) {
+      await showLedger();
+      return;
+    }
+    lg.fresh += 1;
+    if (lg.noteEl) {
+      lg.noteEl.hidden = false;
+      lg.noteEl.replaceChildren("The count changed since this page was read: ",
+        h("a", { href: "#", onclick: (e) => { e.preventDefault(); lg.page = 0; showLedger(); } }, "back to the newest"));
+    }
   }, 400);
 
   async function exceptionsView(kind) {
@@ -514,16 +645,121 @@
     const shown = all.filter((e) => !kind || e.kind === kind);
     const rows = shown.map((e) => {
       const [label, tone] = EXCEPTION_KINDS[e.kind] || [e.kind, "plain"];
-      return h("tr", {},
-        h("td", { class: "nowrap" }, pill(label, tone)),
+      const barcode = e.kind === "unknown_barcode" && e.data ? e.data.barcode : null;
+      return h("tr", { dataset: barcode ? { barcode } : {} },
+        h("td", { class: "nowrap" }, pill(label, tone), barcode ? h("div", { class: "row-action" },
+          h("button", { type: "button", class: "button-secondary map-button", title: "map this barcode to a SKU",
+            onclick: () => openMapDialog(e) }, "Map…")) : null),
         h("td", { class: "key" }, e.location || "–"),
-        h("td", {}, e.sku ? skuLink(e.sku) : "–"),
+        h("td", {}, e.sku ? skuWithName(e.sku) : "–"),
         h("td", { class: "wrap" }, e.detail),
         h("td", { class: "nowrap" }, e.at_ms ? ageEl(e.at_ms) : "–"));
     });
     return [h("div", { class: "view-head" }, h("div", {}, h("h1", {}, "Exceptions"),
-      h("p", { class: "muted" }, "Negative stock, unknown barcodes, divergence from other systems, transfer differences and refused events."))),
+      h("p", { class: "muted" }, "Negative stock, unknown barcodes, divergence from other systems, transfer differences and refused events. " +
+        "Map an unknown barcode to its SKU with Map…: its scans are then booked on that SKU.")),
+      h("div", { class: "toolbar" }, csvLink("/v1/exceptions?format=csv", "Download CSV", "every exception, as a spreadsheet"))),
     chips, table(["Kind", "Location", "SKU", "What happened", "When"], rows, "Nothing needs attention.")];
+  }
+
+  // --- mapping an unknown barcode to a SKU (PUT /v1/catalog) ------------------------------------------------
+  // The session cookie only reads (the hub never takes it on a write), so the mapping is sent with an admin
+  // credential pasted here: kept in this tab's memory only (gone on reload or sign-out), sent only to this
+  // hub. Without one, the dialog shows the exact command an admin runs instead.
+
+  let adminCredential = null;
+
+  function shellQuote(text) {
+    return "'" + text.replace(/'/g, "'\\''") + "'";
+  }
+
+  function mapBody(barcode, sku, pack, description) {
+    const item = { barcode, sku, pack_size: pack };
+    if (description) item.description = description;
+    return JSON.stringify({ items: [item] });
+  }
+
+  function mapCommand(body) {
+    return `curl -sS -X PUT -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: application/json" ` +
+      `-d ${shellQuote(body)} ${window.location.origin}/v1/catalog`;
+  }
+
+  function openMapDialog(exception) {
+    const barcode = exception.data.barcode;
+    const dialog = $("map-dialog");
+    const sku = h("input", { id: "map-sku", list: "map-skus", required: true, autocomplete: "off", spellcheck: "false",
+      placeholder: "e.g. MUG-WHITE" });
+    const pack = h("input", { id: "map-pack", type: "number", min: "1", max: "1000000", step: "1", value: "1", required: true });
+    const description = h("input", { id: "map-description", maxlength: "256", autocomplete: "off" });
+    const credential = h("input", { id: "map-credential", type: "password", autocomplete: "off", spellcheck: "false" });
+    const command = h("code", { class: "command-text", id: "map-command" });
+    const error = h("p", { class: "form-error", id: "map-error", role: "alert", hidden: true });
+    const confirm = h("button", { type: "submit", class: "button-primary", id: "map-confirm" }, "Map");
+    const update = () => {
+      const body = mapBody(barcode, sku.value.trim(), Number(pack.value) || 1, description.value.trim());
+      command.textContent = mapCommand(body);
+      confirm.disabled = !sku.value.trim() || !(adminCredential || credential.value.trim());
+    };
+    for (const input of [sku, pack, description, credential]) input.addEventListener("input", update);
+    const form = h("form", { class: "dialog-body", method: "dialog" },
+      h("h2", {}, "Map barcode ", h("span", { class: "mono" }, barcode)),
+      h("p", { class: "muted" }, `Scans of this barcode were booked under ${exception.sku}` +
+        (exception.location ? ` at ${exception.location}` : "") + ". Mapping it to a SKU books them, and every later scan, on that SKU."),
+      h("label", { for: "map-sku" }, "SKU"), sku,
+      h("datalist", { id: "map-skus" }, [...new Set([...state.skus, ...state.stock.rows.map((c) => c.sku)])]
+        .filter((x) => !x.startsWith("unknown:")).sort().map((x) => h("option", { value: x }, nameOf(x) || null))),
+      h("label", { for: "map-pack" }, "Units per scan (a case barcode: its pack size)"), pack,
+      h("label", { for: "map-description" }, "Description (optional)"), description,
+      adminCredential ? h("p", { class: "muted", id: "map-credential-kept" }, "Using the admin credential you gave in this tab.")
+        : [h("label", { for: "map-credential" }, "Admin credential"), credential,
+          h("p", { class: "hint" }, "The dashboard's own session only reads, so a mapping needs an admin credential. " +
+            "It is kept in this tab's memory only, until you reload or sign out.")],
+      error,
+      h("div", { class: "dialog-actions" },
+        h("button", { type: "button", class: "button-secondary", onclick: () => dialog.close() }, "Cancel"), confirm),
+      h("details", { class: "command" }, h("summary", {}, "Or run this command as an admin"), command));
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const token = adminCredential || credential.value.trim();
+      confirm.disabled = true;
+      error.hidden = true;
+      try {
+        const answer = await putCatalog(token, mapBody(barcode, sku.value.trim(), Number(pack.value) || 1, description.value.trim()));
+        adminCredential = token;
+        dialog.close();
+        banner(`Mapped barcode ${barcode} to ${sku.value.trim()}: ${NUM.format(answer.rebooked)} scan(s) re-booked.`);
+        setTimeout(() => banner(null), 8000);
+        await loadCatalog(true);
+        await refreshStatus();
+        render();
+      } catch (err) {
+        if (err.status === 401 || err.status === 403) adminCredential = null;
+        error.textContent = err.message;
+        error.hidden = false;
+        update();
+      }
+    });
+    update();
+    dialog.replaceChildren(form);
+    dialog.showModal();
+    sku.focus();
+  }
+
+  async function putCatalog(token, body) {
+    let response;
+    try {
+      response = await fetch("/v1/catalog", { method: "PUT", credentials: "omit", body,
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", Accept: "application/json" } });
+    } catch (err) {
+      throw Object.assign(new Error("The hub cannot be reached; try again."), { status: 0 });
+    }
+    let answer = null;
+    try { answer = await response.json(); } catch (_) { /* not JSON */ }
+    if (!response.ok) {
+      const why = answer && answer.error ? answer.error.message : `HTTP ${response.status}`;
+      throw Object.assign(new Error(`Not mapped: ${why}.`), { status: response.status });
+    }
+    return answer;
   }
 
   // --- quarantine: events held for a clock outside the hub's window -----------------
@@ -570,7 +806,7 @@
       h("td", { class: "nowrap" }, pill(q.status, QUARANTINE_TONES[q.status] || "plain")),
       h("td", { class: "mono nowrap" }, q.agent_id, h("span", { class: "sub" }, `seq ${NUM.format(q.seq)}`)),
       h("td", { class: "key" }, q.location),
-      h("td", { class: "nowrap" }, skuLink(q.sku)),
+      h("td", { class: "nowrap" }, skuWithName(q.sku)),
       h("td", {}, h("span", { class: "pill plain accent" }, q.kind)),
       qty,
       h("td", { class: "nowrap mono", dataset: { field: "stamp" }, title: "the time the store's machine gave it" },
@@ -601,7 +837,322 @@
       status === "pending" ? "Nothing is held: every store's clock was within the window." : "Nothing here.")];
   }
 
-  const VIEWS = { overview, stock, sku: skuView, exceptions: exceptionsView, quarantine: quarantineView };
+  // --- shrinkage: what counts found missing or over, by location and SKU, over a period -------------------
+
+  function isoDate(d) {
+    return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+  }
+
+  // A day picked in the browser's time zone, as the instant its midnight is (the API takes ISO 8601 with a zone).
+  function dayDate(value) {
+    const [y, m, d] = value.split("-").map(Number);
+    return new Date(y, m - 1, d);
+  }
+
+  async function varianceView() {
+    if (!state.status) await refreshStatus();
+    const v = state.variance;
+    if (!v.from) {
+      const today = new Date();
+      v.to = isoDate(today);
+      v.from = isoDate(new Date(today.getFullYear(), today.getMonth(), today.getDate() - 30));
+    }
+    const to = dayDate(v.to);
+    to.setDate(to.getDate() + 1); // the period includes the "to" day
+    const query = (by) => `/v1/reports/variance?by=${by}&from=${encodeURIComponent(dayDate(v.from).toISOString())}` +
+      `&to=${encodeURIComponent(to.toISOString())}` + (v.location ? `&location=${encodeURIComponent(v.location)}` : "");
+    const body = await api(query("sku"));
+    const rows = body.rows.map((r) => h("tr", { dataset: { key: `${r.location}|${r.sku}` } },
+      h("td", { class: "key" }, r.location),
+      h("td", {}, skuWithName(r.sku)),
+      numCell(r.counts),
+      numCell(-r.shrinkage, { field: "shrinkage", dimZero: true }),
+      numCell(r.overage, { field: "overage", dimZero: true, signed: true }),
+      numCell(r.net_variance, { field: "net", signed: true }),
+      timeEl(r.last_count_time, "td", { class: "nowrap time" })));
+    const redraw = (field) => (e) => { v[field] = e.target.value; if (v.from && v.to) render(); };
+    const controls = h("div", { class: "toolbar" },
+      h("select", { id: "variance-location", "aria-label": "Location", onchange: redraw("location") },
+        h("option", { value: "" }, "All locations"), knownLocations().map((l) => h("option", { value: l, selected: l === v.location }, l))),
+      h("label", { class: "field" }, "From", h("input", { id: "variance-from", type: "date", value: v.from, max: v.to, onchange: redraw("from") })),
+      h("label", { class: "field" }, "To", h("input", { id: "variance-to", type: "date", value: v.to, min: v.from, onchange: redraw("to") })));
+    const t = body.totals;
+    const totals = h("div", { class: "totals" }, [["Counts", fmt(t.counts)], ["Shrinkage, units", fmt(-t.shrinkage)],
+      ["Found over, units", signed(t.overage)], ["Net variance", signed(t.net_variance)]].map(([label, value]) =>
+      h("div", { class: "card total" }, h("div", { class: "stat-label" }, label), h("div", { class: "stat-value" }, value))));
+    const downloads = h("div", { class: "toolbar downloads" },
+      csvLink(query("sku") + "&format=csv", "Download CSV by SKU"),
+      csvLink(query("location") + "&format=csv", "by location"),
+      csvLink(query("count") + "&format=csv", "every count"));
+    return [h("div", { class: "view-head" }, h("div", {}, h("h1", {}, "Shrinkage"),
+      h("p", { class: "muted" }, "What cycle counts found missing (shrinkage) or over, against what the ledger expected at each count, " +
+        `from ${timeText(body.from)} to ${timeText(body.to)}.`)), controls),
+    totals, h("div", { class: "section" }, h("div", { class: "section-head" }, h("h2", {}, "By location and SKU"), downloads),
+      table(["Location", "SKU", ["Counts", "num"], ["Shrinkage", "num"], ["Over", "num"], ["Net", "num"], "Last count"], rows,
+        "No count in this period found a difference to look at."))];
+  }
+
+  // --- channels: where each sales channel stands (GET /v1/channels) ----------------------------------------
+  // Read with the status (for the tab's badge) and, while channels are configured, every CHANNELS_REFRESH_MS:
+  // a channel can go down, catch up or be throttled with no change on the feed. The page is drawn again only
+  // when the answer changed; the lists a person opened stay open.
+
+  const CHANNELS_REFRESH_MS = 5000;
+  const DIVERGENCE_PAGE = 20; // divergences per page of a channel's list
+  const CHANNEL_KINDS = { shopify: "Shopify", square: "Square", webhook: "Webhook" };
+  const channels = {
+    list: null, // the last answer's channels (null: not read yet)
+    text: "", // the last answer as sent, to see whether anything changed
+    at: 0,
+    timer: null,
+    open: new Map(), // "name|part" -> open (a list a person opened or closed)
+    pages: new Map(), // channel name -> {cursors, page, next}: where its divergence list is
+    scrolled: null, // the channel of #/channels/<name> the page last scrolled to
+  };
+
+  async function loadChannels() {
+    clearTimeout(channels.timer);
+    channels.timer = null;
+    try {
+      const response = await fetch("/v1/channels", { credentials: "same-origin", cache: "no-store",
+        headers: { Accept: "application/json" } });
+      if (!response.ok) {
+        let message = `HTTP ${response.status}`;
+        try { message = (await response.json()).error.message || message; } catch (_) { /* not JSON */ }
+        throw new Error(`the channels cannot be read: ${message}`);
+      }
+      const text = await response.text();
+      const changed = text !== channels.text;
+      channels.list = JSON.parse(text).channels;
+      channels.text = text;
+      channels.at = Date.now();
+      return changed;
+    } finally {
+      if (channels.list && channels.list.length) channels.timer = setTimeout(pollChannels, CHANNELS_REFRESH_MS);
+    }
+  }
+
+  async function pollChannels() {
+    let changed = false;
+    try { changed = await loadChannels(); } catch (_) { /* the status refresh says when the hub cannot be reached */ }
+    renderStrip();
+    if (changed && currentView().name === "channels") render();
+  }
+
+  function channelsNeedingAttention() {
+    return (channels.list || []).filter((c) => c.connected === false || c.divergences_open > 0);
+  }
+
+  function msText(ms) {
+    if (ms === null || ms === undefined) return "–";
+    if (ms < 1000) return `${NUM.format(ms)} ms`;
+    if (ms < 120000) return `${ONE_DECIMAL.format(ms / 1000)} s`;
+    return `${NUM.format(Math.round(ms / 60000))} min`;
+  }
+
+  function everyText(s) {
+    return s % 3600 === 0 ? `every ${NUM.format(s / 3600)} h` : s % 60 === 0 ? `every ${NUM.format(s / 60)} min`
+      : `every ${NUM.format(s)} s`;
+  }
+
+  function plural(n, one, many) {
+    return `${fmt(n)} ${n === 1 ? one : many || one + "s"}`;
+  }
+
+  function connectionPill(c) {
+    if (c.connected === true) return pill("Connected", "good");
+    if (c.connected === false) return pill("Disconnected", "bad");
+    return pill("No call yet", "plain");
+  }
+
+  function fact(label, field, value, ...notes) {
+    return h("div", { class: "fact", dataset: { field } }, h("dt", {}, label),
+      h("dd", {}, value, notes.filter((n) => n !== null && n !== undefined && n !== false).map((n) => h("span", { class: "sub" }, n))));
+  }
+
+  function throttleFact(c) {
+    const t = c.throttle;
+    if (t && t.maximum_available !== undefined) { // Shopify: its cost bucket, as its last answer said
+      const left = Math.floor(t.currently_available);
+      const low = left < t.maximum_available / 10;
+      const filled = h("span", { class: "meter-fill" + (low ? " low" : "") });
+      filled.style.width = `${Math.max(0, Math.min(100, (100 * left) / t.maximum_available))}%`; // CSSOM: allowed by the CSP
+      return fact("Throttle", "throttle",
+        h("span", { class: low ? "warn-text" : null }, `${fmt(left)} / ${fmt(t.maximum_available)} points available`),
+        h("span", { class: "meter", role: "presentation" }, filled),
+        `restores ${fmt(t.restore_rate)} points/s`, t.at_ms ? h("span", {}, "as of ", ageEl(t.at_ms)) : null);
+    }
+    if (t && t.retry_after_s !== undefined) { // Square or a webhook: a 429's Retry-After still in force
+      return fact("Throttle", "throttle", h("span", { class: "warn-text" }, `Retry-After ${NUM.format(t.retry_after_s)} s in force`),
+        h("span", {}, "until ", timeEl(t.until)));
+    }
+    return fact("Throttle", "throttle", c.kind === "shopify" ? "not reported yet" : "none in force",
+      c.kind === "shopify" ? "Shopify reports its points with each answer" : "no 429 Retry-After waiting");
+  }
+
+  function reconciliationFact(c) {
+    const r = c.last_reconciliation;
+    if (!c.reconcile_s) {
+      return fact("Last reconciliation", "reconciliation", r ? ageEl(r.at_ms) : "never",
+        c.kind === "webhook" ? "a webhook channel cannot be read back" : "only when an admin asks (reconcile_s = 0)");
+    }
+    return fact("Last reconciliation", "reconciliation", r ? ageEl(r.at_ms) : "not yet",
+      r ? timeEl(r.at) : null, r ? `${plural(r.checked, "level")} checked, ${fmt(r.diverged)} diverged` : null,
+      everyText(c.reconcile_s));
+  }
+
+  function skuList(skus) {
+    return h("ul", { class: "sku-list" }, skus.map((sku) => h("li", { dataset: { sku } }, skuWithName(sku))));
+  }
+
+  // A list a person can open and close (unmapped SKUs, divergences): kept open or closed across redraws.
+  function collapsible(c, part, summary, fill) {
+    const key = `${c.name}|${part}`;
+    const open = channels.open.get(key) || false;
+    const slot = h("div", { class: "collapsible-body" });
+    const filled = () => fill(slot).catch((err) => slot.replaceChildren(h("p", { class: "form-error" }, err.message)));
+    const el = h("details", { class: "channel-part", dataset: { part }, open: open || null,
+      ontoggle: () => {
+        channels.open.set(key, el.open);
+        if (el.open && !slot.childElementCount) filled();
+      } }, h("summary", {}, summary), slot);
+    return { el, open, fill: filled };
+  }
+
+  function divergenceRow(d) {
+    const diff = d.channel_level - d.hub_level;
+    return h("tr", { dataset: { divergence: String(d.id), open: String(d.corrected_at_ms === null) } },
+      h("td", { class: "nowrap" }, skuWithName(d.sku), h("span", { class: "sub mono", title: "the channel's item" }, d.item_id)),
+      h("td", { class: "nowrap" }, h("span", { class: "mono" }, d.channel_location),
+        h("span", { class: "sub" }, d.location ? `fed by ${d.location}` : "fed by several hub locations")),
+      numCell(d.hub_level, { field: "hub_level" }),
+      numCell(d.last_pushed, { field: "last_pushed" }),
+      h("td", { class: "num", dataset: { field: "channel_level" } }, fmt(d.channel_level),
+        h("span", { class: "sub" + (diff < 0 ? " neg" : "") }, `${signed(diff)} vs the hub`)),
+      timeEl(d.found_at, "td", { class: "nowrap time", dataset: { field: "found_at" } }),
+      d.corrected_at ? timeEl(d.corrected_at, "td", { class: "nowrap time", dataset: { field: "corrected_at" } })
+        : h("td", { class: "nowrap", dataset: { field: "corrected_at" } }, pill("Open", "warn")));
+  }
+
+  // One page of a channel's divergences, newest first, walked with the API's cursors as the ledger is.
+  async function divergencePage(c, slot) {
+    if (!channels.pages.has(c.name)) channels.pages.set(c.name, { cursors: [null], page: 0, next: null });
+    const p = channels.pages.get(c.name);
+    const cursor = p.cursors[p.page];
+    const body = await api(`/v1/channels/${encodeURIComponent(c.name)}/divergences?limit=${DIVERGENCE_PAGE}` +
+      (cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""));
+    p.next = body.next;
+    const go = (page) => async () => {
+      if (page > p.page) p.cursors[page] = p.next;
+      p.page = page;
+      await divergencePage(c, slot);
+    };
+    const first = p.page * DIVERGENCE_PAGE + 1;
+    slot.replaceChildren(
+      table(["Item", "Channel location", ["Hub level", "num"], ["Last pushed", "num"], ["Channel level", "num"], "Found at",
+        "Corrected at"], body.divergences.map(divergenceRow),
+      p.page ? "Nothing on this page." : "Reconciliation has found no divergence at this channel."),
+      h("div", { class: "pager" },
+        h("button", { type: "button", class: "button-secondary divergences-newer", disabled: p.page === 0, onclick: go(p.page - 1) }, "← Newer"),
+        h("span", { class: "muted divergences-page" }, body.divergences.length
+          ? `Page ${NUM.format(p.page + 1)} · divergences ${NUM.format(first)}–${NUM.format(first + body.divergences.length - 1)}`
+          : `Page ${NUM.format(p.page + 1)}`),
+        h("button", { type: "button", class: "button-secondary divergences-older", disabled: !p.next, onclick: go(p.page + 1) }, "Older →")));
+  }
+
+  async function channelCard(c) {
+    const down = c.connected === false;
+    const head = h("div", { class: "channel-head" },
+      h("h2", {}, c.name), h("span", { class: "pill plain accent" }, CHANNEL_KINDS[c.kind] || c.kind), connectionPill(c),
+      h("span", { class: "channel-call muted" }, c.last_call_ms ? ["last call ", ageEl(c.last_call_ms)] : "no call yet"));
+    const errors = [];
+    if (c.last_error) {
+      errors.push(h("p", { class: "channel-error", dataset: { field: "last_error" } }, c.last_error,
+        c.failures > 1 ? h("span", { class: "sub" }, `${NUM.format(c.failures)} failed attempts in a row; the hub keeps trying, backing off`) : null));
+    }
+    if (c.reconcile_error) {
+      errors.push(h("p", { class: "channel-error warn", dataset: { field: "reconcile_error" } },
+        `Reading the levels back failed: ${c.reconcile_error}`));
+    }
+    const lag = c.lag.samples
+      ? [h("span", { class: "nowrap" }, `p50 ${msText(c.lag.p50_ms)}`), " · ", h("span", { class: "nowrap" }, `p99 ${msText(c.lag.p99_ms)}`)]
+      : "no push measured yet";
+    const openHere = c.divergences_open > 0;
+    const facts = h("dl", { class: "facts" },
+      fact("Last push", "last_push", ageEl(c.last_push_ms), c.last_push ? timeEl(c.last_push) : "nothing confirmed since the hub started"),
+      fact("Lag, store → channel", "lag", lag,
+        c.lag.samples ? `last ${msText(c.lag.last_ms)} · ${plural(c.lag.samples, "push", "pushes")} measured` : null),
+      fact("Queue", "queue", h("span", { class: c.queue && down ? "warn-text" : null }, c.queue ? plural(c.queue, "change") + " waiting" : "none waiting"),
+        `feed cursor ${c.cursor}`),
+      throttleFact(c),
+      fact("Divergences open", "divergences_open", h("span", { class: openHere ? "warn-text" : null }, fmt(c.divergences_open)),
+        h("a", { href: `#/channels/${encodeURIComponent(c.name)}`, class: "show-divergences", onclick: (e) => {
+          const details = e.target.closest(".channel").querySelector('details[data-part="divergences"]');
+          if (!details) return;
+          e.preventDefault();
+          details.open = true;
+          details.scrollIntoView({ block: "nearest" });
+        } }, "show the list")),
+      fact("Refused levels", "refused", h("span", { class: c.refused ? "warn-text" : null }, fmt(c.refused)),
+        c.refused ? h("a", { href: "#/exceptions/channel_refused" }, "why: see Exceptions") : "the channel took every level"),
+      fact("Mapped SKUs", "mapped", fmt(c.mapped), c.findings ? plural(c.findings, "mapping finding") : null),
+      reconciliationFact(c));
+    const unmapped = c.unmapped.count
+      ? collapsible(c, "unmapped", [h("span", { class: "warn-text" }, plural(c.unmapped.count, "unmapped SKU")),
+        h("span", { class: "muted" }, " with stock in the pool: not pushed")], async (slot) => {
+        const more = c.unmapped.count - c.unmapped.skus.length;
+        slot.replaceChildren(skuList(c.unmapped.skus),
+          ...(more > 0 ? [h("p", { class: "muted" }, `and ${NUM.format(more)} more not listed`)] : []),
+          h("p", { class: "hint" }, "No item of the channel carries these SKUs. Add them at the channel (or to its mapping CSV), then " +
+            "refresh the mapping as an admin: ", h("code", {}, `POST /v1/channels/${c.name}/mapping/refresh`), "."));
+      })
+      : null;
+    const divergences = collapsible(c, "divergences", [h("span", {}, "Divergences"),
+      h("span", { class: "muted" }, openHere ? ` — ${fmt(c.divergences_open)} open` : " — none open")],
+    (slot) => divergencePage(c, slot));
+    for (const part of [unmapped, divergences]) if (part && part.open) await part.fill(); // drawn whole, then shown
+    return h("section", { class: "card channel", id: `channel-${c.name}`, dataset: { channel: c.name, state: down ? "down" : c.connected ? "up" : "unknown" } },
+      head, ...errors, facts, unmapped ? unmapped.el : null, divergences.el);
+  }
+
+  async function channelsView(focus) {
+    if (!state.status) await refreshStatus();
+    if (!channels.list || Date.now() - channels.at > 1000) await loadChannels();
+    const list = channels.list;
+    const head = h("div", { class: "view-head" }, h("div", {}, h("h1", {}, "Channels"),
+      h("p", { class: "muted" }, "Each sales channel the hub pushes its levels to: whether the channel's API answers, when it last " +
+        "confirmed a level, how long a movement at a store takes to reach it, what waits, how hard it throttles, and what " +
+        "reconciliation found drifting there. Updated every few seconds.")));
+    if (!list.length) {
+      return [head, h("div", { class: "card empty", id: "channels-empty" }, "No channel is configured: add a ",
+        h("code", {}, "[[channel]]"), " table to the hub's config — see docs/channels.md")];
+    }
+    const arrived = focus && channels.scrolled !== focus; // #/channels/<name> just opened: show its divergences
+    if (arrived) channels.open.set(`${focus}|divergences`, true);
+    const cards = await Promise.all(list.map(channelCard));
+    if (!focus) channels.scrolled = null;
+    else if (arrived) {
+      channels.scrolled = focus;
+      setTimeout(() => { const el = $(`channel-${focus}`); if (el) el.scrollIntoView({ block: "start" }); }, 0);
+    }
+    return [head, h("div", { class: "channels" }, cards)];
+  }
+
+  // The navigation's pages, in order. view: the #/view address; render(arg): the page's elements; arg(rest):
+  // reads the address after #/view/ (optional); live: redrawn when the status refreshes; badge(): the count
+  // shown on the tab (optional).
+  const PAGES = [
+    { view: "overview", label: "Stores", render: overview, live: true },
+    { view: "stock", label: "Stock", render: stock },
+    { view: "exceptions", label: "Exceptions", render: exceptionsView, live: true, arg: (rest) => rest,
+      badge: () => state.exceptions.length },
+    { view: "quarantine", label: "Quarantine", render: quarantineView, live: true,
+      arg: (rest) => (QUARANTINE_STATUSES.includes(rest) ? rest : "pending"),
+      badge: () => state.exceptions.filter((e) => e.kind === "clock_quarantine").length }, // one per held event
+    { view: "variance", label: "Shrinkage", render: varianceView },
+    { view: "channels", label: "Channels", render: channelsView, live: true, arg: (rest) => rest,
+      badge: () => channelsNeedingAttention().length }, // channels disconnected or with divergences open
+  ];
 
   // --- live updates ------------------------------------------------------------
 
@@ -683,6 +1234,10 @@
   // --- start ---------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", () => {
+    buildNav();
+    const zone = zoneOf(new Date());
+    $("time-zone").textContent = `Times are in your browser's time zone, ${TIME_ZONE ? `${TIME_ZONE} (${zone})` : zone}; ` +
+      "hover over a time to see it in UTC.";
     $("find-sku").addEventListener("submit", (e) => {
       e.preventDefault();
       const value = $("find-sku-input").value.trim();

@@ -1,0 +1,325 @@
+"""CSV answers of the hub's lists, for the spreadsheets every operations team lives in.
+
+A list route answers CSV instead of JSON when asked with ``Accept: text/csv``
+(preferred over JSON) or ``?format=csv``: ``text/csv; charset=utf-8;
+header=present``, one header row, RFC 4180 (comma separated, fields quoted
+when they hold a comma, a quote or a line break, quotes doubled, CRLF line
+ends), UTF-8 without a byte-order mark. The answer is the **whole list**, not
+one page: the hub walks the same opaque-cursor pages as the JSON route
+(``hub.paging``) and streams each page out as it goes, so memory stays
+bounded whatever the list's length. ``limit`` caps the rows (default: all);
+``cursor`` starts after a JSON page's ``next``.
+
+Cells are safe to open in a spreadsheet: a text cell that starts with ``=``,
+``+``, ``-``, ``@``, a tab or a carriage return is written with a leading
+``'`` so no spreadsheet runs it as a formula (numbers stay numbers: a sale of
+−3 is the number -3). Times are ISO 8601 UTC (``…Z``); 63-bit integers (an
+epoch, a packed HLC) are written exactly — a spreadsheet rounds integers past
+15 digits, so import such columns as text.
+
+A database failure before the first row is the usual ``503``; one during the
+stream cuts the connection (the download ends unfinished, never looking whole)
+and is logged in one sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from hub import metrics, paging, views
+from hub.auth import STORE_KEY
+from hub.storage import keys
+from hub.storage.base import CatalogItem, CountRow, ExceptionRow, HubError, LedgerRow
+from protocol import values
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+CSV_MEDIA_TYPE = "text/csv"
+CONTENT_TYPE = "text/csv; charset=utf-8; header=present"
+PAGE_ROWS = 1_000  # rows read from the store per page of a walk (and written per chunk)
+ROWS_MAX = 1_000_000_000  # the largest ``limit`` a CSV answer takes
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_GUARD = "'"
+FILENAME_PART_RE = re.compile(r"[^A-Za-z0-9._-]+")
+JSON_TYPES = frozenset({"application/json", "application/*"})
+
+
+# --- asking for CSV -----------------------------------------------------------------------------------
+
+
+def _accept_q(accept: str) -> dict[str, float]:
+    """Media type → quality of an Accept header (malformed parts are skipped, as RFC 9110 lets a server do)."""
+    out: dict[str, float] = {}
+    for part in accept.split(",")[:64]:
+        media, *params = (p.strip() for p in part.split(";"))
+        if not media:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        out[media] = max(out.get(media, 0.0), q if 0.0 <= q <= 1.0 else 0.0)
+    return out
+
+
+def prefers_csv(accept: str) -> bool:
+    """True when an Accept header names ``text/csv`` and ranks it at least as high as JSON."""
+    q = _accept_q(accept)
+    csv_q = q.get(CSV_MEDIA_TYPE, 0.0)
+    json_q = max((q.get(t, 0.0) for t in JSON_TYPES), default=0.0)
+    return csv_q > 0.0 and csv_q >= json_q
+
+
+def wants_csv(request: web.Request) -> bool:
+    """Whether to answer this request with CSV: ``?format=csv``, else ``Accept: text/csv`` (over JSON)."""
+    raw = request.rel_url.query.getall("format", [])
+    if raw:
+        if len(raw) > 1 or raw[0] != "csv":
+            got = values.shown(raw[0], values.QUOTE_MAX_CHARS)
+            raise web.HTTPBadRequest(
+                text=f"format takes only csv (got {got}, or more than one); leave format out for JSON"
+            )
+        return True
+    return prefers_csv(request.headers.get("Accept", ""))
+
+
+# --- cells --------------------------------------------------------------------------------------------
+
+
+def cell(value: object) -> object:
+    """One value as a CSV cell: numbers as numbers, text guarded against formulas, None empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (dict, list)):
+        value = views.dumps(value)
+    text = str(value)
+    if text.startswith(FORMULA_STARTS):
+        return FORMULA_GUARD + text
+    return text
+
+
+def unguard(text: str) -> str:
+    """A cell as it was before ``cell`` guarded it: what a spreadsheet round trip hands back."""
+    if text.startswith(FORMULA_GUARD) and text[1:2] and text[1:].startswith(FORMULA_STARTS):
+        return text[1:]
+    return text
+
+
+def encode(rows: Iterable[Sequence[object]]) -> bytes:
+    """RFC 4180 lines (CRLF) of ``rows``, each value through ``cell``, as UTF-8."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    for row in rows:
+        writer.writerow([cell(v) for v in row])
+    # a lone surrogate (a row stored before the identifier rule) cannot be UTF-8: served as U+FFFD
+    return buf.getvalue().encode("utf-8", errors="replace")
+
+
+def filename(*parts: str | None) -> str:
+    """``ledger-S001-20260105T101500Z.csv``: the list, its filters (only safe characters) and the UTC time."""
+    named = [FILENAME_PART_RE.sub("_", p).strip("_")[:40] for p in parts if p]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return "-".join([*(n for n in named if n), stamp]) + ".csv"
+
+
+# --- walking every page ---------------------------------------------------------------------------------
+
+
+async def walk(
+    fetch: Callable[[Any, int], Awaitable[list[R]]], key_of: Callable[[R], Any], *, after: Any = None,
+    limit: int | None = None,
+) -> AsyncIterator[list[R]]:  # fmt: skip
+    """Every page of a list in order: ``fetch(after, n)`` reads the ``n`` rows after key ``after`` (None: from
+    the start); the next page starts after the last row's ``key_of``. Stops at a short page or ``limit`` rows."""
+    remaining = limit
+    while remaining is None or remaining > 0:
+        n = PAGE_ROWS if remaining is None else min(PAGE_ROWS, remaining)
+        rows = await fetch(after, n)
+        if rows:
+            yield rows
+        if len(rows) < n:
+            return
+        if remaining is not None:
+            remaining -= len(rows)
+        after = key_of(rows[-1])
+
+
+async def stream(
+    request: web.Request, name: str, header: Sequence[str], pages: AsyncIterator[list[Sequence[object]]]
+) -> web.StreamResponse:
+    """Answer ``header`` and the rows of ``pages`` as one CSV download named ``name``.
+
+    The first page is read before anything is sent, so a database failure there is an ordinary error
+    answer; a failure later cuts the connection (logged), so a broken download never looks complete."""
+    first: list[Sequence[object]] = await anext(pages, [])
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": CONTENT_TYPE,
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    rows = len(first)
+    try:
+        await response.write(encode([header, *first]))
+        async for page in pages:
+            await response.write(encode(page))
+            rows += len(page)
+    except ConnectionError:
+        log.info("the client of %s went away after %d CSV row(s)", request.rel_url.raw_path, rows)
+        return response
+    except HubError as err:
+        log.warning("cut the CSV answer of %s short after %d row(s): %s", request.rel_url.raw_path, rows, err)
+        metrics.observe_failure(request.app, "database")
+        if request.transport is not None:
+            request.transport.abort()  # no last chunk: the client sees an unfinished download
+        return response
+    await response.write_eof()
+    return response
+
+
+def limit_param(params: views.Query) -> int | None:
+    """A CSV answer's ``limit``: how many rows at most (None: every row)."""
+    return params.number("limit", 1, ROWS_MAX)
+
+
+# --- product names ------------------------------------------------------------------------------------------
+
+
+def product_names(items: Iterable[CatalogItem]) -> dict[str, str]:
+    """SKU → its name in the catalog: the description of its single-unit barcode, else of its smallest pack."""
+    best: dict[str, tuple[int, str]] = {}
+    for item in items:
+        if not item.description:
+            continue
+        held = best.get(item.sku)
+        if held is None or item.pack_size < held[0]:
+            best[item.sku] = (item.pack_size, item.description)
+    return {sku: name for sku, (_, name) in best.items()}
+
+
+async def names_of(request: web.Request) -> dict[str, str]:
+    return product_names((await request.app[STORE_KEY].catalog()).items)
+
+
+# --- the lists --------------------------------------------------------------------------------------------
+
+COUNT_HEADER = (
+    "location", "sku", "name", "on_hand", "reserved", "available", "in_transit", "safety_stock",
+    "last_count_time", "updated_at",
+)  # fmt: skip
+LEDGER_HEADER = (
+    "occurred_at_time", "location", "sku", "name", "kind", "qty", "effect", "variance", "ref", "reason",
+    "source", "agent_id", "epoch", "seq", "event_id", "received_at", "duplicates", "rejection_code", "rejection",
+    "occurred_at", "attrs",
+)  # fmt: skip
+EXCEPTION_HEADER = ("at", "kind", "location", "sku", "name", "detail", "data")
+
+
+def count_cells(r: CountRow, names: dict[str, str]) -> tuple[object, ...]:
+    return (
+        r.location, r.sku, names.get(r.sku), r.on_hand, r.reserved, r.available, r.in_transit, r.safety_stock,
+        views.hlc_time(r.last_count_at), views.iso_ms(r.updated_at_ms),
+    )  # fmt: skip
+
+
+def ledger_cells(r: LedgerRow, names: dict[str, str]) -> tuple[object, ...]:
+    row = views.ledger_row(r)
+    return (
+        row["occurred_at_time"], r.location, r.sku, names.get(r.sku), r.kind, r.qty, row["effect"], r.variance,
+        r.ref, r.reason, r.source, r.agent_id, str(r.epoch), r.seq, row["event_id"], row["received_at"],
+        r.duplicates, r.rejection_code, r.rejection, str(r.occurred_at), r.attrs or None,
+    )  # fmt: skip
+
+
+def exception_cells(r: ExceptionRow, names: dict[str, str]) -> tuple[object, ...]:
+    return (views.iso_ms(r.at_ms), r.kind, r.location, r.sku, names.get(r.sku or ""), r.detail, r.data or None)
+
+
+async def _rows(
+    pages: AsyncIterator[list[R]], to_cells: Callable[[R], Sequence[object]]
+) -> AsyncIterator[list[Sequence[object]]]:
+    async for page in pages:
+        yield [to_cells(r) for r in page]
+
+
+async def counts(request: web.Request, allowed: set[str], *, location: str | None = None,
+                 sku: str | None = None) -> web.StreamResponse:  # fmt: skip
+    """Every count (of one location, one SKU, or both filters of ``GET /v1/counts``), by (location, sku)."""
+    params = views.Query(request, allowed | {"format"})
+    if "location" in allowed:
+        location = params.location()
+    if "sku" in allowed:
+        sku = params.sku()
+    after = paging.parse(request, paging.count_key, "counts")
+    store = request.app[STORE_KEY]
+    names = await names_of(request)
+
+    async def fetch(key: Any, n: int) -> list[CountRow]:
+        return await store.counts(location=location, sku=sku, limit=n, after=key)
+
+    pages = walk(fetch, keys.count_key, after=after, limit=limit_param(params))
+    return await stream(
+        request, filename("counts", location, sku), COUNT_HEADER, _rows(pages, lambda r: count_cells(r, names))
+    )
+
+
+async def ledger(request: web.Request) -> web.StreamResponse:
+    """The whole ledger (of a location, a SKU), newest first in resolution order, as ``GET /v1/ledger``."""
+    params = views.Query(request, {"location", "sku", "limit", "before", "cursor", "format"})
+    after = paging.parse(request, paging.ledger_key, "the ledger")
+    before = params.before()
+    if after is not None and before is not None:
+        raise web.HTTPBadRequest(text="give cursor or before, not both: before only says where the walk starts")
+    location, sku = params.location(), params.sku()
+    store = request.app[STORE_KEY]
+    names = await names_of(request)
+
+    async def fetch(key: Any, n: int) -> list[LedgerRow]:
+        return await store.ledger(location=location, sku=sku, limit=n, before=None if key else before, after=key)
+
+    pages = walk(fetch, keys.ledger_key, after=after, limit=limit_param(params))
+    return await stream(
+        request, filename("ledger", location, sku), LEDGER_HEADER, _rows(pages, lambda r: ledger_cells(r, names))
+    )
+
+
+async def exceptions(request: web.Request, transfer_open_max_ms: int | None) -> web.StreamResponse:
+    """Every exception (of a location), newest first, as ``GET /v1/exceptions``."""
+    params = views.Query(request, {"location", "limit", "cursor", "format"})
+    after = paging.parse(request, paging.exception_key, "the exceptions")
+    location = params.location()
+    store = request.app[STORE_KEY]
+    names = await names_of(request)
+
+    async def fetch(key: Any, n: int) -> list[ExceptionRow]:
+        return await store.exceptions(location=location, limit=n, after=key, transfer_open_max_ms=transfer_open_max_ms)
+
+    pages = walk(fetch, keys.exception_key, after=after, limit=limit_param(params))
+    return await stream(
+        request, filename("exceptions", location), EXCEPTION_HEADER, _rows(pages, lambda r: exception_cells(r, names))
+    )

@@ -1,0 +1,252 @@
+"""The catalog from and to CSV: ``PUT /v1/catalog`` with ``text/csv`` (all or nothing, every bad row named
+by its line), ``GET /v1/catalog`` as CSV (the same columns, so a spreadsheet round trip imports cleanly), and
+``shelfsync-hub catalog import FILE`` as a real process, into the database or through a hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from hub import HubSettings, HubStore, create_app, open_store
+from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
+from protocol.catalog import unknown_sku
+
+PEN = "4006381333931"
+PEN_CASE = "14006381333938"
+MUG = "5901234123457"
+CLI_TIMEOUT_S = 120
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
+    async with open_store(tmp_path / "hub.db") as s:
+        yield s
+
+
+@pytest.fixture
+async def client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
+    app = create_app(store, HubSettings(db="unused-by-create-app"))
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as c:
+        yield c
+
+
+@pytest.fixture
+async def admin(store: HubStore) -> str:
+    return (await store.add_agent([], role="admin"))[1]
+
+
+async def put_csv(client: TestClient[Any, Any], token: str, body: bytes, content_type: str = "text/csv") -> Any:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+    async with client.put("/v1/catalog", data=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def scan_unknown(store: HubStore, barcode: str, qty: int) -> None:
+    agent_id, token = await store.add_agent(["S001"])
+    who = await store.authenticate(token)
+    assert who is not None
+    now = wall_ms_now()
+    event = StockEvent(new_event_id(), agent_id, 1, 1, "S001", unknown_sku(barcode), Kind.RECEIVE, qty,
+                       pack_hlc(now, 0), now, "scanner:back-door", attrs={"barcode": barcode, "unknown": True})  # fmt: skip
+    await store.ingest(who, 1, [event])
+
+
+async def test_a_spreadsheets_csv_is_imported_and_unknown_scans_are_rebooked(
+    client: TestClient[Any, Any], store: HubStore, admin: str
+) -> None:
+    await scan_unknown(store, PEN_CASE, 2)  # two cases scanned before the catalog knew the case barcode
+    body = (
+        "\ufeffBarcode;SKU;Pack size;Name\r\n"  # Excel's "CSV UTF-8" in a semicolon locale: BOM, ';', own names
+        f'{PEN};PEN-BLUE;;"Pen; blue"\r\n'
+        f"{PEN_CASE};PEN-BLUE;12;Pen, case of 12\r\n"
+        "\r\n"  # a blank line is skipped
+        f" {MUG} ; MUG-350 ;1;'-50% mug\r\n"  # spaces round the codes; a description guarded by an export
+    ).encode()
+    status, answer = await put_csv(client, admin, body)
+    assert status == 200, answer
+    assert answer == {"version": 1, "updated": 3, "rebooked": 1}
+    items = {i.barcode: i for i in (await store.catalog()).items}
+    assert (items[PEN].sku, items[PEN].pack_size, items[PEN].description) == ("PEN-BLUE", 1, "Pen; blue")
+    assert (items[PEN_CASE].pack_size, items[PEN_CASE].description) == (12, "Pen, case of 12")
+    assert (items[MUG].sku, items[MUG].description) == ("MUG-350", "-50% mug")
+    counts = {(c.location, c.sku): c.on_hand for c in await store.counts()}
+    assert counts[("S001", "PEN-BLUE")] == 24  # 2 cases × 12
+    assert counts[("S001", unknown_sku(PEN_CASE))] == 0
+
+
+async def test_a_bad_file_names_every_bad_row_by_line_and_writes_nothing(
+    client: TestClient[Any, Any], store: HubStore, admin: str
+) -> None:
+    body = (
+        "barcode,sku,pack_size,description\n"  # line 1
+        f'{MUG},MUG,1,"a description\n'  # lines 2-3: one row; a line break is no catalog text
+        'over two lines"\n'
+        f"{PEN},PEN,1,a pen\n"  # line 4: good
+        "4006381333932,PEN,1,\n"  # line 5: check digit
+        "ABC-2,,1,\n"  # line 6: no sku
+        "4.00638E+12,PEN,1,\n"  # line 7: a spreadsheet turned the barcode into a number
+        f"{PEN_CASE},PEN,1.5,\n"  # line 8: not a whole pack size
+        "ABC-3,MUG,1,one,two\n"  # line 9: a field too many
+        f"{PEN},PEN,12,\n"  # line 10: the same barcode as line 4, another pack size
+        "ABC-4,unknown:ABC-4,1,\n"  # line 11: an unknown-barcode key is no SKU
+        "\n"
+        "ABC-1,GOOD,1,good row\n"  # line 13: good (and still not written)
+    ).encode()
+    status, answer = await put_csv(client, admin, body)
+    assert status == 400
+    error = answer["error"]
+    assert [p["line"] for p in error["problems"]] == [2, 5, 6, 7, 8, 9, 10, 11]
+    reasons = {p["line"]: p["reason"] for p in error["problems"]}
+    assert "description 'a description\\nover two lines' is not valid text" in reasons[2]
+    assert "check digit" in reasons[5]
+    assert "sku must not be empty" in reasons[6]
+    assert "format the barcode column as Text" in reasons[7]
+    assert "pack_size must be a whole number" in reasons[8] and "'1.5'" in reasons[8]
+    assert "5 fields but the header names 4" in reasons[9]
+    assert "on line 4 too" in reasons[10]
+    assert "unknown-barcode key" in reasons[11]
+    assert error["message"].startswith("8 rows cannot be used, so nothing was imported")
+    assert "line 5: barcode 4006381333932 looks like a GTIN-13" in error["message"]
+    assert await store.catalog_version() == 0  # all or nothing: the good rows are not half-written
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "words"),
+    [
+        (b"", 1, "the file is empty"),
+        (b"barcode,sku,colour\n1,A,red\n", 1, "does not take: colour"),
+        (b"barcode,description\n1,A\n", 1, "no sku column"),
+        (b"barcode,sku,name,description\n1,A,b,c\n", 1, "names description more than once"),
+        (b"barcode,sku\n1,A\n\xff\xfe,B\n", 3, "not UTF-8"),
+        (b'barcode,sku\n1,A\n2,"B\n3,C\n', 3, "must end with one"),  # an unclosed quote swallows the rest
+    ],
+)
+async def test_a_file_the_hub_cannot_read_is_one_400(
+    client: TestClient[Any, Any], store: HubStore, admin: str, body: bytes, line: int, words: str
+) -> None:
+    status, answer = await put_csv(client, admin, body)
+    assert status == 400
+    assert [p["line"] for p in answer["error"]["problems"]] == [line]
+    assert words in answer["error"]["problems"][0]["reason"]
+    assert await store.catalog_version() == 0
+
+
+async def test_the_catalog_exports_as_csv_and_imports_back_unchanged(
+    client: TestClient[Any, Any], store: HubStore, admin: str
+) -> None:
+    items = [{"barcode": PEN, "sku": "PEN", "description": "=cmd|' /C calc'!A0"},
+             {"barcode": PEN_CASE, "sku": "PEN", "pack_size": 12, "description": "Pen, \"case\" of 12"},
+             {"barcode": MUG, "sku": "-MUG", "description": "Café mug"}]  # fmt: skip
+    async with client.put("/v1/catalog", json={"items": items}, headers={"Authorization": f"Bearer {admin}"}) as resp:
+        assert resp.status == 200
+    _, reader = await store.add_agent([], role="reader")
+    async with client.get("/v1/catalog", headers={"Authorization": f"Bearer {reader}", "Accept": "text/csv"}) as resp:
+        assert resp.status == 200 and resp.content_type == "text/csv"
+        exported = await resp.read()
+    rows = list(csv.reader(io.StringIO(exported.decode(), newline="")))
+    assert rows[0] == ["barcode", "sku", "pack_size", "description"]
+    assert rows[1] == [PEN_CASE, "PEN", "12", 'Pen, "case" of 12']
+    assert rows[2] == [PEN, "PEN", "1", "'=cmd|' /C calc'!A0"]  # a spreadsheet shows it as text, never runs it
+    assert rows[3] == [MUG, "'-MUG", "1", "Café mug"]
+    status, answer = await put_csv(client, admin, exported)
+    assert (status, answer["updated"]) == (200, 0)  # the round trip changes nothing
+    assert await store.catalog_version() == 1
+
+
+async def test_only_admins_import_and_json_still_works(client: TestClient[Any, Any], store: HubStore) -> None:
+    _, reader = await store.add_agent([], role="reader")
+    status, answer = await put_csv(client, reader, f"barcode,sku\n{PEN},PEN\n".encode())
+    assert status == 403 and "only admin credentials can" in answer["error"]["message"]
+    _, admin = await store.add_agent([], role="admin")
+    status, answer = await put_csv(client, admin, f"barcode,sku\n{PEN},PEN\n".encode(), "application/csv")
+    assert (status, answer["updated"]) == (200, 1)
+    status, answer = await put_csv(client, admin, b'{"items": []}', "application/json")
+    assert (status, answer["updated"]) == (200, 0)
+
+
+# --- the command ---------------------------------------------------------------------------------------------
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "catalog", "import", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "SHELFSYNC_HUB_CONFIG": "", **(env or {})},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def big_catalog(path: Path, rows: int) -> Path:
+    lines = ["barcode,sku,pack_size,description"]
+    lines += [f"ITEM-{i:06d},SKU-{i // 2:06d},{1 + i % 2},Item {i}" for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+async def test_the_command_imports_through_a_running_hub_with_a_progress_line(
+    client: TestClient[Any, Any], store: HubStore, admin: str, tmp_path: Path
+) -> None:
+    await scan_unknown(store, "ITEM-000003", 5)
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(admin + "\n")
+    hub = str(client.make_url("/")).rstrip("/")
+    code, out, err = await run(str(big_catalog(tmp_path / "catalog.csv", 12_000)), "--hub", hub,
+                               "--token-file", str(token_file))  # fmt: skip
+    assert code == 0, err
+    assert err.splitlines() == [
+        "catalog import: 5,000 of 12,000 rows written (41 %)",
+        "catalog import: 10,000 of 12,000 rows written (83 %)",
+        "catalog import: 12,000 of 12,000 rows written (100 %)",
+    ]
+    assert "imported 12,000 catalog row(s)" in out and "12,000 new or changed" in out and "1 movement(s)" in out
+    catalog = await store.catalog()
+    assert len(catalog.items) == 12_000
+    assert {(c.sku, c.on_hand) for c in await store.counts(sku="SKU-000001")} == {("SKU-000001", 10)}  # 5 × 2
+    code, out, err = await run(str(tmp_path / "catalog.csv"), "--hub", hub, env={"SHELFSYNC_ADMIN_TOKEN": admin})
+    assert code == 0 and "0 new or changed" in out  # a second run (the env credential) changes nothing
+
+
+async def test_the_command_refuses_a_bad_file_whole_and_says_which_lines(
+    client: TestClient[Any, Any], store: HubStore, admin: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"barcode,sku\n{PEN},PEN\n4006381333932,PEN\n{MUG},\n", encoding="utf-8")
+    hub = str(client.make_url("/")).rstrip("/")
+    code, out, err = await run(str(bad), "--hub", hub, env={"SHELFSYNC_ADMIN_TOKEN": admin})
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[0].endswith("2 rows cannot be used, so nothing was imported; fix them and run the command again:")
+    assert lines[1].startswith("  line 3: barcode 4006381333932") and lines[2].startswith("  line 4: sku")
+    assert await store.catalog_version() == 0
+    good = tmp_path / "good.csv"
+    good.write_text(f"barcode,sku\n{PEN},PEN\n", encoding="utf-8")
+    code, out, err = await run(str(good), "--hub", hub, env={"SHELFSYNC_ADMIN_TOKEN": "not-a-credential"})
+    assert (
+        code == 2 and "HTTP 401: the credential is unknown or has been revoked" in err and "nothing was imported" in err
+    )
+    code, out, err = await run(str(good), "--hub", hub, env={"SHELFSYNC_ADMIN_TOKEN": ""})
+    assert code == 2 and "--hub needs an admin credential" in err
+    code, out, err = await run(str(tmp_path / "missing.csv"), "--hub", hub)
+    assert code == 2 and "cannot read" in err and "missing.csv" in err
+    assert len(err.splitlines()) == 1  # one sentence, no traceback
+
+
+async def test_the_command_writes_into_the_database_directly(tmp_path: Path) -> None:
+    db = tmp_path / "offline-hub.db"
+    code, out, err = await run(str(big_catalog(tmp_path / "catalog.csv", 7)), "--db", str(db))
+    assert code == 0, err
+    assert err.splitlines() == ["catalog import: 7 of 7 rows written (100 %)"]
+    assert "imported 7 catalog row(s)" in out and "catalog version 1" in out
+    async with open_store(db) as store:
+        assert len((await store.catalog()).items) == 7
