@@ -18,6 +18,7 @@ from agent.errors import (
     OutboxMissing,
     OutboxOfAnotherAgent,
 )
+from agent.feed import CountFeed, FeedState
 from agent.outbox import AnswerResult, Movement, Outbox, OutboxStats, Rebound, RecordResult, RejectedEvent
 from agent.replicator import Replicator, ReplicatorState
 from agent.reports import ReportSender, ReportsState
@@ -40,7 +41,9 @@ __all__ = [
     "CatalogProblem",
     "ConfigError",
     "CountCache",
+    "CountFeed",
     "EventConflict",
+    "FeedState",
     "HubCount",
     "InvalidMovement",
     "JournalEntry",

@@ -194,6 +194,7 @@ def _replicator(config: AgentConfig, outbox: Outbox) -> Replicator | None:
         auth_retry_s=r.auth_retry_s,
         heartbeat_s=r.heartbeat_s,
         answer_max_bytes=r.answer_max_bytes,
+        feed=True,  # the count cache follows the hub's change feed for this location (agent.feed)
     )
 
 
@@ -497,6 +498,7 @@ def _human(r: dict[str, Any]) -> str:
         f"hub          {hub}",
         f"set aside    {r['set_aside']:,} events the hub refused",
         f"clock skew   {skew}",
+        f"count cache  {_feed_line(r.get('feed_cursor'))}",
     ]
     if r["clock_skew_ms"] is not None and abs(r["clock_skew_ms"]) > CLOCK_WRONG_MS:  # measured against the hub's
         off_s = abs(r["clock_skew_ms"]) / 1000
@@ -518,6 +520,12 @@ def _human(r: dict[str, Any]) -> str:
         lines.append(f"rebound      from agent {r['rebound_from']} at {at} (shelfsync-agent rebind)")
     lines += [_reader_line(ReaderState(**state)) for state in r.get("scanners", ())]
     return "\n".join(lines)
+
+
+def _feed_line(cursor: int | None) -> str:
+    if cursor is None:
+        return "has not read the hub's change feed yet"
+    return f"follows the hub's change feed (read up to change {cursor:,})"
 
 
 def _running(r: dict[str, Any]) -> str:

@@ -13,6 +13,17 @@ of the pending ones. ``local_count`` adds the pending ones back:
 
 ``available`` keeps the hub's safety margin (on_hand − reserved − available as
 last answered), so it is an estimate until the hub answers again.
+
+The cache also follows the hub's change feed for this location (``agent.feed``),
+so a reservation by a channel order, another store's transfer or an admin's
+safety stock reaches it without waiting for this store's next movement of the
+SKU. Each row keeps the feed position its values are as of (``change_id``): a
+sync answer says the newest change id as of its commit, a feed change is its
+own id. A row is replaced only by values at a later position (a sync answer
+also at the same one), so whichever of a sync answer and a feed page is stored
+first, the cache never goes back to older values. A row whose position is
+unknown (NULL: written before positions, or after the hub was restored from a
+backup and its numbering restarted) takes the next value of either kind.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from protocol import ON_HAND_KINDS, CountSnapshot, Kind
+from protocol.feed import FeedChange
 
 if TYPE_CHECKING:
     from agent.outbox import Outbox
@@ -36,9 +48,16 @@ CREATE TABLE IF NOT EXISTS counts (
     available   INTEGER NOT NULL,
     in_transit  INTEGER NOT NULL,
     as_of_ms    INTEGER NOT NULL,
+    change_id   INTEGER,
     PRIMARY KEY (location, sku)
 ) WITHOUT ROWID;
 """
+
+
+def add_positions(conn: sqlite3.Connection) -> None:
+    """A cache from before feed positions gets the column (its rows' positions unknown: NULL)."""
+    if "change_id" not in {r[1] for r in conn.execute("PRAGMA table_info(counts)")}:
+        conn.execute("ALTER TABLE counts ADD COLUMN change_id INTEGER")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +87,45 @@ class LocalCount:
     hub_as_of_ms: int | None  # None: the hub has not answered for this key yet
 
 
-def store_counts(conn: sqlite3.Connection, snapshots: Iterable[CountSnapshot], as_of_ms: int) -> None:
-    """Inside the caller's write transaction: replace the cached rows for these keys."""
+_UPSERT = (
+    "INSERT INTO counts (location, sku, on_hand, reserved, available, in_transit, as_of_ms, change_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (location, sku) DO UPDATE SET on_hand = excluded.on_hand, reserved = excluded.reserved,"
+    " available = excluded.available, in_transit = excluded.in_transit, as_of_ms = excluded.as_of_ms,"
+    " change_id = excluded.change_id"
+)
+# A sync answer: at its position or later; an answer that did not say its position (a hub from before
+# positions), by the hub's clock as before.
+_ANSWER_NEWER = (
+    " WHERE CASE WHEN excluded.change_id IS NULL THEN excluded.as_of_ms >= counts.as_of_ms"
+    " ELSE counts.change_id IS NULL OR excluded.change_id >= counts.change_id END"
+)
+# A feed change: strictly after the row's position (the same change again, or an older one, changes nothing).
+_CHANGE_NEWER = " WHERE counts.change_id IS NULL OR excluded.change_id > counts.change_id"
+
+
+def store_counts(
+    conn: sqlite3.Connection, snapshots: Iterable[CountSnapshot], as_of_ms: int, change_id: int | None = None
+) -> None:
+    """Inside the caller's write transaction: the counts of a sync answer, as of feed position ``change_id``
+    (None: not said), replace the cached rows for these keys unless a row holds a later position."""
     conn.executemany(
-        "INSERT INTO counts (location, sku, on_hand, reserved, available, in_transit, as_of_ms)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (location, sku) DO UPDATE SET on_hand = excluded.on_hand, reserved = excluded.reserved,"
-        " available = excluded.available, in_transit = excluded.in_transit, as_of_ms = excluded.as_of_ms"
-        " WHERE excluded.as_of_ms >= counts.as_of_ms",
-        [(c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, as_of_ms) for c in snapshots],
+        _UPSERT + _ANSWER_NEWER,
+        [(c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, as_of_ms, change_id) for c in snapshots],
     )
+
+
+def store_changes(conn: sqlite3.Connection, changes: Iterable[FeedChange]) -> None:
+    """Inside the caller's write transaction: feed changes replace the cached rows they are later than."""
+    conn.executemany(
+        _UPSERT + _CHANGE_NEWER,
+        [(c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, c.at_ms, c.change_id) for c in changes],
+    )
+
+
+def forget_positions(conn: sqlite3.Connection) -> None:
+    """The hub's change numbering restarted (it was restored from a backup): every row's position is unknown."""
+    conn.execute("UPDATE counts SET change_id = NULL WHERE change_id IS NOT NULL")
 
 
 def _hub_count(conn: sqlite3.Connection, location: str, sku: str) -> HubCount | None:

@@ -10,7 +10,9 @@ One SQLite file (WAL), one writer thread (see ``agent.db``), every write one
 - ``events``: every movement, seq order; acknowledged rows are kept for the
   retention period so they can be resent if the hub is restored from a backup;
 - ``rejected``: events set aside with the reason (the hub refused them);
-- ``counts``: the local count cache (``agent.counts``).
+- ``counts``: the local count cache (``agent.counts``); meta ``feed_cursor`` is
+  where the cache follows the hub's change feed (``agent.feed``), stored in the
+  transaction that stores the changes read up to it.
 
 Lineage. Every row carries a 16-byte digest of the outbox's history up to it:
 ``chain(seq) = blake2b(chain(seq - 1) || event_id)``, 16 zero bytes before the
@@ -34,6 +36,7 @@ as a WARNING and in ``status``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -46,10 +49,11 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from agent.counts import COUNTS_SCHEMA, CountCache, store_counts
+from agent.counts import COUNTS_SCHEMA, CountCache, add_positions, forget_positions, store_changes, store_counts
 from agent.db import Opening, SqliteFile, SqliteThread
 from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError, OutboxMissing, OutboxOfAnotherAgent
 from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
+from protocol.feed import FeedChange
 from protocol.hlc import pack_hlc, unpack_hlc, wall_ms_now
 
 log = logging.getLogger(__name__)
@@ -150,6 +154,8 @@ class AnswerResult:
     forked_from_epoch: int | None = None  # the hub holds another history of that epoch: this outbox left it
     epoch: int = 0  # after a fork: the new epoch
     fork_reason: str = ""
+    change_id: int | None = None  # the hub's change feed position the answer's counts are as of (None: not said)
+    feed_restarted: bool = False  # that position went back: the hub was restored, the cache follows it from 0
 
     @property
     def rewound(self) -> bool:
@@ -164,6 +170,8 @@ class Outgoing:
     chain: bytes | None  # at the last event's seq, or at the acknowledged mark when there is none
     epoch_base: int  # the seq this epoch continues from (0: the file's first epoch)
     base_chain: bytes | None
+    backlog: int = 0  # events waiting above the acknowledged mark when read (these included)
+    oldest_pending_ms: int | None = None  # wall ms of the oldest of them
 
 
 def chain_link(previous: bytes, event_id: bytes) -> bytes:
@@ -195,6 +203,7 @@ class OutboxStats:
     held_by_hub: int = 0  # events the hub holds in its clock quarantine: processed, waiting for an operator there
     rebound_from: str | None = None  # the agent id this outbox belonged to before the last ``rebind``, and when
     rebound_ms: int | None = None
+    feed_cursor: int | None = None  # where the count cache follows the hub's change feed (None: it never did)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +349,7 @@ class Outbox(SqliteFile):
     def _init(self, conn: sqlite3.Connection, agent_id: str | None, location: str | None) -> None:
         for statement in _SCHEMA:
             conn.execute(statement)
+        add_positions(conn)
         now_ms = self._wall_clock_ms()
         if _meta(conn, "epoch") is None:
             _set_meta(
@@ -497,20 +507,25 @@ class Outbox(SqliteFile):
         """
         return (await self.outgoing(limit)).events
 
-    async def outgoing(self, limit: int) -> Outgoing:
-        """``pending(limit)`` and the lineage the request carrying them reports (limit 0: a handshake's)."""
+    async def outgoing(self, limit: int, *, after: int = 0) -> Outgoing:
+        """``pending(limit)`` and the lineage the request carrying them reports (limit 0: a handshake's).
 
-        def read(conn: sqlite3.Connection) -> tuple[list[Any], bytes | None, int, bytes | None]:
+        ``after``: only events above this seq (the replicator reads the next batch while the one before it
+        is on its way)."""
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Any], bytes | None, int, bytes | None, tuple[int, int | None]]:
             rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS}, {self._chain_column} FROM events WHERE {_PENDING} ORDER BY seq LIMIT ?",
-                (limit,),
+                f"SELECT {_EVENT_COLUMNS}, {self._chain_column} FROM events"
+                " WHERE seq > max((SELECT value FROM meta WHERE key = 'acked_seq'), ?)"
+                " AND seq NOT IN (SELECT seq FROM rejected) ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
             meta = dict(
                 conn.execute("SELECT key, value FROM meta WHERE key IN ('ack_chain', 'epoch_base', 'base_chain')")
             )
-            return rows, meta.get("ack_chain"), meta.get("epoch_base") or 0, meta.get("base_chain")
+            return rows, meta.get("ack_chain"), meta.get("epoch_base") or 0, meta.get("base_chain"), _backlog(conn)
 
-        rows, ack_chain, epoch_base, base_chain = await self._read(read)
+        rows, ack_chain, epoch_base, base_chain, (backlog, oldest_ms) = await self._read(read)
         events: list[StockEvent] = []
         unreadable: list[tuple[int, str]] = []
         chain = ack_chain
@@ -523,7 +538,10 @@ class Outbox(SqliteFile):
                 chain = row[12]
         if unreadable:
             await self._write(lambda conn: self._set_unreadable(conn, unreadable))
-        return Outgoing(tuple(events), chain if events else ack_chain, epoch_base, base_chain if epoch_base else None)
+        return Outgoing(
+            tuple(events), chain if events else ack_chain, epoch_base, base_chain if epoch_base else None, backlog,
+            oldest_ms,
+        )  # fmt: skip
 
     def _set_unreadable(self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str]]) -> None:
         now_ms = self._wall_clock_ms()
@@ -553,7 +571,14 @@ class Outbox(SqliteFile):
         def apply(conn: sqlite3.Connection) -> AnswerResult:
             result = self._ack(conn, resp.hwm, resp.chain, resp.rejected, hub_ms=resp.server_time_ms or None)
             self._recover_clock(conn, resp, clock_skew_ms)
-            store_counts(conn, resp.counts, as_of_ms)
+            restarted = False
+            if resp.change_id is not None:
+                before = _meta(conn, "sync_change_id")
+                if before is not None and resp.change_id < before:  # the hub's numbering went back: restored
+                    self._restart_feed(conn)
+                    restarted = True
+                _set_meta(conn, sync_change_id=resp.change_id)
+            store_counts(conn, resp.counts, as_of_ms, resp.change_id)
             if resp.held is not None:
                 _set_meta(conn, held_by_hub=resp.held)
             _set_meta(
@@ -564,11 +589,40 @@ class Outbox(SqliteFile):
                 clock_skew_ms=clock_skew_ms,
                 hub_reachable=1,
             )
-            return result
+            return dataclasses.replace(result, change_id=resp.change_id, feed_restarted=restarted)
 
         result = await self._write(apply)
         self._after_ack(resp.hwm, result)
         return result
+
+    # --- the change feed (agent.feed) --------------------------------------------
+    async def feed_position(self) -> FeedPosition:
+        """Where the count cache follows the hub's change feed."""
+        return await self._read(_feed_position)
+
+    async def apply_changes(self, changes: Sequence[FeedChange], *, after: FeedPosition, cursor: int) -> bool:
+        """Store feed changes read after ``after`` up to ``cursor``, and the cursor, in one transaction.
+
+        False (nothing stored) when the position is no longer ``after``: the feed was restarted meanwhile (a
+        sync answer showed the hub restored from a backup), and what was read before is of the old numbering.
+        """
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            if _feed_position(conn) != after:
+                return False
+            store_changes(conn, changes)
+            _set_meta(conn, feed_cursor=cursor)
+            return True
+
+        return bool(await self._write(apply))
+
+    async def restart_feed(self) -> None:
+        """The hub's change feed is behind this cache's position (restored from a backup): follow it from 0."""
+        await self._write(self._restart_feed)
+
+    def _restart_feed(self, conn: sqlite3.Connection) -> None:
+        forget_positions(conn)
+        _set_meta(conn, feed_cursor=0, feed_restarts=_feed_position(conn).restarts + 1, sync_change_id=None)
 
     def _ack(
         self,
@@ -602,8 +656,7 @@ class Outbox(SqliteFile):
         set_aside = self._set_aside(conn, rejections)
         if hub_now_ms is not None and hub_now_ms - self._last_purge_ms >= PURGE_EVERY_MS:
             self._purge(conn)
-        backlog = conn.execute(f"SELECT count(*) FROM events WHERE {_PENDING}").fetchone()[0]
-        return AnswerResult(hwm, previous, set_aside, backlog)
+        return AnswerResult(hwm, previous, set_aside, _backlog(conn)[0])  # not count(*): a million rows take 50 ms
 
     def _fork(
         self,
@@ -818,6 +871,7 @@ class Outbox(SqliteFile):
                 fork_resent=_meta(conn, "fork_resent"),
                 rebound_from=_meta(conn, "rebound_from"),
                 rebound_ms=_meta(conn, "rebound_ms"),
+                feed_cursor=_meta(conn, "feed_cursor"),
             )
 
         return await self._read(read)
@@ -852,6 +906,18 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     _set_meta(
         conn, schema_version=2, chain_last=chain, ack_chain=ack_chain, epoch_base=0, base_chain=ZERO_CHAIN
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPosition:
+    """Where the count cache follows the hub's change feed: the cursor, and how often it was restarted from 0."""
+
+    cursor: int = 0
+    restarts: int = 0
+
+
+def _feed_position(conn: sqlite3.Connection) -> FeedPosition:
+    return FeedPosition(int(_meta(conn, "feed_cursor", 0) or 0), int(_meta(conn, "feed_restarts", 0) or 0))
 
 
 def _held_by_hub(conn: sqlite3.Connection) -> int:

@@ -32,12 +32,13 @@ from hub import views
 from hub.auth import STORE_KEY
 from hub.storage.base import ChangeRow, HubStore, StoreClosed, StoreError
 from protocol import event_id_hex
+from protocol import feed as wire
 
 log = logging.getLogger(__name__)
 
 CHANGES_LIMIT_DEFAULT = 500
-CHANGES_LIMIT_MAX = 5_000
-WAIT_MAX_S = 60.0  # the longest a long-poll waits; proxies commonly cut idle requests after 60 s or more
+CHANGES_LIMIT_MAX = wire.CHANGES_LIMIT_MAX
+WAIT_MAX_S = wire.WAIT_MAX_S  # the longest a long-poll waits; proxies commonly cut idle requests after 60 s or more
 RECHECK_DEFAULT_S = 1.0
 STREAM_PING_S = 15.0  # SSE comment lines that keep proxies from closing an idle stream
 STREAM_BATCH = 500
@@ -45,6 +46,7 @@ STREAM_RETRY_MS = 3_000  # what browsers wait before reconnecting a dropped stre
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 30.0
 CURSOR_MAX = (1 << 63) - 1
+WAIT_TEXT_MAX_CHARS = 32  # room for any float's decimal text (1.59e-203, 2.5000000000000004); longer is refused
 
 
 class ChangeWatch:
@@ -184,7 +186,7 @@ def setup(app: web.Application, store: HubStore, recheck_s: float) -> None:
         await app[FEED_KEY].close()
 
     app.on_shutdown.append(stop)
-    app.router.add_get("/v1/changes", get_changes, name="changes")
+    app.router.add_get(wire.CHANGES_PATH, get_changes, name="changes")
     app.router.add_get("/v1/changes/stream", get_changes_stream, name="changes_stream")
 
 
@@ -216,15 +218,15 @@ async def read_page(
 
 def change_json(r: ChangeRow) -> dict[str, Any]:
     return {
-        "change_id": r.change_id,
-        "location": r.location,
-        "sku": r.sku,
-        "on_hand": r.on_hand,
-        "reserved": r.reserved,
-        "available": r.available,
-        "in_transit": r.in_transit,
-        "event_ids": [event_id_hex(e) for e in r.event_ids],
-        "at_ms": r.at_ms,
+        wire.CHANGE_ID: r.change_id,
+        wire.LOCATION: r.location,
+        wire.SKU: r.sku,
+        wire.ON_HAND: r.on_hand,
+        wire.RESERVED: r.reserved,
+        wire.AVAILABLE: r.available,
+        wire.IN_TRANSIT: r.in_transit,
+        wire.EVENT_IDS: [event_id_hex(e) for e in r.event_ids],
+        wire.AT_MS: r.at_ms,
         "at": views.iso_ms(r.at_ms),
     }
 
@@ -264,7 +266,7 @@ def _wait_s(raw: str | None) -> float:
     if raw is None:
         return 0.0
     try:
-        value = float(raw) if raw.isascii() and len(raw) <= 12 else -1.0
+        value = float(raw) if raw.isascii() and len(raw) <= WAIT_TEXT_MAX_CHARS else -1.0
     except ValueError:
         value = -1.0
     if not 0.0 <= value <= WAIT_MAX_S:  # also refuses nan and inf
@@ -297,9 +299,9 @@ async def get_changes(request: web.Request) -> web.Response:
         await watch.wait_past(page.cursor, remaining)
         page = await read_page(store, page.cursor, limit, location, sku)
     body = {
-        "changes": [change_json(r) for r in page.rows],
-        "cursor": str(page.cursor),
-        "more": page.more,
+        wire.CHANGES_FIELD: [change_json(r) for r in page.rows],
+        wire.CURSOR_FIELD: str(page.cursor),
+        wire.MORE_FIELD: page.more,
     }
     return web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
 

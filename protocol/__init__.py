@@ -15,6 +15,7 @@ from protocol.codec import (
     SyncResponse,
     decode_sync_request,
     decode_sync_response,
+    encode_events,
     encode_sync_request,
     encode_sync_response,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "decode_sync_request",
     "decode_sync_response",
     "derived_event_id",
+    "encode_events",
     "encode_sync_request",
     "encode_sync_response",
     "event_from_wire",

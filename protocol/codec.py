@@ -51,6 +51,7 @@ class SyncRequest:
     epoch_base: int | None = None
     base_chain: bytes | None = None
     sent_ms: int | None = None  # the agent's wall clock when it sent this request: the hub measures its skew from it
+    follows_feed: bool = False  # the agent follows the change feed: answer ``change_id`` (older agents refuse it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,9 @@ class SyncResponse:
     server_time_ms: int = 0
     chain: bytes | None = None  # the hub's chain digest at hwm; None: unknown (a mark from before chains)
     held: int | None = None  # this agent's events the hub holds for an operator (clock quarantine); None: not said
+    # The change feed's position as of this commit: the newest change_id committed up to and including it, so
+    # ``counts`` are those keys' values as of that change (protocol.feed). None: not said.
+    change_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,29 +138,48 @@ def _envelope(obj: Any, what: str, keys: set[str]) -> Mapping[str, Any]:
     return obj
 
 
-def encode_sync_request(req: SyncRequest) -> bytes:
+def encode_events(events: tuple[StockEvent, ...] | list[StockEvent]) -> bytes:
+    """The ``events`` field of a sync request, packed on its own (``encode_sync_request(..., packed_events=)``):
+    a sender can pack the next batch while the one before it is on its way."""
+    data: bytes = msgpack.packb([event_to_wire(ev) for ev in events], use_bin_type=True)
+    return data
+
+
+def encode_sync_request(req: SyncRequest, packed_events: bytes | None = None) -> bytes:
+    """``req`` as msgpack; ``packed_events``: ``encode_events(req.events)`` done beforehand (the same bytes)."""
+    if packed_events is not None:
+        head = _request_head(req)
+        packer = msgpack.Packer(use_bin_type=True)
+        parts = [packer.pack_map_header(len(head) + 1)]
+        for key, value in head.items():
+            parts += [packer.pack(key), packer.pack(value)]
+        return b"".join([*parts, packer.pack("events"), packed_events])
     data: bytes = msgpack.packb(
-        {
-            "v": WIRE_VERSION,
-            "agent_id": req.agent_id,
-            "epoch": req.epoch,
-            "acked_seq": req.acked_seq,
-            **({"backlog": req.backlog} if req.backlog is not None else {}),
-            **({"oldest_pending_ms": req.oldest_pending_ms} if req.oldest_pending_ms is not None else {}),
-            **({"chain": req.chain} if req.chain is not None else {}),
-            **({"epoch_base": req.epoch_base} if req.epoch_base is not None else {}),
-            **({"base_chain": req.base_chain} if req.base_chain is not None else {}),
-            **({"sent_ms": req.sent_ms} if req.sent_ms is not None else {}),
-            "events": [event_to_wire(ev) for ev in req.events],
-        },
-        use_bin_type=True,
+        {**_request_head(req), "events": [event_to_wire(ev) for ev in req.events]}, use_bin_type=True
     )
     return data
 
 
+def _request_head(req: SyncRequest) -> dict[str, Any]:
+    """Every field of a request but its events, in wire order."""
+    return {
+        "v": WIRE_VERSION,
+        "agent_id": req.agent_id,
+        "epoch": req.epoch,
+        "acked_seq": req.acked_seq,
+        **({"backlog": req.backlog} if req.backlog is not None else {}),
+        **({"oldest_pending_ms": req.oldest_pending_ms} if req.oldest_pending_ms is not None else {}),
+        **({"chain": req.chain} if req.chain is not None else {}),
+        **({"epoch_base": req.epoch_base} if req.epoch_base is not None else {}),
+        **({"base_chain": req.base_chain} if req.base_chain is not None else {}),
+        **({"sent_ms": req.sent_ms} if req.sent_ms is not None else {}),
+        **({"follows_feed": True} if req.follows_feed else {}),
+    }
+
+
 _REQUEST_KEYS = {
     "v", "agent_id", "epoch", "acked_seq", "backlog", "oldest_pending_ms", "chain", "epoch_base", "base_chain", "events",
-    "sent_ms",
+    "sent_ms", "follows_feed",
 }  # fmt: skip
 
 
@@ -194,6 +217,9 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     sent_ms = obj.get("sent_ms")
     if sent_ms is not None:
         _check_int(sent_ms, "sent_ms", 0, SEQ_MAX)
+    follows_feed = obj.get("follows_feed", False)
+    if not isinstance(follows_feed, bool):
+        raise ProtocolError("must be true or false", field="follows_feed")
     raw_events = obj.get("events")
     if not isinstance(raw_events, list):
         raise ProtocolError(f"must be a list, got {type(raw_events).__name__}", field="events")
@@ -223,7 +249,7 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     return SyncRequest(
         agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq,
         backlog=backlog, oldest_pending_ms=oldest_pending_ms, chain=chain, epoch_base=epoch_base, base_chain=base_chain,
-        sent_ms=sent_ms,
+        sent_ms=sent_ms, follows_feed=follows_feed,
     )  # fmt: skip
 
 
@@ -242,17 +268,23 @@ def encode_sync_response(resp: SyncResponse) -> bytes:
             "server_time_ms": resp.server_time_ms,
             **({"chain": resp.chain} if resp.chain is not None else {}),
             **({"held": resp.held} if resp.held is not None else {}),
+            **({"change_id": resp.change_id} if resp.change_id is not None else {}),
         },
         use_bin_type=True,
     )
     return data
 
 
+_RESPONSE_KEYS = {
+    "v", "agent_id", "epoch", "hwm", "rejected", "duplicates", "counts", "server_time_ms", "chain", "held", "change_id",
+}  # fmt: skip
+
+
 def decode_sync_response(data: bytes) -> SyncResponse:
     obj = _envelope(
         _unpack(data, "sync response"),
         "sync response",
-        {"v", "agent_id", "epoch", "hwm", "rejected", "duplicates", "counts", "server_time_ms", "chain", "held"},
+        _RESPONSE_KEYS,
     )
     agent_id = _check_str(obj.get("agent_id"), "agent_id", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
     epoch = _check_int(obj.get("epoch"), "epoch", 0, EPOCH_MAX)
@@ -291,4 +323,8 @@ def decode_sync_response(data: bytes) -> SyncResponse:
     chain = _check_chain(obj.get("chain"), "chain")
     raw_held = obj.get("held")
     held = None if raw_held is None else _check_int(raw_held, "held", 0, SEQ_MAX)
-    return SyncResponse(agent_id, epoch, hwm, tuple(rejected), duplicates, tuple(counts), server_time_ms, chain, held)
+    raw_change_id = obj.get("change_id")
+    change_id = None if raw_change_id is None else _check_int(raw_change_id, "change_id", 0, SEQ_MAX)
+    return SyncResponse(
+        agent_id, epoch, hwm, tuple(rejected), duplicates, tuple(counts), server_time_ms, chain, held, change_id
+    )

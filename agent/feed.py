@@ -1,0 +1,346 @@
+"""The count cache follows the hub's change feed for this store's location.
+
+Without it the cache learns the hub's counts only from the answers to this
+agent's own syncs, so a reservation made by a channel order, another store's
+transfer, an admin's safety stock or a catalog re-booking reaches the store
+only with its own next movement of that SKU. ``CountFeed`` long-polls
+``GET /v1/changes?location=<loc>&cursor=<c>&wait=<s>`` with the agent's
+credential and stores each page's changes and the new cursor in one outbox
+transaction (``Outbox.apply_changes``); ``agent.counts`` explains why a change
+never moves a row back past what a sync answer stored.
+
+One loop shape (docs/design.md): ask for the next page (the long-poll is the
+wait), store it, go on; on failure back off exponentially with full jitter and
+a cap, log the first failure as a warning and the recovery once. While it
+catches up from far behind (full pages), the newest change per SKU is kept in
+memory (at most ``COALESCE_MAX_KEYS``) and stored once it reaches the hub's
+newest change, so a replay of the history never shows old values.
+
+Two rules keep the local count (hub count + pending movements) exact:
+
+- A change may include this agent's own events of a batch whose answer is not
+  stored yet (the hub committed it, the answer is on its way or was lost):
+  stored now, those events would count twice, as part of the hub's count and
+  as still pending. So the changes are stored only when the replicator allows
+  (``FeedGate``): when it has stored an answer at that feed position or later,
+  or when it has nothing in flight and its last attempt succeeded.
+- A cursor ahead of the hub's feed is a 400: the hub was restored from a backup
+  and numbers its changes anew. The cache then follows it again from 0 (every
+  row's position forgotten), with one WARNING; so does a sync answer whose
+  position went back (``Outbox.apply_answer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from agent import huberrors
+from agent.errors import AgentError, OutboxClosed, OutboxError
+from agent.hub_loop import AnswerTooLarge, HubLoop, read_answer
+from agent.outbox import FeedPosition, Outbox
+from protocol import ProtocolError
+from protocol import feed as wire
+from protocol.values import loads_json, shown
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 25.0  # each long-poll waits this long at the hub for a change (under proxies' usual 60 s idle cut)
+PAGE_LIMIT = 1_000  # changes per page
+CHANGE_MAX_BYTES = 2_048  # a change's JSON at most: a 64-character SKU escaped, 16 event ids, the counts
+COALESCE_MAX_KEYS = 10_000  # SKUs held in memory while catching up before they are stored
+REQUEST_TIMEOUT_S = 30.0  # beyond the long-poll's own wait
+RETRY_BASE_S = 0.5
+RETRY_MAX_S = 60.0
+SLOW_RETRY_S = 300.0  # credentials refused, or a hub without the change feed
+
+
+class FeedGate(Protocol):
+    """What the replicator tells the feed (``agent.replicator.Replicator`` is one)."""
+
+    async def feed_clear(self, change_id: int) -> None:
+        """Return once changes up to ``change_id`` hold none of this agent's events that are still pending."""
+
+    def forget_feed_position(self) -> None:
+        """The hub's change numbering restarted: sync answers stored before say nothing about it."""
+
+    def feed_pause_s(self) -> float:
+        """How long to wait before reading on: while a large backlog drains, the sync answers bring the counts
+        of what the store sold and every commit is a page of changes, so reading each would only load the hub."""
+
+
+class OpenGate:
+    """A gate for a cache no replicator writes to (tests, tools): always clear."""
+
+    async def feed_clear(self, change_id: int) -> None:
+        return None
+
+    def forget_feed_position(self) -> None:
+        return None
+
+    def feed_pause_s(self) -> float:
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """What the feed follower knows after its last attempt."""
+
+    cursor: int | None  # stored (None: not read yet)
+    changes_stored: int  # changes stored by this follower (after coalescing)
+    restarts: int  # times it followed the feed from 0 again (hub restored)
+    failures: int  # consecutive failed attempts
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """The hub answered 400 to the cursor: it is ahead of its feed (the hub was restored from a backup)."""
+
+    message: str
+
+
+class _Failed(Exception):
+    """One failed attempt: what kind of failure (a new kind is logged again), and one sentence saying why."""
+
+    def __init__(self, kind: str, message: str, *, retry_s: float | None = None, level: int = logging.WARNING) -> None:
+        super().__init__(message)
+        self.kind = (
+            kind  # "unreachable", "bad_answer", "refused", "no_feed", "rate_limited", "hub_error", "outbox", "bug"
+        )
+        self.message = message
+        self.retry_s = retry_s  # None: exponential backoff
+        self.level = level
+
+
+class CountFeed(HubLoop):
+    """Follows the hub's change feed for ``outbox.location`` into the count cache. ``async with`` or start()/stop()."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        hub_url: str,
+        token: str,
+        *,
+        gate: FeedGate | None = None,
+        wait_s: float = WAIT_S,
+        page_limit: int = PAGE_LIMIT,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
+        slow_retry_s: float = SLOW_RETRY_S,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 1 <= page_limit <= wire.CHANGES_LIMIT_MAX:
+            raise ValueError(f"page_limit must be from 1 to {wire.CHANGES_LIMIT_MAX}, got {page_limit}")
+        if not 0 <= wait_s <= wire.WAIT_MAX_S:
+            raise ValueError(f"wait_s must be from 0 to {wire.WAIT_MAX_S:g}, got {wait_s}")
+        HubLoop.__init__(self)
+        self._outbox = outbox
+        self._base = hub_url.rstrip("/")
+        self._token = token
+        self._gate: FeedGate = gate or OpenGate()
+        self._wait_s = wait_s
+        self._limit = page_limit
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._slow_retry_s = slow_retry_s
+        self.timeout_s = wait_s + timeout_s
+        self.answer_max_bytes = page_limit * CHANGE_MAX_BYTES + 4_096  # a longer answer is a failed attempt
+        self._rng = rng or random.Random()
+        self._kick = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._stored: FeedPosition | None = None  # as in the outbox
+        self._read_to = 0  # the cursor after the pages read (ahead of ``_stored`` while catching up)
+        self._pending: dict[tuple[str, str], wire.FeedChange] = {}  # read, not stored yet: the newest per SKU
+        self._state = FeedState(None, 0, 0, 0, None)
+        self._failure_kind = ""  # of the last failed attempt
+
+    # --- lifecycle -----------------------------------------------------
+    async def start(self) -> None:
+        if self._stopped:
+            raise AgentError("this feed follower was stopped; make a new one")
+        if self._task is not None:
+            return
+        self._http()
+        self._launch(self._run(), "shelfsync-count-feed")
+
+    @property
+    def state(self) -> FeedState:
+        return self._state
+
+    def update_credentials(self, token: str, hub_url: str | None = None) -> None:
+        """New token (and address) from a config reload: try again now."""
+        self._token = token
+        if hub_url is not None:
+            self._base = hub_url.rstrip("/")
+        self._kick.set()
+
+    async def wait_for(self, predicate: Any) -> FeedState:
+        """Wait until the state after some attempt satisfies ``predicate`` (bound it with a timeout)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self._state))
+            return self._state
+
+    # --- the loop --------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except _Failed as failure:
+                await self._failed(failure)
+                delay_s = failure.retry_s if failure.retry_s is not None else self._backoff_s()
+                await self._pause(delay_s)
+            except OutboxClosed:
+                return
+            except OutboxError as err:
+                await self._failed(_Failed("outbox", f"the outbox failed: {err}", level=logging.ERROR))
+                await self._pause(self._backoff_s())
+            except Exception as err:  # noqa: BLE001 - a bug must not end the loop: report it once, back off
+                await self._failed(
+                    _Failed("bug", f"unexpected {type(err).__name__}: {err}", level=logging.ERROR), cause=err
+                )
+                await self._pause(self._backoff_s())
+            else:
+                if self._state.failures:
+                    log.info("The count cache reads the hub's change feed again.")
+                    await self._update(failures=0, last_error=None)
+
+    async def _pause(self, delay_s: float) -> None:
+        self._kick.clear()
+        if delay_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), delay_s)
+        self._kick.clear()
+
+    def _backoff_s(self) -> float:
+        return self._rng.uniform(0, min(self._retry_max_s, self._retry_base_s * 2 ** min(self._state.failures, 30)))
+
+    async def _step(self) -> None:
+        """Read one page; store what was read once it reaches the hub's newest change (or memory is full)."""
+        if self._stored is None:
+            self._stored = await self._outbox.feed_position()
+            self._read_to = self._stored.cursor
+            self._pending.clear()
+            await self._update(cursor=self._stored.cursor)
+        page = await self._get(self._read_to, 0.0 if self._pending else self._wait_s)
+        if isinstance(page, _Ahead):  # the hub's feed restarted under this position
+            if await self._outbox.feed_position() == self._stored:
+                await self._restart(self._read_to, page.message)
+            self._stored = None  # else a sync answer restarted it already: read it again from the outbox
+            self._pending.clear()
+            return
+        location = self._outbox.location
+        for change in page.changes:
+            if change.location == location:  # the filter says so; anything else is not this store's
+                self._pending[(change.location, change.sku)] = change
+        self._read_to = page.cursor
+        if page.more and len(self._pending) < COALESCE_MAX_KEYS:
+            return
+        if not self._pending and self._read_to == self._stored.cursor:
+            return
+        changes = sorted(self._pending.values(), key=lambda c: c.change_id)
+        if changes:
+            await self._gate.feed_clear(changes[-1].change_id)
+        if not await self._outbox.apply_changes(changes, after=self._stored, cursor=self._read_to):
+            self._stored = None  # restarted meanwhile (a sync answer saw the hub restored): read it again
+            return
+        self._stored = dataclasses.replace(self._stored, cursor=self._read_to)
+        self._pending.clear()
+        await self._update(cursor=self._read_to, changes_stored=self._state.changes_stored + len(changes))
+        if (pause_s := self._gate.feed_pause_s()) > 0:
+            await asyncio.sleep(pause_s)
+
+    async def _get(self, after: int, wait_s: float) -> wire.FeedPage | _Ahead:
+        session = self._http()
+        params = {
+            wire.LOCATION_PARAM: self._outbox.location,
+            wire.CURSOR_PARAM: str(after),
+            wire.LIMIT_PARAM: str(self._limit),
+            wire.WAIT_PARAM: f"{wait_s:g}",
+        }
+        url = self._base + wire.CHANGES_PATH
+        headers = {"Authorization": f"Bearer {self._token}"}
+        try:
+            async with session.get(url, params=params, headers=headers) as http:
+                body = await read_answer(http, self.answer_max_bytes, "change feed page")
+                status, retry_after = http.status, http.headers.get("Retry-After", "")
+        except AnswerTooLarge as err:
+            raise _Failed("bad_answer", str(err)) from err
+        except TimeoutError:
+            raise _Failed(
+                "unreachable", f"the hub at {self._base} did not answer the change feed within {self.timeout_s:g} s"
+            ) from None
+        except aiohttp.ClientError as err:
+            raise _Failed(
+                "unreachable", f"the change feed at {self._base} could not be read ({err or type(err).__name__})"
+            ) from err
+        if status == 200:
+            try:
+                return wire.decode_page(loads_json(body), after, self._limit)
+            except (ValueError, ProtocolError) as err:
+                raise _Failed(
+                    "bad_answer", f"the hub's change feed page could not be read ({err})", level=logging.ERROR
+                ) from err
+        if status == 400 and after > 0:  # the cursor is ahead of the hub's feed (see check_not_ahead in hub.feed)
+            return _Ahead(_error_message(body))
+        if status in (401, 403):
+            raise _Failed(
+                "refused",
+                f"the hub refused this agent's credential for its change feed (HTTP {status}: {_error_message(body)});"
+                " the count cache learns counts from sync answers only until it is fixed",
+                retry_s=self._slow_retry_s,
+            )
+        if status == 404:
+            raise _Failed(
+                "no_feed",
+                f"the hub at {self._base} has no change feed (HTTP 404); the count cache learns counts from sync"
+                " answers only",
+                retry_s=self._slow_retry_s,
+            )
+        if status == 429:
+            wait = float(retry_after) if retry_after.isdigit() else None
+            raise _Failed(
+                "rate_limited", "the hub asks this agent to read its change feed less often (HTTP 429)", retry_s=wait
+            )
+        raise _Failed("hub_error", f"the hub answered HTTP {status} to the change feed ({_error_message(body)})")
+
+    async def _restart(self, cursor: int, message: str) -> None:
+        log.warning(
+            "The hub's change feed is behind this agent's position %d (its database was restored from a backup?:"
+            " %s); the count cache follows it again from the start.",
+            cursor,
+            shown(message),
+        )
+        self._gate.forget_feed_position()
+        await self._outbox.restart_feed()
+        await self._update(restarts=self._state.restarts + 1)
+
+    async def _failed(self, failure: _Failed, cause: BaseException | None = None) -> None:
+        if self._state.failures == 0 or failure.kind != self._failure_kind:  # a streak's first, or a new kind
+            log.log(
+                failure.level,
+                "The count cache cannot follow the hub's change feed for now (it tries again): %s.",
+                failure.message,
+                exc_info=cause,  # an unexpected error is a bug: its traceback once
+            )
+        else:
+            log.debug("The change feed failed again: %s.", failure.message)
+        self._failure_kind = failure.kind
+        await self._update(failures=self._state.failures + 1, last_error=failure.message)
+
+    async def _update(self, **changes: Any) -> None:
+        self._state = dataclasses.replace(self._state, **changes)
+        async with self._changed:
+            self._changed.notify_all()
+
+
+def _error_message(body: bytes) -> str:
+    return huberrors.error_message(body)  # a problem details answer, or an older hub's {"error": …}

@@ -1,0 +1,117 @@
+"""The change feed as both sides speak it: the route, its query and answer fields, and a strict page reader.
+
+The hub serves ``GET /v1/changes`` (``hub.feed``); a store agent follows it for
+its own location to keep its count cache current (``agent.feed``). A page is a
+JSON object ``{"changes": [...], "cursor": "<id>", "more": bool}``; each change
+holds a (location, sku)'s counts **after** its commit, so applying one twice is
+harmless. ``change_id`` orders changes in commit order, the same numbering as
+the ``change_id`` a sync answer carries (``protocol.codec.SyncResponse``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import values
+from protocol.errors import ProtocolError
+
+CHANGES_PATH = "/v1/changes"
+# query parameters
+CURSOR_PARAM = "cursor"
+LIMIT_PARAM = "limit"
+WAIT_PARAM = "wait"
+LOCATION_PARAM = "location"
+SKU_PARAM = "sku"
+# answer fields
+CHANGES_FIELD = "changes"
+CURSOR_FIELD = "cursor"
+MORE_FIELD = "more"
+# a change's fields
+CHANGE_ID = "change_id"
+LOCATION = "location"
+SKU = "sku"
+ON_HAND = "on_hand"
+RESERVED = "reserved"
+AVAILABLE = "available"
+IN_TRANSIT = "in_transit"
+EVENT_IDS = "event_ids"
+AT_MS = "at_ms"
+
+CHANGES_LIMIT_MAX = 5_000  # the most changes one page holds
+WAIT_MAX_S = 60.0  # the longest a long-poll waits
+CURSOR_MAX = (1 << 63) - 1
+COUNT_ABS_MAX = 1 << 62  # counts are 64-bit on both backends
+
+
+@dataclass(frozen=True, slots=True)
+class FeedChange:
+    """One change of a (location, sku)'s counts: the values after the commit numbered ``change_id``."""
+
+    change_id: int
+    location: str
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+    in_transit: int
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    changes: tuple[FeedChange, ...]
+    cursor: int  # resume after this
+    more: bool  # a full page: ask again at once
+
+
+def _int(value: Any, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ProtocolError(f"must be a whole number from {lo} to {hi}", field=name)
+    return value
+
+
+def parse_cursor(value: Any, name: str = CURSOR_FIELD) -> int:
+    """A cursor as the hub gives it out (decimal text of a change id; 0: the start)."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 19:
+        raise ProtocolError("must be a cursor: a whole number in decimal text", field=name)
+    return _int(int(value), name, 0, CURSOR_MAX)
+
+
+def decode_change(obj: Any, name: str = "change") -> FeedChange:
+    if not isinstance(obj, Mapping):
+        raise ProtocolError("must be an object", field=name)
+    return FeedChange(
+        change_id=_int(obj.get(CHANGE_ID), f"{name}.{CHANGE_ID}", 1, CURSOR_MAX),
+        location=values.LOCATION.check(obj.get(LOCATION), f"{name}.{LOCATION}"),
+        sku=values.SKU.check(obj.get(SKU), f"{name}.{SKU}"),
+        on_hand=_int(obj.get(ON_HAND), f"{name}.{ON_HAND}", -COUNT_ABS_MAX, COUNT_ABS_MAX),
+        reserved=_int(obj.get(RESERVED), f"{name}.{RESERVED}", -COUNT_ABS_MAX, COUNT_ABS_MAX),
+        available=_int(obj.get(AVAILABLE), f"{name}.{AVAILABLE}", -COUNT_ABS_MAX, COUNT_ABS_MAX),
+        in_transit=_int(obj.get(IN_TRANSIT), f"{name}.{IN_TRANSIT}", -COUNT_ABS_MAX, COUNT_ABS_MAX),
+        at_ms=_int(obj.get(AT_MS), f"{name}.{AT_MS}", 0, CURSOR_MAX),
+    )
+
+
+def decode_page(obj: Any, after: int, limit: int = CHANGES_LIMIT_MAX) -> FeedPage:
+    """A page read after cursor ``after`` asking for at most ``limit``: every change checked, in strictly
+    increasing ``change_id`` order after ``after``, the cursor not behind the last change; else ``ProtocolError``."""
+    if not isinstance(obj, Mapping):
+        raise ProtocolError("a change feed page must be a JSON object", field="page")
+    raw = obj.get(CHANGES_FIELD)
+    if not isinstance(raw, list) or len(raw) > limit:
+        raise ProtocolError(f"must be a list of at most {limit} changes", field=CHANGES_FIELD)
+    changes = tuple(decode_change(item, f"{CHANGES_FIELD}[{i}]") for i, item in enumerate(raw))
+    previous = after
+    for change in changes:
+        if change.change_id <= previous:
+            raise ProtocolError(f"change ids must increase after the cursor {after}", field=CHANGES_FIELD)
+        previous = change.change_id
+    cursor = parse_cursor(obj.get(CURSOR_FIELD))
+    if cursor < previous:
+        raise ProtocolError(f"the cursor {cursor} is behind the page's last change {previous}", field=CURSOR_FIELD)
+    more = obj.get(MORE_FIELD)
+    if not isinstance(more, bool):
+        raise ProtocolError("must be true or false", field=MORE_FIELD)
+    return FeedPage(changes, cursor, more)
