@@ -24,6 +24,12 @@ Hub answers and what they mean here:
   most ``RETRY_AFTER_MAX_S``) instead of the backoff, then send again.
 - 400 and other 4xx: a bug or a wrong hub_url; log an ERROR, back off.
 - 5xx, connection errors, timeouts: back off.
+
+With ``feed=True`` the replicator also runs the count cache's change-feed
+follower (``agent.feed``) with the same hub address and credential, asks the hub
+to answer each sync with its change-feed position (``follows_feed``), and is the
+follower's ``FeedGate``: the follower stores changes only when they cannot hold
+this agent's own events whose answer is not stored yet.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import random
@@ -42,16 +47,21 @@ from typing import Any
 
 import aiohttp
 
+from agent import huberrors
 from agent.errors import AgentError, OutboxClosed, OutboxError
+from agent.feed import WAIT_S as FEED_WAIT_S
+from agent.feed import CountFeed
 from agent.hub_loop import SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer
 from agent.outbox import Outbox, Outgoing
 from protocol import (
+    MAX_BATCH_EVENTS,
     MSGPACK_CONTENT_TYPE,
     ProtocolError,
     Rejection,
     StockEvent,
     SyncRequest,
     decode_sync_response,
+    encode_events,
     encode_sync_request,
     event_id_hex,
     parse_event_id,
@@ -68,6 +78,12 @@ TIMEOUT_S = 30.0
 AUTH_RETRY_S = 300.0
 HEARTBEAT_S = 60.0  # an idle agent still tells the hub it is alive (and its backlog) this often
 RETRY_AFTER_MAX_S = 600.0  # the longest a hub's Retry-After (429) is honoured
+# Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
+# (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
+# backlog faster (docs/agent.md "How delivery works").
+CATCHUP_BACKLOG = 10_000
+CATCHUP_BATCH_FACTOR = 5
+FEED_CATCHUP_PAUSE_S = 1.0  # meanwhile the count cache reads the change feed at most this often (agent.feed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,17 @@ class ReplicatorState:
     failures: int  # consecutive failed attempts
     batch_size: int
     backlog: int | None  # pending events after the last attempt, if known
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A batch read from the outbox and packed, ready to send once the mark is ``after``."""
+
+    outgoing: Outgoing
+    packed_events: bytes  # protocol.encode_events(outgoing.events)
+    after: int  # read above this seq: the end of the batch on its way then (0: above the acknowledged mark)
+    epoch: int  # the outbox's epoch when read
+    in_flight: int  # events of the batch on its way then (counted in outgoing.backlog)
 
 
 class _Failed(Exception):
@@ -125,6 +152,8 @@ class Replicator(HubLoop):
         heartbeat_s: float = HEARTBEAT_S,
         answer_max_bytes: int = SYNC_ANSWER_MAX_BYTES,
         rng: random.Random | None = None,
+        feed: bool = False,
+        feed_wait_s: float = FEED_WAIT_S,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -132,6 +161,8 @@ class Replicator(HubLoop):
         self._url = hub_url.rstrip("/") + SYNC_PATH
         self._token = token
         self._batch_size = batch_size
+        self._catchup_size = max(batch_size, min(MAX_BATCH_EVENTS, batch_size * CATCHUP_BATCH_FACTOR))
+        self._waiting = 0  # events waiting, as last read or answered
         self._tick_s = tick_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
@@ -151,6 +182,19 @@ class Replicator(HubLoop):
         self._handshake_due = True
         self._retry_after: str | None = None  # the Retry-After header of the last answer
         self._state = ReplicatorState(0, 0, "never", None, None, False, 0, batch_size, None)
+        self._prefetch: asyncio.Task[_Prepared] | None = None  # the next batch, read while one is on its way
+        # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
+        # way (from reading the batch to storing its answer), ``_feed_position`` is the change-feed position of
+        # the newest answer stored (None: none in this run, or the hub's numbering restarted since).
+        self._busy = 0
+        self._feed_position: int | None = None
+        self._gate_moved = asyncio.Event()
+        self.feed: CountFeed | None = None
+        if feed:
+            self.feed = CountFeed(
+                outbox, hub_url, token, gate=self, wait_s=feed_wait_s, retry_base_s=retry_base_s,
+                retry_max_s=retry_max_s, slow_retry_s=auth_retry_s, timeout_s=timeout_s,
+            )  # fmt: skip
 
     # --- lifecycle -----------------------------------------------------
     async def start(self) -> None:
@@ -161,8 +205,15 @@ class Replicator(HubLoop):
         self._acked_seq = (await self._outbox.stats()).acked_seq
         self._http()
         self._launch(self._run(), "shelfsync-replicator")
+        if self.feed is not None:
+            await self.feed.start()
 
-    # stop(): an answer not yet stored is simply not acknowledged, and is sent again.
+    async def stop(self) -> None:
+        """Stop sending (an answer not yet stored is simply not acknowledged, and is sent again) and the feed."""
+        if self.feed is not None:
+            await self.feed.stop()
+        await HubLoop.stop(self)
+        self._drop_prefetch()
 
     @property
     def state(self) -> ReplicatorState:
@@ -178,6 +229,8 @@ class Replicator(HubLoop):
         if hub_url is not None:
             self._url = hub_url.rstrip("/") + SYNC_PATH
         self._kick.set()
+        if self.feed is not None:
+            self.feed.update_credentials(token, hub_url)
 
     async def wait_for(self, predicate: Callable[[ReplicatorState], bool]) -> ReplicatorState:
         """Wait until the state after some attempt satisfies ``predicate`` (bound it with a timeout)."""
@@ -188,6 +241,24 @@ class Replicator(HubLoop):
     async def wait_synced(self) -> ReplicatorState:
         """Wait until an attempt succeeded and left nothing pending."""
         return await self.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0)
+
+    # --- the count cache's change feed (agent.feed.FeedGate) ---------------------
+    async def feed_clear(self, change_id: int) -> None:
+        """Return once changes up to ``change_id`` cannot hold this agent's events whose answer is not stored:
+        an answer at that position or later is stored, or nothing is under way and the last attempt succeeded
+        (every batch the hub committed before that change was answered and stored)."""
+        while not (
+            (self._feed_position is not None and self._feed_position >= change_id)
+            or (self._busy == 0 and not self._handshake_due and self._state.sync_state == "ok")
+        ):
+            self._gate_moved.clear()
+            await self._gate_moved.wait()
+
+    def forget_feed_position(self) -> None:
+        self._feed_position = None
+
+    def feed_pause_s(self) -> float:
+        return FEED_CATCHUP_PAUSE_S if self._waiting >= CATCHUP_BACKLOG else 0.0
 
     # --- the loop --------------------------------------------------------
     async def _run(self) -> None:
@@ -242,16 +313,27 @@ class Replicator(HubLoop):
 
     async def _step(self) -> bool:
         """Send one batch and store the answer. True if there is more to send right away."""
+        self._busy += 1
+        try:
+            return await self._attempt()
+        finally:
+            self._busy -= 1
+            self._gate_moved.set()
+
+    async def _attempt(self) -> bool:
         self._outbox.new_data.clear()  # before reading: a record() after this wakes us again
         try:
-            outgoing = await self._outbox.outgoing(0 if self._handshake_due else self._batch_size)
-            batch = outgoing.events
+            prepared = await self._next_batch()
+            batch = prepared.outgoing.events
             if not self._handshake_due and not batch:
                 await self._update(backlog=0)
                 if time.monotonic() - self._last_answer_s < self._heartbeat_s:
                     return False
                 # idle for a while: an empty request tells the hub we are alive (and re-checks its mark)
-            status, body, sent_ms, received_ms = await self._post(outgoing)
+            self._waiting = max(0, prepared.outgoing.backlog - prepared.in_flight)
+            if batch and not self._handshake_due:  # read and pack the next batch while this one is on its way
+                self._prefetch = asyncio.create_task(self._prepare(self._limit(), batch))
+            status, body, sent_ms, received_ms = await self._post(prepared)
             if status == 429:
                 raise self._slow_down(body)
             if status == 200:
@@ -267,20 +349,63 @@ class Replicator(HubLoop):
         except OutboxError as err:
             raise _Failed("outbox_error", f"the outbox failed: {err}", reachable=True, level=logging.ERROR) from err
 
-    async def _post(self, outgoing: Outgoing) -> tuple[int, bytes, int, int]:
+    # --- batches: read and packed ahead ---------------------------------------------
+    async def _prepare(self, limit: int, before: tuple[StockEvent, ...] = ()) -> _Prepared:
+        """The next ``limit`` pending events (after ``before``, the batch on its way), packed for the wire."""
+        after = before[-1].seq if before else 0
+        outgoing = await self._outbox.outgoing(limit, after=after)
+        return _Prepared(outgoing, encode_events(outgoing.events), after, self._outbox.epoch, len(before))
+
+    async def _next_batch(self) -> _Prepared:
+        """The batch read ahead while the last one was on its way, if it still follows the acknowledged mark
+        (nothing failed, rewound or forked meanwhile); else the pending events read now."""
+        task, self._prefetch = self._prefetch, None
+        limit = 0 if self._handshake_due else self._limit()
+        if task is not None and limit:
+            with contextlib.suppress(OutboxError):
+                ahead = await task
+                if (
+                    ahead.after == self._acked_seq
+                    and ahead.epoch == self._outbox.epoch
+                    and 0 < len(ahead.outgoing.events) <= limit
+                ):
+                    return ahead
+        elif task is not None:
+            self._drop(task)
+        return await self._prepare(limit)
+
+    def _limit(self) -> int:
+        """Events per batch: larger while a large backlog waits."""
+        return self._catchup_size if self._waiting >= CATCHUP_BACKLOG else self._batch_size
+
+    def _drop_prefetch(self) -> None:
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            self._drop(task)
+
+    @staticmethod
+    def _drop(task: asyncio.Task[_Prepared]) -> None:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its failure, if any, is not news
+
+    async def _post(self, prepared: _Prepared) -> tuple[int, bytes, int, int]:
         assert self._session is not None
-        stats = await self._outbox.stats()
+        outgoing = prepared.outgoing
+        # Read ahead, the backlog counted the batch before this one, which is acknowledged now.
+        backlog = max(len(outgoing.events), outgoing.backlog - prepared.in_flight)
+        oldest_ms = outgoing.events[0].wall_ms if prepared.in_flight and outgoing.events else outgoing.oldest_pending_ms
         # Skew is measured from the request (NTP style), on the clock that stamps this outbox's events.
         sent_ms = self._outbox.wall_ms()
         request = SyncRequest(
             self._outbox.agent_id, self._outbox.epoch, outgoing.events, acked_seq=self._acked_seq,
-            backlog=stats.backlog, oldest_pending_ms=stats.oldest_pending_ms,
+            backlog=backlog, oldest_pending_ms=oldest_ms,
             chain=outgoing.chain, epoch_base=outgoing.epoch_base or None, base_chain=outgoing.base_chain,
-            sent_ms=sent_ms,
+            sent_ms=sent_ms, follows_feed=self.feed is not None,
         )  # fmt: skip
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+        body = encode_sync_request(request, prepared.packed_events)
         try:
-            async with self._session.post(self._url, data=encode_sync_request(request), headers=headers) as http:
+            async with self._session.post(self._url, data=body, headers=headers) as http:
                 self._retry_after = http.headers.get("Retry-After")
                 body = await read_answer(http, self.answer_max_bytes, "sync answer")
                 return http.status, body, sent_ms, self._outbox.wall_ms()
@@ -320,6 +445,14 @@ class Replicator(HubLoop):
         skew_ms = resp.server_time_ms - (sent_ms + received_ms) // 2 if resp.server_time_ms else None
         result = await self._outbox.apply_answer(resp, clock_skew_ms=skew_ms)
         self._acked_seq = result.acked_seq
+        self._waiting = result.backlog
+        if result.feed_restarted:
+            log.warning(
+                "The hub's change feed numbering went back (its database was restored from a backup?); the count"
+                " cache follows it again from the start."
+            )
+        if result.change_id is not None:
+            self._feed_position = result.change_id
         if result.set_aside:
             first = resp.rejected[0]
             log.warning(
@@ -382,11 +515,12 @@ class Replicator(HubLoop):
             raise _Failed(
                 "hub_error", "the hub refused a single event as too large", reachable=True, level=logging.ERROR
             )
-        self._batch_size = max(1, len(batch) // 2)
+        half = max(1, len(batch) // 2)
+        self._batch_size, self._catchup_size = min(self._batch_size, half), min(self._catchup_size, half)
         log.warning(
-            "The hub refused a batch of %s events as too large; sending %s per batch from now on.",
+            "The hub refused a batch of %s events as too large; sending at most %s per batch from now on.",
             f"{len(batch):,}",
-            f"{self._batch_size:,}",
+            f"{half:,}",
         )
         await self._answered(waiting=len(batch))
         return True
@@ -453,6 +587,7 @@ class Replicator(HubLoop):
         )
 
     async def _failed(self, failure: _Failed) -> None:
+        self._drop_prefetch()
         previous = self._state
         # After a failure the next request is a handshake, except after a 429: the hub answered and nothing
         # changed, and one more request would only spend the token the batch needs.
@@ -506,27 +641,17 @@ def credentials_refused(url: str, status: int, body: bytes, agent_id: str) -> tu
 
 
 def _error_field(body: bytes, name: str) -> Any:
-    try:
-        return json.loads(body)["error"].get(name)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+    return huberrors.error_member(body, name)  # a problem details answer, or an older hub's {"error": …}
 
 
 def _error_message(body: bytes) -> str:
-    """The message of a JSON error answer, or a short excerpt of whatever came back."""
-    try:
-        return str(json.loads(body)["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        text = body[:200].decode("utf-8", "replace").strip()
-        return text or "no message"
+    """The sentence of a hub's error answer (either shape), or a short excerpt of whatever came back."""
+    return huberrors.error_message(body)
 
 
 def _rejections_from_422(batch: tuple[StockEvent, ...], body: bytes) -> list[Rejection]:
     """Map the 422 answer's ``rejected`` entries (by index, checked by id/seq) to events of the batch."""
-    try:
-        items: Any = json.loads(body)["error"]["rejected"]
-    except (ValueError, KeyError, TypeError):
-        return []
+    items: Any = huberrors.error_member(body, "rejected")
     if not isinstance(items, list):
         return []
     by_id = {ev.event_id: ev for ev in batch}

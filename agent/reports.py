@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import random
 import re
@@ -31,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from agent import huberrors
 from agent.hub_loop import SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
 from agent.replicator import AUTH_RETRY_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S, credentials_refused
@@ -347,7 +347,4 @@ def _contract_problem(check: Callable[[], Any]) -> str | None:
 
 
 def _message(body: bytes) -> str:
-    try:
-        return str(json.loads(body)["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return body[:200].decode("utf-8", "replace").strip() or "no message"
+    return huberrors.error_message(body)  # a problem details answer, or an older hub's {"error": …}

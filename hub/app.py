@@ -1,8 +1,8 @@
 """The hub's HTTP API: the application factory, its middlewares and routes.
 
-Every route is documented in docs/hub-api.md (a test checks it). Errors are
-answered as JSON ``{"error": {"code": …, "message": …}}`` with one sentence a
-person can act on; the sync route answers msgpack on success.
+Every route is documented in docs/hub-api.md and hub/openapi.py (tests check both). Errors are answered as
+RFC 9457 problem details (``application/problem+json``, hub.problems) whose ``detail`` is one sentence a person
+can act on; the sync route answers msgpack on success.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from hub import catalog, dashboard, events_api, feed, metrics, paging, quarantine, ratelimit, reports, views, webhooks
+from hub import bundles
+from hub import etag, openapi, problems
+from hub import csvexport
 from hub.auth import (
     PUBLIC_ROUTES_KEY,
     CredentialOfAnotherAgent,
@@ -27,8 +30,8 @@ from hub.auth import (
     auth_middleware,
     require_role,
 )
+from hub.channels import http as channel_http
 from hub.channels import order_routes
-from hub.channels.runner import channel_pushers
 from hub.config import HubSettings
 from hub.decoding import SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
@@ -83,27 +86,11 @@ class RequestRepeats:
 
 REPEATS_KEY = web.AppKey("request_repeats", RequestRepeats)
 
-_ERROR_CODES: Mapping[int, str] = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_events",
-    429: "rate_limited",
-    500: "internal_error",
-    503: "unavailable",
-}
-
-
 def error_response(
     status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> web.Response:
-    body = {"error": {"code": _ERROR_CODES.get(status, f"http_{status}"), "message": message, **extra}}
-    return web.json_response(body, status=status, headers=headers, dumps=views.dumps)
+    """An error answer: RFC 9457 problem details with ``message`` as its ``detail`` (hub.problems)."""
+    return problems.response(status, message, headers=headers, **extra)
 
 
 def _message(request: web.Request, exc: web.HTTPException) -> str:
@@ -127,7 +114,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         keep = {
-            k: v for k, v in exc.headers.items() if k.lower() in ("www-authenticate", "allow", "connection", "retry-after")
+            k: v for k, v in exc.headers.items()
+            if k.lower() in ("www-authenticate", "allow", "connection", "retry-after", "ratelimit-policy", "ratelimit")
         }
         return error_response(exc.status, _message(request, exc), headers=keep)
     except CredentialOfAnotherAgent as err:
@@ -216,7 +204,9 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         handler_args={"auto_decompress": False},  # a body is never inflated; body_middleware refuses compressed ones
-        middlewares=[error_middleware, gate.middleware, auth_middleware, ratelimit.middleware, body_middleware],
+        middlewares=[
+            error_middleware, gate.middleware, auth_middleware, etag.middleware, ratelimit.middleware, body_middleware
+        ],
     )
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
     app[GATE_KEY] = gate
@@ -230,6 +220,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     app[DECODER_KEY] = SyncDecoder()
     app.on_cleanup.append(_close_decoder)
     app[PUBLIC_ROUTES_KEY] = frozenset({"healthz"})
+    openapi.setup(app)  # GET /v1/openapi.json (public)
     r = app.router
     r.add_get("/healthz", healthz, name="healthz")
     r.add_post("/v1/sync", post_sync, name="sync")
@@ -240,6 +231,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     r.add_get("/v1/agents", get_agents, name="agents")
     r.add_put("/v1/locations/{location}/skus/{sku}/safety-stock", put_safety_stock, name="safety_stock")
     catalog.routes(app)  # GET/PUT /v1/catalog
+    bundles.setup(app)  # PUT /v1/bundles/{sku}, GET /v1/bundles, GET /v1/bundles/{sku}
     reports.routes(app)  # POST /v1/observations, POST /v1/import-issues, GET /v1/divergence
     feed.setup(app, store, settings.change_recheck_s)  # GET /v1/changes, GET /v1/changes/stream
     metrics.setup(app)  # GET /metrics
@@ -248,15 +240,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/{id}
     dashboard.setup(app, store)  # /, /dashboard/…, GET /v1/status, GET /v1/counts
     order_routes.setup(app, settings.channels, settings.db, settings.clock_window_s)  # POST /v1/channels/{name}/webhooks
-    if settings.channels:  # push what each sales channel shows (docs/channels.md)
-        app.cleanup_ctx.append(_run_channels)
+    channel_http.setup(app, settings.channels, settings.db)  # GET /v1/channels …; runs each channel's pusher
     return app
-
-
-async def _run_channels(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS_KEY]
-    async with channel_pushers(settings.channels, app[STORE_KEY], settings.db, app[feed.FEED_KEY]):
-        yield
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -312,6 +297,7 @@ async def post_sync(request: web.Request) -> web.Response:
         server_time_ms=wall_ms_now(),
         chain=result.chain if sync.chain is not None else None,  # an agent from before lineages refuses the field
         held=result.held if sync.chain is not None else None,  # … and this one
+        change_id=result.change_id if sync.follows_feed else None,  # … and one not following the change feed this
     )
     _log_sync(sync, result.applied, result.duplicates, len(result.rejected), result.hwm, started)
     return web.Response(body=encode_sync_response(answer), content_type=MSGPACK_CONTENT_TYPE)
@@ -380,34 +366,45 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         db = await request.app[STORE_KEY].health()
     except StoreClosed:
-        return _json({"status": "unavailable", "db": {"error": "the hub store is closed"}}, status=503)
+        return problems.response(
+            503, "the hub is shutting down; its store is closed", health="unavailable",
+            db={"error": "the hub store is closed"},
+        )  # fmt: skip
     except StoreError as err:
         log.warning("the health check found the database failing: %s", err)
-        return _json({"status": "error", "db": {"error": str(err)}}, status=503)
+        return problems.response(
+            503, f"the hub database fails its health check ({err})", health="error", db={"error": str(err)}
+        )
     return _json({"status": "ok", "db": db})
 
 
-async def get_location_counts(request: web.Request) -> web.Response:
+async def get_location_counts(request: web.Request) -> web.StreamResponse:
     """Counts of every SKU at one location, by SKU, a page at a time (``next``/``cursor``)."""
-    params = views.Query(request, {"limit", "cursor"})
     location = views.location_param(request.match_info["location"])
+    if csvexport.wants_csv(request):  # every page, streamed (hub/csvexport.py)
+        return await csvexport.counts(request, {"limit", "cursor"}, location=location)
+    params = views.Query(request, {"limit", "cursor"})
     body = await paging.counts_page(request, params, LIMIT_DEFAULT, LIMIT_MAX, location=location)
     return _json({"location": location, **body})
 
 
-async def get_sku_counts(request: web.Request) -> web.Response:
+async def get_sku_counts(request: web.Request) -> web.StreamResponse:
     """Counts of one SKU at every location, by location, a page at a time (``next``/``cursor``)."""
-    params = views.Query(request, {"limit", "cursor"})
     sku = views.sku_param(request.match_info["sku"])
+    if csvexport.wants_csv(request):
+        return await csvexport.counts(request, {"limit", "cursor"}, sku=sku)
+    params = views.Query(request, {"limit", "cursor"})
     body = await paging.counts_page(request, params, LIMIT_DEFAULT, LIMIT_MAX, sku=sku)
     return _json({"sku": sku, **body})
 
 
-async def get_ledger(request: web.Request) -> web.Response:
+async def get_ledger(request: web.Request) -> web.StreamResponse:
     """Events and rejected attempts, newest first in resolution order, a page at a time (``next``/``cursor``).
 
     ``before`` (a packed HLC) only says where the first page starts; the pages after it follow ``next``.
     """
+    if csvexport.wants_csv(request):
+        return await csvexport.ledger(request)
     params = views.Query(request, {"location", "sku", "limit", "before", "cursor"})
     after = paging.parse(request, paging.ledger_key, "the ledger")
     before = params.before()
@@ -430,9 +427,11 @@ async def get_ledger(request: web.Request) -> web.Response:
     )
 
 
-async def get_exceptions(request: web.Request) -> web.Response:
+async def get_exceptions(request: web.Request) -> web.StreamResponse:
     """What the operations team should look at: negative stock, transfer differences, rejections … newest
     first, a page at a time (``next``/``cursor``)."""
+    if csvexport.wants_csv(request):
+        return await csvexport.exceptions(request, request.app[SETTINGS_KEY].transfer_open_max_s * 1000)
     params = views.Query(request, {"location", "limit", "cursor"})
     after = paging.parse(request, paging.exception_key, "the exceptions")
     limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
@@ -467,7 +466,7 @@ async def put_safety_stock(request: web.Request) -> web.Response:
     location = views.location_param(request.match_info["location"])
     sku = views.sku_param(request.match_info["sku"])
     body = await _json_body(request)
-    qty = body.get("qty") if isinstance(body, dict) else None
+    qty = views.whole(body.get("qty")) if isinstance(body, dict) else None
     if not isinstance(body, dict) or set(body) != {"qty"}:
         raise web.HTTPBadRequest(text='the body must be a JSON object with one field, e.g. {"qty": 5}')
     if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= QTY_MAX:

@@ -38,6 +38,7 @@ import aiohttp
 from aiohttp import web
 
 from hub import csvexport, views
+from hub import problems as problem_details
 from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
 from hub.config import url_problem
 from hub.storage import open_store
@@ -305,8 +306,7 @@ class CatalogCsvError(HubError):
 
 def csv_refusal(err: CatalogCsvError) -> web.Response:
     problems = [{"line": p.line, "reason": p.reason} for p in err.problems]
-    body = {"error": {"code": "bad_request", "message": str(err), "problems": problems, "problem_count": err.total}}
-    return web.json_response(body, status=400, dumps=views.dumps)
+    return problem_details.response(400, str(err), problems=problems, problem_count=err.total)
 
 
 def _text_of(data: bytes) -> str:
@@ -577,8 +577,10 @@ async def _import_http(
             except ValueError:
                 answer = None
             if status != 200 or not isinstance(answer, dict):
-                refusal = answer.get("error") if isinstance(answer, dict) else None
+                refusal = answer.get("error") if isinstance(answer, dict) else None  # a hub from before RFC 9457
                 message = refusal.get("message") if isinstance(refusal, dict) else None
+                if message is None and isinstance(answer, dict):
+                    message = answer.get("detail")  # problem details (hub.problems)
                 why = message or values.shown(raw.decode("utf-8", "replace"), 200) or "no reason given"
                 raise CatalogImportError(_http_failure(hub, start, f"HTTP {status}: {why}"))
             updated += int(answer["updated"])

@@ -39,7 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import feed, metrics, views
+from hub import feed, metrics, problems, views
 from hub.auth import STORE_KEY, require_role
 from hub.storage.base import INGEST_ROLES, AgentIdentity
 from protocol import (
@@ -88,6 +88,7 @@ def setup(app: web.Application, clock_window_s: int = FUTURE_SLACK_MS // 1000) -
 
 def occurred_ms(value: Any, now_ms: int, window_ms: int = FUTURE_SLACK_MS) -> int:
     """Unix milliseconds of an ``occurred_at``: an integer of ms, or ISO 8601 text with a UTC offset."""
+    value = views.whole(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise BadEvent("occurred_at must be ISO 8601 text with a UTC offset or Unix milliseconds")
     if isinstance(value, str):
@@ -128,7 +129,9 @@ def build_event(who: AgentIdentity, raw: Any, now_ms: int, window_ms: int = FUTU
     if missing:
         raise BadEvent(f"missing field(s) {', '.join(missing)}")
     api_id = _api_id(raw["id"])
-    attrs = raw.get("attrs") or {}
+    attrs = raw.get("attrs")
+    if attrs is None:  # absent or null; 0, "" or [] are not an empty map, and are refused below
+        attrs = {}
     if not isinstance(attrs, Mapping):
         raise BadEvent(f"attrs must be a JSON object, got {type(attrs).__name__}")
     if API_ID_ATTR in attrs:
@@ -144,7 +147,7 @@ def build_event(who: AgentIdentity, raw: Any, now_ms: int, window_ms: int = FUTU
             location=raw["location"],
             sku=raw["sku"],
             kind=check_kind(raw["kind"]),
-            qty=raw["qty"],
+            qty=views.whole(raw["qty"]),
             occurred_at=at,
             wall_ms=ms,
             source=f"api:{who.agent_id}",
@@ -197,8 +200,7 @@ async def post_events(request: web.Request) -> web.Response:
         log.info("refused %d event(s) from %s: first %s", len(invalid), who.agent_id, invalid[0].reason)
         message = f"{len(invalid)} event(s) are invalid and nothing was committed; first: {invalid[0].reason}"
         rejected = [{"index": b.index, "id": b.api_id, "reason": b.reason} for b in invalid]
-        error = {"error": {"code": "invalid_events", "message": message, "rejected": rejected}}
-        return web.json_response(error, status=422, dumps=views.dumps)
+        return problems.response(422, message, code="invalid_events", rejected=rejected)
     result = await request.app[STORE_KEY].ingest(who, CONNECTOR_EPOCH, events)
     elapsed_s = time.perf_counter() - started
     feed.poke(request.app)

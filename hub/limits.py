@@ -36,6 +36,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from hub import problems
 from hub.logsafety import RepeatLog, one_line
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,9 @@ def plan_fd_budget(configured: int) -> FdBudget:
 
 
 def _raw_error(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    body = json.dumps(problems.body(status, message, code), separators=(",", ":")).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {problems.CONTENT_TYPE}; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
     )
     return head.encode("ascii") + body
@@ -277,7 +278,7 @@ class GuardedHandler(RequestHandler):
         reason = parse_error_reason(exc, message)
         self._guard.malformed.record(self.remote, reason)
         message = f"the request is not valid HTTP/1.1 ({reason}); fix the client"
-        response = web.json_response({"error": {"code": "bad_request", "message": message}}, status=400)
+        response = problems.response(400, message)
         response[MALFORMED_KEY] = True
         response.force_close()
         return response

@@ -6,6 +6,18 @@ one. With the bucket empty the hub answers ``429 rate_limited`` with
 ``Retry-After`` (whole seconds until a token is back) and does not read the
 body. The agent's replicator waits that long before it tries again.
 
+Every answer of a limited route that passed authentication also says where
+the credential stands, in the fields of draft-ietf-httpapi-ratelimit-headers-10
+(the IETF httpapi working group's current draft)::
+
+    RateLimit-Policy: "writes";q=100;w=2
+    RateLimit: "writes";r=97;t=1
+
+The policy's quota ``q`` is the bucket (``rate_limit_burst`` requests) and its
+window ``w`` the whole seconds an empty bucket takes to fill again (burst ÷
+rate, rounded up); ``r`` is the requests left now and ``t`` the whole seconds
+until the bucket is full again (0: it is full).
+
 A well-behaved agent sends one request at a time and waits for the answer,
 so the default (50 a second, bursts of 100) only stops a runaway or hostile
 client. Buckets live in this hub process: several hubs sharing one
@@ -16,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -24,6 +36,8 @@ from aiohttp import web
 from hub.auth import IDENTITY_KEY, Handler
 
 RATE_LIMITED_ROUTES = frozenset({"sync", "events", "observations", "import_issues"})
+POLICY = "writes"  # the name of the one quota policy in the RateLimit-Policy and RateLimit fields
+HEADER_NAMES = ("RateLimit-Policy", "RateLimit")
 BUCKETS_MAX = 100_000  # full buckets are forgotten beyond this many (one per credential in practice)
 
 
@@ -60,9 +74,29 @@ class RateLimiter:
             return 0.0
         return (1.0 - bucket.tokens) / self.rate_per_s
 
+    def standing(self, key: str) -> tuple[int, int]:
+        """(whole requests left, whole seconds until the bucket is full again) of ``key``, as of its last take."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return self.burst, 0
+        return math.floor(bucket.tokens), math.ceil(max(0.0, self.burst - bucket.tokens) / self.rate_per_s)
+
+    def headers(self, key: str) -> Mapping[str, str]:
+        """The RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers-10) of ``key`` now."""
+        left, full_in_s = self.standing(key)
+        return {
+            "RateLimit-Policy": f'"{POLICY}";q={self.burst};w={window_s(self.rate_per_s, self.burst)}',
+            "RateLimit": f'"{POLICY}";r={left};t={full_in_s}',
+        }
+
     def _forget_full(self, now_s: float) -> None:
         full_after_s = self.burst / self.rate_per_s
         self._buckets = {k: b for k, b in self._buckets.items() if now_s - b.updated_s < full_after_s}
+
+
+def window_s(rate_per_s: float, burst: int) -> int:
+    """The whole seconds an empty bucket of ``burst`` takes to fill at ``rate_per_s``: the policy's window."""
+    return max(1, math.ceil(burst / rate_per_s))
 
 
 LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
@@ -87,6 +121,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         raise web.HTTPTooManyRequests(
             text=f"{who.agent_id} sent more than {limiter.burst} requests at once or more than "
             f"{limiter.rate_per_s:g} a second for a while (rate_limit_per_s); try again in {retry_after_s} s",
-            headers={"Retry-After": str(retry_after_s)},
+            headers={"Retry-After": str(retry_after_s), **limiter.headers(who.agent_id)},
         )
-    return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # an error answer says where the credential stands too
+        exc.headers.update(limiter.headers(who.agent_id))
+        raise
+    response.headers.update(limiter.headers(who.agent_id))
+    return response

@@ -6,6 +6,8 @@
 * ``GET /v1/divergence``: for the newest observation of each (system,
   location, sku), the hub's on_hand as of the observation's time next to the
   observed figure, where they differ by at least min(2, 5 % of the hub's).
+* ``GET /v1/reports/variance``: the shrinkage report — what cycle counts
+  found missing or over, by location and SKU, over a period.
 
 Both posts answer msgpack ``{"v": 1, "accepted": [ids], "rejected": [{"id",
 "reason"}]}``: an observation of another location than the agent's, or a
@@ -16,16 +18,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from hub import paging, views
+from hub import csvexport, paging, views
 from hub.auth import STORE_KEY, CredentialOfAnotherAgent, require_role
 from hub.storage import keys
-from hub.storage.base import INGEST_ROLES, AgentIdentity, DivergenceRow, ImportIssue, Observation, ReportResult
-from protocol import MSGPACK_CONTENT_TYPE, ProtocolError, values
+from hub.storage.base import (
+    INGEST_ROLES,
+    AgentIdentity,
+    DivergenceRow,
+    Effect,
+    ImportIssue,
+    LedgerRow,
+    Observation,
+    ReportResult,
+)
+from hub.storage.keys import LedgerKey
+from protocol import MSGPACK_CONTENT_TYPE, ProtocolError, event_id_hex, pack_hlc, values, wall_ms_now
+from protocol.catalog import is_unknown_sku
+from protocol.hlc import COUNTER_BITS, HLC_MAX
 from protocol.reports import (
     SYSTEM_MAX_LEN,
     ReportAnswer,
@@ -127,9 +144,51 @@ def divergence_json(r: DivergenceRow) -> dict[str, Any]:
     }
 
 
-async def get_divergence(request: web.Request) -> web.Response:
+DIVERGENCE_HEADER = (
+    "location", "sku", "name", "system", "observed", "hub_on_hand", "difference", "observed_at", "agent_id", "id",
+    "source_file", "received_at",
+)  # fmt: skip
+
+
+def divergence_cells(r: DivergenceRow, names: dict[str, str]) -> tuple[object, ...]:
+    return (
+        r.location, r.sku, names.get(r.sku), r.system, r.observed, r.hub_on_hand, r.difference,
+        views.iso_ms(r.observed_at_ms), r.agent_id, r.obs_id, r.source_file, views.iso_ms(r.received_at_ms),
+    )  # fmt: skip
+
+
+async def divergence_csv(request: web.Request) -> web.StreamResponse:
+    """Every divergence row (of a location, a system) as CSV, every page (hub.csvexport)."""
+    params = views.Query(request, {"location", "system", "limit", "cursor", "format"})
+    location, system = params.location(), params.text(SYSTEM, "system")
+    after = paging.parse(request, paging.divergence_key, "divergence")
+    store = request.app[STORE_KEY]
+    names = await csvexport.names_of(request)
+
+    async def fetch(key: Any, n: int) -> list[DivergenceRow]:
+        return await store.divergence(location=location, system=system, limit=n, after=key)
+
+    pages = csvexport.walk(fetch, keys.divergence_key, after=after, limit=csvexport.limit_param(params))
+    return await csvexport.stream(
+        request,
+        csvexport.filename("divergence", location, system),
+        DIVERGENCE_HEADER,
+        _cells(pages, lambda r: divergence_cells(r, names)),
+    )
+
+
+async def _cells(
+    pages: AsyncIterator[list[T]], to_cells: Callable[[T], Sequence[object]]
+) -> AsyncIterator[list[Sequence[object]]]:
+    async for page in pages:
+        yield [to_cells(r) for r in page]
+
+
+async def get_divergence(request: web.Request) -> web.StreamResponse:
     """Where another system's latest on-hand figure disagrees with the hub's at that time, by (location, sku,
-    system), a page at a time (``next``/``cursor``)."""
+    system), a page at a time (``next``/``cursor``); every page as CSV when asked."""
+    if csvexport.wants_csv(request):
+        return await divergence_csv(request)
     params = views.Query(request, {"location", "system", "limit", "cursor"})
     system = params.text(SYSTEM, "system")
     after = paging.parse(request, paging.divergence_key, "divergence")
@@ -146,7 +205,242 @@ async def get_divergence(request: web.Request) -> web.Response:
     return web.json_response(body, dumps=views.dumps)
 
 
+# --- the shrinkage (variance) report ------------------------------------------------------------------------
+
+VARIANCE_BY = ("sku", "location", "count")
+VARIANCE_DAYS_DEFAULT = 30
+VARIANCE_LIMIT_DEFAULT = 1000  # by=count in JSON: rows per page
+DAY_MS = 86_400_000
+WALL_MS_MAX = HLC_MAX >> COUNTER_BITS
+DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+VARIANCE_SKU_HEADER = (
+    "location", "sku", "name", "counts", "shrinkage", "overage", "net_variance", "first_count_time",
+    "last_count_time",
+)  # fmt: skip
+VARIANCE_LOCATION_HEADER = ("location", "counts", "skus", "shrinkage", "overage", "net_variance")
+VARIANCE_COUNT_HEADER = (
+    "counted_at", "location", "sku", "name", "counted", "expected", "variance", "ref", "reason", "source",
+    "agent_id", "event_id", "occurred_at",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A report's period in Unix ms: from ``from_ms`` (included) to ``to_ms`` (excluded)."""
+
+    from_ms: int
+    to_ms: int
+
+
+class Tally:
+    """What the counts of one (location, sku), or one location, found over a period (an accumulator)."""
+
+    __slots__ = ("counts", "first_at", "last_at", "overage", "shrinkage", "skus")
+
+    def __init__(self) -> None:
+        self.counts = 0
+        self.shrinkage = 0  # units the counts found missing (the sum of negative variances, as a positive number)
+        self.overage = 0  # units the counts found beyond what was expected
+        self.first_at = 0  # packed HLC of the oldest count
+        self.last_at = 0
+        self.skus: set[str] = set()
+
+    def add(self, r: LedgerRow) -> None:
+        variance = r.variance or 0
+        self.counts += 1
+        self.shrinkage += max(0, -variance)
+        self.overage += max(0, variance)
+        self.first_at = r.occurred_at if not self.first_at else min(self.first_at, r.occurred_at)
+        self.last_at = max(self.last_at, r.occurred_at)
+        self.skus.add(r.sku)
+
+    @property
+    def net(self) -> int:
+        return self.overage - self.shrinkage
+
+
+def _time_param(params: views.Query, key: str) -> int | None:
+    raw = params.raw(key)
+    if raw is None:
+        return None
+    got = values.shown(raw, values.QUOTE_MAX_CHARS)
+    try:
+        if DATE_RE.fullmatch(raw):
+            at = datetime.combine(date.fromisoformat(raw), datetime.min.time(), tzinfo=UTC)
+        else:
+            at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=f"{key} must be a date (2026-01-31, midnight UTC) or an ISO 8601 time with its zone "
+            f"(2026-01-31T18:00:00Z), got {got}"
+        ) from None
+    if at.tzinfo is None:
+        raise web.HTTPBadRequest(text=f"{key} {got} has no time zone; add Z (UTC) or an offset such as +01:00")
+    ms = (at - EPOCH) // timedelta(milliseconds=1)
+    if not 0 <= ms <= WALL_MS_MAX:
+        raise web.HTTPBadRequest(text=f"{key} {got} is outside the times the hub can hold (1970 to the year 6000)")
+    return ms
+
+
+def variance_period(params: views.Query, now_ms: int) -> Period:
+    """``from`` and ``to`` of a request (default: the last 30 days), or a 400 saying what is wrong."""
+    to_ms = _time_param(params, "to")
+    from_ms = _time_param(params, "from")
+    to_ms = now_ms if to_ms is None else to_ms
+    from_ms = to_ms - VARIANCE_DAYS_DEFAULT * DAY_MS if from_ms is None else from_ms
+    if from_ms >= to_ms:
+        raise web.HTTPBadRequest(text="from must be before to: the period runs from from (included) to to (excluded)")
+    return Period(max(0, from_ms), to_ms)
+
+
+def is_variance(r: LedgerRow) -> bool:
+    """A count the report takes: counted, with a variance, of a known SKU (an unknown barcode's counts are
+    left out until the catalog maps it; its re-booked counts then are in, under the real SKU)."""
+    counted = r.kind == "count" and r.variance is not None and r.effect is not Effect.REJECTED
+    return counted and not is_unknown_sku(r.sku)
+
+
+async def counts_in(
+    request: web.Request, period: Period, location: str | None, sku: str | None, after: LedgerKey | None
+) -> AsyncIterator[list[LedgerRow]]:
+    """The counts of ``period`` newest first, a ledger page at a time (pages may be empty)."""
+    store = request.app[STORE_KEY]
+    top, bottom = pack_hlc(period.to_ms, 0), pack_hlc(period.from_ms, 0)
+    key = after
+    while True:
+        rows = await store.ledger(
+            location=location, sku=sku, limit=csvexport.PAGE_ROWS, before=None if key else top, after=key
+        )
+        yield [r for r in rows if bottom <= r.occurred_at < top and is_variance(r)]
+        if len(rows) < csvexport.PAGE_ROWS or rows[-1].occurred_at < bottom:
+            return
+        key = keys.ledger_key(rows[-1])
+
+
+def variance_count_json(r: LedgerRow, names: dict[str, str]) -> dict[str, Any]:
+    variance = r.variance or 0
+    return {
+        "counted_at": views.hlc_time(r.occurred_at),
+        "occurred_at": r.occurred_at,
+        "location": r.location,
+        "sku": r.sku,
+        "name": names.get(r.sku),
+        "counted": r.qty,
+        "expected": r.qty - variance,
+        "variance": variance,
+        "ref": r.ref,
+        "reason": r.reason,
+        "source": r.source,
+        "agent_id": r.agent_id,
+        "event_id": event_id_hex(r.event_id),
+    }
+
+
+def variance_count_cells(r: LedgerRow, names: dict[str, str]) -> tuple[object, ...]:
+    row = variance_count_json(r, names)
+    return (*(row[k] for k in VARIANCE_COUNT_HEADER[:-1]), str(r.occurred_at))
+
+
+def tally_json(by: str, key: tuple[str, str], t: Tally, names: dict[str, str]) -> dict[str, Any]:
+    if by == "location":
+        return {"location": key[0], "counts": t.counts, "skus": len(t.skus), "shrinkage": t.shrinkage,
+                "overage": t.overage, "net_variance": t.net}  # fmt: skip
+    return {
+        "location": key[0], "sku": key[1], "name": names.get(key[1]), "counts": t.counts, "shrinkage": t.shrinkage,
+        "overage": t.overage, "net_variance": t.net, "first_count_time": views.hlc_time(t.first_at),
+        "last_count_time": views.hlc_time(t.last_at),
+    }  # fmt: skip
+
+
+async def get_variance(request: web.Request) -> web.StreamResponse:
+    """The shrinkage report: what counts found missing or over in a period, by SKU, by location or each count."""
+    params = views.Query(request, {"location", "sku", "from", "to", "by", "limit", "cursor", "format"})
+    as_csv = csvexport.wants_csv(request)
+    if not as_csv:
+        params.limit(VARIANCE_LIMIT_DEFAULT, LIMIT_MAX)  # checked whatever by is: one range for one parameter
+    by = params.raw("by") or "sku"
+    if by not in VARIANCE_BY:
+        got = values.shown(by, values.QUOTE_MAX_CHARS)
+        raise web.HTTPBadRequest(text=f"by must be sku, location or count, got {got}")
+    period = variance_period(params, wall_ms_now())
+    location, sku = params.location(), params.sku()
+    after = paging.parse(request, paging.ledger_key, "the variance report (by=count pages the ledger)")
+    if after is not None and by != "count":
+        raise web.HTTPBadRequest(text="cursor pages only by=count; the by=sku and by=location reports are one page")
+    names = await csvexport.names_of(request)
+    scan = counts_in(request, period, location, sku, after)
+    stem = csvexport.filename(f"variance-by-{by}", location, sku)
+    if by == "count":
+        if as_csv:
+            rows = _cells(scan, lambda r: variance_count_cells(r, names))
+            return await csvexport.stream(request, stem, VARIANCE_COUNT_HEADER, _capped(rows, params))
+        return await _variance_count_page(request, params, period, scan, names, location, sku)
+    tallies: dict[tuple[str, str], Tally] = {}
+    async for page in scan:
+        for r in page:
+            tallies.setdefault((r.location, "" if by == "location" else r.sku), Tally()).add(r)
+    ordered = [tally_json(by, k, tallies[k], names) for k in sorted(tallies)]
+    if as_csv:
+        header = VARIANCE_LOCATION_HEADER if by == "location" else VARIANCE_SKU_HEADER
+        pages = _chunks([[row[h] for h in header] for row in ordered])
+        return await csvexport.stream(request, stem, header, pages)
+    totals = {
+        "counts": sum(t.counts for t in tallies.values()),
+        "shrinkage": sum(t.shrinkage for t in tallies.values()),
+        "overage": sum(t.overage for t in tallies.values()),
+    }
+    body = {**_variance_head(period, by, location, sku), "rows": ordered, "totals": {**totals,
+            "net_variance": totals["overage"] - totals["shrinkage"]}}  # fmt: skip
+    return web.json_response(body, dumps=views.dumps)
+
+
+def _variance_head(period: Period, by: str, location: str | None, sku: str | None) -> dict[str, Any]:
+    return {"from": views.iso_ms(period.from_ms), "to": views.iso_ms(period.to_ms), "by": by, "location": location,
+            "sku": sku}  # fmt: skip
+
+
+async def _variance_count_page(
+    request: web.Request, params: views.Query, period: Period, scan: AsyncIterator[list[LedgerRow]],
+    names: dict[str, str], location: str | None, sku: str | None,
+) -> web.Response:  # fmt: skip
+    limit = params.limit(VARIANCE_LIMIT_DEFAULT, LIMIT_MAX)
+    found: list[LedgerRow] = []
+    async for page in scan:
+        found += page
+        if len(found) > limit:
+            break
+    more = len(found) > limit
+    found = found[:limit]
+    body = {
+        **_variance_head(period, "count", location, sku),
+        "rows": [variance_count_json(r, names) for r in found],
+        "next": paging.ledger_cursor(keys.ledger_key(found[-1])) if more else None,
+    }
+    return web.json_response(body, dumps=views.dumps)
+
+
+async def _capped(
+    pages: AsyncIterator[list[Sequence[object]]], params: views.Query
+) -> AsyncIterator[list[Sequence[object]]]:
+    left = csvexport.limit_param(params)
+    async for page in pages:
+        if left is not None:
+            page = page[:left]
+            left -= len(page)
+        if page:
+            yield page
+        if left == 0:
+            return
+
+
+async def _chunks(rows: list[Sequence[object]]) -> AsyncIterator[list[Sequence[object]]]:
+    for start in range(0, len(rows), csvexport.PAGE_ROWS):
+        yield rows[start : start + csvexport.PAGE_ROWS]
+
+
 def routes(app: web.Application) -> None:
     app.router.add_post("/v1/observations", post_observations, name="observations")
     app.router.add_post("/v1/import-issues", post_import_issues, name="import_issues")
     app.router.add_get("/v1/divergence", get_divergence, name="divergence")
+    app.router.add_get("/v1/reports/variance", get_variance, name="variance")

@@ -49,6 +49,17 @@ def loads(raw: bytes) -> Any:
     return values.loads_json(raw)
 
 
+WHOLE_FLOAT_MAX = 1 << 53  # beyond this a float no longer holds every whole number exactly
+
+
+def whole(value: Any) -> Any:
+    """A JSON number without a fraction as an ``int`` (JSON has one number type: 5.0 is the number 5, and JSON
+    Schema's "integer" says so); anything else, a float beyond 2**53 included, as it came (then refused)."""
+    if type(value) is float and value.is_integer() and abs(value) <= WHOLE_FLOAT_MAX:
+        return int(value)
+    return value
+
+
 def iso_ms(ms: int | None) -> str | None:
     """ISO 8601 UTC time of a Unix-milliseconds value, or None if absent or out of range."""
     if ms is None:
@@ -104,6 +115,7 @@ def ledger_row(r: LedgerRow) -> dict[str, Any]:
         "duplicates": r.duplicates,
         "rejection": r.rejection,
         "rejection_code": r.rejection_code,
+        "expansion": r.expansion.as_json() if r.expansion is not None else None,  # a bundle's movement (hub/bundles.py)
         "received_at_ms": r.received_at_ms,
         "received_at": iso_ms(r.received_at_ms),
     }
@@ -201,6 +213,14 @@ class Query:
             got = values.shown(raw, values.QUOTE_MAX_CHARS)
             raise web.HTTPBadRequest(text=f"{key} must be a whole number from {lo} to {hi}, got {got}")
         return int(raw)
+
+    def raw(self, key: str) -> str | None:
+        """A parameter as sent (None when absent), for the route to check itself."""
+        return self._get(key)
+
+    def number(self, key: str, lo: int, hi: int) -> int | None:
+        """A whole-number parameter from ``lo`` to ``hi``, None when absent, else a 400."""
+        return self._int(key, lo, hi)
 
     def limit(self, default: int, maximum: int) -> int:
         value = self._int("limit", 1, maximum)

@@ -175,6 +175,7 @@ async def post_mapping_refresh(request: web.Request) -> web.Response:
     """Load the channel's SKU mapping again (its listing or its CSV) and push every mapped level once."""
     require_role(request, ADMIN_ROLES, "refresh a channel's mapping")
     views.Query(request, set())
+    await _no_body(request)
     p = _pusher(request, pushing=True)
     name = p.spec.name
     try:
@@ -203,6 +204,7 @@ async def post_reconcile(request: web.Request) -> web.Response:
     """Read the channel's levels back now; divergences are stored, listed and corrected as the loop's are."""
     require_role(request, ADMIN_ROLES, "reconcile a channel")
     views.Query(request, set())
+    await _no_body(request)
     p = _pusher(request, pushing=True)
     name = p.spec.name
     if not p.connector.readable:
@@ -228,6 +230,12 @@ async def post_reconcile(request: web.Request) -> web.Response:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+
+async def _no_body(request: web.Request) -> None:
+    """These routes act on the name alone: a body is a client's mistake, refused before anything is looked up."""
+    if request.body_exists and (request.content_length or (await request.content.read(1))):
+        raise web.HTTPBadRequest(text=f"{request.method} {request.path} takes no body; send the request without one")
 
 
 def _pusher(request: web.Request, pushing: bool = False) -> ChannelPusher:

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from hub import feed, views
+from hub import feed, problems, views
 from hub.auth import PUBLIC_ROUTES_KEY, STORE_KEY
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError
@@ -197,8 +197,7 @@ class OrderWebhooks:
 
     def _refused(self, spec: ChannelSpec, reason: str, what: str) -> web.Response:
         log.warning("channel %s: refused %s: %s", spec.name, what, reason)
-        body = {"error": {"code": "unusable_webhook", "message": f"{reason}; nothing of it was applied"}}
-        return web.json_response(body, status=422, dumps=views.dumps)
+        return problems.response(422, f"{reason}; nothing of it was applied", code="unusable_webhook")
 
     async def _mapping_context(self, spec: ChannelSpec) -> OrderContext:
         assert self._state is not None

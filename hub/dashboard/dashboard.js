@@ -220,7 +220,7 @@
     }
     if (!response.ok) {
       let message = `HTTP ${response.status}`;
-      try { message = (await response.json()).error.message || message; } catch (_) { /* not JSON */ }
+      try { message = (await response.json()).detail || message; } catch (_) { /* not JSON */ }
       banner(message);
       throw new Error(message);
     }
@@ -756,7 +756,7 @@
     let answer = null;
     try { answer = await response.json(); } catch (_) { /* not JSON */ }
     if (!response.ok) {
-      const why = answer && answer.error ? answer.error.message : `HTTP ${response.status}`;
+      const why = answer && answer.detail ? answer.detail : `HTTP ${response.status}`;
       throw Object.assign(new Error(`Not mapped: ${why}.`), { status: response.status });
     }
     return answer;
@@ -918,7 +918,7 @@
         headers: { Accept: "application/json" } });
       if (!response.ok) {
         let message = `HTTP ${response.status}`;
-        try { message = (await response.json()).error.message || message; } catch (_) { /* not JSON */ }
+        try { message = (await response.json()).detail || message; } catch (_) { /* not JSON */ }
         throw new Error(`the channels cannot be read: ${message}`);
       }
       const text = await response.text();

@@ -191,7 +191,7 @@ def _error(url: str, token: str) -> tuple[int, str]:
             return answer.status, ""
     except urllib.error.HTTPError as err:
         body: Any = json.loads(err.read())
-        return err.code, str(body["error"]["message"])
+        return err.code, str(body["detail"])
 
 
 def test_the_hub_shows_a_refused_control_character_once(hub: Hub, make_store: Callable[..., Store]) -> None:

@@ -62,10 +62,10 @@ def call(hub: Hub, method: str, path: str, token: str, body: bytes | None = None
     except urllib.error.HTTPError as err:
         status, raw, ctype = err.code, err.read(), err.headers.get("Content-Type", "")
     assert status < 500, (method, path, status, raw[:300])
-    if ctype.startswith("application/json"):
+    if ctype.startswith(("application/json", "application/problem+json")):
         answer = strict(raw)
         if status >= 400:
-            message = answer["error"]["message"]
+            message = answer["detail"]
             assert message and "\n" not in message and "\u2028" not in message, message
         return status, answer
     return status, msgpack.unpackb(raw) if raw else None
@@ -109,7 +109,7 @@ def test_hostile_values_are_refused_everywhere_and_what_is_accepted_reads_back(h
         {"attrs": {f"k{i}": "v" for i in range(33)}}, {"attrs": {"x": "v" * 5_000}}, {"attrs": {"\u2028": 1}},
     ):
         answer = sync(422, **bad)
-        assert "error" in answer  # 422 answers are JSON with a sentence (checked in call)
+        assert "detail" in answer  # 422 answers are problem details with a sentence (checked in call)
     # a lone surrogate cannot be carried by a msgpack str: its UTF-8 form is refused as not msgpack
     raw = sync_body(agent.agent_id, next(seq), sku="SKU-\u00e9")
     forged = raw.replace("SKU-\u00e9".encode(), b"SKU\xed\xa0\x80")
@@ -130,7 +130,7 @@ def test_hostile_values_are_refused_everywhere_and_what_is_accepted_reads_back(h
     for bad in ({"sku": LINE_SEP_SKU}, {"attrs": {"a": {"b": {"c": 1}}}}, {"attrs": {"x": "y" * 300}},
                 {"attrs": {f"k{i}": i for i in range(40)}}, {"id": "x\u2028"}):  # fmt: skip
         status, answer = call(hub, "POST", "/v1/events", web.token, events_body(**bad))
-        assert status == 422 and "events[0]" in answer["error"]["message"], (bad, answer)
+        assert status == 422 and "events[0]" in answer["detail"], (bad, answer)
 
     # catalog PUT (admin)
     def put_catalog(items: list[dict[str, Any]], raw: bytes | None = None) -> int:
@@ -161,7 +161,7 @@ def test_hostile_values_are_refused_everywhere_and_what_is_accepted_reads_back(h
     for path in (f"/v1/skus/{q(LINE_SEP_SKU)}/counts", f"/v1/ledger?sku={q(LINE_SEP_SKU)}",
                  f"/v1/counts?sku={q(LINE_SEP_SKU)}", "/v1/ledger?location=S%C2%A0001"):  # fmt: skip
         status, answer = call(hub, "GET", path, admin.token)
-        assert status == 400 and ("SKU" in answer["error"]["message"] or "location" in answer["error"]["message"])
+        assert status == 400 and ("SKU" in answer["detail"] or "location" in answer["detail"])
     status, _ = call(hub, "PUT", f"/v1/locations/S001/skus/{q(LINE_SEP_SKU)}/safety-stock", admin.token, b'{"qty": 2}')
     assert status == 400
     # UTF-8 that encodes a surrogate, in a URL: decoded as U+FFFD (a SKU nothing has), never a 500

@@ -321,7 +321,7 @@ def test_a_compressed_body_with_credential_is_refused_with_415(
     for _ in range(3):
         status, body = _post_bomb(exposed, gzip_bomb, encoding, agent.token)
         assert status == 415, body
-        message = body["error"]["message"]  # type: ignore[index]
+        message = body["detail"]  # type: ignore[index]
         assert "send the body uncompressed" in message and message.count(". ") == 0
     assert rss(exposed) - before < RSS_JUMP_MAX_BYTES
     assert healthz(exposed) == 200
@@ -365,7 +365,7 @@ def test_a_malformed_request_is_answered_with_one_sentence(exposed: ExposedHub) 
     answer = raw_exchange(exposed, b"GET / HTTP/1.1\r\nHost: hub\r\nBad Header Line\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 400 ")
-    message = json.loads(body)["error"]["message"]
+    message = json.loads(body)["detail"]
     assert message.startswith("the request is not valid HTTP/1.1") and "Bad Header Line" not in message
 
 

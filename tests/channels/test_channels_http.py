@@ -170,7 +170,7 @@ async def test_a_drift_found_by_reconcile_now_is_listed_paged_and_corrected(hub:
     assert (first["item_id"], first["channel_location"], first["location"]) == (a.item_id, online, "S1")
     assert first["difference"] == -8 and first["found_at"] and first["corrected_at"] and rest["next"] is None
     status, answer = await hub.call("GET", f"/v1/channels/pos/divergences?cursor={page['next']}")
-    assert status == 400 and "cursor" in answer["error"]["message"]  # another channel's cursor
+    assert status == 400 and "cursor" in answer["detail"]  # another channel's cursor
     status, answer = await hub.call("GET", "/v1/exceptions")
     kinds = [e["kind"] for e in answer["exceptions"]]
     assert kinds.count("channel_divergence") == 3
@@ -193,19 +193,19 @@ async def test_mapping_refresh_tells_the_channel_the_new_items(hub: Hub) -> None
 async def test_refusals_of_the_routes_are_one_sentence(hub: Hub) -> None:
     assert (await hub.call("GET", "/v1/channels", None))[0] == 401
     status, answer = await hub.call("GET", "/v1/channels", "agent")
-    assert status == 403 and "cannot read the channels" in answer["error"]["message"]
+    assert status == 403 and "cannot read the channels" in answer["detail"]
     status, answer = await hub.call("POST", "/v1/channels/web/reconcile", "reader")
-    assert status == 403 and "only admin" in answer["error"]["message"]
+    assert status == 403 and "only admin" in answer["detail"]
     assert (await hub.call("POST", "/v1/channels/web/mapping/refresh", "reader"))[0] == 403
     status, answer = await hub.call("GET", "/v1/channels/nope/divergences")
-    assert status == 404 and answer["error"]["message"] == "there is no channel named 'nope'; the channels are: feed, pos, web"
+    assert status == 404 and answer["detail"] == "there is no channel named 'nope'; the channels are: feed, pos, web"
     status, answer = await hub.call("POST", "/v1/channels/feed/reconcile", "admin")
-    assert status == 409 and "cannot be read back" in answer["error"]["message"]
+    assert status == 409 and "cannot be read back" in answer["detail"]
     status, answer = await hub.call("GET", "/v1/channels/web/divergences?cursor=bm9wZQ")
-    assert status == 400 and "send the next value" in answer["error"]["message"]
+    assert status == 400 and "send the next value" in answer["detail"]
     status, answer = await hub.call("GET", "/v1/channels?x=1")
-    assert status == 400 and "unknown query parameter" in answer["error"]["message"]
+    assert status == 400 and "unknown query parameter" in answer["detail"]
     hub.square.faults.queue("http_503")  # the listing cannot be read: nothing changes
     status, answer = await hub.call("POST", "/v1/channels/pos/mapping/refresh", "admin")
-    assert status == 503 and "not refreshed" in answer["error"]["message"] and "\n" not in answer["error"]["message"]
+    assert status == 503 and "not refreshed" in answer["detail"] and "\n" not in answer["detail"]
     assert (await hub.channels())["pos"]["mapped"] == 1

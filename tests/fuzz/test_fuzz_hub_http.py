@@ -85,7 +85,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedHub]:
 def check_answer(status: int, body: bytes) -> None:
     assert status < 500, f"the hub failed: {status} {body[:300]!r}"
     if status in REFUSALS:
-        message = json.loads(body)["error"]["message"]
+        message = json.loads(body)["detail"]
         assert message and "\n" not in message
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import logging
@@ -123,10 +124,10 @@ async def sync_ok(client: TestClient[Any, Any], token: str, body: bytes) -> Sync
 
 async def error_of(resp: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
     assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    err: dict[str, Any] = (await resp.json())["error"]
-    assert err["code"] == code
-    assert isinstance(err["message"], str) and len(err["message"]) > 10
+    assert resp.content_type == "application/problem+json"  # RFC 9457 problem details (hub.problems)
+    err: dict[str, Any] = json.loads(await resp.read())
+    assert err["code"] == code and err["status"] == status and err["type"] == f"urn:shelfsync:problem:{code}"
+    assert isinstance(err["detail"], str) and len(err["detail"]) > 10
     return err
 
 
@@ -220,7 +221,7 @@ async def test_broken_envelope_is_400_with_the_codec_sentence(
 
     err = await error_of(await post_sync(client, token, body), 400, "bad_request")
 
-    assert expected in err["message"]
+    assert expected in err["detail"]
     assert await counts_at(client, token) == {}
     await _good_request_still_works(client, agent_id, token, 1)
 
@@ -272,7 +273,7 @@ async def test_body_over_the_limit_is_413(make_client: ClientFactory, agent: tup
 
     err = await error_of(await post_sync(client, token, big), 413, "payload_too_large")
 
-    assert "4096 bytes" in err["message"] and "fewer events" in err["message"]
+    assert "4096 bytes" in err["detail"] and "fewer events" in err["detail"]
     await _good_request_still_works(client, agent_id, token, 1)
 
 
@@ -288,7 +289,7 @@ async def test_chunked_body_over_the_limit_is_413(make_client: ClientFactory, ag
     resp = await client.post("/v1/sync", data=chunks(), headers=auth(token))
 
     err = await error_of(resp, 413, "payload_too_large")
-    assert "4096 bytes" in err["message"]
+    assert "4096 bytes" in err["detail"]
     await _good_request_still_works(client, agent_id, token, 1)
 
 
@@ -300,7 +301,7 @@ async def test_wrong_content_type_is_415(client: TestClient[Any, Any], agent: tu
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     err = await error_of(resp, 415, "unsupported_media_type")
-    assert "application/msgpack" in err["message"]
+    assert "application/msgpack" in err["detail"]
 
 
 # --- sync: credentials -------------------------------------------------------
@@ -312,7 +313,7 @@ async def test_missing_credential_is_401(client: TestClient[Any, Any], agent: tu
         "/v1/sync", data=body_of(agent_id, [event(agent_id, 1)]), headers={"Content-Type": MSGPACK_CONTENT_TYPE}
     )
     err = await error_of(resp, 401, "unauthorized")
-    assert "Authorization: Bearer" in err["message"]
+    assert "Authorization: Bearer" in err["detail"]
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     await _good_request_still_works(client, agent_id, token, 1)
 
@@ -337,7 +338,7 @@ async def test_revoked_credential_is_401(client: TestClient[Any, Any], store: Hu
 
     err = await error_of(await post_sync(client, token, body_of(agent_id, [event(agent_id, 2)])), 401, "unauthorized")
 
-    assert "revoked" in err["message"]
+    assert "revoked" in err["detail"]
 
 
 async def test_request_for_another_agent_is_403(
@@ -349,7 +350,7 @@ async def test_request_for_another_agent_is_403(
     resp = await post_sync(client, other_token, body_of(agent_id, [event(agent_id, 1)]))
 
     err = await error_of(resp, 403, "forbidden")
-    assert other_id in err["message"] and agent_id in err["message"]
+    assert other_id in err["detail"] and agent_id in err["detail"]
     assert await counts_at(client, token) == {}
     await _good_request_still_works(client, agent_id, token, 1)
 
@@ -373,7 +374,7 @@ async def test_reader_sending_events_is_403(
     resp = await post_sync(client, reader_token, body_of(reader_id, [event(reader_id, 1)]))
 
     err = await error_of(resp, 403, "forbidden")
-    assert "a reader credential cannot send events" in err["message"]
+    assert "a reader credential cannot send events" in err["detail"]
     assert await counts_at(client, token) == {}
     await _good_request_still_works(client, agent_id, token, 1)
 
@@ -560,16 +561,16 @@ async def test_bad_query_is_400(client: TestClient[Any, Any], agent: tuple[str, 
     url = client.make_url("/").with_path(path.partition("?")[0], encoded=True).with_query(path.partition("?")[2])
     resp = await client.session.get(url, headers=auth(token))
     err = await error_of(resp, 400, "bad_request")
-    assert expected in err["message"]
+    assert expected in err["detail"]
 
 
 async def test_unknown_route_and_wrong_method_are_json(client: TestClient[Any, Any], agent: tuple[str, str]) -> None:
     _, token = agent
     err = await error_of(await client.get("/v2/nothing", headers=auth(token)), 404, "not_found")
-    assert "/v2/nothing" in err["message"]
+    assert "/v2/nothing" in err["detail"]
     resp = await client.get("/v1/sync", headers=auth(token))
     err = await error_of(resp, 405, "method_not_allowed")
-    assert "POST" in err["message"] and resp.headers["Allow"] == "POST"
+    assert "POST" in err["detail"] and resp.headers["Allow"] == "POST"
 
 
 async def test_unexpected_failure_is_500_and_the_hub_keeps_serving(
@@ -587,7 +588,7 @@ async def test_unexpected_failure_is_500_and_the_hub_keeps_serving(
     monkeypatch.setattr(store, "ledger", broken)
     with caplog.at_level(logging.ERROR, logger="hub.app"):
         err = await error_of(await client.get("/v1/ledger", headers=auth(token)), 500, "internal_error")
-    assert "disk on fire" not in err["message"]
+    assert "disk on fire" not in err["detail"]
     assert any(r.exc_info and "disk on fire" in str(r.exc_info[1]) for r in caplog.records)
     await _good_request_still_works(client, agent_id, token, 1)
 
@@ -597,7 +598,8 @@ async def test_closed_store_is_503(client: TestClient[Any, Any], store: HubStore
     await store.close()
     await error_of(await client.get("/v1/agents", headers=auth(token)), 503, "unavailable")
     resp = await client.get("/healthz")
-    assert resp.status == 503 and (await resp.json())["status"] == "unavailable"
+    health = await error_of(resp, 503, "unavailable")  # problem details, with the health report beside
+    assert health["health"] == "unavailable" and health["db"]["error"]
 
 
 # --- admin ------------------------------------------------------------------
@@ -638,14 +640,14 @@ async def test_bad_safety_stock_body_is_400(
         headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"},
     )
     err = await error_of(resp, 400, "bad_request")
-    assert expected in err["message"]
+    assert expected in err["detail"]
 
 
 async def test_agent_cannot_set_safety_stock(client: TestClient[Any, Any], agent: tuple[str, str]) -> None:
     _, token = agent
     resp = await client.put("/v1/locations/S001/skus/SKU-1/safety-stock", json={"qty": 4}, headers=auth(token))
     err = await error_of(resp, 403, "forbidden")
-    assert "agent credential cannot change safety stock" in err["message"]
+    assert "agent credential cannot change safety stock" in err["detail"]
 
 
 def test_public_api_names_resolve() -> None:

@@ -61,7 +61,7 @@ async def test_only_an_admin_may_set_a_recipe(hub: Hub) -> None:
     _, agent = await hub.store.add_agent(["S1"])
     for token, role in ((hub.reader, "reader"), (agent, "agent")):
         body = await put(hub, token, "KIT", {"components": {"A": 1}}, status=403)
-        assert body["error"]["message"] == (
+        assert body["detail"] == (
             f"a{'n' if role == 'agent' else ''} {role} credential cannot set a bundle's recipe; "
             "only admin credentials can"
         )
@@ -85,7 +85,7 @@ async def test_a_bad_recipe_is_400_with_one_sentence(
     hub: Hub, admin: str, sku: str, body: Any, raw: bytes | None, needle: str
 ) -> None:
     answer = await put(hub, admin, sku, body, status=400, raw=raw)
-    assert answer["error"]["code"] == "bad_request" and needle in answer["error"]["message"]
+    assert answer["code"] == "bad_request" and needle in answer["detail"]
     assert (await hub.get_json("/v1/bundles"))["bundles"] == []
 
 
@@ -93,18 +93,18 @@ async def test_a_cycle_or_a_sku_with_stock_of_its_own_is_409_and_nothing_changes
     await put(hub, admin, "KIT", {"components": {"A": 2}})
     await put(hub, admin, "DUO", {"components": {"KIT": 1, "B": 1}})
     body = await put(hub, admin, "KIT", {"components": {"DUO": 1}}, status=409)
-    assert body["error"]["message"] == (
+    assert body["detail"] == (
         "the recipes would put a bundle inside itself: KIT → DUO → KIT; change this recipe or the other one "
         "first; the recipe was not changed"
     )
     agent = await hub.agent("S1", "LOOSE")
     await agent.sync((Kind.RECEIVE, 4))
     body = await put(hub, admin, "LOOSE", {"components": {"A": 1}}, status=409)
-    assert "LOOSE holds stock of its own (4 on hand, 0 reserved, 0 in transit at S1)" in body["error"]["message"]
+    assert "LOOSE holds stock of its own (4 on hand, 0 reserved, 0 in transit at S1)" in body["detail"]
     assert [b["sku"] for b in (await hub.get_json("/v1/bundles"))["bundles"]] == ["DUO", "KIT"]
     assert (await hub.get_json("/v1/bundles/KIT"))["bundle"]["components"] == {"A": 2}
     missing = await hub.get_json("/v1/bundles/LOOSE", status=404)
-    assert missing["error"]["message"] == (
+    assert missing["detail"] == (
         "'LOOSE' is not a bundle; PUT /v1/bundles/{sku} with its components makes it one"
     )
 
@@ -117,10 +117,10 @@ async def test_bundles_page_by_sku_and_a_tampered_cursor_is_400(hub: Hub, admin:
     second = await hub.get_json(f"/v1/bundles?limit=2&cursor={first['next']}")
     assert [b["sku"] for b in second["bundles"]] == ["K3"] and second["next"] is None
     bad = await hub.get_json(f"/v1/bundles?cursor={first['next'][:-2]}", status=400)
-    assert "cursor is not one this hub gave out for the bundles" in bad["error"]["message"]
+    assert "cursor is not one this hub gave out for the bundles" in bad["detail"]
     elsewhere = paging.encode("counts", ["S1", "K1"])  # a cursor another route gave out is refused too
-    assert (await hub.get_json(f"/v1/bundles?cursor={elsewhere}", status=400))["error"]["code"] == "bad_request"
-    assert (await hub.get_json("/v1/bundles?limit=0", status=400))["error"]["code"] == "bad_request"
+    assert (await hub.get_json(f"/v1/bundles?cursor={elsewhere}", status=400))["code"] == "bad_request"
+    assert (await hub.get_json("/v1/bundles?limit=0", status=400))["code"] == "bad_request"
 
 
 async def test_a_bundle_sold_through_an_agents_sync_moves_its_parts_and_is_counted_like_any_sku(

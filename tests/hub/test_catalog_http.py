@@ -123,7 +123,7 @@ async def test_a_bad_put_is_one_clear_error_and_writes_nothing(
 ) -> None:
     async with client.put("/v1/catalog", json=body, headers=await bearer(store, "admin")) as resp:
         assert resp.status == status
-        assert words in (await resp.json())["error"]["message"]
+        assert words in (await resp.json())["detail"]
     assert await store.catalog_version() == 0
 
 
@@ -132,9 +132,9 @@ async def test_only_admins_write_the_catalog(client: TestClient[Any, Any], store
         headers = await bearer(store, role, locations)
         async with client.put("/v1/catalog", json={"items": []}, headers=headers) as resp:
             assert resp.status == 403
-            assert "only admin credentials can" in (await resp.json())["error"]["message"]
+            assert "only admin credentials can" in (await resp.json())["detail"]
     async with client.put("/v1/catalog", data=b"{", headers=await bearer(store, "admin")) as resp:
-        assert resp.status == 400 and "not valid JSON" in (await resp.json())["error"]["message"]
+        assert resp.status == 400 and "not valid JSON" in (await resp.json())["detail"]
 
 
 async def test_learning_a_case_barcode_rebooks_scans_onto_the_sku_times_pack_size(

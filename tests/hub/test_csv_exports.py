@@ -258,7 +258,7 @@ async def test_bad_csv_requests_are_one_sentence_400s(
 ) -> None:
     async with client.get(f"/v1/ledger?{query}", headers=reader) as resp:
         assert resp.status == 400
-        assert words in (await resp.json())["error"]["message"]
+        assert words in (await resp.json())["detail"]
 
 
 async def test_a_csv_export_needs_a_credential_and_head_sends_no_rows(
@@ -293,7 +293,7 @@ async def test_a_database_failure_mid_stream_never_looks_like_a_whole_file(
     calls = itertools.count(1)  # the first page failing is an ordinary answer: 503 with one sentence
     async with client.get("/v1/counts?format=csv", headers=reader) as resp:
         assert resp.status == 503
-        assert "the disk went away" in (await resp.json())["error"]["message"]
+        assert "the disk went away" in (await resp.json())["detail"]
 
 
 # --- the shrinkage (variance) report ----------------------------------------------------------------------
@@ -376,4 +376,4 @@ async def test_bad_variance_requests_are_one_sentence_400s(
 ) -> None:
     async with client.get(f"/v1/reports/variance?{query}", headers=reader) as resp:
         assert resp.status == 400
-        assert words in (await resp.json())["error"]["message"]
+        assert words in (await resp.json())["detail"]

@@ -87,7 +87,7 @@ async def test_no_write_route_accepts_a_cookie_session(hub: Hub) -> None:
         path = re.sub(r"\{[^}]+\}", "S1", canonical)
         resp = await hub.client.request(method, path, headers=cookie(session), data=b"{}")
         assert resp.status == 401, (method, path, resp.status)
-        assert "needs a credential" in (await resp.json())["error"]["message"]
+        assert "needs a credential" in (await resp.json())["detail"]
     assert (await hub.client.get("/v1/status", headers=cookie(session))).status == 200  # the session still reads
 
 

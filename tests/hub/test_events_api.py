@@ -92,7 +92,7 @@ async def test_invalid_events_are_listed_each_and_nothing_is_committed(hub: Hub,
         move("x" * 129, "receive", 1),
         status=422,
     )
-    rejected = body["error"]["rejected"]
+    rejected = body["rejected"]
     assert [r["index"] for r in rejected] == [1, 2, 3, 4, 5, 6, 7, 8]
     reasons = [r["reason"] for r in rejected]
     assert "takes units away, so its qty is negative" in reasons[0]
@@ -104,7 +104,7 @@ async def test_invalid_events_are_listed_each_and_nothing_is_committed(hub: Hub,
     assert "attrs.api_id is set by the hub" in reasons[6]
     assert "1 to 128" in reasons[7]
     assert [r["id"] for r in rejected][:2] == ["bad-sign", "bad-kind"]
-    assert body["error"]["code"] == "invalid_events" and "nothing was committed" in body["error"]["message"]
+    assert body["code"] == "invalid_events" and "nothing was committed" in body["detail"]
     assert (await hub.get_json("/v1/skus/SKU-1/counts"))["counts"] == []
 
 
@@ -136,15 +136,15 @@ async def test_a_malformed_request_is_one_clear_error(
     _, token = connector
     resp = await hub.client.post("/v1/events", data=body, headers={**hub.auth(token), "Content-Type": content_type})
     assert resp.status == status
-    assert needle in (await resp.json())["error"]["message"]
+    assert needle in (await resp.json())["detail"]
 
 
 async def test_a_reader_cannot_push_events(hub: Hub) -> None:
     body = await post(hub, hub.reader, move("r", "receive", 1), status=403)
-    assert "reader credential cannot send events" in body["error"]["message"]
+    assert "reader credential cannot send events" in body["detail"]
 
 
 async def test_a_time_far_in_the_future_is_refused(hub: Hub, connector: tuple[str, str]) -> None:
     _, token = connector
     body = await post(hub, token, move("future", "receive", 1, "2999-01-01T00:00:00Z"), status=422)
-    assert "ahead of the hub's clock" in body["error"]["rejected"][0]["reason"]
+    assert "ahead of the hub's clock" in body["rejected"][0]["reason"]

@@ -212,7 +212,7 @@ async def test_a_compressed_body_is_refused_after_authentication_and_never_infla
     assert resp.status == 401  # no credential: refused before anything looks at the body
     resp = await client.post("/v1/sync", data=bomb, headers={**headers, "Authorization": f"Bearer {token}"})
     assert resp.status == 415
-    message = (await resp.json())["error"]["message"]
+    message = (await resp.json())["detail"]
     assert message == (
         "this hub takes request bodies without compression, got Content-Encoding 'gzip'; send the body uncompressed"
     )

@@ -148,7 +148,7 @@ async def test_a_cursor_and_before_together_are_refused(store: HubStore, client:
     auth = {"Authorization": f"Bearer {token}"}
     first = await (await client.get("/v1/ledger", params={"limit": "3"}, headers=auth)).json()
     resp = await client.get("/v1/ledger", params={"cursor": first["next"], "before": "5"}, headers=auth)
-    assert resp.status == 400 and "cursor or before" in (await resp.json())["error"]["message"]
+    assert resp.status == 400 and "cursor or before" in (await resp.json())["detail"]
 
 
 async def test_walking_counts_sees_every_count_once(store: HubStore, client: TestClient[Any, Any]) -> None:
@@ -186,7 +186,7 @@ async def test_tampered_cursors_are_400_with_one_sentence(store: HubStore, clien
         resp = await client.get(path, params={"cursor": cursor}, headers=auth)
         body = await resp.json()
         assert resp.status == 400, (path, cursor, body)
-        message = body["error"]["message"]
+        message = body["detail"]
         assert "cursor" in message and message.count(". ") == 0 and "\n" not in message
     good = await client.get("/v1/ledger", params={"cursor": ledger_next}, headers=auth)
     assert good.status == 200
@@ -345,7 +345,7 @@ async def test_walking_webhook_deliveries_sees_each_once(
     page = await (await hook_client.get("/v1/webhooks/shop/deliveries", params={"limit": "2"}, headers=auth)).json()
     resp = await hook_client.get("/v1/webhooks/other/deliveries", params={"cursor": page["next"]}, headers=auth)
     body = await resp.json()
-    assert resp.status == 400 and "cursor" in body["error"]["message"], "another webhook's cursor"
+    assert resp.status == 400 and "cursor" in body["detail"], "another webhook's cursor"
 
 
 async def test_tampered_cursors_of_the_other_routes_are_400(
@@ -377,7 +377,7 @@ async def test_tampered_cursors_of_the_other_routes_are_400(
         resp = await ops_client.get(path, params={"cursor": cursor}, headers=auth)
         body = await resp.json()
         assert resp.status == 400, (path, cursor, body)
-        message = body["error"]["message"]
+        message = body["detail"]
         assert "cursor" in message and message.count(". ") == 0 and "\n" not in message
     assert (await ops_client.get("/v1/exceptions", params={"cursor": exc_next}, headers=auth)).status == 200
 

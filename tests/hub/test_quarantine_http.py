@@ -101,7 +101,7 @@ async def held_count(hub: Hub) -> dict[str, Any]:
 
 
 def one_sentence(error: dict[str, Any]) -> str:
-    message: str = error["error"]["message"]
+    message: str = error["detail"]
     assert "\n" not in message and "Traceback" not in message and len(message) < 300, message
     return message
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from collections.abc import AsyncIterator
@@ -63,7 +64,7 @@ async def post(client: TestClient[Any, Any], path: str, body: bytes, headers: di
         if resp.status == 200:
             assert resp.content_type == MSGPACK_CONTENT_TYPE
             return resp.status, decode_report_answer(raw)
-        return resp.status, (await resp.json())["error"]
+        return resp.status, json.loads(await resp.read())  # problem details
 
 
 def obs(i: str, on_hand: int, *, at_ms: int, sku: str = "SKU-1", location: str = "S001") -> ObservationReport:
@@ -155,7 +156,7 @@ async def test_observations_are_accepted_deduplicated_and_compared(
     async with client.get("/v1/divergence?colour=red", headers=reader) as resp:
         assert resp.status == 400
     async with client.get("/v1/divergence?system=" + "s" * 33, headers=reader) as resp:
-        assert resp.status == 400 and "system" in (await resp.json())["error"]["message"]
+        assert resp.status == 400 and "system" in (await resp.json())["detail"]
 
 
 async def test_import_issues_become_exceptions(
@@ -187,16 +188,16 @@ async def test_bad_requests_are_clear_errors(
     agent_id, headers = agent
     good = encode_observations(ObservationsRequest(agent_id, (obs("o1", 1, at_ms=0),)))
     status, error = await post(client, "/v1/observations", good, headers | {"Content-Type": "application/json"})
-    assert status == 415 and "msgpack" in error["message"]
+    assert status == 415 and "msgpack" in error["detail"]
     broken = msgpack.packb({"v": 1, "agent_id": agent_id, "observations": [{"id": "o1"}]})
     status, error = await post(client, "/v1/observations", broken, headers)
-    assert status == 400 and "observations[0]: is missing" in error["message"]
+    assert status == 400 and "observations[0]: is missing" in error["detail"]
     other = encode_observations(ObservationsRequest("agent-00000000", (obs("o1", 1, at_ms=0),)))
     status, error = await post(client, "/v1/observations", other, headers)
-    assert status == 403 and "belongs to agent" in error["message"]
+    assert status == 403 and "belongs to agent" in error["detail"]
     _, reader_token = await store.add_agent([], role="reader")
     reader = {"Authorization": f"Bearer {reader_token}", "Content-Type": MSGPACK_CONTENT_TYPE}
     status, error = await post(client, "/v1/import-issues", good, reader)
-    assert status == 403 and "cannot send import issues" in error["message"]
+    assert status == 403 and "cannot send import issues" in error["detail"]
     status, error = await post(client, "/v1/import-issues", good, headers)
-    assert status == 400 and "unknown field" in error["message"]
+    assert status == 400 and "unknown field" in error["detail"]

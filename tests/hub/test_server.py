@@ -127,7 +127,7 @@ async def test_stop_finishes_the_request_in_flight_then_closes_the_store(
         await asyncio.wait_for(stopping, STEP_TIMEOUT_S)
         async with kept_alive.get(f"http://127.0.0.1:{port}/healthz") as resp:  # a new request while draining
             assert resp.status == 503
-            assert "shutting down" in (await resp.json())["error"]["message"]
+            assert "shutting down" in (await resp.json())["detail"]
         release.set()
         async with await asyncio.wait_for(request, STEP_TIMEOUT_S) as resp:
             assert resp.status == 200, await resp.text()

@@ -157,7 +157,7 @@ async def test_a_location_filter_sends_only_that_location(tmp_path: Path, receiv
 async def test_an_unknown_webhook_has_no_delivery_log(tmp_path: Path) -> None:
     async with running_hub(tmp_path) as hub:
         body = await hub.get_json("/v1/webhooks/nope/deliveries", status=404)
-        assert "no webhook named 'nope'" in body["error"]["message"]
+        assert "no webhook named 'nope'" in body["detail"]
         assert (await hub.get_json("/v1/webhooks")) == {"webhooks": []}
 
 

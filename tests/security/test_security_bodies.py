@@ -88,7 +88,7 @@ async def test_deeply_nested_bodies_are_a_4xx_on_every_write_route(hub: Hub, dep
         data = nested_msgpack(depth) if kind == MSGPACK_CONTENT_TYPE else nested_json(depth)
         status, _, body = await hub.request(method, path, hub.admin[1], data=data, headers={"Content-Type": kind})
         assert status in (400, 413), f"{method} {path} with nesting {depth}: {status} {body[:300]!r}"
-        message = json.loads(body)["error"]["message"]
+        message = json.loads(body)["detail"]
         assert message and "\n" not in message and message.count(". ") == 0, message
         if status == 413:
             assert name == "quarantine_resolve" and len(data) > QUARANTINE_BODY_MAX_BYTES, f"{method} {path}: {message}"

@@ -55,7 +55,7 @@ async def test_bodies_with_line_breaks_do_not_forge_log_lines(hub: Hub, caplog: 
             "POST", "/v1/sync", token, data=msgpack.packb(body, use_bin_type=True), headers={"Content-Type": MSGPACK_CONTENT_TYPE}
         )
         assert status in (400, 422), answer
-        message = json.loads(answer)["error"]["message"]
+        message = json.loads(answer)["detail"]
         assert "\n" not in message and len(message) < 2_000
     movement = {"id": "a\nFORGED", "location": "S001", "sku": "A", "kind": "receive", "qty": 1, "occurred_at": "x\ny"}
     status, _, _ = await hub.request(

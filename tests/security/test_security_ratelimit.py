@@ -48,8 +48,8 @@ async def test_the_hub_answers_429_with_retry_after_per_credential(make_hub: Hub
         statuses.append(status)
     assert statuses == [200, 200, 200, 429]
     assert int(headers["Retry-After"]) >= 1
-    error = json.loads(body)["error"]
-    assert error["code"] == "rate_limited" and "rate_limit_per_s" in error["message"]
+    error = json.loads(body)  # problem details
+    assert error["code"] == "rate_limited" and "rate_limit_per_s" in error["detail"]
     assert len(await hub.store.ledger()) == 3, "the refused batch was not committed"
 
     other_id, other_token = hub.other_agent

@@ -1,0 +1,1331 @@
+"""The hub's HTTP API as an OpenAPI 3.1 document, built from the code's own limits so the two cannot drift.
+
+Every bound in the document — page sizes, body limits, the identifier rule of
+``protocol.values``, the event kinds, the wire limits of ``protocol.codec`` —
+is read from the constant the hub itself enforces. The hub serves the
+document at ``GET /v1/openapi.json`` (public, with a strong ``ETag``), and
+the repository keeps a copy in docs/openapi.json, regenerated with::
+
+    python -m hub.openapi > docs/openapi.json
+
+Tests check that every route of the application is in the document (and the
+document names no route the hub lacks), that it is valid OpenAPI 3.1, that
+docs/hub-api.md describes the same operations, and Schemathesis checks the
+live hub's answers against it (tests/api/).
+
+``/v1/sync``, ``/v1/observations`` and ``/v1/import-issues`` speak msgpack
+(``application/msgpack``): their schemas describe the msgpack maps with the
+same shapes JSON would have; a field marked ``x-msgpack: bin`` is a msgpack
+``bin`` (raw bytes), not text.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from hub import (
+    bundles,
+    catalog,
+    csvexport,
+    etag,
+    events_api,
+    feed,
+    paging,
+    problems,
+    quarantine,
+    ratelimit,
+    reports,
+    webhooks,
+)
+from hub.auth import PUBLIC_ROUTES_KEY, ROLE_ADMIN, ROLE_AGENT, ROLE_READER, TOKEN_MAX_CHARS
+from hub.channels import http as channel_http
+from hub.channels import order_routes
+from hub.channels.config import NAME_RE
+from hub.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_PER_S
+from hub.dashboard import api as dashboard_api
+from hub.dashboard.sessions import SESSION_COOKIE
+from hub.resolver import BUNDLE_PARTS_MAX, COMPONENT_UNITS_MAX, Effect
+from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES
+from hub.storage.checks import CATALOG_ITEMS_MAX, DESCRIPTION_MAX_LEN, PACK_SIZE_MAX
+from hub.storage.keys import WRITEOFF_KIND
+from hub.views import HLC_QUERY_MAX
+from protocol import MSGPACK_CONTENT_TYPE, QTY_MAX, Kind, values
+from protocol import feed as wire
+from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX
+from protocol.codec import CHAIN_BYTES, MAX_BATCH_EVENTS, MAX_COUNTS, WIRE_VERSION
+from protocol.event import EPOCH_MAX, QTY_SIGN, REF_REQUIRED, SEQ_MAX
+from protocol.hlc import HLC_MAX
+from protocol.ids import EVENT_ID_BYTES
+from protocol.reports import (
+    ISSUE_FILE_MAX_LEN,
+    ISSUE_LINE_MAX,
+    ISSUE_RAW_MAX_LEN,
+    ISSUE_REASON_MAX_LEN,
+    MAX_REPORT_ITEMS,
+    OBSERVED_AT_MS_MAX,
+    REPORT_ID_MAX_LEN,
+    SOURCE_FILE_MAX_LEN,
+    SYSTEM_MAX_LEN,
+)
+
+JSON = dict[str, Any]
+
+OPENAPI_VERSION = "3.1.0"
+# The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
+# step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
+API_VERSION = "1.0.0"
+PATH = "/v1/openapi.json"
+ROUTE_NAME = "openapi"
+JSON_TYPE = "application/json"
+PROBLEM_TYPE = problems.CONTENT_TYPE
+INT63_MAX = (1 << 63) - 1
+COUNT_ABS_MAX = wire.COUNT_ABS_MAX
+BEARER = "bearer"
+SESSION = "dashboardSession"
+SHOPIFY_SIGNATURE = "shopifySignature"
+SQUARE_SIGNATURE = "squareSignature"
+RATE_LIMIT_POLICY = "writes"  # the name of the one quota policy in RateLimit-Policy / RateLimit
+
+# Routes of the application that are not part of the API: the dashboard's HTML pages and files, for a browser.
+NOT_API_ROUTES: Mapping[str, str] = {
+    "GET /": "redirects a browser to the dashboard (an HTML page, not an API)",
+    "GET /dashboard": "redirects a browser to the dashboard (an HTML page, not an API)",
+    "GET /dashboard/": "the dashboard's HTML page",
+    "GET /dashboard/sign-in": "the dashboard's sign-in HTML page",
+    "POST /dashboard/sign-in": "the dashboard's sign-in form (a browser form post answered with pages)",
+    "POST /dashboard/sign-out": "the dashboard's sign-out form (a browser form post answered with a redirect)",
+    "GET /dashboard/assets/{name}": "the dashboard's stylesheet and script",
+}
+
+
+# --- schema helpers ------------------------------------------------------------------------------------
+
+
+def ref(name: str) -> JSON:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: JSON) -> JSON:
+    """``schema`` or null (OpenAPI 3.1: a type list for a plain type, else ``anyOf``)."""
+    kind = schema.get("type")
+    if isinstance(kind, str) and "$ref" not in schema:
+        return {**schema, "type": [kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def integer(lo: int | None = None, hi: int | None = None, description: str | None = None, **more: Any) -> JSON:
+    schema: JSON = {"type": "integer"}
+    if lo is not None:
+        schema["minimum"] = lo
+    if hi is not None:
+        schema["maximum"] = hi
+    if description:
+        schema["description"] = description
+    return schema | more
+
+
+def string(description: str | None = None, **more: Any) -> JSON:
+    schema: JSON = {"type": "string"}
+    if description:
+        schema["description"] = description
+    return schema | more
+
+
+def obj(properties: Mapping[str, JSON], required: Iterable[str] = (), *, closed: bool = False, **more: Any) -> JSON:
+    """An object schema. ``closed``: no other member (request bodies: the hub refuses unknown fields).
+    Answers are open: a /v1 answer may gain fields (docs/hub-api.md, "API versions")."""
+    schema: JSON = {"type": "object", "properties": dict(properties)}
+    req = list(required)
+    if req:
+        schema["required"] = req
+    if closed:
+        schema["additionalProperties"] = False
+    return schema | more
+
+
+def array(items: JSON, lo: int | None = None, hi: int | None = None, **more: Any) -> JSON:
+    schema: JSON = {"type": "array", "items": items}
+    if lo is not None:
+        schema["minItems"] = lo
+    if hi is not None:
+        schema["maxItems"] = hi
+    return schema | more
+
+
+def _excluded(refused: Any) -> str:
+    """A character class body (for ``[^...]``) of the Basic Multilingual Plane's code points ``refused`` is true
+    of, as ``\\uXXXX`` ranges; surrogates are left out, as no JSON Schema string can hold one."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x10000):
+        if 0xD800 <= cp <= 0xDFFF or not refused(chr(cp)):
+            continue
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    return "".join(f"\\u{lo:04x}" if lo == hi else f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in ranges)
+
+
+@functools.cache
+def text_pattern() -> str:
+    """``protocol.values``' text rule as an ECMA-262 pattern: the characters ``values.is_text`` refuses, found by
+    asking the rule itself about every code point of the Basic Multilingual Plane (the rule is a fixed list of
+    them, none beyond it)."""
+    return f"^[^{_excluded(lambda ch: not values.is_text(ch))}]*$"
+
+
+@functools.cache
+def source_pattern() -> str:
+    """``values.SOURCE`` as one ECMA-262 pattern: its prefixes, a colon, then text without whitespace (as
+    Python's ``\\s`` has it, which is what the hub checks)."""
+    prefixes, _, rest = values.SOURCE_RE.pattern.partition(":")
+    if rest != r"[^\s]+":
+        raise AssertionError("protocol.values.SOURCE_RE changed shape: update hub.openapi.source_pattern")
+    space = re.compile(r"\s")
+    return f"^{prefixes}:[^{_excluded(lambda ch: not values.is_text(ch) or space.match(ch) is not None)}]+$"
+
+
+def text(field: values.TextField, description: str | None = None, **more: Any) -> JSON:
+    """A ``protocol.values.TextField``: 1 to ``max_len`` characters of text, with its own pattern if it has one."""
+    words = f"A {field.what}: {field.rule()}."
+    schema = string(f"{description} {words}" if description else words, minLength=1, maxLength=field.max_len)
+    if field is values.SOURCE:
+        schema["pattern"] = source_pattern()
+    elif field.pattern is not None:
+        schema["pattern"] = f"^(?:{field.pattern.pattern})$"
+    else:
+        schema["pattern"] = text_pattern()
+    return schema | more
+
+
+def any_text(max_len: int, description: str | None = None, *, min_len: int = 0, **more: Any) -> JSON:
+    return string(description, minLength=min_len, maxLength=max_len, pattern=text_pattern()) | more
+
+
+def binary(size: int, description: str) -> JSON:
+    """A msgpack ``bin`` of ``size`` bytes (shown as a string of that many code points 0–255 to JSON tools)."""
+    return {
+        "type": "string",
+        "contentMediaType": "application/octet-stream",
+        "minLength": size,
+        "maxLength": size,
+        "description": f"{description} (msgpack bin, {size} bytes)",
+        "x-msgpack": "bin",
+    }
+
+
+def movement_rules() -> list[JSON]:
+    """``protocol.event``'s rules between an event's kind and its qty and ref, as ``if``/``then`` per kind: a count
+    is the absolute quantity (0 or more), a delta is never 0 and has its kind's sign, a transfer needs its ref."""
+    rules: list[JSON] = []
+    for kind in Kind:
+        sign = QTY_SIGN.get(kind)
+        if kind is Kind.COUNT:
+            qty = integer(0, QTY_MAX, "A count is the absolute quantity on the shelf.")
+        elif sign == -1:
+            qty = integer(-QTY_MAX, -1, f"A {kind.value} takes units away: negative.")
+        elif sign == 1:
+            qty = integer(1, QTY_MAX, f"A {kind.value} adds units: positive.")
+        else:
+            qty = integer(-QTY_MAX, QTY_MAX, f"A {kind.value} moves units either way, never 0.", **{"not": {"const": 0}})
+        then: JSON = {"properties": {"qty": qty}}
+        if kind in REF_REQUIRED:
+            then["required"] = ["ref"]
+            then["properties"]["ref"] = text(values.REF, "The transfer reference that pairs both sides.")
+        rules.append({"if": {"properties": {"kind": {"const": kind.value}}, "required": ["kind"]}, "then": then})
+    return rules
+
+
+def known(names: Iterable[str], what: str = "") -> JSON:
+    """A text field of an answer whose values are listed, not closed: a /v1 answer may gain a value (a new event
+    kind, a new effect), and a client generated from this document must not fail on it."""
+    listed = ", ".join(names)
+    return string(f"{what + ': ' if what else ''}one of {listed}; more may come within /v1 (treat another as unknown).",
+                  **{"x-known-values": list(names)})
+
+
+def iso_time(what: str) -> JSON:
+    return nullable(string(f"{what}, ISO 8601 UTC with milliseconds (null when absent)", format="date-time"))
+
+
+# --- parameters ---------------------------------------------------------------------------------------
+
+
+def query(name: str, schema: JSON, description: str, *, example: Any = None) -> JSON:
+    param: JSON = {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+    if example is not None:
+        param["example"] = example
+    return param
+
+
+def path_param(name: str, schema: JSON, description: str, example: Any) -> JSON:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema,
+            "example": example}  # fmt: skip
+
+
+def limit_param(default: int, maximum: int) -> JSON:
+    return query("limit", integer(1, maximum, default=default), f"At most this many rows (1 to {maximum}, default {default}).")
+
+
+def cursor_param(what: str) -> JSON:
+    return query(
+        "cursor",
+        string(minLength=1, maxLength=paging.CURSOR_MAX_CHARS, pattern="^[A-Za-z0-9_-]+$"),
+        f"The `next` of the previous page of {what}, unchanged (an opaque cursor); leave it out for the first page.",
+    )
+
+
+LOCATION_QUERY = query("location", ref("Location"), "Only this location.", example="S001")
+SKU_QUERY = query("sku", ref("Sku"), "Only this SKU.", example="SKU-1")
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "An ETag of an earlier answer: when the answer is still the same, the hub answers 304 with no body.",
+    "schema": string(),
+}
+
+
+# --- answers ------------------------------------------------------------------------------------------
+
+
+ERROR_STATUS: Mapping[int, tuple[str, str]] = {
+    400: ("bad_request", "The request is malformed: a query parameter unknown, repeated or out of range, a body "
+          "that does not parse or has the wrong shape, more than one Authorization header."),
+    401: ("unauthorized", "No credential, a malformed one, or one unknown or revoked (with WWW-Authenticate: Bearer)."),
+    403: ("forbidden", "The credential's role may not do this, or it names another agent than its own."),
+    404: ("not_found", "There is no such resource (or no route for this path)."),
+    408: ("request_timeout", "The request body did not arrive whole within body_timeout_s; the connection is closed."),
+    409: ("conflict", "The request conflicts with what the hub holds; nothing was changed."),
+    413: ("payload_too_large", f"The body is larger than max_body_bytes ({DEFAULT_MAX_BODY_BYTES} bytes by default) "
+          "or the route's own limit."),
+    415: ("unsupported_media_type", "The body was sent with another Content-Type than the route takes, or compressed."),
+    422: ("invalid_events", "The request is well-formed but some of its events break the contract; nothing was "
+          "committed."),
+    429: ("rate_limited", "This credential sent write requests faster than its quota; wait Retry-After seconds."),
+    500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
+    502: ("bad_gateway", "The sales channel refused the hub's call or answered it wrongly; nothing was changed."),
+    503: ("unavailable", "The hub is shutting down or its database is unavailable; try again shortly."),
+}  # fmt: skip
+
+
+def problem_schema() -> JSON:
+    """RFC 9457 problem details, as hub.problems builds them."""
+    codes = sorted({*problems.CODES.values(), *problems.TITLES})
+    return obj(
+        {
+            "type": string(f"Names the problem: {problems.TYPE_PREFIX}<code>, a URN of this project.",
+                           format="uri", pattern=f"^{problems.TYPE_PREFIX}[a-z0-9_]+$"),
+            "title": string("A short summary of the problem type, the same for every occurrence of it."),
+            "status": integer(400, 599, "The HTTP status code of this answer."),
+            "detail": string("One sentence a person can act on: what was wrong with this request and what to do."),
+            "code": known(codes, "The machine-readable reason, the last part of type"),
+        },
+        ["type", "title", "status", "detail", "code"],
+        description="RFC 9457 problem details (application/problem+json); a route may add its own members.",
+        example=problems.body(400, "limit must be a whole number from 1 to 10000, got '0'"),
+    )
+
+
+def error_content(schema: JSON | None = None) -> JSON:
+    return {PROBLEM_TYPE: {"schema": schema or ref("Problem")}}
+
+
+def error(status: int, description: str | None = None, schema: JSON | None = None, headers: JSON | None = None) -> JSON:
+    answer: JSON = {"description": description or ERROR_STATUS[status][1], "content": error_content(schema)}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def header(description: str, schema: JSON, *, required: bool = False) -> JSON:
+    return {"description": description, "required": required, "schema": schema}
+
+
+ETAG_HEADER = header(
+    "A strong validator of this answer: send it back in If-None-Match to be answered 304 while it holds.",
+    string(pattern='^"[^"]*"$'),
+    required=True,
+)
+CACHE_CONTROL_HEADER = header("private, no-cache: keep the answer, but revalidate it (If-None-Match) before use.", string())
+RATE_LIMIT_HEADERS: JSON = {
+    "RateLimit-Policy": header(
+        f'The quota of this route (draft-ietf-httpapi-ratelimit-headers-10): "{RATE_LIMIT_POLICY}";q=<burst>;w=<seconds> '
+        f"— q requests at once per credential, refilled at rate_limit_per_s (by default q={DEFAULT_RATE_LIMIT_BURST}, "
+        f"{DEFAULT_RATE_LIMIT_PER_S:g} a second, so w={ratelimit.window_s(DEFAULT_RATE_LIMIT_PER_S, DEFAULT_RATE_LIMIT_BURST)}).",
+        string(),
+        required=True,
+    ),
+    "RateLimit": header(
+        f'What is left of it for this credential: "{RATE_LIMIT_POLICY}";r=<requests left>;t=<seconds until full again>.',
+        string(),
+        required=True,
+    ),
+}
+RETRY_AFTER_HEADER = header("Whole seconds to wait before sending again.", integer(1), required=True)
+
+
+def ok(description: str, schema: JSON, *, media: str = JSON_TYPE, example: Any = None, headers: JSON | None = None,
+       links: JSON | None = None, extra_media: JSON | None = None) -> JSON:  # fmt: skip
+    content: JSON = {"schema": schema}
+    if example is not None:
+        content["example"] = example
+    answer: JSON = {"description": description, "content": {media: content, **(extra_media or {})}}
+    if headers:
+        answer["headers"] = headers
+    if links:
+        answer["links"] = links
+    return answer
+
+
+def cacheable(answer: JSON) -> JSON:
+    """``answer`` with the ETag headers of a route the hub validates (hub.etag); a list that also answers CSV
+    (streamed, so untagged) has them on its JSON answers only."""
+    tag = ETAG_HEADER if CSV_TYPE not in answer["content"] else {**ETAG_HEADER, "required": False}
+    return answer | {"headers": {**answer.get("headers", {}), "ETag": tag, "Cache-Control": CACHE_CONTROL_HEADER}}
+
+
+def with_csv(answer: JSON, columns: str) -> JSON:
+    """A list's answer that is CSV when asked (``Accept: text/csv`` or ``format=csv``): the whole list, streamed."""
+    csv = {"schema": string(f"RFC 4180 CSV with a header row: {columns}."), "example": columns.replace(" ", "") + "\r\n"}
+    return answer | {"content": {**answer["content"], CSV_TYPE: csv},
+                     "headers": {**answer.get("headers", {}), **CSV_HEADERS}}  # fmt: skip
+
+
+def page_of(key: str, item: JSON, **more: JSON) -> JSON:
+    """A page of a paged read: its rows under ``key``, and ``next``."""
+    page_next = nullable(string("The cursor of the next page, or null on the last page."))
+    return obj({**more, key: array(item), "next": page_next}, [*more, key, "next"])
+
+
+CSV_TYPE = csvexport.CSV_MEDIA_TYPE
+CSV_LIMIT_MAX = csvexport.ROWS_MAX
+CSV_HEADERS: JSON = {
+    "Content-Disposition": header('CSV answers: attachment; filename="<list>-<filters>-<UTC time>.csv".', string()),
+}
+CSV_CONTENT: JSON = {"schema": string("RFC 4180 CSV with a header row (docs/hub-api.md, CSV).")}
+FORMAT_QUERY = query(
+    "format", string(enum=["csv"]),
+    f"csv: the whole list as CSV (as Accept: text/csv), every page streamed; then limit caps the rows "
+    f"(1 to {CSV_LIMIT_MAX}, default all) and cursor starts after a JSON page's next.",
+)  # fmt: skip
+PERIOD = {"anyOf": [string(format="date"), string(format="date-time")], "pattern": "^(19[7-9][0-9]|[2-5][0-9]{3})-"}
+COUNT_COLUMNS = ", ".join(csvexport.COUNT_HEADER)
+CHANNEL_NAME = string(minLength=1, pattern=f"^(?:{NAME_RE.pattern})$")
+
+NOT_MODIFIED: JSON = {
+    "description": "Not modified: the answer is still the one whose ETag was sent in If-None-Match (no body).",
+    "headers": {"ETag": ETAG_HEADER},
+}
+
+
+def link(operation_id: str, description: str, **parameters: str) -> JSON:
+    return {"operationId": operation_id, "description": description, "parameters": parameters}
+
+
+# --- operations ---------------------------------------------------------------------------------------
+
+
+def operation(
+    operation_id: str,
+    summary: str,
+    description: str,
+    tag: str,
+    responses: JSON,
+    *,
+    roles: Sequence[str] = (ROLE_AGENT, ROLE_READER, ROLE_ADMIN),
+    parameters: Sequence[JSON] = (),
+    body: JSON | None = None,
+    security: list[JSON] | None = None,
+    errors: Iterable[int] = (),
+    cookie: bool = False,
+) -> JSON:
+    """One operation. Every authenticated one can answer 400 (two Authorization headers), 401 and 503; any
+    operation can answer 500 (a bug, which the tests hunt)."""
+    public = security == []
+    codes = set(errors) | {500, 503} | (set() if public else {400, 401})
+    if set(roles) != {ROLE_AGENT, ROLE_READER, ROLE_ADMIN} and not public:
+        codes.add(403)
+    for code in sorted(codes):
+        responses.setdefault(str(code), {"$ref": f"#/components/responses/E{code}"})
+    op: JSON = {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "tags": [tag],
+    }
+    if parameters:
+        op["parameters"] = list(parameters)
+    if body is not None:
+        op["requestBody"] = body
+    op["responses"] = dict(sorted(responses.items()))
+    if security is not None:
+        op["security"] = security
+    elif cookie:
+        op["security"] = [{BEARER: []}, {SESSION: []}]
+    if not public:
+        op["x-shelfsync-roles"] = list(roles)
+    return op
+
+
+def json_body(schema: JSON, example: Any, description: str) -> JSON:
+    return {"required": True, "description": description, "content": {JSON_TYPE: {"schema": schema, "example": example}}}
+
+
+def msgpack_body(schema: JSON, description: str) -> JSON:
+    return {"required": True, "description": description, "content": {MSGPACK_CONTENT_TYPE: {"schema": schema}}}
+
+
+WRITE_ERRORS = (408, 413, 415)  # any request with a body (hub.app.body_middleware)
+INGEST = (ROLE_AGENT, ROLE_ADMIN)
+
+
+def _paths() -> dict[str, JSON]:
+    counts_page_example = {"counts": [{"location": "S001", "sku": "SKU-1", "on_hand": 7, "reserved": 0, "available": 7,
+                                       "in_transit": 0, "safety_stock": 0, "last_count_at": None, "last_count_time": None,
+                                       "updated_at_ms": 1764061201000, "updated_at": "2025-11-25T09:00:01.000Z"}],
+                           "next": None}  # fmt: skip
+    next_page = "The answer's next, as cursor, for the page after it."
+    paths: dict[str, JSON] = {}
+
+    def add(path: str, method: str, op: JSON) -> None:
+        paths.setdefault(path, {})[method] = op
+
+    add("/healthz", "get", operation(
+        "getHealth", "Liveness and database health",
+        "For load balancers and service managers; needs no credential. 503 when the database fails the check or the "
+        "hub is shutting down (the body says which).",
+        "Operations",
+        {"200": ok("The hub and its database are healthy.", ref("Health"),
+                   example={"status": "ok", "db": {"backend": "sqlite", "schema_version": 6}}),
+         "503": error(503, "The database fails its check, or the hub is shutting down: problem details with `health` "
+                           "(error or unavailable) and `db.error` saying why.", ref("HealthProblem"))},
+        security=[],
+    ))  # fmt: skip
+    add(PATH, "get", operation(
+        "getOpenApiDocument", "This document",
+        "The hub's API as OpenAPI 3.1 (this document); public, with a strong ETag.",
+        "Operations",
+        {"200": cacheable(ok("The OpenAPI document.", {"type": "object"})), "304": NOT_MODIFIED},
+        parameters=[IF_NONE_MATCH],
+        security=[],
+    ))  # fmt: skip
+    add("/metrics", "get", operation(
+        "getMetrics", "Prometheus metrics",
+        "This hub process's metrics in the Prometheus text exposition format (docs/hub-api.md lists them). Any "
+        "credential; no query parameters.",
+        "Operations",
+        {"200": ok("The metrics.", string(), media="text/plain")},
+    ))  # fmt: skip
+
+    # --- sync and ingest
+    add("/v1/sync", "post", operation(
+        "postSync", "Send a batch of an agent's events",
+        f"An agent sends one batch of at most {MAX_BATCH_EVENTS} events from its outbox (msgpack) and learns its new "
+        "high-water mark and the counts the batch touched. The hub checks the whole batch, then dedupes, orders, "
+        "resolves and commits it with the mark in one transaction before it answers. The `agent_id` of the body must "
+        "be the credential's own (else 403 with `credential_agent_id`).",
+        "Sync",
+        {"200": ok("Committed: the new mark, what was refused, and the counts touched.", ref("SyncResponse"),
+                   media=MSGPACK_CONTENT_TYPE, headers=RATE_LIMIT_HEADERS),
+         "422": error(422, "The envelope is sound but some events are not; nothing was committed. `rejected` lists "
+                           "every bad event.", ref("InvalidSyncEvents")),
+         "429": {"$ref": "#/components/responses/E429"}},
+        roles=INGEST,
+        body=msgpack_body(ref("SyncRequest"), "protocol.encode_sync_request(SyncRequest(...))."),
+        errors=WRITE_ERRORS,
+    ))  # fmt: skip
+    add("/v1/events", "post", operation(
+        "postEvents", "Push a channel connector's movements",
+        f"A web shop or marketplace connector pushes 1 to {events_api.EVENTS_MAX} of its own movements (JSON) through "
+        "the same validation, dedupe and resolution as an agent's events. Resending a movement with the same `id` "
+        "and `occurred_at` is a duplicate, never a second movement.",
+        "Sync",
+        {"200": ok("Committed: each event's fate in request order, and the counts touched.", ref("EventsAnswer"),
+                   headers=RATE_LIMIT_HEADERS,
+                   links={"ChangesAfter": link("getChanges", "The change feed, where these movements show up.")}),
+         "422": error(422, "Some events break the contract; nothing was committed. `rejected` lists every bad one.",
+                      ref("InvalidApiEvents")),
+         "429": {"$ref": "#/components/responses/E429"}},
+        roles=INGEST,
+        body=json_body(ref("EventsRequest"), {"events": [
+            {"id": "order-5531:reserve", "location": "WEB", "sku": "SKU-1", "kind": "reserve", "qty": 2,
+             "occurred_at": "2025-11-25T09:00:00Z", "ref": "order-5531"}]}, "The movements."),
+        errors=WRITE_ERRORS,
+    ))  # fmt: skip
+    add("/v1/observations", "post", operation(
+        "postObservations", "Report other systems' on-hand figures",
+        f"Snapshots another system (a web shop, a POS export) believed, never movements; at most {MAX_REPORT_ITEMS} "
+        "per request (msgpack). Kept per (agent, id): a resend is accepted again, the same id with other content or "
+        "another location than the credential's is rejected with a reason.",
+        "Reports",
+        {"200": ok("Each id accepted or rejected.", ref("ReportAnswer"), media=MSGPACK_CONTENT_TYPE,
+                   headers=RATE_LIMIT_HEADERS),
+         "429": {"$ref": "#/components/responses/E429"}},
+        roles=INGEST,
+        body=msgpack_body(ref("ObservationsRequest"), "protocol.reports.encode_observations(...)."),
+        errors=WRITE_ERRORS,
+    ))  # fmt: skip
+    add("/v1/import-issues", "post", operation(
+        "postImportIssues", "Report quarantined POS export rows",
+        f"Rows of POS exports the agent could not import, at most {MAX_REPORT_ITEMS} per request (msgpack); each is "
+        "listed in GET /v1/exceptions as import_quarantine.",
+        "Reports",
+        {"200": ok("Each id accepted or rejected.", ref("ReportAnswer"), media=MSGPACK_CONTENT_TYPE,
+                   headers=RATE_LIMIT_HEADERS),
+         "429": {"$ref": "#/components/responses/E429"}},
+        roles=INGEST,
+        body=msgpack_body(ref("ImportIssuesRequest"), "protocol.reports.encode_import_issues(...)."),
+        errors=WRITE_ERRORS,
+    ))  # fmt: skip
+
+    # --- counts
+    add("/v1/locations/{location}/counts", "get", operation(
+        "getLocationCounts", "Counts of every SKU at one location",
+        "By SKU, a page at a time. A location the hub has never seen answers an empty list.",
+        "Counts",
+        {"200": cacheable(with_csv(ok("A page of counts.", ref("LocationCountsPage"), example={"location": "S001", **counts_page_example},
+                             links={"NextPage": link("getLocationCounts", next_page, location="$request.path.location",
+                                                     cursor="$response.body#/next"),
+                                    "LedgerHere": link("getLedger", "The ledger of this location.",
+                                                       location="$request.path.location")}), COUNT_COLUMNS)),
+         "304": NOT_MODIFIED},
+        parameters=[path_param("location", ref("Location"), "The location code.", "S001"),
+                    limit_param(dashboard_api.COUNTS_LIMIT_DEFAULT, dashboard_api.COUNTS_LIMIT_MAX),
+                    cursor_param("counts"), FORMAT_QUERY, IF_NONE_MATCH],
+        errors=(404,), cookie=True,
+    ))  # fmt: skip
+    add("/v1/skus/{sku}/counts", "get", operation(
+        "getSkuCounts", "Counts of one SKU at every location",
+        "By location, a page at a time. A SKU holding `/` is percent-encoded in the path (`SKU%2F1`).",
+        "Counts",
+        {"200": cacheable(with_csv(ok("A page of counts.", ref("SkuCountsPage"), example={"sku": "SKU-1", **counts_page_example},
+                             links={"NextPage": link("getSkuCounts", next_page, sku="$request.path.sku",
+                                                     cursor="$response.body#/next"),
+                                    "LedgerOfSku": link("getLedger", "The ledger of this SKU.", sku="$request.path.sku")}),
+                                   COUNT_COLUMNS)),
+         "304": NOT_MODIFIED},
+        parameters=[path_param("sku", ref("Sku"), "The SKU.", "SKU-1"),
+                    limit_param(dashboard_api.COUNTS_LIMIT_DEFAULT, dashboard_api.COUNTS_LIMIT_MAX),
+                    cursor_param("counts"), FORMAT_QUERY, IF_NONE_MATCH],
+        errors=(404,), cookie=True,
+    ))  # fmt: skip
+    add("/v1/counts", "get", operation(
+        "getCounts", "Counts of every (location, SKU)",
+        "Optionally of one location or one SKU, a page at a time, by location then SKU.",
+        "Counts",
+        {"200": cacheable(with_csv(ok("A page of counts.", ref("CountsPage"), example=counts_page_example,
+                             links={"NextPage": link("getCounts", next_page, cursor="$response.body#/next")}),
+                                   COUNT_COLUMNS)),
+         "304": NOT_MODIFIED},
+        parameters=[LOCATION_QUERY, SKU_QUERY,
+                    limit_param(dashboard_api.COUNTS_LIMIT_DEFAULT, dashboard_api.COUNTS_LIMIT_MAX),
+                    cursor_param("counts"), FORMAT_QUERY, IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/locations/{location}/skus/{sku}/safety-stock", "put", operation(
+        "putSafetyStock", "Set a SKU's safety stock at a location",
+        "Units held back from `available` so channels do not sell the last ones on the shelf (admin).",
+        "Counts",
+        {"200": ok("The count as it now stands.", obj({"count": ref("Count")}, ["count"]),
+                   links={"CountsHere": link("getLocationCounts", "The counts of this location.",
+                                             location="$request.path.location"),
+                          "CountsOfSku": link("getSkuCounts", "The counts of this SKU.", sku="$request.path.sku")})},
+        roles=(ROLE_ADMIN,),
+        parameters=[path_param("location", ref("Location"), "The location code.", "S001"),
+                    path_param("sku", ref("Sku"), "The SKU.", "SKU-1")],
+        body=json_body(obj({"qty": integer(0, QTY_MAX)}, ["qty"], closed=True), {"qty": 5}, "The safety stock in units."),
+        errors=(*WRITE_ERRORS, 404),
+    ))  # fmt: skip
+
+    # --- ledger, exceptions, agents, quarantine
+    add("/v1/ledger", "get", operation(
+        "getLedger", "Events, rejected attempts and transfer write-offs",
+        "Newest first in resolution order (occurred_at, agent_id, seq, event_id), a page at a time. `before` (a packed "
+        "HLC) only says where the first page starts; `cursor` and `before` together are 400.",
+        "Ledger",
+        {"200": cacheable(with_csv(ok("A page of the ledger.", ref("LedgerPage"),
+                             links={"NextPage": link("getLedger", next_page, cursor="$response.body#/next")}),
+                                   ", ".join(csvexport.LEDGER_HEADER))),
+         "304": NOT_MODIFIED},
+        parameters=[LOCATION_QUERY, SKU_QUERY, limit_param(1000, 10_000), cursor_param("the ledger"),
+                    query("before", integer(1, HLC_QUERY_MAX), "A packed HLC: the first page holds events before it."),
+                    FORMAT_QUERY, IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/exceptions", "get", operation(
+        "getExceptions", "What the operations team should look at",
+        "Negative stock, transfer differences, held and rejected events, unknown barcodes, divergences and "
+        "quarantined import rows, newest first, a page at a time.",
+        "Ledger",
+        {"200": cacheable(with_csv(ok("A page of exceptions.", ref("ExceptionsPage"),
+                             links={"NextPage": link("getExceptions", next_page, cursor="$response.body#/next")}),
+                                   ", ".join(csvexport.EXCEPTION_HEADER))),
+         "304": NOT_MODIFIED},
+        parameters=[LOCATION_QUERY, limit_param(1000, 10_000), cursor_param("the exceptions"), FORMAT_QUERY,
+                    IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/agents", "get", operation(
+        "getAgents", "Every credential's status",
+        "Role, revocation, locations, last sync, high-water mark per epoch, clock skew and reported backlog.",
+        "Agents",
+        {"200": cacheable(ok("Every credential.", obj({"agents": array(ref("AgentStatus"))}, ["agents"]))),
+         "304": NOT_MODIFIED},
+        parameters=[IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/status", "get", operation(
+        "getStatus", "The dashboard's operations summary",
+        "The database, every agent (as in GET /v1/agents, plus online state), the feed's position and the webhooks. "
+        "It holds the hub's clock, so it is never the same twice: no ETag.",
+        "Agents",
+        {"200": ok("The summary.", ref("Status"))},
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/quarantine", "get", operation(
+        "getQuarantine", "Events held for a clock outside the window",
+        "Newest first, a page at a time. Reader or admin.",
+        "Quarantine",
+        {"200": cacheable(ok("A page of held events.", ref("QuarantinePage"),
+                             links={"NextPage": link("getQuarantine", next_page, cursor="$response.body#/next"),
+                                    "Resolve": link("resolveQuarantined", "Resolve the first held event.",
+                                                    quarantine_id="$response.body#/quarantine/0/id")})),
+         "304": NOT_MODIFIED},
+        roles=tuple(sorted(quarantine.READ_ROLES)),
+        parameters=[query("status", string(enum=[*QUARANTINE_STATUSES, "all"], default="pending"), "Which held events."),
+                    LOCATION_QUERY, limit_param(quarantine.LIMIT_DEFAULT, quarantine.LIMIT_MAX),
+                    cursor_param("the quarantine"), IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/quarantine/{quarantine_id}", "post", operation(
+        "resolveQuarantined", "Apply or discard one held event",
+        "Admin only. `apply_at_receipt` ingests it as if it happened when the hub received it; `discard` keeps it as a "
+        "rejected attempt. 409 when it was resolved already (nothing changed).",
+        "Quarantine",
+        {"200": ok("The held event as now resolved.", obj({"quarantine": ref("QuarantinedEvent")}, ["quarantine"]))},
+        roles=(ROLE_ADMIN,),
+        parameters=[path_param("quarantine_id", integer(1, 10**18 - 1), "The held event's id.", 3)],
+        body=json_body(obj({"action": string(enum=list(QUARANTINE_ACTIONS))}, ["action"], closed=True,
+                           maxProperties=1), {"action": "apply_at_receipt"},
+                       f"What to do with it (at most {quarantine.BODY_MAX_BYTES} bytes)."),
+        errors=(*WRITE_ERRORS, 404, 409),
+    ))  # fmt: skip
+
+    # --- catalog
+    add("/v1/catalog", "get", operation(
+        "getCatalog", "The barcode catalog",
+        "Every item and the catalog's version; the ETag is the version, so a copy is refreshed cheaply. As CSV when "
+        "asked: the columns PUT /v1/catalog takes back.",
+        "Catalog",
+        {"200": cacheable(with_csv(ok("The catalog.", ref("Catalog"), example={"version": 7, "items": [
+            {"barcode": "04006381333931", "sku": "SKU-1", "pack_size": 1, "description": "Pen"}]}),
+                                   ", ".join(catalog.CSV_HEADER))),
+         "304": NOT_MODIFIED},
+        parameters=[FORMAT_QUERY, IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/catalog", "put", operation(
+        "putCatalog", "Upsert catalog items by barcode",
+        "Admin only. Then every stored scan of those barcodes made while they were unknown is re-booked onto the real "
+        "SKU. A bad item is 400 naming it; nothing is written.",
+        "Catalog",
+        {"200": ok("The new version.", obj({"version": integer(0), "updated": integer(0), "rebooked": integer(0)},
+                                           ["version", "updated", "rebooked"]),
+                   headers={"ETag": ETAG_HEADER},
+                   links={"Catalog": link("getCatalog", "The catalog as it now is.")})},
+        roles=(ROLE_ADMIN,),
+        body=json_body(obj({"items": array(ref("CatalogItemIn"), hi=CATALOG_ITEMS_MAX)}, ["items"], closed=True),
+                       {"items": [{"barcode": "04006381333931", "sku": "SKU-1", "pack_size": 1, "description": "Pen"}]},
+                       "The items to insert or change."),
+        errors=WRITE_ERRORS,
+    ))  # fmt: skip
+
+    # --- reports
+    add("/v1/divergence", "get", operation(
+        "getDivergence", "Where another system's figures differ from the hub's",
+        "For the newest observation of each (system, location, SKU), the hub's on_hand at that time next to the "
+        "observed figure, where they differ by at least min(2, 5 % of the hub's). By location, SKU and system.",
+        "Reports",
+        {"200": cacheable(with_csv(ok("A page of divergences.", ref("DivergencePage"),
+                             links={"NextPage": link("getDivergence", next_page, cursor="$response.body#/next")}),
+                                   ", ".join(reports.DIVERGENCE_HEADER))),
+         "304": NOT_MODIFIED},
+        parameters=[LOCATION_QUERY, query("system", text(reports.SYSTEM), "Only this other system."),
+                    limit_param(reports.LIMIT_DEFAULT, reports.LIMIT_MAX), cursor_param("divergence"), FORMAT_QUERY,
+                    IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+
+    # --- change feed and webhooks
+    add(wire.CHANGES_PATH, "get", operation(
+        "getChanges", "A page of the change feed",
+        "Every committed change of a count, oldest first, after `cursor`; with `wait`, a long-poll until one comes.",
+        "Change feed",
+        {"200": ok("A page of changes.", ref("ChangesPage"),
+                   headers={"Cache-Control": header("no-store", string())},
+                   links={"Following": link("getChanges", "The changes after this page.",
+                                            cursor="$response.body#/cursor")})},
+        parameters=[
+            query(wire.CURSOR_PARAM, string(pattern="^[0-9]{1,19}$", default="0"),
+                  "Where to resume: the cursor of the previous page (0: from the start).", example="0"),
+            query(wire.LIMIT_PARAM, integer(1, wire.CHANGES_LIMIT_MAX, default=feed.CHANGES_LIMIT_DEFAULT),
+                  f"At most this many changes (1 to {wire.CHANGES_LIMIT_MAX}, default {feed.CHANGES_LIMIT_DEFAULT})."),
+            query(wire.WAIT_PARAM, {"type": "number", "minimum": 0, "maximum": wire.WAIT_MAX_S, "default": 0},
+                  f"Long-poll: wait up to this many seconds (0 to {wire.WAIT_MAX_S:g}) for a change when there is none."),
+            LOCATION_QUERY, SKU_QUERY],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/changes/stream", "get", operation(
+        "streamChanges", "The change feed as server-sent events",
+        "One `change` event per change (its `id` is its cursor) after Last-Event-ID, else after `cursor`, else from now "
+        "on; a `ready` event first says where it starts; a `: ping` comment every "
+        f"{feed.STREAM_PING_S:g} s. The stream does not end while the hub runs.",
+        "Change feed",
+        {"200": ok("The stream.", string(), media="text/event-stream",
+                   example='event: ready\nretry: 3000\ndata: {"cursor":"1042"}\n\n')},
+        parameters=[query("cursor", string(pattern="^[0-9]{1,19}$"), "Where to start (a cursor of the feed)."),
+                    LOCATION_QUERY, SKU_QUERY,
+                    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": string(pattern="^[0-9]{1,19}$"),
+                     "description": "The id of the last change event received (a reconnecting browser sends it)."}],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/webhooks", "get", operation(
+        "getWebhooks", "Every configured webhook and where it stands",
+        "Its cursor, lag, failures and last error.",
+        "Change feed",
+        {"200": cacheable(ok("The webhooks.", obj({"webhooks": array(ref("WebhookStatus"))}, ["webhooks"]),
+                             links={"Deliveries": link("getWebhookDeliveries", "The first webhook's delivery log.",
+                                                       name="$response.body#/webhooks/0/name")})),
+         "304": NOT_MODIFIED},
+        parameters=[IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/webhooks/{name}/deliveries", "get", operation(
+        "getWebhookDeliveries", "A webhook's delivery log",
+        "Newest first, one entry per attempt; an unknown name is 404.",
+        "Change feed",
+        {"200": cacheable(ok("A page of deliveries.", ref("DeliveriesPage"),
+                             links={"NextPage": link("getWebhookDeliveries", next_page, name="$request.path.name",
+                                                     cursor="$response.body#/next")})),
+         "304": NOT_MODIFIED},
+        parameters=[path_param("name", string(minLength=1), "The webhook's name.", "web-shop"),
+                    limit_param(webhooks.DELIVERIES_LIMIT_DEFAULT, webhooks.DELIVERIES_LIMIT_MAX),
+                    cursor_param("the deliveries"), IF_NONE_MATCH],
+        errors=(404,), cookie=True,
+    ))  # fmt: skip
+
+    # --- bundles
+    add("/v1/bundles", "get", operation(
+        "getBundles", "Every bundle as it stands",
+        "By SKU, a page at a time: each bundle's recipe in force and the plain SKUs one of it moves (`parts`).",
+        "Bundles",
+        {"200": cacheable(ok("A page of bundles.", page_of("bundles", ref("Bundle")),
+                             links={"NextPage": link("getBundles", next_page, cursor="$response.body#/next"),
+                                    "FirstBundle": link("getBundle", "The first bundle and its recipe versions.",
+                                                        sku="$response.body#/bundles/0/sku")})),
+         "304": NOT_MODIFIED},
+        parameters=[limit_param(bundles.LIMIT_DEFAULT, bundles.LIMIT_MAX), cursor_param("the bundles"), IF_NONE_MATCH],
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/bundles/{sku}", "get", operation(
+        "getBundle", "One bundle and every version of its recipe",
+        "The recipe in force and every version of it, oldest first; 404 when the SKU is not a bundle.",
+        "Bundles",
+        {"200": cacheable(ok("The bundle.", obj({"bundle": ref("Bundle"), "versions": array(ref("BundleRecipe"))},
+                                                ["bundle", "versions"]))),
+         "304": NOT_MODIFIED},
+        parameters=[path_param("sku", ref("Sku"), "The bundle's SKU.", "KIT-1"), IF_NONE_MATCH],
+        errors=(404,), cookie=True,
+    ))  # fmt: skip
+    add("/v1/bundles/{sku}", "put", operation(
+        "putBundle", "Set a bundle's recipe",
+        "Admin only. Each change is a new recipe version for the movements stored from then on; the same recipe "
+        "again changes nothing. 409 when it would put a bundle inside itself or the SKU holds stock of its own.",
+        "Bundles",
+        {"200": ok("The bundle as it now stands, and whether the recipe changed.",
+                   obj({"bundle": ref("Bundle"), "changed": {"type": "boolean"}}, ["bundle", "changed"]),
+                   links={"Bundle": link("getBundle", "The bundle and its versions.", sku="$request.path.sku")})},
+        roles=(ROLE_ADMIN,),
+        parameters=[path_param("sku", ref("Sku"), "The bundle's SKU.", "KIT-1")],
+        body=json_body(obj({"components": obj({}, description="Component SKU -> units per bundle.", minProperties=1,
+                                              maxProperties=BUNDLE_PARTS_MAX, propertyNames=text(values.SKU),
+                                              additionalProperties=integer(1, COMPONENT_UNITS_MAX))},
+                           ["components"], closed=True),
+                       {"components": {"A": 2, "C": 1}}, "The recipe: what one bundle is made of."),
+        errors=(*WRITE_ERRORS, 409),
+    ))  # fmt: skip
+
+    # --- the shrinkage report
+    add("/v1/reports/variance", "get", operation(
+        "getVarianceReport", "The shrinkage report",
+        "What cycle counts found missing or over in a period (default: the last 30 days), by SKU, by location, or "
+        "each count (`by=count`, paged by `cursor`).",
+        "Reports",
+        {"200": ok("The report.", ref("VarianceReport"), headers={**CSV_HEADERS}, extra_media={CSV_TYPE: CSV_CONTENT},
+                   links={"NextPage": link("getVarianceReport", next_page, cursor="$response.body#/next",
+                                           by="$request.query.by")})},
+        parameters=[LOCATION_QUERY, SKU_QUERY,
+                    query("from", PERIOD, "Start (included): a date (midnight UTC) or an ISO 8601 time with its "
+                          "zone, 1970 to 5999; before `to`; default: 30 days before `to`.", example="2026-01-01"),
+                    query("to", PERIOD, "End (excluded), the same forms; default: now.", example="2026-02-01T00:00:00Z"),
+                    query("by", string(enum=list(reports.VARIANCE_BY), default="sku"), "How the rows are grouped."),
+                    limit_param(reports.VARIANCE_LIMIT_DEFAULT, reports.LIMIT_MAX),
+                    cursor_param("the counts (by=count only)"), FORMAT_QUERY],
+        cookie=True,
+    ))  # fmt: skip
+
+    # --- channels
+    add("/v1/channels", "get", operation(
+        "getChannels", "Every configured sales channel and where it stands",
+        "Connected, last push, lag, queue, throttle, last error, divergences open, refused levels, unmapped SKUs and "
+        "the last reconciliation (the dashboard's Channels tab). Reader or admin.",
+        "Channels",
+        {"200": ok("The channels.", obj({"channels": array(ref("ChannelStatus"))}, ["channels"]),
+                   links={"Divergences": link("getChannelDivergences", "The first channel's divergences.",
+                                              name="$response.body#/channels/0/name")})},
+        roles=tuple(sorted(channel_http.READ_ROLES)),
+        cookie=True,
+    ))  # fmt: skip
+    add("/v1/channels/{name}/divergences", "get", operation(
+        "getChannelDivergences", "The divergences reconciliation found on a channel",
+        "Where the channel's level differed from what the hub pushed, newest first, a page at a time; an unknown "
+        "channel is 404. Reader or admin.",
+        "Channels",
+        {"200": ok("A page of divergences.", ref("ChannelDivergencesPage"),
+                   links={"NextPage": link("getChannelDivergences", next_page, name="$request.path.name",
+                                           cursor="$response.body#/next")})},
+        roles=tuple(sorted(channel_http.READ_ROLES)),
+        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web-shop"),
+                    limit_param(channel_http.DIVERGENCES_LIMIT_DEFAULT, channel_http.DIVERGENCES_LIMIT_MAX),
+                    cursor_param("the divergences")],
+        errors=(404,), cookie=True,
+    ))  # fmt: skip
+    add("/v1/channels/{name}/mapping/refresh", "post", operation(
+        "refreshChannelMapping", "Load a channel's SKU mapping again",
+        "Admin only. Reads the mapping again (the channel's listing or its CSV) and pushes every mapped level once. "
+        "422 when the mapping cannot be used, 502 when the channel refused, 503 when it did not answer.",
+        "Channels",
+        {"200": ok("The mapping as loaded.", ref("MappingRefreshAnswer"))},
+        roles=(ROLE_ADMIN,),
+        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web-shop")],
+        errors=(404, 422, 502),
+    ))  # fmt: skip
+    add("/v1/channels/{name}/reconcile", "post", operation(
+        "reconcileChannel", "Read a channel's levels back now",
+        "Admin only. Divergences are stored, listed and corrected as the reconciliation loop's are. 409 for a "
+        "channel whose levels cannot be read back; 422, 502, 503 as for a mapping refresh.",
+        "Channels",
+        {"200": ok("What was checked and found.", ref("ReconcileAnswer"))},
+        roles=(ROLE_ADMIN,),
+        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web-shop")],
+        errors=(404, 409, 422, 502),
+    ))  # fmt: skip
+    add(order_routes.ROUTE, "post", operation(
+        "postChannelWebhook", "A sales channel's signed order webhook",
+        "Where Shopify or Square post their order webhooks; no bearer token: the channel's signature (checked in "
+        "constant time before the body is read as JSON) authenticates. Becomes reserve, sale, release and return "
+        "events at the fulfilling location.",
+        "Channels",
+        {"200": ok("Applied, a duplicate delivery, or nothing to do.", ref("ChannelWebhookAnswer"),
+                   example={"status": "applied", "applied": 2, "duplicates": 1, "rejected": 0}),
+         "401": error(401, "The signature does not match the channel's webhook secret; nothing was applied."),
+         "404": error(404, "No channel of that name takes order webhooks here."),
+         "422": error(422, "The payload cannot be applied (unusable_webhook); nothing of it was applied.")},
+        parameters=[path_param("name", string(minLength=1), "The channel's name in the hub's config.", "web-shop"),
+                    {"name": order_routes.SHOPIFY_SIGNATURE, "in": "header", "required": False, "schema": string(),
+                     "description": "Shopify: base64 HMAC-SHA256 of the raw body."},
+                    {"name": order_routes.SQUARE_SIGNATURE, "in": "header", "required": False, "schema": string(),
+                     "description": "Square: base64 HMAC-SHA256 of the notification URL and the raw body."},
+                    {"name": "X-Shopify-Topic", "in": "header", "required": False, "schema": string(),
+                     "description": "Shopify: the webhook's topic."}],
+        body={"required": True, "description": f"The channel's payload as it sent it (at most "
+                                               f"{order_routes.WEBHOOK_MAX_BYTES} bytes).",
+              "content": {JSON_TYPE: {"schema": {}}}},
+        security=[{SHOPIFY_SIGNATURE: []}, {SQUARE_SIGNATURE: []}],
+        errors=(*WRITE_ERRORS, 400),
+    ))  # fmt: skip
+    return paths
+
+
+# --- component schemas --------------------------------------------------------------------------------
+
+
+def _schemas() -> dict[str, JSON]:
+    int64 = integer(values.INT64_MIN, values.INT64_MAX)
+    count_value = integer(-COUNT_ABS_MAX, COUNT_ABS_MAX)
+    hlc = integer(1, HLC_MAX, "A packed hybrid logical clock: wall ms << 16 | counter; may exceed 2^53.")
+    ms = integer(0, INT63_MAX, "Unix milliseconds.")
+    attr_value = {"anyOf": [string("Any Unicode text (control characters too: GS1 data carries them).",
+                                   maxLength=values.ATTR_STR_MAX_LEN), int64, {"type": "number"}, {"type": "boolean"},
+                            {"type": "null"}]}  # fmt: skip
+    attrs = obj({}, description=f"A flat map: at most {values.ATTRS_MAX_KEYS} keys of 1 to {values.ATTR_KEY_MAX_LEN} "
+                                "characters, each a short string, a 64-bit integer, a finite number, a boolean or null.",
+                maxProperties=values.ATTRS_MAX_KEYS, additionalProperties=attr_value,
+                propertyNames=text(values.ATTR_KEY))  # fmt: skip
+    kinds = [k.value for k in Kind]
+    uuid_text = string("An event id as UUID text.", format="uuid")
+    page_next = nullable(string("The cursor of the next page, or null on the last page."))
+
+    def page(key: str, item: JSON, **more: JSON) -> JSON:
+        return obj({**more, key: array(item), "next": page_next}, [*more, key, "next"])
+
+    schemas: dict[str, JSON] = {
+        "Problem": problem_schema(),
+        "Location": text(values.LOCATION, example="S001"),
+        "Sku": text(values.SKU, example="SKU-1"),
+        "AgentId": text(values.AGENT_ID, example="agent-1a2b3c4d"),
+        "Attrs": attrs,
+        "HealthProblem": {**problem_schema(), "properties": {**problem_schema()["properties"],
+                          "health": known(["error", "unavailable"]), "db": obj({"error": string()}, ["error"])},
+                          "required": [*problem_schema()["required"], "health", "db"]},  # fmt: skip
+        "Health": obj({"status": known(["ok"]),
+                       "db": obj({}, description="What the storage backend reports about itself; `error` when failing.")},
+                      ["status", "db"]),
+        "Count": obj({
+            "location": ref("Location"), "sku": ref("Sku"),
+            "on_hand": integer(description="The last count plus every delta ordered after it (may be negative)."),
+            "reserved": integer(), "available": integer(0, description="max(0, on_hand - reserved - safety_stock)"),
+            "in_transit": integer(), "safety_stock": integer(0, QTY_MAX),
+            "last_count_at": nullable(hlc), "last_count_time": iso_time("The time of the last count"),
+            "updated_at_ms": nullable(ms), "updated_at": iso_time("When the hub last changed this count"),
+        }, ["location", "sku", "on_hand", "reserved", "available", "in_transit", "safety_stock", "last_count_at",
+            "last_count_time", "updated_at_ms", "updated_at"]),
+        "CountsPage": page("counts", ref("Count")),
+        "LocationCountsPage": page("counts", ref("Count"), location=ref("Location")),
+        "SkuCountsPage": page("counts", ref("Count"), sku=ref("Sku")),
+        "LedgerRow": obj({
+            "event_id": uuid_text, "agent_id": string(), "epoch": integer(0, EPOCH_MAX), "seq": integer(0, SEQ_MAX),
+            "location": string(), "sku": string(), "kind": known([*kinds, WRITEOFF_KIND]), "qty": integer(),
+            "occurred_at": integer(0, HLC_MAX), "occurred_at_time": iso_time("The wall-clock part of occurred_at"),
+            "wall_ms": integer(0), "source": string(), "ref": nullable(string()), "reason": nullable(string()),
+            "attrs": {"type": "object"}, "effect": known([e.value for e in Effect]),
+            "variance": nullable(integer(description="Counts: counted - expected at the count's place in the order.")),
+            "duplicates": integer(0), "rejection": nullable(string()), "rejection_code": nullable(string()),
+            "received_at_ms": integer(0), "received_at": iso_time("When the hub received it"),
+        }, ["event_id", "agent_id", "epoch", "seq", "location", "sku", "kind", "qty", "occurred_at", "occurred_at_time",
+            "wall_ms", "source", "ref", "reason", "attrs", "effect", "variance", "duplicates", "rejection",
+            "rejection_code", "received_at_ms", "received_at"]),
+        "LedgerPage": page("events", ref("LedgerRow")),
+        "ExceptionRow": obj({
+            "kind": string("negative_on_hand, transfer_short, transfer_over, transfer_unmatched, transfer_overdue, "
+                           "clock_quarantine, rejected_event, unknown_barcode, divergence, import_quarantine …"),
+            "location": nullable(string()), "sku": nullable(string()), "detail": string("One sentence."),
+            "data": {"type": "object"}, "at_ms": integer(0), "at": iso_time("When it arose"),
+        }, ["kind", "location", "sku", "detail", "data", "at_ms", "at"]),
+        "ExceptionsPage": page("exceptions", ref("ExceptionRow")),
+        "AgentStatus": obj({
+            "agent_id": string(), "role": known([ROLE_AGENT, ROLE_READER, ROLE_ADMIN]), "revoked": {"type": "boolean"},
+            "locations": array(string()), "last_sync_ms": nullable(ms), "last_sync": iso_time("Its last sync"),
+            "epochs": array(obj({"epoch": integer(0, EPOCH_MAX), "epoch_text": string(pattern="^[0-9]{1,19}$"),
+                                 "hwm": integer(0, SEQ_MAX)}, ["epoch", "epoch_text", "hwm"])),
+            "clock_skew_ms": nullable(integer()), "backlog": nullable(integer(0)), "oldest_pending_ms": nullable(ms),
+            "oldest_pending": iso_time("The oldest pending event's wall clock"), "backlog_at_ms": nullable(ms),
+            "backlog_at": iso_time("When the backlog report arrived"),
+        }, ["agent_id", "role", "revoked", "locations", "last_sync_ms", "last_sync", "epochs", "clock_skew_ms",
+            "backlog", "oldest_pending_ms", "oldest_pending", "backlog_at_ms", "backlog_at"]),
+        "Status": obj({
+            "hub_time_ms": ms, "hub_time": iso_time("The hub's clock"), "you": string("The credential's agent id."),
+            "online_within_s": integer(0), "db": obj({"ok": {"type": "boolean"}, "error": string()}, ["ok"]),
+            "feed": obj({"cursor": string(pattern="^[0-9]{1,19}$"), "last_change_ms": nullable(ms),
+                         "last_change": iso_time("The newest change")}, ["cursor", "last_change_ms", "last_change"]),
+            "agents": array({"allOf": [ref("AgentStatus"), obj({"last_sync_age_s": nullable(integer(0)),
+                                                                 "online": {"type": "boolean"},
+                                                                 "events_last_hour": integer(0)},
+                                                                ["last_sync_age_s", "online", "events_last_hour"])]}),
+            "webhooks": array(ref("WebhookStatus")),
+        }, ["hub_time_ms", "hub_time", "you", "online_within_s", "db", "feed", "agents", "webhooks"]),
+        "QuarantinedEvent": obj({
+            "id": integer(1), "event_id": uuid_text, "agent_id": string(), "epoch": integer(0), "seq": integer(0),
+            "location": string(), "sku": string(), "kind": known(kinds), "qty": integer(),
+            "occurred_at": integer(0), "occurred": iso_time("The stamp it carried"), "wall_ms": integer(0),
+            "source": string(), "ref": nullable(string()), "reason": nullable(string()), "attrs": {"type": "object"},
+            "received_at_ms": integer(0), "received": iso_time("When the hub received it"),
+            "skew_ms": integer(description="The event's time minus the hub's clock when it arrived (positive: ahead)."),
+            "detail": string(), "attempts": integer(0), "status": known(QUARANTINE_STATUSES),
+            "resolved_by": nullable(string()), "resolved_at_ms": nullable(ms),
+        }, ["id", "event_id", "agent_id", "location", "sku", "kind", "qty", "occurred_at", "received_at_ms", "skew_ms",
+            "detail", "attempts", "status", "resolved_by", "resolved_at_ms"]),
+        "QuarantinePage": page("quarantine", ref("QuarantinedEvent")),
+        "CatalogItem": obj({"barcode": string(maxLength=64), "sku": string(), "pack_size": integer(1),
+                            "description": string()}, ["barcode", "sku", "pack_size", "description"]),
+        "CatalogItemIn": obj({"barcode": any_text(BARCODE_MAX_LEN, "GTIN-8/12/13/14 digits (then with a valid GS1 "
+                                                                   "check digit) or any other scanned text; unique "
+                                                                   "within one request.", min_len=1),
+                              "sku": text(values.SKU, f"Not an {UNKNOWN_SKU_PREFIX}… key.",
+                                          **{"not": {"pattern": f"^{UNKNOWN_SKU_PREFIX}"}}),
+                              "pack_size": integer(1, PACK_SIZE_MAX, "Base units per scan of this barcode.", default=1),
+                              "description": any_text(DESCRIPTION_MAX_LEN, default="")},
+                             ["barcode", "sku"], closed=True),
+        "Catalog": obj({"version": integer(0), "items": array(ref("CatalogItem"))}, ["version", "items"]),
+        "Divergence": obj({
+            "system": string(), "location": string(), "sku": string(), "observed": integer(), "hub_on_hand": integer(),
+            "difference": integer(), "observed_at_ms": integer(0), "observed_at": iso_time("When it was observed"),
+            "agent_id": string(), "id": string(), "source_file": string(), "received_at_ms": integer(0),
+            "received_at": iso_time("When the hub received it"),
+        }, ["system", "location", "sku", "observed", "hub_on_hand", "difference", "observed_at_ms", "agent_id", "id"]),
+        "DivergencePage": page("divergence", ref("Divergence")),
+        "Change": obj({
+            wire.CHANGE_ID: integer(1, wire.CURSOR_MAX), wire.LOCATION: ref("Location"), wire.SKU: ref("Sku"),
+            wire.ON_HAND: count_value, wire.RESERVED: count_value, wire.AVAILABLE: count_value,
+            wire.IN_TRANSIT: count_value, wire.EVENT_IDS: array(uuid_text), wire.AT_MS: integer(0, wire.CURSOR_MAX),
+            "at": iso_time("When the hub committed it"),
+        }, [wire.CHANGE_ID, wire.LOCATION, wire.SKU, wire.ON_HAND, wire.RESERVED, wire.AVAILABLE, wire.IN_TRANSIT,
+            wire.EVENT_IDS, wire.AT_MS, "at"]),
+        "ChangesPage": obj({
+            wire.CHANGES_FIELD: array(ref("Change"), hi=wire.CHANGES_LIMIT_MAX),
+            wire.CURSOR_FIELD: string("Where to resume: send it back as cursor.", pattern="^[0-9]{1,19}$"),
+            wire.MORE_FIELD: {"type": "boolean", "description": "True when the page is full: ask again at once."},
+        }, [wire.CHANGES_FIELD, wire.CURSOR_FIELD, wire.MORE_FIELD]),
+        "WebhookStatus": obj({
+            "name": string(), "url": string(), "location": nullable(string()), "cursor": string(), "lag": integer(0),
+            "failures": integer(0), "last_error": nullable(string()), "last_attempt_ms": nullable(ms),
+            "last_attempt": iso_time("The last attempt"), "last_success_ms": nullable(ms),
+            "last_success": iso_time("The last success"),
+        }, ["name", "url", "cursor", "lag", "failures", "last_error"]),
+        "Delivery": obj({
+            "delivery_id": integer(1), "first_change": integer(0), "last_change": integer(0), "status": string(),
+            "http_status": nullable(integer()), "error": nullable(string()), "at_ms": integer(0), "at": iso_time("When"),
+        }, ["delivery_id", "first_change", "last_change", "status", "http_status", "error", "at_ms", "at"]),
+        "DeliveriesPage": page("deliveries", ref("Delivery"), webhook=string()),
+        "ApiEvent": obj({
+            "id": text(events_api.API_ID, "The connector's own id of the movement."),
+            "location": ref("Location"), "sku": ref("Sku"), "kind": string(enum=kinds),
+            "qty": integer(-QTY_MAX, QTY_MAX, "Signed: a sale or release is negative, a count absolute."),
+            "occurred_at": {"anyOf": [string("RFC 3339 (ISO 8601 with a UTC offset).", format="date-time"),
+                                      integer(events_api.EARLIEST_MS, description="Unix milliseconds.")],
+                            "description": "When it happened: not before 2000, not more than clock_window_s ahead."},
+            "ref": nullable(text(values.REF)), "reason": nullable(text(values.REASON)), "attrs": nullable(ref("Attrs")),
+        }, ["id", "location", "sku", "kind", "qty", "occurred_at"], closed=True, allOf=movement_rules()),
+        "EventsRequest": obj({"events": array(ref("ApiEvent"), 1, events_api.EVENTS_MAX)}, ["events"], closed=True),
+        "EventsAnswer": obj({
+            "events": array(obj({"id": string(), "event_id": uuid_text, "status": known(["accepted", "rejected"]),
+                                 "code": string(), "reason": string()}, ["id", "event_id", "status"])),
+            "applied": integer(0), "duplicates": integer(0), "rejected": integer(0),
+            "counts": array(obj({"location": string(), "sku": string(), "on_hand": integer(), "reserved": integer(),
+                                 "available": integer(), "in_transit": integer()},
+                                ["location", "sku", "on_hand", "reserved", "available", "in_transit"])),
+        }, ["events", "applied", "duplicates", "rejected", "counts"]),
+        "InvalidApiEvents": _with_rejected(array(obj({"index": integer(0), "id": nullable(string()),
+                                                      "reason": string()}, ["index", "id", "reason"]))),
+        "InvalidSyncEvents": _with_rejected(array(obj({"index": integer(0), "event_id": nullable(uuid_text),
+                                                       "seq": nullable(integer()), "reason": string()},
+                                                      ["index", "event_id", "seq", "reason"]))),
+        "ChannelWebhookAnswer": obj({"status": known(["applied", "duplicate", "ignored"]), "applied": integer(0),
+                                     "duplicates": integer(0), "rejected": integer(0)}, ["status"]),
+        # --- msgpack
+        "SyncEvent": obj({
+            "id": binary(EVENT_ID_BYTES, "The event id, a UUIDv7"), "seq": integer(1, SEQ_MAX),
+            "location": ref("Location"), "sku": ref("Sku"), "kind": string(enum=kinds),
+            "qty": integer(-QTY_MAX, QTY_MAX), "occurred_at": hlc, "wall_ms": integer(0, HLC_MAX),
+            "source": text(values.SOURCE), "ref": nullable(text(values.REF)), "reason": nullable(text(values.REASON)),
+            "attrs": ref("Attrs"),
+        }, ["id", "seq", "location", "sku", "kind", "qty", "occurred_at", "source"], closed=True,
+            allOf=movement_rules()),
+        "SyncRequest": obj({
+            "v": integer(WIRE_VERSION, WIRE_VERSION, "The wire version."), "agent_id": ref("AgentId"),
+            "epoch": integer(0, EPOCH_MAX), "acked_seq": integer(0, SEQ_MAX, default=0),
+            "events": array(ref("SyncEvent"), hi=MAX_BATCH_EVENTS, description="seq strictly increasing."),
+            "backlog": integer(0, SEQ_MAX), "oldest_pending_ms": integer(0, SEQ_MAX),
+            "chain": binary(CHAIN_BYTES, "The outbox's lineage digest at the last seq sent"),
+            "epoch_base": integer(0, SEQ_MAX), "base_chain": binary(CHAIN_BYTES, "The digest at epoch_base"),
+            "sent_ms": integer(0, SEQ_MAX, "The agent's wall clock when it sent the request."),
+            "follows_feed": {"type": "boolean", "description": "Answer change_id (the agent follows the change feed)."},
+        }, ["v", "agent_id", "epoch", "events"], closed=True),
+        "SyncResponse": obj({
+            "v": integer(WIRE_VERSION, WIRE_VERSION), "agent_id": string(), "epoch": integer(0, EPOCH_MAX),
+            "hwm": integer(0, SEQ_MAX),
+            "rejected": array(array({"anyOf": [string(), integer()]}, 4, 4,
+                                    description="[event_id (msgpack bin, 16 bytes), seq, code, reason]")),
+            "duplicates": integer(0), "server_time_ms": integer(0),
+            "counts": array(array({"anyOf": [string(), integer()]}, 6, 6,
+                                  description="[location, sku, on_hand, reserved, available, in_transit]"),
+                            hi=MAX_COUNTS),
+            "chain": binary(CHAIN_BYTES, "The hub's lineage digest at hwm"), "held": integer(0),
+            "change_id": integer(0, SEQ_MAX),
+        }, ["v", "agent_id", "epoch", "hwm", "rejected", "duplicates", "counts", "server_time_ms"]),
+        "ObservationsRequest": obj({
+            "v": integer(WIRE_VERSION, WIRE_VERSION), "agent_id": ref("AgentId"),
+            "observations": array(obj({
+                "id": any_text(REPORT_ID_MAX_LEN, min_len=1), "location": ref("Location"), "sku": ref("Sku"),
+                "system": any_text(SYSTEM_MAX_LEN, min_len=1), "on_hand": integer(-QTY_MAX, QTY_MAX),
+                "observed_at_ms": integer(0, OBSERVED_AT_MS_MAX), "source_file": any_text(SOURCE_FILE_MAX_LEN),
+            }, ["id", "location", "sku", "system", "on_hand", "observed_at_ms"], closed=True), hi=MAX_REPORT_ITEMS),
+        }, ["v", "agent_id", "observations"], closed=True),
+        "ImportIssuesRequest": obj({
+            "v": integer(WIRE_VERSION, WIRE_VERSION), "agent_id": ref("AgentId"),
+            "issues": array(obj({
+                "id": any_text(REPORT_ID_MAX_LEN, min_len=1), "location": ref("Location"),
+                "file": any_text(ISSUE_FILE_MAX_LEN, min_len=1), "line": integer(0, ISSUE_LINE_MAX),
+                "reason": any_text(ISSUE_REASON_MAX_LEN, min_len=1),
+                "raw": string("The row as read: control characters are the evidence, so they stay.",
+                              maxLength=ISSUE_RAW_MAX_LEN),
+            }, ["id", "location", "file", "line", "reason"], closed=True), hi=MAX_REPORT_ITEMS),
+        }, ["v", "agent_id", "issues"], closed=True),
+        "BundleRecipe": obj({
+            "sku": string(), "version": integer(1), "valid_from_ms": ms, "valid_from": iso_time("From when it applies"),
+            "components": obj({}, additionalProperties=integer(1), description="Component SKU -> units per bundle."),
+            "set_by": string("The admin credential that set it."),
+        }, ["sku", "version", "valid_from_ms", "valid_from", "components", "set_by"]),
+        "Bundle": {"allOf": [ref("BundleRecipe"), obj({"parts": obj({}, additionalProperties=integer(1),
+                                                                    description="Plain SKU -> units one bundle moves.")},
+                                                      ["parts"])]},
+        "VarianceReport": obj({
+            "from": iso_time("The period's start"), "to": iso_time("The period's end (excluded)"),
+            "by": known(reports.VARIANCE_BY), "location": nullable(string()), "sku": nullable(string()),
+            "rows": array({"type": "object"}, description="by=sku: location, sku, name, counts, shrinkage, overage, "
+                          "net_variance, first_count_time, last_count_time; by=location: location, counts, skus, "
+                          "shrinkage, overage, net_variance; by=count: each count with counted, expected, variance …"),
+            "totals": obj({"counts": integer(0), "shrinkage": integer(0), "overage": integer(0),
+                           "net_variance": integer()}),
+            "next": nullable(string("by=count: the cursor of the next page, or null.")),
+        }, ["from", "to", "by", "rows"]),
+        "ChannelStatus": obj({
+            "name": string(), "kind": known(["shopify", "square"]), "url": string(), "connected": {"type": "boolean"},
+            "last_push_ms": nullable(ms), "last_push": iso_time("The last push"), "cursor": string(),
+            "queue": integer(0), "failures": integer(0), "last_error": nullable(string()),
+            "divergences_open": integer(0), "lag": {"type": "object"}, "throttle": nullable({"type": "object"}),
+            "unmapped": obj({"count": integer(0), "skus": array(string())}),
+        }, ["name", "kind", "connected", "cursor", "queue", "failures", "last_error"]),
+        "ChannelDivergence": obj({
+            "id": integer(1), "sku": string(), "item_id": string(), "channel_location": string(), "location": string(),
+            "hub_level": integer(), "last_pushed": nullable(integer()), "channel_level": integer(),
+            "difference": integer(), "found_at_ms": ms, "found_at": iso_time("When it was found"),
+            "corrected_at_ms": nullable(ms), "corrected_at": iso_time("When it was corrected"),
+        }, ["id", "sku", "hub_level", "channel_level", "difference", "found_at_ms"]),
+        "ChannelDivergencesPage": page("divergences", ref("ChannelDivergence"), channel=string()),
+        "MappingRefreshAnswer": obj({
+            "channel": string(), "mapped": integer(0), "unmapped": integer(0), "findings_total": integer(0),
+            "findings": array(obj({"kind": string(), "sku": nullable(string()), "detail": string()})),
+        }, ["channel", "mapped", "unmapped", "findings", "findings_total"]),
+        "ReconcileAnswer": obj({
+            "channel": string(), "at_ms": ms, "at": iso_time("When"), "checked": integer(0),
+            "divergences": array(ref("ChannelDivergence")),
+        }, ["channel", "at_ms", "checked", "divergences"]),
+        "ReportAnswer": obj({
+            "v": integer(WIRE_VERSION, WIRE_VERSION), "accepted": array(string()),
+            "rejected": array(obj({"id": string(), "reason": string()}, ["id", "reason"])),
+        }, ["v", "accepted", "rejected"]),
+    }
+    return schemas
+
+
+def _with_rejected(rejected: JSON) -> JSON:
+    base = problem_schema()
+    return {**base, "properties": {**base["properties"], "rejected": rejected},
+            "required": [*base["required"], "rejected"]}  # fmt: skip
+
+
+def _responses() -> dict[str, JSON]:
+    out: dict[str, JSON] = {}
+    for status in ERROR_STATUS:
+        headers: JSON = {}
+        if status == 429:
+            headers = {"Retry-After": RETRY_AFTER_HEADER, **RATE_LIMIT_HEADERS}
+        elif status == 401:
+            headers = {"WWW-Authenticate": header('Bearer realm="shelfsync-hub"', string())}
+        out[f"E{status}"] = error(status, headers=headers or None)
+    return out
+
+
+def _security_schemes() -> dict[str, JSON]:
+    return {
+        BEARER: {
+            "type": "http", "scheme": "bearer",
+            "description": f"A credential from `shelfsync-hub agent add` (at most {TOKEN_MAX_CHARS} characters): "
+                           "Authorization: Bearer <token>. Its role (agent, reader, admin) decides what it may do; "
+                           "each operation names its roles in x-shelfsync-roles.",
+        },
+        SESSION: {
+            "type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
+            "description": "The dashboard's session cookie (POST /dashboard/sign-in): read-only, accepted on GET and "
+                           "HEAD only, and always a reader's.",
+        },
+        SHOPIFY_SIGNATURE: {
+            "type": "apiKey", "in": "header", "name": order_routes.SHOPIFY_SIGNATURE,
+            "description": "Shopify's webhook signature: base64 HMAC-SHA256 of the raw body keyed with the channel's "
+                           "webhook secret (not a key: the hub recomputes it).",
+        },
+        SQUARE_SIGNATURE: {
+            "type": "apiKey", "in": "header", "name": order_routes.SQUARE_SIGNATURE,
+            "description": "Square's webhook signature: base64 HMAC-SHA256 of the channel's notification_url followed "
+                           "by the raw body, keyed with the channel's webhook secret.",
+        },
+    }  # fmt: skip
+
+
+def build() -> JSON:
+    """The whole document, freshly built."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "shelfsync hub API",
+            "version": API_VERSION,
+            "summary": "One central stock ledger for every store: sync, counts, ledger, change feed, catalog.",
+            "description": "The readable guide is docs/hub-api.md; its section \"API versions\" says what may change "
+                           "within /v1. Errors are one sentence a person can act on, with a machine code.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "servers": [{"url": "/", "description": "The hub that serves this document."}],
+        "security": [{BEARER: []}],
+        "tags": [{"name": t} for t in ("Sync", "Counts", "Ledger", "Agents", "Quarantine", "Catalog", "Reports",
+                                       "Change feed", "Bundles", "Channels", "Operations")],  # fmt: skip
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "responses": _responses(),
+            "securitySchemes": _security_schemes(),
+        },
+    }
+
+
+@functools.cache
+def document_bytes() -> bytes:
+    """The document as served and as kept in docs/openapi.json."""
+    return (json.dumps(build(), indent=2, ensure_ascii=False) + "\n").encode()
+
+
+@functools.cache
+def document_etag() -> str:
+    return '"' + hashlib.blake2b(document_bytes(), digest_size=16).hexdigest() + '"'
+
+
+def operations(doc: Mapping[str, Any] | None = None) -> set[tuple[str, str]]:
+    """(METHOD, path) of every operation of ``doc`` (default: this hub's)."""
+    paths = (doc or build())["paths"]
+    return {(method.upper(), path) for path, item in paths.items() for method in item if method != "parameters"}
+
+
+# --- the route ----------------------------------------------------------------------------------------
+
+
+async def get_document(request: web.Request) -> web.Response:
+    """This hub's OpenAPI document; public, cacheable (a strong ETag of its bytes)."""
+    tag = document_etag()
+    headers = {"ETag": tag, "Cache-Control": "public, max-age=300"}
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and etag.matches(if_none_match, tag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=document_bytes(), content_type=JSON_TYPE, charset="utf-8", headers=headers)
+
+
+def setup(app: web.Application) -> None:
+    """Serve the document at ``GET /v1/openapi.json`` without a credential."""
+    app[PUBLIC_ROUTES_KEY] = app[PUBLIC_ROUTES_KEY] | {ROUTE_NAME}
+    app.router.add_get(PATH, get_document, name=ROUTE_NAME)
+
+
+def main() -> None:
+    sys.stdout.buffer.write(document_bytes())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""A live hub for the API contract tests: ``python -m hub serve`` on SQLite on 127.0.0.1, with a reader, an agent
+and an admin credential, a webhook (to a closed local port, so its delivery log fills with failures) and some
+data: counts, a ledger, a held event, a catalog item, an observation, a change feed.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol import (
+    MSGPACK_CONTENT_TYPE,
+    Kind,
+    StockEvent,
+    SyncRequest,
+    decode_sync_response,
+    encode_sync_request,
+    new_event_id,
+    pack_hlc,
+    wall_ms_now,
+)
+from protocol.reports import ObservationReport, ObservationsRequest, encode_observations
+from tests.e2e.procs import Credential, HubProcess, add_credential, free_port
+
+AGENT_LOCATIONS = ("S001", "WEB")
+YEAR_MS = 365 * 24 * 3_600_000
+REQUEST_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LiveHub:
+    url: str
+    db: Path
+    log: Path
+    reader: Credential
+    agent: Credential
+    admin: Credential
+
+    def tokens(self) -> dict[str, str]:
+        return {"reader": self.reader.token, "agent": self.agent.token, "admin": self.admin.token}
+
+    def call(
+        self, method: str, path: str, token: str | None = None, body: bytes | None = None,
+        content_type: str = "application/json", headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+        """One request; (status, headers, body) whatever the status."""
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            all_headers["Content-Type"] = content_type
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+                return resp.status, dict(resp.headers.items()), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers.items()), err.read()
+
+    def json(self, method: str, path: str, token: str, payload: Any = None) -> Any:
+        status, _, raw = self.call(method, path, token, None if payload is None else json.dumps(payload).encode())
+        assert status == 200, (status, raw[:500])
+        return json.loads(raw)
+
+
+def _event(agent: Credential, seq: int, sku: str, kind: Kind, qty: int, at_ms: int, ref: str | None = None) -> StockEvent:
+    return StockEvent(
+        new_event_id(), agent.agent_id, 1, seq, "S001", sku, kind, qty, pack_hlc(at_ms, 0), at_ms, "scanner:door", ref
+    )
+
+
+def seed(hub: LiveHub) -> None:
+    """Data for every read to page through, and a held event for the quarantine."""
+    now = wall_ms_now()
+    events = [
+        _event(hub.agent, 1, "SKU-1", Kind.COUNT, 12, now - 60_000),
+        _event(hub.agent, 2, "SKU-1", Kind.SALE, -2, now - 50_000),
+        _event(hub.agent, 3, "SKU-2", Kind.RECEIVE, 5, now - 40_000),
+        _event(hub.agent, 4, "SKU-3", Kind.SALE, -1, now - 30_000),  # negative on hand: an exception
+        _event(hub.agent, 5, "SKU-1", Kind.ADJUST, 1, now + YEAR_MS),  # a year ahead: held in quarantine
+    ]
+    body = encode_sync_request(SyncRequest(hub.agent.agent_id, 1, tuple(events), sent_ms=now))
+    status, _, raw = hub.call("POST", "/v1/sync", hub.agent.token, body, MSGPACK_CONTENT_TYPE)
+    assert status == 200, raw[:300]
+    assert decode_sync_response(raw).hwm == 5
+    hub.json("POST", "/v1/events", hub.agent.token, {"events": [
+        {"id": "order-1:reserve", "location": "WEB", "sku": "SKU-1", "kind": "reserve", "qty": 2,
+         "occurred_at": now - 20_000, "ref": "order-1"}]})  # fmt: skip
+    hub.json("PUT", "/v1/catalog", hub.admin.token, {"items": [
+        {"barcode": "04006381333931", "sku": "SKU-1", "pack_size": 1, "description": "Pen"}]})  # fmt: skip
+    hub.json("PUT", "/v1/locations/S001/skus/SKU-2/safety-stock", hub.admin.token, {"qty": 1})
+    observations = ObservationsRequest(
+        hub.agent.agent_id, (ObservationReport("obs-1", "S001", "SKU-1", "shop", 40, now - 10_000, "inv.csv"),)
+    )
+    status, _, raw = hub.call("POST", "/v1/observations", hub.agent.token, encode_observations(observations),
+                              MSGPACK_CONTENT_TYPE)  # fmt: skip
+    assert status == 200, raw[:300]
+
+
+@contextmanager
+def live_hub(tmp_path: Path, *, rate_limit_per_s: float = 1000.0, rate_limit_burst: int = 1000,
+             seeded: bool = True) -> Iterator[LiveHub]:  # fmt: skip
+    """A served hub on a free port of 127.0.0.1, stopped (SIGTERM, else killed) on the way out."""
+    db = tmp_path / "hub.db"
+    reader = add_credential(db, "--role", "reader")
+    admin = add_credential(db, "--role", "admin")
+    agent = add_credential(db, *(arg for loc in AGENT_LOCATIONS for arg in ("--location", loc)))
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        f"""[hub]
+rate_limit_per_s = {rate_limit_per_s}
+rate_limit_burst = {rate_limit_burst}
+
+[[webhooks]]
+name = "web-shop"
+url = "http://127.0.0.1:{free_port()}/hooks/stock"
+secret = "a secret shared with nobody: the port is closed"
+location = "WEB"
+timeout_s = 1.0
+retry_max_s = 1.0
+"""
+    )
+    log = tmp_path / "hub.log"
+    with HubProcess(db, free_port(), log, "--config", str(config)) as proc:
+        hub = LiveHub(proc.url, db, log, reader, agent, admin)
+        if seeded:
+            seed(hub)
+        yield hub
+        proc.stop()

@@ -1,0 +1,168 @@
+"""Every error answer is RFC 9457 problem details (application/problem+json), over real HTTP on 127.0.0.1 with a
+real SQLite store: type (a URN of this project), title, status, detail (the one sentence), code, and the
+route's own members; and the agent reads both this shape and the one older hubs send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent.huberrors import error_member, error_message
+from hub import HubSettings, HubStore, create_app, open_store, problems
+from hub.limits import ConnectionGuard, GuardedRunner
+from protocol import MSGPACK_CONTENT_TYPE, SyncRequest, encode_sync_request
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
+    async with open_store(tmp_path / "hub.db") as s:
+        yield s
+
+
+@pytest.fixture
+async def make_client(store: HubStore) -> AsyncIterator[ClientFactory]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(**settings: Any) -> TestClient[Any, Any]:
+        app = create_app(store, HubSettings(db="unused-by-create-app", **settings))
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def problem_of(resp: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
+    """The problem details of an error answer, checked against RFC 9457 and the hub's conventions."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == PROBLEM
+    body: dict[str, Any] = json.loads(await resp.read())
+    assert body["type"] == f"urn:shelfsync:problem:{code}"
+    assert body["status"] == status
+    assert body["code"] == code
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and len(body["detail"]) > 10 and "\n" not in body["detail"]
+    assert "error" not in body, "the older shape is gone"
+    return body
+
+
+def bearer(token: str, **more: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **more}
+
+
+async def test_every_kind_of_refusal_is_problem_details(store: HubStore, make_client: ClientFactory) -> None:
+    client = await make_client(rate_limit_per_s=0.5, rate_limit_burst=3)
+    agent_id, agent = await store.add_agent(["S001"])
+    _, reader = await store.add_agent([], role="reader")
+    _, admin = await store.add_agent([], role="admin")
+    msgpack = {"Content-Type": MSGPACK_CONTENT_TYPE}
+
+    bad = await problem_of(await client.get("/v1/ledger?limit=0", headers=bearer(reader)), 400, "bad_request")
+    assert "limit must be a whole number from 1 to 10000" in bad["detail"]
+    unauthorized = await client.get("/v1/ledger")
+    await problem_of(unauthorized, 401, "unauthorized")
+    assert unauthorized.headers["WWW-Authenticate"].startswith("Bearer")
+    forbidden = await problem_of(await client.put("/v1/catalog", json={"items": []}, headers=bearer(reader)), 403,
+                                 "forbidden")  # fmt: skip
+    assert "reader credential cannot change the catalog" in forbidden["detail"]
+    await problem_of(await client.get("/v1/nowhere", headers=bearer(reader)), 404, "not_found")
+    not_allowed = await client.delete("/v1/ledger", headers=bearer(reader))
+    await problem_of(not_allowed, 405, "method_not_allowed")
+    assert "GET" in not_allowed.headers["Allow"]
+    await problem_of(await client.post("/v1/sync", data=b"{}", headers=bearer(agent, **{"Content-Type":
+                     "application/json"})), 415, "unsupported_media_type")  # fmt: skip
+    other = encode_sync_request(SyncRequest("agent-someone-else", 1, ()))
+    wrong = await problem_of(await client.post("/v1/sync", data=other, headers=bearer(agent, **msgpack)), 403,
+                             "forbidden")  # fmt: skip
+    assert wrong["credential_agent_id"] == agent_id, "the route's own member beside the standard ones"
+    invalid = await problem_of(await client.post("/v1/events", json={"events": [{"id": "x"}]}, headers=bearer(agent)),
+                               422, "invalid_events")  # fmt: skip
+    assert invalid["rejected"][0]["index"] == 0 and "missing field" in invalid["rejected"][0]["reason"]
+    limited = await problem_of(await client.post("/v1/events", json={}, headers=bearer(agent)), 429, "rate_limited")
+    assert "rate_limit_per_s" in limited["detail"]
+    held = await problem_of(await client.post("/v1/quarantine/7", json={"action": "discard"}, headers=bearer(admin)),
+                            404, "not_found")  # fmt: skip
+    assert "GET /v1/quarantine lists them" in held["detail"]
+    too_big = await client.post("/v1/quarantine/7", data=b"x" * 2048, headers=bearer(admin))
+    await problem_of(too_big, 413, "payload_too_large")
+
+
+async def test_a_database_failure_and_a_closed_store_are_problem_details(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "hub.db") as store:
+        _, reader = await store.add_agent([], role="reader")
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(store, HubSettings(db="x")), host="127.0.0.1",
+                                                             port=0))  # fmt: skip
+        await client.start_server()
+        try:
+            await store.close()
+            closed = await problem_of(await client.get("/v1/agents", headers=bearer(reader)), 503, "unavailable")
+            assert "try again" in closed["detail"]
+            health = await problem_of(await client.get("/healthz"), 503, "unavailable")
+            assert health["health"] == "unavailable" and "error" in health["db"]
+        finally:
+            await client.close()
+
+
+async def test_a_malformed_request_is_problem_details_from_the_connection_guard(store: HubStore) -> None:
+    app = create_app(store, HubSettings(db="x"))
+    runner = GuardedRunner(app, ConnectionGuard(max_connections=16, header_timeout_s=5.0))
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and head.split()[1] == b"400"
+        assert b"content-type: application/problem+json" in head.lower()
+        problem = json.loads(body)
+        assert problem["code"] == "bad_request" and problem["status"] == 400 and "not valid HTTP" in problem["detail"]
+    finally:
+        await runner.cleanup()
+
+
+def test_the_problem_body_keeps_its_members_its_own() -> None:
+    body = problems.body(409, "it was already applied; nothing was changed", rejected=[])
+    assert body == {"type": "urn:shelfsync:problem:conflict", "title": problems.TITLES["conflict"], "status": 409,
+                    "detail": "it was already applied; nothing was changed", "code": "conflict", "rejected": []}
+    with pytest.raises(ValueError):
+        problems.body(400, "x", type="https://elsewhere.example/problem")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"type": "urn:shelfsync:problem:forbidden", "title": "t", "status": 403, "code": "forbidden",
+                    "detail": "this credential belongs to agent a", "credential_agent_id": "a"}).encode(),
+        json.dumps({"error": {"code": "forbidden", "message": "this credential belongs to agent a",
+                              "credential_agent_id": "a"}}).encode(),  # an older hub's
+    ],
+)
+def test_the_agent_reads_both_shapes(body: bytes) -> None:
+    assert error_message(body) == "this credential belongs to agent a"
+    assert error_member(body, "credential_agent_id") == "a"
+    assert error_member(body, "code") == "forbidden"
+
+
+def test_the_agent_shows_an_excerpt_of_anything_else() -> None:
+    assert error_message(b"<html>502 Bad Gateway</html>") == "<html>502 Bad Gateway</html>"
+    assert error_message(b"") == "no message"
+    assert error_member(b'["a"]', "detail") is None
+    assert error_message(b"x" * 1000) == "x" * 200
