@@ -10,9 +10,12 @@ one loop type.)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
+from typing import Self
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 300.0
@@ -51,3 +54,42 @@ class Health:
             self._log.info("%s works again after %d failed attempt(s)", self._what, self.failures)
         self.failures = 0
         self.last_error = None
+
+
+class LoopTask:
+    """A loop running as one task: ``start`` once, ``stop`` (safe twice), or ``async with``.
+
+    A subclass gives ``run()`` (the loop, which ends when ``self._stopped`` is set) and ``loop_name``
+    (the task's name, and what a stopped one refuses to start again as); it calls ``super().__init__()``.
+    """
+
+    loop_name = "loop"
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._stopped:
+            raise RuntimeError(f"{self.loop_name}: a stopped loop cannot start again")
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=self.loop_name)
+
+    async def stop(self) -> None:
+        """Stop the loop (work in flight is abandoned; what it stored stays); safe twice."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -53,13 +53,13 @@ from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol
 
 from hub.bundles import bundle_parts_of
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError, ChannelRejected, Connector, LevelsRefused, Target
 from hub.channels.levels import LevelKey, sku_levels
-from hub.channels.loop import Backoff, Health
+from hub.channels.loop import Backoff, Health, LoopTask
 from hub.channels.mapping import ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
 from hub.channels.state import ChannelState, Refusal
 from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
@@ -153,7 +153,7 @@ class Level:
     at_ms: int
 
 
-class ChannelPusher:
+class ChannelPusher(LoopTask):
     """Pushes one channel's levels forever; ``async with`` starts and stops its loop."""
 
     def __init__(
@@ -169,6 +169,8 @@ class ChannelPusher:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__()
+        self.loop_name = f"channel-{spec.name}"
         self.spec = spec
         self.status = PusherStatus()
         self.lag = LagStats()
@@ -205,32 +207,6 @@ class ChannelPusher:
         self.busy = False  # a turn is running
         self._lock = asyncio.Lock()  # one turn or mapping refresh at a time
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-
-    # --- lifecycle ----------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start(self) -> None:
-        if self._stopped:
-            raise RuntimeError(f"channel {self.spec.name}: a stopped pusher cannot start again")
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name=f"channel-{self.spec.name}")
-
-    async def stop(self) -> None:
-        """Stop the loop (a push in flight is abandoned unconfirmed); safe twice."""
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     # --- the loop -------------------------------------------------------------------
 

@@ -35,11 +35,10 @@ import logging
 import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Self
 
 from hub.channels.connector import ChannelError, ChannelRejected
 from hub.channels.levels import LevelKey
-from hub.channels.loop import Backoff, Health
+from hub.channels.loop import Backoff, Health, LoopTask
 from hub.channels.mapping import MappingError
 from hub.channels.pusher import KIND_NAMES, ChannelPusher, Level
 from hub.channels.state import Divergence, Reconciled, Refusal
@@ -100,14 +99,16 @@ class Reconciliation:
     divergences: tuple[Divergence, ...]
 
 
-class Reconciler:
+class Reconciler(LoopTask):
     """Reads one channel's levels back every ``spec.reconcile_s``; ``async with`` starts and stops its loop."""
 
     def __init__(
         self, pusher: ChannelPusher, *, backoff: Backoff | None = None, rng: random.Random | None = None
     ) -> None:
+        super().__init__()
         self.pusher = pusher
         self.spec = pusher.spec
+        self.loop_name = f"channel-{pusher.spec.name}-reconcile"
         self.last: Reconciled | None = None
         self.last_error: str | None = None
         self._backoff = backoff or Backoff(max_s=pusher.spec.retry_max_s)
@@ -115,30 +116,7 @@ class Reconciler:
         self._health = Health(log, f"channel {pusher.spec.name}: reading levels back from {pusher.spec.kind}")
         self._lock = asyncio.Lock()  # one reconciliation at a time (the loop's or one asked for)
         self._asked = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
 
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start(self) -> None:
-        if self._stopped:
-            raise RuntimeError(f"channel {self.spec.name}: a stopped reconciler cannot start again")
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name=f"channel-{self.spec.name}-reconcile")
-
-    async def stop(self) -> None:
-        """Stop the loop (a reconciliation in flight is abandoned; what it stored stays); safe twice."""
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     def request(self) -> None:
         """Reconcile now instead of waiting for the next one due."""
