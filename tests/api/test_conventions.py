@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from hub import HubSettings, HubStore, create_app, etag, open_store
+from hub import HubStore, etag
+from tests.api.conftest import ClientFactory
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -25,31 +23,8 @@ from protocol import (
     pack_hlc,
 )
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 POLICY_RE = re.compile(r'^"writes";q=(\d+);w=(\d+)$')
 STANDING_RE = re.compile(r'^"writes";r=(\d+);t=(\d+)$')
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
-@pytest.fixture
-async def make_client(store: HubStore) -> AsyncIterator[ClientFactory]:
-    clients: list[TestClient[Any, Any]] = []
-
-    async def make(**settings: Any) -> TestClient[Any, Any]:
-        app = create_app(store, HubSettings(db="unused-by-create-app", **settings))
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 def bearer(token: str, **more: str) -> dict[str, str]:

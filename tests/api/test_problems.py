@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.huberrors import error_member, error_message
 from hub import HubSettings, HubStore, create_app, open_store, problems
 from hub.limits import ConnectionGuard, GuardedRunner
+from tests.api.conftest import ClientFactory
 from protocol import MSGPACK_CONTENT_TYPE, SyncRequest, encode_sync_request
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
-@pytest.fixture
-async def make_client(store: HubStore) -> AsyncIterator[ClientFactory]:
-    clients: list[TestClient[Any, Any]] = []
-
-    async def make(**settings: Any) -> TestClient[Any, Any]:
-        app = create_app(store, HubSettings(db="unused-by-create-app", **settings))
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 async def problem_of(resp: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
