@@ -289,13 +289,34 @@ def pg_databases() -> Iterator[tuple[str, str]]:
         finally:
             await conn.close()
 
+    async def drop(name: str) -> None:
+        # Not DROP ... WITH (FORCE): an autovacuum worker in the database belongs to no role we are a member of,
+        # and FORCE then refuses outright ("must be a member of the role whose process is being terminated").
+        # Plain DROP asks autovacuum to leave and waits for it; our own leftover sessions we end ourselves.
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+        try:
+            for _ in range(50):
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND usename = current_user AND pid <> pg_backend_pid()",
+                    name,
+                )
+                try:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                    return
+                except asyncpg.ObjectInUseError:
+                    await asyncio.sleep(0.2)
+            raise AssertionError(f"database {name} stayed in use for 10 s after the test")
+        finally:
+            await conn.close()
+
     for name in names:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
         yield _with_database(PG_ADMIN_URL, names[0]), _with_database(PG_ADMIN_URL, names[1])
     finally:
         for name in names:
-            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            asyncio.run(drop(name))
 
 
 def test_postgres_backup_under_write_load_then_pg_restore_into_a_fresh_database(
