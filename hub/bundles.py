@@ -22,6 +22,7 @@ from aiohttp import web
 from hub import paging, views
 from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
 from hub.storage.base import Bundle, BundleConflict, BundleRecipe, HubStore
+from hub.storage.interfaces import BundleStore
 from protocol import values
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ async def get_bundle(request: web.Request) -> web.Response:
     """One bundle as it stands and every version of its recipe, oldest first."""
     views.Query(request, set())
     sku = views.sku_param(request.match_info["sku"])
-    store = request.app[STORE_KEY]
+    store: BundleStore = request.app[STORE_KEY]
     found = await store.bundles(sku=sku, limit=1)
     if not found:
         raise web.HTTPNotFound(

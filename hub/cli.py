@@ -45,8 +45,9 @@ from hub.config import (
 from hub.resolver import is_location
 from hub.server import serve
 from hub.storage import open_store
-from hub.storage.base import ROLES, AgentStatus, HubError, HubStore
+from hub.storage.base import ROLES, AgentStatus, HubError
 from hub.storage.credentials import check_agent_id
+from hub.storage.interfaces import CredentialStore
 from hub.views import iso_ms
 
 PROG = "shelfsync-hub"
@@ -225,7 +226,7 @@ async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: T
     return EXIT_OK
 
 
-async def _agent_add(store: HubStore, role: str, locations: list[str], out: TextIO, wanted: str | None) -> None:
+async def _agent_add(store: CredentialStore, role: str, locations: list[str], out: TextIO, wanted: str | None) -> None:
     if wanted is not None:
         await _check_id_free(store, wanted)
     agent_id, token = await store.add_agent(locations, role=role, agent_id=wanted)
@@ -295,7 +296,7 @@ def _derived_url(settings: HubSettings) -> str:
     return f"{scheme}://{host}:{settings.port}"
 
 
-async def _check_id_free(store: HubStore, agent_id: str) -> None:
+async def _check_id_free(store: CredentialStore, agent_id: str) -> None:
     if await store.agent_status(agent_id):
         raise CliError(
             f"a credential with the agent id {agent_id} exists already (revoked ones count); choose another id, "
@@ -303,7 +304,7 @@ async def _check_id_free(store: HubStore, agent_id: str) -> None:
         )
 
 
-async def _agent_add_config(store: HubStore, plan: ConfigPlan, out: TextIO) -> None:
+async def _agent_add_config(store: CredentialStore, plan: ConfigPlan, out: TextIO) -> None:
     """Create an agent credential and hand it over as a ready agent configuration (printed, or written 0600)."""
     if plan.agent_id:
         await _check_id_free(store, plan.agent_id)

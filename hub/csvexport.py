@@ -38,6 +38,7 @@ from hub import metrics, paging, views
 from hub.auth import STORE_KEY
 from hub.storage import keys
 from hub.storage.base import CatalogItem, CountRow, ExceptionRow, HubError, LedgerRow
+from hub.storage.interfaces import LedgerStore, ReportStore
 from protocol import values
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ async def counts(request: web.Request, allowed: set[str], *, location: str | Non
     if "sku" in allowed:
         sku = params.sku()
     after = paging.parse(request, paging.count_key, "counts")
-    store = request.app[STORE_KEY]
+    store: LedgerStore = request.app[STORE_KEY]
     names = await names_of(request)
 
     async def fetch(key: Any, n: int) -> list[CountRow]:
@@ -296,7 +297,7 @@ async def ledger(request: web.Request) -> web.StreamResponse:
     if after is not None and before is not None:
         raise web.HTTPBadRequest(text="give cursor or before, not both: before only says where the walk starts")
     location, sku = params.location(), params.sku()
-    store = request.app[STORE_KEY]
+    store: LedgerStore = request.app[STORE_KEY]
     names = await names_of(request)
 
     async def fetch(key: Any, n: int) -> list[LedgerRow]:
@@ -313,7 +314,7 @@ async def exceptions(request: web.Request, transfer_open_max_ms: int | None) -> 
     params = views.Query(request, {"location", "limit", "cursor", "format"})
     after = paging.parse(request, paging.exception_key, "the exceptions")
     location = params.location()
-    store = request.app[STORE_KEY]
+    store: ReportStore = request.app[STORE_KEY]
     names = await names_of(request)
 
     async def fetch(key: Any, n: int) -> list[ExceptionRow]:

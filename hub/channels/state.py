@@ -32,6 +32,7 @@ from hub.channels.levels import LevelKey
 from hub.channels.mapping import ItemIds, MappingFinding, SkuMapping
 from protocol import wall_ms_now
 from hub.storage.base import StoreClosed, StoreError
+from hub.storage.db import Db, SqliteDb
 from hub.storage.sqlite import SqliteHubStore
 
 BUSY_TIMEOUT_MS = 10_000
@@ -120,15 +121,7 @@ class ChannelState(Protocol):
     async def save_reconciled(self, channel: str, done: Reconciled) -> None: ...
 
 
-class Tx(Protocol):
-    """One open transaction of a backend, in ``?`` parameter markers (the only difference between the backends)."""
-
-    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
-        """Run one statement; return how many rows it changed."""
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
-
-    async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+Tx = Db  # one open transaction of a backend, in ``?`` parameter markers (hub.storage.db adapts them)
 
 
 class SqlChannelState:
@@ -346,22 +339,6 @@ class SqlChannelState:
         await self._write("saving a channel's reconciliation", work)
 
 
-class _SqliteTx:
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
-        cursor = await self._db.execute(sql, params)
-        return max(0, cursor.rowcount)
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        if rows:
-            await self._db.executemany(sql, rows)
-
-    async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._db.execute_fetchall(sql, params)]
-
-
 class SqliteChannelState(SqlChannelState):
     """``ChannelState`` in the hub's SQLite file (or any SQLite file)."""
 
@@ -393,7 +370,7 @@ class SqliteChannelState(SqlChannelState):
     async def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         try:
             async with self._lock:
-                return await _SqliteTx(self._db).fetch(sql, params)
+                return await SqliteDb(self._db).fetch(sql, params)
         except sqlite3.Error as err:
             raise StoreError(f"reading the channel state failed ({err})") from err
 
@@ -403,7 +380,7 @@ class SqliteChannelState(SqlChannelState):
             try:
                 await self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    await run(_SqliteTx(self._db))
+                    await run(SqliteDb(self._db))
                 except BaseException:
                     await self._db.execute("ROLLBACK")
                     raise

@@ -1,7 +1,7 @@
 """The channel state in a PostgreSQL hub's database, and which hub process pushes each channel.
 
 ``PostgresChannelState`` runs the SQL of ``hub.channels.state.SqlChannelState``
-(its ``?`` markers numbered ``$1, $2, …``) over an asyncpg pool of the hub's
+(its ``?`` markers numbered ``$1, $2, …`` by ``hub.storage.db.PostgresDb``) over an asyncpg pool of the hub's
 database URL, in the tables of schema migration 6
 (hub/storage/schema_postgres_v6.sql). Every write is one READ COMMITTED
 transaction; one aborted by PostgreSQL as a deadlock or serialization failure
@@ -23,15 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Awaitable, Callable, Sequence
-from functools import lru_cache
 from typing import Any
 
 import asyncpg
 
 from hub.channels.state import SqlChannelState, Tx
 from hub.storage.base import StoreError
+from hub.storage.db import PostgresDb
 from hub.storage.postgres import (
     CLOSE_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -43,6 +42,7 @@ from hub.storage.postgres import (
     redacted,
 )
 from hub.storage.postgres_schema import migrate
+from protocol.retry import FULL_JITTER, Backoff
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +51,9 @@ POOL_MAX_SIZE = 4  # the channel state's own connections per hub process (writes
 LEASE_QUERY_TIMEOUT_S = 5.0
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 DIVERGENCES_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('shelfsync.channel.divergences.' || current_schema() || '.' || $1, 0))"
+# A transaction PostgreSQL aborted runs again after a jittered wait; the n-th retry waits up to RETRY_BASE_S × 2^n.
+TX_BACKOFF = Backoff(base_s=2 * RETRY_BASE_S, max_s=RETRY_MAX_S, jitter=FULL_JITTER)
 PUSHER_KEY_SQL = "hashtextextended('shelfsync.channel.pusher.' || current_schema() || '.' || $1, 0)"
-MARK_RE = re.compile(r"\?")
-
-
-@lru_cache(maxsize=256)
-def numbered(sql: str) -> str:
-    """``sql`` with its ``?`` markers as PostgreSQL's ``$1, $2, …`` (the channel SQL has no ``?`` in literals)."""
-    n = 0
-
-    def mark(_: re.Match[str]) -> str:
-        nonlocal n
-        n += 1
-        return f"${n}"
-
-    return MARK_RE.sub(mark, sql)
-
-
-def _rows_changed(status: str) -> int:
-    """The row count of a command tag (``UPDATE 3`` → 3)."""
-    last = status.rsplit(" ", 1)[-1]
-    return int(last) if last.isdigit() else 0
-
-
-class _PostgresTx:
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
-        return _rows_changed(await self._conn.execute(numbered(sql), *params))
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        if rows:
-            await self._conn.executemany(numbered(sql), rows)
-
-    async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._conn.fetch(numbered(sql), *params)]
 
 
 class PostgresChannelState(SqlChannelState):
@@ -134,7 +101,7 @@ class PostgresChannelState(SqlChannelState):
     async def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         try:
             async with self._pool.acquire() as conn:
-                return await _PostgresTx(conn).fetch(sql, params)
+                return await PostgresDb(conn).fetch(sql, params)
         except DB_ERRORS as err:
             raise StoreError(
                 f"reading the channel state in {self._where} failed ({err or type(err).__name__})"
@@ -146,14 +113,14 @@ class PostgresChannelState(SqlChannelState):
                 async with self._pool.acquire() as conn, conn.transaction():
                     if channel is not None:
                         await conn.execute(DIVERGENCES_LOCK_SQL, channel)
-                    await run(_PostgresTx(conn))
+                    await run(PostgresDb(conn))
                 return
             except asyncpg.PostgresError as err:
                 if err.sqlstate not in RETRY_SQLSTATES or attempt == TX_ATTEMPTS:
                     raise StoreError(f"{what} failed ({err})") from err
             except DB_ERRORS as err:
                 raise StoreError(f"{what} failed ({err or type(err).__name__})") from err
-            await asyncio.sleep(self._rng.uniform(0, min(RETRY_MAX_S, RETRY_BASE_S * 2**attempt)))
+            await asyncio.sleep(TX_BACKOFF.delay_s(attempt, self._rng))
 
 
 class PusherLeases:

@@ -22,12 +22,12 @@ from aiohttp import web
 from hub.auth import COOKIE_SESSIONS_KEY, PUBLIC_ROUTES_KEY
 from hub.dashboard import api, pages
 from hub.dashboard.sessions import SESSION_COOKIE, DashboardSessions
-from hub.storage.base import HubStore
+from hub.storage.interfaces import CredentialStore
 
 __all__ = ["SESSION_COOKIE", "DashboardSessions", "setup"]
 
 
-def setup(app: web.Application, store: HubStore) -> None:
+def setup(app: web.Application, store: CredentialStore) -> None:
     """Serve the dashboard on ``app`` and let its session cookie read (only read) the API."""
     sessions = DashboardSessions(store)
     app[COOKIE_SESSIONS_KEY] = sessions

@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 
 from hub.auth import ROLE_ADMIN, ROLE_READER, TOKEN_MAX_CHARS
-from hub.storage.base import AgentIdentity, HubError, HubStore
+from hub.storage.base import AgentIdentity, HubError
+from hub.storage.interfaces import CredentialStore
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _key(session_id: str) -> str:
 class DashboardSessions:
     """The open sessions of this hub process."""
 
-    def __init__(self, store: HubStore, ttl_s: float = SESSION_TTL_S, recheck_s: float = SESSION_RECHECK_S) -> None:
+    def __init__(self, store: CredentialStore, ttl_s: float = SESSION_TTL_S, recheck_s: float = SESSION_RECHECK_S) -> None:
         self._store = store
         self._ttl_s = ttl_s
         self._recheck_s = recheck_s

@@ -1,7 +1,10 @@
-"""The hub's storage: the interface, its SQLite backend, and ``open_store``.
+"""The hub's storage: ``HubStore`` and its narrow interfaces (``hub.storage.interfaces``), the SQLite
+backend, and ``open_store``.
 
 Use: ``async with open_store("sqlite:///var/lib/shelfsync/hub.db") as store:``
-then ``await store.ingest(who, epoch, events)``.
+then ``await store.ingest(who, epoch, events)``. A caller that needs one concern of the store names its
+interface (``IngestStore``, ``LedgerStore``, ``FeedStore``, ``CatalogStore``, ``ReportStore``,
+``CredentialStore``, ``QuarantineStore``, ``BundleStore``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ from hub.storage.base import (
     WebhookDelivery,
     WebhookState,
 )
+from hub.storage.interfaces import (
+    BundleStore,
+    CatalogStore,
+    CredentialStore,
+    FeedStore,
+    HealthStore,
+    IngestStore,
+    LedgerStore,
+    QuarantineStore,
+    RebookingStore,
+    ReportStore,
+)
 from hub.storage.sqlite import SqliteHubStore
 
 SQLITE_SCHEME = "sqlite://"
@@ -67,24 +82,34 @@ __all__ = [
     "ROLES",
     "AgentIdentity",
     "AgentStatus",
+    "BundleStore",
     "Catalog",
     "CatalogItem",
+    "CatalogStore",
     "CatalogUpdate",
     "ChangeRow",
     "CountRow",
+    "CredentialStore",
     "DivergenceRow",
     "Effect",
     "ExceptionRow",
+    "FeedStore",
     "Forbidden",
+    "HealthStore",
     "HubError",
     "HubStore",
     "ImportIssue",
     "IngestResult",
+    "IngestStore",
     "Lineage",
     "InvalidInput",
     "LedgerRow",
+    "LedgerStore",
     "Observation",
+    "QuarantineStore",
+    "RebookingStore",
     "ReportResult",
+    "ReportStore",
     "SqliteHubStore",
     "StoreClosed",
     "StoreError",

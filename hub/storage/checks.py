@@ -1,6 +1,6 @@
-"""Input checks every storage backend applies before it writes catalog items,
-observations and import issues (one place, so SQLite and PostgreSQL refuse the
-same things with the same sentence)."""
+"""Input checks the store applies before it writes catalog items, observations,
+import issues, bundle recipes and safety stock (one place, so SQLite and
+PostgreSQL refuse the same things with the same sentence)."""
 
 from __future__ import annotations
 
@@ -194,3 +194,13 @@ def limit(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMIT_MAX:
         raise InvalidInput(f"limit must be an integer from 1 to {LIMIT_MAX}, got {value!r}")
     return value
+
+
+def safety_stock(loc: str, sku: str, qty: int) -> None:
+    """A safety stock to set: a location code, a SKU, 0 to ``QTY_MAX`` units."""
+    if not is_location(loc):
+        raise InvalidInput(f"{loc!r} is not a location code")
+    if not isinstance(sku, str) or not 0 < len(sku) <= SKU_MAX_LEN:
+        raise InvalidInput(f"{sku!r} is not a SKU (1 to {SKU_MAX_LEN} characters)")
+    if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= QTY_MAX:
+        raise InvalidInput(f"safety stock must be a whole number of units from 0 to {QTY_MAX}, got {qty!r}")

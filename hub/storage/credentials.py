@@ -1,4 +1,4 @@
-"""Bearer credentials: minted here, stored only as a SHA-256 hash.
+"""Bearer credentials: minted here, stored only as a SHA-256 hash, and the agents table they live in.
 
 A token reads ``ssk1.<agent_id>.<secret>``; the agent id inside it finds the
 stored hash, and the hash is compared in constant time.
@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Sequence
 
 from hub.resolver import is_location
-from hub.storage.base import ROLES, InvalidInput
+from hub.storage.base import ROLES, AgentIdentity, AgentStatus, InvalidInput, StoreError
+from hub.storage.db import Db, Where
+from protocol import wall_ms_now
 from protocol.values import AGENT_ID, shown
 
 TOKEN_SCHEME = "ssk1"
@@ -20,6 +23,7 @@ TOKEN_SECRET_BYTES = 32
 TOKEN_MAX_LEN = 256
 AGENT_ID_PREFIX = "agent-"
 AGENT_ID_HEX_BYTES = 4
+ADD_AGENT_ATTEMPTS = 5
 # Compared against when the agent id is unknown, so both answers take as long.
 _UNKNOWN_HASH = hashlib.sha256(b"shelfsync: no such credential").hexdigest()
 
@@ -80,3 +84,65 @@ def check_grant(locations: Sequence[str], role: str) -> tuple[str, ...]:
     if role == "agent" and not locations:
         raise InvalidInput("an agent credential must be bound to at least one location")
     return tuple(sorted(set(locations)))
+
+
+# --- the agents table, in SQL both backends run (``hub.storage.db``) -------------------------------------
+
+
+async def insert_agent(db: Db, granted: Sequence[str], role: str, chosen: str | None) -> tuple[str, str]:
+    """Store a new credential (``chosen``: its id; None: a new random one); return (agent_id, token)."""
+    for _ in range(1 if chosen else ADD_AGENT_ATTEMPTS):
+        new_id = chosen or new_agent_id()
+        token = new_token(new_id)
+        added = await db.execute(
+            "INSERT INTO agents (agent_id, token_sha256, role, locations, created_ms) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (agent_id) DO NOTHING",
+            (new_id, token_hash(token), role, json.dumps(list(granted)), wall_ms_now()),
+        )
+        if added == 1:
+            return new_id, token
+    if chosen:
+        raise InvalidInput(f"a credential with the agent id {chosen} exists already (revoked ones count); "
+                           "choose another id")  # fmt: skip
+    raise StoreError(f"could not find a free agent id in {ADD_AGENT_ATTEMPTS} tries")
+
+
+async def identity(db: Db, token: str) -> AgentIdentity | None:
+    """The identity of a bearer token, or None when it is unknown, wrong or revoked."""
+    agent_id = token_agent_id(token)
+    if agent_id is None:
+        return None
+    row = await db.fetchone(
+        "SELECT token_sha256, role, locations, revoked_ms, created_ms FROM agents WHERE agent_id = ?", (agent_id,)
+    )
+    if not hash_matches(token, row[0] if row else None) or row is None or row[3] is not None:
+        return None
+    return AgentIdentity(agent_id, frozenset(json.loads(row[2])), row[1], row[4])
+
+
+async def revoke(db: Db, agent_id: str) -> bool:
+    changed = await db.execute(
+        "UPDATE agents SET revoked_ms = ? WHERE agent_id = ? AND revoked_ms IS NULL", (wall_ms_now(), agent_id)
+    )
+    return changed == 1
+
+
+async def agent_status(db: Db, agent_id: str | None) -> list[AgentStatus]:
+    where = Where().add("agent_id = ?", agent_id)
+    marks: dict[str, dict[int, int]] = {}
+    for aid, epoch, hwm in await db.fetch(
+        f"SELECT agent_id, epoch, hwm FROM agent_hwm{where.sql} ORDER BY updated_ms, epoch", where.params
+    ):
+        marks.setdefault(aid, {})[epoch] = hwm
+    rows = await db.fetch(
+        "SELECT agent_id, locations, last_sync_ms, clock_skew_ms, role, revoked_ms, "
+        f"backlog, oldest_pending_ms, backlog_at_ms FROM agents{where.sql} ORDER BY agent_id",
+        where.params,
+    )
+    return [
+        AgentStatus(
+            aid, tuple(json.loads(locs)), last, marks.get(aid, {}), skew, role, revoked is not None,
+            backlog=backlog, oldest_pending_ms=oldest, backlog_at_ms=backlog_at,
+        )  # fmt: skip
+        for aid, locs, last, skew, role, revoked, backlog, oldest, backlog_at in rows
+    ]

@@ -1,8 +1,8 @@
 """What both backends share for the clock quarantine and transfer write-offs (schema version 5).
 
-Row mappings, the event an operator's "apply_at_receipt" ingests, and the
+Row mappings, the event an operator's "apply_at_receipt" ingests, the
 exception and ledger rows these produce, so SQLite and PostgreSQL answer the
-same words.
+same words, and the quarantine table's reads and writes in SQL both run.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from hub.clock_window import span
@@ -23,6 +24,8 @@ from hub.storage.base import (
     LedgerRow,
     QuarantineRow,
 )
+from hub.storage.db import Db, Where
+from hub.storage.sql import EVENT_FIELDS
 from protocol import ProtocolError, StockEvent, derived_event_id, event_id_hex, pack_hlc, unpack_hlc
 
 QUARANTINE_FIELDS = (
@@ -143,3 +146,41 @@ def writeoff_ledger_row(t: Transfer, updated_at_ms: int) -> LedgerRow:
         duplicates=0,
         received_at_ms=updated_at_ms,
     )
+
+
+# --- the quarantine table, in SQL both backends run (``hub.storage.db``) -----------------------------------
+
+
+async def held_rows(
+    db: Db, status: str | None, location: str | None, before_id: int | None, limit: int
+) -> list[QuarantineRow]:
+    """Held events newest first (by ``quarantine_id``); ``status`` None: all."""
+    where = Where().add("status = ?", status).add("location = ?", location).add("quarantine_id < ?", before_id)
+    sql = f"SELECT {QUARANTINE_FIELDS} FROM quarantine{where.sql} ORDER BY quarantine_id DESC LIMIT ?"
+    return [quarantine_row(r) for r in await db.fetch(sql, (*where.params, limit))]
+
+
+async def held_row(db: Db, quarantine_id: int, lock_row: str) -> QuarantineRow | None:
+    """One held event, its row locked until the commit with the backend's ``lock_row`` ("" where one writer)."""
+    row = await db.fetchone(f"SELECT {QUARANTINE_FIELDS} FROM quarantine WHERE quarantine_id = ?{lock_row}",
+                            (quarantine_id,))  # fmt: skip
+    return None if row is None else quarantine_row(row)
+
+
+async def discard(db: Db, row: QuarantineRow, operator: str, now_ms: int) -> None:
+    """Keep the held event as a rejection naming the operator."""
+    await db.execute(
+        f"INSERT INTO rejections ({EVENT_FIELDS}, content_hash, code, detail, received_at_ms) "
+        "SELECT event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, "
+        "ref, reason, attrs, ?, 'discarded', ?, ? FROM quarantine WHERE quarantine_id = ? "
+        "ON CONFLICT DO NOTHING",
+        (discarded_hash(row), discard_detail(row, operator, now_ms), now_ms, row.quarantine_id),
+    )
+
+
+async def mark_resolved(db: Db, row: QuarantineRow, status: str, operator: str, now_ms: int) -> QuarantineRow:
+    await db.execute(
+        "UPDATE quarantine SET status = ?, resolved_by = ?, resolved_at_ms = ? WHERE quarantine_id = ?",
+        (status, operator, now_ms, row.quarantine_id),
+    )
+    return replace(row, status=status, resolved_by=operator, resolved_at_ms=now_ms)

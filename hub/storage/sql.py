@@ -1,8 +1,9 @@
 """SQL both backends share word for word: column lists, the order key, the ledger's read of events.
 
 The hub's SQL is kept plain enough for SQLite and PostgreSQL alike (row-value
-comparisons, ``ON CONFLICT`` upserts); what differs between them — parameter
-markers, bulk loading, locks — stays in each backend's module.
+comparisons, ``ON CONFLICT`` upserts). Parameter markers are ``?``, numbered
+for PostgreSQL by ``hub.storage.db``; what else differs between them — bulk
+loading in ingest, locks — stays in each backend's modules.
 """
 
 from __future__ import annotations

@@ -1,0 +1,82 @@
+"""What needs a person: the exceptions list, read from every source of ``hub.storage.keys.EXCEPTION_SOURCES``
+in SQL both backends run.
+
+Each source is read in the list's order from the cursor on, at most a page of
+it, and the sources' rows are merged (``keys.exceptions_page``). The words are
+the resolver's and ``hub.storage.findings``'.
+"""
+
+from __future__ import annotations
+
+from hub.resolver import Transfer, negative_on_hand_finding
+from hub.storage import findings, held, keys, reports
+from hub.storage.base import ExceptionRow
+from hub.storage.db import Db, Row, Where
+from hub.storage.keys import ExceptionKey, ExceptionSource
+from hub.storage.rows import rejection_exception
+from hub.storage.sql import TRANSFER_FIELDS
+from protocol.catalog import UNKNOWN_SKU_PREFIX
+
+TRANSFER_ROW_FIELDS = f"{TRANSFER_FIELDS}, updated_at_ms"
+EITHER_END = "(COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ?)"  # a transfer is both ends' business
+REJECTION_FIELDS = (
+    "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
+)
+UNKNOWN_KEY = f"substr(s.sku, 1, {len(UNKNOWN_SKU_PREFIX)}) = '{UNKNOWN_SKU_PREFIX}'"
+
+
+async def exceptions(
+    db: Db, location: str | None, limit: int, transfer_open_max_ms: int | None, after: ExceptionKey | None,
+    now_ms: int,
+) -> list[ExceptionRow]:  # fmt: skip
+    """The first ``limit`` exceptions after ``after`` (see ``HubStore.exceptions``)."""
+
+    async def read(source: ExceptionSource, fields: str, table: str, where: Where) -> list[Row]:
+        """The source's rows after ``after`` in the list's order, at most ``limit``."""
+        where.page(source.after(after) if after is not None else None)
+        sql = f"SELECT {fields} FROM {table}{where.sql} ORDER BY {source.order} LIMIT ?"
+        return await db.fetch(sql, (*where.params, limit))
+
+    out: list[ExceptionRow] = []
+    negative = Where("on_hand < 0").add("location = ?", location)
+    for loc, sku, on_hand, at_ms in await read(keys.NEGATIVE, "location, sku, on_hand, updated_at_ms", "stock",
+                                               negative):  # fmt: skip
+        finding = negative_on_hand_finding(loc, sku, on_hand)
+        if finding is not None:
+            row = ExceptionRow(finding.kind, loc, sku, finding.detail, finding.data | {"available": 0}, at_ms)
+            out.append(findings.sourced(row, keys.NEGATIVE.name, loc, sku))
+    shipped = Where("((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received))")
+    for r in await read(keys.TRANSFER, TRANSFER_ROW_FIELDS, "transfers", shipped.add(EITHER_END, location, location)):
+        if (t := Transfer(*r[:10]).finding()) is not None:
+            row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
+            out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))
+    if transfer_open_max_ms is not None:
+        open_ = Where("closed_at IS NULL", "shipped > received").add("shipped_at_ms < ?", now_ms - transfer_open_max_ms)
+        for r in await read(
+            keys.TRANSFER_OVERDUE, TRANSFER_ROW_FIELDS, "transfers", open_.add(EITHER_END, location, location)
+        ):
+            if (t := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
+                row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
+                out.append(findings.sourced(row, keys.TRANSFER_OVERDUE.name, r[0], r[1]))
+    pending = Where("status = 'pending'").add("location = ?", location)
+    for r in await read(keys.CLOCK_QUARANTINE, held.QUARANTINE_FIELDS, "quarantine", pending):
+        row = held.quarantine_exception(held.quarantine_row(r))
+        out.append(findings.sourced(row, keys.CLOCK_QUARANTINE.name, r[0]))
+    refused = Where("code <> 'discarded'").add("location = ?", location)
+    for r in await read(keys.REJECTED, REJECTION_FIELDS, "rejections", refused):
+        out.append(findings.sourced(rejection_exception(r[:11]), keys.REJECTED.name, r[1], r[0], r[11]))
+    unknown = Where(UNKNOWN_KEY, "(s.on_hand <> 0 OR NOT EXISTS (SELECT 1 FROM catalog c WHERE c.unknown_sku = s.sku))")
+    unknown_fields = "s.location, s.sku, s.on_hand, s.updated_at_ms"
+    for r in await read(keys.UNKNOWN_BARCODE, unknown_fields, "stock s", unknown.add("s.location = ?", location)):
+        out.append(findings.unknown_barcode(*r))  # still holding stock, or its barcode is not in the catalog yet
+    issue_fields = "agent_id, issue_id, location, file, line, reason, raw, received_at_ms"
+    issues = Where().add("location = ?", location)
+    for r in await read(keys.IMPORT_QUARANTINE, issue_fields, "import_issues", issues):
+        out.append(findings.import_quarantine(*r))
+    for source, fields, table, make, located in findings.CHANNEL_SOURCES:  # a sales channel's findings (schema 6)
+        if location is None or located:
+            out += [make(*r) for r in await read(source, fields, table, Where().add("location = ?", location))]
+    page = keys.DIVERGENCE.after(after) if after is not None else None
+    diverging = await reports.divergence(db, location, None, limit, page, keys.DIVERGENCE.order)
+    out += [findings.divergence(d) for d in diverging]
+    return keys.exceptions_page(out, limit)

@@ -1,0 +1,83 @@
+"""The change feed's reads and the webhooks' state, in SQL both backends run (``hub.storage.db``).
+
+Change rows are written by each backend's ingest transaction, which numbers them in commit order
+(``SqliteIngest.append_changes``; ``hub.storage.postgres_feed``); the newest id is read with the
+backend's own query (``SqlHubStore.LATEST_CHANGE_SQL``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hub.storage.base import ChangeRow, WebhookDelivery, WebhookState
+from hub.storage.db import Db, Where
+from hub.storage.ingest import NewChange
+
+WEBHOOK_DELIVERIES_KEPT = 1_000  # per webhook; older attempts are pruned as new ones are logged
+EVENT_ID_BYTES = 16
+CHANGE_FIELDS = "change_id, location, sku, on_hand, reserved, available, in_transit, event_ids, at_ms"
+
+
+def change_row(r: Sequence[Any]) -> ChangeRow:
+    # CHANGE_FIELDS; event_ids holds the ids of the events that caused the change, one after the other
+    ids = bytes(r[7])
+    event_ids = tuple(ids[i : i + EVENT_ID_BYTES] for i in range(0, len(ids), EVENT_ID_BYTES))
+    return ChangeRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], event_ids, r[8])
+
+
+def change_values(c: NewChange, now_ms: int) -> tuple[Any, ...]:
+    """A new change row's values in ``CHANGE_FIELDS`` order but its id (the backend's to give)."""
+    s = c.snapshot
+    return (s.location, s.sku, s.on_hand, s.reserved, s.available, s.in_transit, b"".join(c.event_ids), now_ms)
+
+
+async def changes(db: Db, after: int, limit: int, location: str | None, sku: str | None) -> list[ChangeRow]:
+    where = Where().add("change_id > ?", after).add("location = ?", location).add("sku = ?", sku)
+    sql = f"SELECT {CHANGE_FIELDS} FROM changes{where.sql} ORDER BY change_id LIMIT ?"
+    return [change_row(r) for r in await db.fetch(sql, (*where.params, limit))]
+
+
+async def latest_change_id(db: Db, sql: str) -> int:
+    """The newest change id by the backend's query ``sql`` (0 when there is none)."""
+    row = await db.fetchone(sql)
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+async def webhook_state(db: Db, name: str) -> WebhookState:
+    row = await db.fetchone("SELECT cursor, last_error, attempts FROM webhooks WHERE name = ?", (name,))
+    return WebhookState(0, None, 0) if row is None else WebhookState(row[0], row[1], row[2])
+
+
+async def save_webhook_state(
+    db: Db, name: str, cursor: int, last_error: str | None, attempts: int, now_ms: int
+) -> None:
+    await db.execute(
+        "INSERT INTO webhooks (name, cursor, last_error, attempts, updated_ms) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, last_error = excluded.last_error, "
+        "attempts = excluded.attempts, updated_ms = excluded.updated_ms",
+        (name, cursor, last_error, attempts, now_ms),
+    )
+
+
+async def log_webhook_delivery(db: Db, d: WebhookDelivery) -> None:
+    """Append delivery attempt ``d`` (the database gives its ``delivery_id``); prune the webhook's oldest."""
+    await db.execute(
+        "INSERT INTO webhook_deliveries (name, first_change, last_change, status, http_status, error, at_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (d.name, d.first_change, d.last_change, d.status, d.http_status, d.error, d.at_ms),
+    )
+    await db.execute(
+        "DELETE FROM webhook_deliveries WHERE name = ? AND delivery_id < (SELECT MIN(delivery_id) FROM "
+        "(SELECT delivery_id FROM webhook_deliveries WHERE name = ? ORDER BY delivery_id DESC LIMIT ?) AS kept)",
+        (d.name, d.name, WEBHOOK_DELIVERIES_KEPT),
+    )
+
+
+async def webhook_deliveries(db: Db, name: str, limit: int, before_id: int | None = None) -> list[WebhookDelivery]:
+    rows = await db.fetch(
+        "SELECT delivery_id, name, first_change, last_change, status, http_status, error, at_ms "
+        "FROM webhook_deliveries WHERE name = ? AND delivery_id < ? ORDER BY delivery_id DESC LIMIT ?",
+        (name, (1 << 63) - 1 if before_id is None else before_id, limit),
+    )
+    return [WebhookDelivery(*r) for r in rows]

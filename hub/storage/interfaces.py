@@ -1,0 +1,310 @@
+"""The hub store's narrow interfaces, one per concern; ``hub.storage.base.HubStore`` is their union.
+
+A route or helper that needs a store names only the interface it uses
+(``store: FeedStore``), so what it depends on is in its signature. Every
+method is a coroutine. The values they take and answer are those of
+``hub.storage.base`` (imported here for type checking only: base imports this
+module to build ``HubStore``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from hub.storage.base import (
+        AgentIdentity,
+        AgentStatus,
+        Bundle,
+        BundleRecipe,
+        Catalog,
+        CatalogItem,
+        CatalogUpdate,
+        ChangeRow,
+        CountRow,
+        DivergenceRow,
+        ExceptionRow,
+        ImportIssue,
+        IngestResult,
+        LedgerRow,
+        Lineage,
+        Observation,
+        QuarantineRow,
+        ReportResult,
+        WebhookDelivery,
+        WebhookState,
+    )
+    from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, LedgerKey
+    from protocol import StockEvent
+
+
+class CredentialStore(Protocol):
+    """Who may call: bearer credentials, and where each agent stands."""
+
+    @abc.abstractmethod
+    async def add_agent(
+        self, locations: Sequence[str], role: str = "agent", agent_id: str | None = None
+    ) -> tuple[str, str]:
+        """Create a credential; return (agent_id, token). Only the token's hash is stored. ``agent_id``: the
+        id to give it (``InvalidInput`` when it is not a valid agent id or any credential, revoked too, has
+        it); None: a new random one."""
+
+    @abc.abstractmethod
+    async def authenticate(self, token: str) -> AgentIdentity | None:
+        """The identity for a bearer token, or None if unknown or revoked."""
+
+    @abc.abstractmethod
+    async def revoke_agent(self, agent_id: str) -> bool:
+        """Revoke a credential; True if it was active until now."""
+
+    @abc.abstractmethod
+    async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]:
+        """Every credential (or ``agent_id``'s) with its marks, last sync and the backlog it reported."""
+
+
+class IngestStore(Protocol):
+    """Stock events in: the one write path of movements."""
+
+    @abc.abstractmethod
+    async def ingest(
+        self,
+        who: AgentIdentity,
+        epoch: int,
+        events: Sequence[StockEvent],
+        acked_seq: int = 0,
+        *,
+        backlog: int | None = None,
+        oldest_pending_ms: int | None = None,
+        lineage: Lineage | None = None,
+        clock_window_ms: int | None = None,
+        sent_ms: int | None = None,
+    ) -> IngestResult:
+        """Dedupe, check, order, resolve and commit ``events`` and the new
+        high-water mark for (who.agent_id, epoch) in one transaction.
+
+        ``clock_window_ms`` (None: no window): an event whose stamp is further
+        than this ahead of the hub's clock, or before ``who.created_ms`` minus
+        it, is held in quarantine (``quarantine``), answered as rejected with
+        code "quarantined" and counted as processed for the mark. ``sent_ms``:
+        the sender's wall clock when it sent; its clock skew is measured from it.
+        Transfer events breaking ``hub.resolver.transfer_problem`` are rejected
+        ("invalid_transfer").
+
+        An event is identified by (who.agent_id, event_id): ids are namespaced
+        by the credential, and two deliveries are the same event iff their
+        movement content is equal (epoch and seq are delivery data; the stored
+        event keeps its first). ``lineage`` (optional): the mark is stored with
+        the sender's chain digest, answered as ``IngestResult.chain``; an epoch
+        seen for the first time starts at ``lineage.epoch_base``.
+
+        ``backlog`` and ``oldest_pending_ms`` are the sender's report of its
+        outbox (events not yet acknowledged, and the wall ms of the oldest);
+        when ``backlog`` is given, both are stored with the hub's time in the
+        same transaction (``AgentStatus``). None means "not reported": the
+        previous report stays. Negative values raise ``InvalidInput``.
+
+        ``acked_seq`` is the sender's acknowledged mark. When it is above the
+        mark the hub holds (the hub database was restored from an older copy),
+        the batch is still committed but the answer's ``hwm`` is the hub's mark
+        from before the batch, so the agent rewinds and resends what was lost.
+
+        Every (location, sku) whose on_hand, reserved, available or in_transit
+        changed gets one row in the change feed, in the same transaction.
+
+        Events for locations ``who`` is not bound to, and events whose id is
+        already stored with different content, are rejected (kept in the
+        rejections log, never counted). The answer carries the counts of every
+        (location, sku) the batch touched, read inside the same transaction.
+        Raises ``Forbidden`` unless ``who.role`` is "agent" or "admin".
+        """
+
+
+class LedgerStore(Protocol):
+    """Counts and the ledger behind them, and the safety stock held back from ``available``."""
+
+    @abc.abstractmethod
+    async def counts(
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None
+    ) -> list[CountRow]:
+        """Counts ordered by (location, sku); ``after`` keeps those ordered after that key (the next page)."""
+
+    @abc.abstractmethod
+    async def ledger(
+        self,
+        *,
+        location: str | None = None,
+        sku: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+        after: LedgerKey | None = None,
+    ) -> list[LedgerRow]:
+        """Events, rejected attempts and transfer write-offs newest first in the full order of
+        ``hub.storage.keys.ledger_key``; ``before`` (a packed HLC) keeps only those with
+        ``occurred_at < before``; ``after`` only those ordered after that key (the next page)."""
+
+    @abc.abstractmethod
+    async def set_safety_stock(self, location: str, sku: str, qty: int) -> CountRow:
+        """Set the units held back from ``available`` at one (location, sku)."""
+
+
+class FeedStore(Protocol):
+    """The change feed, and where each webhook stands (the feed helper drives them; the store keeps it)."""
+
+    @abc.abstractmethod
+    async def changes(
+        self, after: int, limit: int, location: str | None = None, sku: str | None = None
+    ) -> list[ChangeRow]:
+        """Change rows with ``change_id > after``, oldest first, at most ``limit``;
+        optionally of one location and/or one SKU. Resuming with the last id read
+        yields exactly the rest, each change once, in commit order."""
+
+    @abc.abstractmethod
+    async def latest_change_id(self) -> int:
+        """The newest change_id committed (0 when there is none)."""
+
+    @abc.abstractmethod
+    async def webhook_state(self, name: str) -> WebhookState:
+        """Where webhook ``name`` stands; ``WebhookState(0, None, 0)`` if never saved."""
+
+    @abc.abstractmethod
+    async def save_webhook_state(
+        self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0
+    ) -> None:
+        """Upsert the state of webhook ``name``."""
+
+    @abc.abstractmethod
+    async def log_webhook_delivery(
+        self,
+        name: str,
+        first_change: int,
+        last_change: int,
+        status: str,
+        http_status: int | None,
+        error: str | None,
+        at_ms: int,
+    ) -> None:
+        """Append one delivery attempt to the webhook's log."""
+
+    @abc.abstractmethod
+    async def webhook_deliveries(
+        self, name: str, limit: int = 100, before_id: int | None = None
+    ) -> list[WebhookDelivery]:
+        """The webhook's delivery attempts, newest first (by ``delivery_id``); ``before_id``: only those with
+        a smaller id (the page after a row)."""
+
+
+class CatalogStore(Protocol):
+    """Barcodes to SKUs, and the events booked under barcodes the catalog did not know."""
+
+    @abc.abstractmethod
+    async def catalog(self) -> Catalog:
+        """Every catalog item (ordered by barcode) and the catalog version."""
+
+    @abc.abstractmethod
+    async def catalog_version(self) -> int:
+        """The catalog version alone (cheap: for ETag / If-None-Match)."""
+
+    @abc.abstractmethod
+    async def put_catalog(self, items: Sequence[CatalogItem]) -> CatalogUpdate:
+        """Upsert ``items`` by barcode in one transaction. The version goes up by
+        one iff some item was inserted or changed."""
+
+    @abc.abstractmethod
+    async def unknown_events(self, skus: Sequence[str]) -> list[LedgerRow]:
+        """Every stored event (not rejected attempts) whose sku is one of ``skus``
+        (the "unknown:<barcode>" keys), in resolution order."""
+
+
+class ReportStore(Protocol):
+    """What needs a person, and what the stores report besides movements: observations, import issues."""
+
+    @abc.abstractmethod
+    async def exceptions(
+        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
+        after: ExceptionKey | None = None,
+    ) -> list[ExceptionRow]:
+        """What needs a person, newest first in the full order of ``hub.storage.keys.exception_key``
+        (``at_ms``, then source and the source's own key); ``after`` keeps those ordered after that key (the
+        next page). With ``transfer_open_max_ms``, transfers still open with units in transit that long
+        after their first shipment are listed too ("transfer_overdue")."""
+
+    @abc.abstractmethod
+    async def add_observations(self, who: AgentIdentity, observations: Sequence[Observation]) -> ReportResult:
+        """Store observations sent by ``who``, deduplicated by (agent_id, obs_id).
+        An observation of a location ``who`` is not bound to is rejected; a resend
+        (same id, same content) is accepted again, a different content under a
+        known id is rejected."""
+
+    @abc.abstractmethod
+    async def add_import_issues(self, who: AgentIdentity, issues: Sequence[ImportIssue]) -> ReportResult:
+        """Store quarantined import rows sent by ``who``; the same rules as ``add_observations``."""
+
+    @abc.abstractmethod
+    async def divergence(
+        self, *, location: str | None = None, system: str | None = None, limit: int = 1000,
+        after: DivergenceKey | None = None,
+    ) -> list[DivergenceRow]:
+        """For the latest observation per (system, location, sku): the hub's
+        on_hand as of its ``observed_at_ms`` (the last count ordered before it
+        plus the deltas between) next to the observed value, for those whose
+        difference reaches the threshold (``hub.resolver.diverges``), ordered
+        by (location, sku, system); ``after`` keeps those ordered after that key
+        (the next page)."""
+
+
+class QuarantineStore(Protocol):
+    """Events held for a stamp outside the clock window (schema version 5), and their resolution."""
+
+    @abc.abstractmethod
+    async def quarantine(
+        self, *, status: str | None = "pending", location: str | None = None, limit: int = 1000,
+        before_id: int | None = None,
+    ) -> list[QuarantineRow]:
+        """Events held for a stamp outside the clock window, newest first (by ``quarantine_id``); ``status``
+        None: all; ``before_id``: only those with a smaller id (the page after a row)."""
+
+    @abc.abstractmethod
+    async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
+        """Resolve one held event in one transaction: "apply_at_receipt" ingests it re-stamped at its
+        receipt time (attrs keep the original stamp; counts, feed and variances follow as for any event),
+        "discard" keeps it as a rejection naming the operator. None: no such id; ``AlreadyResolved``
+        when it was resolved before; ``InvalidInput`` for another action."""
+
+
+class BundleStore(Protocol):
+    """Bundles and their recipes with history (schema version 6)."""
+
+    @abc.abstractmethod
+    async def put_bundle(self, sku: str, components: Mapping[str, int], set_by: str) -> tuple[Bundle, bool]:
+        """Set the recipe of bundle ``sku`` (component SKU -> units per bundle) in one transaction; return the
+        bundle and whether anything changed (the same recipe again adds no version). The new version applies to
+        the movements stored after it; those stored before keep how they were booked. The bundle's rows (and
+        those of every bundle holding it) follow at once, with their change-feed rows. ``InvalidInput`` for a bad
+        recipe; ``BundleConflict`` when the recipes would put a bundle inside itself, or ``sku`` still holds stock
+        of its own (on hand, reserved or in transit)."""
+
+    @abc.abstractmethod
+    async def bundles(self, *, sku: str | None = None, after: str | None = None, limit: int = 1000) -> list[Bundle]:
+        """The bundles as they stand, by SKU; ``sku``: that one only; ``after``: those after that SKU (next page)."""
+
+    @abc.abstractmethod
+    async def bundle_versions(self, sku: str) -> list[BundleRecipe]:
+        """Every recipe version of ``sku``, oldest first ([] when it is not a bundle)."""
+
+    @abc.abstractmethod
+    async def bundle_parts(self, skus: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+        """Bundle SKU -> its parts now (plain SKU -> units per bundle), for the bundles that are or contain one
+        of ``skus`` (None: every bundle)."""
+
+
+class HealthStore(Protocol):
+    """Whether the database answers, and what it is."""
+
+    @abc.abstractmethod
+    async def health(self) -> dict[str, Any]: ...
+
+
+class RebookingStore(CatalogStore, IngestStore, Protocol):
+    """The catalog, and the ingest that books the events of barcodes it learns again under their SKUs."""

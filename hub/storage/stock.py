@@ -1,0 +1,102 @@
+"""Counts, the ledger and safety stock, in SQL both backends run (``hub.storage.db``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.resolver import Transfer, available
+from hub.storage import held, keys
+from hub.storage.base import CountRow, LedgerRow
+from hub.storage.bundles import BundleReads
+from hub.storage.db import Db, Row, Where
+from hub.storage.ingest import IngestTx, NewChange, refresh_bundles
+from hub.storage.keys import CountKey, LedgerKey
+from hub.storage.rows import COUNT_FIELDS, count_row, expanded_ids, ledger_row, with_expansions
+from hub.storage.sql import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, ledger_events_sql
+from protocol import CountSnapshot
+
+
+async def counts(
+    db: Db, location: str | None, sku: str | None, limit: int, after: CountKey | None
+) -> list[CountRow]:
+    where = Where().page(keys.counts_after(after) if after is not None else None)
+    where.add("location = ?", location).add("sku = ?", sku)
+    sql = f"SELECT {COUNT_FIELDS} FROM stock{where.sql} ORDER BY location, sku LIMIT ?"
+    return [count_row(r) for r in await db.fetch(sql, (*where.params, limit))]
+
+
+async def ledger(
+    db: Db, booked: BundleReads, location: str | None, sku: str | None, limit: int, before: int | None,
+    after: LedgerKey | None,
+) -> list[LedgerRow]:  # fmt: skip
+    """Events, rejected attempts and transfer write-offs (see ``HubStore.ledger``)."""
+
+    def where(page: tuple[str, tuple[Any, ...]] | None) -> Where:
+        return Where().page(page).add("location = ?", location).add("sku = ?", sku).add("occurred_at < ?", before)
+
+    events = where(keys.events_after(after) if after is not None else None)
+    rows = await db.fetch(
+        ledger_events_sql(f"(SELECT * FROM events{events.sql} ORDER BY {NEWEST_FIRST} LIMIT ?)"),
+        (*events.params, limit),
+    )
+    rejections = where(keys.rejections_after(after) if after is not None else None)
+    rows += await db.fetch(
+        f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code, content_hash "
+        f"FROM rejections{rejections.sql} ORDER BY {keys.REJECTIONS_NEWEST_FIRST} LIMIT ?",
+        (*rejections.params, limit),
+    )
+    out = [ledger_row(r) for r in rows]
+    if bundled := expanded_ids(out):  # a bundle's movement: how it was booked on its parts
+        out = with_expansions(out, await booked.expansions(bundled))
+    for found in await _writeoffs(db, location, sku, limit, before, after):
+        out.append(held.writeoff_ledger_row(Transfer(*found[:10]), found[10]))  # a transfer closed short
+    return keys.newest_first_after(out, after, limit)
+
+
+async def _writeoffs(
+    db: Db, location: str | None, sku: str | None, limit: int, before: int | None, after: LedgerKey | None
+) -> list[Row]:
+    """The transfers closed short (each a ledger row of its own, ``hub.storage.held``), newest first."""
+
+    def where() -> Where:
+        return (
+            Where("closed_at IS NOT NULL", "shipped > received")
+            .add("COALESCE(in_to, out_to) = ?", location)
+            .add("sku = ?", sku)
+            .add("closed_at < ?", before)
+        )
+
+    if after is None:
+        wanted = [(where(), limit)]
+    else:  # those stamped like the cursor's row may sort either side of it: read them all
+        wanted = [
+            (where().add("closed_at < ?", after.occurred_at), limit),
+            (where().add("closed_at = ?", after.occurred_at), keys.TIES_MAX),
+        ]
+    rows: list[Row] = []
+    for w, most in wanted:
+        sql = f"SELECT {TRANSFER_FIELDS}, updated_at_ms FROM transfers{w.sql} ORDER BY closed_at DESC LIMIT ?"
+        rows += await db.fetch(sql, (*w.params, most))
+    return rows
+
+
+async def set_safety_stock(db: Db, tx: IngestTx, location: str, sku: str, qty: int, now_ms: int) -> CountRow:
+    """Inside a write transaction holding (location, sku): set its safety stock; the change feed shows a new
+    ``available``, and the bundles made of it follow."""
+    was = await db.fetchone(
+        "SELECT on_hand, reserved, safety_stock FROM stock WHERE location = ? AND sku = ?", (location, sku)
+    )
+    stored = await db.fetchone(
+        "INSERT INTO stock (location, sku, on_hand, reserved, in_transit, safety_stock, updated_at_ms) "
+        "VALUES (?, ?, 0, 0, 0, ?, ?) ON CONFLICT (location, sku) DO UPDATE SET "
+        "safety_stock = excluded.safety_stock, updated_at_ms = excluded.updated_at_ms "
+        f"RETURNING {COUNT_FIELDS}",
+        (location, sku, qty, now_ms),
+    )
+    assert stored is not None  # an upsert returns its row
+    row = count_row(stored)
+    if available(*(was or (0, 0, 0))) != row.available:  # a new key starts at zero
+        snapshot = CountSnapshot(location, sku, row.on_hand, row.reserved, row.available, row.in_transit)
+        await tx.append_changes([NewChange(snapshot, ())], now_ms)
+    await refresh_bundles(tx, [(location, sku)], now_ms)  # the bundles made of it
+    return row

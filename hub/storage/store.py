@@ -1,0 +1,386 @@
+"""``SqlHubStore``: every method of ``HubStore`` written once, over a backend's ``hub.storage.db.Db``.
+
+Each method checks its arguments, then runs the shared queries (``hub.storage.stock``, ``exceptions``,
+``feed``, ``catalog``, ``reports``, ``bundles``, ``held``, ``credentials``) as one read or one write
+transaction of the backend. A backend gives only what really differs between SQLite and PostgreSQL:
+
+* ``_read_db`` / ``_write_db``: how a read and a write transaction run (connections, isolation, retries,
+  the translation of driver errors to ``StoreError``);
+* ``_booking``: the ingest adapter (``hub.storage.ingest.IngestTx``) inside a write, holding the locks
+  the write needs first and appending its change-feed rows last; ``_bundle_reads``: that adapter's reads
+  on any connection; ``_lock``: a named lock held until the commit;
+* ``LATEST_CHANGE_SQL`` and ``LOCK_ROW``: the two statements the dialects write differently;
+* opening, closing, migrating and ``health``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, ClassVar, Generic, TypeVar
+
+from hub.clock_window import ClockWindow
+from hub.resolver import StockKey, describe_parts
+from hub.storage import bundles, catalog, checks, credentials, exceptions, feed, held, keys, reports, stock
+from hub.storage.base import (
+    AgentIdentity,
+    AgentStatus,
+    AlreadyResolved,
+    Bundle,
+    BundleRecipe,
+    Catalog,
+    CatalogItem,
+    CatalogUpdate,
+    ChangeRow,
+    CountRow,
+    DivergenceRow,
+    ExceptionRow,
+    HubStore,
+    ImportIssue,
+    IngestResult,
+    InvalidInput,
+    LedgerRow,
+    Lineage,
+    Observation,
+    QuarantineRow,
+    ReportResult,
+    WebhookDelivery,
+    WebhookState,
+)
+from hub.storage.bundles import BundleReads
+from hub.storage.db import Db
+from hub.storage.ingest import Batch, IngestTx, apply_batch, apply_recipe, prepare_batch
+from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, LedgerKey
+from hub.storage.rows import ledger_row
+from protocol import StockEvent, wall_ms_now
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+D = TypeVar("D", bound=Db)
+R = TypeVar("R", Observation, ImportIssue)
+
+
+class SqlHubStore(HubStore, Generic[D]):
+    """``HubStore`` in SQL both backends run; ``D`` is the backend's ``Db`` adapter."""
+
+    LATEST_CHANGE_SQL: ClassVar[str]  # the newest change id committed (a single value; NULL or none: 0)
+    LOCK_ROW: ClassVar[str]  # appended to a SELECT of one row to lock it until the commit ("" where one writer)
+
+    # --- what a backend gives ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _check_open(self) -> None:
+        """Raise ``StoreClosed`` once closed."""
+
+    @abc.abstractmethod
+    async def _read_db(self, what: str, work: Callable[[D], Awaitable[T]], *, snapshot: bool = False) -> T:
+        """Run a read; ``snapshot``: one consistent state for all its statements. ``what`` names it in errors."""
+
+    @abc.abstractmethod
+    async def _write_db(
+        self, what: str, work: Callable[[D], Coroutine[Any, Any, T]], *, unique_races: bool = False
+    ) -> T:
+        """Run ``work`` in one write transaction and return its result once committed; a cancelled caller
+        does not cut it short. ``unique_races``: a unique violation (another hub stored the same row at the
+        same moment) is worth running it again whole, where hubs share the database."""
+
+    @abc.abstractmethod
+    async def _booking(
+        self, db: D, work: Callable[[IngestTx], Awaitable[T]], *, batch: Batch | None = None,
+        stock_keys: Collection[StockKey] = (),
+    ) -> T:  # fmt: skip
+        """Inside a write: run ``work`` over the backend's ingest adapter on ``db``, first taking the locks
+        ``batch`` needs and those of ``stock_keys`` (whose stock rows ``work`` writes with SQL of its own),
+        and appending the change-feed rows ``work`` made last."""
+
+    @abc.abstractmethod
+    def _bundle_reads(self, db: D) -> BundleReads:
+        """The ingest adapter's reads of the bundle tables, on a read connection."""
+
+    @abc.abstractmethod
+    async def _lock(self, db: D, name: str) -> None:
+        """Inside a write: hold the lock ``name`` until the commit (one writer of a shared row at a time)."""
+
+    # --- credentials -----------------------------------------------------------------------------------
+
+    async def add_agent(
+        self, locations: Sequence[str], role: str = "agent", agent_id: str | None = None
+    ) -> tuple[str, str]:
+        granted = credentials.check_grant(locations, role)
+        chosen = None if agent_id is None else credentials.check_agent_id(agent_id)
+        added_id, token = await self._write_db(
+            "adding a credential", lambda db: credentials.insert_agent(db, granted, role, chosen)
+        )
+        log.info("Added the %s credential %s for %s.", role, added_id, ", ".join(granted) or "no location")
+        return added_id, token
+
+    async def authenticate(self, token: str) -> AgentIdentity | None:
+        self._check_open()
+        if credentials.token_agent_id(token) is None:
+            return None
+        return await self._read_db("checking a credential", lambda db: credentials.identity(db, token))
+
+    async def revoke_agent(self, agent_id: str) -> bool:
+        revoked = await self._write_db("revoking a credential", lambda db: credentials.revoke(db, agent_id))
+        if revoked:
+            log.info("Revoked the credential %s.", agent_id)
+        return revoked
+
+    async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]:
+        return await self._read_db(
+            "reading agent status", lambda db: credentials.agent_status(db, agent_id), snapshot=True
+        )
+
+    # --- ingest ------------------------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        who: AgentIdentity,
+        epoch: int,
+        events: Sequence[StockEvent],
+        acked_seq: int = 0,
+        *,
+        backlog: int | None = None,
+        oldest_pending_ms: int | None = None,
+        lineage: Lineage | None = None,
+        clock_window_ms: int | None = None,
+        sent_ms: int | None = None,
+    ) -> IngestResult:
+        self._check_open()
+        # Checked before the write transaction: overlaps another batch.
+        clock = None if clock_window_ms is None else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms)
+        batch = prepare_batch(
+            who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
+            clock=clock, sent_ms=sent_ms,
+        )  # fmt: skip
+
+        async def work(db: D) -> IngestResult:
+            result = await self._booking(db, lambda tx: apply_batch(tx, batch, wall_ms_now()), batch=batch)
+            # This batch's keys stay locked until COMMIT (one writer, or its locks): the newest change id now is
+            # this commit's own position.
+            return replace(result, change_id=await feed.latest_change_id(db, self.LATEST_CHANGE_SQL))
+
+        return await self._write_db(f"committing {len(events)} event(s) from {who.agent_id}", work, unique_races=True)
+
+    # --- counts and the ledger ---------------------------------------------------------------------------
+
+    async def counts(
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None
+    ) -> list[CountRow]:
+        checks.limit(limit)
+        return await self._read_db("reading counts", lambda db: stock.counts(db, location, sku, limit, after))
+
+    async def ledger(
+        self,
+        *,
+        location: str | None = None,
+        sku: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+        after: LedgerKey | None = None,
+    ) -> list[LedgerRow]:
+        checks.limit(limit)
+        return await self._read_db(
+            "reading the ledger",
+            lambda db: stock.ledger(db, self._bundle_reads(db), location, sku, limit, before, after),
+            snapshot=True,
+        )
+
+    async def set_safety_stock(self, location: str, sku: str, qty: int) -> CountRow:
+        checks.safety_stock(location, sku, qty)
+
+        async def work(db: D) -> CountRow:
+            def booked(tx: IngestTx) -> Awaitable[CountRow]:
+                return stock.set_safety_stock(db, tx, location, sku, qty, wall_ms_now())
+
+            return await self._booking(db, booked, stock_keys=[(location, sku)])
+
+        return await self._write_db(f"setting the safety stock of {sku} at {location}", work)
+
+    # --- exceptions and the clock quarantine --------------------------------------------------------------
+
+    async def exceptions(
+        self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
+        after: ExceptionKey | None = None,
+    ) -> list[ExceptionRow]:  # fmt: skip
+        checks.limit(limit)
+        now_ms = wall_ms_now()
+        return await self._read_db(
+            "reading exceptions",
+            lambda db: exceptions.exceptions(db, location, limit, transfer_open_max_ms, after, now_ms),
+            snapshot=True,
+        )
+
+    async def quarantine(
+        self, *, status: str | None = "pending", location: str | None = None, limit: int = 1000,
+        before_id: int | None = None,
+    ) -> list[QuarantineRow]:  # fmt: skip
+        held.check_query(status)
+        checks.limit(limit)
+        return await self._read_db(
+            "reading the quarantine", lambda db: held.held_rows(db, status, location, before_id, limit)
+        )
+
+    async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
+        held.check_action(action)
+        checks.whole(quarantine_id, "quarantine id", 1, 2**63 - 1)
+
+        async def work(db: D) -> QuarantineRow | None:
+            row = await held.held_row(db, quarantine_id, self.LOCK_ROW)
+            if row is None:
+                return None
+            if row.status != "pending":
+                raise AlreadyResolved(f"held event {quarantine_id} was already {row.status} by {row.resolved_by}")
+            now_ms = wall_ms_now()
+            if action == "apply_at_receipt":
+                who, event = held.restamped(row, operator)
+                batch = replace(prepare_batch(who, event.epoch, [event]), operator=operator)
+                result = await self._booking(db, lambda tx: apply_batch(tx, batch, now_ms), batch=batch)
+                if result.rejected:
+                    raise InvalidInput(f"held event {quarantine_id} cannot be applied: {result.rejected[0].reason}")
+                return await held.mark_resolved(db, row, "applied", operator, now_ms)
+            await held.discard(db, row, operator, now_ms)
+            return await held.mark_resolved(db, row, "discarded", operator, now_ms)
+
+        resolved = await self._write_db(f"resolving held event {quarantine_id}", work, unique_races=True)
+        if resolved is not None:
+            log.info("%s %s held event %d (%s of %s at %s).", operator, resolved.status, quarantine_id,
+                     resolved.kind, resolved.sku, resolved.location)  # fmt: skip
+        return resolved
+
+    # --- change feed and webhooks ----------------------------------------------------------------------------
+
+    async def changes(
+        self, after: int, limit: int, location: str | None = None, sku: str | None = None
+    ) -> list[ChangeRow]:
+        checks.whole(after, "after", 0, 2**63 - 1)
+        checks.limit(limit)
+        return await self._read_db(
+            "reading the change feed", lambda db: feed.changes(db, after, limit, location, sku)
+        )
+
+    async def latest_change_id(self) -> int:
+        return await self._read_db(
+            "reading the change feed", lambda db: feed.latest_change_id(db, self.LATEST_CHANGE_SQL)
+        )
+
+    async def webhook_state(self, name: str) -> WebhookState:
+        return await self._read_db(f"reading the state of webhook {name}", lambda db: feed.webhook_state(db, name))
+
+    async def save_webhook_state(
+        self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0
+    ) -> None:
+        await self._write_db(
+            f"saving the state of webhook {name}",
+            lambda db: feed.save_webhook_state(db, name, cursor, last_error, attempts, wall_ms_now()),
+        )
+
+    async def log_webhook_delivery(
+        self,
+        name: str,
+        first_change: int,
+        last_change: int,
+        status: str,
+        http_status: int | None,
+        error: str | None,
+        at_ms: int,
+    ) -> None:
+        attempt = WebhookDelivery(0, name, first_change, last_change, status, http_status, error, at_ms)
+        await self._write_db(f"logging a delivery of webhook {name}", lambda db: feed.log_webhook_delivery(db, attempt))
+
+    async def webhook_deliveries(
+        self, name: str, limit: int = 100, before_id: int | None = None
+    ) -> list[WebhookDelivery]:
+        checks.limit(limit)
+        return await self._read_db(
+            f"reading the deliveries of webhook {name}", lambda db: feed.webhook_deliveries(db, name, limit, before_id)
+        )
+
+    # --- catalog -----------------------------------------------------------------------------------------------
+
+    async def catalog(self) -> Catalog:
+        return await self._read_db("reading the catalog", catalog.catalog, snapshot=True)
+
+    async def catalog_version(self) -> int:
+        return await self._read_db("reading the catalog version", catalog.catalog_version)
+
+    async def put_catalog(self, items: Sequence[CatalogItem]) -> CatalogUpdate:
+        checked = checks.catalog_items(items)
+
+        async def work(db: D) -> CatalogUpdate:
+            await self._lock(db, catalog.CATALOG_LOCK)  # the version is read, raised and written back
+            return await catalog.put_catalog(db, checked, wall_ms_now())
+
+        update = await self._write_db(f"writing {len(checked)} catalog item(s)", work)
+        if update.updated:
+            log.info("The catalog is at version %d: %d item(s) added or changed.", update.version, update.updated)
+        return update
+
+    async def unknown_events(self, skus: Sequence[str]) -> list[LedgerRow]:
+        async def work(db: D) -> list[LedgerRow]:
+            return [ledger_row(r) for r in await catalog.unknown_event_rows(db, skus)]
+
+        return await self._read_db("reading unknown-barcode events", work, snapshot=True)
+
+    # --- observations, import issues, divergence ---------------------------------------------------------------
+
+    async def add_observations(self, who: AgentIdentity, observations: Sequence[Observation]) -> ReportResult:
+        return await self._add_reports(reports.OBSERVATIONS, who, observations)
+
+    async def add_import_issues(self, who: AgentIdentity, issues: Sequence[ImportIssue]) -> ReportResult:
+        return await self._add_reports(reports.IMPORT_ISSUES, who, issues)
+
+    async def _add_reports(self, kind: reports.ReportTable[R], who: AgentIdentity, items: Sequence[R]) -> ReportResult:
+        checks.reporter(who, kind.plural)
+        kind.check(items)
+        return await self._write_db(
+            f"storing {len(items)} {kind.noun}(s) from {who.agent_id}",
+            lambda db: reports.add_reports(db, kind, who, items, wall_ms_now()),
+            unique_races=True,
+        )
+
+    async def divergence(
+        self, *, location: str | None = None, system: str | None = None, limit: int = 1000,
+        after: DivergenceKey | None = None,
+    ) -> list[DivergenceRow]:  # fmt: skip
+        checks.limit(limit)
+        page = keys.divergence_after(after) if after is not None else None
+        return await self._read_db(
+            "comparing observations", lambda db: reports.divergence(db, location, system, limit, page), snapshot=True
+        )
+
+    # --- bundles (schema version 6) ----------------------------------------------------------------------------
+
+    async def put_bundle(self, sku: str, components: Mapping[str, int], set_by: str) -> tuple[Bundle, bool]:
+        checked = checks.bundle_recipe(sku, components)
+
+        async def work(db: D) -> tuple[Bundle, bool]:
+            return await self._booking(db, lambda tx: apply_recipe(tx, sku, checked, set_by, wall_ms_now()))
+
+        bundle, changed = await self._write_db(f"setting the recipe of bundle {sku}", work)
+        if changed:
+            log.info("%s set bundle %s to recipe version %d (%s).", set_by, sku, bundle.recipe.version,
+                     describe_parts(checked))  # fmt: skip
+        return bundle, changed
+
+    async def bundles(self, *, sku: str | None = None, after: str | None = None, limit: int = 1000) -> list[Bundle]:
+        checks.limit(limit)
+        return await self._read_db(
+            "reading bundles",
+            lambda db: bundles.bundles(db, self._bundle_reads(db), sku, after, limit),
+            snapshot=True,
+        )
+
+    async def bundle_versions(self, sku: str) -> list[BundleRecipe]:
+        return await self._read_db("reading a bundle's recipes", lambda db: bundles.bundle_versions(db, sku))
+
+    async def bundle_parts(self, skus: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+        return await self._read_db(
+            "reading bundle recipes", lambda db: bundles.bundle_parts(self._bundle_reads(db), skus), snapshot=True
+        )
+
+    @abc.abstractmethod
+    async def health(self) -> dict[str, Any]: ...
