@@ -50,6 +50,7 @@ from agent.scanning import ModeRouter, ScanRouter, ScanService
 from agent.sessions.router import SessionRouter
 from agent.simulate import Simulator
 from protocol import Kind, event_id_hex
+from protocol.routes import HEALTH_PATH
 
 log = logging.getLogger("agent")
 
@@ -62,7 +63,6 @@ EXIT_HUB_UNREACHABLE = 4  # status: the hub does not answer /healthz
 EXIT_CREDENTIALS_REFUSED = 5  # status: the hub refused this agent's token at the last sync
 PROBE_TIMEOUT_S = 3.0
 CLOCK_WRONG_MS = 60_000  # status calls this machine's clock wrong past this skew from the hub's
-HEALTH_PATH = "/healthz"
 CATALOG_CACHE_FILENAME = "catalog-cache.json"
 PROG = "shelfsync-agent"
 DISTRIBUTION = "shelfsync"

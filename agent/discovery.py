@@ -12,7 +12,8 @@ comes back, wherever it comes back.
 
 The agent announces its local API as ``_shelfsync-agent._tcp`` with TXT
 ``id`` (agent id), ``location`` and ``path`` (the handheld page), so
-handhelds can find the store's agent.
+handhelds can find the store's agent. Service types, TXT keys and how a TXT
+record is read are protocol.discovery's, shared with the hub.
 """
 
 from __future__ import annotations
@@ -31,13 +32,18 @@ from zeroconf import InterfaceChoice, IPVersion, NonUniqueNameException, Service
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from agent.errors import AgentError
+from protocol.discovery import (
+    AGENT_SERVICE_TYPE,
+    HUB_SERVICE_TYPE,
+    AgentTxt,
+    agent_txt,
+    instance_name,
+    read_hub_txt,
+)
 
 log = logging.getLogger(__name__)
 
-HUB_SERVICE_TYPE = "_shelfsync-hub._tcp.local."  # as hub/discovery.py announces it (a test checks)
-AGENT_SERVICE_TYPE = "_shelfsync-agent._tcp.local."
 RESOLVE_TIMEOUT_MS = 3000
-INSTANCE_MAX_LEN = 63
 
 
 class DiscoveryError(AgentError):
@@ -154,12 +160,12 @@ class HubFinder:
         if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
             log.debug("The hub announcement %s did not resolve in time.", name)
             return
-        raw_id = (info.properties or {}).get(b"id")
+        txt = read_hub_txt(info.properties)
         addresses = info.parsed_addresses(IPVersion.V4Only)
-        if not raw_id or not addresses or not info.port:
+        if txt is None or not addresses or not info.port:
             log.warning("Ignoring the hub announcement %s: it lacks an id, an address or a port.", name)
             return
-        hub_id = raw_id.decode("utf-8", "replace")
+        hub_id = txt.hub_id
         followed = self.hub_id
         if followed is not None and hub_id != followed:
             if hub_id not in self._ignored:
@@ -218,13 +224,12 @@ class AgentAdvertiser:
     async def start(self) -> None:
         if self._zc is not None:
             return
-        instance = f"shelfsync agent {self.agent_id}"[:INSTANCE_MAX_LEN]
         info = AsyncServiceInfo(
             AGENT_SERVICE_TYPE,
-            f"{instance}.{AGENT_SERVICE_TYPE}",
+            f"{instance_name('agent', self.agent_id)}.{AGENT_SERVICE_TYPE}",
             addresses=[socket.inet_aton(a) for a in self.addresses],
             port=self.port,
-            properties={"id": self.agent_id, "location": self.location, "path": self.path},
+            properties=agent_txt(AgentTxt(self.agent_id, self.location, self.path)),
             server=f"shelfsync-agent-{_label(self.agent_id)}.local.",
         )
         zc = _zeroconf(self.interfaces)

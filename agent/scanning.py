@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,6 +43,7 @@ from agent.scan_journal import JournalError, ScanJournal
 from protocol import Kind, wall_ms_now
 from protocol import catalog as barcodes
 from protocol.event import ATTR_STR_MAX_LEN
+from protocol.values import CONTROL_RE
 
 if TYPE_CHECKING:  # agent.config imports this module for the mode names
     from agent.config import ScannerSection
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 COUNT_RESET_S = 900.0  # a count-mode reader starts a new count of a SKU after this long without scanning it
 STOP_TIMEOUT_S = 10.0
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ScanResult(StrEnum):
@@ -118,7 +117,7 @@ MODES: dict[str, ModeRule] = {
 
 def unknown_sku(key: str) -> str:
     """``unknown:<barcode>`` as the hub keys it (``protocol.catalog``); control characters made printable."""
-    return barcodes.unknown_sku(_CONTROL_RE.sub("\ufffd", key))
+    return barcodes.unknown_sku(CONTROL_RE.sub("\ufffd", key))
 
 
 def scan_units(item: CatalogItem | None, decoded: hardware.Decoded | None) -> int:

@@ -47,6 +47,7 @@ from hub.storage.base import (
     StoreClosed,
     StoreError,
 )
+from hub.storage.interfaces import IngestStore
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     QTY_MAX,
@@ -54,7 +55,9 @@ from protocol import (
     ProtocolError,
     SyncRequest,
     SyncResponse,
+    answers,
     encode_sync_response,
+    routes,
     wall_ms_now,
 )
 
@@ -222,8 +225,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     app[PUBLIC_ROUTES_KEY] = frozenset({"healthz"})
     openapi.setup(app)  # GET /v1/openapi.json (public)
     r = app.router
-    r.add_get("/healthz", healthz, name="healthz")
-    r.add_post("/v1/sync", post_sync, name="sync")
+    r.add_get(routes.HEALTH_PATH, healthz, name="healthz")
+    r.add_post(routes.SYNC_PATH, post_sync, name="sync")
     r.add_get("/v1/locations/{location}/counts", get_location_counts, name="location_counts")
     r.add_get("/v1/skus/{sku}/counts", get_sku_counts, name="sku_counts")
     r.add_get("/v1/ledger", get_ledger, name="ledger")
@@ -272,12 +275,12 @@ async def post_sync(request: web.Request) -> web.Response:
             err.bad[0].reason,
         )
         metrics.observe_invalid(request.app, "sync", len(err.bad))
-        return error_response(422, str(err), rejected=[views.bad_event(b) for b in err.bad])
+        return error_response(422, str(err), **answers.rejected_members(err.bad))
     except ProtocolError as err:
         log.info("refused a sync request from agent %s: %s", who.agent_id, err)
         raise web.HTTPBadRequest(text=str(err)) from err
     _check_sender(who, sync.agent_id)
-    store = request.app[STORE_KEY]
+    store: IngestStore = request.app[STORE_KEY]
     lineage = Lineage(sync.chain, sync.epoch_base or 0, sync.base_chain)
     result = await store.ingest(
         who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog, oldest_pending_ms=sync.oldest_pending_ms,

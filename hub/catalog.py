@@ -42,11 +42,13 @@ from hub import problems as problem_details
 from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
 from hub.config import url_problem
 from hub.storage import open_store
-from hub.storage.base import AgentIdentity, CatalogItem, HubError, HubStore, InvalidInput, LedgerRow
+from hub.storage.base import AgentIdentity, CatalogItem, HubError, InvalidInput, LedgerRow
 from hub.storage.checks import CATALOG_ITEMS_MAX, PACK_SIZE_MAX
 from hub.storage.checks import catalog_items as check_catalog_items
+from hub.storage.interfaces import CatalogStore, RebookingStore
 from protocol import Kind, ProtocolError, StockEvent, derived_event_id, event_id_hex, values
 from protocol.catalog import is_unknown_sku, unknown_sku
+from protocol.routes import CATALOG_PATH
 
 if TYPE_CHECKING:
     from hub.config import HubSettings
@@ -110,7 +112,7 @@ def corrections(original: LedgerRow, item: CatalogItem) -> tuple[StockEvent, Sto
     return cancel, book
 
 
-async def rebook(store: HubStore, items: Collection[CatalogItem]) -> int:
+async def rebook(store: RebookingStore, items: Collection[CatalogItem]) -> int:
     """Re-book every stored unknown-barcode event of ``items``' barcodes; return how many
     originals were re-booked now (0 when they all were already)."""
     by_key = {unknown_sku(item.barcode): item for item in items}
@@ -157,7 +159,7 @@ class KnownBarcodes:
         self._version = -1
         self._by_key: dict[str, CatalogItem] = {}
 
-    async def lookup(self, store: HubStore, skus: Collection[str]) -> list[CatalogItem]:
+    async def lookup(self, store: CatalogStore, skus: Collection[str]) -> list[CatalogItem]:
         version = await store.catalog_version()
         if version != self._version:
             catalog = await store.catalog()
@@ -175,7 +177,7 @@ async def rebook_unknown(request: web.Request, skus: Collection[str]) -> int:
     wanted = {sku for sku in skus if is_unknown_sku(sku)}
     if not wanted:
         return 0
-    store = request.app[STORE_KEY]
+    store: RebookingStore = request.app[STORE_KEY]
     try:
         known = await request.app[KNOWN_BARCODES_KEY].lookup(store, wanted)
         return await rebook(store, known) if known else 0
@@ -202,7 +204,7 @@ async def get_catalog(request: web.Request) -> web.StreamResponse:
     if csvexport.wants_csv(request):
         return await catalog_csv(request)
     views.Query(request, set())
-    store = request.app[STORE_KEY]
+    store: CatalogStore = request.app[STORE_KEY]
     tag = etag(await store.catalog_version())
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and _matches(if_none_match, tag):
@@ -225,7 +227,7 @@ async def put_catalog(request: web.Request) -> web.Response:
             return csv_refusal(err)
     else:
         items = parse_items(await _json_body(request))
-    store = request.app[STORE_KEY]
+    store: RebookingStore = request.app[STORE_KEY]
     update = await store.put_catalog(items)
     rebooked = await rebook(store, items)
     log.info(
@@ -438,8 +440,8 @@ async def catalog_csv(request: web.Request) -> web.StreamResponse:
 
 def routes(app: web.Application) -> None:
     app[KNOWN_BARCODES_KEY] = KnownBarcodes()
-    app.router.add_get("/v1/catalog", get_catalog, name="catalog")
-    app.router.add_put("/v1/catalog", put_catalog, name="catalog_put")
+    app.router.add_get(CATALOG_PATH, get_catalog, name="catalog")
+    app.router.add_put(CATALOG_PATH, put_catalog, name="catalog_put")
 
 
 # --- command line: shelfsync-hub catalog import -------------------------------------------------------------
@@ -554,7 +556,7 @@ async def _import_db(db: str, items: list[CatalogItem], progress: Callable[[int]
 async def _import_http(
     hub: str, token: str, ca_file: str | None, items: list[CatalogItem], progress: Callable[[int], None]
 ) -> ImportResult:
-    url = hub.rstrip("/") + "/v1/catalog"
+    url = hub.rstrip("/") + CATALOG_PATH
     try:
         tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
     except (OSError, ssl.SSLError) as error:

@@ -1,9 +1,10 @@
 """Zeroconf: the hub announces itself on the store network as ``_shelfsync-hub._tcp``.
 
 The TXT record carries the hub's id (``id``, from the database, so it stays
-the same when the hub moves to another machine or port) and the wire version
-(``v``). Agents match a hub by that id and treat its address as data: when the
-hub comes back elsewhere, they follow it (agent/discovery.py).
+the same when the hub moves to another machine or port) and the TXT version
+(``v``); the service type and the keys are protocol.discovery's. Agents match a
+hub by that id and treat its address as data: when the hub comes back
+elsewhere, they follow it (agent/discovery.py).
 
 Turned on by the ``advertise`` setting. The addresses announced are the one
 the hub listens on, or, when it listens on every interface (0.0.0.0), every
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from typing import Self
 
 from hub.storage.base import HubError
+from protocol.discovery import HUB_SERVICE_TYPE, HubTxt, hub_txt, instance_name
 
 try:
     import ifaddr
@@ -34,10 +36,6 @@ else:
     NO_ZEROCONF = None
 
 log = logging.getLogger(__name__)
-
-SERVICE_TYPE = "_shelfsync-hub._tcp.local."  # agent/discovery.py uses the same (a test checks)
-TXT_VERSION = "1"
-INSTANCE_MAX_LEN = 63
 
 
 class DiscoveryError(HubError):
@@ -89,13 +87,12 @@ class HubAdvertiser:
     async def start(self) -> None:
         if self._zc is not None:
             return
-        instance = f"shelfsync hub {self.hub_id}"[:INSTANCE_MAX_LEN]
         info = AsyncServiceInfo(
-            SERVICE_TYPE,
-            f"{instance}.{SERVICE_TYPE}",
+            HUB_SERVICE_TYPE,
+            f"{instance_name('hub', self.hub_id)}.{HUB_SERVICE_TYPE}",
             addresses=[socket.inet_aton(a) for a in self.addresses],
             port=self.port,
-            properties={"id": self.hub_id, "v": TXT_VERSION},
+            properties=hub_txt(HubTxt(self.hub_id)),
             server=f"shelfsync-hub-{self.hub_id[:12]}.local.",
         )
         zc = AsyncZeroconf(

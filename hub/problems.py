@@ -24,10 +24,11 @@ from typing import Any
 from aiohttp import web
 
 from hub import views
+from protocol import answers
 
-CONTENT_TYPE = "application/problem+json"
-TYPE_PREFIX = "urn:shelfsync:problem:"
-MEMBERS = frozenset({"type", "title", "status", "detail", "code", "instance"})  # an extra member may not take these
+CONTENT_TYPE = answers.PROBLEM_CONTENT_TYPE
+TYPE_PREFIX = answers.PROBLEM_TYPE_PREFIX
+MEMBERS = answers.PROBLEM_MEMBERS  # an extra member may not take these
 
 CODES: Mapping[int, str] = {
     400: "bad_request",
@@ -39,7 +40,7 @@ CODES: Mapping[int, str] = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    422: "invalid_events",
+    422: answers.INVALID_EVENTS_CODE,
     429: "rate_limited",
     500: "internal_error",
     502: "bad_gateway",
@@ -78,19 +79,9 @@ def title_of(code: str, status: int) -> str:
 
 
 def body(status: int, detail: str, code: str | None = None, **extra: Any) -> dict[str, Any]:
-    """The problem details of an error answer; ``extra`` members go beside the standard ones."""
-    clash = MEMBERS & set(extra)
-    if clash:
-        raise ValueError(f"extra members may not replace problem members: {', '.join(sorted(clash))}")
+    """The problem details of an error answer (``protocol.answers``); ``extra`` members go beside the standard ones."""
     code = code or code_of(status)
-    return {
-        "type": TYPE_PREFIX + code,
-        "title": title_of(code, status),
-        "status": status,
-        "detail": detail,
-        "code": code,
-        **extra,
-    }
+    return answers.problem_body(status, detail, code, title_of(code, status), **extra)
 
 
 def response(

@@ -39,6 +39,7 @@ from hub.storage.base import (
     Observation,
     ReportResult,
 )
+from hub.storage.interfaces import LedgerStore, ReportStore
 from hub.storage.keys import LedgerKey
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError, event_id_hex, pack_hlc, values, wall_ms_now
 from protocol.catalog import is_unknown_sku
@@ -51,6 +52,7 @@ from protocol.reports import (
     decode_observations,
     encode_report_answer,
 )
+from protocol.routes import IMPORT_ISSUES_PATH, OBSERVATIONS_PATH
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ async def divergence_csv(request: web.Request) -> web.StreamResponse:
     params = views.Query(request, {"location", "system", "limit", "cursor", "format"})
     location, system = params.location(), params.text(SYSTEM, "system")
     after = paging.parse(request, paging.divergence_key, "divergence")
-    store = request.app[STORE_KEY]
+    store: ReportStore = request.app[STORE_KEY]
     names = await csvexport.names_of(request)
 
     async def fetch(key: Any, n: int) -> list[DivergenceRow]:
@@ -305,7 +307,7 @@ async def counts_in(
     request: web.Request, period: Period, location: str | None, sku: str | None, after: LedgerKey | None
 ) -> AsyncIterator[list[LedgerRow]]:
     """The counts of ``period`` newest first, a ledger page at a time (pages may be empty)."""
-    store = request.app[STORE_KEY]
+    store: LedgerStore = request.app[STORE_KEY]
     top, bottom = pack_hlc(period.to_ms, 0), pack_hlc(period.from_ms, 0)
     key = after
     while True:
@@ -440,7 +442,7 @@ async def _chunks(rows: list[Sequence[object]]) -> AsyncIterator[list[Sequence[o
 
 
 def routes(app: web.Application) -> None:
-    app.router.add_post("/v1/observations", post_observations, name="observations")
-    app.router.add_post("/v1/import-issues", post_import_issues, name="import_issues")
+    app.router.add_post(OBSERVATIONS_PATH, post_observations, name="observations")
+    app.router.add_post(IMPORT_ISSUES_PATH, post_import_issues, name="import_issues")
     app.router.add_get("/v1/divergence", get_divergence, name="divergence")
     app.router.add_get("/v1/reports/variance", get_variance, name="variance")

@@ -43,25 +43,24 @@ The rules, per (location, sku):
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, TypeAlias, TypeGuard
+from typing import Any, TypeAlias
 
-from protocol import ON_HAND_KINDS, Kind, StockEvent, derived_event_id, event_id_hex
-from protocol.event import ATTRS_MAX_KEYS, LOCATION_MAX_LEN, QTY_MAX
+from protocol import ON_HAND_KINDS, Kind, StockEvent, derived_event_id, event_id_hex, values
+from protocol.event import ATTRS_MAX_KEYS, QTY_MAX
 
 OrderKey: TypeAlias = tuple[int, str, int, bytes]  # (occurred_at, agent_id, seq, event_id)
 StockKey: TypeAlias = tuple[str, str]  # (location, sku)
 TransferKey: TypeAlias = tuple[str, str]  # (ref, sku)
 ReservationKey: TypeAlias = tuple[str, str, str]  # (location, sku, ref); "" for reservations without a ref
 
-LOCATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 # Kinds whose position in the order matters for on_hand and variances.
 ORDERED_KINDS = ON_HAND_KINDS | {Kind.COUNT}
 RESERVATION_KINDS = frozenset({Kind.RESERVE, Kind.RELEASE})
+is_location = values.is_location  # the protocol's location rule, named here for the hub's callers
 
 
 class Effect(StrEnum):
@@ -76,11 +75,6 @@ class Effect(StrEnum):
 
 def order_key(ev: StockEvent) -> OrderKey:
     return (ev.occurred_at, ev.agent_id, ev.seq, ev.event_id)
-
-
-def is_location(value: object) -> TypeGuard[str]:
-    """True for a well-formed location code (the same rule the protocol applies to events)."""
-    return isinstance(value, str) and 0 < len(value) <= LOCATION_MAX_LEN and LOCATION_RE.fullmatch(value) is not None
 
 
 def available(on_hand: int, reserved: int, safety_stock: int) -> int:

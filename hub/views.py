@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from hub.storage.base import AgentStatus, CountRow, ExceptionRow, LedgerRow
-from protocol import BadEvent, event_id_hex, unpack_hlc, values
+from protocol import event_id_hex, unpack_hlc, values
 
 HLC_QUERY_MAX = (1 << 63) - 1
 
@@ -150,15 +150,6 @@ def agent_status(r: AgentStatus) -> dict[str, Any]:
         "oldest_pending": iso_ms(r.oldest_pending_ms),
         "backlog_at_ms": r.backlog_at_ms,
         "backlog_at": iso_ms(r.backlog_at_ms),
-    }
-
-
-def bad_event(b: BadEvent) -> dict[str, Any]:
-    return {
-        "index": b.index,
-        "event_id": None if b.event_id is None else event_id_hex(b.event_id),
-        "seq": b.seq,
-        "reason": b.reason,
     }
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 MESSAGE_MAX_CHARS = 500
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def one_line(text: str) -> str:
-    """``text`` with control characters escaped and cut to MESSAGE_MAX_CHARS: what a sender
-    put in a field can neither forge a line of the log nor flood it."""
-    text = _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """``text`` with control characters (``protocol.values.CONTROL_RE``) escaped and cut to MESSAGE_MAX_CHARS:
+    what a sender put in a field can neither forge a line of the log nor flood it."""
+    from protocol.values import CONTROL_RE  # here, not at the top: protocol.values imports this module
+
+    text = CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
     return text if len(text) <= MESSAGE_MAX_CHARS else text[: MESSAGE_MAX_CHARS - 1] + "…"
 
 

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import values
+from protocol import routes, values
 from protocol.errors import ProtocolError
 
-CHANGES_PATH = "/v1/changes"
+CHANGES_PATH = routes.CHANGES_PATH
 # query parameters
 CURSOR_PARAM = "cursor"
 LIMIT_PARAM = "limit"

@@ -47,14 +47,19 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 from protocol.errors import ProtocolError
 
 AttrValue: TypeAlias = str | int | float | bool | None
 
-# Characters no text may hold (see the module docstring).
-NOT_TEXT_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# The control characters: C0 (U+0000–U+001F), DEL (U+007F) and C1 (U+0080–U+009F), as a regex class body. No text
+# holds one; code that must keep or show a string that does (a barcode as scanned, a byte a file's encoding does
+# not define, a message quoting a sender) finds them with ``CONTROL_RE`` and replaces or escapes them.
+CONTROL_CHARS = "\x00-\x1f\x7f-\x9f"
+CONTROL_RE = re.compile(f"[{CONTROL_CHARS}]")
+# Characters no text may hold (see the module docstring): the control characters and more.
+NOT_TEXT_RE = re.compile(f"[{CONTROL_CHARS}\u2028\u2029\ud800-\udfff]")
 SURROGATE_RE = re.compile("[\ud800-\udfff]")
 TEXT_RULE = "no control characters, line separators or lone surrogates"
 
@@ -71,6 +76,11 @@ QUOTE_MAX_CHARS = 40  # of a refused value quoted in a 400's sentence
 def is_text(value: object) -> bool:
     """True for a ``str`` that follows the text rule (the empty string included)."""
     return isinstance(value, str) and NOT_TEXT_RE.search(value) is None
+
+
+def has_control(value: str) -> bool:
+    """True when ``value`` holds a control character (``CONTROL_RE``)."""
+    return CONTROL_RE.search(value) is not None
 
 
 def is_unicode(value: str) -> bool:
@@ -152,6 +162,11 @@ REF = TextField("ref", 128)
 REASON = TextField("reason", 64)
 STAFF = TextField("staff id", 64)
 ATTR_KEY = TextField("key name", ATTR_KEY_MAX_LEN)
+
+
+def is_location(value: object) -> TypeGuard[str]:
+    """True for a well-formed location code: the rule ``LOCATION`` applies to events, as a test."""
+    return LOCATION.valid(value)
 
 
 def check_attrs(value: Any, name: str = "attrs") -> dict[str, AttrValue]:

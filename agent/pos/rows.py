@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
@@ -31,9 +30,8 @@ from agent.pos.timezones import ZoneResolver
 from agent.pos.values import MEASURE_UNITS, parse_money, parse_quantity, timestamp_ms, to_base_units
 from protocol import Kind, ProtocolError, StockEvent, derived_event_id, pack_hlc
 from protocol.event import QTY_SIGN
+from protocol.values import has_control
 
-# C0 and C1 control characters: an undefined cp1252 byte becomes one, and no SKU holds one.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 Outcome = Movement | Observation | Quarantined | Skipped
 _KEY_SEP = "\x1f"
 _VALIDATOR_AGENT = "pos-import"
@@ -237,7 +235,7 @@ class RowMapper:
 
 
 def _check_sku(sku: str, name: str) -> None:
-    if _CONTROL_RE.search(sku):
+    if has_control(sku):  # an undefined cp1252 byte becomes a C1 control character, and no SKU holds one
         raise BadValue(f"{name} {sku[:40]!r} holds a control character (a byte the file's encoding does not define?)")
 
 

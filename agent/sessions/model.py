@@ -23,7 +23,7 @@ SCOPE_SKUS_MAX = 5000
 EXPECTED_LINES_MAX = 5000
 WRITE_OFF_REASON_DEFAULT = "damaged"
 
-_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")  # location codes, as the protocol checks them
+_CODE_RE = values.CODE_RE  # location codes, as the protocol checks them
 _STAFF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 
 

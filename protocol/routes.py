@@ -1,0 +1,21 @@
+"""The hub's HTTP routes that an agent calls: one spelling, used by the hub to register them and by the agent
+to call them.
+
+Each is a path below the hub's base URL (``hub_url``), which may itself carry a path prefix when the hub
+sits behind a reverse proxy: ``hub_url.rstrip("/") + SYNC_PATH``. What each route takes and answers is
+in docs/hub-api.md; the bodies are ``protocol.codec`` (sync), ``protocol.reports`` (observations, import
+issues), ``protocol.feed`` (changes) and ``protocol.answers`` (every error answer).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+HEALTH_PATH: Final = "/healthz"  # GET: is the hub up, which hub is it (public)
+SYNC_PATH: Final = "/v1/sync"  # POST msgpack: a batch of stock events; answers the mark and counts
+CHANGES_PATH: Final = "/v1/changes"  # GET: the change feed, a page after a cursor (long-poll with wait)
+CATALOG_PATH: Final = "/v1/catalog"  # GET: the barcode catalog; PUT (admin): replace it
+OBSERVATIONS_PATH: Final = "/v1/observations"  # POST msgpack: another system's on-hand beliefs
+IMPORT_ISSUES_PATH: Final = "/v1/import-issues"  # POST msgpack: POS export rows the agent quarantined
+
+AGENT_PATHS: Final = (HEALTH_PATH, SYNC_PATH, CHANGES_PATH, CATALOG_PATH, OBSERVATIONS_PATH, IMPORT_ISSUES_PATH)
