@@ -28,8 +28,6 @@ import io
 import json
 import logging
 import os
-import random
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +40,12 @@ from agent.hub_loop import AnswerTooLarge, HubLoop, read_answer
 from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.event import SKU_MAX_LEN
+from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
+from protocol.routes import CATALOG_PATH
+from protocol.values import has_control
 
 log = logging.getLogger(__name__)
 
-CATALOG_PATH = "/v1/catalog"
 DESCRIPTION_MAX_LEN = 256
 PACK_SIZE_MAX = 1_000_000
 REFRESH_S = 60.0
@@ -55,8 +55,6 @@ TIMEOUT_S = 30.0
 FILE_MAX_BYTES = 64 << 20
 ANSWER_MAX_BYTES = 2 * FILE_MAX_BYTES  # the hub's catalog as JSON: generous, but not whatever arrives
 PROBLEMS_LOGGED = 5  # problems quoted in a log line; all of them are in CatalogLoad.problems
-
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class CatalogError(AgentError):
@@ -96,7 +94,7 @@ def normalise_barcode(text: str) -> str:
         raise ValueError("the barcode is empty")
     if len(value) > BARCODE_MAX_LEN:
         raise ValueError(f"the barcode is {len(value)} characters long; the limit is {BARCODE_MAX_LEN}")
-    if _CONTROL_RE.search(value):
+    if has_control(value):
         raise ValueError(f"the barcode {value[:40]!r} holds a control character")
     return barcode_key(value)
 
@@ -109,7 +107,7 @@ def make_item(barcode: Any, sku: Any, pack_size: Any = 1, description: Any = "")
     if not isinstance(sku, str) or not sku.strip():
         raise ValueError(f"sku must be non-empty text, got {sku!r}")
     sku = sku.strip()
-    if len(sku) > SKU_MAX_LEN or _CONTROL_RE.search(sku):
+    if len(sku) > SKU_MAX_LEN or has_control(sku):
         raise ValueError(f"sku {sku[:40]!r} must be at most {SKU_MAX_LEN} printable characters")
     if sku.startswith(UNKNOWN_SKU_PREFIX):
         raise ValueError(f"sku {sku[:40]!r} starts with {UNKNOWN_SKU_PREFIX!r}, which is reserved for unknown barcodes")
@@ -300,10 +298,6 @@ class RefreshResult:
     items: int
 
 
-class _Failed(Exception):
-    """One failed refresh; the message is one sentence."""
-
-
 class AgentCatalog(HubLoop):
     """The running agent's catalog: the store's file plus the hub's copy, kept fresh by one loop.
 
@@ -343,7 +337,7 @@ class AgentCatalog(HubLoop):
         self._etag: str | None = None
         HubLoop.__init__(self)
         self._kick = asyncio.Event()
-        self._failures = 0
+        self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=EQUAL_JITTER))
         self._changed = asyncio.Condition()
         self.last_error: str | None = None
 
@@ -425,7 +419,7 @@ class AgentCatalog(HubLoop):
         if self._url is not None:
             try:
                 status = await self._fetch()
-            except _Failed as err:
+            except TurnFailed as err:
                 problems.append(str(err))
         if problems:
             raise CatalogError("; ".join(problems))
@@ -446,21 +440,23 @@ class AgentCatalog(HubLoop):
                 body = await read_answer(resp, self.answer_max_bytes, "catalog")
                 if resp.status != 200:
                     what = "refused this agent's credentials" if resp.status in (401, 403) else "answered"
-                    raise _Failed(
+                    raise TurnFailed(
                         f"the hub at {self._url} {what} (HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')})"
                     )
                 etag = resp.headers.get("ETag")
         except AnswerTooLarge as err:
-            raise _Failed(str(err)) from err
+            raise TurnFailed(str(err)) from err
         except TimeoutError:
-            raise _Failed(f"the hub at {self._url} did not answer within {self.timeout_s:g} s") from None
+            raise TurnFailed(f"the hub at {self._url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as err:
-            raise _Failed(f"the catalog could not be fetched from {self._url} ({err or type(err).__name__})") from err
+            raise TurnFailed(
+                f"the catalog could not be fetched from {self._url} ({err or type(err).__name__})"
+            ) from err
         try:
             data = json.loads(body)
             loaded = parse_catalog_json(data, f"from the hub at {self._url}")
         except (ValueError, CatalogError) as err:
-            raise _Failed(f"the hub's catalog could not be read ({err})") from err
+            raise TurnFailed(f"the hub's catalog could not be read ({err})") from err
         loaded.log_problems()
         self._hub, self._etag = loaded.catalog, etag
         self._merge()
@@ -489,28 +485,41 @@ class AgentCatalog(HubLoop):
 
     # --- the loop --------------------------------------------------------------
     async def _run(self) -> None:
-        while True:
-            delay_s = self.refresh_s
-            try:
-                await self.refresh()
-            except CatalogError as err:
-                self._failures += 1
-                self.last_error = str(err)
-                if self._failures == 1:
-                    log.warning("Catalog refresh failed, the current catalog stays in use: %s", err)
-                else:
-                    log.debug("Catalog refresh failed again: %s", err)
-                ceiling_s = min(self.retry_max_s, self.retry_base_s * 2 ** min(self._failures - 1, 30))
-                delay_s = min(self.refresh_s, random.uniform(ceiling_s / 2, ceiling_s))
-            else:
-                if self._failures:
-                    log.info("The catalog refreshes again after %d failed attempts.", self._failures)
-                self._failures, self.last_error = 0, None
-            async with self._changed:
-                self._changed.notify_all()
+        await run_turns(self._turn, wait=self._wait, failed=self._failed)
+
+    async def _turn(self) -> float:
+        try:
+            await self.refresh()
+        except CatalogError as err:
+            raise TurnFailed(str(err)) from err
+        if ended := self._streak.succeeded():
+            log.info("The catalog refreshes again after %d failed attempts.", ended)
+        self.last_error = None
+        await self._attempted()
+        return self.refresh_s
+
+    async def _failed(self, failure: TurnFailed) -> float:
+        if self._streak.failed(failure):
+            log.log(
+                failure.level, "Catalog refresh failed, the current catalog stays in use: %s", failure,
+                exc_info=failure.cause,
+            )  # fmt: skip
+        else:
+            log.debug("Catalog refresh failed again: %s", failure)
+        self.last_error = failure.reason
+        await self._attempted()
+        return min(self.refresh_s, self._streak.delay_s())
+
+    async def _attempted(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        """Until the next refresh is due or ``refresh_soon()``."""
+        if delay_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), delay_s)
-            self._kick.clear()
+        self._kick.clear()
 
 
 def _write_atomically(path: Path, payload: Any) -> None:

@@ -48,6 +48,7 @@ from agent.hub_loop import AnswerTooLarge, HubLoop, read_answer
 from agent.outbox import FeedPosition, Outbox
 from protocol import ProtocolError
 from protocol import feed as wire
+from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, parse_retry_after, run_turns
 from protocol.values import loads_json, shown
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ REQUEST_TIMEOUT_S = 30.0  # beyond the long-poll's own wait
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 60.0
 SLOW_RETRY_S = 300.0  # credentials refused, or a hub without the change feed
+SLOW_KINDS = frozenset({"refused", "no_feed"})  # failures retried every slow_retry_s, not with the backoff
 
 
 class FeedGate(Protocol):
@@ -107,19 +109,6 @@ class _Ahead:
     message: str
 
 
-class _Failed(Exception):
-    """One failed attempt: what kind of failure (a new kind is logged again), and one sentence saying why."""
-
-    def __init__(self, kind: str, message: str, *, retry_s: float | None = None, level: int = logging.WARNING) -> None:
-        super().__init__(message)
-        self.kind = (
-            kind  # "unreachable", "bad_answer", "refused", "no_feed", "rate_limited", "hub_error", "outbox", "bug"
-        )
-        self.message = message
-        self.retry_s = retry_s  # None: exponential backoff
-        self.level = level
-
-
 class CountFeed(HubLoop):
     """Follows the hub's change feed for ``outbox.location`` into the count cache. ``async with`` or start()/stop()."""
 
@@ -149,19 +138,20 @@ class CountFeed(HubLoop):
         self._gate: FeedGate = gate or OpenGate()
         self._wait_s = wait_s
         self._limit = page_limit
-        self._retry_base_s = retry_base_s
-        self._retry_max_s = retry_max_s
+        # Failure kinds: "unreachable", "bad_answer", "refused", "no_feed", "rate_limited", "hub_error", "outbox",
+        # "bug"; a new kind in a streak is logged again. The n-th failure in a row waits up to retry_base_s × 2^n.
+        self._streak = Streak(
+            Backoff(2 * retry_base_s, retry_max_s, jitter=FULL_JITTER, exact_retry_after=True), rng or random.Random()
+        )
         self._slow_retry_s = slow_retry_s
         self.timeout_s = wait_s + timeout_s
         self.answer_max_bytes = page_limit * CHANGE_MAX_BYTES + 4_096  # a longer answer is a failed attempt
-        self._rng = rng or random.Random()
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
         self._stored: FeedPosition | None = None  # as in the outbox
         self._read_to = 0  # the cursor after the pages read (ahead of ``_stored`` while catching up)
         self._pending: dict[tuple[str, str], wire.FeedChange] = {}  # read, not stored yet: the newest per SKU
         self._state = FeedState(None, 0, 0, 0, None)
-        self._failure_kind = ""  # of the last failed attempt
 
     # --- lifecycle -----------------------------------------------------
     async def start(self) -> None:
@@ -191,37 +181,24 @@ class CountFeed(HubLoop):
 
     # --- the loop --------------------------------------------------------
     async def _run(self) -> None:
-        while True:
-            try:
-                await self._step()
-            except _Failed as failure:
-                await self._failed(failure)
-                delay_s = failure.retry_s if failure.retry_s is not None else self._backoff_s()
-                await self._pause(delay_s)
-            except OutboxClosed:
-                return
-            except OutboxError as err:
-                await self._failed(_Failed("outbox", f"the outbox failed: {err}", level=logging.ERROR))
-                await self._pause(self._backoff_s())
-            except Exception as err:  # noqa: BLE001 - a bug must not end the loop: report it once, back off
-                await self._failed(
-                    _Failed("bug", f"unexpected {type(err).__name__}: {err}", level=logging.ERROR), cause=err
-                )
-                await self._pause(self._backoff_s())
-            else:
-                if self._state.failures:
-                    log.info("The count cache reads the hub's change feed again.")
-                    await self._update(failures=0, last_error=None)
+        with contextlib.suppress(OutboxClosed):
+            await run_turns(
+                self._turn, wait=self._pause, failed=self._failed, ends=(OutboxClosed,), unexpected=_unexpected
+            )
 
-    async def _pause(self, delay_s: float) -> None:
+    async def _turn(self) -> float:
+        await self._step()
+        if self._streak.succeeded():
+            log.info("The count cache reads the hub's change feed again.")
+            await self._update(failures=0, last_error=None)
+        return 0.0  # the next long-poll is the wait
+
+    async def _pause(self, delay_s: float, after_failure: bool) -> None:
         self._kick.clear()
         if delay_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), delay_s)
         self._kick.clear()
-
-    def _backoff_s(self) -> float:
-        return self._rng.uniform(0, min(self._retry_max_s, self._retry_base_s * 2 ** min(self._state.failures, 30)))
 
     async def _step(self) -> None:
         """Read one page; store what was read once it reaches the hub's newest change (or memory is full)."""
@@ -273,44 +250,46 @@ class CountFeed(HubLoop):
                 body = await read_answer(http, self.answer_max_bytes, "change feed page")
                 status, retry_after = http.status, http.headers.get("Retry-After", "")
         except AnswerTooLarge as err:
-            raise _Failed("bad_answer", str(err)) from err
+            raise TurnFailed(str(err), kind="bad_answer") from err
         except TimeoutError:
-            raise _Failed(
-                "unreachable", f"the hub at {self._base} did not answer the change feed within {self.timeout_s:g} s"
+            raise TurnFailed(
+                f"the hub at {self._base} did not answer the change feed within {self.timeout_s:g} s",
+                kind="unreachable",
             ) from None
         except aiohttp.ClientError as err:
-            raise _Failed(
-                "unreachable", f"the change feed at {self._base} could not be read ({err or type(err).__name__})"
+            raise TurnFailed(
+                f"the change feed at {self._base} could not be read ({err or type(err).__name__})", kind="unreachable"
             ) from err
         if status == 200:
             try:
                 return wire.decode_page(loads_json(body), after, self._limit)
             except (ValueError, ProtocolError) as err:
-                raise _Failed(
-                    "bad_answer", f"the hub's change feed page could not be read ({err})", level=logging.ERROR
+                raise TurnFailed(
+                    f"the hub's change feed page could not be read ({err})", kind="bad_answer", level=logging.ERROR
                 ) from err
         if status == 400 and after > 0:  # the cursor is ahead of the hub's feed (see check_not_ahead in hub.feed)
             return _Ahead(_error_message(body))
         if status in (401, 403):
-            raise _Failed(
-                "refused",
+            raise TurnFailed(
                 f"the hub refused this agent's credential for its change feed (HTTP {status}: {_error_message(body)});"
                 " the count cache learns counts from sync answers only until it is fixed",
-                retry_s=self._slow_retry_s,
+                kind="refused",
             )
         if status == 404:
-            raise _Failed(
-                "no_feed",
+            raise TurnFailed(
                 f"the hub at {self._base} has no change feed (HTTP 404); the count cache learns counts from sync"
                 " answers only",
-                retry_s=self._slow_retry_s,
+                kind="no_feed",
             )
         if status == 429:
-            wait = float(retry_after) if retry_after.isdigit() else None
-            raise _Failed(
-                "rate_limited", "the hub asks this agent to read its change feed less often (HTTP 429)", retry_s=wait
+            raise TurnFailed(
+                "the hub asks this agent to read its change feed less often (HTTP 429)",
+                kind="rate_limited",
+                retry_after_s=parse_retry_after(retry_after),
             )
-        raise _Failed("hub_error", f"the hub answered HTTP {status} to the change feed ({_error_message(body)})")
+        raise TurnFailed(
+            f"the hub answered HTTP {status} to the change feed ({_error_message(body)})", kind="hub_error"
+        )
 
     async def _restart(self, cursor: int, message: str) -> None:
         log.warning(
@@ -323,23 +302,32 @@ class CountFeed(HubLoop):
         await self._outbox.restart_feed()
         await self._update(restarts=self._state.restarts + 1)
 
-    async def _failed(self, failure: _Failed, cause: BaseException | None = None) -> None:
-        if self._state.failures == 0 or failure.kind != self._failure_kind:  # a streak's first, or a new kind
+    async def _failed(self, failure: TurnFailed) -> float:
+        """Count and log a failed attempt; how long to wait before the next."""
+        if self._streak.failed(failure):  # a streak's first, or a new kind
             log.log(
                 failure.level,
                 "The count cache cannot follow the hub's change feed for now (it tries again): %s.",
-                failure.message,
-                exc_info=cause,  # an unexpected error is a bug: its traceback once
+                failure.reason,
+                exc_info=failure.cause,  # an unexpected error is a bug: its traceback once
             )
         else:
-            log.debug("The change feed failed again: %s.", failure.message)
-        self._failure_kind = failure.kind
-        await self._update(failures=self._state.failures + 1, last_error=failure.message)
+            log.debug("The change feed failed again: %s.", failure.reason)
+        await self._update(failures=self._streak.failures, last_error=failure.reason)
+        if failure.kind in SLOW_KINDS:
+            return self._slow_retry_s
+        return self._streak.delay_s(failure.retry_after_s)
 
     async def _update(self, **changes: Any) -> None:
         self._state = dataclasses.replace(self._state, **changes)
         async with self._changed:
             self._changed.notify_all()
+
+
+def _unexpected(err: Exception) -> TurnFailed:
+    if isinstance(err, OutboxError):
+        return TurnFailed(f"the outbox failed: {err}", kind="outbox", level=logging.ERROR)
+    return TurnFailed.unexpected(err)
 
 
 def _error_message(body: bytes) -> str:

@@ -21,7 +21,7 @@ Hub answers and what they mean here:
 - 401/403: credentials refused; stop sending, log one ERROR, retry only every
   ``auth_retry_s`` or when ``update_credentials`` is called (config reload).
 - 429: the hub asks this agent to slow down; wait its Retry-After (seconds, at
-  most ``RETRY_AFTER_MAX_S``) instead of the backoff, then send again.
+  most ``protocol.retry.RETRY_AFTER_MAX_S``) instead of the backoff, then send again.
 - 400 and other 4xx: a bug or a wrong hub_url; log an ERROR, back off.
 - 5xx, connection errors, timeouts: back off.
 
@@ -60,24 +60,32 @@ from protocol import (
     Rejection,
     StockEvent,
     SyncRequest,
+    answers,
     decode_sync_response,
     encode_events,
     encode_sync_request,
     event_id_hex,
-    parse_event_id,
 )
+from protocol.retry import (
+    FULL_JITTER,
+    RETRY_BASE_S,
+    RETRY_MAX_S,
+    Backoff,
+    Streak,
+    TurnFailed,
+    parse_retry_after,
+    run_turns,
+    wait_for_any,
+)
+from protocol.routes import SYNC_PATH
 
 log = logging.getLogger(__name__)
 
-SYNC_PATH = "/v1/sync"
 BATCH_SIZE = 1000
 TICK_S = 5.0
-RETRY_BASE_S = 0.5
-RETRY_MAX_S = 60.0
 TIMEOUT_S = 30.0
 AUTH_RETRY_S = 300.0
 HEARTBEAT_S = 60.0  # an idle agent still tells the hub it is alive (and its backlog) this often
-RETRY_AFTER_MAX_S = 600.0  # the longest a hub's Retry-After (429) is honoured
 # Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
 # (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
 # backlog faster (docs/agent.md "How delivery works").
@@ -112,28 +120,6 @@ class _Prepared:
     in_flight: int  # events of the batch on its way then (counted in outgoing.backlog)
 
 
-class _Failed(Exception):
-    """One failed attempt: the state to report and one sentence saying why."""
-
-    def __init__(
-        self,
-        state: str,
-        message: str,
-        *,
-        reachable: bool,
-        level: int = logging.WARNING,
-        cause: BaseException | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.state = state
-        self.message = message
-        self.reachable = reachable
-        self.level = level
-        self.cause = cause  # logged with its traceback: an unexpected error is a bug
-        self.retry_after_s = retry_after_s  # the hub asked to wait this long (429 Retry-After)
-
-
 class Replicator(HubLoop):
     """Long-running sender of one outbox to one hub. ``async with Replicator(...)`` or start()/stop()."""
 
@@ -164,14 +150,15 @@ class Replicator(HubLoop):
         self._catchup_size = max(batch_size, min(MAX_BATCH_EVENTS, batch_size * CATCHUP_BATCH_FACTOR))
         self._waiting = 0  # events waiting, as last read or answered
         self._tick_s = tick_s
-        self._retry_base_s = retry_base_s
-        self._retry_max_s = retry_max_s
+        # A failed attempt's kind is the sync state it reports ("unreachable", "credentials_refused", …); a 429's
+        # Retry-After is the wait (the hub's rate limiter says when the next request is let through).
+        self._rng = rng or random.Random()
+        self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=FULL_JITTER, exact_retry_after=True), self._rng)
         self.timeout_s = timeout_s
         self._auth_retry_s = auth_retry_s
         self._heartbeat_s = heartbeat_s
         self.answer_max_bytes = answer_max_bytes  # a longer answer is a failed attempt (agent.hub_loop)
         self._last_answer_s = -math.inf  # monotonic time of the last 200 from the hub
-        self._rng = rng or random.Random()
         HubLoop.__init__(self)
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -262,54 +249,28 @@ class Replicator(HubLoop):
 
     # --- the loop --------------------------------------------------------
     async def _run(self) -> None:
-        delay_s = 0.0
-        wake_on_data = True
-        while True:
-            await self._wait(delay_s, wake_on_data)
-            try:
-                more = await self._step()
-            except _Failed as failure:
-                await self._failed(failure)
-                refused = failure.state == "credentials_refused"
-                delay_s = self._auth_retry_s if refused else self._backoff_s()
-                if failure.retry_after_s is not None:
-                    delay_s = failure.retry_after_s
-                wake_on_data = False  # new data must not cut a backoff short
-            except OutboxClosed:
-                log.info("The outbox was closed; the replicator stops.")
-                return
-            except Exception as err:  # noqa: BLE001 - a bug must not end replication: report it once, back off, retry
-                await self._failed(
-                    _Failed(
-                        "agent_error",
-                        f"unexpected {type(err).__name__}: {err}",
-                        reachable=bool(self._state.hub_reachable),
-                        level=logging.ERROR,
-                        cause=err,
-                    )
-                )
-                delay_s, wake_on_data = self._backoff_s(), False
-            else:
-                delay_s = 0.0 if more else self._tick_s
-                wake_on_data = True
-
-    async def _wait(self, delay_s: float, wake_on_data: bool) -> None:
-        if delay_s <= 0:
-            await asyncio.sleep(0)
-            return
-        waits = [asyncio.ensure_future(self._kick.wait())]
-        if wake_on_data:
-            waits.append(asyncio.ensure_future(self._outbox.new_data.wait()))
         try:
-            await asyncio.wait(waits, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-        self._kick.clear()
+            await run_turns(
+                self._turn, wait=self._wait, failed=self._failed, ends=(OutboxClosed,), unexpected=self._unexpected
+            )
+        except OutboxClosed:
+            log.info("The outbox was closed; the replicator stops.")
 
-    def _backoff_s(self) -> float:
-        ceiling_s = min(self._retry_max_s, self._retry_base_s * 2 ** min(self._state.failures - 1, 30))
-        return self._rng.uniform(0, ceiling_s)
+    async def _turn(self) -> float:
+        return 0.0 if await self._step() else self._tick_s
+
+    def _unexpected(self, err: Exception) -> TurnFailed:
+        """A bug must not end replication: it is reported once, backed off from and retried."""
+        return TurnFailed.unexpected(err, kind="agent_error", reachable=bool(self._state.hub_reachable))
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        """Up to ``delay_s``; new data cuts it short, except a backoff; new credentials always do."""
+        if after_failure:
+            await wait_for_any(delay_s, self._kick)
+        else:
+            await wait_for_any(delay_s, self._kick, self._outbox.new_data)
+        if delay_s > 0:
+            self._kick.clear()
 
     async def _step(self) -> bool:
         """Send one batch and store the answer. True if there is more to send right away."""
@@ -347,7 +308,9 @@ class Replicator(HubLoop):
         except OutboxClosed:
             raise
         except OutboxError as err:
-            raise _Failed("outbox_error", f"the outbox failed: {err}", reachable=True, level=logging.ERROR) from err
+            raise TurnFailed(
+                f"the outbox failed: {err}", kind="outbox_error", reachable=True, level=logging.ERROR
+            ) from err
 
     # --- batches: read and packed ahead ---------------------------------------------
     async def _prepare(self, limit: int, before: tuple[StockEvent, ...] = ()) -> _Prepared:
@@ -410,20 +373,22 @@ class Replicator(HubLoop):
                 body = await read_answer(http, self.answer_max_bytes, "sync answer")
                 return http.status, body, sent_ms, self._outbox.wall_ms()
         except AnswerTooLarge as err:
-            raise _Failed("hub_error", str(err), reachable=True, level=logging.ERROR) from err
+            raise TurnFailed(str(err), kind="hub_error", reachable=True, level=logging.ERROR) from err
         except TimeoutError:
-            raise _Failed(
-                "unreachable", f"the hub at {self._url} did not answer within {self.timeout_s:g} s", reachable=False
+            raise TurnFailed(
+                f"the hub at {self._url} did not answer within {self.timeout_s:g} s",
+                kind="unreachable",
+                reachable=False,
             ) from None
         except aiohttp.ClientConnectorError as err:
             reason = err.os_error.strerror or str(err.os_error)
-            raise _Failed(
-                "unreachable", f"could not connect to the hub at {self._url} ({reason})", reachable=False
+            raise TurnFailed(
+                f"could not connect to the hub at {self._url} ({reason})", kind="unreachable", reachable=False
             ) from err
         except aiohttp.ClientError as err:
-            raise _Failed(
-                "unreachable",
+            raise TurnFailed(
                 f"the connection to the hub at {self._url} failed ({err or type(err).__name__})",
+                kind="unreachable",
                 reachable=False,
             ) from err
 
@@ -431,14 +396,14 @@ class Replicator(HubLoop):
         try:
             resp = decode_sync_response(body)
         except ProtocolError as err:
-            raise _Failed(
-                "hub_error", f"the hub's answer could not be decoded ({err})", reachable=True, level=logging.ERROR
+            raise TurnFailed(
+                f"the hub's answer could not be decoded ({err})", kind="hub_error", reachable=True, level=logging.ERROR
             ) from err
         if (resp.agent_id, resp.epoch) != (self._outbox.agent_id, self._outbox.epoch):
-            raise _Failed(
-                "hub_error",
+            raise TurnFailed(
                 f"the hub answered for agent {resp.agent_id!r} epoch {resp.epoch},"
                 f" not for this agent's epoch {self._outbox.epoch}",
+                kind="hub_error",
                 reachable=True,
                 level=logging.ERROR,
             )
@@ -477,9 +442,9 @@ class Replicator(HubLoop):
             or result.set_aside > 0
             or result.forked_from_epoch is not None  # the outbox logged it; it resends in its new epoch
         ):
-            raise _Failed(
-                "hub_error",
+            raise TurnFailed(
                 f"the hub acknowledged only up to seq {result.acked_seq} of a batch ending at seq {batch[-1].seq}",
+                kind="hub_error",
                 reachable=True,
             )
         if batch and result.backlog == 0:
@@ -492,9 +457,9 @@ class Replicator(HubLoop):
     async def _invalid(self, batch: tuple[StockEvent, ...], body: bytes) -> bool:
         rejections = _rejections_from_422(batch, body)
         if not rejections:
-            raise _Failed(
-                "hub_error",
+            raise TurnFailed(
                 "the hub answered 422 without naming any event of the batch",
+                kind="hub_error",
                 reachable=True,
                 level=logging.ERROR,
             )
@@ -512,8 +477,8 @@ class Replicator(HubLoop):
 
     async def _too_big(self, batch: tuple[StockEvent, ...]) -> bool:
         if len(batch) <= 1:
-            raise _Failed(
-                "hub_error", "the hub refused a single event as too large", reachable=True, level=logging.ERROR
+            raise TurnFailed(
+                "the hub refused a single event as too large", kind="hub_error", reachable=True, level=logging.ERROR
             )
         half = max(1, len(batch) // 2)
         self._batch_size, self._catchup_size = min(self._batch_size, half), min(self._catchup_size, half)
@@ -525,41 +490,42 @@ class Replicator(HubLoop):
         await self._answered(waiting=len(batch))
         return True
 
-    def _slow_down(self, body: bytes) -> _Failed:
+    def _slow_down(self, body: bytes) -> TurnFailed:
         """429: wait what the hub's Retry-After says (seconds; backoff if it is missing or unreadable)."""
-        raw = (self._retry_after or "").strip()
-        wait_s = min(float(raw), RETRY_AFTER_MAX_S) if raw.isdigit() else self._backoff_s()
-        return _Failed(
-            "rate_limited",
+        wait_s = parse_retry_after(self._retry_after)
+        if wait_s is None:
+            wait_s = self._streak.backoff.delay_s(self._streak.failures + 1, self._rng)  # as for this failure
+        return TurnFailed(
             f"the hub at {self._url} asks this agent to send less often (HTTP 429: {_error_message(body)});"
             f" waiting {wait_s:g} s",
+            kind="rate_limited",
             reachable=True,
             level=logging.INFO,  # flow control, not a failure
             retry_after_s=wait_s,
         )
 
-    def _refused(self, status: int, body: bytes) -> _Failed:
+    def _refused(self, status: int, body: bytes) -> TurnFailed:
         message = _error_message(body)
         if status in (401, 403):
             refused, fix = credentials_refused(self._url, status, body, self._outbox.agent_id)
-            return _Failed(
-                "credentials_refused",
+            return TurnFailed(
                 f"{refused}; nothing is sent until {fix} (next try in {self._auth_retry_s:g} s or on config reload)",
+                kind="credentials_refused",
                 reachable=True,
                 level=logging.ERROR,
             )
         if status >= 500:
-            return _Failed(
-                "hub_error", f"the hub answered HTTP {status} ({message})", reachable=status not in (502, 503, 504)
+            return TurnFailed(
+                f"the hub answered HTTP {status} ({message})", kind="hub_error", reachable=status not in (502, 503, 504)
             )
         what = (
             "rejected the request as malformed, which is a bug"
             if status == 400
             else "answered unexpectedly; is hub_url right?"
         )
-        return _Failed(
-            "hub_error",
+        return TurnFailed(
             f"the hub at {self._url} {what} (HTTP {status}: {message})",
+            kind="hub_error",
             reachable=True,
             level=logging.ERROR,
         )
@@ -567,13 +533,13 @@ class Replicator(HubLoop):
     # --- bookkeeping -------------------------------------------------------
     async def _answered(self, *, waiting: int, sent: int = 0, backlog: int | None = None) -> None:
         """The hub answered an attempt usefully (200, 413 or 422)."""
-        if sent == 0 and waiting > 0 and self._state.failures:
+        if sent == 0 and waiting > 0 and self._streak.failures:
             # Only the handshake after a failure went through: whether the hub takes our events again is
             # not known yet, so neither the recovery is logged nor the failure forgotten (a batch that
             # keeps failing after each good handshake is then logged once, not on every cycle).
             await self._update(attempts=self._state.attempts + 1, hub_reachable=True)
             return
-        if self._state.failures:
+        if self._streak.succeeded():
             log.info("hub reachable again; %s events waiting, sending", f"{waiting:,}")
         await self._update(
             attempts=self._state.attempts + 1,
@@ -586,39 +552,44 @@ class Replicator(HubLoop):
             backlog=self._state.backlog if backlog is None else backlog,
         )
 
-    async def _failed(self, failure: _Failed) -> None:
+    async def _failed(self, failure: TurnFailed) -> float:
+        """Report and log a failed attempt; how long to wait before the next."""
         self._drop_prefetch()
         previous = self._state
         # After a failure the next request is a handshake, except after a 429: the hub answered and nothing
         # changed, and one more request would only spend the token the batch needs.
-        self._handshake_due = self._handshake_due or failure.state != "rate_limited"
-        first = previous.failures == 0 or previous.sync_state != failure.state
+        self._handshake_due = self._handshake_due or failure.kind != "rate_limited"
+        first = self._streak.failed(failure)  # a streak's first, or a new sync state
+        reachable = bool(failure.reachable)
         backlog = previous.backlog
         with contextlib.suppress(OutboxError):
             backlog = (await self._outbox.stats()).backlog
-            if first or previous.last_error != failure.message:
-                await self._outbox.note_sync_failure(failure.state, failure.message, hub_reachable=failure.reachable)
+            if first or previous.last_error != failure.reason:
+                await self._outbox.note_sync_failure(failure.kind, failure.reason, hub_reachable=reachable)
         if first:
-            then = "" if failure.state == "credentials_refused" else ", retrying with backoff"
+            then = "" if failure.kind == "credentials_refused" else ", retrying with backoff"
             log.log(
                 failure.level,
                 "Sync failed: %s; %s events waiting%s.",
-                failure.message,
+                failure.reason,
                 f"{backlog or 0:,}",
                 then,
                 exc_info=failure.cause,
             )
         else:
-            log.debug("Sync failed again: %s.", failure.message)
+            log.debug("Sync failed again: %s.", failure.reason)
         await self._update(
             attempts=previous.attempts + 1,
-            sync_state=failure.state,
-            last_error=failure.message,
-            hub_reachable=failure.reachable,
-            credentials_refused=failure.state == "credentials_refused",
-            failures=previous.failures + 1,
+            sync_state=failure.kind,
+            last_error=failure.reason,
+            hub_reachable=reachable,
+            credentials_refused=failure.kind == "credentials_refused",
+            failures=self._streak.failures,
             backlog=backlog,
         )
+        if failure.kind == "credentials_refused":
+            return self._auth_retry_s  # or sooner, on update_credentials
+        return self._streak.delay_s(failure.retry_after_s)  # new data does not cut it short (_wait)
 
     async def _update(self, **changes: Any) -> None:
         self._state = dataclasses.replace(self._state, batch_size=self._batch_size, **changes)
@@ -650,40 +621,8 @@ def _error_message(body: bytes) -> str:
 
 
 def _rejections_from_422(batch: tuple[StockEvent, ...], body: bytes) -> list[Rejection]:
-    """Map the 422 answer's ``rejected`` entries (by index, checked by id/seq) to events of the batch."""
-    items: Any = huberrors.error_member(body, "rejected")
-    if not isinstance(items, list):
-        return []
-    by_id = {ev.event_id: ev for ev in batch}
-    by_seq = {ev.seq: ev for ev in batch}
-    found: dict[int, Rejection] = {}
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        event = _pick(batch, by_id, by_seq, item)
-        if event is not None:
-            found[event.seq] = Rejection(
-                event.event_id, event.seq, "invalid", str(item.get("reason") or "invalid event")
-            )
-    return [found[seq] for seq in sorted(found)]
-
-
-def _pick(
-    batch: tuple[StockEvent, ...], by_id: dict[bytes, StockEvent], by_seq: dict[int, StockEvent], item: dict[str, Any]
-) -> StockEvent | None:
-    event_id: bytes | None = None
-    if isinstance(item.get("event_id"), str):
-        with contextlib.suppress(ValueError):
-            event_id = parse_event_id(item["event_id"])
-    index, seq = item.get("index"), item.get("seq")
-    if isinstance(index, int) and 0 <= index < len(batch):
-        candidate = batch[index]
-        if (event_id is None or candidate.event_id == event_id) and (not isinstance(seq, int) or candidate.seq == seq):
-            return candidate
-    if event_id is not None and event_id in by_id:
-        return by_id[event_id]
-    if isinstance(seq, int) and seq in by_seq:
-        return by_seq[seq]
-    if event_id is not None:
+    """The events of the batch the 422 answer's ``rejected`` names (protocol.answers reads it, either shape)."""
+    rejections, strangers = answers.rejections_in_batch(batch, answers.read_rejected(body))
+    for event_id in strangers:
         log.warning("The hub's 422 names event %s, which is not in the batch sent.", event_id_hex(event_id))
-    return None
+    return rejections

@@ -18,12 +18,10 @@ hub's reason and not sent again; one the hub does not mention is sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,14 +50,13 @@ from protocol.reports import (
     encode_import_issues,
     encode_observations,
 )
-from protocol.values import shown
+from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, run_turns, wait_for_any
+from protocol.routes import IMPORT_ISSUES_PATH, OBSERVATIONS_PATH
+from protocol.values import CONTROL_RE, shown
 
 log = logging.getLogger(__name__)
 
-OBSERVATIONS_PATH = "/v1/observations"
-IMPORT_ISSUES_PATH = "/v1/import-issues"
 BATCH_SIZE = 500
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +71,6 @@ class ReportsState:
     pending: bool | None = None  # whether the last attempt left more to send (None: not known yet)
 
 
-class _Failed(Exception):
-    def __init__(
-        self, message: str, *, auth: bool = False, level: int = logging.WARNING, cause: BaseException | None = None
-    ) -> None:
-        super().__init__(message)
-        self.auth = auth
-        self.level = level
-        self.cause = cause  # logged with its traceback: an unexpected error is a bug
-
-
 def observation_id(o: Observation) -> str:
     digest = hashlib.blake2b(
         f"{o.system}\0{o.location}\0{o.sku}\0{o.observed_at_ms}".encode(), digest_size=12, person=b"shelfsync-obs"
@@ -96,7 +83,7 @@ def issue_id(entry: QuarantineEntry) -> str:
 
 
 def _printable(text: str, limit: int) -> str:
-    return _CONTROL_RE.sub(" ", text)[:limit].strip() or "?"
+    return CONTROL_RE.sub(" ", text)[:limit].strip() or "?"
 
 
 class ReportSender(HubLoop):
@@ -128,10 +115,10 @@ class ReportSender(HubLoop):
         self.tick_s = tick_s
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=FULL_JITTER), rng or random.Random())
         self.timeout_s = timeout_s
         self.auth_retry_s = auth_retry_s
         self.answer_max_bytes = answer_max_bytes  # a longer answer is a failed attempt (agent.hub_loop)
-        self._rng = rng or random.Random()
         HubLoop.__init__(self)
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -169,37 +156,19 @@ class ReportSender(HubLoop):
 
     # --- the loop --------------------------------------------------------------
     async def _run(self) -> None:
-        delay_s = 0.0
-        while True:
-            await self._wait(delay_s)
-            try:
-                more = await self.send_once()
-            except PosStoreClosed:
-                log.info("The POS store was closed; reports to the hub stop.")
-                return
-            except _Failed as failure:
-                await self._failed(failure)
-                delay_s = self.auth_retry_s if failure.auth else self._backoff_s()
-            except PosImportError as err:
-                await self._failed(_Failed(f"the POS store failed: {err}", level=logging.ERROR))
-                delay_s = self._backoff_s()
-            except Exception as err:  # noqa: BLE001 - a bug must not end reporting: say so once, back off
-                await self._failed(_Failed(f"unexpected {type(err).__name__}: {err}", level=logging.ERROR, cause=err))
-                delay_s = self._backoff_s()
-            else:
-                delay_s = 0.0 if more else self.tick_s
+        try:
+            await run_turns(
+                self._turn, wait=self._wait, failed=self._failed, ends=(PosStoreClosed,), unexpected=_unexpected
+            )
+        except PosStoreClosed:
+            log.info("The POS store was closed; reports to the hub stop.")
 
-    async def _wait(self, delay_s: float) -> None:
-        if delay_s <= 0:
-            await asyncio.sleep(0)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._kick.wait(), delay_s)
+    async def _turn(self) -> float:
+        return 0.0 if await self.send_once() else self.tick_s
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        await wait_for_any(delay_s, self._kick)  # kick(): new data, or new credentials, cut any wait short
         self._kick.clear()
-
-    def _backoff_s(self) -> float:
-        ceiling_s = min(self.retry_max_s, self.retry_base_s * 2 ** min(self._state.failures - 1, 30))
-        return self._rng.uniform(0, ceiling_s)
 
     # --- one unit of work ----------------------------------------------------------
     async def send_once(self) -> bool:
@@ -214,6 +183,8 @@ class ReportSender(HubLoop):
             if issues:
                 await self._send_issues(issues)
             more = len(issues) == self.batch_size
+        if ended := self._streak.succeeded():
+            log.info("Reports reach the hub again after %d failed attempts.", ended)
         await self._update(failures=0, last_error=None, pending=more, attempts=self._state.attempts + 1)
         return more
 
@@ -267,7 +238,7 @@ class ReportSender(HubLoop):
         request = ImportIssuesRequest(self.agent_id, tuple(items))
         problem = _contract_problem(lambda: decode_import_issues(encode_import_issues(request)))
         if problem:  # the location or agent id itself: nothing of this batch could ever be sent
-            raise _Failed(f"quarantined rows cannot be reported: {problem}", level=logging.ERROR)
+            raise TurnFailed(f"quarantined rows cannot be reported: {problem}", level=logging.ERROR)
         answer = await self._post(IMPORT_ISSUES_PATH, encode_import_issues(request))
         done, rejected = self._settle(answer, by_id, "quarantined row")
         await self.store.mark_quarantine_sent(done)
@@ -286,7 +257,7 @@ class ReportSender(HubLoop):
             )  # fmt: skip
         done += [by_id[r.id] for r in rejected]
         if by_id and not done:
-            raise _Failed(f"the hub answered for none of the {len(by_id)} {what}(s) sent", level=logging.ERROR)
+            raise TurnFailed(f"the hub answered for none of the {len(by_id)} {what}(s) sent", level=logging.ERROR)
         return done, len(rejected)
 
     async def _post(self, path: str, body: bytes) -> ReportAnswer:
@@ -299,43 +270,51 @@ class ReportSender(HubLoop):
             async with session.post(url, data=body, headers=headers) as resp:
                 status, data = resp.status, await read_answer(resp, self.answer_max_bytes, f"answer to {path}")
         except AnswerTooLarge as err:
-            raise _Failed(str(err), level=logging.ERROR) from err
+            raise TurnFailed(str(err), level=logging.ERROR) from err
         except TimeoutError:
-            raise _Failed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
+            raise TurnFailed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as err:
-            raise _Failed(f"could not connect to the hub at {url} ({err.os_error.strerror or err.os_error})") from err
+            raise TurnFailed(
+                f"could not connect to the hub at {url} ({err.os_error.strerror or err.os_error})"
+            ) from err
         except aiohttp.ClientError as err:
-            raise _Failed(f"the connection to the hub at {url} failed ({err or type(err).__name__})") from err
+            raise TurnFailed(f"the connection to the hub at {url} failed ({err or type(err).__name__})") from err
         if status in (401, 403):
             refused, _ = credentials_refused(url, status, data, self.agent_id)
-            raise _Failed(refused, auth=True, level=logging.ERROR)
+            raise TurnFailed(refused, kind="credentials_refused", level=logging.ERROR)
         if status != 200:
             level = logging.WARNING if status >= 500 else logging.ERROR
-            raise _Failed(f"the hub at {url} answered HTTP {status} ({_message(data)})", level=level)
+            raise TurnFailed(f"the hub at {url} answered HTTP {status} ({_message(data)})", level=level)
         try:
             return decode_report_answer(data)
         except ProtocolError as err:
-            raise _Failed(f"the hub's answer from {url} could not be decoded ({err})", level=logging.ERROR) from err
+            raise TurnFailed(f"the hub's answer from {url} could not be decoded ({err})", level=logging.ERROR) from err
 
     # --- bookkeeping ---------------------------------------------------------------
-    async def _failed(self, failure: _Failed) -> None:
+    async def _failed(self, failure: TurnFailed) -> float:
+        """Count and log a failed attempt; how long to wait before the next."""
         previous = self._state
-        if previous.failures == 0:
+        if self._streak.failed(failure):
             log.log(
                 failure.level, "Reports to the hub failed, retrying with backoff: %s.", failure, exc_info=failure.cause
             )
         else:
             log.debug("Reports to the hub failed again: %s.", failure)
         await self._update(
-            attempts=previous.attempts + 1, failures=previous.failures + 1, last_error=str(failure), pending=True
+            attempts=previous.attempts + 1, failures=self._streak.failures, last_error=str(failure), pending=True
         )
+        return self.auth_retry_s if failure.kind == "credentials_refused" else self._streak.delay_s()
 
     async def _update(self, **changes: Any) -> None:
-        if changes.get("failures") == 0 and self._state.failures:
-            log.info("Reports reach the hub again after %d failed attempts.", self._state.failures)
         self._state = dataclasses.replace(self._state, **changes)
         async with self._changed:
             self._changed.notify_all()
+
+
+def _unexpected(err: Exception) -> TurnFailed:
+    if isinstance(err, PosImportError):
+        return TurnFailed(f"the POS store failed: {err}", level=logging.ERROR)
+    return TurnFailed.unexpected(err)
 
 
 def _contract_problem(check: Callable[[], Any]) -> str | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +24,7 @@ from typing import Final, Protocol, Self
 from hardware.errors import HardwareError, ScannerClosed, ScannerDisconnected
 from hardware.framing import Frame
 from hardware.scan import ReaderStatus, Scan, wall_ms
+from protocol.retry import EQUAL_JITTER, Backoff, Streak
 
 try:
     from termios import error as _termios_error
@@ -96,8 +96,7 @@ class ScannerReader(ABC):
     ) -> None:
         self._reader_id: Final = reader_id
         self._where: Final = where
-        self._initial_s = reconnect_initial_s
-        self._max_s = reconnect_max_s
+        self._backoff = Backoff(reconnect_initial_s, reconnect_max_s, jitter=EQUAL_JITTER)
         self._on_status = on_status
         self._status = ReaderStatus(reader_id, False, wall_ms())
         self._queue: asyncio.Queue[Scan | None] = asyncio.Queue()
@@ -243,7 +242,13 @@ class ScannerReader(ABC):
             self._queue.put_nowait(None)
 
     async def _keep_open(self) -> None:
-        delay_s = self._initial_s
+        """Open the device, hold it until it goes away, back off, open it again (``protocol.retry``'s schedule).
+
+        The backoff grows over every reopening that did not last ``STABLE_LINK_S``, so a device that drops right
+        after opening does not spin; the outage (``down``) is said once when it starts and once when it ends.
+        """
+        attempts = 0  # waits since the last link that lasted: the backoff's exponent
+        down = Streak(self._backoff)
         down_since: float | None = None  # monotonic start of the current outage, once it was logged
         connected_before = False
         while True:
@@ -251,7 +256,7 @@ class ScannerReader(ABC):
                 link = await self._open_shielded()
             except OPEN_ERRORS as err:
                 error = ScannerDisconnected(self._reader_id, self._where, describe_error(err))
-                if down_since is None:
+                if down.failed(error.reason):
                     down_since = time.monotonic()
                     log.warning(
                         "Scanner %r cannot open %s (%s); retrying in the background.",
@@ -262,13 +267,14 @@ class ScannerReader(ABC):
                 else:
                     log.debug("Scanner %r still cannot open %s: %s", self._reader_id, self._where, error.reason)
                 self._set_status(False, error)
-                await asyncio.sleep(random.uniform(delay_s / 2, delay_s))
-                delay_s = min(delay_s * 2, self._max_s)
+                attempts += 1
+                await asyncio.sleep(self._backoff.delay_s(attempts))
                 continue
 
             self._link = link
             if self._paused:
                 link.pause()
+            down.succeeded()  # said below, with how long the outage lasted
             if down_since is not None and connected_before:
                 log.info(
                     "Scanner %r is back on %s after %.1f s.",
@@ -299,14 +305,15 @@ class ScannerReader(ABC):
             finally:
                 self._link = None
             error = ScannerDisconnected(self._reader_id, self._where, describe_error(cause))
+            down.failed(error.reason)  # news, always: said here in its own words
             down_since = time.monotonic()
             log.warning("Scanner %r on %s went away (%s); reconnecting.", self._reader_id, self._where, error.reason)
             self._set_status(False, error)
             if down_since - opened_at >= STABLE_LINK_S:
-                delay_s = self._initial_s  # a healthy link: try again at once, from the start of the backoff
+                attempts = 0  # a healthy link: try again at once, from the start of the backoff
             else:  # a device that drops right after opening must not spin
-                await asyncio.sleep(random.uniform(delay_s / 2, delay_s))
-                delay_s = min(delay_s * 2, self._max_s)
+                attempts += 1
+                await asyncio.sleep(self._backoff.delay_s(attempts))
 
 
 def _abort_late_link(opening: asyncio.Future[Link]) -> None:

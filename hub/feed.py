@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -30,9 +29,11 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from hub import views
 from hub.auth import STORE_KEY
-from hub.storage.base import ChangeRow, HubStore, StoreClosed, StoreError
+from hub.storage.base import ChangeRow, StoreClosed, StoreError
+from hub.storage.interfaces import FeedStore
 from protocol import event_id_hex
 from protocol import feed as wire
+from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, run_turns
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ STREAM_BATCH = 500
 STREAM_RETRY_MS = 3_000  # what browsers wait before reconnecting a dropped stream
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 30.0
+WATCH_BACKOFF = Backoff(RETRY_BASE_S, RETRY_MAX_S, jitter=FULL_JITTER)  # a failing read of the newest change id
 CURSOR_MAX = (1 << 63) - 1
 WAIT_TEXT_MAX_CHARS = 32  # room for any float's decimal text (1.59e-203, 2.5000000000000004); longer is refused
 
@@ -57,7 +59,7 @@ class ChangeWatch:
     it concerns. A failing read backs off exponentially with jitter.
     """
 
-    def __init__(self, store: HubStore, recheck_s: float = RECHECK_DEFAULT_S) -> None:
+    def __init__(self, store: FeedStore, recheck_s: float = RECHECK_DEFAULT_S) -> None:
         self._store = store
         self._recheck_s = recheck_s
         self._latest = 0
@@ -66,6 +68,7 @@ class ChangeWatch:
         self._waiters = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._streak = Streak(WATCH_BACKOFF)
 
     @property
     def latest(self) -> int:
@@ -131,34 +134,41 @@ class ChangeWatch:
             self._task = asyncio.create_task(self._run(), name="change-watch")
 
     async def _run(self) -> None:
-        failures = 0
-        while not self._closed:
-            delay_s = self._recheck_s if self._waiters else None
-            if failures:
-                delay_s = random.uniform(0, min(RETRY_MAX_S, RETRY_BASE_S * 2 ** min(failures - 1, 16)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay_s)
-            self._wake.clear()
-            if self._closed:
-                return
-            if not self._waiters:
-                continue  # nobody waits: the next waiter's arrival triggers a fresh read
-            try:
-                latest = await self._store.latest_change_id()
-            except StoreClosed:
-                return
-            except (StoreError, OSError) as err:
-                failures += 1
-                if failures == 1:
-                    log.warning("the change feed cannot read the newest change id (%s); retrying with backoff", err)
-                continue
-            if failures:
-                log.info("the change feed reads the newest change id again after %d failed attempt(s)", failures)
-                failures = 0
-            if latest > self._latest:
-                self._latest = latest
-                async with self._cond:
-                    self._cond.notify_all()
+        with contextlib.suppress(StoreClosed):
+            await run_turns(
+                self._read_latest, wait=self._wait, failed=self._failed, ends=(StoreClosed,),
+                running=lambda: not self._closed,
+            )  # fmt: skip
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        """Until a poke, or the backoff after a failed read; while someone waits, at most ``recheck_s``."""
+        timeout_s: float | None = delay_s if after_failure else (self._recheck_s if self._waiters else None)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        self._wake.clear()
+
+    async def _read_latest(self) -> float:
+        if not self._waiters:
+            return 0.0  # nobody waits: the next waiter's arrival triggers a fresh read
+        try:
+            latest = await self._store.latest_change_id()
+        except (StoreError, OSError) as err:
+            raise TurnFailed(str(err)) from err
+        if ended := self._streak.succeeded():
+            log.info("the change feed reads the newest change id again after %d failed attempt(s)", ended)
+        if latest > self._latest:
+            self._latest = latest
+            async with self._cond:
+                self._cond.notify_all()
+        return 0.0
+
+    async def _failed(self, failure: TurnFailed) -> float:
+        if self._streak.failed(failure):
+            log.log(
+                failure.level, "the change feed cannot read the newest change id (%s); retrying with backoff", failure,
+                exc_info=failure.cause,
+            )  # fmt: skip
+        return self._streak.delay_s()
 
 
 FEED_KEY = web.AppKey("change_watch", ChangeWatch)
@@ -178,7 +188,7 @@ async def end_streams(app: web.Application) -> None:
         await watch.close()
 
 
-def setup(app: web.Application, store: HubStore, recheck_s: float) -> None:
+def setup(app: web.Application, store: FeedStore, recheck_s: float) -> None:
     """Register the feed's routes and its watch on ``app``."""
     app[FEED_KEY] = ChangeWatch(store, recheck_s)
 
@@ -201,7 +211,7 @@ class Page:
 
 
 async def read_page(
-    store: HubStore, after: int, limit: int, location: str | None = None, sku: str | None = None
+    store: FeedStore, after: int, limit: int, location: str | None = None, sku: str | None = None
 ) -> Page:
     """Changes after ``after``; with a filter, the cursor also skips what did not match."""
     if location is None and sku is None:
@@ -242,7 +252,7 @@ def parse_cursor(raw: str, name: str = "cursor") -> int:
     return int(raw)
 
 
-async def check_not_ahead(store: HubStore, after: int, name: str = "cursor") -> None:
+async def check_not_ahead(store: FeedStore, after: int, name: str = "cursor") -> None:
     """A 400 for a cursor past the newest change: this feed never gave it out, and reading on would skip changes."""
     if after == 0:
         return
@@ -289,7 +299,7 @@ async def get_changes(request: web.Request) -> web.Response:
     limit = _limit(query.get("limit"))
     wait_s = _wait_s(query.get("wait"))
     location, sku = _filters(params)
-    store = request.app[STORE_KEY]
+    store: FeedStore = request.app[STORE_KEY]
     watch = request.app[FEED_KEY]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
@@ -310,7 +320,7 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: one ``change`` event per change, ``id`` = its cursor; resumes from Last-Event-ID."""
     params = views.Query(request, {"cursor", "location", "sku"})
     location, sku = _filters(params)
-    store = request.app[STORE_KEY]
+    store: FeedStore = request.app[STORE_KEY]
     watch = request.app[FEED_KEY]
     resume = request.headers.get("Last-Event-ID")
     if resume is not None:
@@ -328,7 +338,7 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(
-    sse: EventSourceResponse, store: HubStore, watch: ChangeWatch, after: int, location: str | None, sku: str | None
+    sse: EventSourceResponse, store: FeedStore, watch: ChangeWatch, after: int, location: str | None, sku: str | None
 ) -> None:
     gone = asyncio.ensure_future(sse.wait())  # ends when the client goes away (a ping fails) or we stop
     try:

@@ -36,7 +36,8 @@ from hub import paging, views
 from hub.auth import STORE_KEY
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
 from hub.metrics import METRICS_KEY
-from hub.storage.base import ChangeRow, HubStore, StoreClosed, StoreError, WebhookDelivery
+from hub.storage.base import ChangeRow, StoreClosed, StoreError, WebhookDelivery
+from hub.storage.interfaces import FeedStore
 from hub.webhook_spec import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -49,6 +50,7 @@ from hub.webhook_spec import (
     verify_signature,
 )
 from protocol import wall_ms_now
+from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, run_turns
 
 __all__ = [
     "WebhookConfigError",
@@ -97,7 +99,7 @@ class WebhookDispatcher:
     def __init__(
         self,
         spec: WebhookSpec,
-        store: HubStore,
+        store: FeedStore,
         watch: ChangeWatch,
         session: aiohttp.ClientSession,
         deliveries: Counter | None = None,
@@ -109,50 +111,72 @@ class WebhookDispatcher:
         self._watch = watch
         self._session = session
         self._deliveries = deliveries
-        self._rng = rng or random.Random()
+        # A failed delivery backs off with jitter (the same batch goes again); a failed read or write of the
+        # store is retried on its own, without jitter, before the turn goes on.
+        self._streak = Streak(Backoff(RETRY_BASE_S, spec.retry_max_s), rng or random.Random())
+        self._store_backoff = Backoff(RETRY_BASE_S, spec.retry_max_s, jitter=NO_JITTER)
+        self._scanned = 0  # the change id up to which the feed was read (ahead of the cursor past unmatched changes)
 
     async def run(self) -> None:
+        """Deliver the change feed, a page a turn (``protocol.retry.run_turns``), until the feed closes."""
         spec = self.spec
         try:
             state = await self._retrying(lambda: self._store.webhook_state(spec.name))
             self.status.cursor, self.status.last_error, self.status.failures = state
-            scanned = state.cursor
-            while not self._watch.closed:
-                page = await self._retrying(
-                    lambda after=scanned: read_page(self._store, after, spec.batch_max, spec.location)  # type: ignore[misc]
-                )
-                if not page.rows:
-                    scanned = page.cursor
-                    await self._watch.wait_past(scanned, WAIT_MAX_S)
-                    continue
-                outcome = await self._deliver(page.rows)
-                if outcome.ok:
-                    scanned = page.cursor
-                    await self._succeeded(page.rows, page.cursor, outcome)
-                else:
-                    await self._failed(page.rows, outcome)
-                    await asyncio.sleep(self._backoff_s())
+            self._streak.resume(state.attempts, state.last_error)  # a restart goes on with the backoff it had
+            self._scanned = state.cursor
+            await run_turns(
+                self._turn, wait=self._wait, failed=self._failed_turn, ends=(StoreClosed,),
+                running=lambda: not self._watch.closed,
+            )  # fmt: skip
         except StoreClosed:
             return
 
-    async def _retrying(self, read: Callable[[], Awaitable[T]]) -> T:
-        failures = 0
+    async def _turn(self) -> float:
+        """Deliver the next page; how long to wait for changes afterwards (0: go on at once)."""
+        spec = self.spec
+        page = await self._retrying(
+            lambda after=self._scanned: read_page(self._store, after, spec.batch_max, spec.location)  # type: ignore[misc]
+        )
+        if not page.rows:
+            self._scanned = page.cursor
+            return WAIT_MAX_S
+        outcome = await self._deliver(page.rows)
+        if not outcome.ok:
+            await self._failed(page.rows, outcome)
+            first, last = page.rows[0].change_id, page.rows[-1].change_id
+            raise TurnFailed(f"delivering changes {first}-{last} to {spec.display_url} failed ({outcome.error})")
+        self._scanned = page.cursor
+        await self._succeeded(page.rows, page.cursor, outcome)
+        return 0.0
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        if after_failure:
+            await asyncio.sleep(delay_s)
+        elif delay_s > 0:
+            await self._watch.wait_past(self._scanned, delay_s)
+
+    async def _failed_turn(self, failure: TurnFailed) -> float:
+        if self._streak.failed(failure):
+            log.log(
+                failure.level, "webhook %s: %s; retrying with backoff", self.spec.name, failure, exc_info=failure.cause
+            )
+        return self._streak.delay_s()
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` (a read or write of the store) until it works, backing off between failures."""
+        streak = Streak(self._store_backoff)
         while True:
             try:
-                result = await read()
+                result = await call()
             except StoreError as err:
-                failures += 1
-                if failures == 1:
+                if streak.failed(str(err)):
                     log.warning("webhook %s cannot read the change feed (%s); retrying", self.spec.name, err)
-                await asyncio.sleep(min(self.spec.retry_max_s, RETRY_BASE_S * 2 ** min(failures - 1, 16)))
+                await asyncio.sleep(streak.delay_s())
                 continue
-            if failures:
+            if streak.succeeded():
                 log.info("webhook %s reads the change feed again", self.spec.name)
             return result
-
-    def _backoff_s(self) -> float:
-        ceiling_s = min(self.spec.retry_max_s, RETRY_BASE_S * 2 ** min(self.status.failures - 1, 30))
-        return self._rng.uniform(ceiling_s / 2, ceiling_s)
 
     async def _deliver(self, rows: list[ChangeRow]) -> _Outcome:
         spec = self.spec
@@ -197,13 +221,14 @@ class WebhookDispatcher:
             )
         )
         await self._retrying(lambda: self._store.save_webhook_state(spec.name, cursor, None, 0))
-        if status.failures:
-            log.info("webhook %s delivers again, after %d failed attempt(s)", spec.name, status.failures)
+        if ended := self._streak.succeeded():
+            log.info("webhook %s delivers again, after %d failed attempt(s)", spec.name, ended)
         status.cursor, status.failures, status.last_error, status.last_success_ms = cursor, 0, None, now_ms
         if self._deliveries is not None:
             self._deliveries.labels(spec.name, "delivered").inc()
 
     async def _failed(self, rows: list[ChangeRow], outcome: _Outcome) -> None:
+        """Log the failed delivery in the store; the loop logs it and backs off (``_failed_turn``)."""
         spec, status = self.spec, self.status
         status.failures += 1
         status.last_error = outcome.error
@@ -216,15 +241,6 @@ class WebhookDispatcher:
         await self._retrying(
             lambda: self._store.save_webhook_state(spec.name, status.cursor, outcome.error, status.failures)
         )
-        if status.failures == 1:
-            log.warning(
-                "webhook %s: delivering changes %d-%d to %s failed (%s); retrying with backoff",
-                spec.name,
-                first,
-                last,
-                spec.display_url,
-                outcome.error,
-            )
         if self._deliveries is not None:
             self._deliveries.labels(spec.name, "failed").inc()
 

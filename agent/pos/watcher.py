@@ -28,7 +28,6 @@ import errno
 import fnmatch
 import logging
 import os
-import random
 import stat
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import watchfiles
 from agent.pos.errors import PosImportError
 from agent.pos.importer import PosImporter
 from agent.pos.model import ImportReport
+from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
 from protocol.values import shown
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,13 @@ class PosFolderWatcher:
         self.on_report = on_report
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=EQUAL_JITTER))
         self._pending: dict[Path, _Seen] = {}
         self._unmovable: dict[Path, tuple[int, int]] = {}  # imported but could not be filed away
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._failures = 0
-        self._retry_at = 0.0
+        self._importing: Path | None = None  # the file of the turn under way (or of the failed one)
         self._last_rescan = 0.0
 
     # --- lifecycle ------------------------------------------------------------------
@@ -146,28 +146,46 @@ class PosFolderWatcher:
 
     # --- the loop -------------------------------------------------------------------
     async def run(self) -> None:
+        """Turn after turn (``protocol.retry.run_turns``): take one settled file and import it, or wait for a
+        folder change or a tick; when the outbox or store fails, the file stays and the import is retried."""
         log.info("Watching %s for POS exports (%s).", self.folder, ", ".join(self.patterns))
         watch = asyncio.create_task(self._watch())
         try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if now - self._last_rescan >= RESCAN_S:
-                    self._rescan(now)
-                path = self._settled(now) if now >= self._retry_at else None
-                if path is not None:
-                    await self._import(path)
-                    continue
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._tick_s(now))
+            await run_turns(self._turn, wait=self._wait, failed=self._failed, running=lambda: not self._stop.is_set())
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
 
-    def _tick_s(self, now: float) -> float:
-        if now < self._retry_at:
-            return max(TICK_MIN_S, self._retry_at - now)
+    async def _turn(self) -> float:
+        """Import one settled file (0: look for the next at once), or how long to wait for one."""
+        now = time.monotonic()
+        if now - self._last_rescan >= RESCAN_S:
+            self._rescan(now)
+        path = self._settled(now)
+        if path is None:
+            return self._tick_s()
+        self._importing = path
+        await self._import(path)
+        return 0.0
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        if after_failure:  # the backoff: folder changes are noted meanwhile, none cuts it short
+            await asyncio.sleep(delay_s)
+        elif delay_s > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay_s)
+
+    async def _failed(self, failure: TurnFailed) -> float:
+        name = _name(self._importing) if self._importing is not None else "?"
+        if self._streak.failed(failure):
+            log.log(
+                failure.level, "Importing %s failed, retrying with backoff: %s", name, failure, exc_info=failure.cause
+            )
+        return self._streak.delay_s()
+
+    def _tick_s(self) -> float:
         if self._pending:
             return min(TICK_MAX_S, max(TICK_MIN_S, self.settle_s / 4))
         return RESCAN_S
@@ -246,20 +264,13 @@ class PosFolderWatcher:
         try:
             report = await self.importer.import_file(path, follow_links=False)
         except PosImportError as err:  # the outbox or store cannot be written: the file stays, retry later
-            self._failures += 1
-            delay = min(self.retry_max_s, self.retry_base_s * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
-            self._retry_at = time.monotonic() + delay
-            if self._failures == 1:
-                log.warning("Importing %s failed, retrying with backoff: %s", _name(path), err)
-            return
+            raise TurnFailed(str(err)) from err
         except Exception as err:  # a surprise in one file must not stop the folder, nor be retried forever
             log.exception("Importing %s failed unexpectedly; it goes to %s/.", _name(path), FAILED_DIR)
             report = ImportReport(path.name, "", seen.size, "", "", "failed", error=f"unexpected error: {err!r}"[:500])
         else:
-            if self._failures:
-                log.info("POS imports work again after %d failed attempts.", self._failures)
-                self._failures = 0
-                self._retry_at = 0.0
+            if ended := self._streak.succeeded():
+                log.info("POS imports work again after %d failed attempts.", ended)
         after = _identity(path)
         if after is not None and after != before:
             # Replaced or written to while it was read: what sits there now was not (all) imported. Leave it

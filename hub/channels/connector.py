@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from hub.storage.base import HubError
 from protocol import wall_ms_now
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6b1f3a52-5c8e-4d8e-9a43-2f0c1d7e9b10")
+RETRY_AFTER_DEFAULT_S = 1.0  # a channel's 429 without a readable Retry-After waits this long
+RETRY_AFTER_MAX_S = 300.0
 
 
 class ChannelError(HubError):
@@ -131,6 +134,19 @@ async def read_bounded(content: aiohttp.StreamReader, limit_bytes: int) -> bytes
         if size > limit_bytes:
             break
     return b"".join(parts)[: limit_bytes + 1]
+
+
+def retry_after_s(raw: str | None) -> float:
+    """The seconds a channel's ``Retry-After`` asks for (a number, decimals too): ``RETRY_AFTER_DEFAULT_S`` when
+    it is missing or unreadable, at most ``RETRY_AFTER_MAX_S``. The pusher waits at least this long and at least
+    its backoff (``protocol.retry.Backoff``), so a channel that says 0 is not asked again at once."""
+    try:
+        value = float(raw) if raw is not None else RETRY_AFTER_DEFAULT_S
+    except ValueError:
+        value = RETRY_AFTER_DEFAULT_S
+    if math.isnan(value) or value < 0:
+        value = RETRY_AFTER_DEFAULT_S
+    return min(value, RETRY_AFTER_MAX_S)
 
 
 def short(text: str, limit: int = 200) -> str:

@@ -59,11 +59,12 @@ from hub.bundles import bundle_parts_of
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError, ChannelRejected, Connector, LevelsRefused, Target
 from hub.channels.levels import LevelKey, sku_levels
-from hub.channels.loop import Backoff, Health, LoopTask
+from hub.channels.loop import LoopTask
 from hub.channels.mapping import ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
 from hub.channels.state import ChannelState, Refusal
 from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
 from protocol import wall_ms_now
+from protocol.retry import Backoff, Health, TurnFailed, run_turns
 
 if TYPE_CHECKING:
     from hub.channels.reconcile import Reconciler
@@ -182,9 +183,10 @@ class ChannelPusher(LoopTask):
         self._waiter = waiter
         self._page_limit = page_limit
         self._wait_s = wait_s
-        self._backoff = backoff or Backoff(max_s=spec.retry_max_s)
-        self._rng = rng or random.Random()
-        self._health = Health(log, f"channel {spec.name}: pushing levels to {spec.kind}")
+        self._health = Health(
+            log, f"channel {spec.name}: pushing levels to {spec.kind}", backoff or Backoff(max_s=spec.retry_max_s),
+            rng or random.Random(),
+        )  # fmt: skip
         self._identity = spec.kind == "webhook" and spec.mapping_csv is None  # every SKU is its own item
         self._items: dict[str, str] = {}
         self._pushed: dict[LevelKey, int] = {}
@@ -211,32 +213,45 @@ class ChannelPusher(LoopTask):
     # --- the loop -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Turn after turn: work while there are changes, wait for the feed (or forced levels) when there are none."""
-        try:
-            while not self._stopped and not self._waiter.closed:
-                try:
-                    worked = await self.turn()
-                except (ChannelError, StoreError, MappingError) as err:
-                    self._health.failed(str(err))
-                    self.status.failures, self.status.last_error = self._health.failures, str(err)
-                    retry_after = getattr(err, "retry_after_s", None) or 0.0
-                    await asyncio.sleep(max(retry_after, self._backoff.delay_s(self._health.failures, self._rng)))
-                    continue
-                self._health.succeeded()
-                self.status.failures, self.status.last_error = 0, None
-                if not worked:
-                    await self._idle()
-                elif self._pushed_last_turn and self.spec.coalesce_s > 0:
-                    await asyncio.sleep(self.spec.coalesce_s)  # let a burst gather: its last value goes out next
-        except StoreClosed:
-            return
+        """Turn after turn (``protocol.retry.run_turns``): work while there are changes, wait for the feed (or
+        forced levels) when there are none; back off from a failed turn and do it again."""
+        with contextlib.suppress(StoreClosed):
+            await run_turns(
+                self._turn_or_fail, wait=self._wait, failed=self._failed, ends=(StoreClosed,),
+                running=lambda: not self._stopped and not self._waiter.closed,
+            )  # fmt: skip
 
-    async def _idle(self) -> None:
+    async def _turn_or_fail(self) -> float:
+        """One turn; how long to wait for changes afterwards (0: go on at once)."""
+        try:
+            worked = await self.turn()
+        except (ChannelError, StoreError, MappingError) as err:
+            raise TurnFailed(str(err), retry_after_s=getattr(err, "retry_after_s", None)) from err
+        self._health.succeeded()
+        self.status.failures, self.status.last_error = 0, None
+        if not worked:
+            return self._wait_s
+        if self._pushed_last_turn and self.spec.coalesce_s > 0:
+            await asyncio.sleep(self.spec.coalesce_s)  # let a burst gather: its last value goes out next
+        return 0.0
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        if after_failure:
+            await asyncio.sleep(delay_s)  # the channel's Retry-After or the backoff: nothing cuts it short
+        elif delay_s > 0:
+            await self._idle(delay_s)
+
+    async def _failed(self, failure: TurnFailed) -> float:
+        self._health.failed(failure)
+        self.status.failures, self.status.last_error = self._health.failures, failure.reason
+        return self._health.delay_s(failure.retry_after_s)
+
+    async def _idle(self, wait_s: float) -> None:
         """Wait for a change after the cursor, a wake-up (forced levels) or ``wait_s``."""
         if self._wake.is_set():
             self._wake.clear()
             return
-        feed = asyncio.ensure_future(self._waiter.wait_past(self.status.cursor, self._wait_s))
+        feed = asyncio.ensure_future(self._waiter.wait_past(self.status.cursor, wait_s))
         woken = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({feed, woken}, return_when=asyncio.FIRST_COMPLETED)

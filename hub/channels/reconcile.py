@@ -38,12 +38,13 @@ from dataclasses import dataclass
 
 from hub.channels.connector import ChannelError, ChannelRejected
 from hub.channels.levels import LevelKey
-from hub.channels.loop import Backoff, Health, LoopTask
+from hub.channels.loop import LoopTask
 from hub.channels.mapping import MappingError
 from hub.channels.pusher import KIND_NAMES, ChannelPusher, Level
 from hub.channels.state import Divergence, Reconciled, Refusal
 from hub.storage.base import StoreClosed, StoreError
 from protocol import wall_ms_now
+from protocol.retry import Backoff, Health, TurnFailed, run_turns
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,10 @@ class Reconciler(LoopTask):
         self.loop_name = f"channel-{pusher.spec.name}-reconcile"
         self.last: Reconciled | None = None
         self.last_error: str | None = None
-        self._backoff = backoff or Backoff(max_s=pusher.spec.retry_max_s)
-        self._rng = rng or random.Random()
-        self._health = Health(log, f"channel {pusher.spec.name}: reading levels back from {pusher.spec.kind}")
+        self._health = Health(
+            log, f"channel {pusher.spec.name}: reading levels back from {pusher.spec.kind}",
+            backoff or Backoff(max_s=pusher.spec.retry_max_s), rng or random.Random(),
+        )  # fmt: skip
         self._lock = asyncio.Lock()  # one reconciliation at a time (the loop's or one asked for)
         self._asked = asyncio.Event()
 
@@ -123,22 +125,33 @@ class Reconciler(LoopTask):
         self._asked.set()
 
     async def run(self) -> None:
+        """Reconciliation after reconciliation (``protocol.retry.run_turns``), each when it is due."""
         try:
             self.last = await self.pusher.state.reconciled(self.spec.name)
-            while not self._stopped:
-                await self._until_due()
-                try:
-                    await self.reconcile()
-                except (ChannelError, StoreError, MappingError) as err:
-                    self._health.failed(str(err))
-                    self.last_error = str(err)
-                    retry_after = getattr(err, "retry_after_s", None) or 0.0
-                    await asyncio.sleep(max(retry_after, self._backoff.delay_s(self._health.failures, self._rng)))
-                    continue
-                self._health.succeeded()
-                self.last_error = None
+            await run_turns(
+                self._turn, wait=self._wait, failed=self._failed, ends=(StoreClosed,), running=lambda: not self._stopped
+            )
         except StoreClosed:
             return
+
+    async def _turn(self) -> float:
+        try:
+            await self.reconcile()
+        except (ChannelError, StoreError, MappingError) as err:
+            raise TurnFailed(str(err), retry_after_s=getattr(err, "retry_after_s", None)) from err
+        self._health.succeeded()
+        self.last_error = None
+        return 0.0  # the next one when it is due
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        if after_failure:
+            await asyncio.sleep(delay_s)
+        await self._until_due()
+
+    async def _failed(self, failure: TurnFailed) -> float:
+        self._health.failed(failure)
+        self.last_error = failure.reason
+        return self._health.delay_s(failure.retry_after_s)
 
     async def _until_due(self) -> None:
         every_ms = round(self.spec.reconcile_s * 1000)

@@ -44,6 +44,7 @@ from hub.channels.connector import (
     Target,
     idempotency_key,
     read_bounded,
+    retry_after_s,
     short,
 )
 from hub.channels.levels import LevelKey
@@ -51,8 +52,6 @@ from hub.channels.mapping import ListingEntry
 from protocol import wall_ms_now
 
 RATE_LIMITED_RETRIES_MAX = 5  # 429 answers in a row before a turn gives up (and backs off)
-RETRY_AFTER_DEFAULT_S = 1.0
-RETRY_AFTER_MAX_S = 300.0
 CATALOG_PAGE = 1_000
 CATALOG_PAGES_MAX = 10_000
 ANSWER_MAX_BYTES = 16 * 1024 * 1024
@@ -203,7 +202,7 @@ class SquareConnector:
             status, retry_after, answer = await self._post(path, body, what)
             if status == 429:
                 self.rate_limited += 1
-                wait_s = _retry_after_s(retry_after)
+                wait_s = retry_after_s(retry_after)
                 self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
                 await self._sleep(wait_s)
                 continue
@@ -224,7 +223,7 @@ class SquareConnector:
             )
         raise ChannelUnavailable(
             f"Square kept answering 429 to channel {spec.name} ({RATE_LIMITED_RETRIES_MAX} times in a row)",
-            _retry_after_s(None),
+            retry_after_s(None),
         )
 
     async def _post(self, path: str, body: Mapping[str, Any], what: str) -> tuple[int, str | None, dict[str, Any]]:
@@ -282,13 +281,3 @@ def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, s
             f"{e.get('category', '')} {e.get('code', '')}: {e.get('detail', '')} ({e.get('field')})".strip()
         )
     return refused
-
-
-def _retry_after_s(raw: str | None) -> float:
-    try:
-        value = float(raw) if raw is not None else RETRY_AFTER_DEFAULT_S
-    except ValueError:
-        value = RETRY_AFTER_DEFAULT_S
-    if value != value or value < 0:  # nan or negative
-        value = RETRY_AFTER_DEFAULT_S
-    return min(value, RETRY_AFTER_MAX_S)

@@ -49,6 +49,7 @@ from hub.channels.connector import (
     Target,
     idempotency_key,
     read_bounded,
+    retry_after_s,
     short,
 )
 from hub.channels.levels import LevelKey
@@ -58,8 +59,6 @@ from protocol import wall_ms_now
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ANSWER_MAX_BYTES = 1024 * 1024
-RETRY_AFTER_DEFAULT_S = 1.0
-RETRY_AFTER_MAX_S = 300.0
 
 
 def iso_ms(ms: int) -> str:
@@ -120,7 +119,7 @@ class WebhookConnector:
                 )
         detail = f"HTTP {status}" + (f": {short(text)}" if text.strip() else "")
         if status == 429 or status >= 500:
-            wait_s = _retry_after_s(retry_after) if status == 429 else None
+            wait_s = retry_after_s(retry_after) if status == 429 else None
             if wait_s is not None:
                 self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
             raise ChannelUnavailable(f"the receiver of channel {self.spec.name} answered {detail}", wait_s)
@@ -183,13 +182,3 @@ def _refused_levels(text: str, keys: list[LevelKey]) -> dict[LevelKey, str]:
             return {}
         refused[key] = short(str(e.get("reason") or "refused by the receiver"))
     return refused
-
-
-def _retry_after_s(raw: str | None) -> float:
-    try:
-        value = float(raw) if raw is not None else RETRY_AFTER_DEFAULT_S
-    except ValueError:
-        value = RETRY_AFTER_DEFAULT_S
-    if value != value or value < 0:
-        value = RETRY_AFTER_DEFAULT_S
-    return min(value, RETRY_AFTER_MAX_S)
