@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +24,11 @@ import pytest
 from aiohttp import web
 
 from agent.localapi.auth import FAILURES_MAX, hash_pin
-from tests.faults.helpers import AgentProcess, Hub, Simulation, Store, free_port, get_json, hub_events, wait_until
+from tests.faults.helpers import Simulation, Store, hub_events, wait_until
+from tests.harness.agent_process import AgentProcess
+from tests.harness.commands import run_agent
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json
 
 WAIT_S = 60.0
 HUGE_ANSWER_BYTES = 64 << 20
@@ -39,10 +41,7 @@ TOO_LARGE = "more than the 4,194,304 bytes this agent reads"
 
 
 def _agent_cli(config: Path, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    return run_agent(*args, "--config", str(config), timeout_s=timeout_s)
 
 
 def _status(config: Path) -> tuple[int, dict[str, object]]:
@@ -160,7 +159,7 @@ def test_a_hub_answering_64_mb_is_cut_off_logged_once_and_retried_with_flat_memo
 
 
 def test_a_second_run_on_the_same_outbox_refuses_and_the_first_keeps_running(
-    hub: Hub, make_store: Callable[..., Store]
+    hub: HubProcess, make_store: Callable[..., Store]
 ) -> None:
     hub.start()
     store = make_store(hub, hub.url, simulation=Simulation(count=300, rate_per_s=200.0, seed=7))
@@ -186,7 +185,7 @@ def test_a_second_run_on_the_same_outbox_refuses_and_the_first_keeps_running(
 
 
 def test_status_exit_codes_tell_running_unreachable_refused_and_stopped(
-    hub: Hub, make_store: Callable[..., Store]
+    hub: HubProcess, make_store: Callable[..., Store]
 ) -> None:
     hub.start()
     store = make_store(hub, hub.url)
@@ -217,7 +216,7 @@ def test_status_exit_codes_tell_running_unreachable_refused_and_stopped(
 
 
 def test_a_password_in_hub_url_is_refused_without_printing_it_and_no_token_reaches_the_log(
-    hub: Hub, make_store: Callable[..., Store]
+    hub: HubProcess, make_store: Callable[..., Store]
 ) -> None:
     hub.start()
     store = make_store(hub, hub.url)
@@ -345,7 +344,7 @@ def _import_issues(hub_db: Path) -> int:
 
 
 def test_rows_quarantined_by_a_manual_import_reach_the_hub_without_a_restart(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
     hub.start()
     store = make_store(hub, hub.url)
@@ -359,7 +358,7 @@ def test_rows_quarantined_by_a_manual_import_reach_the_hub_without_a_restart(
     assert run.alive()
 
 
-def test_the_hub_shows_the_true_backlog_right_after_a_drain(hub: Hub, make_store: Callable[..., Store]) -> None:
+def test_the_hub_shows_the_true_backlog_right_after_a_drain(hub: HubProcess, make_store: Callable[..., Store]) -> None:
     hub.start()
     store = make_store(hub, hub.url, simulation=Simulation(count=400, rate_per_s=0, seed=3, batch=50), batch_size=100)
     store.start()

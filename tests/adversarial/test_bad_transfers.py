@@ -9,12 +9,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.faults.helpers import Hub, add_credential, get_json
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import get_json
 
 NOW_MS = time.time_ns() // 1_000_000
 
 
-def push(hub: Hub, token: str, *events: dict[str, Any]) -> dict[str, Any]:
+def push(hub: HubProcess, token: str, *events: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(
         f"{hub.url}/v1/events",
         data=json.dumps({"events": list(events)}).encode(),
@@ -34,13 +36,13 @@ def move(id_: str, location: str, kind: str, qty: int, ref: str, **attrs: Any) -
             "ref": ref, "attrs": attrs}  # fmt: skip
 
 
-def in_transit(hub: Hub, token: str, location: str) -> int:
+def in_transit(hub: HubProcess, token: str, location: str) -> int:
     rows = get_json(f"{hub.url}/v1/locations/{location}/counts", token)["counts"]
     return sum(r["in_transit"] for r in rows)
 
 
-def test_a_billion_to_anywhere_and_other_bad_transfers_are_refused(hub: Hub) -> None:
-    sender = add_credential(hub.db, "--location", "S001")
+def test_a_billion_to_anywhere_and_other_bad_transfers_are_refused(hub: HubProcess) -> None:
+    sender = add_credential(hub.db, "S001")
     hub.start()
     answer = push(
         hub,
@@ -59,9 +61,9 @@ def test_a_billion_to_anywhere_and_other_bad_transfers_are_refused(hub: Hub) -> 
     assert len(refused) == 5
 
 
-def test_a_short_final_receipt_closes_the_transfer_with_a_write_off(hub: Hub) -> None:
-    a = add_credential(hub.db, "--location", "S001")
-    b = add_credential(hub.db, "--location", "S002")
+def test_a_short_final_receipt_closes_the_transfer_with_a_write_off(hub: HubProcess) -> None:
+    a = add_credential(hub.db, "S001")
+    b = add_credential(hub.db, "S002")
     hub.start()
     push(hub, a.token, move("ship", "S001", "transfer_out", -10, "T-9", to="S002"))
     assert in_transit(hub, a.token, "S002") == 10

@@ -15,12 +15,15 @@ import shutil
 import time
 from pathlib import Path
 
-from tests.faults.helpers import Credential, Hub, add_credential
+from tests.harness.credentials import Credential, add_credential
+from tests.harness.hub_process import HubProcess
 
 ANSWER_TIMEOUT_S = 15.0
 
 
-def _request(hub: Hub, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> tuple[int, str]:
+def _request(
+    hub: HubProcess, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=ANSWER_TIMEOUT_S)
     try:
         conn.putrequest(method, path)
@@ -38,7 +41,7 @@ def _bearer(cred: Credential) -> tuple[str, str]:
     return ("Authorization", f"Bearer {cred.token}")
 
 
-def _push(hub: Hub, agent: Credential, *ids: str) -> None:
+def _push(hub: HubProcess, agent: Credential, *ids: str) -> None:
     now_ms = int(time.time() * 1000)
     events = [
         {"id": i, "location": "WEB", "sku": f"SKU-{i}", "kind": "receive", "qty": 5, "occurred_at": now_ms - n}
@@ -51,14 +54,14 @@ def _push(hub: Hub, agent: Credential, *ids: str) -> None:
     assert status == 200, body
 
 
-def _changes(hub: Hub, reader: Credential, cursor: str) -> tuple[int, dict[str, object]]:
+def _changes(hub: HubProcess, reader: Credential, cursor: str) -> tuple[int, dict[str, object]]:
     status, body = _request(hub, "GET", f"/v1/changes?cursor={cursor}", [_bearer(reader)])
     return status, json.loads(body)
 
 
-def test_a_cursor_ahead_of_the_feed_is_refused_not_left_waiting(hub: Hub) -> None:
-    agent = add_credential(hub.db, "--location", "WEB")
-    reader = add_credential(hub.db, "--role", "reader")
+def test_a_cursor_ahead_of_the_feed_is_refused_not_left_waiting(hub: HubProcess) -> None:
+    agent = add_credential(hub.db, "WEB")
+    reader = add_credential(hub.db, role="reader")
     hub.start()
     _push(hub, agent, "a", "b")
     status, page = _changes(hub, reader, "0")
@@ -76,9 +79,9 @@ def test_a_cursor_ahead_of_the_feed_is_refused_not_left_waiting(hub: Hub) -> Non
     assert status == 200 and page["changes"] == [], page
 
 
-def test_a_consumer_ahead_of_a_restored_hub_hears_so(hub: Hub, tmp_path: Path) -> None:
-    agent = add_credential(hub.db, "--location", "WEB")
-    reader = add_credential(hub.db, "--role", "reader")
+def test_a_consumer_ahead_of_a_restored_hub_hears_so(hub: HubProcess, tmp_path: Path) -> None:
+    agent = add_credential(hub.db, "WEB")
+    reader = add_credential(hub.db, role="reader")
     hub.start()
     _push(hub, agent, "a")
     hub.close()
@@ -99,9 +102,9 @@ def test_a_consumer_ahead_of_a_restored_hub_hears_so(hub: Hub, tmp_path: Path) -
     assert "restored from a backup" in json.dumps(page), page
 
 
-def test_two_authorization_headers_are_refused(hub: Hub) -> None:
-    reader = add_credential(hub.db, "--role", "reader")
-    admin = add_credential(hub.db, "--role", "admin", "--location", "WEB")
+def test_two_authorization_headers_are_refused(hub: HubProcess) -> None:
+    reader = add_credential(hub.db, role="reader")
+    admin = add_credential(hub.db, "WEB", role="admin")
     hub.start()
     body = json.dumps({"safety_stock": 3}).encode()
     for first, second in ((reader, admin), (admin, reader)):

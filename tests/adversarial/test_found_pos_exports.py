@@ -11,7 +11,6 @@ the agent's memory stays flat.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -20,74 +19,39 @@ from pathlib import Path
 
 import psutil
 
-from tests.faults.helpers import Hub, Store, outbox_events, wait_until
+from tests.adversarial.pos_drop import (
+    HEADER,
+    SETTLE_S,
+    WAIT_S,
+    drop_store,
+    export_row,
+    place_export,
+    skus_of,
+    wait_report,
+)
+from tests.faults.helpers import Store, wait_until
+from tests.harness.hub_process import HubProcess
 
-WAIT_S = 90.0
-SETTLE_S = 0.3
-HEADER = "date,time,sku,qty,kind,ref\n"
 LONG_LINE_CHARS = 64 << 20
 RSS_GROWTH_MAX_BYTES = 32 << 20  # reading a 64 MB line whole costs well over 100 MB
 WIDE_COLUMNS = 100_000
 
 
-def _row(i: int, prefix: str = "GOOD") -> str:
-    """A good sale of today (inside the hub's clock window), unique per ``i``."""
-    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30) + timedelta(seconds=i % 1200)
-    return f"{at:%Y-%m-%d},{at:%H:%M:%S},{prefix}-{i},1,sale,{prefix.lower()}-{i}\n"
-
-
-def _drop_store(hub: Hub, make_store: Callable[..., Store], tmp_path: Path, batch_rows: int = 2000) -> tuple[Store, Path]:
-    hub.start()
-    store = make_store(hub, hub.url)
-    drop = tmp_path / "drop"
-    with store.config.open("a") as config:
-        config.write(f'\n[pos]\nwatch_dir = "{drop}"\nsettle_s = {SETTLE_S}\nprofile = "generic"\nbatch_rows = {batch_rows}\n')
-    store.start()
-    wait_until("the agent watches its drop folder", lambda: (drop / "processed").is_dir(), WAIT_S)
-    return store, drop
-
-
-def _place(drop: Path, name: str, text: str) -> Path:
-    """Write the export beside the folder and rename it in, as a well-behaved till does."""
-    staged = drop.parent / f"staged-{name}"
-    staged.write_text(text, encoding="utf-8")
-    target = drop / name
-    os.replace(staged, target)
-    return target
-
-
-def _report(drop: Path, name: str) -> dict[str, object] | None:
-    for sub in ("processed", "failed"):
-        path = drop / sub / f"{name}.report.json"
-        if path.exists():
-            return dict(json.loads(path.read_text(encoding="utf-8")))
-    return None
-
-
-def _wait_report(drop: Path, name: str) -> dict[str, object]:
-    wait_until(f"{name} is filed with its report", lambda: _report(drop, name) is not None, WAIT_S)
-    report = _report(drop, name)
-    assert report is not None
-    return report
-
-
-def _skus(store: Store, prefix: str) -> set[str]:
-    return {e.sku for e in outbox_events(store.outbox).values() if e.sku.startswith(prefix + "-")}
-
-
-def test_a_quote_never_closed_swallows_no_good_row(hub: Hub, make_store: Callable[..., Store], tmp_path: Path) -> None:
-    store, drop = _drop_store(hub, make_store, tmp_path)
+def test_a_quote_never_closed_swallows_no_good_row(
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    store, drop = drop_store(hub, make_store, tmp_path)
     at = datetime.now(UTC) - timedelta(minutes=5)
     broken = f'{at:%Y-%m-%d},{at:%H:%M:%S},"SKU-OPEN,1,sale,open\n'  # a quote opened, never closed
     stray = f'{at:%Y-%m-%d},{at:%H:%M:%S},"SKU-STRAY,1,sale,stray\n'  # closes the quote of the one before it
-    text = HEADER + _row(0) + broken + "".join(_row(i) for i in range(1, 301)) + stray + "".join(
-        _row(i) for i in range(301, 401)
+    text = HEADER + export_row(0) + broken + "".join(export_row(i) for i in range(1, 301)) + stray + "".join(
+        export_row(i) for i in range(301, 401)
     ) + broken
-    _place(drop, "sales.csv", text)
-    report = _wait_report(drop, "sales.csv")
+    place_export(drop, "sales.csv", text)
+    report = wait_report(drop, "sales.csv")
     assert report["status"] == "imported", report
     assert report["imported"] == 401, {k: v for k, v in report.items() if k != "quarantine"}
-    assert _skus(store, "GOOD") == {f"GOOD-{i}" for i in range(401)}
+    assert skus_of(store, "GOOD") == {f"GOOD-{i}" for i in range(401)}
     quarantine = report["quarantine"]
     assert isinstance(quarantine, list)
     lines = {q["line"]: q["reason"] for q in quarantine}
@@ -96,33 +60,33 @@ def test_a_quote_never_closed_swallows_no_good_row(hub: Hub, make_store: Callabl
 
 
 def test_a_64_mb_line_is_quarantined_unread_with_flat_memory(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
-    store, drop = _drop_store(hub, make_store, tmp_path)
+    store, drop = drop_store(hub, make_store, tmp_path)
     agent = psutil.Process(store.runs[-1].pid)
     staged = drop.parent / "staged-long.csv"
     with staged.open("w", encoding="utf-8") as out:
-        out.write(HEADER + _row(0))
+        out.write(HEADER + export_row(0))
         block = "A" * (1 << 20)
         for _ in range(LONG_LINE_CHARS // len(block)):
             out.write(block)
-        out.write("\n" + _row(1))
+        out.write("\n" + export_row(1))
     peak_before = _peak_rss(agent)
     os.replace(staged, drop / "long.csv")
-    report = _wait_report(drop, "long.csv")
+    report = wait_report(drop, "long.csv")
     assert _peak_rss(agent) - peak_before < RSS_GROWTH_MAX_BYTES
     assert report["status"] == "imported" and report["imported"] == 2, report
     assert [(q["line"], "longer than" in q["reason"]) for q in report["quarantine"]] == [(3, True)], report  # type: ignore[index,union-attr]
-    assert _skus(store, "GOOD") == {"GOOD-0", "GOOD-1"}
+    assert skus_of(store, "GOOD") == {"GOOD-0", "GOOD-1"}
 
 
 def test_a_header_of_100000_columns_fails_the_file_with_a_reason(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
-    store, drop = _drop_store(hub, make_store, tmp_path)
+    store, drop = drop_store(hub, make_store, tmp_path)
     header = HEADER.strip() + "," + ",".join(f"c{i}" for i in range(WIDE_COLUMNS)) + "\n"
-    _place(drop, "wide.csv", header + "".join(_row(i).strip() + "," * WIDE_COLUMNS + "\n" for i in range(3)))
-    report = _wait_report(drop, "wide.csv")
+    place_export(drop, "wide.csv", header + "".join(export_row(i).strip() + "," * WIDE_COLUMNS + "\n" for i in range(3)))
+    report = wait_report(drop, "wide.csv")
     assert report["status"] == "failed", {k: v for k, v in report.items() if k != "quarantine"}
     assert "header row" in str(report["error"]) and "longer than" in str(report["error"])
     assert (drop / "failed" / "wide.csv").exists()
@@ -130,32 +94,32 @@ def test_a_header_of_100000_columns_fails_the_file_with_a_reason(
 
 
 def test_an_export_replaced_while_it_is_read_is_imported_whole(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
     first_rows = 20_000
-    store, drop = _drop_store(hub, make_store, tmp_path, batch_rows=50)
-    target = _place(drop, "day.csv", HEADER + "".join(_row(i, "FIRST") for i in range(first_rows)))
-    wait_until("the import of the first export is under way", lambda: len(_skus(store, "FIRST")) > 0, WAIT_S)
+    store, drop = drop_store(hub, make_store, tmp_path, batch_rows=50)
+    target = place_export(drop, "day.csv", HEADER + "".join(export_row(i, "FIRST") for i in range(first_rows)))
+    wait_until("the import of the first export is under way", lambda: len(skus_of(store, "FIRST")) > 0, WAIT_S)
     staged = drop.parent / "staged-second.csv"
-    staged.write_text(HEADER + "".join(_row(i, "SECOND") for i in range(200)), encoding="utf-8")
+    staged.write_text(HEADER + "".join(export_row(i, "SECOND") for i in range(200)), encoding="utf-8")
     os.replace(staged, target)  # the till re-exports the day under the same name
-    assert len(_skus(store, "FIRST")) < first_rows, "the first export was imported before it was replaced"
-    wait_until("every row of both exports is in the outbox", lambda: len(_skus(store, "SECOND")) == 200, WAIT_S)
-    assert len(_skus(store, "FIRST")) == first_rows
+    assert len(skus_of(store, "FIRST")) < first_rows, "the first export was imported before it was replaced"
+    wait_until("every row of both exports is in the outbox", lambda: len(skus_of(store, "SECOND")) == 200, WAIT_S)
+    assert len(skus_of(store, "FIRST")) == first_rows
     wait_until("the second export is filed away", lambda: not target.exists(), WAIT_S)
 
 
 def test_an_export_created_empty_and_written_later_is_imported(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
-    store, drop = _drop_store(hub, make_store, tmp_path)
+    store, drop = drop_store(hub, make_store, tmp_path)
     target = drop / "late.csv"
     target.touch()  # the till opens its export, then takes a while to compute it
     time.sleep(SETTLE_S * 5)  # the scenario: longer than settle_s with nothing written (not synchronisation)
-    target.write_text(HEADER + "".join(_row(i) for i in range(10)), encoding="utf-8")
-    report = _wait_report(drop, "late.csv")
+    target.write_text(HEADER + "".join(export_row(i) for i in range(10)), encoding="utf-8")
+    report = wait_report(drop, "late.csv")
     assert report["status"] == "imported" and report["imported"] == 10, report
-    assert _skus(store, "GOOD") == {f"GOOD-{i}" for i in range(10)}
+    assert skus_of(store, "GOOD") == {f"GOOD-{i}" for i in range(10)}
 
 
 def _peak_rss(process: psutil.Process) -> int:

@@ -23,15 +23,16 @@ import os
 import re
 import sqlite3
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.adversarial.test_found_pos_exports import HEADER, WAIT_S, _drop_store, _place, _row, _skus, _wait_report
-from tests.faults.helpers import Hub, Store, wait_until
+from tests.adversarial.pos_drop import HEADER, WAIT_S, drop_store, export_row, place_export, skus_of, wait_report
+from tests.faults.helpers import Store, wait_until
+from tests.harness.commands import run_agent
+from tests.harness.hub_process import HubProcess
 
 # What no log line may hold: C0 controls (a newline inside a line, ESC), DEL, C1 controls, line separators.
 UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -58,31 +59,28 @@ def _assert_log_clean(text: str, where: str) -> None:
 
 
 def _agent_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=CLI_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    return run_agent(*args, "--config", str(config), timeout_s=CLI_TIMEOUT_S)
 
 
 # --- 1. log forging from file names and headers ------------------------------------------------------------
 
 
 def test_file_names_and_binary_headers_cannot_forge_or_colour_the_agent_log(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
-    store, drop = _drop_store(hub, make_store, tmp_path)
-    _place(drop, NEWLINE_NAME, HEADER + "".join(_row(i) for i in range(3)))
-    _place(drop, ESCAPE_NAME, HEADER + "".join(_row(i) for i in range(3, 6)))
+    store, drop = drop_store(hub, make_store, tmp_path)
+    place_export(drop, NEWLINE_NAME, HEADER + "".join(export_row(i) for i in range(3)))
+    place_export(drop, ESCAPE_NAME, HEADER + "".join(export_row(i) for i in range(3, 6)))
     staged = tmp_path / "staged-binary"
     staged.write_bytes(_binary_export())
     os.replace(staged, drop / "firmware.csv")
 
-    assert _wait_report(drop, NEWLINE_NAME)["imported"] == 3
-    assert _wait_report(drop, ESCAPE_NAME)["imported"] == 3
-    binary = _wait_report(drop, "firmware.csv")
+    assert wait_report(drop, NEWLINE_NAME)["imported"] == 3
+    assert wait_report(drop, ESCAPE_NAME)["imported"] == 3
+    binary = wait_report(drop, "firmware.csv")
     assert binary["status"] == "failed" and "the header row" in str(binary["error"]), binary
     wait_until("the agent logged the binary file", lambda: "firmware.csv was not imported" in store.log(), WAIT_S)
-    assert _skus(store, "GOOD") == {f"GOOD-{i}" for i in range(6)}  # escaping names loses no row
+    assert skus_of(store, "GOOD") == {f"GOOD-{i}" for i in range(6)}  # escaping names loses no row
 
     log = store.log()
     _assert_log_clean(log, "the agent's log")
@@ -90,12 +88,14 @@ def test_file_names_and_binary_headers_cannot_forge_or_colour_the_agent_log(
     assert "\\x1b[2J\\x1b[31mred" in log
 
 
-def test_a_manual_import_prints_file_names_escaped(hub: Hub, make_store: Callable[..., Store], tmp_path: Path) -> None:
+def test_a_manual_import_prints_file_names_escaped(
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
+) -> None:
     store = make_store(hub, hub.url)  # the hub is not needed: `import` only records into the outbox
     exports = tmp_path / "exports"
     exports.mkdir()
     forged = exports / NEWLINE_NAME
-    forged.write_text(HEADER + _row(0), encoding="utf-8")
+    forged.write_text(HEADER + export_row(0), encoding="utf-8")
     coloured = exports / ESCAPE_NAME
     coloured.write_bytes(_binary_export())
     done = _agent_cli(store.config, "import", str(forged), str(coloured), "--profile", "generic", "--no-progress")
@@ -109,20 +109,20 @@ def test_a_manual_import_prints_file_names_escaped(hub: Hub, make_store: Callabl
 
 
 def test_a_symlink_in_the_drop_folder_is_refused_unread(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
-    store, drop = _drop_store(hub, make_store, tmp_path)
+    store, drop = drop_store(hub, make_store, tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret.csv"
-    secret_text = HEADER + "".join(_row(i, "SECRET") for i in range(5))
+    secret_text = HEADER + "".join(export_row(i, "SECRET") for i in range(5))
     secret.write_text(secret_text, encoding="utf-8")
     (drop / "link.csv").symlink_to(secret)
 
-    report = _wait_report(drop, "link.csv")
+    report = wait_report(drop, "link.csv")
     assert report["status"] == "failed", report
     assert "symbolic link" in str(report["error"]) and report["sha256"] == "", report  # nothing read through it
-    assert _skus(store, "SECRET") == set()
+    assert skus_of(store, "SECRET") == set()
     assert (drop / "failed" / "link.csv").is_symlink()  # the link was filed away, not what it points to
     assert secret.read_text(encoding="utf-8") == secret_text
 
@@ -130,15 +130,15 @@ def test_a_symlink_in_the_drop_folder_is_refused_unread(
     victim = tmp_path / "victim.txt"
     victim.write_text("precious", encoding="utf-8")
     (drop / "failed" / "junk.csv.report.json.tmp").symlink_to(victim)
-    _place(drop, "junk.csv", "nothing,here\n1,2\n")
-    junk = _wait_report(drop, "junk.csv")
+    place_export(drop, "junk.csv", "nothing,here\n1,2\n")
+    junk = wait_report(drop, "junk.csv")
     assert junk["status"] == "failed", junk
     assert victim.read_text(encoding="utf-8") == "precious"
     assert not (drop / "failed" / "junk.csv.report.json").is_symlink()
 
     # The folder keeps working, and the log names the refusal in one line.
-    _place(drop, "after.csv", HEADER + _row(0))
-    assert _wait_report(drop, "after.csv")["imported"] == 1
+    place_export(drop, "after.csv", HEADER + export_row(0))
+    assert wait_report(drop, "after.csv")["imported"] == 1
     assert "link.csv was not imported: link.csv is a symbolic link" in store.log()
 
 
@@ -154,15 +154,15 @@ def _import_issue_raws(hub_db: Path) -> dict[int, str]:
 
 
 def test_rows_the_csv_module_cannot_parse_keep_their_text(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
-    store, drop = _drop_store(hub, make_store, tmp_path)
+    store, drop = drop_store(hub, make_store, tmp_path)
     wide = "2024-03-05,10:00:00,WIDE-1," + "9" * 200_000 + ",sale,wide\n"  # a field over the csv module's limit
     unclosed = '2024-03-05,10:00:00,"OPEN-1,1,sale,open\n'  # a quote never closed
     overlong = "LONG-START," + "L" * (2 << 20) + "\n"  # a line over 1 MiB, skipped unread
-    text = HEADER + _row(0) + wide + _row(1) + unclosed + _row(2) + overlong + _row(3)
-    _place(drop, "broken.csv", text)
-    report = _wait_report(drop, "broken.csv")
+    text = HEADER + export_row(0) + wide + export_row(1) + unclosed + export_row(2) + overlong + export_row(3)
+    place_export(drop, "broken.csv", text)
+    report = wait_report(drop, "broken.csv")
     assert report["imported"] == 4, {k: v for k, v in report.items() if k != "quarantine"}
     rows: dict[int, str] = {q["line"]: q["row"] for q in report["quarantine"]}  # type: ignore[union-attr,index]
     assert set(rows) == {3, 5, 7}, rows.keys()
@@ -194,7 +194,7 @@ def _error(url: str, token: str) -> tuple[int, str]:
         return err.code, str(body["detail"])
 
 
-def test_the_hub_shows_a_refused_control_character_once(hub: Hub, make_store: Callable[..., Store]) -> None:
+def test_the_hub_shows_a_refused_control_character_once(hub: HubProcess, make_store: Callable[..., Store]) -> None:
     store = make_store(hub, hub.url)
     hub.start()
     status, message = _error(f"{hub.url}/v1/ledger?location=%00", store.cred.token)

@@ -19,8 +19,8 @@ from typing import Any
 import msgpack
 
 from protocol import MSGPACK_CONTENT_TYPE, new_event_id, pack_hlc
-from tests.e2e.procs import add_credential
-from tests.faults.helpers import Hub
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
 
 NBSP_SKU = "CAFÉ\u00a0NOIR"
 LINE_SEP_SKU = "CAFÉ\u2028NOIR"
@@ -50,7 +50,7 @@ def is_text_tree(value: Any) -> bool:
     return True
 
 
-def call(hub: Hub, method: str, path: str, token: str, body: bytes | None = None,
+def call(hub: HubProcess, method: str, path: str, token: str, body: bytes | None = None,
          content_type: str = "application/json") -> tuple[int, Any]:  # fmt: skip
     headers = {"Authorization": f"Bearer {token}"}
     if body is not None:
@@ -88,10 +88,10 @@ def events_body(**event: Any) -> bytes:
     return json.dumps({"events": [ev]}, ensure_ascii=True).encode()
 
 
-def test_hostile_values_are_refused_everywhere_and_what_is_accepted_reads_back(hub: Hub) -> None:
-    agent = add_credential(hub.db, "--location", "S001")
-    web = add_credential(hub.db, "--location", "WEB")
-    admin = add_credential(hub.db, "--role", "admin")
+def test_hostile_values_are_refused_everywhere_and_what_is_accepted_reads_back(hub: HubProcess) -> None:
+    agent = add_credential(hub.db, "S001")
+    web = add_credential(hub.db, "WEB")
+    admin = add_credential(hub.db, role="admin")
     hub.start()
     seq = iter(range(1, 1_000))
 
@@ -169,9 +169,9 @@ def test_hostile_values_are_refused_everywhere_and_what_is_accepted_reads_back(h
     assert call(hub, "GET", "/v1/skus/%ED%A0%80/counts", admin.token)[0] == 200
 
 
-def test_rows_stored_before_the_rule_are_served_as_strict_json(hub: Hub) -> None:
-    agent = add_credential(hub.db, "--location", "S001")
-    reader = add_credential(hub.db, "--role", "reader")
+def test_rows_stored_before_the_rule_are_served_as_strict_json(hub: HubProcess) -> None:
+    agent = add_credential(hub.db, "S001")
+    reader = add_credential(hub.db, role="reader")
     hub.start()
     for seq in range(1, 4):
         assert call(hub, "POST", "/v1/sync", agent.token, sync_body(agent.agent_id, seq), MSGPACK_CONTENT_TYPE)[0] == 200

@@ -28,8 +28,10 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
-from tests.e2e.procs import add_credential, get_json
-from tests.faults.helpers import Hub, Simulation, Store, drained, hub_events, outbox_meta, verify, wait_until
+from tests.faults.helpers import Simulation, Store, drained, hub_events, outbox_meta, verify, wait_until
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import get_json
 
 
 def sqlite_backup(src: Path, dst: Path) -> None:
@@ -62,7 +64,7 @@ def epochs(hub_db: Path, agent_id: str) -> dict[int, int]:
 
 
 def test_a_restored_outbox_that_recorded_offline_loses_nothing(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
     store = make_store(hub, hub.url, batch_size=7)
     hub.start()
@@ -107,7 +109,7 @@ def test_a_restored_outbox_that_recorded_offline_loses_nothing(
 
 
 def test_two_running_copies_of_one_outbox_both_get_through(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
     first = make_store(hub, hub.url, name="machine-a", batch_size=5)
     hub.start()
@@ -140,9 +142,9 @@ def post(url: str, token: str, body: bytes, content_type: str) -> tuple[int, byt
         return err.code, err.read()
 
 
-def test_an_id_another_credential_sent_first_does_not_shadow_the_owners_event(hub: Hub) -> None:
-    connector = add_credential(hub.db, "--location", "WEB")
-    squatter = add_credential(hub.db, "--location", "WEB")  # a second credential of the same channel
+def test_an_id_another_credential_sent_first_does_not_shadow_the_owners_event(hub: HubProcess) -> None:
+    connector = add_credential(hub.db, "WEB")
+    squatter = add_credential(hub.db, "WEB")  # a second credential of the same channel
     hub.start()
     when_ms = wall_ms_now() - 60_000
     # the connector's next movement has a predictable id: derived from its credential, its own id and time

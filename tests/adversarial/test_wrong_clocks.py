@@ -13,7 +13,10 @@ from typing import Any
 
 from agent import Movement, Outbox, Replicator
 from protocol import Kind, pack_hlc, unpack_hlc, wall_ms_now
-from tests.faults.helpers import Hub, Store, add_credential, get_json
+from tests.faults.helpers import Store
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import get_json
 
 DAY_MS = 86_400_000
 CENTURY_MS = 36_525 * DAY_MS
@@ -43,7 +46,7 @@ async def record_and_sync(store: Store, clock: SkewedClock, movements: list[Move
         return {"held": stats.held_by_hub, "set_aside": stats.set_aside, "skew": stats.clock_skew_ms}
 
 
-def resolve(hub: Hub, token: str, quarantine_id: int, action: str) -> dict[str, Any]:
+def resolve(hub: HubProcess, token: str, quarantine_id: int, action: str) -> dict[str, Any]:
     req = urllib.request.Request(
         f"{hub.url}/v1/quarantine/{quarantine_id}",
         data=json.dumps({"action": action}).encode(),
@@ -58,16 +61,16 @@ def resolve(hub: Hub, token: str, quarantine_id: int, action: str) -> dict[str, 
         raise AssertionError(f"{err.code}: {err.read()[:300]!r}") from None
 
 
-def on_hand(hub: Hub, token: str, location: str, sku: str) -> int:
+def on_hand(hub: HubProcess, token: str, location: str, sku: str) -> int:
     rows = get_json(f"{hub.url}/v1/locations/{location}/counts", token)["counts"]
     return next((r["on_hand"] for r in rows if r["sku"] == sku), 0)
 
 
 def test_a_count_a_century_ahead_is_held_sales_count_and_the_operator_applies_it(
-    hub: Hub, make_store: Callable[..., Store]
+    hub: HubProcess, make_store: Callable[..., Store]
 ) -> None:
     store = make_store(hub, hub.url)
-    admin = add_credential(hub.db, "--role", "admin")
+    admin = add_credential(hub.db, role="admin")
     hub.start()
     loc = store.location
     asyncio.run(record_and_sync(store, SkewedClock(0), [Movement(loc, "SKU-A", Kind.RECEIVE, 20, "api:test")]))
@@ -101,9 +104,11 @@ def test_a_count_a_century_ahead_is_held_sales_count_and_the_operator_applies_it
     assert count["attrs"]["original_occurred_at"] == held["occurred_at"]
 
 
-def test_a_clock_reset_to_the_past_is_held_and_can_be_discarded(hub: Hub, make_store: Callable[..., Store]) -> None:
+def test_a_clock_reset_to_the_past_is_held_and_can_be_discarded(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
     store = make_store(hub, hub.url)
-    admin = add_credential(hub.db, "--role", "admin")
+    admin = add_credential(hub.db, role="admin")
     hub.start()
     loc = store.location
     past = SkewedClock(-20 * 365 * DAY_MS)  # a CMOS reset: twenty years back
@@ -120,7 +125,7 @@ def test_a_clock_reset_to_the_past_is_held_and_can_be_discarded(hub: Hub, make_s
 
 
 def test_an_agent_on_the_hubs_machine_shows_no_skew_after_a_bulk_import(
-    hub: Hub, make_store: Callable[..., Store]
+    hub: HubProcess, make_store: Callable[..., Store]
 ) -> None:
     store = make_store(hub, hub.url)
     hub.start()

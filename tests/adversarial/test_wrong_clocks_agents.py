@@ -19,7 +19,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -31,17 +30,11 @@ from typing import Any
 import pytest
 
 from protocol import unpack_hlc, wall_ms_now
-from tests.faults.helpers import (
-    Hub,
-    Store,
-    _api_ledger_ids,
-    add_credential,
-    get_json,
-    hub_events,
-    integrity_ok,
-    outbox_events,
-    wait_until,
-)
+from tests.faults.helpers import Store, _api_ledger_ids, hub_events, integrity_ok, outbox_events, wait_until
+from tests.harness.commands import run_agent
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import get_json
 
 DAY_MS = 86_400_000
 CENTURY_MS = 36_525 * DAY_MS
@@ -81,10 +74,7 @@ def wrong_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[in
 
 def agent_cli(store: Store, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m agent <args> --config <store's>``, with the clock of the environment it is called in."""
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args, "--config", str(store.config)],
-        capture_output=True, text=True, timeout=CLI_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    return run_agent(*args, "--config", str(store.config), timeout_s=CLI_TIMEOUT_S)
 
 
 def record(store: Store, kind: str, qty: int, sku: str) -> str:
@@ -122,7 +112,7 @@ def synced(store: Store) -> bool:
     return bool(last) and (outbox_meta(store, "acked_seq") or 0) >= last
 
 
-def admin_post(hub: Hub, token: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def admin_post(hub: HubProcess, token: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(
         hub.url + path, data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
@@ -134,12 +124,12 @@ def admin_post(hub: Hub, token: str, path: str, body: dict[str, Any]) -> tuple[i
         return err.code, json.loads(err.read())
 
 
-def on_hand(hub: Hub, token: str, location: str, sku: str) -> int:
+def on_hand(hub: HubProcess, token: str, location: str, sku: str) -> int:
     rows = get_json(f"{hub.url}/v1/locations/{location}/counts", token)["counts"]
     return next((r["on_hand"] for r in rows if r["sku"] == sku), 0)
 
 
-def verdict(hub: Hub, stores: list[Store], token: str, *, applied: set[str], expected: dict[tuple[str, str], int]) -> None:
+def verdict(hub: HubProcess, stores: list[Store], token: str, *, applied: set[str], expected: dict[tuple[str, str], int]) -> None:
     """helpers.verify, for outboxes with held movements: the hub holds exactly what the outboxes recorded,
     less what is still held or was discarded, plus what the operator applied; counts as expected; no event
     in a ledger twice; every database intact; no traceback anywhere."""
@@ -175,11 +165,11 @@ def verdict(hub: Hub, stores: list[Store], token: str, *, applied: set[str], exp
 
 
 def test_a_century_ahead_count_is_held_and_the_operator_applies_it_once(
-    hub: Hub, make_store: Callable[..., Store], wrong_clock: Callable[[int], Any]
+    hub: HubProcess, make_store: Callable[..., Store], wrong_clock: Callable[[int], Any]
 ) -> None:
     a = make_store(hub, hub.url, name="store-a", location="STORE-1")
     b = make_store(hub, hub.url, name="store-b", location="STORE-1")  # a second agent at the same location
-    admin = add_credential(hub.db, "--role", "admin")
+    admin = add_credential(hub.db, role="admin")
     hub.start()
     b.start()
     record(b, "receive", 30, "SKU-A")
@@ -234,7 +224,7 @@ def test_a_century_ahead_count_is_held_and_the_operator_applies_it_once(
     verdict(hub, [a, b], admin.token, applied={counted}, expected={("STORE-1", "SKU-A"): 44})
 
 
-def _age_credential(hub: Hub, agent_id: str, by_ms: int) -> None:
+def _age_credential(hub: HubProcess, agent_id: str, by_ms: int) -> None:
     """Make a credential as old as a store's that has run for a year (set up before the hub starts)."""
     conn = sqlite3.connect(hub.db)
     try:
@@ -245,11 +235,11 @@ def _age_credential(hub: Hub, agent_id: str, by_ms: int) -> None:
 
 
 def test_a_clock_set_back_six_months_is_held_instead_of_slipping_under_a_later_count(
-    hub: Hub, make_store: Callable[..., Store], wrong_clock: Callable[[int], Any]
+    hub: HubProcess, make_store: Callable[..., Store], wrong_clock: Callable[[int], Any]
 ) -> None:
     c = make_store(hub, hub.url, name="store-c", location="STORE-2")  # its clock will be set back
     d = make_store(hub, hub.url, name="store-d", location="STORE-2")  # counts the shelf meanwhile
-    admin = add_credential(hub.db, "--role", "admin")
+    admin = add_credential(hub.db, role="admin")
     _age_credential(hub, c.cred.agent_id, 365 * DAY_MS)
     hub.start()
     d.start()

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from agent_scan_helpers import ContractHub, gtin, wrong_check_digit
 
 from agent.catalog import (
     AgentCatalog,
@@ -18,6 +17,7 @@ from agent.catalog import (
     parse_catalog_json,
 )
 from hardware import decode
+from tests.agent.agent_scan_helpers import ContractHub, gtin, wrong_check_digit
 
 EAN13 = gtin("590123412345")  # 5901234123457
 UPC_A = gtin("03600029145")  # 12 digits

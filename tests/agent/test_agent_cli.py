@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agent_fakehub import FakeHub
 
 from agent import Outbox
 from protocol import parse_event_id
+from tests.agent.agent_fakehub import FakeHub
+from tests.harness.agent_process import AgentProcess
 
 WAIT_S = 30.0
 
@@ -42,24 +44,6 @@ async def agent(*args: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-async def read_until(stream: asyncio.StreamReader, needle: str) -> bytes:
-    """Read lines until one contains ``needle``; return all of them."""
-    seen = b""
-
-    async def read() -> None:
-        nonlocal seen
-        while True:
-            line = await stream.readline()
-            if not line:
-                raise AssertionError(f"the stream ended before {needle!r}:\n{seen.decode()}")
-            seen += line
-            if needle.encode() in line:
-                return
-
-    await asyncio.wait_for(read(), WAIT_S)
-    return seen
 
 
 @pytest.fixture
@@ -119,27 +103,14 @@ async def test_usage_and_configuration_errors_exit_2_runtime_failures_exit_1(tmp
 
 async def test_run_sends_the_simulation_to_the_hub_and_stops_cleanly_on_sigterm(tmp_path: Path, hub: FakeHub) -> None:
     config = config_file(tmp_path, '\n[simulate]\ncount = 40\nrate_per_s = 0\nbatch = 4\nskus = ["A", "B"]\n', hub=hub)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent",
-        "run",
-        "--config",
-        str(config),
-        "--log-level",
-        "debug",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        early = await read_until(proc.stderr, "The hub acknowledged up to seq 40 ")
+    run = AgentProcess(config, tmp_path / "agent.log", None, "--log-level", "debug")
+    try:  # waited for in a thread: the fake hub answers from this loop meanwhile
+        await asyncio.to_thread(run.wait_for_log, re.escape("The hub acknowledged up to seq 40 "), WAIT_S)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, late = await asyncio.wait_for(proc.communicate(), WAIT_S)
-    err = early + late
-    assert proc.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+        code = await asyncio.to_thread(run.stop)
+    err = run.log.encode()
+    assert code == 0, err.decode()
+    lines = run.printed
     assert lines[-1] == "simulation complete 40"
     recorded = [line.split() for line in lines[:-1]]
     assert len(recorded) == 40 and all(r[0] == "recorded" and r[2] == "S001" for r in recorded)
@@ -165,24 +136,14 @@ async def test_run_sends_the_simulation_to_the_hub_and_stops_cleanly_on_sigterm(
 async def test_sighup_reloads_a_fixed_token(tmp_path: Path, hub: FakeHub) -> None:
     simulate = "\n[simulate]\ncount = 5\nrate_per_s = 0\n"
     config = config_file(tmp_path, simulate, hub=hub, token="wrong")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent",
-        "run",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    run = AgentProcess(config, tmp_path / "agent.log")
     try:
         await hub.wait_for(lambda: any(seen.status == 401 for seen in hub.requests), WAIT_S)
         config_file(tmp_path, simulate, hub=hub, token="token-1")
-        proc.send_signal(signal.SIGHUP)
+        run.proc.send_signal(signal.SIGHUP)
         await hub.wait_for(lambda: len(hub.events) == 5, WAIT_S)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
-    assert proc.returncode == 0
-    assert err.decode().count("refused this agent's credentials") == 1
-    assert "Configuration reloaded" in err.decode()
+        code = await asyncio.to_thread(run.stop)
+    assert code == 0
+    assert run.log.count("refused this agent's credentials") == 1
+    assert "Configuration reloaded" in run.log

@@ -9,20 +9,18 @@ from pathlib import Path
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-import hub.discovery
-from agent.discovery import AGENT_SERVICE_TYPE, HUB_SERVICE_TYPE, AgentAdvertiser, HubFinder, HubLocation
+from agent.discovery import AgentAdvertiser, HubFinder, HubLocation
 from agent.outbox import Movement, Outbox
 from agent.replicator import Replicator
-from hub import HubSettings, open_store, serve
+from hub import open_store
 from hub.discovery import HubAdvertiser
 from protocol import Kind
+from protocol.discovery import AGENT_SERVICE_TYPE
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import wait_until
 
 LOOPBACK = ["127.0.0.1"]
 WAIT_S = 20.0
-
-
-def test_both_sides_name_the_same_service() -> None:
-    assert HUB_SERVICE_TYPE == hub.discovery.SERVICE_TYPE
 
 
 async def test_the_finder_follows_its_hub_by_id_and_ignores_others() -> None:
@@ -43,12 +41,20 @@ async def test_the_finder_follows_its_hub_by_id_and_ignores_others() -> None:
     assert all(loc.hub_id == wanted for loc in seen)
 
 
+def started(hub: HubProcess) -> None:
+    """Start it and wait until it announces itself by zeroconf (what the agent under test looks for)."""
+    hub.start()
+    wait_until("the hub announces itself by zeroconf", lambda: "Announcing hub" in hub.run_log, WAIT_S)
+
+
 async def test_an_agent_without_a_hub_url_finds_the_hub_and_follows_it_to_a_new_port(tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     async with open_store(db) as store:
         agent_id, token = await store.add_agent(["S001"])
         hub_id = str((await store.health())["hub_id"])
-    settings = HubSettings(db=str(db), host="127.0.0.1", port=0, advertise=True, shutdown_timeout_s=1.0)
+    config = tmp_path / "hub.toml"
+    config.write_text("[hub]\nadvertise = true\nshutdown_timeout_s = 1.0\n")
+    hub = HubProcess(tmp_path / "hub.log", "--config", str(config), db=db, port=0)  # port 0: a new one each start
 
     async with (
         asyncio.timeout(WAIT_S * 2),
@@ -64,25 +70,24 @@ async def test_an_agent_without_a_hub_url_finds_the_hub_and_follows_it_to_a_new_
                 replicator.update_credentials(token, location.url)
 
         async with HubFinder(on_hub, hub_id=hub_id, interfaces=LOOPBACK) as finder:
-            stop = asyncio.Event()
-            serving = asyncio.create_task(serve(settings, stop))
-            first = await finder.wait_for(lambda loc: loc is not None)
-            assert first is not None and replicator is not None
-            await replicator.start()
-            await outbox.record([Movement("S001", "SKU-1", Kind.RECEIVE, 5, "api:test")])
-            await replicator.wait_synced()
-            stop.set()
-            await serving
+            try:
+                await asyncio.to_thread(started, hub)
+                first = await finder.wait_for(lambda loc: loc is not None)
+                assert first is not None and replicator is not None
+                await replicator.start()
+                await outbox.record([Movement("S001", "SKU-1", Kind.RECEIVE, 5, "api:test")])
+                await replicator.wait_synced()
+                assert await asyncio.to_thread(hub.stop) == 0
 
-            stop = asyncio.Event()  # the hub comes back on another port
-            serving = asyncio.create_task(serve(settings, stop))
-            second = await finder.wait_for(lambda loc: loc is not None and loc.port != first.port)
-            assert second is not None and second.hub_id == hub_id
-            await outbox.record([Movement("S001", "SKU-1", Kind.SALE, -2, "api:test")])
-            await replicator.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0 and s.sent_events == 2)
-            await replicator.stop()
-            stop.set()
-            await serving
+                await asyncio.to_thread(started, hub)  # the hub comes back on another port
+                second = await finder.wait_for(lambda loc: loc is not None and loc.port != first.port)
+                assert second is not None and second.hub_id == hub_id
+                await outbox.record([Movement("S001", "SKU-1", Kind.SALE, -2, "api:test")])
+                await replicator.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0 and s.sent_events == 2)
+                await replicator.stop()
+                assert await asyncio.to_thread(hub.stop) == 0
+            finally:
+                hub.close()
 
     async with open_store(db) as store:
         [row] = await store.counts(location="S001", sku="SKU-1")

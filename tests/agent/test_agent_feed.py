@@ -16,6 +16,7 @@ import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from agent import Movement, Outbox, Replicator
 from agent.feed import CountFeed
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
 from agent.sessions import SessionManager, SessionStore
-from hub import HubSettings, create_app, open_store
+from hub import open_store
 from protocol import MSGPACK_CONTENT_TYPE, Kind, SyncRequest, decode_sync_response, encode_sync_request
+from tests.harness.inprocess import hub_in_process
 
 LOC = "S001"
 SKU = "SKU-1"
@@ -49,26 +51,19 @@ class Hub:
 
 
 class Served:
-    """A hub process's app and store on 127.0.0.1; ``close()`` stops both (safe twice)."""
+    """The hub in this process over ``db`` (``tests.harness.inprocess``); ``close()`` stops it (safe twice)."""
 
     def __init__(self, db: Path) -> None:
         self.db = db
         self.url = ""
-        self._store: Any = None
-        self._server: TestServer | None = None
+        self._serving = AsyncExitStack()
 
     async def start(self) -> Served:
-        self._store = await open_store(self.db)
-        self._server = TestServer(create_app(self._store, HubSettings(db=str(self.db))), host="127.0.0.1", port=0)
-        await self._server.start_server()
-        self.url = str(self._server.make_url("")).rstrip("/")
+        self.url = (await self._serving.enter_async_context(hub_in_process(self.db))).url
         return self
 
     async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            await server.close()
-            await self._store.close()
+        await self._serving.aclose()
 
 
 @pytest.fixture

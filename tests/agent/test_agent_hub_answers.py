@@ -11,7 +11,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_fakehub import FakeHub
 from aiohttp import web
 
 from agent import Movement, Outbox, Replicator
@@ -21,6 +20,7 @@ from agent.pos import PosStore, Quarantined
 from agent.pos.source import FileScan
 from agent.reports import ReportSender
 from protocol import Kind
+from tests.agent.agent_fakehub import FakeHub
 
 WAIT_S = 15.0
 LIMIT_BYTES = 256 << 10

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,49 +11,24 @@ import aiohttp
 import pytest
 
 from agent.localapi import hash_pin
-from hub import HubSettings, open_store, serve
+from hub import open_store
+from tests.harness.agent_process import AgentProcess
+from tests.harness.hub_process import HubProcess
 
 WAIT_S = 30.0
+LOCAL_API_RE = r"Local API and handheld page at (http://127\.0\.0\.1:\d+)/"
 
 
-class AgentProcess:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-        self.log: list[str] = []
-
-    async def start(self) -> None:
-        """Start it and wait until it has found the hub and serves the local API (both logged, in any order)."""
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent", "run", "--config", str(self.config),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert self.proc.stderr is not None
-        found = False
-        self.url = ""
-        while not (found and self.url):
-            raw = await self.proc.stderr.readline()
-            if not raw:
-                raise AssertionError("the agent exited early:\n" + "".join(self.log))
-            line = raw.decode()
-            self.log.append(line)
-            if match := re.search(r"Local API and handheld page at (http://127\.0\.0\.1:\d+)/", line):
-                self.url = match.group(1)
-            found = found or "by zeroconf at http://127.0.0.1:" in line
-
-    async def kill(self) -> None:
-        """After a failure: leave no agent behind."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-    async def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.stderr is not None
-        await self.proc.stderr.read()
-        return await self.proc.wait()
+async def start_agent(config: Path, log: Path) -> tuple[AgentProcess, str]:
+    """Start the agent and wait until it has found the hub and serves the local API (both logged, in any order)."""
+    agent = AgentProcess(config, log)
+    try:
+        served = await asyncio.to_thread(agent.wait_for_log, LOCAL_API_RE, WAIT_S)
+        await asyncio.to_thread(agent.wait_for_log, r"by zeroconf at http://127\.0\.0\.1:", WAIT_S)
+    except BaseException:
+        agent.kill()  # after a failure: leave no agent behind
+        raise
+    return agent, served[1]
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: Any, status: int = 200) -> Any:
@@ -68,20 +40,20 @@ async def post(http: aiohttp.ClientSession, url: str, body: Any, status: int = 2
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[tuple[str, str, str, str]]:
-    """(hub id, agent id, agent token, reader token) of a hub serving with advertise = true."""
+    """(hub id, agent id, agent token, reader token) of a hub process serving with advertise = true."""
     db = tmp_path / "hub.db"
     async with open_store(db) as store:
         agent_id, token = await store.add_agent(["S001"])
         _, reader = await store.add_agent([], role="reader")
         hub_id = str((await store.health())["hub_id"])
-    stop = asyncio.Event()
-    settings = HubSettings(db=str(db), host="127.0.0.1", port=0, advertise=True, shutdown_timeout_s=1.0)
-    serving = asyncio.create_task(serve(settings, stop))
+    config = tmp_path / "hub.toml"
+    config.write_text("[hub]\nadvertise = true\nshutdown_timeout_s = 1.0\n")
+    served = HubProcess(tmp_path / "hub.log", "--config", str(config), db=db, port=0)
+    await asyncio.to_thread(served.start)
     try:
         yield hub_id, agent_id, token, reader
     finally:
-        stop.set()
-        await serving
+        served.close()
 
 
 async def test_a_session_on_a_handheld_reaches_the_hub_found_by_zeroconf(
@@ -96,39 +68,44 @@ async def test_a_session_on_a_handheld_reaches_the_hub_found_by_zeroconf(
         f'[localapi.staff]\nana = "{hash_pin("4711")}"\n'
         f'[discovery]\nenabled = true\nhub_id = "{hub_id}"\ninterfaces = ["127.0.0.1"]\nwait_s = 20\n'
     )
-    agent = AgentProcess(config)
+    runs: list[AgentProcess] = []
     try:
-        await _session_survives_restart_and_reaches_the_hub(agent, reader)
+        await _session_survives_restart_and_reaches_the_hub(config, tmp_path / "agent.log", runs, reader)
     finally:
-        await agent.kill()
+        for run in runs:
+            run.kill()
 
 
-async def _session_survives_restart_and_reaches_the_hub(agent: AgentProcess, reader: str) -> None:
+async def _session_survives_restart_and_reaches_the_hub(
+    config: Path, log: Path, runs: list[AgentProcess], reader: str
+) -> None:
     async with (
         asyncio.timeout(WAIT_S * 2),
         aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=10)
         ) as http,
     ):
-        await agent.start()
-        await post(http, agent.url + "/api/v1/login", {"staff": "ana", "pin": "4711"})
-        opened = await post(http, agent.url + "/api/v1/sessions", {"type": "receive", "ref": "DN-7"}, status=201)
+        agent, url = await start_agent(config, log)
+        runs.append(agent)
+        await post(http, url + "/api/v1/login", {"staff": "ana", "pin": "4711"})
+        opened = await post(http, url + "/api/v1/sessions", {"type": "receive", "ref": "DN-7"}, status=201)
         sid = opened["session"]["id"]
-        await post(http, f"{agent.url}/api/v1/sessions/{sid}/scans", {"sku": "SKU-1", "qty": 3}, status=201)
-        assert await agent.stop() == 0
+        await post(http, f"{url}/api/v1/sessions/{sid}/scans", {"sku": "SKU-1", "qty": 3}, status=201)
+        assert await asyncio.to_thread(agent.stop) == 0
 
-        await agent.start()  # a restart signs everyone out but keeps the open session and its lines
-        async with http.get(f"{agent.url}/api/v1/sessions/{sid}") as resp:
+        agent, url = await start_agent(config, log)  # a restart signs everyone out but keeps the open session
+        runs.append(agent)
+        async with http.get(f"{url}/api/v1/sessions/{sid}") as resp:
             assert resp.status == 401
-        await post(http, agent.url + "/api/v1/login", {"staff": "ana", "pin": "4711"})
-        async with http.get(f"{agent.url}/api/v1/sessions/{sid}") as resp:
+        await post(http, url + "/api/v1/login", {"staff": "ana", "pin": "4711"})
+        async with http.get(f"{url}/api/v1/sessions/{sid}") as resp:
             view = await resp.json()
         assert (view["session"]["status"], view["units"]) == ("open", 3)
-        closed = await post(http, f"{agent.url}/api/v1/sessions/{sid}/close", {})
+        closed = await post(http, f"{url}/api/v1/sessions/{sid}/close", {})
         assert closed["session"]["report"]["events"] == 1
 
         while True:  # the hub's count is what tells; nothing else in this process can be awaited
-            async with http.get(f"{agent.url}/api/v1/status") as resp:
+            async with http.get(f"{url}/api/v1/status") as resp:
                 status = await resp.json()
             if status["sync_state"] == "ok" and status["backlog"] == 0:
                 break
@@ -144,4 +121,4 @@ async def _session_survives_restart_and_reaches_the_hub(agent: AgentProcess, rea
         ) as resp:
             [event] = (await resp.json())["events"]
         assert (event["kind"], event["ref"], event["attrs"]["by"]) == ("receive", "DN-7", "ana")
-        assert await agent.stop() == 0
+        assert await asyncio.to_thread(agent.stop) == 0

@@ -13,7 +13,10 @@ import pytest
 
 from agent import Kind, Movement, Outbox, OutboxOfAnotherAgent
 from agent.replicator import credentials_refused
-from tests.faults.helpers import AgentProcess, Hub, free_port, get_json, hub_events, outbox_events, wait_until
+from tests.faults.helpers import hub_events, outbox_events, wait_until
+from tests.harness.agent_process import AgentProcess
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT_S = 60.0
@@ -79,14 +82,14 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def issue(hub: Hub, agent_id: str, location: str) -> str:
+def issue(hub: HubProcess, agent_id: str, location: str) -> str:
     """``shelfsync-hub agent add --id``: the token of the ready configuration it prints."""
     done = cli("-m", "hub", "agent", "add", "--db", hub.db, "--location", location, "--id", agent_id, "--hub-url", hub.url)
     assert done.returncode == 0, done.stderr
     return str(tomllib.loads(done.stdout)["agent"]["token"])
 
 
-def write_config(path: Path, agent_id: str, token: str, hub: Hub, *, simulate: int = 0) -> Path:
+def write_config(path: Path, agent_id: str, token: str, hub: HubProcess, *, simulate: int = 0) -> Path:
     sim = f"[simulate]\ncount = {simulate}\nrate_per_s = 0\n" if simulate else ""
     path.write_text(
         f'[agent]\nid = "{agent_id}"\nlocation = "S042"\ntoken = "{token}"\nhub_url = "{hub.url}"\n'
@@ -101,7 +104,7 @@ def status(config: Path) -> tuple[int, dict[str, object]]:
     return done.returncode, json.loads(done.stdout) if done.stdout else {}
 
 
-def hub_agents(hub: Hub) -> dict[str, str]:
+def hub_agents(hub: HubProcess) -> dict[str, str]:
     """Event id → the agent id the hub holds it under (every row: an event held twice shows as a lost key)."""
     import sqlite3
 
@@ -118,7 +121,7 @@ def hub_agents(hub: Hub) -> dict[str, str]:
 
 
 def test_a_wrong_id_is_named_at_every_step_and_rebind_delivers_everything_once(tmp_path: Path) -> None:
-    hub = Hub(tmp_path / "hub.db", free_port(), tmp_path / "hub.log")
+    hub = HubProcess(tmp_path / "hub.log", db=tmp_path / "hub.db", port=free_port())
     try:
         token = issue(hub, "agent-7f3a", "S042")
         hub.start()
@@ -164,7 +167,7 @@ def test_a_wrong_id_is_named_at_every_step_and_rebind_delivers_everything_once(t
 
 
 def test_after_a_new_credential_only_what_the_old_one_never_delivered_is_sent_again(tmp_path: Path) -> None:
-    hub = Hub(tmp_path / "hub.db", free_port(), tmp_path / "hub.log")
+    hub = HubProcess(tmp_path / "hub.log", db=tmp_path / "hub.db", port=free_port())
     try:
         old = issue(hub, "store-a", "S042")
         hub.start()

@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from agent_scan_helpers import ContractHub
 
 from agent.pos import Observation, PosStore, Quarantined
 from agent.pos.source import scan_file
 from agent.reports import ReportSender, ReportsState, issue_id, observation_id
+from tests.agent.agent_scan_helpers import ContractHub
 
 WAIT_S = 10.0
 FAST = {"tick_s": 30.0, "retry_base_s": 0.01, "retry_max_s": 0.05, "auth_retry_s": 30.0}

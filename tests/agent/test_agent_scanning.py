@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_scan_helpers import PtyDevice, eventually, gtin, wrong_check_digit
 
 import hardware
 from agent.catalog import Catalog, CatalogItem
@@ -21,6 +20,7 @@ from agent.scan_journal import INTERRUPTED, ScanJournal, read_reader_states
 from agent.scanning import ModeRouter, ScanOutcome, ScanResult, ScanRouter, ScanService
 from hardware import GS
 from protocol import Kind, StockEvent, event_id_hex, wall_ms_now
+from tests.agent.agent_scan_helpers import PtyDevice, eventually, gtin, wrong_check_digit
 
 EAN13 = gtin("590123412345")
 CASE = gtin("1" + EAN13[:-1])  # a case of 12 of EAN13's item

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agent_scan_helpers import ContractHub, PtyDevice, gtin, wrong_check_digit
 
 from agent.outbox import Outbox
 from protocol import Kind
+from tests.agent.agent_scan_helpers import ContractHub, PtyDevice, gtin, wrong_check_digit
+from tests.harness.agent_process import AgentProcess
 
 WAIT_S = 30.0
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pos"
@@ -41,41 +42,14 @@ async def agent(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-class Running:
-    """``shelfsync-agent run`` in a subprocess, with its log lines awaited one by one."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.log = ""
-
-    async def wait_log(self, needle: str) -> str:
-        assert self.proc.stderr is not None
-
-        async def read() -> None:
-            while needle not in self.log:
-                line = await self.proc.stderr.readline()  # type: ignore[union-attr]
-                if not line:
-                    raise AssertionError(f"the agent stopped before logging {needle!r}:\n{self.log}")
-                self.log += line.decode()
-
-        await asyncio.wait_for(read(), WAIT_S)
-        return self.log
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        _, rest = await asyncio.wait_for(self.proc.communicate(), WAIT_S)
-        self.log += rest.decode()
-        assert self.proc.returncode is not None
-        return self.proc.returncode
+async def start(config: Path) -> AgentProcess:
+    """``shelfsync-agent run`` as a real process (its log in agent.log beside its config)."""
+    return AgentProcess(config, config.parent / "agent.log", None, "--log-level", "debug")
 
 
-async def start(config: Path) -> Running:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "run", "-c", str(config), "--log-level", "debug",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    return Running(proc)
+async def wait_log(running: AgentProcess, needle: str) -> None:
+    """Until the agent logs ``needle`` (in a thread: the fake hub answers from this loop meanwhile)."""
+    await asyncio.to_thread(running.wait_for_log, re.escape(needle), WAIT_S)
 
 
 @pytest.fixture
@@ -120,14 +94,14 @@ async def test_run_watches_the_drop_folder_and_reports_observations_and_quaranti
     config = write_config(tmp_path, f'[pos]\nwatch_dir = "{drop}"\nsettle_s = 0.1\n', hub)
     running = await start(config)
     try:
-        await running.wait_log("Watching")
+        await wait_log(running, "Watching")
         shutil.copyfile(FIXTURES / "shopify_inventory.csv", drop / "inventory.part")
         (drop / "inventory.part").rename(drop / "inventory.csv")
         shutil.copyfile(FIXTURES / "generic.csv", drop / "sales.csv")
         await hub.wait_for(lambda: len(hub.observations) >= 2 and len(hub.issues) >= 4, WAIT_S)
         await hub.wait_for(lambda: len(hub.synced) >= 5, WAIT_S)
     finally:
-        code = await running.stop()
+        code = await asyncio.to_thread(running.stop)
     assert code == 0, running.log
     assert sorted(p.name for p in (drop / "processed").iterdir()) == [
         "inventory.csv", "inventory.csv.report.json", "sales.csv", "sales.csv.report.json",
@@ -154,11 +128,11 @@ async def test_run_books_scans_from_a_serial_reader_and_status_shows_the_reader(
     )
     running = await start(config)
     try:
-        await running.wait_log(f"Scanner 'backdoor' opened {device.link}")
+        await wait_log(running, f"Scanner 'backdoor' opened {device.link}")
         device.write(f"]E0{EAN13}\r\n]I1{CASE}\r\n".encode())
-        await running.wait_log("Booked receive +6 of MUG-01 (a pack of 6) at S001.")
+        await wait_log(running, "Booked receive +6 of MUG-01 (a pack of 6) at S001.")
         device.write(f"{wrong_check_digit(EAN13)}\r\n".encode())
-        await running.wait_log("wrong check digit")
+        await wait_log(running, "wrong check digit")
         code, out, err = await agent("status", "-c", str(config), "--json")
         assert code == 0, err
         [scanner] = json.loads(out)["scanners"]
@@ -173,12 +147,12 @@ async def test_run_books_scans_from_a_serial_reader_and_status_shows_the_reader(
         assert "scanner      backdoor available" in text and "1 not booked" in text
 
         device.unplug()
-        await running.wait_log("went away")
+        await wait_log(running, "went away")
         code, out, _ = await agent("status", "-c", str(config), "--json")
         [scanner] = json.loads(out)["scanners"]
         assert scanner["available"] is False and scanner["error"]
     finally:
-        code = await running.stop()
+        code = await asyncio.to_thread(running.stop)
         device.unplug()
     assert code == 0, running.log
     assert await outbox_events(tmp_path) == [

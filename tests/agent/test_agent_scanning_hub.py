@@ -10,8 +10,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_scan_helpers import gtin
-from aiohttp.test_utils import TestServer
 
 import hardware
 from agent.catalog import AgentCatalog
@@ -22,7 +20,8 @@ from agent.pos.source import scan_file
 from agent.replicator import Replicator
 from agent.reports import ReportSender
 from agent.scanning import ModeRouter, ScanResult
-from hub import HubSettings, create_app, open_store
+from tests.agent.agent_scan_helpers import gtin
+from tests.harness.inprocess import hub_in_process
 
 EAN13 = gtin("590123412345")
 CASE = gtin("1" + EAN13[:-1])
@@ -46,15 +45,10 @@ class Hub:
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    async with open_store(tmp_path / "hub.db") as store:
-        agent_id, token = await store.add_agent(["S001"])
-        _, admin = await store.add_agent([], role="admin")
-        server = TestServer(create_app(store, HubSettings(db="unused")), host="127.0.0.1", port=0)
-        await server.start_server()
-        try:
-            yield Hub(str(server.make_url("")).rstrip("/"), agent_id, token, admin)
-        finally:
-            await server.close()
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        agent_id, token = await served.store.add_agent(["S001"])
+        _, admin = await served.store.add_agent([], role="admin")
+        yield Hub(served.url, agent_id, token, admin)
 
 
 async def test_catalog_refresh_reports_and_an_unknown_scan_rebooked_by_the_hub(tmp_path: Path, hub: Hub) -> None:

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agent_fakehub import FakeHub
 
 from agent import Movement, Outbox, Replicator
 from agent.replicator import CATCHUP_BACKLOG, CATCHUP_BATCH_FACTOR
 from protocol import Kind
+from tests.agent.agent_fakehub import FakeHub
 
 AGENT = "store-1"
 LOC = "S001"

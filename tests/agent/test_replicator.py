@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from agent_fakehub import FakeHub
 
 from agent import Movement, Outbox, Replicator, ReplicatorState
 from protocol import Kind
+from tests.agent.agent_fakehub import FakeHub
 
 AGENT = "store-1"
 LOC = "S001"

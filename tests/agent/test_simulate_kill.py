@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from agent import Outbox
 from agent.simulate import TALLY
 from protocol import parse_event_id
+from tests.harness.agent_process import AgentProcess
 
 WAIT_S = 60.0
 KILL_AFTER_LINES = 300
@@ -25,36 +24,8 @@ def config_file(tmp_path: Path, count: int) -> Path:
     return path
 
 
-async def start(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent",
-        "run",
-        "--config",
-        str(config),
-        "--log-level",
-        "warning",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-
-async def read_lines(proc: asyncio.subprocess.Process, stop: int | str) -> list[str]:
-    """Read stdout lines until ``stop`` lines were read, or a line equal to ``stop``."""
-    assert proc.stdout is not None
-    lines: list[str] = []
-
-    async def read() -> None:
-        while True:
-            line = await proc.stdout.readline()  # type: ignore[union-attr]
-            assert line.endswith(b"\n"), f"stdout ended after {len(lines)} lines"
-            lines.append(line.decode().rstrip("\n"))
-            if lines[-1] == stop or len(lines) == stop:
-                return
-
-    await asyncio.wait_for(read(), WAIT_S)
-    return lines
+def start(config: Path) -> AgentProcess:
+    return AgentProcess(config, config.parent / "agent.log", None, "--log-level", "warning")
 
 
 def parse(lines: list[str]) -> dict[bytes, tuple[str, str, str, int]]:
@@ -67,14 +38,10 @@ def parse(lines: list[str]) -> dict[bytes, tuple[str, str, str, int]]:
 
 
 async def test_sigkill_loses_no_movement_reported_as_recorded_and_the_simulation_resumes(tmp_path: Path) -> None:
-    proc = await start(config_file(tmp_path, count=1_000_000))
-    lines = await read_lines(proc, KILL_AFTER_LINES)
-    proc.send_signal(signal.SIGKILL)
-    rest, _ = await asyncio.wait_for(proc.communicate(), WAIT_S)
-    assert proc.returncode == -signal.SIGKILL
-    complete, _, _partial = rest.decode().rpartition("\n")  # a line cut by the kill was never reported
-    lines += complete.splitlines()
-    reported = parse(lines)
+    run = start(config_file(tmp_path, count=1_000_000))
+    run.wait_for_printed(f"{KILL_AFTER_LINES} lines", lambda lines: len(lines) >= KILL_AFTER_LINES, WAIT_S)
+    assert run.kill() == -signal.SIGKILL
+    reported = parse(run.printed)  # whole lines only: a line cut by the kill was never reported
     assert len(reported) >= KILL_AFTER_LINES
 
     outbox_path = tmp_path / "data" / "outbox.sqlite3"
@@ -87,11 +54,10 @@ async def test_sigkill_loses_no_movement_reported_as_recorded_and_the_simulation
 
     # restart with a total a little above what is on disk: it records only the difference
     total = tally + 25
-    proc = await start(config_file(tmp_path, count=total))
-    resumed = await read_lines(proc, f"simulation complete {total}")
-    proc.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(proc.communicate(), WAIT_S)
-    assert proc.returncode == 0
+    run = start(config_file(tmp_path, count=total))
+    run.wait_for_printed("the simulation completes", lambda lines: f"simulation complete {total}" in lines, WAIT_S)
+    assert run.stop() == 0
+    resumed = run.printed[: run.printed.index(f"simulation complete {total}") + 1]
     assert len(parse(resumed[:-1])) == 25
     async with Outbox.open(outbox_path, agent_id="store-1", location="S001") as outbox:
         pending = await outbox.pending(10_000_000)

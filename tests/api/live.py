@@ -25,7 +25,9 @@ from protocol import (
     wall_ms_now,
 )
 from protocol.reports import ObservationReport, ObservationsRequest, encode_observations
-from tests.e2e.procs import Credential, HubProcess, add_credential, free_port
+from tests.harness.credentials import Credential, add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port
 
 AGENT_LOCATIONS = ("S001", "WEB")
 YEAR_MS = 365 * 24 * 3_600_000
@@ -106,9 +108,9 @@ def live_hub(tmp_path: Path, *, rate_limit_per_s: float = 1000.0, rate_limit_bur
              seeded: bool = True) -> Iterator[LiveHub]:  # fmt: skip
     """A served hub on a free port of 127.0.0.1, stopped (SIGTERM, else killed) on the way out."""
     db = tmp_path / "hub.db"
-    reader = add_credential(db, "--role", "reader")
-    admin = add_credential(db, "--role", "admin")
-    agent = add_credential(db, *(arg for loc in AGENT_LOCATIONS for arg in ("--location", loc)))
+    reader = add_credential(db, role="reader")
+    admin = add_credential(db, role="admin")
+    agent = add_credential(db, *AGENT_LOCATIONS)
     config = tmp_path / "hub.toml"
     config.write_text(
         f"""[hub]
@@ -125,7 +127,7 @@ retry_max_s = 1.0
 """
     )
     log = tmp_path / "hub.log"
-    with HubProcess(db, free_port(), log, "--config", str(config)) as proc:
+    with HubProcess(log, "--config", str(config), db=db, port=0) as proc:
         hub = LiveHub(proc.url, db, log, reader, agent, admin)
         if seeded:
             seed(hub)

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
 
 import pytest
 
 from hub import HubStore, etag
-from tests.api.conftest import ClientFactory
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -22,6 +20,7 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.inprocess import ClientFactory
 
 POLICY_RE = re.compile(r'^"writes";q=(\d+);w=(\d+)$')
 STANDING_RE = re.compile(r'^"writes";r=(\d+);t=(\d+)$')

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
-from hub import HubSettings, create_app, open_store, openapi
+from hub import HubSettings, HubStore, create_app, openapi
 from protocol import values
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -26,17 +25,8 @@ REGENERATE = "regenerate it: python -m hub.openapi > docs/openapi.json"
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[web.Application]:
-    async with open_store(tmp_path / "hub.db") as store:
-        yield create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
-
-
-@pytest.fixture
-async def client(app: web.Application) -> AsyncIterator[TestClient[Any, Any]]:
-    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await client.start_server()
-    yield client
-    await client.close()
+def app(store: HubStore, tmp_path: Path) -> web.Application:
+    return create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
 
 
 def routes_of(app: web.Application) -> set[tuple[str, str]]:

@@ -11,13 +11,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from agent.huberrors import error_member, error_message
-from hub import HubSettings, HubStore, create_app, open_store, problems
+from hub import HubSettings, HubStore, create_app, problems
 from hub.limits import ConnectionGuard, GuardedRunner
-from tests.api.conftest import ClientFactory
 from protocol import MSGPACK_CONTENT_TYPE, SyncRequest, encode_sync_request
+from tests.harness.inprocess import ClientFactory, hub_in_process
 
 PROBLEM = "application/problem+json"
 
@@ -78,19 +77,13 @@ async def test_every_kind_of_refusal_is_problem_details(store: HubStore, make_cl
 
 
 async def test_a_database_failure_and_a_closed_store_are_problem_details(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "hub.db") as store:
-        _, reader = await store.add_agent([], role="reader")
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(store, HubSettings(db="x")), host="127.0.0.1",
-                                                             port=0))  # fmt: skip
-        await client.start_server()
-        try:
-            await store.close()
-            closed = await problem_of(await client.get("/v1/agents", headers=bearer(reader)), 503, "unavailable")
-            assert "try again" in closed["detail"]
-            health = await problem_of(await client.get("/healthz"), 503, "unavailable")
-            assert health["health"] == "unavailable" and "error" in health["db"]
-        finally:
-            await client.close()
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        _, reader = await served.store.add_agent([], role="reader")
+        await served.store.close()
+        closed = await problem_of(await served.client.get("/v1/agents", headers=bearer(reader)), 503, "unavailable")
+        assert "try again" in closed["detail"]
+        health = await problem_of(await served.client.get("/healthz"), 503, "unavailable")
+        assert health["health"] == "unavailable" and "error" in health["db"]
 
 
 async def test_a_malformed_request_is_problem_details_from_the_connection_guard(store: HubStore) -> None:

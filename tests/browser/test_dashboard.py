@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from playwright.async_api import Page, expect
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
 from hub.webhooks import WebhookSpec
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -31,6 +31,7 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
+from tests.harness.inprocess import hub_in_process
 
 SKU = "TEE-BLK-M"
 Screenshot = Callable[..., Awaitable[Path]]  # the conftest fixture's type
@@ -103,11 +104,9 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
     await site.start()
     host, port = runner.addresses[0][:2]
     hook = WebhookSpec("web-shop", f"http://{host}:{port}/stock", "a-shared-secret-of-the-shop", retry_max_s=0.2)
-    async with open_store(tmp_path / "hub.db") as store:
-        app = create_app(store, HubSettings(db=str(tmp_path / "hub.db"), webhooks=(hook,)))
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-        await client.start_server()
-        try:
+    try:
+        async with hub_in_process(tmp_path / "hub.db", webhooks=(hook,)) as served:
+            store, client = served.store, served.client
             _, reader = await store.add_agent([], role="reader")
             s001, s002 = await _agent(store, client, "S001"), await _agent(store, client, "S002")
             await store.add_agent(["S003"])  # a store whose agent never synced
@@ -151,10 +150,9 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
                 headers={"Authorization": f"Bearer {web_token}"},
             )
             assert resp.status == 200, await resp.text()
-            yield Shop(str(client.make_url("")).rstrip("/"), reader, s001, s002)
-        finally:
-            await client.close()
-            await runner.cleanup()
+            yield Shop(served.url, reader, s001, s002)
+    finally:
+        await runner.cleanup()
 
 
 async def _accept(request: web.Request) -> web.Response:

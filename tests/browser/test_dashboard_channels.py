@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,17 +21,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from playwright.async_api import Locator, Page, ViewportSize, expect
 
-from hub import HubSettings, create_app
-from hub.channels import ChannelSpec, parse_channels
+from hub.channels import parse_channels
 from hub.storage import HubStore, open_store
 from hub.storage.base import CatalogItem
-from tests.channels.conftest import wait_until
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
 from tests.channels.emulators.square import SquareEmulator
-from tests.e2e.procs import free_port
+from tests.channels.helpers import wait_until
+from tests.harness.inprocess import hub_in_process, serve_hub
 
 SWEATER = "SWEATER-GRY-M"  # Shopify refuses to adjust it once it drifted: its divergence stays open
 MUGS = [f"MUG-{i:02d}" for i in range(1, 22)]  # 21 more items that drift and are corrected: two pages of 20
@@ -77,13 +75,6 @@ class Shop:
         return {c["name"]: c for c in answer["channels"]}
 
 
-async def serve(store: HubStore, db: Path, specs: Sequence[ChannelSpec] = ()) -> web.AppRunner:
-    """The hub's app with ``specs`` as its ``[[channel]]`` tables (its pushers start with it)."""
-    runner = web.AppRunner(create_app(store, HubSettings(db=str(db), channels=tuple(specs))))
-    await runner.setup()
-    return runner
-
-
 @pytest.fixture
 async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
     async with ShopifyEmulator() as shopify, SquareEmulator() as square:
@@ -101,16 +92,13 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
             environ={"SHOP": shopify.token, "SQ": square.token},
         )  # fmt: skip
         db = tmp_path / "hub.db"
-        port = free_port()
         async with open_store(db) as store:
             tokens = {role: (await store.add_agent(["S1"] if role == "agent" else [], role=role))[1]
                       for role in ("agent", "reader", "admin")}  # fmt: skip
             await store.put_catalog([CatalogItem("5012345678900", SWEATER, 1, NAMES[SWEATER]),
                                      CatalogItem("5012345678917", LONELY, 1, NAMES[LONELY])])  # fmt: skip
-            runner = await serve(store, db, specs)
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                s = Shop(f"http://127.0.0.1:{port}", store, shopify, square, tokens, online, variants)
+            async with serve_hub(store, db=str(db), channels=tuple(specs)) as served:  # its pushers start with it
+                s = Shop(served.url, store, shopify, square, tokens, online, variants)
                 await s.move(("receive", 10, SWEATER), *(("receive", 5, m) for m in MUGS), ("receive", 4, LONELY))
 
                 async def caught_up() -> bool:
@@ -120,8 +108,6 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
                 await wait_until(caught_up, "both channels confirmed the store's stock")
                 assert shopify.available(variants[SWEATER].item_id, online) == 10
                 yield s
-            finally:
-                await runner.cleanup()
 
 
 async def sign_in(page: Page, base: str, token: str) -> None:
@@ -298,25 +284,18 @@ async def test_a_channel_whose_api_is_down_shows_disconnected_with_its_error_and
 async def test_a_hub_without_channels_says_how_to_add_one(
     page: Page, tmp_path: Path, screenshot: Screenshot, console_errors: list[str]
 ) -> None:
-    db = tmp_path / "hub.db"
-    port = free_port()
-    async with open_store(db) as store:
-        _, reader = await store.add_agent([], role="reader")
-        runner = await serve(store, db)
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            base = f"http://127.0.0.1:{port}"
-            await sign_in(page, base, reader)
-            await page.goto(f"{base}/dashboard/#/channels")
-            await expect(page.locator("#channels-empty")).to_have_text(
-                "No channel is configured: add a [[channel]] table to the hub's config — see docs/channels.md"
-            )
-            await expect(page.locator("#channels-badge")).to_be_hidden()
-            await page.set_viewport_size(PHONE)
-            await assert_fits(page, "the empty Channels page")
-            await screenshot("dashboard-phone-channels-empty")
-        finally:
-            await runner.cleanup()
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        _, reader = await served.store.add_agent([], role="reader")
+        base = served.url
+        await sign_in(page, base, reader)
+        await page.goto(f"{base}/dashboard/#/channels")
+        await expect(page.locator("#channels-empty")).to_have_text(
+            "No channel is configured: add a [[channel]] table to the hub's config — see docs/channels.md"
+        )
+        await expect(page.locator("#channels-badge")).to_be_hidden()
+        await page.set_viewport_size(PHONE)
+        await assert_fits(page, "the empty Channels page")
+        await screenshot("dashboard-phone-channels-empty")
     assert console_errors == []
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from playwright.async_api import Page, async_playwright, expect
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
 from hub.storage.base import CatalogItem
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -35,6 +35,7 @@ from protocol import (
     wall_ms_now,
 )
 from protocol.catalog import unknown_sku
+from tests.harness.inprocess import hub_in_process
 
 SKU = "TEE-BLK-M"
 HUGE_EPOCH = (1 << 62) + 1  # a JavaScript number holds it as 4611686018427387904
@@ -72,35 +73,30 @@ async def _sync(client: TestClient[Any, Any], token: str, agent_id: str, epoch: 
 async def ops(tmp_path: Path) -> AsyncIterator[Ops]:
     """A hub whose S001 agent is on a 63-bit epoch, with 121 movements of one SKU, a count that found
     shrinkage, scans of three unknown barcodes at S002 and a catalog naming the T-shirt."""
-    async with open_store(tmp_path / "hub.db") as store:
-        app = create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-        await client.start_server()
-        try:
-            _, reader = await store.add_agent([], role="reader")
-            _, admin = await store.add_agent([], role="admin")
-            s001, s001_token = await store.add_agent(["S001"])
-            s002, s002_token = await store.add_agent(["S002"])
-            now = wall_ms_now() - 60_000
-            seq = itertools.count(1)
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        store, client = served.store, served.client
+        _, reader = await store.add_agent([], role="reader")
+        _, admin = await store.add_agent([], role="admin")
+        s001, s001_token = await store.add_agent(["S001"])
+        s002, s002_token = await store.add_agent(["S002"])
+        now = wall_ms_now() - 60_000
+        seq = itertools.count(1)
 
-            def move(agent: str, location: str, sku: str, kind: Kind, qty: int, i: int, **extra: Any) -> StockEvent:
-                return StockEvent(new_event_id(), agent, 1, next(seq), location, sku, kind, qty, pack_hlc(now + i, 0),
-                                  now + i, "scanner:till-1", extra.get("ref"), None, extra.get("attrs", {}))  # fmt: skip
+        def move(agent: str, location: str, sku: str, kind: Kind, qty: int, i: int, **extra: Any) -> StockEvent:
+            return StockEvent(new_event_id(), agent, 1, next(seq), location, sku, kind, qty, pack_hlc(now + i, 0),
+                              now + i, "scanner:till-1", extra.get("ref"), None, extra.get("attrs", {}))  # fmt: skip
 
-            moves = [move(s001, "S001", SKU, Kind.RECEIVE, 200, 0)]
-            moves += [move(s001, "S001", SKU, Kind.SALE, -1, i) for i in range(1, LEDGER_EVENTS - 1)]
-            moves += [move(s001, "S001", SKU, Kind.COUNT, 75, LEDGER_EVENTS, ref="cycle-count-1")]  # expected 81
-            await _sync(client, s001_token, s001, HUGE_EPOCH, moves)
-            seq = itertools.count(1)
-            scans = [move(s002, "S002", unknown_sku(code), Kind.RECEIVE, 2 + i, 200 + i,
-                          attrs={"barcode": code, "unknown": True}) for i, code in enumerate(UNKNOWN)]  # fmt: skip
-            await _sync(client, s002_token, s002, 1, scans)
-            await store.put_catalog([CatalogItem("5012345678900", SKU, 1, "T-shirt, black, M"),
-                                     CatalogItem("7612345678900", "MUG-WHITE", 1, "Mug, white")])  # fmt: skip
-            yield Ops(str(client.make_url("")).rstrip("/"), store, client, reader, admin, s001)
-        finally:
-            await client.close()
+        moves = [move(s001, "S001", SKU, Kind.RECEIVE, 200, 0)]
+        moves += [move(s001, "S001", SKU, Kind.SALE, -1, i) for i in range(1, LEDGER_EVENTS - 1)]
+        moves += [move(s001, "S001", SKU, Kind.COUNT, 75, LEDGER_EVENTS, ref="cycle-count-1")]  # expected 81
+        await _sync(client, s001_token, s001, HUGE_EPOCH, moves)
+        seq = itertools.count(1)
+        scans = [move(s002, "S002", unknown_sku(code), Kind.RECEIVE, 2 + i, 200 + i,
+                      attrs={"barcode": code, "unknown": True}) for i, code in enumerate(UNKNOWN)]  # fmt: skip
+        await _sync(client, s002_token, s002, 1, scans)
+        await store.put_catalog([CatalogItem("5012345678900", SKU, 1, "T-shirt, black, M"),
+                                 CatalogItem("7612345678900", "MUG-WHITE", 1, "Mug, white")])  # fmt: skip
+        yield Ops(served.url, store, client, reader, admin, s001)
 
 
 async def sign_in(page: Page, ops: Ops) -> None:

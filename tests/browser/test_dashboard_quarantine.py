@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from playwright.async_api import Page, expect
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -32,6 +32,7 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
+from tests.harness.inprocess import hub_in_process
 
 DAY_MS = 86_400_000
 CENTURY_MS = 36_525 * DAY_MS
@@ -52,37 +53,32 @@ class Held:
 
 @pytest.fixture
 async def held(tmp_path: Path) -> AsyncIterator[Held]:
-    async with open_store(tmp_path / "hub.db") as store:
-        app = create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-        await client.start_server()
-        try:
-            _, reader = await store.add_agent([], role="reader")
-            admin_id, admin = await store.add_agent([], role="admin")
-            agent_id, token = await store.add_agent(["S001"])
-            now = wall_ms_now()
-            seq = itertools.count(1)
-            moves = [
-                (Kind.RECEIVE, 10, now - 60_000),
-                (Kind.COUNT, 50, now + CENTURY_MS),  # a dead CMOS battery: a century ahead
-                (Kind.SALE, -2, now - 20 * 365 * DAY_MS),  # a clock reset twenty years back
-            ]
-            events = tuple(
-                StockEvent(new_event_id(), agent_id, 1, next(seq), "S001", "TEE-BLK-M", kind, qty, pack_hlc(at, 0), at,
-                           "scanner:back-door")
-                for kind, qty, at in moves
-            )  # fmt: skip
-            resp = await client.post(
-                "/v1/sync",
-                data=encode_sync_request(SyncRequest(agent_id, 1, events, sent_ms=now)),
-                headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
-            )
-            assert resp.status == 200, await resp.text()
-            answer = decode_sync_response(await resp.read())
-            assert [r.code for r in answer.rejected] == ["quarantined", "quarantined"]
-            yield Held(str(client.make_url("")).rstrip("/"), store, client, reader, admin, admin_id, agent_id)
-        finally:
-            await client.close()
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        store, client = served.store, served.client
+        _, reader = await store.add_agent([], role="reader")
+        admin_id, admin = await store.add_agent([], role="admin")
+        agent_id, token = await store.add_agent(["S001"])
+        now = wall_ms_now()
+        seq = itertools.count(1)
+        moves = [
+            (Kind.RECEIVE, 10, now - 60_000),
+            (Kind.COUNT, 50, now + CENTURY_MS),  # a dead CMOS battery: a century ahead
+            (Kind.SALE, -2, now - 20 * 365 * DAY_MS),  # a clock reset twenty years back
+        ]
+        events = tuple(
+            StockEvent(new_event_id(), agent_id, 1, next(seq), "S001", "TEE-BLK-M", kind, qty, pack_hlc(at, 0), at,
+                       "scanner:back-door")
+            for kind, qty, at in moves
+        )  # fmt: skip
+        resp = await client.post(
+            "/v1/sync",
+            data=encode_sync_request(SyncRequest(agent_id, 1, events, sent_ms=now)),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
+        )
+        assert resp.status == 200, await resp.text()
+        answer = decode_sync_response(await resp.read())
+        assert [r.code for r in answer.rejected] == ["quarantined", "quarantined"]
+        yield Held(served.url, store, client, reader, admin, admin_id, agent_id)
 
 
 async def sign_in(page: Page, base: str, token: str) -> None:

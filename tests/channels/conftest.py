@@ -1,50 +1,20 @@
-"""Fixtures for the channel tests: a real hub store on a tmp SQLite file, its change watch, the emulators."""
+"""Fixtures for the channel tests: a real hub store on a tmp SQLite file, its change watch, the emulators
+(helpers in tests/channels/helpers.py)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from hub.channels import ChannelSpec, SqliteChannelState, parse_channels
+from hub.channels import SqliteChannelState
 from hub.feed import ChangeWatch
-from hub.storage import HubStore, open_store
-from hub.storage.base import AgentIdentity
-from protocol import Kind
+from hub.storage import open_store
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
+from tests.channels.helpers import Hub
 from tests.hub.event_factory import EventFactory
-
-BOUND_S = 30.0  # every wait in these tests is bounded by this
-
-
-@dataclass
-class Hub:
-    """A real hub store with one agent credential for the pool's locations, and its change feed watch."""
-
-    store: HubStore
-    who: AgentIdentity
-    watch: ChangeWatch
-    db_path: Path
-    factory: EventFactory
-    clock_ms: float = 0.0
-
-    async def move(self, *moves: tuple[Kind, int, str, str]) -> None:
-        """Ingest one batch of movements (kind, qty, location, sku) as one agent sync."""
-        events = []
-        for kind, qty, location, sku in moves:
-            self.clock_ms += 1
-            events.append(self.factory(kind, qty, at_ms=self.clock_ms, location=location, sku=sku))
-        result = await self.store.ingest(self.who, self.factory.epoch, events)
-        assert not result.rejected, result.rejected
-
-    async def available(self, location: str, sku: str) -> int:
-        rows = await self.store.counts(location=location, sku=sku)
-        return rows[0].available if rows else 0
 
 
 @pytest.fixture
@@ -74,23 +44,3 @@ async def shopify() -> AsyncIterator[ShopifyEmulator]:
 async def square() -> AsyncIterator[SquareEmulator]:
     async with SquareEmulator() as emu:
         yield emu
-
-
-def spec_of(table: dict[str, Any], token: str) -> ChannelSpec:
-    """One channel's spec, its secret from an environment variable (as a hub would read it)."""
-    (spec,) = parse_channels([{"secret_env": "CHANNEL_TOKEN", **table}], environ={"CHANNEL_TOKEN": token})
-    return spec
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, bound_s: float = BOUND_S) -> None:
-    """Poll ``check`` until true; fail with ``what`` after ``bound_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.02)
-
-
-def expected_level(avail: Sequence[int], held_back: int = 0) -> int:
-    return max(0, sum(avail) - held_back)

@@ -13,9 +13,9 @@ from hub.channels.levels import bundle_levels, sku_levels
 from hub.channels.orders import OrderContext, shopify_movements, to_events
 from hub.storage.base import AgentIdentity
 from protocol import Kind, wall_ms_now
-from tests.channels.conftest import Hub, wait_until
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
+from tests.channels.helpers import Hub, wait_until
 from tests.channels.test_shopify_push import pushing, shop_spec, shows, variants
 
 KIT = {"A": 2, "C": 1}

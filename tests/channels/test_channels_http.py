@@ -12,16 +12,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from hub import HubSettings, create_app
 from hub.channels import parse_channels
-from hub.storage import HubStore, open_store
-from tests.channels.conftest import wait_until
+from hub.storage import HubStore
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
 from tests.channels.emulators.square import SquareEmulator
+from tests.channels.helpers import wait_until
 from tests.channels.test_webhook_channel import SECRET, Receiver
-from tests.e2e.procs import free_port
+from tests.harness.inprocess import hub_in_process
 
 
 @dataclass
@@ -71,33 +69,27 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
             environ=env,
         )  # fmt: skip
         db = tmp_path / "hub.db"
-        port = free_port()
-        async with open_store(db) as store:
+        async with hub_in_process(db, channels=specs) as served:
+            store = served.store
             tokens = {role: (await store.add_agent([] if role != "agent" else ["S1"], role=role))[1]
                       for role in ("agent", "reader", "admin")}  # fmt: skip
             await store.add_agent(["S1"])
-            runner = web.AppRunner(create_app(store, HubSettings(db=str(db), channels=specs)))
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                h = Hub(f"http://127.0.0.1:{port}", store, shopify, square, receiver, tokens,
-                        {"online": online, "a": a, "sq_loc": sq_loc, "sq_a": sq_a})  # fmt: skip
-                await h.move("receive", 10, "S1", "A")
-                await h.move("receive", 4, "S1", "LONELY")  # no channel item carries it
+            h = Hub(served.url, store, shopify, square, receiver, tokens,
+                    {"online": online, "a": a, "sq_loc": sq_loc, "sq_a": sq_a})  # fmt: skip
+            await h.move("receive", 10, "S1", "A")
+            await h.move("receive", 4, "S1", "LONELY")  # no channel item carries it
 
-                async def out() -> bool:
-                    return (shopify.available(a.item_id, online), square.quantity(sq_a, sq_loc),
-                            receiver.levels.get(("A", "web"))) == (10, 10, 10)  # fmt: skip
+            async def out() -> bool:
+                return (shopify.available(a.item_id, online), square.quantity(sq_a, sq_loc),
+                        receiver.levels.get(("A", "web"))) == (10, 10, 10)  # fmt: skip
 
-                await wait_until(out, "every channel shows A")
+            await wait_until(out, "every channel shows A")
 
-                async def caught_up() -> bool:  # and each pusher has stored what its channel confirmed
-                    return all(c["queue"] == 0 and c["lag"]["samples"] >= 1 for c in (await h.channels()).values())
+            async def caught_up() -> bool:  # and each pusher has stored what its channel confirmed
+                return all(c["queue"] == 0 and c["lag"]["samples"] >= 1 for c in (await h.channels()).values())
 
-                await wait_until(caught_up, "every channel caught up with a lag sample")
-                yield h
-            finally:
-                await runner.cleanup()
+            await wait_until(caught_up, "every channel caught up with a lag sample")
+            yield h
 
 
 async def test_the_status_of_every_channel(hub: Hub) -> None:

@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.channels.conftest import wait_until
 from tests.channels.emulators.square import SquareEmulator
-from tests.e2e.procs import add_credential, free_port
-
-HUB_START_S = 20.0
+from tests.channels.helpers import wait_until
+from tests.harness.commands import run_hub
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port
 
 
 def _post_events(url: str, token: str, events: list[dict[str, object]]) -> dict[str, object]:
@@ -35,19 +34,11 @@ def _post_events(url: str, token: str, events: list[dict[str, object]]) -> dict[
         return answer
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 async def test_a_configured_hub_pushes_a_movement_to_its_channel(tmp_path: Path, square: SquareEmulator) -> None:
     location_id = square.add_location()
     variation = square.add_variation("SKU-1")
     db = tmp_path / "hub.db"
-    cred = add_credential(db, "--location", "S1")
+    cred = add_credential(db, "S1")
     port = free_port()
     config = tmp_path / "hub.toml"
     config.write_text(
@@ -56,14 +47,11 @@ async def test_a_configured_hub_pushes_a_movement_to_its_channel(tmp_path: Path,
         f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\n',
         encoding="utf-8",
     )
-    log = (tmp_path / "hub.log").open("wb")
-    env = {**os.environ, "SQUARE_TOKEN": square.token}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
+    hub = HubProcess(tmp_path / "hub.log", "--config", str(config), env={**os.environ, "SQUARE_TOKEN": square.token})
     url = f"http://127.0.0.1:{port}"
     try:
-        await wait_until(lambda: asyncio.to_thread(_healthy, url), "the hub answers", HUB_START_S)
+        await asyncio.to_thread(hub.start)  # in a thread: the emulator answers the hub from this loop
+        assert hub.url == url
         answer = await asyncio.to_thread(
             _post_events,
             url,
@@ -86,10 +74,8 @@ async def test_a_configured_hub_pushes_a_movement_to_its_channel(tmp_path: Path,
         )
         await wait_until(lambda: shown(3), "Square shows the sale")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-    text = (tmp_path / "hub.log").read_text(encoding="utf-8", errors="replace")
+        hub.close()
+    text = hub.log
     assert square.token not in text
     assert "Traceback" not in text
 
@@ -101,9 +87,7 @@ def test_a_channel_table_with_an_inline_token_is_refused_with_one_sentence(tmp_p
         'pool = { S1 = "L1" }\n',
         encoding="utf-8",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "hub", "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
-    )
+    done = run_hub("serve", "--config", str(config), env=os.environ, timeout_s=60)
     assert done.returncode != 0
     assert "channel" in done.stderr and "sq0atp-secret" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr

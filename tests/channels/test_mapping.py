@@ -13,9 +13,9 @@ from hub.channels import (
     build_mapping,
     parse_mapping_csv,
 )
-from tests.channels.conftest import spec_of
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
+from tests.channels.helpers import spec_of
 
 
 def test_findings_say_what_to_do() -> None:

@@ -16,16 +16,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from hub import HubSettings, create_app
 from hub.channels import SqliteChannelState, parse_channels
 from hub.channels.config import KEYS
-from hub.storage import HubStore, open_store
-from tests.channels.conftest import wait_until
+from hub.storage import HubStore
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
 from tests.channels.emulators.square_orders import SquareOrdersEmulator
-from tests.e2e.procs import free_port
+from tests.channels.helpers import wait_until
+from tests.harness.inprocess import hub_in_process
+from tests.harness.net import free_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -73,22 +72,15 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
             environ=env,
         )  # fmt: skip
         db = tmp_path / "hub.db"
-        async with open_store(db) as store:
-            app = create_app(store, HubSettings(db=str(db), channels=specs))
-            runner = web.AppRunner(app)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                async with await SqliteChannelState.open(db) as state:
+        async with hub_in_process(db, port=port, channels=specs) as served:
+            async with await SqliteChannelState.open(db) as state:
 
-                    async def mapped() -> bool:
-                        return all([await state.mapping("web"), await state.mapping("pos")])
+                async def mapped() -> bool:
+                    return all([await state.mapping("web"), await state.mapping("pos")])
 
-                    await wait_until(mapped, "both channels' SKU mappings are loaded")
-                yield Hub(url, store, shopify, square, {"WH1": wh, "S1": s1, "SQ1": sq_s1},
-                          {**variants, "SQ-A": sq_a})  # fmt: skip
-            finally:
-                await runner.cleanup()
+                await wait_until(mapped, "both channels' SKU mappings are loaded")
+            yield Hub(url, served.store, shopify, square, {"WH1": wh, "S1": s1, "SQ1": sq_s1},
+                      {**variants, "SQ-A": sq_a})  # fmt: skip
 
 
 async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:

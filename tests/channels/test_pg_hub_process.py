@@ -16,16 +16,18 @@ from typing import Any
 
 import pytest
 
-from tests.channels.conftest import wait_until
 from tests.channels.emulators.square import SquareEmulator
-from tests.e2e.procs import HubProcess, add_credential, free_port, get_json
-from tests.hub.pg_testing import fresh_schema, pg_server  # noqa: F401  (fixtures)
+from tests.channels.helpers import wait_until
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json
+from tests.harness.pg import fresh_schema
 
 TAKEOVER_S = 30.0  # bound on a standing-by hub taking the channel over (it retries every few seconds)
 
 
 @pytest.fixture
-async def pg_db(pg_server: str) -> AsyncIterator[str]:  # noqa: F811
+async def pg_db(pg_server: str) -> AsyncIterator[str]:
     async with fresh_schema("ch") as url:
         yield url
 
@@ -68,15 +70,15 @@ async def test_two_postgresql_hubs_push_a_channel_one_at_a_time_and_hand_it_over
     monkeypatch.setenv("SQUARE_TOKEN", square.token)
     location_id = square.add_location()
     variation = square.add_variation("SKU-1")
-    agent = await asyncio.to_thread(add_credential, pg_db, "--location", "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, "--role", "reader")
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
     config = _config(tmp_path, square, location_id)
 
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
 
-    first = HubProcess(pg_db, free_port(), tmp_path / "hub-1.log", "--config", str(config))
-    second = HubProcess(pg_db, free_port(), tmp_path / "hub-2.log", "--config", str(config))
+    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
+    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
     try:
         await asyncio.to_thread(first.start)
 
@@ -115,7 +117,7 @@ async def test_two_postgresql_hubs_push_a_channel_one_at_a_time_and_hand_it_over
         assert square.stats.batches_applied == applied + 1
     finally:
         for hub in (first, second):
-            hub.__exit__()
+            hub.close()
     for name in ("hub-1.log", "hub-2.log"):
         text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
         assert square.token not in text and "Traceback" not in text

@@ -22,10 +22,9 @@ from hub.storage import open_store
 from hub.storage.keys import exception_key
 from hub.storage.postgres import PostgresHubStore
 from protocol import Kind
-from tests.channels.conftest import Hub, spec_of, wait_until
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
-from tests.hub.pg_testing import pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.channels.helpers import Hub, spec_of, wait_until
 
 K = LevelKey("item-1", "loc-1")
 

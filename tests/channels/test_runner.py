@@ -7,9 +7,9 @@ import pytest
 from hub.channels import channel_pushers
 from hub.storage.base import StoreError
 from protocol import Kind
-from tests.channels.conftest import Hub, spec_of, wait_until
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
+from tests.channels.helpers import Hub, spec_of, wait_until
 
 
 async def test_every_configured_channel_gets_its_levels(hub: Hub, shopify: ShopifyEmulator, square: SquareEmulator) -> None:

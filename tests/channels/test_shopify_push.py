@@ -12,8 +12,8 @@ import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, ShopifyConnector, SqliteChannelState
 from protocol import Kind, wall_ms_now
-from tests.channels.conftest import Hub, spec_of, wait_until
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
+from tests.channels.helpers import Hub, spec_of, wait_until
 
 FAST = Backoff(base_s=0.02, max_s=0.2)
 

@@ -10,8 +10,8 @@ import aiohttp
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, SqliteChannelState, SquareConnector
 from protocol import Kind
-from tests.channels.conftest import Hub, spec_of, wait_until
 from tests.channels.emulators.square import SquareEmulator
+from tests.channels.helpers import Hub, spec_of, wait_until
 
 FAST = Backoff(base_s=0.02, max_s=0.2)
 

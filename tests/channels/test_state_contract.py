@@ -18,7 +18,7 @@ from hub.channels import Divergence, ItemIds, LevelKey, MappingFinding, Reconcil
 from hub.channels.runner import open_channel_state
 from hub.channels.state import SqlChannelState
 from hub.storage import StoreClosed, StoreError, open_store
-from tests.hub.pg_testing import fresh_schema, pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.harness.pg import fresh_schema
 
 K = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
 Reopen = Callable[[], AbstractAsyncContextManager[SqlChannelState]]

@@ -24,8 +24,8 @@ from hub.channels.runner import make_connector
 from hub.channels.webhook import IDEMPOTENCY_HEADER, WebhookConnector
 from hub.webhook_spec import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_HEADER, verify_signature
 from protocol import Kind
-from tests.channels.conftest import Hub, spec_of, wait_until
 from tests.channels.emulators.base import EmulatorServer, drop
+from tests.channels.helpers import Hub, spec_of, wait_until
 
 SECRET = "receiver-shared-secret-0123456789"
 FAST = Backoff(base_s=0.02, max_s=0.2)

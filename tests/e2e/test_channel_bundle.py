@@ -14,26 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.channels.conftest import wait_until
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
-from tests.e2e.procs import add_credential, free_port, get_json
+from tests.channels.helpers import wait_until
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json
 
-HUB_START_S = 20.0
 WAREHOUSE, STORE = "WH1", "S1"
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _send(url: str, token: str, method: str, path: str, body: Any) -> Any:
@@ -57,9 +48,9 @@ async def test_a_bundle_sold_online_moves_its_parts_at_the_fulfilling_location(t
         for sku in ("MUG", "TEA"):
             shopify.add_variant(sku, stocked_at=[warehouse, store])
         db = tmp_path / "hub.db"
-        admin = add_credential(db, "--role", "admin")
-        reader = add_credential(db, "--role", "reader")
-        supplier = add_credential(db, "--location", WAREHOUSE, "--location", STORE)
+        admin = add_credential(db, role="admin")
+        reader = add_credential(db, role="reader")
+        supplier = add_credential(db, WAREHOUSE, STORE)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         (tmp_path / "hub.toml").write_text(
@@ -71,13 +62,10 @@ async def test_a_bundle_sold_online_moves_its_parts_at_the_fulfilling_location(t
         )
         env = {**os.environ, "SHOP_TOKEN": shopify.token, "SHOP_WEBHOOK_SECRET": shopify.webhook_secret}
         env = {k: v for k, v in env.items() if k.lower() not in ("http_proxy", "https_proxy")}
-        with (tmp_path / "hub.log").open("wb") as hub_log:
-            hub = subprocess.Popen(
-                [sys.executable, "-m", "hub", "serve", "--config", str(tmp_path / "hub.toml")],
-                stdout=hub_log, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
+        hub = HubProcess(tmp_path / "hub.log", "--config", str(tmp_path / "hub.toml"), env=env)
         try:
-            await wait_until(lambda: asyncio.to_thread(_healthy, url), "the hub answers", HUB_START_S)
+            await asyncio.to_thread(hub.start)  # in a thread: the emulator answers the hub from this loop
+            assert hub.url == url
             recipe = {"components": {"MUG": 2, "TEA": 1}}
             await asyncio.to_thread(_send, url, admin.token, "PUT", "/v1/bundles/KIT", recipe)
             deliveries = [
@@ -123,7 +111,6 @@ async def test_a_bundle_sold_online_moves_its_parts_at_the_fulfilling_location(t
             sale = next(e for e in ledger if e["kind"] == "sale")
             assert sale["qty"] == -6 and sale["attrs"]["bundle"] == "KIT" and sale["attrs"]["bundle_event"]
         finally:
-            hub.terminate()
-            hub.wait(timeout=30)
-        log = (tmp_path / "hub.log").read_text(encoding="utf-8", errors="replace")
+            hub.close()
+        log = hub.log
         assert "Traceback" not in log and shopify.token not in log

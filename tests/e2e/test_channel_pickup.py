@@ -16,27 +16,20 @@ import os
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.channels.conftest import wait_until
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
-from tests.e2e.procs import add_credential, free_port, get_json, start_agent, write_agent_config
+from tests.channels.helpers import wait_until
+from tests.harness.agent_process import AgentProcess, write_agent_config
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json
 
-HUB_START_S = 20.0
 STORE = "S1"
 SKU = "SKU-1"
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _record(config: Path, kind: str, qty: int) -> None:
@@ -68,8 +61,8 @@ async def test_a_shopify_pickup_order_reserves_the_stores_unit_and_the_store_age
         warehouse, store = shopify.add_location(), shopify.add_location()
         variant = shopify.add_variant(SKU, stocked_at=[warehouse, store])
         db = tmp_path / "hub.db"
-        agent_cred = add_credential(db, "--location", STORE)
-        reader = add_credential(db, "--role", "reader")
+        agent_cred = add_credential(db, STORE)
+        reader = add_credential(db, role="reader")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         (tmp_path / "hub.toml").write_text(
@@ -81,18 +74,15 @@ async def test_a_shopify_pickup_order_reserves_the_stores_unit_and_the_store_age
         )
         env = {**os.environ, "SHOP_TOKEN": shopify.token, "SHOP_WEBHOOK_SECRET": shopify.webhook_secret}
         env = {k: v for k, v in env.items() if k.lower() not in ("http_proxy", "https_proxy")}
-        hub_log = (tmp_path / "hub.log").open("wb")
-        hub = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve", "--config", str(tmp_path / "hub.toml")],
-            stdout=hub_log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+        hub = HubProcess(tmp_path / "hub.log", "--config", str(tmp_path / "hub.toml"), env=env)
         agent_dir = tmp_path / "store"
         agent_dir.mkdir()
         config = write_agent_config(agent_dir / "agent.toml", cred=agent_cred, location=STORE, hub_url=url)
         agent = None
         try:
-            await wait_until(lambda: asyncio.to_thread(_healthy, url), "the hub answers", HUB_START_S)
-            agent = start_agent(config, agent_dir / "agent.log")
+            await asyncio.to_thread(hub.start)  # in a thread: the emulator answers the hub from this loop
+            assert hub.url == url
+            agent = AgentProcess(config, agent_dir / "agent.log")
             await asyncio.to_thread(_record, config, "receive", 5)  # the store's delivery
             await wait_until(
                 lambda: _at(asyncio.to_thread(_hub_count, url, reader.token), "on_hand", 5), "the hub counts the delivery"
@@ -120,12 +110,9 @@ async def test_a_shopify_pickup_order_reserves_the_stores_unit_and_the_store_age
             )  # the store recorded nothing since its delivery: the change feed carried it
         finally:
             if agent is not None:
-                agent.terminate()
-                agent.wait(timeout=30)
-            hub.terminate()
-            hub.wait(timeout=30)
-            hub_log.close()
-    text = (tmp_path / "hub.log").read_text(encoding="utf-8", errors="replace")
+                agent.stop()
+            hub.close()
+    text = hub.log
     assert f"applied Shopify order {order['id']} (orders/create)" in text
     assert shopify.webhook_secret not in text and shopify.token not in text
     assert "Traceback" not in text

@@ -9,43 +9,37 @@ the counts equal the expected sums exactly.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import sqlite3
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from agent.simulate import SOURCE, simulated_movement
-from tests.e2e.procs import HubProcess, add_credential, free_port, get_json, start_agent, write_agent_config
+from tests.harness.agent_process import AgentProcess, write_agent_config
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json
 
 LOCATION = "STORE-1"
 SKUS = ("SKU-A", "SKU-B", "SKU-C", "SKU-D")
 TOTAL = 5_000
 SEED = 11
 KILLS = 12
+RATE_PER_S = 500  # while the agent is killed again and again
 DRAIN_TIMEOUT_S = 120.0
-
-
-def _collect(stream, lines: list[str]) -> threading.Thread:
-    def pump() -> None:
-        for line in stream:
-            lines.append(line.rstrip("\n"))
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_agent_and_hub_crashes_lose_nothing_and_count_nothing_twice(tmp_path: Path) -> None:
     rng = random.Random(2026)
     hub_db = tmp_path / "hub.db"
-    cred = add_credential(hub_db, "--location", LOCATION)
-    hub = HubProcess(hub_db, free_port(), tmp_path / "hub.log")
+    cred = add_credential(hub_db, LOCATION)
+    hub = HubProcess(tmp_path / "hub.log", db=hub_db, port=free_port())
     config = write_agent_config(
         tmp_path / "agent.toml", cred=cred, location=LOCATION, hub_url=hub.url,
-        extra=f'[simulate]\ncount = {TOTAL}\nrate_per_s = 500\nseed = {SEED}\nskus = {list(SKUS)!r}\n'.replace("'", '"'),
+        extra=f"[simulate]\ncount = {TOTAL}\nrate_per_s = {RATE_PER_S}\nseed = {SEED}\nskus = {json.dumps(SKUS)}\n",
     )
     printed: list[str] = []
     hub.start()
@@ -55,25 +49,22 @@ def test_agent_and_hub_crashes_lose_nothing_and_count_nothing_twice(tmp_path: Pa
                 hub.stop(signal.SIGKILL if run == 3 else signal.SIGTERM)  # one crash, one clean stop
             if run in (5, 10):
                 hub.start()
-            agent = start_agent(config, tmp_path / "agent.log")
-            reader = _collect(agent.stdout, printed)
+            agent = AgentProcess(config, tmp_path / "agent.log", printed)
             time.sleep(rng.uniform(0.4, 1.4))
-            assert agent.poll() is None, f"agent died on its own; see {tmp_path / 'agent.log'}"
-            agent.send_signal(signal.SIGKILL)
-            agent.wait(timeout=20)
-            reader.join(timeout=10)
+            assert agent.alive(), f"agent died on its own; see {tmp_path / 'agent.log'}"
+            agent.kill()
 
         acked_before_last_run = {line.split()[1] for line in printed if line.startswith("recorded ")}
         assert len(acked_before_last_run) < TOTAL, "the kills should land while movements are still being recorded"
 
-        agent = start_agent(config, tmp_path / "agent.log")
-        reader = _collect(agent.stdout, printed)
+        # The last run only finishes the simulation (movement n is the same at any pace and in any batch):
+        # unpaced and 100 to a commit, it takes a second instead of the ten it takes at the pace of the kills.
+        config.write_text(config.read_text().replace(f"rate_per_s = {RATE_PER_S}\n", "rate_per_s = 0\nbatch = 100\n"))
+        agent = AgentProcess(config, tmp_path / "agent.log", printed)
         try:
             ledger = _wait_for_ledger(hub.url, cred.token)
         finally:
-            agent.send_signal(signal.SIGTERM)
-            assert agent.wait(timeout=30) == 0
-            reader.join(timeout=10)
+            assert agent.stop() == 0
     finally:
         if hub.proc is not None:
             assert hub.stop() == 0
@@ -90,7 +81,7 @@ def test_agent_and_hub_crashes_lose_nothing_and_count_nothing_twice(tmp_path: Pa
     for n in range(TOTAL):
         m = simulated_movement(LOCATION, SKUS, SEED, n)
         expected[m.sku] += m.qty
-    hub = HubProcess(hub_db, free_port(), tmp_path / "hub.log")
+    hub = HubProcess(tmp_path / "hub.log", db=hub_db, port=free_port())
     with hub:
         counts = get_json(f"{hub.url}/v1/locations/{LOCATION}/counts", cred.token)
     got = {row["sku"]: row["on_hand"] for row in counts["counts"]}

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import TEST_TIMEOUT_S, Hub, Simulation, Store, add_credential, free_port
+from tests.faults.helpers import TEST_TIMEOUT_S, Simulation, Store
 from tests.faults.proxy import FaultPlan, ProxyThread
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -21,9 +24,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
+def hub(tmp_path: Path) -> Iterator[HubProcess]:
     """A hub process on a free port (not started: add credentials first, then ``hub.start()``)."""
-    process = Hub(tmp_path / "hub.db", free_port(), tmp_path / "hub.log")
+    process = HubProcess(tmp_path / "hub.log", db=tmp_path / "hub.db", port=free_port())
     try:
         yield process
     finally:
@@ -35,7 +38,7 @@ def proxy_to(request: pytest.FixtureRequest) -> Iterator[Callable[..., ProxyThre
     """``proxy_to(hub, plan=…, seed=…)``: a fault proxy in front of ``hub``, closed at the end."""
     made: list[ProxyThread] = []
 
-    def make(target: Hub, plan: FaultPlan | None = None, **kwargs: object) -> ProxyThread:
+    def make(target: HubProcess, plan: FaultPlan | None = None, **kwargs: object) -> ProxyThread:
         proxy = ProxyThread(target.port, plan=plan, **kwargs)
         made.append(proxy)
         return proxy
@@ -53,7 +56,7 @@ def make_store(tmp_path: Path) -> Iterator[Callable[..., Store]]:
     made: list[Store] = []
 
     def make(
-        target: Hub,
+        target: HubProcess,
         hub_url: str,
         *,
         name: str = "store-1",
@@ -61,7 +64,7 @@ def make_store(tmp_path: Path) -> Iterator[Callable[..., Store]]:
         simulation: Simulation | None = None,
         **kwargs: object,
     ) -> Store:
-        cred = add_credential(target.db, "--location", location)
+        cred = add_credential(target.db, location)
         store = Store(name, location, cred, tmp_path / name, hub_url, simulation, **kwargs)  # type: ignore[arg-type]
         store.write_config()
         made.append(store)

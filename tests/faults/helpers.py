@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import os
 import re
-import resource
-import signal
 import sqlite3
-import subprocess
-import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.procs import Credential, HubProcess, add_credential, free_port, get_json
+from tests.harness import net
+from tests.harness.agent_process import AgentProcess, write_agent_config
+from tests.harness.credentials import Credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import get_json
 
 LONG = os.environ.get("SHELFSYNC_LONG_FAULTS", "") not in ("", "0")
 DRAIN_TIMEOUT_S = 240.0 if LONG else 90.0
@@ -38,18 +36,14 @@ RECORDED_RE = re.compile(r"^recorded ([0-9a-f-]{36}) (\S+) (\S+) (\S+) (-?\d+)$"
 
 __all__ = [
     "LONG",
-    "AgentProcess",
-    "Credential",
-    "Hub",
-    "HubProcess",
+    "Simulation",
     "Store",
-    "add_credential",
-    "free_port",
-    "fsize_limit",
-    "get_json",
+    "drained",
     "hub_events",
+    "hub_rejections",
     "integrity_ok",
     "outbox_events",
+    "outbox_meta",
     "scale",
     "verify",
     "wait_until",
@@ -62,103 +56,8 @@ def scale(short: int, long: int) -> int:
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout_s: float = DRAIN_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
-        time.sleep(POLL_S)
-
-
-# --- processes -------------------------------------------------------------------
-
-
-class Hub(HubProcess):
-    """``python -m hub serve`` that a test may also SIGKILL; ``close()`` always cleans up."""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "the hub is not running"
-        return self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no clean close of the database."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=20)
-            self.proc = None
-
-    def close(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=20)
-            self.proc = None
-
-
-def fsize_limit(limit_bytes: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that caps the size of every file the child writes: a full disk, as far as it can tell."""
-
-    def apply() -> None:  # runs in the child between fork and exec
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-
-    return apply
-
-
-class AgentProcess:
-    """One run of ``python -m agent run``; stdout lines are collected as they come."""
-
-    def __init__(self, config: Path, log_path: Path, lines: list[str], *, fsize_limit_bytes: int | None = None) -> None:
-        self.log_path = log_path
-        with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                # setrlimit and signal between fork and exec touch no lock a thread of ours could hold
-                preexec_fn=fsize_limit(fsize_limit_bytes) if fsize_limit_bytes is not None else None,  # noqa: PLW1509
-            )  # fmt: skip
-        self._reader = threading.Thread(target=self._pump, args=(lines,), daemon=True)
-        self._reader.start()
-
-    def _pump(self, lines: list[str]) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            lines.append(line.rstrip("\n"))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        code = self.proc.wait(timeout=20)
-        self._reader.join(timeout=10)
-        return code
-
-    def stop(self) -> int:
-        """SIGTERM, and wait for a clean exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self._reader.join(timeout=10)
-        return code
-
-    def wait(self, timeout_s: float) -> int:
-        code = self.proc.wait(timeout=timeout_s)
-        self._reader.join(timeout=10)
-        return code
+    """``tests.harness.net.wait_until`` bounded by the fault suite's drain time."""
+    net.wait_until(what, predicate, timeout_s, POLL_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +93,6 @@ class Store:
         return self.data_dir / "outbox.sqlite3"
 
     def write_config(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         sim = ""
         if self.simulation is not None:
             s = self.simulation
@@ -203,25 +101,10 @@ class Store:
                 f"[simulate]\ncount = {s.count}\nrate_per_s = {s.rate_per_s}\nseed = {s.seed}\n"
                 f"skus = [{skus}]\nbatch = {s.batch}\n"
             )
-        self.config.write_text(
-            f"""[agent]
-id = "{self.cred.agent_id}"
-location = "{self.location}"
-token = "{self.cred.token}"
-hub_url = "{self.hub_url}"
-data_dir = "{self.data_dir.as_posix()}"
-
-[replicator]
-batch_size = {self.batch_size}
-tick_s = 0.2
-retry_base_s = 0.05
-retry_max_s = 0.5
-timeout_s = {self.timeout_s}
-auth_retry_s = 1.0
-
-{sim}"""
-        )
-        return self.config
+        return write_agent_config(
+            self.config, cred=self.cred, location=self.location, hub_url=self.hub_url, data_dir=self.data_dir,
+            batch_size=self.batch_size, timeout_s=self.timeout_s, auth_retry_s=1.0, extra=sim,
+        )  # fmt: skip
 
     def start(self, *, fsize_limit_bytes: int | None = None) -> AgentProcess:
         if not self.config.exists():
@@ -358,7 +241,7 @@ def _api_ledger_ids(hub_url: str, token: str, location: str) -> Counter[str]:
 
 
 def verify(
-    hub: Hub,
+    hub: HubProcess,
     stores: list[Store],
     *,
     expected: dict[tuple[str, str], int] | None = None,

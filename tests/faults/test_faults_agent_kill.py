@@ -10,6 +10,7 @@ Short run: 10 kills; long run (SHELFSYNC_LONG_FAULTS=1): 50.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -17,14 +18,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.faults.helpers import Hub, Simulation, Store, drained, scale, verify, wait_until
+from tests.faults.helpers import Simulation, Store, drained, scale, verify, wait_until
 from tests.faults.proxy import ProxyThread, RequestInfo
+from tests.harness.hub_process import HubProcess
 
 HOOK_WAIT_S = 5.0  # a hooked kill that finds no request by then becomes a timed one
 
 
 def test_the_agent_sigkilled_at_random_points_loses_nothing(
-    hub: Hub, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
+    hub: HubProcess, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
 ) -> None:
     kills = scale(10, 50)
     total = kills * 600  # more than the runs between kills can record (at most ~1.5 s each at 500/s)
@@ -83,6 +85,11 @@ def test_the_agent_sigkilled_at_random_points_loses_nothing(
     assert 0 < len(acked_before_last_run) < total, "the kills land while movements are still being recorded"
     assert {"request_at_hub", "answer_arriving"} & set(points)
 
+    # The last run only finishes the simulation (movement n is the same at any pace and in any batch):
+    # unpaced and 100 to a commit, it takes a second instead of the ten it takes at the pace of the kills.
+    assert store.simulation is not None
+    store.simulation = dataclasses.replace(store.simulation, rate_per_s=0, batch=100)
+    store.write_config()
     last = store.start()
     wait_until("the resumed simulation completes", store.simulation_complete)
     wait_until("the outbox drains", lambda: drained([store], hub.db))

@@ -18,7 +18,9 @@ from itertools import pairwise
 
 from agent import Movement, Outbox, Replicator
 from protocol import Kind, unpack_hlc, wall_ms_now
-from tests.faults.helpers import Hub, Store, get_json, scale, verify
+from tests.faults.helpers import Store, scale, verify
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import get_json
 
 HOUR_MS = 3_600_000
 SKEW_SLACK_MS = 120_000
@@ -43,7 +45,7 @@ async def record_and_sync(store: Store, clock: SkewedClock, movements: list[Move
         await asyncio.wait_for(synced, SYNC_WAIT_S)
 
 
-def test_a_clock_an_hour_fast_then_jumping_back_keeps_order_and_counts(hub: Hub, make_store: Callable[..., Store]) -> None:
+def test_a_clock_an_hour_fast_then_jumping_back_keeps_order_and_counts(hub: HubProcess, make_store: Callable[..., Store]) -> None:
     n = scale(60, 600)
     store = make_store(hub, hub.url)
     hub.start()

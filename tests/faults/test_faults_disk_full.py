@@ -15,14 +15,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from tests.faults.helpers import Hub, Simulation, Store, drained, fsize_limit, scale, verify, wait_until
+from tests.faults.helpers import Simulation, Store, drained, scale, verify, wait_until
+from tests.harness.agent_process import fsize_limit
+from tests.harness.hub_process import HubProcess
 
 LIMIT_BYTES = 160 * 1024  # a few dozen commits of WAL frames
 TINY_LIMIT_BYTES = 4096  # not even one WAL frame fits
 
 
 def test_a_full_disk_refuses_new_movements_and_loses_nothing_acknowledged(
-    hub: Hub, make_store: Callable[..., Store]
+    hub: HubProcess, make_store: Callable[..., Store]
 ) -> None:
     total = scale(3_000, 20_000)
     store = make_store(hub, hub.url, simulation=Simulation(total, rate_per_s=2_000, seed=4, batch=10), batch_size=100)

@@ -20,15 +20,16 @@ import signal
 import threading
 from collections.abc import Callable
 
-from tests.faults.helpers import Hub, Simulation, Store, drained, scale, verify, wait_until
+from tests.faults.helpers import Simulation, Store, drained, scale, verify, wait_until
 from tests.faults.proxy import ProxyThread, RequestInfo
+from tests.harness.hub_process import HubProcess
 
 BATCH_BODY_MIN_BYTES = 2_000  # a sync request carrying events, not a handshake
 KILL_POINTS = ("forwarded", "ingesting", "committed")
 
 
 def test_the_hub_killed_mid_batch_loses_nothing(
-    hub: Hub, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
+    hub: HubProcess, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
 ) -> None:
     kills, total = scale(6, 15), scale(4_000, 12_000)
     rng = random.Random(5)
@@ -69,9 +70,7 @@ def test_the_hub_killed_mid_batch_loses_nothing(
             armed[:] = [KILL_POINTS[n % len(KILL_POINTS)]]
         assert killed.wait(60), f"kill {n + 1} ({KILL_POINTS[n % 3]}): no batch reached the hub within 60 s"
         killed.clear()
-        assert hub.proc is not None
-        hub.proc.wait(timeout=20)
-        hub.proc = None
+        assert hub.kill() is not None  # reaps the process killed above
         hub.start()
 
     wait_until("the simulation completes", store.simulation_complete)

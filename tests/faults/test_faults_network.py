@@ -13,14 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tests.faults.helpers import Hub, Simulation, Store, drained, scale, verify, wait_until
+from tests.faults.helpers import Simulation, Store, drained, scale, verify, wait_until
 from tests.faults.proxy import Fault, FaultPlan, ProxyThread
+from tests.harness.hub_process import HubProcess
 
 TIMEOUT_S = 2.0  # the agent's request timeout: partitions last longer
 
 
 def test_drops_delays_cut_bodies_and_partitions_lose_nothing(
-    hub: Hub, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
+    hub: HubProcess, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
 ) -> None:
     total, partitions = scale(1_500, 8_000), scale(2, 6)
     proxy = proxy_to(hub, plan=FaultPlan.mixed(fault_share=0.4), seed=7)

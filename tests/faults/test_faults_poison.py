@@ -19,7 +19,8 @@ import msgpack
 from agent import Movement, Outbox
 from agent.outbox import chain_link
 from protocol import Kind, event_id_hex, new_event_id, pack_hlc, wall_ms_now
-from tests.faults.helpers import Hub, Store, drained, hub_rejections, outbox_events, scale, verify, wait_until
+from tests.faults.helpers import Store, drained, hub_rejections, outbox_events, scale, verify, wait_until
+from tests.harness.hub_process import HubProcess
 
 
 async def record(store: Store, movements: list[Movement]) -> list[str]:
@@ -36,7 +37,9 @@ def good(store: Store, n: int) -> list[Movement]:
     return [Movement(store.location, f"SKU-{i % 3}", Kind.RECEIVE, 1 + i % 4, "api:test") for i in range(n)]
 
 
-def test_poison_events_are_set_aside_and_never_block_the_rest(hub: Hub, make_store: Callable[..., Store]) -> None:
+def test_poison_events_are_set_aside_and_never_block_the_rest(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
     n = scale(40, 400)
     first = make_store(hub, hub.url, name="store-1", location="S001")
     second = make_store(hub, hub.url, name="store-2", location="S002")
@@ -72,7 +75,7 @@ def test_poison_events_are_set_aside_and_never_block_the_rest(hub: Hub, make_sto
 
 
 def test_an_outbox_row_the_agent_cannot_read_is_set_aside_and_the_rest_is_sent(
-    hub: Hub, make_store: Callable[..., Store]
+    hub: HubProcess, make_store: Callable[..., Store]
 ) -> None:
     n = scale(30, 300)
     store = make_store(hub, hub.url, location="S001")

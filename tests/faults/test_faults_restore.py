@@ -21,7 +21,8 @@ from pathlib import Path
 from hub import open_store
 from hub.storage.base import AgentIdentity
 from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
-from tests.faults.helpers import Hub, Simulation, Store, drained, hub_events, scale, verify, wait_until
+from tests.faults.helpers import Simulation, Store, drained, hub_events, scale, verify, wait_until
+from tests.harness.hub_process import HubProcess
 
 
 def backup(live: Path, copy: Path) -> None:
@@ -33,7 +34,7 @@ def backup(live: Path, copy: Path) -> None:
         dst.close()
 
 
-def restore(hub: Hub, copy: Path) -> None:
+def restore(hub: HubProcess, copy: Path) -> None:
     live = Path(hub.db)
     for leftover in (live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm")):
         leftover.unlink(missing_ok=True)
@@ -41,7 +42,7 @@ def restore(hub: Hub, copy: Path) -> None:
 
 
 def test_a_hub_restored_from_an_older_backup_gets_every_lost_event_again(
-    hub: Hub, make_store: Callable[..., Store], tmp_path: Path
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
     restores, total = scale(1, 3), scale(3_000, 9_000)
     store = make_store(hub, hub.url, simulation=Simulation(total, rate_per_s=600, seed=8, batch=5), batch_size=100)

@@ -18,21 +18,14 @@ from collections.abc import Callable
 
 from agent import Movement, Outbox
 from protocol import Kind
-from tests.faults.helpers import (
-    Hub,
-    Simulation,
-    Store,
-    drained,
-    get_json,
-    hub_events,
-    outbox_meta,
-    scale,
-    verify,
-    wait_until,
-)
+from tests.faults.helpers import Simulation, Store, drained, hub_events, outbox_meta, scale, verify, wait_until
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import get_json
 
 
-def test_two_outboxes_under_one_credential_keep_separate_marks(hub: Hub, make_store: Callable[..., Store]) -> None:
+def test_two_outboxes_under_one_credential_keep_separate_marks(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
     total = scale(1_500, 6_000)
     first = make_store(hub, hub.url, name="till-1", simulation=Simulation(total, rate_per_s=400, seed=1, batch=5))
     second = Store(
@@ -59,7 +52,7 @@ def test_two_outboxes_under_one_credential_keep_separate_marks(hub: Hub, make_st
     assert len(held) == 2 * total
 
 
-def test_two_agents_on_one_outbox_send_each_event_once(hub: Hub, make_store: Callable[..., Store]) -> None:
+def test_two_agents_on_one_outbox_send_each_event_once(hub: HubProcess, make_store: Callable[..., Store]) -> None:
     """The same configuration started twice: the second ``run`` refuses (exit 3, one sentence) and the first
     sends every event once, with a ``record`` process writing beside it."""
     n = scale(1_500, 6_000)

@@ -3,10 +3,8 @@ every refusal is a JSON error with one sentence, and the ledger only ever holds 
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +12,12 @@ from typing import Any
 
 import msgpack
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub import HubSettings, create_app, open_store
-from hub.storage.base import HubStore
 from protocol import MSGPACK_CONTENT_TYPE
 from tests.fuzz.test_fuzz_codec import anything, byte_mutated, mutated, wire_request
+from tests.harness.inprocess import ThreadedHub, hub_in_thread
 
 pytestmark = pytest.mark.timeout(240)
 FUZZ = settings(
@@ -31,16 +27,14 @@ REFUSALS = {400, 403, 413, 415, 422}
 
 
 @dataclass
-class ServedHub:
-    port: int
+class FuzzedHub:
+    hub: ThreadedHub
     agent_id: str
     token: str
     admin_token: str
-    store: HubStore
-    loop: asyncio.AbstractEventLoop
 
     def post(self, path: str, body: bytes, content_type: str, token: str | None = None) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.hub.port, timeout=30)
         try:
             headers = {"Authorization": f"Bearer {token or self.token}", "Content-Type": content_type}
             conn.request("POST" if path != "/v1/catalog" else "PUT", path, body=body, headers=headers)
@@ -50,36 +44,17 @@ class ServedHub:
             conn.close()
 
     def ledger_size(self) -> int:
-        return len(asyncio.run_coroutine_threadsafe(self.store.ledger(limit=10_000), self.loop).result(30))
+        return len(self.hub.call(self.hub.store.ledger(limit=10_000)))
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedHub]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzedHub]:
     """One hub for the whole module, in a thread of its own (hypothesis drives it from this one)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     db: Path = tmp_path_factory.mktemp("fuzz-hub") / "hub.db"
-
-    async def start() -> tuple[ServedHub, web.AppRunner]:
-        store = await open_store(str(db))
-        agent_id, token = await store.add_agent(["S1"])
-        _, admin = await store.add_agent(["S1"], role="admin")
-        runner = web.AppRunner(create_app(store, HubSettings(db=str(db), rate_limit_per_s=0.0)), shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return ServedHub(runner.addresses[0][1], agent_id, token, admin, store, loop), runner
-
-    hub, runner = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    try:
-        yield hub
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        asyncio.run_coroutine_threadsafe(hub.store.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with hub_in_thread(db, rate_limit_per_s=0.0) as hub:
+        agent_id, token = hub.call(hub.store.add_agent(["S1"]))
+        _, admin = hub.call(hub.store.add_agent(["S1"], role="admin"))
+        yield FuzzedHub(hub, agent_id, token, admin)
 
 
 def check_answer(status: int, body: bytes) -> None:
@@ -89,7 +64,7 @@ def check_answer(status: int, body: bytes) -> None:
         assert message and "\n" not in message
 
 
-def with_agent(msg: dict[str, Any], hub: ServedHub) -> dict[str, Any]:
+def with_agent(msg: dict[str, Any], hub: FuzzedHub) -> dict[str, Any]:
     """Most mutations keep the request the credential's own, so they get past the sender check."""
     if isinstance(msg.get("agent_id"), str):
         msg["agent_id"] = hub.agent_id
@@ -102,7 +77,7 @@ def with_agent(msg: dict[str, Any], hub: ServedHub) -> dict[str, Any]:
 
 @FUZZ
 @given(msg=mutated(wire_request()), data=byte_mutated(wire_request()))
-def test_mutated_sync_requests_are_answered_never_failed(served: ServedHub, msg: dict[str, Any], data: bytes) -> None:
+def test_mutated_sync_requests_are_answered_never_failed(served: FuzzedHub, msg: dict[str, Any], data: bytes) -> None:
     before = served.ledger_size()
     status, body = served.post("/v1/sync", msgpack.packb(with_agent(msg, served), use_bin_type=True), MSGPACK_CONTENT_TYPE)
     check_answer(status, body)
@@ -140,7 +115,7 @@ def json_bodies(draw: st.DrawFn) -> bytes:
 
 @FUZZ
 @given(body=json_bodies(), extra=anything)
-def test_mutated_json_bodies_are_answered_never_failed(served: ServedHub, body: bytes, extra: Any) -> None:
+def test_mutated_json_bodies_are_answered_never_failed(served: FuzzedHub, body: bytes, extra: Any) -> None:
     for path in ("/v1/events", "/v1/catalog", "/v1/locations/S1/skus/K/safety-stock"):
         check_answer(*served.post(path, body, "application/json", token=served.admin_token))
     check_answer(*served.post("/v1/observations", msgpack.packb(extra, use_bin_type=True), MSGPACK_CONTENT_TYPE))

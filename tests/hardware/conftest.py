@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scanner_helpers import PtyScanner, StatusLog
+
+from tests.hardware.scanner_helpers import PtyScanner, StatusLog
 
 
 @pytest.fixture

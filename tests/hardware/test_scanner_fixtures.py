@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scanner_helpers import PtyScanner, ScanTaker, StatusLog
 
 from hardware import Decoded, DecodeError, SerialScanner, SerialScannerConfig, decode
+from tests.hardware.scanner_helpers import PtyScanner, ScanTaker, StatusLog
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "scanners"
 STREAMS = sorted(FIXTURES.glob("*.json"))

@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
 
 from hardware import (
     GS,
@@ -22,6 +21,7 @@ from hardware import (
 )
 from hardware.reader import QUEUE_PAUSE_SCANS
 from hardware.serial_scanner import serial_options
+from tests.hardware.scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
 
 FAST = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1}
 

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scanner_helpers import WAIT_S, ScanTaker, StatusLog
 
 from hardware import (
     GS,
@@ -22,6 +21,7 @@ from hardware import (
     decode,
     keymap_from_config,
 )
+from tests.hardware.scanner_helpers import WAIT_S, ScanTaker, StatusLog
 
 # Key codes straight from linux/input-event-codes.h, independent of hardware.keymap.
 EV_SYN, EV_KEY, EV_MSC = 0, 1, 4

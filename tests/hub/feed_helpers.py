@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
-from event_factory import EventFactory
+from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -22,7 +21,8 @@ from protocol import (
     decode_sync_response,
     encode_sync_request,
 )
-
+from tests.harness.inprocess import hub_in_process
+from tests.hub.event_factory import EventFactory
 
 RECENT_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 
@@ -79,12 +79,7 @@ class Hub:
 
 @contextlib.asynccontextmanager
 async def running_hub(tmp_path: Path, **settings: Any) -> AsyncIterator[Hub]:
-    async with open_store(tmp_path / "hub.db") as store:
-        app = create_app(store, HubSettings(db=str(tmp_path / "hub.db"), **settings))
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-        await client.start_server()
-        try:
-            _, reader = await store.add_agent([], role="reader")
-            yield Hub(store, client, reader)
-        finally:
-            await client.close()
+    """A hub in this process over tmp_path/hub.db (``tests.harness.inprocess``), with a reader credential."""
+    async with hub_in_process(tmp_path / "hub.db", **settings) as served:
+        _, reader = await served.store.add_agent([], role="reader")
+        yield Hub(served.store, served.client, reader)

@@ -14,9 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from event_factory import EventFactory, at
-from storage_contract_clock import ClockTransferContract
-from storage_contract_wave2 import Wave2Contract
 
 from hub.storage.base import (
     AgentIdentity,
@@ -28,6 +25,9 @@ from hub.storage.base import (
     StoreOpener,
 )
 from protocol import CountSnapshot, Kind
+from tests.hub.event_factory import EventFactory, at
+from tests.hub.storage_contract_clock import ClockTransferContract
+from tests.hub.storage_contract_wave2 import Wave2Contract
 
 AGENT_ID_RE = re.compile(r"agent-[0-9a-f]{8}")
 
@@ -87,6 +87,24 @@ class StorageContract(Wave2Contract, ClockTransferContract):
         assert ledger[events[0].event_id].duplicates == 2
         assert ledger[events[1].event_id].duplicates == 1
         assert {r.effect for r in ledger.values()} == {Effect.APPLIED}
+
+    async def test_a_resend_is_found_whole_across_locations_and_whatever_the_order_of_its_ids(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        # PostgreSQL looks stored ids up within the batch's lowest and highest id, one location at a time
+        stored = [
+            ev(Kind.RECEIVE, 5, at_ms=1, event_id=b"\x40" * 16),
+            ev(Kind.RECEIVE, 7, at_ms=2, location="S2", sku="B", event_id=b"\x80" * 16),
+        ]
+        await store.ingest(who, 1, stored)
+        lowest = ev(Kind.SALE, -1, at_ms=3, event_id=b"\x01" * 16)
+        highest = ev(Kind.SALE, -2, at_ms=4, location="S2", sku="B", event_id=b"\xfe" * 16)
+        again = await store.ingest(who, 1, [highest, *stored, lowest])
+        assert (again.applied, again.duplicates, again.rejected) == (2, 2, ())
+        assert again.counts == (CountSnapshot("S1", "A", 4, 0, 4, 0), CountSnapshot("S2", "B", 5, 0, 5, 0))
+        assert {r.event_id: r.duplicates for r in await store.ledger()} == {
+            b"\x40" * 16: 1, b"\x80" * 16: 1, b"\x01" * 16: 0, b"\xfe" * 16: 0,
+        }  # fmt: skip
 
     async def test_the_same_id_with_other_content_is_a_conflict_and_the_original_stands(
         self, store: HubStore, who: AgentIdentity, ev: EventFactory

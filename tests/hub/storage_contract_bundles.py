@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from event_factory import EventFactory
 
 from hub.resolver import BundleBook, component_event_id, flatten, resolve
 from hub.storage.base import AgentIdentity, BundleConflict, Effect, HubStore, InvalidInput
 from protocol import Kind, StockEvent, event_id_hex
+from tests.hub.event_factory import EventFactory
 
 KIT = {"A": 2, "C": 1}  # a kit of 2 A and 1 C
 

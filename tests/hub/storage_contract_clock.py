@@ -9,11 +9,11 @@ import time
 from dataclasses import replace
 
 import pytest
-from event_factory import EventFactory
 
 from hub.storage import AgentIdentity, HubStore
 from hub.storage.base import AlreadyResolved
 from protocol import Kind, pack_hlc, unpack_hlc
+from tests.hub.event_factory import EventFactory
 
 DAY_MS = 86_400_000
 WINDOW_MS = DAY_MS

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from event_factory import BASE_MS, EventFactory
 
 from hub.catalog import HUB_AGENT_ID, rebook
 from hub.resolver import on_hand_as_of, resolve
@@ -28,6 +27,7 @@ from hub.storage.base import (
 )
 from protocol import Kind, StockEvent, pack_hlc
 from protocol.catalog import unknown_sku
+from tests.hub.event_factory import BASE_MS, EventFactory
 
 CASE_GTIN = "14006381333938"  # a case of 12 of the item 04006381333931
 ITEM_GTIN = "4006381333931"

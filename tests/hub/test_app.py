@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
-
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import msgpack
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -29,37 +27,10 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.inprocess import ClientFactory
 
 WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
-@pytest.fixture
-async def make_client(store: HubStore) -> AsyncIterator[ClientFactory]:
-    clients: list[TestClient[Any, Any]] = []
-
-    async def make(**settings: Any) -> TestClient[Any, Any]:
-        app = create_app(store, HubSettings(db="unused-by-create-app", **settings))
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
-
-
-@pytest.fixture
-async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
-    return await make_client()
 
 
 @pytest.fixture

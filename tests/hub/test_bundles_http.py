@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feed_helpers import Hub, running_hub
 
 from hub import paging
 from hub.resolver import component_event_id
 from protocol import Kind, event_id_hex
+from tests.hub.feed_helpers import Hub, running_hub
 
 
 @pytest.fixture

@@ -4,15 +4,12 @@ re-booking of unknown-barcode scans through the normal ingest path."""
 from __future__ import annotations
 
 import time
-
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
 from hub.catalog import HUB_AGENT_ID, corrections
 from hub.storage.base import CatalogItem, Effect, LedgerRow
 from protocol import (
@@ -31,19 +28,6 @@ WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: 
 DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
 CASE = "14006381333938"
 ITEM = "4006381333931"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
-@pytest.fixture
-async def client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(store, HubSettings(db="unused-by-create-app"))
-    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as c:
-        yield c
 
 
 async def bearer(store: HubStore, role: str, locations: list[str] | None = None) -> dict[str, str]:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import asyncio
 import re
-import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -26,9 +22,10 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.hub_process import HubProcess
 
 PROCESS_TIMEOUT_S = 30.0
-LISTENING_RE = re.compile(r"hub listening on http://127\.0\.0\.1:(\d+), database (.+)$")
+LISTENING_RE = re.compile(r"hub listening on http://127\.0\.0\.1:(\d+), database (.+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,56 +63,11 @@ def one_sentence_error(run: Run) -> str:
     return errors[0]
 
 
-@dataclass
-class Served:
-    proc: asyncio.subprocess.Process
-    url: str
-    log: list[str]
-    db: str = ""
-
-
-@pytest.fixture
-async def serve_hub(tmp_path: Path) -> AsyncIterator[list[Served]]:
-    """Processes started by a test; any still running at the end is killed."""
-    started: list[Served] = []
-    yield started
-    for served in started:
-        if served.proc.returncode is None:
-            served.proc.kill()
-            await served.proc.wait()
-
-
-async def start_serve(started: list[Served], *args: str, cwd: Path) -> Served:
-    """Start ``python -m hub serve ARGS`` and wait for its "hub listening on …" line."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hub",
-        "serve",
-        *args,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    served = Served(proc, "", [])
-    started.append(served)
-    assert proc.stderr is not None
-    while not served.url:
-        line = (await asyncio.wait_for(proc.stderr.readline(), PROCESS_TIMEOUT_S)).decode()
-        assert line, f"the hub exited before listening: {''.join(served.log)}"
-        served.log.append(line)
-        if match := LISTENING_RE.search(line.strip()):
-            served.url = f"http://127.0.0.1:{match[1]}"
-            served.db = match[2]
-    return served
-
-
-async def stop_serve(served: Served) -> int:
-    served.proc.send_signal(signal.SIGTERM)
-    assert served.proc.stderr is not None
-    rest = await asyncio.wait_for(served.proc.stderr.read(), PROCESS_TIMEOUT_S)
-    served.log.append(rest.decode())
-    return await asyncio.wait_for(served.proc.wait(), PROCESS_TIMEOUT_S)
+def served_db(served: HubProcess) -> str:
+    """The database the hub said it serves, on its "hub listening on …" line."""
+    match = LISTENING_RE.search(served.log)
+    assert match, served.log
+    return match[2]
 
 
 def sale_batch(agent_id: str) -> bytes:
@@ -139,28 +91,28 @@ def sale_batch(agent_id: str) -> bytes:
     return encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=events))
 
 
-async def test_agent_add_then_serve_then_sync_then_sigterm(tmp_path: Path, serve_hub: list[Served]) -> None:
+async def test_agent_add_then_serve_then_sync_then_sigterm(tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     added = await hub("agent", "add", "--db", str(db), "--location", "S001", cwd=tmp_path)
     agent_id, token = credential_of(added)
     assert "keeps only a hash" in added.out
 
-    served = await start_serve(serve_hub, "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path)
-    assert served.db == str(db)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http:
-        async with http.post(
-            f"{served.url}/v1/sync",
-            data=sale_batch(agent_id),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            answer = decode_sync_response(await resp.read())
-        async with http.get(f"{served.url}/healthz") as resp:
-            assert resp.status == 200
+    with HubProcess(tmp_path / "hub.log", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path) as served:
+        assert served_db(served) == str(db)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http:
+            async with http.post(
+                f"{served.url}/v1/sync",
+                data=sale_batch(agent_id),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                answer = decode_sync_response(await resp.read())
+            async with http.get(f"{served.url}/healthz") as resp:
+                assert resp.status == 200
 
-    assert answer.hwm == 2 and [(c.sku, c.on_hand) for c in answer.counts] == [("SKU-1", 10)]
-    assert await stop_serve(served) == 0
-    log = "".join(served.log)
+        assert answer.hwm == 2 and [(c.sku, c.on_hand) for c in answer.counts] == [("SKU-1", 10)]
+        assert served.stop() == 0
+    log = served.log
     assert f"agent {agent_id} synced 2 events (2 applied, 0 duplicates, 0 rejected)" in log
     assert "hub stopped" in log
 
@@ -228,23 +180,23 @@ async def test_serve_on_a_taken_port_is_refused(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in one_sentence_error(run)
 
 
-async def test_serve_reads_settings_from_the_config_file(tmp_path: Path, serve_hub: list[Served]) -> None:
+async def test_serve_reads_settings_from_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     config = tmp_path / "etc" / "hub.toml"
     config.write_text('[hub]\ndb = "hub.db"\nhost = "127.0.0.1"\nport = 0\nmax_body_bytes = 1000\n')
     _, token = credential_of(await hub("agent", "add", "--config", str(config), "--location", "S001", cwd=tmp_path))
     assert (tmp_path / "etc" / "hub.db").exists()  # relative to the config file
 
-    served = await start_serve(serve_hub, "--config", str(config), cwd=tmp_path)
-    assert served.db == str(tmp_path / "etc" / "hub.db")
+    with HubProcess(tmp_path / "hub.log", "--config", str(config), cwd=tmp_path) as served:
+        assert served_db(served) == str(tmp_path / "etc" / "hub.db")
 
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http,
-        http.post(
-            f"{served.url}/v1/sync",
-            data=b"\x00" * 2000,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
-        ) as resp,
-    ):
-        assert resp.status == 413  # max_body_bytes = 1000 from the file
-    assert await stop_serve(served) == 0
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http,
+            http.post(
+                f"{served.url}/v1/sync",
+                data=b"\x00" * 2000,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE},
+            ) as resp,
+        ):
+            assert resp.status == 413  # max_body_bytes = 1000 from the file
+        assert served.stop() == 0

@@ -9,14 +9,13 @@ import csv
 import io
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore, open_store
 from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
 from protocol.catalog import unknown_sku
 
@@ -24,19 +23,6 @@ PEN = "4006381333931"
 PEN_CASE = "14006381333938"
 MUG = "5901234123457"
 CLI_TIMEOUT_S = 120
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
-@pytest.fixture
-async def client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(store, HubSettings(db="unused-by-create-app"))
-    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as c:
-        yield c
 
 
 @pytest.fixture

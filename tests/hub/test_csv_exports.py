@@ -11,34 +11,19 @@ import csv
 import io
 import itertools
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, csvexport, open_store
+from hub import HubStore, csvexport
 from hub.storage.base import AgentIdentity, CatalogItem, StoreError
 from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
 
 DAY_MS = 86_400_000
 NOW_MS = wall_ms_now()
 CSV_TYPE = "text/csv; charset=utf-8; header=present"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
-@pytest.fixture
-async def client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(store, HubSettings(db="unused-by-create-app"))
-    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as c:
-        yield c
 
 
 @pytest.fixture

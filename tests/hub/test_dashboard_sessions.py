@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from feed_helpers import Hub, running_hub
 
 from hub.dashboard import SESSION_COOKIE, DashboardSessions
 from hub.dashboard.pages import ASSETS, PAGES
+from tests.hub.feed_helpers import Hub, running_hub
 
 PUBLIC_WRITES = {"/dashboard/sign-in", "/dashboard/sign-out"}  # take no credential and change no stock
 # Authenticated by the channel's signature of the body, never by a credential or a cookie: an unsigned

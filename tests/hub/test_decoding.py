@@ -18,9 +18,8 @@ from typing import Any
 
 import msgpack
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from hub import HubSettings, HubStore, create_app, decoding, open_store
+from hub import HubStore, decoding
 from hub.app import DECODER_KEY
 from hub.decoding import DECODE_INLINE_MAX_BYTES, PARENT_CHECK_S, SyncDecoder, pids
 from protocol import (
@@ -37,6 +36,7 @@ from protocol import (
     event_to_wire,
 )
 from protocol.event import ATTR_STR_MAX_LEN
+from tests.harness.inprocess import serve_hub
 from tests.hub.event_factory import EventFactory
 
 pytestmark = pytest.mark.timeout(60)
@@ -453,12 +453,6 @@ async def test_close_stops_every_worker_and_later_bodies_still_decode() -> None:
 # --- 5. end to end over HTTP -----------------------------------------------------------
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE}
 
@@ -469,11 +463,9 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
     monkeypatch.setattr(decoding, "default_workers", lambda: 1)  # a worker even on a one-core machine
     agent_id, token = await store.add_agent(["S001"])
     other_id, _ = await store.add_agent(["S002"])
-    app = create_app(store, HubSettings(db="unused-by-create-app"))
-    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await client.start_server()
     workers: list[int] = []
-    try:
+    async with serve_hub(store) as served:  # on the way out the app's cleanup closes its decoder
+        app, client = served.app, served.client
         # Only a worker can decode: the hub's own copy of the decoder refuses (a fallback would answer 500).
         monkeypatch.setattr(decoding, "decode_sync_request", not_in_this_process)
         ev = EventFactory(agent_id, 1, location="S001", base_ms=time.time_ns() // 1_000_000)  # inside the clock window
@@ -533,8 +525,6 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
         assert resp.status == 403, await resp.text()
 
         assert pids(app[DECODER_KEY]) == workers  # the same worker served all three
-    finally:
-        await client.close()  # the app's cleanup closes its decoder
     assert pids(app[DECODER_KEY]) == []
     left = await survivors(workers, 5.0)
     kill_leftovers(left)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from hub import CONFIG_KEYS, HubSettings, create_app, open_store
+from hub import CONFIG_KEYS, HubSettings, HubStore, create_app
 from hub.cli import build_parser
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -18,9 +17,8 @@ ROUTE_HEADING_RE = re.compile(r"^#+ `([A-Z]+) (/\S*)`", re.MULTILINE)
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[web.Application]:
-    async with open_store(tmp_path / "hub.db") as store:
-        yield create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
+def app(store: HubStore, tmp_path: Path) -> web.Application:
+    return create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
 
 
 def registered_routes(app: web.Application) -> set[tuple[str, str]]:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feed_helpers import Hub, running_hub
 
 from protocol import derived_event_id, parse_event_id
+from tests.hub.feed_helpers import Hub, running_hub
 
 T0 = "2025-11-25T09:00:00Z"
 T0_MS = 1_764_061_200_000

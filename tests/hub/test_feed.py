@@ -12,13 +12,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from event_factory import EventFactory
-from feed_helpers import Hub, running_hub
 
 from hub import HubSettings, open_store, serve
 from hub.feed import FEED_KEY, end_streams
 from hub.storage.base import AgentIdentity
 from protocol import Kind
+from tests.hub.event_factory import EventFactory
+from tests.hub.feed_helpers import Hub, running_hub
 
 BOUND_S = 10.0  # every wait in these tests is bounded by this
 

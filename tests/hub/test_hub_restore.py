@@ -3,21 +3,19 @@ from the real agent (outbox + replicator), over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
-import time
-
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from agent import Movement, Outbox, Replicator, ReplicatorState
-from hub import HubSettings, HubStore, create_app, open_store
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -28,6 +26,7 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.inprocess import hub_in_process
 
 WAIT_S = 15.0
 LOC = "S001"
@@ -49,12 +48,6 @@ def backup(live: Path, copy: Path) -> None:
         dst.close()
 
 
-async def serve(store: HubStore) -> TestServer:
-    server = TestServer(create_app(store, HubSettings(db="unused-by-create-app")), host="127.0.0.1", port=0)
-    await server.start_server()
-    return server
-
-
 async def until(replicator: Replicator, predicate: Callable[[ReplicatorState], bool]) -> ReplicatorState:
     return await asyncio.wait_for(replicator.wait_for(predicate), WAIT_S)
 
@@ -62,52 +55,44 @@ async def until(replicator: Replicator, predicate: Callable[[ReplicatorState], b
 async def test_the_agent_resends_what_a_restored_hub_lost(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     live, older = tmp_path / "hub.db", tmp_path / "hub-backup.db"
-    store = await open_store(live)
-    agent_id, token = await store.add_agent([LOC])
-    server = await serve(store)
-    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location=LOC) as outbox:
-        # a long tick: the replicator only sends when there is new data (or it is kicked)
-        replicator = Replicator(
-            outbox, str(server.make_url("")), token, tick_s=3600, retry_base_s=0.01, retry_max_s=0.05
-        )
-        async with replicator:
-            await outbox.record([move(Kind.RECEIVE, 5), move(Kind.SALE, -1), move(Kind.SALE, -1)])
-            await until(replicator, lambda s: s.sent_events >= 3 and s.backlog == 0)
-            await asyncio.to_thread(backup, live, older)  # the backup holds seq 1..3
-            await outbox.record([move(Kind.RECEIVE, 2), move(Kind.SALE, -1), move(Kind.SALE, -1)])
-            await until(replicator, lambda s: s.sent_events >= 6 and s.backlog == 0)
-            assert (await outbox.stats()).acked_seq == 6
+    async with AsyncExitStack() as serving:
+        hub = await serving.enter_async_context(hub_in_process(live))
+        agent_id, token = await hub.store.add_agent([LOC])
+        async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location=LOC) as outbox:
+            # a long tick: the replicator only sends when there is new data (or it is kicked)
+            replicator = Replicator(outbox, hub.url, token, tick_s=3600, retry_base_s=0.01, retry_max_s=0.05)
+            async with replicator:
+                await outbox.record([move(Kind.RECEIVE, 5), move(Kind.SALE, -1), move(Kind.SALE, -1)])
+                await until(replicator, lambda s: s.sent_events >= 3 and s.backlog == 0)
+                await asyncio.to_thread(backup, live, older)  # the backup holds seq 1..3
+                await outbox.record([move(Kind.RECEIVE, 2), move(Kind.SALE, -1), move(Kind.SALE, -1)])
+                await until(replicator, lambda s: s.sent_events >= 6 and s.backlog == 0)
+                assert (await outbox.stats()).acked_seq == 6
 
-            # The hub's disk is lost; it is restored from the backup and comes back at another address.
-            await server.close()
-            await store.close()
-            store = await open_store(older)
-            server = await serve(store)
-            epoch = outbox.epoch
-            assert (await store.agent_status(agent_id))[0].hwm == {epoch: 3}
-            replicator.update_credentials(token, str(server.make_url("")))
-            # The next batch carries acked_seq 6: the hub answers its own mark, 3, and the agent rewinds.
-            await outbox.record([move(Kind.SALE, -1)])
-            await until(replicator, lambda s: s.sent_events >= 7 + 4 and s.backlog == 0)
-            stats = await outbox.stats()
-        assert (stats.last_seq, stats.acked_seq, stats.set_aside) == (7, 7, 0)
-    try:
-        ledger = await store.ledger()
+                # The hub's disk is lost; it is restored from the backup and comes back at another address.
+                await serving.aclose()
+                hub = await serving.enter_async_context(hub_in_process(older))
+                epoch = outbox.epoch
+                assert (await hub.store.agent_status(agent_id))[0].hwm == {epoch: 3}
+                replicator.update_credentials(token, hub.url)
+                # The next batch carries acked_seq 6: the hub answers its own mark, 3, and the agent rewinds.
+                await outbox.record([move(Kind.SALE, -1)])
+                await until(replicator, lambda s: s.sent_events >= 7 + 4 and s.backlog == 0)
+                stats = await outbox.stats()
+            assert (stats.last_seq, stats.acked_seq, stats.set_aside) == (7, 7, 0)
+        ledger = await hub.store.ledger()
         assert sorted(r.seq for r in ledger) == [1, 2, 3, 4, 5, 6, 7]  # nothing lost, nothing twice
-        assert [(c.sku, c.on_hand) for c in await store.counts()] == [("SKU-1", 2)]
-        assert (await store.agent_status(agent_id))[0].hwm == {epoch: 7}
-    finally:
-        await server.close()
-        await store.close()
+        assert [(c.sku, c.on_hand) for c in await hub.store.counts()] == [("SKU-1", 2)]
+        assert (await hub.store.agent_status(agent_id))[0].hwm == {epoch: 7}
     messages = [r.getMessage() for r in caplog.records]
     assert any("was the hub database restored" in m for m in messages)  # the hub noticed
     assert any("resending" in m and "from seq 4" in m for m in messages)  # the agent rewound
 
 
 async def test_a_sync_ahead_of_the_hub_is_answered_the_hubs_mark_over_http(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "hub.db") as store:
+    async with hub_in_process(tmp_path / "hub.db") as hub:
+        store = hub.store
         agent_id, token = await store.add_agent([LOC])
-        server = await serve(store)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE}
 
         events = {
@@ -132,17 +117,14 @@ async def test_a_sync_ahead_of_the_hub_is_answered_the_hubs_mark_over_http(tmp_p
             body = encode_sync_request(SyncRequest(agent_id, 1, tuple(events), acked_seq=acked_seq))
             async with (
                 aiohttp.ClientSession() as http,
-                http.post(server.make_url("/v1/sync"), data=body, headers=headers) as resp,
+                http.post(f"{hub.url}/v1/sync", data=body, headers=headers) as resp,
             ):
                 assert resp.status == 200
                 return decode_sync_response(await resp.read())
 
-        try:
-            assert (await sync([ev(1), ev(2)], 0)).hwm == 2
-            answer = await sync([ev(5)], 4)  # the agent holds 4 as acknowledged; this hub has 2
-            assert (answer.hwm, answer.duplicates) == (2, 0)
-            resent = await sync([ev(3), ev(4), ev(5)], 2)
-            assert (resent.hwm, resent.duplicates) == (5, 1)
-            assert [c.on_hand for c in await store.counts()] == [5]
-        finally:
-            await server.close()
+        assert (await sync([ev(1), ev(2)], 0)).hwm == 2
+        answer = await sync([ev(5)], 4)  # the agent holds 4 as acknowledged; this hub has 2
+        assert (answer.hwm, answer.duplicates) == (2, 0)
+        resent = await sync([ev(3), ev(4), ev(5)], 2)
+        assert (resent.hwm, resent.duplicates) == (5, 1)
+        assert [c.on_hand for c in await store.counts()] == [5]

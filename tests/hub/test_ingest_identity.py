@@ -13,14 +13,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from event_factory import EventFactory
-from pg_testing import pg_server, pg_url
 
 from hub.storage import AgentIdentity, HubStore, Lineage, SqliteHubStore, StoreOpener
 from hub.storage.postgres import PostgresHubStore
 from protocol import Kind, StockEvent
-
-FIXTURES = (pg_server, pg_url)  # used by name below
+from tests.hub.event_factory import EventFactory
 
 
 def chain(tag: str) -> bytes:

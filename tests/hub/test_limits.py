@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from hub import HubSettings, HubStore, create_app, open_store, serve
 from hub.auth import PUBLIC_ROUTES_KEY
@@ -23,7 +23,8 @@ from hub.config import ConfigError, settings_from_mapping
 from hub.limits import ACCEPT_SLACK, CONNECTIONS_MIN, FD_RESERVE, ConnectionGuard, fd_budget, parse_error_reason
 from hub.logsafety import RepeatLog, SecretFilter, secrets_masked
 from hub.server import secrets_of
-from tests.faults.helpers import free_port
+from tests.harness.inprocess import serve_app
+from tests.harness.net import free_port
 
 STEP_TIMEOUT_S = 20.0
 TOKEN = "tok-0123456789abcdef-secret"
@@ -181,12 +182,6 @@ def test_the_new_settings_have_defaults_bounds_and_take_whole_numbers() -> None:
 # --- the app: compressed and malformed bodies, floods of failures ------------------------------------------
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
-@pytest.fixture
 async def app_client(store: HubStore) -> AsyncIterator[tuple[web.Application, TestClient[Any, Any]]]:
     app = create_app(store, HubSettings(db="unused", rate_limit_per_s=0))
 
@@ -195,10 +190,8 @@ async def app_client(store: HubStore) -> AsyncIterator[tuple[web.Application, Te
 
     app.router.add_get("/boom", boom, name="healthz_boom")
     app[PUBLIC_ROUTES_KEY] = app[PUBLIC_ROUTES_KEY] | {"healthz_boom"}
-    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await client.start_server()
-    yield app, client
-    await client.close()
+    async with serve_app(app) as served:
+        yield app, served.client
 
 
 async def test_a_compressed_body_is_refused_after_authentication_and_never_inflated(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from feed_helpers import Hub, running_hub
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.metrics import RecentIngest
 from protocol import Kind
+from tests.hub.feed_helpers import Hub, running_hub
 
 
 async def scrape(hub: Hub) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -20,10 +20,7 @@ import asyncio
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,7 +29,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from pg_testing import PG_URL, in_ci, pg_server, pg_url
 
 from agent import Movement, Outbox, Replicator
 from hub.resolver import resolve
@@ -47,6 +43,9 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port
+from tests.harness.pg import PG_URL, in_ci
 
 START_TIMEOUT_S = 30.0
 WAIT_S = 60.0
@@ -55,83 +54,28 @@ BATCHES = 12
 BATCH_EVENTS = 40
 SKUS = tuple(f"K{i}" for i in range(6))
 BASE_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hubs' clock window
-FIXTURES = (pg_server, pg_url)  # used by name in the tests below
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class HubProcess:
-    """``python -m hub serve`` on 127.0.0.1, its log in a file."""
-
-    def __init__(self, db: str, log_path: Path) -> None:
-        self.db, self.log_path = db, log_path
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "hub",
-                    "serve",
-                    "--db",
-                    self.db,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"the hub exited with {self.proc.returncode}: {self.log_path.read_text()}")
-                try:
-                    async with session.get(f"{self.url}/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"the hub did not answer /healthz within {START_TIMEOUT_S} s: {self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise AssertionError(f"the hub did not stop on SIGTERM: {self.log_path.read_text()}") from None
-        self.proc = None
-        assert code == 0, self.log_path.read_text()
 
 
 @contextmanager
 def running_hubs(db: str, n: int, tmp_path: Path) -> Iterator[list[HubProcess]]:
+    """``n`` hub processes on ``db``, started side by side (``ready`` waits for them), each stopped cleanly after."""
     with ExitStack() as stack:
         hubs = []
         for i in range(n):
-            hub = HubProcess(db, tmp_path / f"hub{i}.log")
-            stack.callback(hub.stop)
-            hub.start()
+            hub = HubProcess(tmp_path / f"hub{i}.log", db=db, port=free_port(), start_timeout_s=START_TIMEOUT_S)
+            stack.callback(stop_cleanly, hub)
+            hub.spawn()
             hubs.append(hub)
         yield hubs
+
+
+async def ready(hub: HubProcess) -> None:
+    await asyncio.to_thread(hub.wait_ready)
+
+
+def stop_cleanly(hub: HubProcess) -> None:
+    if hub.proc is not None:
+        assert hub.stop() == 0, hub.log
 
 
 async def _agent(store: HubStore, *locations: str) -> tuple[AgentIdentity, str]:
@@ -205,7 +149,7 @@ async def test_several_hubs_on_one_database_store_every_event_once(pg_url: str, 
     sends: Counter[bytes] = Counter()
     answered_duplicates = 0
     with running_hubs(pg_url, HUBS, tmp_path) as hubs:
-        await asyncio.gather(*(hub.ready() for hub in hubs))
+        await asyncio.gather(*(ready(hub) for hub in hubs))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
 
             async def agent_run(sender: Sender) -> None:
@@ -328,7 +272,7 @@ async def test_agents_resend_what_a_hub_restored_from_an_older_backup_lost(pg_ur
     async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=who.agent_id, location="S1") as outbox:
         epoch = outbox.epoch
         with running_hubs(pg_url, 1, tmp_path) as (hub,):
-            await hub.ready()
+            await ready(hub)
             async with Replicator(outbox, hub.url, token, **fast) as replicator:  # type: ignore[arg-type]
                 await outbox.record([_sale() for _ in range(5)])
                 await _synced(replicator, 5, pg_url)
@@ -337,12 +281,12 @@ async def test_agents_resend_what_a_hub_restored_from_an_older_backup_lost(pg_ur
                 await _synced(replicator, 9, pg_url)
                 assert (await outbox.stats()).acked_seq == 9
 
-                hub.stop()  # the database is lost; the operator restores last night's backup
+                stop_cleanly(hub)  # the database is lost; the operator restores last night's backup
                 _restore(schema, tmp_path / "hub.dump")
                 async with open_store(pg_url) as store:
                     assert len(await store.ledger()) == 5
-                hub.start()
-                await hub.ready()
+                hub.spawn()
+                await ready(hub)
 
                 await outbox.record([_sale("C")])  # the next batch tells the hub what the agent holds as acked
                 await _synced(replicator, 10, pg_url)

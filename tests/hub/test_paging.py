@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from pg_testing import fresh_schema, pg_server
+from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, open_store, paging
+from hub import HubStore, open_store, paging
 from hub.storage.base import AgentIdentity, ImportIssue, Observation
 from hub.webhooks import WebhookSpec
 from protocol import Kind, StockEvent, event_id_hex, new_event_id, pack_hlc
+from tests.harness.inprocess import serve_hub
+from tests.harness.pg import fresh_schema
 
-FIXTURES = (pg_server,)  # used by name below
 NOW_MS = time.time_ns() // 1_000_000 - 60_000  # inside the hub's clock window
 
 
@@ -43,15 +43,6 @@ async def store(backend: str, tmp_path: Path) -> AsyncIterator[HubStore]:
         return
     async with fresh_schema() as url, open_store(url) as s:
         yield s
-
-
-@pytest.fixture
-async def client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(store, HubSettings(db="unused-by-create-app"))
-    c: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await c.start_server()
-    yield c
-    await c.close()
 
 
 async def agent(store: HubStore, locations: list[str]) -> tuple[AgentIdentity, str]:
@@ -240,11 +231,8 @@ async def exception_burst(store: HubStore) -> str:
 @pytest.fixture
 async def ops_client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
     """A hub whose transfers are overdue after an hour."""
-    app = create_app(store, HubSettings(db="unused-by-create-app", transfer_open_max_s=3_600))
-    c: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await c.start_server()
-    yield c
-    await c.close()
+    async with serve_hub(store, transfer_open_max_s=3_600) as served:
+        yield served.client
 
 
 def identity(row: dict[str, Any]) -> str:
@@ -325,11 +313,8 @@ async def test_walking_divergence_sees_each_once(store: HubStore, client: TestCl
 async def hook_client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
     """A hub with two webhooks (the feed stays empty, so they never call their URL)."""
     hooks = tuple(WebhookSpec(name, "http://127.0.0.1:9/hook", "s" * 32) for name in ("shop", "other"))
-    app = create_app(store, HubSettings(db="unused-by-create-app", webhooks=hooks))
-    c: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await c.start_server()
-    yield c
-    await c.close()
+    async with serve_hub(store, webhooks=hooks) as served:
+        yield served.client
 
 
 async def test_walking_webhook_deliveries_sees_each_once(

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -28,6 +28,7 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
+from tests.harness.inprocess import hub_in_process
 
 DAY_MS = 86_400_000
 CENTURY_MS = 36_525 * DAY_MS
@@ -82,13 +83,12 @@ class Hub:
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    async with open_store(tmp_path / "hub.db") as store:
-        app = create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
-        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
-            agent_id, agent = await store.add_agent(["S1", "S2"])
-            _, reader = await store.add_agent([], role="reader")
-            admin_id, admin = await store.add_agent([], role="admin")
-            yield Hub(client, store, agent_id, agent, reader, admin, admin_id, itertools.count(1))
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        store = served.store
+        agent_id, agent = await store.add_agent(["S1", "S2"])
+        _, reader = await store.add_agent([], role="reader")
+        admin_id, admin = await store.add_agent([], role="admin")
+        yield Hub(served.client, store, agent_id, agent, reader, admin, admin_id, itertools.count(1))
 
 
 async def held_count(hub: Hub) -> dict[str, Any]:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
 from hub.resolver import diverges
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -37,19 +34,6 @@ from protocol.reports import (
 
 WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    async with open_store(tmp_path / "hub.db") as s:
-        yield s
-
-
-@pytest.fixture
-async def client(store: HubStore) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(store, HubSettings(db="unused-by-create-app"))
-    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as c:
-        yield c
 
 
 @pytest.fixture

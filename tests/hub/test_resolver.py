@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from event_factory import EventFactory
 
 from hub.resolver import Effect, Resolution, order_key, resolve
 from protocol import Kind, StockEvent
+from tests.hub.event_factory import EventFactory
 
 
 def resolved_both_ways(events: list[StockEvent], **kwargs: object) -> Resolution:

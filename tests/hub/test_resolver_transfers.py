@@ -6,15 +6,15 @@ import asyncio
 from typing import Any
 
 import pytest
-from event_factory import EventFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_convergence import SAFETY_STOCK, _deliver, _delivery, event_sets
 
 from hub.resolver import TRANSFER_QTY_MAX, resolve, transfer_problem
 from hub.storage import HubStore
 from hub.storage.sqlite import SqliteHubStore
 from protocol import Kind, StockEvent
+from tests.hub.convergence import SAFETY_STOCK, deliver, delivery, event_sets
+from tests.hub.event_factory import EventFactory
 
 DAY_MS = 86_400_000
 
@@ -116,7 +116,7 @@ def test_final_receipts_converge_on_the_resolution_in_any_delivery(
         async with SqliteHubStore.open(path) as store:
             for (location, sku), qty in SAFETY_STOCK.items():
                 await store.set_safety_stock(location, sku, qty)
-            await _deliver(store, _delivery(data, events))
+            await deliver(store, delivery(data, events))
             return await _observe(store)
 
     assert asyncio.run(run(tmp_path_factory.mktemp("finals") / "hub.db")) == expected

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from event_factory import EventFactory
 
 from hub.storage import AgentIdentity, SqliteHubStore, StoreError
 from hub.storage.ingest import StockRow
@@ -38,6 +37,7 @@ from hub.storage.sqlite_writer import (
     run_inline,
 )
 from protocol import Kind
+from tests.hub.event_factory import EventFactory
 
 DB_NAME = "hub.db"
 KEY = ("S1", "A")

@@ -2,7 +2,7 @@
 migrations, the partitioned ledger, byte-order text, and several stores (as
 several hub processes would) writing one database at once.
 
-Every test works in a fresh schema of the test server (see pg_testing); the
+Every test works in a fresh schema of the test server (see tests.harness.pg); the
 tests skip where no server is reachable, and fail in CI.
 """
 
@@ -17,17 +17,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from event_factory import EventFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_testing import fresh_schema, pg_server, pg_url
-from storage_contract import StorageContract
-from storage_contract_bundles import BundleContract
-from test_convergence import SAFETY_STOCK, event_sets
-from test_convergence import _deliver as deliver
-from test_convergence import _delivery as delivery
-from test_convergence import _expected as expected_state
-from test_convergence import _observe as observe
 
 from hub.resolver import resolve
 from hub.storage import AgentIdentity, HubStore, StoreError, StoreOpener, open_store
@@ -36,8 +27,11 @@ from hub.storage.postgres import PostgresHubStore
 from hub.storage.postgres_ingest import STOCK_LOCK_BUCKETS, batch_locks
 from hub.storage.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from protocol import MAX_BATCH_EVENTS, Kind, StockEvent
-
-FIXTURES = (pg_server, pg_url)  # used by name in the tests below
+from tests.harness.pg import fresh_schema
+from tests.hub.convergence import SAFETY_STOCK, deliver, delivery, event_sets, expected_state, observe
+from tests.hub.event_factory import EventFactory
+from tests.hub.storage_contract import StorageContract
+from tests.hub.storage_contract_bundles import BundleContract
 
 
 async def _dump(url: str) -> bytes:

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
-from event_factory import EventFactory
-from storage_contract import StorageContract
-from storage_contract_bundles import BundleContract
 
 from hub.storage import AgentIdentity, HubStore, SqliteHubStore, StoreError, StoreOpener, open_store
 from hub.storage.credentials import new_token, token_hash
@@ -18,6 +15,9 @@ from hub.storage.ingest import event_row
 from hub.storage.sql import EVENT_FIELDS
 from hub.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from protocol import Kind, wall_ms_now
+from tests.hub.event_factory import EventFactory
+from tests.hub.storage_contract import StorageContract
+from tests.hub.storage_contract_bundles import BundleContract
 
 DB_NAME = "hub.db"
 

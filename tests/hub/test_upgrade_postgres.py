@@ -1,8 +1,8 @@
 """Upgrading a PostgreSQL hub database from the first schema to this one: the scenario of
-test_upgrade_sqlite.py (three credentials, a mark, events, counts, a refusal), written as a version-1
-PostgreSQL hub left it, then opened by this shelfsync.
+upgrade_scenario.py (three credentials, a mark, events, counts, a refusal) that test_upgrade_sqlite.py runs on
+SQLite, written as a version-1 PostgreSQL hub left it, then opened by this shelfsync.
 
-Every test works in a fresh schema of the test server (pg_testing); skipped where no server is reachable,
+Every test works in a fresh schema of the test server (tests.harness.pg); skipped where no server is reachable,
 failed in CI.
 """
 
@@ -11,13 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from pg_testing import fresh_schema, pg_server, pg_url
-from test_upgrade_sqlite import LOCATION, V1Hub, check_upgraded, v1_hub, v1_rows
 
 from hub.storage.postgres import PostgresHubStore
 from hub.storage.postgres_schema import MIGRATIONS, SCHEMA_VERSION
-
-FIXTURES = (pg_server, pg_url)  # used by name in the tests below
+from tests.harness.pg import fresh_schema
+from tests.hub.upgrade_scenario import LOCATION, V1Hub, check_upgraded, v1_hub, v1_rows
 
 
 async def _write_v1(conn: asyncpg.Connection, h: V1Hub, version: int = 1) -> None:

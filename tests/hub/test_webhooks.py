@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from feed_helpers import Agent, running_hub
 
 from hub import HubStore
 from hub.config import ConfigError, load_settings
 from hub.webhook_spec import KEYS
 from hub.webhooks import WebhookConfigError, WebhookSpec, parse_webhooks, sign, verify_signature
 from protocol import Kind
+from tests.hub.feed_helpers import Agent, running_hub
 
 SECRET = "s3cret-for-the-web-shop"
 BOUND_S = 10.0

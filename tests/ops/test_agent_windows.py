@@ -20,7 +20,10 @@ from pathlib import Path
 from agent.localapi.auth import hash_pin
 from hardware.serial_scanner import NO_PYSERIAL
 from hardware.wedge import NO_EVDEV
-from tests.faults.helpers import Hub, free_port, hub_events, outbox_events, wait_until
+from tests.faults.helpers import hub_events, outbox_events, wait_until
+from tests.harness.agent_process import AgentProcess
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT_S = 60.0
@@ -74,7 +77,7 @@ def test_every_agent_module_imports_without_the_posix_only_modules() -> None:
 
 
 def test_the_core_runs_records_replicates_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    hub = Hub(tmp_path / "hub.db", free_port(), tmp_path / "hub.log")
+    hub = HubProcess(tmp_path / "hub.log", db=tmp_path / "hub.db", port=free_port())
     try:
         issued = subprocess.run(
             [sys.executable, "-m", "hub", "agent", "add", "--db", hub.db, "--location", "S001", "--id", "store-w",
@@ -124,12 +127,7 @@ mode = "damage"
             encoding="utf-8",
         )
         log_path = tmp_path / "agent.log"
-        with open(log_path, "w") as log:
-            agent = subprocess.Popen(
-                as_on_windows("-m", "agent", "run", "--config", str(config)),
-                stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+        agent = AgentProcess(config, log_path, cwd=ROOT, python=as_on_windows())
         try:
             imported = run("-m", "agent", "import", "--config", str(config), "--no-progress", str(pos_export(tmp_path / "sales.csv")))
             assert imported.returncode == 3, imported.stderr  # imported, one row quarantined
@@ -156,12 +154,9 @@ mode = "damage"
             assert readers["backdoor"]["error"].startswith("serial scanners need pyserial, which cannot be loaded")
             assert NO_PYSERIAL is None  # outside the blocker, pyserial loads
 
-            agent.send_signal(signal.SIGINT)  # Ctrl+C: what a service manager (NSSM) sends to stop it
-            assert agent.wait(timeout=COMMAND_TIMEOUT_S) == 0
+            assert agent.stop(signal.SIGINT) == 0  # Ctrl+C: what a service manager (NSSM) sends to stop it
         finally:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait(timeout=COMMAND_TIMEOUT_S)
+            agent.kill()
         log = log_path.read_text()
         assert "Agent store-w stopped; 0 events wait for the hub in the outbox." in log
         assert "Traceback" not in log

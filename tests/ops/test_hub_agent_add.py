@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from agent.config import load_config
-from tests.faults.helpers import AgentProcess
-from tests.ops.hub_process import ServedHub, hub_env, run_hub, wait_until
+from tests.harness.agent_process import AgentProcess
+from tests.harness.commands import hub_env, run_hub
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import wait_until
 
 SYNC_TIMEOUT_S = 60.0
 
@@ -129,7 +131,7 @@ def test_an_agent_started_on_the_written_file_syncs_with_the_running_hub(tmp_pat
     db = tmp_path / "hub.db"
     env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0")
     reader = credential(run_hub("agent", "add", "--role", "reader", env=env).stdout)
-    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
         store = tmp_path / "store-1"
         store.mkdir()
         config = store / "agent.toml"

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.hub_process import ServedHub, hub_env, run_hub, wait_until
+from tests.harness.commands import hub_env, run_hub
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import wait_until
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "packaging" / "prometheus"
 RULES = RULES_DIR / "shelfsync-alerts.yml"
@@ -81,7 +83,7 @@ def test_every_metric_the_rules_read_is_exported_by_a_running_hub(tmp_path: Path
     env = hub_env(SHELFSYNC_HUB_CONFIG=str(config), SHELFSYNC_HUB_DB=str(tmp_path / "hub.db"), SHELFSYNC_HUB_PORT="0")
     run = run_hub("agent", "add", "--role", "reader", env=env)
     token = next(line.split(": ", 1)[1] for line in run.stdout.splitlines() if line.startswith("credential: "))
-    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
 
         def scrape() -> str:
             req = urllib.request.Request(f"{served.url}/metrics", headers={"Authorization": f"Bearer {token}"})

@@ -38,7 +38,10 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
-from tests.ops.hub_process import ServedHub, hub_env, run_hub, wait_until
+from tests.harness.commands import hub_env, run_hub
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import wait_until
+from tests.harness.pg import PG_URL
 
 LOCATION = "S1"
 SKUS = ("SKU-A", "SKU-B", "SKU-C", "SKU-D")
@@ -46,7 +49,7 @@ PRELOAD_EVENTS = 30_000  # several MiB of database: the SQLite copy takes many s
 PRELOAD_BATCH = 2_000
 LOAD_BATCH = 25
 LOAD_TIMEOUT_S = 120.0
-PG_ADMIN_URL = os.environ.get("SHELFSYNC_TEST_PG_URL", "postgresql://shelfsync:shelfsync@127.0.0.1:5432/shelfsync_test")
+PG_ADMIN_URL = PG_URL  # the test server's database: the one these tests create theirs from
 
 
 class SyncLoad:
@@ -142,7 +145,7 @@ def credential(env: dict[str, str], *args: str) -> tuple[str, str]:
     return fields["agent_id"], fields["credential"]
 
 
-def backup_under_load(env: dict[str, str], served: ServedHub, load: SyncLoad, to: Path) -> tuple[int, int, str]:
+def backup_under_load(env: dict[str, str], served: HubProcess, load: SyncLoad, to: Path) -> tuple[int, int, str]:
     """The backup command run while ``load`` writes: (mark before, mark after, its stdout)."""
     load.catch_up(served.url, PRELOAD_EVENTS, PRELOAD_BATCH)
     load.start(served.url)
@@ -179,7 +182,7 @@ def test_sqlite_backup_under_write_load_then_restore_into_a_new_hub(tmp_path: Pa
     load = SyncLoad(agent_id, token)
     backups = tmp_path / "backups"
     backups.mkdir()
-    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
         before, after, said = backup_under_load(env, served, load, backups)
         final = hub_counts(served.url, token)
         assert served.stop() == 0
@@ -202,7 +205,7 @@ def test_sqlite_backup_under_write_load_then_restore_into_a_new_hub(tmp_path: Pa
     restored.parent.mkdir()
     shutil.copyfile(copy, restored)
     renv = hub_env(SHELFSYNC_HUB_DB=str(restored), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
-    with ServedHub(env=renv, log_path=tmp_path / "restored.log") as again:
+    with HubProcess(tmp_path / "restored.log", env=renv) as again:
         assert hub_mark(again.url, token, agent_id) == events  # every event of the copy, and only whole batches
         check_restored(again.url, token, load, before, after, final)
         assert again.stop() == 0
@@ -255,31 +258,14 @@ def test_a_backup_that_cannot_be_made_is_one_sentence(tmp_path: Path, case: str,
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
-def _pg_reachable() -> str | None:
-    async def probe() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-        await conn.close()
-
-    try:
-        asyncio.run(probe())
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
-        return f"PostgreSQL is not reachable ({type(err).__name__}); start it with .ci/start-postgres"
-    return None
-
-
 def _with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}", query=""))
 
 
 @pytest.fixture
-def pg_databases() -> Iterator[tuple[str, str]]:
-    """Two new databases (the live hub's and the one it is restored into), dropped after the test."""
-    reason = _pg_reachable()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(f"CI must run the PostgreSQL tests, but {reason}", pytrace=False)
-        pytest.skip(reason)
+def pg_databases(pg_server: str) -> Iterator[tuple[str, str]]:
+    """Two new databases on the test server (the live hub's and the one it is restored into), dropped after."""
     names = [f"shelfsync_bk_{uuid.uuid4().hex[:12]}", f"shelfsync_rs_{uuid.uuid4().hex[:12]}"]
 
     async def admin(sql: str) -> None:
@@ -328,7 +314,7 @@ def test_postgres_backup_under_write_load_then_pg_restore_into_a_fresh_database(
     agent_id, token = credential(env, "--location", LOCATION)
     load = SyncLoad(agent_id, token)
     dump = tmp_path / "hub.dump"
-    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
         before, after, said = backup_under_load(env, served, load, dump)
         final = hub_counts(served.url, token)
         hub_id = get_json(f"{served.url}/healthz", token)["db"]["hub_id"]
@@ -346,7 +332,7 @@ def test_postgres_backup_under_write_load_then_pg_restore_into_a_fresh_database(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     renv = hub_env(SHELFSYNC_HUB_DB=fresh, SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
-    with ServedHub(env=renv, log_path=tmp_path / "restored.log") as again:
+    with HubProcess(tmp_path / "restored.log", env=renv) as again:
         assert get_json(f"{again.url}/healthz", token)["db"]["hub_id"] == hub_id  # the same hub, restored
         check_restored(again.url, token, load, before, after, final)
         assert again.stop() == 0

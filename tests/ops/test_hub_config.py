@@ -11,7 +11,8 @@ import pytest
 
 import hub.config
 from hub.config import CONFIG_KEYS, ENV_KEYS, ConfigError, HubSettings, config_path, env_name, load_settings
-from tests.ops.hub_process import ServedHub, hub_env, run_hub
+from tests.harness.commands import hub_env, run_hub
+from tests.harness.hub_process import HubProcess
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -153,7 +154,7 @@ def test_serve_takes_its_config_file_from_the_variable_and_its_database_from_the
     added = run_hub("agent", "add", "--role", "reader", env=env)
     assert added.returncode == 0, added.stderr
     token = next(line.split(": ", 1)[1] for line in added.stdout.splitlines() if line.startswith("credential: "))
-    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
         req = urllib.request.Request(f"{served.url}/v1/agents", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             agents = json.loads(resp.read())["agents"]

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import AgentProcess
-from tests.ops.hub_process import ServedHub, hub_env, run_hub, wait_until
+from tests.harness.agent_process import AgentProcess
+from tests.harness.commands import hub_env, run_hub
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import wait_until
 
 OPENSSL_TIMEOUT_S = 60.0
 SYNC_TIMEOUT_S = 60.0
@@ -75,7 +77,7 @@ def test_the_hub_serves_https_and_an_agent_with_the_ca_file_syncs(tmp_path: Path
     env = tls_env(pki, db)
     added = run_hub("agent", "add", "--role", "reader", env=env)
     reader = next(line.split(": ", 1)[1] for line in added.stdout.splitlines() if line.startswith("credential: "))
-    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
         assert served.url.startswith("https://127.0.0.1:")
         trusting = ssl.create_default_context(cafile=str(pki.ca))
         assert health(served.url, trusting) == 200
@@ -117,7 +119,7 @@ def test_the_hub_serves_https_and_an_agent_with_the_ca_file_syncs(tmp_path: Path
 
 def test_an_agent_without_the_ca_file_refuses_the_hub_and_says_why(tmp_path: Path, pki: Pki) -> None:
     env = tls_env(pki, tmp_path / "hub.db")
-    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
         config = tmp_path / "agent.toml"
         made = run_hub("agent", "add", "--id", "store-1", "--location", "S1", "--write", str(config),
                        "--hub-url", served.url, env=env)  # fmt: skip
@@ -136,7 +138,7 @@ def test_an_agent_without_the_ca_file_refuses_the_hub_and_says_why(tmp_path: Pat
 
 def test_plain_http_and_silent_clients_on_the_tls_port_are_closed_quietly(tmp_path: Path, pki: Pki) -> None:
     env = tls_env(pki, tmp_path / "hub.db", SHELFSYNC_HUB_HEADER_TIMEOUT_S="0.5")
-    with ServedHub(env=env, log_path=tmp_path / "hub.log") as served:
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
         port = int(served.url.rsplit(":", 1)[1])
         for _ in range(20):  # plain HTTP to the TLS port: no answer a browser could take for the hub's
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

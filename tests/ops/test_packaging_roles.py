@@ -8,7 +8,6 @@ import ast
 import importlib.metadata
 import os
 import re
-import signal
 import subprocess
 import sys
 import tomllib
@@ -16,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import Hub, free_port, get_json, hub_events, outbox_events, wait_until
+from tests.faults.helpers import hub_events, outbox_events, wait_until
+from tests.harness.agent_process import AgentProcess
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port
 from tests.ops.packaging_blockers import ROLES, foreign_modules, role_requirements
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,18 +106,14 @@ def agent_config(path: Path, agent_id: str, token: str, url: str) -> Path:
 def test_the_agent_runs_without_the_hubs_packages(tmp_path: Path) -> None:
     blocked = foreign_modules("agent")
     assert "asyncpg" in blocked
-    hub = Hub(tmp_path / "hub.db", free_port(), tmp_path / "hub.log")
+    hub = HubProcess(tmp_path / "hub.log", db=tmp_path / "hub.db", port=free_port())
     try:
         token = issue(hub.db, "store-1", hub.url)
         hub.start()
         config = agent_config(tmp_path / "store" / "agent.toml", "store-1", token, hub.url)
         imports = run([*without(*blocked), "--import-all", "protocol,hardware,agent", "-m", "agent", "--version"])
         assert imports.returncode == 0, imports.stderr
-        with open(tmp_path / "agent.log", "w") as log:
-            agent = subprocess.Popen(
-                [*without(*blocked), "-m", "agent", "run", "--config", str(config)],
-                stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=clean_env(),
-            )  # fmt: skip
+        agent = AgentProcess(config, tmp_path / "agent.log", env=clean_env(), cwd=ROOT, python=without(*blocked))
         try:
             outbox = config.parent / "outbox.sqlite3"
             wait_until(
@@ -126,12 +124,9 @@ def test_the_agent_runs_without_the_hubs_packages(tmp_path: Path) -> None:
             )
             status = run([*without(*blocked), "-m", "agent", "status", "--config", str(config)])
             assert status.returncode == 0, status.stdout + status.stderr
-            agent.send_signal(signal.SIGTERM)
-            assert agent.wait(timeout=COMMAND_TIMEOUT_S) == 0
+            assert agent.stop() == 0
         finally:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait(timeout=COMMAND_TIMEOUT_S)
+            agent.kill()
     finally:
         hub.close()
 
@@ -144,20 +139,14 @@ def test_the_hub_serves_without_the_agents_packages_and_says_what_advertise_need
     db = str(tmp_path / "hub.db")
     assert run([*without(*blocked), "-m", "hub", "--version"]).stdout.startswith("shelfsync-hub ")
     token = issue(db, "store-1", url)
-    with open(tmp_path / "hub.log", "w") as log:
-        hub = subprocess.Popen(
-            [*without(*blocked), "-m", "hub", "serve", "--db", db, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=clean_env(),
-        )  # fmt: skip
+    hub = HubProcess(
+        tmp_path / "hub.log", db=db, port=port, env=clean_env(), cwd=ROOT, python=without(*blocked),
+        start_timeout_s=WAIT_S,
+    )  # fmt: skip
     try:
-        wait_until("the hub", lambda: _healthy(url) or hub.poll() is not None, WAIT_S)
-        assert hub.poll() is None, (tmp_path / "hub.log").read_text()
+        hub.start()
         config = agent_config(tmp_path / "store" / "agent.toml", "store-1", token, url)
-        with open(tmp_path / "agent.log", "w") as log:
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=clean_env(),
-            )  # fmt: skip
+        agent = AgentProcess(config, tmp_path / "agent.log", env=clean_env(), cwd=ROOT)
         try:
             outbox = config.parent / "outbox.sqlite3"
             wait_until(
@@ -167,14 +156,10 @@ def test_the_hub_serves_without_the_agents_packages_and_says_what_advertise_need
                 WAIT_S,
             )
         finally:
-            agent.terminate()
-            agent.wait(timeout=COMMAND_TIMEOUT_S)
-        hub.send_signal(signal.SIGTERM)
-        assert hub.wait(timeout=COMMAND_TIMEOUT_S) == 0
+            agent.stop()
+        assert hub.stop() == 0
     finally:
-        if hub.poll() is None:
-            hub.kill()
-            hub.wait(timeout=COMMAND_TIMEOUT_S)
+        hub.close()
     advertise = run(
         [*without(*blocked), "-m", "hub", "serve", "--db", db, "--host", "127.0.0.1", "--port", "0"],
         SHELFSYNC_HUB_ADVERTISE="true",
@@ -183,9 +168,3 @@ def test_the_hub_serves_without_the_agents_packages_and_says_what_advertise_need
     assert "advertise needs the zeroconf package, which cannot be loaded" in advertise.stderr
     assert "Traceback" not in advertise.stderr
 
-
-def _healthy(url: str) -> bool:
-    try:
-        return bool(get_json(f"{url}/healthz", timeout_s=1.0)["status"] == "ok")
-    except OSError:
-        return False

@@ -15,13 +15,7 @@ import pytest
 
 from protocol import (
     MSGPACK_CONTENT_TYPE,
-    Kind,
-    StockEvent,
-    SyncRequest,
     decode_sync_response,
-    encode_sync_request,
-    new_event_id,
-    pack_hlc,
     wall_ms_now,
 )
 from protocol.reports import (
@@ -33,7 +27,7 @@ from protocol.reports import (
     encode_import_issues,
     encode_observations,
 )
-from tests.security.conftest import WRITE_METHODS, Hub
+from tests.security.helpers import WRITE_METHODS, Hub, event, sync_body
 
 pytestmark = pytest.mark.timeout(120)
 BAD_HEADERS = [
@@ -44,17 +38,6 @@ BAD_HEADERS = [
     {"Authorization": "Bearer " + "x" * 5000},  # far too long: refused unread
     {"Authorization": "Bearer tok\u00e9n"},  # not ASCII
 ]
-
-
-def event(agent_id: str, seq: int, location: str = "S001", qty: int = 5) -> StockEvent:
-    now = wall_ms_now()
-    return StockEvent(
-        new_event_id(), agent_id, 1, seq, location, "SKU-1", Kind.RECEIVE, qty, pack_hlc(now, seq), now, "api:test"
-    )
-
-
-def sync_body(agent_id: str, events: list[StockEvent]) -> bytes:
-    return encode_sync_request(SyncRequest(agent_id, 1, tuple(events)))
 
 
 MSGPACK = {"Content-Type": MSGPACK_CONTENT_TYPE}

@@ -14,12 +14,12 @@ import pytest
 
 from hub.quarantine import BODY_MAX_BYTES as QUARANTINE_BODY_MAX_BYTES
 from protocol import MSGPACK_CONTENT_TYPE
-from tests.security.conftest import WRITE_METHODS, Hub, HubFactory, raw_exchange, status_of
+from tests.security.helpers import WRITE_METHODS, Hub, HubFactory, raw_exchange, status_of
 
 pytestmark = pytest.mark.timeout(120)
 LIMIT_BYTES = 4096
 BODY_TIMEOUT_S = 1.0
-LINGER_S = 10.0  # aiohttp reads what a cut-off client still sends for at most this long, then closes
+LINGER_S = 10.0  # the most the hub reads what a cut-off client still sends, then closes (hub/server.py LINGER_MAX_S)
 CLOSE_BOUND_S = BODY_TIMEOUT_S + LINGER_S + 10.0  # generous: a loaded machine is slow, a hang is forever
 
 

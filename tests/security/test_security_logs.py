@@ -10,8 +10,7 @@ import msgpack
 import pytest
 
 from protocol import MSGPACK_CONTENT_TYPE
-from tests.security.conftest import PLACEHOLDERS, Hub, raw_exchange, status_of
-from tests.security.test_security_auth import event
+from tests.security.helpers import PLACEHOLDERS, Hub, event, raw_exchange, status_of
 
 pytestmark = pytest.mark.timeout(120)
 FORGED = "%0d%0a2026-01-01 00:00:00,000 WARNING hub.app: FORGED"

@@ -21,7 +21,7 @@ import hub.app as hub_app
 from agent.localapi import LocalApiContext, StaffDirectory
 from agent.localapi import create_app as create_localapi_app
 from hub.auth import PUBLIC_ROUTES_KEY
-from tests.security.conftest import Hub, Route, app_routes, raw_exchange, status_of
+from tests.security.helpers import Hub, Route, app_routes, raw_exchange, status_of
 
 pytestmark = pytest.mark.timeout(120)
 PARAM_RE = re.compile(r"\{[^}]+\}")

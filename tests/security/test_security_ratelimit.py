@@ -17,8 +17,8 @@ from hub import HubSettings, create_app, open_store
 from hub.auth import Handler
 from hub.ratelimit import RateLimiter
 from protocol import MSGPACK_CONTENT_TYPE, Kind
-from tests.security.conftest import HubFactory, raw_exchange, status_of
-from tests.security.test_security_auth import event, sync_body
+from tests.harness.inprocess import serve_app
+from tests.security.helpers import HubFactory, event, raw_exchange, status_of, sync_body
 
 pytestmark = pytest.mark.timeout(120)
 MSGPACK = {"Content-Type": MSGPACK_CONTENT_TYPE}
@@ -89,17 +89,10 @@ async def limited_hub(tmp_path: Path) -> AsyncIterator[tuple[str, str, str, Coun
 
     async with open_store(str(tmp_path / "hub.db")) as store:
         agent_id, token = await store.add_agent(["S001"])
-        app = create_app(store, HubSettings(db="unused", rate_limit_per_s=1.0, rate_limit_burst=1))
+        app = create_app(store, HubSettings(db=str(tmp_path / "hub.db"), rate_limit_per_s=1.0, rate_limit_burst=1))
         app.middlewares.insert(0, count)
-        runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        try:
-            yield f"http://{host}:{port}", agent_id, token, statuses
-        finally:
-            await runner.cleanup()
+        async with serve_app(app) as served:
+            yield served.url, agent_id, token, statuses
 
 
 async def test_the_replicator_waits_for_retry_after_and_then_delivers_everything(

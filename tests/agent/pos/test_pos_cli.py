@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from pos_helpers import GENERIC, SHOPIFY, SQUARE_UTF8
 
 from agent.outbox import Outbox
 from agent.pos import add_import_parser, run_import
 from agent.pos.cli import EXIT_FAILURE, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE
+from tests.agent.pos.pos_helpers import GENERIC, SHOPIFY, SQUARE_UTF8
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -8,10 +8,19 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pos_helpers import GENERIC, LOCATION, OVERLAP_A, OVERLAP_B, SHOPIFY, SQUARE_CP1252, SQUARE_UTF8, open_env
 
 from agent.pos import PosImportConfig, PosImporter, PosImportError, PosStore
 from protocol import Kind
+from tests.agent.pos.pos_helpers import (
+    GENERIC,
+    LOCATION,
+    OVERLAP_A,
+    OVERLAP_B,
+    SHOPIFY,
+    SQUARE_CP1252,
+    SQUARE_UTF8,
+    open_env,
+)
 
 # Square UTF-8 fixture: what each line becomes (see tests/fixtures/pos/make_fixtures.py).
 UTF8_MOVEMENTS = Counter({("LAT-12", Kind.SALE, -1): 2, ("CRS-01", Kind.SALE, -2): 1, ("CAF-CR", Kind.SALE, -1): 1,

@@ -6,10 +6,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from pos_helpers import SQUARE_CP1252, SQUARE_UTF8
 
 from agent.pos import FileRejected
 from agent.pos.source import CsvRows, scan_file
+from tests.agent.pos.pos_helpers import SQUARE_CP1252, SQUARE_UTF8
 
 
 def rows_of(path: Path) -> tuple[CsvRows, list[tuple[int, list[str] | None]]]:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pos_helpers import LOCATION, SQUARE_UTF8, open_env
 
 from agent.outbox import Outbox
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig
+from tests.agent.pos.pos_helpers import LOCATION, SQUARE_UTF8, open_env
 
 WAIT_S = 30.0  # bound on every wait for the watcher; never reached when things work
 

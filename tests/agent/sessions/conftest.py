@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sessions_helpers import catalog
 
 from agent.outbox import Outbox
 from agent.sessions import SessionManager, SessionStore
+from tests.agent.sessions.sessions_helpers import catalog
 
 
 @pytest.fixture

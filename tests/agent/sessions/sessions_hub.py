@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from aiohttp import web
-
 from agent.outbox import Outbox
 from agent.replicator import Replicator
-from hub import HubSettings, HubStore, create_app, open_store
+from hub import HubStore
+from tests.harness.inprocess import hub_in_process
 
 SYNC_WAIT_S = 20.0
 
@@ -28,16 +27,9 @@ class ClockMs:
 
 @asynccontextmanager
 async def running_hub(tmp_path: Path) -> AsyncIterator[tuple[HubStore, str]]:
-    """(store, url) of a hub serving until the block ends."""
-    async with open_store(tmp_path / "hub.db") as store:
-        runner = web.AppRunner(create_app(store, HubSettings(db=str(tmp_path / "hub.db"))))
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            host, port = runner.addresses[0][:2]
-            yield store, f"http://{host}:{port}"
-        finally:
-            await runner.cleanup()
+    """(store, url) of a hub in this process (``tests.harness.inprocess``) serving until the block ends."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        yield served.store, served.url
 
 
 async def sync(outbox: Outbox, url: str, token: str) -> None:

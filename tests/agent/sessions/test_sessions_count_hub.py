@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sessions_helpers import APPLE, PEAR, catalog
-from sessions_hub import ClockMs, running_hub, sync
-
 from agent.outbox import Movement, Outbox
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from hub import HubStore
 from protocol import Kind, derived_event_id, pack_hlc, wall_ms_now
+from tests.agent.sessions.sessions_helpers import APPLE, PEAR, catalog
+from tests.agent.sessions.sessions_hub import ClockMs, running_hub, sync
 
 S_MS = 1000
 

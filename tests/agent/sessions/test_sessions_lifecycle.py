@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sessions_helpers import APPLE, PEAR, PLUM, catalog
 
 from agent.outbox import Outbox
 from agent.sessions import (
@@ -21,6 +20,7 @@ from agent.sessions import (
 )
 from agent.sessions.plan import plan_close
 from protocol import Kind
+from tests.agent.sessions.sessions_helpers import APPLE, PEAR, PLUM, catalog
 
 
 async def test_an_open_session_and_its_lines_survive_a_restart(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sessions_helpers import APPLE, APPLE_CASE, PEAR, PLUM, STRANGER
 
 from agent.outbox import Outbox
 from agent.sessions import (
@@ -18,6 +17,7 @@ from agent.sessions import (
     SessionType,
 )
 from protocol import Kind, StockEvent
+from tests.agent.sessions.sessions_helpers import APPLE, APPLE_CASE, PEAR, PLUM, STRANGER
 
 
 async def all_events(outbox: Outbox) -> list[StockEvent]:

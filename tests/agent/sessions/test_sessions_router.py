@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sessions_helpers import APPLE, PEAR, STRANGER
-
 import hardware
 from agent.config import ScannerSection
 from agent.outbox import Outbox
@@ -14,6 +12,7 @@ from agent.scanning import ModeRouter, ScanResult, ScanService
 from agent.sessions import SessionManager, SessionSpec, SessionType
 from agent.sessions.router import SessionRouter
 from protocol import Kind
+from tests.agent.sessions.sessions_helpers import APPLE, PEAR, STRANGER
 
 DOCK = ScannerSection(
     id="dock",

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sessions_helpers import APPLE, PEAR, catalog
-from sessions_hub import running_hub, sync
-
 from agent.outbox import Outbox
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from hub import HubStore
+from tests.agent.sessions.sessions_helpers import APPLE, PEAR, catalog
+from tests.agent.sessions.sessions_hub import running_hub, sync
 
 
 async def at(store: HubStore, location: str, sku: str) -> tuple[int, int]:

@@ -4,8 +4,7 @@ The server is ``$SHELFSYNC_TEST_PG_URL`` (default: the database .ci/start-postgr
 creates). Where it cannot be reached the tests skip and say why — except in CI
 (``CI=true``), where they fail: CI starts the server, so its absence is a bug.
 
-Use the fixtures by importing them into a test module:
-``from pg_testing import pg_server, pg_url  # noqa: F401``.
+The fixtures ``pg_server`` and ``pg_url`` are in tests/conftest.py, so every test may ask for them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,63 @@
+"""Helpers of the channel tests: the hub they run against, a channel spec, a bounded wait."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hub.channels import ChannelSpec, parse_channels
+from hub.feed import ChangeWatch
+from hub.storage import HubStore
+from hub.storage.base import AgentIdentity
+from protocol import Kind
+from tests.hub.event_factory import EventFactory
+
+BOUND_S = 30.0  # every wait in these tests is bounded by this
+
+
+@dataclass
+class Hub:
+    """A real hub store with one agent credential for the pool's locations, and its change feed watch."""
+
+    store: HubStore
+    who: AgentIdentity
+    watch: ChangeWatch
+    db_path: Path
+    factory: EventFactory
+    clock_ms: float = 0.0
+
+    async def move(self, *moves: tuple[Kind, int, str, str]) -> None:
+        """Ingest one batch of movements (kind, qty, location, sku) as one agent sync."""
+        events = []
+        for kind, qty, location, sku in moves:
+            self.clock_ms += 1
+            events.append(self.factory(kind, qty, at_ms=self.clock_ms, location=location, sku=sku))
+        result = await self.store.ingest(self.who, self.factory.epoch, events)
+        assert not result.rejected, result.rejected
+
+    async def available(self, location: str, sku: str) -> int:
+        rows = await self.store.counts(location=location, sku=sku)
+        return rows[0].available if rows else 0
+
+
+def spec_of(table: dict[str, Any], token: str) -> ChannelSpec:
+    """One channel's spec, its secret from an environment variable (as a hub would read it)."""
+    (spec,) = parse_channels([{"secret_env": "CHANNEL_TOKEN", **table}], environ={"CHANNEL_TOKEN": token})
+    return spec
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], what: str, bound_s: float = BOUND_S) -> None:
+    """Poll ``check`` until true; fail with ``what`` after ``bound_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.02)
+
+
+def expected_level(avail: Sequence[int], held_back: int = 0) -> int:
+    return max(0, sum(avail) - held_back)

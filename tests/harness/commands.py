@@ -1,0 +1,37 @@
+"""One-shot commands of the project, run as an operator runs them: ``python -m hub …``, ``python -m agent …``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+COMMAND_TIMEOUT_S = 120.0
+
+
+def hub_env(**variables: str) -> dict[str, str]:
+    """This process's environment without any SHELFSYNC_HUB_* setting, no config file, then ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFSYNC_HUB_")}
+    return {**env, "SHELFSYNC_HUB_CONFIG": "", "PYTHONUNBUFFERED": "1", **variables}
+
+
+def run_hub(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout_s: float = COMMAND_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """``python -m hub ARGS`` to its end, its output captured (the exit status is the caller's to check)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hub", *args], env=dict(env or hub_env()), cwd=cwd, capture_output=True, text=True,
+        timeout=timeout_s,
+    )  # fmt: skip
+
+
+def run_agent(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout_s: float = COMMAND_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """``python -m agent ARGS`` to its end, its output captured (the exit status is the caller's to check)."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
+    )  # fmt: skip
