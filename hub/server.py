@@ -152,18 +152,21 @@ async def _serve_store(
                 runner, settings.host, settings.port, backlog=LISTEN_BACKLOG, ssl_context=tls,
                 handshake_timeout_s=settings.header_timeout_s,
             )  # fmt: skip
-        try:
-            await site.start()
-        except OSError as err:
-            why = os.strerror(err.errno).lower() if err.errno else str(err)
-            raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err
-        host, port = runner.addresses[0][:2]
-        scheme = "http" if tls is None else "https"
-        log.info("hub listening on %s://%s:%d, database %s", scheme, host, port, display_db(settings.db))
-        log.info("the hub holds %s", budget)
-        if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
-            advertiser = await start_advertiser(str((await store.health()).get("hub_id") or ""), settings.host, port)
-        with _stop_on_signals(stop):  # kept while draining: a second signal does not cut a commit short
+        # From before the listen to the end of the drain: a signal at any point stops the hub cleanly
+        # (a SIGTERM while zeroconf starts used to kill it with the store open); a second one does not
+        # cut a commit short.
+        with _stop_on_signals(stop):
+            try:
+                await site.start()
+            except OSError as err:
+                why = os.strerror(err.errno).lower() if err.errno else str(err)
+                raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err
+            host, port = runner.addresses[0][:2]
+            scheme = "http" if tls is None else "https"
+            log.info("hub listening on %s://%s:%d, database %s", scheme, host, port, display_db(settings.db))
+            log.info("the hub holds %s", budget)
+            if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
+                advertiser = await start_advertiser(str((await store.health()).get("hub_id") or ""), settings.host, port)
             await stop.wait()
             await site.stop()
             gate = app[GATE_KEY]
