@@ -24,6 +24,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	bash .ci/start-postgres  # the PostgreSQL rows are measured too, never left from an older run
 	$(PY) -m bench.run_all
 
 clean:

@@ -14,7 +14,7 @@ if any failed.
 The full-size flags (``--full`` passes none: each script's defaults are the full size):
 
     bench_record           --n 2000 --runs 5
-    bench_ingest           --agents 8 --batches 25 --runs 3
+    bench_ingest           --agents 8 --batches 25 --runs 5
     bench_pos_import       --sizes 100000 300000 1000000
     bench_scanner          --frames 20000
     bench_scan_durable     --scans 2000 --latency-scans 500 --runs 3
@@ -23,7 +23,8 @@ The full-size flags (``--full`` passes none: each script's defaults are the full
     soak                   --stores 100 --minutes 10
     bench_slow_disk        --runs 3 --seconds 30
     bench_channels         --seconds 60 --runs 3 --burst 10000 --burst-skus 500
-    bench_pg_ingest        --agents 8 --batches 25 --runs 3
+    bench_pg_ingest        --agents 8 --batches 25 --runs 3 --hubs 1 2
+    bench_pg_scaling       --hubs 1 2 4 --agents 8 --batches 25 --runs 3
     bench_pg_reads         --events 10000000 --locations 100 --skus 5000
 """
 
@@ -51,16 +52,17 @@ class Plan:
 
 PLANS: dict[str, Plan] = {
     "bench_record": Plan(("--n", "1000", "--runs", "3")),
-    "bench_ingest": Plan(("--agents", "4", "--batches", "10", "--runs", "2")),
+    "bench_ingest": Plan(("--agents", "8", "--batches", "25", "--runs", "5")),  # the issue's size: ~2 min
     "bench_pos_import": Plan(("--sizes", "100000")),
     "bench_scanner": Plan(("--frames", "5000")),
     "bench_scan_durable": Plan(("--scans", "1000", "--latency-scans", "200", "--runs", "2")),
-    "bench_catchup": Plan(("--events", "100000", "--steady-events", "20000")),
+    "bench_catchup": Plan(("--events", "1000000", "--steady-events", "50000")),  # the issue's size: ~2 min
     "bench_eventsourcing": Plan(("--n", "1000", "--runs", "3")),
     "soak": Plan(("--stores", "20", "--minutes", "1")),
     "bench_slow_disk": Plan(("--runs", "1", "--seconds", "15")),
     "bench_channels": Plan(("--seconds", "20", "--runs", "2", "--burst", "2000", "--burst-skus", "200", "--naive-max-s", "30")),
-    "bench_pg_ingest": Plan(("--agents", "4", "--batches", "5", "--runs", "1"), needs_postgres=True),
+    "bench_pg_ingest": Plan(("--agents", "8", "--batches", "5", "--runs", "3"), needs_postgres=True),
+    "bench_pg_scaling": Plan(("--batches", "5", "--runs", "2"), needs_postgres=True),
     "bench_pg_reads": Plan(("--events", "200000", "--locations", "20", "--skus", "500", "--samples", "100"), needs_postgres=True),
 }  # fmt: skip
 

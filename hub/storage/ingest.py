@@ -101,7 +101,7 @@ from hub.storage.base import (
     InvalidInput,
     Lineage,
 )
-from protocol import CountSnapshot, Kind, ProtocolError, Rejection, StockEvent, event_id_hex
+from protocol import ON_HAND_KINDS, CountSnapshot, Kind, ProtocolError, Rejection, StockEvent, event_id_hex
 
 # (agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs JSON or None)
 EventRow: TypeAlias = tuple[Any, ...]
@@ -135,6 +135,7 @@ def event_row(ev: StockEvent) -> EventRow:
 KIND_TEXT: dict[Kind, str] = {k: k.value for k in Kind}
 _COUNT, _APPLIED, _SUPERSEDED = Kind.COUNT, Effect.APPLIED, Effect.SUPERSEDED  # a member lookup per use is slow
 _EVENT_ID = attrgetter("event_id")
+_ORDER_KEY = attrgetter("occurred_at", "agent_id", "seq", "event_id")  # hub.resolver.order_key, without a call
 EFFECT_TEXT: dict[Effect, str] = {e: e.value for e in Effect}
 
 
@@ -162,15 +163,23 @@ class StockRow(NamedTuple):
         )
 
 
+def _new_row(row: StockRow, on_hand: int, max_key: OrderKey) -> StockRow:
+    """``row`` with this on_hand and newest key (``_replace`` without its keyword handling: hundreds per batch)."""
+    return _TUPLE_NEW(StockRow, (row[0], row[1], on_hand, row[3], row[4], row[5], row[6], max_key, row[8]))
+
+
+_TUPLE_NEW = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class CountPoint:
     key: OrderKey
     qty: int
 
 
-@dataclass(frozen=True, slots=True)
-class NewChange:
-    """One change-feed row to append: the key's new counts and (some of) the events that caused it."""
+class NewChange(NamedTuple):
+    """One change-feed row to append: the key's new counts and (some of) the events that caused it
+    (a tuple: hundreds are built per batch)."""
 
     snapshot: CountSnapshot
     event_ids: tuple[bytes, ...]  # at most CHANGE_EVENT_IDS_MAX, in resolution order
@@ -364,7 +373,12 @@ def prepare_batch(
     refused: list[RejectedAttempt] = []
     held: list[RejectedAttempt] = []
     clock = clock.with_sender(sent_ms) if clock is not None else None  # a sender's clock far behind: BEHIND
-    for ev in events:
+    if events and _all_clean(who, epoch, events, clock):  # the common case: one check per batch, not per event
+        accepted = [(ev, event_row(ev)) for ev in events]
+        events_left: Sequence[StockEvent] = ()
+    else:
+        events_left = events
+    for ev in events_left:
         if ev.agent_id != who.agent_id or ev.epoch != epoch:
             reason = (
                 f"event {event_id_hex(ev.event_id)} names agent {ev.agent_id} epoch {ev.epoch}, "
@@ -398,6 +412,22 @@ def prepare_batch(
     )
 
 
+def _all_clean(who: AgentIdentity, epoch: int, events: Sequence[StockEvent], clock: ClockWindow | None) -> bool:
+    """Whether ``prepare_batch`` accepts every event as it is: all of the sender and epoch, at its locations,
+    no transfer refused, and (the window's rules being thresholds on the stamp) the earliest and the latest
+    stamp inside the clock window."""
+    senders = {(ev.agent_id, ev.epoch, ev.location) for ev in events}
+    if any(a != who.agent_id or e != epoch or loc not in who.locations for a, e, loc in senders):
+        return False
+    if any(ev.ref is not None and transfer_problem(ev) is not None for ev in events):
+        return False
+    if clock is not None:
+        stamps = [ev.occurred_at for ev in events]
+        if clock.outside(min(stamps)) is not None or clock.outside(max(stamps)) is not None:
+            return False
+    return True
+
+
 INT64_MAX = 2**63 - 1  # the largest figure of a backlog report the databases' integer columns hold
 
 
@@ -421,37 +451,29 @@ def _plan_key(
     variances: dict[bytes, int | None],
     reserved: int,
     in_transit: int,
-) -> tuple[StockRow, tuple[OrderKey | None, OrderKey] | None, _Late | None]:
+) -> tuple[StockRow, _Late | None]:
     """Fold one key's new events (sorted) into its row, in memory.
 
-    Returns the new row, the range of stored deltas the last count now passes
-    (if it moved), and the work left for after the insert if any event is late.
+    Returns the new row and the work left for after the insert if any event is
+    late. ``effects`` gets the effect of every event that is not simply applied
+    (an event missing from it is applied).
     """
-    count, applied = _COUNT, _APPLIED
-    ordered = []
-    counts = []
-    for ev in fresh:
-        kind = ev.kind
-        if kind in ORDERED_KINDS:
-            ordered.append(ev)
-            if kind is count:
-                counts.append(ev)
-        else:
-            effects[ev.event_id] = applied
+    ordered = [ev for ev in fresh if ev.kind in ORDERED_KINDS]
     old_last, max_key, on_hand = row.last_count, row.max_key, row.on_hand
-    new_last, passed, late = old_last, None, None
+    new_last, late = old_last, None
     if ordered:
-        if counts and (old_last is None or order_key(counts[-1]) > old_last):
-            new_last = order_key(counts[-1])
-            passed = (old_last, new_last)
+        count, applied = _COUNT, _APPLIED
+        counts = [ev for ev in ordered if ev.kind is count]
         in_order = max_key is None or order_key(ordered[0]) > max_key
         newest = order_key(ordered[-1])
         max_key = newest if max_key is None or newest > max_key else max_key
         if in_order and not counts:  # the common case: deltas after everything stored, all applied
-            for ev in ordered:
-                effects[ev.event_id] = applied
-                on_hand += ev.qty
+            on_hand += sum([ev.qty for ev in ordered])
         else:
+            passed = None
+            if counts and (old_last is None or order_key(counts[-1]) > old_last):
+                new_last = order_key(counts[-1])
+                passed = (old_last, new_last)
             for ev in ordered:
                 if ev.kind is count or new_last is None or order_key(ev) > new_last:
                     effects[ev.event_id] = applied
@@ -483,7 +505,7 @@ def _plan_key(
         max_key,
         row.updated_at_ms,
     )
-    return new_row, passed, late
+    return new_row, late
 
 
 async def _settle_late(
@@ -641,16 +663,35 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     late: dict[StockKey, _Late] = {}
     changed: list[StockKey] = []
     before: dict[StockKey, tuple[int, int, int]] = {}
+    # Keys with a count or a reservation among their new events, or whose reserved or in_transit moves, take
+    # _plan_key's whole way; the others (most keys: deltas only) are folded here when they are in order.
+    special = {(ev.location, ev.sku) for ev, _ in fresh if ev.kind not in ON_HAND_KINDS}
+    special.update(reserved_delta, in_transit_delta)
     for key in stock_keys:
-        key_events = by_key.get(key, [])
-        if not key_events and key in touched and not (reserved_delta[key] or in_transit_delta[key]):
-            continue  # only resends: nothing changes
-        key_events.sort(key=order_key)
+        key_events = by_key.get(key)
+        if key_events and key not in special:
+            if len(key_events) > 1:
+                key_events.sort(key=_ORDER_KEY)
+            state = rows.get(key) or StockRow(*key)
+            newest = state[7]  # max_key
+            if newest is None or _ORDER_KEY(key_events[0]) > newest:  # deltas after everything stored: applied
+                on_hand = state[2]
+                for ev in key_events:
+                    on_hand += ev.qty
+                rows[key] = _new_row(state, on_hand, _ORDER_KEY(key_events[-1]))
+                before[key] = state[2:5]  # (on_hand, reserved, in_transit); ingest leaves safety_stock as it is
+                changed.append(key)
+                continue
+        reserved_by, in_transit_by = reserved_delta.get(key, 0), in_transit_delta.get(key, 0)
+        if not key_events:
+            if key in touched and not (reserved_by or in_transit_by):
+                continue  # only resends: nothing changes
+            key_events = []
+        elif len(key_events) > 1:
+            key_events.sort(key=_ORDER_KEY)
         state = rows.get(key) or StockRow(*key)
-        before[key] = (state.on_hand, state.reserved, state.in_transit)  # ingest leaves safety_stock as it is
-        rows[key], _, rest = _plan_key(
-            state, key_events, effects, variances, reserved_delta[key], in_transit_delta[key]
-        )
+        before[key] = state[2:5]
+        rows[key], rest = _plan_key(state, key_events, effects, variances, reserved_by, in_transit_by)
         if rest is not None:
             late[key] = rest
         changed.append(key)
@@ -658,7 +699,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     # 4. Write.
     if fresh or expanded:
         await tx.insert_events(
-            [(ev.event_id, row, effects[ev.event_id], variances.get(ev.event_id)) for ev, row in fresh]
+            [(ev.event_id, row, effects.get(ev.event_id, _APPLIED), variances.get(ev.event_id)) for ev, row in fresh]
             + [(ev.event_id, row, Effect.EXPANDED, None) for ev, row, _ in expanded],
             now_ms,
         )
@@ -690,10 +731,11 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
                 before[key] = was
                 changed.append(key)
                 by_key[key] = _bundle_causes(key, book, expanded, by_key)
-    snapshots = {k: (rows.get(k) or StockRow(*k)).snapshot() for k in touched.union(changed)}
+    keys = sorted(touched.union(changed))
+    snapshots = {k: (rows.get(k) or StockRow(*k)).snapshot() for k in keys}
     if changed:
         await tx.save_stock([rows[k] for k in changed], now_ms)
-        feed = _changes(changed, rows, snapshots, before, by_key, by_transfer, new_transfers)
+        feed = _changes(keys, before, rows, snapshots, by_key, by_transfer, new_transfers)
         if feed:
             await tx.append_changes(feed, now_ms)
     if batch.operator is None:
@@ -710,7 +752,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         rejected=tuple(Rejection(r.event.event_id, r.event.seq, r.code, r.reason) for r in rejected),
         duplicates=sum(duplicates.values()),
         applied=applied,
-        counts=tuple(snapshots[k] for k in sorted(touched)),
+        counts=tuple([snapshots[k] for k in keys if k in touched]),
         chain=chain,
         held=held_now,
     )
@@ -748,15 +790,16 @@ async def _advance_mark(tx: IngestTx, batch: Batch, now_ms: int) -> tuple[int, b
 
 
 def _changes(
-    changed: Sequence[StockKey],
+    keys: Sequence[StockKey],
+    before: Mapping[StockKey, tuple[int, int, int]],
     rows: Mapping[StockKey, StockRow],
     snapshots: Mapping[StockKey, CountSnapshot],
-    before: Mapping[StockKey, tuple[int, int, int]],
     by_key: Mapping[StockKey, list[StockEvent]],
     by_transfer: Mapping[TransferKey, list[StockEvent]],
     transfers: Sequence[Transfer],
 ) -> list[NewChange]:
-    """One change row per key whose counts moved, in key order (deterministic).
+    """One change row per key of ``before`` (the keys written) whose counts moved, in the order of ``keys``
+    (sorted, holding every key of ``before``: deterministic).
 
     With safety stock unchanged, available moves only with on_hand or reserved."""
     destinations: dict[StockKey, Transfer] = {}
@@ -764,15 +807,14 @@ def _changes(
         if t.to_location is not None:
             destinations.setdefault((t.to_location, t.sku), t)
     out: list[NewChange] = []
-    for key in sorted(changed):
-        row = rows[key]
-        if (row.on_hand, row.reserved, row.in_transit) == before[key]:
+    for key in keys:
+        was = before.get(key)
+        if was is None or rows[key][2:5] == was:  # not written, or (on_hand, reserved, in_transit) as they were
             continue
         evs = by_key.get(key)
         if not evs and (via := destinations.get(key)) is not None:
             evs = by_transfer.get((via.ref, via.sku))
-        causes = tuple(map(_EVENT_ID, evs[:CHANGE_EVENT_IDS_MAX])) if evs else ()
-        out.append(NewChange(snapshots[key], causes))
+        out.append(NewChange(snapshots[key], tuple([ev.event_id for ev in evs[:CHANGE_EVENT_IDS_MAX]]) if evs else ()))
     return out
 
 

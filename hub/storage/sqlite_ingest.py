@@ -25,6 +25,18 @@ T = TypeVar("T")
 IN_LIST_MAX_PARAMS = 5_000  # well under SQLite's 32,766 bound parameters per statement
 STOCK_CACHE_ROWS = 50_000  # (location, sku) rows the writer keeps in memory: ~20 MiB
 
+NONE4 = (None, None, None, None)  # an order key that is not there
+UPSERT_STOCK = (
+    f"INSERT INTO stock ({STOCK_FIELDS}) VALUES ({', '.join('?' * len(STOCK_FIELDS.split(', ')))}) "
+    "ON CONFLICT (location, sku) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in STOCK_FIELDS.split(", ")[2:])
+)
+UPDATE_ON_HAND = (
+    "UPDATE stock SET on_hand = ?, max_at = ?, max_agent = ?, max_seq = ?, max_id = ?, updated_at_ms = ? "
+    "WHERE location = ? AND sku = ?"
+)
+
+
 def chunks(items: Sequence[T], params_each: int) -> Iterable[Sequence[T]]:
     step = max(1, IN_LIST_MAX_PARAMS // params_each)
     for i in range(0, len(items), step):
@@ -71,11 +83,24 @@ class StockCache:
     def put(self, rows: Iterable[StockRow]) -> None:
         cached = self._rows
         for row in rows:
-            key = (row.location, row.sku)
+            key = row[:2]  # (location, sku)
             cached.pop(key, None)
             cached[key] = row
         while len(cached) > self.max_rows:
             del cached[next(iter(cached))]
+
+    def swap(self, rows: Sequence[StockRow]) -> list[StockRow | None]:
+        """``put(rows)``, returning the row each replaced (None: not held)."""
+        cached = self._rows
+        pop = cached.pop
+        olds: list[StockRow | None] = []
+        for row in rows:
+            key = row[:2]
+            olds.append(pop(key, None))
+            cached[key] = row
+        while len(cached) > self.max_rows:
+            del cached[next(iter(cached))]
+        return olds
 
     def discard(self, key: StockKey) -> None:
         self._rows.pop(key, None)
@@ -121,11 +146,18 @@ class SqliteIngest:
 
     async def stock_rows(self, keys: Collection[StockKey]) -> dict[StockKey, StockRow]:
         cache = self.cache
+        found: dict[StockKey, StockRow] = {}
         if cache is None:
-            found, missing = {}, list(keys)
+            missing = list(keys)
         else:
-            found = {k: row for k in keys if (row := cache.get(k)) is not None}
-            missing = [k for k in keys if k not in found]
+            missing = []
+            get = cache.get
+            for k in keys:
+                row = get(k)
+                if row is None:
+                    missing.append(k)
+                else:
+                    found[k] = row
         if missing:
             fields = ", ".join(f"t.{c}" for c in STOCK_FIELDS.split(", "))
             read = {(r[0], r[1]): stock_row(r) for r in await self._join("stock", fields, "location, sku", missing)}
@@ -252,20 +284,28 @@ class SqliteIngest:
         await self.db.executemany(sql, [(*k, r.reserved, r.consumed, now_ms) for k, r in rows.items()])
 
     async def save_stock(self, rows: Sequence[StockRow], now_ms: int) -> None:
-        names = STOCK_FIELDS.split(", ")
-        updates = ", ".join(f"{c} = excluded.{c}" for c in names[2:])
-        none4 = (None, None, None, None)
-        await self.db.executemany(
-            f"INSERT INTO stock ({STOCK_FIELDS}) VALUES ({marks(len(names))}) "
-            f"ON CONFLICT (location, sku) DO UPDATE SET {updates}",
-            [
-                (r.location, r.sku, r.on_hand, r.reserved, r.in_transit, r.safety_stock)
-                + (*(r.last_count or none4), *(r.max_key or none4), now_ms)
-                for r in rows
-            ],
-        )
-        if self.cache is not None:
-            self.cache.put(rows)
+        """Rows the writer's cache holds with the same reserved, in_transit, safety stock and last count
+        (most rows of a batch: only on_hand and the newest key moved) are updated in those columns alone,
+        a third cheaper than an upsert; the others, and any such row found missing, are upserted."""
+        plain: list[StockRow] = []
+        moved: list[tuple[Any, ...]] = []
+        if self.cache is None:
+            plain = list(rows)
+        else:  # the cache holds them from here on; a failed write rolls back and clears it
+            for r, old in zip(rows, self.cache.swap(rows)):
+                if old is not None and old[3:7] == r[3:7]:  # reserved, in_transit, safety_stock, last_count
+                    moved.append((r[2], *(r[7] or NONE4), now_ms, r[0], r[1]))
+                else:
+                    plain.append(r)
+        if moved:
+            cursor = await self.db.executemany(UPDATE_ON_HAND, moved)
+            if cursor.rowcount != len(moved):  # a row the cache held is gone: write them all whole
+                plain = list(rows)
+        if plain:
+            await self.db.executemany(
+                UPSERT_STOCK,
+                [(*r[:6], *(r[6] or NONE4), *(r[7] or NONE4), now_ms) for r in plain],
+            )
 
     async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
         rows = await self._fetch(
