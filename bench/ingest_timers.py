@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import hub.decoding
-import hub.storage.sqlite
+import hub.storage.sqlite.store
 import hub.storage.store
-from hub.storage.sqlite_writer import InlineConnection
+from hub.storage.sqlite.writer import InlineConnection
 
 
 class Stopwatch:
@@ -142,7 +142,7 @@ def install() -> None:
 
     hub.storage.store.prepare_batch = timed_prepare  # type: ignore[assignment]
 
-    store_cls = hub.storage.sqlite.SqliteHubStore
+    store_cls = hub.storage.sqlite.store.SqliteHubStore
     ingest = store_cls.ingest
 
     async def timed_ingest(self: Any, who: Any, epoch: int, events: Any, *args: Any, **kwargs: Any) -> Any:
@@ -163,7 +163,7 @@ def install() -> None:
 
     store_cls.ingest = timed_ingest  # type: ignore[method-assign]
 
-    run_inline = hub.storage.sqlite.run_inline
+    run_inline = hub.storage.sqlite.store.run_inline
 
     def timed_run(coro: Any) -> Any:
         WATCH.sql_taken()
@@ -179,9 +179,9 @@ def install() -> None:
             WATCH.s["sql_cpu"] += sql_cpu
             WATCH.writes += 1
 
-    hub.storage.sqlite.run_inline = timed_run
+    hub.storage.sqlite.store.run_inline = timed_run
 
-    commit_group = hub.storage.sqlite._commit_group
+    commit_group = hub.storage.sqlite.store._commit_group
 
     def timed_group(conn: Any, group: Any, cache: Any) -> Any:
         run_before = WATCH.s["run"]
@@ -198,7 +198,7 @@ def install() -> None:
             WATCH.commits.append(round(commit * 1e3, 1))
             WATCH.groups += 1
 
-    hub.storage.sqlite._commit_group = timed_group
+    hub.storage.sqlite.store._commit_group = timed_group
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Checking a 1,000-event body is ~5 ms of Python. In the hub's own process that
 time is taken from the SQLite writer, which needs the GIL back after every
-row it writes (see ``hub.storage.sqlite_writer``); in a worker process it
+row it writes (see ``hub.storage.sqlite.writer``); in a worker process it
 runs on another core. Bodies up to ``DECODE_INLINE_MAX_BYTES`` (heartbeats,
 small batches) are decoded in place: the round trip would cost more than it
 saves. The worker starts with the first big body, and a worker that dies is

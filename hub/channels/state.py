@@ -5,7 +5,7 @@ the levels it refused for good, and what reading its levels back found (divergen
 ``SqlChannelState`` writes it once, in SQL both backends run (``?`` markers; a
 backend's ``Tx`` adapts them). ``SqliteChannelState`` keeps it in the hub's own
 SQLite file, in tables of the hub's schema (numbered migration 6,
-hub/storage/schema_sqlite_v6.sql), over a connection of its own, so that a
+hub/storage/sqlite/migrations/006_channels_and_bundles.sql), over a connection of its own, so that a
 restore of the hub database brings back the channel positions that belong to
 it. Opening it on a file the hub has not migrated yet migrates it.
 

@@ -3,7 +3,7 @@
 ``PostgresChannelState`` runs the SQL of ``hub.channels.state.SqlChannelState``
 (its ``?`` markers numbered ``$1, $2, …`` by ``hub.storage.db.PostgresDb``) over an asyncpg pool of the hub's
 database URL, in the tables of schema migration 6
-(hub/storage/schema_postgres_v6.sql). Every write is one READ COMMITTED
+(hub/storage/postgres/migrations/006_channels_and_bundles.sql). Every write is one READ COMMITTED
 transaction; one aborted by PostgreSQL as a deadlock or serialization failure
 runs again whole. Numbering divergences (``MAX + 1``) takes a
 transaction-scoped advisory lock per channel, so two hubs reconciling one
@@ -31,7 +31,7 @@ import asyncpg
 from hub.channels.state import SqlChannelState, Tx
 from hub.storage.base import StoreError
 from hub.storage.db import PostgresDb
-from hub.storage.postgres import (
+from hub.storage.postgres.store import (
     CLOSE_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
     RETRY_BASE_S,
@@ -41,7 +41,7 @@ from hub.storage.postgres import (
     TX_ATTEMPTS,
     redacted,
 )
-from hub.storage.postgres_schema import migrate
+from hub.storage.postgres.schema import migrate
 from protocol.retry import FULL_JITTER, Backoff
 
 log = logging.getLogger(__name__)

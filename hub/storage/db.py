@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     import asyncpg
 
-    from hub.storage.sqlite_writer import Db as SqliteConnection
+    from hub.storage.sqlite.writer import Db as SqliteConnection
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """The change feed's reads and the webhooks' state, in SQL both backends run (``hub.storage.db``).
 
 Change rows are written by each backend's ingest transaction, which numbers them in commit order
-(``SqliteIngest.append_changes``; ``hub.storage.postgres_feed``); the newest id is read with the
+(``SqliteIngest.append_changes``; ``hub.storage.postgres.feed``); the newest id is read with the
 backend's own query (``SqlHubStore.LATEST_CHANGE_SQL``).
 """
 

@@ -1,4 +1,4 @@
-"""Exception rows for the wave-2 findings, worded once for every backend:
+"""Exception rows for findings other than a count's variance, worded once for every backend:
 unknown barcodes, divergence from another system, quarantined import rows, a sales channel's diverging or
 refused level; and each exception's place
 in the list (its source and that source's key of it, ``hub.storage.keys``)."""

@@ -287,7 +287,7 @@ class IngestTx(Protocol):
         """Record the sync's time and skew; when ``backlog`` is not None, also the sender's
         backlog report (``backlog``, ``oldest_pending_ms``, ``backlog_at_ms`` = ``now_ms``)."""
 
-    # Added in wave 2 (additive):
+    # The sender's acknowledged mark and the change feed:
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
         """The mark of (agent_id, epoch) as stored before this batch; 0 if none.

@@ -2,7 +2,7 @@
 
 - ``PtyDevice``: a serial scanner on a real pseudo-terminal, reached through a
   by-id style symlink;
-- ``ContractHub``: a small hub on 127.0.0.1 implementing the wave-2 contract
+- ``ContractHub``: a small hub on 127.0.0.1 implementing the agent-facing contract
   for GET /v1/catalog (ETag / If-None-Match), POST /v1/observations and
   POST /v1/import-issues (protocol.reports), and a minimal POST /v1/sync;
 - ``gtin()``: a GTIN with its check digit, so test barcodes are valid by construction.

@@ -27,12 +27,12 @@ from hub.storage.base import (
 from protocol import CountSnapshot, Kind
 from tests.hub.event_factory import EventFactory, at
 from tests.hub.storage_contract_clock import ClockTransferContract
-from tests.hub.storage_contract_wave2 import Wave2Contract
+from tests.hub.storage_contract_feed_and_catalog import FeedAndCatalogContract
 
 AGENT_ID_RE = re.compile(r"agent-[0-9a-f]{8}")
 
 
-class StorageContract(Wave2Contract, ClockTransferContract):
+class StorageContract(FeedAndCatalogContract, ClockTransferContract):
     def open_store(self, tmp_path: Path) -> StoreOpener[HubStore]:
         raise NotImplementedError
 

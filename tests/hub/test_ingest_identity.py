@@ -194,12 +194,12 @@ async def check_v3_data_after_migration(store: HubStore) -> None:
 async def test_a_version_3_sqlite_database_migrates_its_events_and_rejections(tmp_path: Path) -> None:
     import sqlite3
 
-    from hub.storage.sqlite_schema import MIGRATIONS
+    from hub.storage.sqlite.schema import MIGRATIONS
 
     db = tmp_path / "hub.db"
     conn = sqlite3.connect(db)
     for step in (1, 2, 3):
-        conn.executescript(MIGRATIONS[step]())
+        conn.executescript(MIGRATIONS[step].read())
     for table, row in v3_rows():
         conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
     conn.execute("PRAGMA user_version = 3")
@@ -216,14 +216,14 @@ async def test_a_version_3_sqlite_database_migrates_its_events_and_rejections(tm
 async def test_a_version_3_postgres_database_migrates_its_events_and_rejections(pg_url: str) -> None:
     import asyncpg
 
-    from hub.storage.postgres_schema import MIGRATIONS
+    from hub.storage.postgres.schema import MIGRATIONS
 
     conn = await asyncpg.connect(pg_url)
     try:
         async with conn.transaction():
             await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)")
             for step in (1, 2, 3):
-                await conn.execute(MIGRATIONS[step]())
+                await conn.execute(MIGRATIONS[step].read())
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", step)
             for table, row in v3_rows():
                 marks = ", ".join(f"${i}" for i in range(1, len(row) + 1))

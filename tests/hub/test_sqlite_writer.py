@@ -1,7 +1,7 @@
 """The SQLite hub's writer thread, its stock cache and its checkpointer, against real files.
 
-``hub.storage.sqlite_writer`` (``run_inline``, ``ConnectionThread``, ``Checkpointer``),
-``hub.storage.sqlite_ingest.StockCache`` and how ``hub.storage.sqlite`` keeps that
+``hub.storage.sqlite.writer`` (``run_inline``, ``ConnectionThread``, ``Checkpointer``),
+``hub.storage.sqlite.ingest.StockCache`` and how ``hub.storage.sqlite`` keeps that
 cache true to the committed file: another connection's commit, a rolled-back
 write and a new safety stock must each be seen by the next ingest.
 """
@@ -24,10 +24,10 @@ import pytest
 
 from hub.storage import AgentIdentity, SqliteHubStore, StoreError
 from hub.storage.ingest import StockRow
-from hub.storage.sqlite import _commit_group, _Write
-from hub.storage.sqlite_ingest import SqliteIngest, StockCache
-from hub.storage.sqlite_schema import migrate
-from hub.storage.sqlite_writer import (
+from hub.storage.sqlite.store import _commit_group, _Write
+from hub.storage.sqlite.ingest import SqliteIngest, StockCache
+from hub.storage.sqlite.schema import migrate
+from hub.storage.sqlite.writer import (
     CHECKPOINT_PAUSE_S,
     CHECKPOINT_ROWS,
     WAL_VALVE_PAGES,
@@ -485,7 +485,7 @@ async def test_the_checkpointer_logs_a_failure_once_and_the_recovery_once(
     await checkpointer.open()
     thread = checkpointer._thread
     try:
-        caplog.set_level(logging.INFO, logger="hub.storage.sqlite_writer")
+        caplog.set_level(logging.INFO, logger="hub.storage.sqlite.writer")
         # its connection goes away under it: every checkpoint now fails with a sqlite3.Error
         await thread.run(lambda conn: conn.close())
         for _ in range(3):

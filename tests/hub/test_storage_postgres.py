@@ -24,8 +24,8 @@ from hub.resolver import resolve
 from hub.storage import AgentIdentity, HubStore, StoreError, StoreOpener, open_store
 from hub.storage.ingest import prepare_batch
 from hub.storage.postgres import PostgresHubStore
-from hub.storage.postgres_ingest import STOCK_LOCK_BUCKETS, batch_locks
-from hub.storage.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from hub.storage.postgres.ingest import STOCK_LOCK_BUCKETS, batch_locks
+from hub.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from protocol import MAX_BATCH_EVENTS, Kind, StockEvent
 from tests.harness.pg import fresh_schema
 from tests.hub.convergence import SAFETY_STOCK, deliver, delivery, event_sets, expected_state, observe
@@ -98,7 +98,7 @@ async def test_every_migration_is_recorded_and_an_old_schema_is_brought_forward(
             await conn.execute(
                 "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)"
             )
-            await conn.execute(MIGRATIONS[1]())
+            await conn.execute(MIGRATIONS[1].read())
             await conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
             await conn.execute(
                 "INSERT INTO agents (agent_id, token_sha256, role, locations, created_ms) "

@@ -13,7 +13,7 @@ from hub.storage import AgentIdentity, HubStore, SqliteHubStore, StoreError, Sto
 from hub.storage.credentials import new_token, token_hash
 from hub.storage.ingest import event_row
 from hub.storage.sql import EVENT_FIELDS
-from hub.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from hub.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from protocol import Kind, wall_ms_now
 from tests.hub.event_factory import EventFactory
 from tests.hub.storage_contract import StorageContract
@@ -101,7 +101,7 @@ async def test_a_version_1_database_is_migrated_step_by_step_and_keeps_its_data(
     db = tmp_path / DB_NAME
     token = new_token("store-1")
     conn = sqlite3.connect(db)
-    conn.executescript(MIGRATIONS[1]() + "\nPRAGMA user_version = 1;")
+    conn.executescript(MIGRATIONS[1].read() + "\nPRAGMA user_version = 1;")
     conn.execute(
         "INSERT INTO agents (agent_id, token_sha256, role, locations, created_ms) VALUES (?, ?, 'agent', ?, 0)",
         ("store-1", token_hash(token), '["S1"]'),

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from hub.storage.postgres import PostgresHubStore
-from hub.storage.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from hub.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from tests.harness.pg import fresh_schema
 from tests.hub.upgrade_scenario import LOCATION, V1Hub, check_upgraded, v1_hub, v1_rows
 
@@ -22,7 +22,7 @@ async def _write_v1(conn: asyncpg.Connection, h: V1Hub, version: int = 1) -> Non
     """The tables of ``version`` with the version-1 rows in them, recorded as a hub of that version records them."""
     async with conn.transaction():
         await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)")
-        await conn.execute(MIGRATIONS[1]())
+        await conn.execute(MIGRATIONS[1].read())
         await conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
         rows = v1_rows(h)
         for table, (columns, values) in rows.items():
@@ -34,7 +34,7 @@ async def _write_v1(conn: asyncpg.Connection, h: V1Hub, version: int = 1) -> Non
         )
     for step in range(2, version + 1):
         async with conn.transaction():
-            await conn.execute(MIGRATIONS[step]())
+            await conn.execute(MIGRATIONS[step].read())
             await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", step)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.storage import SqliteHubStore
-from hub.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from hub.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from tests.hub.upgrade_scenario import LOCATION, V1Hub, check_upgraded, v1_hub, v1_rows
 
 # --- SQLite ---------------------------------------------------------------------------
@@ -31,7 +31,7 @@ def _insert(conn: sqlite3.Connection, rows: dict[str, tuple[str, list[tuple[Any,
 def _write_v1(db: Path, h: V1Hub) -> None:
     conn = sqlite3.connect(db)
     try:
-        conn.executescript(MIGRATIONS[1]() + "\nPRAGMA user_version = 1;")
+        conn.executescript(MIGRATIONS[1].read() + "\nPRAGMA user_version = 1;")
         _insert(conn, v1_rows(h))
         conn.commit()
     finally:
@@ -67,7 +67,7 @@ async def test_each_intermediate_sqlite_version_upgrades_too(tmp_path: Path) -> 
         conn = sqlite3.connect(db)
         try:
             for step in range(2, version + 1):
-                conn.executescript(f"BEGIN;\n{MIGRATIONS[step]()}\nPRAGMA user_version = {step};\nCOMMIT;")
+                conn.executescript(f"BEGIN;\n{MIGRATIONS[step].read()}\nPRAGMA user_version = {step};\nCOMMIT;")
         finally:
             conn.close()
         assert _user_version(db)[0] == version

@@ -18,7 +18,7 @@ from hub.storage.ingest import BundleParts, NewExpansion, attrs_json
 from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
 from hub.storage.sql import BUNDLE_PART_FIELDS, EXPANSION_FIELDS, NEWEST_RECIPES, RECIPE_FIELDS
-from hub.storage.sqlite_writer import Db
+from hub.storage.sqlite.writer import Db
 
 T = TypeVar("T")
 

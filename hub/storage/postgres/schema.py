@@ -9,33 +9,21 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from importlib import resources
 
 import asyncpg
 
 from hub.storage.base import StoreError
+from hub.storage.migrations import Migration, migrations
 from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
 MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('shelfsync.migrate.' || current_schema()))"
 
 
-def _script(name: str) -> Callable[[], str]:
-    return lambda: resources.files("hub.storage").joinpath(name).read_text(encoding="utf-8")
-
-
-# Schema version -> the script that brings version - 1 to it.
-MIGRATIONS: dict[int, Callable[[], str]] = {
-    1: _script("schema_postgres.sql"),
-    2: _script("schema_postgres_v2.sql"),
-    3: _script("schema_postgres_v3.sql"),
-    4: _script("schema_postgres_v4.sql"),
-    5: _script("schema_postgres_v5.sql"),
-    6: _script("schema_postgres_v6.sql"),
-}
+# Schema version -> the migration that brings version - 1 to it (hub/storage/postgres/migrations/).
+MIGRATIONS: dict[int, Migration] = migrations("hub.storage.postgres")
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:
@@ -64,12 +52,12 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)"
             )
-            await conn.execute(MIGRATIONS[step]())
+            await conn.execute(MIGRATIONS[step].read())
             await conn.execute(
                 "INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", step, wall_ms_now()
             )
         version = step
-        log.info("Migrated the hub database %s to schema version %d.", where, step)
+        log.info("Migrated the hub database %s to schema version %d (%s).", where, step, MIGRATIONS[step].name)
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('hub_id', $1) ON CONFLICT (key) DO NOTHING", uuid.uuid4().hex

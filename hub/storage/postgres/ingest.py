@@ -47,7 +47,7 @@ from hub.storage.base import BundleRecipe
 from hub.storage.held import transfer_values
 from hub.storage.ingest import Batch, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
 from hub.storage.ingest import BundleParts, NewExpansion, attrs_json
-from hub.storage.postgres_feed import append_changes
+from hub.storage.postgres.feed import append_changes
 from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
 from hub.storage.sql import BUNDLE_PART_FIELDS, EXPANSION_FIELDS, NEWEST_RECIPES, RECIPE_FIELDS

@@ -13,8 +13,8 @@ one WAL fsync per write transaction; the hub pays it (group commit shares it).
 
 Every read and write of the store is ``hub.storage.store``'s, shared with PostgreSQL; this module runs
 them (``SqliteDb`` over the reader, or over the writer inside its transaction). The ingest algorithm
-lives in ``hub.storage.ingest``; ``hub.storage.sqlite_ingest`` supplies its reads and writes in SQL,
-``hub.storage.sqlite_schema`` the schema.
+lives in ``hub.storage.ingest``; ``hub.storage.sqlite.ingest`` supplies its reads and writes in SQL,
+``hub.storage.sqlite.schema`` the schema.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from hub.storage.base import StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import SqliteDb
 from hub.storage.ingest import Batch, IngestTx
-from hub.storage.sqlite_ingest import SqliteIngest, StockCache
-from hub.storage.sqlite_schema import SCHEMA_VERSION, migrate
-from hub.storage.sqlite_writer import WAL_VALVE_PAGES, Checkpointer, ConnectionThread, InlineConnection, run_inline
+from hub.storage.sqlite.ingest import SqliteIngest, StockCache
+from hub.storage.sqlite.schema import SCHEMA_VERSION, migrate
+from hub.storage.sqlite.writer import WAL_VALVE_PAGES, Checkpointer, ConnectionThread, InlineConnection, run_inline
 from hub.storage.store import SqlHubStore
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                     "PRAGMA synchronous = FULL",  # see the module doc
                     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
                     f"PRAGMA cache_size = -{CACHE_SIZE_KIB}",
-                    f"PRAGMA wal_autocheckpoint = {WAL_VALVE_PAGES}",  # the checkpointer's job; see hub.storage.sqlite_writer
+                    f"PRAGMA wal_autocheckpoint = {WAL_VALVE_PAGES}",  # the checkpointer's job; see hub.storage.sqlite.writer
                 ]
             )
             hub_id = await writer.run(lambda conn: run_inline(migrate(InlineConnection(conn), path)))

@@ -1,4 +1,4 @@
-"""The storage contract, wave 2: the change feed, webhook state, the catalog and
+"""The storage contract for the change feed, webhook state, the catalog and
 re-booking of unknown barcodes, observations and divergence, import issues, and
 the high-water mark answered to a sender that holds more than the hub.
 
@@ -37,7 +37,7 @@ def _counts(row: ChangeRow) -> tuple[int, int, int, int]:
     return (row.on_hand, row.reserved, row.available, row.in_transit)
 
 
-class Wave2Contract:
+class FeedAndCatalogContract:
     # --- high-water mark after a restored hub -------------------------------------
 
     async def test_a_sender_ahead_of_the_hub_is_answered_the_older_mark(

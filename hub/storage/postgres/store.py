@@ -5,14 +5,14 @@ Query parameters the driver does not know are PostgreSQL settings for every
 connection (``?search_path=hub2`` keeps a hub's tables in their own schema).
 
 Every write is one READ COMMITTED transaction on a pooled connection. Ingest
-serializes per key with advisory locks (``hub.storage.postgres_ingest``), so
+serializes per key with advisory locks (``hub.storage.postgres.ingest``), so
 hubs ingesting the same or overlapping batches at the same moment commit one
 after the other and the second sees the first's events as resends. A
 transaction that PostgreSQL aborts as a deadlock or serialization failure, or
 that lost a race for an event id, is retried whole with jittered backoff.
 
 Change-feed ids are assigned from one counter row as the last statement before
-COMMIT (``hub.storage.postgres_feed``): its row lock is held until commit, so
+COMMIT (``hub.storage.postgres.feed``): its row lock is held until commit, so
 change N+1 is never visible before change N, whichever hub wrote them.
 
 A caller that is cancelled does not cancel its write: it commits or fails whole.
@@ -37,8 +37,8 @@ from hub.storage.base import StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
-from hub.storage.postgres_ingest import PostgresIngest, batch_locks, lock_keys, stock_lockable
-from hub.storage.postgres_schema import SCHEMA_VERSION, migrate, schema_version
+from hub.storage.postgres.ingest import PostgresIngest, batch_locks, lock_keys, stock_lockable
+from hub.storage.postgres.schema import SCHEMA_VERSION, migrate, schema_version
 from hub.storage.store import SqlHubStore
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _retryable(err: asyncpg.PostgresError, unique_races: bool) -> bool:
 class PostgresHubStore(SqlHubStore[PostgresDb]):
     """The hub store on PostgreSQL. Open with ``PostgresHubStore.open(url)``."""
 
-    LATEST_CHANGE_SQL = "SELECT last_id FROM change_counter"  # the feed's counter (hub.storage.postgres_feed)
+    LATEST_CHANGE_SQL = "SELECT last_id FROM change_counter"  # the feed's counter (hub.storage.postgres.feed)
     LOCK_ROW = " FOR UPDATE"  # hubs share the database: a row read to be rewritten is locked first
 
     def __init__(self, url: str, pool: asyncpg.Pool, hub_id: str) -> None:
@@ -202,7 +202,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         stock_keys: Collection[StockKey] = (),
     ) -> T:  # fmt: skip
         locks = (batch_locks(batch) if batch is not None else set()) | {stock_lockable(k) for k in stock_keys}
-        await lock_keys(db.conn, locks)  # before the first read: see the module doc of postgres_ingest
+        await lock_keys(db.conn, locks)  # before the first read: see the module doc of hub.storage.postgres.ingest
         tx = PostgresIngest(db.conn, locks)
         result = await work(tx)
         await tx.flush_changes()  # last: the feed's counter row stays locked only until COMMIT

@@ -1,0 +1,32 @@
+"""Each backend's migrations are numbered without a gap and each number means the same step on both."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.storage.migrations import migrations
+from hub.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
+from hub.storage.postgres.schema import SCHEMA_VERSION as POSTGRES_VERSION
+from hub.storage.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
+from hub.storage.sqlite.schema import SCHEMA_VERSION as SQLITE_VERSION
+
+
+def test_both_backends_are_at_the_same_version_with_the_same_steps() -> None:
+    assert SQLITE_VERSION == POSTGRES_VERSION == len(SQLITE_MIGRATIONS) >= 6
+    assert [m.name for m in SQLITE_MIGRATIONS.values()] == [m.name for m in POSTGRES_MIGRATIONS.values()]
+    assert SQLITE_MIGRATIONS[6].name == "channels_and_bundles"
+    for migration in (*SQLITE_MIGRATIONS.values(), *POSTGRES_MIGRATIONS.values()):
+        assert "CREATE" in migration.read() or "ALTER" in migration.read(), migration.name
+
+
+def test_a_gap_in_the_numbers_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "gappy"
+    (package / "migrations").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "migrations" / "001_first.sql").write_text("CREATE TABLE a (x INTEGER);")
+    (package / "migrations" / "003_third.sql").write_text("CREATE TABLE c (x INTEGER);")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="without a gap"):
+        migrations("gappy")
+    (package / "migrations" / "002_second.sql").write_text("CREATE TABLE b (x INTEGER);")
+    assert [m.name for m in migrations("gappy").values()] == ["first", "second", "third"]
