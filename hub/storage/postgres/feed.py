@@ -17,7 +17,6 @@ import asyncpg
 from hub.storage.feed import CHANGE_FIELDS, change_values
 from hub.storage.ingest import NewChange
 
-
 # One statement (one round trip while the counter row is locked): the rows travel as one array of the table's
 # row type, numbered by their place in it (their change_id, None, is the counter's to give); it answers the
 # counter's new value, the newest change id once this transaction commits.
