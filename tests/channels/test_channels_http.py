@@ -4,7 +4,7 @@ and to a signed-webhook receiver: status, divergences, mapping refresh, reconcil
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,14 +76,21 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
             await store.add_agent(["S1"])
             h = Hub(served.url, store, shopify, square, receiver, tokens,
                     {"online": online, "a": a, "sq_loc": sq_loc, "sq_a": sq_a})  # fmt: skip
-            await h.move("receive", 10, "S1", "A")
+            await h.move("receive", 9, "S1", "A")
             await h.move("receive", 4, "S1", "LONELY")  # no channel item carries it
 
-            async def out() -> bool:
-                return (shopify.available(a.item_id, online), square.quantity(sq_a, sq_loc),
-                        receiver.levels.get(("A", "web"))) == (10, 10, 10)  # fmt: skip
+            def out(level: int) -> Callable[[], Awaitable[bool]]:
+                async def shown() -> bool:
+                    return (shopify.available(a.item_id, online), square.quantity(sq_a, sq_loc),
+                            receiver.levels.get(("A", "web"))) == (level, level, level)  # fmt: skip
 
-            await wait_until(out, "every channel shows A")
+                return shown
+
+            # The first level may go out with a pusher's start-up push, which samples no lag; the second is
+            # a change after that, carried by the change feed, so every channel then has a lag sample.
+            await wait_until(out(9), "every channel shows A at 9")
+            await h.move("receive", 1, "S1", "A")
+            await wait_until(out(10), "every channel shows A at 10")
 
             async def caught_up() -> bool:  # and each pusher has stored what its channel confirmed
                 return all(c["queue"] == 0 and c["lag"]["samples"] >= 1 for c in (await h.channels()).values())
