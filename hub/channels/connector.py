@@ -136,6 +136,37 @@ async def read_bounded(content: aiohttp.StreamReader, limit_bytes: int) -> bytes
     return b"".join(parts)[: limit_bytes + 1]
 
 
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    answer_max_bytes: int,
+    last: CallRecord,
+    timed_out: str,
+    unreachable: str,
+    json_body: Any = None,
+    data: bytes | None = None,
+) -> tuple[int, bytes, str | None]:
+    """POST to a channel: (status, the answer's first ``answer_max_bytes``, its Retry-After). A timeout or a
+    connection failure is recorded in ``last`` and raised as ChannelUnavailable with ``timed_out`` or
+    ``unreachable`` (the client's error is appended to the latter)."""
+    try:
+        async with session.post(
+            url, json=json_body, data=data, headers=dict(headers), timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        ) as resp:
+            raw = await read_bounded(resp.content, answer_max_bytes)
+            return resp.status, raw, resp.headers.get("Retry-After")
+    except TimeoutError:
+        last.answered(False)
+        raise ChannelUnavailable(timed_out) from None
+    except aiohttp.ClientError as err:
+        last.answered(False)
+        raise ChannelUnavailable(f"{unreachable}: {err or type(err).__name__}") from err
+
+
 def retry_after_s(raw: str | None) -> float:
     """The seconds a channel's ``Retry-After`` asks for (a number, decimals too): ``RETRY_AFTER_DEFAULT_S`` when
     it is missing or unreadable, at most ``RETRY_AFTER_MAX_S``. The pusher waits at least this long and at least

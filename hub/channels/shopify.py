@@ -50,7 +50,7 @@ from hub.channels.connector import (
     LevelsRefused,
     Target,
     idempotency_key,
-    read_bounded,
+    post,
     short,
 )
 from hub.channels.levels import LevelKey
@@ -352,19 +352,12 @@ class ShopifyConnector:
             "User-Agent": "shelfsync-hub",
         }
         self.calls += 1
-        try:
-            async with self._session.post(
-                spec.url, json=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-                allow_redirects=False,
-            ) as resp:
-                raw = await read_bounded(resp.content, ANSWER_MAX_BYTES)
-                status, retry_after = resp.status, resp.headers.get("Retry-After")
-        except TimeoutError:
-            self._last.answered(False)
-            raise ChannelUnavailable(f"Shopify did not answer channel {spec.name} within {spec.timeout_s:g} s") from None
-        except aiohttp.ClientError as err:
-            self._last.answered(False)
-            raise ChannelUnavailable(f"cannot reach Shopify for channel {spec.name}: {err or type(err).__name__}") from err
+        status, raw, retry_after = await post(
+            self._session, spec.url, json_body=payload, headers=headers, timeout_s=spec.timeout_s,
+            answer_max_bytes=ANSWER_MAX_BYTES, last=self._last,
+            timed_out=f"Shopify did not answer channel {spec.name} within {spec.timeout_s:g} s",
+            unreachable=f"cannot reach Shopify for channel {spec.name}",
+        )
         self._last.answered(status < 500 and status not in (401, 403))
         text = raw[:ANSWER_MAX_BYTES].decode("utf-8", "replace")
         if status in (401, 403):

@@ -43,7 +43,7 @@ from hub.channels.connector import (
     LevelsRefused,
     Target,
     idempotency_key,
-    read_bounded,
+    post,
     retry_after_s,
     short,
 )
@@ -236,21 +236,12 @@ class SquareConnector:
             "User-Agent": "shelfsync-hub",
         }
         self.calls += 1
-        try:
-            async with self._session.post(
-                spec.url + path, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-                allow_redirects=False,
-            ) as resp:
-                raw = await read_bounded(resp.content, ANSWER_MAX_BYTES)
-                status, retry_after = resp.status, resp.headers.get("Retry-After")
-        except TimeoutError:
-            self._last.answered(False)
-            raise ChannelUnavailable(
-                f"Square did not answer {what} for channel {spec.name} within {spec.timeout_s:g} s"
-            ) from None
-        except aiohttp.ClientError as err:
-            self._last.answered(False)
-            raise ChannelUnavailable(f"cannot reach Square for channel {spec.name}: {err or type(err).__name__}") from err
+        status, raw, retry_after = await post(
+            self._session, spec.url + path, json_body=body, headers=headers, timeout_s=spec.timeout_s,
+            answer_max_bytes=ANSWER_MAX_BYTES, last=self._last,
+            timed_out=f"Square did not answer {what} for channel {spec.name} within {spec.timeout_s:g} s",
+            unreachable=f"cannot reach Square for channel {spec.name}",
+        )
         self._last.answered(status < 500 and status not in (401, 403))
         if len(raw) > ANSWER_MAX_BYTES:
             raise ChannelUnavailable(f"Square's answer to channel {spec.name} is larger than {ANSWER_MAX_BYTES} bytes")

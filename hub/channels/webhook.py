@@ -48,7 +48,7 @@ from hub.channels.connector import (
     LevelsRefused,
     Target,
     idempotency_key,
-    read_bounded,
+    post,
     retry_after_s,
     short,
 )
@@ -142,23 +142,12 @@ class WebhookConnector:
             IDEMPOTENCY_HEADER: key,
         }
         self.calls += 1
-        try:
-            async with self._session.post(
-                spec.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-                allow_redirects=False,
-            ) as resp:
-                raw = await read_bounded(resp.content, ANSWER_MAX_BYTES)
-                status, retry_after = resp.status, resp.headers.get("Retry-After")
-        except TimeoutError:
-            self._last.answered(False)
-            raise ChannelUnavailable(
-                f"the receiver of channel {spec.name} did not answer within {spec.timeout_s:g} s"
-            ) from None
-        except aiohttp.ClientError as err:
-            self._last.answered(False)
-            raise ChannelUnavailable(
-                f"cannot reach the receiver of channel {spec.name} at {spec.display_url}: {err or type(err).__name__}"
-            ) from err
+        status, raw, retry_after = await post(
+            self._session, spec.url, data=body, headers=headers, timeout_s=spec.timeout_s,
+            answer_max_bytes=ANSWER_MAX_BYTES, last=self._last,
+            timed_out=f"the receiver of channel {spec.name} did not answer within {spec.timeout_s:g} s",
+            unreachable=f"cannot reach the receiver of channel {spec.name} at {spec.display_url}",
+        )
         self._last.answered(status < 500 and status not in (401, 403))
         return status, retry_after, raw[:ANSWER_MAX_BYTES].decode("utf-8", "replace")
 
