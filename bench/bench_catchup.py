@@ -8,9 +8,10 @@ while: it should stay flat (the outbox is read a batch at a time).
 
 Baseline ("steady ingest rate"): the same events, in the same 1,000-event
 batches, posted back to back by a plain HTTP client to an identical fresh hub
-— the hub's own ingest ceiling, measured in the same run on the first
-``--steady-events`` events. The ratio is catch-up rate / steady rate (1.0 =
-the agent adds nothing).
+— the hub's own ingest ceiling, measured in the same run on the whole backlog
+by default (``--steady-events`` for fewer: a hub's inserts slow down as its
+tables grow, so a baseline on the first 50,000 events only flatters it). The
+ratio is catch-up rate / steady rate (1.0 = the agent adds nothing).
 
     python -m bench.bench_catchup                      # 1,000,000 events (the issue's size)
     python -m bench.bench_catchup --events 100000      # what `make bench` runs
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -44,6 +46,7 @@ LOCATION = "STORE-1"
 RECORD_CHUNK = 5_000
 BATCH = 1_000
 SAMPLE_S = 0.5
+STEADY_CHUNK = 50_000  # events read and encoded at a time for the baseline, the clock stopped
 CATCHUP_TIMEOUT_S = 3_600.0
 
 
@@ -59,22 +62,35 @@ async def build_backlog(outbox_path: Path, agent_id: str, events: int) -> float:
     return time.perf_counter() - started
 
 
-async def steady_rate(outbox_path: Path, url: str, token: str, agent_id: str, events: int) -> float:
-    """Post the first ``events`` of the backlog straight to a hub, batch after batch; events per second."""
-    async with Outbox.open(outbox_path, agent_id=None, location=None, create=False) as outbox:
-        batches = []
-        pending = await outbox.pending(events)
-        for start in range(0, len(pending), BATCH):
-            part = pending[start : start + BATCH]
-            batches.append(encode_sync_request(SyncRequest(agent_id, outbox.epoch, part, acked_seq=part[0].seq - 1)))
+async def steady_rate(outbox_path: Path, url: str, token: str, agent_id: str, events: int) -> tuple[float, float]:
+    """Post the first ``events`` of the backlog straight to a hub, batch after batch; events per second over
+    the first ``STEADY_CHUNK`` (the hub nearly empty) and over them all.
+
+    Read and encoded ``STEADY_CHUNK`` events at a time with the clock stopped (memory stays bounded)."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
-        started = time.perf_counter()
-        for body in batches:
-            async with session.post(f"{url}/v1/sync", data=body, headers=headers) as resp:
-                assert resp.status == 200, await resp.text()
-                await resp.read()
-        return len(pending) / (time.perf_counter() - started)
+    posting_s, posted, after, first_rate = 0.0, 0, 0, 0.0
+    async with (
+        Outbox.open(outbox_path, agent_id=None, location=None, create=False) as outbox,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session,
+    ):
+        while posted < events:
+            pending = (await outbox.outgoing(min(STEADY_CHUNK, events - posted), after=after)).events
+            if not pending:
+                break
+            bodies = [
+                encode_sync_request(SyncRequest(agent_id, outbox.epoch, part, acked_seq=part[0].seq - 1))
+                for part in (pending[i : i + BATCH] for i in range(0, len(pending), BATCH))
+            ]
+            started = time.perf_counter()
+            for body in bodies:
+                async with session.post(f"{url}/v1/sync", data=body, headers=headers) as resp:
+                    assert resp.status == 200, await resp.text()
+                    await resp.read()
+            posting_s += time.perf_counter() - started
+            posted += len(pending)
+            after = pending[-1].seq
+            first_rate = first_rate or posted / posting_s
+    return first_rate, posted / posting_s
 
 
 def agent_config(path: Path, agent_id: str, token: str, url: str) -> Path:
@@ -129,6 +145,11 @@ def slope_mib_per_100k(samples: list[tuple[int, int]]) -> float:
     return 0.0 if var == 0 else sum((a - mx) * (r - my) for a, r in points) / var * 100_000
 
 
+def steady_events(args: argparse.Namespace) -> int:
+    events: int = args.events
+    return events if args.steady_events is None else min(int(args.steady_events), events)
+
+
 async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
     hub_db, steady_db = root / "hub.db", root / "steady-hub.db"
     async with open_store(str(hub_db)) as store:
@@ -142,11 +163,11 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
     port = free_port()
     steady_hub = await start_hub(steady_db, port, root / "steady-hub.log")
     try:
-        steady = await steady_rate(outbox_path, f"http://127.0.0.1:{port}", token, agent_id, min(args.steady_events, args.events))
+        steady_first, steady = await steady_rate(outbox_path, f"http://127.0.0.1:{port}", token, agent_id, steady_events(args))
     finally:
         steady_hub.send_signal(signal.SIGTERM)
         await asyncio.wait_for(steady_hub.wait(), 60)
-    print(f"steady ingest: {steady:,.0f} events/s")
+    print(f"steady ingest: {steady:,.0f} events/s ({steady_first:,.0f} over the first {STEADY_CHUNK:,})")
 
     port = free_port()
     hub = await start_hub(hub_db, port, root / "hub.log")
@@ -165,6 +186,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         "seconds": seconds,
         "rate": args.events / seconds,
         "steady": steady,
+        "steady_first": steady_first,
         "rss_start": rss[0],
         "rss_max": max(rss),
         "rss_end": rss[-1],
@@ -176,7 +198,10 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="the backlog (the issue's size: 1,000,000)")
-    parser.add_argument("--steady-events", type=int, default=50_000, help="events posted directly for the baseline")
+    parser.add_argument(
+        "--steady-events", type=int, default=None,
+        help="events posted directly for the baseline (default: the whole backlog, so both fill the hub alike)",
+    )
     parser.add_argument("--dir", default=None, help="directory on the disk to measure (default: a temp dir)")
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
@@ -184,11 +209,13 @@ def main() -> None:
         r = asyncio.run(run(args, Path(tmp)))
     load_end = os.getloadavg()[0]
     rss = f"{r['rss_start']:.0f} / {r['rss_max']:.0f} / {r['rss_end']:.0f}"
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"measure": "catch-up (s)", "value": r["seconds"], "baseline": "", "ratio": "",
          "target": "≤ 40 for 1,000,000" if args.events == 1_000_000 else ""},
-        {"measure": "events/s: catch-up / steady ingest of the same hub", "value": r["rate"], "baseline": r["steady"],
-         "ratio": r["rate"] / r["steady"], "target": "≥ 0.9"},
+        {"measure": "events/s: catch-up / steady ingest of the same hub, the same events", "value": r["rate"],
+         "baseline": r["steady"], "ratio": r["rate"] / r["steady"], "target": "≥ 0.9"},
+        {"measure": f"events/s: catch-up / steady ingest of its first {STEADY_CHUNK:,} (the hub nearly empty)",
+         "value": r["rate"], "baseline": r["steady_first"], "ratio": r["rate"] / r["steady_first"], "target": "≥ 0.9"},
         {"measure": "agent RSS after the first batch / max / end (MiB)", "value": rss, "baseline": "", "ratio": "",
          "target": ""},
         {"measure": "agent RSS slope (MiB per 100k events)", "value": r["slope"], "baseline": "", "ratio": "",
@@ -197,14 +224,17 @@ def main() -> None:
     write_result(
         "catchup",
         title=f"Catch-up of a {args.events:,}-event backlog after an outage (issues 8, 16)",
-        command=f"python -m bench.bench_catchup --events {args.events} --steady-events {args.steady_events}",
+        command=f"python -m bench.bench_catchup --events {args.events}"
+        + (f" --steady-events {args.steady_events}" if args.steady_events is not None else ""),
         rows=rows,
         notes=(
             f"Backlog recorded with the hub unreachable ({r['build_s']:.0f} s to record, synchronous=normal), then "
             f"drained by a real agent process (batch_size {BATCH:,}; while {CATCHUP_BACKLOG:,} or more wait it sends "
             f"{BATCH * CATCHUP_BATCH_FACTOR:,} per request); the time includes the agent's start. Baseline, measured in "
-            f"the same run: the hub's steady ingest rate, the first {min(args.steady_events, args.events):,} events of "
-            f"the same stream posted back to back in batches of {BATCH:,} by a plain client to an identical empty hub. "
+            f"the same run: the hub's steady ingest rate, the first {steady_events(args):,} events of "
+            f"the same stream posted back to back in batches of {BATCH:,} by a plain client to an identical empty hub, "
+            f"timed over them all (the hub fills as the catch-up fills it) and over the first {STEADY_CHUNK:,} alone "
+            f"(the hub nearly empty: its best rate, the stricter baseline). "
             f"On {os.path.realpath(args.dir or tempfile.gettempdir())}; load average (1 min) {load_start:.1f} at the "
             f"start, {load_end:.1f} at the end, on {os.cpu_count()} cores."
         ),
