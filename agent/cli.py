@@ -51,6 +51,7 @@ from agent.sessions.router import SessionRouter
 from agent.simulate import Simulator
 from protocol import Kind, event_id_hex
 from protocol.routes import HEALTH_PATH
+from protocol.runtime import gc_for_serving
 
 log = logging.getLogger("agent")
 
@@ -203,7 +204,7 @@ async def _run(config: AgentConfig, args: argparse.Namespace) -> int:
     """One agent per outbox: the lock is taken before anything is opened and held until the end."""
     with hold_agent_lock(config.agent.outbox):
         stop, reload = asyncio.Event(), asyncio.Event()
-        with _signals(asyncio.get_running_loop(), stop, reload):
+        with _signals(asyncio.get_running_loop(), stop, reload), gc_for_serving():  # protocol/runtime.py
             return await _run_locked(config, args, stop, reload)
 
 

@@ -17,7 +17,6 @@ watch their parent: if the hub is killed, they exit within
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import multiprocessing
 import os
@@ -30,15 +29,13 @@ from typing import Any
 
 from protocol import BadEvents, ProtocolError, SyncRequest, decode_sync_request
 from protocol.codec import BadEvent
+from protocol.runtime import tune_gc_for_serving
 
 log = logging.getLogger(__name__)
 
 DECODE_INLINE_MAX_BYTES = 64 * 1024
 DECODE_WORKERS_MAX = 2
 PARENT_CHECK_S = 1.0
-# The garbage collector's thresholds while serving, in the hub (hub.server) and its workers: a young collection per
-# 20,000 allocations (Python's default: 700), an older one per 20 of those, a full one per 50 older ones.
-SERVING_GC_THRESHOLDS = (20_000, 20, 50)
 
 
 def default_workers() -> int:
@@ -75,11 +72,10 @@ def _decode_in_worker(body: bytes) -> SyncRequest | _Refused:
         return _Refused.of(err)
 
 
-def _start_worker(parent_pid: int, gc_thresholds: tuple[int, int, int]) -> None:
-    """In a worker: collect garbage as the hub does while serving (a body is 1,000s of short-lived objects,
-    freed by reference counting), and exit once the hub that started it is gone."""
-    gc.freeze()
-    gc.set_threshold(*gc_thresholds)
+def _start_worker(parent_pid: int) -> None:
+    """In a worker: collect garbage as the hub does while serving (protocol/runtime.py), and exit once the hub
+    that started it is gone."""
+    tune_gc_for_serving()
     _watch_parent(parent_pid)
 
 
@@ -128,7 +124,7 @@ class SyncDecoder:
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(os.getpid(), SERVING_GC_THRESHOLDS),
+                initargs=(os.getpid(),),
             )
         return self._pool
 

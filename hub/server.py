@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -27,7 +26,6 @@ from aiohttp import web
 
 from hub.app import create_app
 from hub.config import ConfigError, HubSettings, check_tls_pair
-from hub.decoding import SERVING_GC_THRESHOLDS
 from hub.discovery import HubAdvertiser, start_advertiser
 from hub.drain import GATE_KEY
 from hub.feed import end_streams
@@ -35,6 +33,7 @@ from hub.limits import LISTEN_BACKLOG, AccessLog, ConnectionGuard, GuardedRunner
 from hub.logsafety import secrets_masked
 from hub.storage import open_store
 from hub.storage.base import HubError, HubStore
+from protocol.runtime import gc_for_serving
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ async def _serve_store(
         # From before the listen to the end of the drain: a signal at any point stops the hub cleanly
         # (a SIGTERM while zeroconf starts used to kill it with the store open); a second one does not
         # cut a commit short.
-        with _stop_on_signals(stop), _gc_for_serving():
+        with _stop_on_signals(stop), gc_for_serving():  # protocol/runtime.py
             try:
                 await site.start()
             except OSError as err:
@@ -184,29 +183,6 @@ async def _serve_store(
         if advertiser is not None:
             await advertiser.stop()
         await runner.cleanup()
-
-
-@contextlib.contextmanager
-def _gc_for_serving() -> Iterator[None]:
-    """Collect garbage less often while serving, and never look again at what start-up built.
-
-    Ingest allocates tens of thousands of short-lived tuples per batch, nearly
-    all freed by reference counting; with Python's defaults the collector still
-    ran 1,164 young and 10 full collections over 200 batches of 1,000 events,
-    3.5 ms per batch, most of it on the writer thread, which bounds the ingest
-    rate (bench/ingest_timers.py). Start-up's objects (modules, the app, the
-    store) are frozen out of every collection; ``SERVING_GC_THRESHOLDS`` took it to
-    8 collections, 0.3 ms per batch. Restored on the way out (tests serve
-    hubs in-process)."""
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*SERVING_GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 @contextlib.contextmanager

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 
 from hub.config import HubSettings
-from hub.decoding import SERVING_GC_THRESHOLDS
 from hub.server import serve
+from protocol.runtime import SERVING_GC_THRESHOLDS
 from tests.harness.net import free_port
 
 START_S = 30.0
