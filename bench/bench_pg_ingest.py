@@ -75,9 +75,12 @@ async def fresh_schema(url: str) -> AsyncIterator[str]:
         await conn.close()
 
 
+PROFILE_ARGS: list[str] = []  # e.g. ["-m", "cProfile", "-o", "hub.prof"] to profile a hub process
+
+
 def run_hub(url: str, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve", "--db", url, "--port", str(port), "--log-level", "WARNING"],
+        [sys.executable, *PROFILE_ARGS, "-m", "hub", "serve", "--db", url, "--port", str(port), "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

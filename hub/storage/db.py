@@ -74,10 +74,11 @@ class SqliteDb:
 class PostgresDb:
     """``Db`` over an asyncpg connection: the same SQL with its markers numbered."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "flushed_change_id")
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self.flushed_change_id: int | None = None  # the feed's counter after this transaction's change rows
 
     async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         return [tuple(r) for r in await self.conn.fetch(numbered(sql), *params)]

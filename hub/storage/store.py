@@ -104,6 +104,10 @@ class SqlHubStore(HubStore, Generic[D]):
     async def _lock(self, db: D, name: str) -> None:
         """Inside a write: hold the lock ``name`` until the commit (one writer of a shared row at a time)."""
 
+    async def _newest_change_id(self, db: D) -> int:
+        """Inside an ingest write, after its booking: the newest change id as of its commit."""
+        return await feed.latest_change_id(db, self.LATEST_CHANGE_SQL)
+
     # --- credentials -----------------------------------------------------------------------------------
 
     async def add_agent(
@@ -161,7 +165,7 @@ class SqlHubStore(HubStore, Generic[D]):
             result = await self._booking(db, lambda tx: apply_batch(tx, batch, wall_ms_now()), batch=batch)
             # This batch's keys stay locked until COMMIT (one writer, or its locks): the newest change id now is
             # this commit's own position.
-            return replace(result, change_id=await feed.latest_change_id(db, self.LATEST_CHANGE_SQL))
+            return replace(result, change_id=await self._newest_change_id(db))
 
         return await self._write_db(f"committing {len(events)} event(s) from {who.agent_id}", work, unique_races=True)
 

@@ -127,8 +127,9 @@ class FeedAndCatalogContract:
             (c.location, c.sku): (c.on_hand, c.reserved, c.available, c.in_transit) for c in await store.counts()
         }
         for batch in batches:
-            await store.ingest(who, 1, batch)
+            answered = (await store.ingest(who, 1, batch)).change_id
             marks.append(await store.latest_change_id())
+            assert answered == marks[-1]  # the sender is told the feed's position as of its own commit
             new = await store.changes(marks[-2], 1000)
             now = {
                 (c.location, c.sku): (c.on_hand, c.reserved, c.available, c.in_transit) for c in await store.counts()

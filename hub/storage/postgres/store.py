@@ -205,8 +205,15 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         await lock_keys(db.conn, locks)  # before the first read: see the module doc of hub.storage.postgres.ingest
         tx = PostgresIngest(db.conn, locks)
         result = await work(tx)
-        await tx.flush_changes()  # last: the feed's counter row stays locked only until COMMIT
+        db.flushed_change_id = await tx.flush_changes()  # last: the feed's counter row stays locked only until COMMIT
         return result
+
+    async def _newest_change_id(self, db: PostgresDb) -> int:
+        # The counter's value after this transaction's change rows is the newest id as of its commit (the
+        # counter row stays locked until then): no round trip to read it again.
+        if db.flushed_change_id is not None:
+            return db.flushed_change_id
+        return await super()._newest_change_id(db)
 
     def _bundle_reads(self, db: PostgresDb) -> BundleReads:
         return PostgresIngest(db.conn, set())
