@@ -452,8 +452,10 @@ async def get_exceptions(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def get_agents(request: web.Request) -> web.Response:
-    """Every agent's last sync, high-water marks and clock skew."""
+async def get_agents(request: web.Request) -> web.StreamResponse:
+    """Every agent's last sync, high-water marks and clock skew (as CSV when asked, hub/csvexport.py)."""
+    if csvexport.wants_csv(request):
+        return await csvexport.agents(request)
     views.Query(request, set())
     rows = await request.app[STORE_KEY].agent_status()
     return _json({"agents": [views.agent_status(r) for r in rows]})

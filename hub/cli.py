@@ -146,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent_commands.add_parser("list", parents=[common], help="list agents with their last sync and marks")
 
     bak = commands.add_parser(
-        "backup", parents=[common], help="copy the hub database while the hub runs (SQLite file, or a pg_dump)"
+        "backup",
+        parents=[common],
+        help="copy the hub database while the hub runs (SQLite file, or a pg_dump)",
+        description="Copy the hub database while the hub keeps serving: SQLite's online backup (checked, synced, "
+        "then renamed into place) or pg_dump --format=custom for PostgreSQL. Run it as the service's user; "
+        "restoring is in docs/operations.md, Backup and restore.",
     )
     bak.add_argument(
         "--to",
@@ -340,7 +345,7 @@ async def _agent_add_config(store: CredentialStore, plan: ConfigPlan, out: TextI
     out.write(
         f"wrote the configuration of agent {agent_id} (location {plan.locations[0]}, hub {plan.hub_url}) to "
         f"{plan.write}, mode 0600; it holds the only copy of the agent's token. Start the agent with: "
-        f"python -m agent run --config {plan.write}\n"
+        f"shelfsync-agent run --config {plan.write}\n"
     )
 
 
@@ -350,7 +355,7 @@ def agent_config_toml(agent_id: str, locations: Sequence[str], token: str, hub_u
     lines = [
         f"# shelfsync agent configuration for agent {agent_id}, made by `{PROG} agent add` at {when}.",
         "# The hub keeps only a hash of the token below: this is its only copy. Keep the file private (mode 0600).",
-        "# Start the agent with: python -m agent run --config <this file>. docs/agent.md lists every other key.",
+        "# Start the agent with: shelfsync-agent run --config <this file>. docs/agent.md lists every other key.",
     ]
     if len(locations) > 1:
         lines.append(f"# The credential may also write {', '.join(locations[1:])}; an agent records for one location.")

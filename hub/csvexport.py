@@ -37,9 +37,9 @@ from aiohttp import web
 from hub import metrics, paging, views
 from hub.auth import STORE_KEY
 from hub.storage import keys
-from hub.storage.base import CatalogItem, CountRow, ExceptionRow, HubError, LedgerRow
-from hub.storage.interfaces import LedgerStore, ReportStore
-from protocol import values
+from hub.storage.base import AgentStatus, CatalogItem, CountRow, ExceptionRow, HubError, LedgerRow, QuarantineRow
+from hub.storage.interfaces import LedgerStore, QuarantineStore, ReportStore
+from protocol import event_id_hex, values
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,15 @@ LEDGER_HEADER = (
     "occurred_at", "attrs",
 )  # fmt: skip
 EXCEPTION_HEADER = ("at", "kind", "location", "sku", "name", "detail", "data")
+AGENT_HEADER = (
+    "agent_id", "role", "revoked", "locations", "last_sync", "epoch", "hwm", "epochs", "clock_skew_ms", "backlog",
+    "oldest_pending", "backlog_at",
+)  # fmt: skip
+QUARANTINE_HEADER = (
+    "id", "status", "received", "occurred", "skew_ms", "agent_id", "epoch", "seq", "location", "sku", "name", "kind",
+    "qty", "ref", "reason", "source", "attempts", "detail", "resolved_by", "resolved_at", "event_id", "occurred_at",
+    "attrs",
+)  # fmt: skip
 
 
 def count_cells(r: CountRow, names: dict[str, str]) -> tuple[object, ...]:
@@ -259,6 +268,25 @@ def ledger_cells(r: LedgerRow, names: dict[str, str]) -> tuple[object, ...]:
 
 def exception_cells(r: ExceptionRow, names: dict[str, str]) -> tuple[object, ...]:
     return (views.iso_ms(r.at_ms), r.kind, r.location, r.sku, names.get(r.sku or ""), r.detail, r.data or None)
+
+
+def agent_cells(r: AgentStatus) -> tuple[object, ...]:
+    """One credential; its current epoch (the one marked last) and that epoch's mark, and how many it has had."""
+    epoch, hwm = next(reversed(r.hwm.items()), (None, None))
+    return (
+        r.agent_id, r.role, r.revoked, " ".join(r.locations), views.iso_ms(r.last_sync_ms),
+        None if epoch is None else str(epoch), hwm, len(r.hwm), r.clock_skew_ms, r.backlog,
+        views.iso_ms(r.oldest_pending_ms), views.iso_ms(r.backlog_at_ms),
+    )  # fmt: skip
+
+
+def quarantine_cells(r: QuarantineRow, names: dict[str, str]) -> tuple[object, ...]:
+    return (
+        r.quarantine_id, r.status, views.iso_ms(r.received_at_ms), views.hlc_time(r.occurred_at), r.skew_ms,
+        r.agent_id, str(r.epoch), r.seq, r.location, r.sku, names.get(r.sku), r.kind, r.qty, r.ref, r.reason,
+        r.source, r.attempts, r.detail, r.resolved_by, views.iso_ms(r.resolved_at_ms), event_id_hex(r.event_id),
+        str(r.occurred_at), r.attrs or None,
+    )  # fmt: skip
 
 
 async def _rows(
@@ -324,3 +352,32 @@ async def exceptions(request: web.Request, transfer_open_max_ms: int | None) -> 
     return await stream(
         request, filename("exceptions", location), EXCEPTION_HEADER, _rows(pages, lambda r: exception_cells(r, names))
     )
+
+
+async def agents(request: web.Request) -> web.StreamResponse:
+    """Every credential's status, as ``GET /v1/agents`` (one row per credential, its current epoch)."""
+    views.Query(request, {"format"})
+    rows = await request.app[STORE_KEY].agent_status()
+
+    async def pages() -> AsyncIterator[list[Sequence[object]]]:
+        for start in range(0, len(rows), PAGE_ROWS):
+            yield [agent_cells(r) for r in rows[start : start + PAGE_ROWS]]
+
+    return await stream(request, filename("agents"), AGENT_HEADER, pages())
+
+
+async def quarantine(
+    request: web.Request, params: views.Query, *, status: str | None, location: str | None, before_id: int | None
+) -> web.StreamResponse:
+    """Every held event of ``GET /v1/quarantine`` (its ``status`` and ``location``), newest first."""
+    store: QuarantineStore = request.app[STORE_KEY]
+    names = await names_of(request)
+
+    async def fetch(key: int | None, n: int) -> list[QuarantineRow]:
+        return await store.quarantine(status=status, location=location, limit=n, before_id=key)
+
+    pages = walk(fetch, lambda r: r.quarantine_id, after=before_id, limit=limit_param(params))
+    return await stream(
+        request, filename("quarantine", status or "all", location), QUARANTINE_HEADER,
+        _rows(pages, lambda r: quarantine_cells(r, names)),
+    )  # fmt: skip

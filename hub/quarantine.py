@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import feed, paging, views
+from hub import csvexport, feed, paging, views
 from hub.auth import STORE_KEY, require_role
 from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES, AlreadyResolved, QuarantineRow
 from protocol import event_id_hex
@@ -76,14 +76,20 @@ def quarantine_key(cursor: str) -> int:
     return quarantine_id
 
 
-async def get_quarantine(request: web.Request) -> web.Response:
-    """Held events, newest first: ``status`` pending (default), applied, discarded or all; paged by ``cursor``."""
+async def get_quarantine(request: web.Request) -> web.StreamResponse:
+    """Held events, newest first: ``status`` pending (default), applied, discarded or all; paged by ``cursor``
+    (every page as CSV when asked, hub/csvexport.py)."""
     require_role(request, READ_ROLES, "read the quarantine")
-    params = views.Query(request, {"status", "location", "limit", "cursor"})
+    as_csv = csvexport.wants_csv(request)
+    params = views.Query(request, {"status", "location", "limit", "cursor", *(("format",) if as_csv else ())})
     status = request.query.get("status", "pending")
     if status not in (*QUARANTINE_STATUSES, "all"):
         raise web.HTTPBadRequest(text=f"status must be one of {', '.join(QUARANTINE_STATUSES)} or all, got {status[:40]!r}")
     before_id = paging.parse(request, quarantine_key, "the quarantine")
+    if as_csv:
+        return await csvexport.quarantine(
+            request, params, status=None if status == "all" else status, location=params.location(), before_id=before_id
+        )
     limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
     rows = await request.app[STORE_KEY].quarantine(
         status=None if status == "all" else status, location=params.location(), limit=limit + 1, before_id=before_id

@@ -387,7 +387,9 @@
     const head = h("div", { class: "view-head" },
       h("div", {}, h("h1", {}, "Stores"),
         h("p", { class: "muted" }, `An agent is online when it synced in the last ${Math.round(st.online_within_s / 60)} minutes. ` +
-          "An idle agent calls the hub every minute with nothing to send. The backlog is what the agent reported waiting in its outbox at its last sync.")));
+          "An idle agent calls the hub every minute with nothing to send. The backlog is what the agent reported waiting in its outbox at its last sync.")),
+      h("div", { class: "toolbar" }, csvLink("/v1/agents?format=csv", "Download CSV",
+        "every credential with its last sync, mark, backlog and clock skew, as a spreadsheet")));
     const parts = [head, table(
       ["Status", "Locations", "Agent", "Last sync", ["Events, last hour", "num"], ["High-water mark", "num"], ["Backlog", "num"], ["Clock skew", "num"]],
       rows, "No store agents yet. Create one with shelfsync-hub agent add --location CODE.")];
@@ -830,7 +832,9 @@
         "they are not in any count until an admin applies them at the time the hub received them, or discards them."),
       h("p", { class: "muted" }, "The dashboard only reads. An admin resolves each one with an admin credential ",
         h("code", {}, "shelfsync-hub agent add --role admin"), ", exported as ", h("code", {}, "SHELFSYNC_ADMIN_TOKEN"),
-        ", by running the command shown under How to resolve."))),
+        ", by running the command shown under How to resolve.")),
+      h("div", { class: "toolbar" }, csvLink(`/v1/quarantine?status=${status}&format=csv`, "Download CSV",
+        `every ${status === "all" ? "" : status + " "}held event (all pages), as a spreadsheet`))),
     chips, ...(note ? [note] : []),
     table(["Status", "Agent", "Location", "SKU", "Kind", ["Qty", "num"], "Stamp it carried", "Received by the hub",
       ["How far off", "num"], "Resolve"], rows.map(quarantineRow),

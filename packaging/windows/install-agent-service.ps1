@@ -31,6 +31,8 @@
 .PARAMETER Python
     The Python 3.11 or newer that creates the virtual environment, as a program and its arguments.
     Default: the py launcher, py -3 (e.g. -Python "C:\Program Files\Python312\python.exe" for another).
+    It must be installed for all users (under C:\Program Files): the service account cannot read a Python
+    in an administrator's profile (the python.org installer's default, or the Microsoft Store's).
 .PARAMETER Package
     What pip installs: "shelfsync[agent]" from the package index, or a wheel file path with [agent].
 .PARAMETER Service
@@ -80,6 +82,14 @@ if ($Remove) {
 if (-not (Test-Path $Agent)) {
     $pyArgs = @($Python | Select-Object -Skip 1)
     Invoke-Checked "creating the virtual environment" { & $Python[0] @pyArgs -m venv $Prefix }
+}
+# The service account must be able to read the Python the environment was made from: not one in a profile.
+$venvHome = (@(Get-Content (Join-Path $Prefix "pyvenv.cfg")) -match '^home\s*=' | Select-Object -First 1) -replace '^home\s*=\s*', ''
+if ($venvHome -and ($venvHome.StartsWith($env:USERPROFILE, [StringComparison]::OrdinalIgnoreCase) -or
+        $venvHome.StartsWith($env:LOCALAPPDATA, [StringComparison]::OrdinalIgnoreCase))) {
+    throw ("$Prefix uses the Python in $venvHome, inside a user's profile, which the service account cannot read: " +
+        "install Python for all users (python.org installer: Customize installation, Install Python for all users), " +
+        "remove $Prefix and run this script again.")
 }
 Invoke-Checked "pip install $Package" { & (Join-Path $Prefix "Scripts\python.exe") -m pip install --upgrade $Package }
 Invoke-Checked "shelfsync-agent --version" { & $Agent --version }

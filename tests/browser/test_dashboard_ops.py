@@ -124,6 +124,13 @@ async def test_csv_downloads_ledger_pages_and_product_names(
     await sign_in(page, ops)
     epoch = page.locator(f'#view tr[data-agent="{ops.agent_id}"] [data-field="epoch"]')
     await expect(epoch).to_have_text(f"epoch {HUGE_EPOCH}")  # exactly: never through a JavaScript number
+    name, rows = await download(page, '#view a[data-csv][href^="/v1/agents"]')
+    assert name.startswith("agents-") and name.endswith(".csv")
+    [s001] = [r for r in rows if r["agent_id"] == ops.agent_id]
+    assert (s001["role"], s001["locations"], s001["epoch"], s001["hwm"]) == (
+        "agent", "S001", str(HUGE_EPOCH), str(LEDGER_EVENTS)
+    )  # fmt: skip
+    assert sorted(r["role"] for r in rows) == ["admin", "agent", "agent", "reader"]  # every credential
 
     await page.click("nav a[data-view=stock]")
     tee = page.locator(f'#stock-body tr[data-key="S001|{SKU}"]')

@@ -3,7 +3,8 @@
 A store agent sends a count stamped a century ahead and a sale from a clock reset twenty years back (the
 hub holds both). A reader sees them listed with the stamp they carried, when the hub received them and how
 far off they were; the dashboard only reads, so each row shows the exact command an admin runs. The test
-runs those commands as shown, with real curl and an admin credential, and watches the view follow.
+runs those commands as shown, with real curl and an admin credential, and watches the view follow; the
+view's Download CSV then holds both, as resolved.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
+from tests.browser.test_dashboard_ops import download
 from tests.harness.inprocess import hub_in_process
 
 DAY_MS = 86_400_000
@@ -158,6 +160,13 @@ async def test_a_reader_sees_what_is_held_and_the_command_an_admin_runs(
     await expect(rows.filter(has_text="count")).to_contain_text(f"applied by {held.admin_id}")
     await expect(rows.filter(has_text="sale")).to_contain_text(f"discarded by {held.admin_id}")
     await screenshot("dashboard-quarantine-resolved")
+    name, saved = await download(page, '#view a[data-csv][href^="/v1/quarantine"]')
+    assert name.startswith("quarantine-all-") and name.endswith(".csv")
+    assert sorted((r["kind"], r["qty"], r["status"], r["resolved_by"], r["agent_id"]) for r in saved) == [
+        ("count", "50", "applied", held.admin_id, held.agent_id),
+        ("sale", "-2", "discarded", held.admin_id, held.agent_id),
+    ]
+    assert all(r["resolved_at"].endswith("Z") and r["received"].endswith("Z") for r in saved)
     assert console_errors == []
 
 

@@ -55,6 +55,14 @@ def test_the_token_file_is_private_to_the_service() -> None:
     assert '$Account = "NT SERVICE\\$Service"' in code and "sc.exe config $Service obj= $Account" in code
 
 
+def test_a_python_in_a_users_profile_is_refused_before_the_service_is_made() -> None:
+    """The service account cannot read a Python in an administrator's profile (python.org's per-user default)."""
+    code = "\n".join(code_lines())
+    check = code.index("$venvHome.StartsWith($env:USERPROFILE")
+    assert code.index("-m venv $Prefix") < check < code.index("nssm install")
+    assert "pyvenv.cfg" in code and "$venvHome.StartsWith($env:LOCALAPPDATA" in code
+
+
 def test_brackets_and_quotes_are_balanced() -> None:
     """PowerShell is not here to parse it; at least every string, brace and bracket closes."""
     stack: list[str] = []
