@@ -160,7 +160,7 @@ SKU = TextField("SKU", 64)
 SOURCE = TextField("source", 96, SOURCE_RE, "scanner:<id>, pos:<vendor>, api:<client> … without spaces")
 REF = TextField("ref", 128)
 REASON = TextField("reason", 64)
-STAFF = TextField("staff id", 64)
+STAFF = TextField("staff id", 32, CODE_RE, CODE_SHAPE)  # an agent's [localapi.staff] keys; attrs "by" of its events
 ATTR_KEY = TextField("key name", ATTR_KEY_MAX_LEN)
 
 
@@ -259,5 +259,7 @@ def loads_json(raw: bytes | str, depth_max: int = JSON_DEPTH_MAX) -> Any:
     except RecursionError as err:  # json's C scanner recurses once per nesting level
         raise JsonRefused(f"it nests deeper than {depth_max} levels") from err
     except ValueError as err:
+        if "integer string conversion" in str(err):  # Python's own bound, whose message tells a programmer what to do
+            raise JsonRefused("it holds a whole number with thousands of digits; send a smaller one") from err
         raise JsonRefused(str(err)) from err
     return check_json(value, depth_max)

@@ -213,6 +213,14 @@ def _fields(body: dict[str, Any], allowed: set[str]) -> None:
         raise web.HTTPBadRequest(text=f"unknown field {unknown[0]!r}; the fields are {', '.join(sorted(allowed))}")
 
 
+def _whole_number(text: str, name: str, lo: int, hi: int) -> int:
+    """A query parameter that is a whole number from ``lo`` to ``hi``, or a 400. ASCII digits only: "²" is a
+    digit to ``str.isdigit`` and not to ``int``, and ``int`` of 5,000 digits raises."""
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(hi)) and lo <= int(text) <= hi):
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number from {lo} to {hi}, got {values.shown(text, 20)}")
+    return int(text)
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=dumps)
 
@@ -305,6 +313,8 @@ async def sku_count(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     sku = check_sku(request.match_info["sku"])
     location = request.query.get("location") or ctx.outbox.location
+    if (problem := values.LOCATION.problem(location)) is not None:  # the rule the hub reads locations by
+        raise web.HTTPBadRequest(text=f"location {problem}; a location code is {values.LOCATION.rule()}")
     count = await ctx.outbox.counts.local_count(location, sku)
     return _json(views.count_json(count))
 
@@ -317,10 +327,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     state = request.query.get("state", "active")
     if state not in ("active", "done"):
         raise web.HTTPBadRequest(text=f"state must be active or done, got {state[:20]!r}")
-    limit_text = request.query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT_MAX:
-        raise web.HTTPBadRequest(text=f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}")
-    found = await request.app[CONTEXT_KEY].sessions.list(active=state == "active", limit=int(limit_text))
+    limit = _whole_number(request.query.get("limit", "100"), "limit", 1, LIST_LIMIT_MAX)
+    found = await request.app[CONTEXT_KEY].sessions.list(active=state == "active", limit=limit)
     return _json({"sessions": [views.session_json(s) for s in found]})
 
 
@@ -336,11 +344,9 @@ async def open_session(request: web.Request) -> web.Response:
 
 async def get_session(request: web.Request) -> web.Response:
     """A session with its newest lines (``?lines=``, default 200) and running totals."""
-    shown = request.query.get("lines", str(views.LINES_SHOWN_DEFAULT))
-    if not shown.isdigit() or int(shown) > LINES_SHOWN_MAX:
-        raise web.HTTPBadRequest(text=f"lines must be a whole number from 0 to {LINES_SHOWN_MAX}")
+    shown = _whole_number(request.query.get("lines", str(views.LINES_SHOWN_DEFAULT)), "lines", 0, LINES_SHOWN_MAX)
     view = await request.app[CONTEXT_KEY].sessions.view(request.match_info["id"])
-    return _json(views.view_json(view, int(shown)))
+    return _json(views.view_json(view, shown))
 
 
 async def add_scan(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Self
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from agent.errors import AgentError
 from agent.localapi.app import LocalApiContext, create_app
+from agent.localapi.guard import Guard, GuardedRunner
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class LocalApiServer:
         self.port = port
         self.app = create_app(context)
         self._runner: web.AppRunner | None = None
+        self.guard = Guard()  # connections in number, on time and quiet (agent.localapi.guard)
 
     @property
     def url(self) -> str:
@@ -37,7 +40,9 @@ class LocalApiServer:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        runner = GuardedRunner(
+            self.app, self.guard, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -47,13 +52,19 @@ class LocalApiServer:
             raise AgentError(f"the local API cannot listen on {self.host}:{self.port}: {why}") from err
         self._runner = runner
         self.port = runner.addresses[0][1]
-        log.info("Local API and handheld page at http://%s:%d/.", self.host, self.port)
+        self.guard.install(asyncio.get_running_loop())
+        log.info(
+            "Local API and handheld page at http://%s:%d/ (at most %d connections open).",
+            self.host, self.port, self.guard.limit,
+        )  # fmt: skip
 
     async def stop(self) -> None:
         """Stop serving. Safe twice."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        self.guard.uninstall()
+        self.guard.flush()  # the counts still pending, on the way out
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -8,7 +8,6 @@ closed; closing turns them into stock events (``agent.sessions.plan``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -16,7 +15,7 @@ from agent.sessions.errors import InvalidSessionInput
 from protocol import values
 from protocol.event import LOCATION_MAX_LEN, QTY_MAX, REASON_MAX_LEN, REF_MAX_LEN, SKU_MAX_LEN
 
-STAFF_ID_MAX_LEN = 32
+STAFF_ID_MAX_LEN = values.STAFF.max_len
 READER_ID_MAX_LEN = 64
 BIN_MAX_LEN = 64
 SCOPE_SKUS_MAX = 5000
@@ -24,7 +23,6 @@ EXPECTED_LINES_MAX = 5000
 WRITE_OFF_REASON_DEFAULT = "damaged"
 
 _CODE_RE = values.CODE_RE  # location codes, as the protocol checks them
-_STAFF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 
 
 class SessionType(StrEnum):
@@ -160,7 +158,7 @@ def check_location(value: object, name: str) -> str:
 
 
 def check_staff(value: object) -> str:
-    if not isinstance(value, str) or len(value) > STAFF_ID_MAX_LEN or not _STAFF_RE.fullmatch(value):
+    if not isinstance(value, str) or not values.STAFF.valid(value):  # the one rule (protocol.values), as at login
         raise InvalidSessionInput(
             f"a staff id is letters, digits, '.', '_' or '-' (at most {STAFF_ID_MAX_LEN}), got {str(value)[:40]!r}"
         )
@@ -169,7 +167,8 @@ def check_staff(value: object) -> str:
 
 def check_qty(value: object, name: str = "qty", *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= QTY_MAX:
-        raise InvalidSessionInput(f"{name} must be a whole number from {minimum} to {QTY_MAX}, got {value!r}")
+        got = values.shown(repr(value), values.QUOTE_MAX_CHARS, bare=True)  # a 1 MB string is not echoed whole
+        raise InvalidSessionInput(f"{name} must be a whole number from {minimum} to {QTY_MAX}, got {got}")
     return value
 
 

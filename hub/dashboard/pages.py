@@ -111,7 +111,10 @@ async def post_sign_in(request: web.Request) -> web.Response:
         raise web.HTTPForbidden(text="sign in from the hub's own sign-in page")
     if request.content_length is not None and request.content_length > SIGN_IN_FORM_MAX_BYTES:
         return _page(request, "sign-in.html", 400, "The form is too large; paste only the credential.")
-    form = await request.post()
+    try:  # aiohttp raises these for a form it cannot read (no boundary, an unknown charset, bytes not UTF-8 …)
+        form = await request.post()
+    except (ValueError, LookupError, RuntimeError):
+        return _page(request, "sign-in.html", 400, "The form could not be read; paste the credential again.")
     token = form.get("token")
     if not isinstance(token, str):
         return _page(request, "sign-in.html", 400, "Paste your reader credential into the field.")

@@ -1,0 +1,234 @@
+"""What any device on the store network may send the local API for free, kept cheap and quiet.
+
+The local API has no credential in front of its sockets: a handheld, a port scanner, a browser speaking TLS to
+this plain-HTTP port or a hostile device can open connections and send garbage. Left alone, 1,100 idle
+connections took every file descriptor of an agent at the usual limit of 1,024: the handheld page stopped
+answering, the replicator could not open a socket to the hub (nothing synced), and asyncio logged a traceback
+per failed accept (228,000 log lines in seconds). Here, below the application:
+
+- at most ``connections_max`` connections are open (``CONNECTIONS_MAX``, at most a quarter of the open-file
+  limit); when that many are, the one idle the longest is closed to make room, and when every one is busy
+  the new one is answered ``503`` and closed;
+- a connection that sends nothing for ``KEEPALIVE_TIMEOUT_S`` is closed (aiohttp's default is an hour);
+- a request that is not HTTP is answered ``400`` with one sentence, never echoing its bytes;
+- each of these, and an accept that fails for want of file descriptors, is counted: one log line at once,
+  then at most one a minute with the count (``Tally``). Never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+
+from agent.localapi.app import error_response
+from protocol import values
+
+log = logging.getLogger(__name__)
+
+TALLY_INTERVAL_S = 60.0
+KEEPALIVE_TIMEOUT_S = 30.0  # a connection silent this long is closed, whether it ever sent a request or not
+CONNECTIONS_MAX = 256  # a store's handhelds and back-office screens, with room to spare
+FD_SHARE = 4  # the local API holds at most a quarter of the open-file limit: the outbox and the hub need the rest
+MALFORMED_ANSWER = "the request is not valid HTTP/1.1; fix the device or program that sent it"
+BUSY_ANSWER = "the local API is serving as many devices as it can; try again in a moment"
+ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message for EMFILE/ENFILE/ENOBUFS on accept
+
+
+class Tally:
+    """One log line per interval for a thing that may happen thousands of times a second: the first of a quiet
+    interval at once, the rest as ``Local API <verb> <n> <noun>s in the last <s> s, last from <address>: …``."""
+
+    def __init__(
+        self, verb: str, noun: str, interval_s: float = TALLY_INTERVAL_S, clock_s: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.verb, self.noun = verb, noun
+        self.interval_s = interval_s
+        self._clock_s = clock_s
+        self.total = 0  # since start, logged or pending
+        self._pending = 0
+        self._last = ("", "")
+        self._logged_s: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def record(self, remote: str, detail: str) -> None:
+        self.total += 1
+        self._pending += 1
+        self._last = (remote, detail)
+        now_s = self._clock_s()
+        if self._logged_s is None or now_s - self._logged_s >= self.interval_s:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._logged_s + self.interval_s - now_s, self.flush)
+
+    def flush(self) -> None:
+        """Log what is pending now (nothing when nothing is). Safe twice."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        count, self._pending = self._pending, 0
+        now_s = self._clock_s()
+        span_s = self.interval_s if self._logged_s is None else min(self.interval_s, now_s - self._logged_s)
+        self._logged_s = now_s
+        remote, detail = self._last
+        log.info(
+            "Local API %s %s %s%s in the last %.0f s, last from %s: %s.",
+            self.verb, f"{count:,}", self.noun, "" if count == 1 else "s", max(1.0, span_s), remote, detail,
+        )  # fmt: skip
+
+
+def connections_max(soft_fd_limit: int | None = None) -> int:
+    """How many connections the local API holds open at most, under this process's open-file limit."""
+    if soft_fd_limit is None:
+        soft_fd_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft_fd_limit == resource.RLIM_INFINITY or soft_fd_limit <= 0:
+        return CONNECTIONS_MAX
+    return max(8, min(CONNECTIONS_MAX, soft_fd_limit // FD_SHARE))
+
+
+class Guard:
+    """The local API's open connections and its tallies; one per server."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = connections_max() if limit is None else limit
+        self._open: dict[GuardedHandler, None] = {}  # least recently active first
+        self.malformed = Tally("refused", "malformed HTTP request")
+        self.evicted = Tally("closed", "idle connection")
+        self.busy = Tally("refused", "connection")
+        self.accept_failed = Tally("could not accept", "connection")
+        self._previous: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def opened(self, handler: GuardedHandler) -> bool:
+        """Room for ``handler`` (closing the connection idle the longest if need be), or False: refuse it."""
+        if len(self._open) >= self.limit:
+            victim = next((h for h in self._open if h.idle), None)
+            if victim is None:
+                self.busy.record(handler.peer, f"all {self.limit} connections are busy (connections_max)")
+                return False
+            self.evicted.record(victim.peer, f"to make room for a new one (at most {self.limit} open)")
+            self.closed(victim)
+            victim.force_close()
+        self._open[handler] = None
+        return True
+
+    def active(self, handler: GuardedHandler) -> None:
+        if handler in self._open:
+            self._open[handler] = self._open.pop(handler)  # to the end: the most recently active
+
+    def closed(self, handler: GuardedHandler) -> None:
+        self._open.pop(handler, None)
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count accepts that fail for want of file descriptors on ``loop`` instead of a traceback each."""
+        self._loop, self._previous = loop, loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
+
+    def uninstall(self) -> None:
+        if self._loop is not None and self._loop.get_exception_handler() == self._loop_exception:
+            self._loop.set_exception_handler(self._previous)
+        self._loop = None
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == ACCEPT_FAILED:
+            exc = context.get("exception")
+            self.accept_failed.record("the listening socket", str(getattr(exc, "strerror", None) or exc))
+        elif self._previous is not None:
+            self._previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def flush(self) -> None:
+        for tally in (self.malformed, self.evicted, self.busy, self.accept_failed):
+            tally.flush()
+
+
+def _reason(exc: HttpProcessingError) -> str:
+    """What was wrong, without the request's own bytes (aiohttp quotes them after a colon, over several lines)."""
+    text = str(exc.message or "").strip().split(":", 1)[0]
+    return values.shown(" ".join(text.split()).rstrip(".") or "not an HTTP request", 80, bare=True)
+
+
+class GuardedHandler(RequestHandler):
+    """One connection, counted by the guard; a request aiohttp cannot parse is answered 400 with one sentence."""
+
+    def __init__(self, manager: web.Server, *, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self.peer = "an unknown address"
+
+    @property
+    def idle(self) -> bool:
+        return not self._request_in_progress and not self._messages
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else self.peer
+        if not self._guard.opened(self):
+            body = error_response(503, "unavailable", BUSY_ANSWER).text or ""
+            raw = body.encode()
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+                f"Content-Length: {len(raw)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+            )
+            try:
+                cast(asyncio.Transport, transport).write(head.encode("ascii") + raw)
+            finally:
+                transport.close()
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._guard.closed(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._guard.active(self)
+        super().data_received(data)
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        self._guard.malformed.record(self.peer, _reason(exc))
+        response = error_response(400, "bad_request", MALFORMED_ANSWER)
+        response.force_close()
+        return response
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server, making ``GuardedHandler`` connections."""
+
+    def __init__(self, base: web.Server, guard: Guard) -> None:  # adopts ``base``'s state
+        self.__dict__.update(base.__dict__)
+        self.guard = guard
+
+    def __call__(self) -> RequestHandler:
+        return GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections the guard keeps in number, on time and quiet."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, app: web.Application, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(app, keepalive_timeout=KEEPALIVE_TIMEOUT_S, **kwargs)
+        self._guard = guard
+
+    async def _make_server(self) -> web.Server:
+        return GuardedServer(await super()._make_server(), self._guard)
