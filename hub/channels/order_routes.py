@@ -12,7 +12,11 @@ until the last step:
    SKU mapping — any line that cannot be mapped refuses the whole webhook;
 3. its events are ingested in one store call under the channel's identity
    (``channel:<name>``, bound to the pool's hub locations), as ``/v1/events``
-   does, and the change feed is woken.
+   does;
+4. Square: the order's reservation at the hub is read back and settled to
+   what the order as it stands still needs (``orders.settle_movements``: a
+   quantity changed while it was open, nothing once it is finished), and the
+   change feed is woken. A channel's webhooks are applied one at a time.
 
 Answers: 200 applied (or nothing to do), 401 bad signature, 404 no such
 channel, 413 too large, 422 unusable payload, 503 the channel's mapping or API
@@ -21,10 +25,12 @@ is not available yet (the channel retries). One log sentence per webhook.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -40,6 +46,8 @@ from hub.channels.orders import (
     OrderContext,
     OrderRefused,
     Translation,
+    settle_keys,
+    settle_movements,
     shopify_movements,
     shopify_pickup_lookup,
     shopify_signature_ok,
@@ -53,7 +61,8 @@ from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
 from hub.channels.state import ChannelState
 from hub.logsafety import RepeatLog, one_line
-from hub.storage.base import AgentIdentity
+from hub.storage import HubStore
+from hub.storage.base import AgentIdentity, IngestResult
 from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
@@ -88,6 +97,7 @@ class OrderWebhooks:
         self._state: ChannelState | None = None
         self._connectors: dict[str, Any] = {}
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
         self.bad_signatures = RepeatLog(
             log, "refused", "order webhook with a bad signature|order webhooks with a bad signature", level=logging.WARNING
         )
@@ -140,22 +150,31 @@ class OrderWebhooks:
         if delivery is not None and (name, delivery) in self._seen:
             log.info("channel %s: %s came again (delivery %s); it was applied already", name, what, delivery)
             return web.json_response({"status": "duplicate"})
-        try:
-            translated = await self._translate(spec, request, payload)
-            if translated is None:
-                log.info("channel %s: %s moves no stock; nothing to do", name, what)
-                return web.json_response({"status": "ignored"})
-            ctx, translation = translated
-            events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms)
-        except OrderRefused as err:
-            return self._refused(spec, str(err), what)
-        except Unavailable as err:
-            log.warning("channel %s: %s cannot be applied now: %s", name, what, err)
-            raise web.HTTPServiceUnavailable(text=f"{err}; the channel's retry will apply it") from None
-        result = None
-        if events:
-            result = await request.app[STORE_KEY].ingest(_who(spec), 0, events, clock_window_ms=self._window_ms)
-            feed.poke(request.app)
+        async with self._locks.setdefault(name, asyncio.Lock()):  # one order webhook of a channel at a time
+            try:
+                translated = await self._translate(spec, request, payload)
+                if translated is None:
+                    log.info("channel %s: %s moves no stock; nothing to do", name, what)
+                    return web.json_response({"status": "ignored"})
+                ctx, translation = translated
+                events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms)
+            except OrderRefused as err:
+                return self._refused(spec, str(err), what)
+            except Unavailable as err:
+                log.warning("channel %s: %s cannot be applied now: %s", name, what, err)
+                raise web.HTTPServiceUnavailable(text=f"{err}; the channel's retry will apply it") from None
+            store = request.app[STORE_KEY]
+            result = None
+            if events:
+                result = await store.ingest(_who(spec), 0, events, clock_window_ms=self._window_ms)
+            settled = await self._settle(spec, store, ctx, translation)
+            if settled is not None:
+                result = settled if result is None else replace(
+                    result, applied=result.applied + settled.applied, duplicates=result.duplicates + settled.duplicates,
+                    rejected=(*result.rejected, *settled.rejected),
+                )  # fmt: skip
+            if result is not None:
+                feed.poke(request.app)
         if delivery is not None:
             self._seen[(name, delivery)] = None
             while len(self._seen) > SEEN_MAX:
@@ -178,6 +197,28 @@ class OrderWebhooks:
         )
 
     # --- steps ------------------------------------------------------------------------
+
+    async def _settle(
+        self, spec: ChannelSpec, store: HubStore, ctx: OrderContext, t: Translation
+    ) -> IngestResult | None:
+        """A Square order's reservation taken to what the order as it stands still needs (its quantities may
+        have changed while it was open; a finished order needs none), once its own movements are in."""
+        if t.still_reserved is None or self._state is None:
+            return None
+        skus = {sku for _, sku, _ in t.still_reserved}
+        recipes = await store.bundle_parts(skus)
+        parts = {sku: recipes[sku] for sku in skus if sku in recipes}
+        rows = await self._state.order_reservations(ctx.ref(t.order_id), settle_keys(t, parts))
+        moves = settle_movements(t, parts, rows)
+        if not moves:
+            return None
+        events = to_events(ctx, _who(spec).agent_id, Translation(t.order_id, moves, (), t.what), wall_ms_now(),
+                           self._window_ms)  # fmt: skip
+        log.info(
+            "channel %s: settled the reservation of %s to what it still needs: %s", spec.name, t.what,
+            ", ".join(f"{m.kind.value} {m.qty:+d} {m.sku} at {m.location}" for m in moves[:5]),
+        )  # fmt: skip
+        return await store.ingest(_who(spec), 0, events, clock_window_ms=self._window_ms)
 
     def _signed(self, spec: ChannelSpec, request: web.Request, body: bytes) -> bool:
         if spec.kind == "shopify":

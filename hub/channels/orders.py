@@ -13,7 +13,12 @@ the creation emits the reserve *and* its release — and the same movement sent
 again by a late, repeated or reordered webhook is a duplicate the hub ignores.
 Reservations are commutative sums per (location, sku, order ref), and a sale
 carrying the order's ref consumes its reservation, so the order in which the
-hub learns them does not matter.
+hub learns them does not matter. Units removed from a Shopify line (its
+``current_quantity`` drops: a refund of unfulfilled units, an edit, the
+cancellation) are released one event per unit, the k-th unit the same event
+in every payload. A Square order is read as it stands; its quantities may
+change while it is open, so once its movements are in, ``settle_movements``
+takes the hub's reservation of it to what it still needs.
 
 A webhook is translated whole or refused whole (``OrderRefused``, one
 sentence saying what to do): no line is ever dropped silently or applied
@@ -47,6 +52,7 @@ SHOPIFY_REFUND_TOPICS = frozenset({"refunds/create"})
 SHOPIFY_TOPICS = SHOPIFY_ORDER_TOPICS | SHOPIFY_FULFILMENT_TOPICS | SHOPIFY_REFUND_TOPICS
 SQUARE_TYPES = frozenset({"order.created", "order.updated", "order.fulfillment.updated"})
 LINES_MAX = 2_000  # lines, fulfilment lines or refund lines in one payload
+RELEASED_UNITS_MAX = 100_000  # units a Shopify order payload may take out of reservations (one event each)
 ID_MAX_LEN = 64
 EARLIEST_MS = 946_684_800_000  # 2000-01-01
 SHOPIFY_LOCATION_GID = "gid://shopify/Location/"
@@ -141,7 +147,7 @@ class OrderContext:
 class Movement:
     """One stock movement an order implies, before it becomes an event."""
 
-    stage: str  # reserve, sale, moved, undone, refund, cancel, close
+    stage: str  # reserve, sale, moved, undone, refund, removed (Shopify); reserve, sale, cancel, settle (Square)
     key: str  # the channel's ids that make it unique within the order and stage
     kind: Kind
     location: str
@@ -157,6 +163,11 @@ class Translation:
     movements: tuple[Movement, ...]
     left_out: tuple[str, ...] = ()  # lines that are not stock, each as "line <id> (<why>)"
     what: str = ""  # "Shopify order 123 (orders/create)"
+    # Square: what the order as it stands still needs reserved, (hub location, SKU, units), once its movements are
+    # in (``settle_movements``); the order's version and the time of that version. None: not known (Shopify).
+    still_reserved: tuple[tuple[str, str, int], ...] | None = None
+    version: int = 0
+    version_at_ms: int = 0
 
 
 def to_events(ctx: OrderContext, agent_id: str, t: Translation, now_ms: int, window_ms: int) -> list[StockEvent]:
@@ -268,6 +279,7 @@ class _Lines:
 
     sku: dict[str, str] = field(default_factory=dict)
     qty: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)  # units removed from the order (Shopify), by line id
     left_out: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
 
@@ -319,7 +331,7 @@ def shopify_movements(ctx: OrderContext, topic: str, payload: Any, pickup_locati
         order_id = _id(body.get("order_id"), "order_id")
         what = f"Shopify order {order_id} ({topic})"
         lines = _Lines()
-        moves = _shopify_refund(ctx, body, None, lines, what, "refund")
+        moves = _shopify_refund(ctx, body, lines, what, "refund")
         lines.refuse_unmapped(ctx, what)
         return Translation(order_id, tuple(moves), tuple(lines.left_out), what)
     raise OrderRefused(f"topic {topic[:60]!r} is not one the hub takes; subscribe it to {', '.join(sorted(SHOPIFY_TOPICS))}")
@@ -350,18 +362,25 @@ def _shopify_order(ctx: OrderContext, topic: str, order: Mapping[str, Any], pick
     what = f"Shopify order {order_id} ({topic})"
     created = _ms(order.get("created_at"), "created_at")
     lines = _Lines()
+    cancelled = _opt_ms(order.get("cancelled_at"), "cancelled_at")
     for i, raw in enumerate(_list(order.get("line_items"), "line_items")):
         li = _obj(raw, f"line_items[{i}]")
         line_id = _shopify_line(ctx, li, lines, f"line_items[{i}]")
-        lines.qty[line_id] = _qty(li.get("quantity"), f"line_items[{i}].quantity")
+        ordered = lines.qty[line_id] = _qty(li.get("quantity"), f"line_items[{i}].quantity")
+        current = _current_quantity(li.get("current_quantity", ordered), ordered, f"line_items[{i}].current_quantity")
+        lines.removed[line_id] = ordered if cancelled is not None else ordered - current
     lines.refuse_unmapped(ctx, what)
     if not lines.sku:  # nothing of it is stock the hub counts
         return Translation(order_id, (), tuple(lines.left_out), what)
+    released = sum(lines.removed[line_id] for line_id in lines.sku)
+    if released > RELEASED_UNITS_MAX:
+        raise OrderRefused(
+            f"{what} takes {released} units out of its reservations, more than the {RELEASED_UNITS_MAX} the hub "
+            "releases one by one from one webhook; release the rest at the store (a release event with the order's ref)"
+        )
     at = _shopify_reserve_location(ctx, order, pickup, what)
     fulfilments = [_obj(f, f"fulfillments[{i}]") for i, f in enumerate(_list(order.get("fulfillments"), "fulfillments"))]
     refunds = [_obj(r, f"refunds[{i}]") for i, r in enumerate(_list(order.get("refunds"), "refunds"))]
-    cancelled = _opt_ms(order.get("cancelled_at"), "cancelled_at")
-    closed = _opt_ms(order.get("closed_at"), "closed_at")
     moves: list[Movement] = []
     # every line's reserve, whatever the order's state: a late creation is then a duplicate
     for line_id, sku in lines.sku.items():
@@ -369,13 +388,23 @@ def _shopify_order(ctx: OrderContext, topic: str, order: Mapping[str, Any], pick
     for i, f in enumerate(fulfilments):
         moves += _shopify_fulfilment(ctx, f, at, lines, what, f"fulfillments[{i}]")
     for i, r in enumerate(refunds):
-        moves += _shopify_refund(ctx, r, at, lines, what, f"refunds[{i}]")
-    end = ("cancel", cancelled) if cancelled is not None else ("close", closed) if closed is not None else None
-    if end is not None:  # nothing stays reserved: release the whole line (the hub never reserves below zero)
-        stage, at_ms = end
-        for line_id, sku in lines.sku.items():
-            moves.append(Movement(stage, f"line:{line_id}", Kind.RELEASE, at, sku, -lines.qty[line_id], at_ms, line_id))
+        moves += _shopify_refund(ctx, r, lines, what, f"refunds[{i}]")
+    # Units that will never be fulfilled leave the reservation, one release per unit: the k-th unit removed from
+    # a line (a refund of unfulfilled units, restocked or not, an edit, the cancellation taking them all) is the
+    # same event in every payload that shows it removed, so a payload showing more removed adds only the new
+    # ones, whatever order payloads come in. Closing (archiving) an order moves nothing: Shopify still owes
+    # its unfulfilled units and keeps them committed, and so does the hub.
+    for line_id, sku in lines.sku.items():
+        for k in range(1, lines.removed[line_id] + 1):
+            moves.append(Movement("removed", f"line:{line_id}:unit:{k}", Kind.RELEASE, at, sku, -1, created, line_id))
     return Translation(order_id, tuple(moves), tuple(lines.left_out), what)
+
+
+def _current_quantity(value: Any, ordered: int, where: str) -> int:
+    """A line's ``current_quantity`` (REST 2024-01 on): its quantity minus the units removed from the order."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ordered:
+        raise OrderRefused(f"{where} must be a whole number from 0 to the line's quantity {ordered}, got {value!r}"[:200])
+    return value
 
 
 def _shopify_reserve_location(ctx: OrderContext, order: Mapping[str, Any], pickup: str | None, what: str) -> str:
@@ -437,11 +466,12 @@ def _shopify_fulfilment(
     return moves
 
 
-def _shopify_refund(
-    ctx: OrderContext, r: Mapping[str, Any], reserve_at: str | None, lines: _Lines, what: str, where: str
-) -> list[Movement]:
-    """A refund's restocks: ``return`` lines come back on the shelf at their location; ``cancel`` lines (unfulfilled
-    units) leave the reservation (known only with the order, ``reserve_at``); ``no_restock`` moves nothing."""
+def _shopify_refund(ctx: OrderContext, r: Mapping[str, Any], lines: _Lines, what: str, where: str) -> list[Movement]:
+    """A refund's restocks: ``return`` lines (fulfilled units) come back on the shelf at their location.
+
+    ``cancel`` and ``no_restock`` lines of unfulfilled units leave the order: the order's ``current_quantity``
+    says so and ``_shopify_order`` releases them (a refund alone does not say which units a ``no_restock`` line
+    refunds); ``no_restock`` of fulfilled units is money only. None of them moves a shelf."""
     rid = _id(r.get("id"), f"{where}.id")
     created = _ms(r.get("created_at"), f"{where}.created_at")
     moves: list[Movement] = []
@@ -449,7 +479,7 @@ def _shopify_refund(
         rl = _obj(raw, f"{where}.refund_line_items[{i}]")
         at_where = f"{where}.refund_line_items[{i}]"
         restock = rl.get("restock_type")
-        if restock not in ("return", "legacy_restock", "cancel"):
+        if restock not in ("return", "legacy_restock"):
             continue
         line_id = _id(rl.get("line_item_id"), f"{at_where}.line_item_id")
         if line_id not in lines.sku:
@@ -464,10 +494,6 @@ def _shopify_refund(
         sku = lines.sku[line_id]
         n = _qty(rl.get("quantity"), f"{at_where}.quantity")
         key = f"refund:{rid}:line:{_id(rl.get('id'), f'{at_where}.id')}"
-        if restock == "cancel":
-            if reserve_at is not None:
-                moves.append(Movement("refund", key, Kind.RELEASE, reserve_at, sku, -n, created, line_id))
-            continue
         located = _opt_id(rl.get("location_id"), f"{at_where}.location_id")
         if located is None:
             continue  # restocked nowhere: nothing came back on a shelf the hub counts
@@ -526,7 +552,10 @@ def square_movements(ctx: OrderContext, order: Any) -> Translation:
     OPEN, COMPLETED and CANCELED orders reserve every line at the order's
     location (a DRAFT is not placed yet); a COMPLETED fulfilment sells its
     entries, a CANCELED or FAILED one releases them; a COMPLETED order sells
-    what no fulfilment sold; a CANCELED order releases every line.
+    what no fulfilment sold; a CANCELED order releases every line. A
+    quantity changed while the order was open is reconciled afterwards by
+    ``settle_movements`` (``Translation.still_reserved``). Returns (``returns``)
+    move nothing and are named in ``left_out``.
     """
     o = _obj(order, "the order")
     order_id = _id(o.get("id"), "order.id")
@@ -553,8 +582,19 @@ def square_movements(ctx: OrderContext, order: Any) -> Translation:
         else:
             lines.unmapped.append(f"line {uid} (item variation {str(item)[:40]})")
     lines.refuse_unmapped(ctx, what)
+    for i, raw in enumerate(_list(o.get("returns"), "order.returns")):
+        ret = _obj(raw, f"order.returns[{i}]")
+        for j, rl in enumerate(_list(ret.get("return_line_items"), f"order.returns[{i}].return_line_items")):
+            ruid = _id(_obj(rl, f"order.returns[{i}].return_line_items[{j}]").get("uid"),
+                       f"order.returns[{i}].return_line_items[{j}].uid")  # fmt: skip
+            lines.left_out.append(
+                f"return line {ruid} (Square does not say whether the unit went back on a shelf: the store scans "
+                "it back in, or counts it)"
+            )
+    # A line's reserve is keyed by its quantity: a quantity changed while the order is open is a new reserve, not a
+    # conflict, and ``settle_movements`` then takes the hub's reservation to what the order still needs.
     moves = [
-        Movement("reserve", f"line:{uid}", Kind.RESERVE, at, sku, lines.qty[uid], created, uid)
+        Movement("reserve", f"line:{uid}:qty:{lines.qty[uid]}", Kind.RESERVE, at, sku, lines.qty[uid], created, uid)
         for uid, sku in lines.sku.items()
     ]
     sold: dict[str, int] = {}
@@ -578,13 +618,53 @@ def square_movements(ctx: OrderContext, order: Any) -> Translation:
                 dropped[uid] = dropped.get(uid, 0) + n
                 moves.append(Movement("cancel", key, Kind.RELEASE, at, sku, -n, when, uid))
     end_at = closed or created
+    still: dict[str, int] = {}
     for uid, sku in lines.sku.items():
         rest = lines.qty[uid] - sold.get(uid, 0) - dropped.get(uid, 0)
         if state == "COMPLETED" and rest > 0:  # sold without a fulfilment (an in-person sale) or beyond them
             moves.append(Movement("sale", f"line:{uid}", Kind.SALE, at, sku, -rest, end_at, uid))
         elif state == "CANCELED":
             moves.append(Movement("cancel", f"line:{uid}", Kind.RELEASE, at, sku, -lines.qty[uid], end_at, uid))
-    return Translation(order_id, tuple(moves), tuple(lines.left_out), what)
+        still[sku] = still.get(sku, 0) + (max(0, rest) if state == "OPEN" else 0)
+    version = o.get("version")
+    return Translation(
+        order_id, tuple(moves), tuple(lines.left_out), what,
+        still_reserved=tuple((at, sku, n) for sku, n in sorted(still.items())),
+        version=version if isinstance(version, int) and not isinstance(version, bool) else 0,
+        version_at_ms=_opt_ms(o.get("updated_at"), "order.updated_at") or end_at,
+    )  # fmt: skip
+
+
+def settle_movements(
+    t: Translation,
+    parts: Mapping[str, Mapping[str, int]],
+    rows: Mapping[tuple[str, str], tuple[int, int]],
+) -> tuple[Movement, ...]:
+    """The reserves or releases that take the hub's reservation of a Square order to what it still needs.
+
+    Run after the order's own movements are in: ``rows`` is the hub's reservation of the order's ref at each
+    (location, SKU) of ``settle_keys`` as (Σ reserved, Σ consumed by sales), ``parts`` the bundles among its SKUs.
+    Open is max(0, reserved − consumed); a reservation brought to what is wanted does not move again. A movement's
+    identity is the order's version and the reservation it corrects, so the same correction computed twice is
+    one event, and a later version correcting again is another."""
+    moves: list[Movement] = []
+    for (location, sku), want in settle_keys(t, parts).items():
+        reserved, consumed = rows.get((location, sku), (0, 0))
+        delta = consumed + want - reserved if want > 0 else min(0, consumed - reserved)
+        if delta:
+            kind = Kind.RESERVE if delta > 0 else Kind.RELEASE
+            key = f"v{t.version}:{location}:{sku}:{reserved}:{consumed}:{want}"
+            moves.append(Movement("settle", key, kind, location, sku, delta, t.version_at_ms, ""))
+    return tuple(moves)
+
+
+def settle_keys(t: Translation, parts: Mapping[str, Mapping[str, int]]) -> dict[tuple[str, str], int]:
+    """(location, SKU) -> units the order still needs reserved there, a bundle's counted on its parts."""
+    wanted: dict[tuple[str, str], int] = {}
+    for location, sku, units in t.still_reserved or ():
+        for part, per in (parts.get(sku) or {sku: 1}).items():
+            wanted[(location, part)] = wanted.get((location, part), 0) + units * per
+    return wanted
 
 
 def _square_entries(f: Mapping[str, Any], lines: _Lines, where: str) -> dict[str, int]:

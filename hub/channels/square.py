@@ -19,7 +19,10 @@ sends the batch again without them.
 The listing is ``POST /v2/catalog/search`` for ``ITEM_VARIATION`` objects
 (their ``sku`` and ``upc``), page by page with Square's ``cursor``; levels are
 read back with ``POST /v2/inventory/counts/batch-retrieve`` (``IN_STOCK``; an
-item Square holds no count of shows 0).
+item Square holds no count of shows 0), up to 100 items a request, each
+answered a page of counts at a time (100 a page unless a ``limit`` is sent):
+the same request is sent again with the answer's ``cursor`` until an answer
+carries none.
 """
 
 from __future__ import annotations
@@ -192,7 +195,12 @@ class SquareConnector:
                 cursor = answer.get("cursor")
                 if not cursor:
                     break
-                request["cursor"] = cursor
+                request["cursor"] = cursor  # the next page: the same query and Square's cursor
+            else:
+                raise ChannelUnavailable(
+                    f"Square answered channel {self.spec.name} more than {READ_PAGES_MAX} pages of counts for "
+                    f"{min(READ_IDS_MAX, len(items) - start)} item(s); reading levels back stopped there"
+                )
         return found
 
     async def _call(self, path: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:

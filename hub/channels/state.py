@@ -120,6 +120,12 @@ class ChannelState(Protocol):
 
     async def save_reconciled(self, channel: str, done: Reconciled) -> None: ...
 
+    async def order_reservations(
+        self, ref: str, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """The hub's reservation of an order's ``ref`` at each (location, SKU) of ``keys`` it holds one at, as
+        (Σ reserved, Σ consumed by sales): what settling a Square order compares with (hub.channels.orders)."""
+
 
 Tx = Db  # one open transaction of a backend, in ``?`` parameter markers (hub.storage.db adapts them)
 
@@ -337,6 +343,23 @@ class SqlChannelState:
             )
 
         await self._write("saving a channel's reconciliation", work)
+
+    # --- orders --------------------------------------------------------------------------
+
+    async def order_reservations(
+        self, ref: str, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        # the hub's own reservations table (schema migration 1), read by its primary key (location, sku, ref)
+        self._check()
+        found: dict[tuple[str, str], tuple[int, int]] = {}
+        for location, sku in keys:
+            rows = await self._read(
+                "SELECT reserved, consumed FROM reservations WHERE location = ? AND sku = ? AND ref = ?",
+                (location, sku, ref),
+            )
+            if rows:
+                found[(location, sku)] = (int(rows[0][0]), int(rows[0][1]))
+        return found
 
 
 class SqliteChannelState(SqlChannelState):

@@ -181,6 +181,33 @@ async def test_a_square_order_is_read_from_the_orders_api_and_reserved_then_sold
     assert await hub.count("S1", "SKU-A") == (-2, 0)
 
 
+async def test_a_square_quantity_changed_while_open_is_what_the_hub_reserves_and_a_return_moves_nothing(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hub.channels.order_routes")
+    square, s1 = hub.square, hub.locations["SQ1"]
+    order = square.create_order(s1, [(hub.variants["SQ-A"], 3)])
+    assert (await square.deliver(hub.hook("pos"), square.notification("order.created", order["id"])))[0] == 200
+    assert await hub.count("S1", "SKU-A") == (0, 3)
+    square.set_quantity(order["id"], order["line_items"][0]["uid"], 1)  # the seller takes two off the order
+    notice = square.notification("order.updated", order["id"])
+    status, answer = await square.deliver(hub.hook("pos"), notice)
+    assert (status, answer["rejected"]) == (200, 0), answer  # a new quantity is not a conflict
+    assert await hub.count("S1", "SKU-A") == (0, 1)
+    assert (await square.deliver(hub.hook("pos"), notice))[1]["status"] == "duplicate"
+    again = await square.deliver(hub.hook("pos"), square.notification("order.updated", order["id"]))
+    assert again[1]["applied"] == 0 and await hub.count("S1", "SKU-A") == (0, 1)  # settled once
+    square.pick_up(order["id"])
+    assert (await square.deliver(hub.hook("pos"), square.notification("order.updated", order["id"])))[0] == 200
+    assert await hub.count("S1", "SKU-A") == (-1, 0)
+    back = square.return_items(order["id"], [(order["line_items"][0]["uid"], 1)])
+    status, answer = await square.deliver(hub.hook("pos"), square.notification("order.created", back["id"]))
+    assert (status, answer["applied"]) == (200, 0)
+    assert await hub.count("S1", "SKU-A") == (-1, 0)
+    assert any("settled the reservation" in r.getMessage() for r in caplog.records)
+    assert any("scans it back in" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_square_signature_over_another_url_is_refused(hub: Hub) -> None:
     order = hub.square.create_order(hub.locations["SQ1"], [(hub.variants["SQ-A"], 1)])
     body = hub.square.notification("order.created", order["id"])

@@ -17,9 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.channels.orders import (
+    RELEASED_UNITS_MAX,
     OrderContext,
     OrderRefused,
     Translation,
+    settle_keys,
+    settle_movements,
     shopify_movements,
     shopify_pickup_lookup,
     shopify_signature_ok,
@@ -28,7 +31,7 @@ from hub.channels.orders import (
     square_signature_ok,
     to_events,
 )
-from hub.resolver import resolve
+from hub.resolver import BundleBook, resolve
 from protocol import Kind, StockEvent, wall_ms_now
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
 from tests.channels.emulators.signing import shopify_signature, square_signature
@@ -177,7 +180,7 @@ def test_a_refund_with_restock_returns_the_unit_where_it_is_restocked() -> None:
     shop.emu.fulfil(order["id"], shop.wh)
     refund = shop.emu.refund(order["id"], [(order["line_items"][0]["id"], 1, "return", shop.s2)])
     assert kinds(shop.events("refunds/create", refund)) == Counter({("return", "S2", 1): 1})
-    no_restock = shop.emu.refund(order["id"], [(order["line_items"][0]["id"], 1, "no_restock", None)])
+    no_restock = shop.emu.refund(order["id"], [(order["line_items"][0]["id"], 1, "no_restock", None)], fulfilled_units=True)
     assert shop.events("refunds/create", no_restock) == []
 
 
@@ -190,15 +193,66 @@ def test_a_cancelled_fulfilment_puts_the_units_back_and_reserves_them_again() ->
     assert counts(events) == {("S1", "SKU-A"): (0, 2)}
 
 
-def test_closing_an_order_releases_what_an_edit_left_reserved() -> None:
+def test_units_removed_without_a_restock_leave_the_reservation_at_once() -> None:
+    shop = Shop()
+    order = shop.emu.create_order([(shop.a, 5)], pickup_at=shop.s1)
+    line = order["line_items"][0]["id"]
+    shop.emu.fulfil(order["id"], shop.s1, {line: 2})
+    refund = shop.emu.refund(order["id"], [(line, 1, "no_restock", None)])  # an unfulfilled unit refunded, not restocked
+    assert shop.events("refunds/create", refund) == []  # the refund alone cannot say which units: the order does
+    first = shop.events("orders/updated", shop.emu.orders[order["id"]])
+    assert counts(first) == {("S1", "SKU-A"): (-2, 2)}
+    shop.emu.remove_units(order["id"], line, 1)  # an order edit takes one more away, without a refund
+    second = shop.events("orders/updated", shop.emu.orders[order["id"]])
+    assert counts(second) == counts(first + second) == {("S1", "SKU-A"): (-2, 1)}
+    assert kinds(second)[("release", "S1", -1)] == 2  # one release per removed unit: the first one again, and the new
+    assert {e.event_id for e in first} < {e.event_id for e in second}  # the earlier payload adds nothing new
+
+
+def test_a_fulfilled_unit_refunded_without_a_restock_keeps_the_rest_reserved() -> None:
     shop = Shop()
     order = shop.emu.create_order([(shop.a, 3)], pickup_at=shop.s1)
     line = order["line_items"][0]["id"]
     shop.emu.fulfil(order["id"], shop.s1, {line: 2})
-    shop.emu.refund(order["id"], [(line, 1, "no_restock", None)])  # removed, not restocked: still reserved …
+    shop.emu.refund(order["id"], [(line, 1, "no_restock", None)], fulfilled_units=True)  # money back for a picked-up unit
     assert counts(shop.events("orders/updated", shop.emu.orders[order["id"]])) == {("S1", "SKU-A"): (-2, 1)}
-    closed = shop.emu.close_order(order["id"])  # … until the order is closed
-    assert counts(shop.events("orders/updated", closed)) == {("S1", "SKU-A"): (-2, 0)}
+
+
+def test_closing_an_order_moves_nothing_and_what_it_still_owes_can_be_picked_up_after_reopening() -> None:
+    shop = Shop()
+    order = shop.emu.create_order([(shop.a, 3)], pickup_at=shop.s1)
+    line = order["line_items"][0]["id"]
+    shop.emu.fulfil(order["id"], shop.s1, {line: 1})
+    events = shop.events("orders/updated", shop.emu.orders[order["id"]])
+    closed = shop.emu.close_order(order["id"])  # archived: Shopify still owes 2 units and keeps them committed
+    events += shop.events("orders/updated", closed)
+    assert counts(events) == {("S1", "SKU-A"): (-1, 2)}
+    events += shop.events("orders/updated", shop.emu.reopen(order["id"]))
+    assert counts(events) == {("S1", "SKU-A"): (-1, 2)}  # reopened: the same 2 units, reserved all along
+    shop.emu.fulfil(order["id"], shop.s1)
+    events += shop.events("orders/updated", shop.emu.close_order(order["id"]))
+    assert counts(events) == {("S1", "SKU-A"): (-3, 0)}
+
+
+def test_a_cancelled_order_releases_every_unit_once_whatever_came_before() -> None:
+    shop = Shop()
+    order = shop.emu.create_order([(shop.a, 3)], pickup_at=shop.s1)
+    line = order["line_items"][0]["id"]
+    removed = shop.emu.refund(order["id"], [(line, 1, "cancel", shop.s1)])
+    partly = shop.events("orders/updated", shop.emu.orders[order["id"]])
+    cancelled = shop.events("orders/cancelled", shop.emu.cancel(order["id"]))
+    assert shop.events("refunds/create", removed) == []
+    assert counts(partly) == {("S1", "SKU-A"): (0, 2)}
+    assert counts(cancelled) == counts(partly + cancelled) == {}
+    assert kinds(cancelled)[("release", "S1", -1)] == 3  # the unit removed before is the same event in both
+
+
+def test_a_payload_releasing_more_units_than_the_hub_releases_one_by_one_is_refused_whole() -> None:
+    shop = Shop()
+    order = shop.emu.create_order([(shop.a, RELEASED_UNITS_MAX + 1)], pickup_at=shop.s1)
+    with pytest.raises(OrderRefused, match="one by one"):
+        shop.translate("orders/cancelled", shop.emu.cancel(order["id"]))
+    assert len(shop.translate("orders/create", order).movements) == 1  # placing it is one reserve
 
 
 def test_an_unmapped_line_refuses_the_whole_webhook_and_says_what_to_do() -> None:
@@ -268,9 +322,10 @@ def test_a_stamp_ahead_of_the_clock_window_refuses_the_webhook() -> None:
 # --- any order of delivery, any duplicates: the same counts -------------------------------------
 
 ACTIONS = st.lists(
-    st.tuples(st.sampled_from(["fulfil", "unfulfil", "return", "cancel_units", "no_restock", "cancel", "close"]),
+    st.tuples(st.sampled_from(["fulfil", "unfulfil", "return", "cancel_units", "no_restock", "money_back", "edit",
+                               "cancel", "close", "reopen"]),
               st.integers(0, 5), st.integers(1, 3), st.integers(0, 2)),
-    max_size=7,
+    max_size=8,
 )  # fmt: skip
 
 
@@ -282,32 +337,38 @@ def _lifecycle(shop: Shop, pickup: bool, quantities: list[int], actions: list[tu
                              pickup_at=shop.s1 if pickup else None, ship_from=shop.wh)  # fmt: skip
     oid = order["id"]
     sent: list[tuple[str, Any]] = [("orders/create", order)]
+    fulfilled_refunded: Counter[int] = Counter()  # fulfilled units refunded so far, by line id
     for step, (what, pick, n, where) in enumerate(actions, start=1):
         o = emu.orders[oid]
-        if o["cancelled_at"] or o["closed_at"]:
+        if o["cancelled_at"]:
             break
         li = o["line_items"][pick % len(o["line_items"])]
         done = sum(fl["quantity"] for f in o["fulfillments"] if f["status"] == "success" for fl in f["line_items"]
                    if fl["id"] == li["id"])  # fmt: skip
-        returned = sum(r["quantity"] for rf in o["refunds"] for r in rf["refund_line_items"]
-                       if r["line_item_id"] == li["id"] and r["restock_type"] == "return")  # fmt: skip
+        refunded = fulfilled_refunded[li["id"]]
         if what == "fulfil" and li["fulfillable_quantity"]:
             f = emu.fulfil(oid, locations[where], {li["id"]: min(n, li["fulfillable_quantity"])}, shift_s=step)
             sent += [("fulfillments/create", f), ("orders/updated", emu.orders[oid])]
         elif what == "unfulfil" and (live := [f for f in o["fulfillments"] if f["status"] == "success"]):
             f = emu.cancel_fulfilment(oid, live[pick % len(live)]["id"], shift_s=step)
             sent += [("fulfillments/update", f), ("orders/updated", emu.orders[oid])]
-        elif what == "return" and done - returned >= n:
-            r = emu.refund(oid, [(li["id"], n, "return", locations[where])], shift_s=step)
+        elif what in ("return", "money_back") and done - refunded >= n:
+            restock, location = ("return", locations[where]) if what == "return" else ("no_restock", None)
+            r = emu.refund(oid, [(li["id"], n, restock, location)], shift_s=step, fulfilled_units=True)
+            fulfilled_refunded[li["id"]] += n
             sent += [("refunds/create", r), ("orders/updated", emu.orders[oid])]
         elif what in ("cancel_units", "no_restock") and li["fulfillable_quantity"] >= n:
             restock = "cancel" if what == "cancel_units" else "no_restock"
             r = emu.refund(oid, [(li["id"], n, restock, shop.s1 if pickup else shop.wh)], shift_s=step)
             sent += [("refunds/create", r), ("orders/updated", emu.orders[oid])]
+        elif what == "edit" and li["fulfillable_quantity"] >= n:
+            sent.append(("orders/updated", emu.remove_units(oid, li["id"], n, shift_s=step)))
         elif what == "cancel" and not any(f["status"] == "success" for f in o["fulfillments"]):
             sent.append(("orders/cancelled", emu.cancel(oid, shift_s=step)))
-        elif what == "close":
+        elif what == "close" and not o["closed_at"]:
             sent.append(("orders/updated", emu.close_order(oid, shift_s=step)))
+        elif what == "reopen" and o["closed_at"]:
+            sent.append(("orders/updated", emu.reopen(oid, shift_s=step)))
         sent[-1] = (sent[-1][0], json.loads(json.dumps(sent[-1][1])))  # each delivery is a snapshot
     return [(topic, json.loads(json.dumps(p))) for topic, p in sent]
 
@@ -326,15 +387,12 @@ def _expected(shop: Shop, pickup: bool) -> dict[tuple[str, str], tuple[int, int]
                 if fl["id"] == li["id"] and f["status"] == "success":
                     result[(hub_of[f["location_id"]], sku, "on_hand")] -= fl["quantity"]
                     done += fl["quantity"]
-        cancelled = 0
         for rf in order["refunds"]:
             for r in rf["refund_line_items"]:
                 if r["line_item_id"] == li["id"] and r["restock_type"] == "return":
                     result[(hub_of[r["location_id"]], sku, "on_hand")] += r["quantity"]
-                elif r["line_item_id"] == li["id"] and r["restock_type"] == "cancel":
-                    cancelled += r["quantity"]
-        if not (order["cancelled_at"] or order["closed_at"]):
-            result[(reserve_at, sku, "reserved")] += max(0, li["quantity"] - done - cancelled)
+        if not order["cancelled_at"]:  # what the order still owes stays reserved, closed (archived) or not
+            result[(reserve_at, sku, "reserved")] += max(0, li["current_quantity"] - done)
     keys = {(loc, sku) for loc, sku, _ in result}
     out = {(loc, sku): (result[(loc, sku, "on_hand")], result[(loc, sku, "reserved")]) for loc, sku in keys}
     return {k: v for k, v in out.items() if v != (0, 0)}
@@ -423,6 +481,77 @@ def test_a_square_notification_names_the_order_and_its_location() -> None:
     )  # fmt: skip
     with pytest.raises(OrderRefused, match="subscribe"):
         square_notice({"type": "payment.created", "data": {}})
+
+
+def _settled(seller: Seller, events: list[StockEvent]) -> list[StockEvent]:
+    """The order's events of every notice so far, then what settling its reservation adds (as the route does)."""
+    (order,) = [o for o in seller.emu.orders.values() if o["line_items"]]
+    t = square_movements(seller.ctx, order)
+    ref = seller.ctx.ref(order["id"])
+    rows = {(loc, sku): (r.reserved, r.consumed) for (loc, sku, rref), r in resolve(events).reservations.items()
+            if rref == ref}  # fmt: skip
+    moves = settle_movements(t, {}, rows)
+    return events + to_events(seller.ctx, "channel:pos", Translation(t.order_id, moves), wall_ms_now(), WINDOW_MS)
+
+
+def test_a_square_quantity_lowered_while_open_is_reserved_as_it_stands_and_nothing_stays_after_pickup() -> None:
+    seller = Seller()
+    order = seller.emu.create_order(seller.s1, [(seller.a, 3)])
+    uid = order["line_items"][0]["uid"]
+    events = _settled(seller, seller.events(order))
+    assert counts(events) == {("S1", "SKU-A"): (0, 3)}
+    lowered = seller.emu.set_quantity(order["id"], uid, 2)
+    events = _settled(seller, events + seller.events(lowered))
+    assert counts(events) == {("S1", "SKU-A"): (0, 2)}
+    assert _settled(seller, events) == events  # settled: computing it again adds nothing
+    raised = seller.emu.set_quantity(order["id"], uid, 4)
+    events = _settled(seller, events + seller.events(raised))
+    assert counts(events) == {("S1", "SKU-A"): (0, 4)}
+    events = _settled(seller, events + seller.events(seller.emu.pick_up(order["id"])))
+    assert counts(events) == {("S1", "SKU-A"): (-4, 0)}
+    assert all(e.kind is not Kind.RELEASE or e.attrs["stage"] == "settle" for e in events)
+
+
+def test_a_square_order_lowered_then_cancelled_holds_nothing_even_if_the_hub_missed_the_change() -> None:
+    seller = Seller()
+    order = seller.emu.create_order(seller.s1, [(seller.a, 3)])
+    first = seller.events(order)  # the hub saw quantity 3 …
+    seller.emu.set_quantity(order["id"], order["line_items"][0]["uid"], 1)
+    events = _settled(seller, first + seller.events(seller.emu.cancel(order["id"])))  # … then only the end
+    assert counts(events) == {}
+    assert {e.event_id for e in first} <= {e.event_id for e in events}
+
+
+def test_a_square_kit_whose_quantity_changed_is_settled_on_its_parts() -> None:
+    seller = Seller()
+    kit = seller.emu.add_variation("KIT")
+    ctx = OrderContext("pos", "square", {"S1": seller.s1}, skus={seller.a: "SKU-A", kit: "KIT"})
+    book = BundleBook(recipes={"KIT": {"SKU-A": 2, "SKU-B": 1}})
+    order = seller.emu.create_order(seller.s1, [(kit, 3), (seller.a, 1)])
+    lowered = seller.emu.set_quantity(order["id"], order["line_items"][0]["uid"], 1)
+    events = [*to_events(ctx, "channel:pos", square_movements(ctx, order), wall_ms_now(), WINDOW_MS),
+              *to_events(ctx, "channel:pos", square_movements(ctx, lowered), wall_ms_now(), WINDOW_MS)]  # fmt: skip
+    t = square_movements(ctx, lowered)
+    ref = ctx.ref(order["id"])
+    rows = {(loc, sku): (r.reserved, r.consumed)
+            for (loc, sku, rref), r in resolve(events, bundles=book).reservations.items() if rref == ref}  # fmt: skip
+    assert settle_keys(t, book.recipes) == {("S1", "SKU-A"): 2 + 1, ("S1", "SKU-B"): 1}
+    moves = settle_movements(t, book.recipes, rows)
+    assert {(m.sku, m.kind, m.qty) for m in moves} == {("SKU-A", Kind.RELEASE, -6), ("SKU-B", Kind.RELEASE, -3)}
+    settled = events + to_events(ctx, "channel:pos", Translation(t.order_id, moves), wall_ms_now(), WINDOW_MS)
+    stock = resolve(settled, bundles=book).stock
+    assert (stock[("S1", "SKU-A")].reserved, stock[("S1", "SKU-B")].reserved) == (3, 1)
+
+
+def test_a_square_return_moves_nothing_and_says_the_store_records_the_unit() -> None:
+    seller = Seller()
+    order = seller.emu.create_order(seller.s1, [(seller.a, 2)], pickup=False)
+    seller.emu.pick_up(order["id"])
+    back = seller.emu.return_items(order["id"], [(order["line_items"][0]["uid"], 1)])
+    t = square_movements(seller.ctx, back)
+    assert t.movements == () and t.still_reserved == ()
+    (note,) = t.left_out
+    assert "return line" in note and "scans it back in" in note
 
 
 def test_a_square_draft_moves_nothing() -> None:

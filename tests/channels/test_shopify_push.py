@@ -72,6 +72,27 @@ async def test_levels_are_right_after_a_burst(hub: Hub, state: SqliteChannelStat
     assert shopify.stats.throttled == 0
 
 
+async def test_a_mutation_sets_available_with_compare_and_set_an_idempotency_key_a_reason_and_a_reference(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    online, _ = web
+    v = variants(shopify, web, "A")
+    await hub.move((Kind.RECEIVE, 6, "S1", "A"))
+    async with pushing(shop_spec(shopify, {"S1": online}), hub, state):
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 6}), "the first level")
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 4}), "the level after the sale")
+    first, second = shopify.stats.inputs
+    for given in (first, second):
+        assert (given["name"], given["reason"], given["referenceDocumentUri"]) == (
+            "available", "correction", "shelfsync://hub/channel/web",
+        )  # fmt: skip
+    assert first["quantities"] == [{"inventoryItemId": v["A"].item_id, "locationId": online, "quantity": 6,
+                                    "changeFromQuantity": 0}]  # fmt: skip
+    assert second["quantities"][0]["changeFromQuantity"] == 6  # what Shopify last confirmed
+    assert len(shopify.stats.keys) == 2 and all(len(k) == 36 for k in shopify.stats.keys)  # a UUID each
+
+
 async def test_a_burst_of_1000_sales_costs_a_handful_of_calls_and_the_last_value_wins(
     hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
 ) -> None:
@@ -126,6 +147,38 @@ async def test_throttling_is_paced_by_the_leaky_bucket_not_a_storm_of_throttled(
         assert shop.stats.mutations_applied == 25
         assert shop.stats.throttled <= 2, f"{shop.stats.throttled} THROTTLED answers"
         assert isinstance(pusher.connector, ShopifyConnector) and pusher.connector.throttle is not None
+
+
+async def test_a_throttled_answer_waits_for_the_missing_points_and_sends_the_same_mutation_again(
+    hub: Hub, state: SqliteChannelState
+) -> None:
+    async with ShopifyEmulator(restore_rate=20.0) as shopify:  # refills slower than a coalesced turn comes
+        await _throttled_once(hub, state, shopify)
+
+
+async def _throttled_once(hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator) -> None:
+    online = shopify.add_location()
+    v = {"A": shopify.add_variant("A", stocked_at=[online], available=0)}
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+        await asyncio.sleep(s)
+
+    await hub.move((Kind.RECEIVE, 9, "S1", "A"))
+    async with pushing(shop_spec(shopify, {"S1": online}), hub, state, sleep=sleep) as pusher:
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 9}), "the first level")
+        applied, throttled = shopify.stats.mutations_applied, shopify.stats.throttled
+        slept.clear()
+        shopify.drain(shopify.maximum_available)  # another app spent the whole bucket …
+        shopify.faults.queue("throttle")  # … and the next call is answered THROTTLED, however quickly it refills
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(shows(shopify, {(v["A"].item_id, online): 8}), "the level after the throttle")
+        assert shopify.stats.throttled == throttled + 1 and shopify.stats.mutations_applied == applied + 1
+        assert isinstance(pusher.connector, ShopifyConnector) and pusher.connector.throttled >= 1
+        assert pusher.status.failures == 0  # retried inside the call, not as a failed turn
+        assert all(0 < s <= 10 / 20 for s in slept)  # never more than a mutation's 10 points at 20 points/s
+        assert shopify.stats.history[-1] == {(v["A"].item_id, online): 8}
 
 
 async def test_a_compare_and_set_miss_reads_the_level_again_and_sets_it(

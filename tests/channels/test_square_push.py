@@ -173,3 +173,20 @@ async def test_a_level_after_a_full_push_stamped_later_still_wins_at_square(
         monkeypatch.setattr(pusher_module, "wall_ms_now", wall_ms_now)
         await hub.move((Kind.SALE, -2, "S1", "A"))  # committed an hour before the full push's stamp
         await wait_until(shows(square, {(vid, loc): 3}), "the sale's level wins over the earlier-pushed one")
+
+
+async def test_levels_read_back_follow_squares_cursor_page_by_page(square: SquareEmulator) -> None:
+    locs = [square.add_location() for _ in range(3)]
+    ids = [square.add_variation(f"R{i:03d}") for i in range(150)]
+    for i, vid in enumerate(ids):
+        for j, loc in enumerate(locs):
+            square.drift(vid, loc, i + j + 1)
+    never = square.add_variation("NEVER-COUNTED")
+    spec = square_spec(square, {"S1": locs[0], "S2": locs[1], "WH": locs[2]})
+    keys = [LevelKey(v, loc) for v in [*ids, never] for loc in locs]
+    async with aiohttp.ClientSession() as session:
+        read = await SquareConnector(spec, session).read_levels(keys)
+    expected = {LevelKey(v, loc): i + j + 1 for i, v in enumerate(ids) for j, loc in enumerate(locs)}
+    assert read == {**expected, **{LevelKey(never, loc): 0 for loc in locs}}
+    # 151 items: 100 a request (300 counts: 3 pages of 100), then 51 (150 counts: 2 pages)
+    assert (square.stats.count_pages, square.stats.count_cursors) == (5, 3)

@@ -18,7 +18,9 @@ from hub.channels import Divergence, ItemIds, LevelKey, MappingFinding, Reconcil
 from hub.channels.runner import open_channel_state
 from hub.channels.state import SqlChannelState
 from hub.storage import StoreClosed, StoreError, open_store
+from protocol import Kind
 from tests.harness.pg import fresh_schema
+from tests.hub.event_factory import EventFactory
 
 K = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
 Reopen = Callable[[], AbstractAsyncContextManager[SqlChannelState]]
@@ -183,3 +185,20 @@ async def test_the_findings_of_the_last_mapping_load_are_hub_exceptions(reopen: 
         assert not [r for r in await store.exceptions(location="S1") if r.kind == "channel_mapping"]
         await state.save_mapping("web", SkuMapping((ItemIds("A", K.item_id, "v-1"), ItemIds("B", "i-2", "v-2")), ()))
         assert not [r for r in await store.exceptions() if r.kind == "channel_mapping"]
+
+
+async def test_an_orders_reservation_is_read_from_the_hubs_own_table(reopen: Reopen, db: str) -> None:
+    """What settling a Square order compares with: Σ reserved and Σ consumed of its ref, per (location, SKU)."""
+    async with open_store(db) as store, reopen() as state:
+        agent_id, token = await store.add_agent(["S1"])
+        who = await store.authenticate(token)
+        assert who is not None
+        ev = EventFactory(agent_id)
+        result = await store.ingest(who, ev.epoch, [
+            ev(Kind.RECEIVE, 5, at_ms=1), ev(Kind.RESERVE, 3, at_ms=2, ref="pos:order:X"),
+            ev(Kind.SALE, -1, at_ms=3, ref="pos:order:X"), ev(Kind.RESERVE, 2, at_ms=4, ref="pos:order:Y"),
+        ])  # fmt: skip
+        assert not result.rejected
+        keys = [("S1", "A"), ("S1", "B"), ("S2", "A")]
+        assert await state.order_reservations("pos:order:X", keys) == {("S1", "A"): (3, 1)}
+        assert await state.order_reservations("pos:order:Z", keys) == {}

@@ -6,7 +6,7 @@ takes order webhooks) and the store's agent (``python -m agent run``); the Shopi
 the store online; Shopify posts ``orders/create``. The hub reserves the unit at the store (not at the
 warehouse that also sells online), Shopify's level for the store drops to 4, and the store agent's local count
 cache holds the reservation without any movement of the store's own: the agent follows the hub's change feed
-for its location (agent.feed).
+for its location (agent.feed). Then the store sells one at its till and Shopify's level drops to 3.
 """
 
 from __future__ import annotations
@@ -108,6 +108,11 @@ async def test_a_shopify_pickup_order_reserves_the_stores_unit_and_the_store_age
                 lambda: asyncio.to_thread(lambda: _agent_count(outbox) == (5, 1)),
                 "the store agent's count cache holds the pickup reservation",
             )  # the store recorded nothing since its delivery: the change feed carried it
+
+            await asyncio.to_thread(_record, config, "sale", -1)  # a walk-in customer buys one at the till
+            await wait_until(lambda: _level(shopify, variant.item_id, store, 3), "Shopify shows the store's sale")
+            count = await asyncio.to_thread(_hub_count, url, reader.token)
+            assert (count["on_hand"], count["reserved"], count["available"]) == (4, 1, 3)
         finally:
             if agent is not None:
                 agent.stop()

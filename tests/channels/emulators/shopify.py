@@ -101,6 +101,7 @@ class Stats:
     by_operation: dict[str, int] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)  # idempotency keys of inventorySetQuantities, in arrival order
     history: list[dict[tuple[str, str], int]] = field(default_factory=list)  # levels set by each applied mutation
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # the ``input`` of each applied mutation
 
 
 class ShopifyEmulator(EmulatorServer):
@@ -320,6 +321,7 @@ class ShopifyEmulator(EmulatorServer):
             changes.append({"name": given["name"], "delta": q["quantity"] - before, "quantityAfterChange": None})
         self.stats.mutations_applied += 1
         self.stats.history.append(applied)
+        self.stats.inputs.append(copy.deepcopy(given))
         group = {
             "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "reason": given["reason"],

@@ -183,17 +183,30 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
         return copy.deepcopy(f)
 
     def refund(
-        self, order_id: int, lines: Sequence[tuple[int, int, str, str | None]], *, shift_s: float = 3.0
+        self,
+        order_id: int,
+        lines: Sequence[tuple[int, int, str, str | None]],
+        *,
+        shift_s: float = 3.0,
+        fulfilled_units: bool = False,
     ) -> dict[str, Any]:
-        """A refund of (line id, units, restock_type, location gid or None) lines."""
+        """A refund of (line id, units, restock_type, location gid or None) lines.
+
+        ``cancel`` refunds unfulfilled units and ``return`` fulfilled ones; ``no_restock`` refunds unfulfilled
+        units, or, with ``fulfilled_units``, fulfilled ones (money back, nothing comes back). Refunded unfulfilled
+        units leave the order: its line's ``current_quantity`` drops (Shopify refuses more than are fulfillable).
+        """
         order = self.orders[order_id]
         rid = self._id()
         by_id = {li["id"]: li for li in order["line_items"]}
         refund_lines = []
         for line_id, n, restock, location in lines:
             li = by_id[line_id]
-            if restock in ("cancel", "no_restock") and n <= li["fulfillable_quantity"]:
+            if restock == "cancel" or (restock == "no_restock" and not fulfilled_units):
+                if n > li["fulfillable_quantity"]:
+                    raise ValueError(f"line {line_id} has {li['fulfillable_quantity']} unfulfilled units, not {n}")
                 li["current_quantity"] -= n  # unfulfilled units leave the order
+                li["fulfillable_quantity"] -= n
             refund_lines.append({"id": self._id(), "line_item_id": line_id, "quantity": n, "restock_type": restock,
                                  "location_id": _number(location) if location and restock != "no_restock" else None,
                                  "subtotal": 10.0 * n, "total_tax": 0.0, "line_item": copy.deepcopy(li)})  # fmt: skip
@@ -223,8 +236,26 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
         return copy.deepcopy(order)
 
     def close_order(self, order_id: int, *, shift_s: float = 5.0) -> dict[str, Any]:
+        """Close (archive) the order: it leaves the open list; what it still owes can still be fulfilled."""
         order = self.orders[order_id]
         order["closed_at"] = self._time(shift_s)
+        self._touch(order, shift_s)
+        return copy.deepcopy(order)
+
+    def reopen(self, order_id: int, *, shift_s: float = 6.0) -> dict[str, Any]:
+        """Unarchive a closed order."""
+        order = self.orders[order_id]
+        order["closed_at"] = None
+        self._touch(order, shift_s)
+        return copy.deepcopy(order)
+
+    def remove_units(self, order_id: int, line_id: int, n: int, *, shift_s: float = 3.0) -> dict[str, Any]:
+        """An order edit removing ``n`` unfulfilled units of a line (``orderEditSetQuantity``), without a refund."""
+        order = self.orders[order_id]
+        (li,) = [li for li in order["line_items"] if li["id"] == line_id]
+        if n > li["fulfillable_quantity"]:
+            raise ValueError(f"line {line_id} has {li['fulfillable_quantity']} unfulfilled units, not {n}")
+        li["current_quantity"] -= n
         self._touch(order, shift_s)
         return copy.deepcopy(order)
 

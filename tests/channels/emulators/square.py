@@ -17,7 +17,14 @@ Built from Square's public reference for that version:
   answers the first answer again and applies nothing; with another body, HTTP
   400 ``IDEMPOTENCY_KEY_REUSED``. The answer lists the current ``counts`` of
   every item and location in the request.
-* ``POST /v2/inventory/counts/batch-retrieve`` (current IN_STOCK counts).
+* ``POST /v2/inventory/counts/batch-retrieve`` (BatchRetrieveInventoryCounts):
+  the current counts of ``catalog_object_ids`` at ``location_ids`` (each
+  filter applies only when set), a page at a time: ``limit`` 1–1000 counts
+  (else HTTP 400 ``INVALID_VALUE``), 100 when not given — the page Square
+  answers with; a page that is not the last carries a ``cursor``, sent back
+  with the same query for the next page (a cursor sent with another query is
+  HTTP 400 ``INVALID_CURSOR``). An item and location without a count is not
+  listed.
 * ``POST /v2/catalog/search`` for ``ITEM_VARIATION`` objects (``sku``,
   ``upc``), ``limit`` 1–1000, paged with ``cursor``.
 * Rate limiting: HTTP 429 with ``Retry-After`` (seconds) and
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -44,6 +52,8 @@ from tests.channels.emulators.base import EmulatorServer, drop
 SQUARE_VERSION = "2024-11-20"
 CHANGES_MAX = 100
 KEY_MAX_LEN = 128
+COUNTS_PAGE = 100  # counts per batch-retrieve page when the request gives no limit
+COUNTS_LIMIT_MAX = 1000
 
 
 @dataclass
@@ -54,6 +64,8 @@ class Stats:
     replays: int = 0
     batch_sizes: list[int] = field(default_factory=list)  # changes per batch-create request, in arrival order
     keys: list[str] = field(default_factory=list)  # idempotency keys of batch-create requests, in arrival order
+    count_pages: int = 0  # batch-retrieve answers given (one per page)
+    count_cursors: int = 0  # of them, answers to a request that carried a cursor
 
 
 def _error(category: str, code: str, detail: str, field_name: str | None = None) -> dict[str, Any]:
@@ -254,11 +266,29 @@ class SquareEmulator(EmulatorServer):
                 "location_id": loc, "quantity": str(qty), "calculated_at": now}
 
     def _batch_retrieve(self, body: dict[str, Any]) -> web.Response:
+        limit = body.get("limit", COUNTS_PAGE)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= COUNTS_LIMIT_MAX:
+            return self._answer({"errors": [_error("INVALID_REQUEST_ERROR", "INVALID_VALUE",
+                                                   f"limit must be from 1 to {COUNTS_LIMIT_MAX}.", "limit")]}, 400)
+        query = json.dumps({k: v for k, v in body.items() if k != "cursor"}, sort_keys=True)
+        start = 0
+        cursor = body.get("cursor")
+        if cursor is not None:
+            offset, _, fingerprint = str(cursor).partition(":")
+            if not offset.isdigit() or fingerprint != _fingerprint(query):
+                return self._answer({"errors": [_error("INVALID_REQUEST_ERROR", "INVALID_CURSOR",
+                                                       "The cursor does not belong to this query.", "cursor")]}, 400)
+            start = int(offset)
+            self.stats.count_cursors += 1
         objects = body.get("catalog_object_ids") or list(self.variations)
         locations = body.get("location_ids") or sorted(self.locations)
         now = datetime.now().astimezone().isoformat(timespec="milliseconds")
-        counts = [self._count_json(o, l, now) for o in objects for l in locations if (o, l) in self.counts]
-        return self._answer({"counts": counts})
+        pairs = [(o, l) for o in objects for l in locations if (o, l) in self.counts]
+        answer: dict[str, Any] = {"counts": [self._count_json(o, l, now) for o, l in pairs[start : start + limit]]}
+        if start + limit < len(pairs):
+            answer["cursor"] = f"{start + limit}:{_fingerprint(query)}"
+        self.stats.count_pages += 1
+        return self._answer(answer)
 
     def _catalog_search(self, body: dict[str, Any]) -> web.Response:
         if body.get("object_types") != ["ITEM_VARIATION"]:
@@ -278,6 +308,10 @@ class SquareEmulator(EmulatorServer):
         if start + limit < len(self.variations):
             answer["cursor"] = str(start + limit)
         return self._answer(answer)
+
+
+def _fingerprint(query: str) -> str:
+    return hashlib.sha256(query.encode()).hexdigest()[:16]
 
 
 def _instant(text: str) -> datetime:

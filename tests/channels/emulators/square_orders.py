@@ -11,7 +11,10 @@ Built from Square's public reference for that version:
   and ``fulfillments`` (``uid``, ``type`` PICKUP …, ``state`` PROPOSED,
   RESERVED, PREPARED, COMPLETED, CANCELED, FAILED, ``line_item_application``
   ALL or ENTRY_LIST with ``entries``, ``pickup_details`` with ``placed_at``,
-  ``picked_up_at``, ``canceled_at``).
+  ``picked_up_at``, ``canceled_at``); an itemized refund is an order of its own
+  whose ``returns`` list ``return_line_items`` (``source_line_item_uid``,
+  ``catalog_object_id``, ``quantity``). UpdateOrder changes an OPEN order (a
+  line's quantity, say) and bumps its ``version``.
 * Webhooks ``order.created``, ``order.updated`` and ``order.fulfillment.updated``:
   ``{"merchant_id", "type", "event_id", "created_at", "data": {"type", "id",
   "object": {"order_created" | "order_updated" | "order_fulfillment_updated":
@@ -96,6 +99,34 @@ class SquareOrdersEmulator(SquareEmulator):
             f["state"] = "COMPLETED"
             f["pickup_details"]["picked_up_at"] = when
         order["state"], order["closed_at"] = "COMPLETED", when
+        return copy.deepcopy(order)
+
+    def set_quantity(self, order_id: str, line_uid: str, quantity: int, *, shift_s: float = 0.5) -> dict[str, Any]:
+        """UpdateOrder on an OPEN order: a line's quantity changed (a new version)."""
+        order = self.orders[order_id]
+        if order["state"] != "OPEN":
+            raise ValueError("Square updates OPEN orders only")
+        (line,) = [li for li in order["line_items"] if li["uid"] == line_uid]
+        line["quantity"] = str(quantity)
+        self._bump(order, shift_s)
+        return copy.deepcopy(order)
+
+    def return_items(self, source_order_id: str, lines: Sequence[tuple[str, int]], *, shift_s: float = 3.0) -> dict[str, Any]:
+        """An itemized refund at the register: a new COMPLETED order whose ``returns`` name the source order's
+        lines (``source_line_item_uid``) and quantities; whether the unit went back to stock is not in it."""
+        source = self.orders[source_order_id]
+        by_uid = {li["uid"]: li for li in source["line_items"]}
+        when = self._stamp(shift_s)
+        order_id = uuid.uuid4().hex[:24].upper()
+        order = {
+            "id": order_id, "location_id": source["location_id"], "state": "COMPLETED", "version": 1,
+            "created_at": when, "updated_at": when, "closed_at": when, "line_items": [], "fulfillments": [],
+            "returns": [{"uid": uuid.uuid4().hex[:22], "source_order_id": source_order_id, "return_line_items": [
+                {"uid": uuid.uuid4().hex[:22], "source_line_item_uid": uid, "quantity": str(n),
+                 "catalog_object_id": by_uid[uid].get("catalog_object_id"), "name": by_uid[uid]["name"]}
+                for uid, n in lines]}],
+        }  # fmt: skip
+        self.orders[order_id] = order
         return copy.deepcopy(order)
 
     def cancel(self, order_id: str, *, shift_s: float = 2.0) -> dict[str, Any]:
