@@ -38,6 +38,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from hub import problems
 from hub.logsafety import RepeatLog, one_line
+from protocol.retry import retry_after_value
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,17 @@ def parse_error_reason(exc: BaseException | None, message: str | None) -> str:
     return text or "not an HTTP request"
 
 
+def _escaped_error(request: web.BaseRequest, exc: web.HTTPException) -> web.Response:
+    """An error aiohttp raised before the application's middlewares could answer it, as problem details."""
+    if isinstance(exc, web.HTTPExpectationFailed):
+        got = request.headers.get("Expect", "")[:40]
+        detail = f"the hub takes no Expect but 100-continue, got {got!r}; send the request without it"
+    else:
+        detail = f"the request failed: {exc.reason.lower()}"
+    keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    return problems.response(exc.status, detail, headers=keep)
+
+
 class ConnectionGuard:
     """The open connections of one hub process: the budget, who is idle, and the counts of what was refused."""
 
@@ -168,6 +180,7 @@ class ConnectionGuard:
         self.accept_failed = RepeatLog(
             log, "could not accept", "connection|connections", level=logging.WARNING
         )
+        self.lost = RepeatLog(log, "lost", "connection before its answer|connections before their answers")
 
     @property
     def open_count(self) -> int:
@@ -206,7 +219,7 @@ class ConnectionGuard:
         self._idle.pop(handler, None)
 
     def flush(self) -> None:
-        for counter in (self.malformed, self.slow_heads, self.evicted, self.refused, self.accept_failed):
+        for counter in (self.malformed, self.slow_heads, self.evicted, self.refused, self.accept_failed, self.lost):
             counter.flush()
 
     def loop_exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -240,7 +253,8 @@ class GuardedHandler(RequestHandler):
         if not self._guard.opened(self):
             self._answer_and_close(
                 _raw_error(503, "Service Unavailable", "unavailable",
-                           "the hub is at its limit of open connections; try again shortly", "Retry-After: 1\r\n")
+                           "the hub is at its limit of open connections; try again shortly",
+                           f"Retry-After: {retry_after_value(1.0)}\r\n")
             )  # fmt: skip
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -260,6 +274,8 @@ class GuardedHandler(RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:  # aiohttp's own, raised before the app's
+            resp = _escaped_error(request, resp)  # middlewares (an Expect it does not know): problem details too
         result = await super().finish_response(request, resp, start_time)
         self._cancel_head_timer()
         if not self._messages:
@@ -273,8 +289,16 @@ class GuardedHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        if status != 400 or not isinstance(exc, HttpProcessingError):
-            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, ConnectionError):  # the client left while aiohttp wrote to it (Expect's 100 Continue)
+            self._guard.lost.record(self.remote, f"{request.method} {request.rel_url.raw_path}: {one_line(str(exc))}")
+            response = problems.response(400, "the connection closed before the hub could answer")
+            response.force_close()
+            return response
+        if status != 400 or not isinstance(exc, HttpProcessingError):  # logged by aiohttp with its cause
+            super().handle_error(request, status, exc, message)
+            response = problems.response(status, "the hub failed to handle this request; the cause is in the hub's log")
+            response.force_close()
+            return response
         reason = parse_error_reason(exc, message)
         self._guard.malformed.record(self.remote, reason)
         message = f"the request is not valid HTTP/1.1 ({reason}); fix the client"

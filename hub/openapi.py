@@ -57,7 +57,7 @@ from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES
 from hub.storage.checks import CATALOG_ITEMS_MAX, DESCRIPTION_MAX_LEN, PACK_SIZE_MAX
 from hub.storage.keys import WRITEOFF_KIND
 from hub.views import HLC_QUERY_MAX
-from protocol import MSGPACK_CONTENT_TYPE, QTY_MAX, Kind, values
+from protocol import MSGPACK_CONTENT_TYPE, QTY_MAX, Kind, routes, values
 from protocol import feed as wire
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX
 from protocol.codec import CHAIN_BYTES, MAX_BATCH_EVENTS, MAX_COUNTS, WIRE_VERSION
@@ -81,7 +81,7 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.0.0"
+API_VERSION = "1.1.0"  # 1.1: format=csv on GET /v1/agents and GET /v1/quarantine
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -92,7 +92,7 @@ BEARER = "bearer"
 SESSION = "dashboardSession"
 SHOPIFY_SIGNATURE = "shopifySignature"
 SQUARE_SIGNATURE = "squareSignature"
-RATE_LIMIT_POLICY = "writes"  # the name of the one quota policy in RateLimit-Policy / RateLimit
+RATE_LIMIT_POLICY = ratelimit.POLICY  # the name of the one quota policy in RateLimit-Policy / RateLimit
 
 # Routes of the application that are not part of the API: the dashboard's HTML pages and files, for a browser.
 NOT_API_ROUTES: Mapping[str, str] = {
@@ -389,8 +389,13 @@ def ok(description: str, schema: JSON, *, media: str = JSON_TYPE, example: Any =
 def cacheable(answer: JSON) -> JSON:
     """``answer`` with the ETag headers of a route the hub validates (hub.etag); a list that also answers CSV
     (streamed, so untagged) has them on its JSON answers only."""
-    tag = ETAG_HEADER if CSV_TYPE not in answer["content"] else {**ETAG_HEADER, "required": False}
-    return answer | {"headers": {**answer.get("headers", {}), "ETag": tag, "Cache-Control": CACHE_CONTROL_HEADER}}
+    if CSV_TYPE not in answer["content"]:
+        tag, cache = ETAG_HEADER, CACHE_CONTROL_HEADER
+    else:
+        tag = {**ETAG_HEADER, "description": f"JSON answers: {ETAG_HEADER['description']}", "required": False}
+        cache = {**CACHE_CONTROL_HEADER, "description": f"JSON answers: {CACHE_CONTROL_HEADER['description']} "
+                                                        "CSV answers (streamed, untagged): no-store."}
+    return answer | {"headers": {**answer.get("headers", {}), "ETag": tag, "Cache-Control": cache}}
 
 
 def with_csv(answer: JSON, columns: str) -> JSON:
@@ -420,6 +425,7 @@ FORMAT_QUERY = query(
 PERIOD = {"anyOf": [string(format="date"), string(format="date-time")], "pattern": "^(19[7-9][0-9]|[2-5][0-9]{3})-"}
 COUNT_COLUMNS = ", ".join(csvexport.COUNT_HEADER)
 CHANNEL_NAME = string(minLength=1, pattern=f"^(?:{NAME_RE.pattern})$")
+NOT_UNKNOWN_SKU: JSON = {"not": {"pattern": f"^{UNKNOWN_SKU_PREFIX}"}}  # the key of an unknown barcode is no SKU
 
 NOT_MODIFIED: JSON = {
     "description": "Not modified: the answer is still the one whose ETag was sent in If-None-Match (no body).",
@@ -499,7 +505,7 @@ def _paths() -> dict[str, JSON]:
     def add(path: str, method: str, op: JSON) -> None:
         paths.setdefault(path, {})[method] = op
 
-    add("/healthz", "get", operation(
+    add(routes.HEALTH_PATH, "get", operation(
         "getHealth", "Liveness and database health",
         "For load balancers and service managers; needs no credential. 503 when the database fails the check or the "
         "hub is shutting down (the body says which).",
@@ -527,7 +533,7 @@ def _paths() -> dict[str, JSON]:
     ))  # fmt: skip
 
     # --- sync and ingest
-    add("/v1/sync", "post", operation(
+    add(routes.SYNC_PATH, "post", operation(
         "postSync", "Send a batch of an agent's events",
         f"An agent sends one batch of at most {MAX_BATCH_EVENTS} events from its outbox (msgpack) and learns its new "
         "high-water mark and the counts the batch touched. The hub checks the whole batch, then dedupes, orders, "
@@ -561,7 +567,7 @@ def _paths() -> dict[str, JSON]:
              "occurred_at": "2025-11-25T09:00:00Z", "ref": "order-5531"}]}, "The movements."),
         errors=WRITE_ERRORS,
     ))  # fmt: skip
-    add("/v1/observations", "post", operation(
+    add(routes.OBSERVATIONS_PATH, "post", operation(
         "postObservations", "Report other systems' on-hand figures",
         f"Snapshots another system (a web shop, a POS export) believed, never movements; at most {MAX_REPORT_ITEMS} "
         "per request (msgpack). Kept per (agent, id): a resend is accepted again, the same id with other content or "
@@ -574,7 +580,7 @@ def _paths() -> dict[str, JSON]:
         body=msgpack_body(ref("ObservationsRequest"), "protocol.reports.encode_observations(...)."),
         errors=WRITE_ERRORS,
     ))  # fmt: skip
-    add("/v1/import-issues", "post", operation(
+    add(routes.IMPORT_ISSUES_PATH, "post", operation(
         "postImportIssues", "Report quarantined POS export rows",
         f"Rows of POS exports the agent could not import, at most {MAX_REPORT_ITEMS} per request (msgpack); each is "
         "listed in GET /v1/exceptions as import_quarantine.",
@@ -678,9 +684,10 @@ def _paths() -> dict[str, JSON]:
         "getAgents", "Every credential's status",
         "Role, revocation, locations, last sync, high-water mark per epoch, clock skew and reported backlog.",
         "Agents",
-        {"200": cacheable(ok("Every credential.", obj({"agents": array(ref("AgentStatus"))}, ["agents"]))),
+        {"200": cacheable(with_csv(ok("Every credential.", obj({"agents": array(ref("AgentStatus"))}, ["agents"])),
+                                   ", ".join(csvexport.AGENT_HEADER))),
          "304": NOT_MODIFIED},
-        parameters=[IF_NONE_MATCH],
+        parameters=[FORMAT_QUERY, IF_NONE_MATCH],
         cookie=True,
     ))  # fmt: skip
     add("/v1/status", "get", operation(
@@ -695,15 +702,16 @@ def _paths() -> dict[str, JSON]:
         "getQuarantine", "Events held for a clock outside the window",
         "Newest first, a page at a time. Reader or admin.",
         "Quarantine",
-        {"200": cacheable(ok("A page of held events.", ref("QuarantinePage"),
+        {"200": cacheable(with_csv(ok("A page of held events.", ref("QuarantinePage"),
                              links={"NextPage": link("getQuarantine", next_page, cursor="$response.body#/next"),
                                     "Resolve": link("resolveQuarantined", "Resolve the first held event.",
-                                                    quarantine_id="$response.body#/quarantine/0/id")})),
+                                                    quarantine_id="$response.body#/quarantine/0/id")}),
+                                   ", ".join(csvexport.QUARANTINE_HEADER))),
          "304": NOT_MODIFIED},
         roles=tuple(sorted(quarantine.READ_ROLES)),
         parameters=[query("status", string(enum=[*QUARANTINE_STATUSES, "all"], default="pending"), "Which held events."),
                     LOCATION_QUERY, limit_param(quarantine.LIMIT_DEFAULT, quarantine.LIMIT_MAX),
-                    cursor_param("the quarantine"), IF_NONE_MATCH],
+                    cursor_param("the quarantine"), FORMAT_QUERY, IF_NONE_MATCH],
         cookie=True,
     ))  # fmt: skip
     add("/v1/quarantine/{quarantine_id}", "post", operation(
@@ -721,7 +729,7 @@ def _paths() -> dict[str, JSON]:
     ))  # fmt: skip
 
     # --- catalog
-    add("/v1/catalog", "get", operation(
+    add(routes.CATALOG_PATH, "get", operation(
         "getCatalog", "The barcode catalog",
         "Every item and the catalog's version; the ETag is the version, so a copy is refreshed cheaply. As CSV when "
         "asked: the columns PUT /v1/catalog takes back.",
@@ -733,7 +741,7 @@ def _paths() -> dict[str, JSON]:
         parameters=[FORMAT_QUERY, IF_NONE_MATCH],
         cookie=True,
     ))  # fmt: skip
-    add("/v1/catalog", "put", operation(
+    add(routes.CATALOG_PATH, "put", operation(
         "putCatalog", "Upsert catalog items by barcode",
         "Admin only. Then every stored scan of those barcodes made while they were unknown is re-booked onto the real "
         "SKU. A bad item is 400 naming it; nothing is written.",
@@ -766,7 +774,7 @@ def _paths() -> dict[str, JSON]:
     ))  # fmt: skip
 
     # --- change feed and webhooks
-    add(wire.CHANGES_PATH, "get", operation(
+    add(routes.CHANGES_PATH, "get", operation(
         "getChanges", "A page of the change feed",
         "Every committed change of a count, oldest first, after `cursor`; with `wait`, a long-poll until one comes.",
         "Change feed",
@@ -849,15 +857,20 @@ def _paths() -> dict[str, JSON]:
     add("/v1/bundles/{sku}", "put", operation(
         "putBundle", "Set a bundle's recipe",
         "Admin only. Each change is a new recipe version for the movements stored from then on; the same recipe "
-        "again changes nothing. 409 when it would put a bundle inside itself or the SKU holds stock of its own.",
+        "again changes nothing. 400 when a component is the bundle itself (a rule no schema can state: a component "
+        "key other than the path's sku); 409 when the recipes would put a bundle inside itself through another, "
+        "or the SKU holds stock of its own.",
         "Bundles",
         {"200": ok("The bundle as it now stands, and whether the recipe changed.",
                    obj({"bundle": ref("Bundle"), "changed": {"type": "boolean"}}, ["bundle", "changed"]),
                    links={"Bundle": link("getBundle", "The bundle and its versions.", sku="$request.path.sku")})},
         roles=(ROLE_ADMIN,),
-        parameters=[path_param("sku", ref("Sku"), "The bundle's SKU.", "KIT-1")],
+        parameters=[path_param("sku", text(values.SKU, f"Not an {UNKNOWN_SKU_PREFIX}… key.", **NOT_UNKNOWN_SKU),
+                               "The bundle's SKU.", "KIT-1")],
         body=json_body(obj({"components": obj({}, description="Component SKU -> units per bundle.", minProperties=1,
-                                              maxProperties=BUNDLE_PARTS_MAX, propertyNames=text(values.SKU),
+                                              maxProperties=BUNDLE_PARTS_MAX,
+                                              propertyNames=text(values.SKU, f"Not an {UNKNOWN_SKU_PREFIX}… key.",
+                                                                 **NOT_UNKNOWN_SKU),
                                               additionalProperties=integer(1, COMPONENT_UNITS_MAX))},
                            ["components"], closed=True),
                        {"components": {"A": 2, "C": 1}}, "The recipe: what one bundle is made of."),
@@ -904,7 +917,7 @@ def _paths() -> dict[str, JSON]:
                    links={"NextPage": link("getChannelDivergences", next_page, name="$request.path.name",
                                            cursor="$response.body#/next")})},
         roles=tuple(sorted(channel_http.READ_ROLES)),
-        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web-shop"),
+        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web"),
                     limit_param(channel_http.DIVERGENCES_LIMIT_DEFAULT, channel_http.DIVERGENCES_LIMIT_MAX),
                     cursor_param("the divergences")],
         errors=(404,), cookie=True,
@@ -916,7 +929,7 @@ def _paths() -> dict[str, JSON]:
         "Channels",
         {"200": ok("The mapping as loaded.", ref("MappingRefreshAnswer"))},
         roles=(ROLE_ADMIN,),
-        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web-shop")],
+        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web")],
         errors=(404, 422, 502),
     ))  # fmt: skip
     add("/v1/channels/{name}/reconcile", "post", operation(
@@ -926,7 +939,7 @@ def _paths() -> dict[str, JSON]:
         "Channels",
         {"200": ok("What was checked and found.", ref("ReconcileAnswer"))},
         roles=(ROLE_ADMIN,),
-        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web-shop")],
+        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web")],
         errors=(404, 409, 422, 502),
     ))  # fmt: skip
     add(order_routes.ROUTE, "post", operation(
@@ -940,7 +953,7 @@ def _paths() -> dict[str, JSON]:
          "401": error(401, "The signature does not match the channel's webhook secret; nothing was applied."),
          "404": error(404, "No channel of that name takes order webhooks here."),
          "422": error(422, "The payload cannot be applied (unusable_webhook); nothing of it was applied.")},
-        parameters=[path_param("name", string(minLength=1), "The channel's name in the hub's config.", "web-shop"),
+        parameters=[path_param("name", string(minLength=1), "The channel's name in the hub's config.", "web"),
                     {"name": order_routes.SHOPIFY_SIGNATURE, "in": "header", "required": False, "schema": string(),
                      "description": "Shopify: base64 HMAC-SHA256 of the raw body."},
                     {"name": order_routes.SQUARE_SIGNATURE, "in": "header", "required": False, "schema": string(),
@@ -953,7 +966,122 @@ def _paths() -> dict[str, JSON]:
         security=[{SHOPIFY_SIGNATURE: []}, {SQUARE_SIGNATURE: []}],
         errors=(*WRITE_ERRORS, 400),
     ))  # fmt: skip
+    for item in paths.values():
+        for op in item.values():
+            example = ANSWER_EXAMPLES.get(op["operationId"])
+            if example is not None:
+                first = next(iter(op["responses"]["200"]["content"].values()))
+                first.setdefault("example", example)
     return paths
+
+
+# --- examples of answers (tests/api/test_answers_documented.py checks each against its schema) ---------------
+
+_AT_MS = 1764061201000  # 2025-11-25T09:00:01.000Z
+_AT = "2025-11-25T09:00:01.000Z"
+_EVENT_ID = "01a2b3c4-d5e6-7f80-9a1b-2c3d4e5f6a7b"
+_AGENT = "agent-1a2b3c4d"
+_ADMIN = "agent-9f8e7d6c"
+_CURSOR = "WyJsZWRnZXIiLDEsMTE3NzMwMDUzODM1MDYzMjk2XQ"
+_HELD = {"id": 3, "event_id": _EVENT_ID, "agent_id": _AGENT, "epoch": 1, "seq": 17, "location": "S001", "sku": "SKU-1",
+         "kind": "adjust", "qty": 1, "occurred_at": 119796799097143296, "occurred": "2026-11-25T09:00:00.000Z",
+         "wall_ms": 1795597200000, "source": "scanner:door", "ref": None, "reason": None, "attrs": {},
+         "received_at_ms": _AT_MS, "received": _AT, "skew_ms": 31535999000,
+         "detail": f"event {_EVENT_ID}: the event's time is 365.0 days ahead of the hub's clock, outside the hub's "
+                   "clock window of 24.0 hours; it is held in the hub's quarantine for an operator to apply at its "
+                   "receipt time or discard (GET /v1/quarantine), and this machine's clock should be checked",
+         "attempts": 1, "status": "pending", "resolved_by": None, "resolved_at_ms": None}  # fmt: skip
+_AGENT_STATUS = {"agent_id": _AGENT, "role": "agent", "revoked": False, "locations": ["S001"],
+                 "last_sync_ms": _AT_MS, "last_sync": _AT, "epochs": [{"epoch": 1, "epoch_text": "1", "hwm": 17}],
+                 "clock_skew_ms": 120, "backlog": 0, "oldest_pending_ms": None, "oldest_pending": None,
+                 "backlog_at_ms": _AT_MS, "backlog_at": _AT}  # fmt: skip
+_WEBHOOK = {"name": "web-shop", "url": "https://shop.example.com/hooks/stock", "location": "WEB", "cursor": "1042",
+            "lag": 0, "failures": 0, "last_error": None, "last_attempt_ms": _AT_MS, "last_attempt": _AT,
+            "last_success_ms": _AT_MS, "last_success": _AT}  # fmt: skip
+_RECIPE = {"sku": "KIT-1", "version": 1, "valid_from_ms": _AT_MS, "valid_from": _AT, "components": {"A": 2, "C": 1},
+           "set_by": _ADMIN}  # fmt: skip
+_BUNDLE = {**_RECIPE, "parts": {"A": 2, "C": 1}}
+_COUNT = {"location": "S001", "sku": "SKU-1", "on_hand": 7, "reserved": 0, "available": 5, "in_transit": 0,
+          "safety_stock": 2, "last_count_at": None, "last_count_time": None, "updated_at_ms": _AT_MS, "updated_at": _AT}
+_CHANNEL_DIVERGENCE = {"id": 12, "sku": "SKU-1", "item_id": "gid://shopify/InventoryItem/1001",
+                       "channel_location": "gid://shopify/Location/2", "location": "S001", "hub_level": 5,
+                       "last_pushed": 5, "channel_level": 3, "difference": -2, "found_at_ms": _AT_MS, "found_at": _AT,
+                       "corrected_at_ms": None, "corrected_at": None}  # fmt: skip
+ANSWER_EXAMPLES: Mapping[str, Any] = {
+    "getMetrics": "# HELP shelfsync_ingest_batches_total Batches ingested.\n"
+                  "# TYPE shelfsync_ingest_batches_total counter\n"
+                  'shelfsync_ingest_batches_total{route="sync"} 1042.0\n',
+    "postSync": {"v": WIRE_VERSION, "agent_id": _AGENT, "epoch": 1, "hwm": 17, "rejected": [], "duplicates": 0,
+                 "counts": [["S001", "SKU-1", 7, 0, 7, 0]], "server_time_ms": _AT_MS, "held": 0},
+    "postEvents": {"events": [{"id": "order-5531:reserve", "event_id": _EVENT_ID, "status": "accepted"}],
+                   "applied": 1, "duplicates": 0, "rejected": 0,
+                   "counts": [{"location": "WEB", "sku": "SKU-1", "on_hand": 9, "reserved": 2, "available": 7,
+                               "in_transit": 0}]},
+    "postObservations": {"v": WIRE_VERSION, "accepted": ["obs-1"], "rejected": []},
+    "postImportIssues": {"v": WIRE_VERSION, "accepted": ["sales-2025-11-25.csv:14"],
+                         "rejected": [{"id": "sales-2025-11-25.csv:15",
+                                       "reason": "location S002 is not this agent's"}]},
+    "putSafetyStock": {"count": _COUNT},
+    "getLedger": {"events": [{"event_id": _EVENT_ID, "agent_id": _AGENT, "epoch": 1, "seq": 17, "location": "S001",
+                              "sku": "SKU-1", "kind": "sale", "qty": -2, "occurred_at": 115667019874304000,
+                              "occurred_at_time": "2025-11-25T09:00:00.000Z", "wall_ms": 1764061200000,
+                              "source": "pos:square", "ref": "receipt-8812", "reason": None, "attrs": {},
+                              "effect": "applied", "variance": None, "duplicates": 0, "rejection": None,
+                              "rejection_code": None, "expansion": None, "received_at_ms": _AT_MS,
+                              "received_at": _AT}], "next": _CURSOR},
+    "getExceptions": {"exceptions": [{"kind": "negative_on_hand", "location": "S001", "sku": "SKU-3",
+                                      "detail": "SKU-3 at S001 stands at -1 on hand, below zero: a receipt is "
+                                                "probably missing or a count was wrong, and nothing is shown as "
+                                                "available until it is fixed.",
+                                      "data": {"on_hand": -1}, "at_ms": _AT_MS, "at": _AT}],
+                      "next": None},
+    "getAgents": {"agents": [_AGENT_STATUS]},
+    "getStatus": {"hub_time_ms": _AT_MS, "hub_time": _AT, "you": "agent-0c0d0e0f", "online_within_s": 300,
+                  "db": {"ok": True}, "feed": {"cursor": "1042", "last_change_ms": _AT_MS, "last_change": _AT},
+                  "agents": [{**_AGENT_STATUS, "last_sync_age_s": 0, "online": True, "events_last_hour": 312}],
+                  "webhooks": [_WEBHOOK]},
+    "getQuarantine": {"quarantine": [_HELD], "next": None},
+    "resolveQuarantined": {"quarantine": {**_HELD, "status": "applied", "resolved_by": _ADMIN,
+                                          "resolved_at_ms": _AT_MS + 60_000}},
+    "putCatalog": {"version": 8, "updated": 1, "rebooked": 3},
+    "getDivergence": {"divergence": [{"system": "shop", "location": "S001", "sku": "SKU-1", "observed": 40,
+                                      "hub_on_hand": 10, "difference": 30, "observed_at_ms": _AT_MS,
+                                      "observed_at": _AT, "agent_id": _AGENT, "id": "obs-1", "source_file": "inv.csv",
+                                      "received_at_ms": _AT_MS, "received_at": _AT}], "next": None},
+    # the first change of a feed: Schemathesis sends an answer's cursor as the cursor parameter, and a cursor past
+    # the feed's newest change is refused (docs/hub-api.md, GET /v1/changes)
+    "getChanges": {"changes": [{"change_id": 1, "location": "S001", "sku": "SKU-1", "on_hand": 5, "reserved": 0,
+                                "available": 5, "in_transit": 0, "event_ids": [_EVENT_ID], "at_ms": _AT_MS,
+                                "at": _AT}], "cursor": "1", "more": False},
+    "getWebhooks": {"webhooks": [_WEBHOOK]},
+    "getWebhookDeliveries": {"webhook": "web-shop", "deliveries": [
+        {"delivery_id": 88, "first_change": 1040, "last_change": 1042, "status": "delivered", "http_status": 204,
+         "error": None, "at_ms": _AT_MS, "at": _AT}], "next": None},
+    "getBundles": {"bundles": [_BUNDLE], "next": None},
+    "getBundle": {"bundle": _BUNDLE, "versions": [_RECIPE]},
+    "putBundle": {"bundle": _BUNDLE, "changed": True},
+    "getVarianceReport": {"from": "2025-10-26T09:00:01.000Z", "to": _AT, "by": "sku", "location": None, "sku": None,
+                          "rows": [{"location": "S001", "sku": "SKU-1", "name": "Pen", "counts": 1, "shrinkage": 2,
+                                    "overage": 0, "net_variance": -2, "first_count_time": _AT,
+                                    "last_count_time": _AT}],
+                          "totals": {"counts": 1, "shrinkage": 2, "overage": 0, "net_variance": -2}},
+    "getChannels": {"channels": [{
+        "name": "web", "kind": "shopify", "url": "https://example.myshopify.com/admin/api/2026-01/graphql.json",
+        "pusher": "this hub", "connected": True, "last_call_ms": _AT_MS, "last_call": _AT, "last_push_ms": _AT_MS,
+        "last_push": _AT, "lag": {"last_ms": 412, "p50_ms": 380, "p99_ms": 2210, "samples": 1000}, "cursor": "1042",
+        "queue": 0, "throttle": {"currently_available": 980.0, "maximum_available": 1000.0, "restore_rate": 100.0,
+                                 "at_ms": _AT_MS, "at": _AT},
+        "failures": 0, "last_error": None, "divergences_open": 0, "refused": 0, "mapped": 1250, "findings": 0,
+        "unmapped": {"count": 0, "skus": []}, "reconcile_s": 900.0,
+        "last_reconciliation": {"at_ms": _AT_MS, "at": _AT, "checked": 2500, "diverged": 0},
+        "reconcile_error": None}]},
+    "getChannelDivergences": {"channel": "web", "divergences": [_CHANNEL_DIVERGENCE], "next": None},
+    "refreshChannelMapping": {"channel": "web", "mapped": 1250, "unmapped": 1, "findings_total": 1, "findings": [
+        {"kind": "unmapped_sku", "sku": "KIT-1", "detail": "SKU KIT-1 has stock in channel web's pool but no item "
+                                                          "there carries it."}]},
+    "reconcileChannel": {"channel": "web", "at_ms": _AT_MS, "at": _AT, "checked": 2500,
+                         "divergences": [_CHANNEL_DIVERGENCE]},
+}  # fmt: skip
 
 
 # --- component schemas --------------------------------------------------------------------------------
@@ -1010,6 +1138,11 @@ def _schemas() -> dict[str, JSON]:
             "attrs": {"type": "object"}, "effect": known([e.value for e in Effect]),
             "variance": nullable(integer(description="Counts: counted - expected at the count's place in the order.")),
             "duplicates": integer(0), "rejection": nullable(string()), "rejection_code": nullable(string()),
+            "expansion": nullable(obj({"recipe_version": integer(1),
+                                       "parts": obj({}, additionalProperties=integer(1),
+                                                    description="Plain SKU -> units each unit of qty moved.")},
+                                      ["recipe_version", "parts"],
+                                      description="A bundle's movement (effect expanded): how it was booked.")),
             "received_at_ms": integer(0), "received_at": iso_time("When the hub received it"),
         }, ["event_id", "agent_id", "epoch", "seq", "location", "sku", "kind", "qty", "occurred_at", "occurred_at_time",
             "wall_ms", "source", "ref", "reason", "attrs", "effect", "variance", "duplicates", "rejection",
@@ -1060,8 +1193,7 @@ def _schemas() -> dict[str, JSON]:
         "CatalogItemIn": obj({"barcode": any_text(BARCODE_MAX_LEN, "GTIN-8/12/13/14 digits (then with a valid GS1 "
                                                                    "check digit) or any other scanned text; unique "
                                                                    "within one request.", min_len=1),
-                              "sku": text(values.SKU, f"Not an {UNKNOWN_SKU_PREFIX}… key.",
-                                          **{"not": {"pattern": f"^{UNKNOWN_SKU_PREFIX}"}}),
+                              "sku": text(values.SKU, f"Not an {UNKNOWN_SKU_PREFIX}… key.", **NOT_UNKNOWN_SKU),
                               "pack_size": integer(1, PACK_SIZE_MAX, "Base units per scan of this barcode.", default=1),
                               "description": any_text(DESCRIPTION_MAX_LEN, default="")},
                              ["barcode", "sku"], closed=True),
@@ -1189,11 +1321,22 @@ def _schemas() -> dict[str, JSON]:
             "next": nullable(string("by=count: the cursor of the next page, or null.")),
         }, ["from", "to", "by", "rows"]),
         "ChannelStatus": obj({
-            "name": string(), "kind": known(["shopify", "square"]), "url": string(), "connected": {"type": "boolean"},
-            "last_push_ms": nullable(ms), "last_push": iso_time("The last push"), "cursor": string(),
-            "queue": integer(0), "failures": integer(0), "last_error": nullable(string()),
-            "divergences_open": integer(0), "lag": {"type": "object"}, "throttle": nullable({"type": "object"}),
+            "name": string(), "kind": known(["shopify", "square", "webhook"]), "url": string(),
+            "pusher": known(["this hub", "another hub"], "Which hub process pushes it (several may share PostgreSQL)"),
+            "connected": nullable({"type": "boolean", "description": "null before the first call."}),
+            "last_call_ms": nullable(ms), "last_call": iso_time("The last call to the channel"),
+            "last_push_ms": nullable(ms), "last_push": iso_time("The last push"),
+            "lag": obj({"last_ms": nullable(integer(0)), "p50_ms": nullable(integer(0)), "p99_ms": nullable(integer(0)),
+                        "samples": integer(0)}, description="Store to channel, in ms, of the last 1,000 pushes."),
+            "cursor": string(pattern="^[0-9]{1,19}$"), "queue": integer(0),
+            "throttle": nullable(obj({}, description="The channel's rate limit as it last said (docs/hub-api.md).")),
+            "failures": integer(0), "last_error": nullable(string()), "divergences_open": integer(0),
+            "refused": integer(0), "mapped": integer(0), "findings": integer(0),
             "unmapped": obj({"count": integer(0), "skus": array(string())}),
+            "reconcile_s": {"type": "number", "minimum": 0, "description": "How often levels are read back; 0: never."},
+            "last_reconciliation": nullable(obj({"at_ms": ms, "at": iso_time("When"), "checked": integer(0),
+                                                 "diverged": integer(0)}, ["at_ms", "at", "checked", "diverged"])),
+            "reconcile_error": nullable(string()),
         }, ["name", "kind", "connected", "cursor", "queue", "failures", "last_error"]),
         "ChannelDivergence": obj({
             "id": integer(1), "sku": string(), "item_id": string(), "channel_location": string(), "location": string(),

@@ -3,8 +3,8 @@
 Each agent id has a bucket of ``rate_limit_burst`` tokens that refills at
 ``rate_limit_per_s`` tokens a second; every request to a limited route takes
 one. With the bucket empty the hub answers ``429 rate_limited`` with
-``Retry-After`` (whole seconds until a token is back) and does not read the
-body. The agent's replicator waits that long before it tries again.
+``Retry-After`` (whole seconds until a token is back, ``protocol.retry.retry_after_value``) and does not
+read the body. The agent's replicator waits that long before it tries again.
 
 Every answer of a limited route that passed authentication also says where
 the credential stands, in the fields of draft-ietf-httpapi-ratelimit-headers-10
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hub.auth import IDENTITY_KEY, Handler
+from protocol.retry import retry_after_value
 
 RATE_LIMITED_ROUTES = frozenset({"sync", "events", "observations", "import_issues"})
 POLICY = "writes"  # the name of the one quota policy in the RateLimit-Policy and RateLimit fields
@@ -117,11 +118,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     wait_s = limiter.take(who.agent_id)
     if wait_s > 0:
-        retry_after_s = max(1, math.ceil(wait_s))
+        retry_after = retry_after_value(wait_s)
         raise web.HTTPTooManyRequests(
             text=f"{who.agent_id} sent more than {limiter.burst} requests at once or more than "
-            f"{limiter.rate_per_s:g} a second for a while (rate_limit_per_s); try again in {retry_after_s} s",
-            headers={"Retry-After": str(retry_after_s), **limiter.headers(who.agent_id)},
+            f"{limiter.rate_per_s:g} a second for a while (rate_limit_per_s); try again in {retry_after} s",
+            headers={"Retry-After": retry_after, **limiter.headers(who.agent_id)},
         )
     try:
         response = await handler(request)

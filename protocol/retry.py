@@ -223,6 +223,12 @@ async def wait_for_any(delay_s: float | None, *events: asyncio.Event) -> None:
             waiting.cancel()
 
 
+def retry_after_value(wait_s: float) -> str:
+    """``Retry-After`` as a hub sends it for a wait of ``wait_s``: whole seconds, rounded up, at least 1 (what
+    ``parse_retry_after`` reads back)."""
+    return str(max(1, math.ceil(wait_s)))
+
+
 def parse_retry_after(raw: str | None) -> float | None:
     """The seconds of a hub's ``Retry-After`` (whole seconds), at most ``RETRY_AFTER_MAX_S``; None when the
     header is missing or is not a number of seconds (the loop backs off as after any failure then)."""

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from hub import problems
 from hub.dashboard.sessions import SESSION_COOKIE, DashboardSessions, SignInRefused, clear_cookie, set_cookie
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def setup(app: web.Application, sessions: DashboardSessions) -> None:
 
 
 def _page(request: web.Request, name: str, status: int = 200, error: str | None = None) -> web.Response:
+    if status >= 400 and "text/html" not in request.headers.get("Accept", ""):  # a script, not a browser's form:
+        return problems.response(status, (error or "the sign-in was refused").rstrip("."))  # the API's error shape
     body = request.app[FILES_KEY][name]
     if name == "sign-in.html":
         slot = f'<p class="form-error" role="alert">{html.escape(error)}</p>' if error else ""

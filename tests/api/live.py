@@ -1,11 +1,16 @@
 """A live hub for the API contract tests: ``python -m hub serve`` on SQLite on 127.0.0.1, with a reader, an agent
-and an admin credential, a webhook (to a closed local port, so its delivery log fills with failures) and some
-data: counts, a ledger, a held event, a catalog item, an observation, a change feed.
+and an admin credential, a webhook (to a closed local port, so its delivery log fills with failures), a Shopify
+channel (the Shopify emulator of tests/channels, served from its own thread and event loop, so the hub's pushes,
+mapping refreshes and reconciliations reach a shop while the test blocks) and some data: counts, a ledger, a held
+event, a catalog item, an observation, a change feed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +30,8 @@ from protocol import (
     wall_ms_now,
 )
 from protocol.reports import ObservationReport, ObservationsRequest, encode_observations
+from protocol.routes import OBSERVATIONS_PATH, SYNC_PATH
+from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.harness.credentials import Credential, add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port
@@ -32,6 +39,12 @@ from tests.harness.net import free_port
 AGENT_LOCATIONS = ("S001", "WEB")
 YEAR_MS = 365 * 24 * 3_600_000
 REQUEST_TIMEOUT_S = 10.0
+EMULATOR_TIMEOUT_S = 10.0
+CHANNEL = "web"  # the Shopify channel's name in the hub's config, as in the document's examples
+CHANNEL_SKUS = ("SKU-1", "SKU-2")  # listed at the shop; SKU-3 is not (an unmapped SKU)
+SHOPIFY_TOKEN_ENV = "SHELFSYNC_API_SHOPIFY_TOKEN"
+SHOPIFY_WEBHOOK_SECRET_ENV = "SHELFSYNC_API_SHOPIFY_WEBHOOK_SECRET"
+SHOPIFY_WEBHOOK_SECRET = "shpss-api-contract-webhook-secret"  # one line, no spaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +89,7 @@ def _event(agent: Credential, seq: int, sku: str, kind: Kind, qty: int, at_ms: i
 
 
 def seed(hub: LiveHub) -> None:
-    """Data for every read to page through, and a held event for the quarantine."""
+    """Data for every read to page through, a bundle, and a held event for the quarantine."""
     now = wall_ms_now()
     events = [
         _event(hub.agent, 1, "SKU-1", Kind.COUNT, 12, now - 60_000),
@@ -86,7 +99,7 @@ def seed(hub: LiveHub) -> None:
         _event(hub.agent, 5, "SKU-1", Kind.ADJUST, 1, now + YEAR_MS),  # a year ahead: held in quarantine
     ]
     body = encode_sync_request(SyncRequest(hub.agent.agent_id, 1, tuple(events), sent_ms=now))
-    status, _, raw = hub.call("POST", "/v1/sync", hub.agent.token, body, MSGPACK_CONTENT_TYPE)
+    status, _, raw = hub.call("POST", SYNC_PATH, hub.agent.token, body, MSGPACK_CONTENT_TYPE)
     assert status == 200, raw[:300]
     assert decode_sync_response(raw).hwm == 5
     hub.json("POST", "/v1/events", hub.agent.token, {"events": [
@@ -95,18 +108,68 @@ def seed(hub: LiveHub) -> None:
     hub.json("PUT", "/v1/catalog", hub.admin.token, {"items": [
         {"barcode": "04006381333931", "sku": "SKU-1", "pack_size": 1, "description": "Pen"}]})  # fmt: skip
     hub.json("PUT", "/v1/locations/S001/skus/SKU-2/safety-stock", hub.admin.token, {"qty": 1})
+    hub.json("PUT", "/v1/bundles/KIT-1", hub.admin.token, {"components": {"SKU-1": 2, "SKU-2": 1}})
     observations = ObservationsRequest(
         hub.agent.agent_id, (ObservationReport("obs-1", "S001", "SKU-1", "shop", 40, now - 10_000, "inv.csv"),)
     )
-    status, _, raw = hub.call("POST", "/v1/observations", hub.agent.token, encode_observations(observations),
+    status, _, raw = hub.call("POST", OBSERVATIONS_PATH, hub.agent.token, encode_observations(observations),
                               MSGPACK_CONTENT_TYPE)  # fmt: skip
     assert status == 200, raw[:300]
 
 
 @contextmanager
+def shopify_in_thread() -> Iterator[ShopifyEmulator]:
+    """The Shopify emulator served by an event loop of its own thread: it answers the hub while the test blocks
+    (on Schemathesis, on urllib). Set its data up before the hub starts: the thread reads it afterwards."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="shopify-emulator", daemon=True)
+    thread.start()
+    try:
+        emulator = asyncio.run_coroutine_threadsafe(_started(), loop).result(EMULATOR_TIMEOUT_S)
+        try:
+            yield emulator
+        finally:
+            asyncio.run_coroutine_threadsafe(emulator.close(), loop).result(EMULATOR_TIMEOUT_S)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(EMULATOR_TIMEOUT_S)
+        loop.close()
+
+
+async def _started() -> ShopifyEmulator:
+    return await ShopifyEmulator().start()
+
+
+def _channel_table(shop: ShopifyEmulator) -> str:
+    location = shop.add_location()
+    for sku in CHANNEL_SKUS:
+        shop.add_variant(sku, stocked_at=[location], available=3)
+    return f"""
+[[channel]]
+name = "{CHANNEL}"
+kind = "shopify"
+url = "{shop.url}"
+secret_env = "{SHOPIFY_TOKEN_ENV}"
+webhook_secret_env = "{SHOPIFY_WEBHOOK_SECRET_ENV}"
+pool = {{ S001 = "{location}" }}
+fulfil_from = {{ "{location}" = "S001" }}
+buffer = 1
+timeout_s = 2.0
+retry_max_s = 1.0
+"""
+
+
+@contextmanager
 def live_hub(tmp_path: Path, *, rate_limit_per_s: float = 1000.0, rate_limit_burst: int = 1000,
              seeded: bool = True) -> Iterator[LiveHub]:  # fmt: skip
-    """A served hub on a free port of 127.0.0.1, stopped (SIGTERM, else killed) on the way out."""
+    """A served hub on a free port of 127.0.0.1, stopped (SIGTERM, else killed) on the way out, and the shop its
+    channel pushes to."""
+    with shopify_in_thread() as shop:
+        yield from _served(tmp_path, shop, rate_limit_per_s, rate_limit_burst, seeded)
+
+
+def _served(tmp_path: Path, shop: ShopifyEmulator, rate_limit_per_s: float, rate_limit_burst: int,
+            seeded: bool) -> Iterator[LiveHub]:  # fmt: skip
     db = tmp_path / "hub.db"
     reader = add_credential(db, role="reader")
     admin = add_credential(db, role="admin")
@@ -124,10 +187,11 @@ secret = "a secret shared with nobody: the port is closed"
 location = "WEB"
 timeout_s = 1.0
 retry_max_s = 1.0
-"""
+{_channel_table(shop)}"""
     )
     log = tmp_path / "hub.log"
-    with HubProcess(log, "--config", str(config), db=db, port=0) as proc:
+    env = {**os.environ, SHOPIFY_TOKEN_ENV: shop.token, SHOPIFY_WEBHOOK_SECRET_ENV: SHOPIFY_WEBHOOK_SECRET}
+    with HubProcess(log, "--config", str(config), db=db, port=0, env=env) as proc:
         hub = LiveHub(proc.url, db, log, reader, agent, admin)
         if seeded:
             seed(hub)

@@ -13,11 +13,16 @@
   Schemathesis generates as valid (a generated invalid case keeps its faults, and must be refused): a
   ``cursor`` is opaque — only a value the hub gave out is one (hub.paging checks it), so a valid case asks for
   the first page (in the stateful phase the links then put real cursors from ``next`` in); the ledger takes
-  ``cursor`` or ``before``, not both; a report's period starts before it ends; a bundle does not name itself; a movement is not stamped ahead of the hub's clock; a GTIN carries its
-  check digit and a barcode comes once per catalog write; a msgpack report names the credential's own agent
-  and a sync batch's seqs increase. And one for generated invalid cases: ``format=csv`` takes a ``limit``
-  past a JSON page's maximum (the whole list streamed), so an invalid query drops ``format=csv`` and is
-  judged as the JSON request it then is.
+  ``cursor`` or ``before``, not both; a report's period starts before it ends; a bundle does not name itself
+  (just before the call, once a link has filled the path); a movement is not stamped ahead of the hub's clock;
+  a GTIN carries its check digit and a barcode comes once per catalog write; a msgpack report names the
+  credential's own agent and a sync batch's seqs increase. And one for generated invalid cases: ``format=csv``
+  takes a ``limit`` past a JSON page's maximum (the whole list streamed), so an invalid query drops
+  ``format=csv`` and is judged as the JSON request it then is.
+* The examples phase sends the document's own examples (and values of an answer's example as parameters of the
+  same name) without ``map_case``: the examples obey those rules themselves (hub/openapi.py).
+* The stateful phase asks for JSON, never ``format=csv``: its links read the answer's ``next`` (or an id) into the
+  next call, which a CSV answer does not have. The other three phases check the CSV answers.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from typing import Any
 import msgpack
 import schemathesis
 from schemathesis.core.parameters import ParameterLocation
+from schemathesis.generation.meta import TestPhase
+
+from protocol.routes import CATALOG_PATH, CHANGES_PATH, IMPORT_ISSUES_PATH, OBSERVATIONS_PATH, SYNC_PATH
 
 _QUERY = ParameterLocation.QUERY
 _BODY = ParameterLocation.BODY
@@ -39,6 +47,7 @@ GTIN_LENGTHS = (8, 12, 13, 14)
 EARLIEST_MS = 946_684_800_000  # 2000-01-01, hub.events_api.EARLIEST_MS
 SYNC_BIN_KEYS = frozenset({"chain", "base_chain"})  # the sync request's top-level x-msgpack: bin fields
 WAIT_CAP_S = 0.2
+BUNDLE_PATH = "/v1/bundles/{sku}"
 TOKENS: dict[str, str] = json.loads(os.environ.get("SHELFSYNC_ST_TOKENS", "{}"))
 AGENT_ID = os.environ.get("SHELFSYNC_ST_AGENT_ID", "")
 
@@ -84,7 +93,7 @@ def _unbin(value: Any) -> Any:
 
 @schemathesis.serializer("application/msgpack")
 def to_msgpack(ctx: Any, value: Any) -> bytes:
-    if ctx.case.operation.path == "/v1/sync":
+    if ctx.case.operation.path == SYNC_PATH:
         value = _sync_bins(value)
     packed: bytes = msgpack.packb(_fit(value), use_bin_type=True)
     return packed
@@ -124,6 +133,8 @@ def map_case(context: Any, case: Any) -> Any:
     query = case.query if isinstance(case.query, dict) else {}
     if case.meta is None:
         return case
+    if case.meta.phase.name == TestPhase.STATEFUL:
+        query.pop("format", None)  # a link follows the JSON answer (see the module docstring)
     query_info = case.meta.components.get(_QUERY)
     if query_info is not None and query_info.mode.is_negative and query.get("format") == "csv":
         del query["format"]  # a CSV answer takes a limit past a JSON page's (docs/hub-api.md, CSV): test the JSON one
@@ -143,18 +154,29 @@ def map_case(context: Any, case: Any) -> Any:
     if body_info is not None and body_info.mode.is_positive:
         if case.operation.path == "/v1/events":
             events_within_clock(case.body)
-        elif case.operation.path == "/v1/catalog":
+        elif case.operation.path == CATALOG_PATH:
             catalog_items_checked(case.body)
-        elif case.operation.path in ("/v1/sync", "/v1/observations", "/v1/import-issues"):
+        elif case.operation.path in (SYNC_PATH, OBSERVATIONS_PATH, IMPORT_ISSUES_PATH):
             own_agent(case.body)
-        elif case.operation.path == "/v1/bundles/{sku}" and isinstance(case.body, dict):
-            components = case.body.get("components")
-            sku = (case.path_parameters or {}).get("sku")
-            if isinstance(components, dict) and sku in components and len(components) > 1:
-                del components[sku]  # a bundle does not name itself
-            elif isinstance(components, dict) and isinstance(sku, str) and sku in components:
-                case.body["components"] = {f"{sku[:58]}-part": components[sku]}
     return case
+
+
+def bundle_without_itself(case: Any) -> None:
+    """A bundle does not name itself as a component. Applied just before the call: in the stateful phase a link
+    puts a real bundle's SKU in the path after ``map_case``, and the body may name that very SKU."""
+    if case.operation.path != BUNDLE_PATH or case.meta is None or not isinstance(case.body, dict):
+        return
+    body_info = case.meta.components.get(_BODY)
+    if body_info is None or not body_info.mode.is_positive:
+        return
+    components = case.body.get("components")
+    sku = (case.path_parameters or {}).get("sku")
+    if not isinstance(components, dict) or not isinstance(sku, str) or sku not in components:
+        return
+    if len(components) > 1:
+        del components[sku]
+    else:
+        case.body["components"] = {f"{sku[:58]}-part": components[sku]}
 
 
 def own_agent(body: Any) -> None:
@@ -216,7 +238,8 @@ def events_within_clock(body: Any) -> None:
 
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: Any) -> None:
-    if case.operation.path == "/v1/changes" and isinstance(case.query, dict) and "wait" in case.query:
+    bundle_without_itself(case)
+    if case.operation.path == CHANGES_PATH and isinstance(case.query, dict) and "wait" in case.query:
         try:
             wait = float(case.query["wait"])
         except (TypeError, ValueError):

@@ -9,6 +9,8 @@ import re
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hub import HubStore, etag
 from protocol import (
@@ -20,6 +22,7 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from protocol.retry import RETRY_AFTER_MAX_S, parse_retry_after, retry_after_value
 from tests.harness.inprocess import ClientFactory
 
 POLICY_RE = re.compile(r'^"writes";q=(\d+);w=(\d+)$')
@@ -81,6 +84,19 @@ async def test_every_cacheable_read_has_an_etag(store: HubStore, make_client: Cl
     assert again.status == 304
 
 
+async def test_a_csv_answer_is_streamed_untagged_and_never_answered_304(
+    store: HubStore, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    _, reader = await store.add_agent([], role="reader")
+    as_json = await client.get("/v1/agents", headers=bearer(reader))
+    tag = as_json.headers["ETag"]
+    as_csv = await client.get("/v1/agents", headers=bearer(reader, Accept="text/csv", **{"If-None-Match": tag}))
+    assert as_csv.status == 200 and as_csv.content_type == "text/csv"
+    assert "ETag" not in as_csv.headers and as_csv.headers["Cache-Control"] == "no-store"
+    assert (await as_csv.text()).startswith("agent_id,role,")
+
+
 async def test_reads_that_change_by_themselves_carry_no_etag(store: HubStore, make_client: ClientFactory) -> None:
     client = await make_client()
     _, reader = await store.add_agent([], role="reader")
@@ -126,9 +142,22 @@ async def test_429_carries_retry_after_and_an_empty_quota(store: HubStore, make_
     assert [a.status for a in answers] == [400, 400, 429]
     limited = answers[-1]
     assert int(limited.headers["Retry-After"]) >= 1
+    retry_after = limited.headers["Retry-After"]
+    assert parse_retry_after(retry_after) == float(retry_after), "the agent reads it as sent"
     standing = STANDING_RE.fullmatch(limited.headers["RateLimit"])
     assert standing is not None and int(standing[1]) == 0
     assert int(standing[2]) >= int(limited.headers["Retry-After"]), "full again no sooner than the next token"
     assert POLICY_RE.fullmatch(limited.headers["RateLimit-Policy"])
     body = await limited.json()
     assert "rate_limit_per_s" in json.dumps(body)
+
+
+@given(st.floats(min_value=1e-9, max_value=RETRY_AFTER_MAX_S))
+def test_retry_after_is_whole_seconds_never_shorter_than_the_wait(wait_s: float) -> None:
+    """The one spelling of Retry-After (protocol.retry): what the hub sends, the agent reads back, and the wait it
+    asks for is never shorter than the real one."""
+    value = retry_after_value(wait_s)
+    assert value.isdigit() and int(value) >= 1
+    read = parse_retry_after(value)
+    assert read is not None and read >= wait_s, "never sooner than a token is back"
+    assert read - wait_s < 1 or read == 1.0, "no more than the next whole second (at least 1 s)"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from hub import HubSettings, HubStore, create_app, openapi
-from protocol import values
+from protocol import routes, values
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ROUTE_HEADING_RE = re.compile(r"^#+ `([A-Z]+) (/\S*)`", re.MULTILINE)
@@ -48,6 +48,14 @@ async def test_the_document_names_every_route_of_the_hub_and_no_other(app: web.A
     assert sorted(documented - routes) == [], "hub/openapi.py documents routes the hub does not have"
     assert sorted(not_api - routes) == [], "NOT_API_ROUTES names routes the hub does not have"
     assert not documented & not_api
+
+
+def test_the_routes_agents_call_are_the_documents_paths() -> None:
+    """protocol.routes names each path an agent calls once; the document is built from those names."""
+    paths = openapi.build()["paths"]
+    assert set(routes.AGENT_PATHS) <= set(paths)
+    assert "post" in paths[routes.SYNC_PATH] and "get" in paths[routes.CHANGES_PATH]
+    assert {"get", "put"} <= set(paths[routes.CATALOG_PATH])
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ from protocol import MSGPACK_CONTENT_TYPE, SyncRequest, encode_sync_request
 from tests.harness.inprocess import ClientFactory, hub_in_process
 
 PROBLEM = "application/problem+json"
+ANSWER_TIMEOUT_S = 10.0
+POLL_S = 0.02
 
 
 async def problem_of(resp: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
@@ -136,3 +141,106 @@ def test_the_agent_shows_an_excerpt_of_anything_else() -> None:
     assert error_message(b"") == "no message"
     assert error_member(b'["a"]', "detail") is None
     assert error_message(b"x" * 1000) == "x" * 200
+
+
+
+# --- answers from below the application: the connection guard and aiohttp's own -------------------------------
+
+
+@asynccontextmanager
+async def guarded(store: HubStore, max_connections: int = 16, header_timeout_s: float = 5.0) -> AsyncIterator[
+        tuple[ConnectionGuard, int]]:  # fmt: skip
+    """The hub's application served as ``hub serve`` serves it (hub.limits.GuardedRunner) on 127.0.0.1."""
+    guard = ConnectionGuard(max_connections=max_connections, header_timeout_s=header_timeout_s)
+    runner = GuardedRunner(create_app(store, HubSettings(db="x")), guard)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield guard, runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def exchange(port: int, head: bytes, *, eof: bool = False) -> bytes:
+    """Send ``head`` on a new connection (then end it, with ``eof``) and read until the hub closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        if eof:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), timeout=ANSWER_TIMEOUT_S)
+    finally:
+        writer.close()
+
+
+def raw_problem(raw: bytes, status: int, code: str) -> tuple[bytes, dict[str, Any]]:
+    """The head and problem details of a raw HTTP answer, checked as ``problem_of`` checks them."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split()[1] == str(status).encode(), raw[:300]
+    assert b"content-type: application/problem+json" in head.lower(), raw[:300]
+    problem: dict[str, Any] = json.loads(body)
+    assert problem["status"] == status and problem["code"] == code and problem["type"].endswith(code)
+    assert isinstance(problem["detail"], str) and len(problem["detail"]) > 10 and "\n" not in problem["detail"]
+    return head, problem
+
+
+async def test_an_expectation_aiohttp_refuses_before_the_app_is_problem_details(store: HubStore) -> None:
+    async with guarded(store) as (_, port):
+        raw = await exchange(port, b"PUT /v1/catalog HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nConnection: close\r\n"
+                                   b"Content-Length: 2\r\n\r\n{}")  # fmt: skip
+        _, problem = raw_problem(raw, 417, "http_417")
+        assert "100-continue" in problem["detail"] and "200-ok" in problem["detail"]
+        raw = await exchange(port, b"GET /v1/nowhere HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                   b"Connection: close\r\n\r\n")  # fmt: skip
+        assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        raw_problem(raw.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n"), 404, "not_found")
+
+
+async def test_a_client_gone_before_its_100_continue_is_counted_not_a_traceback(
+    store: HubStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    attempts = 5
+    async with guarded(store) as (guard, port):
+        answers = [await exchange(port, b"PUT /v1/catalog HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                        b"Content-Length: 10\r\n\r\n", eof=True) for _ in range(attempts)]  # fmt: skip
+        continued = sum(a.startswith(b"HTTP/1.1 100 Continue") for a in answers)
+        assert guard.lost.total + continued == attempts, "each either lost before its answer (counted) or answered"
+        guard.flush()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "Traceback" not in caplog.text
+    if guard.lost.total:
+        assert "lost 1 connection before its answer" in caplog.text
+
+
+async def test_a_slow_head_and_a_full_house_are_problem_details(store: HubStore) -> None:
+    async with guarded(store, max_connections=1, header_timeout_s=0.3) as (guard, port):
+        raw = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost")  # the head never ends
+        raw_problem(raw, 408, "request_timeout")
+        _, writer = await asyncio.open_connection("127.0.0.1", port)  # busy: its body is still coming
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # public: read
+            await writer.drain()
+            for _ in range(int(ANSWER_TIMEOUT_S / POLL_S)):
+                if guard.open_count == 1 and guard.idle_count == 0:
+                    break
+                await asyncio.sleep(POLL_S)
+            assert guard.open_count == 1 and guard.idle_count == 0, "the first connection is busy"
+            head, _ = raw_problem(await exchange(port, b""), 503, "unavailable")
+            assert b"Retry-After: 1" in head.split(b"\r\n")
+        finally:
+            writer.close()
+
+
+async def test_the_sign_in_form_answers_a_script_with_problem_details_and_a_browser_with_its_page(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    for_script = await client.post("/dashboard/sign-in", data={"token": "nope"}, allow_redirects=False)
+    refused = await problem_of(for_script, 403, "forbidden")
+    assert "unknown or has been revoked" in refused["detail"]
+    await problem_of(await client.post("/dashboard/sign-in", data={}, allow_redirects=False), 400, "bad_request")
+    for_browser = await client.post("/dashboard/sign-in", data={"token": "nope"}, allow_redirects=False,
+                                    headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})  # fmt: skip
+    assert for_browser.status == 403 and for_browser.content_type == "text/html"
+    assert "unknown or has been revoked" in await for_browser.text()
