@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -89,10 +88,21 @@ class Tally:
 def connections_max(soft_fd_limit: int | None = None) -> int:
     """How many connections the local API holds open at most, under this process's open-file limit."""
     if soft_fd_limit is None:
-        soft_fd_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft_fd_limit == resource.RLIM_INFINITY or soft_fd_limit <= 0:
+        soft_fd_limit = _soft_fd_limit()
+    if soft_fd_limit is None or soft_fd_limit <= 0:
         return CONNECTIONS_MAX
     return max(8, min(CONNECTIONS_MAX, soft_fd_limit // FD_SHARE))
+
+
+def _soft_fd_limit() -> int | None:
+    """This process's open-file limit; None where there is none to read (Windows has no ``resource``) or it is
+    unlimited."""
+    try:
+        import resource  # POSIX only: the agent's core also runs on Windows
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 class Guard:
