@@ -48,3 +48,20 @@ NEWEST_RECIPES = (
 )
 BUNDLE_PART_FIELDS = "bundle, part, units, version"
 EXPANSION_FIELDS = "agent_id, event_id, version, parts"
+
+
+def note_sync(
+    agent_id: str, now_ms: int, clock_skew_ms: int | None, backlog: int | None, oldest_pending_ms: int | None
+) -> tuple[str, tuple[object, ...]]:
+    """The UPDATE recording an agent's sync (``?`` markers) and its parameters; a backlog not reported (None)
+    leaves the previous report as it was."""
+    if backlog is None:
+        return (
+            "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms) WHERE agent_id = ?",
+            (now_ms, clock_skew_ms, agent_id),
+        )
+    return (
+        "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms), "
+        "backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ? WHERE agent_id = ?",
+        (now_ms, clock_skew_ms, backlog, oldest_pending_ms, now_ms, agent_id),
+    )

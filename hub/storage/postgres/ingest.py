@@ -61,7 +61,9 @@ from hub.storage.ingest import (
     attrs_json,
 )
 from hub.storage.postgres.feed import append_changes
+from hub.storage.db import numbered
 from hub.storage.rows import bundle_book, bundle_recipe
+from hub.storage.sql import note_sync as note_sync_sql
 from hub.storage.sql import (
     BUNDLE_PART_FIELDS,
     DELTA_KINDS,
@@ -410,23 +412,8 @@ class PostgresIngest:
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
     ) -> None:
-        if backlog is None:  # not reported: the previous report stays
-            await self.conn.execute(
-                "UPDATE agents SET last_sync_ms = $1, clock_skew_ms = COALESCE($2, clock_skew_ms) WHERE agent_id = $3",
-                now_ms,
-                clock_skew_ms,
-                agent_id,
-            )
-            return
-        await self.conn.execute(
-            "UPDATE agents SET last_sync_ms = $1, clock_skew_ms = COALESCE($2, clock_skew_ms), "
-            "backlog = $3, oldest_pending_ms = $4, backlog_at_ms = $1 WHERE agent_id = $5",
-            now_ms,
-            clock_skew_ms,
-            backlog,
-            oldest_pending_ms,
-            agent_id,
-        )
+        statement, params = note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms)
+        await self.conn.execute(numbered(statement), *params)
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
         hwm = await self.conn.fetchval("SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $2", agent_id, epoch)

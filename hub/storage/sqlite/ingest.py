@@ -26,6 +26,7 @@ from hub.storage.base import BundleRecipe
 from hub.storage.held import transfer_values
 from hub.storage.ingest import EFFECT_TEXT, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
 from hub.storage.ingest import BundleParts, NewExpansion, attrs_json
+from hub.storage.sql import note_sync as note_sync_sql
 from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
 from hub.storage.sql import BUNDLE_PART_FIELDS, EXPANSION_FIELDS, NEWEST_RECIPES, RECIPE_FIELDS
@@ -353,17 +354,7 @@ class SqliteIngest:
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
     ) -> None:
-        if backlog is None:  # not reported: the previous report stays
-            await self.db.execute(
-                "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms) WHERE agent_id = ?",
-                (now_ms, clock_skew_ms, agent_id),
-            )
-            return
-        await self.db.execute(
-            "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms), "
-            "backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ? WHERE agent_id = ?",
-            (now_ms, clock_skew_ms, backlog, oldest_pending_ms, now_ms, agent_id),
-        )
+        await self.db.execute(*note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms))
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
         rows = await self._fetch("SELECT hwm FROM agent_hwm WHERE agent_id = ? AND epoch = ?", (agent_id, epoch))
