@@ -10,6 +10,7 @@ drain. Each test asserts what a store or an operator would see.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import sqlite3
@@ -17,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -269,15 +271,27 @@ class Handheld:
         return status, body
 
 
-@pytest.fixture
-def local_api(tmp_path: Path) -> Iterator[int]:
-    """An agent (recording only) serving its local API on 127.0.0.1; yields the port."""
+@dataclass
+class LocalApi:
+    port: int
+    config: Path
+    log_path: Path
+    run: AgentProcess
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def serve_local_api(tmp_path: Path, agent_id: str) -> Iterator[LocalApi]:
+    """An agent (recording only) serving its local API on 127.0.0.1, staff ``ana`` with PIN 4711."""
     port = free_port()
     config = tmp_path / "api" / "agent.toml"
     config.parent.mkdir(parents=True)
     config.write_text(
         f"""[agent]
-id = "store-api"
+id = "{agent_id}"
 location = "S001"
 data_dir = "{config.parent.as_posix()}"
 
@@ -290,8 +304,7 @@ port = {port}
 ana = "{hash_pin("4711")}"
 """
     )
-    printed: list[str] = []
-    run = AgentProcess(config, config.parent / "agent.log", printed)
+    run = AgentProcess(config, config.parent / "agent.log")
     try:
         probe = Handheld(port, "127.0.0.1")
 
@@ -302,10 +315,17 @@ ana = "{hash_pin("4711")}"
                 return False
 
         wait_until("the local API answers", up, WAIT_S)
-        yield port
-        assert "Traceback" not in (config.parent / "agent.log").read_text()
+        yield LocalApi(port, config, config.parent / "agent.log", run)
     finally:
         run.stop()
+
+
+@pytest.fixture
+def local_api(tmp_path: Path) -> Iterator[int]:
+    """The local API's port; no traceback in the agent's log by the end."""
+    with serve_local_api(tmp_path, "store-api") as api:
+        yield api.port
+        assert "Traceback" not in api.log
 
 
 def test_wrong_pins_on_one_device_lock_nobody_out_of_another(local_api: int) -> None:

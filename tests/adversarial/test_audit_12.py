@@ -29,7 +29,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -40,7 +39,7 @@ from agent.localapi.auth import hash_pin
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
 from protocol import MSGPACK_CONTENT_TYPE, new_event_id, pack_hlc, values
-from tests.adversarial.test_agent_hostile import Handheld
+from tests.adversarial.test_agent_hostile import Handheld, LocalApi, serve_local_api
 from tests.faults.helpers import hub_events
 from tests.harness.agent_process import AgentProcess
 from tests.harness.commands import run_agent
@@ -60,53 +59,11 @@ MALFORMED = (
 )
 
 
-@dataclass
-class LocalApi:
-    port: int
-    config: Path
-    log_path: Path
-    run: AgentProcess
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture
 def local_api(tmp_path: Path) -> Iterator[LocalApi]:
     """An agent (recording only) serving its local API on 127.0.0.1, staff ``ana`` with PIN 4711."""
-    port = free_port()
-    config = tmp_path / "api" / "agent.toml"
-    config.parent.mkdir(parents=True)
-    config.write_text(
-        f"""[agent]
-id = "store-audit"
-location = "S001"
-data_dir = "{config.parent.as_posix()}"
-
-[localapi]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-
-[localapi.staff]
-ana = "{hash_pin("4711")}"
-"""
-    )
-    run = AgentProcess(config, config.parent / "agent.log")
-    try:
-        probe = Handheld(port, "127.0.0.1")
-
-        def up() -> bool:
-            try:
-                return probe.call("GET", "/healthz")[0] == 200
-            except OSError:
-                return False
-
-        wait_until("the local API answers", up, WAIT_S)
-        yield LocalApi(port, config, config.parent / "agent.log", run)
-    finally:
-        run.stop()
+    with serve_local_api(tmp_path, "store-audit") as api:
+        yield api
 
 
 def _raw(port: int, request: bytes) -> bytes:
