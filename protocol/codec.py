@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -64,8 +64,10 @@ class Rejection:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class CountSnapshot:
+class CountSnapshot(NamedTuple):
+    """One (location, sku)'s counts as the hub resolved them. A named tuple: a hub builds hundreds per
+    batch, and a tuple is built in one step where a frozen dataclass sets its slots one by one."""
+
     location: str
     sku: str
     on_hand: int

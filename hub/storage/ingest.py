@@ -153,14 +153,8 @@ class StockRow(NamedTuple):
     updated_at_ms: int = 0
 
     def snapshot(self) -> CountSnapshot:
-        return CountSnapshot(
-            self.location,
-            self.sku,
-            self.on_hand,
-            self.reserved,
-            available(self.on_hand, self.reserved, self.safety_stock),
-            self.in_transit,
-        )
+        on_hand, reserved = self[2], self[3]  # (tuple.__new__: without the named tuple's argument handling)
+        return _TUPLE_NEW(CountSnapshot, (self[0], self[1], on_hand, reserved, available(on_hand, reserved, self[5]), self[4]))
 
 
 def _new_row(row: StockRow, on_hand: int, max_key: OrderKey) -> StockRow:

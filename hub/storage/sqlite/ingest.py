@@ -383,19 +383,7 @@ class SqliteIngest:
         await insert_rows(
             self.db, "INSERT INTO changes (location, sku, on_hand, reserved, available, in_transit, event_ids, at_ms)",
             "", 8,
-            [
-                (
-                    c.snapshot.location,
-                    c.snapshot.sku,
-                    c.snapshot.on_hand,
-                    c.snapshot.reserved,
-                    c.snapshot.available,
-                    c.snapshot.in_transit,
-                    b"".join(c.event_ids),
-                    now_ms,
-                )
-                for c in rows
-            ],
+            [(*snapshot, b"".join(event_ids), now_ms) for snapshot, event_ids in rows],  # a snapshot's fields in column order
         )
 
     # --- bundles (schema version 6) ------------------------------------------------------------------
