@@ -91,7 +91,8 @@ class StorageContract(FeedAndCatalogContract, ClockTransferContract):
     async def test_a_resend_is_found_whole_across_locations_and_whatever_the_order_of_its_ids(
         self, store: HubStore, who: AgentIdentity, ev: EventFactory
     ) -> None:
-        # PostgreSQL looks stored ids up within the batch's lowest and highest id, one location at a time
+        # both backends look stored ids up within the batch's lowest and highest id (PostgreSQL one location
+        # at a time): a resend is found whatever lies between
         stored = [
             ev(Kind.RECEIVE, 5, at_ms=1, event_id=b"\x40" * 16),
             ev(Kind.RECEIVE, 7, at_ms=2, location="S2", sku="B", event_id=b"\x80" * 16),
@@ -105,6 +106,17 @@ class StorageContract(FeedAndCatalogContract, ClockTransferContract):
         assert {r.event_id: r.duplicates for r in await store.ledger()} == {
             b"\x40" * 16: 1, b"\x80" * 16: 1, b"\x01" * 16: 0, b"\xfe" * 16: 0,
         }  # fmt: skip
+
+    async def test_new_ids_around_a_stored_one_are_all_new(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        # SQLite seeks the first stored id between the batch's lowest and highest: one found there that the
+        # batch does not hold must not make a new event a duplicate
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 5, at_ms=1, event_id=b"\x40" * 16)])
+        around = [ev(Kind.SALE, -1, at_ms=2, event_id=b"\x01" * 16), ev(Kind.SALE, -2, at_ms=3, event_id=b"\xfe" * 16)]
+        result = await store.ingest(who, 1, around)
+        assert (result.applied, result.duplicates, result.rejected) == (2, 0, ())
+        assert result.counts == (CountSnapshot("S1", "A", 2, 0, 2, 0),)
 
     async def test_the_same_id_with_other_content_is_a_conflict_and_the_original_stands(
         self, store: HubStore, who: AgentIdentity, ev: EventFactory
