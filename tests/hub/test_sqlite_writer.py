@@ -25,7 +25,7 @@ import pytest
 from hub.storage import AgentIdentity, SqliteHubStore, StoreError
 from hub.storage.ingest import StockRow
 from hub.storage.sqlite.store import _commit_group, _Write
-from hub.storage.sqlite.ingest import SqliteIngest, StockCache
+from hub.storage.sqlite.ingest import ROWS_PER_STATEMENT, SqliteIngest, StockCache, insert_rows
 from hub.storage.sqlite.schema import migrate
 from hub.storage.sqlite.writer import (
     CHECKPOINT_PAUSE_S,
@@ -97,6 +97,24 @@ def test_run_inline_returns_what_a_write_over_an_inline_connection_returns(tmp_p
 
         assert run_inline(write()) == (7, [(7,)])
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)  # really written, on this connection
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("n", [1, ROWS_PER_STATEMENT - 1, ROWS_PER_STATEMENT, 2 * ROWS_PER_STATEMENT + 3])
+def test_insert_rows_writes_every_row_once_whatever_the_count(tmp_path: Path, n: int) -> None:
+    # full statements of ROWS_PER_STATEMENT rows, then one for the rest: no row left out or written twice
+    conn = sqlite3.connect(tmp_path / "rows.db", isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        rows = [(i, f"v{i}") for i in range(n)]
+        assert run_inline(insert_rows(InlineConnection(conn), "INSERT INTO t (k, v)", "", 2, rows)) == n
+        assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == rows
+        changed = run_inline(insert_rows(
+            InlineConnection(conn), "INSERT INTO t (k, v)", "ON CONFLICT (k) DO UPDATE SET v = excluded.v || '!'", 2, rows
+        ))  # fmt: skip
+        assert changed == n
+        assert conn.execute("SELECT count(*) FROM t WHERE v LIKE '%!'").fetchone() == (n,)
     finally:
         conn.close()
 
