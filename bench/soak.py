@@ -22,7 +22,8 @@ over time (psutil), and what the proxy did.
     python -m bench.soak                          # the full run: 100 stores, 10 minutes
     python -m bench.soak --stores 20 --minutes 1  # a short one
 
-Exits 1 if anything was lost or counted twice.
+Exits 1 if anything was lost or counted twice, or if the change feed's last
+change of a key is not the hub's count.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ class Soak:
     recorded: int = 0
     episodes: Counter[str] = field(default_factory=Counter)
     held_applied: int = 0
+    feed_on_hand: dict[tuple[str, str], int] = field(default_factory=dict)  # each key's on_hand in its latest change
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -218,6 +220,7 @@ async def follow_feed(url: str, token: str, soak: Soak, done: asyncio.Event) -> 
                 continue
             now = time.perf_counter()
             for change in body["changes"]:
+                soak.feed_on_hand[(change["location"], change["sku"])] = change["on_hand"]
                 mine = soak.pending.get((change["location"], change["sku"]))
                 if not mine:
                     continue
@@ -335,8 +338,14 @@ async def inject_faults(proxy: FaultProxy, base: FaultPlan, rng: random.Random, 
         proxy.plan = base
 
 
-def compare(hub_db: Path, outboxes: list[Path]) -> dict[str, int]:
-    """Loss and double counting: the hub's events and counts against the outboxes."""
+def compare(hub_db: Path, outboxes: list[Path], soak: Soak) -> dict[str, int]:
+    """Loss and double counting: the hub's events and counts against the outboxes; the change feed's
+    last word on each key against the hub's count.
+
+    A movement no change row named (nor a later one of its store and key) is still visible when its
+    key's latest change shows the hub's count: its batch left that count as it was (a sale and a
+    return of one unit, say), so there was no change to write. Only one whose key's feed count differs
+    from the hub's was never seen."""
     recorded: dict[bytes, tuple[str, str, int]] = {}
     for path in outboxes:  # every copy: live files, replaced files, second machines (backups hold nothing new)
         with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -349,6 +358,7 @@ def compare(hub_db: Path, outboxes: list[Path]) -> dict[str, int]:
     expected: Counter[tuple[str, str]] = Counter()
     for location, sku, qty in recorded.values():
         expected[(location, sku)] += qty
+    feed_behind = {k for k in on_hand.keys() | soak.feed_on_hand.keys() if soak.feed_on_hand.get(k, 0) != on_hand.get(k, 0)}
     over = sum(max(0, on_hand.get(k, 0) - v) for k, v in expected.items())
     under = sum(max(0, v - on_hand.get(k, 0)) for k, v in expected.items())
     return {
@@ -359,6 +369,9 @@ def compare(hub_db: Path, outboxes: list[Path]) -> dict[str, int]:
         "units_missing": under,
         "resends_absorbed": resends,
         "integrity_ok": int(integrity == "ok"),
+        "feed_keys_behind": len(feed_behind),
+        "unseen_on_feed": sum(len(v) for k, v in soak.pending.items() if k in feed_behind),
+        "in_final_count_only": sum(len(v) for k, v in soak.pending.items() if k not in feed_behind),
     }
 
 
@@ -416,8 +429,7 @@ async def soak_run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Any]
         hub.send_signal(signal.SIGTERM)
         await asyncio.wait_for(hub.wait(), 60)
     files = [c.path for st in stores for c in st.copies()]
-    result = compare(hub_db, files)
-    result["unseen_on_feed"] = sum(len(v) for v in soak.pending.values())
+    result = compare(hub_db, files, soak)
     extra = {"drain_s": drain_s, "proxy": proxy_stats, "copies": len(files), "forks": forks}
     return result, soak, extra
 
@@ -457,6 +469,8 @@ def main() -> None:
         {"measure": "event-to-visible p99 (s)", "value": percentile(lat, 99), "target": ""},
         {"measure": "event-to-visible max (s)", "value": max(lat) if lat else float("nan"), "target": ""},
         {"measure": "events never seen on the feed", "value": result["unseen_on_feed"], "target": "0"},
+        {"measure": "keys whose last change on the feed is not the hub's count", "value": result["feed_keys_behind"], "target": "0"},
+        {"measure": "events seen only in their key's final count (their batch left it as it was)", "value": result["in_final_count_only"], "target": ""},
         {"measure": "hub RSS start / max / end (MiB)", "value": f"{rss_mib[0]:.0f} / {max(rss_mib):.0f} / {rss_mib[-1]:.0f}" if rss_mib else "n/a", "target": "flat"},
         {"measure": "drain after the last movement (s)", "value": extra["drain_s"], "target": ""},
         {"measure": "events held for a wrong clock, applied by the operator", "value": soak.held_applied, "target": ""},
@@ -485,6 +499,9 @@ def main() -> None:
     bad = result["lost"] or result["unknown_at_hub"] or result["units_counted_twice"] or result["units_missing"]
     if bad or not result["integrity_ok"]:
         print("soak: FAILED — events were lost or counted twice", file=sys.stderr)
+        raise SystemExit(1)
+    if result["unseen_on_feed"] or result["feed_keys_behind"]:
+        print("soak: FAILED — the change feed does not end at the hub's counts", file=sys.stderr)
         raise SystemExit(1)
 
 
