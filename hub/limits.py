@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 from hub import problems
 from hub.logsafety import RepeatLog, one_line
 from protocol.retry import retry_after_value
+from protocol.serving import HandlerRunner
 
 log = logging.getLogger(__name__)
 
@@ -333,28 +335,13 @@ class GuardedHandler(RequestHandler):
             self._head_timer = None
 
 
-class GuardedServer(web.Server):
-    """aiohttp's low-level server, making ``GuardedHandler`` connections."""
-
-    def __init__(self, base: web.Server, guard: ConnectionGuard) -> None:  # adopts ``base``'s state
-        self.__dict__.update(base.__dict__)
-        self.guard = guard
-
-    def __call__(self) -> RequestHandler:
-        return GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
-
-
-class GuardedRunner(web.AppRunner):
+class GuardedRunner(HandlerRunner):
     """``web.AppRunner`` whose connections the guard keeps in budget and on time."""
 
-    __slots__ = ("_guard",)
+    __slots__ = ()
 
     def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._guard = guard
-
-    async def _make_server(self) -> web.Server:
-        return GuardedServer(await super()._make_server(), self._guard)
+        super().__init__(app, functools.partial(GuardedHandler, guard=guard), **kwargs)
 
 
 class AccessLog(AbstractAccessLogger):

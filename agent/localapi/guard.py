@@ -18,6 +18,7 @@ per failed accept (228,000 log lines in seconds). Here, below the application:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from agent.localapi.app import error_response
 from protocol import values
+from protocol.serving import HandlerRunner
 
 log = logging.getLogger(__name__)
 
@@ -220,25 +222,12 @@ class GuardedHandler(RequestHandler):
         return response
 
 
-class GuardedServer(web.Server):
-    """aiohttp's low-level server, making ``GuardedHandler`` connections."""
-
-    def __init__(self, base: web.Server, guard: Guard) -> None:  # adopts ``base``'s state
-        self.__dict__.update(base.__dict__)
-        self.guard = guard
-
-    def __call__(self) -> RequestHandler:
-        return GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
-
-
-class GuardedRunner(web.AppRunner):
+class GuardedRunner(HandlerRunner):
     """``web.AppRunner`` whose connections the guard keeps in number, on time and quiet."""
 
-    __slots__ = ("_guard",)
+    __slots__ = ()
 
     def __init__(self, app: web.Application, guard: Guard, **kwargs: Any) -> None:
-        super().__init__(app, keepalive_timeout=KEEPALIVE_TIMEOUT_S, **kwargs)
-        self._guard = guard
-
-    async def _make_server(self) -> web.Server:
-        return GuardedServer(await super()._make_server(), self._guard)
+        super().__init__(
+            app, functools.partial(GuardedHandler, guard=guard), keepalive_timeout=KEEPALIVE_TIMEOUT_S, **kwargs
+        )
