@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 typecheck: $(STAMP)
-	$(PY) -m mypy protocol hub
+	$(PY) -m mypy protocol hub agent
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'

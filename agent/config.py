@@ -38,11 +38,12 @@ from agent.localapi.auth import LOGIN_TTL_S, AuthError, PinHash
 from agent.outbox import check_identity
 from agent.pos.config import PosConfigError, PosImportConfig
 from agent.redact import redact_url
-from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, HEARTBEAT_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S
+from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, HEARTBEAT_S, TICK_S, TIMEOUT_S
 from agent.scanning import COUNT_RESET_S, MODES
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
 from protocol import MAX_BATCH_EVENTS
+from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
 
 OUTBOX_FILENAME = "outbox.sqlite3"
 LOCALAPI_HOST = "127.0.0.1"

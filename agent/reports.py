@@ -31,7 +31,7 @@ import aiohttp
 from agent import huberrors
 from agent.hub_loop import SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
-from agent.replicator import AUTH_RETRY_S, RETRY_BASE_S, RETRY_MAX_S, TICK_S, TIMEOUT_S, credentials_refused
+from agent.replicator import AUTH_RETRY_S, TICK_S, TIMEOUT_S, credentials_refused
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
 from protocol.reports import (
     ISSUE_FILE_MAX_LEN,
@@ -50,7 +50,7 @@ from protocol.reports import (
     encode_import_issues,
     encode_observations,
 )
-from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, run_turns, wait_for_any
+from protocol.retry import FULL_JITTER, RETRY_BASE_S, RETRY_MAX_S, Backoff, Streak, TurnFailed, run_turns, wait_for_any
 from protocol.routes import IMPORT_ISSUES_PATH, OBSERVATIONS_PATH
 from protocol.values import CONTROL_RE, shown
 
