@@ -25,9 +25,9 @@ import psutil
 import pytest
 from aiohttp import web
 
-from agent.localapi.auth import FAILURES_MAX, hash_pin
+from agent.localapi.auth import FAILURES_MAX
 from tests.faults.helpers import Simulation, Store, hub_events, wait_until
-from tests.harness.agent_process import AgentProcess
+from tests.harness.agent_process import AgentProcess, local_api_section
 from tests.harness.commands import run_agent
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, get_json
@@ -295,14 +295,7 @@ id = "{agent_id}"
 location = "S001"
 data_dir = "{config.parent.as_posix()}"
 
-[localapi]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-
-[localapi.staff]
-ana = "{hash_pin("4711")}"
-"""
+{local_api_section(port)}"""
     )
     run = AgentProcess(config, config.parent / "agent.log")
     try:

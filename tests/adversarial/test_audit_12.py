@@ -35,13 +35,12 @@ import msgpack
 import psutil
 import pytest
 
-from agent.localapi.auth import hash_pin
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
 from protocol import MSGPACK_CONTENT_TYPE, new_event_id, pack_hlc, values
 from tests.adversarial.test_agent_hostile import Handheld, LocalApi, serve_local_api
 from tests.faults.helpers import hub_events
-from tests.harness.agent_process import AgentProcess
+from tests.harness.agent_process import AgentProcess, local_api_section, write_agent_config
 from tests.harness.commands import run_agent
 from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
@@ -182,30 +181,10 @@ def test_a_crowd_of_idle_sockets_at_the_local_api_keeps_neither_handhelds_nor_sy
     cred = add_credential(hub.db, "S001")
     hub.start()
     port = free_port()
-    config = tmp_path / "store" / "agent.toml"
-    config.parent.mkdir()
-    config.write_text(
-        f"""[agent]
-id = "{cred.agent_id}"
-location = "S001"
-token = "{cred.token}"
-hub_url = "{hub.url}"
-data_dir = "{config.parent.as_posix()}"
-
-[replicator]
-tick_s = 0.2
-retry_base_s = 0.05
-retry_max_s = 0.5
-
-[localapi]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-
-[localapi.staff]
-ana = "{hash_pin("4711")}"
-"""
-    )
+    config = write_agent_config(
+        tmp_path / "store" / "agent.toml", cred=cred, location="S001", hub_url=hub.url, timeout_s=30.0,
+        extra=local_api_section(port),
+    )  # fmt: skip
     limited = ("sh", "-c", f'ulimit -n {AGENT_FD_LIMIT} && exec "$0" "$@"', sys.executable)
     run = AgentProcess(config, tmp_path / "agent.log", python=limited)
     probe = Handheld(port, "127.0.0.1")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from agent.localapi.auth import hash_pin
 from tests.harness.credentials import Credential
 
 STOP_TIMEOUT_S = 30.0
@@ -58,6 +59,19 @@ timeout_s = {timeout_s}
 {extra}"""
     )
     return path
+
+
+def local_api_section(port: int, staff: Mapping[str, str] | None = None) -> str:
+    """An agent config's local API on 127.0.0.1:``port`` with its staff (id -> PIN; ``ana`` with 4711 unless given)."""
+    pins = {"ana": "4711"} if staff is None else staff
+    people = "".join(f'{staff_id} = "{hash_pin(pin)}"\n' for staff_id, pin in pins.items())
+    return f"""[localapi]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+
+[localapi.staff]
+{people}"""
 
 
 def fsize_limit(limit_bytes: int) -> Callable[[], None]:
