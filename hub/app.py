@@ -35,7 +35,7 @@ from hub.channels import order_routes
 from hub.config import HubSettings
 from hub.decoding import SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
-from hub.logsafety import RepeatLog
+from protocol.logsafety import RepeatLog
 from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,

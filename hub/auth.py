@@ -19,7 +19,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from hub.logsafety import RepeatLog
+from protocol.logsafety import RepeatLog
 from hub.storage.base import AgentIdentity, Forbidden, HubStore
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ malformed request. This module adds, below the application:
 - a request head (request line and headers) must arrive whole within
   ``header_timeout_s`` of its first byte, else ``408`` and the connection closes;
 - a malformed request is answered ``400`` with one sentence and counted, and
-  the count is logged once a minute (``hub.logsafety.RepeatLog``).
+  the count is logged once a minute (``protocol.logsafety.RepeatLog``).
 
 ``GuardedRunner`` is ``web.AppRunner`` with these; ``serve`` uses it.
 """
@@ -38,7 +38,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from hub import problems
-from hub.logsafety import RepeatLog, one_line
+from protocol.logsafety import RepeatLog, one_line
 from protocol.retry import retry_after_value
 from protocol.serving import HandlerRunner
 

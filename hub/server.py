@@ -4,7 +4,7 @@ The hub may face the open internet: connections are kept within a budget
 under the open-file limit, on time (header, body and keep-alive timeouts)
 and quiet (floods are counted, not logged one by one); see hub/limits.py.
 No secret reaches the log: the database password and webhook secrets are
-masked on every log handler while the hub serves (hub/logsafety.py).
+masked on every log handler while the hub serves (protocol/logsafety.py).
 
 With ``tls_cert`` and ``tls_key`` the hub serves HTTPS itself (TLS 1.2 or
 newer); a client must finish its TLS handshake within ``header_timeout_s``.
@@ -30,7 +30,7 @@ from hub.discovery import HubAdvertiser, start_advertiser
 from hub.drain import GATE_KEY
 from hub.feed import end_streams
 from hub.limits import LISTEN_BACKLOG, AccessLog, ConnectionGuard, GuardedRunner, plan_fd_budget
-from hub.logsafety import secrets_masked
+from protocol.logsafety import secrets_masked
 from hub.storage import open_store
 from hub.storage.base import HubError, HubStore
 from protocol.runtime import gc_for_serving

@@ -12,7 +12,7 @@ per failed accept (228,000 log lines in seconds). Here, below the application:
 - a connection that sends nothing for ``KEEPALIVE_TIMEOUT_S`` is closed (aiohttp's default is an hour);
 - a request that is not HTTP is answered ``400`` with one sentence, never echoing its bytes;
 - each of these, and an accept that fails for want of file descriptors, is counted: one log line at once,
-  then at most one a minute with the count (``Tally``). Never a traceback.
+  then at most one a minute with the count (``protocol.logsafety.RepeatLog``). Never a traceback.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
-from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -30,61 +28,17 @@ from aiohttp.web_protocol import RequestHandler
 
 from agent.localapi.app import error_response
 from protocol import values
+from protocol.logsafety import RepeatLog
 from protocol.serving import HandlerRunner
 
 log = logging.getLogger(__name__)
 
-TALLY_INTERVAL_S = 60.0
 KEEPALIVE_TIMEOUT_S = 30.0  # a connection silent this long is closed, whether it ever sent a request or not
 CONNECTIONS_MAX = 256  # a store's handhelds and back-office screens, with room to spare
 FD_SHARE = 4  # the local API holds at most a quarter of the open-file limit: the outbox and the hub need the rest
 MALFORMED_ANSWER = "the request is not valid HTTP/1.1; fix the device or program that sent it"
 BUSY_ANSWER = "the local API is serving as many devices as it can; try again in a moment"
 ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message for EMFILE/ENFILE/ENOBUFS on accept
-
-
-class Tally:
-    """One log line per interval for a thing that may happen thousands of times a second: the first of a quiet
-    interval at once, the rest as ``Local API <verb> <n> <noun>s in the last <s> s, last from <address>: …``."""
-
-    def __init__(
-        self, verb: str, noun: str, interval_s: float = TALLY_INTERVAL_S, clock_s: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.verb, self.noun = verb, noun
-        self.interval_s = interval_s
-        self._clock_s = clock_s
-        self.total = 0  # since start, logged or pending
-        self._pending = 0
-        self._last = ("", "")
-        self._logged_s: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def record(self, remote: str, detail: str) -> None:
-        self.total += 1
-        self._pending += 1
-        self._last = (remote, detail)
-        now_s = self._clock_s()
-        if self._logged_s is None or now_s - self._logged_s >= self.interval_s:
-            self.flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._logged_s + self.interval_s - now_s, self.flush)
-
-    def flush(self) -> None:
-        """Log what is pending now (nothing when nothing is). Safe twice."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._pending:
-            return
-        count, self._pending = self._pending, 0
-        now_s = self._clock_s()
-        span_s = self.interval_s if self._logged_s is None else min(self.interval_s, now_s - self._logged_s)
-        self._logged_s = now_s
-        remote, detail = self._last
-        log.info(
-            "Local API %s %s %s%s in the last %.0f s, last from %s: %s.",
-            self.verb, f"{count:,}", self.noun, "" if count == 1 else "s", max(1.0, span_s), remote, detail,
-        )  # fmt: skip
 
 
 def connections_max(soft_fd_limit: int | None = None) -> int:
@@ -113,10 +67,10 @@ class Guard:
     def __init__(self, limit: int | None = None) -> None:
         self.limit = connections_max() if limit is None else limit
         self._open: dict[GuardedHandler, None] = {}  # least recently active first
-        self.malformed = Tally("refused", "malformed HTTP request")
-        self.evicted = Tally("closed", "idle connection")
-        self.busy = Tally("refused", "connection")
-        self.accept_failed = Tally("could not accept", "connection")
+        self.malformed = RepeatLog(log, "Local API refused", "malformed HTTP request")
+        self.evicted = RepeatLog(log, "Local API closed", "idle connection")
+        self.busy = RepeatLog(log, "Local API refused", "connection")
+        self.accept_failed = RepeatLog(log, "Local API could not accept", "connection")
         self._previous: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 

@@ -60,7 +60,7 @@ from hub.channels.runner import make_connector, open_channel_state
 from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
 from hub.channels.state import ChannelState
-from hub.logsafety import RepeatLog, one_line
+from protocol.logsafety import RepeatLog, one_line
 from hub.storage import HubStore
 from hub.storage.base import AgentIdentity, IngestResult
 from protocol import wall_ms_now

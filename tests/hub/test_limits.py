@@ -21,7 +21,7 @@ from hub import HubSettings, HubStore, create_app, open_store, serve
 from hub.auth import PUBLIC_ROUTES_KEY
 from hub.config import ConfigError, settings_from_mapping
 from hub.limits import ACCEPT_SLACK, CONNECTIONS_MIN, FD_RESERVE, ConnectionGuard, fd_budget, parse_error_reason
-from hub.logsafety import RepeatLog, SecretFilter, secrets_masked
+from protocol.logsafety import RepeatLog, SecretFilter, secrets_masked
 from hub.server import secrets_of
 from tests.harness.inprocess import serve_app
 from tests.harness.net import free_port

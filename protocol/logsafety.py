@@ -1,4 +1,5 @@
-"""What the hub's log may hold when it faces the open internet.
+"""What a shelfsync log may hold when the process faces peers it cannot trust (the hub on the open
+internet, a store agent's local API on the store network).
 
 Two guards:
 
