@@ -33,7 +33,7 @@ from hub.auth import (
 from hub.channels import http as channel_http
 from hub.channels import order_routes
 from hub.config import HubSettings
-from hub.decoding import SyncDecoder
+from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
 from protocol.logsafety import RepeatLog
 from hub.storage import keys
@@ -220,7 +220,9 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         log, "refused", "request with an unknown or revoked credential|requests with an unknown or revoked credential"
     )
     app.on_cleanup.append(_flush_repeats)  # counts still pending are logged on the way out
-    app[DECODER_KEY] = SyncDecoder()
+    app[DECODER_KEY] = SyncDecoder(
+        inline_max_bytes=DECODE_INLINE_MAX_BYTES if store.WRITES_ON_A_THREAD else DECODE_INLINE_ALONE_MAX_BYTES
+    )
     app.on_cleanup.append(_close_decoder)
     app[PUBLIC_ROUTES_KEY] = frozenset({"healthz"})
     openapi.setup(app)  # GET /v1/openapi.json (public)

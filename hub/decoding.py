@@ -1,13 +1,19 @@
 """Decoding big sync bodies in a worker process.
 
-Checking a 1,000-event body is ~5 ms of Python. In the hub's own process that
+Checking a 1,000-event body is ~4 ms of Python. In the hub's own process that
 time is taken from the SQLite writer, which needs the GIL back after every
 row it writes (see ``hub.storage.sqlite.writer``); in a worker process it
 runs on another core. Bodies up to ``DECODE_INLINE_MAX_BYTES`` (heartbeats,
 small batches) are decoded in place: the round trip would cost more than it
-saves. The worker starts with the first big body, and a worker that dies is
-replaced on the next one, the body meanwhile decoded in a thread: a decode
-never fails because of the pool.
+saves. A store without a writer thread (PostgreSQL: its writes are the event
+loop's awaits) decodes bodies up to ``DECODE_INLINE_ALONE_MAX_BYTES`` in place
+too: handing a 1,000-event body to a worker and its events back costs more
+CPU than decoding it (pickling, pipes, the pool's thread: 0.0218 → 0.0177
+CPU-s per 1,000 events in the hub, measured with bench_pg_scaling.py), and
+the loop is held ~7 ms at most; bigger bodies still go to the worker. The
+worker starts with the first big body, and a worker that dies is replaced on
+the next one, the body meanwhile decoded in a thread: a decode never fails
+because of the pool.
 
 Workers are started with ``spawn`` (never ``fork``: the hub has threads) and
 watch their parent: if the hub is killed, they exit within
@@ -33,7 +39,8 @@ from protocol.runtime import tune_gc_for_serving
 
 log = logging.getLogger(__name__)
 
-DECODE_INLINE_MAX_BYTES = 64 * 1024
+DECODE_INLINE_MAX_BYTES = 64 * 1024  # beside a writer thread: the GIL is the writer's
+DECODE_INLINE_ALONE_MAX_BYTES = 256 * 1024  # no writer thread: ~1,700 events, ~7 ms of the event loop
 DECODE_WORKERS_MAX = 2
 PARENT_CHECK_S = 1.0
 
@@ -93,13 +100,14 @@ def _watch_parent(parent_pid: int) -> None:
 class SyncDecoder:
     """``await decode(body)``: a ``SyncRequest``, or the ``ProtocolError``/``BadEvents`` the body deserves."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, *, inline_max_bytes: int = DECODE_INLINE_MAX_BYTES) -> None:
         self.workers = default_workers() if workers is None else workers
+        self.inline_max_bytes = inline_max_bytes
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
 
     async def decode(self, body: bytes) -> SyncRequest:
-        if len(body) <= DECODE_INLINE_MAX_BYTES:
+        if len(body) <= self.inline_max_bytes:
             return decode_sync_request(body)
         pool = self._pool_or_none()
         if pool is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, Self, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar
 
 from hub.resolver import Effect as Effect  # noqa: PLC0414 (re-exported: the ledger speaks the resolver's words)
 from hub.storage import interfaces as i
@@ -380,6 +380,10 @@ class HubStore(
 ):  # fmt: skip
     """One hub database: every interface of ``hub.storage.interfaces``. Every write is one transaction; see
     docs/design.md."""
+
+    # Its writes run on a thread of the hub's own process that needs the GIL (SQLite's writer): the hub then
+    # decodes every big sync body in a worker process (hub.decoding). False: writes are awaits of the event loop.
+    WRITES_ON_A_THREAD: ClassVar[bool] = True
 
     async def __aenter__(self) -> Self:
         return self

@@ -21,7 +21,8 @@ import pytest
 
 from hub import HubStore, decoding
 from hub.app import DECODER_KEY
-from hub.decoding import DECODE_INLINE_MAX_BYTES, PARENT_CHECK_S, SyncDecoder, pids
+from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, PARENT_CHECK_S, SyncDecoder, pids
+from hub.storage import open_store
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     BadEvents,
@@ -220,6 +221,30 @@ async def test_small_bodies_are_decoded_in_place_without_a_worker(decoder: SyncD
 
     assert await decoder.decode(just_over) == decode_sync_request(just_over)
     assert len(pids(decoder)) == 1
+
+
+async def test_a_decoder_without_a_writer_thread_decodes_bigger_bodies_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d = SyncDecoder(workers=1, inline_max_bytes=DECODE_INLINE_ALONE_MAX_BYTES)
+    thousand = big_body(1000)  # a full agent batch: in place, no worker
+    at_limit = body_of_exactly(DECODE_INLINE_ALONE_MAX_BYTES)
+    just_over = body_of_exactly(DECODE_INLINE_ALONE_MAX_BYTES + 1)
+    try:
+        assert await d.decode(thousand) == decode_sync_request(thousand)
+        assert await d.decode(at_limit) == decode_sync_request(at_limit)
+        assert pids(d) == []
+
+        want = decode_sync_request(just_over)
+        monkeypatch.setattr(decoding, "decode_sync_request", not_in_this_process)  # over the limit: a worker's
+        assert await d.decode(just_over) == want
+        assert len(pids(d)) == 1
+    finally:
+        workers = pids(d)
+        d.close()
+        left = await survivors(workers, 5.0)
+        kill_leftovers(left)
+        assert left == []
 
 
 async def test_no_workers_means_big_bodies_decode_without_processes() -> None:
@@ -529,3 +554,30 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
     left = await survivors(workers, 5.0)
     kill_leftovers(left)
     assert left == [], f"decoder workers {left} outlived the app"
+
+
+async def test_a_postgresql_hub_decodes_a_full_batch_in_its_own_process(pg_url: str) -> None:
+    """No writer thread holds the GIL there: handing the body to a worker would cost more than decoding it."""
+    async with open_store(pg_url) as store:
+        assert not store.WRITES_ON_A_THREAD
+        agent_id, token = await store.add_agent(["S001"])
+        async with serve_hub(store) as served:
+            decoder = served.app[DECODER_KEY]
+            assert decoder.inline_max_bytes == DECODE_INLINE_ALONE_MAX_BYTES
+            ev = EventFactory(agent_id, 1, location="S001", base_ms=time.time_ns() // 1_000_000)
+            events = [ev(Kind.RECEIVE, 1 + i % 3, at_ms=i, sku=f"SKU-{i % 7}") for i in range(1000)]
+            body = encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=tuple(events)))
+            assert DECODE_INLINE_MAX_BYTES < len(body) <= DECODE_INLINE_ALONE_MAX_BYTES
+
+            resp = await served.client.post("/v1/sync", data=body, headers=_auth(token))
+            assert resp.status == 200, await resp.text()
+            answer = decode_sync_response(await resp.read())
+            assert answer.hwm == 1000 and answer.rejected == ()
+            assert sum(c.on_hand for c in answer.counts) == sum(e.qty for e in events)
+            assert pids(decoder) == []  # decoded in place: no worker was started
+
+
+async def test_a_sqlite_hub_keeps_big_bodies_off_its_writer_thread(store: HubStore) -> None:
+    assert store.WRITES_ON_A_THREAD
+    async with serve_hub(store) as served:
+        assert served.app[DECODER_KEY].inline_max_bytes == DECODE_INLINE_MAX_BYTES

@@ -82,6 +82,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     LATEST_CHANGE_SQL = "SELECT last_id FROM change_counter"  # the feed's counter (hub.storage.postgres.feed)
     LOCK_ROW = " FOR UPDATE"  # hubs share the database: a row read to be rewritten is locked first
+    WRITES_ON_A_THREAD = False  # asyncpg: every write is an await of the event loop
 
     def __init__(self, url: str, pool: asyncpg.Pool, hub_id: str) -> None:
         self.url = url
