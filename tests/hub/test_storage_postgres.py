@@ -277,6 +277,24 @@ async def test_a_cancelled_caller_does_not_cancel_its_write(pg_url: str) -> None
         assert [(r.sku, r.on_hand) for r in await store.counts()] == [("A", 4)]
 
 
+async def test_a_connection_goes_back_to_the_pool_without_a_reset_round_trip(pg_url: str) -> None:
+    """Its connections hold no session state, so releasing one sends nothing: the last statement its backend
+    ran is the transaction's COMMIT, and it is idle, not inside a transaction."""
+    async with PostgresHubStore.open(pg_url) as store:
+        who = await _agent(store, "S1")
+        await store.ingest(who, 1, [EventFactory(who.agent_id)(Kind.RECEIVE, 4, at_ms=1)])
+        pool = store._pool
+        async with pool.acquire() as conn:
+            pids = {conn.get_server_pid()} | {c._con.get_server_pid() for c in pool._holders if c._con is not None}
+        watcher = await asyncpg.connect(pg_url.split("?")[0])
+        try:
+            rows = await watcher.fetch("SELECT state, query FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids)
+        finally:
+            await watcher.close()
+        assert rows and all(r["state"] == "idle" for r in rows), rows
+        assert not any("RESET ALL" in r["query"] or "UNLISTEN" in r["query"] for r in rows), rows
+
+
 async def test_schemas_in_one_database_are_separate_hubs(pg_server: str) -> None:
     async with (
         fresh_schema() as a_url,

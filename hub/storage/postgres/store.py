@@ -66,6 +66,14 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing to reset. The driver's default is one more round trip per
+    transaction (advisory unlock all, CLOSE ALL, UNLISTEN *, RESET ALL), but these connections never hold session
+    state — every lock is transaction-scoped, nothing LISTENs or SETs a session variable, cursors live in
+    transactions (the channels' session-level pusher locks keep a connection of their own,
+    hub.channels.state_postgres) — and the pool still rolls back a transaction left open before this runs."""
+
+
 def _consume_result(task: asyncio.Task[Any]) -> None:
     """Mark a write's error as seen, for callers that were cancelled while waiting."""
     if not task.cancelled():
@@ -106,6 +114,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 max_size=POOL_MAX_SIZE,
                 timeout=CONNECT_TIMEOUT_S,
                 server_settings=SERVER_SETTINGS,
+                reset=_keep_session,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as err:
             raise StoreError(f"cannot open the hub database {where}: {err or type(err).__name__}") from err
