@@ -1,6 +1,11 @@
-import pytest
+from typing import Any
 
-from protocol import Kind, ProtocolError, StockEvent, new_event_id, pack_hlc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import Kind, ProtocolError, StockEvent, event_from_wire, new_event_id, pack_hlc
+from protocol.event import _event_from_wire_checked, _plain_event, event_to_wire
 
 
 def make(**overrides):
@@ -78,3 +83,65 @@ def test_an_event_is_immutable_survives_pickle_and_a_stamped_copy_is_checked():
     with pytest.raises(ProtocolError, match="seq"):
         ev.stamped(seq=0, occurred_at=ev.occurred_at, wall_ms=ev.wall_ms)
     assert make().attrs == {} and make().attrs is not make().attrs  # no shared default
+
+
+# --- the plain-event path of event_from_wire -------------------------------------------------------------------
+
+_ODD_VALUES = st.sampled_from(
+    [None, 0, -1, 1, 2**63, -(2**63) - 1, True, 1.5, "", "x", "\x00", "a" * 300, b"", b"\x01" * 16, [], {}, {"k": 1}]
+)
+
+
+def _plain_wire(seq: int, kind: str, qty: int) -> dict[str, Any]:
+    wire = event_to_wire(make(seq=seq, kind=Kind.COUNT, qty=0))
+    wire["kind"], wire["qty"] = kind, qty
+    return wire
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    seq=st.integers(1, 2**63 - 1),
+    kind=st.sampled_from([k.value for k in Kind] + ["teleport", ""]),
+    qty=st.integers(-(10**9) - 1, 10**9 + 1),
+    changes=st.dictionaries(
+        st.sampled_from(["id", "seq", "location", "sku", "kind", "qty", "occurred_at", "wall_ms", "source", "ref",
+                         "reason", "attrs", "extra"]),
+        _ODD_VALUES,
+        max_size=3,
+    ),
+    drop=st.sets(st.sampled_from(["id", "seq", "location", "sku", "kind", "qty", "occurred_at", "wall_ms"]), max_size=2),
+    epoch=st.sampled_from([0, 1, 2**63 - 1, 2**63, -1, True]),
+)  # fmt: skip
+def test_the_plain_path_builds_exactly_what_the_checked_path_builds(
+    seq: int, kind: str, qty: int, changes: dict[str, Any], drop: set[str], epoch: Any
+) -> None:
+    """Whatever the map, the inline path either declines (None) or builds the very event the field-by-field
+    checks build — never an event they would refuse."""
+    wire = _plain_wire(seq, kind, qty) | changes
+    for field in drop:
+        wire.pop(field, None)
+    try:
+        checked: StockEvent | None = _event_from_wire_checked(dict(wire), "agent-1", epoch, "event")
+    except ProtocolError:
+        checked = None
+    plain = _plain_event(wire, "agent-1", epoch)
+    if plain is not None:
+        assert checked is not None, "the plain path accepted an event the checks refuse"
+        assert plain == checked and type(plain) is StockEvent
+        assert type(plain.kind) is Kind and plain.attrs == {}
+
+
+@pytest.mark.parametrize("kind, qty", [("sale", -2), ("receive", 5), ("count", 0), ("adjust", -3), ("reserve", 1)])
+def test_plain_events_take_the_inline_path(kind: str, qty: int) -> None:
+    wire = _plain_wire(7, kind, qty)
+    checked = _event_from_wire_checked(dict(wire), "agent-1", 1, "event")  # the first sight of its text
+    assert _plain_event(wire, "agent-1", 1) == checked
+    del wire["wall_ms"]  # an old sender: the wall clock comes from the stamp
+    assert _plain_event(wire, "agent-1", 1) == checked._replace(wall_ms=checked.occurred_at >> 16)
+
+
+def test_events_with_a_ref_reason_or_attrs_take_the_checked_path() -> None:
+    for extra in ({"ref": "T-1"}, {"reason": "damaged"}, {"attrs": {"lot": "A1"}}):
+        wire = _plain_wire(7, "adjust", -1) | extra
+        assert _plain_event(wire, "agent-1", 1) is None
+        assert event_from_wire(wire, "agent-1", 1) == _event_from_wire_checked(dict(wire), "agent-1", 1, "event")
