@@ -367,7 +367,7 @@ def _plain_event(obj: Any, agent_id: Any, epoch: Any) -> StockEvent | None:
         and type(source) is str and source in _VALID_SOURCES
     ):  # fmt: skip
         return None
-    values_ = (event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, None, None, {})
+    values_: tuple[Any, ...] = (event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, None, None, {})
     return tuple.__new__(StockEvent, values_)
 
 

@@ -96,9 +96,9 @@ class PostgresDb:
 
 
 @lru_cache(maxsize=1024)
-def numbered(sql: str) -> str:
-    """``sql`` with its ``?`` markers as PostgreSQL's ``$1, $2, …``."""
-    n = 0
+def numbered(sql: str, first: int = 1) -> str:
+    """``sql`` with its ``?`` markers as PostgreSQL's ``$first, $first+1, …``."""
+    n = first - 1
 
     def mark(_: re.Match[str]) -> str:
         nonlocal n

@@ -228,6 +228,20 @@ class Batch:
     operator: str | None = None
 
 
+class SyncNote(NamedTuple):
+    """What a batch writes last for its sender: its mark raised to ``seq`` with ``chain`` (as ``advance_mark``)
+    and the sync itself — time, clock skew and backlog report (as ``note_sync``)."""
+
+    agent_id: str
+    epoch: int
+    seq: int
+    chain: bytes | None
+    now_ms: int
+    clock_skew_ms: int | None
+    backlog: int | None
+    oldest_pending_ms: int | None
+
+
 class IngestTx(Protocol):
     """Reads and writes inside one open write transaction of a backend."""
 
@@ -302,6 +316,11 @@ class IngestTx(Protocol):
     ) -> tuple[int, bytes | None]:
         """Raise the mark of (agent_id, epoch) to ``seq`` with ``chain`` if higher (create it at ``seq``
         when missing); return the mark and its chain as stored now."""
+
+    async def finish_sync(self, note: SyncNote) -> tuple[int, bytes | None, int]:
+        """The batch's last step for its sender: ``advance_mark`` and ``note_sync`` as ``note`` says, then
+        (mark, chain, ``held_pending``). A backend may send it as one statement with its other pending writes
+        (``finish_in_steps`` is the plain way)."""
 
     # Clock window (schema version 5):
 
@@ -733,10 +752,11 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         if feed:
             await tx.append_changes(feed, now_ms)
     if batch.operator is None:
-        hwm, chain = await _advance_mark(tx, batch, now_ms)
-        skew = _skew_ms(batch, now_ms)
-        await tx.note_sync(who.agent_id, now_ms, skew, backlog=batch.backlog, oldest_pending_ms=batch.oldest_pending_ms)
-        held_now = await tx.held_pending(who.agent_id)  # the sender shows this, not its own count of "quarantined"
+        seq, chain = await _next_mark(tx, batch)
+        note = SyncNote(
+            who.agent_id, epoch, seq, chain, now_ms, _skew_ms(batch, now_ms), batch.backlog, batch.oldest_pending_ms
+        )
+        hwm, chain, held_now = await tx.finish_sync(note)  # held: the sender shows this, not its own "quarantined"
     else:  # an operator applying a held event: the sender's mark and sync are not this request's
         hwm, chain, held_now = 0, None, 0
     return IngestResult(
@@ -760,8 +780,17 @@ def _skew_ms(batch: Batch, now_ms: int) -> int | None:
     return None if batch.max_wall_ms is None else now_ms - batch.max_wall_ms
 
 
-async def _advance_mark(tx: IngestTx, batch: Batch, now_ms: int) -> tuple[int, bytes | None]:
-    """The sender's mark after this batch, and the lineage digest stored with it.
+async def finish_in_steps(tx: IngestTx, note: SyncNote) -> tuple[int, bytes | None, int]:
+    """``IngestTx.finish_sync`` as three calls."""
+    hwm, chain = await tx.advance_mark(note.agent_id, note.epoch, note.seq, note.chain, note.now_ms)
+    await tx.note_sync(
+        note.agent_id, note.now_ms, note.clock_skew_ms, backlog=note.backlog, oldest_pending_ms=note.oldest_pending_ms
+    )
+    return hwm, chain, await tx.held_pending(note.agent_id)
+
+
+async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None]:
+    """The sender's mark after this batch, and the lineage digest to store with it.
 
     An epoch seen for the first time starts at the sender's ``epoch_base`` (with its chain): the rows up
     to it were acknowledged in an earlier epoch. The sender holding more than this hub (its acknowledged
@@ -777,10 +806,8 @@ async def _advance_mark(tx: IngestTx, batch: Batch, now_ms: int) -> tuple[int, b
     else:
         stored_hwm, stored_chain = stored
     if batch.acked_seq > stored_hwm or batch.max_seq <= stored_hwm:
-        seq, chain = stored_hwm, stored_chain
-    else:
-        seq, chain = batch.max_seq, lineage.chain
-    return await tx.advance_mark(who.agent_id, batch.epoch, seq, chain, now_ms)
+        return stored_hwm, stored_chain
+    return batch.max_seq, lineage.chain
 
 
 def _changes(

@@ -24,7 +24,7 @@ from hub.resolver import resolve
 from hub.storage import AgentIdentity, HubStore, StoreError, StoreOpener, open_store
 from hub.storage.ingest import prepare_batch
 from hub.storage.postgres import PostgresHubStore
-from hub.storage.postgres.ingest import STOCK_LOCK_BUCKETS, batch_locks
+from hub.storage.postgres.ingest import PRELOAD_SQL, STOCK_LOCK_BUCKETS, batch_locks
 from hub.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from protocol import MAX_BATCH_EVENTS, Kind, StockEvent
 from tests.harness.pg import fresh_schema
@@ -293,6 +293,42 @@ async def test_a_connection_goes_back_to_the_pool_without_a_reset_round_trip(pg_
             await watcher.close()
         assert rows and all(r["state"] == "idle" for r in rows), rows
         assert not any("RESET ALL" in r["query"] or "UNLISTEN" in r["query"] for r in rows), rows
+
+
+async def test_a_batch_of_new_events_takes_one_read_and_one_closing_statement(pg_url: str) -> None:
+    """Besides BEGIN, its locks, COMMIT and the COPY of its events (not logged here), a batch of new events
+    reads once (PRELOAD_SQL) and writes its stock rows, mark, sync note and change rows in one statement."""
+    async with PostgresHubStore.open(pg_url) as store:
+        who = await _agent(store, "S1")
+        ev = EventFactory(who.agent_id)
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 5, at_ms=1, sku="A")])
+        sent: list[str] = []
+        async with store._pool.acquire() as conn:  # the pool's one connection: min_size 1, nothing else runs
+            conn.add_query_logger(lambda record: sent.append(record.query))
+        result = await store.ingest(
+            who, 1, [ev(Kind.SALE, -1, at_ms=10 + i, sku=sku) for i, sku in enumerate(["A", "B", "A", "C"])]
+        )
+        assert result.hwm == 5 and result.change_id is not None
+        assert [q.split()[0] for q in sent] == ["BEGIN;", "SELECT", "SELECT", "WITH", "COMMIT;"], sent
+        assert sent[2] == PRELOAD_SQL
+        assert "mark AS" in sent[3] and "stock_written AS" in sent[3] and "counter AS" in sent[3]
+        assert sorted((r.sku, r.on_hand) for r in await store.counts()) == [("A", 3), ("B", -1), ("C", -1)]
+
+
+async def test_a_resend_whose_id_range_holds_many_stored_ids_is_still_found(pg_url: str) -> None:
+    """The preload reads at most 2n + 1 of the sender's ids in the batch's range; past that the exact lookup
+    runs, and a resend inside a wide range is still counted once."""
+    async with PostgresHubStore.open(pg_url) as store:
+        who = await _agent(store, "S1")
+        ev = EventFactory(who.agent_id)
+        first = [ev(Kind.RECEIVE, 1, at_ms=i, sku="A") for i in range(1, 11)]
+        earlier_id = bytes(16)  # below every stored id: the range of the next batch spans all ten
+        late = ev(Kind.RECEIVE, 7, at_ms=20, sku="B", event_id=earlier_id)
+        await store.ingest(who, 1, first)
+        again = first[9]._replace(seq=12)  # the same movement sent again under a later seq
+        result = await store.ingest(who, 1, [late._replace(seq=11), again])
+        assert (result.applied, result.duplicates, result.rejected) == (1, 1, ())
+        assert sorted((r.sku, r.on_hand) for r in await store.counts()) == [("A", 10), ("B", 7)]
 
 
 async def test_schemas_in_one_database_are_separate_hubs(pg_server: str) -> None:

@@ -22,8 +22,10 @@ transfer's receiving location — and the rare deadlock that can cause is
 detected by PostgreSQL and retried by the store. Under READ COMMITTED every
 statement after the lock sees the other hubs' commits under it.
 
-Sets travel as arrays (``unnest``), as one array of a table's row type, or by COPY: one statement per
-lookup or bulk write.
+Sets travel as arrays (``unnest``), as one array of a table's row type, or by COPY. A batch from an agent
+makes few round trips (each one costs the hub and the server a turn): BEGIN, its locks, one read of
+everything it reads first (``preload``), the COPY of its event ids and events, one statement that writes its
+stock rows, its sender's mark and sync, and its change rows (``finish_sync``), and COMMIT.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, TypeAlias
 
@@ -58,9 +61,10 @@ from hub.storage.ingest import (
     NewExpansion,
     RejectedAttempt,
     StockRow,
+    SyncNote,
     attrs_json,
 )
-from hub.storage.postgres.feed import append_changes
+from hub.storage.postgres.feed import append_changes, append_ctes, change_rows
 from hub.storage.db import numbered
 from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import note_sync as note_sync_sql
@@ -109,9 +113,38 @@ STORED_EVENTS_SQL = (
 # cost of the write (measured). The tuples must match the table's columns, in order (``STOCK_FIELDS``, the
 # table as created; a migration that adds a column adds it here, and every ingest test fails until it does).
 _STOCK_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in STOCK_FIELDS.split(", ")[2:])
-SAVE_STOCK_SQL = (
-    f"INSERT INTO stock ({STOCK_FIELDS}) SELECT {STOCK_FIELDS} FROM unnest($1::stock[]) "
-    f"ON CONFLICT (location, sku) DO UPDATE SET {_STOCK_UPDATES}"
+
+
+def save_stock_sql(rows: str) -> str:
+    """Upsert the stock rows of ``rows``, an array parameter of the table's row type."""
+    return (
+        f"INSERT INTO stock ({STOCK_FIELDS}) SELECT {STOCK_FIELDS} FROM unnest({rows}::stock[]) "
+        f"ON CONFLICT (location, sku) DO UPDATE SET {_STOCK_UPDATES}"
+    )
+
+
+SAVE_STOCK_SQL = save_stock_sql("$1")
+ADVANCE_MARK_SQL = (
+    "INSERT INTO agent_hwm (agent_id, epoch, hwm, chain, updated_ms) VALUES ($1, $2, $3, $4, $5) "
+    "ON CONFLICT (agent_id, epoch) DO UPDATE SET "
+    "chain = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.chain ELSE agent_hwm.chain END, "
+    "hwm = GREATEST(agent_hwm.hwm, excluded.hwm), updated_ms = excluded.updated_ms RETURNING hwm, chain"
+)
+HELD_PENDING_SQL = "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND status = 'pending'"
+
+# What a batch reads first, right after its locks, in one round trip (``PostgresIngest.preload``): whether the
+# sender ever had events held, whether any bundle is defined, the sender's ids stored in the batch's id range
+# (at most $4: more, and the exact lookup runs), the stock rows of the batch's keys, and its stored mark.
+# Everything it reads is what the same reads later in the transaction would see: the batch holds the locks of
+# its keys and the recipes' lock (LOCK_SQL) before it runs, and writes none of it before it is used.
+PRELOAD_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM quarantine WHERE agent_id = $1), EXISTS (SELECT 1 FROM bundle_parts), "
+    "ARRAY(SELECT ROW(i.event_id, i.location) FROM event_ids i WHERE i.agent_id = $1 "
+    "AND i.event_id BETWEEN $2 AND $3 ORDER BY i.event_id LIMIT $4), "
+    "ARRAY(SELECT s FROM unnest($5::text[], $6::text[]) AS k(location, sku) "
+    "JOIN stock s ON s.location = k.location AND s.sku = k.sku), "
+    "(SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
+    "(SELECT chain FROM agent_hwm WHERE agent_id = $1 AND epoch = $7)"
 )
 
 STOCK_LOCK_BUCKETS = 16  # stock locks per location
@@ -148,8 +181,9 @@ def lock_key(what: Lockable) -> int:
     return int.from_bytes(_digest("\x1f".join(what), 8), "big", signed=True)
 
 
-def batch_locks(batch: Batch) -> set[Lockable]:
-    """Every lock the batch is known to need before anything is read."""
+def batch_keys(batch: Batch) -> tuple[set[StockKey], set[Lockable]]:
+    """The stock keys the batch is known to read before anything is read (its events' and their transfers'
+    destinations), and the locks of its transfer documents."""
     stock = {(ev.location, ev.sku) for ev, _ in batch.accepted}
     transfers: set[Lockable] = set()
     for ev, _ in batch.accepted:
@@ -157,6 +191,12 @@ def batch_locks(batch: Batch) -> set[Lockable]:
             transfers.add(transfer_lockable(tkey))
             if (dest := transfer_destination(ev)) is not None:
                 stock.add((dest, ev.sku))
+    return stock, transfers
+
+
+def batch_locks(batch: Batch) -> set[Lockable]:
+    """Every lock the batch is known to need before anything is read."""
+    stock, transfers = batch_keys(batch)
     return {stock_lockable(k) for k in stock} | transfers
 
 
@@ -180,6 +220,22 @@ def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
+@dataclass(frozen=True, slots=True)
+class _Preloaded:
+    """What ``PostgresIngest.preload`` read for one batch."""
+
+    agent_id: str
+    epoch: int
+    held_any: bool  # any event of the sender ever held in the quarantine
+    bundles_any: bool  # any bundle defined
+    low: bytes  # the batch's lowest and highest event id
+    high: bytes
+    ids: dict[bytes, str] | None  # the sender's stored ids from low to high -> location; None: too many, ask
+    stock_keys: frozenset[StockKey]
+    stock: dict[StockKey, StockRow]  # those of stock_keys with a row
+    mark: tuple[int, bytes | None] | None  # stored_mark
+
+
 class PostgresIngest:
     """``hub.storage.ingest.IngestTx`` over one connection, inside its transaction."""
 
@@ -188,6 +244,35 @@ class PostgresIngest:
         self.locked = locked  # the keys this transaction holds locks on
         self._changes: list[NewChange] = []
         self._changes_at_ms = 0
+        self._stock: list[tuple[object, ...]] = []  # stock rows whose write waits for finish_sync (or the flush)
+        self._defer_stock = False
+        self._newest_change: int | None = None
+        self._pre: _Preloaded | None = None
+
+    async def preload(self, batch: Batch, keys: Collection[StockKey]) -> None:
+        """Read in one round trip what ``apply_batch`` reads first (``PRELOAD_SQL``); the reads below answer
+        from it. Call it right after the batch's locks. A batch from a sender (not an operator) then ends with
+        ``finish_sync``, so its stock rows are written there, in the same statement as its mark and change rows."""
+        agent_id = batch.who.agent_id
+        ids = [ev.event_id for ev, _ in batch.accepted]
+        low, high = (min(ids), max(ids)) if ids else (b"", b"")
+        limit = 2 * len(ids) + 1
+        row = await self.conn.fetchrow(PRELOAD_SQL, agent_id, low, high, limit, *columns(list(keys), 2), batch.epoch)
+        assert row is not None
+        in_range = row[2]
+        self._pre = _Preloaded(
+            agent_id=agent_id,
+            epoch=batch.epoch,
+            held_any=row[0],
+            bundles_any=row[1],
+            low=low,
+            high=high,
+            ids={r[0]: r[1] for r in in_range} if ids and len(in_range) < limit else None,
+            stock_keys=frozenset(keys),
+            stock={(r[0], r[1]): stock_row(r) for r in row[3]},
+            mark=None if row[4] is None else (int(row[4]), row[5]),
+        )
+        self._defer_stock = batch.operator is None
 
     async def _lock(self, keys: Iterable[Lockable]) -> None:
         """Lock those of ``keys`` not held yet (the algorithm may need more than ``batch_locks`` foresaw)."""
@@ -201,11 +286,19 @@ class PostgresIngest:
         where, then — only for a resend — their rows, one location's partition at a time."""
         if not event_ids:
             return {}
-        ids = list(event_ids)
-        low, high = min(ids), max(ids)
-        found = await self.conn.fetch(STORED_IDS_SQL, agent_id, ids, low, high)
+        pre = self._pre
+        found: Iterable[tuple[bytes, str]]
+        if pre is not None and pre.agent_id == agent_id and pre.ids is not None and all(
+            pre.low <= i <= pre.high for i in (min(event_ids), max(event_ids))
+        ):
+            if not pre.ids:
+                return {}  # the common case: no id of the sender stored in the batch's range, so every event new
+            found = [(i, pre.ids[i]) for i in event_ids if i in pre.ids]
+        else:
+            ids = list(event_ids)
+            found = await self.conn.fetch(STORED_IDS_SQL, agent_id, ids, min(ids), max(ids))
         if not found:
-            return {}  # the common case: every event new
+            return {}
         by_location: dict[str, list[bytes]] = defaultdict(list)
         for event_id, location in found:
             by_location[location].append(event_id)
@@ -216,6 +309,9 @@ class PostgresIngest:
         return out
 
     async def stock_rows(self, keys: Collection[StockKey]) -> dict[StockKey, StockRow]:
+        pre = self._pre
+        if pre is not None and pre.stock_keys.issuperset(keys):  # locked and read already, unwritten since
+            return {k: row for k in keys if (row := pre.stock.get(k)) is not None}
         keys = list(keys)
         await self._lock(map(stock_lockable, keys))
         fields = ", ".join(f"s.{c}" for c in STOCK_FIELDS.split(", "))
@@ -260,6 +356,8 @@ class PostgresIngest:
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
+        if self._pre is not None:  # the ids stored in the batch's range are now more than were preloaded
+            self._pre = replace(self._pre, ids=None)
         # COPY, the cheapest bulk insert on both sides. An id another hub stored
         # meanwhile (under another location's lock) violates event_ids' primary
         # key: the transaction fails, and its retry finds the id stored.
@@ -349,14 +447,15 @@ class PostgresIngest:
         )
 
     async def held_pending(self, agent_id: str) -> int:
-        n = await self.conn.fetchval(
-            "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND status = 'pending'", agent_id
-        )
-        return int(n)
+        return int(await self.conn.fetchval(HELD_PENDING_SQL, agent_id))
 
     async def held_status(self, agent_id: str, event_ids: Sequence[bytes]) -> dict[bytes, str]:
-        if await self.conn.fetchval("SELECT 1 FROM quarantine WHERE agent_id = $1 LIMIT 1", agent_id) is None:
-            return {}  # the common case: nothing of this sender was ever held
+        pre = self._pre
+        if pre is not None and pre.agent_id == agent_id:
+            if not pre.held_any:
+                return {}  # the common case: nothing of this sender was ever held
+        elif await self.conn.fetchval("SELECT 1 FROM quarantine WHERE agent_id = $1 LIMIT 1", agent_id) is None:
+            return {}
         rows = await self.conn.fetch(
             "SELECT event_id, status FROM quarantine WHERE agent_id = $1 AND event_id = ANY($2::bytea[])",
             agent_id,
@@ -382,14 +481,16 @@ class PostgresIngest:
 
     async def save_stock(self, rows: Sequence[StockRow], now_ms: int) -> None:
         none4 = (None, None, None, None)
-        await self.conn.execute(
-            SAVE_STOCK_SQL,
-            [
-                (r.location, r.sku, r.on_hand, r.reserved, r.in_transit, r.safety_stock)
-                + (*(r.last_count or none4), *(r.max_key or none4), now_ms)
-                for r in rows
-            ],
-        )
+        values = [
+            (r.location, r.sku, r.on_hand, r.reserved, r.in_transit, r.safety_stock)
+            + (*(r.last_count or none4), *(r.max_key or none4), now_ms)
+            for r in rows
+        ]
+        self._forget_stock()
+        if self._defer_stock:  # written by finish_sync (or the flush), after every read of stock
+            self._stock += values
+        else:
+            await self.conn.execute(SAVE_STOCK_SQL, values)
 
     async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
         hwm = await self.conn.fetchval(
@@ -419,7 +520,15 @@ class PostgresIngest:
         hwm = await self.conn.fetchval("SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $2", agent_id, epoch)
         return 0 if hwm is None else int(hwm)
 
+    def _forget_stock(self) -> None:
+        """Stock was written: the preloaded rows are no longer the table's."""
+        if self._pre is not None:
+            self._pre = replace(self._pre, stock_keys=frozenset(), stock={})
+
     async def stored_mark(self, agent_id: str, epoch: int) -> tuple[int, bytes | None] | None:
+        pre = self._pre
+        if pre is not None and (pre.agent_id, pre.epoch) == (agent_id, epoch):
+            return pre.mark
         row = await self.conn.fetchrow(
             "SELECT hwm, chain FROM agent_hwm WHERE agent_id = $1 AND epoch = $2", agent_id, epoch
         )
@@ -428,19 +537,34 @@ class PostgresIngest:
     async def advance_mark(
         self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int
     ) -> tuple[int, bytes | None]:
-        row = await self.conn.fetchrow(
-            "INSERT INTO agent_hwm (agent_id, epoch, hwm, chain, updated_ms) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT (agent_id, epoch) DO UPDATE SET "
-            "chain = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.chain ELSE agent_hwm.chain END, "
-            "hwm = GREATEST(agent_hwm.hwm, excluded.hwm), updated_ms = excluded.updated_ms RETURNING hwm, chain",
-            agent_id,
-            epoch,
-            seq,
-            chain,
-            now_ms,
-        )
+        row = await self.conn.fetchrow(ADVANCE_MARK_SQL, agent_id, epoch, seq, chain, now_ms)
         assert row is not None
         return int(row[0]), row[1]
+
+    async def finish_sync(self, note: SyncNote) -> tuple[int, bytes | None, int]:
+        """One statement: the mark, the sync note, the stock rows and change rows kept back, the held count.
+        The change rows come last in the transaction as ``flush_changes`` requires: COMMIT follows it."""
+        statement, params = note_sync_sql(
+            note.agent_id, note.now_ms, note.clock_skew_ms, note.backlog, note.oldest_pending_ms
+        )
+        args: list[Any] = [note.agent_id, note.epoch, note.seq, note.chain, note.now_ms, *params]
+        ctes = [f"mark AS ({ADVANCE_MARK_SQL})", f"sync AS ({numbered(statement, 6)})"]
+        if self._stock:
+            args.append(self._stock)
+            ctes.append(f"stock_written AS ({save_stock_sql(f'${len(args)}')})")
+        newest = "NULL::int8"
+        if self._changes:
+            args += [len(self._changes), change_rows(self._changes, self._changes_at_ms)]
+            ctes.append(append_ctes(f"${len(args) - 1}", f"${len(args)}"))
+            newest = "(SELECT last_id FROM counter)"
+        row = await self.conn.fetchrow(
+            f"WITH {', '.join(ctes)} SELECT mark.hwm, mark.chain, ({HELD_PENDING_SQL}), {newest} FROM mark", *args
+        )
+        assert row is not None
+        self._stock, self._defer_stock = [], False
+        if self._changes:
+            self._changes, self._newest_change = [], int(row[3])
+        return int(row[0]), row[1], int(row[2])
 
     async def append_changes(self, rows: Sequence[NewChange], now_ms: int) -> None:
         """Kept until ``flush_changes``: the feed's ids are taken just before COMMIT."""
@@ -448,15 +572,22 @@ class PostgresIngest:
         self._changes_at_ms = now_ms
 
     async def flush_changes(self) -> int | None:
-        """Append the change rows of the transaction; call it last, right before COMMIT. Returns the newest
-        change id as of this transaction's commit (None: it appended no change rows)."""
-        last = await append_changes(self.conn, self._changes, self._changes_at_ms)
-        self._changes = []
-        return last
+        """Write what is still kept back — stock rows, then the change rows — unless ``finish_sync`` did; call it
+        last, right before COMMIT. Returns the newest change id as of this transaction's commit (None: it
+        appended no change rows)."""
+        if self._stock:
+            await self.conn.execute(SAVE_STOCK_SQL, self._stock)
+            self._stock = []
+        if self._changes:
+            self._newest_change = await append_changes(self.conn, self._changes, self._changes_at_ms)
+            self._changes = []
+        return self._newest_change
 
     # --- bundles (schema version 6) ------------------------------------------------------------------
 
     async def bundle_book(self, skus: Collection[str] | None) -> dict[str, BundleParts]:
+        if self._pre is not None and not self._pre.bundles_any:
+            return {}  # no bundle defined: the recipes' lock, held since before the preload, keeps it so
         if skus is None:
             return bundle_book(await self.conn.fetch(f"SELECT {BUNDLE_PART_FIELDS} FROM bundle_parts"))
         rows = await self.conn.fetch(
@@ -503,6 +634,7 @@ class PostgresIngest:
         return bool(await self.conn.fetchval(sql, *key))
 
     async def delete_stock(self, keys: Collection[StockKey]) -> None:
+        self._forget_stock()
         await self.conn.execute(
             "DELETE FROM stock s USING unnest($1::text[], $2::text[]) AS k(location, sku) "
             "WHERE s.location = k.location AND s.sku = k.sku",

@@ -37,7 +37,7 @@ from hub.storage.base import StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
-from hub.storage.postgres.ingest import PostgresIngest, batch_locks, lock_keys, stock_lockable
+from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, stock_lockable
 from hub.storage.postgres.schema import SCHEMA_VERSION, migrate, schema_version
 from hub.storage.store import SqlHubStore
 
@@ -211,9 +211,13 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self, db: PostgresDb, work: Callable[[IngestTx], Awaitable[T]], *, batch: Batch | None = None,
         stock_keys: Collection[StockKey] = (),
     ) -> T:  # fmt: skip
-        locks = (batch_locks(batch) if batch is not None else set()) | {stock_lockable(k) for k in stock_keys}
+        keys, locks = batch_keys(batch) if batch is not None else (set(), set())
+        keys.update(stock_keys)
+        locks.update(map(stock_lockable, keys))
         await lock_keys(db.conn, locks)  # before the first read: see the module doc of hub.storage.postgres.ingest
         tx = PostgresIngest(db.conn, locks)
+        if batch is not None:
+            await tx.preload(batch, keys)  # its first reads in one round trip
         result = await work(tx)
         db.flushed_change_id = await tx.flush_changes()  # last: the feed's counter row stays locked only until COMMIT
         return result
