@@ -549,21 +549,26 @@ class PostgresIngest:
         )
         args: list[Any] = [note.agent_id, note.epoch, note.seq, note.chain, note.now_ms, *params]
         ctes = [f"mark AS ({ADVANCE_MARK_SQL})", f"sync AS ({numbered(statement, 6)})"]
+        stock = "0"
         if self._stock:
             args.append(self._stock)
-            ctes.append(f"stock_written AS ({save_stock_sql(f'${len(args)}')})")
+            ctes.append(f"stock_written AS ({save_stock_sql(f'${len(args)}')} RETURNING 1)")
+            stock = "(SELECT count(*) FROM stock_written)"
         newest = "NULL::int8"
         if self._changes:
             args += [len(self._changes), change_rows(self._changes, self._changes_at_ms)]
             ctes.append(append_ctes(f"${len(args) - 1}", f"${len(args)}"))
             newest = "(SELECT last_id FROM counter)"
+        # The output columns are computed in order: the stock rows are written before the counter is raised, so
+        # the counter row stays locked only for the change rows and the COMMIT, as in append_changes.
         row = await self.conn.fetchrow(
-            f"WITH {', '.join(ctes)} SELECT mark.hwm, mark.chain, ({HELD_PENDING_SQL}), {newest} FROM mark", *args
+            f"WITH {', '.join(ctes)} SELECT mark.hwm, mark.chain, ({HELD_PENDING_SQL}), {stock}, {newest} FROM mark",
+            *args,
         )
         assert row is not None
         self._stock, self._defer_stock = [], False
         if self._changes:
-            self._changes, self._newest_change = [], int(row[3])
+            self._changes, self._newest_change = [], int(row[4])
         return int(row[0]), row[1], int(row[2])
 
     async def append_changes(self, rows: Sequence[NewChange], now_ms: int) -> None:
