@@ -24,7 +24,7 @@ from hub.resolver import resolve
 from hub.storage import AgentIdentity, HubStore, StoreError, StoreOpener, open_store
 from hub.storage.ingest import prepare_batch
 from hub.storage.postgres import PostgresHubStore
-from hub.storage.postgres.ingest import PRELOAD_SQL, STOCK_LOCK_BUCKETS, batch_locks
+from hub.storage.postgres.ingest import PRELOAD_SQL, STOCK_LOCK_BUCKETS, batch_locks, lock_key, sender_lockable
 from hub.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from protocol import MAX_BATCH_EVENTS, Kind, StockEvent
 from tests.harness.pg import fresh_schema
@@ -313,6 +313,29 @@ async def test_a_batch_of_new_events_takes_one_read_and_one_closing_statement(pg
         assert sent[2] == PRELOAD_SQL
         assert "mark AS" in sent[3] and "stock_written AS" in sent[3] and "counter AS" in sent[3]
         assert sorted((r.sku, r.on_hand) for r in await store.counts()) == [("A", 3), ("B", -1), ("C", -1)]
+
+
+async def test_a_senders_batches_go_one_at_a_time(pg_url: str) -> None:
+    """What a batch reads of its sender first (mark, held events, ids) must stay true until its commit: while
+    another transaction holds the sender's lock, the sender's batch waits, and another sender's does not."""
+    async with PostgresHubStore.open(pg_url) as store:
+        who, other = await _agent(store, "S1"), await _agent(store, "S2")
+        holder = await asyncpg.connect(pg_url)
+        try:
+            tr = holder.transaction()
+            await tr.start()
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key(sender_lockable(who.agent_id)))
+            waiting = asyncio.create_task(store.ingest(who, 1, [EventFactory(who.agent_id)(Kind.RECEIVE, 2, at_ms=1)]))
+            free = await asyncio.wait_for(
+                store.ingest(other, 1, [EventFactory(other.agent_id, location="S2")(Kind.RECEIVE, 3, at_ms=1)]), 10
+            )
+            assert free.hwm == 1
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await tr.commit()
+            assert (await asyncio.wait_for(waiting, 10)).hwm == 1
+        finally:
+            await holder.close()
 
 
 async def test_a_resend_whose_id_range_holds_many_stored_ids_is_still_found(pg_url: str) -> None:

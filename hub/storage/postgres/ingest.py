@@ -136,7 +136,8 @@ HELD_PENDING_SQL = "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND stat
 # sender ever had events held, whether any bundle is defined, the sender's ids stored in the batch's id range
 # (at most $4: more, and the exact lookup runs), the stock rows of the batch's keys, and its stored mark.
 # Everything it reads is what the same reads later in the transaction would see: the batch holds the locks of
-# its keys and the recipes' lock (LOCK_SQL) before it runs, and writes none of it before it is used.
+# its keys, of its sender (``sender_lockable``) and the recipes' lock (LOCK_SQL) before it runs, and writes none
+# of it before it is used.
 PRELOAD_SQL = (
     "SELECT EXISTS (SELECT 1 FROM quarantine WHERE agent_id = $1), EXISTS (SELECT 1 FROM bundle_parts), "
     "ARRAY(SELECT ROW(i.event_id, i.location) FROM event_ids i WHERE i.agent_id = $1 "
@@ -172,6 +173,13 @@ def stock_lockable(key: StockKey) -> Lockable:
 
 def transfer_lockable(key: TransferKey) -> Lockable:
     return ("transfer", key[0])
+
+
+def sender_lockable(agent_id: str) -> Lockable:
+    """One sender's batches, one at a time: its mark, its held events and its ids are read once, first
+    (``PostgresIngest.preload``), and stay so until its commit. An agent sends one batch at a time anyway;
+    this orders the rare overlap (the same batch to two hubs, a copied outbox sending beside the original)."""
+    return ("sender", agent_id)
 
 
 @lru_cache(maxsize=LOCK_CACHE_SIZE)

@@ -37,7 +37,7 @@ from hub.storage.base import StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
-from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, stock_lockable
+from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
 from hub.storage.postgres.schema import SCHEMA_VERSION, migrate, schema_version
 from hub.storage.store import SqlHubStore
 
@@ -214,6 +214,8 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         keys, locks = batch_keys(batch) if batch is not None else (set(), set())
         keys.update(stock_keys)
         locks.update(map(stock_lockable, keys))
+        if batch is not None:
+            locks.add(sender_lockable(batch.who.agent_id))
         await lock_keys(db.conn, locks)  # before the first read: see the module doc of hub.storage.postgres.ingest
         tx = PostgresIngest(db.conn, locks)
         if batch is not None:
