@@ -88,6 +88,16 @@ class StorageContract(FeedAndCatalogContract, ClockTransferContract):
         assert ledger[events[1].event_id].duplicates == 1
         assert {r.effect for r in ledger.values()} == {Effect.APPLIED}
 
+    async def test_a_new_event_twice_in_its_first_batch_is_stored_once_with_its_duplicate(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        first = ev(Kind.RECEIVE, 10, at_ms=1)
+        result = await store.ingest(who, 1, [first, ev(Kind.SALE, -1, at_ms=2), first._replace(seq=first.seq + 2)])
+        assert (result.applied, result.duplicates, result.rejected) == (2, 1, ())
+        ledger = {r.event_id: r for r in await store.ledger()}
+        assert len(ledger) == 2 and ledger[first.event_id].duplicates == 1
+        assert [(r.sku, r.on_hand) for r in await store.counts()] == [("A", 9)]
+
     async def test_a_resend_is_found_whole_across_locations_and_whatever_the_order_of_its_ids(
         self, store: HubStore, who: AgentIdentity, ev: EventFactory
     ) -> None:
