@@ -1,6 +1,6 @@
 """Decoding big sync bodies in a worker process.
 
-Checking a 1,000-event body is ~4 ms of Python. In the hub's own process that
+Checking a 1,000-event body is ~3 ms of Python. In the hub's own process that
 time is taken from the SQLite writer, which needs the GIL back after every
 row it writes (see ``hub.storage.sqlite.writer``); in a worker process it
 runs on another core. Bodies up to ``DECODE_INLINE_MAX_BYTES`` (heartbeats,
