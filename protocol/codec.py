@@ -26,8 +26,8 @@ from protocol.event import (
     StockEvent,
     _check_int,
     _check_str,
+    _event_from_wire_checked,
     _plain_event,
-    event_from_wire,
     event_to_wire,
 )
 from protocol.ids import EVENT_ID_BYTES
@@ -236,7 +236,7 @@ def decode_sync_request(data: bytes) -> SyncRequest:
             events.append(plain)
             continue
         try:
-            events.append(event_from_wire(raw, agent_id, epoch, name=f"events[{i}]"))
+            events.append(_event_from_wire_checked(raw, agent_id, epoch, f"events[{i}]"))  # the plain path said no
         except ProtocolError as err:
             ident = raw.get("id") if isinstance(raw, Mapping) else None
             seq = raw.get("seq") if isinstance(raw, Mapping) else None

@@ -296,9 +296,10 @@ class PostgresIngest:
             return {}
         pre = self._pre
         found: Iterable[tuple[bytes, str]]
-        if pre is not None and pre.agent_id == agent_id and pre.ids is not None and all(
-            pre.low <= i <= pre.high for i in (min(event_ids), max(event_ids))
-        ):
+        if (
+            pre is not None and pre.agent_id == agent_id and pre.ids is not None
+            and pre.low <= min(event_ids) and max(event_ids) <= pre.high
+        ):  # fmt: skip
             if not pre.ids:
                 return {}  # the common case: no id of the sender stored in the batch's range, so every event new
             found = [(i, pre.ids[i]) for i in event_ids if i in pre.ids]
