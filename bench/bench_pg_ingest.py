@@ -7,8 +7,9 @@ Two baselines, measured in the same run right after the hubs, on the same rows:
   transaction per 1,000 rows from 8 concurrent connections (issue 6; the
   ratio issue 16 asks ≥ 0.4 of for one hub);
 * plain writes of every row the hubs wrote (read back from their schema): per
-  batch its events, their ids and its share of the change rows by COPY, the
-  stock rows it touched and the agent's mark by upsert — the PostgreSQL
+  batch its events and its share of the change rows by COPY, the stock rows
+  it touched and the agent's mark by upsert (and with an agent's first batch
+  the row that says where it stores events) — the PostgreSQL
   counterpart of bench_ingest.py's executemany baseline. It shows how much of
   the gap is the rows a hub must write besides the ledger, and how much is
   the hub's own work (HTTP, decoding, dedupe, resolution, locks).
@@ -130,7 +131,7 @@ class Written:
     """Every row the hubs wrote, read back after the run, for the all-rows baseline."""
 
     events: list[tuple[object, ...]]  # EVENT_COLUMNS, by agent then seq
-    event_ids: dict[bytes, tuple[object, ...]]  # event_id -> (event_id, location, agent_id)
+    locations: dict[str, list[tuple[object, ...]]]  # agent_id -> its agent_locations rows
     stock: dict[tuple[str, str], tuple[object, ...]]  # the table's columns, final values
     changes: list[tuple[object, ...]]  # CHANGE_FIELDS, by change_id
     marks: dict[str, tuple[object, ...]]  # agent_id -> the agent_hwm row
@@ -162,7 +163,9 @@ async def read_written(conn: asyncpg.Connection) -> Written:
         tuple(r)
         for r in await conn.fetch(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {mine} ORDER BY agent_id, seq")
     ]
-    ids = {r[0]: tuple(r) for r in await conn.fetch(f"SELECT event_id, location, agent_id FROM event_ids WHERE {mine}")}
+    located: dict[str, list[tuple[object, ...]]] = {}
+    for r in await conn.fetch(f"SELECT agent_id, location FROM agent_locations WHERE {mine}"):
+        located.setdefault(r[0], []).append(tuple(r))
     stock = {(r[0], r[1]): tuple(r) for r in await conn.fetch(f"SELECT * FROM stock WHERE {mine}")}
     changes = [
         tuple(r) for r in await conn.fetch(f"SELECT {CHANGE_FIELDS} FROM changes WHERE {mine} ORDER BY change_id")
@@ -173,7 +176,7 @@ async def read_written(conn: asyncpg.Connection) -> Written:
         for r in await conn.fetch("SELECT agent_id, epoch, hwm, updated_ms, chain FROM agent_hwm")
         if r[0] in agents
     }
-    return Written(events, ids, stock, changes, marks)
+    return Written(events, located, stock, changes, marks)
 
 
 async def hub_ingest(
@@ -247,9 +250,10 @@ async def plain_copy(url: str, events: list[StockEvent], agents: int) -> tuple[f
 
 async def plain_writes(url: str, written: Written, agents: int) -> tuple[float, float]:
     """Every row the hubs wrote, into the same (empty) tables, one transaction per 1,000-event batch from one
-    connection per agent: the batch's events, their ids and its share of the change rows by COPY, the stock
-    rows of the keys it touched and the agent's mark by upsert (``INSERT … ON CONFLICT``, the rows as one
-    array of the table's row type). No HTTP, no decoding, no dedupe, no resolution, no locks."""
+    connection per agent: the batch's events and its share of the change rows by COPY, the stock rows of the
+    keys it touched and the agent's mark by upsert (``INSERT … ON CONFLICT``, the rows as one array of the
+    table's row type), and with an agent's first batch its ``agent_locations`` row. No HTTP, no decoding, no
+    dedupe, no resolution, no locks."""
     ix = {c: i for i, c in enumerate(EVENT_COLUMNS)}
     per_agent: dict[str, list[tuple[object, ...]]] = {}
     for row in written.events:
@@ -265,7 +269,7 @@ async def plain_writes(url: str, written: Written, agents: int) -> tuple[float, 
             keys = {(str(r[ix["location"]]), str(r[ix["sku"]])) for r in part}
             plan.append({
                 "events": part,
-                "event_ids": [written.event_ids[bytes(r[ix["event_id"]])] for r in part],  # type: ignore[arg-type]
+                "locations": written.locations.get(agent_id, []) if i == 0 else [],  # with its first events
                 "changes": written.changes[number * share : (number + 1) * share],
                 "stock": [written.stock[k] for k in sorted(keys) if k in written.stock],
                 "mark": [written.marks[agent_id]],
@@ -281,9 +285,10 @@ async def plain_writes(url: str, written: Written, agents: int) -> tuple[float, 
                 for batch in plan:
                     async with conn.transaction():
                         await conn.copy_records_to_table("events", records=batch["events"], columns=EVENT_COLUMNS)
-                        await conn.copy_records_to_table(
-                            "event_ids", records=batch["event_ids"], columns=["event_id", "location", "agent_id"]
-                        )
+                        if batch["locations"]:
+                            await conn.executemany(
+                                "INSERT INTO agent_locations (agent_id, location) VALUES ($1, $2)", batch["locations"]
+                            )
                         if batch["changes"]:
                             await conn.copy_records_to_table(
                                 "changes", records=batch["changes"], columns=CHANGE_FIELDS.split(", ")
@@ -378,7 +383,7 @@ def main() -> None:
             "127.0.0.1 (agents spread round-robin over the hubs; bodies encoded before the clock starts; each hub "
             "first takes one batch of an agent of its own, so its decoding worker and pool connections are up, as "
             "the baselines' connections are, before the clock starts). Each hub "
-            "decodes, authenticates, locks the batch's keys, dedupes, resolves and commits the events, their ids, "
+            "decodes, authenticates, locks the batch's keys, dedupes, resolves and commits the events, "
             "the stock rows, the change feed and the agent's mark in one transaction. Same workload as the SQLite "
             "bench (bench_ingest.py). Baseline of the first row of each hub count: COPY of the same events into "
             "the same partitioned `events` table (hub schema, all indexes) with `copy_records_to_table`, "

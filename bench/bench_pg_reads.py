@@ -1,7 +1,7 @@
 """Hub reads on PostgreSQL with 10,000,000 events in the ledger: p50/p99 latency of
 one location's counts and one SKU's history, through the store API and over HTTP.
 
-The ledger is loaded with COPY straight into the hub's schema (events, event_ids),
+The ledger is loaded with COPY straight into the hub's schema (events, agent_locations),
 with effects and count variances computed as the resolver would, the secondary
 indexes built after the load, and one consistent stock row per (location, sku);
 then the hub's own read paths are timed, one request at a time.
@@ -156,9 +156,6 @@ async def load(url: str, n: int, n_locations: int, n_skus: int, seed: int) -> di
                 done = True
             if chunk:
                 await conn.copy_records_to_table("events", records=chunk, columns=EVENT_COLUMNS)
-                await conn.copy_records_to_table(
-                    "event_ids", records=[(r[1], r[0]) for r in chunk], columns=["event_id", "location"]
-                )
         log(f"events loaded in {time.perf_counter() - t0:.0f} s; building {len(secondary)} secondary indexes")
         t0 = time.perf_counter()
         for _, definition in secondary:  # a partitioned index reads "ON ONLY" (the parent alone): build them all
@@ -169,6 +166,7 @@ async def load(url: str, n: int, n_locations: int, n_skus: int, seed: int) -> di
         )
         assert invalid == 0, f"{invalid} indexes were not rebuilt"
         log(f"indexes built in {time.perf_counter() - t0:.0f} s; writing {len(stock):,} stock rows")
+        await conn.execute("INSERT INTO agent_locations (agent_id, location) SELECT DISTINCT agent_id, location FROM events")
         now = wall_ms_now()
         await conn.copy_records_to_table(
             "stock",
@@ -183,7 +181,7 @@ async def load(url: str, n: int, n_locations: int, n_skus: int, seed: int) -> di
             [(agent, seq, now) for agent, seq in zip(agents, ledger.seqs, strict=True)],
         )
         log("VACUUM ANALYZE")
-        for table in ("events", "event_ids", "stock", "agent_hwm"):
+        for table in ("events", "agent_locations", "stock", "agent_hwm"):
             await conn.execute(f"VACUUM ANALYZE {table}")
         size = await conn.fetchval(
             "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c "

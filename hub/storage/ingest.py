@@ -259,7 +259,8 @@ class IngestTx(Protocol):
 
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None: ...
 
-    async def add_duplicates(self, agent_id: str, counts: Mapping[bytes, int]) -> None: ...
+    async def add_duplicates(self, agent_id: str, counts: Mapping[tuple[str, bytes], int]) -> None:
+        """Count resends: (location, event_id) of ``agent_id``'s stored events -> how many more times it came."""
 
     async def insert_rejections(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
         """Keep refused attempts; the same attempt again only counts one more try."""
@@ -270,8 +271,8 @@ class IngestTx(Protocol):
     async def counts_from(self, key: StockKey, start: OrderKey) -> list[CountPoint]:
         """The last count of ``key`` before ``start`` (if any), then every count at or after it, in order."""
 
-    async def set_variances(self, rows: Sequence[tuple[str, bytes, int]]) -> None:
-        """(agent_id, event_id, variance) for counts."""
+    async def set_variances(self, rows: Sequence[tuple[str, str, bytes, int]]) -> None:
+        """(location, agent_id, event_id, variance) for counts."""
 
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None: ...
 
@@ -523,7 +524,7 @@ def _plan_key(
 
 async def _settle_late(
     tx: IngestTx, key: StockKey, row: StockRow, late: _Late
-) -> tuple[StockRow, list[tuple[str, bytes, int]]]:
+) -> tuple[StockRow, list[tuple[str, str, bytes, int]]]:
     """Finish a key with late events: on_hand from its new last count, and the
     variance of every count whose window (previous count, count) got an event."""
     if late.recount is not None:
@@ -541,11 +542,12 @@ async def _settle_late(
         nxt = bisect_right(keys, k)  # the first count after ev: its window holds ev
         if nxt < len(keys):
             affected.add(nxt)
-    out: list[tuple[str, bytes, int]] = []
+    out: list[tuple[str, str, bytes, int]] = []
     for i in sorted(affected):
         prev = points[i - 1] if i > 0 else None
         between = await tx.sum_deltas(key, prev.key if prev else None, points[i].key)
-        out.append((points[i].key[1], points[i].key[3], points[i].qty - ((prev.qty if prev else 0) + between)))
+        variance = points[i].qty - ((prev.qty if prev else 0) + between)
+        out.append((key[0], points[i].key[1], points[i].key[3], variance))
     return row, out
 
 
@@ -576,7 +578,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
             accepted = tuple((ev, row) for ev, row in accepted if ev.event_id not in held)
     ids = [ev.event_id for ev, _ in accepted]
     stored = await tx.stored_rows(who.agent_id, ids) if accepted else {}
-    duplicates: Counter[bytes] = Counter()
+    duplicates: Counter[tuple[str, bytes]] = Counter()  # (location, event_id) of a stored event -> resends
     by_key: dict[StockKey, list[StockEvent]] = defaultdict(list)
     if not stored and len(set(ids)) == len(ids):  # the common case: every event new, none twice
         fresh = list(accepted)
@@ -595,7 +597,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
                 by_key[(ev.location, ev.sku)].append(ev)
                 touched.add((ev.location, ev.sku))
             elif known[CONTENT_FROM:] == row[CONTENT_FROM:]:  # the same movement, maybe under another epoch/seq
-                duplicates[ev.event_id] += 1
+                duplicates[ev.location, ev.event_id] += 1
                 touched.add((ev.location, ev.sku))
             else:
                 reason = (
@@ -728,7 +730,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         await tx.insert_quarantined(quarantined, now_ms)
         rejected += quarantined  # answered as such: processed for the mark, held for an operator
     if late:
-        recomputed: list[tuple[str, bytes, int]] = []
+        recomputed: list[tuple[str, str, bytes, int]] = []
         for key, rest in late.items():
             rows[key], more = await _settle_late(tx, key, rows[key], rest)
             recomputed += more

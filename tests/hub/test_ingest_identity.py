@@ -231,7 +231,9 @@ async def test_a_version_3_postgres_database_migrates_its_events_and_rejections(
             await conn.execute("INSERT INTO event_ids (event_id, location) VALUES ($1, 'S1')", V3_EVENT_ID)
         async with PostgresHubStore.open(pg_url) as store:
             await check_v3_data_after_migration(store)
-        keys = await conn.fetch("SELECT agent_id, event_id FROM event_ids ORDER BY agent_id")
-        assert [r[0] for r in keys] == sorted([V3_AGENT, keys[1][0]]) and {r[1] for r in keys} == {V3_EVENT_ID}
+        keys = await conn.fetch("SELECT DISTINCT agent_id, event_id FROM events WHERE event_id = $1 ORDER BY 1", V3_EVENT_ID)
+        assert [r[0] for r in keys] == sorted([V3_AGENT, keys[1][0]])  # one id, two agents: two events
+        located = await conn.fetch("SELECT agent_id, location FROM agent_locations ORDER BY agent_id")
+        assert [tuple(r) for r in located] == sorted([(V3_AGENT, "S1"), (keys[1][0], "S1")])
     finally:
         await conn.close()

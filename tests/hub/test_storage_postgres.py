@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from hub.resolver import resolve
 from hub.storage import AgentIdentity, HubStore, StoreError, StoreOpener, open_store
+from hub.storage.base import Effect
 from hub.storage.ingest import prepare_batch
 from hub.storage.postgres import PostgresHubStore
 from hub.storage.postgres.ingest import PRELOAD_SQL, STOCK_LOCK_BUCKETS, batch_locks, lock_key, sender_lockable
@@ -156,7 +157,8 @@ async def test_the_ledger_is_hash_partitioned_by_location(pg_url: str) -> None:
             by_location.setdefault(r["location"], set()).add(r["part"])
         assert len(by_location) == 40 and all(len(parts) == 1 for parts in by_location.values())
         assert len({r["part"] for r in placed}) > 8  # 40 locations spread over most of the 16 partitions
-        assert await conn.fetchval("SELECT count(*) FROM event_ids") == 40
+        located = await conn.fetch("SELECT agent_id, location FROM agent_locations")
+        assert sorted(located) == sorted((who.agent_id, f"S{i}") for i in range(40))  # where its resends are looked up
         plan = "\n".join(
             r[0] for r in await conn.fetch("EXPLAIN SELECT * FROM events WHERE location = 'S7' AND sku = 'A'")
         )
@@ -197,7 +199,8 @@ async def test_the_same_batch_to_two_stores_at_once_is_counted_once(pg_url: str)
 
 async def test_a_conflict_racing_at_another_location_is_caught(pg_url: str) -> None:
     """The same event id sent with other content for another location at the same
-    moment: the two take different locks, and the id's primary key decides."""
+    moment, to two stores: their stock locks differ, but both batches take their
+    sender's lock, so the second finds the first's event under its location."""
     async with PostgresHubStore.open(pg_url) as one, PostgresHubStore.open(pg_url) as two:
         who = await _agent(one, "S1", "S2")
         ev = EventFactory(who.agent_id)
@@ -209,6 +212,25 @@ async def test_a_conflict_racing_at_another_location_is_caught(pg_url: str) -> N
             assert [r.code for r in a.rejected + b.rejected] == ["conflict"]
         total = sum(r.on_hand for r in await one.counts())
         assert total == 10
+
+
+async def test_an_id_is_found_under_every_location_its_agent_stored_events_in(pg_url: str) -> None:
+    """The ledger has no global index on the event id: a resend is looked up in the partitions of the
+    locations its agent stored events in, the new location's included once its first event is stored."""
+    async with PostgresHubStore.open(pg_url) as store:
+        who = await _agent(store, *(f"S{i}" for i in range(5)))
+        ev = EventFactory(who.agent_id)
+        stored = [ev(Kind.RECEIVE, 1 + i, at_ms=i, location=f"S{i}") for i in range(4)]
+        for one in stored:  # one batch per location: each adds a location to look in
+            assert (await store.ingest(who, 1, [one])).applied == 1
+        for one in stored:
+            forged = ev(Kind.RECEIVE, 7, at_ms=50, location="S4", event_id=one.event_id)
+            again = await store.ingest(who, 1, [one, forged])
+            assert (again.applied, again.duplicates, [r.code for r in again.rejected]) == (0, 1, ["conflict"])
+        assert {r.location: r.on_hand for r in await store.counts()} == {f"S{i}": 1 + i for i in range(4)}
+        assert sorted((r.location, r.duplicates) for r in await store.ledger() if r.effect == Effect.APPLIED) == [
+            (f"S{i}", 1) for i in range(4)
+        ]
 
 
 async def test_concurrent_stores_keep_one_gapless_change_feed(pg_url: str) -> None:

@@ -24,8 +24,14 @@ statement after the lock sees the other hubs' commits under it.
 
 Sets travel as arrays (``unnest``), as one array of a table's row type, or by COPY. A batch from an agent
 makes few round trips (each one costs the hub and the server a turn): BEGIN, its locks, one read of
-everything it reads first (``preload``), the COPY of its event ids and events, one statement that writes its
-stock rows, its sender's mark and sync, and its change rows (``finish_sync``), and COMMIT.
+everything it reads first (``preload``), the COPY of its events, one statement that writes its stock rows,
+its sender's mark and sync, and its change rows (``finish_sync``), and COMMIT.
+
+An agent's stored events are found by the ledger's primary key (location, agent_id, event_id) in the
+partitions of the locations it has stored events in (``agent_locations``, which gets a row in the transaction
+that stores the agent's first event of a location). An (agent_id, event_id) stays one event under every
+location because each batch holds its sender's lock (``sender_lockable``): it sees what the sender's batch
+before it stored, wherever, before it stores an id.
 """
 
 from __future__ import annotations
@@ -98,10 +104,9 @@ LOCK_SQL = (
 # history (over 200 ms a batch at 40,000 stored events, measured). With it, the index range holds the batch's
 # own ids and the ones stored between them: ids are UUIDv7, minted in time order at the edge, so a batch of new
 # events finds none, and a resend finds the events it repeats.
-STORED_IDS_SQL = (
-    "SELECT event_id, location FROM event_ids "
-    "WHERE agent_id = $1 AND event_id = ANY($2::bytea[]) AND event_id BETWEEN $3 AND $4"
-)
+# The ledger is partitioned by location: the lookup runs one location of the agent's at a time
+# (``agent_event_ids``, migration 007), so each statement's cached plan opens that location's partition only.
+STORED_IDS_SQL = "SELECT event_id, location FROM agent_event_ids($1, $3, $4, NULL, $2::bytea[])"
 STORED_EVENTS_SQL = (
     f"SELECT {EVENT_FIELDS} FROM events "
     "WHERE location = $1 AND agent_id = $2 AND event_id = ANY($3::bytea[]) AND event_id BETWEEN $4 AND $5"
@@ -134,18 +139,23 @@ HELD_PENDING_SQL = "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND stat
 
 # What a batch reads first, right after its locks, in one round trip (``PostgresIngest.preload``): whether the
 # sender ever had events held, whether any bundle is defined, the sender's ids stored in the batch's id range
-# (at most $4: more, and the exact lookup runs), the stock rows of the batch's keys, and its stored mark.
+# (at most $4: more, and the exact lookup runs), the stock rows of the batch's keys, its stored mark, and the
+# locations it has stored events in.
 # Everything it reads is what the same reads later in the transaction would see: the batch holds the locks of
 # its keys, of its sender (``sender_lockable``) and the recipes' lock (LOCK_SQL) before it runs, and writes none
 # of it before it is used.
 PRELOAD_SQL = (
     "SELECT EXISTS (SELECT 1 FROM quarantine WHERE agent_id = $1), EXISTS (SELECT 1 FROM bundle_parts), "
-    "ARRAY(SELECT ROW(i.event_id, i.location) FROM event_ids i WHERE i.agent_id = $1 "
-    "AND i.event_id BETWEEN $2 AND $3 ORDER BY i.event_id LIMIT $4), "
+    "ARRAY(SELECT ROW(event_id, location) FROM agent_event_ids($1, $2, $3, $4, NULL)), "
     "ARRAY(SELECT s FROM unnest($5::text[], $6::text[]) AS k(location, sku) "
     "JOIN stock s ON s.location = k.location AND s.sku = k.sku), "
     "(SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
-    "(SELECT chain FROM agent_hwm WHERE agent_id = $1 AND epoch = $7)"
+    "(SELECT chain FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
+    "ARRAY(SELECT location FROM agent_locations WHERE agent_id = $1)"
+)
+ADD_LOCATIONS_SQL = (
+    "INSERT INTO agent_locations (agent_id, location) SELECT * FROM unnest($1::text[], $2::text[]) "
+    "ON CONFLICT DO NOTHING"
 )
 
 STOCK_LOCK_BUCKETS = 16  # stock locks per location
@@ -242,6 +252,7 @@ class _Preloaded:
     stock_keys: frozenset[StockKey]
     stock: dict[StockKey, StockRow]  # those of stock_keys with a row
     mark: tuple[int, bytes | None] | None  # stored_mark
+    locations: frozenset[str]  # where the sender has stored events (agent_locations)
 
 
 class PostgresIngest:
@@ -279,6 +290,7 @@ class PostgresIngest:
             stock_keys=frozenset(keys),
             stock={(r[0], r[1]): stock_row(r) for r in row[3]},
             mark=None if row[4] is None else (int(row[4]), row[5]),
+            locations=frozenset(row[6]),
         )
         self._defer_stock = batch.operator is None
 
@@ -365,31 +377,28 @@ class PostgresIngest:
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
-        if self._pre is not None:  # the ids stored in the batch's range are now more than were preloaded
-            self._pre = replace(self._pre, ids=None)
-        # COPY, the cheapest bulk insert on both sides. An id another hub stored
-        # meanwhile (under another location's lock) violates event_ids' primary
-        # key: the transaction fails, and its retry finds the id stored.
-        await self.conn.copy_records_to_table(
-            "event_ids",
-            records=[(row[0], event_id, row[3]) for event_id, row, _, _ in rows],
-            columns=["agent_id", "event_id", "location"],
-        )
+        pre = self._pre
+        known = {(pre.agent_id, at) for at in pre.locations} if pre is not None else set()
+        new = {(row[0], row[3]) for _, row, _, _ in rows} - known
+        if new:  # an agent's first events of a location: later lookups search its partition too
+            await self.conn.execute(ADD_LOCATIONS_SQL, *columns(sorted(new), 2))
+        if pre is not None:  # the ids stored in the batch's range are now more than were preloaded
+            mine = {at for agent_id, at in new if agent_id == pre.agent_id}
+            self._pre = replace(pre, ids=None, locations=pre.locations | mine)
+        # COPY, the cheapest bulk insert on both sides.
         await self.conn.copy_records_to_table(
             "events",
             records=[(event_id, *row, effect, variance, received_at_ms) for event_id, row, effect, variance in rows],
             columns=EVENT_COLUMNS,
         )
 
-    async def add_duplicates(self, agent_id: str, counts: Mapping[bytes, int]) -> None:
+    async def add_duplicates(self, agent_id: str, counts: Mapping[tuple[str, bytes], int]) -> None:
         await self.conn.execute(
             "UPDATE events e SET duplicates = e.duplicates + d.n "
-            "FROM unnest($2::bytea[], $3::int8[]) AS d(event_id, n) "
-            "JOIN event_ids i ON i.agent_id = $1 AND i.event_id = d.event_id "
-            "WHERE e.location = i.location AND e.agent_id = $1 AND e.event_id = d.event_id",
+            "FROM unnest($2::text[], $3::bytea[], $4::int8[]) AS d(location, event_id, n) "
+            "WHERE e.location = d.location AND e.agent_id = $1 AND e.event_id = d.event_id",
             agent_id,
-            list(counts),
-            list(counts.values()),
+            *columns([(*k, n) for k, n in counts.items()], 3),
         )
 
     async def insert_rejections(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
@@ -435,13 +444,12 @@ class PostgresIngest:
         )
         return [CountPoint((r[0], r[1], r[2], r[3]), r[4]) for r in [*before, *since]]
 
-    async def set_variances(self, rows: Sequence[tuple[str, bytes, int]]) -> None:
+    async def set_variances(self, rows: Sequence[tuple[str, str, bytes, int]]) -> None:
         await self.conn.execute(
             "UPDATE events e SET variance = v.variance "
-            "FROM unnest($1::text[], $2::bytea[], $3::int8[]) AS v(agent_id, event_id, variance) "
-            "JOIN event_ids i ON i.agent_id = v.agent_id AND i.event_id = v.event_id "
-            "WHERE e.location = i.location AND e.agent_id = v.agent_id AND e.event_id = v.event_id",
-            *columns(rows, 3),
+            "FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[]) AS v(location, agent_id, event_id, variance) "
+            "WHERE e.location = v.location AND e.agent_id = v.agent_id AND e.event_id = v.event_id",
+            *columns(rows, 4),
         )
 
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:

@@ -236,10 +236,10 @@ class SqliteIngest:
             [(event_id, *row, EFFECT_TEXT[effect], variance, received_at_ms) for event_id, row, effect, variance in rows],
         )
 
-    async def add_duplicates(self, agent_id: str, counts: Mapping[bytes, int]) -> None:
+    async def add_duplicates(self, agent_id: str, counts: Mapping[tuple[str, bytes], int]) -> None:
         await self.db.executemany(
             "UPDATE events SET duplicates = duplicates + ? WHERE agent_id = ? AND event_id = ?",
-            [(n, agent_id, i) for i, n in counts.items()],
+            [(n, agent_id, i) for (_, i), n in counts.items()],  # the primary key: no location needed
         )
 
     async def insert_rejections(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
@@ -277,9 +277,9 @@ class SqliteIngest:
         )
         return [CountPoint((r[0], r[1], r[2], r[3]), r[4]) for r in before + since]
 
-    async def set_variances(self, rows: Sequence[tuple[str, bytes, int]]) -> None:
+    async def set_variances(self, rows: Sequence[tuple[str, str, bytes, int]]) -> None:
         await self.db.executemany(
-            "UPDATE events SET variance = ? WHERE agent_id = ? AND event_id = ?", [(v, a, i) for a, i, v in rows]
+            "UPDATE events SET variance = ? WHERE agent_id = ? AND event_id = ?", [(v, a, i) for _, a, i, v in rows]
         )
 
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
