@@ -190,7 +190,7 @@ async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
 
 def body_of_exactly(size: int) -> bytes:
     """A valid sync body of exactly ``size`` bytes: as many events as fit, then one attr padded to the byte."""
-    lo, hi = 1, 2000
+    lo, hi = 1, 10_000  # MAX_BATCH_EVENTS
     while lo < hi:  # the most events whose body, with an empty pad, still fits
         mid = (lo + hi + 1) // 2
         if len(raw_body(_padded_wire(mid, ""))) <= size:

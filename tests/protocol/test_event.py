@@ -72,6 +72,39 @@ def test_content_hash_differs_when_any_field_differs():
     assert ev.content_hash != make(event_id=ev.event_id, attrs={"lot": "A1"}).content_hash
 
 
+def test_the_content_hash_is_the_same_as_every_earlier_version_computed() -> None:
+    # A hub keeps one rejected attempt per (agent, id, content hash): a hash that moved with the wire form
+    # would count an agent's old attempt, sent again, as a new one. These values were computed before the
+    # wire map left its defaults out.
+    plain = StockEvent(bytes(range(16)), "agent-1", 7, 3, "S1", "SKU-1", Kind.SALE, -2,
+                       pack_hlc(1_700_000_000_000, 4), 1_700_000_000_000, "scanner:door")  # fmt: skip
+    full = StockEvent(bytes(range(16)), "agent-1", 7, 3, "S1", "SKU-1", Kind.TRANSFER_OUT, -2,
+                      pack_hlc(1_700_000_000_000, 4), 1_700_000_000_999, "pos:x", "T-9", "moved",
+                      {"lot": "A1", "n": 2})  # fmt: skip
+    assert plain.content_hash.hex() == "8639d739fab42993caad36de3822f28c"
+    assert full.content_hash.hex() == "bded52f65ac0223a0e83e5ac734b370f"
+
+
+@pytest.mark.parametrize(
+    "overrides, sent",
+    [
+        ({}, set()),
+        ({"wall_ms": 1_700_000_000_001}, {"wall_ms"}),  # the device clock apart from the stamp's
+        ({"kind": Kind.TRANSFER_OUT, "ref": "T-1"}, {"ref"}),
+        ({"kind": Kind.ADJUST, "reason": "damaged"}, {"reason"}),
+        ({"attrs": {"lot": "A1"}}, {"attrs"}),
+    ],
+)
+def test_the_wire_map_leaves_out_the_optional_fields_that_hold_their_default(
+    overrides: dict[str, Any], sent: set[str]
+) -> None:
+    ev = make(**overrides)
+    wire = event_to_wire(ev)
+    assert set(wire) == {"id", "seq", "location", "sku", "kind", "qty", "occurred_at", "source"} | sent
+    assert event_from_wire(wire, ev.agent_id, ev.epoch) == ev  # read back whole
+    assert _event_from_wire_checked(dict(wire), ev.agent_id, ev.epoch, "event") == ev
+
+
 def test_an_event_is_immutable_survives_pickle_and_a_stamped_copy_is_checked():
     import pickle
 
@@ -133,10 +166,10 @@ def test_the_plain_path_builds_exactly_what_the_checked_path_builds(
 
 @pytest.mark.parametrize("kind, qty", [("sale", -2), ("receive", 5), ("count", 0), ("adjust", -3), ("reserve", 1)])
 def test_plain_events_take_the_inline_path(kind: str, qty: int) -> None:
-    wire = _plain_wire(7, kind, qty)
+    wire = _plain_wire(7, kind, qty) | {"wall_ms": 1_700_000_000_123}  # a wall clock apart from the stamp's
     checked = _event_from_wire_checked(dict(wire), "agent-1", 1, "event")  # the first sight of its text
-    assert _plain_event(wire, "agent-1", 1) == checked
-    del wire["wall_ms"]  # an old sender: the wall clock comes from the stamp
+    assert _plain_event(wire, "agent-1", 1) == checked and checked.wall_ms == 1_700_000_000_123
+    del wire["wall_ms"]  # left out: the wall clock is the stamp's
     assert _plain_event(wire, "agent-1", 1) == checked._replace(wall_ms=checked.occurred_at >> 16)
 
 
