@@ -318,24 +318,12 @@ def event_to_wire(ev: StockEvent) -> dict[str, Any]:
 
 
 def _content_map(ev: StockEvent) -> dict[str, Any]:
-    """Every field of the event by its wire name, defaults included: what ``content_hash`` digests (its value
-    must not change with the wire form: a hub keeps one rejected attempt per hash)."""
-    return {
-        "id": ev.event_id,
-        "seq": ev.seq,
-        "location": ev.location,
-        "sku": ev.sku,
-        "kind": ev.kind.value,
-        "qty": ev.qty,
-        "occurred_at": ev.occurred_at,
-        "wall_ms": ev.wall_ms,
-        "source": ev.source,
-        "ref": ev.ref,
-        "reason": ev.reason,
-        "attrs": dict(ev.attrs),
-        "agent_id": ev.agent_id,
-        "epoch": ev.epoch,
-    }
+    """Every field of the event by its wire name (``_WIRE_FIELDS`` order), defaults included, then its agent
+    and epoch: what ``content_hash`` digests (its value must not change with the wire form: a hub keeps one
+    rejected attempt per hash)."""
+    values = (ev.event_id, ev.seq, ev.location, ev.sku, ev.kind.value, ev.qty, ev.occurred_at, ev.wall_ms,
+              ev.source, ev.ref, ev.reason, dict(ev.attrs))  # fmt: skip
+    return {**dict(zip(_WIRE_FIELDS, values, strict=True)), "agent_id": ev.agent_id, "epoch": ev.epoch}
 
 
 _WIRE_FIELD_SET = frozenset(_WIRE_FIELDS)
