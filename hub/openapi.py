@@ -1262,16 +1262,36 @@ def _schemas() -> dict[str, JSON]:
             "attrs": ref("Attrs"),
         }, ["id", "seq", "location", "sku", "kind", "qty", "occurred_at", "source"], closed=True,
             allOf=movement_rules()),
+        "SyncColumns": obj({
+            name: array(schema, hi=MAX_BATCH_EVENTS) for name, schema in {
+                "id": binary(EVENT_ID_BYTES, "The event id, a UUIDv7"), "seq": integer(1, SEQ_MAX),
+                "location": ref("Location"), "sku": ref("Sku"), "kind": string(enum=kinds),
+                "qty": integer(-QTY_MAX, QTY_MAX), "occurred_at": hlc, "source": text(values.SOURCE),
+                "wall_ms": nullable(integer(0, HLC_MAX, "nil: the clock part of occurred_at")),
+                "ref": nullable(text(values.REF)), "reason": nullable(text(values.REASON)),
+                "attrs": nullable(ref("Attrs")),
+            }.items()
+        }, ["id", "seq", "location", "sku", "kind", "qty", "occurred_at", "source"], closed=True,
+            description="The events as one list per field of SyncEvent, all of one length: the i-th value of each "
+                        "is the i-th event's (the rules between kind, qty and ref hold for each). An optional "
+                        "field's list may be left out when every event holds its default, and holds nil for each "
+                        "event that does. Agents send this form; a hub reads either.",
+            example={"id": ["0123456789abcdef"], "seq": [42], "location": ["S001"], "sku": ["SKU-1"],
+                     "kind": ["receive"], "qty": [12], "occurred_at": [1_764_061_201_000 << 16],
+                     "source": ["scanner:door"]}),
         "SyncRequest": obj({
             "v": integer(WIRE_VERSION, WIRE_VERSION, "The wire version."), "agent_id": ref("AgentId"),
             "epoch": integer(0, EPOCH_MAX), "acked_seq": integer(0, SEQ_MAX, default=0),
             "events": array(ref("SyncEvent"), hi=MAX_BATCH_EVENTS, description="seq strictly increasing."),
+            "columns": ref("SyncColumns"),
             "backlog": integer(0, SEQ_MAX), "oldest_pending_ms": integer(0, SEQ_MAX),
             "chain": binary(CHAIN_BYTES, "The outbox's lineage digest at the last seq sent"),
             "epoch_base": integer(0, SEQ_MAX), "base_chain": binary(CHAIN_BYTES, "The digest at epoch_base"),
             "sent_ms": integer(0, SEQ_MAX, "The agent's wall clock when it sent the request."),
             "follows_feed": {"type": "boolean", "description": "Answer change_id (the agent follows the change feed)."},
-        }, ["v", "agent_id", "epoch", "events"], closed=True),
+        }, ["v", "agent_id", "epoch"], closed=True,
+            oneOf=[{"required": ["events"]}, {"required": ["columns"]}],
+            description="The events as events (one map each) or as columns (one list per field), never both."),
         "SyncResponse": obj({
             "v": integer(WIRE_VERSION, WIRE_VERSION), "agent_id": string(), "epoch": integer(0, EPOCH_MAX),
             "hwm": integer(0, SEQ_MAX),

@@ -20,6 +20,8 @@ import msgpack
 from protocol.errors import ProtocolError
 from protocol.event import (
     _AGENT_RE,
+    _REQUIRED_WIRE_FIELDS,
+    _WIRE_FIELD_SET,
     AGENT_ID_MAX_LEN,
     EPOCH_MAX,
     SEQ_MAX,
@@ -29,6 +31,8 @@ from protocol.event import (
     _event_from_wire_checked,
     _plain_event,
     event_to_wire,
+    events_from_columns,
+    events_to_columns,
 )
 from protocol.ids import EVENT_ID_BYTES
 
@@ -142,26 +146,30 @@ def _envelope(obj: Any, what: str, keys: set[str]) -> Mapping[str, Any]:
     return obj
 
 
-def encode_events(events: tuple[StockEvent, ...] | list[StockEvent]) -> bytes:
-    """The ``events`` field of a sync request, packed on its own (``encode_sync_request(..., packed_events=)``):
-    a sender can pack the next batch while the one before it is on its way."""
-    data: bytes = msgpack.packb([event_to_wire(ev) for ev in events], use_bin_type=True)
-    return data
-
-
-def encode_sync_request(req: SyncRequest, packed_events: bytes | None = None) -> bytes:
-    """``req`` as msgpack; ``packed_events``: ``encode_events(req.events)`` done beforehand (the same bytes)."""
-    if packed_events is not None:
-        head = _request_head(req)
-        packer = msgpack.Packer(use_bin_type=True)
-        parts = [packer.pack_map_header(len(head) + 1)]
-        for key, value in head.items():
-            parts += [packer.pack(key), packer.pack(value)]
-        return b"".join([*parts, packer.pack("events"), packed_events])
+def encode_events(events: tuple[StockEvent, ...] | list[StockEvent], *, as_columns: bool = True) -> bytes:
+    """The events of a sync request, packed on their own (``encode_sync_request(..., packed_events=)``): a
+    sender can pack the next batch while the one before it is on its way. ``as_columns``: its ``columns``
+    (``protocol.event.events_to_columns``); else its ``events``, one map per event, as agents before the
+    columns sent. No events pack as an empty ``events`` list either way."""
     data: bytes = msgpack.packb(
-        {**_request_head(req), "events": [event_to_wire(ev) for ev in req.events]}, use_bin_type=True
+        events_to_columns(events) if as_columns and events else [event_to_wire(ev) for ev in events],
+        use_bin_type=True,
     )
     return data
+
+
+def encode_sync_request(req: SyncRequest, packed_events: bytes | None = None, *, as_columns: bool = True) -> bytes:
+    """``req`` as msgpack; ``packed_events``: ``encode_events(req.events, as_columns=…)`` done beforehand (the
+    same bytes)."""
+    if packed_events is None:
+        packed_events = encode_events(req.events, as_columns=as_columns)
+    head = _request_head(req)
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(head) + 1)]
+    for key, value in head.items():
+        parts += [packer.pack(key), packer.pack(value)]
+    key = "columns" if as_columns and req.events else "events"
+    return b"".join([*parts, packer.pack(key), packed_events])
 
 
 def _request_head(req: SyncRequest) -> dict[str, Any]:
@@ -183,7 +191,7 @@ def _request_head(req: SyncRequest) -> dict[str, Any]:
 
 _REQUEST_KEYS = {
     "v", "agent_id", "epoch", "acked_seq", "backlog", "oldest_pending_ms", "chain", "epoch_base", "base_chain", "events",
-    "sent_ms", "follows_feed",
+    "columns", "sent_ms", "follows_feed",
 }  # fmt: skip
 
 
@@ -193,6 +201,75 @@ def _check_chain(value: Any, name: str) -> bytes | None:
     if not isinstance(value, bytes) or len(value) != CHAIN_BYTES:
         raise ProtocolError(f"must be {CHAIN_BYTES} bytes or absent", field=name)
     return value
+
+
+def _request_events(obj: Mapping[str, Any], agent_id: str, epoch: int) -> tuple[list[StockEvent], list[BadEvent]]:
+    """A sync request's events, from its ``events`` (maps) or its ``columns``, and those that are bad."""
+    raw_columns = obj.get("columns")
+    if raw_columns is not None:
+        if "events" in obj:
+            raise ProtocolError("a sync request carries its events as events or as columns, not both", field="columns")
+        columns = _columns(raw_columns)
+        valid = events_from_columns(columns, agent_id, epoch)
+        if valid is not None:
+            return valid, []  # most bodies: every event valid, checked column by column
+        # Some event is not: each one as the map it stands for, for the messages that name the bad ones.
+        names = list(columns)
+        raw_events: Any = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    else:
+        raw_events = obj.get("events")
+        if not isinstance(raw_events, list):
+            raise ProtocolError(f"must be a list, got {type(raw_events).__name__}", field="events")
+        if len(raw_events) > MAX_BATCH_EVENTS:
+            raise ProtocolError(
+                f"holds {len(raw_events)} events; the limit per request is {MAX_BATCH_EVENTS}", field="events"
+            )
+    events: list[StockEvent] = []
+    bad: list[BadEvent] = []
+    for i, raw in enumerate(raw_events):
+        if (plain := _plain_event(raw, agent_id, epoch)) is not None:  # most events: no name built for an error
+            events.append(plain)
+            continue
+        try:
+            events.append(_event_from_wire_checked(raw, agent_id, epoch, f"events[{i}]"))  # the plain path said no
+        except ProtocolError as err:
+            ident = raw.get("id") if isinstance(raw, Mapping) else None
+            seq = raw.get("seq") if isinstance(raw, Mapping) else None
+            bad.append(
+                BadEvent(
+                    index=i,
+                    event_id=ident if isinstance(ident, bytes) and len(ident) == EVENT_ID_BYTES else None,
+                    seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                    reason=str(err),
+                )
+            )
+    return events, bad
+
+
+def _columns(raw: Any) -> dict[str, list[Any]]:
+    """The ``columns`` of a sync request, their shape checked: known names, the required ones, lists of one
+    length, at most ``MAX_BATCH_EVENTS`` events."""
+    if type(raw) is not dict:
+        raise ProtocolError(f"must be a map of one list per event field, got {type(raw).__name__}", field="columns")
+    unknown = set(raw) - _WIRE_FIELD_SET
+    if unknown:
+        raise ProtocolError(f"unknown column(s) {', '.join(sorted(map(str, unknown)))[:80]}", field="columns")
+    for name in _REQUIRED_WIRE_FIELDS:
+        if name not in raw:
+            raise ProtocolError("is missing: every event has one", field=f"columns.{name}")
+    for name, col in raw.items():
+        if type(col) is not list:
+            raise ProtocolError(f"must be a list, got {type(col).__name__}", field=f"columns.{name}")
+    n = len(raw["id"])
+    if n > MAX_BATCH_EVENTS:
+        raise ProtocolError(f"holds {n} events; the limit per request is {MAX_BATCH_EVENTS}", field="columns")
+    for name, col in raw.items():
+        if len(col) != n:
+            raise ProtocolError(
+                f"holds {len(col)} values and columns.id {n}: each column holds one value per event",
+                field=f"columns.{name}",
+            )
+    return raw
 
 
 def decode_sync_request(data: bytes) -> SyncRequest:
@@ -224,30 +301,7 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     follows_feed = obj.get("follows_feed", False)
     if not isinstance(follows_feed, bool):
         raise ProtocolError("must be true or false", field="follows_feed")
-    raw_events = obj.get("events")
-    if not isinstance(raw_events, list):
-        raise ProtocolError(f"must be a list, got {type(raw_events).__name__}", field="events")
-    if len(raw_events) > MAX_BATCH_EVENTS:
-        raise ProtocolError(f"holds {len(raw_events)} events; the limit per request is {MAX_BATCH_EVENTS}", field="events")
-    events: list[StockEvent] = []
-    bad: list[BadEvent] = []
-    for i, raw in enumerate(raw_events):
-        if (plain := _plain_event(raw, agent_id, epoch)) is not None:  # most events: no name built for an error
-            events.append(plain)
-            continue
-        try:
-            events.append(_event_from_wire_checked(raw, agent_id, epoch, f"events[{i}]"))  # the plain path said no
-        except ProtocolError as err:
-            ident = raw.get("id") if isinstance(raw, Mapping) else None
-            seq = raw.get("seq") if isinstance(raw, Mapping) else None
-            bad.append(
-                BadEvent(
-                    index=i,
-                    event_id=ident if isinstance(ident, bytes) and len(ident) == EVENT_ID_BYTES else None,
-                    seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-                    reason=str(err),
-                )
-            )
+    events, bad = _request_events(obj, agent_id, epoch)
     if bad:
         raise BadEvents(bad, agent_id, epoch)
     seqs = [ev.seq for ev in events]

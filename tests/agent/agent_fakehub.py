@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
+import msgpack
 from aiohttp import web
 
 from protocol import (
@@ -39,6 +40,7 @@ class Seen:
     seqs: tuple[int, ...]
     status: int
     backlog: int | None = None  # what the agent reported
+    form: str = "events"  # how the body carried its events: "events" (maps) or "columns"
 
 
 class FakeHub:
@@ -110,8 +112,9 @@ class FakeHub:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         body = await request.read()
         sync = decode_sync_request(body)
+        form = "columns" if "columns" in msgpack.unpackb(body) else "events"
         response = self._answer(token, sync.agent_id, sync.epoch, sync.events)
-        self.requests.append(Seen(token, tuple(ev.seq for ev in sync.events), response.status, sync.backlog))
+        self.requests.append(Seen(token, tuple(ev.seq for ev in sync.events), response.status, sync.backlog, form))
         async with self.changed:
             self.changed.notify_all()
         if self.gate is not None:

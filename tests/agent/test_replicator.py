@@ -64,6 +64,8 @@ async def test_batches_are_at_most_batch_size_and_in_seq_order(hub: FakeHub, out
     assert hub.requests[0].seqs == ()  # the handshake
     assert all(len(batch) <= 7 for batch in hub.batches())
     assert seqs_sent(hub) == list(range(1, 31))
+    assert {seen.form for seen in hub.requests if seen.seqs} == {"columns"}  # what agents send
+    assert {seen.form for seen in hub.requests if not seen.seqs} == {"events"}  # no events: [], for any hub
     stats = await outbox.stats()
     assert (stats.backlog, stats.acked_seq, stats.sync_state, stats.hub_reachable) == (0, 30, "ok", True)
 

@@ -38,6 +38,7 @@ import schemathesis
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.meta import TestPhase
 
+from protocol.event import QTY_SIGN, REF_REQUIRED, Kind
 from protocol.routes import CATALOG_PATH, CHANGES_PATH, IMPORT_ISSUES_PATH, OBSERVATIONS_PATH, SYNC_PATH
 
 _QUERY = ParameterLocation.QUERY
@@ -78,6 +79,9 @@ def _sync_bins(body: Any) -> Any:
             {k: _raw(v) if k == "id" else v for k, v in ev.items()} if isinstance(ev, dict) else ev
             for ev in out["events"]
         ]
+    columns = out.get("columns")
+    if isinstance(columns, dict) and isinstance(columns.get("id"), list):
+        out["columns"] = {**columns, "id": [_raw(v) for v in columns["id"]]}
     return out
 
 
@@ -190,6 +194,36 @@ def own_agent(body: Any) -> None:
     if isinstance(events, list) and all(isinstance(ev, dict) and isinstance(ev.get("seq"), int) for ev in events):
         by_seq = {ev["seq"]: ev for ev in events}
         body["events"] = [by_seq[seq] for seq in sorted(by_seq)]
+    columns = body.get("columns")
+    if isinstance(columns, dict) and columns and all(isinstance(col, list) for col in columns.values()):
+        body["columns"] = columns_aligned(columns)
+
+
+def columns_aligned(columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """A sync request's columns as the document says they go together, which no schema of lists can state: all
+    of one length, seq strictly increasing, and for each event the rules between its kind, qty and ref that
+    SyncEvent states (a count 0 or more, a delta of its kind's sign and never 0, a transfer with its ref)."""
+    n = min(map(len, columns.values()))
+    cols = {name: col[:n] for name, col in columns.items()}
+    seqs = cols.get("seq", [])
+    if all(isinstance(seq, int) for seq in seqs):
+        order = sorted({seq: i for i, seq in enumerate(seqs)}.values(), key=lambda i: seqs[i])
+        cols = {name: [col[i] for i in order] for name, col in cols.items()}
+    kinds = {k.value: k for k in Kind}
+    for i, (name, qty) in enumerate(zip(cols.get("kind", []), cols.get("qty", []), strict=True)):
+        kind = kinds.get(name) if isinstance(name, str) else None
+        if kind is None or not isinstance(qty, int) or isinstance(qty, bool):
+            continue
+        sign = QTY_SIGN.get(kind, 0)
+        if kind is Kind.COUNT:
+            cols["qty"][i] = abs(qty)
+        elif sign:
+            cols["qty"][i] = sign * max(1, abs(qty))
+        elif qty == 0:
+            cols["qty"][i] = 1
+        if kind in REF_REQUIRED and cols.setdefault("ref", [None] * n)[i] is None:
+            cols["ref"][i] = "T-1"
+    return cols
 
 
 def catalog_items_checked(body: Any) -> None:
@@ -239,6 +273,8 @@ def events_within_clock(body: Any) -> None:
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: Any) -> None:
     bundle_without_itself(case)
+    if case.operation.path == SYNC_PATH and case.meta is not None and case.meta.phase.name == TestPhase.EXAMPLES:
+        own_agent(case.body)  # an example made of the fields' own examples: map_case does not see it
     if case.operation.path == CHANGES_PATH and isinstance(case.query, dict) and "wait" in case.query:
         try:
             wait = float(case.query["wait"])

@@ -85,7 +85,8 @@ def raw_body(wire_events: Any, **envelope: Any) -> bytes:
     return packed
 
 
-def big_body(n: int = 1000, **kwargs: Any) -> bytes:
+def big_body(n: int = 2000, **kwargs: Any) -> bytes:
+    """Over the inline limit beside a writer thread: 2,000 events (~128 KB as columns, as agents send them)."""
     body = request_body(mixed_events(n, **kwargs), **{k: v for k, v in kwargs.items() if k != "first_seq"})
     assert len(body) > DECODE_INLINE_MAX_BYTES
     return body
@@ -162,7 +163,7 @@ async def decoder() -> AsyncIterator[SyncDecoder]:
 async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
     decoder: SyncDecoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    events = mixed_events(1000)
+    events = mixed_events(2000)
     body = request_body(events)
     assert len(body) > DECODE_INLINE_MAX_BYTES
     want = decode_sync_request(body)
@@ -176,7 +177,7 @@ async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
     assert got == want
     assert got.events == tuple(events)
     assert (got.agent_id, got.epoch, got.acked_seq, got.backlog, got.oldest_pending_ms) == (
-        AGENT, EPOCH, 3, 1005, 1_700_000_000_123,
+        AGENT, EPOCH, 3, 2005, 1_700_000_000_123,
     )  # fmt: skip
     assert all(type(ev) is StockEvent for ev in got.events)
     assert all(type(ev.kind) is Kind for ev in got.events)
@@ -185,7 +186,7 @@ async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
     assert all(ev.kind is Kind(ev.kind.value) for ev in got.events)  # the very enum members
     assert got.events[10].attrs == {"lot": "L10", "n": 10, "ok": True, "w": 1.5, "none": None}
     assert got.events[7].ref == "T-100" and got.events[0].ref is None
-    assert [ev.seq for ev in got.events] == list(range(1, 1001))
+    assert [ev.seq for ev in got.events] == list(range(1, 2001))
 
 
 def body_of_exactly(size: int) -> bytes:
@@ -227,7 +228,7 @@ async def test_a_decoder_without_a_writer_thread_decodes_bigger_bodies_in_place(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     d = SyncDecoder(workers=1, inline_max_bytes=DECODE_INLINE_ALONE_MAX_BYTES)
-    thousand = big_body(1000)  # a full agent batch: in place, no worker
+    thousand = big_body(2000)  # two full agent batches (~128 KB): in place, no worker
     at_limit = body_of_exactly(DECODE_INLINE_ALONE_MAX_BYTES)
     just_over = body_of_exactly(DECODE_INLINE_ALONE_MAX_BYTES + 1)
     try:
@@ -331,7 +332,7 @@ async def test_bad_envelopes_in_big_bodies_raise_the_same_protocol_error(decoder
 async def test_killed_worker_falls_back_then_a_new_worker_starts(
     decoder: SyncDecoder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bodies = [big_body(first_seq=1 + 1000 * i) for i in range(4)]
+    bodies = [big_body(first_seq=1 + 2000 * i) for i in range(4)]
     assert await decoder.decode(bodies[0]) == decode_sync_request(bodies[0])
     [first_pid] = pids(decoder)
 
@@ -402,7 +403,7 @@ DECODER = SyncDecoder(workers=2)  # kept alive (and never closed) while this pro
 async def main():
     body = Path(sys.argv[1]).read_bytes()
     a, b = await asyncio.gather(DECODER.decode(body), DECODER.decode(body))
-    assert len(a.events) == len(b.events) == 1000
+    assert len(a.events) == len(b.events) == 2000
     print(*pids(DECODER), flush=True)
 
 asyncio.run(main())
@@ -498,7 +499,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
             ev(Kind.RECEIVE, 1 + i % 4, at_ms=i, sku=f"SKU-{i % 5}")
             if i % 3
             else ev(Kind.SALE, -1, at_ms=i, sku=f"SKU-{i % 5}")
-            for i in range(1000)
+            for i in range(2000)
         ]
         expected: dict[str, int] = {}
         for e in events:
@@ -512,7 +513,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
         workers = pids(app[DECODER_KEY])
         assert len(workers) == 1
 
-        assert (answer.agent_id, answer.epoch, answer.hwm) == (agent_id, 1, 1000)
+        assert (answer.agent_id, answer.epoch, answer.hwm) == (agent_id, 1, 2000)
         assert answer.rejected == () and answer.duplicates == 0
         assert {c.sku: c.on_hand for c in answer.counts if c.location == "S001"} == expected
         counts = await client.get("/v1/locations/S001/counts", headers=_auth(token))
@@ -534,7 +535,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
             {
                 "index": 321,
                 "event_id": event_id_hex(more[321].event_id),
-                "seq": 1322,
+                "seq": 2322,
                 "reason": error["rejected"][0]["reason"],
             }
         ]
@@ -565,14 +566,14 @@ async def test_a_postgresql_hub_decodes_a_full_batch_in_its_own_process(pg_url: 
             decoder = served.app[DECODER_KEY]
             assert decoder.inline_max_bytes == DECODE_INLINE_ALONE_MAX_BYTES
             ev = EventFactory(agent_id, 1, location="S001", base_ms=time.time_ns() // 1_000_000)
-            events = [ev(Kind.RECEIVE, 1 + i % 3, at_ms=i, sku=f"SKU-{i % 7}") for i in range(1000)]
+            events = [ev(Kind.RECEIVE, 1 + i % 3, at_ms=i, sku=f"SKU-{i % 7}") for i in range(2000)]
             body = encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=tuple(events)))
             assert DECODE_INLINE_MAX_BYTES < len(body) <= DECODE_INLINE_ALONE_MAX_BYTES
 
             resp = await served.client.post("/v1/sync", data=body, headers=_auth(token))
             assert resp.status == 200, await resp.text()
             answer = decode_sync_response(await resp.read())
-            assert answer.hwm == 1000 and answer.rejected == ()
+            assert answer.hwm == 2000 and answer.rejected == ()
             assert sum(c.on_hand for c in answer.counts) == sum(e.qty for e in events)
             assert pids(decoder) == []  # decoded in place: no worker was started
 
