@@ -208,7 +208,7 @@ def plain_executemany(tmp: Path, hub_db: Path) -> tuple[float, dict[str, float]]
 
 
 STAGES = (
-    ("decode", "decode (body → events; worker process and back)"),
+    ("decode", "decode (body → events; in place, or a worker process and back)"),
     ("plan", "plan (the shared algorithm's Python: prepare + apply)"),
     ("sql", "SQL (the batch's statements on the writer thread)"),
     ("wait", "wait (queue for the writer, group, BEGIN/COMMIT, thread hops)"),

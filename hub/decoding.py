@@ -1,16 +1,22 @@
 """Decoding big sync bodies in a worker process.
 
-Checking a 1,000-event body is ~3 ms of Python. In the hub's own process that
-time is taken from the SQLite writer, which needs the GIL back after every
-row it writes (see ``hub.storage.sqlite.writer``); in a worker process it
-runs on another core. Bodies up to ``DECODE_INLINE_MAX_BYTES`` (heartbeats,
-small batches) are decoded in place: the round trip would cost more than it
-saves. A store without a writer thread (PostgreSQL: its writes are the event
+In the hub's own process a body's decoding takes the GIL from the SQLite
+writer, which needs it back after every row it writes (see
+``hub.storage.sqlite.writer``); in a worker process it runs on another core,
+but the events then come back pickled through a pipe and the pool's thread,
+which costs the hub's process CPU and the writer the GIL too. Bodies up to
+``DECODE_INLINE_MAX_BYTES`` are decoded in place: an agent's batch of 1,000
+scans is ~69 KB as columns and decodes in ~1 ms, and handing it to a worker
+cost more than that (bench_ingest.py, alternating runs: 27–33k events/s
+through the worker against 32–39k in place; the hub process's CPU 29–36 ms
+a batch against 24–28; the limit was 64 KiB when the maps took ~3 ms).
+A store without a writer thread (PostgreSQL: its writes are the event
 loop's awaits) decodes bodies up to ``DECODE_INLINE_ALONE_MAX_BYTES`` in place
 too: handing a 1,000-event body to a worker and its events back costs more
 CPU than decoding it (pickling, pipes, the pool's thread: 0.0218 → 0.0177
 CPU-s per 1,000 events in the hub, measured with bench_pg_scaling.py), and
-the loop is held ~7 ms at most; bigger bodies still go to the worker. The
+the loop is held a few ms at most; bigger bodies (a catching-up agent's)
+still go to the worker. The
 worker starts with the first big body, and a worker that dies is replaced on
 the next one, the body meanwhile decoded in a thread: a decode never fails
 because of the pool.
@@ -39,8 +45,8 @@ from protocol.runtime import tune_gc_for_serving
 
 log = logging.getLogger(__name__)
 
-DECODE_INLINE_MAX_BYTES = 64 * 1024  # beside a writer thread: the GIL is the writer's
-DECODE_INLINE_ALONE_MAX_BYTES = 256 * 1024  # no writer thread: ~1,700 events, ~7 ms of the event loop
+DECODE_INLINE_MAX_BYTES = 128 * 1024  # beside a writer thread: ~2,000 scans as columns, ~2 ms of the GIL
+DECODE_INLINE_ALONE_MAX_BYTES = 256 * 1024  # no writer thread: ~3,800 scans as columns (~2,200 as maps), ~4 ms of the loop
 DECODE_WORKERS_MAX = 2
 PARENT_CHECK_S = 1.0
 
