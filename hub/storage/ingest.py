@@ -165,6 +165,14 @@ def _new_row(row: StockRow, on_hand: int, max_key: OrderKey) -> StockRow:
 _TUPLE_NEW = tuple.__new__
 
 
+def stock_row(r: Sequence[Any]) -> StockRow:
+    """The stock row of a row read from the table (its columns in ``STOCK_FIELDS`` order), built in one step:
+    a batch reads hundreds, and the named tuple's own constructor took a third of the time."""
+    last_count = None if r[6] is None else (r[6], r[7], r[8], r[9])
+    max_key = None if r[10] is None else (r[10], r[11], r[12], r[13])
+    return _TUPLE_NEW(StockRow, (r[0], r[1], r[2], r[3], r[4], r[5], last_count, max_key, r[14]))
+
+
 @dataclass(frozen=True, slots=True)
 class CountPoint:
     key: OrderKey

@@ -67,6 +67,7 @@ from hub.storage.ingest import (
     NewExpansion,
     RejectedAttempt,
     StockRow,
+    stock_row,
     SyncNote,
     attrs_json,
 )
@@ -223,14 +224,6 @@ async def lock_keys(conn: asyncpg.Connection, keys: Iterable[Lockable]) -> None:
     ordered = sorted({lock_key(k) for k in keys})
     if ordered:
         await conn.execute(LOCK_SQL, ordered)
-
-
-def _key4(r: Sequence[Any], at: int) -> OrderKey | None:
-    return None if r[at] is None else (r[at], r[at + 1], r[at + 2], r[at + 3])
-
-
-def stock_row(r: Sequence[Any]) -> StockRow:
-    return StockRow(r[0], r[1], r[2], r[3], r[4], r[5], _key4(r, 6), _key4(r, 10), r[14])
 
 
 def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

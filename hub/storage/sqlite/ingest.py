@@ -26,7 +26,7 @@ from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transf
 from hub.storage.base import BundleRecipe
 from hub.storage.held import transfer_values
 from hub.storage.ingest import EFFECT_TEXT, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
-from hub.storage.ingest import BundleParts, NewExpansion, SyncNote, attrs_json, finish_in_steps
+from hub.storage.ingest import BundleParts, NewExpansion, SyncNote, attrs_json, finish_in_steps, stock_row
 from hub.storage.sql import note_sync as note_sync_sql
 from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
@@ -84,14 +84,6 @@ async def insert_rows(db: Db, head: str, tail: str, width: int, rows: Sequence[S
         cursor = await db.execute(f"{head} VALUES {values_rows(len(rest), width)} {tail}", list(chain.from_iterable(rest)))
         changed += cursor.rowcount
     return changed
-
-
-def key4(row: Sequence[Any], at: int) -> OrderKey | None:
-    return None if row[at] is None else (row[at], row[at + 1], row[at + 2], row[at + 3])
-
-
-def stock_row(r: Sequence[Any]) -> StockRow:
-    return StockRow(r[0], r[1], r[2], r[3], r[4], r[5], key4(r, 6), key4(r, 10), r[14])
 
 
 class StockCache:
