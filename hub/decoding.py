@@ -4,19 +4,20 @@ In the hub's own process a body's decoding takes the GIL from the SQLite
 writer, which needs it back after every row it writes (see
 ``hub.storage.sqlite.writer``); in a worker process it runs on another core,
 but the events then come back pickled through a pipe and the pool's thread,
-which costs the hub's process CPU and the writer the GIL too. Bodies up to
-``DECODE_INLINE_MAX_BYTES`` are decoded in place: an agent's batch of 1,000
-scans is ~69 KB as columns and decodes in ~1 ms, and handing it to a worker
-cost more than that (bench_ingest.py, alternating runs: 27–33k events/s
-through the worker against 32–39k in place; the hub process's CPU 29–36 ms
-a batch against 24–28; the limit was 64 KiB when the maps took ~3 ms).
+which costs the hub's process CPU and the writer the GIL too. Agents send
+their events as columns, which decode in ~1 ms per 1,000 (~69 KB), and
+bodies up to ``DECODE_INLINE_MAX_BYTES`` are decoded in place: a worker's
+round trip cost more than that, for a 1,000-event batch (bench_ingest.py,
+alternating runs: 27–33k events/s through the worker against 32–39k in
+place) and for a catching-up agent's 5,000 (bench_catchup.py, 300,000
+events, alternating: 9.5 s through the worker against 7.5 s in place). The
+limit was 64 KiB when bodies were maps that took ~3 ms per 1,000 events.
 A store without a writer thread (PostgreSQL: its writes are the event
 loop's awaits) decodes bodies up to ``DECODE_INLINE_ALONE_MAX_BYTES`` in place
-too: handing a 1,000-event body to a worker and its events back costs more
-CPU than decoding it (pickling, pipes, the pool's thread: 0.0218 → 0.0177
-CPU-s per 1,000 events in the hub, measured with bench_pg_scaling.py), and
-the loop is held a few ms at most; bigger bodies (a catching-up agent's)
-still go to the worker. The
+(handing a 1,000-event body to a worker and its events back cost more CPU
+than decoding it: 0.0218 → 0.0177 CPU-s per 1,000 events in the hub,
+bench_pg_scaling.py, with maps), the loop held ~10 ms at most. Bigger bodies
+(maps of thousands of events from older agents) still go to the worker. The
 worker starts with the first big body, and a worker that dies is replaced on
 the next one, the body meanwhile decoded in a thread: a decode never fails
 because of the pool.
@@ -45,8 +46,8 @@ from protocol.runtime import tune_gc_for_serving
 
 log = logging.getLogger(__name__)
 
-DECODE_INLINE_MAX_BYTES = 128 * 1024  # beside a writer thread: ~2,000 scans as columns, ~2 ms of the GIL
-DECODE_INLINE_ALONE_MAX_BYTES = 256 * 1024  # no writer thread: ~3,800 scans as columns (~2,200 as maps), ~4 ms of the loop
+DECODE_INLINE_MAX_BYTES = 512 * 1024  # beside a writer thread: ~7,500 scans as columns (~4,400 as maps), ~7 ms
+DECODE_INLINE_ALONE_MAX_BYTES = 1024 * 1024  # no writer thread: any 10,000 scans as columns, ~10 ms of the loop
 DECODE_WORKERS_MAX = 2
 PARENT_CHECK_S = 1.0
 

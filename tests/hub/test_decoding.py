@@ -85,8 +85,8 @@ def raw_body(wire_events: Any, **envelope: Any) -> bytes:
     return packed
 
 
-def big_body(n: int = 3000, **kwargs: Any) -> bytes:
-    """Over the inline limit beside a writer thread: 3,000 events (~190 KB as columns, as agents send them)."""
+def big_body(n: int = 9000, **kwargs: Any) -> bytes:
+    """Over the inline limit beside a writer thread: 9,000 events (~575 KB as columns, as agents send them)."""
     body = request_body(mixed_events(n, **kwargs), **{k: v for k, v in kwargs.items() if k != "first_seq"})
     assert len(body) > DECODE_INLINE_MAX_BYTES
     return body
@@ -163,7 +163,7 @@ async def decoder() -> AsyncIterator[SyncDecoder]:
 async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
     decoder: SyncDecoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    events = mixed_events(3000)
+    events = mixed_events(9000)
     body = request_body(events)
     assert len(body) > DECODE_INLINE_MAX_BYTES
     want = decode_sync_request(body)
@@ -177,7 +177,7 @@ async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
     assert got == want
     assert got.events == tuple(events)
     assert (got.agent_id, got.epoch, got.acked_seq, got.backlog, got.oldest_pending_ms) == (
-        AGENT, EPOCH, 3, 3005, 1_700_000_000_123,
+        AGENT, EPOCH, 3, 9005, 1_700_000_000_123,
     )  # fmt: skip
     assert all(type(ev) is StockEvent for ev in got.events)
     assert all(type(ev.kind) is Kind for ev in got.events)
@@ -186,7 +186,7 @@ async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
     assert all(ev.kind is Kind(ev.kind.value) for ev in got.events)  # the very enum members
     assert got.events[10].attrs == {"lot": "L10", "n": 10, "ok": True, "w": 1.5, "none": None}
     assert got.events[7].ref == "T-100" and got.events[0].ref is None
-    assert [ev.seq for ev in got.events] == list(range(1, 3001))
+    assert [ev.seq for ev in got.events] == list(range(1, 9001))
 
 
 def body_of_exactly(size: int) -> bytes:
@@ -228,11 +228,11 @@ async def test_a_decoder_without_a_writer_thread_decodes_bigger_bodies_in_place(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     d = SyncDecoder(workers=1, inline_max_bytes=DECODE_INLINE_ALONE_MAX_BYTES)
-    three = big_body(3000)  # three agent batches (~190 KB): in place, no worker
+    big = big_body(9000)  # ~575 KB: in place, no worker
     at_limit = body_of_exactly(DECODE_INLINE_ALONE_MAX_BYTES)
     just_over = body_of_exactly(DECODE_INLINE_ALONE_MAX_BYTES + 1)
     try:
-        assert await d.decode(three) == decode_sync_request(three)
+        assert await d.decode(big) == decode_sync_request(big)
         assert await d.decode(at_limit) == decode_sync_request(at_limit)
         assert pids(d) == []
 
@@ -263,7 +263,7 @@ async def test_no_workers_means_big_bodies_decode_without_processes() -> None:
 
 
 async def test_bad_events_in_a_big_body_come_back_as_the_same_bad_events(decoder: SyncDecoder) -> None:
-    events = mixed_events(2000)
+    events = mixed_events(5000)
     wire = [event_to_wire(ev) for ev in events]
     wire[7] = wire[7] | {"kind": "sale", "qty": 3}  # a sale that adds units
     wire[500] = wire[500] | {"kind": "teleport"}
@@ -293,7 +293,7 @@ async def test_bad_events_in_a_big_body_come_back_as_the_same_bad_events(decoder
 
 def _envelope_cases() -> dict[str, bytes]:
     good = big_body()
-    wire = [event_to_wire(ev) for ev in mixed_events(2000)]
+    wire = [event_to_wire(ev) for ev in mixed_events(5000)]
     swapped = wire[:]
     swapped[10], swapped[11] = swapped[11], swapped[10]
     return {
@@ -332,7 +332,7 @@ async def test_bad_envelopes_in_big_bodies_raise_the_same_protocol_error(decoder
 async def test_killed_worker_falls_back_then_a_new_worker_starts(
     decoder: SyncDecoder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bodies = [big_body(first_seq=1 + 3000 * i) for i in range(4)]
+    bodies = [big_body(first_seq=1 + 9000 * i) for i in range(4)]
     assert await decoder.decode(bodies[0]) == decode_sync_request(bodies[0])
     [first_pid] = pids(decoder)
 
@@ -351,7 +351,7 @@ async def test_killed_worker_falls_back_then_a_new_worker_starts(
     assert second_pid != first_pid and not is_gone(second_pid)
 
     # The new worker is a working one: errors come back whole through it too.
-    wire = [event_to_wire(ev) for ev in mixed_events(2000)]
+    wire = [event_to_wire(ev) for ev in mixed_events(5000)]
     wire[1] = wire[1] | {"qty": 0}  # a sale of nothing
     with pytest.raises(BadEvents) as caught:
         await decoder.decode(raw_body(wire))
@@ -381,7 +381,7 @@ async def test_bad_events_after_a_killed_worker_are_still_refused(decoder: SyncD
     [pid] = pids(decoder)
     os.kill(pid, signal.SIGKILL)
     assert await survivors([pid], 5.0) == []
-    wire = [event_to_wire(ev) for ev in mixed_events(2000)]
+    wire = [event_to_wire(ev) for ev in mixed_events(5000)]
     wire[42] = wire[42] | {"kind": "teleport"}
 
     with pytest.raises(BadEvents) as caught:
@@ -403,7 +403,7 @@ DECODER = SyncDecoder(workers=2)  # kept alive (and never closed) while this pro
 async def main():
     body = Path(sys.argv[1]).read_bytes()
     a, b = await asyncio.gather(DECODER.decode(body), DECODER.decode(body))
-    assert len(a.events) == len(b.events) == 3000
+    assert len(a.events) == len(b.events) == 9000
     print(*pids(DECODER), flush=True)
 
 asyncio.run(main())
@@ -499,7 +499,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
             ev(Kind.RECEIVE, 1 + i % 4, at_ms=i, sku=f"SKU-{i % 5}")
             if i % 3
             else ev(Kind.SALE, -1, at_ms=i, sku=f"SKU-{i % 5}")
-            for i in range(3000)
+            for i in range(9500)
         ]
         expected: dict[str, int] = {}
         for e in events:
@@ -513,7 +513,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
         workers = pids(app[DECODER_KEY])
         assert len(workers) == 1
 
-        assert (answer.agent_id, answer.epoch, answer.hwm) == (agent_id, 1, 3000)
+        assert (answer.agent_id, answer.epoch, answer.hwm) == (agent_id, 1, 9500)
         assert answer.rejected == () and answer.duplicates == 0
         assert {c.sku: c.on_hand for c in answer.counts if c.location == "S001"} == expected
         counts = await client.get("/v1/locations/S001/counts", headers=_auth(token))
@@ -521,7 +521,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
         assert {row["sku"]: row["on_hand"] for row in (await counts.json())["counts"]} == expected
 
         # A second batch with one bad event: 422 listing exactly that event, nothing applied.
-        more = [ev(Kind.RECEIVE, 2, at_ms=3000 + i, sku="SKU-NEW") for i in range(2000)]
+        more = [ev(Kind.RECEIVE, 2, at_ms=9500 + i, sku="SKU-NEW") for i in range(6000)]
         wire = [event_to_wire(e) for e in more]
         wire[321] = wire[321] | {"kind": "sale", "qty": 4}
         bad_body = msgpack.packb({"v": 1, "agent_id": agent_id, "epoch": 1, "events": wire}, use_bin_type=True)
@@ -535,7 +535,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
             {
                 "index": 321,
                 "event_id": event_id_hex(more[321].event_id),
-                "seq": 3322,
+                "seq": 9822,
                 "reason": error["rejected"][0]["reason"],
             }
         ]
@@ -544,7 +544,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
         assert {row["sku"]: row["on_hand"] for row in (await counts.json())["counts"]} == expected
 
         # Bad events of another agent sent with this credential: the agent id crossed back from the worker.
-        other = [event_to_wire(e) for e in mixed_events(2000, agent_id=other_id, epoch=1)]
+        other = [event_to_wire(e) for e in mixed_events(5000, agent_id=other_id, epoch=1)]
         other[5] = other[5] | {"kind": "teleport"}
         forged = msgpack.packb({"v": 1, "agent_id": other_id, "epoch": 1, "events": other}, use_bin_type=True)
         resp = await client.post("/v1/sync", data=forged, headers=_auth(token))
@@ -566,14 +566,14 @@ async def test_a_postgresql_hub_decodes_a_full_batch_in_its_own_process(pg_url: 
             decoder = served.app[DECODER_KEY]
             assert decoder.inline_max_bytes == DECODE_INLINE_ALONE_MAX_BYTES
             ev = EventFactory(agent_id, 1, location="S001", base_ms=time.time_ns() // 1_000_000)
-            events = [ev(Kind.RECEIVE, 1 + i % 3, at_ms=i, sku=f"SKU-{i % 7}") for i in range(3000)]
+            events = [ev(Kind.RECEIVE, 1 + i % 3, at_ms=i, sku=f"SKU-{i % 7}") for i in range(9500)]
             body = encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=tuple(events)))
             assert DECODE_INLINE_MAX_BYTES < len(body) <= DECODE_INLINE_ALONE_MAX_BYTES
 
             resp = await served.client.post("/v1/sync", data=body, headers=_auth(token))
             assert resp.status == 200, await resp.text()
             answer = decode_sync_response(await resp.read())
-            assert answer.hwm == 3000 and answer.rejected == ()
+            assert answer.hwm == 9500 and answer.rejected == ()
             assert sum(c.on_hand for c in answer.counts) == sum(e.qty for e in events)
             assert pids(decoder) == []  # decoded in place: no worker was started
 
