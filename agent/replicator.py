@@ -18,6 +18,8 @@ Hub answers and what they mean here:
   go on at once while a backlog remains.
 - 422: nothing was committed; set aside exactly the events named, resend the rest at once.
 - 413: the batch was too big; halve the batch size and resend at once.
+- 400 naming ``columns``: the hub is older than the columnar form; send the
+  events as maps from now on (one warning), and the batch at once.
 - 401/403: credentials refused; stop sending, log one ERROR, retry only every
   ``auth_retry_s`` or when ``update_credentials`` is called (config reload).
 - 429: the hub asks this agent to slow down; wait its Retry-After (seconds, at
@@ -86,6 +88,10 @@ TICK_S = 5.0
 TIMEOUT_S = 30.0
 AUTH_RETRY_S = 300.0
 HEARTBEAT_S = 60.0  # an idle agent still tells the hub it is alive (and its backlog) this often
+# What a hub from before the columnar form (protocol.event.events_to_columns) answers a request that has them: 400
+# naming the field (protocol.codec's envelope check, unchanged since the first wire version).
+COLUMNS_REFUSED = "unknown field(s) columns"
+
 # Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
 # (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
 # backlog faster (docs/agent.md "How delivery works").
@@ -114,10 +120,11 @@ class _Prepared:
     """A batch read from the outbox and packed, ready to send once the mark is ``after``."""
 
     outgoing: Outgoing
-    packed_events: bytes  # protocol.encode_events(outgoing.events)
+    packed_events: bytes  # protocol.encode_events(outgoing.events, as_columns=as_columns)
     after: int  # read above this seq: the end of the batch on its way then (0: above the acknowledged mark)
     epoch: int  # the outbox's epoch when read
     in_flight: int  # events of the batch on its way then (counted in outgoing.backlog)
+    as_columns: bool  # packed as columns (else as maps, for a hub older than columns)
 
 
 class Replicator(HubLoop):
@@ -149,6 +156,7 @@ class Replicator(HubLoop):
         self._batch_size = batch_size
         self._catchup_size = max(batch_size, min(MAX_BATCH_EVENTS, batch_size * CATCHUP_BATCH_FACTOR))
         self._waiting = 0  # events waiting, as last read or answered
+        self._as_columns = True  # events sent as columns until a hub refuses them (a hub older than columns)
         self._tick_s = tick_s
         # A failed attempt's kind is the sync state it reports ("unreachable", "credentials_refused", …); a 429's
         # Retry-After is the wait (the hub's rate limiter says when the next request is let through).
@@ -304,6 +312,8 @@ class Replicator(HubLoop):
                 return await self._invalid(batch, body)
             if status == 413 and batch:
                 return await self._too_big(batch)
+            if status == 400 and batch and self._as_columns and COLUMNS_REFUSED in _error_message(body):
+                return self._columns_refused()
             raise self._refused(status, body)
         except OutboxClosed:
             raise
@@ -317,7 +327,8 @@ class Replicator(HubLoop):
         """The next ``limit`` pending events (after ``before``, the batch on its way), packed for the wire."""
         after = before[-1].seq if before else 0
         outgoing = await self._outbox.outgoing(limit, after=after)
-        return _Prepared(outgoing, encode_events(outgoing.events), after, self._outbox.epoch, len(before))
+        packed = encode_events(outgoing.events, as_columns=self._as_columns)
+        return _Prepared(outgoing, packed, after, self._outbox.epoch, len(before), self._as_columns)
 
     async def _next_batch(self) -> _Prepared:
         """The batch read ahead while the last one was on its way, if it still follows the acknowledged mark
@@ -330,6 +341,7 @@ class Replicator(HubLoop):
                 if (
                     ahead.after == self._acked_seq
                     and ahead.epoch == self._outbox.epoch
+                    and ahead.as_columns == self._as_columns
                     and 0 < len(ahead.outgoing.events) <= limit
                 ):
                     return ahead
@@ -366,7 +378,7 @@ class Replicator(HubLoop):
             sent_ms=sent_ms, follows_feed=self.feed is not None,
         )  # fmt: skip
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
-        body = encode_sync_request(request, prepared.packed_events)
+        body = encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns)
         try:
             async with self._session.post(self._url, data=body, headers=headers) as http:
                 self._retry_after = http.headers.get("Retry-After")
@@ -488,6 +500,17 @@ class Replicator(HubLoop):
             f"{half:,}",
         )
         await self._answered(waiting=len(batch))
+        return True
+
+    def _columns_refused(self) -> bool:
+        """400 naming ``columns``: a hub from before the columnar form. Send maps from now on, the batch at once."""
+        self._as_columns = False
+        self._drop_prefetch()
+        log.warning(
+            "The hub at %s does not read events as columns (it is older than this agent); sending them as maps "
+            "from now on. Upgrade the hub: it decodes columns in half the time.",
+            self._url,
+        )
         return True
 
     def _slow_down(self, body: bytes) -> TurnFailed:

@@ -55,6 +55,7 @@ class FakeHub:
         self.invalid_skus: set[str] = set()  # events with these SKUs: 422 for the whole batch
         self.reject_skus: set[str] = set()  # events with these SKUs: rejected in a 200
         self.skew_ms = 0  # added to server_time_ms
+        self.refuse_columns = False  # answer events sent as columns as a hub from before them does (400)
         self.fail_batches: int | None = None  # if set: answer every request carrying events with this status
         self.gate: asyncio.Event | None = None  # if set: answer only once it is set (after committing)
         self.changed = asyncio.Condition()
@@ -111,8 +112,11 @@ class FakeHub:
     async def _sync(self, request: web.Request) -> web.Response:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         body = await request.read()
-        sync = decode_sync_request(body)
         form = "columns" if "columns" in msgpack.unpackb(body) else "events"
+        if self.refuse_columns and form == "columns":  # what a hub from before the columnar form answers
+            self.requests.append(Seen(token, (), 400, None, form))
+            return _error(400, "bad_request", "sync request: unknown field(s) columns")
+        sync = decode_sync_request(body)
         response = self._answer(token, sync.agent_id, sync.epoch, sync.events)
         self.requests.append(Seen(token, tuple(ev.seq for ev in sync.events), response.status, sync.backlog, form))
         async with self.changed:

@@ -70,6 +70,23 @@ async def test_batches_are_at_most_batch_size_and_in_seq_order(hub: FakeHub, out
     assert (stats.backlog, stats.acked_seq, stats.sync_state, stats.hub_reachable) == (0, 30, "ok", True)
 
 
+async def test_a_hub_older_than_columns_gets_maps_and_every_event_once(
+    hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub.refuse_columns = True
+    await outbox.record([sale(f"SKU-{n % 4}") for n in range(30)])
+    with caplog.at_level(logging.WARNING, logger="agent.replicator"):
+        async with fast(outbox, hub, batch_size=7) as replicator:
+            await until(replicator, lambda s: s.sent_events == 30)
+    assert seqs_sent(hub) == list(range(1, 31))  # every event once, in order
+    assert [seen.status for seen in hub.requests if seen.form == "columns"] == [400]  # refused once, then maps
+    assert {seen.form for seen in hub.requests if seen.status == 200} == {"events"}
+    warned = [r.getMessage() for r in caplog.records if "does not read events as columns" in r.getMessage()]
+    assert len(warned) == 1 and "Upgrade the hub" in warned[0]
+    stats = await outbox.stats()
+    assert (stats.backlog, stats.acked_seq, stats.sync_state) == (0, 30, "ok")
+
+
 async def test_requests_report_the_backlog_and_an_idle_agent_sends_heartbeats(hub: FakeHub, outbox: Outbox) -> None:
     await outbox.record([sale(f"SKU-{n % 4}") for n in range(30)])
     async with fast(outbox, hub, batch_size=10, tick_s=0.05, heartbeat_s=0.2) as replicator:
