@@ -29,3 +29,25 @@ def test_cyclic_garbage_made_while_serving_is_still_collected() -> None:
     with gc_for_serving():
         Node()
         assert gc.collect() > 0
+
+
+def test_cyclic_garbage_made_while_serving_is_collected_without_being_asked() -> None:
+    alive = [0, 0]  # now, most at once
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+            alive[0] += 1
+            alive[1] = max(alive[1], alive[0])
+
+        def __del__(self) -> None:
+            alive[0] -= 1
+
+    made = 4 * SERVING_GC_THRESHOLDS[0]
+    with gc_for_serving():
+        for _ in range(made):
+            Node()  # a cycle: reference counting never frees it
+        assert alive[0] < made  # the collector ran on its own while they were made
+        assert alive[1] <= 2 * SERVING_GC_THRESHOLDS[0]  # and often enough to keep them bounded
+        gc.collect()
+    assert alive[0] == 0
