@@ -56,6 +56,7 @@ from hub.resolver import (
     transfer_key,
 )
 from hub.storage.base import BundleRecipe
+from hub.storage.db import numbered
 from hub.storage.held import transfer_values
 from hub.storage.ingest import (
     Batch,
@@ -67,14 +68,12 @@ from hub.storage.ingest import (
     NewExpansion,
     RejectedAttempt,
     StockRow,
-    stock_row,
     SyncNote,
     attrs_json,
+    stock_row,
 )
 from hub.storage.postgres.feed import append_changes, append_ctes, change_rows
-from hub.storage.db import numbered
 from hub.storage.rows import bundle_book, bundle_recipe
-from hub.storage.sql import note_sync as note_sync_sql
 from hub.storage.sql import (
     BUNDLE_PART_FIELDS,
     DELTA_KINDS,
@@ -87,6 +86,7 @@ from hub.storage.sql import (
     STOCK_FIELDS,
     TRANSFER_FIELDS,
 )
+from hub.storage.sql import note_sync as note_sync_sql
 
 EVENT_COLUMNS = [*EVENT_FIELDS.split(", "), "effect", "variance", "received_at_ms"]
 
@@ -106,7 +106,9 @@ LOCK_SQL = (
 # own ids and the ones stored between them: ids are UUIDv7, minted in time order at the edge, so a batch of new
 # events finds none, and a resend finds the events it repeats.
 # The ledger is partitioned by location: the lookup runs one location of the agent's at a time
-# (``agent_event_ids``, migration 007), so each statement's cached plan opens that location's partition only.
+# (``agent_event_ids``, migration 007), so each statement's plan reads that location's partition only. Its plans
+# are made once per connection (migration 008: the generic plan, pruned to the location's partition as it
+# runs); left to choose, PostgreSQL sometimes planned them again on every call (+2-3 ms of PostgreSQL a batch).
 STORED_IDS_SQL = "SELECT event_id, location FROM agent_event_ids($1, $3, $4, NULL, $2::bytea[])"
 STORED_EVENTS_SQL = (
     f"SELECT {EVENT_FIELDS} FROM events "
