@@ -147,14 +147,19 @@ HELD_PENDING_SQL = "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND stat
 # Everything it reads is what the same reads later in the transaction would see: the batch holds the locks of
 # its keys, of its sender (``sender_lockable``) and the recipes' lock (LOCK_SQL) before it runs, and writes none
 # of it before it is used.
+# The stock rows come as one array per column (``PRELOAD_STOCK_FROM``, all NULL when no key has a row), not as one
+# array of the table's row type: PostgreSQL sends ~430 rows that way in 1.6-1.7 ms instead of 1.8-1.9, and the
+# driver decodes them in 0.6 ms instead of 0.75 (in-process replays of 200 batches, four of each).
+PRELOAD_STOCK_FROM = 6  # the row's first stock column
 PRELOAD_SQL = (
     "SELECT EXISTS (SELECT 1 FROM quarantine WHERE agent_id = $1), EXISTS (SELECT 1 FROM bundle_parts), "
     "ARRAY(SELECT ROW(event_id, location) FROM agent_event_ids($1, $2, $3, $4, NULL)), "
-    "ARRAY(SELECT s FROM unnest($5::text[], $6::text[]) AS k(location, sku) "
-    "JOIN stock s ON s.location = k.location AND s.sku = k.sku), "
     "(SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
     "(SELECT chain FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
-    "ARRAY(SELECT location FROM agent_locations WHERE agent_id = $1)"
+    "ARRAY(SELECT location FROM agent_locations WHERE agent_id = $1), stock.* FROM "
+    f"(SELECT {', '.join(f'array_agg(s.{c})' for c in STOCK_FIELDS.split(', '))} "
+    "FROM unnest($5::text[], $6::text[]) AS k(location, sku) "
+    "JOIN stock s ON s.location = k.location AND s.sku = k.sku) AS stock"
 )
 ADD_LOCATIONS_SQL = (
     "INSERT INTO agent_locations (agent_id, location) SELECT * FROM unnest($1::text[], $2::text[]) "
@@ -283,9 +288,9 @@ class PostgresIngest:
             high=high,
             ids={r[0]: r[1] for r in in_range} if ids and len(in_range) < limit else None,
             stock_keys=frozenset(keys),
-            stock={(r[0], r[1]): stock_row(r) for r in row[3]},
-            mark=None if row[4] is None else (int(row[4]), row[5]),
-            locations=frozenset(row[6]),
+            stock={(r[0], r[1]): stock_row(r) for r in zip(*stock)} if (stock := row[PRELOAD_STOCK_FROM:])[0] else {},
+            mark=None if row[3] is None else (int(row[3]), row[4]),
+            locations=frozenset(row[5]),
         )
         self._defer_stock = batch.operator is None
 
