@@ -21,7 +21,6 @@ def test_both_backends_are_at_the_same_version_with_the_same_steps() -> None:
         assert "CREATE" in text or "ALTER" in text or "nothing changes" in text.splitlines()[0], migration.name
     assert "nothing changes" in SQLITE_MIGRATIONS[7].read().splitlines()[0]
     assert "DROP TABLE event_ids" in POSTGRES_MIGRATIONS[7].read()
-    assert "nothing changes" in SQLITE_MIGRATIONS[8].read().splitlines()[0]
 
 
 def test_a_gap_in_the_numbers_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -233,26 +233,6 @@ async def test_an_id_is_found_under_every_location_its_agent_stored_events_in(pg
         ]
 
 
-async def test_the_stored_id_lookup_keeps_one_plan_per_connection_and_finds_every_location(pg_url: str) -> None:
-    """Schema version 8: the lookup's queries run on their generic plan (pruned to one partition at run time)
-    from the first call, never re-planned per call; resends of events stored under four locations are
-    found call after call, past the five calls after which PostgreSQL would otherwise weigh its plans."""
-    async with PostgresHubStore.open(pg_url) as store:
-        who = await _agent(store, *(f"S{i}" for i in range(4)))
-        ev = EventFactory(who.agent_id)
-        stored = [ev(Kind.RECEIVE, 1 + i, at_ms=i, location=f"S{i}") for i in range(4)]
-        assert (await store.ingest(who, 1, stored)).applied == 4
-        for _ in range(8):
-            again = await store.ingest(who, 1, stored)
-            assert (again.applied, again.duplicates, again.rejected) == (0, 4, ())
-    conn = await asyncpg.connect(pg_url)
-    try:
-        config = await conn.fetchval("SELECT proconfig FROM pg_proc WHERE proname = 'agent_event_ids'")
-        assert config == ["plan_cache_mode=force_generic_plan"]
-    finally:
-        await conn.close()
-
-
 async def test_concurrent_stores_keep_one_gapless_change_feed(pg_url: str) -> None:
     """Four stores ingest at once while a reader follows the feed: it sees every
     change id exactly once, in order, never one before the ones below it."""

@@ -106,9 +106,7 @@ LOCK_SQL = (
 # own ids and the ones stored between them: ids are UUIDv7, minted in time order at the edge, so a batch of new
 # events finds none, and a resend finds the events it repeats.
 # The ledger is partitioned by location: the lookup runs one location of the agent's at a time
-# (``agent_event_ids``, migration 007), so each statement's plan reads that location's partition only. Its plans
-# are made once per connection (migration 008: the generic plan, pruned to the location's partition as it
-# runs); left to choose, PostgreSQL sometimes planned them again on every call (+2-3 ms of PostgreSQL a batch).
+# (``agent_event_ids``, migration 007), so each statement's cached plan opens that location's partition only.
 STORED_IDS_SQL = "SELECT event_id, location FROM agent_event_ids($1, $3, $4, NULL, $2::bytea[])"
 STORED_EVENTS_SQL = (
     f"SELECT {EVENT_FIELDS} FROM events "
