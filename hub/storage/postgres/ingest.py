@@ -277,6 +277,7 @@ class PostgresIngest:
         row = await self.conn.fetchrow(PRELOAD_SQL, agent_id, low, high, limit, *columns(list(keys), 2), batch.epoch)
         assert row is not None
         in_range = row[2]
+        stock = row[PRELOAD_STOCK_FROM:]  # one array per column, or all NULL: no key has a row
         self._pre = _Preloaded(
             agent_id=agent_id,
             epoch=batch.epoch,
@@ -286,7 +287,7 @@ class PostgresIngest:
             high=high,
             ids={r[0]: r[1] for r in in_range} if ids and len(in_range) < limit else None,
             stock_keys=frozenset(keys),
-            stock={(r[0], r[1]): stock_row(r) for r in zip(*stock)} if (stock := row[PRELOAD_STOCK_FROM:])[0] else {},
+            stock={(r[0], r[1]): stock_row(r) for r in zip(*stock)} if stock[0] is not None else {},
             mark=None if row[3] is None else (int(row[3]), row[4]),
             locations=frozenset(row[5]),
         )
