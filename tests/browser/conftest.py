@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from playwright.async_api import BrowserContext, Page, async_playwright
+from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,6 +31,9 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1440, "height": 900}
 ACTION_TIMEOUT_MS = 10_000
+# An assertion waits as long as an action may: a page that polls (the channels every 5 s) shows a change up to one
+# period after it happened, and Playwright's own 5 s left no room on a slow machine (a channel back up, shown 5+ s on).
+expect.set_options(timeout=ACTION_TIMEOUT_MS)
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 
 Screenshot = Callable[..., Awaitable[Path]]
