@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -100,6 +101,19 @@ def test_write_makes_a_new_file_only_its_owner_can_read(tmp_path: Path) -> None:
     assert "store-1" in listed and "store-2" not in listed and "store-3" not in listed  # no credential was made
 
 
+@pytest.fixture(scope="module")
+def taken_and_gone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A hub database with the agent ids "taken" and "gone" (revoked: a revoked id stays taken), made once for
+    the module, and its agent list; each test works on a copy."""
+    db = tmp_path_factory.mktemp("taken") / "hub.db"
+    for agent_id in ("taken", "gone"):
+        assert run_hub("agent", "add", "--db", str(db), "--id", agent_id, "--location", "S1").returncode == 0
+    assert run_hub("agent", "revoke", "--db", str(db), "gone").returncode == 0
+    listed = agents(db)
+    assert "taken" in listed and "gone" in listed
+    return db, listed
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -113,13 +127,12 @@ def test_write_makes_a_new_file_only_its_owner_can_read(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_or_taken_id_is_one_sentence_and_no_credential(
-    tmp_path: Path, args: tuple[str, ...], expected: str
+    tmp_path: Path, taken_and_gone: tuple[Path, str], args: tuple[str, ...], expected: str
 ) -> None:
     db = tmp_path / "hub.db"
-    for agent_id in ("taken", "gone"):
-        assert run_hub("agent", "add", "--db", str(db), "--id", agent_id, "--location", "S1").returncode == 0
-    assert run_hub("agent", "revoke", "--db", str(db), "gone").returncode == 0  # a revoked id stays taken
-    before = agents(db)
+    for file in taken_and_gone[0].parent.glob("hub.db*"):  # the database and any WAL beside it
+        shutil.copyfile(file, tmp_path / file.name)
+    before = taken_and_gone[1]
     run = run_hub("agent", "add", "--db", str(db), *args, cwd=tmp_path)
     assert run.returncode == 2 and expected in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and agents(db) == before
