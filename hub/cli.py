@@ -43,7 +43,7 @@ from hub.config import (
     url_problem,
 )
 from hub.resolver import is_location
-from hub.server import serve
+from hub.server import run_serving, serve
 from hub.storage import open_store
 from hub.storage.base import ROLES, AgentStatus, HubError
 from hub.storage.credentials import check_agent_id
@@ -200,7 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     logging.basicConfig(level=log_level_number(settings), format=LOG_FORMAT, stream=sys.stderr)
-    asyncio.run(serve(settings))
+    run_serving(serve(settings))  # on uvloop where installed: less of the hub's CPU per request
     return EXIT_OK
 
 

@@ -18,8 +18,8 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aiohttp import web
@@ -44,6 +44,37 @@ LINGER_MAX_S = 10.0  # after answering a request whose body was not read, read a
 
 class ServeError(HubError):
     """The hub could not start serving (the address is taken, the database cannot be opened …)."""
+
+
+LOOP_ENV = "SHELFSYNC_EVENT_LOOP"  # "asyncio": the standard library's loop even where uvloop is installed
+T = TypeVar("T")
+
+
+def loop_factory(environ: Mapping[str, str] | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (the hub's extra installs it on Linux and macOS) and not turned
+    off by ``SHELFSYNC_EVENT_LOOP=asyncio``; None: the standard library's. Over HTTP it cut the hub's CPU per
+    event and the time its PostgreSQL transactions wait for it (docs/scaling.md)."""
+    choice = (os.environ if environ is None else environ).get(LOOP_ENV, "").strip().lower()
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ServeError(f"{LOOP_ENV}=uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_serving(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on the loop ``loop_factory`` picks."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
+
+
+def loop_kind() -> str:
+    """Which event loop runs the caller, for the log: "uvloop" or "asyncio"."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
 async def serve(settings: HubSettings, stop: asyncio.Event | None = None) -> None:
@@ -166,6 +197,7 @@ async def _serve_store(
             scheme = "http" if tls is None else "https"
             log.info("hub listening on %s://%s:%d, database %s", scheme, host, port, display_db(settings.db))
             log.info("the hub holds %s", budget)
+            log.info("the hub runs on %s's event loop", loop_kind())
             if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
                 advertiser = await start_advertiser(str((await store.health()).get("hub_id") or ""), settings.host, port)
             await stop.wait()

@@ -99,6 +99,7 @@ async def test_agent_add_then_serve_then_sync_then_sigterm(tmp_path: Path) -> No
 
     with HubProcess(tmp_path / "hub.log", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path) as served:
         assert served_db(served) == str(db)
+        assert "the hub runs on uvloop's event loop" in served.log  # the hub's extra installs it on Linux
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http:
             async with http.post(
                 f"{served.url}/v1/sync",
