@@ -200,7 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     logging.basicConfig(level=log_level_number(settings), format=LOG_FORMAT, stream=sys.stderr)
-    run_serving(serve(settings))  # on uvloop where installed: less of the hub's CPU per request
+    run_serving(serve(settings), settings.event_loop)  # uvloop's loop where installed, unless set otherwise
     return EXIT_OK
 
 

@@ -48,6 +48,7 @@ CONFIG_ENV = "SHELFSYNC_HUB_CONFIG"  # the config file; set but empty: none
 ENV_PREFIX = "SHELFSYNC_HUB_"
 DATABASE_URL_FILE_KEY = "database_url_file"  # read into ``db`` when the settings are loaded
 SECRET_FILE_MAX_BYTES = 64 * 1024
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -80,6 +81,7 @@ class HubSettings:
     tls_cert: str = ""  # PEM certificate chain: with tls_key, the hub serves HTTPS itself
     tls_key: str = ""  # PEM private key of tls_cert
     public_url: str = ""  # how agents reach the hub (agent add writes it); "": from host, port and TLS
+    event_loop: str = "auto"  # "auto": uvloop's where it is installed, else asyncio's; or "uvloop", "asyncio"
     webhooks: tuple[WebhookSpec, ...] = ()  # the [[webhooks]] tables, not a [hub] key
     channels: tuple[ChannelSpec, ...] = ()  # the [[channel]] tables (docs/channels.md), not a [hub] key
 
@@ -160,6 +162,10 @@ def _validate(s: HubSettings) -> None:
         raise ConfigError(
             f"clock_window_s must be between {CLOCK_WINDOW_MIN_S} and {CLOCK_WINDOW_MAX_S} seconds, got {s.clock_window_s}"
         )
+    _typed("event_loop", s.event_loop, str)
+    if s.event_loop.strip().lower() not in EVENT_LOOPS:
+        raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {s.event_loop!r}")
+    object.__setattr__(s, "event_loop", s.event_loop.strip().lower())
     _typed("transfer_open_max_s", s.transfer_open_max_s, int)
     if not 60 <= s.transfer_open_max_s <= 365 * 24 * 3_600:
         raise ConfigError(

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -46,29 +46,27 @@ class ServeError(HubError):
     """The hub could not start serving (the address is taken, the database cannot be opened …)."""
 
 
-LOOP_ENV = "SHELFSYNC_EVENT_LOOP"  # "asyncio": the standard library's loop even where uvloop is installed
 T = TypeVar("T")
 
 
-def loop_factory(environ: Mapping[str, str] | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (the hub's extra installs it on Linux and macOS) and not turned
-    off by ``SHELFSYNC_EVENT_LOOP=asyncio``; None: the standard library's. Over HTTP it cut the hub's CPU per
-    event and the time its PostgreSQL transactions wait for it (docs/scaling.md)."""
-    choice = (os.environ if environ is None else environ).get(LOOP_ENV, "").strip().lower()
-    if choice == "asyncio":
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The ``event_loop`` setting's loop: uvloop's where it is installed (the hub's extra installs it on Linux and
+    macOS) unless it says "asyncio"; None: the standard library's. Over HTTP, on a 2-core VM, uvloop cut the hub's
+    CPU per event and the time its PostgreSQL transactions wait for it (docs/scaling.md)."""
+    if event_loop == "asyncio":
         return None
     try:
         import uvloop
     except ImportError:
-        if choice == "uvloop":
-            raise ServeError(f"{LOOP_ENV}=uvloop, but uvloop is not installed") from None
+        if event_loop == "uvloop":
+            raise ServeError("event_loop is uvloop, but uvloop is not installed (pip install uvloop)") from None
         return None
     return uvloop.new_event_loop
 
 
-def run_serving(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on the loop ``loop_factory`` picks."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+def run_serving(main: Coroutine[Any, Any, T], event_loop: str = "auto") -> T:
+    """``asyncio.run`` on the loop the ``event_loop`` setting picks (``loop_factory``)."""
+    with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
         return runner.run(main)
 
 
