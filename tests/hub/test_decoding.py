@@ -6,6 +6,7 @@ Every test uses real processes and is bounded in time: a spawned pool costs ~0.3
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from hub.app import DECODER_KEY
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, PARENT_CHECK_S, SyncDecoder, pids
 from hub.storage import open_store
 from protocol import (
+    MAX_BATCH_EVENTS,
     MSGPACK_CONTENT_TYPE,
     BadEvents,
     Kind,
@@ -190,24 +192,36 @@ async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
 
 
 def body_of_exactly(size: int) -> bytes:
-    """A valid sync body of exactly ``size`` bytes: as many events as fit, then one attr padded to the byte."""
-    lo, hi = 1, 10_000  # MAX_BATCH_EVENTS
+    """A valid sync body of exactly ``size`` bytes: as many events as fit, then one attr padded to the byte.
+    A body's length grows with the event count and with the pad's width, so both are found by bisection."""
+    lo, hi = 1, MAX_BATCH_EVENTS
     while lo < hi:  # the most events whose body, with an empty pad, still fits
         mid = (lo + hi + 1) // 2
         if len(raw_body(_padded_wire(mid, ""))) <= size:
             lo = mid
         else:
             hi = mid - 1
-    for width in range(ATTR_STR_MAX_LEN + 1):
-        body = raw_body(_padded_wire(lo, "x" * width))
-        if len(body) == size:
-            return body
-    raise AssertionError(f"no body of exactly {size} bytes")
+    narrow, wide = 0, ATTR_STR_MAX_LEN
+    while narrow < wide:  # the narrowest pad that reaches the size
+        width = (narrow + wide) // 2
+        if len(raw_body(_padded_wire(lo, "x" * width))) < size:
+            narrow = width + 1
+        else:
+            wide = width
+    body = raw_body(_padded_wire(lo, "x" * narrow))
+    assert len(body) == size, f"no body of exactly {size} bytes"
+    return body
+
+
+@functools.cache
+def _wire_events() -> tuple[dict[str, Any], ...]:
+    """The most events a batch may hold, in wire form, made once: a body takes the first n of them."""
+    return tuple(event_to_wire(ev) for ev in mixed_events(MAX_BATCH_EVENTS))
 
 
 def _padded_wire(n: int, pad: str) -> list[dict[str, Any]]:
-    wire = [event_to_wire(ev) for ev in mixed_events(n)]
-    wire[1]["attrs"] = {"pad": pad}
+    wire = list(_wire_events()[:n])
+    wire[1] = {**wire[1], "attrs": {"pad": pad}}  # a copy: the cached event stays as it is
     return wire
 
 
