@@ -286,10 +286,9 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
         finally:
             if finder is not None:
                 await finder.stop()
-            if simulation is not None:
+            if simulation is not None:  # done already when its failure stops the agent: raised above, not again
                 simulation.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await simulation
+                await asyncio.gather(simulation, return_exceptions=True)
             if replicator is not None:
                 await replicator.stop()
             await services.aclose()

@@ -205,10 +205,15 @@ class Replicator(HubLoop):
 
     async def stop(self) -> None:
         """Stop sending (an answer not yet stored is simply not acknowledged, and is sent again) and the feed."""
-        if self.feed is not None:
-            await self.feed.stop()
-        await HubLoop.stop(self)
-        self._drop_prefetch()
+        try:
+            if self.feed is not None:
+                await self.feed.stop()
+            await HubLoop.stop(self)
+        finally:
+            task, self._prefetch = self._prefetch, None
+            if task is not None:  # a batch read ahead: dropped, and its failure, if any, is not news
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     @property
     def state(self) -> ReplicatorState:
