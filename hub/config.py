@@ -163,9 +163,10 @@ def _validate(s: HubSettings) -> None:
             f"clock_window_s must be between {CLOCK_WINDOW_MIN_S} and {CLOCK_WINDOW_MAX_S} seconds, got {s.clock_window_s}"
         )
     _typed("event_loop", s.event_loop, str)
-    if s.event_loop.strip().lower() not in EVENT_LOOPS:
+    loop = s.event_loop.strip().lower()
+    if loop not in EVENT_LOOPS:
         raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {s.event_loop!r}")
-    object.__setattr__(s, "event_loop", s.event_loop.strip().lower())
+    object.__setattr__(s, "event_loop", loop)
     _typed("transfer_open_max_s", s.transfer_open_max_s, int)
     if not 60 <= s.transfer_open_max_s <= 365 * 24 * 3_600:
         raise ConfigError(

@@ -6,6 +6,7 @@ Every test uses real processes and is bounded in time: a spawned pool costs ~0.3
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import json
 import logging
@@ -194,21 +195,10 @@ async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
 def body_of_exactly(size: int) -> bytes:
     """A valid sync body of exactly ``size`` bytes: as many events as fit, then one attr padded to the byte.
     A body's length grows with the event count and with the pad's width, so both are found by bisection."""
-    lo, hi = 1, MAX_BATCH_EVENTS
-    while lo < hi:  # the most events whose body, with an empty pad, still fits
-        mid = (lo + hi + 1) // 2
-        if len(raw_body(_padded_wire(mid, ""))) <= size:
-            lo = mid
-        else:
-            hi = mid - 1
-    narrow, wide = 0, ATTR_STR_MAX_LEN
-    while narrow < wide:  # the narrowest pad that reaches the size
-        width = (narrow + wide) // 2
-        if len(raw_body(_padded_wire(lo, "x" * width))) < size:
-            narrow = width + 1
-        else:
-            wide = width
-    body = raw_body(_padded_wire(lo, "x" * narrow))
+    counts = range(1, MAX_BATCH_EVENTS + 1)  # the most events whose body, with an empty pad, still fits
+    n = counts[bisect.bisect_right(counts, size, key=lambda k: len(raw_body(_padded_wire(k, "")))) - 1]
+    width = bisect.bisect_left(range(ATTR_STR_MAX_LEN + 1), size, key=lambda w: len(raw_body(_padded_wire(n, "x" * w))))
+    body = raw_body(_padded_wire(n, "x" * width))  # the narrowest pad that reaches the size
     assert len(body) == size, f"no body of exactly {size} bytes"
     return body
 
