@@ -239,8 +239,16 @@ class Replicator(HubLoop):
             return self._state
 
     async def wait_synced(self) -> ReplicatorState:
-        """Wait until an attempt succeeded and left nothing pending."""
-        return await self.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0)
+        """Wait until every event recorded before this call is acknowledged and the last attempt succeeded.
+
+        The state alone is not enough: it is the last attempt's, and an event recorded since is in no attempt yet.
+        """
+        while True:
+            state = await self.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0)
+            if (await self._outbox.stats()).backlog == 0:
+                return state
+            seen = state.attempts
+            await self.wait_for(lambda s: s.attempts > seen)  # noqa: B023 (awaited here, before seen changes)
 
     # --- the count cache's change feed (agent.feed.FeedGate) ---------------------
     async def feed_clear(self, change_id: int) -> None:

@@ -130,6 +130,18 @@ async def test_new_records_wake_the_replicator(hub: FakeHub, outbox: Outbox) -> 
     assert seqs_sent(hub) == [1, 2, 3]
 
 
+async def test_wait_synced_waits_for_an_event_recorded_after_the_last_attempt(hub: FakeHub, outbox: Outbox) -> None:
+    async with fast(outbox, hub, tick_s=600.0) as replicator:
+        await outbox.record([sale("SKU-1")])
+        await asyncio.wait_for(replicator.wait_synced(), WAIT_S)
+        assert seqs_sent(hub) == [1]
+        for n in range(2, 6):  # the state still says "ok, nothing waiting": it is the last attempt's
+            await outbox.record([sale(f"SKU-{n}")])
+            await asyncio.wait_for(replicator.wait_synced(), WAIT_S)
+            assert seqs_sent(hub) == list(range(1, n + 1))
+    assert (await outbox.stats()).backlog == 0
+
+
 async def test_server_errors_back_off_then_everything_arrives_once_in_order(
     hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
