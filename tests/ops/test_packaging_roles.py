@@ -104,6 +104,17 @@ def agent_config(path: Path, agent_id: str, token: str, url: str) -> Path:
     return path
 
 
+def all_at_the_hub(outbox: Path, hub_db: Path) -> bool:
+    """The store's EVENTS movements are in its outbox and every one of them at the hub."""
+    try:
+        return (
+            outbox.exists() and len(outbox_events(outbox)) == EVENTS
+            and set(hub_events(hub_db)) == set(outbox_events(outbox))
+        )
+    except sqlite3.OperationalError:  # the agent has created the file, not yet its tables
+        return False
+
+
 def test_the_agent_runs_without_the_hubs_packages(tmp_path: Path) -> None:
     blocked = foreign_modules("agent")
     assert "asyncpg" in blocked
@@ -117,17 +128,7 @@ def test_the_agent_runs_without_the_hubs_packages(tmp_path: Path) -> None:
         agent = AgentProcess(config, tmp_path / "agent.log", env=clean_env(), cwd=ROOT, python=without(*blocked))
         try:
             outbox = config.parent / "outbox.sqlite3"
-
-            def all_at_the_hub() -> bool:
-                try:
-                    return (
-                        outbox.exists() and len(outbox_events(outbox)) == EVENTS
-                        and set(hub_events(Path(hub.db))) == set(outbox_events(outbox))
-                    )
-                except sqlite3.OperationalError:  # the agent has created the file, not yet its tables
-                    return False
-
-            wait_until("the simulated movements at the hub", all_at_the_hub, WAIT_S)
+            wait_until("the simulated movements at the hub", lambda: all_at_the_hub(outbox, Path(hub.db)), WAIT_S)
             status = run([*without(*blocked), "-m", "agent", "status", "--config", str(config)])
             assert status.returncode == 0, status.stdout + status.stderr
             assert agent.stop() == 0
@@ -157,8 +158,7 @@ def test_the_hub_serves_without_the_agents_packages_and_says_what_advertise_need
             outbox = config.parent / "outbox.sqlite3"
             wait_until(
                 "the agent's movements at the hub without pyserial and zeroconf",
-                lambda: outbox.exists() and len(outbox_events(outbox)) == EVENTS
-                and set(hub_events(Path(db))) == set(outbox_events(outbox)),
+                lambda: all_at_the_hub(outbox, Path(db)),
                 WAIT_S,
             )
         finally:
