@@ -41,7 +41,11 @@ def test_make_test_sets_up_the_services_and_ci_only_calls_it() -> None:
     recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(encoding="utf-8"), re.MULTILINE)
     assert recipe is not None
     steps = [line.strip() for line in recipe.group(1).splitlines()]
-    assert steps[0] == "bash .ci/test-services" and steps[-1].endswith("-m pytest -q")
+    assert steps[0] == "bash .ci/test-services"
+    run, options = steps[-1].split(" -m pytest -q")
+    assert run == "$(PY)" and "-n auto" in options  # every test (no path, no selection), a worker per core
+    assert not {"-k", "-m", "--deselect", "--ignore", "-x"} & set(options.split()), options
+    assert all(word.startswith("-") or word.isalnum() for word in options.split()), options
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci[-1] == "make test" and not any("pytest" in line or "apt" in line for line in ci)
     services = (ROOT / ".ci" / "test-services").read_text(encoding="utf-8")
