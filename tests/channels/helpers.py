@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub.channels import ChannelSpec, parse_channels
+from hub.channels import ChannelPusher, ChannelSpec, parse_channels
 from hub.feed import ChangeWatch
 from hub.storage import HubStore
 from hub.storage.base import AgentIdentity
@@ -57,6 +57,18 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str, bound_s: f
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         await asyncio.sleep(0.02)
+
+
+async def pushed_to_head(pusher: ChannelPusher, hub: Hub) -> None:
+    """Wait until ``pusher`` has saved its cursor at the hub's newest change. The channel answers before the
+    cursor is saved, and a pusher stopped between the two pushes that turn again on its next start (allowed: the
+    push is idempotent), so a test that counts pushes across a restart waits for this before it stops one."""
+    latest = await hub.store.latest_change_id()
+
+    async def saved() -> bool:
+        return pusher.status.cursor == latest
+
+    await wait_until(saved, f"the pusher's cursor reaches the hub's newest change ({latest})")
 
 
 def expected_level(avail: Sequence[int], held_back: int = 0) -> int:

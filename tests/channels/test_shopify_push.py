@@ -13,7 +13,7 @@ import pytest
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, ShopifyConnector, SqliteChannelState
 from protocol import Kind, wall_ms_now
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
-from tests.channels.helpers import Hub, spec_of, wait_until
+from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
 
 FAST = Backoff(base_s=0.02, max_s=0.2)
 
@@ -207,8 +207,9 @@ async def test_a_restart_resumes_from_the_saved_cursor_and_misses_nothing(
     spec = shop_spec(shopify, {"S1": online, "S2": online})
     await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 10, "S2", "B"))
     async with await SqliteChannelState.open(hub.db_path) as state:
-        async with pushing(spec, hub, state):
+        async with pushing(spec, hub, state) as pusher:
             await wait_until(shows(shopify, {(v["A"].item_id, online): 10, (v["B"].item_id, online): 10}), "first")
+            await pushed_to_head(pusher, hub)
         saved = await state.cursor("web")
     assert saved == await hub.store.latest_change_id()
     # While the hub's channel pusher is down, the stores keep selling.
@@ -217,8 +218,9 @@ async def test_a_restart_resumes_from_the_saved_cursor_and_misses_nothing(
     applied = shopify.stats.mutations_applied
     async with await SqliteChannelState.open(hub.db_path) as state:
         assert await state.cursor("web") == saved
-        async with pushing(spec, hub, state):
+        async with pushing(spec, hub, state) as pusher:
             await wait_until(shows(shopify, {(v["A"].item_id, online): 9}), "the level after the restart")
+            await pushed_to_head(pusher, hub)
         assert await state.cursor("web") == await hub.store.latest_change_id()
     assert shopify.stats.mutations_applied - applied == 1  # A once; B did not change and is not sent again
     assert all(set(h) == {(v["A"].item_id, online)} for h in shopify.stats.history[-1:])

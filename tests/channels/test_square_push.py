@@ -11,7 +11,7 @@ import aiohttp
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, SqliteChannelState, SquareConnector
 from protocol import Kind
 from tests.channels.emulators.square import SquareEmulator
-from tests.channels.helpers import Hub, spec_of, wait_until
+from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
 
 FAST = Backoff(base_s=0.02, max_s=0.2)
 
@@ -95,8 +95,9 @@ async def test_a_restart_resumes_from_the_saved_cursor(hub: Hub, square: SquareE
     spec = square_spec(square, {"S1": loc})
     await hub.move((Kind.RECEIVE, 5, "S1", "A"), (Kind.RECEIVE, 6, "S1", "B"))
     async with await SqliteChannelState.open(hub.db_path) as state:
-        async with pushing(spec, hub, state):
+        async with pushing(spec, hub, state) as pusher:
             await wait_until(shows(square, {(a, loc): 5, (b, loc): 6}), "first levels")
+            await pushed_to_head(pusher, hub)
         saved = await state.cursor("pos")
     await hub.move((Kind.SALE, -1, "S1", "B"))
     await hub.move((Kind.SALE, -1, "S1", "B"))
