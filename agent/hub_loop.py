@@ -100,16 +100,19 @@ class HubLoop:
         self._task = asyncio.create_task(run, name=name)
 
     async def stop(self) -> None:
-        """Stop the loop and close the session. Safe twice; starting again afterwards raises."""
+        """Stop the loop and close the session. Safe twice; starting again afterwards raises. A loop that had
+        ended with an error (a bug: the loops retry every failure they know) raises it here, the session closed."""
         self._stopped = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        try:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -204,16 +204,19 @@ class Replicator(HubLoop):
             await self.feed.start()
 
     async def stop(self) -> None:
-        """Stop sending (an answer not yet stored is simply not acknowledged, and is sent again) and the feed."""
-        try:
+        """Stop sending (an answer not yet stored is simply not acknowledged, and is sent again) and the feed.
+        Each part is stopped even if one before it fails, and a failure is raised once all are stopped."""
+        async with contextlib.AsyncExitStack() as parts:  # unwound last first: the batch read ahead goes last
+            parts.push_async_callback(self._stop_prefetch)
+            parts.push_async_callback(HubLoop.stop, self)
             if self.feed is not None:
                 await self.feed.stop()
-            await HubLoop.stop(self)
-        finally:
-            task, self._prefetch = self._prefetch, None
-            if task is not None:  # a batch read ahead: dropped, and its failure, if any, is not news
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+
+    async def _stop_prefetch(self) -> None:
+        task, self._prefetch = self._prefetch, None
+        if task is not None:  # a batch read ahead: dropped, and its failure, if any, is not news
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     @property
     def state(self) -> ReplicatorState:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import Movement, Outbox, Replicator, ReplicatorState
+from agent.feed import CountFeed
 from protocol import Kind
 from tests.agent.agent_fakehub import FakeHub
 
@@ -303,3 +304,24 @@ async def test_a_400_is_logged_once_as_an_error_and_retried_with_backoff(
     assert len(errors) == 1 and "rejected the request as malformed, which is a bug (HTTP 400" in errors[0]
     assert [seen.status for seen in hub.requests][:3] == [400, 400, 400]
     assert hub.applied == [1, 2]
+
+
+async def test_a_loop_that_died_of_a_bug_still_stops_every_part_and_says_so(
+    hub: FakeHub, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: CountFeed) -> None:
+        raise RuntimeError("a bug in the feed")
+
+    monkeypatch.setattr(CountFeed, "_run", broken)
+    replicator = fast(outbox, hub, feed=True)
+    await replicator.start()
+    assert replicator.feed is not None
+    feed_session, own_session = replicator.feed._session, replicator._session
+    await outbox.record([sale()])
+    await until(replicator, lambda s: s.sent_events == 1)
+    with pytest.raises(RuntimeError, match="a bug in the feed"):
+        await replicator.stop()
+    assert feed_session is not None and feed_session.closed  # the failing loop's own session
+    assert own_session is not None and own_session.closed  # and the replicator after it, with its task
+    assert replicator._task is None and replicator.feed._task is None
+    await replicator.stop()  # safe twice
