@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m hub.demo
 
-# One worker per core (at most 4), one test file per worker at a time: a file's module fixtures are made once.
+# One worker per logical CPU (at most 4), one test file per worker at a time: a file's module fixtures are made once.
 # Most tests wait on processes, sockets and disks, so two workers halve the wall time on two cores.
 test: $(STAMP)
 	bash .ci/test-services
-	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile
+	$(PY) -m pytest -q -n logical --maxprocesses=4 --dist loadfile
 
 typecheck: $(STAMP)
 	$(PY) -m mypy protocol hub agent

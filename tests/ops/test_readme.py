@@ -43,7 +43,7 @@ def test_make_test_sets_up_the_services_and_ci_only_calls_it() -> None:
     steps = [line.strip() for line in recipe.group(1).splitlines()]
     assert steps[0] == "bash .ci/test-services"
     run, options = steps[-1].split(" -m pytest -q")
-    assert run == "$(PY)" and "-n auto" in options  # every test (no path, no selection), a worker per core
+    assert run == "$(PY)" and "-n logical" in options  # every test (no path, no selection), a worker per core
     assert not {"-k", "-m", "--deselect", "--ignore", "-x"} & set(options.split()), options
     assert all(word.startswith("-") or word.isalnum() for word in options.split()), options
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
