@@ -161,13 +161,23 @@ def _runaway(fields: list[str] | None, taken: list[_Line], width: int, delimiter
     It is when the row is broken (a csv error, a field count other than the
     header's, a line skipped as overlong), when a quote is still open at its
     end (an odd count), or when a line inside it is a whole row on its own (a
-    stray quote swallowed rows until the next stray quote closed it).
+    stray quote swallowed rows until the next stray quote closed it): one that
+    reads cleanly by itself into the header's number of fields. A line inside a
+    field that holds line breaks begins and ends inside its quotes, so read by
+    itself it usually leaves a quote open at its end: not a row of its own.
     """
     if fields is None or len(fields) != width or any(line.overlong for line in taken):
         return True
     if sum(line.text.count('"') for line in taken) % 2 == 1:
         return True
-    return any(len(next(csv.reader([line.text], delimiter=delimiter), [])) == width for line in taken[1:-1])
+    return any(_whole_row(line.text, width, delimiter) for line in taken[1:-1])
+
+
+def _whole_row(text: str, width: int, delimiter: str) -> bool:
+    try:
+        return len(next(csv.reader([text], delimiter=delimiter, strict=True), [])) == width
+    except csv.Error:  # a quote left open at its end, or a stray one: a piece of a longer row
+        return False
 
 
 def _delimiter(header_line: str) -> str:

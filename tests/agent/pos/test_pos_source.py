@@ -92,3 +92,22 @@ def test_bytes_read_reaches_the_file_size(tmp_path: Path) -> None:
                 seen.append(rows.bytes_read)
         assert seen == sorted(seen) and seen[-1] < path.stat().st_size
         assert rows.bytes_read == path.stat().st_size
+
+
+def test_a_field_holding_line_breaks_is_one_row_even_when_a_line_inside_looks_like_a_row(tmp_path: Path) -> None:
+    # What the POS fuzz test found: the middle line, read by itself, has the header's six fields, so it was taken
+    # for a row swallowed by a stray quote and the whole (valid) row was quarantined.
+    path = tmp_path / "notes.csv"
+    text = 'date,sku,qty,kind,ref,location\r\n"\n0",MUG-01,1,sale,,"\n"\r\n2024-03-04,MUG-02,1,sale,,S001\r\n'
+    path.write_bytes(text.encode())
+    rows, body = rows_of(path)
+    assert body == [(2, ["\n0", "MUG-01", "1", "sale", "", "\n"]), (5, ["2024-03-04", "MUG-02", "1", "sale", "", "S001"])]
+    assert rows.error is None
+
+
+def test_a_stray_quote_still_gives_back_the_rows_it_swallowed(tmp_path: Path) -> None:
+    path = tmp_path / "stray.csv"
+    path.write_text('sku,qty,note\nA,1,"open\nB,2,x\nC,3,"close\nD,4,y\n', encoding="utf-8")
+    rows, body = rows_of(path)
+    assert body[0] == (2, None) and rows.error is not None and "never closed" in rows.error
+    assert (3, ["B", "2", "x"]) in body and (5, ["D", "4", "y"]) in body
