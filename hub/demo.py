@@ -16,7 +16,8 @@ dashboard, the handheld page with PIN 1234) once, then the counts only when
 they change — on a terminal in one line rewritten in place, so the banner
 stays in view. Ports: ``--port`` (or ``$SHELFSYNC_DEMO_PORT``, default 8470)
 for the hub and ``--handheld-port`` (``$SHELFSYNC_DEMO_HANDHELD_PORT``,
-default the hub's + 1); a port in use is one sentence, not a traceback. If
+default the hub's + 1, or a free one when that is taken); a port asked for
+and in use is one sentence, not a traceback. If
 the store agent's process dies, the demo says so in one sentence and stops
 (exit status 1). Ctrl-C stops it. The demo's hub never imports the agent:
 they talk over HTTP only.
@@ -113,7 +114,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     parser.add_argument(
         "--handheld-port", type=int, default=handheld,
         help=f"the store agent's handheld page port; 0 picks a free one (default ${HANDHELD_PORT_ENV}, else the hub "
-        "port + 1)",
+        "port + 1, or a free one when that is taken)",
     )  # fmt: skip
     parser.add_argument("--movements", type=int, default=600, help="simulated movements to record (default 600)")
     parser.add_argument("--rate", type=float, default=20.0, help="simulated movements per second (default 20)")
@@ -139,6 +140,19 @@ def _claim_port(port: int, what: str, option: str, env: str) -> int:
                 f"or {env}=N (0 picks a free one)"
             ) from None
         return int(probe.getsockname()[1])
+
+
+def _handheld_port(hub_port: int, asked: int | None) -> int:
+    """The handheld page's port: the one asked for (taken: ``DemoError``), else the hub's + 1, else, when that
+    one is taken (another program, or the port after 65535), a free one: the banner prints it either way."""
+    if asked is not None:
+        handheld = _claim_port(asked, "the handheld page", "--handheld-port", HANDHELD_PORT_ENV)
+        if handheld == hub_port:
+            raise DemoError(f"the hub and the handheld page cannot share port {hub_port}; give --handheld-port another one")
+        return handheld
+    with contextlib.suppress(DemoError):
+        return _claim_port(hub_port + 1, "the handheld page", "--handheld-port", HANDHELD_PORT_ENV)
+    return _claim_port(0, "the handheld page", "--handheld-port", HANDHELD_PORT_ENV)
 
 
 class Console:
@@ -188,10 +202,7 @@ class Console:
 
 async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     port = _claim_port(args.port, "the hub", "--port", PORT_ENV)
-    wanted_handheld = port + 1 if args.handheld_port is None else args.handheld_port
-    handheld_port = _claim_port(wanted_handheld, "the handheld page", "--handheld-port", HANDHELD_PORT_ENV)
-    if handheld_port == port:
-        raise DemoError(f"the hub and the handheld page cannot share port {port}; give --handheld-port another one")
+    handheld_port = _handheld_port(port, args.handheld_port)
     work = Path(args.dir).absolute()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

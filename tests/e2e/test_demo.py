@@ -7,12 +7,17 @@ and the counts line shows the POS export's products, so the demo lasts only as l
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from hub.demo import DemoError, _handheld_port
 from tests.harness.net import free_port, wait_until
 
 DEMO_BOUND_S = 120  # --duration: the demo ends by itself then, should the test never get to press Ctrl-C
@@ -43,8 +48,6 @@ def _every_source_arrived(db: Path) -> bool:
 
 def test_demo_runs_and_every_source_reaches_the_hub(tmp_path: Path) -> None:
     port = free_port()
-    while port + 1 > 65535:
-        port = free_port()
     db, out_path, err_path = tmp_path / "demo" / "hub.db", tmp_path / "demo.out", tmp_path / "demo.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
         proc = subprocess.Popen(
@@ -68,9 +71,27 @@ def test_demo_runs_and_every_source_reaches_the_hub(tmp_path: Path) -> None:
     stdout, stderr = out_path.read_text(), err_path.read_text()
     assert proc.returncode == 0, stderr
     assert "STORE-1 on hand: " in stdout and "COFFEE-250G" in stdout
-    assert f"http://127.0.0.1:{port + 1}/" in stdout  # the handheld page
+    handheld = re.search(r"^  handheld: +http://127\.0\.0\.1:(\d+)/ ", stdout, re.MULTILINE)
+    assert handheld is not None and int(handheld.group(1)) != port, stdout  # the hub's + 1, or a free one if taken
     sources, case = _arrived(db)
     assert sources.get("api:simulate", 0) > 0
     assert sources.get("scanner:backdoor", 0) >= 2
     assert any(src.startswith("pos:") for src in sources)
     assert (12,) in case  # the GTIN-14 case counted as its pack of 12
+
+
+def test_the_handheld_page_takes_the_port_after_the_hubs_or_a_free_one_when_that_is_taken() -> None:
+    with socket.socket() as hub, socket.socket() as taken:
+        hub.bind(("127.0.0.1", 0))
+        port = hub.getsockname()[1]
+        try:
+            taken.bind(("127.0.0.1", port + 1))
+        except OSError:  # another program has it already: taken either way
+            pass
+        chosen = _handheld_port(port, None)
+        assert chosen not in (0, port, port + 1)  # taken: a free one, which the banner prints
+        with pytest.raises(DemoError, match=f"cannot use port {port + 1} on 127.0.0.1 for the handheld page"):
+            _handheld_port(port, port + 1)  # asked for and taken: one sentence
+    with pytest.raises(DemoError, match="cannot share port"):  # the hub's port, free again as the demo left it
+        _handheld_port(port, port)
+    assert _handheld_port(65535, None) != 0  # no port after 65535: a free one
