@@ -206,10 +206,33 @@
     el.hidden = false;
   }
 
+  // Signing out stops the page's own traffic first: a request still under way when the hub ends the session
+  // would be answered 401 while the browser goes to the sign-in page, and a feed would try to reconnect.
+  const leaving = new AbortController();
+  let feed = null; // the change stream's EventSource
+
+  function leave() {
+    if (leaving.signal.aborted) return;
+    leaving.abort();
+    if (feed) feed.close();
+  }
+
+  // fetch() with the session's cookie, cancelled when the page signs out; a request of a page that is leaving
+  // never settles, so nothing after it runs (the browser is on its way to the sign-in page).
+  async function pageFetch(path, options = {}) {
+    if (leaving.signal.aborted) return new Promise(() => {});
+    try {
+      return await fetch(path, Object.assign({ credentials: "same-origin", signal: leaving.signal }, options));
+    } catch (err) {
+      if (leaving.signal.aborted) return new Promise(() => {});
+      throw err;
+    }
+  }
+
   async function api(path) {
     let response;
     try {
-      response = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      response = await pageFetch(path, { headers: { Accept: "application/json" } });
     } catch (err) {
       banner("The hub cannot be reached. Retrying…");
       throw err;
@@ -233,7 +256,7 @@
   async function loadCatalog(force = false) {
     if (!force && Date.now() - state.catalogAt < CATALOG_REFRESH_MS) return;
     state.catalogAt = Date.now();
-    const response = await fetch("/v1/catalog", { credentials: "same-origin", cache: "no-store",
+    const response = await pageFetch("/v1/catalog", { cache: "no-store",
       headers: Object.assign({ Accept: "application/json" }, state.catalogTag ? { "If-None-Match": state.catalogTag } : {}) });
     if (response.status === 304 || !response.ok) return; // unchanged, or the status refresh reports the trouble
     const catalog = await response.json();
@@ -918,8 +941,7 @@
     clearTimeout(channels.timer);
     channels.timer = null;
     try {
-      const response = await fetch("/v1/channels", { credentials: "same-origin", cache: "no-store",
-        headers: { Accept: "application/json" } });
+      const response = await pageFetch("/v1/channels", { cache: "no-store", headers: { Accept: "application/json" } });
       if (!response.ok) {
         let message = `HTTP ${response.status}`;
         try { message = (await response.json()).detail || message; } catch (_) { /* not JSON */ }
@@ -1209,7 +1231,9 @@
   }
 
   function connectFeed() {
+    if (leaving.signal.aborted) return;
     const source = new EventSource("/v1/changes/stream");
+    feed = source;
     source.addEventListener("ready", (e) => {
       setLive("live", "Live");
       if (state.cursor === null) state.cursor = JSON.parse(e.data).cursor;
@@ -1248,6 +1272,7 @@
       if (value) window.location.hash = "#/sku/" + encodeURIComponent(value);
     });
     window.addEventListener("hashchange", render);
+    document.querySelector('form[action="/dashboard/sign-out"]').addEventListener("submit", leave);
     connectFeed();
     setInterval(tickAges, AGE_TICK_MS);
     setInterval(() => refreshStatus().catch(() => {}), STATUS_REFRESH_MS);
