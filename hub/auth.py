@@ -9,6 +9,11 @@ unknown token simply finds no identity.
 A request without an ``Authorization`` header may instead carry a dashboard
 session cookie (``hub.dashboard.sessions``): it is accepted on GET and HEAD
 only, and always identifies a reader, so no write route accepts it.
+
+A response that lasts (a change stream, a long-poll) asks ``still_valid``
+before it delivers what it waited for: that reads the credential (or the
+session and its credential) from the store again, so a revocation, even one
+made through another hub process sharing the database, or a sign-out ends it.
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ STORE_KEY = web.AppKey("store", HubStore)
 PUBLIC_ROUTES_KEY = web.AppKey("public_routes", frozenset[str])
 UNKNOWN_CREDENTIALS_KEY = web.AppKey("unknown_credentials", RepeatLog)  # refusals, logged once a minute with a count
 SESSION_METHODS = frozenset({"GET", "HEAD"})  # the only methods a cookie session is accepted on
+BY_SESSION_KEY = web.RequestKey("by_session", bool)  # True: authenticated by a dashboard session cookie
 
 
 class CookieSessions(Protocol):
-    async def identify(self, request: web.Request) -> AgentIdentity | None:
-        """The read-only identity of the request's session cookie, or None."""
+    async def identify(self, request: web.Request, *, recheck: bool = False) -> AgentIdentity | None:
+        """The read-only identity of the request's session cookie, or None; ``recheck``: ask the store now
+        whether its credential is revoked, whenever it was last asked."""
 
 
 COOKIE_SESSIONS_KEY = web.AppKey("cookie_sessions", CookieSessions)
@@ -92,6 +99,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         session = await sessions.identify(request)
         if session is not None:
             request[IDENTITY_KEY] = AgentIdentity(session.agent_id, frozenset(), ROLE_READER)  # never more
+            request[BY_SESSION_KEY] = True
             return await handler(request)
     token = bearer_token(request)
     identity = await request.app[STORE_KEY].authenticate(token)
@@ -105,6 +113,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Unauthorized("the credential is unknown or has been revoked")
     request[IDENTITY_KEY] = identity
     return await handler(request)
+
+
+async def still_valid(request: web.Request) -> bool:
+    """Whether the credential (or dashboard session) that authenticated ``request`` is still good now.
+
+    Asks the store every time, never a cache: one read of the credential's row (and, for a session, the
+    in-memory session too, which signing out removes). A session whose credential is found revoked is ended.
+    """
+    who = request[IDENTITY_KEY]
+    if request.get(BY_SESSION_KEY, False):
+        now = await request.app[COOKIE_SESSIONS_KEY].identify(request, recheck=True)
+    else:
+        now = await request.app[STORE_KEY].authenticate(bearer_token(request))
+    return now is not None and now.agent_id == who.agent_id
 
 
 def identity_of(request: web.Request) -> AgentIdentity:

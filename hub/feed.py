@@ -11,6 +11,13 @@ re-reads the id every ``change_recheck_s``, so changes committed by another
 hub process sharing a PostgreSQL database (or by a route that does not poke)
 are seen too.
 
+A long-poll or stream delivers only while its credential holds: before it
+sends a page it waited for (and a stream at least every
+``STREAM_RECHECK_S`` while idle) it asks the store again (``auth.still_valid``,
+one row read per wake-up, not per change). A revoked credential or an ended
+dashboard session gets a ``401`` instead of the long-poll's page, and its
+stream an ``error`` event, then the end.
+
 A cursor is the ``change_id`` of the last change read, as a decimal string.
 With a location or SKU filter it may run ahead of the last change returned
 (past changes that did not match), never past one that did.
@@ -28,7 +35,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from hub import views
-from hub.auth import STORE_KEY
+from hub.auth import STORE_KEY, Unauthorized, identity_of, still_valid
 from hub.storage.base import ChangeRow, StoreClosed, StoreError
 from hub.storage.interfaces import FeedStore
 from protocol import event_id_hex
@@ -43,6 +50,8 @@ WAIT_MAX_S = wire.WAIT_MAX_S  # the longest a long-poll waits; proxies commonly 
 RECHECK_DEFAULT_S = 1.0
 STREAM_PING_S = 15.0  # SSE comment lines that keep proxies from closing an idle stream
 STREAM_BATCH = 500
+STREAM_RECHECK_S = 15.0  # an idle stream re-checks its credential this often (one with changes: before each page)
+REVOKED_TEXT = "the credential was revoked or the dashboard session ended; sign in again"
 STREAM_RETRY_MS = 3_000  # what browsers wait before reconnecting a dropped stream
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 30.0
@@ -305,9 +314,15 @@ async def get_changes(request: web.Request) -> web.Response:
     deadline = loop.time() + wait_s
     await check_not_ahead(store, after)
     page = await read_page(store, after, limit, location, sku)
+    waited = False
     while not page.rows and not watch.closed and (remaining := deadline - loop.time()) > 0:
         await watch.wait_past(page.cursor, remaining)
+        waited = True
         page = await read_page(store, page.cursor, limit, location, sku)
+    if waited and not await still_valid(request):  # asked after the read: nothing committed later goes out
+        log.info("refused the long-poll answer of %s: its credential was revoked or its session ended while it "
+                 "waited", identity_of(request).agent_id)  # fmt: skip
+        raise Unauthorized(REVOKED_TEXT)
     body = {
         wire.CHANGES_FIELD: [change_json(r) for r in page.rows],
         wire.CURSOR_FIELD: str(page.cursor),
@@ -333,18 +348,29 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
         after = await store.latest_change_id()  # no position given: from now on
     async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
         await sse.send(views.dumps({"cursor": str(after)}), event="ready", retry=STREAM_RETRY_MS)
-        await _stream(sse, store, watch, after, location, sku)
+        await _stream(request, sse, store, watch, after, location, sku)
     return sse
 
 
 async def _stream(
-    sse: EventSourceResponse, store: FeedStore, watch: ChangeWatch, after: int, location: str | None, sku: str | None
-) -> None:
+    request: web.Request, sse: EventSourceResponse, store: FeedStore, watch: ChangeWatch, after: int,
+    location: str | None, sku: str | None,
+) -> None:  # fmt: skip
     gone = asyncio.ensure_future(sse.wait())  # ends when the client goes away (a ping fails) or we stop
+    loop = asyncio.get_running_loop()
+    recheck_at = loop.time() + STREAM_RECHECK_S
     try:
         while not watch.closed and not gone.done():
             try:
                 page = await read_page(store, after, STREAM_BATCH, location, sku)
+                # asked after the read, so a change committed after a revocation is never sent
+                if page.rows or loop.time() >= recheck_at:
+                    if not await still_valid(request):
+                        log.info("ended a change stream of %s: its credential was revoked or its session ended",
+                                 identity_of(request).agent_id)  # fmt: skip
+                        await sse.send(views.dumps({"message": REVOKED_TEXT}), event="error")
+                        return
+                    recheck_at = loop.time() + STREAM_RECHECK_S
             except (StoreError, StoreClosed) as err:
                 log.warning("a change stream ended: the hub database failed (%s)", err)
                 await sse.send(
@@ -356,7 +382,7 @@ async def _stream(
             after = page.cursor
             if page.more:
                 continue
-            waiting = asyncio.ensure_future(watch.wait_past(after, WAIT_MAX_S))
+            waiting = asyncio.ensure_future(watch.wait_past(after, STREAM_RECHECK_S))
             try:
                 await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:

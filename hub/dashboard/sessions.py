@@ -7,7 +7,8 @@ expiry. A session identifies its holder as a *reader* whatever credential
 opened it, and the auth middleware accepts the cookie on GET and HEAD only,
 so no write route can ever be reached with it. Signing out forgets the
 session at once; a revoked credential's sessions end within
-``SESSION_RECHECK_S``. Sessions do not survive a hub restart and are not
+``SESSION_RECHECK_S`` (at once for an open change stream or long-poll, which
+asks with ``recheck``). Sessions do not survive a hub restart and are not
 shared between hub processes (sign in again, or pin dashboard users to one
 hub behind a load balancer).
 """
@@ -90,8 +91,9 @@ class DashboardSessions:
             if session is not None:
                 log.info("%s signed out of the dashboard", session.agent_id)
 
-    async def identify(self, request: web.Request) -> AgentIdentity | None:
-        """The (read-only) identity of the request's session cookie, or None."""
+    async def identify(self, request: web.Request, *, recheck: bool = False) -> AgentIdentity | None:
+        """The (read-only) identity of the request's session cookie, or None; ``recheck``: ask the store
+        now whether its credential is revoked (else at most every ``recheck_s``)."""
         session_id = request.cookies.get(SESSION_COOKIE)
         if not session_id or len(session_id) > 128:
             return None
@@ -103,7 +105,7 @@ class DashboardSessions:
         if now >= session.expires_s:
             del self._sessions[key]
             return None
-        if now - session.checked_s >= self._recheck_s:
+        if recheck or now - session.checked_s >= self._recheck_s:
             status = await self._store.agent_status(session.agent_id)
             if not status or status[0].revoked:
                 self._sessions.pop(key, None)

@@ -80,6 +80,13 @@ class Hub:
 @contextlib.asynccontextmanager
 async def running_hub(tmp_path: Path, **settings: Any) -> AsyncIterator[Hub]:
     """A hub in this process over tmp_path/hub.db (``tests.harness.inprocess``), with a reader credential."""
-    async with hub_in_process(tmp_path / "hub.db", **settings) as served:
+    async with running_hub_at(tmp_path / "hub.db", **settings) as hub:
+        yield hub
+
+
+@contextlib.asynccontextmanager
+async def running_hub_at(db: Path | str, **settings: Any) -> AsyncIterator[Hub]:
+    """A hub in this process over ``db`` (a SQLite file or a PostgreSQL schema's URL), with a reader credential."""
+    async with hub_in_process(db, **settings) as served:
         _, reader = await served.store.add_agent([], role="reader")
         yield Hub(served.store, served.client, reader)

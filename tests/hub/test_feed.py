@@ -18,7 +18,7 @@ from hub.feed import FEED_KEY, end_streams
 from hub.storage.base import AgentIdentity
 from protocol import Kind
 from tests.hub.event_factory import EventFactory
-from tests.hub.feed_helpers import Hub, running_hub
+from tests.hub.feed_helpers import Hub, running_hub, running_hub_at
 
 BOUND_S = 10.0  # every wait in these tests is bounded by this
 
@@ -245,3 +245,86 @@ async def test_a_stopping_hub_process_does_not_wait_for_open_streams(tmp_path: P
         logger.setLevel(old_level)
         if not server.done():
             server.cancel()
+
+
+# --- a credential that ends while its stream or long-poll is open ------------------------------------------
+
+
+async def next_delivery(resp: aiohttp.ClientResponse) -> dict[str, str] | None:
+    """The next event of a stream, or None when the stream ended."""
+    try:
+        return await next_event(resp)
+    except AssertionError:
+        return None
+
+
+async def test_a_revoked_credentials_open_stream_delivers_nothing_committed_after_and_ends(hub: Hub) -> None:
+    agent = await hub.agent()
+    reader_id, reader = await hub.store.add_agent([], role="reader")
+    stream = await hub.client.get("/v1/changes/stream", headers=hub.auth(reader))
+    assert (await next_event(stream))["event"] == "ready"
+    await agent.sync((Kind.RECEIVE, 1))
+    assert (await next_event(stream))["event"] == "change"  # delivered while the credential held
+    await wait_until_waiting(hub)
+    assert await hub.store.revoke_agent(reader_id)
+    await agent.sync((Kind.RECEIVE, 2))  # committed after the revocation
+    event = await next_delivery(stream)
+    assert event is not None and event["event"] == "error", event
+    assert "revoked" in json.loads(event["data"])["message"]
+    async with asyncio.timeout(BOUND_S):
+        assert await stream.content.read() == b""  # and then the stream ends
+
+
+async def test_a_signed_out_sessions_open_stream_delivers_nothing_committed_after_and_ends(hub: Hub) -> None:
+    agent = await hub.agent()
+    signed_in = await hub.client.post("/dashboard/sign-in", data={"token": hub.reader}, allow_redirects=False)
+    assert signed_in.status == 303, await signed_in.text()
+    cookie = {"Cookie": f"shelfsync_session={signed_in.cookies['shelfsync_session'].value}"}
+    stream = await hub.client.get("/v1/changes/stream", headers=cookie)
+    assert (await next_event(stream))["event"] == "ready"
+    await wait_until_waiting(hub)
+    signed_out = await hub.client.post("/dashboard/sign-out", headers=cookie, allow_redirects=False)
+    assert signed_out.status == 303
+    await agent.sync((Kind.RECEIVE, 2))
+    event = await next_delivery(stream)
+    assert event is not None and event["event"] == "error", event
+    async with asyncio.timeout(BOUND_S):
+        assert await stream.content.read() == b""
+    again = await hub.client.get("/v1/changes/stream", headers=cookie)  # the dashboard's reconnect: to sign-in
+    assert again.status == 401
+
+
+async def test_a_long_poll_of_a_credential_revoked_while_it_waits_is_answered_401(hub: Hub) -> None:
+    agent = await hub.agent()
+    reader_id, reader = await hub.store.add_agent([], role="reader")
+    poll = asyncio.create_task(hub.client.get("/v1/changes?wait=30", headers=hub.auth(reader)))
+    await wait_until_waiting(hub)
+    assert await hub.store.revoke_agent(reader_id)
+    await agent.sync((Kind.RECEIVE, 2))
+    resp = await asyncio.wait_for(poll, BOUND_S)
+    assert resp.status == 401, await resp.text()
+    assert "revoked" in (await resp.json())["detail"]
+
+
+async def test_a_revocation_by_another_process_ends_an_open_stream_sqlite(tmp_path: Path) -> None:
+    await revocation_by_another_process_ends_an_open_stream(str(tmp_path / "hub.db"))
+
+
+async def test_a_revocation_by_another_process_ends_an_open_stream_postgres(pg_url: str) -> None:
+    await revocation_by_another_process_ends_an_open_stream(pg_url)
+
+
+async def revocation_by_another_process_ends_an_open_stream(db: str) -> None:
+    """`shelfsync-hub agent revoke` (another store over the same database) is noticed: the stream asks the store."""
+    async with open_store(db) as store:
+        reader_id, reader = await store.add_agent([], role="reader")
+    async with running_hub_at(db) as hub:
+        agent = await hub.agent()
+        stream = await hub.client.get("/v1/changes/stream", headers=hub.auth(reader))
+        assert (await next_event(stream))["event"] == "ready"
+        await wait_until_waiting(hub)
+        async with open_store(db) as elsewhere:
+            assert await elsewhere.revoke_agent(reader_id)
+        await agent.sync((Kind.RECEIVE, 2))
+        event = await next_delivery(stream)
+        assert event is not None and event["event"] == "error", event
