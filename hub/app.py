@@ -19,7 +19,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from hub import catalog, dashboard, events_api, feed, metrics, paging, quarantine, ratelimit, reports, views, webhooks
 from hub import bundles
 from hub import etag, openapi, problems
-from hub import csvexport
+from hub import csvexport, exportslots
 from hub.auth import (
     PUBLIC_ROUTES_KEY,
     CredentialOfAnotherAgent,
@@ -212,6 +212,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         ],
     )
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
+    exportslots.setup(app, settings.export_max_per_credential, settings.export_max)  # 429/503 past the CSV caps
     app[GATE_KEY] = gate
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings

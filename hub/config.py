@@ -39,6 +39,9 @@ DEFAULT_CHANGE_RECHECK_S = 1.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_LIMIT_BURST = 100
+DEFAULT_EXPORT_MAX_PER_CREDENTIAL = 2
+DEFAULT_EXPORT_MAX = 4
+EXPORT_MAX_LIMIT = 1_000
 DEFAULT_TRANSFER_OPEN_MAX_S = 14 * 24 * 3_600
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_KEEPALIVE_TIMEOUT_S = 30.0  # above aiohttp's client default (15 s), so an agent closes an idle connection first
@@ -73,6 +76,8 @@ class HubSettings:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request body must arrive whole within this; else 408
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # write requests per second per credential; 0: no limit
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST  # write requests a credential may send at once
+    export_max_per_credential: int = DEFAULT_EXPORT_MAX_PER_CREDENTIAL  # CSV downloads one credential runs at once
+    export_max: int = DEFAULT_EXPORT_MAX  # CSV downloads this hub process runs at once
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # a request line and headers must arrive within this; else 408
     keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S  # an idle connection is closed after this
     max_connections: int = 0  # open connections at most; 0: as many as the open-file limit allows (hub/limits.py)
@@ -146,6 +151,10 @@ def _validate(s: HubSettings) -> None:
     _typed("rate_limit_burst", s.rate_limit_burst, int)
     if not 1 <= s.rate_limit_burst <= 1_000_000:
         raise ConfigError(f"rate_limit_burst must be between 1 and 1000000, got {s.rate_limit_burst}")
+    for key in ("export_max_per_credential", "export_max"):
+        _typed(key, getattr(s, key), int)
+        if not 1 <= getattr(s, key) <= EXPORT_MAX_LIMIT:
+            raise ConfigError(f"{key} must be between 1 and {EXPORT_MAX_LIMIT}, got {getattr(s, key)}")
     _typed("log_level", s.log_level, str)
     if s.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")

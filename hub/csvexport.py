@@ -17,6 +17,13 @@ Cells are safe to open in a spreadsheet: a text cell that starts with ``=``,
 epoch, a packed HLC) are written exactly — a spreadsheet rounds integers past
 15 digits, so import such columns as text.
 
+At most ``export_max_per_credential`` downloads of one credential and
+``export_max`` of the hub run at once (hub/exportslots.py): one more is
+answered ``429`` or ``503`` with ``Retry-After``. Each page is its own short
+read (no read transaction spans the download, so a long one holds back
+neither the SQLite writer nor its checkpoints), and the download yields the
+event loop after writing each page, so syncs waiting for it go first.
+
 A database failure before the first row is the usual ``503``; one during the
 stream cuts the connection (the download ends unfinished, never looking whole)
 and is logged in one sentence.
@@ -24,6 +31,7 @@ and is logged in one sentence.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import logging
@@ -35,7 +43,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from hub import metrics, paging, views
-from hub.auth import STORE_KEY
+from hub.auth import STORE_KEY, identity_of
+from hub.exportslots import SLOTS_KEY
 from hub.storage import keys
 from hub.storage.base import AgentStatus, CatalogItem, CountRow, ExceptionRow, HubError, LedgerRow, QuarantineRow
 from hub.storage.interfaces import LedgerStore, QuarantineStore, ReportStore
@@ -170,7 +179,18 @@ async def stream(
     """Answer ``header`` and the rows of ``pages`` as one CSV download named ``name``.
 
     The first page is read before anything is sent, so a database failure there is an ordinary error
-    answer; a failure later cuts the connection (logged), so a broken download never looks complete."""
+    answer; a failure later cuts the connection (logged), so a broken download never looks complete. It
+    holds one of the hub's export slots (hub/exportslots.py) throughout: none free is a 429 or 503."""
+    slots = request.app.get(SLOTS_KEY)
+    if slots is None:
+        return await _stream(request, name, header, pages)
+    with slots.take(identity_of(request).agent_id):
+        return await _stream(request, name, header, pages)
+
+
+async def _stream(
+    request: web.Request, name: str, header: Sequence[str], pages: AsyncIterator[list[Sequence[object]]]
+) -> web.StreamResponse:
     first: list[Sequence[object]] = await anext(pages, [])
     response = web.StreamResponse(
         headers={
@@ -188,6 +208,7 @@ async def stream(
     try:
         await response.write(encode([header, *first]))
         async for page in pages:
+            await asyncio.sleep(0)  # let what waits on the loop (a sync's next step) go before the next page
             await response.write(encode(page))
             rows += len(page)
     except ConnectionError:
