@@ -310,10 +310,12 @@ ERROR_STATUS: Mapping[int, tuple[str, str]] = {
     415: ("unsupported_media_type", "The body was sent with another Content-Type than the route takes, or compressed."),
     422: ("invalid_events", "The request is well-formed but some of its events break the contract; nothing was "
           "committed."),
-    429: ("rate_limited", "This credential sent write requests faster than its quota; wait Retry-After seconds."),
+    429: ("rate_limited", "This credential sent write requests faster than its quota, or already runs "
+          "export_max_per_credential CSV downloads; wait Retry-After seconds."),
     500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
     502: ("bad_gateway", "The sales channel refused the hub's call or answered it wrongly; nothing was changed."),
-    503: ("unavailable", "The hub is shutting down or its database is unavailable; try again shortly."),
+    503: ("unavailable", "The hub is shutting down or its database is unavailable, or it already runs export_max CSV "
+          "downloads; try again shortly (Retry-After)."),
 }  # fmt: skip
 
 
@@ -458,6 +460,8 @@ def operation(
     operation can answer 500 (a bug, which the tests hunt)."""
     public = security == []
     codes = set(errors) | {500, 503} | (set() if public else {400, 401})
+    if any(CSV_TYPE in r.get("content", {}) for r in responses.values()):
+        codes.add(429)  # one CSV download more than export_max_per_credential (hub/exportslots.py)
     if set(roles) != {ROLE_AGENT, ROLE_READER, ROLE_ADMIN} and not public:
         codes.add(403)
     for code in sorted(codes):
