@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4  # the channel state's own connections per hub process (writes are small and rare)
 LEASE_QUERY_TIMEOUT_S = 5.0
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 DIVERGENCES_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('shelfsync.channel.divergences.' || current_schema() || '.' || $1, 0))"
 # A transaction PostgreSQL aborted runs again after a jittered wait; the n-th retry waits up to RETRY_BASE_S × 2^n.
 TX_BACKOFF = Backoff(base_s=2 * RETRY_BASE_S, max_s=RETRY_MAX_S, jitter=FULL_JITTER)

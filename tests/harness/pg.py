@@ -85,3 +85,43 @@ async def pg_url(pg_server: str) -> AsyncIterator[str]:
     """A store URL over a fresh schema of the test server."""
     async with fresh_schema() as url:
         yield url
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` naming another database of the same server."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}", query=""))
+
+
+@asynccontextmanager
+async def fresh_database(prefix: str = "shelfsync_t") -> AsyncIterator[str]:
+    """A new, empty database of the test server for one test (its backends are the test's alone, so it may
+    terminate them); yields its URL, drops it after, ending any session of ours still in it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_URL, timeout=PROBE_TIMEOUT_S)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield with_database(PG_URL, name)
+        finally:
+            for _ in range(50):  # not DROP … WITH (FORCE): it refuses while autovacuum works there (tests/ops)
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND usename = current_user AND pid <> pg_backend_pid()",
+                    name,
+                )
+                try:
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                    break
+                except asyncpg.ObjectInUseError:
+                    await asyncio.sleep(0.2)
+            else:
+                raise AssertionError(f"database {name} stayed in use for 10 s after the test")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_database(pg_server: str) -> AsyncIterator[str]:
+    """The URL of a fresh database of the test server, dropped after the test."""
+    async with fresh_database() as url:
+        yield url

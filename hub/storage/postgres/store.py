@@ -24,9 +24,10 @@ Every read and write of the store is ``hub.storage.store``'s, shared with SQLite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,6 +57,11 @@ RETRY_MAX_S = 0.5
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 UNIQUE_VIOLATION = "23505"  # an event id another hub stored meanwhile: the retry sees it as stored
 SERVER_SETTINGS = {"application_name": "shelfsync-hub"}
+# The connection, not the statement, failed: the server is gone or ended the session (a restart, a failover,
+# pg_terminate_backend), or the driver lost track of where the protocol stands — asyncpg's InternalClientError
+# ("cannot switch to state 12; another operation (2) is in progress") when a session ends between its last
+# answer and the next query. The database is unavailable (503), and the connection is never used again.
+CONNECTION_ERRORS = (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError)
 
 
 def redacted(url: str) -> str:
@@ -146,6 +152,16 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         if self._closed:
             raise StoreClosed()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; one whose connection failed (``CONNECTION_ERRORS``) is closed, not pooled again."""
+        async with self._pool.acquire() as conn:
+            try:
+                yield conn
+            except CONNECTION_ERRORS:
+                conn.terminate()  # the pool opens a new one in its place
+                raise
+
     # --- transactions ------------------------------------------------------
 
     async def _write(
@@ -164,16 +180,16 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
     async def _attempts(self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], unique_races: bool) -> T:
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with self._connection() as conn, conn.transaction():
                     return await work(conn)
+            except CONNECTION_ERRORS as err:
+                raise self._unavailable(what, err) from err
             except asyncpg.PostgresError as err:
                 if attempt == TX_ATTEMPTS or not _retryable(err, unique_races):
                     raise StoreError(f"the hub database failed while {what}: {err}") from err
                 delay_s = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 log.info("Retrying %s in %.0f ms: the database aborted it (%s).", what, delay_s * 1000, err)
                 await asyncio.sleep(delay_s)
-            except (asyncpg.InterfaceError, OSError) as err:
-                raise self._unavailable(what, err) from err
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _read(
@@ -182,15 +198,15 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         """Run a read; ``snapshot`` reads see one consistent state (REPEATABLE READ, read only)."""
         self._check_open()
         try:
-            async with self._pool.acquire() as conn:
+            async with self._connection() as conn:
                 if not snapshot:
                     return await work(conn)
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
                     return await work(conn)
+        except CONNECTION_ERRORS as err:
+            raise self._unavailable(what, err) from err
         except asyncpg.PostgresError as err:
             raise StoreError(f"the hub database failed while {what}: {err}") from err
-        except (asyncpg.InterfaceError, OSError) as err:
-            raise self._unavailable(what, err) from err
 
     def _unavailable(self, what: str, err: Exception) -> Exception:
         if self._closed and isinstance(err, asyncpg.InterfaceError):

@@ -1,0 +1,135 @@
+"""A PostgreSQL hub when its database fails under it: sessions ended mid-request, a session that stalls in a
+transaction holding locks every ingest needs. The hub answers 503 (never 500, never not at all) and recovers.
+
+These tests end sessions with pg_terminate_backend, so each has a database of its own (``pg_database``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from hub.storage import HubStore
+from protocol import (
+    MSGPACK_CONTENT_TYPE,
+    Kind,
+    StockEvent,
+    SyncRequest,
+    encode_sync_request,
+    new_event_id,
+    pack_hlc,
+)
+from tests.harness.inprocess import hub_in_process
+
+WAIT_S = 30.0  # the bound on every wait of these tests
+
+
+class Agent:
+    """One agent sending one event per batch, the same batch again until it is answered 200."""
+
+    def __init__(self, agent_id: str, token: str, location: str) -> None:
+        self.agent_id, self.token, self.location = agent_id, token, location
+        self.seq = 0
+        self.pending: StockEvent | None = None
+
+    def body(self) -> bytes:
+        if self.pending is None:
+            self.seq += 1
+            at = pack_hlc(int(time.time() * 1000), 0)
+            self.pending = StockEvent(
+                new_event_id(), self.agent_id, 1, self.seq, self.location, f"SKU-{self.seq % 7}", Kind.RECEIVE, 1,
+                at, at >> 16, "api:test",
+            )  # fmt: skip
+        return encode_sync_request(SyncRequest(self.agent_id, 1, (self.pending,)))
+
+    async def sync(self, session: aiohttp.ClientSession, url: str) -> int:
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+        async with session.post(f"{url}/v1/sync", data=self.body(), headers=headers) as resp:
+            await resp.read()
+            if resp.status == 200:
+                self.pending = None
+            return resp.status
+
+
+async def _agent(store: HubStore, location: str) -> Agent:
+    agent_id, token = await store.add_agent([location])
+    return Agent(agent_id, token, location)
+
+
+async def _get(session: aiohttp.ClientSession, url: str, token: str) -> tuple[int, Any]:
+    async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def _terminate_sessions(db_url: str) -> int:
+    """End every session of the test's database but the one asking (as a failover or restart would)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_sessions_ended_under_load_are_answered_503_and_the_hub_recovers(pg_database: str) -> None:
+    async with hub_in_process(pg_database, rate_limit_per_s=0) as hub:
+        agents = [await _agent(hub.store, f"L{i}") for i in range(8)]
+        statuses: Counter[int] = Counter()
+        answered = asyncio.Event()
+        stop = asyncio.Event()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+            paths = itertools.cycle(["/v1/counts?limit=2", "/v1/changes?cursor=0&limit=3", "/v1/agents"])
+
+            async def sending(agent: Agent) -> None:
+                while not stop.is_set():
+                    statuses[await agent.sync(session, hub.url)] += 1
+                    answered.set()
+
+            async def reading(agent: Agent) -> None:
+                while not stop.is_set():
+                    statuses[(await _get(session, hub.url + next(paths), agent.token))[0]] += 1
+                    answered.set()
+
+            async def a_feed_waiter() -> list[Any]:  # waits on the change feed's reader across the failure
+                cursor = await hub.store.latest_change_id()
+                status, body = await _get(session, f"{hub.url}/v1/changes?cursor={cursor}&wait=20", agents[0].token)
+                assert status == 200, body
+                return list(body["changes"])
+
+            load = [asyncio.ensure_future(f(a)) for a in agents for f in (sending, reading)]
+            try:
+                for _ in range(3):  # sessions end while requests are in flight, three times over
+                    answered.clear()
+                    await asyncio.wait_for(answered.wait(), WAIT_S)
+                    assert await _terminate_sessions(pg_database) > 0
+                    before = sum(statuses.values())
+                    async with asyncio.timeout(WAIT_S):
+                        while sum(statuses.values()) < before + 50:
+                            await asyncio.sleep(0.01)
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*load), WAIT_S)
+            finally:
+                for task in load:
+                    task.cancel()
+            assert statuses[500] == 0, statuses
+            assert set(statuses) <= {200, 503}, statuses
+            assert statuses[503] > 0, statuses  # the sessions did end under requests
+
+            # It recovers: every agent's next batch is stored, and a waiter on the change feed hears of it.
+            waiter = asyncio.ensure_future(a_feed_waiter())
+            async with asyncio.timeout(WAIT_S):
+                for agent in agents:
+                    while await agent.sync(session, hub.url) != 200:
+                        await asyncio.sleep(0.05)
+                    assert agent.pending is None
+                assert await waiter
