@@ -36,6 +36,7 @@ from hub.config import HubSettings
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
 from protocol.logsafety import RepeatLog
+from protocol.retry import retry_after_value
 from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,
@@ -62,6 +63,7 @@ from protocol import (
 )
 
 log = logging.getLogger(__name__)
+DB_RETRY_AFTER_S = 1.0  # a 503 for a database failure: most pass within a second (a restart, a lock timeout)
 
 SETTINGS_KEY = web.AppKey("settings", HubSettings)
 DECODER_KEY = web.AppKey("sync_decoder", SyncDecoder)
@@ -133,7 +135,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         where = f"{request.method} {request.rel_url.raw_path}: {err}"
         request.app[REPEATS_KEY].db_failures.record(request.remote, where)
         metrics.observe_failure(request.app, "database")
-        return error_response(503, f"the hub database is not available right now ({err}); try again shortly")
+        return error_response(
+            503, f"the hub database is not available right now ({err}); try again shortly",
+            headers={"Retry-After": retry_after_value(DB_RETRY_AFTER_S)},
+        )  # fmt: skip
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the first in a minute with its traceback, the rest counted; the hub keeps serving

@@ -14,8 +14,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from hub.storage import HubStore
+from hub.storage.postgres import store as postgres_store
+from hub.storage.postgres.store import SESSION_DEFAULTS
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -65,6 +68,11 @@ async def _agent(store: HubStore, location: str) -> Agent:
 async def _get(session: aiohttp.ClientSession, url: str, token: str) -> tuple[int, Any]:
     async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
         return resp.status, await resp.json(content_type=None)
+
+
+def with_search_path(url: str) -> dict[str, str]:
+    """The search_path a store URL of ``tests.harness.pg`` sets, as a connection's server settings."""
+    return dict(part.split("=", 1) for part in url.split("?", 1)[1].split("&"))
 
 
 async def _terminate_sessions(db_url: str) -> int:
@@ -133,3 +141,37 @@ async def test_sessions_ended_under_load_are_answered_503_and_the_hub_recovers(p
                         await asyncio.sleep(0.05)
                     assert agent.pending is None
                 assert await waiter
+
+
+async def test_a_hub_stalled_in_a_transaction_delays_the_others_ingest_boundedly(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small bounds for the test; a real hub has the defaults of SESSION_DEFAULTS (or what its URL says).
+    defaults = {**SESSION_DEFAULTS, "lock_timeout": "500ms", "idle_in_transaction_session_timeout": "2s"}
+    monkeypatch.setattr(postgres_store, "SESSION_DEFAULTS", defaults)
+    async with hub_in_process(pg_url, rate_limit_per_s=0) as hub:
+        agent = await _agent(hub.store, "L1")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+            assert await agent.sync(session, hub.url) == 200
+            # Another hub stalled (SIGSTOP, a VM pause) between its closing statement and COMMIT: its session sits
+            # idle in a transaction holding the change counter's row lock, which every ingest takes last.
+            stalled = await asyncpg.connect(  # a session of that other hub: the same settings as this one's
+                pg_url.split("?")[0],
+                server_settings={**postgres_store.session_settings(pg_url), **with_search_path(pg_url)},
+            )
+            try:
+                await stalled.execute("BEGIN; UPDATE change_counter SET last_id = last_id")
+                headers = {"Authorization": f"Bearer {agent.token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+                async with session.post(f"{hub.url}/v1/sync", data=agent.body(), headers=headers) as resp:
+                    body = await resp.json(content_type=None)
+                    assert resp.status == 503, body
+                    assert body["type"].endswith("unavailable"), body
+                    assert resp.headers["Retry-After"] == "1"
+                # The server ends the stalled session; the next try is stored.
+                async with asyncio.timeout(WAIT_S):
+                    while await agent.sync(session, hub.url) != 200:
+                        await asyncio.sleep(0.2)
+                with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+                    await stalled.fetchval("SELECT 1")
+            finally:
+                stalled.terminate()

@@ -39,6 +39,7 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
     version = -1
     while version < SCHEMA_VERSION:
         async with conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = 0")  # a hub starting waits for the one migrating, however long
             await conn.execute(MIGRATION_LOCK_SQL)
             version = await schema_version(conn)
             if version > SCHEMA_VERSION:

@@ -29,7 +29,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -57,6 +57,21 @@ RETRY_MAX_S = 0.5
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 UNIQUE_VIOLATION = "23505"  # an event id another hub stored meanwhile: the retry sees it as stored
 SERVER_SETTINGS = {"application_name": "shelfsync-hub"}
+# The hub store's sessions start with these PostgreSQL settings unless the URL gives its own (?lock_timeout=2s).
+# A hub that stalls inside a transaction — paused, swapped out, cut off from the network — keeps its locks (the
+# change counter's row, its sender's advisory lock) and every other hub's ingest would wait on them for ever:
+SESSION_DEFAULTS = {
+    # no hub transaction waits on anything but the database, so one idle this long has a stalled hub behind it:
+    # PostgreSQL ends its session and frees its locks
+    "idle_in_transaction_session_timeout": "30s",
+    # a statement waiting this long for a lock fails (503 with Retry-After): the agent tries again, here or elsewhere
+    "lock_timeout": "10s",
+    # a hub whose host vanished is noticed by the server in about a minute, not TCP's two hours
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",  # ms: unacknowledged data to a vanished hub ends the session too
+}
 # The connection, not the statement, failed: the server is gone or ended the session (a restart, a failover,
 # pg_terminate_backend), or the driver lost track of where the protocol stands — asyncpg's InternalClientError
 # ("cannot switch to state 12; another operation (2) is in progress") when a session ends between its last
@@ -70,6 +85,13 @@ def redacted(url: str) -> str:
     if parts.password is None:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def session_settings(url: str) -> dict[str, str]:
+    """The settings a hub store connection is opened with: ``SESSION_DEFAULTS`` but those the URL sets itself
+    (asyncpg sends the URL's own), and ``SERVER_SETTINGS``."""
+    given = parse_qs(urlsplit(url).query)
+    return {**{k: v for k, v in SESSION_DEFAULTS.items() if k not in given}, **SERVER_SETTINGS}
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -119,7 +141,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 min_size=POOL_MIN_SIZE,
                 max_size=POOL_MAX_SIZE,
                 timeout=CONNECT_TIMEOUT_S,
-                server_settings=SERVER_SETTINGS,
+                server_settings=session_settings(url),
                 reset=_keep_session,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as err:
