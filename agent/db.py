@@ -24,6 +24,12 @@ durability is never weakened, two scanners on a slow disk just share a flush.
 Checkpoints never run inline:
 SQLite's automatic checkpoint is off and the thread runs one after every
 ``CHECKPOINT_ROWS`` changed rows.
+
+The file's identity (device and inode) is taken when it is opened. A file
+deleted or replaced under an open connection keeps working through that
+connection while nobody else can see what it holds; ``on_disk()`` tells so
+with one ``os.stat``, and ``keep_file()`` writes the open database back with
+SQLite's backup API (see ``agent.outbox``: what the outbox does about it).
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -49,6 +56,18 @@ INLINE_COMMIT_MAX_S = 0.001  # small writes run on the caller's thread while com
 COMMIT_AVERAGE_WEIGHT = 0.2  # of the newest commit in the running average of commit times
 CHECKPOINT_ROWS = 1_000  # changed rows after which the thread copies the WAL back (SQLite's own: 1,000 pages)
 GROUP_MAX = 64  # queued writes committed in one transaction at most
+
+OnDisk = Literal["same", "missing", "replaced"]  # the path holds the open file, nothing, or another file
+Kept = Literal["same", "restored", "saved"]  # what ``keep_file`` did
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class SqliteThread:
@@ -71,11 +90,16 @@ class SqliteThread:
         self._finished = 0  # work the thread has done; written by the thread only
         self._commit_s: float | None = None  # running average of write transactions; None: not measured yet
         self._changed_rows = 0  # since the last checkpoint
+        self.identity: tuple[int, int] | None = None  # of the file this connection opened
 
     async def connect(self) -> None:
         await self._submit(self._connect)
 
     def _connect(self) -> None:
+        self._conn = self._new_connection()
+        self.identity = file_identity(self.path)
+
+    def _new_connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(  # used from the caller's thread too, one at a time (self._lock)
             self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
         )
@@ -90,7 +114,65 @@ class SqliteThread:
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
+
+    def on_disk(self) -> OnDisk:
+        """Whether the path still holds the file this connection opened (one ``os.stat``)."""
+        if self.identity is None:
+            return "same"  # not opened yet: nothing to compare with
+        try:
+            now = file_identity(self.path)
+        except OSError:
+            return "same"  # cannot look (permissions): not evidence that it is gone
+        if now is None:
+            return "missing"
+        return "same" if now == self.identity else "replaced"
+
+    async def keep_file(self, saved_as: Callable[[], Path]) -> tuple[Kept, Path | None]:
+        """Write the open database back when the path no longer holds it; on the thread, so no write runs meanwhile.
+
+        Missing: a copy (backup API, fsynced) is linked in at the path and this connection moves to it
+        ("restored"). Another file at the path: that file is left alone; the copy goes to ``saved_as()`` and
+        this connection moves to the copy there ("saved"), so closing it later never touches the path's WAL.
+        ``OSError`` or ``sqlite3.Error`` when the copy cannot be written; the open connection stays then.
+        """
+        return await self._submit(functools.partial(self._keep_file, saved_as))
+
+    def _keep_file(self, saved_as: Callable[[], Path]) -> tuple[Kept, Path | None]:
+        state = self.on_disk()
+        if state == "same":
+            return "same", None
+        conn = self._conn
+        assert conn is not None, "SqliteThread used before connect()"
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.copy")
+        _backup(conn, partial)
+        # Closing the old connection deletes "<path>-wal" and "<path>-shm" by name: it must happen before
+        # anything at the path has a WAL of its own. Everything it held is in the copy now.
+        self._conn = None
+        conn.close()
+        kept: Kept = "restored"
+        target = self.path
+        try:
+            if state == "missing":
+                for stale in ("-wal", "-shm", "-journal"):
+                    self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
+                try:
+                    _link_new(partial, self.path)
+                except FileExistsError:  # another process created a file there meanwhile
+                    kept = "saved"
+            else:
+                kept = "saved"
+            if kept == "saved":
+                target = saved_as()
+                _link_new(partial, target)
+        except BaseException:
+            target = partial  # the copy holds everything: go on with it rather than with nothing
+            raise
+        finally:
+            self.path = target
+            self._conn = self._new_connection()
+            self.identity = file_identity(target)
+        return kept, None if kept == "restored" else target
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside one read transaction (a consistent snapshot; never upgraded to a write)."""
@@ -312,6 +394,42 @@ def _begin_at_once(conn: sqlite3.Connection) -> None:
         raise _WriteLockBusy() from err
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def _backup(conn: sqlite3.Connection, partial: Path) -> None:
+    """A complete copy of ``conn``'s database at ``partial``, on disk (fsynced)."""
+    partial.unlink(missing_ok=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    copy = sqlite3.connect(partial)
+    try:
+        conn.backup(copy)
+    finally:
+        copy.close()
+    fd = os.open(partial, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_new(partial: Path, target: Path) -> None:
+    """Give ``partial`` the name ``target``, never over another file (``FileExistsError``); the folder is fsynced."""
+    try:
+        os.link(partial, target)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: a rename, after looking
+        if target.exists():
+            raise FileExistsError(str(target)) from None
+        os.rename(partial, target)
+    else:
+        partial.unlink()
+    if os.name != "nt":
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _settle(done: asyncio.Future[T], result: T | None, err: BaseException | None) -> None:

@@ -29,6 +29,19 @@ and resends everything above the base; the hub counts each event once (an event
 is identified by agent id and event id, not by epoch and seq). It says so once
 as a WARNING and in ``status``.
 
+The file under the agent. Deleting the outbox (or its folder) while the agent
+runs leaves the open file working but nowhere on disk: whatever it holds dies
+with the process. Before every write and every ``FILE_CHECK_S`` in the running
+agent, the outbox compares the path's (st_dev, st_ino) with the file it
+opened. Deleted: it writes the open database back at the path (SQLite's backup
+API, fsynced), goes on there and says so once as an ERROR; until that has
+worked, new movements are refused like on a full disk. Replaced by another
+file (a backup put back, a new outbox made by hand): that file is left alone,
+the open one is saved beside it as ``outbox.sqlite3.replaced-<UTC time>``,
+new movements are refused, ``replaced`` is set (the agent stops so that its
+restart uses the file now at the path), and ``shelfsync-agent outbox send
+FILE`` sends the saved copy's movements.
+
     async with Outbox.open(path, agent_id="store-1", location="S001") as outbox:
         result = await outbox.record([Movement("S001", "SKU-1", Kind.SALE, -1, "pos:acme")])
 """
@@ -36,6 +49,7 @@ as a WARNING and in ``status``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -50,7 +64,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from agent.counts import COUNTS_SCHEMA, CountCache, add_positions, forget_positions, store_changes, store_counts
-from agent.db import Opening, SqliteFile, SqliteThread
+from agent.db import OnDisk, Opening, SqliteFile, SqliteThread
 from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError, OutboxMissing, OutboxOfAnotherAgent
 from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
 from protocol.feed import FeedChange
@@ -68,6 +82,8 @@ EPOCH_BITS = 63
 OPEN_BUSY_S = 10.0  # opening waits this long for another process creating or migrating the same file
 OPEN_RETRY_S = 0.05
 INLINE_MAX_MOVEMENTS = 8  # a record of at most this many may commit on the caller's thread (agent.db)
+FILE_CHECK_S = 2.0  # the running agent looks whether its outbox is still at its path this often, writes or not
+REPLACED_SUFFIX = ".replaced-"  # the open outbox saved beside another file put at its path: <name>.replaced-<UTC time>
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -262,6 +278,10 @@ class Outbox(SqliteFile):
         self._chain_column = "chain"
         self.new_data = asyncio.Event()  # set after every commit that added events
         self.counts = CountCache(self)
+        self.replaced = asyncio.Event()  # another file is at the path now; this one was saved beside it
+        self.saved_copy: Path | None = None  # where, then
+        self._keeping = asyncio.Lock()  # one write-back at a time
+        self._refusal: OutboxError | None = None  # why new movements are refused (the file is not on disk)
 
     # --- lifecycle -----------------------------------------------------
     @classmethod
@@ -393,6 +413,79 @@ class Outbox(SqliteFile):
     def _closed_error(self) -> Exception:
         return OutboxClosed(self.path)
 
+    async def close(self) -> None:
+        """Close; a file deleted under this outbox is written back first (its connection is the last copy)."""
+        if not self._closed:
+            with contextlib.suppress(OutboxError):
+                await self.check_file()
+        await super().close()
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+        if not self._closed and self._db.on_disk() != "same":
+            await self.check_file()
+        return await super()._write(fn, small=small)
+
+    async def check_file(self) -> OnDisk:
+        """Whether the path still holds this outbox; if not, write it back or save it (see the module doc).
+
+        Returns what was found: "same", "missing" (written back, or refused until it can be) or "replaced".
+        """
+        if self._closed or (found := self._db.on_disk()) == "same":
+            return "same"
+        async with self._keeping:
+            found = self._db.on_disk()
+            if found == "same":
+                return "same"
+            try:
+                kept, saved = await self._db.keep_file(self._saved_name)
+            except (OSError, sqlite3.Error) as err:
+                if str(self._db.path) == self.path:  # nothing moved: the open file still holds everything
+                    if self._refusal is None:
+                        log.error(
+                            "The outbox %s is no longer on disk and could not be written back (%s); new movements"
+                            " are refused until it can be, and every movement recorded before is held by this agent.",
+                            self.path, err,
+                        )  # fmt: skip
+                    self._refusal = OutboxError(
+                        f"the outbox {self.path} is no longer on disk and could not be written back ({err});"
+                        " nothing of this write was recorded and everything recorded before is safe; record again"
+                    )
+                    return found
+                kept, saved = "saved", self._db.path  # written, but not where it belongs: like another file there
+            if kept == "restored":
+                self._refusal = None
+                stats = await self.stats()
+                log.error(
+                    "The outbox %s was deleted while the agent ran; it was written back from the open file with all"
+                    " %s movements (%s not yet at the hub) and the agent goes on with it.",
+                    self.path, f"{stats.last_seq:,}", f"{stats.backlog:,}",
+                )  # fmt: skip
+                return "missing"
+            self.saved_copy = saved
+            self._refusal = OutboxError(
+                f"the outbox {self.path} was replaced by another file while the agent ran and the agent stops to"
+                " use it; nothing of this write was recorded; record again once the agent runs again"
+            )
+            waiting = (await self.stats()).backlog
+            log.error(
+                "The outbox %s was replaced by another file while the agent ran; the agent's own, with %s movements"
+                " the hub has not acknowledged, was saved as %s (send them with `shelfsync-agent outbox send %s`),"
+                " and the agent stops so that its restart uses the file now at %s.",
+                self.path, f"{waiting:,}", saved, saved, self.path,
+            )  # fmt: skip
+            self.replaced.set()
+            return "replaced"
+
+    def _saved_name(self) -> Path:
+        """Beside the outbox: ``<name>.replaced-<UTC time>``, never an existing file's name."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = Path(f"{self.path}{REPLACED_SUFFIX}{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = Path(f"{self.path}{REPLACED_SUFFIX}{stamp}-{n}")
+        return target
+
     def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
         detail = write_failure(err) if verb == "written" else err
         return OutboxError(f"the outbox {self.path} could not be {verb}: {detail}")
@@ -416,6 +509,9 @@ class Outbox(SqliteFile):
         """
         if self._closed:
             raise OutboxClosed(self.path)
+        await self.check_file()  # a movement is acknowledged only in a file that is on disk at the path
+        if self._refusal is not None:
+            raise self._refusal
         drafts = [self._draft(i, m) for i, m in enumerate(movements)]
         small = len(drafts) <= INLINE_MAX_MOVEMENTS
         result = await self._write(lambda conn: self._insert(conn, drafts, tally), small=small)

@@ -1,0 +1,93 @@
+"""The outbox file taken away under an open outbox: written back, or saved beside the file put in its place."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent import Movement, Outbox, OutboxError
+from agent.outbox import REPLACED_SUFFIX
+from protocol import Kind
+
+AGENT = "store-1"
+LOC = "S001"
+
+
+def sale(sku: str = "SKU-1") -> Movement:
+    return Movement(LOC, sku, Kind.SALE, -1, "pos:acme")
+
+
+def delete_outbox(path: Path) -> None:
+    """What `rm outbox.sqlite3*` does: the file and its WAL and shared memory, gone from the folder."""
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def skus_in(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT sku FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+async def test_a_deleted_outbox_is_written_back_before_the_next_movement(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale("A"), sale("B")])
+        delete_outbox(path)
+        with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+            await outbox.record([sale("C")])
+        assert skus_in(path) == ["A", "B", "C"], "the movement acknowledged after the deletion is in the file on disk"
+        await outbox.record([sale("D")])
+        assert (await outbox.stats()).backlog == 4
+    assert skus_in(path) == ["A", "B", "C", "D"]
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(said) == 1 and "was deleted while the agent ran" in said[0] and str(path) in said[0], said
+
+
+async def test_a_deleted_outbox_is_written_back_when_it_is_closed(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale("A")])
+        delete_outbox(path)
+    assert skus_in(path) == ["A"], "closing its last connection would have lost it"
+
+
+async def test_looking_finds_a_deleted_outbox_without_a_write(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale("A")])
+        delete_outbox(path)
+        assert await outbox.check_file() == "missing"
+        assert skus_in(path) == ["A"]
+        assert await outbox.check_file() == "same"
+
+
+async def test_an_outbox_replaced_by_another_file_is_saved_beside_it_and_refuses_movements(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale("A"), sale("B")])
+        os.replace(path, tmp_path / "moved-away.sqlite3")  # the WAL stays: as if a backup was copied over the file
+        async with Outbox.open(path, agent_id=AGENT, location=LOC) as other:
+            await other.record([sale("OTHER")])
+        with caplog.at_level(logging.ERROR, logger="agent.outbox"), pytest.raises(OutboxError, match="replaced"):
+            await outbox.record([sale("C")])
+        assert outbox.replaced.is_set()
+        saved = outbox.saved_copy
+        assert saved is not None and saved.name.startswith(path.name + REPLACED_SUFFIX)
+        with pytest.raises(OutboxError, match="replaced"):
+            await outbox.record([sale("C")])
+        assert (await outbox.stats()).backlog == 2
+    assert skus_in(path) == ["OTHER"], "the file put at the path is left alone"
+    assert skus_in(saved) == ["A", "B"], "the agent's own is saved, nothing of the refused movement in it"
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(said) == 1 and str(saved) in said[0] and "2 movements the hub has not acknowledged" in said[0], said
