@@ -1,8 +1,10 @@
-"""``shelfsync-agent``: run the agent, show its status, record one movement by hand.
+"""``shelfsync-agent``: run the agent, show its status, record one movement by hand, send a saved outbox.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error (an
 outbox of another agent id included); ``run`` 3 when another agent already
-runs on the same outbox; ``status`` 3 when no agent is running on the outbox,
+runs on the same outbox, 1 when its outbox was replaced by another file while it
+ran (its own was saved beside it; the restart uses the new one); ``status`` 3
+when no agent is running on the outbox,
 4 when the hub does not answer, 5 when the hub refused this agent's
 credentials (docs/agent.md).
 
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, replace
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,8 +42,8 @@ from agent.discovery import HubFinder
 from agent.errors import AgentError, ConfigError, InvalidMovement, OutboxOfAnotherAgent
 from agent.hub_loop import hub_connector, use_ca_file
 from agent.localapi.runtime import start_staff_services
-from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock
-from agent.outbox import Movement, Outbox, OutboxStats
+from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock, refuse_new_outbox_beside_agent
+from agent.outbox import FILE_CHECK_S, Movement, Outbox, OutboxStats
 from agent.pos import PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
 from agent.redact import install_log_redaction, redact_url
 from agent.replicator import Replicator
@@ -68,6 +71,7 @@ CATALOG_CACHE_FILENAME = "catalog-cache.json"
 PROG = "shelfsync-agent"
 DISTRIBUTION = "shelfsync"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SEND_WAIT_S = 300.0  # outbox send: how long to wait for the hub to hold every movement before giving up
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGBREAK")  # SIGBREAK: Ctrl+Break on Windows
 RELOAD_SIGNALS = ("SIGHUP",)  # none on Windows
 
@@ -110,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--location", help="default: the agent's location")
     record.add_argument("--source", default="api:cli", help="what produced it (default: api:cli)")
     add_import_parser(commands, parents=[common])
+    outbox = commands.add_parser("outbox", help="work with outbox files (send a saved copy to the hub)")
+    actions = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    send = actions.add_parser(
+        "send",
+        parents=[common],
+        help="send the movements of another outbox file of this agent (a saved outbox.sqlite3.replaced-…) to the hub",
+    )
+    send.add_argument("file", metavar="FILE", help="the outbox file to send")
+    send.add_argument(
+        "--wait-s",
+        type=float,
+        default=SEND_WAIT_S,
+        help=f"give up when the hub does not hold every movement after this long (default {SEND_WAIT_S:g})",
+    )
     commands.add_parser(
         "rebind",
         parents=[common],
@@ -139,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "record": _record,
         "import": import_command,
         "rebind": _rebind,
+        "outbox": _outbox_send,
     }[args.command]
     try:
         return asyncio.run(command(config, args))
@@ -179,7 +198,7 @@ def _open(config: AgentConfig, *, create: bool = True) -> Any:
     )
 
 
-def _replicator(config: AgentConfig, outbox: Outbox) -> Replicator | None:
+def _replicator(config: AgentConfig, outbox: Outbox, *, feed: bool = True) -> Replicator | None:
     a, r = config.agent, config.replicator
     if a.hub_url is None or a.token is None:
         return None
@@ -195,7 +214,7 @@ def _replicator(config: AgentConfig, outbox: Outbox) -> Replicator | None:
         auth_retry_s=r.auth_retry_s,
         heartbeat_s=r.heartbeat_s,
         answer_max_bytes=r.answer_max_bytes,
-        feed=True,  # the count cache follows the hub's change feed for this location (agent.feed)
+        feed=feed,  # the count cache follows the hub's change feed for this location (agent.feed)
     )
 
 
@@ -258,17 +277,19 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
         simulation: asyncio.Task[int] | None = None
         if config.simulate is not None and config.simulate.enabled:
             simulation = asyncio.create_task(Simulator(outbox, config.simulate, location=a.location).run())
+        watch = asyncio.create_task(_watch_outbox(outbox))
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not outbox.replaced.is_set():
                 waits: list[asyncio.Future[Any]] = [
                     asyncio.ensure_future(stop.wait()),
                     asyncio.ensure_future(reload.wait()),
                     asyncio.ensure_future(moved.wait()),
+                    asyncio.ensure_future(outbox.replaced.wait()),
                 ]
                 if simulation is not None and not simulation.done():
                     waits.append(simulation)
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for waiting in waits[:3]:
+                for waiting in waits[:4]:
                     waiting.cancel()
                 if simulation is not None and simulation.done() and (failure := simulation.exception()) is not None:
                     raise failure
@@ -284,6 +305,8 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
                     replicator = await _follow_hub(config, outbox, replicator)
                     services.update_credentials(config)
         finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             if finder is not None:
                 await finder.stop()
             if simulation is not None:  # done already when its failure stops the agent: raised above, not again
@@ -293,8 +316,22 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
                 await replicator.stop()
             await services.aclose()
         backlog = (await outbox.stats()).backlog
+        if outbox.replaced.is_set():  # said in one sentence when it was found; the restart uses the new file
+            return EXIT_FAILURE
     log.info("Agent %s stopped; %s events wait for the hub in the outbox.", a.id, f"{backlog:,}")
     return EXIT_OK
+
+
+async def _watch_outbox(outbox: Outbox) -> None:
+    """Every FILE_CHECK_S: is the outbox still at its path? (Writes look too; this finds it with none.)"""
+    while not outbox.replaced.is_set():
+        await asyncio.sleep(FILE_CHECK_S)
+        try:
+            await outbox.check_file()
+        except AgentError as err:  # said by the outbox; the next look tries again
+            log.debug("Looking at the outbox file failed: %s", err)
+        except Exception:  # a bug must not end the looking: the writes look too
+            log.exception("Looking whether the outbox %s is still on disk failed.", outbox.path)
 
 
 class _Services(contextlib.AsyncExitStack):
@@ -567,6 +604,40 @@ async def _rebind(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- outbox send ------------------------------------------------------------------
+async def _outbox_send(config: AgentConfig, args: argparse.Namespace) -> int:
+    """Send another outbox file of this agent (a copy saved when its outbox was replaced) until the hub holds it all."""
+    a = config.agent
+    path = Path(args.file)
+    if a.hub_url is None or a.token is None:
+        raise ConfigError("sending an outbox needs hub_url and the token in [agent]")
+    if not path.is_file():
+        raise AgentError(f"there is no outbox file at {path}")
+    if path.resolve() == a.outbox.resolve():
+        raise ConfigError(f"{path} is this agent's own outbox; `{PROG} run` sends it")
+    with hold_agent_lock(path):  # two sends of one file would only race each other
+        async with Outbox.open(path, agent_id=a.id, location=None, synchronous=a.synchronous, create=False) as outbox:
+            waiting = (await outbox.stats()).backlog
+            replicator = _replicator(config, outbox, feed=False)
+            assert replicator is not None  # hub_url and token are set
+            await replicator.start()
+            try:
+                await asyncio.wait_for(replicator.wait_synced(), args.wait_s)
+            except TimeoutError:
+                left = (await outbox.stats()).backlog
+                why = replicator.state.last_error or "no answer yet"
+                print(
+                    f"{PROG}: {left:,} of the {waiting:,} movements in {path} have not reached the hub within"
+                    f" {args.wait_s:g} s ({why}); they stay in the file, run the command again",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILURE
+            finally:
+                await replicator.stop()
+    print(f"The hub holds every movement of {path} ({waiting:,} were waiting); the file may be deleted now.")
+    return EXIT_OK
+
+
 # --- record ----------------------------------------------------------------------
 async def _record(config: AgentConfig, args: argparse.Namespace) -> int:
     movement = Movement(
@@ -578,6 +649,7 @@ async def _record(config: AgentConfig, args: argparse.Namespace) -> int:
         ref=args.ref,
         reason=args.reason,
     )
+    refuse_new_outbox_beside_agent(config.agent.outbox)
     async with _open(config) as outbox:
         result = await outbox.record([movement])
     print(event_id_hex(result.events[0].event_id), flush=True)

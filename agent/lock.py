@@ -11,7 +11,11 @@ the file left behind never blocks the next start.
 Only ``run`` needs it. ``record`` and ``import`` write the outbox next to a
 running agent through SQLite's own locking (each write one ``BEGIN
 IMMEDIATE``), and ``status`` only asks whether the lock is held
-(``agent_running``) to tell a stopped agent from a running one.
+(``agent_running``) to tell a stopped agent from a running one. They do not
+create an outbox while an agent runs on its path
+(``refuse_new_outbox_beside_agent``): the file is missing because it was
+deleted under the agent, which writes it back from its open copy, and a new
+one there would stand in its way.
 
     with hold_agent_lock(config.agent.outbox):
         ...  # AgentAlreadyRunning if another process holds it
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from agent.errors import AgentError
+from agent.errors import AgentError, OutboxError
 
 LOCK_SUFFIX = ".lock"
 ACQUIRE_WAIT_S = 1.0  # how long ``run`` waits for the lock: covers ``status`` peeking at it at that moment
@@ -75,3 +79,12 @@ def agent_running(outbox: Path) -> bool:
         return False
     lock.release()
     return False
+
+
+def refuse_new_outbox_beside_agent(outbox: Path) -> None:
+    """``OutboxError`` when there is no outbox at ``outbox`` while an agent runs on it (see the module doc)."""
+    if not outbox.exists() and agent_running(outbox):
+        raise OutboxError(
+            f"there is no outbox at {outbox} although an agent runs on it (it was deleted; the agent writes it back"
+            " within a few seconds and logs it); nothing was recorded, record again then"
+        )

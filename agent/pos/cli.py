@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Self, TextIO
 from tqdm import tqdm
 
 from agent.errors import AgentError, ConfigError
+from agent.lock import refuse_new_outbox_beside_agent
 from agent.outbox import Outbox
 from agent.pos.config import PosImportConfig
 from agent.pos.importer import PosImporter
@@ -103,6 +104,7 @@ async def import_command(config: AgentConfig, args: argparse.Namespace, *, out: 
         return EXIT_USAGE
     a = config.agent
     worst = EXIT_OK
+    refuse_new_outbox_beside_agent(a.outbox)
     async with (
         Outbox.open(a.outbox, agent_id=a.id, location=a.location, synchronous=a.synchronous) as outbox,
         PosStore.open(store_path) as store,

@@ -61,3 +61,29 @@ def test_the_lock_is_released_at_the_end_and_can_be_taken_again(tmp_path: Path) 
         assert path == lock_path(outbox) and path.exists()
     with hold_agent_lock(outbox, wait_s=0):
         pass
+
+
+@pytest.mark.parametrize("command", [["record", "--sku", "SKU-1", "--kind", "receive", "--qty", "1"], ["import"]])
+def test_record_and_import_do_not_make_a_new_outbox_where_a_running_agent_lost_its_own(
+    tmp_path: Path, command: list[str]
+) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nid = "store-1"\nlocation = "S001"\ndata_dir = "{tmp_path.as_posix()}"\n')
+    if command == ["import"]:
+        export = tmp_path / "sales.csv"
+        export.write_text("sku,qty,kind\nSKU-1,1,receive\n")
+        command = ["import", "--profile", "generic", str(export)]
+    holder = _holder(outbox)  # the agent runs; its outbox was deleted under it
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent", command[0], "--config", str(config), *command[1:]],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait(timeout=20)
+    assert done.returncode == 1 and done.stdout == "", done
+    assert done.stderr.startswith(f"shelfsync-agent: there is no outbox at {outbox} although an agent runs on it")
+    assert done.stderr.count("\n") == 1, f"one sentence, no traceback: {done.stderr}"
+    assert not outbox.exists(), "no new outbox in the way of the one the agent writes back"
