@@ -43,7 +43,7 @@ from agent.scan_journal import JournalError, ScanJournal
 from protocol import Kind, wall_ms_now
 from protocol import catalog as barcodes
 from protocol.event import ATTR_STR_MAX_LEN
-from protocol.values import CONTROL_RE
+from protocol.values import CONTROL_RE, shown
 
 if TYPE_CHECKING:  # agent.config imports this module for the mode names
     from agent.config import ScannerSection
@@ -194,18 +194,21 @@ class ModeRouter:
             raise
         except InvalidMovement as err:
             return ScanOutcome(
-                ScanResult.FAILED, f"Scan {barcode[:40]!r} cannot be booked: {err}.", location=location, sku=sku
+                ScanResult.FAILED, f"Scan {shown(barcode, 40)} cannot be booked: {err}.", location=location, sku=sku
             )
         except OutboxError as err:
             return ScanOutcome(
-                ScanResult.FAILED, f"Scan {barcode[:40]!r} was NOT recorded: {err}.", location=location, sku=sku
+                ScanResult.FAILED, f"Scan {shown(barcode, 40)} was NOT recorded: {err}.", location=location, sku=sku
             )
         if rule.kind is Kind.COUNT:
             self._counts[(reader.id, location, sku)] = (qty, self._wall_clock_ms())
         ids = tuple(ev.event_id for ev in recorded.events)
         what = f"{rule.kind.value} {qty:+d}" if rule.kind is not Kind.COUNT else f"count {qty}"
         if item is None:
-            message = f"Barcode {decoded.catalog_key[:40]} is not in the catalog; booked as {sku} ({what}) for the hub to re-book."
+            message = (
+                f"Barcode {shown(decoded.catalog_key, 40, bare=True)} is not in the catalog; "
+                f"booked as {shown(sku, bare=True)} ({what}) for the hub to re-book."
+            )
             return ScanOutcome(ScanResult.UNKNOWN, message, ids, location, sku, rule.kind, qty)
         pack = f" (a pack of {units})" if units > 1 else ""
         return ScanOutcome(
@@ -229,7 +232,7 @@ def problem_outcome(reader_id: str, scan: hardware.Scan, error: hardware.DecodeE
     if not scan.complete:
         return ScanOutcome(
             ScanResult.INCOMPLETE,
-            f"The scan {scan.text[:40]!r} from scanner {reader_id!r} was cut off; scan the item again.",
+            f"The scan {shown(scan.text, 40)} from scanner {reader_id!r} was cut off; scan the item again.",
         )
     reason = str(error) if error is not None else "the scan could not be decoded"
     return ScanOutcome(ScanResult.DECODE_ERROR, reason)
@@ -364,7 +367,7 @@ class ScanService:
                 log.info("The outbox was closed; scanner %r stops booking.", section.id)
                 return
             except Exception:  # a bug must not stop the reader: the scan is journaled, the next one routed
-                log.exception("Scan %r from scanner %r could not be handled.", scan.text[:40], section.id)
+                log.exception("Scan %s from scanner %r could not be handled.", shown(scan.text, 40), section.id)
 
     async def handle(self, section: ScannerSection, scan: hardware.Scan) -> ScanOutcome:
         """One scan: journal it, decode it, route it, journal the outcome, tell the operator of a problem."""
@@ -373,15 +376,15 @@ class ScanService:
             scan_id = await self.journal.add(section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode)
         except JournalError as err:
             log.error(
-                "Scan %r from scanner %r could not be journaled (it is still booked): %s",
-                scan.text[:40],
+                "Scan %s from scanner %r could not be journaled (it is still booked): %s",
+                shown(scan.text, 40),
                 section.id,
                 err,
             )
         decoded: hardware.Decoded | None = None
         error: hardware.DecodeError | None = None
         if not scan.complete:
-            error = hardware.DecodeError(scan.text, f"The scan {scan.text[:40]!r} was cut off; scan the item again.")
+            error = hardware.DecodeError(scan.text, f"The scan {shown(scan.text, 40)} was cut off; scan the item again.")
         else:
             try:
                 decoded = hardware.decode(scan.text, rcn_region=section.rcn_region)

@@ -350,7 +350,7 @@ def _decode_retail(
             upc_a = Upc.parse(digits, config=config).as_upc_a()
         except ParseError as err:
             sentence = _check_digit_sentence(digits, "UPC-E barcode", upc_e=True)
-            raise DecodeError(text, sentence or f"UPC-E barcode {digits} is not valid ({_detail(err)}).") from err
+            raise DecodeError(text, sentence or f"UPC-E barcode {_shown(digits)!r} is not valid ({_detail(err)}).") from err
         gtin = _parse_gtin(upc_a, config, text)
     else:
         gtin = _parse_gtin(digits, config, text)

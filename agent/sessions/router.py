@@ -19,6 +19,7 @@ import hardware
 from agent.scanning import ScanOutcome, ScanResult, ScanRouter, problem_outcome
 from agent.sessions.errors import SessionError
 from agent.sessions.manager import SessionManager
+from protocol.values import shown
 
 
 class SessionRouter:
@@ -48,13 +49,13 @@ class SessionRouter:
         except SessionError as err:
             return ScanOutcome(
                 ScanResult.FAILED,
-                f"Scan {scan.text[:40]!r} was not added to {session.type.value} session {session.id}: {err}.",
+                f"Scan {shown(scan.text, 40)} was not added to {session.type.value} session {session.id}: {err}.",
                 location=session.location,
             )
         unknown = " (not in the catalog)" if line.unknown else ""
         return ScanOutcome(
             ScanResult.HANDLED,
-            f"Added {line.qty} of {line.sku}{unknown} to {session.type.value} session {session.id} as line {line.no};"
+            f"Added {line.qty} of {shown(line.sku, bare=True)}{unknown} to {session.type.value} session {session.id} as line {line.no};"
             " it is booked when the session closes.",
             location=session.location,
             sku=line.sku,

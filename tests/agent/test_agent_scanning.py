@@ -116,6 +116,22 @@ async def test_an_unknown_barcode_is_booked_as_unknown_never_dropped(
     assert any("is not in the catalog" in m for m in caplog.messages)
 
 
+async def test_scanner_text_is_escaped_in_every_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A scanner's bytes never reach the log as they are: a terminal escape, a NUL, a GS or a bidi override
+    in a scan appears as its escape, so a scan cannot repaint the operator's terminal or forge a line."""
+    caplog.set_level(logging.DEBUG)
+    escapes = b"\x1b[2J\x1b[31mFAKE ERROR\x1b[0m\x00"
+    text_with_gs = b"]C0BIN" + GS.encode() + b"7"
+    bidi = "]C0SHELF\u202eGAT".encode()
+    async with rig(tmp_path) as r:
+        await r.scan(escapes, text_with_gs, bidi)
+    lines = [rec.getMessage() for rec in caplog.records if rec.name.startswith(("agent.", "hardware."))]
+    assert any("FAKE ERROR" in line for line in lines)
+    assert [line for line in lines if not line.isprintable()] == []
+    assert any("\\x1b[2J\\x1b[31mFAKE ERROR" in line for line in lines)
+    assert any("BIN\\x1d7" in line for line in lines) and any("SHELF\\u202eGAT" in line for line in lines)
+
+
 async def test_a_bad_check_digit_books_nothing_and_is_journaled_logged_and_shown(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
