@@ -384,10 +384,13 @@ class ScanService:
         decoded: hardware.Decoded | None = None
         error: hardware.DecodeError | None = None
         if not scan.complete:
-            error = hardware.DecodeError(scan.text, f"The scan {shown(scan.text, 40)} was cut off; scan the item again.")
+            error = hardware.DecodeError(
+                scan.text, f"The scan {shown(scan.text, 40)} was cut off; scan the item again."
+            )
         else:
             try:
-                decoded = hardware.decode(scan.text, rcn_region=section.rcn_region)
+                # The raw bytes, not scan.text: bytes that are not UTF-8 are noise, refused, never read as Latin-1.
+                decoded = hardware.decode(scan.raw, rcn_region=section.rcn_region)
             except hardware.DecodeError as err:
                 error = err
         try:

@@ -3,7 +3,7 @@
 Imports nothing from ``agent`` or ``hub``. A reader (serial or keyboard
 wedge) is an async context manager that keeps its device open, reconnects
 with backoff when it goes away, reports availability through ``on_status``
-and yields every ``Scan`` from ``scans()``. ``decode()`` turns a scan's text
+and yields every ``Scan`` from ``scans()``. ``decode()`` turns a scan's bytes
 into a ``Decoded`` value (GTIN, GS1 element strings, RCN, plain text) or
 raises ``DecodeError`` with one sentence for the operator.
 
@@ -11,7 +11,7 @@ raises ``DecodeError`` with one sentence for the operator.
                              on_status=mark_reader) as scanner:
         async for scan in scanner.scans():
             try:
-                decoded = decode(scan.text, rcn_region="gb")
+                decoded = decode(scan.raw, rcn_region="gb")
             except DecodeError as err:
                 tell_operator(str(err))
 """

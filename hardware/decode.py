@@ -12,11 +12,17 @@ AIM identifiers and this guesswork disappears):
 * ``(01)…`` human-readable form, or starting with AI 00, 01 or 02, and parsing
   completely as GS1: GS1 element strings;
 * anything else: plain text (an internal label, a Code 39 shelf tag ...).
+
+A value holding what no barcode carries is an error before any of this:
+bytes that are not UTF-8, a control character other than GS (line noise, a
+scanner on the wrong baud rate or parity) or U+FFFD (a key a keyboard wedge's
+layout does not know). Pass a scan's ``raw`` bytes so the first can be told.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -36,6 +42,11 @@ from hardware.errors import DecodeError, ScannerConfigError
 GS = "\x1d"  # ASCII group separator: FNC1 between variable-length GS1 fields
 GTIN_LENGTHS = (8, 12, 13, 14)
 SHOWN_MAX_CHARS = 48  # how much of a bad value an error message quotes
+
+# What no scan of a barcode holds: the control characters of protocol.values.CONTROL_CHARS but GS, the line
+# separators, and U+FFFD (what the wedge types for a key its layout does not know).
+_CONTROL_RE = re.compile("[\x00-\x1c\x1e\x1f\x7f-\x9f\u2028\u2029]")
+UNREADABLE_CHAR = "\ufffd"
 
 RCN_REGIONS: tuple[str, ...] = tuple(region.value for region in RcnRegion)
 
@@ -192,7 +203,7 @@ def check_rcn_region(region: str | None) -> str | None:
 
 
 def scan_text(raw: bytes) -> str:
-    """Bytes from a scanner as text: UTF-8 when valid, else Latin-1 (which never loses a byte)."""
+    """Bytes from a scanner as text to show: UTF-8 when valid, else Latin-1 (never loses a byte; ``decode`` refuses it)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -200,14 +211,15 @@ def scan_text(raw: bytes) -> str:
 
 
 def decode(text: str | bytes, *, rcn_region: str | None = None) -> Decoded:
-    """Decode one scanned value; raise ``DecodeError`` when it cannot be trusted."""
+    """Decode one scanned value (a scan's ``raw`` bytes, or text); raise ``DecodeError`` when it cannot be trusted."""
     if isinstance(text, (bytes, bytearray)):
-        text = scan_text(bytes(text))
+        text = _utf8(bytes(text))
     region = check_rcn_region(rcn_region)
     config = ParseConfig(rcn_region=region)
     value = text.strip(" \t\r\n")  # not str.strip(): GS (0x1d) counts as whitespace there
     if not value:
         raise DecodeError(text, "The scan is empty.")
+    _check_characters(value, text)
 
     ident: SymbologyIdentifier | None = None
     symbology: Symbology | None = None
@@ -238,6 +250,35 @@ def decode(text: str | bytes, *, rcn_region: str | None = None) -> Decoded:
         except _NotGS1:
             pass
     return Decoded(kind=DecodedKind.TEXT, data=payload)
+
+
+def _utf8(raw: bytes) -> str:
+    """The bytes a scanner sent as text; bytes that are not UTF-8 are noise or a misread, never a barcode."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        text = scan_text(raw)
+        raise DecodeError(
+            text,
+            f"The scan {_shown(text)!r} holds bytes that are not text (not UTF-8: line noise, or a scanner whose "
+            "baud rate, parity or character set does not match); scan the item again.",
+        ) from err
+
+
+def _check_characters(value: str, text: str) -> None:
+    """Refuse a value holding what no barcode carries: it is noise or a misread, never a barcode to book."""
+    if UNREADABLE_CHAR in value:
+        raise DecodeError(
+            text,
+            f"The scan {_shown(value)!r} holds characters that could not be read (a key the scanner's keyboard "
+            "layout does not know, or bytes that are not text); check the scanner's settings and scan the item again.",
+        )
+    if _CONTROL_RE.search(value):
+        raise DecodeError(
+            text,
+            f"The scan {_shown(value)!r} holds control characters no barcode carries (line noise, or a scanner "
+            "whose baud rate or parity does not match); scan the item again.",
+        )
 
 
 class _NotGS1(Exception):
@@ -350,7 +391,9 @@ def _decode_retail(
             upc_a = Upc.parse(digits, config=config).as_upc_a()
         except ParseError as err:
             sentence = _check_digit_sentence(digits, "UPC-E barcode", upc_e=True)
-            raise DecodeError(text, sentence or f"UPC-E barcode {_shown(digits)!r} is not valid ({_detail(err)}).") from err
+            raise DecodeError(
+                text, sentence or f"UPC-E barcode {_shown(digits)!r} is not valid ({_detail(err)})."
+            ) from err
         gtin = _parse_gtin(upc_a, config, text)
     else:
         gtin = _parse_gtin(digits, config, text)

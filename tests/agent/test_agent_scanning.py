@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,25 @@ async def test_an_unknown_barcode_is_booked_as_unknown_never_dropped(
     assert events[1].attrs == {"symbology": "]C0", "barcode": "SHELF TAG 9", "unknown": True}
     assert {e.result for e in entries} == {"unknown"}
     assert any("is not in the catalog" in m for m in caplog.messages)
+
+
+async def test_line_noise_books_nothing_and_every_good_scan_is_kept(tmp_path: Path) -> None:
+    """Noise on the line (NULs and bytes that are not text, a burst of random bytes) is a problem the operator
+    sees, never a movement; the good scans around it are all booked."""
+    noise = bytes(b for b in random.Random(1).randbytes(2000) if b not in b"\r\n")[:300]
+    nuls = b"\x00\xff\xfe" * 10
+    good = b"]E0" + EAN13.encode()
+    async with rig(tmp_path) as r:
+        await r.scan(good, nuls, noise, good)
+        events = await r.events()
+        entries = await r.journal.recent()
+        [state] = await r.journal.readers()
+    assert [(e.sku, e.qty) for e in events] == [("MUG-01", 1), ("MUG-01", 1)]
+    assert [(e.raw, e.result) for e in reversed(entries)] == [
+        (good, "booked"), (nuls, "decode_error"), (noise, "decode_error"), (good, "booked"),
+    ]  # fmt: skip
+    assert (state.scans, state.problems) == (4, 2)
+    assert "scan the item again" in (state.last_problem or "")
 
 
 async def test_scanner_text_is_escaped_in_every_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -154,8 +154,34 @@ def test_ean_with_add_on() -> None:
 
 def test_bytes_are_decoded_as_utf8_or_latin1() -> None:
     assert decode(b"]E05901234123457").gtin == "05901234123457"
+    assert decode("Caf\u00e9".encode()).data == "Caf\u00e9"
     assert scan_text("Caf\u00e9".encode()) == "Caf\u00e9"
     assert scan_text(b"Caf\xe9") == "Caf\u00e9"  # not UTF-8: Latin-1, no byte lost
+
+
+@pytest.mark.parametrize(
+    ("scanned", "message"),
+    [
+        (b"\x00\xff\xfe" * 10, "bytes that are not text"),  # noise on the line, not UTF-8
+        (b"Caf\xe9", "bytes that are not text"),  # Latin-1 (a scanner on another character set): not guessed
+        (bytes(range(0x41, 0x50)) + b"\x00\x01", "control characters no barcode carries"),
+        ("]C0\x1b[2J\x1b[31mFAKE", "control characters no barcode carries"),
+        ("590123412345\x007", "control characters no barcode carries"),
+        ("]C0BIN\u20287", "control characters no barcode carries"),
+        ("1\ufffd2", "could not be read"),  # a key the wedge's layout does not know
+        ("]E0\ufffd901234123457", "could not be read"),
+    ],
+)
+def test_noise_control_characters_and_unreadable_keys_are_errors(scanned: str | bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message) as caught:
+        decode(scanned)
+    assert str(caught.value).isprintable()  # quoted with its control characters escaped
+
+
+def test_what_barcodes_carry_still_decodes() -> None:
+    assert decode(f"]C10109501101530003{GS}10LOT{GS}".encode()).lot == "LOT"  # GS: FNC1
+    assert decode("]C0Caf\u00e9 \u00e0 la carte\t\r\n".encode()).data == "Caf\u00e9 \u00e0 la carte"
+    assert decode("\t]E05901234123457\r").gtin == "05901234123457"  # a tab or CR around the value is a suffix
 
 
 # -- GS1 element strings ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from hardware import (
     GS,
+    DecodeError,
     KeyboardWedgeDecoder,
     ScannerConfigError,
     WedgeScanner,
@@ -109,6 +110,8 @@ def test_caps_lock_flips_letters_only() -> None:
 def test_an_unknown_key_is_visible_not_dropped() -> None:
     frames = KeyboardWedgeDecoder().feed_all(type_text("12", enter=False) + press(KEY_F5) + type_text("3"))
     assert frames == ["12\ufffd3"]
+    with pytest.raises(DecodeError, match="could not be read"):  # the operator is told; nothing is booked
+        decode(frames[0])
 
 
 def test_keymap_overrides_for_a_qwertz_scanner() -> None:
