@@ -197,7 +197,7 @@ class ScannerReader(ABC):
         if not frame.complete:
             log.warning(
                 "Scanner %r on %s delivered %d bytes as a cut-off scan (the frame never ended before the device "
-                "stopped, or it outgrew the frame limit).",
+                "stopped, or it outgrew the frame limit and the rest of it, up to its line end, is skipped).",
                 self._reader_id,
                 self._where,
                 len(frame.data),

@@ -75,11 +75,22 @@ class KeyboardWedgeDecoder:
         self._caps = False
         self._alt_digits = ""
         self._chars: list[str] = []
+        self._skipping = False
 
     @property
     def pending(self) -> str:
         """The characters of the unfinished frame."""
         return "".join(self._chars)
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame is unfinished: characters waiting, or an over-long run being skipped."""
+        return bool(self._chars) or self._skipping
+
+    def skip_to_end(self) -> None:
+        """Drop the unfinished frame and whatever is typed until its terminator (or ``flush()``): an over-long run."""
+        self._chars.clear()
+        self._skipping = True
 
     def feed(self, type_: int, code: int, value: int) -> str | None:
         if type_ != EV_KEY:
@@ -108,7 +119,8 @@ class KeyboardWedgeDecoder:
             return None
         if code in self._terminators:
             return self.flush()
-        self._chars.append(self._char(code))
+        if not self._skipping:
+            self._chars.append(self._char(code))
         return None
 
     def feed_all(self, events: Iterable[InputEvent]) -> list[str]:
@@ -120,7 +132,8 @@ class KeyboardWedgeDecoder:
         return frames
 
     def flush(self) -> str | None:
-        """End the current frame now; None when it is empty (empty frames are dropped)."""
+        """End the current frame now; None when it is empty (empty frames are dropped) or was skipped."""
+        self._skipping = False
         frame = "".join(self._chars)
         self._chars.clear()
         return frame or None
@@ -236,10 +249,11 @@ class _EventLink:
                 self._deliver(Frame(text.encode("utf-8"), True))
             elif len(self._decoder.pending) > self._config.max_frame_chars:
                 self._flush(complete=False)
+                self._decoder.skip_to_end()  # the rest of the run, up to its Enter, is noise too
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._config.idle_gap_s is not None and self._decoder.pending:
+        if self._config.idle_gap_s is not None and self._decoder.in_frame:
             self._timer = self._loop.call_later(self._config.idle_gap_s, self._flush)
 
     def _flush(self, complete: bool = True) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hardware import (
+    FRAME_MAX_BYTES,
     GS,
     ScannerClosed,
     ScannerConfigError,
@@ -71,6 +72,25 @@ async def test_no_suffix_scanner_frames_end_after_the_idle_gap(pty_scanner: PtyS
         second = await taker.one()
     assert (first.raw, second.raw) == (b"5901234123457", b"BIN-A-12")
     assert first.complete and second.complete
+
+
+async def test_an_over_long_run_is_one_cut_off_scan_and_its_tail_is_not_a_scan(
+    pty_scanner: PtyScanner, statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """20,000 bytes without a line end arrive over the pty in many reads; the part after the cut used to be
+    taken for a scan of its own once its CRLF came. Now the whole run is one cut-off scan and one warning."""
+    caplog.set_level(logging.WARNING, logger="hardware.reader")
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=None), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        taker = ScanTaker(scanner)
+        writing = asyncio.create_task(asyncio.to_thread(pty_scanner.write, b"7" * 20_000 + b"\r\n"))  # > the pty buffer
+        cut = await taker.one()
+        await writing
+        pty_scanner.write(b"5901234123457\r\n")
+        good = await taker.one()
+    assert (cut.raw, cut.complete) == (b"7" * FRAME_MAX_BYTES, False)
+    assert (good.raw, good.complete) == (b"5901234123457", True)
+    assert len([m for m in reader_records(caplog, logging.WARNING) if "cut-off scan" in m]) == 1
 
 
 async def test_gs1_with_group_separators_decodes(pty_scanner: PtyScanner, statuses: StatusLog) -> None:

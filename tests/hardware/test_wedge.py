@@ -114,6 +114,19 @@ def test_an_unknown_key_is_visible_not_dropped() -> None:
         decode(frames[0])
 
 
+def test_an_over_long_run_is_skipped_up_to_its_enter() -> None:
+    """What the reader does past max_frame_chars: the rest of the run never becomes a scan of its own."""
+    decoder = KeyboardWedgeDecoder()
+    assert decoder.feed_all(type_text("7777", enter=False)) == []
+    decoder.skip_to_end()
+    assert decoder.in_frame and decoder.pending == ""
+    assert decoder.feed_all(type_text("777")) == []  # the tail of the run, Enter included
+    assert not decoder.in_frame
+    assert decoder.feed_all(type_text("OK")) == ["OK"]
+    decoder.skip_to_end()
+    assert decoder.flush() is None and not decoder.in_frame  # an idle gap or an unplug ends the run too
+
+
 def test_keymap_overrides_for_a_qwertz_scanner() -> None:
     keymap = keymap_from_config("us", {"KEY_Y": "zZ", "KEY_Z": "y"})
     decoder = KeyboardWedgeDecoder(keymap)
