@@ -7,7 +7,8 @@
 
 The port is a device path (prefer the stable /dev/serial/by-id/ symlink) or
 ``socket://host:port`` for a serial device server. Frames end at CR, LF or
-CRLF, or after ``idle_gap_s`` of silence for scanners that send no suffix.
+CRLF, or after ``idle_gap_s`` of silence for scanners that send no suffix
+(``idle_gap_s = 0``: no idle gap, frames end only at CR/LF).
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from hardware.config import check_backoff, check_bool, check_number, check_reader_id, config_from_mapping
+from hardware.config import (
+    check_backoff,
+    check_bool,
+    check_idle_gap,
+    check_number,
+    check_reader_id,
+    config_from_mapping,
+)
 from hardware.errors import HardwareError, ScannerClosed, ScannerConfigError, ScannerDisconnected
 from hardware.framing import FRAME_MAX_BYTES, Frame, FrameSplitter
 from hardware.reader import RECONNECT_INITIAL_S, RECONNECT_MAX_S, ScannerReader, StatusCallback
@@ -56,7 +64,7 @@ class SerialScannerConfig:
     stopbits: float = 1  # 1, 1.5 or 2
     rtscts: bool = False
     xonxoff: bool = False
-    idle_gap_s: float | None = IDLE_GAP_S  # None: frames end only at CR/LF
+    idle_gap_s: float | None = IDLE_GAP_S  # 0 or None (kept as None): frames end only at CR/LF
     reconnect_initial_s: float = RECONNECT_INITIAL_S
     reconnect_max_s: float = RECONNECT_MAX_S
     max_frame_bytes: int = FRAME_MAX_BYTES
@@ -80,8 +88,7 @@ class SerialScannerConfig:
             raise ScannerConfigError(f"stopbits must be 1, 1.5 or 2, got {self.stopbits!r}")
         check_bool("rtscts", self.rtscts)
         check_bool("xonxoff", self.xonxoff)
-        if self.idle_gap_s is not None:
-            check_number("idle_gap_s", self.idle_gap_s, 0.001, IDLE_GAP_MAX_S)
+        object.__setattr__(self, "idle_gap_s", check_idle_gap(self.idle_gap_s, 0.001, IDLE_GAP_MAX_S, "CR/LF"))
         check_backoff(self.reconnect_initial_s, self.reconnect_max_s)
         check_number("max_frame_bytes", self.max_frame_bytes, 16, 1 << 20)
 

@@ -25,7 +25,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hardware.config import check_backoff, check_bool, check_number, check_reader_id, config_from_mapping
+from hardware.config import (
+    check_backoff,
+    check_bool,
+    check_idle_gap,
+    check_number,
+    check_reader_id,
+    config_from_mapping,
+)
 from hardware.errors import HardwareError, ScannerConfigError
 from hardware.framing import FRAME_MAX_BYTES, Frame
 from hardware.keymap import (
@@ -177,7 +184,7 @@ class WedgeScannerConfig:
     keymap: str = "us"
     keymap_overrides: Mapping[str, str] = field(default_factory=dict, hash=False)
     terminator_keys: tuple[str, ...] = DEFAULT_TERMINATORS
-    idle_gap_s: float | None = None  # end a frame after this much silence (scanners without an Enter suffix)
+    idle_gap_s: float | None = None  # end a frame after this much silence (scanners without an Enter); 0/None: never
     reconnect_initial_s: float = RECONNECT_INITIAL_S
     reconnect_max_s: float = RECONNECT_MAX_S
     max_frame_chars: int = FRAME_MAX_BYTES
@@ -193,8 +200,7 @@ class WedgeScannerConfig:
         for key in self.terminator_keys:
             key_code(key)
         keymap_from_config(self.keymap, self.keymap_overrides)  # validates both
-        if self.idle_gap_s is not None:
-            check_number("idle_gap_s", self.idle_gap_s, 0.001, 5.0)
+        object.__setattr__(self, "idle_gap_s", check_idle_gap(self.idle_gap_s, 0.001, 5.0, "a terminator key"))
         check_backoff(self.reconnect_initial_s, self.reconnect_max_s)
         check_number("max_frame_chars", self.max_frame_chars, 16, 1 << 20)
 

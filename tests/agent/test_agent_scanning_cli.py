@@ -162,6 +162,31 @@ async def test_run_books_scans_from_a_serial_reader_and_status_shows_the_reader(
     ]
 
 
+async def test_idle_gap_0_in_agent_toml_keeps_a_scan_paused_mid_line_one_scan(tmp_path: Path) -> None:
+    """TOML has no null: `idle_gap_s = 0` turns the idle gap off, so a frame ends only at CR/LF and a scan that
+    pauses mid-line (a slow device server) is one scan, not two unknown items."""
+    device = PtyDevice(tmp_path / "usb-Zebra_DS2208-if00")
+    (tmp_path / "catalog.csv").write_text(f"barcode,sku\n{EAN13},MUG-01\n", encoding="utf-8")
+    config = write_config(
+        tmp_path,
+        f'[catalog]\nfile = "catalog.csv"\n\n[[scanner]]\nid = "backdoor"\ntype = "serial"\nport = "{device.link}"\n'
+        'mode = "receive"\nidle_gap_s = 0\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.2\n',
+    )
+    running = await start(config)
+    try:
+        await wait_log(running, f"Scanner 'backdoor' opened {device.link}")
+        device.write(EAN13[:6].encode())
+        await device.wait_read()
+        await asyncio.sleep(0.3)  # six times the default idle gap, which would end the frame here
+        device.write(f"{EAN13[6:]}\r\n".encode())
+        await wait_log(running, "Booked receive +1 of MUG-01 at S001.")
+    finally:
+        code = await asyncio.to_thread(running.stop)
+        device.unplug()
+    assert code == 0, running.log
+    assert await outbox_events(tmp_path) == [("MUG-01", Kind.RECEIVE, 1, "scanner:backdoor")]
+
+
 async def test_run_refuses_to_start_with_a_catalog_file_that_cannot_be_read(tmp_path: Path) -> None:
     config = write_config(tmp_path, '[catalog]\nfile = "missing.csv"\n')
     code, _, err = await agent("run", "-c", str(config))

@@ -329,7 +329,11 @@ async def test_close_ends_a_running_consumer(pty_scanner: PtyScanner, statuses: 
         ({"port": "rfc2217://127.0.0.1:7000"}, "not supported"),
         ({"port": "ttyUSB0"}, "absolute"),
         ({"reader_id": "back door"}, "reader_id"),
-        ({"idle_gap_s": 0}, "idle_gap_s"),
+        ({"idle_gap_s": -1}, r"idle_gap_s must be 0 \(no idle gap: frames end only at CR/LF\) or a number"),
+        ({"idle_gap_s": "null"}, "idle_gap_s must be 0"),
+        ({"idle_gap_s": float("nan")}, "idle_gap_s must be 0"),
+        ({"idle_gap_s": False}, "idle_gap_s must be 0"),
+        ({"idle_gap_s": 6}, "from 0.001 to 5"),
         ({"reconnect_initial_s": 5.0, "reconnect_max_s": 1.0}, "must not exceed"),
         ({"rtscts": "yes"}, "rtscts"),
     ],
@@ -338,6 +342,29 @@ def test_bad_settings_are_refused_with_a_clear_sentence(overrides: dict[str, obj
     settings: dict[str, object] = {"port": "/dev/ttyUSB0", **overrides}
     with pytest.raises(ScannerConfigError, match=message):
         config(**settings)  # type: ignore[arg-type]
+
+
+def test_idle_gap_0_in_a_config_file_turns_the_idle_gap_off() -> None:
+    """TOML has no null: idle_gap_s = 0 is how a config file says "frames end only at CR/LF"."""
+    table = {"reader_id": "dock-2", "port": "/dev/ttyS0"}
+    assert SerialScannerConfig.from_mapping({**table, "idle_gap_s": 0}).idle_gap_s is None
+    assert SerialScannerConfig.from_mapping({**table, "idle_gap_s": 0.0}).idle_gap_s is None
+    assert SerialScannerConfig.from_mapping(table).idle_gap_s == 0.05
+    assert SerialScannerConfig.from_mapping({**table, "idle_gap_s": 1}).idle_gap_s == 1.0
+
+
+async def test_with_the_idle_gap_off_a_pause_mid_line_is_one_frame(
+    pty_scanner: PtyScanner, statuses: StatusLog
+) -> None:
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=0), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        taker = ScanTaker(scanner)
+        pty_scanner.write(b"590123")
+        await pty_scanner.wait_read()
+        await asyncio.sleep(0.3)  # far longer than the default idle gap (0.05 s), which would end the frame here
+        pty_scanner.write(b"4123457\r\n")
+        scan = await taker.one()
+    assert (scan.raw, scan.complete) == (b"5901234123457", True)
 
 
 def test_config_from_a_table() -> None:
