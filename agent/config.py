@@ -255,6 +255,21 @@ _KIND_NAMES: dict[tuple[type, ...], str] = {
 }
 
 
+def _directory(s: _Section, key: str, path: Path, directory: Path) -> None:
+    """Refuse ``path`` when ``directory`` (where it is made), or a folder above it, exists as a file."""
+    for found in (directory, *directory.parents):
+        try:
+            if not (found.exists() or found.is_symlink()):
+                continue
+            is_dir = found.is_dir()
+        except OSError:  # not ours to look into (permissions): opening the outbox says what is wrong
+            return
+        if not is_dir:
+            why = "must be a directory" if found == path else f"{path} cannot be made"
+            raise s.error(key, f"{why}; {found} is a file")
+        return
+
+
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
@@ -371,11 +386,14 @@ def _agent(s: _Section) -> AgentSection:
             " hub_url",
         )
     data_dir = s.path_value("data_dir", default_data_dir(s.path))
+    _directory(s, "data_dir", data_dir, data_dir)
+    outbox = s.path_value("outbox", data_dir / OUTBOX_FILENAME)
+    _directory(s, "outbox", outbox, outbox.parent)
     return AgentSection(
         id=agent_id,
         location=location,
         data_dir=data_dir,
-        outbox=s.path_value("outbox", data_dir / OUTBOX_FILENAME),
+        outbox=outbox,
         token=token,
         hub_url=hub_url.rstrip("/") if hub_url else None,
         synchronous=s.get(

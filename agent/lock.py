@@ -48,9 +48,9 @@ def lock_path(outbox: Path) -> Path:
 def hold_agent_lock(outbox: Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iterator[Path]:
     """Hold the agent lock of ``outbox`` for the ``with`` block; ``AgentAlreadyRunning`` if it is taken."""
     path = lock_path(outbox)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=wait_s)
     except Timeout:
         raise AgentAlreadyRunning(

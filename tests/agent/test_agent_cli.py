@@ -101,6 +101,20 @@ async def test_usage_and_configuration_errors_exit_2_runtime_failures_exit_1(tmp
     assert code == 2 and "a sale takes units away" in err
 
 
+async def test_a_data_dir_that_is_a_file_is_a_configuration_error_not_a_traceback(tmp_path: Path) -> None:
+    a_file = tmp_path / "hostname"
+    a_file.write_text("till-3\n", encoding="utf-8")
+    config = tmp_path / "agent.toml"
+    for key, value, sentence in (
+        ("data_dir", a_file, f"data_dir must be a directory; {a_file} is a file"),
+        ("data_dir", a_file / "data", f"data_dir {a_file / 'data'} cannot be made; {a_file} is a file"),
+        ("outbox", a_file / "out.sqlite3", f"outbox {a_file / 'out.sqlite3'} cannot be made; {a_file} is a file"),
+    ):
+        config.write_text(f'[agent]\nid = "store-1"\nlocation = "S001"\n{key} = "{value}"\n', encoding="utf-8")
+        code, _, err = await agent("run", "--config", str(config))
+        assert (code, err.strip()) == (2, f"shelfsync-agent: {config}: [agent] {sentence}")
+
+
 async def test_run_sends_the_simulation_to_the_hub_and_stops_cleanly_on_sigterm(tmp_path: Path, hub: FakeHub) -> None:
     config = config_file(tmp_path, '\n[simulate]\ncount = 40\nrate_per_s = 0\nbatch = 4\nskus = ["A", "B"]\n', hub=hub)
     run = AgentProcess(config, tmp_path / "agent.log", None, "--log-level", "debug")
