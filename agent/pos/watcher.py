@@ -56,7 +56,7 @@ RETRY_MAX_S = 60.0
 WATCH_DEBOUNCE_MS = 200
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart")
 
-ReportFn = Callable[[ImportReport, Path], None]
+ReportFn = Callable[[ImportReport, Path], None]  # the report, and where the file is now (its old path if gone)
 
 
 @dataclass(slots=True)
@@ -259,6 +259,8 @@ class PosFolderWatcher:
 
     # --- one unit of work -----------------------------------------------------------
     async def _import(self, path: Path) -> None:
+        # The entry can leave ``_pending`` while the import awaits: a notification that the file was deleted
+        # or moved away (by a person, or another program sharing the folder) drops it. Never index it after.
         seen = self._pending[path]
         before = _identity(path)
         try:
@@ -278,13 +280,16 @@ class PosFolderWatcher:
             log.warning("%s changed while it was being imported; it is imported again once it settles.", _name(path))
             self._pending[path] = _Seen(-1, -1, time.monotonic())
             return
-        del self._pending[path]
+        self._pending.pop(path, None)
         self._finish(path, report, seen)
 
     def _finish(self, path: Path, report: ImportReport, seen: _Seen) -> None:
         """File the export away with its report, and tell whoever listens."""
         if _identity(path) is None:  # exists() would follow a link: a dangling one is still there to file away
-            log.warning("%s disappeared from %s while it was being imported.", _name(path), self.folder)
+            outcome = f"it was not imported: {report.error}" if report.status == "failed" else "its rows are recorded"
+            log.warning("%s disappeared from %s while it was being imported; %s.", _name(path), self.folder, outcome)
+            if self.on_report is not None:  # what it recorded is real: whoever listens still hears of it
+                self.on_report(report, path)
             return
         failed = report.status != "imported"
         try:

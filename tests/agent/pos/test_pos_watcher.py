@@ -197,3 +197,39 @@ async def test_an_unexpected_error_files_the_export_as_failed_and_watching_goes_
             (folder / "second.csv").write_bytes(SQUARE_UTF8.read_bytes())
             report, dest = await reports.next()
             assert (report.imported, dest.parent.name) == (9, "processed")
+
+
+async def test_a_file_moved_away_during_its_import_is_warned_about_and_the_next_is_taken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = drop_folder(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path) as env:
+        real_import = env.importer.import_file
+        watcher = PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports)
+
+        async def moved_away_meanwhile(path: Path, **kw: Any) -> ImportReport:
+            report: ImportReport = await real_import(path, **kw)
+            if path.name == "moved.csv":  # someone takes the file while the import is under way
+                os.replace(path, elsewhere / path.name)
+                async with asyncio.timeout(WAIT_S):
+                    while path in watcher._pending:  # the folder notification has been seen
+                        await asyncio.sleep(0.02)
+            return report
+
+        env.importer.import_file = moved_away_meanwhile
+        async with watcher:
+            (folder / "moved.csv").write_bytes(SQUARE_UTF8.read_bytes())
+            report, dest = await reports.next()
+            assert (report.file_name, report.imported, dest) == ("moved.csv", 9, folder / "moved.csv")
+            (folder / "after.csv").write_bytes(SQUARE_UTF8.read_bytes())
+            report, dest = await reports.next()
+            assert (report.imported, report.duplicates, dest.parent.name) == (0, 9, "processed")
+        assert len(await env.events()) == 9
+    assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [logging.WARNING]
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"moved.csv disappeared from {folder} while it was being imported; its rows are recorded." in messages
+    assert (elsewhere / "moved.csv").exists() and not (folder / "processed" / "moved.csv").exists()
