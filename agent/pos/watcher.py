@@ -14,6 +14,13 @@ file name reaches the log through ``protocol.values.shown``: escaped, bounded.
 Movements are committed before the move, so a crash in between
 only means the file is imported again — every row a duplicate.
 
+A writer that paused longer than ``settle_s`` with its file still open goes on
+writing into the filed copy (a move keeps the open file). So the watcher keeps
+an eye on what it filed, for ``FILED_WATCH_S`` and at most ``FILED_WATCH_MAX``
+files: one that grows or changes there is imported again once it settles —
+the rows already recorded are duplicates — its report is rewritten, and one
+warning says so.
+
 The loop has the agent's one shape: wait for a folder change (watchfiles)
 or a tick, take one settled file, import it; if the outbox or store fails,
 back off exponentially with jitter up to a cap, warn once, and say once when
@@ -54,6 +61,8 @@ TICK_MAX_S = 1.0
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 60.0
 WATCH_DEBOUNCE_MS = 200
+FILED_WATCH_S = 600.0  # how long a filed file is watched for a writer that was not done with it
+FILED_WATCH_MAX = 200  # the most filed files watched at once (the oldest are forgotten first)
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart")
 
 ReportFn = Callable[[ImportReport, Path], None]  # the report, and where the file is now (its old path if gone)
@@ -64,6 +73,19 @@ class _Seen:
     size: int
     mtime_ns: int
     since: float  # monotonic seconds when size and mtime last changed
+
+
+@dataclass(slots=True)
+class _Filed:
+    """A file the watcher imported and filed away, watched for a while in case it is still being written."""
+
+    name: str  # its name in the drop folder (the report's file_name)
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    until: float  # monotonic seconds when it is forgotten, unless it changed
+    changed: _Seen | None = None  # how it looks since it changed, until it settles and is imported again
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -115,6 +137,7 @@ class PosFolderWatcher:
         self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=EQUAL_JITTER))
         self._pending: dict[Path, _Seen] = {}
         self._unmovable: dict[Path, tuple[int, int]] = {}  # imported but could not be filed away
+        self._filed: dict[Path, _Filed] = {}  # filed away lately, by where it is now; oldest first
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -163,11 +186,16 @@ class PosFolderWatcher:
         if now - self._last_rescan >= RESCAN_S:
             self._rescan(now)
         path = self._settled(now)
-        if path is None:
-            return self._tick_s()
-        self._importing = path
-        await self._import(path)
-        return 0.0
+        if path is not None:
+            self._importing = path
+            await self._import(path)
+            return 0.0
+        filed = self._changed_filed(now)
+        if filed is not None:
+            self._importing = filed
+            await self._import_again(filed)
+            return 0.0
+        return self._tick_s()
 
     async def _wait(self, delay_s: float, after_failure: bool) -> None:
         if after_failure:  # the backoff: folder changes are noted meanwhile, none cuts it short
@@ -186,8 +214,10 @@ class PosFolderWatcher:
         return self._streak.delay_s()
 
     def _tick_s(self) -> float:
-        if self._pending:
+        if self._pending or any(f.changed is not None for f in self._filed.values()):
             return min(TICK_MAX_S, max(TICK_MIN_S, self.settle_s / 4))
+        if self._filed:
+            return TICK_MAX_S
         return RESCAN_S
 
     async def _watch(self) -> None:
@@ -257,6 +287,46 @@ class PosFolderWatcher:
                 return path
         return None
 
+    def _changed_filed(self, now: float) -> Path | None:
+        """A filed file that changed after it was filed and has settled again, if any; forgets the rest in time."""
+        for dest in list(self._filed):
+            filed = self._filed[dest]
+            try:
+                st = dest.lstat()
+            except OSError:  # archived or deleted by someone: nothing more to watch
+                del self._filed[dest]
+                continue
+            if (st.st_dev, st.st_ino) != (filed.dev, filed.ino) or not stat.S_ISREG(st.st_mode):
+                del self._filed[dest]  # another file under that name now: not ours to import
+                continue
+            state = (st.st_size, st.st_mtime_ns)
+            if filed.changed is None:
+                if state == (filed.size, filed.mtime_ns):
+                    if now >= filed.until:
+                        del self._filed[dest]
+                    continue
+                filed.changed = _Seen(st.st_size, st.st_mtime_ns, now)
+            elif state != (filed.changed.size, filed.changed.mtime_ns):
+                filed.changed = _Seen(st.st_size, st.st_mtime_ns, now)
+            elif now - filed.changed.since >= self.settle_s:
+                return dest
+        return None
+
+    def _watch_filed(self, dest: Path, name: str, *, changed: bool = False) -> None:
+        try:
+            st = dest.lstat()
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode):  # a link filed under failed/ is never read
+            return
+        self._filed.pop(dest, None)
+        self._filed[dest] = _Filed(
+            name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + FILED_WATCH_S,
+            _Seen(-1, -1, time.monotonic()) if changed else None,
+        )  # fmt: skip
+        while len(self._filed) > FILED_WATCH_MAX:
+            del self._filed[next(iter(self._filed))]
+
     # --- one unit of work -----------------------------------------------------------
     async def _import(self, path: Path) -> None:
         # The entry can leave ``_pending`` while the import awaits: a notification that the file was deleted
@@ -300,8 +370,58 @@ class PosFolderWatcher:
                 "%s was imported but cannot be moved out of %s: %s", _name(path), self.folder, err.strerror or err
             )
             dest = path
+        else:
+            self._watch_filed(dest, report.file_name)
         if self.on_report is not None:
             self.on_report(report, dest)
+
+    async def _import_again(self, dest: Path) -> None:
+        """A filed file changed after it was filed (its writer was not done): import it again, in place.
+
+        The rows already recorded come back as duplicates. Its report is rewritten; if the verdict changed
+        (a file that failed half-written reads well now) it moves to the other folder with its report.
+        """
+        filed = self._filed[dest]
+        before = _identity(dest)
+        try:
+            report = await self.importer.import_file(dest, name=filed.name, follow_links=False)
+        except PosImportError as err:  # the outbox or store cannot be written: it stays watched, retry later
+            raise TurnFailed(str(err)) from err
+        except Exception:  # a surprise in one file must not stop the folder, nor be retried forever
+            log.exception("Importing %s again after it changed failed unexpectedly; it stays where it is.", _name(dest))
+            self._filed.pop(dest, None)
+            return
+        else:
+            if ended := self._streak.succeeded():
+                log.info("POS imports work again after %d failed attempts.", ended)
+        self._filed.pop(dest, None)
+        after = _identity(dest)
+        if after is None:
+            log.warning("%s disappeared while it was being imported again; its rows are recorded.", _name(dest))
+            return
+        if after != before:  # still being written: once it settles it is imported again, and then reported
+            self._watch_filed(dest, filed.name, changed=True)
+            return
+        sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
+        try:
+            if dest.parent.name == sub:
+                self._write_report(dest, report)
+                moved = dest
+            else:
+                moved = self._file_away(dest, report, sub)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dest.with_name(dest.name + REPORT_SUFFIX))  # the verdict it replaces
+        except OSError as err:
+            log.error("%s was imported again but its report cannot be written: %s", _name(dest), err.strerror or err)
+            moved = dest
+        more = report.imported if report.produces == "movements" else report.observations
+        log.warning(
+            "%s changed after it was imported and filed in %s/; it was imported again and %s more rows were recorded.",
+            _name(dest), dest.parent.name, f"{more:,}",
+        )  # fmt: skip
+        self._watch_filed(moved, filed.name)
+        if self.on_report is not None:
+            self.on_report(report, moved)
 
     def _file_away(self, path: Path, report: ImportReport, sub: str) -> Path:
         """Move the entry (a link itself, never its target) into ``sub/`` and write its report beside it.
@@ -320,6 +440,12 @@ class PosFolderWatcher:
             dest = target_dir / f"{path.stem}.{n}{path.suffix}"
             n += 1
         os.replace(path, dest)
+        self._write_report(dest, report)
+        return dest
+
+    @staticmethod
+    def _write_report(dest: Path, report: ImportReport) -> None:
+        """``<dest>.report.json``, created new and swapped in: a link planted there is replaced, not written through."""
         report_path = dest.with_name(dest.name + REPORT_SUFFIX)
         tmp = report_path.with_name(report_path.name + ".tmp")
         with contextlib.suppress(FileNotFoundError):
@@ -328,4 +454,3 @@ class PosFolderWatcher:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(report.to_json())
         os.replace(tmp, report_path)
-        return dest

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,58 @@ async def test_a_file_moved_away_during_its_import_is_warned_about_and_the_next_
     messages = [r.getMessage() for r in caplog.records]
     assert f"moved.csv disappeared from {folder} while it was being imported; its rows are recorded." in messages
     assert (elsewhere / "moved.csv").exists() and not (folder / "processed" / "moved.csv").exists()
+
+
+PAUSING_WRITER = """
+import datetime as dt, sys
+now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30)
+day, hhmm = now.strftime("%Y-%m-%d"), now.strftime("%H:%M")
+with open(sys.argv[1], "w", encoding="utf-8") as f:  # one handle, open from the first row to the last
+    f.write("date,time,sku,qty,kind,ref\\n")
+    for i in range(10):
+        f.write(f"{day},{hhmm},MUG-01,1,receive,r-{i}\\n")
+    f.flush()
+    print("paused", flush=True)
+    sys.stdin.readline()  # the POS pauses longer than settle_s, then goes on writing
+    for i in range(10, 20):
+        f.write(f"{day},{hhmm},MUG-01,1,receive,r-{i}\\n")
+print("done", flush=True)
+"""
+
+
+async def test_a_file_written_to_after_it_was_filed_is_imported_again_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.2, on_report=reports):
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PAUSING_WRITER, str(folder / "paused.csv"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert writer.stdin is not None and writer.stdout is not None
+        try:
+            assert await asyncio.wait_for(writer.stdout.readline(), WAIT_S) == b"paused\n"
+            first, dest = await reports.next()  # the pause looked like the end: taken with 10 rows
+            assert (first.rows_read, first.imported, dest) == (10, 10, folder / "processed" / "paused.csv")
+            writer.stdin.write(b"go on\n")
+            await writer.stdin.drain()
+            assert await asyncio.wait_for(writer.stdout.readline(), WAIT_S) == b"done\n"
+            second, again = await reports.next()
+        finally:
+            if writer.returncode is None:
+                writer.kill()
+            await writer.wait()
+        assert (second.file_name, second.rows_read, second.imported, second.duplicates) == ("paused.csv", 20, 10, 10)
+        assert again == dest and len(dest.read_text(encoding="utf-8").splitlines()) == 21
+        saved = json.loads((folder / "processed" / "paused.csv.report.json").read_text(encoding="utf-8"))
+        assert (saved["rows_read"], saved["imported"], saved["duplicates"]) == (20, 10, 10)
+        assert len(await env.events()) == 20  # every row once
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        (
+            "paused.csv changed after it was imported and filed in processed/; it was imported again"
+            " and 10 more rows were recorded."
+        )
+    ]
