@@ -13,6 +13,7 @@ the hub; bad rows are quarantined with file, line and reason. See
 docs/pos-import.md.
 """
 
+from agent.pos.claim import DropFolderTaken
 from agent.pos.cli import add_import_parser, import_command, run_import
 from agent.pos.config import PosConfigError, PosImportConfig
 from agent.pos.errors import FileRejected, PosImportError, PosStoreClosed
@@ -24,6 +25,7 @@ from agent.pos.watcher import PosFolderWatcher
 
 __all__ = [
     "BUILTIN_PROFILES",
+    "DropFolderTaken",
     "FileRejected",
     "ImportReport",
     "Observation",

@@ -21,6 +21,10 @@ files: one that grows or changes there is imported again once it settles —
 the rows already recorded are duplicates — its report is rewritten, and one
 warning says so.
 
+One agent watches a folder: ``start`` claims it (agent.pos.claim) before it
+imports anything, and a second agent's watcher refuses to start with one
+sentence naming the first (``DropFolderTaken``), so no row is counted twice.
+
 The loop has the agent's one shape: wait for a folder change (watchfiles)
 or a tick, take one settled file, import it; if the outbox or store fails,
 back off exponentially with jitter up to a cap, warn once, and say once when
@@ -44,6 +48,7 @@ from typing import Self
 
 import watchfiles
 
+from agent.pos.claim import DropFolderClaim
 from agent.pos.errors import PosImportError
 from agent.pos.importer import PosImporter
 from agent.pos.model import ImportReport
@@ -142,13 +147,20 @@ class PosFolderWatcher:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._importing: Path | None = None  # the file of the turn under way (or of the failed one)
-        self._last_rescan = 0.0
+        self._last_rescan = float("-inf")
+        self._claim: DropFolderClaim | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
+        """Claim the folder and start watching it; ``DropFolderTaken`` if another agent watches it already."""
         if self._task is None:
-            for sub in ("", PROCESSED_DIR, FAILED_DIR):
-                (self.folder / sub).mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if self._claim is None:
+                self._claim = DropFolderClaim(self.folder, agent_id=self.importer.outbox.agent_id)
+            self._claim.take()
+            for sub in (PROCESSED_DIR, FAILED_DIR):
+                (self.folder / sub).mkdir(exist_ok=True)
+            self._stop.clear()
             self._task = asyncio.create_task(self.run(), name=f"pos-watch:{self.folder}")
 
     async def stop(self) -> None:
@@ -159,6 +171,8 @@ class PosFolderWatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._claim is not None:
+            self._claim.release()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -192,3 +193,37 @@ async def test_run_refuses_to_start_with_a_catalog_file_that_cannot_be_read(tmp_
     code, _, err = await agent("run", "-c", str(config))
     assert code == 1
     assert f"the catalog file {tmp_path / 'missing.csv'} does not exist" in err
+
+
+async def test_a_second_agent_on_the_same_drop_folder_refuses_to_start_and_the_first_imports_alone(
+    tmp_path: Path,
+) -> None:
+    drop = tmp_path / "share" / "drop"  # one folder, e.g. a network share, named by two agents' configurations
+    agents = []
+    for name, agent_id in (("a", "store-1"), ("b", "store-2")):
+        (tmp_path / name).mkdir()
+        config = tmp_path / name / "agent.toml"
+        config.write_text(
+            f'[agent]\nid = "{agent_id}"\nlocation = "S001"\ndata_dir = "data"\n\n'
+            f'[pos]\nwatch_dir = "{drop}"\nsettle_s = 0.1\ntime_zone = "UTC"\n',
+            encoding="utf-8",
+        )
+        agents.append(config)
+    first = await start(agents[0])
+    try:
+        await wait_log(first, "Watching")
+        second = await start(agents[1])
+        code = await asyncio.to_thread(second.wait, WAIT_S)
+        assert code == 3, second.log  # as for a second agent on one outbox
+        assert (
+            f"shelfsync-agent: another shelfsync agent (agent 'store-1' on {socket.gethostname()} (process"
+            f" {first.pid})) already watches the POS drop folder {drop}"
+        ) in second.log
+        assert "Watching" not in second.log
+        shutil.copyfile(FIXTURES / "generic.csv", drop / "sales.csv")
+        await wait_log(first, "Imported the POS export sales.csv")
+    finally:
+        code = await asyncio.to_thread(first.stop)
+    assert code == 0, first.log
+    assert len(await outbox_events(tmp_path / "a")) == 5
+    assert await outbox_events(tmp_path / "b") == []
