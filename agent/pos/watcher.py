@@ -25,6 +25,11 @@ One agent watches a folder: ``start`` claims it (agent.pos.claim) before it
 imports anything, and a second agent's watcher refuses to start with one
 sentence naming the first (``DropFolderTaken``), so no row is counted twice.
 
+Notifications are armed on the folder itself: when it is moved away and a new
+one made at its path, they would follow the old one. Each turn compares the
+folder's (device, inode) with the one watched and, when another folder sits
+there, claims it and arms notifications on it again.
+
 The loop has the agent's one shape: wait for a folder change (watchfiles)
 or a tick, take one settled file, import it; if the outbox or store fails,
 back off exponentially with jitter up to a cap, warn once, and say once when
@@ -48,6 +53,7 @@ from typing import Self
 
 import watchfiles
 
+from agent.errors import AgentError
 from agent.pos.claim import DropFolderClaim
 from agent.pos.errors import PosImportError
 from agent.pos.importer import PosImporter
@@ -149,6 +155,8 @@ class PosFolderWatcher:
         self._importing: Path | None = None  # the file of the turn under way (or of the failed one)
         self._last_rescan = float("-inf")
         self._claim: DropFolderClaim | None = None
+        self._folder_id: tuple[int, int] | None = None  # (device, inode) of the folder being watched
+        self._watch_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,6 +168,7 @@ class PosFolderWatcher:
             self._claim.take()
             for sub in (PROCESSED_DIR, FAILED_DIR):
                 (self.folder / sub).mkdir(exist_ok=True)
+            self._folder_id = self._current_folder_id()
             self._stop.clear()
             self._task = asyncio.create_task(self.run(), name=f"pos-watch:{self.folder}")
 
@@ -186,16 +195,25 @@ class PosFolderWatcher:
         """Turn after turn (``protocol.retry.run_turns``): take one settled file and import it, or wait for a
         folder change or a tick; when the outbox or store fails, the file stays and the import is retried."""
         log.info("Watching %s for POS exports (%s).", self.folder, ", ".join(self.patterns))
-        watch = asyncio.create_task(self._watch())
+        self._watch_task = asyncio.create_task(self._watch())
         try:
             await run_turns(self._turn, wait=self._wait, failed=self._failed, running=lambda: not self._stop.is_set())
         finally:
+            await self._stop_watch()
+
+    async def _stop_watch(self) -> None:
+        watch, self._watch_task = self._watch_task, None
+        if watch is not None:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
 
     async def _turn(self) -> float:
         """Import one settled file (0: look for the next at once), or how long to wait for one."""
+        if self._folder_replaced():
+            await self._rearm()
+            if self._stop.is_set():
+                return 0.0
         now = time.monotonic()
         if now - self._last_rescan >= RESCAN_S:
             self._rescan(now)
@@ -230,9 +248,41 @@ class PosFolderWatcher:
     def _tick_s(self) -> float:
         if self._pending or any(f.changed is not None for f in self._filed.values()):
             return min(TICK_MAX_S, max(TICK_MIN_S, self.settle_s / 4))
-        if self._filed:
-            return TICK_MAX_S
+        if self._filed or self._watch_task is None or self._watch_task.done():
+            return TICK_MAX_S  # a filed file may grow; or notifications ended (the folder itself moved away)
         return RESCAN_S
+
+    def _current_folder_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.folder)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _folder_replaced(self) -> bool:
+        """Whether another folder sits at ``folder`` now (moved away and made anew, say): its notifications
+        were armed on the old one. A folder missing for now is not replaced yet (the rescan warns of it)."""
+        now_id = self._current_folder_id()
+        return now_id is not None and self._folder_id is not None and now_id != self._folder_id
+
+    async def _rearm(self) -> None:
+        """Watch the folder that replaced the old one: claim it, notifications on it, and list it at once."""
+        self._folder_id = self._current_folder_id()
+        await self._stop_watch()
+        if self._claim is not None:
+            self._claim.release()  # held on the old folder
+            try:
+                self._claim.take()
+            except AgentError as err:  # DropFolderTaken: another agent claimed the new folder first
+                log.error("The POS drop folder %s was replaced and this agent stops watching it: %s.", self.folder, err)
+                self._stop.set()
+                return
+        for sub in (PROCESSED_DIR, FAILED_DIR):
+            with contextlib.suppress(OSError):  # filing away says so if it cannot
+                (self.folder / sub).mkdir(exist_ok=True)
+        self._last_rescan = float("-inf")
+        self._watch_task = asyncio.create_task(self._watch())
+        log.warning("The POS drop folder %s was replaced by a new folder; watching the new one now.", self.folder)
 
     async def _watch(self) -> None:
         """Turn folder notifications into pending files; the rescan tick covers any that are missed."""
@@ -242,13 +292,17 @@ class PosFolderWatcher:
                 debounce=WATCH_DEBOUNCE_MS, step=50,
             ):
                 now = time.monotonic()
+                folder_gone = False
                 for change, name in changes:
                     path = Path(name)
                     if change == watchfiles.Change.deleted:
                         self._pending.pop(path, None)
+                        folder_gone = folder_gone or path == self.folder
                     elif self._wanted(path):
                         self._note(path, now)
                 self._wake.set()
+                if folder_gone:  # these notifications follow the old folder wherever it went: _turn re-arms
+                    return
         except (OSError, RuntimeError) as err:
             log.warning("Folder notifications for %s stopped (%s); still checking it every %.0f s.", self.folder, err, RESCAN_S)
 

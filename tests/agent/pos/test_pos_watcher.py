@@ -16,6 +16,7 @@ import pytest
 
 from agent.outbox import Outbox
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig
+from agent.pos import watcher as watcher_module
 from agent.pos.claim import DropFolderTaken
 from tests.agent.pos.pos_helpers import LOCATION, SQUARE_UTF8, open_env
 
@@ -354,3 +355,26 @@ async def wait_until(done: Callable[[], bool]) -> None:
     async with asyncio.timeout(WAIT_S):
         while not done():
             await asyncio.sleep(0.05)
+
+
+async def test_a_drop_folder_replaced_by_a_new_one_is_watched_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watcher_module, "RESCAN_S", 3600.0)  # no listing after the first: only notifications
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    replaced = f"The POS drop folder {folder} was replaced by a new folder; watching the new one now."
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports):
+        (folder / "before.csv").write_bytes(SQUARE_UTF8.read_bytes())
+        await reports.next()
+        os.replace(folder, tmp_path / "drop.old")  # mv drop drop.old; mkdir drop
+        folder.mkdir()
+        await wait_until(lambda: replaced in [r.getMessage() for r in caplog.records])
+        (folder / "after.csv").write_bytes(SQUARE_UTF8.read_bytes())
+        report, dest = await reports.next()
+        assert (report.duplicates, dest) == (9, folder / "processed" / "after.csv")
+        owner = json.loads((folder / ".shelfsync-watch.owner").read_text(encoding="utf-8"))
+        assert owner["pid"] == os.getpid()  # the new folder is claimed too
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [replaced]
+    assert (tmp_path / "drop.old" / "processed" / "before.csv").exists()
