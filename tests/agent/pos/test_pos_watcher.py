@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 from agent.outbox import Outbox
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig
 from agent.pos import watcher as watcher_module
-from agent.pos.claim import DropFolderTaken
 from tests.agent.pos.pos_helpers import LOCATION, SQUARE_UTF8, open_env
 
 WAIT_S = 30.0  # bound on every wait for the watcher; never reached when things work
@@ -293,62 +291,6 @@ async def test_a_file_written_to_after_it_was_filed_is_imported_again_with_one_w
             " and 10 more rows were recorded."
         )
     ]
-
-
-OTHER_AGENT_WATCHING = """
-import asyncio, sys
-from pathlib import Path
-from agent.outbox import Outbox
-from agent.pos import PosFolderWatcher, PosImportConfig, PosImporter, PosStore
-
-async def main(tmp: Path, folder: Path) -> None:
-    config = PosImportConfig()
-    async with (
-        Outbox.open(tmp / "other.sqlite3", agent_id="store-2", location="S001") as outbox,
-        PosStore.open(tmp / "other-pos.sqlite") as store,
-        PosFolderWatcher(PosImporter(outbox, store, config), folder, settle_s=0.05),
-    ):
-        print("watching", flush=True)
-        await asyncio.sleep(120)
-
-asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2])))
-"""
-
-
-async def test_a_second_agent_refuses_a_drop_folder_another_agent_watches(tmp_path: Path) -> None:
-    folder = drop_folder(tmp_path)
-    other = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", OTHER_AGENT_WATCHING, str(tmp_path), str(folder), stdout=asyncio.subprocess.PIPE
-    )
-    assert other.stdout is not None
-    try:
-        assert await asyncio.wait_for(other.stdout.readline(), WAIT_S) == b"watching\n"
-        async with open_env(tmp_path) as env:
-            watcher = PosFolderWatcher(env.importer, folder, settle_s=0.05)
-            with pytest.raises(DropFolderTaken) as refused:
-                await watcher.start()
-            assert str(refused.value) == (
-                f"another shelfsync agent (agent 'store-2' on {socket.gethostname()} (process {other.pid}))"
-                f" already watches the POS drop folder {folder} (it holds {folder / '.shelfsync-watch.lock'}),"
-                " and two agents watching one folder would count every row twice; give each agent its own drop"
-                " folder, or set watch_dir on one of them only"
-            )
-            (folder / "sales.csv").write_bytes(SQUARE_UTF8.read_bytes())
-            await wait_until(lambda: (folder / "processed" / "sales.csv").exists())  # the other agent took it
-            assert await env.events() == ()  # and this one recorded nothing
-            assert other.returncode is None
-            other.kill()  # SIGKILL: its claim goes with it, its owner record stays behind
-            await other.wait()
-            reports = Reports()
-            async with PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports):
-                (folder / "more.csv").write_bytes(SQUARE_UTF8.read_bytes())
-                report, _ = await reports.next()
-                assert report.imported == 9
-                assert json.loads((folder / ".shelfsync-watch.owner").read_text(encoding="utf-8"))["pid"] == os.getpid()
-    finally:
-        if other.returncode is None:
-            other.kill()
-        await other.wait()
 
 
 async def wait_until(done: Callable[[], bool]) -> None:
