@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import tempfile
 import time
@@ -37,6 +38,9 @@ BUSY_TIMEOUT_MS = 10_000
 BACKUP_FILE_MODE = 0o600  # a backup holds every credential's hash and the whole ledger
 PROGRESS_EVERY_S = 1.0  # at most one progress line a second (and one at the end)
 PG_DUMP_TIMEOUT_S = 24 * 3_600.0
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite keeps beside a live database; the hub needs them
+NOT_REGULAR = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISSOCK, "a socket"))  # fmt: skip
 PG_TABLE_RE = re.compile(r'dumping contents of table "?([^"\s]+)"?')
 # URL parameters libpq (and so pg_dump) understands; asyncpg's server settings (search_path) are handled apart.
 LIBPQ_PARAMS = frozenset(
@@ -71,26 +75,63 @@ class BackupResult:
 def backup(db: str, to: str | os.PathLike[str], progress: Progress | None = None) -> BackupResult:
     """Copy the hub database ``db`` (a SQLite path or URL, or a PostgreSQL URL) to ``to``.
 
-    ``to`` may be an existing directory: the copy is then named ``hub-<UTC time>.db`` (``.dump`` for
-    PostgreSQL) inside it. An existing file at ``to`` is replaced, but only once the new copy is whole."""
+    ``to`` may be an existing directory (a path ending in ``/`` must be one): the copy is then named
+    ``hub-<UTC time>.db`` (``.dump`` for PostgreSQL) inside it. An existing regular file at ``to`` is replaced,
+    but only once the new copy is whole; anything else there (a device, a FIFO, a socket) is refused, and so is
+    the database itself or a file SQLite keeps beside it."""
     say = progress or (lambda line: None)
     started = time.monotonic()
     if db.startswith(POSTGRES_SCHEMES):
-        target = _target(Path(to), ".dump")
+        target = _target(os.fspath(to), ".dump")
         size = _pg_dump(db, target, say)
         return BackupResult(target, "postgresql", size, time.monotonic() - started)
     path = _sqlite_path(db)
-    target = _target(Path(to), ".db")
+    target = _target(os.fspath(to), ".db")
+    _check_not_live(target, path)
     version, events, size = _sqlite_backup(path, target, say)
     return BackupResult(target, "sqlite", size, time.monotonic() - started, version, events)
 
 
-def _target(to: Path, suffix: str) -> Path:
-    if to.is_dir():
-        return to / time.strftime(f"hub-%Y%m%dT%H%M%SZ{suffix}", time.gmtime())
-    if not to.parent.is_dir():
-        raise BackupError(f"cannot write the backup to {to}: the directory {to.parent} does not exist")
-    return to
+def _target(to: str, suffix: str) -> Path:
+    if not to:
+        raise BackupError("--to is empty; give the file or the directory the backup goes to")
+    path = Path(to)
+    if to.endswith(("/", os.sep)) and not path.is_dir():  # Path() drops the slash; the operator meant a directory
+        raise BackupError(f"cannot write the backup to {to}: the directory {path} does not exist")
+    if path.is_dir():
+        return path / time.strftime(f"hub-%Y%m%dT%H%M%SZ{suffix}", time.gmtime())
+    if not path.parent.is_dir():
+        raise BackupError(f"cannot write the backup to {path}: the directory {path.parent} does not exist")
+    try:
+        mode = os.stat(path).st_mode  # through a symlink: what the name leads to
+    except FileNotFoundError:
+        return path  # a new file (or a dangling symlink, replaced by the copy)
+    except OSError as err:
+        raise BackupError(f"cannot write the backup to {path}: {err.strerror or err}") from err
+    for is_kind, kind in NOT_REGULAR:
+        if is_kind(mode):
+            raise BackupError(
+                f"cannot write the backup to {path}: it is {kind}, not a file, and is never replaced; "
+                "give a new file or a directory"
+            )
+    return path
+
+
+def _check_not_live(target: Path, source: Path) -> None:
+    """Refuse ``target`` when it is the database or its -wal, -shm or -journal file, by any name or hard link."""
+    live = [source, *(source.with_name(source.name + side) for side in SQLITE_SIDE_FILES)]
+    real = Path(os.path.realpath(source))  # SQLite names its side files after the resolved path
+    live += [real, *(real.with_name(real.name + side) for side in SQLITE_SIDE_FILES)]
+    where = os.path.realpath(target)
+    for path in live:
+        same = where == os.path.realpath(path)
+        with contextlib.suppress(OSError):  # a side file that does not exist now
+            same = same or os.path.samefile(target, path)
+        if same:
+            raise BackupError(
+                f"the backup cannot be written over the database it copies ({source}) or the -wal, -shm or "
+                "-journal file beside it; choose another path"
+            )
 
 
 # --- SQLite -------------------------------------------------------------------------
@@ -109,8 +150,6 @@ def _sqlite_path(db: str) -> Path:
 
 
 def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int, int]:
-    if target.exists() and target.resolve() == source.resolve():
-        raise BackupError(f"the backup cannot be written over the database it copies ({source}); choose another path")
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         src = sqlite3.connect(source, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)

@@ -255,6 +255,78 @@ def test_a_backup_that_cannot_be_made_is_one_sentence(tmp_path: Path, case: str,
     assert "secret" not in run.stderr and "Traceback" not in run.stderr
 
 
+def _refused(run: subprocess.CompletedProcess[str], expected: str) -> None:
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and expected in lines[0], run.stderr
+    assert run.stdout == "" and "Traceback" not in run.stderr
+
+
+def test_the_live_databases_wal_shm_and_journal_are_never_a_backup_target(tmp_path: Path) -> None:
+    """The hub runs, so its -wal and -shm exist: replacing them loses what it acknowledged at the next hard stop."""
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    agent_id, token = credential(env, "--location", LOCATION)
+    load = SyncLoad(agent_id, token)
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
+        load.catch_up(served.url, 200, 50)
+        wal, shm = tmp_path / "hub.db-wal", tmp_path / "hub.db-shm"
+        before = {p: (p.stat().st_ino, p.stat().st_size) for p in (wal, shm)}
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "by-symlink").symlink_to(wal)
+        os.link(wal, tmp_path / "elsewhere" / "by-hard-link")
+        (tmp_path / "linked-dir").symlink_to(tmp_path)
+        targets = [wal, shm, tmp_path / "hub.db-journal", tmp_path / "elsewhere" / "by-symlink",
+                   tmp_path / "elsewhere" / "by-hard-link", tmp_path / "linked-dir" / "hub.db-wal"]  # fmt: skip
+        for target in targets:
+            _refused(run_hub("backup", "--to", str(target), env=env), "cannot be written over the database it copies")
+        assert {p: (p.stat().st_ino, p.stat().st_size) for p in (wal, shm)} == before
+        assert not (tmp_path / "hub.db-journal").exists()
+        assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+        load.catch_up(served.url, 250, 50)
+        assert served.kill() is not None  # a hard stop: the hub's next start replays its own WAL
+    with HubProcess(tmp_path / "again.log", env=env) as again:
+        assert hub_mark(again.url, token, agent_id) == 250
+        assert hub_counts(again.url, token) == load.expected(250)
+        assert again.stop() == 0
+
+
+def test_a_target_that_is_not_a_regular_file_is_refused_not_replaced(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db))
+    credential(env, "--location", LOCATION)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "to-the-pipe").symlink_to(fifo)
+    for target in (fifo, tmp_path / "to-the-pipe"):
+        _refused(run_hub("backup", "--to", str(target), env=env), f"cannot write the backup to {target}: it is a FIFO")
+        assert stat.S_ISFIFO(os.stat(target).st_mode)  # still the FIFO: nothing was renamed over it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.db", "pipe", "to-the-pipe"]
+
+
+def test_a_trailing_slash_names_a_directory_that_must_exist(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db))
+    credential(env, "--location", LOCATION)
+    missing = tmp_path / "backups"
+    run = run_hub("backup", "--to", f"{missing}/", env=env)
+    _refused(run, f"cannot write the backup to {missing}/: the directory {missing} does not exist")
+    assert not missing.exists()
+    missing.mkdir()
+    run = run_hub("backup", "--to", f"{missing}/", env=env)
+    assert run.returncode == 0, run.stderr
+    assert [p.name.startswith("hub-") for p in missing.iterdir()] == [True]
+
+
+def test_an_empty_target_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db))
+    credential(env, "--location", LOCATION)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    _refused(run_hub("backup", "--to", "", env=env, cwd=cwd), "--to is empty")
+    assert list(cwd.iterdir()) == []
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
