@@ -378,6 +378,8 @@ def _read_file(path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:  # tomllib decodes the bytes before it parses them
+        raise ConfigError(f"config file {path} is not UTF-8 text") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML ({err})") from err
     extra = sorted(set(doc) - {"hub", "webhooks", "channel"})

@@ -171,3 +171,11 @@ def test_a_bad_variable_stops_every_command_with_one_sentence(tmp_path: Path) ->
         run = run_hub(*args, env=env)
         assert run.returncode == 2
         assert run.stderr.strip().splitlines() == ["shelfsync-hub: SHELFSYNC_HUB_PORT must be an integer, got 'eighty'"]
+
+
+def test_a_config_file_that_is_not_utf8_is_one_sentence_for_every_command(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_bytes(b'\xff\xfe[hub]\ndb = "hub.db"\n')  # a UTF-16 byte order mark: saved by the wrong editor
+    for args in (("serve", "--port", "0"), ("agent", "list"), ("backup", "--to", str(tmp_path))):
+        run = run_hub(*args, "--config", str(config), env=hub_env())
+        assert (run.returncode, run.stderr) == (2, f"shelfsync-hub: config file {config} is not UTF-8 text\n")
