@@ -228,6 +228,37 @@ async def test_the_command_refuses_a_bad_file_whole_and_says_which_lines(
     assert len(err.splitlines()) == 1  # one sentence, no traceback
 
 
+@pytest.mark.parametrize(
+    ("where", "text", "problem"),
+    [
+        ("file", "# the admin token\n{token}\n", "it holds 2 lines"),
+        ("file", "{token} # admin\n", "it holds a space, a control character or a non-ASCII character"),
+        ("file", "{token}\x00\n", "it holds a space, a control character or a non-ASCII character"),
+        ("env", "{token}\nsecond line", "it holds 2 lines"),
+        ("env", "{token}\tsecond", "it holds a space, a control character or a non-ASCII character"),
+    ],
+)
+async def test_a_credential_that_is_not_one_token_is_one_sentence(
+    client: TestClient[Any, Any], store: HubStore, admin: str, tmp_path: Path, where: str, text: str, problem: str
+) -> None:
+    token = admin  # a good credential, with a comment line or junk around it
+    good = tmp_path / "good.csv"
+    good.write_text(f"barcode,sku\n{PEN},PEN\n", encoding="utf-8")
+    hub = str(client.make_url("/")).rstrip("/")
+    if where == "file":
+        token_file = tmp_path / "admin.token"
+        token_file.write_text(text.format(token=token), encoding="utf-8")
+        code, out, err = await run(str(good), "--hub", hub, "--token-file", str(token_file))
+        source = f"the credential file {token_file}"
+    else:
+        code, out, err = await run(str(good), "--hub", hub, env={"SHELFSYNC_ADMIN_TOKEN": text.format(token=token)})
+        source = "SHELFSYNC_ADMIN_TOKEN"
+    assert (code, out) == (2, ""), err
+    assert err == f"shelfsync-hub: {source} must hold the admin credential alone on one line; {problem}\n"
+    assert token not in err  # the secret is never echoed
+    assert await store.catalog_version() == 0
+
+
 async def test_the_command_writes_into_the_database_directly(tmp_path: Path) -> None:
     db = tmp_path / "offline-hub.db"
     code, out, err = await run(str(big_catalog(tmp_path / "catalog.csv", 7)), "--db", str(db))
