@@ -64,8 +64,15 @@ def open_store(url_or_path: str | os.PathLike[str]) -> StoreOpener[HubStore]:
     (``postgres://`` too). ``await`` it, or use it as ``async with``."""
     target = os.fspath(url_or_path)
     if target.startswith(POSTGRES_SCHEMES):
-        from hub.storage.postgres import PostgresHubStore  # the driver loads only for a PostgreSQL hub
-
+        try:
+            from hub.storage.postgres import PostgresHubStore  # the driver loads only for a PostgreSQL hub
+        except ModuleNotFoundError as err:  # a hub installed without the postgres extra (asyncpg)
+            if (err.name or "hub").partition(".")[0] == "hub":
+                raise  # a module of ours missing is a broken install, not a missing extra
+            raise StoreError(
+                f"a postgresql:// database needs the {err.name} package, which cannot be loaded ({err}); "
+                "install shelfsync[postgres] or give a SQLite file path"
+            ) from err
         return PostgresHubStore.open(target)
     if target.startswith(SQLITE_SCHEME):
         target = target[len(SQLITE_SCHEME) :]

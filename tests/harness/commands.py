@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 COMMAND_TIMEOUT_S = 120.0
@@ -35,3 +35,16 @@ def run_agent(
         [sys.executable, "-m", "agent", *args], env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
         cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
     )  # fmt: skip
+
+
+def without_modules(blocked: Sequence[str], module: str, *args: str) -> list[str]:
+    """The command line of ``python -m MODULE ARGS`` in an interpreter where the ``blocked`` packages cannot be
+    imported, as on an install without the extra that brings them (``import`` raises ModuleNotFoundError)."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {list(blocked)!r}:\n"
+        "    sys.modules[name] = None\n"
+        f"sys.argv[0] = {module!r}\n"
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+    )
+    return [sys.executable, "-c", code, *args]

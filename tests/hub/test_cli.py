@@ -22,6 +22,7 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.commands import without_modules
 from tests.harness.hub_process import HubProcess
 
 PROCESS_TIMEOUT_S = 30.0
@@ -179,6 +180,21 @@ async def test_serve_on_a_taken_port_is_refused(tmp_path: Path) -> None:
             "serve", "--db", str(tmp_path / "hub.db"), "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path
         )
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in one_sentence_error(run)
+
+
+async def test_a_postgresql_database_without_the_postgres_extra_is_one_sentence(tmp_path: Path) -> None:
+    """A hub installed as shelfsync[hub] has no asyncpg: every command that opens the database says which extra."""
+    url = "postgresql://hub:secret@127.0.0.1:1/shelfsync"
+    for args in (("serve", "--port", "0"), ("agent", "list")):
+        proc = await asyncio.create_subprocess_exec(
+            *without_modules(["asyncpg"], "hub", *args, "--db", url), cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), PROCESS_TIMEOUT_S)
+        assert proc.returncode is not None
+        error = one_sentence_error(Run(proc.returncode, out.decode(), err.decode()))
+        assert "a postgresql:// database needs the asyncpg package" in error, args
+        assert "install shelfsync[postgres]" in error and "secret" not in error
 
 
 async def test_serve_reads_settings_from_the_config_file(tmp_path: Path) -> None:
