@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -188,6 +189,11 @@ async def _serve_store(
         with _stop_on_signals(stop), gc_for_serving():  # protocol/runtime.py
             try:
                 await site.start()
+            except socket.gaierror as err:  # its errno is getaddrinfo's (-2), which os.strerror does not know
+                raise ServeError(
+                    f"the hub cannot listen on {settings.host}:{settings.port}: the host name {settings.host} cannot "
+                    f"be resolved ({err.strerror}); give an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+                ) from err
             except OSError as err:
                 why = os.strerror(err.errno).lower() if err.errno else str(err)
                 raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err

@@ -182,6 +182,13 @@ async def test_serve_on_a_taken_port_is_refused(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in one_sentence_error(run)
 
 
+async def test_serve_on_a_host_name_that_does_not_resolve_says_so(tmp_path: Path) -> None:
+    run = await hub("serve", "--db", str(tmp_path / "hub.db"), "--host", "256.1.1.1", "--port", "0", cwd=tmp_path)
+    error = one_sentence_error(run)
+    assert "cannot listen on 256.1.1.1:0: the host name 256.1.1.1 cannot be resolved" in error
+    assert "unknown error" not in error.lower()
+
+
 async def test_a_postgresql_database_without_the_postgres_extra_is_one_sentence(tmp_path: Path) -> None:
     """A hub installed as shelfsync[hub] has no asyncpg: every command that opens the database says which extra."""
     url = "postgresql://hub:secret@127.0.0.1:1/shelfsync"
