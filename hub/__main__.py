@@ -1,5 +1,5 @@
 """``python -m hub`` is ``shelfsync-hub``."""
 
-from hub.cli import main
+from hub.entry import main
 
 raise SystemExit(main())

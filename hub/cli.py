@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import logging
 import os
 import socket
@@ -42,6 +41,7 @@ from hub.config import (
     log_level_number,
     url_problem,
 )
+from hub.entry import package_version  # shelfsync-hub --version answers before this module loads
 from hub.resolver import is_location
 from hub.server import run_serving, serve
 from hub.storage import open_store
@@ -62,14 +62,6 @@ class CliError(HubError):
     """A command-line mistake; the message says how to fix it."""
 
 
-def _package_version() -> str:
-    """The installed shelfsync's version, from its package metadata."""
-    try:
-        return importlib.metadata.version("shelfsync")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (shelfsync is not installed as a package)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -88,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="The shelfsync hub: one central stock ledger for every store."
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {_package_version()}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     srv = commands.add_parser("serve", parents=[common], help="serve the hub's HTTP API until SIGTERM or SIGINT")
