@@ -106,7 +106,7 @@ def _stored_text(value: Any) -> str:
 
 
 def _text(field: values.TextField, value: Any, *, allow_empty: bool = False) -> str:
-    if field.problem(value, allow_empty=allow_empty) is not None:
+    if field.problem(value, allow_empty=allow_empty, stored=True) is not None:  # a key of what is stored
         raise BadCursor
     assert isinstance(value, str)
     return value

@@ -156,20 +156,23 @@ def agent_status(r: AgentStatus) -> dict[str, Any]:
 # --- parameters -------------------------------------------------------------
 
 
-def text_param(field: values.TextField, value: str, name: str) -> str:
-    """A query or path parameter checked by the same rule as on ingest (protocol.values), or a 400."""
-    problem = field.problem(value)
+def text_param(field: values.TextField, value: str, name: str, *, stored: bool = False) -> str:
+    """A query or path parameter checked by the same rule as on ingest (protocol.values), or a 400.
+
+    ``stored=True`` (a query parameter that looks up what is stored): a SKU an older hub accepted before the
+    dot-segment rule, ``.`` or ``..``, is still found."""
+    problem = field.problem(value, stored=stored)
     if problem is not None:
         raise web.HTTPBadRequest(text=f"{name} {problem}; a {field.what} is {field.rule()}")
     return value
 
 
-def location_param(value: str, name: str = "location") -> str:
-    return text_param(values.LOCATION, value, name)
+def location_param(value: str, name: str = "location", *, stored: bool = False) -> str:
+    return text_param(values.LOCATION, value, name, stored=stored)
 
 
-def sku_param(value: str, name: str = "sku") -> str:
-    return text_param(values.SKU, value, name)
+def sku_param(value: str, name: str = "sku", *, stored: bool = False) -> str:
+    return text_param(values.SKU, value, name, stored=stored)
 
 
 class Query:
@@ -226,8 +229,9 @@ class Query:
 
     def location(self) -> str | None:
         raw = self._get("location")
-        return None if raw is None else location_param(raw)
+        return None if raw is None else location_param(raw, stored=True)
 
     def sku(self) -> str | None:
+        """``?sku=``: also a SKU stored before the dot-segment rule, which no URL path can name."""
         raw = self._get("sku")
-        return None if raw is None else sku_param(raw)
+        return None if raw is None else sku_param(raw, stored=True)

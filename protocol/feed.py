@@ -85,7 +85,7 @@ def decode_change(obj: Any, name: str = "change") -> FeedChange:
     return FeedChange(
         change_id=_int(obj.get(CHANGE_ID), f"{name}.{CHANGE_ID}", 1, CURSOR_MAX),
         location=values.LOCATION.check(obj.get(LOCATION), f"{name}.{LOCATION}"),
-        sku=values.SKU.check(obj.get(SKU), f"{name}.{SKU}"),
+        sku=values.SKU.check(obj.get(SKU), f"{name}.{SKU}", stored=True),  # a change of a SKU stored before the dot rule
         on_hand=_int(obj.get(ON_HAND), f"{name}.{ON_HAND}", -COUNT_ABS_MAX, COUNT_ABS_MAX),
         reserved=_int(obj.get(RESERVED), f"{name}.{RESERVED}", -COUNT_ABS_MAX, COUNT_ABS_MAX),
         available=_int(obj.get(AVAILABLE), f"{name}.{AVAILABLE}", -COUNT_ABS_MAX, COUNT_ABS_MAX),

@@ -24,6 +24,12 @@ versions always agree.
 
 **Identifiers** are text with a length bound (``TextField``); location codes
 and agent ids also follow a pattern of ASCII letters, digits and ``._-``.
+An identifier the hub's API puts in a URL path (``path_segment``: SKU,
+location) is never ``.`` or ``..``: browsers and HTTP clients remove such
+dot segments from a path, even percent-encoded (RFC 3986 5.2.4), so
+``/v1/skus/../counts`` reaches ``/v1/counts`` and no URL could name that SKU.
+Values stored before this rule are still read (``stored=True``), by the
+query-parameter forms (``/v1/counts?sku=..``), which no client normalises.
 
 **Attrs** (``check_attrs``) are a flat JSON-safe map: at most
 ``ATTRS_MAX_KEYS`` keys of text (1 to ``ATTR_KEY_MAX_LEN`` characters), each
@@ -62,6 +68,9 @@ CONTROL_RE = re.compile(f"[{CONTROL_CHARS}]")
 NOT_TEXT_RE = re.compile(f"[{CONTROL_CHARS}\u2028\u2029\ud800-\udfff]")
 SURROGATE_RE = re.compile("[\ud800-\udfff]")
 TEXT_RULE = "no control characters, line separators or lone surrogates"
+# The dot segments of a URL path (RFC 3986 5.2.4), which no identifier that appears in a path may be.
+DOT_SEGMENTS = frozenset({".", ".."})
+DOT_SEGMENT_RULE = "not '.' or '..', which URL paths cannot hold"
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -119,9 +128,13 @@ class TextField:
     max_len: int
     pattern: re.Pattern[str] | None = None  # a fullmatch on top of the text rule
     shape: str = ""  # the pattern in words, for the message
+    path_segment: bool = False  # the hub's API puts it in a URL path: '.' and '..' are refused
 
-    def problem(self, value: object, *, allow_empty: bool = False) -> str | None:
-        """Why ``value`` is not one of these (a clause), or None when it is."""
+    def problem(self, value: object, *, allow_empty: bool = False, stored: bool = False) -> str | None:
+        """Why ``value`` is not one of these (a clause), or None when it is.
+
+        ``stored=True`` reads a value as one stored before the dot-segment rule may be: ``.`` and ``..``
+        pass, so what an older hub accepted can still be looked up (by a query parameter)."""
         if not isinstance(value, str):
             return f"must be a string, got {type(value).__name__}"
         if not value:
@@ -130,14 +143,16 @@ class TextField:
             return f"is {len(value)} characters long; the limit is {self.max_len}"
         if NOT_TEXT_RE.search(value) is not None or (self.pattern is not None and not self.pattern.fullmatch(value)):
             return f"{_quote(value)} is not a {self.what}"
+        if self.path_segment and not stored and value in DOT_SEGMENTS:
+            return f"{_quote(value)} is not a {self.what}: browsers and HTTP clients remove it from a URL path"
         return None
 
     def valid(self, value: object) -> bool:
         return self.problem(value) is None
 
-    def check(self, value: object, name: str, *, allow_empty: bool = False) -> str:
+    def check(self, value: object, name: str, *, allow_empty: bool = False, stored: bool = False) -> str:
         """``value`` if it is one of these; else ``ProtocolError`` naming ``name``."""
-        problem = self.problem(value, allow_empty=allow_empty)
+        problem = self.problem(value, allow_empty=allow_empty, stored=stored)
         if problem is not None:
             raise ProtocolError(f"{problem}; a {self.what} is {self.rule()}", field=name)
         assert isinstance(value, str)
@@ -146,7 +161,8 @@ class TextField:
     def rule(self) -> str:
         """The rule in words, for a message: "1 to 64 characters, no control characters …"."""
         shape = f"{self.shape}, " if self.shape else ""
-        return f"{shape}1 to {self.max_len} characters, {TEXT_RULE}"
+        dots = f", {DOT_SEGMENT_RULE}" if self.path_segment else ""
+        return f"{shape}1 to {self.max_len} characters, {TEXT_RULE}{dots}"
 
 
 CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
@@ -154,9 +170,9 @@ AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
 SOURCE_RE = re.compile(r"(scanner|pos|api|session|import|hub):[^\s]+")
 CODE_SHAPE = "ASCII letters, digits, '.', '_' and '-'"
 
-LOCATION = TextField("location code", 32, CODE_RE, CODE_SHAPE)
+LOCATION = TextField("location code", 32, CODE_RE, CODE_SHAPE, path_segment=True)  # CODE_RE refuses dots already
 AGENT_ID = TextField("agent id", 64, AGENT_RE, "ASCII letters, digits, '.', '_', ':' and '-'")
-SKU = TextField("SKU", 64)
+SKU = TextField("SKU", 64, path_segment=True)
 SOURCE = TextField("source", 96, SOURCE_RE, "scanner:<id>, pos:<vendor>, api:<client> … without spaces")
 REF = TextField("ref", 128)
 REASON = TextField("reason", 64)

@@ -619,7 +619,8 @@
   }
 
   async function skuView(sku) {
-    const counts = await api(`/v1/skus/${encodeURIComponent(sku)}/counts`);
+    // by ?sku=, not /v1/skus/{sku}/counts: a browser removes a SKU stored as "." or ".." from a path (RFC 3986)
+    const counts = await api(`/v1/counts?sku=${encodeURIComponent(sku)}`);
     state.sku = {
       sku, counts: new Map(counts.counts.map((c) => [c.location, c])), totalsEl: h("div", { class: "totals" }),
       ledger: { cursors: [null], page: 0, next: null, starts: [], fresh: 0, noteEl: null },

@@ -81,7 +81,8 @@ def catalog_items(items: Sequence[CatalogItem]) -> list[CatalogItem]:
                 f"{what}.barcode {item.barcode} looks like a GTIN-{len(item.barcode)} but its check digit is "
                 "wrong; no scanner would read it"
             )
-        text(item.sku, f"{what}.sku", SKU_MAX_LEN)
+        if (problem := values.SKU.problem(item.sku)) is not None:  # the identifier rule: '.' and '..' refused too
+            raise InvalidInput(f"{what}.sku {problem}; a SKU is {values.SKU.rule()}")
         if is_unknown_sku(item.sku):
             raise InvalidInput(f"{what}.sku {item.sku!r} is an unknown-barcode key, not a SKU")
         whole(item.pack_size, f"{what}.pack_size", 1, PACK_SIZE_MAX)
@@ -200,7 +201,7 @@ def safety_stock(loc: str, sku: str, qty: int) -> None:
     """A safety stock to set: a location code, a SKU, 0 to ``QTY_MAX`` units."""
     if not is_location(loc):
         raise InvalidInput(f"{loc!r} is not a location code")
-    if not isinstance(sku, str) or not 0 < len(sku) <= SKU_MAX_LEN:
-        raise InvalidInput(f"{sku!r} is not a SKU (1 to {SKU_MAX_LEN} characters)")
+    if (problem := values.SKU.problem(sku)) is not None:
+        raise InvalidInput(f"sku {problem}; a SKU is {values.SKU.rule()}")
     if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= QTY_MAX:
         raise InvalidInput(f"safety stock must be a whole number of units from 0 to {QTY_MAX}, got {qty!r}")

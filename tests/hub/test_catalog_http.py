@@ -97,6 +97,7 @@ async def test_get_answers_the_version_as_etag_and_304_when_unchanged(
         ({"items": [{"barcode": ITEM, "sku": "PEN", "pack_size": 0}]}, 400, "pack_size"),
         ({"items": [{"barcode": ITEM, "sku": "PEN", "colour": "red"}]}, 400, "unknown field(s) colour"),
         ({"items": [{"barcode": ITEM}]}, 400, "no sku"),
+        ({"items": [{"barcode": ITEM, "sku": ".."}]}, 400, "'..' is not a SKU: browsers and HTTP clients remove it"),
         ({"items": [ITEM]}, 400, "items[0] must be an object"),
         ({"things": []}, 400, '{"items": [...]}'),
         ({"items": [{"barcode": 4006381333931, "sku": "PEN"}]}, 400, "barcode must be a string"),

@@ -50,7 +50,17 @@ def test_a_sku_the_event_takes_is_a_sku_every_read_takes_and_the_reverse(sku: st
         accepted = True
     except ProtocolError:
         accepted = False
-    assert accepted == SKU.valid(sku) == is_text(sku)
+    assert accepted == SKU.valid(sku) == (is_text(sku) and sku not in (".", ".."))
+
+
+@pytest.mark.parametrize("sku", [".", ".."])
+def test_a_dot_segment_is_no_sku_but_one_stored_before_the_rule_is_read(sku: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        event(sku=sku)
+    assert err.value.field == "sku" and "URL path" in str(err.value)
+    assert "not '.' or '..'" in SKU.rule()
+    assert SKU.problem(sku, stored=True) is None
+    assert SKU.valid("..a") and SKU.valid("a.") and SKU.valid("...")
 
 
 @pytest.mark.parametrize("ch", REFUSED)
