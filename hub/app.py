@@ -149,6 +149,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 @web.middleware
+async def path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A route with path parameters takes them as text: a path that does not percent-decode to UTF-8 is a 400."""
+    if request.match_info and (problem := views.path_problem(request.rel_url.raw_path)) is not None:
+        raise web.HTTPBadRequest(text=problem)
+    return await handler(request)
+
+
+@web.middleware
 async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Read a request's whole body within ``body_timeout_s`` before its handler runs (which then reads it from memory).
 
@@ -213,7 +221,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         client_max_size=settings.max_body_bytes,
         handler_args={"auto_decompress": False},  # a body is never inflated; body_middleware refuses compressed ones
         middlewares=[
-            error_middleware, gate.middleware, auth_middleware, etag.middleware, ratelimit.middleware, body_middleware
+            error_middleware, gate.middleware, auth_middleware, path_middleware, etag.middleware, ratelimit.middleware,
+            body_middleware,
         ],
     )
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes

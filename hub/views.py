@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from urllib.parse import unquote_to_bytes
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,6 +174,22 @@ def location_param(value: str, name: str = "location", *, stored: bool = False) 
 
 def sku_param(value: str, name: str = "sku", *, stored: bool = False) -> str:
     return text_param(values.SKU, value, name, stored=stored)
+
+
+def path_problem(raw_path: str) -> str | None:
+    """Why a request's path (as sent, percent-escapes kept) cannot carry text parameters, or None.
+
+    The router leaves an escape that does not decode to UTF-8 (``%ff``, ``%ED%A0%80``: a lone surrogate) as
+    the literal characters ``%ff``, which would then name another SKU than the client's; such a path names
+    no text at all."""
+    try:
+        unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        return (
+            f"the path {values.shown(raw_path)} does not percent-decode to UTF-8 text; "
+            "percent-encode the UTF-8 bytes of each parameter"
+        )
+    return None
 
 
 class Query:

@@ -537,6 +537,24 @@ async def test_a_dot_segment_sku_in_a_path_is_400_and_one_stored_before_the_rule
 
 
 @pytest.mark.parametrize(
+    "path",
+    ["/v1/skus/%ff%fe/counts", "/v1/skus/%ED%A0%80/counts", "/v1/locations/S001/skus/A%C3/safety-stock"],
+)
+async def test_a_path_parameter_that_is_not_utf8_is_400(
+    client: TestClient[Any, Any], agent: tuple[str, str], path: str
+) -> None:
+    _, token = agent
+    url = client.make_url("/").with_path(path, encoded=True)
+    resp = await client.session.request("GET" if path.endswith("counts") else "PUT", url, headers=auth(token))
+    err = await error_of(resp, 400, "bad_request")
+    assert "does not percent-decode to UTF-8 text" in err["detail"] and "\n" not in err["detail"]
+    # the literal characters, percent-encoded, are text: a SKU of its own
+    literal = client.make_url("/").with_path("/v1/skus/%25ff%25fe/counts", encoded=True)
+    resp = await client.session.get(literal, headers=auth(token))
+    assert resp.status == 200 and (await resp.json())["sku"] == "%ff%fe"
+
+
+@pytest.mark.parametrize(
     ("path", "expected"),
     [
         ("/v1/ledger?limit=0", "limit must be a whole number from 1 to 10000"),
