@@ -347,8 +347,8 @@ def _columns(header: list[str]) -> list[str]:
 
 def _item(fields: dict[str, str]) -> CatalogItem:
     """One row's item, or ``InvalidInput`` saying what is wrong with it (the store's rule, hub.storage.checks)."""
-    barcode = csvexport.unguard(fields.get("barcode", "")).strip()
-    sku = csvexport.unguard(fields.get("sku", "")).strip()
+    barcode = csvexport.uncell(fields.get("barcode", ""))
+    sku = csvexport.uncell(fields.get("sku", ""))
     if EXCEL_NUMBER_RE.fullmatch(barcode):
         raise InvalidInput(
             f"barcode {barcode} is a number a spreadsheet rounded (scientific notation); format the barcode "
@@ -360,7 +360,7 @@ def _item(fields: dict[str, str]) -> CatalogItem:
             f"pack_size must be a whole number of units from 1 to {PACK_SIZE_MAX:,}, got {values.shown(raw_pack, 20)}"
         )
     pack = int(raw_pack) if raw_pack else 1
-    item = CatalogItem(barcode, sku, pack, csvexport.unguard(fields.get("description", "")).strip())
+    item = CatalogItem(barcode, sku, pack, csvexport.uncell(fields.get("description", "")))
     try:
         check_catalog_items([item])
     except InvalidInput as err:

@@ -60,6 +60,7 @@ PAGE_ROWS = 1_000  # rows read from the store per page of a walk (and written pe
 ROWS_MAX = 1_000_000_000  # the largest ``limit`` a CSV answer takes
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 FORMULA_GUARD = "'"
+GUARDED_STARTS = (*FORMULA_STARTS, FORMULA_GUARD)  # a cell starting with the guard itself is guarded too
 FILENAME_PART_RE = re.compile(r"[^A-Za-z0-9._-]+")
 JSON_TYPES = frozenset({"application/json", "application/*"})
 
@@ -122,16 +123,25 @@ def cell(value: object) -> object:
     if isinstance(value, (dict, list)):
         value = views.dumps(value)
     text = str(value)
-    if text.startswith(FORMULA_STARTS):
-        return FORMULA_GUARD + text
-    return text
+    return FORMULA_GUARD + text if _needs_guard(text) else text
+
+
+def _needs_guard(text: str) -> bool:
+    """Whether ``cell`` guards ``text``: a formula start, and whatever reading it back would change — a
+    leading ``'`` (an import takes that for a guard) and surrounding blanks (an import strips them)."""
+    return text.startswith(GUARDED_STARTS) or text != text.strip()
 
 
 def unguard(text: str) -> str:
     """A cell as it was before ``cell`` guarded it: what a spreadsheet round trip hands back."""
-    if text.startswith(FORMULA_GUARD) and text[1:2] and text[1:].startswith(FORMULA_STARTS):
-        return text[1:]
-    return text
+    return text[1:] if text.startswith(FORMULA_GUARD) and _needs_guard(text[1:]) else text
+
+
+def uncell(text: str) -> str:
+    """A text cell of an imported file as ``cell`` was given it: a guarded cell exactly (``unguard``), any
+    other without the blanks a hand-edited file puts round a value. ``uncell(cell(s)) == s`` for every string."""
+    unguarded = unguard(text)
+    return unguarded if unguarded is not text else text.strip()
 
 
 def encode(rows: Iterable[Sequence[object]]) -> bytes:

@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hub import HubStore, csvexport
 from hub.storage.base import AgentIdentity, CatalogItem, StoreError
@@ -203,6 +205,22 @@ def test_encode_quotes_by_rfc_4180_and_guards_only_text() -> None:
         '{"k":"=v"}',
     ]
     assert [csvexport.unguard(v) for v in ("'-3", "'=1+1", "'quoted", "'")] == ["-3", "=1+1", "'quoted", "'"]
+
+
+# Text biased to what a guard and an import's strip act on: apostrophes, formula starts and blanks at either end.
+TRICKY_TEXT = st.builds(
+    lambda head, body, tail: head + body + tail,
+    st.sampled_from(["", "'", "''", "'=", "'-", "=", "-", "+", "@", "\t", " ", " '", "\u00a0", "'\u00a0"]),
+    st.text(max_size=12),
+    st.sampled_from(["", " ", "'", "\u00a0"]),
+)
+
+
+@given(TRICKY_TEXT)
+def test_an_imported_cell_is_the_text_the_export_was_given(text: str) -> None:
+    guarded = csvexport.cell(text)
+    assert csvexport.uncell(str(guarded)) == text and csvexport.unguard(str(guarded)) == text
+    assert not str(guarded).startswith(csvexport.FORMULA_STARTS)  # never a formula in a spreadsheet
 
 
 @pytest.mark.parametrize(
