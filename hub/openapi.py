@@ -193,14 +193,18 @@ def source_pattern() -> str:
     return f"^{prefixes}:[^{_excluded(lambda ch: not values.is_text(ch) or space.match(ch) is not None)}]+$"
 
 
-def text(field: values.TextField, description: str | None = None, **more: Any) -> JSON:
-    """A ``protocol.values.TextField``: 1 to ``max_len`` characters of text, with its own pattern if it has one."""
+def text(field: values.TextField, description: str | None = None, *, stored: bool = False, **more: Any) -> JSON:
+    """A ``protocol.values.TextField``: 1 to ``max_len`` characters of text, with its own pattern if it has one;
+    not ``.`` or ``..`` when the field is a path segment, unless ``stored`` (a query parameter that finds a value
+    stored before that rule)."""
     words = f"A {field.what}: {field.rule()}."
     schema = string(f"{description} {words}" if description else words, minLength=1, maxLength=field.max_len)
     if field is values.SOURCE:
         schema["pattern"] = source_pattern()
     elif field.pattern is not None:
         schema["pattern"] = f"^(?:{field.pattern.pattern})$"
+    elif field.path_segment and not stored:
+        schema["pattern"] = r"^(?!\.\.?$)" + text_pattern().removeprefix("^")
     else:
         schema["pattern"] = text_pattern()
     return schema | more
@@ -284,7 +288,8 @@ def cursor_param(what: str) -> JSON:
 
 
 LOCATION_QUERY = query("location", ref("Location"), "Only this location.", example="S001")
-SKU_QUERY = query("sku", ref("Sku"), "Only this SKU.", example="SKU-1")
+SKU_QUERY = query("sku", text(values.SKU, "Also '.' or '..', stored by a hub from before that rule.", stored=True),
+                  "Only this SKU.", example="SKU-1")
 IF_NONE_MATCH = {
     "name": "If-None-Match",
     "in": "header",
