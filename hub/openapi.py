@@ -303,16 +303,20 @@ IF_NONE_MATCH = {
 
 
 ERROR_STATUS: Mapping[int, tuple[str, str]] = {
-    400: ("bad_request", "The request is malformed: a query parameter unknown, repeated or out of range, a body "
-          "that does not parse or has the wrong shape, more than one Authorization header."),
+    400: ("bad_request", "The request is malformed: a query parameter unknown, repeated or out of range, a path "
+          "parameter that is not text, a body that does not parse or has the wrong shape, more than one "
+          "Authorization header, or a request that is not valid HTTP/1.1 (the connection is then closed)."),
     401: ("unauthorized", "No credential, a malformed one, or one unknown or revoked (with WWW-Authenticate: Bearer)."),
     403: ("forbidden", "The credential's role may not do this, or it names another agent than its own."),
     404: ("not_found", "There is no such resource (or no route for this path)."),
-    408: ("request_timeout", "The request body did not arrive whole within body_timeout_s; the connection is closed."),
+    405: ("method_not_allowed", "The route does not take this method; Allow lists the ones it takes."),
+    408: ("request_timeout", "The request head did not arrive whole within header_timeout_s, or its body within "
+          "body_timeout_s; the connection is closed."),
     409: ("conflict", "The request conflicts with what the hub holds; nothing was changed."),
     413: ("payload_too_large", f"The body is larger than max_body_bytes ({DEFAULT_MAX_BODY_BYTES} bytes by default) "
           "or the route's own limit."),
     415: ("unsupported_media_type", "The body was sent with another Content-Type than the route takes, or compressed."),
+    417: ("http_417", "The request carries an Expect other than 100-continue, which the hub does not take."),
     422: ("invalid_events", "The request is well-formed but some of its events break the contract; nothing was "
           "committed."),
     429: ("rate_limited", "This credential sent write requests faster than its quota, or already runs "
@@ -461,10 +465,11 @@ def operation(
     errors: Iterable[int] = (),
     cookie: bool = False,
 ) -> JSON:
-    """One operation. Every authenticated one can answer 400 (two Authorization headers), 401 and 503; any
-    operation can answer 500 (a bug, which the tests hunt)."""
+    """One operation. Every authenticated one can answer 401 and 503; any operation can answer 400 (HTTP that
+    does not parse, two Authorization headers), 405 (another method), 408 (a head that did not arrive in time),
+    417 (an Expect but 100-continue) and 500 (a bug, which the tests hunt)."""
     public = security == []
-    codes = set(errors) | {500, 503} | (set() if public else {400, 401})
+    codes = set(errors) | {400, 405, 408, 417, 500, 503} | (set() if public else {401})
     if any(CSV_TYPE in r.get("content", {}) for r in responses.values()):
         codes.add(429)  # one CSV download more than export_max_per_credential (hub/exportslots.py)
     if set(roles) != {ROLE_AGENT, ROLE_READER, ROLE_ADMIN} and not public:
@@ -1404,6 +1409,8 @@ def _responses() -> dict[str, JSON]:
             headers = {"Retry-After": RETRY_AFTER_HEADER, **RATE_LIMIT_HEADERS}
         elif status == 401:
             headers = {"WWW-Authenticate": header('Bearer realm="shelfsync-hub"', string())}
+        elif status == 405:
+            headers = {"Allow": header("The methods the route takes, e.g. GET, HEAD.", string())}
         out[f"E{status}"] = error(status, headers=headers or None)
     return out
 

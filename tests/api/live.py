@@ -161,15 +161,15 @@ retry_max_s = 1.0
 
 @contextmanager
 def live_hub(tmp_path: Path, *, rate_limit_per_s: float = 1000.0, rate_limit_burst: int = 1000,
-             seeded: bool = True) -> Iterator[LiveHub]:  # fmt: skip
+             seeded: bool = True, header_timeout_s: float = 10.0) -> Iterator[LiveHub]:  # fmt: skip
     """A served hub on a free port of 127.0.0.1, stopped (SIGTERM, else killed) on the way out, and the shop its
     channel pushes to."""
     with shopify_in_thread() as shop:
-        yield from _served(tmp_path, shop, rate_limit_per_s, rate_limit_burst, seeded)
+        yield from _served(tmp_path, shop, rate_limit_per_s, rate_limit_burst, seeded, header_timeout_s)
 
 
 def _served(tmp_path: Path, shop: ShopifyEmulator, rate_limit_per_s: float, rate_limit_burst: int,
-            seeded: bool) -> Iterator[LiveHub]:  # fmt: skip
+            seeded: bool, header_timeout_s: float) -> Iterator[LiveHub]:  # fmt: skip
     db = tmp_path / "hub.db"
     reader = add_credential(db, role="reader")
     admin = add_credential(db, role="admin")
@@ -179,6 +179,7 @@ def _served(tmp_path: Path, shop: ShopifyEmulator, rate_limit_per_s: float, rate
         f"""[hub]
 rate_limit_per_s = {rate_limit_per_s}
 rate_limit_burst = {rate_limit_burst}
+header_timeout_s = {header_timeout_s}
 
 [[webhooks]]
 name = "web-shop"

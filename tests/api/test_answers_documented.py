@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgpack
 import pytest
@@ -175,3 +177,44 @@ def test_every_example_of_an_answer_fits_its_schema() -> None:
                     assert not errors, f"{method.upper()} {path} {status}: {errors[0].message}"
                     examples += 1
     assert examples >= 25
+
+
+SLOW_HEAD_TIMEOUT_S = 0.3  # the live hub's header_timeout_s in the test below
+RAW_ANSWER_TIMEOUT_S = 30.0  # a bound on a hung hub, never a measurement
+
+
+def _raw_status(url: str, head: bytes) -> int:
+    """Send ``head`` on a new connection to the hub at ``url`` and return the status it answers with."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), RAW_ANSWER_TIMEOUT_S) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_every_status_the_hub_sends_to_any_request_is_documented_on_every_operation(tmp_path: Path) -> None:
+    """What the hub answers whatever the route: another method (405), an Expect it does not take (417), a request
+    that is not HTTP/1.1 (400, the public /healthz too) and a head that never ends (408): each operation lists
+    them, as sent by a live hub."""
+    doc = openapi.build()
+    with live_hub(tmp_path, seeded=False, header_timeout_s=SLOW_HEAD_TIMEOUT_S) as hub:
+        for method, path in sorted(openapi.operations(doc)):
+            op = doc["paths"][path][method.lower()]
+            target = _path(path, 1).encode()
+            auth = f"Authorization: Bearer {hub.admin.token}\r\n".encode()
+            sent = {
+                "405": b"DELETE " + target + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"Connection: close\r\n\r\n",
+                "417": method.encode() + b" " + target + b" HTTP/1.1\r\nHost: x\r\n" + auth
+                + b"Expect: foo\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                "400": method.encode() + b" " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                "408": method.encode() + b" " + target + b" HTTP/1.1\r\nHost: x\r\nX-Trickle: 1\r\n",  # never ends
+            }
+            for status, head in sent.items():
+                got = _raw_status(hub.url, head)
+                assert str(got) == status, f"{method} {path}: {status} expected, the hub answered {got}"
+                assert status in op["responses"], f"{method} {path} answers {status}, which the document omits"
