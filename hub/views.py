@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from urllib.parse import unquote_to_bytes
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
