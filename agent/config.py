@@ -43,6 +43,7 @@ from agent.scanning import COUNT_RESET_S, MODES
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
 from protocol import MAX_BATCH_EVENTS
+from protocol.values import token_problem
 from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
 
 OUTBOX_FILENAME = "outbox.sqlite3"
@@ -274,6 +275,14 @@ def _non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _bearer(value: str) -> str | None:
+    """A token goes into the Authorization header of every request: the credential alone, on one line."""
+    if not value.strip():
+        return "must not be empty"
+    problem = token_problem(value)
+    return None if problem is None else f"must hold the credential alone on one line; {problem}"
+
+
 def _positive(value: float) -> str | None:
     return None if value > 0 and math.isfinite(value) else f"must be a positive number, got {value}"
 
@@ -374,7 +383,7 @@ def _agent(s: _Section) -> AgentSection:
     except OutboxError as err:
         raise s.error(None, f"has an invalid id or location: {err.__cause__ or err}") from err
     hub_url = s.get("hub_url", str, None, _hub_url)
-    token = s.get("token", str, None, _non_empty)
+    token = s.get("token", str, None, _bearer)
     if "token_file" in s.table:
         if token is not None:
             raise s.error("token_file", "cannot be given together with token; keep one")
@@ -428,6 +437,9 @@ def _read_token(s: _Section, token_path: Path) -> str:
         raise s.error("token_file", f"{token_path} is not UTF-8 text") from err
     if not token:
         raise s.error("token_file", f"{token_path} is empty")
+    problem = token_problem(token)
+    if problem:  # the token itself is never shown
+        raise s.error("token_file", f"{token_path} must hold the credential alone on one line; {problem}")
     return token
 
 

@@ -538,20 +538,10 @@ def _admin_token(token_file: str | None) -> str:
             f"--hub needs an admin credential: give --token-file FILE or set {ADMIN_TOKEN_ENV} "
             "(an admin creates one with: shelfsync-hub agent add --role admin)"
         )
-    problem = token_problem(token)
+    problem = values.token_problem(token)
     if problem:  # it goes into an Authorization header, which cannot hold these; the token itself is never shown
         raise CatalogImportError(f"{source} must hold the admin credential alone on one line; {problem}")
     return token
-
-
-def token_problem(token: str) -> str | None:
-    """Why ``token`` (already stripped) cannot be a bearer credential, or None: one line of visible ASCII."""
-    lines = token.splitlines()
-    if len(lines) > 1:
-        return f"it holds {len(lines)} lines"
-    if not all("!" <= c <= "~" for c in token):
-        return "it holds a space, a control character or a non-ASCII character"
-    return None
 
 
 async def _import_db(db: str, items: list[CatalogItem], progress: Callable[[int], None]) -> ImportResult:

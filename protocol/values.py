@@ -279,3 +279,13 @@ def loads_json(raw: bytes | str, depth_max: int = JSON_DEPTH_MAX) -> Any:
             raise JsonRefused("it holds a whole number with thousands of digits; send a smaller one") from err
         raise JsonRefused(str(err)) from err
     return check_json(value, depth_max)
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` (already stripped) cannot be a bearer credential, or None: one line of visible ASCII."""
+    lines = token.splitlines()
+    if len(lines) > 1:
+        return f"it holds {len(lines)} lines"
+    if not all("!" <= c <= "~" for c in token):
+        return "it holds a space, a control character or a non-ASCII character"
+    return None

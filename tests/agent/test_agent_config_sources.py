@@ -162,3 +162,17 @@ def test_commands_need_no_config_option(tmp_path: Path) -> None:
     assert bad.stderr == "shelfsync-agent: SHELFSYNC_AGENT_LOG_LEVEL must be one of debug, info, warning, error, got 'loud'\n"
     typo = run_agent("status", env={**env, "SHELFSYNC_AGENT_HUBURL": "http://x"}, cwd=tmp_path)
     assert typo.returncode == 2 and "unknown environment variable SHELFSYNC_AGENT_HUBURL" in typo.stderr
+
+
+@pytest.mark.parametrize("token", ["t0k3n\nsecond-line", "t0k3n with-a-space", "t0k3n\x1b"])
+def test_a_token_that_is_not_the_credential_alone_is_refused_without_showing_it(tmp_path: Path, token: str) -> None:
+    # it goes into every request's Authorization header, which cannot hold these: refused at start, not per request
+    path = write(tmp_path, MINIMAL + 'hub_url = "http://hub:1"\n')
+    with pytest.raises(ConfigError, match=r"SHELFSYNC_AGENT_TOKEN .* must hold the credential alone on one line") as err:
+        load_config(path, environ={"SHELFSYNC_AGENT_TOKEN": token})
+    assert "t0k3n" not in str(err.value)
+    secret = tmp_path / "agent.token"
+    secret.write_text(token + "\n")
+    with pytest.raises(ConfigError, match=r"token_file\) .* must hold the credential alone on one line") as err:
+        load_config(path, environ={"SHELFSYNC_AGENT_TOKEN_FILE": str(secret)})
+    assert "t0k3n" not in str(err.value)
