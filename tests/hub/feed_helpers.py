@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,9 @@ from protocol import (
     decode_sync_response,
     encode_sync_request,
 )
+from tests.harness.clock import RECENT_MS
 from tests.harness.inprocess import hub_in_process
 from tests.hub.event_factory import EventFactory
-
-RECENT_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 
 
 @dataclass

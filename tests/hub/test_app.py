@@ -28,10 +28,11 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.clock import RECENT_MS
 from tests.harness.inprocess import ClientFactory
 
-WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
-DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
+WALL_MS = RECENT_MS  # inside the hub's clock window (tests/harness/clock.py)
+HOUR = time.strftime("%Y-%m-%dT%H", time.gmtime(WALL_MS // 1000))  # WALL_MS is the start of an hour
 
 
 @pytest.fixture
@@ -415,7 +416,7 @@ async def test_read_routes_after_a_sync(client: TestClient[Any, Any], store: Hub
     rows = {r["sku"]: r for r in body["counts"]}
     assert rows["SKU-1"]["on_hand"] == 8 and rows["SKU-1"]["available"] == 8
     assert rows["SKU-1"]["last_count_at"] == count.occurred_at
-    assert rows["SKU-1"]["last_count_time"] == f"{DAY}T00:00:00.003Z"
+    assert rows["SKU-1"]["last_count_time"] == f"{HOUR}:00:00.003Z"
     assert rows["SKU-2"]["on_hand"] == -2 and rows["SKU-2"]["available"] == 0
 
     resp = await client.get("/v1/skus/SKU-1/counts", headers=auth(reader_token))
@@ -435,7 +436,7 @@ async def test_read_routes_after_a_sync(client: TestClient[Any, Any], store: Hub
     assert counted["variance"] == -1  # expected 9 once the late sale is known; counted 8
     assert counted["event_id"] == event_id_hex(count.event_id)
     assert counted["occurred_at"] == count.occurred_at
-    assert counted["occurred_at_time"] == f"{DAY}T00:00:00.003Z"
+    assert counted["occurred_at_time"] == f"{HOUR}:00:00.003Z"
     assert sold["duplicates"] == 1 and sold["qty"] == -1
     assert received["variance"] is None and received["qty"] == 10 and received["source"] == "scanner:door-1"
 
@@ -475,7 +476,7 @@ async def test_a_reported_backlog_shows_in_agents_status_and_metrics(
 
     listed = await agent_json(client, reader, "/v1/agents", agent_id)
     assert (listed["backlog"], listed["oldest_pending_ms"]) == (1234, WALL_MS + 1)
-    assert listed["oldest_pending"] == f"{DAY}T00:00:00.001Z"
+    assert listed["oldest_pending"] == f"{HOUR}:00:00.001Z"
     assert listed["backlog_at_ms"] == listed["last_sync_ms"] and listed["backlog_at"].endswith("Z")
     shown = await agent_json(client, reader, "/v1/status", agent_id)
     assert (shown["backlog"], shown["oldest_pending_ms"], shown["backlog_at_ms"]) == (

@@ -3,7 +3,6 @@ re-booking of unknown-barcode scans through the normal ingest path."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ from protocol import (
     pack_hlc,
 )
 from protocol.catalog import unknown_sku
+from tests.harness.clock import RECENT_MS
 
-WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
-DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
+WALL_MS = RECENT_MS  # inside the hub's clock window (tests/harness/clock.py)
 CASE = "14006381333938"
 ITEM = "4006381333931"
 

@@ -6,7 +6,6 @@ import asyncio
 import re
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.clock import RECENT_MS
 from tests.harness.commands import without_modules
 from tests.harness.hub_process import HubProcess
 
@@ -36,7 +36,6 @@ class Run:
     err: str
 
 
-RECENT_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 
 
 async def hub(*args: str, cwd: Path) -> Run:

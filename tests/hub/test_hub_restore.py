@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -26,12 +25,12 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.clock import RECENT_MS
 from tests.harness.inprocess import hub_in_process
 
 WAIT_S = 15.0
 LOC = "S001"
 
-RECENT_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
 
 
 def move(kind: Kind, qty: int) -> Movement:

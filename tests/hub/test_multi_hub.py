@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -43,6 +42,7 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.clock import RECENT_MS
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port
 from tests.harness.pg import PG_URL, in_ci
@@ -53,7 +53,7 @@ HUBS = 3
 BATCHES = 12
 BATCH_EVENTS = 40
 SKUS = tuple(f"K{i}" for i in range(6))
-BASE_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hubs' clock window
+BASE_MS = RECENT_MS  # inside the hub's clock window (tests/harness/clock.py)
 
 
 @contextmanager

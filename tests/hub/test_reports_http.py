@@ -31,9 +31,10 @@ from protocol.reports import (
     encode_import_issues,
     encode_observations,
 )
+from tests.harness.clock import RECENT_MS
 
-WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
-DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
+WALL_MS = RECENT_MS  # inside the hub's clock window (tests/harness/clock.py)
+HOUR = time.strftime("%Y-%m-%dT%H", time.gmtime(WALL_MS // 1000))  # WALL_MS is the start of an hour
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ async def test_observations_are_accepted_deduplicated_and_compared(
     assert [(r["sku"], r["observed"], r["hub_on_hand"], r["difference"], r["id"]) for r in rows] == [
         ("SKU-2", 10, 0, 10, "o2"),
     ]
-    assert rows[0]["observed_at"] == f"{DAY}T00:00:00.040Z" and rows[0]["agent_id"] == agent_id
+    assert rows[0]["observed_at"] == f"{HOUR}:00:00.040Z" and rows[0]["agent_id"] == agent_id
     newer = ObservationsRequest(agent_id, (obs("o4", 10, at_ms=50),))  # after the sale: the hub had 7
     await post(client, "/v1/observations", encode_observations(newer), headers)
     async with client.get("/v1/divergence?system=shopify&location=S001&limit=5", headers=reader) as resp:

@@ -25,9 +25,10 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from tests.harness.clock import RECENT_MS
 
 STEP_TIMEOUT_S = 20.0
-WALL_MS = time.time_ns() // 86_400_000_000_000 * 86_400_000  # today 00:00 UTC: inside the hub's clock window
+WALL_MS = RECENT_MS  # inside the hub's clock window (tests/harness/clock.py)
 DAY = time.strftime("%Y-%m-%d", time.gmtime(WALL_MS // 1000))
 
 
