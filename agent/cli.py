@@ -649,7 +649,7 @@ async def _record(config: AgentConfig, args: argparse.Namespace) -> int:
         ref=args.ref,
         reason=args.reason,
     )
-    refuse_new_outbox_beside_agent(config.agent.outbox)
+    await refuse_new_outbox_beside_agent(config.agent.outbox)
     async with _open(config) as outbox:
         result = await outbox.record([movement])
     print(event_id_hex(result.events[0].event_id), flush=True)

@@ -14,8 +14,9 @@ IMMEDIATE``), and ``status`` only asks whether the lock is held
 (``agent_running``) to tell a stopped agent from a running one. They do not
 create an outbox while an agent runs on its path
 (``refuse_new_outbox_beside_agent``): the file is missing because it was
-deleted under the agent, which writes it back from its open copy, and a new
-one there would stand in its way.
+deleted under the agent, which writes it back from its open copy, or the
+agent is starting and has not created it yet; they wait for the agent's
+file, and a new one there would stand in its way.
 
     with hold_agent_lock(config.agent.outbox):
         ...  # AgentAlreadyRunning if another process holds it
@@ -23,7 +24,9 @@ one there would stand in its way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +35,8 @@ from filelock import FileLock, Timeout
 from agent.errors import AgentError, OutboxError
 
 LOCK_SUFFIX = ".lock"
+OUTBOX_APPEAR_WAIT_S = 10.0  # record/import beside an agent without an outbox: its start-up or write-back, at most
+OUTBOX_APPEAR_POLL_S = 0.05
 ACQUIRE_WAIT_S = 1.0  # how long ``run`` waits for the lock: covers ``status`` peeking at it at that moment
 
 
@@ -81,10 +86,17 @@ def agent_running(outbox: Path) -> bool:
     return False
 
 
-def refuse_new_outbox_beside_agent(outbox: Path) -> None:
-    """``OutboxError`` when there is no outbox at ``outbox`` while an agent runs on it (see the module doc)."""
-    if not outbox.exists() and agent_running(outbox):
-        raise OutboxError(
-            f"there is no outbox at {outbox} although an agent runs on it (it was deleted; the agent writes it back"
-            " within a few seconds and logs it); nothing was recorded, record again then"
-        )
+async def refuse_new_outbox_beside_agent(outbox: Path, wait_s: float = OUTBOX_APPEAR_WAIT_S) -> None:
+    """``OutboxError`` when there is no outbox at ``outbox`` while an agent runs on it (see the module doc).
+
+    An agent that is starting holds its lock a moment before it creates the outbox, and one whose outbox was
+    deleted writes it back within its check's period: either way the file appears, so this waits up to
+    ``wait_s`` for it before refusing."""
+    deadline = time.monotonic() + wait_s
+    while not outbox.exists() and agent_running(outbox):
+        if time.monotonic() >= deadline:
+            raise OutboxError(
+                f"there is no outbox at {outbox} although an agent runs on it (it was deleted and the agent has not"
+                f" written it back within {wait_s:g} s: see its log); nothing was recorded"
+            )
+        await asyncio.sleep(OUTBOX_APPEAR_POLL_S)

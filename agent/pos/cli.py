@@ -104,7 +104,7 @@ async def import_command(config: AgentConfig, args: argparse.Namespace, *, out: 
         return EXIT_USAGE
     a = config.agent
     worst = EXIT_OK
-    refuse_new_outbox_beside_agent(a.outbox)
+    await refuse_new_outbox_beside_agent(a.outbox)
     async with (
         Outbox.open(a.outbox, agent_id=a.id, location=a.location, synchronous=a.synchronous) as outbox,
         PosStore.open(store_path) as store,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock, lock_path
+from agent.outbox import Outbox
 
 HOLD = """
 import sys, time
@@ -87,3 +89,36 @@ def test_record_and_import_do_not_make_a_new_outbox_where_a_running_agent_lost_i
     assert done.stderr.startswith(f"shelfsync-agent: there is no outbox at {outbox} although an agent runs on it")
     assert done.stderr.count("\n") == 1, f"one sentence, no traceback: {done.stderr}"
     assert not outbox.exists(), "no new outbox in the way of the one the agent writes back"
+
+
+def test_record_beside_an_agent_still_starting_waits_for_its_outbox_and_records(tmp_path: Path) -> None:
+    # run takes its lock a moment before it creates the outbox: a record in that moment is no deleted outbox
+    outbox = tmp_path / "outbox.sqlite3"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nid = "store-1"\nlocation = "S001"\ndata_dir = "{tmp_path.as_posix()}"\n')
+    holder = _holder(outbox)
+    try:
+        record = subprocess.Popen(
+            [sys.executable, "-m", "agent", "record", "--config", str(config), "--sku", "SKU-1", "--kind", "receive",
+             "--qty", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2.0)  # the agent opens its outbox now (a record that refused at once has exited by then)
+        assert record.poll() is None, "record waits for the starting agent's outbox"
+
+        async def create() -> None:
+            async with Outbox.open(outbox, agent_id="store-1", location="S001"):
+                pass
+
+        asyncio.run(create())
+        out, err = record.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait(timeout=20)
+    assert record.returncode == 0 and err == "", err
+
+    async def pending() -> list[tuple[str, int]]:
+        async with Outbox.open(outbox, agent_id="store-1", location="S001") as box:
+            return [(e.sku, e.qty) for e in await box.pending(10)]
+
+    assert asyncio.run(pending()) == [("SKU-1", 2)]
