@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from agent.scanning import ModeRouter, ScanRouter, ScanService
 from agent.sessions.router import SessionRouter
 from agent.simulate import Simulator
 from protocol import Kind, event_id_hex
+from protocol.entry import package_version
 from protocol.routes import HEALTH_PATH
 from protocol.runtime import gc_for_serving
 
@@ -69,19 +69,10 @@ PROBE_TIMEOUT_S = 3.0
 CLOCK_WRONG_MS = 60_000  # status calls this machine's clock wrong past this skew from the hub's
 CATALOG_CACHE_FILENAME = "catalog-cache.json"
 PROG = "shelfsync-agent"
-DISTRIBUTION = "shelfsync"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SEND_WAIT_S = 300.0  # outbox send: how long to wait for the hub to hold every movement before giving up
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGBREAK")  # SIGBREAK: Ctrl+Break on Windows
 RELOAD_SIGNALS = ("SIGHUP",)  # none on Windows
-
-
-def package_version() -> str:
-    """The installed shelfsync's version, from its package metadata."""
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:
-        return "unknown (shelfsync is not installed as a package)"
 
 
 def build_parser() -> argparse.ArgumentParser:

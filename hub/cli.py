@@ -41,7 +41,6 @@ from hub.config import (
     log_level_number,
     url_problem,
 )
-from hub.entry import package_version  # shelfsync-hub --version answers before this module loads
 from hub.resolver import is_location
 from hub.server import run_serving, serve
 from hub.storage import open_store
@@ -49,6 +48,7 @@ from hub.storage.base import ROLES, AgentStatus, HubError
 from hub.storage.credentials import check_agent_id
 from hub.storage.interfaces import CredentialStore
 from hub.views import iso_ms
+from protocol.entry import package_version  # shelfsync-hub --version answers before this module loads (hub/entry.py)
 
 PROG = "shelfsync-hub"
 EXIT_OK = 0
