@@ -25,7 +25,15 @@ from hub.storage import AgentIdentity, HubStore, StoreError, StoreOpener, open_s
 from hub.storage.base import Effect
 from hub.storage.ingest import prepare_batch
 from hub.storage.postgres import PostgresHubStore
-from hub.storage.postgres.ingest import PRELOAD_SQL, STOCK_LOCK_BUCKETS, batch_locks, lock_key, sender_lockable
+from hub.storage.postgres.ingest import (
+    PRELOAD_SQL,
+    STOCK_LOCK_BUCKETS,
+    batch_locks,
+    lock_key,
+    sender_lockable,
+    text_list,
+    text_list_sql,
+)
 from hub.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from protocol import MAX_BATCH_EVENTS, Kind, StockEvent
 from tests.harness.pg import fresh_schema
@@ -175,6 +183,21 @@ async def test_text_sorts_by_bytes_like_sqlite(pg_url: str) -> None:
         await store.ingest(who, 1, [ev(Kind.RECEIVE, 1, at_ms=i, sku=s) for i, s in enumerate(skus)])
         rows = await store.counts(location="S1")
     assert [r.sku for r in rows] == sorted(skus, key=str.encode)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [["S1", "S1", "S2"], ["é", "a b", "'\"{},\\"], ["only"], [], [""], ["a", ""], ["a\x1fb", "c"], ["\x1f"]],
+)
+async def test_a_text_list_parameter_reaches_the_server_whole(pg_url: str, values: list[str]) -> None:
+    """The batch's keys go as joined texts (``text_list``); a list that cannot go so goes as an array."""
+    joined, array = text_list(values)
+    assert (joined is None) == (not values or not all(values) or any("\x1f" in v for v in values))
+    conn = await asyncpg.connect(pg_url.split("?")[0])
+    try:
+        assert await conn.fetchval(f"SELECT {text_list_sql('$1', '$2')}", joined, array) == values
+    finally:
+        await conn.close()
 
 
 # --- several stores on one database -----------------------------------------------------
