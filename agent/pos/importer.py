@@ -148,11 +148,14 @@ class PosImporter:
         name: str | None = None,
         on_progress: ProgressFn | None = None,
         follow_links: bool = True,
+        seen_under: Sequence[str] = (),
     ) -> ImportReport:
         """Import one file. A file that cannot be read at all gives a report with status "failed".
 
         ``follow_links=False`` (the drop folder) refuses a symbolic link
-        without reading through it. Raises PosImportError only when the outbox
+        without reading through it. ``seen_under``: the digests the file had when
+        it was imported before, when it grew since (``PosStore.add_quarantine``).
+        Raises PosImportError only when the outbox
         or the store cannot be written — then nothing about the file is final,
         and importing it again later is safe.
         """
@@ -177,7 +180,9 @@ class PosImporter:
                 log.warning("The POS export %s was not imported: %s", shown(name, bare=True), err)
                 return report
             import_id = await self.store.begin_import(scan, name, columns.profile.name)
-            report = await self._import_rows(parse, scan, columns, import_id, name, started_ms, on_progress)
+            report = await self._import_rows(
+                parse, scan, columns, import_id, name, started_ms, on_progress, seen_under
+            )
         finally:
             await asyncio.to_thread(parse.close)
         await self.store.finish_import(import_id, report)
@@ -193,6 +198,7 @@ class PosImporter:
         name: str,
         started_ms: int,
         on_progress: ProgressFn | None,
+        seen_under: Sequence[str],
     ) -> ImportReport:
         rows_read = imported = duplicates = observations = observation_dups = skipped = quarantined = 0
         listed: list[Quarantined] = []
@@ -205,7 +211,7 @@ class PosImporter:
                 if batch is None:
                     break
                 ahead = asyncio.ensure_future(asyncio.to_thread(parse.next_batch, self.config.batch_rows))
-                counts = await self._import_batch(batch, parse, scan, import_id, name)
+                counts = await self._import_batch(batch, parse, scan, import_id, name, seen_under)
                 rows_read += batch.rows
                 imported += counts[0]
                 duplicates += counts[1]
@@ -234,7 +240,7 @@ class PosImporter:
         )
 
     async def _import_batch(
-        self, batch: _Batch, parse: _FileParse, scan: FileScan, import_id: int, name: str
+        self, batch: _Batch, parse: _FileParse, scan: FileScan, import_id: int, name: str, seen_under: Sequence[str]
     ) -> tuple[int, int, int, int]:
         """Record one batch: movements in one outbox transaction, then observations and quarantine."""
         new = dups = obs_new = obs_dups = 0
@@ -245,7 +251,7 @@ class PosImporter:
             obs_new, obs_dups = await self.store.add_observations(batch.observations)
         if batch.quarantined:
             batch.quarantined.sort(key=lambda q: q.line)
-            await self.store.add_quarantine(import_id, name, scan.sha256, batch.quarantined)
+            await self.store.add_quarantine(import_id, name, scan.sha256, batch.quarantined, seen_under=seen_under)
         return new, dups, obs_new, obs_dups
 
     async def _record(

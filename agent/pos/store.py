@@ -160,18 +160,32 @@ class PosStore(SqliteFile):
         ]
 
     # --- quarantine ---------------------------------------------------------------
-    async def add_quarantine(self, import_id: int, file_name: str, sha256: str, rows: Sequence[Quarantined]) -> int:
-        """Keep these rows with their reasons; a row of the same file content and line is kept once."""
+    async def add_quarantine(
+        self, import_id: int, file_name: str, sha256: str, rows: Sequence[Quarantined], *, seen_under: Sequence[str] = ()
+    ) -> int:
+        """Keep these rows with their reasons; a row of the same file content and line is kept once. ``seen_under``:
+        the digests this file had when it was imported before (it grew since): a row kept then at the same line
+        with the same text is that row, kept (and reported to the hub) once."""
         if not rows:
             return 0
         now_ms = self._wall_clock_ms()
 
         def insert(conn: sqlite3.Connection) -> int:
+            fresh = rows
+            if seen_under:
+                earlier = ",".join("?" * len(seen_under))
+                kept = set(
+                    conn.execute(
+                        f"SELECT line, raw FROM quarantine WHERE sha256 IN ({earlier}) AND line BETWEEN ? AND ?",
+                        (*seen_under, min(q.line for q in rows), max(q.line for q in rows)),
+                    )
+                )
+                fresh = [q for q in rows if (q.line, q.raw) not in kept]
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO quarantine (import_id, file_name, sha256, line, reason, raw, at_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(import_id, file_name, sha256, q.line, q.reason, q.raw, now_ms) for q in rows],
+                [(import_id, file_name, sha256, q.line, q.reason, q.raw, now_ms) for q in fresh],
             )
             return conn.total_changes - before
 

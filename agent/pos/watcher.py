@@ -91,6 +91,7 @@ class _Filed:
     """A file the watcher imported and filed away, watched for a while in case it is still being written."""
 
     name: str  # its name in the drop folder (the report's file_name)
+    digests: tuple[str, ...]  # its content's digest at each import so far (its quarantined rows are kept once)
     dev: int
     ino: int
     size: int
@@ -380,7 +381,7 @@ class PosFolderWatcher:
                 return dest
         return None
 
-    def _watch_filed(self, dest: Path, name: str, *, changed: bool = False) -> None:
+    def _watch_filed(self, dest: Path, name: str, digests: tuple[str, ...], *, changed: bool = False) -> None:
         try:
             st = dest.lstat()
         except OSError:
@@ -389,7 +390,7 @@ class PosFolderWatcher:
             return
         self._filed.pop(dest, None)
         self._filed[dest] = _Filed(
-            name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + FILED_WATCH_S,
+            name, digests, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + FILED_WATCH_S,
             _Seen(-1, -1, time.monotonic()) if changed else None,
         )  # fmt: skip
         while len(self._filed) > FILED_WATCH_MAX:
@@ -439,7 +440,7 @@ class PosFolderWatcher:
             )
             dest = path
         else:
-            self._watch_filed(dest, report.file_name)
+            self._watch_filed(dest, report.file_name, (report.sha256,))
         if self.on_report is not None:
             self.on_report(report, dest)
 
@@ -452,7 +453,9 @@ class PosFolderWatcher:
         filed = self._filed[dest]
         before = _identity(dest)
         try:
-            report = await self.importer.import_file(dest, name=filed.name, follow_links=False)
+            report = await self.importer.import_file(
+                dest, name=filed.name, follow_links=False, seen_under=filed.digests
+            )
         except PosImportError as err:  # the outbox or store cannot be written: it stays watched, retry later
             raise TurnFailed(str(err)) from err
         except Exception:  # a surprise in one file must not stop the folder, nor be retried forever
@@ -468,7 +471,7 @@ class PosFolderWatcher:
             log.warning("%s disappeared while it was being imported again; its rows are recorded.", _name(dest))
             return
         if after != before:  # still being written: once it settles it is imported again, and then reported
-            self._watch_filed(dest, filed.name, changed=True)
+            self._watch_filed(dest, filed.name, (*filed.digests, report.sha256), changed=True)
             return
         sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
         try:
@@ -487,7 +490,7 @@ class PosFolderWatcher:
             "%s changed after it was imported and filed in %s/; it was imported again and %s more rows were recorded.",
             _name(dest), dest.parent.name, f"{more:,}",
         )  # fmt: skip
-        self._watch_filed(moved, filed.name)
+        self._watch_filed(moved, filed.name, (*filed.digests, report.sha256))
         if self.on_report is not None:
             self.on_report(report, moved)
 

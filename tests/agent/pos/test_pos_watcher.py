@@ -246,11 +246,15 @@ with open(sys.argv[1], "w", encoding="utf-8") as f:  # one handle, open from the
     f.write("date,time,sku,qty,kind,ref\\n")
     for i in range(10):
         f.write(f"{day},{hhmm},MUG-01,1,receive,r-{i}\\n")
+    if sys.argv[2:] == ["bad"]:
+        f.write(f"{day},{hhmm},MUG-01,many,receive,bad-1\\n")
     f.flush()
     print("paused", flush=True)
     sys.stdin.readline()  # the POS pauses longer than settle_s, then goes on writing
     for i in range(10, 20):
         f.write(f"{day},{hhmm},MUG-01,1,receive,r-{i}\\n")
+    if sys.argv[2:] == ["bad"]:
+        f.write(f"{day},{hhmm},MUG-01,lots,receive,bad-2\\n")
 print("done", flush=True)
 """
 
@@ -291,6 +295,35 @@ async def test_a_file_written_to_after_it_was_filed_is_imported_again_with_one_w
             " and 10 more rows were recorded."
         )
     ]
+
+
+async def test_a_bad_row_of_a_file_imported_again_is_quarantined_and_reported_once(tmp_path: Path) -> None:
+    """The file grew after it was filed: its bad row from the first import is the same row, not a new one."""
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.2, on_report=reports):
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PAUSING_WRITER, str(folder / "paused.csv"), "bad",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert writer.stdin is not None and writer.stdout is not None
+        try:
+            assert await asyncio.wait_for(writer.stdout.readline(), WAIT_S) == b"paused\n"
+            first, _ = await reports.next()
+            assert (first.rows_read, first.imported, first.quarantined) == (11, 10, 1)
+            writer.stdin.write(b"go on\n")
+            await writer.stdin.drain()
+            assert await asyncio.wait_for(writer.stdout.readline(), WAIT_S) == b"done\n"
+            second, _ = await reports.next()
+        finally:
+            if writer.returncode is None:
+                writer.kill()
+            await writer.wait()
+        # The file's report counts every bad row it holds; the store keeps, and the hub hears of, each once.
+        assert (second.rows_read, second.imported, second.duplicates, second.quarantined) == (22, 10, 10, 2)
+        kept = await env.store.quarantined()
+        assert sorted((q.line, q.raw.rsplit(",", 1)[-1]) for q in kept) == [(12, "bad-1"), (23, "bad-2")]
+        assert len(await env.store.pending_quarantine()) == 2
 
 
 async def wait_until(done: Callable[[], bool]) -> None:
