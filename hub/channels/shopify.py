@@ -94,6 +94,7 @@ query listVariants($first: Int!, $after: String) {
 }
 """.strip()
 
+
 class _CostTooHigh(ChannelRejected):
     """A query asked for more points than the shop's bucket can ever hold (MAX_COST_EXCEEDED)."""
 
@@ -191,8 +192,14 @@ class ShopifyConnector:
             }
             variables["key"] = idempotency_key(turn_key, variables["input"])
             data = await self._graphql("setLevels", SET_QUANTITIES, variables)
-            payload = data.get("inventorySetQuantities") or {}
-            errors = payload.get("userErrors") or []
+            payload = data.get("inventorySetQuantities")
+            errors = payload.get("userErrors") if isinstance(payload, dict) else None
+            if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+                # userErrors is a non-null list in Shopify's schema: an answer without it confirms nothing
+                raise ChannelUnavailable(
+                    f"Shopify answered channel {self.spec.name}'s inventorySetQuantities without its userErrors list; "
+                    "the levels are not taken as set"
+                )
             if not errors:
                 return {k: batch[k].quantity for k in keys}
             codes = {str(e.get("code")) for e in errors}
@@ -301,13 +308,13 @@ class ShopifyConnector:
             self._learn(operation, body)
             errors = body.get("errors")
             if isinstance(errors, list) and errors:
-                codes = {str((e.get("extensions") or {}).get("code")) for e in errors if isinstance(e, dict)}
+                codes = {str(_extensions(e).get("code")) for e in errors}
                 if "THROTTLED" in codes:
                     self.throttled += 1
                     continue  # the model now knows the bucket: the next turn of this loop waits for it
                 first = errors[0] if isinstance(errors[0], dict) else {}
                 if "MAX_COST_EXCEEDED" in codes:
-                    max_cost = (first.get("extensions") or {}).get("maxCost")
+                    max_cost = _extensions(first).get("maxCost")
                     raise _CostTooHigh(
                         f"a query of channel {self.spec.name} costs more than Shopify allows ({short(str(first.get('message', '')))})",
                         float(max_cost) if isinstance(max_cost, (int, float)) else None,
@@ -353,8 +360,13 @@ class ShopifyConnector:
         }
         self.calls += 1
         status, raw, retry_after = await post(
-            self._session, spec.url, json_body=payload, headers=headers, timeout_s=spec.timeout_s,
-            answer_max_bytes=ANSWER_MAX_BYTES, last=self._last,
+            self._session,
+            spec.url,
+            json_body=payload,
+            headers=headers,
+            timeout_s=spec.timeout_s,
+            answer_max_bytes=ANSWER_MAX_BYTES,
+            last=self._last,
             timed_out=f"Shopify did not answer channel {spec.name} within {spec.timeout_s:g} s",
             unreachable=f"cannot reach Shopify for channel {spec.name}",
         )
@@ -380,6 +392,12 @@ class ShopifyConnector:
         if not isinstance(body, dict):
             raise ChannelUnavailable(f"Shopify answered channel {spec.name} with JSON that is not an object")
         return body
+
+
+def _extensions(error: Any) -> dict[str, Any]:
+    """A GraphQL error's ``extensions`` object, empty when the error or its extensions are of another shape."""
+    ext = error.get("extensions") if isinstance(error, dict) else None
+    return ext if isinstance(ext, dict) else {}
 
 
 def _available(node: Any) -> int | None:

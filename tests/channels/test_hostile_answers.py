@@ -1,0 +1,106 @@
+"""The connectors against a channel API that answers badly: wrong-shape JSON at 200, pages that never end.
+
+A small server on 127.0.0.1 answers each request with the next canned answer
+(the last one again once the queue is down to it), so a test says exactly what
+the "channel" sends. What is checked is the product promise: an answer that
+does not confirm the levels is never taken as a confirmation (the level would
+never be sent again), an odd answer is a one-sentence channel error the pusher
+backs off from, and listing or reading back ends after a bounded number of
+calls however the pages are chained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from hub.channels import LevelKey, ShopifyConnector, SquareConnector
+from hub.channels.connector import ChannelError, ChannelUnavailable, Target
+from tests.channels.helpers import spec_of
+
+SHOP_ITEM = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
+SQUARE_ITEM = LevelKey("V1", "L1")
+
+
+@dataclass
+class Hostile:
+    """Answers queued ``(status, body, headers)``; the last one is answered again once it is the only one left."""
+
+    url: str = ""
+    answers: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
+
+    def answer(self, body: str, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.answers.append((status, body, headers or {}))
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(await request.json())
+        status, body, headers = self.answers[0] if len(self.answers) == 1 else self.answers.pop(0)
+        return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[Hostile]:
+    server = Hostile()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", server.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    server.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(trust_env=False) as s:
+        yield s
+
+
+def shopify(hostile: Hostile, session: aiohttp.ClientSession) -> ShopifyConnector:
+    spec = spec_of({"name": "web", "kind": "shopify", "url": hostile.url + "/admin/api/2026-01/graphql.json",
+                    "pool": {"S1": SHOP_ITEM.location_id}, "timeout_s": 5}, "shpat-token")  # fmt: skip
+    return ShopifyConnector(spec, session)
+
+
+def square(hostile: Hostile, session: aiohttp.ClientSession) -> SquareConnector:
+    spec = spec_of(
+        {"name": "pos", "kind": "square", "url": hostile.url, "pool": {"S1": "L1"}, "timeout_s": 5}, "sq-token"
+    )
+    return SquareConnector(spec, session)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"data": {"inventorySetQuantities": null}}',  # the field failed, and no errors came with it
+        '{"data": {}}',
+        '{"data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": null}}}',  # no userErrors at all
+        '{"data": {"inventorySetQuantities": {"userErrors": "none"}}}',
+        '{"data": {"inventorySetQuantities": {"userErrors": ["CHANGE_FROM_QUANTITY_STALE"]}}}',
+    ],
+)
+async def test_a_shopify_mutation_answer_without_its_user_errors_is_not_a_confirmation(
+    hostile: Hostile, session: aiohttp.ClientSession, body: str
+) -> None:
+    hostile.answer(body)
+    with pytest.raises(ChannelUnavailable, match="without its userErrors list"):
+        await shopify(hostile, session).push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
+
+
+async def test_a_shopify_error_whose_extensions_are_not_an_object_is_a_channel_error(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    hostile.answer('{"errors": [{"message": "Internal error", "extensions": "INTERNAL"}, "oops"]}')
+    with pytest.raises(ChannelError, match="Internal error"):
+        await shopify(hostile, session).push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
