@@ -188,7 +188,7 @@ class SquareConnector:
                     if key in wanted:
                         try:
                             found[key] = int(float(c.get("quantity", "0")))
-                        except (TypeError, ValueError):
+                        except (TypeError, ValueError, OverflowError):  # OverflowError: "1e999", "Infinity"
                             raise ChannelUnavailable(
                                 f"Square answered channel {self.spec.name} a count that is not a number"
                             ) from None
@@ -245,8 +245,13 @@ class SquareConnector:
         }
         self.calls += 1
         status, raw, retry_after = await post(
-            self._session, spec.url + path, json_body=body, headers=headers, timeout_s=spec.timeout_s,
-            answer_max_bytes=ANSWER_MAX_BYTES, last=self._last,
+            self._session,
+            spec.url + path,
+            json_body=body,
+            headers=headers,
+            timeout_s=spec.timeout_s,
+            answer_max_bytes=ANSWER_MAX_BYTES,
+            last=self._last,
             timed_out=f"Square did not answer {what} for channel {spec.name} within {spec.timeout_s:g} s",
             unreachable=f"cannot reach Square for channel {spec.name}",
         )
@@ -254,10 +259,19 @@ class SquareConnector:
         if len(raw) > ANSWER_MAX_BYTES:
             raise ChannelUnavailable(f"Square's answer to channel {spec.name} is larger than {ANSWER_MAX_BYTES} bytes")
         try:
-            answer = json.loads(raw.decode("utf-8", "replace")) if raw else {}
+            answer = json.loads(raw.decode("utf-8", "replace")) if raw else None
         except ValueError:
-            answer = {"errors": [{"detail": short(raw.decode("utf-8", "replace"))}]}
-        return status, retry_after, answer if isinstance(answer, dict) else {}
+            answer = None
+        if 200 <= status < 300 and not isinstance(answer, dict):
+            # Square answers every call with a JSON object: anything else (an empty body, a proxy's page) confirms
+            # nothing, and is not Square refusing the request either
+            raise ChannelUnavailable(
+                f"Square answered {what} for channel {spec.name} with HTTP {status} but no JSON object "
+                f"({short(raw.decode('utf-8', 'replace')) or 'an empty body'})"
+            )
+        if not isinstance(answer, dict):
+            answer = {"errors": [{"detail": short(raw.decode("utf-8", "replace"))}]} if raw else {}
+        return status, retry_after, answer
 
 
 def _first_error(answer: Mapping[str, Any]) -> str:

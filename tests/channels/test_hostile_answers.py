@@ -11,6 +11,7 @@ calls however the pages are chained.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,3 +105,22 @@ async def test_a_shopify_error_whose_extensions_are_not_an_object_is_a_channel_e
     hostile.answer('{"errors": [{"message": "Internal error", "extensions": "INTERNAL"}, "oops"]}')
     with pytest.raises(ChannelError, match="Internal error"):
         await shopify(hostile, session).push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
+
+
+@pytest.mark.parametrize("body", ["", "[]", "null", "<html><body>OK</body></html>"])
+async def test_a_square_2xx_that_is_not_a_json_object_is_not_a_confirmation(
+    hostile: Hostile, session: aiohttp.ClientSession, body: str
+) -> None:
+    hostile.answer(body)
+    with pytest.raises(ChannelUnavailable, match="no JSON object"):
+        await square(hostile, session).push({SQUARE_ITEM: Target(5, 0, 1)}, "pos:0")
+
+
+@pytest.mark.parametrize("quantity", ["1e999", "Infinity", "-inf", "NaN", "many"])
+async def test_a_square_count_that_is_not_a_finite_number_is_a_channel_error(
+    hostile: Hostile, session: aiohttp.ClientSession, quantity: str
+) -> None:
+    count = {"catalog_object_id": "V1", "location_id": "L1", "state": "IN_STOCK", "quantity": quantity}
+    hostile.answer(json.dumps({"counts": [count]}))
+    with pytest.raises(ChannelUnavailable, match="not a number"):
+        await square(hostile, session).read_levels([SQUARE_ITEM])
