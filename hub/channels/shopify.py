@@ -263,6 +263,7 @@ class ShopifyConnector:
     async def listing(self) -> list[ListingEntry]:
         entries: list[ListingEntry] = []
         after: str | None = None
+        seen: set[str] = set()
         first = LISTING_PAGE
         for _ in range(LISTING_PAGES_MAX):
             if self.throttle is not None:  # a page costs 2 + 2 points per variant: never more than the bucket holds
@@ -274,10 +275,13 @@ class ShopifyConnector:
                     raise
                 first = max(1, min(first - 1, int((err.max_cost - 2) // 2)))
                 continue
-            page = data.get("productVariants") or {}
-            for node in page.get("nodes") or []:
-                item = node.get("inventoryItem") or {}
-                if not item.get("id"):
+            page = data.get("productVariants")
+            nodes = page.get("nodes") if isinstance(page, dict) else None
+            if not isinstance(page, dict) or not isinstance(nodes, list):
+                raise ChannelUnavailable(f"Shopify answered channel {self.spec.name} a page of variants without nodes")
+            for node in nodes:
+                item = node.get("inventoryItem") if isinstance(node, dict) else None
+                if not isinstance(item, dict) or not item.get("id"):
                     continue
                 entries.append(
                     ListingEntry(
@@ -288,10 +292,10 @@ class ShopifyConnector:
                         title=str(node.get("title") or ""),
                     )
                 )
-            info = page.get("pageInfo") or {}
-            if not info.get("hasNextPage"):
+            info = page.get("pageInfo")
+            if not isinstance(info, dict) or not info.get("hasNextPage"):
                 return entries
-            after = info.get("endCursor")
+            after = _next_cursor(info.get("endCursor"), seen, f"Shopify's variant pages of channel {self.spec.name}")
         raise ChannelRejected(f"channel {self.spec.name} lists more than {LISTING_PAGES_MAX * LISTING_PAGE} variants")
 
     # --- transport -----------------------------------------------------------------
@@ -392,6 +396,16 @@ class ShopifyConnector:
         if not isinstance(body, dict):
             raise ChannelUnavailable(f"Shopify answered channel {spec.name} with JSON that is not an object")
         return body
+
+
+def _next_cursor(cursor: Any, seen: set[str], pages: str) -> str:
+    """The cursor of the next page; ChannelUnavailable when it is missing or came before (the pages loop)."""
+    if not isinstance(cursor, str) or not cursor:
+        raise ChannelUnavailable(f"{pages} say more follow but give no cursor to it; reading stopped there")
+    if cursor in seen:
+        raise ChannelUnavailable(f"{pages} loop (a cursor came back); reading stopped there")
+    seen.add(cursor)
+    return cursor
 
 
 def _extensions(error: Any) -> dict[str, Any]:

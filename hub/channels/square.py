@@ -146,6 +146,7 @@ class SquareConnector:
     async def listing(self) -> list[ListingEntry]:
         entries: list[ListingEntry] = []
         cursor: str | None = None
+        seen: set[str] = set()
         for _ in range(CATALOG_PAGES_MAX):
             request: dict[str, Any] = {"object_types": ["ITEM_VARIATION"], "limit": CATALOG_PAGE}
             if cursor:
@@ -154,7 +155,8 @@ class SquareConnector:
             for obj in answer.get("objects") or []:
                 if not isinstance(obj, dict) or obj.get("type") != "ITEM_VARIATION" or obj.get("is_deleted"):
                     continue
-                data = obj.get("item_variation_data") or {}
+                data = obj.get("item_variation_data")
+                data = data if isinstance(data, dict) else {}
                 entries.append(
                     ListingEntry(
                         item_id=str(obj.get("id") or ""),
@@ -166,6 +168,7 @@ class SquareConnector:
             cursor = answer.get("cursor")
             if not cursor:
                 return entries
+            cursor = next_cursor(cursor, seen, f"Square's catalog pages of channel {self.spec.name}")
         raise ChannelRejected(f"channel {self.spec.name} lists more than {CATALOG_PAGES_MAX * CATALOG_PAGE} variations")
 
     async def read_levels(self, keys: Sequence[LevelKey]) -> dict[LevelKey, int | None]:
@@ -179,6 +182,7 @@ class SquareConnector:
                 "catalog_object_ids": items[start : start + READ_IDS_MAX], "location_ids": locations,
                 "states": ["IN_STOCK"],
             }  # fmt: skip
+            seen: set[str] = set()
             for _ in range(READ_PAGES_MAX):
                 answer = await self._call("/v2/inventory/counts/batch-retrieve", request, "reading levels")
                 for c in answer.get("counts") or []:
@@ -195,7 +199,8 @@ class SquareConnector:
                 cursor = answer.get("cursor")
                 if not cursor:
                     break
-                request["cursor"] = cursor  # the next page: the same query and Square's cursor
+                # the next page: the same query and Square's cursor
+                request["cursor"] = next_cursor(cursor, seen, f"Square's pages of counts of channel {self.spec.name}")
             else:
                 raise ChannelUnavailable(
                     f"Square answered channel {self.spec.name} more than {READ_PAGES_MAX} pages of counts for "
@@ -272,6 +277,16 @@ class SquareConnector:
         if not isinstance(answer, dict):
             answer = {"errors": [{"detail": short(raw.decode("utf-8", "replace"))}]} if raw else {}
         return status, retry_after, answer
+
+
+def next_cursor(cursor: Any, seen: set[str], pages: str) -> str:
+    """The cursor of the next page; ChannelUnavailable when it is not text or came before (the pages loop)."""
+    if not isinstance(cursor, str):
+        raise ChannelUnavailable(f"{pages} give a cursor that is not text; reading stopped there")
+    if cursor in seen:
+        raise ChannelUnavailable(f"{pages} loop (a cursor came back); reading stopped there")
+    seen.add(cursor)
+    return cursor
 
 
 def _first_error(answer: Mapping[str, Any]) -> str:

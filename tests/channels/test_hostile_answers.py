@@ -124,3 +124,68 @@ async def test_a_square_count_that_is_not_a_finite_number_is_a_channel_error(
     hostile.answer(json.dumps({"counts": [count]}))
     with pytest.raises(ChannelUnavailable, match="not a number"):
         await square(hostile, session).read_levels([SQUARE_ITEM])
+
+
+def variants_page(cursor: Any, *, more: bool = True, item: str = "gid://shopify/InventoryItem/1") -> str:
+    node = {
+        "id": "gid://shopify/ProductVariant/1",
+        "sku": "A",
+        "barcode": "",
+        "title": "A",
+        "inventoryItem": {"id": item},
+    }
+    page = {"nodes": [node], "pageInfo": {"hasNextPage": more, "endCursor": cursor}}
+    return json.dumps({"data": {"productVariants": page}})
+
+
+@pytest.mark.parametrize("cursors", [["same"], ["a", "b", "a"], [None]])
+async def test_shopify_variant_pages_that_loop_end_the_listing_at_once(
+    hostile: Hostile, session: aiohttp.ClientSession, cursors: list[str | None]
+) -> None:
+    for c in cursors:
+        hostile.answer(variants_page(c))
+    with pytest.raises(ChannelUnavailable, match="variant pages of channel web"):
+        await shopify(hostile, session).listing()
+    assert len(hostile.requests) <= len(cursors) + 1, f"{len(hostile.requests)} pages were asked for"
+
+
+async def test_shopify_variant_pages_of_odd_shapes_are_a_channel_error_or_skipped(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    odd = {"data": {"productVariants": {"nodes": ["x", {"inventoryItem": "y"}], "pageInfo": {"hasNextPage": True,
+                                                                                            "endCursor": "c1"}}}}  # fmt: skip
+    hostile.answer(json.dumps(odd))
+    hostile.answer(variants_page(None, more=False, item="gid://shopify/InventoryItem/2"))
+    entries = await shopify(hostile, session).listing()
+    assert [e.item_id for e in entries] == ["gid://shopify/InventoryItem/2"]
+    hostile.answers.clear()
+    hostile.answer(json.dumps({"data": {"productVariants": ["not", "a", "page"]}}))
+    with pytest.raises(ChannelUnavailable, match="without nodes"):
+        await shopify(hostile, session).listing()
+
+
+def catalog_page(cursor: Any) -> str:
+    obj = {"type": "ITEM_VARIATION", "id": "V1", "item_variation_data": {"sku": "A", "upc": ""}}
+    return json.dumps({"objects": [obj, {"type": "ITEM_VARIATION", "id": "V2", "item_variation_data": "?"}],
+                       "cursor": cursor})  # fmt: skip
+
+
+@pytest.mark.parametrize("cursors", [["same"], ["a", "b", "a"], [17]])
+async def test_square_catalog_pages_that_loop_end_the_listing_at_once(
+    hostile: Hostile, session: aiohttp.ClientSession, cursors: list[Any]
+) -> None:
+    for c in cursors:
+        hostile.answer(catalog_page(c))
+    with pytest.raises(ChannelUnavailable, match="catalog pages of channel pos"):
+        await square(hostile, session).listing()
+    assert len(hostile.requests) <= len(cursors) + 1, f"{len(hostile.requests)} pages were asked for"
+
+
+async def test_square_count_pages_that_loop_end_the_read_at_once(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    count = {"catalog_object_id": "V1", "location_id": "L1", "state": "IN_STOCK", "quantity": "3"}
+    hostile.answer(json.dumps({"counts": [count], "cursor": "again"}))
+    with pytest.raises(ChannelUnavailable, match="pages of counts of channel pos loop"):
+        await square(hostile, session).read_levels([SQUARE_ITEM])
+    assert len(hostile.requests) == 2
