@@ -60,10 +60,10 @@ from hub.channels.runner import make_connector, open_channel_state
 from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
 from hub.channels.state import ChannelState
-from protocol.logsafety import RepeatLog, one_line
 from hub.storage import HubStore
 from hub.storage.base import AgentIdentity, IngestResult
 from protocol import wall_ms_now
+from protocol.logsafety import RepeatLog, one_line
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ ROUTE = "/v1/channels/{name}/webhooks"
 ROUTE_NAME = "channel_webhooks"
 WEBHOOK_MAX_BYTES = 4 * 1024 * 1024  # a Shopify order of hundreds of lines is well under this
 SEEN_MAX = 10_000  # deliveries remembered per hub process, to answer a resend at once
+# The longest a webhook waits for the channel's rate limit (429 Retry-After) while it reads the order: the
+# channel's own delivery gives up after seconds, and the channel's webhooks are applied one at a time, so a
+# longer wait is a 503 the channel retries, not minutes of every webhook of the channel queued behind it.
+RATE_LIMIT_WAIT_MAX_S = 2.0
 SHOPIFY_SIGNATURE = "X-Shopify-Hmac-Sha256"
 SQUARE_SIGNATURE = "x-square-hmacsha256-signature"
 
@@ -99,7 +103,10 @@ class OrderWebhooks:
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self.bad_signatures = RepeatLog(
-            log, "refused", "order webhook with a bad signature|order webhooks with a bad signature", level=logging.WARNING
+            log,
+            "refused",
+            "order webhook with a bad signature|order webhooks with a bad signature",
+            level=logging.WARNING,
         )
         self.unknown = RepeatLog(log, "refused", "webhook for an unknown channel|webhooks for unknown channels")
 
@@ -192,8 +199,12 @@ class OrderWebhooks:
             log.warning("channel %s: the hub refused %d event(s) of %s; first: %s", name, len(result.rejected),
                         translation.what, result.rejected[0].reason)  # fmt: skip
         return web.json_response(
-            {"status": "applied", "applied": result.applied, "duplicates": result.duplicates,
-             "rejected": len(result.rejected)}  # fmt: skip
+            {
+                "status": "applied",
+                "applied": result.applied,
+                "duplicates": result.duplicates,
+                "rejected": len(result.rejected),
+            }
         )
 
     # --- steps ------------------------------------------------------------------------
@@ -223,7 +234,9 @@ class OrderWebhooks:
     def _signed(self, spec: ChannelSpec, request: web.Request, body: bytes) -> bool:
         if spec.kind == "shopify":
             return shopify_signature_ok(spec.webhook_secret, body, request.headers.get(SHOPIFY_SIGNATURE))
-        return square_signature_ok(spec.webhook_secret, spec.notification_url, body, request.headers.get(SQUARE_SIGNATURE))
+        return square_signature_ok(
+            spec.webhook_secret, spec.notification_url, body, request.headers.get(SQUARE_SIGNATURE)
+        )
 
     def _delivery(self, spec: ChannelSpec, request: web.Request, payload: Any) -> tuple[str | None, str]:
         """The channel's id of this delivery (for dedupe and logs) and what it is, in words."""
@@ -234,7 +247,9 @@ class OrderWebhooks:
         event_type = payload.get("type") if isinstance(payload, dict) else None
         event_id = payload.get("event_id") if isinstance(payload, dict) else None
         shown = one_line(str(event_type), 60) if event_type else "(no type)"
-        return (one_line(str(event_id), 80) if isinstance(event_id, str) and event_id else None), f"Square event {shown}"
+        return (
+            one_line(str(event_id), 80) if isinstance(event_id, str) and event_id else None
+        ), f"Square event {shown}"
 
     def _refused(self, spec: ChannelSpec, reason: str, what: str) -> web.Response:
         log.warning("channel %s: refused %s: %s", spec.name, what, reason)
@@ -289,7 +304,10 @@ class OrderWebhooks:
         assert isinstance(connector, SquareConnector)
         try:
             answer = await connector.call(
-                "/v2/orders/batch-retrieve", {"location_id": location_id, "order_ids": [order_id]}, "reading an order"
+                "/v2/orders/batch-retrieve",
+                {"location_id": location_id, "order_ids": [order_id]},
+                "reading an order",
+                wait_max_s=RATE_LIMIT_WAIT_MAX_S,
             )
         except ChannelError as err:
             raise Unavailable(f"reading Square order {order_id} failed ({err})") from err

@@ -106,9 +106,13 @@ class SquareConnector:
             throttle = {"retry_after_s": held[0], "until_ms": held[1]}
         return ConnectorStatus(self._last.ok, self._last.at_ms, throttle)
 
-    async def call(self, path: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:
-        """One POST to the Square API, sent again after a 429 (hub.channels.order_routes reads orders with it)."""
-        return await self._call(path, body, what)
+    async def call(
+        self, path: str, body: Mapping[str, Any], what: str, *, wait_max_s: float | None = None
+    ) -> dict[str, Any]:
+        """One POST to the Square API, sent again after a 429 (hub.channels.order_routes reads orders with it);
+        ``wait_max_s``: wait at most this long in all for 429s, then raise ChannelUnavailable (a webhook being
+        answered cannot wait minutes)."""
+        return await self._call(path, body, what, wait_max_s=wait_max_s)
 
     async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
         keys = sorted(batch)
@@ -208,15 +212,25 @@ class SquareConnector:
                 )
         return found
 
-    async def _call(self, path: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:
+    async def _call(
+        self, path: str, body: Mapping[str, Any], what: str, *, wait_max_s: float | None = None
+    ) -> dict[str, Any]:
         """One request, sent again (the same body, the same key) after each 429 once Retry-After has passed."""
         spec = self.spec
+        waited_s = 0.0
         for _ in range(RATE_LIMITED_RETRIES_MAX):
             status, retry_after, answer = await self._post(path, body, what)
             if status == 429:
                 self.rate_limited += 1
                 wait_s = retry_after_s(retry_after)
                 self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
+                if wait_max_s is not None and waited_s + wait_s > wait_max_s:
+                    raise ChannelUnavailable(
+                        f"Square is rate-limiting channel {spec.name} (HTTP 429, Retry-After {wait_s:g} s) while "
+                        f"{what}",
+                        wait_s,
+                    )
+                waited_s += wait_s
                 await self._sleep(wait_s)
                 continue
             if 200 <= status < 300 and not answer.get("errors"):

@@ -7,6 +7,7 @@ out-of-order deliveries, unusable payloads.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -84,12 +85,16 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
 
 
 async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-    async with aiohttp.ClientSession(trust_env=False) as session:
-        async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-            return resp.status, await resp.json(content_type=None)
+    async with (
+        aiohttp.ClientSession(trust_env=False) as session,
+        session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
 
 
-async def test_a_bad_signature_is_refused_logged_and_applies_nothing(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_bad_signature_is_refused_logged_and_applies_nothing(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     order = hub.shopify.create_order([(hub.variants["SKU-A"], 1)], pickup_at=hub.locations["S1"])
     forged = hub.shopify.delivery("orders/create", order, secret="not-the-app-secret")
@@ -155,7 +160,9 @@ async def test_an_unmapped_line_refuses_the_webhook_with_a_sentence_and_applies_
     caplog.set_level(logging.INFO)
     stranger = hub.shopify.add_variant("NEW-SKU")  # added at Shopify after the hub loaded the mapping
     order = hub.shopify.create_order([(hub.variants["SKU-B"], 1), (stranger, 1)], pickup_at=hub.locations["S1"])
-    status, answer = await hub.shopify.deliver(hub.hook("web"), hub.shopify.order_delivery("orders/create", order["id"]))
+    status, answer = await hub.shopify.deliver(
+        hub.hook("web"), hub.shopify.order_delivery("orders/create", order["id"])
+    )
     assert status == 422
     message = answer["detail"]
     assert "NEW-SKU" in message and "mapping" in message and "nothing of it was applied" in message
@@ -267,3 +274,25 @@ def test_order_webhook_keys_parse() -> None:
     assert (spec.webhook_secret, dict(spec.fulfil_from), spec.order_location) == ("hook-secret", {"L1": "S2"}, "WH")
     assert "hook-secret" not in repr(spec)
     assert _channel().webhook_secret == ""  # no secret: the channel takes no webhooks, as before
+
+
+async def test_a_square_rate_limit_answers_503_at_once_and_holds_no_other_webhook(hub: Hub) -> None:
+    square, s1 = hub.square, hub.locations["SQ1"]
+    first = square.create_order(s1, [(hub.variants["SQ-A"], 2)])
+    second = square.create_order(s1, [(hub.variants["SQ-A"], 1)])
+    square.faults.retry_after_s = 300  # Square asks for five minutes …
+    square.requests_per_s = 0  # … on every call, from now on
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    notices = [square.notification("order.created", o["id"]) for o in (first, second)]
+    answers = await asyncio.gather(*(square.deliver(hub.hook("pos"), n, timeout_s=20.0) for n in notices))
+    took_s = loop.time() - started
+    assert [status for status, _ in answers] == [503, 503], answers
+    assert "429" in answers[0][1]["detail"] and "retry" in answers[0][1]["detail"]
+    assert took_s < 10.0, f"the webhooks were answered after {took_s:.1f} s"
+    assert await hub.count("S1", "SKU-A") == (0, 0)
+    square.requests_per_s = None  # the limit lifts: Square's retries apply both, nothing was lost
+    for notice in notices:
+        status, answer = await square.deliver(hub.hook("pos"), notice)
+        assert (status, answer["applied"]) == (200, 1), answer
+    assert await hub.count("S1", "SKU-A") == (0, 3)
