@@ -14,12 +14,14 @@ token) and a person must act.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, Protocol
 
 import aiohttp
@@ -154,7 +156,11 @@ async def post(
     ``unreachable`` (the client's error is appended to the latter)."""
     try:
         async with session.post(
-            url, json=json_body, data=data, headers=dict(headers), timeout=aiohttp.ClientTimeout(total=timeout_s),
+            url,
+            json=json_body,
+            data=data,
+            headers=dict(headers),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,
         ) as resp:
             raw = await read_bounded(resp.content, answer_max_bytes)
@@ -168,16 +174,34 @@ async def post(
 
 
 def retry_after_s(raw: str | None) -> float:
-    """The seconds a channel's ``Retry-After`` asks for (a number, decimals too): ``RETRY_AFTER_DEFAULT_S`` when
-    it is missing or unreadable, at most ``RETRY_AFTER_MAX_S``. The pusher waits at least this long and at least
-    its backoff (``protocol.retry.Backoff``), so a channel that says 0 is not asked again at once."""
-    try:
-        value = float(raw) if raw is not None else RETRY_AFTER_DEFAULT_S
-    except ValueError:
-        value = RETRY_AFTER_DEFAULT_S
-    if math.isnan(value) or value < 0:
+    """The seconds a channel's ``Retry-After`` asks for (a number, decimals too, or an HTTP-date, RFC 9110
+    10.2.3): ``RETRY_AFTER_DEFAULT_S`` when it is missing or unreadable, at most ``RETRY_AFTER_MAX_S``. The pusher
+    waits at least this long and at least its backoff (``protocol.retry.Backoff``), so a channel that says 0 is
+    not asked again at once."""
+    value = retry_after_value_s(raw)
+    if value is None:
         value = RETRY_AFTER_DEFAULT_S
     return min(value, RETRY_AFTER_MAX_S)
+
+
+def retry_after_value_s(raw: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for — delay-seconds, or an HTTP-date counted from the hub's
+    clock (0 once past) — or None when it is missing, negative or unreadable."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw.strip())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # an HTTP-date is always GMT
+        value = max(0.0, when.timestamp() - wall_ms_now() / 1000)
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value
 
 
 def short(text: str, limit: int = 200) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +52,7 @@ from hub.channels.connector import (
     Target,
     idempotency_key,
     post,
+    retry_after_value_s,
     short,
 )
 from hub.channels.levels import LevelKey
@@ -63,6 +65,9 @@ MUTATION_COST = 10  # what Shopify charges a mutation, before the first answer s
 THROTTLED_RETRIES_MAX = 8  # THROTTLED answers in a row before a turn gives up (and backs off)
 CAS_RETRIES_MAX = 5  # compare-and-set misses in a row before a turn gives up
 CONCURRENT_RETRY_S = 0.5
+# The longest one wait for the bucket: a real one refills in seconds (2,000 points at 100/s is 20 s), so an
+# answer asking for longer (a bucket reported near-empty with a tiny restore rate) is not waited out for hours.
+THROTTLE_WAIT_MAX_S = 60.0
 NODES_MAX = 250
 LISTING_PAGE = 250
 LISTING_PAGES_MAX = 10_000
@@ -120,9 +125,10 @@ class ThrottleStatus:
         return min(self.maximum, self.available + max(0.0, now_s - self.at_s) * self.restore_rate)
 
     def wait_s(self, cost: float, now_s: float) -> float:
-        """How long until the bucket holds ``cost`` points."""
+        """How long until the bucket holds ``cost`` points (at most ``THROTTLE_WAIT_MAX_S``)."""
         missing = min(cost, self.maximum) - self.available_at(now_s)
-        return max(0.0, missing / self.restore_rate) if self.restore_rate > 0 else 0.0
+        wait_s = max(0.0, missing / self.restore_rate) if self.restore_rate > 0 else 0.0
+        return min(wait_s, THROTTLE_WAIT_MAX_S)
 
 
 class ShopifyConnector:
@@ -344,15 +350,15 @@ class ShopifyConnector:
         status = cost.get("throttleStatus")
         if isinstance(status, dict):
             try:
-                self.throttle = ThrottleStatus(
-                    float(status["maximumAvailable"]),
-                    float(status["currentlyAvailable"]),
-                    float(status["restoreRate"]),
-                    self._clock(),
+                maximum, available, rate = (
+                    float(status[k]) for k in ("maximumAvailable", "currentlyAvailable", "restoreRate")
                 )
-                self._throttle_at_ms = wall_ms_now()
             except (KeyError, TypeError, ValueError):
-                pass
+                return
+            if not all(math.isfinite(v) for v in (maximum, available, rate)) or maximum <= 0 or rate <= 0:
+                return  # not a bucket (Infinity, NaN, empty, never refilling): keep the last model
+            self.throttle = ThrottleStatus(maximum, min(max(available, 0.0), maximum), rate, self._clock())
+            self._throttle_at_ms = wall_ms_now()
 
     async def _post(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         spec = self.spec
@@ -459,8 +465,5 @@ def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, s
 
 
 def _retry_after_s(raw: str | None) -> float | None:
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and 0 <= value <= 3_600 else None
+    value = retry_after_value_s(raw)  # delay-seconds or an HTTP-date
+    return value if value is not None and value <= 3_600 else None

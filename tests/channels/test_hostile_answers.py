@@ -11,7 +11,9 @@ calls however the pages are chained.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +23,14 @@ import pytest
 from aiohttp import web
 
 from hub.channels import LevelKey, ShopifyConnector, SquareConnector
-from hub.channels.connector import ChannelError, ChannelUnavailable, Target
+from hub.channels.connector import (
+    RETRY_AFTER_DEFAULT_S,
+    RETRY_AFTER_MAX_S,
+    ChannelError,
+    ChannelUnavailable,
+    Target,
+    retry_after_s,
+)
 from tests.channels.helpers import spec_of
 
 SHOP_ITEM = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
@@ -189,3 +198,59 @@ async def test_square_count_pages_that_loop_end_the_read_at_once(
     with pytest.raises(ChannelUnavailable, match="pages of counts of channel pos loop"):
         await square(hostile, session).read_levels([SQUARE_ITEM])
     assert len(hostile.requests) == 2
+
+
+def throttled(maximum: Any, available: Any, rate: Any) -> str:
+    status = {"maximumAvailable": maximum, "currentlyAvailable": available, "restoreRate": rate}
+    extensions = {"cost": {"requestedQueryCost": 10, "throttleStatus": status}}
+    return json.dumps({"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                       "extensions": extensions})  # fmt: skip
+
+
+SET_OK = '{"data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": null, "userErrors": []}}}'
+
+
+@pytest.mark.parametrize(
+    ("maximum", "available", "rate"),
+    [(1000, -1e12, 100), (1000, 0, 1e-9), (1e308, 0, 1e-300), ("-Infinity", 0, 100), (1000, "NaN", 0)],
+)
+async def test_an_odd_shopify_throttle_status_never_waits_hours(
+    hostile: Hostile, session: aiohttp.ClientSession, maximum: Any, available: Any, rate: Any
+) -> None:
+    hostile.answer(throttled(maximum, available, rate).replace('"-Infinity"', "-Infinity").replace('"NaN"', "NaN"))
+    hostile.answer(SET_OK)
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    connector = ShopifyConnector(shopify(hostile, session).spec, session, sleep=sleep)
+    confirmed = await connector.push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
+    assert confirmed == {SHOP_ITEM: 5}
+    assert all(0 <= s <= 60 for s in slept), f"asked to wait {slept} s"
+    assert connector.throttle is None or 0 <= connector.throttle.available <= connector.throttle.maximum
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("120", 120.0), ("2.5", 2.5), ("-5", None), ("NaN", None), ("inf", None), ("soon", None), ("Mon, 99 Foo", None)],
+)
+def test_retry_after_reads_delay_seconds(header: str, seconds: float | None) -> None:
+    assert retry_after_s(header) == (RETRY_AFTER_DEFAULT_S if seconds is None else seconds)
+
+
+def test_retry_after_reads_an_http_date() -> None:
+    ahead = email.utils.formatdate(time.time() + 120, usegmt=True)  # "Sun, 06 Dec 2026 03:00:00 GMT"
+    assert 115 <= retry_after_s(ahead) <= 121
+    past = email.utils.formatdate(time.time() - 3600, usegmt=True)
+    assert retry_after_s(past) == 0.0  # the date has passed: ask again (after the pusher's own backoff)
+    assert retry_after_s(email.utils.formatdate(time.time() + 86_400, usegmt=True)) == RETRY_AFTER_MAX_S
+
+
+async def test_a_shopify_503_with_an_http_date_retry_after_carries_it(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    hostile.answer("{}", status=503, headers={"Retry-After": email.utils.formatdate(time.time() + 90, usegmt=True)})
+    with pytest.raises(ChannelUnavailable) as info:
+        await shopify(hostile, session).push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
+    assert info.value.retry_after_s is not None and 85 <= info.value.retry_after_s <= 91
