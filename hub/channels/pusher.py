@@ -351,7 +351,9 @@ class ChannelPusher(LoopTask):
     async def _refuse(self, refused: Mapping[LevelKey, str], batch: Mapping[LevelKey, Target]) -> None:
         now_ms = wall_ms_now()
         stored = {
-            k: Refusal(self._key_sku.get(k, k.item_id), self.single_feeder(k.location_id), batch[k].quantity, why, now_ms)
+            k: Refusal(
+                self._key_sku.get(k, k.item_id), self.single_feeder(k.location_id), batch[k].quantity, why, now_ms
+            )
             for k, why in refused.items()
         }
         await self.state.refuse(self.spec.name, stored)
@@ -491,8 +493,28 @@ class ChannelPusher(LoopTask):
             await self._refresh()
         else:
             self._use(mapping)
+            self._force_unconfirmed()
         self._loaded = True
         return mapping is None
+
+    def _force_unconfirmed(self) -> None:
+        """At a start with a stored mapping: push once every mapped SKU with a level the channel never confirmed
+        nor refused. A mapping loaded just before a restart whose forced push did not get through (the channel
+        down) would otherwise never tell the channel those levels: the cursor is past their changes."""
+        locations = dict.fromkeys(self.spec.pool.values())
+        unconfirmed = [
+            sku
+            for sku, item in self._items.items()
+            if any(k not in self._pushed and k not in self._refused for k in (LevelKey(item, loc) for loc in locations))
+        ]
+        if unconfirmed:
+            log.info(
+                "channel %s: %d mapped SKU(s) have levels the channel never confirmed; pushing them once",
+                self.spec.name,
+                len(unconfirmed),
+            )
+            self._forced.update(dict.fromkeys(sorted(unconfirmed)))
+            self._force_gen += 1
 
     async def refresh_mapping(self) -> SkuMapping:
         """Load the mapping again (from ``mapping_csv`` if configured, else the channel's listing), store it, forget
@@ -508,7 +530,9 @@ class ChannelPusher(LoopTask):
             try:
                 text = await asyncio.to_thread(Path(spec.mapping_csv).read_text, encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
-                raise MappingError(f"the mapping CSV {spec.mapping_csv} of channel {spec.name} cannot be read ({err})") from err
+                raise MappingError(
+                    f"the mapping CSV {spec.mapping_csv} of channel {spec.name} cannot be read ({err})"
+                ) from err
             entries = parse_mapping_csv(text, source=f"the mapping CSV {spec.mapping_csv}")
             where = "the mapping CSV"
         elif self._identity:

@@ -22,9 +22,11 @@ def square_spec(emu: SquareEmulator, pool: dict[str, str], **extra: Any) -> Chan
 
 @asynccontextmanager
 async def pushing(spec: ChannelSpec, hub: Hub, state: SqliteChannelState, **kw: Any) -> AsyncIterator[ChannelPusher]:
-    async with aiohttp.ClientSession() as session:
-        async with ChannelPusher(spec, hub.store, state, SquareConnector(spec, session, **kw), hub.watch, backoff=FAST) as p:
-            yield p
+    async with (
+        aiohttp.ClientSession() as session,
+        ChannelPusher(spec, hub.store, state, SquareConnector(spec, session, **kw), hub.watch, backoff=FAST) as p,
+    ):
+        yield p
 
 
 def shows(emu: SquareEmulator, expected: dict[tuple[str, str], int]) -> Callable[[], Any]:
@@ -38,7 +40,9 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def test_250_levels_go_out_in_batches_of_at_most_100(hub: Hub, state: SqliteChannelState, square: SquareEmulator) -> None:
+async def test_250_levels_go_out_in_batches_of_at_most_100(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
     loc = square.add_location()
     ids = {f"P{i:03d}": square.add_variation(f"P{i:03d}") for i in range(250)}
     await hub.move(*[(Kind.RECEIVE, i % 7 + 1, "S1", sku) for i, sku in enumerate(ids)])
@@ -191,3 +195,24 @@ async def test_levels_read_back_follow_squares_cursor_page_by_page(square: Squar
     assert read == {**expected, **{LevelKey(never, loc): 0 for loc in locs}}
     # 151 items: 100 a request (300 counts: 3 pages of 100), then 51 (150 counts: 2 pages)
     assert (square.stats.count_pages, square.stats.count_cursors) == (5, 3)
+
+
+async def test_a_level_mapped_just_before_a_restart_goes_out_after_it(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    loc = square.add_location()
+    vb = square.add_variation("B")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"), (Kind.RECEIVE, 3, "S1", "B"))
+    spec = square_spec(square, {"S1": loc})
+    async with pushing(spec, hub, state) as first:
+        await wait_until(shows(square, {(vb, loc): 3}), "Square shows B")
+        await pushed_to_head(first, hub)  # the cursor is past A's receipt: A was unmapped then
+        va = square.add_variation("A")  # the merchant adds A at Square and asks for a refresh …
+        await first.refresh_mapping()
+        square.faults.queue(*["http_503"] * 10_000)  # … and Square fails every push from now on
+        await wait_until(lambda: _async(first.status.failures >= 2), "the forced push of A fails")
+    square.faults._queue.clear()  # Square is back; the hub restarted meanwhile
+    batches = len(square.stats.batch_sizes)
+    async with pushing(spec, hub, state):
+        await wait_until(shows(square, {(va, loc): 5, (vb, loc): 3}), "Square shows A after the restart", 10.0)
+    assert square.stats.batch_sizes[batches:] == [1], "only A went out; B was confirmed before"
