@@ -45,7 +45,14 @@ from protocol.event import QTY_MAX, REF_MAX_LEN
 SHOPIFY_WEBHOOK_VERSION = "2026-01"  # the REST webhook payloads followed (docs/channels.md)
 SQUARE_WEBHOOK_VERSION = "2024-11-20"
 SHOPIFY_ORDER_TOPICS = frozenset(
-    {"orders/create", "orders/updated", "orders/cancelled", "orders/fulfilled", "orders/partially_fulfilled", "orders/paid"}
+    {
+        "orders/create",
+        "orders/updated",
+        "orders/cancelled",
+        "orders/fulfilled",
+        "orders/partially_fulfilled",
+        "orders/paid",
+    }
 )
 SHOPIFY_FULFILMENT_TOPICS = frozenset({"fulfillments/create", "fulfillments/update"})
 SHOPIFY_REFUND_TOPICS = frozenset({"refunds/create"})
@@ -126,7 +133,7 @@ class OrderContext:
         if not hubs:
             raise OrderRefused(
                 f"{what} is at {self.kind} location {channel_location}, which is not in channel {self.channel}'s pool; "
-                f"add it to pool (hub location = \"{channel_location}\") and the channel's retry applies the order"
+                f'add it to pool (hub location = "{channel_location}") and the channel\'s retry applies the order'
             )
         if len(hubs) == 1:
             return hubs[0]
@@ -136,7 +143,7 @@ class OrderContext:
                 return chosen
         raise OrderRefused(
             f"{what} is at {self.kind} location {channel_location}, which hub locations {', '.join(hubs)} all feed in "
-            f"channel {self.channel}; say which fulfils with fulfil_from = {{ \"{channel_location}\" = \"{hubs[0]}\" }}"
+            f'channel {self.channel}; say which fulfils with fulfil_from = {{ "{channel_location}" = "{hubs[0]}" }}'
         )
 
     def ref(self, order_id: str) -> str:
@@ -229,7 +236,9 @@ def _id(value: Any, where: str) -> str:
         raise OrderRefused(f"{where} must be the channel's id (a number or text)")
     text = str(value).strip()
     if not text or len(text) > ID_MAX_LEN or not all(c.isalnum() or c in "-_:/." for c in text):
-        raise OrderRefused(f"{where} {text[:40]!r} is not an id the hub can keep (letters, digits, at most {ID_MAX_LEN})")
+        raise OrderRefused(
+            f"{where} {text[:40]!r} is not an id the hub can keep (letters, digits, at most {ID_MAX_LEN})"
+        )
     return text
 
 
@@ -267,6 +276,8 @@ def _qty(value: Any, where: str) -> int:
             raise OrderRefused(f"{where} {value[:20]!r} is not a number") from None
         if not number.is_finite() or number != number.to_integral_value():
             raise OrderRefused(f"{where} is {value[:20]}; the hub counts whole units, so sell this item by the unit")
+        if not 1 <= number <= QTY_MAX:  # before int(): a number of thousands of digits cannot even be shown
+            raise OrderRefused(f"{where} must be a whole number of units from 1 to {QTY_MAX}, got {value[:20]!r}")
         value = int(number)
     if not isinstance(value, int) or not 1 <= value <= QTY_MAX:
         raise OrderRefused(f"{where} must be a whole number of units from 1 to {QTY_MAX}, got {value!r}"[:200])
@@ -334,7 +345,9 @@ def shopify_movements(ctx: OrderContext, topic: str, payload: Any, pickup_locati
         moves = _shopify_refund(ctx, body, lines, what, "refund")
         lines.refuse_unmapped(ctx, what)
         return Translation(order_id, tuple(moves), tuple(lines.left_out), what)
-    raise OrderRefused(f"topic {topic[:60]!r} is not one the hub takes; subscribe it to {', '.join(sorted(SHOPIFY_TOPICS))}")
+    raise OrderRefused(
+        f"topic {topic[:60]!r} is not one the hub takes; subscribe it to {', '.join(sorted(SHOPIFY_TOPICS))}"
+    )
 
 
 def _shopify_variant_sku(ctx: OrderContext, variant: Any) -> str | None:
@@ -350,7 +363,9 @@ def _shopify_line(ctx: OrderContext, li: Mapping[str, Any], lines: _Lines, where
     if sku is not None:
         lines.sku[line_id] = sku
     elif li.get("variant_id") in (None, "") or li.get("gift_card") is True:
-        lines.left_out.append(f"line {line_id} ({'a gift card' if li.get('gift_card') is True else 'no product variant'})")
+        lines.left_out.append(
+            f"line {line_id} ({'a gift card' if li.get('gift_card') is True else 'no product variant'})"
+        )
     else:
         named = f" SKU {str(li.get('sku'))[:64]!r}" if li.get("sku") else ""
         lines.unmapped.append(f"line {line_id} (variant {str(li.get('variant_id'))[:40]}{named})")
@@ -379,12 +394,16 @@ def _shopify_order(ctx: OrderContext, topic: str, order: Mapping[str, Any], pick
             "releases one by one from one webhook; release the rest at the store (a release event with the order's ref)"
         )
     at = _shopify_reserve_location(ctx, order, pickup, what)
-    fulfilments = [_obj(f, f"fulfillments[{i}]") for i, f in enumerate(_list(order.get("fulfillments"), "fulfillments"))]
+    fulfilments = [
+        _obj(f, f"fulfillments[{i}]") for i, f in enumerate(_list(order.get("fulfillments"), "fulfillments"))
+    ]
     refunds = [_obj(r, f"refunds[{i}]") for i, r in enumerate(_list(order.get("refunds"), "refunds"))]
     moves: list[Movement] = []
     # every line's reserve, whatever the order's state: a late creation is then a duplicate
     for line_id, sku in lines.sku.items():
-        moves.append(Movement("reserve", f"line:{line_id}", Kind.RESERVE, at, sku, lines.qty[line_id], created, line_id))
+        moves.append(
+            Movement("reserve", f"line:{line_id}", Kind.RESERVE, at, sku, lines.qty[line_id], created, line_id)
+        )
     for i, f in enumerate(fulfilments):
         moves += _shopify_fulfilment(ctx, f, at, lines, what, f"fulfillments[{i}]")
     for i, r in enumerate(refunds):
@@ -403,7 +422,9 @@ def _shopify_order(ctx: OrderContext, topic: str, order: Mapping[str, Any], pick
 def _current_quantity(value: Any, ordered: int, where: str) -> int:
     """A line's ``current_quantity`` (REST 2024-01 on): its quantity minus the units removed from the order."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ordered:
-        raise OrderRefused(f"{where} must be a whole number from 0 to the line's quantity {ordered}, got {value!r}"[:200])
+        raise OrderRefused(
+            f"{where} must be a whole number from 0 to the line's quantity {ordered}, got {value!r}"[:200]
+        )
     return value
 
 
@@ -448,6 +469,8 @@ def _shopify_fulfilment(
         if line_id not in known.sku:  # a fulfilment webhook carries its own lines; an order's are read already
             if lines is not None and line_id in lines.qty:
                 continue  # left out (not stock) or unmapped (refused below)
+            if lines is not None:  # an order's fulfilment fulfils the order's own lines, and nothing else
+                raise OrderRefused(f"{what}: {where}.line_items[{i}].id {line_id} is not a line of the order")
             _shopify_line(ctx, li, known, f"{where}.line_items[{i}]")
             if line_id not in known.sku:
                 continue
@@ -542,8 +565,16 @@ def square_notice(payload: Any) -> SquareNotice:
     )
 
 
-_SQUARE_DONE_AT = (("pickup_details", "picked_up_at"), ("shipment_details", "shipped_at"), ("delivery_details", "completed_at"))
-_SQUARE_CANCELED_AT = (("pickup_details", "canceled_at"), ("shipment_details", "canceled_at"), ("delivery_details", "canceled_at"))
+_SQUARE_DONE_AT = (
+    ("pickup_details", "picked_up_at"),
+    ("shipment_details", "shipped_at"),
+    ("delivery_details", "completed_at"),
+)
+_SQUARE_CANCELED_AT = (
+    ("pickup_details", "canceled_at"),
+    ("shipment_details", "canceled_at"),
+    ("delivery_details", "canceled_at"),
+)
 
 
 def square_movements(ctx: OrderContext, order: Any) -> Translation:
@@ -562,7 +593,9 @@ def square_movements(ctx: OrderContext, order: Any) -> Translation:
     what = f"Square order {order_id}"
     state = o.get("state")
     if state not in ("OPEN", "COMPLETED", "CANCELED", "DRAFT"):
-        raise OrderRefused(f"{what} has state {str(state)[:20]!r}; Square's states are OPEN, COMPLETED, CANCELED, DRAFT")
+        raise OrderRefused(
+            f"{what} has state {str(state)[:20]!r}; Square's states are OPEN, COMPLETED, CANCELED, DRAFT"
+        )
     if state == "DRAFT":
         return Translation(order_id, (), (), what)
     at = ctx.hub_location(_id(o.get("location_id"), "order.location_id"), what)
@@ -606,7 +639,9 @@ def square_movements(ctx: OrderContext, order: Any) -> Translation:
             continue
         fuid = _id(f.get("uid"), f"order.fulfillments[{i}].uid")
         entries = _square_entries(f, lines, f"order.fulfillments[{i}]")
-        when = _square_time(f, _SQUARE_DONE_AT if fstate == "COMPLETED" else _SQUARE_CANCELED_AT, f"order.fulfillments[{i}]")
+        when = _square_time(
+            f, _SQUARE_DONE_AT if fstate == "COMPLETED" else _SQUARE_CANCELED_AT, f"order.fulfillments[{i}]"
+        )
         when = when or closed or created
         for uid, n in entries.items():
             sku = lines.sku[uid]

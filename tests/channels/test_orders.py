@@ -101,6 +101,26 @@ def test_a_square_signature_covers_the_notification_url_and_the_body() -> None:
 # --- Shopify --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("quantity", ["1" * 5000, "-" + "9" * 4400, "1e5000"])
+def test_a_quantity_of_thousands_of_digits_is_refused_in_one_sentence(quantity: str) -> None:
+    shop = Shop()
+    order = shop.emu.create_order([(shop.a, 1)], pickup_at=shop.s1)
+    order["line_items"][0]["quantity"] = quantity
+    with pytest.raises(OrderRefused, match=r"line_items\[0\]\.quantity") as info:
+        shop.translate("orders/create", order)
+    assert len(str(info.value)) <= 200
+
+
+def test_a_fulfilment_of_a_line_the_order_does_not_have_is_refused_naming_it() -> None:
+    shop = Shop()
+    order = shop.emu.create_order([(shop.a, 2), (shop.b, 1)], pickup_at=shop.s1)
+    shop.emu.fulfil(order["id"], shop.s1, {order["line_items"][0]["id"]: 1})
+    payload = json.loads(json.dumps(shop.emu.orders[order["id"]]))
+    payload["fulfillments"][0]["line_items"][0]["id"] = 777  # a line id the order's line_items do not carry
+    with pytest.raises(OrderRefused, match=r"fulfillments\[0\]\.line_items\[0\]\.id 777 is not a line of"):
+        shop.translate("orders/updated", payload)
+
+
 def test_a_pickup_order_reserves_the_pickup_stores_unit_and_its_pickup_sells_it_there() -> None:
     shop = Shop()
     order = shop.emu.create_order([(shop.a, 2)], pickup_at=shop.s1)
@@ -109,8 +129,10 @@ def test_a_pickup_order_reserves_the_pickup_stores_unit_and_its_pickup_sells_it_
     assert kinds(created) == Counter({("reserve", "S1", 2): 1})
     assert counts(created) == {("S1", "SKU-A"): (0, 2)}
     fulfilment = shop.emu.fulfil(order["id"], shop.s1)
-    picked = created + shop.events("fulfillments/create", fulfilment) + shop.events(
-        "orders/fulfilled", shop.emu.orders[order["id"]]
+    picked = (
+        created
+        + shop.events("fulfillments/create", fulfilment)
+        + shop.events("orders/fulfilled", shop.emu.orders[order["id"]])
     )
     assert counts(picked) == {("S1", "SKU-A"): (-2, 0)}  # sold at S1 and its reservation consumed
     assert all(e.ref == f"web:order:{order['id']}" and e.source == "api:channel:web" for e in picked)
@@ -150,9 +172,15 @@ def test_the_same_webhook_twice_gives_identical_events() -> None:
     order = shop.emu.create_order([(shop.a, 1)], pickup_at=shop.s1)
     shop.emu.fulfil(order["id"], shop.s1)
     payload = shop.emu.orders[order["id"]]
-    first, again = shop.events("orders/updated", payload), shop.events("orders/updated", json.loads(json.dumps(payload)))
+    first, again = (
+        shop.events("orders/updated", payload),
+        shop.events("orders/updated", json.loads(json.dumps(payload))),
+    )
     assert first == again
-    assert {e.occurred_at >> 16 for e in first} <= {_ms(payload["created_at"]), _ms(payload["fulfillments"][0]["created_at"])}
+    assert {e.occurred_at >> 16 for e in first} <= {
+        _ms(payload["created_at"]),
+        _ms(payload["fulfillments"][0]["created_at"]),
+    }
 
 
 def _ms(text: str) -> int:
@@ -180,7 +208,9 @@ def test_a_refund_with_restock_returns_the_unit_where_it_is_restocked() -> None:
     shop.emu.fulfil(order["id"], shop.wh)
     refund = shop.emu.refund(order["id"], [(order["line_items"][0]["id"], 1, "return", shop.s2)])
     assert kinds(shop.events("refunds/create", refund)) == Counter({("return", "S2", 1): 1})
-    no_restock = shop.emu.refund(order["id"], [(order["line_items"][0]["id"], 1, "no_restock", None)], fulfilled_units=True)
+    no_restock = shop.emu.refund(
+        order["id"], [(order["line_items"][0]["id"], 1, "no_restock", None)], fulfilled_units=True
+    )
     assert shop.events("refunds/create", no_restock) == []
 
 
@@ -198,7 +228,9 @@ def test_units_removed_without_a_restock_leave_the_reservation_at_once() -> None
     order = shop.emu.create_order([(shop.a, 5)], pickup_at=shop.s1)
     line = order["line_items"][0]["id"]
     shop.emu.fulfil(order["id"], shop.s1, {line: 2})
-    refund = shop.emu.refund(order["id"], [(line, 1, "no_restock", None)])  # an unfulfilled unit refunded, not restocked
+    refund = shop.emu.refund(
+        order["id"], [(line, 1, "no_restock", None)]
+    )  # an unfulfilled unit refunded, not restocked
     assert shop.events("refunds/create", refund) == []  # the refund alone cannot say which units: the order does
     first = shop.events("orders/updated", shop.emu.orders[order["id"]])
     assert counts(first) == {("S1", "SKU-A"): (-2, 2)}
@@ -214,7 +246,9 @@ def test_a_fulfilled_unit_refunded_without_a_restock_keeps_the_rest_reserved() -
     order = shop.emu.create_order([(shop.a, 3)], pickup_at=shop.s1)
     line = order["line_items"][0]["id"]
     shop.emu.fulfil(order["id"], shop.s1, {line: 2})
-    shop.emu.refund(order["id"], [(line, 1, "no_restock", None)], fulfilled_units=True)  # money back for a picked-up unit
+    shop.emu.refund(
+        order["id"], [(line, 1, "no_restock", None)], fulfilled_units=True
+    )  # money back for a picked-up unit
     assert counts(shop.events("orders/updated", shop.emu.orders[order["id"]])) == {("S1", "SKU-A"): (-2, 1)}
 
 
@@ -329,7 +363,9 @@ ACTIONS = st.lists(
 )  # fmt: skip
 
 
-def _lifecycle(shop: Shop, pickup: bool, quantities: list[int], actions: list[tuple[str, int, int, int]]) -> list[tuple[str, Any]]:
+def _lifecycle(
+    shop: Shop, pickup: bool, quantities: list[int], actions: list[tuple[str, int, int, int]]
+) -> list[tuple[str, Any]]:
     """Run ``actions`` against the emulator's order; every webhook Shopify would send, in the order it sends them."""
     emu = shop.emu
     locations = [shop.wh, shop.s1, shop.s2]
@@ -376,7 +412,11 @@ def _lifecycle(shop: Shop, pickup: bool, quantities: list[int], actions: list[tu
 def _expected(shop: Shop, pickup: bool) -> dict[tuple[str, str], tuple[int, int]]:
     """What the hub should hold once every webhook arrived: read off the final order, not off the events."""
     (order,) = shop.emu.orders.values()
-    hub_of = {int(shop.wh.rsplit("/", 1)[1]): "WH1", int(shop.s1.rsplit("/", 1)[1]): "S1", int(shop.s2.rsplit("/", 1)[1]): "S2"}
+    hub_of = {
+        int(shop.wh.rsplit("/", 1)[1]): "WH1",
+        int(shop.s1.rsplit("/", 1)[1]): "S1",
+        int(shop.s2.rsplit("/", 1)[1]): "S2",
+    }
     reserve_at = "S1" if pickup else "WH1"
     result: Counter[tuple[str, str, str]] = Counter()
     for li in order["line_items"]:
