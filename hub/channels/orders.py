@@ -407,7 +407,7 @@ def _shopify_order(ctx: OrderContext, topic: str, order: Mapping[str, Any], pick
     for i, f in enumerate(fulfilments):
         moves += _shopify_fulfilment(ctx, f, at, lines, what, f"fulfillments[{i}]")
     for i, r in enumerate(refunds):
-        moves += _shopify_refund(ctx, r, lines, what, f"refunds[{i}]")
+        moves += _shopify_refund(ctx, r, lines, what, f"refunds[{i}]", in_order=True)
     # Units that will never be fulfilled leave the reservation, one release per unit: the k-th unit removed from
     # a line (a refund of unfulfilled units, restocked or not, an edit, the cancellation taking them all) is the
     # same event in every payload that shows it removed, so a payload showing more removed adds only the new
@@ -489,7 +489,9 @@ def _shopify_fulfilment(
     return moves
 
 
-def _shopify_refund(ctx: OrderContext, r: Mapping[str, Any], lines: _Lines, what: str, where: str) -> list[Movement]:
+def _shopify_refund(
+    ctx: OrderContext, r: Mapping[str, Any], lines: _Lines, what: str, where: str, *, in_order: bool = False
+) -> list[Movement]:
     """A refund's restocks: ``return`` lines (fulfilled units) come back on the shelf at their location.
 
     ``cancel`` and ``no_restock`` lines of unfulfilled units leave the order: the order's ``current_quantity``
@@ -508,6 +510,8 @@ def _shopify_refund(ctx: OrderContext, r: Mapping[str, Any], lines: _Lines, what
         if line_id not in lines.sku:
             if line_id in lines.qty:
                 continue  # an order line left out or unmapped, handled with the order
+            if in_order:  # an order's refund refunds the order's own lines, and nothing else
+                raise OrderRefused(f"{what}: {at_where}.line_item_id {line_id} is not a line of the order")
             item = rl.get("line_item")
             if not isinstance(item, Mapping):
                 continue  # neither a line of this order nor described: nothing to move

@@ -121,6 +121,18 @@ def test_a_fulfilment_of_a_line_the_order_does_not_have_is_refused_naming_it() -
         shop.translate("orders/updated", payload)
 
 
+def test_a_refund_of_a_line_the_order_does_not_have_is_refused_naming_it() -> None:
+    shop = Shop()
+    order = shop.emu.create_order([(shop.a, 2)], pickup_at=shop.s1)
+    line = order["line_items"][0]["id"]
+    shop.emu.fulfil(order["id"], shop.s1, {line: 2})
+    shop.emu.refund(order["id"], [(line, 1, "return", shop.s1)], fulfilled_units=True)
+    payload = json.loads(json.dumps(shop.emu.orders[order["id"]]))
+    payload["refunds"][0]["refund_line_items"][0]["line_item_id"] = 778  # a line id the order does not carry
+    with pytest.raises(OrderRefused, match=r"refunds\[0\]\.refund_line_items\[0\]\.line_item_id 778 is not a line"):
+        shop.translate("orders/updated", payload)
+
+
 def test_a_pickup_order_reserves_the_pickup_stores_unit_and_its_pickup_sells_it_there() -> None:
     shop = Shop()
     order = shop.emu.create_order([(shop.a, 2)], pickup_at=shop.s1)
