@@ -291,10 +291,19 @@ class OrderWebhooks:
         order = data.get("order")
         if not isinstance(order, Mapping):
             raise OrderRefused(f"Shopify does not know order {order_id} of channel {spec.name}")
-        nodes = (order.get("fulfillmentOrders") or {}).get("nodes") or []
-        for node in nodes if isinstance(nodes, list) else []:
-            method = ((node or {}).get("deliveryMethod") or {}).get("methodType")
-            location = (((node or {}).get("assignedLocation") or {}).get("location") or {}).get("id")
+        odd = Unavailable(
+            f"Shopify answered the fulfilment orders of order {order_id} in a shape the hub cannot read, so its "
+            "pickup location is unknown"
+        )  # a guess (the channel's order_location) would reserve the units at the wrong store
+        orders = order.get("fulfillmentOrders")
+        nodes = orders.get("nodes") if isinstance(orders, Mapping) else None
+        if not isinstance(nodes, list):
+            raise odd
+        for node in nodes:
+            method = _path(node, "deliveryMethod", "methodType")
+            location = _path(node, "assignedLocation", "location", "id")
+            if method is odd_shape or location is odd_shape:
+                raise odd
             if method == "PICK_UP" and isinstance(location, str) and location:
                 return location
         return None
@@ -315,6 +324,21 @@ class OrderWebhooks:
             if isinstance(order, Mapping) and order.get("id") == order_id:
                 return order
         raise OrderRefused(f"Square does not know order {order_id} at location {location_id}")
+
+
+odd_shape = object()  # what ``_path`` answers when an object on the way is something else
+
+
+def _path(value: Any, *keys: str) -> Any:
+    """``value[k1][k2]…`` of a GraphQL answer: None where a key is missing or null, ``odd_shape`` where a value on
+    the way is not an object."""
+    for key in keys:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            return odd_shape
+        value = value.get(key)
+    return value
 
 
 def _who(spec: ChannelSpec) -> AgentIdentity:

@@ -296,3 +296,29 @@ async def test_a_square_rate_limit_answers_503_at_once_and_holds_no_other_webhoo
         status, answer = await square.deliver(hub.hook("pos"), notice)
         assert (status, answer["applied"]) == (200, 1), answer
     assert await hub.count("S1", "SKU-A") == (0, 3)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"order": {"fulfillmentOrders": []}},
+        {"order": {"fulfillmentOrders": {"nodes": ["x", 7]}}},
+        {"order": {"fulfillmentOrders": {"nodes": [{"deliveryMethod": "PICK_UP", "assignedLocation": []}]}}},
+        {"order": {"fulfillmentOrders": "none"}},
+    ],
+)
+async def test_a_pickup_look_up_answered_in_an_odd_shape_is_a_503_and_the_retry_reserves_at_the_pickup(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, answer: dict[str, Any]
+) -> None:
+    caplog.set_level(logging.INFO, logger="hub.channels.order_routes")
+    order = hub.shopify.create_order([(hub.variants["SKU-A"], 1)], pickup_at=hub.locations["S1"])
+    delivery = hub.shopify.order_delivery("orders/create", order["id"])
+    with monkeypatch.context() as m:
+        m.setattr(hub.shopify, "order_query", lambda document, variables: (answer, 1))
+        status, body = await hub.shopify.deliver(hub.hook("web"), delivery)
+    assert status == 503, body  # not a guess at the warehouse: Shopify's retry asks again
+    assert "fulfilment orders" in body["detail"] and "\n" not in body["detail"]
+    assert await hub.ledger_size() == 0
+    status, body = await hub.shopify.deliver(hub.hook("web"), delivery)  # Shopify's retry, the answer right again
+    assert status == 200, body
+    assert await hub.count("S1", "SKU-A") == (0, 1)
