@@ -9,6 +9,9 @@ with a sentence saying what to do:
 * ``unmapped_sku``: the hub holds stock of a SKU that no channel item carries;
 * ``sku_twice``: two channel items carry one SKU (neither is pushed: which one
   sells it is ambiguous);
+* ``item_twice``: one channel item is given two SKUs (a mapping CSV's rows; a
+  listing cannot): neither SKU is pushed, or the item would show each SKU's
+  level in turn and its orders would book on either;
 * ``barcode_twice``: one barcode is on channel items of two different SKUs;
 * ``no_sku``: a channel item has no SKU, so the hub cannot know what it is.
 """
@@ -50,7 +53,7 @@ class ItemIds:
 
 @dataclass(frozen=True, slots=True)
 class MappingFinding:
-    kind: str  # "unmapped_sku" | "sku_twice" | "barcode_twice" | "no_sku"
+    kind: str  # "unmapped_sku" | "sku_twice" | "item_twice" | "barcode_twice" | "no_sku"
     sku: str | None
     detail: str  # one sentence for the operations team: what is wrong and what to do
 
@@ -101,6 +104,21 @@ def build_mapping(
             )
             continue
         items.append(ItemIds(sku, ids[0], found[0].variant_id))
+    by_item: dict[str, list[str]] = {}
+    for i in items:
+        by_item.setdefault(i.item_id, []).append(i.sku)
+    shared = {item_id: skus for item_id, skus in by_item.items() if len(skus) > 1}
+    if shared:
+        items = [i for i in items if i.item_id not in shared]
+        for item_id, skus in sorted(shared.items()):
+            findings.append(
+                MappingFinding(
+                    "item_twice",
+                    skus[0],
+                    f"item {item_id} of channel {channel} is given {len(skus)} SKUs ({', '.join(skus[:3])}) in "
+                    f"{where}; keep the one SKU it sells, then reload the mapping (until then none of them is updated).",
+                )
+            )
     for barcode in sorted(by_barcode):
         skus = sorted(by_barcode[barcode])
         if len(skus) > 1:
@@ -122,6 +140,7 @@ def build_mapping(
             )
         )
     mapped = {i.sku for i in items} | {f.sku for f in findings if f.kind == "sku_twice"}
+    mapped |= {sku for skus in shared.values() for sku in skus}  # named by their item_twice finding
     for sku in sorted(set(hub_skus) - mapped)[:FINDINGS_PER_KIND_MAX]:
         findings.append(
             MappingFinding(
@@ -156,7 +175,9 @@ def parse_mapping_csv(text: str, *, source: str = "the mapping CSV") -> list[Lis
         value = {name: row[i].strip() for name, i in col.items()}
         sku, item_id = value["sku"], value["item_id"]
         if len(sku) > SKU_MAX_LEN or not sku.isprintable():
-            raise MappingError(f"line {line_no} of {source}: the SKU is longer than {SKU_MAX_LEN} characters or not text")
+            raise MappingError(
+                f"line {line_no} of {source}: the SKU is longer than {SKU_MAX_LEN} characters or not text"
+            )
         if not item_id or len(item_id) > 255 or not item_id.isprintable():
             raise MappingError(f"line {line_no} of {source}: item_id must be the channel's id of the item")
         entries.append(ListingEntry(item_id, sku, value.get("variant_id", ""), value.get("barcode", "")))

@@ -36,6 +36,15 @@ def test_findings_say_what_to_do() -> None:
     assert kinds["unmapped_sku"].sku == "D" and "add it to the item" in kinds["unmapped_sku"].detail
 
 
+def test_one_item_given_two_skus_maps_neither_and_says_so() -> None:
+    text = "sku,item_id\nA,V1\nB,V1\nC,V2\n"  # a CSV row copied and its SKU edited, its item_id not
+    m = build_mapping("pos", parse_mapping_csv(text), {"A", "B", "C"}, where="the mapping CSV")
+    assert m.by_sku() == {"C": "V2"}, "an item updated from two SKUs shows each SKU's level in turn"
+    (finding,) = m.findings
+    assert (finding.kind, finding.sku) == ("item_twice", "A")
+    assert "item V1" in finding.detail and "A, B" in finding.detail and "\n" not in finding.detail
+
+
 def test_a_csv_maps_skus_and_a_bad_one_names_the_line() -> None:
     text = "sku,item_id,variant_id,barcode\nA,gid://shopify/InventoryItem/1,gid://shopify/ProductVariant/9,123\n\nB,gid://shopify/InventoryItem/2,,\n"
     entries = parse_mapping_csv(text)
