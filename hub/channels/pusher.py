@@ -63,6 +63,7 @@ from hub.channels.loop import LoopTask
 from hub.channels.mapping import ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
 from hub.channels.state import ChannelState, Refusal
 from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
+from hub.storage.keys import CountKey
 from protocol import wall_ms_now
 from protocol.retry import Backoff, Health, TurnFailed, run_turns
 
@@ -88,7 +89,7 @@ class FeedReader(Protocol):
     ) -> list[ChangeRow]: ...
 
     async def counts(
-        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None
     ) -> list[CountRow]: ...
 
     async def ledger(
@@ -569,9 +570,15 @@ class ChannelPusher(LoopTask):
         self.status.findings = len(mapping.findings)
 
     async def _skus_in_pool(self) -> set[str]:
+        """Every SKU with stock at a pool location, read a page of ``COUNTS_LIMIT`` at a time to the end (a store
+        may hold more SKUs than one page)."""
         skus: set[str] = set()
         for location in self.spec.pool:
-            for c in await self._feed.counts(location=location, limit=COUNTS_LIMIT):
-                if c.on_hand > 0 or c.available > 0:
-                    skus.add(c.sku)
+            after: CountKey | None = None
+            while True:
+                page = await self._feed.counts(location=location, limit=COUNTS_LIMIT, after=after)
+                skus.update(c.sku for c in page if c.on_hand > 0 or c.available > 0)
+                if len(page) < COUNTS_LIMIT:
+                    break
+                after = CountKey(page[-1].location, page[-1].sku)
         return skus

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from hub.channels import Backoff, ChannelConfigError, ChannelPusher, ChannelSpec, SqliteChannelState, channel_pushers
+from hub.channels import pusher as pusher_module
 from hub.channels.connector import ChannelRejected
 from hub.channels.reconcile import Reconciler
 from hub.channels.runner import make_connector
@@ -97,9 +98,11 @@ def hook_spec(r: Receiver, secret: str = SECRET, **extra: Any) -> ChannelSpec:
 
 @asynccontextmanager
 async def pushing(spec: ChannelSpec, hub: Hub, state: SqliteChannelState) -> AsyncIterator[ChannelPusher]:
-    async with aiohttp.ClientSession(trust_env=False) as session:
-        async with ChannelPusher(spec, hub.store, state, WebhookConnector(spec, session), hub.watch, backoff=FAST) as p:
-            yield p
+    async with (
+        aiohttp.ClientSession(trust_env=False) as session,
+        ChannelPusher(spec, hub.store, state, WebhookConnector(spec, session), hub.watch, backoff=FAST) as p,
+    ):
+        yield p
 
 
 def holds(r: Receiver, expected: dict[tuple[str, str], int]) -> Any:
@@ -211,3 +214,18 @@ def test_a_webhook_channel_needs_a_secret_long_enough_to_sign_with() -> None:
     with pytest.raises(ChannelConfigError, match="at least 16 characters"):
         spec_of({"name": "feed", "kind": "webhook", "url": "https://shop.example/levels", "pool": {"S1": "web"}},
                 "short")  # fmt: skip
+
+
+async def test_a_mapping_refresh_pushes_every_sku_of_a_store_larger_than_one_page_of_counts(
+    hub: Hub, state: SqliteChannelState, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pusher_module, "COUNTS_LIMIT", 2)  # a page of the hub's counts: 100,000 in production
+    skus = [f"P{i}" for i in range(5)]
+    await hub.move(*[(Kind.RECEIVE, i + 1, "S1", sku) for i, sku in enumerate(skus)])
+    expected = {(sku, "web"): i + 1 for i, sku in enumerate(skus)}
+    async with pushing(hook_spec(receiver, pool={"S1": "web"}), hub, state) as pusher:
+        await wait_until(holds(receiver, expected), "the first levels")
+        receiver.levels.clear()  # the receiver lost its levels; the admin asks for a refresh
+        mapping = await pusher.refresh_mapping()
+        assert sorted(mapping.by_sku()) == skus
+        await wait_until(holds(receiver, expected), "every level once more")
