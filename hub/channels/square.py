@@ -39,6 +39,7 @@ import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import (
+    RETRY_AFTER_MAX_S,
     CallRecord,
     ChannelRejected,
     ChannelUnavailable,
@@ -48,6 +49,7 @@ from hub.channels.connector import (
     idempotency_key,
     post,
     retry_after_s,
+    retry_after_value_s,
     short,
 )
 from hub.channels.levels import LevelKey
@@ -236,8 +238,12 @@ class SquareConnector:
             if 200 <= status < 300 and not answer.get("errors"):
                 return answer
             detail = _first_error(answer) or f"HTTP {status}"
-            if status >= 500:
-                raise ChannelUnavailable(f"Square failed {what} for channel {spec.name} (HTTP {status}: {detail})")
+            if status >= 500:  # a 503 may say Retry-After too (RFC 9110 10.2.3)
+                after = retry_after_value_s(retry_after)
+                raise ChannelUnavailable(
+                    f"Square failed {what} for channel {spec.name} (HTTP {status}: {detail})",
+                    None if after is None else min(after, RETRY_AFTER_MAX_S),
+                )
             if status in (401, 403):
                 raise ChannelRejected(
                     f"Square refused the access token of channel {spec.name} ({detail}); check the token in "

@@ -20,9 +20,9 @@ the newest change behind the quantity. The ``Idempotency-Key`` is derived from
 the turn and the levels, so a retry after a timeout or a lost answer carries
 the same key: the receiver applies a key once.
 
-Answers: any 2xx confirms every level of the request; ``429`` (with
-``Retry-After``), ``5xx``, timeouts and lost connections are retried with
-backoff; ``422`` with ``{"refused": [{"item_id", "location_id", "reason"}]}``
+Answers: any 2xx confirms every level of the request; ``429`` and ``5xx``
+(each waiting as long as its ``Retry-After`` asks), timeouts and lost
+connections are retried with backoff; ``422`` with ``{"refused": [{"item_id", "location_id", "reason"}]}``
 refuses those levels for good and applies nothing (the pusher sends the others
 again without them); any other answer is refused as a whole, with one sentence.
 
@@ -41,6 +41,7 @@ import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import (
+    RETRY_AFTER_MAX_S,
     CallRecord,
     ChannelRejected,
     ChannelUnavailable,
@@ -50,6 +51,7 @@ from hub.channels.connector import (
     idempotency_key,
     post,
     retry_after_s,
+    retry_after_value_s,
     short,
 )
 from hub.channels.levels import LevelKey
@@ -119,7 +121,8 @@ class WebhookConnector:
                 )
         detail = f"HTTP {status}" + (f": {short(text)}" if text.strip() else "")
         if status == 429 or status >= 500:
-            wait_s = retry_after_s(retry_after) if status == 429 else None
+            # a 503 (or any 5xx) may say Retry-After too (RFC 9110 10.2.3): a receiver down for maintenance
+            wait_s = retry_after_s(retry_after) if status == 429 else _capped(retry_after_value_s(retry_after))
             if wait_s is not None:
                 self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
             raise ChannelUnavailable(f"the receiver of channel {self.spec.name} answered {detail}", wait_s)
@@ -143,13 +146,22 @@ class WebhookConnector:
         }
         self.calls += 1
         status, raw, retry_after = await post(
-            self._session, spec.url, data=body, headers=headers, timeout_s=spec.timeout_s,
-            answer_max_bytes=ANSWER_MAX_BYTES, last=self._last,
+            self._session,
+            spec.url,
+            data=body,
+            headers=headers,
+            timeout_s=spec.timeout_s,
+            answer_max_bytes=ANSWER_MAX_BYTES,
+            last=self._last,
             timed_out=f"the receiver of channel {spec.name} did not answer within {spec.timeout_s:g} s",
             unreachable=f"cannot reach the receiver of channel {spec.name} at {spec.display_url}",
         )
         self._last.answered(status < 500 and status not in (401, 403))
         return status, retry_after, raw[:ANSWER_MAX_BYTES].decode("utf-8", "replace")
+
+
+def _capped(wait_s: float | None) -> float | None:
+    return None if wait_s is None else min(wait_s, RETRY_AFTER_MAX_S)
 
 
 def _refused_levels(text: str, keys: list[LevelKey]) -> dict[LevelKey, str]:

@@ -31,6 +31,7 @@ from hub.channels.connector import (
     Target,
     retry_after_s,
 )
+from hub.channels.webhook import WebhookConnector
 from tests.channels.helpers import spec_of
 
 SHOP_ITEM = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
@@ -49,7 +50,7 @@ class Hostile:
         self.answers.append((status, body, headers or {}))
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append(await request.json())
+        self.requests.append(json.loads(await request.read()))
         status, body, headers = self.answers[0] if len(self.answers) == 1 else self.answers.pop(0)
         return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
@@ -254,3 +255,24 @@ async def test_a_shopify_503_with_an_http_date_retry_after_carries_it(
     with pytest.raises(ChannelUnavailable) as info:
         await shopify(hostile, session).push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
     assert info.value.retry_after_s is not None and 85 <= info.value.retry_after_s <= 91
+
+
+async def test_a_square_503_with_retry_after_carries_it(hostile: Hostile, session: aiohttp.ClientSession) -> None:
+    hostile.answer(
+        '{"errors": [{"category": "API_ERROR", "code": "SERVICE_UNAVAILABLE"}]}', 503, {"Retry-After": "120"}
+    )
+    with pytest.raises(ChannelUnavailable) as info:
+        await square(hostile, session).push({SQUARE_ITEM: Target(5, 0, 1)}, "pos:0")
+    assert info.value.retry_after_s == 120.0
+
+
+@pytest.mark.parametrize(("header", "wait_s"), [("120", 120.0), ("86400", RETRY_AFTER_MAX_S), ("soon", None)])
+async def test_a_receivers_503_with_retry_after_carries_it(
+    hostile: Hostile, session: aiohttp.ClientSession, header: str, wait_s: float | None
+) -> None:
+    spec = spec_of({"name": "feed", "kind": "webhook", "url": hostile.url + "/levels", "pool": {"S1": "web"},
+                    "timeout_s": 5}, "receiver-shared-secret-0123456789")  # fmt: skip
+    hostile.answer("down for maintenance", 503, {"Retry-After": header})
+    with pytest.raises(ChannelUnavailable) as info:
+        await WebhookConnector(spec, session).push({LevelKey("A", "web"): Target(5, None, 1)}, "feed:0")
+    assert info.value.retry_after_s == wait_s
