@@ -71,9 +71,10 @@ ROUTE = "/v1/channels/{name}/webhooks"
 ROUTE_NAME = "channel_webhooks"
 WEBHOOK_MAX_BYTES = 4 * 1024 * 1024  # a Shopify order of hundreds of lines is well under this
 SEEN_MAX = 10_000  # deliveries remembered per hub process, to answer a resend at once
-# The longest a webhook waits for the channel's rate limit (429 Retry-After) while it reads the order: the
-# channel's own delivery gives up after seconds, and the channel's webhooks are applied one at a time, so a
-# longer wait is a 503 the channel retries, not minutes of every webhook of the channel queued behind it.
+# The longest a webhook waits for the channel's rate limit (Square's 429 Retry-After, Shopify's bucket) while it
+# reads the order: the channel's own delivery gives up after seconds, and the channel's webhooks are applied one
+# at a time, so a longer wait is a 503 the channel retries, not minutes of every webhook of the channel queued
+# behind it.
 RATE_LIMIT_WAIT_MAX_S = 2.0
 SHOPIFY_SIGNATURE = "X-Shopify-Hmac-Sha256"
 SQUARE_SIGNATURE = "x-square-hmacsha256-signature"
@@ -285,7 +286,9 @@ class OrderWebhooks:
         connector = self._connectors[spec.name]
         assert isinstance(connector, ShopifyConnector)
         try:
-            data = await connector.query("orderPickup", PICKUP_QUERY, {"id": f"gid://shopify/Order/{order_id}"})
+            data = await connector.query(
+                "orderPickup", PICKUP_QUERY, {"id": f"gid://shopify/Order/{order_id}"}, wait_max_s=RATE_LIMIT_WAIT_MAX_S
+            )
         except ChannelError as err:
             raise Unavailable(f"reading the fulfilment orders of Shopify order {order_id} failed ({err})") from err
         order = data.get("order")

@@ -166,9 +166,13 @@ class ShopifyConnector:
         }  # fmt: skip
         return ConnectorStatus(self._last.ok, self._last.at_ms, throttle)
 
-    async def query(self, operation: str, document: str, variables: Mapping[str, Any]) -> dict[str, Any]:
-        """``data`` of one GraphQL query, paced by this connector's throttle model (hub.channels.order_routes)."""
-        return await self._graphql(operation, document, variables)
+    async def query(
+        self, operation: str, document: str, variables: Mapping[str, Any], *, wait_max_s: float | None = None
+    ) -> dict[str, Any]:
+        """``data`` of one GraphQL query, paced by this connector's throttle model (hub.channels.order_routes);
+        ``wait_max_s``: wait at most this long in all for the bucket, then raise ChannelUnavailable (a webhook
+        being answered cannot wait for a near-empty bucket to refill)."""
+        return await self._graphql(operation, document, variables, wait_max_s=wait_max_s)
 
     # --- pushing -----------------------------------------------------------------
 
@@ -306,13 +310,23 @@ class ShopifyConnector:
 
     # --- transport -----------------------------------------------------------------
 
-    async def _graphql(self, operation: str, query: str, variables: Mapping[str, Any]) -> dict[str, Any]:
+    async def _graphql(
+        self, operation: str, query: str, variables: Mapping[str, Any], *, wait_max_s: float | None = None
+    ) -> dict[str, Any]:
         """``data`` of one GraphQL call, paced by the throttle model and repeated after THROTTLED."""
+        waited_s = 0.0
         for _ in range(THROTTLED_RETRIES_MAX):
             cost = self._costs.get(operation, 0.0)
             if self.throttle is not None:
                 wait_s = self.throttle.wait_s(cost, self._clock())
+                if wait_max_s is not None and waited_s + wait_s > wait_max_s:
+                    raise ChannelUnavailable(
+                        f"Shopify is throttling channel {self.spec.name}: its bucket holds the {operation} call's "
+                        f"{cost:g} points in {wait_s:.1f} s",
+                        wait_s,
+                    )
                 if wait_s > 0:
+                    waited_s += wait_s
                     await self._sleep(wait_s)
             body = await self._post({"query": query, "variables": dict(variables), "operationName": operation})
             self._learn(operation, body)

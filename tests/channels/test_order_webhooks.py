@@ -322,3 +322,23 @@ async def test_a_pickup_look_up_answered_in_an_odd_shape_is_a_503_and_the_retry_
     status, body = await hub.shopify.deliver(hub.hook("web"), delivery)  # Shopify's retry, the answer right again
     assert status == 200, body
     assert await hub.count("S1", "SKU-A") == (0, 1)
+
+
+async def test_a_pickup_look_up_in_a_drained_shopify_bucket_answers_503_at_once(hub: Hub) -> None:
+    order = hub.shopify.create_order([(hub.variants["SKU-A"], 1)], pickup_at=hub.locations["S1"])
+    delivery = hub.shopify.order_delivery("orders/create", order["id"])
+    hub.shopify.restore_rate = 5.0  # another app emptied the bucket, and it refills slowly (22 points: 4.4 s)
+    hub.shopify.drain(hub.shopify.maximum_available)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = await hub.shopify.deliver(hub.hook("web"), delivery, timeout_s=30.0)
+    again = await hub.shopify.deliver(hub.hook("web"), delivery, timeout_s=30.0)  # the model now knows the bucket
+    took_s = loop.time() - started
+    assert [first[0], again[0]] == [503, 503], (first, again)
+    assert "throttl" in (first[1]["detail"] + again[1]["detail"]).lower()
+    assert took_s < 10.0, f"the webhooks were answered after {took_s:.1f} s"
+    assert await hub.ledger_size() == 0
+    await asyncio.sleep(5.0)  # the bucket refills: Shopify's retry (later) applies the order at the pickup store
+    status, body = await hub.shopify.deliver(hub.hook("web"), delivery)
+    assert status == 200, body
+    assert await hub.count("S1", "SKU-A") == (0, 1)
