@@ -204,6 +204,17 @@ def retry_after_value_s(raw: str | None) -> float | None:
     return value
 
 
+def array(value: Any, what: str) -> list[Any]:
+    """A JSON array of a channel's answer (absent or null: empty); anything else is the channel answering oddly,
+    not an empty list: reading stops with ChannelUnavailable rather than taking it for "nothing" (a listing read
+    as empty would unmap every item)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ChannelUnavailable(f"{what} is not a JSON array")
+    return value
+
+
 def short(text: str, limit: int = 200) -> str:
     """Text from a channel, cut and on one line, for a log sentence."""
     one_line = " ".join(text.split())

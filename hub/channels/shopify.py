@@ -50,6 +50,7 @@ from hub.channels.connector import (
     ConnectorStatus,
     LevelsRefused,
     Target,
+    array,
     idempotency_key,
     post,
     retry_after_value_s,
@@ -262,7 +263,8 @@ class ShopifyConnector:
                         raise
                     size = max(1, min(size - 1, int((err.max_cost - 1) // 2)))
                     continue
-                nodes = {n.get("id"): n for n in data.get("nodes") or [] if isinstance(n, dict)}
+                read = array(data.get("nodes"), f"the inventory items Shopify answered channel {self.spec.name}")
+                nodes = {n.get("id"): n for n in read if isinstance(n, dict)}
                 for k in chunk:
                     found[k] = _available(nodes.get(k.item_id))
                 start += len(chunk)
@@ -440,7 +442,8 @@ def _available(node: Any) -> int | None:
     level = node.get("inventoryLevel")
     if not isinstance(level, dict):
         return None
-    for q in level.get("quantities") or []:
+    quantities = level.get("quantities")
+    for q in quantities if isinstance(quantities, list) else []:
         if isinstance(q, dict) and q.get("name") == "available" and isinstance(q.get("quantity"), int):
             return int(q["quantity"])
     return None
@@ -449,12 +452,17 @@ def _available(node: Any) -> int | None:
 _INDEX_RE = re.compile(r"\d+")
 
 
+def _field(path: Any) -> list[Any]:
+    """A user error's ``field`` path (a list of names and indexes); empty when it is of another shape."""
+    return path if isinstance(path, list) else []
+
+
 def _stale_keys(errors: list[Any], keys: list[LevelKey]) -> list[LevelKey]:
     """The levels named by stale-quantity errors (``field``: ["input", "quantities", "3", ...]); all if unclear."""
     stale: list[LevelKey] = []
     for e in errors:
         path = e.get("field") if isinstance(e, dict) else None
-        index = next((int(p) for p in path or [] if isinstance(p, str) and _INDEX_RE.fullmatch(p)), None)
+        index = next((int(p) for p in _field(path) if isinstance(p, str) and _INDEX_RE.fullmatch(p)), None)
         if index is None or not 0 <= index < len(keys):
             return list(keys)
         stale.append(keys[index])
@@ -471,7 +479,7 @@ def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, s
         if code in STALE_CODES:
             continue  # the retry without the refused levels re-reads these
         path = e.get("field") if isinstance(e, dict) else None
-        index = next((int(p) for p in path or [] if isinstance(p, str) and _INDEX_RE.fullmatch(p)), None)
+        index = next((int(p) for p in _field(path) if isinstance(p, str) and _INDEX_RE.fullmatch(p)), None)
         if code in WHOLE_REQUEST_CODES or code.startswith("IDEMPOTENCY") or index is None or not 0 <= index < len(keys):
             return {}
         refused[keys[index]] = f"{code}: {short(str(e.get('message', '')))}"

@@ -46,6 +46,7 @@ from hub.channels.connector import (
     ConnectorStatus,
     LevelsRefused,
     Target,
+    array,
     idempotency_key,
     post,
     retry_after_s,
@@ -158,7 +159,7 @@ class SquareConnector:
             if cursor:
                 request["cursor"] = cursor
             answer = await self._call("/v2/catalog/search", request, "reading the catalog")
-            for obj in answer.get("objects") or []:
+            for obj in array(answer.get("objects"), f"the catalog page Square answered channel {self.spec.name}"):
                 if not isinstance(obj, dict) or obj.get("type") != "ITEM_VARIATION" or obj.get("is_deleted"):
                     continue
                 data = obj.get("item_variation_data")
@@ -191,7 +192,7 @@ class SquareConnector:
             seen: set[str] = set()
             for _ in range(READ_PAGES_MAX):
                 answer = await self._call("/v2/inventory/counts/batch-retrieve", request, "reading levels")
-                for c in answer.get("counts") or []:
+                for c in array(answer.get("counts"), f"the counts Square answered channel {self.spec.name}"):
                     if not isinstance(c, dict) or c.get("state") != "IN_STOCK":
                         continue
                     key = LevelKey(str(c.get("catalog_object_id")), str(c.get("location_id")))

@@ -276,3 +276,46 @@ async def test_a_receivers_503_with_retry_after_carries_it(
     with pytest.raises(ChannelUnavailable) as info:
         await WebhookConnector(spec, session).push({LevelKey("A", "web"): Target(5, None, 1)}, "feed:0")
     assert info.value.retry_after_s == wait_s
+
+
+@pytest.mark.parametrize("objects", ['"objects"', "5", "true", '{"type": "ITEM_VARIATION"}'])
+async def test_a_square_catalog_page_whose_objects_are_not_a_list_is_not_an_empty_catalog(
+    hostile: Hostile, session: aiohttp.ClientSession, objects: str
+) -> None:
+    hostile.answer('{"objects": %s}' % objects)  # noqa: UP031
+    with pytest.raises(ChannelUnavailable, match="is not a JSON array"):
+        await square(hostile, session).listing()
+
+
+@pytest.mark.parametrize("counts", ["5", '"x"', '{"quantity": "3"}'])
+async def test_square_counts_that_are_not_a_list_are_a_channel_error(
+    hostile: Hostile, session: aiohttp.ClientSession, counts: str
+) -> None:
+    hostile.answer('{"counts": %s}' % counts)  # noqa: UP031
+    with pytest.raises(ChannelUnavailable, match="is not a JSON array"):
+        await square(hostile, session).read_levels([SQUARE_ITEM])
+
+
+async def test_shopify_nodes_that_are_not_a_list_are_a_channel_error(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    hostile.answer('{"data": {"nodes": 5}}')
+    with pytest.raises(ChannelUnavailable, match="is not a JSON array"):
+        await shopify(hostile, session).read_levels([SHOP_ITEM])
+    hostile.answers.clear()
+    node = {"id": SHOP_ITEM.item_id, "inventoryLevel": {"quantities": 7}}
+    hostile.answer(json.dumps({"data": {"nodes": [node]}}))
+    assert await shopify(hostile, session).read_levels([SHOP_ITEM]) == {SHOP_ITEM: None}
+
+
+async def test_a_shopify_user_error_whose_field_is_not_a_list_refuses_the_request_in_one_sentence(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    error = {
+        "code": "INVALID_INVENTORY_ITEM",
+        "field": 3,
+        "message": "The specified inventory item could not be found.",
+    }
+    hostile.answer(json.dumps({"data": {"inventorySetQuantities": {"userErrors": [error]}}}))
+    with pytest.raises(ChannelError, match="INVALID_INVENTORY_ITEM"):
+        await shopify(hostile, session).push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
