@@ -323,7 +323,10 @@ class OrderWebhooks:
             )
         except ChannelError as err:
             raise Unavailable(f"reading Square order {order_id} failed ({err})") from err
-        for order in answer.get("orders") or []:
+        orders = answer.get("orders")
+        if orders is not None and not isinstance(orders, list):
+            raise Unavailable(f"Square answered the read of order {order_id} with orders that are not a JSON array")
+        for order in orders or []:
             if isinstance(order, Mapping) and order.get("id") == order_id:
                 return order
         raise OrderRefused(f"Square does not know order {order_id} at location {location_id}")

@@ -17,9 +17,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from hub.channels import SqliteChannelState, parse_channels
 from hub.channels.config import KEYS
+from hub.channels.order_routes import HOOKS_KEY
 from hub.storage import HubStore
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
 from tests.channels.emulators.square_orders import SquareOrdersEmulator
@@ -33,6 +35,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 @dataclass
 class Hub:
     url: str
+    app: web.Application
     store: HubStore
     shopify: ShopifyOrdersEmulator
     square: SquareOrdersEmulator
@@ -80,7 +83,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
                     return all([await state.mapping("web"), await state.mapping("pos")])
 
                 await wait_until(mapped, "both channels' SKU mappings are loaded")
-            yield Hub(url, served.store, shopify, square, {"WH1": wh, "S1": s1, "SQ1": sq_s1},
+            yield Hub(url, served.app, served.store, shopify, square, {"WH1": wh, "S1": s1, "SQ1": sq_s1},
                       {**variants, "SQ-A": sq_a})  # fmt: skip
 
 
@@ -342,3 +345,25 @@ async def test_a_pickup_look_up_in_a_drained_shopify_bucket_answers_503_at_once(
     status, body = await hub.shopify.deliver(hub.hook("web"), delivery)
     assert status == 200, body
     assert await hub.count("S1", "SKU-A") == (0, 1)
+
+
+@pytest.mark.parametrize("orders", [5, "orders", {"id": "x"}])
+async def test_a_square_order_read_answered_in_an_odd_shape_is_a_503_in_one_sentence(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch, orders: Any
+) -> None:
+    square, s1 = hub.square, hub.locations["SQ1"]
+    order = square.create_order(s1, [(hub.variants["SQ-A"], 2)])
+    notice = square.notification("order.created", order["id"])
+    connector = hub.app[HOOKS_KEY]._connectors["pos"]
+
+    async def odd(path: str, body: Any, what: str, **kw: Any) -> dict[str, Any]:
+        return {"orders": orders}
+
+    with monkeypatch.context() as m:
+        m.setattr(connector, "call", odd)
+        status, answer = await square.deliver(hub.hook("pos"), notice)
+    assert status == 503, answer
+    assert "not a JSON array" in answer["detail"] and "\n" not in answer["detail"]
+    assert await hub.ledger_size() == 0
+    status, answer = await square.deliver(hub.hook("pos"), notice)  # Square's retry, the API right again
+    assert (status, answer["applied"]) == (200, 1), answer
