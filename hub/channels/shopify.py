@@ -339,6 +339,11 @@ class ShopifyConnector:
                     self.throttled += 1
                     continue  # the model now knows the bucket: the next turn of this loop waits for it
                 first = errors[0] if isinstance(errors[0], dict) else {}
+                if "INTERNAL_SERVER_ERROR" in codes:  # Shopify's own failure, answered 200: try again later
+                    raise ChannelUnavailable(
+                        f"Shopify failed a request of channel {self.spec.name} (INTERNAL_SERVER_ERROR: "
+                        f"{short(str(first.get('message', '')))})"
+                    )
                 if "MAX_COST_EXCEEDED" in codes:
                     max_cost = _extensions(first).get("maxCost")
                     raise _CostTooHigh(

@@ -319,3 +319,15 @@ async def test_a_shopify_user_error_whose_field_is_not_a_list_refuses_the_reques
     hostile.answer(json.dumps({"data": {"inventorySetQuantities": {"userErrors": [error]}}}))
     with pytest.raises(ChannelError, match="INVALID_INVENTORY_ITEM"):
         await shopify(hostile, session).push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
+
+
+async def test_a_shopify_internal_server_error_answered_200_is_unavailable_not_refused(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    error = {"message": "Internal error. Looks like something went wrong on our end.",
+             "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": "abc"}}  # fmt: skip
+    hostile.answer(json.dumps({"errors": [error]}))
+    with pytest.raises(ChannelError) as info:
+        await shopify(hostile, session).push({SHOP_ITEM: Target(5, 0, 1)}, "web:0")
+    assert type(info.value) is ChannelUnavailable, "a refusal asks a person to act; this is Shopify's own failure"
+    assert "INTERNAL_SERVER_ERROR" in str(info.value)
