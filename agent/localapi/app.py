@@ -11,6 +11,7 @@ handheld's behalf).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +44,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COOKIE_NAME = "shelfsync_login"
 BODY_MAX_BYTES = 1 << 20
+# A request's body must arrive whole within this. Without it a device that sends a head and then trickles its
+# body a byte every few seconds holds a connection for ever: 256 such connections (guard.CONNECTIONS_MAX) kept
+# every handheld out (503) for as long as they dripped. A handheld's bodies are a few hundred bytes.
+BODY_TIMEOUT_S = 15.0
 JSON_DEPTH_MAX = 16  # every body here is a flat object; deeper nesting is refused before any use
 LIST_LIMIT_MAX = 500
 LINES_SHOWN_MAX = 20_000
@@ -116,7 +121,7 @@ def dumps(obj: Any) -> str:
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large", 415: "unsupported_media_type"}  # fmt: skip
+               408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type"}  # fmt: skip
 
 
 @web.middleware
@@ -132,7 +137,12 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         if isinstance(exc, web.HTTPMethodNotAllowed) and text is None:
             text = f"{request.path} does not take {request.method}; it takes {', '.join(sorted(exc.allowed_methods))}"
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return error_response(exc.status, _HTTP_CODES.get(exc.status, f"http_{exc.status}"), text or exc.reason, keep)
+        response = error_response(
+            exc.status, _HTTP_CODES.get(exc.status, f"http_{exc.status}"), text or exc.reason, keep
+        )
+        if isinstance(exc, web.HTTPRequestTimeout):
+            response.force_close()  # the rest of the body may still trickle in: the connection cannot carry another
+        return response
     except LockedOut as err:
         return error_response(429, "locked_out", str(err), {"Retry-After": str(max(1, round(err.retry_after_s)))})
     except AuthError as err:
@@ -195,7 +205,17 @@ def _who(request: web.Request) -> Login:
 async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_type != JSON_TYPE:
         raise web.HTTPUnsupportedMediaType(text=f"send the request with Content-Type: {JSON_TYPE}")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
+    except TimeoutError:
+        log.info(
+            "Cut off %s %s from %s: its body did not arrive within %g s.",
+            request.method, request.path, request.remote, BODY_TIMEOUT_S,
+        )  # fmt: skip
+        raise web.HTTPRequestTimeout(
+            text=f"the request body did not arrive within {BODY_TIMEOUT_S:g} s; send it again"
+        ) from None
     if not raw.strip():
         return {}
     try:  # the one rule for JSON bodies (protocol.values): no NaN/Infinity, no lone surrogates, bounded depth

@@ -10,6 +10,9 @@ per failed accept (228,000 log lines in seconds). Here, below the application:
   limit); when that many are, the one idle the longest is closed to make room, and when every one is busy
   the new one is answered ``503`` and closed;
 - a connection that sends nothing for ``KEEPALIVE_TIMEOUT_S`` is closed (aiohttp's default is an hour);
+- after the answer to a request whose body was not read whole (a ``408`` for a body trickled past
+  ``app.BODY_TIMEOUT_S``, a ``401`` before any reading), the rest of that body is read for at most
+  ``LINGER_S`` before the connection is closed (aiohttp's default is 10 s, a slot held for nothing);
 - a request that is not HTTP is answered ``400`` with one sentence, never echoing its bytes;
 - each of these, and an accept that fails for want of file descriptors, is counted: one log line at once,
   then at most one a minute with the count (``protocol.logsafety.RepeatLog``). Never a traceback.
@@ -34,6 +37,7 @@ from protocol.serving import HandlerRunner
 log = logging.getLogger(__name__)
 
 KEEPALIVE_TIMEOUT_S = 30.0  # a connection silent this long is closed, whether it ever sent a request or not
+LINGER_S = 1.0  # the rest of a body left unread by an answer is drained at most this long, then the connection closed
 CONNECTIONS_MAX = 256  # a store's handhelds and back-office screens, with room to spare
 FD_SHARE = 4  # the local API holds at most a quarter of the open-file limit: the outbox and the hub need the rest
 MALFORMED_ANSWER = "the request is not valid HTTP/1.1; fix the device or program that sent it"
@@ -183,5 +187,9 @@ class GuardedRunner(HandlerRunner):
 
     def __init__(self, app: web.Application, guard: Guard, **kwargs: Any) -> None:
         super().__init__(
-            app, functools.partial(GuardedHandler, guard=guard), keepalive_timeout=KEEPALIVE_TIMEOUT_S, **kwargs
+            app,
+            functools.partial(GuardedHandler, guard=guard),
+            keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+            lingering_time=LINGER_S,
+            **kwargs,
         )
