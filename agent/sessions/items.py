@@ -3,12 +3,14 @@
 The catalog (``agent.catalog``) knows barcodes; a barcode it does not know is
 still taken, under the SKU ``unknown:<key>`` (``protocol.catalog``: the
 GTIN-14 of a GTIN, else the text as scanned), with attrs {"barcode": …,
-"unknown": true} on its line — never dropped. A SKU keyed by hand is taken as
-given.
+"unknown": true} on its line — never dropped. A code typed in another
+script's digits (Arabic-Indic, full-width) is read as the ASCII digits it
+means. A SKU keyed by hand is taken as given.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,7 +50,7 @@ def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None 
     """The item a scanned ``text`` means; ``InvalidSessionInput`` (one sentence) if it cannot be read at all."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidSessionInput("the scan is empty; scan the barcode again")
-    text = text.strip()
+    text = _ascii_digits(text.strip())
     if len(text) > BARCODE_MAX_LEN * 2:
         raise InvalidSessionInput(f"the scan is {len(text)} characters long, too long for a barcode")
     if decoded is None:
@@ -63,6 +65,16 @@ def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None 
         return Item(found.sku, _units(found.pack_size, decoded), text[:BARCODE_MAX_LEN])
     key = decoded.catalog_key if decoded is not None else text
     return Item(unknown_sku(key[:BARCODE_MAX_LEN]), _units(1, decoded), text[:BARCODE_MAX_LEN], unknown=True)
+
+
+def _ascii_digits(text: str) -> str:
+    """A code typed in another script's digits (Arabic-Indic "٤٠٠٦…" from a phone keyboard, full-width "４００６…"
+    from an input method) as the ASCII digits a barcode carries; any other text unchanged. Taken as typed, the
+    known item was booked under a made-up "unknown:٤٠٠٦…" no catalog ever learns, and a wrong check digit slipped
+    through unchecked."""
+    if text.isascii() or not text.isdecimal():
+        return text
+    return "".join(str(unicodedata.decimal(c)) for c in text)
 
 
 def _units(pack_size: int, decoded: Decoded | None) -> int:

@@ -201,6 +201,23 @@ async def test_a_receiving_session_over_http(api: Api) -> None:
     assert [s["id"] for s in (await api.ok("GET", "/api/v1/sessions?state=done"))["sessions"]] == [sid]
 
 
+async def test_a_barcode_typed_in_another_scripts_digits_is_the_same_barcode(api: Api) -> None:
+    """A phone keyboard in Arabic types "٤٠٠٦…", a Japanese input method "４００６…": found by attacking the scan
+    route with them. Both were booked under a made-up unknown SKU no catalog learns, a wrong check digit too."""
+    await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-7"}, status=201))["session"]["id"]
+    arabic = "".join(chr(0x660 + int(d)) for d in APPLE)  # ARABIC-INDIC DIGIT ZERO …
+    full_width = "".join(chr(0xFF10 + int(d)) for d in APPLE)  # FULLWIDTH DIGIT ZERO …
+    for typed in (arabic, full_width):
+        added = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": typed}, status=201)
+        assert (added["line"]["sku"], added["line"]["unknown"], added["line"]["barcode"]) == ("SKU-APPLE", False, APPLE)
+    wrong = "".join(chr(0x660 + int(d)) for d in APPLE[:-1] + "2")
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": wrong})
+    assert got == 400 and "wrong check digit" in data["error"]["message"], data
+    closed = (await api.ok("POST", f"/api/v1/sessions/{sid}/close", {}))["session"]
+    assert [(x["sku"], x["qty"]) for x in closed["report"]["lines"]] == [("SKU-APPLE", 2)]
+
+
 async def test_bad_requests_get_one_clear_sentence(api: Api) -> None:
     await api.sign_in()
     cases: list[tuple[str, str, Any, int, str]] = [
