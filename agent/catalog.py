@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from agent.errors import AgentError
-from agent.hub_loop import AnswerTooLarge, HubLoop, read_answer
+from agent.hub_loop import FOLLOW_REDIRECTS, AnswerTooLarge, HubLoop, read_answer, redirected
 from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.event import SKU_MAX_LEN
@@ -434,9 +434,11 @@ class AgentCatalog(HubLoop):
         if self._etag:
             headers["If-None-Match"] = self._etag
         try:
-            async with session.get(self._url, headers=headers) as resp:
+            async with session.get(self._url, headers=headers, allow_redirects=FOLLOW_REDIRECTS) as resp:
                 if resp.status == 304:
                     return "not_modified"
+                if 300 <= resp.status < 400:
+                    raise TurnFailed(redirected(self._url, resp.status, resp.headers.get("Location")))
                 body = await read_answer(resp, self.answer_max_bytes, "catalog")
                 if resp.status != 200:
                     what = "refused this agent's credentials" if resp.status in (401, 403) else "answered"

@@ -44,7 +44,7 @@ import aiohttp
 
 from agent import huberrors
 from agent.errors import AgentError, OutboxClosed, OutboxError
-from agent.hub_loop import AnswerTooLarge, HubLoop, read_answer
+from agent.hub_loop import FOLLOW_REDIRECTS, AnswerTooLarge, HubLoop, read_answer, redirected
 from agent.outbox import FeedPosition, Outbox
 from protocol import ProtocolError
 from protocol import feed as wire
@@ -246,9 +246,10 @@ class CountFeed(HubLoop):
         url = self._base + wire.CHANGES_PATH
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
-            async with session.get(url, params=params, headers=headers) as http:
+            async with session.get(url, params=params, headers=headers, allow_redirects=FOLLOW_REDIRECTS) as http:
                 body = await read_answer(http, self.answer_max_bytes, "change feed page")
                 status, retry_after = http.status, http.headers.get("Retry-After", "")
+                location = http.headers.get("Location")
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="bad_answer") from err
         except TimeoutError:
@@ -287,6 +288,8 @@ class CountFeed(HubLoop):
                 kind="rate_limited",
                 retry_after_s=parse_retry_after(retry_after),
             )
+        if 300 <= status < 400:
+            raise TurnFailed(redirected(url, status, location), kind="hub_error", level=logging.ERROR)
         raise TurnFailed(
             f"the hub answered HTTP {status} to the change feed ({_error_message(body)})", kind="hub_error"
         )

@@ -4,6 +4,12 @@ The replicator, the report sender and the catalog each run one background
 task (the loop shape of docs/design.md) over one ``aiohttp`` session; they subclass
 ``HubLoop`` and write their own ``start()`` and ``_run()``.
 
+No request to the hub follows a redirect (``FOLLOW_REDIRECTS``): a ``3xx``
+is a failed attempt whose sentence names where it points (``redirected``).
+Followed, a 307 resent the outbox's movements to whatever address it named,
+and a 301/302 turned the sync into a GET whose 404 or 405 was then blamed on
+``hub_url``.
+
 Every answer from the hub is read with ``read_answer``: at most a limit of
 bytes (checked against Content-Length before reading, and while reading, so an
 answer without one is cut off too), else ``AnswerTooLarge`` — one sentence,
@@ -32,6 +38,16 @@ from agent.errors import AgentError
 # room for the components of bundles. Report answers (≤ 10,000 items) fit in the same bound.
 SYNC_ANSWER_MAX_BYTES = 32 << 20
 READ_CHUNK_BYTES = 64 << 10
+FOLLOW_REDIRECTS = False  # every request to the hub: movements and the token go to hub_url and nowhere else
+
+
+def redirected(url: str, status: int, location: str | None) -> str:
+    """One sentence for a ``3xx`` answer from the hub: where it points, and that it was not followed."""
+    where = repr(location[:200]) if location else "another address"
+    return (
+        f"the hub at {url} redirects to {where} (HTTP {status}), which this agent does not follow;"
+        " set hub_url to the hub's own address"
+    )
 
 
 class AnswerTooLarge(AgentError):

@@ -53,7 +53,7 @@ from agent import huberrors
 from agent.errors import AgentError, OutboxClosed, OutboxError
 from agent.feed import WAIT_S as FEED_WAIT_S
 from agent.feed import CountFeed
-from agent.hub_loop import SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer
+from agent.hub_loop import FOLLOW_REDIRECTS, SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer, redirected
 from agent.outbox import Outbox, Outgoing
 from protocol import (
     MAX_BATCH_EVENTS,
@@ -176,6 +176,7 @@ class Replicator(HubLoop):
         # (A batch would hide that: the hub raises its mark to the batch's last seq.)
         self._handshake_due = True
         self._retry_after: str | None = None  # the Retry-After header of the last answer
+        self._location: str | None = None  # … and its Location (a redirect, not followed)
         self._state = ReplicatorState(0, 0, "never", None, None, False, 0, batch_size, None)
         self._prefetch: asyncio.Task[_Prepared] | None = None  # the next batch, read while one is on its way
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
@@ -396,8 +397,11 @@ class Replicator(HubLoop):
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
         body = encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns)
         try:
-            async with self._session.post(self._url, data=body, headers=headers) as http:
+            async with self._session.post(
+                self._url, data=body, headers=headers, allow_redirects=FOLLOW_REDIRECTS
+            ) as http:
                 self._retry_after = http.headers.get("Retry-After")
+                self._location = http.headers.get("Location")
                 body = await read_answer(http, self.answer_max_bytes, "sync answer")
                 return http.status, body, sent_ms, self._outbox.wall_ms()
         except AnswerTooLarge as err:
@@ -557,6 +561,10 @@ class Replicator(HubLoop):
             return TurnFailed(
                 f"the hub answered HTTP {status} ({message})", kind="hub_error", reachable=status not in (502, 503, 504)
             )
+        if 300 <= status < 400:
+            return TurnFailed(
+                redirected(self._url, status, self._location), kind="hub_error", reachable=True, level=logging.ERROR
+            )
         what = (
             "rejected the request as malformed, which is a bug"
             if status == 400
@@ -642,12 +650,17 @@ def credentials_refused(url: str, status: int, body: bytes, agent_id: str) -> tu
     other = _error_field(body, "credential_agent_id")
     if status == 403 and isinstance(other, str) and other != agent_id:
         return (
-            f"the hub at {url} says this agent's token belongs to agent {other!r}, not {agent_id!r} as configured"
-            f" (HTTP 403): set id = \"{other}\" in [agent] and run `shelfsync-agent rebind` so the outbox sends as"
-            f" {other!r}, or give this agent the token of {agent_id!r}",
+            (
+                f"the hub at {url} says this agent's token belongs to agent {other!r}, not {agent_id!r} as configured"
+                f' (HTTP 403): set id = "{other}" in [agent] and run `shelfsync-agent rebind` so the outbox sends'
+                f" as {other!r}, or give this agent the token of {agent_id!r}"
+            ),
             "the id or the token is fixed",
         )
-    return f"the hub at {url} refused this agent's credentials (HTTP {status}: {_error_message(body)})", "the token is fixed"
+    return (
+        f"the hub at {url} refused this agent's credentials (HTTP {status}: {_error_message(body)})",
+        "the token is fixed",
+    )
 
 
 def _error_field(body: bytes, name: str) -> Any:

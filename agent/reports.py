@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from agent import huberrors
-from agent.hub_loop import SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer
+from agent.hub_loop import FOLLOW_REDIRECTS, SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer, redirected
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
 from agent.replicator import AUTH_RETRY_S, TICK_S, TIMEOUT_S, credentials_refused
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
@@ -267,8 +267,9 @@ class ReportSender(HubLoop):
         url = self._hub_url + path
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
         try:
-            async with session.post(url, data=body, headers=headers) as resp:
+            async with session.post(url, data=body, headers=headers, allow_redirects=FOLLOW_REDIRECTS) as resp:
                 status, data = resp.status, await read_answer(resp, self.answer_max_bytes, f"answer to {path}")
+                location = resp.headers.get("Location")
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), level=logging.ERROR) from err
         except TimeoutError:
@@ -282,6 +283,8 @@ class ReportSender(HubLoop):
         if status in (401, 403):
             refused, _ = credentials_refused(url, status, data, self.agent_id)
             raise TurnFailed(refused, kind="credentials_refused", level=logging.ERROR)
+        if 300 <= status < 400:
+            raise TurnFailed(redirected(url, status, location), level=logging.ERROR)
         if status != 200:
             level = logging.WARNING if status >= 500 else logging.ERROR
             raise TurnFailed(f"the hub at {url} answered HTTP {status} ({_message(data)})", level=level)

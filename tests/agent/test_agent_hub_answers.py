@@ -8,6 +8,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Self
 
 import aiohttp
 import pytest
@@ -36,7 +37,7 @@ class Oversized:
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> Oversized:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._answer)
         self._runner = web.AppRunner(app)
@@ -82,7 +83,9 @@ async def test_read_answer_stops_at_the_limit_with_one_sentence(oversized: Overs
         async with http.get(oversized.url + "/small") as resp:
             assert await read_answer(resp, LIMIT_BYTES, "test answer") == b"x" * 1000
         async with http.get(oversized.url + "/big") as resp:
-            with pytest.raises(AnswerTooLarge, match=r"the hub's test answer \(HTTP 200\) is .*more than the 262,144 bytes"):
+            with pytest.raises(
+                AnswerTooLarge, match=r"the hub's test answer \(HTTP 200\) is .*more than the 262,144 bytes"
+            ):
                 await read_answer(resp, LIMIT_BYTES, "test answer")
         async with http.get(oversized.url + "/small") as resp:  # the session is still usable
             assert len(await read_answer(resp, LIMIT_BYTES, "test answer")) == 1000
@@ -139,6 +142,62 @@ async def test_the_hub_hears_a_backlog_of_0_right_after_a_drain(tmp_path: Path) 
         async with replicator:
             await asyncio.wait_for(replicator.wait_synced(), WAIT_S)
             # The last batch reported the backlog with itself in it; one empty request must follow with 0.
-            await hub.wait_for(lambda: bool(hub.requests) and not hub.requests[-1].seqs and hub.requests[-1].backlog == 0)
+            await hub.wait_for(
+                lambda: bool(hub.requests) and not hub.requests[-1].seqs and hub.requests[-1].backlog == 0
+            )
         carrying = [r for r in hub.requests if r.seqs]
         assert [r.backlog for r in carrying] == [30, 20, 10]
+
+
+class Redirecting:
+    """A hub address whose every answer is a redirect (status ``status``) to ``to``."""
+
+    def __init__(self, status: int, to: str) -> None:
+        self.status, self.to = status, to
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.Response(status=self.status, headers={"Location": self.to + request.path_qs})
+
+
+@pytest.mark.parametrize("status", [301, 307])
+async def test_a_redirect_is_not_followed_and_says_where_it_points(
+    status: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by pointing the replicator at a hub address that redirects elsewhere: a 307 resent the outbox's
+    movements to the other address, and a 301 turned the sync into a GET whose 405 was blamed on hub_url."""
+    async with (
+        FakeHub() as elsewhere,
+        Redirecting(status, elsewhere.url) as hub,
+        Outbox.open(tmp_path / "o.sqlite3", agent_id="store-1", location="S001") as outbox,
+    ):
+        await outbox.record([Movement("S001", "SKU-1", Kind.SALE, -1, "api:test") for _ in range(3)])
+        replicator = Replicator(
+            outbox, hub.url, "token-1", tick_s=0.2, retry_base_s=0.01, retry_max_s=0.05, rng=random.Random(5)
+        )
+        async with replicator:
+            state = await asyncio.wait_for(
+                replicator.wait_for(lambda s: s.failures >= 2 or s.credentials_refused), WAIT_S
+            )
+        stats = await outbox.stats()
+    assert elsewhere.requests == []  # nothing went to the address the redirect named
+    assert state.sync_state == "hub_error"
+    assert f"redirects to '{elsewhere.url}/v1/sync' (HTTP {status})" in (state.last_error or ""), state.last_error
+    assert "set hub_url to the hub's own address" in (state.last_error or "")
+    assert (stats.backlog, stats.acked_seq) == (3, 0)
