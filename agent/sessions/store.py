@@ -47,6 +47,7 @@ from agent.sessions.model import (
     Session,
     SessionSpec,
     SessionStatus,
+    SessionType,
 )
 from protocol import QTY_MAX
 
@@ -146,6 +147,8 @@ class SessionStore(SqliteFile):
         def insert(conn: sqlite3.Connection) -> Session:
             if session.spec.reader_id is not None:
                 _check_reader_free(conn, session.spec.reader_id, session.id)
+            if session.type is SessionType.COUNT:
+                _check_not_counted_elsewhere(conn, session)
             conn.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_marks(19)})", _session_row(session))
             return session
 
@@ -340,6 +343,29 @@ def _check_reader_free(conn: sqlite3.Connection, reader_id: str, session_id: str
     ).fetchone()
     if row is not None:
         raise SessionConflict(f"reader {reader_id} already feeds session {row[0]}; close that one or unbind it first")
+
+
+def _check_not_counted_elsewhere(conn: sqlite3.Connection, session: Session) -> None:
+    """A count must not overlap an active count of the same location: each books the SKU's whole count there, so
+    the one closed last would replace the other's units (5 counted on the shelf, 3 in the back room: 3 booked)."""
+    scope, bin_ = set(session.spec.scope_skus), session.spec.bin
+    rows = conn.execute(
+        "SELECT id, opened_by, scope, bin FROM sessions WHERE type = 'count' AND status IN ('open', 'closing')"
+        " AND location = ? AND id <> ?",
+        (session.location, session.id),
+    ).fetchall()
+    for other_id, other_by, other_scope, other_bin in rows:
+        both = sorted(scope.intersection(json.loads(other_scope)))
+        if both:
+            what = f"{both[0]!r}" + (f" (and {len(both) - 1} more SKU(s))" if len(both) > 1 else "")
+        elif bin_ is not None and bin_ == other_bin:
+            what = f"bin {bin_!r}"
+        else:
+            continue
+        raise SessionConflict(
+            f"{what} is already being counted in session {other_id} (opened by {other_by}); scan into that"
+            " session, or close or cancel it first, so neither count replaces the other's units"
+        )
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:

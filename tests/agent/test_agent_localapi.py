@@ -218,6 +218,36 @@ async def test_a_barcode_typed_in_another_scripts_digits_is_the_same_barcode(api
     assert [(x["sku"], x["qty"]) for x in closed["report"]["lines"]] == [("SKU-APPLE", 2)]
 
 
+async def test_a_count_started_on_two_handhelds_for_one_sku_is_one_count(api: Api) -> None:
+    """Found by opening two cycle counts of SKU-APPLE from two handhelds: ana counted 5 on the shelf, bo 3 in the
+    back room, and each close booked the SKU's whole count, so the one closed last (3) replaced the other: 5 units
+    gone from the books. The second count is refused now, naming the first, which both can scan into."""
+    await api.sign_in()
+    first = (await api.ok("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-APPLE"]}, status=201))[
+        "session"
+    ]
+    await api.ok("POST", f"/api/v1/sessions/{first['id']}/scans", {"sku": "SKU-APPLE", "qty": 5}, status=201)
+    await api.sign_in("bo", "0000")
+    got, data = await api.call("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-PEAR", "SKU-APPLE"]})
+    assert got == 409 and data["error"]["code"] == "conflict", data
+    assert data["error"]["message"] == (
+        f"'SKU-APPLE' is already being counted in session {first['id']} (opened by ana); scan into that session, or"
+        " close or cancel it first, so neither count replaces the other's units"
+    )
+    pear = await api.ok("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-PEAR"]}, status=201)
+    bin_count = await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "A-01"}, status=201)
+    got, data = await api.call("POST", "/api/v1/sessions", {"type": "count", "bin": "A-01"})
+    assert got == 409 and "bin 'A-01' is already being counted" in data["error"]["message"], data
+    await api.ok("POST", f"/api/v1/sessions/{first['id']}/scans", {"sku": "SKU-APPLE", "qty": 3}, status=201)
+    closed = (await api.ok("POST", f"/api/v1/sessions/{first['id']}/close", {}))["session"]
+    assert [(x["sku"], x["qty"]) for x in closed["report"]["lines"]] == [("SKU-APPLE", 8)]
+    assert [(ev.sku, ev.kind, ev.qty) for ev in await api.outbox.pending(10)] == [("SKU-APPLE", Kind.COUNT, 8)]
+    again = await api.ok("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-APPLE"]}, status=201)
+    for done in (pear, bin_count, again):
+        await api.ok("POST", f"/api/v1/sessions/{done['session']['id']}/cancel", {})
+    await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "A-01"}, status=201)  # the bin is free again
+
+
 async def test_bad_requests_get_one_clear_sentence(api: Api) -> None:
     await api.sign_in()
     cases: list[tuple[str, str, Any, int, str]] = [
