@@ -78,6 +78,10 @@ CHAIN_BYTES = 16
 ZERO_CHAIN = bytes(CHAIN_BYTES)  # the chain before the first row
 RETENTION_DEFAULT_S = 30 * 86_400.0
 PURGE_EVERY_MS = 3_600_000
+# The hub's clock as heard only moves forward, except when an answer is this far behind it: the hub's clock was
+# wrong ahead and has been put right. Kept at its wrong maximum, acknowledgements were stamped in that future and
+# nothing was purged until the real time reached it (a year ahead once: a year of growth).
+HUB_CLOCK_BACK_MS = 3_600_000
 EPOCH_BITS = 63
 OPEN_BUSY_S = 10.0  # opening waits this long for another process creating or migrating the same file
 OPEN_RETRY_S = 0.05
@@ -339,9 +343,9 @@ class Outbox(SqliteFile):
                 try:
                     await db.connect()
                     if create:
-                        await db.write(lambda conn: outbox._init(conn, agent_id, location))
+                        await db.write(lambda conn: outbox._init(conn, agent_id, location))  # noqa: B023 (awaited here)
                     else:
-                        await db.read(lambda conn: outbox._load(conn, agent_id))
+                        await db.read(lambda conn: outbox._load(conn, agent_id))  # noqa: B023 (awaited here)
                     break
                 except sqlite3.OperationalError as err:
                     # Another process (an agent starting, a `record`) is creating or switching the same file
@@ -744,8 +748,11 @@ class Outbox(SqliteFile):
         _set_meta(conn, acked_seq=hwm, ack_chain=mine if mine is not None else hub_chain)
         # Acknowledgements are timed by the hub's clock, never this machine's: a clock a century ahead
         # must not make the retention period pass at once and purge what a restored hub may ask for again.
-        if hub_ms is not None and hub_ms > _meta(conn, "hub_time_ms", 0):
+        heard_ms = _meta(conn, "hub_time_ms", 0)
+        if hub_ms is not None and hub_ms > heard_ms:
             _set_meta(conn, hub_time_ms=hub_ms)
+        elif hub_ms is not None and heard_ms - hub_ms > HUB_CLOCK_BACK_MS:
+            self._hub_clock_put_right(conn, heard_ms, hub_ms)
         hub_now_ms = _meta(conn, "hub_time_ms")
         if hwm > previous and hub_now_ms is not None:
             conn.execute("INSERT INTO acks (acked_seq, at_ms) VALUES (?, ?)", (hwm, hub_now_ms))
@@ -753,6 +760,18 @@ class Outbox(SqliteFile):
         if hub_now_ms is not None and hub_now_ms - self._last_purge_ms >= PURGE_EVERY_MS:
             self._purge(conn)
         return AnswerResult(hwm, previous, set_aside, _backlog(conn)[0])  # not count(*): a million rows take 50 ms
+
+    def _hub_clock_put_right(self, conn: sqlite3.Connection, heard_ms: int, hub_ms: int) -> None:
+        """The hub's clock went far back: it was wrong ahead. Acknowledgements age from its right time now (those
+        stamped in its wrong future are restamped to it, so they are kept the whole retention period from here)."""
+        conn.execute("UPDATE acks SET at_ms = ? WHERE at_ms > ?", (hub_ms, hub_ms))
+        _set_meta(conn, hub_time_ms=hub_ms)
+        self._last_purge_ms = 0  # the purge is due again by the right clock
+        log.warning(
+            "The hub's clock went back by %s h (it was wrong ahead and has been put right, or another hub answers);"
+            " acknowledged events age by its clock as it is now.",
+            f"{(heard_ms - hub_ms) / 3_600_000:,.1f}",
+        )
 
     def _fork(
         self,
@@ -999,9 +1018,7 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
         if seq == acked:
             ack_chain = chain
     conn.executemany("UPDATE events SET chain = ? WHERE seq = ?", links)
-    _set_meta(
-        conn, schema_version=2, chain_last=chain, ack_chain=ack_chain, epoch_base=0, base_chain=ZERO_CHAIN
-    )
+    _set_meta(conn, schema_version=2, chain_last=chain, ack_chain=ack_chain, epoch_base=0, base_chain=ZERO_CHAIN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,24 @@ async def test_a_wrong_local_clock_never_ages_acknowledged_events(tmp_path: Path
         assert [ev.sku for ev in await outbox.pending(10)] == ["A", "B", "C"]
 
 
+async def test_a_hub_clock_once_far_ahead_does_not_stop_the_purge_for_good(tmp_path: Path) -> None:
+    """Found by answering a sync with a hub clock a year ahead, then right again: the hub's time was kept at
+    its maximum, so every later acknowledgement was stamped a year ahead and nothing was purged for a year (60
+    days of trading later, every row was still there). Now the purge runs on the hub's clock as put right."""
+    path = tmp_path / "o.sqlite3"
+    wall = FakeWall()
+    hub_ms = wall.now_ms
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=2 * 86_400.0) as outbox:
+        await outbox.record([sale("A")])
+        await outbox.mark_acked(1, hub_ms=hub_ms + 365 * DAY_MS)  # one answer from a hub a year ahead
+        for day in range(1, 11):  # its clock is put right; ten days of trading, one sale a day
+            await outbox.record([sale(f"D{day}")])
+            await outbox.mark_acked(1 + day, hub_ms=hub_ms + day * DAY_MS)
+        await outbox.mark_acked(0, hub_ms=hub_ms + 10 * DAY_MS)  # a rewind resends everything still kept
+        kept = [ev.sku for ev in await outbox.pending(100)]
+    assert kept == ["D9", "D10"]  # two days of retention on the hub's right clock: D8 was acknowledged 2 days ago
+
+
 async def test_record_wakes_the_replicator_after_commit(tmp_path: Path) -> None:
     async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
         assert not outbox.new_data.is_set()
