@@ -149,6 +149,8 @@ class SessionStore(SqliteFile):
                 _check_reader_free(conn, session.spec.reader_id, session.id)
             if session.type is SessionType.COUNT:
                 _check_not_counted_elsewhere(conn, session)
+            elif session.type in RECEIVING and session.spec.ref is not None:
+                _check_not_received_elsewhere(conn, session)
             conn.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_marks(19)})", _session_row(session))
             return session
 
@@ -365,6 +367,24 @@ def _check_not_counted_elsewhere(conn: sqlite3.Connection, session: Session) -> 
         raise SessionConflict(
             f"{what} is already being counted in session {other_id} (opened by {other_by}); scan into that"
             " session, or close or cancel it first, so neither count replaces the other's units"
+        )
+
+
+RECEIVING = (SessionType.RECEIVE, SessionType.TRANSFER_IN)
+
+
+def _check_not_received_elsewhere(conn: sqlite3.Connection, session: Session) -> None:
+    """One document is received in one open session at a time: from two, the same goods were booked twice, and
+    a transfer's first close (a final receipt) wrote off as lost in transit what the other session had scanned."""
+    row = conn.execute(
+        "SELECT id, opened_by FROM sessions WHERE type = ? AND ref = ? AND location = ?"
+        " AND status IN ('open', 'closing') AND id <> ?",
+        (session.type.value, session.spec.ref, session.location, session.id),
+    ).fetchone()
+    if row is not None:
+        raise SessionConflict(
+            f"{session.spec.ref!r} is already being received in {session.type.value} session {row[0]} (opened by"
+            f" {row[1]}); scan into that session, or close or cancel it first, so nothing is booked twice"
         )
 
 

@@ -248,6 +248,36 @@ async def test_a_count_started_on_two_handhelds_for_one_sku_is_one_count(api: Ap
     await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "A-01"}, status=201)  # the bin is free again
 
 
+async def test_a_delivery_or_transfer_received_on_two_handhelds_is_one_session(api: Api) -> None:
+    """Found by opening "receive DN-5" and "transfer_in TR-9" twice from two handhelds: both sessions took the
+    whole delivery and both closes booked it (twice the goods), and a transfer's first close, a final receipt,
+    wrote off as lost in transit what the other session had scanned. The second is refused, naming the first."""
+    await api.sign_in()
+    delivery = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-5"}, status=201))["session"]
+    transfer = (
+        await api.ok(
+            "POST", "/api/v1/sessions", {"type": "transfer_in", "ref": "TR-9", "from_location": "S002"}, status=201
+        )
+    )["session"]
+    await api.sign_in("bo", "0000")
+    for opened, body in (
+        (delivery, {"type": "receive", "ref": "DN-5"}),
+        (transfer, {"type": "transfer_in", "ref": "TR-9"}),
+    ):
+        got, data = await api.call("POST", "/api/v1/sessions", body)
+        assert got == 409 and data["error"]["code"] == "conflict", data
+        assert data["error"]["message"] == (
+            f"{body['ref']!r} is already being received in {body['type']} session {opened['id']} (opened by ana);"
+            " scan into that session, or close or cancel it first, so nothing is booked twice"
+        )
+    await api.ok("POST", "/api/v1/sessions", {"type": "transfer_out", "ref": "DN-5", "to_location": "S002"}, status=201)
+    await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-6"}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{delivery['id']}/scans", {"code": APPLE, "qty": 2}, status=201)  # bo joins
+    await api.ok("POST", f"/api/v1/sessions/{delivery['id']}/close", {})
+    assert [(ev.sku, ev.kind, ev.qty) for ev in await api.outbox.pending(10)] == [("SKU-APPLE", Kind.RECEIVE, 2)]
+    await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-5"}, status=201)  # a second delivery
+
+
 async def test_bad_requests_get_one_clear_sentence(api: Api) -> None:
     await api.sign_in()
     cases: list[tuple[str, str, Any, int, str]] = [
