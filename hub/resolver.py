@@ -51,6 +51,7 @@ from typing import Any, TypeAlias
 
 from protocol import ON_HAND_KINDS, Kind, StockEvent, derived_event_id, event_id_hex, values
 from protocol.event import ATTRS_MAX_KEYS, QTY_MAX
+from protocol.event import TRANSFER_QTY_MAX as _TRANSFER_QTY_MAX
 
 OrderKey: TypeAlias = tuple[int, str, int, bytes]  # (occurred_at, agent_id, seq, event_id)
 StockKey: TypeAlias = tuple[str, str]  # (location, sku)
@@ -289,7 +290,7 @@ class Transfer:
         )
 
 
-TRANSFER_QTY_MAX = 1_000_000  # units of one SKU one transfer event may move: far above any real shipment
+TRANSFER_QTY_MAX = _TRANSFER_QTY_MAX  # units of one SKU one transfer event may move (protocol.event)
 
 
 def transfer_problem(ev: StockEvent) -> str | None:

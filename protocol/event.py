@@ -21,6 +21,9 @@ from protocol.values import ATTRS_MAX_KEYS as ATTRS_MAX_KEYS  # noqa: PLC0414
 from protocol.values import AttrValue as AttrValue  # noqa: PLC0414
 
 QTY_MAX = 1_000_000_000
+# Units of one SKU one transfer event may move (far above any real shipment); the hub refuses more as
+# invalid_transfer, so the agent's transfer sessions refuse such a line before it is booked.
+TRANSFER_QTY_MAX = 1_000_000
 SEQ_MAX = (1 << 63) - 1
 EPOCH_MAX = (1 << 63) - 1
 AGENT_ID_MAX_LEN = values.AGENT_ID.max_len
@@ -289,7 +292,7 @@ def _checked(
 
 # Wire form of one event inside a sync request. agent_id and epoch travel once
 # per request, not per event.
-_WIRE_FIELDS = ("id", "seq", "location", "sku", "kind", "qty", "occurred_at", "wall_ms", "source", "ref", "reason", "attrs")
+_WIRE_FIELDS = ("id", "seq", "location", "sku", "kind", "qty", "occurred_at", "wall_ms", "source", "ref", "reason", "attrs")  # fmt: skip
 
 
 def event_to_wire(ev: StockEvent) -> dict[str, Any]:
@@ -386,7 +389,7 @@ def _plain_event(obj: Any, agent_id: Any, epoch: Any) -> StockEvent | None:
         and type(source) is str and source in _VALID_SOURCES
     ):  # fmt: skip
         return None
-    values_: tuple[Any, ...] = (event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, None, None, {})
+    values_: tuple[Any, ...] = (event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, None, None, {})  # fmt: skip
     return tuple.__new__(StockEvent, values_)
 
 

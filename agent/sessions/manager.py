@@ -40,6 +40,7 @@ from agent.sessions.plan import plan_close, preview, totals
 from agent.sessions.store import SessionStore
 from hardware import Decoded
 from protocol import event_id_hex, new_event_id, wall_ms_now
+from protocol.event import QTY_MAX, TRANSFER_QTY_MAX
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ class SessionManager:
             disposition=disposition,
             unknown=item.unknown,
         )
-        stored = await self.store.add_line(line)
+        transfer = session.type in (SessionType.TRANSFER_OUT, SessionType.TRANSFER_IN)
+        stored = await self.store.add_line(line, qty_max=TRANSFER_QTY_MAX if transfer else QTY_MAX)
         if stored.unknown:
             log.warning(
                 "Session %s: barcode %r is not in the catalog; booked as %s so nothing is lost.",

@@ -212,8 +212,9 @@ class SessionStore(SqliteFile):
         )
 
     # --- lines ---------------------------------------------------------------
-    async def add_line(self, line: Line) -> Line:
-        """Append ``line`` (its ``no`` is assigned here) to an open session."""
+    async def add_line(self, line: Line, *, qty_max: int = QTY_MAX) -> Line:
+        """Append ``line`` (its ``no`` is assigned here) to an open session, its SKU at most ``qty_max`` units in
+        all (a transfer's: ``TRANSFER_QTY_MAX``, the most one transfer event may move at the hub)."""
 
         def add(conn: sqlite3.Connection) -> Line:
             _open_session(conn, line.session_id, "take scans")
@@ -226,8 +227,11 @@ class SessionStore(SqliteFile):
                 "SELECT coalesce(sum(qty), 0) FROM lines WHERE session_id = ? AND sku = ? AND undone = 0",
                 (line.session_id, line.sku),
             ).fetchone()[0]
-            if total + line.qty > QTY_MAX:
-                raise InvalidSessionInput(f"{line.sku} would total more than {QTY_MAX:,} units in this session")
+            if total + line.qty > qty_max:
+                raise InvalidSessionInput(
+                    f"{line.sku} would total more than {qty_max:,} units in this session"
+                    + ("; one transfer moves at most that many of a SKU" if qty_max < QTY_MAX else "")
+                )
             stored = dataclasses.replace(line, no=no)
             conn.execute(f"INSERT INTO lines ({_LINE_COLUMNS}) VALUES ({_marks(13)})", _line_row(stored))
             return stored

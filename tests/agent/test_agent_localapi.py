@@ -278,6 +278,29 @@ async def test_a_delivery_or_transfer_received_on_two_handhelds_is_one_session(a
     await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-5"}, status=201)  # a second delivery
 
 
+async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: Api) -> None:
+    """Found by keying 2,000,000 units (a typo) into a transfer out: the session took it and closed with no word,
+    and the hub then refused the event (one transfer event moves at most 1,000,000 units of a SKU), so the
+    transfer silently never moved. The line is refused at once now, in one sentence."""
+    await api.sign_in()
+    opened = await api.ok(
+        "POST", "/api/v1/sessions", {"type": "transfer_out", "ref": "TR-1", "to_location": "S002"}, status=201
+    )
+    sid = opened["session"]["id"]
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-APPLE", "qty": 2_000_000})
+    assert got == 400 and data["error"]["message"] == (
+        "SKU-APPLE would total more than 1,000,000 units in this session; one transfer moves at most that many of a SKU"
+    ), data
+    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-APPLE", "qty": 600_000}, status=201)
+    got, _ = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-APPLE", "qty": 400_001})
+    assert got == 400
+    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-APPLE", "qty": 400_000}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
+    assert [(ev.kind, ev.qty) for ev in await api.outbox.pending(10)] == [(Kind.TRANSFER_OUT, -1_000_000)]
+    receipt = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-1"}, status=201))["session"]
+    await api.ok("POST", f"/api/v1/sessions/{receipt['id']}/scans", {"sku": "SKU-APPLE", "qty": 2_000_000}, status=201)
+
+
 async def test_bad_requests_get_one_clear_sentence(api: Api) -> None:
     await api.sign_in()
     cases: list[tuple[str, str, Any, int, str]] = [
