@@ -372,18 +372,22 @@ async def get_session(request: web.Request) -> web.Response:
 async def add_scan(request: web.Request) -> web.Response:
     """Add a scanned barcode (``code``) or a SKU keyed by hand (``sku``), ``qty`` times."""
     body = await _body(request)
-    _fields(body, {"code", "sku", "qty", "disposition"})
+    _fields(body, {"code", "sku", "qty", "disposition", "scan_id"})
     sessions = request.app[CONTEXT_KEY].sessions
     session_id, by = request.match_info["id"], _who(request).staff
-    qty = body.get("qty", 1)
+    qty, scan_id = body.get("qty", 1), body.get("scan_id")
     if ("code" in body) == ("sku" in body):
         raise web.HTTPBadRequest(text='send either "code" (what was scanned) or "sku" (keyed by hand)')
     if "code" in body:
         if not isinstance(body["code"], str):
             raise web.HTTPBadRequest(text="code must be the scanned text")
-        line = await sessions.scan(session_id, body["code"], by=by, qty=qty, disposition=body.get("disposition"))
+        line = await sessions.scan(
+            session_id, body["code"], by=by, qty=qty, disposition=body.get("disposition"), scan_id=scan_id
+        )
     else:
-        line = await sessions.key(session_id, body["sku"], qty, by=by, disposition=body.get("disposition"))
+        line = await sessions.key(
+            session_id, body["sku"], qty, by=by, disposition=body.get("disposition"), scan_id=scan_id
+        )
     view = await sessions.view(session_id)
     return _json({"line": views.line_json(line), **views.view_json(view)}, status=201)
 

@@ -34,6 +34,7 @@ from agent.sessions.model import (
     SessionType,
     SessionView,
     check_qty,
+    check_scan_id,
     check_staff,
 )
 from agent.sessions.plan import plan_close, preview, totals
@@ -115,20 +116,39 @@ class SessionManager:
         disposition: Disposition | str | None = None,
         source: str = "handheld",
         decoded: Decoded | None = None,
+        scan_id: str | None = None,
     ) -> Line:
-        """Add a scanned barcode: ``qty`` × its pack size units (a count line may be 0: "none here")."""
-        return await self._add(session_id, resolve_code(code, self.catalog, decoded), by, qty, disposition, source)
+        """Add a scanned barcode: ``qty`` × its pack size units (a count line may be 0: "none here"). A ``scan_id``
+        (the handheld's id for this scan) already in the session answers that line instead of adding another."""
+        item = resolve_code(code, self.catalog, decoded)
+        return await self._add(session_id, item, by, qty, disposition, source, scan_id)
 
     async def key(
-        self, session_id: str, sku: str, qty: int, *, by: str, disposition: Disposition | str | None = None
+        self,
+        session_id: str,
+        sku: str,
+        qty: int,
+        *,
+        by: str,
+        disposition: Disposition | str | None = None,
+        scan_id: str | None = None,
     ) -> Line:
         """Add ``qty`` units of a SKU keyed by hand."""
-        return await self._add(session_id, keyed_sku(sku), by, qty, disposition, "keyed")
+        return await self._add(session_id, keyed_sku(sku), by, qty, disposition, "keyed", scan_id)
 
     async def _add(
-        self, session_id: str, item: Item, by: str, qty: int, disposition: Disposition | str | None, source: str
+        self,
+        session_id: str,
+        item: Item,
+        by: str,
+        qty: int,
+        disposition: Disposition | str | None,
+        source: str,
+        scan_id: str | None = None,
     ) -> Line:
         check_staff(by)
+        if scan_id is not None:
+            check_scan_id(scan_id)
         session = await self.store.get(session_id)
         if session.status is not SessionStatus.OPEN:
             raise SessionNotOpen(f"session {session_id} is {session.status.value} and takes no more scans")
@@ -160,7 +180,7 @@ class SessionManager:
             unknown=item.unknown,
         )
         transfer = session.type in (SessionType.TRANSFER_OUT, SessionType.TRANSFER_IN)
-        stored = await self.store.add_line(line, qty_max=TRANSFER_QTY_MAX if transfer else QTY_MAX)
+        stored = await self.store.add_line(line, qty_max=TRANSFER_QTY_MAX if transfer else QTY_MAX, scan_id=scan_id)
         if stored.unknown:
             log.warning(
                 "Session %s: barcode %r is not in the catalog; booked as %s so nothing is lost.",

@@ -8,6 +8,7 @@ closed; closing turns them into stock events (``agent.sessions.plan``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -161,6 +162,17 @@ def check_staff(value: object) -> str:
     if not isinstance(value, str) or not values.STAFF.valid(value):  # the one rule (protocol.values), as at login
         raise InvalidSessionInput(
             f"a staff id is letters, digits, '.', '_' or '-' (at most {STAFF_ID_MAX_LEN}), got {str(value)[:40]!r}"
+        )
+    return value
+
+
+SCAN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_scan_id(value: object) -> str:
+    if not isinstance(value, str) or not SCAN_ID_RE.fullmatch(value):
+        raise InvalidSessionInput(
+            f"scan_id must be 1 to 64 letters, digits, '-' or '_', got {values.shown(repr(value), 40, bare=True)}"
         )
     return value
 

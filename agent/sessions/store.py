@@ -132,6 +132,13 @@ class SessionStore(SqliteFile):
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             raise SessionError(f"{self.path} was written by a newer shelfsync (schema {row[0]}); upgrade this agent")
+        # A handheld's own id for each scan (added without a schema change: older agents ignore the column), so a
+        # scan sent again after its answer was lost is the same line, not a second one.
+        if "scan_id" not in {r[1] for r in conn.execute("PRAGMA table_info(lines)")}:
+            conn.execute("ALTER TABLE lines ADD COLUMN scan_id TEXT")
+        conn.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS lines_scan_id ON lines (session_id, scan_id) WHERE scan_id IS NOT NULL"
+        )
 
     def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
         return SessionError(f"{self.path} is not a usable session store: {err}")
@@ -212,12 +219,26 @@ class SessionStore(SqliteFile):
         )
 
     # --- lines ---------------------------------------------------------------
-    async def add_line(self, line: Line, *, qty_max: int = QTY_MAX) -> Line:
+    async def add_line(self, line: Line, *, qty_max: int = QTY_MAX, scan_id: str | None = None) -> Line:
         """Append ``line`` (its ``no`` is assigned here) to an open session, its SKU at most ``qty_max`` units in
-        all (a transfer's: ``TRANSFER_QTY_MAX``, the most one transfer event may move at the hub)."""
+        all (a transfer's: ``TRANSFER_QTY_MAX``, the most one transfer event may move at the hub). A ``scan_id``
+        the session already holds answers that line, unchanged: the same scan sent again."""
 
         def add(conn: sqlite3.Connection) -> Line:
             _open_session(conn, line.session_id, "take scans")
+            if scan_id is not None:
+                row = conn.execute(
+                    f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND scan_id = ?",
+                    (line.session_id, scan_id),
+                ).fetchone()
+                if row is not None:
+                    earlier = _line(row)
+                    if (earlier.sku, earlier.qty, earlier.disposition) != (line.sku, line.qty, line.disposition):
+                        raise SessionConflict(
+                            f"scan {scan_id} is already line {earlier.no} of this session ({earlier.sku} ×"
+                            f" {earlier.qty}); give a new scan its own scan_id"
+                        )
+                    return earlier
             no, count = conn.execute(
                 "SELECT coalesce(max(no), 0) + 1, count(*) FROM lines WHERE session_id = ?", (line.session_id,)
             ).fetchone()
@@ -233,7 +254,9 @@ class SessionStore(SqliteFile):
                     + ("; one transfer moves at most that many of a SKU" if qty_max < QTY_MAX else "")
                 )
             stored = dataclasses.replace(line, no=no)
-            conn.execute(f"INSERT INTO lines ({_LINE_COLUMNS}) VALUES ({_marks(13)})", _line_row(stored))
+            conn.execute(
+                f"INSERT INTO lines ({_LINE_COLUMNS}, scan_id) VALUES ({_marks(14)})", (*_line_row(stored), scan_id)
+            )
             return stored
 
         return await self._write(add, small=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -299,6 +301,37 @@ async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: 
     assert [(ev.kind, ev.qty) for ev in await api.outbox.pending(10)] == [(Kind.TRANSFER_OUT, -1_000_000)]
     receipt = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-1"}, status=201))["session"]
     await api.ok("POST", f"/api/v1/sessions/{receipt['id']}/scans", {"sku": "SKU-APPLE", "qty": 2_000_000}, status=201)
+
+
+async def test_a_scan_sent_again_after_its_answer_was_lost_is_one_line(api: Api) -> None:
+    """Found by dropping the connection after a scan was sent and before its answer came (the Wi-Fi on the
+    shop floor): the agent had added the line, the page said "the agent does not answer, try again", and the
+    scan sent again became a second line, one item booked twice. A scan's scan_id makes it the same line."""
+    token = await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-8"}, status=201))["session"]["id"]
+    body = json.dumps({"code": APPLE, "scan_id": "a1b2c3"}).encode()
+    host, port = api.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /api/v1/sessions/{sid}/scans HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    writer.close()  # gone before the answer
+    async with asyncio.timeout(10):
+        while (await api.ok("GET", f"/api/v1/sessions/{sid}"))["lines_total"] == 0:
+            await asyncio.sleep(0.02)
+    again = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "a1b2c3"}, status=201)
+    assert (again["line"]["no"], again["lines_total"], again["units"]) == (1, 1, 1)
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-PEAR", "scan_id": "a1b2c3"})
+    assert got == 409 and "scan a1b2c3 is already line 1" in data["error"]["message"], data
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "no spaces"})
+    assert got == 400 and "scan_id must be" in data["error"]["message"], data
+    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "d4e5f6"}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE}, status=201)  # without one: a new line
+    closed = (await api.ok("POST", f"/api/v1/sessions/{sid}/close", {}))["session"]
+    assert [(x["sku"], x["qty"]) for x in closed["report"]["lines"]] == [("SKU-APPLE", 3)]
 
 
 async def test_bad_requests_get_one_clear_sentence(api: Api) -> None:

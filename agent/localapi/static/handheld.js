@@ -352,7 +352,7 @@
       return;
     }
     const qty = parseInt($("scan-qty").value, 10);
-    const body = { qty: Number.isNaN(qty) ? 1 : qty };
+    const body = { qty: Number.isNaN(qty) ? 1 : qty, scan_id: newScanId() };
     body[$("scan-keyed").checked ? "sku" : "code"] = code;
     if (state.session.type === "return") {
       body.disposition = document.querySelector("input[name=disposition]:checked").value;
@@ -363,9 +363,28 @@
     state.queue = state.queue.then(() => sendScan(sessionId, code, body));
   }
 
+  // Each scan carries its own id: when the Wi-Fi drops before the answer, the same scan is sent again and the
+  // agent answers the line it already added instead of adding a second one.
+  function newScanId() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes); // randomUUID() needs a secure context, and the page is served over plain HTTP
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function postScan(sessionId, body) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await api("POST", "/api/v1/sessions/" + sessionId + "/scans", body);
+      } catch (err) {
+        if (err.status !== 0 || attempt >= 4) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+      }
+    }
+  }
+
   async function sendScan(sessionId, code, body) {
     try {
-      const data = await api("POST", "/api/v1/sessions/" + sessionId + "/scans", body);
+      const data = await postScan(sessionId, body);
       const line = data.line;
       const unknown = line.unknown ? " — not in the catalog, kept as " + line.sku : "";
       message($("scan-msg"), "Added " + line.qty + " × " + line.sku + unknown + ".", line.unknown ? "warn" : "good");
