@@ -11,6 +11,12 @@ re-reads the id every ``change_recheck_s``, so changes committed by another
 hub process sharing a PostgreSQL database (or by a route that does not poke)
 are seen too.
 
+When the hub stops, every long-poll is answered and every stream ends
+(``end_streams``). A stream whose client stopped reading would wait on its
+full send buffer for ``send_timeout`` (aiohttp-sse's, minutes) and hold the
+drain, and so the stop, that long: its connection is cut after
+``STREAM_STOP_GRACE_S`` instead (its client resumes from ``Last-Event-ID``).
+
 A long-poll or stream delivers only while its credential holds: before it
 sends a page it waited for (and a stream at least every
 ``STREAM_RECHECK_S`` while idle) it asks the store again (``auth.still_valid``,
@@ -57,6 +63,7 @@ RETRY_BASE_S = 0.5
 RETRY_MAX_S = 30.0
 WATCH_BACKOFF = Backoff(RETRY_BASE_S, RETRY_MAX_S, jitter=FULL_JITTER)  # a failing read of the newest change id
 CURSOR_MAX = (1 << 63) - 1
+STREAM_STOP_GRACE_S = 1.0  # at a stop: how long a stream's unsent bytes may take to go before its connection is cut
 WAIT_TEXT_MAX_CHARS = 32  # room for any float's decimal text (1.59e-203, 2.5000000000000004); longer is refused
 
 
@@ -181,6 +188,7 @@ class ChangeWatch:
 
 
 FEED_KEY = web.AppKey("change_watch", ChangeWatch)
+STREAMS_KEY = web.AppKey("change_streams", set[asyncio.Transport])  # the connections of the streams open now
 
 
 def poke(app: web.Application) -> None:
@@ -195,11 +203,28 @@ async def end_streams(app: web.Application) -> None:
     watch = app.get(FEED_KEY)
     if watch is not None:
         await watch.close()
+    streams = app.get(STREAMS_KEY)
+    if not streams:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STREAM_STOP_GRACE_S
+    while (stuck := _stuck_streams(streams)) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for transport in stuck:
+        transport.abort()  # the pending send fails at once and the stream's handler ends
+    if stuck:
+        log.info("cut %d change stream(s) whose client stopped reading, to stop without waiting for it", len(stuck))
+
+
+def _stuck_streams(streams: set[asyncio.Transport]) -> list[asyncio.Transport]:
+    """The connections of open streams that still hold bytes their client has not taken."""
+    return [t for t in streams if not t.is_closing() and t.get_write_buffer_size() > 0]
 
 
 def setup(app: web.Application, store: FeedStore, recheck_s: float) -> None:
     """Register the feed's routes and its watch on ``app``."""
     app[FEED_KEY] = ChangeWatch(store, recheck_s)
+    app[STREAMS_KEY] = set()
 
     async def stop(app: web.Application) -> None:
         await app[FEED_KEY].close()
@@ -346,9 +371,19 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
         await check_not_ahead(store, after)
     else:
         after = await store.latest_change_id()  # no position given: from now on
-    async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
-        await sse.send(views.dumps({"cursor": str(after)}), event="ready", retry=STREAM_RETRY_MS)
-        await _stream(request, sse, store, watch, after, location, sku)
+    streams = request.app[STREAMS_KEY]
+    transport = request.transport
+    if transport is not None:
+        streams.add(transport)
+    try:
+        async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
+            await sse.send(views.dumps({"cursor": str(after)}), event="ready", retry=STREAM_RETRY_MS)
+            await _stream(request, sse, store, watch, after, location, sku)
+        with contextlib.suppress(ConnectionResetError):  # the last chunk, here: it too may wait on a stalled client
+            await sse.write_eof()
+    finally:
+        if transport is not None:
+            streams.discard(transport)
     return sse
 
 

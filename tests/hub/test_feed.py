@@ -6,6 +6,9 @@ import asyncio
 import json
 import logging
 import re
+import signal
+import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,9 @@ from hub import HubSettings, open_store, serve
 from hub.feed import FEED_KEY, end_streams
 from hub.storage.base import AgentIdentity
 from protocol import Kind
+from tests.harness.clock import RECENT_MS
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import wait_until
 from tests.hub.event_factory import EventFactory
 from tests.hub.feed_helpers import Hub, running_hub, running_hub_at
 
@@ -328,3 +334,69 @@ async def revocation_by_another_process_ends_an_open_stream(db: str) -> None:
         await agent.sync((Kind.RECEIVE, 2))
         event = await next_delivery(stream)
         assert event is not None and event["event"] == "error", event
+
+
+# --- a stream whose client stopped reading -------------------------------------------------------------------
+
+
+def _unsent_bytes(local_port: int, remote_port: int) -> int:
+    """What the kernel holds unsent on the 127.0.0.1 connection local_port -> remote_port (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if (local, remote) == (local_port, remote_port):
+            return int(fields[4].split(":")[0], 16)
+    return 0
+
+
+def test_a_stopping_hub_cuts_a_stream_whose_client_stopped_reading(tmp_path: Path) -> None:
+    """A client that stops reading (a frozen tab, a hung consumer) used to hold SIGTERM for 40 s.
+
+    Its stream sat in a send waiting for a full socket buffer to drain, so it counted as a request in flight:
+    the stop waited out shutdown_timeout_s (30 s), warned that a request was still running, then waited for
+    aiohttp's own cancel. Now the stop cuts that one connection after a second; the client resumes later
+    from its Last-Event-ID.
+    """
+    db = tmp_path / "hub.db"
+
+    async def fill() -> str:  # some 4,800 changes of ~900 bytes: more than the kernel buffers of one connection
+        async with open_store(db) as store:
+            agent_id, token = await store.add_agent(["S1"])
+            _, reader = await store.add_agent([], role="reader")
+            who = await store.authenticate(token)
+            assert who is not None
+            events = EventFactory(agent_id, 1, "S1", "A", base_ms=RECENT_MS)
+            for n in range(80):
+                batch = [events(Kind.RECEIVE, 1, at_ms=n * 1000 + i, sku=f"SKU-{i % 60:02d}") for i in range(1000)]
+                await store.ingest(who, 1, batch, acked_seq=events.seq - len(batch))
+            return reader
+
+    reader = asyncio.run(fill())
+    config = tmp_path / "hub.toml"
+    config.write_text("[hub]\nshutdown_timeout_s = 30.0\n")
+    hub = HubProcess(tmp_path / "hub.log", "--config", str(config), db=db, port=0)
+    client = socket.socket()
+    try:
+        hub.start()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+        client.connect(("127.0.0.1", hub.port))
+        request = f"GET /v1/changes/stream?cursor=0 HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {reader}\r\n\r\n"
+        client.sendall(request.encode())
+        me = client.getsockname()[1]
+        seen: list[int] = []
+
+        def stalled() -> bool:  # the kernel's queue is full and stays so: the hub's send waits
+            seen.append(_unsent_bytes(hub.port, me))
+            return len(seen) > 20 and seen[-1] > 1_000_000 and len(set(seen[-20:])) == 1
+
+        wait_until("the hub's side of the stream stalls", stalled, 60.0, poll_s=0.1)
+        started = time.monotonic()
+        code = hub.stop(signal.SIGTERM, timeout_s=20.0)  # it took 40 s
+        took = time.monotonic() - started
+    finally:
+        client.close()
+        hub.close()
+    assert code == 0, hub.run_log
+    assert took < 15.0, hub.run_log
+    assert "still running after" not in hub.run_log
+    assert "cut 1 change stream(s) whose client stopped reading" in hub.run_log
