@@ -139,7 +139,9 @@ class WebhookDispatcher:
             lambda after=self._scanned: read_page(self._store, after, spec.batch_max, spec.location)  # type: ignore[misc]
         )
         if not page.rows:
-            self._scanned = page.cursor
+            # Past changes of other locations only: nothing is left to deliver up to here, so the webhook stands
+            # here (its lag counts what it still has to send). The stored cursor moves with the next delivery.
+            self._scanned = self.status.cursor = page.cursor
             return WAIT_MAX_S
         outcome = await self._deliver(page.rows)
         if not outcome.ok:

@@ -154,6 +154,37 @@ async def test_a_location_filter_sends_only_that_location(tmp_path: Path, receiv
         assert {c["location"] for c in receiver.accepted} == {"S2"}
 
 
+async def test_a_location_filtered_webhook_is_not_lagging_behind_changes_of_other_locations(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Its lag used to count every change of every other location since its last delivery, for ever.
+
+    A webhook for the web shop's location saw store S1 sell all day and reported a lag (in /v1/webhooks, the
+    dashboard and shelfsync_webhook_lag_changes) that only grew, though it had nothing left to deliver: its
+    cursor moved only when it delivered. It now stands where its reading of the feed stands.
+    """
+    receiver.fail_first = 0
+    async with running_hub(tmp_path, webhooks=(spec(receiver.url, location="S2"),)) as hub:
+        s1, s2 = await hub.agent("S1"), await hub.agent("S2")
+        await s2.sync((Kind.RECEIVE, 2))
+        await receiver.until(lambda: len(receiver.accepted) == 1)
+        for _ in range(5):
+            await s1.sync((Kind.RECEIVE, 1))
+        latest = await hub.store.latest_change_id()
+
+        async def status() -> dict[str, Any]:
+            (found,) = (await hub.get_json("/v1/webhooks"))["webhooks"]
+            return found  # type: ignore[no-any-return]
+
+        async with asyncio.timeout(BOUND_S):
+            while (found := await status())["lag"] != 0:
+                await asyncio.sleep(0.05)
+        assert found["cursor"] == str(latest)
+        assert len(receiver.accepted) == 1  # nothing of S1 went out
+        metrics = await hub.client.get("/metrics", headers=hub.auth())
+        assert 'shelfsync_webhook_lag_changes{name="shop"} 0.0' in await metrics.text()
+
+
 async def test_an_unknown_webhook_has_no_delivery_log(tmp_path: Path) -> None:
     async with running_hub(tmp_path) as hub:
         body = await hub.get_json("/v1/webhooks/nope/deliveries", status=404)
