@@ -6,6 +6,14 @@ and quiet (floods are counted, not logged one by one); see hub/limits.py.
 No secret reaches the log: the database password and webhook secrets are
 masked on every log handler while the hub serves (protocol/logsafety.py).
 
+A SQLite hub checks every ``DB_FILE_CHECK_S`` that its database's path still
+names the file it has open. Deleted or replaced while the hub runs (a
+backup put back without stopping it), every commit would go to a file
+nothing opens again: the hub stops serving, saves what it holds (written
+back in place of a deleted file, beside a replacing one as
+``<name>.replaced-<UTC time>``) and exits 1, so that its service starts it
+again on the file the path names (``DatabaseMoved``).
+
 With ``tls_cert`` and ``tls_key`` the hub serves HTTPS itself (TLS 1.2 or
 newer); a client must finish its TLS handshake within ``header_timeout_s``.
 """
@@ -19,6 +27,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -31,20 +40,27 @@ from hub.discovery import HubAdvertiser, start_advertiser
 from hub.drain import GATE_KEY
 from hub.feed import end_streams
 from hub.limits import LISTEN_BACKLOG, AccessLog, ConnectionGuard, GuardedRunner, plan_fd_budget
-from protocol.logsafety import secrets_masked
 from hub.storage import open_store
 from hub.storage.base import HubError, HubStore
+from hub.storage.sqlite import SqliteHubStore
+from protocol.logsafety import secrets_masked
 from protocol.runtime import gc_for_serving
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+DB_FILE_CHECK_S = 2.0  # how often a SQLite hub checks that its database's path still names the file it has open
 RESPONSE_FLUSH_S = 5.0  # after draining: time to finish writing the last answers before connections close
 LINGER_MAX_S = 10.0  # after answering a request whose body was not read, read and drop the rest this long at most
 
 
 class ServeError(HubError):
     """The hub could not start serving (the address is taken, the database cannot be opened …)."""
+
+
+class DatabaseMoved(HubError):
+    """The SQLite database file was deleted or replaced while the hub ran; what the hub held is saved, and the
+    hub stops so that it starts again on the file its path names now (exit status 1: the service restarts it)."""
 
 
 T = TypeVar("T")
@@ -146,8 +162,13 @@ async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(guard.loop_exception_handler)  # accept() out of files: counted, no traceback each
     try:
+        moved: list[str] = []
         async with open_store(settings.db) as store:
-            await _serve_store(settings, stop, store, guard, budget.describe(), tls)
+            await _serve_store(settings, stop, store, guard, budget.describe(), tls, moved)
+            saved = await _save_moved(store) if moved and isinstance(store, SqliteHubStore) else None
+        if saved is not None and isinstance(store, SqliteHubStore):
+            store.remove_stale_side_files()  # closed now: its -wal must not be read into the file under its name
+            raise DatabaseMoved(saved)
     finally:
         loop.set_exception_handler(previous_handler)
         guard.flush()
@@ -160,6 +181,7 @@ async def _serve_store(
     guard: ConnectionGuard,
     budget: str,
     tls: ssl.SSLContext | None,
+    moved: list[str],
 ) -> None:
     app = create_app(store, settings)
     runner = GuardedRunner(
@@ -174,6 +196,9 @@ async def _serve_store(
     )
     await runner.setup()
     advertiser: HubAdvertiser | None = None
+    watcher = None
+    if isinstance(store, SqliteHubStore):
+        watcher = asyncio.create_task(_watch_file(store, stop, moved), name="hub-database-file")
     try:
         site: web.TCPSite
         if tls is None:
@@ -203,7 +228,9 @@ async def _serve_store(
             log.info("the hub holds %s", budget)
             log.info("the hub runs on %s's event loop", loop_kind())
             if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
-                advertiser = await start_advertiser(str((await store.health()).get("hub_id") or ""), settings.host, port)
+                advertiser = await start_advertiser(
+                    str((await store.health()).get("hub_id") or ""), settings.host, port
+                )
             await stop.wait()
             await site.stop()
             gate = app[GATE_KEY]
@@ -216,9 +243,44 @@ async def _serve_store(
                     settings.shutdown_timeout_s,
                 )
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if advertiser is not None:
             await advertiser.stop()
         await runner.cleanup()
+
+
+async def _watch_file(store: SqliteHubStore, stop: asyncio.Event, moved: list[str]) -> None:
+    """Stop the hub once its database's path no longer names the file it has open (``moved`` says how)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DB_FILE_CHECK_S)
+        what = None if stop.is_set() else store.file_moved()
+        if what is not None:
+            log.error("the hub database %s was %s while the hub ran; the hub stops to save what it holds",
+                      store.path, what)  # fmt: skip
+            moved.append(what)
+            stop.set()
+
+
+async def _save_moved(store: SqliteHubStore) -> str:
+    """Once nothing is served any more: save the database the hub has open; what ``DatabaseMoved`` says."""
+    path = store.path
+    if store.file_moved() == "deleted":  # nothing took the name: the database goes back under it
+        events = await store.save_copy(path)
+        return (
+            f"the hub database {path} was deleted while the hub ran; the hub wrote the database it had open "
+            f"({events:,} events) back to {path} and stops, so that it starts again on it"
+        )
+    saved = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    events = await store.save_copy(saved)
+    return (
+        f"the hub database {path} was replaced while the hub ran (a backup put back without stopping the hub?); "
+        f"the database the hub had open ({events:,} events) is saved as {saved}, and the hub stops so that it "
+        "starts again on the new file, to which the agents send again what it lacks"
+    )
 
 
 @contextlib.contextmanager

@@ -113,6 +113,14 @@ def _commit_group(
     return outcomes, conn.total_changes - changes_before
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _translated(err: Exception, what: str) -> Exception:
     if isinstance(err, sqlite3.Error):
         translated = StoreError(f"the hub database failed while {what}: {err}")
@@ -137,6 +145,8 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
     ) -> None:
         self.path = path
         self.hub_id = hub_id
+        # The files opened (the database, its -wal and -shm), to notice their names leading elsewhere.
+        self._file_ids = {name: _file_id(path.with_name(path.name + name)) for name in ("", "-wal", "-shm")}
         self._writer = writer
         self._checkpointer = checkpointer
         self._reader = reader
@@ -199,6 +209,67 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         if self._closed:
             raise StoreClosed()
 
+    # --- its file -------------------------------------------------------------
+
+    def file_moved(self) -> str | None:
+        """None while the database's path names the file this store has open; else "deleted" or "replaced".
+
+        SQLite keeps writing to the file it opened: once its name is deleted (or given to another file, such as a
+        backup put back while the hub runs), every commit goes to a file nothing will open again."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError:
+            return None  # cannot tell (a directory it may no longer search): say nothing rather than guess
+        return None if (now.st_dev, now.st_ino) == self._file_ids[""] else "replaced"
+
+    def remove_stale_side_files(self) -> list[Path]:
+        """Once closed after ``file_moved``: remove the -wal and -shm files it left under the database's name.
+
+        SQLite leaves them when its database was moved (it cannot checkpoint into a file that is gone), and the
+        next connection to the file now under that name would read the old database's WAL into it. Only the
+        very files this store opened are removed, never another's."""
+        assert self._closed, "close the store first"
+        removed = []
+        for side in ("-wal", "-shm"):
+            path = self.path.with_name(self.path.name + side)
+            if self._file_ids[side] is not None and _file_id(path) == self._file_ids[side]:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    async def save_copy(self, to: Path) -> int:
+        """Copy the database this store has open (also once its name is gone) to the new file ``to``, whole:
+        written beside it (mode 0600), synced, then renamed into place. The number of events in the copy."""
+        partial = to.with_name(f".{to.name}.partial-{os.getpid()}")
+
+        def copy(conn: sqlite3.Connection) -> int:  # on the writer's thread: between two write transactions
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            try:
+                dst = sqlite3.connect(partial, isolation_level=None)
+                try:
+                    conn.backup(dst)
+                    dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+                    events = int(dst.execute("SELECT count(*) FROM events").fetchone()[0])
+                finally:
+                    dst.close()
+                fd = os.open(partial, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(partial, to)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            return events
+
+        try:
+            return await self._writer.run(copy)
+        except (sqlite3.Error, OSError) as err:
+            raise StoreError(f"cannot copy the hub database to {to}: {err}") from err
+
     # --- transactions ------------------------------------------------------
 
     async def _write(self, what: str, work: Callable[[InlineConnection], Coroutine[Any, Any, T]]) -> T:
@@ -253,9 +324,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         read.add_done_callback(_consume_result)
         return await asyncio.shield(read)
 
-    async def _read_whole(
-        self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]], snapshot: bool
-    ) -> T:
+    async def _read_whole(self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]], snapshot: bool) -> T:
         async with self._read_lock:
             self._check_open()
             db = self._reader
