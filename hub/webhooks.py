@@ -204,9 +204,12 @@ class WebhookDispatcher:
                 timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
                 allow_redirects=False,
             ) as resp:
-                answer = await resp.content.read(RESPONSE_READ_MAX_BYTES)
-                if 200 <= resp.status < 300:
+                if 200 <= resp.status < 300:  # accepted: its body is not waited for (it may never come)
                     return _Outcome(True, resp.status, None)
+                try:
+                    answer = await resp.content.read(RESPONSE_READ_MAX_BYTES)
+                except (TimeoutError, aiohttp.ClientError):
+                    answer = b""  # the status says it failed; the reason is what there is
                 text = answer.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
                 return _Outcome(False, resp.status, f"the receiver answered HTTP {resp.status}: {text or resp.reason}")
         except TimeoutError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -183,6 +184,43 @@ async def test_a_location_filtered_webhook_is_not_lagging_behind_changes_of_othe
         assert len(receiver.accepted) == 1  # nothing of S1 went out
         metrics = await hub.client.get("/metrics", headers=hub.auth())
         assert 'shelfsync_webhook_lag_changes{name="shop"} 0.0' in await metrics.text()
+
+
+async def test_a_receiver_that_accepts_but_never_finishes_its_answer_body_is_not_sent_the_batch_for_ever(
+    tmp_path: Path,
+) -> None:
+    """A 2xx whose body never arrives (a receiver that answers at once, then holds the connection) is delivered.
+
+    The hub used to wait for the first bytes of the body, time out after timeout_s, count the delivery failed and
+    send the same batch again, for ever: the receiver accepted each copy and the webhook never moved on.
+    """
+    requests = 0
+
+    async def answer_and_hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+        await reader.readexactly(length)
+        requests += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n")  # and the 64 bytes never come
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the hub closes it
+        writer.close()
+
+    server = await asyncio.start_server(answer_and_hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        hook = spec(f"http://127.0.0.1:{port}/hooks/stock", timeout_s=0.5)
+        async with running_hub(tmp_path, webhooks=(hook,)) as hub:
+            agent = await hub.agent()
+            await agent.sync((Kind.RECEIVE, 5))
+            latest = await hub.store.latest_change_id()
+            await delivered_up_to(hub.store, "shop", latest)
+            await asyncio.sleep(1.0)  # two timeouts' worth: nothing is sent again
+            assert requests == 1
+    finally:
+        server.close()
 
 
 async def test_an_unknown_webhook_has_no_delivery_log(tmp_path: Path) -> None:
