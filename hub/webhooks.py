@@ -5,7 +5,9 @@ the changes after its cursor (optionally of one location), POST them as one
 JSON batch, and advance the stored cursor only after a 2xx answer — at least
 once, in change order. A failure is logged in the delivery log and retried
 with exponential backoff, jitter and a cap; the first failure is a warning,
-the recovery is logged once.
+the recovery is logged once. A ``429`` or ``503`` whose ``Retry-After`` asks
+for longer is waited out (up to ``RETRY_AFTER_MAX_S``): a receiver that
+throttles is not asked again sooner than it said.
 
 Each request is signed: ``X-Shelfsync-Timestamp`` is the Unix time in
 seconds and ``X-Shelfsync-Signature`` is ``sha256=`` + the hex HMAC-SHA256,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -70,6 +73,8 @@ RETRY_BASE_S = 1.0
 RESPONSE_READ_MAX_BYTES = 4_096  # of a receiver's answer, kept for the delivery log
 DELIVERIES_LIMIT_DEFAULT = 100
 DELIVERIES_LIMIT_MAX = 1_000
+THROTTLE_STATUSES = (429, 503)  # answers whose Retry-After is waited out
+RETRY_AFTER_MAX_S = 300.0  # the longest a receiver's Retry-After holds a webhook back
 
 
 # --- delivery ------------------------------------------------------------------
@@ -91,6 +96,19 @@ class _Outcome:
     ok: bool
     http_status: int | None
     error: str | None
+    retry_after_s: float | None = None  # a throttling receiver's Retry-After
+
+
+def retry_after_s(raw: str | None) -> float | None:
+    """The seconds a receiver's ``Retry-After`` asks for, at most ``RETRY_AFTER_MAX_S``; None when it is missing
+    or not a number of seconds (an HTTP date, a negative or odd value): the backoff alone then."""
+    try:
+        value = float(raw) if raw is not None and len(raw) <= 32 else math.nan
+    except ValueError:
+        return None
+    if not 0.0 <= value:  # also nan
+        return None
+    return min(value, RETRY_AFTER_MAX_S)
 
 
 class WebhookDispatcher:
@@ -147,7 +165,10 @@ class WebhookDispatcher:
         if not outcome.ok:
             await self._failed(page.rows, outcome)
             first, last = page.rows[0].change_id, page.rows[-1].change_id
-            raise TurnFailed(f"delivering changes {first}-{last} to {spec.display_url} failed ({outcome.error})")
+            raise TurnFailed(
+                f"delivering changes {first}-{last} to {spec.display_url} failed ({outcome.error})",
+                retry_after_s=outcome.retry_after_s,
+            )
         self._scanned = page.cursor
         await self._succeeded(page.rows, page.cursor, outcome)
         return 0.0
@@ -163,7 +184,7 @@ class WebhookDispatcher:
             log.log(
                 failure.level, "webhook %s: %s; retrying with backoff", self.spec.name, failure, exc_info=failure.cause
             )
-        return self._streak.delay_s()
+        return self._streak.delay_s(failure.retry_after_s)  # at least the backoff, and what Retry-After asked
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` (a read or write of the store) until it works, backing off between failures."""
@@ -211,7 +232,10 @@ class WebhookDispatcher:
                 except (TimeoutError, aiohttp.ClientError):
                     answer = b""  # the status says it failed; the reason is what there is
                 text = answer.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
-                return _Outcome(False, resp.status, f"the receiver answered HTTP {resp.status}: {text or resp.reason}")
+                wait_s = retry_after_s(resp.headers.get("Retry-After")) if resp.status in THROTTLE_STATUSES else None
+                return _Outcome(
+                    False, resp.status, f"the receiver answered HTTP {resp.status}: {text or resp.reason}", wait_s
+                )
         except TimeoutError:
             return _Outcome(False, None, f"the receiver did not answer within {spec.timeout_s:g} s (timeout_s)")
         except aiohttp.ClientError as err:

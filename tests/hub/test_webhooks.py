@@ -18,7 +18,7 @@ from aiohttp import web
 from hub import HubStore
 from hub.config import ConfigError, load_settings
 from hub.webhook_spec import KEYS
-from hub.webhooks import WebhookConfigError, WebhookSpec, parse_webhooks, sign, verify_signature
+from hub.webhooks import WebhookConfigError, WebhookSpec, parse_webhooks, retry_after_s, sign, verify_signature
 from protocol import Kind
 from tests.hub.feed_helpers import Agent, running_hub
 
@@ -221,6 +221,45 @@ async def test_a_receiver_that_accepts_but_never_finishes_its_answer_body_is_not
             assert requests == 1
     finally:
         server.close()
+
+
+async def test_a_receiver_answering_429_with_retry_after_is_not_asked_again_sooner(tmp_path: Path) -> None:
+    """retry_max_s = 0.05 s: the dispatcher used to send the batch again within a tenth of a second of a 429 that
+    asked for 2 s (Retry-After was not read), and so on, keeping a throttling receiver throttled."""
+    times: list[float] = []
+
+    async def throttle_once(request: web.Request) -> web.Response:
+        await request.read()
+        times.append(time.monotonic())
+        if len(times) == 1:
+            return web.Response(status=429, text="slow down", headers={"Retry-After": "2"})
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hooks/stock", throttle_once)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with running_hub(tmp_path, webhooks=(spec(f"http://127.0.0.1:{port}/hooks/stock"),)) as hub:
+            agent = await hub.agent()
+            await agent.sync((Kind.RECEIVE, 5))
+            await delivered_up_to(hub.store, "shop", await hub.store.latest_change_id())
+            assert len(times) == 2
+            assert times[1] - times[0] >= 1.9
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("2", 2.0), ("0.5", 0.5), ("0", 0.0), ("86400", 300.0), ("inf", 300.0), (None, None), ("-3", None),
+     ("nan", None), ("soon", None), ("Wed, 21 Oct 2026 07:28:00 GMT", None), ("9" * 400, None)],
+)  # fmt: skip
+def test_an_odd_retry_after_falls_back_to_the_backoff(raw: str | None, expected: float | None) -> None:
+    assert retry_after_s(raw) == expected
 
 
 async def test_an_unknown_webhook_has_no_delivery_log(tmp_path: Path) -> None:
