@@ -63,6 +63,7 @@ RETRY_BASE_S = 0.5
 RETRY_MAX_S = 30.0
 WATCH_BACKOFF = Backoff(RETRY_BASE_S, RETRY_MAX_S, jitter=FULL_JITTER)  # a failing read of the newest change id
 CURSOR_MAX = (1 << 63) - 1
+CLIENT_GONE_CHECK_S = 2.0  # a waiting long-poll checks this often whether its client is still connected
 STREAM_STOP_GRACE_S = 1.0  # at a stop: how long a stream's unsent bytes may take to go before its connection is cut
 WAIT_TEXT_MAX_CHARS = 32  # room for any float's decimal text (1.59e-203, 2.5000000000000004); longer is refused
 
@@ -341,7 +342,8 @@ async def get_changes(request: web.Request) -> web.Response:
     page = await read_page(store, after, limit, location, sku)
     waited = False
     while not page.rows and not watch.closed and (remaining := deadline - loop.time()) > 0:
-        await watch.wait_past(page.cursor, remaining)
+        if not await _wait_past_while_connected(request, watch, page.cursor, remaining):
+            return web.Response(status=204)  # nobody reads it: the client closed its connection while it waited
         waited = True
         page = await read_page(store, page.cursor, limit, location, sku)
     if waited and not await still_valid(request):  # asked after the read: nothing committed later goes out
@@ -354,6 +356,25 @@ async def get_changes(request: web.Request) -> web.Response:
         wire.MORE_FIELD: page.more,
     }
     return web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
+
+
+async def _wait_past_while_connected(request: web.Request, watch: ChangeWatch, after: int, timeout_s: float) -> bool:
+    """``watch.wait_past``, given up (False) once the client has closed its connection.
+
+    aiohttp goes on running a handler whose client left (the hub keeps ``handler_cancellation`` off), so a
+    long-poll abandoned by its client used to wait out its whole ``wait``: a client reconnecting in a loop
+    piled up a waiting handler per attempt, for up to a minute each."""
+    waiting = asyncio.ensure_future(watch.wait_past(after, timeout_s))
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=CLIENT_GONE_CHECK_S)
+            if done:
+                return True
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return False
+    finally:
+        waiting.cancel()
 
 
 async def get_changes_stream(request: web.Request) -> web.StreamResponse:

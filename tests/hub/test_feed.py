@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from hub import HubSettings, open_store, serve
+from hub.drain import GATE_KEY
 from hub.feed import FEED_KEY, end_streams
 from hub.storage.base import AgentIdentity
 from protocol import Kind
@@ -334,6 +335,24 @@ async def revocation_by_another_process_ends_an_open_stream(db: str) -> None:
         await agent.sync((Kind.RECEIVE, 2))
         event = await next_delivery(stream)
         assert event is not None and event["event"] == "error", event
+
+
+async def test_a_long_poll_whose_client_went_away_stops_waiting(hub: Hub) -> None:
+    """A client that gives up on its long-poll (a timeout shorter than wait, a reconnect loop) used to leave its
+    handler waiting out the whole wait (up to 60 s): 200 such attempts were 200 handlers waiting a minute."""
+    app = hub.client.server.app
+    for _ in range(200):
+        _, writer = await asyncio.open_connection("127.0.0.1", hub.client.server.port)
+        writer.write(
+            f"GET /v1/changes?wait=60 HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {hub.reader}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+    async with asyncio.timeout(BOUND_S):
+        while app[GATE_KEY].active or app[FEED_KEY].waiting:
+            await asyncio.sleep(0.05)
+    page = await hub.get_json("/v1/changes?wait=0.1")  # a client that stays is answered as before
+    assert page["changes"] == []
 
 
 # --- a stream whose client stopped reading -------------------------------------------------------------------
