@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from hub.channels.config import ChannelConfigError, ChannelSpec, parse_channels
 from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLOCK_WINDOW_S
 from hub.storage.base import HubError
-from hub.channels.config import ChannelConfigError, ChannelSpec, parse_channels
 from hub.webhook_spec import WebhookConfigError, WebhookSpec, parse_webhooks
 
 DEFAULT_HOST = "127.0.0.1"
@@ -274,6 +274,8 @@ def load_settings(
     if db_layer is not None:
         where, values, base = db_layer
         settings = settings.replace(db=_database_url(values, base, where))
+    if "\0" in settings.db:  # no file name or URL holds one; the OS would refuse it later, with a traceback
+        raise ConfigError("db holds a NUL character; give the database's file path or URL as it is")
     if not settings.db:
         raise ConfigError(
             f"no database given; pass --db URL, set {env_name('db')}, or set db (or {DATABASE_URL_FILE_KEY}) in the "

@@ -55,9 +55,16 @@ class WebhookSpec:
         where = f"webhook {self.name!r}" if isinstance(self.name, str) else "a webhook"
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
             raise WebhookConfigError(f"{where}: name must be 1 to 64 letters, digits, '.', '_' or '-'")
-        parts = urlsplit(self.url) if isinstance(self.url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise WebhookConfigError(f"{where}: url must be an http:// or https:// URL, got {self.url!r}")
+        try:  # urlsplit refuses a broken [IPv6] host, .port a port that is no number from 0 to 65535
+            parts = urlsplit(self.url) if isinstance(self.url, str) else None
+            port_ok = parts is not None and parts.port != 0
+        except ValueError:
+            parts, port_ok = None, False
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise WebhookConfigError(
+                f"{where}: url must be an http:// or https:// URL with a host and, if any, a port from 1 to 65535, "
+                f"got {self.url!r}"
+            )
         if not isinstance(self.secret, str) or len(self.secret) < SECRET_MIN_LEN:
             raise WebhookConfigError(f"{where}: secret must be a string of at least {SECRET_MIN_LEN} characters")
         if self.location is not None and not is_location(self.location):

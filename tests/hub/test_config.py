@@ -43,6 +43,7 @@ def test_relative_db_is_relative_to_the_file_and_urls_are_kept(tmp_path: Path) -
         ('[hub]\ndb = "x"\nlog_level = "LOUD"\n', "log_level must be one of"),
         ("[hub\n", "is not valid TOML"),
         ("[hub]\n", "no database given"),
+        ('[hub]\ndb = "hub.db\\u0000x"\n', "db holds a NUL character"),  # was a traceback: embedded null byte
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, expected: str) -> None:

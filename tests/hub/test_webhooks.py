@@ -20,6 +20,7 @@ from hub.config import ConfigError, load_settings
 from hub.webhook_spec import KEYS
 from hub.webhooks import WebhookConfigError, WebhookSpec, parse_webhooks, retry_after_s, sign, verify_signature
 from protocol import Kind
+from tests.harness.commands import run_hub
 from tests.hub.feed_helpers import Agent, running_hub
 
 SECRET = "s3cret-for-the-web-shop"
@@ -318,6 +319,10 @@ def test_webhooks_are_read_from_the_hub_config_file(tmp_path: Path) -> None:
         ([{"name": "s", "url": "http://127.0.0.1/", "secret": SECRET, "retry_max_s": "1"}], "retry_max_s must be"),
         ([{"name": "s", "url": "http://127.0.0.1/", "secret": SECRET}] * 2, "used twice"),
         ({"name": "s"}, "array of tables"),
+        # these were a ValueError traceback, or a webhook that failed every delivery
+        ([{"name": "s", "url": "http://[::1/in", "secret": SECRET}], "url must be an http"),
+        ([{"name": "s", "url": "http://127.0.0.1:99999/in", "secret": SECRET}], "a port from 1 to 65535"),
+        ([{"name": "s", "url": "http://127.0.0.1:0/in", "secret": SECRET}], "a port from 1 to 65535"),
     ],
 )
 def test_a_wrong_webhook_entry_is_one_clear_sentence(tables: Any, needle: str) -> None:
@@ -331,6 +336,15 @@ def test_a_wrong_webhook_in_a_file_names_the_file(tmp_path: Path) -> None:
     path.write_text('[hub]\ndb = "hub.db"\n[[webhooks]]\nname = "shop"\nurl = "http://127.0.0.1/"\n')
     with pytest.raises(ConfigError, match=r"webhooks\[0\] is missing secret \(in .*hub.toml\)"):
         load_settings(path)
+
+
+def test_a_broken_webhook_url_stops_the_command_with_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text(f'[hub]\ndb = "hub.db"\n[[webhooks]]\nname = "shop"\nurl = "http://[::1"\nsecret = "{SECRET}"\n')
+    run = run_hub("agent", "list", "--config", str(path))
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "webhook 'shop': url must be an http:// or https:// URL" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "hub.db").exists()
 
 
 def test_every_webhook_key_is_documented() -> None:
