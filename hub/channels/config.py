@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from hub.resolver import is_location
 from hub.webhook_spec import SECRET_MIN_LEN as WEBHOOK_SECRET_MIN_LEN  # a webhook channel signs like them
@@ -202,7 +202,11 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
     where = f"channel {name!r}"
     unknown = sorted(set(table) - set(KEYS))
     if unknown:
-        hint = " (put the token in a file named by secret_file or a variable named by secret_env)" if "secret" in unknown else ""
+        hint = (
+            " (put the token in a file named by secret_file or a variable named by secret_env)"
+            if "secret" in unknown
+            else ""
+        )
         raise ChannelConfigError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}{hint}; the keys are {', '.join(KEYS)}"
         )
@@ -233,7 +237,9 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
     if mapping_csv is not None:
         if not isinstance(mapping_csv, str) or not mapping_csv:
             raise ChannelConfigError(f"{where}: mapping_csv must be the path of a CSV file")
-        mapping_csv = str(base / mapping_csv) if base is not None and not Path(mapping_csv).is_absolute() else mapping_csv
+        mapping_csv = (
+            str(base / mapping_csv) if base is not None and not Path(mapping_csv).is_absolute() else mapping_csv
+        )
     return ChannelSpec(
         name=name,
         kind=kind,
@@ -290,12 +296,16 @@ def _orders_back(
     try:
         secret, _ = _secret(where, renamed, base, env)
     except ChannelConfigError as err:
-        raise ChannelConfigError(str(err).replace("secret_file", "webhook_secret_file").replace(
-            "secret_env", "webhook_secret_env").replace("access token", "webhook signing secret").replace(
-            "the secret", "the webhook secret")) from None
+        raise ChannelConfigError(
+            str(err)
+            .replace("secret_file", "webhook_secret_file")
+            .replace("secret_env", "webhook_secret_env")
+            .replace("access token", "webhook signing secret")
+            .replace("the secret", "the webhook secret")
+        ) from None
     if kind == "square":
-        parts = urlsplit(notification_url) if isinstance(notification_url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = _http_url(notification_url)
+        if parts is None:
             raise ChannelConfigError(
                 f"{where}: notification_url must be the exact URL Square's webhook subscription posts to "
                 "(Square signs it with the body), e.g. https://hub.example.com/v1/channels/<name>/webhooks"
@@ -307,16 +317,20 @@ def _orders_back(
         feeding = [h for h, c in pool.items() if c == shared[0]]
         raise ChannelConfigError(
             f"{where}: the pool maps {', '.join(feeding)} to {shared[0]!r}; say which fulfils its orders with "
-            f"fulfil_from = {{ \"{shared[0]}\" = \"{feeding[0]}\" }}"
+            f'fulfil_from = {{ "{shared[0]}" = "{feeding[0]}" }}'
         )
-    return {"webhook_secret": secret, "notification_url": notification_url, "fulfil_from": fulfil_from,
-            "order_location": order_location}
+    return {
+        "webhook_secret": secret,
+        "notification_url": notification_url,
+        "fulfil_from": fulfil_from,
+        "order_location": order_location,
+    }
 
 
 def _pool(where: str, raw: Any) -> dict[str, str]:
     if not isinstance(raw, Mapping) or not raw:
         raise ChannelConfigError(
-            f"{where}: pool must be a table of hub location = channel location id, e.g. pool = {{ WH1 = \"gid://shopify/Location/1\" }}"
+            f'{where}: pool must be a table of hub location = channel location id, e.g. pool = {{ WH1 = "gid://shopify/Location/1" }}'
         )
     pool: dict[str, str] = {}
     for hub_location, channel_location in raw.items():
@@ -418,8 +432,8 @@ def _endpoint(where: str, kind: str, table: Mapping[str, Any]) -> tuple[str, str
         raise ChannelConfigError(f"{where}: shop is a Shopify setting; a {kind} channel takes url")
     if kind == "square" and url is None:
         url = SQUARE_URL
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    parts = _http_url(url)
+    if parts is None:
         need = "shop or url" if kind == "shopify" else "url"
         raise ChannelConfigError(f"{where}: {need} must give an http:// or https:// address, got {url!r}")
     if parts.username or parts.password:
@@ -440,3 +454,16 @@ def _whole(value: Any, hi: int) -> bool:
 
 def _is_sku(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= SKU_MAX_LEN and value.isprintable() and value == value.strip()
+
+
+def _http_url(url: object) -> SplitResult | None:
+    """``url`` split, when it is an http:// or https:// URL with a host and no port other than 1 to 65535; else None
+    (urlsplit raises on a broken [IPv6] host, ``.port`` on a port out of range: one sentence, not a traceback)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port != 0
+    except ValueError:
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname and port_ok else None

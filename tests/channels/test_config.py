@@ -15,8 +15,13 @@ ENV = {"SHOP_TOKEN": "shpat_abc123"}
 
 
 def one(**table: Any) -> Any:
-    base = {"name": "web", "kind": "shopify", "shop": "example.myshopify.com", "pool": {"S1": "gid://shopify/Location/1"},
-            "secret_env": "SHOP_TOKEN"}
+    base = {
+        "name": "web",
+        "kind": "shopify",
+        "shop": "example.myshopify.com",
+        "pool": {"S1": "gid://shopify/Location/1"},
+        "secret_env": "SHOP_TOKEN",
+    }
     merged = {k: v for k, v in {**base, **table}.items() if v is not None}  # None: leave the key out
     (spec,) = parse_channels([merged], environ=ENV)
     return spec
@@ -89,6 +94,9 @@ def test_a_buffer_holds_back_units_a_percentage_or_a_per_sku_number() -> None:
         ({"reason": "because"}, "reason must be one of Shopify's reasons"),
         ({"api_version": "latest"}, "api_version must look like"),
         ({"colour": "red"}, "unknown key(s) 'colour'"),
+        # a ValueError traceback from urlsplit, or a channel whose every push failed
+        ({"kind": "webhook", "shop": None, "url": "http://[::1/in"}, "url must give an http:// or https://"),
+        ({"kind": "webhook", "shop": None, "url": "http://127.0.0.1:99999/in"}, "url must give an http://"),
     ],
 )
 def test_a_wrong_table_is_one_sentence_naming_the_key(table: dict[str, Any], words: str) -> None:
