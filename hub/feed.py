@@ -392,19 +392,18 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
         await check_not_ahead(store, after)
     else:
         after = await store.latest_change_id()  # no position given: from now on
-    streams = request.app[STREAMS_KEY]
     transport = request.transport
-    if transport is not None:
-        streams.add(transport)
+    if transport is None or transport.is_closing():  # the client left while the stream was looked up
+        return web.Response(status=204)  # nobody reads it; aiohttp-sse would fail an assertion on it
+    streams = request.app[STREAMS_KEY]
+    streams.add(transport)
     try:
         async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
-            await sse.send(views.dumps({"cursor": str(after)}), event="ready", retry=STREAM_RETRY_MS)
             await _stream(request, sse, store, watch, after, location, sku)
         with contextlib.suppress(ConnectionResetError):  # the last chunk, here: it too may wait on a stalled client
             await sse.write_eof()
     finally:
-        if transport is not None:
-            streams.discard(transport)
+        streams.discard(transport)
     return sse
 
 
@@ -416,6 +415,7 @@ async def _stream(
     loop = asyncio.get_running_loop()
     recheck_at = loop.time() + STREAM_RECHECK_S
     try:
+        await sse.send(views.dumps({"cursor": str(after)}), event="ready", retry=STREAM_RETRY_MS)
         while not watch.closed and not gone.done():
             try:
                 page = await read_page(store, after, STREAM_BATCH, location, sku)

@@ -8,6 +8,7 @@ import logging
 import re
 import signal
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -353,6 +354,31 @@ async def test_a_long_poll_whose_client_went_away_stops_waiting(hub: Hub) -> Non
             await asyncio.sleep(0.05)
     page = await hub.get_json("/v1/changes?wait=0.1")  # a client that stays is answered as before
     assert page["changes"] == []
+
+
+async def test_a_stream_whose_client_left_before_it_began_is_no_error(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closes its connection as its stream is set up (a tab closed, a reconnect cancelled) used to
+    fail an assertion in aiohttp-sse: an ERROR with a traceback, "failed N requests with an unexpected error"."""
+    caplog.set_level(logging.INFO)
+    request = f"GET /v1/changes/stream HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {hub.reader}\r\n\r\n"
+    for _ in range(100):
+        client = socket.socket()
+        client.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", hub.client.server.port))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        client.send(request.encode())
+        client.close()
+    app = hub.client.server.app
+    async with asyncio.timeout(BOUND_S):
+        while app[GATE_KEY].active:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    stream = await hub.client.get("/v1/changes/stream", headers=hub.auth())  # a client that stays is served
+    assert (await next_event(stream))["event"] == "ready"
+    stream.close()
 
 
 # --- a stream whose client stopped reading -------------------------------------------------------------------
