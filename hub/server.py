@@ -40,7 +40,8 @@ from hub.discovery import HubAdvertiser, start_advertiser
 from hub.drain import GATE_KEY
 from hub.feed import end_streams
 from hub.limits import LISTEN_BACKLOG, AccessLog, ConnectionGuard, GuardedRunner, plan_fd_budget
-from hub.storage import open_store
+from hub.servelock import hold_serving_lock
+from hub.storage import open_store, sqlite_file
 from hub.storage.base import HubError, HubStore
 from hub.storage.sqlite import SqliteHubStore
 from protocol.logsafety import secrets_masked
@@ -163,12 +164,14 @@ async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
     loop.set_exception_handler(guard.loop_exception_handler)  # accept() out of files: counted, no traceback each
     try:
         moved: list[str] = []
-        async with open_store(settings.db) as store:
-            await _serve_store(settings, stop, store, guard, budget.describe(), tls, moved)
-            saved = await _save_moved(store) if moved and isinstance(store, SqliteHubStore) else None
-        if saved is not None and isinstance(store, SqliteHubStore):
-            store.remove_stale_side_files()  # closed now: its -wal must not be read into the file under its name
-            raise DatabaseMoved(saved)
+        path = sqlite_file(settings.db)  # a SQLite file is served by one process at a time (hub.servelock)
+        with hold_serving_lock(path) if path is not None else contextlib.nullcontext():
+            async with open_store(settings.db) as store:
+                await _serve_store(settings, stop, store, guard, budget.describe(), tls, moved)
+                saved = await _save_moved(store) if moved and isinstance(store, SqliteHubStore) else None
+            if saved is not None and isinstance(store, SqliteHubStore):
+                store.remove_stale_side_files()  # closed now: its -wal must not be read into the file under its name
+                raise DatabaseMoved(saved)
     finally:
         loop.set_exception_handler(previous_handler)
         guard.flush()

@@ -29,9 +29,9 @@ from hub.storage.base import (
     HubStore,
     ImportIssue,
     IngestResult,
-    Lineage,
     InvalidInput,
     LedgerRow,
+    Lineage,
     Observation,
     ReportResult,
     StoreClosed,
@@ -58,12 +58,29 @@ SQLITE_SCHEME = "sqlite://"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
+def sqlite_file(url_or_path: str | os.PathLike[str]) -> str | None:
+    """The file a SQLite hub database URL or path names (``sqlite:///abs/path.db``: what follows ``sqlite://``; or
+    a plain file path); None for a PostgreSQL URL; ``StoreError`` for anything else."""
+    target = os.fspath(url_or_path)
+    if target.startswith(POSTGRES_SCHEMES):
+        return None
+    if target.startswith(SQLITE_SCHEME):
+        target = target[len(SQLITE_SCHEME) :]
+    elif "://" in target:
+        scheme = target.split("://", 1)[0][:20]  # not the URL: it may hold a password
+        raise StoreError(f"unknown database URL scheme {scheme!r}; use sqlite:///path/to/hub.db or a file path")
+    if not target.strip("/") or target.lstrip("/") == ":memory:" or target.startswith("file:"):
+        raise StoreError("the hub database must be a file path (the hub opens it twice: one writer, one reader)")
+    return target
+
+
 def open_store(url_or_path: str | os.PathLike[str]) -> StoreOpener[HubStore]:
     """Open the store a URL or path names: ``sqlite:///abs/path.db`` (what follows
     ``sqlite://`` is the path), a plain file path, or ``postgresql://user:pw@host/db``
     (``postgres://`` too). ``await`` it, or use it as ``async with``."""
     target = os.fspath(url_or_path)
-    if target.startswith(POSTGRES_SCHEMES):
+    path = sqlite_file(target)
+    if path is None:
         try:
             from hub.storage.postgres import PostgresHubStore  # the driver loads only for a PostgreSQL hub
         except ModuleNotFoundError as err:  # a hub installed without the postgres extra (asyncpg)
@@ -74,14 +91,7 @@ def open_store(url_or_path: str | os.PathLike[str]) -> StoreOpener[HubStore]:
                 "install shelfsync[postgres] or give a SQLite file path"
             ) from err
         return PostgresHubStore.open(target)
-    if target.startswith(SQLITE_SCHEME):
-        target = target[len(SQLITE_SCHEME) :]
-    elif "://" in target:
-        scheme = target.split("://", 1)[0][:20]  # not the URL: it may hold a password
-        raise StoreError(f"unknown database URL scheme {scheme!r}; use sqlite:///path/to/hub.db or a file path")
-    if not target.strip("/") or target.lstrip("/") == ":memory:" or target.startswith("file:"):
-        raise StoreError("the hub database must be a file path (the hub opens it twice: one writer, one reader)")
-    return SqliteHubStore.open(target)
+    return SqliteHubStore.open(path)
 
 
 __all__ = [
@@ -108,10 +118,10 @@ __all__ = [
     "ImportIssue",
     "IngestResult",
     "IngestStore",
-    "Lineage",
     "InvalidInput",
     "LedgerRow",
     "LedgerStore",
+    "Lineage",
     "Observation",
     "QuarantineStore",
     "RebookingStore",
@@ -124,4 +134,5 @@ __all__ = [
     "WebhookDelivery",
     "WebhookState",
     "open_store",
+    "sqlite_file",
 ]

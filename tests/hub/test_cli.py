@@ -124,6 +124,28 @@ async def test_agent_add_then_serve_then_sync_then_sigterm(tmp_path: Path) -> No
     ), listed.out
 
 
+async def test_a_second_hub_on_one_sqlite_file_refuses_to_start_and_the_first_goes_on(tmp_path: Path) -> None:
+    """The service started twice, or a manual run beside it: one process serves a SQLite file (hub.servelock)."""
+    db = tmp_path / "hub.db"
+    with HubProcess(tmp_path / "hub.log", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path) as served:
+        second = await hub("serve", "--db", f"sqlite://{db}", "--host", "127.0.0.1", "--port", "0", cwd=tmp_path)
+        assert one_sentence_error(second) == (
+            f"shelfsync-hub: another hub process already serves {db} (it holds {db}.serving.lock); one process"
+            " serves a SQLite database: stop the other first, or move to PostgreSQL to run several"
+        )
+        assert "hub listening" not in second.err
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http:
+            async with http.get(f"{served.url}/healthz") as resp:
+                assert resp.status == 200
+        assert served.stop() == 0
+    # The lock went with the process: the next start serves, and the other commands never needed it.
+    listed = await hub("agent", "list", "--db", str(db), cwd=tmp_path)
+    assert listed.code == 0, listed.err
+    with HubProcess(tmp_path / "again.log", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path) as again:
+        assert served_db(again) == str(db)
+        assert again.stop() == 0
+
+
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     for role in ("reader", "admin"):

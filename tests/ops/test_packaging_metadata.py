@@ -45,7 +45,7 @@ def test_the_console_scripts_are_the_two_commands() -> None:
         assert f"from {package}.entry import main" in (ROOT / package / "__main__.py").read_text(encoding="utf-8")
 
 
-HUB_EXTRA = ["aiosqlite", "prometheus_client", "aiohttp_sse", "uvloop"]
+HUB_EXTRA = ["aiosqlite", "prometheus_client", "aiohttp_sse", "uvloop", "filelock"]
 AGENT_EXTRA = ["serial", "serial_asyncio_fast", "zeroconf", "ifaddr", "biip", "tqdm", "watchfiles", "filelock"]
 
 
