@@ -439,6 +439,16 @@ class Replicator(HubLoop):
                 reachable=True,
                 level=logging.ERROR,
             )
+        sent = {ev.event_id for ev in batch}
+        if any(r.event_id not in sent for r in resp.rejected):  # only the events of this request are its to judge
+            for r in resp.rejected:
+                if r.event_id not in sent:
+                    log.warning(
+                        "The hub's answer rejects event %s (seq %d), which is not in the batch sent; it is not set aside.",
+                        r.event_id.hex(),
+                        r.seq,
+                    )
+            resp = dataclasses.replace(resp, rejected=tuple(r for r in resp.rejected if r.event_id in sent))
         skew_ms = resp.server_time_ms - (sent_ms + received_ms) // 2 if resp.server_time_ms else None
         result = await self._outbox.apply_answer(resp, clock_skew_ms=skew_ms)
         self._acked_seq = result.acked_seq

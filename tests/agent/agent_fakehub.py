@@ -54,6 +54,7 @@ class FakeHub:
         self.max_batch: int | None = None  # more events than this: 413
         self.invalid_skus: set[str] = set()  # events with these SKUs: 422 for the whole batch
         self.reject_skus: set[str] = set()  # events with these SKUs: rejected in a 200
+        self.reject_also: list[Rejection] = []  # added to the next 200's rejections, whatever it was sent
         self.skew_ms = 0  # added to server_time_ms
         self.refuse_columns = False  # answer events sent as columns as a hub from before them does (400)
         self.fail_batches: int | None = None  # if set: answer every request carrying events with this status
@@ -156,6 +157,8 @@ class FakeHub:
             else:
                 self.events[ev.event_id] = ev
                 self.applied.append(ev.seq)
+        rejections += self.reject_also
+        self.reject_also = []
         key = (agent_id, epoch)
         self.marks[key] = max(self.marks.get(key, 0), max((ev.seq for ev in events), default=0))
         touched = sorted({(ev.location, ev.sku) for ev in events})

@@ -13,7 +13,7 @@ import pytest
 
 from agent import Movement, Outbox, Replicator, ReplicatorState
 from agent.feed import CountFeed
-from protocol import Kind
+from protocol import Kind, Rejection
 from tests.agent.agent_fakehub import FakeHub
 
 AGENT = "store-1"
@@ -231,6 +231,23 @@ async def test_events_rejected_in_a_200_are_set_aside_with_the_hubs_code(hub: Fa
         "sku THEIRS is not yours",
     )
     assert (await outbox.stats()).acked_seq == 3
+
+
+async def test_a_200_that_rejects_an_event_it_was_not_sent_sets_nothing_aside(
+    hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the hub's verdict on the events of the request counts: a rejection of any other event of the outbox (a
+    hub's bug, an answer meant for another request) would set that event aside unsent."""
+    await outbox.record([sale("A")])
+    result = await outbox.record([sale("B")])
+    (stranger,) = result.events
+    hub.reject_also = [Rejection(stranger.event_id, stranger.seq, "forbidden_location", "not in the batch")]
+    async with fast(outbox, hub, batch_size=1) as replicator:
+        await hub.wait_for(lambda: len(hub.events) == 2)
+        await until(replicator, lambda s: s.backlog == 0)
+    assert await outbox.list_rejected() == []
+    assert sorted(ev.sku for ev in hub.events.values()) == ["A", "B"]
+    assert "which is not in the batch sent; it is not set aside" in caplog.text
 
 
 async def test_a_413_halves_the_batch(hub: FakeHub, outbox: Outbox) -> None:
