@@ -1032,7 +1032,9 @@
     return h("ul", { class: "sku-list" }, skus.map((sku) => h("li", { dataset: { sku } }, skuWithName(sku))));
   }
 
-  // A list a person can open and close (unmapped SKUs, divergences): kept open or closed across redraws.
+  // A list a person can open and close (unmapped SKUs, divergences): kept open or closed across redraws. The
+  // wish is kept at the click itself: the toggle event comes a task later, and a redraw in between (the page
+  // follows the feed live) would draw the list as it was and lose the click.
   function collapsible(c, part, summary, fill) {
     const key = `${c.name}|${part}`;
     const open = channels.open.get(key) || false;
@@ -1042,7 +1044,7 @@
       ontoggle: () => {
         channels.open.set(key, el.open);
         if (el.open && !slot.childElementCount) filled();
-      } }, h("summary", {}, summary), slot);
+      } }, h("summary", { onclick: () => channels.open.set(key, !el.open) }, summary), slot);
     return { el, open, fill: filled };
   }
 
