@@ -33,6 +33,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from agent.errors import AgentError, OutboxError
+from protocol.oslock import hold_os_lock
 
 LOCK_SUFFIX = ".lock"
 OUTBOX_APPEAR_WAIT_S = 10.0  # record/import beside an agent without an outbox: its start-up or write-back, at most
@@ -53,21 +54,17 @@ def lock_path(outbox: Path) -> Path:
 def hold_agent_lock(outbox: Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iterator[Path]:
     """Hold the agent lock of ``outbox`` for the ``with`` block; ``AgentAlreadyRunning`` if it is taken."""
     path = lock_path(outbox)
-    lock = FileLock(str(path))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=wait_s)
-    except Timeout:
-        raise AgentAlreadyRunning(
+    with hold_os_lock(
+        path,
+        wait_s,
+        taken=lambda: AgentAlreadyRunning(
             f"another shelfsync agent is already running on the outbox {outbox} (it holds {path});"
             " stop that one first, or give this one its own outbox"
-        ) from None
-    except OSError as err:
-        raise AgentError(f"the agent lock {path} cannot be taken ({err.strerror or err})") from err
-    try:
+        ),
+        failed=lambda err: AgentError(f"the agent lock {path} cannot be taken ({err.strerror or err})"),
+        make_parent=True,
+    ):
         yield path
-    finally:
-        lock.release()
 
 
 def agent_running(outbox: Path) -> bool:

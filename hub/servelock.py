@@ -9,10 +9,9 @@ sentence naming the lock (exit status 2, which the service unit does not
 restart). Several hub processes are PostgreSQL's to run: they share their
 database by design and take no lock here.
 
-The lock is the operating system's own (``flock`` on Unix, ``LockFileEx`` on
-Windows, through the ``filelock`` package), so the kernel drops it when the
-process ends in any way, SIGKILL and power loss included: the file left behind
-never blocks the next start. The other commands (``backup``, ``agent add``,
+The lock is the operating system's own (``protocol.oslock``): the kernel drops
+it when the process ends in any way, and the file left behind never blocks the
+next start. The other commands (``backup``, ``agent add``,
 ``export`` …) open the database beside a running hub as before.
 """
 
@@ -22,9 +21,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from hub.storage.base import HubError
+from protocol.oslock import hold_os_lock
 
 LOCK_SUFFIX = ".serving.lock"
 ACQUIRE_WAIT_S = 1.0  # a hub restarting at once waits this long for the one before it to be gone
@@ -45,17 +43,13 @@ def hold_serving_lock(db: str | Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iter
     """Hold the serving lock of the SQLite database ``db`` for the ``with`` block; ``AlreadyServed`` if another
     process holds it."""
     path = lock_path(db)
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=wait_s)
-    except Timeout:
-        raise AlreadyServed(
+    with hold_os_lock(
+        path,
+        wait_s,
+        taken=lambda: AlreadyServed(
             f"another hub process already serves {db} (it holds {path}); one process serves a SQLite database:"
             " stop the other first, or move to PostgreSQL to run several"
-        ) from None
-    except OSError as err:
-        raise AlreadyServed(f"the hub cannot take its lock {path} beside {db}: {err.strerror or err}") from err
-    try:
+        ),
+        failed=lambda err: AlreadyServed(f"the hub cannot take its lock {path} beside {db}: {err.strerror or err}"),
+    ):
         yield path
-    finally:
-        lock.release()
