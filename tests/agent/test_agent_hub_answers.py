@@ -28,12 +28,10 @@ LIMIT_BYTES = 256 << 10
 BIG_BYTES = 4 << 20
 
 
-class Oversized:
-    """A hub whose every answer is ``BIG_BYTES`` long: with Content-Length (``declared``) or chunked."""
+class AnswerServer:
+    """A server on 127.0.0.1 that answers every method and path with ``_answer``; ``url`` once entered."""
 
     def __init__(self) -> None:
-        self.declared = False
-        self.requests = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -42,8 +40,7 @@ class Oversized:
         app.router.add_route("*", "/{tail:.*}", self._answer)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
         return self
@@ -51,6 +48,18 @@ class Oversized:
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+class Oversized(AnswerServer):
+    """A hub whose every answer is ``BIG_BYTES`` long: with Content-Length (``declared``) or chunked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declared = False
+        self.requests = 0
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -149,27 +158,12 @@ async def test_the_hub_hears_a_backlog_of_0_right_after_a_drain(tmp_path: Path) 
         assert [r.backlog for r in carrying] == [30, 20, 10]
 
 
-class Redirecting:
+class Redirecting(AnswerServer):
     """A hub address whose every answer is a redirect (status ``status``) to ``to``."""
 
     def __init__(self, status: int, to: str) -> None:
+        super().__init__()
         self.status, self.to = status, to
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._answer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         await request.read()
