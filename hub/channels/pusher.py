@@ -34,7 +34,11 @@ up to ``retry_max_s``, or longer when the channel said ``Retry-After``) and
 does the same turn again from the same cursor, so the request carries the same
 idempotency key when its content is the same. A restart resumes from the saved
 cursor; nothing after it is skipped, and nothing already confirmed is sent
-again unless its value changed.
+again unless its value changed. A (re)loaded mapping forgets every
+confirmation (``ChannelState.save_mapping``): the hub no longer knows what the
+channel holds, so a restart before the mapping's forced push got through
+pushes every level not confirmed since (``_force_unconfirmed``). A webhook
+channel is never read back, and nothing but this would ever repair it.
 
 Lag (``LagStats``): per turn that confirmed levels, the time from the newest
 pushed change's movement at the store (its event's wall clock) to the
@@ -499,9 +503,10 @@ class ChannelPusher(LoopTask):
         return mapping is None
 
     def _force_unconfirmed(self) -> None:
-        """At a start with a stored mapping: push once every mapped SKU with a level the channel never confirmed
-        nor refused. A mapping loaded just before a restart whose forced push did not get through (the channel
-        down) would otherwise never tell the channel those levels: the cursor is past their changes."""
+        """At a start with a stored mapping: push once every mapped SKU with a level the channel has not confirmed
+        nor refused since the mapping was loaded. A mapping loaded just before a restart whose forced push did not
+        get through (the channel down) would otherwise never tell the channel those levels: the cursor is past
+        their changes, and a level confirmed under the last mapping may be what the refresh was asked to resend."""
         locations = dict.fromkeys(self.spec.pool.values())
         unconfirmed = [
             sku
@@ -510,7 +515,8 @@ class ChannelPusher(LoopTask):
         ]
         if unconfirmed:
             log.info(
-                "channel %s: %d mapped SKU(s) have levels the channel never confirmed; pushing them once",
+                "channel %s: %d mapped SKU(s) have levels the channel has not confirmed since the mapping was loaded; "
+                "pushing them once",
                 self.spec.name,
                 len(unconfirmed),
             )
@@ -546,14 +552,14 @@ class ChannelPusher(LoopTask):
         if self._identity:
             entries = [ListingEntry(sku, sku) for sku in sorted(in_pool)]
         mapping = build_mapping(spec.name, entries, in_pool, where=where)
-        await self.state.save_mapping(spec.name, mapping)
-        await self.state.clear_refusals(spec.name)
+        await self.state.save_mapping(spec.name, mapping)  # forgets what was confirmed and refused, with it
         for finding in mapping.findings[:20]:
             log.warning("channel %s: %s", spec.name, finding.detail)
         if len(mapping.findings) > 20:
             log.warning("channel %s: %d more mapping findings are stored", spec.name, len(mapping.findings) - 20)
         log.info("channel %s: %d SKU(s) mapped, %d finding(s)", spec.name, len(mapping.items), len(mapping.findings))
         self._use(mapping)
+        self._pushed = {}
         self._refused = {}
         self.status.refused = 0
         self._forced = dict.fromkeys(sorted(self._items))  # every mapped level goes out once

@@ -92,7 +92,9 @@ class ChannelState(Protocol):
         """The stored mapping, or None if it was never loaded."""
 
     async def save_mapping(self, channel: str, mapping: SkuMapping) -> None:
-        """Replace the channel's mapping and findings in one transaction."""
+        """Replace the channel's mapping and findings, and forget the levels it confirmed and refused, in one
+        transaction: a (re)loaded mapping is pushed whole, and until the channel confirms a level again the hub
+        does not know what it holds there, so a restart before that pushes it again."""
 
     async def refusals(self, channel: str) -> dict[LevelKey, Refusal]:
         """The levels the channel refused for good and has not taken since."""
@@ -215,6 +217,8 @@ class SqlChannelState:
                 "INSERT INTO channel_findings (channel, seq, kind, sku, detail) VALUES (?, ?, ?, ?, ?)",
                 [(channel, n, f.kind, f.sku, f.detail) for n, f in enumerate(mapping.findings)],
             )
+            await db.execute("DELETE FROM channel_pushed WHERE channel = ?", (channel,))
+            await db.execute("DELETE FROM channel_refusals WHERE channel = ?", (channel,))
             await db.execute(
                 "INSERT INTO channel_mapping_loads (channel, loaded_ms) VALUES (?, ?) "
                 "ON CONFLICT (channel) DO UPDATE SET loaded_ms = excluded.loaded_ms",

@@ -15,8 +15,9 @@ the channel's ``url``::
 
 signed exactly like the hub's change-feed webhooks (``hub.webhook_spec``: a
 receiver checks it with ``verify_signature``). ``previous`` is the quantity the
-receiver last confirmed there (null: never), ``occurred_at`` the hub's time of
-the newest change behind the quantity. The ``Idempotency-Key`` is derived from
+receiver last confirmed there (null: never, or not since the mapping was last
+loaded), ``occurred_at`` the hub's time of the newest change behind the
+quantity. The ``Idempotency-Key`` is derived from
 the turn and the levels, so a retry after a timeout or a lost answer carries
 the same key: the receiver applies a key once.
 

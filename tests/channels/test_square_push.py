@@ -215,4 +215,4 @@ async def test_a_level_mapped_just_before_a_restart_goes_out_after_it(
     batches = len(square.stats.batch_sizes)
     async with pushing(spec, hub, state):
         await wait_until(shows(square, {(va, loc): 5, (vb, loc): 3}), "Square shows A after the restart", 10.0)
-    assert square.stats.batch_sizes[batches:] == [1], "only A went out; B was confirmed before"
+    assert square.stats.batch_sizes[batches:] == [2], "A and B: B's confirmation was forgotten with the refresh"

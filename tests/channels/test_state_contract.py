@@ -56,21 +56,26 @@ async def test_state_lives_beside_the_hub_tables_and_survives_a_reopen(db: str, 
                 and await state.pushed("web") == {}
                 and await state.mapping("web") is None
             )
+            mapping = SkuMapping((ItemIds("A", K.item_id, "gid://shopify/ProductVariant/1"),),
+                                 (MappingFinding("unmapped_sku", "B", "SKU B …"),))  # fmt: skip
+            await state.save_mapping("web", mapping)
             await state.record("web", {K: 5}, 1_000)  # a first batch: the cursor does not move yet
             assert await state.cursor("web") == 0
             await state.record("web", {K: 4}, 2_000, cursor=17)
             await state.record("web", {}, 3_000, cursor=12)  # never backwards
-            mapping = SkuMapping((ItemIds("A", K.item_id, "gid://shopify/ProductVariant/1"),),
-                                 (MappingFinding("unmapped_sku", "B", "SKU B …"),))  # fmt: skip
-            await state.save_mapping("web", mapping)
         assert await store.latest_change_id() == 0  # the hub's own tables are untouched
     async with reopen() as state:
         assert await state.cursor("web") == 17
         assert await state.pushed("web") == {K: 4}
         assert await state.mapping("web") == mapping
         assert await state.cursor("other") == 0 and await state.mapping("other") is None
+        await state.record("other", {K: 2}, 4_000)
+        await state.refuse("web", {K: Refusal("A", None, 4, "no.", 4_000)})
         await state.save_mapping("web", SkuMapping((ItemIds("C", "i-3", "v-3"),), ()))  # replaces the old one whole
         assert await state.mapping("web") == SkuMapping((ItemIds("C", "i-3", "v-3"),), ())
+        # … and forgets what the channel confirmed and refused under it; the cursor and other channels stay
+        assert await state.pushed("web") == {} and await state.refusals("web") == {}
+        assert await state.cursor("web") == 17 and await state.pushed("other") == {K: 2}
     await state.close()  # closing twice is safe
     with pytest.raises(StoreClosed):
         await state.cursor("web")

@@ -26,7 +26,7 @@ from hub.channels.webhook import IDEMPOTENCY_HEADER, WebhookConnector
 from hub.webhook_spec import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_HEADER, verify_signature
 from protocol import Kind
 from tests.channels.emulators.base import EmulatorServer, drop
-from tests.channels.helpers import Hub, spec_of, wait_until
+from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
 
 SECRET = "receiver-shared-secret-0123456789"
 FAST = Backoff(base_s=0.02, max_s=0.2)
@@ -229,3 +229,22 @@ async def test_a_mapping_refresh_pushes_every_sku_of_a_store_larger_than_one_pag
         mapping = await pusher.refresh_mapping()
         assert sorted(mapping.by_sku()) == skus
         await wait_until(holds(receiver, expected), "every level once more")
+
+
+async def test_a_refresh_whose_push_failed_before_a_restart_tells_the_receiver_every_level_after_it(
+    hub: Hub, state: SqliteChannelState, receiver: Receiver
+) -> None:
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"), (Kind.RECEIVE, 3, "S1", "B"))
+    spec = hook_spec(receiver, pool={"S1": "web"})
+    async with pushing(spec, hub, state) as first:
+        await wait_until(holds(receiver, {("A", "web"): 5, ("B", "web"): 3}), "the first levels")
+        await pushed_to_head(first, hub)
+        receiver.levels.clear()  # the receiver lost its levels; the admin asks for a refresh …
+        receiver.script.extend(["503"] * 10_000)  # … while the receiver fails every push
+        await first.refresh_mapping()
+        await wait_until(lambda: _async(first.status.failures >= 2), "the refresh's push fails")
+    receiver.script.clear()  # the receiver is back; the hub restarted meanwhile (a webhook is never read back)
+    async with pushing(spec, hub, state):
+        await wait_until(holds(receiver, {("A", "web"): 5, ("B", "web"): 3}), "every level after the restart", 10.0)
+    last = receiver.requests[-1]["levels"]
+    assert all(lv["previous"] is None for lv in last), "confirmations from before the refresh are forgotten"
