@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Protocol
@@ -34,6 +34,10 @@ from protocol import wall_ms_now
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6b1f3a52-5c8e-4d8e-9a43-2f0c1d7e9b10")
 RETRY_AFTER_DEFAULT_S = 1.0  # a channel's 429 without a readable Retry-After waits this long
 RETRY_AFTER_MAX_S = 300.0
+# Pages in a row of one walk through a channel's cursors that bring nothing not read already (no new item, no
+# new count) before the walk stops: a channel that keeps minting fresh cursors to the same page is broken, and
+# would otherwise be asked for page after page up to the walk's last-resort page cap (thousands of requests).
+STALE_PAGES_MAX = 3
 
 
 class ChannelError(HubError):
@@ -202,6 +206,42 @@ def retry_after_value_s(raw: str | None) -> float | None:
     if not math.isfinite(value) or value < 0:
         return None
     return value
+
+
+class PageWalk:
+    """One walk through a channel's page cursors: it stops, with one sentence, when ``STALE_PAGES_MAX`` pages in a
+    row bring nothing not read already. A cursor that comes back is caught by each connector's own check; this
+    catches a channel that gives a new cursor to every page and serves the same (or no) items under each, which
+    a check on cursors alone follows until its page cap."""
+
+    __slots__ = ("_pages", "_read", "_seen", "_stale")
+
+    def __init__(self, pages: str) -> None:
+        self._pages = pages  # what the pages are, for the sentence: "Square's catalog pages of channel pos"
+        self._seen: set[Any] = set()
+        self._stale = 0
+        self._read = 0
+
+    def page(self, ids: Iterable[Any]) -> None:
+        """One page read, with the ids of what it holds; ChannelUnavailable when the walk must stop."""
+        self._read += 1
+        new = set(ids) - self._seen
+        self._seen |= new
+        self._stale = 0 if new else self._stale + 1
+        if self._stale >= STALE_PAGES_MAX:
+            raise ChannelUnavailable(
+                f"{self._pages} keep giving new cursors to pages with nothing not already read ({self._stale} in a "
+                f"row, {self._read} page(s) in all); reading stopped there"
+            )
+
+
+def page_ids(entries: Iterable[Any], *fields: str) -> list[Any]:
+    """What identifies each entry of a page for ``PageWalk``: its ``fields`` (an object), or all of it (anything
+    else)."""
+    return [
+        tuple(str(e.get(f)) for f in fields) if isinstance(e, dict) else json.dumps(e, sort_keys=True, default=str)
+        for e in entries
+    ]
 
 
 def array(value: Any, what: str) -> list[Any]:

@@ -49,9 +49,11 @@ from hub.channels.connector import (
     ChannelUnavailable,
     ConnectorStatus,
     LevelsRefused,
+    PageWalk,
     Target,
     array,
     idempotency_key,
+    page_ids,
     post,
     retry_after_value_s,
     short,
@@ -277,6 +279,7 @@ class ShopifyConnector:
         after: str | None = None
         seen: set[str] = set()
         first = LISTING_PAGE
+        walk = PageWalk(f"Shopify's variant pages of channel {self.spec.name}")
         for _ in range(LISTING_PAGES_MAX):
             if self.throttle is not None:  # a page costs 2 + 2 points per variant: never more than the bucket holds
                 first = max(1, min(first, int((self.throttle.maximum - 2) // 2)))
@@ -307,6 +310,7 @@ class ShopifyConnector:
             info = page.get("pageInfo")
             if not isinstance(info, dict) or not info.get("hasNextPage"):
                 return entries
+            walk.page(page_ids(nodes, "id"))
             after = _next_cursor(info.get("endCursor"), seen, f"Shopify's variant pages of channel {self.spec.name}")
         raise ChannelRejected(f"channel {self.spec.name} lists more than {LISTING_PAGES_MAX * LISTING_PAGE} variants")
 

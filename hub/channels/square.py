@@ -45,9 +45,11 @@ from hub.channels.connector import (
     ChannelUnavailable,
     ConnectorStatus,
     LevelsRefused,
+    PageWalk,
     Target,
     array,
     idempotency_key,
+    page_ids,
     post,
     retry_after_s,
     retry_after_value_s,
@@ -154,12 +156,14 @@ class SquareConnector:
         entries: list[ListingEntry] = []
         cursor: str | None = None
         seen: set[str] = set()
+        walk = PageWalk(f"Square's catalog pages of channel {self.spec.name}")
         for _ in range(CATALOG_PAGES_MAX):
             request: dict[str, Any] = {"object_types": ["ITEM_VARIATION"], "limit": CATALOG_PAGE}
             if cursor:
                 request["cursor"] = cursor
             answer = await self._call("/v2/catalog/search", request, "reading the catalog")
-            for obj in array(answer.get("objects"), f"the catalog page Square answered channel {self.spec.name}"):
+            objects = array(answer.get("objects"), f"the catalog page Square answered channel {self.spec.name}")
+            for obj in objects:
                 if not isinstance(obj, dict) or obj.get("type") != "ITEM_VARIATION" or obj.get("is_deleted"):
                     continue
                 data = obj.get("item_variation_data")
@@ -175,6 +179,7 @@ class SquareConnector:
             cursor = answer.get("cursor")
             if not cursor:
                 return entries
+            walk.page(page_ids(objects, "id"))
             cursor = next_cursor(cursor, seen, f"Square's catalog pages of channel {self.spec.name}")
         raise ChannelRejected(f"channel {self.spec.name} lists more than {CATALOG_PAGES_MAX * CATALOG_PAGE} variations")
 
@@ -190,9 +195,11 @@ class SquareConnector:
                 "states": ["IN_STOCK"],
             }  # fmt: skip
             seen: set[str] = set()
+            walk = PageWalk(f"Square's pages of counts of channel {self.spec.name}")
             for _ in range(READ_PAGES_MAX):
                 answer = await self._call("/v2/inventory/counts/batch-retrieve", request, "reading levels")
-                for c in array(answer.get("counts"), f"the counts Square answered channel {self.spec.name}"):
+                counts = array(answer.get("counts"), f"the counts Square answered channel {self.spec.name}")
+                for c in counts:
                     if not isinstance(c, dict) or c.get("state") != "IN_STOCK":
                         continue
                     key = LevelKey(str(c.get("catalog_object_id")), str(c.get("location_id")))
@@ -206,6 +213,7 @@ class SquareConnector:
                 cursor = answer.get("cursor")
                 if not cursor:
                     break
+                walk.page(page_ids(counts, "catalog_object_id", "location_id", "state"))
                 # the next page: the same query and Square's cursor
                 request["cursor"] = next_cursor(cursor, seen, f"Square's pages of counts of channel {self.spec.name}")
             else:

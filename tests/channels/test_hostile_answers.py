@@ -36,6 +36,7 @@ from tests.channels.helpers import spec_of
 
 SHOP_ITEM = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
 SQUARE_ITEM = LevelKey("V1", "L1")
+FRESH = "@request-number@"  # in a canned answer: replaced by the request's number
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Hostile:
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append(json.loads(await request.read()))
         status, body, headers = self.answers[0] if len(self.answers) == 1 else self.answers.pop(0)
+        body = body.replace(FRESH, str(len(self.requests)))  # a cursor never given before
         return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
@@ -159,6 +161,16 @@ async def test_shopify_variant_pages_that_loop_end_the_listing_at_once(
     assert len(hostile.requests) <= len(cursors) + 1, f"{len(hostile.requests)} pages were asked for"
 
 
+async def test_shopify_variant_pages_with_ever_fresh_cursors_end_the_listing_after_a_few_requests(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    hostile.answer(variants_page(f"cursor-{FRESH}"))  # the same variant again and again, under a new cursor
+    with pytest.raises(ChannelUnavailable, match="variant pages of channel web keep giving new cursors") as err:
+        await shopify(hostile, session).listing()
+    assert len(hostile.requests) <= 5, f"{len(hostile.requests)} pages were asked for"
+    assert "reading stopped there" in str(err.value) and "\n" not in str(err.value)
+
+
 async def test_shopify_variant_pages_of_odd_shapes_are_a_channel_error_or_skipped(
     hostile: Hostile, session: aiohttp.ClientSession
 ) -> None:
@@ -189,6 +201,25 @@ async def test_square_catalog_pages_that_loop_end_the_listing_at_once(
     with pytest.raises(ChannelUnavailable, match="catalog pages of channel pos"):
         await square(hostile, session).listing()
     assert len(hostile.requests) <= len(cursors) + 1, f"{len(hostile.requests)} pages were asked for"
+
+
+async def test_square_catalog_pages_with_ever_fresh_cursors_end_the_listing_after_a_few_requests(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    hostile.answer(json.dumps({"objects": [], "cursor": f"c-{FRESH}"}))  # empty pages, each with a new cursor
+    with pytest.raises(ChannelUnavailable, match="catalog pages of channel pos keep giving new cursors"):
+        await square(hostile, session).listing()
+    assert len(hostile.requests) <= 5, f"{len(hostile.requests)} pages were asked for"
+
+
+async def test_square_count_pages_with_ever_fresh_cursors_end_the_read_after_a_few_requests(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    count = {"catalog_object_id": "V1", "location_id": "L1", "state": "IN_STOCK", "quantity": "3"}
+    hostile.answer(json.dumps({"counts": [count], "cursor": f"c-{FRESH}"}))
+    with pytest.raises(ChannelUnavailable, match="pages of counts of channel pos keep giving new cursors"):
+        await square(hostile, session).read_levels([SQUARE_ITEM])
+    assert len(hostile.requests) <= 5, f"{len(hostile.requests)} pages were asked for"
 
 
 async def test_square_count_pages_that_loop_end_the_read_at_once(
