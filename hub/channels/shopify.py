@@ -18,7 +18,9 @@ inventory item and location) with:
   on standard plans, 1,000 on Plus). The connector keeps a model of that
   leaky bucket and waits before a call until the bucket holds its cost, so
   it is seldom answered ``THROTTLED``; when it is, it waits for exactly the
-  missing points and sends the same request again.
+  missing points and sends the same request again (an answer without a usable
+  ``throttleStatus``: the call's cost at the last restore rate known, at least
+  ``THROTTLED_BLIND_WAIT_S``).
 
 A user error naming one level (``field`` ``["input", "quantities", "<i>", …]``)
 with a code that re-reading cannot cure — ``ITEM_NOT_STOCKED_AT_LOCATION``,
@@ -37,7 +39,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -66,6 +68,11 @@ log = logging.getLogger(__name__)
 
 MUTATION_COST = 10  # what Shopify charges a mutation, before the first answer says so
 THROTTLED_RETRIES_MAX = 8  # THROTTLED answers in a row before a turn gives up (and backs off)
+# The least wait after a THROTTLED answer that does not say how the bucket stands (no usable throttleStatus):
+# Shopify's THROTTLED means wait; without the bucket's figures the connector waits for the call's cost at the
+# last restore rate it heard of (RESTORE_RATE_DEFAULT before any), and never less than this.
+THROTTLED_BLIND_WAIT_S = 1.0
+RESTORE_RATE_DEFAULT = 100.0  # points per second: Shopify's standard plans
 CAS_RETRIES_MAX = 5  # compare-and-set misses in a row before a turn gives up
 CONCURRENT_RETRY_S = 0.5
 # The longest one wait for the bucket: a real one refills in seconds (2,000 points at 100/s is 20 s), so an
@@ -320,28 +327,30 @@ class ShopifyConnector:
         self, operation: str, query: str, variables: Mapping[str, Any], *, wait_max_s: float | None = None
     ) -> dict[str, Any]:
         """``data`` of one GraphQL call, paced by the throttle model and repeated after THROTTLED."""
-        waited_s = 0.0
+        waited_s = blind_s = 0.0
         for _ in range(THROTTLED_RETRIES_MAX):
             cost = self._costs.get(operation, 0.0)
-            if self.throttle is not None:
-                wait_s = self.throttle.wait_s(cost, self._clock())
-                if wait_max_s is not None and waited_s + wait_s > wait_max_s:
-                    raise ChannelUnavailable(
-                        f"Shopify is throttling channel {self.spec.name}: its bucket holds the {operation} call's "
-                        f"{cost:g} points in {wait_s:.1f} s",
-                        wait_s,
-                    )
-                if wait_s > 0:
-                    waited_s += wait_s
-                    await self._sleep(wait_s)
+            wait_s = max(blind_s, self.throttle.wait_s(cost, self._clock()) if self.throttle is not None else 0.0)
+            if wait_max_s is not None and waited_s + wait_s > wait_max_s:
+                raise ChannelUnavailable(
+                    f"Shopify is throttling channel {self.spec.name}: its bucket holds the {operation} call's "
+                    f"{cost:g} points in {wait_s:.1f} s",
+                    wait_s,
+                )
+            if wait_s > 0:
+                waited_s += wait_s
+                await self._sleep(wait_s)
             body = await self._post({"query": query, "variables": dict(variables), "operationName": operation})
-            self._learn(operation, body)
+            learned = self._learn(operation, body)
             errors = body.get("errors")
             if isinstance(errors, list) and errors:
                 codes = {str(_extensions(e).get("code")) for e in errors}
                 if "THROTTLED" in codes:
                     self.throttled += 1
-                    continue  # the model now knows the bucket: the next turn of this loop waits for it
+                    # the model now knows the bucket and the next turn of this loop waits for it; an answer that
+                    # did not say how the bucket stands is waited out blind, never sent again at once
+                    blind_s = 0.0 if learned else self._blind_wait_s(self._costs.get(operation, cost))
+                    continue
                 first = errors[0] if isinstance(errors[0], dict) else {}
                 if "INTERNAL_SERVER_ERROR" in codes:  # Shopify's own failure, answered 200: try again later
                     raise ChannelUnavailable(
@@ -365,10 +374,21 @@ class ShopifyConnector:
             f"Shopify kept throttling channel {self.spec.name} ({THROTTLED_RETRIES_MAX} THROTTLED answers in a row)"
         )
 
-    def _learn(self, operation: str, body: Mapping[str, Any]) -> None:
+    def _blind_wait_s(self, cost: float) -> float:
+        """How long to wait after a THROTTLED answer without a usable ``throttleStatus``: the call's cost at the
+        last restore rate heard of, at least ``THROTTLED_BLIND_WAIT_S``, at most ``THROTTLE_WAIT_MAX_S``. A model
+        of the bucket from earlier answers is stale now (it let the call go): it is taken as empty from now."""
+        rate = RESTORE_RATE_DEFAULT
+        if self.throttle is not None:
+            rate = self.throttle.restore_rate
+            self.throttle = replace(self.throttle, available=0.0, at_s=self._clock())
+        return min(THROTTLE_WAIT_MAX_S, max(THROTTLED_BLIND_WAIT_S, cost / rate))
+
+    def _learn(self, operation: str, body: Mapping[str, Any]) -> bool:
+        """Learn the operation's cost and the bucket from an answer; True when it said how the bucket stands."""
         cost = (body.get("extensions") or {}).get("cost") if isinstance(body.get("extensions"), dict) else None
         if not isinstance(cost, dict):
-            return
+            return False
         requested = cost.get("requestedQueryCost")
         if isinstance(requested, (int, float)) and not isinstance(requested, bool):
             self._costs[operation] = float(requested)
@@ -379,11 +399,13 @@ class ShopifyConnector:
                     float(status[k]) for k in ("maximumAvailable", "currentlyAvailable", "restoreRate")
                 )
             except (KeyError, TypeError, ValueError):
-                return
+                return False
             if not all(math.isfinite(v) for v in (maximum, available, rate)) or maximum <= 0 or rate <= 0:
-                return  # not a bucket (Infinity, NaN, empty, never refilling): keep the last model
+                return False  # not a bucket (Infinity, NaN, empty, never refilling): keep the last model
             self.throttle = ThrottleStatus(maximum, min(max(available, 0.0), maximum), rate, self._clock())
             self._throttle_at_ms = wall_ms_now()
+            return True
+        return False
 
     async def _post(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         spec = self.spec

@@ -11,6 +11,8 @@ import aiohttp
 import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, ShopifyConnector, SqliteChannelState
+from hub.channels.connector import Target
+from hub.channels.shopify import THROTTLED_BLIND_WAIT_S
 from protocol import Kind, wall_ms_now
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
 from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
@@ -154,6 +156,29 @@ async def test_a_throttled_answer_waits_for_the_missing_points_and_sends_the_sam
 ) -> None:
     async with ShopifyEmulator(restore_rate=20.0) as shopify:  # refills slower than a coalesced turn comes
         await _throttled_once(hub, state, shopify)
+
+
+async def test_a_throttled_answer_without_its_throttle_status_waits_before_the_same_mutation_goes_again(
+    shopify: ShopifyEmulator,
+) -> None:
+    online = shopify.add_location()
+    item = shopify.add_variant("A", stocked_at=[online], available=0).item_id
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)  # recorded, not waited: the test asserts the waits asked for, not how long they took
+
+    async with aiohttp.ClientSession() as session:
+        connector = ShopifyConnector(shop_spec(shopify, {"S1": online}), session, sleep=sleep)
+        # the first push knows no bucket yet; the second one's model (a full bucket, from the first answer) is stale
+        for n, (before, after) in enumerate([(0, 7), (7, 6)]):
+            slept.clear()
+            shopify.faults.queue("throttle_bare", "throttle_bare")  # THROTTLED, without saying how the bucket stands
+            confirmed = await connector.push({LevelKey(item, online): Target(after, before, 1)}, f"web:{n}")
+            assert confirmed == {LevelKey(item, online): after} and shopify.available(item, online) == after
+            assert shopify.stats.by_operation["inventorySetQuantities"] == 3 * (n + 1)
+            assert len(slept) == 2 and all(s >= THROTTLED_BLIND_WAIT_S for s in slept), f"waited {slept} s"
+    assert connector.throttled == 4
 
 
 async def _throttled_once(hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator) -> None:

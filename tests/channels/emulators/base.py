@@ -8,7 +8,7 @@ from typing import Self
 
 from aiohttp import web
 
-FAULTS = ("http_500", "http_503", "slow", "drop", "drop_after", "throttle", "cas_miss", "429")
+FAULTS = ("http_500", "http_503", "slow", "drop", "drop_after", "throttle", "throttle_bare", "cas_miss", "429")
 
 
 class Faults:
@@ -19,6 +19,7 @@ class Faults:
     * ``drop``: close the connection before doing anything;
     * ``drop_after``: do the work, then close the connection without answering;
     * ``throttle`` (Shopify): answer THROTTLED; ``429`` (Square): answer 429 with ``Retry-After``;
+    * ``throttle_bare`` (Shopify): answer THROTTLED without ``extensions.cost`` (no ``throttleStatus``);
     * ``cas_miss`` (Shopify): change the first level the request sets just before it is applied.
     """
 

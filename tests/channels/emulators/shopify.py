@@ -236,12 +236,13 @@ class ShopifyEmulator(EmulatorServer):
                     ]
                 }
             )
-        if fault == "throttle" or requested > self._bucket:
+        if fault in ("throttle", "throttle_bare") or requested > self._bucket:
             self.stats.throttled += 1
+            cost = {} if fault == "throttle_bare" else {"extensions": {"cost": self._cost(requested, None)}}
             return web.json_response(
                 {
                     "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED", "documentation": DOC_URL}}],
-                    "extensions": {"cost": self._cost(requested, None)},
+                    **cost,
                 }
             )
         self._bucket -= requested
