@@ -6,8 +6,10 @@ JSON batch, and advance the stored cursor only after a 2xx answer — at least
 once, in change order. A failure is logged in the delivery log and retried
 with exponential backoff, jitter and a cap; the first failure is a warning,
 the recovery is logged once. A ``429`` or ``503`` whose ``Retry-After`` asks
-for longer is waited out (up to ``RETRY_AFTER_MAX_S``): a receiver that
-throttles is not asked again sooner than it said.
+for longer — in seconds or as an HTTP-date (``protocol.retry.read_retry_after``,
+the reader the channel connectors use too) — is waited out (up to
+``RETRY_AFTER_MAX_S``): a receiver that throttles is not asked again sooner
+than it said.
 
 Each request is signed: ``X-Shelfsync-Timestamp`` is the Unix time in
 seconds and ``X-Shelfsync-Signature`` is ``sha256=`` + the hex HMAC-SHA256,
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -53,7 +54,7 @@ from hub.webhook_spec import (
     verify_signature,
 )
 from protocol import wall_ms_now
-from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, run_turns
+from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, read_retry_after, run_turns
 
 __all__ = [
     "WebhookConfigError",
@@ -97,18 +98,6 @@ class _Outcome:
     http_status: int | None
     error: str | None
     retry_after_s: float | None = None  # a throttling receiver's Retry-After
-
-
-def retry_after_s(raw: str | None) -> float | None:
-    """The seconds a receiver's ``Retry-After`` asks for, at most ``RETRY_AFTER_MAX_S``; None when it is missing
-    or not a number of seconds (an HTTP date, a negative or odd value): the backoff alone then."""
-    try:
-        value = float(raw) if raw is not None and len(raw) <= 32 else math.nan
-    except ValueError:
-        return None
-    if not 0.0 <= value:  # also nan
-        return None
-    return min(value, RETRY_AFTER_MAX_S)
 
 
 class WebhookDispatcher:
@@ -232,7 +221,11 @@ class WebhookDispatcher:
                 except (TimeoutError, aiohttp.ClientError):
                     answer = b""  # the status says it failed; the reason is what there is
                 text = answer.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
-                wait_s = retry_after_s(resp.headers.get("Retry-After")) if resp.status in THROTTLE_STATUSES else None
+                wait_s = (
+                    read_retry_after(resp.headers.get("Retry-After"), max_s=RETRY_AFTER_MAX_S)
+                    if resp.status in THROTTLE_STATUSES
+                    else None
+                )
                 return _Outcome(
                     False, resp.status, f"the receiver answered HTTP {resp.status}: {text or resp.reason}", wait_s
                 )

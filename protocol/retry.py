@@ -17,9 +17,11 @@ evenly over [0, ceiling], ``EQUAL_JITTER`` keeps at least half of it.
 The hub's 429 answers carry ``Retry-After`` in whole seconds (hub.ratelimit);
 an agent waits exactly that long (``parse_retry_after``, at most
 ``RETRY_AFTER_MAX_S``) instead of its backoff: the hub's rate limiter says when
-the next request is let through. A channel's API may say anything, 0 too: a
-``Backoff`` with ``exact_retry_after=False`` waits at least its Retry-After and
-at least the backoff.
+the next request is let through. Another party's ``Retry-After`` — a channel's
+API, a webhook receiver — is read by ``read_retry_after`` alone (delay-seconds
+or an HTTP-date, RFC 9110 10.2.3, capped by the caller) and may say anything,
+0 too: a ``Backoff`` with ``exact_retry_after=False`` waits at least its
+Retry-After and at least the backoff.
 
 ``TurnFailed`` is not a ``ProtocolError``: it never reaches a user as an error
 of its own; it is how a turn tells its loop that it failed.
@@ -28,11 +30,14 @@ of its own; it is how a turn tells its loop that it failed.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
 
 FULL_JITTER = 1.0  # the wait anywhere in [0, ceiling]: retrying agents spread evenly
 EQUAL_JITTER = 0.5  # the wait in [ceiling / 2, ceiling]: never much shorter than the schedule says
@@ -40,6 +45,7 @@ NO_JITTER = 0.0
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 60.0
 RETRY_AFTER_MAX_S = 600.0  # the longest a hub's Retry-After is honoured
+RETRY_AFTER_TEXT_MAX = 64  # longer than any delay-seconds or HTTP-date a server sends: not read
 EXPONENT_MAX = 30  # 2^30 × any sensible base is past any sensible cap; the power stays a small number
 
 
@@ -221,6 +227,30 @@ async def wait_for_any(delay_s: float | None, *events: asyncio.Event) -> None:
     finally:
         for waiting in waits:
             waiting.cancel()
+
+
+def read_retry_after(raw: str | None, *, max_s: float) -> float | None:
+    """The seconds a far side's ``Retry-After`` asks for, per RFC 9110 10.2.3: delay-seconds (decimals too, as
+    some services send them) or an HTTP-date counted from this machine's clock (0 once past), at most ``max_s``.
+    None when the header is missing, negative, not a finite number, longer than any real one, or neither form:
+    the caller's backoff alone applies then. The one reader of another party's Retry-After (the hub's webhooks
+    and channel connectors); the agent reads the hub's own whole seconds with ``parse_retry_after``."""
+    if raw is None or len(raw) > RETRY_AFTER_TEXT_MAX:
+        return None
+    text = raw.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # an HTTP-date is always GMT
+        value = max(0.0, when.timestamp() - time.time())
+    if not math.isfinite(value) or value < 0:
+        return None
+    return min(value, max_s)
 
 
 def retry_after_value(wait_s: float) -> str:

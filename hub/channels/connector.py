@@ -14,14 +14,11 @@ token) and a person must act.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
-import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any, Protocol
 
 import aiohttp
@@ -30,6 +27,7 @@ from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from hub.storage.base import HubError
 from protocol import wall_ms_now
+from protocol.retry import read_retry_after
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6b1f3a52-5c8e-4d8e-9a43-2f0c1d7e9b10")
 RETRY_AFTER_DEFAULT_S = 1.0  # a channel's 429 without a readable Retry-After waits this long
@@ -178,34 +176,12 @@ async def post(
 
 
 def retry_after_s(raw: str | None) -> float:
-    """The seconds a channel's ``Retry-After`` asks for (a number, decimals too, or an HTTP-date, RFC 9110
-    10.2.3): ``RETRY_AFTER_DEFAULT_S`` when it is missing or unreadable, at most ``RETRY_AFTER_MAX_S``. The pusher
-    waits at least this long and at least its backoff (``protocol.retry.Backoff``), so a channel that says 0 is
-    not asked again at once."""
-    value = retry_after_value_s(raw)
-    if value is None:
-        value = RETRY_AFTER_DEFAULT_S
-    return min(value, RETRY_AFTER_MAX_S)
-
-
-def retry_after_value_s(raw: str | None) -> float | None:
-    """The seconds a ``Retry-After`` header asks for — delay-seconds, or an HTTP-date counted from the hub's
-    clock (0 once past) — or None when it is missing, negative or unreadable."""
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw.strip())
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)  # an HTTP-date is always GMT
-        value = max(0.0, when.timestamp() - wall_ms_now() / 1000)
-    if not math.isfinite(value) or value < 0:
-        return None
-    return value
+    """The seconds a channel's ``Retry-After`` asks for (``protocol.retry.read_retry_after``: a number, decimals
+    too, or an HTTP-date, RFC 9110 10.2.3): ``RETRY_AFTER_DEFAULT_S`` when it is missing or unreadable, at most
+    ``RETRY_AFTER_MAX_S``. The pusher waits at least this long and at least its backoff
+    (``protocol.retry.Backoff``), so a channel that says 0 is not asked again at once."""
+    value = read_retry_after(raw, max_s=RETRY_AFTER_MAX_S)
+    return RETRY_AFTER_DEFAULT_S if value is None else value
 
 
 class PageWalk:

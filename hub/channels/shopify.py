@@ -57,12 +57,12 @@ from hub.channels.connector import (
     idempotency_key,
     page_ids,
     post,
-    retry_after_value_s,
     short,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from protocol import wall_ms_now
+from protocol.retry import read_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -518,5 +518,5 @@ def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, s
 
 
 def _retry_after_s(raw: str | None) -> float | None:
-    value = retry_after_value_s(raw)  # delay-seconds or an HTTP-date
+    value = read_retry_after(raw, max_s=math.inf)  # delay-seconds or an HTTP-date
     return value if value is not None and value <= 3_600 else None

@@ -52,12 +52,12 @@ from hub.channels.connector import (
     page_ids,
     post,
     retry_after_s,
-    retry_after_value_s,
     short,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from protocol import wall_ms_now
+from protocol.retry import read_retry_after
 
 RATE_LIMITED_RETRIES_MAX = 5  # 429 answers in a row before a turn gives up (and backs off)
 CATALOG_PAGE = 1_000
@@ -248,10 +248,9 @@ class SquareConnector:
                 return answer
             detail = _first_error(answer) or f"HTTP {status}"
             if status >= 500:  # a 503 may say Retry-After too (RFC 9110 10.2.3)
-                after = retry_after_value_s(retry_after)
                 raise ChannelUnavailable(
                     f"Square failed {what} for channel {spec.name} (HTTP {status}: {detail})",
-                    None if after is None else min(after, RETRY_AFTER_MAX_S),
+                    read_retry_after(retry_after, max_s=RETRY_AFTER_MAX_S),
                 )
             if status in (401, 403):
                 raise ChannelRejected(

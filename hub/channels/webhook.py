@@ -52,13 +52,13 @@ from hub.channels.connector import (
     idempotency_key,
     post,
     retry_after_s,
-    retry_after_value_s,
     short,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from hub.webhook_spec import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_HEADER, sign
 from protocol import wall_ms_now
+from protocol.retry import read_retry_after
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ANSWER_MAX_BYTES = 1024 * 1024
@@ -123,7 +123,9 @@ class WebhookConnector:
         detail = f"HTTP {status}" + (f": {short(text)}" if text.strip() else "")
         if status == 429 or status >= 500:
             # a 503 (or any 5xx) may say Retry-After too (RFC 9110 10.2.3): a receiver down for maintenance
-            wait_s = retry_after_s(retry_after) if status == 429 else _capped(retry_after_value_s(retry_after))
+            wait_s = (
+                retry_after_s(retry_after) if status == 429 else read_retry_after(retry_after, max_s=RETRY_AFTER_MAX_S)
+            )
             if wait_s is not None:
                 self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
             raise ChannelUnavailable(f"the receiver of channel {self.spec.name} answered {detail}", wait_s)
@@ -159,10 +161,6 @@ class WebhookConnector:
         )
         self._last.answered(status < 500 and status not in (401, 403))
         return status, retry_after, raw[:ANSWER_MAX_BYTES].decode("utf-8", "replace")
-
-
-def _capped(wait_s: float | None) -> float | None:
-    return None if wait_s is None else min(wait_s, RETRY_AFTER_MAX_S)
 
 
 def _refused_levels(text: str, keys: list[LevelKey]) -> dict[LevelKey, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import logging
 import time
@@ -18,8 +19,16 @@ from aiohttp import web
 from hub import HubStore
 from hub.config import ConfigError, load_settings
 from hub.webhook_spec import KEYS
-from hub.webhooks import WebhookConfigError, WebhookSpec, parse_webhooks, retry_after_s, sign, verify_signature
+from hub.webhooks import (
+    RETRY_AFTER_MAX_S,
+    WebhookConfigError,
+    WebhookSpec,
+    parse_webhooks,
+    sign,
+    verify_signature,
+)
 from protocol import Kind
+from protocol.retry import read_retry_after
 from tests.harness.commands import run_hub
 from tests.hub.feed_helpers import Agent, running_hub
 
@@ -224,16 +233,20 @@ async def test_a_receiver_that_accepts_but_never_finishes_its_answer_body_is_not
         server.close()
 
 
-async def test_a_receiver_answering_429_with_retry_after_is_not_asked_again_sooner(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+async def test_a_receiver_answering_429_with_retry_after_is_not_asked_again_sooner(tmp_path: Path, form: str) -> None:
     """retry_max_s = 0.05 s: the dispatcher used to send the batch again within a tenth of a second of a 429 that
-    asked for 2 s (Retry-After was not read), and so on, keeping a throttling receiver throttled."""
+    asked for 2 s (Retry-After was not read; as an HTTP-date, it was not read until it shared the channels'
+    reader), and so on, keeping a throttling receiver throttled."""
     times: list[float] = []
 
     async def throttle_once(request: web.Request) -> web.Response:
         await request.read()
         times.append(time.monotonic())
         if len(times) == 1:
-            return web.Response(status=429, text="slow down", headers={"Retry-After": "2"})
+            # an HTTP-date has whole seconds: 3 s ahead asks for more than 2 s
+            after = "2" if form == "seconds" else email.utils.formatdate(time.time() + 3, usegmt=True)
+            return web.Response(status=429, text="slow down", headers={"Retry-After": after})
         return web.json_response({"ok": True})
 
     app = web.Application()
@@ -256,11 +269,20 @@ async def test_a_receiver_answering_429_with_retry_after_is_not_asked_again_soon
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("2", 2.0), ("0.5", 0.5), ("0", 0.0), ("86400", 300.0), ("inf", 300.0), (None, None), ("-3", None),
-     ("nan", None), ("soon", None), ("Wed, 21 Oct 2026 07:28:00 GMT", None), ("9" * 400, None)],
+    [("2", 2.0), ("0.5", 0.5), ("0", 0.0), ("86400", 300.0), ("inf", None), (None, None), ("-3", None),
+     ("nan", None), ("soon", None), ("Mon, 99 Foo 2026 07:28:00 GMT", None), ("9" * 400, None)],
 )  # fmt: skip
 def test_an_odd_retry_after_falls_back_to_the_backoff(raw: str | None, expected: float | None) -> None:
-    assert retry_after_s(raw) == expected
+    assert read_retry_after(raw, max_s=RETRY_AFTER_MAX_S) == expected
+
+
+def test_a_retry_after_http_date_is_honoured() -> None:
+    """RFC 9110 10.2.3: Retry-After is delay-seconds or an HTTP-date; the date counts from the hub's clock."""
+    ahead = email.utils.formatdate(time.time() + 120, usegmt=True)  # "Sun, 06 Dec 2026 05:00:00 GMT"
+    wait_s = read_retry_after(ahead, max_s=RETRY_AFTER_MAX_S)
+    assert wait_s is not None and 115 <= wait_s <= 121
+    assert read_retry_after(email.utils.formatdate(time.time() - 3600, usegmt=True), max_s=RETRY_AFTER_MAX_S) == 0.0
+    assert read_retry_after(email.utils.formatdate(time.time() + 86_400, usegmt=True), max_s=RETRY_AFTER_MAX_S) == 300
 
 
 async def test_an_unknown_webhook_has_no_delivery_log(tmp_path: Path) -> None:

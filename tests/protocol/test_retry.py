@@ -292,7 +292,8 @@ def test_the_loop_shape_imports_nothing_of_the_apps() -> None:
     tree = ast.parse((ROOT / "protocol" / "retry.py").read_text(encoding="utf-8"))
     imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"__future__", "asyncio", "logging", "math", "random", "collections.abc", "dataclasses"}
+    assert imported <= {"__future__", "asyncio", "logging", "math", "random", "time", "collections.abc", "dataclasses",
+                        "datetime", "email.utils"}  # fmt: skip
 
 
 def test_no_loop_keeps_a_private_failure_class() -> None:
