@@ -78,10 +78,10 @@ CHAIN_BYTES = 16
 ZERO_CHAIN = bytes(CHAIN_BYTES)  # the chain before the first row
 RETENTION_DEFAULT_S = 30 * 86_400.0
 PURGE_EVERY_MS = 3_600_000
-# The hub's clock as heard only moves forward, except when an answer is this far behind it: the hub's clock was
-# wrong ahead and has been put right. Kept at its wrong maximum, acknowledgements were stamped in that future and
-# nothing was purged until the real time reached it (a year ahead once: a year of growth).
-HUB_CLOCK_BACK_MS = 3_600_000
+# Acknowledgements age by the retention clock (meta ``kept_ms``), which moves at each hub answer by the lesser of
+# what the hub's clock and this machine's moved since the one before, never back: one wrong clock, ahead or behind
+# or put right, can neither purge early nor stop the purge. When the two moved this far apart, one WARNING says so.
+CLOCKS_APART_MS = 3_600_000
 EPOCH_BITS = 63
 OPEN_BUSY_S = 10.0  # opening waits this long for another process creating or migrating the same file
 OPEN_RETRY_S = 0.05
@@ -655,7 +655,7 @@ class Outbox(SqliteFile):
     async def mark_acked(self, hwm: int, chain: bytes | None = None, *, hub_ms: int | None = None) -> AnswerResult:
         """Set the acknowledged mark to the hub's high-water mark (rewinding it if the hub's is lower),
         or fork to a new epoch if the hub's mark is not this outbox's history (see the module doc).
-        ``hub_ms``: the hub's clock when it answered; acknowledgements age by it (retention)."""
+        ``hub_ms``: the hub's clock when it answered; with this machine's, acknowledgements age by it (``_age``)."""
         result = await self._write(lambda conn: self._ack(conn, hwm, chain, (), hub_ms=hub_ms))
         self._after_ack(hwm, result)
         return result
@@ -746,32 +746,43 @@ class Outbox(SqliteFile):
             why = f"the hub's seq {hwm:,} of epoch {epoch} is another copy's movement, not this outbox's"
             return self._fork(conn, hwm, previous, why, rejections, now_ms)
         _set_meta(conn, acked_seq=hwm, ack_chain=mine if mine is not None else hub_chain)
-        # Acknowledgements are timed by the hub's clock, never this machine's: a clock a century ahead
-        # must not make the retention period pass at once and purge what a restored hub may ask for again.
-        heard_ms = _meta(conn, "hub_time_ms", 0)
-        if hub_ms is not None and hub_ms > heard_ms:
-            _set_meta(conn, hub_time_ms=hub_ms)
-        elif hub_ms is not None and heard_ms - hub_ms > HUB_CLOCK_BACK_MS:
-            self._hub_clock_put_right(conn, heard_ms, hub_ms)
-        hub_now_ms = _meta(conn, "hub_time_ms")
-        if hwm > previous and hub_now_ms is not None:
-            conn.execute("INSERT INTO acks (acked_seq, at_ms) VALUES (?, ?)", (hwm, hub_now_ms))
+        kept_ms = self._age(conn, hub_ms)
+        if hwm > previous and kept_ms is not None:
+            conn.execute("INSERT INTO acks (acked_seq, at_ms) VALUES (?, ?)", (hwm, kept_ms))
         set_aside = self._set_aside(conn, rejections)
-        if hub_now_ms is not None and hub_now_ms - self._last_purge_ms >= PURGE_EVERY_MS:
+        if kept_ms is not None and kept_ms - self._last_purge_ms >= PURGE_EVERY_MS:
             self._purge(conn)
         return AnswerResult(hwm, previous, set_aside, _backlog(conn)[0])  # not count(*): a million rows take 50 ms
 
-    def _hub_clock_put_right(self, conn: sqlite3.Connection, heard_ms: int, hub_ms: int) -> None:
-        """The hub's clock went far back: it was wrong ahead. Acknowledgements age from its right time now (those
-        stamped in its wrong future are restamped to it, so they are kept the whole retention period from here)."""
-        conn.execute("UPDATE acks SET at_ms = ? WHERE at_ms > ?", (hub_ms, hub_ms))
-        _set_meta(conn, hub_time_ms=hub_ms)
-        self._last_purge_ms = 0  # the purge is due again by the right clock
-        log.warning(
-            "The hub's clock went back by %s h (it was wrong ahead and has been put right, or another hub answers);"
-            " acknowledged events age by its clock as it is now.",
-            f"{(heard_ms - hub_ms) / 3_600_000:,.1f}",
-        )
+    def _age(self, conn: sqlite3.Connection, hub_ms: int | None) -> int | None:
+        """Move the retention clock for an answer stamped ``hub_ms`` by the hub, and return it (None: no hub
+        answer ever said its time, so nothing ages).
+
+        Neither clock alone is trusted: this machine's may be a century ahead (a dead CMOS battery) and the hub's
+        a year ahead or behind (and then put right). Each answer moves the retention clock by the lesser of what
+        the two moved since the one before, never below zero; the hub's time and this machine's are kept as
+        they are, so a clock put right is measured from where it is now. A file from before this rule ages
+        from the hub's time as it last heard it (its acknowledgements are stamped with it).
+        """
+        kept_ms: int | None = _meta(conn, "kept_ms", _meta(conn, "hub_time_ms"))
+        if hub_ms is None:
+            return kept_ms
+        wall_ms = self._wall_clock_ms()
+        heard_ms, heard_wall_ms = _meta(conn, "hub_time_ms"), _meta(conn, "hub_heard_wall_ms")
+        if kept_ms is None:
+            kept_ms = hub_ms
+        elif heard_ms is not None and heard_wall_ms is not None:
+            hub_moved, wall_moved = hub_ms - heard_ms, wall_ms - heard_wall_ms
+            kept_ms += max(0, min(hub_moved, wall_moved))
+            if abs(hub_moved - wall_moved) > CLOCKS_APART_MS:
+                log.warning(
+                    "Since the hub's last answer its clock moved %s h and this machine's %s h (one of them is"
+                    " wrong, or was put right); acknowledged events age by the lesser, so they are kept at least"
+                    " retention_days.",
+                    f"{hub_moved / 3_600_000:+,.1f}", f"{wall_moved / 3_600_000:+,.1f}",
+                )  # fmt: skip
+        _set_meta(conn, kept_ms=kept_ms, hub_time_ms=hub_ms, hub_heard_wall_ms=wall_ms)
+        return kept_ms
 
     def _fork(
         self,
@@ -927,9 +938,9 @@ class Outbox(SqliteFile):
             )
 
     def _purge(self, conn: sqlite3.Connection) -> None:
-        """Delete acknowledged events whose acknowledgement is older than the retention period, both
-        measured by the hub's clock as last heard (``hub_time_ms``): never purged by a wrong local clock."""
-        now_ms = _meta(conn, "hub_time_ms")
+        """Delete acknowledged events whose acknowledgement is older than the retention period on the retention
+        clock (``_age``): neither a wrong local clock nor a wrong hub clock purges early or stops the purge."""
+        now_ms = _meta(conn, "kept_ms", _meta(conn, "hub_time_ms"))
         if now_ms is None:
             return
         self._last_purge_ms = now_ms

@@ -182,11 +182,13 @@ async def test_acknowledged_events_are_kept_for_the_retention_period_then_purged
         await outbox.set_aside([Rejection(events[0].event_id, 1, "invalid", "no")])
         await outbox.mark_acked(2, hub_ms=hub_ms)
     hub_ms += DAY_MS
+    wall.now_ms += DAY_MS  # retention runs on time both clocks agree on
     async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=retention_s) as outbox:
         await outbox.mark_acked(0, hub_ms=hub_ms)  # still within retention: everything can be resent
         assert [ev.seq for ev in await outbox.pending(10)] == [2, 3]
         await outbox.mark_acked(2, hub_ms=hub_ms)
     hub_ms += 3 * DAY_MS
+    wall.now_ms += 3 * DAY_MS
     async with Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=retention_s) as outbox:
         await outbox.mark_acked(2, hub_ms=hub_ms)  # the hub's clock is now past B's retention: B is purged
         await outbox.mark_acked(0, hub_ms=hub_ms)  # a rewind resends only what is kept: the set-aside A and C stay
@@ -222,6 +224,7 @@ async def test_a_hub_clock_once_far_ahead_does_not_stop_the_purge_for_good(tmp_p
         await outbox.record([sale("A")])
         await outbox.mark_acked(1, hub_ms=hub_ms + 365 * DAY_MS)  # one answer from a hub a year ahead
         for day in range(1, 11):  # its clock is put right; ten days of trading, one sale a day
+            wall.now_ms += DAY_MS
             await outbox.record([sale(f"D{day}")])
             await outbox.mark_acked(1 + day, hub_ms=hub_ms + day * DAY_MS)
         await outbox.mark_acked(0, hub_ms=hub_ms + 10 * DAY_MS)  # a rewind resends everything still kept

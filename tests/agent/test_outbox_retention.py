@@ -1,0 +1,86 @@
+"""Acknowledged events stay in the outbox for the retention period whatever either clock does: real SQLite files,
+a stand-in hub on 127.0.0.1 whose clock the test sets wrong, and a machine clock the test moves by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent import Movement, Outbox, Replicator
+from protocol import Kind, wall_ms_now
+from tests.agent.agent_fakehub import FakeHub
+
+AGENT = "store-1"
+LOC = "S001"
+WAIT_S = 15.0
+DAY_MS = 86_400_000
+YEAR_MS = 365 * DAY_MS
+
+
+class FakeWall:
+    """This machine's clock, moved by hand (ms)."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+async def sync(outbox: Outbox, hub: FakeHub, sku: str) -> None:
+    """Record one sale of ``sku`` and run a replicator until the hub has acknowledged it (handshake, then batch)."""
+    await outbox.record([Movement(LOC, sku, Kind.SALE, -1, "pos:acme")])
+    replicator = Replicator(
+        outbox, hub.url, "token-1", tick_s=0.1, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=3600,
+        rng=random.Random(3),
+    )  # fmt: skip
+    async with replicator:
+        await asyncio.wait_for(replicator.wait_synced(), WAIT_S)
+
+
+def kept(path: Path) -> list[str]:
+    """The SKUs of the rows the outbox file still holds, read with a connection of its own."""
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT sku FROM events ORDER BY seq")]
+
+
+@pytest.mark.parametrize(
+    ("wrong", "direction"),
+    [("hub", +1), ("hub", -1), ("local", +1), ("local", -1)],
+    ids=["hub-a-year-ahead", "hub-a-year-behind", "local-a-year-ahead", "local-a-year-behind"],
+)
+async def test_a_clock_a_year_wrong_neither_shortens_nor_freezes_retention(
+    wrong: str, direction: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a hub answering with its clock a year ahead: the outbox took that time as now and purged every
+    acknowledged event at once, so a hub restored from a backup could no longer be sent them. A hub a year behind
+    did the same once its clock was put right (what it acknowledged was stamped a year in the past). Now
+    acknowledgements age by the lesser of what the two clocks moved: a wrong clock either way ages nothing, and
+    time both clocks agree on still purges."""
+    caplog.set_level(logging.WARNING, logger="agent.outbox")
+    path = tmp_path / "outbox.sqlite3"
+    wall = FakeWall(wall_ms_now())
+    async with (
+        FakeHub() as hub,
+        Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=2 * 86_400.0) as outbox,
+    ):
+        await sync(outbox, hub, "A")  # both clocks right
+        if wrong == "hub":
+            hub.skew_ms = direction * YEAR_MS
+        else:
+            wall.now_ms += direction * YEAR_MS
+        await sync(outbox, hub, "B")  # one clock a year wrong
+        assert kept(path) == ["A", "B"]
+        hub.skew_ms, wall.now_ms = 0, wall_ms_now()  # put right
+        await sync(outbox, hub, "C")
+        assert kept(path) == ["A", "B", "C"]  # a restored hub can still be sent all three
+        hub.skew_ms, wall.now_ms = 3 * DAY_MS, wall.now_ms + 3 * DAY_MS  # three days later, by both clocks
+        await sync(outbox, hub, "D")
+        assert kept(path) == ["D"]  # the retention period passed for the three: it is not frozen either
+    said = [r.getMessage() for r in caplog.records if "acknowledged events age by" in r.getMessage()]
+    assert len(said) == 2, said  # one sentence when the clock went wrong, one when it was put right
