@@ -39,7 +39,7 @@ from agent.config import AgentConfig, load_config
 from agent.config_sources import CONFIG_ENV, LOG_LEVEL_ENV, default_config_path
 from agent.discovery import HubFinder
 from agent.errors import AgentError, ConfigError, InvalidMovement, OutboxOfAnotherAgent
-from agent.hub_loop import hub_connector, use_ca_file
+from agent.hub_loop import FOLLOW_REDIRECTS, hub_connector, redirected, use_ca_file
 from agent.localapi.runtime import start_staff_services
 from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock, refuse_new_outbox_beside_agent
 from agent.outbox import FILE_CHECK_S, Movement, Outbox, OutboxStats
@@ -467,11 +467,17 @@ def _status_code(report: dict[str, Any]) -> int:
 
 
 async def _probe(hub_url: str) -> str | None:
-    """None if GET /healthz answers 200 within PROBE_TIMEOUT_S, else why not (one phrase)."""
+    """None if GET /healthz answers 200 within PROBE_TIMEOUT_S, else why not (one phrase).
+
+    A redirect is not followed, as the replicator does not follow one: another server's 200 says nothing of the
+    hub the agent syncs with."""
+    url = hub_url + HEALTH_PATH
     try:
         timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
         session = aiohttp.ClientSession(timeout=timeout, connector=hub_connector())
-        async with session, session.get(hub_url + HEALTH_PATH) as resp:
+        async with session, session.get(url, allow_redirects=FOLLOW_REDIRECTS) as resp:
+            if 300 <= resp.status < 400:
+                return redact_url(redirected(url, resp.status, resp.headers.get("Location")))
             return None if resp.status == 200 else f"answered HTTP {resp.status}"
     except TimeoutError:
         return f"no answer within {PROBE_TIMEOUT_S:g} s"

@@ -4,8 +4,10 @@ hears after a drain is the true one. Real HTTP on 127.0.0.1, real SQLite files."
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Self
@@ -195,3 +197,49 @@ async def test_a_redirect_is_not_followed_and_says_where_it_points(
     assert f"redirects to '{elsewhere.url}/v1/sync' (HTTP {status})" in (state.last_error or ""), state.last_error
     assert "set hub_url to the hub's own address" in (state.last_error or "")
     assert (stats.backlog, stats.acked_seq) == (3, 0)
+
+
+class Healthy(AnswerServer):
+    """Another server, healthy: every GET /healthz is answered 200 and counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes = 0
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.probes += 1
+        return web.json_response({"status": "ok"})
+
+
+async def _status(config: Path, *extra: str) -> tuple[int, str, str]:
+    """``python -m agent status`` as a real process (this loop serves the stand-ins meanwhile)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "status", "--config", str(config), *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("status", [301, 307])
+async def test_status_does_not_follow_a_redirect_and_says_where_it_points(status: int, tmp_path: Path) -> None:
+    """Found by pointing hub_url at an address that redirects to another, healthy server: `status` followed the
+    redirect and reported the hub reachable, from a server the agent never syncs with."""
+    async with Healthy() as elsewhere, Redirecting(status, elsewhere.url) as hub:
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nid = "store-1"\nlocation = "S001"\ndata_dir = "data"\nhub_url = "{hub.url}"\ntoken = "t-1"\n',
+            encoding="utf-8",
+        )
+        async with Outbox.open(tmp_path / "data" / "outbox.sqlite3", agent_id="store-1", location="S001"):
+            pass
+        code, out, err = await _status(config, "--json")
+        report = json.loads(out)
+        _, text, _ = await _status(config)
+    assert elsewhere.probes == 0  # nothing asked the other server
+    assert (code, report["hub_reachable_now"]) == (3, False), err  # 3: no agent runs, which comes before 4
+    said = f"the hub at {hub.url}/healthz redirects to '{elsewhere.url}/healthz' (HTTP {status})"
+    assert report["hub_probe"].startswith(said), report["hub_probe"]
+    assert report["hub_probe"].endswith("which this agent does not follow; set hub_url to the hub's own address")
+    assert f"NOT reachable: {said}" in text, text
