@@ -15,6 +15,12 @@ counts that many units.
     async with AgentCatalog(file=Path("catalog.csv"), hub_url=url, token=token, cache=path) as catalog:
         item = catalog.lookup(decoded, scan.text)      # CatalogItem or None
 
+It also learns which SKUs are bundles at the hub (``GET {hub_url}/v1/bundles``,
+every page, each refresh; kept in ``<cache>.bundles.json`` beside the cache):
+the hub refuses a count of a bundle, so a count session refuses it at once
+instead of after the staff counted (``is_bundle``; None while the agent has
+never heard the hub's list).
+
 Bad rows are reported with their line (``CatalogLoad.problems``) and the good
 rows are kept; a file that cannot be read at all raises ``CatalogError``.
 """
@@ -41,7 +47,7 @@ from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.event import SKU_MAX_LEN
 from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
-from protocol.routes import CATALOG_PATH
+from protocol.routes import BUNDLES_PATH, CATALOG_PATH
 from protocol.values import has_control
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,8 @@ TIMEOUT_S = 30.0
 FILE_MAX_BYTES = 64 << 20
 ANSWER_MAX_BYTES = 2 * FILE_MAX_BYTES  # the hub's catalog as JSON: generous, but not whatever arrives
 PROBLEMS_LOGGED = 5  # problems quoted in a log line; all of them are in CatalogLoad.problems
+BUNDLES_PAGE = 1000  # the hub's largest page of GET /v1/bundles
+BUNDLES_PAGES_MAX = 1000  # a million bundles; a hub whose cursors never end is not followed for ever
 
 
 class CatalogError(AgentError):
@@ -324,6 +332,8 @@ class AgentCatalog(HubLoop):
         self.file = file
         self.cache = cache
         self._url = hub_url.rstrip("/") + CATALOG_PATH if hub_url else None
+        self._bundles_url = hub_url.rstrip("/") + BUNDLES_PATH if hub_url else None
+        self._bundles: frozenset[str] | None = None  # the hub's bundle SKUs; None: never heard
         self._token = token
         self.refresh_s = refresh_s
         self.retry_base_s = retry_base_s
@@ -353,6 +363,15 @@ class AgentCatalog(HubLoop):
     def hub_version(self) -> int | None:
         return self._hub.version
 
+    def is_bundle(self, sku: str) -> bool | None:
+        """Whether ``sku`` is a bundle at the hub, as last heard (None: the hub's list was never heard)."""
+        return None if self._bundles is None else sku in self._bundles
+
+    @property
+    def bundle_cache(self) -> Path | None:
+        """Where the hub's bundle SKUs are kept between runs: ``<cache>.bundles.json`` beside the catalog's."""
+        return None if self.cache is None else self.cache.with_name(f"{self.cache.stem}.bundles.json")
+
     # --- lifecycle ---------------------------------------------------------
     async def load(self) -> None:
         """Read the file (``CatalogError`` if it cannot be read at all) and the hub cache (best effort)."""
@@ -368,10 +387,25 @@ class AgentCatalog(HubLoop):
                 self._hub = loaded.catalog
                 self._etag = cached.get("etag") if isinstance(cached.get("etag"), str) else None
                 self._merge()
+        await self._load_bundles()
         log.info(
             "Catalog ready: %s items (file %s, hub version %s).",
             f"{len(self._merged):,}", self.file or "none", self._hub.version if self._hub.version is not None else "none",
         )  # fmt: skip
+
+    async def _load_bundles(self) -> None:
+        cache = self.bundle_cache
+        if cache is None or not cache.exists():
+            return
+        try:
+            cached = json.loads(await asyncio.to_thread(cache.read_text, encoding="utf-8"))
+            skus = cached["bundles"]
+            if not isinstance(skus, list) or not all(isinstance(sku, str) for sku in skus):
+                raise ValueError("bundles is not a list of SKUs")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("The cached bundle list %s cannot be used (%s); waiting for the hub.", cache, err)
+        else:
+            self._bundles = frozenset(skus)
 
     async def start(self) -> None:
         """``load()``, then keep the catalog fresh in the background. Returns at once after loading."""
@@ -403,6 +437,7 @@ class AgentCatalog(HubLoop):
         self._token = token
         if hub_url is not None:
             self._url = hub_url.rstrip("/") + CATALOG_PATH
+            self._bundles_url = hub_url.rstrip("/") + BUNDLES_PATH
         self._kick.set()
 
     # --- one refresh ---------------------------------------------------------
@@ -419,6 +454,7 @@ class AgentCatalog(HubLoop):
         if self._url is not None:
             try:
                 status = await self._fetch()
+                await self._fetch_bundles()
             except TurnFailed as err:
                 problems.append(str(err))
         if problems:
@@ -466,6 +502,62 @@ class AgentCatalog(HubLoop):
             await asyncio.to_thread(_write_atomically, self.cache, {"etag": etag, "catalog": data})
         log.info("The hub's catalog version %s is in use: %s items.", loaded.catalog.version, f"{len(self._merged):,}")
         return "updated"
+
+    async def _fetch_bundles(self) -> None:
+        """Read every page of the hub's bundles; keep their SKUs (and write them to the cache when they changed).
+
+        A hub from before bundles answers 404: it has none, and refuses no count for being one."""
+        skus: set[str] = set()
+        cursor: str | None = None
+        for _ in range(BUNDLES_PAGES_MAX):
+            page = await self._bundles_page(cursor)
+            if page is None:
+                break
+            entries, cursor = page
+            skus.update(entries)
+            if cursor is None:
+                break
+        found = frozenset(skus)
+        if found == self._bundles:
+            return
+        self._bundles = found
+        if (cache := self.bundle_cache) is not None:
+            await asyncio.to_thread(_write_atomically, cache, {"bundles": sorted(found)})
+        log.info("The hub has %s bundle SKU(s); a count refuses them.", f"{len(found):,}")
+
+    async def _bundles_page(self, cursor: str | None) -> tuple[list[str], str | None] | None:
+        """One page of ``GET /v1/bundles``: its SKUs and the next cursor (None: the last page). None on a 404."""
+        session, url = self._http(), self._bundles_url
+        assert url is not None
+        params = {"limit": str(BUNDLES_PAGE)} | ({"cursor": cursor} if cursor else {})
+        headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {self._token}"} if self._token else {})
+        try:
+            async with session.get(url, params=params, headers=headers, allow_redirects=FOLLOW_REDIRECTS) as resp:
+                if 300 <= resp.status < 400:
+                    raise TurnFailed(redirected(url, resp.status, resp.headers.get("Location")))
+                body = await read_answer(resp, self.answer_max_bytes, "bundle list")
+                if resp.status == 404:
+                    return None
+                if resp.status != 200:
+                    raise TurnFailed(
+                        f"the hub at {url} answered HTTP {resp.status} for its bundles:"
+                        f" {body[:200].decode('utf-8', 'replace')}"
+                    )
+        except AnswerTooLarge as err:
+            raise TurnFailed(str(err)) from err
+        except TimeoutError:
+            raise TurnFailed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as err:
+            raise TurnFailed(f"the bundles could not be fetched from {url} ({err or type(err).__name__})") from err
+        try:
+            data = json.loads(body)
+            entries, after = data["bundles"], data.get("next")
+            skus = [entry["sku"] for entry in entries]
+            if not all(isinstance(sku, str) for sku in skus) or not (after is None or isinstance(after, str)):
+                raise ValueError("a SKU or the next cursor is not text")
+        except (ValueError, KeyError, TypeError) as err:
+            raise TurnFailed(f"the hub's bundle list could not be read ({err})") from err
+        return skus, after
 
     def _use_file(self, loaded: CatalogLoad) -> None:
         assert self.file is not None

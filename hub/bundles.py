@@ -24,6 +24,7 @@ from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
 from hub.storage.base import Bundle, BundleConflict, BundleRecipe, HubStore
 from hub.storage.interfaces import BundleStore
 from protocol import values
+from protocol.routes import BUNDLES_PATH
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _after(request: web.Request) -> str | None:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/bundles", get_bundles, name="bundles")
+    app.router.add_get(BUNDLES_PATH, get_bundles, name="bundles")
     app.router.add_get("/v1/bundles/{sku}", get_bundle, name="bundle")
     app.router.add_put("/v1/bundles/{sku}", put_bundle, name="bundle_put")
 

@@ -15,7 +15,10 @@ HEALTH_PATH: Final = "/healthz"  # GET: is the hub up, which hub is it (public)
 SYNC_PATH: Final = "/v1/sync"  # POST msgpack: a batch of stock events; answers the mark and counts
 CHANGES_PATH: Final = "/v1/changes"  # GET: the change feed, a page after a cursor (long-poll with wait)
 CATALOG_PATH: Final = "/v1/catalog"  # GET: the barcode catalog; PUT (admin): replace it
+BUNDLES_PATH: Final = "/v1/bundles"  # GET: the bundle SKUs and their recipes, a page at a time
 OBSERVATIONS_PATH: Final = "/v1/observations"  # POST msgpack: another system's on-hand beliefs
 IMPORT_ISSUES_PATH: Final = "/v1/import-issues"  # POST msgpack: POS export rows the agent quarantined
 
-AGENT_PATHS: Final = (HEALTH_PATH, SYNC_PATH, CHANGES_PATH, CATALOG_PATH, OBSERVATIONS_PATH, IMPORT_ISSUES_PATH)
+AGENT_PATHS: Final = (
+    HEALTH_PATH, SYNC_PATH, CHANGES_PATH, CATALOG_PATH, BUNDLES_PATH, OBSERVATIONS_PATH, IMPORT_ISSUES_PATH
+)  # fmt: skip

@@ -50,6 +50,7 @@ BODY_MAX_BYTES = 1 << 20
 BODY_TIMEOUT_S = 15.0
 JSON_DEPTH_MAX = 16  # every body here is a flat object; deeper nesting is refused before any use
 LIST_LIMIT_MAX = 500
+REFUSED_SHOWN_MS = 7 * 86_400_000  # a session movement the hub refused is shown on the home screen this long
 LINES_SHOWN_MAX = 20_000
 JSON_TYPE = "application/json"
 CSP = (
@@ -348,8 +349,14 @@ async def list_sessions(request: web.Request) -> web.Response:
     if state not in ("active", "done"):
         raise web.HTTPBadRequest(text=f"state must be active or done, got {state[:20]!r}")
     limit = _whole_number(request.query.get("limit", "100"), "limit", 1, LIST_LIMIT_MAX)
-    found = await request.app[CONTEXT_KEY].sessions.list(active=state == "active", limit=limit)
-    return _json({"sessions": [views.session_json(s) for s in found]})
+    sessions = request.app[CONTEXT_KEY].sessions
+    found = await sessions.list(active=state == "active", limit=limit)
+    # What the hub refused of a closed session (after the close, when the agent did not know better) reaches the
+    # staff here, on the handheld's home screen, for a week.
+    refused = await sessions.refused(since_ms=sessions.outbox.wall_ms() - REFUSED_SHOWN_MS)
+    return _json(
+        {"sessions": [views.session_json(s) for s in found], "refused": [views.refused_json(r) for r in refused]}
+    )
 
 
 async def open_session(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from agent.sessions import (
     ExpectedLine,
     InvalidSessionInput,
     Line,
+    Refused,
     ReportLine,
     Session,
     SessionSpec,
@@ -126,6 +127,13 @@ def report_json(r: CloseReport) -> dict[str, Any]:
     return {"events": r.events, "units": r.units, "lines": [report_line_json(x) for x in r.lines]}
 
 
+def refused_json(r: Refused) -> dict[str, Any]:
+    return {
+        "session_id": r.session_id, "sku": r.sku, "kind": r.kind, "qty": r.qty, "code": r.code, "reason": r.reason,
+        "refused_ms": r.refused_ms,
+    }  # fmt: skip
+
+
 def view_json(v: SessionView, lines_shown: int = LINES_SHOWN_DEFAULT) -> dict[str, Any]:
     """The session, its newest ``lines_shown`` lines (all totals, whatever their number) and the preview."""
     return {
@@ -135,6 +143,7 @@ def view_json(v: SessionView, lines_shown: int = LINES_SHOWN_DEFAULT) -> dict[st
         "totals": [total_json(t) for t in v.totals],
         "units": sum(t.qty for t in v.totals),
         "preview": [report_line_json(r) for r in v.preview],
+        "refused": [refused_json(r) for r in v.refused],
     }
 
 

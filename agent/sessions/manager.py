@@ -22,12 +22,13 @@ import logging
 from collections.abc import Callable
 
 from agent.errors import InvalidMovement
-from agent.outbox import Outbox
+from agent.outbox import Outbox, RejectedEvent
 from agent.sessions.errors import InvalidSessionInput, SessionError, SessionNotOpen
 from agent.sessions.items import Item, ItemLookup, keyed_sku, resolve_code
 from agent.sessions.model import (
     Disposition,
     Line,
+    Refused,
     Session,
     SessionSpec,
     SessionStatus,
@@ -37,7 +38,7 @@ from agent.sessions.model import (
     check_scan_id,
     check_staff,
 )
-from agent.sessions.plan import plan_close, preview, totals
+from agent.sessions.plan import SOURCE_PREFIX, plan_close, preview, totals
 from agent.sessions.store import SessionStore
 from hardware import Decoded
 from protocol import event_id_hex, new_event_id, wall_ms_now
@@ -46,6 +47,7 @@ from protocol.event import QTY_MAX, TRANSFER_QTY_MAX
 log = logging.getLogger(__name__)
 
 LIST_LIMIT_DEFAULT = 100
+REFUSED_SHOWN = 20  # the hub's refusals of sessions' movements shown at once (newest first)
 
 
 class SessionManager:
@@ -92,6 +94,9 @@ class SessionManager:
             raise InvalidSessionInput(f"a transfer out of {self.location} cannot go to {self.location} itself")
         if spec.type is SessionType.TRANSFER_IN and spec.from_location == self.location:
             raise InvalidSessionInput(f"a transfer into {self.location} cannot come from {self.location} itself")
+        if spec.type is SessionType.COUNT:
+            for sku in spec.scope_skus:
+                self._check_countable(sku)
         session = Session(
             id=event_id_hex(new_event_id()),
             spec=spec,
@@ -156,6 +161,8 @@ class SessionManager:
         units = qty * item.pack_size
         check_qty(units, "qty × pack size", minimum=0 if session.type is SessionType.COUNT else 1)
         spec = session.spec
+        if session.type is SessionType.COUNT and not item.unknown:
+            self._check_countable(item.sku)
         if session.type is SessionType.COUNT and spec.scope_skus and item.sku not in spec.scope_skus:
             raise InvalidSessionInput(
                 f"{item.sku} is not in this count's scope; count it in its own session so its stock is not"
@@ -190,6 +197,17 @@ class SessionManager:
             )
         await self._changed()
         return stored
+
+    def _check_countable(self, sku: str) -> None:
+        """Refuse a count of a bundle now, before the staff count it: the hub refuses it at the close
+        (``invalid_bundle``). While the catalog has never heard the hub's bundles, the count is taken as before
+        and a refusal of the hub shows in the session (``refused``)."""
+        is_bundle = getattr(self.catalog, "is_bundle", None)
+        if is_bundle is not None and is_bundle(sku):
+            raise InvalidSessionInput(
+                f"{sku} is a bundle (a kit or set made of other SKUs), which the hub does not take a count of:"
+                " count each of its parts instead"
+            )
 
     async def undo(self, session_id: str, *, by: str) -> Line | None:
         """Undo the newest line still counting; None if there is none."""
@@ -270,7 +288,17 @@ class SessionManager:
 
     async def view(self, session_id: str) -> SessionView:
         session, lines = await self.store.get_with_lines(session_id)
-        return SessionView(session, lines, totals(lines), preview(session, lines))
+        refused = await self.refused(session_id) if session.status is SessionStatus.CLOSED else []
+        return SessionView(session, lines, totals(lines), preview(session, lines), tuple(refused))
+
+    async def refused(
+        self, session_id: str | None = None, *, since_ms: int = 0, limit: int = REFUSED_SHOWN
+    ) -> list[Refused]:
+        """Movements closed sessions booked (one session's, or any) that the hub refused, newest first: a refusal
+        that comes after the close (the agent did not know better then) must still reach the staff."""
+        prefix = SOURCE_PREFIX + (session_id or "")
+        found = await self.outbox.refused(prefix, since_ms=since_ms, limit=limit)
+        return [_refused(r) for r in found]
 
     async def list(self, *, active: bool = True, limit: int = LIST_LIMIT_DEFAULT) -> list[Session]:
         statuses = (
@@ -285,6 +313,13 @@ class SessionManager:
         async with self.changed:
             self.version += 1
             self.changed.notify_all()
+
+
+def _refused(r: RejectedEvent) -> Refused:
+    ev = r.event
+    return Refused(
+        ev.source.removeprefix(SOURCE_PREFIX), ev.sku, ev.kind.value, ev.qty, r.code, r.reason, r.rejected_ms
+    )
 
 
 def _disposition(value: Disposition | str | None) -> Disposition:

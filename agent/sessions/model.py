@@ -269,6 +269,19 @@ class CloseReport:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """A movement a closed session booked that the hub refused (set aside in the outbox), and its reason."""
+
+    session_id: str
+    sku: str
+    kind: str
+    qty: int
+    code: str  # the hub's rejection code (invalid_bundle, …)
+    reason: str  # the hub's sentence
+    refused_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionView:
     """A session with its lines (newest last) and its running totals."""
 
@@ -276,3 +289,4 @@ class SessionView:
     lines: tuple[Line, ...]
     totals: tuple[Total, ...]
     preview: tuple[ReportLine, ...]  # what closing now would report (receive: over/short so far)
+    refused: tuple[Refused, ...] = ()  # after its close: what of it the hub refused

@@ -11,8 +11,8 @@ from playwright.async_api import Page, expect
 from agent.catalog import Catalog, make_item
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
 from agent.outbox import Outbox
-from agent.sessions import SessionManager, SessionStore, SessionType
-from protocol import Kind
+from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
+from protocol import Kind, Rejection
 
 PHONE = {"width": 390, "height": 844}
 APPLE = "4006381333931"
@@ -210,4 +210,23 @@ async def test_a_signed_out_page_asks_for_the_pin_again(page: Page, agent: Agent
     await expect(page.locator("#screen-signin")).to_be_visible()
     await page.reload()
     await expect(page.locator("#screen-signin")).to_be_visible()
+    assert script_errors(console_errors) == []
+
+
+async def test_the_home_screen_shows_what_the_hub_refused_of_a_closed_session(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """A count of a bundle taken while the agent had never heard the hub's bundles is refused by the hub after
+    the close (tests/agent/test_agent_bundle_counts.py has that against the real hub); the staff read it here."""
+    s = await agent.sessions.open(SessionSpec(SessionType.COUNT, bin="A-1"), by="ana")
+    await agent.sessions.key(s.id, "SKU-APPLE", 4, by="ana")
+    await agent.sessions.close(s.id, by="ana")
+    (event,) = await agent.outbox.pending(10)
+    reason = "SKU-APPLE is a bundle (SKU-PEAR × 2), so a count of it cannot say how many of each part are on the shelf"
+    await agent.outbox.set_aside([Rejection(event.event_id, event.seq, "invalid_bundle", reason)])
+    await sign_in(page, agent)
+    await expect(page.locator("#refused")).to_be_visible()
+    await expect(page.locator("#refused-list li")).to_have_count(1)
+    await expect(page.locator("#refused-list li")).to_contain_text("count of SKU-APPLE (4) on ")
+    await expect(page.locator("#refused-list li")).to_contain_text(reason)
     assert script_errors(console_errors) == []

@@ -194,6 +194,19 @@
       list.appendChild(item);
     }
     $("active-empty").hidden = data.sessions.length > 0;
+    showRefused(data.refused || []);
+  }
+
+  // What the hub refused after a close (a count of a bundle while the agent had never heard the hub's bundles):
+  // the session is closed, so the staff learn it here, in the hub's own words.
+  function showRefused(refused) {
+    const list = $("refused-list");
+    list.replaceChildren();
+    for (const r of refused) {
+      list.appendChild(el("li", "", r.kind + " of " + r.sku + " (" + r.qty + ") on " + when(r.refused_ms) + ": " +
+        r.reason));
+    }
+    $("refused").hidden = refused.length === 0;
   }
 
   async function lookUp(event) {

@@ -1,0 +1,154 @@
+"""A count of a bundle SKU, which the hub refuses: refused at the handheld when the agent knows the hub's bundles,
+and the hub's refusal shown to the staff when it did not. The real hub on 127.0.0.1, the agent's catalog, session
+store, outbox and local API on real SQLite files and real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent import catalog as agent_catalog
+from agent.catalog import AgentCatalog
+from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
+from agent.outbox import Outbox
+from agent.replicator import Replicator
+from agent.sessions import SessionManager, SessionStore
+from tests.agent.agent_scan_helpers import gtin
+from tests.harness.inprocess import hub_in_process
+
+KIT = gtin("590123412345")  # the gift set's own barcode
+MUG = gtin("400638133393")
+WAIT_S = 15.0
+REFUSAL = (
+    "GIFT-SET is a bundle (a kit or set made of other SKUs), which the hub does not take a count of: count each of"
+    " its parts instead"
+)
+
+
+@dataclass
+class Hub:
+    url: str
+    agent_id: str
+    token: str
+    admin: str
+
+    async def call(self, method: str, path: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.admin}"}
+        async with aiohttp.ClientSession() as s, s.request(method, self.url + path, headers=headers, **kw) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    """A hub whose catalog knows the gift set and the mug, and where the gift set is a bundle of two mugs."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        agent_id, token = await served.store.add_agent(["S001"])
+        _, admin = await served.store.add_agent([], role="admin")
+        running = Hub(served.url, agent_id, token, admin)
+        items = [{"barcode": KIT, "sku": "GIFT-SET", "pack_size": 1}, {"barcode": MUG, "sku": "MUG", "pack_size": 1}]
+        await running.call("PUT", "/v1/catalog", json={"items": items})
+        await running.call("PUT", "/v1/bundles/GIFT-SET", json={"components": {"MUG": 2}})
+        await running.call("PUT", "/v1/bundles/TWIN-MUG", json={"components": {"MUG": 2}})
+        yield running
+
+
+@dataclass
+class Handheld:
+    http: aiohttp.ClientSession
+    url: str
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.http.request(method, self.url + path, json=body) as resp:
+            return resp.status, await resp.json()
+
+
+@asynccontextmanager
+async def handheld(tmp_path: Path, hub: Hub, catalog: AgentCatalog) -> AsyncIterator[tuple[Handheld, Outbox]]:
+    """The agent's local API over its sessions, outbox and ``catalog``; signed in as ana."""
+    async with (
+        Outbox.open(tmp_path / "outbox.sqlite3", agent_id=hub.agent_id, location="S001") as outbox,
+        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
+    ):
+        context = LocalApiContext(
+            sessions=SessionManager(store, outbox, catalog=catalog), outbox=outbox,
+            staff=StaffDirectory({"ana": hash_pin("4711")}), hub_url=lambda: None,
+        )  # fmt: skip
+        async with (
+            LocalApiServer(context, "127.0.0.1", 0) as server,
+            aiohttp.ClientSession(
+                cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=20)
+            ) as http,
+        ):
+            device = Handheld(http, server.url)
+            assert (await device.call("POST", "/api/v1/login", {"staff": "ana", "pin": "4711"}))[0] == 200
+            yield device, outbox
+
+
+async def test_a_count_of_a_bundle_is_refused_at_the_start_and_at_the_first_scan(
+    tmp_path: Path, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by counting a gift set on a handheld: the session took every scan and closed, and only then did the
+    hub refuse the count (invalid_bundle), after the staff had counted. The agent learns the hub's bundles with
+    its catalog (and keeps them in its cache, for a start without the hub) and refuses the count at once."""
+    monkeypatch.setattr(agent_catalog, "BUNDLES_PAGE", 1)  # every page of the hub's bundle list is read
+    cache = tmp_path / "catalog-cache.json"
+    learned = AgentCatalog(hub_url=hub.url, token=hub.token, cache=cache)
+    assert (await learned.refresh()).status == "updated"
+    await learned.stop()
+    catalog = AgentCatalog(hub_url="http://127.0.0.1:9", token=hub.token, cache=cache)  # the hub is away now
+    await catalog.load()
+    assert [catalog.is_bundle(sku) for sku in ("GIFT-SET", "TWIN-MUG", "MUG")] == [True, True, False]
+    async with handheld(tmp_path, hub, catalog) as (device, outbox):
+        got, data = await device.call("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["GIFT-SET"]})
+        assert (got, data["error"]["message"]) == (400, REFUSAL), data
+        got, data = await device.call("POST", "/api/v1/sessions", {"type": "count", "bin": "A-1"})
+        assert got == 201, data
+        count = data["session"]["id"]
+        got, data = await device.call("POST", f"/api/v1/sessions/{count}/scans", {"code": KIT})
+        assert (got, data["error"]["message"]) == (400, REFUSAL), data
+        got, data = await device.call("POST", f"/api/v1/sessions/{count}/scans", {"sku": "GIFT-SET", "qty": 4})
+        assert (got, data["error"]["message"]) == (400, REFUSAL), data
+        assert (await device.call("POST", f"/api/v1/sessions/{count}/scans", {"code": MUG}))[0] == 201
+        got, data = await device.call("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-1"})
+        receipt = data["session"]["id"]  # a gift set received is its parts received: the hub takes that
+        assert (await device.call("POST", f"/api/v1/sessions/{receipt}/scans", {"code": KIT}))[0] == 201
+        assert (await device.call("POST", f"/api/v1/sessions/{count}/close", {}))[0] == 200
+        assert [ev.sku for ev in await outbox.pending(10)] == ["MUG"]
+
+
+async def test_a_count_of_a_bundle_the_agent_did_not_know_shows_the_hubs_refusal(tmp_path: Path, hub: Hub) -> None:
+    """An agent offline since its first start has never heard the hub's bundles: the count is taken as before,
+    and when the hub refuses it after the close, the handheld's home screen and the session say so in the hub's
+    words (before, only `shelfsync-agent status` counted one more event set aside)."""
+    catalog = AgentCatalog(hub_url="http://127.0.0.1:9", token=hub.token, cache=tmp_path / "catalog-cache.json")
+    await catalog.load()
+    assert catalog.is_bundle("GIFT-SET") is None
+    async with handheld(tmp_path, hub, catalog) as (device, outbox):
+        got, data = await device.call("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["GIFT-SET"]})
+        assert got == 201, data
+        count = data["session"]["id"]
+        assert (await device.call("POST", f"/api/v1/sessions/{count}/scans", {"sku": "GIFT-SET", "qty": 4}))[0] == 201
+        assert (await device.call("POST", f"/api/v1/sessions/{count}/close", {}))[0] == 200
+        replicator = Replicator(
+            outbox, hub.url, hub.token, tick_s=0.1, retry_base_s=0.01, retry_max_s=0.05, rng=random.Random(1)
+        )
+        async with replicator:
+            await asyncio.wait_for(replicator.wait_synced(), WAIT_S)
+        assert (await outbox.stats()).set_aside == 1
+        got, home = await device.call("GET", "/api/v1/sessions")
+        got_one, one = await device.call("GET", f"/api/v1/sessions/{count}")
+    assert (got, got_one) == (200, 200)
+    for refused in (home["refused"], one["refused"]):
+        assert [(r["session_id"], r["sku"], r["kind"], r["qty"], r["code"]) for r in refused] == [
+            (count, "GIFT-SET", "count", 4, "invalid_bundle")
+        ], refused
+        assert "count its parts instead" in refused[0]["reason"], refused
