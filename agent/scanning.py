@@ -183,6 +183,14 @@ class ModeRouter:
             sku = unknown_sku(decoded.catalog_key)
             attrs["unknown"] = True
         units = scan_units(item, decoded)
+        if rule.kind is Kind.COUNT and item is not None and self._is_bundle(sku):
+            return ScanOutcome(
+                ScanResult.FAILED,
+                f"Scan {shown(barcode, 40)} is {shown(sku, bare=True)}, a bundle (a kit or set made of other SKUs),"
+                " which the hub does not take a count of; nothing was booked: count each of its parts instead.",
+                location=location,
+                sku=sku,
+            )
         if rule.kind is Kind.COUNT:
             qty = await self._running_count(reader, location, sku, units)
         else:
@@ -214,6 +222,12 @@ class ModeRouter:
         return ScanOutcome(
             ScanResult.BOOKED, f"Booked {what} of {sku}{pack} at {location}.", ids, location, sku, rule.kind, qty
         )
+
+    def _is_bundle(self, sku: str) -> bool:
+        """Whether the hub's bundles, as the catalog last heard them, hold ``sku`` (a count of one the hub refuses,
+        after the reader's operator counted); not known yet, the count is booked and the hub decides."""
+        is_bundle = getattr(self.catalog, "is_bundle", None)
+        return bool(is_bundle is not None and is_bundle(sku))
 
     async def _running_count(self, reader: ScannerSection, location: str, sku: str, units: int) -> int:
         key = (reader.id, location, sku)

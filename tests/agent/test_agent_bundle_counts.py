@@ -15,12 +15,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+import hardware
 from agent import catalog as agent_catalog
 from agent.catalog import AgentCatalog
+from agent.config import ScannerSection
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
 from agent.outbox import Outbox
 from agent.replicator import Replicator
+from agent.scanning import ModeRouter, ScanResult
 from agent.sessions import SessionManager, SessionStore
+from protocol import Kind
 from tests.agent.agent_scan_helpers import gtin
 from tests.harness.inprocess import hub_in_process
 
@@ -152,3 +156,28 @@ async def test_a_count_of_a_bundle_the_agent_did_not_know_shows_the_hubs_refusal
             (count, "GIFT-SET", "count", 4, "invalid_bundle")
         ], refused
         assert "count its parts instead" in refused[0]["reason"], refused
+
+
+async def test_a_count_mode_scanner_refuses_a_bundle_at_its_scan(tmp_path: Path, hub: Hub) -> None:
+    """The same count through a back-office scanner in count mode: each scan was booked as a count of the gift
+    set, which the hub refused after the operator had counted the shelf. It is refused at the scan now."""
+    catalog = AgentCatalog(hub_url=hub.url, token=hub.token, cache=tmp_path / "catalog-cache.json")
+    await catalog.refresh()
+    await catalog.stop()
+    section = ScannerSection(
+        id="shelf", type="serial", mode="count",
+        device=hardware.SerialScannerConfig(reader_id="shelf", port="/dev/serial/by-id/unused"),
+    )  # fmt: skip
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=hub.agent_id, location="S001") as outbox:
+        router = ModeRouter(outbox, catalog, [section], location="S001")
+        outcomes = []
+        for code in (KIT, MUG):
+            raw = hardware.Scan("shelf", code.encode(), 0)
+            outcomes.append(await router.route("shelf", raw, hardware.decode(raw.text), None))
+        kit, mug = outcomes
+        assert (kit.result, mug.result, mug.qty) == (ScanResult.FAILED, ScanResult.BOOKED, 1)
+        assert kit.message == (
+            f"Scan {KIT!r} is GIFT-SET, a bundle (a kit or set made of other SKUs), which the hub does not take a count"
+            " of; nothing was booked: count each of its parts instead."
+        ), kit.message
+        assert [(ev.sku, ev.kind, ev.qty) for ev in await outbox.pending(10)] == [("MUG", Kind.COUNT, 1)]
