@@ -32,6 +32,11 @@ partitions of the locations it has stored events in (``agent_locations``, which 
 that stores the agent's first event of a location). An (agent_id, event_id) stays one event under every
 location because each batch holds its sender's lock (``sender_lockable``): it sees what the sender's batch
 before it stored, wherever, before it stores an id.
+
+Every lock round also takes the migration lock shared (``MIGRATION_LOCK_SHARED``), and ``preload`` reads the
+schema version after it: a hub of a newer version migrating the database waits for the batches in flight, and a
+batch after its migration is refused (``NewerSchema``, a 503) by a hub that does not know what the new schema
+needs of an ingest.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ from hub.storage.ingest import (
     stock_row,
 )
 from hub.storage.postgres.feed import append_changes, append_ctes, change_rows
+from hub.storage.postgres.schema import check_not_newer
 from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import (
     BUNDLE_PART_FIELDS,
@@ -93,8 +99,10 @@ EVENT_COLUMNS = [*EVENT_FIELDS.split(", "), "effect", "variance", "received_at_m
 # Every stock write takes the bundle recipes' lock shared, first, with its own locks; setting a recipe takes it
 # alone (``PostgresIngest.lock_recipes``), so no write reads the recipes while one is being set (schema v6).
 RECIPES_LOCK = int.from_bytes(hashlib.blake2b(b"shelfsync bundle recipes", digest_size=8).digest(), "big", signed=True)
+# A migration takes it alone (hub.storage.postgres.schema.MIGRATION_LOCK_SQL): it waits for the writes in flight.
+MIGRATION_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('shelfsync.migrate.' || current_schema()))"
 LOCK_SQL = (
-    f"SELECT pg_advisory_xact_lock_shared({RECIPES_LOCK}) UNION ALL "
+    f"{MIGRATION_LOCK_SHARED} UNION ALL SELECT pg_advisory_xact_lock_shared({RECIPES_LOCK}) UNION ALL "
     "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k"
 )
 
@@ -171,13 +179,14 @@ def text_list(values: Sequence[str]) -> tuple[str | None, list[str] | None]:
 # The keys travel as two texts (``text_list``): asyncpg checks each element of an array parameter against three
 # abstract base classes in Python, ~1 µs a text, so the ~860 texts of a batch's keys cost the hub 1.0 ms as two
 # text[] and 0.13 ms as two texts split by PostgreSQL, at the same cost there (0.10–0.17 ms; 3 × 300 calls each).
-PRELOAD_STOCK_FROM = 6  # the row's first stock column
+PRELOAD_STOCK_FROM = 7  # the row's first stock column
 PRELOAD_SQL = (
     "SELECT EXISTS (SELECT 1 FROM quarantine WHERE agent_id = $1), EXISTS (SELECT 1 FROM bundle_parts), "
     "ARRAY(SELECT ROW(event_id, location) FROM agent_event_ids($1, $2, $3, $4, NULL)), "
     "(SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
     "(SELECT chain FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
-    "ARRAY(SELECT location FROM agent_locations WHERE agent_id = $1), stock.* FROM "
+    "ARRAY(SELECT location FROM agent_locations WHERE agent_id = $1), "
+    "(SELECT max(version) FROM schema_migrations), stock.* FROM "
     f"(SELECT {', '.join(f'array_agg(s.{c})' for c in STOCK_FIELDS.split(', '))} "
     f"FROM unnest({text_list_sql('$5', '$8')}, {text_list_sql('$6', '$9')}) AS k(location, sku) "
     "JOIN stock s ON s.location = k.location AND s.sku = k.sku) AS stock"
@@ -303,6 +312,7 @@ class PostgresIngest:
             PRELOAD_SQL, agent_id, low, high, limit, locations_joined, skus_joined, batch.epoch, locations_list, skus_list
         )  # fmt: skip
         assert row is not None
+        check_not_newer(row[6])  # migrated by a newer hub since this one started: it must not write
         in_range = row[2]
         stock = row[PRELOAD_STOCK_FROM:]  # one array per column, or all NULL: no key has a row
         self._pre = _Preloaded(

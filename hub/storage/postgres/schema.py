@@ -26,6 +26,25 @@ MIGRATIONS: dict[int, Migration] = migrations("hub.storage.postgres")
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
+class NewerSchema(StoreError):
+    """The database was migrated past what this shelfsync knows: a hub of a newer version did it (an upgrade under
+    way, docs/scaling.md). This hub must not write to it — the newer schema may keep something every ingest has to
+    maintain that this code does not know of — so it answers 503 and fails its health check until it is replaced."""
+
+    def __init__(self, version: int, where: str, running: bool) -> None:
+        self.version = version
+        what = "this hub runs" if running else "this shelfsync understands"
+        action = "replace this hub with the newer version" if running else "upgrade shelfsync"
+        database = f"the hub database {where}" if where else "the hub database"
+        super().__init__(f"{database} has schema version {version}, newer than {what} ({SCHEMA_VERSION}); {action}")
+
+
+def check_not_newer(version: int, where: str = "", *, running: bool = True) -> None:
+    """``NewerSchema`` when ``version`` is past this shelfsync's."""
+    if version > SCHEMA_VERSION:
+        raise NewerSchema(version, where, running)
+
+
 async def schema_version(conn: asyncpg.Connection) -> int:
     if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
         return 0
@@ -42,11 +61,7 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
             await conn.execute("SET LOCAL lock_timeout = 0")  # a hub starting waits for the one migrating, however long
             await conn.execute(MIGRATION_LOCK_SQL)
             version = await schema_version(conn)
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the hub database {where} has schema version {version}, newer than this shelfsync "
-                    f"understands ({SCHEMA_VERSION}); upgrade shelfsync"
-                )
+            check_not_newer(version, where, running=False)
             if version == SCHEMA_VERSION:
                 break
             step = version + 1

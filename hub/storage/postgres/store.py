@@ -39,7 +39,7 @@ from hub.storage.bundles import BundleReads
 from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
 from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
-from hub.storage.postgres.schema import SCHEMA_VERSION, migrate, schema_version
+from hub.storage.postgres.schema import SCHEMA_VERSION, check_not_newer, migrate, schema_version
 from hub.storage.store import SqlHubStore
 
 log = logging.getLogger(__name__)
@@ -311,12 +311,14 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     async def health(self) -> dict[str, Any]:
         async def work(conn: asyncpg.Connection) -> dict[str, Any]:
+            version = await schema_version(conn)
+            check_not_newer(version, redacted(self.url))  # a hub a newer one migrated past is taken out of service
             return {
                 "ok": True,
                 "backend": "postgresql",
                 "database": redacted(self.url),
                 "hub_id": self.hub_id,
-                "schema_version": await schema_version(conn),
+                "schema_version": version,
                 "pool_size": self._pool.get_size(),
                 "pool_idle": self._pool.get_idle_size(),
             }

@@ -1,0 +1,74 @@
+"""Several hubs on one PostgreSQL during an upgrade (docs/scaling.md): one hub of the new version migrates the
+database while hubs of the old version still run. From that moment an old hub must not write — a newer schema may
+keep something every ingest has to maintain that the old code does not know of (version 7 added
+``agent_locations``, by which a resend is found) — and its ``/healthz`` must fail, so a load balancer takes it out
+until it is replaced.
+
+A real ``python -m hub serve`` process of this version plays the old hub; the newer shelfsync's migration is a
+transaction that, under the migration lock, adds a table and records version SCHEMA_VERSION + 1, as ``migrate`` does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from hub.storage import open_store
+from hub.storage.postgres.schema import MIGRATION_LOCK_SQL, SCHEMA_VERSION
+from protocol import MSGPACK_CONTENT_TYPE, Kind, StockEvent, SyncRequest, encode_sync_request, new_event_id, pack_hlc
+from tests.harness.commands import hub_env
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port
+
+WAIT_S = 30.0
+
+
+def _batch(agent_id: str, seq: int) -> bytes:
+    at = pack_hlc(int(time.time() * 1000), 0)
+    event = StockEvent(new_event_id(), agent_id, 1, seq, "L1", "SKU-1", Kind.RECEIVE, 1, at, at >> 16, "api:test")
+    return encode_sync_request(SyncRequest(agent_id, 1, (event,)))
+
+
+async def _newer_shelfsync_migrates(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(MIGRATION_LOCK_SQL)
+            await conn.execute("CREATE TABLE newer_bookkeeping (agent_id text PRIMARY KEY)")
+            await conn.execute("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, 0)", SCHEMA_VERSION + 1)
+    finally:
+        await conn.close()
+
+
+async def test_a_running_hub_stops_writing_and_fails_its_health_check_once_a_newer_hub_migrated(
+    pg_url: str, tmp_path: Path
+) -> None:
+    async with open_store(pg_url) as store:
+        agent_id, token = await store.add_agent(["L1"])
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+    with HubProcess(tmp_path / "old-hub.log", db=pg_url, port=free_port(), env=hub_env()) as old_hub:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+            async with session.post(f"{old_hub.url}/v1/sync", data=_batch(agent_id, 1), headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+
+            await _newer_shelfsync_migrates(pg_url)
+
+            async with session.get(f"{old_hub.url}/healthz") as resp:
+                health = await resp.json()
+                assert resp.status == 503, health
+            assert f"schema version {SCHEMA_VERSION + 1}" in health["detail"], health
+            assert "replace this hub" in health["detail"], health
+            async with session.post(f"{old_hub.url}/v1/sync", data=_batch(agent_id, 2), headers=headers) as resp:
+                refusal = await resp.json()
+                assert resp.status == 503, refusal
+                assert resp.headers.get("Retry-After"), resp.headers  # the agent resends, to a hub of the new version
+            assert f"schema version {SCHEMA_VERSION + 1}" in refusal["detail"], refusal
+    assert "replace this hub" in old_hub.log, old_hub.log
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM events") == 1  # the second batch was not stored
+    finally:
+        await conn.close()
