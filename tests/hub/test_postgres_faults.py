@@ -33,6 +33,7 @@ from protocol import (
 from tests.harness.inprocess import hub_in_process
 
 WAIT_S = 30.0  # the bound on every wait of these tests
+WAITING_ON_STOCK_SQL = "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND relation = 'stock'::regclass"
 
 
 class Agent:
@@ -227,3 +228,58 @@ async def test_a_driver_future_failed_by_a_session_end_is_one_info_line(
             assert [type(c["exception"]) for c in seen] == [RuntimeError, asyncpg.ConnectionDoesNotExistError]
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_requests_beyond_the_pool_are_answered_503_not_queued_behind_an_operators_lock(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's psql holds ``LOCK TABLE stock`` in an open transaction: every sync waits on it until
+    lock_timeout, and with more syncs than the pool's connections the rest used to queue for a connection
+    behind them — a queue one lock_timeout deep per round of POOL_MAX_SIZE, so a busy hub answered its agents
+    (30 s timeout) and its load balancer's /healthz with nothing at all. A request that finds no free connection
+    within POOL_ACQUIRE_TIMEOUT_S is answered 503 with Retry-After, saying why."""
+    monkeypatch.setattr(postgres_store, "POOL_ACQUIRE_TIMEOUT_S", 0.5, raising=False)  # small bounds for the test
+    monkeypatch.setattr(postgres_store, "SESSION_DEFAULTS", {**SESSION_DEFAULTS, "lock_timeout": "20s"})
+    async with hub_in_process(pg_url, rate_limit_per_s=0) as hub:
+        agents = [await _agent(hub.store, f"L{i}") for i in range(postgres_store.POOL_MAX_SIZE + 5)]
+        operator = await asyncpg.connect(pg_url.split("?")[0], server_settings=with_search_path(pg_url))
+        watcher = await asyncpg.connect(pg_url.split("?")[0], server_settings=with_search_path(pg_url))
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+                headers = {"Content-Type": MSGPACK_CONTENT_TYPE}
+                lock = operator.transaction()
+                await lock.start()
+                await operator.execute("LOCK TABLE stock IN ACCESS EXCLUSIVE MODE")
+
+                async def sync(agent: Agent) -> tuple[int, str, str | None]:
+                    auth = {**headers, "Authorization": f"Bearer {agent.token}"}
+                    async with session.post(f"{hub.url}/v1/sync", data=agent.body(), headers=auth) as resp:
+                        return resp.status, await resp.text(), resp.headers.get("Retry-After")
+
+                syncs = [asyncio.ensure_future(sync(a)) for a in agents]
+                try:
+                    async with asyncio.timeout(WAIT_S):  # every connection of the hub waits on the lock
+                        while await watcher.fetchval(WAITING_ON_STOCK_SQL) < postgres_store.POOL_MAX_SIZE:
+                            await asyncio.sleep(0.05)
+                    async with session.get(f"{hub.url}/healthz") as resp:  # answered while the lock is still held
+                        health = await resp.json()
+                    assert resp.status == 503, health
+                    assert "connections" in health["detail"], health
+                    answers = []
+                    for done in asyncio.as_completed(syncs):
+                        answers.append(await done)
+                        if any(a[0] == 503 and "connections" in a[1] for a in answers):
+                            break
+                    busy = [a for a in answers if a[0] == 503 and "connections" in a[1]]
+                    assert busy, answers
+                    assert busy[0][2], busy  # Retry-After
+                finally:
+                    await lock.rollback()
+                    await asyncio.gather(*syncs, return_exceptions=True)
+                async with asyncio.timeout(WAIT_S):  # the lock gone, every agent's batch is stored
+                    for agent in agents:
+                        while await agent.sync(session, hub.url) != 200:
+                            await asyncio.sleep(0.05)
+        finally:
+            await operator.close()
+            await watcher.close()

@@ -48,6 +48,10 @@ T = TypeVar("T")
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10  # connections per hub process; N hubs need N × this below max_connections
+# A request waits this long for a free connection, then is answered 503: with every connection waiting on a lock
+# (an operator's LOCK TABLE, a stalled hub) the queue behind them would grow one lock_timeout per round of the pool,
+# past the agents' 30 s timeout and the load balancer's health check, which would then hear nothing at all.
+POOL_ACQUIRE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 30.0
 TX_ATTEMPTS = 10
@@ -135,6 +139,16 @@ class _OrphanedWaiterFilter:
             loop.set_exception_handler(cls(handler))
 
 
+class PoolBusy(StoreError):
+    """No connection of the hub's pool came free in time: answered 503 (Retry-After) rather than queued."""
+
+    def __init__(self, size: int, waited_s: float) -> None:
+        super().__init__(
+            f"all {size} database connections of this hub stayed busy for {waited_s:g} s "
+            "(waiting on a lock in the database, or more requests than they carry)"
+        )
+
+
 def _consume_result(task: asyncio.Task[Any]) -> None:
     """Mark a write's error as seen, for callers that were cancelled while waiting."""
     if not task.cancelled():
@@ -210,13 +224,19 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; one whose connection failed (``CONNECTION_ERRORS``) is closed, not pooled again."""
-        async with self._pool.acquire() as conn:
-            try:
-                yield conn
-            except CONNECTION_ERRORS:
-                conn.terminate()  # the pool opens a new one in its place
-                raise
+        """A pooled connection; one whose connection failed (``CONNECTION_ERRORS``) is closed, not pooled again.
+        ``PoolBusy`` when none is free within ``POOL_ACQUIRE_TIMEOUT_S``."""
+        try:
+            conn: asyncpg.Connection = await self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S)
+        except TimeoutError:
+            raise PoolBusy(POOL_MAX_SIZE, POOL_ACQUIRE_TIMEOUT_S) from None
+        try:
+            yield conn
+        except CONNECTION_ERRORS:
+            conn.terminate()  # the pool opens a new one in its place
+            raise
+        finally:
+            await self._pool.release(conn)
 
     # --- transactions ------------------------------------------------------
 
