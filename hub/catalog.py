@@ -43,7 +43,7 @@ from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
 from hub.config import url_problem
 from hub.storage import open_store
 from hub.storage.base import AgentIdentity, CatalogItem, HubError, InvalidInput, LedgerRow
-from hub.storage.checks import CATALOG_ITEMS_MAX, PACK_SIZE_MAX
+from hub.storage.checks import CATALOG_ITEMS_MAX, DESCRIPTION_MAX_LEN, PACK_SIZE_MAX
 from hub.storage.checks import catalog_items as check_catalog_items
 from hub.storage.interfaces import CatalogStore, RebookingStore
 from protocol import Kind, ProtocolError, StockEvent, derived_event_id, event_id_hex, values
@@ -368,6 +368,18 @@ def _item(fields: dict[str, str]) -> CatalogItem:
     return item
 
 
+def _unreadable(err: csv.Error) -> str:
+    """Why the reader stopped, in words: the csv module's "field larger than field limit" is a field far longer
+    than any catalog field (a pasted document, or a quote opened and never closed before it), not always a quote."""
+    if "field limit" in str(err):
+        return (
+            f"a field is over {csv.field_size_limit():,} characters, longer than any catalog field can be "
+            f"(a description holds at most {DESCRIPTION_MAX_LEN}); if a double quote opens a field there and never "
+            "closes, close it"
+        )
+    return f"{err}; a field that starts with a double quote must end with one"
+
+
 def parse_csv(data: bytes) -> list[CatalogItem]:
     """The items of a catalog CSV (a header row naming barcode, sku and optionally pack_size, description; comma,
     semicolon or tab separated), or ``CatalogCsvError`` naming every row that cannot be used, by line."""
@@ -412,8 +424,8 @@ def parse_csv(data: bytes) -> list[CatalogItem]:
                 )
                 continue  # fmt: skip
             items.setdefault(item.barcode, (start, item))
-    except csv.Error as err:  # a quote never closed: the rest of the file cannot be read as rows
-        problems.append(RowProblem(line, f"{err}; a field that starts with a double quote must end with one"))
+    except csv.Error as err:  # a quote never closed, or a field past the limit: the rest cannot be read as rows
+        problems.append(RowProblem(line, _unreadable(err)))
     if columns is None and not problems:
         problems.append(RowProblem(1, f"the file is empty; the first line must name the columns, e.g. "
                                    f"{','.join(CSV_HEADER)}"))  # fmt: skip

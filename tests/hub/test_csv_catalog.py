@@ -119,6 +119,8 @@ async def test_a_bad_file_names_every_bad_row_by_line_and_writes_nothing(
         (b"barcode,sku,name,description\n1,A,b,c\n", 1, "names description more than once"),
         (b"barcode,sku\n1,A\n\xff\xfe,B\n", 3, "not UTF-8"),
         (b'barcode,sku\n1,A\n2,"B\n3,C\n', 3, "must end with one"),  # an unclosed quote swallows the rest
+        # a field past the csv module's limit, unquoted: not blamed on a quote the row does not have
+        (b"barcode,sku,description\n1,A,a\n2,B," + b"x" * 200_000 + b"\n3,C,c\n", 3, "longer than any catalog field"),
     ],
 )
 async def test_a_file_the_hub_cannot_read_is_one_400(
