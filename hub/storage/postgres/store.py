@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 
+from hub.clock_window import span
 from hub.resolver import StockKey
 from hub.storage.base import StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
@@ -41,6 +42,7 @@ from hub.storage.ingest import Batch, IngestTx
 from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
 from hub.storage.postgres.schema import SCHEMA_VERSION, check_not_newer, migrate, schema_version
 from hub.storage.store import SqlHubStore
+from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,10 @@ RETRY_MAX_S = 0.5
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 UNIQUE_VIOLATION = "23505"  # an event id another hub stored meanwhile: the retry sees it as stored
 SERVER_SETTINGS = {"application_name": "shelfsync-hub"}
+# A hub's clock this far from the database server's is named in the log at start: every hub judges event times by
+# its own clock (the clock window), and the server's is the one clock the hubs share.
+CLOCK_OFFSET_WARN_MS = 5_000
+SERVER_CLOCK_SQL = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 # The hub store's sessions start with these PostgreSQL settings unless the URL gives its own (?lock_timeout=2s).
 # A hub that stalls inside a transaction — paused, swapped out, cut off from the network — keeps its locks (the
 # change counter's row, its sender's advisory lock) and every other hub's ingest would wait on them for ever:
@@ -149,6 +155,14 @@ class PoolBusy(StoreError):
         )
 
 
+async def clock_offset_ms(conn: asyncpg.Connection) -> int:
+    """How far this process's clock is ahead of the database server's (negative: behind), halfway through a
+    round trip."""
+    before_ms = wall_ms_now()
+    server_ms = int(await conn.fetchval(SERVER_CLOCK_SQL))
+    return (before_ms + wall_ms_now()) // 2 - server_ms
+
+
 def _consume_result(task: asyncio.Task[Any]) -> None:
     """Mark a write's error as seen, for callers that were cancelled while waiting."""
     if not task.cancelled():
@@ -196,6 +210,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         try:
             async with pool.acquire() as conn:
                 hub_id = await migrate(conn, where)
+                offset_ms = await clock_offset_ms(conn)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
             await pool.close()
             raise StoreError(f"cannot open the hub database {where}: {err}") from err
@@ -204,6 +219,13 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
             raise
         _OrphanedWaiterFilter.install(asyncio.get_running_loop())
         log.info("Opened the hub database %s (schema version %d).", where, SCHEMA_VERSION)
+        if abs(offset_ms) > CLOCK_OFFSET_WARN_MS:
+            log.warning(
+                "This hub's clock is %s %s the database server's: the clock window judges events by it, so a store "
+                "with a right clock may have its events held in quarantine at this hub; fix this machine's clock "
+                "(NTP) or the server's, whichever is wrong.",
+                span(offset_ms), "ahead of" if offset_ms > 0 else "behind",
+            )  # fmt: skip
         return cls(url, pool, hub_id)
 
     async def close(self) -> None:
@@ -339,6 +361,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 "database": redacted(self.url),
                 "hub_id": self.hub_id,
                 "schema_version": version,
+                "clock_offset_ms": await clock_offset_ms(conn),
                 "pool_size": self._pool.get_size(),
                 "pool_idle": self._pool.get_idle_size(),
             }
