@@ -10,6 +10,7 @@ transaction that, under the migration lock, adds a table and records version SCH
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -72,3 +73,31 @@ async def test_a_running_hub_stops_writing_and_fails_its_health_check_once_a_new
         assert await conn.fetchval("SELECT count(*) FROM events") == 1  # the second batch was not stored
     finally:
         await conn.close()
+
+
+def test_a_hub_starting_behind_a_held_schema_lock_says_it_waits_then_starts(pg_url: str, tmp_path: Path) -> None:
+    """An operator's psql holds schema_migrations in an open transaction (or a hub is in a long migration): a hub
+    starting then waits for it — and used to wait in silence, neither serving nor logging a line."""
+
+    async def hold_then_start() -> None:
+        async with open_store(pg_url):
+            pass
+        operator = await asyncpg.connect(pg_url)
+        try:
+            async with operator.transaction():
+                await operator.execute("LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
+                hub.spawn()
+                async with asyncio.timeout(WAIT_S):
+                    while "still waiting" not in hub.run_log:
+                        assert hub.running, hub.log
+                        await asyncio.sleep(0.1)
+            await asyncio.to_thread(hub.wait_ready)  # the lock gone, it starts
+        finally:
+            await operator.close()
+
+    hub = HubProcess(tmp_path / "hub.log", db=pg_url, port=free_port(), env=hub_env())
+    try:
+        asyncio.run(hold_then_start())
+    finally:
+        hub.close()
+    assert "another session holds its schema's lock" in hub.log, hub.log

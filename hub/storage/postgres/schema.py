@@ -7,8 +7,11 @@ waits, then finds the work done.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -18,6 +21,7 @@ from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
 
+MIGRATION_WAIT_LOG_S = 5.0  # while a starting hub waits for the schema's lock, a log line this often
 MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('shelfsync.migrate.' || current_schema()))"
 
 
@@ -51,6 +55,29 @@ async def schema_version(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_migrations"))
 
 
+@contextlib.asynccontextmanager
+async def _waiting_said(where: str) -> AsyncIterator[None]:
+    """While the body waits (for the migration lock and the schema's version), a line every
+    ``MIGRATION_WAIT_LOG_S``: without it a hub starting behind a long migration or an operator's open transaction
+    on schema_migrations waited in silence, neither serving nor saying why."""
+
+    async def say() -> None:
+        waited_s = 0.0
+        while True:
+            await asyncio.sleep(MIGRATION_WAIT_LOG_S)
+            waited_s += MIGRATION_WAIT_LOG_S
+            log.warning(
+                "Waited %.0f s to open the hub database %s: another session holds its schema's lock (a hub "
+                "migrating it, or an open transaction on schema_migrations); still waiting.", waited_s, where,
+            )  # fmt: skip
+
+    task = asyncio.ensure_future(say())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 async def migrate(conn: asyncpg.Connection, where: str) -> str:
     """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id."""
     if await conn.fetchval("SELECT current_schema()") is None:
@@ -59,8 +86,9 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
     while version < SCHEMA_VERSION:
         async with conn.transaction():
             await conn.execute("SET LOCAL lock_timeout = 0")  # a hub starting waits for the one migrating, however long
-            await conn.execute(MIGRATION_LOCK_SQL)
-            version = await schema_version(conn)
+            async with _waiting_said(where):
+                await conn.execute(MIGRATION_LOCK_SQL)
+                version = await schema_version(conn)
             check_not_newer(version, where, running=False)
             if version == SCHEMA_VERSION:
                 break
