@@ -44,7 +44,7 @@ from hub.config import (
 from hub.resolver import is_location
 from hub.server import DatabaseMoved, run_serving, serve
 from hub.storage import open_store
-from hub.storage.base import ROLES, AgentStatus, HubError
+from hub.storage.base import ROLES, AgentStatus, DatabaseUnreachable, HubError
 from hub.storage.credentials import check_agent_id
 from hub.storage.interfaces import CredentialStore
 from hub.views import iso_ms
@@ -52,7 +52,7 @@ from protocol.entry import package_version  # shelfsync-hub --version answers be
 
 PROG = "shelfsync-hub"
 EXIT_OK = 0
-EXIT_RESTART = 1  # the hub stopped for a reason a restart fixes (hub/server.py DatabaseMoved)
+EXIT_RESTART = 1  # the hub stopped for a reason a restart fixes (DatabaseMoved, DatabaseUnreachable)
 EXIT_ERROR = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONFIG_FILE_MODE = 0o600  # an agent configuration holds its token
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "backup":
             return _backup(settings, args.to, sys.stdout, sys.stderr)
         return asyncio.run(_agent_command(args, settings, sys.stdout))
-    except DatabaseMoved as err:  # not a configuration error: the service is to start the hub again
+    except (DatabaseMoved, DatabaseUnreachable) as err:  # not a configuration error: the service starts it again
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_RESTART
     except (HubError, OSError) as err:

@@ -31,6 +31,12 @@ class StoreError(HubError):
     """The database failed or cannot be used (the message says which, the cause is chained)."""
 
 
+class DatabaseUnreachable(StoreError):
+    """The database server could not be reached, or would not take a session yet (down, starting, shutting down,
+    out of connection slots), when the store was opened: not a configuration error, so the hub's service starts
+    the hub again (exit status 1) rather than leaving it down (2)."""
+
+
 class Forbidden(HubError):
     """The credential may not do this (a reader sending stock events)."""
 

@@ -11,8 +11,10 @@ transaction that, under the migration lock, adds a table and records version SCH
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -20,7 +22,7 @@ import asyncpg
 from hub.storage import open_store
 from hub.storage.postgres.schema import MIGRATION_LOCK_SQL, SCHEMA_VERSION
 from protocol import MSGPACK_CONTENT_TYPE, Kind, StockEvent, SyncRequest, encode_sync_request, new_event_id, pack_hlc
-from tests.harness.commands import hub_env
+from tests.harness.commands import hub_env, run_hub
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port
 
@@ -101,3 +103,24 @@ def test_a_hub_starting_behind_a_held_schema_lock_says_it_waits_then_starts(pg_u
     finally:
         hub.close()
     assert "another session holds its schema's lock" in hub.log, hub.log
+
+
+def test_a_hub_started_while_its_postgresql_is_down_exits_for_a_restart_not_as_misconfigured(
+    pg_server: str, pg_url: str
+) -> None:
+    """The hub's unit restarts it on failure but not on exit status 2, a configuration error. A hub started while
+    PostgreSQL is down (a reboot that starts the hub first, a restart or failover of the server under way) exited 2
+    and stayed down for good. It exits 1 now, in one sentence, and the service starts it again; a wrong password
+    is still a configuration error."""
+    with socket.socket() as s:  # a port nothing listens on: the server is down
+        s.bind(("127.0.0.1", 0))
+        down = pg_server.replace(urlsplit(pg_server).netloc.split("@")[1], f"127.0.0.1:{s.getsockname()[1]}")
+        result = run_hub("serve", "--db", down, "--port", "0", env=hub_env())
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach the hub database" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+    wrong_password = pg_url.replace(f":{urlsplit(pg_url).password}@", ":not-the-password@")
+    result = run_hub("serve", "--db", wrong_password, "--port", "0", env=hub_env())
+    assert result.returncode == 2, result.stderr
+    assert "password" in result.stderr, result.stderr

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from hub.resolver import resolve
 from hub.storage import AgentIdentity, HubStore, StoreError, StoreOpener, open_store
-from hub.storage.base import Effect
+from hub.storage.base import DatabaseUnreachable, Effect
 from hub.storage.ingest import prepare_batch
 from hub.storage.postgres import PostgresHubStore
 from hub.storage.postgres.ingest import (
@@ -96,7 +96,9 @@ async def test_open_store_picks_postgresql_by_url(pg_url: str, scheme: str) -> N
 
 
 async def test_an_unreachable_server_is_one_clear_error(pg_server: str) -> None:
-    with pytest.raises(StoreError, match=r"cannot open the hub database postgresql://hub:\*\*\*@127.0.0.1:1/hub"):
+    with pytest.raises(
+        DatabaseUnreachable, match=r"cannot reach the hub database postgresql://hub:\*\*\*@127.0.0.1:1/hub"
+    ):
         await PostgresHubStore.open("postgresql://hub:secret@127.0.0.1:1/hub")
 
 

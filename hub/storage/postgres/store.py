@@ -35,7 +35,7 @@ import asyncpg
 
 from hub.clock_window import span
 from hub.resolver import StockKey
-from hub.storage.base import StoreClosed, StoreError, StoreOpener
+from hub.storage.base import DatabaseUnreachable, StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
@@ -82,6 +82,17 @@ SESSION_DEFAULTS = {
     "tcp_keepalives_count": "3",
     "tcp_user_timeout": "60000",  # ms: unacknowledged data to a vanished hub ends the session too
 }
+# Opening the store failed for a reason that passes by itself: the server is down, starting, shutting down (a
+# restart, a failover) or out of connection slots.
+UNREACHABLE_AT_OPEN = (
+    OSError,  # refused, unreachable, reset; a name not resolved yet at boot
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,  # 57P03: the database system is starting up
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
 # The connection, not the statement, failed: the server is gone or ended the session (a restart, a failover,
 # pg_terminate_backend), or the driver lost track of where the protocol stands — asyncpg's InternalClientError
 # ("cannot switch to state 12; another operation (2) is in progress") when a session ends between its last
@@ -155,6 +166,14 @@ class PoolBusy(StoreError):
         )
 
 
+def _open_error(where: str, err: BaseException) -> StoreError:
+    """Why the store could not be opened: ``DatabaseUnreachable`` when the server is down or not taking sessions
+    yet (a restart fixes it), else a ``StoreError`` (a wrong password, database or URL: the operator must)."""
+    if isinstance(err, UNREACHABLE_AT_OPEN):
+        return DatabaseUnreachable(f"cannot reach the hub database {where}: {err or type(err).__name__}")
+    return StoreError(f"cannot open the hub database {where}: {err or type(err).__name__}")
+
+
 async def clock_offset_ms(conn: asyncpg.Connection) -> int:
     """How far this process's clock is ahead of the database server's (negative: behind), halfway through a
     round trip."""
@@ -206,14 +225,14 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 reset=_keep_session,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as err:
-            raise StoreError(f"cannot open the hub database {where}: {err or type(err).__name__}") from err
+            raise _open_error(where, err) from err
         try:
             async with pool.acquire() as conn:
                 hub_id = await migrate(conn, where)
                 offset_ms = await clock_offset_ms(conn)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
             await pool.close()
-            raise StoreError(f"cannot open the hub database {where}: {err}") from err
+            raise _open_error(where, err) from err
         except BaseException:
             await pool.close()
             raise
