@@ -25,6 +25,7 @@ from protocol import (
 from tests.harness.inprocess import hub_in_process
 
 RAN = "window.__hostile_ran"
+DAY_MS = 86_400_000
 SKU_HTML = '<img src=x onerror="window.__hostile_ran=1">'
 SKU_SCRIPT = "</script><script>window.__hostile_ran=2</script>"
 SKU_LINK = "javascript:window.__hostile_ran=3"
@@ -58,6 +59,12 @@ async def hostile_shop(tmp_path: Path) -> AsyncIterator[HostileShop]:
             )
             for i, (sku, kind, qty, ref, reason) in enumerate(moves)
         )  # fmt: skip
+        ahead = pack_hlc(now + 3 * DAY_MS, 0)  # held in quarantine: its time is days ahead of the hub's clock
+        held = StockEvent(
+            new_event_id(), agent_id, 1, next(seq), "S001", SKU_HTML, Kind.RECEIVE, 1, ahead, now, "scanner:till",
+            REF, REASON, {"note": SKU_SCRIPT},
+        )  # fmt: skip
+        events = (*events, held)
         resp = await client.post(
             "/v1/sync",
             data=encode_sync_request(SyncRequest(agent_id, 1, events)),
@@ -90,6 +97,10 @@ async def test_html_and_script_in_names_are_shown_as_text_and_never_run(
         await expect(page.locator("#sku-ledger tbody tr")).to_have_count(1)
         if sku != SKU_HTML:
             await expect(page.locator("#sku-ledger")).to_contain_text(REF)
+    await page.click("nav a[data-view=quarantine]")
+    await expect(page.locator("#view")).to_contain_text(SKU_HTML)  # the held event, its SKU as text
+    await page.click("nav a[data-view=variance]")
+    await expect(page.locator("#view")).to_contain_text(SKU_LINK)  # the count's variance
     await page.locator("#view").hover()
     assert await page.evaluate(RAN) is None
     # nothing of the names became markup: no element the page did not make itself
