@@ -1,5 +1,5 @@
 """Several hubs on one PostgreSQL during an upgrade (docs/scaling.md): one hub of the new version migrates the
-database while hubs of the old version still run. From that moment an old hub must not write — a newer schema may
+database while hubs of the old version still run. From that moment an old hub must not ingest — a newer schema may
 keep something every ingest has to maintain that the old code does not know of (version 7 added
 ``agent_locations``, by which a resend is found) — and its ``/healthz`` must fail, so a load balancer takes it out
 until it is replaced.

@@ -312,7 +312,7 @@ class PostgresIngest:
             PRELOAD_SQL, agent_id, low, high, limit, locations_joined, skus_joined, batch.epoch, locations_list, skus_list
         )  # fmt: skip
         assert row is not None
-        check_not_newer(row[6])  # migrated by a newer hub since this one started: it must not write
+        check_not_newer(row[6])  # migrated by a newer hub since this one started: it must not ingest
         in_range = row[2]
         stock = row[PRELOAD_STOCK_FROM:]  # one array per column, or all NULL: no key has a row
         self._pre = _Preloaded(

@@ -32,8 +32,8 @@ SCHEMA_VERSION = max(MIGRATIONS)
 
 class NewerSchema(StoreError):
     """The database was migrated past what this shelfsync knows: a hub of a newer version did it (an upgrade under
-    way, docs/scaling.md). This hub must not write to it — the newer schema may keep something every ingest has to
-    maintain that this code does not know of — so it answers 503 and fails its health check until it is replaced."""
+    way, docs/scaling.md). This hub must not ingest into it — the newer schema may keep something every ingest has
+    to maintain that this code does not know of — so it answers 503 and fails its health check until it is replaced."""
 
     def __init__(self, version: int, where: str, running: bool) -> None:
         self.version = version
