@@ -69,6 +69,11 @@ async def test_a_running_hub_stops_writing_and_fails_its_health_check_once_a_new
                 assert resp.status == 503, refusal
                 assert resp.headers.get("Retry-After"), resp.headers  # the agent resends, to a hub of the new version
             assert f"schema version {SCHEMA_VERSION + 1}" in refusal["detail"], refusal
+            event = {"id": "web-1", "location": "L1", "sku": "SKU-1", "kind": "receive", "qty": 1}
+            posted = {"events": [{**event, "occurred_at": int(time.time() * 1000)}]}
+            auth = {"Authorization": f"Bearer {token}"}
+            async with session.post(f"{old_hub.url}/v1/events", json=posted, headers=auth) as resp:
+                assert resp.status == 503, await resp.text()  # an event post is a batch too
     assert "replace this hub" in old_hub.log, old_hub.log
     conn = await asyncpg.connect(pg_url)
     try:
