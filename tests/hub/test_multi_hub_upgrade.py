@@ -20,6 +20,7 @@ import aiohttp
 import asyncpg
 
 from hub.storage import open_store
+from hub.storage.postgres.ingest import MIGRATION_LOCK_SHARED
 from hub.storage.postgres.schema import MIGRATION_LOCK_SQL, SCHEMA_VERSION
 from protocol import MSGPACK_CONTENT_TYPE, Kind, StockEvent, SyncRequest, encode_sync_request, new_event_id, pack_hlc
 from tests.harness.commands import hub_env, run_hub
@@ -129,3 +130,19 @@ def test_a_hub_started_while_its_postgresql_is_down_exits_for_a_restart_not_as_m
     result = run_hub("serve", "--db", wrong_password, "--port", "0", env=hub_env())
     assert result.returncode == 2, result.stderr
     assert "password" in result.stderr, result.stderr
+
+
+async def test_a_hub_starting_on_a_current_schema_does_not_wait_for_the_batches_in_flight(pg_url: str) -> None:
+    """Every batch holds the migration lock shared until it commits, so that a migration waits for it. A hub
+    starting on a schema already current has nothing to migrate: it must not queue for that lock alone, which
+    would also hold up every batch that arrives after it, on every hub, until the slowest one in flight ended."""
+    async with open_store(pg_url):
+        pass
+    in_flight = await asyncpg.connect(pg_url)  # a batch of another hub, holding the lock shared
+    try:
+        async with in_flight.transaction():
+            await in_flight.execute(MIGRATION_LOCK_SHARED)
+            async with asyncio.timeout(WAIT_S), open_store(pg_url) as store:
+                assert (await store.health())["schema_version"] == SCHEMA_VERSION
+    finally:
+        await in_flight.close()

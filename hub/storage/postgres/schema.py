@@ -82,7 +82,12 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
     """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id."""
     if await conn.fetchval("SELECT current_schema()") is None:
         raise StoreError(f"the database {where} has no schema to create the hub's tables in; check its search_path")
-    version = -1
+    async with _waiting_said(where):
+        found = await schema_version(conn)
+    check_not_newer(found, where, running=False)
+    # Current already (every start but an upgrade's): no migration lock, which every batch in flight holds shared —
+    # queueing for it would hold up each batch arriving after this, on every hub, until those in flight ended.
+    version = found if found == SCHEMA_VERSION else -1
     while version < SCHEMA_VERSION:
         async with conn.transaction():
             await conn.execute("SET LOCAL lock_timeout = 0")  # a hub starting waits for the one migrating, however long
