@@ -1,6 +1,7 @@
 """``shelfsync-hub``: serve the hub, manage agent, reader and admin credentials, back the database up.
 
     shelfsync-hub serve --db PATH [--host 127.0.0.1] [--port 8470] [--max-body-bytes N] [--config FILE.toml]
+    shelfsync-hub init --db PATH
     shelfsync-hub agent add --db PATH --location CODE [--location CODE2 …]
     shelfsync-hub agent add --db PATH --location CODE --id AGENT_ID [--write FILE] [--hub-url URL] [--ca-file PEM]
     shelfsync-hub agent add --db PATH --role reader|admin
@@ -43,7 +44,7 @@ from hub.config import (
 )
 from hub.resolver import is_location
 from hub.server import DatabaseMoved, run_serving, serve
-from hub.storage import open_store
+from hub.storage import open_store, sqlite_file
 from hub.storage.base import ROLES, AgentStatus, DatabaseUnreachable, HubError
 from hub.storage.credentials import check_agent_id
 from hub.storage.interfaces import CredentialStore
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--db",
         metavar="PATH",
-        help="the hub database: a SQLite file path (created if missing) or a URL; a URL with a password is better "
+        help="the hub database: a SQLite file path (created if missing by serve and init only) or a URL; a URL with a "
+        "password is better "
         "given by SHELFSYNC_HUB_DB or database_url_file, which no other user of the machine can read",
     )
     common.add_argument(
@@ -93,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         type=str.upper,
         help="how much to log (default INFO)",
+    )
+
+    commands.add_parser(
+        "init",
+        parents=[common],
+        help="create the hub database (or bring it to this version's schema) and exit, as serve does at its start",
     )
 
     agent = commands.add_parser("agent", help="manage credentials of agents, readers and admins")
@@ -164,11 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "catalog":
             logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
-            return catalog.import_command(args, lambda: _settings(args, db=args.db), sys.stdout, sys.stderr)
+            return catalog.import_command(
+                args, lambda: _existing_db(_settings(args, db=args.db)), sys.stdout, sys.stderr
+            )
         settings = _settings(args, db=args.db)
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
         if args.command == "backup":
             return _backup(settings, args.to, sys.stdout, sys.stderr)
+        if args.command == "init":
+            return asyncio.run(_init(settings, sys.stdout))
         return asyncio.run(_agent_command(args, settings, sys.stdout))
     except (DatabaseMoved, DatabaseUnreachable) as err:  # not a configuration error: the service starts it again
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -210,9 +222,35 @@ def _backup(settings: HubSettings, to: str, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _existing_db(settings: HubSettings) -> HubSettings:
+    """Refuse a SQLite database file that does not exist: only ``serve`` and ``init`` create one.
+
+    Opening a mistyped path would create an empty hub database there, and ``agent add`` would then hand out a
+    credential no serving hub knows (as ``backup`` does, the path is checked, never created)."""
+    path = sqlite_file(settings.db) if settings.db else None
+    if path is not None and not Path(path).is_file():
+        raise CliError(
+            f"there is no hub database at {path}; give the file the hub serves (--db or its config's db), "
+            f"or create a new one with: {PROG} init --db {path}"
+        )
+    return settings
+
+
+async def _init(settings: HubSettings, out: TextIO) -> int:
+    path = sqlite_file(settings.db)
+    existed = path is None or Path(path).is_file()
+    async with open_store(settings.db) as store:  # opening creates and migrates, as serve does at its start
+        health = await store.health()
+    where = health.get("path") or health.get("database")  # a PostgreSQL URL without its password
+    done = "is ready" if existed else "was created"
+    out.write(f"the hub database {where} {done} (schema version {health['schema_version']}).\n")
+    return EXIT_OK
+
+
 async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: TextIO) -> int:
     locations = _check_locations(args.role, args.location) if args.agent_command == "add" else []
     plan = _config_plan(args, settings, locations) if args.agent_command == "add" else None
+    _existing_db(settings)  # after the options' own checks: those say what to fix first
     async with open_store(settings.db) as store:
         if args.agent_command == "add" and plan is not None:
             await _agent_add_config(store, plan, out)

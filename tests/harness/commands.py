@@ -48,3 +48,10 @@ def without_modules(blocked: Sequence[str], module: str, *args: str) -> list[str
         f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
     )
     return [sys.executable, "-c", code, *args]
+
+
+def new_hub_db(db: Path | str, env: Mapping[str, str] | None = None) -> Path | str:
+    """A new hub database made by ``shelfsync-hub init`` (the credential commands refuse one that does not exist)."""
+    done = run_hub("init", "--db", str(db), env=env)
+    assert done.returncode == 0 and "was created" in done.stdout, done.stderr
+    return db

@@ -47,6 +47,13 @@ async def hub(*args: str, cwd: Path) -> Run:
     return Run(proc.returncode, out.decode(), err.decode())
 
 
+async def new_db(db: Path, cwd: Path, *options: str) -> Path:
+    """A new hub database at ``db``, made by ``init`` (the credential commands never create one)."""
+    run = await hub("init", "--db", str(db), *options, cwd=cwd)
+    assert run.code == 0 and "was created" in run.out, run.err
+    return db
+
+
 def credential_of(run: Run) -> tuple[str, str]:
     assert run.code == 0, run.err
     fields = dict(line.split(": ", 1) for line in run.out.splitlines() if ": " in line and not line.startswith("The "))
@@ -92,7 +99,7 @@ def sale_batch(agent_id: str) -> bytes:
 
 
 async def test_agent_add_then_serve_then_sync_then_sigterm(tmp_path: Path) -> None:
-    db = tmp_path / "hub.db"
+    db = await new_db(tmp_path / "hub.db", tmp_path)
     added = await hub("agent", "add", "--db", str(db), "--location", "S001", cwd=tmp_path)
     agent_id, token = credential_of(added)
     assert "keeps only a hash" in added.out
@@ -147,7 +154,7 @@ async def test_a_second_hub_on_one_sqlite_file_refuses_to_start_and_the_first_go
 
 
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:
-    db = tmp_path / "hub.db"
+    db = await new_db(tmp_path / "hub.db", tmp_path)
     for role in ("reader", "admin"):
         run = await hub("agent", "add", "--db", str(db), "--role", role, cwd=tmp_path)
         agent_id, token = credential_of(run)
@@ -165,7 +172,7 @@ async def test_bad_location_code_is_refused(tmp_path: Path) -> None:
 
 
 async def test_revoke_then_revoke_again(tmp_path: Path) -> None:
-    db = tmp_path / "hub.db"
+    db = await new_db(tmp_path / "hub.db", tmp_path)
     agent_id, _ = credential_of(await hub("agent", "add", "--db", str(db), "--location", "S001", cwd=tmp_path))
 
     first = await hub("agent", "revoke", "--db", str(db), agent_id, cwd=tmp_path)
@@ -176,8 +183,40 @@ async def test_revoke_then_revoke_again(tmp_path: Path) -> None:
 
 
 async def test_list_of_an_empty_hub_says_how_to_add(tmp_path: Path) -> None:
-    run = await hub("agent", "list", "--db", str(tmp_path / "hub.db"), cwd=tmp_path)
+    run = await hub("agent", "list", "--db", str(await new_db(tmp_path / "hub.db", tmp_path)), cwd=tmp_path)
     assert run.code == 0 and "no agents yet" in run.out
+
+
+async def test_credential_commands_refuse_a_database_that_does_not_exist(tmp_path: Path) -> None:
+    """A mistyped --db used to create an empty hub database there, and agent add handed out a credential that no
+    serving hub knows; like backup, the credential commands (and catalog import --db) now refuse it."""
+    db = await new_db(tmp_path / "hub.db", tmp_path)
+    agent_id, _ = credential_of(await hub("agent", "add", "--db", str(db), "--location", "S001", cwd=tmp_path))
+    typo = tmp_path / "hbu.db"
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("barcode,sku\n4006381333931,SKU-1\n")
+    for args in (
+        ("agent", "add", "--db", str(typo), "--location", "S002"),
+        ("agent", "add", "--db", str(typo), "--role", "reader"),
+        ("agent", "add", "--db", f"sqlite://{typo}", "--id", "store-2", "--location", "S002", "--hub-url",
+         "http://127.0.0.1:8470"),
+        ("agent", "list", "--db", str(typo)),
+        ("agent", "revoke", "--db", str(typo), agent_id),
+        ("catalog", "import", str(catalog), "--db", str(typo)),
+    ):  # fmt: skip
+        run = await hub(*args, cwd=tmp_path)
+        error = one_sentence_error(run)
+        assert f"there is no hub database at {typo};" in error and "init --db" in error, args
+        assert "credential" not in run.out and "token" not in run.out, args
+        assert not typo.exists() and not typo.with_name("hbu.db-wal").exists(), args
+    listed = await hub("agent", "list", "--db", str(db), cwd=tmp_path)  # the real database: as it was
+    assert listed.code == 0 and agent_id in listed.out and "S002" not in listed.out
+
+
+async def test_init_creates_a_database_once_and_then_finds_it_ready(tmp_path: Path) -> None:
+    db = await new_db(tmp_path / "hub.db", tmp_path)
+    again = await hub("init", "--db", str(db), cwd=tmp_path)
+    assert again.code == 0 and f"the hub database {db} is ready (schema version" in again.out
 
 
 async def test_config_file_with_unknown_key_is_refused(tmp_path: Path) -> None:
@@ -229,8 +268,8 @@ async def test_serve_reads_settings_from_the_config_file(tmp_path: Path) -> None
     (tmp_path / "etc").mkdir()
     config = tmp_path / "etc" / "hub.toml"
     config.write_text('[hub]\ndb = "hub.db"\nhost = "127.0.0.1"\nport = 0\nmax_body_bytes = 1000\n')
+    await new_db(tmp_path / "etc" / "hub.db", tmp_path, "--config", str(config))  # relative to the config file
     _, token = credential_of(await hub("agent", "add", "--config", str(config), "--location", "S001", cwd=tmp_path))
-    assert (tmp_path / "etc" / "hub.db").exists()  # relative to the config file
 
     with HubProcess(tmp_path / "hub.log", "--config", str(config), cwd=tmp_path) as served:
         assert served_db(served) == str(tmp_path / "etc" / "hub.db")

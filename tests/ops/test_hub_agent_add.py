@@ -17,7 +17,7 @@ import pytest
 
 from agent.config import load_config
 from tests.harness.agent_process import AgentProcess
-from tests.harness.commands import hub_env, run_hub
+from tests.harness.commands import hub_env, new_hub_db, run_hub
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import wait_until
 
@@ -41,7 +41,7 @@ def get_json(url: str, token: str) -> Any:
 
 
 def test_with_an_id_agent_add_prints_a_configuration_the_agent_reads_as_it_is(tmp_path: Path) -> None:
-    db = tmp_path / "hub.db"
+    db = new_hub_db(tmp_path / "hub.db")
     run = run_hub(
         "agent", "add", "--db", str(db), "--id", "store-017", "--location", "S017", "--location", "S018",
         "--hub-url", "https://hub.example:8470",
@@ -59,7 +59,7 @@ def test_with_an_id_agent_add_prints_a_configuration_the_agent_reads_as_it_is(tm
 
 
 def test_without_a_hub_url_it_is_the_public_url_else_built_from_host_port_and_tls(tmp_path: Path) -> None:
-    db = str(tmp_path / "hub.db")
+    db = str(new_hub_db(tmp_path / "hub.db"))
     plain = run_hub(
         "agent", "add", "--db", db, "--id", "a1", "--location", "S1", env=hub_env(SHELFSYNC_HUB_PORT="9443")
     )
@@ -75,7 +75,7 @@ def test_without_a_hub_url_it_is_the_public_url_else_built_from_host_port_and_tl
 
 
 def test_write_makes_a_new_file_only_its_owner_can_read(tmp_path: Path) -> None:
-    db = tmp_path / "hub.db"
+    db = new_hub_db(tmp_path / "hub.db")
     target = tmp_path / "agent.toml"
     ca = tmp_path / "ca.pem"
     ca.write_text("not checked by the hub; the agent checks it when it starts\n")
@@ -105,7 +105,7 @@ def test_write_makes_a_new_file_only_its_owner_can_read(tmp_path: Path) -> None:
 def taken_and_gone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A hub database with the agent ids "taken" and "gone" (revoked: a revoked id stays taken), made once for
     the module, and its agent list; each test works on a copy."""
-    db = tmp_path_factory.mktemp("taken") / "hub.db"
+    db = new_hub_db(tmp_path_factory.mktemp("taken") / "hub.db")
     for agent_id in ("taken", "gone"):
         assert run_hub("agent", "add", "--db", str(db), "--id", agent_id, "--location", "S1").returncode == 0
     assert run_hub("agent", "revoke", "--db", str(db), "gone").returncode == 0
@@ -143,6 +143,7 @@ def test_an_agent_started_on_the_written_file_syncs_with_the_running_hub(tmp_pat
     that file, unchanged; the hub counts what the store recorded."""
     db = tmp_path / "hub.db"
     env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0")
+    new_hub_db(db, env=env)
     reader = credential(run_hub("agent", "add", "--role", "reader", env=env).stdout)
     with HubProcess(tmp_path / "hub.log", env=env) as served:
         store = tmp_path / "store-1"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.commands import hub_env, run_hub
+from tests.harness.commands import hub_env, new_hub_db, run_hub
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import wait_until
 
@@ -81,6 +81,7 @@ def test_every_metric_the_rules_read_is_exported_by_a_running_hub(tmp_path: Path
         'secret = "a-shared-secret-of-16+"\nretry_max_s = 0.5\n'
     )
     env = hub_env(SHELFSYNC_HUB_CONFIG=str(config), SHELFSYNC_HUB_DB=str(tmp_path / "hub.db"), SHELFSYNC_HUB_PORT="0")
+    new_hub_db(tmp_path / "hub.db", env=env)
     run = run_hub("agent", "add", "--role", "reader", env=env)
     token = next(line.split(": ", 1)[1] for line in run.stdout.splitlines() if line.startswith("credential: "))
     with HubProcess(tmp_path / "hub.log", env=env) as served:

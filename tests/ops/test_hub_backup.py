@@ -38,7 +38,7 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
-from tests.harness.commands import hub_env, run_hub
+from tests.harness.commands import hub_env, new_hub_db, run_hub
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import wait_until
 from tests.harness.pg import PG_URL
@@ -138,6 +138,8 @@ def hub_mark(url: str, token: str, agent_id: str) -> int:
 
 
 def credential(env: dict[str, str], *args: str) -> tuple[str, str]:
+    if not Path(env["SHELFSYNC_HUB_DB"]).exists():
+        new_hub_db(env["SHELFSYNC_HUB_DB"], env=env)
     run = run_hub("agent", "add", *args, env=env)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
@@ -238,7 +240,7 @@ def test_the_backup_replaces_a_file_only_once_the_new_copy_is_whole(tmp_path: Pa
 def test_a_backup_that_cannot_be_made_is_one_sentence(tmp_path: Path, case: str, expected: str) -> None:
     db, to = tmp_path / "hub.db", tmp_path / "copy.db"
     if case != "missing":
-        run_hub("agent", "list", "--db", str(db))  # creates an empty hub database
+        new_hub_db(db)  # an empty hub database
     if case == "not-a-hub":
         db = tmp_path / "other.db"
         with sqlite3.connect(db) as other:

@@ -11,7 +11,7 @@ import pytest
 
 import hub.config
 from hub.config import CONFIG_KEYS, ENV_KEYS, ConfigError, HubSettings, config_path, env_name, load_settings
-from tests.harness.commands import hub_env, run_hub
+from tests.harness.commands import hub_env, new_hub_db, run_hub
 from tests.harness.hub_process import HubProcess
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -151,6 +151,7 @@ def test_serve_takes_its_config_file_from_the_variable_and_its_database_from_the
     config = tmp_path / "hub.toml"
     config.write_text('[hub]\ndb = "from-the-file.db"\nhost = "127.0.0.1"\nport = 0\n')
     env = hub_env(SHELFSYNC_HUB_CONFIG=str(config), SHELFSYNC_HUB_DB=str(tmp_path / "from-env.db"))
+    new_hub_db(tmp_path / "from-env.db", env=env)
     added = run_hub("agent", "add", "--role", "reader", env=env)
     assert added.returncode == 0, added.stderr
     token = next(line.split(": ", 1)[1] for line in added.stdout.splitlines() if line.startswith("credential: "))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.agent_process import AgentProcess
-from tests.harness.commands import hub_env, run_hub
+from tests.harness.commands import hub_env, new_hub_db, run_hub
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import wait_until
 
@@ -75,6 +75,7 @@ def health(url: str, context: ssl.SSLContext) -> int:
 def test_the_hub_serves_https_and_an_agent_with_the_ca_file_syncs(tmp_path: Path, pki: Pki) -> None:
     db = tmp_path / "hub.db"
     env = tls_env(pki, db)
+    new_hub_db(db, env=env)
     added = run_hub("agent", "add", "--role", "reader", env=env)
     reader = next(line.split(": ", 1)[1] for line in added.stdout.splitlines() if line.startswith("credential: "))
     with HubProcess(tmp_path / "hub.log", env=env) as served:
