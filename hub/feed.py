@@ -11,6 +11,15 @@ re-reads the id every ``change_recheck_s``, so changes committed by another
 hub process sharing a PostgreSQL database (or by a route that does not poke)
 are seen too.
 
+One commit wakes every open stream at once. So that it costs one read, not
+one per stream, the watch reads the new changes itself, once, when the id
+moves, and keeps the newest ``RECENT_MAX`` of them: a stream that is not
+behind them takes its next page from there (``ChangeWatch.page_after``), and
+the streams of one credential that woke for the same read share one check of
+that credential (``CredentialChecks``). With hundreds of streams open, each
+doing its own two reads per commit queued every other request behind them on
+the database (``/v1/counts`` went from a few to hundreds of milliseconds).
+
 When the hub stops, every long-poll is answered and every stream ends
 (``end_streams``). A stream whose client stopped reading would wait on its
 full send buffer for ``send_timeout`` (aiohttp-sse's, minutes) and hold the
@@ -34,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -41,7 +51,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from hub import views
-from hub.auth import STORE_KEY, Unauthorized, identity_of, still_valid
+from hub.auth import BY_SESSION_KEY, STORE_KEY, Unauthorized, bearer_token, identity_of, still_valid
 from hub.storage.base import ChangeRow, StoreClosed, StoreError
 from hub.storage.interfaces import FeedStore
 from protocol import event_id_hex
@@ -66,6 +76,7 @@ CURSOR_MAX = (1 << 63) - 1
 CLIENT_GONE_CHECK_S = 2.0  # a waiting long-poll checks this often whether its client is still connected
 STREAM_STOP_GRACE_S = 1.0  # at a stop: how long a stream's unsent bytes may take to go before its connection is cut
 WAIT_TEXT_MAX_CHARS = 32  # room for any float's decimal text (1.59e-203, 2.5000000000000004); longer is refused
+RECENT_MAX = 2_000  # the newest changes the watch keeps for the streams (each a few hundred bytes)
 
 
 class ChangeWatch:
@@ -76,10 +87,15 @@ class ChangeWatch:
     it concerns. A failing read backs off exponentially with jitter.
     """
 
-    def __init__(self, store: FeedStore, recheck_s: float = RECHECK_DEFAULT_S) -> None:
+    def __init__(self, store: FeedStore, recheck_s: float = RECHECK_DEFAULT_S, recent_max: int = RECENT_MAX) -> None:
         self._store = store
         self._recheck_s = recheck_s
         self._latest = 0
+        self._recent: deque[ChangeRow] = deque()  # every change after ``_recent_from`` up to ``_latest``
+        self._recent_from = CURSOR_MAX + 1  # nothing read yet: no page is answered from ``_recent``
+        self._recent_max = recent_max
+        self._reads = 0  # reads of the newest id that found it moved; a page from ``_recent`` is as of one of them
+        self.streams = 0  # open streams (only they take pages from ``_recent``; long-polls and webhooks read their own)
         self._cond = asyncio.Condition()
         self._wake = asyncio.Event()
         self._waiters = 0
@@ -95,6 +111,24 @@ class ChangeWatch:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def reads(self) -> int:
+        """How many times the newest id was read and found moved (``page_after`` tells a page's read)."""
+        return self._reads
+
+    def page_after(self, after: int, limit: int, location: str | None, sku: str | None) -> tuple[Page, int] | None:
+        """The page ``read_page`` would answer, from the changes the watch read, and the read it is as of
+        (``reads``); None when ``after`` is not within them (a stream that is behind reads the store itself)."""
+        if not self._recent_from <= after <= self._latest:
+            return None
+        rows = [
+            r for r in self._recent
+            if r.change_id > after and (location is None or r.location == location) and (sku is None or r.sku == sku)
+        ][:limit]  # fmt: skip
+        if len(rows) == limit:
+            return Page(rows, rows[-1].change_id, True), self._reads
+        return Page(rows, self._latest, False), self._reads  # every change up to _latest is in _recent
 
     @property
     def waiting(self) -> int:
@@ -174,10 +208,30 @@ class ChangeWatch:
         if ended := self._streak.succeeded():
             log.info("the change feed reads the newest change id again after %d failed attempt(s)", ended)
         if latest > self._latest:
+            await self._keep_recent(latest)
             self._latest = latest
+            self._reads += 1
             async with self._cond:
                 self._cond.notify_all()
         return 0.0
+
+    async def _keep_recent(self, latest: int) -> None:
+        """Read the changes up to ``latest`` once, for every stream; keep the newest ``recent_max``.
+
+        With no stream open nothing is read, and what was kept is dropped (a stream's first page is its own)."""
+        try:
+            rows = await self._store.changes(self._latest, self._recent_max) if self.streams else []
+        except (StoreError, OSError):
+            rows = []  # the streams read the store themselves, as they would have anyway
+        rows = [r for r in rows if r.change_id <= latest]
+        if not rows or rows[-1].change_id != latest:  # not all of them (too many, or the read failed): none
+            self._recent.clear()
+            self._recent_from = latest
+            return
+        self._recent_from = min(self._recent_from, self._latest)  # the first read: from what was known before it
+        self._recent.extend(rows)
+        while len(self._recent) > self._recent_max:
+            self._recent_from = self._recent.popleft().change_id
 
     async def _failed(self, failure: TurnFailed) -> float:
         if self._streak.failed(failure):
@@ -222,9 +276,42 @@ def _stuck_streams(streams: set[asyncio.Transport]) -> list[asyncio.Transport]:
     return [t for t in streams if not t.is_closing() and t.get_write_buffer_size() > 0]
 
 
+class CredentialChecks:
+    """One check of a credential for all the streams of it that woke for the same read of the watch.
+
+    A stream asks again whether its credential holds before it sends what it woke for, and the check must
+    begin after the read of what it sends (then nothing committed after a revocation goes out). A check of
+    the same bearer token that began after that read (under way or done) answers for it too; a dashboard
+    session's stream always asks for itself (signing out is per session)."""
+
+    KEEP_MAX = 10_000  # distinct tokens remembered; more, and the memory starts over
+
+    def __init__(self, watch: ChangeWatch) -> None:
+        self._watch = watch
+        self._checks: dict[str, tuple[int, asyncio.Future[bool]]] = {}  # token -> (watch read it began after, result)
+
+    async def still_valid(self, request: web.Request, read: int | None) -> bool:
+        """``auth.still_valid``, shared when ``read`` (the watch read the page is as of) allows it."""
+        if read is None or request.get(BY_SESSION_KEY, False):
+            return await still_valid(request)
+        key = bearer_token(request)
+        known = self._checks.get(key)
+        if known is not None and known[0] >= read and not (known[1].done() and known[1].exception() is not None):
+            return await asyncio.shield(known[1])
+        if len(self._checks) >= self.KEEP_MAX:
+            self._checks.clear()
+        check = asyncio.ensure_future(still_valid(request))
+        self._checks[key] = (self._watch.reads, check)
+        return await asyncio.shield(check)
+
+
+CHECKS_KEY = web.AppKey("credential_checks", CredentialChecks)
+
+
 def setup(app: web.Application, store: FeedStore, recheck_s: float) -> None:
     """Register the feed's routes and its watch on ``app``."""
     app[FEED_KEY] = ChangeWatch(store, recheck_s)
+    app[CHECKS_KEY] = CredentialChecks(app[FEED_KEY])
     app[STREAMS_KEY] = set()
 
     async def stop(app: web.Application) -> None:
@@ -414,14 +501,19 @@ async def _stream(
     gone = asyncio.ensure_future(sse.wait())  # ends when the client goes away (a ping fails) or we stop
     loop = asyncio.get_running_loop()
     recheck_at = loop.time() + STREAM_RECHECK_S
+    checks = request.app[CHECKS_KEY]
+    watch.streams += 1
     try:
         await sse.send(views.dumps({"cursor": str(after)}), event="ready", retry=STREAM_RETRY_MS)
         while not watch.closed and not gone.done():
             try:
-                page = await read_page(store, after, STREAM_BATCH, location, sku)
+                shared = watch.page_after(after, STREAM_BATCH, location, sku)  # what the watch read, if not behind
+                page, read = (
+                    shared if shared is not None else (await read_page(store, after, STREAM_BATCH, location, sku), None)
+                )
                 # asked after the read, so a change committed after a revocation is never sent
                 if page.rows or loop.time() >= recheck_at:
-                    if not await still_valid(request):
+                    if not await checks.still_valid(request, read):
                         log.info("ended a change stream of %s: its credential was revoked or its session ended",
                                  identity_of(request).agent_id)  # fmt: skip
                         await sse.send(views.dumps({"message": REVOKED_TEXT}), event="error")
@@ -446,4 +538,5 @@ async def _stream(
     except (ConnectionResetError, TimeoutError):
         return  # the client went away mid-send
     finally:
+        watch.streams -= 1
         gone.cancel()

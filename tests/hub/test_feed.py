@@ -190,6 +190,41 @@ async def test_the_stream_delivers_changes_live_and_resumes_from_last_event_id(h
     resumed.close()
 
 
+async def test_one_commit_wakes_every_open_stream_with_one_read_and_one_credential_check(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each open stream used to read the new changes and its credential itself when a commit woke them all: with
+    hundreds open, one commit queued hundreds of reads ahead of every other request. The watch reads the changes
+    once, and the streams of one credential share one check of it (begun after that read)."""
+    streams_n = 20
+    agent = await hub.agent()
+    await agent.sync((Kind.RECEIVE, 6))
+    streams = [await hub.client.get("/v1/changes/stream", headers=hub.auth()) for _ in range(streams_n)]
+    for stream in streams:
+        assert (await next_event(stream))["event"] == "ready"
+    await wait_until_waiting(hub, streams_n)
+    reads: list[str] = []
+    changes, authenticate = hub.store.changes, hub.store.authenticate
+
+    async def counted_changes(*args: Any, **kwargs: Any) -> Any:
+        reads.append("changes")
+        return await changes(*args, **kwargs)
+
+    async def counted_authenticate(token: str) -> Any:
+        reads.append("reader" if token == hub.reader else "other")
+        return await authenticate(token)
+
+    monkeypatch.setattr(hub.store, "changes", counted_changes)
+    monkeypatch.setattr(hub.store, "authenticate", counted_authenticate)
+    await agent.sync((Kind.SALE, -2))
+    for stream in streams:
+        change = await next_event(stream)
+        assert change["event"] == "change" and json.loads(change["data"])["on_hand"] == 4
+    assert reads.count("changes") == 1 and reads.count("reader") == 1, reads
+    for stream in streams:
+        stream.close()
+
+
 async def test_the_stream_from_cursor_zero_replays_history_for_one_sku(hub: Hub) -> None:
     agent = await hub.agent()
     await agent.sync((Kind.RECEIVE, 1, "A"), (Kind.RECEIVE, 2, "B"), (Kind.SALE, -1, "B"))
