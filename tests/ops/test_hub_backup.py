@@ -138,7 +138,7 @@ def hub_mark(url: str, token: str, agent_id: str) -> int:
 
 
 def credential(env: dict[str, str], *args: str) -> tuple[str, str]:
-    if not Path(env["SHELFSYNC_HUB_DB"]).exists():
+    if "://" not in env["SHELFSYNC_HUB_DB"] and not Path(env["SHELFSYNC_HUB_DB"]).exists():  # a new SQLite file
         new_hub_db(env["SHELFSYNC_HUB_DB"], env=env)
     run = run_hub("agent", "add", *args, env=env)
     assert run.returncode == 0, run.stderr
