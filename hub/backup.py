@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from hub.storage.base import HubError
+from hub.storage.feed import FEED_HOME_KEY
 
 SQLITE_SCHEME = "sqlite://"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -166,6 +167,9 @@ def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int,
             with _removed_on_failure(partial), contextlib.closing(copy) as dst:
                 src.backup(dst, pages=STEP_PAGES, progress=_page_progress(say), sleep=0)
                 src.execute("COMMIT")
+                # The copy, once restored, is the feed a little in the past: its first start begins a new history
+                # of the change feed, so that cursors read since are refused (hub.storage.feed).
+                dst.execute("DELETE FROM meta WHERE key = ?", (FEED_HOME_KEY,))
                 dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
                 check = dst.execute("PRAGMA quick_check").fetchone()
                 if check != ("ok",):

@@ -33,9 +33,17 @@ one row read per wake-up, not per change). A revoked credential or an ended
 dashboard session gets a ``401`` instead of the long-poll's page, and its
 stream an ``error`` event, then the end.
 
-A cursor is the ``change_id`` of the last change read, as a decimal string.
-With a location or SKU filter it may run ahead of the last change returned
-(past changes that did not match), never past one that did.
+A cursor is the ``change_id`` of the last change read and the feed's history
+(``hub.storage.feed``): ``<change_id>.<history>``. The history is new after
+the database was restored from a backup (or copied, or moved), when the same
+change ids are handed out again to other changes: a cursor of another
+history is refused (``410``) rather than read on past changes its reader
+never saw. A cursor of the older form, the decimal ``change_id`` alone (the
+store agents' and other readers' from before), is still taken, and answered
+in that form, as before: only a cursor ahead of the feed is refused then.
+A read with no cursor starts one of the new form. With a location or SKU
+filter a cursor may run ahead of the last change returned (past changes
+that did not match), never past one that did.
 """
 
 from __future__ import annotations
@@ -366,12 +374,50 @@ def change_json(r: ChangeRow) -> dict[str, Any]:
 # --- parameters --------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a reader resumes: after ``after``, in the feed history ``history`` (None: a cursor of the old form)."""
+
+    after: int
+    history: str | None
+
+    def at(self, change_id: int) -> str:
+        """The cursor to give out for ``change_id``, in the form this one came in."""
+        return str(change_id) if self.history is None else f"{change_id}{HISTORY_SEP}{self.history}"
+
+
+HISTORY_SEP = "."
+HISTORY_CHARS = frozenset("0123456789abcdef")
+HISTORY_MAX_CHARS = 32
+
+
 def parse_cursor(raw: str, name: str = "cursor") -> int:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > CURSOR_MAX:
+    """The change id a cursor resumes after (either form; its history is ``read_cursor``'s)."""
+    return read_cursor(raw, name).after
+
+
+def read_cursor(raw: str, name: str = "cursor") -> Cursor:
+    """``<change_id>.<history>``, or the old form ``<change_id>``; a 400 for anything else."""
+    number, sep, history = raw.partition(HISTORY_SEP)
+    if (
+        not number.isascii() or not number.isdigit() or len(number) > 19 or int(number) > CURSOR_MAX
+        or (sep and not (0 < len(history) <= HISTORY_MAX_CHARS and set(history) <= HISTORY_CHARS))
+    ):  # fmt: skip
         raise web.HTTPBadRequest(
-            text=f"{name} must be a cursor the hub gave out (a whole number, 0 for the start), got {raw[:40]!r}"
+            text=f"{name} must be a cursor the hub gave out (as it gave it, or 0 for the start), got {raw[:40]!r}"
         )
-    return int(raw)
+    return Cursor(int(number), history if sep else None)
+
+
+def check_history(store: FeedStore, cursor: Cursor, name: str = "cursor") -> None:
+    """A 410 for a cursor of another history of the feed: the changes after it are not the ones its reader saw."""
+    if cursor.history is None or cursor.history == store.feed_history:
+        return
+    raise web.HTTPGone(
+        text=f"{name} {cursor.at(cursor.after)} is of an earlier history of this hub's change feed (its database was "
+        "restored from a backup, or copied or moved, since): changes after it may differ from the ones read; read "
+        "the feed again from the start (leave the cursor out), or take the counts and go on from the newest change"
+    )
 
 
 async def check_not_ahead(store: FeedStore, after: int, name: str = "cursor") -> None:
@@ -417,11 +463,13 @@ async def get_changes(request: web.Request) -> web.Response:
     """A page of changes after ``cursor``; waits up to ``wait`` seconds when there is none yet."""
     params = views.Query(request, {"cursor", "limit", "wait", "location", "sku"})
     query = request.rel_url.query
-    after = parse_cursor(query.get("cursor", "0"))
+    store: FeedStore = request.app[STORE_KEY]
+    given = read_cursor(query["cursor"]) if "cursor" in query else Cursor(0, store.feed_history or None)
+    after = given.after
     limit = _limit(query.get("limit"))
     wait_s = _wait_s(query.get("wait"))
     location, sku = _filters(params)
-    store: FeedStore = request.app[STORE_KEY]
+    check_history(store, given)  # after every parameter's own check: a malformed request is a 400 first
     watch = request.app[FEED_KEY]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
@@ -439,7 +487,7 @@ async def get_changes(request: web.Request) -> web.Response:
         raise Unauthorized(REVOKED_TEXT)
     body = {
         wire.CHANGES_FIELD: [change_json(r) for r in page.rows],
-        wire.CURSOR_FIELD: str(page.cursor),
+        wire.CURSOR_FIELD: given.at(page.cursor),
         wire.MORE_FIELD: page.more,
     }
     return web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
@@ -472,13 +520,15 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
     watch = request.app[FEED_KEY]
     resume = request.headers.get("Last-Event-ID")
     if resume is not None:
-        after = parse_cursor(resume.strip(), "Last-Event-ID")
-        await check_not_ahead(store, after, "Last-Event-ID")
+        given = read_cursor(resume.strip(), "Last-Event-ID")
+        check_history(store, given, "Last-Event-ID")
+        await check_not_ahead(store, given.after, "Last-Event-ID")
     elif "cursor" in request.rel_url.query:
-        after = parse_cursor(request.rel_url.query["cursor"])
-        await check_not_ahead(store, after)
+        given = read_cursor(request.rel_url.query["cursor"])
+        check_history(store, given)
+        await check_not_ahead(store, given.after)
     else:
-        after = await store.latest_change_id()  # no position given: from now on
+        given = Cursor(await store.latest_change_id(), store.feed_history or None)  # no position given: from now on
     transport = request.transport
     if transport is None or transport.is_closing():  # the client left while the stream was looked up
         return web.Response(status=204)  # nobody reads it; aiohttp-sse would fail an assertion on it
@@ -486,7 +536,7 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
     streams.add(transport)
     try:
         async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
-            await _stream(request, sse, store, watch, after, location, sku)
+            await _stream(request, sse, store, watch, given, location, sku)
         with contextlib.suppress(ConnectionResetError):  # the last chunk, here: it too may wait on a stalled client
             await sse.write_eof()
     finally:
@@ -495,16 +545,17 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(
-    request: web.Request, sse: EventSourceResponse, store: FeedStore, watch: ChangeWatch, after: int,
+    request: web.Request, sse: EventSourceResponse, store: FeedStore, watch: ChangeWatch, given: Cursor,
     location: str | None, sku: str | None,
 ) -> None:  # fmt: skip
+    after = given.after
     gone = asyncio.ensure_future(sse.wait())  # ends when the client goes away (a ping fails) or we stop
     loop = asyncio.get_running_loop()
     recheck_at = loop.time() + STREAM_RECHECK_S
     checks = request.app[CHECKS_KEY]
     watch.streams += 1
     try:
-        await sse.send(views.dumps({"cursor": str(after)}), event="ready", retry=STREAM_RETRY_MS)
+        await sse.send(views.dumps({"cursor": given.at(after)}), event="ready", retry=STREAM_RETRY_MS)
         while not watch.closed and not gone.done():
             try:
                 shared = watch.page_after(after, STREAM_BATCH, location, sku)  # what the watch read, if not behind
@@ -526,7 +577,7 @@ async def _stream(
                 )
                 return
             for row in page.rows:
-                await sse.send(views.dumps(change_json(row)), id=str(row.change_id), event="change")
+                await sse.send(views.dumps(change_json(row)), id=given.at(row.change_id), event="change")
             after = page.cursor
             if page.more:
                 continue

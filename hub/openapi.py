@@ -303,6 +303,9 @@ IF_NONE_MATCH = {
 # --- answers ------------------------------------------------------------------------------------------
 
 
+# A change feed cursor: <change_id>.<history>, or the older form, the change id alone (hub/feed.py).
+CHANGE_CURSOR_PATTERN = r"^[0-9]{1,19}(\.[0-9a-f]{1,32})?$"
+
 ERROR_STATUS: Mapping[int, tuple[str, str]] = {
     400: ("bad_request", "The request is malformed: a query parameter unknown, repeated or out of range, a path "
           "parameter that is not text, a body that does not parse or has the wrong shape, more than one "
@@ -314,6 +317,9 @@ ERROR_STATUS: Mapping[int, tuple[str, str]] = {
     408: ("request_timeout", "The request head did not arrive whole within header_timeout_s, or its body within "
           "body_timeout_s; the connection is closed."),
     409: ("conflict", "The request conflicts with what the hub holds; nothing was changed."),
+    410: ("gone", ("The change feed cursor is of an earlier history of the feed (the hub's database was restored "
+                   "from a backup, copied or moved since): read the feed again from the start, or from the newest "
+                   "change.")),
     413: ("payload_too_large", f"The body is larger than max_body_bytes ({DEFAULT_MAX_BODY_BYTES} bytes by default) "
           "or the route's own limit."),
     415: ("unsupported_media_type", "The body was sent with another Content-Type than the route takes, or compressed."),
@@ -791,34 +797,42 @@ def _paths() -> dict[str, JSON]:
     # --- change feed and webhooks
     add(routes.CHANGES_PATH, "get", operation(
         "getChanges", "A page of the change feed",
-        "Every committed change of a count, oldest first, after `cursor`; with `wait`, a long-poll until one comes.",
+        "Every committed change of a count, oldest first, after `cursor`; with `wait`, a long-poll until one comes. "
+        "A cursor is `<change_id>.<history>`; 410 for a cursor of an earlier history of the feed (the database was "
+        "restored from a backup since). A cursor of the older form, the decimal change id alone, is still taken and "
+        "answered in that form.",
         "Change feed",
         {"200": ok("A page of changes.", ref("ChangesPage"),
                    headers={"Cache-Control": header("no-store", string())},
                    links={"Following": link("getChanges", "The changes after this page.",
                                             cursor="$response.body#/cursor")})},
         parameters=[
-            query(wire.CURSOR_PARAM, string(pattern="^[0-9]{1,19}$", default="0"),
-                  "Where to resume: the cursor of the previous page (0: from the start).", example="0"),
+            query(wire.CURSOR_PARAM, string(pattern=CHANGE_CURSOR_PATTERN),
+                  "Where to resume: the cursor of the previous page, as it was given, e.g. 1042.9e8c9d8bfa70 (left "
+                  "out, or 0: from the start).", example="0"),
             query(wire.LIMIT_PARAM, integer(1, wire.CHANGES_LIMIT_MAX, default=feed.CHANGES_LIMIT_DEFAULT),
                   f"At most this many changes (1 to {wire.CHANGES_LIMIT_MAX}, default {feed.CHANGES_LIMIT_DEFAULT})."),
             query(wire.WAIT_PARAM, {"type": "number", "minimum": 0, "maximum": wire.WAIT_MAX_S, "default": 0},
                   f"Long-poll: wait up to this many seconds (0 to {wire.WAIT_MAX_S:g}) for a change when there is none."),
             LOCATION_QUERY, SKU_QUERY],
+        errors=(410,),
         cookie=True,
     ))  # fmt: skip
     add("/v1/changes/stream", "get", operation(
         "streamChanges", "The change feed as server-sent events",
         "One `change` event per change (its `id` is its cursor) after Last-Event-ID, else after `cursor`, else from now "
         "on; a `ready` event first says where it starts; a `: ping` comment every "
-        f"{feed.STREAM_PING_S:g} s. The stream does not end while the hub runs.",
+        f"{feed.STREAM_PING_S:g} s. The stream does not end while the hub runs. 410 for a cursor or Last-Event-ID of an "
+        "earlier history of the feed, as for GET /v1/changes.",
         "Change feed",
         {"200": ok("The stream.", string(), media="text/event-stream",
-                   example='event: ready\nretry: 3000\ndata: {"cursor":"1042"}\n\n')},
-        parameters=[query("cursor", string(pattern="^[0-9]{1,19}$"), "Where to start (a cursor of the feed)."),
+                   example='event: ready\nretry: 3000\ndata: {"cursor":"1042.9e8c9d8bfa70"}\n\n')},
+        parameters=[query("cursor", string(pattern=CHANGE_CURSOR_PATTERN), "Where to start (a cursor of the feed)."),
                     LOCATION_QUERY, SKU_QUERY,
-                    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": string(pattern="^[0-9]{1,19}$"),
+                    {"name": "Last-Event-ID", "in": "header", "required": False,
+                     "schema": string(pattern=CHANGE_CURSOR_PATTERN),
                      "description": "The id of the last change event received (a reconnecting browser sends it)."}],
+        errors=(410,),
         cookie=True,
     ))  # fmt: skip
     add("/v1/webhooks", "get", operation(
@@ -1229,7 +1243,7 @@ def _schemas() -> dict[str, JSON]:
             wire.EVENT_IDS, wire.AT_MS, "at"]),
         "ChangesPage": obj({
             wire.CHANGES_FIELD: array(ref("Change"), hi=wire.CHANGES_LIMIT_MAX),
-            wire.CURSOR_FIELD: string("Where to resume: send it back as cursor.", pattern="^[0-9]{1,19}$"),
+            wire.CURSOR_FIELD: string("Where to resume: send it back as cursor.", pattern=CHANGE_CURSOR_PATTERN),
             wire.MORE_FIELD: {"type": "boolean", "description": "True when the page is full: ask again at once."},
         }, [wire.CHANGES_FIELD, wire.CURSOR_FIELD, wire.MORE_FIELD]),
         "WebhookStatus": obj({

@@ -7,12 +7,31 @@ backend's own query (``SqlHubStore.LATEST_CHANGE_SQL``).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
 from hub.storage.base import ChangeRow, WebhookDelivery, WebhookState
 from hub.storage.db import Db, Where
 from hub.storage.ingest import NewChange
+
+# The change feed's history: a random token the feed's cursors carry, new whenever the database may have been put
+# back to an earlier state (a restored backup), so that a cursor of the old history is refused instead of reading
+# on under the same change ids, which the restored hub hands out again to other changes. It is kept in meta with
+# the home it was made in: the database file's device and inode (SQLite), the cluster, database and changes
+# table (PostgreSQL). A restore makes a new home (a new file, a new table) and ``shelfsync-hub backup`` drops the
+# home from its SQLite copies, so the first start on a restored database begins a new history.
+FEED_HISTORY_KEY = "feed_history"
+FEED_HOME_KEY = "feed_history_home"
+FEED_HISTORY_BYTES = 6  # 12 hex digits
+
+
+def new_feed_history(stored: str | None, stored_home: str | None, home: str) -> str | None:
+    """A new history token when there is none yet or the database is not where its history began; else None."""
+    if stored and stored_home == home:
+        return None
+    return secrets.token_hex(FEED_HISTORY_BYTES)
+
 
 WEBHOOK_DELIVERIES_KEPT = 1_000  # per webhook; older attempts are pruned as new ones are logged
 EVENT_ID_BYTES = 16

@@ -152,6 +152,8 @@ class LedgerStore(Protocol):
 class FeedStore(Protocol):
     """The change feed, and where each webhook stands (the feed helper drives them; the store keeps it)."""
 
+    feed_history: str  # the feed's history, which its cursors carry (hub.storage.feed; "" for a store without one)
+
     @abc.abstractmethod
     async def changes(
         self, after: int, limit: int, location: str | None = None, sku: str | None = None

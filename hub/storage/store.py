@@ -68,6 +68,7 @@ class SqlHubStore(HubStore, Generic[D]):
 
     LATEST_CHANGE_SQL: ClassVar[str]  # the newest change id committed (a single value; NULL or none: 0)
     LOCK_ROW: ClassVar[str]  # appended to a SELECT of one row to lock it until the commit ("" where one writer)
+    feed_history: str = ""  # set by the backend's open (hub.storage.feed)
 
     # --- what a backend gives ------------------------------------------------------------------------
 

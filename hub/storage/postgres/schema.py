@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from hub.storage.base import StoreError
+from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, new_feed_history
 from hub.storage.migrations import Migration, migrations
 from protocol import wall_ms_now
 
@@ -112,3 +113,43 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
             "INSERT INTO meta (key, value) VALUES ('hub_id', $1) ON CONFLICT (key) DO NOTHING", uuid.uuid4().hex
         )
         return str(await conn.fetchval("SELECT value FROM meta WHERE key = 'hub_id'"))
+
+
+async def feed_history(conn: asyncpg.Connection, where: str) -> str:
+    """The change feed's history (``hub.storage.feed``): a new one when the changes table is not the one it began
+    in (pg_restore creates the tables anew: other oids, and another database or cluster)."""
+    async with conn.transaction():
+        await conn.execute(MIGRATION_LOCK_SQL)  # hubs starting together agree on one history
+        home = await _home(conn)
+        rows = dict(await conn.fetch(
+            "SELECT key, value FROM meta WHERE key IN ($1, $2)", FEED_HISTORY_KEY, FEED_HOME_KEY
+        ))  # fmt: skip
+        history = new_feed_history(rows.get(FEED_HISTORY_KEY), rows.get(FEED_HOME_KEY), home)
+        if history is None:
+            return str(rows[FEED_HISTORY_KEY])
+        await conn.executemany(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(FEED_HISTORY_KEY, history), (FEED_HOME_KEY, home)],
+        )
+    if rows.get(FEED_HISTORY_KEY) is None:
+        log.info("The change feed of %s begins its history %s (its cursors carry it).", where, history)
+    else:
+        log.warning(
+            "The change feed of %s begins a new history %s after %s: the database was restored from a backup or "
+            "copied, so cursors of the old history are refused and their readers read the feed again.",
+            where, history, rows[FEED_HISTORY_KEY],
+        )  # fmt: skip
+    return history
+
+
+async def _home(conn: asyncpg.Connection) -> str:
+    """Where the changes live: the cluster (when this role may read it), the database and the table, by id."""
+    cluster = ""
+    try:
+        async with conn.transaction():  # a savepoint: a refusal leaves the outer transaction usable
+            cluster = str(await conn.fetchval("SELECT system_identifier FROM pg_control_system()"))
+    except asyncpg.PostgresError:
+        pass  # a role without the right: the database's and the table's oids still change with a restore
+    database = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = current_database()")
+    table = await conn.fetchval("SELECT 'changes'::regclass::oid")
+    return f"postgresql:{cluster}:{database}:{table}"

@@ -40,7 +40,7 @@ from hub.storage.bundles import BundleReads
 from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
 from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
-from hub.storage.postgres.schema import SCHEMA_VERSION, check_not_newer, migrate, schema_version
+from hub.storage.postgres.schema import SCHEMA_VERSION, check_not_newer, feed_history, migrate, schema_version
 from hub.storage.store import SqlHubStore
 from protocol import wall_ms_now
 
@@ -230,6 +230,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
             async with pool.acquire() as conn:
                 hub_id = await migrate(conn, where)
                 offset_ms = await clock_offset_ms(conn)
+                history = await feed_history(conn, where)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
             await pool.close()
             raise _open_error(where, err) from err
@@ -245,7 +246,9 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 "(NTP) or the server's, whichever is wrong.",
                 span(offset_ms), "ahead of" if offset_ms > 0 else "behind",
             )  # fmt: skip
-        return cls(url, pool, hub_id)
+        store = cls(url, pool, hub_id)
+        store.feed_history = history
+        return store
 
     async def close(self) -> None:
         if self._closed:

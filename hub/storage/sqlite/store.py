@@ -36,7 +36,7 @@ from hub.storage.bundles import BundleReads
 from hub.storage.db import SqliteDb
 from hub.storage.ingest import Batch, IngestTx
 from hub.storage.sqlite.ingest import SqliteIngest, StockCache
-from hub.storage.sqlite.schema import SCHEMA_VERSION, migrate
+from hub.storage.sqlite.schema import SCHEMA_VERSION, feed_history, migrate
 from hub.storage.sqlite.writer import WAL_VALVE_PAGES, Checkpointer, ConnectionThread, InlineConnection, run_inline
 from hub.storage.store import SqlHubStore
 
@@ -179,6 +179,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                 ]
             )
             hub_id = await writer.run(lambda conn: run_inline(migrate(InlineConnection(conn), path)))
+            history = await writer.run(lambda conn: run_inline(feed_history(InlineConnection(conn), path)))
             await checkpointer.open()
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -192,7 +193,9 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                 raise StoreError(f"cannot open the hub database {path}: {err}") from err
             raise
         log.info("Opened the hub database %s (schema version %d).", path, SCHEMA_VERSION)
-        return cls(path, writer, checkpointer, reader, hub_id)
+        store = cls(path, writer, checkpointer, reader, hub_id)
+        store.feed_history = history
+        return store
 
     async def close(self) -> None:
         if self._closed:

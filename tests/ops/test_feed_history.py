@@ -1,0 +1,161 @@
+"""A change-feed cursor kept across a restore of the hub's database is refused (410), not read on.
+
+After a restore the hub hands out again the change ids it had given out since the backup, to other changes; a
+consumer resuming from a cursor it kept would skip the new changes numbered below it. Real hub processes on a
+real SQLite file (and on PostgreSQL, restored with pg_restore into a new database): take a cursor, back up,
+write more, restore, write different changes, then resume with the old cursor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from protocol import MSGPACK_CONTENT_TYPE, Kind, StockEvent, SyncRequest, encode_sync_request, new_event_id, pack_hlc
+from tests.harness.clock import RECENT_MS
+from tests.harness.commands import hub_env, new_hub_db, run_hub
+from tests.harness.hub_process import HubProcess
+from tests.ops.test_hub_backup import pg_databases  # noqa: F401  (the fixture: two new PostgreSQL databases)
+
+TIMEOUT_S = 10.0
+
+
+def credential(env: dict[str, str], *args: str) -> tuple[str, str]:
+    run = run_hub("agent", "add", *args, env=env)
+    assert run.returncode == 0, run.stderr
+    fields = dict(line.split(": ", 1) for line in run.stdout.splitlines() if line.startswith(("agent_id", "credential")))
+    return fields["agent_id"], fields["credential"]
+
+
+def sync(url: str, agent: tuple[str, str], location: str, seqs: range, sku: str) -> None:
+    agent_id, token = agent
+    events = tuple(
+        StockEvent(event_id=new_event_id(), agent_id=agent_id, epoch=1, seq=seq, location=location, sku=f"{sku}-{seq}",
+                   kind=Kind.RECEIVE, qty=seq, occurred_at=pack_hlc(RECENT_MS + seq, 0), wall_ms=RECENT_MS + seq,
+                   source="pos:test")
+        for seq in seqs
+    )  # fmt: skip
+    body = encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=events))
+    req = urllib.request.Request(f"{url}/v1/sync", data=body, method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+        assert resp.status == 200
+
+
+def get(url: str, token: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            return resp.status, json.loads(resp.read()) if "json" in resp.headers.get("Content-Type", "") else None
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def changes(url: str, token: str, cursor: str | None = None) -> dict[str, Any]:
+    status, page = get(f"{url}/v1/changes" + ("" if cursor is None else f"?cursor={cursor}"), token)
+    assert status == 200, page
+    return page
+
+
+def before_restore(url: str, reader: str, store: tuple[str, str], backup: Any) -> tuple[str, str, str]:
+    """Two changes, a cursor, the backup, two changes more and the cursor after them (and its decimal form)."""
+    sync(url, store, "S001", range(1, 3), "SKU-A")
+    early = changes(url, reader)["cursor"]
+    backup()
+    sync(url, store, "S001", range(3, 5), "SKU-A")
+    late = changes(url, reader, early)
+    assert [c["change_id"] for c in late["changes"]] == [3, 4]
+    history = late["cursor"].partition(".")[2]
+    assert late["cursor"] == f"4.{history}" and early == f"2.{history}" and len(history) == 12
+    return early, late["cursor"], "4"
+
+
+def after_restore(url: str, reader: str, other: tuple[str, str], early: str, late: str, legacy: str) -> str:
+    """Different changes under the same ids; the old cursors are refused with a sentence; a new read works."""
+    sync(url, other, "S002", range(1, 4), "SKU-B")  # changes 3, 4 and 5 of the restored hub: not the ones read
+    for cursor in (late, early):
+        status, problem = get(f"{url}/v1/changes?cursor={cursor}", reader)
+        assert status == 410, (cursor, problem)
+        assert problem["code"] == "gone" and "earlier history" in problem["detail"], problem
+        assert "restored from a backup" in problem["detail"] and "from the start" in problem["detail"], problem
+    status, problem = get(f"{url}/v1/changes/stream", reader, {"Last-Event-ID": late})
+    assert status == 410 and "Last-Event-ID" in problem["detail"], problem
+    fresh = changes(url, reader)  # read again from the start: what the restored hub holds
+    assert [(c["change_id"], c["location"]) for c in fresh["changes"]] == [
+        (1, "S001"), (2, "S001"), (3, "S002"), (4, "S002"), (5, "S002")]  # fmt: skip
+    assert fresh["cursor"].startswith("5.") and fresh["cursor"].partition(".")[2] != late.partition(".")[2]
+    old_form = changes(url, reader, legacy)  # the older, decimal form: taken and answered as before
+    assert old_form["cursor"] == "5" and [c["change_id"] for c in old_form["changes"]] == [5]
+    return fresh["cursor"]
+
+
+def test_a_cursor_kept_across_a_restore_of_the_sqlite_database_is_refused(tmp_path: Path) -> None:
+    db, copy = tmp_path / "hub.db", tmp_path / "backup.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    new_hub_db(db, env=env)
+    store, other = credential(env, "--location", "S001"), credential(env, "--location", "S002")
+    _, reader = credential(env, "--role", "reader")
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
+        def backup() -> None:
+            done = run_hub("backup", "--to", str(copy), env=env)
+            assert done.returncode == 0, done.stderr
+
+        early, late, legacy = before_restore(served.url, reader, store, backup)
+        assert served.stop() == 0
+
+    # The restore procedure of docs/operations.md: the old database aside, the backup in its place.
+    aside = tmp_path / "replaced"
+    aside.mkdir()
+    for name in ("hub.db", "hub.db-wal", "hub.db-shm"):
+        if (tmp_path / name).exists():
+            (tmp_path / name).rename(aside / name)
+    shutil.copyfile(copy, db)
+    with HubProcess(tmp_path / "restored.log", env=env) as again:
+        fresh = after_restore(again.url, reader, other, early, late, legacy)
+        assert again.stop() == 0
+    assert "begins a new history" in again.log
+
+    with HubProcess(tmp_path / "restarted.log", env=env) as restarted:  # a restart is no restore: cursors hold
+        assert changes(restarted.url, reader, fresh)["cursor"] == fresh
+        assert restarted.stop() == 0
+
+
+def test_a_cursor_kept_across_a_pg_restore_into_a_new_database_is_refused(
+    tmp_path: Path, pg_databases: tuple[str, str]  # noqa: F811
+) -> None:
+    live, restored = pg_databases
+    dump = tmp_path / "hub.dump"
+    env = hub_env(SHELFSYNC_HUB_DB=live, SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    store, other = credential(env, "--location", "S001"), credential(env, "--location", "S002")
+    _, reader = credential(env, "--role", "reader")
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
+        def backup() -> None:
+            done = run_hub("backup", "--to", str(dump), env=env)
+            assert done.returncode == 0, done.stderr
+
+        early, late, legacy = before_restore(served.url, reader, store, backup)
+        assert served.stop() == 0
+
+    # The restore procedure of docs/operations.md: pg_restore into a new, empty database.
+    parts = urlsplit(restored)
+    no_password = urlunsplit(parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}"))
+    done = subprocess.run(
+        ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={no_password}", str(dump)],
+        env={**os.environ, "PGPASSWORD": parts.password or ""}, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    renv = {**env, "SHELFSYNC_HUB_DB": restored}
+    with HubProcess(tmp_path / "restored.log", env=renv) as again:
+        fresh = after_restore(again.url, reader, other, early, late, legacy)
+        assert again.stop() == 0
+    with HubProcess(tmp_path / "restarted.log", env=renv) as restarted:  # a restart is no restore: cursors hold
+        assert changes(restarted.url, reader, fresh)["cursor"] == fresh
+        assert restarted.stop() == 0
