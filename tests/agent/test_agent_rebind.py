@@ -83,7 +83,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def issue(hub: HubProcess, agent_id: str, location: str) -> str:
-    """``shelfsync-hub agent add --id``: the token of the ready configuration it prints."""
+    """``shelfsync-hub agent add --id``: the token of the ready configuration it prints (``init`` first, for a hub
+    database that does not exist yet: agent add refuses one)."""
+    if not Path(hub.db or "").exists():
+        assert cli("-m", "hub", "init", "--db", str(hub.db)).returncode == 0
     done = cli("-m", "hub", "agent", "add", "--db", hub.db, "--location", location, "--id", agent_id, "--hub-url", hub.url)
     assert done.returncode == 0, done.stderr
     return str(tomllib.loads(done.stdout)["agent"]["token"])

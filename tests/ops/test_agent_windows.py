@@ -130,6 +130,8 @@ def test_every_agent_module_imports_without_the_posix_only_modules() -> None:
 def test_the_core_runs_records_replicates_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     hub = HubProcess(tmp_path / "hub.log", db=tmp_path / "hub.db", port=free_port())
     try:
+        subprocess.run([sys.executable, "-m", "hub", "init", "--db", hub.db], capture_output=True, text=True,
+                       timeout=COMMAND_TIMEOUT_S, cwd=ROOT, check=True)  # fmt: skip
         issued = subprocess.run(
             [sys.executable, "-m", "hub", "agent", "add", "--db", hub.db, "--location", "S001", "--id", "store-w",
              "--hub-url", hub.url],

@@ -89,6 +89,8 @@ def run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def issue(db: str, agent_id: str, url: str) -> str:
+    if not Path(db).exists():  # agent add works on an existing hub database only; init makes a new one
+        assert run([sys.executable, "-m", "hub", "init", "--db", db]).returncode == 0
     done = run([sys.executable, "-m", "hub", "agent", "add", "--db", db, "--location", "S001", "--id", agent_id, "--hub-url", url])
     assert done.returncode == 0, done.stderr
     return str(tomllib.loads(done.stdout)["agent"]["token"])
