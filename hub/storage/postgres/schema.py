@@ -118,15 +118,16 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
 async def feed_history(conn: asyncpg.Connection, where: str) -> str:
     """The change feed's history (``hub.storage.feed``): a new one when the changes table is not the one it began
     in (pg_restore creates the tables anew: other oids, and another database or cluster)."""
+    home = await _home(conn)
+    rows = await _history_rows(conn)
+    if new_feed_history(rows.get(FEED_HISTORY_KEY), rows.get(FEED_HOME_KEY), home) is None:
+        return str(rows[FEED_HISTORY_KEY])  # the usual start: no lock, so no batch in flight is waited for
     async with conn.transaction():
         await conn.execute(MIGRATION_LOCK_SQL)  # hubs starting together agree on one history
-        home = await _home(conn)
-        rows = dict(await conn.fetch(
-            "SELECT key, value FROM meta WHERE key IN ($1, $2)", FEED_HISTORY_KEY, FEED_HOME_KEY
-        ))  # fmt: skip
+        rows = await _history_rows(conn)
         history = new_feed_history(rows.get(FEED_HISTORY_KEY), rows.get(FEED_HOME_KEY), home)
         if history is None:
-            return str(rows[FEED_HISTORY_KEY])
+            return str(rows[FEED_HISTORY_KEY])  # another hub starting beside this one began it
         await conn.executemany(
             "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [(FEED_HISTORY_KEY, history), (FEED_HOME_KEY, home)],
@@ -140,6 +141,11 @@ async def feed_history(conn: asyncpg.Connection, where: str) -> str:
             where, history, rows[FEED_HISTORY_KEY],
         )  # fmt: skip
     return history
+
+
+async def _history_rows(conn: asyncpg.Connection) -> dict[str, str]:
+    rows = await conn.fetch("SELECT key, value FROM meta WHERE key IN ($1, $2)", FEED_HISTORY_KEY, FEED_HOME_KEY)
+    return {str(k): str(v) for k, v in rows}
 
 
 async def _home(conn: asyncpg.Connection) -> str:
