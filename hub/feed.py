@@ -428,7 +428,8 @@ async def check_not_ahead(store: FeedStore, after: int, name: str = "cursor") ->
     if after > latest:
         raise web.HTTPBadRequest(
             text=f"{name} {after} is ahead of this hub's change feed, whose newest change is {latest} (a cursor of "
-            "another hub, or this hub's database was restored from a backup); resume from 0 or from the newest change"
+            "another hub, or this hub's database was restored from a backup); read the feed again from the start "
+            "(leave the cursor out), or take the counts and go on from the newest change"
         )
 
 

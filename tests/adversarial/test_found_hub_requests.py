@@ -75,6 +75,7 @@ def test_a_cursor_ahead_of_the_feed_is_refused_not_left_waiting(hub: HubProcess)
         status, body = _request(hub, "GET", path, headers)
         assert status == 400, (path, status, body)
         assert "ahead of this hub's change feed" in body and "newest change is 2" in body, body
+        assert "from the start (leave the cursor out)" in body, body
     status, page = _changes(hub, reader, "2")  # the newest cursor itself is fine
     assert status == 200 and page["changes"] == [], page
 
