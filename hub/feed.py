@@ -556,7 +556,9 @@ async def _stream(
     checks = request.app[CHECKS_KEY]
     watch.streams += 1
     try:
-        await sse.send(views.dumps({"cursor": given.at(after)}), event="ready", retry=STREAM_RETRY_MS)
+        # the ready event carries its cursor as its id too: a client that lost the stream before any change
+        # resumes from it (Last-Event-ID), not from the newest change, which would skip what came in between
+        await sse.send(views.dumps({"cursor": given.at(after)}), id=given.at(after), event="ready", retry=STREAM_RETRY_MS)
         while not watch.closed and not gone.done():
             try:
                 shared = watch.page_after(after, STREAM_BATCH, location, sku)  # what the watch read, if not behind

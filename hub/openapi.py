@@ -821,12 +821,12 @@ def _paths() -> dict[str, JSON]:
     add("/v1/changes/stream", "get", operation(
         "streamChanges", "The change feed as server-sent events",
         "One `change` event per change (its `id` is its cursor) after Last-Event-ID, else after `cursor`, else from now "
-        "on; a `ready` event first says where it starts; a `: ping` comment every "
+        "on; a `ready` event first says where it starts (its `id` too, so a resume before any change starts there); a `: ping` comment every "
         f"{feed.STREAM_PING_S:g} s. The stream does not end while the hub runs. 410 for a cursor or Last-Event-ID of an "
         "earlier history of the feed, as for GET /v1/changes.",
         "Change feed",
         {"200": ok("The stream.", string(), media="text/event-stream",
-                   example='event: ready\nretry: 3000\ndata: {"cursor":"1042.9e8c9d8bfa70"}\n\n')},
+                   example='event: ready\nid: 1042.9e8c9d8bfa70\nretry: 3000\ndata: {"cursor":"1042.9e8c9d8bfa70"}\n\n')},
         parameters=[query("cursor", string(pattern=CHANGE_CURSOR_PATTERN), "Where to start (a cursor of the feed)."),
                     LOCATION_QUERY, SKU_QUERY,
                     {"name": "Last-Event-ID", "in": "header", "required": False,

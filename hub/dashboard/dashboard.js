@@ -323,7 +323,7 @@
       badge.textContent = n > 999 ? "999+" : String(n);
     }
     setStat("stat-change", state.lastChangeMs ? ageText(state.lastChangeMs) : "–",
-      state.cursor !== null ? `feed cursor ${state.cursor}` : "");
+      state.cursor !== null ? `feed cursor ${String(state.cursor).split(".")[0]}` : ""); // its change id, not its history
     const change = $("stat-change").querySelector(".stat-value");
     if (state.lastChangeMs) change.dataset.ms = String(state.lastChangeMs);
   }
@@ -1233,17 +1233,24 @@
     $("live-text").textContent = text;
   }
 
+  // A stream opened here begins at the newest change. The browser's own reconnects resume where the stream
+  // left off (Last-Event-ID), but a stream that was refused (the hub restarting, or its database restored: 410)
+  // is opened anew, so whatever changed meanwhile is read again with the page.
   function connectFeed() {
     if (leaving.signal.aborted) return;
+    const reopened = state.started;
+    let opened = false;
     const source = new EventSource("/v1/changes/stream");
     feed = source;
     source.addEventListener("ready", (e) => {
       setLive("live", "Live");
-      if (state.cursor === null) state.cursor = JSON.parse(e.data).cursor;
-      if (!state.started) {
+      const cursor = JSON.parse(e.data).cursor;
+      if (state.cursor === null || (reopened && !opened)) state.cursor = cursor;
+      if (!state.started || (reopened && !opened)) {
         state.started = true;
         refreshStatus().then(render, () => render());
       }
+      opened = true;
     });
     source.addEventListener("change", (e) => applyChange(JSON.parse(e.data)));
     source.addEventListener("error", () => {

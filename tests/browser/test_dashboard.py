@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page, Route, expect
 
 from hub import HubStore
+from hub.app import STORE_KEY
+from hub.feed import STREAMS_KEY
 from hub.storage import AgentIdentity
 from hub.webhooks import WebhookSpec
 from protocol import (
@@ -90,6 +93,7 @@ class Shop:
     reader: str
     s001: StoreAgent
     s002: StoreAgent
+    app: web.Application
 
 
 async def _agent(store: HubStore, client: TestClient[Any, Any], location: str) -> StoreAgent:
@@ -154,7 +158,7 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
                 headers={"Authorization": f"Bearer {web_token}"},
             )
             assert resp.status == 200, await resp.text()
-            yield Shop(served.url, reader, s001, s002)
+            yield Shop(served.url, reader, s001, s002, served.app)
     finally:
         await runner.cleanup()
 
@@ -240,6 +244,40 @@ async def test_sign_in_find_a_sku_and_watch_it_change_live(
     assert console_errors == []
 
 
+async def test_a_dropped_stream_resumes_where_it_was_and_a_refused_one_reopens_reading_what_changed(
+    page: Page, shop: Shop, console_errors: list[str]
+) -> None:
+    """A sale while the page has no stream is shown either way: when the browser resumes the stream (from the
+    ready event's cursor, no change having come before), and when the hub refuses the resume with 410 (its database
+    was restored: another history), so the page opens a new stream from the newest change and reads the rest."""
+    await sign_in(page, shop)
+    await page.click("nav a[data-view=stock]")
+    on_hand = count_cell(page, "#stock-body", "S001", "on_hand")
+    await expect(on_hand).to_have_text("21")
+    streams = shop.app[STREAMS_KEY]
+
+    def drop_streams() -> None:
+        assert streams, "the page holds no stream open"
+        for transport in list(streams):
+            transport.abort()
+
+    drop_streams()  # no change has come on this stream: only its ready event's id says where it was
+    await shop.s001.push(("sale", -4, SKU))  # the browser waits 3 s (retry) before it resumes
+    await expect(on_hand).to_have_text("17", timeout=30_000)
+
+    store = shop.app[STORE_KEY]
+    store.feed_history = "0" * 12  # as a restore from a backup renews it: the page's cursor is of the old one
+    drop_streams()
+    await shop.s001.push(("sale", -2, SKU))
+    await expect(on_hand).to_have_text("15", timeout=30_000)
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    await expect(page.locator("#stat-change .stat-note")).to_have_text(re.compile(r"^feed cursor \d+$"))
+    await shop.s001.push(("sale", -1, SKU))  # the new stream follows the feed
+    await expect(on_hand).to_have_text("14")
+    console_errors[:] = [e for e in console_errors if "410" not in e and "CHUNKED" not in e]  # the cut and refusal
+    assert console_errors == []
+
+
 async def test_signing_out_returns_to_the_sign_in_page(page: Page, shop: Shop, console_errors: list[str]) -> None:
     await sign_in(page, shop)
     await page.click("text=Sign out")
@@ -301,7 +339,7 @@ async def test_a_sku_stored_as_a_dot_segment_shows_its_own_counts(
             for sku, qty in ((".", 5), ("..", 7))
         ]
         await store.ingest(AgentIdentity(s001.agent_id, frozenset({"S001"})), 1, legacy)
-        shop = Shop(served.url, reader, s001, s001)
+        shop = Shop(served.url, reader, s001, s001, served.app)
         await sign_in(page, shop)
         for sku, encoded, on_hand in ((".", "%2E", "5"), ("..", "%2E%2E", "7")):
             await page.goto(f"{shop.base}/dashboard/#/sku/{encoded}")
