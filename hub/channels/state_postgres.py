@@ -11,7 +11,8 @@ channel at once number one after the other.
 
 ``PusherLeases``: several hub processes share one database, but only one may
 push a channel. Each channel's pusher holds a session-level advisory lock on a
-connection of its own; a hub that does not get it stands by and tries again
+connection of its own (``hub.storage.postgres.leases.Leases``, which webhooks
+use too); a hub that does not get it stands by and tries again
 (``hub.channels.runner``). The lock goes when the holder's connection does (a
 stopped or killed hub), and another hub takes the channel over from the
 cursor the holder saved. Both locks are keyed by the schema (``search_path``)
@@ -31,6 +32,8 @@ import asyncpg
 from hub.channels.state import SqlChannelState, Tx
 from hub.storage.base import StoreError
 from hub.storage.db import PostgresDb
+from hub.storage.postgres.leases import Leases
+from hub.storage.postgres.schema import migrate
 from hub.storage.postgres.store import (
     CLOSE_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -41,19 +44,16 @@ from hub.storage.postgres.store import (
     TX_ATTEMPTS,
     redacted,
 )
-from hub.storage.postgres.schema import migrate
 from protocol.retry import FULL_JITTER, Backoff
 
 log = logging.getLogger(__name__)
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4  # the channel state's own connections per hub process (writes are small and rare)
-LEASE_QUERY_TIMEOUT_S = 5.0
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 DIVERGENCES_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('shelfsync.channel.divergences.' || current_schema() || '.' || $1, 0))"
 # A transaction PostgreSQL aborted runs again after a jittered wait; the n-th retry waits up to RETRY_BASE_S × 2^n.
 TX_BACKOFF = Backoff(base_s=2 * RETRY_BASE_S, max_s=RETRY_MAX_S, jitter=FULL_JITTER)
-PUSHER_KEY_SQL = "hashtextextended('shelfsync.channel.pusher.' || current_schema() || '.' || $1, 0)"
 
 
 class PostgresChannelState(SqlChannelState):
@@ -123,69 +123,8 @@ class PostgresChannelState(SqlChannelState):
             await asyncio.sleep(TX_BACKOFF.delay_s(attempt, self._rng))
 
 
-class PusherLeases:
-    """Session-level advisory locks, one per channel, on one connection of their own: who pushes each channel.
-
-    ``take`` tries to take a channel's lock without waiting; ``alive`` tells whether the connection (and so every
-    lock taken on it) is still there. When it is not, the locks are gone: stop pushing, then ``take`` again
-    (it connects anew)."""
+class PusherLeases(Leases):
+    """Who pushes each channel: a session-level advisory lock per channel (``hub.storage.postgres.leases``)."""
 
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._where = redacted(url)
-        self._conn: asyncpg.Connection | None = None
-        self.held: set[str] = set()
-
-    async def _connection(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            self.held.clear()  # a new connection holds nothing
-            try:
-                self._conn = await asyncpg.connect(
-                    self._url, timeout=CONNECT_TIMEOUT_S, server_settings=SERVER_SETTINGS
-                )
-            except (*DB_ERRORS, ValueError) as err:
-                raise StoreError(f"cannot reach {self._where} to take the channels' pusher locks ({err})") from err
-        return self._conn
-
-    async def take(self, channel: str) -> bool:
-        """True when this hub now holds (or already held) the channel's lock."""
-        if channel in self.held and await self.alive():
-            return True
-        conn = await self._connection()
-        try:
-            got = await conn.fetchval(f"SELECT pg_try_advisory_lock({PUSHER_KEY_SQL})", channel,
-                                      timeout=LEASE_QUERY_TIMEOUT_S)  # fmt: skip
-        except DB_ERRORS as err:
-            await self._drop()
-            raise StoreError(f"taking the pusher lock of channel {channel} in {self._where} failed ({err})") from err
-        if got:
-            self.held.add(channel)
-        return bool(got)
-
-    async def alive(self) -> bool:
-        """The connection answers: every lock in ``held`` is still this hub's."""
-        if self._conn is None or self._conn.is_closed():
-            self.held.clear()
-            return False
-        try:
-            await self._conn.fetchval("SELECT 1", timeout=LEASE_QUERY_TIMEOUT_S)
-        except DB_ERRORS:
-            await self._drop()
-            return False
-        return True
-
-    async def _drop(self) -> None:
-        self.held.clear()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.terminate()
-
-    async def close(self) -> None:
-        """Give every lock back (closing the connection does); safe twice."""
-        conn, self._conn = self._conn, None
-        self.held.clear()
-        if conn is not None and not conn.is_closed():
-            try:
-                await asyncio.wait_for(conn.close(), LEASE_QUERY_TIMEOUT_S)
-            except DB_ERRORS:
-                conn.terminate()
+        super().__init__(url, "channel.pusher", "the pusher lock of channel {name}", "the channels' pusher locks")
