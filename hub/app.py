@@ -255,7 +255,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     reports.routes(app)  # POST /v1/observations, POST /v1/import-issues, GET /v1/divergence
     feed.setup(app, store, settings.change_recheck_s)  # GET /v1/changes, GET /v1/changes/stream
     metrics.setup(app)  # GET /metrics
-    webhooks.setup(app, settings.webhooks)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
+    webhooks.setup(app, settings.webhooks, settings.db)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
     events_api.setup(app, settings.clock_window_s)  # POST /v1/events
     quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/{id}
     dashboard.setup(app, store)  # /, /dashboard/…, GET /v1/status, GET /v1/counts

@@ -1024,8 +1024,8 @@ _AGENT_STATUS = {"agent_id": _AGENT, "role": "agent", "revoked": False, "locatio
                  "last_sync_ms": _AT_MS, "last_sync": _AT, "epochs": [{"epoch": 1, "epoch_text": "1", "hwm": 17}],
                  "clock_skew_ms": 120, "backlog": 0, "oldest_pending_ms": None, "oldest_pending": None,
                  "backlog_at_ms": _AT_MS, "backlog_at": _AT}  # fmt: skip
-_WEBHOOK = {"name": "web-shop", "url": "https://shop.example.com/hooks/stock", "location": "WEB", "cursor": "1042",
-            "lag": 0, "failures": 0, "last_error": None, "last_attempt_ms": _AT_MS, "last_attempt": _AT,
+_WEBHOOK = {"name": "web-shop", "url": "https://shop.example.com/hooks/stock", "deliverer": "this hub",
+            "location": "WEB", "cursor": "1042", "lag": 0, "failures": 0, "last_error": None, "last_attempt_ms": _AT_MS, "last_attempt": _AT,
             "last_success_ms": _AT_MS, "last_success": _AT}  # fmt: skip
 _RECIPE = {"sku": "KIT-1", "version": 1, "valid_from_ms": _AT_MS, "valid_from": _AT, "components": {"A": 2, "C": 1},
            "set_by": _ADMIN}  # fmt: skip
@@ -1247,11 +1247,13 @@ def _schemas() -> dict[str, JSON]:
             wire.MORE_FIELD: {"type": "boolean", "description": "True when the page is full: ask again at once."},
         }, [wire.CHANGES_FIELD, wire.CURSOR_FIELD, wire.MORE_FIELD]),
         "WebhookStatus": obj({
-            "name": string(), "url": string(), "location": nullable(string()), "cursor": string(), "lag": integer(0),
+            "name": string(), "url": string(),
+            "deliverer": known(["this hub", "another hub"], "Which hub process delivers it (several may share PostgreSQL)"),
+            "location": nullable(string()), "cursor": string(), "lag": integer(0),
             "failures": integer(0), "last_error": nullable(string()), "last_attempt_ms": nullable(ms),
             "last_attempt": iso_time("The last attempt"), "last_success_ms": nullable(ms),
             "last_success": iso_time("The last success"),
-        }, ["name", "url", "cursor", "lag", "failures", "last_error"]),
+        }, ["name", "url", "deliverer", "cursor", "lag", "failures", "last_error"]),
         "Delivery": obj({
             "delivery_id": integer(1), "first_change": integer(0), "last_change": integer(0), "status": string(),
             "http_status": nullable(integer()), "error": nullable(string()), "at_ms": integer(0), "at": iso_time("When"),

@@ -17,6 +17,14 @@ keyed with the webhook's secret, of ``<timestamp>.`` followed by the raw
 body. The receiver recomputes it, compares in constant time and refuses a
 timestamp more than a few minutes old (``verify_signature``), so a captured
 request cannot be replayed later.
+
+On a PostgreSQL hub several hub processes share the database, and only one
+delivers each webhook: the one holding the webhook's deliverer lock (a
+``hub.storage.postgres.leases.Leases`` of kind ``webhook.deliverer``, as
+channel pushers hold theirs). The others stand by, showing the saved state,
+try again every ``LEASE_RETRY_S`` and take over from the saved cursor when
+the holder goes away. The stored cursor never moves backwards
+(``hub.storage.feed.save_webhook_state``), whichever hub saves it.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +48,7 @@ from hub import paging, views
 from hub.auth import STORE_KEY
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
 from hub.metrics import METRICS_KEY
+from hub.storage import POSTGRES_SCHEMES
 from hub.storage.base import ChangeRow, StoreClosed, StoreError, WebhookDelivery
 from hub.storage.interfaces import FeedStore
 from hub.webhook_spec import (
@@ -54,7 +63,7 @@ from hub.webhook_spec import (
     verify_signature,
 )
 from protocol import wall_ms_now
-from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, read_retry_after, run_turns
+from protocol.retry import NO_JITTER, Backoff, Health, Streak, TurnFailed, read_retry_after, run_turns
 
 __all__ = [
     "WebhookConfigError",
@@ -66,6 +75,9 @@ __all__ = [
     "verify_signature",
 ]
 
+if TYPE_CHECKING:
+    from hub.storage.postgres.leases import Leases
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -76,6 +88,7 @@ DELIVERIES_LIMIT_DEFAULT = 100
 DELIVERIES_LIMIT_MAX = 1_000
 THROTTLE_STATUSES = (429, 503)  # answers whose Retry-After is waited out
 RETRY_AFTER_MAX_S = 300.0  # the longest a receiver's Retry-After holds a webhook back
+LEASE_RETRY_S = 3.0  # a standing-by hub tries to take a webhook this often; a delivering hub checks its locks
 
 
 # --- delivery ------------------------------------------------------------------
@@ -123,6 +136,7 @@ class WebhookDispatcher:
         self._streak = Streak(Backoff(RETRY_BASE_S, spec.retry_max_s), rng or random.Random())
         self._store_backoff = Backoff(RETRY_BASE_S, spec.retry_max_s, jitter=NO_JITTER)
         self._scanned = 0  # the change id up to which the feed was read (ahead of the cursor past unmatched changes)
+        self.delivering = False  # this hub process runs ``run`` (on PostgreSQL, another one may instead)
 
     async def run(self) -> None:
         """Deliver the change feed, a page a turn (``protocol.retry.run_turns``), until the feed closes."""
@@ -288,16 +302,18 @@ class _WebhookCollector(Collector):
 WEBHOOKS_KEY = web.AppKey("webhooks", dict[str, WebhookDispatcher])
 
 
-def setup(app: web.Application, specs: tuple[WebhookSpec, ...]) -> None:
-    """Register the webhook routes and, if any webhook is configured, run its dispatcher while the app runs."""
+def setup(app: web.Application, specs: tuple[WebhookSpec, ...], db: str = "") -> None:
+    """Register the webhook routes and, if any webhook is configured, run its dispatcher while the app runs.
+
+    ``db``: the hub's database; on a PostgreSQL URL each webhook is delivered by one hub process at a time."""
     app[WEBHOOKS_KEY] = {}
     app.router.add_get("/v1/webhooks", get_webhooks, name="webhooks")
     app.router.add_get("/v1/webhooks/{name}/deliveries", get_deliveries, name="webhook_deliveries")
     if specs:
-        app.cleanup_ctx.append(lambda app: _run_dispatchers(app, specs))
+        app.cleanup_ctx.append(lambda app: _run_dispatchers(app, specs, db))
 
 
-async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...]) -> AsyncIterator[None]:
+async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...], db: str) -> AsyncIterator[None]:
     store, watch = app[STORE_KEY], app[FEED_KEY]
     metrics = app.get(METRICS_KEY)
     counter = None
@@ -310,16 +326,67 @@ async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...])
         app[WEBHOOKS_KEY].update(dispatchers)
         if metrics is not None:
             metrics.registry.register(_WebhookCollector(dispatchers.values(), watch))
-        tasks = [asyncio.create_task(d.run(), name=f"webhook-{name}") for name, d in dispatchers.items()]
-        log.info("delivering the change feed to %d webhook(s): %s", len(tasks), ", ".join(dispatchers))
+        tasks: dict[str, asyncio.Task[None]] = {}
+        if db.startswith(POSTGRES_SCHEMES):
+            from hub.storage.postgres.leases import Leases  # the driver loads only for a PostgreSQL hub
+
+            leases = Leases(db, "webhook.deliverer", "the deliverer lock of webhook {name}", "the webhooks' locks")
+            leader = asyncio.create_task(_lead(dispatchers, tasks, leases, store), name="webhook-leases")
+            log.info("standing by to deliver the change feed to %d webhook(s): %s", len(specs), ", ".join(dispatchers))
+        else:  # one hub per SQLite file: it delivers every webhook
+            leases, leader = None, None
+            for d in dispatchers.values():
+                _start(d, tasks)
+            log.info("delivering the change feed to %d webhook(s): %s", len(tasks), ", ".join(dispatchers))
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
+            if leader is not None:
+                leader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await leader
+            for name in list(tasks):
+                await _stop(dispatchers[name], tasks)
+            if leases is not None:
+                await leases.close()  # only now: no dispatcher of ours runs when another hub takes the webhooks
+
+
+def _start(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> None:
+    d.delivering = True
+    tasks[d.spec.name] = asyncio.create_task(d.run(), name=f"webhook-{d.spec.name}")
+
+
+async def _stop(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> None:
+    task = tasks.pop(d.spec.name)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    d.delivering = False
+
+
+async def _lead(
+    dispatchers: dict[str, WebhookDispatcher], tasks: dict[str, asyncio.Task[None]], leases: Leases, store: FeedStore
+) -> None:
+    """Forever: deliver the webhooks whose lock this hub holds, stand by for the others (as channel pushers do)."""
+    health = Health(log, "taking the webhooks' deliverer locks")
+    while True:
+        try:
+            if leases.held and not await leases.alive():  # the connection went, and the locks with it
+                for name in list(tasks):
+                    await _stop(dispatchers[name], tasks)
+                    log.warning("webhook %s: this hub lost its deliverer lock and stopped delivering it", name)
+            for name, d in dispatchers.items():
+                if name in tasks:
+                    continue
+                if await leases.take(name):
+                    _start(d, tasks)  # its run loads the cursor the last deliverer saved
+                    log.info("webhook %s: this hub delivers it now", name)
+                else:  # what GET /v1/webhooks shows while standing by
+                    d.status.cursor, d.status.last_error, d.status.failures = await store.webhook_state(name)
+            health.succeeded()
+        except StoreError as err:
+            health.failed(str(err))
+        await asyncio.sleep(LEASE_RETRY_S)
 
 
 # --- routes -------------------------------------------------------------------
@@ -330,6 +397,7 @@ def _status_json(d: WebhookDispatcher, latest: int) -> dict[str, Any]:
     return {
         "name": d.spec.name,
         "url": d.spec.display_url,
+        "deliverer": "this hub" if d.delivering else "another hub",  # several hubs on one PostgreSQL database
         "location": d.spec.location,
         "cursor": str(s.cursor),
         "lag": max(0, latest - s.cursor),

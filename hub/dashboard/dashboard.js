@@ -419,7 +419,8 @@
     if (others) parts.push(h("p", { class: "muted" }, `${others} reader, admin or revoked credential(s) are not listed.`));
     const hooks = st.webhooks || [];
     const hookRows = hooks.map((w) => h("tr", {},
-      h("td", { class: "nowrap" }, w.failures ? pill(`Failing ×${w.failures}`, "bad") : pill("Delivering", "good")),
+      h("td", { class: "nowrap" }, w.failures ? pill(`Failing ×${w.failures}`, "bad")
+        : w.deliverer === "another hub" ? pill("Another hub delivers", "plain") : pill("Delivering", "good")),
       h("td", { class: "key" }, w.name),
       h("td", { class: "mono" }, w.url),
       h("td", {}, w.location || "all"),

@@ -71,9 +71,13 @@ async def webhook_state(db: Db, name: str) -> WebhookState:
 async def save_webhook_state(
     db: Db, name: str, cursor: int, last_error: str | None, attempts: int, now_ms: int
 ) -> None:
+    """Upsert the webhook's state; its cursor never moves backwards (a hub that lags, or lost its deliverer
+    lock while saving, cannot take back what another hub's delivery already moved past)."""
     await db.execute(
         "INSERT INTO webhooks (name, cursor, last_error, attempts, updated_ms) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, last_error = excluded.last_error, "
+        "ON CONFLICT (name) DO UPDATE SET "
+        "cursor = CASE WHEN excluded.cursor > webhooks.cursor THEN excluded.cursor ELSE webhooks.cursor END, "
+        "last_error = excluded.last_error, "
         "attempts = excluded.attempts, updated_ms = excluded.updated_ms",
         (name, cursor, last_error, attempts, now_ms),
     )

@@ -174,7 +174,7 @@ class FeedStore(Protocol):
     async def save_webhook_state(
         self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0
     ) -> None:
-        """Upsert the state of webhook ``name``."""
+        """Upsert the state of webhook ``name``; its cursor never moves backwards (a lower one is not saved)."""
 
     @abc.abstractmethod
     async def log_webhook_delivery(

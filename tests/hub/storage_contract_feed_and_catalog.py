@@ -232,6 +232,10 @@ class FeedAndCatalogContract:
         assert (cursor, last_error, attempts) == (5, "HTTP 500 from the shop", 2)
         await store.save_webhook_state("shop", 9)
         assert await store.webhook_state("shop") == WebhookState(9, None, 0)
+        # a hub that lags (several hubs on one PostgreSQL database) saves an older cursor: it is not taken back
+        await store.save_webhook_state("shop", 7, "HTTP 502 from the shop", 1)
+        assert await store.webhook_state("shop") == WebhookState(9, "HTTP 502 from the shop", 1)
+        await store.save_webhook_state("shop", 9)
         assert await store.webhook_state("other") == WebhookState(0, None, 0)
         await store.log_webhook_delivery("shop", 1, 5, "failed", 500, "HTTP 500", 1_000)
         await store.log_webhook_delivery("shop", 1, 9, "delivered", 200, None, 2_000)

@@ -1,0 +1,243 @@
+"""Two real PostgreSQL hub processes with the same ``[[webhooks]]`` entry deliver each change once, between them.
+
+Both hubs (``python -m hub serve --db postgresql://…``) take events; a receiver on 127.0.0.1 counts the deliveries
+of each change id. Exactly one hub delivers the webhook (``GET /v1/webhooks`` says which); killed with SIGKILL,
+the other takes it over from the saved cursor and delivers the rest. Every change arrives exactly once: the
+deliverer is killed with nothing in flight (a batch in flight at the kill may be sent again — at least once —,
+docs/hub-api.md#webhooks). The same holds when the deliverer's lock connection is cut (``pg_terminate_backend``)
+while the hub runs on: it stops delivering, and one of the hubs takes the webhook again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from hub.webhooks import verify_signature
+from tests.harness.credentials import Credential, add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json
+from tests.harness.pg import PG_URL, fresh_schema
+
+SECRET = "s3cret-for-the-web-shop"
+BOUND_S = 60.0  # on every wait: a standing-by hub takes a webhook over within seconds (it retries every 3 s)
+POLL_S = 0.2
+
+
+class CountingReceiver:
+    """The web shop's endpoint: checks each signature and counts the deliveries of each change id."""
+
+    def __init__(self) -> None:
+        self.delivered: Counter[int] = Counter()
+        self.bad_signatures = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify_signature(
+            SECRET, request.headers.get("X-Shelfsync-Timestamp"), request.headers.get("X-Shelfsync-Signature"), body
+        ):
+            self.bad_signatures += 1
+            return web.Response(status=401, text="bad signature")
+        self.delivered.update(int(c["change_id"]) for c in json.loads(body)["changes"])
+        return web.json_response({"ok": True})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hooks/stock", self.handle)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/hooks/stock"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def pg_db(pg_server: str) -> AsyncIterator[str]:
+    async with fresh_schema("wh") as url:
+        yield url
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[CountingReceiver]:
+    r = CountingReceiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+def _receive(url: str, token: str, n: int) -> None:
+    """One event of ``n`` units received at S1, of a SKU of its own: one change."""
+    event = {"id": f"delivery-{n}", "location": "S1", "sku": f"SKU-{n}", "kind": "receive", "qty": 1,
+             "occurred_at": f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}Z"}  # fmt: skip
+    req = urllib.request.Request(
+        f"{url}/v1/events", data=json.dumps({"events": [event]}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, method="POST",
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert json.loads(resp.read())["applied"] == 1
+
+
+def _change_ids(url: str, token: str) -> set[int]:
+    body = get_json(f"{url}/v1/changes?limit=5000", token)
+    assert body["more"] is False
+    return {int(c["change_id"]) for c in body["changes"]}
+
+
+def _webhook(url: str, token: str) -> dict[str, Any]:
+    (hook,) = get_json(f"{url}/v1/webhooks", token)["webhooks"]
+    assert isinstance(hook, dict)
+    return hook
+
+
+async def _until(what: str, check: Any) -> None:
+    """Poll ``check()`` until it is true; fail naming ``what`` after ``BOUND_S``."""
+    try:
+        async with asyncio.timeout(BOUND_S):
+            while not await check():
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        raise AssertionError(f"{what} did not happen within {BOUND_S:.0f} s") from None
+
+
+async def _post(hubs: list[HubProcess], agent: Credential, numbers: range) -> None:
+    for n in numbers:  # alternating between the hubs, as a load balancer would
+        await asyncio.to_thread(_receive, hubs[n % len(hubs)].url, agent.token, n)
+
+
+def _hubs(tmp_path: Path, receiver: CountingReceiver, pg_db: str) -> list[HubProcess]:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        f'[[webhooks]]\nname = "shop"\nurl = "{receiver.url}"\nsecret = "{SECRET}"\nbatch_max = 4\n', encoding="utf-8"
+    )
+    return [HubProcess(tmp_path / f"hub-{i}.log", "--config", str(config), db=pg_db, port=free_port()) for i in (1, 2)]
+
+
+async def _start(hubs: list[HubProcess]) -> None:
+    for hub in hubs:
+        hub.spawn()
+    for hub in hubs:
+        await asyncio.to_thread(hub.wait_ready)
+
+
+async def _delivered_once_by_one_hub(
+    hubs: list[HubProcess], receiver: CountingReceiver, reader: Credential, expected: set[int]
+) -> HubProcess:
+    """Wait until every change in ``expected`` arrived and every hub shows it delivered; the delivering hub."""
+
+    async def every_hub_shows_everything_delivered() -> bool:
+        if not expected <= set(receiver.delivered):
+            return False
+        views = [await asyncio.to_thread(_webhook, h.url, reader.token) for h in hubs]
+        return all(int(v["cursor"]) >= max(expected) for v in views)  # a standing-by hub: the saved cursor
+
+    await _until("every change delivered, as every hub shows", every_hub_shows_everything_delivered)
+    assert set(receiver.delivered) == expected
+    twice = {cid: n for cid, n in receiver.delivered.items() if n > 1}
+    assert not twice, f"changes delivered more than once (change id: deliveries): {twice}"
+    views = [await asyncio.to_thread(_webhook, h.url, reader.token) for h in hubs]
+    assert sorted(v["deliverer"] for v in views) == ["another hub"] * (len(hubs) - 1) + ["this hub"]
+    (delivering,) = [h for h, v in zip(hubs, views, strict=True) if v["deliverer"] == "this hub"]
+    return delivering
+
+
+async def test_two_postgresql_hubs_deliver_each_change_once_and_hand_the_webhook_over_when_one_is_killed(
+    tmp_path: Path, receiver: CountingReceiver, pg_db: str
+) -> None:
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    hubs = _hubs(tmp_path, receiver, pg_db)
+    try:
+        await _start(hubs)
+        await _post(hubs, agent, range(30))
+        expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
+        assert len(expected) == 30
+        delivering = await _delivered_once_by_one_hub(hubs, receiver, reader, expected)
+        (standing_by,) = [h for h in hubs if h is not delivering]
+
+        await asyncio.to_thread(delivering.kill)  # SIGKILL: its lock goes when PostgreSQL sees its connection close
+        await _post([standing_by], agent, range(30, 42))
+        expected |= await asyncio.to_thread(_change_ids, standing_by.url, reader.token)
+        assert len(expected) == 42
+
+        async def the_other_hub_delivered_the_rest() -> bool:
+            view = await asyncio.to_thread(_webhook, standing_by.url, reader.token)
+            return expected <= set(receiver.delivered) and view["deliverer"] == "this hub"
+
+        await _until(
+            "the standing-by hub takes the webhook over and delivers the rest", the_other_hub_delivered_the_rest
+        )
+        assert await _delivered_once_by_one_hub([standing_by], receiver, reader, expected) is standing_by
+        assert receiver.bad_signatures == 0
+        assert "webhook shop: this hub delivers it now" in standing_by.run_log
+    finally:
+        for hub in hubs:
+            hub.close()
+    for hub in hubs:
+        assert "Traceback" not in hub.log and SECRET not in hub.log
+
+
+async def _terminate_lock_connection(pg_db: str) -> None:
+    """``pg_terminate_backend`` of the connection holding webhook shop's deliverer lock (``hub.webhooks``)."""
+    (schema,) = parse_qs(urlsplit(pg_db).query)["search_path"]
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        key = await conn.fetchval("SELECT hashtextextended('shelfsync.webhook.deliverer.' || $1 || '.shop', 0)", schema)
+        pids = await conn.fetch(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND classid::bigint = $1 AND objid::bigint = $2",
+            (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
+        )  # fmt: skip
+        assert len(pids) == 1, pids
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pids[0]["pid"])
+    finally:
+        await conn.close()
+
+
+async def test_a_hub_that_loses_its_lock_connection_stops_delivering_and_one_hub_delivers_the_rest(
+    tmp_path: Path, receiver: CountingReceiver, pg_db: str
+) -> None:
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    hubs = _hubs(tmp_path, receiver, pg_db)
+    try:
+        await _start(hubs)
+        await _post(hubs, agent, range(12))
+        expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
+        delivering = await _delivered_once_by_one_hub(hubs, receiver, reader, expected)
+
+        await _terminate_lock_connection(pg_db)  # the hub runs on; its lock is gone
+        await _until(
+            "the hub notices it lost its lock",
+            lambda: asyncio.to_thread(lambda: "lost its deliverer lock and stopped delivering it" in delivering.log),
+        )
+        await _post(hubs, agent, range(12, 24))
+        expected |= await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
+        assert len(expected) == 24
+        await _delivered_once_by_one_hub(hubs, receiver, reader, expected)  # whichever hub took the lock again
+    finally:
+        for hub in hubs:
+            hub.close()
+    for hub in hubs:
+        assert "Traceback" not in hub.log and SECRET not in hub.log
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
