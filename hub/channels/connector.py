@@ -184,6 +184,14 @@ def retry_after_s(raw: str | None) -> float:
     return RETRY_AFTER_DEFAULT_S if value is None else value
 
 
+def unavailable_wait_s(status: int, raw: str | None) -> float | None:
+    """How long a channel's 429 or 5xx answer asks to wait, the same for every connector: a 429 means wait, so
+    without a readable ``Retry-After`` it waits ``RETRY_AFTER_DEFAULT_S`` (``retry_after_s``); a 5xx waits what
+    its ``Retry-After`` says, or only the backoff (None) without one. Either is at most ``RETRY_AFTER_MAX_S``: a
+    longer ask is capped, not ignored, so a channel asking for an hour is not asked again after a second."""
+    return retry_after_s(raw) if status == 429 else read_retry_after(raw, max_s=RETRY_AFTER_MAX_S)
+
+
 class PageWalk:
     """One walk through a channel's page cursors: it stops, with one sentence, when ``STALE_PAGES_MAX`` pages in a
     row bring nothing not read already. A cursor that comes back is caught by each connector's own check; this

@@ -58,11 +58,11 @@ from hub.channels.connector import (
     page_ids,
     post,
     short,
+    unavailable_wait_s,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from protocol import wall_ms_now
-from protocol.retry import read_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,7 @@ class ShopifyConnector:
             )
         if status == 429 or status >= 500:
             raise ChannelUnavailable(
-                f"Shopify answered channel {spec.name} with HTTP {status}", _retry_after_s(retry_after)
+                f"Shopify answered channel {spec.name} with HTTP {status}", unavailable_wait_s(status, retry_after)
             )
         if status != 200:
             raise ChannelRejected(f"Shopify answered channel {spec.name} with HTTP {status}: {short(text)}")
@@ -515,8 +515,3 @@ def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, s
             return {}
         refused[keys[index]] = f"{code}: {short(str(e.get('message', '')))}"
     return refused
-
-
-def _retry_after_s(raw: str | None) -> float | None:
-    value = read_retry_after(raw, max_s=math.inf)  # delay-seconds or an HTTP-date
-    return value if value is not None and value <= 3_600 else None

@@ -39,7 +39,6 @@ import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import (
-    RETRY_AFTER_MAX_S,
     CallRecord,
     ChannelRejected,
     ChannelUnavailable,
@@ -53,11 +52,11 @@ from hub.channels.connector import (
     post,
     retry_after_s,
     short,
+    unavailable_wait_s,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from protocol import wall_ms_now
-from protocol.retry import read_retry_after
 
 RATE_LIMITED_RETRIES_MAX = 5  # 429 answers in a row before a turn gives up (and backs off)
 CATALOG_PAGE = 1_000
@@ -250,7 +249,7 @@ class SquareConnector:
             if status >= 500:  # a 503 may say Retry-After too (RFC 9110 10.2.3)
                 raise ChannelUnavailable(
                     f"Square failed {what} for channel {spec.name} (HTTP {status}: {detail})",
-                    read_retry_after(retry_after, max_s=RETRY_AFTER_MAX_S),
+                    unavailable_wait_s(status, retry_after),
                 )
             if status in (401, 403):
                 raise ChannelRejected(

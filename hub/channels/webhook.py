@@ -42,7 +42,6 @@ import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import (
-    RETRY_AFTER_MAX_S,
     CallRecord,
     ChannelRejected,
     ChannelUnavailable,
@@ -51,14 +50,13 @@ from hub.channels.connector import (
     Target,
     idempotency_key,
     post,
-    retry_after_s,
     short,
+    unavailable_wait_s,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from hub.webhook_spec import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_HEADER, sign
 from protocol import wall_ms_now
-from protocol.retry import read_retry_after
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ANSWER_MAX_BYTES = 1024 * 1024
@@ -123,9 +121,7 @@ class WebhookConnector:
         detail = f"HTTP {status}" + (f": {short(text)}" if text.strip() else "")
         if status == 429 or status >= 500:
             # a 503 (or any 5xx) may say Retry-After too (RFC 9110 10.2.3): a receiver down for maintenance
-            wait_s = (
-                retry_after_s(retry_after) if status == 429 else read_retry_after(retry_after, max_s=RETRY_AFTER_MAX_S)
-            )
+            wait_s = unavailable_wait_s(status, retry_after)
             if wait_s is not None:
                 self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
             raise ChannelUnavailable(f"the receiver of channel {self.spec.name} answered {detail}", wait_s)

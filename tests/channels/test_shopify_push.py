@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, ShopifyConnector, SqliteChannelState
-from hub.channels.connector import Target
+from hub.channels.connector import RETRY_AFTER_DEFAULT_S, RETRY_AFTER_MAX_S, ChannelUnavailable, Target
 from hub.channels.shopify import THROTTLED_BLIND_WAIT_S
 from protocol import Kind, wall_ms_now
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
@@ -179,6 +179,31 @@ async def test_a_throttled_answer_without_its_throttle_status_waits_before_the_s
             assert shopify.stats.by_operation["inventorySetQuantities"] == 3 * (n + 1)
             assert len(slept) == 2 and all(s >= THROTTLED_BLIND_WAIT_S for s in slept), f"waited {slept} s"
     assert connector.throttled == 4
+
+
+@pytest.mark.parametrize(
+    ("header", "wait_s"),
+    [
+        (120, 120.0),  # honoured as asked
+        (1_800, RETRY_AFTER_MAX_S),  # longer than any channel is waited for: capped, like Square and webhooks
+        (7_200, RETRY_AFTER_MAX_S),  # longer still: capped, not ignored (asked again after the backoff alone)
+        (None, RETRY_AFTER_DEFAULT_S),  # a 429 without Retry-After still means wait
+    ],
+)
+async def test_a_429_asks_the_pusher_to_wait_as_long_as_any_channel_is_waited_for(
+    shopify: ShopifyEmulator, header: int | None, wait_s: float
+) -> None:
+    online = shopify.add_location()
+    item = shopify.add_variant("A", stocked_at=[online], available=0).item_id
+    shopify.faults.retry_after_s = header
+    shopify.faults.queue("429")
+    async with aiohttp.ClientSession() as session:
+        connector = ShopifyConnector(shop_spec(shopify, {"S1": online}), session)
+        with pytest.raises(ChannelUnavailable) as info:
+            await connector.push({LevelKey(item, online): Target(3, 0, 1)}, "web:0")
+        assert info.value.retry_after_s == wait_s
+        assert "HTTP 429" in str(info.value)
+        assert await connector.push({LevelKey(item, online): Target(3, 0, 1)}, "web:0") == {LevelKey(item, online): 3}
 
 
 async def _throttled_once(hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator) -> None:

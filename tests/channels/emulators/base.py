@@ -18,7 +18,8 @@ class Faults:
     * ``slow``: wait ``slow_s`` before answering (longer than a client's timeout, to test it);
     * ``drop``: close the connection before doing anything;
     * ``drop_after``: do the work, then close the connection without answering;
-    * ``throttle`` (Shopify): answer THROTTLED; ``429`` (Square): answer 429 with ``Retry-After``;
+    * ``throttle`` (Shopify): answer THROTTLED; ``429``: answer 429 with ``Retry-After`` (``retry_after_s``,
+      no header when it is None);
     * ``throttle_bare`` (Shopify): answer THROTTLED without ``extensions.cost`` (no ``throttleStatus``);
     * ``cas_miss`` (Shopify): change the first level the request sets just before it is applied.
     """
@@ -26,7 +27,7 @@ class Faults:
     def __init__(self) -> None:
         self._queue: deque[str] = deque()
         self.slow_s = 5.0
-        self.retry_after_s = 1
+        self.retry_after_s: int | str | None = 1
         self.seen: list[str] = []
 
     def queue(self, *faults: str) -> None:

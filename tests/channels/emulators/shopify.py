@@ -200,6 +200,10 @@ class ShopifyEmulator(EmulatorServer):
         if fault in ("http_500", "http_503"):
             status = 500 if fault == "http_500" else 503
             return web.json_response({"errors": "Internal Server Error" if status == 500 else "Unavailable"}, status=status)
+        if fault == "429":  # the app-wide request limit: 429 with Retry-After (none when retry_after_s is None)
+            wait = self.faults.retry_after_s
+            headers = {} if wait is None else {"Retry-After": str(wait)}
+            return web.json_response({"errors": "Exceeded 2 calls per second for api client."}, status=429, headers=headers)
         try:
             body = json.loads(await request.read())
             document, variables = body["query"], body.get("variables") or {}
