@@ -1,7 +1,11 @@
 """Reading an export file as a stream of CSV rows, whatever its encoding.
 
 ``scan_file`` reads the bytes once (in chunks, memory flat) to hash them and
-decide the encoding: UTF-16 if it starts with a UTF-16 byte-order mark, else
+decide the encoding: UTF-16 if it starts with a UTF-16 byte-order mark, or
+without one when its first bytes are mostly characters of one byte paired with
+a zero byte, always on the same side (``_utf16_without_bom``: what Windows'
+"Unicode" exports without a mark look like — read as UTF-8 they are a header
+of NUL-laced names and the file failed), else
 UTF-8 (with or without BOM) if every byte decodes strictly, else cp1252 — the
 Windows encoding that Excel and older POS back offices write. The five bytes
 cp1252 leaves undefined are read as the C1 control characters Windows maps
@@ -44,6 +48,9 @@ from agent.pos.model import RAW_MAX_CHARS, clip_raw
 from protocol.values import shown
 
 SCAN_CHUNK_BYTES = 1 << 20
+UTF16_SNIFF_BYTES = 4096  # the first bytes looked at for UTF-16 without a byte-order mark
+UTF16_ZERO_SHARE = 0.5  # at least this share of those pairs has a zero byte on one side …
+UTF16_STRAY_SHARE = 0.05  # … and at most this share on the other
 HEADER_MAX_CHARS = 64 * 1024
 LINE_MAX_CHARS = 1 << 20  # a physical line longer than this is no export row: skipped unread, reported
 DELIMITERS = (",", ";", "\t", "|")
@@ -67,7 +74,7 @@ class FileScan:
     size_bytes: int
     mtime_ms: int
     sha256: str
-    encoding: str  # "utf-8", "utf-8-sig" (with BOM), "utf-16" or "cp1252"
+    encoding: str  # "utf-8", "utf-8-sig" (with BOM), "utf-16", "utf-16-le" / "utf-16-be" (no BOM) or "cp1252"
     follow_links: bool = True  # False: the file is opened again for its rows without following a link
 
 
@@ -107,6 +114,23 @@ def _link_refused(path: Path) -> str:
     )
 
 
+def _utf16_without_bom(head: bytes) -> str | None:
+    """"utf-16-le" or "utf-16-be" when ``head`` (a file's first bytes, no BOM) reads as UTF-16 without a mark.
+
+    An export is mostly digits, letters, separators and line breaks: in UTF-16 each is its byte and a zero
+    byte, the zero always on the same side. UTF-8 and cp1252 text holds no zero byte at all, and a UTF-8
+    file with stray NULs has them in runs, on both sides alike: neither is taken for UTF-16."""
+    sample = head[: min(len(head), UTF16_SNIFF_BYTES) // 2 * 2]
+    pairs = len(sample) // 2
+    if pairs < 2:
+        return None
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    for zeros, stray, encoding in ((odd, even, "utf-16-le"), (even, odd, "utf-16-be")):
+        if zeros >= pairs * UTF16_ZERO_SHARE and stray <= pairs * UTF16_STRAY_SHARE:
+            return encoding
+    return None
+
+
 def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
     """Hash the file and decide its encoding, reading it in chunks (see ``_open_file`` for ``follow_links``)."""
     digest = hashlib.sha256()
@@ -116,6 +140,8 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
             first = raw.read(SCAN_CHUNK_BYTES)
             utf16 = first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
             bom = first.startswith(codecs.BOM_UTF8)
+            bare_utf16 = None if utf16 or bom else _utf16_without_bom(first)
+            utf16 = utf16 or bare_utf16 is not None
             decoder = codecs.getincrementaldecoder("utf-8")("strict")
             utf8_ok = not utf16
             chunk = first
@@ -136,7 +162,7 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
                     utf8_ok = False
     except OSError as err:
         raise FileRejected(f"{shown(path.name, bare=True)} could not be read: {err.strerror or err}") from err
-    encoding = "utf-16" if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else "cp1252"
+    encoding = (bare_utf16 or "utf-16") if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else "cp1252"
     return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links)
 
 
@@ -220,7 +246,9 @@ class CsvRows:
         self._binary = _open_file(self.scan.path, self.scan.follow_links)
         # utf-8 was validated by the scan; cp1252 reads every byte; a broken
         # utf-16 character becomes U+FFFD and its row fails validation.
-        errors = {"cp1252": _C1_ERRORS, "utf-16": "replace"}.get(self.scan.encoding, "strict")
+        errors = {"cp1252": _C1_ERRORS, "utf-16": "replace", "utf-16-le": "replace", "utf-16-be": "replace"}.get(
+            self.scan.encoding, "strict"
+        )
         self._text = io.TextIOWrapper(self._binary, encoding=self.scan.encoding, errors=errors, newline="")
         try:
             first = self._header_line()

@@ -233,3 +233,14 @@ def test_importer_location_defaults_to_the_outbox(tmp_path: Path) -> None:
 
     importer = PosImporter(FakeOutbox(), None, PosImportConfig())  # type: ignore[arg-type]
     assert importer.location == "S009"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+async def test_a_utf16_export_without_a_byte_order_mark_is_imported_whole(tmp_path: Path, encoding: str) -> None:
+    # Windows "Unicode" text without its mark: read as UTF-8 it was a header of NUL-laced names, the file failed
+    bare = tmp_path / "unicode-export.csv"
+    bare.write_bytes(GENERIC.read_text(encoding="utf-8").replace("MUG-01", "MUG-Ω1").encode(encoding))
+    async with open_env(tmp_path) as env:
+        report = await env.importer.import_file(bare)
+        assert (report.status, report.encoding, report.imported, report.quarantined) == ("imported", encoding, 5, 1)
+        assert {e.sku for e in await env.events()} == {"MUG-Ω1"}
