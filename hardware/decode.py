@@ -384,6 +384,10 @@ def _split_addon(payload: str) -> tuple[str, str | None]:
 def _decode_retail(
     payload: str, symbology: Symbology | None, gs1: GS1Symbology | None, config: ParseConfig, text: str
 ) -> Decoded:
+    if not payload.isascii():  # ٤٠٠٦… or ４００６…: Python reads them as digits, no GTIN holds them
+        raise DecodeError(
+            text, f"Barcode {_shown(payload)!r} is not a valid GTIN: a GTIN holds only the digits 0-9."
+        )
     digits, addon = _split_addon(payload) if gs1 is GS1Symbology.EAN_13_WITH_ADD_ON else (payload, None)
     if gs1 is GS1Symbology.EAN_13 and len(digits) == 8:
         # ]E0 with 8 digits is UPC-E (EAN-8 has its own identifier, ]E4): expand to UPC-A.
@@ -423,6 +427,13 @@ def _decode_gs1(
     payload: str, symbology: Symbology | None, config: ParseConfig, text: str, *, links: bool, strict: bool = True
 ) -> Decoded:
     body = payload.strip(GS)  # some scanners send FNC1-in-first-position, or a trailing FNC1, as GS
+    if not body.isascii():  # GS1 data is plain ASCII: other digits (٠٤…, ０４…) would pass for a GTIN's
+        if not strict:
+            raise _NotGS1
+        what = symbology.name if symbology is not None else "GS1"
+        raise DecodeError(
+            text, f"The {what} barcode {_shown(body)!r} cannot be read (GS1 data holds only ASCII characters)."
+        )
     try:
         elements = _elements(body, config, links=links)
     except ParseError as err:

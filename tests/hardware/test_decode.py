@@ -178,6 +178,27 @@ def test_noise_control_characters_and_unreadable_keys_are_errors(scanned: str | 
     assert str(caught.value).isprintable()  # quoted with its control characters escaped
 
 
+ARABIC_INDIC_GTIN = "".join(chr(0x660 + int(d)) for d in "4006381333931")  # ٤٠٠٦٣٨١٣٣٣٩٣١
+FULLWIDTH_GTIN = "".join(chr(0xFF10 + int(d)) for d in "4006381333931")  # ４００６３８１３３３９３１
+
+
+@pytest.mark.parametrize(
+    ("scanned", "message"),
+    [
+        ("]E0" + ARABIC_INDIC_GTIN, "a GTIN holds only the digits 0-9"),
+        ("]E0" + FULLWIDTH_GTIN, "a GTIN holds only the digits 0-9"),
+        ("]E4" + ARABIC_INDIC_GTIN[:8], "a GTIN holds only the digits 0-9"),
+        ("]I1" + "٠" + ARABIC_INDIC_GTIN, "a GTIN holds only the digits 0-9"),
+        ("]C101" + "٠" + ARABIC_INDIC_GTIN, "GS1 data holds only ASCII characters"),
+        ("]d201" + "０" + FULLWIDTH_GTIN, "GS1 data holds only ASCII characters"),
+    ],
+)
+def test_digits_of_other_scripts_are_no_gtin(scanned: str, message: str) -> None:
+    # Python's int() reads them as digits: they came out as a "GTIN" like '0٤٠٠٦٣٨١٣٣٣٩٣1' and were looked up
+    with pytest.raises(DecodeError, match=message):
+        decode(scanned.encode("utf-8"))
+
+
 def test_what_barcodes_carry_still_decodes() -> None:
     assert decode(f"]C10109501101530003{GS}10LOT{GS}".encode()).lot == "LOT"  # GS: FNC1
     assert decode("]C0Caf\u00e9 \u00e0 la carte\t\r\n".encode()).data == "Caf\u00e9 \u00e0 la carte"
