@@ -149,6 +149,7 @@ class PosFolderWatcher:
         self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=EQUAL_JITTER))
         self._pending: dict[Path, _Seen] = {}
         self._unmovable: dict[Path, tuple[int, int]] = {}  # imported but could not be filed away
+        self._reports_owed: dict[Path, ImportReport] = {}  # filed away, its report not written yet (disk full)
         self._filed: dict[Path, _Filed] = {}  # filed away lately, by where it is now; oldest first
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -215,6 +216,7 @@ class PosFolderWatcher:
             await self._rearm()
             if self._stop.is_set():
                 return 0.0
+        self._write_owed_reports()
         now = time.monotonic()
         if now - self._last_rescan >= RESCAN_S:
             self._rescan(now)
@@ -247,7 +249,7 @@ class PosFolderWatcher:
         return self._streak.delay_s()
 
     def _tick_s(self) -> float:
-        if self._pending or any(f.changed is not None for f in self._filed.values()):
+        if self._pending or self._reports_owed or any(f.changed is not None for f in self._filed.values()):
             return min(TICK_MAX_S, max(TICK_MIN_S, self.settle_s / 4))
         if self._filed or self._watch_task is None or self._watch_task.done():
             return TICK_MAX_S  # a filed file may grow; or notifications ended (the folder itself moved away)
@@ -432,7 +434,7 @@ class PosFolderWatcher:
             return
         failed = report.status != "imported"
         try:
-            dest = self._file_away(path, report, FAILED_DIR if failed else PROCESSED_DIR)
+            dest = self._file_away(path, FAILED_DIR if failed else PROCESSED_DIR)
         except OSError as err:
             self._unmovable[path] = (seen.size, seen.mtime_ns)
             log.error(
@@ -440,6 +442,7 @@ class PosFolderWatcher:
             )
             dest = path
         else:
+            self._report_beside(dest, report)
             self._watch_filed(dest, report.file_name, (report.sha256,))
         if self.on_report is not None:
             self.on_report(report, dest)
@@ -475,16 +478,15 @@ class PosFolderWatcher:
             return
         sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
         try:
-            if dest.parent.name == sub:
-                self._write_report(dest, report)
-                moved = dest
-            else:
-                moved = self._file_away(dest, report, sub)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(dest.with_name(dest.name + REPORT_SUFFIX))  # the verdict it replaces
+            moved = dest if dest.parent.name == sub else self._file_away(dest, sub)
         except OSError as err:
-            log.error("%s was imported again but its report cannot be written: %s", _name(dest), err.strerror or err)
+            log.error("%s was imported again but cannot be moved to %s/: %s", _name(dest), sub, err.strerror or err)
             moved = dest
+        if moved != dest:
+            self._reports_owed.pop(dest, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dest.with_name(dest.name + REPORT_SUFFIX))  # the verdict it replaces
+        self._report_beside(moved, report)
         more = report.imported if report.produces == "movements" else report.observations
         log.warning(
             "%s changed after it was imported and filed in %s/; it was imported again and %s more rows were recorded.",
@@ -494,8 +496,8 @@ class PosFolderWatcher:
         if self.on_report is not None:
             self.on_report(report, moved)
 
-    def _file_away(self, path: Path, report: ImportReport, sub: str) -> Path:
-        """Move the entry (a link itself, never its target) into ``sub/`` and write its report beside it.
+    def _file_away(self, path: Path, sub: str) -> Path:
+        """Move the entry (a link itself, never its target) into ``sub/``; where it is now.
 
         Links are followed nowhere: ``sub/`` must be a real folder, names are taken only when nothing —
         not even a dangling link — holds them, and the report is created new (``O_EXCL``), so a link
@@ -511,8 +513,36 @@ class PosFolderWatcher:
             dest = target_dir / f"{path.stem}.{n}{path.suffix}"
             n += 1
         os.replace(path, dest)
-        self._write_report(dest, report)
         return dest
+
+    def _report_beside(self, dest: Path, report: ImportReport) -> None:
+        """Write ``dest``'s report; when the disk refuses it (full), say so once and write it once it can.
+
+        The file is filed already: without this it sat in ``processed/`` with no report ever, and the log
+        said it could not be moved out of the drop folder."""
+        try:
+            self._write_report(dest, report)
+        except OSError as err:
+            self._reports_owed[dest] = report
+            log.error(
+                "%s is filed in %s/ but its report cannot be written there (%s); it is written as soon as it can be.",
+                _name(dest), dest.parent.name, err.strerror or err,
+            )  # fmt: skip
+        else:
+            self._reports_owed.pop(dest, None)
+
+    def _write_owed_reports(self) -> None:
+        """Try again the reports a full disk refused; say once when one is written after all."""
+        for dest, report in list(self._reports_owed.items()):
+            if _identity(dest) is None:  # moved away or deleted meanwhile: nowhere to put it
+                del self._reports_owed[dest]
+                continue
+            try:
+                self._write_report(dest, report)
+            except OSError:
+                continue  # still refused: said once already
+            del self._reports_owed[dest]
+            log.info("The report of %s is written in %s/ now.", _name(dest), dest.parent.name)
 
     @staticmethod
     def _write_report(dest: Path, report: ImportReport) -> None:
@@ -522,6 +552,11 @@ class PosFolderWatcher:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # a leftover, or a link planted there: removed, never written through
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(report.to_json())
-        os.replace(tmp, report_path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(report.to_json())
+            os.replace(tmp, report_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a report cut short (disk full) is no report: none is left half-written
+            raise

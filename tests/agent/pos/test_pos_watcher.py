@@ -6,8 +6,9 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -353,3 +354,59 @@ async def test_a_drop_folder_replaced_by_a_new_one_is_watched_again(
         assert owner["pid"] == os.getpid()  # the new folder is claimed too
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [replaced]
     assert (tmp_path / "drop.old" / "processed" / "before.csv").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs) at tmp_path/disk, for a disk that fills up; needs root to mount."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last block; the file that does it (delete it to make room again)."""
+    ballast = disk / "ballast"
+    with ballast.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass  # ENOSPC: full
+    return ballast
+
+
+async def test_a_report_a_full_disk_refuses_is_written_once_there_is_room(
+    tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = small_disk / "drop"
+    folder.mkdir()
+    reports = Reports()
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports):
+        staged = small_disk / "staged.csv"
+        staged.write_bytes(SQUARE_UTF8.read_bytes())
+        ballast = fill(small_disk)
+        os.replace(staged, folder / "export.csv")  # a rename needs no room; the report after the import does
+        report, dest = await reports.next()
+        assert report.imported == 9 and dest == folder / "processed" / "export.csv" and dest.exists()
+        assert not (folder / "processed" / "export.csv.report.json").exists()
+        assert list((folder / "processed").glob("*.tmp")) == [], "no report left half-written"
+        refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        said = (
+            "export.csv is filed in processed/ but its report cannot be written there (No space left on device); "
+            "it is written as soon as it can be."
+        )
+        assert refused == [said]
+        ballast.unlink()
+        written = folder / "processed" / "export.csv.report.json"
+        await wait_until(written.exists)
+        assert len(await env.events()) == 9
+    assert json.loads(written.read_text(encoding="utf-8"))["imported"] == 9
