@@ -159,6 +159,9 @@ class PosFolderWatcher:
         self._claim: DropFolderClaim | None = None
         self._folder_id: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         self._watch_task: asyncio.Task[None] | None = None
+        # The notifications' own stop: watchfiles sets the event it is given when its task is cancelled, so
+        # handing it ``_stop`` stopped the whole watcher, silently, when a replaced folder's watch was cancelled.
+        self._watch_stop = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -197,13 +200,18 @@ class PosFolderWatcher:
         """Turn after turn (``protocol.retry.run_turns``): take one settled file and import it, or wait for a
         folder change or a tick; when the outbox or store fails, the file stays and the import is retried."""
         log.info("Watching %s for POS exports (%s).", self.folder, ", ".join(self.patterns))
-        self._watch_task = asyncio.create_task(self._watch())
+        self._start_watch()
         try:
             await run_turns(self._turn, wait=self._wait, failed=self._failed, running=lambda: not self._stop.is_set())
         finally:
             await self._stop_watch()
 
+    def _start_watch(self) -> None:
+        self._watch_stop = asyncio.Event()
+        self._watch_task = asyncio.create_task(self._watch(self._watch_stop))
+
     async def _stop_watch(self) -> None:
+        self._watch_stop.set()
         watch, self._watch_task = self._watch_task, None
         if watch is not None:
             watch.cancel()
@@ -284,14 +292,14 @@ class PosFolderWatcher:
             with contextlib.suppress(OSError):  # filing away says so if it cannot
                 (self.folder / sub).mkdir(exist_ok=True)
         self._last_rescan = float("-inf")
-        self._watch_task = asyncio.create_task(self._watch())
+        self._start_watch()
         log.warning("The POS drop folder %s was replaced by a new folder; watching the new one now.", self.folder)
 
-    async def _watch(self) -> None:
-        """Turn folder notifications into pending files; the rescan tick covers any that are missed."""
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Turn folder notifications into pending files (until ``stop``); the rescan tick covers any missed."""
         try:
             async for changes in watchfiles.awatch(
-                self.folder, stop_event=self._stop, recursive=False, force_polling=self.force_polling,
+                self.folder, stop_event=stop, recursive=False, force_polling=self.force_polling,
                 debounce=WATCH_DEBOUNCE_MS, step=50,
             ):
                 now = time.monotonic()

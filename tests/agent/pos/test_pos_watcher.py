@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -354,6 +355,29 @@ async def test_a_drop_folder_replaced_by_a_new_one_is_watched_again(
         assert owner["pid"] == os.getpid()  # the new folder is claimed too
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [replaced]
     assert (tmp_path / "drop.old" / "processed" / "before.csv").exists()
+
+
+async def test_a_drop_folder_deleted_and_made_again_is_watched_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rm -rf drop; mkdir drop: the notifications armed on the old folder were still running when the watcher
+    # re-armed, and cancelling them set the stop event watchfiles had been given, the watcher's own: it stopped
+    # importing for good without a word
+    monkeypatch.setattr(watcher_module, "RESCAN_S", 0.2)
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    replaced = f"The POS drop folder {folder} was replaced by a new folder; watching the new one now."
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports):
+        (folder / "before.csv").write_bytes(SQUARE_UTF8.read_bytes())
+        await reports.next()
+        shutil.rmtree(folder)
+        await wait_until(lambda: any("cannot be listed" in r.getMessage() for r in caplog.records))
+        folder.mkdir()
+        await wait_until(lambda: replaced in [r.getMessage() for r in caplog.records])
+        (folder / "after.csv").write_bytes(SQUARE_UTF8.read_bytes())
+        report, dest = await reports.next()
+        assert (report.duplicates, dest) == (9, folder / "processed" / "after.csv")
 
 
 @pytest.fixture
