@@ -156,6 +156,7 @@ class PosFolderWatcher:
         self._task: asyncio.Task[None] | None = None
         self._importing: Path | None = None  # the file of the turn under way (or of the failed one)
         self._last_rescan = float("-inf")
+        self._unlistable: str | None = None  # why the folder cannot be listed, once said (said again only if new)
         self._claim: DropFolderClaim | None = None
         self._folder_id: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         self._watch_task: asyncio.Task[None] | None = None
@@ -292,6 +293,7 @@ class PosFolderWatcher:
             with contextlib.suppress(OSError):  # filing away says so if it cannot
                 (self.folder / sub).mkdir(exist_ok=True)
         self._last_rescan = float("-inf")
+        self._unlistable = None  # the warning below says what became of the folder that could not be listed
         self._start_watch()
         log.warning("The POS drop folder %s was replaced by a new folder; watching the new one now.", self.folder)
 
@@ -349,7 +351,14 @@ class PosFolderWatcher:
                     if path not in self._pending and wanted and self._wanted(path):
                         self._note(path, now)
         except OSError as err:
-            log.warning("The POS drop folder %s cannot be listed: %s", self.folder, err.strerror or err)
+            reason = str(err.strerror or err)
+            if reason != self._unlistable:  # once, not at every rescan while the folder is gone
+                log.warning("The POS drop folder %s cannot be listed: %s", self.folder, reason)
+            self._unlistable = reason
+        else:
+            if self._unlistable is not None:
+                log.info("The POS drop folder %s can be listed again.", self.folder)
+            self._unlistable = None
 
     def _settled(self, now: float) -> Path | None:
         """One pending file whose size and mtime have not changed for settle_s, if any."""

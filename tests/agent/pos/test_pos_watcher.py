@@ -380,6 +380,32 @@ async def test_a_drop_folder_deleted_and_made_again_is_watched_again(
         assert (report.duplicates, dest) == (9, folder / "processed" / "after.csv")
 
 
+async def test_a_drop_folder_gone_for_a_while_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watcher_module, "RESCAN_S", 0.01)
+    folder = drop_folder(tmp_path)
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path) as env:
+        watcher = PosFolderWatcher(env.importer, folder, settle_s=0.05)
+        listings = 0
+        rescan = watcher._rescan
+
+        def counting(now: float) -> None:
+            nonlocal listings
+            listings += 1
+            rescan(now)
+
+        monkeypatch.setattr(watcher, "_rescan", counting)
+        async with watcher:
+            await wait_until(lambda: listings > 0)
+            shutil.rmtree(folder)
+            gone_at = listings
+            await wait_until(lambda: listings > gone_at + 20)  # twenty listings while it is gone
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [f"The POS drop folder {folder} cannot be listed: No such file or directory"]
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs) at tmp_path/disk, for a disk that fills up; needs root to mount."""
