@@ -88,6 +88,7 @@ def _open_file(path: Path, follow_links: bool) -> BinaryIO:
         flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         if path.is_symlink():  # systems without O_NOFOLLOW; and a clearer sentence than ELOOP everywhere
             raise FileRejected(_link_refused(path))
+        _refuse_special(path)
     try:
         fd = os.open(path, flags)
     except OSError as err:
@@ -101,6 +102,25 @@ def _open_file(path: Path, follow_links: bool) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+_SPECIAL_KINDS = ((stat_mode.S_ISFIFO, "a pipe (FIFO)"), (stat_mode.S_ISSOCK, "a socket"),
+                  (stat_mode.S_ISCHR, "a device"), (stat_mode.S_ISBLK, "a device"), (stat_mode.S_ISDIR, "a folder"))  # fmt: skip
+
+
+def _refuse_special(path: Path) -> None:
+    """FileRejected for a pipe, socket, device or folder, before it is opened: opening one may block, fail with
+    a puzzling error (a socket: "No such device or address") or do something (a tape device rewinds)."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return  # gone: the open says so
+    kind = next((what for test, what in _SPECIAL_KINDS if test(mode)), None)
+    if kind is not None:
+        raise FileRejected(
+            f"{shown(path.name, bare=True)} is {kind}, not a regular file; only files placed in the drop folder "
+            "are imported"
+        )
 
 
 def _link_refused(path: Path) -> str:

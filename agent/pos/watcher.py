@@ -9,7 +9,8 @@ names matching ``patterns`` are considered at all.
 After the import the file moves to ``processed/`` (or ``failed/`` when it
 could not be read, or every row was quarantined) with ``<name>.report.json``
 beside it. A symbolic link is never read through (it could point anywhere on
-the computer): it goes to ``failed/`` itself, with a report saying why. Every
+the computer): it goes to ``failed/`` itself, with a report saying why; so
+does a pipe, socket or device named like an export, never opened. Every
 file name reaches the log through ``protocol.values.shown``: escaped, bounded.
 Movements are committed before the move, so a crash in between
 only means the file is imported again — every row a duplicate.
@@ -113,8 +114,9 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _candidate(st: os.stat_result) -> bool:
-    """A regular file to import, or a symbolic link to refuse (filed under failed/ unread); nothing else."""
-    return stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
+    """A regular file to import, or anything else but a folder to refuse (filed under failed/ unread): a
+    symbolic link, a pipe, a socket, a device. Ignored, a pipe named like an export sat there unexplained."""
+    return not stat.S_ISDIR(st.st_mode)
 
 
 def _name(path: Path) -> str:
@@ -347,7 +349,7 @@ class PosFolderWatcher:
             with os.scandir(self.folder) as entries:
                 for entry in entries:
                     path = Path(entry.path)
-                    wanted = entry.is_file(follow_symlinks=False) or entry.is_symlink()
+                    wanted = not entry.is_dir(follow_symlinks=False)
                     if path not in self._pending and wanted and self._wanted(path):
                         self._note(path, now)
         except OSError as err:
@@ -371,8 +373,8 @@ class PosFolderWatcher:
                 continue
             if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
                 self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
-            elif st.st_size and now - seen.since >= self.settle_s:  # an empty file is still being written
-                return path
+            elif (st.st_size or not stat.S_ISREG(st.st_mode)) and now - seen.since >= self.settle_s:
+                return path  # an empty file is still being written; a pipe or socket never has a size
         return None
 
     def _changed_filed(self, now: float) -> Path | None:

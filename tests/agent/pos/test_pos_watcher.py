@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -460,3 +462,31 @@ async def test_a_report_a_full_disk_refuses_is_written_once_there_is_room(
         await wait_until(written.exists)
         assert len(await env.events()) == 9
     assert json.loads(written.read_text(encoding="utf-8"))["imported"] == 9
+
+
+async def test_a_pipe_a_socket_and_a_device_named_like_exports_go_to_failed_with_one_sentence(tmp_path: Path) -> None:
+    # ignored before: a pipe the POS made by mistake sat in the drop folder for ever, and nobody was told why
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports):
+        os.mkfifo(folder / "pipe.csv")  # nobody ever writes to it: opening it to read would wait for ever
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(str(folder / "socket.csv"))
+        made = {"pipe.csv": "a pipe (FIFO)", "socket.csv": "a socket"}
+        if os.geteuid() == 0:  # only root makes device nodes: /dev/null's numbers
+            os.mknod(folder / "device.csv", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+            made["device.csv"] = "a device"
+        (folder / "sales.csv").write_bytes(SQUARE_UTF8.read_bytes())
+        got = {}
+        for _ in range(len(made) + 1):
+            report, dest = await reports.next()
+            got[report.file_name] = (report.status, report.error, dest)
+        listening.close()
+    assert got.pop("sales.csv")[0] == "imported"
+    for name, kind in made.items():
+        assert got[name] == (
+            "failed",
+            f"{name} is {kind}, not a regular file; only files placed in the drop folder are imported",
+            folder / "failed" / name,
+        )
+        assert (folder / "failed" / f"{name}.report.json").exists()
