@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # agent.config imports this module for the mode names
 
 log = logging.getLogger(__name__)
 
+PROBLEMS_SAID_MAX = 10  # problem scans in a row of one reader logged one by one; the rest are only journaled
 COUNT_RESET_S = 900.0  # a count-mode reader starts a new count of a SKU after this long without scanning it
 STOP_TIMEOUT_S = 10.0
 
@@ -285,6 +286,7 @@ class ScanService:
         self.journaled_statuses: dict[str, hardware.ReaderStatus] = {}  # as the journal holds them
         self._stopped = False
         self.outcomes = 0  # scans decided since start (tests and benchmarks wait on it)
+        self._problems_in_a_row: dict[str, int] = {}  # per reader: problem scans since its last good one
         self.decided = asyncio.Condition()  # notified after each scan decided and each status journaled
 
     @property
@@ -373,6 +375,29 @@ class ScanService:
             self.decided.notify_all()
 
     # --- scans -------------------------------------------------------------------
+    def _say_problem(self, reader_id: str, message: str) -> None:
+        """One WARNING per problem scan, up to ``PROBLEMS_SAID_MAX`` in a row; past that one sentence says the
+        rest are only journaled. A scanner spewing line noise made a warning per frame, thousands a minute,
+        burying every other line of the log; each problem is still in the journal and in ``status``."""
+        count = self._problems_in_a_row.get(reader_id, 0) + 1
+        self._problems_in_a_row[reader_id] = count
+        if count > PROBLEMS_SAID_MAX:
+            log.debug("Scanner %r: %s", reader_id, message)
+            return
+        log.warning("Scanner %r: %s", reader_id, message)
+        if count == PROBLEMS_SAID_MAX:
+            log.warning(
+                "Scanner %r sent %d problem scans in a row (line noise, or a scanner whose settings do not match?); "
+                "further ones are kept in the scan journal but not logged until it sends a good scan.",
+                reader_id, count,
+            )  # fmt: skip
+
+    def _problems_ended(self, reader_id: str) -> None:
+        """A scan that is no problem ends the reader's run of problems; one sentence when it was not all logged."""
+        count = self._problems_in_a_row.pop(reader_id, 0)
+        if count > PROBLEMS_SAID_MAX:
+            log.info("Scanner %r sent a good scan after %d problem scans in a row.", reader_id, count)
+
     async def _consume(self, section: ScannerSection, reader: hardware.ScannerReader) -> None:
         async for scan in reader.scans():
             try:
@@ -423,11 +448,11 @@ class ScanService:
 
     async def _decide(self, scan_id: int | None, section: ScannerSection, outcome: ScanOutcome) -> None:
         if outcome.problem:
-            log.warning("Scanner %r: %s", section.id, outcome.message)
-        elif outcome.result is ScanResult.UNKNOWN:
-            log.info("Scanner %r: %s", section.id, outcome.message)
+            self._say_problem(section.id, outcome.message)
         else:
-            log.debug("Scanner %r: %s", section.id, outcome.message)
+            self._problems_ended(section.id)
+            level = logging.INFO if outcome.result is ScanResult.UNKNOWN else logging.DEBUG
+            log.log(level, "Scanner %r: %s", section.id, outcome.message)
         if scan_id is not None:
             try:
                 await self.journal.decide(

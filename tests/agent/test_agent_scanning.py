@@ -18,7 +18,7 @@ from agent.config import ScannerSection
 from agent.errors import AgentError
 from agent.outbox import Outbox
 from agent.scan_journal import INTERRUPTED, ScanJournal, read_reader_states
-from agent.scanning import ModeRouter, ScanOutcome, ScanResult, ScanRouter, ScanService
+from agent.scanning import PROBLEMS_SAID_MAX, ModeRouter, ScanOutcome, ScanResult, ScanRouter, ScanService
 from hardware import GS
 from protocol import Kind, StockEvent, event_id_hex, wall_ms_now
 from tests.agent.agent_scan_helpers import PtyDevice, eventually, gtin, wrong_check_digit
@@ -279,3 +279,26 @@ async def test_a_stopped_service_refuses_to_start_again(tmp_path: Path) -> None:
     assert service.readers == {}
     with pytest.raises(AgentError, match="was stopped; make a new one"):
         await service.start()
+
+
+async def test_a_scanner_spewing_noise_is_journaled_whole_and_logged_in_a_few_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a loose cable or a wrong baud rate: hundreds of frames of noise a second, each a WARNING line before
+    caplog.set_level(logging.DEBUG, logger="agent.scanning")
+    noise = [bytes([0x1B, 0x5B, 0x41 + i % 4]) + random.Random(i).randbytes(20).replace(b"\r", b"").replace(b"\n", b"")
+             for i in range(300)]  # fmt: skip
+    async with rig(tmp_path) as r:
+        await r.scan(*noise)
+        await r.scan(b"]E0" + EAN13.encode())
+        entries = await r.journal.recent(1000)
+        events = await r.events()
+    assert [e.sku for e in events] == ["MUG-01"], "the good scan after the noise is booked"
+    assert sum(e.result == "decode_error" for e in entries) == 300, "every noise frame is in the journal"
+    said = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING and rec.name == "agent.scanning"]
+    assert len(said) == PROBLEMS_SAID_MAX + 1
+    assert said[-1] == (
+        f"Scanner 'backdoor' sent {PROBLEMS_SAID_MAX} problem scans in a row (line noise, or a scanner whose settings "
+        "do not match?); further ones are kept in the scan journal but not logged until it sends a good scan."
+    )
+    assert "Scanner 'backdoor' sent a good scan after 300 problem scans in a row." in caplog.messages
