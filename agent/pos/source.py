@@ -10,6 +10,10 @@ UTF-8 (with or without BOM) if every byte decodes strictly, else cp1252 — the
 Windows encoding that Excel and older POS back offices write. The five bytes
 cp1252 leaves undefined are read as the C1 control characters Windows maps
 them to, so one odd byte lands a row in quarantine instead of failing the file.
+A file that is not all UTF-8 but holds UTF-8 beyond ASCII is mixed (``MIXED``,
+rows appended by two programs): its UTF-8 is read as UTF-8 and each byte that
+is not UTF-8 as cp1252. Read whole as cp1252, its UTF-8 rows were booked
+under mojibake SKUs ("CAFÃ‰-01"), silently.
 
 ``CsvRows`` then reads the text through the csv module — one row at a time,
 with the line it starts on and the bytes read so far (for progress). It
@@ -35,6 +39,7 @@ import hashlib
 import io
 import itertools
 import os
+import re
 import stat as stat_mode
 from collections import deque
 from collections.abc import Iterator
@@ -65,6 +70,21 @@ def _c1_handler(err: UnicodeError) -> tuple[str, int]:
 
 codecs.register_error(_C1_ERRORS, _c1_handler)
 
+MIXED = "utf-8+cp1252"  # UTF-8 with some rows in cp1252: each byte that is not UTF-8 is read as cp1252
+_CP1252_ERRORS = "shelfsync-cp1252"
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+_WIDE_UTF8 = re.compile("[\u0080-\udc7f\udd00-\U0010ffff]")  # a character UTF-8 writes in several bytes
+
+
+def _cp1252_handler(err: UnicodeError) -> tuple[str, int]:
+    """Bytes that are not UTF-8 in a mixed file, read as cp1252 (the five it leaves undefined as C1 controls)."""
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
+    return err.object[err.start : err.end].decode("cp1252", errors=_C1_ERRORS), err.end
+
+
+codecs.register_error(_CP1252_ERRORS, _cp1252_handler)
+
 
 @dataclass(frozen=True, slots=True)
 class FileScan:
@@ -74,7 +94,7 @@ class FileScan:
     size_bytes: int
     mtime_ms: int
     sha256: str
-    encoding: str  # "utf-8", "utf-8-sig" (with BOM), "utf-16", "utf-16-le" / "utf-16-be" (no BOM) or "cp1252"
+    encoding: str  # "utf-8", "utf-8-sig" (BOM), "utf-16", "utf-16-le"/"-be" (no BOM), "cp1252" or MIXED
     follow_links: bool = True  # False: the file is opened again for its rows without following a link
 
 
@@ -162,27 +182,26 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
             bom = first.startswith(codecs.BOM_UTF8)
             bare_utf16 = None if utf16 or bom else _utf16_without_bom(first)
             utf16 = utf16 or bare_utf16 is not None
-            decoder = codecs.getincrementaldecoder("utf-8")("strict")
-            utf8_ok = not utf16
+            # surrogateescape: a byte that is not UTF-8 comes out as U+DC80..U+DCFF, so one pass tells both
+            # whether the file is all UTF-8 and whether it holds any UTF-8 beyond ASCII (then it is mixed)
+            decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+            utf8_ok, utf8_wide = not utf16, False
             chunk = first
             size = 0
-            while chunk:
+            while chunk or not utf16:
                 digest.update(chunk)
                 size += len(chunk)
-                if utf8_ok:
-                    try:
-                        decoder.decode(chunk)
-                    except UnicodeDecodeError:
-                        utf8_ok = False
+                if not utf16:
+                    text = decoder.decode(chunk, final=not chunk)
+                    utf8_ok = utf8_ok and _NOT_UTF8.search(text) is None
+                    utf8_wide = utf8_wide or _WIDE_UTF8.search(text) is not None
+                if not chunk:
+                    break
                 chunk = raw.read(SCAN_CHUNK_BYTES)
-            if utf8_ok:
-                try:
-                    decoder.decode(b"", final=True)
-                except UnicodeDecodeError:
-                    utf8_ok = False
     except OSError as err:
         raise FileRejected(f"{shown(path.name, bare=True)} could not be read: {err.strerror or err}") from err
-    encoding = (bare_utf16 or "utf-16") if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else "cp1252"
+    fallback = MIXED if utf8_wide else "cp1252"
+    encoding = (bare_utf16 or "utf-16") if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else fallback
     return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links)
 
 
@@ -266,10 +285,10 @@ class CsvRows:
         self._binary = _open_file(self.scan.path, self.scan.follow_links)
         # utf-8 was validated by the scan; cp1252 reads every byte; a broken
         # utf-16 character becomes U+FFFD and its row fails validation.
-        errors = {"cp1252": _C1_ERRORS, "utf-16": "replace", "utf-16-le": "replace", "utf-16-be": "replace"}.get(
-            self.scan.encoding, "strict"
-        )
-        self._text = io.TextIOWrapper(self._binary, encoding=self.scan.encoding, errors=errors, newline="")
+        errors = {"cp1252": _C1_ERRORS, MIXED: _CP1252_ERRORS, "utf-16": "replace", "utf-16-le": "replace",
+                  "utf-16-be": "replace"}.get(self.scan.encoding, "strict")  # fmt: skip
+        codec = "utf-8-sig" if self.scan.encoding == MIXED else self.scan.encoding  # -sig: a BOM, if any, is no text
+        self._text = io.TextIOWrapper(self._binary, encoding=codec, errors=errors, newline="")
         try:
             first = self._header_line()
             while first and not first.strip():  # blank lines before the header

@@ -244,3 +244,18 @@ async def test_a_utf16_export_without_a_byte_order_mark_is_imported_whole(tmp_pa
         report = await env.importer.import_file(bare)
         assert (report.status, report.encoding, report.imported, report.quarantined) == ("imported", encoding, 5, 1)
         assert {e.sku for e in await env.events()} == {"MUG-Ω1"}
+
+
+async def test_a_utf8_export_with_rows_in_cp1252_books_every_sku_as_written(tmp_path: Path) -> None:
+    # two programs appended to one file: read whole as cp1252, the UTF-8 rows were booked as 'CAFÃ‰-01'
+    mixed = tmp_path / "appended.csv"
+    head = "date,sku,qty,kind,ref\n"
+    mixed.write_bytes(
+        "\ufeff".encode() + head.encode() + "2024-03-04T09:00:00,CAFÉ-01,3,receive,PO-1\n".encode()
+        + "2024-03-04T10:00:00,CRÈME-02,2,receive,PO-2\n".encode("cp1252")
+        + "2024-03-04T11:00:00,THÉ-03,1,receive,PO-3\n".encode()
+    )  # fmt: skip
+    async with open_env(tmp_path) as env:
+        report = await env.importer.import_file(mixed)
+        assert (report.status, report.encoding, report.imported) == ("imported", "utf-8+cp1252", 3)
+        assert [e.sku for e in await env.events()] == ["CAFÉ-01", "CRÈME-02", "THÉ-03"]
