@@ -113,6 +113,14 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _link_target(path: Path) -> str | None:
+    """What ``path`` points to if it is a symbolic link, else None."""
+    try:
+        return os.readlink(path)
+    except OSError:  # not a link, or not there
+        return None
+
+
 def _candidate(st: os.stat_result) -> bool:
     """A regular file to import, or anything else but a folder to refuse (filed under failed/ unread): a
     symbolic link, a pipe, a socket, a device. Ignored, a pipe named like an export sat there unexplained."""
@@ -165,6 +173,8 @@ class PosFolderWatcher:
         # The notifications' own stop: watchfiles sets the event it is given when its task is cancelled, so
         # handing it ``_stop`` stopped the whole watcher, silently, when a replaced folder's watch was cancelled.
         self._watch_stop = asyncio.Event()
+        self._folder_link: str | None = None  # where the folder's path pointed at start, if it was a link
+        self._refused_link: str | None = None  # a link that replaced the folder since, once said
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -177,6 +187,7 @@ class PosFolderWatcher:
             for sub in (PROCESSED_DIR, FAILED_DIR):
                 (self.folder / sub).mkdir(exist_ok=True)
             self._folder_id = self._current_folder_id()
+            self._folder_link = _link_target(self.folder)
             self._stop.clear()
             self._task = asyncio.create_task(self.run(), name=f"pos-watch:{self.folder}")
 
@@ -223,6 +234,8 @@ class PosFolderWatcher:
 
     async def _turn(self) -> float:
         """Import one settled file (0: look for the next at once), or how long to wait for one."""
+        if self._replaced_by_link():
+            return TICK_MAX_S
         if self._folder_replaced():
             await self._rearm()
             if self._stop.is_set():
@@ -272,6 +285,25 @@ class PosFolderWatcher:
         except OSError:
             return None
         return (st.st_dev, st.st_ino)
+
+    def _replaced_by_link(self) -> bool:
+        """Whether a symbolic link sits at ``folder`` now where there was none (or another) at start: never
+        followed, as no link in the folder is. Followed, ``rm -rf drop; ln -s /somewhere drop`` made the agent
+        import — and move into processed/ — the exports of any folder on the computer. Said once."""
+        target = _link_target(self.folder)
+        if target is None or target == self._folder_link:
+            if self._refused_link is not None and target is None:
+                self._refused_link = None  # gone again: a folder made there is watched (_folder_replaced)
+            return False
+        self._pending.clear()  # listed through the link, maybe: none of it is the drop folder's
+        if target != self._refused_link:
+            self._refused_link = target
+            log.error(
+                "The POS drop folder %s was replaced by a symbolic link (to %s); the agent does not follow it and "
+                "imports nothing until a real folder is there again.",
+                self.folder, shown(target),
+            )  # fmt: skip
+        return True
 
     def _folder_replaced(self) -> bool:
         """Whether another folder sits at ``folder`` now (moved away and made anew, say): its notifications

@@ -408,6 +408,37 @@ async def test_a_drop_folder_gone_for_a_while_is_warned_about_once(
     assert said == [f"The POS drop folder {folder} cannot be listed: No such file or directory"]
 
 
+async def test_a_drop_folder_replaced_by_a_link_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rm -rf drop; ln -s /somewhere drop: followed, the agent imported the exports of any folder on the computer
+    # and moved them into a processed/ it made there
+    monkeypatch.setattr(watcher_module, "RESCAN_S", 0.05)
+    folder = drop_folder(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.csv").write_bytes(SQUARE_UTF8.read_bytes())
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    refused = (
+        f"The POS drop folder {folder} was replaced by a symbolic link (to '{elsewhere}'); the agent does not "
+        "follow it and imports nothing until a real folder is there again."
+    )
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports):
+        shutil.rmtree(folder)
+        folder.symlink_to(elsewhere)
+        await wait_until(lambda: refused in caplog.messages)
+        folder.unlink()
+        folder.mkdir()
+        (folder / "after.csv").write_bytes(SQUARE_UTF8.read_bytes())
+        report, dest = await reports.next()
+        booked = await env.events()
+    assert (report.file_name, dest) == ("after.csv", folder / "processed" / "after.csv")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["secret.csv"], "nothing made, moved or read there"
+    assert caplog.messages.count(refused) == 1
+    assert len(booked) == report.imported  # after.csv's rows only
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs) at tmp_path/disk, for a disk that fills up; needs root to mount."""
