@@ -21,7 +21,7 @@ request cannot be replayed later.
 On a PostgreSQL hub several hub processes share the database, and only one
 delivers each webhook: the one holding the webhook's deliverer lock (a
 ``hub.storage.postgres.leases.Leases`` of kind ``webhook.deliverer``, as
-channel pushers hold theirs). The others stand by, showing the saved state,
+channel pushers hold theirs, and the same loop, ``leases.lead``). The others stand by, showing the saved state,
 try again every ``LEASE_RETRY_S`` and take over from the saved cursor when
 the holder goes away. The stored cursor never moves backwards
 (``hub.storage.feed.save_webhook_state``), whichever hub saves it.
@@ -36,7 +36,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -63,7 +63,7 @@ from hub.webhook_spec import (
     verify_signature,
 )
 from protocol import wall_ms_now
-from protocol.retry import NO_JITTER, Backoff, Health, Streak, TurnFailed, read_retry_after, run_turns
+from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, read_retry_after, run_turns
 
 __all__ = [
     "WebhookConfigError",
@@ -74,9 +74,6 @@ __all__ = [
     "sign",
     "verify_signature",
 ]
-
-if TYPE_CHECKING:
-    from hub.storage.postgres.leases import Leases
 
 T = TypeVar("T")
 
@@ -328,10 +325,12 @@ async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...],
             metrics.registry.register(_WebhookCollector(dispatchers.values(), watch))
         tasks: dict[str, asyncio.Task[None]] = {}
         if db.startswith(POSTGRES_SCHEMES):
-            from hub.storage.postgres.leases import Leases  # the driver loads only for a PostgreSQL hub
+            from hub.storage.postgres.leases import Leases, Words, lead  # the driver loads only for a PostgreSQL hub
 
             leases = Leases(db, "webhook.deliverer", "the deliverer lock of webhook {name}", "the webhooks' locks")
-            leader = asyncio.create_task(_lead(dispatchers, tasks, leases, store), name="webhook-leases")
+            words = Words("webhook", "deliverer lock", "the webhooks' deliverer locks", "delivers", "delivering")
+            jobs = {name: _WebhookJob(d, tasks, store) for name, d in dispatchers.items()}
+            leader = asyncio.create_task(lead(leases, jobs, log, words, LEASE_RETRY_S), name="webhook-leases")
             log.info("standing by to deliver the change feed to %d webhook(s): %s", len(specs), ", ".join(dispatchers))
         else:  # one hub per SQLite file: it delivers every webhook
             leases, leader = None, None
@@ -364,29 +363,27 @@ async def _stop(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> N
     d.delivering = False
 
 
-async def _lead(
-    dispatchers: dict[str, WebhookDispatcher], tasks: dict[str, asyncio.Task[None]], leases: Leases, store: FeedStore
-) -> None:
-    """Forever: deliver the webhooks whose lock this hub holds, stand by for the others (as channel pushers do)."""
-    health = Health(log, "taking the webhooks' deliverer locks")
-    while True:
-        try:
-            if leases.held and not await leases.alive():  # the connection went, and the locks with it
-                for name in list(tasks):
-                    await _stop(dispatchers[name], tasks)
-                    log.warning("webhook %s: this hub lost its deliverer lock and stopped delivering it", name)
-            for name, d in dispatchers.items():
-                if name in tasks:
-                    continue
-                if await leases.take(name):
-                    _start(d, tasks)  # its run loads the cursor the last deliverer saved
-                    log.info("webhook %s: this hub delivers it now", name)
-                else:  # what GET /v1/webhooks shows while standing by
-                    d.status.cursor, d.status.last_error, d.status.failures = await store.webhook_state(name)
-            health.succeeded()
-        except StoreError as err:
-            health.failed(str(err))
-        await asyncio.sleep(LEASE_RETRY_S)
+class _WebhookJob:
+    """A webhook as ``hub.storage.postgres.leases.lead`` sees it: its dispatcher, run as a task in ``tasks``."""
+
+    def __init__(self, d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]], store: FeedStore) -> None:
+        self._d, self._tasks, self._store = d, tasks, store
+
+    def here(self) -> bool:
+        return self._d.spec.name in self._tasks
+
+    def task(self) -> asyncio.Task[None] | None:
+        return self._tasks.get(self._d.spec.name)
+
+    def start(self) -> None:
+        _start(self._d, self._tasks)  # its run loads the cursor the last deliverer saved
+
+    async def stop(self) -> None:
+        await _stop(self._d, self._tasks)
+
+    async def stand_by(self) -> None:  # what GET /v1/webhooks shows while standing by
+        d = self._d
+        d.status.cursor, d.status.last_error, d.status.failures = await self._store.webhook_state(d.spec.name)
 
 
 # --- routes -------------------------------------------------------------------

@@ -46,6 +46,11 @@ class LoopTask:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name=self.loop_name)
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The running loop's task (done: the loop ended by itself), or None before ``start`` and after ``stop``."""
+        return self._task
+
     async def stop(self) -> None:
         """Stop the loop (work in flight is abandoned; what it stored stays); safe twice."""
         self._stopped = True

@@ -9,8 +9,9 @@ beside each pusher of a channel that can be read back and whose
 
 On a PostgreSQL hub several hub processes share the database, and only one
 pushes each channel: the one holding the channel's pusher lock
-(``hub.channels.state_postgres.PusherLeases``). The others stand by, try
-again every ``LEASE_RETRY_S`` and take over, with a new pusher loading the
+(``hub.channels.state_postgres.PusherLeases``; the loop is
+``hub.storage.postgres.leases.lead``, which webhooks use too). The others
+stand by, try again every ``LEASE_RETRY_S`` and take over, with a new pusher loading the
 cursor the last one saved, when the holder goes away. ``pushes_here`` tells
 which channels this hub pushes.
 """
@@ -22,13 +23,11 @@ import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING
 
 import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError, Connector
-from hub.channels.loop import Health
 from hub.channels.pusher import ChangeWaiter, ChannelPusher, FeedReader
 from hub.channels.reconcile import Reconciler
 from hub.channels.shopify import ShopifyConnector
@@ -36,10 +35,6 @@ from hub.channels.square import SquareConnector
 from hub.channels.state import SqlChannelState, SqliteChannelState
 from hub.channels.webhook import WebhookConnector
 from hub.storage import POSTGRES_SCHEMES
-from hub.storage.base import StoreError
-
-if TYPE_CHECKING:
-    from hub.channels.state_postgres import PusherLeases
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +117,12 @@ async def channel_pushers(
                     await _stop(p)
             return
         from hub.channels.state_postgres import PusherLeases  # at run time only on a PostgreSQL hub
+        from hub.storage.postgres.leases import Words, lead
 
         leases = PusherLeases(db_path)
-        task = asyncio.create_task(_lead(pushers, leases, make, state), name="channel-leases")
+        words = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
+        jobs = {name: _ChannelJob(name, pushers, make, state) for name in pushers}
+        task = asyncio.create_task(lead(leases, jobs, log, words, LEASE_RETRY_S), name="channel-leases")
         try:
             yield pushers
         finally:
@@ -136,33 +134,31 @@ async def channel_pushers(
             await leases.close()  # only now: no pusher of ours runs when another hub takes the channels
 
 
-async def _lead(
-    pushers: dict[str, ChannelPusher],
-    leases: PusherLeases,
-    make: Callable[[ChannelSpec], ChannelPusher],
-    state: SqlChannelState,
-) -> None:
-    """Forever: push the channels whose lock this hub holds, stand by for the others."""
-    health = Health(log, "taking the channels' pusher locks")
-    while True:
-        try:
-            if leases.held and not await leases.alive():  # the connection went, and the locks with it
-                for name, p in list(pushers.items()):
-                    if pushes_here(p):
-                        await _stop(p)
-                        pushers[name] = make(p.spec)
-                        log.warning("channel %s: this hub lost its pusher lock and stopped pushing it", name)
-            for name, p in list(pushers.items()):
-                if pushes_here(p):
-                    continue
-                if await leases.take(name):
-                    fresh = make(p.spec)  # loads the cursor and levels the last pusher saved
-                    pushers[name] = fresh
-                    _start(fresh)
-                    log.info("channel %s: this hub pushes it now", name)
-                else:
-                    p.status.cursor = await state.cursor(name)  # what GET /v1/channels shows while standing by
-            health.succeeded()
-        except StoreError as err:
-            health.failed(str(err))
-        await asyncio.sleep(LEASE_RETRY_S)
+class _ChannelJob:
+    """A channel as ``hub.storage.postgres.leases.lead`` sees it: its entry in ``pushers`` is replaced by a fresh
+    pusher when it stops (a stopped loop cannot start again) and when it starts (loading the saved cursor)."""
+
+    def __init__(
+        self, name: str, pushers: dict[str, ChannelPusher], make: Callable[[ChannelSpec], ChannelPusher],
+        state: SqlChannelState,
+    ) -> None:  # fmt: skip
+        self._name, self._pushers, self._make, self._state = name, pushers, make, state
+
+    def here(self) -> bool:
+        return pushes_here(self._pushers[self._name])
+
+    def task(self) -> asyncio.Task[None] | None:
+        return self._pushers[self._name].task
+
+    def start(self) -> None:
+        fresh = self._make(self._pushers[self._name].spec)  # loads the cursor and levels the last pusher saved
+        self._pushers[self._name] = fresh
+        _start(fresh)
+
+    async def stop(self) -> None:
+        p = self._pushers[self._name]
+        await _stop(p)
+        self._pushers[self._name] = self._make(p.spec)
+
+    async def stand_by(self) -> None:
+        self._pushers[self._name].status.cursor = await self._state.cursor(self._name)  # GET /v1/channels shows it

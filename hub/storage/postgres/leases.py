@@ -9,16 +9,24 @@ connection does (a stopped or killed hub, or one cut off from the database),
 and another hub takes the job over from what the holder saved. The schema in
 the key keeps hubs in different schemas of one database from waiting for
 each other; the kind keeps a channel and a webhook of one name apart.
+
+``lead`` is the one standby/takeover loop both use: it runs the jobs whose
+lock this hub holds and stands by for the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
 from hub.storage.base import StoreError
 from hub.storage.postgres.store import CONNECT_TIMEOUT_S, SERVER_SETTINGS, redacted
+from protocol.retry import Health
 
 LEASE_QUERY_TIMEOUT_S = 5.0
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
@@ -96,3 +104,67 @@ class Leases:
                 await asyncio.wait_for(conn.close(), LEASE_QUERY_TIMEOUT_S)
             except DB_ERRORS:
                 conn.terminate()
+
+
+# --- the standby/takeover loop ---------------------------------------------------
+
+
+class Job(Protocol):
+    """One job a lock guards (a channel's pusher, a webhook's deliverer), as ``lead`` sees it."""
+
+    def here(self) -> bool:
+        """This hub process runs the job now."""
+        ...
+
+    def task(self) -> asyncio.Task[None] | None:
+        """The task doing the work while it runs here (done: the work ended)."""
+        ...
+
+    def start(self) -> None:
+        """Run the job here, from what the last holder saved."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop running it here (what it saved stays)."""
+        ...
+
+    async def stand_by(self) -> None:
+        """Show the saved state while another hub runs the job."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Words:
+    """How ``lead``'s sentences name a kind of job: ``{noun} NAME: this hub {does} it now``, ``... lost its
+    {lock} and stopped {doing} it``, ``taking {locks}``."""
+
+    noun: str  # "channel"
+    lock: str  # "pusher lock"
+    locks: str  # "the channels' pusher locks"
+    does: str  # "pushes"
+    doing: str  # "pushing"
+
+
+async def lead(leases: Leases, jobs: Mapping[str, Job], log: logging.Logger, words: Words, retry_s: float) -> None:
+    """Forever: run the jobs whose lock this hub holds, stand by for the others, every ``retry_s``."""
+    health = Health(log, f"taking {words.locks}")
+    while True:
+        try:
+            if leases.held and not await leases.alive():  # the connection went, and the locks with it
+                for name, job in jobs.items():
+                    if job.here():
+                        await job.stop()
+                        log.warning("%s %s: this hub lost its %s and stopped %s it", words.noun, name, words.lock,
+                                    words.doing)  # fmt: skip
+            for name, job in jobs.items():
+                if job.here():
+                    continue
+                if await leases.take(name):
+                    job.start()
+                    log.info("%s %s: this hub %s it now", words.noun, name, words.does)
+                else:
+                    await job.stand_by()
+            health.succeeded()
+        except StoreError as err:
+            health.failed(str(err))
+        await asyncio.sleep(retry_s)
