@@ -330,7 +330,8 @@ async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...],
             leases = Leases(db, "webhook.deliverer", "the deliverer lock of webhook {name}", "the webhooks' locks")
             words = Words("webhook", "deliverer lock", "the webhooks' deliverer locks", "delivers", "delivering")
             jobs = {name: _WebhookJob(d, tasks, store) for name, d in dispatchers.items()}
-            leader = asyncio.create_task(lead(leases, jobs, log, words, LEASE_RETRY_S), name="webhook-leases")
+            leading = lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: watch.closed)
+            leader = asyncio.create_task(leading, name="webhook-leases")
             log.info("standing by to deliver the change feed to %d webhook(s): %s", len(specs), ", ".join(dispatchers))
         else:  # one hub per SQLite file: it delivers every webhook
             leases, leader = None, None
@@ -357,9 +358,10 @@ def _start(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> None:
 
 async def _stop(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> None:
     task = tasks.pop(d.spec.name)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    if not task.done():  # one that ended by itself is not raised again (``leases.lead`` says why it ended)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     d.delivering = False
 
 

@@ -55,7 +55,7 @@ class LoopTask:
         """Stop the loop (work in flight is abandoned; what it stored stays); safe twice."""
         self._stopped = True
         task, self._task = self._task, None
-        if task is not None:
+        if task is not None and not task.done():  # one that ended by itself is not raised again: ``task`` tells why
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -122,7 +122,8 @@ async def channel_pushers(
         leases = PusherLeases(db_path)
         words = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
         jobs = {name: _ChannelJob(name, pushers, make, state) for name in pushers}
-        task = asyncio.create_task(lead(leases, jobs, log, words, LEASE_RETRY_S), name="channel-leases")
+        leading = lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: waiter.closed)  # closed: the hub stops
+        task = asyncio.create_task(leading, name="channel-leases")
         try:
             yield pushers
         finally:

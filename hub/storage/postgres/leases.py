@@ -11,14 +11,18 @@ the key keeps hubs in different schemas of one database from waiting for
 each other; the kind keeps a channel and a webhook of one name apart.
 
 ``lead`` is the one standby/takeover loop both use: it runs the jobs whose
-lock this hub holds and stands by for the others.
+lock this hub holds and stands by for the others. A job whose work ends by
+itself while the hub runs (its loop returned or died) gives its lock back,
+with one sentence, so another hub takes it over — or this one, after a
+backoff — instead of nobody doing it any more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,7 +30,7 @@ import asyncpg
 
 from hub.storage.base import StoreError
 from hub.storage.postgres.store import CONNECT_TIMEOUT_S, SERVER_SETTINGS, redacted
-from protocol.retry import Health
+from protocol.retry import Backoff, Health
 
 LEASE_QUERY_TIMEOUT_S = 5.0
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
@@ -77,6 +81,20 @@ class Leases:
             self.held.add(name)
         return bool(got)
 
+    async def release(self, name: str) -> None:
+        """Give ``name``'s lock back, keeping the others; a failure drops the connection (and every lock)."""
+        if name not in self.held or self._conn is None or self._conn.is_closed():
+            self.held.discard(name)
+            return
+        self.held.discard(name)
+        try:
+            await self._conn.fetchval(f"SELECT pg_advisory_unlock({LEASE_KEY_SQL})", self._kind, name,
+                                      timeout=LEASE_QUERY_TIMEOUT_S)  # fmt: skip
+        except DB_ERRORS as err:
+            await self._drop()
+            what = self._lock.format(name=name)
+            raise StoreError(f"giving back {what} in {self._where} failed ({err})") from err
+
     async def alive(self) -> bool:
         """The connection answers: every lock in ``held`` is still this hub's."""
         if self._conn is None or self._conn.is_closed():
@@ -125,7 +143,8 @@ class Job(Protocol):
         ...
 
     async def stop(self) -> None:
-        """Stop running it here (what it saved stays)."""
+        """Stop running it here (what it saved stays); a task that ended already is not awaited again (its
+        error, if any, is said by ``lead``)."""
         ...
 
     async def stand_by(self) -> None:
@@ -145,21 +164,61 @@ class Words:
     doing: str  # "pushing"
 
 
-async def lead(leases: Leases, jobs: Mapping[str, Job], log: logging.Logger, words: Words, retry_s: float) -> None:
-    """Forever: run the jobs whose lock this hub holds, stand by for the others, every ``retry_s``."""
+ENDED_BACKOFF = Backoff(3.0, 60.0)  # before this hub takes again a job whose work ended by itself here
+
+
+def why_ended(task: asyncio.Task[None]) -> str:
+    """What ended a done task, in a few words."""
+    if task.cancelled():
+        return "its task was cancelled"
+    err = task.exception()
+    if err is None:
+        return "its loop returned"
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+async def lead(
+    leases: Leases,
+    jobs: Mapping[str, Job],
+    log: logging.Logger,
+    words: Words,
+    retry_s: float,
+    stopping: Callable[[], bool],
+    ended_backoff: Backoff = ENDED_BACKOFF,
+) -> None:
+    """Forever: run the jobs whose lock this hub holds, stand by for the others, every ``retry_s``.
+
+    A job whose work ended by itself (not stopped by the hub) is stopped, its lock given back and one sentence
+    logged; this hub takes it again only after ``ended_backoff`` (longer each time it ends again before a check
+    sees it running), so another hub gets it first. Once ``stopping()`` (the hub is on its way out: its change
+    watch closed, which ends every job's loop) nothing is taken, given back or said: the hub stops the jobs and
+    closes the leases itself."""
     health = Health(log, f"taking {words.locks}")
-    while True:
+    ended: dict[str, int] = {}  # name: times in a row its work ended by itself here
+    not_before: dict[str, float] = {}  # name: when this hub may take it again
+    loop = asyncio.get_running_loop()
+    while not stopping():
         try:
-            if leases.held and not await leases.alive():  # the connection went, and the locks with it
-                for name, job in jobs.items():
-                    if job.here():
-                        await job.stop()
-                        log.warning("%s %s: this hub lost its %s and stopped %s it", words.noun, name, words.lock,
-                                    words.doing)  # fmt: skip
+            if leases.held:
+                await leases.alive()  # when the connection went, the locks went with it: ``held`` is emptied
+            for name, job in jobs.items():
+                if job.here() and name not in leases.held:  # its lock went (with a connection taken anew too)
+                    await job.stop()
+                    log.warning("%s %s: this hub lost its %s and stopped %s it", words.noun, name, words.lock,
+                                words.doing)  # fmt: skip
             for name, job in jobs.items():
                 if job.here():
+                    task = job.task()
+                    if task is None or not task.done():
+                        ended.pop(name, None)  # it ran through a check: the next end starts the backoff over
+                        continue
+                    if stopping():  # the hub is stopping: that is what ended it
+                        return
+                    await _give_back(leases, name, job, task, log, words, ended, not_before, ended_backoff, loop)
                     continue
-                if await leases.take(name):
+                if loop.time() < not_before.get(name, 0.0):
+                    await job.stand_by()
+                elif await leases.take(name):
                     job.start()
                     log.info("%s %s: this hub %s it now", words.noun, name, words.does)
                 else:
@@ -168,3 +227,26 @@ async def lead(leases: Leases, jobs: Mapping[str, Job], log: logging.Logger, wor
         except StoreError as err:
             health.failed(str(err))
         await asyncio.sleep(retry_s)
+
+
+async def _give_back(
+    leases: Leases,
+    name: str,
+    job: Job,
+    task: asyncio.Task[None],
+    log: logging.Logger,
+    words: Words,
+    ended: dict[str, int],
+    not_before: dict[str, float],
+    backoff: Backoff,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """``name``'s work ended by itself: stop it, give its lock back, and wait a backoff before taking it again."""
+    why = why_ended(task)
+    await job.stop()
+    ended[name] = ended.get(name, 0) + 1
+    wait_s = backoff.delay_s(ended[name], random.Random())
+    not_before[name] = loop.time() + wait_s
+    log.error("%s %s: %s ended by itself (%s) while this hub runs; it gave its %s back for another hub (or this "
+              "one, in %.0f s) to take over", words.noun, name, words.doing, why, words.lock, wait_s)  # fmt: skip
+    await leases.release(name)

@@ -1,0 +1,116 @@
+"""``hub.storage.postgres.leases.lead`` on a real PostgreSQL database: a job whose work ends by itself gives its lock back.
+
+Each "hub" is a ``lead`` loop with a ``Leases`` of its own (its own lock connection), as each hub process has;
+the jobs are webhooks (``hub.webhooks._WebhookJob``) whose dispatcher's ``run`` stands in for the delivery loop. A job whose work ends while its hub runs on
+(its loop died or returned) must not keep the lock: another hub takes it over, or this hub after a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from hub.storage.base import WebhookState
+from hub.storage.postgres.leases import Leases, Words, lead
+from hub.webhook_spec import WebhookSpec
+from hub.webhooks import WebhookStatus, _WebhookJob
+
+BOUND_S = 30.0  # a hub takes a free job within a retry; this hub takes its own back after a few seconds' backoff
+RETRY_S = 0.05
+WORDS = Words("webhook", "deliverer lock", "the webhooks' deliverer locks", "delivers", "delivering")
+log = logging.getLogger("tests.lease_lead")
+
+
+class FakeDispatcher:
+    """Stands in for a ``WebhookDispatcher`` of webhook ``shop`` (``hub.webhooks._WebhookJob`` runs it): its
+    ``run`` is ``works[i]()`` on its i-th start (the last one for every later start)."""
+
+    def __init__(self, *works: Callable[[], Awaitable[None]]) -> None:
+        self.spec = WebhookSpec(name="shop", url="http://127.0.0.1:9/hook", secret="s3cret-for-the-web-shop")
+        self.status = WebhookStatus()
+        self.delivering = False
+        self._works = works
+        self.starts = 0
+
+    def run(self) -> Awaitable[None]:
+        work = self._works[min(self.starts, len(self._works) - 1)]
+        self.starts += 1
+        return work()
+
+
+class SavedState:
+    async def webhook_state(self, name: str) -> WebhookState:
+        return WebhookState(0, None, 0)
+
+
+async def _dies() -> None:
+    raise RuntimeError("the feed answered nonsense")
+
+
+async def _returns() -> None:
+    return None
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+@contextlib.asynccontextmanager
+async def _hub(url: str, d: FakeDispatcher) -> AsyncIterator[None]:
+    """One hub: its lock connection and its ``lead`` loop over webhook ``shop``, until the block ends."""
+    leases = Leases(url, "test.job", "the deliverer lock of webhook {name}", "the webhooks' locks")
+    tasks: dict[str, asyncio.Task[None]] = {}
+    job = _WebhookJob(d, tasks, SavedState())  # type: ignore[arg-type]
+    task = asyncio.create_task(lead(leases, {"shop": job}, log, WORDS, RETRY_S, lambda: False))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if job.here():
+            await job.stop()
+        await leases.close()
+
+
+async def _until(what: str, check: Callable[[], bool]) -> None:
+    try:
+        async with asyncio.timeout(BOUND_S):
+            while not check():
+                await asyncio.sleep(RETRY_S)
+    except TimeoutError:
+        raise AssertionError(f"{what} did not happen within {BOUND_S:.0f} s") from None
+
+
+async def test_a_job_whose_work_dies_gives_its_lock_to_another_hub(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=log.name)
+    first, second = FakeDispatcher(_dies), FakeDispatcher(_forever)
+    async with _hub(pg_url, first):
+        await _until("the first hub takes the webhook", lambda: first.starts >= 1)
+        async with _hub(pg_url, second):
+            await _until("the second hub takes the webhook over", lambda: second.delivering)
+            assert not first.delivering
+    ended = [r.getMessage() for r in caplog.records if "ended by itself" in r.getMessage()]
+    assert ended, caplog.text
+    assert ended[0].startswith(
+        "webhook shop: delivering ended by itself (RuntimeError: the feed answered nonsense) while this hub runs; "
+        "it gave its deliverer lock back for another hub (or this one, in "
+    )
+
+
+async def test_a_job_whose_loop_returns_is_taken_again_by_its_own_hub_after_a_backoff(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=log.name)
+    d = FakeDispatcher(_returns, _forever)
+    async with _hub(pg_url, d):
+        await _until("the hub takes the webhook again", lambda: d.starts >= 2 and d.delivering)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("webhook shop: this hub delivers it now") == 2
+    assert any("delivering ended by itself (its loop returned)" in m for m in messages), messages
