@@ -5,11 +5,12 @@ the changes after its cursor (optionally of one location), POST them as one
 JSON batch, and advance the stored cursor only after a 2xx answer — at least
 once, in change order. A failure is logged in the delivery log and retried
 with exponential backoff, jitter and a cap; the first failure is a warning,
-the recovery is logged once. A ``429`` or ``503`` whose ``Retry-After`` asks
-for longer — in seconds or as an HTTP-date (``protocol.retry.read_retry_after``,
-the reader the channel connectors use too) — is waited out (up to
-``RETRY_AFTER_MAX_S``): a receiver that throttles is not asked again sooner
-than it said.
+the recovery is logged once. A ``429`` or ``5xx`` answer waits as a
+channel's does (``hub.channels.connector.unavailable_wait_s``, the one rule):
+a ``Retry-After`` asking for longer than the backoff — in seconds or as an
+HTTP-date — is waited out (up to ``RETRY_AFTER_MAX_S``), and a ``429``
+without a readable one waits ``RETRY_AFTER_DEFAULT_S`` (1 s): a receiver that
+throttles is not asked again sooner than it said.
 
 Each request is signed: ``X-Shelfsync-Timestamp`` is the Unix time in
 seconds and ``X-Shelfsync-Signature`` is ``sha256=`` + the hex HMAC-SHA256,
@@ -46,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from hub import paging, views
 from hub.auth import STORE_KEY
+from hub.channels.connector import RETRY_AFTER_DEFAULT_S, RETRY_AFTER_MAX_S, unavailable_wait_s
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
 from hub.metrics import METRICS_KEY
 from hub.storage import POSTGRES_SCHEMES
@@ -63,9 +65,11 @@ from hub.webhook_spec import (
     verify_signature,
 )
 from protocol import wall_ms_now
-from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, read_retry_after, run_turns
+from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, run_turns
 
 __all__ = [
+    "RETRY_AFTER_DEFAULT_S",
+    "RETRY_AFTER_MAX_S",
     "WebhookConfigError",
     "WebhookDispatcher",
     "WebhookSpec",
@@ -83,8 +87,6 @@ RETRY_BASE_S = 1.0
 RESPONSE_READ_MAX_BYTES = 4_096  # of a receiver's answer, kept for the delivery log
 DELIVERIES_LIMIT_DEFAULT = 100
 DELIVERIES_LIMIT_MAX = 1_000
-THROTTLE_STATUSES = (429, 503)  # answers whose Retry-After is waited out
-RETRY_AFTER_MAX_S = 300.0  # the longest a receiver's Retry-After holds a webhook back
 LEASE_RETRY_S = 3.0  # a standing-by hub tries to take a webhook this often; a delivering hub checks its locks
 
 
@@ -233,8 +235,8 @@ class WebhookDispatcher:
                     answer = b""  # the status says it failed; the reason is what there is
                 text = answer.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
                 wait_s = (
-                    read_retry_after(resp.headers.get("Retry-After"), max_s=RETRY_AFTER_MAX_S)
-                    if resp.status in THROTTLE_STATUSES
+                    unavailable_wait_s(resp.status, resp.headers.get("Retry-After"))  # as the channels wait
+                    if resp.status == 429 or resp.status >= 500
                     else None
                 )
                 return _Outcome(

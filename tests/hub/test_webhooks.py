@@ -13,15 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from hub import HubStore
 from hub.config import ConfigError, load_settings
+from hub.feed import ChangeWatch, read_page
 from hub.webhook_spec import KEYS
 from hub.webhooks import (
+    RETRY_AFTER_DEFAULT_S,
     RETRY_AFTER_MAX_S,
     WebhookConfigError,
+    WebhookDispatcher,
     WebhookSpec,
     parse_webhooks,
     sign,
@@ -265,6 +269,44 @@ async def test_a_receiver_answering_429_with_retry_after_is_not_asked_again_soon
             assert times[1] - times[0] >= 1.9
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [(429, None, RETRY_AFTER_DEFAULT_S), (429, "soon", RETRY_AFTER_DEFAULT_S), (429, "0", 0.0), (429, "7", 7.0),
+     (503, None, None), (503, "7", 7.0), (500, "7", 7.0), (502, "86400", RETRY_AFTER_MAX_S), (404, "7", None)],
+)  # fmt: skip
+async def test_a_throttling_receiver_is_waited_for_as_a_channel_is(
+    tmp_path: Path, status: int, retry_after: str | None, expected: float | None
+) -> None:
+    """The channels' rule (``unavailable_wait_s``): a 429 means wait, so without a readable Retry-After it waits
+    1 s, not only the backoff (retry_max_s may be 0.05 s: the receiver was asked again at once); a 5xx waits
+    what its Retry-After says, or the backoff alone; another refusal is not a throttle."""
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        headers = {} if retry_after is None else {"Retry-After": retry_after}
+        return web.Response(status=status, text="not now", headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/hooks/stock", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        async with running_hub(tmp_path) as hub, aiohttp.ClientSession(trust_env=False) as session:
+            agent = await hub.agent()
+            await agent.sync((Kind.RECEIVE, 5))
+            rows = (await read_page(hub.store, 0, 10)).rows
+            d = WebhookDispatcher(
+                spec(f"http://127.0.0.1:{port}/hooks/stock"), hub.store, ChangeWatch(hub.store), session
+            )
+            outcome = await d._deliver(rows)
+    finally:
+        await runner.cleanup()
+    assert not outcome.ok and outcome.http_status == status
+    assert outcome.retry_after_s == expected
 
 
 @pytest.mark.parametrize(
