@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from hub.storage.base import WebhookState
+from hub.storage.base import StoreError, WebhookState
 from hub.storage.postgres.leases import Leases, Words, lead
 from hub.webhook_spec import WebhookSpec
 from hub.webhooks import WebhookStatus, _WebhookJob
@@ -29,8 +29,8 @@ class FakeDispatcher:
     """Stands in for a ``WebhookDispatcher`` of webhook ``shop`` (``hub.webhooks._WebhookJob`` runs it): its
     ``run`` is ``works[i]()`` on its i-th start (the last one for every later start)."""
 
-    def __init__(self, *works: Callable[[], Awaitable[None]]) -> None:
-        self.spec = WebhookSpec(name="shop", url="http://127.0.0.1:9/hook", secret="s3cret-for-the-web-shop")
+    def __init__(self, *works: Callable[[], Awaitable[None]], name: str = "shop") -> None:
+        self.spec = WebhookSpec(name=name, url="http://127.0.0.1:9/hook", secret="s3cret-for-the-web-shop")
         self.status = WebhookStatus()
         self.delivering = False
         self._works = works
@@ -60,20 +60,21 @@ async def _forever() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _hub(url: str, d: FakeDispatcher) -> AsyncIterator[None]:
-    """One hub: its lock connection and its ``lead`` loop over webhook ``shop``, until the block ends."""
-    leases = Leases(url, "test.job", "the deliverer lock of webhook {name}", "the webhooks' locks")
+async def _hub(url: str, *ds: FakeDispatcher, leases: Leases | None = None) -> AsyncIterator[None]:
+    """One hub: its lock connection and its ``lead`` loop over its webhooks, until the block ends."""
+    leases = leases or Leases(url, "test.job", "the deliverer lock of webhook {name}", "the webhooks' locks")
     tasks: dict[str, asyncio.Task[None]] = {}
-    job = _WebhookJob(d, tasks, SavedState())  # type: ignore[arg-type]
-    task = asyncio.create_task(lead(leases, {"shop": job}, log, WORDS, RETRY_S, lambda: False))
+    jobs = {d.spec.name: _WebhookJob(d, tasks, SavedState()) for d in ds}  # type: ignore[arg-type]
+    task = asyncio.create_task(lead(leases, jobs, log, WORDS, RETRY_S, lambda: False))
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        if job.here():
-            await job.stop()
+        for job in jobs.values():
+            if job.here():
+                await job.stop()
         await leases.close()
 
 
@@ -114,3 +115,31 @@ async def test_a_job_whose_loop_returns_is_taken_again_by_its_own_hub_after_a_ba
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("webhook shop: this hub delivers it now") == 2
     assert any("delivering ended by itself (its loop returned)" in m for m in messages), messages
+
+
+class FailingTake(Leases):
+    """Taking webhook ``later``'s lock fails as a broken query does (``Leases.take``): the connection is dropped,
+    and with it every lock this hub held — while webhook ``shop`` is still being delivered."""
+
+    async def take(self, name: str) -> bool:
+        if name == "later":
+            await self._drop()
+            raise StoreError("taking the deliverer lock of webhook later failed (connection reset)")
+        return await super().take(name)
+
+
+async def test_a_failed_take_that_drops_the_lock_connection_stops_the_webhooks_it_held(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop used to stop its jobs only when ``held`` was non-empty and the connection dead; a take that
+    failed emptied ``held`` itself, so webhook ``shop`` went on being delivered here without its lock while
+    another hub took it: two deliverers."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    shop, later = FakeDispatcher(_forever), FakeDispatcher(_forever, name="later")
+    failing = FailingTake(pg_url, "test.job", "the deliverer lock of webhook {name}", "the webhooks' locks")
+    other = FakeDispatcher(_forever)
+    async with _hub(pg_url, shop, later, leases=failing):
+        await _until("the first hub takes webhook shop", lambda: shop.starts >= 1)
+        async with _hub(pg_url, other):
+            await _until("the second hub alone delivers webhook shop", lambda: other.delivering and not shop.delivering)
+    assert "webhook shop: this hub lost its deliverer lock and stopped delivering it" in caplog.text
