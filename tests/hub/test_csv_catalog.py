@@ -293,6 +293,8 @@ async def test_a_credential_that_is_not_one_token_is_one_sentence(
 
 async def test_the_command_writes_into_the_database_directly(tmp_path: Path) -> None:
     db = tmp_path / "offline-hub.db"
+    async with open_store(db):
+        pass  # the hub's database exists (a --db naming no file is refused: tests/hub/test_cli.py)
     code, out, err = await run(str(big_catalog(tmp_path / "catalog.csv", 7)), "--db", str(db))
     assert code == 0, err
     assert err.splitlines() == ["catalog import: 7 of 7 rows written (100 %)"]
