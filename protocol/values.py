@@ -263,11 +263,15 @@ def check_json(value: Any, depth_max: int = JSON_DEPTH_MAX) -> Any:
     return value
 
 
-def loads_json(raw: bytes | str, depth_max: int = JSON_DEPTH_MAX) -> Any:
+def loads_json(raw: bytes | str, depth_max: int = JSON_DEPTH_MAX, *, unique_keys: bool = False) -> Any:
     """Parse a JSON request body under the rule: UTF-8, no NaN/Infinity literals, no lone surrogate escapes,
-    at most ``depth_max`` levels. Raises ``JsonRefused`` (a ``ValueError``) with a clause saying what is wrong."""
+    at most ``depth_max`` levels. Raises ``JsonRefused`` (a ``ValueError``) with a clause saying what is wrong.
+
+    ``unique_keys`` also refuses an object naming a key twice: json keeps the last, so
+    ``{"type": "receive", "type": "count"}`` would be read as a count that no one can see was sent."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
+        hook = _unique_pairs if unique_keys else None
+        value = json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=hook)
     except JsonRefused:
         raise
     except UnicodeDecodeError as err:
@@ -279,6 +283,15 @@ def loads_json(raw: bytes | str, depth_max: int = JSON_DEPTH_MAX) -> Any:
             raise JsonRefused("it holds a whole number with thousands of digits; send a smaller one") from err
         raise JsonRefused(str(err)) from err
     return check_json(value, depth_max)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise JsonRefused(f"it names the key {shown(twice, 40)} twice in one object")
+    return obj
 
 
 def token_problem(token: str) -> str | None:

@@ -220,7 +220,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:  # the one rule for JSON bodies (protocol.values): no NaN/Infinity, no lone surrogates, bounded depth
-        body = values.loads_json(raw, JSON_DEPTH_MAX)
+        body = values.loads_json(raw, JSON_DEPTH_MAX, unique_keys=True)
     except values.JsonRefused as err:
         raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err}); send a flat JSON object") from err
     if not isinstance(body, dict):
