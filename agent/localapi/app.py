@@ -135,6 +135,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         text = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else None
         if isinstance(exc, web.HTTPNotFound) and text is None:
             text = f"there is no route {request.path}; the routes are listed in docs/agent-api.md"
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):  # aiohttp's own words otherwise, unlike every other error
+            text = f"the body is larger than {BODY_MAX_BYTES >> 20} MiB; a handheld's requests are a few hundred bytes"
         if isinstance(exc, web.HTTPMethodNotAllowed) and text is None:
             text = f"{request.path} does not take {request.method}; it takes {', '.join(sorted(exc.allowed_methods))}"
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}

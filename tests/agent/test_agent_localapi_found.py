@@ -18,3 +18,12 @@ async def test_a_body_naming_a_key_twice_is_refused_not_read_last_wins(api: Api)
     assert status == 400 and "'pin' twice" in data["error"]["message"], data
     assert await api.sessions.list(active=True, limit=10) == []  # no count session was opened instead
 
+
+async def test_an_oversized_body_is_refused_in_the_apis_own_words(api: Api) -> None:  # noqa: F811
+    raw = b'{"staff":"ana","pin":"' + b"1" * (2 << 20) + b'"}'
+    status, data = await api.call("POST", "/api/v1/login", data=raw, headers={"Content-Type": "application/json"})
+    assert status == 413, data
+    assert data["error"]["code"] == "payload_too_large"
+    message = data["error"]["message"]
+    assert "Maximum request body size" not in message
+    assert message[0].islower() and not message.endswith(".") and "1 MiB" in message, message
