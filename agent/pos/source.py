@@ -1,7 +1,9 @@
 """Reading an export file as a stream of CSV rows, whatever its encoding.
 
 ``scan_file`` reads the bytes once (in chunks, memory flat) to hash them and
-decide the encoding: UTF-16 if it starts with a UTF-16 byte-order mark, or
+decide the encoding: UTF-32 if it starts with a UTF-32 byte-order mark (looked
+for first: FF FE 00 00 begins with UTF-16's FF FE), UTF-16 if it starts with a
+UTF-16 byte-order mark, or
 without one when its first bytes are mostly characters of one byte paired with
 a zero byte, always on the same side (``_utf16_without_bom``: what Windows'
 "Unicode" exports without a mark look like — read as UTF-8 they are a header
@@ -94,7 +96,7 @@ class FileScan:
     size_bytes: int
     mtime_ms: int
     sha256: str
-    encoding: str  # "utf-8", "utf-8-sig" (BOM), "utf-16", "utf-16-le"/"-be" (no BOM), "cp1252" or MIXED
+    encoding: str  # "utf-8", "utf-8-sig" (BOM), "utf-16", "utf-16-le"/"-be" (no BOM), "utf-32", "cp1252" or MIXED
     follow_links: bool = True  # False: the file is opened again for its rows without following a link
 
 
@@ -178,10 +180,12 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
         with _open_file(path, follow_links) as raw:
             stat = os.fstat(raw.fileno())
             first = raw.read(SCAN_CHUNK_BYTES)
-            utf16 = first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+            # UTF-32's little-endian mark (FF FE 00 00) starts with UTF-16's (FF FE), so it is looked for first
+            utf32 = first.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE))
+            utf16 = utf32 or first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
             bom = first.startswith(codecs.BOM_UTF8)
-            bare_utf16 = None if utf16 or bom else _utf16_without_bom(first)
-            utf16 = utf16 or bare_utf16 is not None
+            wide = "utf-32" if utf32 else None if utf16 or bom else _utf16_without_bom(first)  # None: "utf-16"
+            utf16 = utf16 or wide is not None
             # surrogateescape: a byte that is not UTF-8 comes out as U+DC80..U+DCFF, so one pass tells both
             # whether the file is all UTF-8 and whether it holds any UTF-8 beyond ASCII (then it is mixed)
             decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
@@ -201,7 +205,7 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
     except OSError as err:
         raise FileRejected(f"{shown(path.name, bare=True)} could not be read: {err.strerror or err}") from err
     fallback = MIXED if utf8_wide else "cp1252"
-    encoding = (bare_utf16 or "utf-16") if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else fallback
+    encoding = (wide or "utf-16") if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else fallback
     return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links)
 
 
@@ -286,7 +290,7 @@ class CsvRows:
         # utf-8 was validated by the scan; cp1252 reads every byte; a broken
         # utf-16 character becomes U+FFFD and its row fails validation.
         errors = {"cp1252": _C1_ERRORS, MIXED: _CP1252_ERRORS, "utf-16": "replace", "utf-16-le": "replace",
-                  "utf-16-be": "replace"}.get(self.scan.encoding, "strict")  # fmt: skip
+                  "utf-16-be": "replace", "utf-32": "replace"}.get(self.scan.encoding, "strict")  # fmt: skip
         codec = "utf-8-sig" if self.scan.encoding == MIXED else self.scan.encoding  # -sig: a BOM, if any, is no text
         self._text = io.TextIOWrapper(self._binary, encoding=codec, errors=errors, newline="")
         try:

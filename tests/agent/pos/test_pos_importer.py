@@ -259,3 +259,14 @@ async def test_a_utf8_export_with_rows_in_cp1252_books_every_sku_as_written(tmp_
         report = await env.importer.import_file(mixed)
         assert (report.status, report.encoding, report.imported) == ("imported", "utf-8+cp1252", 3)
         assert [e.sku for e in await env.events()] == ["CAFÉ-01", "CRÈME-02", "THÉ-03"]
+
+
+@pytest.mark.parametrize("codec", ["utf-32-le", "utf-32-be"])
+async def test_a_utf32_export_with_its_byte_order_mark_is_imported_whole(tmp_path: Path, codec: str) -> None:
+    # FF FE 00 00 starts like the UTF-16 mark FF FE: read as UTF-16 its header was NUL-laced names, the file failed
+    wide = tmp_path / "utf32-export.csv"
+    wide.write_bytes(("\ufeff" + GENERIC.read_text(encoding="utf-8").replace("MUG-01", "MUG-Ω1")).encode(codec))
+    async with open_env(tmp_path) as env:
+        report = await env.importer.import_file(wide)
+        assert (report.status, report.encoding, report.imported, report.quarantined) == ("imported", "utf-32", 5, 1)
+        assert {e.sku for e in await env.events()} == {"MUG-Ω1"}
