@@ -18,7 +18,8 @@ one staff id from one device, that staff id is refused *on that device* for
 ``LOCKOUT_MAX_S``; a right PIN there resets it. The same staff member signs
 in on every other device meanwhile, so a guesser on one handheld cannot lock
 anyone out of the others. One device trying many staff ids is braked the same
-way after ``DEVICE_FAILURES_MAX`` wrong PINs, whoever it tried.
+way after ``DEVICE_FAILURES_MAX`` wrong PINs, whoever it tried. Only PINs
+found wrong count; attempts in parallel wait their turn (``PinBrake.attempt``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from agent.errors import AgentError
@@ -143,11 +145,19 @@ class Failures:
 
 
 class PinBrake:
-    """Wrong-PIN counts and waits per (staff id, device) and per device; never for a staff id everywhere."""
+    """Wrong-PIN counts and waits per (staff id, device) and per device; never for a staff id everywhere.
+
+    Only a PIN found wrong counts. So that parallel guesses cannot all be checked before the first is counted,
+    at most as many attempts per key are checked at once as it has wrong PINs left before it must wait
+    (``attempt``); the others wait their turn, and are refused only if the wrong PINs checked meanwhile lock
+    the key. A right PIN in parallel with others is thus never refused for attempts still in flight.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._keys: OrderedDict[tuple[str, str], Failures] = OrderedDict()
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._waiters: list[asyncio.Future[None]] = []
 
     @staticmethod
     def keys(staff: str, device: str) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -158,32 +168,76 @@ class PinBrake:
         now = self._clock()
         return max((f.locked_until_s - now for k in self.keys(staff, device) if (f := self._keys.get(k))), default=0.0)
 
-    def failed(self, staff: str, device: str) -> tuple[Failures | None, Failures | None]:
-        """Count one wrong PIN (before it is known, so parallel guesses count too); returns what was there."""
-        before = tuple(self._keys.get(k) for k in self.keys(staff, device))
-        for key, free in zip(self.keys(staff, device), (FAILURES_MAX, DEVICE_FAILURES_MAX), strict=True):
-            self._bump(key, free)
-        return before[0], before[1]
+    @asynccontextmanager
+    async def attempt(self, staff: str, device: str) -> AsyncIterator[Callable[[bool], None]]:
+        """Check one PIN within this block, then call what it yields with whether the PIN was right.
 
-    def succeeded(self, staff: str, device: str, before: tuple[Failures | None, Failures | None]) -> None:
-        """The PIN was right: this staff id starts again from 0 on this device; the device's count is put back."""
-        pair, device_key = self.keys(staff, device)
-        self._keys.pop(pair, None)
-        if before[1] is None:
-            self._keys.pop(device_key, None)
-        else:
-            self._keys[device_key] = before[1]
+        ``LockedOut`` if the key must wait, now or once the attempts ahead of this one are checked. An
+        attempt left without a verdict (cancelled, failed) counts as nothing."""
+        keys = self.keys(staff, device)
+        while True:
+            wait_s = self.wait_s(staff, device)
+            if wait_s > 0:
+                raise LockedOut(wait_s)
+            if all(self._in_flight.get(k, 0) < self._left(k, free) for k, free in zip(keys, _FREE, strict=True)):
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        for key in keys:
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        verdict: list[bool] = []
+        try:
+            yield verdict.append
+        finally:
+            for key in keys:
+                if (n := self._in_flight.pop(key) - 1) > 0:
+                    self._in_flight[key] = n
+            if verdict == [True]:
+                self.succeeded(staff, device)
+            elif verdict == [False]:
+                self.failed(staff, device)
+            self._wake()
+
+    def failed(self, staff: str, device: str) -> None:
+        """Count one wrong PIN for this staff id on this device, and for the device."""
+        for key, free in zip(self.keys(staff, device), _FREE, strict=True):
+            self._bump(key, free)
+
+    def succeeded(self, staff: str, device: str) -> None:
+        """The PIN was right: this staff id starts again from 0 on this device (the device's count stays)."""
+        self._keys.pop(self.keys(staff, device)[0], None)
+
+    def _left(self, key: tuple[str, str], free: int) -> int:
+        """Wrong PINs this key may still have before it must wait (1 once a wait is over: each next one waits)."""
+        seen = self._keys.get(key)
+        if seen is None or self._forgotten(seen, self._clock()):
+            return free
+        return max(1, free - seen.count)
+
+    @staticmethod
+    def _forgotten(seen: Failures, now: float) -> bool:
+        return now - seen.last_s >= FAILURE_MEMORY_S and now >= seen.locked_until_s
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _bump(self, key: tuple[str, str], free: int) -> None:
         now = self._clock()
         seen = self._keys.pop(key, None)
-        if seen is not None and now - seen.last_s >= FAILURE_MEMORY_S and now >= seen.locked_until_s:
+        if seen is not None and self._forgotten(seen, now):
             seen = None
         count = 1 if seen is None else seen.count + 1
         wait_s = 0.0 if count < free else min(LOCKOUT_MAX_S, LOCKOUT_BASE_S * 2 ** min(count - free, 30))
         self._keys[key] = Failures(count, now, now + wait_s)
         while len(self._keys) > BRAKE_KEYS_MAX:
             self._keys.popitem(last=False)
+
+
+_FREE = (FAILURES_MAX, DEVICE_FAILURES_MAX)  # wrong PINs each of PinBrake.keys may have before it waits
 
 
 class StaffDirectory:
@@ -216,16 +270,13 @@ class StaffDirectory:
         on purpose); the bookkeeping stays on the event loop.
         """
         staff = staff if isinstance(staff, str) else ""
-        wait_s = self.brake.wait_s(staff, remote)
-        if wait_s > 0:
-            raise LockedOut(wait_s)
-        before = self.brake.failed(staff, remote)
-        stored = self._hashes.get(staff)
-        ok = isinstance(pin, str) and len(pin) <= PIN_MAX_LEN
-        ok = ok and await asyncio.to_thread((stored or self._decoy).matches, pin) and stored is not None
+        async with self.brake.attempt(staff, remote) as verdict:
+            stored = self._hashes.get(staff)
+            ok = isinstance(pin, str) and len(pin) <= PIN_MAX_LEN
+            ok = ok and await asyncio.to_thread((stored or self._decoy).matches, pin) and stored is not None
+            verdict(ok)
         if not ok:
             raise AuthError("unknown staff id or wrong PIN")
-        self.brake.succeeded(staff, remote, before)
         now = self._clock()
         token = secrets.token_urlsafe(TOKEN_BYTES)
         login = Login(staff, now + self._ttl_s)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from agent.localapi.auth import FAILURES_MAX
 from tests.agent.test_agent_localapi import Api, api  # noqa: F401  (the fixture)
 
 
@@ -27,3 +30,19 @@ async def test_an_oversized_body_is_refused_in_the_apis_own_words(api: Api) -> N
     message = data["error"]["message"]
     assert "Maximum request body size" not in message
     assert message[0].islower() and not message.endswith(".") and "1 MiB" in message, message
+
+
+async def test_parallel_right_pins_from_one_device_all_sign_in(api: Api) -> None:  # noqa: F811
+    # each attempt counted as wrong until checked: 150 parallel right PINs gave 10 sign-ins and 140 "429 locked_out"
+    body = {"staff": "ana", "pin": "4711"}
+    answers = await asyncio.gather(*(api.call("POST", "/api/v1/login", body) for _ in range(40)))
+    assert [status for status, _ in answers] == [200] * 40, [data for status, data in answers if status != 200][:1]
+
+
+async def test_parallel_wrong_pins_from_one_device_are_still_braked(api: Api) -> None:  # noqa: F811
+    body = {"staff": "ana", "pin": "0000"}
+    answers = await asyncio.gather(*(api.call("POST", "/api/v1/login", body) for _ in range(30)))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [401] * FAILURES_MAX + [429] * (30 - FAILURES_MAX)  # no more checked than were free
+    status, data = await api.call("POST", "/api/v1/login", {"staff": "ana", "pin": "4711"})
+    assert status == 429 and data["error"]["code"] == "locked_out", data
