@@ -128,6 +128,7 @@ class LocalApiSection:
     staff: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (staff id, PIN hash)
     login_ttl_h: float = LOGIN_TTL_S / 3600
     sessions_db: Path | None = None  # None: sessions.sqlite3 beside the outbox
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the machine's own (a reverse proxy's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     # [[scanner]]: these, plus the device settings of its type (docs/scanners.md; reader_id is `id` here)
     "scanner": ("id", "type", "mode", "location", "rcn_region", "count_reset_s"),
     "catalog": ("file", "cache_file", "refresh_s", "retry_max_s", "timeout_s", "answer_max_bytes"),
-    "localapi": ("enabled", "host", "port", "staff", "login_ttl_h", "sessions_db"),
+    "localapi": ("enabled", "host", "port", "staff", "login_ttl_h", "sessions_db", "allowed_hosts"),
     "discovery": ("enabled", "hub_id", "advertise", "interfaces", "wait_s"),
 }
 # Sections read by their own module; their keys are documented with it.
@@ -557,6 +558,9 @@ def _localapi(s: _Section) -> LocalApiSection:
     if enabled and not pairs:
         raise s.error(None, "is enabled but lists no staff; add [localapi.staff] entries so someone can sign in")
     sessions_db = s.get("sessions_db", str, None, _non_empty)
+    allowed_hosts = s.get("allowed_hosts", list, [])
+    if not all(isinstance(h, str) and h.strip() and not any(c.isspace() for c in h.strip()) for h in allowed_hosts):
+        raise s.error("allowed_hosts", 'must be a list of host names, e.g. ["backoffice.store.example"]')
     return LocalApiSection(
         enabled=enabled,
         host=s.get("host", str, LOCALAPI_HOST, _non_empty),
@@ -564,6 +568,7 @@ def _localapi(s: _Section) -> LocalApiSection:
         staff=tuple(pairs),
         login_ttl_h=float(s.get("login_ttl_h", (int, float), LOGIN_TTL_S / 3600, _positive)),
         sessions_db=None if sessions_db is None else s.path_value("sessions_db", Path()),
+        allowed_hosts=tuple(h.strip() for h in allowed_hosts),
     )
 
 

@@ -230,7 +230,7 @@ class AgentAdvertiser:
             addresses=[socket.inet_aton(a) for a in self.addresses],
             port=self.port,
             properties=agent_txt(AgentTxt(self.agent_id, self.location, self.path)),
-            server=f"shelfsync-agent-{_label(self.agent_id)}.local.",
+            server=f"{agent_mdns_name(self.agent_id)}.",
         )
         zc = _zeroconf(self.interfaces)
         try:
@@ -258,6 +258,11 @@ class AgentAdvertiser:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def agent_mdns_name(agent_id: str) -> str:
+    """The ``.local`` host name an agent announces its local API under (the local API answers to it)."""
+    return f"shelfsync-agent-{_label(agent_id)}.local"
 
 
 def _label(text: str) -> str:

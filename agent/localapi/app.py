@@ -24,6 +24,7 @@ from aiohttp import web
 from agent.errors import OutboxClosed, OutboxError
 from agent.localapi import views
 from agent.localapi.auth import AuthError, LockedOut, Login, StaffDirectory
+from agent.localapi.hosts import HostCheck
 from agent.outbox import Outbox
 from agent.sessions import (
     InvalidSessionInput,
@@ -71,17 +72,23 @@ class LocalApiContext:
     readers: Sequence[str] = ()  # back-office scanner ids a session can be bound to
     login_ttl_s: float = 12 * 3600.0
     public_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/", "/healthz", "/api/v1/login"}))
+    allowed_hosts: tuple[str, ...] = ()  # names the agent is reached by besides its own (agent.localapi.hosts)
 
 
 CONTEXT_KEY = web.AppKey("context", LocalApiContext)
+HOSTS_KEY = web.AppKey("hosts", HostCheck)
 LOGIN_KEY = web.RequestKey("login", Login)
 
 
-def create_app(context: LocalApiContext) -> web.Application:
+def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.Application:
+    """The app; ``hosts`` says which ``Host`` names it answers (default: loopback, this machine's name and
+    ``context.allowed_hosts``)."""
     app = web.Application(
-        client_max_size=BODY_MAX_BYTES, middlewares=[_headers_middleware, _error_middleware, _auth_middleware]
+        client_max_size=BODY_MAX_BYTES,
+        middlewares=[_headers_middleware, _error_middleware, _host_middleware, _auth_middleware],
     )
     app[CONTEXT_KEY] = context
+    app[HOSTS_KEY] = hosts if hosts is not None else HostCheck("127.0.0.1", context.allowed_hosts)
     r = app.router
     r.add_get("/", index, name="index")
     r.add_get("/static/{name}", static, name="static")
@@ -122,7 +129,8 @@ def dumps(obj: Any) -> str:
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type"}  # fmt: skip
+               408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type",
+               421: "misdirected_request"}  # fmt: skip
 
 
 @web.middleware
@@ -166,6 +174,20 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
             "%s %s failed with an unexpected error; the local API keeps serving", request.method, request.path
         )
         return error_response(500, "internal_error", "the agent failed to handle this request; the cause is in its log")
+
+
+@web.middleware
+async def _host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a request naming a host that is not this agent's: a DNS-rebinding web page's (agent.localapi.hosts)."""
+    hosts = request.app[HOSTS_KEY]
+    header = request.headers.get("Host")
+    if not hosts.allows(header):
+        hosts.refused(header or "", request.remote)
+        raise web.HTTPMisdirectedRequest(
+            text=f"this agent does not answer to the name {values.shown(header or '', 60)};"
+            " if it is reached by that name, add it to allowed_hosts in [localapi]"
+        )
+    return await handler(request)
 
 
 @web.middleware

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from agent.discovery import AgentAdvertiser, DiscoveryError, local_addresses
+from agent.discovery import AgentAdvertiser, DiscoveryError, agent_mdns_name, local_addresses
 from agent.localapi.app import LocalApiContext
 from agent.localapi.auth import StaffDirectory
 from agent.localapi.server import LocalApiServer
@@ -46,6 +46,7 @@ async def start_staff_services(
     await sessions.recover()
     if not api.enabled:
         return sessions
+    advertised = discovery.enabled and discovery.advertise
     context = LocalApiContext(
         sessions=sessions,
         outbox=outbox,
@@ -53,9 +54,10 @@ async def start_staff_services(
         hub_url=hub_url,
         readers=tuple(s.id for s in config.scanners),
         login_ttl_s=api.login_ttl_h * 3600,
+        allowed_hosts=api.allowed_hosts + ((agent_mdns_name(config.agent.id),) if advertised else ()),
     )
     server = await stack.enter_async_context(LocalApiServer(context, api.host, api.port))
-    if discovery.enabled and discovery.advertise:
+    if advertised:
         try:
             addresses = list(discovery.interfaces) or local_addresses(api.host)
             advertiser = AgentAdvertiser(

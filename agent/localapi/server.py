@@ -12,6 +12,7 @@ from aiohttp import web
 from agent.errors import AgentError
 from agent.localapi.app import LocalApiContext, create_app
 from agent.localapi.guard import Guard, GuardedRunner
+from agent.localapi.hosts import HostCheck
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class LocalApiServer:
         self.context = context
         self.host = host
         self.port = port
-        self.app = create_app(context)
+        self.app = create_app(context, HostCheck(host, context.allowed_hosts))
         self._runner: web.AppRunner | None = None
         self.guard = Guard()  # connections in number, on time and quiet (agent.localapi.guard)
 

@@ -313,7 +313,7 @@ async def test_a_scan_sent_again_after_its_answer_was_lost_is_one_line(api: Api)
     host, port = api.url.removeprefix("http://").split(":")
     _, writer = await asyncio.open_connection(host, int(port))
     writer.write(
-        f"POST /api/v1/sessions/{sid}/scans HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer {token}\r\n"
+        f"POST /api/v1/sessions/{sid}/scans HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body
     )

@@ -46,7 +46,7 @@ async def _drip(server: LocalApiServer) -> bytes:
     """Send a sign-in's head and then its body one byte at a time, until the server answers and closes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(
-        b"POST /api/v1/login HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        b"POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
     )
 
     async def trickle() -> None:
