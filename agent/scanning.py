@@ -410,16 +410,6 @@ class ScanService:
 
     async def handle(self, section: ScannerSection, scan: hardware.Scan) -> ScanOutcome:
         """One scan: journal it, decode it, route it, journal the outcome, tell the operator of a problem."""
-        scan_id: int | None = None
-        try:
-            scan_id = await self.journal.add(section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode)
-        except JournalError as err:
-            log.error(
-                "Scan %s from scanner %r could not be journaled (it is still booked): %s",
-                shown(scan.text, 40),
-                section.id,
-                err,
-            )
         decoded: hardware.Decoded | None = None
         error: hardware.DecodeError | None = None
         if not scan.complete:
@@ -432,28 +422,70 @@ class ScanService:
                 decoded = hardware.decode(scan.raw, rcn_region=section.rcn_region)
             except hardware.DecodeError as err:
                 error = err
+        scan_id: int | None = None
+        kept = True  # False: a known problem past its reader's rows of the day (scan_journal), counted once decided
+        try:
+            # decoded before it is journaled, so that the journal can bound noise; a good scan is always kept
+            scan_id = await self.journal.add(
+                section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode, problem=error is not None
+            )
+            kept = scan_id is not None
+        except JournalError as err:
+            log.error(
+                "Scan %s from scanner %r could not be journaled (it is still booked): %s",
+                shown(scan.text, 40),
+                section.id,
+                err,
+            )
+        unkept = None if kept else scan
         try:
             outcome = await self.router.route(section.id, scan, decoded, error)
         except OutboxClosed:
             await self._decide(
-                scan_id, section, ScanOutcome(ScanResult.FAILED, "The agent stopped before this scan was booked.")
+                scan_id,
+                section,
+                ScanOutcome(ScanResult.FAILED, "The agent stopped before this scan was booked."),
+                unkept,
             )
             raise
         except Exception as err:
             outcome = ScanOutcome(ScanResult.FAILED, f"The scan could not be booked ({type(err).__name__}: {err}).")
-            await self._decide(scan_id, section, outcome)
+            await self._decide(scan_id, section, outcome, unkept)
             raise
-        await self._decide(scan_id, section, outcome)
+        await self._decide(scan_id, section, outcome, unkept)
         return outcome
 
-    async def _decide(self, scan_id: int | None, section: ScannerSection, outcome: ScanOutcome) -> None:
+    async def _count_not_kept(self, section: ScannerSection, scan: hardware.Scan, outcome: ScanOutcome) -> None:
+        """A problem scan the journal did not keep a row for: counted. Should a router have made something of it
+        after all, it is journaled whole (a scan that is no problem is never only counted)."""
+        try:
+            if outcome.problem:
+                await self.journal.not_kept(
+                    section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode, message=outcome.message
+                )
+                return
+            scan_id = await self.journal.add(section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode)
+            if scan_id is not None:
+                await self.journal.decide(
+                    scan_id, section.id, result=outcome.result.value, message=outcome.message,
+                    location=outcome.location, sku=outcome.sku, kind=outcome.kind.value if outcome.kind else None,
+                    qty=outcome.qty, event_ids=outcome.event_ids,
+                )  # fmt: skip
+        except JournalError as err:
+            log.error("The outcome of a scan from %r could not be journaled: %s", section.id, err)
+
+    async def _decide(
+        self, scan_id: int | None, section: ScannerSection, outcome: ScanOutcome, unkept: hardware.Scan | None = None
+    ) -> None:
         if outcome.problem:
             self._say_problem(section.id, outcome.message)
         else:
             self._problems_ended(section.id)
             level = logging.INFO if outcome.result is ScanResult.UNKNOWN else logging.DEBUG
             log.log(level, "Scanner %r: %s", section.id, outcome.message)
-        if scan_id is not None:
+        if unkept is not None:
+            await self._count_not_kept(section, unkept, outcome)
+        elif scan_id is not None:
             try:
                 await self.journal.decide(
                     scan_id, section.id, result=outcome.result.value, message=outcome.message,

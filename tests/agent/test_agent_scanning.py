@@ -17,7 +17,7 @@ from agent.catalog import Catalog, CatalogItem
 from agent.config import ScannerSection
 from agent.errors import AgentError
 from agent.outbox import Outbox
-from agent.scan_journal import INTERRUPTED, ScanJournal, read_reader_states
+from agent.scan_journal import DAY_MS, INTERRUPTED, NOT_KEPT, PROBLEM_ROWS_PER_DAY, ScanJournal, read_reader_states
 from agent.scanning import PROBLEMS_SAID_MAX, ModeRouter, ScanOutcome, ScanResult, ScanRouter, ScanService
 from hardware import GS
 from protocol import Kind, StockEvent, event_id_hex, wall_ms_now
@@ -57,13 +57,18 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp_path: Path, *sections_: ScannerSection, router: ScanRouter | None = None) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path,
+    *sections_: ScannerSection,
+    router: ScanRouter | None = None,
+    problem_rows_per_day: int = PROBLEM_ROWS_PER_DAY,
+) -> AsyncIterator[Rig]:
     device = PtyDevice(tmp_path / "usb-Honeywell_Xenon_1900-if00")
     sections = sections_ or (section(device.link),)
     try:
         async with (
             Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location=LOCATION) as outbox,
-            ScanJournal.open(tmp_path / "scans.sqlite3") as journal,
+            ScanJournal.open(tmp_path / "scans.sqlite3", problem_rows_per_day=problem_rows_per_day) as journal,
         ):
             default = ModeRouter(outbox, CATALOG, sections, location=LOCATION, journal=journal)
             service = ScanService(sections, router or default, journal)
@@ -302,3 +307,46 @@ async def test_a_scanner_spewing_noise_is_journaled_whole_and_logged_in_a_few_li
         "do not match?); further ones are kept in the scan journal but not logged until it sends a good scan."
     )
     assert "Scanner 'backdoor' sent a good scan after 300 problem scans in a row." in caplog.messages
+
+
+async def test_noise_past_a_readers_problem_rows_of_the_day_is_counted_in_one_row_and_good_scans_are_kept(
+    tmp_path: Path,
+) -> None:
+    # at 115,200 baud a noisy reader made ~7.8M journal rows a day, each kept for the whole retention
+    noise = [b"\x1b[A" + random.Random(i).randbytes(20).replace(b"\r", b"").replace(b"\n", b"") for i in range(300)]
+    async with rig(tmp_path, problem_rows_per_day=20) as r:
+        await r.scan(*noise[:150])
+        await r.scan(b"]E0" + EAN13.encode())
+        await r.scan(*noise[150:])
+        await r.scan(b"]E0" + EAN13.encode())
+        entries = await r.journal.recent(1000)
+        (state,) = await r.journal.readers()
+        events = await r.events()
+    assert [e.sku for e in events] == ["MUG-01", "MUG-01"]
+    assert [e.result for e in entries if e.result == "booked"] == ["booked", "booked"], "every good scan is kept"
+    assert sum(e.result == "decode_error" for e in entries) == 20
+    (counted,) = [e for e in entries if e.result == NOT_KEPT]
+    assert counted.qty == 280 and counted.raw.startswith(noise[-1][:3])
+    assert counted.message is not None and counted.message.startswith("280 problem scans past the 20 a day")
+    assert len(entries) == 23
+    assert (state.scans, state.problems) == (302, 300)
+
+
+async def test_the_problem_rows_of_a_day_are_counted_again_from_the_file_after_a_restart(tmp_path: Path) -> None:
+    day_ms = wall_ms_now() // DAY_MS * DAY_MS
+    path = tmp_path / "scans.sqlite3"
+    async with ScanJournal.open(path, problem_rows_per_day=2) as journal:
+        kept = [await journal.add("r", day_ms + i, b"x", True, "receive", problem=True) for i in range(3)]
+        assert kept[2] is None
+        for scan_id in kept[:2]:
+            assert scan_id is not None
+            await journal.decide(scan_id, "r", result="decode_error", message="noise")
+        await journal.not_kept("r", day_ms + 2, b"x", True, "receive", message="noise")
+    async with ScanJournal.open(path, problem_rows_per_day=2) as journal:
+        assert await journal.add("r", day_ms + 3, b"y", True, "receive", problem=True) is None
+        await journal.not_kept("r", day_ms + 3, b"y", True, "receive", message="noise")
+        assert await journal.add("r", day_ms + 4, b"]C0OK", True, "receive") is not None  # a good scan: always
+        assert await journal.add("r", day_ms + DAY_MS, b"z", True, "receive", problem=True) is not None  # next day
+        entries = await journal.recent()
+    assert [(e.result, e.qty) for e in entries if e.result == NOT_KEPT] == [(NOT_KEPT, 2)]
+    assert len(entries) == 5  # two kept, one counting two, the good scan, the next day's first
