@@ -46,8 +46,9 @@ def dumps(obj: Any) -> str:
 
 def loads(raw: bytes) -> Any:
     """A JSON request body under the one rule (protocol.values): UTF-8, no NaN/Infinity literals, no lone
-    surrogate escapes, at most ``values.JSON_DEPTH_MAX`` levels deep; ``ValueError`` saying what is wrong."""
-    return values.loads_json(raw)
+    surrogate escapes, at most ``values.JSON_DEPTH_MAX`` levels deep, no key twice in one object (json would keep
+    the last, unseen); ``ValueError`` saying what is wrong."""
+    return values.loads_json(raw, unique_keys=True)
 
 
 WHOLE_FLOAT_MAX = 1 << 53  # beyond this a float no longer holds every whole number exactly
