@@ -465,12 +465,19 @@ class ScanService:
                 )
                 return
             scan_id = await self.journal.add(section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode)
-            if scan_id is not None:
-                await self.journal.decide(
-                    scan_id, section.id, result=outcome.result.value, message=outcome.message,
-                    location=outcome.location, sku=outcome.sku, kind=outcome.kind.value if outcome.kind else None,
-                    qty=outcome.qty, event_ids=outcome.event_ids,
-                )  # fmt: skip
+        except JournalError as err:
+            log.error("The outcome of a scan from %r could not be journaled: %s", section.id, err)
+            return
+        if scan_id is not None:
+            await self._journal_outcome(scan_id, section, outcome)
+
+    async def _journal_outcome(self, scan_id: int, section: ScannerSection, outcome: ScanOutcome) -> None:
+        try:
+            await self.journal.decide(
+                scan_id, section.id, result=outcome.result.value, message=outcome.message,
+                location=outcome.location, sku=outcome.sku, kind=outcome.kind.value if outcome.kind else None,
+                qty=outcome.qty, event_ids=outcome.event_ids,
+            )  # fmt: skip
         except JournalError as err:
             log.error("The outcome of a scan from %r could not be journaled: %s", section.id, err)
 
@@ -486,14 +493,7 @@ class ScanService:
         if unkept is not None:
             await self._count_not_kept(section, unkept, outcome)
         elif scan_id is not None:
-            try:
-                await self.journal.decide(
-                    scan_id, section.id, result=outcome.result.value, message=outcome.message,
-                    location=outcome.location, sku=outcome.sku, kind=outcome.kind.value if outcome.kind else None,
-                    qty=outcome.qty, event_ids=outcome.event_ids,
-                )  # fmt: skip
-            except JournalError as err:
-                log.error("The outcome of a scan from %r could not be journaled: %s", section.id, err)
+            await self._journal_outcome(scan_id, section, outcome)
         self.outcomes += 1
         async with self.decided:
             self.decided.notify_all()

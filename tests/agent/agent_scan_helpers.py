@@ -5,7 +5,9 @@
 - ``ContractHub``: a small hub on 127.0.0.1 implementing the agent-facing contract
   for GET /v1/catalog (ETag / If-None-Match), POST /v1/observations and
   POST /v1/import-issues (protocol.reports), and a minimal POST /v1/sync;
-- ``gtin()``: a GTIN with its check digit, so test barcodes are valid by construction.
+- ``gtin()``: a GTIN with its check digit, so test barcodes are valid by construction;
+- ``AdminHub``: a real hub served in process, with an agent's and an admin's credential, and ``call`` for the
+  admin's JSON requests.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import aiohttp
 from aiohttp import web
 
 from protocol import (
@@ -203,3 +206,17 @@ class ContractHub:
         answer = SyncResponse(sync.agent_id, sync.epoch, hwm, server_time_ms=wall_ms_now())
         await self._notify()
         return web.Response(body=encode_sync_response(answer), content_type=MSGPACK_CONTENT_TYPE)
+
+
+@dataclass
+class AdminHub:
+    url: str
+    agent_id: str
+    token: str
+    admin: str
+
+    async def call(self, method: str, path: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.admin}"}
+        async with aiohttp.ClientSession() as s, s.request(method, self.url + path, headers=headers, **kw) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()

@@ -25,6 +25,7 @@ from agent.replicator import Replicator
 from agent.scanning import ModeRouter, ScanResult
 from agent.sessions import SessionManager, SessionStore
 from protocol import Kind
+from tests.agent.agent_scan_helpers import AdminHub as Hub
 from tests.agent.agent_scan_helpers import gtin
 from tests.harness.inprocess import hub_in_process
 
@@ -35,20 +36,6 @@ REFUSAL = (
     "GIFT-SET is a bundle (a kit or set made of other SKUs), which the hub does not take a count of: count each of"
     " its parts instead"
 )
-
-
-@dataclass
-class Hub:
-    url: str
-    agent_id: str
-    token: str
-    admin: str
-
-    async def call(self, method: str, path: str, **kw: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.admin}"}
-        async with aiohttp.ClientSession() as s, s.request(method, self.url + path, headers=headers, **kw) as resp:
-            assert resp.status == 200, await resp.text()
-            return await resp.json()
 
 
 @pytest.fixture

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 import hardware
@@ -20,6 +17,7 @@ from agent.pos.source import scan_file
 from agent.replicator import Replicator
 from agent.reports import ReportSender
 from agent.scanning import ModeRouter, ScanResult
+from tests.agent.agent_scan_helpers import AdminHub as Hub
 from tests.agent.agent_scan_helpers import gtin
 from tests.harness.inprocess import hub_in_process
 
@@ -27,20 +25,6 @@ EAN13 = gtin("590123412345")
 CASE = gtin("1" + EAN13[:-1])
 UNKNOWN = gtin("400638133393")
 WAIT_S = 15.0
-
-
-@dataclass
-class Hub:
-    url: str
-    agent_id: str
-    token: str
-    admin: str
-
-    async def call(self, method: str, path: str, **kw: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.admin}"}
-        async with aiohttp.ClientSession() as s, s.request(method, self.url + path, headers=headers, **kw) as resp:
-            assert resp.status == 200, await resp.text()
-            return await resp.json()
 
 
 @pytest.fixture
