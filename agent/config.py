@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import hardware
+from agent.catalog import ANSWER_MAX_BYTES as CATALOG_ANSWER_MAX_BYTES
 from agent.catalog import REFRESH_S as CATALOG_REFRESH_S
 from agent.catalog import RETRY_MAX_S as CATALOG_RETRY_MAX_S
-from agent.catalog import ANSWER_MAX_BYTES as CATALOG_ANSWER_MAX_BYTES
 from agent.catalog import TIMEOUT_S as CATALOG_TIMEOUT_S
 from agent.config_sources import (
     ENVIRONMENT,
@@ -43,8 +43,8 @@ from agent.scanning import COUNT_RESET_S, MODES
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
 from protocol import MAX_BATCH_EVENTS
-from protocol.values import token_problem
 from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
+from protocol.values import token_problem
 
 OUTBOX_FILENAME = "outbox.sqlite3"
 LOCALAPI_HOST = "127.0.0.1"
@@ -296,7 +296,7 @@ def _hub_url(value: str) -> str | None:
     shown = redact_url(value)  # an error quotes the address, never a password in it
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        parts.port
     except ValueError:
         return f"must be an http:// or https:// address like http://hub.example:8080, got {shown!r}"
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -16,16 +16,31 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from hub import catalog, dashboard, events_api, feed, metrics, paging, quarantine, ratelimit, reports, views, webhooks
-from hub import bundles
-from hub import etag, openapi, problems
-from hub import csvexport, exportslots
+from hub import (
+    bundles,
+    catalog,
+    csvexport,
+    dashboard,
+    etag,
+    events_api,
+    exportslots,
+    feed,
+    metrics,
+    openapi,
+    paging,
+    problems,
+    quarantine,
+    ratelimit,
+    reports,
+    views,
+    webhooks,
+)
 from hub.auth import (
     PUBLIC_ROUTES_KEY,
-    CredentialOfAnotherAgent,
-    UNKNOWN_CREDENTIALS_KEY,
     ROLE_ADMIN,
     STORE_KEY,
+    UNKNOWN_CREDENTIALS_KEY,
+    CredentialOfAnotherAgent,
     Handler,
     auth_middleware,
     require_role,
@@ -35,8 +50,6 @@ from hub.channels import order_routes
 from hub.config import HubSettings
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
-from protocol.logsafety import RepeatLog
-from protocol.retry import retry_after_value
 from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,
@@ -61,6 +74,8 @@ from protocol import (
     routes,
     wall_ms_now,
 )
+from protocol.logsafety import RepeatLog
+from protocol.retry import retry_after_value
 
 log = logging.getLogger(__name__)
 DB_RETRY_AFTER_S = 1.0  # a 503 for a database failure: most pass within a second (a restart, a lock timeout)
@@ -76,7 +91,7 @@ IDENTITY_ENCODINGS = frozenset({"", "identity"})  # the only Content-Encoding of
 class RequestRepeats:
     """Failures that can come thousands of times a second, each logged once a minute with a count."""
 
-    __slots__ = ("unexpected", "db_failures", "bad_bodies")
+    __slots__ = ("bad_bodies", "db_failures", "unexpected")
 
     def __init__(self) -> None:
         self.unexpected = RepeatLog(

@@ -30,10 +30,10 @@ import aiosqlite
 
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ItemIds, MappingFinding, SkuMapping
-from protocol import wall_ms_now
 from hub.storage.base import StoreClosed, StoreError
 from hub.storage.db import Db, SqliteDb
 from hub.storage.sqlite import SqliteHubStore
+from protocol import wall_ms_now
 
 BUSY_TIMEOUT_MS = 10_000
 KEYS_PER_STATEMENT = 500  # level keys per IN (...) list

@@ -155,7 +155,7 @@ async def test_a_state_opened_on_a_new_database_migrates_it(reopen: Reopen, db: 
         assert await store.latest_change_id() == 0
 
 
-async def test_a_postgresql_state_names_the_database_without_its_password(pg_url: str) -> None:  # noqa: F811
+async def test_a_postgresql_state_names_the_database_without_its_password(pg_url: str) -> None:
     bad = pg_url.replace("@", "x@", 1) if ":" in pg_url.split("@")[0] else pg_url
     password = bad.split("//", 1)[1].split("@", 1)[0].split(":", 1)[-1]
     with pytest.raises(StoreError) as err:
@@ -164,7 +164,7 @@ async def test_a_postgresql_state_names_the_database_without_its_password(pg_url
     assert password not in str(err.value) and "***" in str(err.value)
 
 
-async def test_a_postgresql_state_reads_what_another_process_wrote(pg_url: str) -> None:  # noqa: F811
+async def test_a_postgresql_state_reads_what_another_process_wrote(pg_url: str) -> None:
     async with open_channel_state(pg_url) as state:
         await state.record("web", {K: 7}, 1_000, cursor=5)
         conn = await asyncpg.connect(pg_url)

@@ -127,8 +127,10 @@ async def test_a_location_the_connector_is_not_bound_to_is_rejected_and_reported
         (b'{"events": [', "application/json", 400, "not valid JSON"),
         (b'{"events": []}', "application/json", 400, "1 to 1000 events"),
         (  # read as the last "kind" alone, a receipt would be booked that nobody can see was sent as a sale
-            b'{"events": [{"id": "twice", "location": "WEB", "sku": "S", "kind": "sale", "kind": "receive", '
-            b'"qty": 1, "occurred_at": "2026-01-01T00:00:00Z"}]}',
+            (
+                b'{"events": [{"id": "twice", "location": "WEB", "sku": "S", "kind": "sale", "kind": "receive", '
+                b'"qty": 1, "occurred_at": "2026-01-01T00:00:00Z"}]}'
+            ),
             "application/json", 400, "names the key 'kind' twice in one object",
         ),
         (b'{"movements": []}', "application/json", 400, 'one field, {"events": [...]}'),
