@@ -398,18 +398,20 @@ def _log_sync(sync: SyncRequest, applied: int, duplicates: int, rejected: int, h
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness and database health; needs no credential."""
+    again = {"Retry-After": retry_after_value(DB_RETRY_AFTER_S)}  # as every other 503 says when to ask again
     try:
         db = await request.app[STORE_KEY].health()
     except StoreClosed:
         return problems.response(
             503, "the hub is shutting down; its store is closed", health="unavailable",
-            db={"error": "the hub store is closed"},
+            db={"error": "the hub store is closed"}, headers=again,
         )  # fmt: skip
     except StoreError as err:
         log.warning("the health check found the database failing: %s", err)
         return problems.response(
-            503, f"the hub database fails its health check ({err})", health="error", db={"error": str(err)}
-        )
+            503, f"the hub database fails its health check ({err})", health="error", db={"error": str(err)},
+            headers=again,
+        )  # fmt: skip
     return _json({"status": "ok", "db": db})
 
 

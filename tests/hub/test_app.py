@@ -614,6 +614,7 @@ async def test_closed_store_is_503(client: TestClient[Any, Any], store: HubStore
     resp = await client.get("/healthz")
     health = await error_of(resp, 503, "unavailable")  # problem details, with the health report beside
     assert health["health"] == "unavailable" and health["db"]["error"]
+    assert resp.headers.get("Retry-After") == "1", resp.headers  # as every other 503 of the hub
 
 
 # --- admin ------------------------------------------------------------------
