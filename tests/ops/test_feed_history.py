@@ -96,6 +96,11 @@ def after_restore(url: str, reader: str, other: tuple[str, str], early: str, lat
     return fresh["cursor"]
 
 
+def backup_to(target: Path, env: dict[str, str]) -> None:
+    done = run_hub("backup", "--to", str(target), env=env)
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_cursor_kept_across_a_restore_of_the_sqlite_database_is_refused(tmp_path: Path) -> None:
     db, copy = tmp_path / "hub.db", tmp_path / "backup.db"
     env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
@@ -103,11 +108,7 @@ def test_a_cursor_kept_across_a_restore_of_the_sqlite_database_is_refused(tmp_pa
     store, other = credential(env, "--location", "S001"), credential(env, "--location", "S002")
     _, reader = credential(env, "--role", "reader")
     with HubProcess(tmp_path / "hub.log", env=env) as served:
-        def backup() -> None:
-            done = run_hub("backup", "--to", str(copy), env=env)
-            assert done.returncode == 0, done.stderr
-
-        early, late, legacy = before_restore(served.url, reader, store, backup)
+        early, late, legacy = before_restore(served.url, reader, store, lambda: backup_to(copy, env))
         assert served.stop() == 0
 
     # The restore procedure of docs/operations.md: the old database aside, the backup in its place.
@@ -136,11 +137,7 @@ def test_a_cursor_kept_across_a_pg_restore_into_a_new_database_is_refused(
     store, other = credential(env, "--location", "S001"), credential(env, "--location", "S002")
     _, reader = credential(env, "--role", "reader")
     with HubProcess(tmp_path / "hub.log", env=env) as served:
-        def backup() -> None:
-            done = run_hub("backup", "--to", str(dump), env=env)
-            assert done.returncode == 0, done.stderr
-
-        early, late, legacy = before_restore(served.url, reader, store, backup)
+        early, late, legacy = before_restore(served.url, reader, store, lambda: backup_to(dump, env))
         assert served.stop() == 0
 
     # The restore procedure of docs/operations.md: pg_restore into a new, empty database.
