@@ -296,7 +296,7 @@ def _hub_url(value: str) -> str | None:
     shown = redact_url(value)  # an error quotes the address, never a password in it
     try:
         parts = urlsplit(value)
-        parts.port
+        parts.port  # noqa: B018 -- reading it raises ValueError for a port that is not a number in range
     except ValueError:
         return f"must be an http:// or https:// address like http://hub.example:8080, got {shown!r}"
     if parts.scheme not in ("http", "https") or not parts.hostname:

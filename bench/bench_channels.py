@@ -292,12 +292,11 @@ async def burst(root: Path, sales: int, n_skus: int, naive_max_s: float, seed: i
         for sku in skus:
             await store.record(sku, Kind.RECEIVE, stock)
         await wait_levels(shop, dict.fromkeys(skus, stock))
-        async with aiohttp.ClientSession() as session:
-            async with session.get(
-                f"{hub.url}/v1/changes", params={"cursor": "0", "limit": "5000"},
-                headers={"Authorization": f"Bearer {hub.reader_token}"},
-            ) as resp:  # fmt: skip
-                cursor = (await resp.json())["cursor"]
+        async with aiohttp.ClientSession() as session, session.get(
+            f"{hub.url}/v1/changes", params={"cursor": "0", "limit": "5000"},
+            headers={"Authorization": f"Bearer {hub.reader_token}"},
+        ) as resp:  # fmt: skip
+            cursor = (await resp.json())["cursor"]
         for sku in skus:  # the naive pusher starts from the same levels
             naive_shop.emu.levels[(naive_shop.items[sku], naive_shop.location_id)] = stock
         calls_before, throttled_before = shop.emu.stats.requests, shop.emu.stats.throttled

@@ -74,12 +74,12 @@ def render() -> str:
     results = [json.loads(path.read_text()) for path in sorted(RESULTS_DIR.glob("*.json"))]
     parts = [
         HEADER,
-        "## Every figure in one table\n\n"
+        ("## Every figure in one table\n\n"
         "One row per figure. A ratio is always of two figures measured in the same run of the same script "
         "(the figure and its baseline, side by side), never of figures from different runs or machines; "
         "the command and the machine of each run are in its section below.\n\n"
         "| benchmark | figure | measured | baseline, same run | ratio | target | run |\n"
-        "|---|---|---|---|---|---|---|\n",
+        "|---|---|---|---|---|---|---|\n"),
     ]
     for data in results:
         title = data["title"]

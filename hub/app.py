@@ -156,7 +156,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )  # fmt: skip
     except asyncio.CancelledError:
         raise
-    except Exception as err:  # the first in a minute with its traceback, the rest counted; the hub keeps serving
+    except Exception as err:  # noqa: BLE001 -- the first in a minute with its traceback, the rest counted; the hub keeps serving
         where = f"{request.method} {request.rel_url.raw_path}: {type(err).__name__}"
         request.app[REPEATS_KEY].unexpected.record(request.remote, where, exc=err)
         metrics.observe_failure(request.app, "unexpected")

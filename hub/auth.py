@@ -24,8 +24,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from protocol.logsafety import RepeatLog
 from hub.storage.base import AgentIdentity, Forbidden, HubStore
+from protocol.logsafety import RepeatLog
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ are read from the store when Prometheus scrapes.
 
 from __future__ import annotations
 
-import time
 import collections
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass

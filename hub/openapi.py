@@ -307,31 +307,31 @@ IF_NONE_MATCH = {
 CHANGE_CURSOR_PATTERN = r"^[0-9]{1,19}(\.[0-9a-f]{1,32})?$"
 
 ERROR_STATUS: Mapping[int, tuple[str, str]] = {
-    400: ("bad_request", "The request is malformed: a query parameter unknown, repeated or out of range, a path "
+    400: ("bad_request", ("The request is malformed: a query parameter unknown, repeated or out of range, a path "
           "parameter that is not text, a body that does not parse or has the wrong shape, more than one "
-          "Authorization header, or a request that is not valid HTTP/1.1 (the connection is then closed)."),
+          "Authorization header, or a request that is not valid HTTP/1.1 (the connection is then closed).")),
     401: ("unauthorized", "No credential, a malformed one, or one unknown or revoked (with WWW-Authenticate: Bearer)."),
     403: ("forbidden", "The credential's role may not do this, or it names another agent than its own."),
     404: ("not_found", "There is no such resource (or no route for this path)."),
     405: ("method_not_allowed", "The route does not take this method; Allow lists the ones it takes."),
-    408: ("request_timeout", "The request head did not arrive whole within header_timeout_s, or its body within "
-          "body_timeout_s; the connection is closed."),
+    408: ("request_timeout", ("The request head did not arrive whole within header_timeout_s, or its body within "
+          "body_timeout_s; the connection is closed.")),
     409: ("conflict", "The request conflicts with what the hub holds; nothing was changed."),
     410: ("gone", ("The change feed cursor is of an earlier history of the feed (the hub's database was restored "
                    "from a backup, copied or moved since): read the feed again from the start, or from the newest "
                    "change.")),
-    413: ("payload_too_large", f"The body is larger than max_body_bytes ({DEFAULT_MAX_BODY_BYTES} bytes by default) "
-          "or the route's own limit."),
+    413: ("payload_too_large", (f"The body is larger than max_body_bytes ({DEFAULT_MAX_BODY_BYTES} bytes by default) "
+          "or the route's own limit.")),
     415: ("unsupported_media_type", "The body was sent with another Content-Type than the route takes, or compressed."),
     417: ("http_417", "The request carries an Expect other than 100-continue, which the hub does not take."),
-    422: ("invalid_events", "The request is well-formed but some of its events break the contract; nothing was "
-          "committed."),
-    429: ("rate_limited", "This credential sent write requests faster than its quota, or already runs "
-          "export_max_per_credential CSV downloads; wait Retry-After seconds."),
+    422: ("invalid_events", ("The request is well-formed but some of its events break the contract; nothing was "
+          "committed.")),
+    429: ("rate_limited", ("This credential sent write requests faster than its quota, or already runs "
+          "export_max_per_credential CSV downloads; wait Retry-After seconds.")),
     500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
     502: ("bad_gateway", "The sales channel refused the hub's call or answered it wrongly; nothing was changed."),
-    503: ("unavailable", "The hub is shutting down or its database is unavailable, or it already runs export_max CSV "
-          "downloads; try again shortly (Retry-After)."),
+    503: ("unavailable", ("The hub is shutting down or its database is unavailable, or it already runs export_max CSV "
+          "downloads; try again shortly (Retry-After).")),
 }  # fmt: skip
 
 
@@ -1143,7 +1143,7 @@ def _schemas() -> dict[str, JSON]:
         "Attrs": attrs,
         "HealthProblem": {**problem_schema(), "properties": {**problem_schema()["properties"],
                           "health": known(["error", "unavailable"]), "db": obj({"error": string()}, ["error"])},
-                          "required": [*problem_schema()["required"], "health", "db"]},  # fmt: skip
+                          "required": [*problem_schema()["required"], "health", "db"]},
         "Health": obj({"status": known(["ok"]),
                        "db": obj({}, description="What the storage backend reports about itself; `error` when failing.")},
                       ["status", "db"]),
@@ -1473,7 +1473,7 @@ def build() -> JSON:
         "servers": [{"url": "/", "description": "The hub that serves this document."}],
         "security": [{BEARER: []}],
         "tags": [{"name": t} for t in ("Sync", "Counts", "Ledger", "Agents", "Quarantine", "Catalog", "Reports",
-                                       "Change feed", "Bundles", "Channels", "Operations")],  # fmt: skip
+                                       "Change feed", "Bundles", "Channels", "Operations")],
         "paths": _paths(),
         "components": {
             "schemas": _schemas(),

@@ -132,7 +132,7 @@ def ledger_key(cursor: str) -> LedgerKey:
         _int(f[2]),
         _hex(f[3], range(EVENT_ID_BYTES, EVENT_ID_BYTES + 1)),
         part,
-        _hex(f[5], range(0, TIEBREAK_MAX_BYTES + 1)),
+        _hex(f[5], range(TIEBREAK_MAX_BYTES + 1)),
     )
 
 
@@ -156,7 +156,7 @@ def _ident_part(kind: str, value: Any) -> str | int | bytes:
     if kind == "i":
         return _int(value)
     if kind == "b":
-        return _hex(value, range(0, KEY_BYTES_MAX + 1))
+        return _hex(value, range(KEY_BYTES_MAX + 1))
     return _stored_text(value)
 
 

@@ -127,7 +127,7 @@ class SecretFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a malformed call to the logger: keep its raw text, still masked
+        except Exception:  # noqa: BLE001 -- a malformed call to the logger: keep its raw text, still masked
             message = f"{record.msg} {record.args}"
         record.msg, record.args = self.redact(message), None
         if record.exc_info and not record.exc_text:

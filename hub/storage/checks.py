@@ -18,11 +18,9 @@ from hub.storage.base import (
     Observation,
     ReportResult,
 )
-from protocol import QTY_MAX
+from protocol import QTY_MAX, values
 from protocol.catalog import BARCODE_MAX_LEN, GTIN_LENGTHS, gtin14, is_unknown_sku
 from protocol.event import SKU_MAX_LEN
-from protocol import values
-from protocol.values import TEXT_RULE, is_text, is_unicode
 from protocol.reports import (
     ISSUE_FILE_MAX_LEN,
     ISSUE_LINE_MAX,
@@ -33,6 +31,7 @@ from protocol.reports import (
     SOURCE_FILE_MAX_LEN,
     SYSTEM_MAX_LEN,
 )
+from protocol.values import TEXT_RULE, is_text, is_unicode
 
 T = TypeVar("T")
 

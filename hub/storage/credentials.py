@@ -143,6 +143,6 @@ async def agent_status(db: Db, agent_id: str | None) -> list[AgentStatus]:
         AgentStatus(
             aid, tuple(json.loads(locs)), last, marks.get(aid, {}), skew, role, revoked is not None,
             backlog=backlog, oldest_pending_ms=oldest, backlog_at_ms=backlog_at,
-        )  # fmt: skip
+        )
         for aid, locs, last, skew, role, revoked, backlog, oldest, backlog_at in rows
     ]

@@ -63,23 +63,24 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
+from hub.clock_window import ClockWindow
 from hub.resolver import (
     ORDERED_KINDS,
     RESERVATION_KINDS,
     Effect,
-    RecipeError,
-    bundle_counts,
-    bundle_problem,
-    describe_parts,
-    expand,
-    flatten,
     OrderKey,
+    RecipeError,
     Reservation,
     ReservationKey,
     StockKey,
     Transfer,
     TransferKey,
     available,
+    bundle_counts,
+    bundle_problem,
+    describe_parts,
+    expand,
+    flatten,
     order_key,
     reservation_key,
     tally_reservation,
@@ -88,7 +89,6 @@ from hub.resolver import (
     transfer_key,
     transfer_problem,
 )
-from hub.clock_window import ClockWindow
 from hub.storage.base import (
     CHANGE_EVENT_IDS_MAX,
     INGEST_ROLES,

@@ -61,7 +61,7 @@ def note_sync(
             (now_ms, clock_skew_ms, agent_id),
         )
     return (
-        "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms), "
-        "backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ? WHERE agent_id = ?",
+        ("UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms), "
+        "backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ? WHERE agent_id = ?"),
         (now_ms, clock_skew_ms, backlog, oldest_pending_ms, now_ms, agent_id),
     )

@@ -152,7 +152,7 @@ def test_a_hub_answering_64_mb_is_cut_off_logged_once_and_retried_with_flat_memo
     assert peak < RSS_BOUND_BYTES, f"the agent grew to {peak >> 20} MiB reading answers of {HUGE_ANSWER_BYTES >> 20} MiB"
     assert log.count(TOO_LARGE) == 1, log  # logged once, then retried quietly with backoff
     assert "Traceback" not in log
-    code, report = _status(config)
+    _code, report = _status(config)
     assert report["sync_state"] == "hub_error" and TOO_LARGE in str(report["last_error"])
     assert report["backlog"] == 1  # nothing was acknowledged by an answer that was never read
 

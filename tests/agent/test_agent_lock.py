@@ -111,7 +111,7 @@ def test_record_beside_an_agent_still_starting_waits_for_its_outbox_and_records(
                 pass
 
         asyncio.run(create())
-        out, err = record.communicate(timeout=60)
+        _out, err = record.communicate(timeout=60)
     finally:
         holder.kill()
         holder.wait(timeout=20)

@@ -73,7 +73,7 @@ async def test_a_page_of_counts_is_answered_304_while_it_is_the_same(store: HubS
 
 @pytest.mark.parametrize(
     "path", ["/v1/counts", "/v1/ledger", "/v1/exceptions", "/v1/agents", "/v1/divergence", "/v1/quarantine",
-             "/v1/webhooks", "/v1/catalog"]  # fmt: skip
+             "/v1/webhooks", "/v1/catalog"]
 )
 async def test_every_cacheable_read_has_an_etag(store: HubStore, make_client: ClientFactory, path: str) -> None:
     client = await make_client()

@@ -57,7 +57,7 @@ async def test_a_configured_hub_pushes_a_movement_to_its_channel(tmp_path: Path,
             url,
             cred.token,
             [{"id": "delivery-1", "location": "S1", "sku": "SKU-1", "kind": "receive", "qty": 6,
-              "occurred_at": "2026-01-01T00:00:00Z"}],  # fmt: skip
+              "occurred_at": "2026-01-01T00:00:00Z"}],
         )
         assert answer["applied"] == 1, answer
 
@@ -70,7 +70,7 @@ async def test_a_configured_hub_pushes_a_movement_to_its_channel(tmp_path: Path,
             url,
             cred.token,
             [{"id": "sale-1", "location": "S1", "sku": "SKU-1", "kind": "sale", "qty": -2,
-              "occurred_at": "2026-01-01T00:01:00Z"}],  # fmt: skip
+              "occurred_at": "2026-01-01T00:01:00Z"}],
         )
         await wait_until(lambda: shown(3), "Square shows the sale")
     finally:

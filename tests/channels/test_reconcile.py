@@ -232,7 +232,7 @@ async def test_divergences_are_kept_per_channel_newest_first_across_a_reopen(hub
         assert await state.open_divergences("web") == 4 and await state.open_divergences("pos") == 1
 
 
-async def test_channel_exceptions_read_the_same_on_postgresql(pg_url: str) -> None:  # noqa: F811
+async def test_channel_exceptions_read_the_same_on_postgresql(pg_url: str) -> None:
     async with PostgresHubStore.open(pg_url) as store:
         conn = await asyncpg.connect(pg_url)
         try:

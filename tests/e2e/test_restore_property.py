@@ -212,5 +212,5 @@ def test_the_issue_12_story_as_one_example(tmp_path: Path) -> None:
             tmp_path,
             [("record", 0, 3), ("sync", 0, 4, False), ("backup", 0), ("record", 0, 4), ("sync", 0, 4, False),
              ("restore", 0, 0), ("record", 0, 2), ("copy", 0), ("record", 1, 2), ("record", 0, 1)],
-        )  # fmt: skip
+        )
     )

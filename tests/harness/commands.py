@@ -22,7 +22,7 @@ def run_hub(
 ) -> subprocess.CompletedProcess[str]:
     """``python -m hub ARGS`` to its end, its output captured (the exit status is the caller's to check)."""
     return subprocess.run(
-        [sys.executable, "-m", "hub", *args], env=dict(env or hub_env()), cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "hub", *args], env=dict(env or hub_env()), cwd=cwd, capture_output=True, check=False, text=True,
         timeout=timeout_s,
     )  # fmt: skip
 
@@ -33,7 +33,7 @@ def run_agent(
     """``python -m agent ARGS`` to its end, its output captured (the exit status is the caller's to check)."""
     return subprocess.run(
         [sys.executable, "-m", "agent", *args], env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
-        cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
+        cwd=cwd, capture_output=True, check=False, text=True, timeout=timeout_s,
     )  # fmt: skip
 
 

@@ -163,18 +163,18 @@ def v3_rows() -> list[tuple[str, tuple[object, ...]]]:
         ("agents (agent_id, token_sha256, role, locations, created_ms)", (V3_AGENT, V3_TOKEN_HASH, "agent", '["S1"]', 0)),
         ("agent_hwm (agent_id, epoch, hwm, updated_ms)", (V3_AGENT, 1, 1, 0)),
         (
-            "stock (location, sku, on_hand, reserved, in_transit, safety_stock, max_at, max_agent, max_seq, max_id, "
-            "updated_at_ms)",
+            ("stock (location, sku, on_hand, reserved, in_transit, safety_stock, max_at, max_agent, max_seq, max_id, "
+            "updated_at_ms)"),
             ("S1", "A", 5, 0, 0, 0, 1 << 16, V3_AGENT, 1, V3_EVENT_ID, 0),
         ),
         (
-            "events (event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, "
-            "reason, attrs, effect, variance, duplicates, received_at_ms)",
+            ("events (event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, "
+            "reason, attrs, effect, variance, duplicates, received_at_ms)"),
             (*event, "applied", None, 0, 0),
         ),
         (
-            "rejections (event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, "
-            "reason, attrs, content_hash, code, detail, attempts, received_at_ms)",
+            ("rejections (event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, "
+            "reason, attrs, content_hash, code, detail, attempts, received_at_ms)"),
             (*event[:7], 6, *event[8:], b"h" * 16, "conflict", "no", 1, 0),
         ),
     ]

@@ -21,8 +21,8 @@ from hub import HubSettings, HubStore, create_app, open_store, serve
 from hub.auth import PUBLIC_ROUTES_KEY
 from hub.config import ConfigError, settings_from_mapping
 from hub.limits import ACCEPT_SLACK, CONNECTIONS_MIN, FD_RESERVE, ConnectionGuard, fd_budget, parse_error_reason
-from protocol.logsafety import RepeatLog, SecretFilter, secrets_masked
 from hub.server import secrets_of
+from protocol.logsafety import RepeatLog, SecretFilter, secrets_masked
 from tests.harness.inprocess import serve_app
 from tests.harness.net import free_port
 
@@ -214,7 +214,7 @@ async def test_a_compressed_body_is_refused_after_authentication_and_never_infla
 async def test_unexpected_errors_and_unknown_credentials_are_counted_not_logged_each(
     app_client: tuple[web.Application, TestClient[Any, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    app, client = app_client
+    _app, client = app_client
     caplog.set_level(logging.INFO, "hub")
     for _ in range(20):
         assert (await client.get("/boom")).status == 500

@@ -136,7 +136,7 @@ async def test_a_sender_whose_clock_is_set_back_six_months_is_held_by_its_sent_c
     # stamp from an hour ago from this machine is applied (inside the window), one from a right clock too.
     answer = await hub.sync((Kind.SALE, -1, now - 3_600_000), (Kind.SALE, -2, now - 2 * DAY_MS), sent_ms=set_back)
     assert [r.code for r in answer.rejected] == ["quarantined"]
-    status, body = await hub.get("/v1/agents", hub.reader)
+    _status, body = await hub.get("/v1/agents", hub.reader)
     [me] = [a for a in body["agents"] if a["agent_id"] == hub.agent_id]
     assert abs(me["clock_skew_ms"] - HALF_YEAR_MS) < 60_000, "the hub sees this machine six months behind"
 

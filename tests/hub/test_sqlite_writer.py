@@ -24,9 +24,9 @@ import pytest
 
 from hub.storage import AgentIdentity, SqliteHubStore, StoreError
 from hub.storage.ingest import StockRow
-from hub.storage.sqlite.store import _commit_group, _Write
 from hub.storage.sqlite.ingest import ROWS_PER_STATEMENT, SqliteIngest, StockCache, insert_rows
 from hub.storage.sqlite.schema import migrate
+from hub.storage.sqlite.store import _commit_group, _Write
 from hub.storage.sqlite.writer import (
     CHECKPOINT_PAUSE_S,
     CHECKPOINT_ROWS,

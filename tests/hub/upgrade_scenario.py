@@ -57,8 +57,8 @@ def v1_rows(h: V1Hub) -> dict[str, tuple[str, list[tuple[Any, ...]]]]:
             [(ev.event_id, *event_row(ev), "applied", None, 0, 1_000) for ev in h.events],
         ),
         "stock": (
-            "location, sku, on_hand, reserved, in_transit, safety_stock, max_at, max_agent, max_seq, max_id, "
-            "updated_at_ms",
+            ("location, sku, on_hand, reserved, in_transit, safety_stock, max_at, max_agent, max_seq, max_id, "
+            "updated_at_ms"),
             [(LOCATION, SKU, 4, 0, 0, 0, last.occurred_at, AGENT, last.seq, last.event_id, 1_000)],
         ),
         "rejections": (
@@ -67,7 +67,7 @@ def v1_rows(h: V1Hub) -> dict[str, tuple[str, list[tuple[Any, ...]]]]:
                 (
                     h.refused.event_id, *event_row(h.refused), h.refused.content_hash, "forbidden_location",
                     f"agent {AGENT} may not write location S2", 1, 1_000,
-                )  # fmt: skip
+                )
             ],
         ),
     }

@@ -58,7 +58,7 @@ def run(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProce
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
-        as_on_windows(*args), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT, env=env
+        as_on_windows(*args), capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT, env=env
     )
 
 
@@ -101,7 +101,7 @@ def pytest_as_on_windows(*args: str) -> tuple[int, str]:
     """pytest in a process as on Windows; the number of tests passed (asserting none failed) and the output."""
     done = subprocess.run(
         as_on_windows("-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *args),
-        capture_output=True, text=True, timeout=CORE_TESTS_TIMEOUT_S, cwd=ROOT,
+        capture_output=True, check=False, text=True, timeout=CORE_TESTS_TIMEOUT_S, cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("SHELFSYNC_AGENT_")},
     )  # fmt: skip
     out = done.stdout + done.stderr

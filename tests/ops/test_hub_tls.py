@@ -36,7 +36,7 @@ class Pki:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=OPENSSL_TIMEOUT_S)
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, check=False, text=True, timeout=OPENSSL_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
 
 
@@ -93,7 +93,7 @@ def test_the_hub_serves_https_and_an_agent_with_the_ca_file_syncs(tmp_path: Path
         assert made.returncode == 0, made.stderr
         recorded = subprocess.run(
             [*AGENT, "record", "--config", str(config), "--sku", "SKU-1", "--kind", "receive", "--qty", "3"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, check=False, text=True, timeout=60,
         )  # fmt: skip
         assert recorded.returncode == 0, recorded.stderr
         agent = AgentProcess(config, tmp_path / "agent.log", [])
@@ -111,7 +111,7 @@ def test_the_hub_serves_https_and_an_agent_with_the_ca_file_syncs(tmp_path: Path
         finally:
             assert agent.stop() == 0
         status = subprocess.run([*AGENT, "status", "--json", "--config", str(config)],
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
+                                capture_output=True, check=False, text=True, timeout=60)  # fmt: skip
         report = json.loads(status.stdout)
         assert report["hub_reachable_now"] is True, report  # status probes the hub with the same ca_file
         assert served.stop() == 0
@@ -159,7 +159,7 @@ def test_an_agent_ca_file_that_is_no_certificate_is_one_sentence(tmp_path: Path)
     config.write_text(
         '[agent]\nid = "store-1"\nlocation = "S1"\nhub_url = "https://127.0.0.1:1"\ntoken = "t"\nca_file = "ca.pem"\n'
     )
-    run = subprocess.run([*AGENT, "status", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([*AGENT, "status", "--config", str(config)], capture_output=True, check=False, text=True, timeout=60)
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1 and "ca_file" in lines[0] and str(junk) in lines[0], run.stderr
 

@@ -31,7 +31,7 @@ def project() -> dict[str, object]:
     ids=["python -m agent", "python -m hub", "shelfsync-agent", "shelfsync-hub"],
 )
 def test_version_comes_from_the_package_metadata(argv: list[str]) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT)
+    done = subprocess.run(argv, capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT)
     installed = importlib.metadata.version("shelfsync")
     prog = "shelfsync-agent" if "agent" in " ".join(argv[1:3]) or argv[0].endswith("agent") else "shelfsync-hub"
     assert (done.returncode, done.stdout, done.stderr) == (0, f"{prog} {installed}\n", "")
@@ -57,7 +57,7 @@ AGENT_EXTRA = ["serial", "serial_asyncio_fast", "zeroconf", "ifaddr", "biip", "t
 def test_version_works_without_the_command_s_extra(package: str, blocked: list[str]) -> None:
     for flag in ("--version", "--vers"):  # argparse takes a prefix too
         argv = without_modules(blocked, package, flag)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT)
+        done = subprocess.run(argv, capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT)
         expected = f"shelfsync-{package} {importlib.metadata.version('shelfsync')}\n"
         assert (done.returncode, done.stdout, done.stderr) == (0, expected, "")
 
@@ -73,7 +73,7 @@ def test_a_command_without_its_extra_is_one_sentence_naming_it(
     tmp_path: Path, package: str, blocked: list[str], args: list[str], missing: str
 ) -> None:
     argv = without_modules(blocked, package, *args)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=tmp_path)
+    done = subprocess.run(argv, capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S, cwd=tmp_path)
     (line,) = done.stderr.splitlines()
     assert (done.returncode, done.stdout) == (2, "")
     assert line.startswith(missing) and line.endswith(f", which is not installed; install shelfsync[{package}]")

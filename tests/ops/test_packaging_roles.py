@@ -84,7 +84,7 @@ def clean_env() -> dict[str, str]:
 
 def run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT, env={**clean_env(), **env}
+        argv, capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT, env={**clean_env(), **env}
     )
 
 

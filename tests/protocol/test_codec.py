@@ -23,11 +23,11 @@ from protocol import (
 
 
 def event(seq: int, **kw) -> StockEvent:
-    base = dict(
-        event_id=new_event_id(), agent_id="agent-1", epoch=3, seq=seq, location="S1", sku="A",
-        kind=Kind.RECEIVE, qty=5, occurred_at=pack_hlc(1_000 + seq, 0), wall_ms=1_000 + seq, source="api:test",
-        attrs={"lot": "L1", "expiry": "2027-01-31"},
-    )
+    base = {
+        "event_id": new_event_id(), "agent_id": "agent-1", "epoch": 3, "seq": seq, "location": "S1", "sku": "A",
+        "kind": Kind.RECEIVE, "qty": 5, "occurred_at": pack_hlc(1_000 + seq, 0), "wall_ms": 1_000 + seq, "source": "api:test",
+        "attrs": {"lot": "L1", "expiry": "2027-01-31"},
+    }
     base.update(kw)
     return StockEvent(**base)
 

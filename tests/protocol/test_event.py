@@ -9,19 +9,19 @@ from protocol.event import _event_from_wire_checked, _plain_event, event_to_wire
 
 
 def make(**overrides):
-    fields = dict(
-        event_id=new_event_id(),
-        agent_id="agent-1",
-        epoch=7,
-        seq=1,
-        location="S1",
-        sku="SKU-1",
-        kind=Kind.SALE,
-        qty=-1,
-        occurred_at=pack_hlc(1_700_000_000_000, 0),
-        wall_ms=1_700_000_000_000,
-        source="scanner:door",
-    )
+    fields = {
+        "event_id": new_event_id(),
+        "agent_id": "agent-1",
+        "epoch": 7,
+        "seq": 1,
+        "location": "S1",
+        "sku": "SKU-1",
+        "kind": Kind.SALE,
+        "qty": -1,
+        "occurred_at": pack_hlc(1_700_000_000_000, 0),
+        "wall_ms": 1_700_000_000_000,
+        "source": "scanner:door",
+    }
     fields.update(overrides)
     return StockEvent(**fields)
 
@@ -36,21 +36,21 @@ def test_valid_event_orders_by_clock_then_agent_then_seq():
 @pytest.mark.parametrize(
     ("overrides", "field", "words"),
     [
-        (dict(qty=3), "qty", "takes units away"),
-        (dict(kind=Kind.RECEIVE, qty=-3), "qty", "adds units"),
-        (dict(kind=Kind.COUNT, qty=-1), "qty", "cannot be negative"),
-        (dict(qty=0), "qty", "moves nothing"),
-        (dict(qty=-(10**10)), "qty", "between"),
-        (dict(kind="teleport"), "kind", "unknown kind"),
-        (dict(location=""), "location", "must not be empty"),
-        (dict(location="S 1"), "location", "not a location code"),
-        (dict(sku="x" * 65), "sku", "limit is 64"),
-        (dict(source="bluetooth"), "source", "not a source"),
-        (dict(kind=Kind.TRANSFER_OUT, qty=-2), "ref", "transfer reference"),
-        (dict(event_id=b"short"), "event_id", "16 bytes"),
-        (dict(seq=0), "seq", "between 1"),
-        (dict(attrs={"lot": ["nested"]}), "attrs.lot", "string, number"),
-        (dict(qty=True), "qty", "must be an integer"),
+        ({"qty": 3}, "qty", "takes units away"),
+        ({"kind": Kind.RECEIVE, "qty": -3}, "qty", "adds units"),
+        ({"kind": Kind.COUNT, "qty": -1}, "qty", "cannot be negative"),
+        ({"qty": 0}, "qty", "moves nothing"),
+        ({"qty": -(10**10)}, "qty", "between"),
+        ({"kind": "teleport"}, "kind", "unknown kind"),
+        ({"location": ""}, "location", "must not be empty"),
+        ({"location": "S 1"}, "location", "not a location code"),
+        ({"sku": "x" * 65}, "sku", "limit is 64"),
+        ({"source": "bluetooth"}, "source", "not a source"),
+        ({"kind": Kind.TRANSFER_OUT, "qty": -2}, "ref", "transfer reference"),
+        ({"event_id": b"short"}, "event_id", "16 bytes"),
+        ({"seq": 0}, "seq", "between 1"),
+        ({"attrs": {"lot": ["nested"]}}, "attrs.lot", "string, number"),
+        ({"qty": True}, "qty", "must be an integer"),
     ],
 )
 def test_invalid_events_raise_one_clear_error(overrides, field, words):

@@ -30,10 +30,10 @@ def refused(ch: str) -> bool:
 
 
 def event(**overrides: object) -> StockEvent:
-    fields: dict[str, object] = dict(
-        event_id=new_event_id(), agent_id="agent-1", epoch=1, seq=1, location="S001", sku="SKU-1", kind="sale",
-        qty=-1, occurred_at=pack_hlc(1_700_000_000_000, 0), wall_ms=1_700_000_000_000, source="pos:test",
-    )  # fmt: skip
+    fields: dict[str, object] = {
+        "event_id": new_event_id(), "agent_id": "agent-1", "epoch": 1, "seq": 1, "location": "S001", "sku": "SKU-1", "kind": "sale",
+        "qty": -1, "occurred_at": pack_hlc(1_700_000_000_000, 0), "wall_ms": 1_700_000_000_000, "source": "pos:test",
+    }  # fmt: skip
     fields.update(overrides)
     return StockEvent(**fields)  # type: ignore[arg-type]
 

@@ -18,6 +18,7 @@ import asyncpg
 from hub.storage.feed import CHANGE_FIELDS, change_values
 from hub.storage.ingest import NewChange
 
+
 def append_ctes(count: str, rows: str) -> str:
     """The WITH items that raise the counter by ``count`` and append ``rows`` (parameters: an int8 and an array of
     the table's row type, numbered by their place in it: their change_id, None, is the counter's to give); the

@@ -25,12 +25,35 @@ from typing import Any, TypeVar
 from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transfer, TransferKey
 from hub.storage.base import BundleRecipe
 from hub.storage.held import transfer_values
-from hub.storage.ingest import EFFECT_TEXT, CountPoint, EventRow, NewChange, NewEvent, RejectedAttempt, StockRow
-from hub.storage.ingest import BundleParts, NewExpansion, SyncNote, attrs_json, finish_in_steps, stock_row
-from hub.storage.sql import note_sync as note_sync_sql
+from hub.storage.ingest import (
+    EFFECT_TEXT,
+    BundleParts,
+    CountPoint,
+    EventRow,
+    NewChange,
+    NewEvent,
+    NewExpansion,
+    RejectedAttempt,
+    StockRow,
+    SyncNote,
+    attrs_json,
+    finish_in_steps,
+    stock_row,
+)
 from hub.storage.rows import bundle_book, bundle_recipe
-from hub.storage.sql import DELTA_KINDS, EVENT_FIELDS, NEWEST_FIRST, ORDER_KEY, STOCK_FIELDS, TRANSFER_FIELDS
-from hub.storage.sql import BUNDLE_PART_FIELDS, EXPANSION_FIELDS, NEWEST_RECIPES, RECIPE_FIELDS
+from hub.storage.sql import (
+    BUNDLE_PART_FIELDS,
+    DELTA_KINDS,
+    EVENT_FIELDS,
+    EXPANSION_FIELDS,
+    NEWEST_FIRST,
+    NEWEST_RECIPES,
+    ORDER_KEY,
+    RECIPE_FIELDS,
+    STOCK_FIELDS,
+    TRANSFER_FIELDS,
+)
+from hub.storage.sql import note_sync as note_sync_sql
 from hub.storage.sqlite.writer import Db
 
 T = TypeVar("T")
@@ -47,8 +70,8 @@ UPSERT_STOCK = (  # head and tail of a multi-row upsert of whole stock rows
     "ON CONFLICT (location, sku) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in STOCK_FIELDS.split(", ")[2:]),
 )
 UPDATE_ON_HAND = (  # head and tail of a multi-row UPDATE … FROM (VALUES …): on_hand and the newest key of each row
-    "UPDATE stock SET on_hand = v.column1, max_at = v.column2, max_agent = v.column3, max_seq = v.column4, "
-    "max_id = v.column5, updated_at_ms = v.column6 FROM (",
+    ("UPDATE stock SET on_hand = v.column1, max_at = v.column2, max_agent = v.column3, max_seq = v.column4, "
+    "max_id = v.column5, updated_at_ms = v.column6 FROM ("),
     ") AS v WHERE stock.location = v.column7 AND stock.sku = v.column8",
 )
 
@@ -330,9 +353,8 @@ class SqliteIngest:
                     moved.append((r[2], *(r[7] or NONE4), now_ms, r[0], r[1]))
                 else:
                     plain.append(r)
-        if moved:
-            if await insert_rows(self.db, *UPDATE_ON_HAND, 8, moved) != len(moved):  # a row the cache held is gone: write them all whole
-                plain = list(rows)
+        if moved and await insert_rows(self.db, *UPDATE_ON_HAND, 8, moved) != len(moved):
+            plain = list(rows)  # a row the cache held is gone: write them all whole
         if plain:
             await insert_rows(
                 self.db, *UPSERT_STOCK, STOCK_WIDTH, [(*r[:6], *(r[6] or NONE4), *(r[7] or NONE4), now_ms) for r in plain]

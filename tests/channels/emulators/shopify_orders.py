@@ -293,12 +293,11 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
 
     async def deliver(self, url: str, delivery: Delivery, timeout_s: float = 10.0) -> tuple[int, Any]:
         """POST one delivery to the subscription's address; the answer's status and JSON body."""
-        async with aiohttp.ClientSession(trust_env=False) as session:
-            async with session.post(
-                url, data=delivery.body, headers=delivery.headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                text = await resp.text()
-                try:
-                    return resp.status, json.loads(text)
-                except ValueError:
-                    return resp.status, text
+        async with aiohttp.ClientSession(trust_env=False) as session, session.post(
+            url, data=delivery.body, headers=delivery.headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text

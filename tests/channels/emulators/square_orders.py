@@ -180,12 +180,11 @@ class SquareOrdersEmulator(SquareEmulator):
     ) -> tuple[int, Any]:
         """POST a signed notification; ``post_to`` (default: ``notification_url``) is where it actually goes."""
         headers = square_webhook_headers(self.signature_key, notification_url, body)
-        async with aiohttp.ClientSession(trust_env=False) as session:
-            async with session.post(
-                post_to or notification_url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                text = await resp.text()
-                try:
-                    return resp.status, json.loads(text)
-                except ValueError:
-                    return resp.status, text
+        async with aiohttp.ClientSession(trust_env=False) as session, session.post(
+            post_to or notification_url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
