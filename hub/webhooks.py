@@ -6,11 +6,11 @@ JSON batch, and advance the stored cursor only after a 2xx answer — at least
 once, in change order. A failure is logged in the delivery log and retried
 with exponential backoff, jitter and a cap; the first failure is a warning,
 the recovery is logged once. A ``429`` or ``5xx`` answer waits as a
-channel's does (``hub.channels.connector.unavailable_wait_s``, the one rule):
-a ``Retry-After`` asking for longer than the backoff — in seconds or as an
-HTTP-date — is waited out (up to ``RETRY_AFTER_MAX_S``), and a ``429``
-without a readable one waits ``RETRY_AFTER_DEFAULT_S`` (1 s): a receiver that
-throttles is not asked again sooner than it said.
+channel's does (``protocol.retry.peer_wait_s``, the one rule): a
+``Retry-After`` asking for longer than the backoff — in seconds or as an
+HTTP-date — is waited out (up to ``PEER_RETRY_AFTER_MAX_S``), and a ``429``
+without a readable one waits ``PEER_RETRY_AFTER_DEFAULT_S`` (1 s): a receiver
+that throttles is not asked again sooner than it said.
 
 Each request is signed: ``X-Shelfsync-Timestamp`` is the Unix time in
 seconds and ``X-Shelfsync-Signature`` is ``sha256=`` + the hex HMAC-SHA256,
@@ -47,7 +47,6 @@ from prometheus_client.registry import Collector
 
 from hub import paging, views
 from hub.auth import STORE_KEY
-from hub.channels.connector import RETRY_AFTER_DEFAULT_S, RETRY_AFTER_MAX_S, unavailable_wait_s
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
 from hub.metrics import METRICS_KEY
 from hub.storage import POSTGRES_SCHEMES
@@ -65,11 +64,9 @@ from hub.webhook_spec import (
     verify_signature,
 )
 from protocol import wall_ms_now
-from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, run_turns
+from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, peer_wait_s, run_turns
 
 __all__ = [
-    "RETRY_AFTER_DEFAULT_S",
-    "RETRY_AFTER_MAX_S",
     "WebhookConfigError",
     "WebhookDispatcher",
     "WebhookSpec",
@@ -235,7 +232,7 @@ class WebhookDispatcher:
                     answer = b""  # the status says it failed; the reason is what there is
                 text = answer.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
                 wait_s = (
-                    unavailable_wait_s(resp.status, resp.headers.get("Retry-After"))  # as the channels wait
+                    peer_wait_s(resp.status, resp.headers.get("Retry-After"))  # as the channels wait
                     if resp.status == 429 or resp.status >= 500
                     else None
                 )

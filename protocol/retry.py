@@ -21,7 +21,12 @@ the next request is let through. Another party's ``Retry-After`` — a channel's
 API, a webhook receiver — is read by ``read_retry_after`` alone (delay-seconds
 or an HTTP-date, RFC 9110 10.2.3, capped by the caller) and may say anything,
 0 too: a ``Backoff`` with ``exact_retry_after=False`` waits at least its
-Retry-After and at least the backoff.
+Retry-After and at least the backoff. How long such a peer's ``429`` or ``5xx``
+asks to wait is one rule for the hub's channel connectors and its webhooks
+alike (``peer_wait_s``): a 429 without a readable Retry-After waits
+``PEER_RETRY_AFTER_DEFAULT_S``, and any ask is capped at
+``PEER_RETRY_AFTER_MAX_S`` (shorter than the agent's ``RETRY_AFTER_MAX_S`` for
+its own hub, which it trusts further).
 
 ``TurnFailed`` is not a ``ProtocolError``: it never reaches a user as an error
 of its own; it is how a turn tells its loop that it failed.
@@ -45,6 +50,8 @@ NO_JITTER = 0.0
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 60.0
 RETRY_AFTER_MAX_S = 600.0  # the longest a hub's Retry-After is honoured
+PEER_RETRY_AFTER_DEFAULT_S = 1.0  # a peer's 429 without a readable Retry-After waits this long
+PEER_RETRY_AFTER_MAX_S = 300.0  # the longest a peer's (a channel's, a webhook receiver's) Retry-After is honoured
 RETRY_AFTER_TEXT_MAX = 64  # longer than any delay-seconds or HTTP-date a server sends: not read
 EXPONENT_MAX = 30  # 2^30 × any sensible base is past any sensible cap; the power stays a small number
 
@@ -251,6 +258,24 @@ def read_retry_after(raw: str | None, *, max_s: float) -> float | None:
     if not math.isfinite(value) or value < 0:
         return None
     return min(value, max_s)
+
+
+def peer_retry_after_s(raw: str | None) -> float:
+    """The seconds a peer's (a channel's, a webhook receiver's) ``Retry-After`` on a 429 asks for
+    (``read_retry_after``): ``PEER_RETRY_AFTER_DEFAULT_S`` when it is missing or unreadable, at most
+    ``PEER_RETRY_AFTER_MAX_S``. The caller waits at least this long and at least its backoff (``Backoff``), so a
+    peer that says 0 is not asked again at once."""
+    value = read_retry_after(raw, max_s=PEER_RETRY_AFTER_MAX_S)
+    return PEER_RETRY_AFTER_DEFAULT_S if value is None else value
+
+
+def peer_wait_s(status: int, raw: str | None) -> float | None:
+    """How long a peer's 429 or 5xx answer asks to wait, the same for every channel connector and webhook: a 429
+    means wait, so without a readable ``Retry-After`` it waits ``PEER_RETRY_AFTER_DEFAULT_S``
+    (``peer_retry_after_s``); a 5xx waits what its ``Retry-After`` says, or only the backoff (None) without one.
+    Either is at most ``PEER_RETRY_AFTER_MAX_S``: a longer ask is capped, not ignored, so a peer asking for an
+    hour is not asked again after a second."""
+    return peer_retry_after_s(raw) if status == 429 else read_retry_after(raw, max_s=PEER_RETRY_AFTER_MAX_S)
 
 
 def retry_after_value(wait_s: float) -> str:

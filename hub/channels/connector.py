@@ -27,11 +27,8 @@ from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from hub.storage.base import HubError
 from protocol import wall_ms_now
-from protocol.retry import read_retry_after
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6b1f3a52-5c8e-4d8e-9a43-2f0c1d7e9b10")
-RETRY_AFTER_DEFAULT_S = 1.0  # a channel's 429 without a readable Retry-After waits this long
-RETRY_AFTER_MAX_S = 300.0
 # Pages in a row of one walk through a channel's cursors that bring nothing not read already (no new item, no
 # new count) before the walk stops: a channel that keeps minting fresh cursors to the same page is broken, and
 # would otherwise be asked for page after page up to the walk's last-resort page cap (thousands of requests).
@@ -173,23 +170,6 @@ async def post(
     except aiohttp.ClientError as err:
         last.answered(False)
         raise ChannelUnavailable(f"{unreachable}: {err or type(err).__name__}") from err
-
-
-def retry_after_s(raw: str | None) -> float:
-    """The seconds a channel's ``Retry-After`` asks for (``protocol.retry.read_retry_after``: a number, decimals
-    too, or an HTTP-date, RFC 9110 10.2.3): ``RETRY_AFTER_DEFAULT_S`` when it is missing or unreadable, at most
-    ``RETRY_AFTER_MAX_S``. The pusher waits at least this long and at least its backoff
-    (``protocol.retry.Backoff``), so a channel that says 0 is not asked again at once."""
-    value = read_retry_after(raw, max_s=RETRY_AFTER_MAX_S)
-    return RETRY_AFTER_DEFAULT_S if value is None else value
-
-
-def unavailable_wait_s(status: int, raw: str | None) -> float | None:
-    """How long a channel's 429 or 5xx answer asks to wait, the same for every connector: a 429 means wait, so
-    without a readable ``Retry-After`` it waits ``RETRY_AFTER_DEFAULT_S`` (``retry_after_s``); a 5xx waits what
-    its ``Retry-After`` says, or only the backoff (None) without one. Either is at most ``RETRY_AFTER_MAX_S``: a
-    longer ask is capped, not ignored, so a channel asking for an hour is not asked again after a second."""
-    return retry_after_s(raw) if status == 429 else read_retry_after(raw, max_s=RETRY_AFTER_MAX_S)
 
 
 class PageWalk:

@@ -58,11 +58,11 @@ from hub.channels.connector import (
     page_ids,
     post,
     short,
-    unavailable_wait_s,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from protocol import wall_ms_now
+from protocol.retry import peer_wait_s
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,7 @@ class ShopifyConnector:
             )
         if status == 429 or status >= 500:
             raise ChannelUnavailable(
-                f"Shopify answered channel {spec.name} with HTTP {status}", unavailable_wait_s(status, retry_after)
+                f"Shopify answered channel {spec.name} with HTTP {status}", peer_wait_s(status, retry_after)
             )
         if status != 200:
             raise ChannelRejected(f"Shopify answered channel {spec.name} with HTTP {status}: {short(text)}")

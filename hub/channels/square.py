@@ -50,13 +50,12 @@ from hub.channels.connector import (
     idempotency_key,
     page_ids,
     post,
-    retry_after_s,
     short,
-    unavailable_wait_s,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from protocol import wall_ms_now
+from protocol.retry import peer_retry_after_s, peer_wait_s
 
 RATE_LIMITED_RETRIES_MAX = 5  # 429 answers in a row before a turn gives up (and backs off)
 CATALOG_PAGE = 1_000
@@ -232,7 +231,7 @@ class SquareConnector:
             status, retry_after, answer = await self._post(path, body, what)
             if status == 429:
                 self.rate_limited += 1
-                wait_s = retry_after_s(retry_after)
+                wait_s = peer_retry_after_s(retry_after)
                 self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
                 if wait_max_s is not None and waited_s + wait_s > wait_max_s:
                     raise ChannelUnavailable(
@@ -249,7 +248,7 @@ class SquareConnector:
             if status >= 500:  # a 503 may say Retry-After too (RFC 9110 10.2.3)
                 raise ChannelUnavailable(
                     f"Square failed {what} for channel {spec.name} (HTTP {status}: {detail})",
-                    unavailable_wait_s(status, retry_after),
+                    peer_wait_s(status, retry_after),
                 )
             if status in (401, 403):
                 raise ChannelRejected(
@@ -263,7 +262,7 @@ class SquareConnector:
             )
         raise ChannelUnavailable(
             f"Square kept answering 429 to channel {spec.name} ({RATE_LIMITED_RETRIES_MAX} times in a row)",
-            retry_after_s(None),
+            peer_retry_after_s(None),
         )
 
     async def _post(self, path: str, body: Mapping[str, Any], what: str) -> tuple[int, str | None, dict[str, Any]]:

@@ -51,12 +51,12 @@ from hub.channels.connector import (
     idempotency_key,
     post,
     short,
-    unavailable_wait_s,
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
 from hub.webhook_spec import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_HEADER, sign
 from protocol import wall_ms_now
+from protocol.retry import peer_wait_s
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ANSWER_MAX_BYTES = 1024 * 1024
@@ -121,7 +121,7 @@ class WebhookConnector:
         detail = f"HTTP {status}" + (f": {short(text)}" if text.strip() else "")
         if status == 429 or status >= 500:
             # a 503 (or any 5xx) may say Retry-After too (RFC 9110 10.2.3): a receiver down for maintenance
-            wait_s = unavailable_wait_s(status, retry_after)
+            wait_s = peer_wait_s(status, retry_after)
             if wait_s is not None:
                 self._retry_after = (wait_s, wall_ms_now() + round(wait_s * 1000))
             raise ChannelUnavailable(f"the receiver of channel {self.spec.name} answered {detail}", wait_s)

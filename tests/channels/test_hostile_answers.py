@@ -23,15 +23,9 @@ import pytest
 from aiohttp import web
 
 from hub.channels import LevelKey, ShopifyConnector, SquareConnector
-from hub.channels.connector import (
-    RETRY_AFTER_DEFAULT_S,
-    RETRY_AFTER_MAX_S,
-    ChannelError,
-    ChannelUnavailable,
-    Target,
-    retry_after_s,
-)
+from hub.channels.connector import ChannelError, ChannelUnavailable, Target
 from hub.channels.webhook import WebhookConnector
+from protocol.retry import PEER_RETRY_AFTER_DEFAULT_S, PEER_RETRY_AFTER_MAX_S, peer_retry_after_s
 from tests.channels.helpers import spec_of
 
 SHOP_ITEM = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
@@ -268,15 +262,15 @@ async def test_an_odd_shopify_throttle_status_never_waits_hours(
     [("120", 120.0), ("2.5", 2.5), ("-5", None), ("NaN", None), ("inf", None), ("soon", None), ("Mon, 99 Foo", None)],
 )
 def test_retry_after_reads_delay_seconds(header: str, seconds: float | None) -> None:
-    assert retry_after_s(header) == (RETRY_AFTER_DEFAULT_S if seconds is None else seconds)
+    assert peer_retry_after_s(header) == (PEER_RETRY_AFTER_DEFAULT_S if seconds is None else seconds)
 
 
 def test_retry_after_reads_an_http_date() -> None:
     ahead = email.utils.formatdate(time.time() + 120, usegmt=True)  # "Sun, 06 Dec 2026 03:00:00 GMT"
-    assert 115 <= retry_after_s(ahead) <= 121
+    assert 115 <= peer_retry_after_s(ahead) <= 121
     past = email.utils.formatdate(time.time() - 3600, usegmt=True)
-    assert retry_after_s(past) == 0.0  # the date has passed: ask again (after the pusher's own backoff)
-    assert retry_after_s(email.utils.formatdate(time.time() + 86_400, usegmt=True)) == RETRY_AFTER_MAX_S
+    assert peer_retry_after_s(past) == 0.0  # the date has passed: ask again (after the pusher's own backoff)
+    assert peer_retry_after_s(email.utils.formatdate(time.time() + 86_400, usegmt=True)) == PEER_RETRY_AFTER_MAX_S
 
 
 async def test_a_shopify_503_with_an_http_date_retry_after_carries_it(
@@ -297,7 +291,7 @@ async def test_a_square_503_with_retry_after_carries_it(hostile: Hostile, sessio
     assert info.value.retry_after_s == 120.0
 
 
-@pytest.mark.parametrize(("header", "wait_s"), [("120", 120.0), ("86400", RETRY_AFTER_MAX_S), ("soon", None)])
+@pytest.mark.parametrize(("header", "wait_s"), [("120", 120.0), ("86400", PEER_RETRY_AFTER_MAX_S), ("soon", None)])
 async def test_a_receivers_503_with_retry_after_carries_it(
     hostile: Hostile, session: aiohttp.ClientSession, header: str, wait_s: float | None
 ) -> None:

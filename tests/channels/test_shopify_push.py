@@ -11,9 +11,10 @@ import aiohttp
 import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, ShopifyConnector, SqliteChannelState
-from hub.channels.connector import RETRY_AFTER_DEFAULT_S, RETRY_AFTER_MAX_S, ChannelUnavailable, Target
+from hub.channels.connector import ChannelUnavailable, Target
 from hub.channels.shopify import THROTTLED_BLIND_WAIT_S
 from protocol import Kind, wall_ms_now
+from protocol.retry import PEER_RETRY_AFTER_DEFAULT_S, PEER_RETRY_AFTER_MAX_S
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
 from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
 
@@ -185,9 +186,9 @@ async def test_a_throttled_answer_without_its_throttle_status_waits_before_the_s
     ("header", "wait_s"),
     [
         (120, 120.0),  # honoured as asked
-        (1_800, RETRY_AFTER_MAX_S),  # longer than any channel is waited for: capped, like Square and webhooks
-        (7_200, RETRY_AFTER_MAX_S),  # longer still: capped, not ignored (asked again after the backoff alone)
-        (None, RETRY_AFTER_DEFAULT_S),  # a 429 without Retry-After still means wait
+        (1_800, PEER_RETRY_AFTER_MAX_S),  # longer than any channel is waited for: capped, like Square and webhooks
+        (7_200, PEER_RETRY_AFTER_MAX_S),  # longer still: capped, not ignored (asked again after the backoff alone)
+        (None, PEER_RETRY_AFTER_DEFAULT_S),  # a 429 without Retry-After still means wait
     ],
 )
 async def test_a_429_asks_the_pusher_to_wait_as_long_as_any_channel_is_waited_for(

@@ -22,8 +22,6 @@ from hub.config import ConfigError, load_settings
 from hub.feed import ChangeWatch, read_page
 from hub.webhook_spec import KEYS
 from hub.webhooks import (
-    RETRY_AFTER_DEFAULT_S,
-    RETRY_AFTER_MAX_S,
     WebhookConfigError,
     WebhookDispatcher,
     WebhookSpec,
@@ -32,7 +30,7 @@ from hub.webhooks import (
     verify_signature,
 )
 from protocol import Kind
-from protocol.retry import read_retry_after
+from protocol.retry import PEER_RETRY_AFTER_DEFAULT_S, PEER_RETRY_AFTER_MAX_S, read_retry_after
 from tests.harness.commands import run_hub
 from tests.hub.feed_helpers import Agent, running_hub
 
@@ -273,13 +271,13 @@ async def test_a_receiver_answering_429_with_retry_after_is_not_asked_again_soon
 
 @pytest.mark.parametrize(
     ("status", "retry_after", "expected"),
-    [(429, None, RETRY_AFTER_DEFAULT_S), (429, "soon", RETRY_AFTER_DEFAULT_S), (429, "0", 0.0), (429, "7", 7.0),
-     (503, None, None), (503, "7", 7.0), (500, "7", 7.0), (502, "86400", RETRY_AFTER_MAX_S), (404, "7", None)],
+    [(429, None, PEER_RETRY_AFTER_DEFAULT_S), (429, "soon", PEER_RETRY_AFTER_DEFAULT_S), (429, "0", 0.0), (429, "7", 7.0),
+     (503, None, None), (503, "7", 7.0), (500, "7", 7.0), (502, "86400", PEER_RETRY_AFTER_MAX_S), (404, "7", None)],
 )  # fmt: skip
 async def test_a_throttling_receiver_is_waited_for_as_a_channel_is(
     tmp_path: Path, status: int, retry_after: str | None, expected: float | None
 ) -> None:
-    """The channels' rule (``unavailable_wait_s``): a 429 means wait, so without a readable Retry-After it waits
+    """The channels' rule (``protocol.retry.peer_wait_s``): a 429 means wait, so without a readable Retry-After it waits
     1 s, not only the backoff (retry_max_s may be 0.05 s: the receiver was asked again at once); a 5xx waits
     what its Retry-After says, or the backoff alone; another refusal is not a throttle."""
 
@@ -315,16 +313,16 @@ async def test_a_throttling_receiver_is_waited_for_as_a_channel_is(
      ("nan", None), ("soon", None), ("Mon, 99 Foo 2026 07:28:00 GMT", None), ("9" * 400, None)],
 )  # fmt: skip
 def test_an_odd_retry_after_falls_back_to_the_backoff(raw: str | None, expected: float | None) -> None:
-    assert read_retry_after(raw, max_s=RETRY_AFTER_MAX_S) == expected
+    assert read_retry_after(raw, max_s=PEER_RETRY_AFTER_MAX_S) == expected
 
 
 def test_a_retry_after_http_date_is_honoured() -> None:
     """RFC 9110 10.2.3: Retry-After is delay-seconds or an HTTP-date; the date counts from the hub's clock."""
     ahead = email.utils.formatdate(time.time() + 120, usegmt=True)  # "Sun, 06 Dec 2026 05:00:00 GMT"
-    wait_s = read_retry_after(ahead, max_s=RETRY_AFTER_MAX_S)
+    wait_s = read_retry_after(ahead, max_s=PEER_RETRY_AFTER_MAX_S)
     assert wait_s is not None and 115 <= wait_s <= 121
-    assert read_retry_after(email.utils.formatdate(time.time() - 3600, usegmt=True), max_s=RETRY_AFTER_MAX_S) == 0.0
-    assert read_retry_after(email.utils.formatdate(time.time() + 86_400, usegmt=True), max_s=RETRY_AFTER_MAX_S) == 300
+    assert read_retry_after(email.utils.formatdate(time.time() - 3600, usegmt=True), max_s=PEER_RETRY_AFTER_MAX_S) == 0.0
+    assert read_retry_after(email.utils.formatdate(time.time() + 86_400, usegmt=True), max_s=PEER_RETRY_AFTER_MAX_S) == 300
 
 
 async def test_an_unknown_webhook_has_no_delivery_log(tmp_path: Path) -> None:
