@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6b1f3a52-5c8e-4d8e-9a43-2f0c1d7e9b10")
 # new count) before the walk stops: a channel that keeps minting fresh cursors to the same page is broken, and
 # would otherwise be asked for page after page up to the walk's last-resort page cap (thousands of requests).
 STALE_PAGES_MAX = 3
+# A walk whose channel says how many items it holds (Shopify's productVariantsCount) stops once it has read more
+# than this many times the pages that count needs, plus COUNTED_PAGES_SLACK: room for items added during the walk
+# and a count that lags a write, yet a channel inventing a new item for every page under fresh cursors (which
+# the stale rule cannot see) is stopped after a few pages more than it has, not at the page cap.
+COUNTED_PAGES_FACTOR = 2
+COUNTED_PAGES_SLACK = 3
 
 
 class ChannelError(HubError):
@@ -176,19 +183,34 @@ class PageWalk:
     """One walk through a channel's page cursors: it stops, with one sentence, when ``STALE_PAGES_MAX`` pages in a
     row bring nothing not read already. A cursor that comes back is caught by each connector's own check; this
     catches a channel that gives a new cursor to every page and serves the same (or no) items under each, which
-    a check on cursors alone follows until its page cap."""
+    a check on cursors alone follows until its page cap.
 
-    __slots__ = ("_pages", "_read", "_seen", "_stale")
+    Where the channel says how many items the walk holds (``expect``), the walk also stops once it has read far
+    more pages than that count needs (``COUNTED_PAGES_FACTOR``, ``COUNTED_PAGES_SLACK``) at the smallest page size
+    asked for: a channel inventing one new item per page under fresh cursors brings something new every time, and
+    would otherwise be followed to the page cap — 10,000 requests when it shrinks its pages to one item."""
+
+    __slots__ = ("_expected", "_pages", "_read", "_seen", "_size", "_stale")
 
     def __init__(self, pages: str) -> None:
         self._pages = pages  # what the pages are, for the sentence: "Square's catalog pages of channel pos"
         self._seen: set[Any] = set()
         self._stale = 0
         self._read = 0
+        self._expected: tuple[int, str] | None = None  # the items the channel counts, and what they are called
+        self._size: int | None = None  # the smallest page size asked for so far
 
-    def page(self, ids: Iterable[Any]) -> None:
-        """One page read, with the ids of what it holds; ChannelUnavailable when the walk must stop."""
+    def expect(self, items: int, what: str) -> None:
+        """The channel counts ``items`` in all (``what`` names them for the sentence: "variant(s) Shopify
+        counts"); a walk without one is bounded by its stale rule and its page cap alone."""
+        self._expected = (max(0, items), what)
+
+    def page(self, ids: Iterable[Any], *, size: int | None = None) -> None:
+        """One page read, with the ids of what it holds and the page size it was asked for (None: the channel's
+        own); ChannelUnavailable when the walk must stop."""
         self._read += 1
+        if size is not None and size > 0:
+            self._size = size if self._size is None else min(self._size, size)
         new = set(ids) - self._seen
         self._seen |= new
         self._stale = 0 if new else self._stale + 1
@@ -197,6 +219,15 @@ class PageWalk:
                 f"{self._pages} keep giving new cursors to pages with nothing not already read ({self._stale} in a "
                 f"row, {self._read} page(s) in all); reading stopped there"
             )
+        if self._expected is not None and self._size is not None:
+            items, what = self._expected
+            needed = math.ceil(items / self._size)
+            if self._read > COUNTED_PAGES_FACTOR * needed + COUNTED_PAGES_SLACK:
+                raise ChannelUnavailable(
+                    f"{self._pages} go on far past the {items} {what} ({self._read} page(s) read where {needed} "
+                    f"page(s) of {self._size} would hold them, {len(self._seen)} different item(s) seen); reading "
+                    "stopped there"
+                )
 
 
 def page_ids(entries: Iterable[Any], *fields: str) -> list[Any]:

@@ -27,7 +27,9 @@ with a code that re-reading cannot cure — ``ITEM_NOT_STOCKED_AT_LOCATION``,
 ``NON_MUTABLE_INVENTORY_ITEM``, ``INVALID_INVENTORY_ITEM`` … — is that level
 refused for good (``LevelsRefused``): Shopify applied nothing, and the pusher
 sends the batch again without it. ``read_levels`` reads the ``available``
-quantities back (``nodes`` of inventory items, ``inventoryLevel``).
+quantities back (``nodes`` of inventory items, ``inventoryLevel``). ``listing``
+walks the ``productVariants`` pages, bounded by the shop's exact
+``productVariantsCount`` asked with the first page (``PageWalk.expect``).
 """
 
 from __future__ import annotations
@@ -108,6 +110,20 @@ query listVariants($first: Int!, $after: String) {
   }
 }
 """.strip()
+# The first page of a listing asks how many variants the shop has too, in the same request: productVariantsCount
+# (2026-01: a Count object, ``count`` and ``precision`` EXACT | AT_LEAST; ``limit`` defaults to 10,000, null is
+# none) bounds the walk (PageWalk.expect). An object costs 1 point beside the page's connection.
+LIST_VARIANTS_COUNTED = """
+query listVariantsCounted($first: Int!, $after: String) {
+  productVariantsCount(limit: null) { count precision }
+  productVariants(first: $first, after: $after) {
+    nodes { id sku barcode title inventoryItem { id } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+""".strip()
+LISTING_PAGE_BASE_COST = 2  # a connection: 2 points, and 2 per variant (the variant and its inventory item)
+VARIANT_COUNT_COST = 1
 
 
 class _CostTooHigh(ChannelRejected):
@@ -287,20 +303,28 @@ class ShopifyConnector:
         seen: set[str] = set()
         first = LISTING_PAGE
         walk = PageWalk(f"Shopify's variant pages of channel {self.spec.name}")
+        counting = True  # the first page asks for the shop's count of variants too
         for _ in range(LISTING_PAGES_MAX):
-            if self.throttle is not None:  # a page costs 2 + 2 points per variant: never more than the bucket holds
-                first = max(1, min(first, int((self.throttle.maximum - 2) // 2)))
+            base = LISTING_PAGE_BASE_COST + (VARIANT_COUNT_COST if counting else 0)  # + 2 points per variant
+            if self.throttle is not None:  # a page never costs more than the bucket holds
+                first = max(1, min(first, int((self.throttle.maximum - base) // 2)))
+            operation, query = (
+                ("listVariantsCounted", LIST_VARIANTS_COUNTED) if counting else ("listVariants", LIST_VARIANTS)
+            )
             try:
-                data = await self._graphql("listVariants", LIST_VARIANTS, {"first": first, "after": after})
+                data = await self._graphql(operation, query, {"first": first, "after": after})
             except _CostTooHigh as err:
                 if err.max_cost is None or first == 1:
                     raise
-                first = max(1, min(first - 1, int((err.max_cost - 2) // 2)))
+                first = max(1, min(first - 1, int((err.max_cost - base) // 2)))
                 continue
             page = data.get("productVariants")
             nodes = page.get("nodes") if isinstance(page, dict) else None
             if not isinstance(page, dict) or not isinstance(nodes, list):
                 raise ChannelUnavailable(f"Shopify answered channel {self.spec.name} a page of variants without nodes")
+            if counting:
+                counting = False
+                self._expect_variants(walk, data)
             for node in nodes:
                 item = node.get("inventoryItem") if isinstance(node, dict) else None
                 if not isinstance(item, dict) or not item.get("id"):
@@ -317,9 +341,23 @@ class ShopifyConnector:
             info = page.get("pageInfo")
             if not isinstance(info, dict) or not info.get("hasNextPage"):
                 return entries
-            walk.page(page_ids(nodes, "id"))
+            walk.page(page_ids(nodes, "id"), size=first)
             after = _next_cursor(info.get("endCursor"), seen, f"Shopify's variant pages of channel {self.spec.name}")
         raise ChannelRejected(f"channel {self.spec.name} lists more than {LISTING_PAGES_MAX * LISTING_PAGE} variants")
+
+    def _expect_variants(self, walk: PageWalk, data: Mapping[str, Any]) -> None:
+        """Bound the listing by the shop's count of variants when Shopify gave an exact one; without one (an
+        AT_LEAST count, no count, an odd shape) the walk is bounded by its stale rule and page cap alone."""
+        count = exact_count(data.get("productVariantsCount"))
+        if count is None:
+            log.info(
+                "Shopify answered channel %s no exact count of variants (%s); its variant pages are followed "
+                "without that bound",
+                self.spec.name,
+                short(json.dumps(data.get("productVariantsCount"), default=str), 80),
+            )
+            return
+        walk.expect(count, "variant(s) Shopify counts")
 
     # --- transport -----------------------------------------------------------------
 
@@ -449,6 +487,18 @@ class ShopifyConnector:
         if not isinstance(body, dict):
             raise ChannelUnavailable(f"Shopify answered channel {spec.name} with JSON that is not an object")
         return body
+
+
+def exact_count(value: Any) -> int | None:
+    """The ``count`` of a GraphQL ``Count`` object (``{count: Int!, precision: CountPrecision!}``) when its
+    ``precision`` is ``EXACT`` and it is a whole number of 0 or more; None otherwise (``AT_LEAST``: a limit was
+    reached, the count is only a floor)."""
+    if not isinstance(value, dict) or value.get("precision") != "EXACT":
+        return None
+    count = value.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return None
+    return count
 
 
 def _next_cursor(cursor: Any, seen: set[str], pages: str) -> str:

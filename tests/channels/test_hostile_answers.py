@@ -24,6 +24,7 @@ from aiohttp import web
 
 from hub.channels import LevelKey, ShopifyConnector, SquareConnector
 from hub.channels.connector import ChannelError, ChannelUnavailable, Target
+from hub.channels.shopify import exact_count
 from hub.channels.webhook import WebhookConnector
 from protocol.retry import PEER_RETRY_AFTER_DEFAULT_S, PEER_RETRY_AFTER_MAX_S, peer_retry_after_s
 from tests.channels.helpers import spec_of
@@ -163,6 +164,35 @@ async def test_shopify_variant_pages_with_ever_fresh_cursors_end_the_listing_aft
         await shopify(hostile, session).listing()
     assert len(hostile.requests) <= 5, f"{len(hostile.requests)} pages were asked for"
     assert "reading stopped there" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [({"count": 5, "precision": "EXACT"}, 5), ({"count": 0, "precision": "EXACT"}, 0),
+     ({"count": 10_000, "precision": "AT_LEAST"}, None), ({"count": 5}, None), (None, None), ("5", None),
+     ({"count": "5", "precision": "EXACT"}, None), ({"count": True, "precision": "EXACT"}, None),
+     ({"count": -1, "precision": "EXACT"}, None), ({"count": 5.5, "precision": "EXACT"}, None)],
+)  # fmt: skip
+def test_only_an_exact_variant_count_bounds_a_listing(value: Any, count: int | None) -> None:
+    assert exact_count(value) == count
+
+
+async def test_a_variant_count_that_is_only_a_floor_does_not_stop_a_listing(
+    hostile: Hostile, session: aiohttp.ClientSession
+) -> None:
+    """AT_LEAST 1 says nothing of how many pages follow: 12 pages of new variants are read to their end."""
+    pages = 12
+    for i in range(pages):
+        node = {"id": f"gid://shopify/ProductVariant/{i}", "sku": f"S{i}", "inventoryItem": {"id": f"I{i}"}}
+        page: dict[str, Any] = {"productVariants": {"nodes": [node], "pageInfo": {"hasNextPage": i < pages - 1,
+                                                                                  "endCursor": f"c{i}"}}}  # fmt: skip
+        if i == 0:
+            page["productVariantsCount"] = {"count": 1, "precision": "AT_LEAST"}
+        hostile.answer(json.dumps({"data": page}))
+    entries = await shopify(hostile, session).listing()
+    assert [e.sku for e in entries] == [f"S{i}" for i in range(pages)]
+    assert "productVariantsCount" in hostile.requests[0]["query"]  # asked with the first page only
+    assert all("productVariantsCount" not in r["query"] for r in hostile.requests[1:])
 
 
 async def test_shopify_variant_pages_of_odd_shapes_are_a_channel_error_or_skipped(

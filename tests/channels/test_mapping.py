@@ -13,6 +13,7 @@ from hub.channels import (
     build_mapping,
     parse_mapping_csv,
 )
+from hub.channels.connector import COUNTED_PAGES_FACTOR, COUNTED_PAGES_SLACK, ChannelUnavailable
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import spec_of
@@ -69,6 +70,25 @@ async def test_the_shopify_listing_is_read_page_by_page() -> None:
     assert shop.stats.by_operation["productVariants"] >= 3  # a bucket of 100 allows pages of at most 49
     assert shop.stats.throttled <= 1
     assert build_mapping("web", entries, set()).findings[0].kind == "no_sku"
+
+
+async def test_a_shop_inventing_a_variant_for_every_page_is_stopped_near_its_count() -> None:
+    """Shopify's productVariantsCount bounds the listing: a shop handing out one new made-up variant per page under
+    fresh cursors brings something new every time (the stale rule cannot see it) and would be followed to the
+    10,000-page cap; it is stopped a few pages past what its 5 variants need, with one sentence."""
+    async with ShopifyEmulator() as shop, aiohttp.ClientSession() as session:
+        loc = shop.add_location()
+        for i in range(5):
+            shop.add_variant(f"S{i}", stocked_at=[loc])
+        shop.invent_pages = 200  # far past the bound; the stand-in ends the walk itself after that many
+        spec = spec_of({"name": "web", "kind": "shopify", "url": shop.url, "pool": {"S1": loc}}, shop.token)
+        with pytest.raises(ChannelUnavailable, match=r"go on far past the 5 variant\(s\) Shopify counts") as err:
+            await ShopifyConnector(spec, session).listing()
+    pages = shop.stats.by_operation["productVariants"]
+    assert pages == COUNTED_PAGES_FACTOR * 1 + COUNTED_PAGES_SLACK + 1, f"{pages} pages were asked for"  # 5 fit in 1
+    message = str(err.value)
+    assert message.startswith("Shopify's variant pages of channel web") and "reading stopped there" in message
+    assert "\n" not in message
 
 
 async def test_the_square_catalog_is_read_page_by_page() -> None:

@@ -21,6 +21,10 @@ Built from Shopify's public reference for that version:
 * ``productVariants(first:, after:)`` (``nodes { id sku barcode title
   inventoryItem { id } }``, ``pageInfo``) and ``nodes(ids:)`` of inventory
   items with ``inventoryLevel(locationId:) { quantities(names:) }``.
+* ``productVariantsCount(limit:)``, asked beside ``productVariants`` in one
+  document: a ``Count`` (``count``, ``precision`` ``EXACT`` | ``AT_LEAST``);
+  ``limit`` defaults to 10,000 and ``null`` is no limit; a count past the
+  limit is the limit, ``AT_LEAST``. It costs 1 point (an object).
 * Cost-based throttling: a leaky bucket of ``maximum_available`` points (1,000
   by default) refilled at ``restore_rate`` points per second (100: standard
   plans; 1,000: Plus). A call is charged its requested cost up front and
@@ -30,6 +34,10 @@ Built from Shopify's public reference for that version:
   with ``errors[].extensions.code = "THROTTLED"`` and nothing is executed;
   every answer carries ``extensions.cost`` (``requestedQueryCost``,
   ``actualQueryCost``, ``throttleStatus``).
+
+A broken shop on demand: ``invent_pages`` pages of ``productVariants``, each
+one new variant made up for it under a fresh cursor and "more follow", none of
+them in the shop (nor its count) — as a shop inventing items for ever would.
 
 What it does not do: validate a document against the full schema or shape the
 answer by the selection set (it answers the fields the connector asks for).
@@ -66,6 +74,8 @@ QUANTITY_MAX = 1_000_000_000
 MUTATION_COST = 10
 DOC_URL = "https://shopify.dev/api/usage/rate-limits"
 ROOT_RE = re.compile(r"\b(inventorySetQuantities|productVariants|nodes|order)\s*\(")
+COUNT_RE = re.compile(r"\bproductVariantsCount\s*(\(([^)]*)\))?")
+COUNT_LIMIT_DEFAULT = 10_000
 IDEMPOTENT_RE = re.compile(r"@idempotent\s*\(\s*key\s*:\s*(\$\w+|\"[^\"]*\")\s*\)")
 
 
@@ -124,6 +134,8 @@ class ShopifyEmulator(EmulatorServer):
         self.locations: list[str] = []
         self.levels: dict[tuple[str, str], int] = {}  # (inventory item gid, location gid) -> available
         self.non_mutable: set[str] = set()  # inventory items the API may not adjust (NON_MUTABLE_INVENTORY_ITEM)
+        self.invent_pages = 0  # pages of productVariants still to answer with one made-up variant each
+        self.invented = 0
         self.stats = Stats()
         self._idempotent: dict[str, tuple[str, dict[str, Any]]] = {}
         self._running: set[str] = set()
@@ -270,7 +282,8 @@ class ShopifyEmulator(EmulatorServer):
             return MUTATION_COST
         if operation == "productVariants":
             first = _arg(document, "first", variables)
-            return 2 + 2 * (first if isinstance(first, int) else 0)
+            counted = 1 if COUNT_RE.search(document) else 0
+            return 2 + 2 * (first if isinstance(first, int) else 0) + counted
         if operation == "order":
             first = _arg(document, "first", variables)
             return 2 + (first if isinstance(first, int) else 0)
@@ -390,8 +403,46 @@ class ShopifyEmulator(EmulatorServer):
         return {"inventorySetQuantities": {"inventoryAdjustmentGroup": group, "userErrors": errors}}
 
     def _product_variants(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        answer, cost = self._variants_page(document, variables)
+        count = COUNT_RE.search(document)
+        if count is not None:
+            answer["productVariantsCount"] = self._variants_count(count.group(2) or "", variables)
+            cost += 1
+        return answer, cost
+
+    def _variants_count(self, arguments: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """``productVariantsCount(limit:)``: the shop's variants, at most ``limit`` (``AT_LEAST`` when cut)."""
+        m = re.search(r"\blimit\s*:\s*(null|\d+|\$\w+)", arguments)
+        raw = None if m is None else m.group(1)
+        if raw is None:
+            limit: int | None = COUNT_LIMIT_DEFAULT
+        elif raw == "null":
+            limit = None
+        elif raw.startswith("$"):
+            limit = variables.get(raw[1:], COUNT_LIMIT_DEFAULT)
+        else:
+            limit = int(raw)
+        n = len(self.variants)
+        if limit is not None and n > limit:
+            return {"count": limit, "precision": "AT_LEAST"}
+        return {"count": n, "precision": "EXACT"}
+
+    def _variants_page(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         first = _arg(document, "first", variables)
         after = _arg(document, "after", variables)
+        if self.invent_pages > 0:  # a broken shop: one made-up variant, a fresh cursor, "more follow"
+            self.invent_pages -= 1
+            self.invented += 1
+            v = Variant(self._gid("ProductVariant"), self._gid("InventoryItem"), f"INVENTED-{self.invented}")
+            node = {
+                "id": v.variant_id,
+                "sku": v.sku,
+                "barcode": None,
+                "title": v.title,
+                "inventoryItem": {"id": v.item_id},
+            }
+            info = {"hasNextPage": True, "endCursor": f"invented:{self.invented}:{len(self.variants)}"}
+            return {"productVariants": {"nodes": [node], "pageInfo": info}}, 4
         first = first if isinstance(first, int) and 0 < first <= 250 else 50
         start = int(after.rsplit(":", 1)[1]) if isinstance(after, str) and ":" in after else 0
         page = self.variants[start : start + first]
