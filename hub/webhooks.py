@@ -22,9 +22,11 @@ request cannot be replayed later.
 On a PostgreSQL hub several hub processes share the database, and only one
 delivers each webhook: the one holding the webhook's deliverer lock (a
 ``hub.storage.postgres.leases.Leases`` of kind ``webhook.deliverer``, as
-channel pushers hold theirs, and the same loop, ``leases.lead``). The others stand by, showing the saved state,
+channel pushers hold theirs, and the same loop, ``hub.leases.lead``). The others stand by, showing the saved state,
 try again every ``LEASE_RETRY_S`` and take over from the saved cursor when
-the holder goes away. The stored cursor never moves backwards
+the holder goes away. A SQLite hub delivers every webhook through the same
+loop over leases always granted (``hub.leases.LocalLeases``), so a deliverer
+whose loop ends by itself is started again after a backoff there too. The stored cursor never moves backwards
 (``hub.storage.feed.save_webhook_state``), whichever hub saves it.
 """
 
@@ -48,6 +50,7 @@ from prometheus_client.registry import Collector
 from hub import paging, views
 from hub.auth import STORE_KEY
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
+from hub.leases import LeaseHolder, LocalLeases, Words, lead
 from hub.metrics import METRICS_KEY
 from hub.storage import POSTGRES_SCHEMES
 from hub.storage.base import ChangeRow, StoreClosed, StoreError, WebhookDelivery
@@ -323,31 +326,30 @@ async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...],
         if metrics is not None:
             metrics.registry.register(_WebhookCollector(dispatchers.values(), watch))
         tasks: dict[str, asyncio.Task[None]] = {}
+        words = Words("webhook", "deliverer lock", "the webhooks' deliverer locks", "delivers", "delivering")
+        jobs = {name: _WebhookJob(d, tasks, store) for name, d in dispatchers.items()}
+        leases: LeaseHolder
         if db.startswith(POSTGRES_SCHEMES):
-            from hub.storage.postgres.leases import Leases, Words, lead  # the driver loads only for a PostgreSQL hub
+            from hub.storage.postgres.leases import Leases  # the driver loads only for a PostgreSQL hub
 
             leases = Leases(db, "webhook.deliverer", "the deliverer lock of webhook {name}", "the webhooks' locks")
-            words = Words("webhook", "deliverer lock", "the webhooks' deliverer locks", "delivers", "delivering")
-            jobs = {name: _WebhookJob(d, tasks, store) for name, d in dispatchers.items()}
-            leading = lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: watch.closed)
-            leader = asyncio.create_task(leading, name="webhook-leases")
             log.info("standing by to deliver the change feed to %d webhook(s): %s", len(specs), ", ".join(dispatchers))
-        else:  # one hub per SQLite file: it delivers every webhook
-            leases, leader = None, None
-            for d in dispatchers.values():
-                _start(d, tasks)
+        else:  # one hub per SQLite file: it delivers every webhook, and starts again one whose loop ended
+            local = LocalLeases()
+            local.start_all(jobs)
+            leases = local
             log.info("delivering the change feed to %d webhook(s): %s", len(tasks), ", ".join(dispatchers))
+        leader = asyncio.create_task(lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: watch.closed),
+                                     name="webhook-leases")  # fmt: skip
         try:
             yield
         finally:
-            if leader is not None:
-                leader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await leader
+            leader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leader
             for name in list(tasks):
                 await _stop(dispatchers[name], tasks)
-            if leases is not None:
-                await leases.close()  # only now: no dispatcher of ours runs when another hub takes the webhooks
+            await leases.close()  # only now: no dispatcher of ours runs when another hub takes the webhooks
 
 
 def _start(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> None:
@@ -357,7 +359,7 @@ def _start(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> None:
 
 async def _stop(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> None:
     task = tasks.pop(d.spec.name)
-    if not task.done():  # one that ended by itself is not raised again (``leases.lead`` says why it ended)
+    if not task.done():  # one that ended by itself is not raised again (``hub.leases.lead`` says why it ended)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -365,7 +367,7 @@ async def _stop(d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]]) -> N
 
 
 class _WebhookJob:
-    """A webhook as ``hub.storage.postgres.leases.lead`` sees it: its dispatcher, run as a task in ``tasks``."""
+    """A webhook as ``hub.leases.lead`` sees it: its dispatcher, run as a task in ``tasks``."""
 
     def __init__(self, d: WebhookDispatcher, tasks: dict[str, asyncio.Task[None]], store: FeedStore) -> None:
         self._d, self._tasks, self._store = d, tasks, store

@@ -10,10 +10,13 @@ beside each pusher of a channel that can be read back and whose
 On a PostgreSQL hub several hub processes share the database, and only one
 pushes each channel: the one holding the channel's pusher lock
 (``hub.channels.state_postgres.PusherLeases``; the loop is
-``hub.storage.postgres.leases.lead``, which webhooks use too). The others
+``hub.leases.lead``, which webhooks use too). The others
 stand by, try again every ``LEASE_RETRY_S`` and take over, with a new pusher loading the
-cursor the last one saved, when the holder goes away. ``pushes_here`` tells
-which channels this hub pushes.
+cursor the last one saved, when the holder goes away. A SQLite hub pushes
+every channel, through the same loop over leases always granted
+(``hub.leases.LocalLeases``): a pusher whose loop ends by itself is started
+again after a backoff on either backend. ``pushes_here`` tells which
+channels this hub pushes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
 from hub.channels.state import SqlChannelState, SqliteChannelState
 from hub.channels.webhook import WebhookConnector
+from hub.leases import LeaseHolder, LocalLeases, Words, lead
 from hub.storage import POSTGRES_SCHEMES
 
 log = logging.getLogger(__name__)
@@ -106,22 +110,18 @@ async def channel_pushers(
             return ChannelPusher(spec, feed, state, make_connector(spec, session), waiter)
 
         pushers = {s.name: make(s) for s in specs}
-        if not is_postgres(db_path):  # one hub per SQLite file: it pushes every channel
-            for p in pushers.values():
-                _start(p)
-            log.info("pushing levels to %d channel(s): %s", len(pushers), ", ".join(pushers))
-            try:
-                yield pushers
-            finally:
-                for p in pushers.values():
-                    await _stop(p)
-            return
-        from hub.channels.state_postgres import PusherLeases  # at run time only on a PostgreSQL hub
-        from hub.storage.postgres.leases import Words, lead
-
-        leases = PusherLeases(db_path)
         words = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
         jobs = {name: _ChannelJob(name, pushers, make, state) for name in pushers}
+        leases: LeaseHolder
+        if is_postgres(db_path):
+            from hub.channels.state_postgres import PusherLeases  # at run time only on a PostgreSQL hub
+
+            leases = PusherLeases(db_path)
+        else:  # one hub per SQLite file: it pushes every channel, and starts again one whose loop ended
+            local = LocalLeases()
+            local.start_all(jobs)
+            leases = local
+            log.info("pushing levels to %d channel(s): %s", len(pushers), ", ".join(pushers))
         leading = lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: waiter.closed)  # closed: the hub stops
         task = asyncio.create_task(leading, name="channel-leases")
         try:
@@ -136,7 +136,7 @@ async def channel_pushers(
 
 
 class _ChannelJob:
-    """A channel as ``hub.storage.postgres.leases.lead`` sees it: its entry in ``pushers`` is replaced by a fresh
+    """A channel as ``hub.leases.lead`` sees it: its entry in ``pushers`` is replaced by a fresh
     pusher when it stops (a stopped loop cannot start again) and when it starts (loading the saved cursor)."""
 
     def __init__(

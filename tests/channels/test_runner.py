@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from hub.channels import channel_pushers
+from hub.channels import ChannelPusher, channel_pushers
+from hub.channels.runner import pushes_here
 from hub.storage.base import StoreError
 from protocol import Kind
+from protocol.retry import Backoff
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import Hub, spec_of, wait_until
@@ -33,6 +37,40 @@ async def test_every_configured_channel_gets_its_levels(hub: Hub, shopify: Shopi
         # the channel answers before the pusher saves its cursor: stopping between the two is allowed (the
         # next start pushes the same turn again), so the cursors are waited for inside the block
         await wait_until(right, "both channels show the pool minus their buffer and both cursors reach the head")
+
+
+async def test_a_pusher_whose_loop_dies_is_started_again_on_a_sqlite_hub(
+    hub: Hub, square: SquareEmulator, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite hub started its pushers once: one whose loop died stayed stopped until the hub restarted."""
+    caplog.set_level(logging.INFO, logger="hub.channels.runner")
+    monkeypatch.setattr("hub.channels.runner.LEASE_RETRY_S", 0.05)
+    monkeypatch.setattr("hub.leases.ENDED_BACKOFF", Backoff(0.05, 0.05))
+    runs, run = [], ChannelPusher.run
+
+    async def dies_the_first_time(self: ChannelPusher) -> None:
+        runs.append(self.spec.name)
+        if len(runs) == 1:
+            raise RuntimeError("the feed answered nonsense")
+        await run(self)
+
+    monkeypatch.setattr(ChannelPusher, "run", dies_the_first_time)
+    sq_loc = square.add_location()
+    variation = square.add_variation("A")
+    spec = spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}}, square.token)
+    await hub.move((Kind.RECEIVE, 6, "S1", "A"))
+    async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch) as pushers:
+
+        async def shown() -> bool:
+            return square.quantity(variation, sq_loc) == 6
+
+        await wait_until(shown, "the pusher started again shows the level at Square")
+        assert pushes_here(pushers["pickup"])
+    assert runs == ["pickup", "pickup"]
+    assert (
+        "channel pickup: pushing ended by itself (RuntimeError: the feed answered nonsense) while this hub runs; "
+        "this hub starts pushing it again in 0 s" in caplog.text
+    )
 
 
 async def test_an_unreachable_postgresql_database_is_one_sentence_without_its_password(

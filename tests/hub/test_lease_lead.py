@@ -1,4 +1,4 @@
-"""``hub.storage.postgres.leases.lead`` on a real PostgreSQL database: a job whose work ends by itself gives its lock back.
+"""``hub.leases.lead`` on a real PostgreSQL database: a job whose work ends by itself gives its lock back.
 
 Each "hub" is a ``lead`` loop with a ``Leases`` of its own (its own lock connection), as each hub process has;
 the jobs are webhooks (``hub.webhooks._WebhookJob``) whose dispatcher's ``run`` stands in for the delivery loop. A job whose work ends while its hub runs on
@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from hub.leases import Words, lead
 from hub.storage.base import StoreError, WebhookState
-from hub.storage.postgres.leases import Leases, Words, lead
+from hub.storage.postgres.leases import Leases
 from hub.webhook_spec import WebhookSpec
 from hub.webhooks import WebhookStatus, _WebhookJob
 

@@ -30,7 +30,7 @@ from hub.webhooks import (
     verify_signature,
 )
 from protocol import Kind
-from protocol.retry import PEER_RETRY_AFTER_DEFAULT_S, PEER_RETRY_AFTER_MAX_S, read_retry_after
+from protocol.retry import PEER_RETRY_AFTER_DEFAULT_S, PEER_RETRY_AFTER_MAX_S, Backoff, read_retry_after
 from tests.harness.commands import run_hub
 from tests.hub.feed_helpers import Agent, running_hub
 
@@ -153,6 +153,38 @@ async def test_the_cursor_survives_a_restart_and_nothing_delivered_is_sent_again
         await receiver.until(lambda: len(receiver.accepted) >= 2)
         assert [c["change_id"] for c in receiver.accepted] == [first, first + 1]
         assert receiver.accepted[-1]["on_hand"] == 2
+
+
+async def test_a_deliverer_whose_loop_dies_is_started_again_on_a_sqlite_hub(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite hub started its deliverers once: one whose loop died stayed stopped until the hub restarted."""
+    caplog.set_level(logging.INFO, logger="hub.webhooks")
+    monkeypatch.setattr("hub.webhooks.LEASE_RETRY_S", 0.05)
+    monkeypatch.setattr("hub.leases.ENDED_BACKOFF", Backoff(0.05, 0.05))
+    receiver.fail_first = 0
+    runs, run = [], WebhookDispatcher.run
+
+    async def dies_the_first_time(self: WebhookDispatcher) -> None:
+        runs.append(self.spec.name)
+        if len(runs) == 1:
+            raise RuntimeError("the feed answered nonsense")
+        await run(self)
+
+    monkeypatch.setattr(WebhookDispatcher, "run", dies_the_first_time)
+    async with running_hub(tmp_path, webhooks=(spec(receiver.url),)) as hub:
+        agent = await hub.agent()
+        await agent.sync((Kind.RECEIVE, 3))
+        latest = await hub.store.latest_change_id()
+        await receiver.until(lambda: [c["change_id"] for c in receiver.accepted] == [latest])
+        statuses = await hub.get_json("/v1/webhooks")
+    assert runs == ["shop", "shop"]
+    assert statuses["webhooks"][0]["deliverer"] == "this hub"
+    assert (
+        "webhook shop: delivering ended by itself (RuntimeError: the feed answered nonsense) while this hub runs; "
+        "this hub starts delivering it again in 0 s" in caplog.text
+    )
+    assert "webhook shop: this hub delivers it now" in caplog.text
 
 
 async def test_a_location_filter_sends_only_that_location(tmp_path: Path, receiver: Receiver) -> None:

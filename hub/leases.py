@@ -1,0 +1,217 @@
+"""Which hub process runs a job only one may run at a time, and the loop that keeps each such job running.
+
+A channel's pusher (``hub.channels.runner``) and a webhook's deliverer
+(``hub.webhooks``) are jobs: one hub process at a time runs each, the one
+holding its lease. ``lead`` is the one standby/takeover loop both use on
+either backend: it runs the jobs whose lease this hub holds and stands by for
+the others. A job whose work ends by itself while the hub runs (its loop
+returned or died: a bug) is stopped, its lease given back with one sentence
+and the error's traceback, and taken again after a backoff — by another hub
+first, when there is one — instead of nobody doing it any more.
+
+The leases are ``LeaseHolder``s: on a PostgreSQL hub
+``hub.storage.postgres.leases.Leases`` (session-level advisory locks, shared
+by every hub on the database); on a SQLite hub, the one process on its file,
+``LocalLeases``, always granted. This module imports no database driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from hub.storage.base import StoreError
+from protocol.retry import Backoff, Health
+
+
+class LeaseHolder(Protocol):
+    """The leases of one kind of job this hub holds, one per name, as ``lead`` sees them."""
+
+    held: set[str]  # the names whose lease this hub holds
+    shared: bool  # other hub processes may hold these leases (``lead`` says "for another hub … to take over")
+
+    async def take(self, name: str) -> bool:
+        """True when this hub now holds (or already held) ``name``'s lease; raises ``StoreError``."""
+        ...
+
+    async def release(self, name: str) -> None:
+        """Give ``name``'s lease back, keeping the others; raises ``StoreError``."""
+        ...
+
+    async def alive(self) -> bool:
+        """Every lease in ``held`` is still this hub's (when not, ``held`` is emptied)."""
+        ...
+
+    async def close(self) -> None:
+        """Give every lease back; safe twice."""
+        ...
+
+
+class LocalLeases:
+    """Every lease always granted: a SQLite hub is the one process on its file, so it runs every job itself.
+
+    ``lead`` over these leases does what it does on PostgreSQL minus the other hubs: a job whose work ended by
+    itself is started again here after the backoff, instead of staying stopped until the hub restarts."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+
+    def start_all(self, jobs: Mapping[str, Job]) -> None:
+        """Take every lease and start every job now, before ``lead``'s first turn: the hub runs them from its first
+        request on."""
+        for name, job in jobs.items():
+            self.held.add(name)
+            job.start()
+
+    async def take(self, name: str) -> bool:
+        self.held.add(name)
+        return True
+
+    async def release(self, name: str) -> None:
+        self.held.discard(name)
+
+    async def alive(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self.held.clear()
+
+
+# --- the standby/takeover loop ---------------------------------------------------
+
+
+class Job(Protocol):
+    """One job a lease guards (a channel's pusher, a webhook's deliverer), as ``lead`` sees it."""
+
+    def here(self) -> bool:
+        """This hub process runs the job now."""
+        ...
+
+    def task(self) -> asyncio.Task[None] | None:
+        """The task doing the work while it runs here (done: the work ended)."""
+        ...
+
+    def start(self) -> None:
+        """Run the job here, from what the last holder saved."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop running it here (what it saved stays); a task that ended already is not awaited again (its
+        error, if any, is said by ``lead``)."""
+        ...
+
+    async def stand_by(self) -> None:
+        """Show the saved state while another hub runs the job (or while this one waits to start it again)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Words:
+    """How ``lead``'s sentences name a kind of job: ``{noun} NAME: this hub {does} it now``, ``... lost its
+    {lock} and stopped {doing} it``, ``taking {locks}``."""
+
+    noun: str  # "channel"
+    lock: str  # "pusher lock"
+    locks: str  # "the channels' pusher locks"
+    does: str  # "pushes"
+    doing: str  # "pushing"
+
+
+ENDED_BACKOFF = Backoff(3.0, 60.0)  # before this hub takes again a job whose work ended by itself here
+
+
+def why_ended(task: asyncio.Task[None]) -> str:
+    """What ended a done task, in a few words."""
+    if task.cancelled():
+        return "its task was cancelled"
+    err = task.exception()
+    if err is None:
+        return "its loop returned"
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+async def lead(
+    leases: LeaseHolder,
+    jobs: Mapping[str, Job],
+    log: logging.Logger,
+    words: Words,
+    retry_s: float,
+    stopping: Callable[[], bool],
+    ended_backoff: Backoff | None = None,
+) -> None:
+    """Forever: run the jobs whose lease this hub holds, stand by for the others, every ``retry_s``.
+
+    A job whose work ended by itself (not stopped by the hub) is stopped, its lease given back and one sentence
+    logged; this hub takes it again only after ``ended_backoff`` (``ENDED_BACKOFF``; longer each time it ends again before a check
+    sees it running), so another hub gets it first. Once ``stopping()`` (the hub is on its way out: its change
+    watch closed, which ends every job's loop) nothing is taken, given back or said: the hub stops the jobs and
+    closes the leases itself."""
+    health = Health(log, f"taking {words.locks}")
+    ended: dict[str, int] = {}  # name: times in a row its work ended by itself here
+    not_before: dict[str, float] = {}  # name: when this hub may take it again
+    loop = asyncio.get_running_loop()
+    while not stopping():
+        try:
+            if leases.held:
+                await leases.alive()  # when the connection went, the locks went with it: ``held`` is emptied
+            for name, job in jobs.items():
+                if job.here() and name not in leases.held:  # its lock went (with a connection taken anew too)
+                    await job.stop()
+                    log.warning("%s %s: this hub lost its %s and stopped %s it", words.noun, name, words.lock,
+                                words.doing)  # fmt: skip
+            for name, job in jobs.items():
+                if job.here():
+                    task = job.task()
+                    if task is None or not task.done():
+                        ended.pop(name, None)  # it ran through a check: the next end starts the backoff over
+                        continue
+                    if stopping():  # the hub is stopping: that is what ended it
+                        return
+                    backoff = ended_backoff or ENDED_BACKOFF
+                    await _give_back(leases, name, job, task, log, words, ended, not_before, backoff, loop)
+                    continue
+                if loop.time() < not_before.get(name, 0.0):
+                    await job.stand_by()
+                elif await leases.take(name):
+                    job.start()
+                    log.info("%s %s: this hub %s it now", words.noun, name, words.does)
+                else:
+                    await job.stand_by()
+            health.succeeded()
+        except StoreError as err:
+            health.failed(str(err))
+        await asyncio.sleep(retry_s)
+
+
+async def _give_back(
+    leases: LeaseHolder,
+    name: str,
+    job: Job,
+    task: asyncio.Task[None],
+    log: logging.Logger,
+    words: Words,
+    ended: dict[str, int],
+    not_before: dict[str, float],
+    backoff: Backoff,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """``name``'s work ended by itself: stop it, give its lease back, and wait a backoff before taking it again."""
+    why = why_ended(task)
+    await job.stop()
+    ended[name] = ended.get(name, 0) + 1
+    wait_s = backoff.delay_s(ended[name], random.Random())
+    not_before[name] = loop.time() + wait_s
+    if leases.shared:
+        log.error("%s %s: %s ended by itself (%s) while this hub runs; it gave its %s back for another hub (or "
+                  "this one, in %.0f s) to take over", words.noun, name, words.doing, why, words.lock,
+                  wait_s)  # fmt: skip
+    else:
+        log.error("%s %s: %s ended by itself (%s) while this hub runs; this hub starts %s it again in %.0f s",
+                  words.noun, name, words.doing, why, words.doing, wait_s)  # fmt: skip
+    await leases.release(name)
