@@ -93,8 +93,10 @@ class Job(Protocol):
         """This hub process runs the job now."""
         ...
 
-    def task(self) -> asyncio.Task[None] | None:
-        """The task doing the work while it runs here (done: the work ended)."""
+    def ended(self) -> tuple[str, asyncio.Task[None]] | None:
+        """While the job runs here: None as long as all its work runs, else the work that ended by itself, in
+        words (``"pushing"``, ``"reconciling"``), and its done task. Every loop of the job is watched: one that
+        ended while the others run on is a job no longer done in full."""
         ...
 
     def start(self) -> None:
@@ -167,14 +169,14 @@ async def lead(
                                 words.doing)  # fmt: skip
             for name, job in jobs.items():
                 if job.here():
-                    task = job.task()
-                    if task is None or not task.done():
+                    gone = job.ended()
+                    if gone is None:
                         ended.pop(name, None)  # it ran through a check: the next end starts the backoff over
                         continue
                     if stopping():  # the hub is stopping: that is what ended it
                         return
                     backoff = ended_backoff or ENDED_BACKOFF
-                    await _give_back(leases, name, job, task, log, words, ended, not_before, backoff, loop)
+                    await _give_back(leases, name, job, gone, log, words, ended, not_before, backoff, loop)
                     continue
                 if loop.time() < not_before.get(name, 0.0):
                     await job.stand_by()
@@ -193,7 +195,7 @@ async def _give_back(
     leases: LeaseHolder,
     name: str,
     job: Job,
-    task: asyncio.Task[None],
+    gone: tuple[str, asyncio.Task[None]],
     log: logging.Logger,
     words: Words,
     ended: dict[str, int],
@@ -202,6 +204,7 @@ async def _give_back(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     """``name``'s work ended by itself: stop it, give its lease back, and wait a backoff before taking it again."""
+    doing, task = gone
     why = why_ended(task)
     await job.stop()
     ended[name] = ended.get(name, 0) + 1
@@ -209,9 +212,9 @@ async def _give_back(
     not_before[name] = loop.time() + wait_s
     if leases.shared:
         log.error("%s %s: %s ended by itself (%s) while this hub runs; it gave its %s back for another hub (or "
-                  "this one, in %.0f s) to take over", words.noun, name, words.doing, why, words.lock,
+                  "this one, in %.0f s) to take over", words.noun, name, doing, why, words.lock,
                   wait_s)  # fmt: skip
     else:
         log.error("%s %s: %s ended by itself (%s) while this hub runs; this hub starts %s it again in %.0f s",
-                  words.noun, name, words.doing, why, words.doing, wait_s)  # fmt: skip
+                  words.noun, name, doing, why, words.doing, wait_s)  # fmt: skip
     await leases.release(name)

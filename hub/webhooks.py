@@ -375,8 +375,9 @@ class _WebhookJob:
     def here(self) -> bool:
         return self._d.spec.name in self._tasks
 
-    def task(self) -> asyncio.Task[None] | None:
-        return self._tasks.get(self._d.spec.name)
+    def ended(self) -> tuple[str, asyncio.Task[None]] | None:
+        task = self._tasks.get(self._d.spec.name)
+        return ("delivering", task) if task is not None and task.done() else None
 
     def start(self) -> None:
         _start(self._d, self._tasks)  # its run loads the cursor the last deliverer saved

@@ -14,9 +14,9 @@ pushes each channel: the one holding the channel's pusher lock
 stand by, try again every ``LEASE_RETRY_S`` and take over, with a new pusher loading the
 cursor the last one saved, when the holder goes away. A SQLite hub pushes
 every channel, through the same loop over leases always granted
-(``hub.leases.LocalLeases``): a pusher whose loop ends by itself is started
-again after a backoff on either backend. ``pushes_here`` tells which
-channels this hub pushes.
+(``hub.leases.LocalLeases``): on either backend a channel whose pusher or
+reconciler loop ends by itself is stopped and started again, both loops,
+after a backoff. ``pushes_here`` tells which channels this hub pushes.
 """
 
 from __future__ import annotations
@@ -148,8 +148,15 @@ class _ChannelJob:
     def here(self) -> bool:
         return pushes_here(self._pushers[self._name])
 
-    def task(self) -> asyncio.Task[None] | None:
-        return self._pushers[self._name].task
+    def ended(self) -> tuple[str, asyncio.Task[None]] | None:
+        """The pusher's loop or its reconciler's, whichever ended by itself: a channel pushed but never
+        reconciled again is restarted whole, as one no longer pushed is."""
+        p = self._pushers[self._name]
+        for doing, loop in (("pushing", p), ("reconciling", p.reconciler)):
+            task = loop.task if loop is not None else None
+            if task is not None and task.done():
+                return doing, task
+        return None
 
     def start(self) -> None:
         fresh = self._make(self._pushers[self._name].spec)  # loads the cursor and levels the last pusher saved

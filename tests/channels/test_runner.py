@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from hub.channels import ChannelPusher, channel_pushers
+from hub.channels.reconcile import Reconciler
 from hub.channels.runner import pushes_here
 from hub.storage.base import StoreError
 from protocol import Kind
@@ -70,6 +71,48 @@ async def test_a_pusher_whose_loop_dies_is_started_again_on_a_sqlite_hub(
     assert (
         "channel pickup: pushing ended by itself (RuntimeError: the feed answered nonsense) while this hub runs; "
         "this hub starts pushing it again in 0 s" in caplog.text
+    )
+
+
+async def test_a_reconciler_whose_loop_dies_is_started_again_with_its_channel(
+    hub: Hub, square: SquareEmulator, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the pusher's loop was watched: a channel whose reconciler died went on being pushed but was never
+    read back again until it changed hands (or, on SQLite, until the hub restarted)."""
+    caplog.set_level(logging.INFO, logger="hub.channels.runner")
+    monkeypatch.setattr("hub.channels.runner.LEASE_RETRY_S", 0.05)
+    monkeypatch.setattr("hub.leases.ENDED_BACKOFF", Backoff(0.05, 0.05))
+    runs, run = [], Reconciler.run
+
+    async def dies_the_first_time(self: Reconciler) -> None:
+        runs.append(self.spec.name)
+        if len(runs) == 1:
+            raise RuntimeError("the channel state answered nonsense")
+        await run(self)
+
+    monkeypatch.setattr(Reconciler, "run", dies_the_first_time)
+    sq_loc = square.add_location()
+    square.add_variation("A")
+    spec = spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}}, square.token)
+    await hub.move((Kind.RECEIVE, 6, "S1", "A"))
+    async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch) as pushers:
+
+        async def reconciling() -> bool:
+            r = pushers["pickup"].reconciler
+            return len(runs) == 2 and r is not None and r.task is not None and not r.task.done()
+
+        await wait_until(reconciling, "the channel is started again with a running reconciler")
+        reconciler = pushers["pickup"].reconciler
+        assert reconciler is not None
+        reconciler.request()
+
+        async def reconciled() -> bool:
+            return reconciler.last is not None
+
+        await wait_until(reconciled, "the reconciler started again reads the levels back")
+    assert (
+        "channel pickup: reconciling ended by itself (RuntimeError: the channel state answered nonsense) while "
+        "this hub runs; this hub starts pushing it again in 0 s" in caplog.text
     )
 
 
