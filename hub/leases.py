@@ -126,6 +126,7 @@ class Words:
 
 
 ENDED_BACKOFF = Backoff(3.0, 60.0)  # before this hub takes again a job whose work ended by itself here
+RAN_WELL_S = 300.0  # a job that ran this long since it was taken ends afresh: its backoff starts over
 
 
 def why_ended(task: asyncio.Task[None]) -> str:
@@ -138,6 +139,45 @@ def why_ended(task: asyncio.Task[None]) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
+class _Ends:
+    """How often each job's work ended by itself here in a row, and when this hub may take it again.
+
+    The count grows with every end and starts over only once the job has run ``ran_well_s`` since it was
+    taken: a job that dies a few seconds after each takeover is taken again later and later (up to the
+    backoff's cap), not every few seconds forever."""
+
+    def __init__(self, backoff: Backoff, ran_well_s: float) -> None:
+        self._backoff = backoff
+        self._ran_well_s = ran_well_s
+        self._loop = asyncio.get_running_loop()
+        self._count: dict[str, int] = {}  # name: times in a row its work ended by itself here
+        self._not_before: dict[str, float] = {}  # name: when this hub may take it again
+        self._since: dict[str, float] = {}  # name: when this hub took it (or first saw it running)
+
+    def started(self, name: str) -> None:
+        self._since[name] = self._loop.time()
+
+    def running(self, name: str) -> None:
+        """A check saw ``name`` running here: after long enough, its next end backs off from the start."""
+        now = self._loop.time()
+        if now - self._since.setdefault(name, now) >= self._ran_well_s:
+            self._count.pop(name, None)
+
+    def stopped(self, name: str) -> None:
+        self._since.pop(name, None)
+
+    def ended(self, name: str) -> float:
+        """``name``'s work ended by itself: how long this hub now waits before taking it again."""
+        self._since.pop(name, None)
+        self._count[name] = self._count.get(name, 0) + 1
+        wait_s = self._backoff.delay_s(self._count[name], random.Random())
+        self._not_before[name] = self._loop.time() + wait_s
+        return wait_s
+
+    def waiting(self, name: str) -> bool:
+        return self._loop.time() < self._not_before.get(name, 0.0)
+
+
 async def lead(
     leases: LeaseHolder,
     jobs: Mapping[str, Job],
@@ -146,18 +186,17 @@ async def lead(
     retry_s: float,
     stopping: Callable[[], bool],
     ended_backoff: Backoff | None = None,
+    ran_well_s: float = RAN_WELL_S,
 ) -> None:
     """Forever: run the jobs whose lease this hub holds, stand by for the others, every ``retry_s``.
 
     A job whose work ended by itself (not stopped by the hub) is stopped, its lease given back and one sentence
-    logged; this hub takes it again only after ``ended_backoff`` (``ENDED_BACKOFF``; longer each time it ends again before a check
-    sees it running), so another hub gets it first. Once ``stopping()`` (the hub is on its way out: its change
-    watch closed, which ends every job's loop) nothing is taken, given back or said: the hub stops the jobs and
-    closes the leases itself."""
+    logged; this hub takes it again only after ``ended_backoff`` (``ENDED_BACKOFF`` unless given), longer each
+    time it ends again until it has run ``ran_well_s`` after a takeover, so another hub gets it first. Once
+    ``stopping()`` (the hub is on its way out: its change watch closed, which ends every job's loop) nothing is
+    taken, given back or said: the hub stops the jobs and closes the leases itself."""
     health = Health(log, f"taking {words.locks}")
-    ended: dict[str, int] = {}  # name: times in a row its work ended by itself here
-    not_before: dict[str, float] = {}  # name: when this hub may take it again
-    loop = asyncio.get_running_loop()
+    ends = _Ends(ended_backoff or ENDED_BACKOFF, ran_well_s)
     while not stopping():
         try:
             if leases.held:
@@ -165,23 +204,24 @@ async def lead(
             for name, job in jobs.items():
                 if job.here() and name not in leases.held:  # its lock went (with a connection taken anew too)
                     await job.stop()
+                    ends.stopped(name)
                     log.warning("%s %s: this hub lost its %s and stopped %s it", words.noun, name, words.lock,
                                 words.doing)  # fmt: skip
             for name, job in jobs.items():
                 if job.here():
                     gone = job.ended()
                     if gone is None:
-                        ended.pop(name, None)  # it ran through a check: the next end starts the backoff over
+                        ends.running(name)
                         continue
                     if stopping():  # the hub is stopping: that is what ended it
                         return
-                    backoff = ended_backoff or ENDED_BACKOFF
-                    await _give_back(leases, name, job, gone, log, words, ended, not_before, backoff, loop)
+                    await _give_back(leases, name, job, gone, log, words, ends)
                     continue
-                if loop.time() < not_before.get(name, 0.0):
+                if ends.waiting(name):
                     await job.stand_by()
                 elif await leases.take(name):
                     job.start()
+                    ends.started(name)
                     log.info("%s %s: this hub %s it now", words.noun, name, words.does)
                 else:
                     await job.stand_by()
@@ -198,18 +238,13 @@ async def _give_back(
     gone: tuple[str, asyncio.Task[None]],
     log: logging.Logger,
     words: Words,
-    ended: dict[str, int],
-    not_before: dict[str, float],
-    backoff: Backoff,
-    loop: asyncio.AbstractEventLoop,
+    ends: _Ends,
 ) -> None:
     """``name``'s work ended by itself: stop it, give its lease back, and wait a backoff before taking it again."""
     doing, task = gone
     why = why_ended(task)
     await job.stop()
-    ended[name] = ended.get(name, 0) + 1
-    wait_s = backoff.delay_s(ended[name], random.Random())
-    not_before[name] = loop.time() + wait_s
+    wait_s = ends.ended(name)
     if leases.shared:
         log.error("%s %s: %s ended by itself (%s) while this hub runs; it gave its %s back for another hub (or "
                   "this one, in %.0f s) to take over", words.noun, name, doing, why, words.lock,

@@ -11,17 +11,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from hub.leases import Words, lead
+from hub.leases import LeaseHolder, LocalLeases, Words, lead
 from hub.storage.base import StoreError, WebhookState
 from hub.storage.postgres.leases import Leases
 from hub.webhook_spec import WebhookSpec
 from hub.webhooks import WebhookStatus, _WebhookJob
+from protocol.retry import Backoff
 
 BOUND_S = 30.0  # a hub takes a free job within a retry; this hub takes its own back after a few seconds' backoff
 RETRY_S = 0.05
+RAN_WELL_S = 0.05  # a job that ran this long since it was taken ends afresh (in the test that says so)
 WORDS = Words("webhook", "deliverer lock", "the webhooks' deliverer locks", "delivers", "delivering")
 log = logging.getLogger("tests.lease_lead")
 
@@ -60,13 +64,36 @@ async def _forever() -> None:
     await asyncio.Event().wait()
 
 
+async def _dies_after_a_few_checks() -> None:
+    await asyncio.sleep(RETRY_S * 5)
+    raise RuntimeError("the feed answered nonsense")
+
+
+async def _dies_after_running_well() -> None:
+    await asyncio.sleep(RAN_WELL_S * 20)
+    raise RuntimeError("the feed answered nonsense")
+
+
+@dataclass(frozen=True)
+class CountingBackoff(Backoff):
+    """A backoff that notes after how many ends in a row it was asked, and waits next to nothing."""
+
+    asked: list[int] = field(default_factory=list)
+
+    def delay_s(self, failures: int, rng: object = None, *, retry_after_s: float | None = None) -> float:
+        self.asked.append(failures)
+        return 0.01
+
+
 @contextlib.asynccontextmanager
-async def _hub(url: str, *ds: FakeDispatcher, leases: Leases | None = None) -> AsyncIterator[None]:
+async def _hub(
+    url: str, *ds: FakeDispatcher, leases: LeaseHolder | None = None, **lead_kw: Any
+) -> AsyncIterator[None]:
     """One hub: its lock connection and its ``lead`` loop over its webhooks, until the block ends."""
     leases = leases or Leases(url, "test.job", "the deliverer lock of webhook {name}", "the webhooks' locks")
     tasks: dict[str, asyncio.Task[None]] = {}
     jobs = {d.spec.name: _WebhookJob(d, tasks, SavedState()) for d in ds}  # type: ignore[arg-type]
-    task = asyncio.create_task(lead(leases, jobs, log, WORDS, RETRY_S, lambda: False))
+    task = asyncio.create_task(lead(leases, jobs, log, WORDS, RETRY_S, lambda: False, **lead_kw))
     try:
         yield
     finally:
@@ -144,3 +171,21 @@ async def test_a_failed_take_that_drops_the_lock_connection_stops_the_webhooks_i
         async with _hub(pg_url, other):
             await _until("the second hub alone delivers webhook shop", lambda: other.delivering and not shop.delivering)
     assert "webhook shop: this hub lost its deliverer lock and stopped delivering it" in caplog.text
+
+
+async def test_a_job_that_keeps_dying_after_each_takeover_waits_longer_each_time() -> None:
+    """The count of ends in a row started over whenever a check saw the job running, so a job dying a few
+    seconds after each takeover was taken again after the first backoff (1.5-3 s) every time, forever."""
+    backoff = CountingBackoff()
+    d = FakeDispatcher(_dies_after_a_few_checks, _dies_after_a_few_checks, _dies_after_a_few_checks, _forever)
+    async with _hub("", d, leases=LocalLeases(), ended_backoff=backoff):
+        await _until("the hub takes the webhook a fourth time", lambda: d.starts >= 4 and d.delivering)
+    assert backoff.asked == [1, 2, 3]
+
+
+async def test_a_job_that_ran_well_before_it_died_backs_off_from_the_start_again() -> None:
+    backoff = CountingBackoff()
+    d = FakeDispatcher(_dies, _dies, _dies_after_running_well, _forever)
+    async with _hub("", d, leases=LocalLeases(), ended_backoff=backoff, ran_well_s=RAN_WELL_S):
+        await _until("the hub takes the webhook a fourth time", lambda: d.starts >= 4 and d.delivering)
+    assert backoff.asked == [1, 2, 1]
