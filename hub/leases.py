@@ -240,16 +240,18 @@ async def _give_back(
     words: Words,
     ends: _Ends,
 ) -> None:
-    """``name``'s work ended by itself: stop it, give its lease back, and wait a backoff before taking it again."""
+    """``name``'s work ended by itself: stop it, give its lease back, and wait a backoff before taking it again.
+    One sentence says so, with the error's traceback when it died."""
     doing, task = gone
     why = why_ended(task)
+    err = None if task.cancelled() else task.exception()  # a bug: its traceback says where
     await job.stop()
     wait_s = ends.ended(name)
     if leases.shared:
         log.error("%s %s: %s ended by itself (%s) while this hub runs; it gave its %s back for another hub (or "
-                  "this one, in %.0f s) to take over", words.noun, name, doing, why, words.lock,
-                  wait_s)  # fmt: skip
+                  "this one, in %.0f s) to take over", words.noun, name, doing, why, words.lock, wait_s,
+                  exc_info=err)  # fmt: skip
     else:
         log.error("%s %s: %s ended by itself (%s) while this hub runs; this hub starts %s it again in %.0f s",
-                  words.noun, name, doing, why, words.doing, wait_s)  # fmt: skip
+                  words.noun, name, doing, why, words.doing, wait_s, exc_info=err)  # fmt: skip
     await leases.release(name)

@@ -189,3 +189,18 @@ async def test_a_job_that_ran_well_before_it_died_backs_off_from_the_start_again
     async with _hub("", d, leases=LocalLeases(), ended_backoff=backoff, ran_well_s=RAN_WELL_S):
         await _until("the hub takes the webhook a fourth time", lambda: d.starts >= 4 and d.delivering)
     assert backoff.asked == [1, 2, 1]
+
+
+async def test_a_job_whose_work_died_is_logged_with_the_errors_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """The sentence named the error but not where it was raised: the bug behind it could not be found."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    d = FakeDispatcher(_dies, _forever)
+    async with _hub("", d, leases=LocalLeases(), ended_backoff=CountingBackoff()):
+        await _until("the hub takes the webhook again", lambda: d.starts >= 2 and d.delivering)
+    (ended,) = [r for r in caplog.records if "ended by itself" in r.getMessage()]
+    assert ended.getMessage() == (
+        "webhook shop: delivering ended by itself (RuntimeError: the feed answered nonsense) while this hub runs; "
+        "this hub starts delivering it again in 0 s"
+    )
+    assert ended.exc_info is not None and ended.exc_info[0] is RuntimeError
+    assert 'raise RuntimeError("the feed answered nonsense")' in caplog.text  # the line that raised, in its frame
