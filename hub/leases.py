@@ -11,7 +11,8 @@ first, when there is one — instead of nobody doing it any more.
 
 The leases are ``LeaseHolder``s: on a PostgreSQL hub
 ``hub.storage.postgres.leases.Leases`` (session-level advisory locks, shared
-by every hub on the database); on a SQLite hub, the one process on its file,
+by every hub on the database, held on the hub's one lock connection:
+``share_locks``); on a SQLite hub, the one process on its file,
 ``LocalLeases``, always granted. This module imports no database driver.
 """
 
@@ -22,10 +23,28 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from aiohttp import web
+
+from hub.storage import POSTGRES_SCHEMES
 from hub.storage.base import StoreError
 from protocol.retry import Backoff, Health
+
+if TYPE_CHECKING:
+    from hub.storage.postgres.leases import LockConnection
+
+# A PostgreSQL hub's one lock connection, which its channels' and webhooks' leases share (``share_locks``).
+LOCKS_KEY: web.AppKey[LockConnection] = web.AppKey("lock_connection")
+
+
+def share_locks(app: web.Application, db: str) -> None:
+    """On a PostgreSQL hub, make the one lock connection its channels and webhooks hold their locks on, at setup
+    (it connects when first used): one per hub, not one per kind of job."""
+    if db.startswith(POSTGRES_SCHEMES) and LOCKS_KEY not in app:
+        from hub.storage.postgres.leases import LockConnection  # the driver loads only for a PostgreSQL hub
+
+        app[LOCKS_KEY] = LockConnection(db)
 
 
 class LeaseHolder(Protocol):

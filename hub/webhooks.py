@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 from hub import paging, views
 from hub.auth import STORE_KEY
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
-from hub.leases import LeaseHolder, LocalLeases, Words, lead
+from hub.leases import LOCKS_KEY, LeaseHolder, LocalLeases, Words, lead, share_locks
 from hub.metrics import METRICS_KEY
 from hub.storage import POSTGRES_SCHEMES
 from hub.storage.base import ChangeRow, StoreClosed, StoreError, WebhookDelivery
@@ -309,6 +309,7 @@ def setup(app: web.Application, specs: tuple[WebhookSpec, ...], db: str = "") ->
     app.router.add_get("/v1/webhooks", get_webhooks, name="webhooks")
     app.router.add_get("/v1/webhooks/{name}/deliveries", get_deliveries, name="webhook_deliveries")
     if specs:
+        share_locks(app, db)  # on PostgreSQL, one lock connection with the channels
         app.cleanup_ctx.append(lambda app: _run_dispatchers(app, specs, db))
 
 
@@ -332,7 +333,9 @@ async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...],
         if db.startswith(POSTGRES_SCHEMES):
             from hub.storage.postgres.leases import Leases  # the driver loads only for a PostgreSQL hub
 
-            leases = Leases(db, "webhook.deliverer", "the deliverer lock of webhook {name}", "the webhooks' locks")
+            connection = app.get(LOCKS_KEY) or db
+            lock, locks = "the deliverer lock of webhook {name}", "the webhooks' locks"
+            leases = Leases(connection, "webhook.deliverer", lock, locks)
             log.info("standing by to deliver the change feed to %d webhook(s): %s", len(specs), ", ".join(dispatchers))
         else:  # one hub per SQLite file: it delivers every webhook, and starts again one whose loop ended
             local = LocalLeases()

@@ -31,6 +31,7 @@ from hub.channels.pusher import ChannelPusher
 from hub.channels.reconcile import Reconciler
 from hub.channels.runner import channel_pushers, pushes_here
 from hub.channels.state import Divergence, Reconciled
+from hub.leases import LOCKS_KEY, share_locks
 from protocol import values
 
 READ_ROLES = frozenset({"reader", "admin"})
@@ -62,13 +63,16 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str) -> N
     r.add_post("/v1/channels/{name}/mapping/refresh", post_mapping_refresh, name="channel_mapping_refresh")
     r.add_post("/v1/channels/{name}/reconcile", post_reconcile, name="channel_reconcile")
     if specs:  # push what each sales channel shows (docs/channels.md)
+        share_locks(app, db_path)  # on PostgreSQL, one lock connection with the webhooks
         app.cleanup_ctx.append(_run)
 
 
 async def _run(app: web.Application) -> AsyncIterator[None]:
     channels = app[CHANNELS_KEY]
     specs = list(channels.specs.values())
-    async with channel_pushers(specs, app[STORE_KEY], channels.db_path, app[feed.FEED_KEY]) as pushers:
+    async with channel_pushers(
+        specs, app[STORE_KEY], channels.db_path, app[feed.FEED_KEY], app.get(LOCKS_KEY)
+    ) as pushers:
         channels.pushers = pushers
         try:
             yield

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -39,6 +40,9 @@ from hub.channels.state import SqlChannelState, SqliteChannelState
 from hub.channels.webhook import WebhookConnector
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
 from hub.storage import POSTGRES_SCHEMES
+
+if TYPE_CHECKING:
+    from hub.storage.postgres.leases import LockConnection
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +99,11 @@ async def _stop(p: ChannelPusher) -> None:
 
 @contextlib.asynccontextmanager
 async def channel_pushers(
-    specs: Sequence[ChannelSpec], feed: FeedReader, db_path: str, waiter: ChangeWaiter
-) -> AsyncIterator[dict[str, ChannelPusher]]:
-    """Run one pusher (and reconciler) per channel until the block ends. ``db_path``: the hub's database.
+    specs: Sequence[ChannelSpec], feed: FeedReader, db_path: str, waiter: ChangeWaiter,
+    locks: LockConnection | None = None,
+) -> AsyncIterator[dict[str, ChannelPusher]]:  # fmt: skip
+    """Run one pusher (and reconciler) per channel until the block ends. ``db_path``: the hub's database;
+    ``locks``: on PostgreSQL, the hub's lock connection (``hub.leases.share_locks``; else one of their own).
 
     The dict yielded is kept up to date: on a PostgreSQL hub a channel's entry is replaced when this hub takes the
     channel over or gives it up."""
@@ -116,7 +122,7 @@ async def channel_pushers(
         if is_postgres(db_path):
             from hub.channels.state_postgres import PusherLeases  # at run time only on a PostgreSQL hub
 
-            leases = PusherLeases(db_path)
+            leases = PusherLeases(locks or db_path)
         else:  # one hub per SQLite file: it pushes every channel, and starts again one whose loop ended
             local = LocalLeases()
             local.start_all(jobs)

@@ -10,9 +10,9 @@ transaction-scoped advisory lock per channel, so two hubs reconciling one
 channel at once number one after the other.
 
 ``PusherLeases``: several hub processes share one database, but only one may
-push a channel. Each channel's pusher holds a session-level advisory lock on a
-connection of its own (``hub.storage.postgres.leases.Leases``, which webhooks
-use too); a hub that does not get it stands by and tries again
+push a channel. Each channel's pusher holds a session-level advisory lock on the
+hub's lock connection (``hub.storage.postgres.leases.Leases`` on its
+``LockConnection``, which the webhooks' locks share); a hub that does not get it stands by and tries again
 (``hub.channels.runner``). The lock goes when the holder's connection does (a
 stopped or killed hub), and another hub takes the channel over from the
 cursor the holder saved. Both locks are keyed by the schema (``search_path``)
@@ -32,7 +32,7 @@ import asyncpg
 from hub.channels.state import SqlChannelState, Tx
 from hub.storage.base import StoreError
 from hub.storage.db import PostgresDb
-from hub.storage.postgres.leases import Leases
+from hub.storage.postgres.leases import Leases, LockConnection
 from hub.storage.postgres.schema import migrate
 from hub.storage.postgres.store import (
     CLOSE_TIMEOUT_S,
@@ -126,5 +126,7 @@ class PostgresChannelState(SqlChannelState):
 class PusherLeases(Leases):
     """Who pushes each channel: a session-level advisory lock per channel (``hub.storage.postgres.leases``)."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url, "channel.pusher", "the pusher lock of channel {name}", "the channels' pusher locks")
+    def __init__(self, connection: str | LockConnection) -> None:
+        super().__init__(
+            connection, "channel.pusher", "the pusher lock of channel {name}", "the channels' pusher locks"
+        )

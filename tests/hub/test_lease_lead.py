@@ -14,14 +14,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import pytest
 
+from hub.channels.config import parse_channels
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
 from hub.storage.base import StoreError, WebhookState
-from hub.storage.postgres.leases import Leases
+from hub.storage.postgres.leases import Leases, LockConnection
 from hub.webhook_spec import WebhookSpec
 from hub.webhooks import WebhookStatus, _WebhookJob
 from protocol.retry import Backoff
+from tests.hub.feed_helpers import running_hub_at
 
 BOUND_S = 30.0  # a hub takes a free job within a retry; this hub takes its own back after a few seconds' backoff
 RETRY_S = 0.05
@@ -204,3 +207,77 @@ async def test_a_job_whose_work_died_is_logged_with_the_errors_traceback(caplog:
     )
     assert ended.exc_info is not None and ended.exc_info[0] is RuntimeError
     assert 'raise RuntimeError("the feed answered nonsense")' in caplog.text  # the line that raised, in its frame
+
+
+# The backend holding a lease's advisory lock (kind, name) in the connection's schema; None while nobody holds it.
+HOLDER_SQL = """
+WITH k AS (SELECT hashtextextended('shelfsync.' || $1 || '.' || current_schema() || '.' || $2, 0) AS key)
+SELECT l.pid FROM pg_locks l, k
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.classid::bigint = (k.key >> 32) & 4294967295 AND l.objid::bigint = k.key & 4294967295
+"""
+
+
+async def test_a_postgresql_hub_holds_its_channel_and_webhook_locks_on_one_connection(pg_url: str) -> None:
+    """Each kind's ``Leases`` opened a connection of its own: a hub with channels and webhooks kept two lock
+    connections, of the few a server allows."""
+    hook = WebhookSpec(name="shop", url="http://127.0.0.1:9/hook", secret="s3cret-for-the-web-shop")
+    (channel,) = parse_channels(
+        [{"name": "feed", "kind": "webhook", "url": "http://127.0.0.1:9/levels", "pool": {"S1": "web"},
+          "secret_env": "FEED_SECRET"}],
+        environ={"FEED_SECRET": "s3cret-for-the-levels-feed-of-the-shop"},
+    )  # fmt: skip
+    conn = await asyncpg.connect(pg_url)
+    try:
+        async with running_hub_at(pg_url, webhooks=(hook,), channels=(channel,)):
+            holders: list[int | None] = [None, None]
+
+            async def both_held() -> bool:
+                holders[:] = [await conn.fetchval(HOLDER_SQL, "webhook.deliverer", "shop"),
+                              await conn.fetchval(HOLDER_SQL, "channel.pusher", "feed")]  # fmt: skip
+                return None not in holders
+
+            async with asyncio.timeout(BOUND_S):
+                while not await both_held():
+                    await asyncio.sleep(RETRY_S)
+            assert holders[0] == holders[1]
+    finally:
+        await conn.close()
+
+
+async def test_kinds_sharing_a_lock_connection_give_back_only_their_own_locks(pg_url: str) -> None:
+    shared = LockConnection(pg_url)
+    hooks = Leases(shared, "webhook.deliverer", "the deliverer lock of webhook {name}", "the webhooks' locks")
+    pushers = Leases(shared, "channel.pusher", "the pusher lock of channel {name}", "the channels' locks")
+    other_hooks = Leases(pg_url, "webhook.deliverer", "the deliverer lock of webhook {name}", "the webhooks' locks")
+    other_pushers = Leases(pg_url, "channel.pusher", "the pusher lock of channel {name}", "the channels' locks")
+    try:
+        assert await hooks.take("shop") and await pushers.take("feed")
+        assert not await other_hooks.take("shop") and not await other_pushers.take("feed")
+        await hooks.close()  # this hub's webhooks stop: their locks go, its channels keep theirs
+        assert await other_hooks.take("shop")
+        assert not await other_pushers.take("feed")
+        assert await pushers.alive() and pushers.held == {"feed"}
+        await pushers.close()  # the last kind closes the connection
+        assert shared.current() is None
+        assert await other_pushers.take("feed")
+    finally:
+        for leases in (hooks, pushers, other_hooks, other_pushers):
+            await leases.close()
+
+
+async def test_a_lock_connection_dropped_by_one_kind_takes_every_kinds_locks(pg_url: str) -> None:
+    """A kind that reconnected must not leave another kind believing it still holds its locks."""
+    shared = LockConnection(pg_url)
+    hooks = Leases(shared, "webhook.deliverer", "the deliverer lock of webhook {name}", "the webhooks' locks")
+    pushers = Leases(shared, "channel.pusher", "the pusher lock of channel {name}", "the channels' locks")
+    try:
+        assert await pushers.take("feed")
+        await hooks._drop()  # as a take that failed does: the connection is cut
+        assert await hooks.take("shop")  # on a connection made anew
+        assert not await pushers.alive()
+        assert pushers.held == set()
+        assert await pushers.take("feed")  # free again, and taken on the new connection
+    finally:
+        await hooks.close()
+        await pushers.close()
