@@ -41,6 +41,7 @@ CLOSE_TIMEOUT_S = 5.0
 STABLE_LINK_S = 10.0  # a link that lived this long resets the backoff
 QUEUE_PAUSE_SCANS = 1000  # undelivered scans at which reading from the device pauses
 QUEUE_RESUME_SCANS = 100
+CUT_OFFS_SAID_MAX = 10  # cut-off scans in a row of one reader warned of one by one; the rest only at DEBUG
 
 StatusCallback = Callable[[ReaderStatus], None]
 # What a failed open looks like: pyserial's SerialException is an OSError; ValueError and termios.error
@@ -106,6 +107,7 @@ class ScannerReader(ABC):
         self._paused = False
         self._iterating = False
         self._closed = False
+        self._cut_offs_in_a_row = 0  # cut-off frames since the last complete one (the warning's rate limit)
 
     # -- public -------------------------------------------------------------
 
@@ -194,20 +196,49 @@ class ScannerReader(ABC):
 
     def _deliver(self, frame: Frame) -> None:
         """Queue one frame as a scan; called by links from the event loop thread."""
-        if not frame.complete:
-            log.warning(
-                "Scanner %r on %s delivered %d bytes as a cut-off scan (the frame never ended before the device "
-                "stopped, or it outgrew the frame limit and the rest of it, up to its line end, is skipped).",
-                self._reader_id,
-                self._where,
-                len(frame.data),
-            )
+        if frame.complete:
+            self._cut_offs_ended()
+        else:
+            self._say_cut_off(frame)
         self._queue.put_nowait(Scan(self._reader_id, frame.data, wall_ms(), frame.complete))
         self._pending += 1
         if not self._paused and self._pending >= QUEUE_PAUSE_SCANS:
             self._paused = True
             if self._link is not None:
                 self._link.pause()
+
+    def _say_cut_off(self, frame: Frame) -> None:
+        """One WARNING per cut-off frame, up to ``CUT_OFFS_SAID_MAX`` in a row; past that one sentence says the
+        rest are only at DEBUG. A scanner spewing over-long frames made a warning per frame, burying every other
+        line of the log; each cut-off scan is still delivered (and journaled by the agent)."""
+        self._cut_offs_in_a_row += 1
+        count = self._cut_offs_in_a_row
+        if count > CUT_OFFS_SAID_MAX:
+            where, size = self._where, len(frame.data)
+            log.debug("Scanner %r on %s delivered %d bytes as a cut-off scan.", self._reader_id, where, size)
+            return
+        log.warning(
+            "Scanner %r on %s delivered %d bytes as a cut-off scan (the frame never ended before the device "
+            "stopped, or it outgrew the frame limit and the rest of it, up to its line end, is skipped).",
+            self._reader_id,
+            self._where,
+            len(frame.data),
+        )
+        if count == CUT_OFFS_SAID_MAX:
+            log.warning(
+                "Scanner %r on %s delivered %d cut-off scans in a row (line noise, or a scanner whose settings do "
+                "not match?); further ones are not logged until it delivers a complete one.",
+                self._reader_id, self._where, count,
+            )  # fmt: skip
+
+    def _cut_offs_ended(self) -> None:
+        """A complete frame ends the reader's run of cut-off ones; one sentence when it was not all logged."""
+        count, self._cut_offs_in_a_row = self._cut_offs_in_a_row, 0
+        if count > CUT_OFFS_SAID_MAX:
+            log.info(
+                "Scanner %r on %s delivered a complete scan after %d cut-off scans in a row.",
+                self._reader_id, self._where, count,
+            )  # fmt: skip
 
     # -- the loop -------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from hardware import (
     SerialScannerConfig,
     decode,
 )
-from hardware.reader import QUEUE_PAUSE_SCANS
+from hardware.reader import CUT_OFFS_SAID_MAX, QUEUE_PAUSE_SCANS
 from hardware.serial_scanner import serial_options
 from tests.hardware.scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
 
@@ -91,6 +91,29 @@ async def test_an_over_long_run_is_one_cut_off_scan_and_its_tail_is_not_a_scan(
     assert (cut.raw, cut.complete) == (b"7" * FRAME_MAX_BYTES, False)
     assert (good.raw, good.complete) == (b"5901234123457", True)
     assert len([m for m in reader_records(caplog, logging.WARNING) if "cut-off scan" in m]) == 1
+
+
+async def test_a_burst_of_over_long_runs_is_warned_of_in_a_few_lines_not_a_line_each(
+    pty_scanner: PtyScanner, statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scanner spewing 60 over-long runs made 60 cut-off warnings; now ``CUT_OFFS_SAID_MAX`` of them, one
+    sentence that the rest are not logged, and one when a complete scan ends the burst. Every scan is delivered."""
+    caplog.set_level(logging.INFO, logger="hardware.reader")
+    runs = 60
+    async with SerialScanner(config(pty_scanner.link, idle_gap_s=None), on_status=statuses) as scanner:
+        await statuses.wait(available=True)
+        taker = ScanTaker(scanner)
+        burst = (b"7" * (FRAME_MAX_BYTES + 100) + b"\r\n") * runs + b"5901234123457\r\n"
+        writing = asyncio.create_task(asyncio.to_thread(pty_scanner.write, burst))  # > the pty buffer
+        scans = await taker.take(runs + 1)
+        await writing
+    assert [s.complete for s in scans] == [False] * runs + [True]
+    warnings = reader_records(caplog, logging.WARNING)
+    assert len([m for m in warnings if "as a cut-off scan" in m]) == CUT_OFFS_SAID_MAX
+    assert len(warnings) == CUT_OFFS_SAID_MAX + 1
+    assert f"delivered {CUT_OFFS_SAID_MAX} cut-off scans in a row" in warnings[-1]
+    ended = f"Scanner 'backdoor' on {pty_scanner.link} delivered a complete scan after {runs} cut-off scans in a row."
+    assert ended in reader_records(caplog, logging.INFO)
 
 
 async def test_gs1_with_group_separators_decodes(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
