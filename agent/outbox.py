@@ -80,8 +80,10 @@ RETENTION_DEFAULT_S = 30 * 86_400.0
 PURGE_EVERY_MS = 3_600_000
 # Acknowledgements age by the retention clock (meta ``kept_ms``), which moves at each hub answer by the lesser of
 # what the hub's clock and this machine's moved since the one before, never back: one wrong clock, ahead or behind
-# or put right, can neither purge early nor stop the purge. When the two moved this far apart, one WARNING says so.
+# or put right, can neither purge early nor stop the purge. When the two moved this far apart, one WARNING says so,
+# at most once an hour for each direction (two hubs an hour apart answering in turn would say it at every answer).
 CLOCKS_APART_MS = 3_600_000
+CLOCKS_APART_SAID_EVERY_S = 3_600.0
 EPOCH_BITS = 63
 OPEN_BUSY_S = 10.0  # opening waits this long for another process creating or migrating the same file
 OPEN_RETRY_S = 0.05
@@ -275,6 +277,8 @@ class Outbox(SqliteFile):
         self._wall_clock_ms = wall_clock_ms
         self._retention_ms = int(retention_s * 1000)
         self._last_purge_ms = 0
+        self._clocks_apart_said: dict[int, float] = {}  # direction (+1: the hub's moved more) -> monotonic s said
+        self._monotonic_s: Callable[[], float] = time.monotonic  # the rate limit's clock, not moved by the wall's
         self.clock = HybridClock(wall_clock_ms=wall_clock_ms)
         self.agent_id = ""
         self.location = ""
@@ -775,14 +779,29 @@ class Outbox(SqliteFile):
             hub_moved, wall_moved = hub_ms - heard_ms, wall_ms - heard_wall_ms
             kept_ms += max(0, min(hub_moved, wall_moved))
             if abs(hub_moved - wall_moved) > CLOCKS_APART_MS:
-                log.warning(
-                    "Since the hub's last answer its clock moved %s h and this machine's %s h (one of them is"
-                    " wrong, or was put right); acknowledged events age by the lesser, so they are kept at least"
-                    " retention_days.",
-                    f"{hub_moved / 3_600_000:+,.1f}", f"{wall_moved / 3_600_000:+,.1f}",
-                )  # fmt: skip
+                self._say_clocks_apart(hub_moved, wall_moved)
         _set_meta(conn, kept_ms=kept_ms, hub_time_ms=hub_ms, hub_heard_wall_ms=wall_ms)
         return kept_ms
+
+    def _say_clocks_apart(self, hub_moved: int, wall_moved: int) -> None:
+        """One WARNING that the clocks moved apart, at most once per ``CLOCKS_APART_SAID_EVERY_S`` for each
+        direction; the rest at DEBUG. Two hubs whose clocks are hours apart answering one agent in turn (a
+        failover pair, one of them wrong) moved the clocks apart at every answer, and the warning repeated at
+        every answer; the retention clock itself is moved as before."""
+        direction = 1 if hub_moved > wall_moved else -1
+        now_s = self._monotonic_s()
+        said_s = self._clocks_apart_said.get(direction)
+        level = logging.DEBUG
+        if said_s is None or now_s - said_s >= CLOCKS_APART_SAID_EVERY_S:
+            level = logging.WARNING
+            self._clocks_apart_said[direction] = now_s
+        log.log(
+            level,
+            "Since the hub's last answer its clock moved %s h and this machine's %s h (one of them is"
+            " wrong, or was put right); acknowledged events age by the lesser, so they are kept at least"
+            " retention_days.",
+            f"{hub_moved / 3_600_000:+,.1f}", f"{wall_moved / 3_600_000:+,.1f}",
+        )  # fmt: skip
 
     def _fork(
         self,

@@ -84,3 +84,36 @@ async def test_a_clock_a_year_wrong_neither_shortens_nor_freezes_retention(
         assert kept(path) == ["D"]  # the retention period passed for the three: it is not frozen either
     said = [r.getMessage() for r in caplog.records if "acknowledged events age by" in r.getMessage()]
     assert len(said) == 2, said  # one sentence when the clock went wrong, one when it was put right
+
+
+async def test_two_hubs_hours_apart_answering_in_turn_warn_once_an_hour_each_way_and_retention_stays_right(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found with two hubs whose clocks are three hours apart answering one agent in turn: every answer moved the
+    hub's clock three hours one way or the other, and the clocks-apart WARNING repeated at every answer. Now it
+    is said once for each direction, again only an hour later; the retention clock still moves by neither jump."""
+    caplog.set_level(logging.WARNING, logger="agent.outbox")
+    path = tmp_path / "outbox.sqlite3"
+    wall = FakeWall(wall_ms_now())
+    apart_ms = 3 * 3_600_000
+    async with (
+        FakeHub() as hub,
+        Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=2 * 86_400.0) as outbox,
+    ):
+        for turn in range(8):
+            hub.skew_ms = apart_ms * (turn % 2)  # the first hub, then the second, in turn
+            await sync(outbox, hub, f"T{turn}")
+        said = [r.getMessage() for r in caplog.records if "acknowledged events age by" in r.getMessage()]
+        assert len(said) == 2, said
+        assert "its clock moved +3.0 h" in said[0] and "its clock moved -3.0 h" in said[1]
+        monotonic_s = outbox._monotonic_s
+        outbox._monotonic_s = lambda: monotonic_s() + 3_601.0  # an hour later
+        for turn in (8, 9):
+            hub.skew_ms = apart_ms * (turn % 2)
+            await sync(outbox, hub, f"T{turn}")
+        said = [r.getMessage() for r in caplog.records if "acknowledged events age by" in r.getMessage()]
+        assert len(said) == 4, said
+        assert kept(path) == [f"T{turn}" for turn in range(10)]  # the jumps aged nothing
+        hub.skew_ms, wall.now_ms = 3 * DAY_MS, wall.now_ms + 3 * DAY_MS  # three days later, by both clocks
+        await sync(outbox, hub, "D")
+        assert kept(path) == ["D"]  # and retention is not frozen either
