@@ -16,7 +16,7 @@ counts that many units.
         item = catalog.lookup(decoded, scan.text)      # CatalogItem or None
 
 It also learns which SKUs are bundles at the hub (``GET {hub_url}/v1/bundles``,
-every page, each refresh; kept in ``<cache>.bundles.json`` beside the cache):
+every page, each refresh, with ``If-None-Match``; kept in ``<cache>.bundles.json`` beside the cache):
 the hub refuses a count of a bundle, so a count session refuses it at once
 instead of after the staff counted (``is_bundle``; None while the agent has
 never heard the hub's list).
@@ -300,6 +300,15 @@ class ItemLookup(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class BundlePage:
+    """One page of the hub's bundle list as it answered it: its ETag ("" when it sent none), SKUs, next cursor."""
+
+    etag: str
+    skus: tuple[str, ...]
+    after: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshResult:
     status: str  # "updated", "not_modified", "file_reloaded", "unchanged"
     version: int | None
@@ -334,6 +343,7 @@ class AgentCatalog(HubLoop):
         self._url = hub_url.rstrip("/") + CATALOG_PATH if hub_url else None
         self._bundles_url = hub_url.rstrip("/") + BUNDLES_PATH if hub_url else None
         self._bundles: frozenset[str] | None = None  # the hub's bundle SKUs; None: never heard
+        self._bundle_pages: dict[str, BundlePage] = {}  # by cursor ("" the first): as the hub last answered it
         self._token = token
         self.refresh_s = refresh_s
         self.retry_base_s = retry_base_s
@@ -438,6 +448,7 @@ class AgentCatalog(HubLoop):
         if hub_url is not None:
             self._url = hub_url.rstrip("/") + CATALOG_PATH
             self._bundles_url = hub_url.rstrip("/") + BUNDLES_PATH
+            self._bundle_pages.clear()
         self._kick.set()
 
     # --- one refresh ---------------------------------------------------------
@@ -509,14 +520,17 @@ class AgentCatalog(HubLoop):
         A hub from before bundles answers 404: it has none, and refuses no count for being one."""
         skus: set[str] = set()
         cursor: str | None = None
+        read: dict[str, BundlePage] = {}
         for _ in range(BUNDLES_PAGES_MAX):
             page = await self._bundles_page(cursor)
             if page is None:
                 break
-            entries, cursor = page
-            skus.update(entries)
+            read[cursor or ""] = page
+            skus.update(page.skus)
+            cursor = page.after
             if cursor is None:
                 break
+        self._bundle_pages = read  # the pages of this list only: a cursor no longer reached is forgotten
         found = frozenset(skus)
         if found == self._bundles:
             return
@@ -525,14 +539,22 @@ class AgentCatalog(HubLoop):
             await asyncio.to_thread(_write_atomically, cache, {"bundles": sorted(found)})
         log.info("The hub has %s bundle SKU(s); a count refuses them.", f"{len(found):,}")
 
-    async def _bundles_page(self, cursor: str | None) -> tuple[list[str], str | None] | None:
-        """One page of ``GET /v1/bundles``: its SKUs and the next cursor (None: the last page). None on a 404."""
+    async def _bundles_page(self, cursor: str | None) -> BundlePage | None:
+        """One page of ``GET /v1/bundles``: its SKUs and the next cursor (None: the last page). None on a 404.
+
+        Asked with the ``If-None-Match`` of that page as last read, and kept on a 304: the list is asked with
+        the catalog every ``refresh_s`` and rarely changes, so an unchanged page costs no transfer or parsing."""
         session, url = self._http(), self._bundles_url
         assert url is not None
         params = {"limit": str(BUNDLES_PAGE)} | ({"cursor": cursor} if cursor else {})
         headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {self._token}"} if self._token else {})
+        known = self._bundle_pages.get(cursor or "")
+        if known is not None and known.etag:
+            headers["If-None-Match"] = known.etag
         try:
             async with session.get(url, params=params, headers=headers, allow_redirects=FOLLOW_REDIRECTS) as resp:
+                if resp.status == 304 and known is not None and known.etag:
+                    return known
                 if 300 <= resp.status < 400:
                     raise TurnFailed(redirected(url, resp.status, resp.headers.get("Location")))
                 body = await read_answer(resp, self.answer_max_bytes, "bundle list")
@@ -543,6 +565,7 @@ class AgentCatalog(HubLoop):
                         f"the hub at {url} answered HTTP {resp.status} for its bundles:"
                         f" {body[:200].decode('utf-8', 'replace')}"
                     )
+                etag = resp.headers.get("ETag")
         except AnswerTooLarge as err:
             raise TurnFailed(str(err)) from err
         except TimeoutError:
@@ -557,7 +580,7 @@ class AgentCatalog(HubLoop):
                 raise ValueError("a SKU or the next cursor is not text")
         except (ValueError, KeyError, TypeError) as err:
             raise TurnFailed(f"the hub's bundle list could not be read ({err})") from err
-        return skus, after
+        return BundlePage(etag or "", tuple(skus), after)
 
     def _use_file(self, loaded: CatalogLoad) -> None:
         assert self.file is not None

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 import hardware
 from agent import catalog as agent_catalog
@@ -168,3 +169,71 @@ async def test_a_count_mode_scanner_refuses_a_bundle_at_its_scan(tmp_path: Path,
             " of; nothing was booked: count each of its parts instead."
         ), kit.message
         assert [(ev.sku, ev.kind, ev.qty) for ev in await outbox.pending(10)] == [("MUG", Kind.COUNT, 1)]
+
+
+class RecordingProxy:
+    """A pass-through on 127.0.0.1 in front of the hub that notes each GET /v1/bundles: its If-None-Match, the
+    hub's status and the hub's ETag."""
+
+    def __init__(self, hub_url: str) -> None:
+        self.hub_url = hub_url
+        self.bundle_gets: list[tuple[str | None, int, str | None]] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._http is not None and self._runner is not None
+        await self._http.close()
+        await self._runner.cleanup()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._http is not None
+        keep = ("Authorization", "Accept", "If-None-Match")
+        headers = {k: request.headers[k] for k in keep if k in request.headers}
+        async with self._http.get(self.hub_url + request.path_qs, headers=headers) as resp:
+            body = await resp.read()
+            if request.path == "/v1/bundles":
+                self.bundle_gets.append((request.headers.get("If-None-Match"), resp.status, resp.headers.get("ETag")))
+            out = {k: resp.headers[k] for k in ("ETag", "Content-Type") if k in resp.headers}
+            return web.Response(status=resp.status, body=body or None, headers=out)
+
+
+async def test_the_bundle_list_is_asked_with_if_none_match_and_kept_on_a_304(
+    tmp_path: Path, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found reading the hub's access log: every agent read the hub's whole bundle list at each catalog refresh
+    (every 60 s), without If-None-Match, though the hub tags each page. Now each page is asked with its last
+    ETag; a 304 keeps the page as read, and a page that changed is read again."""
+    monkeypatch.setattr(agent_catalog, "BUNDLES_PAGE", 1)  # two pages: GIFT-SET, then TWIN-MUG
+    async with RecordingProxy(hub.url) as proxy:
+        catalog = AgentCatalog(hub_url=proxy.url, token=hub.token, cache=tmp_path / "catalog-cache.json")
+        try:
+            await catalog.refresh()
+            assert [(asked, status) for asked, status, _ in proxy.bundle_gets] == [(None, 200), (None, 200)]
+            tags = [tag for _, _, tag in proxy.bundle_gets]
+            assert all(tags), "the hub tags each page of its bundle list"
+            proxy.bundle_gets.clear()
+            await catalog.refresh()
+            assert [(asked, status) for asked, status, _ in proxy.bundle_gets] == [(tags[0], 304), (tags[1], 304)]
+            assert [catalog.is_bundle(sku) for sku in ("GIFT-SET", "TWIN-MUG", "MUG")] == [True, True, False]
+            await hub.call("PUT", "/v1/bundles/TRIO", json={"components": {"MUG": 3}})  # now the second page
+            proxy.bundle_gets.clear()
+            await catalog.refresh()
+            assert [status for _, status, _ in proxy.bundle_gets] == [304, 200, 200]
+            assert [catalog.is_bundle(sku) for sku in ("GIFT-SET", "TRIO", "TWIN-MUG", "MUG")] == [
+                True, True, True, False
+            ]  # fmt: skip
+        finally:
+            await catalog.stop()
