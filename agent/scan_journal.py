@@ -17,14 +17,22 @@ one ``not_kept`` row for that reader and day (``qty``: how many; ``raw``: the
 latest frame; ``message``: the latest problem), and in the reader's
 ``scans`` and ``problems``. A scanner spewing noise at 115,200 baud made
 about 7.8 million rows a day, kept for the whole retention; a good scan is
-never held back by this. ``readers`` holds each reader's availability and its last problem
+never held back by this. Past the bound the counting is done in memory and
+written at most every ``NOT_KEPT_WRITE_S`` per reader (the first at once, the
+rest by a timer), before the journal is read here, and at ``close()``: the
+rows were bounded, but each noise frame was still one SQLite write (a
+transaction for the refused row, one for the count), thousands a second. ``readers`` holds each reader's availability and its last problem
 (a bad check digit, a cut-off scan) for ``shelfsync-agent status``, which
 reads the file without writing (``read_reader_states``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,7 @@ from agent.errors import AgentError
 from protocol import event_id_hex, wall_ms_now
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 JOURNAL_FILENAME = "scans.sqlite3"
@@ -46,6 +55,7 @@ PROBLEM_RESULTS = ("decode_error", "incomplete", "failed", INTERRUPTED)
 NOT_KEPT = "not_kept"  # the row counting a reader's problem scans of one UTC day past PROBLEM_ROWS_PER_DAY
 KNOWN_PROBLEM_RESULTS = ("decode_error", "incomplete")  # what a scan known to be a problem before routing becomes
 PROBLEM_ROWS_PER_DAY = 10_000
+NOT_KEPT_WRITE_S = 5.0  # a reader's not_kept row is written at most this often; the counting between is in memory
 DAY_MS = 86_400_000
 
 _SCHEMA = (
@@ -121,6 +131,26 @@ class ReaderState:
     last_problem_ms: int | None
 
 
+@dataclass(slots=True)
+class _Uncounted:
+    """A reader's problem scans of one UTC day counted in memory since its ``not_kept`` row was last written."""
+
+    reader_id: str
+    day: int
+    n: int = 0
+    received_ms: int = 0
+    raw: bytes = b""
+    complete: bool = True
+    mode: str | None = None
+    message: str = ""
+    decided_ms: int = 0
+
+    def add(self, received_ms: int, raw: bytes, complete: bool, mode: str | None, message: str, now_ms: int) -> None:
+        self.n += 1
+        self.received_ms, self.raw, self.complete, self.mode = received_ms, raw, complete, mode
+        self.message, self.decided_ms = message, now_ms
+
+
 _ENTRY_COLUMNS = (
     "id, reader_id, received_ms, raw, complete, mode, result, message, location, sku, kind, qty, event_ids, decided_ms"
 )
@@ -157,9 +187,15 @@ class ScanJournal(SqliteFile):
         self._retention_ms = int(retention_s * 1000)
         self._wall_clock_ms = wall_clock_ms
         self._problem_rows_max = problem_rows_per_day
-        # Used on the database thread only: reader -> (UTC day, problem rows kept), and -> (day, not_kept row, count)
+        # Written on the database thread only: reader -> (UTC day, problem rows kept), and -> (day, not_kept row,
+        # count written); the first is read on the event loop too, to refuse a row past the bound without a write.
         self._problem_rows: dict[str, tuple[int, int]] = {}
         self._not_kept: dict[str, tuple[int, int, int]] = {}
+        # On the event loop only: the counting not yet written, when each reader's was last written, its timer.
+        self._uncounted: dict[str, _Uncounted] = {}
+        self._counted_s: dict[str, float] = {}
+        self._count_timer: asyncio.Task[None] | None = None
+        self._monotonic_s: Callable[[], float] = time.monotonic
         self._last_purge_ms = 0
         self.interrupted = 0  # scans found half-routed when this journal was opened
 
@@ -232,6 +268,10 @@ class ScanJournal(SqliteFile):
         ``problem``: the scan is already known to be one (cut off, not decodable). None when its reader has
         had ``PROBLEM_ROWS_PER_DAY`` such rows this UTC day: ``not_kept`` counts it once it is decided."""
 
+        full = self._problem_rows.get(reader_id)
+        if problem and full is not None and full[0] == received_ms // DAY_MS and full[1] >= self._problem_rows_max:
+            return None  # known without a transaction: noise past the bound must not cost a write a frame
+
         def insert(conn: sqlite3.Connection) -> int | None:
             if problem and not self._room_for_problem(conn, reader_id, received_ms):
                 return None
@@ -270,37 +310,96 @@ class ScanJournal(SqliteFile):
         self, reader_id: str, received_ms: int, raw: bytes, complete: bool, mode: str | None, *, message: str
     ) -> None:
         """Count a problem scan ``add`` did not keep: in its reader's ``not_kept`` row of that UTC day, and in
-        the reader's ``scans`` and ``problems``."""
-        now_ms = self._wall_clock_ms()
+        the reader's ``scans`` and ``problems``. Counted in memory; written at once when the reader's row was not
+        written for ``NOT_KEPT_WRITE_S``, else by a timer that long after (and by ``close()``)."""
         day = received_ms // DAY_MS
+        held = self._uncounted.get(reader_id)
+        if held is not None and held.day != day:
+            await self.write_counts(reader_id)  # a new UTC day has a row of its own
+            held = None
+        if held is None:
+            held = self._uncounted[reader_id] = _Uncounted(reader_id, day)
+        held.add(received_ms, raw, complete, mode, message, self._wall_clock_ms())
+        last_s = self._counted_s.get(reader_id)
+        if last_s is None or self._monotonic_s() - last_s >= NOT_KEPT_WRITE_S:
+            await self.write_counts(reader_id)
+        elif self._count_timer is None or self._count_timer.done():
+            self._count_timer = asyncio.get_running_loop().create_task(self._write_counts_later())
+
+    async def write_counts(self, reader_id: str | None = None) -> None:
+        """Write the problem scans counted in memory (of ``reader_id``, or every reader) into their rows.
+        Should the write fail, the counting is kept for the next one."""
+        readers = [reader_id] if reader_id else list(self._uncounted)
+        batch = [self._uncounted.pop(r) for r in readers if r in self._uncounted]
+        if not batch:
+            return
+        now_s = self._monotonic_s()
+        for held in batch:
+            self._counted_s[held.reader_id] = now_s
 
         def count(conn: sqlite3.Connection) -> None:
-            row_id, n = self._not_kept_row(conn, reader_id, day)
-            n += 1
-            text = (
-                f"{n} problem scans past the {self._problem_rows_max} a day kept one by one were only counted"
-                f" this UTC day; the latest: {message}"
-            )
-            if row_id is None:
-                cur = conn.execute(
-                    "INSERT INTO scans (reader_id, received_ms, raw, complete, mode, result, message, qty, decided_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (reader_id, received_ms, raw, int(complete), mode, NOT_KEPT, text, n, now_ms),
-                )
-                row_id = int(cur.lastrowid or 0)
-            else:
-                conn.execute(
-                    "UPDATE scans SET raw = ?, complete = ?, message = ?, qty = ?, decided_ms = ? WHERE id = ?",
-                    (raw, int(complete), text, n, now_ms, row_id),
-                )
-            self._not_kept[reader_id] = (day, row_id, n)
-            conn.execute(
-                "UPDATE readers SET scans = scans + 1, last_scan_ms = ?, problems = problems + 1, last_problem = ?,"
-                " last_problem_ms = ? WHERE reader_id = ?",
-                (received_ms, message, now_ms, reader_id),
-            )
+            for held in batch:
+                self._count(conn, held)
 
-        await self._write(count, small=True)
+        try:
+            await self._write(count, small=True)
+        except JournalError:  # rolled back (a write that started commits, even if its caller is cancelled)
+            for held in batch:
+                newer = self._uncounted.get(held.reader_id)
+                if newer is None or newer.day != held.day:
+                    self._uncounted.setdefault(held.reader_id, held)
+                else:
+                    newer.n += held.n
+            raise
+
+    async def _write_counts_later(self) -> None:
+        await asyncio.sleep(NOT_KEPT_WRITE_S)
+        try:
+            await self.write_counts()
+        except JournalError as err:
+            log.error("The problem scans counted in memory could not be written to the scan journal: %s", err)
+
+    def _count(self, conn: sqlite3.Connection, held: _Uncounted) -> None:
+        """Add ``held`` to its reader's ``not_kept`` row of its day (made if there is none), and to the reader."""
+        row_id, n = self._not_kept_row(conn, held.reader_id, held.day)
+        n += held.n
+        text = (
+            f"{n} problem scans past the {self._problem_rows_max} a day kept one by one were only counted"
+            f" this UTC day; the latest: {held.message}"
+        )
+        if row_id is None:
+            cur = conn.execute(
+                "INSERT INTO scans (reader_id, received_ms, raw, complete, mode, result, message, qty, decided_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (held.reader_id, held.received_ms, held.raw, int(held.complete), held.mode, NOT_KEPT, text, n,
+                 held.decided_ms),
+            )  # fmt: skip
+            row_id = int(cur.lastrowid or 0)
+        else:
+            conn.execute(
+                "UPDATE scans SET raw = ?, complete = ?, message = ?, qty = ?, decided_ms = ? WHERE id = ?",
+                (held.raw, int(held.complete), text, n, held.decided_ms, row_id),
+            )
+        self._not_kept[held.reader_id] = (held.day, row_id, n)
+        conn.execute(
+            "UPDATE readers SET scans = scans + ?, last_scan_ms = ?, problems = problems + ?, last_problem = ?,"
+            " last_problem_ms = ? WHERE reader_id = ?",
+            (held.n, held.received_ms, held.n, held.message, held.decided_ms, held.reader_id),
+        )
+
+    async def close(self) -> None:
+        """Write what was counted in memory, then close. Safe to call twice."""
+        if not self.closed:
+            timer, self._count_timer = self._count_timer, None
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+            try:
+                await self.write_counts()
+            except JournalError as err:
+                log.error("The problem scans counted in memory could not be written to the scan journal: %s", err)
+        await super().close()
 
     def _not_kept_row(self, conn: sqlite3.Connection, reader_id: str, day: int) -> tuple[int | None, int]:
         """(id, count) of this reader's ``not_kept`` row of ``day``, or (None, 0); looked up in the file once."""
@@ -367,7 +466,8 @@ class ScanJournal(SqliteFile):
 
     # --- reading -----------------------------------------------------------------
     async def recent(self, limit: int = 100, *, reader_id: str | None = None) -> list[JournalEntry]:
-        """The latest scans, newest first."""
+        """The latest scans, newest first (with what was counted in memory written first)."""
+        await self.write_counts()
         where, args = ("WHERE reader_id = ?", (reader_id,)) if reader_id else ("", ())
         rows = await self._read(
             lambda conn: conn.execute(
@@ -388,6 +488,7 @@ class ScanJournal(SqliteFile):
         return None if row is None else (int(row[0]), int(row[1]))
 
     async def readers(self) -> list[ReaderState]:
+        await self.write_counts()
         rows = await self._read(
             lambda conn: conn.execute(f"SELECT {_READER_COLUMNS} FROM readers ORDER BY reader_id").fetchall()
         )

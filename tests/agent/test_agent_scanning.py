@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 import hardware
+from agent import scan_journal
 from agent.catalog import Catalog, CatalogItem
 from agent.config import ScannerSection
 from agent.errors import AgentError
@@ -330,6 +332,59 @@ async def test_noise_past_a_readers_problem_rows_of_the_day_is_counted_in_one_ro
     assert counted.message is not None and counted.message.startswith("280 problem scans past the 20 a day")
     assert len(entries) == 23
     assert (state.scans, state.problems) == (302, 300)
+
+
+def file_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the journal file read with a connection of its own (what another process, or a crash, would find)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_noise_past_the_bound_is_counted_in_memory_and_written_seldom_and_at_the_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found profiling a reader spewing noise: past its problem rows of the day each frame still cost two SQLite
+    transactions (the refused row's, the count's), thousands a second. Now the count is kept in memory: the
+    first is written at once, the rest at most every ``NOT_KEPT_WRITE_S`` (here an hour, on a clock that stands
+    still) and at the close; a good scan still has its row at once."""
+    monkeypatch.setattr(scan_journal, "NOT_KEPT_WRITE_S", 3_600.0, raising=False)
+    noise = [b"\x1b[A" + random.Random(i).randbytes(20).replace(b"\r", b"").replace(b"\n", b"") for i in range(200)]
+    path = tmp_path / "scans.sqlite3"
+    writes: list[object] = []
+    async with rig(tmp_path, problem_rows_per_day=20) as r:
+        real_write = r.journal._db.write
+
+        async def counted(fn: Any, *, small: bool = False) -> Any:
+            writes.append(fn)
+            return await real_write(fn, small=small)
+
+        monkeypatch.setattr(r.journal._db, "write", counted)
+        monkeypatch.setattr(r.journal, "_monotonic_s", lambda: 1_000.0, raising=False)
+        await r.scan(*noise[:20])  # a row each
+        writes.clear()
+        await r.scan(*noise[20:])
+        assert len(writes) == 1, "one write for the first scan counted, none for the 179 after it"
+        await r.scan(b"]E0" + EAN13.encode())
+        assert file_rows(path, "SELECT result, sku FROM scans WHERE result = 'booked'") == [("booked", "MUG-01")]
+        assert file_rows(path, "SELECT qty FROM scans WHERE result = 'not_kept'") == [(1,)]
+    assert file_rows(path, "SELECT qty FROM scans WHERE result = 'not_kept'") == [(180,)]
+    assert file_rows(path, "SELECT scans, problems FROM readers") == [(201, 200)]
+
+
+async def test_noise_counted_in_memory_is_written_by_a_timer_when_the_noise_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is left only in memory for longer than ``NOT_KEPT_WRITE_S`` (here 50 ms) when no scan follows."""
+    monkeypatch.setattr(scan_journal, "NOT_KEPT_WRITE_S", 0.05, raising=False)
+    path = tmp_path / "scans.sqlite3"
+    async with rig(tmp_path, problem_rows_per_day=2) as r:
+        monkeypatch.setattr(r.journal, "_monotonic_s", lambda: 1_000.0, raising=False)
+        await r.scan(*[b"\x1b[A%d" % i for i in range(50)])
+
+        def counted() -> bool:
+            return file_rows(path, "SELECT qty FROM scans WHERE result = 'not_kept'") == [(48,)]
+
+        await eventually(counted, what="the count written by the timer")
 
 
 async def test_the_problem_rows_of_a_day_are_counted_again_from_the_file_after_a_restart(tmp_path: Path) -> None:
