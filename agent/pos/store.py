@@ -73,6 +73,13 @@ _SCHEMA = (
         UNIQUE (system, location, sku, observed_at_ms)
     )""",
     "CREATE INDEX IF NOT EXISTS observations_unsent ON observations (id) WHERE sent_ms IS NULL",
+    # A report the disk refused to write beside its filed export (agent.pos.watcher): written at the next start
+    # too, not only while this agent runs. Added without a schema version: an older agent ignores the table.
+    """CREATE TABLE IF NOT EXISTS reports_owed (
+        dest   TEXT PRIMARY KEY,
+        report TEXT NOT NULL,
+        at_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID""",
 )
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
 
@@ -264,3 +271,26 @@ class PosStore(SqliteFile):
                 "UPDATE observations SET sent_ms = ? WHERE id = ? AND sent_ms IS NULL", [(now_ms, i) for i in ids]
             )
         )
+
+    # --- reports owed ---------------------------------------------------------------
+    async def owe_report(self, dest: str, report_json: str) -> None:
+        """Keep the report (JSON text) that could not be written beside the export filed at ``dest``."""
+        now_ms = self._wall_clock_ms()
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO reports_owed (dest, report, at_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (dest) DO UPDATE SET report = excluded.report, at_ms = excluded.at_ms",
+                (dest, report_json, now_ms),
+            )
+        )
+
+    async def report_paid(self, dest: str) -> None:
+        """The report of ``dest`` is written (or has nowhere to go any more): it is owed no longer."""
+        await self._write(lambda conn: conn.execute("DELETE FROM reports_owed WHERE dest = ?", (dest,)))
+
+    async def reports_owed(self) -> list[tuple[str, str]]:
+        """(dest, report JSON) of every report still owed, oldest first."""
+        rows = await self._read(
+            lambda conn: conn.execute("SELECT dest, report FROM reports_owed ORDER BY at_ms, dest").fetchall()
+        )
+        return [(str(dest), str(report)) for dest, report in rows]

@@ -8,7 +8,8 @@ names matching ``patterns`` are considered at all.
 
 After the import the file moves to ``processed/`` (or ``failed/`` when it
 could not be read, or every row was quarantined) with ``<name>.report.json``
-beside it. A symbolic link is never read through (it could point anywhere on
+beside it (a report the disk refuses, full, is kept in the POS store and
+written as soon as it can be, after a restart too). A symbolic link is never read through (it could point anywhere on
 the computer): it goes to ``failed/`` itself, with a report saying why; so
 does a pipe, socket or device named like an export, never opened. Every
 file name reaches the log through ``protocol.values.shown``: escaped, bounded.
@@ -159,7 +160,7 @@ class PosFolderWatcher:
         self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=EQUAL_JITTER))
         self._pending: dict[Path, _Seen] = {}
         self._unmovable: dict[Path, tuple[int, int]] = {}  # imported but could not be filed away
-        self._reports_owed: dict[Path, ImportReport] = {}  # filed away, its report not written yet (disk full)
+        self._reports_owed: dict[Path, str] = {}  # filed away, its report (JSON) not written yet (disk full)
         self._filed: dict[Path, _Filed] = {}  # filed away lately, by where it is now; oldest first
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -188,6 +189,7 @@ class PosFolderWatcher:
                 (self.folder / sub).mkdir(exist_ok=True)
             self._folder_id = self._current_folder_id()
             self._folder_link = _link_target(self.folder)
+            await self._load_owed_reports()
             self._stop.clear()
             self._task = asyncio.create_task(self.run(), name=f"pos-watch:{self.folder}")
 
@@ -240,7 +242,7 @@ class PosFolderWatcher:
             await self._rearm()
             if self._stop.is_set():
                 return 0.0
-        self._write_owed_reports()
+        await self._write_owed_reports()
         now = time.monotonic()
         if now - self._last_rescan >= RESCAN_S:
             self._rescan(now)
@@ -473,9 +475,9 @@ class PosFolderWatcher:
             self._pending[path] = _Seen(-1, -1, time.monotonic())
             return
         self._pending.pop(path, None)
-        self._finish(path, report, seen)
+        await self._finish(path, report, seen)
 
-    def _finish(self, path: Path, report: ImportReport, seen: _Seen) -> None:
+    async def _finish(self, path: Path, report: ImportReport, seen: _Seen) -> None:
         """File the export away with its report, and tell whoever listens."""
         if _identity(path) is None:  # exists() would follow a link: a dangling one is still there to file away
             outcome = f"it was not imported: {report.error}" if report.status == "failed" else "its rows are recorded"
@@ -493,7 +495,7 @@ class PosFolderWatcher:
             )
             dest = path
         else:
-            self._report_beside(dest, report)
+            await self._report_beside(dest, report)
             self._watch_filed(dest, report.file_name, (report.sha256,))
         if self.on_report is not None:
             self.on_report(report, dest)
@@ -534,10 +536,11 @@ class PosFolderWatcher:
             log.error("%s was imported again but cannot be moved to %s/: %s", _name(dest), sub, err.strerror or err)
             moved = dest
         if moved != dest:
-            self._reports_owed.pop(dest, None)
+            if self._reports_owed.pop(dest, None) is not None:
+                await self._report_paid(dest)  # the verdict it replaces is owed no longer
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(dest.with_name(dest.name + REPORT_SUFFIX))  # the verdict it replaces
-        self._report_beside(moved, report)
+        await self._report_beside(moved, report)
         more = report.imported if report.produces == "movements" else report.observations
         log.warning(
             "%s changed after it was imported and filed in %s/; it was imported again and %s more rows were recorded.",
@@ -566,37 +569,69 @@ class PosFolderWatcher:
         os.replace(path, dest)
         return dest
 
-    def _report_beside(self, dest: Path, report: ImportReport) -> None:
+    async def _report_beside(self, dest: Path, report: ImportReport) -> None:
         """Write ``dest``'s report; when the disk refuses it (full), say so once and write it once it can.
 
         The file is filed already: without this it sat in ``processed/`` with no report ever, and the log
-        said it could not be moved out of the drop folder."""
+        said it could not be moved out of the drop folder. What is owed is kept in the POS store too: kept
+        only in memory, it was lost when the agent restarted before the disk had room again."""
+        text = report.to_json()
         try:
-            self._write_report(dest, report)
+            self._write_report(dest, text)
         except OSError as err:
-            self._reports_owed[dest] = report
+            self._reports_owed[dest] = text
             log.error(
                 "%s is filed in %s/ but its report cannot be written there (%s); it is written as soon as it can be.",
                 _name(dest), dest.parent.name, err.strerror or err,
             )  # fmt: skip
+            await self._owe_report(dest, text)
         else:
-            self._reports_owed.pop(dest, None)
+            if self._reports_owed.pop(dest, None) is not None:
+                await self._report_paid(dest)
 
-    def _write_owed_reports(self) -> None:
+    async def _write_owed_reports(self) -> None:
         """Try again the reports a full disk refused; say once when one is written after all."""
-        for dest, report in list(self._reports_owed.items()):
+        for dest, text in list(self._reports_owed.items()):
             if _identity(dest) is None:  # moved away or deleted meanwhile: nowhere to put it
                 del self._reports_owed[dest]
+                await self._report_paid(dest)
                 continue
             try:
-                self._write_report(dest, report)
+                self._write_report(dest, text)
             except OSError:
                 continue  # still refused: said once already
             del self._reports_owed[dest]
+            await self._report_paid(dest)
             log.info("The report of %s is written in %s/ now.", _name(dest), dest.parent.name)
 
+    async def _load_owed_reports(self) -> None:
+        """The reports still owed when the agent last stopped (kept in the POS store): written by the first turn."""
+        try:
+            owed = await self.importer.store.reports_owed()
+        except PosImportError as err:
+            log.error("The reports owed to filed POS exports cannot be read, so they are not written: %s", err)
+            return
+        for dest, text in owed:
+            self._reports_owed.setdefault(Path(dest), text)
+
+    async def _owe_report(self, dest: Path, text: str) -> None:
+        try:
+            await self.importer.store.owe_report(str(dest), text)
+        except PosImportError as err:
+            log.error(
+                "The report owed to %s cannot be kept in the POS store either (%s); it is lost if the agent stops "
+                "before it is written.",
+                _name(dest), err,
+            )  # fmt: skip
+
+    async def _report_paid(self, dest: Path) -> None:
+        try:
+            await self.importer.store.report_paid(str(dest))
+        except PosImportError as err:  # still owed there: the next start writes the same report again
+            log.warning("The POS store could not note that the report of %s is written: %s", _name(dest), err)
+
     @staticmethod
-    def _write_report(dest: Path, report: ImportReport) -> None:
+    def _write_report(dest: Path, text: str) -> None:
         """``<dest>.report.json``, created new and swapped in: a link planted there is replaced, not written through."""
         report_path = dest.with_name(dest.name + REPORT_SUFFIX)
         tmp = report_path.with_name(report_path.name + ".tmp")
@@ -605,7 +640,7 @@ class PosFolderWatcher:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(report.to_json())
+                out.write(text)
             os.replace(tmp, report_path)
         except BaseException:
             with contextlib.suppress(OSError):

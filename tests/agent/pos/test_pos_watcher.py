@@ -495,6 +495,35 @@ async def test_a_report_a_full_disk_refuses_is_written_once_there_is_room(
     assert json.loads(written.read_text(encoding="utf-8"))["imported"] == 9
 
 
+async def test_a_report_a_full_disk_refuses_is_written_after_a_restart_once_there_is_room(
+    tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found restarting an agent whose drop folder's disk was full: the report it owed was kept in memory only,
+    so the export sat in processed/ without a report for ever. Now it is kept in the POS store, and the next
+    start writes it once the disk has room; the start after that owes nothing."""
+    folder = small_disk / "drop"
+    folder.mkdir()
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    written = folder / "processed" / "export.csv.report.json"
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports):
+        staged = small_disk / "staged.csv"
+        staged.write_bytes(SQUARE_UTF8.read_bytes())
+        ballast = fill(small_disk)
+        os.replace(staged, folder / "export.csv")
+        report, dest = await reports.next()
+        assert report.imported == 9 and dest == folder / "processed" / "export.csv"
+    assert not written.exists()  # the agent stopped with the disk still full
+    ballast.unlink()
+    async with open_env(tmp_path) as env, PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports):
+        await wait_until(written.exists)
+        assert await env.store.reports_owed() == []
+        assert len(await env.events()) == 9, "nothing imported again"
+    assert json.loads(written.read_text(encoding="utf-8"))["imported"] == 9
+    assert "The report of export.csv is written in processed/ now." in caplog.messages
+    assert reports.seen == [(report, dest)]
+
+
 async def test_a_pipe_a_socket_and_a_device_named_like_exports_go_to_failed_with_one_sentence(tmp_path: Path) -> None:
     # ignored before: a pipe the POS made by mistake sat in the drop folder for ever, and nobody was told why
     folder = drop_folder(tmp_path)
