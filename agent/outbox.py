@@ -989,16 +989,19 @@ class Outbox(SqliteFile):
         )
         return [RejectedEvent(self._event(row[:12]), row[12], row[13], row[14]) for row in rows]
 
-    async def refused(self, source_prefix: str, *, since_ms: int = 0, limit: int = 100) -> list[RejectedEvent]:
+    async def refused(
+        self, source_prefix: str, *, since_ms: int = 0, limit: int = 100, event_id: bytes | None = None
+    ) -> list[RejectedEvent]:
         """Events the hub refused (set aside; not those it holds) whose source starts with ``source_prefix``,
-        refused at ``since_ms`` or later, newest first: what the staff of a session must be told."""
+        refused at ``since_ms`` or later (only ``event_id``, if given), newest first: what the staff of a session
+        must be told."""
         rows = await self._read(
             lambda conn: conn.execute(
                 f"SELECT {', '.join('e.' + c for c in _EVENT_COLUMNS.split(', '))}, r.code, r.reason, r.rejected_ms"
                 f" FROM rejected r JOIN events e ON e.seq = r.seq WHERE r.code <> '{HELD_CODE}'"
-                " AND substr(e.source, 1, ?) = ? AND r.rejected_ms >= ?"
+                " AND substr(e.source, 1, ?) = ? AND r.rejected_ms >= ? AND (? IS NULL OR e.event_id = ?)"
                 " ORDER BY r.rejected_ms DESC, r.seq DESC LIMIT ?",
-                (len(source_prefix), source_prefix, since_ms, limit),
+                (len(source_prefix), source_prefix, since_ms, event_id, event_id, limit),
             ).fetchall()
         )
         return [RejectedEvent(self._event(row[:12]), row[12], row[13], row[14]) for row in rows]

@@ -107,6 +107,7 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
     r.add_post("/api/v1/sessions/{id}/close", close_session, name="close")
     r.add_post("/api/v1/sessions/{id}/cancel", cancel_session, name="cancel")
     r.add_put("/api/v1/sessions/{id}/reader", bind_reader, name="bind_reader")
+    r.add_post("/api/v1/refused/{event_id}/dismiss", dismiss_refused, name="dismiss_refused")
     return app
 
 
@@ -376,11 +377,21 @@ async def list_sessions(request: web.Request) -> web.Response:
     sessions = request.app[CONTEXT_KEY].sessions
     found = await sessions.list(active=state == "active", limit=limit)
     # What the hub refused of a closed session (after the close, when the agent did not know better) reaches the
-    # staff here, on the handheld's home screen, for a week.
-    refused = await sessions.refused(since_ms=sessions.outbox.wall_ms() - REFUSED_SHOWN_MS)
+    # staff here, on the handheld's home screen, for a week or until one of them dismisses it.
+    refused = await sessions.refused_not_dismissed(since_ms=sessions.outbox.wall_ms() - REFUSED_SHOWN_MS)
     return _json(
         {"sessions": [views.session_json(s) for s in found], "refused": [views.refused_json(r) for r in refused]}
     )
+
+
+async def dismiss_refused(request: web.Request) -> web.Response:
+    """Dismiss one refusal from the home screen (recorded: it stays dismissed; what was refused is kept)."""
+    await _body(request)
+    event_id = request.match_info["event_id"]
+    refused = await request.app[CONTEXT_KEY].sessions.dismiss_refused(event_id, by=_who(request).staff)
+    if refused is None:
+        raise web.HTTPNotFound(text=f"the hub refused no session movement {event_id[:40]!r}")
+    return _json({"dismissed": views.refused_json(refused)})
 
 
 async def open_session(request: web.Request) -> web.Response:

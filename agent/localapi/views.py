@@ -130,7 +130,7 @@ def report_json(r: CloseReport) -> dict[str, Any]:
 def refused_json(r: Refused) -> dict[str, Any]:
     return {
         "session_id": r.session_id, "sku": r.sku, "kind": r.kind, "qty": r.qty, "code": r.code, "reason": r.reason,
-        "refused_ms": r.refused_ms,
+        "refused_ms": r.refused_ms, "event_id": r.event_id,
     }  # fmt: skip
 
 

@@ -41,7 +41,7 @@ from agent.sessions.model import (
 from agent.sessions.plan import SOURCE_PREFIX, plan_close, preview, totals
 from agent.sessions.store import SessionStore
 from hardware import Decoded
-from protocol import event_id_hex, new_event_id, wall_ms_now
+from protocol import event_id_hex, new_event_id, parse_event_id, wall_ms_now
 from protocol.event import QTY_MAX, TRANSFER_QTY_MAX
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,32 @@ class SessionManager:
         found = await self.outbox.refused(prefix, since_ms=since_ms, limit=limit)
         return [_refused(r) for r in found]
 
+    async def refused_not_dismissed(self, *, since_ms: int = 0, limit: int = REFUSED_SHOWN) -> list[Refused]:
+        """``refused()`` of every session, but the refusals the staff dismissed: the handheld's home screen box,
+        which showed each refusal for a week with no way to say it was read."""
+        dismissed = await self.store.dismissed_refusals(since_ms=since_ms)  # a refusal is dismissed after it came
+        found = await self.refused(since_ms=since_ms, limit=limit + len(dismissed))
+        return [r for r in found if r.event_id not in dismissed][:limit]
+
+    async def dismiss_refused(self, event_id: str, *, by: str) -> Refused | None:
+        """Dismiss the hub's refusal of the movement ``event_id`` (a session's) from the home screen; None when no
+        session movement of that id was refused. The refusal itself stays in the outbox and the session's view."""
+        try:
+            raw_id = parse_event_id(event_id)
+        except ValueError:
+            raise InvalidSessionInput(f"{event_id[:40]!r} is not a movement id (a UUID)") from None
+        found = await self.outbox.refused(SOURCE_PREFIX, event_id=raw_id, limit=1)
+        if not found:
+            return None
+        refused = _refused(found[0])
+        if await self.store.dismiss_refusal(refused.event_id, by=by, at_ms=self._wall_clock_ms()):
+            log.info(
+                "%s dismissed the hub's refusal of the %s of %s booked by session %s.",
+                by, refused.kind, refused.sku, refused.session_id,
+            )  # fmt: skip
+            await self._changed()
+        return refused
+
     async def list(self, *, active: bool = True, limit: int = LIST_LIMIT_DEFAULT) -> list[Session]:
         statuses = (
             [SessionStatus.OPEN, SessionStatus.CLOSING] if active else [SessionStatus.CLOSED, SessionStatus.CANCELLED]
@@ -318,8 +344,9 @@ class SessionManager:
 def _refused(r: RejectedEvent) -> Refused:
     ev = r.event
     return Refused(
-        ev.source.removeprefix(SOURCE_PREFIX), ev.sku, ev.kind.value, ev.qty, r.code, r.reason, r.rejected_ms
-    )
+        ev.source.removeprefix(SOURCE_PREFIX), ev.sku, ev.kind.value, ev.qty, r.code, r.reason, r.rejected_ms,
+        event_id_hex(ev.event_id),
+    )  # fmt: skip
 
 
 def _disposition(value: Disposition | str | None) -> Disposition:

@@ -279,6 +279,7 @@ class Refused:
     code: str  # the hub's rejection code (invalid_bundle, …)
     reason: str  # the hub's sentence
     refused_ms: int
+    event_id: str = ""  # the refused movement's id (UUID text): what the staff dismiss it from the home screen by
 
 
 @dataclass(frozen=True, slots=True)

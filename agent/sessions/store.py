@@ -100,6 +100,13 @@ _SCHEMA = (
         undone      INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (session_id, no)
     ) WITHOUT ROWID""",
+    # The hub's refusals the staff dismissed from the handheld's home screen (added without a schema change: an
+    # older agent ignores the table). What was refused stays in the outbox; this only says it was read.
+    """CREATE TABLE IF NOT EXISTS refusals_dismissed (
+        event_id TEXT PRIMARY KEY,
+        by       TEXT NOT NULL,
+        at_ms    INTEGER NOT NULL
+    ) WITHOUT ROWID""",
 )
 _SESSION_COLUMNS = (
     "id, type, location, status, opened_by, opened_ms, ref, to_location, from_location, reason, bin, scope,"
@@ -278,6 +285,24 @@ class SessionStore(SqliteFile):
         return await self._write(undo, small=True)
 
     # --- closing and cancelling ----------------------------------------------------
+    async def dismiss_refusal(self, event_id: str, *, by: str, at_ms: int) -> bool:
+        """Note that ``by`` dismissed the hub's refusal of movement ``event_id``; False if it was dismissed before."""
+
+        def dismiss(conn: sqlite3.Connection) -> bool:
+            sql = "INSERT OR IGNORE INTO refusals_dismissed (event_id, by, at_ms) VALUES (?, ?, ?)"
+            return conn.execute(sql, (event_id, by, at_ms)).rowcount > 0
+
+        return await self._write(dismiss)
+
+    async def dismissed_refusals(self, *, since_ms: int = 0) -> set[str]:
+        """The movement ids whose refusal was dismissed at ``since_ms`` or later."""
+
+        def read(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute("SELECT event_id FROM refusals_dismissed WHERE at_ms >= ?", (since_ms,)).fetchall()
+            return {str(row[0]) for row in rows}
+
+        return await self._read(read)
+
     async def begin_close(self, session_id: str, *, by: str, close_hlc: int, zero_unscanned: bool) -> Session:
         """Decide the close: ``open`` → ``closing`` with its HLC and choices. A ``closing`` session is returned as stored."""
 

@@ -406,3 +406,14 @@ async def test_deeply_nested_json_is_a_400_on_login_and_signed_in_routes(api: Ap
     await api.sign_in()
     status, error = await api.call("POST", "/api/v1/sessions", data=bomb, headers=headers)
     assert status == 400 and "nests deeper" in error["error"]["message"]
+
+
+async def test_dismissing_a_refusal_that_is_not_one_is_one_sentence(api: Api) -> None:
+    """The home screen's Dismiss (tests/browser/test_handheld.py has it in Chromium): a wrong id is answered."""
+    await api.sign_in()
+    got, data = await api.call("POST", "/api/v1/refused/0190a5e2-7c1d-7000-8000-000000000001/dismiss", {})
+    assert (got, data["error"]["message"]) == (
+        404, "the hub refused no session movement '0190a5e2-7c1d-7000-8000-000000000001'"
+    )  # fmt: skip
+    got, data = await api.call("POST", "/api/v1/refused/not-an-id/dismiss", {})
+    assert (got, data["error"]["message"]) == (400, "'not-an-id' is not a movement id (a UUID)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,13 @@ class Agent:
         self.url, self.outbox, self.sessions = url, outbox, sessions
 
 
-@pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
+@asynccontextmanager
+async def running_agent(data_dir: Path) -> AsyncIterator[Agent]:
+    """The agent's outbox, sessions and local API on the files in ``data_dir``; closed on leaving."""
     catalog = Catalog([make_item(APPLE, "SKU-APPLE"), make_item(PEAR, "SKU-PEAR")])
     async with (
-        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
-        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
+        Outbox.open(data_dir / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(data_dir / "sessions.sqlite3") as store,
     ):
         sessions = SessionManager(store, outbox, catalog=catalog)
         context = LocalApiContext(
@@ -38,6 +40,12 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
         )
         async with LocalApiServer(context, "127.0.0.1", 0) as server:
             yield Agent(server.url, outbox, sessions)
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
+    async with running_agent(tmp_path) as running:
+        yield running
 
 
 async def sign_in(page: Page, agent: Agent) -> None:
@@ -229,4 +237,48 @@ async def test_the_home_screen_shows_what_the_hub_refused_of_a_closed_session(
     await expect(page.locator("#refused-list li")).to_have_count(1)
     await expect(page.locator("#refused-list li")).to_contain_text("count of SKU-APPLE (4) on ")
     await expect(page.locator("#refused-list li")).to_contain_text(reason)
+    assert script_errors(console_errors) == []
+
+
+async def refuse_a_closed_count(agent: Agent, sku: str, bin_: str, reason: str) -> str:
+    """A count of ``sku`` closed, and its movement refused by the hub (as the replicator sets it aside)."""
+    s = await agent.sessions.open(SessionSpec(SessionType.COUNT, bin=bin_), by="ana")
+    await agent.sessions.key(s.id, sku, 4, by="ana")
+    await agent.sessions.close(s.id, by="ana")
+    (event,) = [ev for ev in await agent.outbox.pending(10) if ev.sku == sku]
+    await agent.outbox.set_aside([Rejection(event.event_id, event.seq, "invalid_bundle", reason)])
+    return s.id
+
+
+async def test_a_refusal_dismissed_on_the_home_screen_stays_dismissed_after_a_reload_and_a_restart(
+    page: Page, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """Found on a store's handheld: the box of the hub's refusals had no way to say it was read, so each refusal
+    stood on the home screen for a week. Now each has a Dismiss button; the agent records who dismissed it, so it
+    stays dismissed after a reload and after the agent restarts, and what was refused is still on record."""
+    refused_apple = "SKU-APPLE is a bundle, so a count of it cannot say how many of each part are on the shelf"
+    refused_pear = "SKU-PEAR is a bundle, so a count of it cannot say how many of each part are on the shelf"
+    async with running_agent(tmp_path) as agent:
+        apple_session = await refuse_a_closed_count(agent, "SKU-APPLE", "A-1", refused_apple)
+        await refuse_a_closed_count(agent, "SKU-PEAR", "A-2", refused_pear)
+        await sign_in(page, agent)
+        items = page.locator("#refused-list li")
+        await expect(items).to_have_count(2)
+        await items.filter(has_text="SKU-APPLE").get_by_role("button", name="Dismiss").click()
+        await expect(items).to_have_count(1)
+        await expect(items).to_contain_text(refused_pear)
+        await page.reload()
+        await expect(page.locator("#screen-home")).to_be_visible()
+        await expect(items).to_have_count(1)
+        await expect(items).to_contain_text(refused_pear)
+    async with running_agent(tmp_path) as agent:  # the agent restarted: the same files, a new local API
+        await sign_in(page, agent)
+        await expect(items).to_have_count(1)
+        await expect(items).to_contain_text(refused_pear)
+        await items.get_by_role("button", name="Dismiss").click()
+        await expect(page.locator("#refused")).to_be_hidden()
+        # Nothing is deleted: both refusals stay in the outbox and in the sessions' own views.
+        assert len(await agent.outbox.refused("session:")) == 2
+        view = await agent.sessions.view(apple_session)
+        assert [(r.sku, r.reason) for r in view.refused] == [("SKU-APPLE", refused_apple)]
     assert script_errors(console_errors) == []

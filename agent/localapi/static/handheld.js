@@ -198,15 +198,35 @@
   }
 
   // What the hub refused after a close (a count of a bundle while the agent had never heard the hub's bundles):
-  // the session is closed, so the staff learn it here, in the hub's own words.
+  // the session is closed, so the staff learn it here, in the hub's own words, until one of them dismisses it
+  // (the agent records that; the refusal itself stays on record).
   function showRefused(refused) {
     const list = $("refused-list");
     list.replaceChildren();
     for (const r of refused) {
-      list.appendChild(el("li", "", r.kind + " of " + r.sku + " (" + r.qty + ") on " + when(r.refused_ms) + ": " +
+      const item = el("li", "refusal");
+      item.appendChild(el("span", "", r.kind + " of " + r.sku + " (" + r.qty + ") on " + when(r.refused_ms) + ": " +
         r.reason));
+      const dismiss = el("button", "secondary dismiss", "Dismiss");
+      dismiss.type = "button";
+      dismiss.setAttribute("aria-label", "Dismiss the refusal of the " + r.kind + " of " + r.sku);
+      dismiss.addEventListener("click", () => dismissRefused(r, dismiss, item));
+      item.appendChild(dismiss);
+      list.appendChild(item);
     }
     $("refused").hidden = refused.length === 0;
+  }
+
+  async function dismissRefused(r, button, item) {
+    button.disabled = true;
+    try {
+      await api("POST", "/api/v1/refused/" + encodeURIComponent(r.event_id) + "/dismiss");
+    } catch (err) {
+      button.disabled = false;
+      if (err.status !== 401) item.appendChild(el("span", "refusal-error", err.message));
+      return;
+    }
+    await showHome();
   }
 
   async function lookUp(event) {
