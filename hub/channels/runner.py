@@ -125,9 +125,11 @@ async def channel_pushers(
             leases = PusherLeases(locks or db_path)
         else:  # one hub per SQLite file: it pushes every channel, and starts again one whose loop ended
             local = LocalLeases()
-            local.start_all(jobs)
+            local.start_all(jobs)  # runs the pushers just made: no channel's connector is built twice
             leases = local
             log.info("pushing levels to %d channel(s): %s", len(pushers), ", ".join(pushers))
+        for job in jobs.values():
+            job.handed_out()
         leading = lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: waiter.closed)  # closed: the hub stops
         task = asyncio.create_task(leading, name="channel-leases")
         try:
@@ -143,13 +145,22 @@ async def channel_pushers(
 
 class _ChannelJob:
     """A channel as ``hub.leases.lead`` sees it: its entry in ``pushers`` is replaced by a fresh
-    pusher when it stops (a stopped loop cannot start again) and when it starts (loading the saved cursor)."""
+    pusher when it stops (a stopped loop cannot start again) and when it starts (loading the saved cursor).
+
+    The one exception is the pusher made at setup, started before anything else saw it (a SQLite hub's
+    ``LocalLeases.start_all``): it is run as it is, so a channel's connector is built once, not twice."""
 
     def __init__(
         self, name: str, pushers: dict[str, ChannelPusher], make: Callable[[ChannelSpec], ChannelPusher],
         state: SqlChannelState,
     ) -> None:  # fmt: skip
         self._name, self._pushers, self._make, self._state = name, pushers, make, state
+        self._unseen = True  # the pusher in ``pushers`` was made just now: nothing read, loaded or started it yet
+
+    def handed_out(self) -> None:
+        """The pushers are about to be shown (``GET /v1/channels``, the admin routes): one started later may
+        hold what it read before another hub pushed, so it is made afresh then."""
+        self._unseen = False
 
     def here(self) -> bool:
         return pushes_here(self._pushers[self._name])
@@ -165,9 +176,11 @@ class _ChannelJob:
         return None
 
     def start(self) -> None:
-        fresh = self._make(self._pushers[self._name].spec)  # loads the cursor and levels the last pusher saved
-        self._pushers[self._name] = fresh
-        _start(fresh)
+        p = self._pushers[self._name]
+        if not self._unseen:
+            p = self._pushers[self._name] = self._make(p.spec)  # loads the cursor and levels the last pusher saved
+        self._unseen = False
+        _start(p)
 
     async def stop(self) -> None:
         p = self._pushers[self._name]

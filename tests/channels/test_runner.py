@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import pytest
 
-from hub.channels import ChannelPusher, channel_pushers
+from hub.channels import ChannelPusher, ChannelSpec, channel_pushers, runner
+from hub.channels.connector import Connector
 from hub.channels.reconcile import Reconciler
 from hub.channels.runner import pushes_here
 from hub.storage.base import StoreError
@@ -114,6 +116,29 @@ async def test_a_reconciler_whose_loop_dies_is_started_again_with_its_channel(
         "channel pickup: reconciling ended by itself (RuntimeError: the channel state answered nonsense) while "
         "this hub runs; this hub starts pushing it again in 0 s" in caplog.text
     )
+
+
+async def test_a_sqlite_hub_builds_each_channel_s_pusher_and_connector_once_at_startup(
+    hub: Hub, shopify: ShopifyEmulator, square: SquareEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite hub made every channel's pusher and connector, then replaced each with a second one as it started
+    them: two connectors built per channel, the first left behind with whatever it had taken."""
+    made: list[str] = []
+    make = runner.make_connector
+
+    def counted(spec: ChannelSpec, session: aiohttp.ClientSession) -> Connector:
+        made.append(spec.name)
+        return make(spec, session)
+
+    monkeypatch.setattr(runner, "make_connector", counted)
+    shop_loc, sq_loc = shopify.add_location(), square.add_location()
+    specs = [
+        spec_of({"name": "web", "kind": "shopify", "url": shopify.url, "pool": {"S1": shop_loc}}, shopify.token),
+        spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}}, square.token),
+    ]
+    async with channel_pushers(specs, hub.store, str(hub.db_path), hub.watch) as pushers:
+        assert sorted(made) == ["pickup", "web"]
+        assert all(pushes_here(p) and p.task is not None for p in pushers.values())  # the ones shown are the ones run
 
 
 async def test_an_unreachable_postgresql_database_is_one_sentence_without_its_password(
