@@ -22,7 +22,10 @@ read back with ``POST /v2/inventory/counts/batch-retrieve`` (``IN_STOCK``; an
 item Square holds no count of shows 0), up to 100 items a request, each
 answered a page of counts at a time (100 a page unless a ``limit`` is sent):
 the same request is sent again with the answer's ``cursor`` until an answer
-carries none.
+carries none. A request asks for at most items × locations ``IN_STOCK``
+counts, so its walk stops a few pages past what those need
+(``PageWalk.expect``): a Square inventing a count per page under fresh
+cursors is not followed to ``READ_PAGES_MAX``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ CATALOG_PAGE = 1_000
 CATALOG_PAGES_MAX = 10_000
 ANSWER_MAX_BYTES = 16 * 1024 * 1024
 READ_IDS_MAX = 100  # catalog object ids per counts/batch-retrieve request
+READ_PAGE = 100  # counts Square answers a batch-retrieve page when the request sends no ``limit``
 READ_PAGES_MAX = 1_000
 CHANGE_FIELD_RE = re.compile(r"changes\[(\d+)\]")
 
@@ -188,12 +192,15 @@ class SquareConnector:
         items = sorted({k.item_id for k in keys})
         locations = sorted({k.location_id for k in keys})
         for start in range(0, len(items), READ_IDS_MAX):
-            request: dict[str, Any] = {
-                "catalog_object_ids": items[start : start + READ_IDS_MAX], "location_ids": locations,
-                "states": ["IN_STOCK"],
-            }  # fmt: skip
+            batch = items[start : start + READ_IDS_MAX]
+            request: dict[str, Any] = {"catalog_object_ids": batch, "location_ids": locations, "states": ["IN_STOCK"]}
             seen: set[str] = set()
             walk = PageWalk(f"Square's pages of counts of channel {self.spec.name}")
+            # one IN_STOCK count at most per item and location asked for: pages far past those are not Square's
+            walk.expect(
+                len(batch) * len(locations),
+                f"count(s) asked for: {len(batch)} item(s) × {len(locations)} location(s)",
+            )
             for _ in range(READ_PAGES_MAX):
                 answer = await self._call("/v2/inventory/counts/batch-retrieve", request, "reading levels")
                 counts = array(answer.get("counts"), f"the counts Square answered channel {self.spec.name}")
@@ -211,13 +218,13 @@ class SquareConnector:
                 cursor = answer.get("cursor")
                 if not cursor:
                     break
-                walk.page(page_ids(counts, "catalog_object_id", "location_id", "state"))
+                walk.page(page_ids(counts, "catalog_object_id", "location_id", "state"), size=READ_PAGE)
                 # the next page: the same query and Square's cursor
                 request["cursor"] = next_cursor(cursor, seen, f"Square's pages of counts of channel {self.spec.name}")
             else:
                 raise ChannelUnavailable(
                     f"Square answered channel {self.spec.name} more than {READ_PAGES_MAX} pages of counts for "
-                    f"{min(READ_IDS_MAX, len(items) - start)} item(s); reading levels back stopped there"
+                    f"{len(batch)} item(s); reading levels back stopped there"
                 )
         return found
 

@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, SqliteChannelState, SquareConnector
+from hub.channels.connector import COUNTED_PAGES_FACTOR, COUNTED_PAGES_SLACK, ChannelUnavailable
 from protocol import Kind
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
@@ -195,6 +197,27 @@ async def test_levels_read_back_follow_squares_cursor_page_by_page(square: Squar
     assert read == {**expected, **{LevelKey(never, loc): 0 for loc in locs}}
     # 151 items: 100 a request (300 counts: 3 pages of 100), then 51 (150 counts: 2 pages)
     assert (square.stats.count_pages, square.stats.count_cursors) == (5, 3)
+
+
+async def test_a_square_inventing_a_count_for_every_page_is_stopped_near_what_the_hub_asked_for(
+    square: SquareEmulator,
+) -> None:
+    """The hub asks for at most items × locations counts: a Square handing out one new made-up count per page under
+    fresh cursors brings something new every time (the stale rule cannot see it) and was followed to the
+    1,000-page cap; it is stopped a few pages past what 3 items at 2 locations need, with one sentence."""
+    locs = [square.add_location() for _ in range(2)]
+    ids = [square.add_variation(f"R{i}") for i in range(3)]
+    square.invent_count_pages = 200  # far past the bound; the stand-in refuses the cursor after that many
+    spec = square_spec(square, {"S1": locs[0], "S2": locs[1]})
+    async with aiohttp.ClientSession() as session:
+        asked = r"far past the 6 count\(s\) asked for: 3 item\(s\) × 2 location\(s\)"
+        with pytest.raises(ChannelUnavailable, match=asked) as err:
+            await SquareConnector(spec, session).read_levels([LevelKey(v, loc) for v in ids for loc in locs])
+    pages = square.stats.count_pages
+    assert pages == COUNTED_PAGES_FACTOR * 1 + COUNTED_PAGES_SLACK + 1, f"{pages} pages were asked for"  # 6 fit in 1
+    message = str(err.value)
+    assert message.startswith(f"Square's pages of counts of channel {spec.name}") and "reading stopped there" in message
+    assert "\n" not in message
 
 
 async def test_a_level_mapped_just_before_a_restart_goes_out_after_it(

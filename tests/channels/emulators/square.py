@@ -30,6 +30,11 @@ Built from Square's public reference for that version:
 * Rate limiting: HTTP 429 with ``Retry-After`` (seconds) and
   ``{"errors": [{"category": "RATE_LIMIT_ERROR", "code": "RATE_LIMITED", …}]}``
   — on demand (the ``429`` fault) or above ``requests_per_s``.
+
+A broken Square on demand: ``invent_count_pages`` pages of
+``inventory/counts/batch-retrieve``, each one count made up for it (an item
+nobody asked for) under a fresh cursor — as a Square inventing counts for
+ever would.
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ class SquareEmulator(EmulatorServer):
         self.locations: set[str] = set()
         self.counts: dict[tuple[str, str], tuple[Decimal, str]] = {}  # (object, location) -> (quantity, occurred_at)
         self.stats = Stats()
+        self.invent_count_pages = 0  # batch-retrieve pages still to answer with one made-up count each
+        self.invented = 0
         self._idempotent: dict[str, tuple[str, dict[str, Any]]] = {}
         self._next_id = 1
         for path, handler in (
@@ -270,6 +277,8 @@ class SquareEmulator(EmulatorServer):
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= COUNTS_LIMIT_MAX:
             return self._answer({"errors": [_error("INVALID_REQUEST_ERROR", "INVALID_VALUE",
                                                    f"limit must be from 1 to {COUNTS_LIMIT_MAX}.", "limit")]}, 400)
+        if self.invent_count_pages > 0:  # a broken Square: one made-up count, a fresh cursor, more to follow
+            return self._invented_counts(body)
         query = json.dumps({k: v for k, v in body.items() if k != "cursor"}, sort_keys=True)
         start = 0
         cursor = body.get("cursor")
@@ -289,6 +298,15 @@ class SquareEmulator(EmulatorServer):
             answer["cursor"] = f"{start + limit}:{_fingerprint(query)}"
         self.stats.count_pages += 1
         return self._answer(answer)
+
+    def _invented_counts(self, body: dict[str, Any]) -> web.Response:
+        self.invent_count_pages -= 1
+        self.invented += 1
+        now = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        locations = body.get("location_ids") or sorted(self.locations)
+        count = self._count_json(f"INVENTED-{self.invented}", locations[0], now)
+        self.stats.count_pages += 1
+        return self._answer({"counts": [count], "cursor": f"invented:{self.invented}"})
 
     def _catalog_search(self, body: dict[str, Any]) -> web.Response:
         if body.get("object_types") != ["ITEM_VARIATION"]:
