@@ -3,7 +3,9 @@
 * ``PUT /v1/bundles/{sku}`` (admin): ``{"components": {"A": 2, "C": 1}}`` — the bundle SKU is made of
   those component SKUs × units. Each change is a new recipe version that applies to the movements the hub
   stores from then on; those stored before keep how they were booked. The same recipe again changes nothing.
-* ``GET /v1/bundles``: every bundle as it stands, by SKU, a page at a time (``next``/``cursor``).
+* ``GET /v1/bundles``: every bundle as it stands, by SKU, a page at a time (``next``/``cursor``). Its ETag
+  names the bundles' version (``HubStore.bundles_version``, raised with every bundle change) and the page, so an
+  unchanged page's ``304`` reads one row, not every bundle: agents ask for the list every minute.
 * ``GET /v1/bundles/{sku}``: one bundle and every version of its recipe.
 
 The hub books each movement of a bundle on its parts and keeps a bundle's counts at every location from
@@ -13,13 +15,14 @@ channels serve a bundle like any SKU. docs/hub-api.md ("Bundles") and docs/desig
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from hub import paging, views
+from hub import etag, paging, views
 from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
 from hub.storage.base import Bundle, BundleConflict, BundleRecipe, HubStore
 from hub.storage.interfaces import BundleStore
@@ -32,6 +35,7 @@ ROUTE = "bundles"
 LIMIT_DEFAULT = 100
 LIMIT_MAX = 1_000
 BODY_EXAMPLE = '{"components": {"A": 2, "C": 1}}'
+ETAG_FORM = "bundles/1"  # in a page's ETag: change it with the answer's shape, so a kept page is not taken for it
 
 
 def recipe_json(r: BundleRecipe) -> dict[str, Any]:
@@ -80,11 +84,19 @@ async def put_bundle(request: web.Request) -> web.Response:
 
 
 async def get_bundles(request: web.Request) -> web.Response:
-    """Every bundle as it stands, by SKU, a page at a time."""
+    """Every bundle as it stands, by SKU, a page at a time; ``If-None-Match`` with the page's ETag → 304, from the
+    bundles' version alone."""
     params = views.Query(request, {"limit", "cursor"})
     after = _after(request)
     limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
-    rows = await request.app[STORE_KEY].bundles(after=after, limit=limit + 1)
+    store: HubStore = request.app[STORE_KEY]
+    # The version is read before the page: a change in between gives the new page the old version's tag, which
+    # the next request misses (one answer more), never an old page under the new version's tag.
+    tag = page_etag(store.feed_history, await store.bundles_version(), after, limit)
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and etag.matches(if_none_match, tag):
+        return etag.not_modified(tag)
+    rows = await store.bundles(after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return web.json_response(
@@ -93,7 +105,15 @@ async def get_bundles(request: web.Request) -> web.Response:
             "next": paging.encode(ROUTE, [rows[-1].recipe.sku]) if more else None,
         },
         dumps=views.dumps,
+        headers={"ETag": tag},
     )
+
+
+def page_etag(history: str, version: int, after: str | None, limit: int) -> str:
+    """The strong ETag of one page of ``GET /v1/bundles``: what determines its bytes — the bundles' version and
+    the page asked for — and the database's feed history (``hub.storage.feed``), which a restored backup changes:
+    a restored database's version goes on from an older number, and may reach the same numbers with other bundles."""
+    return etag.tag_of(json.dumps([ETAG_FORM, history, version, after, limit]).encode())
 
 
 async def get_bundle(request: web.Request) -> web.Response:

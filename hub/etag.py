@@ -8,8 +8,9 @@ gets ``304 Not Modified`` with no body.
 The validator is strong (RFC 9110 §8.8.1): it changes whenever a byte of the
 answer would. Where one number determines the answer the handler sets it
 itself and the hub answers 304 before reading anything else — the catalog
-(its version) and the OpenAPI document (a hash of its bytes, made once). For
-the other reads no cheap number determines the answer: a count's
+(its version), the pages of the bundles (their version and the page:
+``hub.bundles.page_etag``) and the OpenAPI document (a hash of its bytes,
+made once). For the other reads no cheap number determines the answer: a count's
 ``last_count_at`` moves on a count that confirms the shelf, without a row on
 the change feed, and the ledger and exceptions move with rejected resends and
 the clock. There the middleware hashes the answer's bytes (BLAKE2b, 128 bits):

@@ -863,7 +863,9 @@ def _paths() -> dict[str, JSON]:
     # --- bundles
     add("/v1/bundles", "get", operation(
         "getBundles", "Every bundle as it stands",
-        "By SKU, a page at a time: each bundle's recipe in force and the plain SKUs one of it moves (`parts`).",
+        "By SKU, a page at a time: each bundle's recipe in force and the plain SKUs one of it moves (`parts`). A "
+        "page's ETag is made of the bundles' version (raised by every bundle change) and the page asked for, so an "
+        "unchanged page is answered 304 without reading a bundle.",
         "Bundles",
         {"200": cacheable(ok("A page of bundles.", page_of("bundles", ref("Bundle")),
                              links={"NextPage": link("getBundles", next_page, cursor="$response.body#/next"),

@@ -1,4 +1,8 @@
-"""The bundles' reads, in SQL both backends run; recipes are set through ``hub.storage.ingest.apply_recipe``."""
+"""The bundles' reads, in SQL both backends run; recipes are set through ``hub.storage.ingest.apply_recipe``.
+
+The bundles' version is one row of ``meta`` that the database's triggers raise with every change to the recipes
+or their parts (schema version 8), so no writer can forget it: the cheap ETag of ``GET /v1/bundles``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from hub.storage.ingest import BundleParts
 from hub.storage.rows import bundle_recipe, bundles_of
 from hub.storage.sql import NEWEST_RECIPES, RECIPE_FIELDS
 
+BUNDLES_VERSION_KEY = "bundles_version"
+
 
 class BundleReads(Protocol):
     """The reads of the bundle tables each backend's ingest adapter gives, on any of its connections."""
@@ -20,6 +26,11 @@ class BundleReads(Protocol):
 
     async def expansions(self, ids: Sequence[tuple[str, bytes]]) -> list[Any]:
         """Rows of ``hub.storage.sql.EXPANSION_FIELDS`` of these bundle movements (agent_id, event_id)."""
+
+
+async def bundles_version(db: Db) -> int:
+    row = await db.fetchone("SELECT value FROM meta WHERE key = ?", (BUNDLES_VERSION_KEY,))
+    return 0 if row is None else int(row[0])
 
 
 async def bundles(db: Db, book: BundleReads, sku: str | None, after: str | None, limit: int) -> list[Bundle]:

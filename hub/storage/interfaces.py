@@ -292,6 +292,11 @@ class BundleStore(Protocol):
         """The bundles as they stand, by SKU; ``sku``: that one only; ``after``: those after that SKU (next page)."""
 
     @abc.abstractmethod
+    async def bundles_version(self) -> int:
+        """A number raised in the transaction of every change to any bundle (schema version 8; cheap: for
+        ``GET /v1/bundles``'s ETag)."""
+
+    @abc.abstractmethod
     async def bundle_versions(self, sku: str) -> list[BundleRecipe]:
         """Every recipe version of ``sku``, oldest first ([] when it is not a bundle)."""
 

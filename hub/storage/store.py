@@ -379,6 +379,9 @@ class SqlHubStore(HubStore, Generic[D]):
             snapshot=True,
         )
 
+    async def bundles_version(self) -> int:
+        return await self._read_db("reading the bundles' version", bundles.bundles_version)
+
     async def bundle_versions(self, sku: str) -> list[BundleRecipe]:
         return await self._read_db("reading a bundle's recipes", lambda db: bundles.bundle_versions(db, sku))
 

@@ -12,7 +12,7 @@ import pytest
 from hub import paging
 from hub.resolver import component_event_id
 from protocol import Kind, event_id_hex
-from tests.hub.feed_helpers import Hub, running_hub
+from tests.hub.feed_helpers import Hub, running_hub, running_hub_at
 
 
 @pytest.fixture
@@ -121,6 +121,64 @@ async def test_bundles_page_by_sku_and_a_tampered_cursor_is_400(hub: Hub, admin:
     elsewhere = paging.encode("counts", ["S1", "K1"])  # a cursor another route gave out is refused too
     assert (await hub.get_json(f"/v1/bundles?cursor={elsewhere}", status=400))["code"] == "bad_request"
     assert (await hub.get_json("/v1/bundles?limit=0", status=400))["code"] == "bad_request"
+
+
+async def get_tagged(hub: Hub, path: str, tag: str | None = None) -> tuple[int, str, Any]:
+    """GET ``path`` (with ``If-None-Match: tag``): the status, the ETag and the JSON answer (None for a 304)."""
+    headers = hub.auth() | ({"If-None-Match": tag} if tag else {})
+    async with hub.client.get(path, headers=headers) as resp:
+        assert resp.status in (200, 304), await resp.text()
+        return resp.status, resp.headers["ETag"], (await resp.json() if resp.status == 200 else None)
+
+
+async def bundle_list_etag_follows_every_change(hub: Hub, admin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list's ETag moves with every bundle change, a nested one too, and an unchanged page's 304 is answered
+    without reading a bundle (agents ask every minute: it read every bundle each time to hash the answer)."""
+    read, bundles = [], hub.store.bundles
+
+    async def spied(**kwargs: Any) -> Any:
+        read.append(kwargs)
+        return await bundles(**kwargs)
+
+    monkeypatch.setattr(hub.store, "bundles", spied)
+    status, empty, body = await get_tagged(hub, "/v1/bundles")
+    assert status == 200 and body == {"bundles": [], "next": None}
+    await put(hub, admin, "K1", {"components": {"A": 1}})
+    status, one, body = await get_tagged(hub, "/v1/bundles", empty)
+    assert status == 200 and one != empty and [b["sku"] for b in body["bundles"]] == ["K1"]
+
+    read.clear()
+    for tag in (one, f"W/{one}", f"{empty}, {one}", "*"):
+        assert (await get_tagged(hub, "/v1/bundles", tag))[:2] == (304, one)
+    assert read == [], "a 304 read the bundles"
+
+    await put(hub, admin, "K1", {"components": {"A": 1}})  # the same recipe again: nothing changed
+    assert (await get_tagged(hub, "/v1/bundles", one))[:2] == (304, one)
+    await put(hub, admin, "K2", {"components": {"K1": 2}})
+    status, two, body = await get_tagged(hub, "/v1/bundles", one)
+    assert status == 200 and two not in (one, empty) and body["bundles"][1]["parts"] == {"A": 2}
+    await put(hub, admin, "K1", {"components": {"A": 3}})  # K2's parts move with it
+    status, three, body = await get_tagged(hub, "/v1/bundles", two)
+    assert status == 200 and three not in (one, two) and body["bundles"][1]["parts"] == {"A": 6}
+
+    status, page1, body = await get_tagged(hub, "/v1/bundles?limit=1")  # each page has a tag of its own
+    status, page2, _ = await get_tagged(hub, f"/v1/bundles?limit=1&cursor={body['next']}")
+    assert len({page1, page2, three}) == 3
+    assert (await get_tagged(hub, f"/v1/bundles?limit=1&cursor={body['next']}", page1))[0] == 200
+
+
+async def test_the_bundle_list_etag_is_its_version_and_a_304_reads_no_bundle(
+    hub: Hub, admin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await bundle_list_etag_follows_every_change(hub, admin, monkeypatch)
+
+
+async def test_the_bundle_list_etag_is_its_version_and_a_304_reads_no_bundle_postgres(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_hub_at(pg_url) as hub:
+        admin = (await hub.store.add_agent([], role="admin"))[1]
+        await bundle_list_etag_follows_every_change(hub, admin, monkeypatch)
 
 
 async def test_a_bundle_sold_through_an_agents_sync_moves_its_parts_and_is_counted_like_any_sku(

@@ -104,3 +104,7 @@ async def check_upgraded(store: HubStore, h: V1Hub, schema_version: int) -> None
     assert row.on_hand == 1
     changes = await store.changes(0, 100)
     assert changes and changes[-1].on_hand == 1  # the change feed (schema 2) starts with the first new change
+
+    version = await store.bundles_version()  # schema 8: a bundle change raises it, on an upgraded database too
+    await store.put_bundle("KIT-AFTER-UPGRADE", {"PART-AFTER-UPGRADE": 2}, AGENT)  # no stock: no row moves
+    assert await store.bundles_version() > version
