@@ -65,7 +65,9 @@ CATALOG_PAGE = 1_000
 CATALOG_PAGES_MAX = 10_000
 ANSWER_MAX_BYTES = 16 * 1024 * 1024
 READ_IDS_MAX = 100  # catalog object ids per counts/batch-retrieve request
-READ_PAGE = 100  # counts Square answers a batch-retrieve page when the request sends no ``limit``
+# Square answers 100 counts a batch-retrieve page by default but promises no size, only that a page with a cursor
+# holds some: the read-back's bound counts a page as one count, so a Square answering small pages is never cut short.
+READ_PAGE_LEAST = 1
 READ_PAGES_MAX = 1_000
 CHANGE_FIELD_RE = re.compile(r"changes\[(\d+)\]")
 
@@ -218,7 +220,7 @@ class SquareConnector:
                 cursor = answer.get("cursor")
                 if not cursor:
                     break
-                walk.page(page_ids(counts, "catalog_object_id", "location_id", "state"), size=READ_PAGE)
+                walk.page(page_ids(counts, "catalog_object_id", "location_id", "state"), size=READ_PAGE_LEAST)
                 # the next page: the same query and Square's cursor
                 request["cursor"] = next_cursor(cursor, seen, f"Square's pages of counts of channel {self.spec.name}")
             else:
