@@ -189,8 +189,10 @@ async def rebook_unknown(request: web.Request, skus: Collection[str]) -> int:
 # --- HTTP -------------------------------------------------------------------
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
+def etag(version: int, history: str) -> str:
+    """The catalog's ETag: its version, and the database's feed history (``hub.storage.feed``), which a restored
+    backup changes — a restored catalog counts its versions again from the backup's, to other items."""
+    return f'"{version}.{history}"' if history else f'"{version}"'
 
 
 def _matches(if_none_match: str, tag: str) -> bool:
@@ -205,13 +207,13 @@ async def get_catalog(request: web.Request) -> web.StreamResponse:
         return await catalog_csv(request)
     views.Query(request, set())
     store: CatalogStore = request.app[STORE_KEY]
-    tag = etag(await store.catalog_version())
+    tag = etag(await store.catalog_version(), store.feed_history)
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and _matches(if_none_match, tag):
         return web.Response(status=304, headers={"ETag": tag})
     catalog = await store.catalog()
     body = {"version": catalog.version, "items": [item_json(i) for i in catalog.items]}
-    return web.json_response(body, dumps=views.dumps, headers={"ETag": etag(catalog.version)})
+    return web.json_response(body, dumps=views.dumps, headers={"ETag": etag(catalog.version, store.feed_history)})
 
 
 async def put_catalog(request: web.Request) -> web.Response:
@@ -240,7 +242,7 @@ async def put_catalog(request: web.Request) -> web.Response:
         rebooked,
     )
     body = {"version": update.version, "updated": update.updated, "rebooked": rebooked}
-    return web.json_response(body, dumps=views.dumps, headers={"ETag": etag(update.version)})
+    return web.json_response(body, dumps=views.dumps, headers={"ETag": etag(update.version, store.feed_history)})
 
 
 def item_json(item: CatalogItem) -> dict[str, Any]:

@@ -752,8 +752,8 @@ def _paths() -> dict[str, JSON]:
     # --- catalog
     add(routes.CATALOG_PATH, "get", operation(
         "getCatalog", "The barcode catalog",
-        "Every item and the catalog's version; the ETag is the version, so a copy is refreshed cheaply. As CSV when "
-        "asked: the columns PUT /v1/catalog takes back.",
+        "Every item and the catalog's version; the ETag is the version and the database's history (which a restore "
+        "changes), so a copy is refreshed cheaply. As CSV when asked: the columns PUT /v1/catalog takes back.",
         "Catalog",
         {"200": cacheable(with_csv(ok("The catalog.", ref("Catalog"), example={"version": 7, "items": [
             {"barcode": "04006381333931", "sku": "SKU-1", "pack_size": 1, "description": "Pen"}]}),

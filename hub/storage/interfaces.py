@@ -200,6 +200,8 @@ class FeedStore(Protocol):
 class CatalogStore(Protocol):
     """Barcodes to SKUs, and the events booked under barcodes the catalog did not know."""
 
+    feed_history: str  # the database's history (hub.storage.feed): the catalog's ETag carries it, as a restore resets versions
+
     @abc.abstractmethod
     async def catalog(self) -> Catalog:
         """Every catalog item (ordered by barcode) and the catalog version."""

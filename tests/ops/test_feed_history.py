@@ -156,3 +156,47 @@ def test_a_cursor_kept_across_a_pg_restore_into_a_new_database_is_refused(
     with HubProcess(tmp_path / "restarted.log", env=renv) as restarted:  # a restart is no restore: cursors hold
         assert changes(restarted.url, reader, fresh)["cursor"] == fresh
         assert restarted.stop() == 0
+
+
+def put_catalog(url: str, admin: str, items: list[dict[str, Any]]) -> int:
+    req = urllib.request.Request(f"{url}/v1/catalog", data=json.dumps({"items": items}).encode(), method="PUT",
+                                 headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+        return int(json.loads(resp.read())["version"])
+
+
+def catalog(url: str, token: str, tag: str = "") -> tuple[int, str, list[str]]:
+    """The status of GET /v1/catalog (with If-None-Match: ``tag`` when given), its ETag and its SKUs."""
+    headers = {"Authorization": f"Bearer {token}", **({"If-None-Match": tag} if tag else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/v1/catalog", headers=headers), timeout=TIMEOUT_S) as r:
+            return r.status, str(r.headers["ETag"]), sorted(i["sku"] for i in json.loads(r.read())["items"])
+    except urllib.error.HTTPError as err:  # urllib raises a 304 too
+        return err.code, str(err.headers["ETag"]), []
+
+
+def test_a_catalog_etag_kept_across_a_restore_is_not_answered_304(tmp_path: Path) -> None:
+    """An agent's cached catalog at version 2, the database restored to version 1, then one other change: the
+    catalog is at version 2 again with other items, and the agent's If-None-Match must get them, not a 304."""
+    db, copy = tmp_path / "hub.db", tmp_path / "backup.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    new_hub_db(db, env=env)
+    _, admin = credential(env, "--role", "admin")
+    _, reader = credential(env, "--role", "reader")
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
+        assert put_catalog(served.url, admin, [{"barcode": "4006381333931", "sku": "PEN-1"}]) == 1
+        backup_to(copy, env)
+        assert put_catalog(served.url, admin, [{"barcode": "4006381333948", "sku": "PEN-2"}]) == 2
+        _, kept, _ = catalog(served.url, reader)  # what the agent caches
+        assert catalog(served.url, reader, kept)[0] == 304
+        assert served.stop() == 0
+    for name in ("hub.db", "hub.db-wal", "hub.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    shutil.copyfile(copy, db)
+    with HubProcess(tmp_path / "restored.log", env=env) as again:
+        assert put_catalog(again.url, admin, [{"barcode": "4006381333955", "sku": "INK-9"}]) == 2
+        status, tag, skus = catalog(again.url, reader, kept)
+        assert status == 200, "the restored catalog's version 2 was taken for the one the agent cached"
+        assert skus == ["INK-9", "PEN-1"] and tag != kept
+        assert catalog(again.url, reader, tag)[0] == 304
+        assert again.stop() == 0
