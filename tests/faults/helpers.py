@@ -12,6 +12,7 @@ one (``scale(short, long)``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sqlite3
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from tests.harness import net
 from tests.harness.agent_process import AgentProcess, write_agent_config
@@ -40,8 +43,10 @@ __all__ = [
     "Store",
     "drained",
     "hub_events",
+    "hub_mark",
     "hub_rejections",
     "integrity_ok",
+    "is_pg",
     "outbox_events",
     "outbox_meta",
     "scale",
@@ -146,7 +151,28 @@ def _uuid(raw: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _query(db: Path, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+def is_pg(db: Path | str) -> bool:
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
+def _pg_query(url: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """``sql`` with ``?`` markers on the PostgreSQL hub database ``url`` (a hub's tables read the same there)."""
+    parts = sql.split("?")
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+    async def query() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(url, timeout=30)
+        try:
+            return [tuple(r) for r in await conn.fetch(numbered, *params)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
+
+
+def _query(db: Path | str, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    if is_pg(db):
+        return _pg_query(str(db), sql, tuple(params))
     conn = sqlite3.connect(db, timeout=30)
     try:
         return conn.execute(sql, tuple(params)).fetchall()
@@ -168,12 +194,19 @@ def outbox_meta(outbox: Path) -> dict[str, Any]:
     return dict(_query(outbox, "SELECT key, value FROM meta"))
 
 
-def hub_events(hub_db: Path, locations: Iterable[str] | None = None) -> dict[str, EventRow]:
+def hub_events(hub_db: Path | str, locations: Iterable[str] | None = None) -> dict[str, EventRow]:
     """The hub's events by id, of ``locations`` only if given (an id is unique per credential, so two
     stores may hold the same one: keep to one store's locations to key by id)."""
     rows = _query(hub_db, "SELECT event_id, location, sku, kind, qty, seq FROM events")
+    rows = [(bytes(r[0]), *r[1:]) for r in rows]
     wanted = None if locations is None else set(locations)
     return {_uuid(r[0]): EventRow(*r[1:]) for r in rows if wanted is None or r[1] in wanted}
+
+
+def hub_mark(hub_db: Path | str, agent_id: str, epoch: int) -> int:
+    """The hub's mark for ``agent_id``'s ``epoch`` (0: none yet)."""
+    rows = _query(hub_db, "SELECT hwm FROM agent_hwm WHERE agent_id = ? AND epoch = ?", (agent_id, epoch))
+    return int(rows[0][0]) if rows else 0
 
 
 def hub_rejections(hub_db: Path) -> dict[str, str]:
@@ -194,7 +227,7 @@ def expected_on_hand(events: Iterable[EventRow]) -> dict[tuple[str, str], int]:
     return dict(total)
 
 
-def drained(stores: Iterable[Store], hub_db: Path) -> bool:
+def drained(stores: Iterable[Store], hub_db: Path | str) -> bool:
     """Every store's outbox is acknowledged to its end and the hub holds every event in it."""
     held = None
     for store in stores:
@@ -257,7 +290,8 @@ def verify(
     for path in sorted(outboxes):
         recorded |= outbox_events(path)
     locations = sorted({s.location for s in stores})
-    held = hub_events(Path(hub.db), locations)
+    assert hub.db is not None
+    held = hub_events(hub.db, locations)
 
     lost = set(recorded) - set(held)
     assert not lost, f"{len(lost)} recorded event(s) never reached the hub, e.g. {sorted(lost)[:3]}"
@@ -280,7 +314,7 @@ def verify(
     differ = {k: (got.get(k, 0), want.get(k, 0)) for k in set(got) | set(want) if got.get(k, 0) != want.get(k, 0)}
     assert not differ, f"on_hand differs (hub, expected) at {differ}"
 
-    for path in [Path(hub.db), *sorted(outboxes)]:
+    for path in [*([] if is_pg(hub.db) else [Path(hub.db)]), *sorted(outboxes)]:
         assert integrity_ok(path), f"PRAGMA integrity_check failed on {path}"
     assert "Traceback" not in hub.log_path.read_text(errors="replace"), f"the hub failed unexpectedly; see {hub.log_path}"
     for store in stores:

@@ -12,11 +12,20 @@ read the same way. Per request, one of:
   (the hub sees a truncated body and must commit nothing);
 - ``cut_response``: the hub gets the whole request and answers; the agent gets
   the head and half the answer's body, then a reset (the hub committed, the
-  agent does not know: it must resend, and the hub must count nothing twice).
+  agent does not know: it must resend, and the hub must count nothing twice);
+- and what a hostile network does besides (``FaultPlan.hostile``): the answer
+  cut right after its head, held past the agent's timeout and delivered late,
+  trickled a byte a second, or replaced by a 200 of random bytes, a 200 of
+  JSON without a sync answer's fields, or a middlebox's 502/504 HTML page
+  (the hub committed each time); the request sent to the hub twice
+  (``replay``), or once more a while later, when the agent has moved on
+  (``replay_late``); a captive portal's 200 HTML page (nothing reaches the hub).
 
 Across requests: ``partition()`` stops every byte in both directions (new
 connections are accepted and held) until ``heal()``; what was held is then
 delivered late, as a healed network would, after the sender gave up waiting.
+``captive_portal()`` answers every request of any path with a portal's 200
+HTML page until ``heal()``.
 
 Hooks run in the proxy's event loop the moment something happens:
 ``on_request_forwarded(info)`` once a whole request is on its way to the hub,
@@ -56,6 +65,31 @@ class Fault(StrEnum):
     DELAY = "delay"
     CUT_REQUEST = "cut_request"
     CUT_RESPONSE = "cut_response"
+    # A hostile network (FaultPlan.hostile): the hub gets the request and answers, unless said otherwise.
+    CUT_AFTER_HEAD = "cut_after_head"  # the agent gets the answer's head, then a reset
+    LATE = "late"  # the answer is held ``late_s`` (past the agent's timeout), then delivered
+    REPLAY = "replay"  # the request reaches the hub twice in a row; the agent gets the second answer
+    REPLAY_LATE = "replay_late"  # … and a copy again ``late_s`` later, on a connection of its own
+    SLOW = "slow"  # the answer trickles at one byte a second (slow-loris), head and body
+    GARBAGE_200 = "garbage_200"  # the answer replaced by a 200 whose body is random bytes
+    HTML_502 = "html_502"  # … by a middlebox's 502 page in text/html
+    HTML_504 = "html_504"  # … by a middlebox's 504 page in text/html
+    JSON_200 = "json_200"  # … by a 200 of JSON that lacks every field a sync answer has
+    PORTAL = "portal"  # a captive portal answers 200 HTML itself; nothing reaches the hub
+
+
+# The answers a middlebox puts in the hub's place (Fault.HTML_502 …, and every answer of ``captive_portal()``).
+PORTAL_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Welcome to StoreWiFi</title></head>"
+    b"<body><h1>Please accept the terms of use</h1><form action='/accept'><button>Accept</button></form></body></html>"
+)
+_NGINX = (
+    b"<html><head><title>%s</title></head><body><center><h1>%s</h1></center><hr><center>nginx</center></body></html>"
+)
+GATEWAY_PAGES = {
+    Fault.HTML_502: (502, "Bad Gateway", _NGINX % (b"502 Bad Gateway", b"502 Bad Gateway")),
+    Fault.HTML_504: (504, "Gateway Time-out", _NGINX % (b"504 Gateway Time-out", b"504 Gateway Time-out")),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +99,7 @@ class FaultPlan:
     weights: Mapping[Fault, float] = field(default_factory=lambda: {Fault.PASS: 1.0})
     delay_s: tuple[float, float] = (0.05, 0.4)
     only_path_prefix: str = "/v1/sync"  # faults hit only these requests; others pass
+    late_s: float = 4.0  # how long a LATE answer is held: longer than the agent's timeout
 
     @classmethod
     def clean(cls) -> FaultPlan:
@@ -79,8 +114,15 @@ class FaultPlan:
         return cls(weights, delay_s)
 
     @classmethod
-    def only(cls, fault: Fault, share: float = 1.0) -> FaultPlan:
-        return cls({fault: share, Fault.PASS: 1.0 - share} if share < 1.0 else {fault: 1.0})
+    def only(cls, fault: Fault, share: float = 1.0, **kwargs: Any) -> FaultPlan:
+        return cls({fault: share, Fault.PASS: 1.0 - share} if share < 1.0 else {fault: 1.0}, **kwargs)
+
+    @classmethod
+    def hostile(cls, fault_share: float = 0.4, **kwargs: Any) -> FaultPlan:
+        """``fault_share`` of requests get a fault, spread evenly over every kind."""
+        kinds = [f for f in Fault if f is not Fault.PASS]
+        weights = {Fault.PASS: 1.0 - fault_share, **{f: fault_share / len(kinds) for f in kinds}}
+        return cls(weights, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +221,7 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._healed = asyncio.Event()
         self._healed.set()
+        self._portal = False  # captive_portal(): every request is answered 200 HTML here
         self._changed = asyncio.Condition()
         self._connections = self._requests = self._responses = 0
         self._bytes_up = self._bytes_down = self._partitions = 0
@@ -233,6 +276,11 @@ class FaultProxy:
 
     def heal(self) -> None:
         self._healed.set()
+        self._portal = False
+
+    def captive_portal(self) -> None:
+        """Answer every request, of any path, with a 200 HTML login page, until ``heal()``."""
+        self._portal = True
 
     @property
     def partitioned(self) -> bool:
@@ -259,6 +307,8 @@ class FaultProxy:
 
     # --- forwarding ------------------------------------------------------------
     def _choose(self, path: str) -> Fault:
+        if self._portal:
+            return Fault.PORTAL
         if not path.startswith(self.plan.only_path_prefix):
             return Fault.PASS
         faults = list(self.plan.weights)
@@ -308,6 +358,28 @@ class FaultProxy:
                     w.transport.abort()
             self._tasks.discard(task)
             await self._notify()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replay_later(self, request: bytes) -> None:
+        """Send ``request`` to the hub again ``late_s`` from now, on a connection of its own; read and drop the
+        answer (a middlebox retrying a request it had given up on, after the agent moved on)."""
+        await asyncio.sleep(self.plan.late_s)
+        with contextlib.suppress(OSError, TimeoutError, _Closed):
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(LOOPBACK, self.upstream_port, limit=HEAD_MAX_BYTES), CONNECT_TIMEOUT_S
+            )
+            try:
+                writer.write(request)
+                await writer.drain()
+                head = await asyncio.wait_for(_read_head(reader), CONNECT_TIMEOUT_S * 6)
+                if head is not None and head.content_length:
+                    await _read_exactly(reader, head.content_length)
+            finally:
+                writer.transport.abort()
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         await self._healed.wait()
@@ -364,6 +436,9 @@ class FaultProxy:
                 raise _Closed("dropped")
             if fault is Fault.DELAY:
                 await asyncio.sleep(self._rng.uniform(*self.plan.delay_s))
+            if fault is Fault.PORTAL:
+                await self._send(client_w, _page(200, "OK", PORTAL_PAGE))
+                continue
             if fault is Fault.CUT_REQUEST:
                 data = head.raw + body[: length // 2] if length else head.raw[: len(head.raw) // 2]
                 await self._send(upstream_w, data)
@@ -373,6 +448,12 @@ class FaultProxy:
             await pending.put(info)
             await self._send(upstream_w, head.raw + body)
             self._bytes_up += len(head.raw) + length
+            if fault is Fault.REPLAY:  # pipelined on the same connection: the first answer is swallowed
+                await pending.put(replace(info, fault=Fault.PASS))
+                await self._send(upstream_w, head.raw + body)
+                self._bytes_up += len(head.raw) + length
+            if fault is Fault.REPLAY_LATE:
+                self._spawn(self._replay_later(head.raw + body))
             if self.on_request_forwarded is not None:
                 self.on_request_forwarded(info)
 
@@ -405,6 +486,28 @@ class FaultProxy:
                 await self._pump_raw(upstream_r, client_w, up=False)
                 raise _Closed("a close-delimited answer ended")
             body = await _read_exactly(upstream_r, length) if length else b""
+            if info.fault is Fault.REPLAY:
+                continue  # the answer to the first copy: the agent gets the second's
+            if info.fault in GATEWAY_PAGES:
+                await self._send(client_w, _page(*GATEWAY_PAGES[info.fault]))
+                continue
+            if info.fault is Fault.GARBAGE_200:
+                await self._send(client_w, _page(200, "OK", self._rng.randbytes(max(1, length)), MSGPACK))
+                continue
+            if info.fault is Fault.JSON_200:
+                await self._send(client_w, _page(200, "OK", b'{"status": "ok"}', "application/json"))
+                continue
+            if info.fault is Fault.CUT_AFTER_HEAD:
+                await self._send(client_w, head.raw)
+                await asyncio.sleep(0.05)
+                raise _Closed("answer cut after its head")
+            if info.fault is Fault.LATE:
+                await asyncio.sleep(self.plan.late_s)
+            if info.fault is Fault.SLOW:
+                for byte in head.raw + body:  # until the agent gives up (its timeout) and goes away
+                    await self._send(client_w, bytes([byte]))
+                    await asyncio.sleep(1.0)
+                continue
             if info.fault is Fault.CUT_RESPONSE:
                 data = head.raw + body[: length // 2] if length else head.raw[: len(head.raw) // 2]
                 await self._send(client_w, data)
@@ -414,6 +517,15 @@ class FaultProxy:
             await self._send(client_w, head.raw + body)
             self._bytes_down += len(head.raw) + length
             await self._notify()
+
+
+MSGPACK = "application/msgpack"
+
+
+def _page(status: int, reason: str, body: bytes, content_type: str = "text/html; charset=utf-8") -> bytes:
+    """A whole HTTP/1.1 answer a middlebox sends in the hub's place."""
+    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode("latin-1") + body
 
 
 class ProxyThread:
@@ -466,6 +578,9 @@ class ProxyThread:
 
     def reset_connections(self) -> int:
         return int(self._run(self.proxy.reset_connections))
+
+    def captive_portal(self) -> None:
+        self._run(self.proxy.captive_portal)
 
     def stats(self) -> ProxyStats:
         stats: ProxyStats = self._run(self.proxy.stats)
