@@ -44,7 +44,15 @@ import aiohttp
 
 from agent import huberrors
 from agent.errors import AgentError, OutboxClosed, OutboxError
-from agent.hub_loop import FOLLOW_REDIRECTS, AnswerTooLarge, HubLoop, read_answer, redirected
+from agent.hub_loop import (
+    FOLLOW_REDIRECTS,
+    INTERCEPTED,
+    AnswerTooLarge,
+    HubLoop,
+    not_the_hubs,
+    read_answer,
+    redirected,
+)
 from agent.outbox import FeedPosition, Outbox
 from protocol import ProtocolError
 from protocol import feed as wire
@@ -138,8 +146,8 @@ class CountFeed(HubLoop):
         self._gate: FeedGate = gate or OpenGate()
         self._wait_s = wait_s
         self._limit = page_limit
-        # Failure kinds: "unreachable", "bad_answer", "refused", "no_feed", "rate_limited", "hub_error", "outbox",
-        # "bug"; a new kind in a streak is logged again. The n-th failure in a row waits up to retry_base_s × 2^n.
+        # Failure kinds: "unreachable", "intercepted", "bad_answer", "refused", "no_feed", "rate_limited",
+        # "hub_error", "outbox", "bug"; a new kind in a streak is logged again. The n-th failure in a row waits up to retry_base_s × 2^n.
         self._streak = Streak(
             Backoff(2 * retry_base_s, retry_max_s, jitter=FULL_JITTER, exact_retry_after=True), rng or random.Random()
         )
@@ -250,6 +258,7 @@ class CountFeed(HubLoop):
                 body = await read_answer(http, self.answer_max_bytes, "change feed page")
                 status, retry_after = http.status, http.headers.get("Retry-After", "")
                 location = http.headers.get("Location")
+                content_type = http.headers.get("Content-Type", "")
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="bad_answer") from err
         except TimeoutError:
@@ -261,6 +270,8 @@ class CountFeed(HubLoop):
             raise TurnFailed(
                 f"the change feed at {self._base} could not be read ({err or type(err).__name__})", kind="unreachable"
             ) from err
+        if (foreign := not_the_hubs(url, status, content_type, body, "application/json")) is not None:
+            raise TurnFailed(foreign, kind=INTERCEPTED)
         if status == 200:
             try:
                 return wire.decode_page(loads_json(body), after, self._limit)

@@ -10,6 +10,13 @@ Followed, a 307 resent the outbox's movements to whatever address it named,
 and a 301/302 turned the sync into a GET whose 404 or 405 was then blamed on
 ``hub_url``.
 
+An answer that is plainly not the hub's — an HTML page (a captive portal's
+200, a proxy's 502 or 504 page), or a 200 in another type than the route's —
+is said in one sentence naming what answered (``not_the_hubs``), as a
+network failure of its own kind (``INTERCEPTED``), not as a broken hub or an
+undecodable body: a portal that appears after the link dropped is news, not
+one more failure of the same streak.
+
 Every answer from the hub is read with ``read_answer``: at most a limit of
 bytes (checked against Content-Length before reading, and while reading, so an
 answer without one is cut off too), else ``AnswerTooLarge`` — one sentence,
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Coroutine
 from pathlib import Path
@@ -31,6 +39,7 @@ from typing import Any, Self
 import aiohttp
 
 from agent.errors import AgentError
+from protocol.values import shown
 
 # A sync answer for the largest batch (10,000 events, protocol.MAX_BATCH_EVENTS): every event rejected
 # (16-byte id, seq, code, reason of at most ~1 KiB: about 11 MB) plus counts for every key touched
@@ -39,6 +48,7 @@ from agent.errors import AgentError
 SYNC_ANSWER_MAX_BYTES = 32 << 20
 READ_CHUNK_BYTES = 64 << 10
 FOLLOW_REDIRECTS = False  # every request to the hub: movements and the token go to hub_url and nowhere else
+INTERCEPTED = "intercepted"  # the failure kind (and sync state) of an answer that is not the hub's (not_the_hubs)
 
 
 def redirected(url: str, status: int, location: str | None) -> str:
@@ -48,6 +58,38 @@ def redirected(url: str, status: int, location: str | None) -> str:
         f"the hub at {url} redirects to {where} (HTTP {status}), which this agent does not follow;"
         " set hub_url to the hub's own address"
     )
+
+
+_TITLE_RE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+HTML_TITLE_MAX_CHARS = 80
+
+
+def not_the_hubs(url: str, status: int, content_type: str, body: bytes, expected: str) -> str | None:
+    """One sentence when an answer cannot be the hub's, else None.
+
+    The hub answers its API in ``expected`` (a 200) or problem details (JSON), never in HTML: an HTML page
+    is a captive portal or a proxy answering in the hub's place, and so is a 200 in a type the route never
+    has. Named as that, the failure reads as the network's, not as a hub that sends undecodable answers.
+    """
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "text/html" or body.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+        title = _TITLE_RE.search(body[: 64 << 10])
+        page = "an HTML page" if title is None else "an HTML page titled " + _title(title.group(1))
+        return (
+            f"{url} was answered by {page} (HTTP {status}), not by the hub: a captive portal, proxy or gateway"
+            " between this agent and the hub answers in its place"
+        )
+    if status == 200 and kind != expected:
+        return (
+            f"{url} was answered with {shown(kind or 'no content type', 60)} (HTTP 200), not the hub's"
+            f" {expected}: something between this agent and the hub answers in its place"
+        )
+    return None
+
+
+def _title(raw: bytes) -> str:
+    text = " ".join(raw.decode("utf-8", "replace").split())
+    return shown(text or "(empty)", HTML_TITLE_MAX_CHARS)
 
 
 class AnswerTooLarge(AgentError):

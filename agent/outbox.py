@@ -213,7 +213,7 @@ class OutboxStats:
     oldest_pending_ms: int | None  # wall clock of the oldest pending event
     oldest_pending_age_s: float | None
     set_aside: int
-    sync_state: str  # "never", "ok", "unreachable", "credentials_refused", "hub_error"
+    sync_state: str  # "never", "ok", "unreachable", "intercepted", "credentials_refused", "hub_error", …
     last_sync_ms: int | None
     last_error: str | None
     hub_reachable: bool | None  # None: no sync attempt yet

@@ -26,6 +26,9 @@ Hub answers and what they mean here:
   most ``protocol.retry.RETRY_AFTER_MAX_S``) instead of the backoff, then send again.
 - 400 and other 4xx: a bug or a wrong hub_url; log an ERROR, back off.
 - 5xx, connection errors, timeouts: back off.
+- An HTML page of any status, or a 200 that is not msgpack: not the hub's answer (a captive portal or a
+  proxy answers in its place, ``agent.hub_loop.not_the_hubs``); said in one sentence, also after a
+  failure of another kind (sync state "intercepted", the hub unreachable), back off.
 
 With ``feed=True`` the replicator also runs the count cache's change-feed
 follower (``agent.feed``) with the same hub address and credential, asks the hub
@@ -53,7 +56,16 @@ from agent import huberrors
 from agent.errors import AgentError, OutboxClosed, OutboxError
 from agent.feed import WAIT_S as FEED_WAIT_S
 from agent.feed import CountFeed
-from agent.hub_loop import FOLLOW_REDIRECTS, SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer, redirected
+from agent.hub_loop import (
+    FOLLOW_REDIRECTS,
+    INTERCEPTED,
+    SYNC_ANSWER_MAX_BYTES,
+    AnswerTooLarge,
+    HubLoop,
+    not_the_hubs,
+    read_answer,
+    redirected,
+)
 from agent.outbox import Outbox, Outgoing
 from protocol import (
     MAX_BATCH_EVENTS,
@@ -106,7 +118,8 @@ class ReplicatorState:
 
     attempts: int  # sync attempts so far (each batch sent is one)
     sent_events: int  # events the hub has acknowledged to this replicator
-    sync_state: str  # "never", "ok", "unreachable", "credentials_refused", "rate_limited", "hub_error", "outbox_error"
+    # "never", "ok", "unreachable", "intercepted", "credentials_refused", "rate_limited", "hub_error", "outbox_error"
+    sync_state: str
     last_error: str | None
     hub_reachable: bool | None
     credentials_refused: bool
@@ -177,6 +190,7 @@ class Replicator(HubLoop):
         self._handshake_due = True
         self._retry_after: str | None = None  # the Retry-After header of the last answer
         self._location: str | None = None  # … and its Location (a redirect, not followed)
+        self._content_type = ""  # … and its Content-Type (agent.hub_loop.not_the_hubs)
         self._state = ReplicatorState(0, 0, "never", None, None, False, 0, batch_size, None)
         self._prefetch: asyncio.Task[_Prepared] | None = None  # the next batch, read while one is on its way
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
@@ -320,6 +334,9 @@ class Replicator(HubLoop):
             if batch and not self._handshake_due:  # read and pack the next batch while this one is on its way
                 self._prefetch = asyncio.create_task(self._prepare(self._limit(), batch))
             status, body, sent_ms, received_ms = await self._post(prepared)
+            foreign = not_the_hubs(self._url, status, self._content_type, body, MSGPACK_CONTENT_TYPE)
+            if foreign is not None:
+                raise TurnFailed(foreign, kind=INTERCEPTED, reachable=False)
             if status == 429:
                 raise self._slow_down(body)
             if status == 200:
@@ -402,6 +419,7 @@ class Replicator(HubLoop):
             ) as http:
                 self._retry_after = http.headers.get("Retry-After")
                 self._location = http.headers.get("Location")
+                self._content_type = http.headers.get("Content-Type", "")
                 body = await read_answer(http, self.answer_max_bytes, "sync answer")
                 return http.status, body, sent_ms, self._outbox.wall_ms()
         except AnswerTooLarge as err:

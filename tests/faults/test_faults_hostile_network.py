@@ -1,4 +1,4 @@
-"""A hostile network between a store and the hub loses nothing, counts nothing twice.
+"""A hostile network between a store and the hub loses nothing, counts nothing twice, and is said plainly.
 
 A real agent process records a simulated stream while its sync requests
 cross the fault proxy, which does what broken middleboxes, flaky links and
@@ -12,6 +12,8 @@ traceback), and checks of its own:
 
 - the agent's acknowledged mark is the hub's mark for it, and every event at
   or below it is at the hub (nothing acknowledged that the hub lacks);
+- the agent's log says each incident in a sentence of its own: no markup or
+  parser wording quoted, an answer that is not the hub's named as such;
 - once the network heals, the agent drains by itself within bounded time.
 """
 
@@ -50,6 +52,23 @@ def check_acknowledged(store: Store, hub_db: Path | str, held: set[str]) -> None
     assert below <= held, f"{len(below - held)} acknowledged event(s) are not at the hub"
 
 
+def said(store: Store) -> list[str]:
+    """The agent's warnings and errors: what it said about the incidents."""
+    return [line for line in store.log().splitlines() if " WARNING " in line or " ERROR " in line]
+
+
+def check_said_plainly(store: Store) -> None:
+    """Each incident in a sentence of the agent's own: no markup or library wording quoted into its log."""
+    for line in said(store):
+        for raw in UNSAID:
+            assert raw not in line, f"the agent's log quotes {raw!r} instead of saying what happened: {line}"
+
+
+# What a sentence about an incident never holds: a page's markup, a JSON parser's complaint about a page that was
+# never the hub's.
+UNSAID = ("<html", "<!DOCTYPE", "<title", "Expecting value")
+
+
 def run(hub: HubProcess, proxy: ProxyThread, store: Store, total: int) -> set[str]:
     hub.start()
     agent = store.start()
@@ -61,6 +80,14 @@ def run(hub: HubProcess, proxy: ProxyThread, store: Store, total: int) -> set[st
     assert len(held) == total
     check_acknowledged(store, hub.db, held)
     return held
+
+
+# What the sentence about an answer that was not the hub's names.
+FOREIGN = {
+    Fault.HTML_502: "an HTML page titled '502 Bad Gateway' (HTTP 502), not by the hub",
+    Fault.HTML_504: "an HTML page titled '504 Gateway Time-out' (HTTP 504), not by the hub",
+    Fault.JSON_200: "answered with 'application/json' (HTTP 200), not the hub's",
+}
 
 
 @pytest.mark.parametrize(
@@ -84,6 +111,9 @@ def test_each_hostile_answer_loses_nothing(
     )
     run(hub, proxy, store, total)
     assert proxy.stats().faults.get(fault, 0) > 0
+    check_said_plainly(store)
+    if fault in FOREIGN:
+        assert any(FOREIGN[fault] in line for line in said(store)), f"no sentence names {FOREIGN[fault]!r}"
 
 
 def test_a_captive_portal_loses_nothing_and_is_left_by_itself(
@@ -102,6 +132,7 @@ def test_a_captive_portal_loses_nothing_and_is_left_by_itself(
     agent = store.start()
     proxy.wait_for(lambda s: s.requests >= 3, timeout_s=30)
     proxy.captive_portal()
+    proxy.reset_connections()  # the change feed's long poll too: its next request meets the portal
     proxy.wait_for(lambda s: s.faults.get(Fault.PORTAL, 0) >= 20, timeout_s=60)
     proxy.heal()
     wait_until("the simulation completes", store.simulation_complete)
@@ -109,6 +140,10 @@ def test_a_captive_portal_loses_nothing_and_is_left_by_itself(
     assert agent.stop() == 0
     held = set(verify(hub, [store]))
     check_acknowledged(store, hub.db, held)
+    check_said_plainly(store)
+    portal = [line for line in said(store) if "an HTML page titled 'Welcome to StoreWiFi' (HTTP 200)" in line]
+    assert sum("agent.replicator" in line for line in portal) == 1, f"the replicator says it once: {portal}"
+    assert sum("agent.feed" in line for line in portal) == 1, f"the count cache's feed says it once: {portal}"
 
 
 def test_seeded_chaos_of_every_fault_with_kills_loses_nothing(
@@ -149,6 +184,7 @@ def test_seeded_chaos_of_every_fault_with_kills_loses_nothing(
     held = set(verify(hub, [store]))
     assert len(held) == total
     check_acknowledged(store, hub.db, held)
+    check_said_plainly(store)
 
 
 def test_seeded_chaos_against_a_postgresql_hub_loses_nothing(
@@ -175,5 +211,6 @@ def test_seeded_chaos_against_a_postgresql_hub_loses_nothing(
         held = set(verify(pg_hub, [store]))
         assert len(held) == total
         check_acknowledged(store, pg_url, held)
+        check_said_plainly(store)
     finally:
         pg_hub.close()
