@@ -49,6 +49,7 @@ from agent.hub_loop import (
     INTERCEPTED,
     AnswerTooLarge,
     HubLoop,
+    broken,
     not_the_hubs,
     read_answer,
     redirected,
@@ -268,7 +269,7 @@ class CountFeed(HubLoop):
             ) from None
         except aiohttp.ClientError as err:
             raise TurnFailed(
-                f"the change feed at {self._base} could not be read ({err or type(err).__name__})", kind="unreachable"
+                f"the change feed at {self._base} could not be read ({broken(err)})", kind="unreachable"
             ) from err
         if (foreign := not_the_hubs(url, status, content_type, body, "application/json")) is not None:
             raise TurnFailed(foreign, kind=INTERCEPTED)

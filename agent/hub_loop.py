@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import ssl
 from collections.abc import Coroutine
@@ -90,6 +91,20 @@ def not_the_hubs(url: str, status: int, content_type: str, body: bytes, expected
 def _title(raw: bytes) -> str:
     text = " ".join(raw.decode("utf-8", "replace").split())
     return shown(text or "(empty)", HTML_TITLE_MAX_CHARS)
+
+
+def broken(err: aiohttp.ClientError) -> str:
+    """What went wrong with a connection to the hub, in words of this agent's (the caller names the address):
+    aiohttp's own messages quote its internals (``<ContentLengthError: 400, …>``, ``[Errno None] Can not write
+    request body for …``), which say neither what happened nor that nothing is lost."""
+    if isinstance(err, aiohttp.ClientPayloadError):
+        return "it broke before the whole answer arrived"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "it was closed before an answer came"
+    if isinstance(err, aiohttp.ClientOSError) and not isinstance(err, aiohttp.ClientConnectorError):
+        why = f" ({os.strerror(err.errno)})" if err.errno else ""
+        return f"it broke while the request was being sent{why}"
+    return str(err) or type(err).__name__
 
 
 class AnswerTooLarge(AgentError):

@@ -62,6 +62,7 @@ from agent.hub_loop import (
     SYNC_ANSWER_MAX_BYTES,
     AnswerTooLarge,
     HubLoop,
+    broken,
     not_the_hubs,
     read_answer,
     redirected,
@@ -437,7 +438,7 @@ class Replicator(HubLoop):
             ) from err
         except aiohttp.ClientError as err:
             raise TurnFailed(
-                f"the connection to the hub at {self._url} failed ({err or type(err).__name__})",
+                f"the connection to the hub at {self._url} failed ({broken(err)})",
                 kind="unreachable",
                 reachable=False,
             ) from err

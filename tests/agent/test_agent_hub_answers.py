@@ -18,7 +18,7 @@ from aiohttp import web
 
 from agent import Movement, Outbox, Replicator
 from agent.catalog import AgentCatalog, CatalogError
-from agent.hub_loop import AnswerTooLarge, read_answer
+from agent.hub_loop import AnswerTooLarge, broken, read_answer
 from agent.pos import PosStore, Quarantined
 from agent.pos.source import FileScan
 from agent.reports import ReportSender
@@ -243,3 +243,19 @@ async def test_status_does_not_follow_a_redirect_and_says_where_it_points(status
     assert report["hub_probe"].startswith(said), report["hub_probe"]
     assert report["hub_probe"].endswith("which this agent does not follow; set hub_url to the hub's own address")
     assert f"NOT reachable: {said}" in text, text
+
+
+@pytest.mark.parametrize(
+    ("err", "said"),
+    [
+        (aiohttp.ClientPayloadError("Response payload is not completed: <ContentLengthError: 400, …>"),
+         "it broke before the whole answer arrived"),
+        (aiohttp.ServerDisconnectedError(), "it was closed before an answer came"),
+        (aiohttp.ClientOSError(None, "Can not write request body for http://hub"),
+         "it broke while the request was being sent"),
+        (aiohttp.ClientOSError(32, "Can not write request body for http://hub"),
+         "it broke while the request was being sent (Broken pipe)"),
+    ],
+)  # fmt: skip
+def test_a_broken_connection_is_said_in_the_agents_words(err: aiohttp.ClientError, said: str) -> None:
+    assert broken(err) == said

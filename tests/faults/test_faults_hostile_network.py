@@ -65,8 +65,16 @@ def check_said_plainly(store: Store) -> None:
 
 
 # What a sentence about an incident never holds: a page's markup, a JSON parser's complaint about a page that was
-# never the hub's.
-UNSAID = ("<html", "<!DOCTYPE", "<title", "Expecting value")
+# never the hub's, aiohttp's wording of a broken connection.
+UNSAID = (
+    "<html",
+    "<!DOCTYPE",
+    "<title",
+    "Expecting value",
+    "ContentLengthError",
+    "payload is not completed",
+    "Errno None",
+)
 
 
 def run(hub: HubProcess, proxy: ProxyThread, store: Store, total: int) -> set[str]:
