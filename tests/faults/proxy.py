@@ -19,7 +19,8 @@ read the same way. Per request, one of:
   JSON without a sync answer's fields, or a middlebox's 502/504 HTML page
   (the hub committed each time); the request sent to the hub twice
   (``replay``), or once more a while later, when the agent has moved on
-  (``replay_late``); a captive portal's 200 HTML page (nothing reaches the hub).
+  (``replay_late``); the answer delivered twice on its connection
+  (``double_answer``); a captive portal's 200 HTML page (nothing reaches the hub).
 
 Across requests: ``partition()`` stops every byte in both directions (new
 connections are accepted and held) until ``heal()``; what was held is then
@@ -75,6 +76,7 @@ class Fault(StrEnum):
     HTML_502 = "html_502"  # … by a middlebox's 502 page in text/html
     HTML_504 = "html_504"  # … by a middlebox's 504 page in text/html
     JSON_200 = "json_200"  # … by a 200 of JSON that lacks every field a sync answer has
+    DOUBLE_ANSWER = "double_answer"  # the answer delivered twice on the connection (the second is unasked for)
     PORTAL = "portal"  # a captive portal answers 200 HTML itself; nothing reaches the hub
 
 
@@ -507,6 +509,9 @@ class FaultProxy:
                 for byte in head.raw + body:  # until the agent gives up (its timeout) and goes away
                     await self._send(client_w, bytes([byte]))
                     await asyncio.sleep(1.0)
+                continue
+            if info.fault is Fault.DOUBLE_ANSWER:
+                await self._send(client_w, head.raw + body + head.raw + body)
                 continue
             if info.fault is Fault.CUT_RESPONSE:
                 data = head.raw + body[: length // 2] if length else head.raw[: len(head.raw) // 2]

@@ -102,7 +102,7 @@ FOREIGN = {
     "fault",
     [
         Fault.CUT_AFTER_HEAD, Fault.LATE, Fault.REPLAY, Fault.SLOW, Fault.GARBAGE_200,
-        Fault.HTML_502, Fault.HTML_504, Fault.JSON_200,
+        Fault.HTML_502, Fault.HTML_504, Fault.JSON_200, Fault.DOUBLE_ANSWER,
     ],
 )  # fmt: skip
 def test_each_hostile_answer_loses_nothing(

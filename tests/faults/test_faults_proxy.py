@@ -99,3 +99,61 @@ async def test_a_partition_holds_requests_until_it_heals_and_hooks_fire(upstream
         assert await asyncio.wait_for(pending, WAIT_S) == BODY[::-1]
     assert [(i.method, i.path, i.body_bytes) for i in forwarded] == [("POST", "/v1/sync", len(BODY))]
     assert answered == [200] and proxy.stats().partitions == 1
+
+
+async def answer_of(url: str) -> tuple[int, str, bytes]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session,
+        session.post(url + "/v1/sync", data=BODY) as resp,
+    ):
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+
+
+async def test_hostile_answers_replace_the_upstreams_after_it_read_the_request(upstream: tuple[Echo, int]) -> None:
+    echo, port = upstream
+    expected = {
+        Fault.HTML_502: (502, "text/html"),
+        Fault.HTML_504: (504, "text/html"),
+        Fault.GARBAGE_200: (200, "application/msgpack"),
+        Fault.JSON_200: (200, "application/json"),
+    }
+    for fault, (status, content_type) in expected.items():
+        async with FaultProxy(port, plan=FaultPlan.only(fault)) as proxy:
+            got, got_type, body = await answer_of(proxy.url)
+        assert (got, got_type.split(";")[0]) == (status, content_type) and body != BODY[::-1], fault
+    assert echo.bodies == [BODY] * len(expected)
+
+
+async def test_replays_reach_the_upstream_twice_and_a_portal_not_at_all(upstream: tuple[Echo, int]) -> None:
+    echo, port = upstream
+    async with FaultProxy(port, plan=FaultPlan.only(Fault.REPLAY)) as proxy:
+        assert await post(proxy.url) == BODY[::-1]
+    assert echo.bodies == [BODY, BODY]
+    async with FaultProxy(port, plan=FaultPlan.only(Fault.REPLAY_LATE, late_s=0.1)) as proxy:
+        assert await post(proxy.url) == BODY[::-1]
+        for _ in range(100):  # the late copy: 0.1 s later, on a connection of its own
+            if len(echo.bodies) == 4:
+                break
+            await asyncio.sleep(0.05)
+    assert echo.bodies == [BODY] * 4
+    async with FaultProxy(port) as proxy:
+        proxy.captive_portal()
+        status, content_type, body = await answer_of(proxy.url)
+    assert (status, content_type.split(";")[0]) == (200, "text/html") and b"StoreWiFi" in body
+    assert len(echo.bodies) == 4, "nothing reached the upstream through the portal"
+
+
+async def test_answers_cut_after_the_head_held_late_or_trickled_fail_the_client(upstream: tuple[Echo, int]) -> None:
+    echo, port = upstream
+    async with FaultProxy(port, plan=FaultPlan.only(Fault.CUT_AFTER_HEAD)) as proxy:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await post(proxy.url)
+    for fault in (Fault.LATE, Fault.SLOW):
+        async with (
+            FaultProxy(port, plan=FaultPlan.only(fault, late_s=2.0)) as proxy,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session,
+        ):
+            with pytest.raises(TimeoutError):
+                async with session.post(proxy.url + "/v1/sync", data=BODY) as resp:
+                    await resp.read()
+    assert echo.bodies == [BODY] * 3, "the upstream read every request whole"
