@@ -42,7 +42,15 @@ from typing import Any, Protocol
 import aiohttp
 
 from agent.errors import AgentError
-from agent.hub_loop import FOLLOW_REDIRECTS, AnswerTooLarge, HubLoop, read_answer, redirected
+from agent.hub_loop import (
+    FOLLOW_REDIRECTS,
+    AnswerTooLarge,
+    HubLoop,
+    broken,
+    not_the_hubs,
+    read_answer,
+    redirected,
+)
 from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.event import SKU_MAX_LEN
@@ -487,6 +495,9 @@ class AgentCatalog(HubLoop):
                 if 300 <= resp.status < 400:
                     raise TurnFailed(redirected(self._url, resp.status, resp.headers.get("Location")))
                 body = await read_answer(resp, self.answer_max_bytes, "catalog")
+                kind = resp.headers.get("Content-Type", "")
+                if (foreign := not_the_hubs(self._url, resp.status, kind, body, "application/json")) is not None:
+                    raise TurnFailed(foreign)
                 if resp.status != 200:
                     what = "refused this agent's credentials" if resp.status in (401, 403) else "answered"
                     raise TurnFailed(
@@ -498,9 +509,7 @@ class AgentCatalog(HubLoop):
         except TimeoutError:
             raise TurnFailed(f"the hub at {self._url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as err:
-            raise TurnFailed(
-                f"the catalog could not be fetched from {self._url} ({err or type(err).__name__})"
-            ) from err
+            raise TurnFailed(f"the catalog could not be fetched from {self._url} ({broken(err)})") from err
         try:
             data = json.loads(body)
             loaded = parse_catalog_json(data, f"from the hub at {self._url}")

@@ -154,6 +154,30 @@ def test_a_captive_portal_loses_nothing_and_is_left_by_itself(
     assert sum("agent.feed" in line for line in portal) == 1, f"the count cache's feed says it once: {portal}"
 
 
+def test_an_agent_started_behind_a_captive_portal_says_so_for_each_loop(
+    hub: HubProcess, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
+) -> None:
+    """The catalog, the change feed and the replicator each meet the portal first: each says so, once."""
+    total = 100
+    proxy = proxy_to(hub, seed=13)
+    store = make_store(
+        hub, proxy.url, simulation=Simulation(total, rate_per_s=50, seed=4, batch=3), batch_size=40, timeout_s=TIMEOUT_S
+    )
+    hub.start()
+    proxy.captive_portal()
+    agent = store.start()
+    proxy.wait_for(lambda s: s.faults.get(Fault.PORTAL, 0) >= 10, timeout_s=60)
+    proxy.heal()
+    wait_until("the simulation completes", store.simulation_complete)
+    wait_until("the outbox drains once the portal is gone", lambda: drained([store], hub.db))
+    assert agent.stop() == 0
+    check_acknowledged(store, hub.db, set(verify(hub, [store])))
+    check_said_plainly(store)
+    portal = [line for line in said(store) if "an HTML page titled 'Welcome to StoreWiFi' (HTTP 200)" in line]
+    for loop in ("agent.catalog", "agent.feed", "agent.replicator"):
+        assert sum(f" {loop}: " in line for line in portal) == 1, f"{loop} does not say the portal once: {portal}"
+
+
 def test_seeded_chaos_of_every_fault_with_kills_loses_nothing(
     hub: HubProcess, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
 ) -> None:
