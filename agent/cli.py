@@ -39,7 +39,15 @@ from agent.config import AgentConfig, load_config
 from agent.config_sources import CONFIG_ENV, LOG_LEVEL_ENV, default_config_path
 from agent.discovery import HubFinder
 from agent.errors import AgentError, ConfigError, InvalidMovement, OutboxOfAnotherAgent
-from agent.hub_loop import FOLLOW_REDIRECTS, hub_connector, redirected, use_ca_file
+from agent.hub_loop import (
+    FOLLOW_REDIRECTS,
+    AnswerTooLarge,
+    hub_connector,
+    not_the_hubs,
+    read_answer,
+    redirected,
+    use_ca_file,
+)
 from agent.localapi.runtime import start_staff_services
 from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock, refuse_new_outbox_beside_agent
 from agent.outbox import FILE_CHECK_S, Movement, Outbox, OutboxStats
@@ -64,6 +72,8 @@ EXIT_USAGE = 2
 EXIT_ALREADY_RUNNING = 3  # run: another agent holds this outbox
 EXIT_NOT_RUNNING = 3  # status: no agent runs on this outbox
 EXIT_HUB_UNREACHABLE = 4  # status: the hub does not answer /healthz
+PROBE_ANSWER_MAX_BYTES = 64 << 10  # the hub's /healthz answer is a few dozen bytes of JSON
+JSON = "application/json"
 EXIT_CREDENTIALS_REFUSED = 5  # status: the hub refused this agent's token at the last sync
 PROBE_TIMEOUT_S = 3.0
 CLOCK_WRONG_MS = 60_000  # status calls this machine's clock wrong past this skew from the hub's
@@ -470,7 +480,8 @@ async def _probe(hub_url: str) -> str | None:
     """None if GET /healthz answers 200 within PROBE_TIMEOUT_S, else why not (one phrase).
 
     A redirect is not followed, as the replicator does not follow one: another server's 200 says nothing of the
-    hub the agent syncs with."""
+    hub the agent syncs with. Nor is a 200 that is not the hub's JSON: a captive portal answers 200 to every
+    address, and the replicator meets the same page (agent.hub_loop.not_the_hubs)."""
     url = hub_url + HEALTH_PATH
     try:
         timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
@@ -478,7 +489,13 @@ async def _probe(hub_url: str) -> str | None:
         async with session, session.get(url, allow_redirects=FOLLOW_REDIRECTS) as resp:
             if 300 <= resp.status < 400:
                 return redact_url(redirected(url, resp.status, resp.headers.get("Location")))
+            body = await read_answer(resp, PROBE_ANSWER_MAX_BYTES, "health answer")
+            kind = resp.headers.get("Content-Type", "")
+            if (foreign := not_the_hubs(url, resp.status, kind, body, JSON)) is not None:
+                return redact_url(foreign)
             return None if resp.status == 200 else f"answered HTTP {resp.status}"
+    except AnswerTooLarge as err:
+        return str(err)
     except TimeoutError:
         return f"no answer within {PROBE_TIMEOUT_S:g} s"
     except aiohttp.ClientConnectorError as err:

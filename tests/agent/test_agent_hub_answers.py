@@ -259,3 +259,30 @@ async def test_status_does_not_follow_a_redirect_and_says_where_it_points(status
 )  # fmt: skip
 def test_a_broken_connection_is_said_in_the_agents_words(err: aiohttp.ClientError, said: str) -> None:
     assert broken(err) == said
+
+
+class CaptivePortal(AnswerServer):
+    """A captive portal in the hub's place: every address is answered 200 with its login page."""
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        page = "<!DOCTYPE html><html><head><title>Welcome to StoreWiFi</title></head><body>Accept</body></html>"
+        return web.Response(text=page, content_type="text/html")
+
+
+async def test_status_does_not_count_a_captive_portal_as_the_hub(tmp_path: Path) -> None:
+    """Found by putting a captive portal in front of the hub: `status` reported the hub reachable (exit 0 with an
+    agent running) from the portal's 200, while every sync met the portal's page."""
+    async with CaptivePortal() as portal:
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nid = "store-1"\nlocation = "S001"\ndata_dir = "data"\nhub_url = "{portal.url}"\ntoken = "t-1"\n',
+            encoding="utf-8",
+        )
+        async with Outbox.open(tmp_path / "data" / "outbox.sqlite3", agent_id="store-1", location="S001"):
+            pass
+        code, out, err = await _status(config, "--json")
+        report = json.loads(out)
+    assert (code, report["hub_reachable_now"]) == (3, False), err  # 3: no agent runs, which comes before 4
+    said = f"{portal.url}/healthz was answered by an HTML page titled 'Welcome to StoreWiFi' (HTTP 200), not by the hub"
+    assert report["hub_probe"].startswith(said), report["hub_probe"]
