@@ -14,12 +14,17 @@ traceback), and checks of its own:
   or below it is at the hub (nothing acknowledged that the hub lacks);
 - the agent's log says each incident in a sentence of its own: no markup or
   parser wording quoted, an answer that is not the hub's named as such;
-- once the network heals, the agent drains by itself within bounded time.
+- once the network heals, the agent drains by itself within bounded time,
+  and its local count cache comes to hold the hub's counts.
+
+The seeded run puts its faults on every route (the change feed's long poll
+and the catalog too), not only on the sync.
 """
 
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +43,7 @@ from tests.faults.helpers import (
 )
 from tests.faults.proxy import Fault, FaultPlan, ProxyThread
 from tests.harness.hub_process import HubProcess
-from tests.harness.net import free_port
+from tests.harness.net import free_port, get_json
 
 TIMEOUT_S = 2.0  # the agent's request timeout; LATE answers are held longer
 
@@ -50,6 +55,17 @@ def check_acknowledged(store: Store, hub_db: Path | str, held: set[str]) -> None
     assert acked == hub_mark(hub_db, store.cred.agent_id, epoch), "the agent's mark is not the hub's"
     below = {k for k, row in outbox_events(store.outbox).items() if row.seq <= acked}
     assert below <= held, f"{len(below - held)} acknowledged event(s) are not at the hub"
+
+
+def cache_matches_hub(store: Store, hub_url: str) -> bool:
+    """The agent's local count cache holds the hub's on_hand for every SKU of its location."""
+    hub = get_json(f"{hub_url}/v1/locations/{store.location}/counts?limit=10000", store.cred.token)["counts"]
+    conn = sqlite3.connect(store.outbox, timeout=30)
+    try:
+        cached = dict(conn.execute("SELECT sku, on_hand FROM counts WHERE location = ?", (store.location,)))
+    finally:
+        conn.close()
+    return cached == {row["sku"]: row["on_hand"] for row in hub}
 
 
 def said(store: Store) -> list[str]:
@@ -83,6 +99,7 @@ def run(hub: HubProcess, proxy: ProxyThread, store: Store, total: int) -> set[st
     wait_until("the simulation completes", store.simulation_complete)
     proxy.set_plan(FaultPlan.clean())  # the network heals
     wait_until("the outbox drains once the network heals", lambda: drained([store], hub.db))
+    wait_until("the agent's count cache holds the hub's counts", lambda: cache_matches_hub(store, hub.url))
     assert agent.stop() == 0
     held = set(verify(hub, [store]))
     assert len(held) == total
@@ -185,7 +202,8 @@ def test_seeded_chaos_of_every_fault_with_kills_loses_nothing(
     and restarted: the verdict holds and the agent drains by itself once the network heals."""
     total = 2_000
     rng = random.Random(2026)
-    proxy = proxy_to(hub, plan=FaultPlan.hostile(0.35, late_s=TIMEOUT_S * 1.5), seed=2026)
+    plan = FaultPlan.hostile(0.35, late_s=TIMEOUT_S * 1.5, only_path_prefix="/")  # the feed and catalog too
+    proxy = proxy_to(hub, plan=plan, seed=2026)
     store = make_store(
         hub,
         proxy.url,
@@ -212,6 +230,7 @@ def test_seeded_chaos_of_every_fault_with_kills_loses_nothing(
     wait_until("the simulation completes", store.simulation_complete)
     proxy.set_plan(FaultPlan.clean())
     wait_until("the outbox drains once the network heals", lambda: drained([store], hub.db))
+    wait_until("the agent's count cache holds the hub's counts", lambda: cache_matches_hub(store, hub.url))
     assert agent.stop() == 0
     held = set(verify(hub, [store]))
     assert len(held) == total
@@ -239,6 +258,7 @@ def test_seeded_chaos_against_a_postgresql_hub_loses_nothing(
         wait_until("the simulation completes", store.simulation_complete)
         proxy.set_plan(FaultPlan.clean())
         wait_until("the outbox drains once the network heals", lambda: drained([store], pg_url))
+        wait_until("the agent's count cache holds the hub's counts", lambda: cache_matches_hub(store, pg_hub.url))
         assert agent.stop() == 0
         held = set(verify(pg_hub, [store]))
         assert len(held) == total
