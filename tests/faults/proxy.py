@@ -16,7 +16,8 @@ read the same way. Per request, one of:
 - and what a hostile network does besides (``FaultPlan.hostile``): the answer
   cut right after its head, held past the agent's timeout and delivered late,
   trickled a byte a second, or replaced by a 200 of random bytes, a 200 of
-  JSON without a sync answer's fields, or a middlebox's 502/504 HTML page
+  JSON without a sync answer's fields, or a middlebox's 502/504 HTML page or
+  a web filter's 403 one
   (the hub committed each time); the request sent to the hub twice
   (``replay``), or once more a while later, when the agent has moved on
   (``replay_late``); the answer delivered twice on its connection
@@ -75,6 +76,7 @@ class Fault(StrEnum):
     GARBAGE_200 = "garbage_200"  # the answer replaced by a 200 whose body is random bytes
     HTML_502 = "html_502"  # … by a middlebox's 502 page in text/html
     HTML_504 = "html_504"  # … by a middlebox's 504 page in text/html
+    HTML_403 = "html_403"  # … by a web filter's 403 page in text/html ("access denied", not the hub's refusal)
     JSON_200 = "json_200"  # … by a 200 of JSON that lacks every field a sync answer has
     DOUBLE_ANSWER = "double_answer"  # the answer delivered twice on the connection (the second is unasked for)
     PORTAL = "portal"  # a captive portal answers 200 HTML itself; nothing reaches the hub
@@ -91,6 +93,7 @@ _NGINX = (
 GATEWAY_PAGES = {
     Fault.HTML_502: (502, "Bad Gateway", _NGINX % (b"502 Bad Gateway", b"502 Bad Gateway")),
     Fault.HTML_504: (504, "Gateway Time-out", _NGINX % (b"504 Gateway Time-out", b"504 Gateway Time-out")),
+    Fault.HTML_403: (403, "Forbidden", _NGINX % (b"Access Denied", b"Access to this site is blocked by policy")),
 }
 
 

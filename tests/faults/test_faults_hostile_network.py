@@ -112,6 +112,7 @@ FOREIGN = {
     Fault.HTML_502: "an HTML page titled '502 Bad Gateway' (HTTP 502), not by the hub",
     Fault.HTML_504: "an HTML page titled '504 Gateway Time-out' (HTTP 504), not by the hub",
     Fault.JSON_200: "answered with 'application/json' (HTTP 200), not the hub's",
+    Fault.HTML_403: "an HTML page titled 'Access Denied' (HTTP 403), not by the hub",
 }
 
 
@@ -119,7 +120,7 @@ FOREIGN = {
     "fault",
     [
         Fault.CUT_AFTER_HEAD, Fault.LATE, Fault.REPLAY, Fault.SLOW, Fault.GARBAGE_200,
-        Fault.HTML_502, Fault.HTML_504, Fault.JSON_200, Fault.DOUBLE_ANSWER,
+        Fault.HTML_502, Fault.HTML_504, Fault.JSON_200, Fault.DOUBLE_ANSWER, Fault.HTML_403,
     ],
 )  # fmt: skip
 def test_each_hostile_answer_loses_nothing(
@@ -139,6 +140,7 @@ def test_each_hostile_answer_loses_nothing(
     check_said_plainly(store)
     if fault in FOREIGN:
         assert any(FOREIGN[fault] in line for line in said(store)), f"no sentence names {FOREIGN[fault]!r}"
+    assert "credentials" not in store.log(), "a middlebox's page was taken for the hub refusing the token"
 
 
 def test_a_captive_portal_loses_nothing_and_is_left_by_itself(
