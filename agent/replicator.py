@@ -508,9 +508,11 @@ class Replicator(HubLoop):
                 kind="hub_error",
                 reachable=True,
             )
-        if batch and result.backlog == 0:
-            # The backlog this request reported counted the batch itself; the hub (and its dashboard) would
-            # show it until the next heartbeat. Send that heartbeat at the next tick: it reports the true 0.
+        if result.backlog == 0 and (batch or result.acked_seq > result.previous_acked_seq):
+            # The backlog this request reported counted events it acknowledged: the batch itself, or (a
+            # handshake after a batch whose answer was lost) the batch the hub had committed. The hub (and its
+            # dashboard) would show it until the next heartbeat. Send that heartbeat at the next tick: it
+            # reports the true 0.
             self._last_answer_s = -math.inf
         await self._answered(waiting=len(batch) + result.backlog, sent=len(batch), backlog=result.backlog)
         return result.backlog > 0

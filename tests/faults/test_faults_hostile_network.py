@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +42,14 @@ from tests.faults.helpers import (
     verify,
     wait_until,
 )
-from tests.faults.proxy import Fault, FaultPlan, ProxyThread
+from tests.faults.proxy import Fault, FaultPlan, ProxyThread, RequestInfo
+from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, get_json
 
 TIMEOUT_S = 2.0  # the agent's request timeout; LATE answers are held longer
+BATCH_BODY_MIN_BYTES = 2_000  # a sync request carrying events, not a handshake
+HEARD_WITHIN_S = 20.0  # a third of the default heartbeat_s: what the hub hears by then came from a tick
 
 
 def check_acknowledged(store: Store, hub_db: Path | str, held: set[str]) -> None:
@@ -268,3 +272,45 @@ def test_seeded_chaos_against_a_postgresql_hub_loses_nothing(
         check_said_plainly(store)
     finally:
         pg_hub.close()
+
+
+def test_the_hub_hears_a_backlog_of_0_after_a_drain_whose_last_answer_was_lost(
+    hub: HubProcess, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
+) -> None:
+    """The last batch's answer is lost (the hub committed it): the handshake after it finds the outbox drained,
+    and the hub must hear that within a tick, as after any drain (docs/agent.md, heartbeat_s), not keep showing
+    the batch's backlog until the next heartbeat a minute later."""
+    total = 100
+    lost: list[RequestInfo] = []
+    lock = threading.Lock()
+
+    def lose_one_batch_answer(info: RequestInfo, status: int) -> bool:
+        with lock:
+            if status != 200 or info.body_bytes < BATCH_BODY_MIN_BYTES or lost or not armed:
+                return False
+            lost.append(info)
+            return True
+
+    armed: list[bool] = []
+    proxy = proxy_to(hub, on_response=lose_one_batch_answer, seed=14)
+    store = make_store(
+        hub, proxy.url, simulation=Simulation(total, rate_per_s=0, seed=4, batch=total), timeout_s=TIMEOUT_S
+    )
+    hub.start()
+    admin = add_credential(hub.db, role="admin")
+    proxy.partition()  # every movement is recorded before the first batch can go
+    agent = store.start()
+    wait_until("the simulation completes", store.simulation_complete)
+    with lock:
+        armed.append(True)
+    proxy.heal()
+    wait_until("the outbox drains", lambda: drained([store], hub.db))
+    assert lost, "no batch's answer was lost"
+
+    def hub_backlog() -> int | None:
+        agents = get_json(f"{hub.url}/v1/agents", admin.token)["agents"]
+        return next(a["backlog"] for a in agents if a["agent_id"] == store.cred.agent_id)
+
+    wait_until("the hub hears the backlog is 0", lambda: hub_backlog() == 0, timeout_s=HEARD_WITHIN_S)
+    assert agent.stop() == 0
+    check_acknowledged(store, hub.db, set(verify(hub, [store])))
