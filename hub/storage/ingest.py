@@ -762,10 +762,9 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         if feed:
             await tx.append_changes(feed, now_ms)
     if batch.operator is None:
-        seq, chain = await _next_mark(tx, batch)
-        note = SyncNote(
-            who.agent_id, epoch, seq, chain, now_ms, _skew_ms(batch, now_ms), batch.backlog, batch.oldest_pending_ms
-        )
+        seq, chain, stale = await _next_mark(tx, batch)
+        backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)
+        note = SyncNote(who.agent_id, epoch, seq, chain, now_ms, _skew_ms(batch, now_ms), backlog, oldest_ms)
         hwm, chain, held_now = await tx.finish_sync(note)  # held: the sender shows this, not its own "quarantined"
     else:  # an operator applying a held event: the sender's mark and sync are not this request's
         hwm, chain, held_now = 0, None, 0
@@ -799,8 +798,13 @@ async def finish_in_steps(tx: IngestTx, note: SyncNote) -> tuple[int, bytes | No
     return hwm, chain, await tx.held_pending(note.agent_id)
 
 
-async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None]:
-    """The sender's mark after this batch, and the lineage digest to store with it.
+async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None, bool]:
+    """The sender's mark after this batch, the lineage digest to store with it, and whether the request is
+    older than the mark (the sender's acknowledged mark is below the stored one, and it brings nothing past it).
+
+    Such a request's backlog report is not the sender's news: a request a middlebox replays after the sender
+    moved on, or the handshake after an answer that was lost (the sender reports again as soon as it learns
+    the mark). Taken, it put a drained store's backlog back on the hub's agent list until the next heartbeat.
 
     An epoch seen for the first time starts at the sender's ``epoch_base`` (with its chain): the rows up
     to it were acknowledged in an earlier epoch. The sender holding more than this hub (its acknowledged
@@ -815,9 +819,10 @@ async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None]:
         stored_hwm, stored_chain = base, (lineage.base_chain if base else None)
     else:
         stored_hwm, stored_chain = stored
+    stale = batch.acked_seq < stored_hwm and batch.max_seq <= stored_hwm  # and it brings nothing past the mark
     if batch.acked_seq > stored_hwm or batch.max_seq <= stored_hwm:
-        return stored_hwm, stored_chain
-    return batch.max_seq, lineage.chain
+        return stored_hwm, stored_chain, stale
+    return batch.max_seq, lineage.chain, stale
 
 
 def _changes(

@@ -150,6 +150,7 @@ class ProxyStats:
     bytes_up: int
     bytes_down: int
     partitions: int
+    late_replays: int = 0  # REPLAY_LATE copies the hub has answered
 
 
 class _Closed(Exception):
@@ -229,7 +230,7 @@ class FaultProxy:
         self._portal = False  # captive_portal(): every request is answered 200 HTML here
         self._changed = asyncio.Condition()
         self._connections = self._requests = self._responses = 0
-        self._bytes_up = self._bytes_down = self._partitions = 0
+        self._bytes_up = self._bytes_down = self._partitions = self._late_replays = 0
         self._faults: Counter[Fault] = Counter()
 
     # --- lifecycle ---------------------------------------------------------
@@ -301,7 +302,7 @@ class FaultProxy:
     def stats(self) -> ProxyStats:
         return ProxyStats(
             self._connections, self._requests, dict(self._faults), self._responses,
-            self._bytes_up, self._bytes_down, self._partitions,
+            self._bytes_up, self._bytes_down, self._partitions, self._late_replays,
         )  # fmt: skip
 
     async def wait_for(self, predicate: Callable[[ProxyStats], bool]) -> ProxyStats:
@@ -383,8 +384,10 @@ class FaultProxy:
                 head = await asyncio.wait_for(_read_head(reader), CONNECT_TIMEOUT_S * 6)
                 if head is not None and head.content_length:
                     await _read_exactly(reader, head.content_length)
+                self._late_replays += 1
             finally:
                 writer.transport.abort()
+            await self._notify()
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         await self._healed.wait()

@@ -314,3 +314,46 @@ def test_the_hub_hears_a_backlog_of_0_after_a_drain_whose_last_answer_was_lost(
     wait_until("the hub hears the backlog is 0", lambda: hub_backlog() == 0, timeout_s=HEARD_WITHIN_S)
     assert agent.stop() == 0
     check_acknowledged(store, hub.db, set(verify(hub, [store])))
+
+
+def test_a_request_replayed_after_the_drain_does_not_put_the_backlog_back(
+    hub: HubProcess, proxy_to: Callable[..., ProxyThread], make_store: Callable[..., Store]
+) -> None:
+    """A middlebox sends the syncs up to the batch again a second later, after the agent drained and said so:
+    the old requests still report the backlog they were sent with, which the hub must not take over the
+    drained outbox's 0."""
+    total = 100
+    holder: list[ProxyThread] = []
+
+    def stop_replaying_after_the_batch(info: RequestInfo) -> None:
+        if info.body_bytes >= BATCH_BODY_MIN_BYTES:
+            holder[0].proxy.plan = FaultPlan.clean()  # in the proxy's thread: the next request passes
+
+    proxy = proxy_to(
+        hub,
+        plan=FaultPlan.only(Fault.REPLAY_LATE, late_s=1.0),
+        seed=15,
+        on_request_forwarded=stop_replaying_after_the_batch,
+    )
+    holder.append(proxy)
+    store = make_store(
+        hub, proxy.url, simulation=Simulation(total, rate_per_s=0, seed=4, batch=total), timeout_s=TIMEOUT_S
+    )
+    hub.start()
+    admin = add_credential(hub.db, role="admin")
+    proxy.partition()  # every movement is recorded before the first batch can go
+    agent = store.start()
+    wait_until("the simulation completes", store.simulation_complete)
+    proxy.heal()
+    wait_until("the outbox drains", lambda: drained([store], hub.db))
+
+    def hub_backlog() -> int | None:
+        agents = get_json(f"{hub.url}/v1/agents", admin.token)["agents"]
+        return next(a["backlog"] for a in agents if a["agent_id"] == store.cred.agent_id)
+
+    wait_until("the hub hears the backlog is 0", lambda: hub_backlog() == 0, timeout_s=HEARD_WITHIN_S)
+    sent = proxy.stats().faults[Fault.REPLAY_LATE]
+    proxy.wait_for(lambda s: s.late_replays >= sent, timeout_s=30)  # every old request replayed and answered
+    assert hub_backlog() == 0, "a replayed request put its old backlog back on the hub's agent list"
+    assert agent.stop() == 0
+    check_acknowledged(store, hub.db, set(verify(hub, [store])))
