@@ -114,27 +114,20 @@ def attrs_json(attrs: Mapping[str, Any]) -> str:
 
 def event_row(ev: StockEvent) -> EventRow:
     """What a backend stores of an event besides its id, in column order; ``kind`` as its
-    plain string (a driver binds an exact ``str`` without looking for an adapter)."""
+    plain string (a driver binds an exact ``str`` without looking for an adapter). The event is
+    unpacked in one step: thirteen field lookups by name took a third more (one call per event)."""
+    _, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs = ev
     return (
-        ev.agent_id,
-        ev.epoch,
-        ev.seq,
-        ev.location,
-        ev.sku,
-        KIND_TEXT[ev.kind],
-        ev.qty,
-        ev.occurred_at,
-        ev.wall_ms,
-        ev.source,
-        ev.ref,
-        ev.reason,
-        attrs_json(ev.attrs) if ev.attrs else None,
-    )
+        agent_id, epoch, seq, location, sku, KIND_TEXT[kind], qty, occurred_at, wall_ms, source, ref, reason,
+        attrs_json(attrs) if attrs else None,
+    )  # fmt: skip
 
 
 KIND_TEXT: dict[Kind, str] = {k: k.value for k in Kind}
 _COUNT, _APPLIED, _SUPERSEDED = Kind.COUNT, Effect.APPLIED, Effect.SUPERSEDED  # a member lookup per use is slow
 _EVENT_ID = attrgetter("event_id")
+_SEQ, _WALL_MS = attrgetter("seq"), attrgetter("wall_ms")
+_SENDER = attrgetter("agent_id", "epoch", "location")  # what _all_clean checks of each event
 _ORDER_KEY = attrgetter("occurred_at", "agent_id", "seq", "event_id")  # hub.resolver.order_key, without a call
 EFFECT_TEXT: dict[Effect, str] = {e: e.value for e in Effect}
 
@@ -423,8 +416,8 @@ def prepare_batch(
         epoch,
         tuple(accepted),
         tuple(refused),
-        max((ev.seq for ev in events), default=0),
-        max((ev.wall_ms for ev in events), default=None),
+        max(map(_SEQ, events), default=0),
+        max(map(_WALL_MS, events), default=None),
         acked_seq,
         backlog,
         oldest_pending_ms,
@@ -438,7 +431,7 @@ def _all_clean(who: AgentIdentity, epoch: int, events: Sequence[StockEvent], clo
     """Whether ``prepare_batch`` accepts every event as it is: all of the sender and epoch, at its locations,
     no transfer refused, and (the window's rules being thresholds on the stamp) the earliest and the latest
     stamp inside the clock window."""
-    senders = {(ev.agent_id, ev.epoch, ev.location) for ev in events}
+    senders = set(map(_SENDER, events))
     if any(a != who.agent_id or e != epoch or loc not in who.locations for a, e, loc in senders):
         return False
     if any(ev.ref is not None and transfer_problem(ev) is not None for ev in events):
@@ -616,7 +609,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     applied = len(fresh)  # the sender's events stored now (a bundle's movement counts once)
 
     # 1b. Bundles: a new movement of a bundle SKU is booked on its parts, under the recipe in force.
-    book = await tx.bundle_book({ev.sku for ev, _ in fresh}) if fresh else {}
+    book = await tx.bundle_book({sku for _, sku in by_key}) if fresh else {}  # by_key: the keys of fresh
     expanded: list[tuple[StockEvent, EventRow, BundleParts]] = []
     if book and any(ev.sku in book for ev, _ in fresh):
         fresh, expanded, refused = await _expand(tx, who.agent_id, fresh, book)
@@ -721,8 +714,9 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
 
     # 4. Write.
     if fresh or expanded:
+        effect_of, variance_of = effects.get, variances.get  # a thousand calls: bound once, each id read once
         await tx.insert_events(
-            [(ev.event_id, row, effects.get(ev.event_id, _APPLIED), variances.get(ev.event_id)) for ev, row in fresh]
+            [(i, row, effect_of(i, _APPLIED), variance_of(i)) for ev, row in fresh for i in (ev.event_id,)]
             + [(ev.event_id, row, Effect.EXPANDED, None) for ev, row, _ in expanded],
             now_ms,
         )
@@ -843,14 +837,21 @@ def _changes(
         if t.to_location is not None:
             destinations.setdefault((t.to_location, t.sku), t)
     out: list[NewChange] = []
+    was_of, events_of = before.get, by_key.get  # hundreds of keys: the loop below is kept to plain steps
     for key in keys:
-        was = before.get(key)
-        if was is None or rows[key][2:5] == was:  # not written, or (on_hand, reserved, in_transit) as they were
+        was = was_of(key)
+        if was is None:
+            continue  # not written
+        row = rows[key]
+        if row[2] == was[0] and row[3] == was[1] and row[4] == was[2]:  # (on_hand, reserved, in_transit) as they were
             continue
-        evs = by_key.get(key)
+        evs = events_of(key)
         if not evs and (via := destinations.get(key)) is not None:
             evs = by_transfer.get((via.ref, via.sku))
-        ids = tuple(map(_EVENT_ID, evs[:CHANGE_EVENT_IDS_MAX])) if evs else ()
+        if not evs:
+            ids: tuple[bytes, ...] = ()
+        else:
+            ids = tuple([ev.event_id for ev in (evs if len(evs) <= CHANGE_EVENT_IDS_MAX else evs[:CHANGE_EVENT_IDS_MAX])])
         out.append(_TUPLE_NEW(NewChange, (snapshots[key], ids)))  # NewChange(...) in one step: hundreds a batch
     return out
 
