@@ -94,7 +94,9 @@ from hub.storage.sql import (
 )
 from hub.storage.sql import note_sync as note_sync_sql
 
-EVENT_COLUMNS = [*EVENT_FIELDS.split(", "), "effect", "variance", "received_at_ms"]
+# The COPY's columns: an event's row (``EventRow``) first, then its id and what the batch decided of it, so a
+# record is that row plus one short tuple (unpacking the row into a new record per event cost more).
+EVENT_COLUMNS = [*EVENT_FIELDS.split(", ")[1:], "event_id", "effect", "variance", "received_at_ms"]
 
 # Every stock write takes the bundle recipes' lock shared, first, with its own locks; setting a recipe takes it
 # alone (``PostgresIngest.lock_recipes``), so no write reads the recipes while one is being set (schema v6).
@@ -424,7 +426,7 @@ class PostgresIngest:
         # COPY, the cheapest bulk insert on both sides.
         await self.conn.copy_records_to_table(
             "events",
-            records=[(event_id, *row, effect, variance, received_at_ms) for event_id, row, effect, variance in rows],
+            records=[row + (event_id, effect, variance, received_at_ms) for event_id, row, effect, variance in rows],
             columns=EVENT_COLUMNS,
         )
 
@@ -534,10 +536,8 @@ class PostgresIngest:
 
     async def save_stock(self, rows: Sequence[StockRow], now_ms: int) -> None:
         none4 = (None, None, None, None)
-        values = [
-            (r.location, r.sku, r.on_hand, r.reserved, r.in_transit, r.safety_stock)
-            + (*(r.last_count or none4), *(r.max_key or none4), now_ms)
-            for r in rows
+        values = [  # in STOCK_FIELDS order, each built in one step (hundreds a batch)
+            (r[0], r[1], r[2], r[3], r[4], r[5], *(r[6] or none4), *(r[7] or none4), now_ms) for r in rows
         ]
         self._forget_stock()
         if self._defer_stock:  # written by finish_sync (or the flush), after every read of stock
