@@ -29,7 +29,17 @@ from typing import Any
 import aiohttp
 
 from agent import huberrors
-from agent.hub_loop import FOLLOW_REDIRECTS, SYNC_ANSWER_MAX_BYTES, AnswerTooLarge, HubLoop, read_answer, redirected
+from agent.hub_loop import (
+    FOLLOW_REDIRECTS,
+    INTERCEPTED,
+    SYNC_ANSWER_MAX_BYTES,
+    AnswerTooLarge,
+    HubLoop,
+    broken,
+    not_the_hubs,
+    read_answer,
+    redirected,
+)
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
 from agent.replicator import AUTH_RETRY_S, TICK_S, TIMEOUT_S, credentials_refused
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
@@ -270,6 +280,7 @@ class ReportSender(HubLoop):
             async with session.post(url, data=body, headers=headers, allow_redirects=FOLLOW_REDIRECTS) as resp:
                 status, data = resp.status, await read_answer(resp, self.answer_max_bytes, f"answer to {path}")
                 location = resp.headers.get("Location")
+                content_type = resp.headers.get("Content-Type", "")
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), level=logging.ERROR) from err
         except TimeoutError:
@@ -279,7 +290,10 @@ class ReportSender(HubLoop):
                 f"could not connect to the hub at {url} ({err.os_error.strerror or err.os_error})"
             ) from err
         except aiohttp.ClientError as err:
-            raise TurnFailed(f"the connection to the hub at {url} failed ({err or type(err).__name__})") from err
+            raise TurnFailed(f"the connection to the hub at {url} failed ({broken(err)})") from err
+        # Before the status: a web filter's 403 page is not the hub refusing the token, a portal's 200 not a bad answer.
+        if (foreign := not_the_hubs(url, status, content_type, data, MSGPACK_CONTENT_TYPE)) is not None:
+            raise TurnFailed(foreign, kind=INTERCEPTED)
         if status in (401, 403):
             refused, _ = credentials_refused(url, status, data, self.agent_id)
             raise TurnFailed(refused, kind="credentials_refused", level=logging.ERROR)

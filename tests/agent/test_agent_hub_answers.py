@@ -10,7 +10,7 @@ import random
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 import pytest
@@ -286,3 +286,61 @@ async def test_status_does_not_count_a_captive_portal_as_the_hub(tmp_path: Path)
     assert (code, report["hub_reachable_now"]) == (3, False), err  # 3: no agent runs, which comes before 4
     said = f"{portal.url}/healthz was answered by an HTML page titled 'Welcome to StoreWiFi' (HTTP 200), not by the hub"
     assert report["hub_probe"].startswith(said), report["hub_probe"]
+
+
+FILTER_PAGE = b"<html><head><title>Access Denied</title></head><body><h1>Blocked by policy</h1></body></html>"
+PORTAL_PAGE = b"<!DOCTYPE html><html><head><title>Welcome to StoreWiFi</title></head><body>Accept</body></html>"
+
+
+class Middlebox(AnswerServer):
+    """What answers in the hub's place: an HTML page (``status``, ``page``), or (``cut``) an answer whose head
+    promises more than is sent before the connection closes."""
+
+    def __init__(self, status: int = 200, page: bytes = b"", *, cut: bool = False) -> None:
+        super().__init__()
+        self.status, self.page, self.cut = status, page, cut
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if not self.cut:
+            return web.Response(status=self.status, body=self.page, content_type="text/html")
+        resp = web.StreamResponse(headers={"Content-Type": "application/msgpack", "Content-Length": "1000"})
+        await resp.prepare(request)
+        await resp.write(b"\x82")
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+
+@pytest.mark.parametrize(
+    ("box", "said", "level"),
+    [
+        (lambda: Middlebox(403, FILTER_PAGE), "answered by an HTML page titled 'Access Denied' (HTTP 403), not by the hub",
+         logging.WARNING),
+        (lambda: Middlebox(200, PORTAL_PAGE),
+         "answered by an HTML page titled 'Welcome to StoreWiFi' (HTTP 200), not by the hub", logging.WARNING),
+        (lambda: Middlebox(cut=True), "failed (it broke before the whole answer arrived)", logging.WARNING),
+    ],
+    ids=["web-filter-403", "portal-200", "cut-answer"],
+)  # fmt: skip
+async def test_the_reports_say_what_answered_in_the_hubs_place(
+    box: Any, said: str, level: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by sending reports through a web filter and a captive portal: the filter's 403 page was logged at
+    ERROR as the hub refusing this agent's credentials (and retried only every auth_retry_s), the portal's 200
+    as an answer that 'could not be decoded', a cut answer in aiohttp's words."""
+    caplog.set_level(logging.DEBUG, logger="agent.reports")
+    async with box() as middlebox, PosStore.open(tmp_path / "pos.sqlite3") as store:
+        import_id = await store.begin_import(_scan(), "export.csv", "generic")
+        await store.add_quarantine(import_id, "export.csv", "ab" * 32, [Quarantined(2, "qty is not a number", "A,x")])
+        sender = ReportSender(
+            store, middlebox.url, "t", agent_id="store-1", location="S001", tick_s=0.2, retry_base_s=0.01,
+            retry_max_s=0.05, auth_retry_s=60, rng=random.Random(1),
+        )  # fmt: skip
+        async with sender:
+            state = await asyncio.wait_for(sender.wait_for(lambda s: s.failures >= 2), WAIT_S)
+        assert len(await store.pending_quarantine()) == 1  # nothing marked sent: it goes again later
+    assert said in (state.last_error or ""), state.last_error
+    assert "credentials" not in (state.last_error or "") and "<" not in (state.last_error or "")
+    first = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in first] == [level], [r.getMessage() for r in first]
