@@ -567,6 +567,10 @@ class AgentCatalog(HubLoop):
                 if 300 <= resp.status < 400:
                     raise TurnFailed(redirected(url, resp.status, resp.headers.get("Location")))
                 body = await read_answer(resp, self.answer_max_bytes, "bundle list")
+                # Before the 404: a portal's 404 page is not a hub without bundles (that would forget them).
+                kind = resp.headers.get("Content-Type", "")
+                if (foreign := not_the_hubs(url, resp.status, kind, body, "application/json")) is not None:
+                    raise TurnFailed(foreign)
                 if resp.status == 404:
                     return None
                 if resp.status != 200:
@@ -580,7 +584,7 @@ class AgentCatalog(HubLoop):
         except TimeoutError:
             raise TurnFailed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as err:
-            raise TurnFailed(f"the bundles could not be fetched from {url} ({err or type(err).__name__})") from err
+            raise TurnFailed(f"the bundles could not be fetched from {url} ({broken(err)})") from err
         try:
             data = json.loads(body)
             entries, after = data["bundles"], data.get("next")

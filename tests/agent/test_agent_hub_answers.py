@@ -344,3 +344,48 @@ async def test_the_reports_say_what_answered_in_the_hubs_place(
     assert "credentials" not in (state.last_error or "") and "<" not in (state.last_error or "")
     first = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.levelno for r in first] == [level], [r.getMessage() for r in first]
+
+
+GATEWAY_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"
+)
+
+
+class BundlesThenMiddlebox(AnswerServer):
+    """A hub whose catalog is empty and whose bundle list is GIFT-SET, until ``page`` (status, body) answers
+    GET /v1/bundles in its place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.page: tuple[int, bytes] | None = None
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/bundles":
+            if self.page is not None:
+                return web.Response(status=self.page[0], body=self.page[1], content_type="text/html")
+            return web.json_response({"bundles": [{"sku": "GIFT-SET"}], "next": None})
+        return web.json_response({"version": 1, "items": []})
+
+
+@pytest.mark.parametrize(
+    ("page", "said"),
+    [
+        ((502, GATEWAY_PAGE), "answered by an HTML page titled '502 Bad Gateway' (HTTP 502), not by the hub"),
+        ((200, PORTAL_PAGE), "answered by an HTML page titled 'Welcome to StoreWiFi' (HTTP 200), not by the hub"),
+        ((404, PORTAL_PAGE), "answered by an HTML page titled 'Welcome to StoreWiFi' (HTTP 404), not by the hub"),
+    ],
+    ids=["gateway-502", "portal-200", "portal-404"],
+)
+async def test_the_bundle_list_says_what_answered_in_the_hubs_place(page: tuple[int, bytes], said: str) -> None:
+    """Found by refreshing the catalog through a proxy's 502 page and a portal: the bundle list was said as 'the
+    hub's bundle list could not be read (Expecting value: line 1 column 1 (char 0))' or quoted the page's markup,
+    and a portal's 404 page was taken for a hub without bundles, forgetting the bundle SKUs the agent knew."""
+    async with BundlesThenMiddlebox() as hub, AgentCatalog(hub_url=hub.url, token="t", refresh_s=60) as catalog:
+        await catalog.refresh()
+        assert catalog.is_bundle("GIFT-SET") is True
+        hub.page = page
+        with pytest.raises(CatalogError) as raised:
+            await catalog.refresh()
+        assert catalog.is_bundle("GIFT-SET") is True  # what was known is kept
+    assert f"{hub.url}/v1/bundles was {said}" in str(raised.value), raised.value
+    assert "<" not in str(raised.value) and "Expecting value" not in str(raised.value)
