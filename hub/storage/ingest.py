@@ -758,7 +758,8 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     if batch.operator is None:
         seq, chain, stale = await _next_mark(tx, batch)
         backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)
-        note = SyncNote(who.agent_id, epoch, seq, chain, now_ms, _skew_ms(batch, now_ms), backlog, oldest_ms)
+        skew_ms = None if stale else _skew_ms(batch, now_ms)  # None: the stored skew stays
+        note = SyncNote(who.agent_id, epoch, seq, chain, now_ms, skew_ms, backlog, oldest_ms)
         hwm, chain, held_now = await tx.finish_sync(note)  # held: the sender shows this, not its own "quarantined"
     else:  # an operator applying a held event: the sender's mark and sync are not this request's
         hwm, chain, held_now = 0, None, 0
@@ -796,9 +797,11 @@ async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None, boo
     """The sender's mark after this batch, the lineage digest to store with it, and whether the request is
     older than the mark (the sender's acknowledged mark is below the stored one, and it brings nothing past it).
 
-    Such a request's backlog report is not the sender's news: a request a middlebox replays after the sender
-    moved on, or the handshake after an answer that was lost (the sender reports again as soon as it learns
-    the mark). Taken, it put a drained store's backlog back on the hub's agent list until the next heartbeat.
+    Such a request's backlog report and clock skew are not the sender's news: a request a middlebox replays
+    after the sender moved on, or the handshake after an answer that was lost (the sender reports again as
+    soon as it learns the mark). Taken, it put a drained store's backlog back on the hub's agent list until
+    the next heartbeat, and its ``sent_ms`` showed the sender's clock behind by as long as it was held. It is
+    still a sync the hub heard (the handshake's sender is alive): ``last_sync_ms`` moves.
 
     An epoch seen for the first time starts at the sender's ``epoch_base`` (with its chain): the rows up
     to it were acknowledged in an earlier epoch. The sender holding more than this hub (its acknowledged

@@ -162,7 +162,8 @@ class ClockTransferContract:
         await store.ingest(who, 1, [ev(Kind.RECEIVE, 1, at_ms=0)], sent_ms=now_ms(), clock_window_ms=WINDOW_MS)
         [status] = await store.agent_status(who.agent_id)
         assert status.clock_skew_ms is not None and abs(status.clock_skew_ms) < 60_000
-        await store.ingest(who, 1, [], sent_ms=now_ms() + 3_600_000)  # this machine's clock an hour fast
+        # this machine's clock an hour fast (a heartbeat at the hub's mark: one below it is a request held late)
+        await store.ingest(who, 1, [], acked_seq=1, sent_ms=now_ms() + 3_600_000)
         [status] = await store.agent_status(who.agent_id)
         assert status.clock_skew_ms is not None and abs(status.clock_skew_ms + 3_600_000) < 60_000
 

@@ -27,6 +27,7 @@ from hub.storage.base import (
 )
 from protocol import Kind, StockEvent, pack_hlc
 from protocol.catalog import unknown_sku
+from protocol.hlc import wall_ms_now
 from tests.hub.event_factory import BASE_MS, EventFactory
 
 CASE_GTIN = "14006381333938"  # a case of 12 of the item 04006381333931
@@ -99,6 +100,29 @@ class FeedAndCatalogContract:
         assert await store.counts() == []
         (status,) = await store.agent_status(who.agent_id)
         assert (status.last_sync_ms, status.backlog) == (None, None)
+
+    async def test_a_request_replayed_after_the_sender_moved_on_leaves_its_clock_skew(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        """A middlebox replays a sync an hour after it was sent, when the agent had moved on: its ``sent_ms``
+        is an hour old, which read as the agent's clock an hour slow on the agent list (and the metrics)."""
+        events = [ev(Kind.RECEIVE, 1, at_ms=i) for i in range(1, 4)]
+        sent_ms = wall_ms_now()
+        await store.ingest(who, 1, events, acked_seq=0, backlog=3, oldest_pending_ms=BASE_MS + 1, sent_ms=sent_ms)
+        await store.ingest(who, 1, [], acked_seq=3, backlog=0, sent_ms=wall_ms_now())  # drained, and said so
+        (heard,) = await store.agent_status(who.agent_id)
+        assert heard.clock_skew_ms is not None and abs(heard.clock_skew_ms) < 60_000
+
+        late = sent_ms - 3_600_000  # the same request, arriving an hour after it was sent
+        result = await store.ingest(who, 1, events, acked_seq=0, backlog=3, oldest_pending_ms=BASE_MS + 1, sent_ms=late)
+        assert (result.hwm, result.duplicates) == (3, 3)
+        (after,) = await store.agent_status(who.agent_id)
+        assert after.clock_skew_ms == heard.clock_skew_ms, "an old request's sent_ms is not the agent's clock now"
+        assert (after.backlog, after.oldest_pending_ms) == (0, None)
+        # It is a request the hub heard (a live agent's handshake after a lost answer looks the same): the
+        # last sync moves.
+        assert after.last_sync_ms is not None and heard.last_sync_ms is not None
+        assert after.last_sync_ms >= heard.last_sync_ms
 
     # --- change feed -----------------------------------------------------------------
 
