@@ -42,6 +42,7 @@ from agent.errors import AgentError, ConfigError, InvalidMovement, OutboxOfAnoth
 from agent.hub_loop import (
     FOLLOW_REDIRECTS,
     AnswerTooLarge,
+    broken,
     hub_connector,
     not_the_hubs,
     read_answer,
@@ -501,7 +502,7 @@ async def _probe(hub_url: str) -> str | None:
     except aiohttp.ClientConnectorError as err:
         return f"connection failed ({err.os_error.strerror or err.os_error})"
     except aiohttp.ClientError as err:
-        return f"request failed ({err or type(err).__name__})"
+        return f"request failed: {broken(err)}"
 
 
 def _report(config: AgentConfig, stats: OutboxStats, probe: str | None) -> dict[str, Any]:

@@ -389,3 +389,21 @@ async def test_the_bundle_list_says_what_answered_in_the_hubs_place(page: tuple[
         assert catalog.is_bundle("GIFT-SET") is True  # what was known is kept
     assert f"{hub.url}/v1/bundles was {said}" in str(raised.value), raised.value
     assert "<" not in str(raised.value) and "Expecting value" not in str(raised.value)
+
+
+async def test_status_says_a_cut_health_answer_in_the_agents_words(tmp_path: Path) -> None:
+    """An answer whose head promises 1,000 bytes and whose connection closes after one: `status` quoted aiohttp's
+    ``<ContentLengthError: 400, …>`` (a 400 nobody sent) where the replicator says what happened."""
+    async with Middlebox(cut=True) as box:
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nid = "store-1"\nlocation = "S001"\ndata_dir = "data"\nhub_url = "{box.url}"\ntoken = "t-1"\n',
+            encoding="utf-8",
+        )
+        async with Outbox.open(tmp_path / "data" / "outbox.sqlite3", agent_id="store-1", location="S001"):
+            pass
+        code, out, err = await _status(config, "--json")
+    report = json.loads(out)
+    assert (code, report["hub_reachable_now"]) == (3, False), err
+    assert "it broke before the whole answer arrived" in report["hub_probe"], report["hub_probe"]
+    assert "ContentLengthError" not in report["hub_probe"] and "400" not in report["hub_probe"]
