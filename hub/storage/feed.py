@@ -18,8 +18,8 @@ from hub.storage.ingest import NewChange
 # The change feed's history: a random token the feed's cursors carry, new whenever the database may have been put
 # back to an earlier state (a restored backup), so that a cursor of the old history is refused instead of reading
 # on under the same change ids, which the restored hub hands out again to other changes. It is kept in meta with
-# the home it was made in: the database file's device and inode (SQLite), the cluster, database and changes
-# table (PostgreSQL). A restore makes a new home (a new file, a new table) and ``shelfsync-hub backup`` drops the
+# the home it was made in: the database file's device and inode and a token renewed at each open
+# (SQLite, ``hub.storage.sqlite.schema``), the cluster, database and changes table (PostgreSQL). A restore makes a new home (a new file, a new table) and ``shelfsync-hub backup`` drops the
 # home from its SQLite copies, so the first start on a restored database begins a new history.
 FEED_HISTORY_KEY = "feed_history"
 FEED_HOME_KEY = "feed_history_home"

@@ -200,3 +200,45 @@ def test_a_catalog_etag_kept_across_a_restore_is_not_answered_304(tmp_path: Path
         assert skus == ["INK-9", "PEN-1"] and tag != kept
         assert catalog(again.url, reader, tag)[0] == 304
         assert again.stop() == 0
+
+
+def test_a_copy_written_over_the_same_sqlite_file_begins_a_new_history(tmp_path: Path) -> None:
+    """``cp old.db hub.db`` with the hub stopped keeps hub.db's inode: the copy must not pass for the file it replaced.
+
+    The older copy is the operator's own (``cp hub.db old.db`` while the hub was stopped, so it holds the same
+    history and the same home as hub.db); a hub database of another hub written over hub.db is refused alike."""
+    db, old, other_db = tmp_path / "hub.db", tmp_path / "old.db", tmp_path / "other" / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    new_hub_db(db, env=env)
+    store, other = credential(env, "--location", "S001"), credential(env, "--location", "S002")
+    _, reader = credential(env, "--role", "reader")
+    with HubProcess(tmp_path / "first.log", env=env) as served:
+        sync(served.url, store, "S001", range(1, 3), "SKU-A")
+        early = changes(served.url, reader)["cursor"]
+        assert served.stop() == 0
+    shutil.copyfile(db, old)  # the operator's copy, the hub stopped
+    with HubProcess(tmp_path / "second.log", env=env) as served:
+        sync(served.url, store, "S001", range(3, 5), "SKU-A")
+        late = changes(served.url, reader, early)["cursor"]
+        assert late.startswith("4.") and late.partition(".")[2] == early.partition(".")[2]
+        assert served.stop() == 0
+    inode = db.stat().st_ino
+    shutil.copyfile(old, db)  # written over the same file, as cp does
+    assert db.stat().st_ino == inode
+    with HubProcess(tmp_path / "restored.log", env=env) as again:
+        fresh = after_restore(again.url, reader, other, early, late, "4")
+        assert again.stop() == 0
+    assert "begins a new history" in again.log
+    with HubProcess(tmp_path / "restarted.log", env=env) as restarted:  # a restart is no restore: cursors hold
+        assert changes(restarted.url, reader, fresh)["cursor"] == fresh
+        assert restarted.stop() == 0
+
+    # Another hub's database (its own history) written over hub.db: cursors of hub.db's history are refused.
+    other_db.parent.mkdir()
+    new_hub_db(other_db, env=env)
+    shutil.copyfile(other_db, db)
+    assert db.stat().st_ino == inode
+    with HubProcess(tmp_path / "other.log", env=env) as replaced:
+        status, problem = get(f"{replaced.url}/v1/changes?cursor={fresh}", reader)
+        assert replaced.stop() == 0
+    assert status in (401, 410), problem  # the other hub knows none of hub.db's credentials, or refuses the cursor

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import uuid
 from pathlib import Path
 
@@ -16,6 +18,7 @@ log = logging.getLogger(__name__)
 # Schema version -> the migration that brings version - 1 to it (hub/storage/sqlite/migrations/).
 MIGRATIONS: dict[int, Migration] = migrations("hub.storage.sqlite")
 SCHEMA_VERSION = max(MIGRATIONS)
+HOME_TOKEN_BYTES = 8
 
 
 async def migrate(db: InlineConnection, path: Path) -> str:
@@ -38,22 +41,89 @@ async def migrate(db: InlineConnection, path: Path) -> str:
     return str(rows[0][0])
 
 
+# The file beside the database (``hub.db.feed-home``) holding the token of the database's home. The device and
+# inode alone do not tell the file apart from a copy written over it (``cp old.db hub.db`` keeps the inode), nor
+# from another machine's file at the same inode. So each open draws a new token, writes it here and into the
+# database's home in meta: a copy of the database taken before that open carries a token this file no longer
+# holds. The token is changed under the database's write lock; the file holds the old and the new token until
+# the new one is committed, so a crash between the two writes begins no new history.
+HOME_TOKEN_SUFFIX = ".feed-home"
+
+
 async def feed_history(db: InlineConnection, path: Path) -> str:
     """The change feed's history (``hub.storage.feed``): a new one when this file is not the one it began in."""
     st = path.stat()
-    home = f"sqlite:{st.st_dev}:{st.st_ino}"
-    rows = dict(await db.execute_fetchall(
-        "SELECT key, value FROM meta WHERE key IN (?, ?)", (FEED_HISTORY_KEY, FEED_HOME_KEY)
-    ))  # fmt: skip
-    history = new_feed_history(rows.get(FEED_HISTORY_KEY), rows.get(FEED_HOME_KEY), home)
+    inode = f"sqlite:{st.st_dev}:{st.st_ino}"
+    tokens_file = path.with_name(path.name + HOME_TOKEN_SUFFIX)
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        rows = dict(await db.execute_fetchall(
+            "SELECT key, value FROM meta WHERE key IN (?, ?)", (FEED_HISTORY_KEY, FEED_HOME_KEY)
+        ))  # fmt: skip
+        stored_home = rows.get(FEED_HOME_KEY)
+        same = _same_home(stored_home, inode, tokens_file)
+        history = new_feed_history(rows.get(FEED_HISTORY_KEY), inode if same else None, inode)
+        token = secrets.token_hex(HOME_TOKEN_BYTES)
+        kept = _token(stored_home) if same else None  # still good should the commit below not happen
+        _write_tokens(tokens_file, [t for t in (kept, token) if t])
+        await db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?), (?, ?)",
+            (FEED_HISTORY_KEY, history or rows[FEED_HISTORY_KEY], FEED_HOME_KEY, f"{inode}:{token}"),
+        )  # one statement: both or neither
+        await db.execute("COMMIT")
+    except BaseException:
+        db.conn.rollback()
+        raise
+    await db.execute("BEGIN IMMEDIATE")  # the old token dropped, unless another process drew a newer one meanwhile
+    try:
+        if (await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (FEED_HOME_KEY,))) == [
+            (f"{inode}:{token}",)
+        ]:
+            _write_tokens(tokens_file, [token])
+    finally:
+        db.conn.rollback()
     if history is None:
         return str(rows[FEED_HISTORY_KEY])
-    await db.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?), (?, ?)",
-        (FEED_HISTORY_KEY, history, FEED_HOME_KEY, home),
-    )  # one statement: both or neither
     _log_new_history(path, history, rows.get(FEED_HISTORY_KEY))
     return history
+
+
+def _same_home(stored_home: str | None, inode: str, tokens_file: Path) -> bool:
+    """Whether the stored home is this file: its inode and a token the token file holds.
+
+    A home of the older form (the inode alone, from before the token file) passes while there is no token file:
+    the first start of this version keeps the history it finds."""
+    if stored_home is None:
+        return False
+    try:
+        tokens = tokens_file.read_text(encoding="ascii").split()
+    except FileNotFoundError:
+        return stored_home == inode
+    except (OSError, ValueError):
+        return False  # unreadable: not this file's
+    place, _, token = stored_home.rpartition(":")
+    return place == inode and token in tokens
+
+
+def _token(home: str | None) -> str | None:
+    if home is None or home.count(":") < 3:
+        return None
+    return home.rpartition(":")[2]
+
+
+def _write_tokens(tokens_file: Path, tokens: list[str]) -> None:
+    """Replace the token file by one holding ``tokens``, synced to disk before the database commits."""
+    partial = tokens_file.with_name(f".{tokens_file.name}.{os.getpid()}")
+    with open(partial, "w", encoding="ascii") as f:
+        f.write("\n".join(tokens) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, tokens_file)
+    fd = os.open(tokens_file.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _log_new_history(where: object, history: str, before: str | None) -> None:
