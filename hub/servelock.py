@@ -18,6 +18,7 @@ next start. The other commands (``backup``, ``agent add``,
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,8 +34,11 @@ class AlreadyServed(HubError):
 
 
 def lock_path(db: str | Path) -> Path:
-    """The lock file of a SQLite hub database: ``hub.db.serving.lock`` beside it."""
-    path = Path(db)
+    """The lock file of a SQLite hub database: ``hub.db.serving.lock`` beside it, by its real path.
+
+    Resolved as SQLite resolves the names of its side files: a symlink to the file, a linked directory or a
+    relative path name one database, whose second hub must find the first one's lock."""
+    path = Path(os.path.realpath(db))
     return path.with_name(path.name + LOCK_SUFFIX)
 
 

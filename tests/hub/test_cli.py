@@ -153,6 +153,22 @@ async def test_a_second_hub_on_one_sqlite_file_refuses_to_start_and_the_first_go
         assert again.stop() == 0
 
 
+async def test_a_second_hub_on_the_same_file_by_a_symlink_refuses_to_start(tmp_path: Path) -> None:
+    """A symlink to the file, or through a linked directory, names the same database: it is one hub's to serve."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = await new_db(data / "hub.db", tmp_path)
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "hub.db").symlink_to(db)
+    (tmp_path / "linked").symlink_to(data, target_is_directory=True)
+    with HubProcess(tmp_path / "hub.log", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path) as served:
+        for other in (tmp_path / "srv" / "hub.db", tmp_path / "linked" / "hub.db", Path("data/hub.db")):
+            second = await hub("serve", "--db", str(other), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path)
+            assert "another hub process already serves" in one_sentence_error(second), other
+            assert "hub listening" not in second.err
+        assert served.stop() == 0
+
+
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:
     db = await new_db(tmp_path / "hub.db", tmp_path)
     for role in ("reader", "admin"):
