@@ -169,6 +169,20 @@ async def test_a_second_hub_on_the_same_file_by_a_symlink_refuses_to_start(tmp_p
         assert served.stop() == 0
 
 
+async def test_a_hub_database_with_a_second_hard_link_is_refused(tmp_path: Path) -> None:
+    """SQLite keeps a -wal per name of the file: two names, two logs of one database, which corrupts it."""
+    db = await new_db(tmp_path / "hub.db", tmp_path)
+    (tmp_path / "hub-link.db").hardlink_to(db)
+    for command in (("serve", "--port", "0"), ("agent", "list"), ("init",)):
+        for name in (db, tmp_path / "hub-link.db"):
+            run = await hub(*command, "--db", str(name), cwd=tmp_path)
+            assert "has 2 names (hard links)" in one_sentence_error(run), (command, name)
+    assert not (tmp_path / "hub-link.db-wal").exists() and not (tmp_path / "hub.db-wal").exists()
+    (tmp_path / "hub-link.db").unlink()  # the one name left: served again
+    listed = await hub("agent", "list", "--db", str(db), cwd=tmp_path)
+    assert listed.code == 0, listed.err
+
+
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:
     db = await new_db(tmp_path / "hub.db", tmp_path)
     for role in ("reader", "admin"):

@@ -113,6 +113,23 @@ def _commit_group(
     return outcomes, conn.total_changes - changes_before
 
 
+def _check_one_name(path: Path) -> None:
+    """Refuse a database file with hard links: SQLite names its -wal and -shm after the name it is opened by, so
+    processes opening it by two names write two logs of one database and corrupt it."""
+    try:
+        links = path.stat().st_nlink
+    except FileNotFoundError:
+        return  # a new database
+    except OSError as err:
+        raise StoreError(f"cannot open the hub database {path}: {err.strerror or err}") from err
+    if links > 1:
+        raise StoreError(
+            f"the hub database {path} has {links} names (hard links), and SQLite keeps a -wal file per name, so "
+            f"opened by two names it is corrupted; keep one name (find {path.parent} -samefile {path}) and remove "
+            "the others"
+        )
+
+
 def _file_id(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -165,6 +182,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
     async def _open(cls, path: Path) -> SqliteHubStore:
         if not path.parent.is_dir():
             raise StoreError(f"cannot open the hub database {path}: the directory {path.parent} does not exist")
+        _check_one_name(path)
         writer = ConnectionThread(path, f"hub-writer:{path.name}")
         checkpointer = Checkpointer(path)
         reader: aiosqlite.Connection | None = None
