@@ -84,6 +84,19 @@ async def test_the_hub_id_is_stable_across_restarts(tmp_path: Path) -> None:
     assert len(first) == 32
 
 
+async def test_the_feed_history_holds_whichever_name_a_symlink_gives_the_file(tmp_path: Path) -> None:
+    """The same file opened by a symlink and by its own path is no copy: its feed history goes on."""
+    (tmp_path / "data").mkdir()
+    db = tmp_path / "data" / "hub.db"
+    (tmp_path / "hub.db").symlink_to(db)
+    (tmp_path / "linked").symlink_to(tmp_path / "data", target_is_directory=True)
+    histories = []
+    for name in (db, tmp_path / "hub.db", tmp_path / "linked" / "hub.db", db):
+        async with SqliteHubStore.open(name) as store:
+            histories.append(store.feed_history)
+    assert len(set(histories)) == 1, histories
+
+
 async def test_a_database_from_a_newer_shelfsync_is_refused(tmp_path: Path) -> None:
     db = tmp_path / DB_NAME
     async with SqliteHubStore.open(db):

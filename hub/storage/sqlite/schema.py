@@ -54,7 +54,8 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
     """The change feed's history (``hub.storage.feed``): a new one when this file is not the one it began in."""
     st = path.stat()
     inode = f"sqlite:{st.st_dev}:{st.st_ino}"
-    tokens_file = path.with_name(path.name + HOME_TOKEN_SUFFIX)
+    real = Path(os.path.realpath(path))  # a symlink's name is not another home: beside the file, as its -wal is
+    tokens_file = real.with_name(real.name + HOME_TOKEN_SUFFIX)
     await db.execute("BEGIN IMMEDIATE")
     try:
         rows = dict(await db.execute_fetchall(
