@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -165,11 +166,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(KeyboardInterrupt):
+    """A one-shot command stopped by a signal: unwound like Ctrl+C, so what it half made is removed."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (systemctl stop, a unit's timeout) and SIGHUP (a closed terminal) end a one-shot command as
+    Ctrl+C does, instead of killing it where it stands: a backup's half-made copy is removed, not left behind."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
+        _stop_on_signals()
         if args.command == "catalog":
             logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
             return catalog.import_command(
@@ -188,8 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HubError, OSError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"{PROG}: stopped by {err.name if isinstance(err, Stopped) else 'SIGINT'}", file=sys.stderr)
         return EXIT_ERROR
 
 

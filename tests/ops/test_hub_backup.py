@@ -12,9 +12,11 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import urllib.request
 import uuid
@@ -38,7 +40,7 @@ from protocol import (
     pack_hlc,
     wall_ms_now,
 )
-from tests.harness.commands import hub_env, new_hub_db, run_hub
+from tests.harness.commands import COMMAND_TIMEOUT_S, hub_env, new_hub_db, run_hub
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import wait_until
 from tests.harness.pg import PG_URL
@@ -317,6 +319,38 @@ def test_a_trailing_slash_names_a_directory_that_must_exist(tmp_path: Path) -> N
     run = run_hub("backup", "--to", f"{missing}/", env=env)
     assert run.returncode == 0, run.stderr
     assert [p.name.startswith("hub-") for p in missing.iterdir()] == [True]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_backup_stopped_by_a_signal_leaves_no_partial_copy(tmp_path: Path, sig: signal.Signals) -> None:
+    """systemctl stop (or the unit's timeout) sends SIGTERM, a closed terminal SIGHUP: the copy half made is
+    removed, as after Ctrl+C, and the command says it was stopped."""
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db))
+    new_hub_db(db, env=env)
+    with sqlite3.connect(db) as conn:  # 40 MiB: ten steps of the copy
+        conn.execute("CREATE TABLE ballast (b BLOB)")
+        conn.executemany("INSERT INTO ballast VALUES (?)", ((os.urandom(1 << 20),) for _ in range(40)))
+    conn.close()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "hub", "backup", "--to", str(backups / "copy.db")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert "shelfsync-hub backup: copied 1,024 of" in first, first
+        proc.send_signal(signal.SIGSTOP)  # held mid-copy: the signal arrives while the copy is half made
+        proc.send_signal(sig)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=COMMAND_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines()[-1] == f"shelfsync-hub: stopped by {sig.name}", err
+    assert out == "" and list(backups.iterdir()) == []
 
 
 def test_an_empty_target_is_refused(tmp_path: Path) -> None:
