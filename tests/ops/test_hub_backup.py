@@ -353,6 +353,34 @@ def test_a_backup_stopped_by_a_signal_leaves_no_partial_copy(tmp_path: Path, sig
     assert out == "" and list(backups.iterdir()) == []
 
 
+def test_a_damaged_backup_put_in_place_is_refused_at_the_first_start_not_served(tmp_path: Path) -> None:
+    """A copy damaged since it was made (a bad disk, a torn transfer) is checked when the hub finds it restored:
+    one sentence, exit status 2, the file untouched; not served until a request reaches the damaged pages."""
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0")
+    credential(env, "--location", LOCATION)
+    copy = tmp_path / "copy.db"
+    assert run_hub("backup", "--to", str(copy), env=env).returncode == 0
+    with sqlite3.connect(copy) as conn:
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    with open(copy, "r+b") as f:  # the events table's first page overwritten: the rest of the file reads well
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+    damaged = copy.read_bytes()
+    for name in ("hub.db", "hub.db.feed-home"):
+        (tmp_path / name).unlink()
+    shutil.copyfile(copy, db)
+    run = run_hub("serve", env=env, timeout_s=COMMAND_TIMEOUT_S)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("shelfsync-hub: ")]
+    assert run.returncode == 2 and errors == run.stderr.strip().splitlines()[-1:], run.stderr
+    assert f"the hub database {db} is damaged" in errors[0] and "restore another backup" in errors[0], errors
+    assert "hub listening" not in run.stderr
+    kept = db.read_bytes()
+    assert kept[(root - 1) * page_size : root * page_size] == damaged[(root - 1) * page_size : root * page_size]
+
+
 def test_an_empty_target_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     env = hub_env(SHELFSYNC_HUB_DB=str(db))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -64,6 +65,8 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
         stored_home = rows.get(FEED_HOME_KEY)
         same = _same_home(stored_home, inode, tokens_file)
         history = new_feed_history(rows.get(FEED_HISTORY_KEY), inode if same else None, inode)
+        if history is not None and FEED_HISTORY_KEY in rows:
+            await _check_restored(db, path)
         token = secrets.token_hex(HOME_TOKEN_BYTES)
         kept = _token(stored_home) if same else None  # still good should the commit below not happen
         _write_tokens(tokens_file, [t for t in (kept, token) if t])
@@ -87,6 +90,20 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
         return str(rows[FEED_HISTORY_KEY])
     _log_new_history(path, history, rows.get(FEED_HISTORY_KEY))
     return history
+
+
+async def _check_restored(db: InlineConnection, path: Path) -> None:
+    """A database restored, copied or moved is checked whole (``PRAGMA quick_check``) at its first start: a copy
+    damaged since it was made is refused before the hub serves it, not found page by page by the requests."""
+    try:
+        problems = [str(r[0]) for r in await db.execute_fetchall("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as err:  # a page too broken to check
+        problems = [str(err)]
+    if problems != ["ok"]:
+        raise StoreError(
+            f"the hub database {path} is damaged ({'; '.join(problems)}); it is a restored or copied file: "
+            "restore another backup (docs/operations.md, Backup and restore)"
+        )
 
 
 def _same_home(stored_home: str | None, inode: str, tokens_file: Path) -> bool:
