@@ -22,7 +22,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from hub.storage.base import HubError
+from hub.storage.base import HubError, StoreError
+from hub.storage.sqlite.store import not_a_file
 from protocol.oslock import hold_os_lock
 
 LOCK_SUFFIX = ".serving.lock"
@@ -46,6 +47,8 @@ def lock_path(db: str | Path) -> Path:
 def hold_serving_lock(db: str | Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iterator[Path]:
     """Hold the serving lock of the SQLite database ``db`` for the ``with`` block; ``AlreadyServed`` if another
     process holds it."""
+    if Path(db).is_dir():  # checked before a lock is made beside it
+        raise StoreError(not_a_file(db))
     path = lock_path(db)
     with hold_os_lock(
         path,

@@ -183,6 +183,16 @@ async def test_a_hub_database_with_a_second_hard_link_is_refused(tmp_path: Path)
     assert listed.code == 0, listed.err
 
 
+async def test_a_directory_given_as_the_database_is_one_sentence(tmp_path: Path) -> None:
+    """``--db .`` (or the data directory instead of the file in it): refused, naming the mistake; nothing made."""
+    (tmp_path / "data").mkdir()
+    for command in (("serve", "--port", "0"), ("init",)):
+        for given in (".", "data", str(tmp_path / "data")):
+            run = await hub(*command, "--db", given, cwd=tmp_path)
+            assert f"the hub database {given} is a directory, not a file" in one_sentence_error(run), (command, given)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data"]
+
+
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:
     db = await new_db(tmp_path / "hub.db", tmp_path)
     for role in ("reader", "admin"):

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,15 +114,22 @@ def _commit_group(
     return outcomes, conn.total_changes - changes_before
 
 
+def not_a_file(path: str | Path) -> str:
+    return f"the hub database {path} is a directory, not a file; give the file in it, such as {Path(path) / 'hub.db'}"
+
+
 def _check_one_name(path: Path) -> None:
     """Refuse a database file with hard links: SQLite names its -wal and -shm after the name it is opened by, so
     processes opening it by two names write two logs of one database and corrupt it."""
     try:
-        links = path.stat().st_nlink
+        st = path.stat()
     except FileNotFoundError:
         return  # a new database
     except OSError as err:
         raise StoreError(f"cannot open the hub database {path}: {err.strerror or err}") from err
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(not_a_file(path))
+    links = st.st_nlink
     if links > 1:
         raise StoreError(
             f"the hub database {path} has {links} names (hard links), and SQLite keeps a -wal file per name, so "
