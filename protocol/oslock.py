@@ -9,6 +9,7 @@ SIGKILL and power loss included: the file left behind never blocks the next star
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def hold_os_lock(
     try:
         if make_parent:
             path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))  # filelock takes a file it cannot make for one held
         lock.acquire(timeout=wait_s)
     except Timeout:
         raise taken() from None

@@ -193,6 +193,15 @@ async def test_a_directory_given_as_the_database_is_one_sentence(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data"]
 
 
+async def test_a_lock_that_cannot_be_made_says_why_not_that_another_hub_serves(tmp_path: Path) -> None:
+    """/proc takes no new file: the lock cannot be made there, which is no other hub serving."""
+    run = await hub("serve", "--db", "/proc/hub.db", "--port", "0", cwd=tmp_path)
+    assert one_sentence_error(run) == (
+        "shelfsync-hub: the hub cannot take its lock /proc/hub.db.serving.lock beside /proc/hub.db: "
+        "No such file or directory"
+    )
+
+
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:
     db = await new_db(tmp_path / "hub.db", tmp_path)
     for role in ("reader", "admin"):
