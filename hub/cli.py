@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -207,12 +208,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatabaseMoved, DatabaseUnreachable) as err:  # not a configuration error: the service starts it again
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_RESTART
-    except (HubError, OSError) as err:
+    except HubError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:
+        print(f"{PROG}: {os_error_sentence(err)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as err:
         print(f"{PROG}: stopped by {err.name if isinstance(err, Stopped) else 'SIGINT'}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def os_error_sentence(err: OSError) -> str:
+    """An OS error as one sentence naming its file; a permission refused says whose command this is."""
+    where = f" on {err.filename}" if err.filename is not None else ""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"permission denied{where}; run {PROG} as the user the hub runs as, who owns its files "
+            f"(sudo -u shelfsync {PROG} …)"
+        )
+    return f"{err.strerror}{where}" if err.strerror else str(err)
 
 
 def _settings(args: argparse.Namespace, **options: object) -> HubSettings:

@@ -381,6 +381,44 @@ def test_a_damaged_backup_put_in_place_is_refused_at_the_first_start_not_served(
     assert kept[(root - 1) * page_size : root * page_size] == damaged[(root - 1) * page_size : root * page_size]
 
 
+def without_file_override() -> list[str]:
+    """The command prefix that runs a command without root's power over file modes (none needed when not root)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("runs as root without setpriv, so a file mode refuses nothing")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_a_path_the_user_may_not_use_is_one_sentence_saying_whose_command_it_is(tmp_path: Path) -> None:
+    """The backup run as the operator's own user, not the service's: the database or the target directory is
+    closed to it. One sentence naming the file and the user to run as; no bare errno."""
+    service = tmp_path / "service"
+    service.mkdir()
+    db = service / "hub.db"
+    new_hub_db(db)
+    open_dir = tmp_path / "backups"
+    open_dir.mkdir()
+    prefix = without_file_override()
+    for given_db, to, closed in ((db, open_dir / "copy.db", db), (tmp_path / "mine.db", service / "copy.db", service)):
+        if given_db != db:
+            shutil.copyfile(db, given_db)
+        os.chmod(service, 0o700)
+        os.chown(service, 65534, 65534) if os.geteuid() == 0 else None
+        try:
+            run = subprocess.run([*prefix, sys.executable, "-m", "hub", "backup", "--db", str(given_db), "--to", str(to)],
+                                 env=hub_env(), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)  # fmt: skip
+        finally:
+            os.chown(service, os.getuid(), os.getgid()) if os.geteuid() == 0 else None
+            os.chmod(service, 0o755)
+        _refused(run, "permission denied")
+        assert "[Errno" not in run.stderr and "the user the hub runs as" in run.stderr, run.stderr
+        assert str(closed) in run.stderr or str(closed.parent) in run.stderr or str(to) in run.stderr, run.stderr
+    assert list(open_dir.iterdir()) == []
+
+
 def test_an_empty_target_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     env = hub_env(SHELFSYNC_HUB_DB=str(db))
