@@ -245,6 +245,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     logging.basicConfig(level=log_level_number(settings), format=LOG_FORMAT, stream=sys.stderr)
+    _refuse_empty_file(settings)
     run_serving(serve(settings), settings.event_loop)  # uvloop's loop where installed, unless set otherwise
     return EXIT_OK
 
@@ -270,7 +271,27 @@ def _existing_db(settings: HubSettings) -> HubSettings:
             f"there is no hub database at {path}; give the file the hub serves (--db or its config's db), "
             f"or create a new one with: {PROG} init --db {path}"
         )
+    _refuse_empty_file(settings)
     return settings
+
+
+def _refuse_empty_file(settings: HubSettings) -> None:
+    """Refuse a SQLite database file of 0 bytes, which SQLite would make a new, empty hub of.
+
+    A restore that copied nothing (a full disk, a failed download) leaves one: served, it is a hub without the
+    credentials or the ledger, refusing every agent. ``init`` alone makes a hub in it, when that is the intent."""
+    path = sqlite_file(settings.db) if settings.db else None
+    if path is None:
+        return
+    try:
+        empty = Path(path).stat().st_size == 0 and not Path(f"{path}-wal").exists()
+    except FileNotFoundError:
+        return  # serve creates it
+    if empty:
+        raise CliError(
+            f"the hub database {path} is an empty file (0 bytes), not a hub database; if a restore put it there, "
+            f"copy the backup again; to begin a new hub in it, run: {PROG} init --db {path}"
+        )
 
 
 async def _init(settings: HubSettings, out: TextIO) -> int:

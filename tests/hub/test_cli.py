@@ -202,6 +202,21 @@ async def test_a_lock_that_cannot_be_made_says_why_not_that_another_hub_serves(t
     )
 
 
+async def test_an_empty_file_in_the_databases_place_is_refused_until_init_makes_it_a_hub(tmp_path: Path) -> None:
+    """A restore that copied nothing (a full disk, a failed download) leaves a 0-byte hub.db: served, it would be a
+    new, empty hub that refuses every agent's credential. serve and agent refuse it; init makes it a hub."""
+    db = tmp_path / "hub.db"
+    db.touch()
+    for command in (("serve", "--port", "0"), ("agent", "list")):
+        run = await hub(*command, "--db", str(db), cwd=tmp_path)
+        assert f"the hub database {db} is an empty file" in one_sentence_error(run), command
+        assert db.stat().st_size == 0
+    made = await hub("init", "--db", str(db), cwd=tmp_path)
+    assert made.code == 0, made.err
+    listed = await hub("agent", "list", "--db", str(db), cwd=tmp_path)
+    assert listed.code == 0 and "no agents yet" in listed.out, listed.err
+
+
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:
     db = await new_db(tmp_path / "hub.db", tmp_path)
     for role in ("reader", "admin"):
