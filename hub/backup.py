@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from hub.servelock import LOCK_SUFFIX
 from hub.storage.base import HubError
 from hub.storage.feed import FEED_HOME_KEY
+from hub.storage.sqlite.schema import HOME_TOKEN_SUFFIX
 
 SQLITE_SCHEME = "sqlite://"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -40,6 +42,9 @@ BACKUP_FILE_MODE = 0o600  # a backup holds every credential's hash and the whole
 PROGRESS_EVERY_S = 1.0  # at most one progress line a second (and one at the end)
 PG_DUMP_TIMEOUT_S = 24 * 3_600.0
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite keeps beside a live database; the hub needs them
+# What the hub keeps beside it: the serving lock (replaced, a second hub would take the new file and serve beside
+# the first) and the feed-home token (replaced, the next start would take the database for a restored copy).
+HUB_SIDE_FILES = (LOCK_SUFFIX, HOME_TOKEN_SUFFIX)
 NOT_REGULAR = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
                (stat.S_ISSOCK, "a socket"))  # fmt: skip
 PG_TABLE_RE = re.compile(r'dumping contents of table "?([^"\s]+)"?')
@@ -119,10 +124,11 @@ def _target(to: str, suffix: str) -> Path:
 
 
 def _check_not_live(target: Path, source: Path) -> None:
-    """Refuse ``target`` when it is the database or its -wal, -shm or -journal file, by any name or hard link."""
-    live = [source, *(source.with_name(source.name + side) for side in SQLITE_SIDE_FILES)]
-    real = Path(os.path.realpath(source))  # SQLite names its side files after the resolved path
-    live += [real, *(real.with_name(real.name + side) for side in SQLITE_SIDE_FILES)]
+    """Refuse ``target`` when it is the database or a file SQLite or the hub keeps beside it, by any name or link."""
+    sides = (*SQLITE_SIDE_FILES, *HUB_SIDE_FILES)
+    live = [source, *(source.with_name(source.name + side) for side in sides)]
+    real = Path(os.path.realpath(source))  # SQLite names its side files after the resolved path, and so does the hub
+    live += [real, *(real.with_name(real.name + side) for side in sides)]
     where = os.path.realpath(target)
     for path in live:
         same = where == os.path.realpath(path)
@@ -130,8 +136,8 @@ def _check_not_live(target: Path, source: Path) -> None:
             same = same or os.path.samefile(target, path)
         if same:
             raise BackupError(
-                f"the backup cannot be written over the database it copies ({source}) or the -wal, -shm or "
-                "-journal file beside it; choose another path"
+                f"the backup cannot be written over the database it copies ({source}) or the -wal, -shm, "
+                "-journal, .serving.lock or .feed-home file beside it; choose another path"
             )
 
 

@@ -294,6 +294,24 @@ def test_the_live_databases_wal_shm_and_journal_are_never_a_backup_target(tmp_pa
         assert again.stop() == 0
 
 
+def test_the_serving_lock_and_the_feed_home_file_are_never_a_backup_target(tmp_path: Path) -> None:
+    """Renamed over the serving lock, a backup would leave the running hub's lock on a file no name leads to, and a
+    second hub would take the new one and serve the file beside it; over the feed-home file, it would begin a new
+    feed history of a database never restored."""
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    credential(env, "--location", LOCATION)
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
+        for name in ("hub.db.serving.lock", "hub.db.feed-home"):
+            target = tmp_path / name
+            before = (target.stat().st_ino, target.read_bytes())
+            _refused(run_hub("backup", "--to", str(target), env=env), "cannot be written over")
+            assert (target.stat().st_ino, target.read_bytes()) == before
+        second = run_hub("serve", env=env)
+        assert second.returncode == 2 and "another hub process already serves" in second.stderr, second.stderr
+        assert served.stop() == 0
+
+
 def test_a_target_that_is_not_a_regular_file_is_refused_not_replaced(tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     env = hub_env(SHELFSYNC_HUB_DB=str(db))
