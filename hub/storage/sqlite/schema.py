@@ -95,6 +95,7 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
 async def _check_restored(db: InlineConnection, path: Path) -> None:
     """A database restored, copied or moved is checked whole (``PRAGMA quick_check``) at its first start: a copy
     damaged since it was made is refused before the hub serves it, not found page by page by the requests."""
+    log.info("Checking the whole of %s, restored, copied or moved, before it is served (PRAGMA quick_check).", path)
     try:
         problems = [str(r[0]) for r in await db.execute_fetchall("PRAGMA quick_check(3)")]
     except sqlite3.DatabaseError as err:  # a page too broken to check
