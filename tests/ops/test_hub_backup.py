@@ -226,7 +226,7 @@ def test_the_backup_replaces_a_file_only_once_the_new_copy_is_whole(tmp_path: Pa
     with sqlite3.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM agents").fetchone() == (1,)
     conn.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.db", "nightly.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.db", "hub.db.feed-home", "nightly.db"]
 
 
 @pytest.mark.parametrize(
@@ -322,7 +322,7 @@ def test_a_target_that_is_not_a_regular_file_is_refused_not_replaced(tmp_path: P
     for target in (fifo, tmp_path / "to-the-pipe"):
         _refused(run_hub("backup", "--to", str(target), env=env), f"cannot write the backup to {target}: it is a FIFO")
         assert stat.S_ISFIFO(os.stat(target).st_mode)  # still the FIFO: nothing was renamed over it
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.db", "pipe", "to-the-pipe"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.db", "hub.db.feed-home", "pipe", "to-the-pipe"]
 
 
 def test_a_trailing_slash_names_a_directory_that_must_exist(tmp_path: Path) -> None:
