@@ -138,7 +138,10 @@ def _write_tokens(tokens_file: Path, tokens: list[str]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(partial, tokens_file)
-    fd = os.open(tokens_file.parent, os.O_RDONLY)
+    try:  # the rename made durable; Windows opens no directory (a rename lost in a crash: one new history)
+        fd = os.open(tokens_file.parent, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
     finally:
