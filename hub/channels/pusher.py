@@ -64,7 +64,7 @@ from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError, ChannelRejected, Connector, LevelsRefused, Target
 from hub.channels.levels import LevelKey, sku_levels
 from hub.channels.loop import LoopTask
-from hub.channels.mapping import ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
+from hub.channels.mapping import ItemIds, ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
 from hub.channels.state import ChannelState, Refusal
 from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
 from hub.storage.keys import CountKey
@@ -148,6 +148,18 @@ class LagStats:
     @property
     def samples(self) -> int:
         return len(self._samples)
+
+
+def _moved(before: Collection[ItemIds], after: Collection[ItemIds]) -> str:
+    """What changed between two mappings, in a few words: "SKU A now on item X (was Y), SKU B no longer listed"."""
+    old, new = {i.sku: i.item_id for i in before}, {i.sku: i.item_id for i in after}
+    said = [
+        f"SKU {sku} " + ("no longer listed" if sku not in new else
+                         f"now on item {new[sku]}" + (f" (was {old[sku]})" if sku in old else ""))
+        for sku in sorted(old.keys() | new.keys()) if old.get(sku) != new.get(sku)
+    ]  # fmt: skip
+    more = f" and {len(said) - 5} more" if len(said) > 5 else ""
+    return ", ".join(said[:5]) + more if said else "an item's variant id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +543,30 @@ class ChannelPusher(LoopTask):
                 return self.mapping
             return await self._refresh()
 
-    async def _refresh(self) -> SkuMapping:
+    async def remap_if_moved(self) -> bool:
+        """Read the channel's listing and load the mapping again when its items moved since it was loaded (a SKU
+        renamed, an item deleted and created again under a new id): levels set on the old ids would sell one SKU
+        at another's count, or never reach the item that sells it. True when it was loaded again. A mapping CSV
+        or a webhook channel's own SKUs are not the channel's listing: left to a refresh asked for."""
+        if self.spec.mapping_csv is not None or self._identity:
+            return False
+        async with self._lock:
+            if await self._load():
+                return False  # built just now, from the listing
+            entries = await self.connector.listing()
+            before = set(self.mapping.items) if self.mapping is not None else set()
+            after = set(build_mapping(self.spec.name, entries, ()).items)
+            if after == before:
+                return False
+            log.warning(
+                "channel %s: the channel's items changed since the mapping was loaded (%s); loading the mapping "
+                "again and pushing every level once",
+                self.spec.name, _moved(before, after),
+            )  # fmt: skip
+            await self._refresh(entries)
+            return True
+
+    async def _refresh(self, listed: list[ListingEntry] | None = None) -> SkuMapping:
         spec = self.spec
         if spec.mapping_csv is not None:
             try:
@@ -546,7 +581,7 @@ class ChannelPusher(LoopTask):
             entries = []
             where = "the hub"
         else:
-            entries = await self.connector.listing()
+            entries = listed if listed is not None else await self.connector.listing()
             where = {"shopify": "Shopify", "square": "Square"}.get(spec.kind, spec.kind)
         in_pool = await self._skus_in_pool()
         if self._identity:

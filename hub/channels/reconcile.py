@@ -4,6 +4,9 @@ A channel's levels can move behind the hub's back: an edit in the Shopify
 admin, a sale rung up at a Square register, an app of the merchant's, a push
 the channel accepted but did not apply. Each reconciliation:
 
+0. reads the channel's listing and loads the mapping again when an item's SKU
+   or id moved there (``ChannelPusher.remap_if_moved``: a SKU renamed, an item
+   created again under a new id), so the levels below are the items' own;
 1. computes what the channel should show at every mapped level now (the
    pusher's own computation over the hub's current counts);
 2. reads what the channel shows (``Connector.read_levels``);
@@ -169,6 +172,7 @@ class Reconciler(LoopTask):
             raise ChannelRejected(f"channel {name} is a {self.spec.kind} channel: its levels cannot be read back")
         async with self._lock:
             await pusher.ready()
+            await pusher.remap_if_moved()  # a SKU renamed or an item created anew at the channel: read it first
             seq = pusher.push_seq
             skus = sorted(pusher.items)
             expected: dict[LevelKey, Level] = {}

@@ -271,3 +271,37 @@ async def test_channel_exceptions_page_the_same_on_sqlite(tmp_path: Any) -> None
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_sku_renamed_at_shopify_is_mapped_again_by_the_next_reconciliation(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    online = shopify.add_location()
+    a = shopify.add_variant("A", stocked_at=[online])
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 3, "S1", "C"))
+    async with shop_pusher(hub, state, shopify, {"S1": online}) as pusher:
+        await settle(pusher)
+        assert shopify.available(a.item_id, online) == 10
+        a.sku = "C"  # the merchant renames the variant's SKU in the Shopify admin: it now sells C, of which 3
+        (d,) = (await Reconciler(pusher).reconcile()).divergences  # the listing is read first: the item sells C
+        assert pusher.items == {"C": a.item_id}
+        assert (d.sku, d.hub_level, d.channel_level) == ("C", 3, 10)  # it showed A's 10 for C
+        await settle(pusher)
+        assert shopify.available(a.item_id, online) == 3  # not A's 10: no overselling C
+    assert f"channel web: the channel's items changed since the mapping was loaded (SKU A no longer listed, SKU C now on item {a.item_id}); loading the mapping again" in caplog.text
+
+
+async def test_a_square_variation_deleted_and_created_again_gets_the_hubs_level_after_a_reconciliation(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    loc = square.add_location()
+    old = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 8, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+        del square.variations[old], square.counts[(old, loc)]  # deleted in the Square dashboard …
+        new = square.add_variation("A")  # … and created again: a new id, no count (Square shows 0)
+        await Reconciler(pusher).reconcile()
+        assert pusher.items == {"A": new}
+        await settle(pusher)
+        assert square.quantity(new, loc) == 8
