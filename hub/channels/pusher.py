@@ -504,6 +504,10 @@ class ChannelPusher(LoopTask):
         mapping = await self.state.mapping(self.spec.name)
         self.status.cursor = await self.state.cursor(self.spec.name)
         self._pushed = await self.state.pushed(self.spec.name)
+        # A level's next stamp comes after its last confirmation, whatever this hub's clock says now: a channel
+        # that keeps the latest count (Square) would otherwise keep a level stamped by a clock that ran ahead
+        # before a restart (or by the hub this one took the channel over from) over every newer one.
+        self._stamps = await self.state.pushed_at(self.spec.name)
         self._refused = await self.state.refusals(self.spec.name)
         self.status.refused = len(self._refused)
         if mapping is None:

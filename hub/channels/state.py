@@ -83,6 +83,9 @@ class ChannelState(Protocol):
     async def pushed(self, channel: str) -> dict[LevelKey, int]:
         """The last quantity the channel confirmed for each level."""
 
+    async def pushed_at(self, channel: str) -> dict[LevelKey, int]:
+        """When (wall ms of the pushing hub) the channel last confirmed each level."""
+
     async def record(
         self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None
     ) -> None:
@@ -166,6 +169,11 @@ class SqlChannelState:
         self._check()
         rows = await self._read("SELECT level_key, quantity FROM channel_pushed WHERE channel = ?", (channel,))
         return {LevelKey.from_text(k): int(q) for k, q in rows}
+
+    async def pushed_at(self, channel: str) -> dict[LevelKey, int]:
+        self._check()
+        rows = await self._read("SELECT level_key, pushed_at_ms FROM channel_pushed WHERE channel = ?", (channel,))
+        return {LevelKey.from_text(k): int(at) for k, at in rows}
 
     async def record(
         self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from hub.channels import ChannelPusher, LevelKey, ShopifyConnector, SqliteChannelState, SquareConnector
+from hub.channels import pusher as pusher_module
 from hub.channels.pusher import Level
 from hub.channels.reconcile import Reconciler, diverges, find_divergences
 from hub.channels.state import Divergence, Refusal
@@ -305,3 +306,24 @@ async def test_a_square_variation_deleted_and_created_again_gets_the_hubs_level_
         assert pusher.items == {"A": new}
         await settle(pusher)
         assert square.quantity(new, loc) == 8
+
+
+async def test_a_level_pushed_after_a_restart_with_the_clock_set_back_is_not_older_than_the_last_one(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Square keeps the count with the latest ``occurred_at``. A hub whose clock ran a minute ahead pushed the
+    mapping's levels stamped with it; restarted with its clock set right (or taken over by a hub whose clock is
+    behind), its next level must still be stamped after that push, or Square keeps the old count."""
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 8, "S1", "A"))
+    ahead_ms = pusher_module.wall_ms_now() + 60_000
+    monkeypatch.setattr(pusher_module, "wall_ms_now", lambda: ahead_ms)
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)  # the mapping's levels, stamped a minute ahead
+    assert square.quantity(a, loc) == 8
+    monkeypatch.undo()  # the clock is set right; the hub starts again
+    await hub.move((Kind.SALE, -3, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+    assert square.quantity(a, loc) == 5  # not the 8 Square would keep as the newer count
