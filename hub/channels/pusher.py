@@ -216,6 +216,7 @@ class ChannelPusher(LoopTask):
         self._stamps: dict[LevelKey, int] = {}
         self._force_gen = 0
         self._nonce = uuid.uuid4().hex[:12]  # forced turns of this process never share an idempotency key
+        self._unsure: set[LevelKey] = set()  # pushed, never answered: the channel may hold either level
         self._touched: dict[LevelKey, int] = {}  # push_seq of each level's last confirmation
         self.push_seq = 0  # confirmed batches so far (the reconciler skips levels confirmed while it read)
         self._key_sku: dict[LevelKey, str] = {}
@@ -302,7 +303,7 @@ class ChannelPusher(LoopTask):
         batches = [keys[i : i + self.spec.batch_max] for i in range(0, len(keys), self.spec.batch_max)] or [[]]
         confirmed_all: dict[LevelKey, int] = {}
         for n, batch in enumerate(batches):
-            confirmed = await self._push_batch({k: targets[k] for k in batch}, turn_key) if batch else {}
+            confirmed = await self._push_unsure({k: targets[k] for k in batch}, turn_key) if batch else {}
             self._stamps.update((k, targets[k].occurred_at_ms) for k in confirmed)
             now_ms = wall_ms_now()
             last = n == len(batches) - 1
@@ -326,6 +327,7 @@ class ChannelPusher(LoopTask):
         self._pushed.update(confirmed)
         if confirmed:
             self.push_seq += 1
+            self._unsure.difference_update(confirmed)
             for k in confirmed:
                 self._touched[k] = self.push_seq
                 self._bases.pop(k, None)
@@ -350,6 +352,20 @@ class ChannelPusher(LoopTask):
             closed = await self.state.close_divergences(self.spec.name, corrected, wall_ms_now())
             if closed:
                 log.info("channel %s: %d diverging level(s) corrected", self.spec.name, closed)
+
+    async def _push_unsure(self, batch: dict[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
+        """Push one batch whose outcome may be lost: a channel can apply a request whose answer never comes (a
+        timeout, a dropped connection, this hub killed). Until the channel confirms, what it holds at those levels
+        is unknown — in memory and in the state, so a restart does not take the last confirmed level for what the
+        channel shows and skip it when the hub's level returns to it (an oversell that nothing but a
+        reconciliation would find)."""
+        known = [k for k in batch if k in self._pushed]
+        await self.state.unsure(self.spec.name, known)
+        try:
+            return await self._push_batch(batch, turn_key)
+        except BaseException:
+            self._unsure.update(known)  # sent again even at the level last confirmed (still the CAS base)
+            raise
 
     async def _push_batch(self, batch: dict[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
         """Push one batch; levels the channel refuses for good are stored as refusals and the rest sent again."""
@@ -396,7 +412,8 @@ class ChannelPusher(LoopTask):
                 targets[key] = Target(level.quantity, self._bases.get(key, previous), self._stamp(key, now_ms))
                 continue
             refusal = self._refused.get(key)
-            if previous != level.quantity and (refusal is None or refusal.quantity != level.quantity):
+            changed = previous != level.quantity or key in self._unsure
+            if changed and (refusal is None or refusal.quantity != level.quantity):
                 targets[key] = Target(level.quantity, previous, self._stamp(key, level.at_ms))
         return targets
 
@@ -599,6 +616,7 @@ class ChannelPusher(LoopTask):
         log.info("channel %s: %d SKU(s) mapped, %d finding(s)", spec.name, len(mapping.items), len(mapping.findings))
         self._use(mapping)
         self._pushed = {}
+        self._unsure = set()
         self._refused = {}
         self.status.refused = 0
         self._forced = dict.fromkeys(sorted(self._items))  # every mapped level goes out once

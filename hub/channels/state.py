@@ -86,6 +86,10 @@ class ChannelState(Protocol):
     async def pushed_at(self, channel: str) -> dict[LevelKey, int]:
         """When (wall ms of the pushing hub) the channel last confirmed each level."""
 
+    async def unsure(self, channel: str, keys: Collection[LevelKey]) -> None:
+        """Before a push of ``keys``: their confirmed quantities are no longer known (the channel may apply the push
+        and its answer be lost); ``pushed`` leaves them out until ``record`` stores them again."""
+
     async def record(
         self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None
     ) -> None:
@@ -167,7 +171,9 @@ class SqlChannelState:
 
     async def pushed(self, channel: str) -> dict[LevelKey, int]:
         self._check()
-        rows = await self._read("SELECT level_key, quantity FROM channel_pushed WHERE channel = ?", (channel,))
+        rows = await self._read(
+            "SELECT level_key, quantity FROM channel_pushed WHERE channel = ? AND quantity >= 0", (channel,)
+        )  # a quantity of -1: a push of it was under way, its outcome unknown
         return {LevelKey.from_text(k): int(q) for k, q in rows}
 
     async def pushed_at(self, channel: str) -> dict[LevelKey, int]:
@@ -258,6 +264,20 @@ class SqlChannelState:
             )
 
         await self._write("saving a channel's refused levels", work)
+
+    async def unsure(self, channel: str, keys: Collection[LevelKey]) -> None:
+        self._check()
+        if not keys:
+            return
+
+        async def work(db: Tx) -> None:
+            for part in _parts([k.text() for k in keys]):
+                await db.execute(
+                    f"UPDATE channel_pushed SET quantity = -1 WHERE channel = ? AND level_key IN ({_marks(len(part))})",
+                    (channel, *part),
+                )
+
+        await self._write("marking a channel's levels under way", work)
 
     async def clear_refusals(self, channel: str, keys: Collection[LevelKey] | None = None) -> None:
         self._check()

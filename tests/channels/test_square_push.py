@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, SqliteChannelState, SquareConnector
-from hub.channels.connector import COUNTED_PAGES_FACTOR, COUNTED_PAGES_SLACK, ChannelUnavailable
+from hub.channels.connector import COUNTED_PAGES_FACTOR, COUNTED_PAGES_SLACK, ChannelError, ChannelUnavailable
 from protocol import Kind
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
@@ -240,3 +240,34 @@ async def test_a_level_mapped_just_before_a_restart_goes_out_after_it(
     async with pushing(spec, hub, state):
         await wait_until(shows(square, {(va, loc): 5, (vb, loc): 3}), "Square shows A after the restart", 10.0)
     assert square.stats.batch_sizes[batches:] == [2], "A and B: B's confirmation was forgotten with the refresh"
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-hub", "after-a-restart"])
+async def test_a_level_applied_whose_answer_was_lost_is_set_again_when_the_hub_returns_to_the_last_confirmed_one(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, restart: bool
+) -> None:
+    """Square applied 2 but its answer was lost (or the hub was killed before it came); then the hub's level goes
+    back to the 0 Square last confirmed. The channel holds 2, not 0: that level must go out, not be skipped as
+    unchanged."""
+    loc = square.add_location()
+    a = square.add_variation("A")
+    spec = square_spec(square, {"S1": loc})
+    async with aiohttp.ClientSession() as session:
+
+        def pusher() -> ChannelPusher:
+            return ChannelPusher(spec, hub.store, state, SquareConnector(spec, session), hub.watch, backoff=FAST)
+
+        first = pusher()
+        assert await first.turn()  # the mapping's levels: A at 0
+        assert square.quantity(a, loc) == 0
+        await hub.move((Kind.RECEIVE, 2, "S1", "A"))
+        square.faults.queue("drop_after")
+        with pytest.raises(ChannelError):
+            await first.turn()
+        assert square.quantity(a, loc) == 2  # applied; the answer never came
+        await hub.move((Kind.SALE, -2, "S1", "A"))  # the hub's level is back at the 0 Square last confirmed
+        again = pusher() if restart else first
+        for _ in range(10):
+            if not await again.turn():
+                break
+    assert square.quantity(a, loc) == 0
