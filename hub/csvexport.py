@@ -61,6 +61,9 @@ ROWS_MAX = 1_000_000_000  # the largest ``limit`` a CSV answer takes
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 FORMULA_GUARD = "'"
 GUARDED_STARTS = (*FORMULA_STARTS, FORMULA_GUARD)  # a cell starting with the guard itself is guarded too
+# Characters that show nothing and that a reader may drop before it looks for a formula: the byte-order mark and
+# the zero-width ones. A formula start behind them is guarded as one at the cell's start.
+INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"
 FILENAME_PART_RE = re.compile(r"[^A-Za-z0-9._-]+")
 JSON_TYPES = frozenset({"application/json", "application/*"})
 
@@ -129,7 +132,9 @@ def cell(value: object) -> object:
 def _needs_guard(text: str) -> bool:
     """Whether ``cell`` guards ``text``: a formula start, and whatever reading it back would change — a
     leading ``'`` (an import takes that for a guard) and surrounding blanks (an import strips them)."""
-    return text.startswith(GUARDED_STARTS) or text != text.strip()
+    return (
+        text.startswith(GUARDED_STARTS) or text.lstrip(INVISIBLE).startswith(FORMULA_STARTS) or text != text.strip()
+    )
 
 
 def unguard(text: str) -> str:

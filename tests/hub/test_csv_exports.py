@@ -210,7 +210,8 @@ def test_encode_quotes_by_rfc_4180_and_guards_only_text() -> None:
 # Text biased to what a guard and an import's strip act on: apostrophes, formula starts and blanks at either end.
 TRICKY_TEXT = st.builds(
     lambda head, body, tail: head + body + tail,
-    st.sampled_from(["", "'", "''", "'=", "'-", "=", "-", "+", "@", "\t", " ", " '", "\u00a0", "'\u00a0"]),
+    st.sampled_from(["", "'", "''", "'=", "'-", "=", "-", "+", "@", "\t", " ", " '", "\u00a0", "'\u00a0", "\ufeff=",
+                     "\u200b-", "\ufeff\u200d@", "'\ufeff="]),
     st.text(max_size=12),
     st.sampled_from(["", " ", "'", "\u00a0"]),
 )
@@ -221,6 +222,14 @@ def test_an_imported_cell_is_the_text_the_export_was_given(text: str) -> None:
     guarded = csvexport.cell(text)
     assert csvexport.uncell(str(guarded)) == text and csvexport.unguard(str(guarded)) == text
     assert not str(guarded).startswith(csvexport.FORMULA_STARTS)  # never a formula in a spreadsheet
+    # nor behind characters that show nothing (a byte-order mark, zero-width spaces), which a reader may drop
+    assert not str(guarded).lstrip("\ufeff\u200b\u200c\u200d\u2060").startswith(csvexport.FORMULA_STARTS)
+
+
+def test_a_formula_behind_an_invisible_character_is_guarded() -> None:
+    """Found by the operator-side attack: ``\ufeff=1`` went out as it was, a formula to a reader that drops the
+    byte-order mark (as most do at a field's start when they drop it at the file's)."""
+    assert [csvexport.cell(t) for t in ("\ufeff=1", "\u200b+1", "a\ufeff=1")] == ["'\ufeff=1", "'\u200b+1", "a\ufeff=1"]
 
 
 @pytest.mark.parametrize(
