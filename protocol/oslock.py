@@ -32,9 +32,10 @@ def hold_os_lock(
     try:
         if make_parent:
             path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))  # filelock takes a file it cannot make for one held
         lock.acquire(timeout=wait_s)
     except Timeout:
+        if not path.exists():  # nobody holds it: filelock retries a file it cannot make until its timeout
+            raise failed(_why_not_made(path)) from None
         raise taken() from None
     except OSError as err:
         raise failed(err) from err
@@ -42,3 +43,16 @@ def hold_os_lock(
         yield path
     finally:
         lock.release()
+
+
+def _why_not_made(path: Path) -> OSError:
+    """The operating system's reason ``path`` cannot be made. The file is not made first instead: a lock that is
+    the file itself (filelock's soft lock, where the platform has no file locks) would then be held by nobody."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as err:
+        return err
+    os.close(fd)  # it can be made now: the directory changed meanwhile
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return OSError(f"{path} could not be made while the lock was being taken; try again")
