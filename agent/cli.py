@@ -61,7 +61,7 @@ from agent.scanning import ModeRouter, ScanRouter, ScanService
 from agent.sessions.router import SessionRouter
 from agent.simulate import Simulator
 from protocol import Kind, event_id_hex
-from protocol.entry import package_version
+from protocol.entry import option_before_command, package_version
 from protocol.routes import HEALTH_PATH
 from protocol.runtime import gc_for_serving
 
@@ -139,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if (misplaced := option_before_command(sys.argv[1:] if argv is None else argv, parser.prog)) is not None:
+        parser.error(misplaced)
+    args = parser.parse_args(argv)
     level = args.log_level or os.environ.get(LOG_LEVEL_ENV, "").strip().lower() or "info"
     if level not in LOG_LEVELS:
         print(f"{PROG}: {LOG_LEVEL_ENV} must be one of {', '.join(LOG_LEVELS)}, got {level!r}", file=sys.stderr)

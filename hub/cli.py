@@ -51,7 +51,10 @@ from hub.storage.base import ROLES, AgentStatus, DatabaseUnreachable, HubError
 from hub.storage.credentials import check_agent_id
 from hub.storage.interfaces import CredentialStore
 from hub.views import iso_ms
-from protocol.entry import package_version  # shelfsync-hub --version answers before this module loads (hub/entry.py)
+from protocol.entry import (  # shelfsync-hub --version answers before this module loads (hub/entry.py)
+    option_before_command,
+    package_version,
+)
 
 PROG = "shelfsync-hub"
 EXIT_OK = 0
@@ -188,7 +191,10 @@ def _stop_on_signals() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if (misplaced := option_before_command(sys.argv[1:] if argv is None else argv, parser.prog)) is not None:
+        parser.error(misplaced)
+    args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)

@@ -58,3 +58,14 @@ def run(prog: str, extra: str, load_cli: Callable[[], Cli], argv: Sequence[str] 
         print(sentence, file=sys.stderr)
         return EXIT_USAGE
     return cli_main(args)
+
+
+def option_before_command(argv: Sequence[str], prog: str) -> str | None:
+    """The sentence for an option given before the command (``--config agent.toml run``), or None.
+
+    The commands take their options after their name; argparse took the option's value for the command ("invalid
+    choice: 'agent.toml'") or, with nothing after it, said only that a command is required."""
+    first = next(iter(argv), None)
+    if first is None or not first.startswith("-") or first in ("-h", "--help", "--version"):
+        return None
+    return f"{first} before the command; give the command first, then its options ({prog} COMMAND {first} …)"

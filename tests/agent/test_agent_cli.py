@@ -161,3 +161,11 @@ async def test_sighup_reloads_a_fixed_token(tmp_path: Path, hub: FakeHub) -> Non
     assert code == 0
     assert run.log.count("refused this agent's credentials") == 1
     assert "Configuration reloaded" in run.log
+
+
+@pytest.mark.parametrize("argv", [("--confg", "agent.toml", "run"), ("--bogus",), ("-c", "status")])
+async def test_an_option_before_the_command_is_named_not_taken_for_the_command(argv: tuple[str, ...]) -> None:
+    """`--confg agent.toml run` said "invalid choice: 'agent.toml'", and `--bogus` said a command is required:
+    neither named the option given, which belongs after the command."""
+    code, _, err = await agent(*argv)
+    assert code == 2 and f"{argv[0]} before the command" in err, err

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -348,3 +349,13 @@ async def test_serve_reads_settings_from_the_config_file(tmp_path: Path) -> None
         ):
             assert resp.status == 413  # max_body_bytes = 1000 from the file
         assert served.stop() == 0
+
+
+@pytest.mark.parametrize("argv", [("--db", "hub.db", "serve"), ("--bogus",)])
+async def test_an_option_before_the_command_is_named_not_taken_for_the_command(
+    argv: tuple[str, ...], tmp_path: Path
+) -> None:
+    """`--db hub.db serve` said "invalid choice: 'hub.db'": the option given, which belongs after the command, is
+    named instead."""
+    run = await hub(*argv, cwd=tmp_path)
+    assert run.code == 2 and f"{argv[0]} before the command" in run.err, run.err
