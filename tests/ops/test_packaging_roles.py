@@ -57,7 +57,7 @@ def test_every_package_a_role_imports_is_a_requirement_of_that_role(role: str) -
     provided = importlib.metadata.packages_distributions()
     for module, files in sorted(third_party_imports(packages).items()):
         dists = {re.sub(r"[-_.]+", "-", d).lower() for d in provided.get(module, [])}
-        assert dists & declared, f"{module} (imported by {sorted(files)[0]}) is not a requirement of shelfsync[{role}]"
+        assert dists & declared, f"{module} (imported by {min(files)}) is not a requirement of shelfsync[{role}]"
 
 
 def test_the_extras_are_as_documented() -> None:
