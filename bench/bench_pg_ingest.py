@@ -48,6 +48,13 @@ from hub.storage.sql import STOCK_FIELDS
 from protocol import StockEvent, SyncRequest, encode_sync_request, wall_ms_now
 
 DEFAULT_URL = "postgresql://shelfsync:shelfsync@127.0.0.1:5432/shelfsync_test"
+
+
+def pg_port(url: str) -> int:
+    """The TCP port of a PostgreSQL URL (5432 when it names none): the benches find the backends by it."""
+    return urlsplit(url).port or 5432
+
+
 EVENT_COLUMNS = [
     "location", "event_id", "agent_id", "epoch", "seq", "sku", "kind", "qty", "occurred_at", "wall_ms", "source",
     "ref", "reason", "attrs", "effect", "variance", "duplicates", "received_at_ms",

@@ -38,13 +38,12 @@ import asyncpg
 import psutil
 
 from bench.bench_ingest import BATCH, SKUS_PER_STORE, free_port
-from bench.bench_pg_ingest import DEFAULT_URL, fresh_schema, post_all, run_hub, sync_bodies, warm_up, workload
+from bench.bench_pg_ingest import DEFAULT_URL, fresh_schema, pg_port, post_all, run_hub, sync_bodies, warm_up, workload
 from bench.common import median, write_result
 from hub.storage.ingest import NewChange
 from hub.storage.postgres.ingest import PostgresIngest
 from protocol import CountSnapshot, wall_ms_now
 
-PG_PORT = 5432
 PROBE_BATCHES = 60  # critical sections replayed for the serialised part
 
 
@@ -93,15 +92,15 @@ def tree(proc: psutil.Process) -> list[psutil.Process]:
         return [proc]
 
 
-def client_ports(procs: list[psutil.Process]) -> set[int]:
-    """Local ports of the processes' TCP connections to PostgreSQL."""
+def client_ports(procs: list[psutil.Process], pg_port: int) -> set[int]:
+    """Local ports of the processes' TCP connections to the PostgreSQL on ``pg_port``."""
     ports: set[int] = set()
     for p in procs:
         try:
             conns = p.net_connections(kind="tcp")
         except psutil.Error:
             continue
-        ports.update(c.laddr.port for c in conns if c.raddr and c.raddr.port == PG_PORT)
+        ports.update(c.laddr.port for c in conns if c.raddr and c.raddr.port == pg_port)
     return ports
 
 
@@ -131,6 +130,10 @@ class Sampler:
     _ready: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     error: BaseException | None = None
+
+    @property
+    def pg_port(self) -> int:
+        return pg_port(self.url)
 
     def start(self) -> None:
         self.hub_cpu = [CpuMeter() for _ in self.hubs]
@@ -171,7 +174,7 @@ class Sampler:
             "WHERE client_port = ANY($1::int[])"
         )
         try:
-            ports = client_ports([p for h in self.hubs for p in tree(h)])
+            ports = client_ports([p for h in self.hubs for p in tree(h)], self.pg_port)
             rows = await conn.fetch(sql, list(ports))
             self.backend_cpu.see(self._backends(rows), born_now=False)
             started = time.thread_time()  # from here on the load generator's clock runs too
@@ -184,7 +187,7 @@ class Sampler:
                 if now - last_ports > 0.5:  # hubs open pool connections as load grows
                     for meter, hub in zip(self.hub_cpu, self.hubs, strict=True):
                         meter.see(tree(hub), born_now=True)
-                    ports = client_ports([p for h in self.hubs for p in tree(h)])
+                    ports = client_ports([p for h in self.hubs for p in tree(h)], self.pg_port)
                     last_ports = now
                 rows = await conn.fetch(sql, list(ports))
                 dt = now - last

@@ -31,7 +31,7 @@ import asyncpg
 import psutil
 
 from bench.bench_ingest import BATCH, make_events
-from bench.bench_pg_ingest import DEFAULT_URL, fresh_schema
+from bench.bench_pg_ingest import DEFAULT_URL, fresh_schema, pg_port
 from hub.clock_window import ClockWindow
 from hub.storage import open_store
 from hub.storage.base import AgentIdentity, Lineage
@@ -56,7 +56,7 @@ def backends_cpu_s(pids: list[int]) -> float:
 
 async def my_backends() -> list[int]:
     """The PostgreSQL backends whose client is one of this process's connections."""
-    ports = {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == 5432}
+    ports = {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == pg_port(DEFAULT_URL)}
     conn = await asyncpg.connect(DEFAULT_URL)
     try:
         rows = await conn.fetch("SELECT pid, client_port FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
