@@ -323,7 +323,8 @@ class ChannelPusher(LoopTask):
         return True
 
     async def _state_record(self, confirmed: dict[LevelKey, int], now_ms: int, cursor: int | None) -> None:
-        await self.state.record(self.spec.name, confirmed, now_ms, cursor=cursor)
+        stamps = {k: self._stamps[k] for k in confirmed if k in self._stamps}  # stored: a restart stamps after them
+        await self.state.record(self.spec.name, confirmed, now_ms, cursor=cursor, stamps=stamps)
         self._pushed.update(confirmed)
         if confirmed:
             self.push_seq += 1

@@ -84,16 +84,19 @@ class ChannelState(Protocol):
         """The last quantity the channel confirmed for each level."""
 
     async def pushed_at(self, channel: str) -> dict[LevelKey, int]:
-        """When (wall ms of the pushing hub) the channel last confirmed each level."""
+        """Each level's stamp: the latest of the times (wall ms of the pushing hub) the channel confirmed it and the
+        times it was stamped with, kept across a mapping load; it never goes back."""
 
     async def unsure(self, channel: str, keys: Collection[LevelKey]) -> None:
         """Before a push of ``keys``: their confirmed quantities are no longer known (the channel may apply the push
         and its answer be lost); ``pushed`` leaves them out until ``record`` stores them again."""
 
     async def record(
-        self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None
+        self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None,
+        stamps: MappingABC[LevelKey, int] | None = None,
     ) -> None:
-        """In one transaction: store confirmed quantities and, if given, move the cursor to ``cursor``."""
+        """In one transaction: store confirmed quantities and, if given, move the cursor to ``cursor``. A level's
+        stamp becomes the latest of ``at_ms``, its ``stamps`` entry (what it was sent with) and the one stored."""
 
     async def mapping(self, channel: str) -> SkuMapping | None:
         """The stored mapping, or None if it was never loaded."""
@@ -101,7 +104,9 @@ class ChannelState(Protocol):
     async def save_mapping(self, channel: str, mapping: SkuMapping) -> None:
         """Replace the channel's mapping and findings, and forget the levels it confirmed and refused, in one
         transaction: a (re)loaded mapping is pushed whole, and until the channel confirms a level again the hub
-        does not know what it holds there, so a restart before that pushes it again."""
+        does not know what it holds there, so a restart before that pushes it again. The levels' stamps stay
+        (``pushed_at``): a channel keeping the latest count (Square) still needs the next one later than the
+        last, whatever the clock says after a restart."""
 
     async def refusals(self, channel: str) -> dict[LevelKey, Refusal]:
         """The levels the channel refused for good and has not taken since."""
@@ -182,16 +187,19 @@ class SqlChannelState:
         return {LevelKey.from_text(k): int(at) for k, at in rows}
 
     async def record(
-        self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None
+        self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None,
+        stamps: MappingABC[LevelKey, int] | None = None,
     ) -> None:
         self._check()
+        stamps = stamps or {}
 
         async def work(db: Tx) -> None:
             await db.executemany(
                 "INSERT INTO channel_pushed (channel, level_key, quantity, pushed_at_ms) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (channel, level_key) DO UPDATE SET quantity = excluded.quantity, "
-                "pushed_at_ms = excluded.pushed_at_ms",
-                [(channel, k.text(), q, at_ms) for k, q in pushed.items()],
+                "pushed_at_ms = CASE WHEN excluded.pushed_at_ms > channel_pushed.pushed_at_ms "
+                "THEN excluded.pushed_at_ms ELSE channel_pushed.pushed_at_ms END",  # a stamp never goes back
+                [(channel, k.text(), q, max(at_ms, stamps.get(k, 0))) for k, q in pushed.items()],
             )
             if cursor is not None:  # never backwards
                 await db.execute(
@@ -231,7 +239,8 @@ class SqlChannelState:
                 "INSERT INTO channel_findings (channel, seq, kind, sku, detail) VALUES (?, ?, ?, ?, ?)",
                 [(channel, n, f.kind, f.sku, f.detail) for n, f in enumerate(mapping.findings)],
             )
-            await db.execute("DELETE FROM channel_pushed WHERE channel = ?", (channel,))
+            # unknown (-1, as ``unsure``), not deleted: the quantity is forgotten, the stamp kept
+            await db.execute("UPDATE channel_pushed SET quantity = -1 WHERE channel = ?", (channel,))
             await db.execute("DELETE FROM channel_refusals WHERE channel = ?", (channel,))
             await db.execute(
                 "INSERT INTO channel_mapping_loads (channel, loaded_ms) VALUES (?, ?) "

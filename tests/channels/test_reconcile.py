@@ -327,3 +327,32 @@ async def test_a_level_pushed_after_a_restart_with_the_clock_set_back_is_not_old
     async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
         await settle(pusher)
     assert square.quantity(a, loc) == 5  # not the 8 Square would keep as the newer count
+
+
+async def test_a_mapping_refresh_keeps_the_stamps_square_needs_after_a_clock_set_back(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh forgot the stored stamps with the confirmed levels (and a push confirmed after it stored the
+    clock's time, not the stamp it went out with): a hub restarted with its clock set back then stamped its next
+    level before the count a clock running ahead had pushed, and Square kept that old count."""
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 8, "S1", "A"))
+    ahead_ms = pusher_module.wall_ms_now() + 60_000
+    monkeypatch.setattr(pusher_module, "wall_ms_now", lambda: ahead_ms)
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)  # the mapping's levels, stamped a minute ahead
+    monkeypatch.undo()  # the clock is set right
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await pusher.refresh_mapping()  # its push does not get out before the next restart
+    await hub.move((Kind.SALE, -3, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+    assert square.quantity(a, loc) == 5  # not the 8 Square would keep as the newer count
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await pusher.refresh_mapping()
+        await settle(pusher)  # confirmed: what is stored is the stamp it went out with, not the clock's time
+    await hub.move((Kind.SALE, -1, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+    assert square.quantity(a, loc) == 4
