@@ -71,6 +71,24 @@ class LevelsRefused(ChannelRejected):
 
 
 @dataclass(frozen=True, slots=True)
+class Kept:
+    """A level the channel answered still holding a count of its own instead of the one pushed (Square keeps the
+    count with the latest ``occurred_at``): its quantity and when it came in (wall ms, the channel's clock)."""
+
+    quantity: int
+    at_ms: int
+
+
+class Confirmed(dict[LevelKey, int]):
+    """What a push confirmed (the levels the channel took), and ``kept``: the levels of the batch it answered
+    holding another count of its own — not applied, so not confirmed."""
+
+    def __init__(self, confirmed: Mapping[LevelKey, int], kept: Mapping[LevelKey, Kept] | None = None) -> None:
+        super().__init__(confirmed)
+        self.kept = dict(kept or {})
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectorStatus:
     """How a connector's calls are going, for the status API (``GET /v1/channels``)."""
 
@@ -93,7 +111,8 @@ class Connector(Protocol):
     readable: bool  # ``read_levels`` works (a generic webhook cannot be read back)
 
     async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
-        """Set every level of ``batch``; return the quantities the channel confirmed.
+        """Set every level of ``batch``; return the quantities the channel confirmed (a ``Confirmed`` when the
+        channel's answer says it kept counts of its own at some levels: those are left out).
 
         ``turn_key`` is stable across retries of the same unit of work (the
         channel and the cursor it starts from): with the request's content it

@@ -56,12 +56,13 @@ import uuid
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from hub.bundles import bundle_parts_of
 from hub.channels.config import ChannelSpec
-from hub.channels.connector import ChannelError, ChannelRejected, Connector, LevelsRefused, Target
+from hub.channels.connector import ChannelError, ChannelRejected, Confirmed, Connector, Kept, LevelsRefused, Target
 from hub.channels.levels import LevelKey, sku_levels
 from hub.channels.loop import LoopTask
 from hub.channels.mapping import ItemIds, ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
@@ -83,6 +84,11 @@ LAG_SAMPLES = 1_000  # the rolling window of lag samples (one per confirmed turn
 LEDGER_LOOKBACK = 32  # newest ledger rows of a (location, sku) searched for a change's event
 UNMAPPED_MAX = 1_000  # SKUs remembered as moving in the pool unmapped since the mapping was loaded
 KIND_NAMES = {"shopify": "Shopify", "square": "Square", "webhook": "the receiver"}
+KEPT_AGAIN_MAX = 2  # pushes in a row, stamped after a count the channel kept, before it is left to reconciliation
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.") + f"{ms % 1000:03d}" if ms > 0 else "unknown time"
 
 
 class FeedReader(Protocol):
@@ -217,6 +223,7 @@ class ChannelPusher(LoopTask):
         self._force_gen = 0
         self._nonce = uuid.uuid4().hex[:12]  # forced turns of this process never share an idempotency key
         self._unsure: set[LevelKey] = set()  # pushed, never answered: the channel may hold either level
+        self._kept: dict[LevelKey, int] = {}  # pushes in a row the channel answered keeping a count of its own
         self._touched: dict[LevelKey, int] = {}  # push_seq of each level's last confirmation
         self.push_seq = 0  # confirmed batches so far (the reconciler skips levels confirmed while it read)
         self._key_sku: dict[LevelKey, str] = {}
@@ -302,8 +309,11 @@ class ChannelPusher(LoopTask):
         keys = sorted(targets)
         batches = [keys[i : i + self.spec.batch_max] for i in range(0, len(keys), self.spec.batch_max)] or [[]]
         confirmed_all: dict[LevelKey, int] = {}
+        kept_all: dict[LevelKey, Kept] = {}
         for n, batch in enumerate(batches):
             confirmed = await self._push_unsure({k: targets[k] for k in batch}, turn_key) if batch else {}
+            if isinstance(confirmed, Confirmed):
+                kept_all.update(confirmed.kept)
             self._stamps.update((k, targets[k].occurred_at_ms) for k in confirmed)
             now_ms = wall_ms_now()
             last = n == len(batches) - 1
@@ -316,6 +326,8 @@ class ChannelPusher(LoopTask):
                 self.status.levels_pushed += len(confirmed)
                 self.status.last_push_ms = now_ms
         await self._settle(confirmed_all, forced, based)
+        if kept_all:
+            self._not_taken(kept_all, targets)
         if rows and confirmed_all:
             await self._sample_lag(rows, confirmed_all)
         self.status.turns += 1
@@ -332,6 +344,7 @@ class ChannelPusher(LoopTask):
             for k in confirmed:
                 self._touched[k] = self.push_seq
                 self._bases.pop(k, None)
+                self._kept.pop(k, None)
 
     async def _settle(
         self, confirmed: dict[LevelKey, int], forced: Mapping[str, None], based: Collection[LevelKey]
@@ -353,6 +366,35 @@ class ChannelPusher(LoopTask):
             closed = await self.state.close_divergences(self.spec.name, corrected, wall_ms_now())
             if closed:
                 log.info("channel %s: %d diverging level(s) corrected", self.spec.name, closed)
+
+    def _not_taken(self, kept: Mapping[LevelKey, Kept], sent: Mapping[LevelKey, Target]) -> None:
+        """Levels the channel answered holding a count of its own, newer than the push (Square keeps the latest
+        ``occurred_at``: a register edit while this hub's clock is behind): not confirmed, and pushed again next
+        turn stamped after the channel's count, from its quantity, as a divergence is corrected. A level kept
+        again after ``KEPT_AGAIN_MAX`` such pushes is left to the next reconciliation, not pushed in a loop."""
+        again: list[tuple[LevelKey, Kept]] = []
+        for k, held in sorted(kept.items()):
+            self._stamps[k] = max(self._stamps.get(k, 0), held.at_ms, sent[k].occurred_at_ms)
+            self._pushed.pop(k, None)  # what the channel holds is not what the hub last confirmed there
+            self._unsure.discard(k)
+            self._kept[k] = self._kept.get(k, 0) + 1
+            if self._kept[k] <= KEPT_AGAIN_MAX:
+                self._bases[k] = held.quantity
+                again.append((k, held))
+        who = KIND_NAMES.get(self.spec.kind, self.spec.kind)
+        k, held = min(kept.items())
+        log.warning(
+            "channel %s: %s kept its own count at %d level(s) it holds stamped later than the push (first %s at %s: "
+            "%d, not %d, its count of %s UTC), so the push is not confirmed there; %s",
+            self.spec.name, who, len(kept), self._key_sku.get(k, k.item_id), k.location_id, held.quantity,
+            sent[k].quantity, _utc(held.at_ms),
+            f"pushing the hub's level again at {len(again)} of them, stamped after the channel's count"
+            + ("" if len(again) == len(kept) else ", the others left to the next reconciliation")
+            if again else "they are left to the next reconciliation (kept again after pushes stamped after it)",
+        )  # fmt: skip
+        if again:
+            self._force_gen += 1
+            self._wake.set()
 
     async def _push_unsure(self, batch: dict[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
         """Push one batch whose outcome may be lost: a channel can apply a request whose answer never comes (a

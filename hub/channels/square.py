@@ -10,6 +10,9 @@ content (a retry carries the same key; Square answers a reused key with
 different content ``IDEMPOTENCY_KEY_REUSED``). ``429`` is honoured: the
 connector waits ``Retry-After`` seconds and sends the same request again.
 Errors come as ``{"errors": [{"category", "code", "detail", "field"}]}``.
+The answer's ``counts`` are read: a level whose count there is not the one
+pushed was kept by Square (it holds a count stamped later) and is returned as
+``Confirmed.kept``, not confirmed; the pusher pushes it again stamped after it.
 
 A ``400`` whose every error names one change (``field``
 ``changes[<i>]…``: a deleted variation, an unknown location) refuses those
@@ -36,6 +39,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
@@ -45,7 +49,9 @@ from hub.channels.connector import (
     CallRecord,
     ChannelRejected,
     ChannelUnavailable,
+    Confirmed,
     ConnectorStatus,
+    Kept,
     LevelsRefused,
     PageWalk,
     Target,
@@ -78,6 +84,13 @@ class _Refused(ChannelRejected):
     def __init__(self, message: str, errors: list[Any]) -> None:
         super().__init__(message)
         self.errors = errors
+
+
+def _ms_of(text: Any) -> int:
+    """Wall ms of an RFC 3339 time of Square's (0 when it gives none); ValueError when it is not one."""
+    if text in (None, ""):
+        return 0
+    return round(datetime.fromisoformat(str(text)).timestamp() * 1000)
 
 
 def rfc3339_ms(ms: int) -> str:
@@ -146,7 +159,7 @@ class SquareConnector:
             "ignore_unchanged_counts": True,
         }
         try:
-            await self._call("/v2/inventory/changes/batch-create", body, "setting levels")
+            answer = await self._call("/v2/inventory/changes/batch-create", body, "setting levels")
         except _Refused as err:
             refused = _refused_levels(err.errors, keys)
             if refused:
@@ -154,7 +167,26 @@ class SquareConnector:
                     f"Square refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}", refused
                 ) from err
             raise
-        return {k: batch[k].quantity for k in keys}
+        return self._taken(batch, answer)
+
+    def _taken(self, batch: Mapping[LevelKey, Target], answer: Mapping[str, Any]) -> Confirmed:
+        """The levels Square took, read from its answer's current ``counts``: a level whose count there is not the
+        one pushed was not applied — Square holds a physical count stamped later than the push's ``occurred_at``
+        (a register edit while the hub's clock is behind) and keeps it — so it is not confirmed but ``kept``,
+        with Square's quantity and ``calculated_at``. A level the answer gives no count of is taken as applied."""
+        held: dict[LevelKey, Kept] = {}
+        for c in answer.get("counts") or ():
+            if not isinstance(c, dict) or c.get("state", "IN_STOCK") != "IN_STOCK":
+                continue
+            key = LevelKey(str(c.get("catalog_object_id")), str(c.get("location_id")))
+            try:
+                quantity = Decimal(str(c.get("quantity")))
+                at_ms = _ms_of(c.get("calculated_at"))
+            except (InvalidOperation, ValueError, TypeError):
+                continue  # a count the hub cannot read says nothing against the push
+            if key in batch and quantity.is_finite() and quantity != batch[key].quantity:
+                held[key] = Kept(int(quantity), at_ms)
+        return Confirmed({k: t.quantity for k, t in batch.items() if k not in held}, held)
 
     async def listing(self) -> list[ListingEntry]:
         entries: list[ListingEntry] = []

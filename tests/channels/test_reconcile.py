@@ -356,3 +356,48 @@ async def test_a_mapping_refresh_keeps_the_stamps_square_needs_after_a_clock_set
     async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
         await settle(pusher)
     assert square.quantity(a, loc) == 4
+
+
+async def test_a_count_square_kept_over_the_push_is_not_confirmed_and_goes_out_again_stamped_after_it(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Square's answer to a push was not read: a count Square held stamped later than the push's occurred_at (a
+    register edit made after the hub's change but before its push) stayed at Square, and the hub recorded its own
+    level there as confirmed — the channel sold from a count the hub never saw until a reconciliation."""
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+        await hub.move((Kind.SALE, -2, "S1", "A"))  # the hub's change: A is 8 …
+        square.drift(a, loc, 7)  # … then an edit at a register, stamped later than that change
+        pushes = square.stats.batches_applied
+        await settle(pusher)
+        assert square.quantity(a, loc) == 8  # the hub's level, not the register's 7
+        assert square.stats.batches_applied == pushes + 2  # the push Square did not take, and the one after it
+        assert pusher.pushed == {LevelKey(a, loc): 8}
+        assert (await state.pushed("pos")) == {LevelKey(a, loc): 8}
+    assert (
+        "channel pos: Square kept its own count at 1 level(s) it holds stamped later than the push (first A at "
+        f"{loc}: 7, not 8, its count of "
+    ) in caplog.text
+    assert "pushing the hub's level again at 1 of them, stamped after the channel's count" in caplog.text
+
+
+async def test_a_count_square_keeps_whatever_the_stamp_is_left_to_reconciliation_after_two_pushes_more(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    from decimal import Decimal
+
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+        square.counts[(a, loc)] = (Decimal(7), "2999-01-01T00:00:00+00:00")  # a count no push can be later than
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+        pushes = square.stats.batches_applied
+        await settle(pusher)  # ends: the level is not pushed in a loop
+        assert square.stats.batches_applied == pushes + 1 + pusher_module.KEPT_AGAIN_MAX
+        assert square.quantity(a, loc) == 7 and pusher.pushed == {}
+    assert "they are left to the next reconciliation (kept again after pushes stamped after it)" in caplog.text

@@ -16,7 +16,9 @@ Built from Square's public reference for that version:
   with an error naming its ``field``. A key seen before with the same body
   answers the first answer again and applies nothing; with another body, HTTP
   400 ``IDEMPOTENCY_KEY_REUSED``. The answer lists the current ``counts`` of
-  every item and location in the request.
+  every item and location in the request — so a count Square did not take
+  (one it holds is stamped later) shows there as Square's own quantity, with
+  ``calculated_at`` the time the count standing was received.
 * ``POST /v2/inventory/counts/batch-retrieve`` (BatchRetrieveInventoryCounts):
   the current counts of ``catalog_object_ids`` at ``location_ids`` (each
   filter applies only when set), a page at a time: ``limit`` 1–1000 counts
@@ -96,6 +98,7 @@ class SquareEmulator(EmulatorServer):
         self.variations: dict[str, dict[str, str]] = {}  # id -> {"sku", "upc", "name"}
         self.locations: set[str] = set()
         self.counts: dict[tuple[str, str], tuple[Decimal, str]] = {}  # (object, location) -> (quantity, occurred_at)
+        self.received: dict[tuple[str, str], str] = {}  # (object, location) -> when the count standing came in
         self.stats = Stats()
         self.invent_count_pages = 0  # batch-retrieve pages still to answer with one made-up count each
         self.invented = 0
@@ -126,7 +129,9 @@ class SquareEmulator(EmulatorServer):
 
     def drift(self, object_id: str, location_id: str, quantity: int) -> None:
         """The count moves behind the hub's back (a sale rung up at a Square register, an edit in the dashboard)."""
-        self.counts[(object_id, location_id)] = (Decimal(quantity), datetime.now().astimezone().isoformat())
+        now = datetime.now().astimezone().isoformat()
+        self.counts[(object_id, location_id)] = (Decimal(quantity), now)
+        self.received[(object_id, location_id)] = now
 
     def quantity(self, object_id: str, location_id: str) -> int | None:
         held = self.counts.get((object_id, location_id))
@@ -224,12 +229,13 @@ class SquareEmulator(EmulatorServer):
                 return self._answer({"errors": [problem]}, 400)
             pc = change["physical_count"]
             parsed.append((pc["catalog_object_id"], pc["location_id"], Decimal(pc["quantity"]), pc["occurred_at"]))
+        now = datetime.now().astimezone().isoformat(timespec="milliseconds")
         for obj, loc, qty, occurred in parsed:
             held = self.counts.get((obj, loc))
-            if held is None or _instant(occurred) >= _instant(held[1]):
+            if held is None or _instant(occurred) >= _instant(held[1]):  # the latest occurred_at wins
                 self.counts[(obj, loc)] = (qty, occurred)
+                self.received[(obj, loc)] = now
         self.stats.batches_applied += 1
-        now = datetime.now().astimezone().isoformat(timespec="milliseconds")
         pairs = list(dict.fromkeys((o, l) for o, l, _, _ in parsed))
         answer = {
             "counts": [self._count_json(o, l, now) for o, l in pairs],
@@ -270,7 +276,7 @@ class SquareEmulator(EmulatorServer):
     def _count_json(self, obj: str, loc: str, now: str) -> dict[str, Any]:
         qty = self.counts.get((obj, loc), (Decimal(0), now))[0]
         return {"catalog_object_id": obj, "catalog_object_type": "ITEM_VARIATION", "state": "IN_STOCK",
-                "location_id": loc, "quantity": str(qty), "calculated_at": now}
+                "location_id": loc, "quantity": str(qty), "calculated_at": self.received.get((obj, loc), now)}
 
     def _batch_retrieve(self, body: dict[str, Any]) -> web.Response:
         limit = body.get("limit", COUNTS_PAGE)
