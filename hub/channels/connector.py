@@ -62,12 +62,16 @@ class LevelsRefused(ChannelRejected):
     """The channel refused these levels of a batch for good and applied none of the batch.
 
     ``refused``: each refused level with the channel's reason (one sentence);
-    the other levels of the batch may be sent again without them.
+    the other levels of the batch may be sent again without them. ``gone``: those
+    refused because the channel no longer has the item (deleted, perhaps created
+    again under a new id, or its SKU moved): the channel's listing is worth
+    reading again at once (``ChannelPusher``), not at the next reconciliation.
     """
 
-    def __init__(self, message: str, refused: Mapping[LevelKey, str]) -> None:
+    def __init__(self, message: str, refused: Mapping[LevelKey, str], gone: Iterable[LevelKey] = ()) -> None:
         super().__init__(message)
         self.refused = dict(refused)
+        self.gone = frozenset(gone) & self.refused.keys()
 
 
 @dataclass(frozen=True, slots=True)

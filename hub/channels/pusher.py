@@ -23,7 +23,9 @@ A level the channel refuses for good (``LevelsRefused``: an item it cannot
 stock or set) does not block the channel: it is stored as a refusal (listed in
 the hub's exceptions with the channel's reason), the batch goes out again
 without it, and it is sent again only when its level changes or the mapping
-is refreshed.
+is refreshed. A level refused because its item is gone from the channel (``LevelsRefused.gone``) makes the
+pusher read the channel's listing right after the turn and map it again when it changed (``_remap_gone``, at
+most once per ``REMAP_GAP_S``), so an item created again under a new id gets its level in seconds.
 
 After a turn that pushed, the loop waits ``coalesce_s`` before the next one,
 so the changes of a burst gather into one page: 1,000 sales of one SKU in a
@@ -84,6 +86,7 @@ LAG_SAMPLES = 1_000  # the rolling window of lag samples (one per confirmed turn
 LEDGER_LOOKBACK = 32  # newest ledger rows of a (location, sku) searched for a change's event
 UNMAPPED_MAX = 1_000  # SKUs remembered as moving in the pool unmapped since the mapping was loaded
 KIND_NAMES = {"shopify": "Shopify", "square": "Square", "webhook": "the receiver"}
+REMAP_GAP_S = 30.0  # a channel's listing is read for items gone at most this often (after refused pushes)
 KEPT_AGAIN_MAX = 2  # pushes in a row, stamped after a count the channel kept, before it is left to reconciliation
 
 
@@ -223,6 +226,8 @@ class ChannelPusher(LoopTask):
         self._force_gen = 0
         self._nonce = uuid.uuid4().hex[:12]  # forced turns of this process never share an idempotency key
         self._unsure: set[LevelKey] = set()  # pushed, never answered: the channel may hold either level
+        self._gone: set[LevelKey] = set()  # refused as gone from the channel: its listing is read after the turn
+        self._remapped_at: float | None = None  # when (loop time) that was done last
         self._kept: dict[LevelKey, int] = {}  # pushes in a row the channel answered keeping a count of its own
         self._touched: dict[LevelKey, int] = {}  # push_seq of each level's last confirmation
         self.push_seq = 0  # confirmed batches so far (the reconciler skips levels confirmed while it read)
@@ -250,15 +255,47 @@ class ChannelPusher(LoopTask):
         """One turn; how long to wait for changes afterwards (0: go on at once)."""
         try:
             worked = await self.turn()
+            remap_in_s = await self._remap_gone()
         except (ChannelError, StoreError, MappingError) as err:
             raise TurnFailed(str(err), retry_after_s=getattr(err, "retry_after_s", None)) from err
         self._health.succeeded()
         self.status.failures, self.status.last_error = 0, None
         if not worked:
-            return self._wait_s
+            return self._wait_s if remap_in_s is None else min(self._wait_s, remap_in_s)
         if self._pushed_last_turn and self.spec.coalesce_s > 0:
             await asyncio.sleep(self.spec.coalesce_s)  # let a burst gather: its last value goes out next
         return 0.0
+
+    async def _remap_gone(self) -> float | None:
+        """After a turn in which the channel refused levels because their items are gone (``LevelsRefused.gone``:
+        deleted, or created again under a new id): read the listing and map it again now — the next
+        reconciliation may be 15 minutes away, and a re-created item would show nothing until then — at most once
+        per ``REMAP_GAP_S``. None when done (or nothing to do), else the seconds until it may be done."""
+        if not self._gone or self.spec.mapping_csv is not None:  # a mapping CSV changes with a refresh asked for
+            self._gone = set()
+            return None
+        now = asyncio.get_running_loop().time()
+        if self._remapped_at is not None and now < self._remapped_at + REMAP_GAP_S:
+            return self._remapped_at + REMAP_GAP_S - now
+        gone, self._gone = self._gone, set()
+        self._remapped_at = now
+        who = KIND_NAMES.get(self.spec.kind, self.spec.kind)
+        log.warning(
+            "channel %s: %s no longer has the item(s) of %d refused level(s) (first %s, item %s); reading its listing "
+            "now to map them again",
+            self.spec.name, who, len(gone), self._key_sku.get(min(gone), "?"), min(gone).item_id,
+        )  # fmt: skip
+        try:
+            moved = await self.remap_if_moved()
+        except BaseException:
+            self._gone |= gone  # tried again after the backoff
+            raise
+        if not moved:
+            log.warning(
+                "channel %s: %s's listing has not changed since the mapping was loaded; the refused level(s) stay "
+                "refused until their level changes or the mapping is refreshed", self.spec.name, who,
+            )  # fmt: skip
+        return None
 
     async def _wait(self, delay_s: float, after_failure: bool) -> None:
         if after_failure:
@@ -421,6 +458,7 @@ class ChannelPusher(LoopTask):
                 if not refused:
                     raise ChannelRejected(str(err)) from err
                 await self._refuse(refused, pending)
+                self._gone.update(k for k in err.gone if k in refused)  # the listing is read again after the turn
                 pending = {k: t for k, t in pending.items() if k not in refused}
         return {}
 

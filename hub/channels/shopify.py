@@ -26,7 +26,9 @@ A user error naming one level (``field`` ``["input", "quantities", "<i>", …]``
 with a code that re-reading cannot cure — ``ITEM_NOT_STOCKED_AT_LOCATION``,
 ``NON_MUTABLE_INVENTORY_ITEM``, ``INVALID_INVENTORY_ITEM`` … — is that level
 refused for good (``LevelsRefused``): Shopify applied nothing, and the pusher
-sends the batch again without it. ``read_levels`` reads the ``available``
+sends the batch again without it; one refused for an inventory item Shopify no
+longer has (``GONE_CODES``) is ``gone`` too, and the pusher reads the listing
+at once. ``read_levels`` reads the ``available``
 quantities back (``nodes`` of inventory items, ``inventoryLevel``). ``listing``
 walks the ``productVariants`` pages, bounded by the shop's exact
 ``productVariantsCount`` asked with the first page (``PageWalk.expect``).
@@ -136,6 +138,8 @@ class _CostTooHigh(ChannelRejected):
 
 STALE_CODES = frozenset({"CHANGE_FROM_QUANTITY_STALE", "COMPARE_QUANTITY_STALE"})
 WHOLE_REQUEST_CODES = frozenset({"INVALID_NAME", "INVALID_REASON", "INVALID_REFERENCE_DOCUMENT"})
+# a level's inventory item Shopify no longer has (its variant deleted, perhaps created again under a new id)
+GONE_CODES = frozenset({"INVALID_INVENTORY_ITEM", "NOT_FOUND"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +259,8 @@ class ShopifyConnector:
             refused = _refused_levels(errors, keys)
             if refused:
                 raise LevelsRefused(
-                    f"Shopify refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}", refused
+                    f"Shopify refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}", refused,
+                    _gone_levels(errors, keys),
                 )
             first = errors[0]
             raise ChannelRejected(
@@ -565,3 +570,15 @@ def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, s
             return {}
         refused[keys[index]] = f"{code}: {short(str(e.get('message', '')))}"
     return refused
+
+
+def _gone_levels(errors: list[Any], keys: list[LevelKey]) -> list[LevelKey]:
+    """The levels refused because Shopify does not know their inventory item (``GONE_CODES``)."""
+    gone: list[LevelKey] = []
+    for e in errors:
+        if not isinstance(e, dict) or str(e.get("code")) not in GONE_CODES:
+            continue
+        index = next((int(p) for p in _field(e.get("field")) if isinstance(p, str) and _INDEX_RE.fullmatch(p)), None)
+        if index is not None and 0 <= index < len(keys):
+            gone.append(keys[index])
+    return gone

@@ -164,7 +164,8 @@ class SquareConnector:
             refused = _refused_levels(err.errors, keys)
             if refused:
                 raise LevelsRefused(
-                    f"Square refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}", refused
+                    f"Square refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}", refused,
+                    _gone_levels(err.errors, keys),
                 ) from err
             raise
         return self._taken(batch, answer)
@@ -376,3 +377,18 @@ def _refused_levels(errors: list[Any], keys: list[LevelKey]) -> dict[LevelKey, s
             f"{e.get('category', '')} {e.get('code', '')}: {e.get('detail', '')} ({e.get('field')})".strip()
         )
     return refused
+
+
+def _gone_levels(errors: list[Any], keys: list[LevelKey]) -> list[LevelKey]:
+    """The levels a 400 refused for their ``…catalog_object_id`` (``NOT_FOUND``, an invalid object): Square no
+    longer has the variation — deleted, perhaps created again under a new id."""
+    gone: list[LevelKey] = []
+    for e in errors:
+        if not isinstance(e, dict):
+            continue
+        match = CHANGE_FIELD_RE.match(str(e.get("field", "")))
+        if match is None or not 0 <= int(match.group(1)) < len(keys):
+            continue
+        if str(e.get("field", "")).endswith("catalog_object_id"):  # not an unknown location: that is configuration
+            gone.append(keys[int(match.group(1))])
+    return gone

@@ -393,3 +393,20 @@ async def test_lag_runs_from_the_movement_at_the_store_to_the_channels_confirmat
     stamped_ms = (await hub.store.ledger(limit=1))[0].wall_ms
     assert pusher.lag.last_ms is not None and pusher.lag.last_ms >= started_ms - stamped_ms
     assert pusher.lag.percentile_ms(50) == pusher.lag.percentile_ms(99) == pusher.lag.last_ms
+
+
+async def test_a_variant_created_again_under_a_new_inventory_item_is_mapped_again_at_the_refused_push(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    """INVALID_INVENTORY_ITEM (the variant deleted) was stored as a refusal and nothing more: the variant created
+    again showed nothing until the next reconciliation. The refusal now reads the listing at once."""
+    online, _ = web
+    old = shopify.add_variant("A", stocked_at=[online])
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"))
+    async with pushing(shop_spec(shopify, {"S1": online}), hub, state) as pusher:
+        await wait_until(shows(shopify, {(old.item_id, online): 5}), "the first level")
+        shopify.variants.remove(old)  # deleted in the Shopify admin …
+        new = shopify.add_variant("A", stocked_at=[online])  # … and created again
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+        await wait_until(shows(shopify, {(new.item_id, online): 3}), "the new variant gets A's level", bound_s=10)
+        assert pusher.items == {"A": new.item_id}

@@ -115,8 +115,8 @@ async def test_a_restart_resumes_from_the_saved_cursor(hub: Hub, square: SquareE
     assert square.stats.batch_sizes[sizes:] == [1], "only B went out again"
 
 
-async def test_a_deleted_variation_is_refused_alone_and_the_other_levels_still_go_out(
-    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+async def test_a_deleted_variation_is_refused_alone_the_other_levels_still_go_out_and_it_is_unmapped(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     loc = square.add_location()
     a, b = square.add_variation("A"), square.add_variation("B")
@@ -126,25 +126,24 @@ async def test_a_deleted_variation_is_refused_alone_and_the_other_levels_still_g
         kept = square.variations.pop(a)  # deleted at Square after the mapping was loaded
         await hub.move((Kind.SALE, -1, "S1", "A"), (Kind.SALE, -2, "S1", "B"))
         await wait_until(shows(square, {(b, loc): 4}), "B goes out without A")
-        refusals = await state.refusals("pos")
-        assert list(refusals) == [LevelKey(a, loc)] and refusals[LevelKey(a, loc)].quantity == 4
-        assert "NOT_FOUND" in refusals[LevelKey(a, loc)].detail
-        assert pusher.status.failures == 0 and pusher.status.refused == 1
-        (exc,) = [e for e in await hub.store.exceptions() if e.kind == "channel_refused"]
-        assert (exc.sku, exc.location, exc.data["quantity"]) == ("A", "S1", 4)
-        assert "NOT_FOUND" in exc.detail and "mapping/refresh" in exc.detail
+        assert (
+            f"channel pos: Square refused to set A ({a}) at {loc} to 4 (INVALID_REQUEST_ERROR NOT_FOUND: Catalog "
+            "object not found. (changes[0].physical_count.catalog_object_id)); the channel's other levels go out"
+        ) in caplog.text
+        # the variation is gone: the listing is read at once, and A is no longer mapped (not a refusal left)
+        await wait_until(lambda: _async(pusher.unmapped() == ["A"]), "A is unmapped")
+        assert pusher.status.failures == 0 and pusher.status.refused == 0
+        assert await state.refusals("pos") == {}
+        assert [e for e in await hub.store.exceptions() if e.kind == "channel_refused"] == []
 
         sent = len(square.stats.batch_sizes)
-        await hub.move((Kind.SALE, -1, "S1", "B"))  # A's level did not change: it is not sent again
+        await hub.move((Kind.SALE, -1, "S1", "B"))  # A is not mapped: nothing of it is sent
         await wait_until(shows(square, {(b, loc): 3}), "B's next level")
         assert square.stats.batch_sizes[sent:] == [1]
 
-        square.variations[a] = kept  # back at Square; A's level changes and goes out again
-        await hub.move((Kind.SALE, -1, "S1", "A"))
-        await wait_until(shows(square, {(a, loc): 3}), "A's new level is taken")
-        await wait_until(lambda: _async(pusher.status.refused == 0), "the refusal is forgotten")
-    assert await state.refusals("pos") == {}
-    assert [e for e in await hub.store.exceptions() if e.kind == "channel_refused"] == []
+        square.variations[a] = kept  # back at Square; a refresh maps it and sends its level
+        await pusher.refresh_mapping()
+        await wait_until(shows(square, {(a, loc): 4}), "A's level is taken")
 
 
 async def test_a_refreshed_mapping_sets_every_level_again_over_newer_counts_at_square(
@@ -271,3 +270,23 @@ async def test_a_level_applied_whose_answer_was_lost_is_set_again_when_the_hub_r
             if not await again.turn():
                 break
     assert square.quantity(a, loc) == 0
+
+
+async def test_a_variation_created_again_under_a_new_id_is_mapped_again_at_the_refused_push(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A push refused because the variation is gone (NOT_FOUND) was stored as a refusal and nothing more: a
+    variation deleted and created again at Square showed nothing until the next reconciliation, 15 minutes
+    later by default. The refusal now reads the listing at once (at most once per REMAP_GAP_S) and pushes to
+    the new id."""
+    loc = square.add_location()
+    old = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"))
+    async with pushing(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        await wait_until(shows(square, {(old, loc): 5}), "the first level")
+        del square.variations[old]  # deleted in the Square dashboard …
+        new = square.add_variation("A")  # … and created again: a new id
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(shows(square, {(new, loc): 4}), "the new variation gets A's level", bound_s=10)
+        assert pusher.items == {"A": new} and pusher.status.refused == 0
+    assert f"channel pos: Square no longer has the item(s) of 1 refused level(s) (first A, item {old}); reading its listing now" in caplog.text
