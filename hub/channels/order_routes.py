@@ -165,6 +165,7 @@ class OrderWebhooks:
                     log.info("channel %s: %s moves no stock; nothing to do", name, what)
                     return web.json_response({"status": "ignored"})
                 ctx, translation = translated
+                translation = await self._on_reserved_skus(spec, ctx, translation)
                 events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms)
             except OrderRefused as err:
                 return self._refused(spec, str(err), what)
@@ -231,6 +232,40 @@ class OrderWebhooks:
             ", ".join(f"{m.kind.value} {m.qty:+d} {m.sku} at {m.location}" for m in moves[:5]),
         )  # fmt: skip
         return await store.ingest(_who(spec), 0, events, clock_window_ms=self._window_ms)
+
+    async def _on_reserved_skus(self, spec: ChannelSpec, ctx: OrderContext, t: Translation) -> Translation:
+        """A Shopify order's movements booked on the SKU each line was reserved on.
+
+        A line's SKU is its variant's in the mapping as it stands: a variant renamed (or created again with
+        another SKU) at the channel and mapped again between the order and its fulfilment would sell the new
+        SKU while the reservation sits on the old one for ever (and the order's reserve, sent again, would
+        conflict with the one booked). So when a line's fulfilment, refund or release finds no reservation of the
+        order on its SKU at any pool location, the SKU its reserve was booked on (the channel's own reserve
+        event) is used for every movement of that line. Looked up only then: a rename is rare."""
+        if spec.kind != "shopify" or self._state is None:
+            return t
+        lines = {m.line_id: m.sku for m in t.movements if m.stage != "reserve" and m.line_id}
+        if not lines:
+            return t
+        ref = ctx.ref(t.order_id)
+        held = await self._state.order_reservations(ref, {(loc, sku) for loc in spec.pool for sku in lines.values()})
+        on = {sku for (_, sku) in held}
+        if all(sku in on for sku in lines.values()):
+            return t
+        reserved = await self._state.order_line_skus(spec.name, ref)
+        moved = {line: reserved[line] for line, sku in lines.items() if reserved.get(line, sku) != sku}
+        if not moved:
+            return t
+        line, sku = next(iter(sorted(moved.items())))
+        log.info(
+            "channel %s: %s: line %s was reserved as SKU %s, now mapped to %s%s; its movements are booked on %s, "
+            "where its reservation is",
+            spec.name, t.what, line, sku, lines[line], f" (and {len(moved) - 1} more line(s))" if len(moved) > 1 else "",
+            sku,
+        )  # fmt: skip
+        return replace(
+            t, movements=tuple(replace(m, sku=moved[m.line_id]) if m.line_id in moved else m for m in t.movements)
+        )
 
     def _signed(self, spec: ChannelSpec, request: web.Request, body: bytes) -> bool:
         if spec.kind == "shopify":

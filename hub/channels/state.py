@@ -18,6 +18,7 @@ database, shared by every hub process.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -30,6 +31,7 @@ import aiosqlite
 
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ItemIds, MappingFinding, SkuMapping
+from hub.resolver import BUNDLE_ATTR
 from hub.storage.base import StoreClosed, StoreError
 from hub.storage.db import Db, SqliteDb
 from hub.storage.sqlite import SqliteHubStore
@@ -139,6 +141,10 @@ class ChannelState(Protocol):
     ) -> dict[tuple[str, str], tuple[int, int]]:
         """The hub's reservation of an order's ``ref`` at each (location, SKU) of ``keys`` it holds one at, as
         (Σ reserved, Σ consumed by sales): what settling a Square order compares with (hub.channels.orders)."""
+
+    async def order_line_skus(self, channel: str, ref: str) -> dict[str, str]:
+        """The SKU each line of the order ``ref`` was reserved on (line id -> SKU), read from the channel's own
+        reserve events: a line whose item was mapped to another SKU since is booked where its reservation is."""
 
 
 Tx = Db  # one open transaction of a backend, in ``?`` parameter markers (hub.storage.db adapts them)
@@ -400,6 +406,25 @@ class SqlChannelState:
             )
             if rows:
                 found[(location, sku)] = (int(rows[0][0]), int(rows[0][1]))
+        return found
+
+    async def order_line_skus(self, channel: str, ref: str) -> dict[str, str]:
+        self._check()
+        rows = await self._read(
+            "SELECT sku, attrs FROM events WHERE ref = ? AND kind = 'reserve' AND agent_id = ?",
+            (ref, f"channel:{channel}"),
+        )
+        found: dict[str, str] = {}
+        for sku, attrs in rows:
+            try:
+                given = json.loads(attrs) if attrs else {}
+            except ValueError:
+                continue
+            if not isinstance(given, dict) or given.get("stage") != "reserve" or BUNDLE_ATTR in given:
+                continue  # a bundle's part rows carry the bundle's attrs too: the bundle's own row says its SKU
+            line = given.get("line")
+            if isinstance(line, str) and line:
+                found.setdefault(line, str(sku))
         return found
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +375,31 @@ async def test_a_square_order_read_answered_in_an_odd_shape_is_a_503_in_one_sent
     assert await hub.ledger_size() == 0
     status, answer = await square.deliver(hub.hook("pos"), notice)  # Square's retry, the API right again
     assert (status, answer["applied"]) == (200, 1), answer
+
+
+async def test_an_order_placed_before_a_rename_is_fulfilled_on_the_sku_it_was_reserved_on(
+    hub: Hub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line's SKU came from the mapping as it stands: an order placed before its variant was renamed at Shopify
+    (and mapped again) was fulfilled on the new SKU, while its reservation stayed on the old one for ever."""
+    caplog.set_level(logging.INFO, logger="hub.channels.order_routes")
+    a, s1 = hub.variants["SKU-A"], hub.locations["S1"]
+    order = hub.shopify.create_order([(a, 2)], pickup_at=s1)
+    assert (await hub.shopify.deliver(hub.hook("web"), hub.shopify.order_delivery("orders/create", order["id"])))[0] == 200
+    assert await hub.count("S1", "SKU-A") == (0, 2)
+
+    a.sku = "SKU-C"  # renamed in the Shopify admin, and the channel's mapping loaded again
+    async with await SqliteChannelState.open(tmp_path / "hub.db") as state:
+        mapping = await state.mapping("web")
+        assert mapping is not None
+        await state.save_mapping("web", replace(mapping, items=tuple(
+            replace(i, sku="SKU-C") if i.sku == "SKU-A" else i for i in mapping.items)))  # fmt: skip
+
+    fulfilment = hub.shopify.fulfil(order["id"], s1)
+    for d in (hub.shopify.delivery("fulfillments/create", fulfilment),
+              hub.shopify.order_delivery("orders/updated", order["id"])):  # fmt: skip
+        status, answer = await hub.shopify.deliver(hub.hook("web"), d)
+        assert status == 200 and answer["rejected"] == 0, answer
+    assert await hub.count("S1", "SKU-A") == (-2, 0)  # sold where it was reserved: the reservation is released
+    assert await hub.count("S1", "SKU-C") == (0, 0)
+    assert "line " in caplog.text and "was reserved as SKU SKU-A, now mapped to SKU-C" in caplog.text
