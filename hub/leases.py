@@ -7,7 +7,10 @@ either backend: it runs the jobs whose lease this hub holds and stands by for
 the others. A job whose work ends by itself while the hub runs (its loop
 returned or died: a bug) is stopped, its lease given back with one sentence
 and the error's traceback, and taken again after a backoff — by another hub
-first, when there is one — instead of nobody doing it any more.
+first, when there is one — instead of nobody doing it any more. A job of
+several loops may start one of them again alone (``Job.restartable``: a
+channel's reconciler), after the same backoff, keeping its lease while the
+others run on.
 
 The leases are ``LeaseHolder``s: on a PostgreSQL hub
 ``hub.storage.postgres.leases.Leases`` (session-level advisory locks, shared
@@ -23,7 +26,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -122,6 +125,15 @@ class Job(Protocol):
         """Run the job here, from what the last holder saved."""
         ...
 
+    def restartable(self, doing: str) -> bool:
+        """The loop ``doing`` names (``ended``'s words) can be started again alone while the job's other loops run
+        on; False: the job is restarted whole (stopped, its lease given back, taken again)."""
+        ...
+
+    async def restart(self, doing: str) -> None:
+        """Start the loop ``doing`` names again, alone (``restartable``)."""
+        ...
+
     async def stop(self) -> None:
         """Stop running it here (what it saved stays); a task that ended already is not awaited again (its
         error, if any, is said by ``lead``)."""
@@ -169,14 +181,15 @@ class _Ends:
         self._backoff = backoff
         self._ran_well_s = ran_well_s
         self._loop = asyncio.get_running_loop()
-        self._count: dict[str, int] = {}  # name: times in a row its work ended by itself here
-        self._not_before: dict[str, float] = {}  # name: when this hub may take it again
-        self._since: dict[str, float] = {}  # name: when this hub took it (or first saw it running)
+        self._count: dict[Any, int] = {}  # name (or (name, loop)): times in a row its work ended by itself here
+        self._not_before: dict[Any, float] = {}  # name (or (name, loop)): when this hub may take it again
+        self._since: dict[Any, float] = {}  # name (or (name, loop)): when this hub took it (or first saw it running)
+        self._down: set[tuple[str, str]] = set()  # (name, loop): a loop that ended alone, to be started again
 
-    def started(self, name: str) -> None:
+    def started(self, name: Any) -> None:
         self._since[name] = self._loop.time()
 
-    def running(self, name: str) -> None:
+    def running(self, name: Any) -> None:
         """A check saw ``name`` running here: after long enough, its next end backs off from the start."""
         now = self._loop.time()
         if now - self._since.setdefault(name, now) >= self._ran_well_s:
@@ -184,16 +197,40 @@ class _Ends:
 
     def stopped(self, name: str) -> None:
         self._since.pop(name, None)
+        self._whole(name)
 
-    def ended(self, name: str) -> float:
+    def _whole(self, name: Any) -> None:
+        """``name`` stops whole: a loop of it waiting to be started again alone starts with the job instead."""
+        if isinstance(name, str):
+            self._down = {p for p in self._down if p[0] != name}
+
+    def running_parts(self, name: str) -> None:
+        """``name`` runs whole: the loops started again alone run well after long enough too."""
+        for part in [p for p in self._since if isinstance(p, tuple) and p[0] == name]:
+            self.running(part)
+
+    def part_down(self, part: tuple[str, str]) -> bool:
+        """``part`` (job, loop) ended by itself and is waiting to be started again alone; it is noted the first
+        time (False), when its backoff starts."""
+        if part in self._down:
+            return True
+        self._down.add(part)
+        return False
+
+    def part_up(self, part: tuple[str, str]) -> None:
+        self._down.discard(part)
+        self.started(part)
+
+    def ended(self, name: Any) -> float:
         """``name``'s work ended by itself: how long this hub now waits before taking it again."""
         self._since.pop(name, None)
+        self._whole(name)
         self._count[name] = self._count.get(name, 0) + 1
         wait_s = self._backoff.delay_s(self._count[name], random.Random())
         self._not_before[name] = self._loop.time() + wait_s
         return wait_s
 
-    def waiting(self, name: str) -> bool:
+    def waiting(self, name: Any) -> bool:
         return self._loop.time() < self._not_before.get(name, 0.0)
 
 
@@ -231,9 +268,12 @@ async def lead(
                     gone = job.ended()
                     if gone is None:
                         ends.running(name)
+                        ends.running_parts(name)
                         continue
                     if stopping():  # the hub is stopping: that is what ended it
                         return
+                    if await _restart_part(name, job, gone, log, words, ends):
+                        continue
                     await _give_back(leases, name, job, gone, log, words, ends)
                     continue
                 if ends.waiting(name):
@@ -248,6 +288,33 @@ async def lead(
         except StoreError as err:
             health.failed(str(err))
         await asyncio.sleep(retry_s)
+
+
+async def _restart_part(
+    name: str, job: Job, gone: tuple[str, asyncio.Task[None]], log: logging.Logger, words: Words, ends: _Ends
+) -> bool:
+    """``name``'s loop ``gone`` ended by itself while its others run on, and the job can start it again alone
+    (``Job.restartable``): it is, after the same backoff as a whole job, and the job keeps its lease — the
+    loops still running lose nothing (a channel's pusher keeps pushing; no other hub takes it over for a loop
+    that would die there too). The first sight of it says so in one sentence, with the error's traceback.
+    False: the job is to be restarted whole."""
+    doing, task = gone
+    part = (name, doing)
+    if not job.restartable(doing):
+        return False
+    if not ends.part_down(part):
+        wait_s = ends.ended(part)
+        err = None if task.cancelled() else task.exception()
+        log.error("%s %s: %s ended by itself (%s) while this hub runs; this hub starts %s it again in %.0f s, "
+                  "its other work running on", words.noun, name, doing, why_ended(task), doing, wait_s,
+                  exc_info=err)  # fmt: skip
+        return True
+    if ends.waiting(part):
+        return True
+    await job.restart(doing)
+    ends.part_up(part)
+    log.info("%s %s: this hub is %s it again", words.noun, name, doing)
+    return True
 
 
 async def _give_back(

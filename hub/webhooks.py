@@ -385,6 +385,12 @@ class _WebhookJob:
     def start(self) -> None:
         _start(self._d, self._tasks)  # its run loads the cursor the last deliverer saved
 
+    def restartable(self, doing: str) -> bool:
+        return False  # one loop: it is the whole job
+
+    async def restart(self, doing: str) -> None:
+        raise RuntimeError(f"webhook {self._d.spec.name}: its one loop restarts with the whole job")
+
     async def stop(self) -> None:
         await _stop(self._d, self._tasks)
 

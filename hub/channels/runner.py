@@ -14,9 +14,10 @@ pushes each channel: the one holding the channel's pusher lock
 stand by, try again every ``LEASE_RETRY_S`` and take over, with a new pusher loading the
 cursor the last one saved, when the holder goes away. A SQLite hub pushes
 every channel, through the same loop over leases always granted
-(``hub.leases.LocalLeases``): on either backend a channel whose pusher or
-reconciler loop ends by itself is stopped and started again, both loops,
-after a backoff. ``pushes_here`` tells which channels this hub pushes.
+(``hub.leases.LocalLeases``): on either backend a channel whose pusher loop
+ends by itself is stopped and started again, both loops, after a backoff; a
+reconciler loop that ends by itself is started again alone, after the same
+backoff, its pusher pushing on. ``pushes_here`` tells which channels this hub pushes.
 """
 
 from __future__ import annotations
@@ -166,14 +167,28 @@ class _ChannelJob:
         return pushes_here(self._pushers[self._name])
 
     def ended(self) -> tuple[str, asyncio.Task[None]] | None:
-        """The pusher's loop or its reconciler's, whichever ended by itself: a channel pushed but never
-        reconciled again is restarted whole, as one no longer pushed is."""
+        """The pusher's loop or its reconciler's, whichever ended by itself (the pusher's first: it is restarted
+        whole); a reconciler that ended alone is started again alone (``restart``)."""
         p = self._pushers[self._name]
         for doing, loop in (("pushing", p), ("reconciling", p.reconciler)):
             task = loop.task if loop is not None else None
             if task is not None and task.done():
                 return doing, task
         return None
+
+    def restartable(self, doing: str) -> bool:
+        """A reconciler is started again alone: it keeps nothing a new one does not load (the last reconciliation
+        is stored), while restarting the pusher would drop its corrections waiting and hand the channel to
+        another hub for nothing. A dead pusher is restarted whole: its reconciler works through it."""
+        return doing == "reconciling"
+
+    async def restart(self, doing: str) -> None:
+        p = self._pushers[self._name]
+        if doing != "reconciling" or p.reconciler is None:
+            raise RuntimeError(f"channel {self._name}: only its reconciler is started again alone, not {doing}")
+        await p.reconciler.stop()  # ended already: nothing is awaited again
+        p.reconciler = Reconciler(p)
+        p.reconciler.start()
 
     def start(self) -> None:
         p = self._pushers[self._name]

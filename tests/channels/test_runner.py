@@ -76,11 +76,13 @@ async def test_a_pusher_whose_loop_dies_is_started_again_on_a_sqlite_hub(
     )
 
 
-async def test_a_reconciler_whose_loop_dies_is_started_again_with_its_channel(
+async def test_a_reconciler_whose_loop_dies_is_started_again_alone_its_pusher_pushing_on(
     hub: Hub, square: SquareEmulator, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the pusher's loop was watched: a channel whose reconciler died went on being pushed but was never
-    read back again until it changed hands (or, on SQLite, until the hub restarted)."""
+    read back again. Then the dead reconciler restarted the whole channel, its healthy pusher too (its
+    corrections waiting dropped; on PostgreSQL, the channel handed to another hub). Now the reconciler alone is
+    started again, after the backoff, and the pusher it works through runs on untouched."""
     caplog.set_level(logging.INFO, logger="hub.channels.runner")
     monkeypatch.setattr("hub.channels.runner.LEASE_RETRY_S", 0.05)
     monkeypatch.setattr("hub.leases.ENDED_BACKOFF", Backoff(0.05, 0.05))
@@ -94,17 +96,20 @@ async def test_a_reconciler_whose_loop_dies_is_started_again_with_its_channel(
 
     monkeypatch.setattr(Reconciler, "run", dies_the_first_time)
     sq_loc = square.add_location()
-    square.add_variation("A")
+    vid = square.add_variation("A")
     spec = spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}}, square.token)
     await hub.move((Kind.RECEIVE, 6, "S1", "A"))
     async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch) as pushers:
+        pusher = pushers["pickup"]
 
         async def reconciling() -> bool:
             r = pushers["pickup"].reconciler
             return len(runs) == 2 and r is not None and r.task is not None and not r.task.done()
 
-        await wait_until(reconciling, "the channel is started again with a running reconciler")
-        reconciler = pushers["pickup"].reconciler
+        await wait_until(reconciling, "the reconciler is started again")
+        assert pushers["pickup"] is pusher, "the pusher was not restarted"
+        assert pusher.task is not None and not pusher.task.done() and pushes_here(pusher)
+        reconciler = pusher.reconciler
         assert reconciler is not None
         reconciler.request()
 
@@ -112,10 +117,18 @@ async def test_a_reconciler_whose_loop_dies_is_started_again_with_its_channel(
             return reconciler.last is not None
 
         await wait_until(reconciled, "the reconciler started again reads the levels back")
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+
+        async def pushed() -> bool:
+            return square.quantity(vid, sq_loc) == 4
+
+        await wait_until(pushed, "the pusher that ran on pushes the next level")
+        assert pushers["pickup"] is pusher
     assert (
         "channel pickup: reconciling ended by itself (RuntimeError: the channel state answered nonsense) while "
-        "this hub runs; this hub starts pushing it again in 0 s" in caplog.text
+        "this hub runs; this hub starts reconciling it again in 0 s, its other work running on" in caplog.text
     )
+    assert "channel pickup: this hub is reconciling it again" in caplog.text
 
 
 async def test_a_sqlite_hub_builds_each_channel_s_pusher_and_connector_once_at_startup(
