@@ -290,3 +290,37 @@ async def test_a_variation_created_again_under_a_new_id_is_mapped_again_at_the_r
         await wait_until(shows(square, {(new, loc): 4}), "the new variation gets A's level", bound_s=10)
         assert pusher.items == {"A": new} and pusher.status.refused == 0
     assert f"channel pos: Square no longer has the item(s) of 1 refused level(s) (first A, item {old}); reading its listing now" in caplog.text
+
+
+async def test_items_gone_again_within_the_gap_wait_for_it_before_the_listing_is_read_again(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused pushes read the listing at most once per REMAP_GAP_S per channel; one within it waits for it."""
+    import hub.channels.pusher as pusher_module
+
+    monkeypatch.setattr(pusher_module, "REMAP_GAP_S", 5.0)
+    loc = square.add_location()
+    first = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"))
+    listings = []
+    async with pushing(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        real = pusher.connector.listing
+
+        async def counted() -> Any:
+            listings.append(1)
+            return await real()
+
+        await wait_until(shows(square, {(first, loc): 5}), "the first level (the mapping loaded)")
+        monkeypatch.setattr(pusher.connector, "listing", counted)
+        del square.variations[first]
+        second = square.add_variation("A")
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(shows(square, {(second, loc): 4}), "the second variation gets A's level")
+        assert len(listings) == 1
+        del square.variations[second]
+        third = square.add_variation("A")
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(lambda: _async(bool(pusher.refused)), "the level is refused again")
+        assert len(listings) == 1 and pusher.items == {"A": second}  # within the gap: not read yet
+        await wait_until(shows(square, {(third, loc): 3}), "the third variation gets A's level after the gap")
+        assert len(listings) == 2
