@@ -207,3 +207,16 @@ async def test_an_orders_reservation_is_read_from_the_hubs_own_table(reopen: Reo
         keys = [("S1", "A"), ("S1", "B"), ("S2", "A")]
         assert await state.order_reservations("pos:order:X", keys) == {("S1", "A"): (3, 1)}
         assert await state.order_reservations("pos:order:Z", keys) == {}
+
+
+async def test_a_levels_stamp_survives_a_mapping_load_and_never_goes_back(db: str, reopen: Reopen) -> None:
+    async with open_store(db), reopen() as state:
+        await state.record("web", {K: 5}, 1_000, stamps={K: 9_000})  # sent stamped after the clock: the stamp
+        assert await state.pushed_at("web") == {K: 9_000}
+        await state.record("web", {K: 4}, 2_000)  # a clock set back does not take it back
+        assert await state.pushed_at("web") == {K: 9_000}
+        await state.save_mapping("web", SkuMapping((ItemIds("A", K.item_id, "v-1"),), ()))
+        assert await state.pushed("web") == {}  # the quantity is forgotten …
+        assert await state.pushed_at("web") == {K: 9_000}  # … its stamp is not
+        await state.record("web", {K: 3}, 10_000)
+        assert await state.pushed("web") == {K: 3} and await state.pushed_at("web") == {K: 10_000}
