@@ -220,3 +220,25 @@ async def test_a_levels_stamp_survives_a_mapping_load_and_never_goes_back(db: st
         assert await state.pushed_at("web") == {K: 9_000}  # … its stamp is not
         await state.record("web", {K: 3}, 10_000)
         assert await state.pushed("web") == {K: 3} and await state.pushed_at("web") == {K: 10_000}
+
+
+async def test_the_sku_each_order_line_was_reserved_on_is_read_from_the_channels_own_reserves(
+    reopen: Reopen, db: str
+) -> None:
+    """What a Shopify line renamed since its order is booked on (hub.channels.order_routes)."""
+    from hub.storage.base import AgentIdentity
+
+    async with open_store(db) as store, reopen() as state:
+        who = AgentIdentity("channel:web", frozenset({"S1"}), "agent")
+        ev = EventFactory("channel:web", epoch=0)
+        attrs = {"channel": "web", "order": "7", "stage": "reserve"}
+        result = await store.ingest(who, 0, [
+            ev(Kind.RECEIVE, 5, at_ms=1),
+            ev(Kind.RESERVE, 2, at_ms=2, ref="web:order:7", attrs={**attrs, "line": "70"}),
+            ev(Kind.RESERVE, 1, at_ms=3, sku="B", ref="web:order:7", attrs={**attrs, "line": "71"}),
+            ev(Kind.SALE, -1, at_ms=4, ref="web:order:7", attrs={**attrs, "line": "70", "stage": "sale"}),
+        ])  # fmt: skip
+        assert not result.rejected, result.rejected
+        assert await state.order_line_skus("web", "web:order:7") == {"70": "A", "71": "B"}
+        assert await state.order_line_skus("web", "web:order:8") == {}
+        assert await state.order_line_skus("other", "web:order:7") == {}
