@@ -44,9 +44,11 @@ import aiohttp
 from agent.errors import AgentError
 from agent.hub_loop import (
     FOLLOW_REDIRECTS,
+    INTERCEPTED,
     AnswerTooLarge,
     HubLoop,
     broken,
+    not_a_hubs_json,
     not_the_hubs,
     read_answer,
     redirected,
@@ -70,6 +72,8 @@ FILE_MAX_BYTES = 64 << 20
 ANSWER_MAX_BYTES = 2 * FILE_MAX_BYTES  # the hub's catalog as JSON: generous, but not whatever arrives
 PROBLEMS_LOGGED = 5  # problems quoted in a log line; all of them are in CatalogLoad.problems
 BUNDLES_PAGE = 1000  # the hub's largest page of GET /v1/bundles
+CATALOG_FIELDS = ("version", "items")  # in every GET /v1/catalog answer of the hub's (agent.hub_loop.not_a_hubs_json)
+BUNDLES_FIELDS = ("bundles", "next")  # … and of GET /v1/bundles
 BUNDLES_PAGES_MAX = 1000  # a million bundles; a hub whose cursors never end is not followed for ever
 
 
@@ -512,8 +516,13 @@ class AgentCatalog(HubLoop):
             raise TurnFailed(f"the catalog could not be fetched from {self._url} ({broken(err)})") from err
         try:
             data = json.loads(body)
+        except ValueError as err:
+            raise TurnFailed(f"the hub's catalog could not be read ({err})") from err
+        if (foreign := not_a_hubs_json(self._url, data, CATALOG_FIELDS)) is not None:
+            raise TurnFailed(foreign, kind=INTERCEPTED)
+        try:
             loaded = parse_catalog_json(data, f"from the hub at {self._url}")
-        except (ValueError, CatalogError) as err:
+        except CatalogError as err:
             raise TurnFailed(f"the hub's catalog could not be read ({err})") from err
         loaded.log_problems()
         self._hub, self._etag = loaded.catalog, etag
@@ -587,6 +596,11 @@ class AgentCatalog(HubLoop):
             raise TurnFailed(f"the bundles could not be fetched from {url} ({broken(err)})") from err
         try:
             data = json.loads(body)
+        except ValueError as err:
+            raise TurnFailed(f"the hub's bundle list could not be read ({err})") from err
+        if (foreign := not_a_hubs_json(url, data, BUNDLES_FIELDS)) is not None:
+            raise TurnFailed(foreign, kind=INTERCEPTED)
+        try:
             entries, after = data["bundles"], data.get("next")
             skus = [entry["sku"] for entry in entries]
             if not all(isinstance(sku, str) for sku in skus) or not (after is None or isinstance(after, str)):

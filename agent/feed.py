@@ -50,6 +50,7 @@ from agent.hub_loop import (
     AnswerTooLarge,
     HubLoop,
     broken,
+    not_a_hubs_json,
     not_the_hubs,
     read_answer,
     redirected,
@@ -70,6 +71,7 @@ REQUEST_TIMEOUT_S = 30.0  # beyond the long-poll's own wait
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 60.0
 SLOW_RETRY_S = 300.0  # credentials refused, or a hub without the change feed
+PAGE_FIELDS = (wire.CHANGES_FIELD, wire.CURSOR_FIELD, wire.MORE_FIELD)  # in every page the hub answers
 SLOW_KINDS = frozenset({"refused", "no_feed"})  # failures retried every slow_retry_s, not with the backoff
 
 
@@ -275,7 +277,10 @@ class CountFeed(HubLoop):
             raise TurnFailed(foreign, kind=INTERCEPTED)
         if status == 200:
             try:
-                return wire.decode_page(loads_json(body), after, self._limit)
+                data = loads_json(body)
+                if (foreign := not_a_hubs_json(url, data, PAGE_FIELDS)) is not None:
+                    raise TurnFailed(foreign, kind=INTERCEPTED)
+                return wire.decode_page(data, after, self._limit)
             except (ValueError, ProtocolError) as err:
                 raise TurnFailed(
                     f"the hub's change feed page could not be read ({err})", kind="bad_answer", level=logging.ERROR

@@ -15,7 +15,9 @@ An answer that is plainly not the hub's — an HTML page (a captive portal's
 is said in one sentence naming what answered (``not_the_hubs``), as a
 network failure of its own kind (``INTERCEPTED``), not as a broken hub or an
 undecodable body: a portal that appears after the link dropped is news, not
-one more failure of the same streak.
+one more failure of the same streak. So is a ``200`` in the route's JSON
+without the fields every hub answer of that route holds (``not_a_hubs_json``):
+another service at ``hub_url``, or a proxy answering JSON in the hub's place.
 
 Every answer from the hub is read with ``read_answer``: at most a limit of
 bytes (checked against Content-Length before reading, and while reading, so an
@@ -33,7 +35,7 @@ import contextlib
 import os
 import re
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -80,12 +82,41 @@ def not_the_hubs(url: str, status: int, content_type: str, body: bytes, expected
             f"{url} was answered by {page} (HTTP {status}), not by the hub: a captive portal, proxy or gateway"
             " between this agent and the hub answers in its place"
         )
+    if status == 200 and kind == "application/json" and expected != kind:
+        return _foreign_json(url, f"the hub answers this route in {expected}")
     if status == 200 and kind != expected:
         return (
             f"{url} was answered with {shown(kind or 'no content type', 60)} (HTTP 200), not the hub's"
             f" {expected}: something between this agent and the hub answers in its place"
         )
     return None
+
+
+def not_a_hubs_json(url: str, data: Any, fields: tuple[str, ...]) -> str | None:
+    """One sentence when a ``200`` JSON answer lacks a field every hub answer of its route holds, else None.
+
+    The hub always sends ``fields``; JSON without them comes from another service (``hub_url`` names the wrong
+    address) or a proxy answering in the hub's place, and is said as that (the caller's kind is ``INTERCEPTED``),
+    not as a hub sending a broken answer. A field present with a wrong value is still the hub's (the caller says)."""
+    if not isinstance(data, Mapping):
+        return _foreign_json(url, f"it is {_json_type(data)}, not an object")
+    missing = [name for name in fields if name not in data]
+    if not missing:
+        return None
+    listed = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} or {missing[-1]}"
+    return _foreign_json(url, f"it has no {listed}")
+
+
+def _foreign_json(url: str, detail: str) -> str:
+    return (
+        f"{url} answered JSON that is not a shelfsync hub's ({detail}): hub_url names another service, or a proxy"
+        " answers in the hub's place"
+    )
+
+
+def _json_type(data: Any) -> str:
+    names = {list: "a list", str: "a string", bool: "true or false", int: "a number", float: "a number"}
+    return "null" if data is None else names.get(type(data), type(data).__name__)
 
 
 def _title(raw: bytes) -> str:

@@ -407,3 +407,111 @@ async def test_status_says_a_cut_health_answer_in_the_agents_words(tmp_path: Pat
     assert (code, report["hub_reachable_now"]) == (3, False), err
     assert "it broke before the whole answer arrived" in report["hub_probe"], report["hub_probe"]
     assert "ContentLengthError" not in report["hub_probe"] and "400" not in report["hub_probe"]
+
+
+class OtherJsonService(AnswerServer):
+    """Another web service's JSON where the hub was expected (hub_url one port off, or a proxy's JSON answer),
+    except ``GET /v1/catalog`` and ``GET /v1/bundles`` while ``hub_for_catalog`` is set (then the hub's own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub_for_catalog = False
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if self.hub_for_catalog and request.path == "/v1/catalog":
+            return web.json_response({"version": 1, "items": []})
+        if self.hub_for_catalog and request.path == "/v1/bundles":
+            return web.json_response({"bundles": [{"sku": "GIFT-SET"}], "next": None})
+        return web.json_response({"status": "ok", "service": "metrics-exporter"})
+
+
+FOREIGN_JSON = "answered JSON that is not a shelfsync hub's"
+
+
+async def test_json_that_is_not_the_hubs_is_said_as_that_by_every_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by pointing hub_url at another JSON service: the change feed logged at ERROR 'the hub's change feed
+    page could not be read (changes: must be a list …)', the catalog 'the hub's catalog could not be read …', the
+    bundle list "the hub's bundle list could not be read ('bundles')", all blaming a hub that never answered.
+    Each now says, in one sentence naming the URL, that the address answered JSON that is not a shelfsync hub's."""
+    from agent.feed import CountFeed
+
+    caplog.set_level(logging.DEBUG, logger="agent")
+    async with OtherJsonService() as other:
+        async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location="S001") as outbox:
+            async with CountFeed(outbox, other.url, "t", wait_s=0.0, retry_base_s=0.01, retry_max_s=0.02) as feed:
+                state = await asyncio.wait_for(feed.wait_for(lambda s: s.failures >= 2), WAIT_S)
+            assert (await outbox.feed_position()).cursor == 0  # nothing stored from it
+            await outbox.record([Movement("S001", "SKU-1", Kind.RECEIVE, 3, "api:test")])
+            replicator = Replicator(outbox, other.url, "t", tick_s=0.2, retry_base_s=0.01, retry_max_s=0.05)
+            async with replicator:
+                synced = await asyncio.wait_for(replicator.wait_for(lambda s: s.failures >= 1), WAIT_S)
+            assert (await outbox.stats()).backlog == 1
+        said = f"{other.url}/v1/changes {FOREIGN_JSON}"
+        assert (state.last_error or "").startswith(said) and FOREIGN_JSON in (state.last_error or ""), state
+        assert "(it has no changes, cursor or more)" in (state.last_error or "")
+        feed_lines = [r for r in caplog.records if r.name == "agent.feed" and r.levelno >= logging.WARNING]
+        assert [r.levelno for r in feed_lines] == [logging.WARNING], [r.getMessage() for r in feed_lines]
+        assert synced.sync_state == "intercepted" and FOREIGN_JSON in (synced.last_error or ""), synced
+        assert (synced.last_error or "").startswith(f"{other.url}/v1/sync answered JSON")
+
+        catalog = AgentCatalog(hub_url=other.url, token="t", refresh_s=60)
+        try:
+            with pytest.raises(CatalogError) as raised:
+                await catalog.refresh()
+            assert f"{other.url}/v1/catalog {FOREIGN_JSON} (it has no version or items)" in str(raised.value)
+            other.hub_for_catalog = True
+            await catalog.refresh()
+            assert catalog.is_bundle("GIFT-SET") is True
+            other.hub_for_catalog = False
+            with pytest.raises(CatalogError) as raised:
+                await catalog.refresh()
+            assert catalog.is_bundle("GIFT-SET") is True  # what was known is kept
+        finally:
+            await catalog.stop()
+        assert f"{other.url}/v1/catalog {FOREIGN_JSON}" in str(raised.value)
+
+        async with PosStore.open(tmp_path / "pos.sqlite3") as store:
+            import_id = await store.begin_import(_scan(), "export.csv", "generic")
+            await store.add_quarantine(import_id, "export.csv", "ab" * 32, [Quarantined(2, "bad qty", "A,x")])
+            sender = ReportSender(
+                store, other.url, "t", agent_id="store-1", location="S001", tick_s=0.2, retry_base_s=0.01,
+                retry_max_s=0.05, rng=random.Random(1),
+            )  # fmt: skip
+            async with sender:
+                reported = await asyncio.wait_for(sender.wait_for(lambda s: s.failures >= 1), WAIT_S)
+            assert len(await store.pending_quarantine()) == 1
+        assert (reported.last_error or "").startswith(f"{other.url}/v1/import-issues {FOREIGN_JSON}"), reported
+    for record in caplog.records:
+        assert "the hub's" not in record.getMessage() or FOREIGN_JSON in record.getMessage(), record.getMessage()
+
+
+async def test_the_bundle_list_names_json_that_is_not_the_hubs() -> None:
+    """The bundle list alone (the catalog answered by the hub): its foreign JSON is said, and nothing forgotten."""
+    async with BundlesThenJson() as hub, AgentCatalog(hub_url=hub.url, token="t", refresh_s=60) as catalog:
+        await catalog.refresh()
+        hub.foreign = True
+        with pytest.raises(CatalogError) as raised:
+            await catalog.refresh()
+        assert catalog.is_bundle("GIFT-SET") is True
+    assert str(raised.value) == (
+        f"{hub.url}/v1/bundles {FOREIGN_JSON} (it is a list, not an object): hub_url names another service,"
+        " or a proxy answers in the hub's place"
+    )
+
+
+class BundlesThenJson(AnswerServer):
+    """The hub's catalog and bundle list, until ``foreign``: then a JSON list answers GET /v1/bundles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.foreign = False
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/bundles":
+            if self.foreign:
+                return web.json_response([{"id": 1}])
+            return web.json_response({"bundles": [{"sku": "GIFT-SET"}], "next": None})
+        return web.json_response({"version": 1, "items": []})
