@@ -16,7 +16,9 @@ counts that many units.
         item = catalog.lookup(decoded, scan.text)      # CatalogItem or None
 
 It also learns which SKUs are bundles at the hub (``GET {hub_url}/v1/bundles``,
-every page, each refresh, with ``If-None-Match``; kept in ``<cache>.bundles.json`` beside the cache):
+every page, each refresh, with ``If-None-Match``; kept in ``<cache>.bundles.json`` beside the cache, with each
+page's ETag and the SKUs it holds in the same file and write, so an agent restarted asks with ``If-None-Match``
+too, and a hub restored from a backup, whose tags carry a new history, is read again in full):
 the hub refuses a count of a bundle, so a count session refuses it at once
 instead of after the staff counted (``is_bundle``; None while the agent has
 never heard the hub's list).
@@ -428,6 +430,8 @@ class AgentCatalog(HubLoop):
             log.warning("The cached bundle list %s cannot be used (%s); waiting for the hub.", cache, err)
         else:
             self._bundles = frozenset(skus)
+            if cached.get("url") == self._bundles_url:  # another hub's tags say nothing of this one's pages
+                self._bundle_pages = _pages_from_cache(cached.get("pages"), self._bundles)
 
     async def start(self) -> None:
         """``load()``, then keep the catalog fresh in the background. Returns at once after loading."""
@@ -548,14 +552,21 @@ class AgentCatalog(HubLoop):
             cursor = page.after
             if cursor is None:
                 break
+        pages_changed = read != self._bundle_pages
         self._bundle_pages = read  # the pages of this list only: a cursor no longer reached is forgotten
         found = frozenset(skus)
-        if found == self._bundles:
+        if found == self._bundles and not pages_changed:
             return
-        self._bundles = found
-        if (cache := self.bundle_cache) is not None:
-            await asyncio.to_thread(_write_atomically, cache, {"bundles": sorted(found)})
-        log.info("The hub has %s bundle SKU(s); a count refuses them.", f"{len(found):,}")
+        bundles_changed, self._bundles = found != self._bundles, found
+        if (cache := self.bundle_cache) is not None:  # the pages' ETags with the SKUs they describe, in one write
+            pages = [
+                {"cursor": cursor, "etag": page.etag, "skus": list(page.skus), "after": page.after}
+                for cursor, page in read.items()
+            ]
+            cached = {"bundles": sorted(found), "url": self._bundles_url, "pages": pages}
+            await asyncio.to_thread(_write_atomically, cache, cached)
+        if bundles_changed:
+            log.info("The hub has %s bundle SKU(s); a count refuses them.", f"{len(found):,}")
 
     async def _bundles_page(self, cursor: str | None) -> BundlePage | None:
         """One page of ``GET /v1/bundles``: its SKUs and the next cursor (None: the last page). None on a 404.
@@ -664,6 +675,35 @@ class AgentCatalog(HubLoop):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), delay_s)
         self._kick.clear()
+
+
+def _pages_from_cache(raw: Any, skus: frozenset[str]) -> dict[str, BundlePage]:
+    """The bundle list's pages as cached with their ETags, when they are whole: every entry well formed, the
+    cursors a chain from the first page to the last, and their SKUs the cached list. Else none (every page is
+    read again in full): a tag sent for a page that is not the one kept would keep a wrong list on a 304."""
+    if not isinstance(raw, list):
+        return {}
+    pages: dict[str, BundlePage] = {}
+    for entry in raw:
+        if not isinstance(entry, dict):
+            return {}
+        cursor, etag, page_skus, after = (entry.get(k) for k in ("cursor", "etag", "skus", "after"))
+        if not (isinstance(cursor, str) and isinstance(etag, str) and isinstance(page_skus, list)):
+            return {}
+        if not all(isinstance(sku, str) for sku in page_skus) or not (after is None or isinstance(after, str)):
+            return {}
+        pages[cursor] = BundlePage(etag, tuple(page_skus), after)
+    next_cursor: str | None = ""
+    reached: set[str] = set()
+    seen: set[str] = set()
+    while next_cursor is not None:
+        page = pages.get(next_cursor)
+        if page is None or next_cursor in reached:  # a page missing, or a loop: not the list as read
+            return {}
+        reached.add(next_cursor)
+        seen.update(page.skus)
+        next_cursor = page.after
+    return pages if reached == set(pages) and seen == skus else {}
 
 
 def _write_atomically(path: Path, payload: Any) -> None:

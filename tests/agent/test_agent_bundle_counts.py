@@ -5,7 +5,9 @@ store, outbox and local API on real SQLite files and real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -238,3 +240,78 @@ async def test_the_bundle_list_is_asked_with_if_none_match_and_kept_on_a_304(
             ]  # fmt: skip
         finally:
             await catalog.stop()
+
+
+async def test_a_restarted_agent_asks_for_the_bundles_with_the_etags_it_kept_and_a_restored_hub_answers_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found reading the hub's access log after agents restarted: the pages' ETags were kept in memory only, so
+    every start read the whole bundle list again. Now they are kept with the SKUs in the bundle cache: a new
+    catalog on the same cache asks with them (304s), and a hub restored from a backup — whose tags carry a new
+    history — answers each page in full, read again."""
+    monkeypatch.setattr(agent_catalog, "BUNDLES_PAGE", 1)  # two pages: GIFT-SET, then TWIN-MUG
+    cache = tmp_path / "catalog-cache.json"
+
+    async def refreshed(proxy: RecordingProxy, token: str) -> AgentCatalog:
+        catalog = AgentCatalog(hub_url=proxy.url, token=token, cache=cache)  # a new agent run on the same cache
+        await catalog.load()
+        try:
+            await catalog.refresh()
+        finally:
+            await catalog.stop()
+        return catalog
+
+    async with RecordingProxy("") as proxy:  # the agent's hub_url, the same before and after the restore
+        async with hub_in_process(tmp_path / "hub.db") as served:
+            proxy.hub_url = served.url
+            _, token = await served.store.add_agent(["S001"])
+            _, admin = await served.store.add_agent([], role="admin")
+            hub = Hub(served.url, "", token, admin)
+            await hub.call("PUT", "/v1/bundles/GIFT-SET", json={"components": {"MUG": 2}})
+            await hub.call("PUT", "/v1/bundles/TWIN-MUG", json={"components": {"MUG": 2}})
+            await refreshed(proxy, token)
+            assert [(asked, status) for asked, status, _ in proxy.bundle_gets] == [(None, 200), (None, 200)]
+            tags = [tag for _, _, tag in proxy.bundle_gets]
+            proxy.bundle_gets.clear()
+            again = await refreshed(proxy, token)
+            assert [(asked, status) for asked, status, _ in proxy.bundle_gets] == [(tags[0], 304), (tags[1], 304)]
+            assert [again.is_bundle(sku) for sku in ("GIFT-SET", "TWIN-MUG", "MUG")] == [True, True, False]
+        with sqlite3.connect(tmp_path / "hub.db") as source, sqlite3.connect(tmp_path / "restored.db") as copy:
+            source.backup(copy)  # a backup, restored as a new file: its first start begins a new history
+        async with hub_in_process(tmp_path / "restored.db") as served:
+            proxy.hub_url = served.url
+            proxy.bundle_gets.clear()
+            restored = await refreshed(proxy, token)
+            assert [(asked, status) for asked, status, _ in proxy.bundle_gets] == [(tags[0], 200), (tags[1], 200)]
+            new_tags = [tag for _, _, tag in proxy.bundle_gets]
+            assert set(new_tags).isdisjoint(tags)
+            assert [restored.is_bundle(sku) for sku in ("GIFT-SET", "TWIN-MUG", "MUG")] == [True, True, False]
+            proxy.bundle_gets.clear()
+            await refreshed(proxy, token)
+            assert [(a, status) for a, status, _ in proxy.bundle_gets] == [(new_tags[0], 304), (new_tags[1], 304)]
+
+
+async def test_a_bundle_cache_whose_pages_do_not_make_its_list_is_read_again_in_full(
+    tmp_path: Path, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept ETags are sent only for pages that make up the cached list: a page edited, lost or of another hub
+    would otherwise be kept on a 304 as it is not."""
+    monkeypatch.setattr(agent_catalog, "BUNDLES_PAGE", 1)
+    cache = tmp_path / "catalog-cache.json"
+    async with RecordingProxy(hub.url) as proxy:
+        first = AgentCatalog(hub_url=proxy.url, token=hub.token, cache=cache)
+        await first.load()
+        await first.refresh()
+        await first.stop()
+        assert first.bundle_cache is not None
+        kept = json.loads(first.bundle_cache.read_text(encoding="utf-8"))
+        assert [page["skus"] for page in kept["pages"]] == [["GIFT-SET"], ["TWIN-MUG"]]
+        kept["pages"] = kept["pages"][:1]  # the second page's entry lost
+        first.bundle_cache.write_text(json.dumps(kept), encoding="utf-8")
+        proxy.bundle_gets.clear()
+        second = AgentCatalog(hub_url=proxy.url, token=hub.token, cache=cache)
+        await second.load()
+        assert second.is_bundle("TWIN-MUG") is True  # the list itself is still known
+        await second.refresh()
+        await second.stop()
+        assert [(asked, status) for asked, status, _ in proxy.bundle_gets] == [(None, 200), (None, 200)]
