@@ -303,8 +303,10 @@ class SessionManager:
     async def refused_not_dismissed(self, *, since_ms: int = 0, limit: int = REFUSED_SHOWN) -> list[Refused]:
         """``refused()`` of every session, but the refusals the staff dismissed: the handheld's home screen box,
         which showed each refusal for a week with no way to say it was read."""
-        dismissed = await self.store.dismissed_refusals(since_ms=since_ms)  # a refusal is dismissed after it came
-        found = await self.refused(since_ms=since_ms, limit=limit + len(dismissed))
+        # A dismissal names its refusal by the movement's id (the outbox sets a movement aside once and never sends
+        # it again); when it was made says nothing: this machine's clock may have been set back or put right since.
+        found = await self.refused(since_ms=since_ms, limit=limit + await self.store.dismissed_count())
+        dismissed = await self.store.dismissed_among([r.event_id for r in found])
         return [r for r in found if r.event_id not in dismissed][:limit]
 
     async def dismiss_refused(self, event_id: str, *, by: str) -> Refused | None:

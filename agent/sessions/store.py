@@ -55,6 +55,7 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 LINES_MAX = 20_000  # per session
 FILENAME = "sessions.sqlite3"
+IN_LIST_MAX = 500  # ids in one IN (…) list, far under SQLite's bound on parameters
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -294,12 +295,21 @@ class SessionStore(SqliteFile):
 
         return await self._write(dismiss)
 
-    async def dismissed_refusals(self, *, since_ms: int = 0) -> set[str]:
-        """The movement ids whose refusal was dismissed at ``since_ms`` or later."""
+    async def dismissed_count(self) -> int:
+        """How many refusals were ever dismissed."""
+        return await self._read(lambda conn: int(conn.execute("SELECT count(*) FROM refusals_dismissed").fetchone()[0]))
+
+    async def dismissed_among(self, event_ids: Sequence[str]) -> set[str]:
+        """Those of ``event_ids`` whose refusal was dismissed: by the refusal's movement id alone, never by when
+        (the dismissal's time is this machine's clock, which may have been set back or put right since)."""
 
         def read(conn: sqlite3.Connection) -> set[str]:
-            rows = conn.execute("SELECT event_id FROM refusals_dismissed WHERE at_ms >= ?", (since_ms,)).fetchall()
-            return {str(row[0]) for row in rows}
+            found: set[str] = set()
+            for start in range(0, len(event_ids), IN_LIST_MAX):
+                chunk = event_ids[start : start + IN_LIST_MAX]
+                sql = f"SELECT event_id FROM refusals_dismissed WHERE event_id IN ({', '.join('?' * len(chunk))})"
+                found.update(str(row[0]) for row in conn.execute(sql, chunk))
+            return found
 
         return await self._read(read)
 

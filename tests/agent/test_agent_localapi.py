@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,3 +418,59 @@ async def test_dismissing_a_refusal_that_is_not_one_is_one_sentence(api: Api) ->
     )  # fmt: skip
     got, data = await api.call("POST", "/api/v1/refused/not-an-id/dismiss", {})
     assert (got, data["error"]["message"]) == (400, "'not-an-id' is not a movement id (a UUID)")
+
+
+async def test_a_dismissed_refusal_stays_dismissed_when_the_clock_is_put_right_and_a_new_one_shows(
+    tmp_path: Path,
+) -> None:
+    """Found by setting a back-office PC's clock back and then right: the home screen hid a refusal only while its
+    dismissal was made within the last week by this machine's clock, so a refusal dismissed while the clock was
+    ten days behind came back once the clock was right again, for the rest of its week. A dismissal now names its
+    refusal by the movement's id, and a new refusal is shown whatever the clock said of the old dismissal."""
+    from agent.sessions import SessionSpec, SessionType
+    from protocol import Rejection
+
+    day_ms = 86_400_000
+    true_ms = 1_800_000_000_000
+    now = [true_ms]
+
+    def clock() -> int:
+        return now[0]
+
+    async def refuse(sessions: SessionManager, outbox: Outbox, sku: str, bin_: str) -> str:
+        """A count of ``sku`` closed and its movement refused by the hub; the movement's id."""
+        s = await sessions.open(SessionSpec(SessionType.COUNT, bin=bin_), by="ana")
+        await sessions.key(s.id, sku, 4, by="ana")
+        await sessions.close(s.id, by="ana")
+        (event,) = [ev for ev in await outbox.pending(10) if ev.sku == sku]
+        await outbox.set_aside([Rejection(event.event_id, event.seq, "invalid_bundle", f"{sku} is a bundle")])
+        return str(uuid.UUID(bytes=event.event_id))
+
+    async with (
+        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001", wall_clock_ms=clock) as outbox,
+        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=Catalog(), wall_clock_ms=clock)
+        context = LocalApiContext(sessions=sessions, outbox=outbox, staff=StaffDirectory(STAFF))
+        async with (
+            LocalApiServer(context, "127.0.0.1", 0) as server,
+            aiohttp.ClientSession(
+                cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=20)
+            ) as http,
+        ):
+            api = Api(server.url, http, outbox, sessions)
+            await api.sign_in()
+
+            async def shown() -> list[str]:
+                return [r["sku"] for r in (await api.ok("GET", "/api/v1/sessions"))["refused"]]
+
+            apple = await refuse(sessions, outbox, "SKU-APPLE", "A-1")  # refused at the true time
+            now[0] = true_ms - 10 * day_ms  # the PC's clock is set ten days back
+            assert await shown() == ["SKU-APPLE"]
+            await api.ok("POST", f"/api/v1/refused/{apple}/dismiss")
+            assert await shown() == []
+            now[0] = true_ms + 3_600_000  # ... and put right an hour later
+            assert await shown() == []  # it stays dismissed
+            await refuse(sessions, outbox, "SKU-PEAR", "A-2")
+            assert await shown() == ["SKU-PEAR"]  # a new refusal is shown
+            assert {r.sku for r in await sessions.refused()} == {"SKU-APPLE", "SKU-PEAR"}  # nothing deleted
