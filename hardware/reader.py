@@ -41,6 +41,7 @@ CLOSE_TIMEOUT_S = 5.0
 STABLE_LINK_S = 10.0  # a link that lived this long resets the backoff
 QUEUE_PAUSE_SCANS = 1000  # undelivered scans at which reading from the device pauses
 QUEUE_RESUME_SCANS = 100
+APPEAR_POLL_S = 0.2  # while a device path is missing, how often the wait for the next open looks for it
 CUT_OFFS_SAID_MAX = 10  # cut-off scans in a row of one reader warned of one by one; the rest only at DEBUG
 
 StatusCallback = Callable[[ReaderStatus], None]
@@ -240,7 +241,26 @@ class ScannerReader(ABC):
                 self._reader_id, self._where, count,
             )  # fmt: skip
 
+    def _device_present(self) -> bool | None:
+        """Whether the device is there to open (None: cannot tell). Subclasses with a device path say."""
+        return None
+
     # -- the loop -------------------------------------------------------------
+
+    async def _pause(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before the next open, or only until the device appears when it is missing now.
+
+        After a long outage the backoff waits up to ``reconnect_max_s`` between attempts: a scanner plugged back
+        in would sit unopened that long, and what was scanned meanwhile is what the driver may not keep."""
+        if self._device_present() is not False:
+            await asyncio.sleep(delay_s)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay_s
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(APPEAR_POLL_S, left))
+            if self._device_present():
+                return
 
     def _set_status(self, available: bool, error: ScannerDisconnected | None) -> None:
         old = self._status
@@ -299,7 +319,7 @@ class ScannerReader(ABC):
                     log.debug("Scanner %r still cannot open %s: %s", self._reader_id, self._where, error.reason)
                 self._set_status(False, error)
                 attempts += 1
-                await asyncio.sleep(self._backoff.delay_s(attempts))
+                await self._pause(self._backoff.delay_s(attempts))
                 continue
 
             self._link = link
@@ -307,8 +327,9 @@ class ScannerReader(ABC):
                 link.pause()
             down.succeeded()  # said below, with how long the outage lasted
             if down_since is not None and connected_before:
-                log.info(
-                    "Scanner %r is back on %s after %.1f s.",
+                log.warning(
+                    "Scanner %r is back on %s after %.1f s; a scan made while it was away or coming back may have"
+                    " been lost, so scan again what was scanned then.",
                     self._reader_id,
                     self._where,
                     time.monotonic() - down_since,
@@ -344,7 +365,7 @@ class ScannerReader(ABC):
                 attempts = 0  # a healthy link: try again at once, from the start of the backoff
             else:  # a device that drops right after opening must not spin
                 attempts += 1
-                await asyncio.sleep(self._backoff.delay_s(attempts))
+                await self._pause(self._backoff.delay_s(attempts))
 
 
 def _abort_late_link(opening: asyncio.Future[Link]) -> None:

@@ -14,6 +14,7 @@ CRLF, or after ``idle_gap_s`` of silence for scanners that send no suffix
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -42,6 +43,28 @@ except ImportError as err:  # pyserial missing or unable to load here: the reade
     )
 else:
     NO_PYSERIAL = None
+
+    class _KeepingSerial(serial.Serial):  # type: ignore[misc]
+        """pyserial's port, whose ``open()`` keeps the bytes already waiting in the port.
+
+        pyserial's POSIX ``open()`` ends with ``tcflush(TCIFLUSH)``: whatever the device sent before the port was
+        configured — a scan made as a replugged scanner came back (a pty or a CDC scanner hands it over at open,
+        or on DTR), a device server's buffer — was thrown away. A scanner sends scans, nothing stale: they are
+        kept. (pyserial on Windows purges in ``open()`` itself; the reader's reconnect warning covers that.)"""
+
+        _opening = False
+
+        def open(self) -> None:
+            self._opening = True
+            try:
+                super().open()
+            finally:
+                self._opening = False
+
+        def _reset_input_buffer(self) -> None:
+            if not self._opening:
+                super()._reset_input_buffer()
+
 
 IDLE_GAP_S = 0.05
 IDLE_GAP_MAX_S = 5.0
@@ -215,6 +238,13 @@ class SerialScanner(ScannerReader):
     def config(self) -> SerialScannerConfig:
         return self._config
 
+    def _device_present(self) -> bool | None:
+        """Whether the device path exists now (a replugged scanner's reappears); None for a device server or a
+        Windows COM port, whose presence a path does not tell."""
+        if self._config.is_socket or not self._config.port.startswith("/"):
+            return None
+        return os.path.exists(self._config.port)
+
     def send(self, data: bytes) -> None:
         """Write bytes to the scanner (a beep or trigger command from its manual)."""
         if self._closed:
@@ -264,7 +294,7 @@ def serial_options(config: SerialScannerConfig) -> dict[str, Any]:
 
 def _open_port(config: SerialScannerConfig) -> serial.Serial:
     """Open a device path non-blocking, in a worker thread; close it again if configuring it fails."""
-    port = serial.Serial(None, timeout=0, write_timeout=0, **serial_options(config))
+    port = _KeepingSerial(None, timeout=0, write_timeout=0, **serial_options(config))
     port.port = config.port
     port.open()
     return port
