@@ -182,7 +182,7 @@ async def _host_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Refuse a request naming a host that is not this agent's: a DNS-rebinding web page's (agent.localapi.hosts)."""
     hosts = request.app[HOSTS_KEY]
     header = request.headers.get("Host")
-    if not hosts.allows(header):
+    if not await hosts.answers(header):
         hosts.refused(header or "", request.remote)
         raise web.HTTPMisdirectedRequest(
             text=f"this agent does not answer to the name {values.shown(header or '', 60)};"

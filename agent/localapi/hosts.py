@@ -13,6 +13,13 @@ answered only when its ``Host`` is
   ``ADDRESSES_REFRESH_S``, when an unknown one is asked for: DHCP may change it);
 - this machine's name (``socket.gethostname()``), its first label, and that
   label with ``.local`` (mDNS);
+- this machine's DNS names (``dns_names``, looked up in a thread when the API
+  starts, and again at most every ``NAMES_REFRESH_S`` when an unknown name is
+  asked for): its full name (``socket.getfqdn()``), and each name the
+  network's reverse DNS gives one of the addresses above that resolves back to
+  that address. Not any name that merely resolves to this machine: that is
+  exactly what a rebinding page's name does, and its owner sets it. A reverse
+  name is set by whoever runs the store network's (or the address owner's) DNS;
 - the names given (``extra``): the agent's zeroconf name when it announces
   itself, and ``[localapi] allowed_hosts`` for a reverse proxy's name.
 
@@ -21,9 +28,12 @@ A request with no ``Host`` (HTTP/1.0 by hand) comes from no browser and is answe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -34,6 +44,8 @@ from protocol.values import shown
 log = logging.getLogger(__name__)
 
 ADDRESSES_REFRESH_S = 30.0
+NAMES_REFRESH_S = 300.0  # this machine's DNS names are looked up again at most this often (an unknown name asked)
+NAMES_FIRST_WAIT_S = 3.0  # an unknown name asked before the first look-up ended waits for it this long at most
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 REFUSED_LOGGED_MAX = 20  # distinct refused names logged; beyond that they are refused silently
 
@@ -55,6 +67,51 @@ def machine_names() -> set[str]:
         return set()
     label = name.split(".", 1)[0]
     return {name, label, f"{label}.local"}
+
+
+def dns_names(addresses: Iterable[str]) -> set[str]:
+    """This machine's names in DNS: ``socket.getfqdn()``, and each reverse name of one of ``addresses`` (loopback
+    and link-local left out) that resolves back to that address. Blocking: run it in a thread."""
+    names: set[str] = set()
+    with contextlib.suppress(OSError, UnicodeError):
+        if fqdn := _name(socket.getfqdn()):
+            names.add(fqdn)
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            continue
+        if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+            continue
+        try:
+            primary, aliases, _ = socket.gethostbyaddr(address)
+        except (OSError, UnicodeError):
+            continue
+        for candidate in {_name(n) for n in (primary, *aliases)} - {""}:
+            if address in _resolved(candidate):  # forward-confirmed: the name is this address's in both directions
+                names.add(candidate)
+    return names
+
+
+def _name(text: str) -> str:
+    name = text.strip().lower().rstrip(".")
+    return "" if not name or _is_address(name) else name
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolved(name: str) -> set[str]:
+    try:
+        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return set()
+    return {str(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])) for info in found}
 
 
 def machine_addresses() -> set[str]:
@@ -80,28 +137,91 @@ class HostCheck:
         *,
         addresses: Callable[[], set[str]] = machine_addresses,
         clock: Callable[[], float] = time.monotonic,
+        names_in_dns: Callable[[Iterable[str]], set[str]] | None = None,
     ) -> None:
+        """``names_in_dns`` (``dns_names`` for a server; None: no DNS names) is called by ``look_up()``."""
         self._wildcard = bind_host in WILDCARD_HOSTS
         self._names = {"localhost"} | machine_names() | {host_name(n) for n in extra if n.strip()}
+        self._bind = host_name(bind_host)
         if not self._wildcard:
-            self._names.add(host_name(bind_host))
+            self._names.add(self._bind)
         self._addresses_of = addresses
         self._clock = clock
         self._addresses: set[str] = set()
         self._looked_s: float | None = None
         self._refused_logged: set[str] = set()
+        self._names_in_dns = names_in_dns
+        self._dns_names: frozenset[str] = frozenset()  # replaced whole by each look-up (a thread writes it)
+        self._lookup: asyncio.Future[None] | None = None
+        self._names_looked_s: float | None = None
+        self._names_known = False  # a look-up ended at least once
 
     def allows(self, header: str | None) -> bool:
         if header is None:
             return True
         host = host_name(header)
-        if host in self._names or host.endswith(".localhost"):
+        if host in self._names or host in self._dns_names or host.endswith(".localhost"):
             return True
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
         return address.is_loopback or (self._wildcard and self._is_mine(str(address)))
+
+    async def answers(self, header: str | None) -> bool:
+        """``allows()``, and for an unknown name, a look-up of this machine's DNS names (at most every
+        ``NAMES_REFRESH_S``: they may have changed with its address); waited for, bounded, only while none has
+        ended yet, so a handheld's first request by this PC's full name right after a start is answered."""
+        if self.allows(header):
+            return True
+        assert header is not None
+        if _is_address(host_name(header)):
+            return False
+        lookup = self.look_up()
+        if lookup is not None and not self._names_known:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(lookup), NAMES_FIRST_WAIT_S)
+            return self.allows(header)
+        return False
+
+    def look_up(self) -> asyncio.Future[None] | None:
+        """Start looking up this machine's DNS names in a daemon thread (DNS may hang: nothing waits for it
+        unless it chooses to, nor does the agent's exit); the one under way, or None when none is due."""
+        if self._names_in_dns is None:
+            return None
+        if self._lookup is not None and not self._lookup.done():
+            return self._lookup
+        now = self._clock()
+        if self._names_looked_s is not None and now - self._names_looked_s < NAMES_REFRESH_S:
+            return None
+        self._names_looked_s = now
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        look = self._names_in_dns
+        wildcard, bind, addresses_of = self._wildcard, self._bind, self._addresses_of
+
+        def run() -> None:
+            names: frozenset[str] | None = None  # a failure keeps the names known
+            try:
+                names = frozenset(look(addresses_of() if wildcard else {bind}))
+            except (OSError, ValueError) as err:
+                log.warning("Could not look up this machine's DNS names: %s.", err)
+            finally:  # ended, whatever happened: a look-up never stays under way for ever
+                with contextlib.suppress(RuntimeError):  # the loop is gone: the agent stopped
+                    loop.call_soon_threadsafe(self._looked_up, done, names)
+
+        threading.Thread(target=run, name="shelfsync-host-names", daemon=True).start()
+        self._lookup = done
+        return done
+
+    def _looked_up(self, done: asyncio.Future[None], names: frozenset[str] | None) -> None:
+        if names is not None:
+            if new := names - self._dns_names - self._names:
+                log.info("The local API answers to this machine's DNS names too: %s.", ", ".join(sorted(new)))
+            self._dns_names = names
+        self._names_known = True
+        if not done.done():
+            done.set_result(None)
 
     def refused(self, header: str, remote: str | None) -> None:
         """Log a refused name, once per name, for the first ``REFUSED_LOGGED_MAX`` names."""

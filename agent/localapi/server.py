@@ -12,7 +12,7 @@ from aiohttp import web
 from agent.errors import AgentError
 from agent.localapi.app import LocalApiContext, create_app
 from agent.localapi.guard import Guard, GuardedRunner
-from agent.localapi.hosts import HostCheck
+from agent.localapi.hosts import HostCheck, dns_names
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ class LocalApiServer:
         self.context = context
         self.host = host
         self.port = port
-        self.app = create_app(context, HostCheck(host, context.allowed_hosts))
+        self.hosts = HostCheck(host, context.allowed_hosts, names_in_dns=dns_names)
+        self.app = create_app(context, self.hosts)
         self._runner: web.AppRunner | None = None
         self.guard = Guard()  # connections in number, on time and quiet (agent.localapi.guard)
 
@@ -53,6 +54,7 @@ class LocalApiServer:
             raise AgentError(f"the local API cannot listen on {self.host}:{self.port}: {why}") from err
         self._runner = runner
         self.port = runner.addresses[0][1]
+        self.hosts.look_up()  # this PC's full and reverse DNS names, in the background (agent.localapi.hosts)
         self.guard.install(asyncio.get_running_loop())
         log.info(
             "Local API and handheld page at http://%s:%d/ (at most %d connections open).",

@@ -6,10 +6,17 @@ import asyncio
 import http.client
 import socket
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import pytest
+
+from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory
 from agent.localapi.auth import FAILURES_MAX
-from agent.localapi.hosts import HostCheck
-from tests.agent.test_agent_localapi import Api, api  # noqa: F401  (the fixture)
+from agent.localapi.hosts import HostCheck, dns_names
+from agent.outbox import Outbox
+from agent.sessions import SessionManager, SessionStore
+from tests.agent.test_agent_localapi import STAFF, Api, api  # noqa: F401  (the fixture)
 from tests.harness.agent_process import AgentProcess, local_api_section
 from tests.harness.net import free_port, wait_until
 
@@ -117,3 +124,85 @@ def test_the_configured_allowed_hosts_are_answered_by_a_running_agent(tmp_path: 
     finally:
         run.stop()
     assert "Refused a request from 127.0.0.1 for host 'evil.example'" in (tmp_path / "agent.log").read_text()
+
+
+async def test_this_pcs_full_dns_name_is_answered_without_allowed_hosts_and_a_rebinding_name_still_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found opening the handheld page as http://backoffice-3.store.example.com:8471/: every request was a 421
+    until the PC's own full name was typed into allowed_hosts; only its short name and addresses were known. The
+    full name (socket.getfqdn()) is now answered by default; a name its owner points at 127.0.0.1 still is not."""
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "BackOffice-3.Store.Example.COM.")
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "rebind.attacker.example":  # the attacker's DNS, after the rebinding
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    async with (
+        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
+    ):
+        context = LocalApiContext(sessions=SessionManager(store, outbox), outbox=outbox, staff=StaffDirectory(STAFF))
+        async with (
+            LocalApiServer(context, "127.0.0.1", 0) as server,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http,
+        ):
+            api = Api(server.url, http, outbox, context.sessions)
+            port = server.port
+            for host in (f"backoffice-3.store.example.com:{port}", "BACKOFFICE-3.store.example.com."):
+                status, data = await api.call("GET", "/healthz", headers={"Host": host})
+                assert (status, data.get("agent_id")) == (200, "store-a"), (host, data)
+            for host in ("rebind.attacker.example", f"rebind.attacker.example:{port}", "store.example.com"):
+                status, data = await api.call("GET", "/healthz", headers={"Host": host})
+                assert (status, data["error"]["code"]) == (421, "misdirected_request"), (host, data)
+
+
+async def test_a_reverse_dns_name_of_the_pc_is_answered_only_when_it_resolves_back_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Listening on every interface, the names the network's reverse DNS gives the PC's addresses are answered
+    when they resolve back to that address (forward-confirmed); a name that merely resolves to the PC — what a
+    rebinding page's name does — is not, nor a stale reverse name, nor one of a loopback or link-local address."""
+    reverse = {
+        "192.0.2.20": ("backoffice-3.store.example.com", ["bo3.store.example.com", "old-till.store.example.com"]),
+        "127.0.0.1": ("evil-loopback.example", []),
+        "fe80::1": ("evil-link-local.example", []),
+    }
+    forward = {
+        "backoffice-3.store.example.com": ["192.0.2.20"],
+        "bo3.store.example.com": ["192.0.2.20"],
+        "old-till.store.example.com": ["192.0.2.99"],  # the reverse zone is stale: not this PC's name any more
+        "rebind.attacker.example": ["192.0.2.20", "127.0.0.1"],
+        "evil-loopback.example": ["127.0.0.1"],
+        "evil-link-local.example": ["fe80::1"],
+    }
+    asked: list[str] = []
+
+    def gethostbyaddr(address: str) -> tuple[str, list[str], list[str]]:
+        asked.append(address)
+        if address not in reverse:
+            raise socket.herror(1, "Unknown host")
+        name, aliases = reverse[address]
+        return name, aliases, [address]
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if host not in forward:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in forward[host]]
+
+    monkeypatch.setattr(socket, "gethostbyaddr", gethostbyaddr)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "vm")
+    check = HostCheck(
+        "0.0.0.0", addresses=lambda: {"192.0.2.20", "127.0.0.1", "fe80::1"}, clock=lambda: 0.0,
+        names_in_dns=dns_names,
+    )  # fmt: skip
+    assert await check.answers("backoffice-3.store.example.com:8471")  # the first look-up is waited for
+    assert await check.answers("BO3.store.example.com")
+    for host in ("old-till.store.example.com", "rebind.attacker.example", "evil-loopback.example",
+                 "evil-link-local.example", "store.example.com"):  # fmt: skip
+        assert not await check.answers(host), host
+    assert asked == ["192.0.2.20"]  # once, and never a loopback or link-local address
