@@ -115,7 +115,7 @@ def run(hub: HubProcess, proxy: ProxyThread, store: Store, total: int) -> set[st
 FOREIGN = {
     Fault.HTML_502: "an HTML page titled '502 Bad Gateway' (HTTP 502), not by the hub",
     Fault.HTML_504: "an HTML page titled '504 Gateway Time-out' (HTTP 504), not by the hub",
-    Fault.JSON_200: "answered with 'application/json' (HTTP 200), not the hub's",
+    Fault.JSON_200: "answered JSON that is not a shelfsync hub's",
     Fault.HTML_403: "an HTML page titled 'Access Denied' (HTTP 403), not by the hub",
 }
 
