@@ -44,6 +44,7 @@ from agent.hub_loop import (
     AnswerTooLarge,
     broken,
     hub_connector,
+    not_a_hubs_json,
     not_the_hubs,
     read_answer,
     redirected,
@@ -74,6 +75,7 @@ EXIT_ALREADY_RUNNING = 3  # run: another agent holds this outbox
 EXIT_NOT_RUNNING = 3  # status: no agent runs on this outbox
 EXIT_HUB_UNREACHABLE = 4  # status: the hub does not answer /healthz
 PROBE_ANSWER_MAX_BYTES = 64 << 10  # the hub's /healthz answer is a few dozen bytes of JSON
+HEALTH_FIELDS = ("status", "db")  # in every 200 of the hub's GET /healthz (agent.hub_loop.not_a_hubs_json)
 JSON = "application/json"
 EXIT_CREDENTIALS_REFUSED = 5  # status: the hub refused this agent's token at the last sync
 PROBE_TIMEOUT_S = 3.0
@@ -497,7 +499,13 @@ async def _probe(hub_url: str) -> str | None:
             kind = resp.headers.get("Content-Type", "")
             if (foreign := not_the_hubs(url, resp.status, kind, body, JSON)) is not None:
                 return redact_url(foreign)
-            return None if resp.status == 200 else f"answered HTTP {resp.status}"
+            if resp.status != 200:
+                return f"answered HTTP {resp.status}"
+            try:  # another service's {"status": "ok"} (hub_url one port off) is not the hub's health
+                foreign = not_a_hubs_json(url, json.loads(body), HEALTH_FIELDS)
+            except ValueError:
+                return redact_url(f"{url} answered a body that is not JSON, so not a shelfsync hub's health")
+            return None if foreign is None else redact_url(foreign)
     except AnswerTooLarge as err:
         return str(err)
     except TimeoutError:

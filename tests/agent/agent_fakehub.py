@@ -108,7 +108,7 @@ class FakeHub:
 
     # --- HTTP -------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response({"status": "ok", "db": {"ok": True}})  # the hub's fields (hub.app.healthz)
 
     async def _sync(self, request: web.Request) -> web.Response:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")

@@ -515,3 +515,23 @@ class BundlesThenJson(AnswerServer):
                 return web.json_response([{"id": 1}])
             return web.json_response({"bundles": [{"sku": "GIFT-SET"}], "next": None})
         return web.json_response({"version": 1, "items": []})
+
+
+async def test_status_does_not_count_another_services_health_json_as_the_hub(tmp_path: Path) -> None:
+    """Found with hub_url one port off, at a metrics exporter: `status` called the hub reachable from the
+    exporter's {"status": "ok"} at /healthz while every sync met JSON that is not a hub's."""
+    async with OtherJsonService() as other:
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nid = "store-1"\nlocation = "S001"\ndata_dir = "data"\nhub_url = "{other.url}"\ntoken = "t-1"\n',
+            encoding="utf-8",
+        )
+        async with Outbox.open(tmp_path / "data" / "outbox.sqlite3", agent_id="store-1", location="S001"):
+            pass
+        code, out, err = await _status(config, "--json")
+        report = json.loads(out)
+    assert (code, report["hub_reachable_now"]) == (3, False), err
+    assert report["hub_probe"] == (
+        f"{other.url}/healthz {FOREIGN_JSON} (it has no db): hub_url names another service, or a proxy answers in"
+        " the hub's place"
+    )
