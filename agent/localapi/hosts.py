@@ -151,7 +151,7 @@ class HostCheck:
         self._looked_s: float | None = None
         self._refused_logged: set[str] = set()
         self._names_in_dns = names_in_dns
-        self._dns_names: frozenset[str] = frozenset()  # replaced whole by each look-up (a thread writes it)
+        self._dns_names: frozenset[str] = frozenset()  # replaced whole when a look-up ends (on the event loop)
         self._lookup: asyncio.Future[None] | None = None
         self._names_looked_s: float | None = None
         self._names_known = False  # a look-up ended at least once
