@@ -85,11 +85,18 @@ class Kept:
 
 class Confirmed(dict[LevelKey, int]):
     """What a push confirmed (the levels the channel took), and ``kept``: the levels of the batch it answered
-    holding another count of its own — not applied, so not confirmed."""
+    holding another count of its own — not applied, so not confirmed; ``skus``: the SKU the channel answered for
+    the item of a level it took (Shopify), which differs from the mapped one when the item was renamed there."""
 
-    def __init__(self, confirmed: Mapping[LevelKey, int], kept: Mapping[LevelKey, Kept] | None = None) -> None:
+    def __init__(
+        self,
+        confirmed: Mapping[LevelKey, int],
+        kept: Mapping[LevelKey, Kept] | None = None,
+        skus: Mapping[LevelKey, str] | None = None,
+    ) -> None:
         super().__init__(confirmed)
         self.kept = dict(kept or {})
+        self.skus = dict(skus or {})
 
 
 @dataclass(frozen=True, slots=True)

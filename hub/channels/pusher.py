@@ -281,8 +281,8 @@ class ChannelPusher(LoopTask):
         self._remapped_at = now
         who = KIND_NAMES.get(self.spec.kind, self.spec.kind)
         log.warning(
-            "channel %s: %s no longer has the item(s) of %d refused level(s) (first %s, item %s); reading its listing "
-            "now to map them again",
+            "channel %s: %s no longer has, or renamed, the item(s) of %d level(s) (first %s, item %s); reading its "
+            "listing now to map them again",
             self.spec.name, who, len(gone), self._key_sku.get(min(gone), "?"), min(gone).item_id,
         )  # fmt: skip
         try:
@@ -351,6 +351,7 @@ class ChannelPusher(LoopTask):
             confirmed = await self._push_unsure({k: targets[k] for k in batch}, turn_key) if batch else {}
             if isinstance(confirmed, Confirmed):
                 kept_all.update(confirmed.kept)
+                self._renamed_at_channel(confirmed.skus)
             self._stamps.update((k, targets[k].occurred_at_ms) for k in confirmed)
             now_ms = wall_ms_now()
             last = n == len(batches) - 1
@@ -432,6 +433,23 @@ class ChannelPusher(LoopTask):
         if again:
             self._force_gen += 1
             self._wake.set()
+
+    def _renamed_at_channel(self, answered: Mapping[LevelKey, str]) -> None:
+        """Levels the channel took whose item it answered under another SKU than the mapped one (a variant renamed
+        at Shopify from A to C: the push still succeeds, setting A's level on the item now sold as C): handled as
+        an item gone — the listing is read after the turn (``_remap_gone``, within ``REMAP_GAP_S``) and the
+        mapping loaded again, which pushes every level once, C's to that item."""
+        renamed = {k: sku for k, sku in answered.items() if k in self._key_sku and sku != self._key_sku[k]}
+        if not renamed:
+            return
+        k = min(renamed)
+        log.warning(
+            "channel %s: %s answered %d pushed level(s) under another SKU than the mapped one (first %s now %s, "
+            "item %s); the item was renamed there, so its listing is read to map it again",
+            self.spec.name, KIND_NAMES.get(self.spec.kind, self.spec.kind), len(renamed), self._key_sku[k],
+            renamed[k], k.item_id,
+        )  # fmt: skip
+        self._gone.update(renamed)
 
     async def _push_unsure(self, batch: dict[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
         """Push one batch whose outcome may be lost: a channel can apply a request whose answer never comes (a

@@ -53,6 +53,7 @@ from hub.channels.connector import (
     CallRecord,
     ChannelRejected,
     ChannelUnavailable,
+    Confirmed,
     ConnectorStatus,
     LevelsRefused,
     PageWalk,
@@ -90,7 +91,9 @@ ANSWER_MAX_BYTES = 16 * 1024 * 1024
 SET_QUANTITIES = """
 mutation setLevels($input: InventorySetQuantitiesInput!, $key: String!) {
   inventorySetQuantities(input: $input) @idempotent(key: $key) {
-    inventoryAdjustmentGroup { createdAt reason referenceDocumentUri changes { name delta quantityAfterChange } }
+    inventoryAdjustmentGroup {
+      createdAt reason referenceDocumentUri changes { name delta quantityAfterChange item { id sku } location { id } }
+    }
     userErrors { code field message }
   }
 }
@@ -241,7 +244,7 @@ class ShopifyConnector:
                     "the levels are not taken as set"
                 )
             if not errors:
-                return {k: batch[k].quantity for k in keys}
+                return Confirmed({k: batch[k].quantity for k in keys}, skus=_answered_skus(payload, keys))
             codes = {str(e.get("code")) for e in errors}
             if codes <= STALE_CODES:
                 stale = _stale_keys(errors, keys)
@@ -582,3 +585,24 @@ def _gone_levels(errors: list[Any], keys: list[LevelKey]) -> list[LevelKey]:
         if index is not None and 0 <= index < len(keys):
             gone.append(keys[index])
     return gone
+
+
+def _answered_skus(payload: Any, keys: list[LevelKey]) -> dict[LevelKey, str]:
+    """The SKU Shopify answered for the inventory item of each level it changed (``changes { item { id sku } }``):
+    a variant renamed at the channel still takes the push, and only this tells the hub it is now another SKU's."""
+    group = payload.get("inventoryAdjustmentGroup") if isinstance(payload, dict) else None
+    changes = group.get("changes") if isinstance(group, dict) else None
+    by_pair = {(k.item_id, k.location_id): k for k in keys}
+    by_item: dict[str, list[LevelKey]] = {}
+    for k in keys:
+        by_item.setdefault(k.item_id, []).append(k)
+    skus: dict[LevelKey, str] = {}
+    for c in changes if isinstance(changes, list) else ():
+        item = c.get("item") if isinstance(c, dict) else None
+        if not isinstance(item, dict) or not isinstance(item.get("sku"), str):
+            continue  # no SKU answered (or none set): nothing to compare
+        location = c.get("location")
+        key = by_pair.get((str(item.get("id")), str(location.get("id")))) if isinstance(location, dict) else None
+        for k in [key] if key is not None else by_item.get(str(item.get("id")), []):
+            skus[k] = item["sku"]
+    return skus

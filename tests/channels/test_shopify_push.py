@@ -410,3 +410,19 @@ async def test_a_variant_created_again_under_a_new_inventory_item_is_mapped_agai
         await hub.move((Kind.SALE, -2, "S1", "A"))
         await wait_until(shows(shopify, {(new.item_id, online): 3}), "the new variant gets A's level", bound_s=10)
         assert pusher.items == {"A": new.item_id}
+
+
+async def test_a_variant_renamed_at_shopify_takes_its_new_skus_level_at_the_next_push(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str]
+) -> None:
+    """A variant renamed from A to C at Shopify still took A's pushes (same inventory item): A's level was set on
+    the item now sold as C until the next reconciliation. The answer's ``item { sku }`` now maps it again at once."""
+    online, _ = web
+    variant = shopify.add_variant("A", stocked_at=[online])
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"), (Kind.RECEIVE, 9, "S1", "C"))
+    async with pushing(shop_spec(shopify, {"S1": online}), hub, state) as pusher:
+        await wait_until(shows(shopify, {(variant.item_id, online): 5}), "A's level")
+        variant.sku = "C"  # renamed in the Shopify admin
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+        await wait_until(shows(shopify, {(variant.item_id, online): 9}), "the renamed item gets C's level", bound_s=10)
+        assert pusher.items == {"C": variant.item_id}

@@ -289,7 +289,7 @@ async def test_a_variation_created_again_under_a_new_id_is_mapped_again_at_the_r
         await hub.move((Kind.SALE, -1, "S1", "A"))
         await wait_until(shows(square, {(new, loc): 4}), "the new variation gets A's level", bound_s=10)
         assert pusher.items == {"A": new} and pusher.status.refused == 0
-    assert f"channel pos: Square no longer has the item(s) of 1 refused level(s) (first A, item {old}); reading its listing now" in caplog.text
+    assert f"channel pos: Square no longer has, or renamed, the item(s) of 1 level(s) (first A, item {old}); reading its listing now" in caplog.text
 
 
 async def test_items_gone_again_within_the_gap_wait_for_it_before_the_listing_is_read_again(

@@ -17,7 +17,10 @@ Built from Shopify's public reference for that version:
   ``message``. A key seen before with the same input answers the first result
   again without applying anything; with another input,
   ``IDEMPOTENCY_KEY_PARAMETER_MISMATCH``; while the first is still running,
-  ``IDEMPOTENCY_CONCURRENT_REQUEST``.
+  ``IDEMPOTENCY_CONCURRENT_REQUEST``. An applied call answers its
+  ``inventoryAdjustmentGroup`` with one of ``changes`` per quantity: ``name``,
+  ``delta``, ``quantityAfterChange`` (null for ``available``), ``item { id
+  sku }`` (the variant's SKU as it stands now) and ``location { id }``.
 * ``productVariants(first:, after:)`` (``nodes { id sku barcode title
   inventoryItem { id } }``, ``pageInfo``) and ``nodes(ids:)`` of inventory
   items with ``inventoryLevel(locationId:) { quantities(names:) }``.
@@ -336,7 +339,10 @@ class ShopifyEmulator(EmulatorServer):
             before = self.levels[pair]
             self.levels[pair] = q["quantity"]
             applied[pair] = q["quantity"]
-            changes.append({"name": given["name"], "delta": q["quantity"] - before, "quantityAfterChange": None})
+            sku = next((v.sku for v in self.variants if v.item_id == q["inventoryItemId"]), "")
+            changes.append({"name": given["name"], "delta": q["quantity"] - before, "quantityAfterChange": None,
+                            "item": {"id": q["inventoryItemId"], "sku": sku or None},
+                            "location": {"id": q["locationId"]}})
         self.stats.mutations_applied += 1
         self.stats.history.append(applied)
         self.stats.inputs.append(copy.deepcopy(given))
