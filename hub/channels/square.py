@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +67,8 @@ from hub.channels.mapping import ListingEntry
 from protocol import wall_ms_now
 from protocol.retry import peer_retry_after_s, peer_wait_s
 
+log = logging.getLogger(__name__)
+
 RATE_LIMITED_RETRIES_MAX = 5  # 429 answers in a row before a turn gives up (and backs off)
 CATALOG_PAGE = 1_000
 CATALOG_PAGES_MAX = 10_000
@@ -76,6 +79,9 @@ READ_IDS_MAX = 100  # catalog object ids per counts/batch-retrieve request
 READ_PAGE_LEAST = 1
 READ_PAGES_MAX = 1_000
 CHANGE_FIELD_RE = re.compile(r"changes\[(\d+)\]")
+# Square takes a physical count's occurred_at no older than 24 hours and not in the future (InventoryPhysicalCount,
+# 2024-11-20): a stamp outside is sent at the window's edge, with a margin for Square's clock against the hub's.
+OCCURRED_PAST_MAX_MS = 24 * 3600 * 1000 - 10 * 60 * 1000
 
 
 class _Refused(ChannelRejected):
@@ -108,11 +114,14 @@ class SquareConnector:
         *,
         sleep: Callable[[float], Any] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], int] = wall_ms_now,
     ) -> None:
         self.spec = spec
         self._session = session
         self._sleep = sleep
         self._clock = clock
+        self._wall = wall
+        self._clamping = False  # the last push sent a stamp moved into Square's window (logged when that starts)
         self.calls = 0
         self.rate_limited = 0
         self._last = CallRecord()
@@ -140,6 +149,7 @@ class SquareConnector:
         keys = sorted(batch)
         if len(keys) > self.spec.batch_max:
             raise ValueError(f"a Square batch holds at most {self.spec.batch_max} changes, got {len(keys)}")
+        stamps = self._in_window({k: batch[k].occurred_at_ms for k in keys})
         changes = [
             {
                 "type": "PHYSICAL_COUNT",
@@ -148,7 +158,7 @@ class SquareConnector:
                     "location_id": k.location_id,
                     "state": "IN_STOCK",
                     "quantity": str(batch[k].quantity),
-                    "occurred_at": rfc3339_ms(batch[k].occurred_at_ms),
+                    "occurred_at": rfc3339_ms(stamps[k]),
                 },
             }
             for k in keys
@@ -169,6 +179,25 @@ class SquareConnector:
                 ) from err
             raise
         return self._taken(batch, answer)
+
+    def _in_window(self, stamps: dict[LevelKey, int]) -> dict[LevelKey, int]:
+        """Each stamp moved into the window Square takes a physical count's ``occurred_at`` in (not in the future,
+        not older than 24 hours): stamps never go back, so after a clock ran far ahead they lie in the future until
+        it catches up, and a level whose newest change is days old (a catch-up after an outage) lies before it —
+        Square would refuse either. Logged once when it starts."""
+        now = self._wall()
+        low = now - OCCURRED_PAST_MAX_MS
+        moved = {k: min(max(at, low), now) for k, at in stamps.items()}
+        changed = [k for k in stamps if moved[k] != stamps[k]]
+        if changed and not self._clamping:
+            k = changed[0]
+            log.warning(
+                "channel %s: %d count(s) are stamped outside the window Square takes (not in the future, at most 24 "
+                "hours old; first %s at %s stamped %s), so they are sent stamped at its edge, %s",
+                self.spec.name, len(changed), k.item_id, k.location_id, rfc3339_ms(stamps[k]), rfc3339_ms(moved[k]),
+            )  # fmt: skip
+        self._clamping = bool(changed)
+        return moved
 
     def _taken(self, batch: Mapping[LevelKey, Target], answer: Mapping[str, Any]) -> Confirmed:
         """The levels Square took, read from its answer's current ``counts``: a level whose count there is not the

@@ -10,8 +10,14 @@ import aiohttp
 import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, SqliteChannelState, SquareConnector
-from hub.channels.connector import COUNTED_PAGES_FACTOR, COUNTED_PAGES_SLACK, ChannelError, ChannelUnavailable
-from protocol import Kind
+from hub.channels.connector import (
+    COUNTED_PAGES_FACTOR,
+    COUNTED_PAGES_SLACK,
+    ChannelError,
+    ChannelUnavailable,
+    Target,
+)
+from protocol import Kind, wall_ms_now
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
 
@@ -324,3 +330,28 @@ async def test_items_gone_again_within_the_gap_wait_for_it_before_the_listing_is
         assert len(listings) == 1 and pusher.items == {"A": second}  # within the gap: not read yet
         await wait_until(shows(square, {(third, loc): 3}), "the third variation gets A's level after the gap")
         assert len(listings) == 2
+
+
+async def test_counts_stamped_outside_squares_window_are_sent_at_its_edge(
+    square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Square refuses a physical count stamped in the future or more than 24 hours back; stamps never go back, so
+    after a clock ran ahead they were in the future (and a level unchanged for days is stamped days back): the
+    levels were refused. They are now sent at the window's edge, said once."""
+    loc = square.add_location()
+    ahead, old = square.add_variation("A"), square.add_variation("B")
+    spec = square_spec(square, {"S1": loc})
+    now = wall_ms_now()
+    batch = {
+        LevelKey(ahead, loc): Target(4, None, now + 3600 * 1000),  # a clock an hour ahead stamped the last one
+        LevelKey(old, loc): Target(6, None, now - 3 * 86400 * 1000),  # its newest change is three days old
+    }
+    async with aiohttp.ClientSession() as session:
+        connector = SquareConnector(spec, session)
+        confirmed = await connector.push(batch, "pos:1")
+        assert confirmed == {LevelKey(ahead, loc): 4, LevelKey(old, loc): 6}
+        await connector.push({LevelKey(ahead, loc): Target(5, 4, now + 3600 * 1000 + 1)}, "pos:2")
+    assert square.quantity(ahead, loc) == 5 and square.quantity(old, loc) == 6
+    said = [r for r in caplog.records if "outside the window Square takes" in r.getMessage()]
+    assert len(said) == 1, "said once while it goes on"
+    assert "channel pos: 2 count(s) are stamped outside the window Square takes" in said[0].getMessage()

@@ -10,7 +10,8 @@ Built from Square's public reference for that version:
   else ``ARRAY_LENGTH_TOO_LONG``), ``ignore_unchanged_counts``. Each change here
   is a ``PHYSICAL_COUNT`` with ``catalog_object_id``, ``location_id``,
   ``state`` (``IN_STOCK``), ``quantity`` (a decimal string) and
-  ``occurred_at`` (RFC 3339). Counts are applied by the client's timestamp: a
+  ``occurred_at`` (RFC 3339; not in the future nor older than 24 hours at
+  the request, else HTTP 400 ``INVALID_VALUE`` on its field). Counts are applied by the client's timestamp: a
   count older than the newest one already held for that item and location
   changes nothing. The request is all or nothing: any bad change is HTTP 400
   with an error naming its ``field``. A key seen before with the same body
@@ -48,7 +49,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -268,9 +269,13 @@ class SquareEmulator(EmulatorServer):
         try:
             if not isinstance(occurred, str):
                 raise ValueError
-            _instant(occurred)
+            when = _instant(occurred)
         except ValueError:
             return _error("INVALID_REQUEST_ERROR", "INVALID_TIME", "Expected an RFC 3339 timestamp.", f"{at}.physical_count.occurred_at")
+        now = datetime.now(UTC)
+        if when > now or when < now - timedelta(hours=24):
+            return _error("INVALID_REQUEST_ERROR", "INVALID_VALUE",
+                          "occurred_at cannot be older than 24 hours or in the future.", f"{at}.physical_count.occurred_at")
         return None
 
     def _count_json(self, obj: str, loc: str, now: str) -> dict[str, Any]:
