@@ -14,7 +14,9 @@ import aiohttp
 import pytest
 
 from hub.channels import parse_channels
+from hub.channels.reconcile import Reconciler
 from hub.storage import HubStore
+from protocol.retry import Backoff
 from tests.channels.emulators.shopify import ShopifyEmulator, Variant
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import wait_until
@@ -208,3 +210,39 @@ async def test_refusals_of_the_routes_are_one_sentence(hub: Hub) -> None:
     status, answer = await hub.call("POST", "/v1/channels/pos/mapping/refresh", "admin")
     assert status == 503 and "not refreshed" in answer["detail"] and "\n" not in answer["detail"]
     assert (await hub.channels())["pos"]["mapped"] == 1
+
+
+async def test_reconcile_now_asked_while_the_reconciler_loop_is_dead_reconciles_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request made while a channel's reconciler loop is dead (waiting to be started again) is not left to the
+    loop's next due time: the route reconciles in the request itself and answers what it found."""
+    monkeypatch.setattr("hub.leases.ENDED_BACKOFF", Backoff(600.0, 600.0))  # dead for the whole test
+    died: list[str] = []
+
+    async def dies(self: Reconciler) -> None:
+        died.append(self.spec.name)
+        raise RuntimeError("the channel state answered nonsense")
+
+    monkeypatch.setattr(Reconciler, "run", dies)
+    async with SquareEmulator() as square:
+        loc, vid = square.add_location(), square.add_variation("A")
+        spec = parse_channels([{"name": "pos", "kind": "square", "url": square.url, "secret_env": "SQ",
+                                "pool": {"S1": loc}}], environ={"SQ": square.token})  # fmt: skip
+        async with hub_in_process(tmp_path / "hub.db", channels=spec) as served:
+            _, admin = await served.store.add_agent([], role="admin")
+            await served.store.add_agent(["S1"])
+            await wait_until(lambda: _done(died == ["pos"]), "the reconciler loop died")
+            square.drift(vid, loc, 3)
+            async with (
+                aiohttp.ClientSession(trust_env=False) as session,
+                session.post(f"{served.url}/v1/channels/pos/reconcile", headers={"Authorization": f"Bearer {admin}"},
+                             timeout=aiohttp.ClientTimeout(total=20)) as resp,
+            ):  # fmt: skip
+                assert resp.status == 200, await resp.text()
+                answer = await resp.json()
+    assert answer["checked"] == 1 and died == ["pos"], "reconciled in the request, the loop still dead"
+
+
+async def _done(value: bool) -> bool:
+    return value
