@@ -43,6 +43,7 @@ from hub.channels.connector import ChannelError
 from hub.channels.orders import (
     SHOPIFY_TOPICS,
     SQUARE_TYPES,
+    Movement,
     OrderContext,
     OrderRefused,
     Translation,
@@ -234,17 +235,20 @@ class OrderWebhooks:
         return await store.ingest(_who(spec), 0, events, clock_window_ms=self._window_ms)
 
     async def _on_reserved_skus(self, spec: ChannelSpec, ctx: OrderContext, t: Translation) -> Translation:
-        """A Shopify order's movements booked on the SKU each line was reserved on.
+        """An order's movements booked on the SKU each line was reserved on.
 
         A line's SKU is its variant's in the mapping as it stands: a variant renamed (or created again with
         another SKU) at the channel and mapped again between the order and its fulfilment would sell the new
         SKU while the reservation sits on the old one for ever (and the order's reserve, sent again, would
         conflict with the one booked). So when a line's fulfilment, refund or release finds no reservation of the
         order on its SKU at any pool location, the SKU its reserve was booked on (the channel's own reserve
-        event) is used for every movement of that line. Looked up only then: a rename is rare."""
-        if spec.kind != "shopify" or self._state is None:
+        event) is used for every movement of that line. Looked up only then: a rename is rare. A Square order
+        sends every line's reserve again with each version, and its settle step reads the reservation by SKU
+        (``_settle``): its reserves follow too, and what it still needs is counted on the lines' SKUs so found."""
+        if spec.kind not in ("shopify", "square") or self._state is None:
             return t
-        lines = {m.line_id: m.sku for m in t.movements if m.stage != "reserve" and m.line_id}
+        every = spec.kind == "square"
+        lines = {m.line_id: m.sku for m in t.movements if (every or m.stage != "reserve") and m.line_id}
         if not lines:
             return t
         ref = ctx.ref(t.order_id)
@@ -263,9 +267,8 @@ class OrderWebhooks:
             spec.name, t.what, line, sku, lines[line], f" (and {len(moved) - 1} more line(s))" if len(moved) > 1 else "",
             sku,
         )  # fmt: skip
-        return replace(
-            t, movements=tuple(replace(m, sku=moved[m.line_id]) if m.line_id in moved else m for m in t.movements)
-        )
+        movements = tuple(replace(m, sku=moved[m.line_id]) if m.line_id in moved else m for m in t.movements)
+        return replace(t, movements=movements, still_reserved=_still_on(t, movements))
 
     def _signed(self, spec: ChannelSpec, request: web.Request, body: bytes) -> bool:
         if spec.kind == "shopify":
@@ -398,3 +401,17 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str, cloc
     app.router.add_post(ROUTE, hooks.handle, name=ROUTE_NAME)
     if hooks.specs:
         app.cleanup_ctx.append(hooks.run)
+
+
+def _still_on(t: Translation, movements: tuple[Movement, ...]) -> tuple[tuple[str, str, int], ...] | None:
+    """What a Square order still needs reserved, counted per line on the (location, SKU) of the line's reserve in
+    ``movements`` (after a rename: the SKU it was reserved on); as it was when the lines are not known."""
+    if t.still_reserved is None or not t.still_lines:
+        return t.still_reserved
+    at = {m.line_id: (m.location, m.sku) for m in movements if m.stage == "reserve" and m.line_id}
+    still: dict[tuple[str, str], int] = {}
+    for line, units in t.still_lines:
+        if line not in at:
+            return t.still_reserved
+        still[at[line]] = still.get(at[line], 0) + units
+    return tuple((location, sku, n) for (location, sku), n in sorted(still.items(), key=lambda kv: kv[0][1]))

@@ -173,6 +173,7 @@ class Translation:
     # Square: what the order as it stands still needs reserved, (hub location, SKU, units), once its movements are
     # in (``settle_movements``); the order's version and the time of that version. None: not known (Shopify).
     still_reserved: tuple[tuple[str, str, int], ...] | None = None
+    still_lines: tuple[tuple[str, int], ...] = ()  # the same per line (line uid, units): Square's SKUs can move
     version: int = 0
     version_at_ms: int = 0
 
@@ -658,6 +659,7 @@ def square_movements(ctx: OrderContext, order: Any) -> Translation:
                 moves.append(Movement("cancel", key, Kind.RELEASE, at, sku, -n, when, uid))
     end_at = closed or created
     still: dict[str, int] = {}
+    still_lines: list[tuple[str, int]] = []
     for uid, sku in lines.sku.items():
         rest = lines.qty[uid] - sold.get(uid, 0) - dropped.get(uid, 0)
         if state == "COMPLETED" and rest > 0:  # sold without a fulfilment (an in-person sale) or beyond them
@@ -665,10 +667,11 @@ def square_movements(ctx: OrderContext, order: Any) -> Translation:
         elif state == "CANCELED":
             moves.append(Movement("cancel", f"line:{uid}", Kind.RELEASE, at, sku, -lines.qty[uid], end_at, uid))
         still[sku] = still.get(sku, 0) + (max(0, rest) if state == "OPEN" else 0)
+        still_lines.append((uid, max(0, rest) if state == "OPEN" else 0))
     version = o.get("version")
     return Translation(
         order_id, tuple(moves), tuple(lines.left_out), what,
-        still_reserved=tuple((at, sku, n) for sku, n in sorted(still.items())),
+        still_reserved=tuple((at, sku, n) for sku, n in sorted(still.items())), still_lines=tuple(still_lines),
         version=version if isinstance(version, int) and not isinstance(version, bool) else 0,
         version_at_ms=_opt_ms(o.get("updated_at"), "order.updated_at") or end_at,
     )  # fmt: skip

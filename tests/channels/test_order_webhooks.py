@@ -403,3 +403,36 @@ async def test_an_order_placed_before_a_rename_is_fulfilled_on_the_sku_it_was_re
     assert await hub.count("S1", "SKU-A") == (-2, 0)  # sold where it was reserved: the reservation is released
     assert await hub.count("S1", "SKU-C") == (0, 0)
     assert "line " in caplog.text and "was reserved as SKU SKU-A, now mapped to SKU-C" in caplog.text
+
+
+async def test_a_square_order_renamed_before_it_completes_is_sold_and_settled_on_the_sku_it_was_reserved_on(
+    hub: Hub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only Shopify's lines followed their reserve's SKU: a Square order placed before its variation was renamed
+    (and mapped again) was sold on the new SKU, its reserve sent again conflicted, and its settle step read the
+    reservation by the new SKU: the old SKU's reservation stayed for ever."""
+    caplog.set_level(logging.INFO, logger="hub.channels.order_routes")
+    square, s1 = hub.square, hub.locations["SQ1"]
+    order = square.create_order(s1, [(hub.variants["SQ-A"], 2)])
+    assert (await square.deliver(hub.hook("pos"), square.notification("order.created", order["id"])))[0] == 200
+    assert await hub.count("S1", "SKU-A") == (0, 2)
+
+    square.variations[hub.variants["SQ-A"]]["sku"] = "SKU-C"  # renamed at Square, and the mapping loaded again
+    async with await SqliteChannelState.open(tmp_path / "hub.db") as state:
+        mapping = await state.mapping("pos")
+        assert mapping is not None
+        await state.save_mapping("pos", replace(mapping, items=tuple(
+            replace(i, sku="SKU-C") if i.sku == "SKU-A" else i for i in mapping.items)))  # fmt: skip
+
+    square.set_quantity(order["id"], order["line_items"][0]["uid"], 1)  # one taken off the open order
+    status, answer = await square.deliver(hub.hook("pos"), square.notification("order.updated", order["id"]))
+    assert status == 200 and answer["rejected"] == 0, answer
+    assert await hub.count("S1", "SKU-A") == (0, 1)  # settled where it is reserved
+    assert await hub.count("S1", "SKU-C") == (0, 0)
+
+    square.pick_up(order["id"])
+    status, answer = await square.deliver(hub.hook("pos"), square.notification("order.fulfillment.updated", order["id"]))
+    assert status == 200 and answer["rejected"] == 0, answer
+    assert await hub.count("S1", "SKU-A") == (-1, 0)  # sold where it was reserved: the reservation is released
+    assert await hub.count("S1", "SKU-C") == (0, 0)
+    assert "was reserved as SKU SKU-A, now mapped to SKU-C" in caplog.text
