@@ -39,6 +39,10 @@ from protocol import wall_ms_now
 
 BUSY_TIMEOUT_MS = 10_000
 KEYS_PER_STATEMENT = 500  # level keys per IN (...) list
+# A level's stamp matters while a count the hub sends could be stamped before it: never once it is older than this,
+# the oldest occurred_at Square takes (hub.channels.square sends none older). An item no longer mapped keeps it
+# until then, then loses its row at a mapping load.
+STAMP_KEPT_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +251,7 @@ class SqlChannelState:
             )
             # unknown (-1, as ``unsure``), not deleted: the quantity is forgotten, the stamp kept
             await db.execute("UPDATE channel_pushed SET quantity = -1 WHERE channel = ?", (channel,))
+            await _drop_stale_stamps(db, channel, {i.item_id for i in mapping.items}, wall_ms_now() - STAMP_KEPT_MS)
             await db.execute("DELETE FROM channel_refusals WHERE channel = ?", (channel,))
             await db.execute(
                 "INSERT INTO channel_mapping_loads (channel, loaded_ms) VALUES (?, ?) "
@@ -426,6 +431,14 @@ class SqlChannelState:
             if isinstance(line, str) and line:
                 found.setdefault(line, str(sku))
         return found
+
+
+async def _drop_stale_stamps(db: Tx, channel: str, mapped: Collection[str], before_ms: int) -> None:
+    """Delete the rows of levels whose item the mapping no longer has and whose stamp is older than ``before_ms``:
+    no count sent from now on is stamped before them, so they no longer matter, and kept they grow with churn."""
+    rows = await db.fetch("SELECT level_key, pushed_at_ms FROM channel_pushed WHERE channel = ?", (channel,))
+    stale = [(channel, k) for k, at in rows if LevelKey.from_text(k).item_id not in mapped and int(at) < before_ms]
+    await db.executemany("DELETE FROM channel_pushed WHERE channel = ? AND level_key = ?", stale)
 
 
 class SqliteChannelState(SqlChannelState):

@@ -16,9 +16,9 @@ import pytest
 
 from hub.channels import Divergence, ItemIds, LevelKey, MappingFinding, Reconciled, Refusal, SkuMapping
 from hub.channels.runner import open_channel_state
-from hub.channels.state import SqlChannelState
+from hub.channels.state import STAMP_KEPT_MS, SqlChannelState
 from hub.storage import StoreClosed, StoreError, open_store
-from protocol import Kind
+from protocol import Kind, wall_ms_now
 from tests.harness.pg import fresh_schema
 from tests.hub.event_factory import EventFactory
 
@@ -242,3 +242,17 @@ async def test_the_sku_each_order_line_was_reserved_on_is_read_from_the_channels
         assert await state.order_line_skus("web", "web:order:7") == {"70": "A", "71": "B"}
         assert await state.order_line_skus("web", "web:order:8") == {}
         assert await state.order_line_skus("other", "web:order:7") == {}
+
+
+async def test_a_mapping_load_drops_the_stamps_of_items_it_no_longer_maps_once_they_no_longer_matter(
+    db: str, reopen: Reopen
+) -> None:
+    """Stamps were kept for every item ever pushed: ``channel_pushed`` grew with item churn. Items the mapping no
+    longer has lose their row once its stamp is older than any count the hub sends (24 h, Square's window)."""
+    now = wall_ms_now()
+    old, new = now - STAMP_KEPT_MS - 60_000, now - 60_000
+    gone_long, gone_now, kept = LevelKey("i-old", "L1"), LevelKey("i-recent", "L1"), LevelKey("i-1", "L1")
+    async with open_store(db), reopen() as state:
+        await state.record("web", {gone_long: 1, gone_now: 2, kept: 3}, old, stamps={gone_now: new})
+        await state.save_mapping("web", SkuMapping((ItemIds("A", kept.item_id, "v-1"),), ()))
+        assert await state.pushed_at("web") == {gone_now: new, kept: old}  # still mapped: its stamp stays, however old
