@@ -439,7 +439,9 @@ class ChannelPusher(LoopTask):
         at Shopify from A to C: the push still succeeds, setting A's level on the item now sold as C): handled as
         an item gone — the listing is read after the turn (``_remap_gone``, within ``REMAP_GAP_S``) and the
         mapping loaded again, which pushes every level once, C's to that item."""
-        renamed = {k: sku for k, sku in answered.items() if k in self._key_sku and sku != self._key_sku[k]}
+        if self.spec.mapping_csv is not None:  # mapped by the CSV's item ids, whatever SKU the channel gives them
+            return
+        renamed = {k: sku for k, sku in answered.items() if k in self._key_sku and sku.strip() != self._key_sku[k]}
         if not renamed:
             return
         k = min(renamed)

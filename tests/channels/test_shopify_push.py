@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -426,3 +427,22 @@ async def test_a_variant_renamed_at_shopify_takes_its_new_skus_level_at_the_next
         await hub.move((Kind.SALE, -2, "S1", "A"))
         await wait_until(shows(shopify, {(variant.item_id, online): 9}), "the renamed item gets C's level", bound_s=10)
         assert pusher.items == {"C": variant.item_id}
+
+
+async def test_a_channel_mapped_by_csv_takes_the_channels_own_skus_as_they_are(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator, web: tuple[str, str], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mapping CSV maps hub SKUs to item ids whatever SKU the channel gives the item: an answered SKU that is
+    not the hub's is no rename there, and pushes go on without reading the listing."""
+    online, _ = web
+    variant = shopify.add_variant("SHOP-7", stocked_at=[online])
+    csv_path = tmp_path / "mapping.csv"
+    csv_path.write_text(f"sku,item_id\nA,{variant.item_id}\n", encoding="utf-8")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"))
+    async with pushing(shop_spec(shopify, {"S1": online}, mapping_csv=str(csv_path)), hub, state) as pusher:
+        await wait_until(shows(shopify, {(variant.item_id, online): 5}), "A's level")
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(shows(shopify, {(variant.item_id, online): 4}), "A's next level")
+        assert pusher.items == {"A": variant.item_id}
+    assert "under another SKU than the mapped one" not in caplog.text
