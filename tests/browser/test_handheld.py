@@ -282,3 +282,40 @@ async def test_a_refusal_dismissed_on_the_home_screen_stays_dismissed_after_a_re
         view = await agent.sessions.view(apple_session)
         assert [(r.sku, r.reason) for r in view.refused] == [("SKU-APPLE", refused_apple)]
     assert script_errors(console_errors) == []
+
+
+async def type_qty(page: Page, typed: str) -> None:
+    """A quantity typed on the handheld's keypad (``fill`` refuses what a number field cannot hold), then Enter."""
+    await page.focus("#scan-qty")
+    await page.keyboard.press("Control+A")
+    await page.keyboard.type(typed)
+    await page.keyboard.press("Enter")
+
+
+async def test_a_quantity_the_field_cannot_hold_is_refused_in_a_sentence_and_the_next_scan_stays_whole(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found on a handheld: a quantity of 1.5 (or 0 in a delivery, or -2) made the browser's own form check stop
+    the scan without a word; the barcode stayed in the field and the next scan was typed onto it, booked as one
+    unknown barcode of both. And 1e3, which the number field takes as 1000, was booked as 1. Now each quantity is
+    sent as typed: a bad one is refused with the agent's sentence, and the field is free for the next scan."""
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", "DN-QTY")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    for typed in ["1.5", "0", "-2"]:
+        await type_qty(page, typed)
+        await wedge(page, APPLE)
+        await expect(page.locator("#scan-msg")).to_have_text(
+            f"{APPLE}: Qty must be a whole number from 1 to 1000000000, got {typed}."
+        )
+        await expect(page.locator("#scan-code")).to_have_value("")
+    await wedge(page, PEAR)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-PEAR.")
+    await type_qty(page, "1e3")
+    await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 1000 × SKU-APPLE.")
+    lines = await agent.sessions.store.lines((await agent.sessions.list())[0].id)
+    assert [(line.sku, line.qty) for line in lines] == [("SKU-PEAR", 1), ("SKU-APPLE", 1000)]
+    assert script_errors(console_errors) == []

@@ -384,8 +384,17 @@
       focusScan();
       return;
     }
-    const qty = parseInt($("scan-qty").value, 10);
-    const body = { qty: Number.isNaN(qty) ? 1 : qty, scan_id: newScanId() };
+    const qtyField = $("scan-qty");
+    if (qtyField.validity.badInput) {
+      input.value = ""; // the next scan must not be typed onto this one
+      message($("scan-msg"), code + " was not added: the quantity is not a number; type a whole number and scan again.", "bad");
+      focusScan();
+      return;
+    }
+    // The quantity goes as typed (1.5 stays 1.5, 1e3 is 1000): the agent refuses what is not a whole number in its
+    // one sentence, where parseInt read 1.5 as 1 and 1e3 as 1.
+    const typedQty = qtyField.value.trim();
+    const body = { qty: typedQty === "" ? 1 : Number(typedQty), scan_id: newScanId() };
     body[$("scan-keyed").checked ? "sku" : "code"] = code;
     if (state.session.type === "return") {
       body.disposition = document.querySelector("input[name=disposition]:checked").value;
