@@ -319,3 +319,26 @@ async def test_a_quantity_the_field_cannot_hold_is_refused_in_a_sentence_and_the
     lines = await agent.sessions.store.lines((await agent.sessions.list())[0].id)
     assert [(line.sku, line.qty) for line in lines] == [("SKU-PEAR", 1), ("SKU-APPLE", 1000)]
     assert script_errors(console_errors) == []
+
+
+async def test_a_double_tap_on_open_opens_one_session(page: Page, agent: Agent, console_errors: list[str]) -> None:
+    """Found on a handheld: a double tap on Open (or Enter pressed twice) sent two requests, and a write-off,
+    return or transfer out was opened twice; the second stayed open on everyone's home screen, one more session
+    for the next person to scan into by mistake. Now the form sends once until the agent answers."""
+    await sign_in(page, agent)
+    await page.click("text=Damage / write-off")
+    await page.dblclick("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    await page.click("#leave")
+    await expect(page.locator("#active-list li")).to_have_count(1)
+    assert len(await agent.sessions.list()) == 1
+    await page.click("text=Transfer out")
+    await page.fill("#open-form input[name=ref]", "TR-9")
+    await page.fill("#open-form input[name=to_location]", "S002")
+    await page.press("#open-form input[name=to_location]", "Enter")
+    await page.press("#open-form input[name=to_location]", "Enter")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    await page.click("#leave")
+    await expect(page.locator("#active-list li")).to_have_count(2)
+    assert len(await agent.sessions.list()) == 2
+    assert script_errors(console_errors) == []

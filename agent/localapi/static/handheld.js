@@ -279,11 +279,16 @@
     return lines;
   }
 
+  // A double tap on Open (or Enter pressed twice) must not open the session twice: the form sends once until
+  // the agent answers.
   async function submitOpen(event) {
     event.preventDefault();
     const form = $("open-form");
+    const submit = form.querySelector("button[type=submit]");
+    if (submit.disabled) return;
     const type = state.openType;
     const body = { type };
+    submit.disabled = true;
     try {
       for (const name of FIELDS[type]) {
         const value = form.elements[name].value.trim();
@@ -296,6 +301,8 @@
       await openSession(data.session.id);
     } catch (err) {
       message($("open-error"), err.message, "bad");
+    } finally {
+      submit.disabled = false;
     }
   }
 
