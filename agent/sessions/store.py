@@ -233,7 +233,9 @@ class SessionStore(SqliteFile):
         the session already holds answers that line, unchanged: the same scan sent again."""
 
         def add(conn: sqlite3.Connection) -> Line:
-            _open_session(conn, line.session_id, "take scans")
+            session = _open_session(conn, line.session_id, "take scans")
+            if session.type is SessionType.COUNT:
+                _check_sku_not_counted_elsewhere(conn, session, line.sku)
             if scan_id is not None:
                 row = conn.execute(
                     f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND scan_id = ?",
@@ -419,7 +421,7 @@ def _check_not_counted_elsewhere(conn: sqlite3.Connection, session: Session) -> 
         (session.location, session.id),
     ).fetchall()
     for other_id, other_by, other_scope, other_bin in rows:
-        both = sorted(scope.intersection(json.loads(other_scope)))
+        both = sorted(scope.intersection(json.loads(other_scope)).union(scope.intersection(_scanned(conn, other_id))))
         if both:
             what = f"{both[0]!r}" + (f" (and {len(both) - 1} more SKU(s))" if len(both) > 1 else "")
         elif bin_ is not None and bin_ == other_bin:
@@ -430,6 +432,29 @@ def _check_not_counted_elsewhere(conn: sqlite3.Connection, session: Session) -> 
             f"{what} is already being counted in session {other_id} (opened by {other_by}); scan into that"
             " session, or close or cancel it first, so neither count replaces the other's units"
         )
+
+
+def _check_sku_not_counted_elsewhere(conn: sqlite3.Connection, session: Session, sku: str) -> None:
+    """A SKU scanned into a count must not be in another active count of the location (in its scope, or scanned
+    into it): a bin count books the SKU's whole count at the location too, so with 5 counted in bin A-01 and 3 in
+    bin B-02 the one closed last replaced the other (3 booked). The open checks bins and scopes; this, the scans."""
+    rows = conn.execute(
+        "SELECT id, opened_by, scope FROM sessions WHERE type = 'count' AND status IN ('open', 'closing')"
+        " AND location = ? AND id <> ?",
+        (session.location, session.id),
+    ).fetchall()
+    for other_id, other_by, other_scope in rows:
+        if sku in json.loads(other_scope) or sku in _scanned(conn, other_id):
+            raise SessionConflict(
+                f"{sku!r} is already being counted in session {other_id} (opened by {other_by}); scan into that"
+                " session, or close or cancel it first, so neither count replaces the other's units"
+            )
+
+
+def _scanned(conn: sqlite3.Connection, session_id: str) -> set[str]:
+    """The SKUs a session's lines still count (undone lines do not)."""
+    rows = conn.execute("SELECT DISTINCT sku FROM lines WHERE session_id = ? AND undone = 0", (session_id,))
+    return {row[0] for row in rows}
 
 
 RECEIVING = (SessionType.RECEIVE, SessionType.TRANSFER_IN)

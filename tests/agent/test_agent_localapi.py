@@ -251,6 +251,37 @@ async def test_a_count_started_on_two_handhelds_for_one_sku_is_one_count(api: Ap
     await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "A-01"}, status=201)  # the bin is free again
 
 
+async def test_a_sku_counted_in_one_bin_is_not_counted_in_another_count_at_the_same_time(api: Api) -> None:
+    """Found by counting two bins at once from two handhelds: ana counted 5 apples in bin A-01, bo 3 in bin B-02,
+    and each close booked SKU-APPLE's whole count at the store, so the one closed last (3) replaced the other: 5
+    units gone. Opening was checked (two counts of one bin, or of one SKU by scope), the SKUs scanned into a bin
+    were not. A SKU being counted in one open count is refused in any other, naming it, whichever came first."""
+    await api.sign_in()
+    shelf = (await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "A-01"}, status=201))["session"]
+    await api.ok("POST", f"/api/v1/sessions/{shelf['id']}/scans", {"sku": "SKU-APPLE", "qty": 5}, status=201)
+    await api.sign_in("bo", "0000")
+    back_room = (await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "B-02"}, status=201))["session"]
+    got, data = await api.call("POST", f"/api/v1/sessions/{back_room['id']}/scans", {"sku": "SKU-APPLE", "qty": 3})
+    assert got == 409 and data["error"]["code"] == "conflict", data
+    assert data["error"]["message"] == (
+        f"'SKU-APPLE' is already being counted in session {shelf['id']} (opened by ana); scan into that session, or"
+        " close or cancel it first, so neither count replaces the other's units"
+    )
+    got, data = await api.call("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-APPLE"]})
+    assert got == 409 and f"'SKU-APPLE' is already being counted in session {shelf['id']}" in data["error"]["message"]
+    pears = (await api.ok("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-PEAR"]}, status=201))[
+        "session"
+    ]
+    got, data = await api.call("POST", f"/api/v1/sessions/{back_room['id']}/scans", {"sku": "SKU-PEAR", "qty": 1})
+    assert got == 409 and f"'SKU-PEAR' is already being counted in session {pears['id']}" in data["error"]["message"]
+    await api.ok("POST", f"/api/v1/sessions/{back_room['id']}/scans", {"sku": "SKU-FIG", "qty": 2}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{shelf['id']}/scans", {"sku": "SKU-APPLE", "qty": 3}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{shelf['id']}/close", {})
+    await api.ok("POST", f"/api/v1/sessions/{back_room['id']}/close", {})
+    booked = [(ev.sku, ev.kind, ev.qty) for ev in await api.outbox.pending(10)]
+    assert booked == [("SKU-APPLE", Kind.COUNT, 8), ("SKU-FIG", Kind.COUNT, 2)]
+
+
 async def test_a_delivery_or_transfer_received_on_two_handhelds_is_one_session(api: Api) -> None:
     """Found by opening "receive DN-5" and "transfer_in TR-9" twice from two handhelds: both sessions took the
     whole delivery and both closes booked it (twice the goods), and a transfer's first close, a final receipt,
