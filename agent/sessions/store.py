@@ -164,7 +164,7 @@ class SessionStore(SqliteFile):
                 _check_reader_free(conn, session.spec.reader_id, session.id)
             if session.type is SessionType.COUNT:
                 _check_not_counted_elsewhere(conn, session)
-            elif session.type in RECEIVING and session.spec.ref is not None:
+            elif session.type in ONE_SESSION_PER_REF and session.spec.ref is not None:
                 _check_not_received_elsewhere(conn, session)
             conn.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_marks(19)})", _session_row(session))
             return session
@@ -457,12 +457,14 @@ def _scanned(conn: sqlite3.Connection, session_id: str) -> set[str]:
     return {row[0] for row in rows}
 
 
-RECEIVING = (SessionType.RECEIVE, SessionType.TRANSFER_IN)
+# One document is worked in one open session of its type at a time (receiving it, or shipping a transfer).
+ONE_SESSION_PER_REF = (SessionType.RECEIVE, SessionType.TRANSFER_IN, SessionType.TRANSFER_OUT)
 
 
 def _check_not_received_elsewhere(conn: sqlite3.Connection, session: Session) -> None:
-    """One document is received in one open session at a time: from two, the same goods were booked twice, and
-    a transfer's first close (a final receipt) wrote off as lost in transit what the other session had scanned."""
+    """One document is received (or shipped) in one open session at a time: from two, the same goods were booked
+    twice, and a transfer's first close (a final receipt) wrote off as lost in transit what the other session had
+    scanned; a shipment packed from two sessions was shipped twice, and the receipt wrote off the second."""
     row = conn.execute(
         "SELECT id, opened_by FROM sessions WHERE type = ? AND ref = ? AND location = ?"
         " AND status IN ('open', 'closing') AND id <> ?",
@@ -470,9 +472,13 @@ def _check_not_received_elsewhere(conn: sqlite3.Connection, session: Session) ->
     ).fetchone()
     if row is not None:
         raise SessionConflict(
-            f"{session.spec.ref!r} is already being received in {session.type.value} session {row[0]} (opened by"
-            f" {row[1]}); scan into that session, or close or cancel it first, so nothing is booked twice"
+            f"{session.spec.ref!r} is already being {_worked(session.type)} in {session.type.value} session {row[0]}"
+            f" (opened by {row[1]}); scan into that session, or close or cancel it first, so nothing is booked twice"
         )
+
+
+def _worked(kind: SessionType) -> str:
+    return "shipped" if kind is SessionType.TRANSFER_OUT else "received"
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:

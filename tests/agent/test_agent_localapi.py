@@ -312,6 +312,27 @@ async def test_a_delivery_or_transfer_received_on_two_handhelds_is_one_session(a
     await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-5"}, status=201)  # a second delivery
 
 
+async def test_a_transfer_shipped_from_two_handhelds_is_one_session(api: Api) -> None:
+    """Found by opening "transfer_out TR-7 to S002" on two handhelds while packing one shipment: both sessions
+    took the cartons, both closes booked them (20 shipped of the 10 that left), and the receiving store's final
+    receipt of 10 wrote the other 10 off as lost in transit. The second is refused, naming the first, as a
+    delivery's second receiving session is; once the first is closed the same ref ships again (a second load)."""
+    await api.sign_in()
+    body = {"type": "transfer_out", "ref": "TR-7", "to_location": "S002"}
+    first = (await api.ok("POST", "/api/v1/sessions", body, status=201))["session"]
+    await api.sign_in("bo", "0000")
+    got, data = await api.call("POST", "/api/v1/sessions", body)
+    assert got == 409 and data["error"]["code"] == "conflict", data
+    assert data["error"]["message"] == (
+        f"'TR-7' is already being shipped in transfer_out session {first['id']} (opened by ana); scan into that"
+        " session, or close or cancel it first, so nothing is booked twice"
+    )
+    await api.ok("POST", "/api/v1/sessions", {**body, "to_location": "S003"} | {"ref": "TR-8"}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{first['id']}/scans", {"code": APPLE, "qty": 10}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{first['id']}/close", {})
+    await api.ok("POST", "/api/v1/sessions", body, status=201)  # a second load on the same transfer
+
+
 async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: Api) -> None:
     """Found by keying 2,000,000 units (a typo) into a transfer out: the session took it and closed with no word,
     and the hub then refused the event (one transfer event moves at most 1,000,000 units of a SKU), so the
