@@ -36,6 +36,7 @@ import io
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,10 +150,11 @@ def make_item(barcode: Any, sku: Any, pack_size: Any = 1, description: Any = "")
 class Catalog:
     """An immutable barcode index. ``lookup`` finds the item a scan means, or None."""
 
-    __slots__ = ("_items", "version")
+    __slots__ = ("_items", "_spellings", "version")
 
     def __init__(self, items: Iterable[CatalogItem] = (), *, version: int | None = None) -> None:
         self._items: dict[str, CatalogItem] = {item.barcode: item for item in items}
+        self._spellings: dict[str, tuple[str, ...]] | None = None  # loose_sku(sku) -> its SKUs, made when first asked
         self.version = version
 
     def __len__(self) -> int:
@@ -183,6 +185,25 @@ class Catalog:
         merged = Catalog(version=over.version if over.version is not None else self.version)
         merged._items = self._items | over._items
         return merged
+
+    def spelling(self, sku: str) -> str | None:
+        """The catalog's own spelling of a SKU keyed by hand in another (``sku-1``, full-width ``ＳＫＵ-1``, a
+        zero-width space pasted in, for ``SKU-1``), or None when the catalog has ``sku`` as it is or none like it:
+        taken as typed, such a SKU was booked as a SKU of its own beside the catalog's."""
+        if self._spellings is None:
+            spellings: dict[str, set[str]] = {}
+            for item in self._items.values():
+                spellings.setdefault(loose_sku(item.sku), set()).add(item.sku)
+            self._spellings = {key: tuple(sorted(skus)) for key, skus in spellings.items()}
+        found = self._spellings.get(loose_sku(sku), ())
+        return None if not found or sku in found else found[0]
+
+
+def loose_sku(sku: str) -> str:
+    """A SKU as a person means it: compatibility forms folded (full-width letters), case ignored, and the
+    invisible format characters (zero-width spaces and joiners, direction marks) dropped."""
+    folded = unicodedata.normalize("NFKC", sku).casefold()
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +403,10 @@ class AgentCatalog(HubLoop):
     @property
     def catalog(self) -> Catalog:
         return self._merged
+
+    def spelling(self, sku: str) -> str | None:
+        """``Catalog.spelling`` of the merged catalog."""
+        return self._merged.spelling(sku)
 
     @property
     def hub_version(self) -> int | None:

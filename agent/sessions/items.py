@@ -5,7 +5,8 @@ still taken, under the SKU ``unknown:<key>`` (``protocol.catalog``: the
 GTIN-14 of a GTIN, else the text as scanned), with attrs {"barcode": …,
 "unknown": true} on its line — never dropped. A code typed in another
 script's digits (Arabic-Indic, full-width) is read as the ASCII digits it
-means. A SKU keyed by hand is taken as given.
+means. A SKU keyed by hand is taken as given, unless the catalog spells it otherwise
+(``sku-1`` for ``SKU-1``): that is refused, naming the catalog's spelling.
 """
 
 from __future__ import annotations
@@ -42,8 +43,14 @@ class Item:
     unknown: bool = False
 
 
-def keyed_sku(sku: str) -> Item:
-    return Item(check_sku(sku.strip() if isinstance(sku, str) else sku), 1, None)
+def keyed_sku(sku: str, catalog: ItemLookup | None = None) -> Item:
+    """A SKU keyed by hand, as given; refused when the catalog spells that SKU otherwise (``sku-1`` for ``SKU-1``):
+    it would be booked as a SKU of its own, and the catalog's short by as much."""
+    keyed = check_sku(sku.strip() if isinstance(sku, str) else sku)
+    spelling = getattr(catalog, "spelling", None)
+    if spelling is not None and (known := spelling(keyed)) is not None:
+        raise InvalidSessionInput(f"{keyed!r} is not in the catalog, but {known} is; key the SKU as the catalog spells it")
+    return Item(keyed, 1, None)
 
 
 def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None = None) -> Item:

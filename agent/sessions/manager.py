@@ -139,7 +139,7 @@ class SessionManager:
         scan_id: str | None = None,
     ) -> Line:
         """Add ``qty`` units of a SKU keyed by hand."""
-        return await self._add(session_id, keyed_sku(sku), by, qty, disposition, "keyed", scan_id)
+        return await self._add(session_id, keyed_sku(sku, self.catalog), by, qty, disposition, "keyed", scan_id)
 
     async def _add(
         self,

@@ -333,6 +333,27 @@ async def test_a_transfer_shipped_from_two_handhelds_is_one_session(api: Api) ->
     await api.ok("POST", "/api/v1/sessions", body, status=201)  # a second load on the same transfer
 
 
+async def test_a_sku_keyed_in_another_spelling_of_a_catalog_sku_is_refused_naming_it(api: Api) -> None:
+    """Found keying SKUs on a phone, whose keyboard writes lower case in the scan field: "sku-apple" was booked as
+    a SKU of its own beside the catalog's SKU-APPLE, without a word (phantom stock at the hub, and SKU-APPLE's
+    short), and so were "ＳＫＵ-ＡＰＰＬＥ" from a full-width input method and "SKU-APPLE" with a zero-width space
+    pasted in. A keyed SKU the catalog spells otherwise is refused, naming the catalog's spelling; one the catalog
+    does not know at all is taken as given, as before."""
+    await api.sign_in()
+    s = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-KEY"}, status=201))["session"]
+    for typed in ("sku-apple", "ＳＫＵ-ＡＰＰＬＥ", "SKU-APPLE\u200b", "Sku-Apple "):
+        got, data = await api.call("POST", f"/api/v1/sessions/{s['id']}/scans", {"sku": typed, "qty": 2})
+        assert got == 400 and data["error"]["code"] == "bad_request", data
+        assert data["error"]["message"] == (
+            f"{typed.strip()!r} is not in the catalog, but SKU-APPLE is; key the SKU as the catalog spells it"
+        )
+    await api.ok("POST", f"/api/v1/sessions/{s['id']}/scans", {"sku": "SKU-APPLE", "qty": 2}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{s['id']}/scans", {"sku": "sku-fig", "qty": 1}, status=201)
+    await api.ok("POST", f"/api/v1/sessions/{s['id']}/close", {})
+    booked = [(ev.sku, ev.qty) for ev in await api.outbox.pending(10)]
+    assert booked == [("SKU-APPLE", 2), ("sku-fig", 1)]
+
+
 async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: Api) -> None:
     """Found by keying 2,000,000 units (a typo) into a transfer out: the session took it and closed with no word,
     and the hub then refused the event (one transfer event moves at most 1,000,000 units of a SKU), so the
