@@ -47,10 +47,17 @@ def keyed_sku(sku: str, catalog: ItemLookup | None = None) -> Item:
     """A SKU keyed by hand, as given; refused when the catalog spells that SKU otherwise (``sku-1`` for ``SKU-1``):
     it would be booked as a SKU of its own, and the catalog's short by as much."""
     keyed = check_sku(sku.strip() if isinstance(sku, str) else sku)
-    spelling = getattr(catalog, "spelling", None)
-    if spelling is not None and (known := spelling(keyed)) is not None:
-        raise InvalidSessionInput(f"{keyed!r} is not in the catalog, but {known} is; key the SKU as the catalog spells it")
+    check_spelling(keyed, catalog)
     return Item(keyed, 1, None)
+
+
+def check_spelling(sku: str, catalog: object) -> str:
+    """``sku`` as written by hand (keyed, in a count's scope, on an expected line), refused when the catalog spells
+    that SKU otherwise (``Sku-1``, ``ＳＫＵ-1`` for ``SKU-1``): it would be counted or booked as a SKU of its own."""
+    spelling = getattr(catalog, "spelling", None)
+    if spelling is not None and (known := spelling(sku)) is not None:
+        raise InvalidSessionInput(f"{sku!r} is not in the catalog, but {known} is; write the SKU as the catalog spells it")
+    return sku
 
 
 def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None = None) -> Item:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
 from agent.sessions.errors import InvalidSessionInput, SessionError, SessionNotOpen
-from agent.sessions.items import Item, ItemLookup, keyed_sku, resolve_code
+from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
 from agent.sessions.model import (
     Disposition,
     Line,
@@ -94,6 +94,8 @@ class SessionManager:
             raise InvalidSessionInput(f"a transfer out of {self.location} cannot go to {self.location} itself")
         if spec.type is SessionType.TRANSFER_IN and spec.from_location == self.location:
             raise InvalidSessionInput(f"a transfer into {self.location} cannot come from {self.location} itself")
+        for sku in (*spec.scope_skus, *(line.sku for line in spec.expected)):
+            check_spelling(sku, self.catalog)
         if spec.type is SessionType.COUNT:
             for sku in spec.scope_skus:
                 self._check_countable(sku)

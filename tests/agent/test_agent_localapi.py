@@ -345,13 +345,33 @@ async def test_a_sku_keyed_in_another_spelling_of_a_catalog_sku_is_refused_namin
         got, data = await api.call("POST", f"/api/v1/sessions/{s['id']}/scans", {"sku": typed, "qty": 2})
         assert got == 400 and data["error"]["code"] == "bad_request", data
         assert data["error"]["message"] == (
-            f"{typed.strip()!r} is not in the catalog, but SKU-APPLE is; key the SKU as the catalog spells it"
+            f"{typed.strip()!r} is not in the catalog, but SKU-APPLE is; write the SKU as the catalog spells it"
         )
     await api.ok("POST", f"/api/v1/sessions/{s['id']}/scans", {"sku": "SKU-APPLE", "qty": 2}, status=201)
     await api.ok("POST", f"/api/v1/sessions/{s['id']}/scans", {"sku": "sku-fig", "qty": 1}, status=201)
     await api.ok("POST", f"/api/v1/sessions/{s['id']}/close", {})
     booked = [(ev.sku, ev.qty) for ev in await api.outbox.pending(10)]
     assert booked == [("SKU-APPLE", 2), ("sku-fig", 1)]
+
+
+async def test_a_count_scope_or_expected_line_in_another_spelling_of_a_catalog_sku_is_refused(api: Api) -> None:
+    """Found opening sessions on a phone, whose text boxes start a line with a capital: a count of "Sku-apple"
+    refused every scan of the apples on the shelf (SKU-APPLE "is not in this count's scope") and, closed with
+    unscanned SKUs as 0, booked a count of 0 of a SKU "Sku-apple" the hub had never seen; a delivery expecting
+    "sku-apple 3" reported the 3 apples scanned as unexpected and "sku-apple" short. Both are refused at the open,
+    naming the catalog's spelling."""
+    await api.sign_in()
+    for body in (
+        {"type": "count", "scope_skus": ["SKU-PEAR", "Sku-apple"]},
+        {"type": "receive", "ref": "DN-CAP", "expected": [{"sku": "Sku-apple", "qty": 3}]},
+    ):
+        got, data = await api.call("POST", "/api/v1/sessions", body)
+        assert got == 400 and data["error"]["code"] == "bad_request", data
+        assert data["error"]["message"] == (
+            "'Sku-apple' is not in the catalog, but SKU-APPLE is; write the SKU as the catalog spells it"
+        )
+    assert await api.sessions.list() == []
+    await api.ok("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-APPLE", "sku-fig"]}, status=201)
 
 
 async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: Api) -> None:
