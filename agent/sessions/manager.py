@@ -212,9 +212,9 @@ class SessionManager:
             )
 
     async def undo(self, session_id: str, *, by: str) -> Line | None:
-        """Undo the newest line still counting; None if there is none."""
+        """Undo the newest line of ``by`` still counting; None if there is none."""
         check_staff(by)
-        line = await self.store.undo_last(session_id)
+        line = await self.store.undo_last(session_id, by)
         if line is not None:
             log.info("%s undid line %d (%s × %d) of session %s.", by, line.no, line.sku, line.qty, session_id)
             await self._changed()

@@ -271,14 +271,16 @@ class SessionStore(SqliteFile):
 
         return await self._write(add, small=True)
 
-    async def undo_last(self, session_id: str) -> Line | None:
-        """Mark the newest line not yet undone as undone; None if there is none."""
+    async def undo_last(self, session_id: str, by: str) -> Line | None:
+        """Mark the newest line of ``by`` not yet undone as undone; None if there is none. Only their own: with
+        two people scanning into one session, the newest line of the session is as likely the other's."""
 
         def undo(conn: sqlite3.Connection) -> Line | None:
             _open_session(conn, session_id, "undo lines")
             row = conn.execute(
-                f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND undone = 0 ORDER BY no DESC LIMIT 1",
-                (session_id,),
+                f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND by = ? AND undone = 0"
+                " ORDER BY no DESC LIMIT 1",
+                (session_id, by),
             ).fetchone()
             if row is None:
                 return None

@@ -374,6 +374,32 @@ async def test_a_count_scope_or_expected_line_in_another_spelling_of_a_catalog_s
     await api.ok("POST", "/api/v1/sessions", {"type": "count", "scope_skus": ["SKU-APPLE", "sku-fig"]}, status=201)
 
 
+async def test_undo_on_one_handheld_takes_back_that_persons_scan_not_the_other_counters(api: Api) -> None:
+    """Found counting one bin together from two handhelds, as the count's 409 advises: bo scanned a pear that
+    belongs to another bin and pressed Undo, just as ana scanned an apple; Undo took back ana's apple, the newest
+    line of the session, and left bo's pear: both wrong, and neither of them told. Undo takes back the newest line
+    of the person asking; with none of theirs left it undoes nothing."""
+    ana = await api.sign_in()
+    s = (await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "A-03"}, status=201))["session"]
+    scans = f"/api/v1/sessions/{s['id']}/scans"
+    bo = await api.sign_in("bo", "0000")
+    as_ana, as_bo = {"Authorization": f"Bearer {ana}"}, {"Authorization": f"Bearer {bo}"}
+    got, _ = await api.call("POST", scans, {"sku": "SKU-APPLE", "qty": 4}, headers=as_ana)
+    assert got == 201
+    got, _ = await api.call("POST", scans, {"sku": "SKU-PEAR", "qty": 1}, headers=as_bo)
+    assert got == 201
+    got, _ = await api.call("POST", scans, {"sku": "SKU-APPLE", "qty": 2}, headers=as_ana)
+    assert got == 201
+    got, data = await api.call("POST", f"/api/v1/sessions/{s['id']}/undo", {}, headers=as_bo)
+    assert got == 200 and (data["undone"]["sku"], data["undone"]["by"]) == ("SKU-PEAR", "bo"), data
+    assert [(t["sku"], t["qty"]) for t in data["totals"]] == [("SKU-APPLE", 6)]
+    got, data = await api.call("POST", f"/api/v1/sessions/{s['id']}/undo", {}, headers=as_bo)
+    assert got == 200 and data["undone"] is None, data
+    assert [(t["sku"], t["qty"]) for t in data["totals"]] == [("SKU-APPLE", 6)]
+    got, data = await api.call("POST", f"/api/v1/sessions/{s['id']}/undo", {}, headers=as_ana)
+    assert got == 200 and (data["undone"]["sku"], data["undone"]["qty"]) == ("SKU-APPLE", 2), data
+
+
 async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: Api) -> None:
     """Found by keying 2,000,000 units (a typo) into a transfer out: the session took it and closed with no word,
     and the hub then refused the event (one transfer event moves at most 1,000,000 units of a SKU), so the
