@@ -62,9 +62,11 @@ def check_spelling(sku: str, catalog: object) -> str:
 
 def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None = None) -> Item:
     """The item a scanned ``text`` means; ``InvalidSessionInput`` (one sentence) if it cannot be read at all."""
-    if not isinstance(text, str) or not text.strip():
+    if isinstance(text, str):
+        text = _visible(text).strip()
+    if not isinstance(text, str) or not text:
         raise InvalidSessionInput("the scan is empty; scan the barcode again")
-    text = _ascii_digits(text.strip())
+    text = _ascii_digits(text)
     if len(text) > BARCODE_MAX_LEN * 2:
         raise InvalidSessionInput(f"the scan is {len(text)} characters long, too long for a barcode")
     if decoded is None:
@@ -79,6 +81,16 @@ def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None 
         return Item(found.sku, _units(found.pack_size, decoded), text[:BARCODE_MAX_LEN])
     key = decoded.catalog_key if decoded is not None else text
     return Item(unknown_sku(key[:BARCODE_MAX_LEN]), _units(1, decoded), text[:BARCODE_MAX_LEN], unknown=True)
+
+
+def _visible(text: str) -> str:
+    """``text`` without the invisible format characters no barcode holds: the direction marks a phone keyboard in
+    Arabic or Hebrew puts around what is typed (U+200E, U+200F), a pasted zero-width space or byte-order mark.
+    Kept, they made a known item an unknown barcode of its own, never checked. (A GS1 separator is a control
+    character, GS, and stays.)"""
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
 
 
 def _ascii_digits(text: str) -> str:
