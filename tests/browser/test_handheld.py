@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from agent.catalog import Catalog, make_item
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
@@ -341,4 +342,43 @@ async def test_a_double_tap_on_open_opens_one_session(page: Page, agent: Agent, 
     await page.click("#leave")
     await expect(page.locator("#active-list li")).to_have_count(2)
     assert len(await agent.sessions.list()) == 2
+    assert script_errors(console_errors) == []
+
+
+async def test_the_back_button_in_a_session_goes_home_and_the_scans_on_their_way_arrive(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found on a phone on a slow Wi-Fi: three apples scanned, then the phone's Back button pressed to go to the
+    session list. The page was left (Back went to whatever page was before it) and the three scans still on their
+    way were dropped without a word: the session had none of them. Back now returns to the home screen of the
+    page, whose scans keep going."""
+    await page.goto("about:blank")  # the page the handheld came from
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", "DN-BACK")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+
+    async def slow_wifi(route: Route) -> None:
+        await asyncio.sleep(1.0)
+        await route.continue_()
+
+    await page.route("**/scans", slow_wifi)
+    for _ in range(3):
+        await wedge(page, APPLE)
+    await page.go_back()
+    await expect(page.locator("#screen-home")).to_be_visible()
+    assert page.url == agent.url + "/"
+    [session] = await agent.sessions.list()
+
+    async def lines() -> int:
+        return len(await agent.sessions.store.lines(session.id))
+
+    for _ in range(100):
+        if await lines() == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert await lines() == 3
+    await page.locator("#active-list button").click()  # back into the session: the three apples are there
+    await expect(page.locator("#total-units")).to_have_text("3 units")
     assert script_errors(console_errors) == []

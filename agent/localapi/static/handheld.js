@@ -33,7 +33,7 @@
 
   const $ = (id) => document.getElementById(id);
   const state = {
-    me: null, session: null, openType: null, readers: [], pollTimer: null, statusTimer: null, busy: false,
+    me: null, session: null, openType: null, readers: [], pollTimer: null, statusTimer: null, busy: false, pending: 0,
     queue: Promise.resolve(),  // scans waiting to be sent, in order
   };
 
@@ -86,7 +86,18 @@
       section.hidden = section.id !== "screen-" + name;
     }
     if (name !== "session") stopPolling();
+    if (INNER_SCREENS.indexOf(name) >= 0 && !(history.state && history.state.inner)) history.pushState({ inner: true }, "");
     window.scrollTo(0, 0);
+  }
+
+  // The phone's Back button on a session (or the form opening one, or a report) returns to the home screen. It
+  // left the page instead, and the scans still on their way over a slow Wi-Fi were dropped without a word.
+  const INNER_SCREENS = ["open", "session", "report"];
+
+  function backToHome() {
+    if (!state.me || $("screen-home").hidden === false) return;
+    if ($("confirm").open) $("confirm").close();
+    showHome().catch((err) => message($("scan-msg"), err.message, "bad"));
   }
 
   function message(el, text, kind) {
@@ -409,7 +420,8 @@
     input.value = "";
     $("scan-qty").value = "1";
     const sessionId = state.session.id;
-    state.queue = state.queue.then(() => sendScan(sessionId, code, body));
+    state.pending += 1;
+    state.queue = state.queue.then(() => sendScan(sessionId, code, body)).finally(() => { state.pending -= 1; });
   }
 
   // Each scan carries its own id: when the Wi-Fi drops before the answer, the same scan is sent again and the
@@ -612,6 +624,11 @@
     $("cancel").addEventListener("click", cancelSession);
     $("leave").addEventListener("click", () => showHome());
     $("report-done").addEventListener("click", () => showHome());
+    window.addEventListener("popstate", backToHome);
+    // Closing the tab or reloading with scans still on their way asks first (the browser's own question).
+    window.addEventListener("beforeunload", (event) => {
+      if (state.pending > 0) event.preventDefault();
+    });
     // A keyboard-wedge scanner types wherever the focus is: on the session screen, keep it in the scan field.
     document.addEventListener("keydown", (event) => {
       const onSession = !$("screen-session").hidden;
