@@ -1180,8 +1180,9 @@ def _schemas() -> dict[str, JSON]:
             "rejection_code", "received_at_ms", "received_at"]),
         "LedgerPage": page("events", ref("LedgerRow")),
         "ExceptionRow": obj({
-            "kind": string("negative_on_hand, transfer_short, transfer_over, transfer_unmatched, transfer_overdue, "
-                           "clock_quarantine, rejected_event, unknown_barcode, divergence, import_quarantine …"),
+            "kind": string("negative_on_hand, transfer_short, transfer_over, transfer_unmatched, transfer_misdirected, "
+                           "transfer_overdue, clock_quarantine, rejected_event, unknown_barcode, divergence, "
+                           "import_quarantine …"),
             "location": nullable(string()), "sku": nullable(string()), "detail": string("One sentence."),
             "data": {"type": "object"}, "at_ms": integer(0), "at": iso_time("When it arose"),
         }, ["kind", "location", "sku", "detail", "data", "at_ms", "at"]),

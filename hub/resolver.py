@@ -89,7 +89,7 @@ def available(on_hand: int, reserved: int, safety_stock: int) -> int:
 class Finding:
     """One thing that needs a person: the store turns these into ExceptionRows."""
 
-    kind: str  # "negative_on_hand", "transfer_short", "transfer_over", "transfer_unmatched"
+    kind: str  # "negative_on_hand", "transfer_short", "transfer_over", "transfer_unmatched", "transfer_misdirected"
     location: str | None
     sku: str | None
     detail: str  # one sentence for the operations team
@@ -228,11 +228,28 @@ class Transfer:
             "received": self.received,
         }
 
+    @property
+    def misdirected(self) -> bool:
+        """Received at another location than the one it was shipped to (the van stopped at the wrong store)."""
+        return self.out_to is not None and self.in_to is not None and self.out_to != self.in_to
+
     def finding(self) -> Finding | None:
         shipped, received = self.shipped, self.received
         src = self.from_location or "an unknown location"
         dst = self.to_location or "an unknown location"
         data = self._data()
+        if self.misdirected:  # said first: the two sides agreeing on the quantity said nothing of it
+            lost = f" {self.written_off} are missing and were written off." if self.written_off else ""
+            return Finding(
+                "transfer_misdirected",
+                self.in_to,
+                self.sku,
+                f"Transfer {self.ref}: {src} shipped {shipped} of {self.sku} to {self.out_to}, but {dst} received"
+                f" {received} of them; {self.out_to} no longer has them in transit.{lost}",
+                data
+                | {"shipped_to": self.out_to}
+                | ({"written_off": self.written_off, "closed": True} if self.written_off else {}),
+            )
         if self.written_off:
             return Finding(
                 "transfer_short",

@@ -29,6 +29,7 @@
     transfer_short: ["Transfer short", "bad"],
     transfer_over: ["Transfer over", "warn"],
     transfer_unmatched: ["Transfer unmatched", "warn"],
+    transfer_misdirected: ["Transfer misdirected", "bad"],
     rejected_event: ["Rejected event", "bad"],
     import_quarantine: ["Import quarantined", "warn"],
     clock_quarantine: ["Clock quarantine", "warn"],

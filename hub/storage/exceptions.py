@@ -18,7 +18,8 @@ from hub.storage.sql import TRANSFER_FIELDS
 from protocol.catalog import UNKNOWN_SKU_PREFIX
 
 TRANSFER_ROW_FIELDS = f"{TRANSFER_FIELDS}, updated_at_ms"
-EITHER_END = "(COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ?)"  # a transfer is both ends' business
+# A transfer is both ends' business, and the business of the location it was shipped to when another received it.
+EITHER_END = "(COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ? OR out_to = ?)"
 REJECTION_FIELDS = (
     "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
 )
@@ -45,15 +46,19 @@ async def exceptions(
         if finding is not None:
             row = ExceptionRow(finding.kind, loc, sku, finding.detail, finding.data | {"available": 0}, at_ms)
             out.append(findings.sourced(row, keys.NEGATIVE.name, loc, sku))
-    shipped = Where("((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received))")
-    for r in await read(keys.TRANSFER, TRANSFER_ROW_FIELDS, "transfers", shipped.add(EITHER_END, location, location)):
+    shipped = Where(
+        "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received)"
+        " OR (in_to IS NOT NULL AND out_to IS NOT NULL AND in_to <> out_to))"
+    )
+    ends = (location, location, location)
+    for r in await read(keys.TRANSFER, TRANSFER_ROW_FIELDS, "transfers", shipped.add(EITHER_END, *ends)):
         if (t := Transfer(*r[:10]).finding()) is not None:
             row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
             out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))
     if transfer_open_max_ms is not None:
         open_ = Where("closed_at IS NULL", "shipped > received").add("shipped_at_ms < ?", now_ms - transfer_open_max_ms)
         for r in await read(
-            keys.TRANSFER_OVERDUE, TRANSFER_ROW_FIELDS, "transfers", open_.add(EITHER_END, location, location)
+            keys.TRANSFER_OVERDUE, TRANSFER_ROW_FIELDS, "transfers", open_.add(EITHER_END, *ends)
         ):
             if (t := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
                 row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])

@@ -115,6 +115,26 @@ def test_receiving_more_than_shipped_or_with_no_shipment_is_an_exception() -> No
     assert over.stock[("S2", "A")].in_transit == 0
 
 
+def test_a_transfer_received_at_another_store_than_it_was_shipped_to_is_an_exception() -> None:
+    """Found receiving a transfer at the wrong store: S1 shipped T5 to S2, S3 received it in full. The units left
+    S2's in transit and nothing said so, to S2 waiting for them or to anyone: the two sides agreed on the
+    quantity, so no finding. Now it is one, at the store that received it, naming where it was shipped to."""
+    ev = EventFactory()
+    res = resolved_both_ways(
+        [
+            ev(Kind.TRANSFER_OUT, -5, at_ms=1, ref="T5", attrs={"to": "S2"}),
+            ev(Kind.TRANSFER_IN, 5, at_ms=2, location="S3", ref="T5", attrs={"final": True}),
+        ]
+    )
+    [finding] = [f for f in res.findings if f.kind.startswith("transfer")]
+    assert (finding.kind, finding.location, finding.sku) == ("transfer_misdirected", "S3", "A")
+    assert finding.data == {"ref": "T5", "from": "S1", "to": "S3", "shipped_to": "S2", "shipped": 5, "received": 5}
+    assert finding.detail == (
+        "Transfer T5: S1 shipped 5 of A to S2, but S3 received 5 of them; S2 no longer has them in transit."
+    )
+    assert res.stock[("S2", "A")].in_transit == 0 and res.stock[("S3", "A")].on_hand == 5
+
+
 def test_negative_on_hand_is_an_exception_and_shows_nothing_available() -> None:
     ev = EventFactory()
     res = resolved_both_ways([ev(Kind.RECEIVE, 1, at_ms=1), ev(Kind.SALE, -3, at_ms=2)])

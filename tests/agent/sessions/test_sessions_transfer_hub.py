@@ -62,3 +62,34 @@ async def test_transfer_shipped_by_a_and_received_short_by_b(tmp_path: Path) -> 
             assert (short.data["written_off"], short.data["closed"]) == (2, True)
             [writeoff] = [r for r in await hub.ledger(location="S002") if r.kind == "transfer_writeoff"]
             assert (writeoff.sku, writeoff.qty, writeoff.ref) == ("SKU-APPLE", -2, "TR-1001")
+
+
+async def test_transfer_shipped_to_b_and_received_by_c_is_on_both_stores_exceptions(tmp_path: Path) -> None:
+    """A store received a transfer meant for another (the van stopped at the wrong door): the hub listed nothing,
+    and the units just left the intended store's in transit. Both stores now see it in their exceptions."""
+    async with running_hub(tmp_path) as (hub, url):
+        a_id, a_token = await hub.add_agent(["S001"])
+        c_id, c_token = await hub.add_agent(["S003"])
+        async with (
+            Outbox.open(tmp_path / "a.sqlite3", agent_id=a_id, location="S001") as a_outbox,
+            Outbox.open(tmp_path / "c.sqlite3", agent_id=c_id, location="S003") as c_outbox,
+            SessionStore.open(tmp_path / "a-sessions.sqlite3") as a_store,
+            SessionStore.open(tmp_path / "c-sessions.sqlite3") as c_store,
+        ):
+            store_a = SessionManager(a_store, a_outbox, catalog=catalog())
+            store_c = SessionManager(c_store, c_outbox, catalog=catalog())
+            ship = await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-2", to_location="S002"), by="ana")
+            await store_a.scan(ship.id, APPLE, by="ana", qty=5)
+            await store_a.close(ship.id, by="ana")
+            await sync(a_outbox, url, a_token)
+            receive = await store_c.open(SessionSpec(SessionType.TRANSFER_IN, ref="TR-2"), by="cy")
+            await store_c.scan(receive.id, APPLE, by="cy", qty=5)
+            await store_c.close(receive.id, by="cy")
+            await sync(c_outbox, url, c_token)
+
+            assert await at(hub, "S002", "SKU-APPLE") == (0, 0)
+            assert await at(hub, "S003", "SKU-APPLE") == (5, 0)
+            for location in ("S002", "S003", "S001", None):
+                [wrong] = [e for e in await hub.exceptions(location=location) if e.kind.startswith("transfer")]
+                assert (wrong.kind, wrong.location, wrong.sku) == ("transfer_misdirected", "S003", "SKU-APPLE")
+                assert (wrong.data["to"], wrong.data["shipped_to"], wrong.data["received"]) == ("S003", "S002", 5)
