@@ -51,7 +51,13 @@ from agent.hub_loop import (
     use_ca_file,
 )
 from agent.localapi.runtime import start_staff_services
-from agent.lock import AgentAlreadyRunning, agent_running, hold_agent_lock, refuse_new_outbox_beside_agent
+from agent.lock import (
+    AgentAlreadyRunning,
+    agent_running,
+    hold_agent_lock,
+    hold_data_dir_lock,
+    refuse_new_outbox_beside_agent,
+)
 from agent.outbox import FILE_CHECK_S, Movement, Outbox, OutboxStats
 from agent.pos import PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
 from agent.redact import install_log_redaction, redact_url
@@ -227,8 +233,9 @@ def _replicator(config: AgentConfig, outbox: Outbox, *, feed: bool = True) -> Re
 
 # --- run ---------------------------------------------------------------------
 async def _run(config: AgentConfig, args: argparse.Namespace) -> int:
-    """One agent per outbox: the lock is taken before anything is opened and held until the end."""
-    with hold_agent_lock(config.agent.outbox):
+    """One agent per outbox, and per directory of its files: the locks are taken before anything is opened and
+    held until the end."""
+    with hold_agent_lock(config.agent.outbox), hold_data_dir_lock(config.agent.outbox):
         stop, reload = asyncio.Event(), asyncio.Event()
         with _signals(asyncio.get_running_loop(), stop, reload), gc_for_serving():  # protocol/runtime.py
             return await _run_locked(config, args, stop, reload)

@@ -67,6 +67,31 @@ def hold_agent_lock(outbox: Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iterator
         yield path
 
 
+DATA_DIR_LOCK_NAME = "shelfsync-agent-files.lock"  # in the outbox's directory
+
+
+@contextlib.contextmanager
+def hold_data_dir_lock(outbox: Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iterator[Path]:
+    """Hold the lock of the directory the outbox is in, whose other files are the agent's own too: its sessions,
+    scan journal, POS import store and catalog cache are named beside the outbox, not after it. Two agents with
+    two outboxes in one directory (a second config copied with another ``outbox``) shared them: each listed,
+    scanned into and closed the other's sessions, booking them in its own outbox for a location it may not
+    write. ``AgentAlreadyRunning`` if another agent runs there."""
+    path = outbox.with_name(DATA_DIR_LOCK_NAME)
+    with hold_os_lock(
+        path,
+        wait_s,
+        taken=lambda: AgentAlreadyRunning(
+            f"another shelfsync agent is already running with its outbox in {outbox.parent} (it holds {path}), and"
+            " the sessions, scan journal and catalog cache there would be both agents'; give this one its own"
+            " data_dir"
+        ),
+        failed=lambda err: AgentError(f"the agent lock {path} cannot be taken ({err.strerror or err})"),
+        make_parent=True,
+    ):
+        yield path
+
+
 def agent_running(outbox: Path) -> bool:
     """Whether some process holds the agent lock of ``outbox`` now (peeks without waiting)."""
     path = lock_path(outbox)

@@ -183,6 +183,47 @@ def test_a_second_run_on_the_same_outbox_refuses_and_the_first_keeps_running(
     assert third.alive()
 
 
+def test_a_second_agent_with_its_outbox_in_the_first_ones_directory_refuses_to_start(tmp_path: Path) -> None:
+    """Found running a back room as a second location from a copy of the shop's configuration, with only `id`,
+    `location` and `outbox` changed: both agents started, and both used the sessions, scan journal and catalog
+    cache beside their outboxes, the same files. The back room's handheld listed the shop's open delivery, scanned
+    into it and closed it, booking it in the back room's outbox for the shop's location, which its credential may
+    not write: the delivery reached neither. The second agent now refuses to start, in one sentence."""
+    runs: list[AgentProcess] = []
+
+    def start(name: str, location: str) -> Handheld:
+        port = free_port()
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'[agent]\nid = "store-{name}"\nlocation = "{location}"\ndata_dir = "{tmp_path.as_posix()}"\n'
+            f'outbox = "{name}.sqlite3"\n\n{local_api_section(port)}'
+        )
+        runs.append(AgentProcess(config, tmp_path / f"{name}.log"))
+        return Handheld(port, "127.0.0.1")
+
+    def answers(handheld: Handheld) -> bool:
+        try:
+            return handheld.call("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        shop_page = start("shop", "S001")
+        wait_until("the shop's local API answers", lambda: answers(shop_page), WAIT_S)
+        backroom_page = start("backroom", "S002")
+        wait_until("the back room's agent ends or serves", lambda: not runs[1].alive() or answers(backroom_page), WAIT_S)
+        assert not runs[1].alive(), "the back room's agent serves beside the shop's, on the same files"
+        assert runs[1].wait(30) == 3
+        log = (tmp_path / "backroom.log").read_text()
+        assert log.count(f"another shelfsync agent is already running with its outbox in {tmp_path}") == 1, log
+        assert "give this one its own data_dir" in log
+        assert runs[0].alive() and answers(shop_page)
+    finally:
+        for run in runs:
+            if run.alive():
+                run.stop()
+
+
 # --- status exit codes ----------------------------------------------------------------------------------------
 
 
