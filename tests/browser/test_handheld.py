@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, Route, expect
+from playwright.async_api import BrowserContext, Page, Route, expect
 
 from agent.catalog import Catalog, make_item
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
@@ -381,4 +381,37 @@ async def test_the_back_button_in_a_session_goes_home_and_the_scans_on_their_way
     assert await lines() == 3
     await page.locator("#active-list button").click()  # back into the session: the three apples are there
     await expect(page.locator("#total-units")).to_have_text("3 units")
+    assert script_errors(console_errors) == []
+
+
+async def test_a_handheld_whose_session_another_closed_says_so_and_refuses_its_scans_aloud(
+    page: Page, browser_context: BrowserContext, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found with two handhelds in one delivery: ana closed it while bo was still scanning. Bo's page kept the
+    session on screen with its last "Added 1 × SKU-APPLE.", greyed out the scan field, and the scanner's next
+    scans went nowhere, without a word: bo believed them booked. Now bo's page says who closed the session, and
+    a scan after it is refused in the agent's sentence."""
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", "DN-TWO")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    other = await browser_context.new_page()  # the second handheld (signed in as well: one cookie jar here)
+    await other.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await other.goto(agent.url + "/")
+    await other.locator("#active-list button").click()
+    await expect(other.locator("#screen-session")).to_be_visible()
+    await wedge(other, APPLE)
+    await expect(other.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
+
+    await page.click("#close")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#screen-report")).to_be_visible()
+    await expect(other.locator("#scan-msg")).to_have_text("This session was closed by ana; it takes no more scans.")
+    await wedge(other, APPLE)
+    [session] = await agent.sessions.list(active=False)
+    await expect(other.locator("#scan-msg")).to_have_text(
+        f"{APPLE}: Session {session.id} is closed and takes no more scans."
+    )
+    assert len(await agent.sessions.store.lines(session.id)) == 1
     assert script_errors(console_errors) == []

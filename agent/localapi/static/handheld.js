@@ -358,7 +358,13 @@
 
   function render(view) {
     const s = view.session;
+    const wasOpen = state.session && state.session.id === s.id && state.session.status === "open";
     state.session = s;
+    if (wasOpen && s.status !== "open" && !state.busy) {
+      // Another handheld closed or cancelled it: say so, where a greyed-out field swallowed the next scans.
+      const what = s.status === "closing" ? "is being closed" : "was " + s.status;
+      message($("scan-msg"), "This session " + what + (s.closed_by ? " by " + s.closed_by : "") + "; it takes no more scans.", "warn");
+    }
     const expected = {};
     for (const e of s.expected) expected[e.sku] = e.qty;
     const hasExpected = s.expected.length > 0;
@@ -389,7 +395,7 @@
     const closing = s.status !== "open";
     for (const id of ["close", "cancel"]) $(id).disabled = closing || state.busy;
     $("undo").disabled = closing || state.busy || live === 0;
-    $("scan-code").disabled = closing;
+    // The scan field stays usable: a scan into a session no longer open is refused in the agent's words.
   }
 
   // Scans are sent one at a time, in the order they were made; the field is free for the next scan at once
@@ -398,6 +404,10 @@
     event.preventDefault();
     const input = $("scan-code");
     const code = input.value.trim();
+    if (code && state.session && state.busy) {  // this page is closing the session
+      input.value = "";  // the next scan must not be typed onto this one
+      message($("scan-msg"), code + " was not added: the session is being closed.", "bad");
+    }
     if (!code || !state.session || state.busy) {
       focusScan();
       return;
