@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, Self
@@ -157,6 +157,9 @@ class ModeRouter:
         self.journal = journal
         self._wall_clock_ms = wall_clock_ms
         self._counts: dict[tuple[str, str, str], tuple[int, int]] = {}  # (reader, location, sku) -> (total, at_ms)
+        # Why a count of (location, sku) must not be booked now, or None (agent.sessions: an open count session
+        # of the SKU, whose close would replace this count, or this count the session's).
+        self.count_guard: Callable[[str, str], Awaitable[str | None]] | None = None
 
     async def route(
         self,
@@ -189,6 +192,13 @@ class ModeRouter:
                 ScanResult.FAILED,
                 f"Scan {shown(barcode, 40)} is {shown(sku, bare=True)}, a bundle (a kit or set made of other SKUs),"
                 " which the hub does not take a count of; nothing was booked: count each of its parts instead.",
+                location=location,
+                sku=sku,
+            )
+        if rule.kind is Kind.COUNT and self.count_guard is not None and (why := await self.count_guard(location, sku)):
+            return ScanOutcome(
+                ScanResult.FAILED,
+                f"Scan {shown(barcode, 40)} is {shown(sku, bare=True)}, which is {why}.",
                 location=location,
                 sku=sku,
             )

@@ -339,6 +339,17 @@ class SessionManager:
     async def for_reader(self, reader_id: str) -> Session | None:
         return await self.store.for_reader(reader_id)
 
+    async def count_conflict(self, location: str, sku: str) -> str | None:
+        """Why a count of ``sku`` at ``location`` booked outside the sessions (a reader in count mode) would undo
+        an open count session's, or None: each books the SKU's whole count, so the later replaces the other."""
+        found = await self.store.counting(location, sku)
+        if found is None:
+            return None
+        return (
+            f"being counted in session {found[0]} (opened by {found[1]}); nothing was booked: count it in that"
+            " session, or close or cancel it first, so neither count replaces the other's units"
+        )
+
     async def _changed(self) -> None:
         async with self.changed:
             self.version += 1

@@ -16,7 +16,7 @@ the fallback instead, which would move stock the person meant for the session.
 from __future__ import annotations
 
 import hardware
-from agent.scanning import ScanOutcome, ScanResult, ScanRouter, problem_outcome
+from agent.scanning import ModeRouter, ScanOutcome, ScanResult, ScanRouter, problem_outcome
 from agent.sessions.errors import SessionError
 from agent.sessions.manager import SessionManager
 from protocol.values import shown
@@ -28,6 +28,9 @@ class SessionRouter:
     def __init__(self, sessions: SessionManager, fallback: ScanRouter) -> None:
         self.sessions = sessions
         self.fallback = fallback
+        if isinstance(fallback, ModeRouter) and fallback.count_guard is None:
+            # A reader in count mode books the SKU's whole count at once: not of a SKU an open count is counting.
+            fallback.count_guard = sessions.count_conflict
 
     async def route(
         self,

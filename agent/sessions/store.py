@@ -205,6 +205,10 @@ class SessionStore(SqliteFile):
 
         return await self._read(read)
 
+    async def counting(self, location: str, sku: str) -> tuple[str, str] | None:
+        """(id, opened by) of an active count of ``location`` counting ``sku`` (in its scope, or scanned)."""
+        return await self._read(lambda conn: _counting(conn, location, sku))
+
     async def bind_reader(self, session_id: str, reader_id: str | None) -> Session:
         def bind(conn: sqlite3.Connection) -> Session:
             session = _open_session(conn, session_id, "take a reader")
@@ -440,17 +444,26 @@ def _check_sku_not_counted_elsewhere(conn: sqlite3.Connection, session: Session,
     """A SKU scanned into a count must not be in another active count of the location (in its scope, or scanned
     into it): a bin count books the SKU's whole count at the location too, so with 5 counted in bin A-01 and 3 in
     bin B-02 the one closed last replaced the other (3 booked). The open checks bins and scopes; this, the scans."""
+    found = _counting(conn, session.location, sku, session.id)
+    if found is not None:
+        raise SessionConflict(
+            f"{sku!r} is already being counted in session {found[0]} (opened by {found[1]}); scan into that"
+            " session, or close or cancel it first, so neither count replaces the other's units"
+        )
+
+
+def _counting(conn: sqlite3.Connection, location: str, sku: str, except_id: str = "") -> tuple[str, str] | None:
+    """(id, opened by) of an active count of the location, other than ``except_id``, with ``sku`` in its scope or
+    scanned into it; None if there is none."""
     rows = conn.execute(
         "SELECT id, opened_by, scope FROM sessions WHERE type = 'count' AND status IN ('open', 'closing')"
         " AND location = ? AND id <> ?",
-        (session.location, session.id),
+        (location, except_id),
     ).fetchall()
     for other_id, other_by, other_scope in rows:
         if sku in json.loads(other_scope) or sku in _scanned(conn, other_id):
-            raise SessionConflict(
-                f"{sku!r} is already being counted in session {other_id} (opened by {other_by}); scan into that"
-                " session, or close or cancel it first, so neither count replaces the other's units"
-            )
+            return other_id, other_by
+    return None
 
 
 def _scanned(conn: sqlite3.Connection, session_id: str) -> set[str]:

@@ -65,3 +65,39 @@ async def test_a_bound_reader_feeds_its_session_and_an_unbound_one_books_its_mod
             ("SKU-APPLE", Kind.COUNT, 1),
             ("unknown:04007817327098", Kind.RECEIVE, 1),
         ]
+
+
+SHELF = ScannerSection(
+    id="shelf",
+    type="serial",
+    mode="count",
+    device=hardware.SerialScannerConfig("shelf", "socket://127.0.0.1:9"),
+)
+
+
+async def test_a_count_mode_reader_does_not_count_a_sku_an_open_count_session_is_counting(
+    tmp_path: Path, sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Found counting apples on a handheld (bin A-01: 5) while the shelf scanner in count mode was used on the
+    apples in the back room (3): the scanner booked a count of 3 at once, the session a count of 5 at its close,
+    and the later replaced the earlier: units gone, as with two count sessions of one SKU, which are refused. The
+    scanner's scan of a SKU an open count session is counting is refused now, naming the session."""
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        router = SessionRouter(sessions, ModeRouter(outbox, sessions.catalog, [SHELF], location="S001"))  # type: ignore[arg-type]
+        service = ScanService([SHELF], router, journal)
+        count = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="ana")
+        await sessions.key(count.id, "SKU-APPLE", 5, by="ana")
+
+        refused = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), 1, True))
+        assert refused.result is ScanResult.FAILED
+        assert refused.message == (
+            f"Scan '{APPLE}' is SKU-APPLE, which is being counted in session {count.id} (opened by ana); nothing was"
+            " booked: count it in that session, or close or cancel it first, so neither count replaces the other's"
+            " units."
+        )
+        pear = await service.handle(SHELF, hardware.Scan("shelf", PEAR.encode(), 2, True))
+        assert pear.result is ScanResult.BOOKED
+        assert [(ev.sku, ev.kind, ev.qty) for ev in await outbox.pending(10)] == [("SKU-PEAR", Kind.COUNT, 1)]
+        await sessions.close(count.id, by="ana")
+        again = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), 3, True))
+        assert again.result is ScanResult.BOOKED  # the session is closed: the reader counts the SKU again
