@@ -18,8 +18,11 @@ import hashlib
 import json
 import math
 import uuid
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -40,6 +43,10 @@ STALE_PAGES_MAX = 3
 # the stale rule cannot see) is stopped after a few pages more than it has, not at the page cap.
 COUNTED_PAGES_FACTOR = 2
 COUNTED_PAGES_SLACK = 3
+# A channel's clock read from its answers' Date header (CallRecord.peer_behind_ms): the last this many answers are
+# kept, and a lag under PEER_DATE_RESOLUTION_MS (the header's second plus a trip) is taken for none.
+PEER_DATES_KEPT = 16
+PEER_DATE_RESOLUTION_MS = 1_500
 
 
 class ChannelError(HubError):
@@ -144,16 +151,41 @@ class Connector(Protocol):
 
 
 class CallRecord:
-    """How a connector's last call went (``Connector.status``): answered and accepted or not, and when."""
+    """How a connector's last call went (``Connector.status``): answered and accepted or not, and when; and how
+    far the channel's clock is behind the hub's, from its answers' ``Date`` header (``peer_behind_ms``)."""
 
-    __slots__ = ("at_ms", "ok")
+    __slots__ = ("_behind", "at_ms", "ok")
 
     def __init__(self) -> None:
         self.ok: bool | None = None
         self.at_ms: int | None = None
+        self._behind: deque[int] = deque(maxlen=PEER_DATES_KEPT)
 
     def answered(self, ok: bool) -> None:
         self.ok, self.at_ms = ok, wall_ms_now()
+
+    def dated(self, date: str | None, received_ms: int) -> None:
+        """Note an answer's ``Date`` (RFC 9110 5.6.7: when the channel made it, by its clock, to the second); a missing
+        or unreadable header notes nothing."""
+        if not date:
+            return
+        try:
+            at = parsedate_to_datetime(date)
+        except (TypeError, ValueError, IndexError):
+            return
+        if at.tzinfo is None:  # the obsolete forms carry no zone: the header is always GMT
+            at = at.replace(tzinfo=UTC)
+        self._behind.append(received_ms - round(at.timestamp() * 1000))
+
+    @property
+    def peer_behind_ms(self) -> int:
+        """How far the channel's clock is behind the hub's, 0 unless surely more than a second. Each answer bounds it
+        from above (the channel's time was at least its ``Date`` when the answer arrived), by up to a second of the
+        header's rounding plus the trip: the smallest of the last answers' is kept, and under
+        ``PEER_DATE_RESOLUTION_MS`` it tells nothing — stamps are then not moved for it, so pushed in a row they
+        keep their order."""
+        behind = min(self._behind, default=0)
+        return behind if behind > PEER_DATE_RESOLUTION_MS else 0
 
 
 def idempotency_key(turn_key: str, content: Any) -> str:
@@ -200,6 +232,7 @@ async def post(
             allow_redirects=False,
         ) as resp:
             raw = await read_bounded(resp.content, answer_max_bytes)
+            last.dated(resp.headers.get("Date"), wall_ms_now())
             return resp.status, raw, resp.headers.get("Retry-After")
     except TimeoutError:
         last.answered(False)

@@ -80,7 +80,8 @@ READ_PAGE_LEAST = 1
 READ_PAGES_MAX = 1_000
 CHANGE_FIELD_RE = re.compile(r"changes\[(\d+)\]")
 # Square takes a physical count's occurred_at no older than 24 hours and not in the future (InventoryPhysicalCount,
-# 2024-11-20): a stamp outside is sent at the window's edge, with a margin for Square's clock against the hub's.
+# 2024-11-20): a stamp outside is sent at the window's edge, with a margin for Square's clock against the hub's, and
+# "now" is Square's when its answers' Date says its clock is behind the hub's (CallRecord.peer_behind_ms).
 OCCURRED_PAST_MAX_MS = 24 * 3600 * 1000 - 10 * 60 * 1000
 
 
@@ -185,7 +186,7 @@ class SquareConnector:
         not older than 24 hours): stamps never go back, so after a clock ran far ahead they lie in the future until
         it catches up, and a level whose newest change is days old (a catch-up after an outage) lies before it —
         Square would refuse either. Logged once when it starts."""
-        now = self._wall()
+        now = self._wall() - self._last.peer_behind_ms  # Square's clock, when its answers say it is behind ours
         low = now - OCCURRED_PAST_MAX_MS
         moved = {k: min(max(at, low), now) for k, at in stamps.items()}
         changed = [k for k in stamps if moved[k] != stamps[k]]

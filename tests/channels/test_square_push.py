@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -13,6 +15,7 @@ from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, SqliteCh
 from hub.channels.connector import (
     COUNTED_PAGES_FACTOR,
     COUNTED_PAGES_SLACK,
+    CallRecord,
     ChannelError,
     ChannelUnavailable,
     Target,
@@ -355,3 +358,37 @@ async def test_counts_stamped_outside_squares_window_are_sent_at_its_edge(
     said = [r for r in caplog.records if "outside the window Square takes" in r.getMessage()]
     assert len(said) == 1, "said once while it goes on"
     assert "channel pos: 2 count(s) are stamped outside the window Square takes" in said[0].getMessage()
+
+
+async def test_counts_are_stamped_by_squares_clock_when_its_answers_say_it_is_behind_the_hubs(
+    square: SquareEmulator,
+) -> None:
+    """Square refuses a count stamped in its future: a hub whose clock runs ahead of Square's sent its level stamped
+    at its own now, and Square refused it. The connector reads Square's clock from its answers' Date header, so once
+    Square has answered (the listing read before any push), the stamp is no later than Square's own time."""
+    square.wall_offset_s = -3600.0  # Square's clock an hour behind this machine's
+    loc = square.add_location()
+    a = square.add_variation("A")
+    spec = square_spec(square, {"S1": loc})
+    async with aiohttp.ClientSession() as session:
+        connector = SquareConnector(spec, session)
+        assert [e.sku for e in await connector.listing()] == ["A"]
+        confirmed = await connector.push({LevelKey(a, loc): Target(7, None, wall_ms_now())}, "pos:1")
+    assert confirmed == {LevelKey(a, loc): 7}
+    assert square.quantity(a, loc) == 7
+
+
+async def test_a_clock_in_step_with_squares_moves_no_stamp() -> None:
+    """Date says the second only: an answer made by a clock in step with ours reads up to a second (plus the trip)
+    behind, which must not move stamps, or two pushes in a row could be stamped out of order."""
+    record = CallRecord()
+    now = wall_ms_now()
+    for lag_ms in (990, 20, 640):
+        record.dated(format_datetime(datetime.fromtimestamp((now - lag_ms) / 1000, UTC), usegmt=True), now)
+    assert record.peer_behind_ms == 0
+    record.dated("Sat, 05 Dec 2026 10:00:00 GMT", wall_ms_now())  # one answer a day behind: the smallest lag stands
+    assert record.peer_behind_ms == 0
+    far = CallRecord()
+    far.dated(format_datetime(datetime.fromtimestamp((now - 3_600_000) / 1000, UTC), usegmt=True), now)
+    far.dated("not a date", now)
+    assert 3_600_000 <= far.peer_behind_ms < 3_602_000

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
@@ -90,9 +91,12 @@ class SquareEmulator(EmulatorServer):
         *,
         requests_per_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_offset_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.token = token
+        # Square's own clock against this machine's: its answers' Date header and its occurred_at window follow it
+        self.wall_offset_s = wall_offset_s
         self.requests_per_s = requests_per_s
         self._clock = clock
         self._window: list[float] = []
@@ -130,7 +134,7 @@ class SquareEmulator(EmulatorServer):
 
     def drift(self, object_id: str, location_id: str, quantity: int) -> None:
         """The count moves behind the hub's back (a sale rung up at a Square register, an edit in the dashboard)."""
-        now = datetime.now().astimezone().isoformat()
+        now = self._now().astimezone().isoformat()
         self.counts[(object_id, location_id)] = (Decimal(quantity), now)
         self.received[(object_id, location_id)] = now
 
@@ -140,8 +144,14 @@ class SquareEmulator(EmulatorServer):
 
     # --- the plumbing ------------------------------------------------------------------
 
+    def _now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.wall_offset_s)
+
     def _answer(self, body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-        return web.json_response(body, status=status, headers={"Square-Version": SQUARE_VERSION, **(headers or {})})
+        date = format_datetime(self._now(), usegmt=True)  # as Square's servers: their clock, to the second
+        return web.json_response(
+            body, status=status, headers={"Square-Version": SQUARE_VERSION, "Date": date, **(headers or {})}
+        )
 
     def _guarded(self, handler: Callable[[dict[str, Any]], web.Response]) -> Callable[[web.Request], Any]:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -230,7 +240,7 @@ class SquareEmulator(EmulatorServer):
                 return self._answer({"errors": [problem]}, 400)
             pc = change["physical_count"]
             parsed.append((pc["catalog_object_id"], pc["location_id"], Decimal(pc["quantity"]), pc["occurred_at"]))
-        now = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        now = self._now().astimezone().isoformat(timespec="milliseconds")
         for obj, loc, qty, occurred in parsed:
             held = self.counts.get((obj, loc))
             if held is None or _instant(occurred) >= _instant(held[1]):  # the latest occurred_at wins
@@ -272,7 +282,7 @@ class SquareEmulator(EmulatorServer):
             when = _instant(occurred)
         except ValueError:
             return _error("INVALID_REQUEST_ERROR", "INVALID_TIME", "Expected an RFC 3339 timestamp.", f"{at}.physical_count.occurred_at")
-        now = datetime.now(UTC)
+        now = self._now()
         if when > now or when < now - timedelta(hours=24):
             return _error("INVALID_REQUEST_ERROR", "INVALID_VALUE",
                           "occurred_at cannot be older than 24 hours or in the future.", f"{at}.physical_count.occurred_at")
@@ -302,7 +312,7 @@ class SquareEmulator(EmulatorServer):
             self.stats.count_cursors += 1
         objects = body.get("catalog_object_ids") or list(self.variations)
         locations = body.get("location_ids") or sorted(self.locations)
-        now = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        now = self._now().astimezone().isoformat(timespec="milliseconds")
         pairs = [(o, l) for o in objects for l in locations if (o, l) in self.counts]
         answer: dict[str, Any] = {"counts": [self._count_json(o, l, now) for o, l in pairs[start : start + limit]]}
         if start + limit < len(pairs):
@@ -313,7 +323,7 @@ class SquareEmulator(EmulatorServer):
     def _invented_counts(self, body: dict[str, Any]) -> web.Response:
         self.invent_count_pages -= 1
         self.invented += 1
-        now = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        now = self._now().astimezone().isoformat(timespec="milliseconds")
         locations = body.get("location_ids") or sorted(self.locations)
         count = self._count_json(f"INVENTED-{self.invented}", locations[0], now)
         self.stats.count_pages += 1
