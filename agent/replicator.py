@@ -107,9 +107,11 @@ COLUMNS_REFUSED = "unknown field(s) columns"
 
 # Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
 # (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
-# backlog faster (docs/agent.md "How delivery works").
+# backlog faster (docs/agent.md "How delivery works"). Each batch costs the hub and the agent a share that does not
+# grow with its events (~500 stock and change rows for 500 SKUs, a commit, the answer's counts): 10,000 instead
+# of 5,000 took 13 % less CPU in the hub's main and writer threads and in the agent (bench/catchup_cpu.py).
 CATCHUP_BACKLOG = 10_000
-CATCHUP_BATCH_FACTOR = 5
+CATCHUP_BATCH_FACTOR = 10
 FEED_CATCHUP_PAUSE_S = 1.0  # meanwhile the count cache reads the change feed at most this often (agent.feed)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from agent import Movement, Outbox, Replicator
 from agent.replicator import CATCHUP_BACKLOG, CATCHUP_BATCH_FACTOR
-from protocol import Kind
+from protocol import MAX_BATCH_EVENTS, Kind
 from tests.agent.agent_fakehub import FakeHub
 
 AGENT = "store-1"
@@ -67,6 +67,18 @@ async def test_a_large_backlog_drains_in_larger_batches_each_event_once_with_a_t
     assert (stats.acked_seq, stats.backlog) == (BACKLOG, 0)
 
 
+async def test_with_the_default_batch_size_a_large_backlog_goes_in_the_hubs_largest_batches(
+    hub: FakeHub, outbox: Outbox
+) -> None:
+    """Each batch costs the hub a commit and a row per key it touched whatever its size: after an outage the
+    agent sends as many events a request as the hub takes (10,000), then its batch_size again."""
+    running = Replicator(outbox, hub.url, hub.token, tick_s=0.1, retry_base_s=0.01, timeout_s=10.0)
+    async with running:
+        await asyncio.wait_for(running.wait_synced(), WAIT_S)
+    assert [len(b) for b in hub.batches()] == [MAX_BATCH_EVENTS, 1_000, 1_000]
+    sent_once_in_order(hub, list(range(1, BACKLOG + 1)))
+
+
 async def test_a_batch_refused_in_the_middle_of_a_catch_up_is_resent_without_the_bad_event_and_nothing_skipped(
     hub: FakeHub, outbox: Outbox
 ) -> None:
@@ -83,7 +95,7 @@ async def test_a_batch_refused_in_the_middle_of_a_catch_up_is_resent_without_the
 async def test_a_hub_that_refuses_large_batches_gets_smaller_ones_and_every_event_once(
     hub: FakeHub, outbox: Outbox
 ) -> None:
-    hub.max_batch = 300  # the catch-up batches (500) are too large for this hub; batch_size (100) is not
+    hub.max_batch = 600  # the catch-up batches (1,000) are too large for this hub; half of them (500) are not
     async with replicator(outbox, hub) as running:
         await asyncio.wait_for(running.wait_synced(), WAIT_S)
         assert running.batch_size == BATCH

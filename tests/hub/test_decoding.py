@@ -74,12 +74,14 @@ def mixed_events(n: int, agent_id: str = AGENT, epoch: int = EPOCH, first_seq: i
     return out
 
 
-def request_body(events: list[StockEvent], agent_id: str = AGENT, epoch: int = EPOCH) -> bytes:
+def request_body(
+    events: list[StockEvent], agent_id: str = AGENT, epoch: int = EPOCH, *, as_columns: bool = True
+) -> bytes:
     req = SyncRequest(
         agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=3, backlog=len(events) + 5,
         oldest_pending_ms=1_700_000_000_123,
     )  # fmt: skip
-    return encode_sync_request(req)
+    return encode_sync_request(req, as_columns=as_columns)
 
 
 def raw_body(wire_events: Any, **envelope: Any) -> bytes:
@@ -89,8 +91,10 @@ def raw_body(wire_events: Any, **envelope: Any) -> bytes:
 
 
 def big_body(n: int = 9000, **kwargs: Any) -> bytes:
-    """Over the inline limit beside a writer thread: 9,000 events (~575 KB as columns, as agents send them)."""
-    body = request_body(mixed_events(n, **kwargs), **{k: v for k, v in kwargs.items() if k != "first_seq"})
+    """Over the inline limit beside a writer thread: 9,000 events as maps (~1.0 MB; as columns, the form agents
+    send, they are ~575 KB, under it, as a catching-up agent's full batch is)."""
+    envelope = {k: v for k, v in kwargs.items() if k != "first_seq"}
+    body = request_body(mixed_events(n, **kwargs), **envelope, as_columns=False)
     assert len(body) > DECODE_INLINE_MAX_BYTES
     return body
 
@@ -167,7 +171,7 @@ async def test_big_body_is_decoded_in_a_worker_to_the_same_request(
     decoder: SyncDecoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = mixed_events(9000)
-    body = request_body(events)
+    body = request_body(events, as_columns=False)
     assert len(body) > DECODE_INLINE_MAX_BYTES
     want = decode_sync_request(body)
     # The hub's own copy of the decoder function refuses: only a worker (its own import) can answer.
@@ -267,7 +271,7 @@ async def test_no_workers_means_big_bodies_decode_without_processes() -> None:
 
 
 async def test_bad_events_in_a_big_body_come_back_as_the_same_bad_events(decoder: SyncDecoder) -> None:
-    events = mixed_events(5000)
+    events = mixed_events(8000)
     wire = [event_to_wire(ev) for ev in events]
     wire[7] = wire[7] | {"kind": "sale", "qty": 3}  # a sale that adds units
     wire[500] = wire[500] | {"kind": "teleport"}
@@ -297,7 +301,7 @@ async def test_bad_events_in_a_big_body_come_back_as_the_same_bad_events(decoder
 
 def _envelope_cases() -> dict[str, bytes]:
     good = big_body()
-    wire = [event_to_wire(ev) for ev in mixed_events(5000)]
+    wire = [event_to_wire(ev) for ev in mixed_events(8000)]
     swapped = wire[:]
     swapped[10], swapped[11] = swapped[11], swapped[10]
     return {
@@ -508,7 +512,8 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
         expected: dict[str, int] = {}
         for e in events:
             expected[e.sku] = expected.get(e.sku, 0) + e.qty
-        body = encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=tuple(events)))
+        # As maps (~1.0 MB): as columns, the form agents send, any batch is decoded in place beside the writer.
+        body = encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=tuple(events)), as_columns=False)
         assert len(body) > DECODE_INLINE_MAX_BYTES
 
         resp = await client.post("/v1/sync", data=body, headers=_auth(token))
@@ -525,7 +530,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
         assert {row["sku"]: row["on_hand"] for row in (await counts.json())["counts"]} == expected
 
         # A second batch with one bad event: 422 listing exactly that event, nothing applied.
-        more = [ev(Kind.RECEIVE, 2, at_ms=9500 + i, sku="SKU-NEW") for i in range(6000)]
+        more = [ev(Kind.RECEIVE, 2, at_ms=9500 + i, sku="SKU-NEW") for i in range(8000)]
         wire = [event_to_wire(e) for e in more]
         wire[321] = wire[321] | {"kind": "sale", "qty": 4}
         bad_body = msgpack.packb({"v": 1, "agent_id": agent_id, "epoch": 1, "events": wire}, use_bin_type=True)
@@ -548,7 +553,7 @@ async def test_big_sync_bodies_over_http_are_decoded_by_a_worker(
         assert {row["sku"]: row["on_hand"] for row in (await counts.json())["counts"]} == expected
 
         # Bad events of another agent sent with this credential: the agent id crossed back from the worker.
-        other = [event_to_wire(e) for e in mixed_events(5000, agent_id=other_id, epoch=1)]
+        other = [event_to_wire(e) for e in mixed_events(8000, agent_id=other_id, epoch=1)]
         other[5] = other[5] | {"kind": "teleport"}
         forged = msgpack.packb({"v": 1, "agent_id": other_id, "epoch": 1, "events": other}, use_bin_type=True)
         resp = await client.post("/v1/sync", data=forged, headers=_auth(token))
@@ -571,7 +576,9 @@ async def test_a_postgresql_hub_decodes_a_full_batch_in_its_own_process(pg_url: 
             assert decoder.inline_max_bytes == DECODE_INLINE_ALONE_MAX_BYTES
             ev = EventFactory(agent_id, 1, location="S001", base_ms=time.time_ns() // 1_000_000)
             events = [ev(Kind.RECEIVE, 1 + i % 3, at_ms=i, sku=f"SKU-{i % 7}") for i in range(9500)]
-            body = encode_sync_request(SyncRequest(agent_id=agent_id, epoch=1, events=tuple(events)))
+            body = encode_sync_request(
+                SyncRequest(agent_id=agent_id, epoch=1, events=tuple(events)), as_columns=False
+            )  # as maps (an older agent's form): over the SQLite hub's inline limit, not over PostgreSQL's
             assert DECODE_INLINE_MAX_BYTES < len(body) <= DECODE_INLINE_ALONE_MAX_BYTES
 
             resp = await served.client.post("/v1/sync", data=body, headers=_auth(token))
@@ -586,3 +593,18 @@ async def test_a_sqlite_hub_keeps_big_bodies_off_its_writer_thread(store: HubSto
     assert store.WRITES_ON_A_THREAD
     async with serve_hub(store) as served:
         assert served.app[DECODER_KEY].inline_max_bytes == DECODE_INLINE_MAX_BYTES
+
+
+async def test_a_catching_up_agents_full_batch_is_decoded_in_place_beside_the_writer(decoder: SyncDecoder) -> None:
+    """After an outage an agent sends the hub's largest batch, as columns (agent.replicator): its decoding is
+    waited for by the writer wherever it runs, and in a worker it costs the pickles back besides."""
+    ev = EventFactory("agent-0f3a9c1e5b7d4e2a", 1, location="STORE-0001")
+    events = [
+        ev(Kind.SALE if i % 4 else Kind.RECEIVE, -1 if i % 4 else 5, at_ms=i, sku=f"SKU-{i % 500:05d}")
+        for i in range(MAX_BATCH_EVENTS)
+    ]  # fmt: skip
+    body = request_body(events, agent_id="agent-0f3a9c1e5b7d4e2a", epoch=1)
+
+    assert len(body) <= DECODE_INLINE_MAX_BYTES
+    assert await decoder.decode(body) == decode_sync_request(body)
+    assert pids(decoder) == []
