@@ -10,12 +10,12 @@ bodies up to ``DECODE_INLINE_MAX_BYTES`` are decoded in place: a worker's
 round trip cost more than that, for a 1,000-event batch (bench_ingest.py,
 alternating runs: 27–33k events/s through the worker against 32–39k in
 place) and for a catching-up agent's 5,000 (bench_catchup.py, 300,000
-events, alternating: 9.5 s through the worker against 7.5 s in place), nor for
-its 10,000 (~690 KiB) since it sends that many (bench/catchup_cpu.py, 200,000
-events, alternating: the hub's main thread and writer 6.6-6.8 CPU-s in place
-against 6.5-6.7 and 1.9 in the worker, whose decoding the writer waits for all
-the same). The limit was 64 KiB when bodies were maps that took ~3 ms per
-1,000 events, and 512 KiB while a catching-up agent sent 5,000.
+events, alternating: 9.5 s through the worker against 7.5 s in place) and
+10,000, ~690 KiB, the batch it sends now (bench/catchup_cpu.py, 200,000
+events, alternating: the hub's main thread and writer 6.6–6.7 CPU-s in place;
+6.3–6.6 through the worker, plus the worker's 1.9, whose decoding the writer
+waits for all the same). The limit was 64 KiB when bodies were maps that took
+~3 ms per 1,000 events, and 512 KiB while a catching-up agent sent 5,000.
 A store without a writer thread (PostgreSQL: its writes are the event
 loop's awaits) decodes bodies up to ``DECODE_INLINE_ALONE_MAX_BYTES`` in place
 (handing a 1,000-event body to a worker and its events back cost more CPU
