@@ -13,12 +13,29 @@ The lock is the operating system's own (``protocol.oslock``): the kernel drops
 it when the process ends in any way, and the file left behind never blocks the
 next start. The other commands (``backup``, ``agent add``,
 ``export`` …) open the database beside a running hub as before.
+
+The lock file alone can be deleted while the hub runs (a cleanup script, an
+operator tidying the directory), and a second hub would then make a new one
+and serve beside the first; a second name (a hard link) made after the start
+names another lock file. So on Linux the hub also locks one byte of the
+database file itself (``DB_LOCK_OFFSET``): the lock is on the file, whatever
+its names, and goes only with the file. It is an open-file-description lock
+(``F_OFD_SETLK``): SQLite's own locks on the file are the process's POSIX locks,
+which any close of the file in the process drops; this one is dropped only
+when the hub closes its own descriptor, and it conflicts with no lock SQLite
+takes, because its byte lies far beyond SQLite's (bytes 0x40000000 to
+0x400001FF of the database: PENDING, RESERVED and the SHARED range). Elsewhere
+(Windows, macOS) the lock file is the lock: Windows does not delete a file
+another process holds open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +45,9 @@ from protocol.oslock import hold_os_lock
 
 LOCK_SUFFIX = ".serving.lock"
 ACQUIRE_WAIT_S = 1.0  # a hub restarting at once waits this long for the one before it to be gone
+# The byte of the database file the serving hub locks: 2**62, far past SQLite's locks at 1 GiB (os_unix.c's
+# PENDING_BYTE 0x40000000, RESERVED_BYTE, SHARED_FIRST .. SHARED_FIRST + 510) and past any database's size.
+DB_LOCK_OFFSET = 1 << 62
 
 
 class AlreadyServed(HubError):
@@ -58,5 +78,54 @@ def hold_serving_lock(db: str | Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iter
             " stop the other first, or move to PostgreSQL to run several"
         ),
         failed=lambda err: AlreadyServed(f"the hub cannot take its lock {path} beside {db}: {err.strerror or err}"),
-    ):
+    ), _hold_file_lock(db, wait_s):
         yield path
+
+
+def _ofd_lock_command() -> int | None:
+    """``F_OFD_SETLK`` where the platform has it (Linux) and ``struct flock`` has the 64-bit layout packed below."""
+    if not sys.platform.startswith("linux") or struct.calcsize("l") != 8:
+        return None
+    import fcntl
+
+    return getattr(fcntl, "F_OFD_SETLK", None)
+
+
+def _flock(kind: int, offset: int) -> bytes:
+    """A ``struct flock`` of one byte at ``offset`` (l_type, l_whence, l_start, l_len, l_pid; 32 bytes on 64-bit)."""
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
+
+
+@contextlib.contextmanager
+def _hold_file_lock(db: str | Path, wait_s: float) -> Iterator[None]:
+    """Hold the serving lock on the database file itself (see the module doc); nothing where it cannot be had."""
+    command = _ofd_lock_command()
+    if command is None:
+        yield
+        return
+    import fcntl
+    import time
+
+    try:  # the file serve creates: SQLite opens a new, empty file as a new database
+        fd = os.open(db, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as err:
+        raise AlreadyServed(f"the hub cannot open {db} to lock it: {err.strerror or err}") from err
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.fcntl(fd, command, _flock(fcntl.F_WRLCK, DB_LOCK_OFFSET))
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise AlreadyServed(f"the hub cannot lock {db}: {err.strerror or err}") from err
+                if time.monotonic() >= deadline:
+                    raise AlreadyServed(
+                        f"another hub process already serves {db} (it holds the lock on the database file itself, "
+                        "by this or another name); one process serves a SQLite database: stop the other first, or "
+                        "move to PostgreSQL to run several"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # drops the lock: the store, closed before, holds no SQLite lock a close could drop

@@ -184,6 +184,36 @@ async def test_a_hub_database_with_a_second_hard_link_is_refused(tmp_path: Path)
     assert listed.code == 0, listed.err
 
 
+async def test_a_second_hub_refuses_even_once_the_first_ones_lock_file_is_deleted(tmp_path: Path) -> None:
+    """A cleanup deleting hub.db.serving.lock used to let a second hub make a new one and serve beside the first:
+    the serving hub also locks the database file itself (hub.servelock)."""
+    db = await new_db(tmp_path / "hub.db", tmp_path)
+    with HubProcess(tmp_path / "hub.log", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path) as served:
+        Path(f"{db}.serving.lock").unlink()
+        second = await hub("serve", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path)
+        assert one_sentence_error(second) == (
+            f"shelfsync-hub: another hub process already serves {db} (it holds the lock on the database file itself,"
+            " by this or another name); one process serves a SQLite database: stop the other first, or move to"
+            " PostgreSQL to run several"
+        )
+        assert "hub listening" not in second.err
+        assert served.stop() == 0
+    with HubProcess(tmp_path / "again.log", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path) as again:
+        assert again.stop() == 0  # the lock went with the process
+
+
+async def test_a_second_hub_on_a_hard_link_made_after_the_first_started_is_told_another_serves(tmp_path: Path) -> None:
+    """A second name made while the hub runs names another lock file; the lock on the file itself is the same."""
+    db = await new_db(tmp_path / "hub.db", tmp_path)
+    with HubProcess(tmp_path / "hub.log", "--db", str(db), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path) as served:
+        (tmp_path / "hub-link.db").hardlink_to(db)
+        second = await hub("serve", "--db", str(tmp_path / "hub-link.db"), "--port", "0", cwd=tmp_path)
+        assert "another hub process already serves" in one_sentence_error(second)
+        assert not Path(f"{tmp_path / 'hub-link.db'}-wal").exists()  # it opened nothing
+        (tmp_path / "hub-link.db").unlink()
+        assert served.stop() == 0
+
+
 async def test_a_directory_given_as_the_database_is_one_sentence(tmp_path: Path) -> None:
     """``--db .`` (or the data directory instead of the file in it): refused, naming the mistake; nothing made."""
     (tmp_path / "data").mkdir()
