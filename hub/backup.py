@@ -6,6 +6,10 @@
   beside its destination, checked (``PRAGMA quick_check``), switched out of
   WAL mode so it is one self-contained file, synced, and only then renamed
   into place: a destination path never holds half a backup.
+* The half-made copy (``.<name>.partial-<pid>``) is removed when the backup fails or is stopped; a backup killed
+  outright (SIGKILL, power loss) cannot remove it, so each backup holds a lock on ``<partial>.lock`` while it
+  writes, and the next backup into the same directory removes every partial whose lock it can take: its writer
+  is gone. The lock, not the process id, says so: a process id is reused, and asking Windows about one is unsafe.
 * PostgreSQL: ``pg_dump --format=custom`` (one snapshot of the database,
   taken without stopping anyone), the password handed over in a private
   password file, never on a command line. Restored with ``pg_restore``.
@@ -33,6 +37,7 @@ from hub.servelock import LOCK_SUFFIX
 from hub.storage.base import HubError
 from hub.storage.feed import FEED_HOME_KEY
 from hub.storage.sqlite.schema import HOME_TOKEN_SUFFIX
+from protocol.oslock import hold_os_lock
 
 SQLITE_SCHEME = "sqlite://"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -47,6 +52,8 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite keeps beside a l
 HUB_SIDE_FILES = (LOCK_SUFFIX, HOME_TOKEN_SUFFIX)
 NOT_REGULAR = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
                (stat.S_ISSOCK, "a socket"))  # fmt: skip
+PARTIAL_RE = re.compile(r"^\.(.+)\.partial-(\d+)$")  # a copy being written, named after its target and writer
+WRITER_LOCK_SUFFIX = ".lock"  # beside each partial: held by its writer while it writes
 PG_TABLE_RE = re.compile(r'dumping contents of table "?([^"\s]+)"?')
 # URL parameters libpq (and so pg_dump) understands; asyncpg's server settings (search_path) are handled apart.
 LIBPQ_PARAMS = frozenset(
@@ -156,8 +163,58 @@ def _sqlite_path(db: str) -> Path:
     return path
 
 
+def _partial(target: Path) -> Path:
+    return target.with_name(f".{target.name}.partial-{os.getpid()}")
+
+
+class _PartialBusy(Exception):
+    """Its writer holds the partial's lock."""
+
+
+@contextlib.contextmanager
+def _writing(partial: Path) -> Iterator[None]:
+    """Hold ``partial``'s writer lock while the copy is written into it; first remove what killed backups left in
+    its directory (``remove_orphaned_partials``)."""
+    remove_orphaned_partials(partial.parent)
+    lock = partial.with_name(partial.name + WRITER_LOCK_SUFFIX)
+    try:
+        with hold_os_lock(lock, 0, taken=_PartialBusy, failed=lambda err: err):
+            yield
+    except _PartialBusy:
+        raise BackupError(f"another backup writes {partial} (it holds {lock}); wait for it to end") from None
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+def remove_orphaned_partials(directory: Path) -> list[Path]:
+    """Remove the half-made copies in ``directory`` whose writer is gone: those whose writer lock can be taken
+    (and a lock file whose writer was killed before it made its partial)."""
+    removed: list[Path] = []
+    try:
+        names = [entry.name for entry in os.scandir(directory)]
+    except OSError:
+        return removed
+    locked = {name.removesuffix(WRITER_LOCK_SUFFIX) for name in names if name.endswith(WRITER_LOCK_SUFFIX)}
+    for name in sorted(locked):  # a partial without its lock file was not made by a backup that holds one
+        if PARTIAL_RE.match(name) is None:
+            continue
+        partial = directory / name
+        lock = partial.with_name(name + WRITER_LOCK_SUFFIX)
+        try:
+            with hold_os_lock(lock, 0, taken=_PartialBusy, failed=lambda err: err):
+                for leftover in (partial, *(partial.with_name(name + side) for side in SQLITE_SIDE_FILES)):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+                        removed.append(leftover)
+            lock.unlink(missing_ok=True)
+        except (_PartialBusy, OSError):
+            continue  # its writer is still at work, or the lock cannot be had: left as it is
+    return removed
+
+
 def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int, int]:
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    partial = _partial(target)
     try:
         src = sqlite3.connect(source, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as err:
@@ -167,24 +224,26 @@ def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int,
             src.execute("PRAGMA query_only = ON")
             src.execute("BEGIN")  # one read snapshot for every step: the hub's commits meanwhile are not copied
             version = _check_hub_database(src, source)
-            with _removed_on_failure(partial):
-                _private_file(partial)
-                copy = sqlite3.connect(partial, isolation_level=None)
-            with _removed_on_failure(partial), contextlib.closing(copy) as dst:
-                src.backup(dst, pages=STEP_PAGES, progress=_page_progress(say), sleep=0)
-                src.execute("COMMIT")
-                # The copy, once restored, is the feed a little in the past: its first start begins a new history
-                # of the change feed, so that cursors read since are refused (hub.storage.feed).
-                dst.execute("DELETE FROM meta WHERE key = ?", (FEED_HOME_KEY,))
-                dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
-                check = dst.execute("PRAGMA quick_check").fetchone()
-                if check != ("ok",):
-                    raise BackupError(f"the copy of {source} failed its check ({check[0] if check else 'no answer'})")
-                events = int(dst.execute("SELECT count(*) FROM events").fetchone()[0])
-                dst.close()
-                _fsync(partial)
-                os.replace(partial, target)
-                _fsync(target.parent)
+            with _writing(partial):
+                with _removed_on_failure(partial):
+                    _private_file(partial)
+                    copy = sqlite3.connect(partial, isolation_level=None)
+                with _removed_on_failure(partial), contextlib.closing(copy) as dst:
+                    src.backup(dst, pages=STEP_PAGES, progress=_page_progress(say), sleep=0)
+                    src.execute("COMMIT")
+                    # The copy, once restored, is the feed a little in the past: its first start begins a new
+                    # history of the change feed, so that cursors read since are refused (hub.storage.feed).
+                    dst.execute("DELETE FROM meta WHERE key = ?", (FEED_HOME_KEY,))
+                    dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+                    check = dst.execute("PRAGMA quick_check").fetchone()
+                    if check != ("ok",):
+                        why = check[0] if check else "no answer"
+                        raise BackupError(f"the copy of {source} failed its check ({why})")
+                    events = int(dst.execute("SELECT count(*) FROM events").fetchone()[0])
+                    dst.close()
+                    _fsync(partial)
+                    os.replace(partial, target)
+                    _fsync(target.parent)
     except sqlite3.Error as err:
         raise BackupError(f"the backup of {source} failed: {err}") from err
     except OSError as err:
@@ -309,13 +368,13 @@ def pg_tool(name: str) -> str:
 
 def _pg_dump(url: str, target_path: Path, say: Progress) -> int:
     target = pg_target(url)
-    partial = target_path.with_name(f".{target_path.name}.partial-{os.getpid()}")
+    partial = _partial(target_path)
     command = [pg_tool("pg_dump"), "--format=custom", "--verbose", "--no-password", f"--file={partial}"]
     if target.schema:
         command.append(f"--schema={target.schema}")
     command.append(f"--dbname={target.url}")
     first_error = last_line = ""  # what says why, if pg_dump fails
-    with pg_environment(target) as env, _removed_on_failure(partial):
+    with pg_environment(target) as env, _writing(partial), _removed_on_failure(partial):
         _private_file(partial)  # pg_dump writes into it and keeps its mode
         try:
             proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -371,6 +371,46 @@ def test_a_backup_stopped_by_a_signal_leaves_no_partial_copy(tmp_path: Path, sig
     assert out == "" and list(backups.iterdir()) == []
 
 
+def test_the_partial_copy_of_a_killed_backup_is_removed_by_the_next_one_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, a power cut) leaves ``.copy.db.partial-PID``, which no handler removes: the next
+    backup into the directory removes it, its writer's lock being free; a partial whose writer holds it stays."""
+    from filelock import FileLock
+
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db))
+    new_hub_db(db, env=env)
+    with sqlite3.connect(db) as conn:  # 40 MiB: ten steps of the copy
+        conn.execute("CREATE TABLE ballast (b BLOB)")
+        conn.executemany("INSERT INTO ballast VALUES (?)", ((os.urandom(1 << 20),) for _ in range(40)))
+    conn.close()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "hub", "backup", "--to", str(backups / "copy.db")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert "shelfsync-hub backup: copied 1,024 of" in first, first
+        proc.kill()
+        proc.communicate(timeout=COMMAND_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    orphan = backups / f".copy.db.partial-{proc.pid}"
+    assert orphan.exists()
+    live = backups / ".other.db.partial-1"  # a backup still at work: it holds its lock
+    live.write_bytes(b"half")
+    with FileLock(str(live) + ".lock"):
+        run = run_hub("backup", "--to", f"{backups}/", env=env)
+        assert run.returncode == 0, run.stderr
+        assert not orphan.exists() and not Path(f"{orphan}.lock").exists()
+        assert live.exists()
+    assert sorted(p.name for p in backups.iterdir() if not p.name.startswith(".other")) == [
+        p.name for p in backups.iterdir() if p.name.startswith("hub-")
+    ]
+
+
 def test_a_damaged_backup_put_in_place_is_refused_at_the_first_start_not_served(tmp_path: Path) -> None:
     """A copy damaged since it was made (a bad disk, a torn transfer) is checked when the hub finds it restored:
     one sentence, exit status 2, the file untouched; not served until a request reaches the damaged pages."""
