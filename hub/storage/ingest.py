@@ -241,6 +241,7 @@ class SyncNote(NamedTuple):
     clock_skew_ms: int | None
     backlog: int | None
     oldest_pending_ms: int | None
+    sent_ms: int | None = None  # the sender's clock when it sent: the skew counts only if newer than any heard
 
 
 class IngestTx(Protocol):
@@ -293,9 +294,11 @@ class IngestTx(Protocol):
         *,
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
+        sent_ms: int | None = None,
     ) -> None:
         """Record the sync's time and skew; when ``backlog`` is not None, also the sender's
-        backlog report (``backlog``, ``oldest_pending_ms``, ``backlog_at_ms`` = ``now_ms``)."""
+        backlog report (``backlog``, ``oldest_pending_ms``, ``backlog_at_ms`` = ``now_ms``). A skew measured from
+        ``sent_ms`` is kept only when ``sent_ms`` is newer than the newest heard from the agent."""
 
     # The sender's acknowledged mark and the change feed:
 
@@ -759,7 +762,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         seq, chain, stale = await _next_mark(tx, batch)
         backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)
         skew_ms = None if stale else _skew_ms(batch, now_ms)  # None: the stored skew stays
-        note = SyncNote(who.agent_id, epoch, seq, chain, now_ms, skew_ms, backlog, oldest_ms)
+        note = SyncNote(who.agent_id, epoch, seq, chain, now_ms, skew_ms, backlog, oldest_ms, batch.sent_ms)
         hwm, chain, held_now = await tx.finish_sync(note)  # held: the sender shows this, not its own "quarantined"
     else:  # an operator applying a held event: the sender's mark and sync are not this request's
         hwm, chain, held_now = 0, None, 0
@@ -788,7 +791,8 @@ async def finish_in_steps(tx: IngestTx, note: SyncNote) -> tuple[int, bytes | No
     """``IngestTx.finish_sync`` as three calls."""
     hwm, chain = await tx.advance_mark(note.agent_id, note.epoch, note.seq, note.chain, note.now_ms)
     await tx.note_sync(
-        note.agent_id, note.now_ms, note.clock_skew_ms, backlog=note.backlog, oldest_pending_ms=note.oldest_pending_ms
+        note.agent_id, note.now_ms, note.clock_skew_ms, backlog=note.backlog, oldest_pending_ms=note.oldest_pending_ms,
+        sent_ms=note.sent_ms,
     )
     return hwm, chain, await tx.held_pending(note.agent_id)
 

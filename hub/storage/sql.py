@@ -51,17 +51,29 @@ EXPANSION_FIELDS = "agent_id, event_id, version, parts"
 
 
 def note_sync(
-    agent_id: str, now_ms: int, clock_skew_ms: int | None, backlog: int | None, oldest_pending_ms: int | None
+    agent_id: str,
+    now_ms: int,
+    clock_skew_ms: int | None,
+    backlog: int | None,
+    oldest_pending_ms: int | None,
+    sent_ms: int | None = None,
 ) -> tuple[str, tuple[object, ...]]:
     """The UPDATE recording an agent's sync (``?`` markers) and its parameters; a backlog not reported (None)
-    leaves the previous report as it was."""
-    if backlog is None:
-        return (
-            "UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms) WHERE agent_id = ?",
-            (now_ms, clock_skew_ms, agent_id),
+    leaves the previous report as it was. A skew measured from ``sent_ms`` is taken only when ``sent_ms`` is
+    newer than the newest one heard from the agent (``clock_sent_ms``): an older one is a request replayed late."""
+    if sent_ms is None or clock_skew_ms is None:
+        sets, params = "clock_skew_ms = COALESCE(?, clock_skew_ms)", [clock_skew_ms]
+    else:
+        newer = "clock_sent_ms IS NULL OR clock_sent_ms < ?"
+        sets = (
+            f"clock_skew_ms = CASE WHEN {newer} THEN ? ELSE clock_skew_ms END, "
+            f"clock_sent_ms = CASE WHEN {newer} THEN ? ELSE clock_sent_ms END"
         )
+        params = [sent_ms, clock_skew_ms, sent_ms, sent_ms]
+    if backlog is None:
+        return f"UPDATE agents SET last_sync_ms = ?, {sets} WHERE agent_id = ?", (now_ms, *params, agent_id)
     return (
-        ("UPDATE agents SET last_sync_ms = ?, clock_skew_ms = COALESCE(?, clock_skew_ms), "
-        "backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ? WHERE agent_id = ?"),
-        (now_ms, clock_skew_ms, backlog, oldest_pending_ms, now_ms, agent_id),
+        (f"UPDATE agents SET last_sync_ms = ?, {sets}, backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ? "
+         "WHERE agent_id = ?"),
+        (now_ms, *params, backlog, oldest_pending_ms, now_ms, agent_id),
     )

@@ -124,6 +124,24 @@ class FeedAndCatalogContract:
         assert after.last_sync_ms is not None and heard.last_sync_ms is not None
         assert after.last_sync_ms >= heard.last_sync_ms
 
+    async def test_a_late_replay_of_a_caught_up_agents_heartbeat_leaves_its_clock_skew(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        """An empty heartbeat of an agent that is caught up (its acknowledged mark is the hub's) is not stale by
+        the mark, so its late replay used to set the skew from its hour-old ``sent_ms``: the newest ``sent_ms``
+        heard from the agent is kept, and an older one measures nothing."""
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 1, at_ms=1)], acked_seq=0, sent_ms=wall_ms_now())
+        old = wall_ms_now() - 3_600_000  # a heartbeat sent an hour ago, held by a middlebox
+        await store.ingest(who, 1, [], acked_seq=1, backlog=0, sent_ms=wall_ms_now())
+        (heard,) = await store.agent_status(who.agent_id)
+        assert heard.clock_skew_ms is not None and abs(heard.clock_skew_ms) < 60_000
+        await store.ingest(who, 1, [], acked_seq=1, backlog=0, sent_ms=old)  # the late replay, caught up too
+        (after,) = await store.agent_status(who.agent_id)
+        assert after.clock_skew_ms == heard.clock_skew_ms, "an older sent_ms than one heard is not the clock now"
+        await store.ingest(who, 1, [], acked_seq=1, backlog=0, sent_ms=wall_ms_now() + 7_200_000)  # clock moved
+        (moved,) = await store.agent_status(who.agent_id)
+        assert moved.clock_skew_ms is not None and moved.clock_skew_ms < -3_600_000  # a newer sent_ms still counts
+
     # --- change feed -----------------------------------------------------------------
 
     async def test_every_change_appears_once_in_commit_order_and_any_cursor_resumes(

@@ -565,8 +565,9 @@ class PostgresIngest:
         *,
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
+        sent_ms: int | None = None,
     ) -> None:
-        statement, params = note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms)
+        statement, params = note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms, sent_ms)
         await self.conn.execute(numbered(statement), *params)
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
@@ -598,7 +599,7 @@ class PostgresIngest:
         """One statement: the mark, the sync note, the stock rows and change rows kept back, the held count.
         The change rows come last in the transaction as ``flush_changes`` requires: COMMIT follows it."""
         statement, params = note_sync_sql(
-            note.agent_id, note.now_ms, note.clock_skew_ms, note.backlog, note.oldest_pending_ms
+            note.agent_id, note.now_ms, note.clock_skew_ms, note.backlog, note.oldest_pending_ms, note.sent_ms
         )
         args: list[Any] = [note.agent_id, note.epoch, note.seq, note.chain, note.now_ms, *params]
         ctes = [f"mark AS ({ADVANCE_MARK_SQL})", f"sync AS ({numbered(statement, 6)})"]

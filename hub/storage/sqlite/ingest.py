@@ -378,8 +378,9 @@ class SqliteIngest:
         *,
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
+        sent_ms: int | None = None,
     ) -> None:
-        await self.db.execute(*note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms))
+        await self.db.execute(*note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms, sent_ms))
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
         rows = await self._fetch("SELECT hwm FROM agent_hwm WHERE agent_id = ? AND epoch = ?", (agent_id, epoch))

@@ -1,0 +1,6 @@
+-- shelfsync hub, PostgreSQL schema version 9: the newest sent_ms heard from each agent (its wall clock when it
+-- sent a sync). The clock skew is measured from a request's sent_ms only when it is newer than this: a request
+-- held by a middlebox and replayed late (an empty heartbeat of a caught-up agent is not older than the mark, so
+-- the mark alone does not tell it) would otherwise show the agent's clock behind by as long as it was held.
+-- A hub of version 8 sharing the database during an upgrade leaves it as it is (it sets the skew as before).
+ALTER TABLE agents ADD COLUMN clock_sent_ms bigint;
