@@ -6,7 +6,8 @@
 * ``GET /v1/bundles``: every bundle as it stands, by SKU, a page at a time (``next``/``cursor``). Its ETag
   names the bundles' version (``HubStore.bundles_version``, raised with every bundle change) and the page, so an
   unchanged page's ``304`` reads one row, not every bundle: agents ask for the list every minute.
-* ``GET /v1/bundles/{sku}``: one bundle and every version of its recipe.
+* ``GET /v1/bundles/{sku}``: one bundle and every version of its recipe; its ETag names the bundles' version and
+  the SKU (``bundle_etag``), so its ``304`` too reads one row, not the bundle and its versions.
 
 The hub books each movement of a bundle on its parts and keeps a bundle's counts at every location from
 its parts' (hub.storage.ingest, hub.resolver), so ``/v1/skus/{sku}/counts``, the change feed and the
@@ -25,7 +26,6 @@ from aiohttp import web
 from hub import etag, paging, views
 from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
 from hub.storage.base import Bundle, BundleConflict, BundleRecipe, HubStore
-from hub.storage.interfaces import BundleStore
 from protocol import values
 from protocol.routes import BUNDLES_PATH
 
@@ -36,6 +36,7 @@ LIMIT_DEFAULT = 100
 LIMIT_MAX = 1_000
 BODY_EXAMPLE = '{"components": {"A": 2, "C": 1}}'
 ETAG_FORM = "bundles/1"  # in a page's ETag: change it with the answer's shape, so a kept page is not taken for it
+ONE_ETAG_FORM = "bundle/1"  # the same, in one bundle's ETag
 
 
 def recipe_json(r: BundleRecipe) -> dict[str, Any]:
@@ -117,10 +118,15 @@ def page_etag(history: str, version: int, after: str | None, limit: int) -> str:
 
 
 async def get_bundle(request: web.Request) -> web.Response:
-    """One bundle as it stands and every version of its recipe, oldest first."""
+    """One bundle as it stands and every version of its recipe, oldest first; ``If-None-Match`` with its ETag →
+    304, from the bundles' version alone (read before the bundle, as for the list)."""
     views.Query(request, set())
     sku = views.sku_param(request.match_info["sku"])
-    store: BundleStore = request.app[STORE_KEY]
+    store: HubStore = request.app[STORE_KEY]
+    tag = bundle_etag(store.feed_history, await store.bundles_version(), sku)
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and _names(if_none_match, tag):
+        return etag.not_modified(tag)
     found = await store.bundles(sku=sku, limit=1)
     if not found:
         raise web.HTTPNotFound(
@@ -128,8 +134,23 @@ async def get_bundle(request: web.Request) -> web.Response:
         )
     versions = await store.bundle_versions(sku)
     return web.json_response(
-        {"bundle": bundle_json(found[0]), "versions": [recipe_json(r) for r in versions]}, dumps=views.dumps
+        {"bundle": bundle_json(found[0]), "versions": [recipe_json(r) for r in versions]},
+        dumps=views.dumps,
+        headers={"ETag": tag},
     )
+
+
+def bundle_etag(history: str, version: int, sku: str) -> str:
+    """The strong ETag of ``GET /v1/bundles/{sku}``: its recipes and parts change only with the bundles' version
+    (every change to them raises it, migration 008); the feed history for a restored database, as ``page_etag``."""
+    return etag.tag_of(json.dumps([ONE_ETAG_FORM, history, version, sku]).encode())
+
+
+def _names(if_none_match: str, tag: str) -> bool:
+    """Whether ``If-None-Match`` names ``tag`` itself; ``*`` is left to the answer read (a SKU that is no bundle
+    has no representation, and is answered 404, not 304)."""
+    named = ", ".join(c for c in if_none_match.split(",") if c.strip() != "*")
+    return bool(named) and etag.matches(named, tag)
 
 
 def _after(request: web.Request) -> str | None:

@@ -181,6 +181,50 @@ async def test_the_bundle_list_etag_is_its_version_and_a_304_reads_no_bundle_pos
         await bundle_list_etag_follows_every_change(hub, admin, monkeypatch)
 
 
+async def one_bundle_etag_follows_every_change(hub: Hub, admin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GET /v1/bundles/{sku}``'s 304 is answered from the bundles' version, as the list's: it read the bundle
+    and every version of its recipe to hash the answer, only to send no body."""
+    read: list[str] = []
+    for name in ("bundles", "bundle_versions"):
+        real = getattr(hub.store, name)
+
+        async def spied(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            read.append(_name)
+            return await _real(*args, **kwargs)
+
+        monkeypatch.setattr(hub.store, name, spied)
+    await put(hub, admin, "K1", {"components": {"A": 1}})
+    await put(hub, admin, "K2", {"components": {"K1": 2}})
+    status, k1, body = await get_tagged(hub, "/v1/bundles/K1")
+    assert status == 200 and body["bundle"]["parts"] == {"A": 1}
+    status, k2, body = await get_tagged(hub, "/v1/bundles/K2")
+    assert status == 200 and k2 != k1 and body["bundle"]["parts"] == {"A": 2}
+    read.clear()
+    for tag in (k1, f"W/{k1}", f"{k2}, {k1}"):
+        assert (await get_tagged(hub, "/v1/bundles/K1", tag))[:2] == (304, k1)
+    assert read == [], "a 304 read the bundle"
+    assert (await get_tagged(hub, "/v1/bundles/K1", k2))[0] == 200  # another bundle's tag is not this one's
+    await put(hub, admin, "K1", {"components": {"A": 3}})  # K2's parts move with it
+    status, moved, body = await get_tagged(hub, "/v1/bundles/K2", k2)
+    assert status == 200 and moved != k2 and body["bundle"]["parts"] == {"A": 6}
+    missing = await hub.client.get("/v1/bundles/NOPE", headers=hub.auth() | {"If-None-Match": "*"})
+    assert missing.status == 404, "no bundle is not an unchanged one"
+
+
+async def test_one_bundles_etag_is_the_bundles_version_and_a_304_reads_no_bundle(
+    hub: Hub, admin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await one_bundle_etag_follows_every_change(hub, admin, monkeypatch)
+
+
+async def test_one_bundles_etag_is_the_bundles_version_and_a_304_reads_no_bundle_postgres(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_hub_at(pg_url) as hub:
+        admin = (await hub.store.add_agent([], role="admin"))[1]
+        await one_bundle_etag_follows_every_change(hub, admin, monkeypatch)
+
+
 async def test_a_bundle_sold_through_an_agents_sync_moves_its_parts_and_is_counted_like_any_sku(
     hub: Hub, admin: str
 ) -> None:
