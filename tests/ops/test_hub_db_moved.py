@@ -9,6 +9,7 @@ service starts it again on the file its path names).
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import urllib.request
@@ -103,3 +104,54 @@ def test_a_backup_put_back_while_the_hub_runs_stops_it_and_keeps_what_it_held(tm
         assert hub.stop() == 0
     finally:
         hub.close()
+
+
+def killed_with_its_wal(tmp_path: Path, db: Path, store: Store) -> None:
+    """Serve ``db``, sync, SIGKILL the hub: its -wal stays beside the file, holding its last commits."""
+    hub = HubProcess(tmp_path / "killed.log", db=db, port=0)
+    try:
+        hub.start()
+        assert store.sync(hub, 3) > 0
+        hub.kill()
+    finally:
+        hub.close()
+    assert Path(f"{db}-wal").stat().st_size > 32
+
+
+def test_a_stale_wal_beside_a_restored_copy_is_refused_not_replayed_into_it(tmp_path: Path) -> None:
+    """The restore's first step forgotten after a hub was killed: the old database's -wal beside the restored
+    copy used to be replayed into it at the next start. The hub refuses, in one sentence, and changes nothing."""
+    db = tmp_path / "hub.db"
+    store = Store(add_credential(db, "S1"))
+    assert run_hub("backup", "--db", str(db), "--to", str(tmp_path / "backup.db")).returncode == 0
+    plain = tmp_path / "plain.db"
+    shutil.copyfile(db, plain)  # a copy taken with cp while no hub ran: in WAL mode, with its home of then
+    killed_with_its_wal(tmp_path, db, store)
+    wal = Path(f"{db}-wal").read_bytes()
+    for restored in (tmp_path / "backup.db", plain):
+        shutil.copyfile(restored, tmp_path / "restored.db")
+        os.replace(tmp_path / "restored.db", db)  # docs/operations.md's restore, without moving the -wal aside
+        run = run_hub("serve", "--db", str(db), "--host", "127.0.0.1", "--port", "0")
+        errors = [line for line in run.stderr.splitlines() if line.startswith("shelfsync-hub: ")]
+        assert run.returncode == 2 and errors == run.stderr.strip().splitlines()[-1:], (restored, run.stderr)
+        assert "has a -wal file beside it that was not written for it" in errors[0], errors
+        assert f"mv {db}-wal {db}-shm replaced/" in errors[0]
+        assert db.read_bytes() == restored.read_bytes() and Path(f"{db}-wal").read_bytes() == wal  # untouched
+    Path(f"{db}-wal").unlink()  # moved aside, as the sentence says
+    Path(f"{db}-shm").unlink(missing_ok=True)
+    assert events_in(db) == 0  # the plain copy, as it was taken: the -wal's events are not in it
+
+
+def test_a_hub_killed_with_its_own_wal_starts_again_with_every_event(tmp_path: Path) -> None:
+    """Its own -wal is the file's: replayed as SQLite always does, nothing refused."""
+    db = tmp_path / "hub.db"
+    store = Store(add_credential(db, "S1"))
+    killed_with_its_wal(tmp_path, db, store)
+    hub = HubProcess(tmp_path / "hub.log", db=db, port=0)
+    try:
+        hub.start()
+        assert store.sync(hub, 1) == 4
+        assert hub.stop() == 0
+    finally:
+        hub.close()
+    assert events_in(db) == 4

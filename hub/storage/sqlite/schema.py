@@ -78,6 +78,10 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
     except BaseException:
         db.conn.rollback()
         raise
+    if not await _checkpointed(db):  # the new home is in the file itself only after a whole checkpoint
+        log.info("The WAL of %s could not be copied back whole at its open (a reader holds it); the token file "
+                 "keeps the database's previous token too.", path)  # fmt: skip
+        return str(rows[FEED_HISTORY_KEY]) if history is None else _new_history(path, history, rows)
     await db.execute("BEGIN IMMEDIATE")  # the old token dropped, unless another process drew a newer one meanwhile
     try:
         if (await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (FEED_HOME_KEY,))) == [
@@ -88,8 +92,22 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
         db.conn.rollback()
     if history is None:
         return str(rows[FEED_HISTORY_KEY])
+    return _new_history(path, history, rows)
+
+
+def _new_history(path: Path, history: str, rows: dict[str, str]) -> str:
     _log_new_history(path, history, rows.get(FEED_HISTORY_KEY))
     return history
+
+
+async def _checkpointed(db: InlineConnection) -> bool:
+    """Copy the WAL back into the database file (a PASSIVE checkpoint: it waits for nobody); whether it was whole.
+
+    The file alone then holds the home just drawn, which ``hub.storage.sqlite.sidefiles`` reads without the WAL
+    to tell a -wal that is not the file's own (a restore's leftover) from its own."""
+    rows = list(await db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)"))
+    busy, frames, copied = rows[0] if rows else (1, 0, -1)
+    return busy == 0 and frames == copied
 
 
 async def _check_restored(db: InlineConnection, path: Path) -> None:

@@ -36,6 +36,7 @@ from hub.storage.base import StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import SqliteDb
 from hub.storage.ingest import Batch, IngestTx
+from hub.storage.sqlite import sidefiles
 from hub.storage.sqlite.ingest import SqliteIngest, StockCache
 from hub.storage.sqlite.schema import SCHEMA_VERSION, feed_history, migrate
 from hub.storage.sqlite.writer import WAL_VALVE_PAGES, Checkpointer, ConnectionThread, InlineConnection, run_inline
@@ -138,6 +139,24 @@ def _check_one_name(path: Path) -> None:
         )
 
 
+# The database files (device, inode) a store of this process has open: their -wal is live, and reading them
+# alone here would close a descriptor of the file, which drops the POSIX locks SQLite holds on it in this process.
+_OPEN_HERE: list[tuple[int, int] | None] = []  # one entry a store
+
+
+def _check_wal_is_its_own(path: Path) -> None:
+    """Refuse to open a database whose -wal was written for another file: SQLite would replay it into this one."""
+    if _file_id(path) in _OPEN_HERE:
+        return
+    why = sidefiles.foreign_wal(path)
+    if why is not None:
+        raise StoreError(
+            f"the hub database {path} has a -wal file beside it that was not written for it ({why}), and SQLite "
+            f"would copy it into the database; move {path.name}-wal and {path.name}-shm aside (mkdir -p replaced && "
+            f"mv {path}-wal {path}-shm replaced/), then start again"
+        )
+
+
 def _file_id(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -191,6 +210,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         if not path.parent.is_dir():
             raise StoreError(f"cannot open the hub database {path}: the directory {path.parent} does not exist")
         _check_one_name(path)
+        _check_wal_is_its_own(path)
         writer = ConnectionThread(path, f"hub-writer:{path.name}")
         checkpointer = Checkpointer(path)
         reader: aiosqlite.Connection | None = None
@@ -221,6 +241,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         log.info("Opened the hub database %s (schema version %d).", path, SCHEMA_VERSION)
         store = cls(path, writer, checkpointer, reader, hub_id)
         store.feed_history = history
+        _OPEN_HERE.append(store._file_ids[""])
         return store
 
     async def close(self) -> None:
@@ -233,6 +254,8 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         await self._writer.close()
         async with self._read_lock:
             await self._reader.close()
+        if self._file_ids[""] in _OPEN_HERE:
+            _OPEN_HERE.remove(self._file_ids[""])
 
     def _check_open(self) -> None:
         if self._closed:
