@@ -12,7 +12,11 @@ backup put back without stopping it), every commit would go to a file
 nothing opens again: the hub stops serving, saves what it holds (written
 back in place of a deleted file, beside a replacing one as
 ``<name>.replaced-<UTC time>``) and exits 1, so that its service starts it
-again on the file the path names (``DatabaseMoved``).
+again on the file the path names (``DatabaseMoved``). Written over in place
+(``cp backup.db hub.db``: the same inode), the file no longer holds what the
+hub wrote (``SqliteHubStore.file_overwritten``, read without SQLite's view):
+the hub copies nothing more of its -wal into it, stops serving, renames its
+-wal and -shm aside as ``<name>.overwritten-<UTC time>-wal`` and exits 1.
 
 With ``tls_cert`` and ``tls_key`` the hub serves HTTPS itself (TLS 1.2 or
 newer); a client must finish its TLS handshake within ``header_timeout_s``.
@@ -50,6 +54,7 @@ from protocol.runtime import gc_for_serving
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+OVERWRITTEN = "overwritten: "  # a ``moved`` entry: the file was written over in place
 DB_FILE_CHECK_S = 2.0  # how often a SQLite hub checks that its database's path still names the file it has open
 RESPONSE_FLUSH_S = 5.0  # after draining: time to finish writing the last answers before connections close
 LINGER_MAX_S = 10.0  # after answering a request whose body was not read, read and drop the rest this long at most
@@ -168,7 +173,12 @@ async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
         with hold_serving_lock(path) if path is not None else contextlib.nullcontext():
             async with open_store(settings.db) as store:
                 await _serve_store(settings, stop, store, guard, budget.describe(), tls, moved)
-                saved = await _save_moved(store) if moved and isinstance(store, SqliteHubStore) else None
+                overwritten = moved[0] if moved and moved[0].startswith(OVERWRITTEN) else None
+                saved = None
+                if moved and not overwritten and isinstance(store, SqliteHubStore):
+                    saved = await _save_moved(store)
+            if overwritten is not None:
+                raise DatabaseMoved(overwritten.removeprefix(OVERWRITTEN))
             if saved is not None and isinstance(store, SqliteHubStore):
                 store.remove_stale_side_files()  # closed now: its -wal must not be read into the file under its name
                 raise DatabaseMoved(saved)
@@ -265,6 +275,21 @@ async def _watch_file(store: SqliteHubStore, stop: asyncio.Event, moved: list[st
             log.error("the hub database %s was %s while the hub ran; the hub stops to save what it holds",
                       store.path, what)  # fmt: skip
             moved.append(what)
+            stop.set()
+            continue
+        why = None if stop.is_set() else await store.file_overwritten()
+        if why is not None:
+            suffix = f".overwritten-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            kept = await store.freeze(suffix)  # first: not one more page of its -wal goes into the file written over
+            log.error("the hub database %s was written over in place while the hub ran (%s); the hub stops "
+                      "serving and copies nothing more into it", store.path, why)  # fmt: skip
+            where = f" in {', '.join(str(p) for p in kept)}" if kept else ""
+            moved.append(
+                f"{OVERWRITTEN}the hub database {store.path} was written over in place while the hub ran ({why}; a "
+                f"backup copied over it?); the hub kept what it wrote since its last checkpoint{where}, not copied "
+                "into the new file, and stops so that it starts again on the new file, to which the agents send "
+                "again what it lacks"
+            )
             stop.set()
 
 

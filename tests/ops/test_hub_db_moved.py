@@ -12,9 +12,11 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
+from hub.server import DB_FILE_CHECK_S
 from protocol import MSGPACK_CONTENT_TYPE, Kind, SyncRequest, decode_sync_response, encode_sync_request
 from tests.harness.clock import RECENT_MS
 from tests.harness.commands import run_hub
@@ -104,6 +106,43 @@ def test_a_backup_put_back_while_the_hub_runs_stops_it_and_keeps_what_it_held(tm
         assert hub.stop() == 0
     finally:
         hub.close()
+
+
+def test_a_backup_copied_over_the_file_in_place_stops_the_hub_and_nothing_more_goes_into_it(tmp_path: Path) -> None:
+    """``cp backup.db hub.db`` while the hub runs keeps the inode the hub watched, and SQLite went on reading the
+    hub's -wal over the backup's pages (and copying it in at its checkpoints): a mix of two databases, served.
+    Now the hub notices within seconds, stops, copies nothing more into the file and keeps its -wal aside."""
+    db = tmp_path / "hub.db"
+    store = Store(add_credential(db, "S1"))
+    hub = HubProcess(tmp_path / "hub.log", db=db, port=0)
+    try:
+        hub.start()
+        assert store.sync(hub, 3) == 3
+        backup = run_hub("backup", "--db", str(db), "--to", str(tmp_path / "backup.db"))
+        assert backup.returncode == 0, backup.stderr
+        assert store.sync(hub, 3) == 6
+        for _ in range(2):  # other commands' opens draw new home tokens and checkpoint them: not a copy
+            assert run_hub("agent", "add", "--db", str(db), "--location", "S2").returncode == 0
+        time.sleep(3 * DB_FILE_CHECK_S)
+        assert hub.running and store.sync(hub, 0) == 6, hub.run_log
+        inode = db.stat().st_ino
+        shutil.copyfile(tmp_path / "backup.db", db)  # in place: the same file, written over
+        assert db.stat().st_ino == inode
+        assert exit_status(hub) == 1  # it used to serve on, a mix of the backup and its -wal
+        log = hub.run_log
+        assert "was written over in place while the hub ran" in log, log
+        assert db.read_bytes() == (tmp_path / "backup.db").read_bytes()  # not one page of its -wal went in
+        assert not Path(f"{db}-wal").exists()
+        kept_all = list(tmp_path.glob("hub.db.overwritten-*-wal"))
+        assert len(kept_all) == 1, (sorted(p.name for p in tmp_path.iterdir()), log[-3000:])
+        (kept,) = kept_all
+        assert kept.stat().st_size > 0
+        hub.start()  # on the backup, as restored: agents send again what it lacks
+        assert "begins a new history" in hub.run_log  # taken for the restored copy it is
+        assert hub.stop() == 0
+    finally:
+        hub.close()
+    assert events_in(db) == 3
 
 
 def killed_with_its_wal(tmp_path: Path, db: Path, store: Store) -> None:

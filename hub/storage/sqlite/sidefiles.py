@@ -67,6 +67,49 @@ def home_in_file(path: Path) -> str | None:
     return None if row is None else str(row[0])
 
 
+UNREADABLE = object()  # home_in_file_apart: the file could not be read as a database
+HOME_READ_TIMEOUT_S = 10.0
+_HOME_READER = """
+import json, sqlite3, sys, urllib.parse
+try:
+    conn = sqlite3.connect("file:" + urllib.parse.quote(sys.argv[1]) + "?immutable=1", uri=True)
+    has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (sys.argv[2],)).fetchone() if has_meta else None
+    print(json.dumps({"home": None if row is None else str(row[0])}))
+except sqlite3.Error:
+    print(json.dumps({}))
+"""
+
+
+async def home_in_file_apart(path: Path) -> str | None | object:
+    """``home_in_file`` read by a child process, for a process that has the database open (see ``wal_in_use``
+    for why it may not read the file itself); ``UNREADABLE`` when it cannot be told."""
+    import asyncio
+    import json
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-c", _HOME_READER, os.fspath(path), FEED_HOME_KEY,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+    except OSError:
+        return UNREADABLE
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), HOME_READ_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return UNREADABLE
+    try:
+        answer = json.loads(out)
+    except ValueError:
+        return UNREADABLE
+    if not isinstance(answer, dict) or "home" not in answer:
+        return UNREADABLE
+    home = answer["home"]
+    return home if home is None or isinstance(home, str) else UNREADABLE
+
+
 def token_file(path: Path) -> Path:
     real = Path(os.path.realpath(path))
     return real.with_name(real.name + TOKEN_FILE_SUFFIX)

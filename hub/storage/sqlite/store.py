@@ -20,6 +20,7 @@ lives in ``hub.storage.ingest``; ``hub.storage.sqlite.ingest`` supplies its read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -28,6 +29,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -35,6 +37,7 @@ from hub.resolver import StockKey
 from hub.storage.base import StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import SqliteDb
+from hub.storage.feed import FEED_HOME_KEY
 from hub.storage.ingest import Batch, IngestTx
 from hub.storage.sqlite import sidefiles
 from hub.storage.sqlite.ingest import SqliteIngest, StockCache
@@ -49,6 +52,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5_000
 CACHE_SIZE_KIB = 16_384
 WRITE_GROUP_MAX = 16  # writes that share one transaction at most
+OVERWRITE_READINGS = 2  # the same foreign reading this many checks in a row: the file was written over
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +203,16 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         self._writer_task: asyncio.Task[None] | None = None
         self._read_lock = asyncio.Lock()
         self._closed = False
+        # What the file alone may hold as its home while this store serves it (``file_overwritten``).
+        self._homes_seen: set[str] = set()
+        self._tokens_seen: set[str] = set()
+        self._armed = False  # the file alone was once seen holding a home of this database
+        self._last_header = b""
+        self._foreign: list[object] = []  # the foreign readings in a row
+        self._guard: sqlite3.Connection | None = None  # frozen: the read-only connection that closes last
+        # The file, open for reading its header: never closed while SQLite has it open (a close of any descriptor
+        # of a file drops every POSIX lock the process holds on it, SQLite's too).
+        self._header_fd: int | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> StoreOpener[SqliteHubStore]:
@@ -241,6 +255,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         log.info("Opened the hub database %s (schema version %d).", path, SCHEMA_VERSION)
         store = cls(path, writer, checkpointer, reader, hub_id)
         store.feed_history = history
+        await store._note_home()
         _OPEN_HERE.append(store._file_ids[""])
         return store
 
@@ -254,8 +269,15 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         await self._writer.close()
         async with self._read_lock:
             await self._reader.close()
+        if self._guard is not None:  # the last to close, read-only: SQLite cannot copy the -wal into the file
+            with contextlib.suppress(sqlite3.Error):
+                self._guard.rollback()
+            self._guard.close()
         if self._file_ids[""] in _OPEN_HERE:
             _OPEN_HERE.remove(self._file_ids[""])
+        if self._header_fd is not None:  # SQLite holds no lock on the file now
+            os.close(self._header_fd)
+            self._header_fd = None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -275,6 +297,82 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         except OSError:
             return None  # cannot tell (a directory it may no longer search): say nothing rather than guess
         return None if (now.st_dev, now.st_ino) == self._file_ids[""] else "replaced"
+
+    async def _note_home(self) -> None:
+        """Remember the home this open drew and the tokens the token file holds now (the one before too, if the
+        open's checkpoint could not be whole), and open the file for ``file_overwritten``'s header reads."""
+        rows = await self._writer.run(
+            lambda conn: conn.execute("SELECT value FROM meta WHERE key = ?", (FEED_HOME_KEY,)).fetchall()
+        )
+        self._homes_seen.update(str(r[0]) for r in rows)
+        self._tokens_seen.update(sidefiles.file_tokens(self.path) or ())
+        with contextlib.suppress(OSError):
+            self._header_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    async def file_overwritten(self) -> str | None:
+        """None while the file under the database's name holds what this store wrote; else why not (one clause).
+
+        A copy written over the file in place (``cp backup.db hub.db``) keeps the inode ``file_moved`` watches,
+        while SQLite reads the hub's own -wal over the copy's pages: a mix of two databases. The file is read
+        alone, without SQLite's view of it (``hub.storage.sqlite.sidefiles``): its header (a copy made by backup
+        is not in WAL mode) and, when the header changed, its home, read by a child process (a read of the file
+        here would close a descriptor of it, which drops SQLite's locks). A reading must be the same
+        ``OVERWRITE_READINGS`` checks in a row (a checkpoint may be writing the page read). A home is judged only
+        once the file alone was seen holding one of this database (until then, after an open whose checkpoint
+        could not be whole, it holds the one before)."""
+        if self._header_fd is None or not hasattr(os, "pread"):  # Windows has no pread: not watched there
+            return None
+        try:
+            head = os.pread(self._header_fd, sidefiles.HEADER_BYTES, 0)
+        except OSError:
+            return self._reading(None)
+        if len(head) < sidefiles.HEADER_BYTES or not head.startswith(sidefiles.SQLITE_MAGIC):
+            return self._reading(None)  # being written, or not a database (yet): cannot tell
+        if head[18:20] != sidefiles.WAL_MODE:
+            return self._reading(("mode", bytes(head[18:20])), "it is a self-contained copy, not in WAL mode")
+        if head == self._last_header:
+            return self._reading(None)
+        found = await sidefiles.home_in_file_apart(self.path)
+        if found is sidefiles.UNREADABLE:
+            return self._reading(None)
+        home = found if isinstance(found, str) else None
+        self._tokens_seen.update(sidefiles.file_tokens(self.path) or ())
+        why = None if home in self._homes_seen else sidefiles.foreign_home(self.path, home, sorted(self._tokens_seen))
+        if home is not None and why is None:
+            self._homes_seen.add(home)  # another process's open (agent add …) drew it: this file's
+            self._armed = True
+            self._last_header = head
+            return self._reading(None)
+        if not self._armed:
+            return self._reading(None)
+        return self._reading(("home", home), why or "it holds no home of this database")
+
+    def _reading(self, reading: object, why: str = "") -> str | None:
+        if reading is None:
+            self._foreign.clear()
+            return None
+        if self._foreign and self._foreign[-1] != reading:
+            self._foreign.clear()
+        self._foreign.append(reading)
+        return why if len(self._foreign) >= OVERWRITE_READINGS else None
+
+    async def freeze(self, suffix: str) -> list[Path]:
+        """Once the file was written over: nothing of the -wal may be copied into it any more. The checkpointer
+        stops, the writer's own checkpoint is off, a read-only connection is held open to close last (SQLite copies
+        the -wal back when its last connection closes, and a read-only one cannot), and the -wal and -shm are
+        renamed aside (``sidefiles.keep_aside``), so that the file under the database's name starts without them.
+        What the hub wrote since its last checkpoint stays in that -wal. The files kept."""
+        if self._guard is None:
+            guard = sqlite3.connect(f"file:{quote(os.fspath(self.path))}?mode=ro", uri=True, isolation_level=None,
+                                    check_same_thread=False)  # fmt: skip
+            with contextlib.suppress(sqlite3.Error):
+                guard.execute("BEGIN")
+                guard.execute("PRAGMA user_version").fetchall()  # holds the file's shared lock from here
+            self._guard = guard
+            await self._checkpointer.close()
+            with contextlib.suppress(sqlite3.Error):
+                await self._writer.run(lambda conn: conn.execute("PRAGMA wal_autocheckpoint = 0"))
+        return sidefiles.keep_aside(self.path, suffix)
 
     def remove_stale_side_files(self) -> list[Path]:
         """Once closed after ``file_moved``: remove the -wal and -shm files it left under the database's name.
