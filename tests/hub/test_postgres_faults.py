@@ -283,3 +283,40 @@ async def test_requests_beyond_the_pool_are_answered_503_not_queued_behind_an_op
         finally:
             await operator.close()
             await watcher.close()
+
+
+async def test_a_session_ended_under_a_request_is_answered_with_the_servers_reason(pg_database: str) -> None:
+    """The server ends the session a sync waits on (a failover, a restart, pg_terminate_backend): the 503 says what
+    ended it. The driver hands a session the server closed back to its pool by itself, and the store's own
+    ``terminate()`` of it then raised "cannot call Connection.terminate(): connection has been released back to the
+    pool" — the sentence the operator read in the 503 and the log instead of the server's reason."""
+    async with hub_in_process(pg_database, rate_limit_per_s=0) as hub:
+        agent = await _agent(hub.store, "L1")
+        operator = await asyncpg.connect(pg_database)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+                lock = operator.transaction()
+                await lock.start()
+                await operator.execute("LOCK TABLE stock IN ACCESS EXCLUSIVE MODE")  # the sync waits on it
+                headers = {"Authorization": f"Bearer {agent.token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+                sync = asyncio.ensure_future(session.post(f"{hub.url}/v1/sync", data=agent.body(), headers=headers))
+                try:
+                    async with asyncio.timeout(WAIT_S):
+                        while not (pids := await operator.fetch(
+                            "SELECT DISTINCT pid FROM pg_locks WHERE NOT granted AND relation = 'stock'::regclass"
+                        )):  # fmt: skip
+                            await asyncio.sleep(0.05)
+                    assert await operator.fetchval("SELECT pg_terminate_backend($1)", pids[0]["pid"])
+                    async with await sync as resp:
+                        body = await resp.json(content_type=None)
+                finally:
+                    sync.cancel()
+                    await lock.rollback()
+                assert resp.status == 503, body
+                assert "released back to the pool" not in body["detail"], body
+                assert "terminating connection due to administrator command" in body["detail"], body
+                async with asyncio.timeout(WAIT_S):  # and the next try is stored
+                    while await agent.sync(session, hub.url) != 200:
+                        await asyncio.sleep(0.05)
+        finally:
+            await operator.close()

@@ -188,6 +188,18 @@ def _consume_result(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+def _first_failure(err: BaseException) -> BaseException:
+    """The failure that ended a session, behind what the driver raised on the way out of it: the rollback of a
+    transaction whose session the server closed raises "cannot call Transaction.__aexit__(): the underlying connection
+    is closed", and that sentence is no reason an operator can act on ("terminating connection due to administrator
+    command" is)."""
+    while isinstance(err, (asyncpg.InterfaceError, asyncpg.InternalClientError)) and isinstance(
+        err.__context__, Exception
+    ):
+        err = err.__context__
+    return err
+
+
 def _retryable(err: asyncpg.PostgresError, unique_races: bool) -> bool:
     state = getattr(err, "sqlstate", None)
     return state in RETRY_SQLSTATES or (unique_races and state == UNIQUE_VIOLATION)
@@ -277,7 +289,11 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         try:
             yield conn
         except CONNECTION_ERRORS:
-            conn.terminate()  # the pool opens a new one in its place
+            # The pool opens a new one in its place. A session the server closed the driver has handed back to the
+            # pool already, and terminate() on it would raise "connection has been released back to the pool" in
+            # place of the server's reason, which the 503 and the log must say.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
             raise
         finally:
             await self._pool.release(conn)
@@ -331,7 +347,8 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
     def _unavailable(self, what: str, err: Exception) -> Exception:
         if self._closed and isinstance(err, asyncpg.InterfaceError):
             return StoreClosed()
-        return StoreError(f"the hub database {redacted(self.url)} could not be reached while {what}: {err}")
+        why = _first_failure(err)
+        return StoreError(f"the hub database {redacted(self.url)} could not be reached while {what}: {why}")
 
     # --- what the shared store needs (hub.storage.store) ---------------------------------------------
 
