@@ -156,6 +156,35 @@ class _OrphanedWaiterFilter:
             loop.set_exception_handler(cls(handler))
 
 
+class _FloorRetrySentence(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reopen the connection it keeps ready (its "floor": a
+    connection the server ended, at a restart or a failover, is opened again at once, and again after 1, 2, 4 … up
+    to 60 s while that fails). The server being down is no fault of the hub, and a traceback of a refused connection
+    every few seconds read as one: the filter makes each such record one sentence with the reason."""
+
+    DRIVER_SAYS = "Failed to restore the pool connection floor"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith(self.DRIVER_SAYS):
+            err = record.exc_info[1]
+            why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            record.msg = (
+                "The hub cannot reopen the connection it keeps ready to its database (%s); the database driver tries "
+                "again, waiting longer each time (at most 60 s), and requests open connections of their own meanwhile."
+            )
+            record.args = (why,)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+    @classmethod
+    def install(cls) -> None:
+        """Put the filter on asyncpg's pool logger, once."""
+        pool_log = logging.getLogger("asyncpg.pool")
+        if not any(isinstance(f, cls) for f in pool_log.filters):
+            pool_log.addFilter(cls())
+
+
 class PoolBusy(StoreError):
     """No connection of the hub's pool came free in time: answered 503 (Retry-After) rather than queued."""
 
@@ -250,6 +279,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
             await pool.close()
             raise
         _OrphanedWaiterFilter.install(asyncio.get_running_loop())
+        _FloorRetrySentence.install()
         log.info("Opened the hub database %s (schema version %d).", where, SCHEMA_VERSION)
         if abs(offset_ms) > CLOCK_OFFSET_WARN_MS:
             log.warning(

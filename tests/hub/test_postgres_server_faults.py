@@ -1,0 +1,71 @@
+"""PostgreSQL hub processes when the server itself goes away: stopped, restarted (fast and immediate mode).
+
+Each test runs its own throwaway server (``tests.harness.pg_server``): the shared test server serves every other
+test at the same time and is never restarted. The hubs are real processes (``python -m hub serve``) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.credentials import Credential, add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, wait_until
+from tests.harness.pg_server import ThrowawayPostgres
+
+BOUND_S = 60.0
+FLOOR_SAID = "cannot reopen the connection it keeps ready"
+
+
+@pytest.fixture
+def server() -> Iterator[ThrowawayPostgres]:
+    with ThrowawayPostgres() as pg:
+        yield pg
+
+
+def _post_event(url: str, token: str, n: int) -> int:
+    """POST one receipt of a SKU of its own (event id ``e-N``); the answer's status (a refused connection: 0)."""
+    event = {"id": f"e-{n}", "location": "S1", "sku": f"SKU-{n}", "kind": "receive", "qty": 1,
+             "occurred_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+    req = urllib.request.Request(
+        f"{url}/v1/events", data=json.dumps({"events": [event]}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, method="POST",
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _posted(url: str, agent: Credential, n: int) -> bool:
+    return _post_event(url, agent.token, n) == 200
+
+
+def test_a_hub_says_in_a_sentence_not_a_traceback_that_it_cannot_reopen_its_connections(
+    tmp_path: Path, server: ThrowawayPostgres
+) -> None:
+    """While the server is down the driver tries to reopen the connection the hub keeps ready, and logged a
+    traceback of the refused connection at each try (asyncpg's "Failed to restore the pool connection floor"): one
+    sentence with the reason instead, and the hub serves again once the server is back, without a restart."""
+    agent = add_credential(server.url, "S1")
+    with HubProcess(tmp_path / "hub.log", db=server.url, port=free_port()) as hub:
+        assert _posted(hub.url, agent, 1)
+        server.stop("fast")
+        assert _post_event(hub.url, agent.token, 2) == 503
+        wait_until(  # the driver's first try, at once, then after 1 s and 2 s
+            "the driver's third try to reopen the hub's connection",
+            lambda: hub.log.count(FLOOR_SAID) + hub.log.count("pool connection floor") >= 3,
+            timeout_s=BOUND_S,
+        )
+        server.start()
+        wait_until("the hub stores events again", lambda: _posted(hub.url, agent, 2), timeout_s=BOUND_S, poll_s=0.5)
+    assert "Traceback" not in hub.log, hub.log
+    assert FLOOR_SAID in hub.log
+    assert "shelfsync:shelfsync@" not in hub.log  # no password
