@@ -60,6 +60,11 @@ class LeaseHolder(Protocol):
         """True when this hub now holds (or already held) ``name``'s lease; raises ``StoreError``."""
         ...
 
+    def holds(self, name: str) -> bool:
+        """This hub holds ``name``'s lease as far as it knows without asking the database: a job checks it before
+        each thing only the holder may do, since ``lead`` learns of a lost lease only at its next turn."""
+        ...
+
     async def release(self, name: str) -> None:
         """Give ``name``'s lease back, keeping the others; raises ``StoreError``."""
         ...
@@ -94,6 +99,9 @@ class LocalLeases:
     async def take(self, name: str) -> bool:
         self.held.add(name)
         return True
+
+    def holds(self, name: str) -> bool:
+        return name in self.held
 
     async def release(self, name: str) -> None:
         self.held.discard(name)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -136,6 +137,8 @@ class WebhookDispatcher:
         self._store_backoff = Backoff(RETRY_BASE_S, spec.retry_max_s, jitter=NO_JITTER)
         self._scanned = 0  # the change id up to which the feed was read (ahead of the cursor past unmatched changes)
         self.delivering = False  # this hub process runs ``run`` (on PostgreSQL, another one may instead)
+        # Whether this hub still holds the webhook's deliverer lock (``LeaseHolder.holds``), asked before each delivery.
+        self.holding: Callable[[], bool] = lambda: True
 
     async def run(self) -> None:
         """Deliver the change feed, a page a turn (``protocol.retry.run_turns``), until the feed closes."""
@@ -163,6 +166,11 @@ class WebhookDispatcher:
             # here (its lag counts what it still has to send). The stored cursor moves with the next delivery.
             self._scanned = self.status.cursor = page.cursor
             return WAIT_MAX_S
+        if not self.holding():
+            # The lock went with its connection, and another hub may be delivering from the saved cursor already:
+            # nothing more goes out from here (``lead`` stops this loop at its next turn).
+            await asyncio.sleep(LEASE_RETRY_S)
+            return 0.0
         outcome = await self._deliver(page.rows)
         if not outcome.ok:
             await self._failed(page.rows, outcome)
@@ -342,6 +350,8 @@ async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...],
             local.start_all(jobs)
             leases = local
             log.info("delivering the change feed to %d webhook(s): %s", len(tasks), ", ".join(dispatchers))
+        for name, d in dispatchers.items():
+            d.holding = functools.partial(leases.holds, name)
         leader = asyncio.create_task(lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: watch.closed),
                                      name="webhook-leases")  # fmt: skip
         try:

@@ -11,6 +11,7 @@ while the hub runs on: it stops delivering, and one of the hubs takes the webhoo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.request
 from collections import Counter
@@ -243,3 +244,71 @@ async def test_a_hub_that_loses_its_lock_connection_stops_delivering_and_one_hub
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.delenv("HTTP_PROXY", raising=False)
+
+
+async def _terminate_lock_connection_after_its_check(pg_db: str) -> None:
+    """As ``_terminate_lock_connection``, the moment after the holding hub checked its lock (its ``SELECT 1`` on the
+    lock connection, every ``LEASE_RETRY_S``): the longest it can go on without noticing the lock is gone."""
+    (schema,) = parse_qs(urlsplit(pg_db).query)["search_path"]
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        key = await conn.fetchval("SELECT hashtextextended('shelfsync.webhook.deliverer.' || $1 || '.shop', 0)", schema)
+        (pid,) = [
+            r["pid"] for r in await conn.fetch(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                "AND classid::bigint = $1 AND objid::bigint = $2",
+                (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
+            )
+        ]  # fmt: skip
+        checked = "SELECT state_change FROM pg_stat_activity WHERE pid = $1"
+        before = await conn.fetchval(checked, pid)
+        async with asyncio.timeout(BOUND_S):
+            while await conn.fetchval(checked, pid) == before:
+                await asyncio.sleep(0.01)
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await conn.close()
+
+
+async def test_a_hub_that_lost_its_deliverer_lock_delivers_nothing_more_while_another_takes_over(
+    tmp_path: Path, receiver: CountingReceiver, pg_db: str
+) -> None:
+    """The deliverer's lock connection ends (a failover, an operator's pg_terminate_backend, the server's
+    max_connections full of others, so it cannot come back) while changes keep coming. Another hub takes the lock
+    at its next try; the hub that lost it used to go on delivering until its own next check of the lock, up to
+    ``LEASE_RETRY_S`` later — two hubs delivering the same changes side by side, dozens of them twice. It checks
+    the lock's connection before every delivery: only a batch on its way at that moment may arrive twice."""
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    hubs = _hubs(tmp_path, receiver, pg_db)
+    try:
+        await _start(hubs)
+        await _post(hubs, agent, range(8))
+        expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
+        await _delivered_once_by_one_hub(hubs, receiver, reader, expected)
+
+        posting = asyncio.ensure_future(_post(hubs, agent, range(8, 400)))  # changes keep coming meanwhile
+        try:
+            await _terminate_lock_connection_after_its_check(pg_db)
+            await _until(
+                "another hub takes the webhook over",
+                lambda: asyncio.to_thread(lambda: sum("shop: this hub delivers it now" in h.log for h in hubs) == 2),
+            )
+            await asyncio.sleep(5.0)  # both hubs' next checks of the lock
+        finally:
+            posting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await posting
+        expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
+
+        async def every_change_arrived() -> bool:
+            return expected <= set(receiver.delivered)
+
+        await _until("every change delivered", every_change_arrived)
+        twice = sorted(cid for cid, n in receiver.delivered.items() if n > 1)
+        assert len(twice) <= 4, f"changes delivered twice (batch_max is 4): {twice}"
+    finally:
+        for hub in hubs:
+            hub.close()
+    for hub in hubs:
+        assert "Traceback" not in hub.log and SECRET not in hub.log

@@ -145,6 +145,12 @@ class Leases:
             self.held.add(name)
         return bool(got)
 
+    def holds(self, name: str) -> bool:
+        """This hub holds ``name``'s lock as far as the driver knows, without a round trip: the connection it was
+        taken on is still open. A session the server ended (a restart, a failover, pg_terminate_backend) is seen
+        closed at once, while ``lead`` notices only at its next turn, and another hub may hold the lock by then."""
+        return name in self.held and self._holding() is not None
+
     async def release(self, name: str) -> None:
         """Give ``name``'s lock back, keeping the others; a failure drops the connection (and every lock)."""
         conn = self._holding()
