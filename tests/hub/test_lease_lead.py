@@ -281,3 +281,27 @@ async def test_a_lock_connection_dropped_by_one_kind_takes_every_kinds_locks(pg_
     finally:
         await hooks.close()
         await pushers.close()
+
+
+async def test_the_lock_connection_is_noticed_gone_as_the_hub_stores_sessions_are(pg_url: str) -> None:
+    """A hub whose host vanished (powered off, cut off: nothing answers, not even a reset) holds its webhooks' and
+    channels' locks until the server ends its lock connection. The hub store's sessions tell the server to notice
+    such a peer within about a minute (``SESSION_DEFAULTS``: TCP keepalives, ``tcp_user_timeout``); the lock
+    connection was opened without them, so the server kept it, and every lock on it, for TCP's two hours: no hub
+    delivered those webhooks or pushed those channels meanwhile. A setting the URL gives wins, as for the store."""
+    leases = Leases(pg_url + "&tcp_keepalives_count=5", "test.job", "the lock of {name}", "the locks")
+    try:
+        assert await leases.take("shop")
+        conn = leases._shared.current()
+        assert conn is not None
+        shown = {
+            name: await conn.fetchval(f"SELECT current_setting('{name}')")
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout")
+        }
+        assert shown == {
+            "tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "5",
+            "tcp_user_timeout": "60000",
+        }  # fmt: skip
+        assert await conn.fetchval("SELECT current_setting('application_name')") == "shelfsync-hub"
+    finally:
+        await leases.close()

@@ -23,7 +23,7 @@ import asyncio
 import asyncpg
 
 from hub.storage.base import StoreError
-from hub.storage.postgres.store import CONNECT_TIMEOUT_S, SERVER_SETTINGS, redacted
+from hub.storage.postgres.store import CONNECT_TIMEOUT_S, redacted, session_settings
 
 LEASE_QUERY_TIMEOUT_S = 5.0
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
@@ -56,7 +56,12 @@ class LockConnection:
             conn = self.current()
             if conn is None:
                 try:
-                    conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S, server_settings=SERVER_SETTINGS)
+                    # The hub store's session settings: the TCP keepalives above all, so the server ends this
+                    # session, and frees every lock on it, about a minute after this hub's host vanished, not after
+                    # TCP's two hours during which no hub would run these jobs.
+                    conn = await asyncpg.connect(
+                        self.url, timeout=CONNECT_TIMEOUT_S, server_settings=session_settings(self.url)
+                    )
                 except (*DB_ERRORS, ValueError) as err:
                     raise StoreError(f"cannot reach {self.where} to take {locks} ({err})") from err
                 self._conn = conn
