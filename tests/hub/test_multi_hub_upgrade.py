@@ -146,3 +146,35 @@ async def test_a_hub_starting_on_a_current_schema_does_not_wait_for_the_batches_
                 assert (await store.health())["schema_version"] == SCHEMA_VERSION
     finally:
         await in_flight.close()
+
+
+async def test_a_hub_waits_for_another_hubs_migration_whatever_statement_timeout_the_dba_set(
+    pg_database: str,
+) -> None:
+    """A DBA set ``statement_timeout`` on the database (say 30 s against runaway queries). Hubs started together wait
+    for the one migrating (docs/scaling.md), as they wait without ``lock_timeout``; the timeout cancelled that wait,
+    and then any migration step running longer than it (here 200 ms: creating the partitioned ledger), so the hub
+    exited 2, as misconfigured, and its unit did not start it again."""
+    admin = await asyncpg.connect(pg_database)
+    try:
+        await admin.execute(f'ALTER DATABASE "{urlsplit(pg_database).path[1:]}" SET statement_timeout = 200')
+    finally:
+        await admin.close()
+    migrating = await asyncpg.connect(pg_database)  # the other hub, in the middle of its migration
+    try:
+        async with migrating.transaction():
+            await migrating.execute("SET LOCAL statement_timeout = 0")
+            await migrating.execute(MIGRATION_LOCK_SQL)
+            init = asyncio.ensure_future(asyncio.to_thread(run_hub, "init", "--db", pg_database))
+            waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            async with asyncio.timeout(WAIT_S):  # the starting hub waits on the lock, past the timeout
+                while not await migrating.fetchval(waiting):
+                    assert not init.done(), init.result()
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert not init.done(), init.result()
+        done = await asyncio.wait_for(init, WAIT_S)
+    finally:
+        await migrating.close()
+    assert done.returncode == 0, done.stderr
+    assert f"(schema version {SCHEMA_VERSION})" in done.stdout, done.stdout

@@ -91,7 +91,9 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
     version = found if found == SCHEMA_VERSION else -1
     while version < SCHEMA_VERSION:
         async with conn.transaction():
-            await conn.execute("SET LOCAL lock_timeout = 0")  # a hub starting waits for the one migrating, however long
+            # A hub starting waits for the one migrating, however long, and a step runs as long as it takes: neither
+            # the hub's lock_timeout nor a statement_timeout the DBA set on the database or role cuts them short.
+            await conn.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
             async with _waiting_said(where):
                 await conn.execute(MIGRATION_LOCK_SQL)
                 version = await schema_version(conn)
