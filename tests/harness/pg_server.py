@@ -108,6 +108,19 @@ class ThrowawayPostgres:
         )  # fmt: skip
         return done.stdout.strip()
 
+    def copy_to(self, other: ThrowawayPostgres) -> None:
+        """Copy the database into ``other``'s (empty) one, as a standby holds the primary's data."""
+        dump = self.dir / "copy.dump"
+        self._run(self.bin / "pg_dump", "-h", self.dir, "-p", str(self.port), "-U", ROLE, "-Fc", "-f", dump, DATABASE)
+        other._run(other.bin / "pg_restore", "-h", other.dir, "-p", str(other.port), "-U", ROLE, "-d", DATABASE, dump)
+
+    def read_only(self, on: bool = True) -> None:
+        """Make the server refuse every write from now on, in every session, as a primary demoted to a standby
+        does (``default_transaction_read_only``, reloaded); ``on=False`` undoes it."""
+        setting = "SET default_transaction_read_only = on" if on else "RESET default_transaction_read_only"
+        self.psql(f"ALTER SYSTEM {setting}")
+        self.psql("SELECT pg_reload_conf()")
+
     def start(self) -> None:
         self._run(self.bin / "pg_ctl", "-D", self.data, "-l", self.log_path, "-w", "-t", "30", "start")
         self._started = True

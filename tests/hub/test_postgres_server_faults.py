@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.commands import run_hub
 from tests.harness.credentials import Credential, add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, wait_until
@@ -69,3 +70,28 @@ def test_a_hub_says_in_a_sentence_not_a_traceback_that_it_cannot_reopen_its_conn
     assert "Traceback" not in hub.log, hub.log
     assert FLOOR_SAID in hub.log
     assert "shelfsync:shelfsync@" not in hub.log  # no password
+
+
+def test_a_hub_on_a_server_turned_read_only_writes_to_the_one_that_took_over(tmp_path: Path) -> None:
+    """Failover: the server the hubs write to is demoted to a read-only standby, and another took over; the hub's
+    URL names both, with ``target_session_attrs=read-write``, so that a new connection finds the writable one. The
+    hub's open connections were kept, though — a refused write is not a broken connection — so it answered every
+    sync 503 (the server is read only) until it was restarted. A connection that meets a read-only server is
+    dropped: the next one goes to the server that takes writes."""
+    with ThrowawayPostgres() as old, ThrowawayPostgres() as new:
+        init = run_hub("init", "--db", old.url)
+        assert init.returncode == 0, init.stderr
+        agent = add_credential(old.url, "S1")
+        both = (
+            f"postgresql://shelfsync:shelfsync@127.0.0.1:{old.port},127.0.0.1:{new.port}/shelfsync"
+            "?target_session_attrs=read-write"
+        )
+        with HubProcess(tmp_path / "hub.log", db=both, port=free_port()) as hub:
+            assert _posted(hub.url, agent, 1)
+            old.copy_to(new)  # the standby that takes over holds what the primary held
+            old.read_only()
+            assert _post_event(hub.url, agent.token, 2) == 503  # the write the demotion refused: the agent resends
+            wait_until("the hub writes to the new primary", lambda: _posted(hub.url, agent, 2), timeout_s=BOUND_S,
+                       poll_s=0.5)  # fmt: skip
+        assert new.psql("SELECT count(*) FROM events WHERE event_id IS NOT NULL") == "2"
+    assert "Traceback" not in hub.log, hub.log

@@ -325,6 +325,13 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
             with contextlib.suppress(asyncpg.InterfaceError):
                 conn.terminate()
             raise
+        except asyncpg.ReadOnlySQLTransactionError:
+            # The server refuses writes now: a primary demoted to a standby at a failover. Its sessions would refuse
+            # them for as long as they last, so this one is not pooled again: a new one, with a URL naming the servers
+            # and target_session_attrs=read-write, goes to the server that takes writes now.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
+            raise
         finally:
             await self._pool.release(conn)
 
