@@ -22,9 +22,10 @@ too, so hubs in different schemas of one database never wait for each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -98,9 +99,23 @@ class PostgresChannelState(SqlChannelState):
             log.warning("Closing the channel state's connections took over %.0f s; they were cut.", CLOSE_TIMEOUT_S)
             self._pool.terminate()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; one that met a server refusing writes is not pooled again (as the hub store's,
+        ``hub.storage.postgres.store``): a primary demoted to a standby at a failover refuses them for as long as
+        the session lasts, and a new one, with a URL asking for target_session_attrs=read-write, goes to the server
+        that took writes over."""
+        async with self._pool.acquire() as conn:
+            try:
+                yield conn
+            except asyncpg.ReadOnlySQLTransactionError:
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
+                raise
+
     async def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         try:
-            async with self._pool.acquire() as conn:
+            async with self._connection() as conn:
                 return await PostgresDb(conn).fetch(sql, params)
         except DB_ERRORS as err:
             raise StoreError(
@@ -110,7 +125,7 @@ class PostgresChannelState(SqlChannelState):
     async def _write(self, what: str, run: Callable[[Tx], Awaitable[None]], channel: str | None = None) -> None:
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with self._connection() as conn, conn.transaction():
                     if channel is not None:
                         await conn.execute(DIVERGENCES_LOCK_SQL, channel)
                     await run(PostgresDb(conn))

@@ -20,6 +20,7 @@ from hub.channels.state import STAMP_KEPT_MS, SqlChannelState
 from hub.storage import StoreClosed, StoreError, open_store
 from protocol import Kind, wall_ms_now
 from tests.harness.pg import fresh_schema
+from tests.harness.pg_server import ThrowawayPostgres
 from tests.hub.event_factory import EventFactory
 
 K = LevelKey("gid://shopify/InventoryItem/1", "gid://shopify/Location/1")
@@ -256,3 +257,29 @@ async def test_a_mapping_load_drops_the_stamps_of_items_it_no_longer_maps_once_t
         await state.record("web", {gone_long: 1, gone_now: 2, kept: 3}, old, stamps={gone_now: new})
         await state.save_mapping("web", SkuMapping((ItemIds("A", kept.item_id, "v-1"),), ()))
         assert await state.pushed_at("web") == {gone_now: new, kept: old}  # still mapped: its stamp stays, however old
+
+
+async def test_a_postgresql_state_on_a_server_turned_read_only_writes_to_the_one_that_took_over() -> None:
+    """Failover, as for the hub store (tests/hub/test_postgres_server_faults.py): the server is demoted to a
+    read-only standby and the hub's URL names the one that took over (``target_session_attrs=read-write``). The
+    channel state's pool kept its sessions on the read-only server, so every save of a channel's position failed
+    until the hub was restarted; a connection that meets a read-only server is dropped and the next goes over."""
+    with ThrowawayPostgres() as old, ThrowawayPostgres() as new:
+        both = (
+            f"postgresql://shelfsync:shelfsync@127.0.0.1:{old.port},127.0.0.1:{new.port}/shelfsync"
+            "?target_session_attrs=read-write"
+        )
+        async with open_channel_state(both) as state:
+            await state.record("web", {K: 7}, 1_000, cursor=5)
+            await asyncio.to_thread(old.copy_to, new)  # the standby that takes over holds what the primary held
+            await asyncio.to_thread(old.read_only)
+            with pytest.raises(StoreError, match="read-only"):
+                await state.record("web", {K: 8}, 2_000, cursor=6)  # refused: the pusher pushes it again
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        await state.record("web", {K: 8}, 2_000, cursor=6)
+                        break
+                    except StoreError:
+                        await asyncio.sleep(0.2)
+        assert await asyncio.to_thread(new.psql, "SELECT cursor FROM channel_state WHERE channel = 'web'") == "6"
