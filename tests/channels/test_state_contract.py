@@ -283,3 +283,19 @@ async def test_a_postgresql_state_on_a_server_turned_read_only_writes_to_the_one
                     except StoreError:
                         await asyncio.sleep(0.2)
         assert await asyncio.to_thread(new.psql, "SELECT cursor FROM channel_state WHERE channel = 'web'") == "6"
+
+
+async def test_a_postgresql_state_has_the_session_settings_of_the_hub_store(pg_url: str) -> None:
+    """A hub that stalls or vanishes inside a write of the channel state (paused, powered off) holds that row's locks:
+    the hub that takes the channel over waits on them to save its position. The hub store's sessions bound that
+    (``SESSION_DEFAULTS``: idle_in_transaction_session_timeout, lock_timeout, TCP keepalives); the channel state's
+    pool was opened without them, so the wait lasted TCP's two hours. A setting the URL gives wins."""
+    async with (
+        open_channel_state(pg_url + "&lock_timeout=3s") as state,
+        state._pool.acquire() as conn,  # type: ignore[attr-defined]
+    ):
+        shown = {
+            name: await conn.fetchval(f"SELECT current_setting('{name}')")
+            for name in ("idle_in_transaction_session_timeout", "lock_timeout", "tcp_keepalives_idle")
+        }
+    assert shown == {"idle_in_transaction_session_timeout": "30s", "lock_timeout": "3s", "tcp_keepalives_idle": "30"}
