@@ -17,7 +17,7 @@ import pytest
 from tests.harness.commands import run_hub
 from tests.harness.credentials import Credential, add_credential
 from tests.harness.hub_process import HubProcess
-from tests.harness.net import free_port, wait_until
+from tests.harness.net import free_port, get_json, wait_until
 from tests.harness.pg_server import ThrowawayPostgres
 
 BOUND_S = 60.0
@@ -95,3 +95,54 @@ def test_a_hub_on_a_server_turned_read_only_writes_to_the_one_that_took_over(tmp
                        poll_s=0.5)  # fmt: skip
         assert new.psql("SELECT count(*) FROM events WHERE event_id IS NOT NULL") == "2"
     assert "Traceback" not in hub.log, hub.log
+
+
+RECOVERED = "answers again"
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_hubs_through_a_server_restart_say_once_that_the_database_answers_again(
+    tmp_path: Path, server: ThrowawayPostgres, mode: str
+) -> None:
+    """PostgreSQL restarts under two hubs taking events, one of them delivering a webhook. Each hub answers 503
+    meanwhile and serves again without a restart; every event is stored once, and afterwards one hub delivers the
+    webhook. The hub said that requests failed ("answered N requests 503 as the database failed"), and then
+    nothing: an operator reading the log could not tell whether, or when, it had recovered. It says so once."""
+    agent = add_credential(server.url, "S1")
+    reader = add_credential(server.url, role="reader")
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[[webhooks]]\nname = "shop"\nurl = "http://127.0.0.1:9/hooks"\nsecret = "a-secret-of-the-shop-1234"\n',
+        encoding="utf-8",
+    )
+    hubs = [HubProcess(tmp_path / f"hub-{i}.log", "--config", str(config), db=server.url, port=free_port())
+            for i in (1, 2)]  # fmt: skip
+    try:
+        for hub in hubs:
+            hub.start()
+        for n, hub in enumerate(hubs):
+            assert _posted(hub.url, agent, n)
+        server.stop(mode)
+        for n, hub in enumerate(hubs, start=len(hubs)):  # refused while the server is down: the agent resends
+            assert _post_event(hub.url, agent.token, n) == 503
+        server.start()
+        for n, hub in enumerate(hubs, start=len(hubs)):  # each hub stores again, each event once
+            wait_until("the hub stores events again", lambda: _posted(hub.url, agent, n), timeout_s=BOUND_S,  # noqa: B023
+                       poll_s=0.3)  # fmt: skip
+        for hub in hubs:
+            wait_until("the hub says its database answers again", lambda: RECOVERED in hub.log, timeout_s=BOUND_S)  # noqa: B023
+
+        def deliverers() -> list[str]:
+            return sorted(get_json(f"{h.url}/v1/webhooks", reader.token)["webhooks"][0]["deliverer"] for h in hubs)
+
+        wait_until("one hub delivers the webhook", lambda: deliverers() == ["another hub", "this hub"],
+                   timeout_s=BOUND_S, poll_s=0.3)  # fmt: skip
+        rows = get_json(f"{hubs[0].url}/v1/ledger?location=S1&limit=100", reader.token)["events"]
+        ids = [r["event_id"] for r in rows if r["effect"] != "rejected"]
+        assert sorted(ids) == sorted(set(ids)) and len(ids) == 2 * len(hubs), ids
+    finally:
+        for hub in hubs:
+            hub.close()
+    for hub in hubs:
+        assert hub.log.count(RECOVERED) == 1, hub.log
+        assert "Traceback" not in hub.log, hub.log

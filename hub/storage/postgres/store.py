@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -247,6 +248,8 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self._pool = pool
         self._inflight: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._unreached_since: float | None = None  # monotonic time of the first request the database could not take
+        self._unreached_count = 0
 
     @classmethod
     def open(cls, url: str) -> StoreOpener[PostgresHubStore]:
@@ -354,10 +357,13 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
                 async with self._connection() as conn, conn.transaction():
-                    return await work(conn)
+                    result = await work(conn)
+                self._reached()
+                return result
             except CONNECTION_ERRORS as err:
                 raise self._unavailable(what, err) from err
             except asyncpg.PostgresError as err:
+                self._not_reached(err)
                 if attempt == TX_ATTEMPTS or not _retryable(err, unique_races):
                     raise StoreError(f"the hub database failed while {what}: {err}") from err
                 delay_s = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -373,17 +379,40 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         try:
             async with self._connection() as conn:
                 if not snapshot:
-                    return await work(conn)
-                async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    return await work(conn)
+                    result = await work(conn)
+                else:
+                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                        result = await work(conn)
+            self._reached()
+            return result
         except CONNECTION_ERRORS as err:
             raise self._unavailable(what, err) from err
         except asyncpg.PostgresError as err:
+            self._not_reached(err)
             raise StoreError(f"the hub database failed while {what}: {err}") from err
+
+    def _not_reached(self, err: Exception) -> None:
+        """Count a request the database could not take because it is down, restarting or full (not one it
+        refused): once it answers again, ``_reached`` says so, once."""
+        if isinstance(err, (*CONNECTION_ERRORS, *UNREACHABLE_AT_OPEN)) and not self._closed:
+            if self._unreached_since is None:
+                self._unreached_since, self._unreached_count = time.monotonic(), 0
+            self._unreached_count += 1
+
+    def _reached(self) -> None:
+        """The database answered: after requests it could not take, one sentence says it answers again (the app
+        logs the failed requests as they come; without this, nothing told the operator when they ended)."""
+        if self._unreached_since is not None:
+            log.info(
+                "The hub database %s answers again; %d request(s) failed in the %.1f s it could not be reached.",
+                redacted(self.url), self._unreached_count, time.monotonic() - self._unreached_since,
+            )  # fmt: skip
+            self._unreached_since = None
 
     def _unavailable(self, what: str, err: Exception) -> Exception:
         if self._closed and isinstance(err, asyncpg.InterfaceError):
             return StoreClosed()
+        self._not_reached(err)
         why = _first_failure(err)
         return StoreError(f"the hub database {redacted(self.url)} could not be reached while {what}: {why}")
 
