@@ -24,6 +24,7 @@ from hub.storage.postgres.leases import Leases, LockConnection
 from hub.webhook_spec import WebhookSpec
 from hub.webhooks import WebhookStatus, _WebhookJob
 from protocol.retry import Backoff
+from tests.harness.pg_server import ThrowawayPostgres
 from tests.hub.feed_helpers import running_hub_at
 
 BOUND_S = 30.0  # a hub takes a free job within a retry; this hub takes its own back after a few seconds' backoff
@@ -305,3 +306,24 @@ async def test_the_lock_connection_is_noticed_gone_as_the_hub_stores_sessions_ar
         assert await conn.fetchval("SELECT current_setting('application_name')") == "shelfsync-hub"
     finally:
         await leases.close()
+
+
+async def test_a_servers_short_idle_session_timeout_does_not_end_the_lock_connection_between_checks() -> None:
+    """A DBA's ``idle_session_timeout`` (PostgreSQL 14+) ends sessions idle that long. The lock connection idles
+    between lock checks by design, so one shorter than their interval ended it, and the locks with it, between two
+    checks: the webhooks and channels it led went from hub to hub every few seconds, a batch delivered twice at
+    each move. The lock connection sets it to 0 for itself."""
+    with ThrowawayPostgres() as pg:
+        pg.psql("ALTER SYSTEM SET idle_session_timeout = '500ms'")
+        pg.psql("SELECT pg_reload_conf()")
+        leases = Leases(pg.url, "test.job", "the lock of {name}", "the locks")
+        try:
+            assert await leases.take("shop")
+            conn = leases._shared.current()
+            assert conn is not None
+            await asyncio.sleep(1.5)  # three times the server's limit, idle
+            assert not conn.is_closed() and await conn.fetchval("SELECT 1") == 1
+            assert await leases.take("shop"), "still held on the same connection"
+            assert leases._shared.current() is conn
+        finally:
+            await leases.close()

@@ -26,6 +26,9 @@ from hub.storage.base import StoreError
 from hub.storage.postgres.store import CONNECT_TIMEOUT_S, redacted, session_settings
 
 LEASE_QUERY_TIMEOUT_S = 5.0
+# The lock connection's own settings, over the store's: it is idle between lock checks by design, so a server's
+# idle_session_timeout shorter than the checks' interval would end it between two checks, and the locks with it.
+LOCK_SESSION_SETTINGS = {"idle_session_timeout": "0"}
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 LEASE_KEY_SQL = "hashtextextended('shelfsync.' || $1 || '.' || current_schema() || '.' || $2, 0)"
 
@@ -59,9 +62,12 @@ class LockConnection:
                     # The hub store's session settings: the TCP keepalives above all, so the server ends this
                     # session, and frees every lock on it, about a minute after this hub's host vanished, not after
                     # TCP's two hours during which no hub would run these jobs.
+                    # It idles between lock checks by design: a DBA's idle_session_timeout would end it, and every
+                    # lock on it, between two checks, so the jobs would flap from hub to hub (LOCK_SESSION_SETTINGS).
                     conn = await asyncpg.connect(
-                        self.url, timeout=CONNECT_TIMEOUT_S, server_settings=session_settings(self.url)
-                    )
+                        self.url, timeout=CONNECT_TIMEOUT_S,
+                        server_settings={**session_settings(self.url), **LOCK_SESSION_SETTINGS},
+                    )  # fmt: skip
                 except (*DB_ERRORS, ValueError) as err:
                     raise StoreError(f"cannot reach {self.where} to take {locks} ({err})") from err
                 self._conn = conn
