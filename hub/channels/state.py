@@ -151,6 +151,10 @@ class ChannelState(Protocol):
         reserve events: a line whose item was mapped to another SKU since is booked where its reservation is."""
 
 
+# A channel order's reserve events: by the ledger's ref index on SQLite (events_ref), by events_reserve_ref on
+# PostgreSQL (schema version 9); without one, each read walked the whole ledger.
+ORDER_RESERVES_SQL = "SELECT sku, attrs FROM events WHERE ref = ? AND kind = 'reserve' AND agent_id = ?"
+
 Tx = Db  # one open transaction of a backend, in ``?`` parameter markers (hub.storage.db adapts them)
 
 
@@ -415,10 +419,7 @@ class SqlChannelState:
 
     async def order_line_skus(self, channel: str, ref: str) -> dict[str, str]:
         self._check()
-        rows = await self._read(
-            "SELECT sku, attrs FROM events WHERE ref = ? AND kind = 'reserve' AND agent_id = ?",
-            (ref, f"channel:{channel}"),
-        )
+        rows = await self._read(ORDER_RESERVES_SQL, (ref, f"channel:{channel}"))
         found: dict[str, str] = {}
         for sku, attrs in rows:
             try:

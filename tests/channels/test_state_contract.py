@@ -7,6 +7,8 @@ fresh schema of the test PostgreSQL server), so what survives a restart is check
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from hub.channels import Divergence, ItemIds, LevelKey, MappingFinding, Reconciled, Refusal, SkuMapping
 from hub.channels.runner import open_channel_state
-from hub.channels.state import STAMP_KEPT_MS, SqlChannelState
+from hub.channels.state import ORDER_RESERVES_SQL, STAMP_KEPT_MS, SqlChannelState
 from hub.storage import StoreClosed, StoreError, open_store
 from protocol import Kind, wall_ms_now
 from tests.harness.pg import fresh_schema
@@ -299,3 +301,23 @@ async def test_a_postgresql_state_has_the_session_settings_of_the_hub_store(pg_u
             for name in ("idle_in_transaction_session_timeout", "lock_timeout", "tcp_keepalives_idle")
         }
     assert shown == {"idle_in_transaction_session_timeout": "30s", "lock_timeout": "3s", "tcp_keepalives_idle": "30"}
+
+
+async def test_an_orders_reserves_are_read_by_an_index_not_by_walking_the_ledger(db: str, backend: str) -> None:
+    """``order_line_skus`` runs for every line of an order holding a bundle; PostgreSQL had no index that
+    leads with the ref, so each read scanned every partition of the ledger (schema 9 adds events_reserve_ref)."""
+    async with open_store(db):
+        pass  # migrated
+    if backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            plan = " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + ORDER_RESERVES_SQL, ("r", "a")))
+        assert "USING INDEX" in plan and "SCAN events" not in plan, plan
+        return
+    conn = await asyncpg.connect(db)
+    try:
+        await conn.execute("SET enable_seqscan = off")  # so that a table of a few rows shows the plan of a big one
+        sql = ORDER_RESERVES_SQL.replace("?", "$1", 1).replace("?", "$2", 1)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, "r", "a"))
+    finally:
+        await conn.close()
+    assert "Seq Scan" not in plan and "Index" in plan, plan
