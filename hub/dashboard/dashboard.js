@@ -14,6 +14,10 @@
   const MINUS = "\u2212";
   const ONE_DECIMAL = new Intl.NumberFormat("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
   const STOCK_ROWS_SHOWN = 500;
+  // The counts the Stock page reads: one page of GET /v1/counts at its maximum. A hub of 200 stores × 5,000
+  // SKUs holds a million counts; reading them all froze the tab and re-read the whole table at each visit.
+  // Past this, the page says so and offers a location or the SKU search, which read only what they show.
+  const STOCK_ROWS_LOADED = 10000;
   const LEDGER_PAGE = 50; // ledger events per page of a SKU's ledger
   const CATALOG_REFRESH_MS = 60000;
   const TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
@@ -48,7 +52,7 @@
   const state = {
     status: null,
     exceptions: [],
-    stock: { location: "", filter: "", rows: [], sort: ["location", 1], noteEl: null },
+    stock: { location: "", filter: "", rows: [], more: false, sort: ["location", 1], noteEl: null },
     sku: null, // {sku, counts: Map(location -> count), totalsEl, ledger: {cursors, page, next, starts, fresh}}
     names: new Map(), // SKU -> product name, from the catalog
     skus: [], // every SKU the catalog maps barcodes to
@@ -489,12 +493,18 @@
     if (note) note.textContent = rows.length > shown.length
       ? `showing ${NUM.format(shown.length)} of ${NUM.format(rows.length)}; narrow the filter`
       : `${NUM.format(rows.length)} row${rows.length === 1 ? "" : "s"}`;
+    if (state.stock.more) {
+      return [h("p", { class: "hint stock-partial", id: "stock-partial" }, `The hub holds more counts ` +
+        `${state.stock.location ? "at " + state.stock.location + " " : ""}than the ${NUM.format(STOCK_ROWS_LOADED)} read here ` +
+        "(the first by location, then SKU): the filter and sorting see only those. Choose a location, or find one SKU " +
+        "in every store with the search box at the top; the CSV download has every count."), wrap];
+    }
     return wrap;
   }
 
   function redrawStock() {
     const old = document.querySelector("#view .stock-table-slot");
-    if (old) old.replaceChildren(stockTable());
+    if (old) old.replaceChildren(...[stockTable()].flat());
   }
 
   function sortStock(field) {
@@ -513,14 +523,10 @@
   async function stock() {
     if (!state.status) await refreshStatus();
     const st = state.stock;
-    const query = st.location ? `?location=${encodeURIComponent(st.location)}&limit=10000` : "?limit=10000";
-    st.rows = [];
-    // Every page: follow `next` until it is null (bounded, so a misbehaving hub cannot loop the page forever).
-    for (let page = await api("/v1/counts" + query), n = 0; ; n++) {
-      st.rows.push(...page.counts);
-      if (!page.next || n >= 100) break;
-      page = await api("/v1/counts" + query + "&cursor=" + encodeURIComponent(page.next));
-    }
+    const query = (st.location ? `?location=${encodeURIComponent(st.location)}&` : "?") + `limit=${STOCK_ROWS_LOADED}`;
+    const first = await api("/v1/counts" + query);
+    st.rows = first.counts;
+    st.more = Boolean(first.next); // more counts than one read: the page shows the first ones and says so
     const select = h("select", {
       id: "stock-location", "aria-label": "Location",
       onchange: (e) => { st.location = e.target.value; render(); },

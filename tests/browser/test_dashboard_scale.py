@@ -1,0 +1,89 @@
+"""The dashboard at retail scale, in real headless Chromium against a hub on 127.0.0.1 seeded through its
+store: pages read what they show, a page at a time, and say so when a list is longer than what they read.
+Seeded sizes are just past the page's own limits, so each test stays small and bounded in time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, Request, expect
+
+from hub import HubStore
+from hub.storage.base import AgentIdentity
+from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
+from tests.harness.inprocess import hub_in_process
+
+STOCK_ROWS_LOADED = 10_000  # dashboard.js: the counts the Stock page reads at once
+SKUS_PER_STORE = 5_100  # two stores: 10,200 counts, just past one read
+
+
+@dataclass
+class Seeded:
+    base: str
+    store: HubStore
+    reader: str
+
+
+async def seed_counts(store: HubStore, location: str, skus: int) -> None:
+    """One count of each of ``skus`` SKUs at ``location``, by a new agent of that store."""
+    agent_id, _ = await store.add_agent([location])
+    now = wall_ms_now() - 60_000
+    seq = itertools.count(1)
+    events = [
+        StockEvent(new_event_id(), agent_id, 1, n, location, f"SKU-{k:05d}", Kind.COUNT, 5, pack_hlc(now, n), now,
+                   "pos:test")
+        for k, n in zip(range(skus), seq, strict=False)
+    ]  # fmt: skip
+    await store.ingest(AgentIdentity(agent_id, frozenset({location})), 1, events)
+
+
+@pytest.fixture
+async def big(tmp_path: Path) -> AsyncIterator[Seeded]:
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        _, reader = await served.store.add_agent([], role="reader")
+        for location in ("S001", "S002"):
+            await seed_counts(served.store, location, SKUS_PER_STORE)
+        yield Seeded(served.url, served.store, reader)
+
+
+async def sign_in(page: Page, hub: Seeded) -> None:
+    await page.goto(f"{hub.base}/dashboard/sign-in")
+    await page.fill("#token", hub.reader)
+    await page.click("button[type=submit]")
+    await expect(page).to_have_url(f"{hub.base}/dashboard/")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+
+async def test_the_stock_page_reads_one_page_of_counts_and_says_there_are_more(
+    big: Seeded, page: Page, console_errors: list[str]
+) -> None:
+    """With more counts than one read, the Stock page reads one page (not every count of every store, which
+    froze the tab at a million) and says the list is partial and how to narrow it; a location reads all of its."""
+    counts_reads: list[str] = []
+
+    def seen(request: Request) -> None:
+        if "/v1/counts" in request.url and "format=csv" not in request.url:
+            counts_reads.append(request.url)
+
+    page.on("request", seen)
+    await sign_in(page, big)
+    await page.evaluate("location.hash = '#/stock'")
+    await expect(page.locator("#stock-body tr")).to_have_count(500)
+    partial = page.locator("#stock-partial")
+    await expect(partial).to_be_visible()
+    await expect(partial).to_contain_text("more counts than the 10,000 read here")
+    assert len(counts_reads) == 1, counts_reads
+    assert f"limit={STOCK_ROWS_LOADED}" in counts_reads[0] and "cursor=" not in counts_reads[0]
+
+    await page.select_option("#stock-location", "S002")
+    await expect(page.locator("#stock-note")).to_have_text(f"showing 500 of {SKUS_PER_STORE:,}; narrow the filter")
+    await expect(partial).to_have_count(0)  # one store's counts fit one read: nothing is left out
+    await page.fill("#stock-filter", "SKU-05099")
+    await expect(page.locator("#stock-body tr")).to_have_count(1)
+    assert len(counts_reads) == 2, counts_reads
+    assert console_errors == []
