@@ -24,6 +24,9 @@
   const ZONE_NAME = new Intl.DateTimeFormat("en-US", { timeZoneName: "short" });
   const LOCAL_FULL = new Intl.DateTimeFormat("en-US", { dateStyle: "medium", timeStyle: "long" });
   const STATUS_REFRESH_MS = 15000;
+  // The exceptions read with the status: one page of GET /v1/exceptions at its maximum, newest first. When the
+  // hub lists more, every count drawn from them is a lower bound and is shown with a "+", never as the total.
+  const EXCEPTIONS_READ = 10000;
   const AGE_TICK_MS = 5000;
 
   const EXCEPTION_KINDS = {
@@ -52,6 +55,7 @@
   const state = {
     status: null,
     exceptions: [],
+    exceptionsMore: false, // the hub lists more exceptions than the EXCEPTIONS_READ read
     stock: { location: "", filter: "", rows: [], more: false, sort: ["location", 1], noteEl: null },
     sku: null, // {sku, counts: Map(location -> count), totalsEl, ledger: {cursors, page, next, starts, fresh}}
     names: new Map(), // SKU -> product name, from the catalog
@@ -87,6 +91,11 @@
 
   function fmt(n) {
     return n < 0 ? MINUS + NUM.format(-n) : NUM.format(n);
+  }
+
+  // A count of the exceptions read: "10,000+" when the hub lists more than were read.
+  function atLeast(n) {
+    return fmt(n) + (state.exceptionsMore ? "+" : "");
   }
 
   function signed(n) {
@@ -314,12 +323,12 @@
         hooks.length ? `${hooks.length} configured` : "none configured", failing ? "bad" : hooks.length ? "good" : null);
     }
     const negative = state.exceptions.filter((e) => e.kind === "negative_on_hand").length;
-    setStat("stat-negative", fmt(negative), negative ? "below zero" : "none below zero",
+    setStat("stat-negative", negative ? atLeast(negative) : fmt(negative), negative ? "below zero" : "none below zero",
       negative ? "bad" : "good");
     const total = state.exceptions.length;
     const kinds = new Set(state.exceptions.map((e) => e.kind)).size;
-    setStat("stat-exceptions", fmt(total), total ? `${kinds} kind${kinds === 1 ? "" : "s"}` : "nothing to look at",
-      total ? "warn" : "good");
+    setStat("stat-exceptions", atLeast(total), state.exceptionsMore ? `the newest ${NUM.format(total)} read`
+      : total ? `${kinds} kind${kinds === 1 ? "" : "s"}` : "nothing to look at", total ? "warn" : "good");
     for (const page of PAGES) {
       const badge = page.badge ? $(`${page.view}-badge`) : null;
       if (!badge) continue;
@@ -334,10 +343,11 @@
   }
 
   async function refreshStatus() {
-    const [status, exceptions] = await Promise.all([api("/v1/status"), api("/v1/exceptions?limit=10000"),
+    const [status, exceptions] = await Promise.all([api("/v1/status"), api(`/v1/exceptions?limit=${EXCEPTIONS_READ}`),
       loadCatalog().catch(() => {}), loadChannels().catch(() => {})]);
     state.status = status;
     state.exceptions = exceptions.exceptions;
+    state.exceptionsMore = Boolean(exceptions.next);
     if (state.cursor === null) state.cursor = status.feed.cursor;
     if (status.feed.last_change_ms && !(state.lastChangeMs > status.feed.last_change_ms)) state.lastChangeMs = status.feed.last_change_ms;
     $("who").textContent = status.you ? `signed in as ${status.you}` : "";
@@ -673,9 +683,12 @@
     const byKind = new Map();
     for (const e of all) byKind.set(e.kind, (byKind.get(e.kind) || 0) + 1);
     const chips = h("div", { class: "chips", role: "group", "aria-label": "Kinds" },
-      h("a", { class: "chip", href: "#/exceptions", "aria-pressed": String(!kind) }, "All", h("span", { class: "n" }, NUM.format(all.length))),
+      h("a", { class: "chip", href: "#/exceptions", "aria-pressed": String(!kind) }, "All", h("span", { class: "n" }, atLeast(all.length))),
       [...byKind.entries()].sort().map(([k, n]) => h("a", { class: "chip", href: "#/exceptions/" + encodeURIComponent(k), "aria-pressed": String(kind === k) },
-        (EXCEPTION_KINDS[k] || [k])[0], h("span", { class: "n" }, NUM.format(n)))));
+        (EXCEPTION_KINDS[k] || [k])[0], h("span", { class: "n" }, atLeast(n)))));
+    const partial = state.exceptionsMore ? h("p", { class: "hint partial", id: "exceptions-partial" },
+      `The hub lists more exceptions than the newest ${NUM.format(all.length)} read here: each count above is at least ` +
+      "that many, and older exceptions are not shown. The CSV download has every one.") : null;
     const shown = all.filter((e) => !kind || e.kind === kind);
     const rows = shown.map((e) => {
       const [label, tone] = EXCEPTION_KINDS[e.kind] || [e.kind, "plain"];
@@ -693,7 +706,7 @@
       h("p", { class: "muted" }, "Negative stock, unknown barcodes, divergence from other systems, transfer differences and refused events. " +
         "Map an unknown barcode to its SKU with Map…: its scans are then booked on that SKU.")),
       h("div", { class: "toolbar" }, csvLink("/v1/exceptions?format=csv", "Download CSV", "every exception, as a spreadsheet"))),
-    chips, table(["Kind", "Location", "SKU", "What happened", "When"], rows, "Nothing needs attention.")];
+    chips, ...(partial ? [partial] : []), table(["Kind", "Location", "SKU", "What happened", "When"], rows, "Nothing needs attention.")];
   }
 
   // --- mapping an unknown barcode to a SKU (PUT /v1/catalog) ------------------------------------------------

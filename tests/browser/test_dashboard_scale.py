@@ -19,6 +19,7 @@ from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
 from tests.harness.inprocess import hub_in_process
 
 STOCK_ROWS_LOADED = 10_000  # dashboard.js: the counts the Stock page reads at once
+EXCEPTIONS_READ = 10_000  # dashboard.js: the exceptions read with the status
 SKUS_PER_STORE = 5_100  # two stores: 10,200 counts, just past one read
 
 
@@ -29,13 +30,13 @@ class Seeded:
     reader: str
 
 
-async def seed_counts(store: HubStore, location: str, skus: int) -> None:
-    """One count of each of ``skus`` SKUs at ``location``, by a new agent of that store."""
+async def seed_counts(store: HubStore, location: str, skus: int, kind: Kind = Kind.COUNT, qty: int = 5) -> None:
+    """One count (or ``kind`` of ``qty``) of each of ``skus`` SKUs at ``location``, by a new agent of that store."""
     agent_id, _ = await store.add_agent([location])
     now = wall_ms_now() - 60_000
     seq = itertools.count(1)
     events = [
-        StockEvent(new_event_id(), agent_id, 1, n, location, f"SKU-{k:05d}", Kind.COUNT, 5, pack_hlc(now, n), now,
+        StockEvent(new_event_id(), agent_id, 1, n, location, f"SKU-{k:05d}", kind, qty, pack_hlc(now, n), now,
                    "pos:test")
         for k, n in zip(range(skus), seq, strict=False)
     ]  # fmt: skip
@@ -70,8 +71,9 @@ async def test_the_stock_page_reads_one_page_of_counts_and_says_there_are_more(
         if "/v1/counts" in request.url and "format=csv" not in request.url:
             counts_reads.append(request.url)
 
-    page.on("request", seen)
     await sign_in(page, big)
+    await expect(page.locator("#view h1")).to_have_text("Stores")  # the first page drawn: nothing else reads
+    page.on("request", seen)
     await page.evaluate("location.hash = '#/stock'")
     await expect(page.locator("#stock-body tr")).to_have_count(500)
     partial = page.locator("#stock-partial")
@@ -86,4 +88,25 @@ async def test_the_stock_page_reads_one_page_of_counts_and_says_there_are_more(
     await page.fill("#stock-filter", "SKU-05099")
     await expect(page.locator("#stock-body tr")).to_have_count(1)
     assert len(counts_reads) == 2, counts_reads
+    assert console_errors == []
+
+
+@pytest.fixture
+async def many_exceptions(tmp_path: Path) -> AsyncIterator[Seeded]:
+    """A store that sold one of each of 10,010 SKUs it never received: 10,010 negative counts."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        _, reader = await served.store.add_agent([], role="reader")
+        await seed_counts(served.store, "S001", EXCEPTIONS_READ + 10, Kind.SALE, -1)
+        yield Seeded(served.url, served.store, reader)
+
+
+async def test_exception_counts_past_one_read_are_shown_as_at_least_never_as_the_total(
+    many_exceptions: Seeded, page: Page, console_errors: list[str]
+) -> None:
+    """10,010 stocks are below zero and the dashboard reads the newest 10,000 exceptions: the status strip says
+    10,000+ (it said exactly 10,000 exceptions and 10,000 below zero, disagreeing with the hub's CSV)."""
+    await sign_in(page, many_exceptions)
+    await expect(page.locator("#stat-exceptions .stat-value")).to_have_text("10,000+")
+    await expect(page.locator("#stat-negative .stat-value")).to_have_text("10,000+")
+    await expect(page.locator("#stat-exceptions .stat-note")).to_have_text("the newest 10,000 read")
     assert console_errors == []
