@@ -27,6 +27,8 @@
   // The exceptions read with the status: one page of GET /v1/exceptions at its maximum, newest first. When the
   // hub lists more, every count drawn from them is a lower bound and is shown with a "+", never as the total.
   const EXCEPTIONS_READ = 10000;
+  // The rows the Exceptions page draws, newest first: drawing 10,000 held the tab for 24 s at every live redraw.
+  const EXCEPTIONS_SHOWN = 500;
   const AGE_TICK_MS = 5000;
 
   const EXCEPTION_KINDS = {
@@ -689,7 +691,11 @@
     const partial = state.exceptionsMore ? h("p", { class: "hint partial", id: "exceptions-partial" },
       `The hub lists more exceptions than the newest ${NUM.format(all.length)} read here: each count above is at least ` +
       "that many, and older exceptions are not shown. The CSV download has every one.") : null;
-    const shown = all.filter((e) => !kind || e.kind === kind);
+    const matching = all.filter((e) => !kind || e.kind === kind);
+    const shown = matching.slice(0, EXCEPTIONS_SHOWN);
+    const cut = matching.length > shown.length ? h("p", { class: "hint partial", id: "exceptions-shown" },
+      `Showing the newest ${NUM.format(shown.length)} of ${atLeast(matching.length)}: choose a kind above to see ` +
+      "others, or download the CSV for every one.") : null;
     const rows = shown.map((e) => {
       const [label, tone] = EXCEPTION_KINDS[e.kind] || [e.kind, "plain"];
       const barcode = e.kind === "unknown_barcode" && e.data ? e.data.barcode : null;
@@ -706,7 +712,7 @@
       h("p", { class: "muted" }, "Negative stock, unknown barcodes, divergence from other systems, transfer differences and refused events. " +
         "Map an unknown barcode to its SKU with Map…: its scans are then booked on that SKU.")),
       h("div", { class: "toolbar" }, csvLink("/v1/exceptions?format=csv", "Download CSV", "every exception, as a spreadsheet"))),
-    chips, ...(partial ? [partial] : []), table(["Kind", "Location", "SKU", "What happened", "When"], rows, "Nothing needs attention.")];
+    chips, ...[partial, cut].filter(Boolean), table(["Kind", "Location", "SKU", "What happened", "When"], rows, "Nothing needs attention.")];
   }
 
   // --- mapping an unknown barcode to a SKU (PUT /v1/catalog) ------------------------------------------------

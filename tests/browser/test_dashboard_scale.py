@@ -110,3 +110,21 @@ async def test_exception_counts_past_one_read_are_shown_as_at_least_never_as_the
     await expect(page.locator("#stat-negative .stat-value")).to_have_text("10,000+")
     await expect(page.locator("#stat-exceptions .stat-note")).to_have_text("the newest 10,000 read")
     assert console_errors == []
+
+
+async def test_the_exceptions_page_draws_the_newest_500_and_says_how_many_more(
+    many_exceptions: Seeded, page: Page, console_errors: list[str]
+) -> None:
+    """With 10,000 exceptions read, the Exceptions page draws the newest 500 rows (drawing all 10,000 held the
+    tab for about 24 s, again at each live redraw) and says how many it leaves out and how to see them."""
+    await sign_in(page, many_exceptions)
+    await expect(page.locator("#view h1")).to_have_text("Stores")
+    await page.evaluate("location.hash = '#/exceptions'")
+    await expect(page.locator("#view h1")).to_have_text("Exceptions")
+    await expect(page.locator("#view tbody tr")).to_have_count(500)
+    await expect(page.locator("#exceptions-shown")).to_have_text(
+        "Showing the newest 500 of 10,000+: choose a kind above to see others, or download the CSV for every one."
+    )
+    await expect(page.locator("#exceptions-partial")).to_contain_text("more exceptions than the newest 10,000 read here")
+    await expect(page.locator(".chips .chip").first).to_have_text("All10,000+")
+    assert console_errors == []
