@@ -397,11 +397,26 @@
 
   // --- views -------------------------------------------------------------------
 
-  async function overview() {
+  // Longest offline first (the oldest last sync), those never synced after them.
+  function offlineFirst(a, b) {
+    return (a.last_sync_ms ?? Infinity) - (b.last_sync_ms ?? Infinity) || a.agent_id.localeCompare(b.agent_id);
+  }
+
+  // #/overview: every store agent by location; #/overview/offline: those not online, longest offline first, so
+  // which stores are down, and since when, is read at the top of the list and not among 200 online ones.
+  async function overview(filter) {
     if (!state.status) await refreshStatus();
     const st = state.status;
-    const agents = storeAgents().sort((a, b) => a.locations.join().localeCompare(b.locations.join()) || a.agent_id.localeCompare(b.agent_id));
-    const others = st.agents.length - agents.length;
+    const every = storeAgents();
+    const down = every.filter((a) => !a.online);
+    const agents = filter === "offline" ? down.sort(offlineFirst)
+      : every.sort((a, b) => a.locations.join().localeCompare(b.locations.join()) || a.agent_id.localeCompare(b.agent_id));
+    const others = st.agents.length - every.length;
+    const chips = h("div", { class: "chips", role: "group", "aria-label": "Which stores" },
+      h("a", { class: "chip", href: "#/overview", "aria-pressed": String(filter !== "offline") }, "All",
+        h("span", { class: "n" }, NUM.format(every.length))),
+      h("a", { class: "chip", id: "stores-offline", href: "#/overview/offline", "aria-pressed": String(filter === "offline") },
+        "Offline or never synced", h("span", { class: "n" }, NUM.format(down.length))));
     const rows = agents.map((a) => {
       const latest = a.epochs.length ? a.epochs[a.epochs.length - 1] : null;
       const status = a.last_sync_ms == null ? pill("Never synced", "plain")
@@ -430,9 +445,10 @@
           "An idle agent calls the hub every minute with nothing to send. The backlog is what the agent reported waiting in its outbox at its last sync.")),
       h("div", { class: "toolbar" }, csvLink("/v1/agents?format=csv", "Download CSV",
         "every credential with its last sync, mark, backlog and clock skew, as a spreadsheet")));
-    const parts = [head, table(
+    const parts = [head, chips, table(
       ["Status", "Locations", "Agent", "Last sync", ["Events, last hour", "num"], ["High-water mark", "num"], ["Backlog", "num"], ["Clock skew", "num"]],
-      rows, "No store agents yet. Create one with shelfsync-hub agent add --location CODE.")];
+      rows, filter === "offline" ? "Every store agent is online."
+        : "No store agents yet. Create one with shelfsync-hub agent add --location CODE.")];
     if (others) parts.push(h("p", { class: "muted" }, `${others} reader, admin or revoked credential(s) are not listed.`));
     const hooks = st.webhooks || [];
     const hookRows = hooks.map((w) => h("tr", {},
@@ -1198,7 +1214,7 @@
   // reads the address after #/view/ (optional); live: redrawn when the status refreshes; badge(): the count
   // shown on the tab (optional).
   const PAGES = [
-    { view: "overview", label: "Stores", render: overview, live: true },
+    { view: "overview", label: "Stores", render: overview, live: true, arg: (rest) => (rest === "offline" ? rest : "") },
     { view: "stock", label: "Stock", render: stock },
     { view: "exceptions", label: "Exceptions", render: exceptionsView, live: true, arg: (rest) => rest,
       badge: () => state.exceptions.length },

@@ -6,6 +6,7 @@ Seeded sizes are just past the page's own limits, so each test stays small and b
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,3 +129,31 @@ async def test_the_exceptions_page_draws_the_newest_500_and_says_how_many_more(
     await expect(page.locator("#exceptions-partial")).to_contain_text("more exceptions than the newest 10,000 read here")
     await expect(page.locator(".chips .chip").first).to_have_text("All10,000+")
     assert console_errors == []
+
+
+async def test_the_stores_page_lists_the_offline_stores_longest_offline_first(
+    tmp_path: Path, page: Page, console_errors: list[str]
+) -> None:
+    """Among many stores, the few offline are one click away, the longest offline first with since when (its
+    last sync's age and time); before, they were only found by reading every row of the list."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        _, reader = await served.store.add_agent([], role="reader")
+        for location in ("S001", "S002", "S003", "S005"):
+            await seed_counts(served.store, location, 1)
+        await served.store.add_agent(["S004"])  # never synced
+        three_days_ago = wall_ms_now() - 3 * 86_400_000 - 60_000
+        with sqlite3.connect(tmp_path / "hub.db") as db:  # two stores went quiet: S003 three days ago, S005 today
+            db.execute("UPDATE agents SET last_sync_ms = ? WHERE locations LIKE '%S003%'", (three_days_ago,))
+            db.execute("UPDATE agents SET last_sync_ms = ? WHERE locations LIKE '%S005%'", (wall_ms_now() - 7_200_000,))
+        hub = Seeded(served.url, served.store, reader)
+        await sign_in(page, hub)
+        await expect(page.locator("#view h1")).to_have_text("Stores")
+        await expect(page.locator("#stores-offline")).to_have_text("Offline or never synced3")
+        await page.click("#stores-offline")
+        rows = page.locator("#view table tbody tr[data-agent]")
+        await expect(rows).to_have_count(3)
+        await expect(rows.locator("td.key")).to_have_text(["S003", "S005", "S004"])
+        await expect(rows.nth(0)).to_contain_text("3 days ago")
+        await expect(rows.nth(0).locator(".sub.time")).to_contain_text("UTC")  # the browser's zone (UTC here), named
+        await expect(rows.nth(2)).to_contain_text("Never synced")
+        assert console_errors == []
