@@ -344,7 +344,32 @@
     if (state.lastChangeMs) change.dataset.ms = String(state.lastChangeMs);
   }
 
-  async function refreshStatus() {
+  // One status read at a time. The strip is read every STATUS_REFRESH_MS, after changes and by pages; when the hub
+  // answers slower than that (a long exceptions list), reads started anyway piled up on it, each tab adding more.
+  // A call during a read waits for it and for one more read after it (what it asked for may have changed since
+  // that read began); any number of calls meanwhile share that one.
+  let statusRead = null;
+  let statusAgain = false;
+
+  function refreshStatus() {
+    if (statusRead) {
+      statusAgain = true;
+      return statusRead;
+    }
+    statusRead = (async () => {
+      try {
+        do {
+          statusAgain = false;
+          await readStatus();
+        } while (statusAgain);
+      } finally {
+        statusRead = null;
+      }
+    })();
+    return statusRead;
+  }
+
+  async function readStatus() {
     const [status, exceptions] = await Promise.all([api("/v1/status"), api(`/v1/exceptions?limit=${EXCEPTIONS_READ}`),
       loadCatalog().catch(() => {}), loadChannels().catch(() => {})]);
     state.status = status;

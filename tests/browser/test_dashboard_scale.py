@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, Request, expect
+from playwright.async_api import Page, Request, Route, expect
 
 from hub import HubStore
 from hub.storage.base import AgentIdentity
@@ -157,3 +157,35 @@ async def test_the_stores_page_lists_the_offline_stores_longest_offline_first(
         await expect(rows.nth(0).locator(".sub.time")).to_contain_text("UTC")  # the browser's zone (UTC here), named
         await expect(rows.nth(2)).to_contain_text("Never synced")
         assert console_errors == []
+
+
+async def test_status_reads_never_pile_up_on_a_slow_hub(
+    many_exceptions: Seeded, page: Page, console_errors: list[str]
+) -> None:
+    """While the hub is still answering one status read (its exceptions list is slow), pages opened meanwhile
+    start no read of their own: they wait for it and one read after it. Before, each started another, so a
+    hub slower than the 15 s refresh got more and more of the same read from every tab."""
+    await sign_in(page, many_exceptions)
+    await expect(page.locator("#view h1")).to_have_text("Stores")
+    held: list[Route] = []
+    released = False
+
+    async def hold(route: Route) -> None:
+        held.append(route)  # answered when the test lets it go: a hub still working on it
+        if released:
+            await route.continue_()
+
+    await page.route("**/v1/exceptions?*", hold)
+    for view in ("exceptions", "quarantine", "exceptions", "quarantine", "exceptions"):
+        await page.evaluate(f"location.hash = '#/{view}'")
+    for _ in range(100):  # the first page's read reaches the hub
+        if held:
+            break
+        await page.wait_for_timeout(100)
+    await page.wait_for_timeout(1_000)  # a read the pages would start has started by now
+    assert len(held) == 1, f"{len(held)} exceptions reads at once"
+    released = True
+    await held[0].continue_()
+    await expect(page.locator("#view h1")).to_have_text("Exceptions")
+    await expect(page.locator("#exceptions-shown")).to_be_visible()
+    assert console_errors == []
