@@ -15,6 +15,10 @@ from hub.storage.rows import COUNT_FIELDS, count_row, expanded_ids, ledger_row, 
 from hub.storage.sql import EVENT_FIELDS, NEWEST_FIRST, TRANSFER_FIELDS, ledger_events_sql
 from protocol import CountSnapshot
 
+# A SKU's ledger at every location (``_sku_events``): this many locations' reads in one statement, each a
+# compound SELECT's arm (SQLite allows 500 by default).
+SKU_PLACES_PER_QUERY = 100
+
 
 async def counts(
     db: Db, location: str | None, sku: str | None, limit: int, after: CountKey | None
@@ -34,11 +38,15 @@ async def ledger(
     def where(page: tuple[str, tuple[Any, ...]] | None) -> Where:
         return Where().page(page).add("location = ?", location).add("sku = ?", sku).add("occurred_at < ?", before)
 
-    events = where(keys.events_after(after) if after is not None else None)
-    rows = await db.fetch(
-        ledger_events_sql(f"(SELECT * FROM events{events.sql} ORDER BY {NEWEST_FIRST} LIMIT ?)"),
-        (*events.params, limit),
-    )
+    page = keys.events_after(after) if after is not None else None
+    if sku is not None and location is None:
+        rows = await _sku_events(db, sku, page, before, limit)
+    else:
+        events = where(page)
+        rows = await db.fetch(
+            ledger_events_sql(f"(SELECT * FROM events{events.sql} ORDER BY {NEWEST_FIRST} LIMIT ?)"),
+            (*events.params, limit),
+        )
     rejections = where(keys.rejections_after(after) if after is not None else None)
     rows += await db.fetch(
         f"SELECT {EVENT_FIELDS}, 'rejected', NULL, attempts - 1, received_at_ms, detail, code, content_hash "
@@ -51,6 +59,30 @@ async def ledger(
     for found in await _writeoffs(db, location, sku, limit, before, after):
         out.append(held.writeoff_ledger_row(Transfer(*found[:10]), found[10]))  # a transfer closed short
     return keys.newest_first_after(out, after, limit)
+
+
+async def _sku_events(
+    db: Db, sku: str, page: tuple[str, tuple[Any, ...]] | None, before: int | None, limit: int
+) -> list[Row]:
+    """One SKU's newest events at every location, as ``ledger`` reads a location's: each location's by the
+    ledger's (location, sku, order key) index, newest first and at most ``limit`` each, then the newest ``limit``
+    of them all. The locations are the SKU's stock rows (every key with an event has one; ``stock_sku``). Without
+    an index leading with the SKU (SQLite has none: one more index on every event written), a single query
+    walked the whole ledger by time until it had a page of this SKU's; this reads what the SKU holds, with one
+    statement per ``SKU_PLACES_PER_QUERY`` locations."""
+    places = [r[0] for r in await db.fetch("SELECT location FROM stock WHERE sku = ? ORDER BY location", (sku,))]
+    rows: list[Row] = []
+    for i in range(0, len(places), SKU_PLACES_PER_QUERY):
+        parts, params = [], []
+        for place in places[i : i + SKU_PLACES_PER_QUERY]:
+            w = Where().page(page).add("location = ?", place).add("sku = ?", sku).add("occurred_at < ?", before)
+            parts.append(f"SELECT * FROM (SELECT * FROM events{w.sql} ORDER BY {NEWEST_FIRST} LIMIT ?) p{len(parts)}")
+            params += [*w.params, limit]
+        union = " UNION ALL ".join(parts)
+        rows += await db.fetch(
+            ledger_events_sql(f"(SELECT * FROM ({union}) u ORDER BY {NEWEST_FIRST} LIMIT ?)"), (*params, limit)
+        )
+    return rows
 
 
 async def _writeoffs(
