@@ -234,6 +234,22 @@ class ModeRouter:
             ScanResult.BOOKED, f"Booked {what} of {sku}{pack} at {location}.", ids, location, sku, rule.kind, qty
         )
 
+    async def running_count(self, location: str, sku: str) -> str | None:
+        """The id of a reader in count mode whose running count of (location, sku) is still going (scanned within
+        its ``count_reset_s``), or None: its next scan books the SKU's whole count, so a count session of the SKU
+        opened now would replace it at its close, or be replaced by it (agent.sessions asks before opening one)."""
+        now_ms = self._wall_clock_ms()
+        for reader in self.readers.values():
+            if reader.mode != "count" or (reader.location or self.location) != location:
+                continue
+            last = self._counts.get((reader.id, location, sku))
+            if last is None and self.journal is not None:
+                with contextlib.suppress(JournalError):
+                    last = await self.journal.last_count(reader.id, location, sku)
+            if last is not None and now_ms - last[1] <= reader.count_reset_s * 1000:
+                return reader.id
+        return None
+
     def _is_bundle(self, sku: str) -> bool:
         """Whether the hub's bundles, as the catalog last heard them, hold ``sku`` (a count of one the hub refuses,
         after the reader's operator counted); not known yet, the count is booked and the hub decides."""

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
-from agent.sessions.errors import InvalidSessionInput, SessionError, SessionNotOpen
+from agent.sessions.errors import InvalidSessionInput, SessionConflict, SessionError, SessionNotOpen
 from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
 from agent.sessions.model import (
     Disposition,
@@ -68,6 +68,9 @@ class SessionManager:
         self._closing = asyncio.Lock()
         self.changed = asyncio.Condition()  # notified after every change of any session
         self.version = 0  # increases with every change (for pollers)
+        # The id of a back-office reader in count mode running a count of (location, sku), or None (set by
+        # agent.sessions.router from its ModeRouter): a count session of that SKU would replace it, or be replaced.
+        self.scanner_counting: Callable[[str, str], Awaitable[str | None]] | None = None
 
     @property
     def location(self) -> str:
@@ -99,6 +102,7 @@ class SessionManager:
         if spec.type is SessionType.COUNT:
             for sku in spec.scope_skus:
                 self._check_countable(sku)
+                await self._check_not_scanner_counted(sku)
         session = Session(
             id=event_id_hex(new_event_id()),
             spec=spec,
@@ -165,6 +169,8 @@ class SessionManager:
         spec = session.spec
         if session.type is SessionType.COUNT and not item.unknown:
             self._check_countable(item.sku)
+        if session.type is SessionType.COUNT and not spec.scope_skus:
+            await self._check_not_scanner_counted(item.sku)
         if session.type is SessionType.COUNT and spec.scope_skus and item.sku not in spec.scope_skus:
             raise InvalidSessionInput(
                 f"{item.sku} is not in this count's scope; count it in its own session so its stock is not"
@@ -209,6 +215,16 @@ class SessionManager:
             raise InvalidSessionInput(
                 f"{sku} is a bundle (a kit or set made of other SKUs), which the hub does not take a count of:"
                 " count each of its parts instead"
+            )
+
+    async def _check_not_scanner_counted(self, sku: str) -> None:
+        """Refuse counting ``sku`` in a session while a back-office reader in count mode is running a count of it:
+        each books the SKU's whole count, so the one booked last replaced the other's units (the reader's side of
+        this is ``count_conflict``)."""
+        if self.scanner_counting is not None and (reader := await self.scanner_counting(self.location, sku)):
+            raise SessionConflict(
+                f"{sku} is being counted by scanner {reader!r} in count mode; count it on that scanner, or wait until"
+                " its running count has ended, so neither count replaces the other's units"
             )
 
     async def undo(self, session_id: str, *, by: str) -> Line | None:

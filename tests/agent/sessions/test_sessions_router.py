@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import hardware
 from agent.config import ScannerSection
 from agent.outbox import Outbox
 from agent.scan_journal import ScanJournal
 from agent.scanning import ModeRouter, ScanResult, ScanService
 from agent.sessions import SessionManager, SessionSpec, SessionType
+from agent.sessions.errors import SessionConflict
 from agent.sessions.router import SessionRouter
 from protocol import Kind
 from tests.agent.sessions.sessions_helpers import APPLE, PEAR, STRANGER
@@ -101,3 +104,35 @@ async def test_a_count_mode_reader_does_not_count_a_sku_an_open_count_session_is
         await sessions.close(count.id, by="ana")
         again = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), 3, True))
         assert again.result is ScanResult.BOOKED  # the session is closed: the reader counts the SKU again
+
+
+async def test_a_count_session_of_a_sku_a_count_mode_reader_is_counting_is_refused_at_the_open(
+    tmp_path: Path, sessions: SessionManager, outbox: Outbox
+) -> None:
+    """The other order of the test above: the shelf scanner in count mode booked a running count of the apples (1),
+    then a count session of the apples was opened on a handheld and taken; its close would have replaced the
+    scanner's count (or the scanner's next scan the session's). It is refused now, naming the scanner, and so is
+    an apple scanned into a count with no scope; once the reader's running count has ended both are taken."""
+    now = [1_000_000]
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        shelf = ModeRouter(outbox, sessions.catalog, [SHELF], location="S001", journal=journal, wall_clock_ms=lambda: now[0])  # type: ignore[arg-type]
+        service = ScanService([SHELF], SessionRouter(sessions, shelf), journal)
+        booked = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), 1, True))
+        assert booked.result is ScanResult.BOOKED
+
+        with pytest.raises(SessionConflict) as refused:
+            await sessions.open(SessionSpec(SessionType.COUNT, scope_skus=("SKU-APPLE",)), by="ana")
+        assert str(refused.value) == (
+            "SKU-APPLE is being counted by scanner 'shelf' in count mode; count it on that scanner, or wait until its"
+            " running count has ended, so neither count replaces the other's units"
+        )
+        assert await sessions.list() == []
+        open_count = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="ana")
+        with pytest.raises(SessionConflict, match="scanner 'shelf'"):
+            await sessions.key(open_count.id, "SKU-APPLE", 5, by="ana")
+        await sessions.key(open_count.id, "SKU-PEAR", 2, by="ana")  # a SKU the scanner is not counting is taken
+        await sessions.cancel(open_count.id, by="ana")
+
+        now[0] += int(SHELF.count_reset_s * 1000) + 1  # the reader's running count has ended
+        later = await sessions.open(SessionSpec(SessionType.COUNT, scope_skus=("SKU-APPLE",)), by="ana")
+        assert later.spec.scope_skus == ("SKU-APPLE",)
