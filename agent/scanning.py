@@ -122,8 +122,11 @@ def unknown_sku(key: str) -> str:
 
 
 def scan_units(item: CatalogItem | None, decoded: hardware.Decoded | None) -> int:
-    """Base units one scan counts: the pack size, times (37) for a logistic label of (02) contents."""
+    """Base units one scan counts: the pack size, times (37) for a logistic label of (02) contents, times (30) for a
+    variable-count item (``hardware.decode`` refuses (30) on a GTIN of fixed quantity)."""
     units = item.pack_size if item is not None else 1
+    if decoded is not None and decoded.var_count is not None:
+        return units * decoded.var_count
     if decoded is not None and decoded.gtin is None and decoded.content_gtin and decoded.count:
         units *= decoded.count
     return units

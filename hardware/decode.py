@@ -149,6 +149,7 @@ class Decoded:
     sscc: str | None = None  # (00) logistic unit
     content_gtin: str | None = None  # (02) GTIN-14 of the items a logistic unit contains
     count: int | None = None  # (37) how many of content_gtin
+    var_count: int | None = None  # (30) variable count of items of a variable-measure GTIN (indicator digit 9)
     lot: str | None = None  # (10)
     best_before: dt.date | None = None  # (15)
     expiry: dt.date | None = None  # (17)
@@ -175,6 +176,8 @@ class Decoded:
                 out[key] = value
         if self.count is not None:
             out["count"] = self.count
+        if self.var_count is not None:
+            out["var_count"] = self.var_count
         if self.expiry is not None:
             out["expiry"] = self.expiry.isoformat()
         if self.best_before is not None:
@@ -462,6 +465,7 @@ def _decode_gs1(
     content = found["02"].gtin if "02" in found else None
     weight = found.get("310") or found.get("320")
     count = value("37")
+    var_count = _var_count(value("30"), gtin.as_gtin_14() if gtin is not None else None, content, payload, text)
     return Decoded(
         kind=DecodedKind.GS1,
         data=payload,
@@ -473,6 +477,7 @@ def _decode_gs1(
         sscc=value("00"),
         content_gtin=content.as_gtin_14() if content is not None else None,
         count=int(count) if count is not None else None,
+        var_count=var_count,
         lot=value("10"),
         best_before=found["15"].date if "15" in found else None,
         expiry=found["17"].date if "17" in found else None,
@@ -485,3 +490,22 @@ def _decode_gs1(
         rcn=_rcn_info(gtin) if gtin is not None else None,
         elements=tuple(Element(es.ai.ai, es.value, es.ai.data_title) for es in elements),
     )
+
+
+def _var_count(value: str | None, gtin14: str | None, content: Gtin | None, payload: str, text: str) -> int | None:
+    """(30), the variable count of items (GS1 General Specifications): it goes with the GTIN of a variable-measure
+    trade item, indicator digit 9, and says how many items this one holds. On a fixed-measure GTIN the label
+    contradicts itself (the GTIN says a fixed quantity, (30) another): refused aloud, never booked as 1 scan."""
+    if value is None:
+        return None
+    subject = gtin14 or (content.as_gtin_14() if content is not None else None)
+    if subject is not None and not subject.startswith("9"):
+        raise DecodeError(
+            text,
+            f"The barcode {_shown(payload)!r} gives a variable count (30) of {int(value)} for {subject}, a GTIN of"
+            " fixed quantity (only a GTIN starting with 9 has a variable count); nothing was taken: key the quantity"
+            " of the item by hand.",
+        )
+    if int(value) == 0:
+        raise DecodeError(text, f"The barcode {_shown(payload)!r} gives a variable count (30) of 0 items; nothing was taken: scan the item again or key its quantity.")
+    return int(value)

@@ -104,7 +104,10 @@ def _ascii_digits(text: str) -> str:
 
 
 def _units(pack_size: int, decoded: Decoded | None) -> int:
-    """Units one scan counts: the pack size, times (37) on a logistic label of (02) contents (as agent.scanning)."""
+    """Units one scan counts: the pack size, times (37) on a logistic label of (02) contents, times (30) for a
+    variable-count item (as agent.scanning)."""
+    if decoded is not None and decoded.var_count is not None:
+        return pack_size * decoded.var_count
     if decoded is not None and decoded.gtin is None and decoded.content_gtin and decoded.count:
         return pack_size * decoded.count
     return pack_size

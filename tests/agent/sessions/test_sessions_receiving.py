@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import hardware
+from agent.catalog import Catalog, make_item
+from agent.config import ScannerSection
 from agent.outbox import Outbox
+from agent.scan_journal import ScanJournal
+from agent.scanning import ModeRouter, ScanResult, ScanService
 from agent.sessions import (
     Disposition,
     ExpectedLine,
@@ -14,6 +20,7 @@ from agent.sessions import (
     SessionManager,
     SessionSpec,
     SessionStatus,
+    SessionStore,
     SessionType,
 )
 from protocol import Kind, StockEvent
@@ -156,3 +163,43 @@ async def test_transfer_sessions_need_a_reference_and_a_destination(sessions: Se
     await sessions.close(into.id, by="ana")
     booked = [(ev.kind, ev.qty, ev.ref, ev.attrs.get("to"), ev.attrs.get("from")) for ev in await all_events(outbox)]
     assert booked == [(Kind.TRANSFER_OUT, -5, "T-1", "S002", None), (Kind.TRANSFER_IN, 2, "T-0", None, "S009")]
+
+
+LOOSE_APPLES = "94006381333934"  # a variable-measure GTIN (indicator digit 9): a crate of a varying number
+
+
+async def test_a_gs1_variable_count_30_is_booked_for_a_variable_gtin_and_refused_on_a_fixed_one(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    """Found receiving ``(01)14006381333938(30)5``: the (30) was not read, so the scan was booked as 1 (a case of
+    12), in a session and by a scanner in receive mode alike. (30) is the GS1 "variable count of items" of a
+    variable-measure trade item, whose GTIN starts with 9: such a crate of 5 is booked as 5 now, and (30) on a GTIN
+    of fixed quantity is refused in a sentence, booking nothing."""
+    cat = Catalog([make_item(APPLE_CASE, "SKU-APPLE", 12), make_item(LOOSE_APPLES, "SKU-APPLE-LOOSE")])
+    async with SessionStore.open(tmp_path / "sessions.sqlite3") as store:
+        sessions = SessionManager(store, outbox, catalog=cat)
+        s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-30"), by="ana")
+        line = await sessions.scan(s.id, f"(01){LOOSE_APPLES}(30)5", by="ana")
+        assert (line.sku, line.qty) == ("SKU-APPLE-LOOSE", 5)
+        with pytest.raises(InvalidSessionInput) as refused:
+            await sessions.scan(s.id, f"(01){APPLE_CASE}(30)5", by="ana")
+        assert str(refused.value) == (
+            f"The barcode '(01){APPLE_CASE}(30)5' gives a variable count (30) of 5 for {APPLE_CASE}, a GTIN of fixed"
+            " quantity (only a GTIN starting with 9 has a variable count); nothing was taken: key the quantity of the"
+            " item by hand."
+        )
+        closed = await sessions.close(s.id, by="ana")
+        assert [(ev.sku, ev.qty) for ev in await all_events(outbox)] == [("SKU-APPLE-LOOSE", 5)]
+        assert closed.report is not None and closed.report.units == 5
+
+    dock = ScannerSection(
+        id="dock", type="serial", mode="receive", device=hardware.SerialScannerConfig("dock", "socket://127.0.0.1:9")
+    )
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        service = ScanService([dock], ModeRouter(outbox, cat, [dock], location="S001"), journal)
+        crate = await service.handle(dock, hardware.Scan("dock", f"(01){LOOSE_APPLES}(30)7".encode(), 1, True))
+        assert (crate.result, crate.qty) == (ScanResult.BOOKED, 7)
+        fixed = await service.handle(dock, hardware.Scan("dock", f"(01){APPLE_CASE}(30)5".encode(), 2, True))
+        assert fixed.result is ScanResult.DECODE_ERROR and "a GTIN of fixed quantity" in fixed.message
+    booked = [(ev.sku, ev.qty, ev.attrs.get("var_count")) for ev in await all_events(outbox)]
+    assert booked == [("SKU-APPLE-LOOSE", 5, None), ("SKU-APPLE-LOOSE", 7, 7)]
