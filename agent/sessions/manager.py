@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
+from agent.sessions import plan
 from agent.sessions.errors import InvalidSessionInput, SessionConflict, SessionError, SessionNotOpen
 from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
 from agent.sessions.model import (
@@ -38,7 +39,7 @@ from agent.sessions.model import (
     check_scan_id,
     check_staff,
 )
-from agent.sessions.plan import SOURCE_PREFIX, plan_close, preview, totals
+from agent.sessions.plan import SOURCE_PREFIX, batch_facts, plan_close, preview, totals
 from agent.sessions.store import SessionStore
 from hardware import Decoded
 from protocol import event_id_hex, new_event_id, parse_event_id, wall_ms_now
@@ -176,6 +177,8 @@ class SessionManager:
                 f"{item.sku} is not in this count's scope; count it in its own session so its stock is not"
                 " booked from a partial count"
             )
+        if session.type is SessionType.COUNT:
+            await self._check_lots_fit(session_id, item)
         if session.type is SessionType.RETURN:
             disposition = _disposition(disposition)
         elif disposition is not None:
@@ -215,6 +218,20 @@ class SessionManager:
             raise InvalidSessionInput(
                 f"{sku} is a bundle (a kit or set made of other SKUs), which the hub does not take a count of:"
                 " count each of its parts instead"
+            )
+
+    async def _check_lots_fit(self, session_id: str, item: Item) -> None:
+        """Refuse a scan of one batch (lot, expiry) more of a SKU than its count event can list (agent.sessions.plan):
+        taken, its lot would have been left out of what the hub learns."""
+        batch = batch_facts(item.barcode)
+        if not batch:
+            return
+        lines = await self.store.lines(session_id)
+        seen = {batch_facts(line.barcode) for line in lines if line.sku == item.sku and not line.undone}
+        if batch not in seen and len(seen) >= plan.LOTS_PER_COUNT_MAX:
+            raise InvalidSessionInput(
+                f"this count already holds {len(seen)} batches (lots or expiry dates) of {item.sku}, as many as one"
+                " count can tell the hub; count the other batches in a session of their own"
             )
 
     async def _check_not_scanner_counted(self, sku: str) -> None:

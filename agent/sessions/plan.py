@@ -5,11 +5,22 @@ lines, so planning the same close twice (a retry after a crash) gives the same
 movements with the same ids, times and content, and the outbox records them
 only once.
 
-What each session type books, one event per SKU (the document's line):
+What each session type books, one event per SKU (the document's line) and
+GS1 batch — its lot, expiry and best-before date, read again from each line's
+scanned barcode (``batch_facts``) and carried in the event's attrs as a
+scanner in a mode books them ({"lot": …, "expiry": …, "best_before": …}):
+``(17)261231(10)LOT1`` and ``(10)LOT2`` of one SKU received are two events, so
+the hub learns what lot and expiry came in. A count is the exception:
 
 - receive: ``receive`` +qty; the report compares with the expected lines
   (ok / over / short / unexpected).
-- count: ``count`` of the SKU's total, stamped at the HLC of its last scan in
+- count: ONE ``count`` of the SKU's total (a count replaces the SKU's whole
+  stock, so one per lot would leave only the last lot's units), with the lots'
+  breakdown in its attrs: a SKU counted in one batch carries its lot and
+  expiry as above; one counted in several carries {"lots": how many batches}
+  and one key per batch, "lot1", "lot2" …, each "lot=LOT1;expiry=2026-12-31;qty=5"
+  (a batch without GS1 data is "qty=2"). ``LOTS_PER_COUNT_MAX`` batches fit in
+  an event's attrs; the session refuses a scan of one batch more. Stamped at the HLC of its last scan in
   the session, so a POS sale stamped before that scan is seen by the count
   (superseded) and one stamped after it applies on top. SKUs in scope never
   scanned are booked as counted 0 (stamped at the close) only when the session
@@ -29,7 +40,7 @@ not on a shelf a count could have seen until then).
 Every event carries attrs {"by": staff id, "session": session id}, its source
 is ``session:<session id>`` and its ref the document reference (or
 ``session:<session id>`` when none was given). Event ids are derived from the
-session id, the event's role and the SKU.
+session id, the event's role and the SKU (and the batch, when it has one).
 """
 
 from __future__ import annotations
@@ -47,11 +58,54 @@ from agent.sessions.model import (
     SessionType,
     Total,
 )
+from hardware import DecodeError, decode
 from protocol import Kind, derived_event_id, unpack_hlc
 from protocol.event import AttrValue
 
 SOURCE_PREFIX = "session:"
 ID_NAMESPACE = "shelfsync-session"
+BATCH_KEYS = ("lot", "expiry", "best_before")  # the GS1 facts (10), (17), (15) of a batch, as Decoded.attrs names them
+LOTS_PER_COUNT_MAX = 24  # batches one count event lists (with by, session, closed_by, bin, lots: under ATTRS_MAX_KEYS)
+
+Batch = tuple[tuple[str, AttrValue], ...]  # a line's batch facts, in BATCH_KEYS order; () without GS1 batch data
+
+
+def batch_facts(barcode: str | None) -> Batch:
+    """The lot, expiry and best-before date a scanned barcode carries (GS1 (10), (17), (15)), as scanner mode puts
+    them in attrs; () for a keyed line or a code without them. Read again from the stored code, so a close planned
+    twice gives the same events."""
+    if barcode is None:
+        return ()
+    try:
+        found = decode(barcode).attrs()
+    except DecodeError:
+        return ()
+    return tuple((key, found[key]) for key in BATCH_KEYS if key in found)
+
+
+def _batch_totals(lines: Iterable[Line]) -> dict[tuple[str, Disposition | None, Batch], int]:
+    """Effective units per (sku, disposition, batch), in the order each first appeared."""
+    out: dict[tuple[str, Disposition | None, Batch], int] = {}
+    for line in lines:
+        if not line.undone:
+            key = (line.sku, line.disposition, batch_facts(line.barcode))
+            out[key] = out.get(key, 0) + line.qty
+    return out
+
+
+def _batch_id(batch: Batch) -> str:
+    return "".join(f"/{key}={value}" for key, value in batch)
+
+
+def _count_lots(batches: Mapping[tuple[str, Disposition | None, Batch], int], sku: str) -> dict[str, AttrValue]:
+    """The attrs of a SKU's count telling its batches: those of its one batch, or one "lotN" key per batch."""
+    mine = [(batch, qty) for (s, _, batch), qty in batches.items() if s == sku]
+    if len(mine) == 1:
+        return dict(mine[0][0])
+    out: dict[str, AttrValue] = {"lots": len(mine)}
+    for i, (batch, qty) in enumerate(mine, 1):
+        out[f"lot{i}"] = ";".join([*(f"{key}={value}" for key, value in batch), f"qty={qty}"])
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +148,9 @@ def plan_close(session: Session, lines: Iterable[Line]) -> ClosePlan:
     """The movements and the report of closing ``session``; its close must be decided (``close_hlc`` set)."""
     if session.close_hlc is None:
         raise ValueError(f"session {session.id} has no close time; decide the close before planning it")
+    lines = list(lines)
     sums = totals(lines)
-    movements = _movements(session, sums, session.close_hlc)
+    movements = _movements(session, sums, _batch_totals(lines), session.close_hlc)
     report = CloseReport(
         events=len(movements),
         units=sum(t.qty for t in sums),
@@ -104,7 +159,12 @@ def plan_close(session: Session, lines: Iterable[Line]) -> ClosePlan:
     return ClosePlan(tuple(movements), report)
 
 
-def _movements(session: Session, sums: tuple[Total, ...], close_hlc: int) -> list[Movement]:
+def _movements(
+    session: Session,
+    sums: tuple[Total, ...],
+    batches: Mapping[tuple[str, Disposition | None, Batch], int],
+    close_hlc: int,
+) -> list[Movement]:
     spec, kind = session.spec, session.type
     out: list[Movement] = []
 
@@ -117,6 +177,7 @@ def _movements(session: Session, sums: tuple[Total, ...], close_hlc: int) -> lis
         *,
         reason: str | None = None,
         attrs: Mapping[str, AttrValue] | None = None,
+        batch: Batch = (),
     ) -> None:
         out.append(
             Movement(
@@ -127,15 +188,17 @@ def _movements(session: Session, sums: tuple[Total, ...], close_hlc: int) -> lis
                 source=SOURCE_PREFIX + session.id,
                 ref=spec.ref or SOURCE_PREFIX + session.id,
                 reason=reason,
-                attrs=_attrs(session, attrs or {}),
-                event_id=derived_event_id(unpack_hlc(at)[0], f"{ID_NAMESPACE}/{session.id}/{role}/{sku}".encode()),
+                attrs=_attrs(session, {**dict(batch), **(attrs or {})}),
+                event_id=derived_event_id(
+                    unpack_hlc(at)[0], f"{ID_NAMESPACE}/{session.id}/{role}/{sku}{_batch_id(batch)}".encode()
+                ),
                 occurred_at=at,
             )
         )
 
     if kind is SessionType.COUNT:
         for t in sums:
-            book("count", t.sku, Kind.COUNT, t.qty, t.last_hlc, attrs=_bin(session))
+            book("count", t.sku, Kind.COUNT, t.qty, t.last_hlc, attrs={**_bin(session), **_count_lots(batches, t.sku)})
         if session.zero_unscanned:
             counted = {t.sku for t in sums}
             for sku in spec.scope_skus:
@@ -143,27 +206,30 @@ def _movements(session: Session, sums: tuple[Total, ...], close_hlc: int) -> lis
                     book("count", sku, Kind.COUNT, 0, close_hlc, attrs={"zero_filled": True, **_bin(session)})
         return out
     expected = {e.sku: e.qty for e in spec.expected}
-    for t in sums:
-        if t.qty <= 0:
+    for (sku, disp, batch), qty in batches.items():
+        if qty <= 0:
             continue
         if kind is SessionType.RECEIVE:
-            extra: dict[str, AttrValue] = {"expected": expected[t.sku]} if t.sku in expected else {}
-            book("receive", t.sku, Kind.RECEIVE, t.qty, close_hlc, attrs=extra)
+            extra: dict[str, AttrValue] = {"expected": expected[sku]} if sku in expected else {}
+            book("receive", sku, Kind.RECEIVE, qty, close_hlc, attrs=extra, batch=batch)
         elif kind is SessionType.TRANSFER_OUT:
-            book("transfer_out", t.sku, Kind.TRANSFER_OUT, -t.qty, close_hlc, attrs={"to": spec.to_location})
+            book("transfer_out", sku, Kind.TRANSFER_OUT, -qty, close_hlc, attrs={"to": spec.to_location}, batch=batch)
         elif kind is SessionType.TRANSFER_IN:
             # Closing the receiving session is the final receipt: the hub closes the transfer and writes off
             # what never arrived (docs/faults.md "Transfers").
             frm: dict[str, AttrValue] = {"from": spec.from_location} if spec.from_location else {}
-            book("transfer_in", t.sku, Kind.TRANSFER_IN, t.qty, close_hlc, attrs={**frm, "final": True})
+            book("transfer_in", sku, Kind.TRANSFER_IN, qty, close_hlc, attrs={**frm, "final": True}, batch=batch)
         elif kind is SessionType.RETURN:
-            disposition = t.disposition or Disposition.RESTOCK
+            disposition = disp or Disposition.RESTOCK
             marked: dict[str, AttrValue] = {"disposition": disposition.value}
-            book(f"return.{disposition.value}", t.sku, Kind.RETURN, t.qty, close_hlc, attrs=marked)
+            book(f"return.{disposition.value}", sku, Kind.RETURN, qty, close_hlc, attrs=marked, batch=batch)
             if disposition is Disposition.DAMAGED:
-                book("return.damaged.adjust", t.sku, Kind.ADJUST, -t.qty, close_hlc, reason="damaged", attrs=marked)
+                book(
+                    "return.damaged.adjust", sku, Kind.ADJUST, -qty, close_hlc, reason="damaged", attrs=marked,
+                    batch=batch,
+                )  # fmt: skip
         elif kind is SessionType.WRITE_OFF:
-            book("write_off", t.sku, Kind.ADJUST, -t.qty, close_hlc, reason=spec.reason)
+            book("write_off", sku, Kind.ADJUST, -qty, close_hlc, reason=spec.reason, batch=batch)
     return out
 
 

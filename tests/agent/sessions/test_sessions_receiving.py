@@ -22,6 +22,7 @@ from agent.sessions import (
     SessionStatus,
     SessionStore,
     SessionType,
+    plan,
 )
 from protocol import Kind, StockEvent
 from tests.agent.sessions.sessions_helpers import APPLE, APPLE_CASE, PEAR, PLUM, STRANGER
@@ -203,3 +204,60 @@ async def test_a_gs1_variable_count_30_is_booked_for_a_variable_gtin_and_refused
         assert fixed.result is ScanResult.DECODE_ERROR and "a GTIN of fixed quantity" in fixed.message
     booked = [(ev.sku, ev.qty, ev.attrs.get("var_count")) for ev in await all_events(outbox)]
     assert booked == [("SKU-APPLE-LOOSE", 5, None), ("SKU-APPLE-LOOSE", 7, 7)]
+
+
+async def test_lot_and_expiry_scanned_into_a_session_reach_the_events_as_scanner_mode_books_them(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Found receiving ``(01)04006381333931(17)261231(10)LOT1``: the code stayed on the line in sessions.sqlite3,
+    but the close booked one event per SKU with only by/session in attrs, so the lot and expiry never reached the
+    hub (a scanner in receive mode sends them). A receive books one event per (SKU, lot, expiry) now, with the
+    attrs scanner mode uses; a count books still ONE count of the SKU's total, with the lots' breakdown."""
+    lot1, lot2 = f"(01)0{APPLE}(17)261231(10)LOT1", f"(01)0{APPLE}(10)LOT2"
+    received = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-LOT"), by="ana")
+    for code in (lot1, lot1, lot2, APPLE):
+        await sessions.scan(received.id, code, by="ana")
+    await sessions.close(received.id, by="ana")
+    booked = [(ev.kind, ev.sku, ev.qty, dict(ev.attrs)) for ev in await all_events(outbox)]
+    base = {"by": "ana", "session": received.id}
+    assert booked == [
+        (Kind.RECEIVE, "SKU-APPLE", 2, {**base, "lot": "LOT1", "expiry": "2026-12-31"}),
+        (Kind.RECEIVE, "SKU-APPLE", 1, {**base, "lot": "LOT2"}),
+        (Kind.RECEIVE, "SKU-APPLE", 1, base),
+    ]
+
+    counted = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="bo")
+    for code in (lot1, lot2, lot2, APPLE_CASE):
+        await sessions.scan(counted.id, code, by="bo")
+    one_lot = await sessions.open(SessionSpec(SessionType.COUNT, bin="B-02"), by="bo")
+    await sessions.scan(one_lot.id, f"(01)0{PEAR}(17)270101(10)P9", by="bo")
+    await sessions.close(counted.id, by="bo")
+    await sessions.close(one_lot.id, by="bo")
+    counts = [(ev.sku, ev.qty, dict(ev.attrs)) for ev in await all_events(outbox) if ev.kind is Kind.COUNT]
+    assert counts == [
+        (
+            "SKU-APPLE",
+            15,
+            {
+                "by": "bo", "session": counted.id, "bin": "A-01", "lots": 3,
+                "lot1": "lot=LOT1;expiry=2026-12-31;qty=1", "lot2": "lot=LOT2;qty=2", "lot3": "qty=12",
+            },
+        ),
+        ("SKU-PEAR", 1, {"by": "bo", "session": one_lot.id, "bin": "B-02", "lot": "P9", "expiry": "2027-01-01"}),
+    ]  # fmt: skip
+
+
+async def test_a_count_refuses_a_batch_more_than_its_count_event_can_list(
+    sessions: SessionManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count event lists its SKU's batches in attrs, which hold only so many keys: a scan of one batch more is
+    refused in a sentence (its lot would be left out), a batch already listed and a code without a lot are taken."""
+    monkeypatch.setattr(plan, "LOTS_PER_COUNT_MAX", 2)
+    s = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="bo")
+    await sessions.scan(s.id, f"(01)0{APPLE}(10)L1", by="bo")
+    await sessions.scan(s.id, f"(01)0{APPLE}(10)L2", by="bo")
+    with pytest.raises(InvalidSessionInput, match="already holds 2 batches"):
+        await sessions.scan(s.id, f"(01)0{APPLE}(10)L3", by="bo")
+    await sessions.scan(s.id, f"(01)0{APPLE}(10)L1", by="bo")
+    await sessions.scan(s.id, f"(01)0{PEAR}(10)L3", by="bo")  # another SKU's batches are its own
+    assert (await sessions.close(s.id, by="bo")).report.units == 4  # type: ignore[union-attr]
