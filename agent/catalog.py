@@ -23,6 +23,11 @@ the hub refuses a count of a bundle, so a count session refuses it at once
 instead of after the staff counted (``is_bundle``; None while the agent has
 never heard the hub's list).
 
+It also learns the hub's locations (the stores its agent credentials are bound to, ``GET {hub_url}/v1/agents``,
+each refresh; kept in ``<cache>.locations.json``): a transfer out to a location the hub does not know would sit in
+transit to nowhere, so the session refuses it at its open (``known_locations``; None while never heard, and a hub
+that does not let this agent read its credentials leaves it unheard).
+
 Bad rows are reported with their line (``CatalogLoad.problems``) and the good
 rows are kept; a file that cannot be read at all raises ``CatalogError``.
 """
@@ -74,6 +79,7 @@ TIMEOUT_S = 30.0
 FILE_MAX_BYTES = 64 << 20
 ANSWER_MAX_BYTES = 2 * FILE_MAX_BYTES  # the hub's catalog as JSON: generous, but not whatever arrives
 PROBLEMS_LOGGED = 5  # problems quoted in a log line; all of them are in CatalogLoad.problems
+AGENTS_PATH = "/v1/agents"  # the hub's credentials, with the locations they are bound to
 BUNDLES_PAGE = 1000  # the hub's largest page of GET /v1/bundles
 CATALOG_FIELDS = ("version", "items")  # in every GET /v1/catalog answer of the hub's (agent.hub_loop.not_a_hubs_json)
 BUNDLES_FIELDS = ("bundles", "next")  # … and of GET /v1/bundles
@@ -379,6 +385,8 @@ class AgentCatalog(HubLoop):
         self._bundles_url = hub_url.rstrip("/") + BUNDLES_PATH if hub_url else None
         self._bundles: frozenset[str] | None = None  # the hub's bundle SKUs; None: never heard
         self._bundle_pages: dict[str, BundlePage] = {}  # by cursor ("" the first): as the hub last answered it
+        self._locations: frozenset[str] | None = None  # the hub's locations; None: never heard
+        self._agents_url = hub_url.rstrip("/") + AGENTS_PATH if hub_url else None
         self._token = token
         self.refresh_s = refresh_s
         self.retry_base_s = retry_base_s
@@ -416,6 +424,15 @@ class AgentCatalog(HubLoop):
         """Whether ``sku`` is a bundle at the hub, as last heard (None: the hub's list was never heard)."""
         return None if self._bundles is None else sku in self._bundles
 
+    def known_locations(self) -> frozenset[str] | None:
+        """The locations the hub's agent credentials are bound to, as last heard (None: never heard)."""
+        return self._locations
+
+    @property
+    def locations_cache(self) -> Path | None:
+        """Where the hub's locations are kept between runs: ``<cache>.locations.json`` beside the catalog's."""
+        return None if self.cache is None else self.cache.with_name(f"{self.cache.stem}.locations.json")
+
     @property
     def bundle_cache(self) -> Path | None:
         """Where the hub's bundle SKUs are kept between runs: ``<cache>.bundles.json`` beside the catalog's."""
@@ -437,10 +454,24 @@ class AgentCatalog(HubLoop):
                 self._etag = cached.get("etag") if isinstance(cached.get("etag"), str) else None
                 self._merge()
         await self._load_bundles()
+        await self._load_locations()
         log.info(
             "Catalog ready: %s items (file %s, hub version %s).",
             f"{len(self._merged):,}", self.file or "none", self._hub.version if self._hub.version is not None else "none",
         )  # fmt: skip
+
+    async def _load_locations(self) -> None:
+        cache = self.locations_cache
+        if cache is None or not cache.exists():
+            return
+        try:
+            found = json.loads(await asyncio.to_thread(cache.read_text, encoding="utf-8"))["locations"]
+            if not isinstance(found, list) or not all(isinstance(loc, str) for loc in found):
+                raise ValueError("locations is not a list of location codes")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("The cached location list %s cannot be used (%s); waiting for the hub.", cache, err)
+        else:
+            self._locations = frozenset(found)
 
     async def _load_bundles(self) -> None:
         cache = self.bundle_cache
@@ -489,6 +520,7 @@ class AgentCatalog(HubLoop):
         if hub_url is not None:
             self._url = hub_url.rstrip("/") + CATALOG_PATH
             self._bundles_url = hub_url.rstrip("/") + BUNDLES_PATH
+            self._agents_url = hub_url.rstrip("/") + AGENTS_PATH
             self._bundle_pages.clear()
         self._kick.set()
 
@@ -507,6 +539,7 @@ class AgentCatalog(HubLoop):
             try:
                 status = await self._fetch()
                 await self._fetch_bundles()
+                await self._fetch_locations()
             except TurnFailed as err:
                 problems.append(str(err))
         if problems:
@@ -592,6 +625,38 @@ class AgentCatalog(HubLoop):
             await asyncio.to_thread(_write_atomically, cache, cached)
         if bundles_changed:
             log.info("The hub has %s bundle SKU(s); a count refuses them.", f"{len(found):,}")
+
+    async def _fetch_locations(self) -> None:
+        """Learn the hub's locations from its credentials (``GET /v1/agents``). Best effort: a hub that refuses or
+        fails this keeps the list last heard (or none), and the catalog's refresh is not failed for it."""
+        session, url = self._http(), self._agents_url
+        assert url is not None
+        headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {self._token}"} if self._token else {})
+        try:
+            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+                body = await read_answer(resp, self.answer_max_bytes, "agent list")
+                status = resp.status
+            data = json.loads(body) if status == 200 else None
+            rows = data.get("agents") if isinstance(data, dict) else None
+            if not isinstance(rows, list):
+                log.debug("The hub's locations were not learned (HTTP %s from %s).", status, url)
+                return
+            found = frozenset(
+                loc
+                for row in rows
+                if isinstance(row, dict) and row.get("role") == "agent" and not row.get("revoked")
+                for loc in (row.get("locations") or ())
+                if isinstance(loc, str)
+            )
+        except (AnswerTooLarge, TimeoutError, aiohttp.ClientError, ValueError) as err:
+            log.debug("The hub's locations were not learned from %s (%s).", url, err)
+            return
+        if not found or found == self._locations:
+            return
+        self._locations = found
+        if (cache := self.locations_cache) is not None:
+            await asyncio.to_thread(_write_atomically, cache, {"locations": sorted(found)})
+        log.info("The hub knows %d location(s); a transfer out to another is refused.", len(found))
 
     async def _bundles_page(self, cursor: str | None) -> BundlePage | None:
         """One page of ``GET /v1/bundles``: its SKUs and the next cursor (None: the last page). None on a 404.

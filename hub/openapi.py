@@ -1181,7 +1181,7 @@ def _schemas() -> dict[str, JSON]:
         "LedgerPage": page("events", ref("LedgerRow")),
         "ExceptionRow": obj({
             "kind": string("negative_on_hand, transfer_short, transfer_over, transfer_unmatched, transfer_misdirected, "
-                           "transfer_overdue, clock_quarantine, rejected_event, unknown_barcode, divergence, "
+                           "transfer_unknown_destination, transfer_overdue, clock_quarantine, rejected_event, unknown_barcode, divergence, "
                            "import_quarantine …"),
             "location": nullable(string()), "sku": nullable(string()), "detail": string("One sentence."),
             "data": {"type": "object"}, "at_ms": integer(0), "at": iso_time("When it arose"),

@@ -89,7 +89,7 @@ def available(on_hand: int, reserved: int, safety_stock: int) -> int:
 class Finding:
     """One thing that needs a person: the store turns these into ExceptionRows."""
 
-    kind: str  # "negative_on_hand", "transfer_short", "transfer_over", "transfer_unmatched", "transfer_misdirected"
+    kind: str  # "negative_on_hand", "transfer_short", "transfer_over", "transfer_unmatched", "transfer_misdirected" …
     location: str | None
     sku: str | None
     detail: str  # one sentence for the operations team
@@ -286,6 +286,22 @@ class Transfer:
                 data,
             )
         return None
+
+    def unknown_destination_finding(self) -> Finding:
+        """``transfer_unknown_destination``: shipped to a location no credential of the hub is bound to and where
+        nothing was ever booked (``S999``, ``s002`` for ``S002``), still open: no store will receive it, so its units
+        would sit in transit to nowhere until overdue. Listed for the sender (whether the hub knows a location is
+        the storage's to say, hub.storage.exceptions)."""
+        src = self.from_location or "an unknown location"
+        return Finding(
+            "transfer_unknown_destination",
+            self.from_location,
+            self.sku,
+            f"Transfer {self.ref}: {src} shipped {self.shipped} of {self.sku} to {self.out_to}, a location the hub"
+            " does not know; no store will receive it: ship it again to the right location, or receive it back"
+            " with a final receipt.",
+            self._data() | {"in_transit": self.in_transit},
+        )
 
     def overdue_finding(self, now_ms: int, open_max_ms: int) -> Finding | None:
         """``transfer_overdue`` when the transfer is still open with units in transit more than

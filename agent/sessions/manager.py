@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable
 
 from agent.errors import InvalidMovement
@@ -96,6 +97,8 @@ class SessionManager:
         check_staff(by)
         if spec.type is SessionType.TRANSFER_OUT and spec.to_location == self.location:
             raise InvalidSessionInput(f"a transfer out of {self.location} cannot go to {self.location} itself")
+        if spec.type is SessionType.TRANSFER_OUT and spec.to_location is not None:
+            self._check_destination(spec.to_location)
         if spec.type is SessionType.TRANSFER_IN and spec.from_location == self.location:
             raise InvalidSessionInput(f"a transfer into {self.location} cannot come from {self.location} itself")
         for sku in (*spec.scope_skus, *(line.sku for line in spec.expected)):
@@ -219,6 +222,25 @@ class SessionManager:
                 f"{sku} is a bundle (a kit or set made of other SKUs), which the hub does not take a count of:"
                 " count each of its parts instead"
             )
+
+    def _check_destination(self, to: str) -> None:
+        """Refuse a transfer out to a location the hub does not know (``S999``, ``s002`` for ``S002``): the hub took
+        it, and its units sat in transit to nowhere until overdue. While the hub's locations were never heard (the
+        hub unreachable since the agent was installed) it is taken, with a warning."""
+        known_locations = getattr(self.catalog, "known_locations", None)
+        known = known_locations() if known_locations is not None else None
+        if known is None:
+            log.warning("A transfer out to %s was opened without the hub's list of locations to check it against.", to)
+            return
+        if to in known:
+            return
+        key = unicodedata.normalize("NFKC", to).strip().casefold()
+        near = sorted(loc for loc in known if unicodedata.normalize("NFKC", loc).casefold() == key)
+        if near:
+            raise InvalidSessionInput(f"the hub knows no location {to!r}, but {near[0]}; write the location as the hub does")
+        raise InvalidSessionInput(
+            f"the hub knows no location {to!r} (it knows {_listed(sorted(known))}); check where the goods are going"
+        )
 
     async def _check_lots_fit(self, session_id: str, item: Item) -> None:
         """Refuse a scan of one batch (lot, expiry) more of a SKU than its count event can list (agent.sessions.plan):
@@ -404,6 +426,11 @@ def _disposition(value: Disposition | str | None) -> Disposition:
         return Disposition(value)
     except ValueError:
         raise InvalidSessionInput(f"disposition must be restock or damaged, got {str(value)[:40]!r}") from None
+
+
+def _listed(locations: list[str], shown_max: int = 10) -> str:
+    more = f" and {len(locations) - shown_max} more" if len(locations) > shown_max else ""
+    return ", ".join(locations[:shown_max]) + more
 
 
 def _ref_phrase(spec: SessionSpec) -> str:

@@ -39,6 +39,7 @@
     transfer_over: ["Transfer over", "warn"],
     transfer_unmatched: ["Transfer unmatched", "warn"],
     transfer_misdirected: ["Transfer misdirected", "bad"],
+    transfer_unknown_destination: ["Transfer to an unknown location", "bad"],
     rejected_event: ["Rejected event", "bad"],
     import_quarantine: ["Import quarantined", "warn"],
     clock_quarantine: ["Clock quarantine", "warn"],

@@ -23,6 +23,14 @@ EITHER_END = "(COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ? OR
 REJECTION_FIELDS = (
     "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
 )
+# A transfer shipped to a location the hub does not know, still open: no active credential is bound to it (agents.
+# locations is a JSON list of codes: '["S001", "S002"]') and nothing was ever booked there.
+UNKNOWN_DESTINATION = (
+    "in_to IS NULL AND out_to IS NOT NULL AND closed_at IS NULL AND shipped > received"
+    " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.location = transfers.out_to)"
+    " AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.revoked_ms IS NULL"
+    " AND a.locations LIKE '%\"' || transfers.out_to || '\"%')"
+)
 UNKNOWN_KEY = f"substr(s.sku, 1, {len(UNKNOWN_SKU_PREFIX)}) = '{UNKNOWN_SKU_PREFIX}'"
 
 
@@ -63,6 +71,11 @@ async def exceptions(
             if (t := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
                 row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
                 out.append(findings.sourced(row, keys.TRANSFER_OVERDUE.name, r[0], r[1]))
+    nowhere = Where(UNKNOWN_DESTINATION).add("COALESCE(out_from, in_from) = ?", location)
+    for r in await read(keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", nowhere):
+        f = Transfer(*r[:10]).unknown_destination_finding()
+        row = ExceptionRow(f.kind, f.location, f.sku, f.detail, f.data, r[10])
+        out.append(findings.sourced(row, keys.TRANSFER_NOWHERE.name, r[0], r[1]))
     pending = Where("status = 'pending'").add("location = ?", location)
     for r in await read(keys.CLOCK_QUARANTINE, held.QUARANTINE_FIELDS, "quarantine", pending):
         row = held.quarantine_exception(held.quarantine_row(r))

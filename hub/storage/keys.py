@@ -103,6 +103,7 @@ NEGATIVE = ExceptionSource("negative_on_hand", "updated_at_ms", ("location", "sk
 UNKNOWN_BARCODE = ExceptionSource("unknown_barcode", "s.updated_at_ms", ("s.location", "s.sku"), "ss")
 TRANSFER = ExceptionSource("transfer", "updated_at_ms", ("ref", "sku"), "ss")  # short, over, unmatched
 TRANSFER_OVERDUE = ExceptionSource("transfer_overdue", "updated_at_ms", ("ref", "sku"), "ss")
+TRANSFER_NOWHERE = ExceptionSource("transfer_unknown_destination", "updated_at_ms", ("ref", "sku"), "ss")
 CLOCK_QUARANTINE = ExceptionSource("clock_quarantine", "received_at_ms", ("quarantine_id",), "i")
 REJECTED = ExceptionSource("rejected_event", "received_at_ms", ("agent_id", "event_id", "content_hash"), "sbb")
 IMPORT_QUARANTINE = ExceptionSource("import_quarantine", "received_at_ms", ("agent_id", "issue_id"), "ss")
@@ -115,7 +116,7 @@ CHANNEL_MAPPING = ExceptionSource("channel_mapping", "l.loaded_ms", ("f.channel"
 EXCEPTION_SOURCES = {
     s.name: s
     for s in (
-        NEGATIVE, UNKNOWN_BARCODE, TRANSFER, TRANSFER_OVERDUE, CLOCK_QUARANTINE, REJECTED, IMPORT_QUARANTINE,
+        NEGATIVE, UNKNOWN_BARCODE, TRANSFER, TRANSFER_OVERDUE, TRANSFER_NOWHERE, CLOCK_QUARANTINE, REJECTED, IMPORT_QUARANTINE,
         DIVERGENCE, CHANNEL_DIVERGENCE, CHANNEL_REFUSED, CHANNEL_MAPPING,
     )
 }  # fmt: skip

@@ -280,6 +280,21 @@ class StorageContract(FeedAndCatalogContract, ClockTransferContract):
         assert await store.exceptions(location="S1") == [exc]  # the sending side sees it too
         assert await store.exceptions(location="S3") == []
 
+    async def test_a_transfer_to_a_location_the_hub_does_not_know_is_the_senders_exception(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        """Shipped to S999 (or s2 for S2), a location no credential is bound to and where nothing was booked: no
+        store will receive it, so it is listed for the sender at once, not only when overdue."""
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 10, at_ms=1)])
+        await store.ingest(who, 1, [ev(Kind.TRANSFER_OUT, -5, at_ms=2, ref="T9", attrs={"to": "S999"})])
+        await store.ingest(who, 1, [ev(Kind.TRANSFER_OUT, -1, at_ms=3, ref="T8", attrs={"to": "S2"})])
+        (exc,) = await store.exceptions()
+        assert (exc.kind, exc.location, exc.sku) == ("transfer_unknown_destination", "S1", "A")
+        assert exc.data == {"ref": "T9", "from": "S1", "to": "S999", "shipped": 5, "received": 0, "in_transit": 5}
+        assert await store.exceptions(location="S1") == [exc]
+        await store.add_agent(["S999"])  # the store opened after all: its agent will receive it
+        assert await store.exceptions() == []
+
     async def test_negative_on_hand_is_an_exception_and_nothing_is_available(
         self, store: HubStore, who: AgentIdentity, ev: EventFactory
     ) -> None:

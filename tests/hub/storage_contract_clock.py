@@ -188,6 +188,7 @@ class ClockTransferContract:
 
     async def test_an_open_transfer_becomes_overdue(self, store: HubStore) -> None:
         a = await agent(store, "S1")
+        await agent(store, "S2")  # a location the hub knows (one it does not know is an exception at once)
         ea = EventFactory(a.agent_id, base_ms=now_ms() - 3 * DAY_MS)
         await store.ingest(a, 1, [ea(Kind.TRANSFER_OUT, -4, at_ms=0, ref="T9", attrs={"to": "S2"})])
         assert [e.kind for e in await store.exceptions(transfer_open_max_ms=7 * DAY_MS)] == ["negative_on_hand"]

@@ -3,10 +3,14 @@ the missing units written off in the ledger and an exception."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
+
+from agent.catalog import AgentCatalog
 from agent.outbox import Outbox
-from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
+from agent.sessions import InvalidSessionInput, SessionManager, SessionSpec, SessionStore, SessionType
 from hub import HubStore
 from tests.agent.sessions.sessions_helpers import APPLE, PEAR, catalog
 from tests.agent.sessions.sessions_hub import running_hub, sync
@@ -93,3 +97,57 @@ async def test_transfer_shipped_to_b_and_received_by_c_is_on_both_stores_excepti
                 [wrong] = [e for e in await hub.exceptions(location=location) if e.kind.startswith("transfer")]
                 assert (wrong.kind, wrong.location, wrong.sku) == ("transfer_misdirected", "S003", "SKU-APPLE")
                 assert (wrong.data["to"], wrong.data["shipped_to"], wrong.data["received"]) == ("S003", "S002", 5)
+
+
+async def test_a_transfer_to_a_location_the_hub_does_not_know_is_refused_or_listed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found shipping to ``S999``, and to ``s002`` for ``S002``: agent and hub took it, and the units sat in transit
+    to nowhere until the transfer was overdue. The agent learns the hub's locations with its catalog and refuses
+    such a destination at the open (suggesting the hub's spelling); an agent that never heard them (offline since
+    installed) takes it with a warning, and the hub lists it among the sender's exceptions."""
+    async with running_hub(tmp_path) as (hub, url):
+        a_id, a_token = await hub.add_agent(["S001"])
+        await hub.add_agent(["S002"])
+        learned = AgentCatalog(hub_url=url, token=a_token, cache=tmp_path / "catalog-cache.json")
+        await learned.refresh()
+        await learned.stop()
+        assert learned.known_locations() == frozenset({"S001", "S002"})
+        restarted = AgentCatalog(hub_url="http://127.0.0.1:9", token=a_token, cache=tmp_path / "catalog-cache.json")
+        await restarted.load()  # the hub away: the list is read from the cache
+        offline = AgentCatalog(hub_url="http://127.0.0.1:9", token=a_token, cache=tmp_path / "none.json")
+        await offline.load()
+        async with (
+            Outbox.open(tmp_path / "a.sqlite3", agent_id=a_id, location="S001") as a_outbox,
+            SessionStore.open(tmp_path / "a-sessions.sqlite3") as a_store,
+        ):
+            store_a = SessionManager(a_store, a_outbox, catalog=restarted)
+            with pytest.raises(InvalidSessionInput) as nowhere:
+                await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-9", to_location="S999"), by="ana")
+            assert str(nowhere.value) == (
+                "the hub knows no location 'S999' (it knows S001, S002); check where the goods are going"
+            )
+            with pytest.raises(InvalidSessionInput) as spelled:
+                await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-9", to_location="s002"), by="ana")
+            assert str(spelled.value) == "the hub knows no location 's002', but S002; write the location as the hub does"
+            assert await store_a.list() == []
+            fine = await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-8", to_location="S002"), by="ana")
+            await store_a.key(fine.id, "SKU-APPLE", 2, by="ana")
+            await store_a.close(fine.id, by="ana")
+
+            store_a.catalog = offline
+            with caplog.at_level(logging.WARNING, logger="agent.sessions.manager"):
+                ship = await store_a.open(
+                    SessionSpec(SessionType.TRANSFER_OUT, ref="TR-9", to_location="S999"), by="ana"
+                )
+            assert "without the hub's list of locations" in caplog.text
+            await store_a.key(ship.id, "SKU-APPLE", 5, by="ana")
+            await store_a.close(ship.id, by="ana")
+            await sync(a_outbox, url, a_token)
+
+            for location in ("S001", None):
+                found = [e for e in await hub.exceptions(location=location) if e.kind.startswith("transfer")]
+                assert [(e.kind, e.location, e.sku, e.data["to"]) for e in found] == [
+                    ("transfer_unknown_destination", "S001", "SKU-APPLE", "S999")
+                ]
+                assert "a location the hub does not know" in found[0].detail
