@@ -56,7 +56,7 @@ import math
 import random
 import uuid
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +87,7 @@ LEDGER_LOOKBACK = 32  # newest ledger rows of a (location, sku) searched for a c
 UNMAPPED_MAX = 1_000  # SKUs remembered as moving in the pool unmapped since the mapping was loaded
 KIND_NAMES = {"shopify": "Shopify", "square": "Square", "webhook": "the receiver"}
 REMAP_GAP_S = 30.0  # a channel's listing is read for items gone at most this often (after refused pushes)
+LEASE_LOST_WAIT_S = 3.0  # a pusher whose lock went waits this long a turn (hub.channels.runner.LEASE_RETRY_S)
 KEPT_AGAIN_MAX = 2  # pushes in a row, stamped after a count the channel kept, before it is left to reconciliation
 
 
@@ -239,6 +240,10 @@ class ChannelPusher(LoopTask):
         self.busy = False  # a turn is running
         self._lock = asyncio.Lock()  # one turn or mapping refresh at a time
         self._wake = asyncio.Event()
+        # Whether this hub still holds the channel's pusher lock (``LeaseHolder.holds``, no round trip), asked
+        # before each turn and each batch: set by hub.channels.runner.
+        self.holding: Callable[[], bool] = lambda: True
+        self._lost_said = False
 
     # --- the loop -------------------------------------------------------------------
 
@@ -253,6 +258,10 @@ class ChannelPusher(LoopTask):
 
     async def _turn_or_fail(self) -> float:
         """One turn; how long to wait for changes afterwards (0: go on at once)."""
+        if not self._holds():
+            # ``lead`` stops this loop at its next turn; until then nothing goes out, not even a failed turn again
+            await asyncio.sleep(LEASE_LOST_WAIT_S)
+            return 0.0
         try:
             worked = await self.turn()
             remap_in_s = await self._remap_gone()
@@ -265,6 +274,19 @@ class ChannelPusher(LoopTask):
         if self._pushed_last_turn and self.spec.coalesce_s > 0:
             await asyncio.sleep(self.spec.coalesce_s)  # let a burst gather: its last value goes out next
         return 0.0
+
+    def _holds(self) -> bool:
+        """This hub still holds the channel's pusher lock; said once when not: its connection ended (a restart, a
+        failover, pg_terminate_backend), and another hub may be pushing from the saved cursor already."""
+        if self.holding():
+            return True
+        if not self._lost_said:
+            self._lost_said = True
+            log.warning(
+                "channel %s: this hub's pusher lock went with its database connection; it pushes nothing more "
+                "until it takes the lock again", self.spec.name,
+            )  # fmt: skip
+        return False
 
     async def _remap_gone(self) -> float | None:
         """After a turn in which the channel refused levels because their items are gone (``LevelsRefused.gone``:
@@ -348,6 +370,8 @@ class ChannelPusher(LoopTask):
         confirmed_all: dict[LevelKey, int] = {}
         kept_all: dict[LevelKey, Kept] = {}
         for n, batch in enumerate(batches):
+            if not self._holds():  # the rest of the turn is the next holder's, from the saved cursor
+                return True
             confirmed = await self._push_unsure({k: targets[k] for k in batch}, turn_key) if batch else {}
             if isinstance(confirmed, Confirmed):
                 kept_all.update(confirmed.kept)

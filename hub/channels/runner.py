@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -112,22 +113,25 @@ async def channel_pushers(
         open_channel_state(db_path) as state,
         aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(limit=max(2, len(specs) * 2))) as session,
     ):
+        local = None if is_postgres(db_path) else LocalLeases()  # one hub per SQLite file: it pushes every channel
+        leases: LeaseHolder
+        if local is None:
+            from hub.channels.state_postgres import PusherLeases  # at run time only on a PostgreSQL hub
+
+            leases = PusherLeases(locks or db_path)
+        else:
+            leases = local
 
         def make(spec: ChannelSpec) -> ChannelPusher:
-            return ChannelPusher(spec, feed, state, make_connector(spec, session), waiter)
+            p = ChannelPusher(spec, feed, state, make_connector(spec, session), waiter)
+            p.holding = functools.partial(leases.holds, spec.name)  # asked before each push: no two hubs push
+            return p
 
         pushers = {s.name: make(s) for s in specs}
         words = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
         jobs = {name: _ChannelJob(name, pushers, make, state) for name in pushers}
-        leases: LeaseHolder
-        if is_postgres(db_path):
-            from hub.channels.state_postgres import PusherLeases  # at run time only on a PostgreSQL hub
-
-            leases = PusherLeases(locks or db_path)
-        else:  # one hub per SQLite file: it pushes every channel, and starts again one whose loop ended
-            local = LocalLeases()
+        if local is not None:  # a SQLite hub pushes every channel, and starts again one whose loop ended
             local.start_all(jobs)  # runs the pushers just made: no channel's connector is built twice
-            leases = local
             log.info("pushing levels to %d channel(s): %s", len(pushers), ", ".join(pushers))
         for job in jobs.values():
             job.handed_out()

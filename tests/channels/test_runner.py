@@ -11,12 +11,13 @@ from hub.channels import ChannelPusher, ChannelSpec, channel_pushers, runner
 from hub.channels.connector import Connector
 from hub.channels.reconcile import Reconciler
 from hub.channels.runner import pushes_here
+from hub.leases import LocalLeases
 from hub.storage.base import StoreError
 from protocol import Kind
 from protocol.retry import Backoff
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
-from tests.channels.helpers import Hub, spec_of, wait_until
+from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
 
 
 async def test_every_configured_channel_gets_its_levels(hub: Hub, shopify: ShopifyEmulator, square: SquareEmulator) -> None:
@@ -162,3 +163,34 @@ async def test_an_unreachable_postgresql_database_is_one_sentence_without_its_pa
         async with channel_pushers([spec], hub.store, "postgresql://u:pw-secret@127.0.0.1:1/db", hub.watch):
             pass
     assert "pw-secret" not in str(err.value)
+
+
+async def test_a_pusher_whose_lock_is_gone_pushes_nothing_more_before_lead_notices(
+    hub: Hub, square: SquareEmulator, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a pusher whose lock connection the server ended (a failover, pg_terminate_backend) went on
+    pushing until ``lead``'s next check of the lock, up to ``LEASE_RETRY_S`` later, while another hub had taken
+    the channel and pushed from the saved cursor. The pusher asks ``LeaseHolder.holds`` (no round trip) before
+    each turn and batch: here the lease says it is gone, while ``lead`` (``alive``) has not noticed."""
+    caplog.set_level(logging.WARNING, logger="hub.channels.pusher")
+    monkeypatch.setattr("hub.channels.pusher.LEASE_LOST_WAIT_S", 0.05)
+    lost: list[str] = []
+    holds = LocalLeases.holds
+    monkeypatch.setattr(LocalLeases, "holds", lambda self, name: name not in lost and holds(self, name))
+    sq_loc = square.add_location()
+    vid = square.add_variation("A")
+    spec = spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}}, square.token)
+    await hub.move((Kind.RECEIVE, 6, "S1", "A"))
+    async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch) as pushers:
+        await pushed_to_head(pushers["pickup"], hub)
+        assert square.quantity(vid, sq_loc) == 6
+        lost.append("pickup")  # the lock's connection ended: another hub pushes from the saved cursor now
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+        said = "channel pickup: this hub's pusher lock went with its database connection; it pushes nothing more"
+
+        async def stood_back_or_pushed() -> bool:
+            return said in caplog.text or square.quantity(vid, sq_loc) != 6
+
+        await wait_until(stood_back_or_pushed, "the pusher sees the lock gone (or pushes the sale)")
+        assert square.quantity(vid, sq_loc) == 6, "a hub that lost the channel's lock pushed it"
+        assert pushers["pickup"].status.cursor < await hub.store.latest_change_id()
