@@ -24,12 +24,14 @@ REJECTION_FIELDS = (
     "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
 )
 # A transfer shipped to a location the hub does not know, still open: no active credential is bound to it (agents.
-# locations is a JSON list of codes: '["S001", "S002"]') and nothing was ever booked there.
+# locations is a JSON list of codes: '["S001", "S002"]') and nothing was ever booked there. The quoted code is found
+# in the list by replace(), exact and case-sensitive on both backends: LIKE took a code's ``_`` and ``%`` for
+# wildcards (S_02 was known when S002 was), and SQLite's LIKE ignores case.
 UNKNOWN_DESTINATION = (
     "in_to IS NULL AND out_to IS NOT NULL AND closed_at IS NULL AND shipped > received"
     " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.location = transfers.out_to)"
     " AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.revoked_ms IS NULL"
-    " AND a.locations LIKE '%\"' || transfers.out_to || '\"%')"
+    " AND replace(a.locations, '\"' || transfers.out_to || '\"', '') <> a.locations)"
 )
 UNKNOWN_KEY = f"substr(s.sku, 1, {len(UNKNOWN_SKU_PREFIX)}) = '{UNKNOWN_SKU_PREFIX}'"
 

@@ -295,6 +295,19 @@ class StorageContract(FeedAndCatalogContract, ClockTransferContract):
         await store.add_agent(["S999"])  # the store opened after all: its agent will receive it
         assert await store.exceptions() == []
 
+    async def test_a_destination_is_known_only_by_its_exact_code(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        """The known codes were matched with LIKE: ``_`` in a shipped-to code is a wildcard there (and SQLite's
+        LIKE ignores case), so S_02 and s002 counted as known when a store S002 exists, and a transfer no store
+        would ever receive was never listed."""
+        await store.add_agent(["S002"])
+        await store.ingest(who, 1, [ev(Kind.RECEIVE, 10, at_ms=1)])
+        for n, to in enumerate(("S_02", "s002", "S002"), start=2):
+            await store.ingest(who, 1, [ev(Kind.TRANSFER_OUT, -1, at_ms=n, ref=f"T{n}", attrs={"to": to})])
+        listed = await store.exceptions()
+        assert sorted(e.data["to"] for e in listed if e.kind == "transfer_unknown_destination") == ["S_02", "s002"]
+
     async def test_negative_on_hand_is_an_exception_and_nothing_is_available(
         self, store: HubStore, who: AgentIdentity, ev: EventFactory
     ) -> None:
