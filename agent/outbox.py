@@ -990,18 +990,23 @@ class Outbox(SqliteFile):
         return [RejectedEvent(self._event(row[:12]), row[12], row[13], row[14]) for row in rows]
 
     async def refused(
-        self, source_prefix: str, *, since_ms: int = 0, limit: int = 100, event_id: bytes | None = None
+        self, source_prefix: str, *, within: int | None = None, limit: int = 100, event_id: bytes | None = None
     ) -> list[RejectedEvent]:
         """Events the hub refused (set aside; not those it holds) whose source starts with ``source_prefix``,
-        refused at ``since_ms`` or later (only ``event_id``, if given), newest first: what the staff of a session
-        must be told."""
+        among the newest ``within`` set-asides of any source (only ``event_id``, if given), newest first: what the
+        staff of a session must be told.
+
+        Newest is the outbox's own order (seq), not the wall clock at the set-aside: this machine's clock may have
+        been days behind or a year ahead then, and a window by it hid a refusal for good or kept it first for a
+        year."""
+        newest = f"SELECT seq FROM rejected WHERE code <> '{HELD_CODE}' ORDER BY seq DESC LIMIT ?"
         rows = await self._read(
             lambda conn: conn.execute(
                 f"SELECT {', '.join('e.' + c for c in _EVENT_COLUMNS.split(', '))}, r.code, r.reason, r.rejected_ms"
                 f" FROM rejected r JOIN events e ON e.seq = r.seq WHERE r.code <> '{HELD_CODE}'"
-                " AND substr(e.source, 1, ?) = ? AND r.rejected_ms >= ? AND (? IS NULL OR e.event_id = ?)"
-                " ORDER BY r.rejected_ms DESC, r.seq DESC LIMIT ?",
-                (len(source_prefix), source_prefix, since_ms, event_id, event_id, limit),
+                f" AND substr(e.source, 1, ?) = ? AND r.seq >= (SELECT coalesce(min(seq), 0) FROM ({newest}))"
+                " AND (? IS NULL OR e.event_id = ?) ORDER BY r.seq DESC LIMIT ?",
+                (len(source_prefix), source_prefix, -1 if within is None else within, event_id, event_id, limit),
             ).fetchall()
         )
         return [RejectedEvent(self._event(row[:12]), row[12], row[13], row[14]) for row in rows]

@@ -51,7 +51,6 @@ BODY_MAX_BYTES = 1 << 20
 BODY_TIMEOUT_S = 15.0
 JSON_DEPTH_MAX = 16  # every body here is a flat object; deeper nesting is refused before any use
 LIST_LIMIT_MAX = 500
-REFUSED_SHOWN_MS = 7 * 86_400_000  # a session movement the hub refused is shown on the home screen this long
 LINES_SHOWN_MAX = 20_000
 JSON_TYPE = "application/json"
 CSP = (
@@ -377,8 +376,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     sessions = request.app[CONTEXT_KEY].sessions
     found = await sessions.list(active=state == "active", limit=limit)
     # What the hub refused of a closed session (after the close, when the agent did not know better) reaches the
-    # staff here, on the handheld's home screen, for a week or until one of them dismisses it.
-    refused = await sessions.refused_not_dismissed(since_ms=sessions.outbox.wall_ms() - REFUSED_SHOWN_MS)
+    # staff here, on the handheld's home screen, until one of them dismisses it or newer set-asides push it out.
+    refused = await sessions.refused_not_dismissed()
     return _json(
         {"sessions": [views.session_json(s) for s in found], "refused": [views.refused_json(r) for r in refused]}
     )

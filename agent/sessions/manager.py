@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 LIST_LIMIT_DEFAULT = 100
 REFUSED_SHOWN = 20  # the hub's refusals of sessions' movements shown at once (newest first)
+# The home screen shows the sessions' refusals among the outbox's newest this many set-asides (of any movement): a
+# window in the outbox's own order, which a wrong clock at the refusal cannot shift, as it did a 7-day window.
+REFUSED_WINDOW = 100
 
 
 class SessionManager:
@@ -349,20 +352,23 @@ class SessionManager:
         return SessionView(session, lines, totals(lines), preview(session, lines), tuple(refused))
 
     async def refused(
-        self, session_id: str | None = None, *, since_ms: int = 0, limit: int = REFUSED_SHOWN
+        self, session_id: str | None = None, *, within: int | None = None, limit: int = REFUSED_SHOWN
     ) -> list[Refused]:
-        """Movements closed sessions booked (one session's, or any) that the hub refused, newest first: a refusal
-        that comes after the close (the agent did not know better then) must still reach the staff."""
+        """Movements closed sessions booked (one session's, or any) that the hub refused, newest first (among the
+        outbox's newest ``within`` set-asides, ``Outbox.refused``): a refusal that comes after the close (the agent
+        did not know better then) must still reach the staff."""
         prefix = SOURCE_PREFIX + (session_id or "")
-        found = await self.outbox.refused(prefix, since_ms=since_ms, limit=limit)
+        found = await self.outbox.refused(prefix, within=within, limit=limit)
         return [_refused(r) for r in found]
 
-    async def refused_not_dismissed(self, *, since_ms: int = 0, limit: int = REFUSED_SHOWN) -> list[Refused]:
-        """``refused()`` of every session, but the refusals the staff dismissed: the handheld's home screen box,
-        which showed each refusal for a week with no way to say it was read."""
+    async def refused_not_dismissed(self, *, limit: int = REFUSED_SHOWN) -> list[Refused]:
+        """``refused()`` of every session among the outbox's newest ``REFUSED_WINDOW`` set-asides, but the
+        refusals the staff dismissed: the handheld's home screen box. Not by this machine's clock at the refusal:
+        a refusal set aside while it was ten days behind never showed, one while it was a year ahead stayed."""
         # A dismissal names its refusal by the movement's id (the outbox sets a movement aside once and never sends
         # it again); when it was made says nothing: this machine's clock may have been set back or put right since.
-        found = await self.refused(since_ms=since_ms, limit=limit + await self.store.dismissed_count())
+        dismissed_n = await self.store.dismissed_count()
+        found = await self.refused(within=REFUSED_WINDOW, limit=limit + dismissed_n)
         dismissed = await self.store.dismissed_among([r.event_id for r in found])
         return [r for r in found if r.event_id not in dismissed][:limit]
 

@@ -610,3 +610,57 @@ async def test_a_dismissed_refusal_stays_dismissed_when_the_clock_is_put_right_a
             await refuse(sessions, outbox, "SKU-PEAR", "A-2")
             assert await shown() == ["SKU-PEAR"]  # a new refusal is shown
             assert {r.sku for r in await sessions.refused()} == {"SKU-APPLE", "SKU-PEAR"}  # nothing deleted
+
+
+async def test_the_home_screen_shows_refusals_by_the_outbox_s_order_not_the_clock_at_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The home screen showed the refusals of the last 7 days by this machine's clock when each was set aside: one
+    set aside while the PC's clock was ten days behind never showed, and one set aside while it was a year ahead
+    stayed first until dismissed, above every newer one. It shows the refusals among the outbox's newest
+    set-asides now, newest first in the outbox's own order, whatever the clock said."""
+    from agent.sessions import SessionSpec, SessionType
+    from protocol import Rejection
+
+    monkeypatch.setattr("agent.sessions.manager.REFUSED_WINDOW", 2, raising=False)
+    day_ms = 86_400_000
+    true_ms = 1_800_000_000_000
+    now = [true_ms]
+
+    async def refuse(sessions: SessionManager, outbox: Outbox, sku: str, bin_: str) -> None:
+        s = await sessions.open(SessionSpec(SessionType.COUNT, bin=bin_), by="ana")
+        await sessions.key(s.id, sku, 4, by="ana")
+        await sessions.close(s.id, by="ana")
+        (event,) = [ev for ev in await outbox.pending(10) if ev.sku == sku]
+        await outbox.set_aside([Rejection(event.event_id, event.seq, "invalid_bundle", f"{sku} is a bundle")])
+
+    async with (
+        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001", wall_clock_ms=lambda: now[0])
+        as outbox,
+        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
+    ):  # fmt: skip
+        sessions = SessionManager(store, outbox, catalog=Catalog(), wall_clock_ms=lambda: now[0])
+        context = LocalApiContext(sessions=sessions, outbox=outbox, staff=StaffDirectory(STAFF))
+        async with (
+            LocalApiServer(context, "127.0.0.1", 0) as server,
+            aiohttp.ClientSession(
+                cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=20)
+            ) as http,
+        ):
+            api = Api(server.url, http, outbox, sessions)
+            await api.sign_in()
+
+            async def shown() -> list[str]:
+                return [r["sku"] for r in (await api.ok("GET", "/api/v1/sessions"))["refused"]]
+
+            now[0] = true_ms - 10 * day_ms  # the PC's clock is ten days behind
+            await refuse(sessions, outbox, "SKU-APPLE", "A-1")
+            now[0] = true_ms  # ... and put right
+            assert await shown() == ["SKU-APPLE"]
+            now[0] = true_ms + 365 * day_ms  # a year ahead
+            await refuse(sessions, outbox, "SKU-PEAR", "A-2")
+            now[0] = true_ms + 3_600_000  # ... and put right
+            await refuse(sessions, outbox, "SKU-PLUM", "A-3")
+            assert await shown() == ["SKU-PLUM", "SKU-PEAR"]  # newest first; the apple is out of the window
+            await refuse(sessions, outbox, "SKU-FIG", "A-4")
+            assert await shown() == ["SKU-FIG", "SKU-PLUM"]  # the pear went like any other, its year ahead or not
