@@ -43,6 +43,7 @@ from hub.storage.postgres.store import (
     RETRY_SQLSTATES,
     TX_ATTEMPTS,
     redacted,
+    server_says,
     session_settings,
 )
 from protocol.retry import FULL_JITTER, Backoff
@@ -132,6 +133,8 @@ class PostgresChannelState(SqlChannelState):
                 return
             except asyncpg.PostgresError as err:
                 if err.sqlstate not in RETRY_SQLSTATES or attempt == TX_ATTEMPTS:
+                    if isinstance(err, asyncpg.ReadOnlySQLTransactionError):
+                        raise StoreError(server_says(f"while {what}", err)) from err
                     raise StoreError(f"{what} failed ({err})") from err
             except DB_ERRORS as err:
                 raise StoreError(f"{what} failed ({err or type(err).__name__})") from err

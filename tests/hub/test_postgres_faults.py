@@ -320,3 +320,35 @@ async def test_a_session_ended_under_a_request_is_answered_with_the_servers_reas
                         await asyncio.sleep(0.05)
         finally:
             await operator.close()
+
+
+async def test_a_read_only_server_is_named_in_the_hub_s_words_before_the_server_s(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a failover the URL may still lead to the old primary, a standby now: every sync was answered 503 with
+    "cannot execute INSERT in a read-only transaction", the server's words, which an operator did not read as "this
+    server takes no writes". The 503 and the log name the cause first, the server's text after it."""
+    caplog.set_level(logging.WARNING)
+    async with hub_in_process(pg_database, rate_limit_per_s=0) as hub:
+        agent = await _agent(hub.store, "L1")
+        operator = await asyncpg.connect(pg_database)
+        try:
+            name = await operator.fetchval("SELECT current_database()")
+            await operator.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            await _terminate_sessions(pg_database)  # the hub's new sessions are read-only, as on a standby
+            headers = {"Authorization": f"Bearer {agent.token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+                async with asyncio.timeout(WAIT_S):
+                    while True:  # the first may meet a session just ended
+                        async with session.post(f"{hub.url}/v1/sync", data=agent.body(), headers=headers) as resp:
+                            body = await resp.json(content_type=None)
+                        assert resp.status == 503, body
+                        if "read-only transaction" in body["detail"]:
+                            break
+                        await asyncio.sleep(0.05)
+            said = "the database server is read-only (a standby?)"
+            assert said in body["detail"], body
+            assert body["detail"].index(said) < body["detail"].index("read-only transaction"), body
+        finally:
+            await operator.close()
+    assert f"POST /v1/sync: {said}" in caplog.text  # the log's one line per request keeps its first 120 characters

@@ -196,11 +196,27 @@ class PoolBusy(StoreError):
         )
 
 
+# A write the server refused as read-only, in the hub's words before the server's: after a failover the URL may
+# still lead to the old primary, a standby now, and "cannot execute COPY FROM in a read-only transaction" alone did
+# not read as "this server takes no writes". First in the sentence: the log keeps a request's first 120 characters.
+READ_ONLY_SAYS = "the database server is read-only (a standby?), so the hub could not write"
+
+
+def server_says(what: str, err: BaseException) -> str:
+    """``what`` (``"while saving …"``) failed, with what the server answered: a read-only server named first."""
+    said = str(err) or type(err).__name__
+    if isinstance(err, asyncpg.ReadOnlySQLTransactionError):
+        return f"{READ_ONLY_SAYS} {what}: {said}"
+    return f"the hub database failed {what}: {said}"
+
+
 def _open_error(where: str, err: BaseException) -> StoreError:
     """Why the store could not be opened: ``DatabaseUnreachable`` when the server is down or not taking sessions
     yet (a restart fixes it), else a ``StoreError`` (a wrong password, database or URL: the operator must)."""
     if isinstance(err, UNREACHABLE_AT_OPEN):
         return DatabaseUnreachable(f"cannot reach the hub database {where}: {err or type(err).__name__}")
+    if isinstance(err, asyncpg.ReadOnlySQLTransactionError):
+        return StoreError(f"cannot open the hub database {where}: {server_says('to set it up', err)}")
     return StoreError(f"cannot open the hub database {where}: {err or type(err).__name__}")
 
 
@@ -365,7 +381,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
             except asyncpg.PostgresError as err:
                 self._not_reached(err)
                 if attempt == TX_ATTEMPTS or not _retryable(err, unique_races):
-                    raise StoreError(f"the hub database failed while {what}: {err}") from err
+                    raise StoreError(server_says(f"while {what}", err)) from err
                 delay_s = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 log.info("Retrying %s in %.0f ms: the database aborted it (%s).", what, delay_s * 1000, err)
                 await asyncio.sleep(delay_s)
@@ -389,7 +405,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
             raise self._unavailable(what, err) from err
         except asyncpg.PostgresError as err:
             self._not_reached(err)
-            raise StoreError(f"the hub database failed while {what}: {err}") from err
+            raise StoreError(server_says(f"while {what}", err)) from err
 
     def _not_reached(self, err: Exception) -> None:
         """Count a request the database could not take because it is down, restarting or full (not one it
