@@ -10,6 +10,8 @@
   outright (SIGKILL, power loss) cannot remove it, so each backup holds a lock on ``<partial>.lock`` while it
   writes, and the next backup into the same directory removes every partial whose lock it can take: its writer
   is gone. The lock, not the process id, says so: a process id is reused, and asking Windows about one is unsafe.
+  A partial with no lock file beside it (left by a version from before the locks) cannot be told from one an older
+  version is writing now, so it is not removed: the backup names such files in one sentence, for the operator.
 * PostgreSQL: ``pg_dump --format=custom`` (one snapshot of the database,
   taken without stopping anyone), the password handed over in a private
   password file, never on a command line. Restored with ``pg_restore``.
@@ -54,6 +56,7 @@ NOT_REGULAR = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block dev
                (stat.S_ISSOCK, "a socket"))  # fmt: skip
 PARTIAL_RE = re.compile(r"^\.(.+)\.partial-(\d+)$")  # a copy being written, named after its target and writer
 WRITER_LOCK_SUFFIX = ".lock"  # beside each partial: held by its writer while it writes
+UNLOCKED_NAMED_MAX = 5  # partials without a lock file named in the sentence about them; the rest counted
 PG_TABLE_RE = re.compile(r'dumping contents of table "?([^"\s]+)"?')
 # URL parameters libpq (and so pg_dump) understands; asyncpg's server settings (search_path) are handled apart.
 LIBPQ_PARAMS = frozenset(
@@ -172,10 +175,19 @@ class _PartialBusy(Exception):
 
 
 @contextlib.contextmanager
-def _writing(partial: Path) -> Iterator[None]:
+def _writing(partial: Path, say: Progress) -> Iterator[None]:
     """Hold ``partial``'s writer lock while the copy is written into it; first remove what killed backups left in
-    its directory (``remove_orphaned_partials``)."""
+    its directory (``remove_orphaned_partials``), and name the partials no lock tells about (``unlocked_partials``)."""
     remove_orphaned_partials(partial.parent)
+    unlocked = unlocked_partials(partial.parent)
+    if unlocked:
+        named = ", ".join(p.name for p in unlocked[:UNLOCKED_NAMED_MAX])
+        more = f" and {len(unlocked) - UNLOCKED_NAMED_MAX} more" if len(unlocked) > UNLOCKED_NAMED_MAX else ""
+        say(
+            f"left as they are: {len(unlocked)} half-made backup(s) in {partial.parent} with no writer lock beside "
+            f"them ({named}{more}), made by an older shelfsync, which may still be writing one; remove them once no "
+            "backup of an older shelfsync runs into this directory"
+        )
     lock = partial.with_name(partial.name + WRITER_LOCK_SUFFIX)
     try:
         with hold_os_lock(lock, 0, taken=_PartialBusy, failed=lambda err: err):
@@ -185,6 +197,21 @@ def _writing(partial: Path) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             lock.unlink()
+
+
+def unlocked_partials(directory: Path) -> list[Path]:
+    """The half-made copies in ``directory`` with no writer lock beside them: a version from before the locks
+    wrote them, and it may be writing one now. Neither their process id (reused, in another PID namespace or on
+    another host sharing the directory, unsafe to ask Windows about) nor their age (a pg_dump may wait an hour
+    on a lock without writing) says their writer is gone, so they are named, never removed."""
+    try:
+        names = {entry.name for entry in os.scandir(directory)}
+    except OSError:
+        return []
+    return [
+        directory / name for name in sorted(names)
+        if PARTIAL_RE.match(name) is not None and name + WRITER_LOCK_SUFFIX not in names
+    ]  # fmt: skip
 
 
 def remove_orphaned_partials(directory: Path) -> list[Path]:
@@ -224,7 +251,7 @@ def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int,
             src.execute("PRAGMA query_only = ON")
             src.execute("BEGIN")  # one read snapshot for every step: the hub's commits meanwhile are not copied
             version = _check_hub_database(src, source)
-            with _writing(partial):
+            with _writing(partial, say):
                 with _removed_on_failure(partial):
                     _private_file(partial)
                     copy = sqlite3.connect(partial, isolation_level=None)
@@ -374,7 +401,7 @@ def _pg_dump(url: str, target_path: Path, say: Progress) -> int:
         command.append(f"--schema={target.schema}")
     command.append(f"--dbname={target.url}")
     first_error = last_line = ""  # what says why, if pg_dump fails
-    with pg_environment(target) as env, _writing(partial), _removed_on_failure(partial):
+    with pg_environment(target) as env, _writing(partial, say), _removed_on_failure(partial):
         _private_file(partial)  # pg_dump writes into it and keeps its mode
         try:
             proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

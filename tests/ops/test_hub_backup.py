@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -610,3 +611,30 @@ def test_a_failing_pg_dump_is_one_sentence_with_its_reason(tmp_path: Path) -> No
     assert run.returncode == 2 and len(lines) == 1
     assert "pg_dump of postgresql://nobody@127.0.0.1:1/none failed" in lines[0]
     assert "wrong-password" not in run.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_partial_copy_with_no_writer_lock_is_named_and_left_as_it_is(tmp_path: Path) -> None:
+    """A partial an older shelfsync left (``.NAME.partial-PID``, from before the writer locks) was never removed and
+    never mentioned: it stayed forever, unseen, as large as the database. Nothing says its writer is gone — its
+    process id may be reused or another host's, an older backup may be writing it now — so it is left as it is,
+    and the backup names it in one sentence for the operator."""
+    db = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db))
+    new_hub_db(db, env=env)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    old = backups / ".hub-old.db.partial-4242"  # an older shelfsync's: no lock file beside it
+    old.write_bytes(b"half")
+    week_ago = time.time() - 7 * 86_400
+    os.utime(old, (week_ago, week_ago))
+    run = run_hub("backup", "--to", f"{backups}/", env=env)
+    assert run.returncode == 0, run.stderr
+    assert old.read_bytes() == b"half"
+    said = [line for line in run.stderr.splitlines() if ".hub-old.db.partial-4242" in line]
+    assert said == [
+        (
+            f"shelfsync-hub backup: left as they are: 1 half-made backup(s) in {backups} with no writer lock beside "
+            "them (.hub-old.db.partial-4242), made by an older shelfsync, which may still be writing one; remove them "
+            "once no backup of an older shelfsync runs into this directory"
+        )
+    ], run.stderr
