@@ -194,3 +194,36 @@ async def test_a_pusher_whose_lock_is_gone_pushes_nothing_more_before_lead_notic
         await wait_until(stood_back_or_pushed, "the pusher sees the lock gone (or pushes the sale)")
         assert square.quantity(vid, sq_loc) == 6, "a hub that lost the channel's lock pushed it"
         assert pushers["pickup"].status.cursor < await hub.store.latest_change_id()
+
+
+async def test_a_pusher_whose_lock_goes_mid_turn_pushes_no_further_batch(
+    hub: Hub, square: SquareEmulator, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock goes while a turn is pushing its batches: the batches after that moment are the next holder's
+    (from the saved cursor), not sent from here too."""
+    caplog.set_level(logging.WARNING, logger="hub.channels.pusher")
+    sq_loc = square.add_location()
+    apple, pear = square.add_variation("APPLE"), square.add_variation("PEAR")
+    spec = spec_of(
+        {"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}, "batch_max": 1},
+        square.token,
+    )
+    await hub.move((Kind.RECEIVE, 6, "S1", "APPLE"), (Kind.RECEIVE, 6, "S1", "PEAR"))
+    watching: list[bool] = []
+
+    def pushed_one() -> bool:
+        return bool(watching) and 8 in (square.quantity(apple, sq_loc), square.quantity(pear, sq_loc))
+
+    holds = LocalLeases.holds
+    monkeypatch.setattr(LocalLeases, "holds", lambda self, name: not pushed_one() and holds(self, name))
+    async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch) as pushers:
+        await pushed_to_head(pushers["pickup"], hub)
+        watching.append(True)  # the lock goes the moment the channel took the first batch of the next turn
+        await hub.move((Kind.RECEIVE, 2, "S1", "APPLE"), (Kind.RECEIVE, 2, "S1", "PEAR"))
+
+        async def stood_back_or_pushed_both() -> bool:
+            both = (square.quantity(apple, sq_loc), square.quantity(pear, sq_loc)) == (8, 8)
+            return both or "it pushes nothing more until it takes the lock again" in caplog.text
+
+        await wait_until(stood_back_or_pushed_both, "the pusher sees the lock gone before its next batch")
+        assert sorted((square.quantity(apple, sq_loc), square.quantity(pear, sq_loc))) == [6, 8]
