@@ -73,7 +73,8 @@ async def _sku_events(
     places = [r[0] for r in await db.fetch("SELECT location FROM stock WHERE sku = ? ORDER BY location", (sku,))]
     rows: list[Row] = []
     for i in range(0, len(places), SKU_PLACES_PER_QUERY):
-        parts, params = [], []
+        parts: list[str] = []
+        params: list[Any] = []
         for place in places[i : i + SKU_PLACES_PER_QUERY]:
             w = Where().page(page).add("location = ?", place).add("sku = ?", sku).add("occurred_at < ?", before)
             parts.append(f"SELECT * FROM (SELECT * FROM events{w.sql} ORDER BY {NEWEST_FIRST} LIMIT ?) p{len(parts)}")
