@@ -317,6 +317,7 @@ async def post_sync(request: web.Request) -> web.Response:
     result = await store.ingest(
         who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog, oldest_pending_ms=sync.oldest_pending_ms,
         lineage=lineage, clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
+        after_seq=sync.after_seq,
     )  # fmt: skip
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
@@ -335,7 +336,9 @@ async def post_sync(request: web.Request) -> web.Response:
         change_id=result.change_id if sync.follows_feed else None,  # … and one not following the change feed this
     )
     _log_sync(sync, result.applied, result.duplicates, len(result.rejected), result.hwm, started)
-    return web.Response(body=encode_sync_response(answer), content_type=MSGPACK_CONTENT_TYPE)
+    return web.Response(
+        body=encode_sync_response(answer), content_type=MSGPACK_CONTENT_TYPE, headers={routes.SYNC_PIPELINE_HEADER: "1"}
+    )
 
 
 async def _read_body(request: web.Request, advice: str = "") -> bytes:

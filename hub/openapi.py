@@ -1323,6 +1323,8 @@ def _schemas() -> dict[str, JSON]:
             "epoch_base": integer(0, SEQ_MAX), "base_chain": binary(CHAIN_BYTES, "The digest at epoch_base"),
             "sent_ms": integer(0, SEQ_MAX, "The agent's wall clock when it sent the request."),
             "follows_feed": {"type": "boolean", "description": "Answer change_id (the agent follows the change feed)."},
+            "after_seq": integer(0, SEQ_MAX, "The seq the events follow on from, a batch before them not yet "
+                                 "answered: the mark moves over them only once it has reached it."),
         }, ["v", "agent_id", "epoch"], closed=True,
             oneOf=[{"required": ["events"]}, {"required": ["columns"]}],
             description="The events as events (one map each) or as columns (one list per field), never both."),

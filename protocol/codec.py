@@ -58,6 +58,10 @@ class SyncRequest:
     base_chain: bytes | None = None
     sent_ms: int | None = None  # the agent's wall clock when it sent this request: the hub measures its skew from it
     follows_feed: bool = False  # the agent follows the change feed: answer ``change_id`` (older agents refuse it)
+    # The seq this batch's events follow on from (the end of a batch sent before it and not yet answered): the
+    # hub raises its mark over the batch only when its mark is at least this. None: follows the acknowledged
+    # mark. Sent only to a hub whose answers carry ``PIPELINE_HEADER`` (older hubs refuse the field).
+    after_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +190,13 @@ def _request_head(req: SyncRequest) -> dict[str, Any]:
         **({"base_chain": req.base_chain} if req.base_chain is not None else {}),
         **({"sent_ms": req.sent_ms} if req.sent_ms is not None else {}),
         **({"follows_feed": True} if req.follows_feed else {}),
+        **({"after_seq": req.after_seq} if req.after_seq is not None else {}),
     }
 
 
 _REQUEST_KEYS = {
     "v", "agent_id", "epoch", "acked_seq", "backlog", "oldest_pending_ms", "chain", "epoch_base", "base_chain", "events",
-    "columns", "sent_ms", "follows_feed",
+    "columns", "sent_ms", "follows_feed", "after_seq",
 }  # fmt: skip
 
 
@@ -301,6 +306,9 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     follows_feed = obj.get("follows_feed", False)
     if not isinstance(follows_feed, bool):
         raise ProtocolError("must be true or false", field="follows_feed")
+    after_seq = obj.get("after_seq")
+    if after_seq is not None:
+        _check_int(after_seq, "after_seq", 0, SEQ_MAX)
     events, bad = _request_events(obj, agent_id, epoch)
     if bad:
         raise BadEvents(bad, agent_id, epoch)
@@ -310,7 +318,7 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     return SyncRequest(
         agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq,
         backlog=backlog, oldest_pending_ms=oldest_pending_ms, chain=chain, epoch_base=epoch_base, base_chain=base_chain,
-        sent_ms=sent_ms, follows_feed=follows_feed,
+        sent_ms=sent_ms, follows_feed=follows_feed, after_seq=after_seq,
     )  # fmt: skip
 
 

@@ -13,6 +13,10 @@ from typing import Final
 
 HEALTH_PATH: Final = "/healthz"  # GET: is the hub up, which hub is it (public)
 SYNC_PATH: Final = "/v1/sync"  # POST msgpack: a batch of stock events; answers the mark and counts
+# A header of the hub's sync answers: this hub reads a request's ``after_seq`` (``protocol.SyncRequest``), so an
+# agent may send a batch before the one before it is answered. An HTTP header, not an answer field: an agent
+# refuses an answer with a field it does not know, and ignores a header.
+SYNC_PIPELINE_HEADER: Final = "Shelfsync-Sync-After-Seq"
 CHANGES_PATH: Final = "/v1/changes"  # GET: the change feed, a page after a cursor (long-poll with wait)
 CATALOG_PATH: Final = "/v1/catalog"  # GET: the barcode catalog; PUT (admin): replace it
 BUNDLES_PATH: Final = "/v1/bundles"  # GET: the bundle SKUs and their recipes, a page at a time

@@ -227,6 +227,7 @@ class Batch:
     quarantined: tuple[RejectedAttempt, ...] = ()
     sent_ms: int | None = None
     operator: str | None = None
+    after_seq: int | None = None  # the seq the batch follows on from, as the sender said (see _next_mark)
 
 
 class SyncNote(NamedTuple):
@@ -377,6 +378,7 @@ def prepare_batch(
     lineage: Lineage | None = None,
     clock: ClockWindow | None = None,
     sent_ms: int | None = None,
+    after_seq: int | None = None,
 ) -> Batch:
     """Check a batch against its sender: pure, so it runs before the write transaction.
 
@@ -427,6 +429,7 @@ def prepare_batch(
         lineage,
         tuple(held),
         sent_ms,
+        after_seq=after_seq,
     )
 
 
@@ -812,6 +815,11 @@ async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None, boo
     mark is above the stored one: the hub was restored from an older copy) is told to rewind and resend;
     the stored mark stays too: the seqs between it and this batch are missing here, and raising it would
     hide them from the resend.
+
+    A batch sent before the one it follows on from was answered (``after_seq``: that batch's end) moves the
+    mark only when the mark has reached ``after_seq``: met first (the batch before it is still on its way,
+    or failed), its events are stored but the mark stays, so the answer acknowledges no seq this hub has not
+    committed, and the sender sends it again (its events are then duplicates).
     """
     who, lineage = batch.who, batch.lineage or Lineage()
     stored = await tx.stored_mark(who.agent_id, batch.epoch)
@@ -821,7 +829,8 @@ async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None, boo
     else:
         stored_hwm, stored_chain = stored
     stale = batch.acked_seq < stored_hwm and batch.max_seq <= stored_hwm  # and it brings nothing past the mark
-    if batch.acked_seq > stored_hwm or batch.max_seq <= stored_hwm:
+    ahead = batch.after_seq is not None and batch.after_seq > stored_hwm  # seqs before the batch not here yet
+    if batch.acked_seq > stored_hwm or batch.max_seq <= stored_hwm or ahead:
         return stored_hwm, stored_chain, stale
     return batch.max_seq, lineage.chain, stale
 

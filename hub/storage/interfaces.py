@@ -80,6 +80,7 @@ class IngestStore(Protocol):
         lineage: Lineage | None = None,
         clock_window_ms: int | None = None,
         sent_ms: int | None = None,
+        after_seq: int | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
@@ -109,6 +110,9 @@ class IngestStore(Protocol):
         mark the hub holds (the hub database was restored from an older copy),
         the batch is still committed but the answer's ``hwm`` is the hub's mark
         from before the batch, so the agent rewinds and resends what was lost.
+        ``after_seq`` (None: the batch follows on from ``acked_seq``): the seq
+        the batch follows on from, a batch before it not yet answered; while
+        the mark is below it, the batch is committed and the mark stays.
 
         Every (location, sku) whose on_hand, reserved, available or in_transit
         changed gets one row in the change feed, in the same transaction.

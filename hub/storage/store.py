@@ -153,13 +153,14 @@ class SqlHubStore(HubStore, Generic[D]):
         lineage: Lineage | None = None,
         clock_window_ms: int | None = None,
         sent_ms: int | None = None,
+        after_seq: int | None = None,
     ) -> IngestResult:
         self._check_open()
         # Checked before the write transaction: overlaps another batch.
         clock = None if clock_window_ms is None else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms)
         batch = prepare_batch(
             who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
-            clock=clock, sent_ms=sent_ms,
+            clock=clock, sent_ms=sent_ms, after_seq=after_seq,
         )  # fmt: skip
 
         async def work(db: D) -> IngestResult:

@@ -206,6 +206,26 @@ class StorageContract(FeedAndCatalogContract, ClockTransferContract):
         assert status.locations == ("S1", "S2")
         assert status.last_sync_ms is not None and status.clock_skew_ms is not None
 
+    async def test_a_batch_met_before_the_one_it_follows_stores_its_events_but_not_the_mark(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        """Two batches in flight (agent.replicator): the second, met first, must not acknowledge the first's seqs."""
+        first = [ev(Kind.RECEIVE, 1, at_ms=i) for i in range(1, 6)]  # seqs 1-5: still on its way
+        second = [ev(Kind.RECEIVE, 1, at_ms=i) for i in range(6, 11)]  # seqs 6-10, sent before 1-5 was answered
+        early = await store.ingest(who, 1, second, 0, after_seq=5)
+        assert early.hwm == 0 and early.applied == 5  # stored, but seqs 1-5 are not here: the mark stays
+        (status,) = await store.agent_status(who.agent_id)
+        assert status.hwm == {1: 0}
+        assert (await store.ingest(who, 1, first, 0)).hwm == 5
+        again = await store.ingest(who, 1, second, 5, after_seq=5)  # the sender resends it: duplicates, mark moves
+        assert (again.hwm, again.applied, again.duplicates) == (10, 0, 5)
+        assert sum(r.on_hand for r in await store.counts()) == 10
+        in_turn = [ev(Kind.RECEIVE, 1, at_ms=i) for i in range(11, 13)]  # the first answered first: it moves
+        assert (await store.ingest(who, 1, in_turn, 5, after_seq=10)).hwm == 12
+        fresh = EventFactory(who.agent_id, epoch=2)  # a new epoch starts at its base: after_seq is read from there
+        base = await store.ingest(who, 2, [fresh(Kind.SALE, -1, at_ms=20)], 0, after_seq=3, lineage=None)
+        assert base.hwm == 0
+
     async def test_concurrent_batches_are_all_committed(self, store: HubStore) -> None:
         agents = []
         for i in range(8):

@@ -28,6 +28,7 @@ from protocol import (
     new_event_id,
     pack_hlc,
 )
+from protocol.routes import SYNC_PIPELINE_HEADER
 from tests.harness.clock import RECENT_MS
 from tests.harness.inprocess import ClientFactory
 
@@ -143,6 +144,30 @@ async def test_resent_batch_is_counted_once(client: TestClient[Any, Any], agent:
 
     assert again.hwm == 2 and again.duplicates == 2 and again.rejected == ()
     assert await counts_at(client, token) == {"SKU-1": 9}
+
+
+async def test_a_batch_sent_ahead_and_met_first_is_stored_but_not_acknowledged_and_no_restore_is_feared(
+    client: TestClient[Any, Any], agent: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent with two batches in flight: the hub says it reads ``after_seq``; the second batch, met first,
+    keeps the mark below the first's seqs (they are not committed), and this is no restored database."""
+    agent_id, token = agent
+    ahead = [event(agent_id, seq, qty=1) for seq in (3, 4)]
+    body = encode_sync_request(SyncRequest(agent_id, 1, tuple(ahead), acked_seq=0, after_seq=2))
+    with caplog.at_level(logging.WARNING, logger="hub.app"):
+        resp = await post_sync(client, token, body)
+        assert resp.status == 200, await resp.text()
+        assert resp.headers[SYNC_PIPELINE_HEADER] == "1"
+        answer = decode_sync_response(await resp.read())
+    assert answer.hwm == 0 and answer.duplicates == 0
+    assert "restored" not in caplog.text
+    first = await sync_ok(client, token, body_of(agent_id, [event(agent_id, 1, qty=1), event(agent_id, 2, qty=1)]))
+    assert first.hwm == 2
+    again = await sync_ok(
+        client, token, encode_sync_request(SyncRequest(agent_id, 1, tuple(ahead), acked_seq=2, after_seq=2))
+    )
+    assert (again.hwm, again.duplicates) == (4, 2)
+    assert await counts_at(client, token) == {"SKU-1": 4}
 
 
 async def test_large_batch_is_decoded_and_committed(client: TestClient[Any, Any], agent: tuple[str, str]) -> None:
