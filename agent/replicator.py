@@ -92,7 +92,7 @@ from protocol.retry import (
     run_turns,
     wait_for_any,
 )
-from protocol.routes import SYNC_PATH
+from protocol.routes import SYNC_PATH, SYNC_PIPELINE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,10 @@ COLUMNS_REFUSED = "unknown field(s) columns"
 # of 5,000 took 13 % less CPU in the hub's main and writer threads and in the agent (bench/catchup_cpu.py).
 CATCHUP_BACKLOG = 10_000
 CATCHUP_BATCH_FACTOR = 10
+# Meanwhile, with a hub whose answers say it reads ``after_seq`` (protocol.routes.SYNC_PIPELINE_HEADER), the next
+# batch is sent before the one before it is answered: the hub receives and decodes one while its writer commits
+# the other. The hub moves its mark over such a batch only once it holds the one before (hub.storage.ingest), and
+# an answer that does not acknowledge the batch sent ahead is not stored: the batch is sent again.
 FEED_CATCHUP_PAUSE_S = 1.0  # meanwhile the count cache reads the change feed at most this often (agent.feed)
 
 
@@ -141,6 +145,28 @@ class _Prepared:
     epoch: int  # the outbox's epoch when read
     in_flight: int  # events of the batch on its way then (counted in outgoing.backlog)
     as_columns: bool  # packed as columns (else as maps, for a hub older than columns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What the hub sent back to one request: status, body, and the headers this loop reads."""
+
+    status: int
+    body: bytes
+    sent_ms: int  # the agent's clock when the request was sent, and when the answer came
+    received_ms: int
+    retry_after: str | None
+    location: str | None
+    content_type: str
+    pipelines: bool  # the answer carries SYNC_PIPELINE_HEADER: the hub reads a request's after_seq
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """A batch sent before the one before it was answered (``prepared.after``: that batch's end)."""
+
+    prepared: _Prepared
+    reply: asyncio.Task[_Reply]
 
 
 class Replicator(HubLoop):
@@ -196,6 +222,9 @@ class Replicator(HubLoop):
         self._content_type = ""  # … and its Content-Type (agent.hub_loop.not_the_hubs)
         self._state = ReplicatorState(0, 0, "never", None, None, False, 0, batch_size, None)
         self._prefetch: asyncio.Task[_Prepared] | None = None  # the next batch, read while one is on its way
+        self._ahead: _Ahead | None = None  # the batch sent while the one before it is on its way (catching up)
+        self._keep_ahead = False  # the last answer acknowledged its batch: the batch sent ahead follows on from it
+        self._pipelines = False  # the hub's last answer said it reads after_seq (SYNC_PIPELINE_HEADER)
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
         # way (from reading the batch to storing its answer), ``_feed_position`` is the change-feed position of
         # the newest answer stored (None: none in this run, or the hub's numbering restarted since).
@@ -226,6 +255,7 @@ class Replicator(HubLoop):
         Each part is stopped even if one before it fails, and a failure is raised once all are stopped."""
         async with contextlib.AsyncExitStack() as parts:  # unwound last first: the batch read ahead goes last
             parts.push_async_callback(self._stop_prefetch)
+            parts.push_async_callback(self._stop_ahead)
             parts.push_async_callback(HubLoop.stop, self)
             if self.feed is not None:
                 await self.feed.stop()
@@ -235,6 +265,12 @@ class Replicator(HubLoop):
         if task is not None:  # a batch read ahead: dropped, and its failure, if any, is not news
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def _stop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:  # its answer is not stored: the batch is sent again by the next replicator
+            ahead.reply.cancel()
+            await asyncio.gather(ahead.reply, return_exceptions=True)
 
     @property
     def state(self) -> ReplicatorState:
@@ -278,7 +314,7 @@ class Replicator(HubLoop):
         (every batch the hub committed before that change was answered and stored)."""
         while not (
             (self._feed_position is not None and self._feed_position >= change_id)
-            or (self._busy == 0 and not self._handshake_due and self._state.sync_state == "ok")
+            or (self._busy == 0 and self._ahead is None and not self._handshake_due and self._state.sync_state == "ok")
         ):
             self._gate_moved.clear()
             await self._gate_moved.wait()
@@ -326,6 +362,25 @@ class Replicator(HubLoop):
     async def _attempt(self) -> bool:
         self._outbox.new_data.clear()  # before reading: a record() after this wakes us again
         try:
+            return await self._exchange()
+        except OutboxClosed:
+            raise
+        except OutboxError as err:
+            raise TurnFailed(
+                f"the outbox failed: {err}", kind="outbox_error", reachable=True, level=logging.ERROR
+            ) from err
+        finally:
+            if not self._keep_ahead:  # anything but an answer acknowledging its batch: the batch ahead is dropped
+                self._drop_ahead()
+
+    async def _exchange(self) -> bool:
+        """Send a batch (or take the one sent ahead last time), maybe send the next ahead, and handle the answer."""
+        self._keep_ahead = False
+        ahead = self._take_ahead()
+        if ahead is not None:
+            prepared, reply = ahead.prepared, ahead.reply
+            batch = prepared.outgoing.events
+        else:
             prepared = await self._next_batch()
             batch = prepared.outgoing.events
             if not self._handshake_due and not batch:
@@ -336,36 +391,105 @@ class Replicator(HubLoop):
             self._waiting = max(0, prepared.outgoing.backlog - prepared.in_flight)
             if batch and not self._handshake_due:  # read and pack the next batch while this one is on its way
                 self._prefetch = asyncio.create_task(self._prepare(self._limit(), batch))
-            status, body, sent_ms, received_ms = await self._post(prepared)
-            foreign = not_the_hubs(self._url, status, self._content_type, body, MSGPACK_CONTENT_TYPE)
-            if foreign is not None:
-                raise TurnFailed(foreign, kind=INTERCEPTED, reachable=False)
-            if status == 429:
-                raise self._slow_down(body)
-            if status == 200:
-                self._last_answer_s = time.monotonic()
-                return await self._accepted(batch, body, sent_ms, received_ms)
-            if status == 422 and batch:
-                return await self._invalid(batch, body)
-            if status == 413 and batch:
-                return await self._too_big(batch)
-            if status == 400 and batch and self._as_columns and COLUMNS_REFUSED in _error_message(body):
-                return self._columns_refused()
-            raise self._refused(status, body)
-        except OutboxClosed:
-            raise
-        except OutboxError as err:
-            raise TurnFailed(
-                f"the outbox failed: {err}", kind="outbox_error", reachable=True, level=logging.ERROR
-            ) from err
+            reply = asyncio.create_task(self._send(*self._request(prepared)))
+        try:
+            if batch and not self._handshake_due:
+                await self._send_ahead(batch)
+            answer = await reply
+        finally:
+            if not reply.done():  # cancelled or failed meanwhile: not waited for (its answer would not be stored)
+                self._drop_reply(reply)
+        self._retry_after, self._location, self._content_type = answer.retry_after, answer.location, answer.content_type
+        status, body = answer.status, answer.body
+        foreign = not_the_hubs(self._url, status, self._content_type, body, MSGPACK_CONTENT_TYPE)
+        if foreign is not None:
+            raise TurnFailed(foreign, kind=INTERCEPTED, reachable=False)
+        if status == 429:
+            raise self._slow_down(body)
+        if status == 200:
+            self._last_answer_s = time.monotonic()
+            self._pipelines = answer.pipelines
+            return await self._accepted(batch, body, answer.sent_ms, answer.received_ms, sent_ahead=ahead is not None)
+        if status == 422 and batch:
+            return await self._invalid(batch, body)
+        if status == 413 and batch:
+            return await self._too_big(batch)
+        if status == 400 and batch and self._as_columns and COLUMNS_REFUSED in _error_message(body):
+            return self._columns_refused()
+        if status == 400 and ahead is not None and "after_seq" in _error_message(body):
+            return self._after_seq_refused()
+        raise self._refused(status, body)
+
+    # --- two batches in flight while catching up ---------------------------------------
+    def _take_ahead(self) -> _Ahead | None:
+        """The batch sent ahead last time, if it still follows on from the acknowledged mark (its batch before
+        was acknowledged, nothing failed, rewound or forked); else None, and it is dropped."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        prepared = ahead.prepared
+        if (
+            self._handshake_due
+            or prepared.after != self._acked_seq
+            or prepared.epoch != self._outbox.epoch
+            or prepared.as_columns != self._as_columns
+        ):
+            self._drop_reply(ahead.reply)
+            return None
+        return ahead
+
+    async def _send_ahead(self, batch: tuple[StockEvent, ...]) -> None:
+        """While catching up with a hub that reads ``after_seq``: send the batch read ahead now, before ``batch``
+        is answered, saying it follows on from ``batch``'s end (the hub keeps its mark below it until it holds
+        ``batch``), and read the one after it."""
+        task = self._prefetch
+        if not (self._pipelines and self._waiting >= CATCHUP_BACKLOG and task is not None):
+            return
+        self._prefetch = None
+        try:
+            nxt = await task
+        except OutboxError:
+            return  # read again, and its failure said, when it is this loop's turn
+        events = nxt.outgoing.events
+        if not (
+            events
+            and nxt.after == batch[-1].seq
+            and nxt.epoch == self._outbox.epoch
+            and nxt.as_columns == self._as_columns
+        ):
+            return
+        self._ahead = _Ahead(nxt, asyncio.create_task(self._send(*self._request(nxt, after_seq=nxt.after))))
+        self._prefetch = asyncio.create_task(self._prepare(self._limit(), events, len(batch) + len(events)))
+
+    def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            self._drop_reply(ahead.reply)
+
+    @staticmethod
+    def _drop_reply(task: asyncio.Task[_Reply]) -> None:
+        """A request whose answer is not stored: the hub may commit its events, which are then sent again."""
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its failure, if any, is not news
+
+    def _after_seq_refused(self) -> bool:
+        """400 naming ``after_seq``: a hub older than two batches in flight answered (another hub behind the
+        same address); send one batch at a time until a hub's answer says it reads it again."""
+        self._pipelines = False
+        log.info("The hub at %s does not read after_seq; sending one batch at a time.", self._url)
+        return True
 
     # --- batches: read and packed ahead ---------------------------------------------
-    async def _prepare(self, limit: int, before: tuple[StockEvent, ...] = ()) -> _Prepared:
-        """The next ``limit`` pending events (after ``before``, the batch on its way), packed for the wire."""
+    async def _prepare(
+        self, limit: int, before: tuple[StockEvent, ...] = (), in_flight: int | None = None
+    ) -> _Prepared:
+        """The next ``limit`` pending events (after ``before``, the batch on its way), packed for the wire;
+        ``in_flight``: the events on their way then (default: ``before``'s)."""
         after = before[-1].seq if before else 0
         outgoing = await self._outbox.outgoing(limit, after=after)
         packed = encode_events(outgoing.events, as_columns=self._as_columns)
-        return _Prepared(outgoing, packed, after, self._outbox.epoch, len(before), self._as_columns)
+        flying = len(before) if in_flight is None else in_flight
+        return _Prepared(outgoing, packed, after, self._outbox.epoch, flying, self._as_columns)
 
     async def _next_batch(self) -> _Prepared:
         """The batch read ahead while the last one was on its way, if it still follows the acknowledged mark
@@ -400,8 +524,8 @@ class Replicator(HubLoop):
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its failure, if any, is not news
 
-    async def _post(self, prepared: _Prepared) -> tuple[int, bytes, int, int]:
-        assert self._session is not None
+    def _request(self, prepared: _Prepared, after_seq: int | None = None) -> tuple[bytes, int]:
+        """The request's body, with the acknowledged mark as it is now, and the clock when it is sent."""
         outgoing = prepared.outgoing
         # Read ahead, the backlog counted the batch before this one, which is acknowledged now.
         backlog = max(len(outgoing.events), outgoing.backlog - prepared.in_flight)
@@ -412,19 +536,23 @@ class Replicator(HubLoop):
             self._outbox.agent_id, self._outbox.epoch, outgoing.events, acked_seq=self._acked_seq,
             backlog=backlog, oldest_pending_ms=oldest_ms,
             chain=outgoing.chain, epoch_base=outgoing.epoch_base or None, base_chain=outgoing.base_chain,
-            sent_ms=sent_ms, follows_feed=self.feed is not None,
+            sent_ms=sent_ms, follows_feed=self.feed is not None, after_seq=after_seq,
         )  # fmt: skip
+        return encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns), sent_ms
+
+    async def _send(self, body: bytes, sent_ms: int) -> _Reply:
+        assert self._session is not None
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
-        body = encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns)
         try:
             async with self._session.post(
                 self._url, data=body, headers=headers, allow_redirects=FOLLOW_REDIRECTS
             ) as http:
-                self._retry_after = http.headers.get("Retry-After")
-                self._location = http.headers.get("Location")
-                self._content_type = http.headers.get("Content-Type", "")
-                body = await read_answer(http, self.answer_max_bytes, "sync answer")
-                return http.status, body, sent_ms, self._outbox.wall_ms()
+                answer = await read_answer(http, self.answer_max_bytes, "sync answer")
+                return _Reply(
+                    http.status, answer, sent_ms, self._outbox.wall_ms(), http.headers.get("Retry-After"),
+                    http.headers.get("Location"), http.headers.get("Content-Type", ""),
+                    http.headers.get(SYNC_PIPELINE_HEADER) == "1",
+                )  # fmt: skip
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="hub_error", reachable=True, level=logging.ERROR) from err
         except TimeoutError:
@@ -445,7 +573,9 @@ class Replicator(HubLoop):
                 reachable=False,
             ) from err
 
-    async def _accepted(self, batch: tuple[StockEvent, ...], body: bytes, sent_ms: int, received_ms: int) -> bool:
+    async def _accepted(
+        self, batch: tuple[StockEvent, ...], body: bytes, sent_ms: int, received_ms: int, *, sent_ahead: bool = False
+    ) -> bool:
         try:
             resp = decode_sync_response(body)
         except ProtocolError as err:
@@ -460,6 +590,12 @@ class Replicator(HubLoop):
                 reachable=True,
                 level=logging.ERROR,
             )
+        if sent_ahead and resp.hwm < batch[-1].seq:
+            # The hub met it before the batch it follows on from (or that one failed): it holds the events but
+            # not the mark, and storing the answer would rewind ours. Not stored; the batch is sent again.
+            log.debug("The hub kept its mark at seq %d below a batch sent ahead; sending it again.", resp.hwm)
+            await self._update(attempts=self._state.attempts + 1)
+            return True
         sent = {ev.event_id for ev in batch}
         if any(r.event_id not in sent for r in resp.rejected):  # only the events of this request are its to judge
             for r in resp.rejected:
@@ -517,6 +653,13 @@ class Replicator(HubLoop):
             # reports the true 0.
             self._last_answer_s = -math.inf
         await self._answered(waiting=len(batch) + result.backlog, sent=len(batch), backlog=result.backlog)
+        # The batch sent ahead follows on from this one: kept while this one is acknowledged in this epoch.
+        self._keep_ahead = (
+            bool(batch)
+            and result.acked_seq >= batch[-1].seq
+            and not result.rewound
+            and result.forked_from_epoch is None
+        )
         return result.backlog > 0
 
     async def _invalid(self, batch: tuple[StockEvent, ...], body: bytes) -> bool:
