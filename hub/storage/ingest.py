@@ -366,6 +366,13 @@ class IngestTx(Protocol):
 
     async def delete_stock(self, keys: Collection[StockKey]) -> None: ...
 
+    async def settle_observed(
+        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int]
+    ) -> None:
+        """After stock rows moved (-> (on_hand, max_at) as written now) and events were stored (their keys -> the
+        first of them in the order): the newest observations of those keys follow (``hub.storage.reports.
+        settle_observed``)."""
+
 
 def prepare_batch(
     who: AgentIdentity,
@@ -761,6 +768,13 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         feed = _changes(keys, before, rows, snapshots, by_key, by_transfer, new_transfers)
         if feed:
             await tx.append_changes(feed, now_ms)
+    if changed or fresh or expanded:
+        earliest: dict[StockKey, int] = {}
+        for ev in [ev for ev, _ in fresh] + [ev for ev, _, _ in expanded]:
+            key = (ev.location, ev.sku)
+            if key not in earliest or ev.occurred_at < earliest[key]:
+                earliest[key] = ev.occurred_at
+        await tx.settle_observed(_stock_now(rows, changed), earliest)
     if batch.operator is None:
         seq, chain, stale = await _next_mark(tx, batch)
         backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)
@@ -780,6 +794,11 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         chain=chain,
         held=held_now,
     )
+
+
+def _stock_now(rows: Mapping[StockKey, StockRow], keys: Iterable[StockKey]) -> dict[StockKey, tuple[int, int | None]]:
+    """(on_hand, max_at) of the stock rows of ``keys`` as written now, for ``IngestTx.settle_observed``."""
+    return {k: (r[2], None if r[7] is None else r[7][0]) for k in keys for r in (rows[k],)}
 
 
 def _skew_ms(batch: Batch, now_ms: int) -> int | None:
@@ -990,6 +1009,7 @@ async def refresh_bundles(tx: IngestTx, keys: Collection[StockKey], now_ms: int)
         await tx.save_stock([rows[k] for k in sorted(moved)], now_ms)
         if changes := _moved_changes(rows, moved):
             await tx.append_changes(changes, now_ms)
+        await tx.settle_observed(_stock_now(rows, moved), {})
 
 
 async def apply_recipe(
@@ -1069,3 +1089,5 @@ async def _rebuild_bundles(tx: IngestTx, book: Mapping[str, BundleParts], now_ms
         await tx.save_stock([rows[k] for k in sorted(moved) if k not in gone], now_ms)
         if changes := _moved_changes(rows, moved):
             await tx.append_changes(changes, now_ms)
+    if moved or gone:
+        await tx.settle_observed(_stock_now(rows, [*moved, *gone]) | {k: (0, None) for k in gone}, {})

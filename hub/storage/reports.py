@@ -8,14 +8,15 @@ transaction, which then finds it stored (a resend).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from hub.resolver import diverges
 from hub.storage import checks, keys
 from hub.storage.base import AgentIdentity, DivergenceRow, ImportIssue, Observation, ReportResult
-from hub.storage.db import Db, Where, in_lists, marks
+from hub.storage.db import Db, Row, Where, in_lists, marks
 from hub.storage.sql import DELTA_KINDS, NEWEST_FIRST
 from protocol import pack_hlc
 
@@ -65,19 +66,39 @@ async def add_reports(
         f"INSERT INTO {kind.table} (agent_id, {kind.id_field}, {kind.fields}, received_at_ms) VALUES ({marks(width)})",
         [(who.agent_id, kind.ident(x), *kind.content(x), now_ms) for x in fresh],
     )
+    if kind is OBSERVATIONS:
+        await add_newest(db, [(who.agent_id, x) for x in fresh], now_ms)  # type: ignore[misc]
     return result
+
+
+NEWEST_FIELDS = (
+    "system, location, sku, on_hand, observed_at_ms, agent_id, obs_id, source_file, received_at_ms, hub_on_hand"
+)
+OBSERVED_FIELDS = "location, sku, system, on_hand, observed_at_ms, hub_on_hand, from_events"  # settle_observed's
+# The newest observation of a key first: observations_newest keeps only that one.
+NEWEST_ORDER = ("observed_at_ms", "received_at_ms", "agent_id", "obs_id")
+
+
+def as_of_before(at_ms: int) -> int:
+    """The packed HLC just after wall time ``at_ms``: events ordered before it count as of ``at_ms``."""
+    return pack_hlc(at_ms + 1, 0)
 
 
 async def on_hand_as_of(db: Db, location: str, sku: str, at_ms: int) -> int:
     """The hub's on_hand of (location, sku) counting the events of wall time <= ``at_ms``:
     the last such count plus the deltas after it (``hub.resolver.on_hand_as_of``)."""
-    before = pack_hlc(at_ms + 1, 0)
     stock = await db.fetchone("SELECT on_hand, max_at FROM stock WHERE location = ? AND sku = ?", (location, sku))
     if stock is None:
         return 0
-    if stock[1] is None or stock[1] < before:  # nothing ordered after it: today's on_hand is that day's
+    if stock[1] is None or stock[1] < as_of_before(at_ms):  # nothing ordered after it: today's is that day's
         return int(stock[0])
+    return await events_as_of(db, location, sku, at_ms)
+
+
+async def events_as_of(db: Db, location: str, sku: str, at_ms: int) -> int:
+    """The last count of (location, sku) ordered before ``as_of_before(at_ms)`` plus the deltas between."""
     key = "location = ? AND sku = ? AND occurred_at < ?"
+    before = as_of_before(at_ms)
     count = await db.fetchone(
         f"SELECT occurred_at, agent_id, seq, event_id, qty FROM events WHERE {key} AND kind = 'count' "
         f"ORDER BY {NEWEST_FIRST} LIMIT 1",
@@ -92,29 +113,117 @@ async def on_hand_as_of(db: Db, location: str, sku: str, at_ms: int) -> int:
     return (count[4] if count is not None else 0) + int(deltas[0] if deltas else 0)
 
 
+# --- the newest observation of each (system, location, sku), with the hub's on_hand as of it ----------------------
+#
+# observations_newest (schema 10) keeps, per key, the newest observation and the hub's on_hand as of its time
+# (``hub_on_hand``), whether that figure came from the events (``from_events``: stock moved after the
+# observation) and whether they diverge; the divergence reads walk the diverging rows in their order and stop
+# at a page, however many observations agree. An observation's figure changes only when the key's stock row
+# does while nothing is ordered after the observation (then it is today's on_hand), or when an event ordered
+# before it is stored (a late one): ``settle_observed`` is told both by ingest.
+
+
+async def _by_location(db: Db, select: str, wanted: Iterable[tuple[str, str]]) -> list[Row]:
+    """The rows of ``select`` (a table keyed by location and sku) of the keys ``wanted``: one statement per
+    location (a batch, an export, is mostly one store's) and up to ``in_lists``' SKUs."""
+    skus_at: dict[str, list[str]] = defaultdict(list)
+    for location, sku in sorted(wanted):
+        skus_at[location].append(sku)
+    found: list[Row] = []
+    for location, skus in skus_at.items():
+        for part in in_lists(skus):
+            found += await db.fetch(f"{select} WHERE location = ? AND sku IN ({marks(len(part))})", (location, *part))
+    return found
+
+
+async def add_newest(db: Db, fresh: Sequence[tuple[str, Observation]], now_ms: int) -> None:
+    """Make each of ``fresh`` (agent_id, observation; just stored) its key's newest when it is newer than the one
+    kept, with the hub's on_hand as of it."""
+    best: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    for agent_id, o in fresh:
+        rank = (o.observed_at_ms, now_ms, agent_id, o.obs_id)
+        key = (o.system, o.location, o.sku)
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, agent_id, o)
+    kept = await _by_location(
+        db, f"SELECT location, sku, system, {', '.join(NEWEST_ORDER)} FROM observations_newest",
+        {(location, sku) for _, location, sku in best},
+    )
+    ranks = {(r[2], r[0], r[1]): tuple(r[3:]) for r in kept}
+    newer = {k: v for k, v in best.items() if k not in ranks or ranks[k] < v[0]}  # else one received late
+    stock = {
+        (r[0], r[1]): (int(r[2]), r[3])
+        for r in await _by_location(
+            db, "SELECT location, sku, on_hand, max_at FROM stock", {(loc, sku) for _, loc, sku in newer}
+        )
+    }
+    rows = []
+    for (system, location, sku), (rank, agent_id, o) in sorted(newer.items()):
+        on_hand, max_at = stock.get((location, sku), (0, None))
+        if max_at is None or max_at < as_of_before(o.observed_at_ms):
+            hub, from_events = on_hand, 0
+        else:
+            hub, from_events = await events_as_of(db, location, sku, o.observed_at_ms), 1
+        rows.append((system, location, sku, o.on_hand, o.observed_at_ms, agent_id, o.obs_id, o.source_file, now_ms,
+                     hub, from_events, int(diverges(o.on_hand, hub))))  # fmt: skip
+    await db.executemany(
+        f"INSERT INTO observations_newest ({NEWEST_FIELDS}, from_events, diverging) VALUES ({marks(12)}) "
+        "ON CONFLICT (location, sku, system) DO UPDATE SET on_hand = excluded.on_hand, "
+        "observed_at_ms = excluded.observed_at_ms, agent_id = excluded.agent_id, obs_id = excluded.obs_id, "
+        "source_file = excluded.source_file, received_at_ms = excluded.received_at_ms, "
+        "hub_on_hand = excluded.hub_on_hand, from_events = excluded.from_events, diverging = excluded.diverging",
+        rows,
+    )
+
+
+async def settle_observed(
+    db: Db, stock: Mapping[tuple[str, str], tuple[int, int | None]], earliest: Mapping[tuple[str, str], int],
+    found: tuple[Collection[tuple[str, str]], Sequence[Row]] | None = None,
+) -> None:  # fmt: skip
+    """After ingest moved the stock rows ``stock`` ((location, sku) -> (on_hand, max_at) as written now) and
+    stored events of the keys of ``earliest`` (-> the first of them in the order): the figures of the newest
+    observations of those keys that changed. One read for the keys; events are read only for an observation a
+    late event precedes, or the first time stock moves after it. ``found``: keys whose rows (``OBSERVED_FIELDS``)
+    were read already, and those rows."""
+    wanted = set(stock) | set(earliest)
+    known, rows = found if found is not None else ((), [])
+    rows = [r for r in rows if (r[0], r[1]) in wanted]
+    if missing := wanted.difference(known):
+        rows += await _by_location(db, f"SELECT {OBSERVED_FIELDS} FROM observations_newest", missing)
+    updates = []
+    for location, sku, system, observed, at_ms, hub, from_events in rows:
+        key = (location, sku)
+        before = as_of_before(at_ms)
+        now = stock.get(key)
+        if now is None:  # not moved here: only events of the key were stored
+            row = await db.fetchone("SELECT on_hand, max_at FROM stock WHERE location = ? AND sku = ?", key)
+            now = (0, None) if row is None else (int(row[0]), row[1])
+        if now[1] is None or now[1] < before:  # nothing ordered after the observation: today's on_hand
+            new, new_from_events = now[0], 0
+        elif not from_events or earliest.get(key, before) < before:  # first move after it, or a late event
+            new, new_from_events = await events_as_of(db, location, sku, at_ms), 1
+        else:
+            continue  # only events after the observation: its figure stands
+        if (new, new_from_events) != (hub, from_events):
+            updates.append((new, new_from_events, int(diverges(observed, new)), location, sku, system))
+    await db.executemany(
+        "UPDATE observations_newest SET hub_on_hand = ?, from_events = ?, diverging = ? "
+        "WHERE location = ? AND sku = ? AND system = ?",
+        updates,
+    )
+
+
 async def divergence(
     db: Db, location: str | None, system: str | None, limit: int,
     page: tuple[str, tuple[Any, ...]] | None = None, order: str = keys.DIVERGENCE_ORDER,
 ) -> list[DivergenceRow]:  # fmt: skip
-    """Up to ``limit`` diverging latest observations in ``order``, those after the paging term ``page``."""
-    inner = Where().add("location = ?", location).add("system = ?", system)
-    outer = Where("newest = 1").page(page)
-    latest = await db.fetch(
-        "SELECT system, location, sku, on_hand, observed_at_ms, agent_id, obs_id, source_file, received_at_ms "
-        "FROM (SELECT o.*, ROW_NUMBER() OVER (PARTITION BY system, location, sku "
-        "ORDER BY observed_at_ms DESC, received_at_ms DESC, agent_id DESC, obs_id DESC) AS newest "
-        f"FROM observations o{inner.sql}) AS latest{outer.sql} ORDER BY {order}",
-        (*inner.params, *outer.params),
+    """Up to ``limit`` diverging latest observations in ``order``, those after the paging term ``page``: a walk
+    of the diverging rows of observations_newest in that order (an index each), stopped at ``limit``."""
+    where = Where("diverging = 1").add("location = ?", location).add("system = ?", system).page(page)
+    rows = await db.fetch(
+        f"SELECT {NEWEST_FIELDS} FROM observations_newest{where.sql} ORDER BY {order} LIMIT ?", (*where.params, limit)
     )
-    out: list[DivergenceRow] = []
-    for system_, loc, sku, observed, at_ms, agent_id, obs_id, source_file, received_ms in latest:
-        hub = await on_hand_as_of(db, loc, sku, at_ms)
-        if diverges(observed, hub):
-            out.append(
-                DivergenceRow(
-                    system_, loc, sku, observed, hub, observed - hub, at_ms, agent_id, obs_id, source_file, received_ms
-                )
-            )
-            if len(out) >= limit:
-                break
-    return out
+    return [
+        DivergenceRow(system_, loc, sku, observed, hub, observed - hub, at_ms, agent_id, obs_id, source_file, received)
+        for system_, loc, sku, observed, at_ms, agent_id, obs_id, source_file, received, hub in rows
+    ]

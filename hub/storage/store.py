@@ -334,19 +334,27 @@ class SqlHubStore(HubStore, Generic[D]):
     # --- observations, import issues, divergence ---------------------------------------------------------------
 
     async def add_observations(self, who: AgentIdentity, observations: Sequence[Observation]) -> ReportResult:
-        return await self._add_reports(reports.OBSERVATIONS, who, observations)
+        # An observation's figure is the stock's as of it: no ingest of its keys may move them meanwhile.
+        keys = sorted({(o.location, o.sku) for o in observations})
+        return await self._add_reports(reports.OBSERVATIONS, who, observations, keys)
 
     async def add_import_issues(self, who: AgentIdentity, issues: Sequence[ImportIssue]) -> ReportResult:
         return await self._add_reports(reports.IMPORT_ISSUES, who, issues)
 
-    async def _add_reports(self, kind: reports.ReportTable[R], who: AgentIdentity, items: Sequence[R]) -> ReportResult:
+    async def _add_reports(
+        self, kind: reports.ReportTable[R], who: AgentIdentity, items: Sequence[R], stock_keys: Sequence[StockKey] = ()
+    ) -> ReportResult:
+        """Store ``items``, holding the locks of ``stock_keys`` (whose stock they read) where hubs share them."""
         checks.reporter(who, kind.plural)
         kind.check(items)
-        return await self._write_db(
-            f"storing {len(items)} {kind.noun}(s) from {who.agent_id}",
-            lambda db: reports.add_reports(db, kind, who, items, wall_ms_now()),
-            unique_races=True,
-        )
+
+        async def work(db: D) -> ReportResult:
+            def store(_: object = None) -> Awaitable[ReportResult]:
+                return reports.add_reports(db, kind, who, items, wall_ms_now())
+
+            return await self._booking(db, store, stock_keys=stock_keys) if stock_keys else await store()
+
+        return await self._write_db(f"storing {len(items)} {kind.noun}(s) from {who.agent_id}", work, unique_races=True)
 
     async def divergence(
         self, *, location: str | None = None, system: str | None = None, limit: int = 1000,

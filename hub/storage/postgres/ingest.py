@@ -60,8 +60,9 @@ from hub.resolver import (
     transfer_destination,
     transfer_key,
 )
+from hub.storage import reports
 from hub.storage.base import BundleRecipe
-from hub.storage.db import numbered
+from hub.storage.db import PostgresDb, Row, numbered
 from hub.storage.held import transfer_values
 from hub.storage.ingest import (
     Batch,
@@ -79,6 +80,7 @@ from hub.storage.ingest import (
 )
 from hub.storage.postgres.feed import append_changes, append_ctes, change_rows
 from hub.storage.postgres.schema import check_not_newer
+from hub.storage.reports import OBSERVED_FIELDS
 from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import (
     BUNDLE_PART_FIELDS,
@@ -181,14 +183,17 @@ def text_list(values: Sequence[str]) -> tuple[str | None, list[str] | None]:
 # The keys travel as two texts (``text_list``): asyncpg checks each element of an array parameter against three
 # abstract base classes in Python, ~1 µs a text, so the ~860 texts of a batch's keys cost the hub 1.0 ms as two
 # text[] and 0.13 ms as two texts split by PostgreSQL, at the same cost there (0.10–0.17 ms; 3 × 300 calls each).
-PRELOAD_STOCK_FROM = 7  # the row's first stock column
+PRELOAD_STOCK_FROM = 8  # the row's first stock column
 PRELOAD_SQL = (
     "SELECT EXISTS (SELECT 1 FROM quarantine WHERE agent_id = $1), EXISTS (SELECT 1 FROM bundle_parts), "
     "ARRAY(SELECT ROW(event_id, location) FROM agent_event_ids($1, $2, $3, $4, NULL)), "
     "(SELECT hwm FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
     "(SELECT chain FROM agent_hwm WHERE agent_id = $1 AND epoch = $7), "
     "ARRAY(SELECT location FROM agent_locations WHERE agent_id = $1), "
-    "(SELECT max(version) FROM schema_migrations), stock.* FROM "
+    "(SELECT max(version) FROM schema_migrations), "
+    f"ARRAY(SELECT ROW({', '.join('n.' + c for c in OBSERVED_FIELDS.split(', '))}) "
+    f"FROM unnest({text_list_sql('$5', '$8')}, {text_list_sql('$6', '$9')}) AS k(location, sku) "
+    "JOIN observations_newest n ON n.location = k.location AND n.sku = k.sku), stock.* FROM "
     f"(SELECT {', '.join(f'array_agg(s.{c})' for c in STOCK_FIELDS.split(', '))} "
     f"FROM unnest({text_list_sql('$5', '$8')}, {text_list_sql('$6', '$9')}) AS k(location, sku) "
     "JOIN stock s ON s.location = k.location AND s.sku = k.sku) AS stock"
@@ -285,6 +290,8 @@ class _Preloaded:
     stock: dict[StockKey, StockRow]  # those of stock_keys with a row
     mark: tuple[int, bytes | None] | None  # stored_mark
     locations: frozenset[str]  # where the sender has stored events (agent_locations)
+    observed_keys: frozenset[StockKey]  # the keys whose newest observations were read (stock_keys, kept)
+    observed: list[Row]  # their newest observations (reports.OBSERVED_FIELDS)
 
 
 class PostgresIngest:
@@ -329,6 +336,8 @@ class PostgresIngest:
             stock={(r[0], r[1]): stock_row(r) for r in zip(*stock)} if stock[0] is not None else {},
             mark=None if row[3] is None else (int(row[3]), row[4]),
             locations=frozenset(row[5]),
+            observed_keys=frozenset(keys),
+            observed=[tuple(r) for r in row[7]],
         )
         self._defer_stock = batch.operator is None
 
@@ -691,6 +700,13 @@ class PostgresIngest:
     async def has_events(self, key: StockKey) -> bool:
         sql = "SELECT EXISTS (SELECT 1 FROM events WHERE location = $1 AND sku = $2)"
         return bool(await self.conn.fetchval(sql, *key))
+
+    async def settle_observed(
+        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int]
+    ) -> None:
+        pre = self._pre  # the batch's keys' observations came with its first read: no round trip for them
+        found = (pre.observed_keys, pre.observed) if pre is not None else None
+        await reports.settle_observed(PostgresDb(self.conn), stock, earliest, found)
 
     async def delete_stock(self, keys: Collection[StockKey]) -> None:
         self._forget_stock()

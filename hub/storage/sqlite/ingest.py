@@ -23,7 +23,9 @@ from itertools import chain
 from typing import Any, TypeVar
 
 from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transfer, TransferKey
+from hub.storage import reports
 from hub.storage.base import BundleRecipe
+from hub.storage.db import SqliteDb
 from hub.storage.held import transfer_values
 from hub.storage.ingest import (
     EFFECT_TEXT,
@@ -462,6 +464,11 @@ class SqliteIngest:
 
     async def has_events(self, key: StockKey) -> bool:
         return bool(await self._fetch("SELECT 1 FROM events WHERE location = ? AND sku = ? LIMIT 1", key))
+
+    async def settle_observed(
+        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int]
+    ) -> None:
+        await reports.settle_observed(SqliteDb(self.db), stock, earliest)
 
     async def delete_stock(self, keys: Collection[StockKey]) -> None:
         await self.db.executemany("DELETE FROM stock WHERE location = ? AND sku = ?", list(keys))
