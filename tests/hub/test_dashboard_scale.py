@@ -151,3 +151,39 @@ async def test_a_page_of_exceptions_reads_the_diverging_observations_not_every_o
     for plan in plans:  # the diverging rows' index in the list's order, stopped at the page: no sort of them all
         assert [step for step in plan if "observations_diverging" not in step] == [], plan
     assert len(seen) < 20, f"{len(seen)} statements for a page of exceptions"
+
+
+async def test_a_page_of_exceptions_sorts_no_negative_stock_nor_rejection_it_does_not_show(
+    seeded: tuple[ServedHub, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Negative stock and refused events are read newest first through an index and stopped at the page, for
+    the whole chain and for one store: a sort of every such row (USE TEMP B-TREE) costs what the hub has
+    raised over the years, not what the page shows."""
+    served, reader = seeded
+    store = served.store
+    now = wall_ms_now()
+    for s in range(STORES):  # each store oversells 10 SKUs and sends 10 events for a store it is not bound to
+        loc, other = f"S{s + 1:03d}", f"S{(s + 1) % STORES + 1:03d}"
+        agent_id, _ = await store.add_agent([loc])
+        events = [StockEvent(new_event_id(), agent_id, 1, n + 1, loc if n < 10 else other, f"SKU-{n % 10:03d}",
+                             Kind.SALE, -30, pack_hlc(now + n, 0), now + n, "pos:test") for n in range(20)]  # fmt: skip
+        result = await store.ingest(AgentIdentity(agent_id, frozenset({loc})), 1, events)
+        assert len(result.rejected) == 10
+    auth = {"Authorization": f"Bearer {reader}"}
+    seen = record_reads(monkeypatch)
+    for query in ("limit=5", "limit=5&location=S002"):
+        resp = await served.client.get(f"/v1/exceptions?{query}", headers=auth)
+        assert resp.status == 200, await resp.text()
+    reads = [(sql, params) for sql, params in seen if "on_hand < 0" in sql or "FROM rejections" in sql]
+    assert len(reads) == 4, reads
+    conn = sqlite3.connect(tmp_path / "hub.db")
+    try:
+        sorts = [
+            (sql, plan)
+            for sql, params in reads
+            for plan in ([r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)],)
+            if any("TEMP B-TREE" in step for step in plan)
+        ]
+    finally:
+        conn.close()
+    assert sorts == []

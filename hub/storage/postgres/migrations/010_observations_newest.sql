@@ -61,3 +61,11 @@ UPDATE observations_newest SET diverging = CASE
     WHEN on_hand <> hub_on_hand
          AND (abs(on_hand - hub_on_hand) >= 2 OR abs(on_hand - hub_on_hand) * 20 >= abs(hub_on_hand)) THEN 1
     ELSE 0 END;
+
+-- The exceptions' refused events, newest first, for the chain and for one store: read through these and stopped
+-- at a page, not sorted whole. (Negative stock has no such index here: an index naming on_hand would end the
+-- heap-only updates of every batch's stock rows; its read scans the stock table, not its history.)
+CREATE INDEX rejections_listed ON rejections (received_at_ms DESC, agent_id, event_id, content_hash)
+    WHERE code <> 'discarded';
+CREATE INDEX rejections_listed_at ON rejections (location, received_at_ms DESC, agent_id, event_id, content_hash)
+    WHERE code <> 'discarded';

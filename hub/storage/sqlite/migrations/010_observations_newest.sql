@@ -61,3 +61,13 @@ UPDATE observations_newest SET diverging = CASE
     WHEN on_hand <> hub_on_hand
          AND (abs(on_hand - hub_on_hand) >= 2 OR abs(on_hand - hub_on_hand) * 20 >= abs(hub_on_hand)) THEN 1
     ELSE 0 END;
+
+-- The exceptions' negative stock and refused events, newest first, for the chain and for one store: read through
+-- these and stopped at a page, not sorted whole (a sort of every negative row or refusal the hub ever raised).
+DROP INDEX stock_negative;
+CREATE INDEX stock_negative ON stock (location, updated_at_ms DESC, sku) WHERE on_hand < 0;
+CREATE INDEX stock_negative_time ON stock (updated_at_ms DESC, location, sku) WHERE on_hand < 0;
+CREATE INDEX rejections_listed ON rejections (received_at_ms DESC, agent_id, event_id, content_hash)
+    WHERE code <> 'discarded';
+CREATE INDEX rejections_listed_at ON rejections (location, received_at_ms DESC, agent_id, event_id, content_hash)
+    WHERE code <> 'discarded';
