@@ -367,11 +367,11 @@ class IngestTx(Protocol):
     async def delete_stock(self, keys: Collection[StockKey]) -> None: ...
 
     async def settle_observed(
-        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int]
+        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int], bundles: bool = True
     ) -> None:
         """After stock rows moved (-> (on_hand, max_at) as written now) and events were stored (their keys -> the
-        first of them in the order): the newest observations of those keys follow (``hub.storage.reports.
-        settle_observed``)."""
+        first of them in the order; ``bundles``: a bundle may be among the keys): the newest observations of
+        those keys follow (``hub.storage.reports.settle_observed``)."""
 
 
 def prepare_batch(
@@ -774,7 +774,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
             key = (ev.location, ev.sku)
             if key not in earliest or ev.occurred_at < earliest[key]:
                 earliest[key] = ev.occurred_at
-        await tx.settle_observed(_stock_now(rows, changed), earliest)
+        await tx.settle_observed(_stock_now(rows, changed), earliest, bundles=bool(book))
     if batch.operator is None:
         seq, chain, stale = await _next_mark(tx, batch)
         backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)

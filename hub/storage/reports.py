@@ -178,13 +178,15 @@ async def add_newest(db: Db, fresh: Sequence[tuple[str, Observation]], now_ms: i
 
 async def settle_observed(
     db: Db, stock: Mapping[tuple[str, str], tuple[int, int | None]], earliest: Mapping[tuple[str, str], int],
-    found: tuple[Collection[tuple[str, str]], Sequence[Row]] | None = None,
+    found: tuple[Collection[tuple[str, str]], Sequence[Row]] | None = None, bundles: bool = True,
 ) -> None:  # fmt: skip
     """After ingest moved the stock rows ``stock`` ((location, sku) -> (on_hand, max_at) as written now) and
     stored events of the keys of ``earliest`` (-> the first of them in the order): the figures of the newest
     observations of those keys that changed. One read for the keys; events are read only for an observation a
-    late event precedes, or the first time stock moves after it. ``found``: keys whose rows (``OBSERVED_FIELDS``)
-    were read already, and those rows."""
+    late event precedes, or the first time stock moves after it where ``bundles`` may be among the keys (a
+    bundle's on_hand is its parts', not its own events'; any other key's is its last count plus the deltas after
+    it, the events' sum the figure kept already). ``found``: keys whose rows (``OBSERVED_FIELDS``) were read
+    already, and those rows."""
     wanted = set(stock) | set(earliest)
     known, rows = found if found is not None else ((), [])
     rows = [r for r in rows if (r[0], r[1]) in wanted]
@@ -200,7 +202,7 @@ async def settle_observed(
             now = (0, None) if row is None else (int(row[0]), row[1])
         if now[1] is None or now[1] < before:  # nothing ordered after the observation: today's on_hand
             new, new_from_events = now[0], 0
-        elif not from_events or earliest.get(key, before) < before:  # first move after it, or a late event
+        elif (bundles and not from_events) or earliest.get(key, before) < before:  # a bundle moved, a late event
             new, new_from_events = await events_as_of(db, location, sku, at_ms), 1
         else:
             continue  # only events after the observation: its figure stands

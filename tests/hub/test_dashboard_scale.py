@@ -187,3 +187,27 @@ async def test_a_page_of_exceptions_sorts_no_negative_stock_nor_rejection_it_doe
     finally:
         conn.close()
     assert sorts == []
+
+
+async def test_a_batch_after_the_observations_reads_no_events_to_keep_their_figures(
+    seeded: tuple[ServedHub, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every SKU of a store has an observation; the store's next sales come after it, so the hub's figure as of
+    each observation stands: keeping them reads their rows, never the keys' events (a sum per key, per batch,
+    that cost a PostgreSQL hub three times its ingest). A sale stamped before them moves those figures."""
+    served, _ = seeded
+    store = served.store
+    now = wall_ms_now()
+    agent_id, _ = await store.add_agent(["S001"])
+    who = AgentIdentity(agent_id, frozenset({"S001"}))
+    await store.add_observations(who, [Observation(f"o{k}", "S001", f"SKU-{k:03d}", "erp", 19, now) for k in range(SKUS)])
+    seen = record_reads(monkeypatch)
+    sales = [StockEvent(new_event_id(), agent_id, 1, k + 1, "S001", f"SKU-{k:03d}", Kind.SALE, -1,
+                        pack_hlc(now + 1_000 + k, 0), now + 1_000 + k, "pos:test") for k in range(SKUS)]  # fmt: skip
+    await store.ingest(who, 1, sales)
+    assert [sql for sql, _ in seen if "FROM events" in sql and "kind = 'count'" in sql] == []
+    assert await store.divergence() == []
+    late = StockEvent(new_event_id(), agent_id, 1, SKUS + 1, "S001", "SKU-005", Kind.SALE, -5,
+                      pack_hlc(now - 1_000, 0), now - 1_000, "pos:test")  # fmt: skip
+    await store.ingest(who, 1, [late])
+    assert [(d.sku, d.hub_on_hand, d.observed) for d in await store.divergence()] == [("SKU-005", 14, 19)]

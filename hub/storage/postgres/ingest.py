@@ -702,11 +702,11 @@ class PostgresIngest:
         return bool(await self.conn.fetchval(sql, *key))
 
     async def settle_observed(
-        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int]
+        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int], bundles: bool = True
     ) -> None:
         pre = self._pre  # the batch's keys' observations came with its first read: no round trip for them
         found = (pre.observed_keys, pre.observed) if pre is not None else None
-        await reports.settle_observed(PostgresDb(self.conn), stock, earliest, found)
+        await reports.settle_observed(PostgresDb(self.conn), stock, earliest, found, bundles)
 
     async def delete_stock(self, keys: Collection[StockKey]) -> None:
         self._forget_stock()

@@ -466,9 +466,9 @@ class SqliteIngest:
         return bool(await self._fetch("SELECT 1 FROM events WHERE location = ? AND sku = ? LIMIT 1", key))
 
     async def settle_observed(
-        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int]
+        self, stock: Mapping[StockKey, tuple[int, int | None]], earliest: Mapping[StockKey, int], bundles: bool = True
     ) -> None:
-        await reports.settle_observed(SqliteDb(self.db), stock, earliest)
+        await reports.settle_observed(SqliteDb(self.db), stock, earliest, bundles=bundles)
 
     async def delete_stock(self, keys: Collection[StockKey]) -> None:
         await self.db.executemany("DELETE FROM stock WHERE location = ? AND sku = ?", list(keys))
