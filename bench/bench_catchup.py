@@ -239,7 +239,7 @@ def main() -> None:
             f"Median of {args.runs} runs (each figure, and each ratio of its run). "
             f"Backlog recorded with the hub unreachable ({r['build_s']:.0f} s to record, synchronous=normal), then "
             f"drained by a real agent process (batch_size {BATCH:,}; while {CATCHUP_BACKLOG:,} or more wait it sends "
-            f"{BATCH * CATCHUP_BATCH_FACTOR:,} per request); the time includes the agent's start. Baseline, measured in "
+            f"{BATCH * CATCHUP_BATCH_FACTOR:,} per request, two requests in flight with a hub that reads after_seq); the time includes the agent's start. Baseline, measured in "
             f"the same run: the hub's steady ingest rate, the first {steady_events(args):,} events of "
             f"the same stream posted back to back in batches of {BATCH:,} by a plain client to an identical empty hub, "
             f"timed over them all (the hub fills as the catch-up fills it) and over the first {STEADY_CHUNK:,} alone "
