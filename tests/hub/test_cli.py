@@ -142,9 +142,11 @@ async def test_a_second_hub_on_one_sqlite_file_refuses_to_start_and_the_first_go
             " serves a SQLite database: stop the other first, or move to PostgreSQL to run several"
         )
         assert "hub listening" not in second.err
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http:
-            async with http.get(f"{served.url}/healthz") as resp:
-                assert resp.status == 200
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROCESS_TIMEOUT_S)) as http,
+            http.get(f"{served.url}/healthz") as resp,
+        ):
+            assert resp.status == 200
         assert served.stop() == 0
     # The lock went with the process: the next start serves, and the other commands never needed it.
     listed = await hub("agent", "list", "--db", str(db), cwd=tmp_path)
