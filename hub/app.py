@@ -50,6 +50,7 @@ from hub.channels import order_routes
 from hub.config import HubSettings
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
+from hub.leases import share_locks
 from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,
@@ -270,6 +271,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     reports.routes(app)  # POST /v1/observations, POST /v1/import-issues, GET /v1/divergence
     feed.setup(app, store, settings.change_recheck_s)  # GET /v1/changes, GET /v1/changes/stream
     metrics.setup(app)  # GET /metrics
+    if settings.webhooks or settings.channels:  # on PostgreSQL, their lock connection, with the hub's lease_stale_s
+        share_locks(app, settings.db, settings.lease_stale_s)
     webhooks.setup(app, settings.webhooks, settings.db)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
     events_api.setup(app, settings.clock_window_s)  # POST /v1/events
     quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/{id}

@@ -36,6 +36,8 @@ PORT_MAX = 65_535
 MAX_BODY_BYTES_LIMIT = 1024 * 1024 * 1024  # a sanity cap on the setting itself: 1 GiB
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_CHANGE_RECHECK_S = 1.0
+DEFAULT_LEASE_STALE_S = 30.0  # hub.storage.postgres.leases.LEASE_STALE_S (this module loads no database driver)
+LEASE_STALE_MIN_S = 10.0  # well above the 3 s between a hub's checks of its locks: a slow hub is not taken for dead
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_LIMIT_BURST = 100
@@ -73,6 +75,8 @@ class HubSettings:
     access_log: bool = False
     advertise: bool = False  # announce the hub by zeroconf (_shelfsync-hub._tcp) on the interface it listens on
     change_recheck_s: float = DEFAULT_CHANGE_RECHECK_S  # the change feed re-reads the newest change this often
+    # PostgreSQL: another hub's lock connection silent this long (its hub paused, stuck) is ended to take its jobs
+    lease_stale_s: float = DEFAULT_LEASE_STALE_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request body must arrive whole within this; else 408
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # write requests per second per credential; 0: no limit
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST  # write requests a credential may send at once
@@ -166,6 +170,13 @@ def _validate(s: HubSettings) -> None:
     _typed("change_recheck_s", s.change_recheck_s, float)
     if not 0.05 <= s.change_recheck_s <= 60.0:
         raise ConfigError(f"change_recheck_s must be between 0.05 and 60 seconds, got {s.change_recheck_s}")
+    if isinstance(s.lease_stale_s, int) and not isinstance(s.lease_stale_s, bool):
+        object.__setattr__(s, "lease_stale_s", float(s.lease_stale_s))
+    _typed("lease_stale_s", s.lease_stale_s, float)
+    if not LEASE_STALE_MIN_S <= s.lease_stale_s <= 3600.0:
+        raise ConfigError(
+            f"lease_stale_s must be between {LEASE_STALE_MIN_S:g} and 3600 seconds, got {s.lease_stale_s}"
+        )
     _typed("clock_window_s", s.clock_window_s, int)
     if not CLOCK_WINDOW_MIN_S <= s.clock_window_s <= CLOCK_WINDOW_MAX_S:
         raise ConfigError(

@@ -15,7 +15,10 @@ others run on.
 The leases are ``LeaseHolder``s: on a PostgreSQL hub
 ``hub.storage.postgres.leases.Leases`` (session-level advisory locks, shared
 by every hub on the database, held on the hub's one lock connection:
-``share_locks``); on a SQLite hub, the one process on its file,
+``share_locks``; ``lead``'s check of them every turn is also what proves the
+holder alive, and a hub that stopped checking for ``lease_stale_s`` — paused,
+stuck — has its lock connection ended by a hub that wants one of its locks);
+on a SQLite hub, the one process on its file,
 ``LocalLeases``, always granted. This module imports no database driver.
 """
 
@@ -41,13 +44,15 @@ if TYPE_CHECKING:
 LOCKS_KEY: web.AppKey[LockConnection] = web.AppKey("lock_connection")
 
 
-def share_locks(app: web.Application, db: str) -> None:
+def share_locks(app: web.Application, db: str, stale_s: float | None = None) -> None:
     """On a PostgreSQL hub, make the one lock connection its channels and webhooks hold their locks on, at setup
-    (it connects when first used): one per hub, not one per kind of job."""
+    (it connects when first used): one per hub, not one per kind of job. ``stale_s``: ``lease_stale_s``, how long
+    another hub's lock connection may stay silent before this hub ends it to take over its jobs (the first call
+    sets it: ``hub.app.create_app`` makes the connection before the webhooks and channels ask for it)."""
     if db.startswith(POSTGRES_SCHEMES) and LOCKS_KEY not in app:
         from hub.storage.postgres.leases import LockConnection  # the driver loads only for a PostgreSQL hub
 
-        app[LOCKS_KEY] = LockConnection(db)
+        app[LOCKS_KEY] = LockConnection(db) if stale_s is None else LockConnection(db, stale_s)
 
 
 class LeaseHolder(Protocol):
@@ -70,7 +75,8 @@ class LeaseHolder(Protocol):
         ...
 
     async def alive(self) -> bool:
-        """Every lease in ``held`` is still this hub's (when not, ``held`` is emptied)."""
+        """Every lease in ``held`` is still this hub's (when not, ``held`` is emptied). On PostgreSQL its query is
+        also what proves the holder alive to the other hubs: ``lead`` asks it every turn."""
         ...
 
     async def close(self) -> None:

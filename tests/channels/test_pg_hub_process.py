@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -124,6 +126,61 @@ async def test_two_postgresql_hubs_push_a_channel_one_at_a_time_and_hand_it_over
         assert "ended by itself" not in text  # a hub that stops ends its pusher: that is not news
         assert "shelfsync@" not in text or ":***@" in text  # the database password is never logged
     assert "channel pickup: this hub pushes it now" in (tmp_path / "hub-2.log").read_text(encoding="utf-8")
+
+
+async def test_a_paused_pushing_hub_loses_its_channel_to_the_other_hub_and_pushes_nothing_when_it_resumes(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pushing hub paused (SIGSTOP) kept its lock connection, and with it the channel's pusher lock, for as long
+    as it stayed paused: nobody pushed the channel. Silent past ``lease_stale_s``, its lock connection is ended by
+    the other hub, which pushes from the saved cursor; resumed, the paused hub pushes nothing more."""
+    monkeypatch.setenv("SQUARE_TOKEN", square.token)
+    location_id = square.add_location()
+    variation = square.add_variation("SKU-1")
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    config = _config(tmp_path, square, location_id)
+    config.write_text("[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8"), encoding="utf-8")
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
+    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    paused = False
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        await asyncio.to_thread(second.start)
+        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+
+        os.kill(first.pid, signal.SIGSTOP)
+        paused = True
+        await asyncio.to_thread(_move, second.url, agent.token, "sale-1", "sale", -2, 1)
+        await wait_until(lambda: shown(3), "the other hub takes the paused hub's channel over", TAKEOVER_S + 30.0)
+        assert "has been silent for" in second.log and "The pusher lock of channel pickup" in second.log
+
+        os.kill(first.pid, signal.SIGCONT)
+        paused = False
+        await wait_until(
+            lambda: asyncio.to_thread(lambda: "lost its pusher lock and stopped pushing it" in first.log),
+            "the resumed hub notices it lost its lock",
+        )
+        applied = square.stats.batches_applied
+        await asyncio.to_thread(_move, first.url, agent.token, "sale-2", "sale", -1, 2)  # to the resumed hub
+        await wait_until(lambda: shown(2), "the hub that took over pushes a sale the resumed hub took")
+        views = [await asyncio.to_thread(_channel, h.url, reader.token) for h in (first, second)]
+        assert [v["pusher"] for v in views] == ["another hub", "this hub"]
+        assert square.stats.batches_applied == applied + 1  # one push of it: the resumed hub's pusher is gone
+    finally:
+        if paused:
+            os.kill(first.pid, signal.SIGCONT)  # a stopped process would not act on the SIGTERM below
+        for hub in (first, second):
+            hub.close()
+    for name in ("hub-1.log", "hub-2.log"):
+        text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
+        assert "Traceback" not in text and "ended by itself" not in text
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,10 @@ import asyncpg
 import pytest
 
 from hub.channels.config import parse_channels
+from hub.config import DEFAULT_LEASE_STALE_S, HubSettings
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
 from hub.storage.base import StoreError, WebhookState
-from hub.storage.postgres.leases import Leases, LockConnection
+from hub.storage.postgres.leases import LEASE_STALE_S, Leases, LockConnection
 from hub.webhook_spec import WebhookSpec
 from hub.webhooks import WebhookStatus, _WebhookJob
 from protocol.retry import Backoff
@@ -327,3 +328,80 @@ async def test_a_servers_short_idle_session_timeout_does_not_end_the_lock_connec
             assert leases._shared.current() is conn
         finally:
             await leases.close()
+
+
+def _leases(url: str, stale_s: float) -> Leases:
+    """One hub's leases of kind ``test.job``, on a lock connection of its own that ends a holder silent ``stale_s``."""
+    return Leases(LockConnection(url, stale_s=stale_s), "test.job", "the lock of {name}", "the locks")
+
+
+async def _tries(leases: Leases, name: str, for_s: float) -> bool:
+    """``leases`` tries to take ``name`` every ``RETRY_S`` for ``for_s`` (as a standing-by ``lead`` does): taken?"""
+    try:
+        async with asyncio.timeout(for_s):
+            while not await leases.take(name):
+                await asyncio.sleep(RETRY_S)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_a_holder_that_stopped_checking_its_locks_has_its_lock_connection_ended_and_the_lock_taken(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hub paused (SIGSTOP) or stuck in a blocking call keeps its lock connection open (its kernel answers the
+    keepalives), so the server kept its locks for as long as it stayed so, and the other hubs stood by for ever.
+    Its lock connection, silent past the bound, is ended by a hub that wants one of its locks."""
+    caplog.set_level(logging.INFO)
+    assert LEASE_STALE_S == DEFAULT_LEASE_STALE_S == HubSettings().lease_stale_s  # the hub's default, either way
+    silent, other = _leases(pg_url, 30.0), _leases(pg_url, 0.5)
+    try:
+        assert await silent.take("shop")  # and never checks it again
+        assert await _tries(other, "shop", BOUND_S), "the lock of a silent holder was never taken"
+        await _until("the silent hub sees its connection ended", lambda: not silent.holds("shop"))
+        (said,) = [r for r in caplog.records if "has been silent for" in r.getMessage()]
+        assert said.levelno == logging.WARNING
+        assert said.getMessage().startswith("The lock of shop is held by a hub whose lock connection (PostgreSQL pid ")
+        assert "past lease_stale_s (0 s): that hub is paused or stuck" in said.getMessage()
+        assert not await silent.alive() and silent.held == set()  # resumed: it finds the lock gone, without a word
+        assert not await silent.take("shop")
+    finally:
+        await silent.close()
+        await other.close()
+
+
+async def test_a_holder_that_checks_its_locks_keeps_them_however_long_it_holds_them(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checking its locks (``lead``, every turn) is what proves a hub alive: a holder doing so for longer than the
+    bound keeps them, while another hub tries to take them all along."""
+    caplog.set_level(logging.INFO)
+    holding = FakeDispatcher(_forever)
+    other = _leases(pg_url, 2.0)
+    try:
+        async with _hub(pg_url, holding):
+            await _until("the hub takes the webhook", lambda: holding.delivering)
+            assert not await _tries(other, "shop", 4.0)
+            assert holding.delivering
+    finally:
+        await other.close()
+    assert "has been silent" not in caplog.text
+
+
+async def test_a_session_not_a_hubs_holding_a_lock_is_never_ended(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator's psql holding the key (to keep a webhook from being delivered, say) is not a paused hub."""
+    caplog.set_level(logging.INFO)
+    operator = await asyncpg.connect(pg_url)  # search_path from the URL; no application_name of a hub
+    other = _leases(pg_url, 0.5)
+    try:
+        await operator.execute(
+            "SELECT pg_advisory_lock(hashtextextended('shelfsync.test.job.' || current_schema() || '.shop', 0))"
+        )
+        assert not await _tries(other, "shop", 2.0)
+        assert not operator.is_closed() and await operator.fetchval("SELECT 1") == 1
+    finally:
+        await other.close()
+        await operator.close()
+    assert "has been silent" not in caplog.text

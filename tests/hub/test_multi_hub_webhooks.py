@@ -5,7 +5,9 @@ of each change id. Exactly one hub delivers the webhook (``GET /v1/webhooks`` sa
 the other takes it over from the saved cursor and delivers the rest. Every change arrives exactly once: the
 deliverer is killed with nothing in flight (a batch in flight at the kill may be sent again — at least once —,
 docs/hub-api.md#webhooks). The same holds when the deliverer's lock connection is cut (``pg_terminate_backend``)
-while the hub runs on: it stops delivering, and one of the hubs takes the webhook again.
+while the hub runs on: it stops delivering, and one of the hubs takes the webhook again. And when the deliverer is
+paused (SIGSTOP: its connections stay open, and its lock with them): silent past ``lease_stale_s``, its lock connection
+is ended by the other hub, which takes the webhook over; resumed, the paused hub delivers nothing more.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -315,3 +319,82 @@ async def test_a_hub_that_lost_its_deliverer_lock_delivers_nothing_more_while_an
             hub.close()
     for hub in hubs:
         assert "Traceback" not in hub.log and SECRET not in hub.log
+
+
+STALE_S = 10  # lease_stale_s of the hubs below: the least the hub allows, so the test runs in seconds
+
+
+def _stale_hubs(tmp_path: Path, receiver: CountingReceiver, pg_db: str) -> list[HubProcess]:
+    """As ``_hubs``, with ``lease_stale_s`` at ``STALE_S`` (30 s by default)."""
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        f"[hub]\nlease_stale_s = {STALE_S}\n\n"
+        f'[[webhooks]]\nname = "shop"\nurl = "{receiver.url}"\nsecret = "{SECRET}"\nbatch_max = 4\n',
+        encoding="utf-8",
+    )  # fmt: skip
+    return [HubProcess(tmp_path / f"hub-{i}.log", "--config", str(config), db=pg_db, port=free_port()) for i in (1, 2)]
+
+
+async def test_a_paused_hub_loses_its_webhook_to_another_hub_and_delivers_nothing_when_it_resumes(
+    tmp_path: Path, receiver: CountingReceiver, pg_db: str
+) -> None:
+    """A paused hub (SIGSTOP; or an event loop stuck in a blocking call) keeps its lock connection: its host's kernel
+    still answers the TCP keepalives, so PostgreSQL never ended that session nor freed its locks, and the webhook it
+    delivered stalled for as long as it stayed paused, the other hub standing by without a word. The holder's
+    lock checks (its lock connection's queries, every 3 s) are what prove it alive: the other hub ends a lock
+    connection silent for ``lease_stale_s``, says so once, and takes the webhook over. The paused hub, resumed,
+    finds its lock gone before delivering anything and stands by."""
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    hubs = _stale_hubs(tmp_path, receiver, pg_db)
+    paused: HubProcess | None = None
+    try:
+        await _start(hubs)
+        await _post(hubs, agent, range(12))
+        expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
+        paused = await _delivered_once_by_one_hub(hubs, receiver, reader, expected)
+        (standing_by,) = [h for h in hubs if h is not paused]
+
+        os.kill(paused.pid, signal.SIGSTOP)  # its connections stay open: nothing tells PostgreSQL it went
+        await _post([standing_by], agent, range(12, 24))
+        expected |= await asyncio.to_thread(_change_ids, standing_by.url, reader.token)
+        assert len(expected) == 24
+
+        async def the_other_hub_delivered_the_rest() -> bool:
+            view = await asyncio.to_thread(_webhook, standing_by.url, reader.token)
+            return expected <= set(receiver.delivered) and view["deliverer"] == "this hub"
+
+        await _until("the standing-by hub takes the paused hub's webhook over", the_other_hub_delivered_the_rest)
+        said = [line for line in standing_by.log.splitlines() if "has been silent for" in line]
+        assert len(said) == 1, said
+        assert "WARNING" in said[0] and "webhook shop" in said[0] and "ended that connection" in said[0], said
+
+        os.kill(paused.pid, signal.SIGCONT)
+        resumed, paused = paused, None
+        await _until(
+            "the resumed hub notices it lost its lock",
+            lambda: asyncio.to_thread(lambda: "lost its deliverer lock and stopped delivering it" in resumed.log),
+        )
+        await _post(hubs, agent, range(24, 36))  # to both hubs: the resumed one sends none of them
+        expected |= await asyncio.to_thread(_change_ids, standing_by.url, reader.token)
+        assert len(expected) == 36
+
+        async def every_change_arrived() -> bool:
+            return expected <= set(receiver.delivered)
+
+        await _until("every change delivered", every_change_arrived)
+        await asyncio.sleep(5.0)  # the resumed hub's next checks of its lock: it takes nothing, sends nothing
+        assert set(receiver.delivered) == expected
+        twice = sorted(cid for cid, n in receiver.delivered.items() if n > 1)
+        assert len(twice) <= 4, f"changes delivered twice (batch_max is 4, one batch in flight at the pause): {twice}"
+        views = {h.url: (await asyncio.to_thread(_webhook, h.url, reader.token))["deliverer"] for h in hubs}
+        assert views == {standing_by.url: "this hub", resumed.url: "another hub"}
+        assert receiver.bad_signatures == 0
+    finally:
+        if paused is not None:
+            os.kill(paused.pid, signal.SIGCONT)  # a stopped process would not act on the SIGTERM below
+        for hub in hubs:
+            hub.close()
+    for hub in hubs:
+        assert "Traceback" not in hub.log and SECRET not in hub.log
+        assert "ended by itself" not in hub.log

@@ -7,7 +7,18 @@ job holds a session-level advisory lock, keyed by its kind, the schema
 ``LockConnection``, shared by the channels' and the webhooks' ``Leases``); a
 hub that does not get it stands by and tries again. The lock goes when the holder's
 connection does (a stopped or killed hub, or one cut off from the database),
-and another hub takes the job over from what the holder saved. The schema in
+and another hub takes the job over from what the holder saved. A hub that is
+paused (SIGSTOP, swapped out, an event loop stuck in a blocking call) keeps
+its connection, and the server its locks: its host still answers the TCP
+keepalives. So a holder proves it is alive by checking its locks, a query on
+its lock connection every few seconds (``hub.leases.lead``): the server notes
+when each session last ran one (``pg_stat_activity.state_change``, the
+server's clock: the hubs' clocks play no part). A hub that fails to take a
+lock looks at its holder, and ends the holder's lock connection
+(``pg_terminate_backend``) when it has been silent for ``stale_s``
+(``lease_stale_s``, 30 s), far longer than a live hub ever is; it takes the
+lock at its next try. The paused hub, resumed, finds its connection closed
+before doing anything only the holder may do (``Leases.holds``). The schema in
 the key keeps hubs in different schemas of one database from waiting for
 each other; the kind keeps a channel and a webhook of one name apart.
 
@@ -19,18 +30,44 @@ the jobs whose lock this hub holds and stands by for the others.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import asyncpg
 
 from hub.storage.base import StoreError
-from hub.storage.postgres.store import CONNECT_TIMEOUT_S, redacted, session_settings
+from hub.storage.postgres.store import CONNECT_TIMEOUT_S, SERVER_SETTINGS, redacted, session_settings
+
+log = logging.getLogger(__name__)
 
 LEASE_QUERY_TIMEOUT_S = 5.0
+# A lock connection idle this long has a hub behind it that stopped checking its locks (they are checked every 3 s,
+# hub.leases.lead): paused, or its event loop stuck. Far above a slow hub's silence (a GC pause, a busy CPU):
+# ending a live hub's connection only moves its jobs, but moving them back and forth is what this bound prevents.
+LEASE_STALE_S = 30.0
 # The lock connection's own settings, over the store's: it is idle between lock checks by design, so a server's
 # idle_session_timeout shorter than the checks' interval would end it between two checks, and the locks with it.
 LOCK_SESSION_SETTINGS = {"idle_session_timeout": "0"}
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 LEASE_KEY_SQL = "hashtextextended('shelfsync.' || $1 || '.' || current_schema() || '.' || $2, 0)"
+# The session holding the lock of key LEASE_KEY_SQL, when it is a hub's (its application_name: an operator's psql is
+# never ended) and has been idle, not running one query, for $3 seconds by the server's clock. pg_locks shows an
+# advisory lock's 64-bit key as two 32-bit halves. A session of another role shows no state (NULL), nor does any
+# session on a server with track_activities off ('disabled'): never ended, the locks stay where they are.
+STALE_HOLDER_SQL = (
+    "SELECT a.pid, host(a.client_addr) AS addr, a.client_port AS port, a.state_change, "
+    "extract(epoch FROM clock_timestamp() - a.state_change)::float8 AS silent_s "
+    f"FROM (SELECT {LEASE_KEY_SQL} AS k) AS key "
+    "JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.classid::int8 = (key.k >> 32) & 4294967295 AND l.objid::int8 = key.k & 4294967295 "
+    "JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE a.pid <> pg_backend_pid() AND a.application_name = $4 AND a.state = 'idle' "
+    "AND a.state_change < clock_timestamp() - make_interval(secs => $3)"
+)
+# Ends that session, unless it ran a query since it was seen silent (then it is alive: left alone).
+END_STALE_SQL = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND state = 'idle' AND state_change = $2"
+)
 
 
 class LockConnection:
@@ -39,10 +76,12 @@ class LockConnection:
     A hub with channels and webhooks needs one lock connection, not one per kind: each kind's ``Leases`` is
     opened on it and counted, and the last one's ``close`` closes it. Its queries run one at a time (a
     connection runs one query at a time, and the kinds' loops run side by side). ``generation`` counts the
-    connections made: locks taken on an earlier one went with it, whichever kind's failure dropped it."""
+    connections made: locks taken on an earlier one went with it, whichever kind's failure dropped it. ``stale_s``:
+    how long another hub's lock connection may stay silent before this hub ends it to take a lock it holds."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, stale_s: float = LEASE_STALE_S) -> None:
         self.url = url
+        self.stale_s = stale_s
         self.where = redacted(url)
         self.generation = 0
         self._conn: asyncpg.Connection | None = None
@@ -78,6 +117,11 @@ class LockConnection:
         """``sql``'s value on ``conn``, after any other query on it; raises what asyncpg raises."""
         async with self._busy:
             return await conn.fetchval(sql, *args, timeout=LEASE_QUERY_TIMEOUT_S)
+
+    async def fetchrow(self, conn: asyncpg.Connection, sql: str, *args: object) -> asyncpg.Record | None:
+        """``sql``'s first row on ``conn``, after any other query on it; raises what asyncpg raises."""
+        async with self._busy:
+            return await conn.fetchrow(sql, *args, timeout=LEASE_QUERY_TIMEOUT_S)
 
     def drop(self, conn: asyncpg.Connection | None = None) -> None:
         """Cut ``conn`` (by default the current one), and with it every lock on it, of every kind; a connection
@@ -123,6 +167,7 @@ class Leases:
         self._locks = locks
         self._generation = 0  # of the connection the locks in ``held`` were taken on
         self._closed = False
+        self._refused: set[str] = set()  # locks whose silent holder the server would not let this hub end (said once)
         self.held: set[str] = set()
         self.shared = True  # every hub on the database takes these locks
 
@@ -154,7 +199,41 @@ class Leases:
             raise StoreError(f"taking {what} in {self._where} failed ({err})") from err
         if got:
             self.held.add(name)
-        return bool(got)
+            return True
+        await self._end_if_stale(conn, name)
+        return False
+
+    async def _end_if_stale(self, conn: asyncpg.Connection, name: str) -> None:
+        """``name``'s lock is another session's: end that session when it is a hub's lock connection that has not
+        checked its locks for ``stale_s`` (its hub paused or stuck: it would hold the lock for ever), so this hub
+        or another takes the lock at its next try. One sentence says so. A server's refusal (no right to end it)
+        is said once and the lock left where it is; a failed connection drops it, as ``take``'s failure does."""
+        what = self._lock.format(name=name)
+        said = what[:1].upper() + what[1:]  # a sentence's first word
+        try:
+            row = await self._shared.fetchrow(
+                conn, STALE_HOLDER_SQL, self._kind, name, self._shared.stale_s, SERVER_SETTINGS["application_name"]
+            )
+            if row is None:
+                return
+            ended = await self._shared.fetchval(conn, END_STALE_SQL, row["pid"], row["state_change"])
+        except asyncpg.PostgresError as err:
+            if what not in self._refused:
+                self._refused.add(what)
+                log.warning("%s is held by a hub silent for over %.0f s, but this hub cannot end that hub's lock "
+                            "connection (%s); it stays stalled until that hub resumes or is stopped", said,
+                            self._shared.stale_s, err)  # fmt: skip
+            return
+        except DB_ERRORS as err:
+            await self._drop(conn)
+            raise StoreError(f"checking the holder of {what} in {self._where} failed ({err})") from err
+        if ended:
+            source = "a local socket" if row["addr"] is None else f"{row['addr']} port {row['port']}"
+            log.warning(
+                "%s is held by a hub whose lock connection (PostgreSQL pid %d, from %s) has been silent for %.0f s, "
+                "past lease_stale_s (%.0f s): that hub is paused or stuck, so this hub ended that connection and "
+                "takes the lock at its next try", said, row["pid"], source, row["silent_s"], self._shared.stale_s,
+            )  # fmt: skip
 
     def holds(self, name: str) -> bool:
         """This hub holds ``name``'s lock as far as the driver knows, without a round trip: the connection it was
@@ -177,7 +256,8 @@ class Leases:
             raise StoreError(f"giving back {what} in {self._where} failed ({err})") from err
 
     async def alive(self) -> bool:
-        """The connection answers: every lock in ``held`` is still this hub's."""
+        """The connection answers: every lock in ``held`` is still this hub's. Its query is also what proves this
+        hub alive to the others (``_end_if_stale``): ``lead`` runs it every turn while the hub holds a lock."""
         conn = self._holding()
         if conn is None:
             return False
