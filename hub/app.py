@@ -472,14 +472,16 @@ async def get_ledger(request: web.Request) -> web.StreamResponse:
 
 async def get_exceptions(request: web.Request) -> web.StreamResponse:
     """What the operations team should look at: negative stock, transfer differences, rejections … newest
-    first, a page at a time (``next``/``cursor``)."""
+    first, a page at a time (``next``/``cursor``), of one location, one kind, since a time (each optional); a
+    cursor goes with the filter it was given out for."""
     if csvexport.wants_csv(request):
         return await csvexport.exceptions(request, request.app[SETTINGS_KEY].transfer_open_max_s * 1000)
-    params = views.Query(request, {"location", "limit", "cursor"})
-    after = paging.parse(request, paging.exception_key, "the exceptions")
+    params = views.Query(request, {"location", "kind", "since", "limit", "cursor"})
+    only = params.exception_filter()
+    after = paging.parse(request, paging.exception_reader(only), "the exceptions")
     limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
     rows = await request.app[STORE_KEY].exceptions(
-        location=params.location(), limit=limit + 1, after=after,
+        location=only.location, kind=only.kind, since_ms=only.since_ms, limit=limit + 1, after=after,
         transfer_open_max_ms=request.app[SETTINGS_KEY].transfer_open_max_s * 1000,
     )  # fmt: skip
     more = len(rows) > limit
@@ -487,7 +489,7 @@ async def get_exceptions(request: web.Request) -> web.StreamResponse:
     return _json(
         {
             "exceptions": [views.exception_row(r) for r in rows],
-            "next": paging.exception_cursor(keys.exception_key(rows[-1])) if more else None,
+            "next": paging.exception_cursor(keys.exception_key(rows[-1]), only) if more else None,
         }
     )
 

@@ -374,20 +374,24 @@ async def ledger(request: web.Request) -> web.StreamResponse:
 
 
 async def exceptions(request: web.Request, transfer_open_max_ms: int | None) -> web.StreamResponse:
-    """Every exception (of a location), newest first, as ``GET /v1/exceptions``."""
-    params = views.Query(request, {"location", "limit", "cursor", "format"})
-    after = paging.parse(request, paging.exception_key, "the exceptions")
-    location = params.location()
+    """Every exception (of a location, a kind, since a time), newest first, as ``GET /v1/exceptions``."""
+    params = views.Query(request, {"location", "kind", "since", "limit", "cursor", "format"})
+    only = params.exception_filter()
+    after = paging.parse(request, paging.exception_reader(only), "the exceptions")
     store: ReportStore = request.app[STORE_KEY]
     names = await names_of(request)
 
     async def fetch(key: Any, n: int) -> list[ExceptionRow]:
-        return await store.exceptions(location=location, limit=n, after=key, transfer_open_max_ms=transfer_open_max_ms)
+        return await store.exceptions(
+            location=only.location, kind=only.kind, since_ms=only.since_ms, limit=n, after=key,
+            transfer_open_max_ms=transfer_open_max_ms,
+        )  # fmt: skip
 
     pages = walk(fetch, keys.exception_key, after=after, limit=limit_param(params))
     return await stream(
-        request, filename("exceptions", location), EXCEPTION_HEADER, _rows(pages, lambda r: exception_cells(r, names))
-    )
+        request, filename("exceptions", only.location, only.kind), EXCEPTION_HEADER,
+        _rows(pages, lambda r: exception_cells(r, names)),
+    )  # fmt: skip
 
 
 async def agents(request: web.Request) -> web.StreamResponse:

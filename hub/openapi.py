@@ -53,6 +53,7 @@ from hub.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT_BURST, DEFAULT
 from hub.dashboard import api as dashboard_api
 from hub.dashboard.sessions import SESSION_COOKIE
 from hub.resolver import BUNDLE_PARTS_MAX, COMPONENT_UNITS_MAX, Effect
+from hub.storage import keys
 from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES
 from hub.storage.checks import CATALOG_ITEMS_MAX, DESCRIPTION_MAX_LEN, PACK_SIZE_MAX
 from hub.storage.keys import WRITEOFF_KIND
@@ -81,7 +82,8 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.2.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV
+API_VERSION = "1.3.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+# 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
@@ -288,6 +290,8 @@ def cursor_param(what: str) -> JSON:
     )
 
 
+# RFC 3339 (views.RFC3339_RE), from the year 1970 on: a time the hub's milliseconds since 1970 can name.
+SINCE_PATTERN = r"^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 LOCATION_QUERY = query("location", ref("Location"), "Only this location.", example="S001")
 SKU_QUERY = query("sku", text(values.SKU, "Also '.' or '..', stored by a hub from before that rule.", stored=True),
                   "Only this SKU.", example="SKU-1")
@@ -691,14 +695,25 @@ def _paths() -> dict[str, JSON]:
     add("/v1/exceptions", "get", operation(
         "getExceptions", "What the operations team should look at",
         "Negative stock, transfer differences, held and rejected events, unknown barcodes, divergences and "
-        "quarantined import rows, newest first, a page at a time.",
+        "quarantined import rows, newest first, a page at a time; of one location, one kind and since a time "
+        "(each optional, filtered by the hub, not in the page). A cursor goes with the filters it was given out for: "
+        "the same location, kind and since, or 400.",
         "Ledger",
         {"200": cacheable(with_csv(ok("A page of exceptions.", ref("ExceptionsPage"),
-                             links={"NextPage": link("getExceptions", next_page, cursor="$response.body#/next")}),
+                             links={"NextPage": link("getExceptions", next_page + " Send the same filters with it.",
+                                                     cursor="$response.body#/next", location="$request.query.location",
+                                                     kind="$request.query.kind", since="$request.query.since")}),
                                    ", ".join(csvexport.EXCEPTION_HEADER))),
          "304": NOT_MODIFIED},
-        parameters=[LOCATION_QUERY, limit_param(1000, 10_000), cursor_param("the exceptions"), FORMAT_QUERY,
-                    IF_NONE_MATCH],
+        parameters=[query("location", ref("Location"), "Only the exceptions of this location: a transfer's at either "
+                          "end and at the location it was shipped to, a transfer to an unknown location at its sender.",
+                          example="S001"),
+                    query("kind", {"type": "string", "enum": list(keys.EXCEPTION_KINDS)},
+                          "Only exceptions of this kind (another is 400, naming the kinds).", example="negative_on_hand"),
+                    query("since", string(format="date-time", pattern=SINCE_PATTERN),
+                          "Only exceptions that arose at or after this time (their at_ms): RFC 3339 with its zone.",
+                          example="2026-01-31T18:00:00Z"),
+                    limit_param(1000, 10_000), cursor_param("the exceptions"), FORMAT_QUERY, IF_NONE_MATCH],
         cookie=True,
     ))  # fmt: skip
     add("/v1/agents", "get", operation(
@@ -1180,9 +1195,7 @@ def _schemas() -> dict[str, JSON]:
             "rejection_code", "received_at_ms", "received_at"]),
         "LedgerPage": page("events", ref("LedgerRow")),
         "ExceptionRow": obj({
-            "kind": string("negative_on_hand, transfer_short, transfer_over, transfer_unmatched, transfer_misdirected, "
-                           "transfer_unknown_destination, transfer_overdue, clock_quarantine, rejected_event, unknown_barcode, divergence, "
-                           "import_quarantine …"),
+            "kind": known(keys.EXCEPTION_KINDS),
             "location": nullable(string()), "sku": nullable(string()), "detail": string("One sentence."),
             "data": {"type": "object"}, "at_ms": integer(0), "at": iso_time("When it arose"),
         }, ["kind", "location", "sku", "detail", "data", "at_ms", "at"]),

@@ -12,6 +12,13 @@ compact JSON followed by an 8-byte BLAKE2b check, so a cursor that was cut,
 altered or given to another route is refused (400) with one sentence instead
 of silently starting somewhere else. The check is not a secret: a cursor only
 names a position in data its holder may read anyway.
+
+A cursor of a filtered list (the exceptions: ``location``, ``kind``,
+``since``) also names the filter it was given out for, and is refused (400,
+naming both filters) with any other: its position is one in that list, and
+taken into another it would skip or repeat that list's rows unseen. A cursor
+given out before the exceptions' cursors named their filter names none and
+is taken with any, as it was then.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from hub import views
 from hub.auth import STORE_KEY
 from hub.storage import keys
 from hub.storage.keys import (
+    EXCEPTION_KINDS,
     EXCEPTION_SOURCES,
     PART_EVENT,
     PART_WRITEOFF,
     CountKey,
     DivergenceKey,
+    ExceptionFilter,
     ExceptionKey,
     LedgerKey,
 )
@@ -50,7 +59,7 @@ _PERSON = b"shelfsync-cursor"
 
 
 class BadCursor(ValueError):
-    pass
+    """A cursor this hub did not give out for the request; its argument, when given, is the 400's sentence."""
 
 
 def _check(payload: bytes) -> bytes:
@@ -147,9 +156,9 @@ def count_key(cursor: str) -> CountKey:
     return CountKey(_text(values.LOCATION, f[0]), _text(values.SKU, f[1]))
 
 
-def exception_cursor(key: ExceptionKey) -> str:
+def exception_cursor(key: ExceptionKey, only: ExceptionFilter) -> str:
     ident = [v.hex() if isinstance(v, bytes) else v for v in key.ident]
-    return encode("exceptions", [key.at_ms, key.source, ident])
+    return encode("exceptions", [key.at_ms, key.source, ident, [only.location, only.kind, only.since_ms]])
 
 
 def _ident_part(kind: str, value: Any) -> str | int | bytes:
@@ -160,14 +169,49 @@ def _ident_part(kind: str, value: Any) -> str | int | bytes:
     return _stored_text(value)
 
 
-def exception_key(cursor: str) -> ExceptionKey:
+def _filter(value: Any) -> ExceptionFilter:
+    if not isinstance(value, list) or len(value) != 3:
+        raise BadCursor
+    location, kind, since_ms = value
+    if (location is not None and not isinstance(location, str)) or (kind is not None and kind not in EXCEPTION_KINDS):
+        raise BadCursor
+    return ExceptionFilter(
+        None if location is None else _stored_text(location), kind, None if since_ms is None else _int(since_ms)
+    )
+
+
+def exception_key(cursor: str) -> tuple[ExceptionKey, ExceptionFilter | None]:
+    """The key a cursor of the exceptions names, and the filter it was given out for (None: a cursor of a hub
+    from before cursors named it)."""
     f = decode("exceptions", cursor)
-    if len(f) != 3 or not isinstance(f[1], str) or f[1] not in EXCEPTION_SOURCES or not isinstance(f[2], list):
+    if len(f) not in (3, 4) or not isinstance(f[1], str) or f[1] not in EXCEPTION_SOURCES or not isinstance(f[2], list):
         raise BadCursor
     types = EXCEPTION_SOURCES[f[1]].types
     if len(f[2]) != len(types):
         raise BadCursor
-    return ExceptionKey(_int(f[0]), f[1], tuple(_ident_part(t, v) for t, v in zip(types, f[2], strict=True)))
+    key = ExceptionKey(_int(f[0]), f[1], tuple(_ident_part(t, v) for t, v in zip(types, f[2], strict=True)))
+    return key, _filter(f[3]) if len(f) == 4 else None
+
+
+def _said(only: ExceptionFilter) -> str:
+    since = "all time" if only.since_ms is None else f"since {views.iso_ms(only.since_ms)}"
+    where = "every location" if only.location is None else f"location {values.shown(only.location)}"
+    return f"{where}, {only.kind or 'every kind'}, {since}"
+
+
+def exception_reader(only: ExceptionFilter) -> Callable[[str], ExceptionKey]:
+    """Reads a cursor of the exceptions given out for the filter ``only`` (one for another filter is bad)."""
+
+    def read(cursor: str) -> ExceptionKey:
+        key, given = exception_key(cursor)
+        if given is not None and given != only:
+            raise BadCursor(
+                f"cursor was given out for another filter ({_said(given)}) than this request's ({_said(only)}); "
+                "send it with the location, kind and since it was given out for, or start again without cursor"
+            )
+        return key
+
+    return read
 
 
 def divergence_cursor(key: DivergenceKey) -> str:
@@ -204,10 +248,10 @@ def parse(request: web.Request, read: Any, what: str) -> Any:
         return None
     try:
         return read(raw)
-    except BadCursor:
+    except BadCursor as err:
         raise web.HTTPBadRequest(
-            text=f"cursor is not one this hub gave out for {what} (it is cut, altered or from another route); "
-            "send the next value of the previous page unchanged, or start again without cursor"
+            text=str(err) if err.args else f"cursor is not one this hub gave out for {what} (it is cut, altered or "
+            "from another route); send the next value of the previous page unchanged, or start again without cursor"
         ) from None
 
 

@@ -8,17 +8,20 @@ JavaScript clients that would round the integer.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
 from hub.storage.base import AgentStatus, CountRow, ExceptionRow, LedgerRow
+from hub.storage.keys import EXCEPTION_KINDS, ExceptionFilter
 from protocol import event_id_hex, unpack_hlc, values
 
 HLC_QUERY_MAX = (1 << 63) - 1
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _default(obj: Any) -> Any:
@@ -253,3 +256,42 @@ class Query:
         """``?sku=``: also a SKU stored before the dot-segment rule, which no URL path can name."""
         raw = self._get("sku")
         return None if raw is None else sku_param(raw, stored=True)
+
+    def exception_kind(self) -> str | None:
+        """``?kind=`` of the exceptions: one kind the list names, or a 400 naming them all."""
+        raw = self._get("kind")
+        if raw is None or raw in EXCEPTION_KINDS:
+            return raw
+        got = values.shown(raw, values.QUOTE_MAX_CHARS)
+        raise web.HTTPBadRequest(text=f"kind {got} is not a kind of exception; it is one of {', '.join(EXCEPTION_KINDS)}")
+
+    def exception_filter(self) -> ExceptionFilter:
+        """``location``, ``kind`` and ``since`` of an exceptions request, each checked (a 400 says what is wrong)."""
+        return ExceptionFilter(self.location(), self.exception_kind(), self.since())
+
+    def since(self) -> int | None:
+        """``?since=``: an RFC 3339 time with its offset (``2026-01-31T18:00:00Z``) as Unix ms, or a 400."""
+        raw = self._get("since")
+        return None if raw is None else max(0, rfc3339_ms(raw, "since"))  # before 1970: every exception
+
+
+RFC3339_RE = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<clock>\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d+))?"
+    r"(?P<zone>[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def rfc3339_ms(raw: str, name: str) -> int:
+    """Unix milliseconds of an RFC 3339 date-time (its zone is required: a time without one is another moment in
+    every store's time zone), or a 400 saying what a valid one looks like."""
+    got = values.shown(raw, values.QUOTE_MAX_CHARS)
+    match = RFC3339_RE.fullmatch(raw) if raw.isascii() else None
+    if match is None:
+        raise web.HTTPBadRequest(text=f"{name} must be an RFC 3339 time with its zone, such as 2026-01-31T18:00:00Z, got {got}")
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    zone = "+00:00" if match["zone"] in "Zz" else match["zone"]
+    try:
+        at = datetime.fromisoformat(f"{match['date']}T{match['clock']}.{fraction}{zone}")
+        return (at - EPOCH) // timedelta(milliseconds=1)
+    except (ValueError, OverflowError):
+        raise web.HTTPBadRequest(text=f"{name} {got} is not a time on the calendar (a month, day, hour or zone out of range)") from None

@@ -18,6 +18,7 @@ from hub.storage.base import (
     Observation,
     ReportResult,
 )
+from hub.storage.keys import EXCEPTION_KINDS, ExceptionFilter
 from protocol import QTY_MAX, values
 from protocol.catalog import BARCODE_MAX_LEN, GTIN_LENGTHS, gtin14, is_unknown_sku
 from protocol.event import SKU_MAX_LEN
@@ -194,6 +195,15 @@ def limit(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMIT_MAX:
         raise InvalidInput(f"limit must be an integer from 1 to {LIMIT_MAX}, got {value!r}")
     return value
+
+
+def exception_filter(location: str | None, kind: str | None, since_ms: int | None) -> ExceptionFilter:
+    """The filter of an exceptions read: a kind the list names (``keys.EXCEPTION_KINDS``), a time in Unix ms."""
+    if kind is not None and kind not in EXCEPTION_KINDS:
+        raise InvalidInput(f"kind {kind!r} is not a kind of exception; it is one of {', '.join(EXCEPTION_KINDS)}")
+    if since_ms is not None:
+        whole(since_ms, "since_ms", 0, values.INT64_MAX)
+    return ExceptionFilter(location, kind, since_ms)
 
 
 def safety_stock(loc: str, sku: str, qty: int) -> None:

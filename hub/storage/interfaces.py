@@ -231,12 +231,14 @@ class ReportStore(Protocol):
     @abc.abstractmethod
     async def exceptions(
         self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
-        after: ExceptionKey | None = None,
+        after: ExceptionKey | None = None, kind: str | None = None, since_ms: int | None = None,
     ) -> list[ExceptionRow]:
         """What needs a person, newest first in the full order of ``hub.storage.keys.exception_key``
         (``at_ms``, then source and the source's own key); ``after`` keeps those ordered after that key (the
         next page). With ``transfer_open_max_ms``, transfers still open with units in transit that long
-        after their first shipment are listed too ("transfer_overdue")."""
+        after their first shipment are listed too ("transfer_overdue"). ``location`` (either end of a
+        transfer), ``kind`` (one of ``keys.EXCEPTION_KINDS``) and ``since_ms`` (``at_ms`` at or after it)
+        filter the list in each source's SQL; an unknown kind is ``InvalidInput``."""
 
     @abc.abstractmethod
     async def add_observations(self, who: AgentIdentity, observations: Sequence[Observation]) -> ReportResult:

@@ -10,7 +10,9 @@ them into opaque cursors).
 * Exceptions come from several sources (``EXCEPTION_SOURCES``: a table, or one query over a table, each).
   They are newest first by ``at_ms``, then by source name, then by the source's own primary key
   (``ExceptionKey``), so a page can start inside a burst of exceptions sharing one ``at_ms``. Each source
-  is read in that order from the cursor on, at most a page of it, and the sources are merged.
+  is read in that order from the cursor on, at most a page of it, and the sources are merged. A filtered
+  list (``ExceptionFilter``: one location, one kind, since a time) filters each source in its SQL, so a
+  page of one store's last hour reads that, not the chain's list; its cursor names the filter it walks.
 * Webhook deliveries are newest first by ``delivery_id``.
 """
 
@@ -79,6 +81,7 @@ class ExceptionSource:
     at: str
     ident: tuple[str, ...]
     types: str  # one letter per ident column: "s" text, "i" integer, "b" bytes (what a cursor may hold)
+    kinds: tuple[str, ...]  # the exception kinds its rows may have (hub.resolver's and hub.storage.findings' words)
 
     @property
     def order(self) -> str:
@@ -99,20 +102,33 @@ class ExceptionSource:
         )
 
 
-NEGATIVE = ExceptionSource("negative_on_hand", "updated_at_ms", ("location", "sku"), "ss")
-UNKNOWN_BARCODE = ExceptionSource("unknown_barcode", "s.updated_at_ms", ("s.location", "s.sku"), "ss")
-TRANSFER = ExceptionSource("transfer", "updated_at_ms", ("ref", "sku"), "ss")  # short, over, unmatched
-TRANSFER_OVERDUE = ExceptionSource("transfer_overdue", "updated_at_ms", ("ref", "sku"), "ss")
-TRANSFER_NOWHERE = ExceptionSource("transfer_unknown_destination", "updated_at_ms", ("ref", "sku"), "ss")
-CLOCK_QUARANTINE = ExceptionSource("clock_quarantine", "received_at_ms", ("quarantine_id",), "i")
-REJECTED = ExceptionSource("rejected_event", "received_at_ms", ("agent_id", "event_id", "content_hash"), "sbb")
-IMPORT_QUARANTINE = ExceptionSource("import_quarantine", "received_at_ms", ("agent_id", "issue_id"), "ss")
-DIVERGENCE = ExceptionSource("divergence", "received_at_ms", ("location", "sku", "system"), "sss")
+NEGATIVE = ExceptionSource("negative_on_hand", "updated_at_ms", ("location", "sku"), "ss", ("negative_on_hand",))
+UNKNOWN_BARCODE = ExceptionSource(
+    "unknown_barcode", "s.updated_at_ms", ("s.location", "s.sku"), "ss", ("unknown_barcode",)
+)
+TRANSFER = ExceptionSource(
+    "transfer", "updated_at_ms", ("ref", "sku"), "ss",
+    ("transfer_short", "transfer_over", "transfer_unmatched", "transfer_misdirected"),
+)  # fmt: skip
+TRANSFER_OVERDUE = ExceptionSource("transfer_overdue", "updated_at_ms", ("ref", "sku"), "ss", ("transfer_overdue",))
+TRANSFER_NOWHERE = ExceptionSource(
+    "transfer_unknown_destination", "updated_at_ms", ("ref", "sku"), "ss", ("transfer_unknown_destination",)
+)
+CLOCK_QUARANTINE = ExceptionSource("clock_quarantine", "received_at_ms", ("quarantine_id",), "i", ("clock_quarantine",))
+REJECTED = ExceptionSource(
+    "rejected_event", "received_at_ms", ("agent_id", "event_id", "content_hash"), "sbb", ("rejected_event",)
+)
+IMPORT_QUARANTINE = ExceptionSource(
+    "import_quarantine", "received_at_ms", ("agent_id", "issue_id"), "ss", ("import_quarantine",)
+)
+DIVERGENCE = ExceptionSource("divergence", "received_at_ms", ("location", "sku", "system"), "sss", ("divergence",))
 # a sales channel's level found diverging, and a level a channel refused for good (hub.channels.reconcile, .pusher)
-CHANNEL_DIVERGENCE = ExceptionSource("channel_divergence", "found_at_ms", ("channel", "divergence_id"), "si")
-CHANNEL_REFUSED = ExceptionSource("channel_refused", "at_ms", ("channel", "level_key"), "ss")
+CHANNEL_DIVERGENCE = ExceptionSource(
+    "channel_divergence", "found_at_ms", ("channel", "divergence_id"), "si", ("channel_divergence",)
+)
+CHANNEL_REFUSED = ExceptionSource("channel_refused", "at_ms", ("channel", "level_key"), "ss", ("channel_refused",))
 # what the last load of a channel's SKU mapping found (unmapped SKUs, a SKU or barcode on two items …)
-CHANNEL_MAPPING = ExceptionSource("channel_mapping", "l.loaded_ms", ("f.channel", "f.seq"), "si")
+CHANNEL_MAPPING = ExceptionSource("channel_mapping", "l.loaded_ms", ("f.channel", "f.seq"), "si", ("channel_mapping",))
 EXCEPTION_SOURCES = {
     s.name: s
     for s in (
@@ -120,6 +136,18 @@ EXCEPTION_SOURCES = {
         DIVERGENCE, CHANNEL_DIVERGENCE, CHANNEL_REFUSED, CHANNEL_MAPPING,
     )
 }  # fmt: skip
+# Every kind of exception the list names, in its sources' order: what ``kind=`` may ask for.
+EXCEPTION_KINDS = tuple(kind for source in EXCEPTION_SOURCES.values() for kind in source.kinds)
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionFilter:
+    """Which exceptions a list shows: of one location (either end of a transfer, and where it was shipped),
+    of one kind, arisen at or after ``since_ms``; None is no filter."""
+
+    location: str | None = None
+    kind: str | None = None
+    since_ms: int | None = None
 
 
 def ledger_key(row: LedgerRow) -> LedgerKey:

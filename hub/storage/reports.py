@@ -218,10 +218,13 @@ async def settle_observed(
 async def divergence(
     db: Db, location: str | None, system: str | None, limit: int,
     page: tuple[str, tuple[Any, ...]] | None = None, order: str = keys.DIVERGENCE_ORDER,
+    received_since: int | None = None,
 ) -> list[DivergenceRow]:  # fmt: skip
-    """Up to ``limit`` diverging latest observations in ``order``, those after the paging term ``page``: a walk
-    of the diverging rows of observations_newest in that order (an index each), stopped at ``limit``."""
-    where = Where("diverging = 1").add("location = ?", location).add("system = ?", system).page(page)
+    """Up to ``limit`` diverging latest observations in ``order``, those after the paging term ``page`` (and
+    received at or after ``received_since``): a walk of the diverging rows of observations_newest in that order
+    (an index each), stopped at ``limit``."""
+    where = Where("diverging = 1").add("location = ?", location).add("system = ?", system)
+    where.add("received_at_ms >= ?", received_since).page(page)
     rows = await db.fetch(
         f"SELECT {NEWEST_FIELDS} FROM observations_newest{where.sql} ORDER BY {order} LIMIT ?", (*where.params, limit)
     )

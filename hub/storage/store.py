@@ -210,13 +210,14 @@ class SqlHubStore(HubStore, Generic[D]):
 
     async def exceptions(
         self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
-        after: ExceptionKey | None = None,
+        after: ExceptionKey | None = None, kind: str | None = None, since_ms: int | None = None,
     ) -> list[ExceptionRow]:  # fmt: skip
         checks.limit(limit)
+        only = checks.exception_filter(location, kind, since_ms)
         now_ms = wall_ms_now()
         return await self._read_db(
             "reading exceptions",
-            lambda db: exceptions.exceptions(db, location, limit, transfer_open_max_ms, after, now_ms),
+            lambda db: exceptions.exceptions(db, only, limit, transfer_open_max_ms, after, now_ms),
             snapshot=True,
         )
 

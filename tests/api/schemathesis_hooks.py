@@ -13,7 +13,8 @@
   Schemathesis generates as valid (a generated invalid case keeps its faults, and must be refused): a
   ``cursor`` is opaque — only a value the hub gave out is one (hub.paging checks it), so a valid case asks for
   the first page (in the stateful phase the links then put real cursors from ``next`` in); the ledger takes
-  ``cursor`` or ``before``, not both; a report's period starts before it ends; a bundle does not name itself
+  ``cursor`` or ``before``, not both; an exceptions cursor goes with the location, kind and since it was given
+  out for (just before the call, once a link has put it in); a report's period starts before it ends; a bundle does not name itself
   (just before the call, once a link has filled the path); a movement is not stamped ahead of the hub's clock;
   a GTIN carries its check digit and a barcode comes once per catalog write; a msgpack report names the
   credential's own agent and a sync batch's seqs increase. And one for generated invalid cases: ``format=csv``
@@ -38,6 +39,7 @@ import schemathesis
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.meta import TestPhase
 
+from hub import paging, views
 from protocol.event import QTY_SIGN, REF_REQUIRED, Kind
 from protocol.routes import CATALOG_PATH, CHANGES_PATH, IMPORT_ISSUES_PATH, OBSERVATIONS_PATH, SYNC_PATH
 
@@ -49,6 +51,7 @@ EARLIEST_MS = 946_684_800_000  # 2000-01-01, hub.events_api.EARLIEST_MS
 SYNC_BIN_KEYS = frozenset({"chain", "base_chain"})  # the sync request's top-level x-msgpack: bin fields
 WAIT_CAP_S = 0.2
 BUNDLE_PATH = "/v1/bundles/{sku}"
+EXCEPTIONS_PATH = "/v1/exceptions"
 TOKENS: dict[str, str] = json.loads(os.environ.get("SHELFSYNC_ST_TOKENS", "{}"))
 AGENT_ID = os.environ.get("SHELFSYNC_ST_AGENT_ID", "")
 
@@ -270,9 +273,31 @@ def events_within_clock(body: Any) -> None:
                 event["occurred_at"] = datetime.now(UTC).isoformat()
 
 
+def exceptions_cursor_with_its_filter(case: Any) -> None:
+    """A cursor of ``GET /v1/exceptions`` is sent with the filter it was given out for (hub.paging): a generated
+    valid case that a link gave such a cursor asks for that filter, not one generated beside it."""
+    query = case.query if isinstance(case.query, dict) else None
+    if case.operation.path != EXCEPTIONS_PATH or not query or not isinstance(query.get("cursor"), str):
+        return
+    if case.meta is None or not case.meta.generation.mode.is_positive:
+        return
+    try:
+        _, only = paging.exception_key(query["cursor"])
+    except paging.BadCursor:
+        return  # not one the hub gave out: refused whatever the filter
+    if only is None:
+        return
+    for name, value in (("location", only.location), ("kind", only.kind), ("since", views.iso_ms(only.since_ms))):
+        if value is None:
+            query.pop(name, None)
+        else:
+            query[name] = value
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: Any) -> None:
     bundle_without_itself(case)
+    exceptions_cursor_with_its_filter(case)
     if case.operation.path == SYNC_PATH and case.meta is not None and case.meta.phase.name == TestPhase.EXAMPLES:
         own_agent(case.body)  # an example made of the fields' own examples: map_case does not see it
     if case.operation.path == CHANGES_PATH and isinstance(case.query, dict) and "wait" in case.query:
