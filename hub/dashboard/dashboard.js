@@ -392,7 +392,7 @@
 
   // #/<view>/<rest>: the page named view (PAGES, or the SKU page), with its own reading of the rest.
   function currentView() {
-    const parts = window.location.hash.replace(/^#\/?/, "").split("/");
+    const parts = window.location.hash.replace(/^#\/?/, "").split("?")[0].split("/"); // ?…: a page's own filters
     const name = parts[0] || "overview";
     const rest = parts.slice(1).map(decodeURIComponent).join("/");
     if (name === "sku" && rest) return { name, arg: rest, render: skuView };
@@ -721,23 +721,105 @@
     }
   }, 400);
 
+  // The Exceptions page's filters live in its address, so a link shows the same view: #/exceptions/<kind>?
+  // location=S042&since=hour. The hub filters (GET /v1/exceptions?location=&kind=&since=), so a store's last hour
+  // is read whole however long the chain's list is; without a filter the page shows the status read's exceptions.
+  const EXCEPTION_SINCE = { hour: ["Last hour", 3600000], day: ["Last day", 86400000] };
+
+  function hashQuery() {
+    const at = window.location.hash.indexOf("?");
+    return new URLSearchParams(at < 0 ? "" : window.location.hash.slice(at + 1));
+  }
+
+  function exceptionsHash(f) {
+    const q = new URLSearchParams();
+    if (f.location) q.set("location", f.location);
+    if (f.since) q.set("since", f.since);
+    const text = q.toString();
+    return "#/exceptions" + (f.kind ? "/" + encodeURIComponent(f.kind) : "") + (text ? "?" + text : "");
+  }
+
+  // One read of the filter at the API's largest page: its rows, and whether the hub lists more.
+  async function readExceptions(params) {
+    params.set("limit", String(EXCEPTIONS_READ));
+    const body = await api("/v1/exceptions?" + params.toString());
+    return { rows: body.exceptions, more: Boolean(body.next) };
+  }
+
+  function countOf(n, more) {
+    return fmt(n) + (more ? "+" : "");
+  }
+
+  // What a person was typing in the location box when a live redraw replaced it: put back, with the focus.
+  const exceptionsDraft = { text: null, focused: false };
+
+  function exceptionsFilters(f) {
+    const go = (change) => { exceptionsDraft.text = null; window.location.hash = exceptionsHash({ ...f, ...change }); };
+    const box = h("input", {
+      id: "exceptions-location", type: "search", list: "exceptions-locations", placeholder: "Location, e.g. S042",
+      "aria-label": "Location", autocomplete: "off", spellcheck: "false",
+      value: exceptionsDraft.text !== null ? exceptionsDraft.text : f.location,
+      oninput: (e) => { exceptionsDraft.text = e.target.value; },
+      onchange: (e) => go({ location: e.target.value.trim() }),
+    });
+    const locations = h("datalist", { id: "exceptions-locations" }, knownLocations().map((l) => h("option", { value: l })));
+    const kinds = Object.keys(EXCEPTION_KINDS);
+    const kind = h("select", { id: "exceptions-kind", "aria-label": "Kind", onchange: (e) => go({ kind: e.target.value }) },
+      h("option", { value: "" }, "Every kind"),
+      (kinds.includes(f.kind) || !f.kind ? kinds : [f.kind, ...kinds]).map((k) =>
+        h("option", { value: k, selected: k === f.kind }, (EXCEPTION_KINDS[k] || [k])[0])));
+    const since = h("select", { id: "exceptions-since", "aria-label": "Since", onchange: (e) => go({ since: e.target.value }) },
+      h("option", { value: "" }, "All time"),
+      Object.entries(EXCEPTION_SINCE).map(([key, [label]]) => h("option", { value: key, selected: key === f.since }, label)));
+    if (exceptionsDraft.focused) setTimeout(() => { box.focus(); exceptionsDraft.focused = false; }, 0);
+    return h("form", { class: "toolbar", id: "exceptions-filters", role: "search",
+      onsubmit: (e) => { e.preventDefault(); go({ location: box.value.trim() }); } },
+    box, locations, kind, since);
+  }
+
   async function exceptionsView(kind) {
+    const query = hashQuery();
+    const f = { kind: kind || "", location: (query.get("location") || "").trim(),
+      since: EXCEPTION_SINCE[query.get("since")] ? query.get("since") : "" };
+    const typing = document.activeElement && document.activeElement.id === "exceptions-location";
+    exceptionsDraft.focused = typing;
+    if (!typing) exceptionsDraft.text = null;
     await refreshStatus();
-    const all = state.exceptions;
+    const params = new URLSearchParams();
+    if (f.location) params.set("location", f.location);
+    if (f.since) params.set("since", new Date(Date.now() - EXCEPTION_SINCE[f.since][1]).toISOString());
+    let error = null;
+    let all = { rows: [], more: false };
+    let matching = all;
+    try {
+      all = f.location || f.since ? await readExceptions(new URLSearchParams(params))
+        : { rows: state.exceptions, more: state.exceptionsMore };
+      matching = !f.kind ? all : !all.more ? { rows: all.rows.filter((e) => e.kind === f.kind), more: false }
+        : await readExceptions(new URLSearchParams([...params, ["kind", f.kind]]));
+    } catch (err) {
+      if (err.message === "signed out") throw err;
+      error = err.message; // the hub's sentence: a location that is not a code …
+    }
     const byKind = new Map();
-    for (const e of all) byKind.set(e.kind, (byKind.get(e.kind) || 0) + 1);
+    for (const e of all.rows) byKind.set(e.kind, (byKind.get(e.kind) || 0) + 1);
+    if (f.kind) byKind.set(f.kind, matching.rows.length);
     const chips = h("div", { class: "chips", role: "group", "aria-label": "Kinds" },
-      h("a", { class: "chip", href: "#/exceptions", "aria-pressed": String(!kind) }, "All", h("span", { class: "n" }, atLeast(all.length))),
-      [...byKind.entries()].sort().map(([k, n]) => h("a", { class: "chip", href: "#/exceptions/" + encodeURIComponent(k), "aria-pressed": String(kind === k) },
-        (EXCEPTION_KINDS[k] || [k])[0], h("span", { class: "n" }, atLeast(n)))));
-    const partial = state.exceptionsMore ? h("p", { class: "hint partial", id: "exceptions-partial" },
-      `The hub lists more exceptions than the newest ${NUM.format(all.length)} read here: each count above is at least ` +
+      h("a", { class: "chip", href: exceptionsHash({ ...f, kind: "" }), "aria-pressed": String(!f.kind) }, "All",
+        h("span", { class: "n" }, countOf(all.rows.length, all.more))),
+      [...byKind.entries()].sort().map(([k, n]) => h("a", { class: "chip", href: exceptionsHash({ ...f, kind: k }), "aria-pressed": String(f.kind === k) },
+        (EXCEPTION_KINDS[k] || [k])[0], h("span", { class: "n" }, countOf(n, k === f.kind ? matching.more : all.more)))));
+    const of = [f.location ? `at ${f.location}` : "", f.since ? `in the ${EXCEPTION_SINCE[f.since][0].toLowerCase()}` : ""].filter(Boolean).join(" ");
+    const count = h("p", { class: "count-note", id: "exceptions-count" }, error ? "" :
+      `${countOf(matching.rows.length, matching.more)} exception${matching.rows.length === 1 && !matching.more ? "" : "s"}` +
+      (f.kind ? ` of kind ${(EXCEPTION_KINDS[f.kind] || [f.kind])[0]}` : "") + (of ? " " + of : ""));
+    const failed = error ? h("p", { class: "form-error", id: "exceptions-error", role: "alert" }, error) : null;
+    const partial = all.more ? h("p", { class: "hint partial", id: "exceptions-partial" },
+      `The hub lists more exceptions${of ? " " + of : ""} than the newest ${NUM.format(all.rows.length)} read here: each count above is at least ` +
       "that many, and older exceptions are not shown. The CSV download has every one.") : null;
-    const matching = all.filter((e) => !kind || e.kind === kind);
-    const shown = matching.slice(0, EXCEPTIONS_SHOWN);
-    const cut = matching.length > shown.length ? h("p", { class: "hint partial", id: "exceptions-shown" },
-      `Showing the newest ${NUM.format(shown.length)} of ${atLeast(matching.length)}: choose a kind above to see ` +
-      "others, or download the CSV for every one.") : null;
+    const shown = matching.rows.slice(0, EXCEPTIONS_SHOWN);
+    const cut = matching.rows.length > shown.length ? h("p", { class: "hint partial", id: "exceptions-shown" },
+      `Showing the newest ${NUM.format(shown.length)} of ${countOf(matching.rows.length, matching.more)}: choose a kind or a location ` +
+      "to see others, or download the CSV for every one.") : null;
     const rows = shown.map((e) => {
       const [label, tone] = EXCEPTION_KINDS[e.kind] || [e.kind, "plain"];
       const barcode = e.kind === "unknown_barcode" && e.data ? e.data.barcode : null;
@@ -750,11 +832,14 @@
         h("td", { class: "wrap" }, e.detail),
         h("td", { class: "nowrap" }, e.at_ms ? ageEl(e.at_ms) : "–"));
     });
+    const csvQuery = new URLSearchParams([...params, ...(f.kind ? [["kind", f.kind]] : []), ["format", "csv"]]);
     return [h("div", { class: "view-head" }, h("div", {}, h("h1", {}, "Exceptions"),
       h("p", { class: "muted" }, "Negative stock, unknown barcodes, divergence from other systems, transfer differences and refused events. " +
         "Map an unknown barcode to its SKU with Map…: its scans are then booked on that SKU.")),
-      h("div", { class: "toolbar" }, csvLink("/v1/exceptions?format=csv", "Download CSV", "every exception, as a spreadsheet"))),
-    chips, ...[partial, cut].filter(Boolean), table(["Kind", "Location", "SKU", "What happened", "When"], rows, "Nothing needs attention.")];
+      h("div", { class: "toolbar" }, csvLink("/v1/exceptions?" + csvQuery.toString(), "Download CSV",
+        of || f.kind ? "every exception of this view, as a spreadsheet" : "every exception, as a spreadsheet"))),
+    exceptionsFilters(f), chips, count, ...[failed, partial, cut].filter(Boolean),
+    table(["Kind", "Location", "SKU", "What happened", "When"], rows, error ? "Nothing to show." : "Nothing needs attention.")];
   }
 
   // --- mapping an unknown barcode to a SKU (PUT /v1/catalog) ------------------------------------------------

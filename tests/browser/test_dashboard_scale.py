@@ -124,7 +124,7 @@ async def test_the_exceptions_page_draws_the_newest_500_and_says_how_many_more(
     await expect(page.locator("#view h1")).to_have_text("Exceptions")
     await expect(page.locator("#view tbody tr")).to_have_count(500)
     await expect(page.locator("#exceptions-shown")).to_have_text(
-        "Showing the newest 500 of 10,000+: choose a kind above to see others, or download the CSV for every one."
+        "Showing the newest 500 of 10,000+: choose a kind or a location to see others, or download the CSV for every one."
     )
     await expect(page.locator("#exceptions-partial")).to_contain_text("more exceptions than the newest 10,000 read here")
     await expect(page.locator(".chips .chip").first).to_have_text("All10,000+")
