@@ -40,7 +40,16 @@ from agent.sessions.model import (
     check_scan_id,
     check_staff,
 )
-from agent.sessions.plan import SOURCE_PREFIX, batch_facts, plan_close, preview, totals
+from agent.sessions.plan import (
+    SOURCE_PREFIX,
+    batch_facts,
+    count_attrs,
+    count_fits,
+    plan_close,
+    preview,
+    totals,
+    unit_of,
+)
 from agent.sessions.store import SessionStore
 from hardware import Decoded
 from protocol import event_id_hex, new_event_id, parse_event_id, wall_ms_now
@@ -171,6 +180,7 @@ class SessionManager:
         if session.status is not SessionStatus.OPEN:
             raise SessionNotOpen(f"session {session_id} is {session.status.value} and takes no more scans")
         check_qty(qty, minimum=0 if session.type is SessionType.COUNT else 1)
+        _check_one_serialised(item, qty)
         units = qty * item.pack_size
         check_qty(units, "qty × pack size", minimum=0 if session.type is SessionType.COUNT else 1)
         spec = session.spec
@@ -184,7 +194,7 @@ class SessionManager:
                 " booked from a partial count"
             )
         if session.type is SessionType.COUNT:
-            await self._check_lots_fit(session_id, item)
+            await self._check_count_lists(session_id, item, units)
         if session.type is SessionType.RETURN:
             disposition = _disposition(disposition)
         elif disposition is not None:
@@ -204,7 +214,9 @@ class SessionManager:
             unknown=item.unknown,
         )
         transfer = session.type in (SessionType.TRANSFER_OUT, SessionType.TRANSFER_IN)
-        stored = await self.store.add_line(line, qty_max=TRANSFER_QTY_MAX if transfer else QTY_MAX, scan_id=scan_id)
+        stored = await self.store.add_line(
+            line, qty_max=TRANSFER_QTY_MAX if transfer else QTY_MAX, scan_id=scan_id, unit=unit_of(item.barcode)
+        )
         if stored.unknown:
             log.warning(
                 "Session %s: barcode %r is not in the catalog; booked as %s so nothing is lost.",
@@ -245,18 +257,27 @@ class SessionManager:
             f"the hub knows no location {to!r} (it knows {_listed(sorted(known))}); check where the goods are going"
         )
 
-    async def _check_lots_fit(self, session_id: str, item: Item) -> None:
-        """Refuse a scan of one batch (lot, expiry) more of a SKU than its count event can list (agent.sessions.plan):
-        taken, its lot would have been left out of what the hub learns."""
-        batch = batch_facts(item.barcode)
-        if not batch:
+    async def _check_count_lists(self, session_id: str, item: Item, units: int) -> None:
+        """Refuse a scan of one batch (lot, expiry) or one serialised unit more of a SKU than its count event can
+        list (agent.sessions.plan): taken, its lot or serial would have been left out of what the hub learns."""
+        batch, unit = batch_facts(item.barcode), unit_of(item.barcode)
+        if not batch and unit is None:
             return
-        lines = await self.store.lines(session_id)
-        seen = {batch_facts(line.barcode) for line in lines if line.sku == item.sku and not line.undone}
-        if batch not in seen and len(seen) >= plan.LOTS_PER_COUNT_MAX:
+        mine = [line for line in await self.store.lines(session_id) if line.sku == item.sku and not line.undone]
+        seen = {batch_facts(line.barcode) for line in mine}
+        if batch and batch not in seen and len(seen) >= plan.LOTS_PER_COUNT_MAX:
             raise InvalidSessionInput(
                 f"this count already holds {len(seen)} batches (lots or expiry dates) of {item.sku}, as many as one"
                 " count can tell the hub; count the other batches in a session of their own"
+            )
+        if unit is None or unit in {unit_of(line.barcode) for line in mine}:  # a unit already there: the store says
+            return
+        scans = [(line.barcode, line.qty) for line in mine]
+        if not count_fits(count_attrs([*scans, (item.barcode, units)])):
+            serials = sum(1 for barcode, _ in scans if unit_of(barcode) is not None)
+            raise InvalidSessionInput(
+                f"this count already lists {serials} serial numbers of {item.sku}, as many as one count can tell the"
+                f" hub; key the rest of {item.sku} by its SKU and quantity, which counts them without their serials"
             )
 
     async def _check_not_scanner_counted(self, sku: str) -> None:
@@ -423,6 +444,18 @@ def _refused(r: RejectedEvent) -> Refused:
         ev.source.removeprefix(SOURCE_PREFIX), ev.sku, ev.kind.value, ev.qty, r.code, r.reason, r.rejected_ms,
         event_id_hex(ev.event_id),
     )  # fmt: skip
+
+
+def _check_one_serialised(item: Item, qty: int) -> None:
+    """Refuse a serialised item (its code carries a serial number, GS1 (21)) scanned with a quantity other than 1:
+    the serial names one item, so 3 would book two units the hub could not tell apart from it, and 0 (a count's
+    "none here") would say the item in hand is not there."""
+    unit = unit_of(item.barcode)
+    if unit is not None and qty != 1:
+        raise InvalidSessionInput(
+            f"the barcode carries serial number {unit[1]}, which names one item of {item.sku}, so its quantity is 1,"
+            f" not {qty}; scan each serialised item on its own"
+        )
 
 
 def _disposition(value: Disposition | str | None) -> Disposition:

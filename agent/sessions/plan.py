@@ -10,7 +10,17 @@ GS1 batch — its lot, expiry and best-before date, read again from each line's
 scanned barcode (``batch_facts``) and carried in the event's attrs as a
 scanner in a mode books them ({"lot": …, "expiry": …, "best_before": …}):
 ``(17)261231(10)LOT1`` and ``(10)LOT2`` of one SKU received are two events, so
-the hub learns what lot and expiry came in. A count is the exception:
+the hub learns what lot and expiry came in. A serialised item — a code
+carrying a GS1 serial number (21) — is one item: each is an event of its own,
+of the units its one scan counts (1; a serialised case its pack), carrying
+{"serial": …} beside its batch facts, so the hub's ledger shows which unit was
+received, shipped, returned or written off (a recall or a warranty claim names
+the unit). One event per unit rather than a list in one event's attrs: a list
+holds only so many serials (``ATTRS_MAX_KEYS`` keys of ``ATTR_STR_MAX_LEN``
+characters), a delivery of serialised goods does not stop there, and a row per
+unit is what a search of the ledger for one serial finds. The session refuses a
+serial scanned twice (one unit counted twice) and a serial with a quantity
+other than 1 (``agent.sessions.manager``). A count is the exception:
 
 - receive: ``receive`` +qty; the report compares with the expected lines
   (ok / over / short / unexpected).
@@ -20,7 +30,12 @@ the hub learns what lot and expiry came in. A count is the exception:
   expiry as above; one counted in several carries {"lots": how many batches}
   and one key per batch, "lot1", "lot2" …, each "lot=LOT1;expiry=2026-12-31;qty=5"
   (a batch without GS1 data is "qty=2"). ``LOTS_PER_COUNT_MAX`` batches fit in
-  an event's attrs; the session refuses a scan of one batch more. Stamped at the HLC of its last scan in
+  an event's attrs; the session refuses a scan of one batch more. Its
+  serialised units are listed too: {"serials": how many, "serials1": "SN1 SN2 …",
+  "serials2": …}, space-separated (no serial (21) holds a space) in values of at
+  most ``ATTR_STR_MAX_LEN`` characters, as many as the attrs' keys allow beside
+  the lots (288 serials of the longest, 20 characters, with one lot); the
+  session refuses a serial more (``count_fits``). Stamped at the HLC of its last scan in
   the session, so a POS sale stamped before that scan is seen by the count
   (superseded) and one stamped after it applies on top. SKUs in scope never
   scanned are booked as counted 0 (stamped at the close) only when the session
@@ -40,11 +55,13 @@ not on a shelf a count could have seen until then).
 Every event carries attrs {"by": staff id, "session": session id}, its source
 is ``session:<session id>`` and its ref the document reference (or
 ``session:<session id>`` when none was given). Event ids are derived from the
-session id, the event's role and the SKU (and the batch, when it has one).
+session id, the event's role and the SKU (and the batch and serialised unit,
+when it has them).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -60,52 +77,100 @@ from agent.sessions.model import (
 )
 from hardware import DecodeError, decode
 from protocol import Kind, derived_event_id, unpack_hlc
-from protocol.event import AttrValue
+from protocol.event import ATTR_STR_MAX_LEN, ATTRS_MAX_KEYS, AttrValue
 
 SOURCE_PREFIX = "session:"
 ID_NAMESPACE = "shelfsync-session"
 BATCH_KEYS = ("lot", "expiry", "best_before")  # the GS1 facts (10), (17), (15) of a batch, as Decoded.attrs names them
 LOTS_PER_COUNT_MAX = 24  # batches one count event lists (with by, session, closed_by, bin, lots: under ATTRS_MAX_KEYS)
 
+SERIALS_SEPARATOR = " "  # between the serials a count lists: GS1 (21) holds only printable ASCII but the space
+COUNT_KEYS_RESERVED = 4  # keys of a count event besides its batches and serials: by, session, closed_by, bin
+
 Batch = tuple[tuple[str, AttrValue], ...]  # a line's batch facts, in BATCH_KEYS order; () without GS1 batch data
+Unit = tuple[str, str]  # a serialised item: (its GTIN-14, or the code's catalog key without one; its serial (21))
+_Key = tuple[str, Disposition | None, Batch, Unit | None]  # what one delta event books: sku, disposition, batch, unit
+
+
+@functools.lru_cache(maxsize=4096)
+def _gs1(barcode: str) -> tuple[Batch, Unit | None]:
+    """The batch facts and serialised unit of a stored code, decoded once however often a close or a check asks."""
+    try:
+        found = decode(barcode)
+    except DecodeError:
+        return (), None
+    attrs = found.attrs()
+    batch = tuple((key, attrs[key]) for key in BATCH_KEYS if key in attrs)
+    return batch, ((found.catalog_key, found.serial) if found.serial is not None else None)
 
 
 def batch_facts(barcode: str | None) -> Batch:
     """The lot, expiry and best-before date a scanned barcode carries (GS1 (10), (17), (15)), as scanner mode puts
     them in attrs; () for a keyed line or a code without them. Read again from the stored code, so a close planned
     twice gives the same events."""
-    if barcode is None:
-        return ()
-    try:
-        found = decode(barcode).attrs()
-    except DecodeError:
-        return ()
-    return tuple((key, found[key]) for key in BATCH_KEYS if key in found)
+    return _gs1(barcode)[0] if barcode is not None else ()
 
 
-def _batch_totals(lines: Iterable[Line]) -> dict[tuple[str, Disposition | None, Batch], int]:
-    """Effective units per (sku, disposition, batch), in the order each first appeared."""
-    out: dict[tuple[str, Disposition | None, Batch], int] = {}
+def unit_of(barcode: str | None) -> Unit | None:
+    """The serialised item a scanned barcode names — its GTIN and serial number (21), which together name one item
+    (a serial is unique within its GTIN) — or None for a keyed line or a code without a serial."""
+    return _gs1(barcode)[1] if barcode is not None else None
+
+
+def _delta_totals(lines: Iterable[Line]) -> dict[_Key, int]:
+    """Effective units per (sku, disposition, batch, serialised unit), in the order each first appeared."""
+    out: dict[_Key, int] = {}
     for line in lines:
         if not line.undone:
-            key = (line.sku, line.disposition, batch_facts(line.barcode))
+            key = (line.sku, line.disposition, batch_facts(line.barcode), unit_of(line.barcode))
             out[key] = out.get(key, 0) + line.qty
     return out
 
 
-def _batch_id(batch: Batch) -> str:
-    return "".join(f"/{key}={value}" for key, value in batch)
+def _batch_id(batch: Batch, unit: Unit | None = None) -> str:
+    serial = f"/serial={unit[0]} {unit[1]}" if unit is not None else ""
+    return "".join(f"/{key}={value}" for key, value in batch) + serial
 
 
-def _count_lots(batches: Mapping[tuple[str, Disposition | None, Batch], int], sku: str) -> dict[str, AttrValue]:
-    """The attrs of a SKU's count telling its batches: those of its one batch, or one "lotN" key per batch."""
-    mine = [(batch, qty) for (s, _, batch), qty in batches.items() if s == sku]
-    if len(mine) == 1:
-        return dict(mine[0][0])
-    out: dict[str, AttrValue] = {"lots": len(mine)}
-    for i, (batch, qty) in enumerate(mine, 1):
+def count_attrs(scans: Iterable[tuple[str | None, int]]) -> dict[str, AttrValue]:
+    """The attrs of one SKU's count telling its batches and its serialised units, from its effective lines'
+    (barcode, units): those of its one batch, or one "lotN" key per batch; then "serials" and "serialsN"."""
+    batches: dict[Batch, int] = {}
+    serials: list[str] = []
+    for barcode, qty in scans:
+        batch = batch_facts(barcode)
+        batches[batch] = batches.get(batch, 0) + qty
+        if (unit := unit_of(barcode)) is not None:
+            serials.append(unit[1])
+    return {**_count_lots(batches), **_count_serials(serials)}
+
+
+def count_fits(attrs: Mapping[str, AttrValue]) -> bool:
+    """Whether a count with these batch and serial attrs (``count_attrs``) is an event the hub takes, whatever
+    else it carries (``COUNT_KEYS_RESERVED``)."""
+    return len(attrs) + COUNT_KEYS_RESERVED <= ATTRS_MAX_KEYS
+
+
+def _count_lots(batches: Mapping[Batch, int]) -> dict[str, AttrValue]:
+    if len(batches) == 1:
+        return dict(next(iter(batches)))
+    out: dict[str, AttrValue] = {"lots": len(batches)}
+    for i, (batch, qty) in enumerate(batches.items(), 1):
         out[f"lot{i}"] = ";".join([*(f"{key}={value}" for key, value in batch), f"qty={qty}"])
     return out
+
+
+def _count_serials(serials: list[str]) -> dict[str, AttrValue]:
+    """{"serials": how many, "serials1": "SN1 SN2 …", …}, each value at most ``ATTR_STR_MAX_LEN`` characters."""
+    if not serials:
+        return {}
+    lists: list[str] = []
+    for serial in serials:
+        if lists and len(lists[-1]) + len(SERIALS_SEPARATOR) + len(serial) <= ATTR_STR_MAX_LEN:
+            lists[-1] += SERIALS_SEPARATOR + serial
+        else:
+            lists.append(serial)
+    return {"serials": len(serials), **{f"serials{i}": text for i, text in enumerate(lists, 1)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +215,7 @@ def plan_close(session: Session, lines: Iterable[Line]) -> ClosePlan:
         raise ValueError(f"session {session.id} has no close time; decide the close before planning it")
     lines = list(lines)
     sums = totals(lines)
-    movements = _movements(session, sums, _batch_totals(lines), session.close_hlc)
+    movements = _movements(session, sums, lines, session.close_hlc)
     report = CloseReport(
         events=len(movements),
         units=sum(t.qty for t in sums),
@@ -162,7 +227,7 @@ def plan_close(session: Session, lines: Iterable[Line]) -> ClosePlan:
 def _movements(
     session: Session,
     sums: tuple[Total, ...],
-    batches: Mapping[tuple[str, Disposition | None, Batch], int],
+    lines: list[Line],
     close_hlc: int,
 ) -> list[Movement]:
     spec, kind = session.spec, session.type
@@ -178,7 +243,9 @@ def _movements(
         reason: str | None = None,
         attrs: Mapping[str, AttrValue] | None = None,
         batch: Batch = (),
+        unit: Unit | None = None,
     ) -> None:
+        serial: dict[str, AttrValue] = {"serial": unit[1]} if unit is not None else {}
         out.append(
             Movement(
                 location=session.location,
@@ -188,17 +255,21 @@ def _movements(
                 source=SOURCE_PREFIX + session.id,
                 ref=spec.ref or SOURCE_PREFIX + session.id,
                 reason=reason,
-                attrs=_attrs(session, {**dict(batch), **(attrs or {})}),
+                attrs=_attrs(session, {**dict(batch), **serial, **(attrs or {})}),
                 event_id=derived_event_id(
-                    unpack_hlc(at)[0], f"{ID_NAMESPACE}/{session.id}/{role}/{sku}{_batch_id(batch)}".encode()
+                    unpack_hlc(at)[0], f"{ID_NAMESPACE}/{session.id}/{role}/{sku}{_batch_id(batch, unit)}".encode()
                 ),
                 occurred_at=at,
             )
         )
 
     if kind is SessionType.COUNT:
+        scans: dict[str, list[tuple[str | None, int]]] = {}
+        for line in lines:
+            if not line.undone:
+                scans.setdefault(line.sku, []).append((line.barcode, line.qty))
         for t in sums:
-            book("count", t.sku, Kind.COUNT, t.qty, t.last_hlc, attrs={**_bin(session), **_count_lots(batches, t.sku)})
+            book("count", t.sku, Kind.COUNT, t.qty, t.last_hlc, attrs={**_bin(session), **count_attrs(scans[t.sku])})
         if session.zero_unscanned:
             counted = {t.sku for t in sums}
             for sku in spec.scope_skus:
@@ -206,30 +277,33 @@ def _movements(
                     book("count", sku, Kind.COUNT, 0, close_hlc, attrs={"zero_filled": True, **_bin(session)})
         return out
     expected = {e.sku: e.qty for e in spec.expected}
-    for (sku, disp, batch), qty in batches.items():
+    for (sku, disp, batch, unit), qty in _delta_totals(lines).items():
         if qty <= 0:
             continue
         if kind is SessionType.RECEIVE:
             extra: dict[str, AttrValue] = {"expected": expected[sku]} if sku in expected else {}
-            book("receive", sku, Kind.RECEIVE, qty, close_hlc, attrs=extra, batch=batch)
+            book("receive", sku, Kind.RECEIVE, qty, close_hlc, attrs=extra, batch=batch, unit=unit)
         elif kind is SessionType.TRANSFER_OUT:
-            book("transfer_out", sku, Kind.TRANSFER_OUT, -qty, close_hlc, attrs={"to": spec.to_location}, batch=batch)
+            to: dict[str, AttrValue] = {"to": spec.to_location}
+            book("transfer_out", sku, Kind.TRANSFER_OUT, -qty, close_hlc, attrs=to, batch=batch, unit=unit)
         elif kind is SessionType.TRANSFER_IN:
             # Closing the receiving session is the final receipt: the hub closes the transfer and writes off
             # what never arrived (docs/faults.md "Transfers").
             frm: dict[str, AttrValue] = {"from": spec.from_location} if spec.from_location else {}
-            book("transfer_in", sku, Kind.TRANSFER_IN, qty, close_hlc, attrs={**frm, "final": True}, batch=batch)
+            frm["final"] = True
+            book("transfer_in", sku, Kind.TRANSFER_IN, qty, close_hlc, attrs=frm, batch=batch, unit=unit)
         elif kind is SessionType.RETURN:
             disposition = disp or Disposition.RESTOCK
             marked: dict[str, AttrValue] = {"disposition": disposition.value}
-            book(f"return.{disposition.value}", sku, Kind.RETURN, qty, close_hlc, attrs=marked, batch=batch)
+            role = f"return.{disposition.value}"
+            book(role, sku, Kind.RETURN, qty, close_hlc, attrs=marked, batch=batch, unit=unit)
             if disposition is Disposition.DAMAGED:
                 book(
                     "return.damaged.adjust", sku, Kind.ADJUST, -qty, close_hlc, reason="damaged", attrs=marked,
-                    batch=batch,
+                    batch=batch, unit=unit,
                 )  # fmt: skip
         elif kind is SessionType.WRITE_OFF:
-            book("write_off", sku, Kind.ADJUST, -qty, close_hlc, reason=spec.reason, batch=batch)
+            book("write_off", sku, Kind.ADJUST, -qty, close_hlc, reason=spec.reason, batch=batch, unit=unit)
     return out
 
 

@@ -49,6 +49,7 @@ from agent.sessions.model import (
     SessionStatus,
     SessionType,
 )
+from agent.sessions.plan import Unit, unit_of
 from protocol import QTY_MAX
 
 T = TypeVar("T")
@@ -231,10 +232,14 @@ class SessionStore(SqliteFile):
         )
 
     # --- lines ---------------------------------------------------------------
-    async def add_line(self, line: Line, *, qty_max: int = QTY_MAX, scan_id: str | None = None) -> Line:
+    async def add_line(
+        self, line: Line, *, qty_max: int = QTY_MAX, scan_id: str | None = None, unit: Unit | None = None
+    ) -> Line:
         """Append ``line`` (its ``no`` is assigned here) to an open session, its SKU at most ``qty_max`` units in
         all (a transfer's: ``TRANSFER_QTY_MAX``, the most one transfer event may move at the hub). A ``scan_id``
-        the session already holds answers that line, unchanged: the same scan sent again."""
+        the session already holds answers that line, unchanged: the same scan sent again. ``unit``, the serialised
+        item the line's code names (``plan.unit_of``), refuses the line when a line still counting names it: one
+        item scanned twice is one unit, not two (checked here, in the write, so two handhelds cannot both pass)."""
 
         def add(conn: sqlite3.Connection) -> Line:
             session = _open_session(conn, line.session_id, "take scans")
@@ -253,6 +258,8 @@ class SessionStore(SqliteFile):
                             f" {earlier.qty}); give a new scan its own scan_id"
                         )
                     return earlier
+            if unit is not None:
+                _check_unit_not_scanned(conn, line, unit)
             no, count = conn.execute(
                 "SELECT coalesce(max(no), 0) + 1, count(*) FROM lines WHERE session_id = ?", (line.session_id,)
             ).fetchone()
@@ -450,6 +457,21 @@ def _check_sku_not_counted_elsewhere(conn: sqlite3.Connection, session: Session,
             f"{sku!r} is already being counted in session {found[0]} (opened by {found[1]}); scan into that"
             " session, or close or cancel it first, so neither count replaces the other's units"
         )
+
+
+def _check_unit_not_scanned(conn: sqlite3.Connection, line: Line, unit: Unit) -> None:
+    """Refuse a second line of one serialised item (its GTIN and serial number): a double scan of one phone
+    booked two phones, and the hub's ledger two events of one serial."""
+    rows = conn.execute(
+        "SELECT no, barcode FROM lines WHERE session_id = ? AND sku = ? AND undone = 0 AND barcode IS NOT NULL",
+        (line.session_id, line.sku),
+    )
+    for no, barcode in rows:
+        if unit_of(barcode) == unit:
+            raise InvalidSessionInput(
+                f"serial number {unit[1]} of {line.sku} is already line {no} of this session, so this scan was not"
+                " taken: one serialised item is one unit; scan the next item (or undo that line to scan it again)"
+            )
 
 
 def _counting(conn: sqlite3.Connection, location: str, sku: str, except_id: str = "") -> tuple[str, str] | None:

@@ -1,0 +1,144 @@
+"""Serialised items (a GS1 serial number, AI (21)) scanned into a session: each is one unit the hub learns by serial.
+
+Found: ``(01)04006381333931(21)SN1`` scanned into a receive, return, transfer or
+write-off session was booked with the SKU's other units, its serial left on the
+line in sessions.sqlite3 and out of every event; the same serial scanned twice
+booked two units; a count said nothing of which units it counted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.outbox import Outbox
+from agent.sessions import InvalidSessionInput, SessionManager, SessionSpec, SessionType, plan
+from protocol import Kind, StockEvent
+from tests.agent.sessions.sessions_helpers import APPLE, APPLE_CASE, PEAR
+
+GS = "\x1d"
+SN1 = f"(01)0{APPLE}(21)SN1"
+SN2 = f"(01)0{APPLE}(17)261231(10)LOT1(21)SN2"
+
+
+async def all_events(outbox: Outbox) -> list[StockEvent]:
+    return list(await outbox.pending(1000))
+
+
+SPECS = {
+    SessionType.RECEIVE: (SessionSpec(SessionType.RECEIVE, ref="DN-1"), Kind.RECEIVE, 1, {}),
+    SessionType.TRANSFER_OUT: (
+        SessionSpec(SessionType.TRANSFER_OUT, ref="TR-1", to_location="S002"), Kind.TRANSFER_OUT, -1, {"to": "S002"}
+    ),
+    SessionType.TRANSFER_IN: (
+        SessionSpec(SessionType.TRANSFER_IN, ref="TR-1"), Kind.TRANSFER_IN, 1, {"final": True}
+    ),
+    SessionType.RETURN: (SessionSpec(SessionType.RETURN, ref="RC-1"), Kind.RETURN, 1, {"disposition": "restock"}),
+    SessionType.WRITE_OFF: (SessionSpec(SessionType.WRITE_OFF), Kind.ADJUST, -1, {}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("type_", list(SPECS))
+async def test_each_serialised_item_is_an_event_of_its_own_carrying_its_serial(
+    sessions: SessionManager, outbox: Outbox, type_: SessionType
+) -> None:
+    spec, kind, sign, extra = SPECS[type_]
+    s = await sessions.open(spec, by="ana")
+    for code in (SN1, APPLE, SN2, APPLE):
+        await sessions.scan(s.id, code, by="ana")
+    await sessions.close(s.id, by="ana")
+    booked = [(ev.kind, ev.sku, ev.qty, dict(ev.attrs)) for ev in await all_events(outbox)]
+    base = {"by": "ana", "session": s.id}
+    assert booked == [
+        (kind, "SKU-APPLE", sign, {**base, "serial": "SN1", **extra}),
+        (kind, "SKU-APPLE", 2 * sign, {**base, **extra}),
+        (kind, "SKU-APPLE", sign, {**base, "lot": "LOT1", "expiry": "2026-12-31", "serial": "SN2", **extra}),
+    ]
+    assert len({ev.event_id for ev in await all_events(outbox)}) == 3
+
+
+async def test_a_damaged_serialised_return_is_returned_and_written_off_by_its_serial(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    s = await sessions.open(SessionSpec(SessionType.RETURN, ref="RC-2"), by="ana")
+    await sessions.scan(s.id, SN1, by="ana", disposition="damaged")
+    await sessions.close(s.id, by="ana")
+    booked = [(ev.kind, ev.qty, ev.reason, ev.attrs.get("serial")) for ev in await all_events(outbox)]
+    assert booked == [(Kind.RETURN, 1, None, "SN1"), (Kind.ADJUST, -1, "damaged", "SN1")]
+
+
+async def test_a_serial_scanned_twice_is_refused_in_a_sentence_and_counts_once(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """The same item scanned again — as printed (HRI) or as a scanner sends it, with GS — is refused aloud; the
+    same serial of another SKU is another item; a scan sent again with its scan_id answers its line; undone, the
+    serial may be scanned again."""
+    s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-2"), by="ana")
+    first = await sessions.scan(s.id, SN1, by="ana", scan_id="h-1")
+    for again in (SN1, f"]d20104006381333931{GS}21SN1", f"(01)0{APPLE}(10)OTHER(21)SN1"):
+        with pytest.raises(InvalidSessionInput) as refused:
+            await sessions.scan(s.id, again, by="bo")
+        assert str(refused.value) == (
+            "serial number SN1 of SKU-APPLE is already line 1 of this session, so this scan was not taken: one"
+            " serialised item is one unit; scan the next item (or undo that line to scan it again)"
+        )
+    assert (await sessions.scan(s.id, SN1, by="ana", scan_id="h-1")).no == first.no  # the answer was lost
+    await sessions.scan(s.id, f"(01)0{PEAR}(21)SN1", by="ana")
+    await sessions.undo(s.id, by="ana")
+    await sessions.undo(s.id, by="ana")
+    await sessions.scan(s.id, SN1, by="ana")
+    closed = await sessions.close(s.id, by="ana")
+    assert closed.report.units == 1  # type: ignore[union-attr]
+    assert [(ev.sku, ev.qty, ev.attrs["serial"]) for ev in await all_events(outbox)] == [("SKU-APPLE", 1, "SN1")]
+
+
+@pytest.mark.parametrize(("type_", "qty"), [(SessionType.RECEIVE, 3), (SessionType.COUNT, 0), (SessionType.COUNT, 2)])
+async def test_a_serial_with_a_quantity_other_than_1_is_refused_in_a_sentence(
+    sessions: SessionManager, type_: SessionType, qty: int
+) -> None:
+    spec = SessionSpec(type_, ref="DN-3") if type_ is SessionType.RECEIVE else SessionSpec(type_, bin="A-01")
+    s = await sessions.open(spec, by="ana")
+    with pytest.raises(InvalidSessionInput) as refused:
+        await sessions.scan(s.id, SN1, by="ana", qty=qty)
+    assert str(refused.value) == (
+        f"the barcode carries serial number SN1, which names one item of SKU-APPLE, so its quantity is 1, not {qty};"
+        " scan each serialised item on its own"
+    )
+    assert (await sessions.view(s.id)).lines == ()
+
+
+async def test_a_count_lists_the_serials_it_counted(sessions: SessionManager, outbox: Outbox) -> None:
+    """A count books ONE event of the SKU's total (it replaces the SKU's stock); its serialised units are listed in
+    its attrs, beside its lots."""
+    s = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="bo")
+    for code in (SN1, APPLE_CASE, SN2, f"(01)0{APPLE}(21)SN3"):
+        await sessions.scan(s.id, code, by="bo")
+    await sessions.close(s.id, by="bo")
+    [count] = await all_events(outbox)
+    assert (count.kind, count.qty) == (Kind.COUNT, 15)
+    assert dict(count.attrs) == {
+        "by": "bo", "session": s.id, "bin": "A-01", "lots": 2,
+        "lot1": "qty=14", "lot2": "lot=LOT1;expiry=2026-12-31;qty=1", "serials": 3, "serials1": "SN1 SN2 SN3",
+    }  # fmt: skip
+
+
+async def test_a_count_refuses_a_serial_more_than_its_count_event_can_list(
+    sessions: SessionManager, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serials are listed in values of at most 256 characters, in the keys the attrs have left: a serial more
+    is refused in a sentence (it would be left out), and the count booked lists every serial it took."""
+    # by, session, closed_by and bin, then "serials" and two lists of serials
+    monkeypatch.setattr(plan, "ATTRS_MAX_KEYS", 4 + 3, raising=False)
+    serials = [f"{i:020d}" for i in range(25)]  # 20 characters, the longest (21): 12 to a list of 256
+    s = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="bo")
+    for serial in serials[:24]:
+        await sessions.scan(s.id, f"(01)0{APPLE}(21){serial}", by="bo")
+    with pytest.raises(InvalidSessionInput, match="already lists 24 serial numbers of SKU-APPLE") as refused:
+        await sessions.scan(s.id, f"(01)0{APPLE}(21){serials[24]}", by="bo")
+    assert "key the rest of SKU-APPLE by its SKU and quantity" in str(refused.value)
+    await sessions.key(s.id, "SKU-APPLE", 1, by="bo")
+    await sessions.close(s.id, by="bo")
+    [count] = await all_events(outbox)
+    assert count.qty == 25
+    assert (count.attrs["serials"], count.attrs["serials1"], count.attrs["serials2"]) == (
+        24, " ".join(serials[:12]), " ".join(serials[12:24])
+    )  # fmt: skip
