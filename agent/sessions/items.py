@@ -20,6 +20,10 @@ from agent.sessions.model import check_sku
 from hardware import Decoded, DecodeError, decode
 from protocol.catalog import BARCODE_MAX_LEN, unknown_sku
 
+# The longest scan a session takes. Kept whole on its line: the close reads the lot, expiry and serial (21) again from
+# it, and a GS1 code carrying them passes the catalog's 64 characters ((01)…(17)…(10)<20>(21)<20> is 76).
+SCAN_MAX_LEN = BARCODE_MAX_LEN * 2
+
 
 class CatalogItemLike(Protocol):
     @property
@@ -39,7 +43,7 @@ class ItemLookup(Protocol):
 class Item:
     sku: str
     pack_size: int  # units one scan counts
-    barcode: str | None  # the code as scanned (None when a SKU was keyed)
+    barcode: str | None  # the code as scanned, whole (None when a SKU was keyed)
     unknown: bool = False
 
 
@@ -67,7 +71,7 @@ def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None 
     if not isinstance(text, str) or not text:
         raise InvalidSessionInput("the scan is empty; scan the barcode again")
     text = _ascii_digits(text)
-    if len(text) > BARCODE_MAX_LEN * 2:
+    if len(text) > SCAN_MAX_LEN:
         raise InvalidSessionInput(f"the scan is {len(text)} characters long, too long for a barcode")
     if decoded is None:
         try:
@@ -76,11 +80,11 @@ def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None 
             found = catalog.lookup(None, text) if catalog is not None else None
             if found is None:
                 raise InvalidSessionInput(str(err)) from err
-            return Item(found.sku, found.pack_size, text[:BARCODE_MAX_LEN])
+            return Item(found.sku, found.pack_size, text)
     if catalog is not None and (found := catalog.lookup(decoded, text)) is not None:
-        return Item(found.sku, _units(found.pack_size, decoded), text[:BARCODE_MAX_LEN])
+        return Item(found.sku, _units(found.pack_size, decoded), text)
     key = decoded.catalog_key if decoded is not None else text
-    return Item(unknown_sku(key[:BARCODE_MAX_LEN]), _units(1, decoded), text[:BARCODE_MAX_LEN], unknown=True)
+    return Item(unknown_sku(key[:BARCODE_MAX_LEN]), _units(1, decoded), text, unknown=True)
 
 
 def _visible(text: str) -> str:

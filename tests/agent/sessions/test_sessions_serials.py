@@ -142,3 +142,25 @@ async def test_a_count_refuses_a_serial_more_than_its_count_event_can_list(
     assert (count.attrs["serials"], count.attrs["serials1"], count.attrs["serials2"]) == (
         24, " ".join(serials[:12]), " ".join(serials[12:24])
     )  # fmt: skip
+
+
+async def test_a_gs1_code_longer_than_64_characters_keeps_its_lot_and_serial_whole(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Found: the line kept the first 64 characters of a scan, and the close reads lot and serial again from it: a
+    65-character code was booked with its serial one character short (another unit's serial), and one whose cut
+    no longer parsed with no lot and no serial at all. A label with a lot and a serial of 20 characters is 76."""
+    cut = f"(01)0{APPLE}(17)261231(10)LOT-2026-11-A(21)SN-0001234567890"
+    lost = f"(01)0{APPLE}(21)SERIAL-000000000001(10)LOT-ABCDEFGHIJKLMNOP"
+    longest = f"(01)0{APPLE}(17)261231(10){'L' * 20}(21){'S' * 20}"
+    assert (len(cut), len(lost), len(longest)) == (65, 65, 76)
+    s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-4"), by="ana")
+    for code in (cut, lost, longest):
+        assert (await sessions.scan(s.id, code, by="ana")).barcode == code
+    await sessions.close(s.id, by="ana")
+    booked = [(ev.qty, ev.attrs.get("lot"), ev.attrs.get("serial")) for ev in await all_events(outbox)]
+    assert booked == [
+        (1, "LOT-2026-11-A", "SN-0001234567890"),
+        (1, "LOT-ABCDEFGHIJKLMNOP", "SERIAL-000000000001"),
+        (1, "L" * 20, "S" * 20),
+    ]
