@@ -164,3 +164,19 @@ async def test_a_gs1_code_longer_than_64_characters_keeps_its_lot_and_serial_who
         (1, "LOT-ABCDEFGHIJKLMNOP", "SERIAL-000000000001"),
         (1, "L" * 20, "S" * 20),
     ]
+
+
+async def test_a_scan_reads_again_only_the_lines_that_can_be_its_serialised_item(sessions: SessionManager) -> None:
+    """The double-scan check read every line of the SKU again; past the decoder's cache (4,096 codes) each scan of a
+    delivery of thousands of serialised items took seconds. It decodes the lines whose code can hold the serial,
+    and still finds it written otherwise: printed with spaces, or escaped in a Digital Link."""
+    s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-5"), by="ana")
+    for i in range(50):
+        await sessions.scan(s.id, f"(01)0{APPLE}(21)SN-{i:04d}", by="ana")
+    await sessions.scan(s.id, f"(01)0{APPLE}(21)SN%2F9", by="ana")
+    plan._gs1.cache_clear()
+    await sessions.scan(s.id, f"(01)0{APPLE}(21)SN-0050", by="ana")
+    assert plan._gs1.cache_info().misses <= 3  # the new code, and the one holding "%"
+    for again in (f"(01) 0{APPLE} (21) SN-0 007", f"]Q3https://id.gs1.org/01/0{APPLE}/21/SN%2D0007"):
+        with pytest.raises(InvalidSessionInput, match="serial number SN-0007 of SKU-APPLE is already line 8"):
+            await sessions.scan(s.id, again, by="ana")
