@@ -151,3 +151,39 @@ async def test_a_transfer_to_a_location_the_hub_does_not_know_is_refused_or_list
                     ("transfer_unknown_destination", "S001", "SKU-APPLE", "S999")
                 ]
                 assert "a location the hub does not know" in found[0].detail
+
+
+async def test_serialised_items_transferred_close_the_transfer_and_the_ledger_names_them_on_both_sides(
+    tmp_path: Path,
+) -> None:
+    """Each serialised item is a transfer event of its own on each side (agent.sessions.plan): the hub sums them per
+    reference and SKU as before — all received is no shortfall — and its ledger says which items went and came."""
+    async with running_hub(tmp_path) as (hub, url):
+        a_id, a_token = await hub.add_agent(["S001"])
+        b_id, b_token = await hub.add_agent(["S002"])
+        async with (
+            Outbox.open(tmp_path / "a.sqlite3", agent_id=a_id, location="S001") as a_outbox,
+            Outbox.open(tmp_path / "b.sqlite3", agent_id=b_id, location="S002") as b_outbox,
+            SessionStore.open(tmp_path / "a-sessions.sqlite3") as a_store,
+            SessionStore.open(tmp_path / "b-sessions.sqlite3") as b_store,
+        ):
+            store_a = SessionManager(a_store, a_outbox, catalog=catalog())
+            store_b = SessionManager(b_store, b_outbox, catalog=catalog())
+            ship = await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-SN", to_location="S002"), by="ana")
+            receive = await store_b.open(SessionSpec(SessionType.TRANSFER_IN, ref="TR-SN"), by="bo")
+            for store, session, by in ((store_a, ship, "ana"), (store_b, receive, "bo")):
+                for code in (f"(01)0{APPLE}(21)SN1", f"(01)0{APPLE}(21)SN2"):
+                    await store.scan(session.id, code, by=by)
+                await store.scan(session.id, APPLE, by=by, qty=3)
+                await store.close(session.id, by=by)
+            await sync(a_outbox, url, a_token)
+            await sync(b_outbox, url, b_token)
+
+            assert await at(hub, "S002", "SKU-APPLE") == (5, 0)
+            assert [e for e in await hub.exceptions() if e.kind.startswith("transfer")] == []
+            for location, kind in (("S001", "transfer_out"), ("S002", "transfer_in")):
+                rows = [r for r in await hub.ledger(location=location) if r.kind == kind]
+                assert sorted((r.qty, (r.attrs or {}).get("serial")) for r in rows) == sorted(
+                    [(1 if kind == "transfer_in" else -1, "SN1"), (1 if kind == "transfer_in" else -1, "SN2"),
+                     (3 if kind == "transfer_in" else -3, None)]
+                )  # fmt: skip
