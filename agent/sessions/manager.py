@@ -270,14 +270,15 @@ class SessionManager:
                 f"this count already holds {len(seen)} batches (lots or expiry dates) of {item.sku}, as many as one"
                 " count can tell the hub; count the other batches in a session of their own"
             )
-        if unit is None or unit in {unit_of(line.barcode) for line in mine}:  # a unit already there: the store says
+        if unit is not None and unit in {unit_of(line.barcode) for line in mine}:  # scanned already: the store says
             return
         scans = [(line.barcode, line.qty) for line in mine]
         if not count_fits(count_attrs([*scans, (item.barcode, units)])):
             serials = sum(1 for barcode, _ in scans if unit_of(barcode) is not None)
             raise InvalidSessionInput(
-                f"this count already lists {serials} serial numbers of {item.sku}, as many as one count can tell the"
-                f" hub; key the rest of {item.sku} by its SKU and quantity, which counts them without their serials"
+                f"this count already lists {serials} serial numbers and {len(seen)} batches of {item.sku}, as many as"
+                f" one count can tell the hub; key the rest of {item.sku} by its SKU and quantity, which counts them"
+                " without their serials and lots"
             )
 
     async def _check_not_scanner_counted(self, sku: str) -> None:

@@ -35,7 +35,9 @@ other than 1 (``agent.sessions.manager``). A count is the exception:
   "serials2": …}, space-separated (no serial (21) holds a space) in values of at
   most ``ATTR_STR_MAX_LEN`` characters, as many as the attrs' keys allow beside
   the lots (288 serials of the longest, 20 characters, with one lot); the
-  session refuses a serial more (``count_fits``). Stamped at the HLC of its last scan in
+  session refuses a serial or a batch more (``count_fits``), never a line
+  without GS1 data (keyed, or scanned without a lot), for which room is kept.
+  Stamped at the HLC of its last scan in
   the session, so a POS sale stamped before that scan is seen by the count
   (superseded) and one stamped after it applies on top. SKUs in scope never
   scanned are booked as counted 0 (stamped at the close) only when the session
@@ -85,7 +87,10 @@ BATCH_KEYS = ("lot", "expiry", "best_before")  # the GS1 facts (10), (17), (15) 
 LOTS_PER_COUNT_MAX = 24  # batches one count event lists (with by, session, closed_by, bin, lots: under ATTRS_MAX_KEYS)
 
 SERIALS_SEPARATOR = " "  # between the serials a count lists: GS1 (21) holds only printable ASCII but the space
-COUNT_KEYS_RESERVED = 4  # keys of a count event besides its batches and serials: by, session, closed_by, bin
+# Keys of a count event besides its batches and serials: by, session, closed_by, bin, and 2 for the lines without GS1
+# data that may still come (keyed, or scanned without a lot), never refused: the first such line of a SKU counted in
+# one batch turns its lot and expiry keys into "lots", "lot1" and "lot2" (one key more, or two).
+COUNT_KEYS_RESERVED = 6
 
 Batch = tuple[tuple[str, AttrValue], ...]  # a line's batch facts, in BATCH_KEYS order; () without GS1 batch data
 Unit = tuple[str, str]  # a serialised item: (its GTIN-14, or the code's catalog key without one; its serial (21))
@@ -147,7 +152,7 @@ def count_attrs(scans: Iterable[tuple[str | None, int]]) -> dict[str, AttrValue]
 
 def count_fits(attrs: Mapping[str, AttrValue]) -> bool:
     """Whether a count with these batch and serial attrs (``count_attrs``) is an event the hub takes, whatever
-    else it carries (``COUNT_KEYS_RESERVED``)."""
+    else it carries and whatever lines without GS1 data it still takes (``COUNT_KEYS_RESERVED``)."""
     return len(attrs) + COUNT_KEYS_RESERVED <= ATTRS_MAX_KEYS
 
 
