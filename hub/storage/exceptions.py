@@ -11,9 +11,16 @@ out every source that cannot raise it (and is a term on the transfer source,
 which raises four), and ``since`` is a range on the source's time column, the
 one its list order walks. No source is read and then thrown away in Python,
 so a filtered page is as cheap as the rows it shows.
+
+Each source's statement is one its table's indexes answer in the list's order
+(schema 11), so the planner walks one and stops at the page instead of sorting
+the table: an OR of terms that are each indexed is not, so the transfer source
+reads one store's transfers once per end (``LOCATED_TRANSFER``) and merges them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from hub.resolver import Transfer, negative_on_hand_finding
 from hub.storage import findings, held, keys, reports
@@ -27,6 +34,18 @@ from protocol.catalog import UNKNOWN_SKU_PREFIX
 TRANSFER_ROW_FIELDS = f"{TRANSFER_FIELDS}, updated_at_ms"
 # A transfer is both ends' business, and the business of the location it was shipped to when another received it.
 EITHER_END = "(COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ? OR out_to = ?)"
+# Shipped to one location and received at another (the WHERE of the index transfers_misdirected, word for word).
+MISDIRECTED = "(out_to IS NOT NULL AND in_to IS NOT NULL AND out_to <> in_to)"
+# The transfers with a finding: the WHERE of the index transfers_finding (migration 011) word for word, which is
+# what lets the planner read through it.
+TRANSFER_FINDING = (
+    "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received)"
+    " OR (in_to IS NOT NULL AND out_to IS NOT NULL AND in_to <> out_to))"
+)
+# EITHER_END a term at a time, each read through its index (transfers_finding_to, _from, transfers_misdirected): a
+# transfer shipped to the location and not misdirected was received there or is still on its way, so is found by
+# the first term already.
+LOCATED_TRANSFER = ("COALESCE(in_to, out_to) = ?", "COALESCE(out_from, in_from) = ?", f"{MISDIRECTED} AND out_to = ?")
 REJECTION_FIELDS = (
     "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
 )
@@ -43,7 +62,6 @@ UNKNOWN_DESTINATION = (
 UNKNOWN_KEY = f"substr(s.sku, 1, {len(UNKNOWN_SKU_PREFIX)}) = '{UNKNOWN_SKU_PREFIX}'"
 # Which of the transfer source's rows ``Transfer.finding`` words as each kind, in its order: misdirected first, then
 # closed short (written off), unmatched (nothing shipped), over, short.
-MISDIRECTED = "(out_to IS NOT NULL AND in_to IS NOT NULL AND out_to <> in_to)"
 _AIMED = "(out_to IS NULL OR in_to IS NULL OR out_to = in_to)"
 TRANSFER_KIND_TERMS = {
     "transfer_misdirected": MISDIRECTED,
@@ -80,13 +98,23 @@ async def exceptions(
         if finding is not None:
             row = ExceptionRow(finding.kind, loc, sku, finding.detail, finding.data | {"available": 0}, at_ms)
             out.append(findings.sourced(row, keys.NEGATIVE.name, loc, sku))
-    shipped = Where(
-        "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received)"
-        " OR (in_to IS NOT NULL AND out_to IS NOT NULL AND in_to <> out_to))",
-        *([TRANSFER_KIND_TERMS[kind]] if kind in TRANSFER_KIND_TERMS else []),
-    )
+
+    def shipped() -> Where:
+        return Where(TRANSFER_FINDING, *([TRANSFER_KIND_TERMS[kind]] if kind in TRANSFER_KIND_TERMS else []))
+
+    async def read_located(source: ExceptionSource, where: Callable[[], Where]) -> list[Row]:
+        """``read`` of transfers, one read per term of ``LOCATED_TRANSFER`` when a location is given, a transfer
+        met by two of them kept once; the page of the list is among them (``keys.exceptions_page`` takes it)."""
+        if location is None:
+            return await read(source, TRANSFER_ROW_FIELDS, "transfers", where())
+        rows: dict[tuple[str, str], Row] = {}
+        for term in LOCATED_TRANSFER:
+            for r in await read(source, TRANSFER_ROW_FIELDS, "transfers", where().add(term, location)):
+                rows.setdefault((r[0], r[1]), r)
+        return list(rows.values())
+
     ends = (location, location, location)
-    for r in await read(keys.TRANSFER, TRANSFER_ROW_FIELDS, "transfers", shipped.add(EITHER_END, *ends)):
+    for r in await read_located(keys.TRANSFER, shipped):
         if (t := Transfer(*r[:10]).finding()) is not None:
             row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
             out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))

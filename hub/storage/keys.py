@@ -96,9 +96,9 @@ class ExceptionSource:
         if self.name > key.source:
             return f"{self.at} <= {{}}", (key.at_ms,)
         marks = ", ".join("{}" for _ in self.ident)
-        return (
-            f"({self.at} < {{}} OR ({self.at} = {{}} AND ({', '.join(self.ident)}) > ({marks})))",
-            (key.at_ms, key.at_ms, *key.ident),
+        return (  # the first term, implied by the OR, is a range the planner seeks to, where the OR alone is not
+            f"{self.at} <= {{}} AND ({self.at} < {{}} OR ({self.at} = {{}} AND ({', '.join(self.ident)}) > ({marks})))",
+            (key.at_ms, key.at_ms, key.at_ms, *key.ident),
         )
 
 
