@@ -60,6 +60,12 @@ UNKNOWN_DESTINATION = (
     " AND replace(a.locations, '\"' || transfers.out_to || '\"', '') <> a.locations)"
 )
 UNKNOWN_KEY = f"substr(s.sku, 1, {len(UNKNOWN_SKU_PREFIX)}) = '{UNKNOWN_SKU_PREFIX}'"
+# The same SKUs as a range of the stock's keys (stock_sku, or the primary key after a location), so only the unknown
+# barcodes' rows are read: text compares by code point on both backends (binary; COLLATE "C"). No index of the
+# stock's time: every ingested event writes its stock row.
+UNKNOWN_RANGE = (
+    f"s.sku >= '{UNKNOWN_SKU_PREFIX}' AND s.sku < '{UNKNOWN_SKU_PREFIX[:-1]}{chr(ord(UNKNOWN_SKU_PREFIX[-1]) + 1)}'"
+)
 # Which of the transfer source's rows ``Transfer.finding`` words as each kind, in its order: misdirected first, then
 # closed short (written off), unmatched (nothing shipped), over, short.
 _AIMED = "(out_to IS NULL OR in_to IS NULL OR out_to = in_to)"
@@ -138,7 +144,11 @@ async def exceptions(
     refused = Where("code <> 'discarded'").add("location = ?", location)
     for r in await read(keys.REJECTED, REJECTION_FIELDS, "rejections", refused):
         out.append(findings.sourced(rejection_exception(r[:11]), keys.REJECTED.name, r[1], r[0], r[11]))
-    unknown = Where(UNKNOWN_KEY, "(s.on_hand <> 0 OR NOT EXISTS (SELECT 1 FROM catalog c WHERE c.unknown_sku = s.sku))")
+    unknown = Where(
+        UNKNOWN_RANGE,
+        UNKNOWN_KEY,
+        "(s.on_hand <> 0 OR NOT EXISTS (SELECT 1 FROM catalog c WHERE c.unknown_sku = s.sku))",
+    )
     unknown_fields = "s.location, s.sku, s.on_hand, s.updated_at_ms"
     for r in await read(keys.UNKNOWN_BARCODE, unknown_fields, "stock s", unknown.add("s.location = ?", location)):
         out.append(findings.unknown_barcode(*r))  # still holding stock, or its barcode is not in the catalog yet

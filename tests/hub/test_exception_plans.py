@@ -66,8 +66,8 @@ async def plans(db: Path, only: ExceptionFilter, after: ExceptionKey | None) -> 
         ]
 
 
-async def test_the_transfer_source_reads_no_whole_table(seeded: Path) -> None:
-    read = {"transfer": 0}
+async def test_the_transfer_and_unknown_barcode_sources_read_no_whole_table(seeded: Path) -> None:
+    read = {"transfer": 0, "unknown_barcode": 0}
     for only in FILTERS:
         for after in AFTER:
             for sql, plan in await plans(seeded, only, after):
@@ -77,4 +77,8 @@ async def test_the_transfer_source_reads_no_whole_table(seeded: Path) -> None:
                     # walked in the list's order through an index of transfers with a finding, never sorted whole
                     assert "SCAN transfers" not in plan and not any("TEMP B-TREE" in line for line in plan), where
                     assert any("transfers_finding" in line or "transfers_misdirected" in line for line in plan), where
+                elif "FROM stock s" in sql:
+                    read["unknown_barcode"] += 1
+                    # a range of the SKUs stock_sku or the primary key holds in order: the unknown barcodes' rows only
+                    assert "SCAN s" not in plan and any(line.startswith("SEARCH s ") for line in plan), where
     assert all(read.values()), read
