@@ -66,8 +66,8 @@ async def plans(db: Path, only: ExceptionFilter, after: ExceptionKey | None) -> 
         ]
 
 
-async def test_the_transfer_and_unknown_barcode_sources_read_no_whole_table(seeded: Path) -> None:
-    read = {"transfer": 0, "unknown_barcode": 0}
+async def test_the_transfer_unknown_barcode_and_import_issue_sources_read_no_whole_table(seeded: Path) -> None:
+    read = {"transfer": 0, "unknown_barcode": 0, "import_quarantine": 0}
     for only in FILTERS:
         for after in AFTER:
             for sql, plan in await plans(seeded, only, after):
@@ -81,4 +81,10 @@ async def test_the_transfer_and_unknown_barcode_sources_read_no_whole_table(seed
                     read["unknown_barcode"] += 1
                     # a range of the SKUs stock_sku or the primary key holds in order: the unknown barcodes' rows only
                     assert "SCAN s" not in plan and any(line.startswith("SEARCH s ") for line in plan), where
+                elif "FROM import_issues" in sql:
+                    read["import_quarantine"] += 1
+                    # walked in the list's order, ties and all, through the chain's index or the store's
+                    assert not any("TEMP B-TREE" in line for line in plan), where
+                    if only.location is not None:  # one store's, not the chain's walked for it
+                        assert any(line.startswith("SEARCH import_issues") for line in plan), where
     assert all(read.values()), read
