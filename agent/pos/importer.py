@@ -186,7 +186,8 @@ class PosImporter:
         finally:
             await asyncio.to_thread(parse.close)
         await self.store.finish_import(import_id, report)
-        log.info("Imported the POS export %s.", report.summary())
+        seconds = max(report.finished_ms - report.started_ms, 0) / 1000
+        log.info("Imported the POS export %s, in %.1f s.", report.summary(), seconds)
         return report
 
     async def _import_rows(

@@ -76,6 +76,8 @@ RETRY_MAX_S = 60.0
 WATCH_DEBOUNCE_MS = 200
 FILED_WATCH_S = 600.0  # how long a filed file is watched for a writer that was not done with it
 FILED_WATCH_MAX = 200  # the most filed files watched at once (the oldest are forgotten first)
+PROGRESS_LOG_MIN_BYTES = 1 << 20  # a smaller export is imported within seconds: its one summary line is enough
+PROGRESS_LOG_S = 30.0  # how often a long import says how far it got
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart")
 
 ReportFn = Callable[[ImportReport, Path], None]  # the report, and where the file is now (its old path if gone)
@@ -126,6 +128,44 @@ def _candidate(st: os.stat_result) -> bool:
     """A regular file to import, or anything else but a folder to refuse (filed under failed/ unread): a
     symbolic link, a pipe, a socket, a device. Ignored, a pipe named like an export sat there unexplained."""
     return not stat.S_ISDIR(st.st_mode)
+
+
+class _ProgressLog:
+    """How far a long import got, in the log every ``PROGRESS_LOG_S``: a 1,000,000-line export takes minutes,
+    and without it the log said nothing between "1 change detected" and the summary, as if the agent hung."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.started = time.monotonic()
+        self.next_at = self.started + PROGRESS_LOG_S
+        log.info("Importing %s (%s); how far it got is logged every %.0f s.", name, _mib(size), PROGRESS_LOG_S)
+
+    def __call__(self, bytes_read: int, size: int, rows: int) -> None:
+        now = time.monotonic()
+        if now < self.next_at or size <= 0:
+            return
+        self.next_at = now + PROGRESS_LOG_S
+        elapsed = max(now - self.started, 1e-3)
+        left_s = elapsed * (size - bytes_read) / bytes_read if bytes_read else None
+        log.info(
+            "Importing %s: %d%% read (%s of %s), %s rows so far (%s rows/s), %s.",
+            self.name, bytes_read * 100 // size, _mib(bytes_read), _mib(size), f"{rows:,}",
+            f"{rows / elapsed:,.0f}", "time left unknown" if left_s is None else f"about {_duration(left_s)} left",
+        )  # fmt: skip
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    """A duration for a person: "45 s", "3 min 20 s", "2 h 5 min"."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _name(path: Path) -> str:
@@ -457,8 +497,9 @@ class PosFolderWatcher:
         # or moved away (by a person, or another program sharing the folder) drops it. Never index it after.
         seen = self._pending[path]
         before = _identity(path)
+        progress = _ProgressLog(_name(path), seen.size) if seen.size >= PROGRESS_LOG_MIN_BYTES else None
         try:
-            report = await self.importer.import_file(path, follow_links=False)
+            report = await self.importer.import_file(path, follow_links=False, on_progress=progress)
         except PosImportError as err:  # the outbox or store cannot be written: the file stays, retry later
             raise TurnFailed(str(err)) from err
         except Exception as err:  # a surprise in one file must not stop the folder, nor be retried forever
@@ -508,9 +549,11 @@ class PosFolderWatcher:
         """
         filed = self._filed[dest]
         before = _identity(dest)
+        size = before[2] if before is not None else 0
+        progress = _ProgressLog(_name(dest), size) if size >= PROGRESS_LOG_MIN_BYTES else None
         try:
             report = await self.importer.import_file(
-                dest, name=filed.name, follow_links=False, seen_under=filed.digests
+                dest, name=filed.name, follow_links=False, seen_under=filed.digests, on_progress=progress
             )
         except PosImportError as err:  # the outbox or store cannot be written: it stays watched, retry later
             raise TurnFailed(str(err)) from err

@@ -550,3 +550,28 @@ async def test_a_pipe_a_socket_and_a_device_named_like_exports_go_to_failed_with
             folder / "failed" / name,
         )
         assert (folder / "failed" / f"{name}.report.json").exists()
+
+
+async def test_a_long_import_says_in_the_log_how_far_it_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 1,000,000-line export takes minutes; the log said nothing from the change detected to the summary."""
+    monkeypatch.setattr(watcher_module, "PROGRESS_LOG_MIN_BYTES", 1_000)
+    monkeypatch.setattr(watcher_module, "PROGRESS_LOG_S", 0.0)  # every batch, here
+    folder = drop_folder(tmp_path)
+    rows = "".join(f"2024-03-05,10:{i // 60 % 60:02d}:{i % 60:02d},SKU-{i},1,sale,r{i}\n" for i in range(3_000))
+    staged = tmp_path / "staged.csv"
+    staged.write_text("date,time,sku,qty,kind,ref\n" + rows, encoding="utf-8")
+    reports = Reports()
+    config = PosImportConfig(profile="generic", batch_rows=500)
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path, config) as env, PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports):
+        os.replace(staged, folder / "big.csv")
+        report, _ = await reports.next()
+    assert report.imported == 3_000
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("agent.pos")]
+    assert any(line.startswith("Importing big.csv (0.1 MiB); how far it got is logged every 0 s") for line in lines), lines
+    progress = [line for line in lines if line.startswith("Importing big.csv: ")]
+    assert len(progress) >= 5, lines
+    assert "% read (" in progress[0] and "rows so far" in progress[0] and "left" in progress[0]
+    assert any(line.startswith("Imported the POS export big.csv") and ", in " in line for line in lines), lines
