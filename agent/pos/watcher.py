@@ -4,7 +4,9 @@ A file is taken once it has *settled* — its size and modification time
 unchanged for ``settle_s`` — so a POS still writing it, or a slow copy over
 the network, is never read half-way. Writers that can should write to a
 temporary name (``export.csv.part``, ``.tmp``) and rename when done: only
-names matching ``patterns`` are considered at all.
+names matching ``patterns`` are considered at all. A file whose last line has no
+line break yet waits ``MID_LINE_SETTLE_FACTOR`` times longer: a till paused in
+the middle of a row, taken, had the cut row recorded and the whole row again.
 
 After the import the file moves to ``processed/`` (or ``failed/`` when it
 could not be read, or every row was quarantined) with ``<name>.report.json``
@@ -76,6 +78,7 @@ RETRY_MAX_S = 60.0
 WATCH_DEBOUNCE_MS = 200
 FILED_WATCH_S = 600.0  # how long a filed file is watched for a writer that was not done with it
 FILED_WATCH_MAX = 200  # the most filed files watched at once (the oldest are forgotten first)
+MID_LINE_SETTLE_FACTOR = 10  # a file whose last line has no line break yet waits this many times settle_s
 PROGRESS_LOG_MIN_BYTES = 1 << 20  # a smaller export is imported within seconds: its one summary line is enough
 PROGRESS_LOG_S = 30.0  # how often a long import says how far it got
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart")
@@ -88,6 +91,7 @@ class _Seen:
     size: int
     mtime_ns: int
     since: float  # monotonic seconds when size and mtime last changed
+    mid_line: bool | None = None  # whether it ends in the middle of a line (None: not looked at yet)
 
 
 @dataclass(slots=True)
@@ -122,6 +126,26 @@ def _link_target(path: Path) -> str | None:
         return os.readlink(path)
     except OSError:  # not a link, or not there
         return None
+
+
+def _ends_mid_line(path: Path, size: int) -> bool:
+    """Whether the file's last line has no line break yet: what a till still writing its export leaves.
+
+    The zero bytes of a UTF-16 or UTF-32 line break are passed over, and so is a DOS end-of-file mark
+    (Ctrl-Z). A file that cannot be read is not judged here: the import says why it cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        os.lseek(fd, max(size - 8, 0), os.SEEK_SET)
+        tail = os.read(fd, 8)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return not tail.rstrip(b"\x00\x1a").endswith((b"\n", b"\r"))
 
 
 def _candidate(st: os.stat_result) -> bool:
@@ -448,8 +472,24 @@ class PosFolderWatcher:
             if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
                 self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
             elif (st.st_size or not stat.S_ISREG(st.st_mode)) and now - seen.since >= self.settle_s:
+                if stat.S_ISREG(st.st_mode) and self._still_mid_line(path, seen, now):
+                    continue
                 return path  # an empty file is still being written; a pipe or socket never has a size
         return None
+
+    def _still_mid_line(self, path: Path, seen: _Seen, now: float) -> bool:
+        """Whether a settled file ends in the middle of a line and has not waited ``MID_LINE_SETTLE_FACTOR``
+        times ``settle_s`` yet. Taken at once, a till that paused mid-line (``…,SKU-9,1,sale,R1`` of ``R12``)
+        had its cut row recorded as a sale of its own, and the whole row again once it went on writing."""
+        if seen.mid_line is None:
+            seen.mid_line = _ends_mid_line(path, seen.size)
+            if seen.mid_line:
+                log.info(
+                    "%s ends in the middle of a line, as if the POS were still writing it; it is taken once it has "
+                    "not changed for %s s.",
+                    _name(path), f"{self.settle_s * MID_LINE_SETTLE_FACTOR:g}",
+                )  # fmt: skip
+        return seen.mid_line and now - seen.since < self.settle_s * MID_LINE_SETTLE_FACTOR
 
     def _changed_filed(self, now: float) -> Path | None:
         """A filed file that changed after it was filed and has settled again, if any; forgets the rest in time."""
@@ -472,7 +512,7 @@ class PosFolderWatcher:
                 filed.changed = _Seen(st.st_size, st.st_mtime_ns, now)
             elif state != (filed.changed.size, filed.changed.mtime_ns):
                 filed.changed = _Seen(st.st_size, st.st_mtime_ns, now)
-            elif now - filed.changed.since >= self.settle_s:
+            elif now - filed.changed.since >= self.settle_s and not self._still_mid_line(dest, filed.changed, now):
                 return dest
         return None
 

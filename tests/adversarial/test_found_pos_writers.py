@@ -1,0 +1,41 @@
+"""A till still writing its export while a real agent watches the drop folder, and what staff do with exports.
+
+A real ``python -m agent run`` process watches a real folder and syncs to a
+real hub. The till writes in chunks and pauses — once in the middle of a line —
+and the assertions are about the store's outbox: each row recorded once, as the
+till finally wrote it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.adversarial.pos_drop import HEADER, SETTLE_S, WAIT_S, drop_store, export_row, skus_of
+from tests.faults.helpers import Store, wait_until
+from tests.harness.hub_process import HubProcess
+
+
+def test_a_till_pausing_in_the_middle_of_a_line_has_that_row_recorded_once_whole(
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    """Taken while it ended mid-line, ``…,GOOD-9,1,sale,go`` was a sale with ref "go"; the till then wrote
+    "od-9" into the filed copy, which was imported again: the row was two sales."""
+    store, drop = drop_store(hub, make_store, tmp_path)
+    last = export_row(9)
+    cut = last.index(",good-9") + len(",go")
+    with (drop / "sales.csv").open("w", encoding="utf-8") as till:  # the till keeps its export open
+        till.write(HEADER + "".join(export_row(i) for i in range(9)) + last[:cut])
+        till.flush()
+        time.sleep(SETTLE_S * 5)  # the scenario: the till pauses longer than settle_s (not synchronisation)
+        till.write(last[cut:])
+    wait_until("every row is in the outbox", lambda: len(skus_of(store, "GOOD")) == 10, WAIT_S)
+    assert _refs(store, "GOOD-9") == ["good-9"]
+
+
+def _refs(store: Store, sku: str) -> list[str]:
+    """The refs of the outbox's movements of ``sku``, one per movement."""
+    with sqlite3.connect(store.outbox, timeout=30) as db:
+        return sorted(ref for (ref,) in db.execute("SELECT ref FROM events WHERE sku = ?", (sku,)))
