@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from protocol.values import shown
 
 CLAIM_LOCK_NAME = ".shelfsync-watch.lock"
 CLAIM_OWNER_NAME = ".shelfsync-watch.owner"
+log = logging.getLogger(__name__)
+
 OWNER_MAX_BYTES = 4096  # an owner record is a few dozen bytes; a bigger file there is not one
 
 
@@ -96,11 +99,15 @@ class DropFolderClaim:
         try:
             self._write_owner()
         except OSError as err:
-            lock.release()
-            raise AgentError(
-                f"the POS drop folder {self.folder} cannot be claimed for this agent: {CLAIM_OWNER_NAME} cannot be"
-                f" written ({err.strerror or err})"
-            ) from err
+            with contextlib.suppress(OSError):
+                os.unlink(self.folder / CLAIM_OWNER_NAME)  # a record left by an earlier holder names the wrong one
+            # The lock is the claim; the record only names its holder to an agent refused. Refusing to start
+            # for it stopped the whole agent whenever the drop folder's disk was full, the hour it matters.
+            log.warning(
+                "This agent watches the POS drop folder %s, but %s cannot be written there (%s), so another agent"
+                " refused the folder is not told which one holds it.",
+                self.folder, CLAIM_OWNER_NAME, err.strerror or err,
+            )  # fmt: skip
         self._lock = lock
 
     def release(self) -> None:
@@ -124,6 +131,11 @@ class DropFolderClaim:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # a leftover, or a link planted there: removed, never written through
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(record)
-        os.replace(tmp, target)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(record)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a record cut short (disk full) is no record, and no leftover in the folder
+            raise
