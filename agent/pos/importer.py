@@ -63,6 +63,7 @@ class _FileParse:
         self._counter = OccurrenceCounter()
         self.columns: ColumnMap | None = None
         self.mapper: RowMapper | None = None
+        self.changed = False  # the file changed while it was read: the import stopped (CsvRows.changed)
 
     def open(self) -> ColumnMap:
         with self._lock:
@@ -111,6 +112,11 @@ class _FileParse:
                     outcomes += 1
                 if outcomes >= size:
                     break
+            if rows.changed():
+                # Written on or rewritten while read: this batch may mix the two versions, so it is not
+                # recorded, and the import stops here; the watcher imports the file again once it settles.
+                self.changed = True
+                return None
             batch.bytes_read = rows.bytes_read
             return batch if batch.rows else None
 
@@ -187,7 +193,10 @@ class PosImporter:
             await asyncio.to_thread(parse.close)
         await self.store.finish_import(import_id, report)
         seconds = max(report.finished_ms - report.started_ms, 0) / 1000
-        log.info("Imported the POS export %s, in %.1f s.", report.summary(), seconds)
+        if parse.changed:
+            log.warning("The POS export %s was not imported whole: %s.", shown(name, bare=True), report.error)
+        else:
+            log.info("Imported the POS export %s, in %.1f s.", report.summary(), seconds)
         return report
 
     async def _import_rows(
@@ -232,12 +241,20 @@ class PosImporter:
             if ahead.done() and not ahead.cancelled():
                 ahead.exception()  # retrieved: an error here is not also "never retrieved"
         status = "quarantined" if rows_read and quarantined == rows_read else "imported"
+        error = None
+        if parse.changed:
+            status = "failed"
+            error = (
+                f"{shown(name, bare=True)} changed while it was being read (written on, or rewritten); the "
+                f"{rows_read:,} rows read before are recorded, the rest when it is imported again once it is complete"
+            )
         return ImportReport(
             file_name=name, sha256=scan.sha256, size_bytes=scan.size_bytes, encoding=scan.encoding,
             profile=columns.profile.name, status=status, rows_read=rows_read, imported=imported,
             duplicates=duplicates, observations=observations, observation_duplicates=observation_dups,
             skipped=skipped, quarantined=quarantined, quarantine=tuple(listed), started_ms=started_ms,
             finished_ms=self._wall_clock_ms(), skipped_reasons=skipped_reasons, produces=columns.profile.produces.value,
+            error=error,
         )
 
     async def _import_batch(

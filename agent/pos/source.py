@@ -27,6 +27,12 @@ the row it starts on is reported as bad and the lines after it are read
 again on their own. A bad row keeps its text (``bad_text``) for the
 quarantine, as a good row that fails validation does.
 
+Rows are read from the bytes the scan hashed and no further: a till writing on
+while a long export is read left a row cut at the end of the file, recorded as
+a sale of its own and again whole later. ``CsvRows.changed`` tells whether the
+file changed since the scan (written on, rewritten), so the import can stop and
+leave it to be imported again once it settles.
+
 The drop folder reads with ``follow_links=False``: a symbolic link is refused
 unread (``O_NOFOLLOW`` where the system has it, a check of the link itself
 everywhere), so a link cannot make the agent read a file outside the folder.
@@ -98,6 +104,7 @@ class FileScan:
     sha256: str
     encoding: str  # "utf-8", "utf-8-sig" (BOM), "utf-16", "utf-16-le"/"-be" (no BOM), "utf-32", "cp1252" or MIXED
     follow_links: bool = True  # False: the file is opened again for its rows without following a link
+    mtime_ns: int | None = None  # its modification time when scanned, for ``CsvRows.changed`` (None: unknown)
 
 
 def _open_file(path: Path, follow_links: bool) -> BinaryIO:
@@ -179,7 +186,10 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
     try:
         with _open_file(path, follow_links) as raw:
             stat = os.fstat(raw.fileno())
-            first = raw.read(SCAN_CHUNK_BYTES)
+            # A regular file is read to the size it has now, however much is written meanwhile: the digest,
+            # the encoding and the rows then all describe the same bytes, the ones as of ``stat``.
+            left = stat.st_size if stat_mode.S_ISREG(stat.st_mode) else -1
+            first = _read_upto(raw, SCAN_CHUNK_BYTES, left)
             # UTF-32's little-endian mark (FF FE 00 00) starts with UTF-16's (FF FE), so it is looked for first
             utf32 = first.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE))
             utf16 = utf32 or first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
@@ -201,12 +211,54 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
                     utf8_wide = utf8_wide or _WIDE_UTF8.search(text) is not None
                 if not chunk:
                     break
-                chunk = raw.read(SCAN_CHUNK_BYTES)
+                left = left - len(chunk) if left >= 0 else -1
+                chunk = _read_upto(raw, SCAN_CHUNK_BYTES, left)
     except OSError as err:
         raise FileRejected(f"{shown(path.name, bare=True)} could not be read: {err.strerror or err}") from err
     fallback = MIXED if utf8_wide else "cp1252"
     encoding = (wide or "utf-16") if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else fallback
-    return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links)
+    return FileScan(
+        path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links, stat.st_mtime_ns
+    )
+
+
+def _read_upto(raw: BinaryIO, chunk: int, left: int) -> bytes:
+    """The next ``chunk`` bytes at most, and never more than ``left`` (-1: no bound)."""
+    return raw.read(chunk if left < 0 else min(chunk, left))
+
+
+class _Scanned(io.RawIOBase):
+    """The bytes of a file the scan read, and none written after: ``size`` bytes from its start."""
+
+    def __init__(self, inner: BinaryIO, size: int) -> None:
+        super().__init__()
+        self._inner = inner
+        self._left = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._left)
+        if n <= 0:
+            return 0
+        got = self._inner.readinto(memoryview(buffer)[:n])  # type: ignore[attr-defined]
+        got = got or 0
+        self._left -= got
+        self._pos += got
+        return got
+
+    def tell(self) -> int:
+        return self._pos
+
+    def fileno(self) -> int:
+        return self._inner.fileno()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+        super().close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +338,8 @@ class CsvRows:
         self.close()
 
     def open(self) -> None:
-        self._binary = _open_file(self.scan.path, self.scan.follow_links)
+        opened = _open_file(self.scan.path, self.scan.follow_links)
+        self._binary = io.BufferedReader(_Scanned(opened, self.scan.size_bytes)) if self._regular(opened) else opened
         # utf-8 was validated by the scan; cp1252 reads every byte; a broken
         # utf-16 character becomes U+FFFD and its row fails validation.
         errors = {"cp1252": _C1_ERRORS, MIXED: _CP1252_ERRORS, "utf-16": "replace", "utf-16-le": "replace",
@@ -319,6 +372,24 @@ class CsvRows:
             )
         self.header = tuple(h.strip() for h in header)
         self._csv = reader
+
+    def _regular(self, opened: BinaryIO) -> bool:
+        try:
+            return stat_mode.S_ISREG(os.fstat(opened.fileno()).st_mode)
+        except OSError:
+            return False
+
+    def changed(self) -> bool:
+        """Whether the file was written to, cut short or rewritten since it was scanned: then the rows read
+        since may mix two versions, and the import stops. Its size smaller, or its modification time other."""
+        binary = self._binary
+        if binary is None or binary.closed or self.scan.mtime_ns is None:
+            return False
+        try:
+            now = os.fstat(binary.fileno())
+        except OSError:
+            return False
+        return now.st_size < self.scan.size_bytes or now.st_mtime_ns != self.scan.mtime_ns
 
     @property
     def _name(self) -> str:

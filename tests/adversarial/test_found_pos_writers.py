@@ -39,3 +39,25 @@ def _refs(store: Store, sku: str) -> list[str]:
     """The refs of the outbox's movements of ``sku``, one per movement."""
     with sqlite3.connect(store.outbox, timeout=30) as db:
         return sorted(ref for (ref,) in db.execute("SELECT ref FROM events WHERE sku = ?", (sku,)))
+
+
+def test_a_till_writing_on_while_its_export_is_read_has_each_row_recorded_once_whole(
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    """The reader went on past what it had hashed, to wherever the till was: a row cut at the end of the
+    file (``…,LATE-0,1,sale,la``) was recorded as a sale of its own, and again whole once the file settled."""
+    rows = 20_000
+    store, drop = drop_store(hub, make_store, tmp_path, batch_rows=50)
+    late = export_row(0, "LATE")
+    cut = late.index(",late-0") + len(",la")
+    with (drop / "day.csv").open("w", encoding="utf-8") as till:
+        till.write(HEADER + "".join(export_row(i) for i in range(rows)))
+        till.flush()
+        wait_until("the import is under way", lambda: len(skus_of(store, "GOOD")) > 0, WAIT_S)
+        till.write(late[:cut])  # the till writes on, in a chunk that ends in the middle of a row
+        till.flush()
+        store.runs[-1].wait_for_log("changed while it was being imported", WAIT_S)
+        till.write(late[cut:])
+    wait_until("every row is in the outbox", lambda: len(skus_of(store, "GOOD")) == rows and skus_of(store, "LATE"), WAIT_S)
+    assert _refs(store, "LATE-0") == ["late-0"]
+    wait_until("the export is filed", lambda: (drop / "processed" / "day.csv").exists(), WAIT_S)
