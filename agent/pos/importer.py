@@ -32,6 +32,7 @@ from protocol.values import shown
 
 log = logging.getLogger(__name__)
 
+REPEATED_HEADER = "the header row again (two exports joined into one file?)"
 REPORT_QUARANTINE_MAX = 1_000  # quarantined rows listed in the report file; all of them are in the store
 ProgressFn = Callable[[int, int, int], None]  # (bytes read, file size, rows read)
 
@@ -97,6 +98,11 @@ class _FileParse:
                     outcomes += 1
                 elif not any(f.strip() for f in fields):
                     continue  # a blank line
+                elif len(fields) == len(rows.header) and tuple(f.strip() for f in fields) == rows.header:
+                    # ``copy a.csv+b.csv``: the second export's header is no row, but it is counted and said
+                    batch.rows += 1
+                    batch.skipped.append(Skipped(line, REPEATED_HEADER))
+                    outcomes += 1
                 else:
                     batch.rows += 1
                     outcome = mapper.map(line, fields)

@@ -61,6 +61,7 @@ from agent.pos.model import RAW_MAX_CHARS, clip_raw
 from protocol.values import shown
 
 SCAN_CHUNK_BYTES = 1 << 20
+LINE_START_MARKS = ("\ufeff", "\x1a")  # a byte-order mark, the DOS end-of-file mark: passed over at a line's start
 UTF16_SNIFF_BYTES = 4096  # the first bytes looked at for UTF-16 without a byte-order mark
 UTF16_ZERO_SHARE = 0.5  # at least this share of those pairs has a zero byte on one side …
 UTF16_STRAY_SHARE = 0.05  # … and at most this share on the other
@@ -421,6 +422,10 @@ class CsvRows:
                 if not raw:
                     return
                 self._line_num += 1
+                if raw.startswith(LINE_START_MARKS):
+                    # a byte-order mark inside the file (two exports joined into one), or the DOS end-of-file
+                    # mark (Ctrl-Z) an older till writes after its last line: neither is text of a row
+                    raw = raw.lstrip("".join(LINE_START_MARKS))
                 line = _Line(self._line_num, raw)
                 if len(raw) >= LINE_MAX_CHARS and not raw.endswith(("\n", "\r")):
                     while (rest := text.readline(LINE_MAX_CHARS)) and not rest.endswith(("\n", "\r")):

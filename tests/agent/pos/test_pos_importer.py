@@ -270,3 +270,20 @@ async def test_a_utf32_export_with_its_byte_order_mark_is_imported_whole(tmp_pat
         report = await env.importer.import_file(wide)
         assert (report.status, report.encoding, report.imported, report.quarantined) == ("imported", "utf-32", 5, 1)
         assert {e.sku for e in await env.events()} == {"MUG-Ω1"}
+
+
+async def test_two_exports_joined_into_one_file_with_dos_end_marks_import_every_row(tmp_path: Path) -> None:
+    # ``copy /b mon.csv+tue.csv week.csv`` of a DOS-era till: the second day's byte-order mark made its first
+    # row's date '\ufeff2024-…', its header row was a bad row, and each day's Ctrl-Z mark one more
+    def day(d: int) -> bytes:
+        rows = "".join(f"2024-03-0{d}T10:0{i}:00,SKU-{d}{i},1,sale,r{d}{i}\r\n" for i in range(3))
+        return "\ufeffdate,sku,qty,kind,ref\r\n".encode() + rows.encode() + b"\x1a"
+
+    joined = tmp_path / "week.csv"
+    joined.write_bytes(day(4) + day(5))
+    async with open_env(tmp_path, PosImportConfig(profile="generic")) as env:
+        report = await env.importer.import_file(joined)
+        assert [(q.line, q.reason) for q in report.quarantine] == []
+        assert (report.status, report.imported, report.skipped) == ("imported", 6, 1)
+        assert report.skipped_reasons == {"the header row again (two exports joined into one file?)": 1}
+        assert sorted(e.sku for e in await env.events()) == ["SKU-40", "SKU-41", "SKU-42", "SKU-50", "SKU-51", "SKU-52"]
