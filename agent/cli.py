@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {LOG_LEVEL_ENV} must be one of {', '.join(LOG_LEVELS)}, got {level!r}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "debug":  # its "3 changes detected" at every change of the drop folder: 400 lines for 3,000 exports
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
     install_log_redaction()
     try:
         config = load_config(args.config, environ=os.environ)

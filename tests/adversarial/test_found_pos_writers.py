@@ -8,6 +8,7 @@ till finally wrote it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -61,3 +62,23 @@ def test_a_till_writing_on_while_its_export_is_read_has_each_row_recorded_once_w
     wait_until("every row is in the outbox", lambda: len(skus_of(store, "GOOD")) == rows and skus_of(store, "LATE"), WAIT_S)
     assert _refs(store, "LATE-0") == ["late-0"]
     wait_until("the export is filed", lambda: (drop / "processed" / "day.csv").exists(), WAIT_S)
+
+
+def test_thousands_of_exports_at_once_leave_one_log_line_each(
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    """Besides its one summary line per export, the log had watchfiles' "N changes detected" at every change
+    of the folder: 400 more lines for 3,000 exports, saying nothing a person can act on."""
+    files = 200
+    store, drop = drop_store(hub, make_store, tmp_path)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for n in range(files):
+        (staged / f"till-{n:04d}.csv").write_text(HEADER + export_row(n), encoding="utf-8")
+    for n in range(files):
+        os.replace(staged / f"till-{n:04d}.csv", drop / f"till-{n:04d}.csv")
+    wait_until("every export is filed", lambda: len(list((drop / "processed").glob("*.csv"))) == files, WAIT_S)
+    assert len(skus_of(store, "GOOD")) == files
+    log = store.runs[-1].log
+    assert log.count("Imported the POS export") == files
+    assert "changes detected" not in log and "change detected" not in log, log[-2000:]
