@@ -64,7 +64,7 @@ class _FileParse:
         self._counter = OccurrenceCounter()
         self.columns: ColumnMap | None = None
         self.mapper: RowMapper | None = None
-        self.changed = False  # the file changed while it was read: the import stopped (CsvRows.changed)
+        self.changed = False  # the file was cut short while it was read: the import stopped (CsvRows.changed)
 
     def open(self) -> ColumnMap:
         with self._lock:
@@ -119,7 +119,7 @@ class _FileParse:
                 if outcomes >= size:
                     break
             if rows.changed():
-                # Written on or rewritten while read: this batch may mix the two versions, so it is not
+                # Cut short and rewritten while read: this batch may mix the two versions, so it is not
                 # recorded, and the import stops here; the watcher imports the file again once it settles.
                 self.changed = True
                 return None
@@ -251,7 +251,7 @@ class PosImporter:
         if parse.changed:
             status = "failed"
             error = (
-                f"{shown(name, bare=True)} changed while it was being read (written on, or rewritten); the "
+                f"{shown(name, bare=True)} was cut short while it was being read (rewritten in place); the "
                 f"{rows_read:,} rows read before are recorded, the rest when it is imported again once it is complete"
             )
         return ImportReport(

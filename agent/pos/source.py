@@ -30,8 +30,8 @@ quarantine, as a good row that fails validation does.
 Rows are read from the bytes the scan hashed and no further: a till writing on
 while a long export is read left a row cut at the end of the file, recorded as
 a sale of its own and again whole later. ``CsvRows.changed`` tells whether the
-file changed since the scan (written on, rewritten), so the import can stop and
-leave it to be imported again once it settles.
+file was cut short since the scan (rewritten in place), so the import can stop
+before it reads the new version from the middle of a line.
 
 The drop folder reads with ``follow_links=False``: a symbolic link is refused
 unread (``O_NOFOLLOW`` where the system has it, a check of the link itself
@@ -105,7 +105,6 @@ class FileScan:
     sha256: str
     encoding: str  # "utf-8", "utf-8-sig" (BOM), "utf-16", "utf-16-le"/"-be" (no BOM), "utf-32", "cp1252" or MIXED
     follow_links: bool = True  # False: the file is opened again for its rows without following a link
-    mtime_ns: int | None = None  # its modification time when scanned, for ``CsvRows.changed`` (None: unknown)
 
 
 def _open_file(path: Path, follow_links: bool) -> BinaryIO:
@@ -218,9 +217,7 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
         raise FileRejected(f"{shown(path.name, bare=True)} could not be read: {err.strerror or err}") from err
     fallback = MIXED if utf8_wide else "cp1252"
     encoding = (wide or "utf-16") if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else fallback
-    return FileScan(
-        path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links, stat.st_mtime_ns
-    )
+    return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links)
 
 
 def _read_upto(raw: BinaryIO, chunk: int, left: int) -> bytes:
@@ -381,16 +378,17 @@ class CsvRows:
             return False
 
     def changed(self) -> bool:
-        """Whether the file was written to, cut short or rewritten since it was scanned: then the rows read
-        since may mix two versions, and the import stops. Its size smaller, or its modification time other."""
+        """Whether the file is shorter than when it was scanned: cut short and rewritten in place, so the rows
+        read since may begin in the middle of a line of the new version, and the import stops. Written on is
+        no change here: what was added is never read (``_Scanned``), and the watcher imports it once it settles;
+        stopping for it, a till appending every few seconds to a long export had it begun again for ever."""
         binary = self._binary
-        if binary is None or binary.closed or self.scan.mtime_ns is None:
+        if binary is None or binary.closed:
             return False
         try:
-            now = os.fstat(binary.fileno())
+            return os.fstat(binary.fileno()).st_size < self.scan.size_bytes
         except OSError:
             return False
-        return now.st_size < self.scan.size_bytes or now.st_mtime_ns != self.scan.mtime_ns
 
     @property
     def _name(self) -> str:

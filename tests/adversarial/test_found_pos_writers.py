@@ -82,3 +82,25 @@ def test_thousands_of_exports_at_once_leave_one_log_line_each(
     log = store.runs[-1].log
     assert log.count("Imported the POS export") == files
     assert "changes detected" not in log and "change detected" not in log, log[-2000:]
+
+
+def test_an_export_cut_short_and_rewritten_while_it_is_read_leaves_no_row_of_the_seam(
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    """The reader went on in the new, shorter version from where it was in the old one: the middle of a
+    line, a bad row (``COND-12,1,sale,second-12``, an issue sent to the hub) or worse one that reads well
+    (``6-12-06,…`` is June 12, 2006)."""
+    first, second = 20_000, 4_000
+    store, drop = drop_store(hub, make_store, tmp_path, batch_rows=50)
+    target = drop / "day.csv"
+    target.write_text(HEADER + "".join(export_row(i, "FIRST") for i in range(first)), encoding="utf-8")
+    wait_until("the import is under way", lambda: len(skus_of(store, "FIRST")) > 0, WAIT_S)
+    with target.open("w", encoding="utf-8") as till:  # the till exports the day again, over the same file
+        till.write(HEADER + "".join(export_row(i, "SECOND") for i in range(second)))
+    wait_until("the new version is imported", lambda: len(skus_of(store, "SECOND")) == second, WAIT_S)
+    wait_until("the export is filed", lambda: (drop / "processed" / "day.csv").exists(), WAIT_S)
+    with sqlite3.connect(store.data_dir / "pos-import.sqlite", timeout=30) as db:
+        assert db.execute("SELECT line, reason, raw FROM quarantine").fetchall() == []
+    with sqlite3.connect(store.outbox, timeout=30) as db:
+        skus = {sku for (sku,) in db.execute("SELECT sku FROM events")}
+    assert {s for s in skus if not s.startswith(("FIRST-", "SECOND-"))} == set()
