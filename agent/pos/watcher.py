@@ -78,6 +78,7 @@ RETRY_MAX_S = 60.0
 WATCH_DEBOUNCE_MS = 200
 FILED_WATCH_S = 600.0  # how long a filed file is watched for a writer that was not done with it
 FILED_WATCH_MAX = 200  # the most filed files watched at once (the oldest are forgotten first)
+BUSY_WARN_S = 600.0  # a file changing this long without settling is said once: it is not imported meanwhile
 MID_LINE_SETTLE_FACTOR = 10  # a file whose last line has no line break yet waits this many times settle_s
 PROGRESS_LOG_MIN_BYTES = 1 << 20  # a smaller export is imported within seconds: its one summary line is enough
 PROGRESS_LOG_S = 30.0  # how often a long import says how far it got
@@ -92,6 +93,8 @@ class _Seen:
     mtime_ns: int
     since: float  # monotonic seconds when size and mtime last changed
     mid_line: bool | None = None  # whether it ends in the middle of a line (None: not looked at yet)
+    first: float | None = None  # monotonic seconds when it was first seen changing (None: ``since``)
+    busy_said: bool = False  # whether the log said it has been changing for BUSY_WARN_S already
 
 
 @dataclass(slots=True)
@@ -439,7 +442,23 @@ class PosFolderWatcher:
             return
         seen = self._pending.get(path)
         if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+            self._pending[path] = self._changed(path, seen, st, now)
+
+    def _changed(self, path: Path, seen: _Seen | None, st: os.stat_result, now: float) -> _Seen:
+        """How ``path`` looks now that it changed; says once when it has been changing for ``BUSY_WARN_S``.
+
+        A POS that appends to one export all day never lets it settle, so nothing of it was imported until
+        the evening, and the log did not say why the hub saw no sales."""
+        first = now if seen is None else seen.since if seen.first is None else seen.first
+        said = seen is not None and seen.busy_said
+        if not said and now - first >= BUSY_WARN_S:
+            said = True
+            log.warning(
+                "%s has been changing for %s without staying unchanged for %s s; it is imported once it does "
+                "(a POS that writes its export under a temporary name and renames it when done is imported at once).",
+                _name(path), _duration(now - first), f"{self.settle_s:g}",
+            )  # fmt: skip
+        return _Seen(st.st_size, st.st_mtime_ns, now, first=first, busy_said=said)
 
     def _rescan(self, now: float) -> None:
         self._last_rescan = now
@@ -470,7 +489,7 @@ class PosFolderWatcher:
                 del self._pending[path]
                 continue
             if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
-                self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+                self._pending[path] = self._changed(path, seen, st, now)
             elif (st.st_size or not stat.S_ISREG(st.st_mode)) and now - seen.since >= self.settle_s:
                 if stat.S_ISREG(st.st_mode) and self._still_mid_line(path, seen, now):
                     continue

@@ -575,3 +575,27 @@ async def test_a_long_import_says_in_the_log_how_far_it_got(
     assert len(progress) >= 5, lines
     assert "% read (" in progress[0] and "rows so far" in progress[0] and "left" in progress[0]
     assert any(line.startswith("Imported the POS export big.csv") and ", in " in line for line in lines), lines
+
+
+async def test_a_file_that_never_stops_changing_is_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A POS appending to one export all day never lets it settle: nothing of it was imported until it stopped,
+    and the log never said why the hub saw no sales."""
+    monkeypatch.setattr(watcher_module, "BUSY_WARN_S", 0.5)
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path, PosImportConfig(profile="generic")) as env:
+        async with PosFolderWatcher(env.importer, folder, settle_s=2.0, on_report=reports):
+            with (folder / "today.csv").open("w", encoding="utf-8") as till:
+                till.write("date,time,sku,qty,kind,ref\n")
+                for i in range(40):  # a line every 50 ms for 2 s: never 2 s unchanged
+                    till.write(f"2024-03-05,10:00:{i:02d},SKU-{i},1,sale,r{i}\n")
+                    till.flush()
+                    await asyncio.sleep(0.05)
+            report, _ = await reports.next()
+        assert report.imported == 40
+    busy = [r.getMessage() for r in caplog.records if "has been changing for" in r.getMessage()]
+    assert len(busy) == 1, busy
+    assert busy[0].startswith("today.csv has been changing for ") and "without staying unchanged for 2 s" in busy[0]
