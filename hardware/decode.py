@@ -13,6 +13,12 @@ AIM identifiers and this guesswork disappears):
   completely as GS1: GS1 element strings;
 * anything else: plain text (an internal label, a Code 39 shelf tag ...).
 
+A GS1 Digital Link URI (``https://`` or ``http://``, any domain, as biip
+parses it) is GS1 data whatever the symbology carrying it: a plain QR Code
+(``]Q1``) is how Digital Link is usually printed, and a keyboard wedge often
+sends no identifier at all. A URL that is not a Digital Link stays text; one
+that is, with a wrong check digit, is refused like any other GS1 code.
+
 A value holding what no barcode carries is an error before any of this:
 bytes that are not UTF-8, a control character other than GS (line noise, a
 scanner on the wrong baud rate or parity) or U+FFFD (a key a keyboard wedge's
@@ -75,6 +81,7 @@ _GTIN_SYMBOLOGIES = frozenset(
 )
 _GS1_SYMBOLOGIES = frozenset(GS1Symbology.with_gs1_messages())
 _LINK_SYMBOLOGIES = frozenset(GS1Symbology.with_gs1_digital_link_uri())
+_LINK_SCHEMES = ("https://", "http://")  # what a GS1 Digital Link URI starts with (GS1 Digital Link standard)
 
 
 class DecodedKind(StrEnum):
@@ -239,6 +246,11 @@ def decode(text: str | bytes, *, rcn_region: str | None = None) -> Decoded:
         return _decode_retail(payload, symbology, gs1, config, text)
     if gs1 in _GS1_SYMBOLOGIES:
         return _decode_gs1(payload, symbology, config, text, links=gs1 in _LINK_SYMBOLOGIES)
+    if payload[:8].lower().startswith(_LINK_SCHEMES):
+        try:
+            return _decode_gs1(payload, symbology, config, text, links=True, strict=False)
+        except _NotGS1:
+            pass  # a web address that is not a Digital Link: text
     if ident is not None:
         return Decoded(kind=DecodedKind.TEXT, data=payload, symbology=symbology)
 

@@ -280,6 +280,38 @@ def test_gs1_digital_link_in_a_gs1_datamatrix() -> None:
     assert (decoded.gtin, decoded.lot) == ("09501101530003", "ABC")
 
 
+@pytest.mark.parametrize(
+    "scanned",
+    [
+        "]Q1https://id.gs1.org/01/04006381333931/10/LOT7/21/SN1?17=270630",  # a plain QR Code: how it is printed
+        "https://id.gs1.org/01/04006381333931/10/LOT7/21/SN1?17=270630",  # a keyboard wedge sending no identifier
+        "]d1http://shop.example.com/01/04006381333931/10/LOT7/21/SN1?17=270630",  # any domain, http, a Data Matrix
+        "HTTPS://ID.GS1.ORG/01/04006381333931/10/LOT7/21/SN1?17=270630",  # a scanner upper-casing the scheme
+    ],
+)
+def test_gs1_digital_link_in_any_symbology_is_gs1_data(scanned: str) -> None:
+    decoded = decode(scanned)
+    assert decoded.kind is DecodedKind.GS1
+    assert (decoded.gtin, decoded.lot, decoded.serial) == ("04006381333931", "LOT7", "SN1")
+    assert decoded.expiry == dt.date(2027, 6, 30)
+    assert decoded.catalog_key == "04006381333931"
+    assert decoded.attrs()["serial"] == "SN1"
+
+
+@pytest.mark.parametrize("scanned", ["]Q1https://example.com/item/7", "https://example.com/01/abc", "http://shop.example/"])
+def test_a_web_address_that_is_not_a_digital_link_stays_text(scanned: str) -> None:
+    decoded = decode(scanned)
+    assert decoded.kind is DecodedKind.TEXT and decoded.gtin is None
+    assert decoded.data == scanned.removeprefix("]Q1")
+
+
+def test_a_digital_link_with_a_bad_check_digit_is_refused_aloud() -> None:
+    bad = with_wrong_check_digit("0400638133393")
+    for scanned in (f"]Q1https://id.gs1.org/01/{bad}/21/SN1", f"https://id.gs1.org/01/{bad}/21/SN1"):
+        with pytest.raises(DecodeError, match=rf"The GTIN in \(01\) {bad} has a wrong check digit"):
+            decode(scanned)
+
+
 def test_gs1_gtin_with_a_bad_check_digit_is_an_error() -> None:
     with pytest.raises(DecodeError, match=r"The GTIN in \(01\) 09501101530004 has a wrong check digit"):
         decode("]C10109501101530004" + "10LOT")

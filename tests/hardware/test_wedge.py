@@ -94,6 +94,16 @@ def test_ctrl_right_bracket_is_the_gs1_group_separator() -> None:
     assert (decoded.lot, decoded.serial) == ("LOT7", "SN9")
 
 
+def test_a_typed_gs1_digital_link_decodes_as_gs1_data() -> None:
+    # ':' is Shift+; and '/' the slash key: a US-layout wedge types the URL whole, with or without an identifier.
+    link = "https://id.gs1.org/01/04006381333931/10/LOT7/21/SN1"
+    frames = KeyboardWedgeDecoder().feed_all(type_text(f"]Q1{link}") + type_text(link))
+    assert frames == [f"]Q1{link}", link]
+    for frame in frames:
+        decoded = decode(frame)
+        assert (decoded.gtin, decoded.lot, decoded.serial) == ("04006381333931", "LOT7", "SN1")
+
+
 def test_alt_keypad_code_0029_is_the_group_separator() -> None:
     alt_gs = [(EV_KEY, KEY_LEFTALT, 1)] + [e for d in "0029" for e in press(KEYPAD[d])] + [(EV_KEY, KEY_LEFTALT, 0)]
     events = type_text("10LOT", enter=False) + alt_gs + type_text("0109501101530003")

@@ -91,6 +91,22 @@ async def test_a_serial_scanned_twice_is_refused_in_a_sentence_and_counts_once(
     assert [(ev.sku, ev.qty, ev.attrs["serial"]) for ev in await all_events(outbox)] == [("SKU-APPLE", 1, "SN1")]
 
 
+async def test_a_digital_link_in_a_plain_qr_code_books_its_sku_lot_and_serial(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """A GS1 Digital Link printed in a plain QR Code (]Q1), or typed by a wedge without an identifier, was text: booked
+    as "unknown:https://…" without GTIN, lot or serial, and the same item scanned as a GS1 label was another unit."""
+    s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-DL"), by="ana")
+    await sessions.scan(s.id, f"]Q1https://id.gs1.org/01/0{APPLE}/10/LOT1/21/SN1", by="ana")
+    await sessions.scan(s.id, f"https://id.gs1.org/01/0{APPLE}/21/SN2", by="ana")
+    for again in (SN1, f"https://id.gs1.org/01/0{APPLE}/21/SN2"):
+        with pytest.raises(InvalidSessionInput, match="is already line"):
+            await sessions.scan(s.id, again, by="ana")
+    await sessions.close(s.id, by="ana")
+    booked = [(ev.sku, ev.qty, ev.attrs.get("lot"), ev.attrs["serial"]) for ev in await all_events(outbox)]
+    assert booked == [("SKU-APPLE", 1, "LOT1", "SN1"), ("SKU-APPLE", 1, None, "SN2")]
+
+
 @pytest.mark.parametrize(("type_", "qty"), [(SessionType.RECEIVE, 3), (SessionType.COUNT, 0), (SessionType.COUNT, 2)])
 async def test_a_serial_with_a_quantity_other_than_1_is_refused_in_a_sentence(
     sessions: SessionManager, type_: SessionType, qty: int
