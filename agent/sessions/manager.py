@@ -268,7 +268,8 @@ class SessionManager:
         if batch and batch not in seen and len(seen) >= plan.LOTS_PER_COUNT_MAX:
             raise InvalidSessionInput(
                 f"this count already holds {len(seen)} batches (lots or expiry dates) of {item.sku}, as many as one"
-                " count can tell the hub; count the other batches in a session of their own"
+                f" count can tell the hub; key the rest of {item.sku} by its SKU and quantity in this count, which"
+                " counts them without their lots (a count of them in a session of its own would replace this one)"
             )
         if unit is not None and unit in {unit_of(line.barcode) for line in mine}:  # scanned already: the store says
             return
