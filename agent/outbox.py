@@ -602,6 +602,14 @@ class Outbox(SqliteFile):
         """How many events have been recorded with ``record(..., tally=name)``."""
         return int(await self._read(lambda conn: _meta(conn, f"tally:{name}", 0)))
 
+    async def recorded_from(self, source: str) -> int:
+        """How many events from ``source`` the outbox holds (acknowledged ones until retention purges them).
+
+        A scan of the table, no index: for the rare question "did a record call that a crash interrupted commit?"
+        (one ``record`` is one transaction: it committed all of its events or none)."""
+        query = "SELECT count(*) FROM events WHERE source = ?"
+        return int(await self._read(lambda conn: conn.execute(query, (source,)).fetchone()[0]))
+
     # --- replication -----------------------------------------------------
     async def pending(self, limit: int) -> tuple[StockEvent, ...]:
         """Unacknowledged events not set aside, in seq order, at most ``limit``.

@@ -47,6 +47,7 @@ from agent.sessions.plan import (
     count_fits,
     plan_close,
     preview,
+    session_source,
     totals,
     unit_of,
 )
@@ -99,7 +100,7 @@ class SessionManager:
                 "Session %s (%s) was being closed when the agent stopped; finishing it.", session.id, session.type
             )
             try:
-                finished.append(await self._finish(session))
+                finished.append(await self._finish(session, resumed=True))
             except SessionError as err:  # one broken session must not keep the agent from starting
                 log.error("Session %s could not be finished: %s", session.id, err)
         return finished
@@ -324,16 +325,25 @@ class SessionManager:
                 raise SessionNotOpen(f"session {session_id} was cancelled and cannot be closed")
             if zero_unscanned and session.type is not SessionType.COUNT:
                 raise InvalidSessionInput("zero_unscanned applies only to count sessions")
-            if session.status is SessionStatus.OPEN:
+            resumed = session.status is SessionStatus.CLOSING
+            if not resumed:
                 session = await self.store.begin_close(
                     session_id, by=by, close_hlc=self.outbox.clock.now(), zero_unscanned=zero_unscanned
                 )
-            return await self._finish(session)
+            return await self._finish(session, resumed=resumed)
 
-    async def _finish(self, session: Session) -> Session:
+    async def _finish(self, session: Session, *, resumed: bool = False) -> Session:
+        """Record the session's events and mark it closed. ``resumed``: a close begun earlier (a crash, a retry)
+        whose one outbox transaction may have committed before the session was marked closed; if the outbox holds
+        any event of the session it holds them all, and only the mark is left to do. Recording them again relied on
+        ids derived anew being the same, which an upgrade changing the derivation (one event per lot, per serial)
+        broke: the close was booked twice."""
         lines = await self.store.lines(session.id)
         plan = plan_close(session, lines)
-        if plan.movements:
+        held = await self.outbox.recorded_from(session_source(session)) if resumed and plan.movements else 0
+        if held:  # logged below as "already recorded by an earlier attempt"
+            recorded, again = 0, held
+        elif plan.movements:
             try:
                 result = await self.outbox.record(plan.movements)
             except InvalidMovement as err:  # nothing of the batch was recorded: the session stays workable

@@ -214,6 +214,11 @@ def preview(session: Session, lines: Iterable[Line]) -> tuple[ReportLine, ...]:
     return _report_lines(session, totals(lines), zero_unscanned=False)
 
 
+def session_source(session: Session) -> str:
+    """The source of every event a session's close books: how the outbox finds what a close recorded."""
+    return SOURCE_PREFIX + session.id
+
+
 def plan_close(session: Session, lines: Iterable[Line]) -> ClosePlan:
     """The movements and the report of closing ``session``; its close must be decided (``close_hlc`` set)."""
     if session.close_hlc is None:
@@ -257,8 +262,8 @@ def _movements(
                 sku=sku,
                 kind=kind_,
                 qty=qty,
-                source=SOURCE_PREFIX + session.id,
-                ref=spec.ref or SOURCE_PREFIX + session.id,
+                source=session_source(session),
+                ref=spec.ref or session_source(session),
                 reason=reason,
                 attrs=_attrs(session, {**dict(batch), **serial, **(attrs or {})}),
                 event_id=derived_event_id(

@@ -12,9 +12,12 @@ safe by its order and by deterministic event ids:
 2. the manager records the planned events in the outbox (one transaction);
 3. ``finish_close``: the session becomes ``closed`` with its report.
 
-A crash after 1 or 2 leaves a ``closing`` session; on start the manager plans
-the same events again (same ids, same content) and records them — the outbox
-drops the ones it already has — then finishes. Nothing is booked twice.
+A crash after 1 or 2 leaves a ``closing`` session; on start the manager asks
+the outbox whether it holds any event of the session (source
+``session:<id>``): one transaction wrote them all or none, so if it does,
+only 3 is left. If not, it plans the events again and records them, then
+finishes. Nothing is booked twice, even when an upgrade in between changed
+how a close's events and ids are derived (one event per lot, per serial).
 
 Same shape as the outbox: one connection on one thread (``agent.db``), WAL,
 each write one ``BEGIN IMMEDIATE … COMMIT``.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
+from agent.outbox import Movement, Outbox
 from agent.sessions import (
     SessionConflict,
     SessionError,
@@ -17,9 +18,10 @@ from agent.sessions import (
     SessionStatus,
     SessionStore,
     SessionType,
+    manager,
 )
-from agent.sessions.plan import plan_close
-from protocol import Kind
+from agent.sessions.plan import ClosePlan, plan_close
+from protocol import Kind, new_event_id
 from tests.agent.sessions.sessions_helpers import APPLE, PEAR, PLUM, catalog
 
 
@@ -132,6 +134,60 @@ async def test_a_crash_between_recording_and_marking_closed_books_nothing_twice(
         assert finished.report is not None and finished.report.events == 2
         again = await outbox.pending(100)
         assert [ev.event_id for ev in again] == [ev.event_id for ev in recorded]  # nothing booked twice
+        assert await sessions.recover() == []
+
+
+def _as_before_serials(close_plan: ClosePlan) -> ClosePlan:
+    """The close as the agent before serials (dba93b2) planned it: one event per SKU, its id derived without units."""
+    totals: dict[str, Movement] = {}
+    for m in close_plan.movements:
+        old = totals.get(m.sku)
+        attrs = {k: v for k, v in m.attrs.items() if k != "serial"}
+        qty = m.qty + (old.qty if old is not None else 0)
+        totals[m.sku] = replace(m, qty=qty, attrs=attrs, event_id=old.event_id if old is not None else new_event_id())
+    return replace(close_plan, movements=tuple(totals.values()))
+
+
+@pytest.mark.parametrize("finish", ["recover", "close again"])
+async def test_a_close_recorded_before_an_upgrade_that_derives_other_ids_is_not_booked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish: str
+) -> None:
+    """A close whose events the outbox holds (one record call: all of them or none) is only marked closed. Finished
+    by recording its events again under ids the upgraded agent derives otherwise (one event per serial, where the
+    old agent booked one per SKU), it was booked twice: 2 phones received became 4."""
+    outbox_path, store_path = tmp_path / "outbox.sqlite3", tmp_path / "sessions.sqlite3"
+    async with (
+        Outbox.open(outbox_path, agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(store_path) as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog())
+        s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-9"), by="ana")
+        for serial in ("SN1", "SN2"):
+            await sessions.scan(s.id, f"(01)0{APPLE}(21){serial}", by="ana")
+        await sessions.scan(s.id, PEAR, by="ana")
+
+        async def crash(*args: object, **kwargs: object) -> None:
+            raise SessionError("power cut")
+
+        monkeypatch.setattr(manager, "plan_close", lambda *a: _as_before_serials(plan_close(*a)))
+        monkeypatch.setattr(store, "finish_close", crash)
+        with pytest.raises(SessionError, match="power cut"):
+            await sessions.close(s.id, by="ana")
+        monkeypatch.undo()
+        recorded = [(ev.event_id, ev.sku, ev.qty) for ev in await outbox.pending(100)]
+        assert [(sku, qty) for _, sku, qty in recorded] == [("SKU-APPLE", 2), ("SKU-PEAR", 1)]
+
+    async with (
+        Outbox.open(outbox_path, agent_id="store-a", location="S001") as outbox,
+        SessionStore.open(store_path) as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog())
+        if finish == "recover":
+            [finished] = await sessions.recover()
+        else:
+            finished = await sessions.close(s.id, by="bo")
+        assert finished.status is SessionStatus.CLOSED
+        assert [(ev.event_id, ev.sku, ev.qty) for ev in await outbox.pending(100)] == recorded
         assert await sessions.recover() == []
 
 
