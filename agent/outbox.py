@@ -610,6 +610,26 @@ class Outbox(SqliteFile):
         query = "SELECT count(*) FROM events WHERE source = ?"
         return int(await self._read(lambda conn: conn.execute(query, (source,)).fetchone()[0]))
 
+    async def booked(
+        self, location: str, sku: str, kind: Kind | None = None, *, since_wall_ms: int = 0, source: str | None = None
+    ) -> list[StockEvent]:
+        """The events of (location, sku) recorded since ``since_wall_ms`` (on this outbox's clock), of ``kind`` and
+        from ``source`` if given, newest first: those the outbox still holds (acknowledged ones until retention
+        purges them) and the hub did not refuse. What a scanner asks to tell a serialised item scanned twice."""
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE location = ? AND sku = ? AND (? IS NULL OR kind = ?)"
+            " AND wall_ms >= ? AND (? IS NULL OR source = ?) AND seq NOT IN (SELECT seq FROM rejected)"
+            " ORDER BY seq DESC"
+        )
+        value = kind.value if kind is not None else None
+        args = (location, sku, value, value, since_wall_ms, source, source)
+        rows = await self._read(lambda conn: conn.execute(query, args).fetchall())
+        events = []
+        for row in rows:
+            with contextlib.suppress(ValueError, TypeError, msgpack.UnpackException):  # unreadable: never booked
+                events.append(self._event(row))
+        return events
+
     # --- replication -----------------------------------------------------
     async def pending(self, limit: int) -> tuple[StockEvent, ...]:
         """Unacknowledged events not set aside, in seq order, at most ``limit``.

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PROBLEMS_SAID_MAX = 10  # problem scans in a row of one reader logged one by one; the rest are only journaled
 COUNT_RESET_S = 900.0  # a count-mode reader starts a new count of a SKU after this long without scanning it
+SERIAL_AGAIN_S = 24 * 3600.0  # a serialised item booked again as the same movement at a location within this: refused
 STOP_TIMEOUT_S = 10.0
 
 
@@ -141,6 +142,14 @@ class ModeRouter:
     scan adds its units to a running count of that SKU at that reader and
     records a ``count`` event with the total (the latest count wins at the hub);
     the running count starts again after ``count_reset_s`` without a scan of it.
+
+    A serialised item (a GS1 serial number (21)) is one unit: scanned again, it
+    is refused aloud as a double scan (a ``failed`` outcome: a warning, the
+    reader's last problem, the journal) when its last movement at the location
+    in the outbox within ``SERIAL_AGAIN_S`` — same SKU and serial, from any
+    reader or session — is this same movement (kind and reason); sold, then
+    returned, it may be sold again. In ``count`` mode, when the running count
+    of its SKU at this reader already counted it.
     """
 
     def __init__(
@@ -160,6 +169,7 @@ class ModeRouter:
         self.journal = journal
         self._wall_clock_ms = wall_clock_ms
         self._counts: dict[tuple[str, str, str], tuple[int, int]] = {}  # (reader, location, sku) -> (total, at_ms)
+        self._serialised = asyncio.Lock()  # a serialised item's check and booking, so two readers cannot both pass
         # Why a count of (location, sku) must not be booked now, or None (agent.sessions: an open count session
         # of the SKU, whose close would replace this count, or this count the session's).
         self.count_guard: Callable[[str, str], Awaitable[str | None]] | None = None
@@ -205,11 +215,36 @@ class ModeRouter:
                 location=location,
                 sku=sku,
             )
+        async with self._serialised if decoded.serial is not None else contextlib.nullcontext():
+            return await self._book(reader, rule, location, sku, item, decoded, attrs, units)
+
+    async def _book(
+        self,
+        reader: ScannerSection,
+        rule: ModeRule,
+        location: str,
+        sku: str,
+        item: CatalogItem | None,
+        decoded: hardware.Decoded,
+        attrs: dict[str, str | int | bool],
+        units: int,
+    ) -> ScanOutcome:
+        barcode = str(attrs["barcode"])
+        last = await self._continued_count(reader, location, sku) if rule.kind is Kind.COUNT else None
+        if decoded.serial is not None and (again := await self._booked_before(reader, rule, location, sku, decoded, last)):
+            return ScanOutcome(
+                ScanResult.FAILED,
+                f"Scan {shown(barcode, 40)} is serial number {shown(decoded.serial, 40, bare=True)} of"
+                f" {shown(sku, bare=True)}, {again}; nothing was booked: a serialised item is one unit, scan the next"
+                " item.",
+                location=location,
+                sku=sku,
+            )
         if rule.kind is Kind.COUNT:
-            qty = await self._running_count(reader, location, sku, units)
+            qty = units + (last[0] if last is not None else 0)
         else:
             qty = rule.sign * units
-        movement = Movement(location, sku, rule.kind, qty, f"scanner:{reader_id}", reason=rule.reason, attrs=attrs)
+        movement = Movement(location, sku, rule.kind, qty, f"scanner:{reader.id}", reason=rule.reason, attrs=attrs)
         try:
             recorded = await self.outbox.record([movement])
         except OutboxClosed:
@@ -253,13 +288,53 @@ class ModeRouter:
                 return reader.id
         return None
 
+    async def _booked_before(
+        self,
+        reader: ScannerSection,
+        rule: ModeRule,
+        location: str,
+        sku: str,
+        decoded: hardware.Decoded,
+        last: tuple[int, int] | None,
+    ) -> str | None:
+        """How a serialised item was already booked as this scan would book it, or None: the same movement of it
+        at the location in the outbox within ``SERIAL_AGAIN_S`` (any reader or session: a phone received twice is
+        two phones), or, counting, in this reader's running count of its SKU (counted twice, it was 2 units)."""
+        if rule.kind is Kind.COUNT:
+            if last is not None and decoded.serial in await self._run_serials(reader, location, sku):
+                return f"already in this scanner's running count of {shown(sku, bare=True)} ({last[0]})"
+            return None
+        since_ms = self.outbox.wall_ms() - int(SERIAL_AGAIN_S * 1000)
+        for ev in await self.outbox.booked(location, sku, since_wall_ms=since_ms):
+            if ev.kind is Kind.COUNT or ev.attrs.get("serial") != decoded.serial:
+                continue
+            if ev.kind is rule.kind and ev.reason == rule.reason:  # its last movement here: this very one
+                return f"already booked ({rule.kind.value} {ev.qty:+d} at {location}, by {shown(ev.source, bare=True)})"
+            return None  # moved otherwise since (sold, then returned): this movement is a new one
+        return None
+
+    async def _run_serials(self, reader: ScannerSection, location: str, sku: str) -> set[str]:
+        """The serials the reader's running count of (location, sku) holds: those of its count events, newest first,
+        back to the one that started the run (recorded more than ``count_reset_s`` after the one before it)."""
+        serials: set[str] = set()
+        newer_ms: int | None = None
+        for ev in await self.outbox.booked(location, sku, Kind.COUNT, source=f"scanner:{reader.id}"):
+            if newer_ms is not None and newer_ms - ev.wall_ms > reader.count_reset_s * 1000:
+                break
+            if isinstance(serial := ev.attrs.get("serial"), str):
+                serials.add(serial)
+            newer_ms = ev.wall_ms
+        return serials
+
     def _is_bundle(self, sku: str) -> bool:
         """Whether the hub's bundles, as the catalog last heard them, hold ``sku`` (a count of one the hub refuses,
         after the reader's operator counted); not known yet, the count is booked and the hub decides."""
         is_bundle = getattr(self.catalog, "is_bundle", None)
         return bool(is_bundle is not None and is_bundle(sku))
 
-    async def _running_count(self, reader: ScannerSection, location: str, sku: str, units: int) -> int:
+    async def _continued_count(self, reader: ScannerSection, location: str, sku: str) -> tuple[int, int] | None:
+        """(total, at_ms) of the reader's running count of (location, sku) that the next scan continues, or None: the
+        next scan starts a new count."""
         key = (reader.id, location, sku)
         now_ms = self._wall_clock_ms()
         last = self._counts.get(key)
@@ -267,8 +342,8 @@ class ModeRouter:
             with contextlib.suppress(JournalError):
                 last = await self.journal.last_count(reader.id, location, sku)
         if last is None or now_ms - last[1] > reader.count_reset_s * 1000:
-            return units
-        return last[0] + units
+            return None
+        return last
 
 
 def problem_outcome(reader_id: str, scan: hardware.Scan, error: hardware.DecodeError | None) -> ScanOutcome:

@@ -405,3 +405,76 @@ async def test_the_problem_rows_of_a_day_are_counted_again_from_the_file_after_a
         entries = await journal.recent()
     assert [(e.result, e.qty) for e in entries if e.result == NOT_KEPT] == [(NOT_KEPT, 2)]
     assert len(entries) == 5  # two kept, one counting two, the good scan, the next day's first
+
+
+def serialised(serial: str) -> bytes:
+    """A GS1-128 label of EAN13's item carrying a serial number (21)."""
+    return f"]C101{'0' + EAN13}21{serial}".encode()
+
+
+async def test_a_serialised_item_scanned_twice_in_receive_mode_is_refused_aloud_and_booked_once(tmp_path: Path) -> None:
+    """Scanned twice at the back door (or once as a label and once as its Digital Link), one phone was received as
+    two: two receive +1 events with the same serial. The second is refused aloud; another serial is another phone."""
+    link = f"]Q1https://id.gs1.org/01/0{EAN13}/21/SN1".encode()
+    async with rig(tmp_path) as r:
+        await r.scan(serialised("SN1"), serialised("SN1"), link, serialised("SN2"))
+        events = await r.events()
+        entries = list(reversed(await r.journal.recent()))
+    assert [(e.sku, e.kind, e.qty, e.attrs["serial"]) for e in events] == [
+        ("MUG-01", Kind.RECEIVE, 1, "SN1"),
+        ("MUG-01", Kind.RECEIVE, 1, "SN2"),
+    ]
+    assert [e.result for e in entries] == ["booked", "failed", "failed", "booked"]
+    assert entries[1].message == (
+        f"Scan '01{'0' + EAN13}21SN1' is serial number SN1 of MUG-01, already booked (receive +1 at {LOCATION}, by"
+        " scanner:backdoor); nothing was booked: a serialised item is one unit, scan the next item."
+    )
+
+
+async def test_a_serialised_item_scanned_twice_into_a_running_count_counts_once_even_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    counting = section(tmp_path / "usb-Honeywell_Xenon_1900-if00", mode="count")
+    async with rig(tmp_path, counting) as r:
+        await r.scan(serialised("SN1"), serialised("SN2"), serialised("SN1"))
+    async with rig(tmp_path, counting) as r:  # the agent restarted mid-count
+        await r.scan(serialised("SN2"), serialised("SN3"), b"]E0" + EAN13.encode())
+        events = await r.events()
+        results = [e.result for e in reversed(await r.journal.recent())]
+    assert [(e.kind, e.qty, e.attrs.get("serial")) for e in events] == [
+        (Kind.COUNT, 1, "SN1"),
+        (Kind.COUNT, 2, "SN2"),
+        (Kind.COUNT, 3, "SN3"),
+        (Kind.COUNT, 4, None),  # an item without a serial is counted at each scan, as before
+    ]
+    assert results == ["booked", "booked", "failed", "failed", "booked", "booked"]
+
+
+async def test_a_serialised_item_moved_otherwise_since_may_be_booked_again(tmp_path: Path) -> None:
+    """Only the same movement again is a double scan: a phone sold, returned, then sold again is sold twice; a
+    phone returned at one reader is refused at another reader in return mode."""
+    sections = [section(tmp_path / mode, mode=mode, reader_id=mode) for mode in ("sale", "return", "damage")]
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location=LOCATION) as outbox:
+        router = ModeRouter(outbox, CATALOG, sections, location=LOCATION)
+
+        async def scan(reader_id: str, raw: bytes) -> ScanResult:
+            scanned = hardware.Scan(reader_id, raw, wall_ms_now())
+            return (await router.route(reader_id, scanned, hardware.decode(raw), None)).result
+
+        assert [
+            await scan("sale", serialised("SN1")),
+            await scan("return", serialised("SN1")),
+            await scan("return", serialised("SN1")),
+            await scan("sale", serialised("SN1")),
+            await scan("sale", serialised("SN1")),
+            await scan("damage", serialised("SN2")),
+            await scan("damage", serialised("SN2")),
+        ] == [ScanResult.BOOKED, ScanResult.BOOKED, ScanResult.FAILED, ScanResult.BOOKED, ScanResult.FAILED,
+              ScanResult.BOOKED, ScanResult.FAILED]  # fmt: skip
+        booked = [(e.kind, e.qty, e.reason) for e in await outbox.pending(100)]
+    assert booked == [
+        (Kind.SALE, -1, None),
+        (Kind.RETURN, 1, None),
+        (Kind.SALE, -1, None),
+        (Kind.ADJUST, -1, "damaged"),
+    ]
