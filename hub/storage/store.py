@@ -59,6 +59,11 @@ from protocol import StockEvent, wall_ms_now
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# A write of more events than this is a catch-up batch (an agent's batch is 1,000; a catching-up agent's 10,000):
+# a backend lets the small writes (a live store's sale, a credential, a webhook's cursor) past them.
+SMALL_WRITE_EVENTS = 1_000
+
 D = TypeVar("D", bound=Db)
 R = TypeVar("R", Observation, ImportIssue)
 
@@ -82,11 +87,14 @@ class SqlHubStore(HubStore, Generic[D]):
 
     @abc.abstractmethod
     async def _write_db(
-        self, what: str, work: Callable[[D], Coroutine[Any, Any, T]], *, unique_races: bool = False
-    ) -> T:
+        self, what: str, work: Callable[[D], Coroutine[Any, Any, T]], *, unique_races: bool = False,
+        events: int = 0, sender: str | None = None,
+    ) -> T:  # fmt: skip
         """Run ``work`` in one write transaction and return its result once committed; a cancelled caller
         does not cut it short. ``unique_races``: a unique violation (another hub stored the same row at the
-        same moment) is worth running it again whole, where hubs share the database."""
+        same moment) is worth running it again whole, where hubs share the database. ``events`` and
+        ``sender``: an agent's batch, for a backend that queues its writes (SQLite's writer lets small ones
+        go first, never past their sender's earlier batches)."""
 
     @abc.abstractmethod
     async def _booking(
@@ -169,7 +177,10 @@ class SqlHubStore(HubStore, Generic[D]):
             # this commit's own position.
             return replace(result, change_id=await self._newest_change_id(db))
 
-        return await self._write_db(f"committing {len(events)} event(s) from {who.agent_id}", work, unique_races=True)
+        return await self._write_db(
+            f"committing {len(events)} event(s) from {who.agent_id}", work, unique_races=True, events=len(events),
+            sender=who.agent_id,
+        )
 
     # --- counts and the ledger ---------------------------------------------------------------------------
 

@@ -597,3 +597,39 @@ async def test_a_store_that_cannot_open_leaves_no_thread_behind(tmp_path: Path) 
         lambda: not threads_named(f"hub-writer:{DB_NAME}") and not threads_named(f"hub-checkpoint:{DB_NAME}"),
         "the store's threads ended",
     )
+
+
+# --- small writes before catch-up batches ------------------------------------------------------------------
+
+
+async def test_a_live_stores_sale_commits_before_catch_up_batches_queued_ahead_of_it(tmp_path: Path) -> None:
+    """A regional outage ends: other stores' 2,000-event batches queue up while the writer is busy. A live
+    store's one sale, queued after them, commits in the next transaction, not after them all; an agent's own
+    batches still commit in the order they came, and every event is stored once."""
+    async with SqliteHubStore.open(tmp_path / DB_NAME) as store:
+        (a, ev_a), (b, ev_b) = await an_agent(store, ["SA"]), await an_agent(store, ["SB"])
+        live, ev_live = await an_agent(store, ["LIVE"])
+        release = threading.Event()
+
+        async def busy(_: InlineConnection) -> None:  # another store's catch-up batch under way when they arrive
+            release.wait(WAIT_S)
+
+        first = asyncio.ensure_future(store._write("a long commit", busy, events=10_000, sender="elsewhere"))
+        await asyncio.sleep(0.05)
+
+        def batch(who: AgentIdentity, ev: EventFactory, location: str, n: int) -> asyncio.Future[Any]:
+            events = [ev(Kind.RECEIVE, 1, at_ms=ev.seq + 1, location=location) for _ in range(n)]
+            return asyncio.ensure_future(store.ingest(who, 1, events, events[0].seq - 1))
+
+        catch_up = [batch(a, ev_a, "SA", 2_000), batch(b, ev_b, "SB", 2_000), batch(a, ev_a, "SA", 2_000)]
+        a_last = batch(a, ev_a, "SA", 10)  # small, but after its own catch-up batches
+        sale = batch(live, ev_live, "LIVE", 1)
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.wait_for(first, WAIT_S * 4)
+        results = await asyncio.wait_for(asyncio.gather(*catch_up, a_last, sale), WAIT_S * 4)
+        a1, b1, a2, a3, sold = (r.change_id for r in results)
+        assert sold < min(a1, b1, a2), "the sale waited for the catch-up batches queued before it"
+        assert a1 < a2 < a3, "agent a's batches committed out of their order"
+        totals = {loc: sum(r.on_hand for r in await store.counts(location=loc)) for loc in ("SA", "SB", "LIVE")}
+        assert totals == {"SA": 4_010, "SB": 2_000, "LIVE": 1}

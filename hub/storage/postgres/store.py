@@ -438,8 +438,9 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         return await self._read(what, lambda conn: work(PostgresDb(conn)), snapshot=snapshot)
 
     async def _write_db(
-        self, what: str, work: Callable[[PostgresDb], Coroutine[Any, Any, T]], *, unique_races: bool = False
-    ) -> T:
+        self, what: str, work: Callable[[PostgresDb], Coroutine[Any, Any, T]], *, unique_races: bool = False,
+        events: int = 0, sender: str | None = None,
+    ) -> T:  # fmt: skip
         return await self._write(what, lambda conn: work(PostgresDb(conn)), unique_races=unique_races)
 
     async def _booking(
