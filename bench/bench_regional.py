@@ -189,7 +189,7 @@ async def run(args: argparse.Namespace, root: Path, db: str) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
             healthz = await get("/healthz")
             counts_get = await get(f"/v1/locations/{LIVE}/counts", reader)
-            changes_get = await get("/v1/changes?after=0&limit=100", reader)
+            changes_get = await get("/v1/changes?limit=100", reader)
             probes = [
                 asyncio.create_task(probe(HEALTH_EVERY_S, stop, lambda: timed(
                     session, healthz, health, health_failures, HEALTH_TIMEOUT_S))),

@@ -19,6 +19,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from hub import (
     bundles,
     catalog,
+    catchup,
     csvexport,
     dashboard,
     etag,
@@ -243,6 +244,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     )
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
     exportslots.setup(app, settings.export_max_per_credential, settings.export_max)  # 429/503 past the CSV caps
+    catchup.setup(app)  # 429 past CATCHUP_SLOTS catch-up batches at once
     app[GATE_KEY] = gate
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
@@ -298,6 +300,11 @@ async def post_sync(request: web.Request) -> web.Response:
             text=f"a sync body must be msgpack sent with Content-Type: {MSGPACK_CONTENT_TYPE}, "
             f"got {request.content_type}"
         )
+    with request.app[catchup.SLOTS_KEY].take(who.agent_id, request.content_length):  # before the body is read
+        return await _sync(request, who, started)
+
+
+async def _sync(request: web.Request, who: AgentIdentity, started: float) -> web.Response:
     body = await _read_body(request, "; send fewer events per request")
     try:
         sync = await request.app[DECODER_KEY].decode(body)
