@@ -120,5 +120,7 @@ def test_a_regional_catch_up_leaves_health_and_a_live_store_served_and_loses_not
     assert per_location == {**{loc: BACKLOG for loc in stores}, LIVE: SALES}
     assert distinct == STORES * BACKLOG + SALES  # every event once
     assert all(on_hand[loc] == -BACKLOG for loc in stores)
+    logs = "".join((tmp_path / f"{loc}.log").read_text() for loc in stores)
+    assert "send less often" in logs, "no catch-up batch met the hub's cap: the test no longer covers resending"
     sales = {line.split()[1] for line in printed if line.startswith("recorded ")}
     assert len(sales) == SALES  # every sale the live store recorded, and acknowledged above
