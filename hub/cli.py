@@ -205,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args, lambda: _existing_db(_settings(args, db=args.db)), sys.stdout, sys.stderr
             )
         settings = _settings(args, db=args.db)
-        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+        # init is the migration run by hand: it says what it does and how far it is, as serve does
+        level = logging.INFO if args.command == "init" else logging.WARNING
+        logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
         if args.command == "backup":
             return _backup(settings, args.to, sys.stdout, sys.stderr)
         if args.command == "init":

@@ -6,12 +6,19 @@ and both backends name each step the same way (a test checks), so a version mean
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 
+log = logging.getLogger(__name__)
+
 MIGRATION_NAME_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+MIGRATION_PROGRESS_S = 10.0  # while a migration step runs, a line this often saying how far it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +47,69 @@ def migrations(package: str) -> dict[int, Migration]:
 
 def _reader(package: str, name: str) -> Callable[[], str]:
     return lambda: resources.files(package).joinpath("migrations", name).read_text(encoding="utf-8")
+
+
+@dataclass(slots=True)
+class MigrationProgress:
+    """How far a hub's migration is: written by the code running it (on the SQLite writer's thread, or by the
+    PostgreSQL migrate), read by ``progress_logged`` on the event loop. A step over a big ledger runs for minutes
+    before the hub listens; without these lines the hub said nothing until the step was done."""
+
+    where: str
+    step: int = 0  # the version being made; 0: no step under way
+    first: int = 0  # the first and last versions this start makes
+    last: int = 0
+    name: str = ""
+    statement: int = 0  # the statement running, from 1; 0: the script is sent whole and not counted
+    statements: int = 0
+    started: float = 0.0  # time.monotonic() at the step's start
+
+    def begin(self, step: int, last: int, name: str, statements: int = 0) -> None:
+        if not self.first:
+            self.first = step
+        self.step, self.last, self.name, self.statements = step, last, name, statements
+        self.statement = 0
+        self.started = time.monotonic()
+        steps = f", step {step - self.first + 1} of {last - self.first + 1}" if last > self.first else ""
+        log.info(
+            "Migrating the hub database %s to schema version %d (%s)%s; the hub serves once the migration is done.",
+            self.where, step, name, steps,
+        )  # fmt: skip
+
+    def done(self) -> None:
+        log.info(
+            "Migrated the hub database %s to schema version %d (%s) in %.1f s.",
+            self.where, self.step, self.name, time.monotonic() - self.started,
+        )  # fmt: skip
+        self.step = 0
+
+    def line(self) -> str | None:
+        """One sentence on the step under way, or None when none is."""
+        step = self.step
+        if not step:
+            return None
+        steps = f", step {step - self.first + 1} of {self.last - self.first + 1}" if self.last > self.first else ""
+        at = f"statement {self.statement} of {self.statements}, " if self.statement else ""
+        return (
+            f"Still migrating the hub database {self.where} to schema version {step} ({self.name}){steps}: "
+            f"{at}{time.monotonic() - self.started:.0f} s so far; the hub serves once the migration is done."
+        )
+
+
+@contextlib.asynccontextmanager
+async def progress_logged(progress: MigrationProgress) -> AsyncIterator[MigrationProgress]:
+    """While the body runs, a line every ``MIGRATION_PROGRESS_S`` saying how far the migration is (none when
+    no step is under way, as on every start but an upgrade's)."""
+
+    async def say() -> None:
+        while True:
+            await asyncio.sleep(MIGRATION_PROGRESS_S)
+            line = progress.line()
+            if line is not None:
+                log.info("%s", line)
+
+    task = asyncio.ensure_future(say())
+    try:
+        yield progress
+    finally:
+        task.cancel()

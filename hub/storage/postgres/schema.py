@@ -17,7 +17,7 @@ import asyncpg
 
 from hub.storage.base import StoreError
 from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, new_feed_history
-from hub.storage.migrations import Migration, migrations
+from hub.storage.migrations import Migration, MigrationProgress, migrations, progress_logged
 from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
     # Current already (every start but an upgrade's): no migration lock, which every batch in flight holds shared —
     # queueing for it would hold up each batch arriving after this, on every hub, until those in flight ended.
     version = found if found == SCHEMA_VERSION else -1
+    progress = MigrationProgress(where)
     while version < SCHEMA_VERSION:
         async with conn.transaction():
             # A hub starting waits for the one migrating, however long, and a step runs as long as it takes: neither
@@ -104,12 +105,14 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)"
             )
-            await conn.execute(MIGRATIONS[step].read())
+            progress.begin(step, SCHEMA_VERSION, MIGRATIONS[step].name)
+            async with progress_logged(progress):
+                await conn.execute(MIGRATIONS[step].read())
             await conn.execute(
                 "INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", step, wall_ms_now()
             )
         version = step
-        log.info("Migrated the hub database %s to schema version %d (%s).", where, step, MIGRATIONS[step].name)
+        progress.done()
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('hub_id', $1) ON CONFLICT (key) DO NOTHING", uuid.uuid4().hex

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hub.storage.base import StoreError
 from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, new_feed_history
-from hub.storage.migrations import Migration, migrations
+from hub.storage.migrations import Migration, MigrationProgress, migrations
 from hub.storage.sqlite.writer import InlineConnection
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,11 @@ SCHEMA_VERSION = max(MIGRATIONS)
 HOME_TOKEN_BYTES = 8
 
 
-async def migrate(db: InlineConnection, path: Path) -> str:
-    """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id."""
+async def migrate(db: InlineConnection, path: Path, progress: MigrationProgress | None = None) -> str:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id.
+
+    A step runs statement by statement (its transaction whole), so that ``progress`` tells how far it is."""
+    progress = progress or MigrationProgress(str(path))
     rows = list(await db.execute_fetchall("PRAGMA user_version"))
     version = int(rows[0][0])
     if version > SCHEMA_VERSION:
@@ -32,14 +35,40 @@ async def migrate(db: InlineConnection, path: Path) -> str:
             f"understands ({SCHEMA_VERSION}); upgrade shelfsync"
         )
     for step in range(version + 1, SCHEMA_VERSION + 1):
-        script = MIGRATIONS[step].read()
-        await db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {step};\nCOMMIT;")
-        log.info("Migrated the hub database %s to schema version %d (%s).", path, step, MIGRATIONS[step].name)
+        statements = script_statements(MIGRATIONS[step].read())
+        progress.begin(step, SCHEMA_VERSION, MIGRATIONS[step].name, len(statements))
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for number, statement in enumerate(statements, 1):
+                progress.statement = number
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {step}")
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.conn.in_transaction:
+                db.conn.rollback()
+            raise
+        progress.done()
     await db.execute(
         "INSERT INTO meta (key, value) VALUES ('hub_id', ?) ON CONFLICT (key) DO NOTHING", (uuid.uuid4().hex,)
     )
     rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE key = 'hub_id'"))
     return str(rows[0][0])
+
+
+def script_statements(script: str) -> list[str]:
+    """A migration script's statements, each whole (SQLite's own test of a statement's end: a ';' in a comment,
+    a string or a trigger's body does not end one)."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip() and not all(part.strip().startswith("--") or not part.strip() for part in pending.splitlines()):
+        statements.append(pending.strip())  # a last statement without its ';'
+    return statements
 
 
 # The file beside the database (``hub.db.feed-home``) holding the token of the database's home. The device and

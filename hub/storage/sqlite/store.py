@@ -39,6 +39,7 @@ from hub.storage.bundles import BundleReads
 from hub.storage.db import SqliteDb
 from hub.storage.feed import FEED_HOME_KEY
 from hub.storage.ingest import Batch, IngestTx
+from hub.storage.migrations import MigrationProgress, progress_logged
 from hub.storage.sqlite import sidefiles
 from hub.storage.sqlite.ingest import SqliteIngest, StockCache
 from hub.storage.sqlite.schema import SCHEMA_VERSION, feed_history, migrate
@@ -280,7 +281,8 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                     f"PRAGMA wal_autocheckpoint = {WAL_VALVE_PAGES}",  # the checkpointer's job; see hub.storage.sqlite.writer
                 ]
             )
-            hub_id = await writer.run(lambda conn: run_inline(migrate(InlineConnection(conn), path)))
+            async with progress_logged(MigrationProgress(str(path))) as progress:  # migrating runs on the writer
+                hub_id = await writer.run(lambda conn: run_inline(migrate(InlineConnection(conn), path, progress)))
             history = await writer.run(lambda conn: run_inline(feed_history(InlineConnection(conn), path)))
             await checkpointer.open()
             reader = await aiosqlite.connect(path, isolation_level=None)
