@@ -95,6 +95,7 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
             # A hub starting waits for the one migrating, however long, and a step runs as long as it takes: neither
             # the hub's lock_timeout nor a statement_timeout the DBA set on the database or role cuts them short.
             await conn.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
+            await _end_with_this_hub(conn)
             async with _waiting_said(where):
                 await conn.execute(MIGRATION_LOCK_SQL)
                 version = await schema_version(conn)
@@ -118,6 +119,18 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
             "INSERT INTO meta (key, value) VALUES ('hub_id', $1) ON CONFLICT (key) DO NOTHING", uuid.uuid4().hex
         )
         return str(await conn.fetchval("SELECT value FROM meta WHERE key = 'hub_id'"))
+
+
+CLIENT_CHECK_INTERVAL = "1s"  # how often a migration step's session checks its hub is still there
+CLIENT_CHECK_SINCE = 14  # the PostgreSQL version that has client_connection_check_interval
+
+
+async def _end_with_this_hub(conn: asyncpg.Connection) -> None:
+    """A migration step's session ends within a second of this hub's end (kill -9, a unit's SIGTERM, a machine
+    gone): PostgreSQL otherwise runs the step's script to its end for nobody, then rolls it back, holding the
+    migration lock the whole time, so the hub started again waited that long before doing the step anew."""
+    if conn.get_server_version().major >= CLIENT_CHECK_SINCE:
+        await conn.execute(f"SET LOCAL client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'")
 
 
 async def feed_history(conn: asyncpg.Connection, where: str) -> str:
