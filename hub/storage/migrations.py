@@ -71,17 +71,26 @@ class MigrationProgress:
         self.statement = 0
         self.started = time.monotonic()
         steps = f", step {step - self.first + 1} of {last - self.first + 1}" if last > self.first else ""
-        log.info(
+        log.log(
+            self._level(),
             "Migrating the hub database %s to schema version %d (%s)%s; the hub serves once the migration is done.",
             self.where, step, name, steps,
         )  # fmt: skip
 
     def done(self) -> None:
-        log.info(
+        took = time.monotonic() - self.started
+        log.log(
+            logging.INFO if took >= MIGRATION_PROGRESS_S else self._level(),
             "Migrated the hub database %s to schema version %d (%s) in %.1f s.",
-            self.where, self.step, self.name, time.monotonic() - self.started,
+            self.where, self.step, self.name, took,
         )  # fmt: skip
         self.step = 0
+
+    def _level(self) -> int:
+        """A database made from nothing (its first step is 1) takes every step in a blink, and "Opened the hub
+        database (schema version N)" says what came of them: its steps' lines are for debugging. An upgrade's
+        are for the operator."""
+        return logging.DEBUG if self.first == 1 else logging.INFO
 
     def line(self) -> str | None:
         """One sentence on the step under way, or None when none is."""

@@ -119,3 +119,15 @@ def test_init_says_what_it_migrates(tmp_path: Path) -> None:
     assert f"Migrating the hub database {db} to schema version {LATEST} ({name})" in done.stderr
     assert f"Migrated the hub database {db} to schema version {LATEST} ({name}) in " in done.stderr
     assert done.stdout == f"the hub database {db} is ready (schema version {LATEST}).\n"
+
+
+async def test_a_new_database_is_made_without_a_line_per_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database made from nothing takes its steps in a blink: "Opened the hub database (schema version N)"
+    says what came of them, not two INFO lines for each of its steps (a new hub's log began with 22 of them)."""
+    caplog.set_level(logging.INFO)
+    async with SqliteHubStore.open(tmp_path / "hub.db") as store:
+        assert (await store.health())["schema_version"] == LATEST
+    assert progress_lines(caplog) == []
+    assert any(f"(schema version {LATEST})" in r.getMessage() for r in caplog.records)
