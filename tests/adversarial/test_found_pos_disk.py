@@ -7,42 +7,13 @@ root on Linux; the test is skipped elsewhere), the agent a real
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.adversarial.pos_drop import HEADER, SETTLE_S, WAIT_S, export_row, skus_of
 from tests.faults.helpers import Store, wait_until
 from tests.harness.hub_process import HubProcess
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB file system (tmpfs) at tmp_path/disk; needs root to mount."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root on Linux")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
-
-
-def _fill(disk: Path) -> None:
-    with (disk / "ballast").open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-        except OSError:
-            pass  # ENOSPC: full
+from tests.harness.small_disk import fill
 
 
 def test_an_agent_whose_drop_folder_disk_is_full_still_starts_and_imports(
@@ -56,7 +27,7 @@ def test_an_agent_whose_drop_folder_disk_is_full_still_starts_and_imports(
     for sub in ("processed", "failed"):
         (drop / sub).mkdir(parents=True)  # a folder in use for a while
     (drop / "sales.csv").write_text(HEADER + "".join(export_row(i) for i in range(5)), encoding="utf-8")
-    _fill(small_disk)
+    fill(small_disk)
     with store.config.open("a") as config:
         config.write(f'\n[pos]\nwatch_dir = "{drop}"\nsettle_s = {SETTLE_S}\nprofile = "generic"\n')
     agent = store.start()

@@ -9,9 +9,8 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from agent.outbox import Outbox
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig
 from agent.pos import watcher as watcher_module
 from tests.agent.pos.pos_helpers import LOCATION, SQUARE_UTF8, open_env
+from tests.harness.small_disk import fill
 
 WAIT_S = 30.0  # bound on every wait for the watcher; never reached when things work
 
@@ -437,34 +437,6 @@ async def test_a_drop_folder_replaced_by_a_link_is_not_followed(
     assert sorted(p.name for p in elsewhere.iterdir()) == ["secret.csv"], "nothing made, moved or read there"
     assert caplog.messages.count(refused) == 1
     assert len(booked) == report.imported  # after.csv's rows only
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB file system (tmpfs) at tmp_path/disk, for a disk that fills up; needs root to mount."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root on Linux")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill ``disk`` to the last block; the file that does it (delete it to make room again)."""
-    ballast = disk / "ballast"
-    with ballast.open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-        except OSError:
-            pass  # ENOSPC: full
-    return ballast
 
 
 async def test_a_report_a_full_disk_refuses_is_written_once_there_is_room(
