@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from hub import HubStore, open_store
 from tests.harness.inprocess import ClientFactory, client_factory
 from tests.harness.pg import pg_database, pg_server, pg_url  # noqa: F401  (fixtures for every folder)
-from tests.harness.small_disk import small_disk  # noqa: F401  (a fixture for every folder)
+from tests.harness.small_disk import mounts, small_disk  # noqa: F401  (fixtures for every folder)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A real small file system for tests of a full disk: a 1 MiB tmpfs, mounted (root on Linux) and filled."""
+"""Real small file systems for tests: a 1 MiB tmpfs filled to its end, and tmpfs mounts made read-only or taken away (root on Linux)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     disk.mkdir()
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root on Linux")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, check=False
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
     try:
@@ -37,3 +39,65 @@ def fill(disk: Path) -> Path:
         except OSError:
             pass  # ENOSPC: full
     return ballast
+
+
+class Mounts:
+    """Real tmpfs mounts a test makes, turns read-only, writable, or takes away; all unmounted at its end."""
+
+    def __init__(self) -> None:
+        self.made: list[Path] = []
+
+    def tmpfs(self, at: Path) -> Path:
+        """A 1 MiB tmpfs mounted at ``at`` (made if missing)."""
+        at.mkdir(parents=True, exist_ok=True)
+        _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(at))
+        self.made.append(at)
+        return at
+
+    def bind(self, source: Path, at: Path) -> Path:
+        """``source`` shown at ``at`` too (``mount --bind``): a share that appears with its files already in it."""
+        _mount("--bind", str(source), str(at))
+        self.made.append(at)
+        return at
+
+    def read_only(self, at: Path) -> None:
+        """The file system at ``at`` remounted read-only (refused, busy, while a process holds a file there open
+        for writing: use ``read_only_view`` then)."""
+        _mount("-o", "remount,ro", str(at))
+
+    def read_only_view(self, at: Path) -> None:
+        """``at`` read-only from now on, to every process, whatever they hold open there: a read-only view of the
+        same folder mounted over it (``mount --bind`` and ``remount,bind,ro``); ``umount(at)`` takes it away again."""
+        self.bind(at, at)
+        _mount("-o", "remount,bind,ro", str(at))
+
+    def writable(self, at: Path) -> None:
+        _mount("-o", "remount,rw", str(at))
+
+    def umount(self, at: Path) -> None:
+        """Taken away at once (``umount -l``): what a share that drops off the network looks like to its users."""
+        _mount_command("umount", "-l", str(at))
+        self.made.remove(at)
+
+
+def _mount(*args: str) -> None:
+    _mount_command("mount", *args)
+
+
+def _mount_command(*args: str) -> None:
+    done = subprocess.run(args, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed: {done.stderr.decode(errors='replace').strip()}")
+
+
+@pytest.fixture
+def mounts() -> Iterator[Mounts]:
+    """Real tmpfs mounts (``Mounts``) for drop folders on shares and read-only disks; needs root on Linux."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    made = Mounts()
+    try:
+        yield made
+    finally:
+        for at in reversed(made.made):
+            subprocess.run(["umount", "-l", str(at)], capture_output=True, check=False)
