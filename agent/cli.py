@@ -59,7 +59,7 @@ from agent.lock import (
     refuse_new_outbox_beside_agent,
 )
 from agent.outbox import FILE_CHECK_S, Movement, Outbox, OutboxStats
-from agent.pos import PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
+from agent.pos import PosFolderState, PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
 from agent.redact import install_log_redaction, redact_url
 from agent.replicator import Replicator
 from agent.reports import ReportSender
@@ -357,6 +357,10 @@ class _Services(contextlib.AsyncExitStack):
         super().__init__()
         self.hub_clients: list[AgentCatalog | ReportSender] = []
         self.hub_url: str | None = None  # in use now: configured, or found by zeroconf
+        self.pos_watcher: PosFolderWatcher | None = None  # the POS drop folder's, when one is configured
+
+    def pos_state(self) -> PosFolderState | None:
+        return self.pos_watcher.state() if self.pos_watcher is not None else None
 
     def update_credentials(self, config: AgentConfig) -> None:
         """SIGHUP: the token and hub address of a reloaded configuration (unchanged if it did not load)."""
@@ -380,7 +384,7 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
         )  # fmt: skip
         stack.hub_clients.append(catalog)
         stack.hub_url = a.hub_url
-        sessions = await start_staff_services(stack, config, outbox, catalog, lambda: stack.hub_url)
+        sessions = await start_staff_services(stack, config, outbox, catalog, lambda: stack.hub_url, stack.pos_state)
         if config.scanners:
             journal = await stack.enter_async_context(
                 ScanJournal.open(a.outbox.with_name(JOURNAL_FILENAME), retention_s=a.retention_days * 86_400)
@@ -408,7 +412,7 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
             if config.pos.watch_dir is not None:
                 importer = PosImporter(outbox, store, config.pos, location=a.location)
                 kick = sender.kick if sender is not None else None
-                await stack.enter_async_context(
+                stack.pos_watcher = await stack.enter_async_context(
                     PosFolderWatcher(importer, config.pos.watch_dir, on_report=lambda *_: kick() if kick else None)
                 )
     except BaseException:

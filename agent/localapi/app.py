@@ -26,6 +26,7 @@ from agent.localapi import views
 from agent.localapi.auth import AuthError, LockedOut, Login, StaffDirectory
 from agent.localapi.hosts import HostCheck
 from agent.outbox import Outbox
+from agent.pos import PosFolderState
 from agent.sessions import (
     InvalidSessionInput,
     SessionConflict,
@@ -68,6 +69,7 @@ class LocalApiContext:
     outbox: Outbox
     staff: StaffDirectory
     hub_url: Callable[[], str | None] = lambda: None  # the hub address in use (configured or discovered)
+    pos_state: Callable[[], PosFolderState | None] = lambda: None  # the POS drop folder's watcher, if one runs
     readers: Sequence[str] = ()  # back-office scanner ids a session can be bound to
     login_ttl_s: float = 12 * 3600.0
     public_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/", "/healthz", "/api/v1/login"}))
@@ -336,11 +338,11 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """Backlog, whether the hub answered at the last sync, the last sync, clock skew."""
+    """Backlog, whether the hub answered at the last sync, the last sync, clock skew, the POS drop folder."""
     ctx = request.app[CONTEXT_KEY]
     stats = await ctx.outbox.stats()
     active = await ctx.sessions.list(active=True, limit=LIST_LIMIT_MAX)
-    return _json(views.status_json(stats, ctx.hub_url(), len(active)))
+    return _json(views.status_json(stats, ctx.hub_url(), len(active), ctx.pos_state()))
 
 
 async def readers(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from agent.sessions import ItemLookup, SessionManager, SessionStore
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from agent.pos import PosFolderState
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ async def start_staff_services(
     outbox: Outbox,
     catalog: ItemLookup | None,
     hub_url: Callable[[], str | None],
+    pos_state: Callable[[], PosFolderState | None] = lambda: None,
 ) -> SessionManager | None:
     """Open the sessions (finishing closes a crash interrupted) and serve the local API if it is enabled.
 
@@ -52,6 +54,7 @@ async def start_staff_services(
         outbox=outbox,
         staff=StaffDirectory(dict(api.staff), login_ttl_s=api.login_ttl_h * 3600),
         hub_url=hub_url,
+        pos_state=pos_state,
         readers=tuple(s.id for s in config.scanners),
         login_ttl_s=api.login_ttl_h * 3600,
         allowed_hosts=api.allowed_hosts + ((agent_mdns_name(config.agent.id),) if advertised else ()),

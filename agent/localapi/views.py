@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.counts import LocalCount
 from agent.outbox import OutboxStats
+from agent.pos import PosFolderState
 from agent.sessions import (
     CloseReport,
     ExpectedLine,
@@ -160,7 +161,9 @@ def count_json(c: LocalCount) -> dict[str, Any]:
     }
 
 
-def status_json(stats: OutboxStats, hub_url: str | None, active_sessions: int) -> dict[str, Any]:
+def status_json(
+    stats: OutboxStats, hub_url: str | None, active_sessions: int, pos: PosFolderState | None = None
+) -> dict[str, Any]:
     now_ms = time.time_ns() // 1_000_000
     return {
         "agent_id": stats.agent_id,
@@ -176,4 +179,5 @@ def status_json(stats: OutboxStats, hub_url: str | None, active_sessions: int) -
         "last_error": stats.last_error,
         "clock_skew_ms": stats.clock_skew_ms,
         "active_sessions": active_sessions,
+        "pos_import": None if pos is None else pos.to_json(),
     }

@@ -21,7 +21,7 @@ from agent.pos.importer import PosImporter
 from agent.pos.model import ImportReport, Observation, Quarantined, QuarantineEntry, Skipped
 from agent.pos.profiles import BUILTIN_PROFILES, Produces, Profile
 from agent.pos.store import PosStore
-from agent.pos.watcher import PosFolderWatcher
+from agent.pos.watcher import PosFolderState, PosFolderWatcher
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -30,6 +30,7 @@ __all__ = [
     "ImportReport",
     "Observation",
     "PosConfigError",
+    "PosFolderState",
     "PosFolderWatcher",
     "PosImportConfig",
     "PosImportError",

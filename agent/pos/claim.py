@@ -44,6 +44,14 @@ class DropFolderTaken(AgentAlreadyRunning):
     """Another agent watches this drop folder; the message is one sentence naming it."""
 
 
+class DropFolderUnusable(AgentError):
+    """The drop folder cannot be claimed for now (read-only, not there, a share not mounted); ``reason`` says why."""
+
+    def __init__(self, folder: Path, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the POS drop folder {folder} cannot be claimed for this agent ({reason})")
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimOwner:
     agent_id: str
@@ -93,9 +101,7 @@ class DropFolderClaim:
                 " watch_dir on one of them only"
             ) from None
         except OSError as err:
-            raise AgentError(
-                f"the POS drop folder {self.folder} cannot be claimed for this agent ({err.strerror or err})"
-            ) from err
+            raise DropFolderUnusable(self.folder, str(err.strerror or err)) from err
         try:
             self._write_owner()
         except OSError as err:

@@ -23,6 +23,7 @@ SETTLE_DEFAULT_S = 2.0
 BATCH_ROWS_DEFAULT = 2_000
 BATCH_ROWS_MAX = 10_000
 FUTURE_TOLERANCE_DEFAULT_S = 86_400.0
+FOLDER_RETRY_DEFAULT_S = 30.0
 STORE_FILE_NAME = "pos-import.sqlite"
 
 
@@ -46,6 +47,7 @@ class PosImportConfig:
     batch_rows: int = BATCH_ROWS_DEFAULT  # movements per outbox transaction
     future_tolerance_s: float = FUTURE_TOLERANCE_DEFAULT_S  # rows dated later than now + this are quarantined
     force_polling: bool = False  # poll the folder instead of OS notifications (network shares)
+    folder_retry_s: float = FOLDER_RETRY_DEFAULT_S  # how often a drop folder that cannot be used is tried again
     profiles: Mapping[str, Profile] = field(default_factory=dict)  # built-in and custom, by name
 
     def all_profiles(self) -> dict[str, Profile]:
@@ -78,6 +80,7 @@ class PosImportConfig:
 KEYS = (
     "watch_dir", "profile", "time_zone", "date_order", "decimal_separator", "units", "locations", "time_zones",
     "settle_s", "patterns", "store_path", "batch_rows", "future_tolerance_s", "force_polling", "profiles",
+    "folder_retry_s",
 )
 
 
@@ -157,5 +160,6 @@ def _from_mapping(table: Mapping[str, Any], base_dir: Path) -> PosImportConfig:
         batch_rows=int(number("batch_rows", BATCH_ROWS_DEFAULT, 1, BATCH_ROWS_MAX)),
         future_tolerance_s=number("future_tolerance_s", FUTURE_TOLERANCE_DEFAULT_S, 0.0, 365 * 86_400.0),
         force_polling=force_polling,
+        folder_retry_s=number("folder_retry_s", FOLDER_RETRY_DEFAULT_S, 0.1, 3600.0),
         profiles=profiles,
     )

@@ -34,6 +34,14 @@ one made at its path, they would follow the old one. Each turn compares the
 folder's (device, inode) with the one watched and, when another folder sits
 there, claims it and arms notifications on it again.
 
+A drop folder that cannot be used — read-only, not there and not to be made,
+a share not mounted yet, or one that turns read-only or drops away while the
+agent runs — never stops the agent: one error says which folder and why and
+that it is tried again every ``folder_retry_s``; the watcher imports nothing
+meanwhile (``state()`` says it waits for its folder), and once the folder can
+be used it claims it and imports what is there. Only a path that is a file,
+not a folder, is refused at ``start``: no retry makes it one.
+
 The loop has the agent's one shape: wait for a folder change (watchfiles)
 or a tick, take one settled file, import it; if the outbox or store fails,
 back off exponentially with jitter up to a cap, warn once, and say once when
@@ -57,8 +65,8 @@ from typing import Self
 
 import watchfiles
 
-from agent.errors import AgentError
-from agent.pos.claim import DropFolderClaim
+from agent.pos.claim import DropFolderClaim, DropFolderTaken, DropFolderUnusable
+from agent.pos.config import PosConfigError
 from agent.pos.errors import PosImportError
 from agent.pos.importer import PosImporter
 from agent.pos.model import ImportReport
@@ -85,6 +93,22 @@ PROGRESS_LOG_S = 30.0  # how often a long import says how far it got
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart")
 
 ReportFn = Callable[[ImportReport, Path], None]  # the report, and where the file is now (its old path if gone)
+
+WATCHING = "watching"
+WAITING_FOR_FOLDER = "waiting_for_folder"
+
+
+@dataclass(frozen=True, slots=True)
+class PosFolderState:
+    """What the drop folder's watcher is doing, for the agent's status: ``watching`` it, or
+    ``waiting_for_folder`` with the ``problem`` that keeps it from the folder."""
+
+    watch_dir: Path
+    state: str
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"watch_dir": str(self.watch_dir), "state": self.state, "problem": self.problem}
 
 
 @dataclass(slots=True)
@@ -214,6 +238,7 @@ class PosFolderWatcher:
         on_report: ReportFn | None = None,
         retry_base_s: float = RETRY_BASE_S,
         retry_max_s: float = RETRY_MAX_S,
+        folder_retry_s: float | None = None,
     ) -> None:
         config = importer.config
         self.importer = importer
@@ -224,9 +249,11 @@ class PosFolderWatcher:
         self.on_report = on_report
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self.folder_retry_s = config.folder_retry_s if folder_retry_s is None else folder_retry_s
         self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=EQUAL_JITTER))
         self._pending: dict[Path, _Seen] = {}
-        self._unmovable: dict[Path, tuple[int, int]] = {}  # imported but could not be filed away
+        # imported but could not be filed away: its size and mtime then, and its report (filed with it later)
+        self._unmovable: dict[Path, tuple[int, int, ImportReport]] = {}
         self._reports_owed: dict[Path, str] = {}  # filed away, its report (JSON) not written yet (disk full)
         self._filed: dict[Path, _Filed] = {}  # filed away lately, by where it is now; oldest first
         self._wake = asyncio.Event()
@@ -243,22 +270,115 @@ class PosFolderWatcher:
         self._watch_stop = asyncio.Event()
         self._folder_link: str | None = None  # where the folder's path pointed at start, if it was a link
         self._refused_link: str | None = None  # a link that replaced the folder since, once said
+        self._waiting: str | None = None  # why the folder cannot be used now (None: it is watched)
+        self._said_waiting: str | None = None  # the last such problem the log said (said again only if new)
+        self._next_try = 0.0  # monotonic seconds when a folder that cannot be used is tried again
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
-        """Claim the folder and start watching it; ``DropFolderTaken`` if another agent watches it already."""
+        """Claim the folder and start watching it; ``DropFolderTaken`` if another agent watches it already,
+        ``PosConfigError`` if the path is a file. A folder that cannot be used now is waited for (``state()``)."""
         if self._task is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                if not stat.S_ISDIR(os.stat(self.folder).st_mode):
+                    raise PosConfigError(
+                        f"[pos] watch_dir {self.folder} is a file, not a folder; name the folder the POS drops its"
+                        " exports into"
+                    )
             if self._claim is None:
                 self._claim = DropFolderClaim(self.folder, agent_id=self.importer.outbox.agent_id)
-            self._claim.take()
-            for sub in (PROCESSED_DIR, FAILED_DIR):
-                (self.folder / sub).mkdir(exist_ok=True)
-            self._folder_id = self._current_folder_id()
-            self._folder_link = _link_target(self.folder)
+            try:
+                self._take_folder()
+            except DropFolderUnusable as err:
+                self._wait_for_folder(err.reason)
             await self._load_owed_reports()
             self._stop.clear()
             self._task = asyncio.create_task(self.run(), name=f"pos-watch:{self.folder}")
+
+    def state(self) -> PosFolderState:
+        """Whether the folder is watched, or waited for and why (the local API's status shows it)."""
+        problem = self._waiting or self._unlistable
+        return PosFolderState(self.folder, WATCHING if problem is None else WAITING_FOR_FOLDER, problem)
+
+    def _take_folder(self) -> None:
+        """Make the folder if it is not there, claim it, make processed/ and failed/ in it; ``DropFolderUnusable``
+        (with the claim let go) when the disk refuses any of it, ``DropFolderTaken`` if another agent holds it."""
+        assert self._claim is not None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise DropFolderUnusable(self.folder, "it is a file, not a folder") from None
+        except OSError as err:
+            raise DropFolderUnusable(self.folder, str(err.strerror or err)) from err
+        self._claim.take()
+        try:
+            for sub in (PROCESSED_DIR, FAILED_DIR):
+                (self.folder / sub).mkdir(exist_ok=True)
+            if (problem := self._unwritable()) is not None:
+                raise DropFolderUnusable(self.folder, problem)
+        except OSError as err:
+            self._claim.release()
+            raise DropFolderUnusable(self.folder, str(err.strerror or err)) from err
+        except DropFolderUnusable:
+            self._claim.release()
+            raise
+        self._folder_id = self._current_folder_id()
+        self._folder_link = _link_target(self.folder)
+
+    def _unwritable(self) -> str | None:
+        """Why the agent cannot file exports away in the folder now (read-only, not allowed), or None.
+
+        A share remounted read-only, or a disk the system turned read-only after an error, still lists and
+        reads: without this look the agent imported exports it could not move out, again at every start."""
+        try:
+            effective = os.access in os.supports_effective_ids
+            if os.access(self.folder, os.W_OK | os.X_OK, effective_ids=effective):
+                return None
+            read_only = bool(os.statvfs(self.folder).f_flag & os.ST_RDONLY) if hasattr(os, "statvfs") else False
+        except OSError:
+            return None  # gone or unreadable: the listing says so (_rescan), a new folder there is claimed
+        return os.strerror(errno.EROFS if read_only else errno.EACCES)
+
+    def _wait_for_folder(self, problem: str) -> None:
+        """Import nothing until the folder can be used; tried again every ``folder_retry_s``. Said once per problem."""
+        self._waiting = problem
+        self._pending.clear()  # listed in a folder this agent no longer holds: listed again once it does
+        self._next_try = time.monotonic() + self.folder_retry_s
+        if problem != self._said_waiting:
+            self._said_waiting = problem
+            log.error(
+                "The POS drop folder %s cannot be used (%s); the agent runs on without POS imports and tries again "
+                "every %s s.",
+                self.folder, problem, f"{self.folder_retry_s:g}",
+            )  # fmt: skip
+
+    async def _lose_folder(self, problem: str) -> None:
+        """The folder watched turned unusable (read-only, a share gone): let it go and wait for it."""
+        await self._stop_watch()
+        if self._claim is not None:
+            self._claim.release()
+        self._wait_for_folder(problem)
+
+    async def _try_folder_again(self) -> float:
+        """While waiting: claim the folder if it can be used now (0: import at once), else how long to wait."""
+        now = time.monotonic()
+        if now < self._next_try:
+            return min(self._next_try - now, self.folder_retry_s)
+        try:
+            self._take_folder()
+        except DropFolderUnusable as err:
+            self._wait_for_folder(err.reason)
+            return self.folder_retry_s
+        except DropFolderTaken as err:  # another agent took it meanwhile: it imports the folder; this one waits
+            self._wait_for_folder(str(err))
+            return self.folder_retry_s
+        self._waiting = self._said_waiting = None
+        self._refused_link = None
+        self._last_rescan = float("-inf")
+        self._unlistable = None
+        self._start_watch()
+        log.info("The POS drop folder %s can be used now; watching it.", self.folder)
+        return 0.0
 
     async def stop(self) -> None:
         """Stop watching; an import under way is cancelled (what it committed stays, the file stays). Safe twice."""
@@ -282,8 +402,9 @@ class PosFolderWatcher:
     async def run(self) -> None:
         """Turn after turn (``protocol.retry.run_turns``): take one settled file and import it, or wait for a
         folder change or a tick; when the outbox or store fails, the file stays and the import is retried."""
-        log.info("Watching %s for POS exports (%s).", self.folder, ", ".join(self.patterns))
-        self._start_watch()
+        if self._waiting is None:
+            log.info("Watching %s for POS exports (%s).", self.folder, ", ".join(self.patterns))
+            self._start_watch()
         try:
             await run_turns(self._turn, wait=self._wait, failed=self._failed, running=lambda: not self._stop.is_set())
         finally:
@@ -303,15 +424,21 @@ class PosFolderWatcher:
 
     async def _turn(self) -> float:
         """Import one settled file (0: look for the next at once), or how long to wait for one."""
+        if self._waiting is not None:
+            return await self._try_folder_again()
         if self._replaced_by_link():
             return TICK_MAX_S
         if self._folder_replaced():
             await self._rearm()
-            if self._stop.is_set():
+            if self._stop.is_set() or self._waiting is not None:
                 return 0.0
+        if (problem := self._unwritable()) is not None:
+            await self._lose_folder(problem)
+            return 0.0
         await self._write_owed_reports()
         now = time.monotonic()
         if now - self._last_rescan >= RESCAN_S:
+            await self._file_unmovable()
             self._rescan(now)
         path = self._settled(now)
         if path is not None:
@@ -387,14 +514,14 @@ class PosFolderWatcher:
         if self._claim is not None:
             self._claim.release()  # held on the old folder
             try:
-                self._claim.take()
-            except AgentError as err:  # DropFolderTaken: another agent claimed the new folder first
+                self._take_folder()
+            except DropFolderTaken as err:  # another agent claimed the new folder first
                 log.error("The POS drop folder %s was replaced and this agent stops watching it: %s.", self.folder, err)
                 self._stop.set()
                 return
-        for sub in (PROCESSED_DIR, FAILED_DIR):
-            with contextlib.suppress(OSError):  # filing away says so if it cannot
-                (self.folder / sub).mkdir(exist_ok=True)
+            except DropFolderUnusable as err:  # a share gone, its read-only mount point left: tried again later
+                self._wait_for_folder(err.reason)
+                return
         self._last_rescan = float("-inf")
         self._unlistable = None  # the warning below says what became of the folder that could not be listed
         self._start_watch()
@@ -438,7 +565,8 @@ class PosFolderWatcher:
             return
         if not _candidate(st):
             return
-        if self._unmovable.get(path) == (st.st_size, st.st_mtime_ns):
+        unmovable = self._unmovable.get(path)
+        if unmovable is not None and unmovable[:2] == (st.st_size, st.st_mtime_ns):
             return
         seen = self._pending.get(path)
         if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
@@ -589,7 +717,7 @@ class PosFolderWatcher:
         try:
             dest = self._file_away(path, FAILED_DIR if failed else PROCESSED_DIR)
         except OSError as err:
-            self._unmovable[path] = (seen.size, seen.mtime_ns)
+            self._unmovable[path] = (seen.size, seen.mtime_ns, report)
             log.error(
                 "%s was imported but cannot be moved out of %s: %s", _name(path), self.folder, err.strerror or err
             )
@@ -599,6 +727,25 @@ class PosFolderWatcher:
             self._watch_filed(dest, report.file_name, (report.sha256,))
         if self.on_report is not None:
             self.on_report(report, dest)
+
+    async def _file_unmovable(self) -> None:
+        """File away, with the report of their import, the exports that could not be moved out when they were
+        imported (the folder had turned read-only). Left in place, they stayed until the next start imported them
+        again. One that changed since is imported again instead (its rows already recorded are duplicates)."""
+        for path, (size, mtime_ns, report) in list(self._unmovable.items()):
+            now = _identity(path)
+            if now is None or now[2:] != (size, mtime_ns):
+                del self._unmovable[path]
+                continue
+            sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
+            try:
+                dest = self._file_away(path, sub)
+            except OSError:
+                continue  # still refused: said when it was imported
+            del self._unmovable[path]
+            await self._report_beside(dest, report)
+            self._watch_filed(dest, report.file_name, (report.sha256,))
+            log.info("%s, imported before, is filed in %s/ now.", _name(path), sub)
 
     async def _import_again(self, dest: Path) -> None:
         """A filed file changed after it was filed (its writer was not done): import it again, in place.
