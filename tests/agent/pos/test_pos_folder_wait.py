@@ -181,3 +181,25 @@ async def test_a_share_that_drops_away_is_waited_for_not_given_up(
         assert (report.imported, dest) == (9, folder / "processed" / "sales.csv")
     assert not any("stops watching" in m for m in caplog.messages)
     assert caplog.messages.count(_waiting(folder)) == 1
+
+
+async def test_a_share_mounted_on_a_writable_mount_point_is_taken_as_a_new_folder(
+    tmp_path: Path, mounts: Mounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a mount point the agent can write to looks like an empty folder until the share is mounted on it
+    folder = tmp_path / "share"
+    folder.mkdir()
+    share = mounts.tmpfs(tmp_path / "server")
+    (share / "sales.csv").write_bytes(SQUARE_UTF8.read_bytes())
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    reports = Reports()
+    async with (
+        open_env(tmp_path) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.05, on_report=reports, folder_retry_s=RETRY_S) as watcher,
+    ):
+        assert watcher.state().state == "watching"
+        mounts.bind(share, folder)
+        report, dest = await reports.next()
+        assert (report.imported, dest) == (9, folder / "processed" / "sales.csv")
+        assert json.loads((folder / ".shelfsync-watch.owner").read_text(encoding="utf-8"))["agent_id"] == "store-1"
+    assert f"The POS drop folder {folder} was replaced by a new folder; watching the new one now." in caplog.messages
