@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
-from agent.sessions import plan
+from agent.sessions import bins, plan
 from agent.sessions.errors import InvalidSessionInput, SessionConflict, SessionError, SessionNotOpen
 from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
 from agent.sessions.model import (
@@ -45,6 +45,7 @@ from agent.sessions.plan import (
     batch_facts,
     count_attrs,
     count_fits,
+    count_stamps,
     plan_close,
     preview,
     session_source,
@@ -339,7 +340,18 @@ class SessionManager:
         ids derived anew being the same, which an upgrade changing the derivation (one event per lot, per serial)
         broke: the close was booked twice."""
         lines = await self.store.lines(session.id)
-        plan = plan_close(session, lines)
+        carried: dict[str, int] = {}
+        if session.type is SessionType.COUNT and session.spec.bin is not None:
+            stamps = count_stamps(session, lines)
+            source = session_source(session)
+            carried = await bins.carried(self.outbox, session.location, session.spec.bin, stamps, source)
+            if carried and not resumed:
+                log.info(
+                    "Session %s counts bin %s: its count of %d SKU(s) adds the units of the bins counted before it%s.",
+                    session.id, session.spec.bin, len(carried),
+                    "" if len(carried) > 1 else f" ({next(iter(carried))}: {next(iter(carried.values()))})",
+                )  # fmt: skip
+        plan = plan_close(session, lines, carried)
         held = await self.outbox.recorded_from(session_source(session)) if resumed and plan.movements else 0
         if held:  # logged below as "already recorded by an earlier attempt"
             recorded, again = 0, held

@@ -34,7 +34,7 @@ other than 1 (``agent.sessions.manager``). A count is the exception:
   serialised units are listed too: {"serials": how many, "serials1": "SN1 SN2 …",
   "serials2": …}, space-separated (no serial (21) holds a space) in values of at
   most ``ATTR_STR_MAX_LEN`` characters, as many as the attrs' keys allow beside
-  the lots (288 serials of the longest, 20 characters, with one lot); the
+  the lots (276 serials of the longest, 20 characters, with one lot); the
   session refuses a serial or a batch more (``count_fits``), never a line
   without GS1 data (keyed, or scanned without a lot), for which room is kept.
   Stamped at the HLC of its last scan in
@@ -42,6 +42,9 @@ other than 1 (``agent.sessions.manager``). A count is the exception:
   (superseded) and one stamped after it applies on top. SKUs in scope never
   scanned are booked as counted 0 (stamped at the close) only when the session
   is closed with ``zero_unscanned``; otherwise they are reported "not_counted".
+  A count of a bin adds, per SKU, the units of the bins counted before it in the
+  SKU's round of bin counts (``agent.sessions.bins``; ``carried`` in its attrs):
+  5 in bin X then 3 in bin Y is a count of 8, not of 3.
 - transfer_out: ``transfer_out`` −qty with attrs {"to": location}.
 - transfer_in: ``transfer_in`` +qty with attrs {"from": location} when known and {"final": true}:
   closing the receiving session closes the transfer at the hub.
@@ -87,10 +90,10 @@ BATCH_KEYS = ("lot", "expiry", "best_before")  # the GS1 facts (10), (17), (15) 
 LOTS_PER_COUNT_MAX = 24  # batches one count event lists (with by, session, closed_by, bin, lots: under ATTRS_MAX_KEYS)
 
 SERIALS_SEPARATOR = " "  # between the serials a count lists: GS1 (21) holds only printable ASCII but the space
-# Keys of a count event besides its batches and serials: by, session, closed_by, bin, and 2 for the lines without GS1
-# data that may still come (keyed, or scanned without a lot), never refused: the first such line of a SKU counted in
-# one batch turns its lot and expiry keys into "lots", "lot1" and "lot2" (one key more, or two).
-COUNT_KEYS_RESERVED = 6
+# Keys of a count event besides its batches and serials: by, session, closed_by, bin, carried, and 2 for the lines
+# without GS1 data that may still come (keyed, or scanned without a lot), never refused: the first such line of a SKU
+# counted in one batch turns its lot and expiry keys into "lots", "lot1" and "lot2" (one key more, or two).
+COUNT_KEYS_RESERVED = 7
 
 Batch = tuple[tuple[str, AttrValue], ...]  # a line's batch facts, in BATCH_KEYS order; () without GS1 batch data
 Unit = tuple[str, str]  # a serialised item: (its GTIN-14, or the code's catalog key without one; its serial (21))
@@ -219,13 +222,27 @@ def session_source(session: Session) -> str:
     return SOURCE_PREFIX + session.id
 
 
-def plan_close(session: Session, lines: Iterable[Line]) -> ClosePlan:
-    """The movements and the report of closing ``session``; its close must be decided (``close_hlc`` set)."""
+def count_stamps(session: Session, lines: Iterable[Line]) -> dict[str, int]:
+    """The HLC each ``count`` of closing a count session is stamped at, per SKU: its last scan in the session, and
+    the close's for a SKU of its scope zero-filled (``zero_unscanned``)."""
+    if session.type is not SessionType.COUNT or session.close_hlc is None:
+        return {}
+    stamps = {t.sku: t.last_hlc for t in totals(lines)}
+    if session.zero_unscanned:
+        for sku in session.spec.scope_skus:
+            stamps.setdefault(sku, session.close_hlc)
+    return stamps
+
+
+def plan_close(session: Session, lines: Iterable[Line], carried: Mapping[str, int] | None = None) -> ClosePlan:
+    """The movements and the report of closing ``session``; its close must be decided (``close_hlc`` set).
+    ``carried`` (a bin count): per SKU, the units of the bins counted before it in the SKU's round of bin counts
+    (``agent.sessions.bins``), which its count adds to what it counted in its bin."""
     if session.close_hlc is None:
         raise ValueError(f"session {session.id} has no close time; decide the close before planning it")
     lines = list(lines)
     sums = totals(lines)
-    movements = _movements(session, sums, lines, session.close_hlc)
+    movements = _movements(session, sums, lines, session.close_hlc, carried or {})
     report = CloseReport(
         events=len(movements),
         units=sum(t.qty for t in sums),
@@ -239,6 +256,7 @@ def _movements(
     sums: tuple[Total, ...],
     lines: list[Line],
     close_hlc: int,
+    carried: Mapping[str, int],
 ) -> list[Movement]:
     spec, kind = session.spec, session.type
     out: list[Movement] = []
@@ -279,12 +297,14 @@ def _movements(
             if not line.undone:
                 scans.setdefault(line.sku, []).append((line.barcode, line.qty))
         for t in sums:
-            book("count", t.sku, Kind.COUNT, t.qty, t.last_hlc, attrs={**_bin(session), **count_attrs(scans[t.sku])})
+            facts = {**_bin(session, carried, t.sku), **count_attrs(scans[t.sku])}
+            book("count", t.sku, Kind.COUNT, t.qty + carried.get(t.sku, 0), t.last_hlc, attrs=facts)
         if session.zero_unscanned:
             counted = {t.sku for t in sums}
             for sku in spec.scope_skus:
                 if sku not in counted:
-                    book("count", sku, Kind.COUNT, 0, close_hlc, attrs={"zero_filled": True, **_bin(session)})
+                    zero = {"zero_filled": True, **_bin(session, carried, sku)}
+                    book("count", sku, Kind.COUNT, carried.get(sku, 0), close_hlc, attrs=zero)
         return out
     expected = {e.sku: e.qty for e in spec.expected}
     for (sku, disp, batch, unit), qty in _delta_totals(lines).items():
@@ -325,8 +345,10 @@ def _attrs(session: Session, extra: Mapping[str, AttrValue]) -> dict[str, AttrVa
     return attrs
 
 
-def _bin(session: Session) -> dict[str, AttrValue]:
-    return {"bin": session.spec.bin} if session.spec.bin is not None else {}
+def _bin(session: Session, carried: Mapping[str, int], sku: str) -> dict[str, AttrValue]:
+    if session.spec.bin is None:
+        return {}
+    return {"bin": session.spec.bin, **({"carried": carried[sku]} if sku in carried else {})}
 
 
 def _report_lines(session: Session, sums: tuple[Total, ...], *, zero_unscanned: bool) -> tuple[ReportLine, ...]:

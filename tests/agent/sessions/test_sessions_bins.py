@@ -1,0 +1,95 @@
+"""A SKU kept in several bins, counted bin by bin: the count booked is what its bins hold together.
+
+Found: apples with 5 in bin X and 3 in bin Y, counted in a session of bin X (5),
+then in a session of bin Y (3): each close booked a ``count`` of SKU-APPLE, and a
+count sets the SKU's whole stock at the location, so the hub believed 3. A bin
+count now adds the units of the bins counted before it in the SKU's round of bin
+counts (and what moved since), so the second close books 8.
+"""
+
+from __future__ import annotations
+
+from agent.outbox import Movement, Outbox
+from agent.sessions import SessionManager, SessionSpec, SessionType
+from protocol import Kind, StockEvent
+from tests.agent.sessions.sessions_helpers import APPLE, PEAR
+
+
+async def count_bin(sessions: SessionManager, bin_: str, **codes: int) -> str:
+    s = await sessions.open(SessionSpec(SessionType.COUNT, bin=bin_), by="bo")
+    for code, n in codes.items():
+        for _ in range(n):
+            await sessions.scan(s.id, code.removeprefix("c"), by="bo")
+    await sessions.close(s.id, by="bo")
+    return s.id
+
+
+async def counts(outbox: Outbox, sku: str = "SKU-APPLE") -> list[StockEvent]:
+    return [ev for ev in await outbox.pending(1000) if ev.kind is Kind.COUNT and ev.sku == sku]
+
+
+async def test_a_sku_counted_in_two_bins_one_session_after_the_other_is_booked_as_their_sum(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    x = await count_bin(sessions, "X", **{"c" + APPLE: 5})
+    y = await count_bin(sessions, "Y", **{"c" + APPLE: 3, "c" + PEAR: 2})
+    booked = [(ev.qty, dict(ev.attrs)) for ev in await counts(outbox)]
+    assert booked == [
+        (5, {"by": "bo", "session": x, "bin": "X"}),
+        (8, {"by": "bo", "session": y, "bin": "Y", "carried": 5}),  # bin Y's 3 and the 5 bin X holds
+    ]
+    assert [ev.qty for ev in await counts(outbox, "SKU-PEAR")] == [2]  # first counted here: its bin's units
+    view = await sessions.view(y)
+    assert view.session.report is not None
+    assert [(r.sku, r.qty) for r in view.session.report.lines] == [("SKU-APPLE", 3), ("SKU-PEAR", 2)]  # as counted
+
+
+async def test_what_moved_between_two_bins_counts_stays_moved_and_a_third_bin_adds_to_both(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Counting bin X today and bin Y tomorrow: the sale in between is not undone by Y's count."""
+    await count_bin(sessions, "X", **{"c" + APPLE: 5})
+    await outbox.record([Movement("S001", "SKU-APPLE", Kind.SALE, -1, "pos:test")])
+    await count_bin(sessions, "Y", **{"c" + APPLE: 3})
+    await outbox.record([Movement("S001", "SKU-APPLE", Kind.RECEIVE, 4, "pos:test")])
+    await count_bin(sessions, "Z", **{"c" + APPLE: 2})
+    assert [(ev.qty, ev.attrs["bin"], ev.attrs.get("carried")) for ev in await counts(outbox)] == [
+        (5, "X", None),
+        (7, "Y", 4),
+        (13, "Z", 11),
+    ]
+
+
+async def test_a_bin_counted_again_starts_the_skus_round_of_bins_over(sessions: SessionManager, outbox: Outbox) -> None:
+    """The round of bin X and Y holds X's units already: X counted again is a new count of the SKU, which bin Y then
+    adds to; a count of the SKU without a bin (its whole stock) ends the round too."""
+    await count_bin(sessions, "X", **{"c" + APPLE: 5})
+    await count_bin(sessions, "Y", **{"c" + APPLE: 3})
+    await count_bin(sessions, "X", **{"c" + APPLE: 4})
+    await count_bin(sessions, "Y", **{"c" + APPLE: 1})
+    whole = await sessions.open(SessionSpec(SessionType.COUNT, scope_skus=("SKU-APPLE",)), by="bo")
+    await sessions.scan(whole.id, APPLE, by="bo", qty=6)
+    await sessions.close(whole.id, by="bo")
+    await count_bin(sessions, "Y", **{"c" + APPLE: 2})
+    assert [(ev.qty, ev.attrs.get("bin"), ev.attrs.get("carried")) for ev in await counts(outbox)] == [
+        (5, "X", None),
+        (8, "Y", 5),
+        (4, "X", None),
+        (5, "Y", 4),
+        (6, None, None),
+        (2, "Y", None),
+    ]
+
+
+async def test_none_left_in_a_bin_keeps_the_units_of_the_bins_counted_before(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """A bin count closed with ``zero_unscanned`` books 0 for a SKU of its scope not found in the bin: 0 there, not
+    0 in the store."""
+    await count_bin(sessions, "X", **{"c" + APPLE: 5})
+    s = await sessions.open(SessionSpec(SessionType.COUNT, scope_skus=("SKU-APPLE",), bin="Y"), by="bo")
+    await sessions.close(s.id, by="bo", zero_unscanned=True)
+    assert [(ev.qty, ev.attrs.get("carried"), ev.attrs.get("zero_filled")) for ev in await counts(outbox)] == [
+        (5, None, None),
+        (5, 5, True),
+    ]
