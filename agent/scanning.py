@@ -40,9 +40,10 @@ from agent.catalog import CatalogItem, ItemLookup
 from agent.errors import AgentError, InvalidMovement, OutboxClosed, OutboxError
 from agent.outbox import Movement, Outbox
 from agent.scan_journal import JournalError, ScanJournal
+from agent.serials import SERIAL_AGAIN_S, Unit, booked_again, event_gtin, listed
 from protocol import Kind, wall_ms_now
 from protocol import catalog as barcodes
-from protocol.event import ATTR_STR_MAX_LEN
+from protocol.event import ATTR_STR_MAX_LEN, ATTRS_MAX_KEYS
 from protocol.values import CONTROL_RE, shown
 
 if TYPE_CHECKING:  # agent.config imports this module for the mode names
@@ -52,8 +53,9 @@ log = logging.getLogger(__name__)
 
 PROBLEMS_SAID_MAX = 10  # problem scans in a row of one reader logged one by one; the rest are only journaled
 COUNT_RESET_S = 900.0  # a count-mode reader starts a new count of a SKU after this long without scanning it
-SERIAL_AGAIN_S = 24 * 3600.0  # a serialised item booked again as the same movement at a location within this: refused
 STOP_TIMEOUT_S = 10.0
+
+RunUnit = tuple[str | None, str]  # a serialised item a running count holds: its GTIN (None: an older event's), serial
 
 
 class ScanResult(StrEnum):
@@ -143,13 +145,16 @@ class ModeRouter:
     records a ``count`` event with the total (the latest count wins at the hub);
     the running count starts again after ``count_reset_s`` without a scan of it.
 
-    A serialised item (a GS1 serial number (21)) is one unit: scanned again, it
-    is refused aloud as a double scan (a ``failed`` outcome: a warning, the
-    reader's last problem, the journal) when its last movement at the location
-    in the outbox within ``SERIAL_AGAIN_S`` — same SKU and serial, from any
-    reader or session — is this same movement (kind and reason); sold, then
-    returned, it may be sold again. In ``count`` mode, when the running count
-    of its SKU at this reader already counted it.
+    A serialised item (a GS1 serial number (21)) is one unit, named by its GTIN
+    and serial (``agent.serials``: a serial is unique within its GTIN), which its
+    event carries (``gtin``, ``serial``). Scanned again, it is refused aloud as a
+    double scan (a ``failed`` outcome: a warning, the reader's last problem, the
+    journal) when its last movement at the location in the outbox within
+    ``SERIAL_AGAIN_S`` — from any reader or session — is this same movement
+    (kind and reason); sold, then returned, it may be sold again. In ``count``
+    mode, when the running count of its SKU at this reader already counted it;
+    each count event of a running count lists every serial the count holds
+    (``serials``, ``serials1`` …, as a session's count does).
     """
 
     def __init__(
@@ -169,6 +174,7 @@ class ModeRouter:
         self.journal = journal
         self._wall_clock_ms = wall_clock_ms
         self._counts: dict[tuple[str, str, str], tuple[int, int]] = {}  # (reader, location, sku) -> (total, at_ms)
+        self._run_units: dict[tuple[str, str, str], list[RunUnit]] = {}  # … -> the serialised items its count holds
         self._serialised = asyncio.Lock()  # a serialised item's check and booking, so two readers cannot both pass
         # Why a count of (location, sku) must not be booked now, or None (agent.sessions: an open count session
         # of the SKU, whose close would replace this count, or this count the session's).
@@ -199,6 +205,8 @@ class ModeRouter:
         else:
             sku = unknown_sku(decoded.catalog_key)
             attrs["unknown"] = True
+        if decoded.serial is not None:
+            attrs["gtin"] = decoded.catalog_key[:ATTR_STR_MAX_LEN]
         units = scan_units(item, decoded)
         if rule.kind is Kind.COUNT and item is not None and self._is_bundle(sku):
             return ScanOutcome(
@@ -231,10 +239,12 @@ class ModeRouter:
     ) -> ScanOutcome:
         barcode = str(attrs["barcode"])
         last = await self._continued_count(reader, location, sku) if rule.kind is Kind.COUNT else None
-        if decoded.serial is not None and (again := await self._booked_before(reader, rule, location, sku, decoded, last)):
+        unit = (decoded.catalog_key, decoded.serial) if decoded.serial is not None else None
+        run: list[RunUnit] = await self._run(reader, location, sku) if last is not None else []
+        if unit is not None and (again := await self._booked_before(rule, location, sku, unit, last, run)):
             return ScanOutcome(
                 ScanResult.FAILED,
-                f"Scan {shown(barcode, 40)} is serial number {shown(decoded.serial, 40, bare=True)} of"
+                f"Scan {shown(barcode, 40)} is serial number {shown(unit[1], 40, bare=True)} of"
                 f" {shown(sku, bare=True)}, {again}; nothing was booked: a serialised item is one unit, scan the next"
                 " item.",
                 location=location,
@@ -242,6 +252,17 @@ class ModeRouter:
             )
         if rule.kind is Kind.COUNT:
             qty = units + (last[0] if last is not None else 0)
+            run = [*run, unit] if unit is not None else run
+            attrs.update(listed(serial for _, serial in run))
+            if len(attrs) > ATTRS_MAX_KEYS:
+                return ScanOutcome(
+                    ScanResult.FAILED,
+                    f"Scan {shown(barcode, 40)} is a serialised item of {shown(sku, bare=True)}, whose running count on"
+                    f" this scanner already lists {len(run) - 1} serial numbers, as many as one count can tell the hub;"
+                    " nothing was booked: count the rest in a count session once this count has ended.",
+                    location=location,
+                    sku=sku,
+                )
         else:
             qty = rule.sign * units
         movement = Movement(location, sku, rule.kind, qty, f"scanner:{reader.id}", reason=rule.reason, attrs=attrs)
@@ -259,6 +280,7 @@ class ModeRouter:
             )
         if rule.kind is Kind.COUNT:
             self._counts[(reader.id, location, sku)] = (qty, self._wall_clock_ms())
+            self._run_units[(reader.id, location, sku)] = run
         ids = tuple(ev.event_id for ev in recorded.events)
         what = f"{rule.kind.value} {qty:+d}" if rule.kind is not Kind.COUNT else f"count {qty}"
         if item is None:
@@ -289,42 +311,43 @@ class ModeRouter:
         return None
 
     async def _booked_before(
-        self,
-        reader: ScannerSection,
-        rule: ModeRule,
-        location: str,
-        sku: str,
-        decoded: hardware.Decoded,
-        last: tuple[int, int] | None,
+        self, rule: ModeRule, location: str, sku: str, unit: Unit, last: tuple[int, int] | None, run: list[RunUnit]
     ) -> str | None:
         """How a serialised item was already booked as this scan would book it, or None: the same movement of it
         at the location in the outbox within ``SERIAL_AGAIN_S`` (any reader or session: a phone received twice is
         two phones), or, counting, in this reader's running count of its SKU (counted twice, it was 2 units)."""
         if rule.kind is Kind.COUNT:
-            if last is not None and decoded.serial in await self._run_serials(reader, location, sku):
+            if last is not None and any(serial == unit[1] and gtin in (None, unit[0]) for gtin, serial in run):
                 return f"already in this scanner's running count of {shown(sku, bare=True)} ({last[0]})"
             return None
         since_ms = self.outbox.wall_ms() - int(SERIAL_AGAIN_S * 1000)
-        for ev in await self.outbox.booked(location, sku, since_wall_ms=since_ms):
-            if ev.kind is Kind.COUNT or ev.attrs.get("serial") != decoded.serial:
-                continue
-            if ev.kind is rule.kind and ev.reason == rule.reason:  # its last movement here: this very one
-                return f"already booked ({rule.kind.value} {ev.qty:+d} at {location}, by {shown(ev.source, bare=True)})"
-            return None  # moved otherwise since (sold, then returned): this movement is a new one
+        ev = booked_again(await self.outbox.booked(location, sku, since_wall_ms=since_ms), unit, rule.kind, rule.reason)
+        if ev is not None:
+            return f"already booked ({rule.kind.value} {ev.qty:+d} at {location}, by {shown(ev.source, bare=True)})"
         return None
 
-    async def _run_serials(self, reader: ScannerSection, location: str, sku: str) -> set[str]:
-        """The serials the reader's running count of (location, sku) holds: those of its count events, newest first,
-        back to the one that started the run (recorded more than ``count_reset_s`` after the one before it)."""
-        serials: set[str] = set()
+    async def _run(self, reader: ScannerSection, location: str, sku: str) -> list[RunUnit]:
+        """The serialised items the reader's running count of (location, sku) holds, in the order counted: kept
+        in memory, read again from the outbox after a restart (``_run_units``)."""
+        key = (reader.id, location, sku)
+        if key not in self._run_units:
+            self._run_units[key] = await self._run_from_outbox(reader, location, sku)
+        return self._run_units[key]
+
+    async def _run_from_outbox(self, reader: ScannerSection, location: str, sku: str) -> list[RunUnit]:
+        """The serialised items of the reader's running count of (location, sku) as its count events in the outbox
+        say, each the item its scan counted: newest first, back to the one that started the run (recorded more
+        than ``count_reset_s`` after the one before it); (None, serial) when an event of an older agent does not
+        say its GTIN."""
+        found: list[RunUnit] = []
         newer_ms: int | None = None
         for ev in await self.outbox.booked(location, sku, Kind.COUNT, source=f"scanner:{reader.id}"):
             if newer_ms is not None and newer_ms - ev.wall_ms > reader.count_reset_s * 1000:
                 break
             if isinstance(serial := ev.attrs.get("serial"), str):
-                serials.add(serial)
+                found.append((event_gtin(ev), serial))
             newer_ms = ev.wall_ms
-        return serials
+        return found[::-1]
 
     def _is_bundle(self, sku: str) -> bool:
         """Whether the hub's bundles, as the catalog last heard them, hold ``sku`` (a count of one the hub refuses,

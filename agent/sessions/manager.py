@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
+from agent.serials import SERIAL_AGAIN_S, booked_again
 from agent.sessions import bins, plan
 from agent.sessions.errors import InvalidSessionInput, SessionConflict, SessionError, SessionNotOpen
 from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
@@ -54,7 +55,7 @@ from agent.sessions.plan import (
 )
 from agent.sessions.store import SessionStore
 from hardware import Decoded
-from protocol import event_id_hex, new_event_id, parse_event_id, wall_ms_now
+from protocol import Kind, event_id_hex, new_event_id, parse_event_id, wall_ms_now
 from protocol.event import QTY_MAX, TRANSFER_QTY_MAX
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,8 @@ class SessionManager:
             )
         if session.type is SessionType.COUNT:
             await self._check_count_lists(session_id, item, units)
+        else:
+            await self._check_not_booked_outside(session, item)
         if session.type is SessionType.RETURN:
             disposition = _disposition(disposition)
         elif disposition is not None:
@@ -282,6 +285,24 @@ class SessionManager:
                 f"this count already lists {serials} serial numbers and {len(seen)} batches of {item.sku}, as many as"
                 f" one count can tell the hub; key the rest of {item.sku} by its SKU and quantity, which counts them"
                 " without their serials and lots"
+            )
+
+    async def _check_not_booked_outside(self, session: Session, item: Item) -> None:
+        """Refuse a serialised item whose last movement at the location, booked outside this session within
+        ``SERIAL_AGAIN_S`` (a scanner in a mode, another session's close), is the movement this session books: a
+        phone received at the back door, then scanned into a receive session, was received twice (a scanner in a
+        mode refuses the same the other way round)."""
+        unit = unit_of(item.barcode)
+        if unit is None:
+            return
+        kind, reason = _BOOKS[session.type], session.spec.reason
+        since_ms = self.outbox.wall_ms() - int(SERIAL_AGAIN_S * 1000)
+        ev = booked_again(await self.outbox.booked(self.location, item.sku, since_wall_ms=since_ms), unit, kind, reason)
+        if ev is not None:
+            raise InvalidSessionInput(
+                f"serial number {unit[1]} of {item.sku} was already booked at {self.location} ({ev.kind.value}"
+                f" {ev.qty:+d}, by {ev.source}), so this scan was not taken: one serialised item is one unit; scan the"
+                " next item"
             )
 
     async def _check_not_scanner_counted(self, sku: str) -> None:
@@ -468,6 +489,16 @@ def _refused(r: RejectedEvent) -> Refused:
         ev.source.removeprefix(SOURCE_PREFIX), ev.sku, ev.kind.value, ev.qty, r.code, r.reason, r.rejected_ms,
         event_id_hex(ev.event_id),
     )  # fmt: skip
+
+
+# The movement each session type (but a count) books of a unit: what a serialised item booked before must not be.
+_BOOKS = {
+    SessionType.RECEIVE: Kind.RECEIVE,
+    SessionType.TRANSFER_OUT: Kind.TRANSFER_OUT,
+    SessionType.TRANSFER_IN: Kind.TRANSFER_IN,
+    SessionType.RETURN: Kind.RETURN,
+    SessionType.WRITE_OFF: Kind.ADJUST,
+}
 
 
 def _check_one_serialised(item: Item, qty: int) -> None:

@@ -13,7 +13,8 @@ scanner in a mode books them ({"lot": …, "expiry": …, "best_before": …}):
 the hub learns what lot and expiry came in. A serialised item — a code
 carrying a GS1 serial number (21) — is one item: each is an event of its own,
 of the units its one scan counts (1; a serialised case its pack), carrying
-{"serial": …} beside its batch facts, so the hub's ledger shows which unit was
+{"serial": …, "gtin": …} beside its batch facts (a serial is unique within its
+GTIN only: ``agent.serials``), so the hub's ledger shows which unit was
 received, shipped, returned or written off (a recall or a warranty claim names
 the unit). One event per unit rather than a list in one event's attrs: a list
 holds only so many serials (``ATTRS_MAX_KEYS`` keys of ``ATTR_STR_MAX_LEN``
@@ -71,6 +72,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from agent.outbox import Movement
+from agent.serials import Unit as Unit  # noqa: PLC0414 (re-exported)
+from agent.serials import listed
 from agent.sessions.model import (
     CloseReport,
     Disposition,
@@ -82,21 +85,19 @@ from agent.sessions.model import (
 )
 from hardware import DecodeError, decode
 from protocol import Kind, derived_event_id, unpack_hlc
-from protocol.event import ATTR_STR_MAX_LEN, ATTRS_MAX_KEYS, AttrValue
+from protocol.event import ATTRS_MAX_KEYS, AttrValue
 
 SOURCE_PREFIX = "session:"
 ID_NAMESPACE = "shelfsync-session"
 BATCH_KEYS = ("lot", "expiry", "best_before")  # the GS1 facts (10), (17), (15) of a batch, as Decoded.attrs names them
 LOTS_PER_COUNT_MAX = 24  # batches one count event lists (with by, session, closed_by, bin, lots: under ATTRS_MAX_KEYS)
 
-SERIALS_SEPARATOR = " "  # between the serials a count lists: GS1 (21) holds only printable ASCII but the space
 # Keys of a count event besides its batches and serials: by, session, closed_by, bin, carried, and 2 for the lines
 # without GS1 data that may still come (keyed, or scanned without a lot), never refused: the first such line of a SKU
 # counted in one batch turns its lot and expiry keys into "lots", "lot1" and "lot2" (one key more, or two).
 COUNT_KEYS_RESERVED = 7
 
 Batch = tuple[tuple[str, AttrValue], ...]  # a line's batch facts, in BATCH_KEYS order; () without GS1 batch data
-Unit = tuple[str, str]  # a serialised item: (its GTIN-14, or the code's catalog key without one; its serial (21))
 _Key = tuple[str, Disposition | None, Batch, Unit | None]  # what one delta event books: sku, disposition, batch, unit
 
 
@@ -150,7 +151,7 @@ def count_attrs(scans: Iterable[tuple[str | None, int]]) -> dict[str, AttrValue]
         batches[batch] = batches.get(batch, 0) + qty
         if (unit := unit_of(barcode)) is not None:
             serials.append(unit[1])
-    return {**_count_lots(batches), **_count_serials(serials)}
+    return {**_count_lots(batches), **listed(serials)}
 
 
 def count_fits(attrs: Mapping[str, AttrValue]) -> bool:
@@ -166,19 +167,6 @@ def _count_lots(batches: Mapping[Batch, int]) -> dict[str, AttrValue]:
     for i, (batch, qty) in enumerate(batches.items(), 1):
         out[f"lot{i}"] = ";".join([*(f"{key}={value}" for key, value in batch), f"qty={qty}"])
     return out
-
-
-def _count_serials(serials: list[str]) -> dict[str, AttrValue]:
-    """{"serials": how many, "serials1": "SN1 SN2 …", …}, each value at most ``ATTR_STR_MAX_LEN`` characters."""
-    if not serials:
-        return {}
-    lists: list[str] = []
-    for serial in serials:
-        if lists and len(lists[-1]) + len(SERIALS_SEPARATOR) + len(serial) <= ATTR_STR_MAX_LEN:
-            lists[-1] += SERIALS_SEPARATOR + serial
-        else:
-            lists.append(serial)
-    return {"serials": len(serials), **{f"serials{i}": text for i, text in enumerate(lists, 1)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +261,7 @@ def _movements(
         batch: Batch = (),
         unit: Unit | None = None,
     ) -> None:
-        serial: dict[str, AttrValue] = {"serial": unit[1]} if unit is not None else {}
+        serial: dict[str, AttrValue] = {"serial": unit[1], "gtin": unit[0]} if unit is not None else {}
         out.append(
             Movement(
                 location=session.location,

@@ -478,3 +478,55 @@ async def test_a_serialised_item_moved_otherwise_since_may_be_booked_again(tmp_p
         (Kind.SALE, -1, None),
         (Kind.ADJUST, -1, "damaged"),
     ]
+
+
+async def test_a_count_in_count_mode_names_every_serial_it_counted(tmp_path: Path) -> None:
+    """Found: each count event of a running count named only the serial of the scan that made it, so the last one,
+    the count the hub keeps, said nothing of the other units it counted (a session's count lists them all)."""
+    counting = section(tmp_path / "usb-Honeywell_Xenon_1900-if00", mode="count")
+    async with rig(tmp_path, counting) as r:
+        await r.scan(serialised("SN1"), b"]E0" + EAN13.encode(), serialised("SN2"), serialised("SN3"))
+        events = await r.events()
+    assert [(e.qty, e.attrs.get("serials"), e.attrs.get("serials1")) for e in events] == [
+        (1, 1, "SN1"),
+        (2, 1, "SN1"),
+        (3, 2, "SN1 SN2"),
+        (4, 3, "SN1 SN2 SN3"),
+    ]
+    assert (events[-1].attrs["serial"], events[-1].attrs["gtin"]) == ("SN3", "0" + EAN13)  # the scan that made it
+
+
+def case_serialised(serial: str) -> bytes:
+    """A GS1-128 label of CASE (another GTIN of MUG-01: a case of 12) carrying a serial number (21)."""
+    return f"]C101{CASE}21{serial}".encode()
+
+
+async def test_a_serial_names_one_item_of_its_gtin_not_of_its_sku(tmp_path: Path) -> None:
+    """Found: a double scan was told by SKU and serial, but a serial is unique within its GTIN only (GS1): case SN1
+    of MUG-01's case GTIN was refused as a double scan of unit SN1 of MUG-01's unit GTIN. Told by GTIN and serial,
+    both are booked, and each is still refused scanned twice, in receive mode and in a running count."""
+    counting = section(tmp_path / "count", mode="count", reader_id="shelf")
+    receiving = section(tmp_path / "receive", mode="receive", reader_id="dock")
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location=LOCATION) as outbox:
+        router = ModeRouter(outbox, CATALOG, [counting, receiving], location=LOCATION)
+
+        async def scan(reader_id: str, raw: bytes) -> ScanResult:
+            scanned = hardware.Scan(reader_id, raw, wall_ms_now())
+            return (await router.route(reader_id, scanned, hardware.decode(raw), None)).result
+
+        assert [
+            await scan("dock", serialised("SN1")),
+            await scan("dock", case_serialised("SN1")),
+            await scan("dock", case_serialised("SN1")),
+            await scan("shelf", serialised("SN7")),
+            await scan("shelf", case_serialised("SN7")),
+            await scan("shelf", case_serialised("SN7")),
+        ] == [ScanResult.BOOKED, ScanResult.BOOKED, ScanResult.FAILED, ScanResult.BOOKED, ScanResult.BOOKED,
+              ScanResult.FAILED]  # fmt: skip
+        booked = [(e.kind, e.qty, e.attrs["gtin"], e.attrs["serial"]) for e in await outbox.pending(100)]
+    assert booked == [
+        (Kind.RECEIVE, 1, "0" + EAN13, "SN1"),
+        (Kind.RECEIVE, 12, CASE, "SN1"),
+        (Kind.COUNT, 1, "0" + EAN13, "SN7"),
+        (Kind.COUNT, 13, CASE, "SN7"),
+    ]

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from agent.outbox import Outbox
+import hardware
+from agent.config import ScannerSection
+from agent.outbox import Movement, Outbox
+from agent.scanning import ModeRouter, ScanResult
 from agent.sessions import InvalidSessionInput, SessionManager, SessionSpec, SessionType, plan
-from protocol import Kind, StockEvent
+from protocol import Kind, StockEvent, wall_ms_now
 from tests.agent.sessions.sessions_helpers import APPLE, APPLE_CASE, PEAR
 
 GS = "\x1d"
@@ -48,10 +51,11 @@ async def test_each_serialised_item_is_an_event_of_its_own_carrying_its_serial(
     await sessions.close(s.id, by="ana")
     booked = [(ev.kind, ev.sku, ev.qty, dict(ev.attrs)) for ev in await all_events(outbox)]
     base = {"by": "ana", "session": s.id}
+    sn2 = {"lot": "LOT1", "expiry": "2026-12-31"}
     assert booked == [
-        (kind, "SKU-APPLE", sign, {**base, "serial": "SN1", **extra}),
+        (kind, "SKU-APPLE", sign, {**base, "serial": "SN1", "gtin": "0" + APPLE, **extra}),
         (kind, "SKU-APPLE", 2 * sign, {**base, **extra}),
-        (kind, "SKU-APPLE", sign, {**base, "lot": "LOT1", "expiry": "2026-12-31", "serial": "SN2", **extra}),
+        (kind, "SKU-APPLE", sign, {**base, **sn2, "serial": "SN2", "gtin": "0" + APPLE, **extra}),
     ]
     assert len({ev.event_id for ev in await all_events(outbox)}) == 3
 
@@ -224,3 +228,38 @@ async def test_a_count_full_of_serials_still_takes_a_line_without_gs1_data_and_c
     assert (count.qty, count.attrs["serials"], count.attrs["lots"]) == (taken + 3, taken, 2)
     listed = " ".join(str(count.attrs[f"serials{i}"]) for i in range(1, 100) if f"serials{i}" in count.attrs)
     assert listed.split() == serials[:taken] and taken == 276
+
+
+async def test_a_serial_a_scanner_in_a_mode_booked_is_refused_aloud_by_a_session_booking_it_again(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Found: phone SN1 received at the back door by a scanner in receive mode (no session), then scanned into a
+    receive session, was received twice: the session looked only at its own lines. Now the session refuses it as
+    the scanner does a serial booked as the same movement before (at the location, within a day): another GTIN's SN1
+    is another item; a phone sold since may be received again; a count session counts it (a count books no unit)."""
+    dock = ScannerSection(
+        id="dock", type="serial", mode="receive", device=hardware.SerialScannerConfig("dock", "socket://127.0.0.1:9")
+    )
+    router = ModeRouter(outbox, sessions.catalog, [dock], location="S001")  # type: ignore[arg-type]
+    raw = f"]C101{'0' + APPLE}21SN1".encode()
+    booked = await router.route("dock", hardware.Scan("dock", raw, wall_ms_now()), hardware.decode(raw), None)
+    assert booked.result is ScanResult.BOOKED
+    s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-9"), by="ana")
+    with pytest.raises(InvalidSessionInput) as refused:
+        await sessions.scan(s.id, SN1, by="ana")
+    assert str(refused.value) == (
+        "serial number SN1 of SKU-APPLE was already booked at S001 (receive +1, by scanner:dock), so this scan was"
+        " not taken: one serialised item is one unit; scan the next item"
+    )
+    await sessions.scan(s.id, f"(01){APPLE_CASE}(21)SN1", by="ana")  # the case GTIN's SN1: another item
+    counted = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="bo")
+    await sessions.scan(counted.id, SN1, by="bo")
+    await outbox.record([Movement("S001", "SKU-APPLE", Kind.SALE, -1, "pos:till", attrs={"serial": "SN1"})])
+    await sessions.scan(s.id, SN1, by="ana")  # sold since: received again
+    await sessions.close(s.id, by="ana")
+    assert [(ev.kind, ev.qty, ev.attrs.get("gtin"), ev.source.split(":")[0]) for ev in await all_events(outbox)] == [
+        (Kind.RECEIVE, 1, "0" + APPLE, "scanner"),
+        (Kind.SALE, -1, None, "pos"),
+        (Kind.RECEIVE, 12, APPLE_CASE, "session"),  # in the order the session first scanned them
+        (Kind.RECEIVE, 1, "0" + APPLE, "session"),
+    ]
