@@ -18,6 +18,8 @@ counted anew, and the other bins are added again as they are counted).
 
 This agent's outbox is what it reads: the counts of the round and the movements
 since (those it holds, until retention purges them, and the hub did not refuse).
+A round whose first count the outbox no longer holds is over: which bins it
+counted is unknown, and adding a bin it may hold twice would overstate the SKU.
 A movement of the SKU at the location the agent never held (an order booked
 through the hub's API by another client) is not carried.
 """
@@ -55,10 +57,12 @@ def _carried(events: list[StockEvent], bin_: str, at: int, source: str) -> int |
     for ev in counts:
         counted_in = ev.attrs.get("bin")
         if not isinstance(counted_in, str):
-            break
+            return None  # a carrying count with no bin: not one this agent booked
         round_bins.add(counted_in)
         if "carried" not in ev.attrs:  # the count that started the round
             break
+    else:
+        return None  # the round's first count was purged (retention): which bins it holds is unknown, so it is over
     if bin_ in round_bins:
         return None  # counted again: a new round
     last = _order(counts[0])

@@ -10,8 +10,8 @@ counts (and what moved since), so the second close books 8.
 from __future__ import annotations
 
 from agent.outbox import Movement, Outbox
-from agent.sessions import SessionManager, SessionSpec, SessionType
-from protocol import Kind, StockEvent
+from agent.sessions import SessionManager, SessionSpec, SessionType, bins
+from protocol import Kind, StockEvent, new_event_id, pack_hlc
 from tests.agent.sessions.sessions_helpers import APPLE, PEAR
 
 
@@ -93,3 +93,22 @@ async def test_none_left_in_a_bin_keeps_the_units_of_the_bins_counted_before(
         (5, None, None),
         (5, 5, True),
     ]
+
+
+def ev(seq: int, kind: Kind, qty: int, **attrs: object) -> StockEvent:
+    return StockEvent(
+        new_event_id(), "store-a", 1, seq, "S001", "SKU-APPLE", kind, qty, pack_hlc(1_700_000_000_000 + seq, 0),
+        1_700_000_000_000 + seq, "session:x" if kind is Kind.COUNT else "pos:till", attrs=attrs,
+    )  # fmt: skip
+
+
+def test_a_round_whose_first_count_was_purged_is_over() -> None:
+    """After ``retention_days`` the outbox no longer holds the round's first count (bin X): which bins the round
+    holds is unknown, and bin X counted again would have added its units to a count already holding them."""
+    started = ev(1, Kind.COUNT, 5, bin="X")
+    carrying = ev(2, Kind.COUNT, 8, bin="Y", carried=5)
+    sold = ev(3, Kind.SALE, -1)
+    at = pack_hlc(1_700_000_000_100, 0)
+    assert bins._carried([sold, carrying, started], "Z", at, "session:now") == 7
+    assert bins._carried([sold, carrying, started], "X", at, "session:now") is None  # in the round: a new one
+    assert bins._carried([sold, carrying], "X", at, "session:now") is None  # X purged: the round is over
