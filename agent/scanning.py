@@ -179,6 +179,9 @@ class ModeRouter:
         # Why a count of (location, sku) must not be booked now, or None (agent.sessions: an open count session
         # of the SKU, whose close would replace this count, or this count the session's).
         self.count_guard: Callable[[str, str], Awaitable[str | None]] | None = None
+        # How a serialised item (location, sku, unit) is already on its way to be booked as this movement (kind,
+        # reason), or None (agent.sessions: a line of an open session that books it when it closes).
+        self.unit_guard: Callable[[str, str, Unit, Kind, str | None], Awaitable[str | None]] | None = None
 
     async def route(
         self,
@@ -324,6 +327,8 @@ class ModeRouter:
         ev = booked_again(await self.outbox.booked(location, sku, since_wall_ms=since_ms), unit, rule.kind, rule.reason)
         if ev is not None:
             return f"already booked ({rule.kind.value} {ev.qty:+d} at {location}, by {shown(ev.source, bare=True)})"
+        if self.unit_guard is not None:
+            return await self.unit_guard(location, sku, unit, rule.kind, rule.reason)
         return None
 
     async def _run(self, reader: ScannerSection, location: str, sku: str) -> list[RunUnit]:

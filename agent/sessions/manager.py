@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
-from agent.serials import SERIAL_AGAIN_S, booked_again
+from agent.serials import SERIAL_AGAIN_S, Unit, booked_again
 from agent.sessions import bins, plan
 from agent.sessions.errors import InvalidSessionInput, SessionConflict, SessionError, SessionNotOpen
 from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
@@ -304,6 +304,12 @@ class SessionManager:
                 f" {ev.qty:+d}, by {ev.source}), so this scan was not taken: one serialised item is one unit; scan the"
                 " next item"
             )
+        found = await self.store.holding_unit(self.location, item.sku, unit, [session.type], except_id=session.id)
+        if found is not None and (kind is not Kind.ADJUST or found[0].spec.reason == reason):
+            raise InvalidSessionInput(
+                f"serial number {unit[1]} of {item.sku} is already line {found[1]} of {session.type.value} session"
+                f" {found[0].id}, so this scan was not taken: one serialised item is one unit; scan the next item"
+            )
 
     async def _check_not_scanner_counted(self, sku: str) -> None:
         """Refuse counting ``sku`` in a session while a back-office reader in count mode is running a count of it:
@@ -465,6 +471,20 @@ class SessionManager:
 
     async def for_reader(self, reader_id: str) -> Session | None:
         return await self.store.for_reader(reader_id)
+
+    async def holding_unit(self, location: str, sku: str, unit: Unit, kind: Kind, reason: str | None) -> str | None:
+        """Why a serialised item booked outside the sessions as ``kind`` (a scanner in a mode) would book it twice,
+        or None: a line of an open session at ``location`` that books it as that movement when it closes."""
+        types = [t for t, books in _BOOKS.items() if books is kind]
+        found = await self.store.holding_unit(location, sku, unit, types) if types else None
+        if found is None:
+            return None
+        session, no = found
+        if kind is Kind.ADJUST and session.spec.reason != reason:
+            return None
+        return (
+            f"already scanned into {session.type.value} session {session.id} (line {no}), which books it when it closes"
+        )
 
     async def count_conflict(self, location: str, sku: str) -> str | None:
         """Why a count of ``sku`` at ``location`` booked outside the sessions (a reader in count mode) would undo

@@ -31,6 +31,9 @@ class SessionRouter:
         if isinstance(fallback, ModeRouter) and fallback.count_guard is None:
             # A reader in count mode books the SKU's whole count at once: not of a SKU an open count is counting.
             fallback.count_guard = sessions.count_conflict
+        if isinstance(fallback, ModeRouter) and fallback.unit_guard is None:
+            # A serialised item an open session books when it closes is not booked again as that movement by a reader.
+            fallback.unit_guard = sessions.holding_unit
         if isinstance(fallback, ModeRouter) and sessions.scanner_counting is None:
             # … and the other way round: no count session of a SKU such a reader is counting.
             sessions.scanner_counting = fallback.running_count

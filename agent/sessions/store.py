@@ -213,6 +213,27 @@ class SessionStore(SqliteFile):
         """(id, opened by) of an active count of ``location`` counting ``sku`` (in its scope, or scanned)."""
         return await self._read(lambda conn: _counting(conn, location, sku))
 
+    async def holding_unit(
+        self, location: str, sku: str, unit: Unit, types: Sequence[SessionType], except_id: str = ""
+    ) -> tuple[Session, int] | None:
+        """An active session of ``location`` of one of ``types``, other than ``except_id``, with a line still
+        counting the serialised item ``unit`` (of ``sku``), and that line's number; None if there is none."""
+
+        def read(conn: sqlite3.Connection) -> tuple[Session, int] | None:
+            rows = conn.execute(
+                "SELECT l.session_id, l.no, l.barcode FROM lines l JOIN sessions s ON s.id = l.session_id"
+                " WHERE s.location = ? AND s.status IN ('open', 'closing') AND l.sku = ? AND l.undone = 0"
+                f" AND l.barcode IS NOT NULL AND s.id <> ? AND s.type IN ({_marks(len(types))})"
+                " ORDER BY l.session_id, l.no",
+                (location, sku, except_id, *[t.value for t in types]),
+            ).fetchall()
+            for session_id, no, barcode in rows:
+                if _may_name(barcode, unit) and unit_of(barcode) == unit:
+                    return _get(conn, session_id), no
+            return None
+
+        return await self._read(read)
+
     async def bind_reader(self, session_id: str, reader_id: str | None) -> Session:
         def bind(conn: sqlite3.Connection) -> Session:
             session = _open_session(conn, session_id, "take a reader")
@@ -470,14 +491,19 @@ def _check_unit_not_scanned(conn: sqlite3.Connection, line: Line, unit: Unit) ->
         (line.session_id, line.sku),
     )
     for no, barcode in rows:
-        # Decoded only where the serial can be: its text in the code, once the white space a printed (HRI) code may
-        # hold and the decoder drops is gone, or a Digital Link that may escape it with %. Decoding every line made
-        # each scan of a delivery of thousands of serialised items take seconds.
-        if (unit[1] in "".join(barcode.split()) or "%" in barcode) and unit_of(barcode) == unit:
+        if _may_name(barcode, unit) and unit_of(barcode) == unit:
             raise InvalidSessionInput(
                 f"serial number {unit[1]} of {line.sku} is already line {no} of this session, so this scan was not"
                 " taken: one serialised item is one unit; scan the next item (or undo that line to scan it again)"
             )
+
+
+def _may_name(barcode: str, unit: Unit) -> bool:
+    """Whether a stored code may name the serialised item ``unit``, before it is decoded to tell: its serial's text
+    is in the code, once the white space a printed (HRI) code may hold and the decoder drops is gone, or the code is
+    a Digital Link that may escape it with %. Decoding every line made each scan of a delivery of thousands of
+    serialised items take seconds."""
+    return unit[1] in "".join(barcode.split()) or "%" in barcode
 
 
 def _counting(conn: sqlite3.Connection, location: str, sku: str, except_id: str = "") -> tuple[str, str] | None:

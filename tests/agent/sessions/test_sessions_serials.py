@@ -13,8 +13,9 @@ import pytest
 import hardware
 from agent.config import ScannerSection
 from agent.outbox import Movement, Outbox
-from agent.scanning import ModeRouter, ScanResult
+from agent.scanning import ModeRouter, ScanOutcome, ScanResult
 from agent.sessions import InvalidSessionInput, SessionManager, SessionSpec, SessionType, plan
+from agent.sessions.router import SessionRouter
 from protocol import Kind, StockEvent, wall_ms_now
 from tests.agent.sessions.sessions_helpers import APPLE, APPLE_CASE, PEAR
 
@@ -252,6 +253,10 @@ async def test_a_serial_a_scanner_in_a_mode_booked_is_refused_aloud_by_a_session
         " not taken: one serialised item is one unit; scan the next item"
     )
     await sessions.scan(s.id, f"(01){APPLE_CASE}(21)SN1", by="ana")  # the case GTIN's SN1: another item
+    other = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-8"), by="bo")
+    with pytest.raises(InvalidSessionInput, match=f"already line 1 of receive session {s.id}, so this scan was not"):
+        await sessions.scan(other.id, f"(01){APPLE_CASE}(21)SN1", by="bo")  # held by another open receive session
+    await sessions.cancel(other.id, by="bo")
     counted = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="bo")
     await sessions.scan(counted.id, SN1, by="bo")
     await outbox.record([Movement("S001", "SKU-APPLE", Kind.SALE, -1, "pos:till", attrs={"serial": "SN1"})])
@@ -262,4 +267,40 @@ async def test_a_serial_a_scanner_in_a_mode_booked_is_refused_aloud_by_a_session
         (Kind.SALE, -1, None, "pos"),
         (Kind.RECEIVE, 12, APPLE_CASE, "session"),  # in the order the session first scanned them
         (Kind.RECEIVE, 1, "0" + APPLE, "session"),
+    ]
+
+
+async def test_a_serial_scanned_into_an_open_session_is_refused_aloud_by_a_scanner_booking_it_in_its_mode(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """The other way round: phone SN1 scanned into a receive session still open, then at the back door by a scanner
+    in receive mode, was received twice once the session closed. The scanner refuses it, naming the session; a
+    scanner in sale mode sells it (a sale is another movement), and once the line is undone the scanner books it."""
+    dock = ScannerSection(
+        id="dock", type="serial", mode="receive", device=hardware.SerialScannerConfig("dock", "socket://127.0.0.1:9")
+    )
+    till = ScannerSection(
+        id="till", type="serial", mode="sale", device=hardware.SerialScannerConfig("till", "socket://127.0.0.1:9")
+    )
+    router = SessionRouter(sessions, ModeRouter(outbox, sessions.catalog, [dock, till], location="S001"))  # type: ignore[arg-type]
+    s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-10"), by="ana")
+    await sessions.scan(s.id, SN1, by="ana")
+    raw = f"]C101{'0' + APPLE}21SN1".encode()
+
+    async def scan(reader_id: str) -> ScanOutcome:
+        return await router.route(reader_id, hardware.Scan(reader_id, raw, wall_ms_now()), hardware.decode(raw), None)
+
+    refused = await scan("dock")
+    assert refused.result is ScanResult.FAILED
+    assert refused.message == (
+        f"Scan '01{'0' + APPLE}21SN1' is serial number SN1 of SKU-APPLE, already scanned into receive session {s.id}"
+        " (line 1), which books it when it closes; nothing was booked: a serialised item is one unit, scan the next"
+        " item."
+    )
+    assert (await scan("till")).result is ScanResult.BOOKED
+    await sessions.undo(s.id, by="ana")
+    assert (await scan("dock")).result is ScanResult.BOOKED
+    assert [(ev.kind, ev.source) for ev in await all_events(outbox)] == [
+        (Kind.SALE, "scanner:till"),
+        (Kind.RECEIVE, "scanner:dock"),
     ]
