@@ -13,9 +13,13 @@ one its list order walks. No source is read and then thrown away in Python,
 so a filtered page is as cheap as the rows it shows.
 
 Each source's statement is one its table's indexes answer in the list's order
-(schema 11), so the planner walks one and stops at the page instead of sorting
-the table: an OR of terms that are each indexed is not, so the transfer source
-reads one store's transfers once per end (``LOCATED_TRANSFER``) and merges them.
+(schemas 11 and 12), so the planner walks one and stops at the page instead of
+sorting the table: an OR of terms that are each indexed is not, so the transfer
+and overdue sources read one store's transfers once per end
+(``LOCATED_TRANSFER``) and merge them. The unknown-destination source first
+reads which destinations of the open transfers are unknown (``UNKNOWN_DESTINATIONS``:
+one look-up in the ledger per destination, not per transfer), and walks only
+those destinations' transfers.
 """
 
 from __future__ import annotations
@@ -32,8 +36,6 @@ from hub.storage.sql import TRANSFER_FIELDS
 from protocol.catalog import UNKNOWN_SKU_PREFIX
 
 TRANSFER_ROW_FIELDS = f"{TRANSFER_FIELDS}, updated_at_ms"
-# A transfer is both ends' business, and the business of the location it was shipped to when another received it.
-EITHER_END = "(COALESCE(in_to, out_to) = ? OR COALESCE(out_from, in_from) = ? OR out_to = ?)"
 # Shipped to one location and received at another (the WHERE of the index transfers_misdirected, word for word).
 MISDIRECTED = "(out_to IS NOT NULL AND in_to IS NOT NULL AND out_to <> in_to)"
 # The transfers with a finding: the WHERE of the index transfers_finding (migration 011) word for word, which is
@@ -42,23 +44,39 @@ TRANSFER_FINDING = (
     "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received)"
     " OR (in_to IS NOT NULL AND out_to IS NOT NULL AND in_to <> out_to))"
 )
-# EITHER_END a term at a time, each read through its index (transfers_finding_to, _from, transfers_misdirected): a
-# transfer shipped to the location and not misdirected was received there or is still on its way, so is found by
-# the first term already.
+# A transfer is both ends' business, and the business of the location it was shipped to when another received it:
+# a term at a time, each read through its index (transfers_finding_to, _from, transfers_misdirected; for open
+# transfers transfers_open_to, _from): a transfer shipped to the location and not misdirected was received there or
+# is still on its way, so is found by the first term already.
 LOCATED_TRANSFER = ("COALESCE(in_to, out_to) = ?", "COALESCE(out_from, in_from) = ?", f"{MISDIRECTED} AND out_to = ?")
 REJECTION_FIELDS = (
     "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
 )
-# A transfer shipped to a location the hub does not know, still open: no active credential is bound to it (agents.
+# A transfer still open: the WHERE of the indexes transfers_open, _to and _from (migration 012) word for word.
+OPEN_TRANSFER = "closed_at IS NULL AND shipped > received"
+# An open transfer nothing was received of yet: on its way to where it was shipped, COALESCE(in_to, out_to).
+IN_TRANSIT = f"{OPEN_TRANSFER} AND in_to IS NULL AND out_to IS NOT NULL"
+# The locations the hub does not know that open transfers go to: no active credential is bound to it (agents.
 # locations is a JSON list of codes: '["S001", "S002"]') and nothing was ever booked there. The quoted code is found
 # in the list by replace(), exact and case-sensitive on both backends: LIKE took a code's ``_`` and ``%`` for
-# wildcards (S_02 was known when S002 was), and SQLite's LIKE ignores case.
-UNKNOWN_DESTINATION = (
-    "in_to IS NULL AND out_to IS NOT NULL AND closed_at IS NULL AND shipped > received"
-    " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.location = transfers.out_to)"
+# wildcards (S_02 was known when S002 was), and SQLite's LIKE ignores case. The destinations are read from
+# transfers_open_to one at a time, each the least after the one before (an index seek each), so each is looked up
+# once, in its one partition of the ledger on PostgreSQL, however many transfers go there. They include where a
+# partly received transfer was received, which is known (its receipt was booked there).
+UNKNOWN_DESTINATIONS = (
+    "WITH RECURSIVE dest(loc) AS ("
+    f"SELECT MIN(COALESCE(in_to, out_to)) FROM transfers WHERE {OPEN_TRANSFER}"
+    f" UNION ALL SELECT (SELECT MIN(COALESCE(in_to, out_to)) FROM transfers WHERE {OPEN_TRANSFER}"
+    " AND COALESCE(in_to, out_to) > dest.loc) FROM dest WHERE dest.loc IS NOT NULL"
+    ") SELECT loc FROM dest WHERE loc IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.location = dest.loc)"
     " AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.revoked_ms IS NULL"
-    " AND replace(a.locations, '\"' || transfers.out_to || '\"', '') <> a.locations)"
+    " AND replace(a.locations, '\"' || dest.loc || '\"', '') <> a.locations)"
 )
+# Up to this many unknown destinations, each one's transfers are walked in the list's order (transfers_open_to) and
+# merged, reading no transfer to a known location; beyond, the chain's open transfers are walked (transfers_open)
+# for theirs, the destinations read again as a subquery (no parameter list of them).
+UNKNOWN_WALKS_MAX = 32
 UNKNOWN_KEY = f"substr(s.sku, 1, {len(UNKNOWN_SKU_PREFIX)}) = '{UNKNOWN_SKU_PREFIX}'"
 # The same SKUs as a range of the stock's keys (stock_sku, or the primary key after a location), so only the unknown
 # barcodes' rows are read: text compares by code point on both backends (binary; COLLATE "C"). No index of the
@@ -119,21 +137,39 @@ async def exceptions(
                 rows.setdefault((r[0], r[1]), r)
         return list(rows.values())
 
-    ends = (location, location, location)
+    async def read_nowhere() -> list[Row]:
+        """The unknown-destination source's rows: its destinations', one walk each (or one of them all)."""
+        if not wanted(keys.TRANSFER_NOWHERE):
+            return []
+        unknown = [loc for (loc,) in await db.fetch(UNKNOWN_DESTINATIONS)]
+
+        def nowhere(*terms: str) -> Where:
+            return Where(IN_TRANSIT, *terms).add("COALESCE(out_from, in_from) = ?", location)
+
+        if len(unknown) > UNKNOWN_WALKS_MAX:
+            where = nowhere(f"out_to IN ({UNKNOWN_DESTINATIONS})")
+            return await read(keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", where)
+        rows: list[Row] = []
+        for loc in sorted(unknown):
+            where = nowhere().add("COALESCE(in_to, out_to) = ?", loc)
+            rows += await read(keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", where)
+        return rows
+
     for r in await read_located(keys.TRANSFER, shipped):
         if (t := Transfer(*r[:10]).finding()) is not None:
             row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
             out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))
     if transfer_open_max_ms is not None:
-        open_ = Where("closed_at IS NULL", "shipped > received").add("shipped_at_ms < ?", now_ms - transfer_open_max_ms)
-        for r in await read(
-            keys.TRANSFER_OVERDUE, TRANSFER_ROW_FIELDS, "transfers", open_.add(EITHER_END, *ends)
-        ):
+        cutoff = now_ms - transfer_open_max_ms
+
+        def open_() -> Where:
+            return Where(OPEN_TRANSFER).add("shipped_at_ms < ?", cutoff)
+
+        for r in await read_located(keys.TRANSFER_OVERDUE, open_):
             if (t := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
                 row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
                 out.append(findings.sourced(row, keys.TRANSFER_OVERDUE.name, r[0], r[1]))
-    nowhere = Where(UNKNOWN_DESTINATION).add("COALESCE(out_from, in_from) = ?", location)
-    for r in await read(keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", nowhere):
+    for r in await read_nowhere():
         f = Transfer(*r[:10]).unknown_destination_finding()
         row = ExceptionRow(f.kind, f.location, f.sku, f.detail, f.data, r[10])
         out.append(findings.sourced(row, keys.TRANSFER_NOWHERE.name, r[0], r[1]))

@@ -18,6 +18,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from hub import HubStore, open_store, paging, views
+from hub.channels import Divergence, LevelKey, Refusal
+from hub.channels.runner import open_channel_state
+from hub.storage import exceptions
 from protocol import Kind, StockEvent
 from tests.harness.inprocess import serve_hub
 from tests.harness.pg import fresh_schema
@@ -296,3 +299,81 @@ async def test_many_transfers_walk_the_same_list_through_every_filter(
         assert [identity(r) for r in got] == [identity(r) for r in want], (case, len(got), len(want))
     for loc in STORES:  # each store sees its transfers of every kind, and some at both of its roles
         assert {r["kind"] for r in kept(whole, location=loc)} >= set(transfer_kinds) - {"transfer_unknown_destination"}
+
+
+@pytest.fixture
+async def db_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    if backend == "sqlite":
+        yield str(tmp_path / "hub.db")
+        return
+    async with fresh_schema() as url:
+        yield url
+
+
+OPEN_KINDS = ("transfer_overdue", "transfer_unknown_destination", "clock_quarantine", "channel_refused",
+              "channel_divergence")  # fmt: skip
+
+
+@pytest.mark.parametrize("destinations", ["each walked", "all walked at once"])
+async def test_open_transfers_held_events_and_channel_levels_walk_every_filter(
+    db_url: str, destinations: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overdue and unknown-destination sources walk the open transfers in the list's order (one store's once
+    per end, one unknown destination's at a time, or all of theirs at once when there are many), held events and a
+    channel's levels walk indexes of their own: a walk in small pages through any filter lists every row of the
+    whole list it keeps, once, in order, and the whole list holds every one seeded."""
+    if destinations == "all walked at once":
+        monkeypatch.setattr(exceptions, "UNKNOWN_WALKS_MAX", 0, raising=False)
+    async with open_store(db_url) as store, serve_hub(store, transfer_open_max_s=3_600) as served:
+        client = served.client
+        token = await many_transfers(store)
+        states = [TRANSFER_STATES[i % len(TRANSFER_STATES)] for i in range(240) if i % 3]  # as many_transfers
+        b, _ = await agent(store, list(STORES))
+        seq = 0
+
+        def add(kind: Kind, qty: int, at_ms: int = NOW_MS, **kw: Any) -> StockEvent:
+            nonlocal seq
+            seq += 1
+            return move(b, seq, at_ms, kind, qty, **kw)
+
+        for n in range(3):  # several transfers to one unknown location, from two stores, in three batches
+            shipped = [add(Kind.TRANSFER_OUT, -1, sku=f"SKU-Y{n}{i}", location=STORES[i % 2], ref=f"Y{n}{i}",
+                           attrs={"to": "S799"}) for i in range(4)]  # fmt: skip
+            assert not (await store.ingest(b, 1, shipped)).rejected
+        for n in range(2):  # three days ahead of the hub's clock: held, at three stores
+            ahead = [add(Kind.RECEIVE, 1, NOW_MS + 72 * 3_600_000, sku=f"SKU-H{n}{i}", location=STORES[i % 3])
+                     for i in range(9)]  # fmt: skip
+            assert {r.code for r in (await store.ingest(b, 1, ahead, clock_window_ms=86_400_000)).rejected} == {
+                "quarantined"
+            }
+        async with open_channel_state(db_url) as state:
+            for n in range(3):
+                await state.refuse("web", {LevelKey(f"i{n}{i}", "L1"): Refusal(
+                    f"SKU-{i:02d}", STORES[i % 4] if i % 5 else None, i, "no.", NOW_MS + n) for i in range(8)})  # fmt: skip
+                await state.add_divergences("web", [Divergence(
+                    LevelKey(f"i{n}{i}", "L2"), f"SKU-{i:02d}", STORES[i % 4] if i % 5 else None, 5, 4, 3, NOW_MS + n)
+                    for i in range(8)])  # fmt: skip
+        whole = await walk(client, token, "/v1/exceptions", "exceptions", limit=10_000)
+        assert len({identity(r) for r in whole}) == len(whole)
+        counted = {k: sum(1 for r in whole if r["kind"] == k) for k in OPEN_KINDS}
+        assert counted == {"transfer_overdue": states.count("overdue"),
+                           "transfer_unknown_destination": states.count("nowhere") + 12,
+                           "clock_quarantine": 18, "channel_refused": 24, "channel_divergence": 24}, counted  # fmt: skip
+        times = sorted({r["at_ms"] for r in whole})
+        cases: list[dict[str, Any]] = [
+            {},
+            *({"location": loc} for loc in (*STORES, "S799", "S404")),
+            *({"kind": k} for k in OPEN_KINDS),
+            *({"location": loc, "kind": k} for loc in STORES[:3] for k in OPEN_KINDS),
+            *({"kind": k, "since_ms": times[len(times) // 2]} for k in OPEN_KINDS),
+            {"location": STORES[1], "since_ms": times[-3]},
+        ]
+        for case in cases:
+            query = {k: v for k, v in case.items() if k != "since_ms"}
+            if "since_ms" in case:
+                query["since"] = views.iso_ms(case["since_ms"])
+            got = await walk(client, token, "/v1/exceptions", "exceptions", limit=PAGE, **query)
+            want = kept(whole, **case)
+            assert [identity(r) for r in got] == [identity(r) for r in want], (case, len(got), len(want))
+        for k in OPEN_KINDS:  # each kind is a case of one store's too
+            assert kept(whole, location=STORES[0], kind=k), k

@@ -1,24 +1,32 @@
-"""The exceptions list reads each source through an index in the list's order and stops at a page: SQLite's
-query plan of each statement ``hub.storage.exceptions`` builds, on a hub seeded with every source's rows.
+"""The exceptions list reads each source through an index in the list's order and stops at a page: the query
+plan of each statement ``hub.storage.exceptions`` builds, on a hub seeded with every source's rows.
 
 A chain's transfers (every one it ever made), its stock and its import issues grow without end; a statement that
 scans one of them, or sorts all of its rows for the page, reads a whole table on every page the dashboard asks
-for (every 15 s), with a filter or without. The plans are SQLite's own words (EXPLAIN QUERY PLAN), not times.
+for (every 15 s), with a filter or without. The plans are SQLite's own words (EXPLAIN QUERY PLAN) and
+PostgreSQL's (EXPLAIN, told to avoid a sort or a table scan wherever an index can answer), not times.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from hub import open_store
+from hub import HubStore, open_store
+from hub.channels import Divergence, LevelKey, Refusal
+from hub.channels.runner import open_channel_state
 from hub.storage import exceptions
+from hub.storage.db import PostgresDb, Row, numbered
 from hub.storage.keys import ExceptionFilter, ExceptionKey
-from tests.hub.test_paging import NOW_MS, exception_burst
+from protocol import Kind
+from tests.harness.pg import fresh_schema
+from tests.hub.test_paging import NOW_MS, agent, exception_burst, move
 
 FILTERS = (
     ExceptionFilter(),
@@ -87,4 +95,148 @@ async def test_the_transfer_unknown_barcode_and_import_issue_sources_read_no_who
                     assert not any("TEMP B-TREE" in line for line in plan), where
                     if only.location is not None:  # one store's, not the chain's walked for it
                         assert any(line.startswith("SEARCH import_issues") for line in plan), where
+    assert all(read.values()), read
+
+
+# --- the open transfers', held events' and sales channels' sources, on both backends ---------------------------
+
+OPEN_FILTERS = (
+    *FILTERS,
+    ExceptionFilter(kind="transfer_overdue"),
+    ExceptionFilter(kind="transfer_overdue", location="S003"),
+    ExceptionFilter(kind="transfer_unknown_destination"),
+    ExceptionFilter(kind="transfer_unknown_destination", location="S001", since_ms=NOW_MS - 3_600_000),
+    ExceptionFilter(kind="clock_quarantine", location="S001"),
+    ExceptionFilter(kind="channel_refused", location="S002"),
+    ExceptionFilter(kind="channel_divergence", location="S002"),
+)
+OPEN_AFTER = (
+    *AFTER,
+    ExceptionKey(NOW_MS, "transfer_overdue", ("O3", "SKU-O003")),
+    ExceptionKey(NOW_MS, "transfer_unknown_destination", ("X1", "SKU-X001")),
+    ExceptionKey(NOW_MS, "clock_quarantine", (5,)),
+    ExceptionKey(NOW_MS, "channel_refused", ("web", "i3\tL1")),
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
+    return str(request.param)
+
+
+@pytest.fixture
+async def every_source(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A hub's database holding rows of every source: the paging burst, transfers shipped to two locations the hub
+    does not know, and a sales channel's refused and diverging levels."""
+    url = str(tmp_path / "hub.db")
+    async with fresh_schema() if backend == "postgres" else contextlib.nullcontext(url) as url:
+        async with open_store(url) as store:
+            await exception_burst(store)
+            await _unknown_destinations(store)
+        async with open_channel_state(url) as state:
+            await state.refuse("web", {LevelKey(f"i{i}", "L1"): Refusal(f"SKU-N{i:03d}", f"S00{i % 3 + 1}", 4, "no.", NOW_MS)
+                                       for i in range(20)})  # fmt: skip
+            await state.add_divergences("web", [Divergence(LevelKey(f"i{i}", "L1"), f"SKU-N{i:03d}", f"S00{i % 3 + 1}",
+                                                           5, 4, 3, NOW_MS) for i in range(20)])  # fmt: skip
+        yield url
+
+
+async def _unknown_destinations(store: HubStore) -> None:
+    a, _ = await agent(store, ["S001"])
+    batch = [
+        move(a, i + 1, NOW_MS, Kind.TRANSFER_OUT, -1, sku=f"SKU-X{i:03d}", ref=f"X{i}", attrs={"to": f"S77{i % 2}"})
+        for i in range(6)
+    ]
+    assert not (await store.ingest(a, 1, batch)).rejected
+
+
+class Recorded:
+    """A ``Db`` that keeps each statement it runs, answered by the real database."""
+
+    def __init__(self, fetch: Any) -> None:
+        self.run = fetch
+        self.seen: list[tuple[str, Sequence[Any]]] = []
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.seen.append((sql, params))
+        return list(await self.run(sql, params))
+
+
+async def open_source_plans(backend: str, url: str) -> list[tuple[ExceptionFilter, str, list[str]]]:
+    """Each statement of every page of ``OPEN_FILTERS`` after each of ``OPEN_AFTER``, with its plan's lines."""
+    out: list[tuple[ExceptionFilter, str, list[str]]] = []
+    if backend == "sqlite":
+        with sqlite3.connect(url) as conn:
+
+            async def lite(sql: str, params: Sequence[Any]) -> list[Row]:
+                return conn.execute(sql, tuple(params)).fetchall()
+
+            for only in OPEN_FILTERS:
+                for after in OPEN_AFTER:
+                    db = Recorded(lite)
+                    await exceptions.exceptions(db, only, 50, 3_600_000, after, NOW_MS)  # type: ignore[arg-type]
+                    for sql, params in db.seen:
+                        plan = [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", tuple(params))]
+                        out.append((only, sql, plan))
+        return out
+    conn = await asyncpg.connect(url)
+    try:
+        pg = PostgresDb(conn)
+        # where an index answers a statement in its order, PostgreSQL must take it: a Sort left is no index's
+        await conn.execute(
+            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; SET jit = off"
+        )
+        for only in OPEN_FILTERS:
+            for after in OPEN_AFTER:
+                db = Recorded(pg.fetch)
+                await exceptions.exceptions(db, only, 50, 3_600_000, after, NOW_MS)  # type: ignore[arg-type]
+                for sql, params in db.seen:
+                    plan = [r[0] for r in await conn.fetch(f"EXPLAIN {numbered(sql)}", *params)]
+                    out.append((only, sql, plan))
+    finally:
+        await conn.close()
+    return out
+
+
+def sorted_or_scanned(backend: str, table: str, plan: list[str]) -> list[str]:
+    """The lines of ``plan`` that sort rows or read ``table`` whole (not walking an index of it)."""
+    if backend == "sqlite":
+        return [line for line in plan if "TEMP B-TREE" in line or line == f"SCAN {table}"]
+    return [line for line in plan if "Sort" in line or f"Seq Scan on {table}" in line]
+
+
+async def test_open_transfers_held_events_and_channel_levels_are_walked_in_the_lists_order(
+    backend: str, every_source: str
+) -> None:
+    """The overdue and unknown-destination sources walk the open transfers in the list's order, one store's through
+    either end, and look no transfer's destination up in the ledger (on PostgreSQL 16 partitions each): only each
+    destination once, the open transfers' few hundred. Held events and a channel's refused and diverging levels
+    walk an index of their own in the list's order, one store's too (they sorted all their rows)."""
+    read = {"overdue": 0, "nowhere": 0, "destinations": 0, "quarantine": 0, "channel_refusals": 0,
+            "channel_divergences": 0}  # fmt: skip
+    for only, sql, plan in await open_source_plans(backend, every_source):
+        where = (only, sql, plan)
+        if sql.startswith("WITH RECURSIVE"):
+            read["destinations"] += 1  # each destination found by a seek of an index of the open transfers
+            assert not sorted_or_scanned(backend, "transfers", plan), where
+            continue
+        if "FROM transfers" in sql and "shipped_at_ms < ?" in sql:
+            source = "overdue"
+        elif "FROM transfers" in sql and "in_to IS NULL" in sql:
+            source = "nowhere"
+        elif (table := sql.split(" FROM ", 1)[1].split(" ", 1)[0]) in read:
+            source = table
+        else:
+            continue
+        read[source] += 1
+        table = "transfers" if source in ("overdue", "nowhere") else source
+        assert not sorted_or_scanned(backend, table, plan), where
+        if source == "nowhere":  # its destinations were looked up already, once each
+            assert "events" not in sql and not any("events" in line for line in plan), where
+        if only.location is not None and source in ("quarantine", "channel_refusals", "channel_divergences"):
+            # one store's rows, not the chain's walked for them
+            assert not any(line.startswith(f"SCAN {table}") for line in plan), where
+            assert not any("Filter:" in line and "location" in line for line in plan), where
     assert all(read.values()), read
