@@ -7,13 +7,18 @@ sync bodies of 1,000 events (``bench.bench_ingest.make_events``, encoded as agen
 batch the CPU time of this thread (the hub's work without HTTP) and of the PostgreSQL backends serving
 it (``/proc`` through psutil). CPU time, not wall time: other processes on the cores do not count.
 
+With ``--statements``, each database call of the measured batches is timed too: the CPU of this thread
+(``time.thread_time``) and of the backend that ran it (``/proc/<pid>/schedstat``) around the call, summed
+per statement (named by its first words) and printed per batch, with the WAL PostgreSQL wrote per batch
+(``pg_stat_wal``: the whole server's, so on a cluster nothing else writes to).
+
 With ``--offline``, each batch is first booked for real while its database calls and answers are
 recorded, then decoded, prepared and booked again many times against a connection that answers what
 PostgreSQL answered: the hub's own Python alone (decode, ``prepare_batch``, the shared algorithm and
 the adapter building its rows), without the driver, the socket or the event loop's turns.
 
 Compare two versions of the code by running this alternately in their trees (``PYTHONPATH``). Each run
-gets a fresh schema in the test database (``bench.bench_pg_ingest.DEFAULT_URL``; dropped after).
+gets a fresh schema in the database of ``--url`` (the test database unless told; dropped after).
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ import asyncio
 import gc
 import json
 import random
+import re
 import statistics
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import asyncpg
@@ -56,7 +65,11 @@ def backends_cpu_s(pids: list[int]) -> float:
 
 async def my_backends() -> list[int]:
     """The PostgreSQL backends whose client is one of this process's connections."""
-    ports = {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == pg_port(DEFAULT_URL)}
+    ports = {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == pg_port(DEFAULT_URL)
+    }
     conn = await asyncpg.connect(DEFAULT_URL)
     try:
         rows = await conn.fetch("SELECT pid, client_port FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
@@ -89,18 +102,91 @@ async def ingest(store: Any, who: AgentIdentity, body: bytes) -> None:
     )  # fmt: skip
 
 
-async def replay(agents: int, batches: int) -> dict[str, Any]:
+def _runtime_s(pid: int) -> float:
+    """CPU time a process has run so far, in ns resolution (``/proc/<pid>/schedstat``)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def _statement(name: str, args: tuple[Any, ...]) -> str:
+    if name == "copy_records_to_table":
+        return f"COPY {args[0]}"
+    return re.sub(r"\s+", " ", str(args[0]) if args else "")[:60]
+
+
+@contextmanager
+def per_statement() -> Iterator[dict[str, list[float]]]:
+    """While open, every call of asyncpg's query methods (BEGIN and COMMIT among them) adds one call, this thread's
+    CPU and its backend's CPU to the returned table, by statement. A bench's own instrument: it wraps the driver's
+    methods for the while."""
+    table: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    cls = asyncpg.connection.Connection
+    saved = {n: getattr(cls, n) for n in ("execute", "fetch", "fetchrow", "fetchval", "copy_records_to_table")}
+
+    def timed(name: str) -> Any:
+        original = saved[name]
+
+        async def call(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
+            pid = self.get_server_pid()
+            pg0, hub0 = _runtime_s(pid), time.thread_time()
+            try:
+                return await original(self, *args, **kwargs)
+            finally:
+                hub1, pg1 = time.thread_time(), _runtime_s(pid)
+                row = table[_statement(name, args)]
+                row[0] += 1
+                row[1] += hub1 - hub0
+                row[2] += pg1 - pg0
+
+        return call
+
+    for name in saved:
+        setattr(cls, name, timed(name))
+    try:
+        yield table
+    finally:
+        for name, original in saved.items():
+            setattr(cls, name, original)
+
+
+async def _wal() -> tuple[int, int, int]:
+    conn = await asyncpg.connect(DEFAULT_URL)
+    try:
+        row = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+    finally:
+        await conn.close()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+async def replay(agents: int, batches: int, statements: bool = False) -> dict[str, Any]:
     async with fresh_schema(DEFAULT_URL) as url, open_store(url) as store:
         order = await sync_bodies(store, agents, batches)
         for who, body in order[:agents]:  # each agent's first batch creates its stock rows: not measured
             await ingest(store, who, body)
         pids = await my_backends()
-        pg0, hub0 = backends_cpu_s(pids), time.thread_time()
-        for who, body in order[agents:]:
-            await ingest(store, who, body)
-        hub1, pg1 = time.thread_time(), backends_cpu_s(pids)
+        wal0 = await _wal() if statements else (0, 0, 0)
+        with per_statement() if statements else nullcontext({}) as table:
+            pg0, hub0 = backends_cpu_s(pids), time.thread_time()
+            for who, body in order[agents:]:
+                await ingest(store, who, body)
+            hub1, pg1 = time.thread_time(), backends_cpu_s(pids)
+        wal1 = await _wal() if statements else (0, 0, 0)
     n = len(order) - agents
-    return {"batches": n, "hub_ms": round((hub1 - hub0) / n * 1e3, 2), "pg_ms": round((pg1 - pg0) / n * 1e3, 2)}
+    out: dict[str, Any] = {
+        "batches": n,
+        "hub_ms": round((hub1 - hub0) / n * 1e3, 2),
+        "pg_ms": round((pg1 - pg0) / n * 1e3, 2),
+    }
+    if statements:
+        out["wal_per_batch"] = dict(
+            zip(("records", "full_page_images", "bytes"), (round((b - a) / n) for a, b in zip(wal0, wal1)))
+        )
+        out["per_batch"] = {
+            sql: {"calls": round(calls / n, 2), "hub_ms": round(hub / n * 1e3, 3), "pg_ms": round(pg / n * 1e3, 3)}
+            for sql, (calls, hub, pg) in sorted(table.items(), key=lambda kv: -kv[1][2])
+        }
+    return out
 
 
 class _Recorder:
@@ -187,17 +273,23 @@ async def offline(agents: int, batches: int, repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    global DEFAULT_URL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--batches", type=int, default=24, help="per agent; each agent's first is not measured")
+    parser.add_argument("--url", default=DEFAULT_URL, help="a PostgreSQL database the bench may create schemas in")
+    parser.add_argument(
+        "--statements", action="store_true", help="CPU per statement and WAL per batch (see the module doc)"
+    )
     parser.add_argument("--offline", action="store_true", help="the hub's own Python alone (see the module doc)")
     parser.add_argument("--repeats", type=int, default=20, help="with --offline: bookings of each recorded batch")
     args = parser.parse_args()
+    DEFAULT_URL = args.url
     gc.set_threshold(*SERVING_GC_THRESHOLDS)
     if args.offline:
         result = asyncio.run(offline(args.agents, args.batches, args.repeats))
     else:
-        result = asyncio.run(replay(args.agents, args.batches))
+        result = asyncio.run(replay(args.agents, args.batches, args.statements))
     print(json.dumps(result))
 
 
