@@ -1,22 +1,34 @@
-"""At most so many catch-up batches at once in this hub process; the others are asked to come back shortly.
+"""At most so many catch-up batches at once in this hub process; the next few wait in line, the rest are asked to
+come back shortly.
 
 After a regional outage, dozens of agents each send 10,000-event batches, two at a time. Taken all at once,
-their bodies are read and decoded together (seconds of the event loop, during which ``/healthz`` and every
-read wait: a load balancer's check timed out) and queue for the database together (on PostgreSQL they take
-every pooled connection, and a live store's sale or a health check finds none within 5 s). One store's
-catch-up needs two at a time; the writer or the database takes one after the other anyway.
+their bodies are decoded together (seconds of the event loop, during which ``/healthz`` and every read wait: a
+load balancer's check timed out) and queue for the database together (on PostgreSQL they take every pooled
+connection, and a live store's sale or a health check finds none within 5 s). One store's catch-up needs two at
+a time; the writer or the database takes one after the other anyway.
 
-So a sync whose body is announced bigger than ``CATCHUP_BODY_BYTES`` (an agent's 1,000-event batch is ~69 KiB,
-its 10,000-event catch-up batch ~690 KiB) holds a slot from before its body is read to its answer; with
-``CATCHUP_SLOTS`` of them running it is answered ``429`` with ``Retry-After`` before anything is read, and the
-agent waits that long and sends it again (agent/replicator.py). Small syncs, reads and health checks never
-wait for a slot. Slots live in this hub process: several hubs sharing one PostgreSQL database each keep their own.
+So a sync whose body is bigger than ``CATCHUP_BODY_BYTES`` (an agent's 1,000-event batch is ~69 KiB, its
+10,000-event catch-up batch ~690 KiB) holds a slot from after its body arrived (``body_middleware`` reads it
+whole, within ``body_timeout_s``, before any handler runs) to its answer. Its size is the bytes that arrived, so
+a body sent chunked, without a Content-Length, is judged as one that announced it; and a client that announces a
+big body and sends it slowly, or never, holds no slot while it does. With ``CATCHUP_SLOTS`` running, the next
+batch waits in line (first come, first served) for a slot, up to ``CATCHUP_QUEUE`` of them and at most
+``QUEUE_WAIT_S``: a slot goes to the next in line the moment a batch is answered, where a refused batch would
+leave it idle until its agent sent it again. Past the line, past that wait, or past ``PER_AGENT_BATCHES`` of one
+agent's batches (running or waiting: an agent's pipeline is two, and one broken or hostile agent must not take
+every slot and place in line), it is answered ``429`` with ``Retry-After``, the seconds the line ahead takes to
+clear as last measured (at least 1), and the agent waits that long and sends it again (agent/replicator.py).
+Small syncs, reads and health checks never wait for a slot. Slots live in this hub process: several hubs sharing
+one PostgreSQL database each keep their own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -24,37 +36,121 @@ from protocol.retry import retry_after_value
 
 CATCHUP_BODY_BYTES = 256 * 1024  # above: a catch-up batch (thousands of events)
 CATCHUP_SLOTS = 4  # two stores' pipelines: enough to keep one writer (or a few connections) busy
-RETRY_AFTER_S = 1.0  # a slot frees once a batch is committed: a second or so under load
+CATCHUP_QUEUE = 12  # six more stores' pipelines wait in line, their bodies (~690 KiB each) held meanwhile
+QUEUE_WAIT_S = 10.0  # a third of an agent's request timeout (agent/replicator.py TIMEOUT_S): answered well before it
+PER_AGENT_BATCHES = 2  # an agent's pipeline (agent/replicator.py): running or waiting
+RETRY_AFTER_S = 1.0  # the least a refused batch is asked to wait
+HOLD_S_FIRST = 1.0  # a slot's hold before any was measured: a 10,000-event batch under load
+HOLD_WEIGHT = 0.2  # the newest hold's share of the running mean
 
 
 class CatchUpSlots:
-    """The catch-up batches this hub process is working on. ``take`` is synchronous: no await comes between
-    the check and the count, so the cap holds exactly on the one event loop."""
+    """The catch-up batches this hub process is working on, and those waiting for a slot. Every count is changed
+    with no await between its check and its change, so the caps hold exactly on the one event loop."""
 
-    def __init__(self, total: int = CATCHUP_SLOTS) -> None:
+    def __init__(
+        self,
+        total: int = CATCHUP_SLOTS,
+        queue_max: int = CATCHUP_QUEUE,
+        per_agent: int = PER_AGENT_BATCHES,
+        wait_s: float = QUEUE_WAIT_S,
+    ) -> None:
         self.total = total
+        self.queue_max = queue_max
+        self.per_agent = per_agent
+        self.wait_s = wait_s
         self.running = 0
         self.refused = 0
+        self.hold_s = HOLD_S_FIRST  # a slot's mean hold, as measured
+        self._line: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._agents: collections.Counter[str] = collections.Counter()  # batches running or waiting, per agent
 
-    @contextlib.contextmanager
-    def take(self, agent_id: str, content_length: int | None) -> Iterator[None]:
-        """Hold a slot for the block if the body is a catch-up batch's; a 429 (with Retry-After) when none is free."""
-        if content_length is None or content_length <= CATCHUP_BODY_BYTES:
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
+
+    @contextlib.asynccontextmanager
+    async def take(self, agent_id: str, body_bytes: int) -> AsyncIterator[None]:
+        """Hold a slot for the block if ``body_bytes`` are a catch-up batch's, waiting in line for one if need be;
+        a 429 (with Retry-After) when this agent has its share already, the line is full or the wait too long."""
+        if body_bytes <= CATCHUP_BODY_BYTES:
             yield
             return
-        if self.running >= self.total:
-            self.refused += 1
-            retry_after = retry_after_value(RETRY_AFTER_S)
-            raise web.HTTPTooManyRequests(
-                text=f"the hub is committing {self.total} catch-up batches already; {agent_id}, send this one "
+        if self._agents[agent_id] >= self.per_agent:
+            retry_after = self._retry_after()
+            raise self._refuse(
+                f"the hub holds {self._agents[agent_id]} catch-up batches of {agent_id} already; send this one "
                 f"again in {retry_after} s",
-                headers={"Retry-After": retry_after},
+                retry_after,
             )
-        self.running += 1
+        self._agents[agent_id] += 1
         try:
-            yield
+            await self._enter(agent_id)
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self.hold_s += HOLD_WEIGHT * (time.monotonic() - started - self.hold_s)
+                self._leave()
         finally:
-            self.running -= 1
+            self._agents[agent_id] -= 1
+            if not self._agents[agent_id]:
+                del self._agents[agent_id]
+
+    async def _enter(self, agent_id: str) -> None:
+        if self.running < self.total and not self._line:
+            self.running += 1
+            return
+        if len(self._line) >= self.queue_max:
+            retry_after = self._retry_after()
+            raise self._refuse(
+                f"the hub is committing {self.running} catch-up batches and {len(self._line)} more wait; "
+                f"{agent_id}, send this one again in {retry_after} s",
+                retry_after,
+            )
+        turn = asyncio.get_running_loop().create_future()
+        self._line.append(turn)
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await turn  # _leave hands its slot over: ``running`` counts this batch already
+        except TimeoutError:
+            if turn.done() and not turn.cancelled():
+                return  # handed a slot just as the wait ran out: take it
+            self._drop(turn)
+            retry_after = self._retry_after()
+            raise self._refuse(
+                f"no catch-up slot came free within {self.wait_s:g} s; {agent_id}, send this one again in "
+                f"{retry_after} s",
+                retry_after,
+            ) from None
+        except BaseException:  # cancelled (the hub is stopping): a slot handed over meanwhile goes to the next
+            if turn.done() and not turn.cancelled():
+                self._leave()
+            else:
+                self._drop(turn)
+            raise
+
+    def _leave(self) -> None:
+        """Hand this slot to the next batch in line, or free it."""
+        while self._line:
+            turn = self._line.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.running -= 1
+
+    def _drop(self, turn: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._line.remove(turn)
+
+    def _retry_after(self) -> str:
+        """Retry-After: how long the batches running and waiting take to clear, as last measured (at least 1 s)."""
+        rounds = (self.running + len(self._line)) / max(1, self.total)
+        return retry_after_value(max(RETRY_AFTER_S, rounds * self.hold_s))
+
+    def _refuse(self, message: str, retry_after: str) -> web.HTTPTooManyRequests:
+        self.refused += 1
+        return web.HTTPTooManyRequests(text=message, headers={"Retry-After": retry_after})
 
 
 SLOTS_KEY = web.AppKey("catchup_slots", CatchUpSlots)
