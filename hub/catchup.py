@@ -60,7 +60,8 @@ class CatchUpSlots:
         self.per_agent = per_agent
         self.wait_s = wait_s
         self.running = 0
-        self.refused = 0
+        self.waited = 0  # batches that waited in line, since the start
+        self.refused = 0  # … and that were answered 429
         self.hold_s = HOLD_S_FIRST  # a slot's mean hold, as measured
         self._line: collections.deque[asyncio.Future[None]] = collections.deque()
         self._agents: collections.Counter[str] = collections.Counter()  # batches running or waiting, per agent
@@ -110,6 +111,7 @@ class CatchUpSlots:
             )
         turn = asyncio.get_running_loop().create_future()
         self._line.append(turn)
+        self.waited += 1
         try:
             async with asyncio.timeout(self.wait_s):
                 await turn  # _leave hands its slot over: ``running`` counts this batch already

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hub import catchup
 from hub.auth import STORE_KEY
 from hub.storage.base import AgentStatus, IngestResult
 from protocol import wall_ms_now
@@ -120,6 +121,28 @@ class _AgentCollector(Collector):
         yield from (age, hwm, recent, skew, backlog, latest)
 
 
+class _CatchUpCollector(Collector):
+    """The catch-up slots of this hub process (hub/catchup.py) as they are when Prometheus scrapes."""
+
+    def __init__(self, slots: catchup.CatchUpSlots) -> None:
+        self.slots = slots
+
+    def collect(self) -> Iterable[Metric]:
+        slots = self.slots
+        running = GaugeMetricFamily("shelfsync_catchup_running", "Catch-up batches holding a slot now.")
+        running.add_metric([], slots.running)
+        waiting = GaugeMetricFamily("shelfsync_catchup_waiting", "Catch-up batches waiting in line for a slot now.")
+        waiting.add_metric([], slots.waiting)
+        waited = CounterMetricFamily("shelfsync_catchup_waited", "Catch-up batches that waited in line for a slot.")
+        waited.add_metric([], slots.waited)
+        refused = CounterMetricFamily(
+            "shelfsync_catchup_refused",
+            "Catch-up batches answered 429 (the line full, too long, or the agent's share).",
+        )
+        refused.add_metric([], slots.refused)
+        yield from (running, waiting, waited, refused)
+
+
 class HubMetrics:
     """The metrics of one hub application."""
 
@@ -188,6 +211,8 @@ METRICS_KEY = web.AppKey("metrics", HubMetrics)
 
 def setup(app: web.Application) -> None:
     app[METRICS_KEY] = HubMetrics()
+    if (slots := app.get(catchup.SLOTS_KEY)) is not None:
+        app[METRICS_KEY].registry.register(_CatchUpCollector(slots))
     app.router.add_get("/metrics", get_metrics, name="metrics")
 
 

@@ -106,6 +106,9 @@ async def test_catch_up_batches_past_the_slots_wait_in_line_past_the_line_come_b
         for loc in stores:
             assert sum(c.on_hand for c in await store.counts(location=loc)) == -BIG
         assert sum(c.on_hand for c in await store.counts(location="LIVE")) == -1
+        async with session.get(f"{hub.url}/metrics", headers=headers_of(creds["LIVE"][1])) as resp:
+            metrics = await resp.text()
+        assert "shelfsync_catchup_waited_total 1.0" in metrics and "shelfsync_catchup_refused_total 1.0" in metrics
 
 
 def headers_of(token: str) -> dict[str, str]:
