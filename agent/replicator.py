@@ -101,6 +101,9 @@ TICK_S = 5.0
 TIMEOUT_S = 30.0
 AUTH_RETRY_S = 300.0
 HEARTBEAT_S = 60.0  # an idle agent still tells the hub it is alive (and its backlog) this often
+# A hub catching a region up asks batch after batch to come back (429, hub/catchup.py), each between good answers:
+# said at INFO at most this often, the rest at DEBUG, and the good answer after one is not news.
+SLOW_DOWN_SAID_S = 60.0
 # What a hub from before the columnar form (protocol.event.events_to_columns) answers a request that has them: 400
 # naming the field (protocol.codec's envelope check, unchanged since the first wire version).
 COLUMNS_REFUSED = "unknown field(s) columns"
@@ -218,6 +221,8 @@ class Replicator(HubLoop):
         # (A batch would hide that: the hub raises its mark to the batch's last seq.)
         self._handshake_due = True
         self._retry_after: str | None = None  # the Retry-After header of the last answer
+        self._slow_down_said_s = -math.inf  # monotonic time a 429 was last logged at its level
+        self._streak_said = False  # a failure of this streak other than a 429 was logged: its end is news too
         self._location: str | None = None  # … and its Location (a redirect, not followed)
         self._content_type = ""  # … and its Content-Type (agent.hub_loop.not_the_hubs)
         self._state = ReplicatorState(0, 0, "never", None, None, False, 0, batch_size, None)
@@ -762,8 +767,11 @@ class Replicator(HubLoop):
             # keeps failing after each good handshake is then logged once, not on every cycle).
             await self._update(attempts=self._state.attempts + 1, hub_reachable=True)
             return
-        if self._streak.succeeded():
+        said, self._streak_said = self._streak_said, False
+        if (ended := self._streak.succeeded()) and said:
             log.info("hub reachable again; %s events waiting, sending", f"{waiting:,}")
+        elif ended:  # only asked to come back (429): flow control, not an outage
+            log.debug("The hub took a batch again after %d 429 answer(s); %s events waiting.", ended, f"{waiting:,}")
         await self._update(
             attempts=self._state.attempts + 1,
             sent_events=self._state.sent_events + sent,
@@ -783,13 +791,20 @@ class Replicator(HubLoop):
         # changed, and one more request would only spend the token the batch needs.
         self._handshake_due = self._handshake_due or failure.kind != "rate_limited"
         first = self._streak.failed(failure)  # a streak's first, or a new sync state
+        say = first
+        if failure.kind == "rate_limited" and first:  # at most once a SLOW_DOWN_SAID_S, however many streaks
+            say = time.monotonic() - self._slow_down_said_s >= SLOW_DOWN_SAID_S
+            if say:
+                self._slow_down_said_s = time.monotonic()
+        elif failure.kind != "rate_limited":
+            self._streak_said = self._streak_said or first
         reachable = bool(failure.reachable)
         backlog = previous.backlog
         with contextlib.suppress(OutboxError):
             backlog = (await self._outbox.stats()).backlog
             if first or previous.last_error != failure.reason:
                 await self._outbox.note_sync_failure(failure.kind, failure.reason, hub_reachable=reachable)
-        if first:
+        if say:
             then = "" if failure.kind == "credentials_refused" else ", retrying with backoff"
             log.log(
                 failure.level,

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from agent import Movement, Outbox, Replicator, ReplicatorState
 from agent.feed import CountFeed
-from protocol import Kind, Rejection
+from protocol import Kind, Rejection, StockEvent
 from tests.agent.agent_fakehub import FakeHub
+from tests.agent.agent_fakehub import _error as fakehub_error
 
 AGENT = "store-1"
 LOC = "S001"
@@ -120,6 +122,34 @@ async def test_a_batch_failing_after_every_good_handshake_is_logged_once(
     failures = [r for r in caplog.records if r.getMessage().startswith("Sync failed:")]
     recoveries = [r for r in caplog.records if r.getMessage().startswith("hub reachable again")]
     assert len(failures) == 1 and len(recoveries) == 1
+
+
+class TakesTurns(FakeHub):
+    """A hub after a regional outage: every other batch is asked to come back (429, its catch-up slots taken)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches_seen = 0
+
+    def _answer(self, token: str, agent_id: str, epoch: int, events: tuple[StockEvent, ...]) -> web.Response:
+        if events:
+            self.batches_seen += 1
+            if self.batches_seen % 2:
+                return fakehub_error(429, "rate_limited", "the hub is committing 4 catch-up batches already")
+        return super()._answer(token, agent_id, epoch, events)
+
+
+async def test_a_hub_asking_batch_after_batch_to_come_back_is_logged_once_not_per_batch(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.replicator")
+    await outbox.record([sale(f"SKU-{n}") for n in range(6)])
+    async with TakesTurns() as hub, fast(outbox, hub, batch_size=1) as replicator:
+        await until(replicator, lambda s: s.sync_state == "ok" and s.backlog == 0 and s.sent_events == 6)
+    assert [seen.status for seen in hub.requests if seen.seqs] == [429, 200] * 6
+    assert hub.applied == list(range(1, 7))  # each once, in order
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(said) == 1 and "HTTP 429" in said[0], said  # flow control: said once, its ends are not news
 
 
 async def test_new_records_wake_the_replicator(hub: FakeHub, outbox: Outbox) -> None:
