@@ -332,8 +332,9 @@ ERROR_STATUS: Mapping[int, tuple[str, str]] = {
           "committed.")),
     429: ("rate_limited", ("This credential sent write requests faster than its quota, or already runs "
           "export_max_per_credential CSV downloads, or (POST /v1/sync) this hub already works on its most catch-up "
-          "batches (bodies over 256 KiB) at once and its line of waiting ones is full, or it holds two of this agent's "
-          "already; nothing of the request was stored: wait Retry-After seconds and send it again.")),
+          "batches (bodies over 256 KiB) at once and its line of waiting ones is full (or this one waited 10 s in it), "
+          "or it holds two of this agent's already; nothing of the request was stored: wait Retry-After seconds and "
+          "send it again.")),
     500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
     502: ("bad_gateway", "The sales channel refused the hub's call or answered it wrongly; nothing was changed."),
     503: ("unavailable", ("The hub is shutting down or its database is unavailable, or it already runs export_max CSV "
