@@ -148,7 +148,7 @@ async def test_a_square_count_newer_than_the_hubs_is_corrected_with_the_time_of_
         await settle(pusher)
         assert (square.quantity(a, loc), square.quantity(b, loc)) == (8, 5)
         square.drift(a, loc, 2)  # a sale rung up at a Square register the hub never heard of
-        del square.counts[(b, loc)]  # Square holds no count: it shows 0
+        square.forget(b, loc)  # Square holds no count: it shows 0
         found = await Reconciler(pusher).reconcile()
         assert sorted((d.sku, d.channel_level, d.hub_level) for d in found.divergences) == [("A", 2, 8), ("B", 0, 5)]
         await settle(pusher)
@@ -300,7 +300,8 @@ async def test_a_square_variation_deleted_and_created_again_gets_the_hubs_level_
     await hub.move((Kind.RECEIVE, 8, "S1", "A"))
     async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
         await settle(pusher)
-        del square.variations[old], square.counts[(old, loc)]  # deleted in the Square dashboard …
+        del square.variations[old]  # deleted in the Square dashboard …
+        square.forget(old, loc)
         new = square.add_variation("A")  # … and created again: a new id, no count (Square shows 0)
         await Reconciler(pusher).reconcile()
         assert pusher.items == {"A": new}
@@ -387,14 +388,14 @@ async def test_a_count_square_kept_over_the_push_is_not_confirmed_and_goes_out_a
 async def test_a_count_square_keeps_whatever_the_stamp_is_left_to_reconciliation_after_two_pushes_more(
     hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from decimal import Decimal
+    from datetime import UTC, datetime
 
     loc = square.add_location()
     a = square.add_variation("A")
     await hub.move((Kind.RECEIVE, 10, "S1", "A"))
     async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
         await settle(pusher)
-        square.counts[(a, loc)] = (Decimal(7), "2999-01-01T00:00:00+00:00")  # a count no push can be later than
+        square.register_count(a, loc, 7, occurred_at=datetime(2999, 1, 1, tzinfo=UTC))  # no push can be later
         await hub.move((Kind.SALE, -2, "S1", "A"))
         pushes = square.stats.batches_applied
         await settle(pusher)  # ends: the level is not pushed in a loop
