@@ -90,20 +90,35 @@ class Kept:
     at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """A level the channel took and then moved by changes of its own that came after the push (Square applies a sale
+    rung up at a register after the pushed count's ``occurred_at`` on top of it): what was pushed, what the channel
+    holds now, and how many of its changes made the difference."""
+
+    pushed: int
+    quantity: int
+    changes: int
+
+
 class Confirmed(dict[LevelKey, int]):
-    """What a push confirmed (the levels the channel took), and ``kept``: the levels of the batch it answered
-    holding another count of its own — not applied, so not confirmed; ``skus``: the SKU the channel answered for
-    the item of a level it took (Shopify), which differs from the mapped one when the item was renamed there."""
+    """What a push confirmed (the levels the channel took, at the quantity it holds there now), and ``kept``: the
+    levels of the batch it answered holding another count of its own — not applied, so not confirmed; ``moved``:
+    levels it took and moved since by changes of its own after the push (confirmed at what it holds); ``skus``: the
+    SKU the channel answered for the item of a level it took (Shopify), which differs from the mapped one when the
+    item was renamed there."""
 
     def __init__(
         self,
         confirmed: Mapping[LevelKey, int],
         kept: Mapping[LevelKey, Kept] | None = None,
         skus: Mapping[LevelKey, str] | None = None,
+        moved: Mapping[LevelKey, Moved] | None = None,
     ) -> None:
         super().__init__(confirmed)
         self.kept = dict(kept or {})
         self.skus = dict(skus or {})
+        self.moved = dict(moved or {})
 
 
 @dataclass(frozen=True, slots=True)

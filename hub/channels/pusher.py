@@ -64,7 +64,16 @@ from typing import TYPE_CHECKING, Protocol
 
 from hub.bundles import bundle_parts_of
 from hub.channels.config import ChannelSpec
-from hub.channels.connector import ChannelError, ChannelRejected, Confirmed, Connector, Kept, LevelsRefused, Target
+from hub.channels.connector import (
+    ChannelError,
+    ChannelRejected,
+    Confirmed,
+    Connector,
+    Kept,
+    LevelsRefused,
+    Moved,
+    Target,
+)
 from hub.channels.levels import LevelKey, sku_levels
 from hub.channels.loop import LoopTask
 from hub.channels.mapping import ItemIds, ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
@@ -369,12 +378,14 @@ class ChannelPusher(LoopTask):
         batches = [keys[i : i + self.spec.batch_max] for i in range(0, len(keys), self.spec.batch_max)] or [[]]
         confirmed_all: dict[LevelKey, int] = {}
         kept_all: dict[LevelKey, Kept] = {}
+        moved_all: dict[LevelKey, Moved] = {}
         for n, batch in enumerate(batches):
             if not self._holds():  # the rest of the turn is the next holder's, from the saved cursor
                 return True
             confirmed = await self._push_unsure({k: targets[k] for k in batch}, turn_key) if batch else {}
             if isinstance(confirmed, Confirmed):
                 kept_all.update(confirmed.kept)
+                moved_all.update(confirmed.moved)
                 self._renamed_at_channel(confirmed.skus)
             self._stamps.update((k, targets[k].occurred_at_ms) for k in confirmed)
             now_ms = wall_ms_now()
@@ -390,6 +401,8 @@ class ChannelPusher(LoopTask):
         await self._settle(confirmed_all, forced, based)
         if kept_all:
             self._not_taken(kept_all, targets)
+        if moved_all:
+            self._moved_since(moved_all)
         if rows and confirmed_all:
             await self._sample_lag(rows, confirmed_all)
         self.status.turns += 1
@@ -457,6 +470,22 @@ class ChannelPusher(LoopTask):
         if again:
             self._force_gen += 1
             self._wake.set()
+
+    def _moved_since(self, moved: Mapping[LevelKey, Moved]) -> None:
+        """Levels the channel took and moved since by changes of its own made after the push's time (a sale rung up
+        at a Square register between the hub's change and the push reaching Square): confirmed at what the channel
+        holds — the hub's level pushed over it would show the sold units again until the sale's order came back.
+        The order books the sale at the hub ("Orders back"), whose level then equals what was confirmed: nothing
+        more goes out, and nothing is counted twice."""
+        k = min(moved)
+        m = moved[k]
+        log.info(
+            "channel %s: %s applied %d change(s) made there after the push's time on top of %d pushed level(s) "
+            "(first %s at %s: %d pushed, %+d since, %d now), so its count stands and is confirmed rather than pushed "
+            "over; a sale among them reaches the hub with its order",
+            self.spec.name, KIND_NAMES.get(self.spec.kind, self.spec.kind), sum(x.changes for x in moved.values()),
+            len(moved), self._key_sku.get(k, k.item_id), k.location_id, m.pushed, m.quantity - m.pushed, m.quantity,
+        )  # fmt: skip
 
     def _renamed_at_channel(self, answered: Mapping[LevelKey, str]) -> None:
         """Levels the channel took whose item it answered under another SKU than the mapped one (a variant renamed

@@ -10,9 +10,25 @@ content (a retry carries the same key; Square answers a reused key with
 different content ``IDEMPOTENCY_KEY_REUSED``). ``429`` is honoured: the
 connector waits ``Retry-After`` seconds and sends the same request again.
 Errors come as ``{"errors": [{"category", "code", "detail", "field"}]}``.
-The answer's ``counts`` are read: a level whose count there is not the one
-pushed was kept by Square (it holds a count stamped later) and is returned as
-``Confirmed.kept``, not confirmed; the pusher pushes it again stamped after it.
+The answer's ``counts`` are read. A level whose count there is not the one
+pushed is either a count Square kept over the push (one it holds stamped
+later: a register edit) or the push taken and moved since by a change that
+occurred after it (a sale rung up at a register, which Square applies on top
+of the pushed count); the answer cannot tell which. Square's own record can:
+each push carries a ``reference_id`` naming it, and for such levels the
+connector reads ``POST /v2/inventory/changes/batch-retrieve``
+(BatchRetrieveInventoryChanges: those items and locations, ``PHYSICAL_COUNT``
+and ``ADJUSTMENT``, received from a little before the push's ``occurred_at``
+to Square's ``calculated_at``; one request per answer, page by page with its
+``cursor``, at most ``CHANGES_PAGES_MAX`` pages). A count not the push's
+stamped at or after it: kept (``Confirmed.kept``; the pusher pushes the hub's
+level again stamped after it). Only adjustments after the push, which bring
+the pushed quantity exactly to Square's: the push was taken, and the level
+is confirmed at Square's quantity (``Confirmed.moved``) — pushing the hub's
+level over it would show the sold units again. Anything else, or a read that
+fails (an error, 429s longer than ``CHANGES_RATE_WAIT_MAX_S`` in all, a timeout),
+leaves the level kept, as before the read existed; a read that fails is
+logged once until one succeeds.
 
 A ``400`` whose every error names one change (``field``
 ``changes[<i>]…``: a deleted variation, an unknown location) refuses those
@@ -39,6 +55,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -48,12 +65,14 @@ import aiohttp
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import (
     CallRecord,
+    ChannelError,
     ChannelRejected,
     ChannelUnavailable,
     Confirmed,
     ConnectorStatus,
     Kept,
     LevelsRefused,
+    Moved,
     PageWalk,
     Target,
     array,
@@ -83,6 +102,35 @@ CHANGE_FIELD_RE = re.compile(r"changes\[(\d+)\]")
 # 2024-11-20): a stamp outside is sent at the window's edge, with a margin for Square's clock against the hub's, and
 # "now" is Square's when its answers' Date says its clock is behind the hub's (CallRecord.peer_behind_ms).
 OCCURRED_PAST_MAX_MS = 24 * 3600 * 1000 - 10 * 60 * 1000
+# Telling a sale at Square during a push from a count Square kept over it (BatchRetrieveInventoryChanges, 2024-11-20)
+REFERENCE_PREFIX = "shelfsync:"  # a pushed count's reference_id: this and the request's idempotency key
+CHANGES_LIMIT = 1_000  # changes asked for a page (Square's most; it may answer fewer)
+CHANGES_PAGES_MAX = 20  # pages of changes read for one push's answer; past them the levels are left as kept
+# Changes are asked for from this long before the push's occurred_at (Square filters on when it received them): a
+# sale occurred after the push is received after it too, unless the register's clock runs ahead of Square's.
+CHANGES_BEFORE_MS = 5 * 60 * 1000
+CHANGES_RATE_WAIT_MAX_S = 2.0  # a 429 on that read is waited out this long at most; longer leaves the levels kept
+CHANGE_TYPES = ("PHYSICAL_COUNT", "ADJUSTMENT")
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """What Square's answer holds at a level where it is not the pushed count: the quantity and ``calculated_at``."""
+
+    quantity: Decimal
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One physical count or adjustment of Square's record, as read from ``changes/batch-retrieve``."""
+
+    type: str
+    key: LevelKey
+    in_stock: Decimal  # what it does to IN_STOCK: a count sets it (its quantity), an adjustment adds it
+    occurred_ms: int
+    created_ms: int
+    reference_id: str
 
 
 class _Refused(ChannelRejected):
@@ -123,6 +171,7 @@ class SquareConnector:
         self._clock = clock
         self._wall = wall
         self._clamping = False  # the last push sent a stamp moved into Square's window (logged when that starts)
+        self._unread = False  # the last read of Square's changes after a push failed (logged when that starts)
         self.calls = 0
         self.rate_limited = 0
         self._last = CallRecord()
@@ -151,7 +200,7 @@ class SquareConnector:
         if len(keys) > self.spec.batch_max:
             raise ValueError(f"a Square batch holds at most {self.spec.batch_max} changes, got {len(keys)}")
         stamps = self._in_window({k: batch[k].occurred_at_ms for k in keys})
-        changes = [
+        changes: list[dict[str, Any]] = [
             {
                 "type": "PHYSICAL_COUNT",
                 "physical_count": {
@@ -164,11 +213,11 @@ class SquareConnector:
             }
             for k in keys
         ]
-        body = {
-            "idempotency_key": idempotency_key(turn_key, changes),
-            "changes": changes,
-            "ignore_unchanged_counts": True,
-        }
+        key = idempotency_key(turn_key, changes)
+        reference = REFERENCE_PREFIX + key  # names this push's counts in Square's record of changes
+        for change in changes:
+            change["physical_count"]["reference_id"] = reference
+        body = {"idempotency_key": key, "changes": changes, "ignore_unchanged_counts": True}
         try:
             answer = await self._call("/v2/inventory/changes/batch-create", body, "setting levels")
         except _Refused as err:
@@ -179,7 +228,11 @@ class SquareConnector:
                     _gone_levels(err.errors, keys),
                 ) from err
             raise
-        return self._taken(batch, answer)
+        taken, shown = self._taken(batch, answer)
+        if not shown:
+            return Confirmed(taken)
+        moved, kept = await self._told_apart(batch, stamps, reference, shown)
+        return Confirmed({**taken, **{k: m.quantity for k, m in moved.items()}}, kept, moved=moved)
 
     def _in_window(self, stamps: dict[LevelKey, int]) -> dict[LevelKey, int]:
         """Each stamp moved into the window Square takes a physical count's ``occurred_at`` in (not in the future,
@@ -200,12 +253,13 @@ class SquareConnector:
         self._clamping = bool(changed)
         return moved
 
-    def _taken(self, batch: Mapping[LevelKey, Target], answer: Mapping[str, Any]) -> Confirmed:
-        """The levels Square took, read from its answer's current ``counts``: a level whose count there is not the
-        one pushed was not applied — Square holds a physical count stamped later than the push's ``occurred_at``
-        (a register edit while the hub's clock is behind) and keeps it — so it is not confirmed but ``kept``,
-        with Square's quantity and ``calculated_at``. A level the answer gives no count of is taken as applied."""
-        held: dict[LevelKey, Kept] = {}
+    def _taken(
+        self, batch: Mapping[LevelKey, Target], answer: Mapping[str, Any]
+    ) -> tuple[dict[LevelKey, int], dict[LevelKey, _Shown]]:
+        """The levels Square's answer shows at the pushed count (taken), and those it shows at another quantity, with
+        its ``calculated_at``: a count of its own kept over the push, or the push moved since by a sale
+        (``_told_apart``). A level the answer gives no count of is taken as applied."""
+        shown: dict[LevelKey, _Shown] = {}
         for c in answer.get("counts") or ():
             if not isinstance(c, dict) or c.get("state", "IN_STOCK") != "IN_STOCK":
                 continue
@@ -216,8 +270,81 @@ class SquareConnector:
             except (InvalidOperation, ValueError, TypeError):
                 continue  # a count the hub cannot read says nothing against the push
             if key in batch and quantity.is_finite() and quantity != batch[key].quantity:
-                held[key] = Kept(int(quantity), at_ms)
-        return Confirmed({k: t.quantity for k, t in batch.items() if k not in held}, held)
+                shown[key] = _Shown(quantity, at_ms)
+        return {k: t.quantity for k, t in batch.items() if k not in shown}, shown
+
+    async def _told_apart(
+        self, batch: Mapping[LevelKey, Target], stamps: Mapping[LevelKey, int], reference: str,
+        shown: Mapping[LevelKey, _Shown],
+    ) -> tuple[dict[LevelKey, Moved], dict[LevelKey, Kept]]:  # fmt: skip
+        """Each level Square answered at another quantity than pushed, told apart by Square's record of changes:
+        moved by adjustments after the push (confirmed at Square's quantity), or kept (a count of its own stands
+        over the push, or the record cannot say). A read that fails leaves them all kept, said once."""
+        kept = {k: Kept(int(s.quantity), s.at_ms) for k, s in shown.items()}
+        try:
+            record = await self._changes_since(stamps, shown)
+        except ChannelError as err:
+            if not self._unread:
+                log.warning(
+                    "channel %s: Square's inventory changes could not be read to tell a sale at Square from a count it "
+                    "kept over the push (%s); until they can, a level Square answers differently is pushed again as a "
+                    "kept count", self.spec.name, err,
+                )  # fmt: skip
+            self._unread = True
+            return {}, kept
+        if self._unread:
+            log.info(
+                "channel %s: Square's inventory changes can be read again, so a sale at Square during a push is told "
+                "from a count it kept over the push", self.spec.name,
+            )  # fmt: skip
+            self._unread = False
+        moved: dict[LevelKey, Moved] = {}
+        for k, s in shown.items():
+            found = _moved_after(record.get(k, []), batch[k].quantity, reference, s.quantity, s.at_ms)
+            if found is not None:
+                moved[k] = found
+                del kept[k]
+        return moved, kept
+
+    async def _changes_since(
+        self, stamps: Mapping[LevelKey, int], shown: Mapping[LevelKey, _Shown]
+    ) -> dict[LevelKey, list[_Change]]:
+        """Square's physical counts and adjustments at these levels received from a little before the earliest
+        push's ``occurred_at`` up to the newest ``calculated_at`` answered: one request, read page by page with
+        Square's cursor, at most ``CHANGES_PAGES_MAX`` pages (ChannelUnavailable past them)."""
+        items = sorted({k.item_id for k in shown})
+        locations = sorted({k.location_id for k in shown})
+        request: dict[str, Any] = {
+            "catalog_object_ids": items,
+            "location_ids": locations,
+            "types": list(CHANGE_TYPES),
+            "updated_after": rfc3339_ms(min(stamps[k] for k in shown) - CHANGES_BEFORE_MS),
+            "limit": CHANGES_LIMIT,
+        }
+        if all(s.at_ms > 0 for s in shown.values()):  # received strictly before: the newest answered, included
+            request["updated_before"] = rfc3339_ms(max(s.at_ms for s in shown.values()) + 1)
+        pages = f"Square's pages of inventory changes of channel {self.spec.name}"
+        walk = PageWalk(pages)
+        seen: set[str] = set()
+        record: dict[LevelKey, list[_Change]] = {}
+        for _ in range(CHANGES_PAGES_MAX):
+            answer = await self._call(
+                "/v2/inventory/changes/batch-retrieve", request, "reading its inventory changes",
+                wait_max_s=CHANGES_RATE_WAIT_MAX_S,
+            )  # fmt: skip
+            listed = array(answer.get("changes"), f"the inventory changes Square answered channel {self.spec.name}")
+            for change in [_change_of(c, self.spec.name) for c in listed]:
+                if change is not None and change.key in shown:
+                    record.setdefault(change.key, []).append(change)
+            cursor = answer.get("cursor")
+            if not cursor:
+                return record
+            walk.page(page_ids(listed, "type", "physical_count", "adjustment"))
+            request["cursor"] = next_cursor(cursor, seen, pages)
+        raise ChannelUnavailable(
+            f"Square answered channel {self.spec.name} more than {CHANGES_PAGES_MAX} page(s) of changes for "
+            f"{len(items)} item(s) at {len(locations)} location(s); reading them stopped there"
+        )
 
     async def listing(self) -> list[ListingEntry]:
         entries: list[ListingEntry] = []
@@ -422,3 +549,59 @@ def _gone_levels(errors: list[Any], keys: list[LevelKey]) -> list[LevelKey]:
         if str(e.get("field", "")).endswith("catalog_object_id"):  # not an unknown location: that is configuration
             gone.append(keys[int(match.group(1))])
     return gone
+
+
+def _change_of(change: Any, channel: str) -> _Change | None:
+    """One change of Square's record (``InventoryChange``); None when it does not touch IN_STOCK (a count of another
+    state, an adjustment between two others). ChannelUnavailable when it cannot be read: an odd record tells
+    nothing, so the levels it was read for are left kept."""
+    kind = change.get("type") if isinstance(change, dict) else None
+    body = change.get("physical_count" if kind == "PHYSICAL_COUNT" else "adjustment") if kind in CHANGE_TYPES else None
+    if not isinstance(body, dict):
+        raise ChannelUnavailable(f"Square answered channel {channel} an inventory change that is not one it describes")
+    try:
+        quantity = Decimal(str(body.get("quantity")))
+        occurred_ms, created_ms = _ms_of(body.get("occurred_at")), _ms_of(body.get("created_at"))
+        if not quantity.is_finite():
+            raise InvalidOperation
+    except (InvalidOperation, ValueError, TypeError):
+        raise ChannelUnavailable(
+            f"Square answered channel {channel} an inventory change whose quantity or times cannot be read"
+        ) from None
+    if kind == "PHYSICAL_COUNT":
+        if body.get("state", "IN_STOCK") != "IN_STOCK":
+            return None
+        in_stock = quantity
+    else:
+        before, after = body.get("from_state"), body.get("to_state")
+        in_stock = quantity if after == "IN_STOCK" else -quantity if before == "IN_STOCK" else Decimal(0)
+        if before == after or not in_stock:
+            return None
+    key = LevelKey(str(body.get("catalog_object_id")), str(body.get("location_id")))
+    return _Change(str(kind), key, in_stock, occurred_ms, created_ms, str(body.get("reference_id") or ""))
+
+
+def _moved_after(
+    record: Sequence[_Change], pushed: int, reference: str, quantity: Decimal, calculated_ms: int
+) -> Moved | None:
+    """Whether Square's count at a level (``quantity``, calculated at ``calculated_ms``) is the pushed count moved by
+    adjustments that occurred after it, from Square's record of the level's changes: Square keeps the physical
+    count with the latest ``occurred_at`` and applies the adjustments that occurred after it. None — kept, or
+    the record cannot say — when the push's count is not in the record, another count occurred at or after it,
+    an adjustment occurred at its very instant, or the adjustments after it do not bring the pushed quantity to
+    Square's exactly (a transfer, a change not read). Changes received after ``calculated_ms`` are not behind
+    that count and are left out."""
+    behind = [c for c in record if calculated_ms <= 0 or c.created_ms <= calculated_ms]
+    ours = [c for c in behind if c.type == "PHYSICAL_COUNT" and c.reference_id == reference]
+    if len(ours) != 1:
+        return None
+    at = ours[0].occurred_ms
+    if any(c.type == "PHYSICAL_COUNT" and c is not ours[0] and c.occurred_ms >= at for c in behind):
+        return None  # a count of its own stands over the push: kept
+    if any(c.type == "ADJUSTMENT" and c.occurred_ms == at for c in behind):
+        return None  # at the count's instant: whether Square applied it on top is not said
+    after = [c for c in behind if c.type == "ADJUSTMENT" and c.occurred_ms > at]
+    total = pushed + sum((c.in_stock for c in after), Decimal(0))
+    if not after or total != quantity or total != int(total):
+        return None
+    return Moved(pushed, int(total), len(after))

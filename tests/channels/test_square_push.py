@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -20,6 +22,9 @@ from hub.channels.connector import (
     ChannelUnavailable,
     Target,
 )
+from hub.channels.orders import OrderContext, square_movements, to_events
+from hub.channels.square import rfc3339_ms
+from hub.storage.base import AgentIdentity
 from protocol import Kind, wall_ms_now
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
@@ -392,3 +397,259 @@ async def test_a_clock_in_step_with_squares_moves_no_stamp() -> None:
     far.dated(format_datetime(datetime.fromtimestamp((now - 3_600_000) / 1000, UTC), usegmt=True), now)
     far.dated("not a date", now)
     assert 3_600_000 <= far.peer_behind_ms < 3_602_000
+
+
+# --- a register sale during a push, told from a count Square kept over it -----------------------------------------
+
+CHANGES_PATH = "/v2/inventory/changes/batch-retrieve"
+
+
+@asynccontextmanager
+async def by_hand(spec: ChannelSpec, hub: Hub, state: SqliteChannelState) -> AsyncIterator[ChannelPusher]:
+    """A pusher whose loop is not started: each test turns it (``settle``), so what Square holds at every step is
+    known."""
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        yield ChannelPusher(spec, hub.store, state, SquareConnector(spec, session), hub.watch, backoff=FAST)
+
+
+async def settle(pusher: ChannelPusher) -> None:
+    """Turn the pusher until it has nothing left to do."""
+    for _ in range(20):
+        if not await pusher.turn():
+            return
+    raise AssertionError("the pusher kept finding work")
+
+
+async def past_the_change(hub: Hub, location: str, sku: str) -> None:
+    """Return once this machine's clock is past the hub's newest change of ``sku`` (the push's occurred_at): what
+    the register does from then on happened after the hub's change — in the coalescing wait, or while the push
+    is on its way."""
+    (row,) = await hub.store.counts(location=location, sku=sku)
+    while wall_ms_now() <= row.updated_at_ms:
+        await asyncio.sleep(0.001)
+
+
+async def book_square_order(hub: Hub, pusher: ChannelPusher, location: str, lines: list[tuple[str, int]]) -> None:
+    """The register's sale comes back as its order (docs/channels.md, "Orders back"): a COMPLETED in-person order,
+    translated and booked at the hub as the order webhook books it, under the channel's identity."""
+    now = rfc3339_ms(wall_ms_now())
+    order = {"id": f"ORDER{wall_ms_now()}", "location_id": location, "state": "COMPLETED", "version": 3,
+             "created_at": now, "updated_at": now, "closed_at": now, "fulfillments": [],
+             "line_items": [{"uid": f"LINE{i}", "catalog_object_id": item, "quantity": str(n)}
+                            for i, (item, n) in enumerate(lines)]}  # fmt: skip
+    assert pusher.mapping is not None
+    ctx = OrderContext.of(pusher.spec.name, "square", pusher.spec.pool, pusher.mapping)
+    events = to_events(ctx, f"channel:{pusher.spec.name}", square_movements(ctx, order), wall_ms_now(), 600_000)
+    who = AgentIdentity(f"channel:{pusher.spec.name}", frozenset(pusher.spec.pool), "agent")
+    result = await hub.store.ingest(who, 0, events)
+    assert not result.rejected, result.rejected
+
+
+async def test_a_register_sale_during_the_push_is_not_pushed_over_and_its_order_is_not_counted_twice(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Square applies a sale that occurred after a pushed count's occurred_at on top of it, so its answer shows one
+    unit less than pushed — as it does when it keeps a register count stamped later. The pusher took both for a
+    kept count and pushed the hub's level again: Square showed one unit too many (an oversell) until the sale's
+    order came back. Square's own record of the changes tells them apart: only a sale after the push, so Square's
+    count is right, confirmed as it stands, and the order booked later moves the hub's level to it: nothing more
+    goes out."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with by_hand(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        await settle(pusher)
+        assert square.quantity(a, loc) == 10 and square.stats.change_queries == []  # an answer as pushed: no read
+        await hub.move((Kind.SALE, -2, "S1", "A"))  # the hub's change: A is 8 …
+        await past_the_change(hub, "S1", "A")
+        square.register_sale(a, loc, 1)  # … and a sale at the register before the push reaches Square
+        applied = square.stats.batches_applied
+        await settle(pusher)
+        assert square.quantity(a, loc) == 7  # 8 pushed, less the register's sale: not pushed back up to 8
+        assert square.stats.batches_applied == applied + 1, "the level was not pushed again"
+        assert pusher.pushed == {LevelKey(a, loc): 7} and await state.pushed("pos") == {LevelKey(a, loc): 7}
+        assert len(square.stats.change_queries) == 1  # one read of Square's changes for the push's answer
+        query = square.stats.change_queries[0]
+        assert (query["catalog_object_ids"], query["location_ids"]) == ([a], [loc])
+        assert query["types"] == ["PHYSICAL_COUNT", "ADJUSTMENT"] and "updated_after" in query
+
+        await book_square_order(hub, pusher, loc, [(a, 1)])  # the sale's order comes back: the hub books it
+        assert await hub.available("S1", "A") == 7
+        await settle(pusher)
+        assert square.quantity(a, loc) == 7 and square.stats.batches_applied == applied + 1  # once, not twice
+    said = [r.getMessage() for r in caplog.records if "after the push's time" in r.getMessage()]
+    assert said == [
+        (
+            f"channel pos: Square applied 1 change(s) made there after the push's time on top of 1 pushed level(s) "
+            f"(first A at {loc}: 8 pushed, -1 since, 7 now), so its count stands and is confirmed rather than pushed "
+            "over; a sale among them reaches the hub with its order"
+        )
+    ]
+    assert "kept its own count" not in caplog.text
+
+
+async def test_a_register_count_kept_over_the_push_and_a_sale_during_another_are_each_handled_as_what_they_are(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One push, three levels: A counted at the register after the hub's change (Square keeps that count: the hub's
+    level goes out again, stamped after it), B sold at the register (Square's count stands), C counted and then
+    sold there (the count is not the hub's: pushed again)."""
+    loc = square.add_location()
+    a, b, c = square.add_variation("A"), square.add_variation("B"), square.add_variation("C")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 10, "S1", "B"), (Kind.RECEIVE, 10, "S1", "C"))
+    async with by_hand(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        await settle(pusher)
+        await hub.move((Kind.SALE, -2, "S1", "A"), (Kind.SALE, -2, "S1", "B"), (Kind.SALE, -2, "S1", "C"))
+        await past_the_change(hub, "S1", "C")
+        square.register_count(a, loc, 5)
+        square.register_sale(b, loc, 1)
+        square.register_count(c, loc, 6)
+        square.register_sale(c, loc, 1)
+        sizes = len(square.stats.batch_sizes)
+        await settle(pusher)
+        assert (square.quantity(a, loc), square.quantity(b, loc), square.quantity(c, loc)) == (8, 7, 8)
+        assert square.stats.batch_sizes[sizes:] == [3, 2], "A and C went out again, B did not"
+        assert pusher.pushed == {LevelKey(a, loc): 8, LevelKey(b, loc): 7, LevelKey(c, loc): 8}
+        assert len(square.stats.change_queries) == 1, "one read for the push's answer, none for the answer after"
+        assert sorted(square.stats.change_queries[0]["catalog_object_ids"]) == sorted([a, b, c])
+    assert (
+        "channel pos: Square kept its own count at 2 level(s) it holds stamped later than the push "
+        f"(first A at {loc}: 5, not 8"
+    ) in caplog.text
+
+
+async def test_squares_changes_are_read_page_by_page_with_its_cursor(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 20, "S1", "A"))
+    async with by_hand(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        await settle(pusher)
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+        await past_the_change(hub, "S1", "A")
+        for _ in range(5):
+            square.register_sale(a, loc, 1)
+        square.changes_page_max = 2  # Square answers smaller pages than asked for
+        applied = square.stats.batches_applied
+        await settle(pusher)
+        assert square.quantity(a, loc) == 13 and square.stats.batches_applied == applied + 1
+        assert pusher.pushed == {LevelKey(a, loc): 13}
+    # the mapping's count, the push's, five sales: four pages of two, the last three asked for with Square's cursor
+    assert (square.stats.change_pages, square.stats.change_cursors) == (4, 3)
+
+
+async def test_changes_read_past_their_bound_leave_the_level_kept(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    import hub.channels.square as square_module
+
+    monkeypatch.setattr(square_module, "CHANGES_PAGES_MAX", 2)
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 20, "S1", "A"))
+    async with by_hand(square_spec(square, {"S1": loc}), hub, state) as pusher:
+        await settle(pusher)
+        await hub.move((Kind.SALE, -2, "S1", "A"))
+        await past_the_change(hub, "S1", "A")
+        for _ in range(5):
+            square.register_sale(a, loc, 1)
+        square.changes_page_max = 2
+        await settle(pusher)
+        assert square.quantity(a, loc) == 18  # today's way: pushed again as a kept count
+    assert square.stats.change_pages == 2, "reading stopped at the bound"
+    assert "more than 2 page(s) of changes" in caplog.text
+
+
+@pytest.mark.parametrize("fault", ["429", "http_503", "slow"])
+async def test_when_squares_changes_cannot_be_read_the_level_is_pushed_again_as_kept_said_once(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with by_hand(square_spec(square, {"S1": loc}, timeout_s=0.5), hub, state) as pusher:
+        await settle(pusher)
+        for shown in (9, 8):  # twice: a sale at the register during each push, Square's changes unreadable
+            at = square.fault_at(CHANGES_PATH, fault)
+            at.retry_after_s, at.slow_s = 30, 3.0
+            await hub.move((Kind.SALE, -1, "S1", "A"))
+            await past_the_change(hub, "S1", "A")
+            square.register_sale(a, loc, 1)
+            await settle(pusher)
+            assert square.quantity(a, loc) == shown  # as before: the hub's level, pushed again after the sale
+        await hub.move((Kind.SALE, -1, "S1", "A"))  # Square's changes can be read again
+        await past_the_change(hub, "S1", "A")
+        square.register_sale(a, loc, 1)
+        await settle(pusher)
+        assert square.quantity(a, loc) == 6
+    fell_back = [r for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(fell_back) == 1, "said once while it goes on"
+    message = fell_back[0].getMessage()
+    assert message.startswith(
+        "channel pos: Square's inventory changes could not be read to tell a sale at Square from a count it kept "
+        "over the push ("
+    )
+    assert message.endswith("); until they can, a level Square answers differently is pushed again as a kept count")
+    assert sum("can be read again" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_the_square_stand_in_answers_changes_as_the_reference_says(square: SquareEmulator) -> None:
+    """BatchRetrieveInventoryChanges (2024-11-20): filters, oldest occurred_at first, cursor pages bound to their
+    query, Square's error shapes."""
+    loc, other = square.add_location(), square.add_location()
+    a, b = square.add_variation("A"), square.add_variation("B")
+    now = datetime.now(UTC)
+    square.register_count(a, loc, 5, occurred_at=now - timedelta(minutes=3))
+    square.register_sale(a, loc, 2, occurred_at=now - timedelta(minutes=1))
+    square.register_sale(a, loc, 1, occurred_at=now - timedelta(minutes=2))
+    square.register_count(b, loc, 9)
+    square.register_count(a, other, 4)
+    headers = {"Authorization": f"Bearer {square.token}", "Square-Version": "2024-11-20"}
+
+    async def ask(session: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        async with session.post(square.url + CHANGES_PATH, json=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        status, answer = await ask(session, {"catalog_object_ids": [a], "location_ids": [loc]})
+        assert status == 200 and "cursor" not in answer
+        kinds = [(c["type"], (c.get("physical_count") or c.get("adjustment"))["quantity"]) for c in answer["changes"]]
+        assert kinds == [("PHYSICAL_COUNT", "5"), ("ADJUSTMENT", "1"), ("ADJUSTMENT", "2")]  # oldest first
+        sale = answer["changes"][1]["adjustment"]
+        assert (sale["from_state"], sale["to_state"], sale["source"]["product"]) == ("IN_STOCK", "SOLD", "SQUARE_POS")
+        assert {"id", "occurred_at", "created_at", "catalog_object_id", "location_id"} <= sale.keys()
+        assert square.quantity(a, loc) == 2  # the count, less the sales after it
+
+        status, answer = await ask(session, {"types": ["ADJUSTMENT"]})
+        assert status == 200 and [c["type"] for c in answer["changes"]] == ["ADJUSTMENT"] * 2
+        status, answer = await ask(session, {"updated_after": rfc3339_ms(wall_ms_now() + 60_000)})
+        assert status == 200 and answer.get("changes") == []
+
+        pages, body = [], {"location_ids": [loc, other], "limit": 2}
+        while True:
+            status, answer = await ask(session, body)
+            assert status == 200
+            pages.append(len(answer["changes"]))
+            if "cursor" not in answer:
+                break
+            body = {**body, "cursor": answer["cursor"]}
+        assert pages == [2, 2, 1]
+        status, answer = await ask(session, {"location_ids": [loc], "limit": 2, "cursor": body["cursor"]})
+        assert (status, answer["errors"][0]["code"]) == (400, "INVALID_CURSOR")
+
+        for bad, code, field in (
+            ({"types": ["TRANSFER"]}, "INVALID_VALUE", "types[0]"),
+            ({"types": ["SOMETHING"]}, "INVALID_ENUM_VALUE", "types[0]"),
+            ({"updated_before": "yesterday"}, "INVALID_TIME", "updated_before"),
+            ({"limit": 0}, "INVALID_VALUE", "limit"),
+            ({"catalog_object_ids": a}, "EXPECTED_ARRAY", "catalog_object_ids"),
+        ):
+            status, answer = await ask(session, bad)
+            (error,) = answer["errors"]
+            assert (status, error["category"], error["code"], error["field"]) == (
+                400, "INVALID_REQUEST_ERROR", code, field
+            ), bad  # fmt: skip
