@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from hub.channels import LevelKey, ShopifyConnector, SquareConnector
-from hub.channels.connector import ChannelError, ChannelUnavailable, Target
+from hub.channels.connector import ChannelError, ChannelUnavailable, Confirmed, Target
 from hub.channels.shopify import exact_count
 from hub.channels.webhook import WebhookConnector
 from protocol.retry import PEER_RETRY_AFTER_DEFAULT_S, PEER_RETRY_AFTER_MAX_S, peer_retry_after_s
@@ -254,6 +254,49 @@ async def test_square_count_pages_that_loop_end_the_read_at_once(
     with pytest.raises(ChannelUnavailable, match="pages of counts of channel pos loop"):
         await square(hostile, session).read_levels([SQUARE_ITEM])
     assert len(hostile.requests) == 2
+
+
+SQUARE_SHOWS_4 = json.dumps(
+    {"counts": [{"catalog_object_id": "V1", "location_id": "L1", "state": "IN_STOCK", "quantity": "4",
+                 "calculated_at": "2026-12-06T10:00:00.000Z"}]}
+)  # fmt: skip
+
+
+def square_change(kind: str, quantity: str, occurred: str, reference: str = "", **more: Any) -> dict[str, Any]:
+    body = {"id": f"C{occurred}", "catalog_object_id": "V1", "location_id": "L1", "quantity": quantity,
+            "occurred_at": occurred, "created_at": occurred, "reference_id": reference, **more}  # fmt: skip
+    return {"type": kind, "physical_count" if kind == "PHYSICAL_COUNT" else "adjustment": body}
+
+
+SALE = {"from_state": "IN_STOCK", "to_state": "SOLD"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "requests"),
+    [
+        (['{"changes": "none"}'], 2),
+        (['{"changes": [{"type": "ADJUSTMENT"}]}'], 2),
+        ([json.dumps({"changes": [square_change("ADJUSTMENT", "NaN", "2026-12-06T09:59:59.000Z", **SALE)]})], 2),
+        (['{"changes": [], "cursor": "again"}'], 3),  # pages that loop: the same cursor back
+        (['{"changes": [], "cursor": "fresh-@request-number@"}'], 1 + 3),  # empty pages under ever fresh cursors
+        (['{"changes": [], "cursor": 7}'], 2),
+        # a record that adds up to Square's count but does not hold the push's own count
+        ([json.dumps({"changes": [square_change("ADJUSTMENT", "1", "2026-12-06T09:59:59.000Z", **SALE)]})], 2),
+    ],
+    ids=["not-a-list", "no-body", "not-a-number", "loop", "fresh-cursors", "cursor-not-text", "not-the-push"],
+)
+async def test_a_square_record_of_changes_that_cannot_be_read_leaves_the_level_kept(
+    hostile: Hostile, session: aiohttp.ClientSession, changes: list[str], requests: int
+) -> None:
+    """Square answered the push with another count than pushed: its record of changes decides whether a sale
+    moved the push or a count of its own was kept. A record that cannot be read, or does not say, decides
+    nothing: the level is kept (pushed again), never confirmed at Square's number, after a bounded read."""
+    hostile.answer(SQUARE_SHOWS_4)
+    for body in changes:
+        hostile.answer(body)
+    confirmed = await square(hostile, session).push({SQUARE_ITEM: Target(5, 4, 1_764_000_000_000)}, "pos:0")
+    assert isinstance(confirmed, Confirmed) and dict(confirmed) == {} and set(confirmed.kept) == {SQUARE_ITEM}
+    assert len(hostile.requests) == requests
 
 
 def throttled(maximum: Any, available: Any, rate: Any) -> str:
