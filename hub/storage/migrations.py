@@ -122,3 +122,22 @@ async def progress_logged(progress: MigrationProgress) -> AsyncIterator[Migratio
         yield progress
     finally:
         task.cancel()
+
+
+def step_failed(progress: MigrationProgress, why: str, advice: str) -> str:
+    """The one sentence of a step that failed and was rolled back: which step, that the database is still at the
+    version before it, and what to do."""
+    return (
+        f"migrating the hub database {progress.where} to schema version {progress.step} ({progress.name}) failed "
+        f"({why}); the step was rolled back, so the database is still at schema version {progress.step - 1}, whole, "
+        f"and the next start runs the step again: {advice}"
+    )
+
+
+def size_text(size: int) -> str:
+    """A size for a sentence: "640 KB", "37 MB", "2.4 GB"."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{max(1, round(size / 1024))} KB"

@@ -17,7 +17,7 @@ import asyncpg
 
 from hub.storage.base import StoreError
 from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, new_feed_history
-from hub.storage.migrations import Migration, MigrationProgress, migrations, progress_logged
+from hub.storage.migrations import Migration, MigrationProgress, migrations, progress_logged, step_failed
 from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,14 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)"
             )
             progress.begin(step, SCHEMA_VERSION, MIGRATIONS[step].name)
-            async with progress_logged(progress):
-                await conn.execute(MIGRATIONS[step].read())
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", step, wall_ms_now()
-            )
+            try:
+                async with progress_logged(progress):
+                    await conn.execute(MIGRATIONS[step].read())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", step, wall_ms_now()
+                )
+            except asyncpg.PostgresError as err:  # the transaction is rolled back as this leaves it
+                raise StoreError(_step_failed(progress, err)) from err
         version = step
         progress.done()
     async with conn.transaction():
@@ -119,6 +122,16 @@ async def migrate(conn: asyncpg.Connection, where: str) -> str:
             "INSERT INTO meta (key, value) VALUES ('hub_id', $1) ON CONFLICT (key) DO NOTHING", uuid.uuid4().hex
         )
         return str(await conn.fetchval("SELECT value FROM meta WHERE key = 'hub_id'"))
+
+
+def _step_failed(progress: MigrationProgress, err: asyncpg.PostgresError) -> str:
+    if isinstance(err, asyncpg.DiskFullError):
+        return step_failed(
+            progress, "the database server's disk is full",
+            "free room on the database server (a step may write as much as the tables it changes take), then start "
+            "the hub again",
+        )  # fmt: skip
+    return step_failed(progress, f"{err}", "fix what PostgreSQL says, then start the hub again")
 
 
 CLIENT_CHECK_INTERVAL = "1s"  # how often a migration step's session checks its hub is still there

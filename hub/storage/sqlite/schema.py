@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import sqlite3
 import uuid
 from pathlib import Path
 
 from hub.storage.base import StoreError
 from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, new_feed_history
-from hub.storage.migrations import Migration, MigrationProgress, migrations
+from hub.storage.migrations import Migration, MigrationProgress, migrations, size_text, step_failed
 from hub.storage.sqlite.writer import InlineConnection
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,11 @@ async def migrate(db: InlineConnection, path: Path, progress: MigrationProgress 
                 await db.execute(statement)
             await db.execute(f"PRAGMA user_version = {step}")
             await db.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             if db.conn.in_transaction:
                 db.conn.rollback()
+            if isinstance(err, sqlite3.Error):
+                raise StoreError(_step_failed(progress, path, err)) from err
             raise
         progress.done()
     await db.execute(
@@ -54,6 +57,24 @@ async def migrate(db: InlineConnection, path: Path, progress: MigrationProgress 
     )
     rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE key = 'hub_id'"))
     return str(rows[0][0])
+
+
+def _step_failed(progress: MigrationProgress, path: Path, err: sqlite3.Error) -> str:
+    """What to say of a step SQLite failed: a full disk (SQLITE_FULL, or an I/O error with less room left than the
+    database takes) says how much to free; anything else, what SQLite said."""
+    try:
+        need = os.path.getsize(path)
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        need = free = 0
+    code = getattr(err, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and free < need):
+        return step_failed(
+            progress, "the disk is full",
+            f"free about {size_text(need)} on the file system of {path.parent} (as much as the database: a step may "
+            "write that much into its -wal), then start the hub again",
+        )  # fmt: skip
+    return step_failed(progress, f"{err}", "fix what SQLite says, then start the hub again")
 
 
 def script_statements(script: str) -> list[str]:
