@@ -52,6 +52,7 @@ from hub.config import HubSettings
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
 from hub.leases import share_locks
+from hub.starting import LIVE_PATH
 from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,
@@ -257,10 +258,11 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         inline_max_bytes=DECODE_INLINE_MAX_BYTES if store.WRITES_ON_A_THREAD else DECODE_INLINE_ALONE_MAX_BYTES
     )
     app.on_cleanup.append(_close_decoder)
-    app[PUBLIC_ROUTES_KEY] = frozenset({"healthz"})
+    app[PUBLIC_ROUTES_KEY] = frozenset({"healthz", "livez"})
     openapi.setup(app)  # GET /v1/openapi.json (public)
     r = app.router
     r.add_get(routes.HEALTH_PATH, healthz, name="healthz")
+    r.add_get(LIVE_PATH, livez, name="livez")  # 200 from the hub's start, through its migration (hub.starting)
     r.add_post(routes.SYNC_PATH, post_sync, name="sync")
     r.add_get("/v1/locations/{location}/counts", get_location_counts, name="location_counts")
     r.add_get("/v1/skus/{sku}/counts", get_sku_counts, name="sku_counts")
@@ -409,8 +411,14 @@ def _log_sync(sync: SyncRequest, applied: int, duplicates: int, rejected: int, h
 # --- reads ------------------------------------------------------------------
 
 
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: the process answers (as it does from its start, while it migrates, hub.starting); no credential
+    and no database asked: a database failing is /healthz's to say, and restarting the hub does not mend it."""
+    return _json({"status": "ok"})
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness and database health; needs no credential."""
+    """Readiness and database health; needs no credential."""
     again = {"Retry-After": retry_after_value(DB_RETRY_AFTER_S)}  # as every other 503 says when to ask again
     try:
         db = await request.app[STORE_KEY].health()

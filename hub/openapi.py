@@ -43,6 +43,7 @@ from hub import (
     quarantine,
     ratelimit,
     reports,
+    starting,
     webhooks,
 )
 from hub.auth import PUBLIC_ROUTES_KEY, ROLE_ADMIN, ROLE_AGENT, ROLE_READER, TOKEN_MAX_CHARS
@@ -57,6 +58,7 @@ from hub.storage import keys
 from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES
 from hub.storage.checks import CATALOG_ITEMS_MAX, DESCRIPTION_MAX_LEN, PACK_SIZE_MAX
 from hub.storage.keys import WRITEOFF_KIND
+from hub.storage.migrations import STARTING_PHASES
 from hub.views import HLC_QUERY_MAX
 from protocol import MSGPACK_CONTENT_TYPE, QTY_MAX, Kind, routes, values
 from protocol import feed as wire
@@ -337,8 +339,9 @@ ERROR_STATUS: Mapping[int, tuple[str, str]] = {
           "send it again.")),
     500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
     502: ("bad_gateway", "The sales channel refused the hub's call or answered it wrongly; nothing was changed."),
-    503: ("unavailable", ("The hub is shutting down or its database is unavailable, or it already runs export_max CSV "
-          "downloads; try again shortly (Retry-After).")),
+    503: ("unavailable", ("The hub is shutting down or its database is unavailable, it is still opening its database "
+          "(migrating it at an upgrade; GET /livez says how far), or it already runs export_max CSV downloads; try "
+          "again shortly (Retry-After).")),
 }  # fmt: skip
 
 
@@ -534,14 +537,32 @@ def _paths() -> dict[str, JSON]:
         paths.setdefault(path, {})[method] = op
 
     add(routes.HEALTH_PATH, "get", operation(
-        "getHealth", "Liveness and database health",
-        "For load balancers and service managers; needs no credential. 503 when the database fails the check or the "
-        "hub is shutting down (the body says which).",
+        "getHealth", "Readiness and database health",
+        "For load balancers (readiness) and uptime checks; needs no credential. 503 when the database fails the "
+        "check, the hub is shutting down, or it is still opening its database (migrating it, or waiting for another "
+        "hub's migration): the body says which.",
         "Operations",
         {"200": ok("The hub and its database are healthy.", ref("Health"),
                    example={"status": "ok", "db": {"backend": "sqlite", "schema_version": 6}}),
-         "503": error(503, "The database fails its check, or the hub is shutting down: problem details with `health` "
-                           "(error or unavailable) and `db.error` saying why.", ref("HealthProblem"))},
+         "503": error(503, "The database fails its check, the hub is shutting down, or it is still opening its "
+                           "database: problem details with `health` (error, unavailable, opening, migrating or "
+                           "waiting), `db.error` saying why, and `migration` while a step runs; Retry-After.",
+                      ref("HealthProblem"), headers={"Retry-After": RETRY_AFTER_HEADER})},
+        security=[],
+    ))  # fmt: skip
+    add(starting.LIVE_PATH, "get", operation(
+        "getLive", "Liveness",
+        "For liveness probes (a service manager or orchestrator restarting a hub that hangs); needs no credential "
+        "and asks nothing of the database. 200 from the hub's start: while it opens its database, and migrates it on "
+        "an upgrade (tens of seconds to minutes on a big ledger), `status` says so and every other route answers 503 "
+        "with Retry-After.",
+        "Operations",
+        {"200": ok("The hub process answers.", ref("Live"),
+                   example={"status": "migrating",
+                            "detail": "the hub is migrating its database to schema version 10 (observations_newest): "
+                                      "statement 4 of 13, 20 s so far",
+                            "migration": {"schema_version": 10, "name": "observations_newest", "step": 1, "steps": 1,
+                                          "statement": 4, "statements": 13, "elapsed_s": 20.3}})},
         security=[],
     ))  # fmt: skip
     add(PATH, "get", operation(
@@ -1162,8 +1183,23 @@ def _schemas() -> dict[str, JSON]:
         "AgentId": text(values.AGENT_ID, example="agent-1a2b3c4d"),
         "Attrs": attrs,
         "HealthProblem": {**problem_schema(), "properties": {**problem_schema()["properties"],
-                          "health": known(["error", "unavailable"]), "db": obj({"error": string()}, ["error"])},
+                          "health": known(["error", "unavailable", *STARTING_PHASES]),
+                          "db": obj({"error": string()}, ["error"]), "migration": ref("MigrationStep")},
                           "required": [*problem_schema()["required"], "health", "db"]},
+        "Live": obj({"status": known(["ok", *STARTING_PHASES],
+                                     "ok: serving; else still opening its database, doing what it names"),
+                     "detail": string("While it opens its database: what it does, one sentence."),
+                     "migration": ref("MigrationStep")}, ["status"]),
+        "MigrationStep": obj({
+            "schema_version": integer(1, description="The schema version the step makes."),
+            "name": string("What the step does (its migration's name)."),
+            "step": integer(1, description="Which step of this start's migration it is."),
+            "steps": integer(1, description="How many steps this start's migration takes."),
+            "statement": nullable(integer(1, description="The statement running (SQLite)")),
+            "statements": nullable(integer(1, description="The step's statements (SQLite)")),
+            "elapsed_s": {"type": "number", "minimum": 0, "description": "Seconds since the step began."},
+        }, ["schema_version", "name", "step", "steps", "statement", "statements", "elapsed_s"],
+           description="The migration step under way while the hub opens its database."),
         "Health": obj({"status": known(["ok"]),
                        "db": obj({}, description="What the storage backend reports about itself; `error` when failing.")},
                       ["status", "db"]),
@@ -1449,6 +1485,8 @@ def _responses() -> dict[str, JSON]:
             headers = {"WWW-Authenticate": header('Bearer realm="shelfsync-hub"', string())}
         elif status == 405:
             headers = {"Allow": header("The methods the route takes, e.g. GET, HEAD.", string())}
+        elif status == 503:
+            headers = {"Retry-After": {**RETRY_AFTER_HEADER, "required": False}}
         out[f"E{status}"] = error(status, headers=headers or None)
     return out
 

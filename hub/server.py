@@ -20,6 +20,12 @@ the hub copies nothing more of its -wal into it, stops serving, renames its
 
 With ``tls_cert`` and ``tls_key`` the hub serves HTTPS itself (TLS 1.2 or
 newer); a client must finish its TLS handshake within ``header_timeout_s``.
+
+The hub listens before it opens its database: a migration at an upgrade may
+take minutes, and a probe refused meanwhile restarted the hub mid-step. Until
+the store is open the starting application answers (hub.starting: ``/livez``
+200, everything else 503 with Retry-After); then the listener hands every new
+connection to the hub's application, and ``hub listening on …`` is logged.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -45,8 +51,10 @@ from hub.drain import GATE_KEY
 from hub.feed import end_streams
 from hub.limits import LISTEN_BACKLOG, AccessLog, ConnectionGuard, GuardedRunner, plan_fd_budget
 from hub.servelock import hold_serving_lock
+from hub.starting import create_starting_app
 from hub.storage import open_store, sqlite_file
 from hub.storage.base import HubError, HubStore
+from hub.storage.migrations import MigrationProgress
 from hub.storage.sqlite import SqliteHubStore
 from protocol.logsafety import secrets_masked
 from protocol.runtime import gc_for_serving
@@ -57,6 +65,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 OVERWRITTEN = "overwritten: "  # a ``moved`` entry: the file was written over in place
 DB_FILE_CHECK_S = 2.0  # how often a SQLite hub checks that its database's path still names the file it has open
 RESPONSE_FLUSH_S = 5.0  # after draining: time to finish writing the last answers before connections close
+STARTING_SAY_S = 5.0  # a start still opening its database after this says where it answers meanwhile
 LINGER_MAX_S = 10.0  # after answering a request whose body was not read, read and drop the rest this long at most
 
 
@@ -133,31 +142,60 @@ def tls_context(settings: HubSettings) -> ssl.SSLContext | None:
     return context
 
 
-class TlsSite(web.TCPSite):
-    """A TCP site whose TLS handshakes must finish within ``handshake_timeout_s`` (asyncio's default is 60 s)."""
+class Listener:
+    """The hub's listening socket, from its start to its stop. Until the store is open its connections are served
+    by the starting application (hub.starting: /livez, and 503 to the rest); ``hand_over`` gives every new one to
+    the hub's. With TLS, a client must finish its handshake within ``handshake_timeout_s`` (asyncio's default is
+    60 s)."""
 
-    __slots__ = ("_handshake_timeout_s",)
+    __slots__ = ("_runner", "_server", "said", "scheme")
 
-    def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout_s: float, **kwargs: Any
-    ) -> None:
-        super().__init__(runner, host, port, **kwargs)
-        self._handshake_timeout_s = handshake_timeout_s
+    def __init__(self, runner: web.BaseRunner) -> None:
+        self._runner = runner
+        self._server: asyncio.Server | None = None
+        self.scheme = "http"
+        self.said: asyncio.TimerHandle | None = None  # the line saying it answers, for a start that takes a while
 
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with its runner
+    async def start(self, settings: HubSettings, tls: ssl.SSLContext | None) -> None:
+        """Listen on the settings' host and port; ``ServeError`` says why it cannot."""
+        more: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": settings.header_timeout_s}
+        self.scheme = "http" if tls is None else "https"
+        try:
+            self._server = await asyncio.get_running_loop().create_server(
+                self._connection, settings.host, settings.port, backlog=LISTEN_BACKLOG, **more
+            )
+        except socket.gaierror as err:  # its errno is getaddrinfo's (-2), which os.strerror does not know
+            raise ServeError(
+                f"the hub cannot listen on {settings.host}:{settings.port}: the host name {settings.host} cannot "
+                f"be resolved ({err.strerror}); give an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+            ) from err
+        except OSError as err:
+            why = os.strerror(err.errno).lower() if err.errno else str(err)
+            raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None and self._server.sockets
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    def hand_over(self, runner: web.BaseRunner) -> None:
+        """Every connection from now on is served by ``runner``'s application."""
+        self._runner = runner
+        if self.said is not None:
+            self.said.cancel()
+
+    def stop(self) -> None:
+        """Listen no more (the connections open are the runners' to close)."""
+        if self.said is not None:
+            self.said.cancel()
+        if self._server is not None:
+            self._server.close()
+
+    def _connection(self) -> asyncio.Protocol:
         server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout_s,
-        )
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        assert server is not None, "the runner is set up before it is given connections"
+        return server()
 
 
 async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
@@ -170,9 +208,13 @@ async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
     try:
         moved: list[str] = []
         path = sqlite_file(settings.db)  # a SQLite file is served by one process at a time (hub.servelock)
+        progress = MigrationProgress(display_db(settings.db))
         with hold_serving_lock(path) if path is not None else contextlib.nullcontext():
-            async with open_store(settings.db) as store:
-                await _serve_store(settings, stop, store, guard, budget.describe(), tls, moved)
+            async with (
+                _answering_while_opening(settings, guard, tls, progress) as listener,
+                open_store(settings.db, progress) as store,
+            ):
+                await _serve_store(settings, stop, store, guard, budget.describe(), listener, moved)
                 overwritten = moved[0] if moved and moved[0].startswith(OVERWRITTEN) else None
                 saved = None
                 if moved and not overwritten and isinstance(store, SqliteHubStore):
@@ -187,17 +229,8 @@ async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
         guard.flush()
 
 
-async def _serve_store(
-    settings: HubSettings,
-    stop: asyncio.Event,
-    store: HubStore,
-    guard: ConnectionGuard,
-    budget: str,
-    tls: ssl.SSLContext | None,
-    moved: list[str],
-) -> None:
-    app = create_app(store, settings)
-    runner = GuardedRunner(
+def _runner(app: web.Application, settings: HubSettings, guard: ConnectionGuard) -> GuardedRunner:
+    return GuardedRunner(
         app,
         guard,
         handle_signals=False,
@@ -207,37 +240,54 @@ async def _serve_store(
         keepalive_timeout=settings.keepalive_timeout_s,
         lingering_time=min(LINGER_MAX_S, settings.body_timeout_s),
     )
+
+
+@contextlib.asynccontextmanager
+async def _answering_while_opening(
+    settings: HubSettings, guard: ConnectionGuard, tls: ssl.SSLContext | None, progress: MigrationProgress
+) -> AsyncIterator[Listener]:
+    """Listen at once, answering /livez and 503 (hub.starting) until ``_serve_store`` hands the listener over; on
+    the way out, listen no more."""
+    starting = _runner(create_starting_app(progress), settings, guard)
+    await starting.setup()
+    listener = Listener(starting)
+    try:
+        await listener.start(settings, tls)
+        host, port = listener.address
+        listener.said = asyncio.get_running_loop().call_later(
+            STARTING_SAY_S, log.info,
+            "hub answering on %s://%s:%d while it opens its database: /livez 200, every other request 503 until it "
+            "serves", listener.scheme, host, port,
+        )  # fmt: skip
+        yield listener
+    finally:
+        listener.stop()
+        await starting.cleanup()
+
+
+async def _serve_store(
+    settings: HubSettings,
+    stop: asyncio.Event,
+    store: HubStore,
+    guard: ConnectionGuard,
+    budget: str,
+    listener: Listener,
+    moved: list[str],
+) -> None:
+    app = create_app(store, settings)
+    runner = _runner(app, settings, guard)
     await runner.setup()
     advertiser: HubAdvertiser | None = None
     watcher = None
     if isinstance(store, SqliteHubStore):
         watcher = asyncio.create_task(_watch_file(store, stop, moved), name="hub-database-file")
     try:
-        site: web.TCPSite
-        if tls is None:
-            site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
-        else:
-            site = TlsSite(
-                runner, settings.host, settings.port, backlog=LISTEN_BACKLOG, ssl_context=tls,
-                handshake_timeout_s=settings.header_timeout_s,
-            )  # fmt: skip
-        # From before the listen to the end of the drain: a signal at any point stops the hub cleanly
-        # (a SIGTERM while zeroconf starts used to kill it with the store open); a second one does not
-        # cut a commit short.
+        # From the hand-over to the end of the drain: a signal at any point stops the hub cleanly (a SIGTERM
+        # while zeroconf starts used to kill it with the store open); a second one does not cut a commit short.
         with _stop_on_signals(stop), gc_for_serving():  # protocol/runtime.py
-            try:
-                await site.start()
-            except socket.gaierror as err:  # its errno is getaddrinfo's (-2), which os.strerror does not know
-                raise ServeError(
-                    f"the hub cannot listen on {settings.host}:{settings.port}: the host name {settings.host} cannot "
-                    f"be resolved ({err.strerror}); give an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
-                ) from err
-            except OSError as err:
-                why = os.strerror(err.errno).lower() if err.errno else str(err)
-                raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err
-            host, port = runner.addresses[0][:2]
-            scheme = "http" if tls is None else "https"
-            log.info("hub listening on %s://%s:%d, database %s", scheme, host, port, display_db(settings.db))
+            listener.hand_over(runner)
+            host, port = listener.address
+            log.info("hub listening on %s://%s:%d, database %s", listener.scheme, host, port, display_db(settings.db))
             log.info("the hub holds %s", budget)
             log.info("the hub runs on %s's event loop", loop_kind())
             if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
@@ -245,7 +295,7 @@ async def _serve_store(
                     str((await store.health()).get("hub_id") or ""), settings.host, port
                 )
             await stop.wait()
-            await site.stop()
+            listener.stop()
             gate = app[GATE_KEY]
             log.info("hub stopping: refusing new requests and finishing the %d in flight", gate.active)
             await end_streams(app)  # long-polls answer now and event streams end: they hold no writes

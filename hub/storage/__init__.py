@@ -52,6 +52,7 @@ from hub.storage.interfaces import (
     RebookingStore,
     ReportStore,
 )
+from hub.storage.migrations import MigrationProgress
 from hub.storage.sqlite import SqliteHubStore
 
 SQLITE_SCHEME = "sqlite://"
@@ -74,10 +75,11 @@ def sqlite_file(url_or_path: str | os.PathLike[str]) -> str | None:
     return target
 
 
-def open_store(url_or_path: str | os.PathLike[str]) -> StoreOpener[HubStore]:
+def open_store(url_or_path: str | os.PathLike[str], progress: MigrationProgress | None = None) -> StoreOpener[HubStore]:
     """Open the store a URL or path names: ``sqlite:///abs/path.db`` (what follows
     ``sqlite://`` is the path), a plain file path, or ``postgresql://user:pw@host/db``
-    (``postgres://`` too). ``await`` it, or use it as ``async with``."""
+    (``postgres://`` too). ``await`` it, or use it as ``async with``. ``progress`` is kept up to date while it
+    opens (its migration, a wait for another hub's), for what the hub answers meanwhile (hub.starting)."""
     target = os.fspath(url_or_path)
     path = sqlite_file(target)
     if path is None:
@@ -90,8 +92,8 @@ def open_store(url_or_path: str | os.PathLike[str]) -> StoreOpener[HubStore]:
                 f"a postgresql:// database needs the {err.name} package, which cannot be loaded ({err}); "
                 "install shelfsync[postgres] or give a SQLite file path"
             ) from err
-        return PostgresHubStore.open(target)
-    return SqliteHubStore.open(path)
+        return PostgresHubStore.open(target, progress)
+    return SqliteHubStore.open(path, progress)
 
 
 __all__ = [

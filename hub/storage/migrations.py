@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 MIGRATION_NAME_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 MIGRATION_PROGRESS_S = 10.0  # while a migration step runs, a line this often saying how far it is
+PHASE_OPENING, PHASE_MIGRATING, PHASE_WAITING = "opening", "migrating", "waiting"  # MigrationProgress.phase
+STARTING_PHASES = (PHASE_OPENING, PHASE_MIGRATING, PHASE_WAITING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,9 @@ def _reader(package: str, name: str) -> Callable[[], str]:
 @dataclass(slots=True)
 class MigrationProgress:
     """How far a hub's migration is: written by the code running it (on the SQLite writer's thread, or by the
-    PostgreSQL migrate), read by ``progress_logged`` on the event loop. A step over a big ledger runs for minutes
-    before the hub listens; without these lines the hub said nothing until the step was done."""
+    PostgreSQL migrate), read on the event loop by ``progress_logged`` and by what the hub answers while it opens
+    its database (hub.starting). A step over a big ledger runs for minutes before the hub serves; without these
+    lines the hub said nothing until the step was done."""
 
     where: str
     step: int = 0  # the version being made; 0: no step under way
@@ -63,6 +66,47 @@ class MigrationProgress:
     statement: int = 0  # the statement running, from 1; 0: the script is sent whole and not counted
     statements: int = 0
     started: float = 0.0  # time.monotonic() at the step's start
+    waiting_since: float = 0.0  # PostgreSQL: time.monotonic() since which it waits for the schema's lock; 0: not
+
+    @property
+    def phase(self) -> str:
+        """What the hub opening its database does: "migrating" (a step), "waiting" (PostgreSQL: for the lock of
+        the schema, which another hub migrating it holds) or "opening" (anything else)."""
+        if self.step:
+            return PHASE_MIGRATING
+        return PHASE_WAITING if self.waiting_since else PHASE_OPENING
+
+    def sentence(self) -> str:
+        """What the hub does, in one sentence for a probe's answer (no path: a probe needs no credential)."""
+        step = self.step
+        if step:
+            steps = f", step {step - self.first + 1} of {self.last - self.first + 1}" if self.last > self.first else ""
+            at = f"statement {self.statement} of {self.statements}, " if self.statement else ""
+            return (
+                f"the hub is migrating its database to schema version {step} ({self.name}){steps}: "
+                f"{at}{time.monotonic() - self.started:.0f} s so far"
+            )
+        if self.waiting_since:
+            return (
+                "the hub is waiting for the lock of its database's schema, which another hub migrating it holds "
+                f"({time.monotonic() - self.waiting_since:.0f} s so far)"
+            )
+        return "the hub is opening its database"
+
+    def answer(self) -> dict[str, object] | None:
+        """The step under way, for a probe's answer; None when none is."""
+        step = self.step
+        if not step:
+            return None
+        return {
+            "schema_version": step,
+            "name": self.name,
+            "step": step - self.first + 1,
+            "steps": self.last - self.first + 1,
+            "statement": self.statement or None,
+            "statements": self.statements or None,
+            "elapsed_s": round(time.monotonic() - self.started, 1),
+        }
 
     def begin(self, step: int, last: int, name: str, statements: int = 0) -> None:
         if not self.first:

@@ -1,28 +1,40 @@
-"""A migration step that fails says, in one sentence, which step failed, that the database is still at the version
-before it, and what to do.
+"""A hub migrating its database at its start answers probes, and says the database is safe when a step fails.
 
-A full disk in the middle of a step (SQLite) ended the hub with SQLite's words alone ("cannot open the hub database
-…: database or disk is full"): nothing said the step was rolled back and the database still whole at the old
-version, nor how much room the step needs. PostgreSQL's failed statement was said the same way.
+The hub used to listen only once its migration was done: for the 25-40 s of a big ledger's step every connection
+was refused, so a liveness probe (Kubernetes, a load balancer's health check) killed the hub mid-step, and the
+next start began the step anew, forever. Now it listens from its start: ``/livez`` answers 200 saying it migrates
+and which step, ``/healthz`` (readiness) answers 503 ``migrating``, and every other request 503 with Retry-After.
+The step is held at its end here (tests/ops/held_migration.py) until the test has asked, so nothing is timed.
+
+A step that fails (a full disk) used to end the hub with SQLite's words alone; it now says, in one sentence,
+which step failed, that the database is still at the version before it, and what to do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from hub.storage.postgres import schema as postgres_schema
 from hub.storage.sqlite import schema as sqlite_schema
+from protocol import MSGPACK_CONTENT_TYPE
 from tests.harness.commands import hub_env, run_hub
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, wait_until
 from tests.harness.small_disk import fill
-from tests.ops.held_migration import FAIL_ENV
+from tests.ops.held_migration import FAIL_ENV, HOLD_FILE_ENV, HOLD_KEY_ENV
 
 LATEST = sqlite_schema.SCHEMA_VERSION
 NAME = sqlite_schema.MIGRATIONS[LATEST].name
@@ -57,6 +69,105 @@ async def write_postgres(url: str, version: int) -> None:
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", step)
     finally:
         await conn.close()
+
+
+def ask(url: str, method: str = "GET", body: bytes | None = None, kind: str = "") -> tuple[int, Any, Any]:
+    """Status, headers and JSON body of one request (an error status is an answer too)."""
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": kind} if kind else {})
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with no_proxy.open(request, timeout=ASK_TIMEOUT_S) as resp:
+            return resp.status, resp.headers, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, json.loads(err.read())
+
+
+def phase(url: str) -> str:
+    try:
+        return str(ask(f"{url}/livez")[2]["status"])
+    except (urllib.error.URLError, OSError):
+        return "refused"
+
+
+def check_starting(url: str, state: str, *, step: bool) -> None:
+    """What a hub still opening its database answers: /livez 200, /healthz 503 ``state``, anything else 503."""
+    status, _, live = ask(f"{url}/livez")
+    assert status == 200 and live["status"] == state, live
+    if step:
+        assert live["migration"]["schema_version"] == LATEST and live["migration"]["name"] == NAME, live
+        assert f"to schema version {LATEST} ({NAME})" in live["detail"], live
+    status, headers, health = ask(f"{url}/healthz")
+    assert status == 503 and headers["Content-Type"].startswith(PROBLEM), (status, health)
+    assert health["health"] == state and health["code"] == "unavailable", health
+    assert int(headers["Retry-After"]) >= 1, dict(headers)
+    assert health["detail"] == live["detail"] and health["db"] == {"error": live["detail"]}, (health, live)
+    for method, path, body, kind in (
+        ("GET", "/v1/agents", None, ""),
+        ("POST", "/v1/sync", b"\x80", MSGPACK_CONTENT_TYPE),
+        ("GET", "/", None, ""),
+    ):
+        status, headers, problem = ask(f"{url}{path}", method, body, kind)
+        assert status == 503 and headers["Content-Type"].startswith(PROBLEM), (path, status, problem)
+        assert int(headers["Retry-After"]) >= 1 and problem["code"] == "unavailable", (path, problem)
+        assert problem["detail"].startswith(live["detail"]) and "try again" in problem["detail"], (path, problem)
+
+
+def check_serving(url: str) -> None:
+    status, _, live = ask(f"{url}/livez")
+    assert status == 200 and live == {"status": "ok"}, live
+    status, _, health = ask(f"{url}/healthz")
+    assert status == 200 and health["db"]["schema_version"] == LATEST, health
+
+
+def test_a_sqlite_hub_migrating_answers_its_probes_then_serves(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    write_sqlite(db, LATEST - 1)
+    released = tmp_path / "released"
+    port = free_port()
+    env = hub_env(**{HOLD_FILE_ENV: str(released)})
+    hub = HubProcess(tmp_path / "hub.log", db=db, port=port, env=env, python=HELD)
+    try:
+        hub.spawn()
+        wait_until("the hub begins its migration", lambda: phase(hub.url) == "migrating")
+        check_starting(hub.url, "migrating", step=True)
+        assert "Migrating the hub database" in hub.run_log and "hub listening" not in hub.run_log, hub.run_log
+        released.touch()
+        hub.wait_ready()
+        check_serving(hub.url)
+        assert f"Migrated the hub database {db} to schema version {LATEST} ({NAME})" in hub.run_log
+        assert hub.stop() == 0
+    finally:
+        hub.close()
+
+
+async def test_two_postgres_hubs_one_migrating_one_waiting_both_answer_their_probes(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The first hub to start migrates; the second waits for the migration lock. Both answer /livez meanwhile."""
+    await write_postgres(pg_url, LATEST - 1)
+    key = uuid.uuid4().int % (1 << 62)
+    holder = await asyncpg.connect(pg_url)
+    first = HubProcess(tmp_path / "first.log", db=pg_url, port=free_port(), env=hub_env(**{HOLD_KEY_ENV: str(key)}),
+                       python=HELD)  # fmt: skip
+    second = HubProcess(tmp_path / "second.log", db=pg_url, port=free_port(), env=hub_env())
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", key)
+        first.spawn()
+        await asyncio.to_thread(wait_until, "the first hub migrates", lambda: phase(first.url) == "migrating")
+        second.spawn()
+        await asyncio.to_thread(wait_until, "the second hub waits", lambda: phase(second.url) == "waiting")
+        await asyncio.to_thread(check_starting, first.url, "migrating", step=True)
+        await asyncio.to_thread(check_starting, second.url, "waiting", step=False)
+        await holder.execute("SELECT pg_advisory_unlock($1)", key)
+        for hub in (first, second):
+            await asyncio.to_thread(hub.wait_ready)
+            await asyncio.to_thread(check_serving, hub.url)
+        assert "Migrating the hub database" in first.run_log and "Migrating the hub database" not in second.run_log
+        assert first.stop() == 0 and second.stop() == 0
+    finally:
+        await holder.close()
+        first.close()
+        second.close()
 
 
 def test_a_full_disk_mid_migration_says_the_database_is_still_at_the_old_version(small_disk: Path) -> None:

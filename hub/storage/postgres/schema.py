@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -57,10 +58,11 @@ async def schema_version(conn: asyncpg.Connection) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _waiting_said(where: str) -> AsyncIterator[None]:
+async def _waiting_said(where: str, progress: MigrationProgress) -> AsyncIterator[None]:
     """While the body waits (for the migration lock and the schema's version), a line every
     ``MIGRATION_WAIT_LOG_S``: without it a hub starting behind a long migration or an operator's open transaction
-    on schema_migrations waited in silence, neither serving nor saying why."""
+    on schema_migrations waited in silence, neither serving nor saying why. ``progress`` says it waits meanwhile
+    (its /livez)."""
 
     async def say() -> None:
         waited_s = 0.0
@@ -73,30 +75,35 @@ async def _waiting_said(where: str) -> AsyncIterator[None]:
             )  # fmt: skip
 
     task = asyncio.ensure_future(say())
+    progress.waiting_since = time.monotonic()
     try:
         yield
     finally:
+        progress.waiting_since = 0.0
         task.cancel()
 
 
-async def migrate(conn: asyncpg.Connection, where: str) -> str:
-    """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id."""
+async def migrate(conn: asyncpg.Connection, where: str, progress: MigrationProgress | None = None) -> str:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id. ``progress`` says how far
+    it is meanwhile."""
+    if progress is None:
+        progress = MigrationProgress(where)
+    progress.where = where
     if await conn.fetchval("SELECT current_schema()") is None:
         raise StoreError(f"the database {where} has no schema to create the hub's tables in; check its search_path")
-    async with _waiting_said(where):
+    async with _waiting_said(where, progress):
         found = await schema_version(conn)
     check_not_newer(found, where, running=False)
     # Current already (every start but an upgrade's): no migration lock, which every batch in flight holds shared —
     # queueing for it would hold up each batch arriving after this, on every hub, until those in flight ended.
     version = found if found == SCHEMA_VERSION else -1
-    progress = MigrationProgress(where)
     while version < SCHEMA_VERSION:
         async with conn.transaction():
             # A hub starting waits for the one migrating, however long, and a step runs as long as it takes: neither
             # the hub's lock_timeout nor a statement_timeout the DBA set on the database or role cuts them short.
             await conn.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
             await _end_with_this_hub(conn)
-            async with _waiting_said(where):
+            async with _waiting_said(where, progress):
                 await conn.execute(MIGRATION_LOCK_SQL)
                 version = await schema_version(conn)
             check_not_newer(version, where, running=False)

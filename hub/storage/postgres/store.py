@@ -40,6 +40,7 @@ from hub.storage.base import DatabaseUnreachable, StoreClosed, StoreError, Store
 from hub.storage.bundles import BundleReads
 from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
+from hub.storage.migrations import MigrationProgress
 from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
 from hub.storage.postgres.schema import SCHEMA_VERSION, check_not_newer, feed_history, migrate, schema_version
 from hub.storage.store import SqlHubStore
@@ -268,12 +269,13 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self._unreached_count = 0
 
     @classmethod
-    def open(cls, url: str) -> StoreOpener[PostgresHubStore]:
-        """``async with PostgresHubStore.open(url) as store:`` (or ``store = await …``)."""
-        return StoreOpener(lambda: cls._open(url))
+    def open(cls, url: str, progress: MigrationProgress | None = None) -> StoreOpener[PostgresHubStore]:
+        """``async with PostgresHubStore.open(url) as store:`` (or ``store = await …``); ``progress`` says how far
+        its migration (or its wait for another hub's) is meanwhile."""
+        return StoreOpener(lambda: cls._open(url, progress))
 
     @classmethod
-    async def _open(cls, url: str) -> PostgresHubStore:
+    async def _open(cls, url: str, progress: MigrationProgress | None = None) -> PostgresHubStore:
         where = redacted(url)
         try:
             pool = await asyncpg.create_pool(
@@ -288,7 +290,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
             raise _open_error(where, err) from err
         try:
             async with pool.acquire() as conn:
-                hub_id = await migrate(conn, where)
+                hub_id = await migrate(conn, where, progress)
                 offset_ms = await clock_offset_ms(conn)
                 history = await feed_history(conn, where)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:

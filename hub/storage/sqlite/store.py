@@ -258,12 +258,15 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         self._header_fd: int | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> StoreOpener[SqliteHubStore]:
-        """``async with SqliteHubStore.open(path) as store:`` (or ``store = await …``)."""
-        return StoreOpener(lambda: cls._open(Path(path)))
+    def open(
+        cls, path: str | os.PathLike[str], progress: MigrationProgress | None = None
+    ) -> StoreOpener[SqliteHubStore]:
+        """``async with SqliteHubStore.open(path) as store:`` (or ``store = await …``); ``progress`` says how far
+        its migration is meanwhile."""
+        return StoreOpener(lambda: cls._open(Path(path), progress))
 
     @classmethod
-    async def _open(cls, path: Path) -> SqliteHubStore:
+    async def _open(cls, path: Path, progress: MigrationProgress | None = None) -> SqliteHubStore:
         if not path.parent.is_dir():
             raise StoreError(f"cannot open the hub database {path}: the directory {path.parent} does not exist")
         _check_one_name(path)
@@ -281,8 +284,11 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                     f"PRAGMA wal_autocheckpoint = {WAL_VALVE_PAGES}",  # the checkpointer's job; see hub.storage.sqlite.writer
                 ]
             )
-            async with progress_logged(MigrationProgress(str(path))) as progress:  # migrating runs on the writer
-                hub_id = await writer.run(lambda conn: run_inline(migrate(InlineConnection(conn), path, progress)))
+            if progress is None:
+                progress = MigrationProgress(str(path))
+            progress.where = str(path)
+            async with progress_logged(progress) as steps:  # migrating runs on the writer
+                hub_id = await writer.run(lambda conn: run_inline(migrate(InlineConnection(conn), path, steps)))
             history = await writer.run(lambda conn: run_inline(feed_history(InlineConnection(conn), path)))
             await checkpointer.open()
             reader = await aiosqlite.connect(path, isolation_level=None)

@@ -1,0 +1,65 @@
+"""What the hub answers from its start until its database is open: a migration may take minutes.
+
+The hub listens as soon as it starts (hub.server), before it opens its database, which on an upgrade migrates it:
+25-40 s for 2,000,000 events, longer on a bigger ledger, and on PostgreSQL a hub may also wait for another hub's
+migration. A hub that listened only after that was refused by every probe meanwhile, and a liveness probe (a
+Kubernetes one, a load balancer's health check that restarts what fails) killed it mid-step: the step was rolled
+back and begun again at the next start, forever. Until the database is open the hub answers:
+
+- ``GET /livez`` (liveness): 200, ``status`` saying what it does (``opening``, ``migrating``, ``waiting``), a
+  sentence, and the step under way (``migration``). Once the database is open it answers ``{"status": "ok"}``.
+- ``GET /healthz`` (readiness): 503 with ``health`` saying the same, so a load balancer sends no traffic.
+- anything else: 503 with Retry-After and that sentence; an agent waits and sends again, as after any 503.
+
+Every answer closes its connection, so that no connection kept alive outlasts the hand-over to the hub's
+application.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from hub import problems, views
+from hub.storage.migrations import MigrationProgress
+from protocol import routes
+from protocol.retry import retry_after_value
+
+LIVE_PATH = "/livez"  # GET: is the process alive and answering (public); not whether it serves yet
+STARTING_RETRY_AFTER_S = 5.0  # a request to a hub still opening its database: ask again in this many seconds
+PROGRESS_KEY = web.AppKey("migration_progress", MigrationProgress)
+
+
+def create_starting_app(progress: MigrationProgress) -> web.Application:
+    """The application served while the store opens: ``progress`` says how far it is."""
+    app = web.Application()
+    app[PROGRESS_KEY] = progress
+    app.router.add_route("*", "/{path:.*}", _answer)
+    return app
+
+
+def live_answer(progress: MigrationProgress) -> dict[str, object]:
+    """The body of ``GET /livez`` while the database opens."""
+    body: dict[str, object] = {"status": progress.phase, "detail": progress.sentence()}
+    if (step := progress.answer()) is not None:
+        body["migration"] = step
+    return body
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
+    progress = request.app[PROGRESS_KEY]
+    reading = request.method in ("GET", "HEAD")
+    closing = {"Connection": "close"}
+    if reading and request.path == LIVE_PATH:
+        return web.json_response(live_answer(progress), dumps=views.dumps, headers=closing)
+    sentence = progress.sentence()
+    again = {"Retry-After": retry_after_value(STARTING_RETRY_AFTER_S), **closing}
+    step = progress.answer()
+    if reading and request.path == routes.HEALTH_PATH:
+        extra: dict[str, Any] = {} if step is None else {"migration": step}
+        return problems.response(503, sentence, health=progress.phase, db={"error": sentence}, headers=again, **extra)
+    return problems.response(
+        503, f"{sentence}; it serves once its database is open: try again in {STARTING_RETRY_AFTER_S:g} s",
+        headers=again,
+    )  # fmt: skip
