@@ -127,6 +127,8 @@ class Run:
             try:
                 answer = await asyncio.to_thread(_post_events, self.hub.url, self.token, events)
             except urllib.error.HTTPError as e:
+                if e.code == 503 and e.headers.get("Retry-After"):
+                    return False  # the hub restarting is listening but still opening its database
                 raise AssertionError(f"the hub refused a sync: {e.code} {e.read()[:300]!r}") from None
             except (urllib.error.URLError, OSError):
                 return False  # the hub is down or restarting: the agent would resend
