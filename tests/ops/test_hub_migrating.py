@@ -39,6 +39,8 @@ from tests.ops.held_migration import FAIL_ENV, HOLD_FILE_ENV, HOLD_KEY_ENV
 
 LATEST = sqlite_schema.SCHEMA_VERSION
 NAME = sqlite_schema.MIGRATIONS[LATEST].name
+ISSUES_STEP = 11  # the step that indexes import issues: a database full of them needs room for it
+ISSUES_STEP_NAME = sqlite_schema.MIGRATIONS[ISSUES_STEP].name
 HELD = (sys.executable, str(Path(__file__).with_name("held_migration.py")))
 PROBLEM = "application/problem+json"
 ASK_TIMEOUT_S = 10.0
@@ -179,9 +181,9 @@ async def test_two_postgres_hubs_one_migrating_one_waiting_both_answer_their_pro
 
 
 def test_a_full_disk_mid_migration_says_the_database_is_still_at_the_old_version(small_disk: Path) -> None:
-    """The step's new indexes over import issues need more room than the disk has left: the step is rolled back."""
+    """Step 11's new indexes over import issues need more room than the disk has left: the step is rolled back."""
     built = small_disk.parent / "built.db"  # made beside the small disk: its WAL and checkpoint need room
-    write_sqlite(built, LATEST - 1)
+    write_sqlite(built, ISSUES_STEP - 1)
     with sqlite3.connect(built) as conn:
         conn.execute(
             "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?) "
@@ -197,10 +199,10 @@ def test_a_full_disk_mid_migration_says_the_database_is_still_at_the_old_version
     assert done.returncode == 2, done.stderr
     said = done.stderr.strip().splitlines()[-1]
     assert said.startswith("shelfsync-hub: "), done.stderr
-    assert f"schema version {LATEST} ({NAME})" in said and "disk is full" in said, said
-    assert f"still at schema version {LATEST - 1}" in said and "free about" in said, said
+    assert f"schema version {ISSUES_STEP} ({ISSUES_STEP_NAME})" in said and "disk is full" in said, said
+    assert f"still at schema version {ISSUES_STEP - 1}" in said and "free about" in said, said
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (LATEST - 1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (ISSUES_STEP - 1,)
         assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
     conn.close()
     ballast.unlink()
