@@ -26,6 +26,7 @@ _LINE_END = re.compile(rb"[\r\n]")
 class Frame:
     data: bytes
     complete: bool  # False: cut off (device lost mid-frame, or longer than FRAME_MAX_BYTES)
+    by_disconnect: bool = False  # cut off because the device went away in the middle of it
 
 
 class FrameSplitter:

@@ -42,6 +42,7 @@ STABLE_LINK_S = 10.0  # a link that lived this long resets the backoff
 QUEUE_PAUSE_SCANS = 1000  # undelivered scans at which reading from the device pauses
 QUEUE_RESUME_SCANS = 100
 APPEAR_POLL_S = 0.2  # while a device path is missing, how often the wait for the next open looks for it
+SHOWN_BYTES_MAX = 40  # of a cut-off scan, in its log line
 CUT_OFFS_SAID_MAX = 10  # cut-off scans in a row of one reader warned of one by one; the rest only at DEBUG
 
 StatusCallback = Callable[[ReaderStatus], None]
@@ -82,6 +83,12 @@ def describe_error(err: BaseException | None) -> str:
     if "returned no data" in text:  # pyserial's words for a tty that hung up
         return "the device was unplugged or stopped answering"
     return text.rstrip(".")
+
+
+def shown_bytes(data: bytes) -> str:
+    """A frame's start for a log line: quoted, control bytes escaped, cut after ``SHOWN_BYTES_MAX`` bytes."""
+    text = repr(data[:SHOWN_BYTES_MAX])[1:]  # b'...' without its b
+    return text + "..." if len(data) > SHOWN_BYTES_MAX else text
 
 
 class ScannerReader(ABC):
@@ -199,6 +206,11 @@ class ScannerReader(ABC):
         """Queue one frame as a scan; called by links from the event loop thread."""
         if frame.complete:
             self._cut_offs_ended()
+        elif frame.by_disconnect:  # at most one per link: always said, and no part of a run of noise
+            log.warning(
+                "Scanner %r on %s: a scan was cut off by the disconnect (%d bytes: %s); scan it again.",
+                self._reader_id, self._where, len(frame.data), shown_bytes(frame.data),
+            )  # fmt: skip
         else:
             self._say_cut_off(frame)
         self._queue.put_nowait(Scan(self._reader_id, frame.data, wall_ms(), frame.complete))

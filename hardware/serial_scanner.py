@@ -14,8 +14,10 @@ CRLF, or after ``idle_gap_s`` of silence for scanners that send no suffix
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,9 +68,16 @@ else:
                 super()._reset_input_buffer()
 
 
+log = logging.getLogger(__name__)
+
 IDLE_GAP_S = 0.05
 IDLE_GAP_MAX_S = 5.0
 CONNECT_TIMEOUT_S = 10.0  # for socket:// device servers
+# TCP keepalive of a socket:// connection: a device server or network scanner that lost power and came back has
+# forgotten the connection without a word; probed after this much silence, it answers with a reset.
+KEEPALIVE_IDLE_S = 5
+KEEPALIVE_INTERVAL_S = 2
+KEEPALIVE_PROBES = 3  # unanswered probes (a device server that is not back) before the connection is given up
 BAUDRATE_MAX = 4_000_000
 PARITIES = ("N", "E", "O", "M", "S")
 WINDOWS_PORT = re.compile(r"(?:\\\\\.\\)?COM[1-9][0-9]{0,2}", re.IGNORECASE)  # COM3, \\.\COM12
@@ -188,7 +197,7 @@ class _SerialLink(asyncio.Protocol):
             self._timer = None
         frame = self._splitter.flush(complete=False)
         if frame is not None:
-            self._deliver(frame)
+            self._deliver(Frame(frame.data, False, by_disconnect=True))
         if not self.made.done():
             self.made.set_exception(ConnectionError("the port closed while it was being opened"))
         if not self._lost.done():
@@ -265,7 +274,8 @@ class SerialScanner(ScannerReader):
             connecting = serial_asyncio_fast.create_serial_connection(
                 loop, lambda: link, cfg.port, **serial_options(cfg)
             )
-            await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
+            transport, _ = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
+            _keep_alive(transport.get_extra_info("socket"))
         else:
             port = await loop.run_in_executor(None, _open_port, cfg)
             try:
@@ -290,6 +300,25 @@ def serial_options(config: SerialScannerConfig) -> dict[str, Any]:
     if not config.is_socket:
         options["exclusive"] = True  # two readers on one scanner would each get half the bytes
     return options
+
+
+def _keep_alive(sock: Any) -> None:
+    """Turn on TCP keepalive on a device server's connection, with short timers where the system lets them be set
+    (Linux, Windows 10 and later, macOS); elsewhere the system's own timers apply."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS: TCP_KEEPALIVE
+    for option, value in (
+        (idle, KEEPALIVE_IDLE_S),
+        (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL_S),
+        (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
+    ):
+        if option is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError as err:  # an older system without this timer
+                log.debug("TCP keepalive option %s is not settable here: %s", option, err)
 
 
 def _open_port(config: SerialScannerConfig) -> serial.Serial:

@@ -262,11 +262,11 @@ class _EventLink:
         if self._config.idle_gap_s is not None and self._decoder.in_frame:
             self._timer = self._loop.call_later(self._config.idle_gap_s, self._flush)
 
-    def _flush(self, complete: bool = True) -> None:
+    def _flush(self, complete: bool = True, *, by_disconnect: bool = False) -> None:
         self._timer = None
         text = self._decoder.flush()
         if text is not None:
-            self._deliver(Frame(text.encode("utf-8"), complete))
+            self._deliver(Frame(text.encode("utf-8"), complete, by_disconnect))
 
     def _end(self, cause: BaseException | None) -> None:
         if self._fd is None:
@@ -276,7 +276,7 @@ class _EventLink:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)  # also releases the grab
         self._fd = None
-        self._flush(complete=False)
+        self._flush(complete=False, by_disconnect=True)
         self._lost.set_result(cause)
 
     def pause(self) -> None:

@@ -1,0 +1,167 @@
+"""A scanner unplugged and plugged back in mid-barcode: a device server (``socket://``, as ser2net or a network
+scanner) over real TCP on 127.0.0.1, and a port whose read fails at unplug (a pty, as a Windows COM port)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from typing import Self
+
+import pytest
+
+from hardware import SerialScanner, SerialScannerConfig, serial_scanner
+from tests.hardware.scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
+
+TCP_REPAIR = getattr(socket, "TCP_REPAIR", 19)  # Linux; Python names it from 3.12
+FAST = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1}
+
+
+class DeviceServer:
+    """A raw TCP device server on 127.0.0.1: each connection the reader makes is queued for the test."""
+
+    def __init__(self) -> None:
+        self.connections: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+        self.greeting = b""  # sent as soon as a connection is taken: what the server buffered meanwhile
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        async def on_client(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if self.greeting:
+                writer.write(self.greeting)
+                self.greeting = b""
+            await self.connections.put(writer)
+
+        self.server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        host, port = self.server.sockets[0].getsockname()[:2]
+        self.url = f"socket://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def next(self) -> asyncio.StreamWriter:
+        return await asyncio.wait_for(self.connections.get(), WAIT_S)
+
+
+def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection with a TCP reset, as a device server whose service is restarted does."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def forget(writer: asyncio.StreamWriter) -> None:
+    """Close the connection without a word on the wire (``TCP_REPAIR``): a device server or network scanner that
+    lost power and came back has forgotten it, while the reader's end still looks open. Needs CAP_NET_ADMIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+    writer.transport.abort()
+
+
+def config(port: str) -> SerialScannerConfig:
+    return SerialScannerConfig(reader_id="dock", port=port, idle_gap_s=None, **FAST)  # type: ignore[arg-type]
+
+
+def said_cut_off(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "hardware.reader" and "cut" in r.getMessage()]
+
+
+@pytest.mark.parametrize("drop", ["close", "reset"])
+async def test_a_device_server_dropping_the_line_mid_barcode_loses_no_scan_and_says_the_cut_once(
+    drop: str, statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ser2net drops the connection (FIN, or a reset when it restarts) in the middle of a barcode and takes the
+    reader's next connection, handing over at once what was scanned meanwhile. Every complete scan arrives, and
+    the cut barcode is delivered once, marked cut off, in a sentence that says why and what to do."""
+    caplog.set_level(logging.DEBUG, logger="hardware")
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        first = await server.next()
+        await statuses.wait(available=True)
+        first.write(b"]E05901234123457\r\n]C0PAL")
+        await first.drain()
+        assert (await taker.one()).raw == b"]E05901234123457"  # the cut bytes reached the reader too
+        server.greeting = b"]E04006381333931\r\n"  # scanned while the reader was reconnecting
+        close(first) if drop == "close" else reset(first)
+        cut = await taker.one()
+        second = await server.next()
+        buffered = await taker.one()
+        second.write(b"]E09780201379629\r\n")
+        await second.drain()
+        last = await taker.one()
+    assert [(s.raw, s.complete) for s in (cut, buffered, last)] == [
+        (b"]C0PAL", False),
+        (b"]E04006381333931", True),
+        (b"]E09780201379629", True),
+    ]
+    assert said_cut_off(caplog) == [
+        f"Scanner 'dock' on {server.url}: a scan was cut off by the disconnect (6 bytes: ']C0PAL'); scan it again."
+    ]
+
+
+async def test_a_device_server_that_restarted_without_a_word_is_noticed_and_reconnected(
+    statuses: StatusLog, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network scanner or device server unplugged from power and plugged back in forgets the connection
+    without sending anything: the reader's end stayed open and "available" for ever, reading nothing, and every
+    scan after the replug was lost (the device server had no connection to send it to). Found by forgetting the
+    server's end with TCP_REPAIR. Now TCP keepalive probes it; the answer (a reset) ends it and the reader
+    reconnects."""
+    monkeypatch.setattr(serial_scanner, "KEEPALIVE_IDLE_S", 1)
+    monkeypatch.setattr(serial_scanner, "KEEPALIVE_INTERVAL_S", 1)
+    caplog.set_level(logging.INFO, logger="hardware")
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        first = await server.next()
+        await statuses.wait(available=True)
+        first.write(b"]E05901234123457\r\n]C0PAL")
+        await first.drain()
+        assert (await taker.one()).raw == b"]E05901234123457"
+        forget(first)
+        down = await statuses.wait(available=False)
+        cut = await taker.one()
+        second = await server.next()
+        await statuses.wait(available=True)
+        second.write(b"]E09780201379629\r\n")
+        await second.drain()
+        after = await taker.one()
+    assert down.error is not None and "reset" in down.error.reason
+    assert [(s.raw, s.complete) for s in (cut, after)] == [(b"]C0PAL", False), (b"]E09780201379629", True)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m for m in warnings if "went away" in m or "is back" in m] == [
+        f"Scanner 'dock' on {server.url} went away (Connection reset by peer); reconnecting.",
+        warnings[-1],
+    ] and warnings[-1].startswith(f"Scanner 'dock' is back on {server.url} after ")
+
+
+async def test_a_tty_read_failing_at_unplug_says_the_cut_once_and_the_replug_reads_on(
+    pty_scanner: PtyScanner, statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The path a Windows COM port takes too: the read raises pyserial's SerialException when the scanner is
+    pulled (here a pty's master closed), and the port is opened again once it is back."""
+    caplog.set_level(logging.DEBUG, logger="hardware")
+    async with SerialScanner(config(str(pty_scanner.link)), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        await statuses.wait(available=True)
+        pty_scanner.write(b"]E05901234123457\r\n]E0400638")
+        assert (await taker.one()).raw == b"]E05901234123457"
+        await pty_scanner.wait_read()
+        pty_scanner.unplug()
+        cut = await taker.one()
+        await statuses.wait(available=False)
+        pty_scanner.plug()
+        await statuses.wait(available=True)
+        pty_scanner.write(b"]E04006381333931\r\n")
+        again = await taker.one()
+    assert [(s.raw, s.complete) for s in (cut, again)] == [(b"]E0400638", False), (b"]E04006381333931", True)]
+    said = f"Scanner 'dock' on {pty_scanner.link}: a scan was cut off by the disconnect (9 bytes: ']E0400638');"
+    assert said_cut_off(caplog) == [f"{said} scan it again."]
