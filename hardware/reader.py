@@ -263,15 +263,16 @@ class ScannerReader(ABC):
         """Wait ``delay_s`` before the next open, or only until the device appears when it is missing now.
 
         After a long outage the backoff waits up to ``reconnect_max_s`` between attempts: a scanner plugged back
-        in would sit unopened that long, and what was scanned meanwhile is what the driver may not keep."""
-        if self._device_present() is not False:
-            await asyncio.sleep(delay_s)
-            return
+        in would sit unopened that long, and what was scanned meanwhile is what the driver may not keep. (The look
+        runs in a worker thread: listing Windows' COM ports takes a while.)"""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay_s
+        if await asyncio.to_thread(self._device_present) is not False:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            return
         while (left := deadline - loop.time()) > 0:
             await asyncio.sleep(min(APPEAR_POLL_S, left))
-            if self._device_present():
+            if await asyncio.to_thread(self._device_present):
                 return
 
     def _set_status(self, available: bool, error: ScannerDisconnected | None) -> None:

@@ -37,6 +37,7 @@ from hardware.reader import RECONNECT_INITIAL_S, RECONNECT_MAX_S, ScannerReader,
 
 try:
     import serial
+    import serial.tools.list_ports
     import serial_asyncio_fast
 except ImportError as err:  # pyserial missing or unable to load here: the reader says so when it opens
     serial = serial_asyncio_fast = None  # type: ignore[assignment]
@@ -248,11 +249,18 @@ class SerialScanner(ScannerReader):
         return self._config
 
     def _device_present(self) -> bool | None:
-        """Whether the device path exists now (a replugged scanner's reappears); None for a device server or a
-        Windows COM port, whose presence a path does not tell."""
-        if self._config.is_socket or not self._config.port.startswith("/"):
+        """Whether the device path exists now, or a Windows COM port is in the system's list of ports (a
+        replugged scanner's reappears); None for a device server, which only a connection tells."""
+        if self._config.is_socket:
             return None
-        return os.path.exists(self._config.port)
+        if self._config.port.startswith("/"):
+            return os.path.exists(self._config.port)
+        try:
+            listed = com_ports()
+        except (OSError, ValueError) as err:  # the system would not list its ports: wait the backoff out
+            log.debug("Scanner %r cannot list the serial ports: %s", self.reader_id, err)
+            return None
+        return _com_name(self._config.port) in {_com_name(name) for name in listed}
 
     def send(self, data: bytes) -> None:
         """Write bytes to the scanner (a beep or trigger command from its manual)."""
@@ -300,6 +308,18 @@ def serial_options(config: SerialScannerConfig) -> dict[str, Any]:
     if not config.is_socket:
         options["exclusive"] = True  # two readers on one scanner would each get half the bytes
     return options
+
+
+def com_ports() -> set[str]:
+    """The serial ports the system lists now (COM3, ... on Windows), by pyserial."""
+    if NO_PYSERIAL is not None:
+        raise OSError(NO_PYSERIAL)
+    return {port.device for port in serial.tools.list_ports.comports()}
+
+
+def _com_name(port: str) -> str:
+    """COM12 for COM12, com12 and \\\\.\\COM12."""
+    return port.upper().removeprefix("\\\\.\\")
 
 
 def _keep_alive(sock: Any) -> None:

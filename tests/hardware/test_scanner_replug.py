@@ -7,11 +7,13 @@ import asyncio
 import logging
 import socket
 import struct
+from pathlib import Path
 from typing import Self
 
 import pytest
 
 from hardware import SerialScanner, SerialScannerConfig, serial_scanner
+from hardware.reader import APPEAR_POLL_S
 from tests.hardware.scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
 
 TCP_REPAIR = getattr(socket, "TCP_REPAIR", 19)  # Linux; Python names it from 3.12
@@ -165,3 +167,38 @@ async def test_a_tty_read_failing_at_unplug_says_the_cut_once_and_the_replug_rea
     assert [(s.raw, s.complete) for s in (cut, again)] == [(b"]E0400638", False), (b"]E04006381333931", True)]
     said = f"Scanner 'dock' on {pty_scanner.link}: a scan was cut off by the disconnect (9 bytes: ']E0400638');"
     assert said_cut_off(caplog) == [f"{said} scan it again."]
+
+
+async def test_a_replugged_com_port_is_opened_when_it_is_listed_again_not_after_the_backoff(
+    tmp_path: Path, statuses: StatusLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Windows the reader waited the whole backoff (up to reconnect_max_s) before opening a replugged COM
+    port again, and what the scanner sent meanwhile was lost with the closed port. Now it looks for the port in
+    pyserial's list of ports while it waits. Here pyserial opens ``COM7`` relative to the working directory,
+    a link to a real pty; only Windows' port list is stood in for (the ports whose link exists)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(serial_scanner, "com_ports", lambda: {p.name for p in tmp_path.glob("COM*") if p.exists()})
+    device = PtyScanner(tmp_path / "COM7")
+    slow = {"reconnect_initial_s": 60.0, "reconnect_max_s": 120.0}  # far beyond every wait of this test
+    cfg = SerialScannerConfig(reader_id="dock", port="COM7", idle_gap_s=None, **slow)  # type: ignore[arg-type]
+    try:
+        async with SerialScanner(cfg, on_status=statuses) as scanner:
+            taker = ScanTaker(scanner)
+            await statuses.wait(available=True)
+            device.unplug()
+            await statuses.wait(available=False)
+            (tmp_path / "COM7").unlink()  # Windows drops the port from its list when the scanner is pulled
+            await asyncio.sleep(APPEAR_POLL_S * 2)  # the reader waits out its backoff, looking for the port
+            device.plug()
+            await statuses.wait(available=True)
+            device.write(b"]E04006381333931\r\n")
+            assert (await taker.one()).raw == b"]E04006381333931"
+    finally:
+        device.close()
+
+
+def test_a_com_port_is_looked_for_in_pyserials_list_of_ports() -> None:
+    """pyserial's own list, as the system gives it (here Linux's, which has no COM7): not found, so the reader
+    keeps looking while it waits, instead of not knowing (None) and waiting the backoff out."""
+    cfg = SerialScannerConfig(reader_id="dock", port="COM7")
+    assert SerialScanner(cfg)._device_present() is False
