@@ -155,6 +155,7 @@ async def _report(store_path: Path, args: argparse.Namespace, out: TextIO) -> in
         print("{}" if args.json else "No POS export has been imported yet.", file=out)
         return EXIT_OK
     async with PosStore.open(store_path) as store:
+        await store.mark_interrupted()  # an import whose process is gone is listed as such, not as running
         entries = await store.quarantined(args.limit)
         total = await store.quarantine_count()
         imports = await store.recent_imports(min(args.limit, 20))

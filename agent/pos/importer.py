@@ -6,16 +6,38 @@ flat however long the file is; each batch of movements is one outbox
 transaction. Good rows are recorded even when others in the same file are
 quarantined. A row recorded before is a duplicate (its event id is derived
 from its content), so a file imported twice changes nothing the second time.
+
+An import that stops before its end (the agent killed, the computer down, the
+outbox failing) goes on from where it durably got to when the same file is
+imported again. After each batch the POS store keeps a checkpoint: where the
+next row begins in the file, the SHA-256 of the bytes read so far, the counts
+so far and the file's occurrence counts (``agent.pos.occurrences``). It is
+written in the transaction that stores the batch's quarantined rows and
+observations, after the batch's movements are committed to the outbox, so it
+is never ahead of what is recorded (behind by one batch at most, whose rows are
+then duplicates). The next import of a file of that name reads the header,
+compares the digest of the same first bytes, the encoding and the profile, and
+goes on at the checkpoint when they match; when they do not (the file was
+rewritten), it reads the file from the start, which is safe: what was recorded
+comes back as duplicates. An import whose process is gone is marked
+``interrupted`` (its process held a lock beside the store while it ran), and
+``resumed`` once another went on from it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
 
 from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError
 from agent.outbox import Movement, Outbox
@@ -25,8 +47,8 @@ from agent.pos.model import ImportReport, Observation, Quarantined, Skipped
 from agent.pos.occurrences import OccurrenceCounter
 from agent.pos.profiles import ColumnMap, choose
 from agent.pos.rows import RowMapper, row_text
-from agent.pos.source import CsvRows, FileScan, scan_file
-from agent.pos.store import PosStore
+from agent.pos.source import CsvRows, FileScan, Position, Prefix, scan_file
+from agent.pos.store import Checkpoint, PosStore
 from protocol import wall_ms_now
 from protocol.values import shown
 
@@ -46,6 +68,39 @@ class _Batch:
     skipped: list[Skipped] = field(default_factory=list)
     rows: int = 0
     bytes_read: int = 0
+    position: Position | None = None  # where the next batch begins, when it can be gone on from there
+    counts: bytes = b""  # the occurrence counts changed since the last batch with a position (packed)
+    mapper_state: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What an import did so far; kept with each checkpoint, so that a resumed import reports the whole file."""
+
+    rows_read: int = 0
+    imported: int = 0
+    duplicates: int = 0
+    observations: int = 0
+    observation_duplicates: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    lineage: list[int] = field(default_factory=list)  # the imports of this file it goes on from, and itself
+
+    def to_state(self, mapper_state: dict[str, str | None]) -> dict[str, Any]:
+        return {
+            "rows_read": self.rows_read, "imported": self.imported, "duplicates": self.duplicates,
+            "observations": self.observations, "observation_duplicates": self.observation_duplicates,
+            "skipped": self.skipped, "quarantined": self.quarantined, "skipped_reasons": self.skipped_reasons,
+            "lineage": self.lineage, "mapper": mapper_state,
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Tally:
+        counts = {k: int(state.get(k, 0)) for k in ("rows_read", "imported", "duplicates", "observations",
+                                                   "observation_duplicates", "skipped", "quarantined")}  # fmt: skip
+        reasons = {str(k): int(v) for k, v in dict(state.get("skipped_reasons", {})).items()}
+        return cls(**counts, skipped_reasons=reasons, lineage=[int(i) for i in state.get("lineage", [])])
 
 
 class _FileParse:
@@ -77,8 +132,19 @@ class _FileParse:
                 self.columns, self._config, default_location=self._location, source_file=shown(self._name, bare=True),
                 file_time_ms=self._scan.mtime_ms, now_ms=self._now_ms, counter=self._counter, delimiter=rows.delimiter,
             )
+            if rows.position() is not None:
+                self._counter.track()  # a checkpoint keeps the counts that changed in its batches
             self._iter = iter(rows)
             return self.columns
+
+    def resume(self, position: Position, prefix: Prefix, counts: bytes, mapper_state: dict[str, str | None]) -> None:
+        """Go on at a checkpoint (after ``open``): the rows before it were recorded by an import interrupted."""
+        with self._lock:
+            assert self._rows is not None and self.mapper is not None
+            self._rows.resume(position, prefix)
+            self._counter.load(counts)
+            self.mapper.restore(mapper_state)
+            self._iter = iter(self._rows)
 
     def next_batch(self, size: int) -> _Batch | None:
         with self._lock:
@@ -124,6 +190,11 @@ class _FileParse:
                 self.changed = True
                 return None
             batch.bytes_read = rows.bytes_read
+            if batch.rows:
+                batch.position = rows.position()
+                if batch.position is not None:  # else the counts changed are kept for the next batch's checkpoint
+                    batch.counts = self._counter.changes()
+                    batch.mapper_state = mapper.state()
             return batch if batch.rows else None
 
     def close(self) -> None:
@@ -132,6 +203,42 @@ class _FileParse:
                 self._rows.close()
                 self._rows = None
             self._counter.close()
+
+
+def _why_not_resumable(checkpoint: Checkpoint, scan: FileScan, columns: ColumnMap) -> str | None:
+    """Why an import of ``scan`` cannot go on from ``checkpoint``, or None when it can: the bytes before it, the
+    encoding and the profile are the ones it was taken with."""
+    if scan.prefix is None:
+        return "the file is shorter now than where that import got to"
+    if scan.prefix.sha256 != checkpoint.position.sha256:
+        return "the file changed since (its first bytes are not the same)"
+    if scan.encoding != checkpoint.encoding:
+        return f"it reads as {scan.encoding} now, not {checkpoint.encoding}"
+    if columns.profile.name != checkpoint.profile:
+        return f"it is imported with the profile {columns.profile.name!r} now, not {checkpoint.profile!r}"
+    return None
+
+
+class _ImportOwner:
+    """The lock an import's process holds while it runs, named in its ``imports`` row: when nobody holds it, the
+    process is gone and the row is marked ``interrupted`` (``PosStore.mark_interrupted``). The operating system's
+    lock, as for the outbox (agent.lock): it goes with the process however the process ends."""
+
+    def __init__(self, store: PosStore) -> None:
+        self.token = secrets.token_hex(8)
+        self._path = store.owner_lock(self.token)
+        self._lock: FileLock | None = FileLock(str(self._path), thread_local=False)
+        try:
+            self._lock.acquire(timeout=0)
+        except (OSError, Timeout):  # no lock file can be made (the disk is full): the row reads as its process gone
+            self._lock = None
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
 
 
 class PosImporter:
@@ -173,12 +280,17 @@ class PosImporter:
         """
         name = name or path.name
         started_ms = self._wall_clock_ms()
+        await self.store.mark_interrupted()
+        checkpoint = await self.store.checkpoint_of(name)
+        prefix_at = checkpoint.position.hashed if checkpoint is not None else None
         try:
-            scan = await asyncio.to_thread(scan_file, path, follow_links=follow_links)
+            scan = await asyncio.to_thread(scan_file, path, follow_links=follow_links, prefix_at=prefix_at)
         except FileRejected as err:
             log.warning("The POS export %s was not imported: %s", shown(name, bare=True), err)
             return ImportReport(name, "", 0, "", "", "failed", error=str(err), started_ms=started_ms, finished_ms=started_ms)
         parse = _FileParse(scan, self.config, profile or self.config.profile, self.location, started_ms, name)
+        owner = _ImportOwner(self.store)
+        import_id: int | None = None
         try:
             try:
                 columns = await asyncio.to_thread(parse.open)
@@ -187,23 +299,72 @@ class PosImporter:
                     name, scan.sha256, scan.size_bytes, scan.encoding, profile or self.config.profile, "failed",
                     error=str(err), started_ms=started_ms, finished_ms=self._wall_clock_ms(),
                 )
-                import_id = await self.store.begin_import(scan, name, report.profile)
-                await self.store.finish_import(import_id, report)
+                failed_id = await self.store.begin_import(scan, name, report.profile)
+                await self.store.finish_import(failed_id, report)
                 log.warning("The POS export %s was not imported: %s", shown(name, bare=True), err)
                 return report
-            import_id = await self.store.begin_import(scan, name, columns.profile.name)
+            import_id = await self.store.begin_import(scan, name, columns.profile.name, owner=owner.token)
+            tally = await self._resume(parse, scan, columns, checkpoint, import_id, name)
             report = await self._import_rows(
-                parse, scan, columns, import_id, name, started_ms, on_progress, seen_under
+                parse, scan, columns, import_id, name, started_ms, on_progress, seen_under, tally
             )
+            await self.store.finish_import(import_id, report)
+        except BaseException as err:
+            if import_id is not None:  # what it recorded stays; importing the file again goes on from its checkpoint
+                why = str(err) or "the import was stopped before its end (the agent was stopping)"
+                with contextlib.suppress(PosImportError):
+                    await asyncio.shield(self.store.abandon_import(import_id, why))
+            raise
         finally:
             await asyncio.to_thread(parse.close)
-        await self.store.finish_import(import_id, report)
+            owner.release()
         seconds = max(report.finished_ms - report.started_ms, 0) / 1000
         if parse.changed:
             log.warning("The POS export %s was not imported whole: %s.", shown(name, bare=True), report.error)
         else:
             log.info("Imported the POS export %s, in %.1f s.", report.summary(), seconds)
         return report
+
+    async def _resume(
+        self,
+        parse: _FileParse,
+        scan: FileScan,
+        columns: ColumnMap,
+        checkpoint: Checkpoint | None,
+        import_id: int,
+        name: str,
+    ) -> _Tally:
+        """Go on from an interrupted import of this file when its checkpoint still describes it; what it did so far."""
+        if checkpoint is None:
+            return _Tally(lineage=[import_id])
+        line = checkpoint.position.line
+        shown_name = shown(name, bare=True)
+        why_not = _why_not_resumable(checkpoint, scan, columns)
+        if why_not is not None:
+            log.warning(
+                "%s was interrupted at line %s, but %s; it is read again from the start (the rows recorded before are "
+                "duplicates).",
+                shown_name, f"{line:,}", why_not,
+            )  # fmt: skip
+            await self.store.forget_checkpoint(
+                checkpoint.import_id, why=f"interrupted after line {line:,}; {why_not}, so import #{import_id} read it "
+                "again from the start",
+            )  # fmt: skip
+            return _Tally(lineage=[import_id])
+        why = f"interrupted after line {line:,}; import #{import_id} went on from there"
+        counts = await self.store.take_over(checkpoint.import_id, import_id, why)
+        if counts is None:  # another import took it over at the same moment: this one reads the whole file
+            return _Tally(lineage=[import_id])
+        assert scan.prefix is not None
+        state = checkpoint.state
+        await asyncio.to_thread(parse.resume, checkpoint.position, scan.prefix, counts, dict(state.get("mapper", {})))
+        tally = _Tally.from_state(state)
+        tally.lineage.append(import_id)
+        log.info(
+            "%s was interrupted at line %s; the import goes on from there (%s rows were read before).",
+            shown_name, f"{line:,}", f"{tally.rows_read:,}",
+        )  # fmt: skip
+        return tally
 
     async def _import_rows(
         self,
@@ -215,10 +376,11 @@ class PosImporter:
         started_ms: int,
         on_progress: ProgressFn | None,
         seen_under: Sequence[str],
+        tally: _Tally,
     ) -> ImportReport:
-        rows_read = imported = duplicates = observations = observation_dups = skipped = quarantined = 0
         listed: list[Quarantined] = []
-        skipped_reasons: dict[str, int] = {}
+        if tally.quarantined:  # the rows quarantined before the import was interrupted, for the report
+            listed = await self.store.lineage_quarantine(tally.lineage, REPORT_QUARANTINE_MAX)
         # Parse the next batch while this one commits: at most two batches are in memory.
         ahead = asyncio.ensure_future(asyncio.to_thread(parse.next_batch, self.config.batch_rows))
         try:
@@ -227,25 +389,16 @@ class PosImporter:
                 if batch is None:
                     break
                 ahead = asyncio.ensure_future(asyncio.to_thread(parse.next_batch, self.config.batch_rows))
-                counts = await self._import_batch(batch, parse, scan, import_id, name, seen_under)
-                rows_read += batch.rows
-                imported += counts[0]
-                duplicates += counts[1]
-                observations += counts[2]
-                observation_dups += counts[3]
-                quarantined += len(batch.quarantined)
+                await self._import_batch(batch, parse, scan, columns, import_id, name, seen_under, tally)
                 listed.extend(batch.quarantined[: REPORT_QUARANTINE_MAX - len(listed)])
-                for s in batch.skipped:
-                    skipped += 1
-                    if len(skipped_reasons) < 50 or s.reason in skipped_reasons:
-                        skipped_reasons[s.reason] = skipped_reasons.get(s.reason, 0) + 1
                 if on_progress is not None:
-                    on_progress(batch.bytes_read, scan.size_bytes, rows_read)
+                    on_progress(batch.bytes_read, scan.size_bytes, tally.rows_read)
         finally:
             # A parse still running finishes on its thread; close() waits for it (the parse's lock).
             ahead.cancel()
             if ahead.done() and not ahead.cancelled():
                 ahead.exception()  # retrieved: an error here is not also "never retrieved"
+        rows_read, quarantined = tally.rows_read, tally.quarantined
         status = "quarantined" if rows_read and quarantined == rows_read else "imported"
         error = None
         if parse.changed:
@@ -256,27 +409,48 @@ class PosImporter:
             )
         return ImportReport(
             file_name=name, sha256=scan.sha256, size_bytes=scan.size_bytes, encoding=scan.encoding,
-            profile=columns.profile.name, status=status, rows_read=rows_read, imported=imported,
-            duplicates=duplicates, observations=observations, observation_duplicates=observation_dups,
-            skipped=skipped, quarantined=quarantined, quarantine=tuple(listed), started_ms=started_ms,
-            finished_ms=self._wall_clock_ms(), skipped_reasons=skipped_reasons, produces=columns.profile.produces.value,
-            error=error,
-        )
+            profile=columns.profile.name, status=status, rows_read=rows_read, imported=tally.imported,
+            duplicates=tally.duplicates, observations=tally.observations,
+            observation_duplicates=tally.observation_duplicates, skipped=tally.skipped, quarantined=quarantined,
+            quarantine=tuple(listed), started_ms=started_ms, finished_ms=self._wall_clock_ms(),
+            skipped_reasons=tally.skipped_reasons, produces=columns.profile.produces.value, error=error,
+        )  # fmt: skip
 
     async def _import_batch(
-        self, batch: _Batch, parse: _FileParse, scan: FileScan, import_id: int, name: str, seen_under: Sequence[str]
-    ) -> tuple[int, int, int, int]:
-        """Record one batch: movements in one outbox transaction, then observations and quarantine."""
-        new = dups = obs_new = obs_dups = 0
+        self,
+        batch: _Batch,
+        parse: _FileParse,
+        scan: FileScan,
+        columns: ColumnMap,
+        import_id: int,
+        name: str,
+        seen_under: Sequence[str],
+        tally: _Tally,
+    ) -> None:
+        """Record one batch: movements in one outbox transaction, then observations, quarantine and the checkpoint
+        after it in one transaction of the POS store; ``tally`` counts it."""
         if batch.movements:
             new, dups, conflicts = await self._record(batch.movements, batch.movement_rows, parse)
             batch.quarantined.extend(conflicts)
-        if batch.observations:
-            obs_new, obs_dups = await self.store.add_observations(batch.observations)
-        if batch.quarantined:
-            batch.quarantined.sort(key=lambda q: q.line)
-            await self.store.add_quarantine(import_id, name, scan.sha256, batch.quarantined, seen_under=seen_under)
-        return new, dups, obs_new, obs_dups
+            tally.imported += new
+            tally.duplicates += dups
+        batch.quarantined.sort(key=lambda q: q.line)
+        tally.rows_read += batch.rows
+        tally.quarantined += len(batch.quarantined)
+        for s in batch.skipped:
+            tally.skipped += 1
+            if len(tally.skipped_reasons) < 50 or s.reason in tally.skipped_reasons:
+                tally.skipped_reasons[s.reason] = tally.skipped_reasons.get(s.reason, 0) + 1
+        checkpoint = None
+        if batch.position is not None:  # its observation counts are before this batch's: the store adds those
+            state = tally.to_state(batch.mapper_state)
+            checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, batch.position, state)
+        obs_new, obs_dups = await self.store.add_batch(
+            import_id, name, scan.sha256, batch.quarantined, batch.observations, seen_under=seen_under,
+            checkpoint=checkpoint, counts=batch.counts,
+        )  # fmt: skip
+        tally.observations += obs_new
+        tally.observation_duplicates += obs_dups
 
     async def _record(
         self, movements: list[Movement], rows: list[tuple[int, Sequence[str]]], parse: _FileParse

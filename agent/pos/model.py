@@ -80,7 +80,9 @@ class ImportReport:
     size_bytes: int
     encoding: str
     profile: str
-    status: str  # "imported"; "quarantined" (every row was); "failed" (the file could not be read)
+    # "imported"; "quarantined" (every row was); "failed" (the file could not be read); in the POS store also
+    # "running", "interrupted" (its process stopped before its end) and "resumed" (another import went on from it)
+    status: str
     rows_read: int = 0  # data rows (not the header, not blank lines)
     imported: int = 0  # movements newly recorded in the outbox
     duplicates: int = 0  # movements the outbox already held (the same rows imported before)
@@ -106,6 +108,8 @@ class ImportReport:
         name = shown(self.file_name, bare=True)  # a file name can hold a newline or a terminal escape
         if self.status == "failed":
             return f"{name}: not imported — {self.error}"
+        if self.status in ("running", "interrupted", "resumed"):  # listed while it runs, or when it stopped early
+            return f"{name} ({self.profile}, {self.encoding}): {self.status}" + (f" — {self.error}" if self.error else "")
         parts = [f"{self.rows_read:,} rows read"]
         if self.produces == "movements":
             parts.append(f"{self.imported:,} imported")

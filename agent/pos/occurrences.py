@@ -11,6 +11,11 @@ identities could be on disk, so a new identity almost never touches it.
 
 Dropping whole dicts (rather than evicting entries one by one) keeps the
 allocation pattern the same every cycle, so resident memory stays flat.
+
+An import that goes on after a crash needs the counts as they were at its
+checkpoint: ``changes()`` hands over what changed since it was last called
+(packed, ``KEY_BYTES`` and a count per identity), stored with the checkpoint,
+and ``load`` puts those packs back, oldest first, into a new counter.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ GENERATION_KEYS = 25_000  # identities per in-memory generation (~90 bytes each)
 BLOOM_BYTES = 1 << 22  # 4 MiB: 32M bits, 3 probes; under 0.1% false positives at 1M spilled identities
 SPILL_CACHE_KIB = 2_048  # SQLite page cache of the spill file
 _BLOOM_MASK_BITS = (BLOOM_BYTES * 8) - 1
+KEY_BYTES = 16  # the identities ``changes`` packs are this long (agent.pos.rows: a 16-byte BLAKE2b digest)
+_COUNT_BYTES = 4
 
 
 class OccurrenceCounter:
@@ -38,6 +45,7 @@ class OccurrenceCounter:
         self._bloom: bytearray | None = None  # allocated on the first spill
         self._spill: sqlite3.Connection | None = None
         self.spilled = 0
+        self._changed: dict[bytes, int] | None = None  # identity -> count, since ``changes()`` (when tracked)
 
     def next(self, key: bytes) -> int:
         """The occurrence index of ``key`` (a digest of at least 12 bytes), then count it."""
@@ -49,7 +57,33 @@ class OccurrenceCounter:
             if len(self._young) >= self._generation_keys:
                 self._age()
         self._young[key] = seen + 1
+        if self._changed is not None:
+            self._changed[key] = seen + 1
         return seen
+
+    def track(self) -> None:
+        """Keep the counts that change, for ``changes()``: only when it is called after every few batches."""
+        if self._changed is None:
+            self._changed = {}
+
+    def changes(self) -> bytes:
+        """The counts changed since the last call, packed (each key is ``KEY_BYTES`` long); then forgets them."""
+        changed, self._changed = self._changed or {}, {}
+        return b"".join(key + n.to_bytes(_COUNT_BYTES, "big") for key, n in changed.items())
+
+    def load(self, packed: bytes) -> None:
+        """Put back counts packed by ``changes``; a later pack's count of an identity replaces an earlier one's."""
+        width = KEY_BYTES + _COUNT_BYTES
+        if len(packed) % width:
+            raise ValueError("occurrence counts cut short")
+        for at in range(0, len(packed), width):
+            key = packed[at : at + KEY_BYTES]
+            n = int.from_bytes(packed[at + KEY_BYTES : at + width], "big")
+            if key not in self._young:
+                self._old.pop(key, None)
+                if len(self._young) >= self._generation_keys:
+                    self._age()
+            self._young[key] = n
 
     def in_memory(self) -> int:
         return len(self._young) + len(self._old)

@@ -81,6 +81,14 @@ class RowMapper:
         self._only_location_name: str | None = None
         self._last_time: tuple[tuple[str, str, str] | None, int] = (None, 0)
 
+    def state(self) -> dict[str, str | None]:
+        """What the mapping keeps from one row to the next, for an import's checkpoint (``restore``)."""
+        return {"only_location_name": self._only_location_name}
+
+    def restore(self, state: dict[str, str | None]) -> None:
+        """Go on as after the rows ``state`` was taken after (an import resumed at its checkpoint)."""
+        self._only_location_name = state.get("only_location_name")
+
     def map(self, line: int, fields: Sequence[str]) -> Outcome:
         try:
             if len(fields) < self._required_width or (

@@ -51,10 +51,10 @@ import re
 import stat as stat_mode
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self, TextIO
+from typing import Any, BinaryIO, Self, TextIO
 
 from agent.pos.errors import FileRejected
 from agent.pos.model import RAW_MAX_CHARS, clip_raw
@@ -105,6 +105,16 @@ class FileScan:
     sha256: str
     encoding: str  # "utf-8", "utf-8-sig" (BOM), "utf-16", "utf-16-le"/"-be" (no BOM), "utf-32", "cp1252" or MIXED
     follow_links: bool = True  # False: the file is opened again for its rows without following a link
+    prefix: Prefix | None = None  # the digest of its first bytes, when ``scan_file`` was asked (``prefix_at``)
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """The first ``size`` bytes of a file: their SHA-256, and the hash itself, to hash on from there."""
+
+    size: int
+    sha256: str
+    hasher: Any = field(compare=False, repr=False)
 
 
 def _open_file(path: Path, follow_links: bool) -> BinaryIO:
@@ -180,9 +190,13 @@ def _utf16_without_bom(head: bytes) -> str | None:
     return None
 
 
-def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
-    """Hash the file and decide its encoding, reading it in chunks (see ``_open_file`` for ``follow_links``)."""
+def scan_file(path: Path, *, follow_links: bool = True, prefix_at: int | None = None) -> FileScan:
+    """Hash the file and decide its encoding, reading it in chunks (see ``_open_file`` for ``follow_links``).
+
+    ``prefix_at``: the digest of the file's first ``prefix_at`` bytes too (``FileScan.prefix``; None when the
+    file is shorter), for an import that goes on from a checkpoint: its bytes up to there must be the same."""
     digest = hashlib.sha256()
+    prefix: Prefix | None = None
     try:
         with _open_file(path, follow_links) as raw:
             stat = os.fstat(raw.fileno())
@@ -203,6 +217,10 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
             chunk = first
             size = 0
             while chunk or not utf16:
+                if prefix_at is not None and prefix is None and size + len(chunk) >= prefix_at:
+                    head = digest.copy()
+                    head.update(chunk[: prefix_at - size])
+                    prefix = Prefix(prefix_at, head.hexdigest(), head)
                 digest.update(chunk)
                 size += len(chunk)
                 if not utf16:
@@ -217,7 +235,7 @@ def scan_file(path: Path, *, follow_links: bool = True) -> FileScan:
         raise FileRejected(f"{shown(path.name, bare=True)} could not be read: {err.strerror or err}") from err
     fallback = MIXED if utf8_wide else "cp1252"
     encoding = (wide or "utf-16") if utf16 else ("utf-8-sig" if bom else "utf-8") if utf8_ok else fallback
-    return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links)
+    return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links, prefix)
 
 
 def _read_upto(raw: BinaryIO, chunk: int, left: int) -> bytes:
@@ -226,26 +244,49 @@ def _read_upto(raw: BinaryIO, chunk: int, left: int) -> bytes:
 
 
 class _Scanned(io.RawIOBase):
-    """The bytes of a file the scan read, and none written after: ``size`` bytes from its start."""
+    """The bytes of a file the scan read, and none written after: ``size`` bytes from its start.
+
+    Seekable, so that the text read from it can tell where a row begins (``CsvRows.position``) and an import
+    go on from there; every byte read is hashed once, in order, so a checkpoint knows the digest of the bytes
+    before it (``hashed``)."""
 
     def __init__(self, inner: BinaryIO, size: int) -> None:
         super().__init__()
         self._inner = inner
+        self._size = size
         self._left = size
         self._pos = 0
+        self.hasher: Any = hashlib.sha256()
+        self.hashed = 0  # the first bytes hashed
 
     def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         n = min(len(buffer), self._left)
         if n <= 0:
             return 0
-        got = self._inner.readinto(memoryview(buffer)[:n])  # type: ignore[attr-defined]
+        view = memoryview(buffer)[:n]
+        got = self._inner.readinto(view)  # type: ignore[attr-defined]
         got = got or 0
+        end = self._pos + got
+        if end > self.hashed and self._pos <= self.hashed:
+            self.hasher.update(view[self.hashed - self._pos : got])
+            self.hashed = end
         self._left -= got
-        self._pos += got
+        self._pos = end
         return got
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence] + offset
+        target = max(0, min(target, self._size))
+        self._inner.seek(target)
+        self._pos = target
+        self._left = self._size - target
+        return target
 
     def tell(self) -> int:
         return self._pos
@@ -257,6 +298,17 @@ class _Scanned(io.RawIOBase):
         if not self.closed:
             self._inner.close()
         super().close()
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a row begins in an export being read: the text stream's position (``TextIOWrapper.tell``), the
+    physical lines before it, and the digest of the first ``hashed`` bytes read (at least those before it)."""
+
+    cookie: int
+    line: int
+    hashed: int
+    sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +422,33 @@ class CsvRows:
             )
         self.header = tuple(h.strip() for h in header)
         self._csv = reader
+
+    def position(self) -> Position | None:
+        """Where the next row begins, to go on from there later (``resume``); None when that cannot be said here:
+        lines read ahead wait to be read again (a quote left open), or the file is no regular file."""
+        text, binary = self._text, self._binary
+        if text is None or binary is None or self._pushed or not isinstance(binary, io.BufferedReader):
+            return None
+        raw = binary.raw
+        if not isinstance(raw, _Scanned):
+            return None
+        try:
+            cookie = text.tell()
+        except (OSError, ValueError):
+            return None
+        return Position(cookie, self._line_num, raw.hashed, raw.hasher.hexdigest())
+
+    def resume(self, position: Position, prefix: Prefix) -> None:
+        """Go on at ``position`` (after ``open``, which read the header): the file's first ``prefix.size`` bytes
+        are the ones hashed when the position was taken (the caller compared their digests)."""
+        text, binary = self._text, self._binary
+        assert text is not None and isinstance(binary, io.BufferedReader) and isinstance(binary.raw, _Scanned)
+        raw = binary.raw
+        raw.hasher, raw.hashed = prefix.hasher.copy(), prefix.size
+        text.seek(position.cookie)
+        self._line_num = position.line
+        self._pushed.clear()
+        self._csv = csv.reader(self._lines(), delimiter=self.delimiter)
 
     def _regular(self, opened: BinaryIO) -> bool:
         try:

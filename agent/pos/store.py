@@ -14,15 +14,21 @@ each write one ``BEGIN IMMEDIATE … COMMIT``.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from filelock import FileLock, Timeout
 
 from agent.db import Opening, SqliteFile, SqliteThread
 from agent.pos.errors import PosImportError, PosStoreClosed
 from agent.pos.model import ImportReport, Observation, Quarantined, QuarantineEntry
-from agent.pos.source import FileScan
+from agent.pos.source import FileScan, Position
 from protocol import wall_ms_now
 
 T = TypeVar("T")
@@ -75,12 +81,60 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS observations_unsent ON observations (id) WHERE sent_ms IS NULL",
     # A report the disk refused to write beside its filed export (agent.pos.watcher): written at the next start
     # too, not only while this agent runs. Added without a schema version: an older agent ignores the table.
+    # How far an import durably got (agent.pos.importer): an agent killed in the middle of a long export goes on
+    # from there. Written in the transaction that stores the batch's quarantined rows and observations, after the
+    # batch's movements are committed to the outbox, so it is never ahead of what is recorded. Kept until the
+    # import ends. Added without a schema version, like reports_owed: an older agent ignores both tables.
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        import_id     INTEGER PRIMARY KEY REFERENCES imports (id),
+        file_name     TEXT NOT NULL,
+        encoding      TEXT NOT NULL,
+        profile       TEXT NOT NULL,
+        position      TEXT NOT NULL,
+        line          INTEGER NOT NULL,
+        hashed        INTEGER NOT NULL,
+        prefix_sha256 TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        at_ms         INTEGER NOT NULL
+    )""",
+    # The file's occurrence counts up to its checkpoint (agent.pos.occurrences), a pack per batch, in order.
+    "CREATE TABLE IF NOT EXISTS checkpoint_counts (import_id INTEGER NOT NULL, packed BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS checkpoint_counts_by_import ON checkpoint_counts (import_id)",
     """CREATE TABLE IF NOT EXISTS reports_owed (
         dest   TEXT PRIMARY KEY,
         report TEXT NOT NULL,
         at_ms  INTEGER NOT NULL
     ) WITHOUT ROWID""",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far an import durably got: where its next row begins in the file, what the file was read as, and
+    ``state`` (JSON): its counts so far and what its rows' mapping keeps from row to row."""
+
+    import_id: int
+    encoding: str
+    profile: str
+    position: Position
+    state: dict[str, Any]
+
+
+def _owner_alive(path: Path) -> bool:
+    """Whether a process holds the import lock at ``path`` (peeks without waiting)."""
+    if not path.exists():
+        return False
+    lock = FileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
 
 
@@ -114,6 +168,10 @@ class PosStore(SqliteFile):
         if "sent_ms" not in {r[1] for r in conn.execute("PRAGMA table_info(quarantine)")}:
             conn.execute("ALTER TABLE quarantine ADD COLUMN sent_ms INTEGER")
         conn.execute("CREATE INDEX IF NOT EXISTS quarantine_unsent ON quarantine (id) WHERE sent_ms IS NULL")
+        # An import names the lock its process holds while it runs (``owner``): a ``running`` row whose lock
+        # nobody holds is an import its process never finished (killed, or the computer went down).
+        if "owner" not in {r[1] for r in conn.execute("PRAGMA table_info(imports)")}:
+            conn.execute("ALTER TABLE imports ADD COLUMN owner TEXT")
 
     def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
         return PosImportError(f"{self.path} is not a usable POS import store: {err}")
@@ -125,26 +183,179 @@ class PosStore(SqliteFile):
         return PosImportError(f"the POS import store {self.path} could not be {verb}: {err}")
 
     # --- imports ----------------------------------------------------------------
-    async def begin_import(self, scan: FileScan, file_name: str, profile: str) -> int:
+    async def begin_import(self, scan: FileScan, file_name: str, profile: str, *, owner: str | None = None) -> int:
+        """A new ``running`` import; ``owner`` names the lock its process holds until it ends (``ImportOwner``)."""
         now_ms = self._wall_clock_ms()
 
         def insert(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "INSERT INTO imports (file_name, sha256, size_bytes, encoding, profile, status, started_ms)"
-                " VALUES (?, ?, ?, ?, ?, 'running', ?)",
-                (file_name, scan.sha256, scan.size_bytes, scan.encoding, profile, now_ms),
+                "INSERT INTO imports (file_name, sha256, size_bytes, encoding, profile, status, started_ms, owner)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                (file_name, scan.sha256, scan.size_bytes, scan.encoding, profile, now_ms, owner),
             )
             return int(cur.lastrowid or 0)
 
         return await self._write(insert)
 
-    async def finish_import(self, import_id: int, report: ImportReport) -> None:
-        values = [getattr(report, name) for name in _COUNTS]
-        await self._write(
+    def owner_lock(self, owner: str) -> Path:
+        """The lock file an import's process holds while it runs, beside the store."""
+        return Path(f"{self.path}.import-{owner}.lock")
+
+    async def mark_interrupted(self) -> int:
+        """Mark ``interrupted`` every ``running`` import whose process is gone (nobody holds its lock); how many.
+
+        Their checkpoints stay: the next import of the same file goes on from there."""
+        query = "SELECT id, owner FROM imports WHERE status = 'running'"
+        rows = await self._read(lambda conn: conn.execute(query).fetchall())
+        gone = [(int(i), owner) for i, owner in rows if owner is None or not _owner_alive(self.owner_lock(str(owner)))]
+        if not gone:
+            return 0
+        now_ms = self._wall_clock_ms()
+
+        def mark(conn: sqlite3.Connection) -> int:
+            changed = 0
+            for import_id, _ in gone:
+                line = conn.execute("SELECT line FROM checkpoints WHERE import_id = ?", (import_id,)).fetchone()
+                where = f"after line {line[0]:,}" if line else "before its first batch was recorded"
+                error = f"interrupted {where}: the agent stopped, or its computer, before the import ended"
+                changed += conn.execute(
+                    "UPDATE imports SET status = 'interrupted', finished_ms = ?, error = ? WHERE id = ? AND status = 'running'",
+                    (now_ms, error, import_id),
+                ).rowcount
+            return changed
+
+        changed = await self._write(mark)
+        for _, owner in gone:
+            if owner is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.owner_lock(str(owner)))
+        return changed
+
+    async def checkpoint_of(self, file_name: str) -> Checkpoint | None:
+        """The newest checkpoint of an interrupted import of ``file_name``, if any."""
+
+        def read(conn: sqlite3.Connection) -> Checkpoint | None:
+            row = conn.execute(
+                "SELECT c.import_id, c.encoding, c.profile, c.position, c.line, c.hashed, c.prefix_sha256, c.state"
+                " FROM checkpoints c JOIN imports i ON i.id = c.import_id"
+                " WHERE c.file_name = ? AND i.status = 'interrupted' ORDER BY c.import_id DESC LIMIT 1",
+                (file_name,),
+            ).fetchone()
+            if row is None:
+                return None
+            import_id, encoding, profile, position, line, hashed, sha, state = row
+            return Checkpoint(
+                int(import_id), str(encoding), str(profile), Position(int(position), int(line), int(hashed), str(sha)),
+                json.loads(state),
+            )
+
+        return await self._read(read)
+
+    async def take_over(self, old_id: int, new_id: int, why: str) -> bytes | None:
+        """Import ``new_id`` goes on from ``old_id``'s checkpoint: the old one is marked ``resumed`` (with ``why``)
+        and its checkpoint and occurrence counts become the new one's, which they are returned (packed, in order).
+        None when another import took it over first."""
+
+        def take(conn: sqlite3.Connection) -> bytes | None:
+            if not conn.execute(
+                "UPDATE imports SET status = 'resumed', error = ? WHERE id = ? AND status = 'interrupted'", (why, old_id)
+            ).rowcount:
+                return None
+            conn.execute("UPDATE checkpoints SET import_id = ? WHERE import_id = ?", (new_id, old_id))
+            conn.execute("UPDATE checkpoint_counts SET import_id = ? WHERE import_id = ?", (new_id, old_id))
+            packs = conn.execute("SELECT packed FROM checkpoint_counts WHERE import_id = ? ORDER BY rowid", (new_id,))
+            return b"".join(bytes(p) for (p,) in packs)
+
+        return await self._write(take)
+
+    async def forget_checkpoint(self, import_id: int, *, why: str | None = None) -> None:
+        """The checkpoint of ``import_id`` is of no more use (the file changed: ``why``, said in its import's row)."""
+
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM checkpoints WHERE import_id = ?", (import_id,))
+            conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (import_id,))
+            if why is not None:
+                conn.execute("UPDATE imports SET error = ? WHERE id = ?", (why, import_id))
+
+        await self._write(forget)
+
+    async def lineage_quarantine(self, import_ids: Sequence[int], limit: int) -> list[Quarantined]:
+        """The first ``limit`` rows quarantined by these imports (the parts of one resumed import), by line."""
+        marks = ",".join("?" * len(import_ids))
+        rows = await self._read(
             lambda conn: conn.execute(
+                f"SELECT line, reason, raw FROM quarantine WHERE import_id IN ({marks}) ORDER BY line LIMIT ?",
+                (*import_ids, limit),
+            ).fetchall()
+        )
+        return [Quarantined(int(line), str(reason), str(raw)) for line, reason, raw in rows]
+
+    async def add_batch(
+        self,
+        import_id: int,
+        file_name: str,
+        sha256: str,
+        quarantined: Sequence[Quarantined],
+        observations: Sequence[Observation],
+        *,
+        seen_under: Sequence[str] = (),
+        checkpoint: Checkpoint | None = None,
+        counts: bytes = b"",
+    ) -> tuple[int, int]:
+        """One batch's observations and quarantined rows, and the import's checkpoint after it, in one transaction
+        (the batch's movements are in the outbox already); returns (observations new, already stored)."""
+        now_ms = self._wall_clock_ms()
+
+        def write(conn: sqlite3.Connection) -> tuple[int, int]:
+            obs = self._insert_observations(conn, observations, now_ms)
+            self._insert_quarantine(conn, import_id, file_name, sha256, quarantined, seen_under, now_ms)
+            if checkpoint is not None:
+                p = checkpoint.position
+                state = dict(checkpoint.state)  # its observation counts are before this batch's, known only here
+                state["observations"] = state.get("observations", 0) + obs[0]
+                state["observation_duplicates"] = state.get("observation_duplicates", 0) + obs[1]
+                conn.execute(
+                    "INSERT OR REPLACE INTO checkpoints (import_id, file_name, encoding, profile, position, line,"
+                    " hashed, prefix_sha256, state, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (import_id, file_name, checkpoint.encoding, checkpoint.profile, str(p.cookie), p.line, p.hashed,
+                     p.sha256, json.dumps(state), now_ms),
+                )  # fmt: skip
+                if counts:
+                    conn.execute("INSERT INTO checkpoint_counts (import_id, packed) VALUES (?, ?)", (import_id, counts))
+            return obs
+
+        return await self._write(write)
+
+    async def finish_import(self, import_id: int, report: ImportReport) -> None:
+        """The import ended (``report``): its row says how, and its checkpoint and those of earlier interrupted
+        imports of the same file, which nothing will go on from now, are dropped."""
+        values = [getattr(report, name) for name in _COUNTS]
+
+        def finish(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 f"UPDATE imports SET status = ?, finished_ms = ?, error = ?, {', '.join(f'{n} = ?' for n in _COUNTS)}"
                 " WHERE id = ?",
                 (report.status, report.finished_ms, report.error, *values, import_id),
+            )
+            done = (
+                "SELECT c.import_id FROM checkpoints c JOIN imports i ON i.id = c.import_id WHERE c.import_id = ?"
+                " OR (c.file_name = ? AND c.import_id < ? AND i.status <> 'running')"
+            )
+            ids = [i for (i,) in conn.execute(done, (import_id, report.file_name, import_id))]
+            for old in ids:
+                conn.execute("DELETE FROM checkpoints WHERE import_id = ?", (old,))
+                conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (old,))
+
+        await self._write(finish)
+
+    async def abandon_import(self, import_id: int, why: str) -> None:
+        """The import stopped before its end (the outbox or the store failed, or the agent is stopping): marked
+        ``interrupted``, its checkpoint kept, so that importing the file again goes on from there."""
+        now_ms = self._wall_clock_ms()
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE imports SET status = 'interrupted', finished_ms = ?, error = ? WHERE id = ? AND status = 'running'",
+                (now_ms, why[:500], import_id),
             )
         )
 
@@ -176,27 +387,39 @@ class PosStore(SqliteFile):
         if not rows:
             return 0
         now_ms = self._wall_clock_ms()
+        return await self._write(
+            lambda conn: self._insert_quarantine(conn, import_id, file_name, sha256, rows, seen_under, now_ms)
+        )
 
-        def insert(conn: sqlite3.Connection) -> int:
-            fresh = rows
-            if seen_under:
-                earlier = ",".join("?" * len(seen_under))
-                kept = set(
-                    conn.execute(
-                        f"SELECT line, raw FROM quarantine WHERE sha256 IN ({earlier}) AND line BETWEEN ? AND ?",
-                        (*seen_under, min(q.line for q in rows), max(q.line for q in rows)),
-                    )
+    @staticmethod
+    def _insert_quarantine(
+        conn: sqlite3.Connection,
+        import_id: int,
+        file_name: str,
+        sha256: str,
+        rows: Sequence[Quarantined],
+        seen_under: Sequence[str],
+        now_ms: int,
+    ) -> int:
+        if not rows:
+            return 0
+        fresh = rows
+        if seen_under:
+            earlier = ",".join("?" * len(seen_under))
+            kept = set(
+                conn.execute(
+                    f"SELECT line, raw FROM quarantine WHERE sha256 IN ({earlier}) AND line BETWEEN ? AND ?",
+                    (*seen_under, min(q.line for q in rows), max(q.line for q in rows)),
                 )
-                fresh = [q for q in rows if (q.line, q.raw) not in kept]
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO quarantine (import_id, file_name, sha256, line, reason, raw, at_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(import_id, file_name, sha256, q.line, q.reason, q.raw, now_ms) for q in fresh],
             )
-            return conn.total_changes - before
-
-        return await self._write(insert)
+            fresh = [q for q in rows if (q.line, q.raw) not in kept]
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO quarantine (import_id, file_name, sha256, line, reason, raw, at_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(import_id, file_name, sha256, q.line, q.reason, q.raw, now_ms) for q in fresh],
+        )
+        return conn.total_changes - before
 
     async def quarantined(self, limit: int = 100, *, file_name: str | None = None) -> list[QuarantineEntry]:
         """Quarantined rows, newest file first, then by line."""
@@ -240,18 +463,20 @@ class PosStore(SqliteFile):
         if not observations:
             return 0, 0
         now_ms = self._wall_clock_ms()
+        return await self._write(lambda conn: self._insert_observations(conn, observations, now_ms))
 
-        def insert(conn: sqlite3.Connection) -> tuple[int, int]:
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO observations"
-                " (system, location, sku, on_hand, observed_at_ms, source_file, stored_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(o.system, o.location, o.sku, o.on_hand, o.observed_at_ms, o.source_file, now_ms) for o in observations],
-            )
-            new = conn.total_changes - before
-            return new, len(observations) - new
-
-        return await self._write(insert)
+    @staticmethod
+    def _insert_observations(conn: sqlite3.Connection, observations: Sequence[Observation], now_ms: int) -> tuple[int, int]:
+        if not observations:
+            return 0, 0
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO observations"
+            " (system, location, sku, on_hand, observed_at_ms, source_file, stored_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(o.system, o.location, o.sku, o.on_hand, o.observed_at_ms, o.source_file, now_ms) for o in observations],
+        )
+        new = conn.total_changes - before
+        return new, len(observations) - new
 
     async def pending_observations(self, limit: int = 1000) -> list[tuple[int, Observation]]:
         """Observations not yet sent to the hub, oldest first, with their ids for ``mark_observations_sent``."""

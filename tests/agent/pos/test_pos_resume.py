@@ -1,0 +1,194 @@
+"""An import that stops before its end goes on from its checkpoint when the same file is imported again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from filelock import FileLock
+
+from agent.errors import OutboxError
+from agent.outbox import Movement, RecordResult
+from agent.pos import PosImportConfig, run_import
+from agent.pos.errors import PosImportError
+from agent.pos.source import scan_file
+from tests.agent.pos.pos_helpers import Env, open_env
+
+HEADER = "date,time,sku,qty,kind,ref\n"
+BATCH = 100
+
+
+def _rows(n: int, prefix: str = "SKU") -> list[str]:
+    return [f"2024-03-05,10:{i // 60 % 60:02d}:{i % 60:02d},{prefix}-{i},1,sale,r{i}\n" for i in range(n)]
+
+
+def _fail_after(env: Env, batches: int) -> None:
+    """The outbox refuses every batch after the first ``batches``: the import stops in the middle of the file."""
+    real = env.outbox.record
+    calls: list[int] = []
+
+    async def record(movements: Sequence[Movement], **kw: Any) -> RecordResult:
+        calls.append(1)
+        if len(calls) > batches:
+            raise OutboxError("the disk is full (a test)")
+        return await real(movements, **kw)
+
+    env.importer.outbox.record = record  # type: ignore[method-assign]
+
+
+def _imports(env: Env) -> list[tuple[str, str | None]]:
+    with sqlite3.connect(env.store.path) as db:
+        return db.execute("SELECT status, error FROM imports ORDER BY id").fetchall()
+
+
+async def _interrupted(env: Env, path: Path, batches: int) -> None:
+    _fail_after(env, batches)
+    with pytest.raises(PosImportError):
+        await env.importer.import_file(path)
+    del env.importer.outbox.record  # type: ignore[method-assign]  # the instance's stand-in: the real one again
+
+
+async def test_an_interrupted_import_goes_on_from_its_checkpoint_with_the_whole_file_in_its_report(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Imported again, the file was read and parsed from its first line: every row recorded a duplicate."""
+    rows = _rows(2_000)
+    rows[1_500] = rows[10]  # the same row twice, far apart: two sales, also when the second is read after a resume
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows), encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=BATCH)) as env:
+        await _interrupted(env, path, batches=7)
+        stopped = "the import stopped because the outbox could not be written: the disk is full (a test)"
+        assert _imports(env) == [("interrupted", stopped)]
+        report = await env.importer.import_file(path)
+        events = await env.events()
+    assert report.status == "imported" and report.rows_read == 2_000
+    # the first 7 batches (700 rows) were not read again: read again, each would be a duplicate
+    assert report.imported == 2_000 and report.duplicates == 0
+    assert len(events) == 2_000 and len({e.event_id for e in events}) == 2_000
+    assert [e.sku for e in events].count("SKU-10") == 2
+    assert [status for status, _ in _imports(env)] == ["resumed", "imported"]
+    assert _imports(env)[0][1] == "interrupted after line 701; import #2 went on from there"
+    said = [r.getMessage() for r in caplog.records]
+    assert "day.csv was interrupted at line 701; the import goes on from there (700 rows were read before)." in said
+
+
+async def test_an_import_interrupted_twice_goes_on_each_time_and_keeps_its_quarantined_rows(tmp_path: Path) -> None:
+    rows = _rows(1_000)
+    rows[50] = "2024-03-05,10:00:00,SKU-X,two,sale,bad\n"
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows), encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=BATCH)) as env:
+        await _interrupted(env, path, batches=3)
+        await _interrupted(env, path, batches=2)
+        report = await env.importer.import_file(path)
+        events = await env.events()
+    assert len(events) == 999
+    assert (report.rows_read, report.imported, report.duplicates, report.quarantined) == (1_000, 999, 0, 1)
+    assert [q.line for q in report.quarantine] == [52]
+    assert [status for status, _ in _imports(env)] == ["resumed", "resumed", "imported"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "cp1252"])
+async def test_an_export_in_another_encoding_goes_on_from_its_checkpoint(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "day.csv"
+    path.write_bytes((HEADER + "".join(_rows(600, "CAFÉ"))).encode(encoding))
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=BATCH)) as env:
+        await _interrupted(env, path, batches=2)
+        report = await env.importer.import_file(path)
+        events = await env.events()
+    assert (report.rows_read, report.imported, report.duplicates) == (600, 600, 0)
+    assert sorted(e.sku for e in events) == sorted(f"CAFÉ-{i}" for i in range(600))
+
+
+async def test_a_file_changed_before_its_checkpoint_is_read_again_from_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = _rows(1_000)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows), encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=BATCH)) as env:
+        await _interrupted(env, path, batches=4)
+        rows[5] = rows[5].replace(",1,sale,", ",2,sale,")  # the POS exported the day again: one line differs
+        path.write_text(HEADER + "".join(rows), encoding="utf-8")
+        report = await env.importer.import_file(path)
+        events = await env.events()
+    # every row read again: the 400 recorded before are duplicates but the one changed (a new sale of 2)
+    assert (report.rows_read, report.imported, report.duplicates) == (1_000, 601, 399)
+    assert len(events) == 1_001
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        "day.csv was interrupted at line 401, but the file changed since (its first bytes are not the same); it is "
+        "read again from the start (the rows recorded before are duplicates)." in said
+    )
+    changed = (
+        "interrupted after line 401; the file changed since (its first bytes are not the same), so import #2 read "
+        "it again from the start"
+    )
+    assert _imports(env) == [("interrupted", changed), ("imported", None)]
+
+
+async def test_a_file_grown_since_goes_on_from_its_checkpoint(tmp_path: Path) -> None:
+    """Rows appended after the interruption change nothing before the checkpoint: the import goes on."""
+    rows = _rows(1_200)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows[:1_000]), encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=BATCH)) as env:
+        await _interrupted(env, path, batches=5)
+        with path.open("a", encoding="utf-8") as till:
+            till.write("".join(rows[1_000:]))
+        report = await env.importer.import_file(path)
+        events = await env.events()
+    assert (report.rows_read, report.imported, report.duplicates) == (1_200, 1_200, 0)
+    assert len(events) == 1_200
+    assert [status for status, _ in _imports(env)] == ["resumed", "imported"]
+
+
+async def test_only_an_import_whose_process_is_gone_is_marked_interrupted(tmp_path: Path) -> None:
+    """A ``running`` row stayed ``running`` for ever when its agent was killed; one of a live process must not move."""
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(_rows(3)), encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic")) as env:
+        live = FileLock(str(env.store.owner_lock("live")), thread_local=False)
+        live.acquire(timeout=0)  # another process importing now (a lock held through another descriptor)
+        scan = scan_file(path)
+        await env.store.begin_import(scan, "other.csv", "generic", owner="live")
+        await env.store.begin_import(scan, "killed.csv", "generic", owner="gone")
+        assert await env.store.mark_interrupted() == 1
+        assert [status for status, _ in _imports(env)] == ["running", "interrupted"]
+        live.release()
+        assert await env.store.mark_interrupted() == 1
+        assert [status for status, _ in _imports(env)] == ["interrupted", "interrupted"]
+        assert _imports(env)[1][1] == (
+            "interrupted before its first batch was recorded: the agent stopped, or its computer, before the import ended"
+        )
+
+
+def test_the_report_lists_an_import_whose_agent_was_killed_as_interrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.pos.store import PosStore
+    from tests.agent.pos.test_pos_cli import agent_config, parse
+
+    config = agent_config(tmp_path)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(_rows(3)), encoding="utf-8")
+
+    async def killed_import() -> None:
+        async with PosStore.open(tmp_path / "data" / "pos-import.sqlite") as store:
+            await store.begin_import(scan_file(path), "day.csv", "generic", owner="gone")
+
+    asyncio.run(killed_import())
+    assert run_import(parse("-c", str(config), "--report")) == 0
+    listed = capsys.readouterr().out
+    assert (
+        "day.csv (generic, utf-8): interrupted — interrupted before its first batch was recorded: the agent stopped, "
+        "or its computer, before the import ended" in listed
+    ), listed
