@@ -20,6 +20,7 @@ from agent.pos.timezones import ZoneResolver
 from agent.pos.values import DateOrder, DecimalSeparator
 
 SETTLE_DEFAULT_S = 2.0
+UNFINISHED_LINE_DEFAULT_S = 300.0
 BATCH_ROWS_DEFAULT = 2_000
 BATCH_ROWS_MAX = 10_000
 FUTURE_TOLERANCE_DEFAULT_S = 86_400.0
@@ -42,6 +43,8 @@ class PosImportConfig:
     locations: Mapping[str, str] = field(default_factory=dict)  # location name in the export -> location code
     time_zones: Mapping[str, str] = field(default_factory=dict)  # zone name in the export -> IANA zone
     settle_s: float = SETTLE_DEFAULT_S  # size and mtime unchanged this long before a file is taken
+    # a file whose last line has no line break yet: unchanged this long before it is taken (at least settle_s)
+    unfinished_line_s: float = UNFINISHED_LINE_DEFAULT_S
     patterns: tuple[str, ...] = ("*.csv", "*.txt", "*.tsv")
     store_path: Path | None = None  # None: pos-import.sqlite beside the outbox
     batch_rows: int = BATCH_ROWS_DEFAULT  # movements per outbox transaction
@@ -79,8 +82,8 @@ class PosImportConfig:
 
 KEYS = (
     "watch_dir", "profile", "time_zone", "date_order", "decimal_separator", "units", "locations", "time_zones",
-    "settle_s", "patterns", "store_path", "batch_rows", "future_tolerance_s", "force_polling", "profiles",
-    "folder_retry_s",
+    "settle_s", "unfinished_line_s", "patterns", "store_path", "batch_rows", "future_tolerance_s", "force_polling",
+    "profiles", "folder_retry_s",
 )
 
 
@@ -155,6 +158,7 @@ def _from_mapping(table: Mapping[str, Any], base_dir: Path) -> PosImportConfig:
         locations=str_map("locations"),
         time_zones=aliases,
         settle_s=number("settle_s", SETTLE_DEFAULT_S, 0.0, 3600.0),
+        unfinished_line_s=number("unfinished_line_s", UNFINISHED_LINE_DEFAULT_S, 0.0, 86_400.0),
         patterns=tuple(patterns),
         store_path=path("store_path"),
         batch_rows=int(number("batch_rows", BATCH_ROWS_DEFAULT, 1, BATCH_ROWS_MAX)),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -43,7 +44,7 @@ from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxErr
 from agent.outbox import Movement, Outbox
 from agent.pos.config import PosImportConfig
 from agent.pos.errors import FileRejected, PosImportError
-from agent.pos.model import ImportReport, Observation, Quarantined, Skipped
+from agent.pos.model import CutRow, ImportReport, Observation, Quarantined, Skipped
 from agent.pos.occurrences import OccurrenceCounter
 from agent.pos.profiles import ColumnMap, choose
 from agent.pos.rows import RowMapper, row_text
@@ -106,8 +107,20 @@ class _Tally:
 class _FileParse:
     """The synchronous half: reads one file a batch at a time, on whichever worker thread calls it."""
 
-    def __init__(self, scan: FileScan, config: PosImportConfig, profile: str, location: str, now_ms: int, name: str) -> None:
+    def __init__(
+        self,
+        scan: FileScan,
+        config: PosImportConfig,
+        profile: str,
+        location: str,
+        now_ms: int,
+        name: str,
+        cut_rows: Sequence[CutRow] = (),
+    ) -> None:
         self._scan = scan
+        self._cuts = {cut.line: cut for cut in cut_rows}  # rows booked before from a line without a line break
+        self.finished_cuts: set[int] = set()  # lines of those the POS finished since, booked as the same event
+        self.cut_row: CutRow | None = None  # the last row, when it was read from a line without a line break
         self._config = config
         self._profile = profile
         self._location = location
@@ -173,6 +186,11 @@ class _FileParse:
                     batch.rows += 1
                     outcome = mapper.map(line, fields)
                     if isinstance(outcome, Movement):
+                        if line in self._cuts:
+                            outcome = self._finished(line, outcome, rows)
+                        if rows.unterminated():
+                            assert outcome.event_id is not None
+                            self.cut_row = CutRow(line, rows.row_raw(), outcome.event_id)
                         batch.movements.append(outcome)
                         batch.movement_rows.append((line, fields))
                     elif isinstance(outcome, Observation):
@@ -196,6 +214,16 @@ class _FileParse:
                     batch.counts = self._counter.changes()
                     batch.mapper_state = mapper.state()
             return batch if batch.rows else None
+
+    def _finished(self, line: int, movement: Movement, rows: CsvRows) -> Movement:
+        """A row booked before from its line without a line break, which the POS finished since: the same event
+        (a duplicate when it moves the same stock; a conflict, quarantined, when it differs), never a second."""
+        cut = self._cuts[line]
+        raw = rows.row_raw()
+        if raw == cut.raw or not raw.startswith(cut.raw):  # unchanged, or another line there now (rewritten)
+            return movement
+        self.finished_cuts.add(line)
+        return dataclasses.replace(movement, event_id=cut.event_id)
 
     def close(self) -> None:
         with self._lock:
@@ -268,12 +296,15 @@ class PosImporter:
         on_progress: ProgressFn | None = None,
         follow_links: bool = True,
         seen_under: Sequence[str] = (),
+        cut_rows: Sequence[CutRow] = (),
     ) -> ImportReport:
         """Import one file. A file that cannot be read at all gives a report with status "failed".
 
         ``follow_links=False`` (the drop folder) refuses a symbolic link
         without reading through it. ``seen_under``: the digests the file had when
-        it was imported before, when it grew since (``PosStore.add_quarantine``).
+        it was imported before, when it grew since (``PosStore.add_quarantine``). ``cut_rows``: rows its
+        imports before booked from a last line without a line break (``ImportReport.cut_row``): finished since,
+        such a row is booked as the same event, never as a second one.
         Raises PosImportError only when the outbox
         or the store cannot be written — then nothing about the file is final,
         and importing it again later is safe.
@@ -288,7 +319,9 @@ class PosImporter:
         except FileRejected as err:
             log.warning("The POS export %s was not imported: %s", shown(name, bare=True), err)
             return ImportReport(name, "", 0, "", "", "failed", error=str(err), started_ms=started_ms, finished_ms=started_ms)
-        parse = _FileParse(scan, self.config, profile or self.config.profile, self.location, started_ms, name)
+        parse = _FileParse(
+            scan, self.config, profile or self.config.profile, self.location, started_ms, name, cut_rows
+        )
         owner = _ImportOwner(self.store)
         import_id: int | None = None
         try:
@@ -414,6 +447,7 @@ class PosImporter:
             observation_duplicates=tally.observation_duplicates, skipped=tally.skipped, quarantined=quarantined,
             quarantine=tuple(listed), started_ms=started_ms, finished_ms=self._wall_clock_ms(),
             skipped_reasons=tally.skipped_reasons, produces=columns.profile.produces.value, error=error,
+            cut_row=parse.cut_row,
         )  # fmt: skip
 
     async def _import_batch(
@@ -468,6 +502,15 @@ class PosImporter:
             if len(movements) == 1:
                 line, fields = rows[0]
                 reason = str(err).removesuffix("; nothing was recorded")
+                if isinstance(err, EventConflict) and line in parse.finished_cuts:
+                    differs = reason.split(" is already recorded with ", 1)[-1]
+                    reason = (
+                        f"line {line} was imported as it stood, without a line break, after "
+                        f"{self.config.unfinished_line_s:g} s without a change; the POS finished it later and it "
+                        f"differs ({differs}): it is not booked a second time — check it against the till"
+                    )
+                    delimiter = parse.mapper.delimiter if parse.mapper else ","
+                    return 0, 0, [Quarantined(line, reason[:500], row_text(fields, delimiter))]
                 what = "the row changed since it was first imported" if isinstance(err, EventConflict) else (
                     "the row is not a valid movement"
                 )

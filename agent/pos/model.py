@@ -51,6 +51,17 @@ class Quarantined:
 
 
 @dataclass(frozen=True, slots=True)
+class CutRow:
+    """A row read from a last line that had no line break yet, and the event it was booked as: when the POS
+    finishes the line later, the finished row is that event again (``PosImporter.import_file(cut_rows=…)``),
+    never a second one."""
+
+    line: int
+    raw: str  # the line as read (without a line break there was none)
+    event_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Skipped:
     """A row that is not stock (a custom amount, a gift card, "not stocked"): counted, not imported."""
 
@@ -96,9 +107,11 @@ class ImportReport:
     finished_ms: int = 0
     skipped_reasons: dict[str, int] = field(default_factory=dict)  # why rows were not stock, with counts
     produces: str = "movements"  # or "observations", as the profile does
+    cut_row: CutRow | None = field(default=None, compare=False)  # the last row, booked from a line without a break
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
+        del data["cut_row"]
         data["quarantine"] = [{"line": q.line, "reason": q.reason, "row": q.raw} for q in self.quarantine]
         data["quarantine_truncated"] = self.quarantined > len(self.quarantine)
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"

@@ -423,6 +423,14 @@ class CsvRows:
         self.header = tuple(h.strip() for h in header)
         self._csv = reader
 
+    def row_raw(self) -> str:
+        """The physical lines of the row just read, as read (line breaks included)."""
+        return "".join(line.text for line in self._taken)
+
+    def unterminated(self) -> bool:
+        """Whether the row just read ends without a line break: the file's last line, perhaps not finished."""
+        return bool(self._taken) and not self._taken[-1].text.endswith(("\n", "\r"))
+
     def position(self) -> Position | None:
         """Where the next row begins, to go on from there later (``resume``); None when that cannot be said here:
         lines read ahead wait to be read again (a quote left open), or the file is no regular file."""

@@ -5,8 +5,12 @@ unchanged for ``settle_s`` — so a POS still writing it, or a slow copy over
 the network, is never read half-way. Writers that can should write to a
 temporary name (``export.csv.part``, ``.tmp``) and rename when done: only
 names matching ``patterns`` are considered at all. A file whose last line has no
-line break yet waits ``MID_LINE_SETTLE_FACTOR`` times longer: a till paused in
-the middle of a row, taken, had the cut row recorded and the whole row again.
+line break yet waits ``unfinished_line_s`` (five minutes) unchanged: a till paused
+in the middle of a row, taken, had the cut row recorded and the whole row again.
+Taken then, its last line is imported as it stands (an export that simply ends
+without a line break), and the event it became is remembered while the filed
+copy is watched: a till that finishes that row even later has it booked as the
+same event (``CutRow``), never as a second one; as it differs, it is quarantined.
 
 After the import the file moves to ``processed/`` (or ``failed/`` when it
 could not be read, or every row was quarantined) with ``<name>.report.json``
@@ -69,7 +73,7 @@ from agent.pos.claim import DropFolderClaim, DropFolderTaken, DropFolderUnusable
 from agent.pos.config import PosConfigError
 from agent.pos.errors import PosImportError
 from agent.pos.importer import PosImporter
-from agent.pos.model import ImportReport
+from agent.pos.model import CutRow, ImportReport
 from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
 from protocol.values import shown
 
@@ -87,7 +91,6 @@ WATCH_DEBOUNCE_MS = 200
 FILED_WATCH_S = 600.0  # how long a filed file is watched for a writer that was not done with it
 FILED_WATCH_MAX = 200  # the most filed files watched at once (the oldest are forgotten first)
 BUSY_WARN_S = 600.0  # a file changing this long without settling is said once: it is not imported meanwhile
-MID_LINE_SETTLE_FACTOR = 10  # a file whose last line has no line break yet waits this many times settle_s
 PROGRESS_LOG_MIN_BYTES = 1 << 20  # a smaller export is imported within seconds: its one summary line is enough
 PROGRESS_LOG_S = 30.0  # how often a long import says how far it got
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart")
@@ -133,6 +136,7 @@ class _Filed:
     mtime_ns: int
     until: float  # monotonic seconds when it is forgotten, unless it changed
     changed: _Seen | None = None  # how it looks since it changed, until it settles and is imported again
+    cuts: tuple[CutRow, ...] = ()  # rows booked from its last line without a line break, by its imports so far
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -233,6 +237,7 @@ class PosFolderWatcher:
         folder: Path,
         *,
         settle_s: float | None = None,
+        unfinished_line_s: float | None = None,
         patterns: tuple[str, ...] | None = None,
         force_polling: bool | None = None,
         on_report: ReportFn | None = None,
@@ -244,6 +249,7 @@ class PosFolderWatcher:
         self.importer = importer
         self.folder = Path(folder)
         self.settle_s = config.settle_s if settle_s is None else settle_s
+        self.unfinished_line_s = config.unfinished_line_s if unfinished_line_s is None else unfinished_line_s
         self.patterns = tuple(p.casefold() for p in (patterns or config.patterns))
         self.force_polling = config.force_polling if force_polling is None else force_polling
         self.on_report = on_report
@@ -625,18 +631,20 @@ class PosFolderWatcher:
         return None
 
     def _still_mid_line(self, path: Path, seen: _Seen, now: float) -> bool:
-        """Whether a settled file ends in the middle of a line and has not waited ``MID_LINE_SETTLE_FACTOR``
-        times ``settle_s`` yet. Taken at once, a till that paused mid-line (``…,SKU-9,1,sale,R1`` of ``R12``)
-        had its cut row recorded as a sale of its own, and the whole row again once it went on writing."""
+        """Whether a settled file ends in the middle of a line and has not stayed unchanged for
+        ``unfinished_line_s`` yet. Taken at once, a till that paused mid-line (``…,SKU-9,1,sale,R1`` of ``R12``)
+        had its cut row recorded as a sale of its own, and the whole row again once it went on writing; taken
+        after ten times settle_s, so did a till that paused longer than that."""
+        hold_s = max(self.unfinished_line_s, self.settle_s)
         if seen.mid_line is None:
             seen.mid_line = _ends_mid_line(path, seen.size)
             if seen.mid_line:
                 log.info(
                     "%s ends in the middle of a line, as if the POS were still writing it; it is taken once it has "
                     "not changed for %s s.",
-                    _name(path), f"{self.settle_s * MID_LINE_SETTLE_FACTOR:g}",
+                    _name(path), f"{hold_s:g}",
                 )  # fmt: skip
-        return seen.mid_line and now - seen.since < self.settle_s * MID_LINE_SETTLE_FACTOR
+        return seen.mid_line and now - seen.since < hold_s
 
     def _changed_filed(self, now: float) -> Path | None:
         """A filed file that changed after it was filed and has settled again, if any; forgets the rest in time."""
@@ -663,7 +671,9 @@ class PosFolderWatcher:
                 return dest
         return None
 
-    def _watch_filed(self, dest: Path, name: str, digests: tuple[str, ...], *, changed: bool = False) -> None:
+    def _watch_filed(
+        self, dest: Path, name: str, digests: tuple[str, ...], *, changed: bool = False, cuts: tuple[CutRow, ...] = ()
+    ) -> None:
         try:
             st = dest.lstat()
         except OSError:
@@ -673,7 +683,7 @@ class PosFolderWatcher:
         self._filed.pop(dest, None)
         self._filed[dest] = _Filed(
             name, digests, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + FILED_WATCH_S,
-            _Seen(-1, -1, time.monotonic()) if changed else None,
+            _Seen(-1, -1, time.monotonic()) if changed else None, cuts,
         )  # fmt: skip
         while len(self._filed) > FILED_WATCH_MAX:
             del self._filed[next(iter(self._filed))]
@@ -724,7 +734,7 @@ class PosFolderWatcher:
             dest = path
         else:
             await self._report_beside(dest, report)
-            self._watch_filed(dest, report.file_name, (report.sha256,))
+            self._watch_filed(dest, report.file_name, (report.sha256,), cuts=self._cuts((), report))
         if self.on_report is not None:
             self.on_report(report, dest)
 
@@ -759,8 +769,9 @@ class PosFolderWatcher:
         progress = _ProgressLog(_name(dest), size) if size >= PROGRESS_LOG_MIN_BYTES else None
         try:
             report = await self.importer.import_file(
-                dest, name=filed.name, follow_links=False, seen_under=filed.digests, on_progress=progress
-            )
+                dest, name=filed.name, follow_links=False, seen_under=filed.digests, on_progress=progress,
+                cut_rows=filed.cuts,
+            )  # fmt: skip
         except PosImportError as err:  # the outbox or store cannot be written: it stays watched, retry later
             raise TurnFailed(str(err)) from err
         except Exception:  # a surprise in one file must not stop the folder, nor be retried forever
@@ -776,7 +787,9 @@ class PosFolderWatcher:
             log.warning("%s disappeared while it was being imported again; its rows are recorded.", _name(dest))
             return
         if after != before:  # still being written: once it settles it is imported again, and then reported
-            self._watch_filed(dest, filed.name, (*filed.digests, report.sha256), changed=True)
+            self._watch_filed(
+                dest, filed.name, (*filed.digests, report.sha256), changed=True, cuts=self._cuts(filed.cuts, report)
+            )
             return
         sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
         try:
@@ -795,9 +808,21 @@ class PosFolderWatcher:
             "%s changed after it was imported and filed in %s/; it was imported again and %s more rows were recorded.",
             _name(dest), dest.parent.name, f"{more:,}",
         )  # fmt: skip
-        self._watch_filed(moved, filed.name, (*filed.digests, report.sha256))
+        self._watch_filed(moved, filed.name, (*filed.digests, report.sha256), cuts=self._cuts(filed.cuts, report))
         if self.on_report is not None:
             self.on_report(report, moved)
+
+    def _cuts(self, before: tuple[CutRow, ...], report: ImportReport) -> tuple[CutRow, ...]:
+        """The rows booked from a last line without a line break so far: the first booking of a line stands."""
+        cut = report.cut_row
+        if cut is None or any(c.line == cut.line for c in before):
+            return before
+        log.info(
+            "The last line of %s (line %d) has no line break; it did not change for %s s, so it was imported as it "
+            "stands. If the POS finishes it later, the finished row is not booked a second time.",
+            shown(report.file_name, bare=True), cut.line, f"{max(self.unfinished_line_s, self.settle_s):g}",
+        )  # fmt: skip
+        return (*before, cut)
 
     def _file_away(self, path: Path, sub: str) -> Path:
         """Move the entry (a link itself, never its target) into ``sub/``; where it is now.

@@ -24,13 +24,16 @@ def export_row(i: int, prefix: str = "GOOD") -> str:
 
 
 def drop_store(
-    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path, batch_rows: int = 2000
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path, batch_rows: int = 2000, extra: str = ""
 ) -> tuple[Store, Path]:
     hub.start()
     store = make_store(hub, hub.url)
     drop = tmp_path / "drop"
     with store.config.open("a") as config:
-        config.write(f'\n[pos]\nwatch_dir = "{drop}"\nsettle_s = {SETTLE_S}\nprofile = "generic"\nbatch_rows = {batch_rows}\n')
+        config.write(
+            f'\n[pos]\nwatch_dir = "{drop}"\nsettle_s = {SETTLE_S}\nprofile = "generic"\nbatch_rows = {batch_rows}\n'
+            + extra
+        )
     store.start()
     wait_until("the agent watches its drop folder", lambda: (drop / "processed").is_dir(), WAIT_S)
     return store, drop

@@ -104,3 +104,46 @@ def test_an_export_cut_short_and_rewritten_while_it_is_read_leaves_no_row_of_the
     with sqlite3.connect(store.outbox, timeout=30) as db:
         skus = {sku for (sku,) in db.execute("SELECT sku FROM events")}
     assert {s for s in skus if not s.startswith(("FIRST-", "SECOND-"))} == set()
+
+
+def test_a_till_pausing_in_the_middle_of_a_line_longer_than_ten_settles_has_that_row_recorded_once_whole(
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    """The protection was a wait of 10 × settle_s: a till that paused longer in the middle of a row had the cut
+    row (``…,GOOD-9,1,sale,go``) recorded as a sale of its own, and the whole row as a second one."""
+    store, drop = drop_store(hub, make_store, tmp_path)
+    last = export_row(9)
+    cut = last.index(",good-9") + len(",go")
+    with (drop / "sales.csv").open("w", encoding="utf-8") as till:  # the till keeps its export open
+        till.write(HEADER + "".join(export_row(i) for i in range(9)) + last[:cut])
+        till.flush()
+        time.sleep(SETTLE_S * 10 * 2)  # the scenario: a pause twice as long as the old protection
+        till.write(last[cut:])
+    wait_until("the export is filed", lambda: (drop / "processed" / "sales.csv.report.json").exists(), WAIT_S)
+    assert len(skus_of(store, "GOOD")) == 10
+    assert _refs(store, "GOOD-9") == ["good-9"]
+
+
+def test_a_row_finished_after_it_was_imported_as_it_stood_is_never_a_second_sale(
+    hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    """A file whose last line has no line break is imported as it stands once it stayed unchanged for
+    ``unfinished_line_s`` (an export that simply ends so). A till that finishes that row even later must not make
+    it a second sale: the finished row is that row, and as it differs it is quarantined with a reason."""
+    store, drop = drop_store(hub, make_store, tmp_path, extra="unfinished_line_s = 1.0\n")
+    last = export_row(9)
+    cut = last.index(",good-9") + len(",go")
+    with (drop / "sales.csv").open("w", encoding="utf-8") as till:
+        till.write(HEADER + "".join(export_row(i) for i in range(9)) + last[:cut])
+        till.flush()
+        wait_until("the export is filed", lambda: (drop / "processed" / "sales.csv.report.json").exists(), WAIT_S)
+        till.write(last[cut:])  # into the filed copy: a move keeps the open file
+    store.runs[-1].wait_for_log("changed after it was imported and filed in processed/", WAIT_S)
+    assert len(skus_of(store, "GOOD")) == 10
+    assert _refs(store, "GOOD-9") == ["go"]
+    with sqlite3.connect(store.data_dir / "pos-import.sqlite", timeout=30) as db:
+        ((line, reason),) = db.execute("SELECT line, reason FROM quarantine").fetchall()
+    assert line == 11
+    assert reason.startswith("line 11 was imported as it stood, without a line break, after ") and (
+        "the POS finished it later and it differs" in reason
+    ), reason

@@ -192,3 +192,34 @@ def test_the_report_lists_an_import_whose_agent_was_killed_as_interrupted(
         "day.csv (generic, utf-8): interrupted — interrupted before its first batch was recorded: the agent stopped, "
         "or its computer, before the import ended" in listed
     ), listed
+
+
+async def test_a_row_finished_after_it_was_booked_from_a_line_without_a_line_break_is_the_same_event(
+    tmp_path: Path,
+) -> None:
+    """``cut_rows``: the finished row is booked as the event its cut line became, never as a second one."""
+    path = tmp_path / "day.csv"
+    head = "date,time,sku,qty,kind,ref,note\n" + "2024-03-05,10:00:00,A-1,1,sale,r1,x\n"
+    path.write_text(head + "2024-03-05,10:00:01,A-2,1,sale,r2,he", encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", unfinished_line_s=300)) as env:
+        first = await env.importer.import_file(path)
+        assert first.cut_row is not None and first.cut_row.line == 3
+        assert first.cut_row.raw == "2024-03-05,10:00:01,A-2,1,sale,r2,he" and "cut_row" not in first.to_json()
+        # the till finishes the line; only a column the import does not read was cut: the same movement
+        path.write_text(head + "2024-03-05,10:00:01,A-2,1,sale,r2,hello\n", encoding="utf-8")
+        same = await env.importer.import_file(path, cut_rows=(first.cut_row,))
+        assert (same.imported, same.duplicates, same.quarantined, same.cut_row) == (0, 2, 0, None)
+        # another file's till cut a row in its ref: the finished row differs, and is no second sale
+        other = tmp_path / "other.csv"
+        other.write_text(head.replace("A-1", "B-1") + "2024-03-05,10:00:02,B-2,1,sale,r1", encoding="utf-8")
+        cut = (await env.importer.import_file(other)).cut_row
+        assert cut is not None
+        other.write_text(head.replace("A-1", "B-1") + "2024-03-05,10:00:02,B-2,1,sale,r12,x\n", encoding="utf-8")
+        finished = await env.importer.import_file(other, cut_rows=(cut,))
+        events = await env.events()
+    assert (finished.imported, finished.duplicates, finished.quarantined) == (0, 1, 1)
+    assert finished.quarantine[0].line == 3 and finished.quarantine[0].reason == (
+        "line 3 was imported as it stood, without a line break, after 300 s without a change; the POS finished it "
+        "later and it differs (a different ref): it is not booked a second time — check it against the till"
+    )
+    assert sorted(e.sku for e in events) == ["A-1", "A-2", "B-1", "B-2"]
