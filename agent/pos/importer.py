@@ -72,6 +72,7 @@ class _Batch:
     position: Position | None = None  # where the next batch begins, when it can be gone on from there
     counts: bytes = b""  # the occurrence counts changed since the last batch with a position (packed)
     mapper_state: dict[str, str | None] = field(default_factory=dict)
+    cut_row: CutRow | None = None  # its last row, read from a last line without a line break
 
 
 @dataclass(slots=True)
@@ -88,12 +89,13 @@ class _Tally:
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     lineage: list[int] = field(default_factory=list)  # the imports of this file it goes on from, and itself
 
-    def to_state(self, mapper_state: dict[str, str | None]) -> dict[str, Any]:
+    def to_state(self, mapper_state: dict[str, str | None], cut_row: CutRow | None) -> dict[str, Any]:
+        cut = None if cut_row is None else [cut_row.line, cut_row.raw, cut_row.event_id.hex()]
         return {
             "rows_read": self.rows_read, "imported": self.imported, "duplicates": self.duplicates,
             "observations": self.observations, "observation_duplicates": self.observation_duplicates,
             "skipped": self.skipped, "quarantined": self.quarantined, "skipped_reasons": self.skipped_reasons,
-            "lineage": self.lineage, "mapper": mapper_state,
+            "lineage": self.lineage, "mapper": mapper_state, "cut_row": cut,
         }  # fmt: skip
 
     @classmethod
@@ -190,7 +192,7 @@ class _FileParse:
                             outcome = self._finished(line, outcome, rows)
                         if rows.unterminated():
                             assert outcome.event_id is not None
-                            self.cut_row = CutRow(line, rows.row_raw(), outcome.event_id)
+                            self.cut_row = batch.cut_row = CutRow(line, rows.row_raw(), outcome.event_id)
                         batch.movements.append(outcome)
                         batch.movement_rows.append((line, fields))
                     elif isinstance(outcome, Observation):
@@ -393,6 +395,8 @@ class PosImporter:
         await asyncio.to_thread(parse.resume, checkpoint.position, scan.prefix, counts, dict(state.get("mapper", {})))
         tally = _Tally.from_state(state)
         tally.lineage.append(import_id)
+        if cut := state.get("cut_row"):  # its last row was read before the interruption, from a line without a break
+            parse.cut_row = CutRow(int(cut[0]), str(cut[1]), bytes.fromhex(cut[2]))
         log.info(
             "%s was interrupted at line %s; the import goes on from there (%s rows were read before).",
             shown_name, f"{line:,}", f"{tally.rows_read:,}",
@@ -477,7 +481,7 @@ class PosImporter:
                 tally.skipped_reasons[s.reason] = tally.skipped_reasons.get(s.reason, 0) + 1
         checkpoint = None
         if batch.position is not None:  # its observation counts are before this batch's: the store adds those
-            state = tally.to_state(batch.mapper_state)
+            state = tally.to_state(batch.mapper_state, batch.cut_row)
             checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, batch.position, state)
         obs_new, obs_dups = await self.store.add_batch(
             import_id, name, scan.sha256, batch.quarantined, batch.observations, seen_under=seen_under,
