@@ -6,7 +6,11 @@ needs to commit in the same transaction as the movements. Every write here is
 idempotent instead — a quarantined row is keyed by (file digest, line), an
 observation by (system, location, sku, time) — so a crash between the outbox
 commit and this one is repaired by importing the file again, which the watcher
-does because the file is only moved once both are committed.
+does because the file is only moved once both are committed. An import's
+checkpoint (``checkpoints``, ``checkpoint_counts``) is written with the
+batch's quarantined rows and observations, after the batch's movements are
+committed: never ahead of the outbox, so an import interrupted goes on from
+it (agent.pos.importer).
 
 Same shape as the outbox: one connection on one thread (``agent.db``), WAL,
 each write one ``BEGIN IMMEDIATE … COMMIT``.
