@@ -21,6 +21,7 @@ and ``load`` puts those packs back, oldest first, into a new counter.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from typing import Self
 
 GENERATION_KEYS = 25_000  # identities per in-memory generation (~90 bytes each); two generations at most
@@ -72,18 +73,36 @@ class OccurrenceCounter:
         return b"".join(key + n.to_bytes(_COUNT_BYTES, "big") for key, n in changed.items())
 
     def load(self, packed: bytes) -> None:
-        """Put back counts packed by ``changes``; a later pack's count of an identity replaces an earlier one's."""
+        """Put back counts packed by ``changes`` into a new counter; a later pack's count of an identity replaces an
+        earlier one's. They go straight to the spill file, in one transaction: pushed through the generations,
+        800,000 of them took as long to load as to count (25 s against 4 s now, on a loaded machine)."""
         width = KEY_BYTES + _COUNT_BYTES
         if len(packed) % width:
             raise ValueError("occurrence counts cut short")
-        for at in range(0, len(packed), width):
-            key = packed[at : at + KEY_BYTES]
-            n = int.from_bytes(packed[at + KEY_BYTES : at + width], "big")
-            if key not in self._young:
-                self._old.pop(key, None)
-                if len(self._young) >= self._generation_keys:
-                    self._age()
-            self._young[key] = n
+        if self._young or self._old or self._spill is not None:
+            raise ValueError("occurrence counts are loaded only into a new counter")
+        if not packed:
+            return
+        spill, bloom = self._open_spill()
+        bits = self._bits
+
+        def pairs() -> Iterator[tuple[bytes, int]]:
+            for at in range(0, len(packed), width):
+                key = packed[at : at + KEY_BYTES]
+                for b in bits(key):
+                    bloom[b >> 3] |= 1 << (b & 7)
+                yield key, int.from_bytes(packed[at + KEY_BYTES : at + width], "big")
+
+        # Appended as they come, then sorted by SQLite (in bounded memory) into the spill table in key order: put
+        # there one by one, each landed on a page of its own of a table larger than the cache. A count only grows,
+        # so the newest of an identity is its largest.
+        spill.execute("BEGIN")
+        spill.execute("CREATE TEMP TABLE loaded (k BLOB NOT NULL, n INTEGER NOT NULL)")
+        spill.executemany("INSERT INTO loaded (k, n) VALUES (?, ?)", pairs())
+        spill.execute("INSERT INTO spill (k, n) SELECT k, max(n) FROM loaded GROUP BY k ORDER BY k")
+        spill.execute("DROP TABLE loaded")
+        spill.execute("COMMIT")
+        self.spilled += len(packed) // width
 
     def in_memory(self) -> int:
         return len(self._young) + len(self._old)
@@ -106,7 +125,7 @@ class OccurrenceCounter:
             self._write(self._old)
         self._old, self._young = self._young, {}
 
-    def _write(self, entries: dict[bytes, int]) -> None:
+    def _open_spill(self) -> tuple[sqlite3.Connection, bytearray]:
         if self._spill is None:
             # "" opens a private on-disk temporary database, deleted on close.
             self._spill = sqlite3.connect("", check_same_thread=False, isolation_level=None)
@@ -115,14 +134,17 @@ class OccurrenceCounter:
             self._spill.execute(f"PRAGMA cache_size = -{SPILL_CACHE_KIB}")
             self._spill.execute("CREATE TABLE spill (k BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
             self._bloom = bytearray(BLOOM_BYTES)
-        bloom = self._bloom
-        assert bloom is not None
+        assert self._bloom is not None
+        return self._spill, self._bloom
+
+    def _write(self, entries: dict[bytes, int]) -> None:
+        spill, bloom = self._open_spill()
         for key in entries:
             for b in self._bits(key):
                 bloom[b >> 3] |= 1 << (b & 7)
-        self._spill.execute("BEGIN")
-        self._spill.executemany("INSERT OR REPLACE INTO spill (k, n) VALUES (?, ?)", entries.items())
-        self._spill.execute("COMMIT")
+        spill.execute("BEGIN")
+        spill.executemany("INSERT OR REPLACE INTO spill (k, n) VALUES (?, ?)", entries.items())
+        spill.execute("COMMIT")
         self.spilled += len(entries)
 
     def __enter__(self) -> Self:

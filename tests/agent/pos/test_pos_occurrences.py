@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+import pytest
+
 from agent.pos.occurrences import OccurrenceCounter
 
 
@@ -29,3 +31,25 @@ def test_first_sighting_is_zero_and_close_is_idempotent() -> None:
     assert [counter.next(key(1)), counter.next(key(1)), counter.next(key(2))] == [0, 1, 0]
     counter.close()
     counter.close()
+
+
+def test_counts_handed_over_in_packs_go_on_exactly_in_a_new_counter() -> None:
+    """An import resumed at its checkpoint counts on from the packs its batches stored (``changes``/``load``)."""
+    rng = random.Random(11)
+    stream = [rng.randrange(3_000) for _ in range(20_000)]
+    expected: dict[int, int] = {}
+    packs = []
+    with OccurrenceCounter(generation_keys=250) as counter:
+        counter.track()
+        for i, n in enumerate(stream[:12_000]):
+            counter.next(key(n))
+            expected[n] = expected.get(n, 0) + 1
+            if i % 1_000 == 999:
+                packs.append(counter.changes())  # one pack per batch; an identity recurs in several
+    with OccurrenceCounter(generation_keys=250) as resumed:
+        resumed.load(b"".join(packs))
+        for n in stream[12_000:]:
+            assert resumed.next(key(n)) == expected.get(n, 0)
+            expected[n] = expected.get(n, 0) + 1
+        with pytest.raises(ValueError, match="occurrence counts are loaded only into a new counter"):
+            resumed.load(packs[0])
