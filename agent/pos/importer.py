@@ -14,8 +14,9 @@ next row begins in the file, the SHA-256 of the bytes read so far, the counts
 so far and the file's occurrence counts (``agent.pos.occurrences``). It is
 written in the transaction that stores the batch's quarantined rows and
 observations, after the batch's movements are committed to the outbox, so it
-is never ahead of what is recorded (behind by one batch at most, whose rows are
-then duplicates). The next import of a file of that name reads the header,
+is never ahead of what is recorded. It is written at most once a second
+(``CHECKPOINT_EVERY_S``) unless its batch commits the store anyway, so the rows
+read again after a crash are those of about the last second, duplicates. The next import of a file of that name reads the header,
 compares the digest of the same first bytes, the encoding and the profile, and
 goes on at the checkpoint when they match; when they do not (the file was
 rewritten), it reads the file from the start, which is safe: what was recorded
@@ -33,6 +34,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,7 @@ from protocol.values import shown
 log = logging.getLogger(__name__)
 
 REPEATED_HEADER = "the header row again (two exports joined into one file?)"
+CHECKPOINT_EVERY_S = 1.0  # a checkpoint is written at most this often unless its batch commits the store anyway
 REPORT_QUARANTINE_MAX = 1_000  # quarantined rows listed in the report file; all of them are in the store
 ProgressFn = Callable[[int, int, int], None]  # (bytes read, file size, rows read)
 
@@ -88,6 +91,8 @@ class _Tally:
     quarantined: int = 0
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     lineage: list[int] = field(default_factory=list)  # the imports of this file it goes on from, and itself
+    pending_counts: list[bytes] = field(default_factory=list)  # occurrence counts of batches since the checkpoint
+    checkpoint_due: float = 0.0  # monotonic seconds when the next batch writes a checkpoint even on its own
 
     def to_state(self, mapper_state: dict[str, str | None], cut_row: CutRow | None) -> dict[str, Any]:
         cut = None if cut_row is None else [cut_row.line, cut_row.raw, cut_row.event_id.hex()]
@@ -100,10 +105,15 @@ class _Tally:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> _Tally:
-        counts = {k: int(state.get(k, 0)) for k in ("rows_read", "imported", "duplicates", "observations",
-                                                   "observation_duplicates", "skipped", "quarantined")}  # fmt: skip
-        reasons = {str(k): int(v) for k, v in dict(state.get("skipped_reasons", {})).items()}
-        return cls(**counts, skipped_reasons=reasons, lineage=[int(i) for i in state.get("lineage", [])])
+        def n(key: str) -> int:
+            return int(state.get(key, 0))
+
+        return cls(
+            n("rows_read"), n("imported"), n("duplicates"), n("observations"), n("observation_duplicates"),
+            n("skipped"), n("quarantined"),
+            skipped_reasons={str(k): int(v) for k, v in dict(state.get("skipped_reasons", {})).items()},
+            lineage=[int(i) for i in state.get("lineage", [])],
+        )  # fmt: skip
 
 
 class _FileParse:
@@ -479,13 +489,24 @@ class PosImporter:
             tally.skipped += 1
             if len(tally.skipped_reasons) < 50 or s.reason in tally.skipped_reasons:
                 tally.skipped_reasons[s.reason] = tally.skipped_reasons.get(s.reason, 0) + 1
-        checkpoint = None
-        if batch.position is not None:  # its observation counts are before this batch's: the store adds those
-            state = tally.to_state(batch.mapper_state, batch.cut_row)
-            checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, batch.position, state)
+        checkpoint, counts = None, b""
+        if batch.position is not None:
+            tally.pending_counts.append(batch.counts)
+            now = time.monotonic()
+            # At most one commit of the POS store a CHECKPOINT_EVERY_S for checkpoints alone: each is an fsync,
+            # and with small batches one per batch cost as much as the batch itself.
+            if batch.quarantined or batch.observations or now >= tally.checkpoint_due:
+                # its observation counts are before this batch's: the store adds those
+                state = tally.to_state(batch.mapper_state, batch.cut_row)
+                checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, batch.position, state)
+                counts = b"".join(tally.pending_counts)
+                tally.pending_counts.clear()
+                tally.checkpoint_due = now + CHECKPOINT_EVERY_S
+        if checkpoint is None and not batch.quarantined and not batch.observations:
+            return
         obs_new, obs_dups = await self.store.add_batch(
             import_id, name, scan.sha256, batch.quarantined, batch.observations, seen_under=seen_under,
-            checkpoint=checkpoint, counts=batch.counts,
+            checkpoint=checkpoint, counts=counts,
         )  # fmt: skip
         tally.observations += obs_new
         tally.observation_duplicates += obs_dups

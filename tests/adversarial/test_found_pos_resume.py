@@ -39,7 +39,7 @@ def test_an_agent_killed_in_the_middle_of_a_long_import_goes_on_from_where_it_go
     a large export), and the first import's row stayed ``running`` in the POS store for ever."""
     store, drop = drop_store(hub, make_store, tmp_path, batch_rows=BATCH_ROWS)
     place_export(drop, "day.csv", HEADER + "".join(export_row(i) for i in range(ROWS)))
-    wait_until("a good part of the export is recorded", lambda: _recorded(store, "GOOD") >= ROWS // 10, WAIT_S)
+    wait_until("a good part of the export is recorded", lambda: _recorded(store, "GOOD") >= ROWS // 4, WAIT_S)
     store.runs[-1].kill()
     before = _recorded(store, "GOOD")
     assert before < ROWS, "the import ended before the agent was killed: nothing here tests a resumed import"
@@ -48,8 +48,9 @@ def test_an_agent_killed_in_the_middle_of_a_long_import_goes_on_from_where_it_go
     assert _recorded(store, "GOOD") == ROWS
     assert report["status"] == "imported" and report["rows_read"] == ROWS, report
     assert report["imported"] + report["duplicates"] == ROWS, report
-    # only the rows committed after the last checkpoint are read again: at most one batch, not `before` rows
-    assert report["duplicates"] <= BATCH_ROWS, report
+    # read again are only the rows recorded after the last checkpoint (written at least once a second), not all
+    # of the rows recorded before the kill, as when the whole file was read again
+    assert report["duplicates"] < before, (report, before)
     restarted.wait_for_log(r"day\.csv was interrupted at line [\d,]+; the import goes on from there")
     statuses = [status for _, status, _ in _imports(store)]
     assert statuses == ["resumed", "imported"], _imports(store)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.pos import PosImportConfig, PosImporter, PosImportError, PosStore
+from agent.pos import importer as importer_module
 from protocol import Kind
 from tests.agent.pos.pos_helpers import (
     GENERIC,
@@ -191,7 +192,10 @@ async def test_a_closed_outbox_stops_the_import_with_one_clear_error(tmp_path: P
             await env.importer.import_file(SQUARE_UTF8)
 
 
-async def test_a_cancelled_import_leaves_only_whole_batches_and_can_be_redone(tmp_path: Path) -> None:
+async def test_a_cancelled_import_leaves_only_whole_batches_and_can_be_redone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every batch
     big = tmp_path / "big.csv"
     with big.open("w", encoding="utf-8") as f:
         f.write("date,sku,qty,kind,ref\n")

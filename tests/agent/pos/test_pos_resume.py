@@ -15,12 +15,19 @@ from filelock import FileLock
 from agent.errors import OutboxError
 from agent.outbox import Movement, RecordResult
 from agent.pos import PosImportConfig, run_import
+from agent.pos import importer as importer_module
 from agent.pos.errors import PosImportError
 from agent.pos.source import scan_file
 from tests.agent.pos.pos_helpers import Env, open_env
 
 HEADER = "date,time,sku,qty,kind,ref\n"
 BATCH = 100
+
+
+@pytest.fixture(autouse=True)
+def checkpoint_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint after every batch here (the agent writes one at most once a second)."""
+    monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 0.0)
 
 
 def _rows(n: int, prefix: str = "SKU") -> list[str]:
@@ -244,3 +251,21 @@ async def test_an_import_interrupted_after_its_last_row_was_read_from_a_cut_line
     assert (report.rows_read, report.imported, report.duplicates) == (200, 200, 0)
     assert report.cut_row is not None and report.cut_row.line == 201
     assert report.cut_row.raw == "2024-03-05,11:00:00,CUT-1,1,sale,r1"
+
+
+async def test_a_checkpoint_is_written_at_most_once_a_second_unless_its_batch_writes_the_store_anyway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One commit of the POS store per batch (an fsync) made an import with small batches much slower; now the
+    first batch writes one, the next only once CHECKPOINT_EVERY_S passed, or with a quarantined row."""
+    monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 3_600.0)
+    rows = _rows(1_000)
+    rows[350] = "2024-03-05,10:00:00,SKU-X,two,sale,bad\n"  # in the 4th batch: its store commit takes a checkpoint
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows), encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=BATCH)) as env:
+        await _interrupted(env, path, batches=6)
+        report = await env.importer.import_file(path)
+    # read again: the 5th and 6th batches, recorded after the checkpoint of the 4th (duplicates now)
+    assert (report.rows_read, report.imported, report.duplicates, report.quarantined) == (1_000, 799, 200, 1)
+    assert _imports(env)[0][1] == "interrupted after line 401; import #2 went on from there"
