@@ -507,13 +507,14 @@ class ScanService:
             self.decided.notify_all()
 
     # --- scans -------------------------------------------------------------------
-    def _say_problem(self, reader_id: str, message: str) -> None:
+    def _say_problem(self, reader_id: str, message: str, *, said: bool = False) -> None:
         """One WARNING per problem scan, up to ``PROBLEMS_SAID_MAX`` in a row; past that one sentence says the
         rest are only journaled. A scanner spewing line noise made a warning per frame, thousands a minute,
-        burying every other line of the log; each problem is still in the journal and in ``status``."""
+        burying every other line of the log; each problem is still in the journal and in ``status``.
+        ``said``: the hardware reader logged this one already (a cut-off scan), so it is only counted here."""
         count = self._problems_in_a_row.get(reader_id, 0) + 1
         self._problems_in_a_row[reader_id] = count
-        if count > PROBLEMS_SAID_MAX:
+        if count > PROBLEMS_SAID_MAX or said:
             log.debug("Scanner %r: %s", reader_id, message)
             return
         log.warning("Scanner %r: %s", reader_id, message)
@@ -617,7 +618,8 @@ class ScanService:
         self, scan_id: int | None, section: ScannerSection, outcome: ScanOutcome, unkept: hardware.Scan | None = None
     ) -> None:
         if outcome.problem:
-            self._say_problem(section.id, outcome.message)
+            # A cut-off scan the reader has said already, with why (a disconnect, noise, a frame too long).
+            self._say_problem(section.id, outcome.message, said=outcome.result is ScanResult.INCOMPLETE)
         else:
             self._problems_ended(section.id)
             level = logging.INFO if outcome.result is ScanResult.UNKNOWN else logging.DEBUG

@@ -182,7 +182,10 @@ async def test_a_bad_check_digit_books_nothing_and_is_journaled_logged_and_shown
     assert seen.problems == 1 and "wrong check digit" in (seen.last_problem or "")
 
 
-async def test_an_unplugged_reader_is_marked_unavailable_and_its_cut_off_scan_is_journaled(tmp_path: Path) -> None:
+async def test_an_unplugged_reader_is_marked_unavailable_and_its_cut_off_scan_is_journaled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     async with rig(tmp_path) as r:
         await r.scan(b"]C0TOTE-7")  # the pty carries bytes: the next write reaches the reader too ...
         r.device.write(b"]E059012341")  # ... half a barcode, then the cable is pulled
@@ -204,6 +207,11 @@ async def test_an_unplugged_reader_is_marked_unavailable_and_its_cut_off_scan_is
     assert [e.sku for e in events] == ["TOTE"]
     assert (entries[0].raw, entries[0].complete, entries[0].result) == (b"]E059012341", False, "incomplete")
     assert "was cut off; scan the item again" in (entries[0].message or "")
+    cut = [m for m in caplog.records if m.levelno >= logging.WARNING and "cut off" in m.getMessage()]
+    assert [m.getMessage() for m in cut] == [  # said once: by the reader, which knows why
+        f"Scanner 'backdoor' on {reader._where}: a scan was cut off by the disconnect (11 bytes: ']E059012341'); "
+        "scan it again."
+    ]
     [state] = states
     assert not state.available and state.error and state.device and state.device.endswith("if00")
 
