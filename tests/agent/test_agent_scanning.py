@@ -208,10 +208,8 @@ async def test_an_unplugged_reader_is_marked_unavailable_and_its_cut_off_scan_is
     assert (entries[0].raw, entries[0].complete, entries[0].result) == (b"]E059012341", False, "incomplete")
     assert "was cut off; scan the item again" in (entries[0].message or "")
     cut = [m for m in caplog.records if m.levelno >= logging.WARNING and "cut off" in m.getMessage()]
-    assert [m.getMessage() for m in cut] == [  # said once: by the reader, which knows why
-        f"Scanner 'backdoor' on {reader._where}: a scan was cut off by the disconnect (11 bytes: ']E059012341'); "
-        "scan it again."
-    ]
+    said = f"Scanner 'backdoor' on {reader._where}: a scan was cut off by the disconnect (11 bytes: ']E059012341');"
+    assert [m.getMessage() for m in cut] == [f"{said} scan it again."]  # once: by the reader, which knows why
     [state] = states
     assert not state.available and state.error and state.device and state.device.endswith("if00")
 
