@@ -397,11 +397,23 @@ class Outbox(SqliteFile):
                 base_chain=ZERO_CHAIN,
             )
         elif location is not None and _meta(conn, "location") != location:
-            _set_meta(conn, location=location)
+            self._move(conn, _meta(conn, "location"), location)
         if _meta(conn, "schema_version") == 1:
             _migrate_to_2(conn)
         self._load(conn, agent_id)
         self._purge(conn)
+
+    def _move(self, conn: sqlite3.Connection, was: str, location: str) -> None:
+        """The configuration names another location: rows keep the location they were recorded at, and the count
+        cache reads the hub's change feed from 0, since the cursor it kept went past the new location's changes."""
+        unsent = conn.execute(f"SELECT count(*) FROM events WHERE {_PENDING} AND location = ?", (was,)).fetchone()[0]
+        _set_meta(conn, location=location, feed_cursor=0)
+        log.warning(
+            "The outbox %s was for location %s and is now for %s (the configuration changed): its %d movements"
+            " recorded at %s and not yet sent are sent as %s's, new ones are booked at %s, and the count cache"
+            " reads %s's counts from the start of the hub's change feed.",
+            self.path, was, location, unsent, was, was, location, location,
+        )  # fmt: skip
 
     def _load(self, conn: sqlite3.Connection, agent_id: str | None) -> None:
         version = _meta(conn, "schema_version")

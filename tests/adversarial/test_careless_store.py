@@ -1,0 +1,93 @@
+"""A careless store and its IT contractor against real hub and agent processes.
+
+(a) An agent re-pointed to another location (``[agent] location`` S001 → S002 in its configuration) with
+    movements of S001 still unsent: they are booked at S001, where they happened, new ones at S002, and the
+    local count cache holds the hub's counts of S002, including what others booked there before the move.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.faults.helpers import Store, hub_events, outbox_meta, verify, wait_until
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND_TIMEOUT_S = 60.0
+
+
+def record(store: Store, sku: str, kind: str, qty: int) -> str:
+    """``shelfsync-agent record``; what it said on stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "record", "--config", str(store.config), "--sku", sku, "--kind", kind,
+         "--qty", str(qty)],
+        capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def cached(outbox: Path, location: str, sku: str) -> int | None:
+    """The on-hand figure the agent's count cache holds for (location, sku), None when it holds none."""
+    conn = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT on_hand FROM counts WHERE location = ? AND sku = ?", (location, sku)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else int(row[0])
+
+
+def newest_change(hub_db: Path) -> int:
+    conn = sqlite3.connect(hub_db)
+    try:
+        return int(conn.execute("SELECT COALESCE(MAX(change_id), 0) FROM changes").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def feed_caught_up(store: Store, hub_db: Path) -> bool:
+    return int(outbox_meta(store.outbox).get("feed_cursor") or 0) >= newest_change(hub_db)
+
+
+def test_an_agent_moved_to_another_location_books_its_backlog_where_it_happened_and_learns_its_new_counts(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    other = Store("store-2", "S002", add_credential(hub.db, "S002"), tmp_path / "store-2", hub.url)
+    other.write_config()
+    moved = Store("store-1", "S001", add_credential(hub.db, "S001", "S002"), tmp_path / "store-1", hub.url)
+    moved.write_config()
+    hub.start()
+    record(other, "SKU-X", "receive", 10)  # booked at S002 before the first store's agent moves there
+    other_run = other.start()
+    wait_until("S002's receipt at the hub", lambda: len(hub_events(hub.db, ["S002"])) == 1)
+    assert other_run.stop() == 0
+
+    record(moved, "SKU-A", "receive", 5)
+    run = moved.start()
+    wait_until("S001's receipt at the hub", lambda: len(hub_events(hub.db, ["S001"])) == 1)
+    wait_until("the feed read past S002's receipt", lambda: feed_caught_up(moved, hub.db))
+    assert run.stop() == 0
+    record(moved, "SKU-A", "sale", -2)  # still at S001, unsent when the contractor edits the configuration
+
+    moved.location = "S002"
+    moved.write_config()
+    said = record(moved, "SKU-Y", "receive", 3)  # after the move: at S002
+    assert (
+        f"The outbox {moved.outbox} was for location S001 and is now for S002 (the configuration changed): its 1"
+        " movements recorded at S001 and not yet sent are sent as S001's, new ones are booked at S002"
+    ) in said
+    run = moved.start()
+    wait_until("every movement at the hub", lambda: len(hub_events(hub.db)) == 4)
+    wait_until("the feed caught up again", lambda: feed_caught_up(moved, hub.db))
+    assert run.stop() == 0
+
+    booked = {(e.location, e.sku, e.qty) for e in hub_events(hub.db).values()}
+    assert booked == {("S002", "SKU-X", 10), ("S001", "SKU-A", 5), ("S001", "SKU-A", -2), ("S002", "SKU-Y", 3)}
+    assert cached(moved.outbox, "S002", "SKU-Y") == 3
+    assert cached(moved.outbox, "S002", "SKU-X") == 10, "the count cache of S002 misses what was booked there"
+    before = Store("store-1 at S001", "S001", moved.cred, moved.data_dir, hub.url)  # the same outbox, before the move
+    verify(hub, [moved, other, before])
