@@ -115,9 +115,11 @@ class FeedState:
 
 @dataclass(frozen=True, slots=True)
 class _Ahead:
-    """The hub answered 400 to the cursor: it is ahead of its feed (the hub was restored from a backup)."""
+    """The hub answered 400 to the cursor: it is ahead of its feed (the hub was restored from a backup); or
+    410 (``gone``): the cursor is of another history of the feed (restored, copied, or another hub)."""
 
     message: str
+    gone: bool = False
 
 
 class CountFeed(HubLoop):
@@ -161,6 +163,7 @@ class CountFeed(HubLoop):
         self._changed = asyncio.Condition()
         self._stored: FeedPosition | None = None  # as in the outbox
         self._read_to = 0  # the cursor after the pages read (ahead of ``_stored`` while catching up)
+        self._read_history: str | None = None  # the feed history of ``_read_to`` (None: unknown, or an older hub)
         self._pending: dict[tuple[str, str], wire.FeedChange] = {}  # read, not stored yet: the newest per SKU
         self._state = FeedState(None, 0, 0, 0, None)
 
@@ -215,13 +218,13 @@ class CountFeed(HubLoop):
         """Read one page; store what was read once it reaches the hub's newest change (or memory is full)."""
         if self._stored is None:
             self._stored = await self._outbox.feed_position()
-            self._read_to = self._stored.cursor
+            self._read_to, self._read_history = self._stored.cursor, self._stored.history
             self._pending.clear()
             await self._update(cursor=self._stored.cursor)
-        page = await self._get(self._read_to, 0.0 if self._pending else self._wait_s)
-        if isinstance(page, _Ahead):  # the hub's feed restarted under this position
+        page = await self._get(self._read_to, self._read_history, 0.0 if self._pending else self._wait_s)
+        if isinstance(page, _Ahead):  # the hub's feed restarted under this position, or is not the one it was read in
             if await self._outbox.feed_position() == self._stored:
-                await self._restart(self._read_to, page.message)
+                await self._restart(self._read_to, page)
             self._stored = None  # else a sync answer restarted it already: read it again from the outbox
             self._pending.clear()
             return
@@ -229,31 +232,35 @@ class CountFeed(HubLoop):
         for change in page.changes:
             if change.location == location:  # the filter says so; anything else is not this store's
                 self._pending[(change.location, change.sku)] = change
-        self._read_to = page.cursor
+        self._read_to, self._read_history = page.cursor, page.history
         if page.more and len(self._pending) < COALESCE_MAX_KEYS:
             return
-        if not self._pending and self._read_to == self._stored.cursor:
+        if not self._pending and (self._read_to, self._read_history) == (self._stored.cursor, self._stored.history):
             return
         changes = sorted(self._pending.values(), key=lambda c: c.change_id)
         if changes:
             await self._gate.feed_clear(changes[-1].change_id)
-        if not await self._outbox.apply_changes(changes, after=self._stored, cursor=self._read_to):
+        stored = await self._outbox.apply_changes(
+            changes, after=self._stored, cursor=self._read_to, history=self._read_history
+        )
+        if not stored:
             self._stored = None  # restarted meanwhile (a sync answer saw the hub restored): read it again
             return
-        self._stored = dataclasses.replace(self._stored, cursor=self._read_to)
+        self._stored = dataclasses.replace(self._stored, cursor=self._read_to, history=self._read_history)
         self._pending.clear()
         await self._update(cursor=self._read_to, changes_stored=self._state.changes_stored + len(changes))
         if (pause_s := self._gate.feed_pause_s()) > 0:
             await asyncio.sleep(pause_s)
 
-    async def _get(self, after: int, wait_s: float) -> wire.FeedPage | _Ahead:
+    async def _get(self, after: int, history: str | None, wait_s: float) -> wire.FeedPage | _Ahead:
         session = self._http()
         params = {
             wire.LOCATION_PARAM: self._outbox.location,
-            wire.CURSOR_PARAM: str(after),
             wire.LIMIT_PARAM: str(self._limit),
             wire.WAIT_PARAM: f"{wait_s:g}",
         }
+        if after > 0 or history is not None:  # none at the start: the hub answers a cursor that names its history
+            params[wire.CURSOR_PARAM] = wire.cursor_text(after, history)
         url = self._base + wire.CHANGES_PATH
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
@@ -287,6 +294,8 @@ class CountFeed(HubLoop):
                 ) from err
         if status == 400 and after > 0:  # the cursor is ahead of the hub's feed (see check_not_ahead in hub.feed)
             return _Ahead(_error_message(body))
+        if status == 410 and history is not None:  # the cursor is of another history (see check_history in hub.feed)
+            return _Ahead(_error_message(body), gone=True)
         if status in (401, 403):
             raise TurnFailed(
                 f"the hub refused this agent's credential for its change feed (HTTP {status}: {_error_message(body)});"
@@ -311,13 +320,22 @@ class CountFeed(HubLoop):
             f"the hub answered HTTP {status} to the change feed ({_error_message(body)})", kind="hub_error"
         )
 
-    async def _restart(self, cursor: int, message: str) -> None:
-        log.warning(
-            "The hub's change feed is behind this agent's position %d (its database was restored from a backup?:"
-            " %s); the count cache follows it again from the start.",
-            cursor,
-            shown(message),
-        )
+    async def _restart(self, cursor: int, refused: _Ahead) -> None:
+        if refused.gone:
+            log.warning(
+                "The hub's change feed is not the one this agent's position %d was read in (its database was"
+                " restored, copied or moved, or this is another hub: %s); the count cache follows it again from"
+                " the start.",
+                cursor,
+                shown(refused.message),
+            )
+        else:
+            log.warning(
+                "The hub's change feed is behind this agent's position %d (its database was restored from a"
+                " backup?: %s); the count cache follows it again from the start.",
+                cursor,
+                shown(refused.message),
+            )
         self._gate.forget_feed_position()
         await self._outbox.restart_feed()
         await self._update(restarts=self._state.restarts + 1)

@@ -744,8 +744,11 @@ class Outbox(SqliteFile):
         """Where the count cache follows the hub's change feed."""
         return await self._read(_feed_position)
 
-    async def apply_changes(self, changes: Sequence[FeedChange], *, after: FeedPosition, cursor: int) -> bool:
-        """Store feed changes read after ``after`` up to ``cursor``, and the cursor, in one transaction.
+    async def apply_changes(
+        self, changes: Sequence[FeedChange], *, after: FeedPosition, cursor: int, history: str | None = None
+    ) -> bool:
+        """Store feed changes read after ``after`` up to ``cursor`` (of the feed history ``history``), and the
+        cursor, in one transaction.
 
         False (nothing stored) when the position is no longer ``after``: the feed was restarted meanwhile (a
         sync answer showed the hub restored from a backup), and what was read before is of the old numbering.
@@ -755,18 +758,20 @@ class Outbox(SqliteFile):
             if _feed_position(conn) != after:
                 return False
             store_changes(conn, changes)
-            _set_meta(conn, feed_cursor=cursor)
+            _set_meta(conn, feed_cursor=cursor, feed_history=history)
             return True
 
         return bool(await self._write(apply))
 
     async def restart_feed(self) -> None:
-        """The hub's change feed is behind this cache's position (restored from a backup): follow it from 0."""
+        """The hub's change feed is behind this cache's position, or of another history (restored from a backup,
+        another hub): follow it from 0."""
         await self._write(self._restart_feed)
 
     def _restart_feed(self, conn: sqlite3.Connection) -> None:
         forget_positions(conn)
-        _set_meta(conn, feed_cursor=0, feed_restarts=_feed_position(conn).restarts + 1, sync_change_id=None)
+        restarts = _feed_position(conn).restarts + 1
+        _set_meta(conn, feed_cursor=0, feed_history=None, feed_restarts=restarts, sync_change_id=None)
 
     def _ack(
         self,
@@ -900,7 +905,7 @@ class Outbox(SqliteFile):
         if result.rewound:
             log.warning(
                 "The hub's high-water mark for epoch %d is %d, below the %d it acknowledged before"
-                " (restored from a backup?); resending %s events from seq %d.",
+                " (restored from a backup, or another hub?); resending %s events from seq %d.",
                 self.epoch,
                 hwm,
                 result.previous_acked_seq,
@@ -1115,14 +1120,18 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
 
 @dataclass(frozen=True, slots=True)
 class FeedPosition:
-    """Where the count cache follows the hub's change feed: the cursor, and how often it was restarted from 0."""
+    """Where the count cache follows the hub's change feed: the cursor and its feed history (None: unknown, or
+    a hub that gives none), and how often it was restarted from 0."""
 
     cursor: int = 0
     restarts: int = 0
+    history: str | None = None
 
 
 def _feed_position(conn: sqlite3.Connection) -> FeedPosition:
-    return FeedPosition(int(_meta(conn, "feed_cursor", 0) or 0), int(_meta(conn, "feed_restarts", 0) or 0))
+    return FeedPosition(
+        int(_meta(conn, "feed_cursor", 0) or 0), int(_meta(conn, "feed_restarts", 0) or 0), _meta(conn, "feed_history")
+    )
 
 
 def _held_by_hub(conn: sqlite3.Connection) -> int:

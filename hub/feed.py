@@ -64,6 +64,7 @@ from hub.storage.base import ChangeRow, StoreClosed, StoreError
 from hub.storage.interfaces import FeedStore
 from protocol import event_id_hex
 from protocol import feed as wire
+from protocol.feed import HISTORY_CHARS, HISTORY_MAX_CHARS, HISTORY_SEP
 from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, run_turns
 
 log = logging.getLogger(__name__)
@@ -384,11 +385,6 @@ class Cursor:
     def at(self, change_id: int) -> str:
         """The cursor to give out for ``change_id``, in the form this one came in."""
         return str(change_id) if self.history is None else f"{change_id}{HISTORY_SEP}{self.history}"
-
-
-HISTORY_SEP = "."
-HISTORY_CHARS = frozenset("0123456789abcdef")
-HISTORY_MAX_CHARS = 32
 
 
 def parse_cursor(raw: str, name: str = "cursor") -> int:

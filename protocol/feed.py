@@ -6,6 +6,13 @@ JSON object ``{"changes": [...], "cursor": "<id>", "more": bool}``; each change
 holds a (location, sku)'s counts **after** its commit, so applying one twice is
 harmless. ``change_id`` orders changes in commit order, the same numbering as
 the ``change_id`` a sync answer carries (``protocol.codec.SyncResponse``).
+
+A cursor is ``<change_id>.<history>``: the history names the hub database's
+numbering of its changes, new when the database was restored from a backup,
+copied or moved. A cursor of another history is answered ``410``: the changes
+after it are not the ones its reader saw (another hub, a staging copy of
+production). The decimal ``change_id`` alone is the older form, which a hub
+answers in that form and judges only by whether it is ahead of its feed.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ AT_MS = "at_ms"
 CHANGES_LIMIT_MAX = 5_000  # the most changes one page holds
 WAIT_MAX_S = 60.0  # the longest a long-poll waits
 CURSOR_MAX = (1 << 63) - 1
+HISTORY_SEP = "."
+HISTORY_CHARS = frozenset("0123456789abcdef")
+HISTORY_MAX_CHARS = 32
 COUNT_ABS_MAX = 1 << 62  # counts are 64-bit on both backends
 
 
@@ -64,6 +74,11 @@ class FeedPage:
     changes: tuple[FeedChange, ...]
     cursor: int  # resume after this
     more: bool  # a full page: ask again at once
+    history: str | None = None  # the feed history the cursor is of (None: a cursor of the older form)
+
+    def cursor_text(self) -> str:
+        """The cursor as the hub gave it out."""
+        return cursor_text(self.cursor, self.history)
 
 
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
@@ -73,10 +88,23 @@ def _int(value: Any, name: str, lo: int, hi: int) -> int:
 
 
 def parse_cursor(value: Any, name: str = CURSOR_FIELD) -> int:
-    """A cursor as the hub gives it out (decimal text of a change id; 0: the start)."""
-    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 19:
-        raise ProtocolError("must be a cursor: a whole number in decimal text", field=name)
-    return _int(int(value), name, 0, CURSOR_MAX)
+    """The change id of a cursor as the hub gives it out (0: the start); its history is ``read_cursor``'s."""
+    return read_cursor(value, name)[0]
+
+
+def read_cursor(value: Any, name: str = CURSOR_FIELD) -> tuple[int, str | None]:
+    """A cursor as the hub gives it out: (change id, feed history), the history None in the older form."""
+    number, sep, history = value.partition(HISTORY_SEP) if isinstance(value, str) else ("", "", "")
+    if not number.isascii() or not number.isdigit() or len(number) > 19:
+        raise ProtocolError("must be a cursor: a whole number in decimal text, then its history", field=name)
+    if sep and not (0 < len(history) <= HISTORY_MAX_CHARS and set(history) <= HISTORY_CHARS):
+        raise ProtocolError(f"must be a cursor: its history is at most {HISTORY_MAX_CHARS} hex digits", field=name)
+    return _int(int(number), name, 0, CURSOR_MAX), history if sep else None
+
+
+def cursor_text(change_id: int, history: str | None) -> str:
+    """A cursor to send: ``<change_id>.<history>``, or the older form when the history is unknown."""
+    return str(change_id) if history is None else f"{change_id}{HISTORY_SEP}{history}"
 
 
 def decode_change(obj: Any, name: str = "change") -> FeedChange:
@@ -108,10 +136,10 @@ def decode_page(obj: Any, after: int, limit: int = CHANGES_LIMIT_MAX) -> FeedPag
         if change.change_id <= previous:
             raise ProtocolError(f"change ids must increase after the cursor {after}", field=CHANGES_FIELD)
         previous = change.change_id
-    cursor = parse_cursor(obj.get(CURSOR_FIELD))
+    cursor, history = read_cursor(obj.get(CURSOR_FIELD))
     if cursor < previous:
         raise ProtocolError(f"the cursor {cursor} is behind the page's last change {previous}", field=CURSOR_FIELD)
     more = obj.get(MORE_FIELD)
     if not isinstance(more, bool):
         raise ProtocolError("must be true or false", field=MORE_FIELD)
-    return FeedPage(changes, cursor, more)
+    return FeedPage(changes, cursor, more, history)

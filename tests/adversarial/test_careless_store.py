@@ -3,6 +3,8 @@
 (a) An agent re-pointed to another location (``[agent] location`` S001 → S002 in its configuration) with
     movements of S001 still unsent: they are booked at S001, where they happened, new ones at S002, and the
     local count cache holds the hub's counts of S002, including what others booked there before the move.
+(b) An agent pointed at a staging hub (a copy of production's database) and back: every movement reaches
+    production once, and the count cache holds production's counts, not what staging numbered the same.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from tests.faults.helpers import Store, hub_events, outbox_meta, verify, wait_until
 from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT_S = 60.0
@@ -91,3 +94,61 @@ def test_an_agent_moved_to_another_location_books_its_backlog_where_it_happened_
     assert cached(moved.outbox, "S002", "SKU-X") == 10, "the count cache of S002 misses what was booked there"
     before = Store("store-1 at S001", "S001", moved.cred, moved.data_dir, hub.url)  # the same outbox, before the move
     verify(hub, [moved, other, before])
+
+
+def sqlite_backup(src: Path, dst: Path) -> None:
+    a, b = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        a.backup(b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_agent_sent_to_a_staging_hub_and_back_delivers_everything_to_production_and_keeps_its_counts(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    store = Store("store-1", "S001", add_credential(hub.db, "S001"), tmp_path / "store-1", hub.url)
+    store.write_config()
+    till = Store("till-2", "S001", add_credential(hub.db, "S001"), tmp_path / "till-2", hub.url)
+    till.write_config()
+    hub.start()
+    record(store, "SKU-A", "receive", 5)
+    run = store.start()
+    wait_until("SKU-A at production", lambda: len(hub_events(hub.db)) == 1)
+    wait_until("the feed caught up with production", lambda: feed_caught_up(store, Path(hub.db)))
+    assert run.stop() == 0
+
+    staging_db = tmp_path / "staging.db"
+    sqlite_backup(Path(hub.db), staging_db)  # the contractor's staging hub: a copy of production
+    staging = HubProcess(tmp_path / "staging.log", db=staging_db, port=free_port())
+    try:
+        staging.start()
+        for sku in ("SKU-Z", "SKU-Y", "SKU-X", "SKU-W", "SKU-V"):  # production goes on meanwhile, further than staging
+            record(till, sku, "receive", 7)
+        till_run = till.start()
+        wait_until("the till's receipts at production", lambda: len(hub_events(hub.db)) == 6)
+        assert till_run.stop() == 0
+
+        store.hub_url = staging.url
+        store.write_config()
+        for sku in ("SKU-B", "SKU-C", "SKU-D"):
+            record(store, sku, "receive", 1)
+        run = store.start()
+        wait_until("three receipts at staging", lambda: len(hub_events(staging_db)) == 4)
+        wait_until("the feed caught up with staging", lambda: feed_caught_up(store, staging_db))
+        assert run.stop() == 0
+    finally:
+        staging.close()
+
+    store.hub_url = hub.url  # and back to production
+    store.write_config()
+    run = store.start()
+    wait_until("the staging receipts at production", lambda: len(hub_events(hub.db)) == 9)
+    wait_until("the feed caught up with production again", lambda: feed_caught_up(store, Path(hub.db)))
+    assert run.stop() == 0
+
+    assert cached(store.outbox, "S001", "SKU-B") == 1
+    missed = [sku for sku in ("SKU-Z", "SKU-Y", "SKU-X", "SKU-W", "SKU-V") if cached(store.outbox, "S001", sku) != 7]
+    assert not missed, f"the count cache misses production's changes of {missed}"
+    verify(hub, [store, till])

@@ -241,6 +241,38 @@ async def test_a_hub_restored_from_a_backup_makes_the_cache_follow_its_feed_agai
     assert "\n" not in restarts[0] and restarts[0].count(". ") == 0  # one sentence
 
 
+async def test_a_hub_restored_that_numbered_past_the_cursor_again_is_followed_from_0_with_one_warning(
+    tmp_path: Path, hub: Hub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cursor is not ahead of the restored hub's feed (it wrote past it before the agent came back, or it is
+    another hub: a staging copy), so only its history tells that the changes below it are not the ones read."""
+    caplog.set_level(logging.INFO)
+    await channel_event(hub, "receive", 10)
+    backup = tmp_path / "hub-backup.db"
+    with sqlite3.connect(hub.db) as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)
+    async with CountFeed(outbox, hub.url, hub.token, wait_s=5.0, retry_base_s=0.01, retry_max_s=0.05) as feed:
+        for n in range(3):
+            await channel_event(hub, "reserve", 1, ref=f"order-{n}")
+        await wait_until(lambda: _is(local(outbox), (10, 3, 7)), "the cache follows the live hub")
+        await hub.server.close()
+        restored = await Served(backup).start()
+        try:
+            hub.url = restored.url
+            for n in range(5):  # numbered 2 to 6 by the restored hub: past the agent's cursor
+                await channel_event(hub, "receive", 1, sku=f"SKU-R{n}", ref=f"again-{n}")
+            feed.update_credentials(hub.token, restored.url)
+            await wait_until(lambda: _is(local(outbox), (10, 0, 10)), "the cache holds the restored hub's counts")
+            await wait_until(lambda: _is(local(outbox, "SKU-R4"), (1, 0, 1)), "the restored hub's last change")
+            assert [(await local(outbox, f"SKU-R{n}"))[0] for n in range(5)] == [1, 1, 1, 1, 1]
+            assert feed.state.restarts == 1
+            await feed.stop()
+        finally:
+            await restored.close()
+    restarts = [r.getMessage() for r in caplog.records if "again from the start" in r.getMessage()]
+    assert len(restarts) == 1 and "is not the one this agent's position 4 was read in" in restarts[0], restarts
+
+
 async def test_a_sync_answer_whose_feed_position_went_back_restarts_the_feed_and_forgets_positions(
     tmp_path: Path, hub: Hub, outbox: Outbox
 ) -> None:
@@ -412,9 +444,8 @@ async def test_an_oversized_or_malformed_feed_page_is_a_failed_attempt_and_a_goo
     async def changes(request: web.Request) -> web.Response:
         served.append(request.query_string)
         after_good = {**good, "changes": []}  # nothing after change 7
-        body = (
-            answers.pop(0) if answers else json.dumps(good if request.query["cursor"] == "0" else after_good).encode()
-        )
+        first = request.query.get("cursor", "0") == "0"  # none at the start
+        body = answers.pop(0) if answers else json.dumps(good if first else after_good).encode()
         return web.Response(body=body, content_type="application/json")
 
     app = web.Application()

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hub import HubStore, problems, views
+from hub.feed import Cursor, read_cursor
 from hub.resolver import is_location as hub_is_location
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -34,6 +35,7 @@ from protocol import (
     values,
     wall_ms_now,
 )
+from protocol import feed as wire
 from protocol.errors import one_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,3 +263,15 @@ def test_no_agreement_is_spelled_outside_protocol() -> None:
                 if isinstance(node, ast.Constant) and node.value in AGREEMENTS and (name, node.value) not in ELSEWHERE:
                     found.append(f"{name}:{node.lineno}: {node.value!r}")
     assert found == [], "use protocol.routes / protocol.discovery / protocol.values instead"
+
+
+def test_a_feed_cursor_reads_back_with_its_history_as_the_hub_gives_it_out() -> None:
+    page = {"changes": [], "cursor": Cursor(7, "33f16c0c6237").at(7), "more": False}
+    decoded = wire.decode_page(page, 0)
+    assert (decoded.cursor, decoded.history, decoded.cursor_text()) == (7, "33f16c0c6237", "7.33f16c0c6237")
+    assert read_cursor(decoded.cursor_text()) == Cursor(7, "33f16c0c6237")
+    old = wire.decode_page({**page, "cursor": "7"}, 0)
+    assert (old.history, old.cursor_text()) == (None, "7")  # an older hub's, or an older cursor's answer
+    for bad in ("7.", "7.XYZ", "7." + "a" * 33, ".ab", "x.ab"):
+        with pytest.raises(ProtocolError):
+            wire.decode_page({**page, "cursor": bad}, 0)
