@@ -116,6 +116,24 @@ class _Tally:
         )  # fmt: skip
 
 
+def _say_repeated(name: str, rows: int, zone: str, wall: str, second: str) -> None:
+    """Rows whose time happens twice matched movements already recorded: a re-export, or the repeated hour's own."""
+    if rows == 1:
+        text = (
+            "1 row of the POS export %s has a time that happens twice in %s (clocks went back; %s) and matches a"
+            " movement already recorded, so it was not recorded again: if it happened in the repeated hour rather"
+            " than being exported again, write its time with its UTC offset (%s) and import it again."
+        )
+    else:
+        text = (
+            f"{rows:,} rows of the POS export %s have a time that happens twice in %s (clocks went back; %s, …) and"
+            " match movements already recorded, so they were not recorded again: if they happened in the repeated"
+            " hour rather than being exported again, write their times with their UTC offset (%s) and import them"
+            " again."
+        )
+    log.warning(text, shown(name, bare=True), zone, wall, second)
+
+
 class _FileParse:
     """The synchronous half: reads one file a batch at a time, on whichever worker thread calls it."""
 
@@ -145,6 +163,9 @@ class _FileParse:
         self.columns: ColumnMap | None = None
         self.mapper: RowMapper | None = None
         self.changed = False  # the file was cut short while it was read: the import stopped (CsvRows.changed)
+        # Duplicates whose time happens twice (clocks went back): how many, and the first one's (zone, wall time).
+        self.repeated_duplicates = 0
+        self.first_repeated: tuple[str, str, str] | None = None
 
     def open(self) -> ColumnMap:
         with self._lock:
@@ -368,6 +389,8 @@ class PosImporter:
             log.warning("The POS export %s was not imported whole: %s.", shown(name, bare=True), report.error)
         else:
             log.info("Imported the POS export %s, in %.1f s.", report.summary(), seconds)
+        if parse.first_repeated is not None:
+            _say_repeated(name, parse.repeated_duplicates, *parse.first_repeated)
         return report
 
     async def _resume(
@@ -550,4 +573,12 @@ class PosImporter:
             raise PosImportError(f"the import stopped: {err}") from err
         except OutboxError as err:
             raise PosImportError(f"the import stopped because the outbox could not be written: {err}") from err
+        repeated = parse.mapper.repeated if parse.mapper is not None else {}
+        if repeated:
+            for event_id in result.duplicates:
+                if (wall := repeated.get(event_id)) is not None:
+                    parse.repeated_duplicates += 1
+                    parse.first_repeated = parse.first_repeated or wall
+            for m in movements:
+                repeated.pop(m.event_id or b"", None)
         return len(result.events), len(result.duplicates), []

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 
 from agent.outbox import Movement
@@ -27,7 +28,14 @@ from agent.pos.model import Observation, Quarantined, Skipped, clip_raw
 from agent.pos.occurrences import OccurrenceCounter
 from agent.pos.profiles import ColumnMap, Produces
 from agent.pos.timezones import ZoneResolver
-from agent.pos.values import MEASURE_UNITS, parse_money, parse_quantity, timestamp_ms, to_base_units
+from agent.pos.values import (
+    MEASURE_UNITS,
+    parse_money,
+    parse_quantity,
+    repeated_wall_time,
+    timestamp_ms,
+    to_base_units,
+)
 from protocol import Kind, ProtocolError, StockEvent, derived_event_id, pack_hlc
 from protocol.event import QTY_SIGN
 from protocol.values import has_control
@@ -80,6 +88,10 @@ class RowMapper:
         self._movements = self.profile.produces is Produces.MOVEMENTS
         self._only_location_name: str | None = None
         self._last_time: tuple[tuple[str, str, str] | None, int] = (None, 0)
+        self._last_repeated: tuple[str, str, str] | None = None  # the last row's time, if it happens twice
+        # Movements whose time happens twice, read as its first occurrence: event id -> (zone, wall time, the
+        # second occurrence with its offset). Only rows of the hour clocks go back; the importer takes them out.
+        self.repeated: dict[bytes, tuple[str, str, str]] = {}
 
     def state(self) -> dict[str, str | None]:
         """What the mapping keeps from one row to the next, for an import's checkpoint (``restore``)."""
@@ -144,7 +156,7 @@ class RowMapper:
         date_text, time_text, zone_name = values.get("date", ""), values.get("time", ""), values.get("time_zone", "")
         cache_key = (date_text, time_text, zone_name)
         if cache_key == self._last_time[0]:
-            return self._last_time[1]  # the lines of one transaction share their time
+            return self._last_time[1]  # the lines of one transaction share their time (and _last_repeated)
         if not date_text:
             raise BadValue(f"{self._names.get('date', 'date')} is empty")
         zone = self._zones.resolve(zone_name) if zone_name else self._default_zone
@@ -155,6 +167,11 @@ class RowMapper:
         if ms < 0:
             raise BadValue(f"date {date_text[:40]!r} is before 1970")
         self._last_time = (cache_key, ms)
+        self._last_repeated = None
+        if repeated_wall_time(date_text, ms, zone, self._config.date_order):
+            wall = datetime.fromtimestamp(ms / 1000, zone)  # the first occurrence: fold 0
+            shown_wall = wall.strftime("%Y-%m-%d %H:%M:%S").removesuffix(":00")
+            self._last_repeated = (str(zone), shown_wall, wall.replace(fold=1).isoformat())
         return ms
 
     # --- movements -----------------------------------------------------------
@@ -215,6 +232,8 @@ class RowMapper:
         occurrence = self._counter.next(digest)
         event_id = derived_event_id(ms, self._source_bytes + digest + occurrence.to_bytes(4, "big"))
         occurred_at = pack_hlc(ms, 0)
+        if self._last_repeated is not None:
+            self.repeated[event_id] = self._last_repeated
         try:
             StockEvent(event_id, _VALIDATOR_AGENT, 0, 1, location, sku, kind, qty, occurred_at, 0, self._source, ref, reason, attrs)
         except ProtocolError as err:

@@ -243,6 +243,15 @@ def parse_time(text: str) -> time:
     raise BadValue(f"time {text.strip()[:40]!r} is not a time (expected HH:MM[:SS] or H:MM AM/PM)")
 
 
+def repeated_wall_time(date_text: str, ms: int, zone: tzinfo, order: DateOrder = "MDY") -> bool:
+    """Whether the row time ``ms`` (read by ``timestamp_ms``) is a wall time ``zone`` shows twice (the hour clocks go
+    back), read as its first occurrence: not when the date field carries its own offset."""
+    moment = datetime.fromtimestamp(ms / 1000, zone)
+    if moment.replace(fold=0).utcoffset() == moment.replace(fold=1).utcoffset():
+        return False
+    return parse_date(date_text, order)[2] is None
+
+
 def timestamp_ms(date_text: str, time_text: str | None, zone: tzinfo, order: DateOrder = "MDY") -> int:
     """Unix milliseconds of a row's date (and time) read in ``zone``.
 

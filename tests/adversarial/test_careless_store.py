@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.faults.helpers import Store, hub_events, outbox_meta, verify, wait_until
+from tests.faults.helpers import Store, hub_events, outbox_events, outbox_meta, verify, wait_until
 from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port
@@ -152,3 +152,28 @@ def test_an_agent_sent_to_a_staging_hub_and_back_delivers_everything_to_producti
     missed = [sku for sku in ("SKU-Z", "SKU-Y", "SKU-X", "SKU-W", "SKU-V") if cached(store.outbox, "S001", sku) != 7]
     assert not missed, f"the count cache misses production's changes of {missed}"
     verify(hub, [store, till])
+
+
+def test_an_outbox_replaced_by_an_empty_one_while_the_agent_is_stopped_loses_nothing_new(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    store = Store("store-1", "S001", add_credential(hub.db, "S001"), tmp_path / "store-1", hub.url)
+    store.write_config()
+    hub.start()
+    for sku in ("SKU-A", "SKU-B", "SKU-C"):
+        record(store, sku, "receive", 4)
+    run = store.start()
+    wait_until("the first three at the hub", lambda: len(hub_events(hub.db)) == 3)
+    assert run.stop() == 0
+    first = outbox_events(store.outbox)
+
+    for name in ("outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm"):  # staff "fixed" it
+        (store.data_dir / name).unlink(missing_ok=True)
+    (store.data_dir / "outbox.sqlite3").write_bytes(b"")
+    for sku in ("SKU-A", "SKU-B", "SKU-D"):
+        record(store, sku, "sale", -1)
+    run = store.start()
+    wait_until("the new three at the hub", lambda: len(hub_events(hub.db)) == 6)
+    assert run.stop() == 0
+    held = hub_events(hub.db)
+    assert set(first) | set(outbox_events(store.outbox)) == set(held)

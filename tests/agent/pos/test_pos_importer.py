@@ -294,3 +294,33 @@ async def test_two_exports_joined_into_one_file_with_dos_end_marks_import_every_
         assert (report.status, report.imported, report.skipped) == ("imported", 6, 1)
         assert report.skipped_reasons == {"the header row again (two exports joined into one file?)": 1}
         assert sorted(e.sku for e in await env.events()) == ["SKU-40", "SKU-41", "SKU-42", "SKU-50", "SKU-51", "SKU-52"]
+
+
+async def test_a_row_of_the_hour_clocks_went_back_matching_one_imported_says_so_and_its_offset_imports_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hourly exports across the fall-back: a sale at 01:30 EDT, then another at 01:30 EST. Without an offset
+    the second reads as the first (the same row, the same id): it is a duplicate, and the import says so."""
+    config = PosImportConfig.from_mapping({"time_zone": "America/New_York"})
+    header = "date,time,sku,qty,kind\n"
+    first, second = tmp_path / "sales-01-edt.csv", tmp_path / "sales-01-est.csv"
+    first.write_text(header + "2025-11-02,01:30,SKU-1,1,sale\n2025-11-02,00:45,SKU-2,1,sale\n")
+    second.write_text(header + "2025-11-02,01:30,SKU-1,1,sale\n2025-11-02,02:15,SKU-2,1,sale\n")
+    async with open_env(tmp_path, config) as env:
+        assert (await env.importer.import_file(first)).imported == 2
+        caplog.clear()
+        report = await env.importer.import_file(second)
+        assert (report.imported, report.duplicates) == (1, 1)
+        said = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(said) == 1, [r.getMessage() for r in caplog.records]
+        assert said[0].getMessage() == (
+            "1 row of the POS export sales-01-est.csv has a time that happens twice in America/New_York (clocks"
+            " went back; 2025-11-02 01:30) and matches a movement already recorded, so it was not recorded again:"
+            " if it happened in the repeated hour rather than being exported again, write its time with its UTC"
+            " offset (2025-11-02T01:30:00-05:00) and import it again."
+        )
+        fixed = tmp_path / "sales-01-est-fixed.csv"
+        fixed.write_text(header + "2025-11-02T01:30:00-05:00,,SKU-1,1,sale\n")
+        assert (await env.importer.import_file(fixed)).imported == 1
+        events = [e for e in await env.events() if e.sku == "SKU-1"]
+        assert len(events) == 2
