@@ -378,8 +378,13 @@ class AgentCatalog(HubLoop):
         retry_max_s: float = RETRY_MAX_S,
         timeout_s: float = TIMEOUT_S,
         answer_max_bytes: int = ANSWER_MAX_BYTES,
+        agent_id: str | None = None,
+        location: str | None = None,
     ) -> None:
         self.file = file
+        self._agent_id = agent_id  # this agent: its credential's locations are checked against ``location``
+        self._location = location
+        self._unbound: frozenset[str] | None = None  # the credential's locations last said not to hold ``location``
         self.cache = cache
         self._url = hub_url.rstrip("/") + CATALOG_PATH if hub_url else None
         self._bundles_url = hub_url.rstrip("/") + BUNDLES_PATH if hub_url else None
@@ -651,12 +656,35 @@ class AgentCatalog(HubLoop):
         except (AnswerTooLarge, TimeoutError, aiohttp.ClientError, ValueError) as err:
             log.debug("The hub's locations were not learned from %s (%s).", url, err)
             return
+        self._check_own_locations(rows)
         if not found or found == self._locations:
             return
         self._locations = found
         if (cache := self.locations_cache) is not None:
             await asyncio.to_thread(_write_atomically, cache, {"locations": sorted(found)})
         log.info("The hub knows %d location(s); a transfer out to another is refused.", len(found))
+
+    def _check_own_locations(self, rows: list[Any]) -> None:
+        """Say once, loudly, when this agent's credential is not bound to the location its configuration names
+        (moved to another store in the configuration only): the hub refuses every movement recorded there."""
+        own = next((r for r in rows if isinstance(r, dict) and r.get("agent_id") == self._agent_id), None)
+        if own is None or self._location is None or not isinstance(own.get("locations"), list):
+            return
+        bound = frozenset(loc for loc in own["locations"] if isinstance(loc, str))
+        if self._location in bound:
+            if self._unbound is not None:
+                log.info("The hub binds this agent's credential to %s now.", self._location)
+            self._unbound = None
+            return
+        if bound == self._unbound:
+            return
+        self._unbound = bound
+        log.error(
+            "The hub binds this agent's credential (%s) to %s, not to %s as [agent] location says: every movement"
+            " recorded at %s is refused by the hub (forbidden_location) and set aside; bind the credential to %s"
+            " on the hub, or set location back.",
+            self._agent_id, ", ".join(sorted(bound)) or "no location", self._location, self._location, self._location,
+        )  # fmt: skip
 
     async def _bundles_page(self, cursor: str | None) -> BundlePage | None:
         """One page of ``GET /v1/bundles``: its SKUs and the next cursor (None: the last page). None on a 404.

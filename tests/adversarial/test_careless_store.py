@@ -177,3 +177,20 @@ def test_an_outbox_replaced_by_an_empty_one_while_the_agent_is_stopped_loses_not
     assert run.stop() == 0
     held = hub_events(hub.db)
     assert set(first) | set(outbox_events(store.outbox)) == set(held)
+
+
+def test_an_agent_moved_in_its_configuration_only_says_at_start_that_the_hub_will_refuse_its_movements(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    cred = add_credential(hub.db, "S001")
+    store = Store("store-1", "S002", cred, tmp_path / "store-1", hub.url)  # the hub still binds it to S001
+    store.write_config()
+    hub.start()
+    run = store.start()
+    said = (
+        f"The hub binds this agent's credential ({cred.agent_id}) to S001, not to S002 as [agent] location says:"
+        " every movement recorded at S002 is refused by the hub (forbidden_location) and set aside"
+    )
+    wait_until("the agent says so", lambda: said in store.log())
+    assert run.stop() == 0
+    assert store.log().count(said) == 1
