@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from hub.channels.config import ChannelConfigError, ChannelSpec, parse_channels
 from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLOCK_WINDOW_S
+from hub.heartbeat import DEFAULT_LEASE_STALE_S
 from hub.storage.base import HubError
 from hub.webhook_spec import WebhookConfigError, WebhookSpec, parse_webhooks
 
@@ -36,7 +37,6 @@ PORT_MAX = 65_535
 MAX_BODY_BYTES_LIMIT = 1024 * 1024 * 1024  # a sanity cap on the setting itself: 1 GiB
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_CHANGE_RECHECK_S = 1.0
-DEFAULT_LEASE_STALE_S = 30.0  # hub.storage.postgres.leases.LEASE_STALE_S (this module loads no database driver)
 LEASE_STALE_MIN_S = 10.0  # well above the 3 s between a hub's checks of its locks: a slow hub is not taken for dead
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_RATE_LIMIT_PER_S = 50.0

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
+from hub.heartbeat import DEFAULT_LEASE_STALE_S
 from hub.storage import POSTGRES_SCHEMES
 from hub.storage.base import StoreError
 from protocol.retry import Backoff, Health
@@ -40,19 +41,41 @@ from protocol.retry import Backoff, Health
 if TYPE_CHECKING:
     from hub.storage.postgres.leases import LockConnection
 
-# A PostgreSQL hub's one lock connection, which its channels' and webhooks' leases share (``share_locks``).
-LOCKS_KEY: web.AppKey[LockConnection] = web.AppKey("lock_connection")
+
+class LockConnections:
+    """A hub's lock connections, one per kind of job (``of``: ``"channels"``, ``"webhooks"``), made when first asked
+    for (each connects when first used), and the hub's ``lease_stale_s``.
+
+    One per kind, not one for the hub: a lock connection's checks are what prove its holder alive to the other
+    hubs (``lead`` runs them every turn), so the channels' lead loop stuck while the webhooks' runs on must leave
+    the channels' connection silent, for another hub to end it and take the channels over."""
+
+    def __init__(self, db: str, stale_s: float) -> None:
+        self.db = db
+        self.stale_s = stale_s
+        self._made: dict[str, LockConnection] = {}
+
+    def of(self, kind: str) -> LockConnection | None:
+        """On a PostgreSQL hub, the lock connection of ``kind``'s jobs; None on a SQLite hub (no other hub)."""
+        if not self.db.startswith(POSTGRES_SCHEMES):
+            return None
+        if kind not in self._made:
+            from hub.storage.postgres.leases import LockConnection  # the driver loads only for a PostgreSQL hub
+
+            self._made[kind] = LockConnection(self.db, self.stale_s)
+        return self._made[kind]
+
+
+LOCKS_KEY: web.AppKey[LockConnections] = web.AppKey("lock_connections")
 
 
 def share_locks(app: web.Application, db: str, stale_s: float | None = None) -> None:
-    """On a PostgreSQL hub, make the one lock connection its channels and webhooks hold their locks on, at setup
-    (it connects when first used): one per hub, not one per kind of job. ``stale_s``: ``lease_stale_s``, how long
-    another hub's lock connection may stay silent before this hub ends it to take over its jobs (the first call
-    sets it: ``hub.app.create_app`` makes the connection before the webhooks and channels ask for it)."""
-    if db.startswith(POSTGRES_SCHEMES) and LOCKS_KEY not in app:
-        from hub.storage.postgres.leases import LockConnection  # the driver loads only for a PostgreSQL hub
-
-        app[LOCKS_KEY] = LockConnection(db) if stale_s is None else LockConnection(db, stale_s)
+    """Make the hub's ``LockConnections`` (its channels' and webhooks' lock connections), at setup. ``stale_s``:
+    ``lease_stale_s``, how long another hub's lock connection, or a job's own loop here, may stay silent before its
+    jobs are taken over (the first call sets it: ``hub.app.create_app`` makes them before the webhooks and channels
+    ask for theirs)."""
+    if LOCKS_KEY not in app:
+        app[LOCKS_KEY] = LockConnections(db, DEFAULT_LEASE_STALE_S if stale_s is None else stale_s)
 
 
 class LeaseHolder(Protocol):
@@ -60,6 +83,11 @@ class LeaseHolder(Protocol):
 
     held: set[str]  # the names whose lease this hub holds
     shared: bool  # other hub processes may hold these leases (``lead`` says "for another hub … to take over")
+
+    @property
+    def stale_s(self) -> float:
+        """``lease_stale_s``: a job whose own loop is silent this long past its last bound is given back."""
+        ...
 
     async def take(self, name: str) -> bool:
         """True when this hub now holds (or already held) ``name``'s lease; raises ``StoreError``."""
@@ -92,8 +120,9 @@ class LocalLeases:
 
     shared = False
 
-    def __init__(self) -> None:
+    def __init__(self, stale_s: float = DEFAULT_LEASE_STALE_S) -> None:
         self.held: set[str] = set()
+        self.stale_s = stale_s
 
     def start_all(self, jobs: Mapping[str, Job]) -> None:
         """Take every lease and start every job now, before ``lead``'s first turn: the hub runs them from its first
@@ -155,6 +184,11 @@ class Job(Protocol):
 
     async def stand_by(self) -> None:
         """Show the saved state while another hub runs the job (or while this one waits to start it again)."""
+        ...
+
+    def overdue(self) -> tuple[str, float] | None:
+        """While the job runs here: its watched loop in words (``ended``'s) and how long it has been silent past
+        the bound its ``Heartbeat`` last gave (None: no such loop running)."""
         ...
 
 
@@ -280,6 +314,10 @@ async def lead(
             for name, job in jobs.items():
                 if job.here():
                     gone = job.ended()
+                    late = job.overdue() if gone is None else None
+                    if late is not None and late[1] >= leases.stale_s and not stopping():
+                        await _give_up_stuck(leases, name, job, late, log, words, ends)
+                        continue
                     if gone is None:
                         ends.running(name)
                         ends.running_parts(name)
@@ -354,4 +392,20 @@ async def _give_back(
     else:
         log.error("%s %s: %s ended by itself (%s) while this hub runs; this hub starts %s it again in %.0f s",
                   words.noun, name, doing, why, words.doing, wait_s, exc_info=err)  # fmt: skip
+    await leases.release(name)
+
+
+async def _give_up_stuck(
+    leases: LeaseHolder, name: str, job: Job, late: tuple[str, float], log: logging.Logger, words: Words, ends: _Ends
+) -> None:
+    """``name``'s loop has been silent past its own bound for ``lease_stale_s`` (stuck on an await that never
+    ends), while this hub, alive, keeps its lock: stop the job, give its lease back and wait a backoff before taking
+    it again, as for a job whose work ended by itself. One sentence says so."""
+    doing, late_s = late
+    await job.stop()  # its stuck await is cancelled: nothing more goes out from here once another hub takes it
+    wait_s = ends.ended(name)
+    again = f"another hub (or this one, in {wait_s:.0f} s)" if leases.shared else f"this hub, in {wait_s:.0f} s,"
+    log.error("%s %s: %s has been stuck for %.0f s past its own time limits, over lease_stale_s (%.0f s), so this "
+              "hub stopped it and gave its %s back for %s to take over", words.noun, name, doing, late_s,
+              leases.stale_s, words.lock, again)  # fmt: skip
     await leases.release(name)

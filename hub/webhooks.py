@@ -51,6 +51,7 @@ from prometheus_client.registry import Collector
 from hub import paging, views
 from hub.auth import STORE_KEY
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
+from hub.heartbeat import BEATING, Heartbeat
 from hub.leases import LOCKS_KEY, LeaseHolder, LocalLeases, Words, lead, share_locks
 from hub.metrics import METRICS_KEY
 from hub.storage import POSTGRES_SCHEMES
@@ -139,10 +140,14 @@ class WebhookDispatcher:
         self.delivering = False  # this hub process runs ``run`` (on PostgreSQL, another one may instead)
         # Whether this hub still holds the webhook's deliverer lock (``LeaseHolder.holds``), asked before each delivery.
         self.holding: Callable[[], bool] = lambda: True
+        # How this loop proves to ``hub.leases.lead`` that it is not stuck: every await it makes is bounded.
+        self.heartbeat = Heartbeat()
 
     async def run(self) -> None:
         """Deliver the change feed, a page a turn (``protocol.retry.run_turns``), until the feed closes."""
         spec = self.spec
+        BEATING.set(self.heartbeat)  # this task's
+        self.heartbeat.beat()
         try:
             state = await self._retrying(lambda: self._store.webhook_state(spec.name))
             self.status.cursor, self.status.last_error, self.status.failures = state
@@ -158,6 +163,7 @@ class WebhookDispatcher:
     async def _turn(self) -> float:
         """Deliver the next page; how long to wait for changes afterwards (0: go on at once)."""
         spec = self.spec
+        self.heartbeat.beat()
         page = await self._retrying(
             lambda after=self._scanned: read_page(self._store, after, spec.batch_max, spec.location)  # type: ignore[misc]
         )
@@ -169,8 +175,10 @@ class WebhookDispatcher:
         if not self.holding():
             # The lock went with its connection, and another hub may be delivering from the saved cursor already:
             # nothing more goes out from here (``lead`` stops this loop at its next turn).
+            self.heartbeat.beat(LEASE_RETRY_S)
             await asyncio.sleep(LEASE_RETRY_S)
             return 0.0
+        self.heartbeat.beat(spec.timeout_s)  # a slow receiver within timeout_s is not a stuck deliverer
         outcome = await self._deliver(page.rows)
         if not outcome.ok:
             await self._failed(page.rows, outcome)
@@ -184,6 +192,7 @@ class WebhookDispatcher:
         return 0.0
 
     async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        self.heartbeat.beat(delay_s)  # the backoff or the wait for changes: both end within delay_s
         if after_failure:
             await asyncio.sleep(delay_s)
         elif delay_s > 0:
@@ -205,7 +214,9 @@ class WebhookDispatcher:
             except StoreError as err:
                 if streak.failed(str(err)):
                     log.warning("webhook %s cannot read the change feed (%s); retrying", self.spec.name, err)
-                await asyncio.sleep(streak.delay_s())
+                delay_s = streak.delay_s()
+                self.heartbeat.beat(delay_s)
+                await asyncio.sleep(delay_s)
                 continue
             if streak.succeeded():
                 log.info("webhook %s reads the change feed again", self.spec.name)
@@ -317,7 +328,7 @@ def setup(app: web.Application, specs: tuple[WebhookSpec, ...], db: str = "") ->
     app.router.add_get("/v1/webhooks", get_webhooks, name="webhooks")
     app.router.add_get("/v1/webhooks/{name}/deliveries", get_deliveries, name="webhook_deliveries")
     if specs:
-        share_locks(app, db)  # on PostgreSQL, one lock connection with the channels
+        share_locks(app, db)  # on PostgreSQL, the webhooks' lock connection, and lease_stale_s
         app.cleanup_ctx.append(lambda app: _run_dispatchers(app, specs, db))
 
 
@@ -341,12 +352,12 @@ async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...],
         if db.startswith(POSTGRES_SCHEMES):
             from hub.storage.postgres.leases import Leases  # the driver loads only for a PostgreSQL hub
 
-            connection = app.get(LOCKS_KEY) or db
+            connection = app[LOCKS_KEY].of("webhooks") or db
             lock, locks = "the deliverer lock of webhook {name}", "the webhooks' locks"
             leases = Leases(connection, "webhook.deliverer", lock, locks)
             log.info("standing by to deliver the change feed to %d webhook(s): %s", len(specs), ", ".join(dispatchers))
         else:  # one hub per SQLite file: it delivers every webhook, and starts again one whose loop ended
-            local = LocalLeases()
+            local = LocalLeases(app[LOCKS_KEY].stale_s)
             local.start_all(jobs)
             leases = local
             log.info("delivering the change feed to %d webhook(s): %s", len(tasks), ", ".join(dispatchers))
@@ -391,6 +402,10 @@ class _WebhookJob:
     def ended(self) -> tuple[str, asyncio.Task[None]] | None:
         task = self._tasks.get(self._d.spec.name)
         return ("delivering", task) if task is not None and task.done() else None
+
+    def overdue(self) -> tuple[str, float] | None:
+        task = self._tasks.get(self._d.spec.name)
+        return None if task is None or task.done() else ("delivering", self._d.heartbeat.overdue_s())
 
     def start(self) -> None:
         _start(self._d, self._tasks)  # its run loads the cursor the last deliverer saved

@@ -29,6 +29,7 @@ import aiohttp
 
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
+from hub.heartbeat import beat
 from hub.storage.base import HubError
 from protocol import wall_ms_now
 
@@ -236,7 +237,9 @@ async def post(
 ) -> tuple[int, bytes, str | None]:
     """POST to a channel: (status, the answer's first ``answer_max_bytes``, its Retry-After). A timeout or a
     connection failure is recorded in ``last`` and raised as ChannelUnavailable with ``timed_out`` or
-    ``unreachable`` (the client's error is appended to the latter)."""
+    ``unreachable`` (the client's error is appended to the latter). The loop making it is alive for as long as
+    the request may take (``hub.heartbeat.beat``): a slow answer within ``timeout_s`` is not a stuck pusher."""
+    beat(timeout_s)
     try:
         async with session.post(
             url,

@@ -63,16 +63,14 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str) -> N
     r.add_post("/v1/channels/{name}/mapping/refresh", post_mapping_refresh, name="channel_mapping_refresh")
     r.add_post("/v1/channels/{name}/reconcile", post_reconcile, name="channel_reconcile")
     if specs:  # push what each sales channel shows (docs/channels.md)
-        share_locks(app, db_path)  # on PostgreSQL, one lock connection with the webhooks
+        share_locks(app, db_path)  # on PostgreSQL, the channels' lock connection, and lease_stale_s
         app.cleanup_ctx.append(_run)
 
 
 async def _run(app: web.Application) -> AsyncIterator[None]:
     channels = app[CHANNELS_KEY]
     specs = list(channels.specs.values())
-    async with channel_pushers(
-        specs, app[STORE_KEY], channels.db_path, app[feed.FEED_KEY], app.get(LOCKS_KEY)
-    ) as pushers:
+    async with channel_pushers(specs, app[STORE_KEY], channels.db_path, app[feed.FEED_KEY], app[LOCKS_KEY]) as pushers:
         channels.pushers = pushers
         try:
             yield

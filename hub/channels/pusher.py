@@ -78,6 +78,7 @@ from hub.channels.levels import LevelKey, sku_levels
 from hub.channels.loop import LoopTask
 from hub.channels.mapping import ItemIds, ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
 from hub.channels.state import ChannelState, Refusal
+from hub.heartbeat import BEATING, Heartbeat
 from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
 from hub.storage.keys import CountKey
 from protocol import wall_ms_now
@@ -253,12 +254,17 @@ class ChannelPusher(LoopTask):
         # before each turn and each batch: set by hub.channels.runner.
         self.holding: Callable[[], bool] = lambda: True
         self._lost_said = False
+        # How this loop proves to ``hub.leases.lead`` that it is not stuck: every await it makes is bounded
+        # (a channel request by its timeout_s, ``hub.channels.connector.post``; a wait by its length).
+        self.heartbeat = Heartbeat()
 
     # --- the loop -------------------------------------------------------------------
 
     async def run(self) -> None:
         """Turn after turn (``protocol.retry.run_turns``): work while there are changes, wait for the feed (or
         forced levels) when there are none; back off from a failed turn and do it again."""
+        BEATING.set(self.heartbeat)  # this task's: the channel requests made in it beat it too
+        self.heartbeat.beat()
         with contextlib.suppress(StoreClosed):
             await run_turns(
                 self._turn_or_fail, wait=self._wait, failed=self._failed, ends=(StoreClosed,),
@@ -267,8 +273,10 @@ class ChannelPusher(LoopTask):
 
     async def _turn_or_fail(self) -> float:
         """One turn; how long to wait for changes afterwards (0: go on at once)."""
+        self.heartbeat.beat()
         if not self._holds():
             # ``lead`` stops this loop at its next turn; until then nothing goes out, not even a failed turn again
+            self.heartbeat.beat(LEASE_LOST_WAIT_S)
             await asyncio.sleep(LEASE_LOST_WAIT_S)
             return 0.0
         try:
@@ -281,6 +289,7 @@ class ChannelPusher(LoopTask):
         if not worked:
             return self._wait_s if remap_in_s is None else min(self._wait_s, remap_in_s)
         if self._pushed_last_turn and self.spec.coalesce_s > 0:
+            self.heartbeat.beat(self.spec.coalesce_s)
             await asyncio.sleep(self.spec.coalesce_s)  # let a burst gather: its last value goes out next
         return 0.0
 
@@ -329,6 +338,7 @@ class ChannelPusher(LoopTask):
         return None
 
     async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        self.heartbeat.beat(delay_s)  # a backoff, a Retry-After or the wait for changes: all end within delay_s
         if after_failure:
             await asyncio.sleep(delay_s)  # the channel's Retry-After or the backoff: nothing cuts it short
         elif delay_s > 0:

@@ -28,7 +28,6 @@ import functools
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -40,11 +39,9 @@ from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
 from hub.channels.state import SqlChannelState, SqliteChannelState
 from hub.channels.webhook import WebhookConnector
-from hub.leases import LeaseHolder, LocalLeases, Words, lead
+from hub.heartbeat import DEFAULT_LEASE_STALE_S
+from hub.leases import LeaseHolder, LocalLeases, LockConnections, Words, lead
 from hub.storage import POSTGRES_SCHEMES
-
-if TYPE_CHECKING:
-    from hub.storage.postgres.leases import LockConnection
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +99,11 @@ async def _stop(p: ChannelPusher) -> None:
 @contextlib.asynccontextmanager
 async def channel_pushers(
     specs: Sequence[ChannelSpec], feed: FeedReader, db_path: str, waiter: ChangeWaiter,
-    locks: LockConnection | None = None,
+    locks: LockConnections | None = None,
 ) -> AsyncIterator[dict[str, ChannelPusher]]:  # fmt: skip
     """Run one pusher (and reconciler) per channel until the block ends. ``db_path``: the hub's database;
-    ``locks``: on PostgreSQL, the hub's lock connection (``hub.leases.share_locks``; else one of their own).
+    ``locks``: the hub's lock connections (``hub.leases.share_locks``; the channels take theirs) and its
+    ``lease_stale_s``; else a lock connection of their own and the default.
 
     The dict yielded is kept up to date: on a PostgreSQL hub a channel's entry is replaced when this hub takes the
     channel over or gives it up."""
@@ -113,12 +111,13 @@ async def channel_pushers(
         open_channel_state(db_path) as state,
         aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(limit=max(2, len(specs) * 2))) as session,
     ):
-        local = None if is_postgres(db_path) else LocalLeases()  # one hub per SQLite file: it pushes every channel
+        locks = locks or LockConnections(db_path, DEFAULT_LEASE_STALE_S)
+        local = None if is_postgres(db_path) else LocalLeases(locks.stale_s)  # one hub per SQLite file: it pushes all
         leases: LeaseHolder
         if local is None:
             from hub.channels.state_postgres import PusherLeases  # at run time only on a PostgreSQL hub
 
-            leases = PusherLeases(locks or db_path)
+            leases = PusherLeases(locks.of("channels") or db_path)
         else:
             leases = local
 
@@ -179,6 +178,13 @@ class _ChannelJob:
             if task is not None and task.done():
                 return doing, task
         return None
+
+    def overdue(self) -> tuple[str, float] | None:
+        """The pusher's loop, and how long it has been silent past the bound it last gave (its reconciler, which
+        reads the whole listing, is not watched)."""
+        p = self._pushers[self._name]
+        task = p.task
+        return None if task is None or task.done() else ("pushing", p.heartbeat.overdue_s())
 
     def restartable(self, doing: str) -> bool:
         """A reconciler is started again alone: it keeps nothing a new one does not load (the last reconciliation

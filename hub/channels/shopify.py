@@ -66,6 +66,7 @@ from hub.channels.connector import (
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
+from hub.heartbeat import beat
 from protocol import wall_ms_now
 from protocol.retry import peer_wait_s
 
@@ -257,6 +258,7 @@ class ShopifyConnector:
                 previous.update(await self.read_levels(stale))
                 continue
             if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
+                beat(CONCURRENT_RETRY_S)
                 await self._sleep(CONCURRENT_RETRY_S)
                 continue
             refused = _refused_levels(errors, keys)
@@ -385,6 +387,7 @@ class ShopifyConnector:
                 )
             if wait_s > 0:
                 waited_s += wait_s
+                beat(wait_s)  # the pusher waits for Shopify's bucket: alive, not stuck (hub.heartbeat.Heartbeat)
                 await self._sleep(wait_s)
             body = await self._post({"query": query, "variables": dict(variables), "operationName": operation})
             learned = self._learn(operation, body)

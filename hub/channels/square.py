@@ -83,6 +83,7 @@ from hub.channels.connector import (
 )
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ListingEntry
+from hub.heartbeat import beat
 from protocol import wall_ms_now
 from protocol.retry import peer_retry_after_s, peer_wait_s
 
@@ -439,6 +440,7 @@ class SquareConnector:
                         wait_s,
                     )
                 waited_s += wait_s
+                beat(wait_s)  # the pusher waits as Square asked: alive, not stuck (hub.heartbeat.Heartbeat)
                 await self._sleep(wait_s)
                 continue
             if 200 <= status < 300 and not answer.get("errors"):

@@ -12,7 +12,7 @@ channel at once number one after the other.
 ``PusherLeases``: several hub processes share one database, but only one may
 push a channel. Each channel's pusher holds a session-level advisory lock on the
 hub's lock connection (``hub.storage.postgres.leases.Leases`` on its
-``LockConnection``, which the webhooks' locks share); a hub that does not get it stands by and tries again
+``LockConnection``, the channels' own: the webhooks' locks are on another); a hub that does not get it stands by and tries again
 (``hub.channels.runner``). The lock goes when the holder's connection does (a
 stopped or killed hub), and another hub takes the channel over from the
 cursor the holder saved. Both locks are keyed by the schema (``search_path``)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -181,6 +182,96 @@ async def test_a_paused_pushing_hub_loses_its_channel_to_the_other_hub_and_pushe
     for name in ("hub-1.log", "hub-2.log"):
         text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
         assert "Traceback" not in text and "ended by itself" not in text
+
+
+async def test_a_hub_whose_pusher_is_stuck_gives_the_channel_up_and_the_other_hub_pushes_it(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub whose pusher's loop hangs on an await with no time limit, while the hub itself runs on (its lead loop
+    checks its locks every few seconds, so its lock connection is never silent), kept the channel's pusher lock for
+    ever: nobody pushed the channel. The pusher's own heartbeat, silent past ``lease_stale_s``, makes that hub stop
+    it and give the lock back, and the other hub pushes from the saved cursor."""
+    monkeypatch.setenv("SQUARE_TOKEN", square.token)
+    stuck = tmp_path / "stuck"
+    monkeypatch.setenv("SHELFSYNC_TEST_STUCK", str(stuck))
+    location_id = square.add_location()
+    variation = square.add_variation("SKU-1")
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    config = _config(tmp_path, square, location_id)
+    config.write_text("[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8"), encoding="utf-8")
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    hanging = (sys.executable, "-m", "tests.channels.stuck_pusher_hub")
+    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port(), python=hanging)
+    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        await asyncio.to_thread(second.start)
+        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+
+        stuck.touch()  # the first hub's next push hangs
+        await asyncio.to_thread(_move, second.url, agent.token, "sale-1", "sale", -2, 1)
+        await wait_until(lambda: shown(3), "the other hub takes the stuck pusher's channel over", TAKEOVER_S + 30.0)
+        assert "channel pickup: pushing has been stuck for" in first.log
+        assert "gave its pusher lock back for another hub" in first.log
+        assert "channel pickup: this hub pushes it now" in second.log
+        assert (await asyncio.to_thread(_channel, first.url, reader.token))["pusher"] == "another hub"
+    finally:
+        for hub in (first, second):
+            hub.close()
+    for name in ("hub-1.log", "hub-2.log"):
+        text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
+        assert "Traceback" not in text and "ended by itself" not in text
+
+
+async def test_a_slow_push_within_its_timeout_is_not_taken_for_a_stuck_pusher(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Square answering a push after longer than ``lease_stale_s``, but within the channel's ``timeout_s``: the
+    pusher is alive (its request says how long it may take), so the hub keeps pushing and no other hub takes it."""
+    monkeypatch.setenv("SQUARE_TOKEN", square.token)
+    location_id = square.add_location()
+    variation = square.add_variation("SKU-1")
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    config = _config(tmp_path, square, location_id)
+    config.write_text(
+        "[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8") + "timeout_s = 40\nreconcile_s = 0\n",
+        encoding="utf-8",
+    )
+    square.faults.slow_s = 20.0  # past lease_stale_s, within timeout_s
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
+    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        await asyncio.to_thread(second.start)
+        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+
+        applied = square.stats.batches_applied
+        square.faults.queue("slow")
+        await asyncio.to_thread(_move, first.url, agent.token, "sale-1", "sale", -2, 1)
+        await wait_until(lambda: shown(3), "the slow push is answered", TAKEOVER_S + 30.0)
+        assert square.faults.seen == ["slow"] and square.stats.batches_applied == applied + 1
+        views = [await asyncio.to_thread(_channel, h.url, reader.token) for h in (first, second)]
+        assert [v["pusher"] for v in views] == ["this hub", "another hub"]
+    finally:
+        for hub in (first, second):
+            hub.close()
+    for name in ("hub-1.log", "hub-2.log"):
+        text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
+        assert "Traceback" not in text and "has been stuck" not in text and "silent for" not in text
+    assert "this hub pushes it now" not in (tmp_path / "hub-2.log").read_text(encoding="utf-8")
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ import pytest
 
 from hub.channels.config import parse_channels
 from hub.config import DEFAULT_LEASE_STALE_S, HubSettings
+from hub.heartbeat import Heartbeat
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
 from hub.storage.base import StoreError, WebhookState
 from hub.storage.postgres.leases import LEASE_STALE_S, Leases, LockConnection
@@ -37,18 +38,22 @@ log = logging.getLogger("tests.lease_lead")
 
 class FakeDispatcher:
     """Stands in for a ``WebhookDispatcher`` of webhook ``shop`` (``hub.webhooks._WebhookJob`` runs it): its
-    ``run`` is ``works[i]()`` on its i-th start (the last one for every later start)."""
+    ``run`` is ``works[i]()`` on its i-th start (the last one for every later start); each start's heartbeat
+    says its work ends within ``bound_s`` (an hour: never taken for stuck unless a test says less)."""
 
-    def __init__(self, *works: Callable[[], Awaitable[None]], name: str = "shop") -> None:
+    def __init__(self, *works: Callable[[], Awaitable[None]], name: str = "shop", bound_s: float = 3600.0) -> None:
         self.spec = WebhookSpec(name=name, url="http://127.0.0.1:9/hook", secret="s3cret-for-the-web-shop")
         self.status = WebhookStatus()
         self.delivering = False
         self._works = works
         self.starts = 0
+        self.heartbeat = Heartbeat()
+        self.bound_s = bound_s
 
     def run(self) -> Awaitable[None]:
         work = self._works[min(self.starts, len(self._works) - 1)]
         self.starts += 1
+        self.heartbeat.beat(self.bound_s)
         return work()
 
 
@@ -211,6 +216,37 @@ async def test_a_job_whose_work_died_is_logged_with_the_errors_traceback(caplog:
     assert 'raise RuntimeError("the feed answered nonsense")' in caplog.text  # the line that raised, in its frame
 
 
+async def test_a_job_whose_work_is_stuck_past_its_bound_is_stopped_and_given_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job's loop hanging on an await that never ends (it said it would be done within 0.1 s) while its hub's
+    lead loop runs on kept its lease for ever, doing nothing. Silent ``lease_stale_s`` past its bound, it is
+    stopped and its lease given back, with one sentence; the hub takes it again after the backoff."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    d = FakeDispatcher(_forever, bound_s=0.1)
+    async with _hub("", d, leases=LocalLeases(stale_s=0.2), ended_backoff=CountingBackoff()):
+        await _until("the hub takes the stuck webhook again", lambda: d.starts >= 2 and d.delivering)
+    stuck = [r.getMessage() for r in caplog.records if "has been stuck for" in r.getMessage()]
+    assert stuck and stuck[0].startswith("webhook shop: delivering has been stuck for ")
+    assert stuck[0].endswith(
+        "past its own time limits, over lease_stale_s (0 s), so this hub stopped it and gave its deliverer lock "
+        "back for this hub, in 0 s, to take over"
+    )
+    assert "ended by itself" not in caplog.text  # it was stopped, not ended: no traceback to show
+
+
+async def test_a_job_waiting_within_its_bound_is_not_taken_for_stuck(caplog: pytest.LogCaptureFixture) -> None:
+    """A loop whose await takes longer than ``lease_stale_s`` but less than the bound it gave (a slow request
+    within its timeout) is alive: it keeps its lease."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    d = FakeDispatcher(_forever, bound_s=3600.0)
+    async with _hub("", d, leases=LocalLeases(stale_s=0.2), ended_backoff=CountingBackoff()):
+        await _until("the hub delivers the webhook", lambda: d.delivering)
+        await asyncio.sleep(1.0)  # five times lease_stale_s, far within the bound
+        assert d.starts == 1 and d.delivering
+    assert "has been stuck" not in caplog.text
+
+
 # The backend holding a lease's advisory lock (kind, name) in the connection's schema; None while nobody holds it.
 HOLDER_SQL = """
 WITH k AS (SELECT hashtextextended('shelfsync.' || $1 || '.' || current_schema() || '.' || $2, 0) AS key)
@@ -220,9 +256,10 @@ SELECT l.pid FROM pg_locks l, k
 """
 
 
-async def test_a_postgresql_hub_holds_its_channel_and_webhook_locks_on_one_connection(pg_url: str) -> None:
-    """Each kind's ``Leases`` opened a connection of its own: a hub with channels and webhooks kept two lock
-    connections, of the few a server allows."""
+async def test_a_postgresql_hub_holds_its_channel_and_webhook_locks_on_a_connection_per_kind(pg_url: str) -> None:
+    """One lock connection for both kinds let the webhooks' lead loop, checking its locks, keep the connection
+    fresh while the channels' lead loop was stuck: nobody took the channels over. Each kind's checks now prove
+    only that kind's loop alive, on its own connection (two per hub with channels and webhooks)."""
     hook = WebhookSpec(name="shop", url="http://127.0.0.1:9/hook", secret="s3cret-for-the-web-shop")
     (channel,) = parse_channels(
         [{"name": "feed", "kind": "webhook", "url": "http://127.0.0.1:9/levels", "pool": {"S1": "web"},
@@ -242,7 +279,7 @@ async def test_a_postgresql_hub_holds_its_channel_and_webhook_locks_on_one_conne
             async with asyncio.timeout(BOUND_S):
                 while not await both_held():
                     await asyncio.sleep(RETRY_S)
-            assert holders[0] == holders[1]
+            assert holders[0] != holders[1]
     finally:
         await conn.close()
 

@@ -178,6 +178,11 @@ class Leases:
             self._generation = self._shared.generation
         return conn
 
+    @property
+    def stale_s(self) -> float:
+        """``lease_stale_s``: how long a lock connection, or a job's own loop, may stay silent."""
+        return self._shared.stale_s
+
     def _holding(self) -> asyncpg.Connection | None:
         """The connection the locks in ``held`` were taken on, while it is open; when it is not, they are gone."""
         conn = self._shared.current()
