@@ -14,10 +14,12 @@ others run on.
 
 The leases are ``LeaseHolder``s: on a PostgreSQL hub
 ``hub.storage.postgres.leases.Leases`` (session-level advisory locks, shared
-by every hub on the database, held on the hub's one lock connection:
-``share_locks``; ``lead``'s check of them every turn is also what proves the
-holder alive, and a hub that stopped checking for ``lease_stale_s`` — paused,
-stuck — has its lock connection ended by a hub that wants one of its locks);
+by every hub on the database, held on the hub's lock connection for that kind
+of job: ``share_locks``; ``lead``'s check of them every turn is also what
+proves that kind's lead loop alive, and a hub that stopped checking for
+``lease_stale_s`` — paused, stuck — has its lock connection ended by a hub that
+wants one of its locks); a job whose own loop is stuck while ``lead`` runs on
+is seen by its ``hub.heartbeat.Heartbeat`` and given back by ``lead`` itself;
 on a SQLite hub, the one process on its file,
 ``LocalLeases``, always granted. This module imports no database driver.
 """

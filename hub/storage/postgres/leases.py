@@ -3,8 +3,8 @@
 Several hub processes share one database, but only one may push a channel
 (``hub.channels.runner``) or deliver a webhook (``hub.webhooks``). Each such
 job holds a session-level advisory lock, keyed by its kind, the schema
-(``search_path``) and its name, on the hub's lock connection (one per hub,
-``LockConnection``, shared by the channels' and the webhooks' ``Leases``); a
+(``search_path``) and its name, on the hub's lock connection for that kind (``LockConnection``: one for the
+channels' ``Leases``, one for the webhooks', ``hub.leases.LockConnections``); a
 hub that does not get it stands by and tries again. The lock goes when the holder's
 connection does (a stopped or killed hub, or one cut off from the database),
 and another hub takes the job over from what the holder saved. A hub that is
@@ -71,10 +71,11 @@ END_STALE_SQL = (
 
 
 class LockConnection:
-    """The one connection on which a hub process holds its session-level advisory locks, of every kind.
+    """A connection on which a hub process holds session-level advisory locks.
 
-    A hub with channels and webhooks needs one lock connection, not one per kind: each kind's ``Leases`` is
-    opened on it and counted, and the last one's ``close`` closes it. Its queries run one at a time (a
+    A hub makes one per kind of job (``hub.leases.LockConnections``), so each kind's checks prove only that kind's
+    lead loop alive; several ``Leases`` may still be opened on one and counted, and the last one's ``close`` closes
+    it. Its queries run one at a time (a
     connection runs one query at a time, and the kinds' loops run side by side). ``generation`` counts the
     connections made: locks taken on an earlier one went with it, whichever kind's failure dropped it. ``stale_s``:
     how long another hub's lock connection may stay silent before this hub ends it to take a lock it holds."""
