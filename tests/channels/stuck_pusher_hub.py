@@ -1,5 +1,6 @@
 """``python -m tests.channels.stuck_pusher_hub -m hub serve …``: the hub, whose channel pushes hang for ever once
-the file named by ``SHELFSYNC_TEST_STUCK`` exists.
+the file named by ``SHELFSYNC_TEST_STUCK`` exists; with ``SHELFSYNC_TEST_STUCK_UNCANCELLABLE=1`` the hang swallows
+its cancellation too, so whatever stops the pusher hangs with it (the channels' lead loop).
 
 The hang stands for a bug: an await with no time limit in the pusher's loop (the channel's own requests have one,
 ``timeout_s``, so a channel that never answers cannot show it). The hub process is otherwise the real one: its
@@ -23,7 +24,12 @@ _push_batch = ChannelPusher._push_batch
 
 async def _stuck_push_batch(self: ChannelPusher, batch: dict[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
     if Path(os.environ["SHELFSYNC_TEST_STUCK"]).exists():
-        await asyncio.Event().wait()  # never set: hangs until the task is cancelled
+        while True:
+            try:
+                await asyncio.Event().wait()  # never set: hangs until the task is cancelled
+            except asyncio.CancelledError:
+                if os.environ.get("SHELFSYNC_TEST_STUCK_UNCANCELLABLE") != "1":
+                    raise
     return await _push_batch(self, batch, turn_key)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import wait_until
@@ -227,6 +228,79 @@ async def test_a_hub_whose_pusher_is_stuck_gives_the_channel_up_and_the_other_hu
     for name in ("hub-1.log", "hub-2.log"):
         text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
         assert "Traceback" not in text and "ended by itself" not in text
+
+
+async def test_a_hub_whose_channels_lead_loop_is_stuck_loses_the_channel_while_it_keeps_delivering_webhooks(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channels' and the webhooks' locks were held on one lock connection: with the channels' lead loop stuck
+    (here: stopping a pusher whose hang swallows its cancellation), the webhooks' lead loop, checking its locks,
+    kept that connection fresh, so no other hub ever took the channel. Each kind has its own connection now: the
+    channels' falls silent, the other hub ends it and pushes, and the stuck hub keeps delivering its webhook."""
+    monkeypatch.setenv("SQUARE_TOKEN", square.token)
+    stuck = tmp_path / "stuck"
+    monkeypatch.setenv("SHELFSYNC_TEST_STUCK", str(stuck))
+    monkeypatch.setenv("SHELFSYNC_TEST_STUCK_UNCANCELLABLE", "1")
+    location_id = square.add_location()
+    variation = square.add_variation("SKU-1")
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    delivered: list[int] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        delivered.append(len((await request.json())["changes"]))  # changes per batch
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", receive)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    config = _config(tmp_path, square, location_id)
+    config.write_text(
+        "[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8")
+        + f'\n[[webhooks]]\nname = "shop"\nurl = "http://127.0.0.1:{port}/hook"\nsecret = "s3cret-for-the-web-shop"\n',
+        encoding="utf-8",
+    )  # fmt: skip
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    def webhook(url: str) -> dict[str, Any]:
+        (hook,) = get_json(f"{url}/v1/webhooks", reader.token)["webhooks"]
+        assert isinstance(hook, dict)
+        return hook
+
+    hanging = (sys.executable, "-m", "tests.channels.stuck_pusher_hub")
+    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port(), python=hanging)
+    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        await asyncio.to_thread(second.start)
+        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+        assert (await asyncio.to_thread(webhook, first.url))["deliverer"] == "this hub"
+
+        stuck.touch()  # the first hub's next push hangs, and so does stopping it
+        await asyncio.to_thread(_move, second.url, agent.token, "sale-1", "sale", -2, 1)
+        await wait_until(lambda: shown(3), "the other hub takes the stuck hub's channel over", TAKEOVER_S + 60.0)
+        assert "The pusher lock of channel pickup is held by a hub whose lock connection" in second.log
+        seen = len(delivered)
+        await asyncio.to_thread(_move, second.url, agent.token, "sale-2", "sale", -1, 2)
+        await wait_until(lambda: shown(2), "the hub that took over pushes the next sale")
+
+        async def delivered_more() -> bool:
+            return len(delivered) > seen
+
+        await wait_until(delivered_more, "the stuck hub's webhook goes on being delivered")
+        assert (await asyncio.to_thread(webhook, first.url))["deliverer"] == "this hub"
+        assert "deliverer lock" not in second.log  # the webhook's lock connection was never ended
+    finally:
+        first.kill()  # its stuck pusher would not stop on SIGTERM
+        second.close()
+        await runner.cleanup()
 
 
 async def test_a_slow_push_within_its_timeout_is_not_taken_for_a_stuck_pusher(
