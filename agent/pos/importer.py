@@ -50,13 +50,14 @@ from agent.pos.model import CutRow, ImportReport, Observation, Quarantined, Skip
 from agent.pos.occurrences import OccurrenceCounter
 from agent.pos.profiles import ColumnMap, choose
 from agent.pos.rows import RowMapper, row_text
-from agent.pos.source import CsvRows, FileScan, Position, Prefix, scan_file
+from agent.pos.source import CsvRows, FileScan, Position, Prefix, complete_lines_end, scan_file
 from agent.pos.store import Checkpoint, PosStore
 from protocol import wall_ms_now
 from protocol.values import shown
 
 log = logging.getLogger(__name__)
 
+HELD = "held"  # the status of an import of a file's complete rows, its last line held (``hold_last_line``)
 REPEATED_HEADER = "the header row again (two exports joined into one file?)"
 CHECKPOINT_EVERY_S = 1.0  # a checkpoint is written at most this often unless its batch commits the store anyway
 REPORT_QUARANTINE_MAX = 1_000  # quarantined rows listed in the report file; all of them are in the store
@@ -146,8 +147,12 @@ class _FileParse:
         now_ms: int,
         name: str,
         cut_rows: Sequence[CutRow] = (),
+        end: int | None = None,
     ) -> None:
         self._scan = scan
+        self._end = end  # rows are read from the first ``end`` bytes only: the last line, unfinished, is held
+        self.held_open = False  # a row of the complete lines goes on into the held line: it waits for it too
+        self._done = False
         self._cuts = {cut.line: cut for cut in cut_rows}  # rows booked before from a line without a line break
         self.finished_cuts: set[int] = set()  # lines of those the POS finished since, booked as the same event
         self.cut_row: CutRow | None = None  # the last row, when it was read from a line without a line break
@@ -169,7 +174,7 @@ class _FileParse:
 
     def open(self) -> ColumnMap:
         with self._lock:
-            rows = CsvRows(self._scan)
+            rows = CsvRows(self._scan, self._end)
             rows.open()
             self._rows = rows
             self.columns = choose(rows.header, self._config.all_profiles(), self._profile)
@@ -195,13 +200,18 @@ class _FileParse:
     def next_batch(self, size: int) -> _Batch | None:
         with self._lock:
             rows, mapper = self._rows, self.mapper
-            if rows is None or mapper is None:
+            if rows is None or mapper is None or self._done:
                 return None
             batch = _Batch()
             outcomes = 0
             iterator = self._iter
             assert iterator is not None
             for line, fields in iterator:
+                if self._end is not None and rows.exhausted:
+                    # A quote opened in the complete lines is still open at their end: the row goes on into the
+                    # held line. It is read with that line; this batch gets no checkpoint, so it is read again too.
+                    self.held_open = self._done = True
+                    break
                 if fields is None:
                     batch.rows += 1
                     # the line's text is kept, as for every quarantined row: nothing a file hands us is dropped
@@ -241,7 +251,7 @@ class _FileParse:
                 self.changed = True
                 return None
             batch.bytes_read = rows.bytes_read
-            if batch.rows:
+            if batch.rows and not self.held_open:
                 batch.position = rows.position()
                 if batch.position is not None:  # else the counts changed are kept for the next batch's checkpoint
                     batch.counts = self._counter.changes()
@@ -330,6 +340,7 @@ class PosImporter:
         follow_links: bool = True,
         seen_under: Sequence[str] = (),
         cut_rows: Sequence[CutRow] = (),
+        hold_last_line: bool = False,
     ) -> ImportReport:
         """Import one file. A file that cannot be read at all gives a report with status "failed".
 
@@ -337,7 +348,9 @@ class PosImporter:
         without reading through it. ``seen_under``: the digests the file had when
         it was imported before, when it grew since (``PosStore.add_quarantine``). ``cut_rows``: rows its
         imports before booked from a last line without a line break (``ImportReport.cut_row``): finished since,
-        such a row is booked as the same event, never as a second one.
+        such a row is booked as the same event, never as a second one. ``hold_last_line``: a last line without
+        a line break is not read (the POS may still be writing it): the rows before it are imported, the report's
+        status is ``held``, and the import keeps its checkpoint, so importing the file again goes on from there.
         Raises PosImportError only when the outbox
         or the store cannot be written — then nothing about the file is final,
         and importing it again later is safe.
@@ -352,8 +365,24 @@ class PosImporter:
         except FileRejected as err:
             log.warning("The POS export %s was not imported: %s", shown(name, bare=True), err)
             return ImportReport(name, "", 0, "", "", "failed", error=str(err), started_ms=started_ms, finished_ms=started_ms)
+        end = None
+        if hold_last_line:
+            try:
+                end = await asyncio.to_thread(complete_lines_end, scan)
+            except OSError as err:
+                reason = f"{shown(name, bare=True)} could not be read: {err.strerror or err}"
+                return ImportReport(
+                    name, "", 0, "", "", "failed", error=reason, started_ms=started_ms, finished_ms=started_ms
+                )
+            if end is None:  # not one line break yet, not even after the header: nothing to import before it
+                return ImportReport(
+                    name, scan.sha256, scan.size_bytes, scan.encoding, profile or self.config.profile, HELD,
+                    started_ms=started_ms, finished_ms=started_ms,
+                )  # fmt: skip
+            if end >= scan.size_bytes:
+                end = None  # it ends with a line break after all: imported whole
         parse = _FileParse(
-            scan, self.config, profile or self.config.profile, self.location, started_ms, name, cut_rows
+            scan, self.config, profile or self.config.profile, self.location, started_ms, name, cut_rows, end
         )
         owner = _ImportOwner(self.store)
         import_id: int | None = None
@@ -372,9 +401,12 @@ class PosImporter:
             import_id = await self.store.begin_import(scan, name, columns.profile.name, owner=owner.token)
             tally = await self._resume(parse, scan, columns, checkpoint, import_id, name)
             report = await self._import_rows(
-                parse, scan, columns, import_id, name, started_ms, on_progress, seen_under, tally
+                parse, scan, columns, import_id, name, started_ms, on_progress, seen_under, tally, held=end is not None
             )
-            await self.store.finish_import(import_id, report)
+            if report.status == HELD:
+                await self.store.hold_import(import_id, report)
+            else:
+                await self.store.finish_import(import_id, report)
         except BaseException as err:
             if import_id is not None:  # what it recorded stays; importing the file again goes on from its checkpoint
                 why = str(err) or "the import was stopped before its end (the agent was stopping)"
@@ -387,6 +419,8 @@ class PosImporter:
         seconds = max(report.finished_ms - report.started_ms, 0) / 1000
         if parse.changed:
             log.warning("The POS export %s was not imported whole: %s.", shown(name, bare=True), report.error)
+        elif report.status == HELD:  # the watcher says once why the file waits
+            log.debug("Imported the complete rows of the POS export %s; its last line is held.", report.summary())
         else:
             log.info("Imported the POS export %s, in %.1f s.", report.summary(), seconds)
         if parse.first_repeated is not None:
@@ -447,12 +481,15 @@ class PosImporter:
         on_progress: ProgressFn | None,
         seen_under: Sequence[str],
         tally: _Tally,
+        *,
+        held: bool = False,
     ) -> ImportReport:
         listed: list[Quarantined] = []
         if tally.quarantined:  # the rows quarantined before the import was interrupted, for the report
             listed = await self.store.lineage_quarantine(tally.lineage, REPORT_QUARANTINE_MAX)
         # Parse the next batch while this one commits: at most two batches are in memory.
         ahead = asyncio.ensure_future(asyncio.to_thread(parse.next_batch, self.config.batch_rows))
+        last: _Batch | None = None
         try:
             while True:
                 batch = await ahead
@@ -460,6 +497,7 @@ class PosImporter:
                     break
                 ahead = asyncio.ensure_future(asyncio.to_thread(parse.next_batch, self.config.batch_rows))
                 await self._import_batch(batch, parse, scan, columns, import_id, name, seen_under, tally)
+                last = batch
                 listed.extend(batch.quarantined[: REPORT_QUARANTINE_MAX - len(listed)])
                 if on_progress is not None:
                     on_progress(batch.bytes_read, scan.size_bytes, tally.rows_read)
@@ -468,8 +506,17 @@ class PosImporter:
             ahead.cancel()
             if ahead.done() and not ahead.cancelled():
                 ahead.exception()  # retrieved: an error here is not also "never retrieved"
+        if held and not parse.changed and last is not None and last.position is not None and tally.pending_counts:
+            # the import of the rest goes on from here: its checkpoint is written now, however soon after the last
+            state = tally.to_state(last.mapper_state, last.cut_row)
+            checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, last.position, state)
+            counts = b"".join(tally.pending_counts)
+            tally.pending_counts.clear()
+            await self.store.add_batch(import_id, name, scan.sha256, (), (), checkpoint=checkpoint, counts=counts)
         rows_read, quarantined = tally.rows_read, tally.quarantined
         status = "quarantined" if rows_read and quarantined == rows_read else "imported"
+        if held:
+            status = HELD
         error = None
         if parse.changed:
             status = "failed"

@@ -238,6 +238,41 @@ def scan_file(path: Path, *, follow_links: bool = True, prefix_at: int | None = 
     return FileScan(path, size, stat.st_mtime_ns // 1_000_000, digest.hexdigest(), encoding, follow_links, prefix)
 
 
+_LINE_BREAKS = {  # the bytes of a line feed and a carriage return, and of one character, in each wide encoding
+    "utf-16-le": ((b"\n\x00", b"\r\x00"), 2), "utf-16-be": ((b"\x00\n", b"\x00\r"), 2),
+    "utf-32-le": ((b"\n\x00\x00\x00", b"\r\x00\x00\x00"), 4), "utf-32-be": ((b"\x00\x00\x00\n", b"\x00\x00\x00\r"), 4),
+}  # fmt: skip
+TAIL_CHUNK_BYTES = 64 * 1024
+
+
+def complete_lines_end(scan: FileScan) -> int | None:
+    """Where the file's complete lines end: the byte after its last line break, when its last line has none yet
+    (then the rows before it can be imported while that line waits); None when it has no line break at all.
+    The file's size when it ends with a line break (a DOS end-of-file mark or zero bytes after it pass over)."""
+    with _open_file(scan.path, scan.follow_links) as raw:
+        head = raw.read(4)
+        encoding = scan.encoding
+        if encoding in ("utf-16", "utf-32"):  # with a byte-order mark: it says which
+            big = head.startswith(codecs.BOM_UTF32_BE if encoding == "utf-32" else codecs.BOM_UTF16_BE)
+            encoding = f"{encoding}-{'be' if big else 'le'}"
+        breaks, width = _LINE_BREAKS.get(encoding, ((b"\n", b"\r"), 1))
+        end = scan.size_bytes - scan.size_bytes % width
+        tail_only = True  # only zero bytes and DOS end-of-file marks after the break found
+        while end > 0:
+            start = max(0, end - TAIL_CHUNK_BYTES)
+            start -= start % width
+            raw.seek(start)
+            chunk = _read_upto(raw, end - start, end - start)
+            for at in range(len(chunk) - width, -1, -width):
+                if chunk[at : at + width] in breaks:
+                    found = start + at + width
+                    return scan.size_bytes if tail_only else found
+                if chunk[at : at + width].strip(b"\x00\x1a"):
+                    tail_only = False
+            end = start
+    return None
+
+
 def _read_upto(raw: BinaryIO, chunk: int, left: int) -> bytes:
     """The next ``chunk`` bytes at most, and never more than ``left`` (-1: no bound)."""
     return raw.read(chunk if left < 0 else min(chunk, left))
@@ -367,8 +402,10 @@ class CsvRows:
     cut by ``clip_raw``) set, and reading goes on.
     """
 
-    def __init__(self, scan: FileScan) -> None:
+    def __init__(self, scan: FileScan, end: int | None = None) -> None:
         self.scan = scan
+        self.end = scan.size_bytes if end is None else end  # rows are read from the first ``end`` bytes only
+        self.exhausted = False  # the reader asked for a line past ``end``: a quote was open at the last line
         self.header: tuple[str, ...] = ()
         self.delimiter = ","
         self.error: str | None = None
@@ -389,7 +426,7 @@ class CsvRows:
 
     def open(self) -> None:
         opened = _open_file(self.scan.path, self.scan.follow_links)
-        self._binary = io.BufferedReader(_Scanned(opened, self.scan.size_bytes)) if self._regular(opened) else opened
+        self._binary = io.BufferedReader(_Scanned(opened, self.end)) if self._regular(opened) else opened
         # utf-8 was validated by the scan; cp1252 reads every byte; a broken
         # utf-16 character becomes U+FFFD and its row fails validation.
         errors = {"cp1252": _C1_ERRORS, MIXED: _CP1252_ERRORS, "utf-16": "replace", "utf-16-le": "replace",
@@ -505,6 +542,7 @@ class CsvRows:
                     return
                 raw = text.readline(LINE_MAX_CHARS)
                 if not raw:
+                    self.exhausted = True
                     return
                 self._line_num += 1
                 if raw.startswith(LINE_START_MARKS):

@@ -242,7 +242,7 @@ class PosStore(SqliteFile):
             row = conn.execute(
                 "SELECT c.import_id, c.encoding, c.profile, c.position, c.line, c.hashed, c.prefix_sha256, c.state"
                 " FROM checkpoints c JOIN imports i ON i.id = c.import_id"
-                " WHERE c.file_name = ? AND i.status = 'interrupted' ORDER BY c.import_id DESC LIMIT 1",
+                " WHERE c.file_name = ? AND i.status IN ('interrupted', 'held') ORDER BY c.import_id DESC LIMIT 1",
                 (file_name,),
             ).fetchone()
             if row is None:
@@ -262,7 +262,8 @@ class PosStore(SqliteFile):
 
         def take(conn: sqlite3.Connection) -> bytes | None:
             if not conn.execute(
-                "UPDATE imports SET status = 'resumed', error = ? WHERE id = ? AND status = 'interrupted'", (why, old_id)
+                "UPDATE imports SET status = 'resumed', error = ? WHERE id = ? AND status IN ('interrupted', 'held')",
+                (why, old_id),
             ).rowcount:
                 return None
             conn.execute("UPDATE checkpoints SET import_id = ? WHERE import_id = ?", (new_id, old_id))
@@ -351,6 +352,18 @@ class PosStore(SqliteFile):
                 conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (old,))
 
         await self._write(finish)
+
+    async def hold_import(self, import_id: int, report: ImportReport) -> None:
+        """The import read the file's complete rows and holds its last line, which has no line break yet
+        (``report``, status ``held``): its checkpoint is kept, so that the import of the rest goes on from there."""
+        values = [getattr(report, name) for name in _COUNTS]
+        counts = ", ".join(f"{n} = ?" for n in _COUNTS)
+        await self._write(
+            lambda conn: conn.execute(
+                f"UPDATE imports SET status = 'held', finished_ms = ?, error = ?, {counts} WHERE id = ?",
+                (report.finished_ms, "its last line has no line break yet: held until it ends", *values, import_id),
+            )
+        )
 
     async def abandon_import(self, import_id: int, why: str) -> None:
         """The import stopped before its end (the outbox or the store failed, or the agent is stopping): marked

@@ -72,7 +72,7 @@ import watchfiles
 from agent.pos.claim import DropFolderClaim, DropFolderTaken, DropFolderUnusable
 from agent.pos.config import PosConfigError
 from agent.pos.errors import PosImportError
-from agent.pos.importer import PosImporter
+from agent.pos.importer import HELD, PosImporter
 from agent.pos.model import CutRow, ImportReport
 from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
 from protocol.values import shown
@@ -122,6 +122,7 @@ class _Seen:
     mid_line: bool | None = None  # whether it ends in the middle of a line (None: not looked at yet)
     first: float | None = None  # monotonic seconds when it was first seen changing (None: ``since``)
     busy_said: bool = False  # whether the log said it has been changing for BUSY_WARN_S already
+    held: bool = False  # its complete rows are imported as it is now, its last line (no line break) held
 
 
 @dataclass(slots=True)
@@ -279,6 +280,7 @@ class PosFolderWatcher:
         self._waiting: str | None = None  # why the folder cannot be used now (None: it is watched)
         self._said_waiting: str | None = None  # the last such problem the log said (said again only if new)
         self._next_try = 0.0  # monotonic seconds when a folder that cannot be used is tried again
+        self._held_said: set[Path] = set()  # files whose last line the log said is held (once a file)
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -625,8 +627,8 @@ class PosFolderWatcher:
             if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
                 self._pending[path] = self._changed(path, seen, st, now)
             elif (st.st_size or not stat.S_ISREG(st.st_mode)) and now - seen.since >= self.settle_s:
-                if stat.S_ISREG(st.st_mode) and self._still_mid_line(path, seen, now):
-                    continue
+                if stat.S_ISREG(st.st_mode) and self._still_mid_line(path, seen, now) and seen.held:
+                    continue  # its complete rows are imported: the last line waits to end, or unfinished_line_s
                 return path  # an empty file is still being written; a pipe or socket never has a size
         return None
 
@@ -635,16 +637,9 @@ class PosFolderWatcher:
         ``unfinished_line_s`` yet. Taken at once, a till that paused mid-line (``…,SKU-9,1,sale,R1`` of ``R12``)
         had its cut row recorded as a sale of its own, and the whole row again once it went on writing; taken
         after ten times settle_s, so did a till that paused longer than that."""
-        hold_s = max(self.unfinished_line_s, self.settle_s)
         if seen.mid_line is None:
             seen.mid_line = _ends_mid_line(path, seen.size)
-            if seen.mid_line:
-                log.info(
-                    "%s ends in the middle of a line, as if the POS were still writing it; it is taken once it has "
-                    "not changed for %s s.",
-                    _name(path), f"{hold_s:g}",
-                )  # fmt: skip
-        return seen.mid_line and now - seen.since < hold_s
+        return seen.mid_line and now - seen.since < max(self.unfinished_line_s, self.settle_s)
 
     def _changed_filed(self, now: float) -> Path | None:
         """A filed file that changed after it was filed and has settled again, if any; forgets the rest in time."""
@@ -694,9 +689,18 @@ class PosFolderWatcher:
         # or moved away (by a person, or another program sharing the folder) drops it. Never index it after.
         seen = self._pending[path]
         before = _identity(path)
+        # Ending in the middle of a line, unchanged for less than unfinished_line_s: a till may have paused in the
+        # middle of its last row. The rows before that line are imported now; the line is held (the file too).
+        try:
+            regular = stat.S_ISREG(path.lstat().st_mode)
+        except OSError:
+            regular = False  # gone: the import says so
+        hold = regular and self._still_mid_line(path, seen, time.monotonic())
         progress = _ProgressLog(_name(path), seen.size) if seen.size >= PROGRESS_LOG_MIN_BYTES else None
         try:
-            report = await self.importer.import_file(path, follow_links=False, on_progress=progress)
+            report = await self.importer.import_file(
+                path, follow_links=False, on_progress=progress, hold_last_line=hold
+            )
         except PosImportError as err:  # the outbox or store cannot be written: the file stays, retry later
             raise TurnFailed(str(err)) from err
         except Exception as err:  # a surprise in one file must not stop the folder, nor be retried forever
@@ -712,6 +716,18 @@ class PosFolderWatcher:
             log.warning("%s changed while it was being imported; it is imported again once it settles.", _name(path))
             self._pending[path] = _Seen(-1, -1, time.monotonic())
             return
+        if report.status == HELD:
+            if (now := self._pending.get(path)) is not None:
+                now.held = True  # imported again once it changes and settles, or stays unchanged long enough
+            if path not in self._held_said:
+                self._held_said.add(path)
+                log.info(
+                    "%s ends in the middle of a line, as if the POS were still writing it: its %s complete rows are "
+                    "imported, and its last line is held until it ends or the file has not changed for %s s.",
+                    _name(path), f"{report.rows_read:,}", f"{max(self.unfinished_line_s, self.settle_s):g}",
+                )  # fmt: skip
+            return
+        self._held_said.discard(path)
         self._pending.pop(path, None)
         await self._finish(path, report, seen)
 

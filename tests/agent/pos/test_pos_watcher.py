@@ -571,3 +571,45 @@ async def test_a_file_that_never_stops_changing_is_said_once(
     busy = [r.getMessage() for r in caplog.records if "has been changing for" in r.getMessage()]
     assert len(busy) == 1, busy
     assert busy[0].startswith("today.csv has been changing for ") and "without staying unchanged for 2 s" in busy[0]
+
+
+async def test_the_complete_rows_of_a_file_ending_without_a_line_break_are_imported_once_it_settles(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An export that simply ends without a line break (what many Windows tools write) had all its rows wait
+    ``unfinished_line_s`` (five minutes). Its complete rows are imported once it settles; only its last line is
+    held, the file stays in the drop folder, and once that line ends the rest is imported, going on from the
+    checkpoint: no row read twice, one report for the whole file."""
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    header = "date,time,sku,qty,kind,ref\n"
+    rows = "".join(f"2024-03-05,10:00:0{i},DONE-{i},1,sale,r{i}\n" for i in range(5))
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    config = PosImportConfig(profile="generic", unfinished_line_s=300)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.2, on_report=reports),
+    ):
+        target = folder / "day.csv"
+        target.write_text(header + rows + "2024-03-05,10:00:09,LAST-9,1,sale,r9", encoding="utf-8")
+        async with asyncio.timeout(WAIT_S):
+            while len(await env.events()) < 5:
+                await asyncio.sleep(0.05)
+        assert sorted(e.sku for e in await env.events()) == [f"DONE-{i}" for i in range(5)]
+        assert target.exists() and reports.seen == []  # held: not filed, no report yet
+        with target.open("a", encoding="utf-8") as till:
+            till.write("0\n")  # the till ends the line (ref r90)
+        report, dest = await reports.next()
+        events = await env.events()
+    assert dest == folder / "processed" / "day.csv" and not target.exists()
+    assert (report.status, report.rows_read, report.imported, report.duplicates) == ("imported", 6, 6, 0)
+    assert sorted(e.sku for e in events) == [*(f"DONE-{i}" for i in range(5)), "LAST-9"]
+    assert [e.ref for e in events if e.sku == "LAST-9"] == ["r90"]
+    assert len(reports.seen) == 1
+    held = [r.getMessage() for r in caplog.records if "is held" in r.getMessage()]
+    assert held == [
+        (
+            "day.csv ends in the middle of a line, as if the POS were still writing it: its 5 complete rows are "
+            "imported, and its last line is held until it ends or the file has not changed for 300 s."
+        )
+    ], held
