@@ -453,7 +453,8 @@ class PosImporter:
                 "again from the start",
             )  # fmt: skip
             return _Tally(lineage=[import_id])
-        why = f"interrupted after line {line:,}; import #{import_id} went on from there"
+        stopped = "its last line held after line" if checkpoint.held else "interrupted after line"
+        why = f"{stopped} {line:,}; import #{import_id} went on from there"
         counts = await self.store.take_over(checkpoint.import_id, import_id, why)
         if counts is None:  # another import took it over at the same moment: this one reads the whole file
             return _Tally(lineage=[import_id])
@@ -464,9 +465,10 @@ class PosImporter:
         tally.lineage.append(import_id)
         if cut := state.get("cut_row"):  # its last row was read before the interruption, from a line without a break
             parse.cut_row = CutRow(int(cut[0]), str(cut[1]), bytes.fromhex(cut[2]))
-        log.info(
-            "%s was interrupted at line %s; the import goes on from there (%s rows were read before).",
-            shown_name, f"{line:,}", f"{tally.rows_read:,}",
+        log.log(
+            logging.DEBUG if checkpoint.held else logging.INFO,  # the watcher said why it was held
+            "%s was %s at line %s; the import goes on from there (%s rows were read before).",
+            shown_name, "held" if checkpoint.held else "interrupted", f"{line:,}", f"{tally.rows_read:,}",
         )  # fmt: skip
         return tally
 

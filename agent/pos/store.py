@@ -122,6 +122,7 @@ class Checkpoint:
     profile: str
     position: Position
     state: dict[str, Any]
+    held: bool = False  # its import read the complete rows and held a last line without a line break
 
 
 def _owner_alive(path: Path) -> bool:
@@ -240,17 +241,18 @@ class PosStore(SqliteFile):
 
         def read(conn: sqlite3.Connection) -> Checkpoint | None:
             row = conn.execute(
-                "SELECT c.import_id, c.encoding, c.profile, c.position, c.line, c.hashed, c.prefix_sha256, c.state"
+                "SELECT c.import_id, c.encoding, c.profile, c.position, c.line, c.hashed, c.prefix_sha256, c.state,"
+                " i.status"
                 " FROM checkpoints c JOIN imports i ON i.id = c.import_id"
                 " WHERE c.file_name = ? AND i.status IN ('interrupted', 'held') ORDER BY c.import_id DESC LIMIT 1",
                 (file_name,),
             ).fetchone()
             if row is None:
                 return None
-            import_id, encoding, profile, position, line, hashed, sha, state = row
+            import_id, encoding, profile, position, line, hashed, sha, state, status = row
             return Checkpoint(
                 int(import_id), str(encoding), str(profile), Position(int(position), int(line), int(hashed), str(sha)),
-                json.loads(state),
+                json.loads(state), held=status == "held",
             )
 
         return await self._read(read)

@@ -5,9 +5,13 @@ unchanged for ``settle_s`` — so a POS still writing it, or a slow copy over
 the network, is never read half-way. Writers that can should write to a
 temporary name (``export.csv.part``, ``.tmp``) and rename when done: only
 names matching ``patterns`` are considered at all. A file whose last line has no
-line break yet waits ``unfinished_line_s`` (five minutes) unchanged: a till paused
-in the middle of a row, taken, had the cut row recorded and the whole row again.
-Taken then, its last line is imported as it stands (an export that simply ends
+line break yet has the rows before that line imported once it settles
+(``hold_last_line``: the import is ``held``, its checkpoint kept) and stays in the
+folder; the line waits until it ends (the file changes and settles again) or the
+file stays unchanged ``unfinished_line_s`` (five minutes): a till paused in the
+middle of a row, taken, had the cut row recorded and the whole row again. Either
+way the import of the rest goes on from the checkpoint and files the file with
+one report. After those minutes its last line is imported as it stands (an export that simply ends
 without a line break), and the event it became is remembered while the filed
 copy is watched: a till that finishes that row even later has it booked as the
 same event (``CutRow``), never as a second one; as it differs, it is quarantined.
