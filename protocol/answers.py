@@ -28,10 +28,9 @@ import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from protocol.codec import BadEvent, Rejection
-from protocol.event import StockEvent
 from protocol.ids import event_id_hex, parse_event_id
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
@@ -148,9 +147,19 @@ def read_rejected(body: bytes) -> tuple[RejectedEntry, ...]:
     return tuple(_entry(item) for item in items if isinstance(item, dict))
 
 
+class Sent(Protocol):
+    """An event of a batch sent, as an answer names it (a ``protocol.StockEvent``, or what a sender keeps of it)."""
+
+    @property
+    def event_id(self) -> bytes: ...
+
+    @property
+    def seq(self) -> int: ...
+
+
 def _pick(
-    batch: Sequence[StockEvent], by_id: Mapping[bytes, StockEvent], by_seq: Mapping[int, StockEvent], e: RejectedEntry
-) -> StockEvent | None:
+    batch: Sequence[Sent], by_id: Mapping[bytes, Sent], by_seq: Mapping[int, Sent], e: RejectedEntry
+) -> Sent | None:
     if e.index is not None and 0 <= e.index < len(batch):
         candidate = batch[e.index]
         if (e.event_id is None or candidate.event_id == e.event_id) and (e.seq is None or candidate.seq == e.seq):
@@ -162,9 +171,7 @@ def _pick(
     return None
 
 
-def rejections_in_batch(
-    batch: Sequence[StockEvent], entries: Sequence[RejectedEntry]
-) -> tuple[list[Rejection], list[bytes]]:
+def rejections_in_batch(batch: Sequence[Sent], entries: Sequence[RejectedEntry]) -> tuple[list[Rejection], list[bytes]]:
     """The events of ``batch`` the entries name, as rejections in seq order (each event once), and the ids of
     events named that are not in the batch. An entry names the event at its index when its id and seq (where
     given) agree, else the event with its id, else the event with its seq."""

@@ -30,6 +30,7 @@ from protocol.event import (
     _check_str,
     _event_from_wire_checked,
     _plain_event,
+    columns_of,
     event_to_wire,
     events_from_columns,
     events_to_columns,
@@ -162,9 +163,62 @@ def encode_events(events: tuple[StockEvent, ...] | list[StockEvent], *, as_colum
     return data
 
 
+_NO_EVENTS: bytes = msgpack.packb([])  # what encode_events packs for no events, either way
+
+
+class EventsPacker:
+    """Packs the events of one sync request a part at a time: ``add`` the parts in order, then ``finish()`` is
+    exactly what ``encode_events`` packs for all of them at once. A sender then holds a batch as its packed
+    bytes, never more than one part of it as events (agent.replicator)."""
+
+    def __init__(self, *, as_columns: bool = True) -> None:
+        self.as_columns = as_columns
+        self.events = 0  # events added so far
+        self.nbytes = 0  # their packed size so far
+        self._values: dict[str, bytearray] = {}  # per column (one list, "", for maps): its values, packed
+        self._optional: set[str] = set()  # the optional columns (protocol.event.columns_of)
+        self._filled: set[str] = set()  # … that hold a value other than None: sent
+
+    def add(self, events: tuple[StockEvent, ...] | list[StockEvent]) -> None:
+        if not events:
+            return
+        if self.as_columns:
+            cols, optional = columns_of(events)
+            for name, col in cols.items():
+                self._append(name, col)
+            for name, col in optional.items():
+                self._append(name, col)
+                self._optional.add(name)
+                if name not in self._filled and any(v is not None for v in col):
+                    self._filled.add(name)
+        else:
+            self._append("", [event_to_wire(ev) for ev in events])
+        self.events += len(events)
+
+    def _append(self, name: str, values: list[Any]) -> None:
+        packed = msgpack.packb(values, use_bin_type=True)
+        header = len(msgpack.Packer().pack_array_header(len(values)))
+        self._values.setdefault(name, bytearray()).extend(memoryview(packed)[header:])
+        self.nbytes += len(packed) - header
+
+    def finish(self) -> bytes:
+        """The packed events (the packer is empty afterwards)."""
+        values, self._values = self._values, {}
+        if not self.events:
+            return _NO_EVENTS
+        packer = msgpack.Packer(use_bin_type=True)
+        if not self.as_columns:
+            return b"".join([packer.pack_array_header(self.events), values[""]])
+        names = [name for name in values if name not in self._optional or name in self._filled]
+        parts = [packer.pack_map_header(len(names))]
+        for name in names:
+            parts += [packer.pack(name), packer.pack_array_header(self.events), values.pop(name)]
+        return b"".join(parts)
+
+
 def encode_sync_request(req: SyncRequest, packed_events: bytes | None = None, *, as_columns: bool = True) -> bytes:
-    """``req`` as msgpack; ``packed_events``: ``encode_events(req.events, as_columns=…)`` done beforehand (the
-    same bytes)."""
+    """``req`` as msgpack; ``packed_events``: ``encode_events(req.events, as_columns=…)`` (or an ``EventsPacker``'s)
+    done beforehand (the same bytes; ``req.events`` is then not read and may be left empty)."""
     if packed_events is None:
         packed_events = encode_events(req.events, as_columns=as_columns)
     head = _request_head(req)
@@ -172,7 +226,7 @@ def encode_sync_request(req: SyncRequest, packed_events: bytes | None = None, *,
     parts = [packer.pack_map_header(len(head) + 1)]
     for key, value in head.items():
         parts += [packer.pack(key), packer.pack(value)]
-    key = "columns" if as_columns and req.events else "events"
+    key = "columns" if as_columns and packed_events != _NO_EVENTS else "events"
     return b"".join([*parts, packer.pack(key), packed_events])
 
 

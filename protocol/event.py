@@ -406,6 +406,16 @@ OPTIONAL_WIRE_FIELDS = ("wall_ms", "ref", "reason", "attrs")
 
 def events_to_columns(events: tuple[StockEvent, ...] | list[StockEvent]) -> dict[str, list[Any]]:
     """The events as the ``columns`` of a sync request (``events_from_columns`` reads them back)."""
+    cols, optional = columns_of(events)
+    cols.update((name, col) for name, col in optional.items() if any(v is not None for v in col))
+    return cols
+
+
+def columns_of(
+    events: tuple[StockEvent, ...] | list[StockEvent],
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """The events' columns, in wire order: those every request carries, and the optional ones (``None`` where an
+    event holds the default), which ``events_to_columns`` leaves out when they hold nothing else."""
     cols: dict[str, list[Any]] = {
         "id": [ev.event_id for ev in events],
         "seq": [ev.seq for ev in events],
@@ -422,8 +432,7 @@ def events_to_columns(events: tuple[StockEvent, ...] | list[StockEvent]) -> dict
         "reason": [ev.reason for ev in events],
         "attrs": [dict(ev.attrs) if ev.attrs else None for ev in events],
     }
-    cols.update((name, col) for name, col in optional.items() if any(v is not None for v in col))
-    return cols
+    return cols, optional
 
 
 def _known_text(col: list[Any], name: str, field: values.TextField) -> bool:

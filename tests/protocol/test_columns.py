@@ -3,6 +3,7 @@ as it reads the same events sent as maps — the same events, the same bad event
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -13,11 +14,13 @@ from hypothesis import strategies as st
 from protocol import (
     MAX_BATCH_EVENTS,
     BadEvents,
+    EventsPacker,
     Kind,
     ProtocolError,
     StockEvent,
     SyncRequest,
     decode_sync_request,
+    encode_events,
     encode_sync_request,
     new_event_id,
     pack_hlc,
@@ -108,6 +111,35 @@ def test_an_optional_column_is_left_out_when_every_event_holds_its_default_and_n
     assert decode_sync_request(encode_sync_request(SyncRequest(AGENT, 3, tuple(one_of_each)))).events == tuple(
         one_of_each
     )
+
+
+@pytest.mark.parametrize("as_columns", [True, False])
+@pytest.mark.parametrize("parts", [[], [0], [1], [15, 1, 0, 17], [40, 3], [3, 40]])
+def test_events_packed_part_by_part_are_the_bytes_packed_at_once(as_columns: bool, parts: list[int]) -> None:
+    """What a sender packs as it reads a batch (agent.replicator): the same bytes and the same request; the
+    optional columns come and go with the parts that hold them (the first 3 events of mixed() hold none of ref,
+    reason or attrs in the same part)."""
+    events = mixed(sum(parts))
+    packer = EventsPacker(as_columns=as_columns)
+    start = 0
+    for n in parts:
+        packer.add(events[start : start + n])
+        start += n
+    assert packer.events == len(events)
+    packed = packer.finish()
+    assert packed == encode_events(events, as_columns=as_columns)
+    req = SyncRequest(AGENT, 3, tuple(events), acked_seq=2)
+    assert encode_sync_request(
+        dataclasses.replace(req, events=()), packed, as_columns=as_columns
+    ) == encode_sync_request(req, as_columns=as_columns)
+
+
+def test_a_batch_of_more_events_than_an_array_of_16_bits_holds_packs_part_by_part_as_at_once() -> None:
+    events = [event(i) for i in range(1, 70_001)]
+    packer = EventsPacker()
+    for start in range(0, len(events), 1000):
+        packer.add(events[start : start + 1000])
+    assert packer.finish() == encode_events(events)
 
 
 def test_a_request_without_events_is_sent_as_an_empty_events_list_that_any_hub_reads() -> None:
