@@ -46,9 +46,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, overload
 
 import aiohttp
 
@@ -67,20 +68,20 @@ from agent.hub_loop import (
     read_answer,
     redirected,
 )
-from agent.outbox import Outbox, Outgoing
+from agent.outbox import Outbox
 from protocol import (
     MAX_BATCH_EVENTS,
     MSGPACK_CONTENT_TYPE,
+    EventsPacker,
     ProtocolError,
     Rejection,
-    StockEvent,
     SyncRequest,
     answers,
     decode_sync_response,
-    encode_events,
     encode_sync_request,
     event_id_hex,
 )
+from protocol.ids import EVENT_ID_BYTES
 from protocol.retry import (
     FULL_JITTER,
     RETRY_BASE_S,
@@ -120,6 +121,13 @@ CATCHUP_BATCH_FACTOR = 10
 # the other. The hub moves its mark over such a batch only once it holds the one before (hub.storage.ingest), and
 # an answer that does not acknowledge the batch sent ahead is not stored: the batch is sent again.
 FEED_CATCHUP_PAUSE_S = 1.0  # meanwhile the count cache reads the change feed at most this often (agent.feed)
+# Memory (docs/agent.md "Memory"): a batch is read from the outbox READ_CHUNK events at a time and packed as it is
+# read, and ends once its packed events reach about BATCH_MAX_BYTES. What is kept of a batch read ahead or on its
+# way is its packed events and each event's id and seq (to match the answer's rejections), never the decoded
+# events: at most three batches (two in flight, one read ahead), each a few MiB, whatever the backlog and however
+# slowly the hub answers. Decoded, a movement takes ~1-2 KiB here against its ~150 bytes packed.
+READ_CHUNK = 1_000
+BATCH_MAX_BYTES = 2 * 1024 * 1024  # 10,000 movements of a POS export pack into ~1.4 MiB: such batches stay whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +146,58 @@ class ReplicatorState:
     backlog: int | None  # pending events after the last attempt, if known
 
 
+class _Sent(NamedTuple):
+    """An event of a batch, as the hub's answer names it (protocol.answers.Sent)."""
+
+    event_id: bytes
+    seq: int
+
+
+class _Batch(Sequence[_Sent]):
+    """The events of a batch as an answer names them: each one's id and seq, packed (24 bytes an event; the
+    events themselves are not kept once packed)."""
+
+    __slots__ = ("_ids", "_seqs", "first_wall_ms")
+
+    def __init__(self, ids: bytes = b"", seqs: array[int] | None = None, first_wall_ms: int | None = None) -> None:
+        self._ids = ids  # the event ids, one after another
+        self._seqs = array("q") if seqs is None else seqs
+        self.first_wall_ms = first_wall_ms  # the first event's wall ms (the oldest pending, read ahead)
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    @overload
+    def __getitem__(self, index: int) -> _Sent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[_Sent]: ...
+
+    def __getitem__(self, index: int | slice) -> _Sent | Sequence[_Sent]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        i = range(len(self))[index]  # an IndexError, as from a tuple
+        return _Sent(self._ids[i * EVENT_ID_BYTES : (i + 1) * EVENT_ID_BYTES], self._seqs[i])
+
+    def ids(self) -> set[bytes]:
+        return {self._ids[i : i + EVENT_ID_BYTES] for i in range(0, len(self._ids), EVENT_ID_BYTES)}
+
+
 @dataclass(frozen=True, slots=True)
 class _Prepared:
-    """A batch read from the outbox and packed, ready to send once the mark is ``after``."""
+    """A batch read from the outbox and packed, ready to send once the mark is ``after``, and the lineage its
+    request reports (agent.outbox.Outgoing)."""
 
-    outgoing: Outgoing
-    packed_events: bytes  # protocol.encode_events(outgoing.events, as_columns=as_columns)
+    batch: _Batch
+    packed_events: bytes  # protocol.EventsPacker's, as columns if as_columns; b"" once the request is made
+    chain: bytes | None  # at the last event's seq (at the acknowledged mark when there is none)
+    epoch_base: int
+    base_chain: bytes | None
+    backlog: int  # events waiting above the acknowledged mark when read (these included)
+    oldest_pending_ms: int | None
     after: int  # read above this seq: the end of the batch on its way then (0: above the acknowledged mark)
     epoch: int  # the outbox's epoch when read
-    in_flight: int  # events of the batch on its way then (counted in outgoing.backlog)
+    in_flight: int  # events of the batch on its way then (counted in backlog)
     as_columns: bool  # packed as columns (else as maps, for a hub older than columns)
 
 
@@ -383,20 +434,20 @@ class Replicator(HubLoop):
         self._keep_ahead = False
         ahead = self._take_ahead()
         if ahead is not None:
-            prepared, reply = ahead.prepared, ahead.reply
-            batch = prepared.outgoing.events
+            batch, reply = ahead.prepared.batch, ahead.reply
         else:
             prepared = await self._next_batch()
-            batch = prepared.outgoing.events
+            batch = prepared.batch
             if not self._handshake_due and not batch:
                 await self._update(backlog=0)
                 if time.monotonic() - self._last_answer_s < self._heartbeat_s:
                     return False
                 # idle for a while: an empty request tells the hub we are alive (and re-checks its mark)
-            self._waiting = max(0, prepared.outgoing.backlog - prepared.in_flight)
+            self._waiting = max(0, prepared.backlog - prepared.in_flight)
             if batch and not self._handshake_due:  # read and pack the next batch while this one is on its way
                 self._prefetch = asyncio.create_task(self._prepare(self._limit(), batch))
             reply = asyncio.create_task(self._send(*self._request(prepared)))
+            del prepared  # its packed events are in the request now
         try:
             if batch and not self._handshake_due:
                 await self._send_ahead(batch)
@@ -443,7 +494,7 @@ class Replicator(HubLoop):
             return None
         return ahead
 
-    async def _send_ahead(self, batch: tuple[StockEvent, ...]) -> None:
+    async def _send_ahead(self, batch: _Batch) -> None:
         """While catching up with a hub that reads ``after_seq``: send the batch read ahead now, before ``batch``
         is answered, saying it follows on from ``batch``'s end (the hub keeps its mark below it until it holds
         ``batch``), and read the one after it."""
@@ -455,16 +506,17 @@ class Replicator(HubLoop):
             nxt = await task
         except OutboxError:
             return  # read again, and its failure said, when it is this loop's turn
-        events = nxt.outgoing.events
+        sent = nxt.batch
         if not (
-            events
+            sent
             and nxt.after == batch[-1].seq
             and nxt.epoch == self._outbox.epoch
             and nxt.as_columns == self._as_columns
         ):
             return
-        self._ahead = _Ahead(nxt, asyncio.create_task(self._send(*self._request(nxt, after_seq=nxt.after))))
-        self._prefetch = asyncio.create_task(self._prepare(self._limit(), events, len(batch) + len(events)))
+        reply = asyncio.create_task(self._send(*self._request(nxt, after_seq=nxt.after)))
+        self._ahead = _Ahead(dataclasses.replace(nxt, packed_events=b""), reply)  # its packed events: in the request
+        self._prefetch = asyncio.create_task(self._prepare(self._limit(), sent, len(batch) + len(sent)))
 
     def _drop_ahead(self) -> None:
         ahead, self._ahead = self._ahead, None
@@ -485,16 +537,37 @@ class Replicator(HubLoop):
         return True
 
     # --- batches: read and packed ahead ---------------------------------------------
-    async def _prepare(
-        self, limit: int, before: tuple[StockEvent, ...] = (), in_flight: int | None = None
-    ) -> _Prepared:
-        """The next ``limit`` pending events (after ``before``, the batch on its way), packed for the wire;
-        ``in_flight``: the events on their way then (default: ``before``'s)."""
+    async def _prepare(self, limit: int, before: _Batch | None = None, in_flight: int | None = None) -> _Prepared:
+        """The next pending events (after ``before``, the batch on its way), at most ``limit`` and about
+        ``BATCH_MAX_BYTES`` packed: read ``READ_CHUNK`` at a time and packed as they are read, so no more than
+        one chunk is ever held as events. ``in_flight``: the events on their way then (default: ``before``'s)."""
         after = before[-1].seq if before else 0
-        outgoing = await self._outbox.outgoing(limit, after=after)
-        packed = encode_events(outgoing.events, as_columns=self._as_columns)
-        flying = len(before) if in_flight is None else in_flight
-        return _Prepared(outgoing, packed, after, self._outbox.epoch, flying, self._as_columns)
+        epoch, as_columns = self._outbox.epoch, self._as_columns  # a fork meanwhile: the batch is not sent
+        packer = EventsPacker(as_columns=as_columns)
+        ids, seqs, first_wall_ms = bytearray(), array("q"), None
+        asked = min(limit, READ_CHUNK)
+        first = outgoing = await self._outbox.outgoing(asked, after=after)
+        chain = first.chain
+        while True:
+            events = outgoing.events
+            if events:
+                packer.add(events)
+                ids += b"".join(ev.event_id for ev in events)
+                seqs.extend(ev.seq for ev in events)
+                chain = outgoing.chain
+                first_wall_ms = events[0].wall_ms if first_wall_ms is None else first_wall_ms
+            # as many more as fit in the batch's bytes at its bytes per event so far
+            room = (BATCH_MAX_BYTES - packer.nbytes) * packer.events // packer.nbytes if packer.nbytes else READ_CHUNK
+            want = min(READ_CHUNK, limit - len(seqs), room)
+            if len(events) < asked or want <= 0:  # the outbox has no more, or the batch is full
+                break
+            asked = want
+            outgoing = await self._outbox.outgoing(asked, after=seqs[-1])
+        flying = len(before or ()) if in_flight is None else in_flight
+        return _Prepared(
+            _Batch(bytes(ids), seqs, first_wall_ms), packer.finish(), chain, first.epoch_base, first.base_chain,
+            first.backlog, first.oldest_pending_ms, after, epoch, flying, as_columns,
+        )  # fmt: skip
 
     async def _next_batch(self) -> _Prepared:
         """The batch read ahead while the last one was on its way, if it still follows the acknowledged mark
@@ -508,7 +581,7 @@ class Replicator(HubLoop):
                     ahead.after == self._acked_seq
                     and ahead.epoch == self._outbox.epoch
                     and ahead.as_columns == self._as_columns
-                    and 0 < len(ahead.outgoing.events) <= limit
+                    and 0 < len(ahead.batch) <= limit
                 ):
                     return ahead
         elif task is not None:
@@ -531,16 +604,16 @@ class Replicator(HubLoop):
 
     def _request(self, prepared: _Prepared, after_seq: int | None = None) -> tuple[bytes, int]:
         """The request's body, with the acknowledged mark as it is now, and the clock when it is sent."""
-        outgoing = prepared.outgoing
+        batch = prepared.batch
         # Read ahead, the backlog counted the batch before this one, which is acknowledged now.
-        backlog = max(len(outgoing.events), outgoing.backlog - prepared.in_flight)
-        oldest_ms = outgoing.events[0].wall_ms if prepared.in_flight and outgoing.events else outgoing.oldest_pending_ms
+        backlog = max(len(batch), prepared.backlog - prepared.in_flight)
+        oldest_ms = batch.first_wall_ms if prepared.in_flight and batch else prepared.oldest_pending_ms
         # Skew is measured from the request (NTP style), on the clock that stamps this outbox's events.
         sent_ms = self._outbox.wall_ms()
         request = SyncRequest(
-            self._outbox.agent_id, self._outbox.epoch, outgoing.events, acked_seq=self._acked_seq,
+            self._outbox.agent_id, self._outbox.epoch, (), acked_seq=self._acked_seq,
             backlog=backlog, oldest_pending_ms=oldest_ms,
-            chain=outgoing.chain, epoch_base=outgoing.epoch_base or None, base_chain=outgoing.base_chain,
+            chain=prepared.chain, epoch_base=prepared.epoch_base or None, base_chain=prepared.base_chain,
             sent_ms=sent_ms, follows_feed=self.feed is not None, after_seq=after_seq,
         )  # fmt: skip
         return encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns), sent_ms
@@ -579,7 +652,7 @@ class Replicator(HubLoop):
             ) from err
 
     async def _accepted(
-        self, batch: tuple[StockEvent, ...], body: bytes, sent_ms: int, received_ms: int, *, sent_ahead: bool = False
+        self, batch: _Batch, body: bytes, sent_ms: int, received_ms: int, *, sent_ahead: bool = False
     ) -> bool:
         try:
             resp = decode_sync_response(body)
@@ -601,7 +674,7 @@ class Replicator(HubLoop):
             log.debug("The hub kept its mark at seq %d below a batch sent ahead; sending it again.", resp.hwm)
             await self._update(attempts=self._state.attempts + 1)
             return True
-        sent = {ev.event_id for ev in batch}
+        sent = batch.ids() if resp.rejected else set()
         if any(r.event_id not in sent for r in resp.rejected):  # only the events of this request are its to judge
             for r in resp.rejected:
                 if r.event_id not in sent:
@@ -667,7 +740,7 @@ class Replicator(HubLoop):
         )
         return result.backlog > 0
 
-    async def _invalid(self, batch: tuple[StockEvent, ...], body: bytes) -> bool:
+    async def _invalid(self, batch: _Batch, body: bytes) -> bool:
         rejections = _rejections_from_422(batch, body)
         if not rejections:
             raise TurnFailed(
@@ -688,7 +761,7 @@ class Replicator(HubLoop):
         await self._answered(waiting=len(batch))
         return True
 
-    async def _too_big(self, batch: tuple[StockEvent, ...]) -> bool:
+    async def _too_big(self, batch: _Batch) -> bool:
         if len(batch) <= 1:
             raise TurnFailed(
                 "the hub refused a single event as too large", kind="hub_error", reachable=True, level=logging.ERROR
@@ -863,7 +936,7 @@ def _error_message(body: bytes) -> str:
     return huberrors.error_message(body)
 
 
-def _rejections_from_422(batch: tuple[StockEvent, ...], body: bytes) -> list[Rejection]:
+def _rejections_from_422(batch: _Batch, body: bytes) -> list[Rejection]:
     """The events of the batch the 422 answer's ``rejected`` names (protocol.answers reads it, either shape)."""
     rejections, strangers = answers.rejections_in_batch(batch, answers.read_rejected(body))
     for event_id in strangers:
