@@ -916,6 +916,7 @@ class Outbox(SqliteFile):
     def _set_aside(self, conn: sqlite3.Connection, rejections: Sequence[Rejection]) -> int:
         done = 0
         now_ms = self._wall_clock_ms()
+        held: list[Rejection] = []
         for r in rejections:
             row = conn.execute("SELECT seq FROM events WHERE event_id = ?", (r.event_id,)).fetchone()
             if row is None:  # the id is the key; a seq alone could name another event
@@ -930,9 +931,17 @@ class Outbox(SqliteFile):
                 (row[0], r.code, r.reason, now_ms),
             )
             if r.code == HELD_CODE:  # processed by the hub, held there for an operator: not set aside here
-                log.warning("The hub holds event seq %d in its clock quarantine: %s.", r.seq, r.reason)
+                held.append(r)
+                log.debug("The hub holds event seq %d in its clock quarantine: %s.", r.seq, r.reason)
             else:
                 done += 1
+        if held:  # one line an answer: an export older than the credential had every row held, 10,000 a batch
+            seqs = sorted(r.seq for r in held)
+            which = f"event seq {seqs[0]}" if len(seqs) == 1 else f"{len(seqs):,} events (seq {seqs[0]} to {seqs[-1]})"
+            log.warning(
+                "The hub holds %s in its clock quarantine, for an operator to apply or refuse there; the first: %s.",
+                which, held[0].reason,
+            )  # fmt: skip
         return done
 
     async def rebind(self, agent_id: str) -> Rebound:

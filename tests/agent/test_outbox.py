@@ -146,6 +146,21 @@ async def test_set_aside_events_leave_the_backlog_and_are_listed_with_their_reas
         assert (await outbox.stats()).backlog == 2
 
 
+async def test_events_the_hub_holds_in_its_clock_quarantine_are_said_in_one_line_per_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An export older than the store's credential had every row held: one WARNING per event, 10,000 a batch."""
+    caplog.set_level(logging.DEBUG, logger="agent.outbox")
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        events = (await outbox.record([sale(f"S{i}") for i in range(50)])).events
+        reason = "its clock reads 2024-01-01, before this agent's credential was issued"
+        held = [Rejection(ev.event_id, ev.seq, outbox_module.HELD_CODE, reason) for ev in events[5:45]]
+        assert await outbox.set_aside(held) == 0  # held by the hub: not set aside here
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    whole = "The hub holds 40 events (seq 6 to 45) in its clock quarantine, for an operator to apply or refuse there;"
+    assert said == [f"{whole} the first: {reason}."]
+
+
 async def test_the_acked_mark_rewinds_when_the_hub_mark_goes_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
