@@ -69,7 +69,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import watchfiles
 
@@ -78,6 +78,7 @@ from agent.pos.config import PosConfigError
 from agent.pos.errors import PosImportError
 from agent.pos.importer import HELD, PosImporter
 from agent.pos.model import CutRow, ImportReport
+from protocol import wall_ms_now
 from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
 from protocol.values import shown
 
@@ -106,16 +107,43 @@ WAITING_FOR_FOLDER = "waiting_for_folder"
 
 
 @dataclass(frozen=True, slots=True)
+class HeldFile:
+    """A file in the drop folder whose complete rows are imported and whose last line (no line break) is held."""
+
+    file_name: str
+    rows_read: int  # the rows imported so far (the import's ``rows_read``)
+    held_since_ms: int  # wall-clock ms when its last line was first held
+    hold_ends_ms: int | None  # when the line is taken as it stands if the file stays unchanged (None: it changed
+    # since and is imported again, from its checkpoint, once it settles)
+
+    def to_json(self) -> dict[str, str | int | None]:
+        return {
+            "file_name": self.file_name, "rows_read": self.rows_read, "held_since_ms": self.held_since_ms,
+            "hold_ends_ms": self.hold_ends_ms,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class PosFolderState:
     """What the drop folder's watcher is doing, for the agent's status: ``watching`` it, or
-    ``waiting_for_folder`` with the ``problem`` that keeps it from the folder."""
+    ``waiting_for_folder`` with the ``problem`` that keeps it from the folder; and the files ``held``."""
 
     watch_dir: Path
     state: str
     problem: str | None = None
+    held: tuple[HeldFile, ...] = ()
 
-    def to_json(self) -> dict[str, str | None]:
-        return {"watch_dir": str(self.watch_dir), "state": self.state, "problem": self.problem}
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "watch_dir": str(self.watch_dir), "state": self.state, "problem": self.problem,
+            "held": [h.to_json() for h in self.held],
+        }  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Held:
+    since_ms: int  # wall-clock ms when its last line was first held
+    rows_read: int  # by its latest held import
 
 
 @dataclass(slots=True)
@@ -284,7 +312,7 @@ class PosFolderWatcher:
         self._waiting: str | None = None  # why the folder cannot be used now (None: it is watched)
         self._said_waiting: str | None = None  # the last such problem the log said (said again only if new)
         self._next_try = 0.0  # monotonic seconds when a folder that cannot be used is tried again
-        self._held_said: set[Path] = set()  # files whose last line the log said is held (once a file)
+        self._held: dict[Path, _Held] = {}  # files whose last line is held (the log said so once a file)
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -310,7 +338,21 @@ class PosFolderWatcher:
     def state(self) -> PosFolderState:
         """Whether the folder is watched, or waited for and why (the local API's status shows it)."""
         problem = self._waiting or self._unlistable
-        return PosFolderState(self.folder, WATCHING if problem is None else WAITING_FOR_FOLDER, problem)
+        return PosFolderState(
+            self.folder, WATCHING if problem is None else WAITING_FOR_FOLDER, problem, self._held_files()
+        )
+
+    def _held_files(self) -> tuple[HeldFile, ...]:
+        """The files in the folder whose last line is held, by name (one gone or not listed any more is not)."""
+        now, now_ms = time.monotonic(), wall_ms_now()
+        limit = max(self.unfinished_line_s, self.settle_s)
+        listed = []
+        for path, held in self._held.items():
+            if (seen := self._pending.get(path)) is None:
+                continue
+            ends = round(now_ms + (seen.since + limit - now) * 1000) if seen.held else None
+            listed.append(HeldFile(path.name, held.rows_read, held.since_ms, ends))
+        return tuple(sorted(listed, key=lambda h: h.file_name))
 
     def _take_folder(self) -> None:
         """Make the folder if it is not there, claim it, make processed/ and failed/ in it; ``DropFolderUnusable``
@@ -453,6 +495,8 @@ class PosFolderWatcher:
             await self._file_unmovable()
             self._rescan(now)
         path = self._settled(now)
+        for gone in [p for p in self._held if p not in self._pending]:  # deleted, moved away, or the folder lost
+            del self._held[gone]
         if path is not None:
             self._importing = path
             await self._import(path)
@@ -723,15 +767,17 @@ class PosFolderWatcher:
         if report.status == HELD:
             if (now := self._pending.get(path)) is not None:
                 now.held = True  # imported again once it changes and settles, or stays unchanged long enough
-            if path not in self._held_said:
-                self._held_said.add(path)
+            if (held := self._held.get(path)) is not None:
+                held.rows_read = report.rows_read
+            else:
+                self._held[path] = _Held(wall_ms_now(), report.rows_read)
                 log.info(
                     "%s ends in the middle of a line, as if the POS were still writing it: its %s complete rows are "
                     "imported, and its last line is held until it ends or the file has not changed for %s s.",
                     _name(path), f"{report.rows_read:,}", f"{max(self.unfinished_line_s, self.settle_s):g}",
                 )  # fmt: skip
             return
-        self._held_said.discard(path)
+        self._held.pop(path, None)
         self._pending.pop(path, None)
         await self._finish(path, report, seen)
 

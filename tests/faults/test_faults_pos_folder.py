@@ -78,7 +78,12 @@ def _waiting_while_the_rest_works(hub: HubProcess, store: Store, agent: AgentPro
     agent.wait_for_printed("the simulation ends", lambda printed: f"simulation complete {SIMULATED}" in printed, WAIT_S)
     wait_until("every simulated sale reaches the hub", lambda: drained([store], hub.db), WAIT_S)
     status = _status(port)
-    assert status["pos_import"] == {"watch_dir": str(drop), "state": "waiting_for_folder", "problem": said.group(1)}
+    assert status["pos_import"] == {
+        "watch_dir": str(drop),
+        "state": "waiting_for_folder",
+        "problem": said.group(1),
+        "held": [],
+    }
     assert agent.alive()
     return said.group(0)
 
@@ -109,7 +114,7 @@ def test_a_read_only_drop_folder_waits_and_is_taken_once_writable_also_when_it_t
     mounts.writable(drop)
     agent.wait_for_log(rf"The POS drop folder {drop} can be used now; watching it\.")
     _imported_once(store, agent, drop, "early.csv", range(5))
-    assert _status(port)["pos_import"] == {"watch_dir": str(drop), "state": "watching", "problem": None}
+    assert _status(port)["pos_import"] == {"watch_dir": str(drop), "state": "watching", "problem": None, "held": []}
 
     # read-only while it runs: an export dropped just before is neither lost nor booked twice
     _export(drop, "late.csv", 100)

@@ -19,6 +19,7 @@ import pytest
 from agent.outbox import Outbox
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig
 from agent.pos import watcher as watcher_module
+from protocol import wall_ms_now
 from tests.agent.pos.pos_helpers import LOCATION, SQUARE_UTF8, open_env
 from tests.harness.small_disk import fill
 
@@ -613,3 +614,41 @@ async def test_the_complete_rows_of_a_file_ending_without_a_line_break_are_impor
             "imported, and its last line is held until it ends or the file has not changed for 300 s."
         )
     ], held
+
+
+async def test_the_agents_status_lists_the_files_held_with_their_rows_so_far_and_when_the_hold_ends(
+    tmp_path: Path,
+) -> None:
+    """A held file was only in the log: the status (``state()``, the local API's ``pos_import``) said the folder
+    was watched and nothing of the file sitting there, its last line waiting for up to five minutes. It lists each
+    file held: its name, the rows read so far, since when it is held and when its last line is taken as it stands
+    if the file stays unchanged. Once the line ends, the file is listed no more."""
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    header = "date,time,sku,qty,kind,ref\n"
+    rows = "".join(f"2024-03-05,10:00:0{i},DONE-{i},1,sale,r{i}\n" for i in range(5))
+    config = PosImportConfig(profile="generic", unfinished_line_s=300)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.2, on_report=reports) as watcher,
+    ):
+        assert watcher.state().to_json()["held"] == []
+        written_ms = wall_ms_now()
+        target = folder / "day.csv"
+        target.write_text(header + rows + "2024-03-05,10:00:09,LAST-9,1,sale,r9", encoding="utf-8")
+        async with asyncio.timeout(WAIT_S):
+            while not watcher.state().held:
+                await asyncio.sleep(0.05)
+        looked_ms = wall_ms_now()
+        listed = watcher.state().to_json()
+        assert listed["state"] == "watching"
+        [held] = listed["held"]
+        assert (held["file_name"], held["rows_read"]) == ("day.csv", 5)
+        assert written_ms <= held["held_since_ms"] <= looked_ms
+        # taken as it stands 300 s after the file last changed (it was written between written_ms and held_since_ms)
+        assert written_ms + 300_000 - 1000 <= held["hold_ends_ms"] <= held["held_since_ms"] + 300_000 + 1000
+        with target.open("a", encoding="utf-8") as till:
+            till.write("0\n")  # the till ends the line
+        report, _ = await reports.next()
+        assert report.status == "imported"
+        assert watcher.state().held == () and watcher.state().to_json()["held"] == []
