@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from hub import catchup
 from hub.auth import STORE_KEY
+from hub.starting import starting_family
 from hub.storage.base import AgentStatus, IngestResult
 from protocol import wall_ms_now
 
@@ -143,6 +144,13 @@ class _CatchUpCollector(Collector):
         yield from (running, waiting, waited, refused)
 
 
+class _ServingCollector(Collector):
+    """``shelfsync_hub_starting`` at 0 for every phase: the hub serves (hub.starting says 1 while it opens)."""
+
+    def collect(self) -> Iterable[Metric]:
+        yield starting_family(None)
+
+
 class HubMetrics:
     """The metrics of one hub application."""
 
@@ -187,6 +195,7 @@ class HubMetrics:
         self.recent = RecentIngest()
         self._agents = _AgentCollector(self.recent)
         r.register(self._agents)
+        r.register(_ServingCollector())
 
     def observe(self, route: str, result: IngestResult, elapsed_s: float) -> None:
         self.batches.labels(route).inc()

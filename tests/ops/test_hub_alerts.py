@@ -19,7 +19,9 @@ import pytest
 
 from tests.harness.commands import hub_env, new_hub_db, run_hub
 from tests.harness.hub_process import HubProcess
-from tests.harness.net import wait_until
+from tests.harness.net import free_port, wait_until
+from tests.ops.held_migration import HOLD_FILE_ENV
+from tests.ops.test_hub_migrating import HELD, LATEST, phase, scrape, write_sqlite
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "packaging" / "prometheus"
 RULES = RULES_DIR / "shelfsync-alerts.yml"
@@ -103,3 +105,55 @@ def test_every_metric_the_rules_read_is_exported_by_a_running_hub(tmp_path: Path
 
     assert sorted(name for name in wanted if not exported(name)) == []
     assert len(wanted) >= 8
+
+
+def labels(pairs: dict[str, str]) -> str:
+    return "{" + ", ".join(f'{key}="{value}"' for key, value in pairs.items()) + "}"
+
+
+def test_a_hub_held_mid_migration_is_up_for_prometheus_and_only_the_migrating_alert_fires(tmp_path: Path) -> None:
+    """Found by scraping a hub migrating a big ledger: /metrics answered 503, Prometheus counted the hub down and
+    ShelfsyncHubDown paged someone two minutes into a planned upgrade. The series a real hub held mid-migration
+    serves are fed to promtool as its scrapes for 40 minutes: ShelfsyncHubDown stays quiet, ShelfsyncHubMigrating
+    fires after its 30."""
+    tool = promtool()
+    db = tmp_path / "hub.db"
+    write_sqlite(db, LATEST - 1)
+    released = tmp_path / "released"
+    hub = HubProcess(tmp_path / "hub.log", db=db, port=free_port(), env=hub_env(**{HOLD_FILE_ENV: str(released)}),
+                     python=HELD)  # fmt: skip
+    try:
+        hub.spawn()
+        wait_until("the hub begins its migration", lambda: phase(hub.url) == "migrating")
+        status, _, text = scrape(hub.url)
+        released.touch()
+        hub.wait_ready()
+        assert hub.stop() == 0
+    finally:
+        hub.close()
+    assert status == 200, text
+    starting = re.findall(r'^shelfsync_hub_starting\{phase="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    assert ("migrating", "1.0") in starting and len(starting) == 3, text
+    target = {"job": "shelfsync-hub", "instance": "hub-1:8470"}
+    series = [{"series": f"up{labels(target)}", "values": "1x45"}] + [
+        {"series": f"shelfsync_hub_starting{labels({**target, 'phase': name})}", "values": f"{float(value):g}x45"}
+        for name, value in starting
+    ]
+    said = re.search(r"- alert: ShelfsyncHubMigrating\n(?:.*\n)*?\s+summary: (\".*\")\n\s+description: (\".*\")\n",
+                     RULES.read_text())  # fmt: skip
+    assert said is not None
+    summary, description = (json.loads(text).replace("{{ $labels.instance }}", "hub-1:8470") for text in said.groups())
+    quiet = [{"eval_time": at, "alertname": "ShelfsyncHubDown", "exp_alerts": []} for at in ("10m", "40m")]
+    fired = {
+        "exp_labels": {"severity": "warning", **target},
+        "exp_annotations": {"summary": summary, "description": description},
+    }
+    checks = [*quiet, {"eval_time": "10m", "alertname": "ShelfsyncHubMigrating", "exp_alerts": []},
+              {"eval_time": "40m", "alertname": "ShelfsyncHubMigrating", "exp_alerts": [fired]}]  # fmt: skip
+    shutil.copyfile(RULES, tmp_path / RULES.name)
+    tests = tmp_path / "scraped.test.yml"  # JSON is YAML
+    tests.write_text(json.dumps({"rule_files": [RULES.name], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": series, "alert_rule_test": checks}]}))  # fmt: skip
+    done = subprocess.run([tool, "test", "rules", tests.name], cwd=tmp_path, capture_output=True, check=False,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

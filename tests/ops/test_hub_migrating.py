@@ -122,6 +122,33 @@ def check_starting(url: str, state: str, *, step: bool) -> None:
         assert untimed(problem["detail"]).startswith(said) and "try again" in problem["detail"], (path, problem)
 
 
+def scrape(url: str) -> tuple[int, str, str]:
+    """Status, Content-Type and text of ``GET /metrics`` without a credential."""
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with no_proxy.open(f"{url}/metrics", timeout=ASK_TIMEOUT_S) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def check_starting_metrics(url: str, state: str, *, step: bool) -> None:
+    """``/metrics`` answers 200 while the hub opens its database (Prometheus's ``up`` stays 1: not "down"), with
+    the phase and, while migrating, the step."""
+    status, kind, text = scrape(url)
+    assert status == 200 and kind.startswith("text/plain"), (status, text)
+    assert f'shelfsync_hub_starting{{phase="{state}"}} 1.0' in text, text
+    others = [p for p in ("opening", "migrating", "waiting") if p != state]
+    assert all(f'shelfsync_hub_starting{{phase="{p}"}} 0.0' in text for p in others), text
+    if step:
+        assert f"shelfsync_hub_migration_schema_version {LATEST}.0" in text, text
+        assert "shelfsync_hub_migration_step 1.0" in text and "shelfsync_hub_migration_steps 1.0" in text, text
+        assert re.search(r"^shelfsync_hub_migration_step_seconds \d", text, re.MULTILINE), text
+    else:
+        assert "shelfsync_hub_migration_step " not in text, text
+    assert "shelfsync_agent_" not in text, text  # nothing read from a database not open yet, nor behind a credential
+
+
 def check_serving(url: str) -> None:
     status, _, live = ask(f"{url}/livez")
     assert status == 200 and live == {"status": "ok"}, live
@@ -140,6 +167,7 @@ def test_a_sqlite_hub_migrating_answers_its_probes_then_serves(tmp_path: Path) -
         hub.spawn()
         wait_until("the hub begins its migration", lambda: phase(hub.url) == "migrating")
         check_starting(hub.url, "migrating", step=True)
+        check_starting_metrics(hub.url, "migrating", step=True)
         assert "Migrating the hub database" in hub.run_log and "hub listening" not in hub.run_log, hub.run_log
         released.touch()
         hub.wait_ready()
@@ -168,6 +196,8 @@ async def test_two_postgres_hubs_one_migrating_one_waiting_both_answer_their_pro
         await asyncio.to_thread(wait_until, "the second hub waits", lambda: phase(second.url) == "waiting")
         await asyncio.to_thread(check_starting, first.url, "migrating", step=True)
         await asyncio.to_thread(check_starting, second.url, "waiting", step=False)
+        await asyncio.to_thread(check_starting_metrics, first.url, "migrating", step=True)
+        await asyncio.to_thread(check_starting_metrics, second.url, "waiting", step=False)
         await holder.execute("SELECT pg_advisory_unlock($1)", key)
         for hub in (first, second):
             await asyncio.to_thread(hub.wait_ready)
