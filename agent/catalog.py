@@ -61,6 +61,7 @@ from agent.hub_loop import (
     read_answer,
     redirected,
 )
+from agent.huberrors import error_message
 from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.event import SKU_MAX_LEN
@@ -571,9 +572,7 @@ class AgentCatalog(HubLoop):
                     raise TurnFailed(foreign)
                 if resp.status != 200:
                     what = "refused this agent's credentials" if resp.status in (401, 403) else "answered"
-                    raise TurnFailed(
-                        f"the hub at {self._url} {what} (HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')})"
-                    )
+                    raise TurnFailed(f"the hub at {self._url} {what} (HTTP {resp.status}: {error_message(body)})")
                 etag = resp.headers.get("ETag")
         except AnswerTooLarge as err:
             raise TurnFailed(str(err)) from err
@@ -713,8 +712,7 @@ class AgentCatalog(HubLoop):
                     return None
                 if resp.status != 200:
                     raise TurnFailed(
-                        f"the hub at {url} answered HTTP {resp.status} for its bundles:"
-                        f" {body[:200].decode('utf-8', 'replace')}"
+                        f"the hub at {url} answered HTTP {resp.status} for its bundles: {error_message(body)}"
                     )
                 etag = resp.headers.get("ETag")
         except AnswerTooLarge as err:

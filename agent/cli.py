@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from agent import huberrors
 from agent.catalog import AgentCatalog
 from agent.config import AgentConfig, load_config
 from agent.config_sources import CONFIG_ENV, LOG_LEVEL_ENV, default_config_path
@@ -512,8 +513,9 @@ async def _probe(hub_url: str) -> str | None:
             kind = resp.headers.get("Content-Type", "")
             if (foreign := not_the_hubs(url, resp.status, kind, body, JSON)) is not None:
                 return redact_url(foreign)
-            if resp.status != 200:
-                return f"answered HTTP {resp.status}"
+            if resp.status != 200:  # the hub's own sentence: "the hub is migrating its database to …" (docs/agent.md)
+                detail = huberrors.error_member(body, "detail")
+                return f"answered HTTP {resp.status}" + (f": {detail}" if isinstance(detail, str) and detail else "")
             try:  # another service's {"status": "ok"} (hub_url one port off) is not the hub's health
                 foreign = not_a_hubs_json(url, json.loads(body), HEALTH_FIELDS)
             except ValueError:

@@ -812,8 +812,15 @@ class Replicator(HubLoop):
                 level=logging.ERROR,
             )
         if status >= 500:
+            # A hub migrating its database at its start answers 503 with Retry-After and its sentence ("the hub is
+            # migrating its database to schema version 12 (…)"): said once for the streak, sent again as it asks.
+            wait_s = parse_retry_after(self._retry_after) if status == 503 else None
+            waiting = "" if wait_s is None else f"; waiting {wait_s:g} s as it asks"
             return TurnFailed(
-                f"the hub answered HTTP {status} ({message})", kind="hub_error", reachable=status not in (502, 503, 504)
+                f"the hub answered HTTP {status} ({message}){waiting}",
+                kind="hub_error",
+                reachable=status not in (502, 503, 504),
+                retry_after_s=wait_s,
             )
         if 300 <= status < 400:
             return TurnFailed(

@@ -31,7 +31,9 @@ import asyncpg
 from hub.storage.postgres import schema as postgres_schema
 from hub.storage.sqlite import schema as sqlite_schema
 from protocol import MSGPACK_CONTENT_TYPE
-from tests.harness.commands import hub_env, run_hub
+from tests.harness.agent_process import AgentProcess, write_agent_config
+from tests.harness.commands import hub_env, run_agent, run_hub
+from tests.harness.credentials import Credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, wait_until
 from tests.harness.small_disk import fill
@@ -208,6 +210,44 @@ async def test_two_postgres_hubs_one_migrating_one_waiting_both_answer_their_pro
         await holder.close()
         first.close()
         second.close()
+
+
+def test_an_agent_says_the_migrating_hubs_own_sentence_once_and_waits_as_it_asks(tmp_path: Path) -> None:
+    """Found by running ``shelfsync-agent status`` against a hub migrating its database: it said only "answered
+    HTTP 503", and the running agent backed off by its own schedule, not the hub's Retry-After."""
+    db = tmp_path / "hub.db"
+    write_sqlite(db, LATEST - 1)
+    released = tmp_path / "released"
+    env = hub_env(**{HOLD_FILE_ENV: str(released), "SHELFSYNC_HUB_ACCESS_LOG": "true"})
+    hub = HubProcess(tmp_path / "hub.log", db=db, port=free_port(), env=env, python=HELD)
+    config = write_agent_config(tmp_path / "store" / "agent.toml", cred=Credential("store-1", "t-1"), location="S1",
+                                hub_url=hub.url)  # fmt: skip
+    agent: AgentProcess | None = None
+    try:
+        hub.spawn()
+        wait_until("the hub begins its migration", lambda: phase(hub.url) == "migrating")
+        recorded = run_agent("record", "--config", str(config), "--sku", "SKU-1", "--kind", "receive", "--qty", "3")
+        assert recorded.returncode == 0, recorded.stderr
+        status = run_agent("status", "--json", "--config", str(config))
+        report = json.loads(status.stdout)
+        assert report["hub_reachable_now"] is False, report
+        said = f"the hub is migrating its database to schema version {LATEST} ({NAME})"
+        assert report["hub_probe"].startswith(f"answered HTTP 503: {said}"), report["hub_probe"]
+        text = run_agent("status", "--config", str(config)).stdout
+        assert said in text, text
+        agent = AgentProcess(config, tmp_path / "agent.log", [])
+        agent.wait_for_log(re.escape(said) + r".*; waiting 5 s as it asks")  # the hub's Retry-After
+        wait_until("the agent sending again to the migrating hub", lambda: hub.log.count('"POST /v1/sync" 503') >= 3)
+        released.touch()
+        hub.wait_ready()
+        agent.wait_for_log("refused this agent's credentials")  # the hub serves: the next answer is news
+        saying = [line.split()[3] for line in agent.log.splitlines() if said in line]
+        assert "agent.replicator:" in saying and len(saying) == len(set(saying)), agent.log  # once per loop
+        assert '"type":' not in agent.log, agent.log  # the hub's sentence, not its JSON
+    finally:
+        if agent is not None:
+            assert agent.stop() == 0
+        hub.close()
 
 
 def test_a_full_disk_mid_migration_says_the_database_is_still_at_the_old_version(small_disk: Path) -> None:
