@@ -408,11 +408,16 @@ class Outbox(SqliteFile):
         cache reads the hub's change feed from 0, since the cursor it kept went past the new location's changes."""
         unsent = conn.execute(f"SELECT count(*) FROM events WHERE {_PENDING} AND location = ?", (was,)).fetchone()[0]
         _set_meta(conn, location=location, feed_cursor=0)
+        # The feed follows this agent's location only: what the cache kept for the old one would be served as the
+        # hub's count for ever after, however the hub's count moved. Answers to the old location's unsent movements
+        # store their keys again, as of those answers.
+        dropped = conn.execute("DELETE FROM counts WHERE location = ?", (was,)).rowcount
         log.warning(
             "The outbox %s was for location %s and is now for %s (the configuration changed): its %d movements"
             " recorded at %s and not yet sent are sent as %s's, new ones are booked at %s, and the count cache"
-            " reads %s's counts from the start of the hub's change feed.",
-            self.path, was, location, unsent, was, was, location, location,
+            " reads %s's counts from the start of the hub's change feed and drops the %d counts it kept for %s,"
+            " which it no longer follows.",
+            self.path, was, location, unsent, was, was, location, location, dropped, was,
         )  # fmt: skip
 
     def _load(self, conn: sqlite3.Connection, agent_id: str | None) -> None:

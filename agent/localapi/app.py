@@ -363,7 +363,7 @@ async def sku_count(request: web.Request) -> web.Response:
     if (problem := values.LOCATION.problem(location)) is not None:  # the rule the hub reads locations by
         raise web.HTTPBadRequest(text=f"location {problem}; a location code is {values.LOCATION.rule()}")
     count = await ctx.outbox.counts.local_count(location, sku)
-    return _json(views.count_json(count))
+    return _json(views.count_json(count, agent_location=ctx.outbox.location))
 
 
 # --- sessions ------------------------------------------------------------------------------

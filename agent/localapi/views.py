@@ -148,7 +148,9 @@ def view_json(v: SessionView, lines_shown: int = LINES_SHOWN_DEFAULT) -> dict[st
     }
 
 
-def count_json(c: LocalCount) -> dict[str, Any]:
+def count_json(c: LocalCount, *, agent_location: str) -> dict[str, Any]:
+    """``followed``: the count cache follows the hub's changes of this location (the agent's own) as they happen;
+    another location's count is the hub's as of its last answer for the key, and no later change reaches it."""
     return {
         "location": c.location,
         "sku": c.sku,
@@ -158,6 +160,7 @@ def count_json(c: LocalCount) -> dict[str, Any]:
         "in_transit": c.in_transit,
         "pending_events": c.pending_events,
         "hub_as_of_ms": c.hub_as_of_ms,
+        "followed": c.location == agent_location,
     }
 
 
