@@ -672,7 +672,12 @@ class AgentCatalog(HubLoop):
         bound = frozenset(loc for loc in own["locations"] if isinstance(loc, str))
         if self._location in bound:
             if self._unbound is not None:
-                log.info("The hub binds this agent's credential to %s now.", self._location)
+                log.warning(
+                    "The hub binds this agent's credential to %s now; the movements it refused before"
+                    " (forbidden_location) stay set aside until `shelfsync-agent resend --code forbidden_location`"
+                    " is run while the agent is stopped.",
+                    self._location,
+                )
             self._unbound = None
             return
         if bound == self._unbound:

@@ -39,7 +39,7 @@ from agent.catalog import AgentCatalog
 from agent.config import AgentConfig, load_config
 from agent.config_sources import CONFIG_ENV, LOG_LEVEL_ENV, default_config_path
 from agent.discovery import HubFinder
-from agent.errors import AgentError, ConfigError, InvalidMovement, OutboxOfAnotherAgent
+from agent.errors import AgentError, ConfigError, InvalidMovement, OutboxError, OutboxOfAnotherAgent
 from agent.hub_loop import (
     FOLLOW_REDIRECTS,
     AnswerTooLarge,
@@ -59,7 +59,7 @@ from agent.lock import (
     hold_data_dir_lock,
     refuse_new_outbox_beside_agent,
 )
-from agent.outbox import FILE_CHECK_S, Movement, Outbox, OutboxStats
+from agent.outbox import FILE_CHECK_S, NEVER_RESENT, Movement, Outbox, OutboxStats
 from agent.pos import PosFolderState, PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
 from agent.redact import install_log_redaction, redact_url
 from agent.replicator import Replicator
@@ -144,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="let the outbox send as the configured agent id (the store's credential is another agent's now)",
     )
+    resend = commands.add_parser(
+        "resend",
+        parents=[common],
+        help="queue movements the hub refused (set aside) again, once what made it refuse them is put right"
+        " (run it while the agent is stopped)",
+    )
+    which = resend.add_mutually_exclusive_group()
+    which.add_argument(
+        "--code",
+        action="append",
+        metavar="CODE",
+        help="those set aside with this code (forbidden_location …); repeatable",
+    )
+    which.add_argument("--seq", action="append", type=int, metavar="SEQ", help="the one at this seq; repeatable")
+    which.add_argument("--all", action="store_true", help="every one whose code a resend can change")
     return parser
 
 
@@ -173,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "record": _record,
         "import": import_command,
         "rebind": _rebind,
+        "resend": _resend,
         "outbox": _outbox_send,
     }[args.command]
     try:
@@ -574,7 +590,7 @@ def _human(r: dict[str, Any]) -> str:
         f"sync state   {r['sync_state']}",
         f"last error   {r['last_error'] or 'none'}",
         f"hub          {hub}",
-        f"set aside    {r['set_aside']:,} events the hub refused",
+        f"set aside    {r['set_aside']:,} events the hub refused{_codes(r.get('set_aside_codes'))}",
         f"clock skew   {skew}",
         f"count cache  {_feed_line(r.get('feed_cursor'))}",
     ]
@@ -598,6 +614,16 @@ def _human(r: dict[str, Any]) -> str:
         lines.append(f"rebound      from agent {r['rebound_from']} at {at} (shelfsync-agent rebind)")
     lines += [_reader_line(ReaderState(**state)) for state in r.get("scanners", ())]
     return "\n".join(lines)
+
+
+def _codes(codes: dict[str, int] | None) -> str:
+    """By code, and how to send again those a resend can change."""
+    if not codes:
+        return ""
+    line = " (" + ", ".join(f"{code} {n:,}" for code, n in sorted(codes.items())) + ")"
+    if any(code not in NEVER_RESENT for code in codes):
+        line += f"; once the hub would take them, stop the agent and run `{PROG} resend --all`"
+    return line
 
 
 def _feed_line(cursor: int | None) -> str:
@@ -641,6 +667,42 @@ async def _rebind(config: AgentConfig, args: argparse.Namespace) -> int:
             f"The outbox {a.outbox} now belongs to agent {done.agent_id!r} instead of {done.previous_agent_id!r}:"
             f" its {done.waiting:,} waiting movements are sent as {done.agent_id!r} when the agent runs, and what the"
             f" hub acknowledged to {done.previous_agent_id!r} (up to seq {done.epoch_base:,}) stays counted there."
+        )
+    return EXIT_OK
+
+
+# --- resend ----------------------------------------------------------------------
+async def _resend(config: AgentConfig, args: argparse.Namespace) -> int:
+    """Set-aside movements back in the queue (Outbox.requeue); no agent may run on the outbox meanwhile."""
+    if not (args.code or args.seq or args.all):
+        raise ConfigError(
+            "say which set-aside movements to queue again: --code, --seq or --all (`shelfsync-agent status` counts"
+            " them by code)"
+        )
+    a = config.agent
+    with hold_agent_lock(a.outbox):
+        async with _open(config, create=False) as outbox:
+            try:
+                done = await outbox.requeue(
+                    codes=set(args.code) if args.code else None, seqs=set(args.seq) if args.seq else None
+                )
+            except OutboxError as err:
+                raise ConfigError(str(err)) from err
+    for r in done.requeued:
+        ev = r.event
+        print(
+            f"seq {r.previous_seq} -> {ev.seq}  {ev.event_id.hex()[:8]}  {ev.kind.value} {ev.qty} {ev.sku} at"
+            f" {ev.location} (was {r.code})"
+        )
+    left = "".join(
+        f"; {n:,} set aside as {code} stay aside: {NEVER_RESENT[code]}" for code, n in sorted(done.refused.items())
+    )
+    if not done.requeued:
+        print(f"No set-aside movement of {a.outbox} was queued again{left}.")
+    else:
+        print(
+            f"{len(done.requeued):,} set-aside movements are queued again, after the {done.waiting_before:,} waiting;"
+            f" the agent sends them when it runs{left}."
         )
     return EXIT_OK
 

@@ -226,6 +226,7 @@ class OutboxStats:
     rebound_from: str | None = None  # the agent id this outbox belonged to before the last ``rebind``, and when
     rebound_ms: int | None = None
     feed_cursor: int | None = None  # where the count cache follows the hub's change feed (None: it never did)
+    set_aside_codes: dict[str, int] = field(default_factory=dict)  # set_aside by the hub's code
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,12 +244,39 @@ class Rebound:
         return self.previous_agent_id != self.agent_id
 
 
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """One set-aside movement ``Outbox.requeue`` put back in the queue: the same event id and movement, a new seq."""
+
+    event: StockEvent  # as it is queued now (its new seq)
+    previous_seq: int
+    code: str  # what the hub had answered
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueResult:
+    requeued: tuple[Requeued, ...]
+    refused: dict[str, int]  # code → movements left aside, as no resend can change the hub's answer (``NEVER_RESENT``)
+    waiting_before: int  # movements that were waiting already, sent before the requeued ones
+
+
 # A clock that ran ahead (see Outbox._recover_clock): reset once the machine's clock is within
 # HLC_SANE_SKEW_MS of the hub's and the outbox's clock is HLC_AHEAD_RESET_MS ahead of it (the hub's
 # default clock window), or any amount over HLC_SANE_SKEW_MS when the hub has just held an event for it.
 HLC_SANE_SKEW_MS = 60_000
 HLC_AHEAD_RESET_MS = 24 * 3_600_000
 HELD_CODE = "quarantined"  # a rejection code that is not a refusal: the hub holds the event (clock quarantine)
+# Set-aside codes that ``requeue`` refuses: sending the same movement again can only meet the same answer. Every other
+# code may succeed after something changes at the hub: ``forbidden_location`` once the credential is bound to the
+# location, ``invalid_bundle`` once the bundle's recipe changes (or the SKU is no bundle any more), and a code this
+# agent does not know (a newer hub's) is left to the operator's judgement.
+NEVER_RESENT = {
+    "conflict": "the hub holds another movement under the same event id, and it keeps the one it has",
+    "invalid_transfer": "the movement itself breaks the transfer rules, and sent again unchanged it breaks them again",
+    "invalid": "the movement names another agent or epoch than the one it was sent in",
+    "unreadable": "this outbox cannot read the row back as a movement, so there is nothing to send",
+    HELD_CODE: "the hub holds it already, for its operator to apply or refuse (GET /v1/quarantine)",
+}
 
 
 def _meta(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
@@ -995,6 +1023,79 @@ class Outbox(SqliteFile):
         )
         return Rebound(previous, agent_id, new, base, waiting)
 
+    async def requeue(self, *, codes: set[str] | None = None, seqs: set[int] | None = None) -> RequeueResult:
+        """Put set-aside movements back in the queue: those set aside with one of ``codes``, or at ``seqs``, or
+        (neither given) every one whose code a resend can change.
+
+        Each keeps its event id and movement and takes a new seq after the last (in the order they were recorded):
+        the rows at or below the acknowledged mark are never sent again, and the hub counts an event id once. A
+        code of ``NEVER_RESENT`` named in ``codes``, or the code of a movement named in ``seqs``, is refused with
+        why (OutboxError) and nothing moves. Run it only while no agent runs on the outbox."""
+        if self._closed:
+            raise OutboxClosed(self.path)
+        result = await self._write(lambda conn: self._requeue(conn, codes, seqs))
+        if result.requeued:
+            first, last = result.requeued[0], result.requeued[-1]
+            log.warning(
+                "The outbox %s queued %s set-aside movements again (seq %d to %d, now %d to %d), after the %s"
+                " waiting; the agent sends them with their event ids when it runs.",
+                self.path, f"{len(result.requeued):,}", first.previous_seq, last.previous_seq, first.event.seq,
+                last.event.seq, f"{result.waiting_before:,}",
+            )  # fmt: skip
+        return result
+
+    def _requeue(self, conn: sqlite3.Connection, codes: set[str] | None, seqs: set[int] | None) -> RequeueResult:
+        if codes is not None:
+            never = sorted(c for c in codes if c in NEVER_RESENT)
+            if never:
+                why = "; ".join(f"{c}: {NEVER_RESENT[c]}" for c in never)
+                raise OutboxError(
+                    f"movements set aside as {', '.join(never)} cannot be sent again with any success ({why})"
+                )
+        columns = ", ".join("e." + c for c in _EVENT_COLUMNS.split(", "))
+        rows = conn.execute(
+            f"SELECT {columns}, r.code FROM rejected r JOIN events e ON e.seq = r.seq ORDER BY e.seq"
+        ).fetchall()
+        if seqs is not None:
+            held = {row[0]: row[-1] for row in rows}
+            for seq in sorted(seqs):
+                if seq not in held:
+                    raise OutboxError(f"no movement of this outbox is set aside at seq {seq}")
+                if held[seq] in NEVER_RESENT:
+                    raise OutboxError(
+                        f"seq {seq} was refused as {held[seq]}: {NEVER_RESENT[held[seq]]}; it cannot be sent again"
+                        " with any success"
+                    )
+            rows = [row for row in rows if row[0] in seqs]
+        elif codes is not None:
+            rows = [row for row in rows if row[-1] in codes]
+        refused: dict[str, int] = {}
+        chosen = []
+        for row in rows:
+            if row[-1] in NEVER_RESENT:
+                if row[-1] != HELD_CODE:  # held by the hub: not set aside here, nothing to say
+                    refused[row[-1]] = refused.get(row[-1], 0) + 1
+            else:
+                chosen.append(row)
+        waiting = _backlog(conn)[0]
+        acked, last_seq, chain = _meta(conn, "acked_seq"), _meta(conn, "last_seq"), _meta(conn, "chain_last")
+        done: list[Requeued] = []
+        for row in chosen:
+            old_seq, event_id, code = row[0], row[1], row[-1]
+            if old_seq > acked:  # still above the mark (the hub's mark stayed below it): sent again where it is
+                conn.execute("DELETE FROM rejected WHERE seq = ?", (old_seq,))
+                done.append(Requeued(self._event(row[:12]), old_seq, code))
+                continue
+            last_seq += 1
+            chain = chain_link(chain, event_id)
+            conn.execute("DELETE FROM rejected WHERE seq = ?", (old_seq,))
+            conn.execute("DELETE FROM events WHERE seq = ?", (old_seq,))
+            conn.execute(_INSERT_EVENT, (last_seq, *row[1:12], chain))
+            done.append(Requeued(self._event((last_seq, *row[1:12])), old_seq, code))
+        if last_seq != _meta(conn, "last_seq"):
+            conn.execute(_WRITE_MARKS, (last_seq, _meta(conn, "hlc_last"), chain))
+        return RequeueResult(tuple(done), refused, waiting)
+
     def wall_ms(self) -> int:
         """This outbox's wall clock (the one its events are stamped with)."""
         return self._wall_clock_ms()
@@ -1098,6 +1199,11 @@ class Outbox(SqliteFile):
                 rebound_from=_meta(conn, "rebound_from"),
                 rebound_ms=_meta(conn, "rebound_ms"),
                 feed_cursor=_meta(conn, "feed_cursor"),
+                set_aside_codes=dict(
+                    conn.execute(
+                        f"SELECT code, count(*) FROM rejected WHERE code <> '{HELD_CODE}' GROUP BY code ORDER BY code"
+                    ).fetchall()
+                ),
             )
 
         return await self._read(read)

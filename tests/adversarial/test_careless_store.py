@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -194,3 +195,60 @@ def test_an_agent_moved_in_its_configuration_only_says_at_start_that_the_hub_wil
     wait_until("the agent says so", lambda: said in store.log())
     assert run.stop() == 0
     assert store.log().count(said) == 1
+
+
+def bind(hub_db: Path, agent_id: str, *locations: str) -> None:
+    """Bind a credential to these locations in the hub's database (the hub asks its store at every request)."""
+    conn = sqlite3.connect(hub_db)
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE agents SET locations = ? WHERE agent_id = ?", (json.dumps(sorted(locations)), agent_id)
+            )
+    finally:
+        conn.close()
+
+
+def agent_cli(store: Store, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args, "--config", str(store.config)],
+        capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_movements_refused_before_the_credential_was_bound_to_the_new_location_are_delivered_by_resend(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    cred = add_credential(hub.db, "S001")
+    store = Store("store-1", "S001", cred, tmp_path / "store-1", hub.url)
+    store.write_config()
+    hub.start()
+    record(store, "SKU-A", "receive", 5)
+    store.location = "S002"  # moved in its configuration before the hub's operator bound the credential there
+    store.write_config()
+    record(store, "SKU-B", "receive", 3)
+    record(store, "SKU-C", "receive", 2)
+    run = store.start()
+    wait_until("two movements set aside", lambda: len(outbox_events(store.outbox, set_aside=True)) == 2)
+    refused = set(outbox_events(store.outbox, set_aside=True))
+    held = agent_cli(store, "resend", "--all")
+    assert held.returncode == 3 and "another shelfsync agent is already running" in held.stderr, held.stderr
+    assert run.stop() == 0
+    assert set(hub_events(hub.db)) == set(outbox_events(store.outbox))  # S001's receipt only
+
+    bind(Path(hub.db), cred.agent_id, "S001", "S002")  # the operator binds it, as the agent's ERROR said
+    done = agent_cli(store, "resend", "--code", "forbidden_location")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        "2 set-aside movements are queued again, after the 0 waiting; the agent sends them when it runs."
+    )
+    assert outbox_events(store.outbox, set_aside=True) == {}
+    assert set(outbox_events(store.outbox)) >= refused  # the same event ids
+    run = store.start()
+    wait_until("the refused two at the hub", lambda: len(hub_events(hub.db)) == 3)
+    wait_until("acknowledged", lambda: outbox_meta(store.outbox)["acked_seq"] == outbox_meta(store.outbox)["last_seq"])
+    assert run.stop() == 0
+    booked = {(e.location, e.sku, e.qty) for e in hub_events(hub.db).values()}
+    assert booked == {("S001", "SKU-A", 5), ("S002", "SKU-B", 3), ("S002", "SKU-C", 2)}
+    before = Store("store-1 at S001", "S001", cred, store.data_dir, hub.url)
+    verify(hub, [store, before])
