@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -371,7 +372,9 @@ async def test_a_count_square_kept_over_the_push_is_not_confirmed_and_goes_out_a
     async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
         await settle(pusher)
         await hub.move((Kind.SALE, -2, "S1", "A"))  # the hub's change: A is 8 …
-        square.drift(a, loc, 7)  # … then an edit at a register, stamped later than that change
+        # … then an edit at a register, stamped later than that change: a millisecond on, as "now" could be the
+        # change's own millisecond, and Square's tie goes to the push recorded after it
+        square.register_count(a, loc, 7, occurred_at=datetime.now(UTC) + timedelta(milliseconds=1))
         pushes = square.stats.batches_applied
         await settle(pusher)
         assert square.quantity(a, loc) == 8  # the hub's level, not the register's 7
@@ -388,8 +391,6 @@ async def test_a_count_square_kept_over_the_push_is_not_confirmed_and_goes_out_a
 async def test_a_count_square_keeps_whatever_the_stamp_is_left_to_reconciliation_after_two_pushes_more(
     hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from datetime import UTC, datetime
-
     loc = square.add_location()
     a = square.add_variation("A")
     await hub.move((Kind.RECEIVE, 10, "S1", "A"))
