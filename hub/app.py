@@ -245,7 +245,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     )
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
     exportslots.setup(app, settings.export_max_per_credential, settings.export_max)  # 429/503 past the CSV caps
-    catchup.setup(app)  # CATCHUP_SLOTS catch-up batches at once, a short line, 429 past it
+    catchup.setup(app, settings.catchup_slots)  # catch-up batches at once, a short line, 429 past it
     app[GATE_KEY] = gate
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings

@@ -158,5 +158,5 @@ class CatchUpSlots:
 SLOTS_KEY = web.AppKey("catchup_slots", CatchUpSlots)
 
 
-def setup(app: web.Application) -> None:
-    app[SLOTS_KEY] = CatchUpSlots()
+def setup(app: web.Application, slots: int = CATCHUP_SLOTS) -> None:
+    app[SLOTS_KEY] = CatchUpSlots(total=slots)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from hub.catchup import CATCHUP_SLOTS
 from hub.channels.config import ChannelConfigError, ChannelSpec, parse_channels
 from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLOCK_WINDOW_S
 from hub.heartbeat import DEFAULT_LEASE_STALE_S
@@ -54,6 +55,7 @@ ENV_PREFIX = "SHELFSYNC_HUB_"
 DATABASE_URL_FILE_KEY = "database_url_file"  # read into ``db`` when the settings are loaded
 SECRET_FILE_MAX_BYTES = 64 * 1024
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+CATCHUP_SLOTS_LIMIT = 64  # each waiting batch's body is held in memory; past a few dozen the database is the wall
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -82,6 +84,7 @@ class HubSettings:
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST  # write requests a credential may send at once
     export_max_per_credential: int = DEFAULT_EXPORT_MAX_PER_CREDENTIAL  # CSV downloads one credential runs at once
     export_max: int = DEFAULT_EXPORT_MAX  # CSV downloads this hub process runs at once
+    catchup_slots: int = CATCHUP_SLOTS  # catch-up batches (bodies over 256 KiB) this hub process commits at once
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # a request line and headers must arrive within this; else 408
     keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S  # an idle connection is closed after this
     max_connections: int = 0  # open connections at most; 0: as many as the open-file limit allows (hub/limits.py)
@@ -159,6 +162,9 @@ def _validate(s: HubSettings) -> None:
         _typed(key, getattr(s, key), int)
         if not 1 <= getattr(s, key) <= EXPORT_MAX_LIMIT:
             raise ConfigError(f"{key} must be between 1 and {EXPORT_MAX_LIMIT}, got {getattr(s, key)}")
+    _typed("catchup_slots", s.catchup_slots, int)
+    if not 1 <= s.catchup_slots <= CATCHUP_SLOTS_LIMIT:
+        raise ConfigError(f"catchup_slots must be between 1 and {CATCHUP_SLOTS_LIMIT}, got {s.catchup_slots}")
     _typed("log_level", s.log_level, str)
     if s.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")

@@ -63,3 +63,9 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_settings_are_validated_when_built() -> None:
     with pytest.raises(ConfigError, match="port must be an integer, got bool"):
         HubSettings(db="x", port=True)
+
+
+@pytest.mark.parametrize("slots", [0, 65])
+def test_catchup_slots_out_of_range_are_refused_in_one_sentence(slots: int) -> None:
+    with pytest.raises(ConfigError, match=rf"^catchup_slots must be between 1 and 64, got {slots}$"):
+        HubSettings(db="hub.db", catchup_slots=slots)
