@@ -37,9 +37,13 @@ def test_the_hub_killed_mid_batch_loses_nothing(
     lock = threading.Lock()
     killed = threading.Event()
 
+    serving = threading.Event()  # the hub said it listens: one still opening answers 503, and is no kill point
+
     def take(point: str, info: RequestInfo) -> bool:
         with lock:
             if armed != [point] or info.path != "/v1/sync" or info.body_bytes < BATCH_BODY_MIN_BYTES:
+                return False
+            if not serving.is_set():
                 return False
             armed.clear()
             return True
@@ -63,15 +67,20 @@ def test_the_hub_killed_mid_batch_loses_nothing(
     proxy = proxy_to(hub, on_request_forwarded=on_forwarded, on_response=on_answer)
     store = make_store(hub, proxy.url, simulation=Simulation(total, rate_per_s=4_000, seed=9, batch=40), batch_size=200)
     hub.start()
+    serving.set()
     agent = store.start()
 
     for n in range(kills):
-        with lock:
+        with lock:  # armed before the restart: the batch sent again after it is one, however soon the rest drained
             armed[:] = [KILL_POINTS[n % len(KILL_POINTS)]]
+        if n:
+            hub.start()
+            serving.set()
         assert killed.wait(60), f"kill {n + 1} ({KILL_POINTS[n % 3]}): no batch reached the hub within 60 s"
         killed.clear()
+        serving.clear()
         assert hub.kill() is not None  # reaps the process killed above
-        hub.start()
+    hub.start()
 
     wait_until("the simulation completes", store.simulation_complete)
     wait_until("the outbox drains", lambda: drained([store], hub.db))
