@@ -94,10 +94,14 @@ def hold_data_dir_lock(outbox: Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Itera
 
 def agent_running(outbox: Path) -> bool:
     """Whether some process holds the agent lock of ``outbox`` now (peeks without waiting)."""
-    path = lock_path(outbox)
+    return lock_held(lock_path(outbox))
+
+
+def lock_held(path: Path) -> bool:
+    """Whether some process holds the file lock at ``path`` now (peeks without waiting)."""
     if not path.exists():
         return False
-    lock = FileLock(str(path))
+    lock = FileLock(str(path), thread_local=False)
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from filelock import FileLock, Timeout
-
 from agent.db import Opening, SqliteFile, SqliteThread
+from agent.lock import lock_held
 from agent.pos.errors import PosImportError, PosStoreClosed
 from agent.pos.model import ImportReport, Observation, Quarantined, QuarantineEntry
 from agent.pos.source import FileScan, Position
@@ -125,21 +124,6 @@ class Checkpoint:
     held: bool = False  # its import read the complete rows and held a last line without a line break
 
 
-def _owner_alive(path: Path) -> bool:
-    """Whether a process holds the import lock at ``path`` (peeks without waiting)."""
-    if not path.exists():
-        return False
-    lock = FileLock(str(path), thread_local=False)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    except OSError:
-        return False
-    lock.release()
-    return False
-
-
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
 
 
@@ -212,7 +196,7 @@ class PosStore(SqliteFile):
         Their checkpoints stay: the next import of the same file goes on from there."""
         query = "SELECT id, owner FROM imports WHERE status = 'running'"
         rows = await self._read(lambda conn: conn.execute(query).fetchall())
-        gone = [(int(i), owner) for i, owner in rows if owner is None or not _owner_alive(self.owner_lock(str(owner)))]
+        gone = [(int(i), owner) for i, owner in rows if owner is None or not lock_held(self.owner_lock(str(owner)))]
         if not gone:
             return 0
         now_ms = self._wall_clock_ms()
