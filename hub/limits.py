@@ -309,6 +309,16 @@ class GuardedHandler(RequestHandler):
         response.force_close()
         return response
 
+    def close_when_answered(self) -> None:
+        """Close the connection once the request under way is answered; now if no whole request head has come."""
+        if self._request_in_progress or self._messages:
+            self.close()
+            return
+        self._cancel_head_timer()
+        self.force_close()
+        if self.transport is not None:
+            self.transport.close()
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self._request_in_progress or self._messages or self.transport is None:

@@ -25,7 +25,8 @@ The hub listens before it opens its database: a migration at an upgrade may
 take minutes, and a probe refused meanwhile restarted the hub mid-step. Until
 the store is open the starting application answers (hub.starting: ``/livez``
 200, everything else 503 with Retry-After); then the listener hands every new
-connection to the hub's application, and ``hub listening on …`` is logged.
+connection to the hub's application, closes those the starting application
+holds (once their answer is sent), and ``hub listening on …`` is logged.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from hub.config import ConfigError, HubSettings, check_tls_pair
 from hub.discovery import HubAdvertiser, start_advertiser
 from hub.drain import GATE_KEY
 from hub.feed import end_streams
-from hub.limits import LISTEN_BACKLOG, AccessLog, ConnectionGuard, GuardedRunner, plan_fd_budget
+from hub.limits import LISTEN_BACKLOG, AccessLog, ConnectionGuard, GuardedHandler, GuardedRunner, plan_fd_budget
 from hub.servelock import hold_serving_lock
 from hub.starting import create_starting_app
 from hub.storage import open_store, sqlite_file
@@ -180,8 +181,13 @@ class Listener:
         return str(host), int(port)
 
     def hand_over(self, runner: web.BaseRunner) -> None:
-        """Every connection from now on is served by ``runner``'s application."""
+        """Every connection from now on is served by ``runner``'s application; the starting application's close
+        once their answer is sent (at once if idle), so that none asks it once the hub serves."""
+        starting = self._runner.server
         self._runner = runner
+        for handler in starting.connections if starting is not None else ():
+            if isinstance(handler, GuardedHandler):  # an idle one asking afterwards was answered 503 "migrating"
+                handler.close_when_answered()
         if self.said is not None:
             self.said.cancel()
 
