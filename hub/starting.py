@@ -15,8 +15,8 @@ back and begun again at the next start, forever. Until the database is open the 
   answer says is more than ``/livez`` says, and the credentials are in the database not open yet.
 - anything else: 503 with Retry-After and that sentence; an agent waits and sends again, as after any 503.
 
-Every answer closes its connection, so that no connection kept alive outlasts the hand-over to the hub's
-application.
+Every answer closes its connection (requests pipelined behind it are not answered), so that no connection kept
+alive outlasts the hand-over to the hub's application; the hand-over closes the idle ones (hub.server).
 """
 
 from __future__ import annotations
@@ -93,6 +93,12 @@ def starting_metrics(progress: MigrationProgress) -> bytes:
 
 
 async def _answer(request: web.Request) -> web.StreamResponse:
+    response = _answer_of(request)
+    response.force_close()  # the header alone told only the client: pipelined requests were answered, kept open
+    return response
+
+
+def _answer_of(request: web.Request) -> web.StreamResponse:
     progress = request.app[PROGRESS_KEY]
     reading = request.method in ("GET", "HEAD")
     closing = {"Connection": "close"}

@@ -59,3 +59,34 @@ def test_a_connection_opened_while_migrating_is_not_answered_by_the_starting_app
         assert hub.stop() == 0
     finally:
         hub.close()
+
+
+def test_a_hub_opening_its_database_closes_each_connection_after_its_answer_as_the_answer_says(
+    tmp_path: Path,
+) -> None:
+    """Found by pipelining 50 requests while the hub migrated: all 50 were answered on one connection, each saying
+    ``Connection: close``, and the connection stayed open afterwards (until keepalive_timeout_s)."""
+    db = tmp_path / "hub.db"
+    write_sqlite(db, sqlite_schema.SCHEMA_VERSION - 1)
+    released = tmp_path / "released"
+    env = hub_env(**{HOLD_FILE_ENV: str(released), "SHELFSYNC_HUB_KEEPALIVE_TIMEOUT_S": "600"})
+    hub = HubProcess(tmp_path / "hub.log", db=db, port=free_port(), env=env, python=HELD)
+    try:
+        hub.spawn()
+        wait_until("the hub begins its migration", lambda: phase(hub.url) == "migrating")
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=READ_TIMEOUT_S) as sock:
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: hub\r\n\r\n" * 3)
+            got = b""
+            try:
+                while chunk := sock.recv(65536):
+                    got += chunk
+                closed = True
+            except TimeoutError:
+                closed = False
+        assert got.count(b"HTTP/1.1 200") == 1 and b"Connection: close" in got, got.decode(errors="replace")
+        assert closed, "the hub kept the connection open after an answer saying Connection: close"
+        released.touch()
+        hub.wait_ready()
+        assert hub.stop() == 0
+    finally:
+        hub.close()
