@@ -686,8 +686,9 @@ class AgentCatalog(HubLoop):
         log.error(
             "The hub binds this agent's credential (%s) to %s, not to %s as [agent] location says: every movement"
             " recorded at %s is refused by the hub (forbidden_location) and set aside; bind the credential to %s"
-            " on the hub, or set location back.",
+            " on the hub (`shelfsync-hub agent bind %s%s`), or set location back.",
             self._agent_id, ", ".join(sorted(bound)) or "no location", self._location, self._location, self._location,
+            self._agent_id, "".join(f" --location {loc}" for loc in sorted({*bound, self._location})),
         )  # fmt: skip
 
     async def _bundles_page(self, cursor: str | None) -> BundlePage | None:

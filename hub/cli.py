@@ -47,7 +47,7 @@ from hub.config import (
 from hub.resolver import is_location
 from hub.server import DatabaseMoved, run_serving, serve
 from hub.storage import open_store, sqlite_file
-from hub.storage.base import ROLES, AgentStatus, DatabaseUnreachable, HubError
+from hub.storage.base import ROLES, AgentStatus, DatabaseUnreachable, HubError, InvalidInput
 from hub.storage.credentials import check_agent_id
 from hub.storage.interfaces import CredentialStore
 from hub.views import iso_ms
@@ -149,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke = agent_commands.add_parser("revoke", parents=[common], help="revoke a credential at once")
     revoke.add_argument("agent_id", metavar="AGENT_ID")
+    bind = agent_commands.add_parser(
+        "bind",
+        parents=[common],
+        help="bind a credential to other locations in place, e.g. after its store moved; the running hub honours it "
+        "at the next request",
+    )
+    bind.add_argument("agent_id", metavar="AGENT_ID")
+    bind.add_argument(
+        "--location",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="a location the credential may write from now on (repeat for several); these replace its locations",
+    )
     agent_commands.add_parser("list", parents=[common], help="list agents with their last sync and marks")
 
     bak = commands.add_parser(
@@ -314,7 +328,10 @@ async def _init(settings: HubSettings, out: TextIO) -> int:
 
 
 async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: TextIO) -> int:
-    locations = _check_locations(args.role, args.location) if args.agent_command == "add" else []
+    if args.agent_command in ("add", "bind"):
+        locations = _check_locations(getattr(args, "role", ROLE_AGENT), args.location)
+    else:
+        locations = []
     plan = _config_plan(args, settings, locations) if args.agent_command == "add" else None
     _existing_db(settings)  # after the options' own checks: those say what to fix first
     async with open_store(settings.db) as store:
@@ -322,6 +339,13 @@ async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: T
             await _agent_add_config(store, plan, out)
         elif args.agent_command == "add":
             await _agent_add(store, args.role, locations, out, args.id)
+        elif args.agent_command == "bind":
+            try:
+                former = await store.bind_agent(args.agent_id, locations)
+            except InvalidInput as err:
+                raise CliError(f"{err}; see: {PROG} agent list") from None
+            now = ", ".join(sorted(set(locations)))
+            out.write(f"{args.agent_id} is now bound to {now} (was {', '.join(former) or 'no location'}).\n")
         elif args.agent_command == "revoke":
             if not await store.revoke_agent(args.agent_id):
                 raise CliError(f"no active credential {args.agent_id} is known to this hub; see: {PROG} agent list")

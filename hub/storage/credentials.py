@@ -127,6 +127,24 @@ async def revoke(db: Db, agent_id: str) -> bool:
     return changed == 1
 
 
+async def bind(db: Db, agent_id: str, granted: Sequence[str]) -> tuple[str, ...]:
+    """Bind an active agent or admin credential to ``granted`` instead of its locations; return the former ones."""
+    row = await db.fetchone("SELECT role, locations, revoked_ms FROM agents WHERE agent_id = ?", (agent_id,))
+    if row is None:
+        raise InvalidInput(f"no credential {agent_id} is known to this hub")
+    role, locations, revoked = row
+    if revoked is not None:
+        raise InvalidInput(f"the credential {agent_id} is revoked; issue a new one with agent add")
+    if role not in ("agent", "admin"):
+        raise InvalidInput(f"{agent_id} is a {role} credential, which reads every location and writes none")
+    check_grant(granted, role)
+    await db.execute(
+        "UPDATE agents SET locations = ? WHERE agent_id = ? AND revoked_ms IS NULL",
+        (json.dumps(list(granted)), agent_id),
+    )
+    return tuple(json.loads(locations))
+
+
 async def agent_status(db: Db, agent_id: str | None) -> list[AgentStatus]:
     where = Where().add("agent_id = ?", agent_id)
     marks: dict[str, dict[int, int]] = {}

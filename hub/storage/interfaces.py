@@ -60,6 +60,12 @@ class CredentialStore(Protocol):
         """Revoke a credential; True if it was active until now."""
 
     @abc.abstractmethod
+    async def bind_agent(self, agent_id: str, locations: Sequence[str]) -> tuple[str, ...]:
+        """Bind an active agent or admin credential to ``locations`` instead of the ones it had; return those.
+        ``InvalidInput`` for an unknown, revoked or reader credential or a bad location. Effective at the next
+        request: credentials are read at every request, never cached."""
+
+    @abc.abstractmethod
     async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]:
         """Every credential (or ``agent_id``'s) with its marks, last sync and the backlog it reported."""
 

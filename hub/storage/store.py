@@ -142,6 +142,12 @@ class SqlHubStore(HubStore, Generic[D]):
             log.info("Revoked the credential %s.", agent_id)
         return revoked
 
+    async def bind_agent(self, agent_id: str, locations: Sequence[str]) -> tuple[str, ...]:
+        granted = credentials.check_grant(locations, "admin")  # the location codes; the role is checked inside
+        former = await self._write_db("binding a credential", lambda db: credentials.bind(db, agent_id, granted))
+        log.info("Bound the credential %s to %s (was %s).", agent_id, ", ".join(granted), ", ".join(former) or "none")
+        return former
+
     async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]:
         return await self._read_db(
             "reading agent status", lambda db: credentials.agent_status(db, agent_id), snapshot=True

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -190,23 +189,24 @@ def test_an_agent_moved_in_its_configuration_only_says_at_start_that_the_hub_wil
     run = store.start()
     said = (
         f"The hub binds this agent's credential ({cred.agent_id}) to S001, not to S002 as [agent] location says:"
-        " every movement recorded at S002 is refused by the hub (forbidden_location) and set aside"
+        " every movement recorded at S002 is refused by the hub (forbidden_location) and set aside; bind the"
+        f" credential to S002 on the hub (`shelfsync-hub agent bind {cred.agent_id} --location S001 --location S002`),"
+        " or set location back."
     )
     wait_until("the agent says so", lambda: said in store.log())
     assert run.stop() == 0
     assert store.log().count(said) == 1
 
 
-def bind(hub_db: Path, agent_id: str, *locations: str) -> None:
-    """Bind a credential to these locations in the hub's database (the hub asks its store at every request)."""
-    conn = sqlite3.connect(hub_db)
-    try:
-        with conn:
-            conn.execute(
-                "UPDATE agents SET locations = ? WHERE agent_id = ?", (json.dumps(sorted(locations)), agent_id)
-            )
-    finally:
-        conn.close()
+def bind(hub: HubProcess, agent_id: str, *locations: str) -> str:
+    """``shelfsync-hub agent bind`` against the serving hub's database; what it printed."""
+    args = [arg for loc in locations for arg in ("--location", loc)]
+    done = subprocess.run(
+        [sys.executable, "-m", "hub", "agent", "bind", "--db", str(hub.db), agent_id, *args],
+        capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def agent_cli(store: Store, *args: str) -> subprocess.CompletedProcess[str]:
@@ -236,7 +236,8 @@ def test_movements_refused_before_the_credential_was_bound_to_the_new_location_a
     assert run.stop() == 0
     assert set(hub_events(hub.db)) == set(outbox_events(store.outbox))  # S001's receipt only
 
-    bind(Path(hub.db), cred.agent_id, "S001", "S002")  # the operator binds it, as the agent's ERROR said
+    said = bind(hub, cred.agent_id, "S001", "S002")  # the operator binds it, as the agent's ERROR said; no restart
+    assert said == f"{cred.agent_id} is now bound to S001, S002 (was S001).\n"
     done = agent_cli(store, "resend", "--code", "forbidden_location")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == (

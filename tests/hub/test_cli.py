@@ -6,6 +6,7 @@ import asyncio
 import re
 import socket
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from protocol import (
 from tests.harness.clock import RECENT_MS
 from tests.harness.commands import without_modules
 from tests.harness.hub_process import HubProcess
+from tests.harness.pg import fresh_schema
 
 PROCESS_TIMEOUT_S = 30.0
 LISTENING_RE = re.compile(r"hub listening on http://127\.0\.0\.1:(\d+), database (.+)$", re.MULTILINE)
@@ -391,3 +393,55 @@ async def test_an_option_before_the_command_is_named_not_taken_for_the_command(
     named instead."""
     run = await hub(*argv, cwd=tmp_path)
     assert run.code == 2 and f"{argv[0]} before the command" in run.err, run.err
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
+    return str(request.param)
+
+
+@pytest.fixture
+async def any_db(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A hub database made by ``init`` on either backend: a SQLite file, or a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        yield str(await new_db(tmp_path / "hub.db", tmp_path))
+        return
+    async with fresh_schema() as url:
+        run = await hub("init", "--db", url, cwd=tmp_path)
+        assert run.code == 0, run.err
+        yield url
+
+
+async def test_bind_changes_the_locations_of_a_credential_in_place(any_db: str, tmp_path: Path) -> None:
+    agent_id, _ = credential_of(await hub("agent", "add", "--db", any_db, "--location", "S001", cwd=tmp_path))
+    run = await hub("agent", "bind", "--db", any_db, agent_id, "--location", "S002", "--location", "S001", cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert run.out == f"{agent_id} is now bound to S001, S002 (was S001).\n"
+    moved = await hub("agent", "bind", "--db", any_db, agent_id, "--location", "S002", cwd=tmp_path)
+    assert moved.out == f"{agent_id} is now bound to S002 (was S001, S002).\n", moved.err
+    listed = await hub("agent", "list", "--db", any_db, cwd=tmp_path)
+    row = next(line for line in listed.out.splitlines() if line.startswith(agent_id))
+    assert row.split()[1:3] == ["agent", "S002"]
+
+
+async def test_bind_refuses_an_unknown_a_revoked_or_a_reader_credential_and_a_bad_location(
+    any_db: str, tmp_path: Path
+) -> None:
+    agent_id, _ = credential_of(await hub("agent", "add", "--db", any_db, "--location", "S001", cwd=tmp_path))
+    reader, _ = credential_of(await hub("agent", "add", "--db", any_db, "--role", "reader", cwd=tmp_path))
+    unknown = await hub("agent", "bind", "--db", any_db, "store-9", "--location", "S002", cwd=tmp_path)
+    assert "no credential store-9 is known to this hub" in one_sentence_error(unknown)
+    bad = await hub("agent", "bind", "--db", any_db, agent_id, "--location", "S 002", cwd=tmp_path)
+    assert "'S 002' is not a location code" in one_sentence_error(bad)
+    none = await hub("agent", "bind", "--db", any_db, agent_id, cwd=tmp_path)
+    assert "needs at least one --location" in one_sentence_error(none)
+    read = await hub("agent", "bind", "--db", any_db, reader, "--location", "S002", cwd=tmp_path)
+    assert f"{reader} is a reader credential" in one_sentence_error(read)
+    assert (await hub("agent", "revoke", "--db", any_db, agent_id, cwd=tmp_path)).code == 0
+    revoked = await hub("agent", "bind", "--db", any_db, agent_id, "--location", "S002", cwd=tmp_path)
+    assert f"the credential {agent_id} is revoked" in one_sentence_error(revoked)
+    listed = await hub("agent", "list", "--db", any_db, cwd=tmp_path)
+    row = next(line for line in listed.out.splitlines() if line.startswith(agent_id))
+    assert "S001" in row and "S002" not in row

@@ -72,5 +72,5 @@ def test_every_command_line_option_is_documented() -> None:
     options = _options(build_parser())
     assert {"--db", "--port", "--max-body-bytes", "--location", "--role", "--config"} <= options
     assert sorted(opt for opt in options if opt not in section) == []
-    for command in ("serve", "agent add", "agent revoke", "agent list"):
+    for command in ("serve", "agent add", "agent bind", "agent revoke", "agent list"):
         assert f"shelfsync-hub {command}" in section
