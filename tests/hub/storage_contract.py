@@ -400,6 +400,29 @@ class StorageContract(FeedAndCatalogContract, ClockTransferContract):
         (status,) = await store.agent_status(agent_id)
         assert status.revoked
 
+    async def test_a_credential_bound_to_other_locations_authenticates_with_them_at_once(self, store: HubStore) -> None:
+        agent_id, token = await store.add_agent(["S1"])
+        assert await store.bind_agent(agent_id, ["S2", "S1", "S2"]) == ("S1",)
+        who = await store.authenticate(token)  # the same token, the new binding: nothing is cached
+        assert who is not None and who.locations == frozenset({"S1", "S2"})
+        assert await store.bind_agent(agent_id, ["S2"]) == ("S1", "S2")
+        (status,) = await store.agent_status(agent_id)
+        assert status.locations == ("S2",)
+        with pytest.raises(InvalidInput, match="at least one location"):
+            await store.bind_agent(agent_id, [])
+        with pytest.raises(InvalidInput, match="location code"):
+            await store.bind_agent(agent_id, ["S 3"])
+        with pytest.raises(InvalidInput, match="no credential agent-ffffffff"):
+            await store.bind_agent("agent-ffffffff", ["S2"])
+        reader, _ = await store.add_agent([], role="reader")
+        with pytest.raises(InvalidInput, match="reader credential"):
+            await store.bind_agent(reader, ["S2"])
+        assert await store.revoke_agent(agent_id) is True
+        with pytest.raises(InvalidInput, match="is revoked"):
+            await store.bind_agent(agent_id, ["S3"])
+        (status,) = await store.agent_status(agent_id)
+        assert status.locations == ("S2",)
+
     async def test_a_bad_grant_is_refused(self, store: HubStore) -> None:
         with pytest.raises(InvalidInput, match="role"):
             await store.add_agent(["S1"], role="root")
