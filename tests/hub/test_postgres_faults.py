@@ -84,8 +84,9 @@ async def _terminate_sessions(db_url: str) -> int:
     try:
         return int(
             await conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"  # the test role's own: not a
+                " WHERE datname = current_database() AND usename = current_user"  # superuser's psql beside it
+                " AND pid <> pg_backend_pid()"
             )
         )
     finally:
