@@ -159,7 +159,12 @@ class Listener:
 
     async def start(self, settings: HubSettings, tls: ssl.SSLContext | None) -> None:
         """Listen on the settings' host and port; ``ServeError`` says why it cannot."""
-        more: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": settings.header_timeout_s}
+        # TLS closes within header_timeout_s too: asyncio's default (30 s) kept reading and decrypting a refused
+        # body that long after body_timeout_s had cut it off
+        more: dict[str, Any] = {} if tls is None else {
+            "ssl": tls, "ssl_handshake_timeout": settings.header_timeout_s,
+            "ssl_shutdown_timeout": settings.header_timeout_s,
+        }  # fmt: skip
         self.scheme = "http" if tls is None else "https"
         try:
             self._server = await asyncio.get_running_loop().create_server(
