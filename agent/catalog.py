@@ -56,6 +56,8 @@ from agent.hub_loop import (
     AnswerTooLarge,
     HubLoop,
     broken,
+    hub_answered,
+    hub_unavailable,
     not_a_hubs_json,
     not_the_hubs,
     read_answer,
@@ -88,7 +90,10 @@ BUNDLES_PAGES_MAX = 1000  # a million bundles; a hub whose cursors never end is 
 
 
 class CatalogError(AgentError):
-    """A catalog file or answer cannot be used at all; the message is one sentence."""
+    """A catalog file or answer cannot be used at all; the message is one sentence. ``level``: the log level
+    the refresh loop says it at (DEBUG when only the hub is unavailable, which is said once for the agent)."""
+
+    level = logging.WARNING
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +411,7 @@ class AgentCatalog(HubLoop):
         self._etag: str | None = None
         HubLoop.__init__(self)
         self._kick = asyncio.Event()
+        self._streak_said = False  # a failure of the streak was logged above DEBUG
         self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=EQUAL_JITTER))
         self._changed = asyncio.Condition()
         self.last_error: str | None = None
@@ -534,13 +540,14 @@ class AgentCatalog(HubLoop):
     async def refresh(self) -> RefreshResult:
         """Re-read the file if it changed, then ask the hub. Raises CatalogError when either fails."""
         self._check_open()
-        status, problems = "unchanged", []
+        status, problems, level = "unchanged", [], logging.DEBUG
         if self.file is not None and self._stamp(self.file) != self._file_stamp:
             try:  # a broken file keeps the items read before; the hub is still asked
                 self._use_file(await asyncio.to_thread(load_catalog_file, self.file))
                 status = "file_reloaded"
             except CatalogError as err:
                 problems.append(str(err))
+                level = max(level, err.level)
         if self._url is not None:
             try:
                 status = await self._fetch()
@@ -548,8 +555,11 @@ class AgentCatalog(HubLoop):
                 await self._fetch_locations()
             except TurnFailed as err:
                 problems.append(str(err))
+                level = max(level, err.level)
         if problems:
-            raise CatalogError("; ".join(problems))
+            failed = CatalogError("; ".join(problems))
+            failed.level = level
+            raise failed
         return RefreshResult(status, self._hub.version, len(self._merged))
 
     async def _fetch(self) -> str:
@@ -570,6 +580,7 @@ class AgentCatalog(HubLoop):
                 kind = resp.headers.get("Content-Type", "")
                 if (foreign := not_the_hubs(self._url, resp.status, kind, body, "application/json")) is not None:
                     raise TurnFailed(foreign)
+                unavailable(self._url, resp.status, body)
                 if resp.status != 200:
                     what = "refused this agent's credentials" if resp.status in (401, 403) else "answered"
                     raise TurnFailed(f"the hub at {self._url} {what} (HTTP {resp.status}: {error_message(body)})")
@@ -714,6 +725,7 @@ class AgentCatalog(HubLoop):
                 kind = resp.headers.get("Content-Type", "")
                 if (foreign := not_the_hubs(url, resp.status, kind, body, "application/json")) is not None:
                     raise TurnFailed(foreign)
+                unavailable(url, resp.status, body)
                 if resp.status == 404:
                     return None
                 if resp.status != 200:
@@ -768,15 +780,21 @@ class AgentCatalog(HubLoop):
         try:
             await self.refresh()
         except CatalogError as err:
-            raise TurnFailed(str(err)) from err
+            raise TurnFailed(str(err), level=err.level) from err
         if ended := self._streak.succeeded():
-            log.info("The catalog refreshes again after %d failed attempts.", ended)
+            said, self._streak_said = self._streak_said, False  # a 503 alone was said once for the agent
+            log.log(
+                logging.INFO if said else logging.DEBUG, "The catalog refreshes again after %d failed attempts.", ended
+            )
         self.last_error = None
         await self._attempted()
         return self.refresh_s
 
     async def _failed(self, failure: TurnFailed) -> float:
-        if self._streak.failed(failure):
+        news, loud = self._streak.failed(failure), failure.level > logging.DEBUG
+        news = news or (loud and not self._streak_said)  # the first said after the hub's 503s (hub_unavailable)
+        self._streak_said = self._streak_said or (news and loud)
+        if news:
             log.log(
                 failure.level, "Catalog refresh failed, the current catalog stays in use: %s", failure,
                 exc_info=failure.cause,
@@ -797,6 +815,16 @@ class AgentCatalog(HubLoop):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), delay_s)
         self._kick.clear()
+
+
+def unavailable(url: str, status: int, body: bytes) -> None:
+    """A 503 from the hub (migrating its database, or otherwise unavailable) is a failed refresh said once for
+    the agent (``hub_unavailable``); any other answer from it says the hub serves (``hub_answered``)."""
+    if status != 503:
+        hub_answered(url)
+        return
+    message = error_message(body)
+    raise TurnFailed(f"the hub at {url} answered (HTTP 503: {message})", level=hub_unavailable(url, message))
 
 
 def _pages_from_cache(raw: Any, skus: frozenset[str]) -> dict[str, BundlePage]:

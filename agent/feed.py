@@ -50,6 +50,8 @@ from agent.hub_loop import (
     AnswerTooLarge,
     HubLoop,
     broken,
+    hub_answered,
+    hub_unavailable,
     not_a_hubs_json,
     not_the_hubs,
     read_answer,
@@ -153,6 +155,7 @@ class CountFeed(HubLoop):
         self._limit = page_limit
         # Failure kinds: "unreachable", "intercepted", "bad_answer", "refused", "no_feed", "rate_limited",
         # "hub_error", "outbox", "bug"; a new kind in a streak is logged again. The n-th failure in a row waits up to retry_base_s × 2^n.
+        self._streak_said = False  # a failure of the streak was logged above DEBUG
         self._streak = Streak(
             Backoff(2 * retry_base_s, retry_max_s, jitter=FULL_JITTER, exact_retry_after=True), rng or random.Random()
         )
@@ -203,7 +206,8 @@ class CountFeed(HubLoop):
     async def _turn(self) -> float:
         await self._step()
         if self._streak.succeeded():
-            log.info("The count cache reads the hub's change feed again.")
+            said, self._streak_said = self._streak_said, False  # a 503 alone was said once for the agent
+            log.log(logging.INFO if said else logging.DEBUG, "The count cache reads the hub's change feed again.")
             await self._update(failures=0, last_error=None)
         return 0.0  # the next long-poll is the wait
 
@@ -282,6 +286,15 @@ class CountFeed(HubLoop):
             ) from err
         if (foreign := not_the_hubs(url, status, content_type, body, "application/json")) is not None:
             raise TurnFailed(foreign, kind=INTERCEPTED)
+        if status == 503:  # the hub migrating its database, or otherwise unavailable: said once for the agent
+            message = _error_message(body)
+            raise TurnFailed(
+                f"the hub answered HTTP 503 to the change feed ({message})",
+                kind="hub_error",
+                level=hub_unavailable(url, message),
+                retry_after_s=parse_retry_after(retry_after),
+            )
+        hub_answered(url)
         if status == 200:
             try:
                 data = loads_json(body)
@@ -342,7 +355,10 @@ class CountFeed(HubLoop):
 
     async def _failed(self, failure: TurnFailed) -> float:
         """Count and log a failed attempt; how long to wait before the next."""
-        if self._streak.failed(failure):  # a streak's first, or a new kind
+        news, loud = self._streak.failed(failure), failure.level > logging.DEBUG
+        news = news or (loud and not self._streak_said)  # the first said after the hub's 503s (hub_unavailable)
+        self._streak_said = self._streak_said or (news and loud)
+        if news:  # a streak's first, or a new kind
             log.log(
                 failure.level,
                 "The count cache cannot follow the hub's change feed for now (it tries again): %s.",

@@ -26,23 +26,33 @@ the connection dropped, memory flat. Each loop treats it as a failed attempt
 (logged once, retried with backoff). The limits are sized from the largest
 answer the hub legitimately gives (``SYNC_ANSWER_MAX_BYTES``) and can be
 raised in the configuration (``answer_max_bytes``).
+
+A hub that answers ``503`` — migrating its database at its start, starting, or
+otherwise unavailable — is said once for the whole agent, not once per loop
+(``hub_unavailable``): the first loop to meet it logs the hub's own sentence
+(which says when to try again), the others say it at DEBUG, and the first
+other answer from that hub logs once that it serves again (``hub_answered``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import ssl
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from agent.errors import AgentError
 from protocol.values import shown
+
+log = logging.getLogger(__name__)
 
 # A sync answer for the largest batch (10,000 events, protocol.MAX_BATCH_EVENTS): every event rejected
 # (16-byte id, seq, code, reason of at most ~1 KiB: about 11 MB) plus counts for every key touched
@@ -177,6 +187,30 @@ def use_ca_file(ca_file: Path | None) -> None:
 def hub_connector() -> aiohttp.TCPConnector:
     """A connector for a session with the hub, checking its certificate as ``use_ca_file`` said."""
     return aiohttp.TCPConnector(ssl=True if _hub_tls is None else _hub_tls)
+
+
+_unavailable: dict[str, str] = {}  # hub (scheme://host:port) -> its 503 sentence, while it answers 503
+
+
+def _hub(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def hub_unavailable(url: str, message: str) -> int:
+    """A loop's request to ``url`` was answered 503 with ``message``: said here at WARNING when the hub was
+    serving until now (for all of this agent's loops); the level the loop says its own failure at (DEBUG)."""
+    hub = _hub(url)
+    if hub not in _unavailable:
+        log.warning("The hub at %s does not serve for now: %s.", hub, message)
+    _unavailable[hub] = message
+    return logging.DEBUG
+
+
+def hub_answered(url: str) -> None:
+    """A loop's request to ``url`` was answered otherwise than 503: said once when the hub was unavailable."""
+    if _unavailable.pop(_hub(url), None) is not None:
+        log.info("The hub at %s serves again.", _hub(url))
 
 
 class HubLoop:

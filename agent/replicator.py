@@ -64,6 +64,8 @@ from agent.hub_loop import (
     AnswerTooLarge,
     HubLoop,
     broken,
+    hub_answered,
+    hub_unavailable,
     not_the_hubs,
     read_answer,
     redirected,
@@ -460,6 +462,8 @@ class Replicator(HubLoop):
         foreign = not_the_hubs(self._url, status, self._content_type, body, MSGPACK_CONTENT_TYPE)
         if foreign is not None:
             raise TurnFailed(foreign, kind=INTERCEPTED, reachable=False)
+        if status != 503:
+            hub_answered(self._url)
         if status == 429:
             raise self._slow_down(body)
         if status == 200:
@@ -813,13 +817,15 @@ class Replicator(HubLoop):
             )
         if status >= 500:
             # A hub migrating its database at its start answers 503 with Retry-After and its sentence ("the hub is
-            # migrating its database to schema version 12 (…)"): said once for the streak, sent again as it asks.
+            # migrating its database to schema version 12 (…): try again in 5 s"): said once for the agent
+            # (hub_unavailable), sent again as it asks.
             wait_s = parse_retry_after(self._retry_after) if status == 503 else None
-            waiting = "" if wait_s is None else f"; waiting {wait_s:g} s as it asks"
+            level = hub_unavailable(self._url, message) if status == 503 else logging.WARNING
             return TurnFailed(
-                f"the hub answered HTTP {status} ({message}){waiting}",
+                f"the hub answered HTTP {status} ({message})",
                 kind="hub_error",
                 reachable=status not in (502, 503, 504),
+                level=level,
                 retry_after_s=wait_s,
             )
         if 300 <= status < 400:
@@ -877,7 +883,9 @@ class Replicator(HubLoop):
             if say:
                 self._slow_down_said_s = time.monotonic()
         elif failure.kind != "rate_limited":
-            self._streak_said = self._streak_said or first
+            # A 503 is said once for the agent (hub_unavailable); the first other failure after it is news.
+            say = (first or not self._streak_said) and failure.level > logging.DEBUG
+            self._streak_said = self._streak_said or say
         reachable = bool(failure.reachable)
         backlog = previous.backlog
         with contextlib.suppress(OutboxError):

@@ -36,6 +36,8 @@ from agent.hub_loop import (
     AnswerTooLarge,
     HubLoop,
     broken,
+    hub_answered,
+    hub_unavailable,
     not_the_hubs,
     read_answer,
     redirected,
@@ -125,6 +127,7 @@ class ReportSender(HubLoop):
         self.tick_s = tick_s
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self._streak_said = False  # a failure of the streak was logged above DEBUG
         self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=FULL_JITTER), rng or random.Random())
         self.timeout_s = timeout_s
         self.auth_retry_s = auth_retry_s
@@ -194,7 +197,10 @@ class ReportSender(HubLoop):
                 await self._send_issues(issues)
             more = len(issues) == self.batch_size
         if ended := self._streak.succeeded():
-            log.info("Reports reach the hub again after %d failed attempts.", ended)
+            said, self._streak_said = self._streak_said, False  # a 503 alone was said once for the agent
+            log.log(
+                logging.INFO if said else logging.DEBUG, "Reports reach the hub again after %d failed attempts.", ended
+            )
         await self._update(failures=0, last_error=None, pending=more, attempts=self._state.attempts + 1)
         return more
 
@@ -294,6 +300,10 @@ class ReportSender(HubLoop):
         # Before the status: a web filter's 403 page is not the hub refusing the token, a portal's 200 not a bad answer.
         if (foreign := not_the_hubs(url, status, content_type, data, MSGPACK_CONTENT_TYPE)) is not None:
             raise TurnFailed(foreign, kind=INTERCEPTED)
+        if status == 503:  # the hub migrating its database, or otherwise unavailable: said once for the agent
+            message = _message(data)
+            raise TurnFailed(f"the hub at {url} answered HTTP 503 ({message})", level=hub_unavailable(url, message))
+        hub_answered(url)
         if status in (401, 403):
             refused, _ = credentials_refused(url, status, data, self.agent_id)
             raise TurnFailed(refused, kind="credentials_refused", level=logging.ERROR)
@@ -311,7 +321,10 @@ class ReportSender(HubLoop):
     async def _failed(self, failure: TurnFailed) -> float:
         """Count and log a failed attempt; how long to wait before the next."""
         previous = self._state
-        if self._streak.failed(failure):
+        news, loud = self._streak.failed(failure), failure.level > logging.DEBUG
+        news = news or (loud and not self._streak_said)  # the first said after the hub's 503s (hub_unavailable)
+        self._streak_said = self._streak_said or (news and loud)
+        if news:
             log.log(
                 failure.level, "Reports to the hub failed, retrying with backoff: %s.", failure, exc_info=failure.cause
             )

@@ -236,13 +236,16 @@ def test_an_agent_says_the_migrating_hubs_own_sentence_once_and_waits_as_it_asks
         text = run_agent("status", "--config", str(config)).stdout
         assert said in text, text
         agent = AgentProcess(config, tmp_path / "agent.log", [])
-        agent.wait_for_log(re.escape(said) + r".*; waiting 5 s as it asks")  # the hub's Retry-After
+        agent.wait_for_log(re.escape(said) + r".*try again in 5 s")  # the hub's Retry-After, in its words
         wait_until("the agent sending again to the migrating hub", lambda: hub.log.count('"POST /v1/sync" 503') >= 3)
         released.touch()
         hub.wait_ready()
         agent.wait_for_log("refused this agent's credentials")  # the hub serves: the next answer is news
-        saying = [line.split()[3] for line in agent.log.splitlines() if said in line]
-        assert "agent.replicator:" in saying and len(saying) == len(set(saying)), agent.log  # once per loop
+        agent.wait_for_log(f"The hub at {hub.url} serves again")
+        saying = [line for line in agent.log.splitlines() if said in line]
+        assert len(saying) == 1, agent.log  # once for the agent, not once per loop
+        assert "as it asks" not in saying[0], saying  # the hub's own "try again in 5 s" says the wait
+        assert len(re.findall("serves again", agent.log)) == 1, agent.log
         assert '"type":' not in agent.log, agent.log  # the hub's sentence, not its JSON
     finally:
         if agent is not None:
