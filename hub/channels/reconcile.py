@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from hub.channels.loop import LoopTask
 from hub.channels.mapping import MappingError
 from hub.channels.pusher import KIND_NAMES, ChannelPusher, Level
 from hub.channels.state import Divergence, Reconciled, Refusal
+from hub.heartbeat import BEATING, Heartbeat
 from hub.storage.base import StoreClosed, StoreError
 from protocol import wall_ms_now
 from protocol.retry import Backoff, Health, TurnFailed, run_turns
@@ -121,6 +123,11 @@ class Reconciler(LoopTask):
         )  # fmt: skip
         self._lock = asyncio.Lock()  # one reconciliation at a time (the loop's or one asked for)
         self._asked = asyncio.Event()
+        # How this loop proves to ``hub.leases.lead`` that it is not stuck, as its pusher does (it runs in the
+        # pusher's job: a stuck reconciler would hide behind a live pusher): every await it makes is bounded (a
+        # channel request by its timeout_s, a wait by its length); waiting for the pusher's lock is the pusher's
+        # time, watched by the pusher's own heartbeat.
+        self.heartbeat = Heartbeat()
 
 
     def request(self) -> None:
@@ -129,6 +136,8 @@ class Reconciler(LoopTask):
 
     async def run(self) -> None:
         """Reconciliation after reconciliation (``protocol.retry.run_turns``), each when it is due."""
+        BEATING.set(self.heartbeat)  # this task's: the channel requests made in it beat it too
+        self.heartbeat.beat()
         try:
             self.last = await self.pusher.state.reconciled(self.spec.name)
             await run_turns(
@@ -138,6 +147,7 @@ class Reconciler(LoopTask):
             return
 
     async def _turn(self) -> float:
+        self.heartbeat.beat()
         try:
             await self.reconcile()
         except (ChannelError, StoreError, MappingError) as err:
@@ -148,6 +158,7 @@ class Reconciler(LoopTask):
 
     async def _wait(self, delay_s: float, after_failure: bool) -> None:
         if after_failure:
+            self.heartbeat.beat(delay_s)
             await asyncio.sleep(delay_s)
         await self._until_due()
 
@@ -161,6 +172,7 @@ class Reconciler(LoopTask):
         due_ms = (self.last.at_ms if self.last is not None else wall_ms_now()) + every_ms
         wait_s = max(0.0, (due_ms - wall_ms_now()) / 1000)
         if wait_s > 0:
+            self.heartbeat.beat(wait_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._asked.wait(), wait_s)
         self._asked.clear()
@@ -170,9 +182,12 @@ class Reconciler(LoopTask):
         pusher, name = self.pusher, self.spec.name
         if not pusher.connector.readable:
             raise ChannelRejected(f"channel {name} is a {self.spec.kind} channel: its levels cannot be read back")
+        self._beat(math.inf)  # one asked for may be running: a channel's requests, each within its timeout
         async with self._lock:
+            self._beat(math.inf)  # the pusher's lock: the pusher's time, watched by its heartbeat
             await pusher.ready()
             await pusher.remap_if_moved()  # a SKU renamed or an item created anew at the channel: read it first
+            self._beat()
             seq = pusher.push_seq
             skus = sorted(pusher.items)
             expected: dict[LevelKey, Level] = {}
@@ -181,6 +196,7 @@ class Reconciler(LoopTask):
                 levels = await pusher.levels_now((), skus[start : start + SKUS_PER_READ])
                 expected.update(levels)
                 read.update(await pusher.connector.read_levels(sorted(levels)))
+            self._beat()
             now_ms = wall_ms_now()
             found = find_divergences(
                 expected, read, pusher.pushed, pusher.refused, behind=await pusher.behind(),
@@ -189,11 +205,19 @@ class Reconciler(LoopTask):
             stored = await pusher.state.add_divergences(name, found)
             self._log(len(expected), stored)
             if stored:
+                self._beat(math.inf)  # the pusher's lock again
                 await pusher.correct({d.key: d.channel_level for d in stored})
+                self._beat()
             done = Reconciled(now_ms, len(expected), len(stored))
             await pusher.state.save_reconciled(name, done)
             self.last = done
             return Reconciliation(done, tuple(stored))
+
+    def _beat(self, for_s: float = 0.0) -> None:
+        """The heartbeat, when this runs in the reconciler's own loop (not a reconciliation asked for by a
+        request, which runs in the request's task)."""
+        if BEATING.get() is self.heartbeat:
+            self.heartbeat.beat(for_s)
 
     def _log(self, checked: int, found: list[Divergence]) -> None:
         name, who = self.spec.name, KIND_NAMES.get(self.spec.kind, self.spec.kind)

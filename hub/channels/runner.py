@@ -180,11 +180,15 @@ class _ChannelJob:
         return None
 
     def overdue(self) -> tuple[str, float] | None:
-        """The pusher's loop, and how long it has been silent past the bound it last gave (its reconciler, which
-        reads the whole listing, is not watched)."""
+        """The pusher's loop or its reconciler's, whichever has been silent longest past the bound it last gave,
+        and how long: both run in this job, so a stuck one must not hide behind the other, live."""
         p = self._pushers[self._name]
-        task = p.task
-        return None if task is None or task.done() else ("pushing", p.heartbeat.overdue_s())
+        late = [
+            (doing, loop.heartbeat.overdue_s())
+            for doing, loop in (("pushing", p), ("reconciling", p.reconciler))
+            if loop is not None and loop.task is not None and not loop.task.done()
+        ]
+        return max(late, key=lambda each: each[1], default=None)
 
     def restartable(self, doing: str) -> bool:
         """A reconciler is started again alone: it keeps nothing a new one does not load (the last reconciliation

@@ -12,12 +12,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import pytest
 
 from hub.channels.config import parse_channels
+from hub.channels.runner import _ChannelJob
 from hub.config import DEFAULT_LEASE_STALE_S, HubSettings
 from hub.heartbeat import Heartbeat
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
@@ -442,3 +444,67 @@ async def test_a_session_not_a_hubs_holding_a_lock_is_never_ended(
         await other.close()
         await operator.close()
     assert "has been silent" not in caplog.text
+
+
+class StuckReading:
+    """A channel's stored state whose read of the last reconciliation never ends (a hung database read)."""
+
+    async def reconciled(self, name: str) -> None:
+        await asyncio.Event().wait()
+
+    async def cursor(self, name: str) -> int:
+        return 0
+
+
+class FakePusher:
+    """Stands in for a ``ChannelPusher`` of channel ``web`` (``hub.channels.runner._ChannelJob`` runs it): its
+    loop waits within the hour it says, alive; the real ``Reconciler`` the job starts beside it reads its state."""
+
+    def __init__(self, spec: Any, starts: list[FakePusher]) -> None:
+        self.spec, self.heartbeat, self.reconciler, self.task = spec, Heartbeat(), None, None
+        self.connector = SimpleNamespace(readable=True)
+        self.state = StuckReading()
+        self.status = SimpleNamespace(cursor=0)
+        starts.append(self)
+
+    def start(self) -> None:
+        self.heartbeat.beat(3600.0)
+        self.task = asyncio.create_task(_forever())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+async def test_a_channels_reconciler_stuck_beside_a_live_pusher_is_stopped_and_given_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A channel's reconciler runs in the same lead job as its pusher, but only the pusher had a heartbeat: a
+    reconciler hanging on an await that never ends hid behind the live pusher, and the channel was never read
+    back again. Silent ``lease_stale_s`` past its bound, the job is stopped and its lease given back."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    (spec,) = parse_channels(
+        [{"name": "web", "kind": "webhook", "url": "http://127.0.0.1:9/levels", "pool": {"S1": "web"},
+          "secret_env": "FEED_SECRET", "reconcile_s": 60}],
+        environ={"FEED_SECRET": "s3cret-for-the-levels-feed-of-the-shop"},
+    )  # fmt: skip
+    starts: list[FakePusher] = []
+    pushers: dict[str, Any] = {"web": FakePusher(spec, starts)}
+    jobs = {"web": _ChannelJob("web", pushers, lambda s: FakePusher(s, starts), StuckReading())}  # type: ignore[arg-type]
+    words = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
+    leases = LocalLeases(stale_s=0.2)
+    task = asyncio.create_task(lead(leases, jobs, log, words, RETRY_S, lambda: False, ended_backoff=CountingBackoff()))
+    try:
+        await _until("the hub stops the stuck reconciler's channel", lambda: "has been stuck for" in caplog.text)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if jobs["web"].here():
+            await jobs["web"].stop()
+        await leases.close()
+    stuck = [r.getMessage() for r in caplog.records if "has been stuck for" in r.getMessage()]
+    assert stuck[0].startswith("channel web: reconciling has been stuck for "), stuck
+    assert starts[0].task is not None and starts[0].task.cancelled()  # the live pusher was stopped with it
