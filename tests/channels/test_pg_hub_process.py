@@ -68,6 +68,13 @@ def _config(tmp_path: Path, square: SquareEmulator, location_id: str) -> Path:
     return config
 
 
+
+def assert_logs_clean(tmp_path: Path) -> None:
+    """Neither hub's log holds a traceback or a job that ended by itself."""
+    for name in ("hub-1.log", "hub-2.log"):
+        text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
+        assert "Traceback" not in text and "ended by itself" not in text, name
+
 async def test_two_postgresql_hubs_push_a_channel_one_at_a_time_and_hand_it_over(
     tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -180,9 +187,7 @@ async def test_a_paused_pushing_hub_loses_its_channel_to_the_other_hub_and_pushe
             os.kill(first.pid, signal.SIGCONT)  # a stopped process would not act on the SIGTERM below
         for hub in (first, second):
             hub.close()
-    for name in ("hub-1.log", "hub-2.log"):
-        text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
-        assert "Traceback" not in text and "ended by itself" not in text
+    assert_logs_clean(tmp_path)
 
 
 async def test_a_hub_whose_pusher_is_stuck_gives_the_channel_up_and_the_other_hub_pushes_it(
@@ -225,9 +230,7 @@ async def test_a_hub_whose_pusher_is_stuck_gives_the_channel_up_and_the_other_hu
     finally:
         for hub in (first, second):
             hub.close()
-    for name in ("hub-1.log", "hub-2.log"):
-        text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
-        assert "Traceback" not in text and "ended by itself" not in text
+    assert_logs_clean(tmp_path)
 
 
 async def test_a_hub_whose_channels_lead_loop_is_stuck_loses_the_channel_while_it_keeps_delivering_webhooks(
