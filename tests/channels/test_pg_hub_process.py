@@ -22,7 +22,7 @@ from aiohttp import web
 
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import wait_until
-from tests.harness.credentials import add_credential
+from tests.harness.credentials import Credential, add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, get_json
 from tests.harness.pg import fresh_schema
@@ -68,12 +68,27 @@ def _config(tmp_path: Path, square: SquareEmulator, location_id: str) -> Path:
     return config
 
 
+async def _leased_channel(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch, more: str = ""
+) -> tuple[str, str, Credential, Credential, Path]:
+    """A Square location and variation, a store's and a reader's credentials, and a config with ``lease_stale_s =
+    10`` (``more`` appended to its channel table): the location, variation, credentials and config's path."""
+    monkeypatch.setenv("SQUARE_TOKEN", square.token)
+    location_id = square.add_location()
+    variation = square.add_variation("SKU-1")
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    config = _config(tmp_path, square, location_id)
+    config.write_text("[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8") + more, encoding="utf-8")
+    return location_id, variation, agent, reader, config
+
 
 def assert_logs_clean(tmp_path: Path) -> None:
     """Neither hub's log holds a traceback or a job that ended by itself."""
     for name in ("hub-1.log", "hub-2.log"):
         text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
         assert "Traceback" not in text and "ended by itself" not in text, name
+
 
 async def test_two_postgresql_hubs_push_a_channel_one_at_a_time_and_hand_it_over(
     tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
@@ -143,13 +158,7 @@ async def test_a_paused_pushing_hub_loses_its_channel_to_the_other_hub_and_pushe
     """A pushing hub paused (SIGSTOP) kept its lock connection, and with it the channel's pusher lock, for as long
     as it stayed paused: nobody pushed the channel. Silent past ``lease_stale_s``, its lock connection is ended by
     the other hub, which pushes from the saved cursor; resumed, the paused hub pushes nothing more."""
-    monkeypatch.setenv("SQUARE_TOKEN", square.token)
-    location_id = square.add_location()
-    variation = square.add_variation("SKU-1")
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
-    config = _config(tmp_path, square, location_id)
-    config.write_text("[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8"), encoding="utf-8")
+    location_id, variation, agent, reader, config = await _leased_channel(tmp_path, square, pg_db, monkeypatch)
 
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
@@ -197,15 +206,9 @@ async def test_a_hub_whose_pusher_is_stuck_gives_the_channel_up_and_the_other_hu
     checks its locks every few seconds, so its lock connection is never silent), kept the channel's pusher lock for
     ever: nobody pushed the channel. The pusher's own heartbeat, silent past ``lease_stale_s``, makes that hub stop
     it and give the lock back, and the other hub pushes from the saved cursor."""
-    monkeypatch.setenv("SQUARE_TOKEN", square.token)
     stuck = tmp_path / "stuck"
     monkeypatch.setenv("SHELFSYNC_TEST_STUCK", str(stuck))
-    location_id = square.add_location()
-    variation = square.add_variation("SKU-1")
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
-    config = _config(tmp_path, square, location_id)
-    config.write_text("[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8"), encoding="utf-8")
+    location_id, variation, agent, reader, config = await _leased_channel(tmp_path, square, pg_db, monkeypatch)
 
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
@@ -311,15 +314,8 @@ async def test_a_slow_push_within_its_timeout_is_not_taken_for_a_stuck_pusher(
 ) -> None:
     """Square answering a push after longer than ``lease_stale_s``, but within the channel's ``timeout_s``: the
     pusher is alive (its request says how long it may take), so the hub keeps pushing and no other hub takes it."""
-    monkeypatch.setenv("SQUARE_TOKEN", square.token)
-    location_id = square.add_location()
-    variation = square.add_variation("SKU-1")
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
-    config = _config(tmp_path, square, location_id)
-    config.write_text(
-        "[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8") + "timeout_s = 40\nreconcile_s = 0\n",
-        encoding="utf-8",
+    location_id, variation, agent, reader, config = await _leased_channel(
+        tmp_path, square, pg_db, monkeypatch, more="timeout_s = 40\nreconcile_s = 0\n"
     )
     square.faults.slow_s = 20.0  # past lease_stale_s, within timeout_s
 
