@@ -367,7 +367,7 @@ class SessionManager:
         ids derived anew being the same, which an upgrade changing the derivation (one event per lot, per serial)
         broke: the close was booked twice."""
         lines = await self.store.lines(session.id)
-        carried: dict[str, int] = {}
+        carried: dict[str, bins.Carry] = {}
         if session.type is SessionType.COUNT and session.spec.bin is not None:
             stamps = count_stamps(session, lines)
             source = session_source(session)
@@ -376,7 +376,7 @@ class SessionManager:
                 log.info(
                     "Session %s counts bin %s: its count of %d SKU(s) adds the units of the bins counted before it%s.",
                     session.id, session.spec.bin, len(carried),
-                    "" if len(carried) > 1 else f" ({next(iter(carried))}: {next(iter(carried.values()))})",
+                    "" if len(carried) > 1 else f" ({next(iter(carried))}: {next(iter(carried.values())).units:+d})",
                 )  # fmt: skip
         plan = plan_close(session, lines, carried)
         held = await self.outbox.recorded_from(session_source(session)) if resumed and plan.movements else 0

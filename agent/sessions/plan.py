@@ -44,8 +44,9 @@ other than 1 (``agent.sessions.manager``). A count is the exception:
   scanned are booked as counted 0 (stamped at the close) only when the session
   is closed with ``zero_unscanned``; otherwise they are reported "not_counted".
   A count of a bin adds, per SKU, the units of the bins counted before it in the
-  SKU's round of bin counts (``agent.sessions.bins``; ``carried`` in its attrs):
-  5 in bin X then 3 in bin Y is a count of 8, not of 3.
+  SKU's round of bin counts (``agent.sessions.bins``; ``carried`` in its attrs),
+  and is stamped at the round's last count instead, so the hub applies what moved
+  since on top: 5 in bin X then 3 in bin Y is a count of 8, not of 3.
 - transfer_out: ``transfer_out`` −qty with attrs {"to": location}.
 - transfer_in: ``transfer_in`` +qty with attrs {"from": location} when known and {"final": true}:
   closing the receiving session closes the transfer at the hub.
@@ -74,6 +75,7 @@ from dataclasses import dataclass
 from agent.outbox import Movement
 from agent.serials import Unit as Unit  # noqa: PLC0414 (re-exported)
 from agent.serials import listed
+from agent.sessions.bins import Carry
 from agent.sessions.model import (
     CloseReport,
     Disposition,
@@ -222,10 +224,10 @@ def count_stamps(session: Session, lines: Iterable[Line]) -> dict[str, int]:
     return stamps
 
 
-def plan_close(session: Session, lines: Iterable[Line], carried: Mapping[str, int] | None = None) -> ClosePlan:
+def plan_close(session: Session, lines: Iterable[Line], carried: Mapping[str, Carry] | None = None) -> ClosePlan:
     """The movements and the report of closing ``session``; its close must be decided (``close_hlc`` set).
-    ``carried`` (a bin count): per SKU, the units of the bins counted before it in the SKU's round of bin counts
-    (``agent.sessions.bins``), which its count adds to what it counted in its bin."""
+    ``carried`` (a bin count): per SKU, what its count adds to what it counted in its bin, and where it is stamped,
+    in the SKU's round of bin counts (``agent.sessions.bins``)."""
     if session.close_hlc is None:
         raise ValueError(f"session {session.id} has no close time; decide the close before planning it")
     lines = list(lines)
@@ -244,7 +246,7 @@ def _movements(
     sums: tuple[Total, ...],
     lines: list[Line],
     close_hlc: int,
-    carried: Mapping[str, int],
+    carried: Mapping[str, Carry],
 ) -> list[Movement]:
     spec, kind = session.spec, session.type
     out: list[Movement] = []
@@ -285,14 +287,18 @@ def _movements(
             if not line.undone:
                 scans.setdefault(line.sku, []).append((line.barcode, line.qty))
         for t in sums:
-            facts = {**_bin(session, carried, t.sku), **count_attrs(scans[t.sku])}
-            book("count", t.sku, Kind.COUNT, t.qty + carried.get(t.sku, 0), t.last_hlc, attrs=facts)
+            facts = {**_bin(session, carried, t.sku, t.qty), **count_attrs(scans[t.sku])}
+            carry = carried.get(t.sku)
+            at = t.last_hlc if carry is None else carry.at
+            book("count", t.sku, Kind.COUNT, t.qty if carry is None else carry.qty(t.qty), at, attrs=facts)
         if session.zero_unscanned:
             counted = {t.sku for t in sums}
             for sku in spec.scope_skus:
                 if sku not in counted:
-                    zero = {"zero_filled": True, **_bin(session, carried, sku)}
-                    book("count", sku, Kind.COUNT, carried.get(sku, 0), close_hlc, attrs=zero)
+                    zero = {"zero_filled": True, **_bin(session, carried, sku, 0)}
+                    carry = carried.get(sku)
+                    at = close_hlc if carry is None else carry.at
+                    book("count", sku, Kind.COUNT, 0 if carry is None else carry.qty(0), at, attrs=zero)
         return out
     expected = {e.sku: e.qty for e in spec.expected}
     for (sku, disp, batch, unit), qty in _delta_totals(lines).items():
@@ -333,10 +339,11 @@ def _attrs(session: Session, extra: Mapping[str, AttrValue]) -> dict[str, AttrVa
     return attrs
 
 
-def _bin(session: Session, carried: Mapping[str, int], sku: str) -> dict[str, AttrValue]:
+def _bin(session: Session, carried: Mapping[str, Carry], sku: str, counted: int) -> dict[str, AttrValue]:
+    """A bin count's attrs: its bin, and in a round, ``carried``: the units its count holds beyond the bin's."""
     if session.spec.bin is None:
         return {}
-    return {"bin": session.spec.bin, **({"carried": carried[sku]} if sku in carried else {})}
+    return {"bin": session.spec.bin, **({"carried": carried[sku].qty(counted) - counted} if sku in carried else {})}
 
 
 def _report_lines(session: Session, sums: tuple[Total, ...], *, zero_unscanned: bool) -> tuple[ReportLine, ...]:

@@ -44,20 +44,25 @@ async def test_a_sku_counted_in_two_bins_one_session_after_the_other_is_booked_a
     assert [(r.sku, r.qty) for r in view.session.report.lines] == [("SKU-APPLE", 3), ("SKU-PEAR", 2)]  # as counted
 
 
-async def test_what_moved_between_two_bins_counts_stays_moved_and_a_third_bin_adds_to_both(
+async def test_what_moved_between_two_bins_counts_is_applied_on_top_of_the_round_and_a_third_bin_adds_to_both(
     sessions: SessionManager, outbox: Outbox
 ) -> None:
-    """Counting bin X today and bin Y tomorrow: the sale in between is not undone by Y's count."""
+    """Counting bin X today and bin Y tomorrow: each later bin count is stamped at the round's count before it, so
+    the sale in between is applied on top of it (by the hub, as by the local count) and stays sold; the receipt
+    between Y and Z is left to the bin that holds it (counted in Z if it went there, never twice)."""
     await count_bin(sessions, "X", **{"c" + APPLE: 5})
     await outbox.record([Movement("S001", "SKU-APPLE", Kind.SALE, -1, "pos:test")])
     await count_bin(sessions, "Y", **{"c" + APPLE: 3})
     await outbox.record([Movement("S001", "SKU-APPLE", Kind.RECEIVE, 4, "pos:test")])
     await count_bin(sessions, "Z", **{"c" + APPLE: 2})
-    assert [(ev.qty, ev.attrs["bin"], ev.attrs.get("carried")) for ev in await counts(outbox)] == [
+    booked = await counts(outbox)
+    assert [(ev.qty, ev.attrs["bin"], ev.attrs.get("carried")) for ev in booked] == [
         (5, "X", None),
-        (7, "Y", 4),
-        (13, "Z", 11),
+        (8, "Y", 5),  # X's 5 and Y's 3, the sale after them
+        (6, "Z", 4),  # X's 5, Y's 3 and Z's 2, less the 4 received after them
     ]
+    assert {ev.occurred_at for ev in booked} == {booked[0].occurred_at}
+    assert (await outbox.counts.local_count("S001", "SKU-APPLE")).on_hand == 9  # 6 − 1 + 4
 
 
 async def test_a_bin_counted_again_starts_the_skus_round_of_bins_over(sessions: SessionManager, outbox: Outbox) -> None:
@@ -95,10 +100,12 @@ async def test_none_left_in_a_bin_keeps_the_units_of_the_bins_counted_before(
     ]
 
 
-def ev(seq: int, kind: Kind, qty: int, **attrs: object) -> StockEvent:
+def ev(seq: int, kind: Kind, qty: int, at_ms: int | None = None, **attrs: object) -> StockEvent:
+    """An event of the outbox's: its seq, stamped a millisecond after the one before it unless ``at_ms``."""
+    at_ms = 1_700_000_000_000 + seq if at_ms is None else at_ms
     return StockEvent(
-        new_event_id(), "store-a", 1, seq, "S001", "SKU-APPLE", kind, qty, pack_hlc(1_700_000_000_000 + seq, 0),
-        1_700_000_000_000 + seq, "session:x" if kind is Kind.COUNT else "pos:till", attrs=attrs,
+        new_event_id(), "store-a", 1, seq, "S001", "SKU-APPLE", kind, qty, pack_hlc(at_ms, 0), at_ms,
+        "session:x" if kind is Kind.COUNT else "pos:till", attrs=attrs,
     )  # fmt: skip
 
 
@@ -109,6 +116,22 @@ def test_a_round_whose_first_count_was_purged_is_over() -> None:
     carrying = ev(2, Kind.COUNT, 8, bin="Y", carried=5)
     sold = ev(3, Kind.SALE, -1)
     at = pack_hlc(1_700_000_000_100, 0)
-    assert bins._carried([sold, carrying, started], "Z", at, "session:now") == 7
+    # bin Y's count stamped at its own time (by an older agent) holds the round so far: Z adds to it, the hub the sale
+    assert bins._carried([sold, carrying, started], "Z", at, "session:now") == bins.Carry(8, carrying.occurred_at)
     assert bins._carried([sold, carrying, started], "X", at, "session:now") is None  # in the round: a new one
     assert bins._carried([sold, carrying], "X", at, "session:now") is None  # X purged: the round is over
+
+
+def test_what_the_round_count_supersedes_is_taken_if_taken_away_and_left_if_put_in() -> None:
+    """Bin Y's count is stamped at bin X's, after it: the hub applies what is stamped later on top of it, and what
+    shares X's stamp (a POS row of that very millisecond) the count books itself, a sale taken and a receipt left to
+    its bin; a receipt since X's count is taken off the count (the hub adds it back), never below 0."""
+    started = ev(1, Kind.COUNT, 5, bin="X")
+    same_ms = [ev(2, Kind.SALE, -1, at_ms=1_700_000_000_001), ev(3, Kind.RECEIVE, 2, at_ms=1_700_000_000_001)]
+    later = [ev(4, Kind.RECEIVE, 6), ev(5, Kind.SALE, -2)]
+    at = pack_hlc(1_700_000_000_100, 0)
+    carry = bins._carried([started, *same_ms, *later], "Y", at, "session:now")
+    assert carry == bins.Carry(5 - 1 - 6, started.occurred_at)
+    # 4 in bin Y: 2 booked, 2 + 6 − 2 at the hub; none: 0, not −2 (the hub's 6 − 2 is still no more than the shelf's:
+    # what is not in X or Y went into a bin not yet counted)
+    assert (carry.qty(4), carry.qty(0)) == (2, 0)
