@@ -9,6 +9,8 @@ of the pending ones. ``local_count`` adds the pending ones back:
 - pending on-hand deltas (sale, receive, return, adjust, transfers) add to on_hand;
 - a pending ``count`` sets on_hand to what was counted, and the deltas ordered
   before it stop counting (the count saw them on the shelf), as the hub will do;
+  this agent's acknowledged deltas ordered after it (the hub's count holds them)
+  apply on top of it again, as at the hub;
 - pending reserve/release change reserved.
 
 ``available`` keeps the hub's safety margin (on_hand − reserved − available as
@@ -138,23 +140,31 @@ def _hub_count(conn: sqlite3.Connection, location: str, sku: str) -> HubCount | 
 
 def _local_count(conn: sqlite3.Connection, location: str, sku: str) -> LocalCount:
     hub = _hub_count(conn, location, sku)
-    pending = conn.execute(
-        "SELECT kind, qty FROM events"
-        " WHERE seq > (SELECT value FROM meta WHERE key = 'acked_seq')"
-        " AND location = ? AND sku = ? AND seq NOT IN (SELECT seq FROM rejected)"
+    # Pending events, and the acknowledged ones ordered after the first pending count: the hub's count holds
+    # those, and a pending count stamped before them (a bin count of a round, at the round's count before it)
+    # replaces that count here, as at the hub, which applies them on top of it.
+    rows = conn.execute(
+        "SELECT kind, qty, seq > (SELECT value FROM meta WHERE key = 'acked_seq') FROM events"
+        " WHERE location = ? AND sku = ? AND seq NOT IN (SELECT seq FROM rejected)"
+        " AND (seq > (SELECT value FROM meta WHERE key = 'acked_seq') OR (occurred_at, seq) > ("
+        "  SELECT occurred_at, seq FROM events WHERE location = ? AND sku = ? AND kind = 'count'"
+        "  AND seq > (SELECT value FROM meta WHERE key = 'acked_seq') AND seq NOT IN (SELECT seq FROM rejected)"
+        "  ORDER BY occurred_at, seq LIMIT 1))"
         " ORDER BY occurred_at, seq",
-        (location, sku),
+        (location, sku, location, sku),
     ).fetchall()
     on_hand = hub.on_hand if hub else 0
     reserved = hub.reserved if hub else 0
     safety = max(0, hub.on_hand - hub.reserved - hub.available) if hub and hub.available > 0 else 0
-    for kind, qty in pending:
+    pending = 0
+    for kind, qty, is_pending in rows:
         kind = Kind(kind)
+        pending += bool(is_pending)
         if kind is Kind.COUNT:
             on_hand = qty
         elif kind in ON_HAND_KINDS:
             on_hand += qty
-        elif kind in (Kind.RESERVE, Kind.RELEASE):
+        elif kind in (Kind.RESERVE, Kind.RELEASE) and is_pending:
             reserved = max(0, reserved + qty)
     return LocalCount(
         location=location,
@@ -163,7 +173,7 @@ def _local_count(conn: sqlite3.Connection, location: str, sku: str) -> LocalCoun
         reserved=reserved,
         available=max(0, on_hand - reserved - safety),
         in_transit=hub.in_transit if hub else 0,
-        pending_events=len(pending),
+        pending_events=pending,
         hub_as_of_ms=hub.as_of_ms if hub else None,
     )
 

@@ -146,3 +146,17 @@ async def test_what_the_agent_never_held_between_two_bins_counts_stays_moved(tmp
     # The shelf: 4 apples in X, 3 pears in X (5 less the kit's 2), 4 plums in X; 3 of each in Y (were 8, 8, 8).
     assert (counts["SKU-APPLE"], counts["SKU-PEAR"], counts["SKU-PLUM"]) == (7, 6, 7)
 
+
+async def test_the_local_count_shows_a_round_as_the_hub_will_before_its_count_is_sent(tmp_path: Path) -> None:
+    """Bin Y's count is stamped at bin X's, before a sale the hub already acknowledged: the handheld's count must
+    not drop that sale while Y's count waits to be sent (offline, or the next sync)."""
+    async with shop(tmp_path) as s:
+        await s.count_bin("X", {APPLE: 5})
+        await s.sold("SKU-APPLE", 1, line=1)
+        assert (await s.on_hand())["SKU-APPLE"] == 4  # X's count and the sale acknowledged
+        await s.count_bin("Y", {APPLE: 3})
+        local = await s.outbox.counts.local_count("S001", "SKU-APPLE")
+        assert (local.on_hand, local.pending_events) == (7, 1)  # 5 + 3, less the sale (was 8)
+        assert (await s.on_hand())["SKU-APPLE"] == 7
+        local = await s.outbox.counts.local_count("S001", "SKU-APPLE")
+        assert (local.on_hand, local.pending_events) == (7, 0)
