@@ -160,6 +160,15 @@ class Connector(Protocol):
     async def read_levels(self, keys: Sequence[LevelKey]) -> dict[LevelKey, int | None]:
         """What the channel shows at each level now (None: the item is not stocked there)."""
 
+    async def sold_since(
+        self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]
+    ) -> dict[LevelKey, Moved]:
+        """Of the levels read back at ``shown`` (by ``read_levels``, just before), those whose quantity the channel's
+        own record says is the hub's last count there (pushed with the ``occurred_at`` of ``counted_ms``) less sales
+        made at the channel after it — sales whose orders may not have reached the hub yet, which the reconciler
+        does not push over (``hub.channels.reconcile``). Empty when the channel keeps no such record, or it cannot
+        be read (said once by the connector)."""
+
     def status(self) -> ConnectorStatus:
         """Whether the last call went through, when, and the throttle state the channel last reported."""
 

@@ -639,6 +639,12 @@ class ChannelPusher(LoopTask):
         return dict(self._pushed)
 
     @property
+    def stamps(self) -> dict[LevelKey, int]:
+        """The ``occurred_at`` each level last went out with (a copy): where a channel's record of the hub's last
+        count there is found (``Connector.sold_since``)."""
+        return dict(self._stamps)
+
+    @property
     def refused(self) -> dict[LevelKey, Refusal]:
         return dict(self._refused)
 

@@ -16,6 +16,11 @@ the channel accepted but did not apply. Each reconciliation:
    the hub last pushed while newer changes are on their way (the pusher is
    behind, not the channel), and a level the channel refused for good at that
    same quantity (already an exception of its own);
+   and, of those, a level the channel's own record shows at the hub's last count there less sales made at the
+   channel after it (``Connector.sold_since``: Square's inventory changes) whose orders have not reached the hub:
+   the channel is right, and the hub's level pushed over it would sell those units again until the orders come
+   back (``split_sold``; said in one line, not stored). A count kept at the channel, or a difference no sale
+   explains, is still a divergence;
 4. stores them (``ChannelState.add_divergences``: listed per channel at
    ``GET /v1/channels/{name}/divergences`` and in the hub's exceptions as
    ``channel_divergence``) and logs each;
@@ -37,10 +42,10 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from hub.channels.connector import ChannelError, ChannelRejected
+from hub.channels.connector import ChannelError, ChannelRejected, Moved
 from hub.channels.levels import LevelKey
 from hub.channels.loop import LoopTask
 from hub.channels.mapping import MappingError
@@ -95,6 +100,25 @@ def find_divergences(
             Divergence(key, level.sku, feeder(key.location_id), level.quantity, last, shown, at_ms)
         )
     return found
+
+
+def split_sold(
+    found: Sequence[Divergence], sold: Mapping[LevelKey, Moved], *, behind: bool
+) -> tuple[list[Divergence], list[Divergence]]:
+    """The divergences to push over, and those the channel's own sales explain (``sold``: the channel shows the
+    hub's last count there less sales made at the channel after it). Such a level is left as it stands when the
+    hub's level less those sales is within the tolerance of the channel's (their orders have not reached the hub
+    yet), or when newer changes wait to be pushed (``behind``: the pusher is behind, not the channel, as a level
+    still at what was last pushed); else the hub moved beyond them, and it is pushed over."""
+    drift: list[Divergence] = []
+    left: list[Divergence] = []
+    for d in found:
+        by = sold.get(d.key)
+        if by is not None and (behind or not diverges(d.hub_level + by.quantity - by.pushed, d.channel_level)):
+            left.append(d)
+        else:
+            drift.append(d)
+    return drift, left
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +222,13 @@ class Reconciler(LoopTask):
                 read.update(await pusher.connector.read_levels(sorted(levels)))
             self._beat()
             now_ms = wall_ms_now()
+            behind = await pusher.behind()
             found = find_divergences(
-                expected, read, pusher.pushed, pusher.refused, behind=await pusher.behind(),
+                expected, read, pusher.pushed, pusher.refused, behind=behind,
                 skip=pusher.confirmed_since(seq), feeder=pusher.single_feeder, at_ms=now_ms,
             )  # fmt: skip
+            found = await self._not_sold(found, behind)
+            self._beat()
             stored = await pusher.state.add_divergences(name, found)
             self._log(len(expected), stored)
             if stored:
@@ -212,6 +239,37 @@ class Reconciler(LoopTask):
             await pusher.state.save_reconciled(name, done)
             self.last = done
             return Reconciliation(done, tuple(stored))
+
+    async def _not_sold(self, found: list[Divergence], behind: bool) -> list[Divergence]:
+        """The divergences less those the channel's own sales explain (``split_sold``), read from its record only
+        for the levels that diverge; those are said in one line."""
+        if not found:
+            return found
+        stamps = self.pusher.stamps
+        sold = await self.pusher.connector.sold_since(
+            {d.key: d.channel_level for d in found}, {d.key: stamps[d.key] for d in found if d.key in stamps}
+        )
+        if not sold:
+            return found
+        drift, left = split_sold(found, sold, behind=behind)
+        if left:
+            d = left[0]
+            by = sold[d.key]
+            # without order webhooks no order comes back: the sales reach the hub only when the store books them
+            until = (
+                "until the sales' orders reach the hub" if self.spec.webhook_secret else
+                "until the sales reach the hub; this channel takes no order webhooks, so only the store's own booking "
+                "of them brings them there"
+            )  # fmt: skip
+            log.log(
+                logging.INFO if self.spec.webhook_secret else logging.WARNING,
+                "channel %s: %s sold units after the hub's last count at %d diverging level(s) (first %s at %s: "
+                "counted %d, %+d by %d sale(s) since, %d now, the hub's level %d); its count stands rather than being "
+                "pushed over %s",
+                self.spec.name, KIND_NAMES.get(self.spec.kind, self.spec.kind), len(left), d.sku, d.key.location_id,
+                by.pushed, by.quantity - by.pushed, by.changes, by.quantity, d.hub_level, until,
+            )  # fmt: skip
+        return drift
 
     def _beat(self, for_s: float = 0.0) -> None:
         """The heartbeat, when this runs in the reconciler's own loop (not a reconciliation asked for by a

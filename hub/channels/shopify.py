@@ -56,6 +56,7 @@ from hub.channels.connector import (
     Confirmed,
     ConnectorStatus,
     LevelsRefused,
+    Moved,
     PageWalk,
     Target,
     array,
@@ -304,6 +305,15 @@ class ShopifyConnector:
                     found[k] = _available(nodes.get(k.item_id))
                 start += len(chunk)
         return found
+
+    async def sold_since(
+        self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]
+    ) -> dict[LevelKey, Moved]:
+        """Nothing: the GraphQL Admin API 2026-01 answers no record of an item's inventory changes to tell a sale
+        at Shopify from an edit (``inventoryHistory`` is in its ``unstable`` version alone, and an
+        ``InventoryAdjustmentGroup`` is answered only by the mutation that made it), so a reconciliation pushes
+        every diverging level over (docs/channels.md, "Reconciliation")."""
+        return {}
 
     # --- listing -------------------------------------------------------------------
 

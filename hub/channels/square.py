@@ -30,6 +30,15 @@ fails (an error, 429s longer than ``CHANGES_RATE_WAIT_MAX_S`` in all, a timeout)
 leaves the level kept, as before the read existed; a read that fails is
 logged once until one succeeds.
 
+A reconciliation reads the same record for the levels that diverge
+(``sold_since``): from a little before the ``occurred_at`` of the hub's last
+count there to the ``calculated_at`` the level was read back with. A level
+whose standing count is the hub's (its ``reference_id``) less sales alone
+(``IN_STOCK`` to ``SOLD``) after it, bringing it exactly to Square's
+quantity, is a sale whose order has not reached the hub: the reconciler
+leaves it (``hub.channels.reconcile.split_sold``). A read that fails leaves
+every level to be pushed over, as before, logged once until one succeeds.
+
 A ``400`` whose every error names one change (``field``
 ``changes[<i>]…``: a deleted variation, an unknown location) refuses those
 levels for good (``LevelsRefused``): Square applied nothing, and the pusher
@@ -132,6 +141,7 @@ class _Change:
     occurred_ms: int
     created_ms: int
     reference_id: str
+    sale: bool = False  # an adjustment from IN_STOCK to SOLD: a sale rung up at Square
 
 
 class _Refused(ChannelRejected):
@@ -173,6 +183,8 @@ class SquareConnector:
         self._wall = wall
         self._clamping = False  # the last push sent a stamp moved into Square's window (logged when that starts)
         self._unread = False  # the last read of Square's changes after a push failed (logged when that starts)
+        self._unread_sold = False  # the last read of them at a reconciliation failed (logged when that starts)
+        self._read_at: dict[LevelKey, int] = {}  # each level's calculated_at as last read back (wall ms, Square's)
         self.calls = 0
         self.rate_limited = 0
         self._last = CallRecord()
@@ -382,6 +394,8 @@ class SquareConnector:
         """Square's IN_STOCK count of each level; 0 where Square holds no count (nothing was ever counted)."""
         wanted = set(keys)
         found: dict[LevelKey, int | None] = {k: 0 for k in keys}
+        for k in keys:
+            self._read_at.pop(k, None)
         items = sorted({k.item_id for k in keys})
         locations = sorted({k.location_id for k in keys})
         for start in range(0, len(items), READ_IDS_MAX):
@@ -408,6 +422,10 @@ class SquareConnector:
                             raise ChannelUnavailable(
                                 f"Square answered channel {self.spec.name} a count that is not a number"
                             ) from None
+                        try:
+                            self._read_at[key] = _ms_of(c.get("calculated_at"))
+                        except (TypeError, ValueError):
+                            self._read_at[key] = 0  # no bound: sold_since reads every change received since
                 cursor = answer.get("cursor")
                 if not cursor:
                     break
@@ -420,6 +438,47 @@ class SquareConnector:
                     f"{len(batch)} item(s); reading levels back stopped there"
                 )
         return found
+
+    async def sold_since(
+        self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]
+    ) -> dict[LevelKey, Moved]:
+        """Of the levels read back at ``shown``, those Square's record shows at the hub's last count there less sales
+        rung up at a register after it (``_sold_after``): a reconciliation leaves them as they stand until the sales'
+        orders reach the hub. Read with ``changes/batch-retrieve`` from a little before each level's last count
+        (``counted_ms``: the ``occurred_at`` it went out with) to the ``calculated_at`` it was read back with,
+        ``READ_IDS_MAX`` items a request. A read that fails leaves them all to be pushed over, as before the read
+        existed, said once until one succeeds."""
+        asked = {k: _Shown(Decimal(q), self._read_at.get(k, 0)) for k, q in shown.items() if k in counted_ms}
+        if not asked:
+            return {}
+        items = sorted({k.item_id for k in asked})
+        record: dict[LevelKey, list[_Change]] = {}
+        try:
+            for start in range(0, len(items), READ_IDS_MAX):
+                batch = set(items[start : start + READ_IDS_MAX])
+                part = {k: s for k, s in asked.items() if k.item_id in batch}
+                record.update(await self._changes_since(counted_ms, part))
+        except ChannelError as err:
+            if not self._unread_sold:
+                log.warning(
+                    "channel %s: Square's inventory changes could not be read to tell a sale at Square from a drift "
+                    "when reconciling (%s); until they can, every level that diverges is pushed over, a sale whose "
+                    "order has not reached the hub included", self.spec.name, err,
+                )  # fmt: skip
+            self._unread_sold = True
+            return {}
+        if self._unread_sold:
+            log.info(
+                "channel %s: Square's inventory changes can be read again, so a reconciliation leaves a sale at "
+                "Square standing until its order reaches the hub", self.spec.name,
+            )  # fmt: skip
+            self._unread_sold = False
+        sold: dict[LevelKey, Moved] = {}
+        for k, s in asked.items():
+            found = _sold_after(record.get(k, []), s.quantity, s.at_ms)
+            if found is not None:
+                sold[k] = found
+        return sold
 
     async def _call(
         self, path: str, body: Mapping[str, Any], what: str, *, wait_max_s: float | None = None
@@ -580,7 +639,8 @@ def _change_of(change: Any, channel: str) -> _Change | None:
         if before == after or not in_stock:
             return None
     key = LevelKey(str(body.get("catalog_object_id")), str(body.get("location_id")))
-    return _Change(str(kind), key, in_stock, occurred_ms, created_ms, str(body.get("reference_id") or ""))
+    sale = kind == "ADJUSTMENT" and body.get("from_state") == "IN_STOCK" and body.get("to_state") == "SOLD"
+    return _Change(str(kind), key, in_stock, occurred_ms, created_ms, str(body.get("reference_id") or ""), sale)
 
 
 def _moved_after(
@@ -607,3 +667,32 @@ def _moved_after(
     if not after or total != quantity or total != int(total):
         return None
     return Moved(pushed, int(total), len(after))
+
+
+def _sold_after(record: Sequence[_Change], quantity: Decimal, calculated_ms: int) -> Moved | None:
+    """Whether Square's count at a level (``quantity``, calculated at ``calculated_ms``) is the hub's last count there
+    less sales rung up at Square after it, from Square's record of the level's changes: the physical count with the
+    latest ``occurred_at`` is one the hub pushed (its ``reference_id``), no other count stands at or after it, no
+    adjustment occurred at its very instant, and the adjustments after it are sales alone (``IN_STOCK`` to
+    ``SOLD``) bringing its quantity to Square's exactly. None — a drift, or the record cannot say — otherwise: a
+    count kept at Square, a restock, waste or a transfer, a change not read. Changes received after
+    ``calculated_ms`` are not behind that count and are left out."""
+    behind = [c for c in record if calculated_ms <= 0 or c.created_ms <= calculated_ms]
+    counts = [c for c in behind if c.type == "PHYSICAL_COUNT"]
+    if not counts:
+        return None
+    last = max(counts, key=lambda c: (c.occurred_ms, c.created_ms))
+    if not last.reference_id.startswith(REFERENCE_PREFIX):
+        return None  # the count standing is Square's own (a register, the dashboard, another app): a drift
+    at = last.occurred_ms
+    if any(c is not last and c.occurred_ms >= at for c in counts):
+        return None  # another count at the same instant: which one Square keeps is not said
+    if any(c.type == "ADJUSTMENT" and c.occurred_ms == at for c in behind):
+        return None  # at the count's instant: whether Square applied it on top is not said
+    after = [c for c in behind if c.type == "ADJUSTMENT" and c.occurred_ms > at]
+    if not after or not all(c.sale for c in after):
+        return None
+    total = last.in_stock + sum((c.in_stock for c in after), Decimal(0))
+    if total != quantity or total != int(total) or last.in_stock != int(last.in_stock):
+        return None
+    return Moved(int(last.in_stock), int(total), len(after))

@@ -47,6 +47,7 @@ from hub.channels.connector import (
     ChannelUnavailable,
     ConnectorStatus,
     LevelsRefused,
+    Moved,
     Target,
     idempotency_key,
     post,
@@ -93,6 +94,11 @@ class WebhookConnector:
 
     async def read_levels(self, keys: Sequence[LevelKey]) -> dict[LevelKey, int | None]:
         raise ChannelRejected(f"channel {self.spec.name} is a webhook: its levels cannot be read back")
+
+    async def sold_since(
+        self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]
+    ) -> dict[LevelKey, Moved]:
+        return {}  # never read back
 
     async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
         keys = sorted(batch)

@@ -6,8 +6,10 @@ at every step is known, and nothing waits on time. The emulators drift levels be
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,8 +19,9 @@ import pytest
 
 from hub.channels import ChannelPusher, LevelKey, ShopifyConnector, SqliteChannelState, SquareConnector
 from hub.channels import pusher as pusher_module
+from hub.channels.connector import Moved
 from hub.channels.pusher import Level
-from hub.channels.reconcile import Reconciler, diverges, find_divergences
+from hub.channels.reconcile import Reconciler, diverges, find_divergences, split_sold
 from hub.channels.state import Divergence, Refusal
 from hub.storage import open_store
 from hub.storage.keys import exception_key
@@ -27,6 +30,7 @@ from protocol import Kind
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.helpers import Hub, spec_of, wait_until
+from tests.channels.test_square_push import CHANGES_PATH, book_square_order, past_the_change
 
 K = LevelKey("item-1", "loc-1")
 
@@ -40,9 +44,14 @@ async def shop_pusher(hub: Hub, state: SqliteChannelState, emu: ShopifyEmulator,
 
 
 @asynccontextmanager
-async def square_pusher(hub: Hub, state: SqliteChannelState, emu: SquareEmulator, pool: dict[str, str]
-                        ) -> AsyncIterator[ChannelPusher]:  # fmt: skip
+async def square_pusher(hub: Hub, state: SqliteChannelState, emu: SquareEmulator, pool: dict[str, str],
+                        *, hooked: bool = False) -> AsyncIterator[ChannelPusher]:  # fmt: skip
+    """``hooked``: the channel takes Square's order webhooks (a signature key and the notification URL)."""
     spec = spec_of({"name": "pos", "kind": "square", "url": emu.url, "pool": pool, "timeout_s": 5}, emu.token)
+    if hooked:
+        spec = replace(
+            spec, webhook_secret="square-signature-key", notification_url="https://hub.test/v1/channels/pos/webhooks"
+        )
     async with aiohttp.ClientSession(trust_env=False) as session:
         yield ChannelPusher(spec, hub.store, state, SquareConnector(spec, session), hub.watch)
 
@@ -403,3 +412,142 @@ async def test_a_count_square_keeps_whatever_the_stamp_is_left_to_reconciliation
         assert square.stats.batches_applied == pushes + 1 + pusher_module.KEPT_AGAIN_MAX
         assert square.quantity(a, loc) == 7 and pusher.pushed == {}
     assert "they are left to the next reconciliation (kept again after pushes stamped after it)" in caplog.text
+
+
+# --- a sale at a Square register whose order has not reached the hub ---------------------------------------
+
+
+def test_split_sold_leaves_what_the_channels_own_sales_explain_and_pushes_over_the_rest() -> None:
+    k2, k3, k4 = (LevelKey(f"item-{i}", "loc-1") for i in range(2, 5))
+    found = [
+        Divergence(K, "A", "S1", 10, 10, 9, 5),  # counted 10, one sale since: 9, as the hub's 10 less that sale
+        Divergence(k2, "B", "S1", 10, 10, 9, 5),  # no record of sales: a drift
+        Divergence(k3, "C", "S1", 20, 10, 9, 5),  # counted 10, one sale since, but the hub's level is 20 now
+        Divergence(k4, "D", "S1", 10, 10, 4, 5),  # counted 10, six sales since
+    ]
+    sold = {K: Moved(10, 9, 1), k3: Moved(10, 9, 1), k4: Moved(10, 4, 6)}
+    drift, left = split_sold(found, sold, behind=False)
+    assert ([d.sku for d in drift], [d.sku for d in left]) == (["B", "C"], ["A", "D"])
+    drift, left = split_sold(found, sold, behind=True)  # C's newer level is on its way: the pusher is behind
+    assert ([d.sku for d in drift], [d.sku for d in left]) == (["B"], ["A", "C", "D"])
+
+
+async def test_a_register_sale_whose_order_has_not_reached_the_hub_is_not_pushed_over_by_a_reconciliation(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sale rung up at a Square register after the hub's last count there: Square shows a unit less than the
+    hub until the sale's order comes back. A reconciliation in between took that for a drift and pushed the hub's
+    level over Square's: Square showed the sold unit for sale again (an oversell) until the order came back and the
+    next push corrected it. Square's record says the count is the hub's own less a sale: it stands."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}, hooked=True) as pusher:
+        await settle(pusher)
+        square.register_sale(a, loc, 1)  # confirmed at Square; its order is on its way to the hub
+        applied = square.stats.batches_applied
+        found = await Reconciler(pusher).reconcile()
+        assert (found.done.checked, found.divergences) == (1, ())
+        await settle(pusher)
+        assert square.quantity(a, loc) == 9 and square.stats.batches_applied == applied, "not pushed over"
+        assert await state.open_divergences("pos") == 0
+        assert [e for e in await hub.store.exceptions() if e.kind == "channel_divergence"] == []
+        (query,) = square.stats.change_queries  # one read of Square's record, for the level that diverged
+        assert (query["catalog_object_ids"], query["location_ids"]) == ([a], [loc])
+
+        await book_square_order(hub, pusher, loc, [(a, 1)])  # the order comes back: the hub's level is Square's
+        await settle(pusher)
+        assert square.quantity(a, loc) == 9 and await hub.available("S1", "A") == 9
+        assert (await Reconciler(pusher).reconcile()).divergences == ()
+        assert len(square.stats.change_queries) == 1, "nothing diverged: Square's record is not read"
+    said = [r.getMessage() for r in caplog.records if "sold units after the hub's last count" in r.getMessage()]
+    assert said == [
+        (
+            f"channel pos: Square sold units after the hub's last count at 1 diverging level(s) (first A at {loc}: "
+            "counted 10, -1 by 1 sale(s) since, 9 now, the hub's level 10); its count stands rather than being pushed "
+            "over until the sales' orders reach the hub"
+        )
+    ]
+
+
+async def test_a_count_kept_at_square_or_a_difference_no_sale_explains_is_still_pushed_over(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sold at the register (left alone); B counted at the register, then sold there (the count standing is
+    Square's own: a drift); C sold and two thrown away as waste (no sale explains the waste): B and C are
+    divergences, said and pushed over as before."""
+    loc = square.add_location()
+    a, b, c = (square.add_variation(sku) for sku in "ABC")
+    await hub.move(*((Kind.RECEIVE, 10, "S1", sku) for sku in "ABC"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+        now = datetime.now(UTC)
+        square.register_sale(a, loc, 1)
+        square.register_count(b, loc, 7, occurred_at=now)
+        square.register_sale(b, loc, 1, occurred_at=now + timedelta(milliseconds=1))
+        square.register_sale(c, loc, 1)
+        square.register_waste(c, loc, 2)
+        found = await Reconciler(pusher).reconcile()
+        assert sorted((x.sku, x.channel_level) for x in found.divergences) == [("B", 6), ("C", 7)]
+        await settle(pusher)
+        assert [square.quantity(v, loc) for v in (a, b, c)] == [9, 10, 10]
+        assert await state.open_divergences("pos") == 0
+    assert "channel pos: Square showed 6 of B at" in caplog.text and "pushing the hub's level again" in caplog.text
+
+
+async def test_a_register_sale_while_a_hub_change_waits_is_left_to_the_push_that_carries_it(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    """The hub received 5 more; before its push goes out, a sale at the register. The reconciliation's correction
+    was stamped with its own time, after the sale: Square took the hub's 15 over it. The push that carries the
+    receipt is stamped with the receipt's time, before the sale, and Square applies the sale on top of it."""
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+        await hub.move((Kind.RECEIVE, 5, "S1", "A"))  # not pushed yet: the pusher is behind
+        await past_the_change(hub, "S1", "A")
+        square.register_sale(a, loc, 1)
+        assert (await Reconciler(pusher).reconcile()).divergences == ()
+        await settle(pusher)
+        assert square.quantity(a, loc) == 14 and pusher.pushed == {LevelKey(a, loc): 14}
+
+
+async def test_when_squares_record_cannot_be_read_a_reconciliation_pushes_over_as_before_said_once(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
+        await settle(pusher)
+        for _ in range(2):  # twice: a sale at the register before each reconciliation, Square's record unreadable
+            square.fault_at(CHANGES_PATH, "http_503")
+            square.register_sale(a, loc, 1)
+            (found,) = (await Reconciler(pusher).reconcile()).divergences
+            assert (found.channel_level, found.hub_level) == (9, 10)
+            await settle(pusher)
+            assert square.quantity(a, loc) == 10  # as before: the hub's level, pushed over the sale
+        square.register_sale(a, loc, 1)  # the record can be read again
+        assert (await Reconciler(pusher).reconcile()).divergences == ()
+        await settle(pusher)
+        assert square.quantity(a, loc) == 9
+    (stands,) = [r for r in caplog.records if "sold units after the hub's last count" in r.getMessage()]
+    assert stands.levelno == logging.WARNING and stands.getMessage().endswith(
+        "its count stands rather than being pushed over until the sales reach the hub; this channel takes no order "
+        "webhooks, so only the store's own booking of them brings them there"
+    )
+    fell_back = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(fell_back) == 1, "said once while it goes on"
+    assert fell_back[0].startswith(
+        "channel pos: Square's inventory changes could not be read to tell a sale at Square from a drift when "
+        "reconciling (Square failed reading its inventory changes for channel pos (HTTP 503"
+    )
+    assert fell_back[0].endswith(
+        "); until they can, every level that diverges is pushed over, a sale whose order has not reached the hub "
+        "included"
+    )
+    assert sum("can be read again, so a reconciliation" in r.getMessage() for r in caplog.records) == 1

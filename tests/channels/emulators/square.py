@@ -248,6 +248,14 @@ class SquareEmulator(EmulatorServer):
             "ADJUSTMENT", object_id, location_id, Decimal(quantity), occurred_at, REGISTER, states=("IN_STOCK", "SOLD")
         )
 
+    def register_waste(
+        self, object_id: str, location_id: str, quantity: int = 1, *, occurred_at: datetime | None = None
+    ) -> Change:
+        """Units thrown away, recorded at a Square register: an adjustment from IN_STOCK to WASTE."""
+        return self._record(
+            "ADJUSTMENT", object_id, location_id, Decimal(quantity), occurred_at, REGISTER, states=("IN_STOCK", "WASTE")
+        )
+
     def forget(self, object_id: str, location_id: str) -> None:
         """Square holds no count of the item there (it shows 0)."""
         self.history.pop((object_id, location_id), None)
