@@ -672,8 +672,8 @@ def _moved_after(
 def _sold_after(record: Sequence[_Change], quantity: Decimal, calculated_ms: int) -> Moved | None:
     """Whether Square's count at a level (``quantity``, calculated at ``calculated_ms``) is the hub's last count there
     less sales rung up at Square after it, from Square's record of the level's changes: the physical count with the
-    latest ``occurred_at`` is one the hub pushed (its ``reference_id``), no other count stands at or after it, no
-    adjustment occurred at its very instant, and the adjustments after it are sales alone (``IN_STOCK`` to
+    latest ``occurred_at`` is one the hub pushed (its ``reference_id``; several at that instant — two channels, or a
+    push sent again — all the hub's, of one quantity), no adjustment occurred at its very instant, and the adjustments after it are sales alone (``IN_STOCK`` to
     ``SOLD``) bringing its quantity to Square's exactly. None — a drift, or the record cannot say — otherwise: a
     count kept at Square, a restock, waste or a transfer, a change not read. Changes received after
     ``calculated_ms`` are not behind that count and are left out."""
@@ -681,12 +681,13 @@ def _sold_after(record: Sequence[_Change], quantity: Decimal, calculated_ms: int
     counts = [c for c in behind if c.type == "PHYSICAL_COUNT"]
     if not counts:
         return None
-    last = max(counts, key=lambda c: (c.occurred_ms, c.created_ms))
-    if not last.reference_id.startswith(REFERENCE_PREFIX):
+    at = max(c.occurred_ms for c in counts)
+    standing = [c for c in counts if c.occurred_ms == at]
+    if not all(c.reference_id.startswith(REFERENCE_PREFIX) for c in standing):
         return None  # the count standing is Square's own (a register, the dashboard, another app): a drift
-    at = last.occurred_ms
-    if any(c is not last and c.occurred_ms >= at for c in counts):
-        return None  # another count at the same instant: which one Square keeps is not said
+    last = standing[0]
+    if any(c.in_stock != last.in_stock for c in standing):
+        return None  # the hub's counts at one instant, of two quantities: which one Square keeps is not said
     if any(c.type == "ADJUSTMENT" and c.occurred_ms == at for c in behind):
         return None  # at the count's instant: whether Square applied it on top is not said
     after = [c for c in behind if c.type == "ADJUSTMENT" and c.occurred_ms > at]

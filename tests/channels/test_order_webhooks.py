@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from hub.channels import SqliteChannelState, parse_channels
+from hub.channels import LevelKey, SqliteChannelState, parse_channels
 from hub.channels.config import KEYS
 from hub.channels.order_routes import HOOKS_KEY
 from hub.storage import HubStore
@@ -41,6 +43,7 @@ class Hub:
     square: SquareOrdersEmulator
     locations: dict[str, str]
     variants: dict[str, Any]
+    db: Path
 
     def hook(self, channel: str) -> str:
         return f"{self.url}/v1/channels/{channel}/webhooks"
@@ -84,7 +87,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
 
                 await wait_until(mapped, "both channels' SKU mappings are loaded")
             yield Hub(url, served.app, served.store, shopify, square, {"WH1": wh, "S1": s1, "SQ1": sq_s1},
-                      {**variants, "SQ-A": sq_a})  # fmt: skip
+                      {**variants, "SQ-A": sq_a}, db)  # fmt: skip
 
 
 async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
@@ -189,6 +192,45 @@ async def test_a_square_order_is_read_from_the_orders_api_and_reserved_then_sold
     status, answer = await square.deliver(hub.hook("pos"), late)  # an old notice: the order read now is complete
     assert (status, answer["applied"]) == (200, 0)
     assert await hub.count("S1", "SKU-A") == (-2, 0)
+
+
+async def test_a_register_sale_reconciled_before_its_order_arrives_is_never_pushed_over(hub: Hub) -> None:
+    """A sale at a Square register, reconciled (asked for over the API) before its order's webhook reaches the
+    hub: the reconciliation pushed the hub's 10 over Square's 9 — the sold unit for sale again until the order
+    came back. Now Square's record says the count is the hub's less that sale: nothing is pushed; the order then
+    books the sale, and the hub and Square agree at 9."""
+    square, s1, a = hub.square, hub.locations["SQ1"], hub.variants["SQ-A"]
+    _, agent = await hub.store.add_agent(["S1"])
+    _, admin = await hub.store.add_agent([], role="admin")
+    event = {"id": uuid.uuid4().hex, "location": "S1", "sku": "SKU-A", "kind": "receive", "qty": 10,
+             "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}  # fmt: skip
+    async with aiohttp.ClientSession(trust_env=False) as session:
+
+        async def call(path: str, token: str, body: Any = None) -> tuple[int, Any]:
+            async with session.post(hub.url + path, json=body, headers={"Authorization": f"Bearer {token}"},
+                                    timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+                return resp.status, await resp.json(content_type=None)
+
+        assert (await call("/v1/events", agent, {"events": [event]}))[0] == 200
+        async with await SqliteChannelState.open(hub.db) as state:
+
+            async def pushed(level: int) -> bool:
+                return (await state.pushed("pos")).get(LevelKey(a, s1)) == level and square.quantity(a, s1) == level
+
+            await wait_until(lambda: pushed(10), "the pos channel confirmed A at 10")
+            order = square.create_order(s1, [(a, 1)], pickup=False)  # an in-person sale at the register …
+            square.pick_up(order["id"])  # … COMPLETED at once
+            square.register_sale(a, s1, 1)  # and Square's inventory: one sold
+            status, answer = await call("/v1/channels/pos/reconcile", admin)
+            assert (status, answer["checked"], answer["divergences"]) == (200, 1, []), answer
+            assert square.quantity(a, s1) == 9 and await state.open_divergences("pos") == 0
+            status, answer = await square.deliver(hub.hook("pos"), square.notification("order.updated", order["id"]))
+            assert (status, answer["applied"]) == (200, 2), answer  # the order comes back: reserved and sold
+            assert await hub.count("S1", "SKU-A") == (9, 0)
+            await wait_until(lambda: pushed(9), "the pos channel confirmed A at 9")
+            status, answer = await call("/v1/channels/pos/reconcile", admin)
+            assert (status, answer["divergences"]) == (200, []), answer
+    assert square.quantity(a, s1) == 9
 
 
 async def test_a_square_quantity_changed_while_open_is_what_the_hub_reserves_and_a_return_moves_nothing(

@@ -475,11 +475,12 @@ async def test_a_count_kept_at_square_or_a_difference_no_sale_explains_is_still_
     hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A sold at the register (left alone); B counted at the register, then sold there (the count standing is
-    Square's own: a drift); C sold and two thrown away as waste (no sale explains the waste): B and C are
-    divergences, said and pushed over as before."""
+    Square's own: a drift); C sold and two thrown away as waste (no sale explains the waste); D counted at the
+    register stamped the very instant of the hub's count (Square keeps the one it received later: its own), then
+    sold: B, C and D are divergences, said and pushed over as before."""
     loc = square.add_location()
-    a, b, c = (square.add_variation(sku) for sku in "ABC")
-    await hub.move(*((Kind.RECEIVE, 10, "S1", sku) for sku in "ABC"))
+    a, b, c, d = (square.add_variation(sku) for sku in "ABCD")
+    await hub.move(*((Kind.RECEIVE, 10, "S1", sku) for sku in "ABCD"))
     async with square_pusher(hub, state, square, {"S1": loc}) as pusher:
         await settle(pusher)
         now = datetime.now(UTC)
@@ -488,10 +489,14 @@ async def test_a_count_kept_at_square_or_a_difference_no_sale_explains_is_still_
         square.register_sale(b, loc, 1, occurred_at=now + timedelta(milliseconds=1))
         square.register_sale(c, loc, 1)
         square.register_waste(c, loc, 2)
+        ours = square.history[(d, loc)][-1]
+        assert ours.reference_id is not None and ours.reference_id.startswith("shelfsync:")
+        square.register_count(d, loc, 6, occurred_at=ours.occurred)
+        square.register_sale(d, loc, 1)
         found = await Reconciler(pusher).reconcile()
-        assert sorted((x.sku, x.channel_level) for x in found.divergences) == [("B", 6), ("C", 7)]
+        assert sorted((x.sku, x.channel_level) for x in found.divergences) == [("B", 6), ("C", 7), ("D", 5)]
         await settle(pusher)
-        assert [square.quantity(v, loc) for v in (a, b, c)] == [9, 10, 10]
+        assert [square.quantity(v, loc) for v in (a, b, c, d)] == [9, 10, 10, 10]
         assert await state.open_divergences("pos") == 0
     assert "channel pos: Square showed 6 of B at" in caplog.text and "pushing the hub's level again" in caplog.text
 
