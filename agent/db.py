@@ -178,6 +178,16 @@ class SqliteThread:
         """Run ``fn`` inside one read transaction (a consistent snapshot; never upgraded to a write)."""
         return await self._submit(functools.partial(self._in_transaction, "BEGIN DEFERRED", fn))
 
+    async def outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the thread outside any transaction: for what cannot run inside one (``VACUUM``, a
+        truncating checkpoint, ``PRAGMA incremental_vacuum`` run to its end)."""
+        return await self._submit(lambda: fn(self._connection()))
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        assert conn is not None, "SqliteThread used before connect()"
+        return conn
+
     async def write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
         """Run ``fn`` inside one ``BEGIN IMMEDIATE … COMMIT``; any exception rolls everything back.
 
@@ -528,5 +538,13 @@ class SqliteFile:
             raise self._closed_error()
         try:
             return await self._db.write(fn, small=small)
+        except sqlite3.Error as err:
+            raise self._failure("written", err) from err
+
+    async def _outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise self._closed_error()
+        try:
+            return await self._db.outside_transaction(fn)
         except sqlite3.Error as err:
             raise self._failure("written", err) from err

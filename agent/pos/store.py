@@ -12,6 +12,12 @@ batch's quarantined rows and observations, after the batch's movements are
 committed: never ahead of the outbox, so an import interrupted goes on from
 it (agent.pos.importer).
 
+The counts take ~20 bytes a row while they are kept. The file is made with
+``auto_vacuum = INCREMENTAL`` (a file made before is rewritten once, ``VACUUM``,
+when opened), and once counts are dropped their pages are given back to the
+disk and the WAL is truncated: the file does not stay the size of the largest
+import it ever held.
+
 Same shape as the outbox: one connection on one thread (``agent.db``), WAL,
 each write one ``BEGIN IMMEDIATE … COMMIT``.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -36,6 +43,8 @@ from protocol import wall_ms_now
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -143,7 +152,38 @@ class PosStore(SqliteFile):
     async def _open(cls, path: Path, wall_clock_ms: Callable[[], int]) -> PosStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         opened = cls(SqliteThread(path, "full"), wall_clock_ms=wall_clock_ms)
-        return await opened._start(opened._init)
+        await opened._start(opened._init)
+        await opened._outside_transaction(opened._incremental)
+        return opened
+
+    @classmethod
+    def _incremental(cls, conn: sqlite3.Connection) -> None:
+        """Make the file one that can give free pages back (``auto_vacuum``, set only by rewriting it, once), and
+        give back what is free."""
+        try:
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                conn.execute("VACUUM")
+            cls._give_back(conn)
+        except sqlite3.Error as err:  # the disk has no room for the copy VACUUM writes: it works as it is
+            log.warning(
+                "The POS store %s could not give its free space back to the disk (%s); it works as it is.",
+                conn.execute("PRAGMA database_list").fetchone()[2], err,
+            )  # fmt: skip
+
+    @staticmethod
+    def _give_back(conn: sqlite3.Connection) -> None:
+        """Give the free pages back to the disk, and truncate the WAL they went through. (``executescript``: run
+        from Python by ``execute``, ``PRAGMA incremental_vacuum`` frees one page.)"""
+        conn.executescript("PRAGMA incremental_vacuum;")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    async def _space_back(self) -> None:
+        """After counts were dropped: their space back to the disk. Only a smaller file is at stake: said, not raised."""
+        try:
+            await self._outside_transaction(self._give_back)
+        except PosImportError as err:
+            log.warning("The POS store could not give the space of dropped checkpoints back to the disk: %s", err)
 
     def _init(self, conn: sqlite3.Connection) -> None:
         for statement in _SCHEMA:
@@ -161,6 +201,12 @@ class PosStore(SqliteFile):
         # nobody holds is an import its process never finished (killed, or the computer went down).
         if "owner" not in {r[1] for r in conn.execute("PRAGMA table_info(imports)")}:
             conn.execute("ALTER TABLE imports ADD COLUMN owner TEXT")
+
+    @staticmethod
+    def _drop_checkpoint(conn: sqlite3.Connection, import_id: int) -> int:
+        """Drop the checkpoint of ``import_id`` and its counts; how many packs of counts went (their space is free)."""
+        conn.execute("DELETE FROM checkpoints WHERE import_id = ?", (import_id,))
+        return conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (import_id,)).rowcount
 
     def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
         return PosImportError(f"{self.path} is not a usable POS import store: {err}")
@@ -262,13 +308,13 @@ class PosStore(SqliteFile):
     async def forget_checkpoint(self, import_id: int, *, why: str | None = None) -> None:
         """The checkpoint of ``import_id`` is of no more use (the file changed: ``why``, said in its import's row)."""
 
-        def forget(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM checkpoints WHERE import_id = ?", (import_id,))
-            conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (import_id,))
+        def forget(conn: sqlite3.Connection) -> int:
             if why is not None:
                 conn.execute("UPDATE imports SET error = ? WHERE id = ?", (why, import_id))
+            return self._drop_checkpoint(conn, import_id)
 
-        await self._write(forget)
+        if await self._write(forget):
+            await self._space_back()
 
     async def lineage_quarantine(self, import_ids: Sequence[int], limit: int) -> list[Quarantined]:
         """The first ``limit`` rows quarantined by these imports (the parts of one resumed import), by line."""
@@ -319,10 +365,11 @@ class PosStore(SqliteFile):
 
     async def finish_import(self, import_id: int, report: ImportReport) -> None:
         """The import ended (``report``): its row says how, and its checkpoint and those of earlier interrupted
-        imports of the same file, which nothing will go on from now, are dropped."""
+        imports of the same file, which nothing will go on from now, are dropped; the space their counts took is
+        given back to the disk."""
         values = [getattr(report, name) for name in _COUNTS]
 
-        def finish(conn: sqlite3.Connection) -> None:
+        def finish(conn: sqlite3.Connection) -> int:
             conn.execute(
                 f"UPDATE imports SET status = ?, finished_ms = ?, error = ?, {', '.join(f'{n} = ?' for n in _COUNTS)}"
                 " WHERE id = ?",
@@ -333,11 +380,10 @@ class PosStore(SqliteFile):
                 " OR (c.file_name = ? AND c.import_id < ? AND i.status <> 'running')"
             )
             ids = [i for (i,) in conn.execute(done, (import_id, report.file_name, import_id))]
-            for old in ids:
-                conn.execute("DELETE FROM checkpoints WHERE import_id = ?", (old,))
-                conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (old,))
+            return sum(self._drop_checkpoint(conn, old) for old in ids)
 
-        await self._write(finish)
+        if await self._write(finish):
+            await self._space_back()
 
     async def hold_import(self, import_id: int, report: ImportReport) -> None:
         """The import read the file's complete rows and holds its last line, which has no line break yet
