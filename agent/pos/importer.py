@@ -23,6 +23,12 @@ rewritten), it reads the file from the start, which is safe: what was recorded
 comes back as duplicates. An import whose process is gone is marked
 ``interrupted`` (its process held a lock beside the store while it ran), and
 ``resumed`` once another went on from it.
+
+An import that ends keeps its checkpoint when asked (``keep_checkpoint``: the
+drop folder's, for the copy it files): a till that writes on into the filed copy
+has the rows it appends read from there (``go_on_from``), not the whole file
+again. A checkpoint never lies past a last line without a line break: the till
+may finish that line, which is read again then, whole.
 """
 
 from __future__ import annotations
@@ -94,14 +100,17 @@ class _Tally:
     lineage: list[int] = field(default_factory=list)  # the imports of this file it goes on from, and itself
     pending_counts: list[bytes] = field(default_factory=list)  # occurrence counts of batches since the checkpoint
     checkpoint_due: float = 0.0  # monotonic seconds when the next batch writes a checkpoint even on its own
+    # where the latest batch that has a position ends, and the tally then: the checkpoint written at the end
+    kept: tuple[Position, dict[str, Any]] | None = None
+    carried: int = 0  # movements and observations the imports it went on from recorded
 
     def to_state(self, mapper_state: dict[str, str | None], cut_row: CutRow | None) -> dict[str, Any]:
         cut = None if cut_row is None else [cut_row.line, cut_row.raw, cut_row.event_id.hex()]
         return {
             "rows_read": self.rows_read, "imported": self.imported, "duplicates": self.duplicates,
             "observations": self.observations, "observation_duplicates": self.observation_duplicates,
-            "skipped": self.skipped, "quarantined": self.quarantined, "skipped_reasons": self.skipped_reasons,
-            "lineage": self.lineage, "mapper": mapper_state, "cut_row": cut,
+            "skipped": self.skipped, "quarantined": self.quarantined, "skipped_reasons": dict(self.skipped_reasons),
+            "lineage": list(self.lineage), "mapper": mapper_state, "cut_row": cut,
         }  # fmt: skip
 
     @classmethod
@@ -206,7 +215,9 @@ class _FileParse:
             outcomes = 0
             iterator = self._iter
             assert iterator is not None
+            cut = False  # the last line read has no line break: no checkpoint after it (the POS may finish it)
             for line, fields in iterator:
+                cut = rows.unterminated()
                 if self._end is not None and rows.exhausted:
                     # A quote opened in the complete lines is still open at their end: the row goes on into the
                     # held line. It is read with that line; this batch gets no checkpoint, so it is read again too.
@@ -251,7 +262,7 @@ class _FileParse:
                 self.changed = True
                 return None
             batch.bytes_read = rows.bytes_read
-            if batch.rows and not self.held_open:
+            if batch.rows and not self.held_open and not cut:
                 batch.position = rows.position()
                 if batch.position is not None:  # else the counts changed are kept for the next batch's checkpoint
                     batch.counts = self._counter.changes()
@@ -341,6 +352,8 @@ class PosImporter:
         seen_under: Sequence[str] = (),
         cut_rows: Sequence[CutRow] = (),
         hold_last_line: bool = False,
+        keep_checkpoint: bool = False,
+        go_on_from: int | None = None,
     ) -> ImportReport:
         """Import one file. A file that cannot be read at all gives a report with status "failed".
 
@@ -351,6 +364,9 @@ class PosImporter:
         such a row is booked as the same event, never as a second one. ``hold_last_line``: a last line without
         a line break is not read (the POS may still be writing it): the rows before it are imported, the report's
         status is ``held``, and the import keeps its checkpoint, so importing the file again goes on from there.
+        ``keep_checkpoint``: an import that ends well keeps its checkpoint too (``PosStore.finish_import``), and
+        ``go_on_from`` (that import's ``ImportReport.import_id``) goes on from it, when the file was written on
+        since; from its first line when the bytes before the checkpoint are not the same any more.
         Raises PosImportError only when the outbox
         or the store cannot be written — then nothing about the file is final,
         and importing it again later is safe.
@@ -358,7 +374,10 @@ class PosImporter:
         name = name or path.name
         started_ms = self._wall_clock_ms()
         await self.store.mark_interrupted()
-        checkpoint = await self.store.checkpoint_of(name)
+        if go_on_from is not None:
+            checkpoint = await self.store.checkpoint_after(go_on_from, name)
+        else:
+            checkpoint = await self.store.checkpoint_of(name)
         prefix_at = checkpoint.position.hashed if checkpoint is not None else None
         try:
             scan = await asyncio.to_thread(scan_file, path, follow_links=follow_links, prefix_at=prefix_at)
@@ -400,13 +419,15 @@ class PosImporter:
                 return report
             import_id = await self.store.begin_import(scan, name, columns.profile.name, owner=owner.token)
             tally = await self._resume(parse, scan, columns, checkpoint, import_id, name)
+            keep = keep_checkpoint or end is not None
             report = await self._import_rows(
-                parse, scan, columns, import_id, name, started_ms, on_progress, seen_under, tally, held=end is not None
-            )
+                parse, scan, columns, import_id, name, started_ms, on_progress, seen_under, tally, held=end is not None,
+                keep=keep,
+            )  # fmt: skip
             if report.status == HELD:
                 await self.store.hold_import(import_id, report)
             else:
-                await self.store.finish_import(import_id, report)
+                await self.store.finish_import(import_id, report, keep_checkpoint=keep and not parse.changed)
         except BaseException as err:
             if import_id is not None:  # what it recorded stays; importing the file again goes on from its checkpoint
                 why = str(err) or "the import was stopped before its end (the agent was stopping)"
@@ -442,6 +463,14 @@ class PosImporter:
         line = checkpoint.position.line
         shown_name = shown(name, bare=True)
         why_not = _why_not_resumable(checkpoint, scan, columns)
+        if why_not is not None and checkpoint.finished:  # its filed copy was written again, not only on
+            log.warning(
+                "%s was imported up to line %s, but %s; it is read again from the start (the rows recorded before "
+                "are duplicates).",
+                shown_name, f"{line:,}", why_not,
+            )  # fmt: skip
+            await self.store.forget_checkpoint(checkpoint.import_id)
+            return _Tally(lineage=[import_id])
         if why_not is not None:
             log.warning(
                 "%s was interrupted at line %s, but %s; it is read again from the start (the rows recorded before are "
@@ -463,12 +492,14 @@ class PosImporter:
         await asyncio.to_thread(parse.resume, checkpoint.position, scan.prefix, counts, dict(state.get("mapper", {})))
         tally = _Tally.from_state(state)
         tally.lineage.append(import_id)
+        tally.carried = tally.imported + tally.observations
         if cut := state.get("cut_row"):  # its last row was read before the interruption, from a line without a break
             parse.cut_row = CutRow(int(cut[0]), str(cut[1]), bytes.fromhex(cut[2]))
+        was = "held" if checkpoint.held else "imported up to" if checkpoint.finished else "interrupted"
         log.log(
-            logging.DEBUG if checkpoint.held else logging.INFO,  # the watcher said why it was held
+            logging.INFO if was == "interrupted" else logging.DEBUG,  # the watcher says why it was held or written on
             "%s was %s at line %s; the import goes on from there (%s rows were read before).",
-            shown_name, "held" if checkpoint.held else "interrupted", f"{line:,}", f"{tally.rows_read:,}",
+            shown_name, was, f"{line:,}", f"{tally.rows_read:,}",
         )  # fmt: skip
         return tally
 
@@ -485,13 +516,13 @@ class PosImporter:
         tally: _Tally,
         *,
         held: bool = False,
+        keep: bool = False,
     ) -> ImportReport:
         listed: list[Quarantined] = []
         if tally.quarantined:  # the rows quarantined before the import was interrupted, for the report
             listed = await self.store.lineage_quarantine(tally.lineage, REPORT_QUARANTINE_MAX)
         # Parse the next batch while this one commits: at most two batches are in memory.
         ahead = asyncio.ensure_future(asyncio.to_thread(parse.next_batch, self.config.batch_rows))
-        last: _Batch | None = None
         try:
             while True:
                 batch = await ahead
@@ -499,7 +530,6 @@ class PosImporter:
                     break
                 ahead = asyncio.ensure_future(asyncio.to_thread(parse.next_batch, self.config.batch_rows))
                 await self._import_batch(batch, parse, scan, columns, import_id, name, seen_under, tally)
-                last = batch
                 listed.extend(batch.quarantined[: REPORT_QUARANTINE_MAX - len(listed)])
                 if on_progress is not None:
                     on_progress(batch.bytes_read, scan.size_bytes, tally.rows_read)
@@ -508,10 +538,10 @@ class PosImporter:
             ahead.cancel()
             if ahead.done() and not ahead.cancelled():
                 ahead.exception()  # retrieved: an error here is not also "never retrieved"
-        if held and not parse.changed and last is not None and last.position is not None and tally.pending_counts:
-            # the import of the rest goes on from here: its checkpoint is written now, however soon after the last
-            state = tally.to_state(last.mapper_state, last.cut_row)
-            checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, last.position, state)
+        if keep and not parse.changed and tally.kept is not None and tally.pending_counts:
+            # the import of the rest (or of rows appended) goes on from here: written now, however soon after the last
+            position, state = tally.kept
+            checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, position, state)
             counts = b"".join(tally.pending_counts)
             tally.pending_counts.clear()
             await self.store.add_batch(import_id, name, scan.sha256, (), (), checkpoint=checkpoint, counts=counts)
@@ -533,7 +563,8 @@ class PosImporter:
             observation_duplicates=tally.observation_duplicates, skipped=tally.skipped, quarantined=quarantined,
             quarantine=tuple(listed), started_ms=started_ms, finished_ms=self._wall_clock_ms(),
             skipped_reasons=tally.skipped_reasons, produces=columns.profile.produces.value, error=error,
-            cut_row=parse.cut_row,
+            cut_row=parse.cut_row, import_id=import_id,
+            recorded_now=tally.imported + tally.observations - tally.carried,
         )  # fmt: skip
 
     async def _import_batch(
@@ -574,14 +605,15 @@ class PosImporter:
                 counts = b"".join(tally.pending_counts)
                 tally.pending_counts.clear()
                 tally.checkpoint_due = now + CHECKPOINT_EVERY_S
-        if checkpoint is None and not batch.quarantined and not batch.observations:
-            return
-        obs_new, obs_dups = await self.store.add_batch(
-            import_id, name, scan.sha256, batch.quarantined, batch.observations, seen_under=seen_under,
-            checkpoint=checkpoint, counts=counts,
-        )  # fmt: skip
-        tally.observations += obs_new
-        tally.observation_duplicates += obs_dups
+        if checkpoint is not None or batch.quarantined or batch.observations:
+            obs_new, obs_dups = await self.store.add_batch(
+                import_id, name, scan.sha256, batch.quarantined, batch.observations, seen_under=seen_under,
+                checkpoint=checkpoint, counts=counts,
+            )  # fmt: skip
+            tally.observations += obs_new
+            tally.observation_duplicates += obs_dups
+        if batch.position is not None:
+            tally.kept = (batch.position, tally.to_state(batch.mapper_state, None))
 
     async def _record(
         self, movements: list[Movement], rows: list[tuple[int, Sequence[str]]], parse: _FileParse

@@ -108,10 +108,15 @@ class ImportReport:
     skipped_reasons: dict[str, int] = field(default_factory=dict)  # why rows were not stock, with counts
     produces: str = "movements"  # or "observations", as the profile does
     cut_row: CutRow | None = field(default=None, compare=False)  # the last row, booked from a line without a break
+    import_id: int | None = field(default=None, compare=False)  # its row in the POS store's imports
+    # movements or observations this import recorded itself (the counts above are the whole file's, also when it
+    # went on from an import before it)
+    recorded_now: int = field(default=0, compare=False)
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
-        del data["cut_row"]
+        for internal in ("cut_row", "import_id", "recorded_now"):
+            del data[internal]
         data["quarantine"] = [{"line": q.line, "reason": q.reason, "row": q.raw} for q in self.quarantine]
         data["quarantine_truncated"] = self.quarantined > len(self.quarantine)
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"

@@ -10,7 +10,9 @@ does because the file is only moved once both are committed. An import's
 checkpoint (``checkpoints``, ``checkpoint_counts``) is written with the
 batch's quarantined rows and observations, after the batch's movements are
 committed: never ahead of the outbox, so an import interrupted goes on from
-it (agent.pos.importer).
+it (agent.pos.importer). An import of the drop folder keeps its checkpoint when
+it ends, while the watcher watches the copy it filed: rows a till appends there
+are read from where that import ended.
 
 The counts take ~20 bytes a row while they are kept. The file is made with
 ``auto_vacuum = INCREMENTAL`` (a file made before is rewritten once, ``VACUUM``,
@@ -43,6 +45,8 @@ from protocol import wall_ms_now
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
+FINISHED = ("imported", "quarantined")  # the statuses of an import that ended and may keep its checkpoint
+_FINISHED_SQL = "('imported', 'quarantined')"
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,7 @@ class Checkpoint:
     position: Position
     state: dict[str, Any]
     held: bool = False  # its import read the complete rows and held a last line without a line break
+    finished: bool = False  # its import ended; kept for the copy it filed, which a till may write on
 
 
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
@@ -159,7 +164,7 @@ class PosStore(SqliteFile):
     @classmethod
     def _incremental(cls, conn: sqlite3.Connection) -> None:
         """Make the file one that can give free pages back (``auto_vacuum``, set only by rewriting it, once), and
-        give back what is free."""
+        give back what is free (the counts of checkpoints ``_init`` dropped)."""
         try:
             if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -201,6 +206,16 @@ class PosStore(SqliteFile):
         # nobody holds is an import its process never finished (killed, or the computer went down).
         if "owner" not in {r[1] for r in conn.execute("PRAGMA table_info(imports)")}:
             conn.execute("ALTER TABLE imports ADD COLUMN owner TEXT")
+        # The checkpoints of ended imports are kept for the copies the watcher watches while it runs: any left (the
+        # agent stopped) is dropped.
+        orphans = [
+            i for (i,) in conn.execute(
+                "SELECT c.import_id FROM checkpoints c JOIN imports i ON i.id = c.import_id"
+                f" WHERE i.status IN {_FINISHED_SQL}"
+            )
+        ]  # fmt: skip
+        for orphan in orphans:
+            self._drop_checkpoint(conn, orphan)
 
     @staticmethod
     def _drop_checkpoint(conn: sqlite3.Connection, import_id: int) -> int:
@@ -279,11 +294,27 @@ class PosStore(SqliteFile):
             ).fetchone()
             if row is None:
                 return None
-            import_id, encoding, profile, position, line, hashed, sha, state, status = row
-            return Checkpoint(
-                int(import_id), str(encoding), str(profile), Position(int(position), int(line), int(hashed), str(sha)),
-                json.loads(state), held=status == "held",
+            return _checkpoint(*row)
+
+        return await self._read(read)
+
+    async def checkpoint_after(self, import_id: int, file_name: str) -> Checkpoint | None:
+        """The checkpoint to go on from when the file ``import_id`` imported (and filed) was written on since: the
+        one it kept when it ended, or that of a later import of the file that went on from it and was interrupted."""
+
+        def read(conn: sqlite3.Connection) -> Checkpoint | None:
+            rows = conn.execute(
+                "SELECT c.import_id, c.encoding, c.profile, c.position, c.line, c.hashed, c.prefix_sha256, c.state,"
+                " i.status"
+                " FROM checkpoints c JOIN imports i ON i.id = c.import_id"
+                " WHERE c.file_name = ? AND c.import_id >= ? AND i.status <> 'running' ORDER BY c.import_id DESC",
+                (file_name, import_id),
             )
+            for row in rows:
+                checkpoint = _checkpoint(*row)
+                if checkpoint.import_id == import_id or import_id in checkpoint.state.get("lineage", ()):
+                    return checkpoint
+            return None
 
         return await self._read(read)
 
@@ -293,12 +324,13 @@ class PosStore(SqliteFile):
         None when another import took it over first."""
 
         def take(conn: sqlite3.Connection) -> bytes | None:
-            if not conn.execute(
+            if not conn.execute("UPDATE checkpoints SET import_id = ? WHERE import_id = ?", (new_id, old_id)).rowcount:
+                return None
+            # an import that ended keeps its status: the checkpoint it kept for its filed copy moves on
+            conn.execute(
                 "UPDATE imports SET status = 'resumed', error = ? WHERE id = ? AND status IN ('interrupted', 'held')",
                 (why, old_id),
-            ).rowcount:
-                return None
-            conn.execute("UPDATE checkpoints SET import_id = ? WHERE import_id = ?", (new_id, old_id))
+            )
             conn.execute("UPDATE checkpoint_counts SET import_id = ? WHERE import_id = ?", (new_id, old_id))
             packs = conn.execute("SELECT packed FROM checkpoint_counts WHERE import_id = ? ORDER BY rowid", (new_id,))
             return b"".join(bytes(p) for (p,) in packs)
@@ -363,11 +395,13 @@ class PosStore(SqliteFile):
 
         return await self._write(write)
 
-    async def finish_import(self, import_id: int, report: ImportReport) -> None:
-        """The import ended (``report``): its row says how, and its checkpoint and those of earlier interrupted
-        imports of the same file, which nothing will go on from now, are dropped; the space their counts took is
-        given back to the disk."""
+    async def finish_import(self, import_id: int, report: ImportReport, *, keep_checkpoint: bool = False) -> None:
+        """The import ended (``report``): its row says how, and the checkpoints of earlier interrupted imports of
+        the same file, which nothing will go on from now, are dropped; its own too, unless ``keep_checkpoint`` and
+        it ended well (``imported`` or ``quarantined``): then an import of rows appended since goes on from it
+        (``checkpoint_after``). The space the dropped counts took is given back to the disk."""
         values = [getattr(report, name) for name in _COUNTS]
+        keep = keep_checkpoint and report.status in FINISHED
 
         def finish(conn: sqlite3.Connection) -> int:
             conn.execute(
@@ -376,10 +410,10 @@ class PosStore(SqliteFile):
                 (report.status, report.finished_ms, report.error, *values, import_id),
             )
             done = (
-                "SELECT c.import_id FROM checkpoints c JOIN imports i ON i.id = c.import_id WHERE c.import_id = ?"
-                " OR (c.file_name = ? AND c.import_id < ? AND i.status <> 'running')"
+                "SELECT c.import_id FROM checkpoints c JOIN imports i ON i.id = c.import_id WHERE (c.import_id = ?"
+                " AND NOT ?) OR (c.file_name = ? AND c.import_id < ? AND i.status IN ('interrupted', 'held'))"
             )
-            ids = [i for (i,) in conn.execute(done, (import_id, report.file_name, import_id))]
+            ids = [i for (i,) in conn.execute(done, (import_id, keep, report.file_name, import_id))]
             return sum(self._drop_checkpoint(conn, old) for old in ids)
 
         if await self._write(finish):
@@ -568,3 +602,12 @@ class PosStore(SqliteFile):
             lambda conn: conn.execute("SELECT dest, report FROM reports_owed ORDER BY at_ms, dest").fetchall()
         )
         return [(str(dest), str(report)) for dest, report in rows]
+
+
+def _checkpoint(
+    import_id: int, encoding: str, profile: str, position: str, line: int, hashed: int, sha: str, state: str, status: str,
+) -> Checkpoint:  # fmt: skip
+    return Checkpoint(
+        int(import_id), str(encoding), str(profile), Position(int(position), int(line), int(hashed), str(sha)),
+        json.loads(state), held=status == "held", finished=status in FINISHED,
+    )  # fmt: skip

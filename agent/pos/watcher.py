@@ -29,9 +29,11 @@ only means the file is imported again — every row a duplicate.
 A writer that paused longer than ``settle_s`` with its file still open goes on
 writing into the filed copy (a move keeps the open file). So the watcher keeps
 an eye on what it filed, for ``FILED_WATCH_S`` and at most ``FILED_WATCH_MAX``
-files: one that grows or changes there is imported again once it settles —
-the rows already recorded are duplicates — its report is rewritten, and one
-warning says so.
+files: one that grows or changes there is imported again once it settles, its
+report is rewritten, and one warning says so. The import that filed it kept its
+checkpoint (agent.pos.importer): what was appended is read from there, the rows
+before it are not read again; a copy whose first bytes changed is read whole
+(the rows already recorded are duplicates).
 
 One agent watches a folder: ``start`` claims it (agent.pos.claim) before it
 imports anything, and a second agent's watcher refuses to start with one
@@ -170,6 +172,7 @@ class _Filed:
     until: float  # monotonic seconds when it is forgotten, unless it changed
     changed: _Seen | None = None  # how it looks since it changed, until it settles and is imported again
     cuts: tuple[CutRow, ...] = ()  # rows booked from its last line without a line break, by its imports so far
+    import_id: int | None = None  # the import whose checkpoint the next import of it goes on from
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -501,7 +504,7 @@ class PosFolderWatcher:
             self._importing = path
             await self._import(path)
             return 0.0
-        filed = self._changed_filed(now)
+        filed = await self._changed_filed(now)
         if filed is not None:
             self._importing = filed
             await self._import_again(filed)
@@ -689,23 +692,23 @@ class PosFolderWatcher:
             seen.mid_line = _ends_mid_line(path, seen.size)
         return seen.mid_line and now - seen.since < max(self.unfinished_line_s, self.settle_s)
 
-    def _changed_filed(self, now: float) -> Path | None:
+    async def _changed_filed(self, now: float) -> Path | None:
         """A filed file that changed after it was filed and has settled again, if any; forgets the rest in time."""
         for dest in list(self._filed):
             filed = self._filed[dest]
             try:
                 st = dest.lstat()
             except OSError:  # archived or deleted by someone: nothing more to watch
-                del self._filed[dest]
+                await self._forget_filed(dest)
                 continue
             if (st.st_dev, st.st_ino) != (filed.dev, filed.ino) or not stat.S_ISREG(st.st_mode):
-                del self._filed[dest]  # another file under that name now: not ours to import
+                await self._forget_filed(dest)  # another file under that name now: not ours to import
                 continue
             state = (st.st_size, st.st_mtime_ns)
             if filed.changed is None:
                 if state == (filed.size, filed.mtime_ns):
                     if now >= filed.until:
-                        del self._filed[dest]
+                        await self._forget_filed(dest)
                     continue
                 filed.changed = _Seen(st.st_size, st.st_mtime_ns, now)
             elif state != (filed.changed.size, filed.changed.mtime_ns):
@@ -714,22 +717,47 @@ class PosFolderWatcher:
                 return dest
         return None
 
-    def _watch_filed(
-        self, dest: Path, name: str, digests: tuple[str, ...], *, changed: bool = False, cuts: tuple[CutRow, ...] = ()
+    async def _watch_filed(
+        self,
+        dest: Path,
+        name: str,
+        digests: tuple[str, ...],
+        *,
+        import_id: int | None,
+        changed: bool = False,
+        cuts: tuple[CutRow, ...] = (),
     ) -> None:
+        """Watch ``dest``, filed after ``import_id`` (which kept its checkpoint)."""
         try:
             st = dest.lstat()
         except OSError:
+            await self._drop_checkpoint(import_id)
             return
         if not stat.S_ISREG(st.st_mode):  # a link filed under failed/ is never read
+            await self._drop_checkpoint(import_id)
             return
         self._filed.pop(dest, None)
         self._filed[dest] = _Filed(
             name, digests, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + FILED_WATCH_S,
-            _Seen(-1, -1, time.monotonic()) if changed else None, cuts,
+            _Seen(-1, -1, time.monotonic()) if changed else None, cuts, import_id,
         )  # fmt: skip
         while len(self._filed) > FILED_WATCH_MAX:
-            del self._filed[next(iter(self._filed))]
+            await self._forget_filed(next(iter(self._filed)))
+
+    async def _forget_filed(self, dest: Path) -> None:
+        """Watch ``dest`` no more; the checkpoint kept for it is dropped."""
+        filed = self._filed.pop(dest, None)
+        if filed is not None:
+            await self._drop_checkpoint(filed.import_id)
+
+    async def _drop_checkpoint(self, import_id: int | None) -> None:
+        """The checkpoint ``import_id`` kept for a file that is not watched after all (gone, or not a file)."""
+        if import_id is None:
+            return
+        try:
+            await self.importer.store.forget_checkpoint(import_id)
+        except PosImportError as err:  # kept there: dropped at the next start
+            log.warning("The POS store could not drop the checkpoint of import #%d: %s", import_id, err)
 
     # --- one unit of work -----------------------------------------------------------
     async def _import(self, path: Path) -> None:
@@ -747,7 +775,7 @@ class PosFolderWatcher:
         progress = _ProgressLog(_name(path), seen.size) if seen.size >= PROGRESS_LOG_MIN_BYTES else None
         try:
             report = await self.importer.import_file(
-                path, follow_links=False, on_progress=progress, hold_last_line=hold
+                path, follow_links=False, on_progress=progress, hold_last_line=hold, keep_checkpoint=True
             )
         except PosImportError as err:  # the outbox or store cannot be written: the file stays, retry later
             raise TurnFailed(str(err)) from err
@@ -786,6 +814,7 @@ class PosFolderWatcher:
         if _identity(path) is None:  # exists() would follow a link: a dangling one is still there to file away
             outcome = f"it was not imported: {report.error}" if report.status == "failed" else "its rows are recorded"
             log.warning("%s disappeared from %s while it was being imported; %s.", _name(path), self.folder, outcome)
+            await self._drop_checkpoint(report.import_id)
             if self.on_report is not None:  # what it recorded is real: whoever listens still hears of it
                 self.on_report(report, path)
             return
@@ -800,7 +829,9 @@ class PosFolderWatcher:
             dest = path
         else:
             await self._report_beside(dest, report)
-            self._watch_filed(dest, report.file_name, (report.sha256,), cuts=self._cuts((), report))
+            await self._watch_filed(
+                dest, report.file_name, (report.sha256,), import_id=report.import_id, cuts=self._cuts((), report)
+            )
         if self.on_report is not None:
             self.on_report(report, dest)
 
@@ -812,6 +843,7 @@ class PosFolderWatcher:
             now = _identity(path)
             if now is None or now[2:] != (size, mtime_ns):
                 del self._unmovable[path]
+                await self._drop_checkpoint(report.import_id)  # imported again, from its start, as a new export
                 continue
             sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
             try:
@@ -820,14 +852,18 @@ class PosFolderWatcher:
                 continue  # still refused: said when it was imported
             del self._unmovable[path]
             await self._report_beside(dest, report)
-            self._watch_filed(dest, report.file_name, (report.sha256,))
+            await self._watch_filed(
+                dest, report.file_name, (report.sha256,), import_id=report.import_id, cuts=self._cuts((), report)
+            )
             log.info("%s, imported before, is filed in %s/ now.", _name(path), sub)
 
     async def _import_again(self, dest: Path) -> None:
         """A filed file changed after it was filed (its writer was not done): import it again, in place.
 
-        The rows already recorded come back as duplicates. Its report is rewritten; if the verdict changed
-        (a file that failed half-written reads well now) it moves to the other folder with its report.
+        The import goes on from the checkpoint the one before kept (only what was appended is read), or reads the
+        file from its start when its first bytes changed (the rows already recorded come back as duplicates). Its
+        report, for the whole file, is rewritten; if the verdict changed (a file that failed half-written reads
+        well now) it moves to the other folder with its report.
         """
         filed = self._filed[dest]
         before = _identity(dest)
@@ -836,13 +872,13 @@ class PosFolderWatcher:
         try:
             report = await self.importer.import_file(
                 dest, name=filed.name, follow_links=False, seen_under=filed.digests, on_progress=progress,
-                cut_rows=filed.cuts,
+                cut_rows=filed.cuts, keep_checkpoint=True, go_on_from=filed.import_id,
             )  # fmt: skip
         except PosImportError as err:  # the outbox or store cannot be written: it stays watched, retry later
             raise TurnFailed(str(err)) from err
         except Exception:  # a surprise in one file must not stop the folder, nor be retried forever
             log.exception("Importing %s again after it changed failed unexpectedly; it stays where it is.", _name(dest))
-            self._filed.pop(dest, None)
+            await self._forget_filed(dest)
             return
         else:
             if ended := self._streak.succeeded():
@@ -851,11 +887,14 @@ class PosFolderWatcher:
         after = _identity(dest)
         if after is None:
             log.warning("%s disappeared while it was being imported again; its rows are recorded.", _name(dest))
+            await self._forget_filed(dest)
+            await self._drop_checkpoint(report.import_id)
             return
         if after != before:  # still being written: once it settles it is imported again, and then reported
-            self._watch_filed(
-                dest, filed.name, (*filed.digests, report.sha256), changed=True, cuts=self._cuts(filed.cuts, report)
-            )
+            await self._watch_filed(
+                dest, filed.name, (*filed.digests, report.sha256), import_id=report.import_id, changed=True,
+                cuts=self._cuts(filed.cuts, report),
+            )  # fmt: skip
             return
         sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
         try:
@@ -869,12 +908,17 @@ class PosFolderWatcher:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(dest.with_name(dest.name + REPORT_SUFFIX))  # the verdict it replaces
         await self._report_beside(moved, report)
-        more = report.imported if report.produces == "movements" else report.observations
+        if moved != dest:
+            await self._forget_filed(dest)
+        more = report.recorded_now
         log.warning(
             "%s changed after it was imported and filed in %s/; it was imported again and %s more rows were recorded.",
             _name(dest), dest.parent.name, f"{more:,}",
         )  # fmt: skip
-        self._watch_filed(moved, filed.name, (*filed.digests, report.sha256), cuts=self._cuts(filed.cuts, report))
+        await self._watch_filed(
+            moved, filed.name, (*filed.digests, report.sha256), import_id=report.import_id,
+            cuts=self._cuts(filed.cuts, report),
+        )  # fmt: skip
         if self.on_report is not None:
             self.on_report(report, moved)
 

@@ -1,22 +1,129 @@
-"""The POS store gives back the space an import's occurrence counts took."""
+"""A filed export written on is read from where its last import ended; and the POS store gives back the space an
+import's occurrence counts took."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agent.pos import PosImportConfig, PosStore
+from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig, PosStore
 from agent.pos import importer as importer_module
+from agent.pos.source import Position
 from tests.agent.pos.pos_helpers import open_env
 
 HEADER = "date,time,sku,qty,kind,ref\n"
+WAIT_S = 30.0  # bound on every wait for the watcher; never reached when things work
 
 
 def _rows(n: int, prefix: str = "SKU") -> list[str]:
     return [f"2024-03-05,10:{i // 60 % 60:02d}:{i % 60:02d},{prefix}-{i},1,sale,r{i}\n" for i in range(n)]
+
+
+class Reports:
+    """Collects the watcher's reports; ``next()`` awaits the next one."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[ImportReport, Path]] = asyncio.Queue()
+
+    def __call__(self, report: ImportReport, dest: Path) -> None:
+        self.queue.put_nowait((report, dest))
+
+    async def next(self) -> tuple[ImportReport, Path]:
+        return await asyncio.wait_for(self.queue.get(), WAIT_S)
+
+
+class Parsed:
+    """What the imports read: the rows parsed, and the line each import went on from (None: the file's start)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rows = 0
+        self.resumed_at: list[int] = []
+        parse = importer_module._FileParse
+        next_batch, resume = parse.next_batch, parse.resume
+
+        def counting(inner: importer_module._FileParse, size: int) -> importer_module._Batch | None:
+            batch = next_batch(inner, size)
+            self.rows += batch.rows if batch is not None else 0
+            return batch
+
+        def noting(inner: importer_module._FileParse, position: Position, *args: object) -> None:
+            self.resumed_at.append(position.line)
+            resume(inner, position, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(parse, "next_batch", counting)
+        monkeypatch.setattr(parse, "resume", noting)
+
+
+async def wait_until(done: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while not done():
+            await asyncio.sleep(0.05)
+
+
+async def test_rows_appended_to_a_filed_copy_are_read_from_where_its_import_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A POS that keeps its export open writes on into the copy filed in processed/. That copy was read again from
+    its first line each time it settled (every row before a duplicate). The finished import keeps its checkpoint
+    (offset, line, the digest of the bytes so far, the occurrence counts): the appended rows alone are read."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    reports = Reports()
+    parsed = Parsed(monkeypatch)
+    rows = _rows(1_010)
+    rows[1_009] = rows[5]  # the same sale rung up again: a second sale (its occurrence count comes from the checkpoint)
+    staged = tmp_path / "staged.csv"
+    staged.write_text(HEADER + "".join(rows[:1_000]), encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    config = PosImportConfig(profile="generic", batch_rows=100)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        os.replace(staged, folder / "day.csv")
+        first, dest = await reports.next()
+        assert (first.rows_read, first.imported, parsed.rows, parsed.resumed_at) == (1_000, 1_000, 1_000, [])
+        parsed.rows = 0
+        with dest.open("a", encoding="utf-8") as till:  # the till's handle still open on the file it wrote
+            till.write("".join(rows[1_000:]))
+        second, again = await reports.next()
+        events = await env.events()
+    assert (parsed.rows, parsed.resumed_at) == (10, [1_001])  # the 10 new rows, from line 1,001 on
+    assert again == dest == folder / "processed" / "day.csv"
+    # the report covers the file as it is now: every row of it booked by its two imports
+    assert (second.rows_read, second.imported, second.duplicates) == (1_010, 1_010, 0)
+    assert len(events) == 1_010 and [e.sku for e in events].count("SKU-5") == 2
+    assert (
+        "day.csv changed after it was imported and filed in processed/; it was imported again and 10 more rows were "
+        "recorded." in caplog.messages
+    )
+
+
+async def test_a_filed_copy_changed_before_where_its_import_ended_is_read_again_from_its_first_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint is gone on from only when the bytes before it are the same; otherwise (rewritten in place)
+    the whole file is read, and what was booked before comes back as duplicates."""
+    parsed = Parsed(monkeypatch)
+    rows = _rows(300)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows[:200]), encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=100)) as env:
+        first = await env.importer.import_file(path, keep_checkpoint=True)
+        rows[0] = rows[0].replace(",1,sale,", ",2,sale,")  # the POS wrote the file again, its first row changed
+        path.write_text(HEADER + "".join(rows), encoding="utf-8")
+        parsed.rows = 0
+        again = await env.importer.import_file(path, go_on_from=first.import_id, keep_checkpoint=True)
+        events = await env.events()
+    assert (parsed.rows, parsed.resumed_at) == (300, [])
+    assert (again.rows_read, again.imported, again.duplicates) == (300, 101, 199)
+    assert len(events) == 301
 
 
 async def _store_bytes(path: str) -> int:
@@ -27,7 +134,8 @@ async def test_the_pos_store_gives_back_the_space_of_an_imports_occurrence_count
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The counts a checkpoint keeps take ~20 bytes a row in the store while the import runs; dropped at its end,
-    their pages stayed in the file as free pages, which never shrank. The store gives them back now."""
+    their pages stayed in the file as free pages, which never shrank. The store gives them back now: at the end of
+    an import, and for a checkpoint kept for a filed copy, when it is dropped."""
     monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint with its counts every batch
     path = tmp_path / "day.csv"
     path.write_text(HEADER + "".join(_rows(20_000)), encoding="utf-8")
@@ -41,6 +149,14 @@ async def test_the_pos_store_gives_back_the_space_of_an_imports_occurrence_count
     with sqlite3.connect(store_path) as db:
         assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
     assert await _store_bytes(store_path) < empty + 64 * 1024  # the import's row, no counts
+    path.write_text(HEADER + "".join(_rows(20_000, "NEW")), encoding="utf-8")
+    async with open_env(tmp_path, config) as env:
+        kept = await env.importer.import_file(path, keep_checkpoint=True)
+    assert await _store_bytes(store_path) > empty + 20_000 * 16  # the counts of the checkpoint kept for it
+    async with open_env(tmp_path, config) as env:
+        assert kept.import_id is not None
+        await env.store.forget_checkpoint(kept.import_id)
+    assert await _store_bytes(store_path) < empty + 64 * 1024
 
 
 async def test_a_pos_store_made_by_an_older_agent_gives_back_free_space_from_its_next_start(tmp_path: Path) -> None:

@@ -233,14 +233,15 @@ async def test_a_row_finished_after_it_was_booked_from_a_line_without_a_line_bre
 
 
 async def test_an_import_interrupted_after_its_last_row_was_read_from_a_cut_line_still_says_so(tmp_path: Path) -> None:
-    """The checkpoint after the last batch keeps the row read from a line without a line break: resumed there, the
-    import still hands it to the watcher, so that a till finishing it later makes no second sale."""
+    """No checkpoint lies past a line without a line break (the till may finish it, and the finished line must be
+    read whole): resumed, the import reads that batch again and still hands the row to the watcher, so that a till
+    finishing it later makes no second sale."""
     path = tmp_path / "day.csv"
     path.write_text(HEADER + "".join(_rows(199)) + "2024-03-05,11:00:00,CUT-1,1,sale,r1", encoding="utf-8")
     async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=BATCH)) as env:
         real = env.store.finish_import
 
-        async def killed_before_the_end(*args: Any) -> None:
+        async def killed_before_the_end(*args: Any, **kw: Any) -> None:
             raise PosImportError("the agent was killed (a test)")
 
         env.store.finish_import = killed_before_the_end  # type: ignore[method-assign]
@@ -248,7 +249,9 @@ async def test_an_import_interrupted_after_its_last_row_was_read_from_a_cut_line
             await env.importer.import_file(path)
         env.store.finish_import = real  # type: ignore[method-assign]
         report = await env.importer.import_file(path)
-    assert (report.rows_read, report.imported, report.duplicates) == (200, 200, 0)
+    # the checkpoint of the first batch: the second, which ends in the cut line, is read again
+    assert (report.rows_read, report.imported, report.duplicates) == (200, 100, 100)
+    assert _imports(env)[0][1] == "interrupted after line 101; import #2 went on from there"
     assert report.cut_row is not None and report.cut_row.line == 201
     assert report.cut_row.raw == "2024-03-05,11:00:00,CUT-1,1,sale,r1"
 

@@ -288,10 +288,11 @@ async def test_a_file_written_to_after_it_was_filed_is_imported_again_with_one_w
             if writer.returncode is None:
                 writer.kill()
             await writer.wait()
-        assert (second.file_name, second.rows_read, second.imported, second.duplicates) == ("paused.csv", 20, 10, 10)
+        # its rows 11 to 20 alone were read, from where the first import ended; the report counts the whole file
+        assert (second.file_name, second.rows_read, second.imported, second.duplicates) == ("paused.csv", 20, 20, 0)
         assert again == dest and len(dest.read_text(encoding="utf-8").splitlines()) == 21
         saved = json.loads((folder / "processed" / "paused.csv.report.json").read_text(encoding="utf-8"))
-        assert (saved["rows_read"], saved["imported"], saved["duplicates"]) == (20, 10, 10)
+        assert (saved["rows_read"], saved["imported"], saved["duplicates"]) == (20, 20, 0)
         assert len(await env.events()) == 20  # every row once
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [
@@ -325,7 +326,8 @@ async def test_a_bad_row_of_a_file_imported_again_is_quarantined_and_reported_on
                 writer.kill()
             await writer.wait()
         # The file's report counts every bad row it holds; the store keeps, and the hub hears of, each once.
-        assert (second.rows_read, second.imported, second.duplicates, second.quarantined) == (22, 10, 10, 2)
+        assert (second.rows_read, second.imported, second.duplicates, second.quarantined) == (22, 20, 0, 2)
+        assert [q.line for q in second.quarantine] == [12, 23]
         kept = await env.store.quarantined()
         assert sorted((q.line, q.raw.rsplit(",", 1)[-1]) for q in kept) == [(12, "bad-1"), (23, "bad-2")]
         assert len(await env.store.pending_quarantine()) == 2
