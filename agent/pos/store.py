@@ -11,8 +11,8 @@ checkpoint (``checkpoints``, ``checkpoint_counts``) is written with the
 batch's quarantined rows and observations, after the batch's movements are
 committed: never ahead of the outbox, so an import interrupted goes on from
 it (agent.pos.importer). An import of the drop folder keeps its checkpoint when
-it ends, while the watcher watches the copy it filed: rows a till appends there
-are read from where that import ended.
+it ends, while the watcher watches the copy it filed (``filed_watch``): rows a
+till appends there are read from where that import ended.
 
 The counts take ~20 bytes a row while they are kept. The file is made with
 ``auto_vacuum = INCREMENTAL`` (a file made before is rewritten once, ``VACUUM``,
@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from agent.db import Opening, SqliteFile, SqliteThread
 from agent.lock import lock_held
 from agent.pos.errors import PosImportError, PosStoreClosed
-from agent.pos.model import ImportReport, Observation, Quarantined, QuarantineEntry
+from agent.pos.model import CutRow, ImportReport, Observation, Quarantined, QuarantineEntry
 from agent.pos.source import FileScan, Position
 from protocol import wall_ms_now
 
@@ -121,6 +121,22 @@ _SCHEMA = (
         report TEXT NOT NULL,
         at_ms  INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    # The exports the drop folder's watcher filed and still watches for a writer that was not done with them
+    # (agent.pos.watcher): watched again after a restart. ``import_id``: the import whose checkpoint an import of
+    # what is appended goes on from. Added without a schema version: an older agent ignores the table.
+    """CREATE TABLE IF NOT EXISTS filed_watch (
+        dest      TEXT PRIMARY KEY,
+        file_name TEXT NOT NULL,
+        import_id INTEGER,
+        dev       INTEGER NOT NULL,
+        ino       INTEGER NOT NULL,
+        size      INTEGER NOT NULL,
+        mtime_ns  INTEGER NOT NULL,
+        until_ms  INTEGER NOT NULL,
+        digests   TEXT NOT NULL,
+        cuts      TEXT NOT NULL,
+        at_ms     INTEGER NOT NULL
+    ) WITHOUT ROWID""",
 )
 
 
@@ -136,6 +152,22 @@ class Checkpoint:
     state: dict[str, Any]
     held: bool = False  # its import read the complete rows and held a last line without a line break
     finished: bool = False  # its import ended; kept for the copy it filed, which a till may write on
+
+
+@dataclass(frozen=True, slots=True)
+class FiledWatch:
+    """A filed export the watcher watches (agent.pos.watcher), as kept across a restart."""
+
+    dest: str  # where it is filed
+    file_name: str  # its name in the drop folder
+    import_id: int | None  # the import whose checkpoint the next import of it goes on from
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    until_ms: int  # wall-clock ms when it is forgotten unless it changed
+    digests: tuple[str, ...]
+    cuts: tuple[CutRow, ...]
 
 
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
@@ -206,12 +238,13 @@ class PosStore(SqliteFile):
         # nobody holds is an import its process never finished (killed, or the computer went down).
         if "owner" not in {r[1] for r in conn.execute("PRAGMA table_info(imports)")}:
             conn.execute("ALTER TABLE imports ADD COLUMN owner TEXT")
-        # The checkpoints of ended imports are kept for the copies the watcher watches while it runs: any left (the
-        # agent stopped) is dropped.
+        # The checkpoints of ended imports are kept for the copies the watcher watches; any other (its watch
+        # ended while the agent stopped before it could drop it) is dropped.
         orphans = [
             i for (i,) in conn.execute(
                 "SELECT c.import_id FROM checkpoints c JOIN imports i ON i.id = c.import_id"
-                f" WHERE i.status IN {_FINISHED_SQL}"
+                f" WHERE i.status IN {_FINISHED_SQL} AND c.import_id NOT IN"
+                " (SELECT import_id FROM filed_watch WHERE import_id IS NOT NULL)"
             )
         ]  # fmt: skip
         for orphan in orphans:
@@ -603,6 +636,45 @@ class PosStore(SqliteFile):
         )
         return [(str(dest), str(report)) for dest, report in rows]
 
+    # --- filed copies watched ----------------------------------------------------------
+    async def watch_filed(self, watch: FiledWatch) -> None:
+        """Keep (or update) what the watcher watches of a filed export, for after a restart."""
+        cuts = json.dumps([[c.line, c.raw, c.event_id.hex()] for c in watch.cuts])
+        now_ms = self._wall_clock_ms()
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO filed_watch (dest, file_name, import_id, dev, ino, size, mtime_ns, until_ms,"
+                " digests, cuts, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (watch.dest, watch.file_name, watch.import_id, watch.dev, watch.ino, watch.size, watch.mtime_ns,
+                 watch.until_ms, json.dumps(watch.digests), cuts, now_ms),
+            ),
+            small=True,
+        )  # fmt: skip
+
+    async def unwatch_filed(self, dest: str, import_id: int | None) -> None:
+        """The watcher watches ``dest`` no more: the checkpoint its import kept for it (``import_id``) is dropped too,
+        and the space it took given back."""
+
+        def drop(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM filed_watch WHERE dest = ?", (dest,))
+            ended = f"SELECT 1 FROM imports WHERE id = ? AND status IN {_FINISHED_SQL}"
+            if import_id is None or conn.execute(ended, (import_id,)).fetchone() is None:
+                return 0  # none kept, or one an import goes on from now (interrupted, held)
+            return self._drop_checkpoint(conn, import_id)
+
+        if await self._write(drop):
+            await self._space_back()
+
+    async def filed_watches(self) -> list[FiledWatch]:
+        """What the watcher watched when the agent last stopped, the oldest first."""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT dest, file_name, import_id, dev, ino, size, mtime_ns, until_ms, digests, cuts"
+                " FROM filed_watch ORDER BY at_ms, dest"
+            ).fetchall()
+        )
+        return [_filed_watch(*r) for r in rows]
+
 
 def _checkpoint(
     import_id: int, encoding: str, profile: str, position: str, line: int, hashed: int, sha: str, state: str, status: str,
@@ -610,4 +682,15 @@ def _checkpoint(
     return Checkpoint(
         int(import_id), str(encoding), str(profile), Position(int(position), int(line), int(hashed), str(sha)),
         json.loads(state), held=status == "held", finished=status in FINISHED,
+    )  # fmt: skip
+
+
+def _filed_watch(
+    dest: str, file_name: str, import_id: int | None, dev: int, ino: int, size: int, mtime_ns: int, until_ms: int,
+    digests: str, cuts: str,
+) -> FiledWatch:  # fmt: skip
+    return FiledWatch(
+        str(dest), str(file_name), None if import_id is None else int(import_id), int(dev), int(ino), int(size),
+        int(mtime_ns), int(until_ms), tuple(str(d) for d in json.loads(digests)),
+        tuple(CutRow(int(c[0]), str(c[1]), bytes.fromhex(c[2])) for c in json.loads(cuts)),
     )  # fmt: skip

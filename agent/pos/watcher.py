@@ -33,7 +33,12 @@ files: one that grows or changes there is imported again once it settles, its
 report is rewritten, and one warning says so. The import that filed it kept its
 checkpoint (agent.pos.importer): what was appended is read from there, the rows
 before it are not read again; a copy whose first bytes changed is read whole
-(the rows already recorded are duplicates).
+(the rows already recorded are duplicates). A copy whose last line has no line
+break is watched until that line ends, ``FILED_UNFINISHED_WATCH_S`` at most: a
+till that finishes the row an hour later still has it noticed. What is watched
+is kept in the POS store (``filed_watch``), so a restart of the agent goes on
+watching it, and a copy written on while the agent was stopped is imported at
+its start.
 
 One agent watches a folder: ``start`` claims it (agent.pos.claim) before it
 imports anything, and a second agent's watcher refuses to start with one
@@ -80,6 +85,7 @@ from agent.pos.config import PosConfigError
 from agent.pos.errors import PosImportError
 from agent.pos.importer import HELD, PosImporter
 from agent.pos.model import CutRow, ImportReport
+from agent.pos.store import FiledWatch
 from protocol import wall_ms_now
 from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
 from protocol.values import shown
@@ -97,6 +103,7 @@ RETRY_MAX_S = 60.0
 WATCH_DEBOUNCE_MS = 200
 FILED_WATCH_S = 600.0  # how long a filed file is watched for a writer that was not done with it
 FILED_WATCH_MAX = 200  # the most filed files watched at once (the oldest are forgotten first)
+FILED_UNFINISHED_WATCH_S = 86_400.0  # how long a filed file whose last line has no line break is watched for it
 BUSY_WARN_S = 600.0  # a file changing this long without settling is said once: it is not imported meanwhile
 PROGRESS_LOG_MIN_BYTES = 1 << 20  # a smaller export is imported within seconds: its one summary line is enough
 PROGRESS_LOG_S = 30.0  # how often a long import says how far it got
@@ -173,6 +180,7 @@ class _Filed:
     changed: _Seen | None = None  # how it looks since it changed, until it settles and is imported again
     cuts: tuple[CutRow, ...] = ()  # rows booked from its last line without a line break, by its imports so far
     import_id: int | None = None  # the import whose checkpoint the next import of it goes on from
+    mid_line: bool = False  # its last line has no line break: watched until it ends (FILED_UNFINISHED_WATCH_S)
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -335,6 +343,7 @@ class PosFolderWatcher:
             except DropFolderUnusable as err:
                 self._wait_for_folder(err.reason)
             await self._load_owed_reports()
+            await self._load_filed()
             self._stop.clear()
             self._task = asyncio.create_task(self.run(), name=f"pos-watch:{self.folder}")
 
@@ -708,6 +717,12 @@ class PosFolderWatcher:
             if filed.changed is None:
                 if state == (filed.size, filed.mtime_ns):
                     if now >= filed.until:
+                        if filed.mid_line:
+                            log.info(
+                                "The last line of %s/%s still has no line break after %s; the agent stops watching "
+                                "the file, and a row the POS finishes there later is not noticed.",
+                                dest.parent.name, _name(dest), _duration(FILED_UNFINISHED_WATCH_S),
+                            )  # fmt: skip
                         await self._forget_filed(dest)
                     continue
                 filed.changed = _Seen(st.st_size, st.st_mtime_ns, now)
@@ -727,7 +742,7 @@ class PosFolderWatcher:
         changed: bool = False,
         cuts: tuple[CutRow, ...] = (),
     ) -> None:
-        """Watch ``dest``, filed after ``import_id`` (which kept its checkpoint)."""
+        """Watch ``dest``, filed after ``import_id`` (which kept its checkpoint), and keep that in the POS store."""
         try:
             st = dest.lstat()
         except OSError:
@@ -736,19 +751,34 @@ class PosFolderWatcher:
         if not stat.S_ISREG(st.st_mode):  # a link filed under failed/ is never read
             await self._drop_checkpoint(import_id)
             return
+        mid_line = _ends_mid_line(dest, st.st_size)
+        watch_s = max(FILED_WATCH_S, FILED_UNFINISHED_WATCH_S) if mid_line else FILED_WATCH_S
         self._filed.pop(dest, None)
         self._filed[dest] = _Filed(
-            name, digests, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + FILED_WATCH_S,
-            _Seen(-1, -1, time.monotonic()) if changed else None, cuts, import_id,
+            name, digests, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + watch_s,
+            _Seen(-1, -1, time.monotonic()) if changed else None, cuts, import_id, mid_line,
         )  # fmt: skip
-        while len(self._filed) > FILED_WATCH_MAX:
-            await self._forget_filed(next(iter(self._filed)))
+        kept = FiledWatch(
+            str(dest), name, import_id, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            wall_ms_now() + round(watch_s * 1000), digests, cuts,
+        )  # fmt: skip
+        try:
+            await self.importer.store.watch_filed(kept)
+        except PosImportError as err:
+            log.warning(
+                "%s is watched for a writer that was not done with it, but not after a restart: %s", _name(dest), err
+            )
+        while len(self._filed) > FILED_WATCH_MAX:  # the oldest first, one whose last line is cut the last
+            oldest = next(iter(self._filed))
+            await self._forget_filed(next((p for p, f in self._filed.items() if not f.mid_line), oldest))
 
-    async def _forget_filed(self, dest: Path) -> None:
-        """Watch ``dest`` no more; the checkpoint kept for it is dropped."""
+    async def _forget_filed(self, dest: Path, import_id: int | None = None) -> None:
+        """Watch ``dest`` no more; the checkpoint kept for it (``import_id`` when it is not watched now) is dropped."""
         filed = self._filed.pop(dest, None)
-        if filed is not None:
-            await self._drop_checkpoint(filed.import_id)
+        try:
+            await self.importer.store.unwatch_filed(str(dest), filed.import_id if filed is not None else import_id)
+        except PosImportError as err:  # kept there: dropped at the next start
+            log.warning("The POS store could not note that %s is not watched any more: %s", _name(dest), err)
 
     async def _drop_checkpoint(self, import_id: int | None) -> None:
         """The checkpoint ``import_id`` kept for a file that is not watched after all (gone, or not a file)."""
@@ -758,6 +788,42 @@ class PosFolderWatcher:
             await self.importer.store.forget_checkpoint(import_id)
         except PosImportError as err:  # kept there: dropped at the next start
             log.warning("The POS store could not drop the checkpoint of import #%d: %s", import_id, err)
+
+    async def _load_filed(self) -> None:
+        """Watch again what was watched when the agent stopped; a file written on meanwhile is imported again once it
+        settles. The files whose last line has no line break yet are said in one line."""
+        try:
+            kept = await self.importer.store.filed_watches()
+        except PosImportError as err:
+            log.error("The filed POS exports watched before the agent stopped cannot be read, so they are not: %s", err)
+            return
+        now, now_ms = time.monotonic(), wall_ms_now()
+        cut: list[str] = []
+        for w in kept:
+            dest = Path(w.dest)
+            try:
+                st = dest.lstat()
+            except OSError:
+                st = None
+            if (
+                st is None or (st.st_dev, st.st_ino) != (w.dev, w.ino) or not stat.S_ISREG(st.st_mode)
+                or dest.parent.parent != self.folder
+            ):  # fmt: skip
+                await self._forget_filed(dest, w.import_id)  # moved away, deleted, another file there, another folder
+                continue
+            changed = (st.st_size, st.st_mtime_ns) != (w.size, w.mtime_ns)
+            mid_line = _ends_mid_line(dest, w.size)
+            self._filed[dest] = _Filed(
+                w.file_name, w.digests, w.dev, w.ino, w.size, w.mtime_ns, now + max(w.until_ms - now_ms, 0) / 1000,
+                _Seen(-1, -1, now) if changed else None, w.cuts, w.import_id, mid_line,
+            )  # fmt: skip
+            if mid_line and (changed or w.until_ms > now_ms):
+                cut.append(f"{dest.parent.name}/{_name(dest)}")
+        if cut:
+            log.info(
+                "Watching %s again whose last line had no line break yet, for a till that finishes it: %s.",
+                "1 filed export" if len(cut) == 1 else f"{len(cut)} filed exports", ", ".join(cut),
+            )  # fmt: skip
 
     # --- one unit of work -----------------------------------------------------------
     async def _import(self, path: Path) -> None:

@@ -1,9 +1,10 @@
-"""A filed export written on is read from where its last import ended; and the POS store gives back the space an
-import's occurrence counts took."""
+"""A filed export written on: read from where its last import ended, watched while its last line is cut, across
+a restart of the agent; and the POS store gives back the space an import's occurrence counts took."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -14,6 +15,7 @@ import pytest
 
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig, PosStore
 from agent.pos import importer as importer_module
+from agent.pos import watcher as watcher_module
 from agent.pos.source import Position
 from tests.agent.pos.pos_helpers import open_env
 
@@ -124,6 +126,70 @@ async def test_a_filed_copy_changed_before_where_its_import_ended_is_read_again_
     assert (parsed.rows, parsed.resumed_at) == (300, [])
     assert (again.rows_read, again.imported, again.duplicates) == (300, 101, 199)
     assert len(events) == 301
+
+
+CUT = "2024-03-05,10:00:09,LAST-9,1,sale,r9"
+
+
+async def test_a_row_the_till_finishes_after_the_filed_watch_and_a_restart_of_the_agent_is_still_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A filed copy whose last line had no line break was watched 10 minutes like any other: a till that finished
+    the row later, or while the agent restarted, was never noticed (nothing booked, nothing quarantined, nobody
+    told). Such a copy is watched until its line ends (a day at most), and the watch outlives a restart."""
+    monkeypatch.setattr(watcher_module, "FILED_WATCH_S", 0.3)  # the 10 minutes of a complete copy, short here
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    processed = folder / "processed"
+    reports = Reports()
+    parsed = Parsed(monkeypatch)
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    config = PosImportConfig(profile="generic", unfinished_line_s=0.5)
+    done = _rows(5)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports) as watcher,
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(done) + CUT, encoding="utf-8")
+        report, dest = await reports.next()
+        assert (report.file_name, report.rows_read, dest) == ("day.csv", 6, processed / "day.csv")
+        # a complete export filed after it: once its watch ended, day.csv's would have ended too
+        (folder / "complete.csv").write_text(HEADER + "".join(_rows(3, "OTHER")), encoding="utf-8")
+        report, dest = await reports.next()
+        assert (report.file_name, report.rows_read, dest) == ("complete.csv", 3, processed / "complete.csv")
+        await wait_until(lambda: processed / "complete.csv" not in watcher._filed)  # its watch ended
+        assert processed / "day.csv" in watcher._filed  # its last line has no line break: still watched
+        # the checkpoint complete.csv's import kept for its filed copy goes with its watch
+        await wait_until(lambda: _checkpoints(env.store.path) == ["day.csv"])
+    # The agent is stopped. Meanwhile the till finishes the row (its ref is r90, not r9) and writes another.
+    parsed.rows, parsed.resumed_at = 0, []
+    with (processed / "day.csv").open("a", encoding="utf-8") as till:
+        till.write("0\n2024-03-05,10:00:10,LATE-1,1,sale,r10\n")
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        report, dest = await reports.next()
+        events = await env.events()
+        kept = await env.store.quarantined()
+    assert (report.file_name, dest) == ("day.csv", processed / "day.csv")
+    # read from the checkpoint kept before the cut line (header and 5 rows): the line finished, and the new row
+    assert (parsed.rows, parsed.resumed_at) == (2, [6])
+    assert (report.rows_read, report.quarantined) == (7, 1)
+    assert sorted(e.sku for e in events) == sorted(["OTHER-0", "OTHER-1", "OTHER-2", *(f"SKU-{i}" for i in range(5)),
+                                                    "LAST-9", "LATE-1"])  # fmt: skip
+    assert [(q.file_name, q.line) for q in kept] == [("day.csv", 7)]
+    assert kept[0].reason.startswith("line 7 was imported as it stood, without a line break")
+    assert "the POS finished it later and it differs (a different ref)" in kept[0].reason
+    assert (
+        "Watching 1 filed export again whose last line had no line break yet, for a till that finishes it: "
+        "processed/day.csv." in caplog.messages
+    )
+
+
+def _checkpoints(store_path: str) -> list[str]:
+    with contextlib.closing(sqlite3.connect(store_path)) as db:
+        return [name for (name,) in db.execute("SELECT file_name FROM checkpoints ORDER BY file_name")]
 
 
 async def _store_bytes(path: str) -> int:
