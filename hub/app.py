@@ -274,7 +274,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     bundles.setup(app)  # PUT /v1/bundles/{sku}, GET /v1/bundles, GET /v1/bundles/{sku}
     reports.routes(app)  # POST /v1/observations, POST /v1/import-issues, GET /v1/divergence
     feed.setup(app, store, settings.change_recheck_s)  # GET /v1/changes, GET /v1/changes/stream
-    metrics.setup(app)  # GET /metrics
+    metrics.setup(app, settings.exception_windows())  # GET /metrics
     if settings.webhooks or settings.channels:  # on PostgreSQL, their lock connection, with the hub's lease_stale_s
         share_locks(app, settings.db, settings.lease_stale_s)
     webhooks.setup(app, settings.webhooks, settings.db)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
@@ -329,7 +329,7 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
     result = await store.ingest(
         who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog, oldest_pending_ms=sync.oldest_pending_ms,
         lineage=lineage, clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
-        after_seq=sync.after_seq,
+        after_seq=sync.after_seq, peer=request.remote,
     )  # fmt: skip
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
@@ -490,14 +490,14 @@ async def get_exceptions(request: web.Request) -> web.StreamResponse:
     first, a page at a time (``next``/``cursor``), of one location, one kind, since a time (each optional); a
     cursor goes with the filter it was given out for."""
     if csvexport.wants_csv(request):
-        return await csvexport.exceptions(request, request.app[SETTINGS_KEY].transfer_open_max_s * 1000)
+        return await csvexport.exceptions(request, request.app[SETTINGS_KEY].exception_windows())
     params = views.Query(request, {"location", "kind", "since", "limit", "cursor"})
     only = params.exception_filter()
     after = paging.parse(request, paging.exception_reader(only), "the exceptions")
     limit = params.limit(LIMIT_DEFAULT, LIMIT_MAX)
     rows = await request.app[STORE_KEY].exceptions(
         location=only.location, kind=only.kind, since_ms=only.since_ms, limit=limit + 1, after=after,
-        transfer_open_max_ms=request.app[SETTINGS_KEY].transfer_open_max_s * 1000,
+        **request.app[SETTINGS_KEY].exception_windows(),
     )  # fmt: skip
     more = len(rows) > limit
     rows = rows[:limit]

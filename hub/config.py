@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from hub.catchup import CATCHUP_SLOTS
@@ -46,6 +46,9 @@ DEFAULT_EXPORT_MAX_PER_CREDENTIAL = 2
 DEFAULT_EXPORT_MAX = 4
 EXPORT_MAX_LIMIT = 1_000
 DEFAULT_TRANSFER_OPEN_MAX_S = 14 * 24 * 3_600
+# Two epochs of one agent each syncing within this many seconds are two copies sending (agent_copies): ten of an
+# idle agent's heartbeats (agent.replicator.HEARTBEAT_S), so a copy that only lost a few is still seen.
+DEFAULT_AGENT_COPIES_WINDOW_S = 600
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_KEEPALIVE_TIMEOUT_S = 30.0  # above aiohttp's client default (15 s), so an agent closes an idle connection first
 MAX_CONNECTIONS_LIMIT = 1_000_000
@@ -62,6 +65,13 @@ _FALSE = ("0", "false", "no", "off")
 
 class ConfigError(HubError):
     """A setting is missing, unknown or out of range; the message names it."""
+
+
+class ExceptionWindows(TypedDict, total=False):
+    """The times that make a finding an exception (``ReportStore.exceptions``' arguments of them)."""
+
+    transfer_open_max_ms: int
+    copies_window_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,8 @@ class HubSettings:
     max_connections: int = 0  # open connections at most; 0: as many as the open-file limit allows (hub/limits.py)
     clock_window_s: int = DEFAULT_CLOCK_WINDOW_S  # events stamped further ahead (or before their credential) are held
     transfer_open_max_s: int = DEFAULT_TRANSFER_OPEN_MAX_S  # a transfer open longer is an exception (transfer_overdue)
+    # two epochs of one agent both syncing within this are two copies of it sending (an exception, agent_copies)
+    agent_copies_window_s: int = DEFAULT_AGENT_COPIES_WINDOW_S
     tls_cert: str = ""  # PEM certificate chain: with tls_key, the hub serves HTTPS itself
     tls_key: str = ""  # PEM private key of tls_cert
     public_url: str = ""  # how agents reach the hub (agent add writes it); "": from host, port and TLS
@@ -99,6 +111,12 @@ class HubSettings:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def exception_windows(self) -> ExceptionWindows:
+        """The times that make a finding an exception, as ``ReportStore.exceptions`` takes them."""
+        return ExceptionWindows(
+            transfer_open_max_ms=self.transfer_open_max_s * 1000, copies_window_ms=self.agent_copies_window_s * 1000
+        )
 
     def replace(self, **changes: Any) -> HubSettings:
         """A copy with ``changes`` applied (and validated); ``None`` values are ignored."""
@@ -197,6 +215,11 @@ def _validate(s: HubSettings) -> None:
     if not 60 <= s.transfer_open_max_s <= 365 * 24 * 3_600:
         raise ConfigError(
             f"transfer_open_max_s must be between 60 and 31536000 seconds (a year), got {s.transfer_open_max_s}"
+        )
+    _typed("agent_copies_window_s", s.agent_copies_window_s, int)
+    if not 1 <= s.agent_copies_window_s <= 24 * 3_600:
+        raise ConfigError(
+            f"agent_copies_window_s must be between 1 and 86400 seconds (a day), got {s.agent_copies_window_s}"
         )
     for key in ("tls_cert", "tls_key", "public_url"):
         _typed(key, getattr(s, key), str)

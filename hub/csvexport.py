@@ -44,6 +44,7 @@ from aiohttp import web
 
 from hub import metrics, paging, views
 from hub.auth import STORE_KEY, identity_of
+from hub.config import ExceptionWindows
 from hub.exportslots import SLOTS_KEY
 from hub.storage import keys
 from hub.storage.base import AgentStatus, CatalogItem, CountRow, ExceptionRow, HubError, LedgerRow, QuarantineRow
@@ -373,8 +374,9 @@ async def ledger(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def exceptions(request: web.Request, transfer_open_max_ms: int | None) -> web.StreamResponse:
-    """Every exception (of a location, a kind, since a time), newest first, as ``GET /v1/exceptions``."""
+async def exceptions(request: web.Request, windows: ExceptionWindows) -> web.StreamResponse:
+    """Every exception (of a location, a kind, since a time), newest first, as ``GET /v1/exceptions``
+    (``windows``: ``HubSettings.exception_windows``)."""
     params = views.Query(request, {"location", "kind", "since", "limit", "cursor", "format"})
     only = params.exception_filter()
     after = paging.parse(request, paging.exception_reader(only), "the exceptions")
@@ -383,8 +385,7 @@ async def exceptions(request: web.Request, transfer_open_max_ms: int | None) -> 
 
     async def fetch(key: Any, n: int) -> list[ExceptionRow]:
         return await store.exceptions(
-            location=only.location, kind=only.kind, since_ms=only.since_ms, limit=n, after=key,
-            transfer_open_max_ms=transfer_open_max_ms,
+            location=only.location, kind=only.kind, since_ms=only.since_ms, limit=n, after=key, **windows,
         )  # fmt: skip
 
     pages = walk(fetch, keys.exception_key, after=after, limit=limit_param(params))

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from hub import catchup
 from hub.auth import STORE_KEY
+from hub.config import ExceptionWindows
 from hub.starting import starting_family
 from hub.storage.base import AgentStatus, IngestResult
 from protocol import wall_ms_now
@@ -156,6 +157,7 @@ class HubMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.exception_windows = ExceptionWindows()  # what the exceptions gauge passes to ReportStore.exceptions
         r = self.registry
         self.batches = Counter("shelfsync_ingest_batches", "Batches ingested.", ["route"], registry=r)
         self.ingested = Counter("shelfsync_events_ingested", "Events stored for the first time.", ["route"], registry=r)
@@ -218,8 +220,10 @@ class HubMetrics:
 METRICS_KEY = web.AppKey("metrics", HubMetrics)
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, exception_windows: ExceptionWindows | None = None) -> None:
+    """``exception_windows``: ``HubSettings.exception_windows``, so the exceptions counted are those listed."""
     app[METRICS_KEY] = HubMetrics()
+    app[METRICS_KEY].exception_windows = exception_windows or ExceptionWindows()
     if (slots := app.get(catchup.SLOTS_KEY)) is not None:
         app[METRICS_KEY].registry.register(_CatchUpCollector(slots))
     app.router.add_get("/metrics", get_metrics, name="metrics")
@@ -258,7 +262,8 @@ async def get_metrics(request: web.Request) -> web.Response:
     agents = await store.agent_status()
     held = await store.quarantine(status="pending", limit=QUARANTINE_COUNT_MAX)
     request.app[METRICS_KEY].quarantine_pending.set(len(held))
-    listed = collections.Counter(row.kind for row in await store.exceptions(limit=EXCEPTIONS_COUNT_MAX))
+    windows = request.app[METRICS_KEY].exception_windows
+    listed = collections.Counter(row.kind for row in await store.exceptions(limit=EXCEPTIONS_COUNT_MAX, **windows))
     gauge = request.app[METRICS_KEY].exceptions
     gauge.clear()  # a kind no longer listed goes to nothing, not to its last value
     for kind, n in sorted(listed.items()):

@@ -47,6 +47,7 @@
     channel_divergence: ["Channel divergence", "warn"],
     channel_refused: ["Channel refused a level", "bad"],
     channel_mapping: ["Channel mapping", "warn"],
+    agent_copies: ["Agent running twice", "bad"],
   };
   const QUARANTINE_STATUSES = ["pending", "applied", "discarded", "all"];
   const QUARANTINE_LIMIT = 1000; // GET /v1/quarantine's maximum page

@@ -19,11 +19,13 @@ and overdue sources read one store's transfers once per end
 (``LOCATED_TRANSFER``) and merge them. The unknown-destination source first
 reads which destinations of the open transfers are unknown (``UNKNOWN_DESTINATIONS``:
 one look-up in the ledger per destination, not per transfer), and walks only
-those destinations' transfers.
+those destinations' transfers. Two copies of one agent (``AGENT_COPIES``) are read from
+the epochs' marks, one row per agent, and their epochs for the page's agents after.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from hub.resolver import Transfer, negative_on_hand_finding
@@ -84,6 +86,31 @@ UNKNOWN_KEY = f"substr(s.sku, 1, {len(UNKNOWN_SKU_PREFIX)}) = '{UNKNOWN_SKU_PREF
 UNKNOWN_RANGE = (
     f"s.sku >= '{UNKNOWN_SKU_PREFIX}' AND s.sku < '{UNKNOWN_SKU_PREFIX[:-1]}{chr(ord(UNKNOWN_SKU_PREFIX[-1]) + 1)}'"
 )
+# Two copies of one agent sending at once (schema 13; findings.agent_copies): epochs of one credential that each
+# synced within the window, each at least twice since the other began. A copy that forks leaves its old epoch with
+# at most the request it had on its way when it forked, so an outbox restored from a backup (its old copy gone)
+# never counts twice there; a clone forked away from goes on syncing in it. Epoch 0 is POST /v1/events'
+# (hub.events_api.CONNECTOR_EPOCH), not an outbox's. agent_hwm holds a row per epoch each agent ever had: a few
+# hundred agents' few epochs, read whole (no index of its time: every sync writes it).
+LIVE_COPY = (
+    "h.epoch <> 0 AND h.updated_ms >= ? AND EXISTS (SELECT 1 FROM agent_hwm o WHERE o.agent_id = h.agent_id"
+    " AND o.epoch <> h.epoch AND o.epoch <> 0 AND o.updated_ms >= ? AND h.prev_ms > o.first_ms"
+    " AND o.prev_ms > h.first_ms)"
+)
+# One row per agent: when its newest copy began (the list's time: it stays while the copies run), how many copies.
+AGENT_COPIES = (
+    "(SELECT h.agent_id, max(h.first_ms) AS at_ms, count(*) AS copies FROM agent_hwm h"
+    f" WHERE {LIVE_COPY} GROUP BY h.agent_id) c JOIN agents g ON g.agent_id = c.agent_id"
+)
+# An agent's locations are a JSON list (credentials.insert_agent): the code quoted as json.dumps writes it is in it.
+AGENT_LOCATED = "replace(g.locations, ?, '') <> g.locations"
+COPIES_NAMED_MAX = 10  # copies of one agent an exception names, the newest synced first (the rest are counted)
+# Those copies of the page's agents: ``LIVE_COPY``, numbered per agent.
+COPIES_NAMED = (
+    f"SELECT {findings.AGENT_COPY_FIELDS} FROM (SELECT h.agent_id, h.epoch, h.hwm, h.first_ms, h.updated_ms, h.peer,"
+    " row_number() OVER (PARTITION BY h.agent_id ORDER BY h.updated_ms DESC, h.epoch) AS n FROM agent_hwm h"
+    " WHERE h.agent_id IN ({agents}) AND " + LIVE_COPY + ") x WHERE n <= ? ORDER BY agent_id, n"
+)
 # Which of the transfer source's rows ``Transfer.finding`` words as each kind, in its order: misdirected first, then
 # closed short (written off), unmatched (nothing shipped), over, short.
 _AIMED = "(out_to IS NULL OR in_to IS NULL OR out_to = in_to)"
@@ -98,9 +125,10 @@ TRANSFER_KIND_TERMS = {
 
 async def exceptions(
     db: Db, only: ExceptionFilter, limit: int, transfer_open_max_ms: int | None, after: ExceptionKey | None,
-    now_ms: int,
+    now_ms: int, copies_window_ms: int | None = None,
 ) -> list[ExceptionRow]:  # fmt: skip
-    """The first ``limit`` exceptions of ``only`` after ``after`` (see ``HubStore.exceptions``)."""
+    """The first ``limit`` exceptions of ``only`` after ``after`` (see ``HubStore.exceptions``); with
+    ``copies_window_ms``, two copies of one agent syncing within it (``AGENT_COPIES``)."""
     location, kind = only.location, only.kind
 
     def wanted(source: ExceptionSource) -> bool:
@@ -195,6 +223,8 @@ async def exceptions(
     for source, fields, table, make, located in findings.CHANNEL_SOURCES:  # a sales channel's findings (schema 6)
         if location is None or located:
             out += [make(*r) for r in await read(source, fields, table, Where().add("location = ?", location))]
+    if copies_window_ms is not None and wanted(keys.AGENT_COPIES):
+        out += await agent_copies(db, only, limit, after, now_ms - copies_window_ms)
     if wanted(keys.DIVERGENCE):
         page = keys.DIVERGENCE.after(after) if after is not None else None
         diverging = await reports.divergence(
@@ -202,3 +232,26 @@ async def exceptions(
         )
         out += [findings.divergence(d) for d in diverging]
     return keys.exceptions_page(out, limit)
+
+
+async def agent_copies(
+    db: Db, only: ExceptionFilter, limit: int, after: ExceptionKey | None, since_ms: int
+) -> list[ExceptionRow]:
+    """The agents with two copies or more syncing since ``since_ms`` (``AGENT_COPIES``), in the list's order."""
+    source = keys.AGENT_COPIES
+    located = None if only.location is None else json.dumps(only.location)
+    where = Where().add(AGENT_LOCATED, located).add(f"{source.at} >= ?", only.since_ms)
+    where.page(source.after(after) if after is not None else None)
+    rows = await db.fetch(
+        f"SELECT c.agent_id, c.at_ms, c.copies, g.locations FROM {AGENT_COPIES}{where.sql} ORDER BY {source.order} LIMIT ?",
+        (since_ms, since_ms, *where.params, limit),
+    )
+    if not rows:
+        return []
+    named: dict[str, list[tuple[int, int, int, int, str | None]]] = {}
+    agents = [r[0] for r in rows]
+    sql = COPIES_NAMED.format(agents=", ".join("?" * len(agents)))
+    for agent_id, *copy in await db.fetch(sql, (*agents, since_ms, since_ms, COPIES_NAMED_MAX)):
+        named.setdefault(agent_id, []).append(tuple(copy))
+    return [findings.agent_copies(agent_id, at_ms, count, locations, named.get(agent_id, []))
+            for agent_id, at_ms, count, locations in rows]  # fmt: skip

@@ -1,11 +1,12 @@
 """Exception rows for findings other than a count's variance, worded once for every backend:
 unknown barcodes, divergence from another system, quarantined import rows, a sales channel's diverging or
-refused level; and each exception's place
+refused level, two copies of one agent; and each exception's place
 in the list (its source and that source's key of it, ``hub.storage.keys``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -147,6 +148,42 @@ CHANNEL_SOURCES: tuple[tuple[keys.ExceptionSource, str, str, Callable[..., Excep
     (keys.CHANNEL_REFUSED, CHANNEL_REFUSED_FIELDS, "channel_refusals", channel_refused, True),
     (keys.CHANNEL_MAPPING, CHANNEL_MAPPING_FIELDS, CHANNEL_MAPPING_TABLE, channel_mapping, False),
 )
+
+
+AGENT_COPY_FIELDS = "agent_id, epoch, hwm, first_ms, updated_ms, peer"
+
+
+def agent_copies(
+    agent_id: str, at_ms: int, count: int, locations: str, copies: Sequence[tuple[int, int, int, int, str | None]]
+) -> ExceptionRow:
+    """Two copies or more of one agent syncing at once (hub.storage.exceptions.AGENT_COPIES): ``count`` epochs of
+    it, ``copies`` the newest synced of them as (epoch, hwm, first_ms, updated_ms, peer), ``locations`` the
+    credential's (JSON)."""
+    bound = json.loads(locations)
+    epochs = [str(epoch) for epoch, *_ in copies]
+    named = ", ".join(epochs[:-1]) + f" and {epochs[-1]}" if len(epochs) > 1 else "".join(epochs)
+    more = f" and {count - len(copies):,} more" if count > len(copies) else ""
+    seen = "; ".join(
+        f"epoch {epoch} last synced at {_utc(last_ms)} from {peer or 'an address not known'}"
+        for epoch, _, _, last_ms, peer in copies
+    )
+    return ExceptionRow(
+        "agent_copies",
+        bound[0] if bound else None,
+        None,
+        f"Agent {agent_id} is sending from {count:,} copies at once (epochs {named}{more}): {seen}. One agent's "
+        "outbox runs on two machines (a cloned PC, an old disk image started beside the running one): each movement "
+        "still counts once, but each copy knows only its own staff sessions, bin counts and POS imports. Switch off "
+        "the copy that should not run; a second machine needs a credential of its own (shelfsync-hub agent add).",
+        {
+            "agent_id": agent_id, "locations": bound, "count": count,
+            "copies": [{"epoch": epoch, "epoch_text": str(epoch), "hwm": hwm, "first_sync_ms": first_ms,
+                        "last_sync_ms": last_ms, "peer": peer} for epoch, hwm, first_ms, last_ms, peer in copies],
+        },
+        at_ms,
+        "agent_copies",
+        (agent_id,),
+    )  # fmt: skip
 
 
 def _utc(ms: int) -> str:

@@ -228,6 +228,7 @@ class Batch:
     sent_ms: int | None = None
     operator: str | None = None
     after_seq: int | None = None  # the seq the batch follows on from, as the sender said (see _next_mark)
+    peer: str | None = None  # the address the request came from, as the hub saw it (None: not known)
 
 
 class SyncNote(NamedTuple):
@@ -243,6 +244,7 @@ class SyncNote(NamedTuple):
     backlog: int | None
     oldest_pending_ms: int | None
     sent_ms: int | None = None  # the sender's clock when it sent: the skew counts only if newer than any heard
+    peer: str | None = None  # the address the request came from (None: not known), kept with the epoch's mark
 
 
 class IngestTx(Protocol):
@@ -318,10 +320,11 @@ class IngestTx(Protocol):
         """(mark, chain at the mark) of (agent_id, epoch) as stored before this batch; None: never seen."""
 
     async def advance_mark(
-        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int
+        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int, peer: str | None = None
     ) -> tuple[int, bytes | None]:
         """Raise the mark of (agent_id, epoch) to ``seq`` with ``chain`` if higher (create it at ``seq``
-        when missing); return the mark and its chain as stored now."""
+        when missing, first heard at ``now_ms``); note a sync at ``now_ms`` from ``peer`` (the one before it is
+        kept: two copies of one agent, ``hub.storage.exceptions``); return the mark and its chain as stored now."""
 
     async def finish_sync(self, note: SyncNote) -> tuple[int, bytes | None, int]:
         """The batch's last step for its sender: ``advance_mark`` and ``note_sync`` as ``note`` says, then
@@ -386,6 +389,7 @@ def prepare_batch(
     clock: ClockWindow | None = None,
     sent_ms: int | None = None,
     after_seq: int | None = None,
+    peer: str | None = None,
 ) -> Batch:
     """Check a batch against its sender: pure, so it runs before the write transaction.
 
@@ -437,6 +441,7 @@ def prepare_batch(
         tuple(held),
         sent_ms,
         after_seq=after_seq,
+        peer=peer,
     )
 
 
@@ -779,7 +784,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         seq, chain, stale = await _next_mark(tx, batch)
         backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)
         skew_ms = None if stale else _skew_ms(batch, now_ms)  # None: the stored skew stays
-        note = SyncNote(who.agent_id, epoch, seq, chain, now_ms, skew_ms, backlog, oldest_ms, batch.sent_ms)
+        note = SyncNote(who.agent_id, epoch, seq, chain, now_ms, skew_ms, backlog, oldest_ms, batch.sent_ms, batch.peer)
         hwm, chain, held_now = await tx.finish_sync(note)  # held: the sender shows this, not its own "quarantined"
     else:  # an operator applying a held event: the sender's mark and sync are not this request's
         hwm, chain, held_now = 0, None, 0
@@ -811,7 +816,7 @@ def _skew_ms(batch: Batch, now_ms: int) -> int | None:
 
 async def finish_in_steps(tx: IngestTx, note: SyncNote) -> tuple[int, bytes | None, int]:
     """``IngestTx.finish_sync`` as three calls."""
-    hwm, chain = await tx.advance_mark(note.agent_id, note.epoch, note.seq, note.chain, note.now_ms)
+    hwm, chain = await tx.advance_mark(note.agent_id, note.epoch, note.seq, note.chain, note.now_ms, note.peer)
     await tx.note_sync(
         note.agent_id, note.now_ms, note.clock_skew_ms, backlog=note.backlog, oldest_pending_ms=note.oldest_pending_ms,
         sent_ms=note.sent_ms,

@@ -87,6 +87,7 @@ class IngestStore(Protocol):
         clock_window_ms: int | None = None,
         sent_ms: int | None = None,
         after_seq: int | None = None,
+        peer: str | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
@@ -119,6 +120,9 @@ class IngestStore(Protocol):
         ``after_seq`` (None: the batch follows on from ``acked_seq``): the seq
         the batch follows on from, a batch before it not yet answered; while
         the mark is below it, the batch is committed and the mark stays.
+        ``peer``: the address the request came from (None: not known), kept
+        with the epoch's mark and its last two syncs (two copies of one agent
+        syncing at once are an exception, ``agent_copies``).
 
         Every (location, sku) whose on_hand, reserved, available or in_transit
         changed gets one row in the change feed, in the same transaction.
@@ -238,11 +242,13 @@ class ReportStore(Protocol):
     async def exceptions(
         self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
         after: ExceptionKey | None = None, kind: str | None = None, since_ms: int | None = None,
+        copies_window_ms: int | None = None,
     ) -> list[ExceptionRow]:
         """What needs a person, newest first in the full order of ``hub.storage.keys.exception_key``
         (``at_ms``, then source and the source's own key); ``after`` keeps those ordered after that key (the
         next page). With ``transfer_open_max_ms``, transfers still open with units in transit that long
-        after their first shipment are listed too ("transfer_overdue"). ``location`` (either end of a
+        after their first shipment are listed too ("transfer_overdue"); with ``copies_window_ms``, agents two
+        epochs of which each synced within it, each twice since the other began ("agent_copies"). ``location`` (either end of a
         transfer), ``kind`` (one of ``keys.EXCEPTION_KINDS``) and ``since_ms`` (``at_ms`` at or after it)
         filter the list in each source's SQL; an unknown kind is ``InvalidInput``."""
 

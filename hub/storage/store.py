@@ -168,13 +168,14 @@ class SqlHubStore(HubStore, Generic[D]):
         clock_window_ms: int | None = None,
         sent_ms: int | None = None,
         after_seq: int | None = None,
+        peer: str | None = None,
     ) -> IngestResult:
         self._check_open()
         # Checked before the write transaction: overlaps another batch.
         clock = None if clock_window_ms is None else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms)
         batch = prepare_batch(
             who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
-            clock=clock, sent_ms=sent_ms, after_seq=after_seq,
+            clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer,
         )  # fmt: skip
 
         async def work(db: D) -> IngestResult:
@@ -228,13 +229,14 @@ class SqlHubStore(HubStore, Generic[D]):
     async def exceptions(
         self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
         after: ExceptionKey | None = None, kind: str | None = None, since_ms: int | None = None,
+        copies_window_ms: int | None = None,
     ) -> list[ExceptionRow]:  # fmt: skip
         checks.limit(limit)
         only = checks.exception_filter(location, kind, since_ms)
         now_ms = wall_ms_now()
         return await self._read_db(
             "reading exceptions",
-            lambda db: exceptions.exceptions(db, only, limit, transfer_open_max_ms, after, now_ms),
+            lambda db: exceptions.exceptions(db, only, limit, transfer_open_max_ms, after, now_ms, copies_window_ms),
             snapshot=True,
         )
 

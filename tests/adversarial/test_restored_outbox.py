@@ -2,7 +2,8 @@
 
 (a) An outbox restored from an older backup records while the hub is unreachable, then reconnects:
     every movement of both histories reaches the hub once, and ``status`` says what happened.
-(b) Two copies of one outbox run at once on two "machines" against one hub: both get through.
+(b) Two copies of one outbox run at once on two "machines" against one hub: both get through, and the hub's
+    exceptions name the two copies (``agent_copies``) until one of them is switched off.
 (c) Another credential sends, first, the event id a connector will use next: the connector's
     event still counts (ids are namespaced by the credential).
 """
@@ -29,6 +30,8 @@ from protocol import (
     wall_ms_now,
 )
 from tests.faults.helpers import Simulation, Store, drained, hub_events, outbox_meta, verify, wait_until
+from tests.harness.agent_process import AgentProcess
+from tests.harness.commands import hub_env
 from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import get_json
@@ -49,10 +52,13 @@ def replace_file(live: Path, source: Path) -> None:
     sqlite_backup(source, live)
 
 
-def run_simulation(store: Store, count: int) -> None:
-    """Run the agent until its simulation has recorded ``count`` movements in total (resuming from its tally)."""
+def run_simulation(store: Store, count: int, heartbeat_s: float | None = None) -> AgentProcess:
+    """Run the agent until its simulation has recorded ``count`` movements in total (resuming from its tally);
+    ``heartbeat_s``: an idle agent tells the hub it is alive this often."""
     store.simulation = Simulation(count, rate_per_s=400, seed=5, batch=3)
-    store.write_config()
+    config = store.write_config()
+    if heartbeat_s is not None:
+        config.write_text(config.read_text().replace("[replicator]\n", f"[replicator]\nheartbeat_s = {heartbeat_s}\n"))
     agent = store.start()
     wait_until(f"{store.name} records {count} movements", store.simulation_complete)
     return agent
@@ -108,10 +114,16 @@ def test_a_restored_outbox_that_recorded_offline_loses_nothing(
     assert listed["epochs"][-1]["epoch_text"] == str(current)
 
 
+def copies_listed(hub: HubProcess, reader: str) -> list[dict[str, Any]]:
+    return get_json(f"{hub.url}/v1/exceptions?kind=agent_copies", reader)["exceptions"]
+
+
 def test_two_running_copies_of_one_outbox_both_get_through(
     hub: HubProcess, make_store: Callable[..., Store], tmp_path: Path
 ) -> None:
     first = make_store(hub, hub.url, name="machine-a", batch_size=5)
+    reader = add_credential(hub.db, role="reader").token
+    hub.env = hub_env(SHELFSYNC_HUB_AGENT_COPIES_WINDOW_S="3")  # a copy silent 3 s no longer counts as sending
     hub.start()
     agent = run_simulation(first, 30)
     wait_until("the first 30 reach the hub", lambda: drained([first], hub.db))
@@ -121,9 +133,18 @@ def test_two_running_copies_of_one_outbox_both_get_through(
     second.data_dir.mkdir(parents=True)
     sqlite_backup(first.outbox, second.outbox)
     try:
-        runs = [run_simulation(s, 90) for s in (first, second)]  # both record 60 more, at the same time
+        runs = [run_simulation(s, 90, heartbeat_s=0.3) for s in (first, second)]  # both record 60 more at once
         wait_until("both copies drain", lambda: drained([first, second], hub.db))
-        assert [run.stop() for run in runs] == [0, 0]
+        # head office sees it: one exception naming the agent and both epochs, each copy's last sync and address
+        wait_until("the hub lists the two copies", lambda: bool(copies_listed(hub, reader)))
+        (listed,) = copies_listed(hub, reader)
+        running = {str(outbox_meta(s.outbox)["epoch"]) for s in (first, second)}
+        assert len(running) == 2 and {c["epoch_text"] for c in listed["data"]["copies"]} == running, listed
+        assert listed["data"]["agent_id"] == first.cred.agent_id and listed["location"] == first.location
+        assert all(epoch in listed["detail"] for epoch in running) and "127.0.0.1" in listed["detail"], listed
+        assert runs[1].stop() == 0  # the clone is switched off: the entry goes while the store's own PC syncs on
+        wait_until("the entry is gone", lambda: not copies_listed(hub, reader))
+        assert runs[0].stop() == 0
     finally:
         second.kill_all()
     held = verify(hub, [first, second])

@@ -8,6 +8,7 @@ unseen. Bad filters are a 400 with one sentence; a cursor goes with the filter i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from tests.hub.test_paging import NOW_MS, agent, exception_burst, move, walk
 EXCEPTION_KINDS = (  # docs/hub-api.md, GET /v1/exceptions: every kind, in the hub's order
     "negative_on_hand", "unknown_barcode", "transfer_short", "transfer_over", "transfer_unmatched",
     "transfer_misdirected", "transfer_overdue", "transfer_unknown_destination", "clock_quarantine", "rejected_event",
-    "import_quarantine", "divergence", "channel_divergence", "channel_refused", "channel_mapping",
+    "import_quarantine", "divergence", "channel_divergence", "channel_refused", "channel_mapping", "agent_copies",
 )  # fmt: skip
 PAGE = 9  # small pages: a walk crosses the bursts of rows sharing one at_ms
 TRANSFER_ENDS = ("from", "to", "shipped_to")
@@ -86,7 +87,23 @@ async def every_kind(store: HubStore) -> str:
     for batch in batches:
         result = await store.ingest(a, 1, batch)
         assert not result.rejected, result.rejected
+    await copies(store)
     return token
+
+
+async def copies(store: HubStore) -> None:
+    """Agents of one store or two, each syncing from two or three copies of itself (epochs) in turn, and one whose
+    outbox forked once and synced in its new epoch only: more than a page of ``agent_copies`` rows."""
+    for i in range(12):
+        who, _ = await agent(store, [("S001", "S003")[i % 2], *(["S002"] if i % 3 == 0 else [])])
+        for _ in range(3):  # each copy syncs three times, each time after the others did
+            for epoch in range(10, 12 + i % 2):
+                assert (await store.ingest(who, epoch, [])).hwm == 0
+                await asyncio.sleep(0.002)  # the hub tells the syncs apart by their milliseconds
+    restored, _ = await agent(store, ["S001"])
+    for epoch in (10, 11, 11, 11):
+        await store.ingest(restored, epoch, [])
+        await asyncio.sleep(0.002)
 
 
 def concerns(row: dict[str, Any], location: str) -> bool:
@@ -96,6 +113,8 @@ def concerns(row: dict[str, Any], location: str) -> bool:
         return True
     if row["kind"].startswith("transfer_") and row["kind"] != "transfer_unknown_destination":
         return location in (row["data"].get(end) for end in TRANSFER_ENDS)
+    if row["kind"] == "agent_copies":  # any location of the agent's credential
+        return location in row["data"]["locations"]
     return False
 
 
@@ -120,7 +139,7 @@ async def test_filtered_walks_list_exactly_the_whole_list_filtered(
     whole = await walk(ops_client, token, "/v1/exceptions", "exceptions", limit=10_000)
     kinds = {r["kind"] for r in whole}
     assert kinds >= set(EXCEPTION_KINDS) - {"channel_divergence", "channel_refused", "channel_mapping"}, kinds
-    times = sorted({r["at_ms"] for r in whole})
+    times = sorted({r["at_ms"] for r in whole if r["kind"] != "agent_copies"})  # those are the newest, one each
     assert len(times) >= 4, f"the list holds too few distinct times to filter by: {times}"
     middle = times[len(times) // 2]
     cases: list[dict[str, Any]] = [
@@ -134,6 +153,8 @@ async def test_filtered_walks_list_exactly_the_whole_list_filtered(
         {"location": "S001", "kind": "negative_on_hand", "since_ms": times[0]},
         {"location": "S003", "since_ms": middle},
         {"kind": "transfer_over", "since_ms": middle},
+        {"location": "S002", "kind": "agent_copies"},
+        {"location": "S003", "kind": "agent_copies", "since_ms": middle},
     ]
     for case in cases:
         query = {k: v for k, v in case.items() if k != "since_ms"}
@@ -144,6 +165,8 @@ async def test_filtered_walks_list_exactly_the_whole_list_filtered(
         assert [identity(r) for r in got] == [identity(r) for r in want], (case, len(got), len(want))
     assert kept(whole, location="S003", kind="transfer_misdirected")  # the cases are not all empty
     assert kept(whole, kind="transfer_over", since_ms=middle)
+    assert len(kept(whole, location="S002", kind="agent_copies")) == 4  # an agent of two stores listed under either
+    assert len(kept(whole, kind="agent_copies")) == 12  # not the outbox that forked once
 
 
 async def test_the_csv_of_a_filter_holds_its_rows(store: HubStore, ops_client: TestClient[Any, Any]) -> None:

@@ -142,11 +142,14 @@ def save_stock_sql(rows: str) -> str:
 
 
 SAVE_STOCK_SQL = save_stock_sql("$1")
+# The sync before the last in the epoch (prev_ms), the first (first_ms) and the sender's address (peer) tell two
+# copies of one agent syncing at once (hub.storage.exceptions, agent_copies).
 ADVANCE_MARK_SQL = (
-    "INSERT INTO agent_hwm (agent_id, epoch, hwm, chain, updated_ms) VALUES ($1, $2, $3, $4, $5) "
+    "INSERT INTO agent_hwm (agent_id, epoch, hwm, chain, updated_ms, first_ms, peer) VALUES ($1, $2, $3, $4, $5, $5, $6) "
     "ON CONFLICT (agent_id, epoch) DO UPDATE SET "
     "chain = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.chain ELSE agent_hwm.chain END, "
-    "hwm = GREATEST(agent_hwm.hwm, excluded.hwm), updated_ms = excluded.updated_ms RETURNING hwm, chain"
+    "hwm = GREATEST(agent_hwm.hwm, excluded.hwm), prev_ms = agent_hwm.updated_ms, updated_ms = excluded.updated_ms, "
+    "peer = excluded.peer RETURNING hwm, chain"
 )
 HELD_PENDING_SQL = "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND status = 'pending'"
 
@@ -599,9 +602,9 @@ class PostgresIngest:
         return None if row is None else (int(row[0]), row[1])
 
     async def advance_mark(
-        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int
+        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int, peer: str | None = None
     ) -> tuple[int, bytes | None]:
-        row = await self.conn.fetchrow(ADVANCE_MARK_SQL, agent_id, epoch, seq, chain, now_ms)
+        row = await self.conn.fetchrow(ADVANCE_MARK_SQL, agent_id, epoch, seq, chain, now_ms, peer)
         assert row is not None
         return int(row[0]), row[1]
 
@@ -611,8 +614,8 @@ class PostgresIngest:
         statement, params = note_sync_sql(
             note.agent_id, note.now_ms, note.clock_skew_ms, note.backlog, note.oldest_pending_ms, note.sent_ms
         )
-        args: list[Any] = [note.agent_id, note.epoch, note.seq, note.chain, note.now_ms, *params]
-        ctes = [f"mark AS ({ADVANCE_MARK_SQL})", f"sync AS ({numbered(statement, 6)})"]
+        args: list[Any] = [note.agent_id, note.epoch, note.seq, note.chain, note.now_ms, note.peer, *params]
+        ctes = [f"mark AS ({ADVANCE_MARK_SQL})", f"sync AS ({numbered(statement, 7)})"]
         stock = "0"
         if self._stock:
             args.append(self._stock)

@@ -395,15 +395,15 @@ class SqliteIngest:
         return (int(rows[0][0]), rows[0][1]) if rows else None
 
     async def advance_mark(
-        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int
+        self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int, peer: str | None = None
     ) -> tuple[int, bytes | None]:
         rows = await self._fetch(
-            "INSERT INTO agent_hwm (agent_id, epoch, hwm, chain, updated_ms) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO agent_hwm (agent_id, epoch, hwm, chain, updated_ms, first_ms, peer) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (agent_id, epoch) DO UPDATE SET "
             "chain = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.chain ELSE agent_hwm.chain END, "
             "hwm = CASE WHEN excluded.hwm > agent_hwm.hwm THEN excluded.hwm ELSE agent_hwm.hwm END, "
-            "updated_ms = excluded.updated_ms RETURNING hwm, chain",
-            (agent_id, epoch, seq, chain, now_ms),
+            "prev_ms = agent_hwm.updated_ms, updated_ms = excluded.updated_ms, peer = excluded.peer RETURNING hwm, chain",
+            (agent_id, epoch, seq, chain, now_ms, now_ms, peer),
         )
         return int(rows[0][0]), rows[0][1]
 

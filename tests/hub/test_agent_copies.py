@@ -1,0 +1,205 @@
+"""Two copies of one agent sending at once, seen by the hub and listed for head office (both backends).
+
+A careless store clones its back-office PC, or starts an old disk image beside the running one: two outboxes of
+one agent (same agent id, same credential, same epoch) record and sync. One of them finds the hub's mark is not its
+history and forks to a new epoch; from then on each copy syncs in its own epoch, and every movement gets through
+once. Before, only the agents' logs said so, and ``GET /v1/agents`` showed two epochs: nobody at head office saw it.
+Now, while two epochs of one agent both go on syncing, the exceptions list holds one ``agent_copies`` entry naming
+the agent, both epochs and where each was last seen from; it is gone once only one of them syncs. An outbox merely
+restored from a backup (the old one gone) forks too, and is not listed: its old epoch syncs no more.
+
+Real parts: a hub process (``python -m hub serve``) on 127.0.0.1 on a SQLite file or a PostgreSQL schema, and
+the agent's own outbox and replicator on two copies of one outbox file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import Movement, Outbox, Replicator
+from hub.storage import open_store
+from protocol import Kind
+from tests.harness.commands import hub_env
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json
+from tests.harness.pg import fresh_schema
+
+WINDOW_S = 3  # the hub's agent_copies_window_s here: a copy silent this long no longer counts as sending
+HEARTBEAT_S = 0.2  # each copy tells the hub it is alive this often when it has nothing to send
+WAIT_S = 60.0
+FAST = {"tick_s": 0.05, "retry_base_s": 0.01, "retry_max_s": 0.2, "timeout_s": 10.0, "heartbeat_s": HEARTBEAT_S}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
+    return str(request.param)
+
+
+@pytest.fixture
+async def hub_db(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The hub's database: a SQLite file, or a fresh PostgreSQL schema."""
+    if backend == "postgres":
+        async with fresh_schema("copies") as url:
+            yield url
+    else:
+        yield str(tmp_path / "hub.db")
+
+
+@contextlib.contextmanager
+def serving(db: str, tmp_path: Path) -> Iterator[HubProcess]:
+    hub = HubProcess(
+        tmp_path / "hub.log", db=db, port=free_port(), env=hub_env(SHELFSYNC_HUB_AGENT_COPIES_WINDOW_S=str(WINDOW_S))
+    )
+    hub.start()
+    try:
+        yield hub
+    finally:
+        assert hub.stop() == 0, hub.log
+        assert "Traceback" not in hub.log, hub.log
+
+
+async def credentials(db: str) -> tuple[str, str, str]:
+    """An agent credential bound to S1 (its id and token) and a reader's token."""
+    async with open_store(db) as store:
+        agent_id, token = await store.add_agent(["S1"])
+        _, reader = await store.add_agent([], role="reader")
+    return agent_id, token, reader
+
+
+def backup(src: Path, dst: Path) -> None:
+    a, b = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        a.backup(b)
+    finally:
+        a.close()
+        b.close()
+
+
+async def copies_listed(hub: HubProcess, reader: str) -> list[dict[str, Any]]:
+    answer = await asyncio.to_thread(get_json, f"{hub.url}/v1/exceptions?limit=10000", reader)
+    return [e for e in answer["exceptions"] if e["kind"] == "agent_copies"]
+
+
+async def eventually(what: str, check: Any) -> Any:
+    """Poll the coroutine function ``check`` until it answers something true; fail naming ``what``."""
+    async with asyncio.timeout(WAIT_S):
+        while not (found := await check()):
+            await asyncio.sleep(0.1)
+    return found
+
+
+async def drained(outbox: Outbox) -> None:
+    """Wait until the hub acknowledged every movement of ``outbox``."""
+
+    async def done() -> bool:
+        stats = await outbox.stats()
+        return stats.backlog == 0 and stats.acked_seq == stats.last_seq
+
+    await eventually(f"{outbox.path} drains", done)
+
+
+def sale(sku: str) -> Movement:
+    return Movement("S1", sku, Kind.SALE, -1, "pos:test")
+
+
+async def first_history(outbox_path: Path, agent_id: str, hub: HubProcess, token: str, n: int) -> None:
+    """``n`` sales recorded and acknowledged by the hub, then the outbox closed."""
+    async with (
+        Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox,
+        Replicator(outbox, hub.url, token, **FAST),  # type: ignore[arg-type]
+    ):
+        await outbox.record([sale("A") for _ in range(n)])
+        await drained(outbox)
+
+
+async def test_two_copies_of_one_outbox_syncing_are_listed_until_one_stops(hub_db: str, tmp_path: Path) -> None:
+    agent_id, token, reader = await credentials(hub_db)
+    machine_a, machine_b = tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"
+    with serving(hub_db, tmp_path) as hub:
+        await first_history(machine_a, agent_id, hub, token, 5)
+        backup(machine_a, machine_b)  # the back-office PC cloned: same agent id, credential and epoch
+        async with contextlib.AsyncExitStack() as stack:
+            a = await stack.enter_async_context(Outbox.open(machine_a, agent_id=agent_id, location="S1"))
+            b = await stack.enter_async_context(Outbox.open(machine_b, agent_id=agent_id, location="S1"))
+            replicators = {}
+            for name, outbox in (("a", a), ("b", b)):
+                replicators[name] = await stack.enter_async_context(Replicator(outbox, hub.url, token, **FAST))  # type: ignore[arg-type]
+            await a.record([sale("B") for _ in range(3)])  # each copy records its own movements
+            await b.record([sale("C") for _ in range(4)])
+            await drained(a)
+            await drained(b)
+            assert a.epoch != b.epoch  # one of them forked
+
+            (listed,) = await eventually("the two copies are listed", lambda: copies_listed(hub, reader))
+            assert listed["location"] == "S1"
+            assert listed["data"]["agent_id"] == agent_id
+            copies = listed["data"]["copies"]
+            assert sorted(c["epoch_text"] for c in copies) == sorted([str(a.epoch), str(b.epoch)])
+            assert all(c["peer"] == "127.0.0.1" and c["last_sync_ms"] for c in copies), copies
+            assert (
+                agent_id in listed["detail"] and str(a.epoch) in listed["detail"] and str(b.epoch) in listed["detail"]
+            )
+            assert "127.0.0.1" in listed["detail"]
+            kind_only = await asyncio.to_thread(
+                get_json, f"{hub.url}/v1/exceptions?kind=agent_copies&location=S1", reader
+            )
+            assert [e["data"]["agent_id"] for e in kind_only["exceptions"]] == [agent_id]
+            elsewhere = await asyncio.to_thread(
+                get_json, f"{hub.url}/v1/exceptions?kind=agent_copies&location=S2", reader
+            )
+            assert elsewhere["exceptions"] == []
+
+            await replicators["b"].stop()  # the clone is switched off; the store's own PC goes on
+            await eventually("the entry is gone", lambda: _none(copies_listed(hub, reader)))
+            await a.record([sale("D")])
+            await drained(a)
+            assert await copies_listed(hub, reader) == []
+
+    async with open_store(hub_db) as store:  # every movement of both copies counted once
+        counts = {r.sku: r.on_hand for r in await store.counts()}
+    assert counts == {"A": -5, "B": -3, "C": -4, "D": -1}
+
+
+async def _none(listed: Any) -> bool:
+    return not await listed
+
+
+async def test_an_outbox_restored_from_a_backup_is_not_listed_as_two_copies(hub_db: str, tmp_path: Path) -> None:
+    agent_id, token, reader = await credentials(hub_db)
+    live, saved = tmp_path / "outbox.sqlite3", tmp_path / "backup.sqlite3"
+    with serving(hub_db, tmp_path) as hub:
+        await first_history(live, agent_id, hub, token, 5)
+        backup(live, saved)
+        async with (
+            Outbox.open(live, agent_id=agent_id, location="S1") as outbox,
+            Replicator(outbox, hub.url, token, **FAST),  # type: ignore[arg-type]
+        ):
+            await outbox.record([sale("B") for _ in range(4)])
+            await drained(outbox)
+            old_epoch = outbox.epoch
+        for leftover in (live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm")):
+            leftover.unlink(missing_ok=True)  # the disk died; last week's backup is put back
+        backup(saved, live)
+        async with Outbox.open(live, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record([sale("C") for _ in range(6)])  # seqs 6..11 again, other movements
+            async with Replicator(outbox, hub.url, token, **FAST):  # type: ignore[arg-type]
+                await drained(outbox)
+                assert outbox.epoch != old_epoch  # it forked
+                # the restored copy goes on syncing (heartbeats) for three windows: never listed as two copies
+                for _ in range(int(3 * WINDOW_S / HEARTBEAT_S)):
+                    assert await copies_listed(hub, reader) == []
+                    await asyncio.sleep(HEARTBEAT_S)
+    async with open_store(hub_db) as store:
+        counts = {r.sku: r.on_hand for r in await store.counts()}
+        (status,) = await store.agent_status(agent_id)
+    assert counts == {"A": -5, "B": -4, "C": -6}
+    assert len(status.hwm) == 2  # both epochs are on the agent list, as before
