@@ -28,6 +28,14 @@ Two rules keep the local count (hub count + pending movements) exact:
   and numbers its changes anew. The cache then follows it again from 0 (every
   row's position forgotten), with one WARNING; so does a sync answer whose
   position went back (``Outbox.apply_answer``).
+
+A cursor names the feed history it was read in (``protocol.feed``), and the
+hub answers a cursor in the form it was given. A cursor an agent from before
+histories stored as a plain number would so have stayed one until the feed
+was next read from 0, and a hub restored past it, or another hub, read on
+without a word: its first read now learns the hub's history (one page from
+the start, ``HISTORY_PROBE_LIMIT`` changes, none stored) and goes on from
+the cursor in it.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ log = logging.getLogger(__name__)
 
 WAIT_S = 25.0  # each long-poll waits this long at the hub for a change (under proxies' usual 60 s idle cut)
 PAGE_LIMIT = 1_000  # changes per page
+HISTORY_PROBE_LIMIT = 1  # changes of the page read to learn the hub's feed history (_learn_history): none is kept
 CHANGE_MAX_BYTES = 2_048  # a change's JSON at most: a 64-character SKU escaped, 16 event ids, the counts
 COALESCE_MAX_KEYS = 10_000  # SKUs held in memory while catching up before they are stored
 REQUEST_TIMEOUT_S = 30.0  # beyond the long-poll's own wait
@@ -225,6 +234,8 @@ class CountFeed(HubLoop):
             self._read_to, self._read_history = self._stored.cursor, self._stored.history
             self._pending.clear()
             await self._update(cursor=self._stored.cursor)
+            if self._read_to > 0 and self._read_history is None:
+                await self._learn_history()
         page = await self._get(self._read_to, self._read_history, 0.0 if self._pending else self._wait_s)
         if isinstance(page, _Ahead):  # the hub's feed restarted under this position, or is not the one it was read in
             if await self._outbox.feed_position() == self._stored:
@@ -256,11 +267,28 @@ class CountFeed(HubLoop):
         if (pause_s := self._gate.feed_pause_s()) > 0:
             await asyncio.sleep(pause_s)
 
-    async def _get(self, after: int, history: str | None, wait_s: float) -> wire.FeedPage | _Ahead:
+    async def _learn_history(self) -> None:
+        """The stored cursor is a plain number (stored by an agent from before feed histories): read in the hub's
+        history from now on, which a page from the start names (an older hub names none: the old form stays).
+        The next read then checks the cursor against the hub's feed as any, stored with it."""
+        probe = await self._get(0, None, 0.0, limit=HISTORY_PROBE_LIMIT)
+        if isinstance(probe, wire.FeedPage) and probe.history is not None:
+            self._read_history = probe.history
+            log.info(
+                "The count cache's feed position %d was stored in the older form, without the hub's feed history;"
+                " it goes on from there in history %s, so a hub restored or replaced from now on is noticed.",
+                self._read_to,
+                probe.history,
+            )
+
+    async def _get(
+        self, after: int, history: str | None, wait_s: float, *, limit: int | None = None
+    ) -> wire.FeedPage | _Ahead:
+        limit = self._limit if limit is None else limit
         session = self._http()
         params = {
             wire.LOCATION_PARAM: self._outbox.location,
-            wire.LIMIT_PARAM: str(self._limit),
+            wire.LIMIT_PARAM: str(limit),
             wire.WAIT_PARAM: f"{wait_s:g}",
         }
         if after > 0 or history is not None:  # none at the start: the hub answers a cursor that names its history
@@ -300,7 +328,7 @@ class CountFeed(HubLoop):
                 data = loads_json(body)
                 if (foreign := not_a_hubs_json(url, data, PAGE_FIELDS)) is not None:
                     raise TurnFailed(foreign, kind=INTERCEPTED)
-                return wire.decode_page(data, after, self._limit)
+                return wire.decode_page(data, after, limit)
             except (ValueError, ProtocolError) as err:
                 raise TurnFailed(
                     f"the hub's change feed page could not be read ({err})", kind="bad_answer", level=logging.ERROR

@@ -273,6 +273,53 @@ async def test_a_hub_restored_that_numbered_past_the_cursor_again_is_followed_fr
     assert len(restarts) == 1 and "is not the one this agent's position 4 was read in" in restarts[0], restarts
 
 
+async def test_a_cursor_stored_in_the_older_form_takes_the_hubs_history_at_its_next_read(
+    tmp_path: Path, hub: Hub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent from before feed histories stored its cursor as a plain number, and the hub answers a cursor in
+    the form it was given: the cursor stayed without a history until the feed was next read from 0, so a hub
+    restored past it (or another hub) was read on without a word. Now the first read learns the hub's history."""
+    caplog.set_level(logging.INFO)
+    await channel_event(hub, "receive", 10)
+    backup = tmp_path / "hub-backup.db"
+    with sqlite3.connect(hub.db) as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)
+    for n in range(3):
+        await channel_event(hub, "reserve", 1, ref=f"order-{n}")
+    async with CountFeed(outbox, hub.url, hub.token, wait_s=5.0, retry_base_s=0.01, retry_max_s=0.05) as feed:
+        await wait_until(lambda: _is(local(outbox), (10, 3, 7)), "the cache follows the live hub")
+        await feed.stop()
+    with sqlite3.connect(outbox.path) as db:  # as an agent from before histories left it: a plain number
+        history = db.execute("SELECT value FROM meta WHERE key = 'feed_history'").fetchone()[0]
+        assert history is not None
+        db.execute("UPDATE meta SET value = NULL WHERE key = 'feed_history'")
+    assert (await outbox.feed_position()).history is None
+
+    async with CountFeed(outbox, hub.url, hub.token, wait_s=0.5, retry_base_s=0.01, retry_max_s=0.05) as feed:
+        await wait_until(lambda: _is(feed_history(outbox), history), "the cursor takes the hub's history")
+        assert (await outbox.feed_position()).cursor == 4  # where it was: nothing read again
+        await hub.server.close()
+        restored = await Served(backup).start()  # restored, then numbering past the cursor before the agent is back
+        try:
+            hub.url = restored.url
+            for n in range(5):
+                await channel_event(hub, "receive", 1, sku=f"SKU-R{n}", ref=f"again-{n}")
+            feed.update_credentials(hub.token, restored.url)
+            await wait_until(lambda: _is(local(outbox), (10, 0, 10)), "the cache holds the restored hub's counts")
+            await wait_until(lambda: _is(local(outbox, "SKU-R4"), (1, 0, 1)), "the restored hub's last change")
+            assert [(await local(outbox, f"SKU-R{n}"))[0] for n in range(5)] == [1, 1, 1, 1, 1]
+            assert feed.state.restarts == 1
+            await feed.stop()
+        finally:
+            await restored.close()
+    learned = [r.getMessage() for r in caplog.records if "older form" in r.getMessage()]
+    assert len(learned) == 1 and learned[0].count(". ") == 0, learned
+
+
+async def feed_history(outbox: Outbox) -> str | None:
+    return (await outbox.feed_position()).history
+
+
 async def test_a_sync_answer_whose_feed_position_went_back_restarts_the_feed_and_forgets_positions(
     tmp_path: Path, hub: Hub, outbox: Outbox
 ) -> None:
