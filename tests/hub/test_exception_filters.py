@@ -92,8 +92,9 @@ async def every_kind(store: HubStore) -> str:
 
 
 async def copies(store: HubStore) -> None:
-    """Agents of one store or two, each syncing from two or three copies of itself (epochs) in turn, and one whose
-    outbox forked once and synced in its new epoch only: more than a page of ``agent_copies`` rows."""
+    """Agents of one store or two, each syncing from two or three copies of itself (epochs) in turn (more than a
+    page of ``agent_copies`` rows); one whose outbox forked once and synced in its new epoch only, and one that
+    also sends through POST /v1/events (epoch 0): neither listed."""
     for i in range(12):
         who, _ = await agent(store, [("S001", "S003")[i % 2], *(["S002"] if i % 3 == 0 else [])])
         for _ in range(3):  # each copy syncs three times, each time after the others did
@@ -103,6 +104,10 @@ async def copies(store: HubStore) -> None:
     restored, _ = await agent(store, ["S001"])
     for epoch in (10, 11, 11, 11):
         await store.ingest(restored, epoch, [])
+        await asyncio.sleep(0.002)
+    connector, _ = await agent(store, ["S002"])  # its outbox's epoch, and POST /v1/events' epoch 0: one sender
+    for epoch in (10, 0, 10, 0, 10, 0):
+        await store.ingest(connector, epoch, [])
         await asyncio.sleep(0.002)
 
 
@@ -166,7 +171,7 @@ async def test_filtered_walks_list_exactly_the_whole_list_filtered(
     assert kept(whole, location="S003", kind="transfer_misdirected")  # the cases are not all empty
     assert kept(whole, kind="transfer_over", since_ms=middle)
     assert len(kept(whole, location="S002", kind="agent_copies")) == 4  # an agent of two stores listed under either
-    assert len(kept(whole, kind="agent_copies")) == 12  # not the outbox that forked once
+    assert len(kept(whole, kind="agent_copies")) == 12  # not the outbox that forked once, nor epoch 0's sender
 
 
 async def test_the_csv_of_a_filter_holds_its_rows(store: HubStore, ops_client: TestClient[Any, Any]) -> None:
