@@ -68,7 +68,7 @@ from agent.hub_loop import (
 from agent.outbox import FeedPosition, Outbox
 from protocol import ProtocolError
 from protocol import feed as wire
-from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, parse_retry_after, run_turns
+from protocol.retry import FULL_JITTER, RETRY_AFTER_JITTER, Backoff, Streak, TurnFailed, parse_retry_after, run_turns
 from protocol.values import loads_json, shown
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,12 @@ class CountFeed(HubLoop):
         # "hub_error", "outbox", "bug"; a new kind in a streak is logged again. The n-th failure in a row waits up to retry_base_s × 2^n.
         self._streak_said = False  # a failure of the streak was logged above DEBUG
         self._streak = Streak(
-            Backoff(2 * retry_base_s, retry_max_s, jitter=FULL_JITTER, exact_retry_after=True), rng or random.Random()
-        )
+            Backoff(
+                2 * retry_base_s, retry_max_s, jitter=FULL_JITTER, exact_retry_after=True,
+                retry_after_jitter=RETRY_AFTER_JITTER,
+            ),
+            rng or random.Random(),
+        )  # fmt: skip
         self._slow_retry_s = slow_retry_s
         self.timeout_s = wait_s + timeout_s
         self.answer_max_bytes = page_limit * CHANGE_MAX_BYTES + 4_096  # a longer answer is a failed attempt

@@ -23,7 +23,9 @@ Hub answers and what they mean here:
 - 401/403: credentials refused; stop sending, log one ERROR, retry only every
   ``auth_retry_s`` or when ``update_credentials`` is called (config reload).
 - 429: the hub asks this agent to slow down; wait its Retry-After (seconds, at
-  most ``protocol.retry.RETRY_AFTER_MAX_S``) instead of the backoff, then send again.
+  most ``protocol.retry.RETRY_AFTER_MAX_S``) plus a random part of it (a quarter,
+  at least up to a second: agents refused together come back apart) instead of
+  the backoff, then send again.
 - 400 and other 4xx: a bug or a wrong hub_url; log an ERROR, back off.
 - 5xx, connection errors, timeouts: back off.
 - An HTML page of any status, or a 200 that is not msgpack: not the hub's answer (a captive portal or a
@@ -86,6 +88,7 @@ from protocol import (
 from protocol.ids import EVENT_ID_BYTES
 from protocol.retry import (
     FULL_JITTER,
+    RETRY_AFTER_JITTER,
     RETRY_BASE_S,
     RETRY_MAX_S,
     Backoff,
@@ -257,9 +260,16 @@ class Replicator(HubLoop):
         self._as_columns = True  # events sent as columns until a hub refuses them (a hub older than columns)
         self._tick_s = tick_s
         # A failed attempt's kind is the sync state it reports ("unreachable", "credentials_refused", …); a 429's
-        # Retry-After is the wait (the hub's rate limiter says when the next request is let through).
+        # Retry-After is the wait (the hub says when the next request is let through), plus a random part of it:
+        # the agents one full catch-up line refused come back spread out, not together.
         self._rng = rng or random.Random()
-        self._streak = Streak(Backoff(retry_base_s, retry_max_s, jitter=FULL_JITTER, exact_retry_after=True), self._rng)
+        self._streak = Streak(
+            Backoff(
+                retry_base_s, retry_max_s, jitter=FULL_JITTER, exact_retry_after=True,
+                retry_after_jitter=RETRY_AFTER_JITTER,
+            ),
+            self._rng,
+        )  # fmt: skip
         self.timeout_s = timeout_s
         self._auth_retry_s = auth_retry_s
         self._heartbeat_s = heartbeat_s
@@ -798,7 +808,7 @@ class Replicator(HubLoop):
             wait_s = self._streak.backoff.delay_s(self._streak.failures + 1, self._rng)  # as for this failure
         return TurnFailed(
             f"the hub at {self._url} asks this agent to send less often (HTTP 429: {_error_message(body)});"
-            f" waiting {wait_s:g} s",
+            f" waiting {wait_s:g} s or a little longer",
             kind="rate_limited",
             reachable=True,
             level=logging.INFO,  # flow control, not a failure

@@ -14,10 +14,12 @@ the wait is drawn from [ceiling × (1 − jitter), ceiling], ceiling =
 min(max_s, base_s × 2^(n−1)) — ``FULL_JITTER`` spreads many retrying agents
 evenly over [0, ceiling], ``EQUAL_JITTER`` keeps at least half of it.
 
-The hub's 429 answers carry ``Retry-After`` in whole seconds (hub.ratelimit);
-an agent waits exactly that long (``parse_retry_after``, at most
-``RETRY_AFTER_MAX_S``) instead of its backoff: the hub's rate limiter says when
-the next request is let through. Another party's ``Retry-After`` — a channel's
+The hub's 429 answers carry ``Retry-After`` in whole seconds (hub.ratelimit,
+hub.catchup); an agent waits that long (``parse_retry_after``, at most
+``RETRY_AFTER_MAX_S``) instead of its backoff, plus a random part of it
+(``retry_after_jitter``: up to a quarter of it, at least up to a second): the
+hub says when the next request is let through, and agents it refused at the
+same moment must not all come back at the same moment. Another party's ``Retry-After`` — a channel's
 API, a webhook receiver — is read by ``read_retry_after`` alone (delay-seconds
 or an HTTP-date, RFC 9110 10.2.3, capped by the caller) and may say anything,
 0 too: a ``Backoff`` with ``exact_retry_after=False`` waits at least its
@@ -50,6 +52,10 @@ NO_JITTER = 0.0
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 60.0
 RETRY_AFTER_MAX_S = 600.0  # the longest a hub's Retry-After is honoured
+# A hub's Retry-After R is waited as R plus a random part of up to max(R × RETRY_AFTER_JITTER, RETRY_AFTER_JITTER_MIN_S):
+# agents refused together (a hub's catch-up line full, its restart) come back spread over a second or more.
+RETRY_AFTER_JITTER = 0.25
+RETRY_AFTER_JITTER_MIN_S = 1.0
 PEER_RETRY_AFTER_DEFAULT_S = 1.0  # a peer's 429 without a readable Retry-After waits this long
 PEER_RETRY_AFTER_MAX_S = 300.0  # the longest a peer's (a channel's, a webhook receiver's) Retry-After is honoured
 RETRY_AFTER_TEXT_MAX = 64  # longer than any delay-seconds or HTTP-date a server sends: not read
@@ -64,6 +70,9 @@ class Backoff:
     max_s: float = RETRY_MAX_S
     jitter: float = EQUAL_JITTER  # the share of the ceiling drawn at random (FULL_JITTER, EQUAL_JITTER, NO_JITTER)
     exact_retry_after: bool = False  # True: a Retry-After is the wait; False: the least (the backoff may be longer)
+    # With exact_retry_after: the share of a Retry-After added at random (at least up to RETRY_AFTER_JITTER_MIN_S
+    # when above 0), so the many agents one answer refused do not come back together (RETRY_AFTER_JITTER, NO_JITTER).
+    retry_after_jitter: float = NO_JITTER
 
     def __post_init__(self) -> None:
         for name, value in (("base_s", self.base_s), ("max_s", self.max_s)):
@@ -71,6 +80,8 @@ class Backoff:
                 raise ValueError(f"Backoff.{name} must be a number of seconds of 0 or more, got {value!r}")
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"Backoff.jitter must be from 0 to 1, got {self.jitter!r}")
+        if not 0.0 <= self.retry_after_jitter <= 1.0:
+            raise ValueError(f"Backoff.retry_after_jitter must be from 0 to 1, got {self.retry_after_jitter!r}")
 
     def ceiling_s(self, failures: int) -> float:
         """The longest wait after ``failures`` failures in a row (0 after none)."""
@@ -80,9 +91,14 @@ class Backoff:
 
     def delay_s(self, failures: int, rng: random.Random | None = None, *, retry_after_s: float | None = None) -> float:
         """How long to wait after ``failures`` failures in a row (0 after none), with jitter; when the far side
-        said ``Retry-After``, that long (``exact_retry_after``) or at least that long."""
+        said ``Retry-After``, that long (``exact_retry_after``; plus a random part of it by ``retry_after_jitter``,
+        drawn from ``rng``) or at least that long."""
         if retry_after_s is not None and self.exact_retry_after:
-            return max(0.0, retry_after_s)
+            wait_s = max(0.0, retry_after_s)
+            if self.retry_after_jitter > 0:
+                spread_s = max(RETRY_AFTER_JITTER_MIN_S, wait_s * self.retry_after_jitter)
+                wait_s += spread_s * (rng or random).random()  # in [wait, wait + spread): never sooner than asked
+            return wait_s
         ceiling_s = self.ceiling_s(failures)
         delay_s = (rng or random).uniform(ceiling_s * (1.0 - self.jitter), ceiling_s) if ceiling_s > 0 else 0.0
         return delay_s if retry_after_s is None else max(retry_after_s, delay_s)

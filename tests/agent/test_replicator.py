@@ -152,6 +152,64 @@ async def test_a_hub_asking_batch_after_batch_to_come_back_is_logged_once_not_pe
     assert len(said) == 1 and "HTTP 429" in said[0], said  # flow control: said once, its ends are not news
 
 
+class RefusesOnce(FakeHub):
+    """A hub whose catch-up line is full: the first batch is asked to come back in ``RETRY_AFTER`` seconds."""
+
+    RETRY_AFTER = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = False
+
+    def _answer(self, token: str, agent_id: str, epoch: int, events: tuple[StockEvent, ...]) -> web.Response:
+        if events and not self.refused:
+            self.refused = True
+            refusal = fakehub_error(429, "rate_limited", "the hub is committing 4 catch-up batches and 12 more wait")
+            refusal.headers["Retry-After"] = str(self.RETRY_AFTER)
+            return refusal
+        return super()._answer(token, agent_id, epoch, events)
+
+
+class Draws(random.Random):
+    """A random source whose ``random()`` answers ``draw``: the wait it picks is known in advance."""
+
+    def __init__(self, draw: float) -> None:
+        super().__init__(0)
+        self.draw = draw
+
+    def random(self) -> float:
+        return self.draw
+
+
+class WaitsNoted(Replicator):
+    """Notes how long each wait after a failure would be, and does not wait it: no clock in the test."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.backoffs: list[float] = []
+
+    async def _wait(self, delay_s: float, after_failure: bool) -> None:
+        if after_failure:
+            self.backoffs.append(delay_s)
+            delay_s = 0.0
+        await super()._wait(delay_s, after_failure)
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.5, 0.99])
+async def test_agents_refused_together_come_back_spread_over_a_second_after_retry_after(
+    outbox: Outbox, draw: float
+) -> None:
+    """A 429's Retry-After is waited plus a random part (at least up to a second), drawn from the replicator's
+    random source: never sooner than asked, and two agents refused by one answer do not come back together."""
+    await outbox.record([sale()])
+    async with RefusesOnce() as hub:
+        replicator = WaitsNoted(outbox, hub.url, "token-1", tick_s=0.2, timeout_s=5.0, rng=Draws(draw))
+        async with replicator:
+            await until(replicator, lambda s: s.sync_state == "ok" and s.backlog == 0 and s.sent_events == 1)
+    assert [seen.status for seen in hub.requests if seen.seqs] == [429, 200]
+    assert replicator.backoffs == [RefusesOnce.RETRY_AFTER + draw * 1.0]
+
+
 async def test_new_records_wake_the_replicator(hub: FakeHub, outbox: Outbox) -> None:
     async with fast(outbox, hub, tick_s=600.0) as replicator:  # a tick that never comes in this test
         await until(replicator, lambda s: s.sync_state == "ok")

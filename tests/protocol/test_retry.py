@@ -30,6 +30,8 @@ from protocol.retry import (
     EQUAL_JITTER,
     FULL_JITTER,
     NO_JITTER,
+    RETRY_AFTER_JITTER,
+    RETRY_AFTER_JITTER_MIN_S,
     RETRY_AFTER_MAX_S,
     Backoff,
     Health,
@@ -88,6 +90,32 @@ def test_an_exact_retry_after_is_the_wait_whatever_the_streak() -> None:
     assert backoff.delay_s(4, retry_after_s=None) <= 8.0, "without one, the backoff"
 
 
+class Draws(random.Random):
+    """A random source that answers the given draws of ``random()`` in turn: a wait known in advance."""
+
+    def __init__(self, *draws: float) -> None:
+        super().__init__(0)
+        self.draws = list(draws)
+
+    def random(self) -> float:
+        return self.draws.pop(0)
+
+
+def test_a_retry_after_with_jitter_is_never_shorter_and_at_most_a_quarter_or_a_second_longer() -> None:
+    backoff = Backoff(base_s=1.0, max_s=60.0, exact_retry_after=True, retry_after_jitter=RETRY_AFTER_JITTER)
+    lowest, middle, highest = 0.0, 0.5, 0.999
+    assert backoff.delay_s(1, Draws(lowest), retry_after_s=3.0) == 3.0, "never sooner than the hub asked"
+    assert backoff.delay_s(1, Draws(middle), retry_after_s=1.0) == 1.0 + middle * RETRY_AFTER_JITTER_MIN_S
+    assert backoff.delay_s(1, Draws(middle), retry_after_s=40.0) == 40.0 + middle * 40.0 * RETRY_AFTER_JITTER
+    assert backoff.delay_s(1, Draws(highest), retry_after_s=600.0) < 600.0 * (1 + RETRY_AFTER_JITTER)
+    agents = [backoff.delay_s(1, random.Random(seed), retry_after_s=2.0) for seed in range(DRAWS)]
+    assert all(2.0 <= wait < 2.0 + RETRY_AFTER_JITTER_MIN_S for wait in agents)
+    assert len(set(agents)) == DRAWS, "agents refused together by one answer come back at different times"
+    assert backoff.delay_s(4, retry_after_s=None) <= 8.0, "without one, the backoff"
+    exact = Backoff(base_s=1.0, max_s=60.0, exact_retry_after=True)
+    assert exact.delay_s(1, Draws(highest), retry_after_s=3.0) == 3.0, "no retry_after_jitter: exactly Retry-After"
+
+
 def test_a_retry_after_that_is_not_exact_is_the_least_wait() -> None:
     backoff, rng = Backoff(base_s=1.0, max_s=60.0, jitter=EQUAL_JITTER), random.Random(3)
     assert backoff.delay_s(1, rng, retry_after_s=7.0) == 7.0, "longer than the backoff: the Retry-After"
@@ -97,7 +125,15 @@ def test_a_retry_after_that_is_not_exact_is_the_least_wait() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"base_s": -1.0}, {"max_s": float("nan")}, {"base_s": float("inf")}, {"jitter": 1.5}, {"jitter": -0.1}],
+    [
+        {"base_s": -1.0},
+        {"max_s": float("nan")},
+        {"base_s": float("inf")},
+        {"jitter": 1.5},
+        {"jitter": -0.1},
+        {"retry_after_jitter": -0.5},
+        {"retry_after_jitter": 2.0},
+    ],
 )
 def test_a_backoff_that_makes_no_sense_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="Backoff"):
