@@ -98,7 +98,7 @@ from protocol.retry import (
     run_turns,
     wait_for_any,
 )
-from protocol.routes import SYNC_PATH, SYNC_PIPELINE_HEADER
+from protocol.routes import SYNC_CATCHUP_BYTES, SYNC_PATH, SYNC_PIPELINE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,7 @@ class Replicator(HubLoop):
         self._catchup_size = max(batch_size, min(MAX_BATCH_EVENTS, batch_size * CATCHUP_BATCH_FACTOR))
         self._waiting = 0  # events waiting, as last read or answered
         self._as_columns = True  # events sent as columns until a hub refuses them (a hub older than columns)
+        self._expect_continue = True  # catch-up batches ask Expect: 100-continue until one is not answered in time
         self._tick_s = tick_s
         # A failed attempt's kind is the sync state it reports ("unreachable", "credentials_refused", …); a 429's
         # Retry-After is the wait (the hub says when the next request is let through), plus a random part of it:
@@ -635,9 +636,11 @@ class Replicator(HubLoop):
     async def _send(self, body: bytes, sent_ms: int) -> _Reply:
         assert self._session is not None
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+        # A catch-up batch asks the hub first: one it makes wait or refuses is not uploaded meanwhile (hub/catchup.py).
+        expect = self._expect_continue and len(body) > SYNC_CATCHUP_BYTES
         try:
             async with self._session.post(
-                self._url, data=body, headers=headers, allow_redirects=FOLLOW_REDIRECTS
+                self._url, data=body, headers=headers, allow_redirects=FOLLOW_REDIRECTS, expect100=expect
             ) as http:
                 answer = await read_answer(http, self.answer_max_bytes, "sync answer")
                 return _Reply(
@@ -648,6 +651,15 @@ class Replicator(HubLoop):
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="hub_error", reachable=True, level=logging.ERROR) from err
         except TimeoutError:
+            if expect:
+                self._expect_continue = False
+                log.warning(
+                    "A catch-up batch sent to the hub at %s with Expect: 100-continue had no answer within %g s; "
+                    "sending batches without it from now on, in case something between this agent and the hub "
+                    "does not pass it on.",
+                    self._url,
+                    self.timeout_s,
+                )
             raise TurnFailed(
                 f"the hub at {self._url} did not answer within {self.timeout_s:g} s",
                 kind="unreachable",

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from hub import (
@@ -44,6 +44,7 @@ from hub.auth import (
     CredentialOfAnotherAgent,
     Handler,
     auth_middleware,
+    bearer_token,
     require_role,
 )
 from hub.channels import http as channel_http
@@ -263,7 +264,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     r = app.router
     r.add_get(routes.HEALTH_PATH, healthz, name="healthz")
     r.add_get(LIVE_PATH, livez, name="livez")  # 200 from the hub's start, through its migration (hub.starting)
-    r.add_post(routes.SYNC_PATH, post_sync, name="sync")
+    r.add_post(routes.SYNC_PATH, post_sync, name="sync", expect_handler=sync_expect)
     r.add_get("/v1/locations/{location}/counts", get_location_counts, name="location_counts")
     r.add_get("/v1/skus/{sku}/counts", get_sku_counts, name="sku_counts")
     r.add_get("/v1/ledger", get_ledger, name="ledger")
@@ -295,16 +296,70 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def post_sync(request: web.Request) -> web.Response:
     """Ingest one batch of an agent's events; answer its new mark and counts (msgpack)."""
-    who = require_role(request, INGEST_ROLES, "send events")
-    started = time.perf_counter()
-    if request.content_type not in MSGPACK_CONTENT_TYPES:
-        raise web.HTTPUnsupportedMediaType(
-            text=f"a sync body must be msgpack sent with Content-Type: {MSGPACK_CONTENT_TYPE}, "
-            f"got {request.content_type}"
-        )
-    body = await _read_body(request, "; send fewer events per request")  # read whole already (body_middleware)
-    async with request.app[catchup.SLOTS_KEY].take(who.agent_id, len(body)):  # the bytes that came, chunked or not
-        return await _sync(request, who, body, started)
+    slot = request.get(catchup.SLOT_KEY)  # taken from the head, before the body was sent (sync_expect)
+    try:
+        who = require_role(request, INGEST_ROLES, "send events")
+        started = time.perf_counter()
+        if request.content_type not in MSGPACK_CONTENT_TYPES:
+            raise web.HTTPUnsupportedMediaType(
+                text=f"a sync body must be msgpack sent with Content-Type: {MSGPACK_CONTENT_TYPE}, "
+                f"got {request.content_type}"
+            )
+        body = await _read_body(request, "; send fewer events per request")  # read whole already (body_middleware)
+        if slot is not None:
+            return await _sync(request, who, body, started)
+        async with request.app[catchup.SLOTS_KEY].take(who.agent_id, len(body)):  # the bytes that came, chunked or not
+            return await _sync(request, who, body, started)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+async def sync_expect(request: web.Request) -> web.StreamResponse | None:
+    """A sync's ``Expect: 100-continue``: a known agent's catch-up batch (its Content-Length over
+    ``catchup.CATCHUP_BODY_BYTES``) takes its slot before its body is sent: it waits in line before the hub answers
+    ``100 Continue``, or is answered 429 with Retry-After and its connection closed, its body never uploaded
+    (hub/catchup.py). Anything else is answered ``100 Continue`` at once, as aiohttp answers every route, and then
+    as without the header: the middlewares refuse a bad credential, a compressed body, one too big."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    length = request.content_length
+    limit = request.app[SETTINGS_KEY].max_body_bytes
+    if length is not None and catchup.CATCHUP_BODY_BYTES < length <= limit and not _compressed(request):
+        who = await _agent_of(request)
+        if who is not None:
+            try:
+                slot = await request.app[catchup.SLOTS_KEY].reserve(who.agent_id, length)
+            except web.HTTPTooManyRequests as refused:
+                again = {"Retry-After": refused.headers["Retry-After"]}
+                response = error_response(429, refused.text or "", headers=again)
+                response.force_close()  # its body is not read: the connection cannot carry another request
+                return response
+            if slot is not None:
+                request[catchup.SLOT_KEY] = slot
+                task = asyncio.current_task()  # the request's own: ends once it is answered, or gone
+                if task is not None:
+                    task.add_done_callback(lambda _: slot.release())  # a middleware answered, the client went away
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer's own bytes start after it
+    return None
+
+
+async def _agent_of(request: web.Request) -> AgentIdentity | None:
+    """The agent (an ingest credential) the request's bearer token names, or None (no such credential, or the
+    database cannot say now): the middlewares answer the request then, as without ``Expect``."""
+    try:
+        identity = await request.app[STORE_KEY].authenticate(bearer_token(request))
+    except (web.HTTPException, StoreClosed, StoreError):
+        return None
+    return identity if identity is not None and identity.role in INGEST_ROLES else None
+
+
+def _compressed(request: web.Request) -> bool:
+    return request.headers.get("Content-Encoding", "").strip().lower() not in IDENTITY_ENCODINGS
 
 
 async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: float) -> web.Response:

@@ -8,18 +8,30 @@ connection, and a live store's sale or a health check finds none within 5 s). On
 a time; the writer or the database takes one after the other anyway.
 
 So a sync whose body is bigger than ``CATCHUP_BODY_BYTES`` (an agent's 1,000-event batch is ~69 KiB, its
-10,000-event catch-up batch ~690 KiB) holds a slot from after its body arrived (``body_middleware`` reads it
-whole, within ``body_timeout_s``, before any handler runs) to its answer. Its size is the bytes that arrived, so
-a body sent chunked, without a Content-Length, is judged as one that announced it; and a client that announces a
-big body and sends it slowly, or never, holds no slot while it does. With ``CATCHUP_SLOTS`` running, the next
+10,000-event catch-up batch ~690 KiB) holds a slot to its answer. With ``CATCHUP_SLOTS`` running, the next
 batch waits in line (first come, first served) for a slot, up to ``CATCHUP_QUEUE`` of them and at most
 ``QUEUE_WAIT_S``: a slot goes to the next in line the moment a batch is answered, where a refused batch would
 leave it idle until its agent sent it again. Past the line, past that wait, or past ``PER_AGENT_BATCHES`` of one
 agent's batches (running or waiting: an agent's pipeline is two, and one broken or hostile agent must not take
 every slot and place in line), it is answered ``429`` with ``Retry-After``, the seconds the line ahead takes to
-clear as last measured (at least 1), and the agent waits that long and sends it again (agent/replicator.py).
-Small syncs, reads and health checks never wait for a slot. Slots live in this hub process: several hubs sharing
-one PostgreSQL database each keep their own.
+clear as last measured (at least 1), and the agent waits that long (and a random part more) and sends it again
+(agent/replicator.py). Small syncs, reads and health checks never wait for a slot. Slots live in this hub
+process: several hubs sharing one PostgreSQL database each keep their own.
+
+When the slot is taken depends on how the batch is sent:
+
+- **With ``Expect: 100-continue``** (an agent sends its catch-up batches so) the hub decides from the request's
+  head, before a byte of the body is sent (``hub.app.sync_expect``): a known agent's batch whose
+  ``Content-Length`` is over ``CATCHUP_BODY_BYTES`` takes its slot, or waits in line for one, before the hub
+  answers ``100 Continue``, or is answered ``429`` at once and its connection closed, its body never uploaded.
+  A waiting batch's body is not held in the hub meanwhile. It holds its slot while its body arrives (within
+  ``body_timeout_s``), so a client with an agent's credential that asks so and then trickles its body holds up
+  to ``PER_AGENT_BATCHES`` slots that long.
+- **Without it** (an agent from before, any other client) the body is read first, whole, within
+  ``body_timeout_s`` (``body_middleware``), and the slot is taken after it arrived. Its size is the bytes that
+  came, so a body sent chunked, without a Content-Length, is judged as one that announced it; a client that
+  announces a big body and sends it slowly, or never, holds no slot while it does; and a batch that waits or is
+  refused was uploaded whole first (up to ``CATCHUP_QUEUE`` bodies held while they wait).
 """
 
 from __future__ import annotations
@@ -33,8 +45,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from protocol.retry import retry_after_value
+from protocol.routes import SYNC_CATCHUP_BYTES
 
-CATCHUP_BODY_BYTES = 256 * 1024  # above: a catch-up batch (thousands of events)
+CATCHUP_BODY_BYTES = SYNC_CATCHUP_BYTES  # above: a catch-up batch (thousands of events)
 CATCHUP_SLOTS = 4  # two stores' pipelines: enough to keep one writer (or a few connections) busy
 CATCHUP_QUEUE = 12  # six more stores' pipelines wait in line, their bodies (~690 KiB each) held meanwhile
 QUEUE_WAIT_S = 10.0  # a third of an agent's request timeout (agent/replicator.py TIMEOUT_S): answered well before it
@@ -72,11 +85,20 @@ class CatchUpSlots:
 
     @contextlib.asynccontextmanager
     async def take(self, agent_id: str, body_bytes: int) -> AsyncIterator[None]:
-        """Hold a slot for the block if ``body_bytes`` are a catch-up batch's, waiting in line for one if need be;
-        a 429 (with Retry-After) when this agent has its share already, the line is full or the wait too long."""
-        if body_bytes <= CATCHUP_BODY_BYTES:
+        """Hold a slot for the block if ``body_bytes`` are a catch-up batch's (``reserve``)."""
+        slot = await self.reserve(agent_id, body_bytes)
+        try:
             yield
-            return
+        finally:
+            if slot is not None:
+                slot.release()
+
+    async def reserve(self, agent_id: str, body_bytes: int) -> Slot | None:
+        """A slot if ``body_bytes`` are a catch-up batch's (None: they are not), waiting in line for one if need
+        be; a 429 (with Retry-After) when this agent has its share already, the line is full or the wait too long.
+        The caller gives the slot back (``Slot.release``) once the batch is answered, whatever became of it."""
+        if body_bytes <= CATCHUP_BODY_BYTES:
+            return None
         if self._agents[agent_id] >= self.per_agent:
             retry_after = self._retry_after()
             raise self._refuse(
@@ -87,16 +109,20 @@ class CatchUpSlots:
         self._agents[agent_id] += 1
         try:
             await self._enter(agent_id)
-            started = time.monotonic()
-            try:
-                yield
-            finally:
-                self.hold_s += HOLD_WEIGHT * (time.monotonic() - started - self.hold_s)
-                self._leave()
-        finally:
-            self._agents[agent_id] -= 1
-            if not self._agents[agent_id]:
-                del self._agents[agent_id]
+        except BaseException:
+            self._forget(agent_id)
+            raise
+        return Slot(self, agent_id)
+
+    def _given_back(self, agent_id: str, held_s: float) -> None:
+        self.hold_s += HOLD_WEIGHT * (held_s - self.hold_s)
+        self._leave()
+        self._forget(agent_id)
+
+    def _forget(self, agent_id: str) -> None:
+        self._agents[agent_id] -= 1
+        if not self._agents[agent_id]:
+            del self._agents[agent_id]
 
     async def _enter(self, agent_id: str) -> None:
         if self.running < self.total and not self._line:
@@ -155,7 +181,26 @@ class CatchUpSlots:
         return web.HTTPTooManyRequests(text=message, headers={"Retry-After": retry_after})
 
 
+class Slot:
+    """A catch-up batch's slot, from when it was taken until ``release`` gives it back (once; again is a no-op)."""
+
+    __slots__ = ("_agent_id", "_slots", "_started", "released")
+
+    def __init__(self, slots: CatchUpSlots, agent_id: str) -> None:
+        self._slots = slots
+        self._agent_id = agent_id
+        self._started = time.monotonic()
+        self.released = False
+
+    def release(self) -> None:
+        """Give the slot to the next batch in line, or free it."""
+        if not self.released:
+            self.released = True
+            self._slots._given_back(self._agent_id, time.monotonic() - self._started)
+
+
 SLOTS_KEY = web.AppKey("catchup_slots", CatchUpSlots)
+SLOT_KEY = web.RequestKey("catchup_slot", Slot)  # a sync's slot, taken from its head before its body came
 
 
 def setup(app: web.Application, slots: int = CATCHUP_SLOTS) -> None:

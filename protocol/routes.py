@@ -17,6 +17,10 @@ SYNC_PATH: Final = "/v1/sync"  # POST msgpack: a batch of stock events; answers 
 # agent may send a batch before the one before it is answered. An HTTP header, not an answer field: an agent
 # refuses an answer with a field it does not know, and ignores a header.
 SYNC_PIPELINE_HEADER: Final = "Shelfsync-Sync-After-Seq"
+# A sync body over this many bytes is a catch-up batch (thousands of events): the hub commits a few at once and
+# lines up or refuses the rest (hub/catchup.py), and an agent sends one with ``Expect: 100-continue``, so a batch
+# the hub makes wait or refuses is not uploaded before it is taken (a 1,000-event batch is ~69 KiB, 10,000 ~690 KiB).
+SYNC_CATCHUP_BYTES: Final = 256 * 1024
 CHANGES_PATH: Final = "/v1/changes"  # GET: the change feed, a page after a cursor (long-poll with wait)
 CATALOG_PATH: Final = "/v1/catalog"  # GET: the barcode catalog; PUT (admin): replace it
 BUNDLES_PATH: Final = "/v1/bundles"  # GET: the bundle SKUs and their recipes, a page at a time

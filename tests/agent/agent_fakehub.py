@@ -41,6 +41,7 @@ class Seen:
     status: int
     backlog: int | None = None  # what the agent reported
     form: str = "events"  # how the body carried its events: "events" (maps) or "columns"
+    expect: bool = False  # sent with Expect: 100-continue (a catch-up batch)
 
 
 class FakeHub:
@@ -59,13 +60,16 @@ class FakeHub:
         self.refuse_columns = False  # answer events sent as columns as a hub from before them does (400)
         self.fail_batches: int | None = None  # if set: answer every request carrying events with this status
         self.gate: asyncio.Event | None = None  # if set: answer only once it is set (after committing)
+        self.silent_expects = 0  # so many requests asking Expect: 100-continue get no answer (a proxy that drops it)
+        self.unanswered: list[int] = []  # … the Content-Length of each of them
+        self._closing = asyncio.Event()
         self.changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def __aenter__(self) -> Self:
         app = web.Application()
-        app.router.add_post("/v1/sync", self._sync)
+        app.router.add_post("/v1/sync", self._sync, expect_handler=self._expect)
         app.router.add_get("/healthz", self._health)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -76,6 +80,7 @@ class FakeHub:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
         if self.gate is not None:
             self.gate.set()
         if self._runner is not None:
@@ -110,6 +115,15 @@ class FakeHub:
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "db": {"ok": True}})  # the hub's fields (hub.app.healthz)
 
+    async def _expect(self, request: web.Request) -> web.Response | None:
+        if self.silent_expects > 0:
+            self.silent_expects -= 1
+            self.unanswered.append(request.content_length or 0)
+            await self._closing.wait()  # neither 100 Continue nor an answer, until the hub stops
+            return web.Response(status=503)  # (to a client long gone)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
     async def _sync(self, request: web.Request) -> web.Response:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         body = await request.read()
@@ -119,7 +133,9 @@ class FakeHub:
             return _error(400, "bad_request", "sync request: unknown field(s) columns")
         sync = decode_sync_request(body)
         response = self._answer(token, sync.agent_id, sync.epoch, sync.events)
-        self.requests.append(Seen(token, tuple(ev.seq for ev in sync.events), response.status, sync.backlog, form))
+        expect = request.headers.get("Expect", "").lower() == "100-continue"
+        seen = Seen(token, tuple(ev.seq for ev in sync.events), response.status, sync.backlog, form, expect)
+        self.requests.append(seen)
         async with self.changed:
             self.changed.notify_all()
         if self.gate is not None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from agent import Movement, Outbox, Replicator, ReplicatorState
 from agent.feed import CountFeed
 from protocol import Kind, Rejection, StockEvent
+from protocol.routes import SYNC_CATCHUP_BYTES
 from tests.agent.agent_fakehub import FakeHub
 from tests.agent.agent_fakehub import _error as fakehub_error
 
@@ -208,6 +209,37 @@ async def test_agents_refused_together_come_back_spread_over_a_second_after_retr
             await until(replicator, lambda s: s.sync_state == "ok" and s.backlog == 0 and s.sent_events == 1)
     assert [seen.status for seen in hub.requests if seen.seqs] == [429, 200]
     assert replicator.backoffs == [RefusesOnce.RETRY_AFTER + draw * 1.0]
+
+
+async def test_a_catch_up_batch_asks_the_hub_to_continue_before_it_is_sent_and_a_small_one_does_not(
+    hub: FakeHub, outbox: Outbox
+) -> None:
+    """A body over protocol.routes.SYNC_CATCHUP_BYTES is sent with Expect: 100-continue: a hub whose catch-up line
+    is full refuses it before it is uploaded (hub/catchup.py); a live sale's batch does not wait for the hub's
+    100 Continue."""
+    await outbox.record([sale(f"SKU-{n % 50}") for n in range(5_000)])  # one batch of ~345 KiB
+    async with fast(outbox, hub, batch_size=5_000) as replicator:
+        await until(replicator, lambda s: s.sent_events == 5_000)
+        await outbox.record([sale()])
+        await until(replicator, lambda s: s.sent_events == 5_001)
+    assert [(len(seen.seqs), seen.expect) for seen in hub.requests] == [(0, False), (5_000, True), (1, False)]
+
+
+async def test_a_hub_that_never_answers_expect_gets_the_catch_up_batches_without_it(
+    hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Something between the agent and the hub swallows Expect: 100-continue and answers nothing: the batch times
+    out once, and is sent again without it (so are the later ones), said in one warning."""
+    hub.silent_expects = 1
+    await outbox.record([sale(f"SKU-{n % 50}") for n in range(15_000)])  # catching up: 10,000, then 5,000
+    with caplog.at_level(logging.WARNING, logger="agent.replicator"):
+        async with fast(outbox, hub, batch_size=5_000, timeout_s=1.0) as replicator:
+            await until(replicator, lambda s: s.sent_events == 15_000)
+    assert len(hub.unanswered) == 1 and hub.unanswered[0] > SYNC_CATCHUP_BYTES
+    assert [(len(seen.seqs), seen.expect) for seen in hub.requests if seen.seqs] == [(10_000, False), (5_000, False)]
+    assert hub.applied == list(range(1, 15_001))
+    warned = [r.getMessage() for r in caplog.records if "Expect: 100-continue" in r.getMessage()]
+    assert len(warned) == 1 and "without it from now on" in warned[0], warned
 
 
 async def test_new_records_wake_the_replicator(hub: FakeHub, outbox: Outbox) -> None:

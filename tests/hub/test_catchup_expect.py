@@ -1,0 +1,262 @@
+"""A catch-up batch sent with ``Expect: 100-continue`` takes its slot before its body is sent (hub/catchup.py).
+
+Real HTTP on 127.0.0.1 to a hub over a real SQLite file, with raw sockets that send a request's head and wait:
+a batch past the line is answered ``429`` with ``Retry-After`` without a byte of its body sent; a batch past the
+slots waits in line before the hub answers ``100 Continue``, then is uploaded and stored; a small sync is answered
+``100 Continue`` at once; a slot taken from the head is given back whatever becomes of the request. And an agent's
+replicator, through a relay that counts what it uploads, sends none of a refused batch's body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+
+from agent import Movement, Outbox, Replicator
+from hub.catchup import CATCHUP_BODY_BYTES, SLOTS_KEY
+from hub.storage.sqlite.store import SqliteHubStore
+from hub.storage.sqlite.writer import InlineConnection
+from protocol import MSGPACK_CONTENT_TYPE, Kind, SyncRequest, decode_sync_response, encode_sync_request
+from protocol.routes import SYNC_CATCHUP_BYTES
+from tests.harness.inprocess import hub_in_process
+from tests.hub.test_catchup_slots import BIG, events, headers_of
+
+WAIT_S = 10.0  # the longest any wait below takes
+HEAD_MAX_BYTES = 1024  # more than the head of any request below
+
+
+async def send_head(
+    port: int, token: str, length: int, content_type: str = MSGPACK_CONTENT_TYPE
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a connection and send a sync's head asking ``Expect: 100-continue``, and no byte of its body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /v1/sync HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}"
+        f"\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One answer's status, headers (lower-case names) and body (by its Content-Length; none for a 1xx)."""
+    async with asyncio.timeout(WAIT_S):
+        status = int((await reader.readline()).split()[1])
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0"))) if status >= 200 else b""
+    return status, headers, body
+
+
+async def test_a_catch_up_batch_past_the_line_is_refused_before_a_byte_of_its_body_is_sent(tmp_path: Path) -> None:
+    async with hub_in_process(tmp_path / "hub.db") as hub, aiohttp.ClientSession() as session:
+        agent_id, token = await hub.store.add_agent(["S1"])
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
+        assert len(body) > CATCHUP_BODY_BYTES
+        slots = hub.app[SLOTS_KEY]
+        slots.total, slots.queue_max = 0, 0  # no catch-up batch is taken now: every one is asked to come back
+
+        reader, writer = await send_head(hub.port, token, len(body))
+        try:
+            status, headers, answer = await read_answer(reader)  # answered with the head alone
+        finally:
+            writer.close()
+        assert status == 429, "the hub asked for the body (100 Continue) of a batch it could not take"
+        assert int(headers["retry-after"]) >= 1 and headers["connection"] == "close"  # the body will not come
+        assert b"rate_limited" in answer and b"send this one again in" in answer
+        assert (slots.refused, slots.running, slots.waiting) == (1, 0, 0)
+        assert sum(c.on_hand for c in await hub.store.counts(location="S1")) == 0  # nothing of it was stored
+
+        slots.total = 1  # a slot came free: the same batch, sent again as an agent does, is taken and stored
+        async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers_of(token), expect100=True) as resp:
+            status, answer = resp.status, await resp.read()
+        assert status == 200 and decode_sync_response(answer).hwm == BIG
+        assert sum(c.on_hand for c in await hub.store.counts(location="S1")) == -BIG
+        assert (slots.running, slots.waiting) == (0, 0)
+
+
+async def test_a_catch_up_batch_past_the_slots_waits_in_line_before_it_is_sent_and_then_is_stored(
+    tmp_path: Path,
+) -> None:
+    """One slot, taken by another store's batch while the writer is busy: the batch asking to continue waits in
+    line with no byte of its body at the hub, is answered ``100 Continue`` once that batch is committed and its
+    slot handed over, and is stored."""
+    async with hub_in_process(tmp_path / "hub.db") as hub, aiohttp.ClientSession() as session:
+        store = hub.store
+        assert isinstance(store, SqliteHubStore)
+        first_id, first_token = await store.add_agent(["S1"])
+        agent_id, token = await store.add_agent(["S2"])
+        first = encode_sync_request(SyncRequest(first_id, 1, events(first_id, "S1", BIG)))
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S2", BIG)))
+        slots = hub.app[SLOTS_KEY]
+        slots.total = 1
+        release = threading.Event()
+
+        async def busy(_: InlineConnection) -> None:  # another batch under way on the writer
+            release.wait(WAIT_S)
+
+        async def post_first() -> int:
+            async with session.post(f"{hub.url}/v1/sync", data=first, headers=headers_of(first_token)) as resp:
+                await resp.read()
+                return resp.status
+
+        under_way = asyncio.ensure_future(store._write("another store's batch", busy, events=10_000))
+        reader, writer = None, None
+        try:
+            admitted = asyncio.ensure_future(post_first())
+            deadline = time.monotonic() + WAIT_S
+            while slots.running < 1:
+                assert time.monotonic() < deadline, "the first catch-up batch did not come in"
+                await asyncio.sleep(0.01)
+            reader, writer = await send_head(hub.port, token, len(body))
+            while slots.waiting < 1:
+                assert time.monotonic() < deadline, "the batch asking to continue did not wait in line for its slot"
+                assert not reader.at_eof() and not admitted.done()
+                await asyncio.sleep(0.01)
+        finally:
+            release.set()
+            await under_way
+        try:
+            status, _, _ = await read_answer(reader)
+            assert status == 100
+            stored_first = sum(c.on_hand for c in await store.counts(location="S1"))
+            assert stored_first == -BIG, "100 Continue came before the slot was handed over"
+            writer.write(body)
+            await writer.drain()
+            status, _, answer = await read_answer(reader)
+        finally:
+            writer.close()
+        assert await admitted == 200
+        assert status == 200 and decode_sync_response(answer).hwm == BIG
+        assert sum(c.on_hand for c in await store.counts(location="S2")) == -BIG
+        assert (slots.waited, slots.refused, slots.running, slots.waiting) == (1, 0, 0, 0)
+
+
+async def test_a_live_sale_asking_to_continue_is_answered_at_once_while_the_line_is_full(tmp_path: Path) -> None:
+    async with hub_in_process(tmp_path / "hub.db") as hub:
+        agent_id, token = await hub.store.add_agent(["LIVE"])
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "LIVE", 1)))
+        slots = hub.app[SLOTS_KEY]
+        slots.total, slots.queue_max = 0, 0
+        reader, writer = await send_head(hub.port, token, len(body))
+        try:
+            status, _, _ = await read_answer(reader)
+            writer.write(body)
+            await writer.drain()
+            stored, _, answer = await read_answer(reader)
+        finally:
+            writer.close()
+        assert status == 100 and stored == 200 and decode_sync_response(answer).hwm == 1
+        assert slots.refused == 0
+
+
+async def test_a_slot_taken_from_the_head_is_given_back_whatever_becomes_of_the_request(tmp_path: Path) -> None:
+    """With one slot and no line: a batch whose client goes away after ``100 Continue``, one whose client sends
+    half its body and goes, and one refused for its Content-Type each leave the slot free for the next."""
+    async with hub_in_process(tmp_path / "hub.db") as hub, aiohttp.ClientSession() as session:
+        agent_id, token = await hub.store.add_agent(["S1"])
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
+        slots = hub.app[SLOTS_KEY]
+        slots.total, slots.queue_max = 1, 0
+
+        async def slot_free() -> None:
+            deadline = time.monotonic() + WAIT_S
+            while slots.running:
+                assert time.monotonic() < deadline, "the slot was not given back"
+                await asyncio.sleep(0.01)
+
+        for sent in (b"", body[: len(body) // 2]):
+            reader, writer = await send_head(hub.port, token, len(body))
+            status, _, _ = await read_answer(reader)
+            assert status == 100 and slots.running == 1  # the slot is this batch's, its body not sent yet
+            writer.write(sent)
+            await writer.drain()
+            writer.close()  # gone
+            await writer.wait_closed()
+            await slot_free()
+
+        reader, writer = await send_head(hub.port, token, len(body), content_type="application/json")
+        try:
+            status, _, _ = await read_answer(reader)
+            writer.write(body)
+            await writer.drain()
+            refused, _, _ = await read_answer(reader)
+        finally:
+            writer.close()
+        assert (status, refused) == (100, 415)
+        await slot_free()
+
+        async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers_of(token), expect100=True) as resp:
+            assert resp.status == 200 and decode_sync_response(await resp.read()).hwm == BIG
+        assert (slots.running, slots.waiting, slots.refused) == (0, 0, 0)
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of the hub, counting the bytes clients send through it."""
+
+    def __init__(self, hub_port: int) -> None:
+        self.hub_port = hub_port
+        self.sent = 0
+        self.url = ""
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Relay]:
+        server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            yield self
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    async def _relay(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        from_hub, to_hub = await asyncio.open_connection("127.0.0.1", self.hub_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, counted: bool) -> None:
+            try:
+                while data := await src.read(64 * 1024):
+                    self.sent += len(data) if counted else 0
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(client, to_hub, True), pipe(from_hub, to_client, False), return_exceptions=True)
+
+
+async def test_an_agents_catch_up_batch_refused_by_the_hub_is_not_uploaded_and_taken_later(tmp_path: Path) -> None:
+    """The replicator sends its catch-up batch asking to continue: while the hub's line is full it is refused
+    from its head, twice, with less than a few KiB sent in all; once a slot is free it is stored, once."""
+    backlog = 5_000  # one batch of batch_size: over the catch-up size
+    async with hub_in_process(tmp_path / "hub.db") as hub, Relay(hub.port).running() as relay:
+        agent_id, token = await hub.store.add_agent(["S1"])
+        slots = hub.app[SLOTS_KEY]
+        slots.total, slots.queue_max = 0, 0
+        async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location="S1") as outbox:
+            await outbox.record([Movement("S1", f"SKU-{n % 50}", Kind.SALE, -1, "pos:test") for n in range(backlog)])
+            replicator = Replicator(
+                outbox, relay.url, token, batch_size=backlog, retry_base_s=0.01, retry_max_s=0.05, timeout_s=WAIT_S,
+                rng=random.Random(5),
+            )  # fmt: skip
+            async with replicator:
+                deadline = time.monotonic() + 3 * WAIT_S
+                while slots.refused < 2:
+                    assert time.monotonic() < deadline, "the agent's catch-up batch was not refused twice"
+                    await asyncio.sleep(0.01)
+                uploaded_while_refused = relay.sent
+                assert replicator.state.sync_state == "rate_limited"
+                slots.total, slots.queue_max = 4, 12
+                await asyncio.wait_for(replicator.wait_for(lambda s: s.sent_events == backlog), 3 * WAIT_S)
+        uploaded = relay.sent
+        assert sum(c.on_hand for c in await hub.store.counts(location="S1")) == -backlog
+    assert uploaded_while_refused < 4 * HEAD_MAX_BYTES + 1024, "a refused batch's body was uploaded"  # + handshake
+    assert uploaded - uploaded_while_refused > SYNC_CATCHUP_BYTES  # the batch, uploaded once it was taken
