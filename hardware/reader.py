@@ -6,6 +6,12 @@ off (exponential, jitter, capped) and open it again. The first failure of an
 outage is logged once as a WARNING, the recovery once as INFO; the attempts in
 between only at DEBUG.
 
+A reader that says how (``_retry_while_away_s``, ``_settle_s``: a device server
+reached over TCP) retries at least that often while the device cannot be
+reached at all, and counts a reopened device as back only once its link has
+lasted ``_settle_s``: one that takes the connection and drops it at once is
+still away, and is retried on the backoff.
+
 Frames go into one queue that ``scans()`` drains. When the consumer falls far
 behind, reading from the device pauses (the kernel buffers) instead of
 dropping anything.
@@ -116,6 +122,7 @@ class ScannerReader(ABC):
         self._iterating = False
         self._closed = False
         self._cut_offs_in_a_row = 0  # cut-off frames since the last complete one (the warning's rate limit)
+        self._held: list[Frame] | None = None  # frames of a reopened link not yet settled (``_settle_s``)
 
     # -- public -------------------------------------------------------------
 
@@ -204,6 +211,9 @@ class ScannerReader(ABC):
 
     def _deliver(self, frame: Frame) -> None:
         """Queue one frame as a scan; called by links from the event loop thread."""
+        if self._held is not None:  # a reopened link not yet settled: its frames wait for its verdict
+            self._held.append(frame)
+            return
         if frame.complete:
             self._cut_offs_ended()
         elif frame.by_disconnect:  # at most one per link: always said, and no part of a run of noise
@@ -213,7 +223,10 @@ class ScannerReader(ABC):
             )  # fmt: skip
         else:
             self._say_cut_off(frame)
-        self._queue.put_nowait(Scan(self._reader_id, frame.data, wall_ms(), frame.complete))
+        self._queue_scan(frame.data, frame.complete)
+
+    def _queue_scan(self, data: bytes, complete: bool) -> None:
+        self._queue.put_nowait(Scan(self._reader_id, data, wall_ms(), complete))
         self._pending += 1
         if not self._paused and self._pending >= QUEUE_PAUSE_SCANS:
             self._paused = True
@@ -256,6 +269,40 @@ class ScannerReader(ABC):
     def _device_present(self) -> bool | None:
         """Whether the device is there to open (None: cannot tell). Subclasses with a device path say."""
         return None
+
+    def _retry_while_away_s(self) -> float | None:
+        """The longest wait between opens while the device cannot be reached (None: the backoff's). A device
+        server, which only a connection tells is back, says how often it may be tried without a burden."""
+        return None
+
+    def _settle_s(self) -> float:
+        """How long a reopened link must last to be back (0: at once); see ``_settle``."""
+        return 0.0
+
+    async def _settle(self, link: Link) -> bytes | None:
+        """Wait until a reopened link has lasted ``_settle_s``; None when it has, else what the device sent
+        before it dropped. Its frames are held (from before the open: a device server speaks as soon as it takes
+        the connection); a link that drops sooner — a device server that takes each connection and closes it,
+        saying why — delivers them cut off: the device's words, never a scan."""
+        settled = True
+        try:
+            await asyncio.wait_for(asyncio.shield(link.lost), self._settle_s())
+            settled = False
+        except TimeoutError:
+            pass
+        finally:
+            said = self._release_held(settled=settled)
+        return None if settled else said
+
+    def _release_held(self, *, settled: bool) -> bytes:
+        """Deliver the held frames, as they came when ``settled``, else cut off; what they said."""
+        held, self._held = self._held or [], None
+        for frame in held:
+            if settled:
+                self._deliver(frame)
+            else:
+                self._queue_scan(frame.data, False)
+        return b"\r\n".join(frame.data for frame in held)
 
     # -- the loop -------------------------------------------------------------
 
@@ -310,15 +357,27 @@ class ScannerReader(ABC):
 
         The backoff grows over every reopening that did not last ``STABLE_LINK_S``, so a device that drops right
         after opening does not spin; the outage (``down``) is said once when it starts and once when it ends.
+        While the device cannot be reached at all, opens are tried at least every ``_retry_while_away_s``; after
+        a link that did not last, once too, and no more until the device is found away again: one that takes
+        each connection and drops it is retried on the backoff. A reopened link is back once it lasted
+        ``_settle_s``; one that drops sooner leaves the outage going on, said once.
         """
         attempts = 0  # waits since the last link that lasted: the backoff's exponent
         down = Streak(self._backoff)
         down_since: float | None = None  # monotonic start of the current outage, once it was logged
         connected_before = False
+        early_retry = True  # whether the wait after a link that did not last may be cut to _retry_while_away_s
+        refusal_said = False  # a reopened link that dropped at once was said in this outage
         while True:
+            settling = down_since is not None and self._settle_s() > 0
+            if settling:
+                self._held = []
             try:
                 link = await self._open_shielded()
-            except OPEN_ERRORS as err:
+            except BaseException as err:
+                self._release_held(settled=True)  # a failed open received nothing, in practice
+                if not isinstance(err, OPEN_ERRORS):
+                    raise
                 error = ScannerDisconnected(self._reader_id, self._where, describe_error(err))
                 if down.failed(error.reason):
                     down_since = time.monotonic()
@@ -332,35 +391,57 @@ class ScannerReader(ABC):
                     log.debug("Scanner %r still cannot open %s: %s", self._reader_id, self._where, error.reason)
                 self._set_status(False, error)
                 attempts += 1
-                await self._pause(self._backoff.delay_s(attempts))
+                early_retry = True  # away: it may be back any moment
+                await self._pause(self._retry_delay_s(attempts, early=True))
                 continue
 
             self._link = link
             if self._paused:
                 link.pause()
-            down.succeeded()  # said below, with how long the outage lasted
-            if down_since is not None and connected_before:
-                log.warning(
-                    "Scanner %r is back on %s after %.1f s; a scan made while it was away or coming back may have"
-                    " been lost, so scan again what was scanned then.",
-                    self._reader_id,
-                    self._where,
-                    time.monotonic() - down_since,
-                )
-            elif down_since is not None:
-                log.info(
-                    "Scanner %r opened %s after %.1f s of retries.",
-                    self._reader_id,
-                    self._where,
-                    time.monotonic() - down_since,
-                )
-            else:
-                log.info("Scanner %r opened %s.", self._reader_id, self._where)
-            connected_before = True
-            down_since = None
-            opened_at = time.monotonic()
-            self._set_status(True, None)
             try:
+                refused = await self._settle(link) if settling else None
+                if refused is not None:
+                    reason = describe_error(link.lost.result())
+                    said = (
+                        f", sending {shown_bytes(refused)}, which is delivered cut off, not as a scan"
+                        if refused
+                        else ""
+                    )
+                    log.log(
+                        logging.DEBUG if refusal_said else logging.WARNING,
+                        "Scanner %r on %s took the connection and closed it again at once (%s)%s; retrying on the "
+                        "backoff (does another client hold its port?).",
+                        self._reader_id, self._where, reason, said,
+                    )  # fmt: skip
+                    refusal_said = True
+                    down.failed(reason)
+                    attempts += 1
+                    early_retry = False  # it is there and drops each connection: not every second
+                    await self._pause(self._retry_delay_s(attempts, early=False))
+                    continue
+                down.succeeded()  # said below, with how long the outage lasted
+                if down_since is not None and connected_before:
+                    log.warning(
+                        "Scanner %r is back on %s after %.1f s; a scan made while it was away or coming back may"
+                        " have been lost, so scan again what was scanned then.",
+                        self._reader_id,
+                        self._where,
+                        time.monotonic() - down_since,
+                    )
+                elif down_since is not None:
+                    log.info(
+                        "Scanner %r opened %s after %.1f s of retries.",
+                        self._reader_id,
+                        self._where,
+                        time.monotonic() - down_since,
+                    )
+                else:
+                    log.info("Scanner %r opened %s.", self._reader_id, self._where)
+                connected_before = True
+                down_since = None
+                refusal_said = False
+                opened_at = time.monotonic()
+                self._set_status(True, None)
                 cause = await asyncio.shield(link.lost)
             except asyncio.CancelledError:
                 if not link.lost.done():
@@ -372,13 +453,26 @@ class ScannerReader(ABC):
             error = ScannerDisconnected(self._reader_id, self._where, describe_error(cause))
             down.failed(error.reason)  # news, always: said here in its own words
             down_since = time.monotonic()
-            log.warning("Scanner %r on %s went away (%s); reconnecting.", self._reader_id, self._where, error.reason)
+            log.warning(
+                "Scanner %r on %s went away (%s); scans made until it returns may be lost; reconnecting.",
+                self._reader_id,
+                self._where,
+                error.reason,
+            )
             self._set_status(False, error)
             if down_since - opened_at >= STABLE_LINK_S:
                 attempts = 0  # a healthy link: try again at once, from the start of the backoff
+                early_retry = True
             else:  # a device that drops right after opening must not spin
                 attempts += 1
-                await self._pause(self._backoff.delay_s(attempts))
+                await self._pause(self._retry_delay_s(attempts, early=early_retry))
+                early_retry = False  # once; again only when an open finds it away
+
+    def _retry_delay_s(self, attempts: int, *, early: bool) -> float:
+        """The backoff's wait after ``attempts``, cut to ``_retry_while_away_s`` when ``early``."""
+        delay_s = self._backoff.delay_s(attempts)
+        every_s = self._retry_while_away_s()
+        return min(delay_s, every_s) if early and every_s is not None else delay_s
 
 
 def _abort_late_link(opening: asyncio.Future[Link]) -> None:

@@ -74,6 +74,14 @@ log = logging.getLogger(__name__)
 IDLE_GAP_S = 0.05
 IDLE_GAP_MAX_S = 5.0
 CONNECT_TIMEOUT_S = 10.0  # for socket:// device servers
+# A socket:// device server that went away is tried this often while its connects fail (refused, unreachable,
+# unanswered), whatever the backoff has grown to: only a connection tells it is back, and what is scanned on it
+# until then is lost. Each try waits at most AWAY_CONNECT_TIMEOUT_S for an answer.
+AWAY_RETRY_S = 1.0
+AWAY_CONNECT_TIMEOUT_S = 3.0
+# A reconnected device server is back once its connection lasted this long: one that takes each connection and
+# closes it at once (ser2net while another client holds its port) is not, and what it said is no scan.
+SETTLE_S = 0.5
 # TCP keepalive of a socket:// connection: a device server or network scanner that lost power and came back has
 # forgotten the connection without a word; probed after this much silence, it answers with a reset.
 KEEPALIVE_IDLE_S = 5
@@ -262,6 +270,12 @@ class SerialScanner(ScannerReader):
             return None
         return _com_name(self._config.port) in {_com_name(name) for name in listed}
 
+    def _retry_while_away_s(self) -> float | None:
+        return AWAY_RETRY_S if self._config.is_socket else None
+
+    def _settle_s(self) -> float:
+        return SETTLE_S if self._config.is_socket else 0.0
+
     def send(self, data: bytes) -> None:
         """Write bytes to the scanner (a beep or trigger command from its manual)."""
         if self._closed:
@@ -282,7 +296,8 @@ class SerialScanner(ScannerReader):
             connecting = serial_asyncio_fast.create_serial_connection(
                 loop, lambda: link, cfg.port, **serial_options(cfg)
             )
-            transport, _ = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
+            away = self.status.error is not None  # retried every second while away: a short wait for an answer
+            transport, _ = await asyncio.wait_for(connecting, AWAY_CONNECT_TIMEOUT_S if away else CONNECT_TIMEOUT_S)
             _keep_alive(transport.get_extra_info("socket"))
         else:
             port = await loop.run_in_executor(None, _open_port, cfg)

@@ -21,29 +21,52 @@ FAST = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1}
 
 
 class DeviceServer:
-    """A raw TCP device server on 127.0.0.1: each connection the reader makes is queued for the test."""
+    """A raw TCP device server on 127.0.0.1: each connection the reader makes is queued for the test.
+
+    ``go_away()`` closes it and every connection, as a device server that lost power or its service;
+    ``come_back()`` listens again on the same port. With ``refusal`` set, it takes each connection, sends the
+    refusal and closes it at once, as ser2net does while another client holds its port."""
 
     def __init__(self) -> None:
         self.connections: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
         self.greeting = b""  # sent as soon as a connection is taken: what the server buffered meanwhile
+        self.refusal: bytes | None = None
+        self.taken = 0  # connections taken, refused ones too
         self.server: asyncio.Server | None = None
+        self.port = 0
         self.url = ""
+        self._open: list[asyncio.StreamWriter] = []
+
+    async def _on_client(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.taken += 1
+        if self.refusal is not None:
+            writer.write(self.refusal)
+            writer.close()
+            return
+        if self.greeting:
+            writer.write(self.greeting)
+            self.greeting = b""
+        self._open.append(writer)
+        await self.connections.put(writer)
 
     async def __aenter__(self) -> Self:
-        async def on_client(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if self.greeting:
-                writer.write(self.greeting)
-                self.greeting = b""
-            await self.connections.put(writer)
-
-        self.server = await asyncio.start_server(on_client, "127.0.0.1", 0)
-        host, port = self.server.sockets[0].getsockname()[:2]
-        self.url = f"socket://{host}:{port}"
+        await self.come_back()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.go_away()
+
+    async def come_back(self) -> None:
+        self.server = await asyncio.start_server(self._on_client, "127.0.0.1", self.port)
+        host, self.port = self.server.sockets[0].getsockname()[:2]
+        self.url = f"socket://{host}:{self.port}"
+
+    async def go_away(self) -> None:
         assert self.server is not None
         self.server.close()
+        for writer in self._open:
+            writer.close()
+        self._open.clear()
         await self.server.wait_closed()
 
     async def next(self) -> asyncio.StreamWriter:
@@ -140,7 +163,10 @@ async def test_a_device_server_that_restarted_without_a_word_is_noticed_and_reco
     assert [(s.raw, s.complete) for s in (cut, after)] == [(b"]C0PAL", False), (b"]E09780201379629", True)]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert [m for m in warnings if "went away" in m or "is back" in m] == [
-        f"Scanner 'dock' on {server.url} went away (Connection reset by peer); reconnecting.",
+        (
+            f"Scanner 'dock' on {server.url} went away (Connection reset by peer); scans made until it returns may be"
+            " lost; reconnecting."
+        ),
         warnings[-1],
     ] and warnings[-1].startswith(f"Scanner 'dock' is back on {server.url} after ")
 
@@ -202,3 +228,133 @@ def test_a_com_port_is_looked_for_in_pyserials_list_of_ports() -> None:
     keeps looking while it waits, instead of not knowing (None) and waiting the backoff out."""
     cfg = SerialScannerConfig(reader_id="dock", port="COM7")
     assert SerialScanner(cfg)._device_present() is False
+
+
+async def test_a_device_server_back_after_an_outage_is_read_again_at_once_not_after_a_30_s_backoff(
+    statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device server that went away (a power cut, a restart) was reconnected only when the backoff, grown to
+    up to 30 s, ran out: scans made on it in between went to a server with nobody connected and were lost. Now
+    a socket scanner tries to connect every second while the device server is not there. Here its backoff is
+    30 s from the first retry on; the scanner reads again well within the tests' bound of 5 s."""
+    caplog.set_level(logging.DEBUG, logger="hardware")
+    slow = {"reconnect_initial_s": 30.0, "reconnect_max_s": 30.0}
+    async with DeviceServer() as server:
+        cfg = SerialScannerConfig(reader_id="dock", port=server.url, idle_gap_s=None, **slow)  # type: ignore[arg-type]
+        async with SerialScanner(cfg, on_status=statuses) as scanner:
+            taker = ScanTaker(scanner)
+            await server.next()
+            await statuses.wait(available=True)
+            await server.go_away()
+            await statuses.wait(available=False)
+            await asyncio.sleep(serial_scanner.AWAY_RETRY_S * 2.5)  # it stays away: the reader's connects are refused
+            await server.come_back()
+            back = await server.next()
+            await statuses.wait(available=True)
+            back.write(b"]E04006381333931\r\n")
+            await back.drain()
+            assert (await taker.one()).raw == b"]E04006381333931"
+    refused = [r for r in caplog.records if "still cannot open" in r.getMessage()]
+    assert refused and all(r.levelno == logging.DEBUG for r in refused)
+
+
+async def test_a_device_server_away_a_while_is_said_once_gone_once_back_and_the_cut_scan_once(
+    statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scans made while a device server is unreachable are lost: the reader says so once when it goes, once
+    when it is back, and the scan cut at the drop once, however many connects are refused in between; its
+    status changes twice."""
+    caplog.set_level(logging.DEBUG, logger="hardware")
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        first = await server.next()
+        await statuses.wait(available=True)
+        first.write(b"]E05901234123457\r\n]C0PAL")
+        await first.drain()
+        assert (await taker.one()).raw == b"]E05901234123457"
+        await server.go_away()
+        cut = await taker.one()
+        down = await statuses.wait(available=False)
+        async with asyncio.timeout(WAIT_S):
+            while len([r for r in caplog.records if "still cannot open" in r.getMessage()]) < 3:
+                await asyncio.sleep(0.01)
+        await server.come_back()
+        second = await server.next()
+        await statuses.wait(available=True)
+        second.write(b"]E09780201379629\r\n")
+        await second.drain()
+        after = await taker.one()
+    assert [(s.raw, s.complete) for s in (cut, after)] == [(b"]C0PAL", False), (b"]E09780201379629", True)]
+    assert down.error is not None and down.error.reason == "the device closed the connection"
+    assert [s.available for s in statuses.items] == [True, False, True, False]  # the last: closed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"Scanner 'dock' on {server.url}: a scan was cut off by the disconnect (6 bytes: ']C0PAL'); scan it again.",
+        (
+            f"Scanner 'dock' on {server.url} went away (the device closed the connection); scans made until it returns"
+            " may be lost; reconnecting."
+        ),
+        warnings[2],
+    ]
+    assert warnings[2].startswith(f"Scanner 'dock' is back on {server.url} after ")
+
+
+async def test_a_device_server_that_refuses_each_connection_is_said_once_and_its_words_are_no_scan(
+    statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ser2net, while another client holds its port, takes each connection, says "Port already in use" and
+    closes it. The reader said "is back" and "went away" (two warnings, two status changes) on every retry, and
+    delivered the refusal as a complete scan each time, which an agent books as a receipt of an unknown item
+    "Port already in use". Now a reopened connection counts as back only once it has lasted a moment: the refusals are one
+    warning, the status stays unavailable, and what the server said is delivered cut off, never as a scan."""
+    caplog.set_level(logging.DEBUG, logger="hardware")
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        first = await server.next()
+        await statuses.wait(available=True)
+        server.refusal = b"Port already in use\r\n"
+        first.close()  # the other client took the port meanwhile
+        await statuses.wait(available=False)
+        refusals = await taker.take(3)
+        server.refusal = None  # the other client let go
+        second = await server.next()
+        await statuses.wait(available=True)
+        second.write(b"]E09780201379629\r\n")
+        await second.drain()
+        after = await taker.one()
+    assert [(s.raw, s.complete) for s in refusals] == [(b"Port already in use", False)] * 3
+    assert (after.raw, after.complete) == (b"]E09780201379629", True)
+    assert [s.available for s in statuses.items] == [True, False, True, False]  # the last: closed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        (
+            f"Scanner 'dock' on {server.url} went away (the device closed the connection); scans made until it returns"
+            " may be lost; reconnecting."
+        ),
+        (
+            f"Scanner 'dock' on {server.url} took the connection and closed it again at once (the device closed the "
+            "connection), sending 'Port already in use', which is delivered cut off, not as a scan; retrying on the "
+            "backoff (does another client hold its port?)."
+        ),
+        warnings[2],
+    ]
+    assert warnings[2].startswith(f"Scanner 'dock' is back on {server.url} after ")
+
+
+async def test_a_device_server_that_refuses_each_connection_is_retried_on_the_backoff_not_every_second(
+    statuses: StatusLog,
+) -> None:
+    """The retry every second is for a device server that is not there; one that is there and closes each
+    connection at once is not hammered: after one early retry the reader waits its backoff (here 30 s)."""
+    slow = {"reconnect_initial_s": 30.0, "reconnect_max_s": 30.0}
+    async with DeviceServer() as server:
+        cfg = SerialScannerConfig(reader_id="dock", port=server.url, idle_gap_s=None, **slow)  # type: ignore[arg-type]
+        async with SerialScanner(cfg, on_status=statuses):
+            first = await server.next()
+            await statuses.wait(available=True)
+            server.refusal = b""
+            first.close()
+            await statuses.wait(available=False)
+            await asyncio.sleep(serial_scanner.AWAY_RETRY_S * 3.5)  # past three retries of a server not there
+            taken = server.taken
+    assert taken <= 2
