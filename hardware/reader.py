@@ -360,7 +360,9 @@ class ScannerReader(ABC):
         While the device cannot be reached at all, opens are tried at least every ``_retry_while_away_s``; after
         a link that did not last, once too, and no more until the device is found away again: one that takes
         each connection and drops it is retried on the backoff. A reopened link is back once it lasted
-        ``_settle_s``; one that drops sooner leaves the outage going on, said once.
+        ``_settle_s``; one that drops sooner leaves the outage going on, said once. A link of such a reader that
+        lived ``STABLE_LINK_S`` and was closed by the device (a device server's idle timeout) is reopened at once
+        before anything is said: taken again, it is one line at INFO, no outage.
         """
         attempts = 0  # waits since the last link that lasted: the backoff's exponent
         down = Streak(self._backoff)
@@ -368,8 +370,9 @@ class ScannerReader(ABC):
         connected_before = False
         early_retry = True  # whether the wait after a link that did not last may be cut to _retry_while_away_s
         refusal_said = False  # a reopened link that dropped at once was said in this outage
+        unsaid: ScannerDisconnected | None = None  # a closed link not yet said: its reopening at once is under way
         while True:
-            settling = down_since is not None and self._settle_s() > 0
+            settling = (down_since is not None or unsaid is not None) and self._settle_s() > 0
             if settling:
                 self._held = []
             try:
@@ -378,6 +381,8 @@ class ScannerReader(ABC):
                 self._release_held(settled=True)  # a failed open received nothing, in practice
                 if not isinstance(err, OPEN_ERRORS):
                     raise
+                if unsaid is not None:
+                    down_since, unsaid = self._went_away(unsaid, down), None
                 error = ScannerDisconnected(self._reader_id, self._where, describe_error(err))
                 if down.failed(error.reason):
                     down_since = time.monotonic()
@@ -400,6 +405,8 @@ class ScannerReader(ABC):
                 link.pause()
             try:
                 refused = await self._settle(link) if settling else None
+                if refused is not None and unsaid is not None:
+                    down_since, unsaid = self._went_away(unsaid, down), None
                 if refused is not None:
                     reason = describe_error(link.lost.result())
                     said = (
@@ -420,7 +427,13 @@ class ScannerReader(ABC):
                     await self._pause(self._retry_delay_s(attempts, early=False))
                     continue
                 down.succeeded()  # said below, with how long the outage lasted
-                if down_since is not None and connected_before:
+                if unsaid is not None:
+                    log.info(
+                        "Scanner %r on %s closed the connection (%s); a new one was taken at once.",
+                        self._reader_id, self._where, unsaid.reason,
+                    )  # fmt: skip
+                    unsaid = None
+                elif down_since is not None and connected_before:
                     log.warning(
                         "Scanner %r is back on %s after %.1f s; a scan made while it was away or coming back may"
                         " have been lost, so scan again what was scanned then.",
@@ -451,22 +464,30 @@ class ScannerReader(ABC):
             finally:
                 self._link = None
             error = ScannerDisconnected(self._reader_id, self._where, describe_error(cause))
-            down.failed(error.reason)  # news, always: said here in its own words
-            down_since = time.monotonic()
-            log.warning(
-                "Scanner %r on %s went away (%s); scans made until it returns may be lost; reconnecting.",
-                self._reader_id,
-                self._where,
-                error.reason,
-            )
-            self._set_status(False, error)
-            if down_since - opened_at >= STABLE_LINK_S:
+            stable = time.monotonic() - opened_at >= STABLE_LINK_S
+            if stable and cause is None and self._settle_s() > 0:
+                unsaid = error  # closed by the device after a long while: said only if the reopening fails
+            else:
+                down_since = self._went_away(error, down)
+            if stable:
                 attempts = 0  # a healthy link: try again at once, from the start of the backoff
                 early_retry = True
             else:  # a device that drops right after opening must not spin
                 attempts += 1
                 await self._pause(self._retry_delay_s(attempts, early=early_retry))
                 early_retry = False  # once; again only when an open finds it away
+
+    def _went_away(self, error: ScannerDisconnected, down: Streak) -> float:
+        """Say that the device went away, once, and report it unavailable; the outage's start (monotonic)."""
+        down.failed(error.reason)  # news, always: said here in its own words
+        log.warning(
+            "Scanner %r on %s went away (%s); scans made until it returns may be lost; reconnecting.",
+            self._reader_id,
+            self._where,
+            error.reason,
+        )
+        self._set_status(False, error)
+        return time.monotonic()
 
     def _retry_delay_s(self, attempts: int, *, early: bool) -> float:
         """The backoff's wait after ``attempts``, cut to ``_retry_while_away_s`` when ``early``."""

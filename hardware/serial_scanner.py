@@ -76,9 +76,9 @@ IDLE_GAP_MAX_S = 5.0
 CONNECT_TIMEOUT_S = 10.0  # for socket:// device servers
 # A socket:// device server that went away is tried this often while its connects fail (refused, unreachable,
 # unanswered), whatever the backoff has grown to: only a connection tells it is back, and what is scanned on it
-# until then is lost. Each try waits at most AWAY_CONNECT_TIMEOUT_S for an answer.
+# until then is lost. Each reconnect waits at most RECONNECT_TIMEOUT_S for an answer.
 AWAY_RETRY_S = 1.0
-AWAY_CONNECT_TIMEOUT_S = 3.0
+RECONNECT_TIMEOUT_S = 3.0
 # A reconnected device server is back once its connection lasted this long: one that takes each connection and
 # closes it at once (ser2net while another client holds its port) is not, and what it said is no scan.
 SETTLE_S = 0.5
@@ -251,6 +251,7 @@ class SerialScanner(ScannerReader):
             on_status=on_status,
         )
         self._config = config
+        self._connected_once = False  # a socket:// reader reached its device server once: reconnects wait less
 
     @property
     def config(self) -> SerialScannerConfig:
@@ -296,8 +297,10 @@ class SerialScanner(ScannerReader):
             connecting = serial_asyncio_fast.create_serial_connection(
                 loop, lambda: link, cfg.port, **serial_options(cfg)
             )
-            away = self.status.error is not None  # retried every second while away: a short wait for an answer
-            transport, _ = await asyncio.wait_for(connecting, AWAY_CONNECT_TIMEOUT_S if away else CONNECT_TIMEOUT_S)
+            # a reconnect is tried every second while the server is away: a short wait for an answer
+            timeout_s = RECONNECT_TIMEOUT_S if self._connected_once else CONNECT_TIMEOUT_S
+            transport, _ = await asyncio.wait_for(connecting, timeout_s)
+            self._connected_once = True
             _keep_alive(transport.get_extra_info("socket"))
         else:
             port = await loop.run_in_executor(None, _open_port, cfg)

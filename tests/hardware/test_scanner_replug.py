@@ -12,7 +12,7 @@ from typing import Self
 
 import pytest
 
-from hardware import SerialScanner, SerialScannerConfig, serial_scanner
+from hardware import FRAME_MAX_BYTES, SerialScanner, SerialScannerConfig, reader, serial_scanner
 from hardware.reader import APPEAR_POLL_S
 from tests.hardware.scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
 
@@ -305,8 +305,9 @@ async def test_a_device_server_that_refuses_each_connection_is_said_once_and_its
     """ser2net, while another client holds its port, takes each connection, says "Port already in use" and
     closes it. The reader said "is back" and "went away" (two warnings, two status changes) on every retry, and
     delivered the refusal as a complete scan each time, which an agent books as a receipt of an unknown item
-    "Port already in use". Now a reopened connection counts as back only once it has lasted a moment: the refusals are one
-    warning, the status stays unavailable, and what the server said is delivered cut off, never as a scan."""
+    "Port already in use". Now a reopened connection counts as back only once it has lasted a moment: the
+    refusals are one warning, the status stays unavailable, and what the server said is delivered cut off,
+    never as a scan."""
     caplog.set_level(logging.DEBUG, logger="hardware")
     async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
         taker = ScanTaker(scanner)
@@ -358,3 +359,58 @@ async def test_a_device_server_that_refuses_each_connection_is_retried_on_the_ba
             await asyncio.sleep(serial_scanner.AWAY_RETRY_S * 3.5)  # past three retries of a server not there
             taken = server.taken
     assert taken <= 2
+
+
+async def test_a_device_server_closing_an_idle_connection_is_reconnected_without_a_false_alarm(
+    statuses: StatusLog, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ser2net closes a connection that was quiet for its port's timeout (600 s in its usual configuration): a
+    scanner nobody used for ten minutes made a "went away ... may be lost" and an "is back ... scan again"
+    warning, and two status changes, every ten minutes, though the reader was connected again at once and
+    nothing was lost. Now a long-lived connection the server closed is reopened at once before anything is
+    said: taken, that is one line at INFO; refused, the outage is said as before. (A connection lasted long
+    here when it lived ``STABLE_LINK_S``, shortened for the test.)"""
+    monkeypatch.setattr(reader, "STABLE_LINK_S", 0.2)
+    caplog.set_level(logging.INFO, logger="hardware")
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        first = await server.next()
+        await statuses.wait(available=True)
+        for _ in range(2):
+            await asyncio.sleep(serial_scanner.SETTLE_S + reader.STABLE_LINK_S * 2)  # nobody scans
+            first.close()  # the server's idle timeout
+            first = await server.next()
+        first.write(b"]E09780201379629\r\n")
+        await first.drain()
+        assert (await taker.one()).raw == b"]E09780201379629"
+        assert [s.available for s in statuses.items] == [True]
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        await asyncio.sleep(serial_scanner.SETTLE_S + reader.STABLE_LINK_S * 2)
+        await server.go_away()  # closed, and this time not there to take the new connection: said at once
+        down = await statuses.wait(available=False)
+    assert down.error is not None and down.error.reason == "the device closed the connection"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        (
+            f"Scanner 'dock' on {server.url} went away (the device closed the connection); scans made until it returns"
+            " may be lost; reconnecting."
+        )
+    ]
+    reopened = f"Scanner 'dock' on {server.url} closed the connection (the device closed the connection);"
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith(reopened)] == [
+        f"{reopened} a new one was taken at once.",
+    ] * 2
+
+
+async def test_a_device_server_sending_megabytes_without_a_line_end_gives_one_cut_off_scan_and_reads_on(
+    statuses: StatusLog,
+) -> None:
+    """A device server relaying line noise (a scanner at the wrong baud rate) sends 4 MB without CR/LF; the
+    reader keeps at most ``max_frame_bytes`` of it, delivers that once cut off, and reads the next scan."""
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        first = await server.next()
+        await statuses.wait(available=True)
+        first.write(b"\xff\x00~" * 1_400_000 + b"\r\n]E09780201379629\r\n")
+        await first.drain()
+        scans = await taker.take(2)
+    assert [(len(s.raw), s.complete) for s in scans] == [(FRAME_MAX_BYTES, False), (16, True)]
