@@ -14,6 +14,7 @@ CRLF, or after ``idle_gap_s`` of silence for scanners that send no suffix
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -252,6 +253,7 @@ class SerialScanner(ScannerReader):
         )
         self._config = config
         self._connected_once = False  # a socket:// reader reached its device server once: reconnects wait less
+        self._lookup: asyncio.Future[list[Any]] | None = None  # the device server's host name being looked up
 
     @property
     def config(self) -> SerialScannerConfig:
@@ -294,12 +296,9 @@ class SerialScanner(ScannerReader):
         loop = asyncio.get_running_loop()
         link = _SerialLink(self._deliver, cfg.idle_gap_s, cfg.max_frame_bytes)
         if cfg.is_socket:  # a device server that does not answer must not stall the reconnect loop
-            connecting = serial_asyncio_fast.create_serial_connection(
-                loop, lambda: link, cfg.port, **serial_options(cfg)
-            )
             # a reconnect is tried every second while the server is away: a short wait for an answer
-            timeout_s = RECONNECT_TIMEOUT_S if self._connected_once else CONNECT_TIMEOUT_S
-            transport, _ = await asyncio.wait_for(connecting, timeout_s)
+            async with asyncio.timeout(RECONNECT_TIMEOUT_S if self._connected_once else CONNECT_TIMEOUT_S):
+                transport = await self._connect(link)
             self._connected_once = True
             _keep_alive(transport.get_extra_info("socket"))
         else:
@@ -311,6 +310,39 @@ class SerialScanner(ScannerReader):
                 raise
         await link.made
         return link
+
+    async def _connect(self, link: _SerialLink) -> asyncio.BaseTransport:
+        """Connect to the device server, a raw TCP connection (its line settings are the server's own).
+
+        A host name is looked up in a worker thread of the loop's shared pool, which a timeout cannot stop: a
+        reader has one lookup running at most, and a retry waits for it. (While the network is down the name
+        service may hang too; lookups started every second piled up and took the pool from everything else.)"""
+        loop = asyncio.get_running_loop()
+        parts = urllib.parse.urlsplit(self._config.port)
+        host, port = parts.hostname or "", parts.port or 0  # both there: checked with the configuration
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if self._lookup is None or self._lookup.done():
+                self._lookup = loop.run_in_executor(None, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+                self._lookup.add_done_callback(_retrieved)
+            addresses = [info[4][0] for info in await asyncio.shield(self._lookup)]
+        else:
+            addresses = [host]  # an address: asyncio connects without a lookup
+        error: OSError | None = None
+        for address in dict.fromkeys(addresses):
+            try:
+                transport, _ = await loop.create_connection(lambda: link, address, port)
+                return transport
+            except OSError as err:  # the next address, as asyncio's own create_connection does
+                error = err
+        raise error or OSError(f"{host} has no address")
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Take a lookup's outcome, so one that no attempt waited for any more is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def serial_options(config: SerialScannerConfig) -> dict[str, Any]:

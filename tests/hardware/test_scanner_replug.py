@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 import struct
+import threading
 from pathlib import Path
 from typing import Self
 
@@ -414,3 +415,56 @@ async def test_a_device_server_sending_megabytes_without_a_line_end_gives_one_cu
         await first.drain()
         scans = await taker.take(2)
     assert [(len(s.raw), s.complete) for s in scans] == [(FRAME_MAX_BYTES, False), (16, True)]
+
+
+async def test_a_device_server_named_by_a_host_name_holds_one_lookup_at_a_time_while_dns_hangs(
+    statuses: StatusLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the store's network goes down, its DNS server and the device server go with it. A reconnect that
+    gave up waiting left its lookup running in a worker thread of the event loop's shared pool, and with a
+    retry every second those piled up: the pool (six threads on a two-core machine) then stalled whatever else
+    needed it, the POS importer, the hub's own DNS lookups, handheld logins. Now a reader has at most one lookup
+    running, and a retry waits for that one. Only the name service is stood in for: it answers for
+    ``dock-server.test`` while the network is up and hangs while it is down; the connections are real."""
+    monkeypatch.setattr(serial_scanner, "AWAY_RETRY_S", 0.05)
+    monkeypatch.setattr(serial_scanner, "RECONNECT_TIMEOUT_S", 0.2)
+    resolve = socket.getaddrinfo
+    network_up, hanging, most_hanging = threading.Event(), [0], [0]
+    network_up.set()
+    lock = threading.Lock()
+
+    def getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host != "dock-server.test":
+            return resolve(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        with lock:
+            hanging[0] += 1
+            most_hanging[0] = max(most_hanging[0], hanging[0])
+        try:
+            network_up.wait(WAIT_S)
+        finally:
+            with lock:
+                hanging[0] -= 1
+        return resolve("127.0.0.1", port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        async with DeviceServer() as server:
+            cfg = config(f"socket://dock-server.test:{server.port}")
+            async with SerialScanner(cfg, on_status=statuses) as scanner:
+                taker = ScanTaker(scanner)
+                await server.next()
+                await statuses.wait(available=True)
+                network_up.clear()
+                await server.go_away()
+                await statuses.wait(available=False)
+                await asyncio.sleep(serial_scanner.RECONNECT_TIMEOUT_S * 6)  # a retry every 0.05 s meanwhile
+                await server.come_back()
+                network_up.set()
+                back = await server.next()
+                await statuses.wait(available=True)
+                back.write(b"]E04006381333931\r\n")
+                await back.drain()
+                assert (await taker.one()).raw == b"]E04006381333931"
+    finally:
+        network_up.set()
+    assert most_hanging[0] == 1
