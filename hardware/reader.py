@@ -359,10 +359,11 @@ class ScannerReader(ABC):
         after opening does not spin; the outage (``down``) is said once when it starts and once when it ends.
         While the device cannot be reached at all, opens are tried at least every ``_retry_while_away_s``; after
         a link that did not last, once too, and no more until the device is found away again: one that takes
-        each connection and drops it is retried on the backoff. A reopened link is back once it lasted
-        ``_settle_s``; one that drops sooner leaves the outage going on, said once. A link of such a reader that
-        lived ``STABLE_LINK_S`` and was closed by the device (a device server's idle timeout) is reopened at once
-        before anything is said: taken again, it is one line at INFO, no outage.
+        each connection and drops it is retried on the backoff. A link of such a reader, its first one too, is
+        there once it lasted ``_settle_s``; one that drops sooner leaves the outage going on (or starts it), said
+        once. A link of such a reader that lived ``STABLE_LINK_S`` and was closed by the device (a device
+        server's idle timeout) is reopened at once before anything is said: taken again, it is one line at INFO,
+        no outage.
         """
         attempts = 0  # waits since the last link that lasted: the backoff's exponent
         down = Streak(self._backoff)
@@ -372,7 +373,7 @@ class ScannerReader(ABC):
         refusal_said = False  # a reopened link that dropped at once was said in this outage
         unsaid: ScannerDisconnected | None = None  # a closed link not yet said: its reopening at once is under way
         while True:
-            settling = (down_since is not None or unsaid is not None) and self._settle_s() > 0
+            settling = self._settle_s() > 0
             if settling:
                 self._held = []
             try:
@@ -421,7 +422,11 @@ class ScannerReader(ABC):
                         self._reader_id, self._where, reason, said,
                     )  # fmt: skip
                     refusal_said = True
+                    if down_since is None:  # its first connection: the outage starts here, and the status says why
+                        down_since = time.monotonic()
                     down.failed(reason)
+                    why = f"it took the connection and closed it again at once ({reason})"
+                    self._set_status(False, ScannerDisconnected(self._reader_id, self._where, why))
                     attempts += 1
                     early_retry = False  # it is there and drops each connection: not every second
                     await self._pause(self._retry_delay_s(attempts, early=False))

@@ -468,3 +468,32 @@ async def test_a_device_server_named_by_a_host_name_holds_one_lookup_at_a_time_w
     finally:
         network_up.set()
     assert most_hanging[0] == 1
+
+
+async def test_a_device_server_refusing_from_the_start_gives_no_scan_and_an_unavailable_status_that_says_why(
+    statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another client already holds the device server's port when the agent starts: the first connection was
+    taken for the scanner being there, so the refusal was delivered as a complete scan (booked as an unknown
+    item) and the status said available. Now the first connection settles like every other."""
+    caplog.set_level(logging.INFO, logger="hardware")
+    async with DeviceServer() as server:
+        server.refusal = b"Port already in use\r\n"
+        async with SerialScanner(config(server.url), on_status=statuses) as scanner:
+            taker = ScanTaker(scanner)
+            refusals = await taker.take(2)
+            down = await statuses.wait(available=False)
+            server.refusal = None
+            first = await server.next()
+            await statuses.wait(available=True)
+            first.write(b"]E09780201379629\r\n")
+            await first.drain()
+            after = await taker.one()
+    assert [(s.raw, s.complete) for s in refusals] == [(b"Port already in use", False)] * 2
+    assert (after.raw, after.complete) == (b"]E09780201379629", True)
+    assert down.error is not None
+    assert down.error.reason == "it took the connection and closed it again at once (the device closed the connection)"
+    assert [s.available for s in statuses.items] == [False, True, False]  # the last: closed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "took the connection and closed it again at once" in warnings[0]
+    assert any(r.getMessage().startswith(f"Scanner 'dock' opened {server.url} after ") for r in caplog.records)
