@@ -91,6 +91,8 @@ KEEPALIVE_PROBES = 3  # unanswered probes (a device server that is not back) bef
 BAUDRATE_MAX = 4_000_000
 PARITIES = ("N", "E", "O", "M", "S")
 WINDOWS_PORT = re.compile(r"(?:\\\\\.\\)?COM[1-9][0-9]{0,2}", re.IGNORECASE)  # COM3, \\.\COM12
+TELNET_IAC = b"\xff"
+TELNET_NEGOTIATION = frozenset(range(0xFA, 0xFF))  # SB, WILL, WONT, DO, DONT
 _PARITY_WORDS = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 
 
@@ -168,11 +170,19 @@ def _check_port(port: object) -> None:
 
 
 class _SerialLink(asyncio.Protocol):
-    """The asyncio protocol of one open port: bytes in, frames out."""
+    """The asyncio protocol of one open port: bytes in, frames out. ``on_telnet`` hears a connection that opens
+    with telnet negotiation (a device server not in raw TCP mode)."""
 
-    def __init__(self, deliver: Callable[[Frame], None], idle_gap_s: float | None, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        deliver: Callable[[Frame], None],
+        idle_gap_s: float | None,
+        max_frame_bytes: int,
+        on_telnet: Callable[[], None] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
+        self._on_telnet = on_telnet
         self._idle_gap_s = idle_gap_s
         self._splitter = FrameSplitter(max_frame_bytes)
         self._timer: asyncio.TimerHandle | None = None
@@ -190,6 +200,10 @@ class _SerialLink(asyncio.Protocol):
             self.made.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._on_telnet is not None:  # only a connection's first bytes
+            if data[:1] == TELNET_IAC and data[1:2] and data[1] in TELNET_NEGOTIATION:
+                self._on_telnet()
+            self._on_telnet = None
         for frame in self._splitter.feed(data):
             self._deliver(frame)
         if self._timer is not None:
@@ -254,6 +268,7 @@ class SerialScanner(ScannerReader):
         self._config = config
         self._connected_once = False  # a socket:// reader reached its device server once: reconnects wait less
         self._lookup: asyncio.Future[list[Any]] | None = None  # the device server's host name being looked up
+        self._telnet_said = False
 
     @property
     def config(self) -> SerialScannerConfig:
@@ -279,6 +294,18 @@ class SerialScanner(ScannerReader):
     def _settle_s(self) -> float:
         return SETTLE_S if self._config.is_socket else 0.0
 
+    def _say_telnet(self) -> None:
+        """Once per reader: the device server's port is in telnet (or RFC 2217) mode, not raw TCP. Its
+        negotiation lands in the first scan of each connection, which ``decode`` refuses as bytes that are not
+        text; the operator would look for a baud rate or parity that does not match."""
+        if not self._telnet_said:
+            self._telnet_said = True
+            log.warning(
+                "Scanner %r on %s: the device server speaks telnet (it opened the connection with telnet "
+                "negotiation, which arrives in the first scan); set its port to raw TCP mode.",
+                self.reader_id, self._config.port,
+            )  # fmt: skip
+
     def send(self, data: bytes) -> None:
         """Write bytes to the scanner (a beep or trigger command from its manual)."""
         if self._closed:
@@ -294,7 +321,8 @@ class SerialScanner(ScannerReader):
             raise HardwareError(NO_PYSERIAL)
         cfg = self._config
         loop = asyncio.get_running_loop()
-        link = _SerialLink(self._deliver, cfg.idle_gap_s, cfg.max_frame_bytes)
+        on_telnet = self._say_telnet if cfg.is_socket and not self._telnet_said else None
+        link = _SerialLink(self._deliver, cfg.idle_gap_s, cfg.max_frame_bytes, on_telnet)
         if cfg.is_socket:  # a device server that does not answer must not stall the reconnect loop
             # a reconnect is tried every second while the server is away: a short wait for an answer
             async with asyncio.timeout(RECONNECT_TIMEOUT_S if self._connected_once else CONNECT_TIMEOUT_S):

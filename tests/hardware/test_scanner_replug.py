@@ -497,3 +497,38 @@ async def test_a_device_server_refusing_from_the_start_gives_no_scan_and_an_unav
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "took the connection and closed it again at once" in warnings[0]
     assert any(r.getMessage().startswith(f"Scanner 'dock' opened {server.url} after ") for r in caplog.records)
+
+
+async def test_a_device_server_in_telnet_mode_is_named_once_for_what_it_is(
+    statuses: StatusLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ser2net port in telnet mode (or a device server in RFC 2217 mode) opens every connection with telnet
+    negotiation, which landed in the first scan: the operator was told of bytes that are not text and of a
+    baud rate or parity that does not match, which is not it. Now the reader says once what the device server
+    speaks and what to set; the bytes are still delivered as they came (and refused by ``decode``)."""
+    caplog.set_level(logging.INFO, logger="hardware")
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        server.greeting = b"\xff\xfb\x03\xff\xfb\x01\xff\xfd\x03\xff\xfe\x22]E04006381333931\r\n"
+        first = await server.next()
+        await statuses.wait(available=True)
+        negotiated = await taker.one()
+        first.close()
+        await statuses.wait(available=False)
+        second = await server.next()
+        await statuses.wait(available=True)
+        second.write(b"\xff\xfb\x03\xff\xfb\x01]E09780201379629\r\n")  # every connection: said once all the same
+        await second.drain()
+        again = await taker.one()
+    assert (negotiated.raw, again.raw) == (
+        b"\xff\xfb\x03\xff\xfb\x01\xff\xfd\x03\xff\xfe\x22]E04006381333931",
+        b"\xff\xfb\x03\xff\xfb\x01]E09780201379629",
+    )
+    said = [r.getMessage() for r in caplog.records if "telnet" in r.getMessage()]
+    assert said == [
+        (
+            f"Scanner 'dock' on {server.url}: the device server speaks telnet (it opened the connection with telnet "
+            "negotiation, which arrives in the first scan); set its port to raw TCP mode."
+        )
+    ]
+    assert [r.levelno for r in caplog.records if "telnet" in r.getMessage()] == [logging.WARNING]
