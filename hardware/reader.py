@@ -122,7 +122,7 @@ class ScannerReader(ABC):
         self._iterating = False
         self._closed = False
         self._cut_offs_in_a_row = 0  # cut-off frames since the last complete one (the warning's rate limit)
-        self._held: list[Frame] | None = None  # frames of a reopened link not yet settled (``_settle_s``)
+        self._held: list[Frame] | None = None  # frames of a link not yet settled (``_settle_s``)
 
     # -- public -------------------------------------------------------------
 
@@ -211,8 +211,12 @@ class ScannerReader(ABC):
 
     def _deliver(self, frame: Frame) -> None:
         """Queue one frame as a scan; called by links from the event loop thread."""
-        if self._held is not None:  # a reopened link not yet settled: its frames wait for its verdict
+        if self._held is not None:  # a link not yet settled: its frames wait for its verdict
             self._held.append(frame)
+            if not self._paused and self._pending + len(self._held) >= QUEUE_PAUSE_SCANS:
+                self._paused = True  # the kernel keeps the rest; resumed once the queue, held ones in it, drains
+                if self._link is not None:
+                    self._link.pause()
             return
         if frame.complete:
             self._cut_offs_ended()

@@ -14,7 +14,7 @@ from typing import Self
 import pytest
 
 from hardware import FRAME_MAX_BYTES, SerialScanner, SerialScannerConfig, reader, serial_scanner
-from hardware.reader import APPEAR_POLL_S
+from hardware.reader import APPEAR_POLL_S, QUEUE_PAUSE_SCANS
 from tests.hardware.scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
 
 TCP_REPAIR = getattr(socket, "TCP_REPAIR", 19)  # Linux; Python names it from 3.12
@@ -532,3 +532,21 @@ async def test_a_device_server_in_telnet_mode_is_named_once_for_what_it_is(
         )
     ]
     assert [r.levelno for r in caplog.records if "telnet" in r.getMessage()] == [logging.WARNING]
+
+
+async def test_what_a_device_server_sends_while_its_connection_settles_is_held_back_by_the_kernel_not_read_on(
+    statuses: StatusLog,
+) -> None:
+    """The frames of a connection not yet settled are held by the reader; a device server pouring out lines
+    at once (a buffer of noise) filled that hold without limit for as long as the connection settled. Now the
+    hold pauses reading at the queue's limit, as the queue does, and the rest waits in the kernel."""
+    count = QUEUE_PAUSE_SCANS * 100
+    async with DeviceServer() as server:
+        server.greeting = b"".join(b"ITEM-%06d\r\n" % i for i in range(count))
+        async with SerialScanner(config(server.url), on_status=statuses) as scanner:
+            await server.next()
+            await statuses.wait(available=True)  # settled: what was held is queued; nobody consumes yet
+            held_back = scanner.pending_scans
+            scans = await ScanTaker(scanner).take(count)
+    assert held_back < count
+    assert [s.raw for s in scans] == [b"ITEM-%06d" % i for i in range(count)]
