@@ -550,3 +550,18 @@ async def test_what_a_device_server_sends_while_its_connection_settles_is_held_b
             scans = await ScanTaker(scanner).take(count)
     assert held_back < count
     assert [s.raw for s in scans] == [b"ITEM-%06d" % i for i in range(count)]
+
+
+async def test_a_reader_closed_while_its_connection_settles_still_delivers_what_came(statuses: StatusLog) -> None:
+    """Closing the reader in the middle of the settle delivers what the device server sent meanwhile, as it
+    came, and what was cut by the close once, cut off."""
+    async with DeviceServer() as server:
+        server.greeting = b"]E04006381333931\r\n]C0PAL"
+        scanner = SerialScanner(config(server.url), on_status=statuses)
+        async with scanner:
+            await server.next()
+            await asyncio.sleep(serial_scanner.SETTLE_S / 5)  # the greeting reaches the reader, which holds it
+            settling = not statuses.items
+        scans = [scan async for scan in scanner.scans()]
+    assert [(s.raw, s.complete) for s in scans] == [(b"]E04006381333931", True), (b"]C0PAL", False)]
+    assert settling
