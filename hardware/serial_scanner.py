@@ -1,4 +1,4 @@
-"""Serial barcode scanners (RS-232, USB CDC/VCP, serial device servers) via pyserial-asyncio-fast.
+"""Serial barcode scanners (RS-232, USB CDC/VCP via pyserial-asyncio-fast; serial device servers over TCP).
 
     config = SerialScannerConfig(reader_id="backdoor", port="/dev/serial/by-id/usb-Honeywell_...-if00")
     async with SerialScanner(config, on_status=mark_reader) as scanner:
@@ -80,8 +80,8 @@ CONNECT_TIMEOUT_S = 10.0  # for socket:// device servers
 # until then is lost. Each reconnect waits at most RECONNECT_TIMEOUT_S for an answer.
 AWAY_RETRY_S = 1.0
 RECONNECT_TIMEOUT_S = 3.0
-# A reconnected device server is back once its connection lasted this long: one that takes each connection and
-# closes it at once (ser2net while another client holds its port) is not, and what it said is no scan.
+# A device server's connection (the first one too) counts once it lasted this long: one that takes each connection
+# and closes it at once (ser2net while another client holds its port) is not there, and what it said is no scan.
 SETTLE_S = 0.5
 # TCP keepalive of a socket:// connection: a device server or network scanner that lost power and came back has
 # forgotten the connection without a word; probed after this much silence, it answers with a reset.
