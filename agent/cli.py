@@ -644,7 +644,9 @@ def _reader_line(state: ReaderState) -> str:
     now_ms = time.time_ns() // 1_000_000
     since = f" for {_age(max(0, now_ms - state.changed_ms) / 1000)}" if state.changed_ms else ""
     line = f"scanner      {state.reader_id} " + (
-        f"available{since}" if state.available else f"UNAVAILABLE{since}: {state.error or 'no reason given'}"
+        f"available{since}"
+        if state.available
+        else f"UNAVAILABLE{since}: {state.error or 'no reason given'}; scans made until it is back are not read"
     )
     line += f"; {state.scans:,} scans, {state.problems:,} not booked"
     if state.last_problem:

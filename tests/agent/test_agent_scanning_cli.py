@@ -153,6 +153,9 @@ async def test_run_books_scans_from_a_serial_reader_and_status_shows_the_reader(
         code, out, _ = await agent("status", "-c", str(config), "--json")
         [scanner] = json.loads(out)["scanners"]
         assert scanner["available"] is False and scanner["error"]
+        code, text, _ = await agent("status", "-c", str(config))
+        [line] = [ln for ln in text.splitlines() if ln.startswith("scanner      backdoor")]
+        assert "UNAVAILABLE" in line and "scans made until it is back are not read" in line, line
     finally:
         code = await asyncio.to_thread(running.stop)
         device.unplug()
