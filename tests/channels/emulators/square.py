@@ -50,7 +50,9 @@ Built from Square's public reference for that version (its OpenAPI specification
   ``reference_id`` (when given), ``catalog_object_id``,
   ``catalog_object_type``, ``location_id``, ``quantity``, ``state`` (a count)
   or ``from_state`` / ``to_state`` (an adjustment), ``source``,
-  ``occurred_at`` and ``created_at``. Paged as the counts are: ``limit``
+  ``occurred_at`` and ``created_at``; a sale (``IN_STOCK`` to ``SOLD``) also
+  ``total_price_money`` and ``transaction_id``, the id of the order that sold
+  it (Square's transaction id is its order id). Paged as the counts are: ``limit``
   1–1000 (100 when not given), a ``cursor`` while more follow, bound to the
   query. Square promises no page size: ``changes_page_max`` makes its pages
   smaller than asked for.
@@ -135,6 +137,7 @@ class Change:
     reference_id: str | None = None
     from_state: str | None = None  # an adjustment's
     to_state: str | None = None
+    transaction_id: str | None = None  # a sale's: the id of the order that sold it (Square's transaction is its order)
 
     @property
     def in_stock(self) -> Decimal:
@@ -158,7 +161,7 @@ class Change:
                  "occurred_at": _rfc3339(self.occurred), "created_at": _rfc3339(self.created)}  # fmt: skip
         if self.type == "ADJUSTMENT" and self.to_state == "SOLD":
             body["total_price_money"] = {"amount": 1000 * int(self.quantity), "currency": "USD"}
-            body["transaction_id"] = f"TX{self.id}"
+            body["transaction_id"] = self.transaction_id or f"TX{self.id}"
         return {"type": self.type, "physical_count" if self.type == "PHYSICAL_COUNT" else "adjustment": body}
 
 
@@ -241,12 +244,16 @@ class SquareEmulator(EmulatorServer):
         return self._record("PHYSICAL_COUNT", object_id, location_id, Decimal(quantity), occurred_at, REGISTER)
 
     def register_sale(
-        self, object_id: str, location_id: str, quantity: int = 1, *, occurred_at: datetime | None = None
-    ) -> Change:
-        """A sale rung up at a Square register: an adjustment from IN_STOCK to SOLD, occurred ``occurred_at``."""
-        return self._record(
+        self, object_id: str, location_id: str, quantity: int = 1, *, occurred_at: datetime | None = None,
+        order_id: str | None = None,
+    ) -> Change:  # fmt: skip
+        """A sale rung up at a Square register: an adjustment from IN_STOCK to SOLD, occurred ``occurred_at``, its
+        ``transaction_id`` the order that sold it (``order_id``; one made up when not given)."""
+        change = self._record(
             "ADJUSTMENT", object_id, location_id, Decimal(quantity), occurred_at, REGISTER, states=("IN_STOCK", "SOLD")
         )
+        change.transaction_id = order_id
+        return change
 
     def register_waste(
         self, object_id: str, location_id: str, quantity: int = 1, *, occurred_at: datetime | None = None

@@ -101,6 +101,15 @@ class SquareOrdersEmulator(SquareEmulator):
         order["state"], order["closed_at"] = "COMPLETED", when
         return copy.deepcopy(order)
 
+    def sell_at_register(self, location_id: str, lines: Sequence[tuple[str, int]]) -> dict[str, Any]:
+        """An in-person sale rung up at a register: an order COMPLETED at once, and Square's inventory of each line
+        one sale (IN_STOCK to SOLD) whose ``transaction_id`` is the order's id."""
+        order = self.create_order(location_id, lines, pickup=False)
+        done = self.pick_up(order["id"], shift_s=0.0)
+        for variation, quantity in lines:
+            self.register_sale(variation, location_id, quantity, order_id=order["id"])
+        return done
+
     def set_quantity(self, order_id: str, line_uid: str, quantity: int, *, shift_s: float = 0.5) -> dict[str, Any]:
         """UpdateOrder on an OPEN order: a line's quantity changed (a new version)."""
         order = self.orders[order_id]
