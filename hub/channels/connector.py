@@ -102,6 +102,16 @@ class Moved:
     changes: int
 
 
+@dataclass(frozen=True, slots=True)
+class Sale:
+    """A sale the channel recorded (Square: an adjustment from ``IN_STOCK`` to ``SOLD``): the channel's order behind
+    it, how many units, and when it occurred (wall ms, the channel's ``occurred_at``)."""
+
+    order_id: str
+    units: int
+    occurred_ms: int
+
+
 class Confirmed(dict[LevelKey, int]):
     """What a push confirmed (the levels the channel took, at the quantity it holds there now), and ``kept``: the
     levels of the batch it answered holding another count of its own — not applied, so not confirmed; ``moved``:
@@ -168,6 +178,13 @@ class Connector(Protocol):
         made at the channel after it — sales whose orders may not have reached the hub yet, which the reconciler
         does not push over (``hub.channels.reconcile``). Empty when the channel keeps no such record, or it cannot
         be read (said once by the connector)."""
+
+    async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
+        """The sales the channel recorded at these levels since a little before the hub's last count there (the
+        ``occurred_at`` it went out with, ``counted_ms``), each with the order behind it: the pusher takes those
+        whose orders the hub has not booked off the count it pushes next (``ChannelPusher``), so the count does
+        not take over a sale the hub does not know of yet. Empty when the channel keeps no such record; None
+        when it cannot be read (said once by the connector)."""
 
     def status(self) -> ConnectorStatus:
         """Whether the last call went through, when, and the throttle state the channel last reported."""

@@ -240,6 +240,12 @@ class ChannelPusher(LoopTask):
         self._gone: set[LevelKey] = set()  # refused as gone from the channel: its listing is read after the turn
         self._remapped_at: float | None = None  # when (loop time) that was done last
         self._kept: dict[LevelKey, int] = {}  # pushes in a row the channel answered keeping a count of its own
+        # The channels whose order webhooks book this channel's sales at the hub (its own when it takes them; set by
+        # hub.channels.runner): a sale at the channel whose order none of them booked yet is taken off each count
+        # pushed (``_less_unbooked``). Empty: counts go out at the hub's level.
+        self.order_channels: tuple[str, ...] = (spec.name,) if spec.kind == "square" and spec.webhook_secret else ()
+        self._less: dict[LevelKey, int] = {}  # units of such sales taken off each level's last count confirmed
+        self._less_known: set[LevelKey] = set()  # levels whose ``_less`` this process knows (pushed or checked)
         self._touched: dict[LevelKey, int] = {}  # push_seq of each level's last confirmation
         self.push_seq = 0  # confirmed batches so far (the reconciler skips levels confirmed while it read)
         self._key_sku: dict[LevelKey, str] = {}
@@ -383,6 +389,7 @@ class ChannelPusher(LoopTask):
             return False
         end = rows[-1].change_id if rows else start
         targets = await self._targets(rows, forced)
+        targets, less = await self._less_unbooked(targets, forced, based)
         turn_key = f"{self.spec.name}:{start}" + (f":{self._nonce}:{self._force_gen}" if forced or based else "")
         keys = sorted(targets)
         batches = [keys[i : i + self.spec.batch_max] for i in range(0, len(keys), self.spec.batch_max)] or [[]]
@@ -398,6 +405,7 @@ class ChannelPusher(LoopTask):
                 moved_all.update(confirmed.moved)
                 self._renamed_at_channel(confirmed.skus)
             self._stamps.update((k, targets[k].occurred_at_ms) for k in confirmed)
+            self._less_confirmed(less, confirmed)
             now_ms = wall_ms_now()
             last = n == len(batches) - 1
             await self._state_record(confirmed, now_ms, end if last and rows else None)
@@ -576,10 +584,83 @@ class ChannelPusher(LoopTask):
                 targets[key] = Target(level.quantity, self._bases.get(key, previous), self._stamp(key, now_ms))
                 continue
             refusal = self._refused.get(key)
-            changed = previous != level.quantity or key in self._unsure
+            # a level pushed less sales whose orders had not reached the hub (or, since this process started, not
+            # known not to be): told again whatever its level now, as those orders may have been booked since and the
+            # hub's level be the count pushed (``_less_unbooked`` drops it when the count comes out the same)
+            again = key in self._less or (bool(self.order_channels) and key not in self._less_known)
+            changed = previous != level.quantity or key in self._unsure or again
             if changed and (refusal is None or refusal.quantity != level.quantity):
                 targets[key] = Target(level.quantity, previous, self._stamp(key, level.at_ms))
         return targets
+
+    async def _less_unbooked(
+        self, targets: dict[LevelKey, Target], forced: Collection[str], based: Collection[LevelKey]
+    ) -> tuple[dict[LevelKey, Target], dict[LevelKey, int]]:
+        """The counts to push, each less the units of sales the channel recorded there whose orders the hub has not
+        booked yet, and those units per level. A count supersedes, at the channel (Square), every sale that
+        occurred before its ``occurred_at``: a register sale whose order is still on its way to the hub is not in
+        the hub's level, so a count of the hub's level stamped after it (a web order, another till's sale in
+        between) would put the sold units up for sale again until the order came back. A sale that occurred after
+        the count's time is left alone: the channel applies it on top. When the order is booked the hub's level
+        comes down to the count pushed and nothing more goes out, so no sale is taken off twice.
+
+        Read only for levels the hub counted there before (their last stamp: the channel's record is read from a
+        little before it), and only with ``order_channels``: without order webhooks the hub would never book
+        those orders. A record that cannot be read leaves the counts at the hub's level (said by the connector).
+        A level told again only because of sales taken off before (``_less``; after a start, any level until it is
+        checked once: what was taken off is kept in memory) and whose count comes out as last confirmed is not
+        sent."""
+        counted = {k: self._stamps[k] for k in targets if k in self._stamps}
+        if not self.order_channels or not counted:
+            return targets, {}
+        sales = await self.connector.sales_since(counted)
+        if sales is None:
+            return targets, {}
+        orders = {s.order_id for found in sales.values() for s in found}
+        booked = await self.state.orders_booked(self.order_channels, orders) if orders else set()
+        now_ms = wall_ms_now()
+        less: dict[LevelKey, int] = dict.fromkeys(counted, 0)
+        out: dict[LevelKey, Target] = {}
+        for k, t in targets.items():
+            at_ms = min(t.occurred_at_ms, now_ms)  # a stamp in the future goes out as now (the connector's window)
+            units = sum(s.units for s in sales.get(k, ()) if s.order_id not in booked and s.occurred_ms <= at_ms)
+            quantity = max(0, t.quantity - units)
+            if k in less:
+                less[k] = t.quantity - quantity
+            again = (k in self._less or k not in self._less_known) and k not in self._unsure and k not in based
+            if again and self._key_sku.get(k) not in forced and t.quantity == t.previous == quantity:
+                self._less.pop(k, None)  # the orders were booked (or none): the count stands as last confirmed
+                self._less_known.add(k)
+                continue
+            out[k] = t if quantity == t.quantity else Target(quantity, t.previous, t.occurred_at_ms)
+        taken = {k: units for k, units in less.items() if units and k in out}
+        if taken:
+            k = min(taken)
+            orders_of = sorted({s.order_id for s in sales.get(k, ()) if s.order_id not in booked})
+            log.info(
+                "channel %s: %s sold %d unit(s) at %d level(s) whose orders have not reached the hub (first %s at %s: "
+                "the hub's level %d, %d sold in order %s, %d pushed); the counts go out less them, so those sales stay "
+                "sold until their orders come back",
+                self.spec.name, KIND_NAMES.get(self.spec.kind, self.spec.kind), sum(taken.values()), len(taken),
+                self._key_sku.get(k, k.item_id), k.location_id, targets[k].quantity, taken[k],
+                ", ".join(orders_of[:3]) or "?", out[k].quantity,
+            )  # fmt: skip
+        return out, less
+
+    def _less_confirmed(self, less: Mapping[LevelKey, int], confirmed: Collection[LevelKey]) -> None:
+        """What was taken off each confirmed level's count (``_less_unbooked``), kept until a count without it."""
+        for k in confirmed:
+            if less.get(k):
+                self._less[k] = less[k]
+            else:
+                self._less.pop(k, None)
+            self._less_known.add(k)
+
+    @property
+    def less_unbooked(self) -> dict[LevelKey, int]:
+        """The units taken off each level's last count confirmed for sales at the channel whose orders had not
+        reached the hub (a copy): the reconciler compares the channel with the hub's level less them."""
+        return dict(self._less)
 
     def _stamp(self, key: LevelKey, at_ms: int) -> int:
         return max(at_ms, self._stamps.get(key, 0) + 1)

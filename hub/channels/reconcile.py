@@ -43,7 +43,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hub.channels.connector import ChannelError, ChannelRejected, Moved
 from hub.channels.levels import LevelKey
@@ -221,6 +221,13 @@ class Reconciler(LoopTask):
                 expected.update(levels)
                 read.update(await pusher.connector.read_levels(sorted(levels)))
             self._beat()
+            # a count pushed less sales at the channel whose orders had not reached the hub (``_less_unbooked``):
+            # what the channel should show there is the hub's level less them, until the orders are booked
+            less = pusher.less_unbooked
+            expected = {
+                k: replace(level, quantity=max(0, level.quantity - less[k])) if less.get(k) else level
+                for k, level in expected.items()
+            }
             now_ms = wall_ms_now()
             behind = await pusher.behind()
             found = find_divergences(

@@ -59,6 +59,18 @@ def make_connector(spec: ChannelSpec, session: aiohttp.ClientSession) -> Connect
     raise ChannelError(f"channel {spec.name}: there is no connector for a {spec.kind} channel")
 
 
+def order_channels(spec: ChannelSpec, specs: Sequence[ChannelSpec]) -> tuple[str, ...]:
+    """The Square channels taking order webhooks that sell at one of ``spec``'s Square locations (itself among
+    them when it takes them): their webhooks book the sales rung up there, which ``spec``'s pusher leaves standing
+    until they are booked (``ChannelPusher.order_channels``). Square's location ids are its own, unique."""
+    if spec.kind != "square":
+        return ()
+    mine = set(spec.pool.values())
+    return tuple(
+        sorted(s.name for s in specs if s.kind == "square" and s.webhook_secret and mine & set(s.pool.values()))
+    )
+
+
 def is_postgres(db: str) -> bool:
     return db.startswith(POSTGRES_SCHEMES)
 
@@ -124,6 +136,7 @@ async def channel_pushers(
         def make(spec: ChannelSpec) -> ChannelPusher:
             p = ChannelPusher(spec, feed, state, make_connector(spec, session), waiter)
             p.holding = functools.partial(leases.holds, spec.name)  # asked before each push: no two hubs push
+            p.order_channels = order_channels(spec, specs)
             return p
 
         pushers = {s.name: make(s) for s in specs}

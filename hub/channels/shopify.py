@@ -58,6 +58,7 @@ from hub.channels.connector import (
     LevelsRefused,
     Moved,
     PageWalk,
+    Sale,
     Target,
     array,
     idempotency_key,
@@ -313,6 +314,10 @@ class ShopifyConnector:
         at Shopify from an edit (``inventoryHistory`` is in its ``unstable`` version alone, and an
         ``InventoryAdjustmentGroup`` is answered only by the mutation that made it), so a reconciliation pushes
         every diverging level over (docs/channels.md, "Reconciliation")."""
+        return {}
+
+    async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
+        """Nothing, for the same reason: a sale at Shopify is not told from an edit by Shopify's record."""
         return {}
 
     # --- listing -------------------------------------------------------------------

@@ -39,6 +39,15 @@ quantity, is a sale whose order has not reached the hub: the reconciler
 leaves it (``hub.channels.reconcile.split_sold``). A read that fails leaves
 every level to be pushed over, as before, logged once until one succeeds.
 
+Before a push, a channel whose register sales come back to the hub as orders
+(``ChannelPusher.order_channels``) reads the sales (``sales_since``:
+``ADJUSTMENT`` changes with ``states`` ``SOLD``, each naming its order by its
+``transaction_id``) at the levels counted before, from a little before the
+hub's last count there: the pusher takes those whose orders the hub has not
+booked off the count, so the count does not take over a sale the hub does not
+know of yet. A read that fails leaves the counts at the hub's level, logged
+once until one succeeds.
+
 A ``400`` whose every error names one change (``field``
 ``changes[<i>]…``: a deleted variation, an unknown location) refuses those
 levels for good (``LevelsRefused``): Square applied nothing, and the pusher
@@ -83,6 +92,7 @@ from hub.channels.connector import (
     LevelsRefused,
     Moved,
     PageWalk,
+    Sale,
     Target,
     array,
     idempotency_key,
@@ -142,6 +152,7 @@ class _Change:
     created_ms: int
     reference_id: str
     sale: bool = False  # an adjustment from IN_STOCK to SOLD: a sale rung up at Square
+    order_id: str = ""  # a sale's order at Square (its ``transaction_id``: Square's order id)
 
 
 class _Refused(ChannelRejected):
@@ -184,6 +195,7 @@ class SquareConnector:
         self._clamping = False  # the last push sent a stamp moved into Square's window (logged when that starts)
         self._unread = False  # the last read of Square's changes after a push failed (logged when that starts)
         self._unread_sold = False  # the last read of them at a reconciliation failed (logged when that starts)
+        self._unread_sales = False  # the last read of them before a push failed (logged when that starts)
         self._read_at: dict[LevelKey, int] = {}  # each level's calculated_at as last read back (wall ms, Square's)
         self.calls = 0
         self.rate_limited = 0
@@ -320,22 +332,26 @@ class SquareConnector:
         return moved, kept
 
     async def _changes_since(
-        self, stamps: Mapping[LevelKey, int], shown: Mapping[LevelKey, _Shown]
+        self, stamps: Mapping[LevelKey, int], shown: Mapping[LevelKey, _Shown | None], *, sales_only: bool = False
     ) -> dict[LevelKey, list[_Change]]:
         """Square's physical counts and adjustments at these levels received from a little before the earliest
-        push's ``occurred_at`` up to the newest ``calculated_at`` answered: one request, read page by page with
-        Square's cursor, at most ``CHANGES_PAGES_MAX`` pages (ChannelUnavailable past them)."""
+        push's ``occurred_at`` up to the newest ``calculated_at`` answered (``shown``; None: up to now): one
+        request, read page by page with Square's cursor, at most ``CHANGES_PAGES_MAX`` pages (ChannelUnavailable
+        past them). ``sales_only``: adjustments to or from ``SOLD`` alone."""
         items = sorted({k.item_id for k in shown})
         locations = sorted({k.location_id for k in shown})
         request: dict[str, Any] = {
             "catalog_object_ids": items,
             "location_ids": locations,
-            "types": list(CHANGE_TYPES),
+            "types": ["ADJUSTMENT"] if sales_only else list(CHANGE_TYPES),
             "updated_after": rfc3339_ms(min(stamps[k] for k in shown) - CHANGES_BEFORE_MS),
             "limit": CHANGES_LIMIT,
         }
-        if all(s.at_ms > 0 for s in shown.values()):  # received strictly before: the newest answered, included
-            request["updated_before"] = rfc3339_ms(max(s.at_ms for s in shown.values()) + 1)
+        if sales_only:
+            request["states"] = ["SOLD"]
+        bounds = [s.at_ms for s in shown.values() if s is not None]
+        if bounds and len(bounds) == len(shown) and all(at > 0 for at in bounds):
+            request["updated_before"] = rfc3339_ms(max(bounds) + 1)  # received strictly before: the newest, included
         pages = f"Square's pages of inventory changes of channel {self.spec.name}"
         walk = PageWalk(pages)
         seen: set[str] = set()
@@ -479,6 +495,43 @@ class SquareConnector:
             if found is not None:
                 sold[k] = found
         return sold
+
+    async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
+        """The sales (``IN_STOCK`` to ``SOLD``) Square recorded at these levels, received from a little before the
+        hub's last count there (``counted_ms``: the ``occurred_at`` it went out with) up to now, each with its
+        order (the adjustment's ``transaction_id``, Square's order id; a sale without one is left out: nobody
+        can say whether the hub booked it). Read with ``changes/batch-retrieve``, ``ADJUSTMENT`` with ``states``
+        ``SOLD``, ``READ_IDS_MAX`` items a request. None when it cannot be read: said once until it can again."""
+        if not counted_ms:
+            return {}
+        items = sorted({k.item_id for k in counted_ms})
+        record: dict[LevelKey, list[_Change]] = {}
+        try:
+            for start in range(0, len(items), READ_IDS_MAX):
+                batch = set(items[start : start + READ_IDS_MAX])
+                part: dict[LevelKey, _Shown | None] = dict.fromkeys(k for k in counted_ms if k.item_id in batch)
+                record.update(await self._changes_since(counted_ms, part, sales_only=True))
+        except ChannelError as err:
+            if not self._unread_sales:
+                log.warning(
+                    "channel %s: Square's inventory changes could not be read before pushing counts (%s); until they "
+                    "can, a count goes out at the hub's level, over a sale at Square whose order has not reached the "
+                    "hub", self.spec.name, err,
+                )  # fmt: skip
+            self._unread_sales = True
+            return None
+        if self._unread_sales:
+            log.info(
+                "channel %s: Square's inventory changes can be read again, so a count pushed leaves a sale at Square "
+                "standing until its order reaches the hub", self.spec.name,
+            )  # fmt: skip
+            self._unread_sales = False
+        sales: dict[LevelKey, list[Sale]] = {}
+        for k, changes in record.items():
+            for c in changes:
+                if c.sale and c.order_id and c.in_stock == int(c.in_stock):
+                    sales.setdefault(k, []).append(Sale(c.order_id, int(-c.in_stock), c.occurred_ms))
+        return sales
 
     async def _call(
         self, path: str, body: Mapping[str, Any], what: str, *, wait_max_s: float | None = None
@@ -640,7 +693,11 @@ def _change_of(change: Any, channel: str) -> _Change | None:
             return None
     key = LevelKey(str(body.get("catalog_object_id")), str(body.get("location_id")))
     sale = kind == "ADJUSTMENT" and body.get("from_state") == "IN_STOCK" and body.get("to_state") == "SOLD"
-    return _Change(str(kind), key, in_stock, occurred_ms, created_ms, str(body.get("reference_id") or ""), sale)
+    order = body.get("transaction_id") if sale else None
+    return _Change(
+        str(kind), key, in_stock, occurred_ms, created_ms, str(body.get("reference_id") or ""), sale,
+        order if isinstance(order, str) else "",
+    )  # fmt: skip
 
 
 def _moved_after(

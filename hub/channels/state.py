@@ -36,6 +36,7 @@ from hub.storage.base import StoreClosed, StoreError
 from hub.storage.db import Db, SqliteDb
 from hub.storage.sqlite import SqliteHubStore
 from protocol import wall_ms_now
+from protocol.event import REF_MAX_LEN
 
 BUSY_TIMEOUT_MS = 10_000
 KEYS_PER_STATEMENT = 500  # level keys per IN (...) list
@@ -150,10 +151,18 @@ class ChannelState(Protocol):
         """The SKU each line of the order ``ref`` was reserved on (line id -> SKU), read from the channel's own
         reserve events: a line whose item was mapped to another SKU since is booked where its reservation is."""
 
+    async def orders_booked(self, channels: Collection[str], order_ids: Collection[str]) -> set[str]:
+        """Of a channel's ``order_ids`` (Square's), those the hub has booked: an order webhook of one of
+        ``channels`` reserved its lines (every booked Square order has a reserve event per line, under the
+        channel's identity and the ref ``<channel>:order:<id>``)."""
+
 
 # A channel order's reserve events: by the ledger's ref index on SQLite (events_ref), by events_reserve_ref on
 # PostgreSQL (schema version 9); without one, each read walked the whole ledger.
 ORDER_RESERVES_SQL = "SELECT sku, attrs FROM events WHERE ref = ? AND kind = 'reserve' AND agent_id = ?"
+# Which of a channel's orders are booked: by the same indexes, a read of at most ORDERS_BOOKED_MAX refs
+ORDERS_BOOKED_SQL = "SELECT DISTINCT ref FROM events WHERE ref IN ({}) AND kind = 'reserve' AND agent_id = ?"
+ORDERS_BOOKED_MAX = 100
 
 Tx = Db  # one open transaction of a backend, in ``?`` parameter markers (hub.storage.db adapts them)
 
@@ -432,6 +441,19 @@ class SqlChannelState:
             if isinstance(line, str) and line:
                 found.setdefault(line, str(sku))
         return found
+
+    async def orders_booked(self, channels: Collection[str], order_ids: Collection[str]) -> set[str]:
+        self._check()
+        ids = sorted(set(order_ids))
+        booked: set[str] = set()
+        for channel in sorted(set(channels)):
+            refs = {f"{channel}:order:{i}"[:REF_MAX_LEN]: i for i in ids if i not in booked}
+            listed = sorted(refs)
+            for start in range(0, len(listed), ORDERS_BOOKED_MAX):
+                part = listed[start : start + ORDERS_BOOKED_MAX]
+                rows = await self._read(ORDERS_BOOKED_SQL.format(_marks(len(part))), (*part, f"channel:{channel}"))
+                booked.update(refs[str(r[0])] for r in rows if str(r[0]) in refs)
+        return booked
 
 
 async def _drop_stale_stamps(db: Tx, channel: str, mapped: Collection[str], before_ms: int) -> None:

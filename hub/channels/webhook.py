@@ -48,6 +48,7 @@ from hub.channels.connector import (
     ConnectorStatus,
     LevelsRefused,
     Moved,
+    Sale,
     Target,
     idempotency_key,
     post,
@@ -99,6 +100,9 @@ class WebhookConnector:
         self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]
     ) -> dict[LevelKey, Moved]:
         return {}  # never read back
+
+    async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
+        return {}  # a receiver keeps no record the hub reads
 
     async def push(self, batch: Mapping[LevelKey, Target], turn_key: str) -> dict[LevelKey, int]:
         keys = sorted(batch)

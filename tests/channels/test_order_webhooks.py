@@ -218,9 +218,8 @@ async def test_a_register_sale_reconciled_before_its_order_arrives_is_never_push
                 return (await state.pushed("pos")).get(LevelKey(a, s1)) == level and square.quantity(a, s1) == level
 
             await wait_until(lambda: pushed(10), "the pos channel confirmed A at 10")
-            order = square.create_order(s1, [(a, 1)], pickup=False)  # an in-person sale at the register …
-            square.pick_up(order["id"])  # … COMPLETED at once
-            square.register_sale(a, s1, 1)  # and Square's inventory: one sold
+            # an in-person sale at the register, COMPLETED at once, and Square's inventory: one sold by that order
+            order = square.sell_at_register(s1, [(a, 1)])
             status, answer = await call("/v1/channels/pos/reconcile", admin)
             assert (status, answer["checked"], answer["divergences"]) == (200, 1, []), answer
             assert square.quantity(a, s1) == 9 and await state.open_divergences("pos") == 0
@@ -231,6 +230,71 @@ async def test_a_register_sale_reconciled_before_its_order_arrives_is_never_push
             status, answer = await call("/v1/channels/pos/reconcile", admin)
             assert (status, answer["divergences"]) == (200, []), answer
     assert square.quantity(a, s1) == 9
+
+
+async def test_a_register_sale_whose_order_is_on_its_way_is_not_taken_over_by_the_hubs_next_count(hub: Hub) -> None:
+    """10 on the shelf, one sold at the register (its order not yet at the hub), then one sold at the hub: the hub's
+    next count, 9, went out stamped after the register's sale, so Square took it over the sale and showed 9 where 8
+    are left until the order came back. Now each count goes out less the register's sales whose orders the hub has
+    not booked (Square's record: the sale's transaction_id is its order): Square shows 8; the order then books the
+    sale at the hub, whose level comes down to 8, and nothing more goes out (not taken off twice). Both Square
+    channels selling the location push (pos takes the order webhooks, quiet does not: it waits for pos's)."""
+    square, s1, a = hub.square, hub.locations["SQ1"], hub.variants["SQ-A"]
+    key = LevelKey(a, s1)
+    _, agent = await hub.store.add_agent(["S1"])
+
+    def event(kind: str, qty: int) -> dict[str, Any]:
+        return {"id": uuid.uuid4().hex, "location": "S1", "sku": "SKU-A", "kind": kind, "qty": qty,
+                "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}  # fmt: skip
+
+    async with aiohttp.ClientSession(trust_env=False) as session, await SqliteChannelState.open(hub.db) as state:
+
+        async def book(kind: str, qty: int) -> None:
+            async with session.post(hub.url + "/v1/events", json={"events": [event(kind, qty)]},
+                                    headers={"Authorization": f"Bearer {agent}"},
+                                    timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+                assert resp.status == 200, await resp.text()
+
+        async def confirmed(levels: set[int]) -> bool:
+            return all([(await state.pushed(name)).get(key) in levels for name in ("pos", "quiet")])
+
+        async def caught_up() -> bool:
+            latest = await hub.store.latest_change_id()
+            return all([await state.cursor(name) == latest for name in ("pos", "quiet")])
+
+        def calls() -> tuple[int, int]:
+            return len(square.stats.batch_sizes), len(square.stats.change_queries)
+
+        await book("receive", 10)
+        await wait_until(lambda: confirmed({10}), "both channels confirmed A at 10")
+        await wait_until(caught_up, "both pushers caught up")
+        order = square.sell_at_register(s1, [(a, 1)])  # an in-person sale, COMPLETED at the register
+        assert square.quantity(a, s1) == 9
+
+        before = calls()
+        await book("sale", -1)  # a sale at another till, booked at the hub before the register's order came back
+        await wait_until(lambda: confirmed({8, 9}), "both channels confirmed A after the hub's sale")
+        await wait_until(caught_up, "both pushers caught up")
+        pushes, reads = (n - m for n, m in zip(calls(), before, strict=True))
+        assert square.quantity(a, s1) == 8, f"Square shows {square.quantity(a, s1)} where 8 are left"
+        assert await state.pushed("pos") == {key: 8} and await hub.count("S1", "SKU-A") == (9, 0)
+        # API calls of this push, per channel: one read of Square's sales, one batch-create (before: the batch alone)
+        assert (pushes, reads) == (2, 2), (pushes, reads)
+        assert square.stats.change_queries[-1]["types"] == ["ADJUSTMENT"]
+        assert square.stats.change_queries[-1]["states"] == ["SOLD"]
+
+        before = calls()
+        status, answer = await square.deliver(hub.hook("pos"), square.notification("order.updated", order["id"]))
+        assert (status, answer["applied"]) == (200, 2), answer  # the order comes back: reserved and sold
+        assert await hub.count("S1", "SKU-A") == (8, 0)
+        await wait_until(caught_up, "both pushers took the order's changes")
+        pushes, reads = (n - m for n, m in zip(calls(), before, strict=True))
+        assert square.quantity(a, s1) == 8 and (pushes, reads) == (0, 2), (square.quantity(a, s1), pushes, reads)
+
+        await book("sale", -1)  # the next sale at the hub: the register's, booked now, is not taken off again
+        await wait_until(lambda: confirmed({7}), "both channels confirmed A at 7")
+        assert square.quantity(a, s1) == 7
+        assert await state.open_divergences("pos") == 0
 
 
 async def test_a_square_quantity_changed_while_open_is_what_the_hub_reserves_and_a_return_moves_nothing(

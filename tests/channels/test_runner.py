@@ -227,3 +227,24 @@ async def test_a_pusher_whose_lock_goes_mid_turn_pushes_no_further_batch(
 
         await wait_until(stood_back_or_pushed_both, "the pusher sees the lock gone before its next batch")
         assert sorted((square.quantity(apple, sq_loc), square.quantity(pear, sq_loc))) == [6, 8]
+
+
+def test_a_square_channel_leaves_standing_the_register_sales_of_the_channels_booking_its_locations_orders() -> None:
+    """Which channels' order webhooks book the sales rung up at a Square channel's locations: those of the Square
+    channels taking webhooks that sell one of them (itself among them); none for a channel no such one sells."""
+    from dataclasses import replace
+
+    def square(name: str, pool: dict[str, str], hooked: bool) -> ChannelSpec:
+        spec = spec_of({"name": name, "kind": "square", "url": "http://127.0.0.1:9", "pool": pool}, "token")
+        if hooked:
+            spec = replace(spec, webhook_secret="sq-signature-key-0123", notification_url=f"https://hub.test/{name}")
+        return spec
+
+    pos, quiet = square("pos", {"S1": "L1"}, True), square("quiet", {"S1": "L1", "S2": "L2"}, False)
+    other = square("other", {"S3": "L3"}, True)
+    web = spec_of(
+        {"name": "web", "kind": "shopify", "url": "http://127.0.0.1:9/graphql.json", "pool": {"S1": "L1"}}, "token"
+    )
+    specs = [pos, quiet, other, web]
+    assert [runner.order_channels(s, specs) for s in specs] == [("pos",), ("pos",), ("other",), ()]
+    assert runner.order_channels(quiet, [quiet]) == ()

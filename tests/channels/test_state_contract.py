@@ -18,7 +18,7 @@ import pytest
 
 from hub.channels import Divergence, ItemIds, LevelKey, MappingFinding, Reconciled, Refusal, SkuMapping
 from hub.channels.runner import open_channel_state
-from hub.channels.state import ORDER_RESERVES_SQL, STAMP_KEPT_MS, SqlChannelState
+from hub.channels.state import ORDER_RESERVES_SQL, ORDERS_BOOKED_SQL, STAMP_KEPT_MS, SqlChannelState
 from hub.storage import StoreClosed, StoreError, open_store
 from protocol import Kind, wall_ms_now
 from tests.harness.pg import fresh_schema
@@ -247,6 +247,27 @@ async def test_the_sku_each_order_line_was_reserved_on_is_read_from_the_channels
         assert await state.order_line_skus("other", "web:order:7") == {}
 
 
+async def test_the_orders_booked_are_those_a_channels_webhooks_reserved(reopen: Reopen, db: str) -> None:
+    """Which of Square's orders behind register sales the hub has booked (hub.channels.pusher takes the others' units
+    off the counts it pushes): an order reserved under an order channel's identity and ref, by the ledger's index."""
+    from hub.storage.base import AgentIdentity
+
+    async with open_store(db) as store, reopen() as state:
+        who = AgentIdentity("channel:pos", frozenset({"S1"}), "agent")
+        ev = EventFactory("channel:pos", epoch=0)
+        result = await store.ingest(who, 0, [
+            ev(Kind.RECEIVE, 5, at_ms=1),
+            ev(Kind.RESERVE, 1, at_ms=2, ref="pos:order:O1"), ev(Kind.SALE, -1, at_ms=3, ref="pos:order:O1"),
+            ev(Kind.SALE, -1, at_ms=4, ref="pos:order:O3"),  # a sale alone: not how an order webhook books
+        ])  # fmt: skip
+        assert not result.rejected, result.rejected
+        ids = [f"O{i}" for i in range(1, 150)]  # more than one read's worth
+        assert await state.orders_booked(["pos"], ids) == {"O1"}
+        assert await state.orders_booked(["quiet", "pos"], ["O1", "O2"]) == {"O1"}
+        assert await state.orders_booked(["quiet"], ["O1"]) == set()  # another channel's identity booked it
+        assert await state.orders_booked(["pos"], []) == set()
+
+
 async def test_a_mapping_load_drops_the_stamps_of_items_it_no_longer_maps_once_they_no_longer_matter(
     db: str, reopen: Reopen
 ) -> None:
@@ -305,21 +326,28 @@ async def test_a_postgresql_state_has_the_session_settings_of_the_hub_store(pg_u
     assert shown == {"idle_in_transaction_session_timeout": "30s", "lock_timeout": "3s", "tcp_keepalives_idle": "30"}
 
 
-async def test_an_orders_reserves_are_read_by_an_index_not_by_walking_the_ledger(db: str, backend: str) -> None:
+@pytest.mark.parametrize("query", [ORDER_RESERVES_SQL, ORDERS_BOOKED_SQL.format("?, ?")])
+async def test_an_orders_reserves_are_read_by_an_index_not_by_walking_the_ledger(
+    db: str, backend: str, query: str
+) -> None:
     """``order_line_skus`` runs for every line of an order holding a bundle; PostgreSQL had no index that
-    leads with the ref, so each read scanned every partition of the ledger (schema 9 adds events_reserve_ref)."""
+    leads with the ref, so each read scanned every partition of the ledger (schema 9 adds events_reserve_ref).
+    ``orders_booked`` runs before a Square push that finds register sales: the same index."""
     async with open_store(db):
         pass  # migrated
+    params = ("r",) * (query.count("?") - 1) + ("a",)
     if backend == "sqlite":
         with contextlib.closing(sqlite3.connect(db)) as conn:
-            plan = " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + ORDER_RESERVES_SQL, ("r", "a")))
+            plan = " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + query, params))
         assert "USING INDEX" in plan and "SCAN events" not in plan, plan
         return
     conn = await asyncpg.connect(db)
     try:
         await conn.execute("SET enable_seqscan = off")  # so that a table of a few rows shows the plan of a big one
-        sql = ORDER_RESERVES_SQL.replace("?", "$1", 1).replace("?", "$2", 1)
-        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, "r", "a"))
+        sql = query
+        for n in range(1, len(params) + 1):
+            sql = sql.replace("?", f"${n}", 1)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *params))
     finally:
         await conn.close()
     assert "Seq Scan" not in plan and "Index" in plan, plan
