@@ -19,7 +19,8 @@ of job: ``share_locks``; ``lead``'s check of them every turn is also what
 proves that kind's lead loop alive, and a hub that stopped checking for
 ``lease_stale_s`` — paused, stuck — has its lock connection ended by a hub that
 wants one of its locks); a job whose own loop is stuck while ``lead`` runs on
-is seen by its ``hub.heartbeat.Heartbeat`` and given back by ``lead`` itself;
+is seen by its ``hub.heartbeat.Heartbeat`` and given back by ``lead`` itself (once two of its turns saw the same
+silence: a hub resumed from a pause had stopped every loop, not one);
 on a SQLite hub, the one process on its file,
 ``LocalLeases``, always granted. This module imports no database driver.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -284,6 +286,36 @@ class _Ends:
         return self._loop.time() < self._not_before.get(name, 0.0)
 
 
+class _Silences:
+    """The jobs seen silent past ``lease_stale_s`` at a turn of ``lead``, and since when.
+
+    A job's loop silent that long is stuck only if the hub ran all that time. A hub paused (SIGSTOP) or whose
+    event loop was blocked ran nothing, its jobs' loops included: when it resumes, ``lead``'s first turn may come
+    before the loops' own wake-ups (a request's timeout, the end of a wait), and sees them silent since before the
+    pause. So a job is given up only when a later turn sees the same silence again — its loop had every chance to
+    run in between and did not. A loop that ran in between has beaten since: its silence started after the first
+    sighting, over ``lease_stale_s`` later than the one seen then."""
+
+    def __init__(self, stale_s: float) -> None:
+        self._stale_s = stale_s
+        self._seen: dict[str, tuple[str, float]] = {}  # name: (its silent loop in words, when its silence began)
+
+    def stuck(self, name: str, late: tuple[str, float]) -> bool:
+        """``name``'s loop ``late[0]`` is silent ``late[1]`` past its bound: True when the last turn saw this same
+        silence already; False at a first sighting (noted)."""
+        doing, late_s = late
+        began = time.monotonic() - late_s  # the clock of hub.heartbeat.Heartbeat
+        seen = self._seen.get(name)
+        if seen is not None and seen[0] == doing and abs(began - seen[1]) < self._stale_s / 2:
+            del self._seen[name]
+            return True
+        self._seen[name] = (doing, began)
+        return False
+
+    def forget(self, name: str) -> None:
+        self._seen.pop(name, None)
+
+
 async def lead(
     leases: LeaseHolder,
     jobs: Mapping[str, Job],
@@ -298,11 +330,14 @@ async def lead(
 
     A job whose work ended by itself (not stopped by the hub) is stopped, its lease given back and one sentence
     logged; this hub takes it again only after ``ended_backoff`` (``ENDED_BACKOFF`` unless given), longer each
-    time it ends again until it has run ``ran_well_s`` after a takeover, so another hub gets it first. Once
+    time it ends again until it has run ``ran_well_s`` after a takeover, so another hub gets it first; so is a job
+    whose loop two turns in a row saw silent, the same silence, past its bound for ``lease_stale_s`` (``_Silences``).
+    Once
     ``stopping()`` (the hub is on its way out: its change watch closed, which ends every job's loop) nothing is
     taken, given back or said: the hub stops the jobs and closes the leases itself."""
     health = Health(log, f"taking {words.locks}")
     ends = _Ends(ended_backoff or ENDED_BACKOFF, ran_well_s)
+    silences = _Silences(leases.stale_s)
     while not stopping():
         try:
             if leases.held:
@@ -311,6 +346,7 @@ async def lead(
                 if job.here() and name not in leases.held:  # its lock went (with a connection taken anew too)
                     await job.stop()
                     ends.stopped(name)
+                    silences.forget(name)
                     log.warning("%s %s: this hub lost its %s and stopped %s it", words.noun, name, words.lock,
                                 words.doing)  # fmt: skip
             for name, job in jobs.items():
@@ -318,8 +354,11 @@ async def lead(
                     gone = job.ended()
                     late = job.overdue() if gone is None else None
                     if late is not None and late[1] >= leases.stale_s and not stopping():
-                        await _give_up_stuck(leases, name, job, late, log, words, ends)
-                        continue
+                        if silences.stuck(name, late):
+                            await _give_up_stuck(leases, name, job, late, log, words, ends)
+                            continue
+                    else:
+                        silences.forget(name)
                     if gone is None:
                         ends.running(name)
                         ends.running_parts(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import urllib.request
 from pathlib import Path
 
@@ -97,3 +98,53 @@ def test_a_channel_table_with_an_inline_token_is_refused_with_one_sentence(tmp_p
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.delenv("HTTP_PROXY", raising=False)
+
+
+async def test_a_hub_paused_past_lease_stale_s_keeps_running_its_channel_when_it_resumes(
+    tmp_path: Path, square: SquareEmulator
+) -> None:
+    """A hub paused (SIGSTOP) past ``lease_stale_s``: when it resumed, it took its loops' silence over the pause
+    for stuck loops, stopped the channel and started it again only after a backoff. A hub that did not run is not
+    a stuck job: it runs the channel on, with the loops it had."""
+    location_id = square.add_location()
+    variation = square.add_variation("SKU-1")
+    db = tmp_path / "hub.db"
+    cred = add_credential(db, "S1")
+    port = free_port()
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        f'[hub]\ndb = "hub.db"\nport = {port}\nlease_stale_s = 10\n\n'
+        f'[[channel]]\nname = "pickup"\nkind = "square"\nurl = "{square.url}"\nsecret_env = "SQUARE_TOKEN"\n'
+        f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\nreconcile_s = 10\n',
+        encoding="utf-8",
+    )
+    hub = HubProcess(tmp_path / "hub.log", "--config", str(config), env={**os.environ, "SQUARE_TOKEN": square.token})
+    url = f"http://127.0.0.1:{port}"
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    paused = False
+    try:
+        await asyncio.to_thread(hub.start)
+        await asyncio.to_thread(_post_events, url, cred.token, [
+            {"id": "delivery-1", "location": "S1", "sku": "SKU-1", "kind": "receive", "qty": 6,
+             "occurred_at": "2026-01-01T00:00:00Z"}])  # fmt: skip
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        os.kill(hub.pid, signal.SIGSTOP)
+        paused = True
+        await asyncio.sleep(25.0)  # past lease_stale_s (10 s) beyond the bound its reconciler gave (10 s at most)
+        os.kill(hub.pid, signal.SIGCONT)
+        paused = False
+        await asyncio.to_thread(_post_events, url, cred.token, [
+            {"id": "sale-1", "location": "S1", "sku": "SKU-1", "kind": "sale", "qty": -2,
+             "occurred_at": "2026-01-01T00:01:00Z"}])  # fmt: skip
+        await wait_until(lambda: shown(3), "the resumed hub pushes the sale")
+        await asyncio.sleep(2 * 3.0)  # two more turns of its lead loop (LEASE_RETRY_S): what it does after resuming
+    finally:
+        if paused:
+            os.kill(hub.pid, signal.SIGCONT)  # a stopped process would not act on the SIGTERM below
+        hub.close()
+    text = hub.log
+    assert "has been stuck" not in text and "starts pushing it again" not in text, text
+    assert "Traceback" not in text

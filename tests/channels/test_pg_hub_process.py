@@ -191,12 +191,53 @@ async def test_a_paused_pushing_hub_loses_its_channel_to_the_other_hub_and_pushe
         views = [await asyncio.to_thread(_channel, h.url, reader.token) for h in (first, second)]
         assert [v["pusher"] for v in views] == ["another hub", "this hub"]
         assert square.stats.batches_applied == applied + 1  # one push of it: the resumed hub's pusher is gone
+        assert "has been stuck" not in first.log  # it lost the lock: its loops are not blamed for the pause
     finally:
         if paused:
             os.kill(first.pid, signal.SIGCONT)  # a stopped process would not act on the SIGTERM below
         for hub in (first, second):
             hub.close()
     assert_logs_clean(tmp_path)
+
+
+async def test_a_hub_paused_past_lease_stale_s_with_no_other_hub_keeps_its_channel_when_it_resumes(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The only hub, paused (SIGSTOP) past ``lease_stale_s``: no other hub took its channel, yet when it resumed
+    it took its pusher's silence over the pause for a stuck pusher, gave the lock back and left the channel
+    unpushed for a backoff. A whole hub that did not run is not a stuck job: it keeps the channel and pushes the
+    next movement with the pusher it had (its reconciler, due every 10 s, has the shortest bound of its loops)."""
+    location_id, variation, agent, reader, config = await _leased_channel(
+        tmp_path, square, pg_db, monkeypatch, more="reconcile_s = 10\n"
+    )
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
+    paused = False
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+
+        os.kill(first.pid, signal.SIGSTOP)
+        paused = True
+        await asyncio.sleep(25.0)  # past lease_stale_s (10 s) beyond the bound its reconciler gave (10 s at most)
+        os.kill(first.pid, signal.SIGCONT)
+        paused = False
+        await asyncio.to_thread(_move, first.url, agent.token, "sale-1", "sale", -2, 1)
+        await wait_until(lambda: shown(3), "the resumed hub pushes the next sale")
+        await asyncio.sleep(2 * 3.0)  # two more turns of its lead loop (LEASE_RETRY_S): what it does after resuming
+        assert (await asyncio.to_thread(_channel, first.url, reader.token))["pusher"] == "this hub"
+    finally:
+        if paused:
+            os.kill(first.pid, signal.SIGCONT)
+        first.close()
+    text = (tmp_path / "hub-1.log").read_text(encoding="utf-8", errors="replace")
+    assert "has been stuck" not in text and "lost its pusher lock" not in text, text
+    assert text.count("channel pickup: this hub pushes it now") == 1, text
+    assert "Traceback" not in text
 
 
 async def test_a_hub_whose_pusher_is_stuck_gives_the_channel_up_and_the_other_hub_pushes_it(

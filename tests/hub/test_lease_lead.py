@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -245,6 +246,32 @@ async def test_a_job_waiting_within_its_bound_is_not_taken_for_stuck(caplog: pyt
     async with _hub("", d, leases=LocalLeases(stale_s=0.2), ended_backoff=CountingBackoff()):
         await _until("the hub delivers the webhook", lambda: d.delivering)
         await asyncio.sleep(1.0)  # five times lease_stale_s, far within the bound
+        assert d.starts == 1 and d.delivering
+    assert "has been stuck" not in caplog.text
+
+
+async def test_a_job_of_a_hub_whose_event_loop_was_blocked_past_lease_stale_s_is_not_taken_for_stuck(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hub whose whole event loop was blocked (a long synchronous call; SIGSTOP does the same) past
+    ``lease_stale_s``: when it ran again, its lead loop's turn came before the job's loop had run again, saw that
+    loop silent since before the block, and stopped the job as stuck. The job's loop, which could not run either,
+    is not stuck: it runs on, and its lease stays."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    d = FakeDispatcher(bound_s=0.05)
+
+    async def beats_every_50_ms() -> None:  # within its bound, as a live loop does; it beats a step after waking
+        while True:
+            d.heartbeat.beat(0.05)
+            await asyncio.sleep(0.05)
+            await asyncio.sleep(0)
+
+    d._works = (beats_every_50_ms,)
+    async with _hub("", d, leases=LocalLeases(stale_s=0.2), ended_backoff=CountingBackoff()):
+        await _until("the hub delivers the webhook", lambda: d.delivering)
+        for _ in range(3):
+            time.sleep(1.0)  # noqa: ASYNC251 -- the event loop blocked, five times lease_stale_s: nothing runs
+            await asyncio.sleep(10 * RETRY_S)  # ten turns of the lead loop after it
         assert d.starts == 1 and d.delivering
     assert "has been stuck" not in caplog.text
 
