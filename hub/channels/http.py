@@ -8,7 +8,7 @@
 * ``POST /v1/channels/{name}/mapping/refresh`` (admin): load the SKU mapping
   again and push every mapped level once;
 * ``POST /v1/channels/{name}/reconcile`` (admin): read the channel's levels
-  back now.
+  back now, as work of the channel's job on this hub (``runner.reconcile_asked``).
 
 ``setup`` registers the routes whether or not channels are configured (an
 unknown name is a 404) and, when some are, runs their pushers and reconcilers
@@ -28,8 +28,7 @@ from hub.channels.config import NAME_RE, ChannelSpec
 from hub.channels.connector import ChannelRejected, ChannelUnavailable
 from hub.channels.mapping import MappingError
 from hub.channels.pusher import ChannelPusher
-from hub.channels.reconcile import Reconciler
-from hub.channels.runner import channel_pushers, pushes_here
+from hub.channels.runner import NotReconciled, channel_pushers, pushes_here, reconcile_asked
 from hub.channels.state import Divergence, Reconciled
 from hub.leases import LOCKS_KEY, share_locks
 from protocol import values
@@ -211,9 +210,12 @@ async def post_reconcile(request: web.Request) -> web.Response:
     name = p.spec.name
     if not p.connector.readable:
         raise web.HTTPConflict(text=f"channel {name} is a {p.spec.kind} channel: its levels cannot be read back")
-    reconciler = p.reconciler or Reconciler(p)  # reconcile_s = 0: no loop, but it can be asked
     try:
-        done = await reconciler.reconcile()
+        done = await reconcile_asked(p)  # work of the channel's job: watched and stopped with it
+    except NotReconciled as err:
+        raise web.HTTPServiceUnavailable(
+            text=f'{err}; ask again the hub whose GET /v1/channels says "pusher": "this hub"'
+        ) from err
     except MappingError as err:
         raise web.HTTPUnprocessableEntity(text=f"channel {name} was not reconciled: {err}") from err
     except ChannelUnavailable as err:

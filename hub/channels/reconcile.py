@@ -45,13 +45,13 @@ import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from hub.channels.connector import ChannelError, ChannelRejected, Moved
+from hub.channels.connector import ChannelError, ChannelRejected, ChannelUnavailable, Moved
 from hub.channels.levels import LevelKey
 from hub.channels.loop import LoopTask
 from hub.channels.mapping import MappingError
 from hub.channels.pusher import KIND_NAMES, ChannelPusher, Level
 from hub.channels.state import Divergence, Reconciled, Refusal
-from hub.heartbeat import BEATING, Heartbeat
+from hub.heartbeat import BEATING, Heartbeat, beat
 from hub.storage.base import StoreClosed, StoreError
 from protocol import wall_ms_now
 from protocol.retry import Backoff, Health, TurnFailed, run_turns
@@ -236,6 +236,10 @@ class Reconciler(LoopTask):
             )  # fmt: skip
             found = await self._not_sold(found, behind)
             self._beat()
+            if not pusher.holding():  # lost with its connection: another hub may push and reconcile it by now
+                raise ChannelUnavailable(
+                    f"channel {name}: this hub lost its pusher lock while reconciling it; nothing it found was stored"
+                )
             stored = await pusher.state.add_divergences(name, found)
             self._log(len(expected), stored)
             if stored:
@@ -279,10 +283,9 @@ class Reconciler(LoopTask):
         return drift
 
     def _beat(self, for_s: float = 0.0) -> None:
-        """The heartbeat, when this runs in the reconciler's own loop (not a reconciliation asked for by a
-        request, which runs in the request's task)."""
-        if BEATING.get() is self.heartbeat:
-            self.heartbeat.beat(for_s)
+        """The heartbeat of the task this runs in: the reconciler's loop's, or a reconciliation asked for over the
+        API's (``hub.channels.runner.reconcile_asked``)."""
+        beat(for_s)
 
     def _log(self, checked: int, found: list[Divergence]) -> None:
         name, who = self.spec.name, KIND_NAMES.get(self.spec.kind, self.spec.kind)

@@ -34,19 +34,28 @@ import aiohttp
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError, Connector
 from hub.channels.pusher import ChangeWaiter, ChannelPusher, FeedReader
-from hub.channels.reconcile import Reconciler
+from hub.channels.reconcile import Reconciler, Reconciliation
 from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
 from hub.channels.state import SqlChannelState, SqliteChannelState
 from hub.channels.webhook import WebhookConnector
-from hub.heartbeat import DEFAULT_LEASE_STALE_S
+from hub.heartbeat import BEATING, DEFAULT_LEASE_STALE_S, Heartbeat
 from hub.leases import LeaseHolder, LocalLeases, LockConnections, Words, lead
 from hub.storage import POSTGRES_SCHEMES
 
 log = logging.getLogger(__name__)
 
 LEASE_RETRY_S = 3.0  # a standing-by hub tries to take a channel this often; a pushing hub checks its locks
+ASKED = "reconciling as asked"  # a reconciliation asked for over the API, in ``lead``'s sentences
 _PUSHING: weakref.WeakSet[ChannelPusher] = weakref.WeakSet()  # the pushers this process started
+# The reconciliations asked for over the API (``reconcile_asked``) running in each pusher's job, with their heartbeats.
+_ASKED: weakref.WeakKeyDictionary[ChannelPusher, dict[asyncio.Task[Reconciliation], Heartbeat]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class NotReconciled(ChannelError):
+    """A reconciliation asked for was stopped with its channel's job on this hub before it finished."""
 
 
 def make_connector(spec: ChannelSpec, session: aiohttp.ClientSession) -> Connector:
@@ -104,8 +113,48 @@ def _start(p: ChannelPusher) -> None:
 async def _stop(p: ChannelPusher) -> None:
     if p.reconciler is not None:
         await p.reconciler.stop()
+    asked = list(_ASKED.pop(p, {}))  # work of the job too: nothing of it goes on once another hub may run it
+    for task in asked:
+        task.cancel()
+    if asked:
+        await asyncio.wait(asked)  # their requests say what became of them; a cancellation of this one goes on
     await p.stop()
     _PUSHING.discard(p)
+
+
+async def reconcile_asked(p: ChannelPusher) -> Reconciliation:
+    """One reconciliation of ``p``'s channel asked for over the API (``POST /v1/channels/{name}/reconcile``), run
+    as work of the channel's job on this hub, as its reconciler's loop is: in a task of its own whose heartbeat
+    ``hub.leases.lead`` watches (the channel's requests beat it with their ``timeout_s``), so one stuck past its
+    bound for ``lease_stale_s`` has its job stopped and the lock given back; and stopped with the job whatever
+    stops it (the lock lost, the hub stopping), so it never goes on on a hub that no longer pushes the channel.
+    It runs at once, not at the loop's next due time, and on, if the request's client leaves, until it is done.
+    Raises what the reconciliation raised, or ``NotReconciled`` when the job stopped it."""
+    name = p.spec.name
+    if not pushes_here(p):
+        raise NotReconciled(f"channel {name} was not reconciled: this hub does not push it")
+    heartbeat = Heartbeat()
+    reconciler = p.reconciler or Reconciler(p)  # reconcile_s = 0: no loop, but it can be asked
+
+    async def run() -> Reconciliation:
+        BEATING.set(heartbeat)  # this task's: the channel requests made in it beat it
+        heartbeat.beat()
+        return await reconciler.reconcile()
+
+    task = asyncio.create_task(run(), name=f"channel-{name}-reconcile-asked")
+    asked = _ASKED.setdefault(p, {})
+    asked[task] = heartbeat
+    task.add_done_callback(lambda t: asked.pop(t, None))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current is not None and current.cancelling()):
+            raise  # this request's own task was cancelled (the app stopping): the job stops its work itself
+        raise NotReconciled(
+            f"channel {name} was not reconciled: this hub stopped running the channel while it reconciled (its "
+            "pusher lock lost or given back, or the hub stopping)"
+        ) from None
 
 
 @contextlib.asynccontextmanager
@@ -193,14 +242,16 @@ class _ChannelJob:
         return None
 
     def overdue(self) -> tuple[str, float] | None:
-        """The pusher's loop or its reconciler's, whichever has been silent longest past the bound it last gave,
-        and how long: both run in this job, so a stuck one must not hide behind the other, live."""
+        """The pusher's loop, its reconciler's or a reconciliation asked for over the API (``reconcile_asked``),
+        whichever has been silent longest past the bound it last gave, and how long: all run in this job, so a
+        stuck one must not hide behind another, live."""
         p = self._pushers[self._name]
         late = [
             (doing, loop.heartbeat.overdue_s())
             for doing, loop in (("pushing", p), ("reconciling", p.reconciler))
             if loop is not None and loop.task is not None and not loop.task.done()
         ]
+        late += [(ASKED, heartbeat.overdue_s()) for task, heartbeat in _ASKED.get(p, {}).items() if not task.done()]
         return max(late, key=lambda each: each[1], default=None)
 
     def restartable(self, doing: str) -> bool:

@@ -12,11 +12,13 @@ import json
 import os
 import signal
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -348,6 +350,80 @@ async def test_a_hub_whose_channels_lead_loop_is_stuck_loses_the_channel_while_i
         first.kill()  # its stuck pusher would not stop on SIGTERM
         second.close()
         await runner.cleanup()
+
+
+# The backend holding the pusher lock of channel $1 in the connection's schema (hub.storage.postgres.leases's key).
+PUSHER_LOCK_HOLDER_SQL = """
+WITH k AS (SELECT hashtextextended('shelfsync.channel.pusher.' || current_schema() || '.' || $1, 0) AS key)
+SELECT l.pid FROM pg_locks l, k
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.classid::bigint = (k.key >> 32) & 4294967295 AND l.objid::bigint = k.key & 4294967295
+"""
+
+
+def _reconcile(url: str, token: str) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        f"{url}/v1/channels/pickup/reconcile", headers={"Authorization": f"Bearer {token}"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def test_a_reconciliation_asked_of_a_hub_that_loses_the_channel_meanwhile_stops_with_it(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST /v1/channels/{name}/reconcile`` reconciled in the request's own task, which nothing watched or
+    stopped: while Square took its time answering the read (within ``timeout_s``), the hub lost the channel's
+    pusher lock (here: its lock connection ended, as a failover or an operator does), stopped its pusher and its
+    reconciler, and another hub could push the channel; yet the request's reconciliation went on, stored what it
+    found and answered 200 for a channel this hub no longer ran. It is work of the channel's job now: stopped
+    with it, and answered 503, nothing stored."""
+    location_id, variation, agent, reader, config = await _leased_channel(
+        tmp_path, square, pg_db, monkeypatch, more="timeout_s = 60\nreconcile_s = 0\n"
+    )
+    admin = await asyncio.to_thread(add_credential, pg_db, role="admin")
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
+    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        await asyncio.to_thread(second.start)
+        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+
+        square.drift(variation, location_id, 9)  # a divergence for the reconciliation to find
+        reads = square.fault_at("/v2/inventory/counts/batch-retrieve", "slow")
+        reads.slow_s = 30.0  # within timeout_s (60 s): slow, not failed
+        asked = asyncio.ensure_future(asyncio.to_thread(_reconcile, first.url, admin.token))
+        await wait_until(lambda: _now(reads.seen == ["slow"]), "the reconciliation reads the levels back")
+        conn = await asyncpg.connect(pg_db)
+        try:
+            holder = await conn.fetchval(PUSHER_LOCK_HOLDER_SQL, "pickup")
+            assert holder is not None and await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
+        finally:
+            await conn.close()
+        status, answer = await asked
+        assert status == 503, answer
+        assert answer["detail"].startswith("channel pickup was not reconciled: this hub stopped running the channel")
+        assert "lost its pusher lock and stopped pushing it" in first.log
+        page = get_json(f"{first.url}/v1/channels/pickup/divergences", reader.token)
+        assert page["divergences"] == []  # nothing stored by a hub that no longer ran the channel
+    finally:
+        for hub in (first, second):
+            hub.close()
+    assert_logs_clean(tmp_path)
+
+
+async def _now(value: bool) -> bool:
+    return value
 
 
 async def test_a_slow_push_within_its_timeout_is_not_taken_for_a_stuck_pusher(

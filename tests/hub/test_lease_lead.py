@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from hub.channels.config import parse_channels
-from hub.channels.runner import _ChannelJob
+from hub.channels.runner import NotReconciled, _ChannelJob, reconcile_asked
 from hub.config import DEFAULT_LEASE_STALE_S, HubSettings
 from hub.heartbeat import Heartbeat
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
@@ -535,3 +535,62 @@ async def test_a_channels_reconciler_stuck_beside_a_live_pusher_is_stopped_and_g
     stuck = [r.getMessage() for r in caplog.records if "has been stuck for" in r.getMessage()]
     assert stuck[0].startswith("channel web: reconciling has been stuck for "), stuck
     assert starts[0].task is not None and starts[0].task.cancelled()  # the live pusher was stopped with it
+
+
+class ReadHangs(FakePusher):
+    """A ``FakePusher`` whose mapping is loaded and whose read of the hub's levels never ends (a hung read)."""
+
+    def __init__(self, spec: Any, starts: list[FakePusher]) -> None:
+        super().__init__(spec, starts)
+        self.items = {"A": "item-a"}
+        self.push_seq = 0
+        self.holding = lambda: True
+
+    async def ready(self) -> None:
+        return None
+
+    async def remap_if_moved(self) -> bool:
+        return False
+
+    async def levels_now(self, moved: Any, also: Any = ()) -> dict[Any, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+
+async def test_a_reconciliation_asked_over_the_api_stuck_past_its_bound_is_stopped_with_its_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reconciliation asked for over the API ran in the request's task with no heartbeat: hanging on an await
+    that never ends, it hung the request for ever, and nothing gave the channel up. It is work of the channel's job
+    now (``reconcile_asked``), watched like the reconciler's loop: silent ``lease_stale_s`` past its bound, the job
+    is stopped and its lease given back, and the request is told it was not reconciled."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    (spec,) = parse_channels(
+        [{"name": "web", "kind": "webhook", "url": "http://127.0.0.1:9/levels", "pool": {"S1": "web"},
+          "secret_env": "FEED_SECRET", "reconcile_s": 0}],
+        environ={"FEED_SECRET": "s3cret-for-the-levels-feed-of-the-shop"},
+    )  # fmt: skip
+    starts: list[FakePusher] = []
+    pushers: dict[str, Any] = {"web": ReadHangs(spec, starts)}
+    jobs = {"web": _ChannelJob("web", pushers, lambda s: ReadHangs(s, starts), StuckReading())}  # type: ignore[arg-type]
+    words = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
+    leases = LocalLeases(stale_s=0.2)
+    task = asyncio.create_task(
+        lead(leases, jobs, log, words, RETRY_S, lambda: False, ended_backoff=Backoff(600.0, 600.0))
+    )
+    try:
+        await _until("the hub runs the channel", lambda: jobs["web"].here())
+        with pytest.raises(NotReconciled, match="^channel web was not reconciled: this hub stopped running the"):
+            async with asyncio.timeout(BOUND_S):
+                await reconcile_asked(starts[0])  # type: ignore[arg-type]
+        await _until("the hub says why", lambda: "has been stuck for" in caplog.text)  # said once it stopped
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if jobs["web"].here():
+            await jobs["web"].stop()
+        await leases.close()
+    stuck = [r.getMessage() for r in caplog.records if "has been stuck for" in r.getMessage()]
+    assert stuck and stuck[0].startswith("channel web: reconciling as asked has been stuck for "), caplog.text
+    assert starts[0].task is not None and starts[0].task.cancelled()  # its pusher was stopped with it
