@@ -8,7 +8,9 @@
 * ``POST /v1/channels/{name}/mapping/refresh`` (admin): load the SKU mapping
   again and push every mapped level once;
 * ``POST /v1/channels/{name}/reconcile`` (admin): read the channel's levels
-  back now, as work of the channel's job on this hub (``runner.reconcile_asked``).
+  back now.
+
+Both admin routes run their work as work of the channel's job on this hub (``runner.run_asked``).
 
 ``setup`` registers the routes whether or not channels are configured (an
 unknown name is a 404) and, when some are, runs their pushers and reconcilers
@@ -28,7 +30,7 @@ from hub.channels.config import NAME_RE, ChannelSpec
 from hub.channels.connector import ChannelRejected, ChannelUnavailable
 from hub.channels.mapping import MappingError
 from hub.channels.pusher import ChannelPusher
-from hub.channels.runner import NotReconciled, channel_pushers, pushes_here, reconcile_asked
+from hub.channels.runner import NotDone, channel_pushers, pushes_here, reconcile_asked, refresh_asked
 from hub.channels.state import Divergence, Reconciled
 from hub.leases import LOCKS_KEY, share_locks
 from protocol import values
@@ -180,7 +182,11 @@ async def post_mapping_refresh(request: web.Request) -> web.Response:
     p = _pusher(request, pushing=True)
     name = p.spec.name
     try:
-        mapping = await p.refresh_mapping()
+        mapping = await refresh_asked(p)  # work of the channel's job: watched and stopped with it
+    except NotDone as err:
+        raise web.HTTPServiceUnavailable(
+            text=f'{err}; ask again the hub whose GET /v1/channels says "pusher": "this hub"'
+        ) from err
     except MappingError as err:
         raise web.HTTPUnprocessableEntity(text=f"the mapping of channel {name} was not refreshed: {err}") from err
     except ChannelUnavailable as err:
@@ -212,7 +218,7 @@ async def post_reconcile(request: web.Request) -> web.Response:
         raise web.HTTPConflict(text=f"channel {name} is a {p.spec.kind} channel: its levels cannot be read back")
     try:
         done = await reconcile_asked(p)  # work of the channel's job: watched and stopped with it
-    except NotReconciled as err:
+    except NotDone as err:
         raise web.HTTPServiceUnavailable(
             text=f'{err}; ask again the hub whose GET /v1/channels says "pusher": "this hub"'
         ) from err

@@ -56,7 +56,7 @@ import math
 import random
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +78,7 @@ from hub.channels.levels import LevelKey, sku_levels
 from hub.channels.loop import LoopTask
 from hub.channels.mapping import ItemIds, ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
 from hub.channels.state import ChannelState, Refusal
-from hub.heartbeat import BEATING, Heartbeat
+from hub.heartbeat import BEATING, Heartbeat, beat
 from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
 from hub.storage.keys import CountKey
 from protocol import wall_ms_now
@@ -371,9 +371,22 @@ class ChannelPusher(LoopTask):
                 await asyncio.gather(feed, woken, return_exceptions=True)
             self._wake.clear()
 
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The pusher's lock (one turn, mapping load or correction at a time). Whoever holds it is work of this
+        channel's job with a heartbeat of its own, which ``hub.leases.lead`` watches: this loop's turn, the
+        reconciler's loop, a reconciliation or mapping refresh asked for over the API
+        (``hub.channels.runner.run_asked``). So the wait for it is bounded by the holder's, not by the waiter's:
+        a pusher waiting while a slow channel answers a reconciliation's reads is not stuck; once it holds the
+        lock, what it awaits is bounded again (``hub.heartbeat.beat`` of the task this runs in)."""
+        beat(math.inf)
+        async with self._lock:
+            beat()
+            yield
+
     async def turn(self) -> bool:
         """One unit of work; False when there was no change after the cursor and nothing forced."""
-        async with self._lock:
+        async with self._locked():
             await self._load()
             self.busy = True
             try:
@@ -747,7 +760,7 @@ class ChannelPusher(LoopTask):
     async def ready(self) -> None:
         """The mapping, cursor and confirmed levels are loaded (loading them if the loop has not yet)."""
         if not self._loaded:
-            async with self._lock:
+            async with self._locked():
                 await self._load()
 
     async def behind(self) -> bool:
@@ -758,7 +771,7 @@ class ChannelPusher(LoopTask):
 
     async def correct(self, bases: Mapping[LevelKey, int]) -> None:
         """Push these levels in the next turn whatever was last confirmed, from the channel's actual quantity."""
-        async with self._lock:
+        async with self._locked():
             self._bases.update((k, base) for k, base in bases.items() if k in self._key_sku)
             self._force_gen += 1
         self._wake.set()
@@ -810,7 +823,7 @@ class ChannelPusher(LoopTask):
     async def refresh_mapping(self) -> SkuMapping:
         """Load the mapping again (from ``mapping_csv`` if configured, else the channel's listing), store it, forget
         the refused levels, and push every mapped level once in the next turn."""
-        async with self._lock:
+        async with self._locked():
             if await self._load() and self.mapping is not None:  # built just now, for the first time
                 return self.mapping
             return await self._refresh()
@@ -822,7 +835,7 @@ class ChannelPusher(LoopTask):
         or a webhook channel's own SKUs are not the channel's listing: left to a refresh asked for."""
         if self.spec.mapping_csv is not None or self._identity:
             return False
-        async with self._lock:
+        async with self._locked():
             if await self._load():
                 return False  # built just now, from the listing
             entries = await self.connector.listing()

@@ -149,8 +149,8 @@ class Reconciler(LoopTask):
         self._asked = asyncio.Event()
         # How this loop proves to ``hub.leases.lead`` that it is not stuck, as its pusher does (it runs in the
         # pusher's job: a stuck reconciler would hide behind a live pusher): every await it makes is bounded (a
-        # channel request by its timeout_s, a wait by its length); waiting for the pusher's lock is the pusher's
-        # time, watched by the pusher's own heartbeat.
+        # channel request by its timeout_s, a wait by its length); waiting for the pusher's lock is its holder's
+        # time, watched by the holder's own heartbeat (``ChannelPusher._locked``).
         self.heartbeat = Heartbeat()
 
 
@@ -206,9 +206,9 @@ class Reconciler(LoopTask):
         pusher, name = self.pusher, self.spec.name
         if not pusher.connector.readable:
             raise ChannelRejected(f"channel {name} is a {self.spec.kind} channel: its levels cannot be read back")
-        self._beat(math.inf)  # one asked for may be running: a channel's requests, each within its timeout
+        self._beat(math.inf)  # another may be running (the loop's, or one asked for): watched by its own heartbeat
         async with self._lock:
-            self._beat(math.inf)  # the pusher's lock: the pusher's time, watched by its heartbeat
+            self._beat(math.inf)  # the pusher's lock: its holder's time, watched by the holder's heartbeat
             await pusher.ready()
             await pusher.remap_if_moved()  # a SKU renamed or an item created anew at the channel: read it first
             self._beat()

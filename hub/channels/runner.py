@@ -27,12 +27,14 @@ import contextlib
 import functools
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aiohttp
 
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError, Connector
+from hub.channels.mapping import SkuMapping
 from hub.channels.pusher import ChangeWaiter, ChannelPusher, FeedReader
 from hub.channels.reconcile import Reconciler, Reconciliation
 from hub.channels.shopify import ShopifyConnector
@@ -44,18 +46,20 @@ from hub.leases import LeaseHolder, LocalLeases, LockConnections, Words, lead
 from hub.storage import POSTGRES_SCHEMES
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LEASE_RETRY_S = 3.0  # a standing-by hub tries to take a channel this often; a pushing hub checks its locks
-ASKED = "reconciling as asked"  # a reconciliation asked for over the API, in ``lead``'s sentences
+ASKED_RECONCILE = "reconciling as asked"  # work asked for over the API (``run_asked``), in ``lead``'s sentences
+ASKED_REFRESH = "refreshing the mapping as asked"
 _PUSHING: weakref.WeakSet[ChannelPusher] = weakref.WeakSet()  # the pushers this process started
-# The reconciliations asked for over the API (``reconcile_asked``) running in each pusher's job, with their heartbeats.
-_ASKED: weakref.WeakKeyDictionary[ChannelPusher, dict[asyncio.Task[Reconciliation], Heartbeat]] = (
+# The work asked for over the API (``run_asked``) running in each pusher's job: its words and its heartbeat.
+_ASKED: weakref.WeakKeyDictionary[ChannelPusher, dict[asyncio.Task[Any], tuple[str, Heartbeat]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-class NotReconciled(ChannelError):
-    """A reconciliation asked for was stopped with its channel's job on this hub before it finished."""
+class NotDone(ChannelError):
+    """Work asked for over the API was stopped with its channel's job on this hub before it finished."""
 
 
 def make_connector(spec: ChannelSpec, session: aiohttp.ClientSession) -> Connector:
@@ -122,28 +126,26 @@ async def _stop(p: ChannelPusher) -> None:
     _PUSHING.discard(p)
 
 
-async def reconcile_asked(p: ChannelPusher) -> Reconciliation:
-    """One reconciliation of ``p``'s channel asked for over the API (``POST /v1/channels/{name}/reconcile``), run
-    as work of the channel's job on this hub, as its reconciler's loop is: in a task of its own whose heartbeat
-    ``hub.leases.lead`` watches (the channel's requests beat it with their ``timeout_s``), so one stuck past its
+async def run_asked(p: ChannelPusher, doing: str, not_done: str, work: Callable[[], Awaitable[T]]) -> T:
+    """``work`` on ``p``'s channel asked for over the API (a reconciliation, a mapping refresh), run as work of
+    the channel's job on this hub, as its loops are: in a task of its own whose heartbeat ``hub.leases.lead``
+    watches (``doing`` names it; the channel's requests beat it with their ``timeout_s``), so one stuck past its
     bound for ``lease_stale_s`` has its job stopped and the lock given back; and stopped with the job whatever
     stops it (the lock lost, the hub stopping), so it never goes on on a hub that no longer pushes the channel.
-    It runs at once, not at the loop's next due time, and on, if the request's client leaves, until it is done.
-    Raises what the reconciliation raised, or ``NotReconciled`` when the job stopped it."""
-    name = p.spec.name
+    It runs on, if the request's client leaves, until it is done. Raises what ``work`` raised, or ``NotDone``
+    (``not_done``: "channel NAME was not reconciled") when the job stopped it."""
     if not pushes_here(p):
-        raise NotReconciled(f"channel {name} was not reconciled: this hub does not push it")
+        raise NotDone(f"{not_done}: this hub does not push the channel")
     heartbeat = Heartbeat()
-    reconciler = p.reconciler or Reconciler(p)  # reconcile_s = 0: no loop, but it can be asked
 
-    async def run() -> Reconciliation:
+    async def run() -> T:
         BEATING.set(heartbeat)  # this task's: the channel requests made in it beat it
         heartbeat.beat()
-        return await reconciler.reconcile()
+        return await work()
 
-    task = asyncio.create_task(run(), name=f"channel-{name}-reconcile-asked")
+    task = asyncio.create_task(run(), name=f"channel-{p.spec.name}-asked")
     asked = _ASKED.setdefault(p, {})
-    asked[task] = heartbeat
+    asked[task] = (doing, heartbeat)
     task.add_done_callback(lambda t: asked.pop(t, None))
     try:
         return await asyncio.shield(task)
@@ -151,10 +153,23 @@ async def reconcile_asked(p: ChannelPusher) -> Reconciliation:
         current = asyncio.current_task()
         if not task.cancelled() or (current is not None and current.cancelling()):
             raise  # this request's own task was cancelled (the app stopping): the job stops its work itself
-        raise NotReconciled(
-            f"channel {name} was not reconciled: this hub stopped running the channel while it reconciled (its "
-            "pusher lock lost or given back, or the hub stopping)"
+        raise NotDone(
+            f"{not_done}: this hub stopped running the channel while it worked (its pusher lock lost or given back, "
+            "or the hub stopping)"
         ) from None
+
+
+async def reconcile_asked(p: ChannelPusher) -> Reconciliation:
+    """One reconciliation now (``POST /v1/channels/{name}/reconcile``), at once, not at the loop's next due time
+    (``run_asked``)."""
+    reconciler = p.reconciler or Reconciler(p)  # reconcile_s = 0: no loop, but it can be asked
+    return await run_asked(p, ASKED_RECONCILE, f"channel {p.spec.name} was not reconciled", reconciler.reconcile)
+
+
+async def refresh_asked(p: ChannelPusher) -> SkuMapping:
+    """Load the mapping again now (``POST /v1/channels/{name}/mapping/refresh``; ``run_asked``)."""
+    return await run_asked(p, ASKED_REFRESH, f"the mapping of channel {p.spec.name} was not refreshed",
+                           p.refresh_mapping)  # fmt: skip
 
 
 @contextlib.asynccontextmanager
@@ -242,7 +257,7 @@ class _ChannelJob:
         return None
 
     def overdue(self) -> tuple[str, float] | None:
-        """The pusher's loop, its reconciler's or a reconciliation asked for over the API (``reconcile_asked``),
+        """The pusher's loop, its reconciler's or work asked for over the API (``run_asked``),
         whichever has been silent longest past the bound it last gave, and how long: all run in this job, so a
         stuck one must not hide behind another, live."""
         p = self._pushers[self._name]
@@ -251,7 +266,8 @@ class _ChannelJob:
             for doing, loop in (("pushing", p), ("reconciling", p.reconciler))
             if loop is not None and loop.task is not None and not loop.task.done()
         ]
-        late += [(ASKED, heartbeat.overdue_s()) for task, heartbeat in _ASKED.get(p, {}).items() if not task.done()]
+        late += [(doing, heartbeat.overdue_s()) for task, (doing, heartbeat) in _ASKED.get(p, {}).items()
+                 if not task.done()]  # fmt: skip
         return max(late, key=lambda each: each[1], default=None)
 
     def restartable(self, doing: str) -> bool:

@@ -413,13 +413,59 @@ async def test_a_reconciliation_asked_of_a_hub_that_loses_the_channel_meanwhile_
         status, answer = await asked
         assert status == 503, answer
         assert answer["detail"].startswith("channel pickup was not reconciled: this hub stopped running the channel")
-        assert "lost its pusher lock and stopped pushing it" in first.log
+        await wait_until(  # said once the job has stopped, which may come after the answer
+            lambda: asyncio.to_thread(lambda: "lost its pusher lock and stopped pushing it" in first.log),
+            "the hub says it lost the channel's pusher lock",
+        )
         page = get_json(f"{first.url}/v1/channels/pickup/divergences", reader.token)
         assert page["divergences"] == []  # nothing stored by a hub that no longer ran the channel
     finally:
         for hub in (first, second):
             hub.close()
     assert_logs_clean(tmp_path)
+
+
+async def test_a_pusher_waiting_while_a_slow_reconciliation_asked_reads_the_listing_is_not_taken_for_stuck(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconciliation asked for over the API reads the channel's listing holding the pusher's lock (to map moved
+    items again first); Square answering it slowly, within ``timeout_s``, made the pusher, waiting for that lock to
+    push a sale, look silent past ``lease_stale_s``: its hub gave the channel up as "pushing has been stuck" and
+    the reconciliation was lost with it. The pusher waits on work of its own job that is watched itself: the
+    reconciliation is answered, the sale pushed after it, and the channel stays where it was."""
+    location_id, variation, agent, reader, config = await _leased_channel(
+        tmp_path, square, pg_db, monkeypatch, more="timeout_s = 60\nreconcile_s = 0\n"
+    )
+    admin = await asyncio.to_thread(add_credential, pg_db, role="admin")
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
+    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        await asyncio.to_thread(second.start)
+        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+
+        listing = square.fault_at("/v2/catalog/search", "slow")
+        listing.slow_s = 25.0  # past lease_stale_s (10 s), within timeout_s (60 s)
+        asked = asyncio.ensure_future(asyncio.to_thread(_reconcile, first.url, admin.token))
+        await wait_until(lambda: _now(listing.seen == ["slow"]), "the reconciliation reads the listing")
+        await asyncio.to_thread(_move, first.url, agent.token, "sale-1", "sale", -2, 1)
+        status, answer = await asked
+        assert status == 200, answer
+        await wait_until(lambda: shown(3), "the pusher pushes the sale once the listing is read")
+        views = [await asyncio.to_thread(_channel, h.url, reader.token) for h in (first, second)]
+        assert [v["pusher"] for v in views] == ["this hub", "another hub"]
+    finally:
+        for hub in (first, second):
+            hub.close()
+    assert_logs_clean(tmp_path)
+    for name in ("hub-1.log", "hub-2.log"):
+        assert "has been stuck" not in (tmp_path / name).read_text(encoding="utf-8")
 
 
 async def _now(value: bool) -> bool:

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from hub.channels.config import parse_channels
-from hub.channels.runner import NotReconciled, _ChannelJob, reconcile_asked
+from hub.channels.runner import NotDone, _ChannelJob, reconcile_asked
 from hub.config import DEFAULT_LEASE_STALE_S, HubSettings
 from hub.heartbeat import Heartbeat
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
@@ -580,7 +580,7 @@ async def test_a_reconciliation_asked_over_the_api_stuck_past_its_bound_is_stopp
     )
     try:
         await _until("the hub runs the channel", lambda: jobs["web"].here())
-        with pytest.raises(NotReconciled, match="^channel web was not reconciled: this hub stopped running the"):
+        with pytest.raises(NotDone, match="^channel web was not reconciled: this hub stopped running the"):
             async with asyncio.timeout(BOUND_S):
                 await reconcile_asked(starts[0])  # type: ignore[arg-type]
         await _until("the hub says why", lambda: "has been stuck for" in caplog.text)  # said once it stopped
