@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from hub.channels.config import parse_channels
-from hub.channels.runner import NotDone, _ChannelJob, reconcile_asked
+from hub.channels.runner import NotDone, _ChannelJob, reconcile_asked, refresh_asked
 from hub.config import DEFAULT_LEASE_STALE_S, HubSettings
 from hub.heartbeat import Heartbeat
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
@@ -556,14 +556,24 @@ class ReadHangs(FakePusher):
         await asyncio.Event().wait()
         return {}
 
+    async def refresh_mapping(self) -> None:  # its read of the channel's listing never ends either
+        await asyncio.Event().wait()
 
-async def test_a_reconciliation_asked_over_the_api_stuck_past_its_bound_is_stopped_with_its_job(
-    caplog: pytest.LogCaptureFixture,
+
+@pytest.mark.parametrize(
+    ("asked", "doing", "not_done"),
+    [
+        (reconcile_asked, "reconciling as asked", "channel web was not reconciled"),
+        (refresh_asked, "refreshing the mapping as asked", "the mapping of channel web was not refreshed"),
+    ],
+)
+async def test_work_asked_over_the_api_stuck_past_its_bound_is_stopped_with_its_job(
+    caplog: pytest.LogCaptureFixture, asked: Callable[[Any], Awaitable[Any]], doing: str, not_done: str
 ) -> None:
-    """A reconciliation asked for over the API ran in the request's task with no heartbeat: hanging on an await
-    that never ends, it hung the request for ever, and nothing gave the channel up. It is work of the channel's job
-    now (``reconcile_asked``), watched like the reconciler's loop: silent ``lease_stale_s`` past its bound, the job
-    is stopped and its lease given back, and the request is told it was not reconciled."""
+    """A reconciliation (or mapping refresh) asked for over the API ran in the request's task with no heartbeat:
+    hanging on an await that never ends, it hung the request for ever, and nothing gave the channel up. It is work
+    of the channel's job now (``run_asked``), watched like the reconciler's loop: silent ``lease_stale_s`` past its
+    bound, the job is stopped and its lease given back, and the request is told it was not done."""
     caplog.set_level(logging.INFO, logger=log.name)
     (spec,) = parse_channels(
         [{"name": "web", "kind": "webhook", "url": "http://127.0.0.1:9/levels", "pool": {"S1": "web"},
@@ -580,9 +590,9 @@ async def test_a_reconciliation_asked_over_the_api_stuck_past_its_bound_is_stopp
     )
     try:
         await _until("the hub runs the channel", lambda: jobs["web"].here())
-        with pytest.raises(NotDone, match="^channel web was not reconciled: this hub stopped running the"):
+        with pytest.raises(NotDone, match=f"^{not_done}: this hub stopped running the channel"):
             async with asyncio.timeout(BOUND_S):
-                await reconcile_asked(starts[0])  # type: ignore[arg-type]
+                await asked(starts[0])
         await _until("the hub says why", lambda: "has been stuck for" in caplog.text)  # said once it stopped
     finally:
         task.cancel()
@@ -592,5 +602,5 @@ async def test_a_reconciliation_asked_over_the_api_stuck_past_its_bound_is_stopp
             await jobs["web"].stop()
         await leases.close()
     stuck = [r.getMessage() for r in caplog.records if "has been stuck for" in r.getMessage()]
-    assert stuck and stuck[0].startswith("channel web: reconciling as asked has been stuck for "), caplog.text
+    assert stuck and stuck[0].startswith(f"channel web: {doing} has been stuck for "), caplog.text
     assert starts[0].task is not None and starts[0].task.cancelled()  # its pusher was stopped with it
