@@ -181,7 +181,8 @@ async def exceptions(
         for loc in sorted(unknown):
             where = nowhere().add("COALESCE(in_to, out_to) = ?", loc)
             rows += await read(keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", where)
-        return rows
+        # the walks' first ``limit`` in the list's order: no later one is on the page, so none is worded
+        return sorted(rows, key=lambda r: (-r[10], r[0], r[1]))[:limit] if len(unknown) > 1 else rows
 
     for r in await read_located(keys.TRANSFER, shipped):
         if (t := Transfer(*r[:10]).finding()) is not None:

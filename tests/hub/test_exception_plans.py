@@ -21,6 +21,7 @@ import pytest
 from hub import HubStore, open_store
 from hub.channels import Divergence, LevelKey, Refusal
 from hub.channels.runner import open_channel_state
+from hub.resolver import Transfer
 from hub.storage import exceptions
 from hub.storage.db import PostgresDb, Row, numbered
 from hub.storage.keys import ExceptionFilter, ExceptionKey
@@ -240,3 +241,25 @@ async def test_open_transfers_held_events_and_channel_levels_are_walked_in_the_l
             assert not any(line.startswith(f"SCAN {table}") for line in plan), where
             assert not any("Filter:" in line and "location" in line for line in plan), where
     assert all(read.values()), read
+
+
+async def test_a_page_words_no_more_transfers_to_unknown_destinations_than_it_shows(
+    backend: str, every_source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each unknown destination's transfers are walked apart, a page's worth each: only the walks' first page in the
+    list's order is worded (it cost more than the walks on a chain of five unknown destinations), the same rows."""
+    worded: list[str] = []
+    finding = Transfer.unknown_destination_finding
+
+    def counted(self: Transfer) -> Any:
+        worded.append(self.ref)
+        return finding(self)
+
+    only = ExceptionFilter(kind="transfer_unknown_destination")
+    async with open_store(every_source) as store:
+        everything = await store.exceptions(kind=only.kind, limit=1000)
+        monkeypatch.setattr(Transfer, "unknown_destination_finding", counted)
+        page = await store.exceptions(kind=only.kind, limit=2)
+    assert len({r.data["to"] for r in everything}) == 2 and len(everything) == 6  # two destinations, three each
+    assert page == everything[:2]
+    assert len(worded) == 2, worded
