@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from hub.storage.db import PostgresDb, Row, numbered
 from hub.storage.keys import ExceptionFilter, ExceptionKey
 from protocol import Kind
 from tests.harness.pg import fresh_schema
+from tests.hub.test_exception_filters import copies
 from tests.hub.test_paging import NOW_MS, agent, exception_burst, move
 
 FILTERS = (
@@ -263,3 +265,95 @@ async def test_a_page_words_no_more_transfers_to_unknown_destinations_than_it_sh
     assert len({r.data["to"] for r in everything}) == 2 and len(everything) == 6  # two destinations, three each
     assert page == everything[:2]
     assert len(worded) == 2, worded
+
+
+# --- two copies of one agent (schema 13), on both backends -----------------------------------------------------
+
+COPIES_WINDOW_MS = 3_600_000
+
+
+@pytest.fixture
+async def agent_copies(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A hub's database where a dozen agents each sync from two or three copies of themselves, one forked once and
+    one that also sends through POST /v1/events (``test_exception_filters.copies``)."""
+    url = str(tmp_path / "hub.db")
+    async with fresh_schema() if backend == "postgres" else contextlib.nullcontext(url) as url:
+        async with open_store(url) as store:
+            await copies(store)
+        yield url
+
+
+async def copies_plans(backend: str, url: str) -> list[tuple[ExceptionFilter, str, list[str]]]:
+    """Each statement reading ``agent_hwm`` of pages of the agent-copies source (the chain's, one store's, since a
+    time, and the page after a first one), with its plan's lines."""
+    now_ms = time.time_ns() // 1_000_000
+    async with open_store(url) as store:
+        first = await store.exceptions(kind="agent_copies", limit=3, copies_window_ms=COPIES_WINDOW_MS)
+    assert len(first) == 3, first
+    pages = [(only, after) for only in (ExceptionFilter(), ExceptionFilter(kind="agent_copies"),
+                                        ExceptionFilter(location="S003"), ExceptionFilter(since_ms=now_ms - 60_000))
+             for after in (None, ExceptionKey(first[-1].at_ms, first[-1].source, first[-1].ident))]  # fmt: skip
+    out: list[tuple[ExceptionFilter, str, list[str]]] = []
+
+    async def statements(fetch: Any) -> list[tuple[ExceptionFilter, str, Sequence[Any]]]:
+        seen = []
+        for only, after in pages:
+            db = Recorded(fetch)
+            listed = await exceptions.exceptions(db, only, 3, None, after, now_ms, COPIES_WINDOW_MS)  # type: ignore[arg-type]
+            assert any(r.kind == "agent_copies" for r in listed), (only, after)
+            seen += [(only, sql, params) for sql, params in db.seen if "agent_hwm" in sql]
+        return seen
+
+    if backend == "sqlite":
+        with sqlite3.connect(url) as conn:
+
+            async def lite(sql: str, params: Sequence[Any]) -> list[Row]:
+                return conn.execute(sql, tuple(params)).fetchall()
+
+            for only, sql, params in await statements(lite):
+                out.append((only, sql, [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", tuple(params))]))
+        return out
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; SET jit = off"
+        )
+        for only, sql, params in await statements(PostgresDb(conn).fetch):
+            out.append((only, sql, [r[0] for r in await conn.fetch(f"EXPLAIN {numbered(sql)}", *params)]))
+    finally:
+        await conn.close()
+    return out
+
+
+async def test_the_agent_copies_source_reads_each_agents_epochs_by_its_key(backend: str, agent_copies: str) -> None:
+    """The agent-copies source reads agent_hwm whole once (a row per epoch each agent ever had, no index of its time:
+    every sync writes it), grouped in its primary key's order, not sorted; each epoch's other copies and the
+    credential are looked up by their key, never by reading the table again for each epoch; the page's agents'
+    copies are read by their key only. Only the grouped agents (those with copies) are sorted for the page."""
+    read = {"agents": 0, "named": 0}
+    for only, sql, plan in await copies_plans(backend, agent_copies):
+        where = (only, sql, plan)
+        named = "row_number()" in sql
+        read["named" if named else "agents"] += 1
+        if backend == "sqlite":
+            # the other copies of an epoch: a seek of the primary key by the agent, never a scan
+            assert "SEARCH o USING PRIMARY KEY (agent_id=?)" in plan and "SCAN o" not in plan, where
+            if named:  # the page's agents' epochs only
+                assert "SEARCH h USING PRIMARY KEY (agent_id=?)" in plan and "SCAN h" not in plan, where
+            else:  # agent_hwm whole, grouped as its primary key walks it; each credential by its key
+                assert "SCAN h" in plan and not any("FOR GROUP BY" in line for line in plan), where
+                assert "SEARCH g USING PRIMARY KEY (agent_id=?)" in plan and "SCAN g" not in plan, where
+            continue
+        assert not any(line.lstrip("-> ").startswith("Seq Scan") for line in plan), where
+        text = "\n".join(plan)
+        # the other copies: merged with the epochs along the primary key, or a seek of it by the agent
+        assert "Merge Cond: (h.agent_id = o.agent_id)" in text or "Index Cond: (agent_id = h.agent_id)" in text, where
+        if named:
+            assert "Index Cond: (agent_id = ANY " in text, where  # the page's agents' epochs only
+        else:
+            assert "Index Scan using agents_pkey on agents g" in text, where
+            # grouped as the primary key walks the epochs; the only sort is of the grouped agents, above that
+            grouped = [i for i, line in enumerate(plan) if "GroupAggregate" in line]
+            assert grouped and "Group Key: h.agent_id" in text and "HashAggregate" not in text, where
+            assert all(i < grouped[0] for i, line in enumerate(plan) if "Sort" in line), where
+    assert all(read.values()), read
