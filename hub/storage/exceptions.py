@@ -37,6 +37,8 @@ from hub.storage.rows import rejection_exception
 from hub.storage.sql import TRANSFER_FIELDS
 from protocol.catalog import UNKNOWN_SKU_PREFIX
 
+Statement = tuple[str, tuple[object, ...]]
+
 TRANSFER_ROW_FIELDS = f"{TRANSFER_FIELDS}, updated_at_ms"
 # Shipped to one location and received at another (the WHERE of the index transfers_misdirected, word for word).
 MISDIRECTED = "(out_to IS NOT NULL AND in_to IS NOT NULL AND out_to <> in_to)"
@@ -134,13 +136,17 @@ async def exceptions(
     def wanted(source: ExceptionSource) -> bool:
         return kind is None or kind in source.kinds
 
-    async def read(source: ExceptionSource, fields: str, table: str, where: Where) -> list[Row]:
-        """The source's rows of the filter after ``after`` in the list's order, at most ``limit``."""
+    def statement(source: ExceptionSource, fields: str, table: str, where: Where) -> list[Statement]:
+        """The source's rows of the filter after ``after`` in the list's order, at most ``limit``: its statement
+        (none when the filter's kind is not the source's)."""
         if not wanted(source):
             return []
         where.add(f"{source.at} >= ?", only.since_ms).page(source.after(after) if after is not None else None)
-        sql = f"SELECT {fields} FROM {table}{where.sql} ORDER BY {source.order} LIMIT ?"
-        return await db.fetch(sql, (*where.params, limit))
+        return [(f"SELECT {fields} FROM {table}{where.sql} ORDER BY {source.order} LIMIT ?", (*where.params, limit))]
+
+    async def read(source: ExceptionSource, fields: str, table: str, where: Where) -> list[Row]:
+        parts = statement(source, fields, table, where)
+        return await db.fetch(*parts[0]) if parts else []
 
     out: list[ExceptionRow] = []
     negative = Where("on_hand < 0").add("location = ?", location)
@@ -154,14 +160,19 @@ async def exceptions(
     def shipped() -> Where:
         return Where(TRANSFER_FINDING, *([TRANSFER_KIND_TERMS[kind]] if kind in TRANSFER_KIND_TERMS else []))
 
-    async def read_located(source: ExceptionSource, where: Callable[[], Where]) -> list[Row]:
-        """``read`` of transfers, one read per term of ``LOCATED_TRANSFER`` when a location is given, a transfer
-        met by two of them kept once; the page of the list is among them (``keys.exceptions_page`` takes it)."""
+    def located_reads(source: ExceptionSource, where: Callable[[], Where]) -> list[Statement]:
+        """``statement`` of transfers, one per term of ``LOCATED_TRANSFER`` when a location is given."""
         if location is None:
-            return await read(source, TRANSFER_ROW_FIELDS, "transfers", where())
+            return statement(source, TRANSFER_ROW_FIELDS, "transfers", where())
+        return [s for term in LOCATED_TRANSFER
+                for s in statement(source, TRANSFER_ROW_FIELDS, "transfers", where().add(term, location))]  # fmt: skip
+
+    def once(parts: list[list[Row]]) -> list[Row]:
+        """The rows of a located source's reads, a transfer met by two of them kept once; the page of the list is
+        among them (``keys.exceptions_page`` takes it)."""
         rows: dict[tuple[str, str], Row] = {}
-        for term in LOCATED_TRANSFER:
-            for r in await read(source, TRANSFER_ROW_FIELDS, "transfers", where().add(term, location)):
+        for part in parts:
+            for r in part:
                 rows.setdefault((r[0], r[1]), r)
         return list(rows.values())
 
@@ -177,24 +188,31 @@ async def exceptions(
         if len(unknown) > UNKNOWN_WALKS_MAX:
             where = nowhere(f"out_to IN ({UNKNOWN_DESTINATIONS})")
             return await read(keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", where)
-        rows: list[Row] = []
-        for loc in sorted(unknown):
-            where = nowhere().add("COALESCE(in_to, out_to) = ?", loc)
-            rows += await read(keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", where)
+        walks = [s for loc in sorted(unknown) for s in statement(
+            keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", nowhere().add("COALESCE(in_to, out_to) = ?", loc)
+        )]  # fmt: skip
+        rows = [r for walked in await fetch_parts(db, walks) for r in walked]
         # the walks' first ``limit`` in the list's order: no later one is on the page, so none is worded
-        return sorted(rows, key=lambda r: (-r[10], r[0], r[1]))[:limit] if len(unknown) > 1 else rows
+        return sorted(rows, key=lambda r: (-r[10], r[0], r[1]))[:limit] if len(walks) > 1 else rows
 
-    for r in await read_located(keys.TRANSFER, shipped):
-        if (t := Transfer(*r[:10]).finding()) is not None:
-            row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
-            out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))
+    # The transfers with a finding and the overdue ones: rows of one shape, read in one statement.
+    with_finding = located_reads(keys.TRANSFER, shipped)
+    overdue: list[Statement] = []
     if transfer_open_max_ms is not None:
         cutoff = now_ms - transfer_open_max_ms
 
         def open_() -> Where:
             return Where(OPEN_TRANSFER).add("shipped_at_ms < ?", cutoff)
 
-        for r in await read_located(keys.TRANSFER_OVERDUE, open_):
+        overdue = located_reads(keys.TRANSFER_OVERDUE, open_)
+    transferred = await fetch_parts(db, [*with_finding, *overdue])
+
+    for r in once(transferred[: len(with_finding)]):
+        if (t := Transfer(*r[:10]).finding()) is not None:
+            row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
+            out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))
+    if transfer_open_max_ms is not None:
+        for r in once(transferred[len(with_finding) :]):
             if (t := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
                 row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
                 out.append(findings.sourced(row, keys.TRANSFER_OVERDUE.name, r[0], r[1]))
@@ -233,6 +251,19 @@ async def exceptions(
         )
         out += [findings.divergence(d) for d in diverging]
     return keys.exceptions_page(out, limit)
+
+
+async def fetch_parts(db: Db, statements: list[Statement]) -> list[list[Row]]:
+    """The rows of each of ``statements``, whose rows have one shape, in one statement where there are two or
+    more: their UNION ALL, each a subquery (planned alone: its index walk, stopped at its LIMIT) whose rows are
+    tagged with its place. One round trip, not one each."""
+    if len(statements) < 2:
+        return [await db.fetch(sql, params) for sql, params in statements]
+    sql = " UNION ALL ".join(f"SELECT {n} AS part, p{n}.* FROM ({s}) p{n}" for n, (s, _) in enumerate(statements))
+    rows: list[list[Row]] = [[] for _ in statements]
+    for n, *row in await db.fetch(sql, [p for _, params in statements for p in params]):
+        rows[n].append(tuple(row))
+    return rows
 
 
 async def agent_copies(

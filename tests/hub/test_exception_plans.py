@@ -357,3 +357,35 @@ async def test_the_agent_copies_source_reads_each_agents_epochs_by_its_key(backe
             assert grouped and "Group Key: h.agent_id" in text and "HashAggregate" not in text, where
             assert all(i < grouped[0] for i, line in enumerate(plan) if "Sort" in line), where
     assert all(read.values()), read
+
+
+async def test_a_pages_transfer_walks_are_read_in_two_statements(backend: str, every_source: str) -> None:
+    """The transfers with a finding and the overdue ones (through one index each, or three each for one store) are
+    one statement, their walks' UNION ALL, and so are the unknown destinations' walks (two here): on PostgreSQL a
+    round trip each, which a busy machine makes cost more than the walks. The rows are the same (the list's tests,
+    both backends)."""
+    url = every_source
+    conn = await asyncpg.connect(url) if backend == "postgres" else None
+    lite = sqlite3.connect(url) if conn is None else None
+
+    async def run(sql: str, params: Sequence[Any]) -> list[Row]:
+        if conn is not None:
+            return await PostgresDb(conn).fetch(sql, params)
+        assert lite is not None
+        return lite.execute(sql, tuple(params)).fetchall()
+
+    try:
+        for only in (ExceptionFilter(), ExceptionFilter(location="S001")):
+            db = Recorded(run)
+            listed = await exceptions.exceptions(db, only, 1000, 3_600_000, None, NOW_MS)  # type: ignore[arg-type]
+            kinds = {r.kind for r in listed}
+            assert {"negative_on_hand", "transfer_short", "transfer_overdue", "transfer_unknown_destination"} <= kinds
+            walks = [sql for sql, _ in db.seen if " FROM transfers" in sql and not sql.startswith("WITH RECURSIVE")]
+            assert len(walks) == 2, (only, walks)  # the findings and the overdue; the unknown destinations'
+            assert exceptions.TRANSFER_FINDING in walks[0] and "shipped_at_ms < ?" in walks[0], (only, walks)
+            assert walks[1].count(exceptions.IN_TRANSIT) == 2, (only, walks)
+    finally:
+        if conn is not None:
+            await conn.close()
+        if lite is not None:
+            lite.close()
