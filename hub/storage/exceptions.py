@@ -12,6 +12,9 @@ which raises four), and ``since`` is a range on the source's time column, the
 one its list order walks. No source is read and then thrown away in Python,
 so a filtered page is as cheap as the rows it shows.
 
+Walks whose rows have one shape are one statement, their UNION ALL (``fetch_parts``): the transfer and
+overdue sources', and the unknown destinations'; on PostgreSQL each statement is a round trip.
+
 Each source's statement is one its table's indexes answer in the list's order
 (schemas 11 and 12), so the planner walks one and stops at the page instead of
 sorting the table: an OR of terms that are each indexed is not, so the transfer
