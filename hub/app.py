@@ -37,6 +37,7 @@ from hub import (
     webhooks,
 )
 from hub.auth import (
+    HEAD_IDENTITY_KEY,
     PUBLIC_ROUTES_KEY,
     ROLE_ADMIN,
     STORE_KEY,
@@ -137,11 +138,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        keep = {
-            k: v for k, v in exc.headers.items()
-            if k.lower() in ("www-authenticate", "allow", "connection", "retry-after", "ratelimit-policy", "ratelimit")
-        }
-        return error_response(exc.status, _message(request, exc), headers=keep)
+        return _problem(request, exc)
     except CredentialOfAnotherAgent as err:
         return error_response(403, str(err), credential_agent_id=err.credential_agent_id)
     except Forbidden as err:
@@ -165,6 +162,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         request.app[REPEATS_KEY].unexpected.record(request.remote, where, exc=err)
         metrics.observe_failure(request.app, "unexpected")
         return error_response(500, "the hub failed to handle this request; the cause is in the hub's log")
+
+
+def _problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """The problem answer of a refusal raised as an aiohttp HTTP exception, with the headers it must keep."""
+    keep = {
+        k: v for k, v in exc.headers.items()
+        if k.lower() in ("www-authenticate", "allow", "connection", "retry-after", "ratelimit-policy", "ratelimit")
+    }  # fmt: skip
+    return error_response(exc.status, _message(request, exc), headers=keep)
 
 
 @web.middleware
@@ -200,6 +206,11 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
     limit = settings.max_body_bytes
     if (request.content_length or 0) > limit:  # refused unread
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0, text=_too_big(limit))
+    slot = request.get(catchup.SLOT_KEY)  # a catch-up slot taken from the head (sync_expect): held a while, not all
+    give_back = None
+    if slot is not None:
+        deadline_s = catchup.upload_deadline_s(request.content_length or 0)
+        give_back = asyncio.get_running_loop().call_later(deadline_s, _slow_upload, request, slot, deadline_s)
     try:
         async with asyncio.timeout(settings.body_timeout_s):
             await request.read()
@@ -223,7 +234,23 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = error_response(400, "the request body is malformed (its framing is broken); send it again whole")
         response.force_close()
         return response
+    finally:
+        if give_back is not None:
+            give_back.cancel()
     return await handler(request)
+
+
+def _slow_upload(request: web.Request, slot: catchup.Slot, deadline_s: float) -> None:
+    """A body slower than its slot allows (catchup.upload_deadline_s): the slot goes to the next batch in line;
+    the body is read on, and takes a slot again once it has come (post_sync)."""
+    if slot.released:
+        return
+    slot.release()
+    log.info(
+        "gave the catch-up slot of agent %s's batch from %s to the next: its %d bytes did not arrive within %g s "
+        "(at least %d KiB/s); its body is read on and takes a slot again once it has come",
+        slot.agent_id, request.remote, request.content_length or 0, deadline_s, catchup.UPLOAD_MIN_BYTES_PER_S // 1024,
+    )  # fmt: skip
 
 
 def _too_big(limit: int) -> str:
@@ -306,7 +333,7 @@ async def post_sync(request: web.Request) -> web.Response:
                 f"got {request.content_type}"
             )
         body = await _read_body(request, "; send fewer events per request")  # read whole already (body_middleware)
-        if slot is not None:
+        if slot is not None and not slot.released:  # not given back for a slow upload (body_middleware)
             return await _sync(request, who, body, started)
         async with request.app[catchup.SLOTS_KEY].take(who.agent_id, len(body)):  # the bytes that came, chunked or not
             return await _sync(request, who, body, started)
@@ -316,46 +343,72 @@ async def post_sync(request: web.Request) -> web.Response:
 
 
 async def sync_expect(request: web.Request) -> web.StreamResponse | None:
-    """A sync's ``Expect: 100-continue``: a known agent's catch-up batch (its Content-Length over
-    ``catchup.CATCHUP_BODY_BYTES``) takes its slot before its body is sent: it waits in line before the hub answers
-    ``100 Continue``, or is answered 429 with Retry-After and its connection closed, its body never uploaded
-    (hub/catchup.py). Anything else is answered ``100 Continue`` at once, as aiohttp answers every route, and then
-    as without the header: the middlewares refuse a bad credential, a compressed body, one too big."""
+    """A sync's ``Expect: 100-continue``: what the hub would refuse once the body came is refused from the head,
+    before a byte of the body is sent (``_admit_head``): a draining hub's 503, a rate-limited credential's 429, a
+    catch-up batch past the line's 429, each answered as the middlewares answer it and its connection closed. A
+    known agent's catch-up batch (its Content-Length over ``catchup.CATCHUP_BODY_BYTES``) takes its slot, waiting
+    in line first if need be, before the hub answers ``100 Continue`` (hub/catchup.py). Anything else is answered
+    ``100 Continue`` and then as without the header: the middlewares refuse a bad credential, a compressed body,
+    one too big."""
     expect = request.headers.get("Expect", "")
     if request.version != HttpVersion11:
         return None
     if expect.lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
-    length = request.content_length
-    limit = request.app[SETTINGS_KEY].max_body_bytes
-    if length is not None and catchup.CATCHUP_BODY_BYTES < length <= limit and not _compressed(request):
-        who = await _agent_of(request)
-        if who is not None:
-            try:
-                slot = await request.app[catchup.SLOTS_KEY].reserve(who.agent_id, length)
-            except web.HTTPTooManyRequests as refused:
-                again = {"Retry-After": refused.headers["Retry-After"]}
-                response = error_response(429, refused.text or "", headers=again)
-                response.force_close()  # its body is not read: the connection cannot carry another request
-                return response
-            if slot is not None:
-                request[catchup.SLOT_KEY] = slot
-                task = asyncio.current_task()  # the request's own: ends once it is answered, or gone
-                if task is not None:
-                    task.add_done_callback(lambda _: slot.release())  # a middleware answered, the client went away
+    try:
+        await _admit_head(request)
+        request.app[GATE_KEY].check()  # the hub began draining meanwhile (a lookup, a wait in line)
+    except web.HTTPException as refused:
+        if (slot := request.get(catchup.SLOT_KEY)) is not None:
+            slot.release()  # to the next in line now, not once this answer is sent
+        response = _problem(request, refused)
+        response.force_close()  # its body is not read: the connection cannot carry another request
+        return response
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the answer's own bytes start after it
     return None
 
 
-async def _agent_of(request: web.Request) -> AgentIdentity | None:
-    """The agent (an ingest credential) the request's bearer token names, or None (no such credential, or the
-    database cannot say now): the middlewares answer the request then, as without ``Expect``."""
+async def _admit_head(request: web.Request) -> None:
+    """Refuse from the head what the gate, the rate limit and the catch-up slots would refuse after the body
+    (raised as they raise it); take a catch-up batch's slot for the request (``catchup.SLOT_KEY``)."""
+    request.app[GATE_KEY].check()  # the hub is draining: 503
+    who = await _identify(request)
+    if who is None:
+        return  # refused after 100 Continue as without Expect (401, 400), or the database cannot say now (503)
+    ratelimit.count(request, who)  # 429; the middleware does not count the request again
+    length = request.content_length
+    limit = request.app[SETTINGS_KEY].max_body_bytes
+    if who.role not in INGEST_ROLES or length is None or not catchup.CATCHUP_BODY_BYTES < length <= limit:
+        return
+    if _compressed(request):
+        return
+    try:
+        slot = await request.app[catchup.SLOTS_KEY].reserve(who.agent_id, length)
+    except web.HTTPException as refused:
+        if (limiter := ratelimit.limiter_of(request)) is not None:
+            refused.headers.update(limiter.headers(who.agent_id))  # as the middleware adds to a handler's refusal
+        raise
+    if slot is None:
+        return
+    request[catchup.SLOT_KEY] = slot
+    task = asyncio.current_task()  # the request's own: ends once it is answered, or gone
+    if task is not None:
+        task.add_done_callback(lambda _: slot.release())  # a middleware answered, the client went away
+
+
+async def _identify(request: web.Request) -> AgentIdentity | None:
+    """The credential the request's bearer token names, looked up from the head and handed to the auth
+    middleware (``HEAD_IDENTITY_KEY``), which refuses an unknown or revoked one (None) after ``100 Continue`` as
+    without ``Expect`` and does not ask the store again. None, and nothing handed over, for a malformed header
+    or a database that cannot say now: the middleware then asks, and answers, itself. (A credential revoked
+    while the batch waits in line is found by the next request, as one revoked while a body uploads.)"""
     try:
         identity = await request.app[STORE_KEY].authenticate(bearer_token(request))
     except (web.HTTPException, StoreClosed, StoreError):
         return None
-    return identity if identity is not None and identity.role in INGEST_ROLES else None
+    request[HEAD_IDENTITY_KEY] = identity
+    return identity
 
 
 def _compressed(request: web.Request) -> bool:

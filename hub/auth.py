@@ -42,6 +42,9 @@ PUBLIC_ROUTES_KEY = web.AppKey("public_routes", frozenset[str])
 UNKNOWN_CREDENTIALS_KEY = web.AppKey("unknown_credentials", RepeatLog)  # refusals, logged once a minute with a count
 SESSION_METHODS = frozenset({"GET", "HEAD"})  # the only methods a cookie session is accepted on
 BY_SESSION_KEY = web.RequestKey("by_session", bool)  # True: authenticated by a dashboard session cookie
+# What the store answered for the request's bearer token when a route's Expect handler looked it up from the head
+# (hub.app.sync_expect), None for no such credential: the middleware takes it instead of asking the store again.
+HEAD_IDENTITY_KEY: web.RequestKey[AgentIdentity | None] = web.RequestKey("head_identity")
 
 
 class CookieSessions(Protocol):
@@ -102,7 +105,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             request[BY_SESSION_KEY] = True
             return await handler(request)
     token = bearer_token(request)
-    identity = await request.app[STORE_KEY].authenticate(token)
+    if HEAD_IDENTITY_KEY in request:  # looked up from the head, for this token: the same answer, not asked twice
+        identity = request[HEAD_IDENTITY_KEY]
+    else:
+        identity = await request.app[STORE_KEY].authenticate(token)
     if identity is None:
         where = f"{request.method} {request.rel_url.raw_path}"  # as sent (percent-encoded): no forged log lines
         repeats = request.app.get(UNKNOWN_CREDENTIALS_KEY)

@@ -24,9 +24,14 @@ When the slot is taken depends on how the batch is sent:
   head, before a byte of the body is sent (``hub.app.sync_expect``): a known agent's batch whose
   ``Content-Length`` is over ``CATCHUP_BODY_BYTES`` takes its slot, or waits in line for one, before the hub
   answers ``100 Continue``, or is answered ``429`` at once and its connection closed, its body never uploaded.
-  A waiting batch's body is not held in the hub meanwhile. It holds its slot while its body arrives (within
-  ``body_timeout_s``), so a client with an agent's credential that asks so and then trickles its body holds up
-  to ``PER_AGENT_BATCHES`` slots that long.
+  A waiting batch's body is not held in the hub meanwhile. The same head is refused what the middlewares would
+  refuse after the upload (a draining hub's ``503``, the rate limit's ``429``, ``hub.app.sync_expect``). It
+  holds its slot while its body arrives for ``upload_deadline_s`` (its Content-Length at
+  ``UPLOAD_MIN_BYTES_PER_S``, at least ``UPLOAD_MIN_S``): a body slower than that gives its slot to the next
+  batch in line and is read on, within ``body_timeout_s`` as any, and takes a slot again once it has come, as
+  one sent without ``Expect``. So a store on a slow uplink still gets its batch through, where a ``408`` would
+  have it send the same batch again and again, and a client that asks and then trickles its body holds no slot
+  past that deadline.
 - **Without it** (an agent from before, any other client) the body is read first, whole, within
   ``body_timeout_s`` (``body_middleware``), and the slot is taken after it arrived. Its size is the bytes that
   came, so a body sent chunked, without a Content-Length, is judged as one that announced it; a client that
@@ -55,6 +60,11 @@ PER_AGENT_BATCHES = 2  # an agent's pipeline (agent/replicator.py): running or w
 RETRY_AFTER_S = 1.0  # the least a refused batch is asked to wait
 HOLD_S_FIRST = 1.0  # a slot's hold before any was measured: a 10,000-event batch under load
 HOLD_WEIGHT = 0.2  # the newest hold's share of the running mean
+# A batch given its slot from its head (Expect: 100-continue) holds it while its body uploads for at most its
+# Content-Length at this rate (512 kbit/s: a 10,000-event batch ~11 s), and at least UPLOAD_MIN_S; slower, the slot
+# goes to the next in line, and the body, read on within body_timeout_s, takes a slot again once it has come.
+UPLOAD_MIN_BYTES_PER_S = 64 * 1024
+UPLOAD_MIN_S = 5.0  # a far link's round trips and slow start, for a body just over CATCHUP_BODY_BYTES
 
 
 class CatchUpSlots:
@@ -184,11 +194,11 @@ class CatchUpSlots:
 class Slot:
     """A catch-up batch's slot, from when it was taken until ``release`` gives it back (once; again is a no-op)."""
 
-    __slots__ = ("_agent_id", "_slots", "_started", "released")
+    __slots__ = ("_slots", "_started", "agent_id", "released")
 
     def __init__(self, slots: CatchUpSlots, agent_id: str) -> None:
         self._slots = slots
-        self._agent_id = agent_id
+        self.agent_id = agent_id
         self._started = time.monotonic()
         self.released = False
 
@@ -196,7 +206,12 @@ class Slot:
         """Give the slot to the next batch in line, or free it."""
         if not self.released:
             self.released = True
-            self._slots._given_back(self._agent_id, time.monotonic() - self._started)
+            self._slots._given_back(self.agent_id, time.monotonic() - self._started)
+
+
+def upload_deadline_s(body_bytes: int) -> float:
+    """How long a batch of ``body_bytes`` holds the slot it took from its head while its body uploads."""
+    return max(UPLOAD_MIN_S, body_bytes / UPLOAD_MIN_BYTES_PER_S)
 
 
 SLOTS_KEY = web.AppKey("catchup_slots", CatchUpSlots)

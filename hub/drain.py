@@ -31,12 +31,17 @@ class RequestGate:
     def active(self) -> int:
         return self._active
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def check(self) -> None:
+        """A 503 once the door is closed. The middleware asks it of every request; a route's Expect handler asks
+        it of the request's head, so the body of a request a draining hub refuses is not sent (hub.app.sync_expect)."""
         if self._closed:
             raise web.HTTPServiceUnavailable(
                 text="the hub is shutting down; try again shortly", headers={"Connection": "close"}
             )
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.check()
         self._active += 1
         self._idle.clear()
         try:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hub.auth import IDENTITY_KEY, Handler
+from hub.storage.base import AgentIdentity
 from protocol.retry import retry_after_value
 
 RATE_LIMITED_ROUTES = frozenset({"sync", "events", "observations", "import_issues"})
@@ -109,13 +110,23 @@ def setup(app: web.Application, rate_per_s: float, burst: int) -> None:
         app[LIMITER_KEY] = RateLimiter(rate_per_s, burst)
 
 
-@web.middleware
-async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a limited route's request with 429 when its credential's bucket is empty (after authentication)."""
+COUNTED_KEY = web.RequestKey("rate_counted", bool)  # True: the request took its token already (from its head)
+
+
+def limiter_of(request: web.Request) -> RateLimiter | None:
+    """The limiter of ``request``'s route, or None (no limit on this hub, or not a limited route)."""
     limiter = request.app.get(LIMITER_KEY)
-    who = request.get(IDENTITY_KEY)
-    if limiter is None or who is None or request.match_info.route.name not in RATE_LIMITED_ROUTES:
-        return await handler(request)
+    return limiter if limiter is not None and request.match_info.route.name in RATE_LIMITED_ROUTES else None
+
+
+def count(request: web.Request, who: AgentIdentity) -> None:
+    """Take ``request``'s token from ``who``'s bucket, once whoever asks: a 429 with Retry-After when it is empty.
+    The middleware asks after authentication; the sync route's Expect handler asks of the request's head
+    (hub.app.sync_expect), and the middleware then does not count the request again."""
+    limiter = limiter_of(request)
+    if limiter is None or request.get(COUNTED_KEY, False):
+        return
+    request[COUNTED_KEY] = True
     wait_s = limiter.take(who.agent_id)
     if wait_s > 0:
         retry_after = retry_after_value(wait_s)
@@ -124,6 +135,16 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             f"{limiter.rate_per_s:g} a second for a while (rate_limit_per_s); try again in {retry_after} s",
             headers={"Retry-After": retry_after, **limiter.headers(who.agent_id)},
         )
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a limited route's request with 429 when its credential's bucket is empty (after authentication)."""
+    limiter = limiter_of(request)
+    who = request.get(IDENTITY_KEY)
+    if limiter is None or who is None:
+        return await handler(request)
+    count(request, who)
     try:
         response = await handler(request)
     except web.HTTPException as exc:  # an error answer says where the credential stands too

@@ -10,7 +10,9 @@ replicator, through a relay that counts what it uploads, sends none of a refused
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -18,9 +20,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from agent import Movement, Outbox, Replicator
+from hub import catchup
 from hub.catchup import CATCHUP_BODY_BYTES, SLOTS_KEY
+from hub.drain import GATE_KEY
+from hub.storage.base import AgentIdentity
 from hub.storage.sqlite.store import SqliteHubStore
 from hub.storage.sqlite.writer import InlineConnection
 from protocol import MSGPACK_CONTENT_TYPE, Kind, SyncRequest, decode_sync_response, encode_sync_request
@@ -260,3 +266,197 @@ async def test_an_agents_catch_up_batch_refused_by_the_hub_is_not_uploaded_and_t
         assert sum(c.on_hand for c in await hub.store.counts(location="S1")) == -backlog
     assert uploaded_while_refused < 4 * HEAD_MAX_BYTES + 1024, "a refused batch's body was uploaded"  # + handshake
     assert uploaded - uploaded_while_refused > SYNC_CATCHUP_BYTES  # the batch, uploaded once it was taken
+
+
+async def refused_without_expect(port: int, token: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A sync sent whole without ``Expect``: what the middlewares answer it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"POST /v1/sync HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: "
+            f"{MSGPACK_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        return await read_answer(reader)
+    finally:
+        writer.close()
+
+
+def without_numbers(problem: bytes) -> dict[str, object]:
+    """A problem's fields with its numbers (a Retry-After's seconds, counted down meanwhile) left out."""
+    fields = json.loads(problem)
+    return {k: re.sub(r"\d+", "N", v) if isinstance(v, str) else v for k, v in fields.items()}
+
+
+async def test_a_rate_limited_agents_catch_up_batch_is_refused_from_its_head_and_counted_once(tmp_path: Path) -> None:
+    """A bucket of two: a batch asking to continue takes one token (its head is counted, the middleware does not
+    count it again), the next the last; the third is refused 429 from its head, with the Retry-After, RateLimit
+    fields and problem the middleware gives a batch sent without asking, and takes no catch-up slot."""
+    async with hub_in_process(tmp_path / "hub.db", rate_limit_per_s=0.001, rate_limit_burst=2) as hub:
+        agent_id, token = await hub.store.add_agent(["S1"])
+        slots = hub.app[SLOTS_KEY]
+        left = []
+        for first in (1, BIG + 1):
+            body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG, first=first)))
+            reader, writer = await send_head(hub.port, token, len(body))
+            try:
+                status, _, _ = await read_answer(reader)
+                assert status == 100
+                writer.write(body)
+                await writer.drain()
+                stored, headers, _ = await read_answer(reader)
+            finally:
+                writer.close()
+            assert stored == 200
+            left.append(headers["ratelimit"])
+        assert [h.split(";")[1] for h in left] == ["r=1", "r=0"], "a batch asking to continue was counted twice"
+
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG, first=2 * BIG + 1)))
+        reader, writer = await send_head(hub.port, token, len(body))
+        try:
+            status, headers, problem = await read_answer(reader)  # answered with the head alone
+        finally:
+            writer.close()
+        assert status == 429, "the hub asked for the body (100 Continue) of a batch its rate limit refuses"
+        assert headers["connection"] == "close" and headers["ratelimit"].startswith('"writes";r=0;')
+        assert int(headers["retry-after"]) > 900 and "ratelimit-policy" in headers
+        assert (slots.running, slots.waiting, slots.refused) == (0, 0, 0)  # no slot was taken for it
+
+        status, unasked, unasked_problem = await refused_without_expect(hub.port, token, body)
+        assert status == 429 and abs(int(unasked["retry-after"]) - int(headers["retry-after"])) <= 1
+        assert unasked["ratelimit-policy"] == headers["ratelimit-policy"]
+        assert without_numbers(problem) == without_numbers(unasked_problem)
+        assert b"rate_limit_per_s" in problem
+        assert sum(c.on_hand for c in await hub.store.counts(location="S1")) == -2 * BIG
+
+
+async def test_a_draining_hub_refuses_a_sync_from_its_head_and_one_waiting_in_line_once_it_is_handed_a_slot(
+    tmp_path: Path,
+) -> None:
+    """One slot: a batch holds it (answered ``100 Continue``, its body not sent yet) and another waits in line
+    when the hub starts draining. A sync asking to continue then is answered 503 from its head; the batch in
+    flight is stored; the one in line, handed its slot, is answered 503 too, not ``100 Continue``."""
+    async with hub_in_process(tmp_path / "hub.db") as hub:
+        first_id, first_token = await hub.store.add_agent(["S1"])
+        agent_id, token = await hub.store.add_agent(["S2"])
+        first = encode_sync_request(SyncRequest(first_id, 1, events(first_id, "S1", BIG)))
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S2", BIG)))
+        slots = hub.app[SLOTS_KEY]
+        slots.total = 1
+        gate = hub.app[GATE_KEY]
+        first_reader, first_writer = await send_head(hub.port, first_token, len(first))
+        reader, writer = await send_head(hub.port, token, len(body))
+        try:
+            status, _, _ = await read_answer(first_reader)
+            assert status == 100
+            deadline = time.monotonic() + WAIT_S
+            while slots.waiting < 1 or gate.active < 1:
+                assert time.monotonic() < deadline, "the second batch did not wait in line"
+                await asyncio.sleep(0.01)
+            draining = asyncio.ensure_future(gate.drain(WAIT_S))
+
+            for length in (len(body), 100):  # a catch-up batch, a live sale
+                late_reader, late_writer = await send_head(hub.port, token, length)
+                try:
+                    late, late_headers, late_problem = await read_answer(late_reader)
+                finally:
+                    late_writer.close()
+                assert late == 503, "a draining hub asked for a body it will refuse (100 Continue)"
+                assert late_headers["connection"] == "close" and b"shutting down" in late_problem
+
+            first_writer.write(first)
+            await first_writer.drain()
+            stored, _, _ = await read_answer(first_reader)
+            assert stored == 200  # in flight when the drain began: finished
+            status, headers, problem = await read_answer(reader)
+            assert status == 503, "a batch handed its slot while the hub drains was asked for its body"
+            assert headers["connection"] == "close" and b"shutting down" in problem
+            assert await asyncio.wait_for(draining, WAIT_S)
+        finally:
+            first_writer.close()
+            writer.close()
+        assert (slots.running, slots.waiting) == (0, 0)
+        assert sum(c.on_hand for c in await hub.store.counts(location="S2")) == 0
+
+
+async def test_a_sync_asking_to_continue_has_its_credential_looked_up_once_and_refused_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Expect handler hands the identity it looked up to the auth middleware: one lookup a request, a known
+    agent's or not; an unknown or revoked credential is refused 401 and a reader's 403, as without ``Expect``."""
+    async with hub_in_process(tmp_path / "hub.db") as hub, aiohttp.ClientSession() as session:
+        store = hub.store
+        agent_id, token = await store.add_agent(["S1"])
+        revoked_id, revoked_token = await store.add_agent(["S2"])
+        await store.revoke_agent(revoked_id)
+        _, reader_token = await store.add_agent(["S1"], role="reader")
+        looked_up: list[str] = []
+        authenticate = store.authenticate
+
+        async def counted(token: str) -> AgentIdentity | None:
+            looked_up.append(token)
+            return await authenticate(token)
+
+        monkeypatch.setattr(store, "authenticate", counted)
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
+        async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers_of(token), expect100=True) as resp:
+            assert resp.status == 200 and decode_sync_response(await resp.read()).hwm == BIG
+        assert looked_up == [token], "the credential of a batch asking to continue was looked up twice"
+
+        for sent, expected, said in (
+            (revoked_token, 401, b"unknown or has been revoked"),
+            ("ssk_unknown", 401, b"unknown or has been revoked"),
+            (reader_token, 403, b"reader credential cannot send events"),
+        ):
+            looked_up.clear()
+            async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers_of(sent), expect100=True) as resp:
+                assert (resp.status, resp.headers.get("WWW-Authenticate") is not None) == (expected, expected == 401)
+                assert said in await resp.read()
+            assert len(looked_up) <= 1, f"a credential refused {expected} was looked up twice"
+        assert (hub.app[SLOTS_KEY].running, hub.app[SLOTS_KEY].refused) == (0, 0)
+
+
+async def test_a_batch_uploading_slower_than_its_slot_allows_gives_the_slot_to_the_next_and_is_stored_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One slot, a line of one. A batch given its slot from its head sends half its body and stalls: once its
+    upload deadline (catchup.upload_deadline_s, shortened here) passes, its slot goes to the batch waiting in
+    line, which is asked for its body and stored while the slow one still uploads; the slow one, once its body
+    has come, takes a slot again and is stored too, and nothing is answered 408."""
+    monkeypatch.setattr(catchup, "UPLOAD_MIN_S", 0.2)
+    monkeypatch.setattr(catchup, "UPLOAD_MIN_BYTES_PER_S", 1e12)
+    async with hub_in_process(tmp_path / "hub.db") as hub:
+        slow_id, slow_token = await hub.store.add_agent(["S1"])
+        agent_id, token = await hub.store.add_agent(["S2"])
+        slow = encode_sync_request(SyncRequest(slow_id, 1, events(slow_id, "S1", BIG)))
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S2", BIG)))
+        slots = hub.app[SLOTS_KEY]
+        slots.total, slots.queue_max = 1, 1
+        slow_reader, slow_writer = await send_head(hub.port, slow_token, len(slow))
+        reader, writer = None, None
+        try:
+            status, _, _ = await read_answer(slow_reader)
+            assert status == 100 and slots.running == 1
+            slow_writer.write(slow[: len(slow) // 2])
+            await slow_writer.drain()
+            reader, writer = await send_head(hub.port, token, len(body))
+            status, _, _ = await read_answer(reader)  # within WAIT_S: before QUEUE_WAIT_S ends its wait with 429
+            assert status == 100, "the batch in line was not handed the slot of the one stalled in its upload"
+            writer.write(body)
+            await writer.drain()
+            stored, _, answer = await read_answer(reader)
+            assert stored == 200 and decode_sync_response(answer).hwm == BIG
+            assert not slow_reader.at_eof()  # the slow one still uploads: not cut off
+
+            slow_writer.write(slow[len(slow) // 2 :])
+            await slow_writer.drain()
+            stored, _, answer = await read_answer(slow_reader)
+            assert stored == 200 and decode_sync_response(answer).hwm == BIG
+        finally:
+            slow_writer.close()
+            if writer is not None:
+                writer.close()
+        assert sum(c.on_hand for c in await hub.store.counts(location="S1")) == -BIG
+        assert sum(c.on_hand for c in await hub.store.counts(location="S2")) == -BIG
+        assert (slots.running, slots.waiting, slots.refused) == (0, 0, 0)

@@ -36,14 +36,14 @@ BIG = 5_000  # events in a catch-up batch here: its body is over CATCHUP_BODY_BY
 WAIT_S = 10.0  # the longest any wait below takes
 
 
-def events(agent_id: str, location: str, n: int) -> tuple[StockEvent, ...]:
+def events(agent_id: str, location: str, n: int, first: int = 1) -> tuple[StockEvent, ...]:
     return tuple(
         StockEvent(
             event_id=new_event_id(), agent_id=agent_id, epoch=1, seq=seq, location=location, sku=f"SKU-{seq % 50}",
             kind=Kind.SALE, qty=-1, occurred_at=pack_hlc(RECENT_MS + seq, 0), wall_ms=RECENT_MS + seq,
             source="pos:test",
         )
-        for seq in range(1, n + 1)
+        for seq in range(first, first + n)
     )
 
 
