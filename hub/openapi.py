@@ -34,6 +34,7 @@ from aiohttp import web
 from hub import (
     bundles,
     catalog,
+    catchup,
     csvexport,
     etag,
     events_api,
@@ -336,8 +337,9 @@ ERROR_STATUS: Mapping[int, tuple[str, str]] = {
     429: ("rate_limited", ("This credential sent write requests faster than its quota, or already runs "
           "export_max_per_credential CSV downloads, or (POST /v1/sync) this hub already works on its most catch-up "
           "batches (bodies over 256 KiB) at once and its line of waiting ones is full (or this one waited 10 s in it), "
-          "or it holds two of this agent's already (answered from the head, before 100 Continue, to a batch sent with "
-          "Expect: 100-continue); nothing of the request was stored: wait Retry-After seconds and send it again.")),
+          "or it holds two of this agent's already (to a POST /v1/sync sent with Expect: 100-continue, either is answered "
+          "from the head, before 100 Continue); nothing of the request was stored: wait Retry-After seconds and send it "
+          "again.")),
     500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
     502: ("bad_gateway", "The sales channel refused the hub's call or answered it wrongly; nothing was changed."),
     503: ("unavailable", ("The hub is shutting down or its database is unavailable, it is still opening its database "
@@ -591,7 +593,10 @@ def _paths() -> dict[str, JSON]:
         "be the credential's own (else 403 with `credential_agent_id`). A catch-up batch (a body over "
         f"{routes.SYNC_CATCHUP_BYTES // 1024} KiB) sent with `Expect: 100-continue` and a Content-Length is given its slot "
         "from the head: the hub answers `100 Continue` once it has one (after a wait in line, if need be) or 429 with "
-        "Retry-After and `Connection: close` before the body is sent.",
+        "Retry-After and `Connection: close` before the body is sent; it keeps the slot while its body uploads at "
+        f"{catchup.UPLOAD_MIN_BYTES_PER_S // 1024} KiB/s or faster, else gives it to the next and takes one again once "
+        "the body has come. Any sync sent with `Expect: 100-continue` is answered 503 (the hub shutting down) or 429 "
+        "(past the rate limit) from its head too, with `Connection: close`.",
         "Sync",
         {"200": ok("Committed: the new mark, what was refused, and the counts touched.", ref("SyncResponse"),
                    media=MSGPACK_CONTENT_TYPE, headers=RATE_LIMIT_HEADERS),
