@@ -34,7 +34,7 @@ from hub.storage.postgres.ingest import (
     text_list,
     text_list_sql,
 )
-from hub.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION
+from hub.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION, schema_version
 from protocol import MAX_BATCH_EVENTS, Kind, StockEvent
 from tests.harness.pg import fresh_schema
 from tests.hub.convergence import SAFETY_STOCK, deliver, delivery, event_sets, expected_state, observe
@@ -133,6 +133,26 @@ async def test_hubs_starting_together_migrate_once(pg_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_hub_that_waited_for_another_hubs_first_step_sees_it_done(pg_url: str) -> None:
+    """Hubs starting together on an empty database: one that found no schema, then waited for the migration lock
+    while another ran the first step, must read the version that one left. Its session had looked the version table
+    up by name and found none, and PostgreSQL keeps that answer in the session's catalog cache, inside a
+    transaction, until something makes it read the invalidations (a table lock; not a wait for an advisory lock):
+    the hub ran the first step again and failed on "relation meta already exists" (seen once under load)."""
+    first, second = await asyncpg.connect(pg_url), await asyncpg.connect(pg_url)
+    try:
+        assert await schema_version(second) == 0  # found no schema: the name's absence is now in its cache
+        async with second.transaction():  # as a migration step's transaction, started before the other's commit
+            await first.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL); "
+                "INSERT INTO schema_migrations (version, applied_ms) VALUES (1, 0)"
+            )
+            assert await schema_version(second) == 1
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_a_database_from_a_newer_shelfsync_is_refused(pg_url: str) -> None:

@@ -51,8 +51,18 @@ def check_not_newer(version: int, where: str = "", *, running: bool = True) -> N
         raise NewerSchema(version, where, running)
 
 
+# Whether the version table exists, read from the catalog as of this statement. Not ``to_regclass``: it answers from
+# the session's catalog cache, which inside a transaction keeps a name's absence until the session reads the
+# invalidations, and a wait for the migration lock (an advisory lock) does not make it read them: a hub that found
+# no schema, then waited while another hub ran the first step, read version 0 again and ran that step twice.
+HAS_VERSIONS_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relname = 'schema_migrations' AND n.nspname = current_schema())"
+)
+
+
 async def schema_version(conn: asyncpg.Connection) -> int:
-    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+    if not await conn.fetchval(HAS_VERSIONS_SQL):
         return 0
     return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_migrations"))
 
