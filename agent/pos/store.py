@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 FINISHED = ("imported", "quarantined")  # the statuses of an import that ended and may keep its checkpoint
 _FINISHED_SQL = "('imported', 'quarantined')"
+# Room the one-time rewrite of a store from an older agent leaves on its disk, beyond what it writes: the outbox
+# beside it goes on writing meanwhile.
+REWRITE_MARGIN_BYTES = 16 << 20
+_PAGES = ("page_size", "page_count", "freelist_count")
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +202,30 @@ class PosStore(SqliteFile):
     def _incremental(cls, conn: sqlite3.Connection) -> None:
         """Make the file one that can give free pages back (``auto_vacuum``, set only by rewriting it, once), and
         give back what is free (the counts of checkpoints ``_init`` dropped)."""
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
         try:
             if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                # VACUUM writes the whole file again through the WAL beside it (and a copy in the temporary folder,
+                # often the same disk). Begun without room, it failed with the WAL grown to the disk's last byte,
+                # and that WAL stayed while the agent ran: the outbox beside it could not write.
+                page, pages, free_pages = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in _PAGES)
+                needed = 2 * (pages - free_pages) * page + REWRITE_MARGIN_BYTES
+                free = shutil.disk_usage(Path(path).parent).free
+                if free < needed:
+                    log.warning(
+                        "The POS store %s is not rewritten to give free space back to the disk: the disk has %s "
+                        "free and the rewrite needs %s; it works as it is, and is rewritten at a start with room.",
+                        path, _size(free), _size(needed),
+                    )  # fmt: skip
+                    return
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 conn.execute("VACUUM")
             cls._give_back(conn)
-        except sqlite3.Error as err:  # the disk has no room for the copy VACUUM writes: it works as it is
+        except (sqlite3.Error, OSError) as err:  # the disk filled meanwhile: it works as it is
             log.warning(
-                "The POS store %s could not give its free space back to the disk (%s); it works as it is.",
-                conn.execute("PRAGMA database_list").fetchone()[2], err,
+                "The POS store %s could not be rewritten to give its free space back to the disk (%s); it works as "
+                "it is.",
+                path, err,
             )  # fmt: skip
 
     @staticmethod
@@ -674,6 +694,10 @@ class PosStore(SqliteFile):
             ).fetchall()
         )
         return [_filed_watch(*r) for r in rows]
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MiB"
 
 
 def _checkpoint(

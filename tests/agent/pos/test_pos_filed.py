@@ -18,6 +18,7 @@ from agent.pos import importer as importer_module
 from agent.pos import watcher as watcher_module
 from agent.pos.source import Position
 from tests.agent.pos.pos_helpers import open_env
+from tests.harness.small_disk import fill
 
 HEADER = "date,time,sku,qty,kind,ref\n"
 WAIT_S = 30.0  # bound on every wait for the watcher; never reached when things work
@@ -241,3 +242,32 @@ async def test_a_pos_store_made_by_an_older_agent_gives_back_free_space_from_its
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
         assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
     assert os.path.getsize(path) < 100_000
+
+
+def _free(disk: Path) -> int:
+    st = os.statvfs(disk)
+    return st.f_bavail * st.f_frsize
+
+
+async def test_a_pos_store_from_before_on_a_disk_without_room_for_its_rewrite_leaves_the_disk_as_it_was(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one-time rewrite (VACUUM) goes through the WAL beside the store: begun on a disk without room for it, it
+    failed, and left the WAL grown to the disk's last byte while the agent ran (the outbox beside it could not write)."""
+    path = small_disk / "pos-import.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID")
+        db.execute("INSERT INTO meta VALUES ('schema_version', 1)")
+        db.execute("CREATE TABLE filler (b BLOB)")
+        db.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(3000),) for _ in range(100)])  # 300 KB kept
+    ballast = fill(small_disk)
+    os.truncate(ballast, os.path.getsize(ballast) - 200_000)  # 200 KB free: less than the store holds
+    before = _free(small_disk)
+    with caplog.at_level(logging.WARNING, logger="agent.pos.store"):
+        async with PosStore.open(path):
+            assert _free(small_disk) > before // 2  # failed before: 0 bytes free, the WAL at the disk's last byte
+            (small_disk / "outbox-probe").write_bytes(b"x" * 50_000)  # the outbox beside it can still write
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # works as before; rewritten at a start with room
+    said = [r.getMessage() for r in caplog.records if "rewritten" in r.getMessage()]
+    assert len(said) == 1 and "free" in said[0], said
