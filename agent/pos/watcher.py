@@ -770,7 +770,14 @@ class PosFolderWatcher:
             )
         while len(self._filed) > FILED_WATCH_MAX:  # the oldest first, one whose last line is cut the last
             oldest = next(iter(self._filed))
-            await self._forget_filed(next((p for p, f in self._filed.items() if not f.mid_line), oldest))
+            gone = next((p for p, f in self._filed.items() if not f.mid_line), oldest)
+            if self._filed[gone].mid_line:
+                log.warning(
+                    "The last line of %s/%s still has no line break, but %s filed exports are watched already; the "
+                    "agent stops watching it, the oldest, and a row the POS finishes there later is not noticed.",
+                    gone.parent.name, _name(gone), f"{FILED_WATCH_MAX:,}",
+                )  # fmt: skip
+            await self._forget_filed(gone)
 
     async def _forget_filed(self, dest: Path, import_id: int | None = None) -> None:
         """Watch ``dest`` no more; the checkpoint kept for it (``import_id`` when it is not watched now) is dropped."""

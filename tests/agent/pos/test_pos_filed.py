@@ -188,6 +188,35 @@ async def test_a_row_the_till_finishes_after_the_filed_watch_and_a_restart_of_th
     )
 
 
+async def test_a_filed_copy_whose_last_line_is_cut_forgotten_because_too_many_are_watched_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With FILED_WATCH_MAX copies watched, the oldest is forgotten for the next, a complete one first; when every
+    one watched had a cut last line, the oldest of those was forgotten without a word, and a row its till finished
+    later was never noticed, nobody told (its watch ending after a day is said)."""
+    monkeypatch.setattr(watcher_module, "FILED_WATCH_MAX", 2)
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    config = PosImportConfig(profile="generic", unfinished_line_s=0.2)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports) as watcher,
+    ):
+        for day in ("mon", "tue", "wed"):
+            cut = CUT.replace("LAST-9", f"LAST-{day}")
+            (folder / f"{day}.csv").write_text(HEADER + "".join(_rows(2, day)) + cut, encoding="utf-8")
+            await reports.next()
+        watched = sorted(p.name for p in watcher._filed)
+        kept = [w.dest for w in await env.store.filed_watches()]
+    assert watched == ["tue.csv", "wed.csv"]
+    assert sorted(Path(d).name for d in kept) == ["tue.csv", "wed.csv"]
+    said = [m for m in caplog.messages if "mon.csv" in m and "stops watching" in m]
+    assert len(said) == 1, caplog.messages
+    assert "200" not in said[0] and "2 filed exports" in said[0]
+
+
 def _checkpoints(store_path: str) -> list[str]:
     with contextlib.closing(sqlite3.connect(store_path)) as db:
         return [name for (name,) in db.execute("SELECT file_name FROM checkpoints ORDER BY file_name")]
