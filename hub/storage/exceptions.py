@@ -96,15 +96,23 @@ UNKNOWN_RANGE = (
 # at most the request it had on its way when it forked, so an outbox restored from a backup (its old copy gone)
 # never counts twice there; a clone forked away from goes on syncing in it. Epoch 0 is POST /v1/events'
 # (hub.events_api.CONNECTOR_EPOCH), not an outbox's. agent_hwm holds a row per epoch each agent ever had: a few
-# hundred agents' few epochs, read whole (no index of its time: every sync writes it).
+# hundred agents' few epochs, read whole (no index of its time: every sync writes it). The epoch is the sender's
+# to choose, so one credential can sync in thousands within the window (a broken agent forking at every sync, or a
+# stolen token): each epoch was checked against every other of its agent, and 6,600 of them took 4 s a read of the
+# list (and of /metrics). Only an agent's COPIES_CHECKED_MAX epochs that synced last are checked, against any other.
+COPIES_CHECKED_MAX = 20
+RECENT_EPOCHS = (
+    "(SELECT agent_id, epoch, hwm, first_ms, prev_ms, updated_ms, peer, row_number() OVER (PARTITION BY agent_id"
+    " ORDER BY updated_ms DESC, epoch) AS recent FROM agent_hwm WHERE epoch <> 0 AND updated_ms >= ?) h"
+)
 LIVE_COPY = (
-    "h.epoch <> 0 AND h.updated_ms >= ? AND EXISTS (SELECT 1 FROM agent_hwm o WHERE o.agent_id = h.agent_id"
+    f"h.recent <= {COPIES_CHECKED_MAX} AND EXISTS (SELECT 1 FROM agent_hwm o WHERE o.agent_id = h.agent_id"
     " AND o.epoch <> h.epoch AND o.epoch <> 0 AND o.updated_ms >= ? AND h.prev_ms > o.first_ms"
     " AND o.prev_ms > h.first_ms)"
 )
 # One row per agent: when its newest copy began (the list's time: it stays while the copies run), how many copies.
 AGENT_COPIES = (
-    "(SELECT h.agent_id, max(h.first_ms) AS at_ms, count(*) AS copies FROM agent_hwm h"
+    f"(SELECT h.agent_id, max(h.first_ms) AS at_ms, count(*) AS copies FROM {RECENT_EPOCHS}"
     f" WHERE {LIVE_COPY} GROUP BY h.agent_id) c JOIN agents g ON g.agent_id = c.agent_id"
 )
 # An agent's locations are a JSON list (credentials.insert_agent): the code quoted as json.dumps writes it is in it.
@@ -113,7 +121,7 @@ COPIES_NAMED_MAX = 10  # copies of one agent an exception names, the newest sync
 # Those copies of the page's agents: ``LIVE_COPY``, numbered per agent.
 COPIES_NAMED = (
     f"SELECT {findings.AGENT_COPY_FIELDS} FROM (SELECT h.agent_id, h.epoch, h.hwm, h.first_ms, h.updated_ms, h.peer,"
-    " row_number() OVER (PARTITION BY h.agent_id ORDER BY h.updated_ms DESC, h.epoch) AS n FROM agent_hwm h"
+    f" row_number() OVER (PARTITION BY h.agent_id ORDER BY h.updated_ms DESC, h.epoch) AS n FROM {RECENT_EPOCHS}"
     " WHERE h.agent_id IN ({agents}) AND " + LIVE_COPY + ") x WHERE n <= ? ORDER BY agent_id, n"
 )
 # Which of the transfer source's rows ``Transfer.finding`` words as each kind, in its order: misdirected first, then
@@ -286,7 +294,7 @@ async def agent_copies(
     named: dict[str, list[tuple[int, int, int, int, str | None]]] = {}
     agents = [r[0] for r in rows]
     sql = COPIES_NAMED.format(agents=", ".join("?" * len(agents)))
-    for agent_id, *copy in await db.fetch(sql, (*agents, since_ms, since_ms, COPIES_NAMED_MAX)):
+    for agent_id, *copy in await db.fetch(sql, (since_ms, *agents, since_ms, COPIES_NAMED_MAX)):
         named.setdefault(agent_id, []).append(tuple(copy))
     return [findings.agent_copies(agent_id, at_ms, count, locations, named.get(agent_id, []))
             for agent_id, at_ms, count, locations in rows]  # fmt: skip

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from agent import Movement, Outbox, Replicator
-from hub.storage import open_store
-from protocol import Kind
+from hub.storage import exceptions, open_store
+from hub.storage.keys import ExceptionFilter
+from protocol import Kind, wall_ms_now
 from tests.harness.commands import hub_env
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, get_json
@@ -203,3 +204,52 @@ async def test_an_outbox_restored_from_a_backup_is_not_listed_as_two_copies(hub_
         (status,) = await store.agent_status(agent_id)
     assert counts == {"A": -5, "B": -4, "C": -6}
     assert len(status.hwm) == 2  # both epochs are on the agent list, as before
+
+
+class _Counted:
+    """``exceptions.agent_copies``' database, a plain connection to the hub's SQLite file that counts the steps its
+    statements take (SQLite's progress handler, every 1,000 virtual machine instructions)."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path)
+        self.thousands = 0
+
+        def tick() -> int:
+            self.thousands += 1
+            return 0
+
+        self.conn.set_progress_handler(tick, 1_000)
+
+    async def fetch(self, sql: str, params: Any = ()) -> list[Any]:
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+
+async def test_an_agent_syncing_in_thousands_of_epochs_costs_the_list_no_more_than_its_newest(tmp_path: Path) -> None:
+    """The epoch is the sender's: one credential can sync in thousands of them within the window (a broken agent
+    forking at every sync, or a stolen token at the hub's 50 writes a second). Each was checked against every
+    other: 6,600 took 4 s a read of the exceptions list (and of /metrics), growing with their square. Only the 20
+    epochs of an agent that synced last are checked now; two real copies among them are listed as before."""
+    path = tmp_path / "hub.db"
+    async with open_store(path) as store:
+        _, token = await store.add_agent(["S001"])
+        who = await store.authenticate(token)
+        assert who is not None
+        now_ms = wall_ms_now()
+        with contextlib.closing(sqlite3.connect(path)) as db, db:  # 2,000 epochs one after another, none at once
+            db.executemany(
+                "INSERT INTO agent_hwm (agent_id, epoch, hwm, updated_ms, first_ms, prev_ms) VALUES (?, ?, 0, ?, ?, ?)",
+                [(who.agent_id, 100 + e, now_ms - 200_000 + e * 90 + 50, now_ms - 200_000 + e * 90,
+                  now_ms - 200_000 + e * 90 + 10) for e in range(2_000)],
+            )  # fmt: skip
+        for _ in range(3):  # and two copies syncing in turn now, as in the tests above
+            for epoch in (10, 11):
+                await store.ingest(who, epoch, [])
+                await asyncio.sleep(0.002)  # the hub tells the syncs apart by their milliseconds
+        listed = await store.exceptions(kind="agent_copies", copies_window_ms=600_000)
+    assert [(r.data["count"], [c["epoch"] for c in r.data["copies"]]) for r in listed] == [(2, [11, 10])]
+    counted = _Counted(path)
+    with contextlib.closing(counted.conn):
+        rows = await exceptions.agent_copies(counted, ExceptionFilter(), 100, None, wall_ms_now() - 600_000)
+    assert [r.data["count"] for r in rows] == [2]
+    # before: 108,000 thousand steps (each of 2,000 epochs against the 2,000); now about 20 epochs against them
+    assert counted.thousands < 5_000, counted.thousands
