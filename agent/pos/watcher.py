@@ -183,6 +183,17 @@ class _Filed:
     mid_line: bool = False  # its last line has no line break: watched until it ends (FILED_UNFINISHED_WATCH_S)
 
 
+@dataclass(frozen=True, slots=True)
+class _Carried:
+    """An export imported in the drop folder that could not be filed away (Windows refuses to move a file the POS
+    holds open): what its next import goes on from, as for a filed copy (``_Filed``)."""
+
+    ident: tuple[int, int]  # (device, inode) of the file imported: another file under its name is a new export
+    import_id: int | None  # the import whose checkpoint the next import of it goes on from
+    cuts: tuple[CutRow, ...]  # rows booked from its last line without a line break, by its imports so far
+    digests: tuple[str, ...]  # its content's digest at each import so far
+
+
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
     """Which file sits at ``path`` and in what state: (device, inode, size, mtime); None if there is none.
 
@@ -304,6 +315,7 @@ class PosFolderWatcher:
         self._pending: dict[Path, _Seen] = {}
         # imported but could not be filed away: its size and mtime then, and its report (filed with it later)
         self._unmovable: dict[Path, tuple[int, int, ImportReport]] = {}
+        self._carried: dict[Path, _Carried] = {}  # imported but not filed away: what its next import goes on from
         self._reports_owed: dict[Path, str] = {}  # filed away, its report (JSON) not written yet (disk full)
         self._filed: dict[Path, _Filed] = {}  # filed away lately, by where it is now; oldest first
         self._wake = asyncio.Event()
@@ -846,10 +858,14 @@ class PosFolderWatcher:
             regular = False  # gone: the import says so
         hold = regular and self._still_mid_line(path, seen, time.monotonic())
         progress = _ProgressLog(_name(path), seen.size) if seen.size >= PROGRESS_LOG_MIN_BYTES else None
+        carried = await self._carried_for(path, before)
         try:
             report = await self.importer.import_file(
-                path, follow_links=False, on_progress=progress, hold_last_line=hold, keep_checkpoint=True
-            )
+                path, follow_links=False, on_progress=progress, hold_last_line=hold, keep_checkpoint=True,
+                go_on_from=carried.import_id if carried is not None else None,
+                cut_rows=carried.cuts if carried is not None else (),
+                seen_under=carried.digests if carried is not None else (),
+            )  # fmt: skip
         except PosImportError as err:  # the outbox or store cannot be written: the file stays, retry later
             raise TurnFailed(str(err)) from err
         except Exception as err:  # a surprise in one file must not stop the folder, nor be retried forever
@@ -884,7 +900,10 @@ class PosFolderWatcher:
 
     async def _finish(self, path: Path, report: ImportReport, seen: _Seen) -> None:
         """File the export away with its report, and tell whoever listens."""
-        if _identity(path) is None:  # exists() would follow a link: a dangling one is still there to file away
+        carried = self._carried.pop(path, None)
+        self._unmovable.pop(path, None)  # imported again since it could not be filed: this report replaces it
+        ident = _identity(path)
+        if ident is None:  # exists() would follow a link: a dangling one is still there to file away
             outcome = f"it was not imported: {report.error}" if report.status == "failed" else "its rows are recorded"
             log.warning("%s disappeared from %s while it was being imported; %s.", _name(path), self.folder, outcome)
             await self._drop_checkpoint(report.import_id)
@@ -892,31 +911,46 @@ class PosFolderWatcher:
                 self.on_report(report, path)
             return
         failed = report.status != "imported"
+        cuts = self._cuts(carried.cuts if carried is not None else (), report)
+        digests = (*(carried.digests if carried is not None else ()), report.sha256)
         try:
             dest = self._file_away(path, FAILED_DIR if failed else PROCESSED_DIR)
         except OSError as err:
             self._unmovable[path] = (seen.size, seen.mtime_ns, report)
+            self._carried[path] = _Carried((ident[0], ident[1]), report.import_id, cuts, digests)
             log.error(
                 "%s was imported but cannot be moved out of %s: %s", _name(path), self.folder, err.strerror or err
             )
             dest = path
         else:
             await self._report_beside(dest, report)
-            await self._watch_filed(
-                dest, report.file_name, (report.sha256,), import_id=report.import_id, cuts=self._cuts((), report)
-            )
+            await self._watch_filed(dest, report.file_name, digests, import_id=report.import_id, cuts=cuts)
         if self.on_report is not None:
             self.on_report(report, dest)
+
+    async def _carried_for(self, path: Path, now: tuple[int, int, int, int] | None) -> _Carried | None:
+        """What the import of ``path`` (``now``: its identity) goes on from, when an import of it could not file it
+        away; None for another file under its name (the checkpoint kept for the one before is dropped)."""
+        carried = self._carried.get(path)
+        if carried is None or (now is not None and (now[0], now[1]) == carried.ident):
+            return carried
+        del self._carried[path]
+        await self._drop_checkpoint(carried.import_id)
+        return None
 
     async def _file_unmovable(self) -> None:
         """File away, with the report of their import, the exports that could not be moved out when they were
         imported (the folder had turned read-only). Left in place, they stayed until the next start imported them
-        again. One that changed since is imported again instead (its rows already recorded are duplicates)."""
+        again. One that changed since is imported again instead, from where its import ended, with the rows it booked
+        from a last line without a line break (``_Carried``): a till that holds its export open, so that it cannot be
+        moved, and finishes the row it paused in has that row noticed, never booked a second time."""
         for path, (size, mtime_ns, report) in list(self._unmovable.items()):
             now = _identity(path)
             if now is None or now[2:] != (size, mtime_ns):
                 del self._unmovable[path]
-                await self._drop_checkpoint(report.import_id)  # imported again, from its start, as a new export
+                if now is None:  # gone: nothing to go on from
+                    carried = self._carried.pop(path, None)
+                    await self._drop_checkpoint(carried.import_id if carried is not None else report.import_id)
                 continue
             sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
             try:
@@ -924,10 +958,10 @@ class PosFolderWatcher:
             except OSError:
                 continue  # still refused: said when it was imported
             del self._unmovable[path]
+            carried = self._carried.pop(path, None)
+            cuts, digests = (carried.cuts, carried.digests) if carried is not None else ((), (report.sha256,))
             await self._report_beside(dest, report)
-            await self._watch_filed(
-                dest, report.file_name, (report.sha256,), import_id=report.import_id, cuts=self._cuts((), report)
-            )
+            await self._watch_filed(dest, report.file_name, digests, import_id=report.import_id, cuts=cuts)
             log.info("%s, imported before, is filed in %s/ now.", _name(path), sub)
 
     async def _import_again(self, dest: Path) -> None:

@@ -18,7 +18,7 @@ from agent.pos import importer as importer_module
 from agent.pos import watcher as watcher_module
 from agent.pos.source import Position
 from tests.agent.pos.pos_helpers import open_env
-from tests.harness.small_disk import fill
+from tests.harness.small_disk import Mounts, fill
 
 HEADER = "date,time,sku,qty,kind,ref\n"
 WAIT_S = 30.0  # bound on every wait for the watcher; never reached when things work
@@ -215,6 +215,42 @@ async def test_a_filed_copy_whose_last_line_is_cut_forgotten_because_too_many_ar
     said = [m for m in caplog.messages if "mon.csv" in m and "stops watching" in m]
     assert len(said) == 1, caplog.messages
     assert "200" not in said[0] and "2 filed exports" in said[0]
+
+
+async def test_a_row_the_till_finishes_in_an_export_that_could_not_be_filed_is_not_booked_a_second_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mounts: Mounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A till that keeps its export open while it pauses in a row: after unfinished_line_s the cut row is booked as
+    it stands, and the file cannot be moved to processed/ (Windows refuses to move a file another program holds
+    open; here processed/ is read-only). When the till then finished the row, the file, changed since, was imported
+    again as a new export, from its first line, its cut row forgotten: the finished row was booked a second time
+    (a sale of LAST-9 with ref r9, and another with ref r90). It goes on from where the import ended now, with the
+    cut row it booked, as for a filed copy: the finished row is quarantined with the reason, and the row after it
+    booked."""
+    monkeypatch.setattr(watcher_module, "RESCAN_S", 0.2)  # the exports that could not be filed are tried this often
+    folder = tmp_path / "drop"
+    (folder / "processed").mkdir(parents=True)
+    mounts.read_only_view(folder / "processed")
+    reports = Reports()
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    config = PosImportConfig(profile="generic", unfinished_line_s=0.5)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(_rows(5)) + CUT, encoding="utf-8")
+        report, where = await reports.next()
+        assert (report.rows_read, report.imported, where) == (6, 6, folder / "day.csv")  # booked, not filed
+        with (folder / "day.csv").open("a", encoding="utf-8") as till:  # the till finishes the row (r90), and more
+            till.write("0\n2024-03-05,10:00:10,LATE-1,1,sale,r10\n")
+        report, where = await reports.next()
+        events = await env.events()
+        kept = await env.store.quarantined()
+    assert where == folder / "day.csv"
+    assert sorted(e.sku for e in events) == sorted([*(f"SKU-{i}" for i in range(5)), "LAST-9", "LATE-1"])
+    assert (report.rows_read, report.quarantined) == (7, 1)
+    assert [q.line for q in kept] == [7]
+    assert "the POS finished it later and it differs (a different ref)" in kept[0].reason
 
 
 def _checkpoints(store_path: str) -> list[str]:
