@@ -49,8 +49,8 @@ SCHEMA_VERSION = 1
 FINISHED = ("imported", "quarantined")  # the statuses of an import that ended and may keep its checkpoint
 _FINISHED_SQL = "('imported', 'quarantined')"
 # Room the one-time rewrite of a store from an older agent leaves on its disk, beyond what it writes: the outbox
-# beside it goes on writing meanwhile.
-REWRITE_MARGIN_BYTES = 16 << 20
+# beside it goes on writing meanwhile. (A new store is rewritten too, at its first open: a few pages.)
+REWRITE_MARGIN_BYTES = 1 << 20
 _PAGES = ("page_size", "page_count", "freelist_count")
 
 log = logging.getLogger(__name__)
