@@ -186,7 +186,8 @@ class _Filed:
 @dataclass(frozen=True, slots=True)
 class _Carried:
     """An export imported in the drop folder that could not be filed away (Windows refuses to move a file the POS
-    holds open): what its next import goes on from, as for a filed copy (``_Filed``)."""
+    holds open): what its next import goes on from, as for a filed copy (``_Filed``). Kept in the POS store's
+    ``filed_watch`` too, under its path in the drop folder, for after a restart."""
 
     ident: tuple[int, int]  # (device, inode) of the file imported: another file under its name is a new export
     import_id: int | None  # the import whose checkpoint the next import of it goes on from
@@ -824,6 +825,13 @@ class PosFolderWatcher:
                 st = dest.lstat()
             except OSError:
                 st = None
+            same = st is not None and (st.st_dev, st.st_ino) == (w.dev, w.ino) and stat.S_ISREG(st.st_mode)
+            if dest.parent == self.folder:  # imported, not filed away (_Carried): its import goes on from there
+                if same:
+                    self._carried[dest] = _Carried((w.dev, w.ino), w.import_id, w.cuts, w.digests)
+                else:
+                    await self._forget_filed(dest, w.import_id)
+                continue
             if (
                 st is None or (st.st_dev, st.st_ino) != (w.dev, w.ino) or not stat.S_ISREG(st.st_mode)
                 or dest.parent.parent != self.folder
@@ -907,6 +915,8 @@ class PosFolderWatcher:
             outcome = f"it was not imported: {report.error}" if report.status == "failed" else "its rows are recorded"
             log.warning("%s disappeared from %s while it was being imported; %s.", _name(path), self.folder, outcome)
             await self._drop_checkpoint(report.import_id)
+            if carried is not None:
+                await self._forget_carried(path, None)
             if self.on_report is not None:  # what it recorded is real: whoever listens still hears of it
                 self.on_report(report, path)
             return
@@ -917,14 +927,17 @@ class PosFolderWatcher:
             dest = self._file_away(path, FAILED_DIR if failed else PROCESSED_DIR)
         except OSError as err:
             self._unmovable[path] = (seen.size, seen.mtime_ns, report)
-            self._carried[path] = _Carried((ident[0], ident[1]), report.import_id, cuts, digests)
             log.error(
                 "%s was imported but cannot be moved out of %s: %s", _name(path), self.folder, err.strerror or err
             )
+            carried = _Carried((ident[0], ident[1]), report.import_id, cuts, digests)
+            await self._keep_carried(path, report.file_name, carried)
             dest = path
         else:
             await self._report_beside(dest, report)
             await self._watch_filed(dest, report.file_name, digests, import_id=report.import_id, cuts=cuts)
+            if carried is not None:
+                await self._forget_carried(path, None)  # its checkpoint is the filed copy's now
         if self.on_report is not None:
             self.on_report(report, dest)
 
@@ -935,8 +948,30 @@ class PosFolderWatcher:
         if carried is None or (now is not None and (now[0], now[1]) == carried.ident):
             return carried
         del self._carried[path]
-        await self._drop_checkpoint(carried.import_id)
+        await self._forget_carried(path, carried.import_id)
         return None
+
+    async def _keep_carried(self, path: Path, name: str, carried: _Carried) -> None:
+        """``path`` could not be filed away: what its next import goes on from (``_Carried``), kept for a restart."""
+        self._carried[path] = carried
+        st = _identity(path)
+        size, mtime_ns = (st[2], st[3]) if st is not None else (0, 0)
+        kept = FiledWatch(
+            str(path), name, carried.import_id, *carried.ident, size, mtime_ns,
+            wall_ms_now() + round(FILED_UNFINISHED_WATCH_S * 1000), carried.digests, carried.cuts,
+        )  # fmt: skip
+        try:
+            await self.importer.store.watch_filed(kept)
+        except PosImportError as err:
+            log.warning("Where the next import of %s goes on from is not kept for a restart: %s", _name(path), err)
+
+    async def _forget_carried(self, path: Path, import_id: int | None) -> None:
+        """``path``'s ``_Carried`` is of no more use; its checkpoint (``import_id``, None: kept) is dropped too."""
+        self._carried.pop(path, None)
+        try:
+            await self.importer.store.unwatch_filed(str(path), import_id)
+        except PosImportError as err:  # kept there: dropped at the next start
+            log.warning("The POS store could not note that %s is imported: %s", _name(path), err)
 
     async def _file_unmovable(self) -> None:
         """File away, with the report of their import, the exports that could not be moved out when they were
@@ -949,8 +984,7 @@ class PosFolderWatcher:
             if now is None or now[2:] != (size, mtime_ns):
                 del self._unmovable[path]
                 if now is None:  # gone: nothing to go on from
-                    carried = self._carried.pop(path, None)
-                    await self._drop_checkpoint(carried.import_id if carried is not None else report.import_id)
+                    await self._forget_carried(path, report.import_id)
                 continue
             sub = FAILED_DIR if report.status != "imported" else PROCESSED_DIR
             try:
@@ -958,10 +992,12 @@ class PosFolderWatcher:
             except OSError:
                 continue  # still refused: said when it was imported
             del self._unmovable[path]
-            carried = self._carried.pop(path, None)
+            carried = self._carried.get(path)
             cuts, digests = (carried.cuts, carried.digests) if carried is not None else ((), (report.sha256,))
             await self._report_beside(dest, report)
             await self._watch_filed(dest, report.file_name, digests, import_id=report.import_id, cuts=cuts)
+            if carried is not None:
+                await self._forget_carried(path, None)  # its checkpoint is the filed copy's now
             log.info("%s, imported before, is filed in %s/ now.", _name(path), sub)
 
     async def _import_again(self, dest: Path) -> None:

@@ -253,6 +253,42 @@ async def test_a_row_the_till_finishes_in_an_export_that_could_not_be_filed_is_n
     assert "the POS finished it later and it differs (a different ref)" in kept[0].reason
 
 
+async def test_an_export_that_could_not_be_filed_keeps_its_cut_row_across_a_restart_of_the_agent(
+    tmp_path: Path, mounts: Mounts
+) -> None:
+    """The same, with the agent restarted before the till finishes the row (an update, say): what the next import
+    of the export goes on from was kept in memory only, so the next start imported it from its first line and
+    booked the finished row a second time. It is kept in the POS store (filed_watch, under its drop-folder name)."""
+    folder = tmp_path / "drop"
+    (folder / "processed").mkdir(parents=True)
+    mounts.read_only_view(folder / "processed")
+    reports = Reports()
+    config = PosImportConfig(profile="generic", unfinished_line_s=0.5)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(_rows(5)) + CUT, encoding="utf-8")
+        report, where = await reports.next()
+        assert (report.rows_read, report.imported, where) == (6, 6, folder / "day.csv")  # booked, not filed
+    with (folder / "day.csv").open("a", encoding="utf-8") as till:  # finished while the agent was stopped
+        till.write("0\n2024-03-05,10:00:10,LATE-1,1,sale,r10\n")
+    mounts.umount(folder / "processed")  # and processed/ can be written now
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        report, where = await reports.next()
+        events = await env.events()
+        kept = await env.store.quarantined()
+        watched = [Path(w.dest) for w in await env.store.filed_watches()]
+    assert where == folder / "processed" / "day.csv"
+    assert sorted(e.sku for e in events) == sorted([*(f"SKU-{i}" for i in range(5)), "LAST-9", "LATE-1"])
+    assert (report.rows_read, report.quarantined) == (7, 1)
+    assert [q.line for q in kept] == [7]
+    assert watched == [folder / "processed" / "day.csv"]
+
+
 def _checkpoints(store_path: str) -> list[str]:
     with contextlib.closing(sqlite3.connect(store_path)) as db:
         return [name for (name,) in db.execute("SELECT file_name FROM checkpoints ORDER BY file_name")]
