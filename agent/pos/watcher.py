@@ -829,6 +829,11 @@ class PosFolderWatcher:
             if dest.parent == self.folder:  # imported, not filed away (_Carried): its import goes on from there
                 if same:
                     self._carried[dest] = _Carried((w.dev, w.ino), w.import_id, w.cuts, w.digests)
+                elif (moved := self._moved_away(w.dev, w.ino)) is not None:  # filed, its watch not kept yet
+                    await self._watch_filed(
+                        moved, w.file_name, w.digests, import_id=w.import_id, changed=True, cuts=w.cuts
+                    )  # fmt: skip
+                    await self._forget_carried(dest, None)
                 else:
                     await self._forget_filed(dest, w.import_id)
                 continue
@@ -851,6 +856,17 @@ class PosFolderWatcher:
                 "Watching %s again whose last line had no line break yet, for a till that finishes it: %s.",
                 "1 filed export" if len(cut) == 1 else f"{len(cut)} filed exports", ", ".join(cut),
             )  # fmt: skip
+
+    def _moved_away(self, dev: int, ino: int) -> Path | None:
+        """Where in processed/ or failed/ the file (``dev``, ``ino``) sits, if it does: an agent killed after it
+        filed an export, before it kept the watch of it (the report is written when it is imported again)."""
+        for sub in (PROCESSED_DIR, FAILED_DIR):
+            with contextlib.suppress(OSError), os.scandir(self.folder / sub) as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):
+                        if entry.is_file(follow_symlinks=False) and entry.inode() == ino and entry.stat().st_dev == dev:
+                            return Path(entry.path)
+        return None
 
     # --- one unit of work -----------------------------------------------------------
     async def _import(self, path: Path) -> None:
@@ -923,6 +939,9 @@ class PosFolderWatcher:
         failed = report.status != "imported"
         cuts = self._cuts(carried.cuts if carried is not None else (), report)
         digests = (*(carried.digests if carried is not None else ()), report.sha256)
+        now = _Carried((ident[0], ident[1]), report.import_id, cuts, digests)
+        if cuts:  # an agent killed before its filed copy is watched would forget the rows booked from cut lines
+            await self._keep_carried(path, report.file_name, now)
         try:
             dest = self._file_away(path, FAILED_DIR if failed else PROCESSED_DIR)
         except OSError as err:
@@ -930,13 +949,13 @@ class PosFolderWatcher:
             log.error(
                 "%s was imported but cannot be moved out of %s: %s", _name(path), self.folder, err.strerror or err
             )
-            carried = _Carried((ident[0], ident[1]), report.import_id, cuts, digests)
-            await self._keep_carried(path, report.file_name, carried)
+            if not cuts:
+                await self._keep_carried(path, report.file_name, now)
             dest = path
         else:
             await self._report_beside(dest, report)
             await self._watch_filed(dest, report.file_name, digests, import_id=report.import_id, cuts=cuts)
-            if carried is not None:
+            if carried is not None or cuts:
                 await self._forget_carried(path, None)  # its checkpoint is the filed copy's now
         if self.on_report is not None:
             self.on_report(report, dest)

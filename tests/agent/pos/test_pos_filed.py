@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -287,6 +290,48 @@ async def test_an_export_that_could_not_be_filed_keeps_its_cut_row_across_a_rest
     assert (report.rows_read, report.quarantined) == (7, 1)
     assert [q.line for q in kept] == [7]
     assert watched == [folder / "processed" / "day.csv"]
+
+
+@pytest.mark.parametrize("point", ["_file_away", "_report_beside"])
+async def test_an_agent_killed_between_booking_a_cut_row_and_watching_its_filed_copy_does_not_book_it_twice(
+    tmp_path: Path, point: str
+) -> None:
+    """A real agent process killed (SIGKILL) after the import that booked a cut row ended, before the watch of its
+    filed copy was kept: before it was moved to processed/, or after. The next start dropped the checkpoint that
+    import kept (no watch named it) and with it the cut row: the export, still in the drop folder, was imported as
+    a new one and the row the till finished meanwhile booked a second time; or the filed copy was not watched and
+    the finished row never noticed. Where its import goes on from is kept before the export is moved now."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    (folder / "day.csv").write_text(HEADER + "".join(_rows(5)) + CUT, encoding="utf-8")
+    try:  # the process runs as this one does: in the Windows-like run, without fcntl (tests/ops)
+        import fcntl  # noqa: F401
+
+        python = [sys.executable, "-m"]
+    except ImportError:
+        python = [sys.executable, "-m", "tests.ops.packaging_blockers", "--windows", "-m"]
+    agent = await asyncio.to_thread(
+        subprocess.run, [*python, "tests.agent.pos.pos_killed_watcher", str(tmp_path), point],
+        cwd=Path(__file__).parents[3], timeout=60, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert agent.returncode == -signal.SIGKILL, agent.stderr
+    filed = folder / "processed" / "day.csv"
+    at = filed if point == "_report_beside" else folder / "day.csv"
+    with at.open("a", encoding="utf-8") as till:  # the till finishes the row (r90), and writes another
+        till.write("0\n2024-03-05,10:00:10,LATE-1,1,sale,r10\n")
+    reports = Reports()
+    config = PosImportConfig(profile="generic", unfinished_line_s=0.5)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        report, where = await reports.next()
+        events = await env.events()
+        kept = await env.store.quarantined()
+    assert where == filed and filed.with_name("day.csv.report.json").exists()
+    assert sorted(e.sku for e in events) == sorted([*(f"SKU-{i}" for i in range(5)), "LAST-9", "LATE-1"])
+    assert (report.rows_read, report.quarantined) == (7, 1)
+    assert [q.line for q in kept] == [7]
 
 
 def _checkpoints(store_path: str) -> list[str]:
