@@ -845,8 +845,10 @@ class PosFolderWatcher:
                 continue
             changed = (st.st_size, st.st_mtime_ns) != (w.size, w.mtime_ns)
             mid_line = _ends_mid_line(dest, w.size)
+            # kept on the wall clock: by an agent whose clock was ahead (put right since), a year away, say
+            left_s = min(max(w.until_ms - now_ms, 0) / 1000, max(FILED_WATCH_S, FILED_UNFINISHED_WATCH_S))
             self._filed[dest] = _Filed(
-                w.file_name, w.digests, w.dev, w.ino, w.size, w.mtime_ns, now + max(w.until_ms - now_ms, 0) / 1000,
+                w.file_name, w.digests, w.dev, w.ino, w.size, w.mtime_ns, now + left_s,
                 _Seen(-1, -1, now) if changed else None, w.cuts, w.import_id, mid_line,
             )  # fmt: skip
             if mid_line and (changed or w.until_ms > now_ms):

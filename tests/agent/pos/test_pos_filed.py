@@ -20,6 +20,8 @@ from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig, PosStore
 from agent.pos import importer as importer_module
 from agent.pos import watcher as watcher_module
 from agent.pos.source import Position
+from agent.pos.store import FiledWatch
+from protocol import wall_ms_now
 from tests.agent.pos.pos_helpers import open_env
 from tests.harness.small_disk import Mounts, fill
 
@@ -332,6 +334,30 @@ async def test_an_agent_killed_between_booking_a_cut_row_and_watching_its_filed_
     assert sorted(e.sku for e in events) == sorted([*(f"SKU-{i}" for i in range(5)), "LAST-9", "LATE-1"])
     assert (report.rows_read, report.quarantined) == (7, 1)
     assert [q.line for q in kept] == [7]
+
+
+async def test_a_watch_kept_by_an_agent_whose_clock_was_ahead_ends_in_its_time_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the watch of a filed copy ends is kept on the wall clock: kept by an agent whose clock was a year ahead
+    (a wrong date, put right since), the next start watched the copy for a year instead of at most a day."""
+    monkeypatch.setattr(watcher_module, "FILED_WATCH_S", 0.3)
+    monkeypatch.setattr(watcher_module, "FILED_UNFINISHED_WATCH_S", 0.3)
+    folder = tmp_path / "drop"
+    (folder / "processed").mkdir(parents=True)
+    copy = folder / "processed" / "day.csv"
+    copy.write_text(HEADER + "".join(_rows(2)), encoding="utf-8")
+    st = copy.stat()
+    year_ms = 365 * 86_400_000
+    async with open_env(tmp_path, PosImportConfig(profile="generic")) as env:
+        await env.store.watch_filed(
+            FiledWatch(str(copy), "day.csv", None, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                       wall_ms_now() + year_ms, (), ())
+        )  # fmt: skip
+        async with PosFolderWatcher(env.importer, folder, settle_s=0.1) as watcher:
+            assert copy in watcher._filed
+            await wait_until(lambda: copy not in watcher._filed)  # failed before: watched for a year
+        assert await env.store.filed_watches() == []
 
 
 def _checkpoints(store_path: str) -> list[str]:
