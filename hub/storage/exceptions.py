@@ -101,10 +101,19 @@ UNKNOWN_RANGE = (
 # stolen token): each epoch was checked against every other of its agent, and 6,600 of them took 4 s a read of the
 # list (and of /metrics). Only an agent's COPIES_CHECKED_MAX epochs that synced last are checked, against any other.
 COPIES_CHECKED_MAX = 20
-RECENT_EPOCHS = (
-    "(SELECT agent_id, epoch, hwm, first_ms, prev_ms, updated_ms, peer, row_number() OVER (PARTITION BY agent_id"
-    " ORDER BY updated_ms DESC, epoch) AS recent FROM agent_hwm WHERE epoch <> 0 AND updated_ms >= ?) h"
-)
+
+
+def _recent_epochs(agents: str = "") -> str:
+    """``h``: the epochs (other than 0) that synced since a time (its parameter), of the agents ``agents`` names (an
+    SQL condition on ``e``, its parameters before that time's; all agents: ""), each numbered by how lately it
+    synced (``recent``)."""
+    return (
+        "(SELECT e.agent_id, e.epoch, e.hwm, e.first_ms, e.prev_ms, e.updated_ms, e.peer, row_number() OVER"
+        " (PARTITION BY e.agent_id ORDER BY e.updated_ms DESC, e.epoch) AS recent FROM agent_hwm e"
+        f" WHERE {agents + ' AND ' if agents else ''}e.epoch <> 0 AND e.updated_ms >= ?) h"
+    )
+
+
 LIVE_COPY = (
     f"h.recent <= {COPIES_CHECKED_MAX} AND EXISTS (SELECT 1 FROM agent_hwm o WHERE o.agent_id = h.agent_id"
     " AND o.epoch <> h.epoch AND o.epoch <> 0 AND o.updated_ms >= ? AND h.prev_ms > o.first_ms"
@@ -112,7 +121,7 @@ LIVE_COPY = (
 )
 # One row per agent: when its newest copy began (the list's time: it stays while the copies run), how many copies.
 AGENT_COPIES = (
-    f"(SELECT h.agent_id, max(h.first_ms) AS at_ms, count(*) AS copies FROM {RECENT_EPOCHS}"
+    f"(SELECT h.agent_id, max(h.first_ms) AS at_ms, count(*) AS copies FROM {_recent_epochs()}"
     f" WHERE {LIVE_COPY} GROUP BY h.agent_id) c JOIN agents g ON g.agent_id = c.agent_id"
 )
 # An agent's locations are a JSON list (credentials.insert_agent): the code quoted as json.dumps writes it is in it.
@@ -121,8 +130,8 @@ COPIES_NAMED_MAX = 10  # copies of one agent an exception names, the newest sync
 # Those copies of the page's agents: ``LIVE_COPY``, numbered per agent.
 COPIES_NAMED = (
     f"SELECT {findings.AGENT_COPY_FIELDS} FROM (SELECT h.agent_id, h.epoch, h.hwm, h.first_ms, h.updated_ms, h.peer,"
-    f" row_number() OVER (PARTITION BY h.agent_id ORDER BY h.updated_ms DESC, h.epoch) AS n FROM {RECENT_EPOCHS}"
-    " WHERE h.agent_id IN ({agents}) AND " + LIVE_COPY + ") x WHERE n <= ? ORDER BY agent_id, n"
+    " row_number() OVER (PARTITION BY h.agent_id ORDER BY h.updated_ms DESC, h.epoch) AS n FROM "
+    f"{_recent_epochs('e.agent_id IN ({agents})')} WHERE {LIVE_COPY}) x WHERE n <= ? ORDER BY agent_id, n"
 )
 # Which of the transfer source's rows ``Transfer.finding`` words as each kind, in its order: misdirected first, then
 # closed short (written off), unmatched (nothing shipped), over, short.
@@ -294,7 +303,7 @@ async def agent_copies(
     named: dict[str, list[tuple[int, int, int, int, str | None]]] = {}
     agents = [r[0] for r in rows]
     sql = COPIES_NAMED.format(agents=", ".join("?" * len(agents)))
-    for agent_id, *copy in await db.fetch(sql, (since_ms, *agents, since_ms, COPIES_NAMED_MAX)):
+    for agent_id, *copy in await db.fetch(sql, (*agents, since_ms, since_ms, COPIES_NAMED_MAX)):
         named.setdefault(agent_id, []).append(tuple(copy))
     return [findings.agent_copies(agent_id, at_ms, count, locations, named.get(agent_id, []))
             for agent_id, at_ms, count, locations in rows]  # fmt: skip

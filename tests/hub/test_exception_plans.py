@@ -333,29 +333,38 @@ async def test_the_agent_copies_source_reads_each_agents_epochs_by_its_key(backe
     read = {"agents": 0, "named": 0}
     for only, sql, plan in await copies_plans(backend, agent_copies):
         where = (only, sql, plan)
-        named = "row_number()" in sql
+        named = " AS n FROM " in sql  # the page's copies, numbered per agent (both number an agent's epochs)
         read["named" if named else "agents"] += 1
         if backend == "sqlite":
             # the other copies of an epoch: a seek of the primary key by the agent, never a scan
             assert "SEARCH o USING PRIMARY KEY (agent_id=?)" in plan and "SCAN o" not in plan, where
             if named:  # the page's agents' epochs only
-                assert "SEARCH h USING PRIMARY KEY (agent_id=?)" in plan and "SCAN h" not in plan, where
-            else:  # agent_hwm whole, grouped as its primary key walks it; each credential by its key
-                assert "SCAN h" in plan and not any("FOR GROUP BY" in line for line in plan), where
+                assert "SEARCH e USING PRIMARY KEY (agent_id=?)" in plan and "SCAN e" not in plan, where
+            else:  # agent_hwm whole as its primary key walks it, each agent's epochs sorted by their last sync among
+                # themselves (COPIES_CHECKED_MAX: a window), never the table; each credential by its key
+                assert "SCAN e" in plan and "USE TEMP B-TREE FOR RIGHT PART OF ORDER BY" in plan, where
                 assert "SEARCH g USING PRIMARY KEY (agent_id=?)" in plan and "SCAN g" not in plan, where
             continue
         assert not any(line.lstrip("-> ").startswith("Seq Scan") for line in plan), where
         text = "\n".join(plan)
         # the other copies: merged with the epochs along the primary key, or a seek of it by the agent
-        assert "Merge Cond: (h.agent_id = o.agent_id)" in text or "Index Cond: (agent_id = h.agent_id)" in text, where
+        # (h: the epochs that synced in the window, e: agent_hwm read for them, as the planner names them)
+        assert any(
+            f"Merge Cond: ({a}.agent_id = o.agent_id)" in text or f"Index Cond: (agent_id = {a}.agent_id)" in text
+            for a in "he"
+        ), where
         if named:
             assert "Index Cond: (agent_id = ANY " in text, where  # the page's agents' epochs only
         else:
             assert "Index Scan using agents_pkey on agents g" in text, where
-            # grouped as the primary key walks the epochs; the only sort is of the grouped agents, above that
+            # grouped as the primary key walks the epochs; below that, each agent's epochs are sorted by their last
+            # sync among themselves only (COPIES_CHECKED_MAX: a window), and the grouped agents above it
             grouped = [i for i, line in enumerate(plan) if "GroupAggregate" in line]
-            assert grouped and "Group Key: h.agent_id" in text and "HashAggregate" not in text, where
-            assert all(i < grouped[0] for i, line in enumerate(plan) if "Sort" in line), where
+            assert grouped and any(f"Group Key: {a}.agent_id" in text for a in "he"), where
+            assert "HashAggregate" not in text, where
+            below = [line for i, line in enumerate(plan) if "Sort  (cost=" in line and i > grouped[0]]
+            assert all("Incremental Sort" in line for line in below), where
+            assert not below or "Presorted Key: e.agent_id" in text, where
     assert all(read.values()), read
 
 
