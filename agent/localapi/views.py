@@ -10,6 +10,7 @@ from agent.counts import LocalCount
 from agent.outbox import OutboxStats
 from agent.pos import PosFolderState
 from agent.sessions import (
+    BinNote,
     CloseReport,
     ExpectedLine,
     InvalidSessionInput,
@@ -125,7 +126,19 @@ def report_line_json(r: ReportLine) -> dict[str, Any]:
 
 
 def report_json(r: CloseReport) -> dict[str, Any]:
-    return {"events": r.events, "units": r.units, "lines": [report_line_json(x) for x in r.lines]}
+    return {
+        "events": r.events,
+        "units": r.units,
+        "lines": [report_line_json(x) for x in r.lines],
+        "bin_notes": [bin_note_json(n) for n in r.bin_notes],
+    }
+
+
+def bin_note_json(n: BinNote) -> dict[str, Any]:
+    return {
+        "sku": n.sku, "bin": n.bin, "since": n.since, "before": list(n.before), "between": list(n.between),
+        "put_in": dict(n.put_in), "taken": dict(n.taken), "message": n.message,
+    }  # fmt: skip
 
 
 def refused_json(r: Refused) -> dict[str, Any]:

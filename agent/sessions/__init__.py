@@ -27,6 +27,7 @@ from agent.sessions.errors import (
 from agent.sessions.items import Item, ItemLookup, resolve_code
 from agent.sessions.manager import SessionManager
 from agent.sessions.model import (
+    BinNote,
     CloseReport,
     Disposition,
     ExpectedLine,
@@ -45,6 +46,7 @@ from agent.sessions.store import FILENAME, SessionStore
 
 __all__ = [
     "FILENAME",
+    "BinNote",
     "ClosePlan",
     "CloseReport",
     "Disposition",

@@ -47,6 +47,64 @@ from dataclasses import dataclass
 from agent.outbox import Outbox
 from protocol import ON_HAND_KINDS, Kind, StockEvent
 
+# The words a movement is told by to the staff, per kind and direction (an adjustment either way).
+_WORDS = {
+    (Kind.RECEIVE, 1): "received", (Kind.RETURN, 1): "returned", (Kind.ADJUST, 1): "adjusted up",
+    (Kind.TRANSFER_IN, 1): "transferred in", (Kind.SALE, -1): "sold", (Kind.ADJUST, -1): "written off",
+    (Kind.TRANSFER_OUT, -1): "transferred out",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """What this agent holds of a SKU moved since its round's last count, up to this bin count's last scan: which
+    bin each movement touched nobody says, so the count books them on an assumption (docs/design.md, Bin counts):
+    the units put in are in the bin counted now (any put into a bin counted before are missing), the units taken
+    out came from the bins counted before (any taken from another bin are taken twice)."""
+
+    since: str  # the bin counted last before the movements (the count the round's counts are stamped at)
+    before: tuple[str, ...]  # the round's bins counted before the movements, first first (``since`` last)
+    between: tuple[str, ...]  # the round's bins counted since ``since``, before or after each movement, first first
+    put_in: tuple[tuple[str, int], ...]  # units put in, per word ("received", …), in the order first seen
+    taken: tuple[tuple[str, int], ...]  # units taken out, per word ("sold", …), as positive numbers
+
+    def sentence(self, sku: str, bin_: str) -> str:
+        """What the staff closing the count of ``bin_`` are told, with the numbers and what to do."""
+        put_in, taken = _listing(self.put_in), _listing(self.taken)
+        before = _bins(self.before)
+        then, was = _bins(self.between), "it was" if len(self.between) == 1 else "they were"
+        assumes = []
+        if put_in and self.between:
+            assumes.append(
+                f"the {put_in} are in bin {bin_} or went into {then} before {was} counted (any put into a bin"
+                " already counted are missing from it)"
+            )
+        elif put_in:
+            assumes.append(f"the {put_in} are in bin {bin_} (any put into {before} are missing from it)")
+        if taken and self.between:
+            assumes.append(
+                f"the {taken} came from {before}, or from {then} after {was} counted (any taken from a bin before it"
+                " was counted are taken twice)"
+            )
+        elif taken:
+            assumes.append(f"the {taken} came from {before} (any taken from another bin are taken twice)")
+        return (
+            f"{_listing(self.put_in + self.taken)} of {sku} since bin {self.since} was counted; this count assumes"
+            f" {' and '.join(assumes)} — if not, count all bins of {sku} again, one right after another."
+        )
+
+
+def _bins(names: tuple[str, ...]) -> str:
+    return ("bin " if len(names) == 1 else "bins ") + _joined(list(names))
+
+
+def _listing(words: tuple[tuple[str, int], ...]) -> str:
+    return _joined([f"{qty} {word}" for word, qty in words])
+
+
+def _joined(parts: list[str]) -> str:
+    return "".join(parts) if len(parts) < 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
 
 @dataclass(frozen=True, slots=True)
 class Carry:
@@ -55,6 +113,7 @@ class Carry:
 
     units: int
     at: int
+    moved: Moved | None = None  # what of the SKU this agent holds moved since the round's last count, if any
 
     def qty(self, counted: int) -> int:
         """The count booked for ``counted`` units in its bin."""
@@ -100,11 +159,23 @@ def _carried(events: list[StockEvent], bin_: str, at: int, source: str) -> Carry
     same = [(ev, extra) for ev, extra in round_ if ev.occurred_at == last.occurred_at]
     base = same[-1][0]
     units = base.qty + sum(ev.qty - extra for ev, extra in same[:-1])
-    for ev in before:
+    put_in: dict[str, int] = {}
+    taken: dict[str, int] = {}
+    for ev in reversed(before):  # oldest first: the words in the order they happened
         if ev.kind not in ON_HAND_KINDS or _order(ev) <= _order(base):
             continue
+        word = _WORDS.get((ev.kind, 1 if ev.qty > 0 else -1), ev.kind.value)
+        into = put_in if ev.qty > 0 else taken
+        into[word] = into.get(word, 0) + abs(ev.qty)
         if ev.occurred_at == last.occurred_at:
             units += min(ev.qty, 0)  # ordered before this count, which supersedes it: a unit taken stays taken
         else:
             units -= max(ev.qty, 0)  # ordered after it: the hub adds it, and a unit put in is left to its bin
-    return Carry(units, last.occurred_at)
+    moved = None
+    if put_in or taken:
+        named = [str(ev.attrs["bin"]) for ev, _ in reversed(round_)]  # first first: base is the len(same)-th last
+        cut = len(named) - len(same) + 1
+        moved = Moved(
+            named[cut - 1], tuple(named[:cut]), tuple(named[cut:]), tuple(put_in.items()), tuple(taken.items())
+        )
+    return Carry(units, last.occurred_at, moved)

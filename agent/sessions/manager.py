@@ -379,6 +379,11 @@ class SessionManager:
                     "" if len(carried) > 1 else f" ({next(iter(carried))}: {next(iter(carried.values())).units:+d})",
                 )  # fmt: skip
         plan = plan_close(session, lines, carried)
+        if plan.report.bin_notes and not resumed:
+            log.info(
+                "Session %s counts bin %s on an assumption: %s",
+                session.id, session.spec.bin, " ".join(n.message for n in plan.report.bin_notes),
+            )  # fmt: skip
         held = await self.outbox.recorded_from(session_source(session)) if resumed and plan.movements else 0
         if held:  # logged below as "already recorded by an earlier attempt"
             recorded, again = 0, held

@@ -259,10 +259,27 @@ class ReportLine:
 
 
 @dataclass(frozen=True, slots=True)
+class BinNote:
+    """A bin count's booked count of a SKU that rests on an assumption about movements between its round's bin
+    counts (``agent.sessions.bins.Moved``), told to the staff closing it: ``message`` says it with the numbers and
+    what to do."""
+
+    sku: str
+    bin: str  # the bin counted now
+    since: str  # the bin whose count the movements came after
+    before: tuple[str, ...]  # the round's bins counted before the movements, first first (``since`` last)
+    between: tuple[str, ...]  # the round's bins counted since ``since``: before or after each movement
+    put_in: tuple[tuple[str, int], ...]  # units put in since, per word ("received", …): assumed in ``bin``
+    taken: tuple[tuple[str, int], ...]  # units taken out since, per word ("sold", …): assumed from ``before``
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class CloseReport:
     events: int  # stock events the close recorded
     units: int  # base units moved (counted, for a count)
     lines: tuple[ReportLine, ...] = field(default_factory=tuple)
+    bin_notes: tuple[BinNote, ...] = field(default_factory=tuple)  # a bin count's assumptions, per SKU
 
     def with_status(self, status: str) -> tuple[ReportLine, ...]:
         return tuple(line for line in self.lines if line.status == status)

@@ -77,6 +77,7 @@ from agent.serials import Unit as Unit  # noqa: PLC0414 (re-exported)
 from agent.serials import listed
 from agent.sessions.bins import Carry
 from agent.sessions.model import (
+    BinNote,
     CloseReport,
     Disposition,
     Line,
@@ -237,8 +238,22 @@ def plan_close(session: Session, lines: Iterable[Line], carried: Mapping[str, Ca
         events=len(movements),
         units=sum(t.qty for t in sums),
         lines=_report_lines(session, sums, zero_unscanned=session.zero_unscanned),
+        bin_notes=bin_notes(session, carried or {}),
     )
     return ClosePlan(tuple(movements), report)
+
+
+def bin_notes(session: Session, carried: Mapping[str, Carry]) -> tuple[BinNote, ...]:
+    """Per SKU of a bin count whose booked count rests on what this agent holds moved since its round's last count
+    (``agent.sessions.bins.Moved``): what the staff closing it are told."""
+    bin_ = session.spec.bin
+    if bin_ is None:
+        return ()
+    return tuple(
+        BinNote(sku, bin_, m.since, m.before, m.between, m.put_in, m.taken, m.sentence(sku, bin_))
+        for sku, carry in carried.items()
+        if (m := carry.moved) is not None
+    )
 
 
 def _movements(

@@ -42,6 +42,7 @@ from agent.sessions.errors import (
     SessionStoreClosed,
 )
 from agent.sessions.model import (
+    BinNote,
     CloseReport,
     Disposition,
     ExpectedLine,
@@ -623,8 +624,26 @@ def _report_json(report: CloseReport) -> dict[str, Any]:
         "events": report.events,
         "units": report.units,
         "lines": [[r.sku, r.status, r.qty, r.expected] for r in report.lines],
+        **({"bin_notes": [_note_json(n) for n in report.bin_notes]} if report.bin_notes else {}),
     }
 
 
+def _note_json(n: BinNote) -> dict[str, Any]:
+    return {
+        "sku": n.sku, "bin": n.bin, "since": n.since, "before": list(n.before), "between": list(n.between),
+        "put_in": [list(x) for x in n.put_in], "taken": [list(x) for x in n.taken], "message": n.message,
+    }  # fmt: skip
+
+
+def _note_from_json(d: dict[str, Any]) -> BinNote:
+    return BinNote(
+        d["sku"], d["bin"], d["since"], tuple(d["before"]), tuple(d["between"]), tuple((w, q) for w, q in d["put_in"]),
+        tuple((w, q) for w, q in d["taken"]), d["message"],
+    )  # fmt: skip
+
+
 def _report_from_json(data: dict[str, Any]) -> CloseReport:
-    return CloseReport(data["events"], data["units"], tuple(ReportLine(*line) for line in data["lines"]))
+    lines = tuple(ReportLine(*line) for line in data["lines"])
+    return CloseReport(
+        data["events"], data["units"], lines, tuple(_note_from_json(n) for n in data.get("bin_notes", ()))
+    )

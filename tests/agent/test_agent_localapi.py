@@ -666,3 +666,54 @@ async def test_the_home_screen_shows_refusals_by_the_outbox_s_order_not_the_cloc
             assert await shown() == ["SKU-PLUM", "SKU-PEAR"]  # newest first; the apple is out of the window
             await refuse(sessions, outbox, "SKU-FIG", "A-4")
             assert await shown() == ["SKU-FIG", "SKU-PLUM"]  # the pear went like any other, its year ahead or not
+
+
+async def test_closing_a_bin_count_tells_what_it_assumes_of_the_movements_since_the_rounds_last_count(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by counting 5 apples in bin X, receiving 12 into bin Y and selling 12 from it, then counting 3 in Y:
+    the count booked was 0 (the hub's 0 + 12 − 12, for a shelf of 8), because which bin each movement touched
+    nobody says, and the close said nothing of it. The close now tells the staff what it assumed, with the
+    numbers and what to do; what it books is unchanged."""
+    await api.sign_in()
+
+    async def count_bin(bin_: str, qty: int) -> dict[str, Any]:
+        s = (await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": bin_}, status=201))["session"]
+        await api.ok("POST", f"/api/v1/sessions/{s['id']}/scans", {"sku": "SKU-APPLE", "qty": qty}, status=201)
+        return dict((await api.ok("POST", f"/api/v1/sessions/{s['id']}/close", {}))["session"])
+
+    x = await count_bin("X", 5)
+    assert x["report"]["bin_notes"] == []  # the round's first count assumes nothing
+    await api.outbox.record([Movement("S001", "SKU-APPLE", Kind.RECEIVE, 12, "pos:test")])
+    await api.outbox.record([Movement("S001", "SKU-APPLE", Kind.SALE, -12, "pos:test")])
+    caplog.set_level("INFO", logger="agent.sessions.manager")
+    y = await count_bin("Y", 3)
+    message = (
+        "12 received and 12 sold of SKU-APPLE since bin X was counted; this count assumes the 12 received are in"
+        " bin Y (any put into bin X are missing from it) and the 12 sold came from bin X (any taken from another"
+        " bin are taken twice) — if not, count all bins of SKU-APPLE again, one right after another."
+    )
+    assert y["report"]["bin_notes"] == [
+        {
+            "sku": "SKU-APPLE", "bin": "Y", "since": "X", "before": ["X"], "between": [],
+            "put_in": {"received": 12}, "taken": {"sold": 12}, "message": message,
+        }
+    ]  # fmt: skip
+    assert [r.getMessage() for r in caplog.records if "assumption" in r.getMessage()] == [
+        f"Session {y['id']} counts bin Y on an assumption: {message}"
+    ]
+    counts = [(ev.qty, ev.attrs.get("bin")) for ev in await api.outbox.pending(10) if ev.kind is Kind.COUNT]
+    assert counts == [(5, "X"), (0, "Y")]  # booked as before: 3 + 5 − 12, never below 0
+    # The note is the session's: a retried close and the session's view answer it too.
+    again = (await api.ok("POST", f"/api/v1/sessions/{y['id']}/close", {}))["session"]
+    assert again["report"]["bin_notes"] == y["report"]["bin_notes"]
+    view = await api.ok("GET", f"/api/v1/sessions/{y['id']}")
+    assert view["session"]["report"]["bin_notes"][0]["message"] == message
+    z = await count_bin("Z", 2)  # a third bin: the same movements, which may have come before or after Y's count
+    assert [(n["before"], n["between"], n["put_in"], n["taken"]) for n in z["report"]["bin_notes"]] == [
+        (["X"], ["Y"], {"received": 12}, {"sold": 12})
+    ]
+    assert (
+        "the 12 received are in bin Z or went into bin Y before it was counted"
+        in z["report"]["bin_notes"][0]["message"]
+    )

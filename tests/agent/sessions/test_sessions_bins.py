@@ -117,7 +117,10 @@ def test_a_round_whose_first_count_was_purged_is_over() -> None:
     sold = ev(3, Kind.SALE, -1)
     at = pack_hlc(1_700_000_000_100, 0)
     # bin Y's count stamped at its own time (by an older agent) holds the round so far: Z adds to it, the hub the sale
-    assert bins._carried([sold, carrying, started], "Z", at, "session:now") == bins.Carry(8, carrying.occurred_at)
+    after_y = bins.Moved("Y", ("X", "Y"), (), (), (("sold", 1),))  # the sale came after both bins' counts
+    assert bins._carried([sold, carrying, started], "Z", at, "session:now") == bins.Carry(
+        8, carrying.occurred_at, after_y
+    )
     assert bins._carried([sold, carrying, started], "X", at, "session:now") is None  # in the round: a new one
     assert bins._carried([sold, carrying], "X", at, "session:now") is None  # X purged: the round is over
 
@@ -131,7 +134,8 @@ def test_what_the_round_count_supersedes_is_taken_if_taken_away_and_left_if_put_
     later = [ev(4, Kind.RECEIVE, 6), ev(5, Kind.SALE, -2)]
     at = pack_hlc(1_700_000_000_100, 0)
     carry = bins._carried([started, *same_ms, *later], "Y", at, "session:now")
-    assert carry == bins.Carry(5 - 1 - 6, started.occurred_at)
+    moved = bins.Moved("X", ("X",), (), (("received", 8),), (("sold", 3),))  # what the staff are told of
+    assert carry == bins.Carry(5 - 1 - 6, started.occurred_at, moved)
     # 4 in bin Y: 2 booked, 2 + 6 − 2 at the hub; none: 0, not −2 (the hub's 6 − 2 is still no more than the shelf's:
     # what is not in X or Y went into a bin not yet counted)
     assert (carry.qty(4), carry.qty(0)) == (2, 0)
