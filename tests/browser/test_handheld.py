@@ -12,7 +12,7 @@ from playwright.async_api import BrowserContext, Page, Route, expect
 
 from agent.catalog import Catalog, make_item
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
-from agent.outbox import Outbox
+from agent.outbox import Movement, Outbox
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from protocol import Kind, Rejection
 
@@ -414,4 +414,46 @@ async def test_a_handheld_whose_session_another_closed_says_so_and_refuses_its_s
         f"{APPLE}: Session {session.id} is closed and takes no more scans."
     )
     assert len(await agent.sessions.store.lines(session.id)) == 1
+    assert script_errors(console_errors) == []
+
+
+async def test_a_bin_count_resting_on_the_movements_since_the_rounds_last_count_says_so_after_closing(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """5 apples counted in bin X, 12 received and 12 sold, then 3 counted in bin Y on the phone: the count booked is
+    0 (the shelf holds 8 if the receipt went into Y and the sales came from X), and the report says what it assumed
+    and what to do, in the close's own sentence."""
+    first = await agent.sessions.open(SessionSpec(SessionType.COUNT, bin="X"), by="ana")
+    await agent.sessions.key(first.id, "SKU-APPLE", 5, by="ana")
+    await agent.sessions.close(first.id, by="ana")
+    await agent.outbox.record([Movement("S001", "SKU-APPLE", Kind.RECEIVE, 12, "pos:test")])
+    await agent.outbox.record([Movement("S001", "SKU-APPLE", Kind.SALE, -12, "pos:test")])
+    await sign_in(page, agent)
+    await page.click("text=Count")
+    await page.fill("#open-form input[name=bin]", "Y")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    for _ in range(3):
+        await wedge(page, APPLE)
+    await expect(page.locator("#total-units")).to_have_text("3 units")
+    await page.click("#close")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#screen-report")).to_be_visible()
+    said = (
+        "12 received and 12 sold of SKU-APPLE since bin X was counted; this count assumes the 12 received are in"
+        " bin Y (any put into bin X are missing from it) and the 12 sold came from bin X (any taken from another"
+        " bin are taken twice) — if not, count all bins of SKU-APPLE again, one right after another."
+    )
+    await expect(page.locator("#report-notes .msg-warn")).to_have_text([said])
+    counted = [ev.qty for ev in await agent.outbox.pending(10) if ev.kind is Kind.COUNT]
+    assert counted == [5, 0]  # booked as before
+    await page.click("#report-done")
+    await page.click("text=Count")  # the next report starts without the note
+    await page.fill("#open-form input[name=bin]", "Q")
+    await page.click("#open-form button[type=submit]")
+    await wedge(page, PEAR)
+    await page.click("#close")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#screen-report")).to_be_visible()
+    await expect(page.locator("#report-notes .msg")).to_have_count(0)
     assert script_errors(console_errors) == []
