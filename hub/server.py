@@ -390,8 +390,9 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 
 
 def secrets_of(settings: HubSettings) -> list[str]:
-    """What the log must never show: the database password (as written and decoded) and webhook secrets."""
-    found = [spec.secret for spec in settings.webhooks]
+    """What the log must never show: the database password (as written and decoded), webhook secrets and the
+    password and query of webhook URLs."""
+    found = [s for spec in settings.webhooks for s in (spec.secret, *spec.url_secrets)]
     if "://" in settings.db:
         try:
             password = urlsplit(settings.db).password

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hub.resolver import is_location
 
@@ -87,6 +87,19 @@ class WebhookSpec:
         netloc = f"[{host}]" if ":" in host else host
         netloc += f":{parts.port}" if parts.port else ""
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    @property
+    def url_secrets(self) -> tuple[str, ...]:
+        """What of the URL may be a token (its password and query, as written and decoded): never shown."""
+        parts = urlsplit(self.url)
+        found = {v for raw in (parts.password, parts.query) if raw for v in (raw, unquote(raw))}
+        return tuple(sorted(found, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        """``text`` (an HTTP client's error, which may name the URL) without the URL's password or query."""
+        for secret in self.url_secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 def parse_webhooks(raw: Any) -> tuple[WebhookSpec, ...]:

@@ -69,6 +69,7 @@ from hub.webhook_spec import (
     verify_signature,
 )
 from protocol import wall_ms_now
+from protocol.logsafety import one_line
 from protocol.retry import NO_JITTER, Backoff, Streak, TurnFailed, peer_wait_s, run_turns
 
 __all__ = [
@@ -264,7 +265,7 @@ class WebhookDispatcher:
         except TimeoutError:
             return _Outcome(False, None, f"the receiver did not answer within {spec.timeout_s:g} s (timeout_s)")
         except aiohttp.ClientError as err:
-            return _Outcome(False, None, f"cannot reach the receiver: {err or type(err).__name__}")
+            return _Outcome(False, None, spec.redact(_client_error_text(err)))
 
     async def _succeeded(self, rows: list[ChangeRow], cursor: int, outcome: _Outcome) -> None:
         spec, status = self.spec, self.status
@@ -297,6 +298,15 @@ class WebhookDispatcher:
         )
         if self._deliveries is not None:
             self._deliveries.labels(spec.name, "failed").inc()
+
+
+def _client_error_text(err: aiohttp.ClientError) -> str:
+    """One sentence for a request that got no answer to read (aiohttp's own text may be a repr, or name the URL)."""
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "the receiver closed the connection before its answer was complete"
+    if isinstance(err, aiohttp.ClientResponseError):  # an answer aiohttp could not parse: its text names the URL
+        return f"the receiver's answer is not valid HTTP ({one_line(str(err.message)) or type(err).__name__})"
+    return f"cannot reach the receiver: {one_line(str(err)) or type(err).__name__}"
 
 
 class _WebhookCollector(Collector):

@@ -22,6 +22,7 @@ from hub.auth import PUBLIC_ROUTES_KEY
 from hub.config import ConfigError, settings_from_mapping
 from hub.limits import ACCEPT_SLACK, CONNECTIONS_MIN, FD_RESERVE, ConnectionGuard, fd_budget, parse_error_reason
 from hub.server import secrets_of
+from hub.webhook_spec import WebhookSpec
 from protocol.logsafety import RepeatLog, SecretFilter, secrets_masked
 from tests.harness.inprocess import serve_app
 from tests.harness.net import free_port
@@ -106,6 +107,10 @@ def test_secrets_of_settings_are_the_db_password_and_webhook_secrets() -> None:
     settings = HubSettings(db="postgresql://hub:p%40ss-word@db.example/hub")
     assert set(secrets_of(settings)) == {"p%40ss-word", "p@ss-word"}
     assert secrets_of(HubSettings(db="/var/lib/hub.db")) == []
+    hook = WebhookSpec("shop", "https://shop:pw%2F1@shop.example/h?key=a%2Bb", "hook-secret-1234")
+    assert set(secrets_of(HubSettings(db="/var/lib/hub.db", webhooks=(hook,)))) == {
+        "hook-secret-1234", "pw%2F1", "pw/1", "key=a%2Bb", "key=a+b"
+    }  # fmt: skip
 
 
 def test_secrets_masked_covers_every_root_handler_and_is_removed_after(caplog: pytest.LogCaptureFixture) -> None:

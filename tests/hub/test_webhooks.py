@@ -267,6 +267,61 @@ async def test_a_receiver_that_accepts_but_never_finishes_its_answer_body_is_not
         server.close()
 
 
+BROKEN_ANSWERS = {
+    "a head of too many headers": b"HTTP/1.1 500 Oops\r\n" + b"X-Filler: a\r\n" * 200 + b"\r\n",
+    "a status line cut by a close": b"HTTP/1.1 200 O",
+}
+
+
+@pytest.mark.parametrize("answer", list(BROKEN_ANSWERS))
+async def test_a_broken_answer_is_one_sentence_without_the_urls_token(
+    tmp_path: Path, answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URL's query and password (a token a shop may require) appear nowhere any credential may read.
+
+    aiohttp's error for an answer it cannot parse names the request URL with its query; the hub used to put it
+    as it was in the warning, in last_error of GET /v1/webhooks and in the delivery log (readable by every store
+    agent's credential). A receiver closing mid-answer was described as aiohttp's repr of the message it
+    parsed (``<RawResponseMessage(version=...)>``)."""
+    caplog.set_level(logging.INFO, logger="hub.webhooks")
+    requests = 0
+
+    async def answer_once_broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:"))[15:])
+                await reader.readexactly(length)
+                requests += 1
+                if requests == 1:
+                    writer.write(BROKEN_ANSWERS[answer])
+                    await writer.drain()
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_once_broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        hook = spec(f"http://shop:pass-WORD-9@127.0.0.1:{port}/hooks/stock?token=TOKEN-123")
+        async with running_hub(tmp_path, webhooks=(hook,)) as hub:
+            agent = await hub.agent()
+            await agent.sync((Kind.RECEIVE, 5))
+            await delivered_up_to(hub.store, "shop", await hub.store.latest_change_id())
+            log = await hub.get_json("/v1/webhooks/shop/deliveries", token=agent.token)
+    finally:
+        server.close()
+    failed = [d["error"] for d in log["deliveries"] if d["status"] == "failed"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hub.webhooks" and r.levelno >= logging.WARNING]
+    assert len(failed) == 1 and len(warnings) == 1, (failed, warnings)
+    for text in failed + warnings:
+        assert "TOKEN-123" not in text and "pass-WORD-9" not in text, text
+        assert "RawResponseMessage" not in text and "\n" not in text, text
+        assert "the receiver" in text, text
+
+
 @pytest.mark.parametrize("form", ["seconds", "http-date"])
 async def test_a_receiver_answering_429_with_retry_after_is_not_asked_again_sooner(tmp_path: Path, form: str) -> None:
     """retry_max_s = 0.05 s: the dispatcher used to send the batch again within a tenth of a second of a 429 that
