@@ -60,6 +60,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from hub import views
 from hub.auth import BY_SESSION_KEY, STORE_KEY, Unauthorized, bearer_token, identity_of, still_valid
+from hub.limits import parked
 from hub.storage.base import ChangeRow, StoreClosed, StoreError
 from hub.storage.interfaces import FeedStore
 from protocol import event_id_hex
@@ -473,11 +474,13 @@ async def get_changes(request: web.Request) -> web.Response:
     await check_not_ahead(store, after)
     page = await read_page(store, after, limit, location, sku)
     waited = False
-    while not page.rows and not watch.closed and (remaining := deadline - loop.time()) > 0:
-        if not await _wait_past_while_connected(request, watch, page.cursor, remaining):
-            return web.Response(status=204)  # nobody reads it: the client closed its connection while it waited
-        waited = True
-        page = await read_page(store, page.cursor, limit, location, sku)
+    room = asyncio.Event()  # set: a new connection needs this one's place (``hub.limits.parked``): answer now
+    with parked(request, room.set):
+        while not page.rows and not watch.closed and not room.is_set() and (remaining := deadline - loop.time()) > 0:
+            if not await _wait_past_while_connected(request, watch, page.cursor, remaining, room):
+                return web.Response(status=204)  # nobody reads it: the client closed its connection while it waited
+            waited = True
+            page = await read_page(store, page.cursor, limit, location, sku)
     if waited and not await still_valid(request):  # asked after the read: nothing committed later goes out
         log.info("refused the long-poll answer of %s: its credential was revoked or its session ended while it "
                  "waited", identity_of(request).agent_id)  # fmt: skip
@@ -487,19 +490,26 @@ async def get_changes(request: web.Request) -> web.Response:
         wire.CURSOR_FIELD: given.at(page.cursor),
         wire.MORE_FIELD: page.more,
     }
-    return web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
+    resp = web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
+    if room.is_set():
+        resp.force_close()  # its connection gave its place to a new one
+    return resp
 
 
-async def _wait_past_while_connected(request: web.Request, watch: ChangeWatch, after: int, timeout_s: float) -> bool:
-    """``watch.wait_past``, given up (False) once the client has closed its connection.
+async def _wait_past_while_connected(
+    request: web.Request, watch: ChangeWatch, after: int, timeout_s: float, room: asyncio.Event
+) -> bool:
+    """``watch.wait_past`` (or until ``room`` is set), given up (False) once the client has closed its connection.
 
     aiohttp goes on running a handler whose client left (the hub keeps ``handler_cancellation`` off), so a
     long-poll abandoned by its client used to wait out its whole ``wait``: a client reconnecting in a loop
     piled up a waiting handler per attempt, for up to a minute each."""
     waiting = asyncio.ensure_future(watch.wait_past(after, timeout_s))
+    making_room = asyncio.ensure_future(room.wait())
     try:
         while True:
-            done, _ = await asyncio.wait({waiting}, timeout=CLIENT_GONE_CHECK_S)
+            done, _ = await asyncio.wait({waiting, making_room}, timeout=CLIENT_GONE_CHECK_S,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
             if done:
                 return True
             transport = request.transport
@@ -507,6 +517,7 @@ async def _wait_past_while_connected(request: web.Request, watch: ChangeWatch, a
                 return False
     finally:
         waiting.cancel()
+        making_room.cancel()
 
 
 async def get_changes_stream(request: web.Request) -> web.StreamResponse:
@@ -547,6 +558,8 @@ async def _stream(
 ) -> None:  # fmt: skip
     after = given.after
     gone = asyncio.ensure_future(sse.wait())  # ends when the client goes away (a ping fails) or we stop
+    room = asyncio.Event()  # set: a new connection needs this one's place (``hub.limits.parked``): end now
+    making_room = asyncio.ensure_future(room.wait())
     loop = asyncio.get_running_loop()
     recheck_at = loop.time() + STREAM_RECHECK_S
     checks = request.app[CHECKS_KEY]
@@ -582,11 +595,15 @@ async def _stream(
                 continue
             waiting = asyncio.ensure_future(watch.wait_past(after, STREAM_RECHECK_S))
             try:
-                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+                with parked(request, room.set):
+                    await asyncio.wait({waiting, gone, making_room}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiting.cancel()
+            if room.is_set():
+                return  # its client resumes from Last-Event-ID, on a connection of its own
     except (ConnectionResetError, TimeoutError):
         return  # the client went away mid-send
     finally:
         watch.streams -= 1
         gone.cancel()
+        making_room.cancel()

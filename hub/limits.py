@@ -9,8 +9,11 @@ malformed request. This module adds, below the application:
   (``RLIMIT_NOFILE``, raised to its hard limit at start), keeping files for
   the database, its WAL, worker threads, the log and a burst of accepts;
 - at that budget, the connection idle the longest is closed to make room (so
-  ``/healthz`` still answers with a thousand idle sockets open); when every
-  connection is busy the new one is answered ``503`` and closed;
+  ``/healthz`` still answers with a thousand idle sockets open); with none
+  idle, the request that has waited with nothing to do the longest (a
+  long-poll or change stream, ``parked``) is answered now and its connection
+  closed; when every connection is busy the new one is answered ``503`` and
+  closed;
 - a request head (request line and headers) must arrive whole within
   ``header_timeout_s`` of its first byte, else ``408`` and the connection closes;
 - a malformed request is answered ``400`` with one sentence and counted, and
@@ -29,6 +32,8 @@ import logging
 import os
 import re
 import resource
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +164,8 @@ class ConnectionGuard:
         self.header_timeout_s = header_timeout_s
         self._open: set[GuardedHandler] = set()
         self._idle: dict[GuardedHandler, None] = {}  # insertion order: idle the longest first
+        # Requests waiting with nothing to do (``parked``), waiting the longest first, and how to answer each now.
+        self._parked: dict[GuardedHandler, Callable[[], None]] = {}
         self.malformed = RepeatLog(log, "refused", "malformed request")
         self.slow_heads = RepeatLog(
             log,
@@ -171,6 +178,12 @@ class ConnectionGuard:
             "closed",
             f"idle connection to make room for a new one (max_connections {max_connections})"
             f"|idle connections to make room for new ones (max_connections {max_connections})",
+        )
+        self.unparked = RepeatLog(
+            log,
+            "answered early",
+            f"waiting long-poll or change stream to make room for a new connection (max_connections {max_connections})"
+            f"|waiting long-polls or change streams to make room for new connections (max_connections {max_connections})",
         )
         self.refused = RepeatLog(
             log,
@@ -199,6 +212,13 @@ class ConnectionGuard:
         if len(self._open) <= self.max_connections:
             return True
         victim = next(iter(self._idle))
+        if victim is handler and self._parked:  # none idle: the request waiting the longest answers now
+            victim, answer = next(iter(self._parked.items()))
+            self.closed(victim)
+            self.unparked.record(victim.remote)
+            victim.close()  # once answered
+            answer()
+            return True
         if victim is handler:  # every other connection is busy
             self.closed(handler)
             self.refused.record(handler.remote)
@@ -219,9 +239,19 @@ class ConnectionGuard:
     def closed(self, handler: GuardedHandler) -> None:
         self._open.discard(handler)
         self._idle.pop(handler, None)
+        self._parked.pop(handler, None)
+
+    def park(self, handler: GuardedHandler, answer: Callable[[], None]) -> None:
+        if handler in self._open:
+            self._parked[handler] = answer
+
+    def unpark(self, handler: GuardedHandler) -> None:
+        self._parked.pop(handler, None)
 
     def flush(self) -> None:
-        for counter in (self.malformed, self.slow_heads, self.evicted, self.refused, self.accept_failed, self.lost):
+        for counter in (
+            self.malformed, self.slow_heads, self.evicted, self.unparked, self.refused, self.accept_failed, self.lost
+        ):  # fmt: skip
             counter.flush()
 
     def loop_exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -231,6 +261,22 @@ class ConnectionGuard:
             self.accept_failed.record(None, os.strerror(exc.errno or 0))
             return
         loop.default_exception_handler(context)
+
+
+@contextmanager
+def parked(request: web.BaseRequest, answer: Callable[[], None]) -> Iterator[None]:
+    """While ``request`` waits with nothing to do (a long-poll, a change stream between changes): at the budget
+    with no idle connection, a new connection takes its place rather than be refused; ``answer`` then makes the
+    request answer now (its connection closes once answered)."""
+    handler = request.protocol
+    if not isinstance(handler, GuardedHandler):  # served without the guard (tests' in-process clients)
+        yield
+        return
+    handler._guard.park(handler, answer)
+    try:
+        yield
+    finally:
+        handler._guard.unpark(handler)
 
 
 class GuardedHandler(RequestHandler):
