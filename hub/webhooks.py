@@ -253,7 +253,7 @@ class WebhookDispatcher:
                     answer = await resp.content.read(RESPONSE_READ_MAX_BYTES)
                 except (TimeoutError, aiohttp.ClientError):
                     answer = b""  # the status says it failed; the reason is what there is
-                text = answer.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+                text = one_line(" ".join(answer.decode("utf-8", "replace").split()), 200)  # control characters: ?
                 wait_s = (
                     peer_wait_s(resp.status, resp.headers.get("Retry-After"))  # as the channels wait
                     if resp.status == 429 or resp.status >= 500
