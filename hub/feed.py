@@ -11,12 +11,12 @@ re-reads the id every ``change_recheck_s``, so changes committed by another
 hub process sharing a PostgreSQL database (or by a route that does not poke)
 are seen too.
 
-One commit wakes every open stream at once. So that it costs one read, not
-one per stream, the watch reads the new changes itself, once, when the id
-moves, and keeps the newest ``RECENT_MAX`` of them: a stream that is not
-behind them takes its next page from there (``ChangeWatch.page_after``), and
-the streams of one credential that woke for the same read share one check of
-that credential (``CredentialChecks``). With hundreds of streams open, each
+One commit wakes every open stream and waiting long-poll at once. So that it
+costs one read, not one per stream, the watch reads the new changes itself,
+once, when the id moves, and keeps the newest ``RECENT_MAX`` of them: a
+stream or long-poll that is not behind them takes its next page from there
+(``ChangeWatch.page_after``), and those of one credential that woke for the
+same read share one check of that credential (``CredentialChecks``). With hundreds of streams open, each
 doing its own two reads per commit queued every other request behind them on
 the database (``/v1/counts`` went from a few to hundreds of milliseconds).
 
@@ -105,7 +105,7 @@ class ChangeWatch:
         self._recent_from = CURSOR_MAX + 1  # nothing read yet: no page is answered from ``_recent``
         self._recent_max = recent_max
         self._reads = 0  # reads of the newest id that found it moved; a page from ``_recent`` is as of one of them
-        self.streams = 0  # open streams (only they take pages from ``_recent``; long-polls and webhooks read their own)
+        self.streams = 0  # open streams and waiting long-polls take pages from ``_recent`` (webhooks read their own)
         self._cond = asyncio.Condition()
         self._wake = asyncio.Event()
         self._waiters = 0
@@ -473,15 +473,23 @@ async def get_changes(request: web.Request) -> web.Response:
     deadline = loop.time() + wait_s
     await check_not_ahead(store, after)
     page = await read_page(store, after, limit, location, sku)
-    waited = False
+    waited, read = False, None
     room = asyncio.Event()  # set: a new connection needs this one's place (``hub.limits.parked``): answer now
-    with parked(request, room.set):
-        while not page.rows and not watch.closed and not room.is_set() and (remaining := deadline - loop.time()) > 0:
-            if not await _wait_past_while_connected(request, watch, page.cursor, remaining, room):
-                return web.Response(status=204)  # nobody reads it: the client closed its connection while it waited
-            waited = True
-            page = await read_page(store, page.cursor, limit, location, sku)
-    if waited and not await still_valid(request):  # asked after the read: nothing committed later goes out
+    watch.streams += 1  # woken, it takes its page from what the watch read once for all (``page_after``)
+    try:
+        with parked(request, room.set):
+            while not page.rows and not watch.closed and not room.is_set() and (left := deadline - loop.time()) > 0:
+                if not await _wait_past_while_connected(request, watch, page.cursor, left, room):
+                    return web.Response(status=204)  # nobody reads it: the client closed its connection meanwhile
+                waited = True
+                shared: tuple[Page, int | None] | None = watch.page_after(page.cursor, limit, location, sku)
+                if shared is None:  # behind what the watch keeps: its own read
+                    shared = await read_page(store, page.cursor, limit, location, sku), None
+                page, read = shared
+    finally:
+        watch.streams -= 1
+    # asked after the read, shared by the long-polls of one token woken by it: nothing committed later goes out
+    if waited and not await request.app[CHECKS_KEY].still_valid(request, read):
         log.info("refused the long-poll answer of %s: its credential was revoked or its session ended while it "
                  "waited", identity_of(request).agent_id)  # fmt: skip
         raise Unauthorized(REVOKED_TEXT)

@@ -225,6 +225,39 @@ async def test_one_commit_wakes_every_open_stream_with_one_read_and_one_credenti
         stream.close()
 
 
+async def test_one_commit_answers_every_waiting_long_poll_with_one_read_and_one_credential_check(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the streams: each waiting long-poll used to read the new changes and its credential itself when a
+    commit woke them all. With 1,500 long-polls re-polling on a hub process, /v1/counts right after a commit took
+    63 to 80 ms at the median and up to 678 ms (1.3 ms with none); 11 to 47 ms and up to 368 ms with one read."""
+    polls_n = 20
+    agent = await hub.agent()
+    await agent.sync((Kind.RECEIVE, 6))
+    cursor = (await hub.get_json("/v1/changes"))["cursor"]
+    polls = [asyncio.create_task(hub.get_json(f"/v1/changes?wait=30&cursor={cursor}")) for _ in range(polls_n)]
+    await wait_until_waiting(hub, polls_n)
+    reads: list[str] = []
+    changes, authenticate = hub.store.changes, hub.store.authenticate
+
+    async def counted_changes(*args: Any, **kwargs: Any) -> Any:
+        reads.append("changes")
+        return await changes(*args, **kwargs)
+
+    async def counted_authenticate(token: str) -> Any:
+        reads.append("reader" if token == hub.reader else "other")
+        return await authenticate(token)
+
+    monkeypatch.setattr(hub.store, "changes", counted_changes)
+    monkeypatch.setattr(hub.store, "authenticate", counted_authenticate)
+    await agent.sync((Kind.SALE, -2))
+    async with asyncio.timeout(BOUND_S):
+        pages = await asyncio.gather(*polls)
+    for page in pages:
+        assert [c["on_hand"] for c in page["changes"]] == [4] and page["cursor"] != cursor
+    assert reads.count("changes") == 1 and reads.count("reader") == 1, reads
+
+
 async def test_the_stream_from_cursor_zero_replays_history_for_one_sku(hub: Hub) -> None:
     agent = await hub.agent()
     await agent.sync((Kind.RECEIVE, 1, "A"), (Kind.RECEIVE, 2, "B"), (Kind.SALE, -1, "B"))
