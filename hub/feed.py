@@ -474,12 +474,11 @@ async def get_changes(request: web.Request) -> web.Response:
     await check_not_ahead(store, after)
     page = await read_page(store, after, limit, location, sku)
     waited, read = False, None
-    room = asyncio.Event()  # set: a new connection needs this one's place (``hub.limits.parked``): answer now
     watch.streams += 1  # woken, it takes its page from what the watch read once for all (``page_after``)
     try:
-        with parked(request, room.set):
-            while not page.rows and not watch.closed and not room.is_set() and (left := deadline - loop.time()) > 0:
-                if not await _wait_past_while_connected(request, watch, page.cursor, left, room):
+        with parked(request) if not page.rows and wait_s > 0 else contextlib.nullcontext():
+            while not page.rows and not watch.closed and (remaining := deadline - loop.time()) > 0:
+                if not await _wait_past_while_connected(request, watch, page.cursor, remaining):
                     return web.Response(status=204)  # nobody reads it: the client closed its connection meanwhile
                 waited = True
                 shared: tuple[Page, int | None] | None = watch.page_after(page.cursor, limit, location, sku)
@@ -498,26 +497,19 @@ async def get_changes(request: web.Request) -> web.Response:
         wire.CURSOR_FIELD: given.at(page.cursor),
         wire.MORE_FIELD: page.more,
     }
-    resp = web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
-    if room.is_set():
-        resp.force_close()  # its connection gave its place to a new one
-    return resp
+    return web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
 
 
-async def _wait_past_while_connected(
-    request: web.Request, watch: ChangeWatch, after: int, timeout_s: float, room: asyncio.Event
-) -> bool:
-    """``watch.wait_past`` (or until ``room`` is set), given up (False) once the client has closed its connection.
+async def _wait_past_while_connected(request: web.Request, watch: ChangeWatch, after: int, timeout_s: float) -> bool:
+    """``watch.wait_past``, given up (False) once the client has closed its connection.
 
     aiohttp goes on running a handler whose client left (the hub keeps ``handler_cancellation`` off), so a
     long-poll abandoned by its client used to wait out its whole ``wait``: a client reconnecting in a loop
     piled up a waiting handler per attempt, for up to a minute each."""
     waiting = asyncio.ensure_future(watch.wait_past(after, timeout_s))
-    making_room = asyncio.ensure_future(room.wait())
     try:
         while True:
-            done, _ = await asyncio.wait({waiting, making_room}, timeout=CLIENT_GONE_CHECK_S,
-                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            done, _ = await asyncio.wait({waiting}, timeout=CLIENT_GONE_CHECK_S)
             if done:
                 return True
             transport = request.transport
@@ -525,7 +517,6 @@ async def _wait_past_while_connected(
                 return False
     finally:
         waiting.cancel()
-        making_room.cancel()
 
 
 async def get_changes_stream(request: web.Request) -> web.StreamResponse:
@@ -551,10 +542,11 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
     streams = request.app[STREAMS_KEY]
     streams.add(transport)
     try:
-        async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
-            await _stream(request, sse, store, watch, given, location, sku)
-        with contextlib.suppress(ConnectionResetError):  # the last chunk, here: it too may wait on a stalled client
-            await sse.write_eof()
+        with parked(request):  # a 503 past the share of connections that long-polls and streams may hold
+            async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
+                await _stream(request, sse, store, watch, given, location, sku)
+            with contextlib.suppress(ConnectionResetError):  # the last chunk: it too may wait on a stalled client
+                await sse.write_eof()
     finally:
         streams.discard(transport)
     return sse
@@ -566,8 +558,6 @@ async def _stream(
 ) -> None:  # fmt: skip
     after = given.after
     gone = asyncio.ensure_future(sse.wait())  # ends when the client goes away (a ping fails) or we stop
-    room = asyncio.Event()  # set: a new connection needs this one's place (``hub.limits.parked``): end now
-    making_room = asyncio.ensure_future(room.wait())
     loop = asyncio.get_running_loop()
     recheck_at = loop.time() + STREAM_RECHECK_S
     checks = request.app[CHECKS_KEY]
@@ -603,15 +593,11 @@ async def _stream(
                 continue
             waiting = asyncio.ensure_future(watch.wait_past(after, STREAM_RECHECK_S))
             try:
-                with parked(request, room.set):
-                    await asyncio.wait({waiting, gone, making_room}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiting.cancel()
-            if room.is_set():
-                return  # its client resumes from Last-Event-ID, on a connection of its own
     except (ConnectionResetError, TimeoutError):
         return  # the client went away mid-send
     finally:
         watch.streams -= 1
         gone.cancel()
-        making_room.cancel()

@@ -9,11 +9,12 @@ malformed request. This module adds, below the application:
   (``RLIMIT_NOFILE``, raised to its hard limit at start), keeping files for
   the database, its WAL, worker threads, the log and a burst of accepts;
 - at that budget, the connection idle the longest is closed to make room (so
-  ``/healthz`` still answers with a thousand idle sockets open); with none
-  idle, the request that has waited with nothing to do the longest (a
-  long-poll or change stream, ``parked``) is answered now and its connection
-  closed; when every connection is busy the new one is answered ``503`` and
-  closed;
+  ``/healthz`` still answers with a thousand idle sockets open); when every
+  connection is busy the new one is answered ``503`` and closed;
+- long-polls and change streams, which wait for minutes with nothing to do,
+  hold at most all but a tenth of the budget (``parked``): past it one is
+  answered ``503`` with ``Retry-After``, so that they never lock agents and
+  ``/healthz`` out;
 - a request head (request line and headers) must arrive whole within
   ``header_timeout_s`` of its first byte, else ``408`` and the connection closes;
 - a malformed request is answered ``400`` with one sentence and counted, and
@@ -32,7 +33,7 @@ import logging
 import os
 import re
 import resource
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -164,8 +165,9 @@ class ConnectionGuard:
         self.header_timeout_s = header_timeout_s
         self._open: set[GuardedHandler] = set()
         self._idle: dict[GuardedHandler, None] = {}  # insertion order: idle the longest first
-        # Requests waiting with nothing to do (``parked``), waiting the longest first, and how to answer each now.
-        self._parked: dict[GuardedHandler, Callable[[], None]] = {}
+        self._parked: set[GuardedHandler] = set()  # waiting long-polls and open change streams (``parked``)
+        # what they may hold: all but a tenth of the budget (at least one), kept for everything else
+        self.parked_max = max(1, max_connections - max(1, max_connections // 10))
         self.malformed = RepeatLog(log, "refused", "malformed request")
         self.slow_heads = RepeatLog(
             log,
@@ -179,11 +181,12 @@ class ConnectionGuard:
             f"idle connection to make room for a new one (max_connections {max_connections})"
             f"|idle connections to make room for new ones (max_connections {max_connections})",
         )
-        self.unparked = RepeatLog(
+        self.parked_refused = RepeatLog(
             log,
-            "answered early",
-            f"waiting long-poll or change stream to make room for a new connection (max_connections {max_connections})"
-            f"|waiting long-polls or change streams to make room for new connections (max_connections {max_connections})",
+            "refused",
+            f"long-poll or change stream: {self.parked_max} were waiting, all the budget keeps for them"
+            f"|long-polls or change streams: {self.parked_max} were waiting, all the budget keeps for them",
+            level=logging.WARNING,
         )
         self.refused = RepeatLog(
             log,
@@ -212,13 +215,6 @@ class ConnectionGuard:
         if len(self._open) <= self.max_connections:
             return True
         victim = next(iter(self._idle))
-        if victim is handler and self._parked:  # none idle: the request waiting the longest answers now
-            victim, answer = next(iter(self._parked.items()))
-            self.closed(victim)
-            self.unparked.record(victim.remote)
-            victim.close()  # once answered
-            answer()
-            return True
         if victim is handler:  # every other connection is busy
             self.closed(handler)
             self.refused.record(handler.remote)
@@ -239,18 +235,23 @@ class ConnectionGuard:
     def closed(self, handler: GuardedHandler) -> None:
         self._open.discard(handler)
         self._idle.pop(handler, None)
-        self._parked.pop(handler, None)
+        self._parked.discard(handler)
 
-    def park(self, handler: GuardedHandler, answer: Callable[[], None]) -> None:
-        if handler in self._open:
-            self._parked[handler] = answer
+    def park(self, handler: GuardedHandler) -> bool:
+        """A request begins to wait with nothing to do; False: as many as the budget keeps for them already do."""
+        if len(self._parked) >= self.parked_max:
+            self.parked_refused.record(handler.remote)
+            return False
+        self._parked.add(handler)
+        return True
 
     def unpark(self, handler: GuardedHandler) -> None:
-        self._parked.pop(handler, None)
+        self._parked.discard(handler)
 
     def flush(self) -> None:
         for counter in (
-            self.malformed, self.slow_heads, self.evicted, self.unparked, self.refused, self.accept_failed, self.lost
+            self.malformed, self.slow_heads, self.evicted, self.parked_refused, self.refused, self.accept_failed,
+            self.lost,
         ):  # fmt: skip
             counter.flush()
 
@@ -264,19 +265,28 @@ class ConnectionGuard:
 
 
 @contextmanager
-def parked(request: web.BaseRequest, answer: Callable[[], None]) -> Iterator[None]:
-    """While ``request`` waits with nothing to do (a long-poll, a change stream between changes): at the budget
-    with no idle connection, a new connection takes its place rather than be refused; ``answer`` then makes the
-    request answer now (its connection closes once answered)."""
+def parked(request: web.BaseRequest) -> Iterator[None]:
+    """While ``request`` waits with nothing to do (a long-poll, a change stream): busy, yet not working.
+
+    Without a cap, long-polls and streams (of one client even) could hold every connection and have every other
+    request refused ``503``; they may hold all but a tenth of the budget, and one past that is refused ``503``
+    with ``Retry-After`` (``web.HTTPServiceUnavailable``) before it waits."""
     handler = request.protocol
     if not isinstance(handler, GuardedHandler):  # served without the guard (tests' in-process clients)
         yield
         return
-    handler._guard.park(handler, answer)
+    guard = handler._guard
+    if not guard.park(handler):
+        handler.close()  # once answered: its place goes to another request, not to this client's next try
+        raise web.HTTPServiceUnavailable(
+            text=f"the hub holds as many long-polls and change streams as it keeps room for ({guard.parked_max}); "
+            "try again shortly",
+            headers={"Retry-After": retry_after_value(1.0)},
+        )
     try:
         yield
     finally:
-        handler._guard.unpark(handler)
+        guard.unpark(handler)
 
 
 class GuardedHandler(RequestHandler):
