@@ -155,6 +155,30 @@ class _Change:
     order_id: str = ""  # a sale's order at Square (its ``transaction_id``: Square's order id)
 
 
+@dataclass(slots=True)
+class _RecordReads:
+    """Reads of Square's record of changes for one end: when they start failing, one warning says what the hub does
+    until they work again (``meanwhile``); when they work again, one line says so (``again``)."""
+
+    why: str  # what the record is read for
+    meanwhile: str
+    again: str
+    failing: bool = False
+
+    def failed(self, channel: str, err: ChannelError) -> None:
+        if not self.failing:
+            log.warning(
+                "channel %s: Square's inventory changes could not be read %s (%s); until they can, %s",
+                channel, self.why, err, self.meanwhile,
+            )  # fmt: skip
+        self.failing = True
+
+    def read(self, channel: str) -> None:
+        if self.failing:
+            log.info("channel %s: Square's inventory changes can be read again, so %s", channel, self.again)
+        self.failing = False
+
+
 class _Refused(ChannelRejected):
     """A 4xx answer: the message is the sentence, ``errors`` Square's error objects."""
 
@@ -193,9 +217,22 @@ class SquareConnector:
         self._clock = clock
         self._wall = wall
         self._clamping = False  # the last push sent a stamp moved into Square's window (logged when that starts)
-        self._unread = False  # the last read of Square's changes after a push failed (logged when that starts)
-        self._unread_sold = False  # the last read of them at a reconciliation failed (logged when that starts)
-        self._unread_sales = False  # the last read of them before a push failed (logged when that starts)
+        # Square's record of changes, read for three ends: each says when its reads start failing and when they work
+        self._after_push = _RecordReads(
+            "to tell a sale at Square from a count it kept over the push",
+            "a level Square answers differently is pushed again as a kept count",
+            "a sale at Square during a push is told from a count it kept over the push",
+        )
+        self._reconciling = _RecordReads(
+            "to tell a sale at Square from a drift when reconciling",
+            "every level that diverges is pushed over, a sale whose order has not reached the hub included",
+            "a reconciliation leaves a sale at Square standing until its order reaches the hub",
+        )
+        self._before_push = _RecordReads(
+            "before pushing counts",
+            "a count goes out at the hub's level, over a sale at Square whose order has not reached the hub",
+            "a count pushed leaves a sale at Square standing until its order reaches the hub",
+        )
         self._read_at: dict[LevelKey, int] = {}  # each level's calculated_at as last read back (wall ms, Square's)
         self.calls = 0
         self.rate_limited = 0
@@ -309,20 +346,9 @@ class SquareConnector:
         try:
             record = await self._changes_since(stamps, shown)
         except ChannelError as err:
-            if not self._unread:
-                log.warning(
-                    "channel %s: Square's inventory changes could not be read to tell a sale at Square from a count it "
-                    "kept over the push (%s); until they can, a level Square answers differently is pushed again as a "
-                    "kept count", self.spec.name, err,
-                )  # fmt: skip
-            self._unread = True
+            self._after_push.failed(self.spec.name, err)
             return {}, kept
-        if self._unread:
-            log.info(
-                "channel %s: Square's inventory changes can be read again, so a sale at Square during a push is told "
-                "from a count it kept over the push", self.spec.name,
-            )  # fmt: skip
-            self._unread = False
+        self._after_push.read(self.spec.name)
         moved: dict[LevelKey, Moved] = {}
         for k, s in shown.items():
             found = _moved_after(record.get(k, []), batch[k].quantity, reference, s.quantity, s.at_ms)
@@ -455,6 +481,18 @@ class SquareConnector:
                 )
         return found
 
+    async def _changes_by_items(
+        self, since_ms: Mapping[LevelKey, int], shown: Mapping[LevelKey, _Shown | None], *, sales_only: bool = False
+    ) -> dict[LevelKey, list[_Change]]:
+        """``_changes_since`` of the levels ``shown``, ``READ_IDS_MAX`` items a request."""
+        items = sorted({k.item_id for k in shown})
+        record: dict[LevelKey, list[_Change]] = {}
+        for start in range(0, len(items), READ_IDS_MAX):
+            batch = set(items[start : start + READ_IDS_MAX])
+            part = {k: s for k, s in shown.items() if k.item_id in batch}
+            record.update(await self._changes_since(since_ms, part, sales_only=sales_only))
+        return record
+
     async def sold_since(
         self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]
     ) -> dict[LevelKey, Moved]:
@@ -467,28 +505,12 @@ class SquareConnector:
         asked = {k: _Shown(Decimal(q), self._read_at.get(k, 0)) for k, q in shown.items() if k in counted_ms}
         if not asked:
             return {}
-        items = sorted({k.item_id for k in asked})
-        record: dict[LevelKey, list[_Change]] = {}
         try:
-            for start in range(0, len(items), READ_IDS_MAX):
-                batch = set(items[start : start + READ_IDS_MAX])
-                part = {k: s for k, s in asked.items() if k.item_id in batch}
-                record.update(await self._changes_since(counted_ms, part))
+            record = await self._changes_by_items(counted_ms, asked)
         except ChannelError as err:
-            if not self._unread_sold:
-                log.warning(
-                    "channel %s: Square's inventory changes could not be read to tell a sale at Square from a drift "
-                    "when reconciling (%s); until they can, every level that diverges is pushed over, a sale whose "
-                    "order has not reached the hub included", self.spec.name, err,
-                )  # fmt: skip
-            self._unread_sold = True
+            self._reconciling.failed(self.spec.name, err)
             return {}
-        if self._unread_sold:
-            log.info(
-                "channel %s: Square's inventory changes can be read again, so a reconciliation leaves a sale at "
-                "Square standing until its order reaches the hub", self.spec.name,
-            )  # fmt: skip
-            self._unread_sold = False
+        self._reconciling.read(self.spec.name)
         sold: dict[LevelKey, Moved] = {}
         for k, s in asked.items():
             found = _sold_after(record.get(k, []), s.quantity, s.at_ms)
@@ -504,28 +526,12 @@ class SquareConnector:
         ``SOLD``, ``READ_IDS_MAX`` items a request. None when it cannot be read: said once until it can again."""
         if not counted_ms:
             return {}
-        items = sorted({k.item_id for k in counted_ms})
-        record: dict[LevelKey, list[_Change]] = {}
         try:
-            for start in range(0, len(items), READ_IDS_MAX):
-                batch = set(items[start : start + READ_IDS_MAX])
-                part: dict[LevelKey, _Shown | None] = dict.fromkeys(k for k in counted_ms if k.item_id in batch)
-                record.update(await self._changes_since(counted_ms, part, sales_only=True))
+            record = await self._changes_by_items(counted_ms, dict.fromkeys(counted_ms), sales_only=True)
         except ChannelError as err:
-            if not self._unread_sales:
-                log.warning(
-                    "channel %s: Square's inventory changes could not be read before pushing counts (%s); until they "
-                    "can, a count goes out at the hub's level, over a sale at Square whose order has not reached the "
-                    "hub", self.spec.name, err,
-                )  # fmt: skip
-            self._unread_sales = True
+            self._before_push.failed(self.spec.name, err)
             return None
-        if self._unread_sales:
-            log.info(
-                "channel %s: Square's inventory changes can be read again, so a count pushed leaves a sale at Square "
-                "standing until its order reaches the hub", self.spec.name,
-            )  # fmt: skip
-            self._unread_sales = False
+        self._before_push.read(self.spec.name)
         sales: dict[LevelKey, list[Sale]] = {}
         for k, changes in record.items():
             for c in changes:
