@@ -14,7 +14,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,27 @@ async def _leased_channel(
     return location_id, variation, agent, reader, config
 
 
+def _two_hubs(tmp_path: Path, config: Path, pg_db: str) -> tuple[HubProcess, HubProcess]:
+    """Two hub processes of one config and database, not started, logging to hub-1.log and hub-2.log."""
+    return (
+        HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port()),
+        HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port()),
+    )
+
+
+async def _first_pushing(
+    first: HubProcess, second: HubProcess, agent: Credential, reader: Credential,
+    shown: Callable[[int], Awaitable[bool]],
+) -> None:  # fmt: skip
+    """The first hub started and pushing the channel (6 received: Square shows 5, less the buffer of 1), then the
+    second started, which sees another hub push it."""
+    await asyncio.to_thread(first.start)
+    await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
+    await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+    await asyncio.to_thread(second.start)
+    assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+
+
 def assert_logs_clean(tmp_path: Path) -> None:
     """Neither hub's log holds a traceback or a job that ended by itself."""
     for name in ("hub-1.log", "hub-2.log"):
@@ -105,8 +126,7 @@ async def test_two_postgresql_hubs_push_a_channel_one_at_a_time_and_hand_it_over
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
 
-    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
-    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    first, second = _two_hubs(tmp_path, config, pg_db)
     try:
         await asyncio.to_thread(first.start)
 
@@ -165,15 +185,10 @@ async def test_a_paused_pushing_hub_loses_its_channel_to_the_other_hub_and_pushe
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
 
-    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
-    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    first, second = _two_hubs(tmp_path, config, pg_db)
     paused = False
     try:
-        await asyncio.to_thread(first.start)
-        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
-        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
-        await asyncio.to_thread(second.start)
-        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+        await _first_pushing(first, second, agent, reader, shown)
 
         os.kill(first.pid, signal.SIGSTOP)
         paused = True
@@ -260,11 +275,7 @@ async def test_a_hub_whose_pusher_is_stuck_gives_the_channel_up_and_the_other_hu
     first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port(), python=hanging)
     second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
     try:
-        await asyncio.to_thread(first.start)
-        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
-        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
-        await asyncio.to_thread(second.start)
-        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+        await _first_pushing(first, second, agent, reader, shown)
 
         stuck.touch()  # the first hub's next push hangs
         await asyncio.to_thread(_move, second.url, agent.token, "sale-1", "sale", -2, 1)
@@ -325,11 +336,7 @@ async def test_a_hub_whose_channels_lead_loop_is_stuck_loses_the_channel_while_i
     first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port(), python=hanging)
     second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
     try:
-        await asyncio.to_thread(first.start)
-        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
-        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
-        await asyncio.to_thread(second.start)
-        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+        await _first_pushing(first, second, agent, reader, shown)
         assert (await asyncio.to_thread(webhook, first.url))["deliverer"] == "this hub"
 
         stuck.touch()  # the first hub's next push hangs, and so does stopping it
@@ -390,14 +397,9 @@ async def test_a_reconciliation_asked_of_a_hub_that_loses_the_channel_meanwhile_
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
 
-    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
-    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    first, second = _two_hubs(tmp_path, config, pg_db)
     try:
-        await asyncio.to_thread(first.start)
-        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
-        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
-        await asyncio.to_thread(second.start)
-        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+        await _first_pushing(first, second, agent, reader, shown)
 
         square.drift(variation, location_id, 9)  # a divergence for the reconciliation to find
         reads = square.fault_at("/v2/inventory/counts/batch-retrieve", "slow")
@@ -441,14 +443,9 @@ async def test_a_pusher_waiting_while_a_slow_reconciliation_asked_reads_the_list
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
 
-    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
-    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    first, second = _two_hubs(tmp_path, config, pg_db)
     try:
-        await asyncio.to_thread(first.start)
-        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
-        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
-        await asyncio.to_thread(second.start)
-        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+        await _first_pushing(first, second, agent, reader, shown)
 
         listing = square.fault_at("/v2/catalog/search", "slow")
         listing.slow_s = 25.0  # past lease_stale_s (10 s), within timeout_s (60 s)
@@ -485,14 +482,9 @@ async def test_a_slow_push_within_its_timeout_is_not_taken_for_a_stuck_pusher(
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
 
-    first = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=pg_db, port=free_port())
-    second = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_db, port=free_port())
+    first, second = _two_hubs(tmp_path, config, pg_db)
     try:
-        await asyncio.to_thread(first.start)
-        await asyncio.to_thread(_move, first.url, agent.token, "delivery-1", "receive", 6, 0)
-        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
-        await asyncio.to_thread(second.start)
-        assert (await asyncio.to_thread(_channel, second.url, reader.token))["pusher"] == "another hub"
+        await _first_pushing(first, second, agent, reader, shown)
 
         applied = square.stats.batches_applied
         square.faults.queue("slow")
