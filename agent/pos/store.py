@@ -339,10 +339,8 @@ class PosStore(SqliteFile):
 
         def read(conn: sqlite3.Connection) -> Checkpoint | None:
             row = conn.execute(
-                "SELECT c.import_id, c.encoding, c.profile, c.position, c.line, c.hashed, c.prefix_sha256, c.state,"
-                " i.status"
-                " FROM checkpoints c JOIN imports i ON i.id = c.import_id"
-                " WHERE c.file_name = ? AND i.status IN ('interrupted', 'held') ORDER BY c.import_id DESC LIMIT 1",
+                CHECKPOINT_SELECT
+                + " WHERE c.file_name = ? AND i.status IN ('interrupted', 'held') ORDER BY c.import_id DESC LIMIT 1",
                 (file_name,),
             ).fetchone()
             if row is None:
@@ -357,10 +355,8 @@ class PosStore(SqliteFile):
 
         def read(conn: sqlite3.Connection) -> Checkpoint | None:
             rows = conn.execute(
-                "SELECT c.import_id, c.encoding, c.profile, c.position, c.line, c.hashed, c.prefix_sha256, c.state,"
-                " i.status"
-                " FROM checkpoints c JOIN imports i ON i.id = c.import_id"
-                " WHERE c.file_name = ? AND c.import_id >= ? AND i.status <> 'running' ORDER BY c.import_id DESC",
+                CHECKPOINT_SELECT
+                + " WHERE c.file_name = ? AND c.import_id >= ? AND i.status <> 'running' ORDER BY c.import_id DESC",
                 (file_name, import_id),
             )
             for row in rows:
@@ -698,6 +694,13 @@ class PosStore(SqliteFile):
 
 def _size(n: int) -> str:
     return f"{n / (1 << 20):,.1f} MiB"
+
+
+# A checkpoint with its import's status, the columns ``_checkpoint`` takes.
+CHECKPOINT_SELECT = (
+    "SELECT c.import_id, c.encoding, c.profile, c.position, c.line, c.hashed, c.prefix_sha256, c.state, i.status"
+    " FROM checkpoints c JOIN imports i ON i.id = c.import_id"
+)
 
 
 def _checkpoint(
