@@ -505,6 +505,19 @@ class FakePusher:
                 await self.task
 
 
+CHANNEL_WORDS = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
+
+
+def _web_channel(reconcile_s: int) -> Any:
+    """Channel ``web``: a webhook channel of location S1, reconciled every ``reconcile_s`` (0: never by itself)."""
+    (spec,) = parse_channels(
+        [{"name": "web", "kind": "webhook", "url": "http://127.0.0.1:9/levels", "pool": {"S1": "web"},
+          "secret_env": "FEED_SECRET", "reconcile_s": reconcile_s}],
+        environ={"FEED_SECRET": "s3cret-for-the-levels-feed-of-the-shop"},
+    )  # fmt: skip
+    return spec
+
+
 async def test_a_channels_reconciler_stuck_beside_a_live_pusher_is_stopped_and_given_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -512,15 +525,11 @@ async def test_a_channels_reconciler_stuck_beside_a_live_pusher_is_stopped_and_g
     reconciler hanging on an await that never ends hid behind the live pusher, and the channel was never read
     back again. Silent ``lease_stale_s`` past its bound, the job is stopped and its lease given back."""
     caplog.set_level(logging.INFO, logger=log.name)
-    (spec,) = parse_channels(
-        [{"name": "web", "kind": "webhook", "url": "http://127.0.0.1:9/levels", "pool": {"S1": "web"},
-          "secret_env": "FEED_SECRET", "reconcile_s": 60}],
-        environ={"FEED_SECRET": "s3cret-for-the-levels-feed-of-the-shop"},
-    )  # fmt: skip
+    spec = _web_channel(reconcile_s=60)
     starts: list[FakePusher] = []
     pushers: dict[str, Any] = {"web": FakePusher(spec, starts)}
     jobs = {"web": _ChannelJob("web", pushers, lambda s: FakePusher(s, starts), StuckReading())}  # type: ignore[arg-type]
-    words = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
+    words = CHANNEL_WORDS
     leases = LocalLeases(stale_s=0.2)
     task = asyncio.create_task(lead(leases, jobs, log, words, RETRY_S, lambda: False, ended_backoff=CountingBackoff()))
     try:
@@ -575,15 +584,11 @@ async def test_work_asked_over_the_api_stuck_past_its_bound_is_stopped_with_its_
     of the channel's job now (``run_asked``), watched like the reconciler's loop: silent ``lease_stale_s`` past its
     bound, the job is stopped and its lease given back, and the request is told it was not done."""
     caplog.set_level(logging.INFO, logger=log.name)
-    (spec,) = parse_channels(
-        [{"name": "web", "kind": "webhook", "url": "http://127.0.0.1:9/levels", "pool": {"S1": "web"},
-          "secret_env": "FEED_SECRET", "reconcile_s": 0}],
-        environ={"FEED_SECRET": "s3cret-for-the-levels-feed-of-the-shop"},
-    )  # fmt: skip
+    spec = _web_channel(reconcile_s=0)
     starts: list[FakePusher] = []
     pushers: dict[str, Any] = {"web": ReadHangs(spec, starts)}
     jobs = {"web": _ChannelJob("web", pushers, lambda s: ReadHangs(s, starts), StuckReading())}  # type: ignore[arg-type]
-    words = Words("channel", "pusher lock", "the channels' pusher locks", "pushes", "pushing")
+    words = CHANNEL_WORDS
     leases = LocalLeases(stale_s=0.2)
     task = asyncio.create_task(
         lead(leases, jobs, log, words, RETRY_S, lambda: False, ended_backoff=Backoff(600.0, 600.0))
