@@ -255,20 +255,7 @@ async def test_a_hub_restored_that_numbered_past_the_cursor_again_is_followed_fr
         for n in range(3):
             await channel_event(hub, "reserve", 1, ref=f"order-{n}")
         await wait_until(lambda: _is(local(outbox), (10, 3, 7)), "the cache follows the live hub")
-        await hub.server.close()
-        restored = await Served(backup).start()
-        try:
-            hub.url = restored.url
-            for n in range(5):  # numbered 2 to 6 by the restored hub: past the agent's cursor
-                await channel_event(hub, "receive", 1, sku=f"SKU-R{n}", ref=f"again-{n}")
-            feed.update_credentials(hub.token, restored.url)
-            await wait_until(lambda: _is(local(outbox), (10, 0, 10)), "the cache holds the restored hub's counts")
-            await wait_until(lambda: _is(local(outbox, "SKU-R4"), (1, 0, 1)), "the restored hub's last change")
-            assert [(await local(outbox, f"SKU-R{n}"))[0] for n in range(5)] == [1, 1, 1, 1, 1]
-            assert feed.state.restarts == 1
-            await feed.stop()
-        finally:
-            await restored.close()
+        await _restored_past_the_cursor(hub, feed, outbox, backup)
     restarts = [r.getMessage() for r in caplog.records if "again from the start" in r.getMessage()]
     assert len(restarts) == 1 and "is not the one this agent's position 4 was read in" in restarts[0], restarts
 
@@ -298,22 +285,28 @@ async def test_a_cursor_stored_in_the_older_form_takes_the_hubs_history_at_its_n
     async with CountFeed(outbox, hub.url, hub.token, wait_s=0.5, retry_base_s=0.01, retry_max_s=0.05) as feed:
         await wait_until(lambda: _is(feed_history(outbox), history), "the cursor takes the hub's history")
         assert (await outbox.feed_position()).cursor == 4  # where it was: nothing read again
-        await hub.server.close()
-        restored = await Served(backup).start()  # restored, then numbering past the cursor before the agent is back
-        try:
-            hub.url = restored.url
-            for n in range(5):
-                await channel_event(hub, "receive", 1, sku=f"SKU-R{n}", ref=f"again-{n}")
-            feed.update_credentials(hub.token, restored.url)
-            await wait_until(lambda: _is(local(outbox), (10, 0, 10)), "the cache holds the restored hub's counts")
-            await wait_until(lambda: _is(local(outbox, "SKU-R4"), (1, 0, 1)), "the restored hub's last change")
-            assert [(await local(outbox, f"SKU-R{n}"))[0] for n in range(5)] == [1, 1, 1, 1, 1]
-            assert feed.state.restarts == 1
-            await feed.stop()
-        finally:
-            await restored.close()
+        await _restored_past_the_cursor(hub, feed, outbox, backup)
     learned = [r.getMessage() for r in caplog.records if "older form" in r.getMessage()]
     assert len(learned) == 1 and learned[0].count(". ") == 0, learned
+
+
+async def _restored_past_the_cursor(hub: Hub, feed: CountFeed, outbox: Outbox, backup: Path) -> None:
+    """The hub restored from ``backup``, which numbers five new changes past the agent's cursor before the agent
+    reads it again: the agent's cache ends with the restored hub's counts, its feed read again from 0 once."""
+    await hub.server.close()
+    restored = await Served(backup).start()
+    try:
+        hub.url = restored.url
+        for n in range(5):  # numbered 2 to 6 by the restored hub: past the agent's cursor
+            await channel_event(hub, "receive", 1, sku=f"SKU-R{n}", ref=f"again-{n}")
+        feed.update_credentials(hub.token, restored.url)
+        await wait_until(lambda: _is(local(outbox), (10, 0, 10)), "the cache holds the restored hub's counts")
+        await wait_until(lambda: _is(local(outbox, "SKU-R4"), (1, 0, 1)), "the restored hub's last change")
+        assert [(await local(outbox, f"SKU-R{n}"))[0] for n in range(5)] == [1, 1, 1, 1, 1]
+        assert feed.state.restarts == 1
+        await feed.stop()
+    finally:
+        await restored.close()
 
 
 async def feed_history(outbox: Outbox) -> str | None:
