@@ -203,6 +203,19 @@ async def test_one_commit_wakes_every_open_stream_with_one_read_and_one_credenti
     for stream in streams:
         assert (await next_event(stream))["event"] == "ready"
     await wait_until_waiting(hub, streams_n)
+    reads = count_reads(hub, monkeypatch)
+    await agent.sync((Kind.SALE, -2))
+    for stream in streams:
+        change = await next_event(stream)
+        assert change["event"] == "change" and json.loads(change["data"])["on_hand"] == 4
+    assert reads.count("changes") == 1 and reads.count("reader") == 1, reads
+    for stream in streams:
+        stream.close()
+
+
+def count_reads(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, each read of the change feed ("changes") and each credential check ("reader", or "other" for
+    another token) the hub's store makes, in order."""
     reads: list[str] = []
     changes, authenticate = hub.store.changes, hub.store.authenticate
 
@@ -216,13 +229,7 @@ async def test_one_commit_wakes_every_open_stream_with_one_read_and_one_credenti
 
     monkeypatch.setattr(hub.store, "changes", counted_changes)
     monkeypatch.setattr(hub.store, "authenticate", counted_authenticate)
-    await agent.sync((Kind.SALE, -2))
-    for stream in streams:
-        change = await next_event(stream)
-        assert change["event"] == "change" and json.loads(change["data"])["on_hand"] == 4
-    assert reads.count("changes") == 1 and reads.count("reader") == 1, reads
-    for stream in streams:
-        stream.close()
+    return reads
 
 
 async def test_one_commit_answers_every_waiting_long_poll_with_one_read_and_one_credential_check(
@@ -237,19 +244,7 @@ async def test_one_commit_answers_every_waiting_long_poll_with_one_read_and_one_
     cursor = (await hub.get_json("/v1/changes"))["cursor"]
     polls = [asyncio.create_task(hub.get_json(f"/v1/changes?wait=30&cursor={cursor}")) for _ in range(polls_n)]
     await wait_until_waiting(hub, polls_n)
-    reads: list[str] = []
-    changes, authenticate = hub.store.changes, hub.store.authenticate
-
-    async def counted_changes(*args: Any, **kwargs: Any) -> Any:
-        reads.append("changes")
-        return await changes(*args, **kwargs)
-
-    async def counted_authenticate(token: str) -> Any:
-        reads.append("reader" if token == hub.reader else "other")
-        return await authenticate(token)
-
-    monkeypatch.setattr(hub.store, "changes", counted_changes)
-    monkeypatch.setattr(hub.store, "authenticate", counted_authenticate)
+    reads = count_reads(hub, monkeypatch)
     await agent.sync((Kind.SALE, -2))
     async with asyncio.timeout(BOUND_S):
         pages = await asyncio.gather(*polls)
