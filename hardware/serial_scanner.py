@@ -88,6 +88,9 @@ SETTLE_S = 0.5
 KEEPALIVE_IDLE_S = 5
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_PROBES = 3  # unanswered probes (a device server that is not back) before the connection is given up
+# A connection's silence is given up after KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES (11 s) whether
+# or not the reader has sent something: keepalive sends no probe while sent bytes wait for their acknowledgement, and
+# without TCP_USER_TIMEOUT (Linux) the kernel retransmitted them for about 15 minutes before giving up.
 BAUDRATE_MAX = 4_000_000
 PARITIES = ("N", "E", "O", "M", "S")
 WINDOWS_PORT = re.compile(r"(?:\\\\\.\\)?COM[1-9][0-9]{0,2}", re.IGNORECASE)  # COM3, \\.\COM12
@@ -402,21 +405,25 @@ def _com_name(port: str) -> str:
 
 def _keep_alive(sock: Any) -> None:
     """Turn on TCP keepalive on a device server's connection, with short timers where the system lets them be set
-    (Linux, Windows 10 and later, macOS); elsewhere the system's own timers apply."""
+    (Linux, Windows 10 and later, macOS; elsewhere the system's own timers apply), and on Linux TCP_USER_TIMEOUT
+    as long as keepalive's whole schedule, so bytes sent to a device server that went silent (a beep command) do
+    not keep the connection for the kernel's retransmissions (about 15 minutes)."""
     if sock is None:
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS: TCP_KEEPALIVE
+    silent_ms = (KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES) * 1000
     for option, value in (
         (idle, KEEPALIVE_IDLE_S),
         (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL_S),
         (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
+        (getattr(socket, "TCP_USER_TIMEOUT", None), silent_ms),
     ):
         if option is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
             except OSError as err:  # an older system without this timer
-                log.debug("TCP keepalive option %s is not settable here: %s", option, err)
+                log.debug("TCP option %s of a device server's connection is not settable here: %s", option, err)
 
 
 def _open_port(config: SerialScannerConfig) -> serial.Serial:

@@ -4,7 +4,10 @@ scanner) over real TCP on 127.0.0.1, and a port whose read fails at unplug (a pt
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import logging
+import os
 import socket
 import struct
 import threading
@@ -18,6 +21,13 @@ from hardware.reader import APPEAR_POLL_S, QUEUE_PAUSE_SCANS
 from tests.hardware.scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
 
 TCP_REPAIR = getattr(socket, "TCP_REPAIR", 19)  # Linux; Python names it from 3.12
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux
+# Linux's numbers, read before a test takes a name away to stand in for a system that lacks it
+TCP_KEEPIDLE = socket.TCP_KEEPIDLE
+LINUX_TCP_TIMERS = (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT, socket.TCP_USER_TIMEOUT)
+SYSTEM_KEEPALIVE = tuple(  # the kernel's own timers, which a socket has unless told otherwise
+    int(Path(f"/proc/sys/net/ipv4/tcp_keepalive_{name}").read_text()) for name in ("time", "intvl", "probes")
+)
 FAST = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1}
 
 
@@ -91,6 +101,16 @@ def forget(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
     writer.transport.abort()
+
+
+def silence(writer: asyncio.StreamWriter) -> None:
+    """Make the device server's end drop every packet that reaches it, unanswered (a socket filter that accepts
+    nothing): a device server that lost power, or whose cable was pulled, says nothing more, not even a reset,
+    and the reader's end still looks open. No tool is needed (no iptables, no netem), nor any privilege."""
+    sock = writer.get_extra_info("socket")
+    drop_all = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K 0: keep no byte
+    program = struct.pack("HP", 1, ctypes.addressof(drop_all))  # struct sock_fprog; the kernel copies it
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
 
 
 def config(port: str) -> SerialScannerConfig:
@@ -170,6 +190,84 @@ async def test_a_device_server_that_restarted_without_a_word_is_noticed_and_reco
         ),
         warnings[-1],
     ] and warnings[-1].startswith(f"Scanner 'dock' is back on {server.url} after ")
+
+
+@pytest.mark.parametrize("sending", [True, False], ids=["a command unsent", "nothing to send"])
+async def test_a_device_server_gone_silent_is_given_up_and_reconnected(
+    sending: bool, statuses: StatusLog, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device server powered off, or its cable pulled, answers nothing more: no FIN, no reset. With a command
+    sent to the scanner (a beep) and not yet acknowledged, keepalive does not probe (TCP sends no probe while data
+    waits for its acknowledgement) and the kernel retransmits for about 15 minutes before it gives up: the reader
+    stayed "available" on the dead connection that long (found by silencing the server's end with a socket filter
+    that drops every packet; the test timed out). Now the connection has TCP_USER_TIMEOUT as long as keepalive's
+    whole schedule: unacknowledged data is given up as soon as silence would be. With nothing to send, keepalive
+    gives it up as before. Either way the reader reports it unavailable, timed out, and reconnects. (The timers are
+    shortened for the test: 1 s of silence, then one probe a second later.)"""
+    monkeypatch.setattr(serial_scanner, "KEEPALIVE_IDLE_S", 1)
+    monkeypatch.setattr(serial_scanner, "KEEPALIVE_INTERVAL_S", 1)
+    monkeypatch.setattr(serial_scanner, "KEEPALIVE_PROBES", 1)
+    caplog.set_level(logging.INFO, logger="hardware")
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        taker = ScanTaker(scanner)
+        first = await server.next()
+        await statuses.wait(available=True)
+        silence(first)
+        if sending:
+            scanner.send(b"\x16T\r")  # a Honeywell trigger command
+        down = await statuses.wait(available=False)
+        second = await server.next()
+        await statuses.wait(available=True)
+        second.write(b"]E09780201379629\r\n")
+        await second.drain()
+        after = await taker.one()
+    timed_out = os.strerror(errno.ETIMEDOUT)
+    assert down.error is not None and down.error.reason == timed_out
+    assert (after.raw, after.complete) == (b"]E09780201379629", True)
+    went = [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
+    assert went == [
+        f"Scanner 'dock' on {server.url} went away ({timed_out}); scans made until it returns may be lost; reconnecting."
+    ]
+
+
+TCP_TIMERS = ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT")
+
+
+@pytest.mark.parametrize(
+    ("system", "missing", "expected"),
+    [
+        ("Linux", (), (5, 2, 3, 11_000)),
+        ("macOS", ("TCP_KEEPIDLE", "TCP_USER_TIMEOUT"), (5, 2, 3, 0)),  # idle is named TCP_KEEPALIVE there
+        ("Windows", ("TCP_USER_TIMEOUT",), (5, 2, 3, 0)),
+        ("a system without TCP timers", TCP_TIMERS, SYSTEM_KEEPALIVE + (0,)),
+    ],
+)
+async def test_a_device_server_connection_has_the_keepalive_and_user_timeout_the_system_offers(
+    system: str,
+    missing: tuple[str, ...],
+    expected: tuple[int, int, int, int],
+    statuses: StatusLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The options as set on the reader's real socket (getsockopt): keepalive after 5 s of silence, a probe every
+    2 s, given up after 3, and on Linux TCP_USER_TIMEOUT of the same 11 s. Where the socket module does not offer
+    a timer (its name is missing, as on macOS and Windows) the others are set all the same, macOS's idle time under
+    its own name, and the reader connects and reads as everywhere."""
+    for name in missing:
+        monkeypatch.delattr(socket, name)
+    if system == "macOS":
+        monkeypatch.setattr(socket, "TCP_KEEPALIVE", TCP_KEEPIDLE, raising=False)
+    async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
+        first = await server.next()
+        await statuses.wait(available=True)
+        sock = scanner._link._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        options = tuple(sock.getsockopt(socket.IPPROTO_TCP, option) for option in LINUX_TCP_TIMERS)
+        keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        first.write(b"]E09780201379629\r\n")
+        await first.drain()
+        scan = await ScanTaker(scanner).one()
+    assert (keepalive, options) == (1, expected)
+    assert scan.raw == b"]E09780201379629"
 
 
 async def test_a_tty_read_failing_at_unplug_says_the_cut_once_and_the_replug_reads_on(
