@@ -31,14 +31,16 @@ def check_number(name: str, value: object, low: float, high: float) -> None:
 IDLE_GAP_OFF = 0  # idle_gap_s = 0 in a config file: no idle gap (TOML has no null)
 
 
-def check_idle_gap(value: object, low: float, high: float, ends: str) -> float | None:
-    """``idle_gap_s`` as a reader keeps it: None (no idle gap) for 0 or None, else a number in range."""
+def check_idle_gap(value: object, low: float, high: float, ends: str, auto: str | None = None) -> float | None:
+    """``idle_gap_s`` as a reader keeps it: None (no idle gap) for 0 or None, else a number in range. ``auto``: the
+    word that also stands for the reader's default, named in the error."""
     if value is None or (value == IDLE_GAP_OFF and not isinstance(value, bool)):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        default = f", or {auto!r} (the default)" if auto else ""
         raise ScannerConfigError(
             f"idle_gap_s must be 0 (no idle gap: frames end only at {ends}) or a number of seconds from {low:g} "
-            f"to {high:g}, got {value!r}"
+            f"to {high:g}{default}, got {value!r}"
         )
     return float(value)
 

@@ -8,7 +8,10 @@
 The port is a device path (prefer the stable /dev/serial/by-id/ symlink) or
 ``socket://host:port`` for a serial device server. Frames end at CR, LF or
 CRLF, or after ``idle_gap_s`` of silence for scanners that send no suffix
-(``idle_gap_s = 0``: no idle gap, frames end only at CR/LF).
+(``idle_gap_s = 0``: no idle gap, frames end only at CR/LF). Its default is
+longer for a device server, whose link may pause inside a scan; and once a
+scanner ended a scan with its suffix, its frames wait for the suffix (up to
+``SUFFIX_WAIT_S``, then the frame is cut off) instead of ending at the gap.
 """
 
 from __future__ import annotations
@@ -73,7 +76,14 @@ else:
 log = logging.getLogger(__name__)
 
 IDLE_GAP_S = 0.05
+# A device server forwards a scan as the bytes come off its serial line, in TCP segments that a retransmission
+# (0.2 s at least) or a Wi-Fi link may hold apart: the idle gap of a socket:// scanner is this unless it is set.
+SOCKET_IDLE_GAP_S = 0.5
+IDLE_GAP_AUTO = "auto"  # idle_gap_s by the port: IDLE_GAP_S, or SOCKET_IDLE_GAP_S for socket://
 IDLE_GAP_MAX_S = 5.0
+# How long a frame waits for its suffix once the scanner ended a scan with one (or the idle gap, when longer);
+# then the frame is delivered cut off, and frames end at the idle gap again until a suffix is seen again.
+SUFFIX_WAIT_S = 1.0
 CONNECT_TIMEOUT_S = 10.0  # for socket:// device servers
 # A socket:// device server that went away is tried this often while its connects fail (refused, unreachable,
 # unanswered), whatever the backoff has grown to: only a connection tells it is back, and what is scanned on it
@@ -111,7 +121,9 @@ class SerialScannerConfig:
     stopbits: float = 1  # 1, 1.5 or 2
     rtscts: bool = False
     xonxoff: bool = False
-    idle_gap_s: float | None = IDLE_GAP_S  # 0 or None (kept as None): frames end only at CR/LF
+    # "auto" (kept as the number it stands for): IDLE_GAP_S, or SOCKET_IDLE_GAP_S for socket://; 0 or None (kept
+    # as None): frames end only at CR/LF
+    idle_gap_s: float | str | None = IDLE_GAP_AUTO
     reconnect_initial_s: float = RECONNECT_INITIAL_S
     reconnect_max_s: float = RECONNECT_MAX_S
     max_frame_bytes: int = FRAME_MAX_BYTES
@@ -135,7 +147,10 @@ class SerialScannerConfig:
             raise ScannerConfigError(f"stopbits must be 1, 1.5 or 2, got {self.stopbits!r}")
         check_bool("rtscts", self.rtscts)
         check_bool("xonxoff", self.xonxoff)
-        object.__setattr__(self, "idle_gap_s", check_idle_gap(self.idle_gap_s, 0.001, IDLE_GAP_MAX_S, "CR/LF"))
+        gap = self.idle_gap_s
+        if gap == IDLE_GAP_AUTO:
+            gap = SOCKET_IDLE_GAP_S if self.is_socket else IDLE_GAP_S
+        object.__setattr__(self, "idle_gap_s", check_idle_gap(gap, 0.001, IDLE_GAP_MAX_S, "CR/LF", IDLE_GAP_AUTO))
         check_backoff(self.reconnect_initial_s, self.reconnect_max_s)
         check_number("max_frame_bytes", self.max_frame_bytes, 16, 1 << 20)
 
@@ -151,6 +166,11 @@ class SerialScannerConfig:
     @property
     def is_socket(self) -> bool:
         return self.port.startswith("socket://")
+
+    @property
+    def idle_gap(self) -> float | None:
+        """``idle_gap_s`` as the number of seconds it stands for (None: no idle gap)."""
+        return cast(float | None, self.idle_gap_s)  # a number or None since __post_init__
 
 
 def _check_port(port: object) -> None:
@@ -172,9 +192,23 @@ def _check_port(port: object) -> None:
         )
 
 
+class _Suffix:
+    """Whether a reader's scanner ends its scans with a suffix (CR/LF): learned from its bytes, kept across the
+    reader's connections."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+
 class _SerialLink(asyncio.Protocol):
     """The asyncio protocol of one open port: bytes in, frames out. ``on_telnet`` hears a connection that opens
-    with telnet negotiation (a device server not in raw TCP mode)."""
+    with telnet negotiation (a device server not in raw TCP mode).
+
+    A frame ends at CR/LF, or after ``idle_gap_s`` of silence; once ``suffix`` was seen (a burst of bytes ended
+    with a line end) it ends only at CR/LF, or is cut off after ``SUFFIX_WAIT_S`` of silence (the idle gap when
+    longer), which makes the idle gap end frames again: a pause on the link inside a scan does not split it."""
 
     def __init__(
         self,
@@ -182,11 +216,13 @@ class _SerialLink(asyncio.Protocol):
         idle_gap_s: float | None,
         max_frame_bytes: int,
         on_telnet: Callable[[], None] | None = None,
+        suffix: _Suffix | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
         self._on_telnet = on_telnet
         self._idle_gap_s = idle_gap_s
+        self._suffix = suffix if suffix is not None else _Suffix()
         self._splitter = FrameSplitter(max_frame_bytes)
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
@@ -207,13 +243,18 @@ class _SerialLink(asyncio.Protocol):
             if data[:1] == TELNET_IAC and data[1:2] and data[1] in TELNET_NEGOTIATION:
                 self._on_telnet()
             self._on_telnet = None
-        for frame in self._splitter.feed(data):
+        frames = self._splitter.feed(data)
+        for frame in frames:
             self._deliver(frame)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._idle_gap_s is not None and self._splitter.pending:
-            self._timer = self._loop.call_later(self._idle_gap_s, self._idle)
+        if not self._splitter.pending:
+            if any(frame.complete for frame in frames):
+                self._suffix.seen = True  # the bytes so far ended at a line end: the scanner sends a suffix
+        elif self._idle_gap_s is not None:
+            wait_s = max(self._idle_gap_s, SUFFIX_WAIT_S) if self._suffix.seen else self._idle_gap_s
+            self._timer = self._loop.call_later(wait_s, self._idle)
 
     def eof_received(self) -> bool:
         return False  # a device server hung up: close, which reports the loss
@@ -232,7 +273,8 @@ class _SerialLink(asyncio.Protocol):
 
     def _idle(self) -> None:
         self._timer = None
-        frame = self._splitter.flush(complete=True)
+        suffix_missing, self._suffix.seen = self._suffix.seen, False
+        frame = self._splitter.flush(complete=not suffix_missing)  # a scan whose suffix never came is cut off
         if frame is not None:
             self._deliver(frame)
 
@@ -272,6 +314,7 @@ class SerialScanner(ScannerReader):
         self._connected_once = False  # a socket:// reader reached its device server once: reconnects wait less
         self._lookup: asyncio.Future[list[Any]] | None = None  # the device server's host name being looked up
         self._telnet_said = False
+        self._suffix = _Suffix()  # whether the scanner ends its scans with CR/LF, across its connections
 
     @property
     def config(self) -> SerialScannerConfig:
@@ -325,7 +368,7 @@ class SerialScanner(ScannerReader):
         cfg = self._config
         loop = asyncio.get_running_loop()
         on_telnet = self._say_telnet if cfg.is_socket and not self._telnet_said else None
-        link = _SerialLink(self._deliver, cfg.idle_gap_s, cfg.max_frame_bytes, on_telnet)
+        link = _SerialLink(self._deliver, cfg.idle_gap, cfg.max_frame_bytes, on_telnet, self._suffix)
         if cfg.is_socket:  # a device server that does not answer must not stall the reconnect loop
             # a reconnect is tried every second while the server is away: a short wait for an answer
             async with asyncio.timeout(RECONNECT_TIMEOUT_S if self._connected_once else CONNECT_TIMEOUT_S):

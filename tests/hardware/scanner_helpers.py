@@ -1,4 +1,5 @@
-"""Test helpers: real pseudo-terminals standing in for serial scanners, a status recorder, a scan taker."""
+"""Test helpers: real pseudo-terminals standing in for serial scanners, a device server on 127.0.0.1, a status
+recorder, a scan taker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import termios
 import tty
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Self
 
 from hardware import ReaderStatus, Scan, ScannerReader
 
@@ -111,3 +113,56 @@ class ScanTaker:
 
     async def one(self) -> Scan:
         return (await self.take(1))[0]
+
+
+class DeviceServer:
+    """A raw TCP device server on 127.0.0.1: each connection the reader makes is queued for the test.
+
+    ``go_away()`` closes it and every connection, as a device server that lost power or its service;
+    ``come_back()`` listens again on the same port. With ``refusal`` set, it takes each connection, sends the
+    refusal and closes it at once, as ser2net does while another client holds its port."""
+
+    def __init__(self) -> None:
+        self.connections: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+        self.greeting = b""  # sent as soon as a connection is taken: what the server buffered meanwhile
+        self.refusal: bytes | None = None
+        self.taken = 0  # connections taken, refused ones too
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.url = ""
+        self._open: list[asyncio.StreamWriter] = []
+
+    async def _on_client(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.taken += 1
+        if self.refusal is not None:
+            writer.write(self.refusal)
+            writer.close()
+            return
+        if self.greeting:
+            writer.write(self.greeting)
+            self.greeting = b""
+        self._open.append(writer)
+        await self.connections.put(writer)
+
+    async def __aenter__(self) -> Self:
+        await self.come_back()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.go_away()
+
+    async def come_back(self) -> None:
+        self.server = await asyncio.start_server(self._on_client, "127.0.0.1", self.port)
+        host, self.port = self.server.sockets[0].getsockname()[:2]
+        self.url = f"socket://{host}:{self.port}"
+
+    async def go_away(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self._open:
+            writer.close()
+        self._open.clear()
+        await self.server.wait_closed()
+
+    async def next(self) -> asyncio.StreamWriter:
+        return await asyncio.wait_for(self.connections.get(), WAIT_S)

@@ -12,13 +12,12 @@ import socket
 import struct
 import threading
 from pathlib import Path
-from typing import Self
 
 import pytest
 
 from hardware import FRAME_MAX_BYTES, SerialScanner, SerialScannerConfig, reader, serial_scanner
 from hardware.reader import APPEAR_POLL_S, QUEUE_PAUSE_SCANS
-from tests.hardware.scanner_helpers import WAIT_S, PtyScanner, ScanTaker, StatusLog
+from tests.hardware.scanner_helpers import WAIT_S, DeviceServer, PtyScanner, ScanTaker, StatusLog
 
 TCP_REPAIR = getattr(socket, "TCP_REPAIR", 19)  # Linux; Python names it from 3.12
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux
@@ -29,59 +28,6 @@ SYSTEM_KEEPALIVE = tuple(  # the kernel's own timers, which a socket has unless 
     int(Path(f"/proc/sys/net/ipv4/tcp_keepalive_{name}").read_text()) for name in ("time", "intvl", "probes")
 )
 FAST = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1}
-
-
-class DeviceServer:
-    """A raw TCP device server on 127.0.0.1: each connection the reader makes is queued for the test.
-
-    ``go_away()`` closes it and every connection, as a device server that lost power or its service;
-    ``come_back()`` listens again on the same port. With ``refusal`` set, it takes each connection, sends the
-    refusal and closes it at once, as ser2net does while another client holds its port."""
-
-    def __init__(self) -> None:
-        self.connections: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
-        self.greeting = b""  # sent as soon as a connection is taken: what the server buffered meanwhile
-        self.refusal: bytes | None = None
-        self.taken = 0  # connections taken, refused ones too
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.url = ""
-        self._open: list[asyncio.StreamWriter] = []
-
-    async def _on_client(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.taken += 1
-        if self.refusal is not None:
-            writer.write(self.refusal)
-            writer.close()
-            return
-        if self.greeting:
-            writer.write(self.greeting)
-            self.greeting = b""
-        self._open.append(writer)
-        await self.connections.put(writer)
-
-    async def __aenter__(self) -> Self:
-        await self.come_back()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.go_away()
-
-    async def come_back(self) -> None:
-        self.server = await asyncio.start_server(self._on_client, "127.0.0.1", self.port)
-        host, self.port = self.server.sockets[0].getsockname()[:2]
-        self.url = f"socket://{host}:{self.port}"
-
-    async def go_away(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self._open:
-            writer.close()
-        self._open.clear()
-        await self.server.wait_closed()
-
-    async def next(self) -> asyncio.StreamWriter:
-        return await asyncio.wait_for(self.connections.get(), WAIT_S)
 
 
 def close(writer: asyncio.StreamWriter) -> None:

@@ -375,6 +375,23 @@ def test_idle_gap_0_in_a_config_file_turns_the_idle_gap_off() -> None:
     assert SerialScannerConfig.from_mapping({**table, "idle_gap_s": 1}).idle_gap_s == 1.0
 
 
+def test_the_idle_gap_left_unset_or_auto_is_longer_for_a_device_server() -> None:
+    """A device server's link may pause inside a scan: left unset (or ``"auto"``), a socket:// reader's idle gap
+    is 0.5 s, a device path's 0.05 s; a value that is set is kept on both, and a word other than auto is refused
+    with the forms it may take."""
+    device, server = (
+        {"reader_id": "dock-2", "port": "/dev/ttyS0"},
+        {"reader_id": "dock-3", "port": "socket://10.0.0.7:4001"},
+    )
+    assert [SerialScannerConfig.from_mapping(t).idle_gap_s for t in (device, server)] == [0.05, 0.5]
+    auto = [SerialScannerConfig.from_mapping({**t, "idle_gap_s": "auto"}).idle_gap_s for t in (device, server)]
+    assert auto == [0.05, 0.5]
+    assert SerialScannerConfig.from_mapping({**server, "idle_gap_s": 0.05}).idle_gap_s == 0.05
+    assert SerialScannerConfig.from_mapping({**server, "idle_gap_s": 0}).idle_gap_s is None
+    with pytest.raises(ScannerConfigError, match=r"from 0.001 to 5, or 'auto' \(the default\), got 'fast'"):
+        SerialScannerConfig.from_mapping({**server, "idle_gap_s": "fast"})
+
+
 async def test_with_the_idle_gap_off_a_pause_mid_line_is_one_frame(
     pty_scanner: PtyScanner, statuses: StatusLog
 ) -> None:
