@@ -47,6 +47,8 @@ from hub.auth import (
     auth_middleware,
     bearer_token,
     require_role,
+    role_refused,
+    unknown_credential,
 )
 from hub.channels import http as channel_http
 from hub.channels import order_routes
@@ -195,17 +197,13 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
     settings = request.app[SETTINGS_KEY]
     if not request.body_exists:
         return await handler(request)
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in IDENTITY_ENCODINGS:
-        response = error_response(
-            415, f"this hub takes request bodies without compression, got Content-Encoding {encoding[:20]!r}; "
-            "send the body uncompressed",
-        )  # fmt: skip
+    if (compressed := _compressed(request)) is not None:
+        response = _problem(request, compressed)
         response.force_close()  # its body is not read: the connection cannot carry another request
         return response
     limit = settings.max_body_bytes
-    if (request.content_length or 0) > limit:  # refused unread
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0, text=_too_big(limit))
+    if (too_big := _announced_too_big(request)) is not None:  # refused unread
+        raise too_big
     slot = request.get(catchup.SLOT_KEY)  # a catch-up slot taken from the head (sync_expect): held a while, not all
     give_back = None
     if slot is not None:
@@ -214,6 +212,8 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
     try:
         async with asyncio.timeout(settings.body_timeout_s):
             await request.read()
+        if slot is not None:
+            slot.working()  # its hold counts from here (hub/catchup.py), if it still has it
     except TimeoutError:
         log.info("cut off %s %s from %s: its body did not arrive within %g s", request.method, request.rel_url.raw_path,
                  request.remote, settings.body_timeout_s)  # fmt: skip
@@ -251,6 +251,26 @@ def _slow_upload(request: web.Request, slot: catchup.Slot, deadline_s: float) ->
         "(at least %d KiB/s); its body is read on and takes a slot again once it has come",
         slot.agent_id, request.remote, request.content_length or 0, deadline_s, catchup.UPLOAD_MIN_BYTES_PER_S // 1024,
     )  # fmt: skip
+
+
+def _compressed(request: web.Request) -> web.HTTPUnsupportedMediaType | None:
+    """The 415 for a compressed body (Content-Encoding other than identity), which the hub never inflates; or None."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in IDENTITY_ENCODINGS:
+        return None
+    return web.HTTPUnsupportedMediaType(
+        text=f"this hub takes request bodies without compression, got Content-Encoding {encoding[:20]!r}; "
+        "send the body uncompressed"
+    )
+
+
+def _announced_too_big(request: web.Request) -> web.HTTPRequestEntityTooLarge | None:
+    """The 413 for a body whose Content-Length is over ``max_body_bytes``, or None."""
+    limit = request.app[SETTINGS_KEY].max_body_bytes
+    length = request.content_length or 0
+    if length <= limit:
+        return None
+    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length, text=_too_big(limit))
 
 
 def _too_big(limit: int) -> str:
@@ -327,11 +347,8 @@ async def post_sync(request: web.Request) -> web.Response:
     try:
         who = require_role(request, INGEST_ROLES, "send events")
         started = time.perf_counter()
-        if request.content_type not in MSGPACK_CONTENT_TYPES:
-            raise web.HTTPUnsupportedMediaType(
-                text=f"a sync body must be msgpack sent with Content-Type: {MSGPACK_CONTENT_TYPE}, "
-                f"got {request.content_type}"
-            )
+        if (not_msgpack := _not_msgpack(request)) is not None:
+            raise not_msgpack
         body = await _read_body(request, "; send fewer events per request")  # read whole already (body_middleware)
         if slot is not None and not slot.released:  # not given back for a slow upload (body_middleware)
             return await _sync(request, who, body, started)
@@ -342,14 +359,25 @@ async def post_sync(request: web.Request) -> web.Response:
             slot.release()
 
 
+def _not_msgpack(request: web.Request) -> web.HTTPUnsupportedMediaType | None:
+    """The 415 for a sync body not sent as msgpack, or None."""
+    if request.content_type in MSGPACK_CONTENT_TYPES:
+        return None
+    return web.HTTPUnsupportedMediaType(
+        text=f"a sync body must be msgpack sent with Content-Type: {MSGPACK_CONTENT_TYPE}, got {request.content_type}"
+    )
+
+
 async def sync_expect(request: web.Request) -> web.StreamResponse | None:
-    """A sync's ``Expect: 100-continue``: what the hub would refuse once the body came is refused from the head,
-    before a byte of the body is sent (``_admit_head``): a draining hub's 503, a rate-limited credential's 429, a
-    catch-up batch past the line's 429, each answered as the middlewares answer it and its connection closed. A
-    known agent's catch-up batch (its Content-Length over ``catchup.CATCHUP_BODY_BYTES``) takes its slot, waiting
-    in line first if need be, before the hub answers ``100 Continue`` (hub/catchup.py). Anything else is answered
-    ``100 Continue`` and then as without the header: the middlewares refuse a bad credential, a compressed body,
-    one too big."""
+    """A sync's ``Expect: 100-continue``: whatever the hub would refuse once the body came and can tell from the
+    head is refused from the head, before a byte of the body is sent (``_admit_head``): a draining hub's 503, a
+    malformed, unknown or revoked credential's 401 (or 400), a rate-limited credential's 429, a compressed body's
+    415, one over ``max_body_bytes``'s 413, a credential not an agent's 403, a body not sent as msgpack's 415, a
+    catch-up batch past the line's 429, each answered as the middlewares and ``post_sync`` answer it and its
+    connection closed. A known agent's catch-up batch (its Content-Length over ``catchup.CATCHUP_BODY_BYTES``)
+    takes its slot, waiting in line first if need be, before the hub answers ``100 Continue`` (hub/catchup.py);
+    one waiting when the hub starts draining is answered 503 then. Anything else is answered ``100 Continue``
+    and then as without the header (a body that does not decode, one naming another agent)."""
     expect = request.headers.get("Expect", "")
     if request.version != HttpVersion11:
         return None
@@ -357,7 +385,7 @@ async def sync_expect(request: web.Request) -> web.StreamResponse | None:
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
     try:
         await _admit_head(request)
-        request.app[GATE_KEY].check()  # the hub began draining meanwhile (a lookup, a wait in line)
+        request.app[GATE_KEY].check()  # the hub began draining meanwhile (a lookup, a slot handed over just then)
     except web.HTTPException as refused:
         if (slot := request.get(catchup.SLOT_KEY)) is not None:
             slot.release()  # to the next in line now, not once this answer is sent
@@ -370,21 +398,32 @@ async def sync_expect(request: web.Request) -> web.StreamResponse | None:
 
 
 async def _admit_head(request: web.Request) -> None:
-    """Refuse from the head what the gate, the rate limit and the catch-up slots would refuse after the body
-    (raised as they raise it); take a catch-up batch's slot for the request (``catchup.SLOT_KEY``)."""
-    request.app[GATE_KEY].check()  # the hub is draining: 503
-    who = await _identify(request)
+    """Refuse from the head what the middlewares and ``post_sync`` would refuse after the body, in their order
+    and raised as they raise it; take a catch-up batch's slot for the request (``catchup.SLOT_KEY``)."""
+    gate = request.app[GATE_KEY]
+    gate.check()  # the hub is draining: 503
+    who = await _identify(request)  # 401 (a 400 for two Authorization headers)
     if who is None:
-        return  # refused after 100 Continue as without Expect (401, 400), or the database cannot say now (503)
+        return  # the database cannot say now: the middleware asks again after 100 Continue, and answers
     ratelimit.count(request, who)  # 429; the middleware does not count the request again
-    length = request.content_length
-    limit = request.app[SETTINGS_KEY].max_body_bytes
-    if who.role not in INGEST_ROLES or length is None or not catchup.CATCHUP_BODY_BYTES < length <= limit:
-        return
-    if _compressed(request):
-        return
     try:
-        slot = await request.app[catchup.SLOTS_KEY].reserve(who.agent_id, length)
+        for refused in (
+            _compressed(request),  # 415, body_middleware's
+            _announced_too_big(request),  # 413, body_middleware's
+            role_refused(who, INGEST_ROLES, "send events"),  # 403, post_sync's
+            _not_msgpack(request),  # 415, post_sync's
+        ):
+            if refused is not None:
+                raise refused
+        length = request.content_length
+        if length is None:
+            return  # chunked: its slot, if any, is taken once its body has come (post_sync)
+        gate.check()  # with no await before the batch is in line: one waiting is sent away by the drain (leave)
+        try:
+            slot = await request.app[catchup.SLOTS_KEY].reserve(who.agent_id, length, leave=gate.closing)
+        except catchup.LeftLine:
+            gate.check()  # the hub began draining while the batch waited in line: 503 now, not once it has a slot
+            raise
     except web.HTTPException as refused:
         if (limiter := ratelimit.limiter_of(request)) is not None:
             refused.headers.update(limiter.headers(who.agent_id))  # as the middleware adds to a handler's refusal
@@ -399,20 +438,19 @@ async def _admit_head(request: web.Request) -> None:
 
 async def _identify(request: web.Request) -> AgentIdentity | None:
     """The credential the request's bearer token names, looked up from the head and handed to the auth
-    middleware (``HEAD_IDENTITY_KEY``), which refuses an unknown or revoked one (None) after ``100 Continue`` as
-    without ``Expect`` and does not ask the store again. None, and nothing handed over, for a malformed header
-    or a database that cannot say now: the middleware then asks, and answers, itself. (A credential revoked
-    while the batch waits in line is found by the next request, as one revoked while a body uploads.)"""
+    middleware (``HEAD_IDENTITY_KEY``), which does not ask the store again; a malformed header's 401 (or 400)
+    and an unknown or revoked credential's 401, raised as the middleware raises them. None, and nothing handed
+    over, for a database that cannot say now: the middleware then asks, and answers, itself. (A credential
+    revoked while the batch waits in line is found by the next request, as one revoked while a body uploads.)"""
+    token = bearer_token(request)
     try:
-        identity = await request.app[STORE_KEY].authenticate(bearer_token(request))
-    except (web.HTTPException, StoreClosed, StoreError):
+        identity = await request.app[STORE_KEY].authenticate(token)
+    except (StoreClosed, StoreError):
         return None
+    if identity is None:
+        raise unknown_credential(request)
     request[HEAD_IDENTITY_KEY] = identity
     return identity
-
-
-def _compressed(request: web.Request) -> bool:
-    return request.headers.get("Content-Encoding", "").strip().lower() not in IDENTITY_ENCODINGS
 
 
 async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: float) -> web.Response:

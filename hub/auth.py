@@ -43,7 +43,7 @@ UNKNOWN_CREDENTIALS_KEY = web.AppKey("unknown_credentials", RepeatLog)  # refusa
 SESSION_METHODS = frozenset({"GET", "HEAD"})  # the only methods a cookie session is accepted on
 BY_SESSION_KEY = web.RequestKey("by_session", bool)  # True: authenticated by a dashboard session cookie
 # What the store answered for the request's bearer token when a route's Expect handler looked it up from the head
-# (hub.app.sync_expect), None for no such credential: the middleware takes it instead of asking the store again.
+# (hub.app.sync_expect): the middleware takes it instead of asking the store again.
 HEAD_IDENTITY_KEY: web.RequestKey[AgentIdentity | None] = web.RequestKey("head_identity")
 
 
@@ -110,15 +110,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     else:
         identity = await request.app[STORE_KEY].authenticate(token)
     if identity is None:
-        where = f"{request.method} {request.rel_url.raw_path}"  # as sent (percent-encoded): no forged log lines
-        repeats = request.app.get(UNKNOWN_CREDENTIALS_KEY)
-        if repeats is not None:
-            repeats.record(request.remote, where)
-        else:
-            log.info("refused a request to %s from %s: unknown or revoked credential", where, request.remote)
-        raise Unauthorized("the credential is unknown or has been revoked")
+        raise unknown_credential(request)
     request[IDENTITY_KEY] = identity
     return await handler(request)
+
+
+def unknown_credential(request: web.Request) -> Unauthorized:
+    """The 401 for a request whose bearer token names no credential (unknown or revoked), its refusal counted in
+    the log (once a minute). The middleware raises it, and a route's Expect handler from the head (hub.app)."""
+    where = f"{request.method} {request.rel_url.raw_path}"  # as sent (percent-encoded): no forged log lines
+    repeats = request.app.get(UNKNOWN_CREDENTIALS_KEY)
+    if repeats is not None:
+        repeats.record(request.remote, where)
+    else:
+        log.info("refused a request to %s from %s: unknown or revoked credential", where, request.remote)
+    return Unauthorized("the credential is unknown or has been revoked")
 
 
 async def still_valid(request: web.Request) -> bool:
@@ -143,12 +149,20 @@ def identity_of(request: web.Request) -> AgentIdentity:
 def require_role(request: web.Request, roles: Collection[str], action: str) -> AgentIdentity:
     """The caller, if its role is one of ``roles``; otherwise a 403 naming ``action``."""
     who = identity_of(request)
-    if who.role not in roles:
-        allowed = " or ".join(sorted(roles))
-        raise web.HTTPForbidden(
-            text=f"{_article(who.role)} {who.role} credential cannot {action}; only {allowed} credentials can"
-        )
+    refused = role_refused(who, roles, action)
+    if refused is not None:
+        raise refused
     return who
+
+
+def role_refused(who: AgentIdentity, roles: Collection[str], action: str) -> web.HTTPForbidden | None:
+    """The 403 ``require_role`` raises when ``who``'s role is not one of ``roles``, or None."""
+    if who.role in roles:
+        return None
+    allowed = " or ".join(sorted(roles))
+    return web.HTTPForbidden(
+        text=f"{_article(who.role)} {who.role} credential cannot {action}; only {allowed} credentials can"
+    )
 
 
 def _article(word: str) -> str:

@@ -14,9 +14,10 @@ batch waits in line (first come, first served) for a slot, up to ``CATCHUP_QUEUE
 leave it idle until its agent sent it again. Past the line, past that wait, or past ``PER_AGENT_BATCHES`` of one
 agent's batches (running or waiting: an agent's pipeline is two, and one broken or hostile agent must not take
 every slot and place in line), it is answered ``429`` with ``Retry-After``, the seconds the line ahead takes to
-clear as last measured (at least 1), and the agent waits that long (and a random part more) and sends it again
-(agent/replicator.py). Small syncs, reads and health checks never wait for a slot. Slots live in this hub
-process: several hubs sharing one PostgreSQL database each keep their own.
+clear as last measured (at least 1; a slot's hold is measured from its batch's body having come to its answer,
+so one store's slow uplink does not make the others wait longer, ``Slot``), and the agent waits that long (and a
+random part more) and sends it again (agent/replicator.py). Small syncs, reads and health checks never wait for
+a slot. Slots live in this hub process: several hubs sharing one PostgreSQL database each keep their own.
 
 When the slot is taken depends on how the batch is sent:
 
@@ -24,9 +25,12 @@ When the slot is taken depends on how the batch is sent:
   head, before a byte of the body is sent (``hub.app.sync_expect``): a known agent's batch whose
   ``Content-Length`` is over ``CATCHUP_BODY_BYTES`` takes its slot, or waits in line for one, before the hub
   answers ``100 Continue``, or is answered ``429`` at once and its connection closed, its body never uploaded.
-  A waiting batch's body is not held in the hub meanwhile. The same head is refused what the middlewares would
-  refuse after the upload (a draining hub's ``503``, the rate limit's ``429``, ``hub.app.sync_expect``). It
-  holds its slot while its body arrives for ``upload_deadline_s`` (its Content-Length at
+  A waiting batch's body is not held in the hub meanwhile, and one still waiting when the hub starts draining
+  is answered ``503`` then (``leave``), not once it is handed a slot. The same head, any sync's, is refused
+  what the middlewares and the route would refuse after the upload (a draining hub's ``503``; an unknown,
+  revoked or malformed credential's ``401``; the rate limit's ``429``; a compressed body's or one not msgpack's
+  ``415``; one over ``max_body_bytes``'s ``413``; a credential not an agent's ``403``: ``hub.app.sync_expect``).
+  It holds its slot while its body arrives for ``upload_deadline_s`` (its Content-Length at
   ``UPLOAD_MIN_BYTES_PER_S``, at least ``UPLOAD_MIN_S``): a body slower than that gives its slot to the next
   batch in line and is read on, within ``body_timeout_s`` as any, and takes a slot again once it has come, as
   one sent without ``Expect``. So a store on a slow uplink still gets its batch through, where a ``408`` would
@@ -95,18 +99,22 @@ class CatchUpSlots:
 
     @contextlib.asynccontextmanager
     async def take(self, agent_id: str, body_bytes: int) -> AsyncIterator[None]:
-        """Hold a slot for the block if ``body_bytes`` are a catch-up batch's (``reserve``)."""
+        """Hold a slot for the block if ``body_bytes`` are a catch-up batch's (``reserve``), its body here."""
         slot = await self.reserve(agent_id, body_bytes)
+        if slot is not None:
+            slot.working()
         try:
             yield
         finally:
             if slot is not None:
                 slot.release()
 
-    async def reserve(self, agent_id: str, body_bytes: int) -> Slot | None:
+    async def reserve(self, agent_id: str, body_bytes: int, leave: asyncio.Event | None = None) -> Slot | None:
         """A slot if ``body_bytes`` are a catch-up batch's (None: they are not), waiting in line for one if need
-        be; a 429 (with Retry-After) when this agent has its share already, the line is full or the wait too long.
-        The caller gives the slot back (``Slot.release``) once the batch is answered, whatever became of it."""
+        be; a 429 (with Retry-After) when this agent has its share already, the line is full or the wait too long;
+        ``LeftLine`` once ``leave`` is set while the batch waits (the hub drains: hub.app.sync_expect). The caller
+        says when the batch's work begins (``Slot.working``: its body has come) and gives the slot back
+        (``Slot.release``) once the batch is answered, whatever became of it."""
         if body_bytes <= CATCHUP_BODY_BYTES:
             return None
         if self._agents[agent_id] >= self.per_agent:
@@ -118,14 +126,15 @@ class CatchUpSlots:
             )
         self._agents[agent_id] += 1
         try:
-            await self._enter(agent_id)
+            await self._enter(agent_id, leave)
         except BaseException:
             self._forget(agent_id)
             raise
         return Slot(self, agent_id)
 
-    def _given_back(self, agent_id: str, held_s: float) -> None:
-        self.hold_s += HOLD_WEIGHT * (held_s - self.hold_s)
+    def _given_back(self, agent_id: str, held_s: float | None) -> None:
+        if held_s is not None:  # a batch worked on: how long the next in line waits for its slot
+            self.hold_s += HOLD_WEIGHT * (held_s - self.hold_s)
         self._leave()
         self._forget(agent_id)
 
@@ -134,7 +143,7 @@ class CatchUpSlots:
         if not self._agents[agent_id]:
             del self._agents[agent_id]
 
-    async def _enter(self, agent_id: str) -> None:
+    async def _enter(self, agent_id: str, leave: asyncio.Event | None) -> None:
         if self.running < self.total and not self._line:
             self.running += 1
             return
@@ -150,7 +159,7 @@ class CatchUpSlots:
         self.waited += 1
         try:
             async with asyncio.timeout(self.wait_s):
-                await turn  # _leave hands its slot over: ``running`` counts this batch already
+                await _turn(turn, leave)  # _leave hands its slot over: ``running`` counts this batch already
         except TimeoutError:
             if turn.done() and not turn.cancelled():
                 return  # handed a slot just as the wait ran out: take it
@@ -161,7 +170,7 @@ class CatchUpSlots:
                 f"{retry_after} s",
                 retry_after,
             ) from None
-        except BaseException:  # cancelled (the hub is stopping): a slot handed over meanwhile goes to the next
+        except BaseException:  # cancelled (the hub is stopping), or left: a slot handed over meanwhile goes on
             if turn.done() and not turn.cancelled():
                 self._leave()
             else:
@@ -191,22 +200,51 @@ class CatchUpSlots:
         return web.HTTPTooManyRequests(text=message, headers={"Retry-After": retry_after})
 
 
-class Slot:
-    """A catch-up batch's slot, from when it was taken until ``release`` gives it back (once; again is a no-op)."""
+class LeftLine(Exception):
+    """A batch waiting in line left it, handed no slot, as its caller asked (``CatchUpSlots.reserve``'s ``leave``)."""
 
-    __slots__ = ("_slots", "_started", "agent_id", "released")
+
+async def _turn(turn: asyncio.Future[None], leave: asyncio.Event | None) -> None:
+    """Until ``turn`` is handed a slot; ``LeftLine`` if ``leave`` is set first (``turn`` is left as it is)."""
+    if leave is None:
+        await turn
+        return
+    left = asyncio.ensure_future(leave.wait())
+    try:
+        await asyncio.wait((turn, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if not turn.done():
+        raise LeftLine
+
+
+class Slot:
+    """A catch-up batch's slot, from when it was taken until ``release`` gives it back (once; again is a no-op).
+
+    Its hold counts in the mean behind Retry-After (``CatchUpSlots.hold_s``) from ``working`` (the body has come)
+    to ``release``: a slot taken from a request's head waits for its body first, and one store's slow uplink says
+    nothing of how soon the line ahead of the others clears (it holds its slot ``upload_deadline_s`` at most). A
+    slot given back before its batch's work began is not counted."""
+
+    __slots__ = ("_slots", "_working_since", "agent_id", "released")
 
     def __init__(self, slots: CatchUpSlots, agent_id: str) -> None:
         self._slots = slots
         self.agent_id = agent_id
-        self._started = time.monotonic()
+        self._working_since: float | None = None
         self.released = False
+
+    def working(self) -> None:
+        """The batch's body has come and the hub works on it: its hold counts from now (once)."""
+        if self._working_since is None and not self.released:
+            self._working_since = time.monotonic()
 
     def release(self) -> None:
         """Give the slot to the next batch in line, or free it."""
         if not self.released:
             self.released = True
-            self._slots._given_back(self.agent_id, time.monotonic() - self._started)
+            since = self._working_since
+            self._slots._given_back(self.agent_id, None if since is None else time.monotonic() - since)
 
 
 def upload_deadline_s(body_bytes: int) -> float:

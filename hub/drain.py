@@ -5,6 +5,9 @@ whose body is still arriving would wait out the whole timeout and be
 cancelled. The hub therefore drains first: stop listening, answer new
 requests on kept-alive connections with 503, and wait until every request
 already inside a handler has its answer — then let aiohttp close the rest.
+A request whose head waits before its handler runs (a catch-up batch in line
+for its slot, hub.app.sync_expect) is answered 503 as the door closes
+(``closing``), its body never sent.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from hub.auth import Handler
 class RequestGate:
     """A middleware that knows how many requests are in flight and can close the door."""
 
-    __slots__ = ("_active", "_closed", "_idle")
+    __slots__ = ("_active", "_closed", "_idle", "closing")
 
     def __init__(self) -> None:
         self._active = 0
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self.closing = asyncio.Event()  # set once the door closes: what waits on a request's head stops waiting
 
     @property
     def active(self) -> int:
@@ -54,6 +58,7 @@ class RequestGate:
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new requests; True once none is in flight, False if ``timeout_s`` passed first."""
         self._closed = True
+        self.closing.set()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:

@@ -24,6 +24,7 @@ import pytest
 
 from agent import Movement, Outbox, Replicator
 from hub import catchup
+from hub.app import SETTINGS_KEY
 from hub.catchup import CATCHUP_BODY_BYTES, SLOTS_KEY
 from hub.drain import GATE_KEY
 from hub.storage.base import AgentIdentity
@@ -39,13 +40,14 @@ HEAD_MAX_BYTES = 1024  # more than the head of any request below
 
 
 async def send_head(
-    port: int, token: str, length: int, content_type: str = MSGPACK_CONTENT_TYPE
+    port: int, token: str, length: int, content_type: str = MSGPACK_CONTENT_TYPE, more: str = ""
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a connection and send a sync's head asking ``Expect: 100-continue``, and no byte of its body."""
+    """Open a connection and send a sync's head asking ``Expect: 100-continue``, and no byte of its body.
+    ``more``: header lines to add, each ending in CRLF."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
         f"POST /v1/sync HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}"
-        f"\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+        f"\r\nContent-Length: {length}\r\n{more}Expect: 100-continue\r\n\r\n".encode()
     )
     await writer.drain()
     return reader, writer
@@ -166,8 +168,8 @@ async def test_a_live_sale_asking_to_continue_is_answered_at_once_while_the_line
 
 
 async def test_a_slot_taken_from_the_head_is_given_back_whatever_becomes_of_the_request(tmp_path: Path) -> None:
-    """With one slot and no line: a batch whose client goes away after ``100 Continue``, one whose client sends
-    half its body and goes, and one refused for its Content-Type each leave the slot free for the next."""
+    """With one slot and no line: a batch whose client goes away after ``100 Continue`` and one whose client sends
+    half its body and goes each leave the slot free for the next; one refused for its Content-Type takes none."""
     async with hub_in_process(tmp_path / "hub.db") as hub, aiohttp.ClientSession() as session:
         agent_id, token = await hub.store.add_agent(["S1"])
         body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
@@ -192,14 +194,10 @@ async def test_a_slot_taken_from_the_head_is_given_back_whatever_becomes_of_the_
 
         reader, writer = await send_head(hub.port, token, len(body), content_type="application/json")
         try:
-            status, _, _ = await read_answer(reader)
-            writer.write(body)
-            await writer.drain()
-            refused, _, _ = await read_answer(reader)
+            status, _, _ = await read_answer(reader)  # refused from its head: no slot taken
         finally:
             writer.close()
-        assert (status, refused) == (100, 415)
-        await slot_free()
+        assert status == 415 and slots.running == 0
 
         async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers_of(token), expect100=True) as resp:
             assert resp.status == 200 and decode_sync_response(await resp.read()).hwm == BIG
@@ -268,13 +266,51 @@ async def test_an_agents_catch_up_batch_refused_by_the_hub_is_not_uploaded_and_t
     assert uploaded - uploaded_while_refused > SYNC_CATCHUP_BYTES  # the batch, uploaded once it was taken
 
 
-async def refused_without_expect(port: int, token: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+async def test_an_agent_revoked_while_catching_up_uploads_no_batch_and_stops_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's credential is revoked just after its handshake is answered: its catch-up batch, sent asking to
+    continue, is refused 401 from its head, with less than a few KiB sent in all; the agent reports its
+    credentials refused and sends nothing more until they are fixed (``auth_retry_s``), not the batch again."""
+    backlog = 5_000  # one batch of batch_size: over the catch-up size
+    async with hub_in_process(tmp_path / "hub.db") as hub, Relay(hub.port).running() as relay:
+        store = hub.store
+        agent_id, token = await store.add_agent(["S1"])
+        looked_up: list[str] = []
+        authenticate = store.authenticate
+
+        async def revoked_after_the_handshake(token: str) -> AgentIdentity | None:
+            looked_up.append(token)
+            if len(looked_up) == 2:
+                await store.revoke_agent(agent_id)
+            return await authenticate(token)
+
+        monkeypatch.setattr(store, "authenticate", revoked_after_the_handshake)
+        async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location="S1") as outbox:
+            await outbox.record([Movement("S1", f"SKU-{n % 50}", Kind.SALE, -1, "pos:test") for n in range(backlog)])
+            replicator = Replicator(
+                outbox, relay.url, token, batch_size=backlog, retry_base_s=0.01, retry_max_s=0.05, timeout_s=WAIT_S,
+                auth_retry_s=600.0, rng=random.Random(5),
+            )  # fmt: skip
+            async with replicator:
+                state = await asyncio.wait_for(replicator.wait_for(lambda s: s.credentials_refused), 3 * WAIT_S)
+                with pytest.raises(TimeoutError):  # no try again before auth_retry_s, whatever it is sent
+                    await asyncio.wait_for(replicator.wait_for(lambda s: s.attempts > state.attempts), 1.0)
+        assert state.sync_state == "credentials_refused" and "HTTP 401" in (state.last_error or "")
+        assert len(looked_up) == 2  # the handshake, then the batch's head: nothing more
+        assert relay.sent < 3 * HEAD_MAX_BYTES, f"{relay.sent} bytes sent for a batch refused from its head"
+        assert (await store.counts(location="S1")) == []
+
+
+async def refused_without_expect(
+    port: int, token: str, body: bytes, content_type: str = MSGPACK_CONTENT_TYPE
+) -> tuple[int, dict[str, str], bytes]:
     """A sync sent whole without ``Expect``: what the middlewares answer it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(
             f"POST /v1/sync HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: "
-            f"{MSGPACK_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            f"{content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
         await writer.drain()
@@ -331,19 +367,21 @@ async def test_a_rate_limited_agents_catch_up_batch_is_refused_from_its_head_and
         assert sum(c.on_hand for c in await hub.store.counts(location="S1")) == -2 * BIG
 
 
-async def test_a_draining_hub_refuses_a_sync_from_its_head_and_one_waiting_in_line_once_it_is_handed_a_slot(
-    tmp_path: Path,
+async def test_a_draining_hub_refuses_a_sync_from_its_head_and_one_waiting_in_line_as_soon_as_it_drains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One slot: a batch holds it (answered ``100 Continue``, its body not sent yet) and another waits in line
-    when the hub starts draining. A sync asking to continue then is answered 503 from its head; the batch in
-    flight is stored; the one in line, handed its slot, is answered 503 too, not ``100 Continue``."""
+    when the hub starts draining. The one in line is answered 503 at once, while the slot is still held, not
+    ``100 Continue`` once it is handed the slot; a sync asking to continue then is answered 503 from its head;
+    the batch in flight is stored."""
+    monkeypatch.setattr(catchup, "UPLOAD_MIN_S", 6 * WAIT_S)  # the first batch keeps its slot while it waits
     async with hub_in_process(tmp_path / "hub.db") as hub:
         first_id, first_token = await hub.store.add_agent(["S1"])
         agent_id, token = await hub.store.add_agent(["S2"])
         first = encode_sync_request(SyncRequest(first_id, 1, events(first_id, "S1", BIG)))
         body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S2", BIG)))
         slots = hub.app[SLOTS_KEY]
-        slots.total = 1
+        slots.total, slots.wait_s = 1, 6 * WAIT_S  # the one in line is not sent away for its wait meanwhile
         gate = hub.app[GATE_KEY]
         first_reader, first_writer = await send_head(hub.port, first_token, len(first))
         reader, writer = await send_head(hub.port, token, len(body))
@@ -355,6 +393,11 @@ async def test_a_draining_hub_refuses_a_sync_from_its_head_and_one_waiting_in_li
                 assert time.monotonic() < deadline, "the second batch did not wait in line"
                 await asyncio.sleep(0.01)
             draining = asyncio.ensure_future(gate.drain(WAIT_S))
+
+            status, headers, problem = await read_answer(reader)  # the first batch's body is not sent yet
+            assert status == 503, "a batch in line while the hub drains was asked for its body"
+            assert headers["connection"] == "close" and b"shutting down" in problem
+            assert (slots.running, slots.waiting) == (1, 0)  # the slot is still the first batch's
 
             for length in (len(body), 100):  # a catch-up batch, a live sale
                 late_reader, late_writer = await send_head(hub.port, token, length)
@@ -369,9 +412,6 @@ async def test_a_draining_hub_refuses_a_sync_from_its_head_and_one_waiting_in_li
             await first_writer.drain()
             stored, _, _ = await read_answer(first_reader)
             assert stored == 200  # in flight when the drain began: finished
-            status, headers, problem = await read_answer(reader)
-            assert status == 503, "a batch handed its slot while the hub drains was asked for its body"
-            assert headers["connection"] == "close" and b"shutting down" in problem
             assert await asyncio.wait_for(draining, WAIT_S)
         finally:
             first_writer.close()
@@ -417,6 +457,61 @@ async def test_a_sync_asking_to_continue_has_its_credential_looked_up_once_and_r
         assert (hub.app[SLOTS_KEY].running, hub.app[SLOTS_KEY].refused) == (0, 0)
 
 
+async def test_a_sync_its_head_condemns_is_refused_before_100_continue_as_without_expect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revoked, unknown or malformed credential (401), a reader's (403), a Content-Length over
+    ``max_body_bytes`` (413), a body that is not msgpack or is compressed (415): each sync asking to continue is
+    answered from its head, catch-up batch or live sale, with ``Connection: close`` and never ``100 Continue``,
+    so not a byte of its body is sent; the credential is looked up once; the problem is the one the same sync
+    gets after its body without ``Expect``."""
+    async with hub_in_process(tmp_path / "hub.db") as hub:
+        store = hub.store
+        agent_id, token = await store.add_agent(["S1"])
+        revoked_id, revoked_token = await store.add_agent(["S2"])
+        await store.revoke_agent(revoked_id)
+        _, reader_token = await store.add_agent(["S1"], role="reader")
+        body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
+        sale = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", 1)))
+        limit = hub.app[SETTINGS_KEY].max_body_bytes
+        looked_up: list[str] = []
+        authenticate = store.authenticate
+
+        async def counted(token: str) -> AgentIdentity | None:
+            looked_up.append(token)
+            return await authenticate(token)
+
+        monkeypatch.setattr(store, "authenticate", counted)
+        cases: list[tuple[str, bytes | int, str, str, int, bytes]] = [
+            (revoked_token, body, MSGPACK_CONTENT_TYPE, "", 401, b"unknown or has been revoked"),
+            ("ssk_unknown", sale, MSGPACK_CONTENT_TYPE, "", 401, b"unknown or has been revoked"),
+            ("", sale, MSGPACK_CONTENT_TYPE, "", 401, b"the form 'Bearer <token>'"),
+            (reader_token, body, MSGPACK_CONTENT_TYPE, "", 403, b"reader credential cannot send events"),
+            (token, body, "application/json", "", 415, b"must be msgpack"),
+            (token, sale, "application/json", "", 415, b"must be msgpack"),
+            (token, limit + 1, MSGPACK_CONTENT_TYPE, "", 413, b"max_body_bytes"),
+            (token, body, MSGPACK_CONTENT_TYPE, "Content-Encoding: gzip\r\n", 415, b"without compression"),
+        ]
+        for sent, data, content_type, more, expected, said in cases:
+            looked_up.clear()
+            length = data if isinstance(data, int) else len(data)
+            reader, writer = await send_head(hub.port, sent, length, content_type, more)
+            try:
+                status, headers, problem = await read_answer(reader)  # answered with the head alone
+            finally:
+                writer.close()
+            assert status == expected, f"a sync refused {expected} from its head was answered {status} first"
+            assert headers["connection"] == "close"  # its body will not come
+            assert said in problem and ("www-authenticate" in headers) == (expected == 401)
+            assert len(looked_up) == (1 if sent else 0), f"the credential was looked up {len(looked_up)} times"
+            if isinstance(data, bytes) and not more:  # the same sync sent whole without Expect: the same answer
+                unasked_status, _, unasked = await refused_without_expect(hub.port, sent, data, content_type)
+                assert unasked_status == expected and without_numbers(problem) == without_numbers(unasked)
+        slots = hub.app[SLOTS_KEY]
+        assert (slots.running, slots.waiting, slots.refused) == (0, 0, 0)
+        assert sum(c.on_hand for c in await store.counts(location="S1")) == 0
+
+
 async def test_a_batch_uploading_slower_than_its_slot_allows_gives_the_slot_to_the_next_and_is_stored_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -460,3 +555,90 @@ async def test_a_batch_uploading_slower_than_its_slot_allows_gives_the_slot_to_t
         assert sum(c.on_hand for c in await hub.store.counts(location="S1")) == -BIG
         assert sum(c.on_hand for c in await hub.store.counts(location="S2")) == -BIG
         assert (slots.running, slots.waiting, slots.refused) == (0, 0, 0)
+
+
+class SlotsClock:
+    """hub.catchup's clock (its ``time``), the real one plus what a test adds: a slow upload or a long commit
+    without waiting for one."""
+
+    def __init__(self) -> None:
+        self.added_s = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.added_s
+
+
+async def test_a_slow_upload_does_not_raise_the_retry_after_given_to_other_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One slot, no line. A store given its slot from its head takes 600 s (on the slots' clock) to upload its
+    body and 5 s to be committed; then another store holds the slot and a third is refused 429: the hold measured
+    for Retry-After is the commit's, so the third is asked back in seconds, not in minutes."""
+    clock = SlotsClock()
+    monkeypatch.setattr(catchup, "time", clock)
+    async with hub_in_process(tmp_path / "hub.db") as hub:
+        store = hub.store
+        (slow_id, slow_token), (_, token), (_, third_token) = [await store.add_agent([f"S{n}"]) for n in (1, 2, 3)]
+        slow = encode_sync_request(SyncRequest(slow_id, 1, events(slow_id, "S1", BIG)))
+        slots = hub.app[SLOTS_KEY]
+        slots.total, slots.queue_max = 1, 0
+        ingest = store.ingest
+
+        async def committed_in_5_s(*args: object, **kwargs: object) -> object:
+            clock.added_s += 5.0
+            return await ingest(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "ingest", committed_in_5_s)
+        reader, writer = await send_head(hub.port, slow_token, len(slow))
+        try:
+            status, _, _ = await read_answer(reader)
+            assert status == 100 and slots.running == 1
+            writer.write(slow[: len(slow) // 2])
+            await writer.drain()
+            clock.added_s += 600.0  # the rest of its body comes 600 s later (within its upload deadline here)
+            writer.write(slow[len(slow) // 2 :])
+            await writer.drain()
+            stored, _, _ = await read_answer(reader)
+        finally:
+            writer.close()
+        assert stored == 200 and slots.running == 0
+        held_s = slots.hold_s
+        assert held_s >= catchup.HOLD_S_FIRST + catchup.HOLD_WEIGHT * (5.0 - catchup.HOLD_S_FIRST)  # its commit
+
+        reader, writer = await send_head(hub.port, token, len(slow))  # another store's batch holds the slot
+        third_reader, third_writer = await send_head(hub.port, third_token, len(slow))
+        try:
+            status, _, _ = await read_answer(reader)
+            refused, headers, _ = await read_answer(third_reader)
+        finally:
+            writer.close()
+            third_writer.close()
+        assert (status, refused) == (100, 429)
+        assert int(headers["retry-after"]) < 60, "one store's slow upload made every store wait minutes"
+        assert held_s < 60
+
+
+async def test_a_slots_hold_counts_from_its_batchs_work_and_a_slot_given_back_before_it_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the slots' own clock: a slot taken from a head and given back before its body came (its client went
+    away, its upload too slow) leaves the mean hold as it was; one whose body took 100 s and whose commit took 3 s
+    counts 3 s."""
+    clock = SlotsClock()
+    monkeypatch.setattr(catchup, "time", clock)
+    slots = catchup.CatchUpSlots(total=1)
+    big = CATCHUP_BODY_BYTES + 1
+    gone = await slots.reserve("A", big)
+    assert gone is not None
+    clock.added_s += 100.0
+    gone.release()
+    assert slots.hold_s == catchup.HOLD_S_FIRST and slots.running == 0
+
+    slot = await slots.reserve("A", big)
+    assert slot is not None
+    clock.added_s += 100.0  # its body uploads
+    slot.working()
+    clock.added_s += 3.0  # the hub commits it
+    slot.release()
+    worked = catchup.HOLD_S_FIRST + catchup.HOLD_WEIGHT * (3.0 - catchup.HOLD_S_FIRST)
+    assert worked <= slots.hold_s < worked + 1.0 and slots.running == 0
