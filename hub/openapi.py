@@ -595,8 +595,11 @@ def _paths() -> dict[str, JSON]:
         "from the head: the hub answers `100 Continue` once it has one (after a wait in line, if need be) or 429 with "
         "Retry-After and `Connection: close` before the body is sent; it keeps the slot while its body uploads at "
         f"{catchup.UPLOAD_MIN_BYTES_PER_S // 1024} KiB/s or faster, else gives it to the next and takes one again once "
-        "the body has come. Any sync sent with `Expect: 100-continue` is answered 503 (the hub shutting down) or 429 "
-        "(past the rate limit) from its head too, with `Connection: close`.",
+        "the body has come; one still waiting when the hub starts shutting down is answered 503 then. Any sync sent "
+        "with `Expect: 100-continue` is answered from its head too, with `Connection: close`, whatever the head alone "
+        "condemns: 503 (the hub shutting down), 401 (a missing, unknown or revoked credential), 429 (past the rate "
+        "limit), 415 (a compressed body, or not msgpack), 413 (a Content-Length over max_body_bytes), 403 (not an "
+        "agent's credential).",
         "Sync",
         {"200": ok("Committed: the new mark, what was refused, and the counts touched.", ref("SyncResponse"),
                    media=MSGPACK_CONTENT_TYPE, headers=RATE_LIMIT_HEADERS),
