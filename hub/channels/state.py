@@ -73,6 +73,15 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class Unbooked:
+    """What a level's last count confirmed took off for sales at the channel whose orders had not reached the hub:
+    how many units, and when the channel received the oldest of those sales (wall ms, the channel's; None: none)."""
+
+    units: int
+    from_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Reconciled:
     """When a channel's levels were last read back, how many and how many diverged."""
 
@@ -100,10 +109,19 @@ class ChannelState(Protocol):
 
     async def record(
         self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None,
-        stamps: MappingABC[LevelKey, int] | None = None,
-    ) -> None:
+        stamps: MappingABC[LevelKey, int] | None = None, unbooked: MappingABC[LevelKey, Unbooked] | None = None,
+    ) -> None:  # fmt: skip
         """In one transaction: store confirmed quantities and, if given, move the cursor to ``cursor``. A level's
-        stamp becomes the latest of ``at_ms``, its ``stamps`` entry (what it was sent with) and the one stored."""
+        stamp becomes the latest of ``at_ms``, its ``stamps`` entry (what it was sent with) and the one stored;
+        what its count took off (``unbooked``; none when it has no entry) replaces the one stored."""
+
+    async def unbooked(self, channel: str) -> dict[LevelKey, Unbooked]:
+        """The levels whose last count confirmed took units off for sales whose orders had not reached the hub, or
+        must read the channel's record from further back than their stamp (``Unbooked.from_ms``)."""
+
+    async def clear_unbooked(self, channel: str, keys: Collection[LevelKey]) -> None:
+        """The orders behind what the last counts of ``keys`` took off are booked (or refused): nothing is taken
+        off there any more, and their stamps stay as they are."""
 
     async def mapping(self, channel: str) -> SkuMapping | None:
         """The stored mapping, or None if it was never loaded."""
@@ -156,6 +174,15 @@ class ChannelState(Protocol):
         ``channels`` reserved its lines (every booked Square order has a reserve event per line, under the
         channel's identity and the ref ``<channel>:order:<id>``)."""
 
+    async def refuse_order(self, channel: str, order_id: str, reason: str, at_ms: int) -> None:
+        """A channel's order whose webhook the hub refused for good (a line it cannot map, a location not in the
+        pool): its sales are no longer taken off the counts pushed. Refusals older than ``ORDER_REFUSALS_KEPT_MS``
+        are dropped then: no count reads sales that old."""
+
+    async def orders_refused(self, channels: Collection[str], order_ids: Collection[str]) -> set[str]:
+        """Of ``order_ids``, those whose webhook one of ``channels`` refused for good (at its last delivery): the
+        pusher asks it of the orders not booked."""
+
 
 # A channel order's reserve events: by the ledger's ref index on SQLite (events_ref), by events_reserve_ref on
 # PostgreSQL (schema version 9); without one, each read walked the whole ledger.
@@ -163,6 +190,8 @@ ORDER_RESERVES_SQL = "SELECT sku, attrs FROM events WHERE ref = ? AND kind = 're
 # Which of a channel's orders are booked: by the same indexes, a read of at most ORDERS_BOOKED_MAX refs
 ORDERS_BOOKED_SQL = "SELECT DISTINCT ref FROM events WHERE ref IN ({}) AND kind = 'reserve' AND agent_id = ?"
 ORDERS_BOOKED_MAX = 100
+ORDERS_REFUSED_SQL = "SELECT order_id FROM channel_orders_refused WHERE channel = ? AND order_id IN ({})"
+ORDER_REFUSALS_KEPT_MS = 48 * 3600 * 1000  # twice the longest a pushed count reads back (pusher.SALES_WAIT_MAX_MS)
 
 Tx = Db  # one open transaction of a backend, in ``?`` parameter markers (hub.storage.db adapts them)
 
@@ -211,19 +240,26 @@ class SqlChannelState:
 
     async def record(
         self, channel: str, pushed: MappingABC[LevelKey, int], at_ms: int, cursor: int | None = None,
-        stamps: MappingABC[LevelKey, int] | None = None,
-    ) -> None:
+        stamps: MappingABC[LevelKey, int] | None = None, unbooked: MappingABC[LevelKey, Unbooked] | None = None,
+    ) -> None:  # fmt: skip
         self._check()
-        stamps = stamps or {}
+        stamps, unbooked = stamps or {}, unbooked or {}
+        none = Unbooked(0)
 
         async def work(db: Tx) -> None:
             await db.executemany(
-                "INSERT INTO channel_pushed (channel, level_key, quantity, pushed_at_ms) VALUES (?, ?, ?, ?) "
+                "INSERT INTO channel_pushed (channel, level_key, quantity, pushed_at_ms, less_units, sales_from_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (channel, level_key) DO UPDATE SET quantity = excluded.quantity, "
                 "pushed_at_ms = CASE WHEN excluded.pushed_at_ms > channel_pushed.pushed_at_ms "
-                "THEN excluded.pushed_at_ms ELSE channel_pushed.pushed_at_ms END",  # a stamp never goes back
-                [(channel, k.text(), q, max(at_ms, stamps.get(k, 0))) for k, q in pushed.items()],
-            )
+                "THEN excluded.pushed_at_ms ELSE channel_pushed.pushed_at_ms END, "  # a stamp never goes back
+                "less_units = excluded.less_units, sales_from_ms = excluded.sales_from_ms",
+                [
+                    (channel, k.text(), q, max(at_ms, stamps.get(k, 0)), unbooked.get(k, none).units,
+                     unbooked.get(k, none).from_ms)
+                    for k, q in pushed.items()
+                ],
+            )  # fmt: skip
             if cursor is not None:  # never backwards
                 await db.execute(
                     "INSERT INTO channel_state (channel, cursor, last_push_ms) VALUES (?, ?, ?) "
@@ -233,6 +269,27 @@ class SqlChannelState:
                 )
 
         await self._write("saving a channel's position", work)
+
+    async def unbooked(self, channel: str) -> dict[LevelKey, Unbooked]:
+        self._check()
+        rows = await self._read(
+            "SELECT level_key, less_units, sales_from_ms FROM channel_pushed "
+            "WHERE channel = ? AND (less_units > 0 OR sales_from_ms IS NOT NULL)", (channel,),
+        )  # fmt: skip
+        return {LevelKey.from_text(k): Unbooked(int(n), None if at is None else int(at)) for k, n, at in rows}
+
+    async def clear_unbooked(self, channel: str, keys: Collection[LevelKey]) -> None:
+        self._check()
+        if not keys:
+            return
+
+        async def work(db: Tx) -> None:
+            await db.executemany(
+                "UPDATE channel_pushed SET less_units = 0, sales_from_ms = NULL WHERE channel = ? AND level_key = ?",
+                [(channel, k.text()) for k in sorted(keys)],
+            )
+
+        await self._write("saving what a channel's counts took off", work)
 
     async def mapping(self, channel: str) -> SkuMapping | None:
         self._check()
@@ -454,6 +511,34 @@ class SqlChannelState:
                 rows = await self._read(ORDERS_BOOKED_SQL.format(_marks(len(part))), (*part, f"channel:{channel}"))
                 booked.update(refs[str(r[0])] for r in rows if str(r[0]) in refs)
         return booked
+
+    async def refuse_order(self, channel: str, order_id: str, reason: str, at_ms: int) -> None:
+        self._check()
+
+        async def work(db: Tx) -> None:
+            await db.execute(
+                "DELETE FROM channel_orders_refused WHERE channel = ? AND refused_at_ms < ?",
+                (channel, at_ms - ORDER_REFUSALS_KEPT_MS),
+            )
+            await db.execute(
+                "INSERT INTO channel_orders_refused (channel, order_id, refused_at_ms, reason) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (channel, order_id) DO UPDATE SET refused_at_ms = excluded.refused_at_ms, "
+                "reason = excluded.reason",
+                (channel, order_id, at_ms, reason),
+            )
+
+        await self._write("storing a refused order", work)
+
+    async def orders_refused(self, channels: Collection[str], order_ids: Collection[str]) -> set[str]:
+        self._check()
+        ids = sorted(set(order_ids))
+        refused: set[str] = set()
+        for channel in sorted(set(channels)):
+            for start in range(0, len(ids), ORDERS_BOOKED_MAX):
+                part = ids[start : start + ORDERS_BOOKED_MAX]
+                rows = await self._read(ORDERS_REFUSED_SQL.format(_marks(len(part))), (channel, *part))
+                refused.update(str(r[0]) for r in rows)
+        return refused
 
 
 async def _drop_stale_stamps(db: Tx, channel: str, mapped: Collection[str], before_ms: int) -> None:

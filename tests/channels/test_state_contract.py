@@ -18,7 +18,14 @@ import pytest
 
 from hub.channels import Divergence, ItemIds, LevelKey, MappingFinding, Reconciled, Refusal, SkuMapping
 from hub.channels.runner import open_channel_state
-from hub.channels.state import ORDER_RESERVES_SQL, ORDERS_BOOKED_SQL, STAMP_KEPT_MS, SqlChannelState
+from hub.channels.state import (
+    ORDER_REFUSALS_KEPT_MS,
+    ORDER_RESERVES_SQL,
+    ORDERS_BOOKED_SQL,
+    STAMP_KEPT_MS,
+    SqlChannelState,
+    Unbooked,
+)
 from hub.storage import StoreClosed, StoreError, open_store
 from protocol import Kind, wall_ms_now
 from tests.harness.pg import fresh_schema
@@ -351,3 +358,25 @@ async def test_an_orders_reserves_are_read_by_an_index_not_by_walking_the_ledger
     finally:
         await conn.close()
     assert "Seq Scan" not in plan and "Index" in plan, plan
+
+
+async def test_what_counts_took_off_and_the_orders_refused_survive_a_reopen(reopen: Reopen, db: str) -> None:
+    """What a Square count confirmed took off for register sales whose orders had not reached the hub, and the
+    orders whose webhooks the hub refused for good (schema 14): the pusher reads both after a restart."""
+    k2 = LevelKey(K.item_id, "gid://shopify/Location/2")
+    now = wall_ms_now()
+    async with open_store(db), reopen() as state:
+        await state.record("pos", {K: 8, k2: 3}, 1_000, unbooked={K: Unbooked(1, 900), k2: Unbooked(0, 800)})
+        await state.refuse_order("pos", "O1", "a line of item X is not mapped", now)
+        await state.refuse_order("pos", "O-old", "…", now - ORDER_REFUSALS_KEPT_MS - 1)
+    async with reopen() as state:
+        assert await state.unbooked("pos") == {K: Unbooked(1, 900), k2: Unbooked(0, 800)}
+        assert await state.orders_refused(["quiet", "pos"], ["O1", "O2"]) == {"O1"}
+        assert await state.orders_refused(["quiet"], ["O1"]) == set()
+        assert await state.orders_refused(["pos"], []) == set()
+        await state.record("pos", {K: 7}, 2_000)  # a count that took nothing off
+        await state.clear_unbooked("pos", [k2])
+        assert await state.unbooked("pos") == {} and await state.pushed("pos") == {K: 7, k2: 3}
+        assert await state.pushed_at("pos") == {K: 2_000, k2: 1_000}  # clearing moves no stamp
+        await state.refuse_order("pos", "O2", "…", now + 1)  # refusals past their use go with the next one
+        assert await state.orders_refused(["pos"], ["O-old", "O1", "O2"]) == {"O1", "O2"}
