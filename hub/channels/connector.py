@@ -105,11 +105,13 @@ class Moved:
 @dataclass(frozen=True, slots=True)
 class Sale:
     """A sale the channel recorded (Square: an adjustment from ``IN_STOCK`` to ``SOLD``): the channel's order behind
-    it, how many units, and when it occurred (wall ms, the channel's ``occurred_at``)."""
+    it, how many units, when it occurred (wall ms, the channel's ``occurred_at``) and when the channel received it
+    (its ``created_at``; 0: not said)."""
 
     order_id: str
     units: int
     occurred_ms: int
+    received_ms: int = 0
 
 
 class Confirmed(dict[LevelKey, int]):
@@ -180,8 +182,9 @@ class Connector(Protocol):
         be read (said once by the connector)."""
 
     async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
-        """The sales the channel recorded at these levels since a little before the hub's last count there (the
-        ``occurred_at`` it went out with, ``counted_ms``), each with the order behind it: the pusher takes those
+        """The sales the channel recorded at these levels since a little before ``counted_ms`` (the ``occurred_at``
+        the hub's last count there went out with, or earlier: ``ChannelPusher._read_from``), each with the order
+        behind it: the pusher takes those
         whose orders the hub has not booked off the count it pushes next (``ChannelPusher``), so the count does
         not take over a sale the hub does not know of yet. Empty when the channel keeps no such record; None
         when it cannot be read (said once by the connector)."""

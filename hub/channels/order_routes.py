@@ -62,7 +62,7 @@ from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
 from hub.channels.state import ChannelState
 from hub.storage import HubStore
-from hub.storage.base import AgentIdentity, IngestResult
+from hub.storage.base import AgentIdentity, IngestResult, StoreError
 from protocol import wall_ms_now
 from protocol.logsafety import RepeatLog, one_line
 
@@ -160,15 +160,18 @@ class OrderWebhooks:
             log.info("channel %s: %s came again (delivery %s); it was applied already", name, what, delivery)
             return web.json_response({"status": "duplicate"})
         async with self._locks.setdefault(name, asyncio.Lock()):  # one order webhook of a channel at a time
+            order_id: str | None = None
             try:
                 translated = await self._translate(spec, request, payload)
                 if translated is None:
                     log.info("channel %s: %s moves no stock; nothing to do", name, what)
                     return web.json_response({"status": "ignored"})
                 ctx, translation = translated
+                order_id = translation.order_id
                 translation = await self._on_reserved_skus(spec, ctx, translation)
                 events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms)
             except OrderRefused as err:
+                await self._order_refused(spec, order_id or err.order_id, str(err))
                 return self._refused(spec, str(err), what)
             except Unavailable as err:
                 log.warning("channel %s: %s cannot be applied now: %s", name, what, err)
@@ -290,6 +293,20 @@ class OrderWebhooks:
             one_line(str(event_id), 80) if isinstance(event_id, str) and event_id else None
         ), f"Square event {shown}"
 
+    async def _order_refused(self, spec: ChannelSpec, order_id: str | None, reason: str) -> None:
+        """A Square order refused for good is stored: the pusher no longer takes its register sales off the counts
+        it pushes (``ChannelPusher``), as its order will not reach the hub until the cause is fixed and Square's
+        retry brings it (booked then, as any)."""
+        if spec.kind != "square" or order_id is None or self._state is None:
+            return
+        try:
+            await self._state.refuse_order(spec.name, order_id, reason, wall_ms_now())
+        except StoreError as err:
+            log.warning(
+                "channel %s: the refusal of Square order %s could not be stored (%s); its register sales are taken "
+                "off the counts pushed while they are read", spec.name, order_id, err,
+            )  # fmt: skip
+
     def _refused(self, spec: ChannelSpec, reason: str, what: str) -> web.Response:
         log.warning("channel %s: refused %s: %s", spec.name, what, reason)
         return problems.response(422, f"{reason}; nothing of it was applied", code="unusable_webhook")
@@ -318,7 +335,10 @@ class OrderWebhooks:
             return None
         notice = square_notice(payload)
         ctx = await self._mapping_context(spec)
-        return ctx, square_movements(ctx, await self._square_order(spec, notice.order_id, notice.location_id))
+        try:
+            return ctx, square_movements(ctx, await self._square_order(spec, notice.order_id, notice.location_id))
+        except OrderRefused as err:
+            raise OrderRefused(str(err), notice.order_id) from err
 
     async def _shopify_pickup(self, spec: ChannelSpec, order_id: str) -> str | None:
         connector = self._connectors[spec.name]

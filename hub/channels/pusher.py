@@ -77,11 +77,11 @@ from hub.channels.connector import (
 from hub.channels.levels import LevelKey, sku_levels
 from hub.channels.loop import LoopTask
 from hub.channels.mapping import ItemIds, ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
-from hub.channels.state import ChannelState, Refusal
+from hub.channels.state import ChannelState, Refusal, Unbooked
 from hub.heartbeat import BEATING, Heartbeat, beat
 from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
 from hub.storage.keys import CountKey
-from protocol import wall_ms_now
+from protocol import unpack_hlc, wall_ms_now
 from protocol.retry import Backoff, Health, TurnFailed, run_turns
 
 if TYPE_CHECKING:
@@ -99,6 +99,9 @@ KIND_NAMES = {"shopify": "Shopify", "square": "Square", "webhook": "the receiver
 REMAP_GAP_S = 30.0  # a channel's listing is read for items gone at most this often (after refused pushes)
 LEASE_LOST_WAIT_S = 3.0  # a pusher whose lock went waits this long a turn (hub.channels.runner.LEASE_RETRY_S)
 KEPT_AGAIN_MAX = 2  # pushes in a row, stamped after a count the channel kept, before it is left to reconciliation
+# A register sale whose order has not reached the hub is taken off the counts pushed for at most this long after the
+# channel received it: Square retries an order's webhook for a day, so its order will not come later than that
+SALES_WAIT_MAX_MS = 24 * 3600 * 1000
 
 
 def _utc(ms: int) -> str:
@@ -245,7 +248,8 @@ class ChannelPusher(LoopTask):
         # pushed (``_less_unbooked``). Empty: counts go out at the hub's level.
         self.order_channels: tuple[str, ...] = (spec.name,) if spec.kind == "square" and spec.webhook_secret else ()
         self._less: dict[LevelKey, int] = {}  # units of such sales taken off each level's last count confirmed
-        self._less_known: set[LevelKey] = set()  # levels whose ``_less`` this process knows (pushed or checked)
+        self._less_from: dict[LevelKey, int] = {}  # when the channel received the oldest of them (its record's time)
+        self._counted_at: dict[LevelKey, int] = {}  # wall ms of the hub's last stock count behind each level (0: none)
         self._touched: dict[LevelKey, int] = {}  # push_seq of each level's last confirmation
         self.push_seq = 0  # confirmed batches so far (the reconciler skips levels confirmed while it read)
         self._key_sku: dict[LevelKey, str] = {}
@@ -421,7 +425,7 @@ class ChannelPusher(LoopTask):
             self._less_confirmed(less, confirmed)
             now_ms = wall_ms_now()
             last = n == len(batches) - 1
-            await self._state_record(confirmed, now_ms, end if last and rows else None)
+            await self._state_record(confirmed, now_ms, end if last and rows else None, less)
             if last:
                 self.status.cursor = end
             confirmed_all.update(confirmed)
@@ -440,9 +444,12 @@ class ChannelPusher(LoopTask):
         self._pushed_last_turn = bool(keys)
         return True
 
-    async def _state_record(self, confirmed: dict[LevelKey, int], now_ms: int, cursor: int | None) -> None:
+    async def _state_record(
+        self, confirmed: dict[LevelKey, int], now_ms: int, cursor: int | None, less: Mapping[LevelKey, Unbooked]
+    ) -> None:
         stamps = {k: self._stamps[k] for k in confirmed if k in self._stamps}  # stored: a restart stamps after them
-        await self.state.record(self.spec.name, confirmed, now_ms, cursor=cursor, stamps=stamps)
+        unbooked = {k: less[k] for k in confirmed if k in less}  # stored: a restart compares and reads as this hub
+        await self.state.record(self.spec.name, confirmed, now_ms, cursor=cursor, stamps=stamps, unbooked=unbooked)
         self._pushed.update(confirmed)
         if confirmed:
             self.push_seq += 1
@@ -597,10 +604,10 @@ class ChannelPusher(LoopTask):
                 targets[key] = Target(level.quantity, self._bases.get(key, previous), self._stamp(key, now_ms))
                 continue
             refusal = self._refused.get(key)
-            # a level pushed less sales whose orders had not reached the hub (or, since this process started, not
-            # known not to be): told again whatever its level now, as those orders may have been booked since and the
-            # hub's level be the count pushed (``_less_unbooked`` drops it when the count comes out the same)
-            again = key in self._less or (bool(self.order_channels) and key not in self._less_known)
+            # a level pushed less sales whose orders had not reached the hub: told again whatever its level now, as
+            # those orders may have been booked since and the hub's level be the count pushed (``_less_unbooked``
+            # drops it when the count comes out the same)
+            again = key in self._less
             changed = previous != level.quantity or key in self._unsure or again
             if changed and (refusal is None or refusal.quantity != level.quantity):
                 targets[key] = Target(level.quantity, previous, self._stamp(key, level.at_ms))
@@ -608,66 +615,107 @@ class ChannelPusher(LoopTask):
 
     async def _less_unbooked(
         self, targets: dict[LevelKey, Target], forced: Collection[str], based: Collection[LevelKey]
-    ) -> tuple[dict[LevelKey, Target], dict[LevelKey, int]]:
+    ) -> tuple[dict[LevelKey, Target], dict[LevelKey, Unbooked]]:
         """The counts to push, each less the units of sales the channel recorded there whose orders the hub has not
-        booked yet, and those units per level. A count supersedes, at the channel (Square), every sale that
+        booked yet, and what was taken off per level. A count supersedes, at the channel (Square), every sale that
         occurred before its ``occurred_at``: a register sale whose order is still on its way to the hub is not in
         the hub's level, so a count of the hub's level stamped after it (a web order, another till's sale in
         between) would put the sold units up for sale again until the order came back. A sale that occurred after
-        the count's time is left alone: the channel applies it on top. When the order is booked the hub's level
-        comes down to the count pushed and nothing more goes out, so no sale is taken off twice.
+        the count's time is left alone: the channel applies it on top; so is one that occurred before the hub's
+        last stock count behind the level (the count saw the shelf without the unit), and one whose order's
+        webhook the hub refused for good (``ChannelState.orders_refused``: it will not reach the hub until its
+        cause is fixed, and until then the channel shows the hub's level, as every channel does). When the order
+        is booked the hub's level comes down to the count pushed and nothing more goes out, so no sale is taken
+        off twice.
 
-        Read only for levels the hub counted there before (their last stamp: the channel's record is read from a
-        little before it), and only with ``order_channels``: without order webhooks the hub would never book
-        those orders. A record that cannot be read leaves the counts at the hub's level (said by the connector).
-        A level told again only because of sales taken off before (``_less``; after a start, any level until it is
-        checked once: what was taken off is kept in memory) and whose count comes out as last confirmed is not
-        sent."""
+        Read only for levels the hub counted there before, from a little before the earlier of their last stamp and
+        the receipt of the oldest sale their last count took off (``_read_from``: so a sale taken off once is read
+        again until its order comes, however many counts later), and only with ``order_channels``: without order
+        webhooks the hub would never book those orders. A record that cannot be read leaves the counts at the
+        hub's level (said by the connector), and the next read goes back as far as this one would have. What was
+        taken off is stored with each confirmation (``ChannelState.unbooked``), so a restart changes nothing; a
+        level told again only because of sales taken off before (``_less``) and whose count comes out as last
+        confirmed is not sent."""
         counted = {k: self._stamps[k] for k in targets if k in self._stamps}
         if not self.order_channels or not counted:
             return targets, {}
-        sales = await self.connector.sales_since(counted)
+        now_ms = wall_ms_now()
+        since = {k: self._read_from(k, at, now_ms) for k, at in counted.items()}
+        sales = await self.connector.sales_since(since)
         if sales is None:
-            return targets, {}
+            return targets, {k: Unbooked(0, since[k]) for k in counted}  # the next read goes back as far
         orders = {s.order_id for found in sales.values() for s in found}
         booked = await self.state.orders_booked(self.order_channels, orders) if orders else set()
-        now_ms = wall_ms_now()
-        less: dict[LevelKey, int] = dict.fromkeys(counted, 0)
+        refused = await self.state.orders_refused(self.order_channels, orders - booked) if orders - booked else set()
+        less: dict[LevelKey, Unbooked] = {}
         out: dict[LevelKey, Target] = {}
+        left: dict[LevelKey, int] = {}  # units of sales in refused orders, per level
+        done: list[LevelKey] = []
         for k, t in targets.items():
             at_ms = min(t.occurred_at_ms, now_ms)  # a stamp in the future goes out as now (the connector's window)
-            units = sum(s.units for s in sales.get(k, ()) if s.order_id not in booked and s.occurred_ms <= at_ms)
-            quantity = max(0, t.quantity - units)
-            if k in less:
-                less[k] = t.quantity - quantity
-            again = (k in self._less or k not in self._less_known) and k not in self._unsure and k not in based
+            after = [
+                s for s in sales.get(k, ())
+                if s.order_id not in booked and self._counted_at.get(k, 0) < s.occurred_ms <= at_ms
+            ]  # fmt: skip
+            taken = [s for s in after if s.order_id not in refused]
+            if len(taken) < len(after):
+                left[k] = sum(s.units for s in after if s.order_id in refused)
+            quantity = max(0, t.quantity - sum(s.units for s in taken))
+            if k in counted:
+                less[k] = Unbooked(t.quantity - quantity, min((s.received_ms for s in taken), default=None))
+            again = k in self._less and k not in self._unsure and k not in based
             if again and self._key_sku.get(k) not in forced and t.quantity == t.previous == quantity:
-                self._less.pop(k, None)  # the orders were booked (or none): the count stands as last confirmed
-                self._less_known.add(k)
+                done.append(k)  # the orders were booked (or refused): the count stands as last confirmed
                 continue
             out[k] = t if quantity == t.quantity else Target(quantity, t.previous, t.occurred_at_ms)
-        taken = {k: units for k, units in less.items() if units and k in out}
-        if taken:
-            k = min(taken)
-            orders_of = sorted({s.order_id for s in sales.get(k, ()) if s.order_id not in booked})
+        if done:
+            await self.state.clear_unbooked(self.spec.name, done)
+            for k in done:
+                self._less.pop(k, None)
+                self._less_from.pop(k, None)
+        who = KIND_NAMES.get(self.spec.kind, self.spec.kind)
+        taken_off = {k: u.units for k, u in less.items() if u.units and k in out}
+        if taken_off:
+            k = min(taken_off)
+            orders_of = sorted({s.order_id for s in sales.get(k, ()) if s.order_id not in booked | refused})
             log.info(
                 "channel %s: %s sold %d unit(s) at %d level(s) whose orders have not reached the hub (first %s at %s: "
                 "the hub's level %d, %d sold in order %s, %d pushed); the counts go out less them, so those sales stay "
                 "sold until their orders come back",
-                self.spec.name, KIND_NAMES.get(self.spec.kind, self.spec.kind), sum(taken.values()), len(taken),
-                self._key_sku.get(k, k.item_id), k.location_id, targets[k].quantity, taken[k],
-                ", ".join(orders_of[:3]) or "?", out[k].quantity,
+                self.spec.name, who, sum(taken_off.values()), len(taken_off), self._key_sku.get(k, k.item_id),
+                k.location_id, targets[k].quantity, taken_off[k], ", ".join(orders_of[:3]) or "?", out[k].quantity,
+            )  # fmt: skip
+        if left:
+            k = min(left)
+            orders_of = sorted({s.order_id for s in sales.get(k, ()) if s.order_id in refused})
+            log.info(
+                "channel %s: %s sold %d unit(s) at %d level(s) in orders whose webhooks the hub refused (first %s at "
+                "%s: %d in order %s); they are not taken off the counts, which show the hub's level until the orders "
+                "are booked",
+                self.spec.name, who, sum(left.values()), len(left), self._key_sku.get(k, k.item_id), k.location_id,
+                left[k], ", ".join(orders_of[:3]),
             )  # fmt: skip
         return out, less
 
-    def _less_confirmed(self, less: Mapping[LevelKey, int], confirmed: Collection[LevelKey]) -> None:
+    def _read_from(self, key: LevelKey, stamp_ms: int, now_ms: int) -> int:
+        """Where the channel's record of sales at ``key`` is read from (less the connector's margin): the level's
+        last stamp, or the receipt of the oldest sale its last count took off when earlier; never before the hub's
+        last stock count behind it (a sale before that is in the count) nor ``SALES_WAIT_MAX_MS`` ago."""
+        start = min(stamp_ms, self._less_from.get(key, stamp_ms))
+        return max(start, self._counted_at.get(key, 0), now_ms - SALES_WAIT_MAX_MS)
+
+    def _less_confirmed(self, less: Mapping[LevelKey, Unbooked], confirmed: Collection[LevelKey]) -> None:
         """What was taken off each confirmed level's count (``_less_unbooked``), kept until a count without it."""
         for k in confirmed:
-            if less.get(k):
-                self._less[k] = less[k]
+            u = less.get(k, Unbooked(0))
+            if u.units:
+                self._less[k] = u.units
             else:
                 self._less.pop(k, None)
-            self._less_known.add(k)
+            if u.from_ms is not None:
+                self._less_from[k] = u.from_ms
+            else:
+                self._less_from.pop(k, None)
 
     @property
     def less_unbooked(self) -> dict[LevelKey, int]:
@@ -698,6 +746,9 @@ class ChannelPusher(LoopTask):
             for key, quantity in sku_levels(counts, pool, self.spec.buffer, self._items, sku, bundles.get(sku)).items():
                 levels[key] = Level(sku, quantity, at_ms)
                 self._key_sku[key] = sku
+                # the hub's last stock count behind the level: the earliest of its rows' (0 when one has none)
+                behind = [c.last_count_at for c in counts if pool[c.location] == key.location_id]
+                self._counted_at[key] = min((0 if at is None else unpack_hlc(at)[0] for at in behind), default=0)
         self._parts.update(bundles)
         return levels
 
@@ -791,6 +842,9 @@ class ChannelPusher(LoopTask):
         self._stamps = await self.state.pushed_at(self.spec.name)
         self._refused = await self.state.refusals(self.spec.name)
         self.status.refused = len(self._refused)
+        unbooked = await self.state.unbooked(self.spec.name)
+        self._less = {k: u.units for k, u in unbooked.items() if u.units}
+        self._less_from = {k: u.from_ms for k, u in unbooked.items() if u.from_ms is not None}
         if mapping is None:
             await self._refresh()
         else:

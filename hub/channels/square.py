@@ -43,9 +43,9 @@ Before a push, a channel whose register sales come back to the hub as orders
 (``ChannelPusher.order_channels``) reads the sales (``sales_since``:
 ``ADJUSTMENT`` changes with ``states`` ``SOLD``, each naming its order by its
 ``transaction_id``) at the levels counted before, from a little before the
-hub's last count there: the pusher takes those whose orders the hub has not
-booked off the count, so the count does not take over a sale the hub does not
-know of yet. A read that fails leaves the counts at the hub's level, logged
+hub's last count there (or before the oldest sale that count took off): the
+pusher takes those whose orders the hub has not booked off the count, so the
+count does not take over a sale the hub does not know of yet. A read that fails leaves the counts at the hub's level, logged
 once until one succeeds.
 
 A ``400`` whose every error names one change (``field``
@@ -519,8 +519,9 @@ class SquareConnector:
         return sold
 
     async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
-        """The sales (``IN_STOCK`` to ``SOLD``) Square recorded at these levels, received from a little before the
-        hub's last count there (``counted_ms``: the ``occurred_at`` it went out with) up to now, each with its
+        """The sales (``IN_STOCK`` to ``SOLD``) Square recorded at these levels, received from a little before
+        ``counted_ms`` (the ``occurred_at`` the hub's last count there went out with, or earlier: the oldest sale
+        that count took off) up to now, each with its
         order (the adjustment's ``transaction_id``, Square's order id; a sale without one is left out: nobody
         can say whether the hub booked it). Read with ``changes/batch-retrieve``, ``ADJUSTMENT`` with ``states``
         ``SOLD``, ``READ_IDS_MAX`` items a request. None when it cannot be read: said once until it can again."""
@@ -536,7 +537,7 @@ class SquareConnector:
         for k, changes in record.items():
             for c in changes:
                 if c.sale and c.order_id and c.in_stock == int(c.in_stock):
-                    sales.setdefault(k, []).append(Sale(c.order_id, int(-c.in_stock), c.occurred_ms))
+                    sales.setdefault(k, []).append(Sale(c.order_id, int(-c.in_stock), c.occurred_ms, c.created_ms))
         return sales
 
     async def _call(
