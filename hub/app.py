@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from hub import (
@@ -26,6 +26,7 @@ from hub import (
     events_api,
     exportslots,
     feed,
+    heads,
     metrics,
     openapi,
     paging,
@@ -37,7 +38,6 @@ from hub import (
     webhooks,
 )
 from hub.auth import (
-    HEAD_IDENTITY_KEY,
     PUBLIC_ROUTES_KEY,
     ROLE_ADMIN,
     STORE_KEY,
@@ -45,16 +45,25 @@ from hub.auth import (
     CredentialOfAnotherAgent,
     Handler,
     auth_middleware,
-    bearer_token,
-    require_role,
+    identity_of,
     role_refused,
-    unknown_credential,
 )
 from hub.channels import http as channel_http
 from hub.channels import order_routes
 from hub.config import HubSettings
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
+from hub.heads import (
+    DB_RETRY_AFTER_S,
+    REPEATS_KEY,
+    RequestRepeats,
+    announced_too_big,
+    compressed,
+    problem_of,
+    refuse,
+    store_failed,
+    too_big,
+)
 from hub.leases import share_locks
 from hub.starting import LIVE_PATH
 from hub.storage import keys
@@ -85,51 +94,19 @@ from protocol.logsafety import RepeatLog
 from protocol.retry import retry_after_value
 
 log = logging.getLogger(__name__)
-DB_RETRY_AFTER_S = 1.0  # a 503 for a database failure: most pass within a second (a restart, a lock timeout)
 
 SETTINGS_KEY = web.AppKey("settings", HubSettings)
 DECODER_KEY = web.AppKey("sync_decoder", SyncDecoder)
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
-IDENTITY_ENCODINGS = frozenset({"", "identity"})  # the only Content-Encoding of a request body the hub takes
 
-
-class RequestRepeats:
-    """Failures that can come thousands of times a second, each logged once a minute with a count."""
-
-    __slots__ = ("bad_bodies", "db_failures", "unexpected")
-
-    def __init__(self) -> None:
-        self.unexpected = RepeatLog(
-            log, "failed", "request with an unexpected error|requests with an unexpected error", level=logging.ERROR
-        )
-        self.db_failures = RepeatLog(
-            log, "answered", "request 503 as the database failed|requests 503 as the database failed",
-            level=logging.WARNING,
-        )  # fmt: skip
-        self.bad_bodies = RepeatLog(log, "refused", "request with a malformed body|requests with a malformed body")
-
-
-REPEATS_KEY = web.AppKey("request_repeats", RequestRepeats)
 
 def error_response(
     status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> web.Response:
     """An error answer: RFC 9457 problem details with ``message`` as its ``detail`` (hub.problems)."""
     return problems.response(status, message, headers=headers, **extra)
-
-
-def _message(request: web.Request, exc: web.HTTPException) -> str:
-    text = exc.text or ""
-    if text and text != f"{exc.status}: {exc.reason}":
-        return text
-    if isinstance(exc, web.HTTPNotFound):
-        return f"there is no route {request.path}; the routes are listed in docs/hub-api.md"
-    if isinstance(exc, web.HTTPMethodNotAllowed):
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        return f"{request.path} does not take {request.method}; it takes {allowed}"
-    return f"the request failed: {exc.reason.lower()}"
 
 
 @web.middleware
@@ -140,23 +117,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _problem(request, exc)
+        return problem_of(request, exc)
     except CredentialOfAnotherAgent as err:
         return error_response(403, str(err), credential_agent_id=err.credential_agent_id)
     except Forbidden as err:
         return error_response(403, str(err))
     except InvalidInput as err:
         return error_response(400, str(err))
-    except StoreClosed:
-        return error_response(503, "the hub is shutting down; try again shortly")
-    except StoreError as err:
-        where = f"{request.method} {request.rel_url.raw_path}: {err}"
-        request.app[REPEATS_KEY].db_failures.record(request.remote, where)
-        metrics.observe_failure(request.app, "database")
-        return error_response(
-            503, f"the hub database is not available right now ({err}); try again shortly",
-            headers={"Retry-After": retry_after_value(DB_RETRY_AFTER_S)},
-        )  # fmt: skip
+    except (StoreClosed, StoreError) as err:  # its store closed (shutting down), its database failing: 503
+        return store_failed(request, err)
     except asyncio.CancelledError:
         raise
     except Exception as err:  # noqa: BLE001 -- the first in a minute with its traceback, the rest counted; the hub keeps serving
@@ -164,15 +133,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         request.app[REPEATS_KEY].unexpected.record(request.remote, where, exc=err)
         metrics.observe_failure(request.app, "unexpected")
         return error_response(500, "the hub failed to handle this request; the cause is in the hub's log")
-
-
-def _problem(request: web.Request, exc: web.HTTPException) -> web.Response:
-    """The problem answer of a refusal raised as an aiohttp HTTP exception, with the headers it must keep."""
-    keep = {
-        k: v for k, v in exc.headers.items()
-        if k.lower() in ("www-authenticate", "allow", "connection", "retry-after", "ratelimit-policy", "ratelimit")
-    }  # fmt: skip
-    return error_response(exc.status, _message(request, exc), headers=keep)
 
 
 @web.middleware
@@ -197,14 +157,14 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
     settings = request.app[SETTINGS_KEY]
     if not request.body_exists:
         return await handler(request)
-    if (compressed := _compressed(request)) is not None:
-        response = _problem(request, compressed)
+    if (is_compressed := compressed(request)) is not None:
+        response = problem_of(request, is_compressed)
         response.force_close()  # its body is not read: the connection cannot carry another request
         return response
     limit = settings.max_body_bytes
-    if (too_big := _announced_too_big(request)) is not None:  # refused unread
-        raise too_big
-    slot = request.get(catchup.SLOT_KEY)  # a catch-up slot taken from the head (sync_expect): held a while, not all
+    if (announced := announced_too_big(request)) is not None:  # refused unread
+        raise announced
+    slot = request.get(catchup.SLOT_KEY)  # a catch-up slot taken from the head (_take_slot): held a while, not all
     give_back = None
     if slot is not None:
         deadline_s = catchup.upload_deadline_s(request.content_length or 0)
@@ -223,7 +183,7 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response.force_close()
         return response
     except web.HTTPRequestEntityTooLarge as err:  # a chunked body, found too big while reading
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, text=_too_big(limit)) from err
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, text=too_big(limit)) from err
     except ConnectionError as err:
         log.info("%s %s from %s ended before its whole body arrived (%s)", request.method, request.rel_url.raw_path,
                  request.remote, err)  # fmt: skip
@@ -251,33 +211,6 @@ def _slow_upload(request: web.Request, slot: catchup.Slot, deadline_s: float) ->
         "(at least %d KiB/s); its body is read on and takes a slot again once it has come",
         slot.agent_id, request.remote, request.content_length or 0, deadline_s, catchup.UPLOAD_MIN_BYTES_PER_S // 1024,
     )  # fmt: skip
-
-
-def _compressed(request: web.Request) -> web.HTTPUnsupportedMediaType | None:
-    """The 415 for a compressed body (Content-Encoding other than identity), which the hub never inflates; or None."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding in IDENTITY_ENCODINGS:
-        return None
-    return web.HTTPUnsupportedMediaType(
-        text=f"this hub takes request bodies without compression, got Content-Encoding {encoding[:20]!r}; "
-        "send the body uncompressed"
-    )
-
-
-def _announced_too_big(request: web.Request) -> web.HTTPRequestEntityTooLarge | None:
-    """The 413 for a body whose Content-Length is over ``max_body_bytes``, or None."""
-    limit = request.app[SETTINGS_KEY].max_body_bytes
-    length = request.content_length or 0
-    if length <= limit:
-        return None
-    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length, text=_too_big(limit))
-
-
-def _too_big(limit: int) -> str:
-    return (
-        f"the request body is larger than this hub's limit of {limit} bytes (max_body_bytes);"
-        " send a smaller one (an agent: fewer events per request)"
-    )
 
 
 def create_app(store: HubStore, settings: HubSettings) -> web.Application:
@@ -311,13 +244,16 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     r = app.router
     r.add_get(routes.HEALTH_PATH, healthz, name="healthz")
     r.add_get(LIVE_PATH, livez, name="livez")  # 200 from the hub's start, through its migration (hub.starting)
-    r.add_post(routes.SYNC_PATH, post_sync, name="sync", expect_handler=sync_expect)
+    heads.add(app, "POST", routes.SYNC_PATH, post_sync, name="sync", check=_sync_head, admit=_take_slot)
     r.add_get("/v1/locations/{location}/counts", get_location_counts, name="location_counts")
     r.add_get("/v1/skus/{sku}/counts", get_sku_counts, name="sku_counts")
     r.add_get("/v1/ledger", get_ledger, name="ledger")
     r.add_get("/v1/exceptions", get_exceptions, name="exceptions")
     r.add_get("/v1/agents", get_agents, name="agents")
-    r.add_put("/v1/locations/{location}/skus/{sku}/safety-stock", put_safety_stock, name="safety_stock")
+    heads.add(
+        app, "PUT", "/v1/locations/{location}/skus/{sku}/safety-stock", put_safety_stock, name="safety_stock",
+        check=_safety_stock_head,
+    )  # fmt: skip
     catalog.routes(app)  # GET/PUT /v1/catalog
     bundles.setup(app)  # PUT /v1/bundles/{sku}, GET /v1/bundles, GET /v1/bundles/{sku}
     reports.routes(app)  # POST /v1/observations, POST /v1/import-issues, GET /v1/divergence
@@ -343,12 +279,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def post_sync(request: web.Request) -> web.Response:
     """Ingest one batch of an agent's events; answer its new mark and counts (msgpack)."""
-    slot = request.get(catchup.SLOT_KEY)  # taken from the head, before the body was sent (sync_expect)
+    slot = request.get(catchup.SLOT_KEY)  # taken from the head, before the body was sent (_take_slot)
     try:
-        who = require_role(request, INGEST_ROLES, "send events")
+        who = identity_of(request)
+        _sync_head(request, who)
         started = time.perf_counter()
-        if (not_msgpack := _not_msgpack(request)) is not None:
-            raise not_msgpack
         body = await _read_body(request, "; send fewer events per request")  # read whole already (body_middleware)
         if slot is not None and not slot.released:  # not given back for a slow upload (body_middleware)
             return await _sync(request, who, body, started)
@@ -357,6 +292,13 @@ async def post_sync(request: web.Request) -> web.Response:
     finally:
         if slot is not None:
             slot.release()
+
+
+def _sync_head(request: web.Request, who: AgentIdentity) -> None:
+    """What ``post_sync`` refuses before it reads the body, asked of a head too (hub.heads): a credential not an
+    agent's (403), a body not sent as msgpack (415)."""
+    refuse(role_refused(who, INGEST_ROLES, "send events"))
+    refuse(_not_msgpack(request))
 
 
 def _not_msgpack(request: web.Request) -> web.HTTPUnsupportedMediaType | None:
@@ -368,65 +310,20 @@ def _not_msgpack(request: web.Request) -> web.HTTPUnsupportedMediaType | None:
     )
 
 
-async def sync_expect(request: web.Request) -> web.StreamResponse | None:
-    """A sync's ``Expect: 100-continue``: whatever the hub would refuse once the body came and can tell from the
-    head is refused from the head, before a byte of the body is sent (``_admit_head``): a draining hub's 503, a
-    malformed, unknown or revoked credential's 401 (or 400), a rate-limited credential's 429, a compressed body's
-    415, one over ``max_body_bytes``'s 413, a credential not an agent's 403, a body not sent as msgpack's 415, a
-    catch-up batch past the line's 429, each answered as the middlewares and ``post_sync`` answer it and its
-    connection closed. A known agent's catch-up batch (its Content-Length over ``catchup.CATCHUP_BODY_BYTES``)
-    takes its slot, waiting in line first if need be, before the hub answers ``100 Continue`` (hub/catchup.py);
-    one waiting when the hub starts draining is answered 503 then. Anything else is answered ``100 Continue``
-    and then as without the header (a body that does not decode, one naming another agent)."""
-    expect = request.headers.get("Expect", "")
-    if request.version != HttpVersion11:
-        return None
-    if expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
-    try:
-        await _admit_head(request)
-        request.app[GATE_KEY].check()  # the hub began draining meanwhile (a lookup, a slot handed over just then)
-    except web.HTTPException as refused:
-        if (slot := request.get(catchup.SLOT_KEY)) is not None:
-            slot.release()  # to the next in line now, not once this answer is sent
-        response = _problem(request, refused)
-        response.force_close()  # its body is not read: the connection cannot carry another request
-        return response
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the answer's own bytes start after it
-    return None
-
-
-async def _admit_head(request: web.Request) -> None:
-    """Refuse from the head what the middlewares and ``post_sync`` would refuse after the body, in their order
-    and raised as they raise it; take a catch-up batch's slot for the request (``catchup.SLOT_KEY``)."""
+async def _take_slot(request: web.Request, who: AgentIdentity) -> None:
+    """A sync asking to continue, found good by its head (hub.heads.expect): a known agent's catch-up batch (its
+    Content-Length over ``catchup.CATCHUP_BODY_BYTES``) takes its slot for the request (``catchup.SLOT_KEY``),
+    waiting in line first if need be, before the hub answers ``100 Continue`` (hub/catchup.py); past the line it
+    is refused 429, and one waiting when the hub starts draining is answered 503 then. A live sale takes none."""
+    length = request.content_length
+    if length is None:
+        return  # chunked: its slot, if any, is taken once its body has come (post_sync)
     gate = request.app[GATE_KEY]
-    gate.check()  # the hub is draining: 503
-    who = await _identify(request)  # 401 (a 400 for two Authorization headers)
-    if who is None:
-        return  # the database cannot say now: the middleware asks again after 100 Continue, and answers
-    ratelimit.count(request, who)  # 429; the middleware does not count the request again
+    gate.check()  # with no await before the batch is in line: one waiting is sent away by the drain (leave)
     try:
-        for refused in (
-            _compressed(request),  # 415, body_middleware's
-            _announced_too_big(request),  # 413, body_middleware's
-            role_refused(who, INGEST_ROLES, "send events"),  # 403, post_sync's
-            _not_msgpack(request),  # 415, post_sync's
-        ):
-            if refused is not None:
-                raise refused
-        length = request.content_length
-        if length is None:
-            return  # chunked: its slot, if any, is taken once its body has come (post_sync)
-        gate.check()  # with no await before the batch is in line: one waiting is sent away by the drain (leave)
-        try:
-            slot = await request.app[catchup.SLOTS_KEY].reserve(who.agent_id, length, leave=gate.closing)
-        except catchup.LeftLine:
-            gate.check()  # the hub began draining while the batch waited in line: 503 now, not once it has a slot
-            raise
-    except web.HTTPException as refused:
-        if (limiter := ratelimit.limiter_of(request)) is not None:
-            refused.headers.update(limiter.headers(who.agent_id))  # as the middleware adds to a handler's refusal
+        slot = await request.app[catchup.SLOTS_KEY].reserve(who.agent_id, length, leave=gate.closing)
+    except catchup.LeftLine:
+        gate.check()  # the hub began draining while the batch waited in line: 503 now, not once it has a slot
         raise
     if slot is None:
         return
@@ -434,23 +331,6 @@ async def _admit_head(request: web.Request) -> None:
     task = asyncio.current_task()  # the request's own: ends once it is answered, or gone
     if task is not None:
         task.add_done_callback(lambda _: slot.release())  # a middleware answered, the client went away
-
-
-async def _identify(request: web.Request) -> AgentIdentity | None:
-    """The credential the request's bearer token names, looked up from the head and handed to the auth
-    middleware (``HEAD_IDENTITY_KEY``), which does not ask the store again; a malformed header's 401 (or 400)
-    and an unknown or revoked credential's 401, raised as the middleware raises them. None, and nothing handed
-    over, for a database that cannot say now: the middleware then asks, and answers, itself. (A credential
-    revoked while the batch waits in line is found by the next request, as one revoked while a body uploads.)"""
-    token = bearer_token(request)
-    try:
-        identity = await request.app[STORE_KEY].authenticate(token)
-    except (StoreClosed, StoreError):
-        return None
-    if identity is None:
-        raise unknown_credential(request)
-    request[HEAD_IDENTITY_KEY] = identity
-    return identity
 
 
 async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: float) -> web.Response:
@@ -669,8 +549,8 @@ async def get_agents(request: web.Request) -> web.StreamResponse:
 
 async def put_safety_stock(request: web.Request) -> web.Response:
     """Set the safety stock held back from ``available`` for one SKU at one location."""
-    who = require_role(request, {ROLE_ADMIN}, "change safety stock")
-    views.Query(request, set())
+    who = identity_of(request)
+    _safety_stock_head(request, who)
     location = views.location_param(request.match_info["location"])
     sku = views.sku_param(request.match_info["sku"])
     body = await _json_body(request)
@@ -682,6 +562,14 @@ async def put_safety_stock(request: web.Request) -> web.Response:
     row = await request.app[STORE_KEY].set_safety_stock(location, sku, qty)
     log.info("%s %s set the safety stock of %s at %s to %d", who.role, who.agent_id, sku, location, qty)
     return _json({"count": views.count_row(row)})
+
+
+def _safety_stock_head(request: web.Request, who: AgentIdentity) -> None:
+    """What ``put_safety_stock`` refuses before it reads the body, asked of a head too (hub.heads)."""
+    refuse(role_refused(who, {ROLE_ADMIN}, "change safety stock"))
+    views.Query(request, set())
+    views.location_param(request.match_info["location"])
+    views.sku_param(request.match_info["sku"])
 
 
 async def _json_body(request: web.Request) -> Any:

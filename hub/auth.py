@@ -43,7 +43,7 @@ UNKNOWN_CREDENTIALS_KEY = web.AppKey("unknown_credentials", RepeatLog)  # refusa
 SESSION_METHODS = frozenset({"GET", "HEAD"})  # the only methods a cookie session is accepted on
 BY_SESSION_KEY = web.RequestKey("by_session", bool)  # True: authenticated by a dashboard session cookie
 # What the store answered for the request's bearer token when a route's Expect handler looked it up from the head
-# (hub.app.sync_expect): the middleware takes it instead of asking the store again.
+# (hub.heads.expect): the middleware takes it instead of asking the store again.
 HEAD_IDENTITY_KEY: web.RequestKey[AgentIdentity | None] = web.RequestKey("head_identity")
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import etag, paging, views
-from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
-from hub.storage.base import Bundle, BundleConflict, BundleRecipe, HubStore
+from hub import etag, heads, paging, views
+from hub.auth import ROLE_ADMIN, STORE_KEY, identity_of, role_refused
+from hub.storage.base import AgentIdentity, Bundle, BundleConflict, BundleRecipe, HubStore
 from protocol import values
 from protocol.routes import BUNDLES_PATH
 
@@ -66,10 +66,17 @@ def parse_components(body: Any) -> Mapping[str, Any]:
     return components
 
 
+def _head(request: web.Request, who: AgentIdentity) -> None:
+    """What ``put_bundle`` refuses before it reads the body, asked of a head too (hub.heads)."""
+    heads.refuse(role_refused(who, {ROLE_ADMIN}, "set a bundle's recipe"))
+    views.Query(request, set())
+    views.sku_param(request.match_info["sku"])
+
+
 async def put_bundle(request: web.Request) -> web.Response:
     """Set a bundle's recipe (admin); 409 when it would put a bundle inside itself or the SKU holds stock."""
-    who = require_role(request, {ROLE_ADMIN}, "set a bundle's recipe")
-    views.Query(request, set())
+    who = identity_of(request)
+    _head(request, who)
     sku = views.sku_param(request.match_info["sku"])
     try:
         body = views.loads(await request.read())
@@ -168,7 +175,7 @@ def _after(request: web.Request) -> str | None:
 def setup(app: web.Application) -> None:
     app.router.add_get(BUNDLES_PATH, get_bundles, name="bundles")
     app.router.add_get("/v1/bundles/{sku}", get_bundle, name="bundle")
-    app.router.add_put("/v1/bundles/{sku}", put_bundle, name="bundle_put")
+    heads.add(app, "PUT", "/v1/bundles/{sku}", put_bundle, name="bundle_put", check=_head)
 
 
 async def bundle_parts_of(feed: object, skus: Collection[str]) -> dict[str, dict[str, int]]:

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 import aiohttp
 from aiohttp import web
 
-from hub import csvexport, views
+from hub import csvexport, heads, views
 from hub import problems as problem_details
-from hub.auth import ROLE_ADMIN, STORE_KEY, require_role
+from hub.auth import ROLE_ADMIN, STORE_KEY, identity_of, role_refused
 from hub.config import url_problem
 from hub.storage import open_store
 from hub.storage.base import AgentIdentity, CatalogItem, HubError, InvalidInput, LedgerRow
@@ -219,8 +219,8 @@ async def get_catalog(request: web.Request) -> web.StreamResponse:
 async def put_catalog(request: web.Request) -> web.Response:
     """Upsert catalog items by barcode (admin), from JSON or CSV (all or nothing), then re-book the scans of
     barcodes that were unknown."""
-    who = require_role(request, {ROLE_ADMIN}, "change the catalog")
-    views.Query(request, set())
+    who = identity_of(request)
+    _head(request, who)
     if request.content_type in CSV_CONTENT_TYPES:
         try:
             items = parse_csv(await request.read())
@@ -243,6 +243,12 @@ async def put_catalog(request: web.Request) -> web.Response:
     )
     body = {"version": update.version, "updated": update.updated, "rebooked": rebooked}
     return web.json_response(body, dumps=views.dumps, headers={"ETag": etag(update.version, store.feed_history)})
+
+
+def _head(request: web.Request, who: AgentIdentity) -> None:
+    """What ``put_catalog`` refuses before it reads the body, asked of a head too (hub.heads)."""
+    heads.refuse(role_refused(who, {ROLE_ADMIN}, "change the catalog"))
+    views.Query(request, set())
 
 
 def item_json(item: CatalogItem) -> dict[str, Any]:
@@ -455,7 +461,7 @@ async def catalog_csv(request: web.Request) -> web.StreamResponse:
 def routes(app: web.Application) -> None:
     app[KNOWN_BARCODES_KEY] = KnownBarcodes()
     app.router.add_get(CATALOG_PATH, get_catalog, name="catalog")
-    app.router.add_put(CATALOG_PATH, put_catalog, name="catalog_put")
+    heads.add(app, "PUT", CATALOG_PATH, put_catalog, name="catalog_put", check=_head)
 
 
 # --- command line: shelfsync-hub catalog import -------------------------------------------------------------

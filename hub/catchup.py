@@ -22,14 +22,14 @@ a slot. Slots live in this hub process: several hubs sharing one PostgreSQL data
 When the slot is taken depends on how the batch is sent:
 
 - **With ``Expect: 100-continue``** (an agent sends its catch-up batches so) the hub decides from the request's
-  head, before a byte of the body is sent (``hub.app.sync_expect``): a known agent's batch whose
+  head, before a byte of the body is sent (``hub.heads.expect``): a known agent's batch whose
   ``Content-Length`` is over ``CATCHUP_BODY_BYTES`` takes its slot, or waits in line for one, before the hub
   answers ``100 Continue``, or is answered ``429`` at once and its connection closed, its body never uploaded.
   A waiting batch's body is not held in the hub meanwhile, and one still waiting when the hub starts draining
   is answered ``503`` then (``leave``), not once it is handed a slot. The same head, any sync's, is refused
   what the middlewares and the route would refuse after the upload (a draining hub's ``503``; an unknown,
   revoked or malformed credential's ``401``; the rate limit's ``429``; a compressed body's or one not msgpack's
-  ``415``; one over ``max_body_bytes``'s ``413``; a credential not an agent's ``403``: ``hub.app.sync_expect``).
+  ``415``; one over ``max_body_bytes``'s ``413``; a credential not an agent's ``403``: ``hub.heads.expect``).
   It holds its slot while its body arrives for ``upload_deadline_s`` (its Content-Length at
   ``UPLOAD_MIN_BYTES_PER_S``, at least ``UPLOAD_MIN_S``): a body slower than that gives its slot to the next
   batch in line and is read on, within ``body_timeout_s`` as any, and takes a slot again once it has come, as
@@ -112,7 +112,7 @@ class CatchUpSlots:
     async def reserve(self, agent_id: str, body_bytes: int, leave: asyncio.Event | None = None) -> Slot | None:
         """A slot if ``body_bytes`` are a catch-up batch's (None: they are not), waiting in line for one if need
         be; a 429 (with Retry-After) when this agent has its share already, the line is full or the wait too long;
-        ``LeftLine`` once ``leave`` is set while the batch waits (the hub drains: hub.app.sync_expect). The caller
+        ``LeftLine`` once ``leave`` is set while the batch waits (the hub drains: hub.app._take_slot). The caller
         says when the batch's work begins (``Slot.working``: its body has come) and gives the slot back
         (``Slot.release``) once the batch is answered, whatever became of it."""
         if body_bytes <= CATCHUP_BODY_BYTES:

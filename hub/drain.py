@@ -6,8 +6,9 @@ cancelled. The hub therefore drains first: stop listening, answer new
 requests on kept-alive connections with 503, and wait until every request
 already inside a handler has its answer — then let aiohttp close the rest.
 A request whose head waits before its handler runs (a catch-up batch in line
-for its slot, hub.app.sync_expect) is answered 503 as the door closes
-(``closing``), its body never sent.
+for its slot, hub.heads.expect) is answered 503 as the door closes
+(``closing``), its body never sent. Every 503 of the gate says when to come
+back (``Retry-After``): another hub, or this one restarted, answers by then.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import asyncio
 from aiohttp import web
 
 from hub.auth import Handler
+from protocol.retry import retry_after_value
+
+RETRY_AFTER_S = 1.0  # a draining hub's 503: ask again in a second (another hub takes it, or this one restarted)
 
 
 class RequestGate:
@@ -37,10 +41,11 @@ class RequestGate:
 
     def check(self) -> None:
         """A 503 once the door is closed. The middleware asks it of every request; a route's Expect handler asks
-        it of the request's head, so the body of a request a draining hub refuses is not sent (hub.app.sync_expect)."""
+        it of the request's head, so the body of a request a draining hub refuses is not sent (hub.heads.expect)."""
         if self._closed:
             raise web.HTTPServiceUnavailable(
-                text="the hub is shutting down; try again shortly", headers={"Connection": "close"}
+                text="the hub is shutting down; try again shortly",
+                headers={"Connection": "close", "Retry-After": retry_after_value(RETRY_AFTER_S)},
             )
 
     @web.middleware

@@ -39,8 +39,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import feed, metrics, problems, views
-from hub.auth import STORE_KEY, require_role
+from hub import feed, heads, metrics, problems, views
+from hub.auth import STORE_KEY, identity_of, role_refused
 from hub.storage.base import INGEST_ROLES, AgentIdentity
 from protocol import (
     ProtocolError,
@@ -83,7 +83,7 @@ WINDOW_KEY = web.AppKey("events_clock_window_ms", int)
 
 def setup(app: web.Application, clock_window_s: int = FUTURE_SLACK_MS // 1000) -> None:
     app[WINDOW_KEY] = clock_window_s * 1000
-    app.router.add_post("/v1/events", post_events, name="events")
+    heads.add(app, "POST", "/v1/events", post_events, name=ROUTE, check=_head)
 
 
 def occurred_ms(value: Any, now_ms: int, window_ms: int = FUTURE_SLACK_MS) -> int:
@@ -182,14 +182,20 @@ def _parse(
     return events, ids, invalid
 
 
-async def post_events(request: web.Request) -> web.Response:
-    """Validate, resolve and commit a connector's movements; answer each one's fate and the counts touched."""
-    who = require_role(request, INGEST_ROLES, "send events")
-    started = time.perf_counter()
+def _head(request: web.Request, who: AgentIdentity) -> None:
+    """What ``post_events`` refuses before it reads the body, asked of a head too (hub.heads)."""
+    heads.refuse(role_refused(who, INGEST_ROLES, "send events"))
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(
             text=f"send the events as JSON with Content-Type: application/json, got {request.content_type}"
         )
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """Validate, resolve and commit a connector's movements; answer each one's fate and the counts touched."""
+    who = identity_of(request)
+    started = time.perf_counter()
+    _head(request, who)
     try:
         body = views.loads(await request.read())
     except ValueError as err:

@@ -524,7 +524,7 @@ def msgpack_body(schema: JSON, description: str) -> JSON:
     return {"required": True, "description": description, "content": {MSGPACK_CONTENT_TYPE: {"schema": schema}}}
 
 
-WRITE_ERRORS = (408, 413, 415)  # any request with a body (hub.app.body_middleware)
+WRITE_ERRORS = (408, 413, 415)  # any request with a body (hub.app.body_middleware; from its head: hub.heads)
 INGEST = (ROLE_AGENT, ROLE_ADMIN)
 
 
@@ -597,7 +597,7 @@ def _paths() -> dict[str, JSON]:
         f"{catchup.UPLOAD_MIN_BYTES_PER_S // 1024} KiB/s or faster, else gives it to the next and takes one again once "
         "the body has come; one still waiting when the hub starts shutting down is answered 503 then. Any sync sent "
         "with `Expect: 100-continue` is answered from its head too, with `Connection: close`, whatever the head alone "
-        "condemns: 503 (the hub shutting down), 401 (a missing, unknown or revoked credential), 429 (past the rate "
+        "condemns: 503 (the hub shutting down, or its database failing), 401 (a missing, unknown or revoked credential), 429 (past the rate "
         "limit), 415 (a compressed body, or not msgpack), 413 (a Content-Length over max_body_bytes), 403 (not an "
         "agent's credential).",
         "Sync",
@@ -1538,7 +1538,11 @@ def build() -> JSON:
             "version": API_VERSION,
             "summary": "One central stock ledger for every store: sync, counts, ledger, change feed, catalog.",
             "description": "The readable guide is docs/hub-api.md; its section \"API versions\" says what may change "
-                           "within /v1. Errors are one sentence a person can act on, with a machine code.",
+                           "within /v1. Errors are one sentence a person can act on, with a machine code. A request "
+                           "with a body sent with `Expect: 100-continue` is answered from its head, before `100 "
+                           "Continue` and with `Connection: close`, whatever its head alone condemns (the hub shutting "
+                           "down or its database failing, its credential or role, its size, its Content-Type, the rate "
+                           "limit), with the answer it would get after its body.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": "/", "description": "The hub that serves this document."}],

@@ -15,9 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import csvexport, feed, paging, views
-from hub.auth import STORE_KEY, require_role
-from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES, AlreadyResolved, QuarantineRow
+from hub import csvexport, feed, heads, paging, views
+from hub.auth import STORE_KEY, identity_of, require_role, role_refused
+from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES, AgentIdentity, AlreadyResolved, QuarantineRow
 from protocol import event_id_hex
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ READ_ROLES = frozenset({"reader", "admin"})
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/quarantine", get_quarantine, name="quarantine")
-    app.router.add_post("/v1/quarantine/{quarantine_id}", post_quarantine, name="quarantine_resolve")
+    heads.add(app, "POST", "/v1/quarantine/{quarantine_id}", post_quarantine, name="quarantine_resolve", check=_head)
 
 
 def quarantine_row(r: QuarantineRow) -> dict[str, Any]:
@@ -105,17 +105,30 @@ async def get_quarantine(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def post_quarantine(request: web.Request) -> web.Response:
-    """Resolve one held event: ``{"action": "apply_at_receipt"}`` or ``{"action": "discard"}`` (admin)."""
-    who = require_role(request, frozenset({"admin"}), "resolve held events")
+def _head(request: web.Request, who: AgentIdentity) -> None:
+    """What ``post_quarantine`` refuses before it reads the body, asked of a head too (hub.heads): its Content-Length
+    over ``BODY_MAX_BYTES`` is the 413 its body would get."""
+    heads.refuse(role_refused(who, frozenset({"admin"}), "resolve held events"))
     raw_id = request.match_info["quarantine_id"]
     if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 18 or int(raw_id) < 1:
         raise web.HTTPBadRequest(text=f"{raw_id[:40]!r} is not a quarantine id; GET /v1/quarantine lists them")
-    body = await request.read()  # bounded by max_body_bytes (the body middleware)
-    if len(body) > BODY_MAX_BYTES:
+    _too_big(request.content_length or 0)
+
+
+def _too_big(length: int) -> None:
+    if length > BODY_MAX_BYTES:
         raise web.HTTPRequestEntityTooLarge(
-            max_size=BODY_MAX_BYTES, actual_size=len(body), text=f"the body must be under {BODY_MAX_BYTES} bytes"
+            max_size=BODY_MAX_BYTES, actual_size=length, text=f"the body must be under {BODY_MAX_BYTES} bytes"
         )
+
+
+async def post_quarantine(request: web.Request) -> web.Response:
+    """Resolve one held event: ``{"action": "apply_at_receipt"}`` or ``{"action": "discard"}`` (admin)."""
+    who = identity_of(request)
+    _head(request, who)
+    raw_id = request.match_info["quarantine_id"]
+    body = await request.read()  # bounded by max_body_bytes (the body middleware)
+    _too_big(len(body))
     try:
         parsed = views.loads(body)
     except ValueError as err:

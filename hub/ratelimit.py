@@ -121,8 +121,8 @@ def limiter_of(request: web.Request) -> RateLimiter | None:
 
 def count(request: web.Request, who: AgentIdentity) -> None:
     """Take ``request``'s token from ``who``'s bucket, once whoever asks: a 429 with Retry-After when it is empty.
-    The middleware asks after authentication; the sync route's Expect handler asks of the request's head
-    (hub.app.sync_expect), and the middleware then does not count the request again."""
+    The middleware asks after authentication; a write route's Expect handler asks of the request's head
+    (hub.heads.expect), and the middleware then does not count the request again."""
     limiter = limiter_of(request)
     if limiter is None or request.get(COUNTED_KEY, False):
         return

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from hub import csvexport, paging, views
-from hub.auth import STORE_KEY, CredentialOfAnotherAgent, require_role
+from hub import csvexport, heads, paging, views
+from hub.auth import STORE_KEY, CredentialOfAnotherAgent, identity_of, role_refused
 from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,
@@ -65,11 +65,25 @@ SYSTEM = values.TextField("system name", SYSTEM_MAX_LEN)
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
 
 
-async def _decode(request: web.Request, decode: Callable[[bytes], T], what: str) -> T:
+def _report_head(request: web.Request, who: AgentIdentity, action: str, what: str) -> None:
+    """What the two posts refuse before they read the body, asked of a head too (hub.heads)."""
+    heads.refuse(role_refused(who, INGEST_ROLES, action))
+    views.Query(request, set())
     if request.content_type not in MSGPACK_CONTENT_TYPES:
         raise web.HTTPUnsupportedMediaType(
             text=f"{what} must be msgpack sent with Content-Type: {MSGPACK_CONTENT_TYPE}, got {request.content_type}"
         )
+
+
+def _observations_head(request: web.Request, who: AgentIdentity) -> None:
+    _report_head(request, who, "send observations", "an observations body")
+
+
+def _import_issues_head(request: web.Request, who: AgentIdentity) -> None:
+    _report_head(request, who, "send import issues", "an import issues body")
+
+
+async def _decode(request: web.Request, decode: Callable[[bytes], T]) -> T:
     body = await request.read()  # the app's client_max_size (max_body_bytes) bounds it
     try:
         if len(body) <= DECODE_INLINE_MAX_BYTES:
@@ -91,9 +105,9 @@ def _answer(result: ReportResult) -> web.Response:
 
 async def post_observations(request: web.Request) -> web.Response:
     """Keep other systems' on-hand figures an agent read from its exports."""
-    who = require_role(request, INGEST_ROLES, "send observations")
-    views.Query(request, set())
-    req = await _decode(request, decode_observations, "an observations body")
+    who = identity_of(request)
+    _observations_head(request, who)
+    req = await _decode(request, decode_observations)
     _check_sender(who, req.agent_id)
     items = [
         Observation(o.id, o.location, o.sku, o.system, o.on_hand, o.observed_at_ms, o.source_file)
@@ -112,9 +126,9 @@ async def post_observations(request: web.Request) -> web.Response:
 
 async def post_import_issues(request: web.Request) -> web.Response:
     """Keep the rows of POS exports an agent quarantined, for the exceptions list."""
-    who = require_role(request, INGEST_ROLES, "send import issues")
-    views.Query(request, set())
-    req = await _decode(request, decode_import_issues, "an import issues body")
+    who = identity_of(request)
+    _import_issues_head(request, who)
+    req = await _decode(request, decode_import_issues)
     _check_sender(who, req.agent_id)
     items = [ImportIssue(x.id, x.location, x.file, x.line, x.reason, x.raw) for x in req.issues]
     result = await request.app[STORE_KEY].add_import_issues(who, items)
@@ -442,7 +456,7 @@ async def _chunks(rows: list[Sequence[object]]) -> AsyncIterator[list[Sequence[o
 
 
 def routes(app: web.Application) -> None:
-    app.router.add_post(OBSERVATIONS_PATH, post_observations, name="observations")
-    app.router.add_post(IMPORT_ISSUES_PATH, post_import_issues, name="import_issues")
+    heads.add(app, "POST", OBSERVATIONS_PATH, post_observations, name="observations", check=_observations_head)
+    heads.add(app, "POST", IMPORT_ISSUES_PATH, post_import_issues, name="import_issues", check=_import_issues_head)
     app.router.add_get("/v1/divergence", get_divergence, name="divergence")
     app.router.add_get("/v1/reports/variance", get_variance, name="variance")

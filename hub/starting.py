@@ -44,8 +44,14 @@ def create_starting_app(progress: MigrationProgress) -> web.Application:
     """The application served while the store opens: ``progress`` says how far it is."""
     app = web.Application()
     app[PROGRESS_KEY] = progress
-    app.router.add_route("*", "/{path:.*}", _answer)
+    app.router.add_route("*", "/{path:.*}", _answer, expect_handler=_answer_head)
     return app
+
+
+async def _answer_head(request: web.Request) -> web.StreamResponse:
+    """A request asking ``Expect: 100-continue`` is answered from its head: no body changes what a hub still
+    opening its database answers, so none is asked for."""
+    return await _answer(request)
 
 
 def live_answer(progress: MigrationProgress) -> dict[str, object]:

@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import feed, paging, views
-from hub.auth import STORE_KEY, require_role
+from hub import feed, heads, paging, views
+from hub.auth import STORE_KEY, identity_of, require_role, role_refused
 from hub.channels.config import NAME_RE, ChannelSpec
 from hub.channels.connector import ChannelRejected, ChannelUnavailable
 from hub.channels.mapping import MappingError
@@ -33,6 +33,7 @@ from hub.channels.pusher import ChannelPusher
 from hub.channels.runner import NotDone, channel_pushers, pushes_here, reconcile_asked, refresh_asked
 from hub.channels.state import Divergence, Reconciled
 from hub.leases import LOCKS_KEY, share_locks
+from hub.storage.base import AgentIdentity
 from protocol import values
 
 READ_ROLES = frozenset({"reader", "admin"})
@@ -61,8 +62,13 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str) -> N
     r = app.router
     r.add_get("/v1/channels", get_channels, name="channels")
     r.add_get("/v1/channels/{name}/divergences", get_divergences, name="channel_divergences")
-    r.add_post("/v1/channels/{name}/mapping/refresh", post_mapping_refresh, name="channel_mapping_refresh")
-    r.add_post("/v1/channels/{name}/reconcile", post_reconcile, name="channel_reconcile")
+    heads.add(
+        app, "POST", "/v1/channels/{name}/mapping/refresh", post_mapping_refresh, name="channel_mapping_refresh",
+        check=_refresh_head,
+    )  # fmt: skip
+    heads.add(
+        app, "POST", "/v1/channels/{name}/reconcile", post_reconcile, name="channel_reconcile", check=_reconcile_head
+    )
     if specs:  # push what each sales channel shows (docs/channels.md)
         share_locks(app, db_path)  # on PostgreSQL, the channels' lock connection, and lease_stale_s
         app.cleanup_ctx.append(_run)
@@ -176,8 +182,7 @@ def divergence_json(d: Divergence) -> dict[str, Any]:
 
 async def post_mapping_refresh(request: web.Request) -> web.Response:
     """Load the channel's SKU mapping again (its listing or its CSV) and push every mapped level once."""
-    require_role(request, ADMIN_ROLES, "refresh a channel's mapping")
-    views.Query(request, set())
+    _refresh_head(request, identity_of(request))
     await _no_body(request)
     p = _pusher(request, pushing=True)
     name = p.spec.name
@@ -209,8 +214,7 @@ async def post_mapping_refresh(request: web.Request) -> web.Response:
 
 async def post_reconcile(request: web.Request) -> web.Response:
     """Read the channel's levels back now; divergences are stored, listed and corrected as the loop's are."""
-    require_role(request, ADMIN_ROLES, "reconcile a channel")
-    views.Query(request, set())
+    _reconcile_head(request, identity_of(request))
     await _no_body(request)
     p = _pusher(request, pushing=True)
     name = p.spec.name
@@ -242,10 +246,31 @@ async def post_reconcile(request: web.Request) -> web.Response:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
+def _refresh_head(request: web.Request, who: AgentIdentity) -> None:
+    _admin_head(request, who, "refresh a channel's mapping")
+
+
+def _reconcile_head(request: web.Request, who: AgentIdentity) -> None:
+    _admin_head(request, who, "reconcile a channel")
+
+
+def _admin_head(request: web.Request, who: AgentIdentity, action: str) -> None:
+    """What the two posts refuse before they look at the body, asked of a head too (hub.heads): a body its
+    Content-Length announces is refused unsent (a chunked one once its first byte has come: ``_no_body``)."""
+    heads.refuse(role_refused(who, ADMIN_ROLES, action))
+    views.Query(request, set())
+    if request.content_length:
+        raise _body_refused(request)
+
+
+def _body_refused(request: web.Request) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=f"{request.method} {request.path} takes no body; send the request without one")
+
+
 async def _no_body(request: web.Request) -> None:
     """These routes act on the name alone: a body is a client's mistake, refused before anything is looked up."""
     if request.body_exists and (request.content_length or (await request.content.read(1))):
-        raise web.HTTPBadRequest(text=f"{request.method} {request.path} takes no body; send the request without one")
+        raise _body_refused(request)
 
 
 def _pusher(request: web.Request, pushing: bool = False) -> ChannelPusher:

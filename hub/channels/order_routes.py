@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from hub import feed, problems, views
+from hub import feed, heads, problems, views
 from hub.auth import PUBLIC_ROUTES_KEY, STORE_KEY
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError
@@ -418,7 +418,7 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str, cloc
     hooks = OrderWebhooks(specs, db_path, clock_window_s * 1000)
     app[HOOKS_KEY] = hooks
     app[PUBLIC_ROUTES_KEY] = app[PUBLIC_ROUTES_KEY] | {ROUTE_NAME}
-    app.router.add_post(ROUTE, hooks.handle, name=ROUTE_NAME)
+    heads.add(app, "POST", ROUTE, hooks.handle, name=ROUTE_NAME)  # public: the head says no more than its size
     if hooks.specs:
         app.cleanup_ctx.append(hooks.run)
 

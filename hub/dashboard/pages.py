@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from hub import problems
+from hub import heads, problems
 from hub.dashboard.sessions import SESSION_COOKIE, DashboardSessions, SignInRefused, clear_cookie, set_cookie
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def setup(app: web.Application, sessions: DashboardSessions) -> None:
     r.add_get("/dashboard", get_root, name="dashboard_redirect")
     r.add_get("/dashboard/", get_dashboard, name="dashboard")
     r.add_get("/dashboard/sign-in", get_sign_in, name="dashboard_sign_in_page")
-    r.add_post("/dashboard/sign-in", post_sign_in, name="dashboard_sign_in")
-    r.add_post("/dashboard/sign-out", post_sign_out, name="dashboard_sign_out")
+    heads.add(app, "POST", "/dashboard/sign-in", post_sign_in, name="dashboard_sign_in")  # public: as the webhooks
+    heads.add(app, "POST", "/dashboard/sign-out", post_sign_out, name="dashboard_sign_out")
     r.add_get("/dashboard/assets/{name}", get_asset, name="dashboard_asset")
 
 
