@@ -23,7 +23,11 @@ fails undoes only itself, and each caller hears back only after the commit —
 durability is never weakened, two scanners on a slow disk just share a flush.
 Checkpoints never run inline:
 SQLite's automatic checkpoint is off and the thread runs one after every
-``CHECKPOINT_ROWS`` changed rows.
+``CHECKPOINT_ROWS`` changed rows, and, for a file given ``wal_limit_bytes``
+(whose rows may be large: the POS store's packed counts), whenever its WAL is
+larger than that after a write; SQLite then cuts the WAL back to that size
+(``journal_size_limit``) when the next write starts it again from its
+beginning. A checkpoint copies committed pages back: durability is the same.
 
 The file's identity (device and inode) is taken when it is opened. A file
 deleted or replaced under an open connection keeps working through that
@@ -73,11 +77,12 @@ def file_identity(path: Path) -> tuple[int, int] | None:
 class SqliteThread:
     """Runs functions ``fn(conn)`` on the one thread that owns ``conn``."""
 
-    def __init__(self, path: Path, synchronous: str) -> None:
+    def __init__(self, path: Path, synchronous: str, *, wal_limit_bytes: int | None = None) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}")
         self.path = path
         self._synchronous = synchronous
+        self._wal_limit = wal_limit_bytes
         # One thread owns the connection; work reaches it through a queue (cheaper than an executor's
         # submit: the thread hop is most of a record's latency once the disk is fast).
         self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
@@ -110,6 +115,8 @@ class SqliteThread:
                 raise sqlite3.OperationalError(f"could not switch to WAL (journal_mode is {mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the thread checkpoints; see the module doc
+            if self._wal_limit is not None:
+                conn.execute(f"PRAGMA journal_size_limit = {int(self._wal_limit)}")
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             conn.close()
@@ -225,7 +232,20 @@ class SqliteThread:
         average = self._commit_s
         self._commit_s = took if average is None else average + COMMIT_AVERAGE_WEIGHT * (took - average)
         self._changed_rows += conn.total_changes - changes
+        self._note_wal()
         return result
+
+    def _note_wal(self) -> None:
+        """After a write: a WAL grown past ``wal_limit_bytes`` is copied back at the next ``_maybe_checkpoint``,
+        however few rows changed (one ``os.stat``)."""
+        if self._wal_limit is None:
+            return
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size > self._wal_limit:
+            self._changed_rows = max(self._changed_rows, CHECKPOINT_ROWS)
 
     def _maybe_checkpoint(self) -> None:
         """On the caller's thread: hand a checkpoint to the thread once enough rows changed."""
@@ -315,6 +335,7 @@ class SqliteThread:
                 average = self._commit_s
                 self._commit_s = took if average is None else average + COMMIT_AVERAGE_WEIGHT * (took - average)
                 self._changed_rows += conn.total_changes - changes
+                self._note_wal()
         except BaseException as err:  # noqa: BLE001 - nothing of the group was committed: every caller hears it
             outcomes = [(None, err)] * len(group)
         for item, (result, error) in zip(group, outcomes, strict=True):

@@ -51,6 +51,9 @@ _FINISHED_SQL = "('imported', 'quarantined')"
 # Room the one-time rewrite of a store from an older agent leaves on its disk, beyond what it writes: the outbox
 # beside it goes on writing meanwhile. (A new store is rewritten too, at its first open: a few pages.)
 REWRITE_MARGIN_BYTES = 1 << 20
+# The WAL is copied back into the file whenever a write leaves it larger than this, and cut back to it (agent.db):
+# a checkpoint's packed counts are a few rows of many pages, which the outbox's count of changed rows never reached.
+WAL_LIMIT_BYTES = 4 << 20
 _PAGES = ("page_size", "page_count", "freelist_count")
 
 log = logging.getLogger(__name__)
@@ -193,7 +196,7 @@ class PosStore(SqliteFile):
     @classmethod
     async def _open(cls, path: Path, wall_clock_ms: Callable[[], int]) -> PosStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        opened = cls(SqliteThread(path, "full"), wall_clock_ms=wall_clock_ms)
+        opened = cls(SqliteThread(path, "full", wal_limit_bytes=WAL_LIMIT_BYTES), wall_clock_ms=wall_clock_ms)
         await opened._start(opened._init)
         await opened._outside_transaction(opened._incremental)
         return opened

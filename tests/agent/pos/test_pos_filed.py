@@ -18,6 +18,7 @@ import pytest
 
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig, PosStore
 from agent.pos import importer as importer_module
+from agent.pos import store as store_module
 from agent.pos import watcher as watcher_module
 from agent.pos.source import Position
 from agent.pos.store import FiledWatch
@@ -443,3 +444,29 @@ async def test_a_pos_store_from_before_on_a_disk_without_room_for_its_rewrite_le
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # works as before; rewritten at a start with room
     said = [r.getMessage() for r in caplog.records if "rewritten" in r.getMessage()]
     assert len(said) == 1 and "free" in said[0], said
+
+
+async def test_the_pos_store_wal_stays_bounded_during_a_large_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store copied its WAL back only after 1,000 changed rows, and a checkpoint changes two rows however many
+    counts it packs: the WAL held every count of an import (21 MB at 1,000,000 rows). It is copied back whenever it
+    passes ``WAL_LIMIT_BYTES`` now, and cut back to that size, at a batch's end: the bound holds while it runs."""
+    monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint with its counts every batch
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 128 * 1024)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(_rows(40_000)), encoding="utf-8")
+    config = PosImportConfig(profile="generic", batch_rows=500)
+    wal = Path(f"{config.store_path_for(tmp_path / 'outbox.sqlite3')}-wal")
+    sizes: list[int] = []
+
+    def sample(bytes_read: int, size: int, rows: int) -> None:  # after each batch is recorded
+        sizes.append(wal.stat().st_size)
+
+    async with open_env(tmp_path, config) as env:
+        report = await env.importer.import_file(path, keep_checkpoint=True, on_progress=sample)
+    assert report.imported == 40_000 and len(sizes) == 80
+    # one batch's counts (500 rows, 20 bytes each) and its pages beyond the bound at most; 40,000 rows' counts
+    # alone are 800 KB
+    assert max(sizes) < 128 * 1024 + 64 * 1024, max(sizes)
+
