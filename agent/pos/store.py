@@ -143,7 +143,8 @@ _SCHEMA = (
         until_ms  INTEGER NOT NULL,
         digests   TEXT NOT NULL,
         cuts      TEXT NOT NULL,
-        at_ms     INTEGER NOT NULL
+        at_ms     INTEGER NOT NULL,
+        head      TEXT
     ) WITHOUT ROWID""",
 )
 
@@ -176,6 +177,8 @@ class FiledWatch:
     until_ms: int  # wall-clock ms when it is forgotten unless it changed
     digests: tuple[str, ...]
     cuts: tuple[CutRow, ...]
+    head: str | None = None  # the digest of its first bytes (agent.pos.watcher): another file with its inode, size
+    # and time is told from it
 
 
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
@@ -261,6 +264,9 @@ class PosStore(SqliteFile):
         # nobody holds is an import its process never finished (killed, or the computer went down).
         if "owner" not in {r[1] for r in conn.execute("PRAGMA table_info(imports)")}:
             conn.execute("ALTER TABLE imports ADD COLUMN owner TEXT")
+        # The digest of a watched copy's first bytes (``FiledWatch.head``); a row from before has none.
+        if "head" not in {r[1] for r in conn.execute("PRAGMA table_info(filed_watch)")}:
+            conn.execute("ALTER TABLE filed_watch ADD COLUMN head TEXT")
         # The checkpoints of ended imports are kept for the copies the watcher watches; any other (its watch
         # ended while the agent stopped before it could drop it) is dropped.
         orphans = [
@@ -663,9 +669,9 @@ class PosStore(SqliteFile):
         await self._write(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO filed_watch (dest, file_name, import_id, dev, ino, size, mtime_ns, until_ms,"
-                " digests, cuts, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " digests, cuts, at_ms, head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (watch.dest, watch.file_name, watch.import_id, watch.dev, watch.ino, watch.size, watch.mtime_ns,
-                 watch.until_ms, json.dumps(watch.digests), cuts, now_ms),
+                 watch.until_ms, json.dumps(watch.digests), cuts, now_ms, watch.head),
             ),
             small=True,
         )  # fmt: skip
@@ -688,7 +694,7 @@ class PosStore(SqliteFile):
         """What the watcher watched when the agent last stopped, the oldest first."""
         rows = await self._read(
             lambda conn: conn.execute(
-                "SELECT dest, file_name, import_id, dev, ino, size, mtime_ns, until_ms, digests, cuts"
+                "SELECT dest, file_name, import_id, dev, ino, size, mtime_ns, until_ms, digests, cuts, head"
                 " FROM filed_watch ORDER BY at_ms, dest"
             ).fetchall()
         )
@@ -717,10 +723,11 @@ def _checkpoint(
 
 def _filed_watch(
     dest: str, file_name: str, import_id: int | None, dev: int, ino: int, size: int, mtime_ns: int, until_ms: int,
-    digests: str, cuts: str,
+    digests: str, cuts: str, head: str | None,
 ) -> FiledWatch:  # fmt: skip
     return FiledWatch(
         str(dest), str(file_name), None if import_id is None else int(import_id), int(dev), int(ino), int(size),
         int(mtime_ns), int(until_ms), tuple(str(d) for d in json.loads(digests)),
         tuple(CutRow(int(c[0]), str(c[1]), bytes.fromhex(c[2])) for c in json.loads(cuts)),
+        None if head is None else str(head),
     )  # fmt: skip

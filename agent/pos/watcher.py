@@ -69,6 +69,7 @@ import asyncio
 import contextlib
 import errno
 import fnmatch
+import hashlib
 import logging
 import os
 import stat
@@ -103,6 +104,7 @@ RETRY_MAX_S = 60.0
 WATCH_DEBOUNCE_MS = 200
 FILED_WATCH_S = 600.0  # how long a filed file is watched for a writer that was not done with it
 FILED_WATCH_MAX = 200  # the most filed files watched at once (the oldest are forgotten first)
+HEAD_BYTES = 4096  # a watched copy's first bytes, whose digest tells another file with its inode, size and time
 FILED_UNFINISHED_WATCH_S = 86_400.0  # how long a filed file whose last line has no line break is watched for it
 BUSY_WARN_S = 600.0  # a file changing this long without settling is said once: it is not imported meanwhile
 PROGRESS_LOG_MIN_BYTES = 1 << 20  # a smaller export is imported within seconds: its one summary line is enough
@@ -181,6 +183,7 @@ class _Filed:
     cuts: tuple[CutRow, ...] = ()  # rows booked from its last line without a line break, by its imports so far
     import_id: int | None = None  # the import whose checkpoint the next import of it goes on from
     mid_line: bool = False  # its last line has no line break: watched until it ends (FILED_UNFINISHED_WATCH_S)
+    head: str | None = None  # the digest of its first HEAD_BYTES (``_head``); None: not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,24 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _head(path: Path) -> str | None:
+    """The digest of the file's first ``HEAD_BYTES``; None when it cannot be read (then it is not judged by them).
+
+    A file deleted and another written at its path at once can get the inode the first one freed, and on a file
+    system that keeps times to the second (or two) the same modification time too: of the same size, only its
+    bytes tell it from the first. A till that writes on appends: its first bytes stay."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        return hashlib.blake2b(os.read(fd, HEAD_BYTES), digest_size=16).hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _link_target(path: Path) -> str | None:
@@ -728,7 +749,7 @@ class PosFolderWatcher:
                 continue
             state = (st.st_size, st.st_mtime_ns)
             if filed.changed is None:
-                if state == (filed.size, filed.mtime_ns):
+                if state == (filed.size, filed.mtime_ns) and not self._other_head(dest, filed):
                     if now >= filed.until:
                         if filed.mid_line:
                             log.info(
@@ -744,6 +765,14 @@ class PosFolderWatcher:
             elif now - filed.changed.since >= self.settle_s and not self._still_mid_line(dest, filed.changed, now):
                 return dest
         return None
+
+    @staticmethod
+    def _other_head(dest: Path, filed: _Filed) -> bool:
+        """Whether ``dest``, of the inode, size and time ``filed`` was, begins with other bytes: another file."""
+        if filed.head is None:
+            return False
+        head = _head(dest)
+        return head is not None and head != filed.head
 
     async def _watch_filed(
         self,
@@ -765,15 +794,20 @@ class PosFolderWatcher:
             await self._drop_checkpoint(import_id)
             return
         mid_line = _ends_mid_line(dest, st.st_size)
+        head = _head(dest)
         watch_s = max(FILED_WATCH_S, FILED_UNFINISHED_WATCH_S) if mid_line else FILED_WATCH_S
-        self._filed.pop(dest, None)
+        before = self._filed.pop(dest, None)
+        if before is not None and before.import_id != import_id:
+            # another export filed under its name, the copy watched there deleted before the watcher looked again:
+            # the checkpoint that copy's import kept is of no more use
+            await self._forget_filed(dest, before.import_id)
         self._filed[dest] = _Filed(
             name, digests, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + watch_s,
-            _Seen(-1, -1, time.monotonic()) if changed else None, cuts, import_id, mid_line,
+            _Seen(-1, -1, time.monotonic()) if changed else None, cuts, import_id, mid_line, head,
         )  # fmt: skip
         kept = FiledWatch(
             str(dest), name, import_id, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-            wall_ms_now() + round(watch_s * 1000), digests, cuts,
+            wall_ms_now() + round(watch_s * 1000), digests, cuts, head,
         )  # fmt: skip
         try:
             await self.importer.store.watch_filed(kept)
@@ -843,13 +877,14 @@ class PosFolderWatcher:
             ):  # fmt: skip
                 await self._forget_filed(dest, w.import_id)  # moved away, deleted, another file there, another folder
                 continue
-            changed = (st.st_size, st.st_mtime_ns) != (w.size, w.mtime_ns)
+            head = _head(dest) if w.head is not None else None
+            changed = (st.st_size, st.st_mtime_ns) != (w.size, w.mtime_ns) or (head is not None and head != w.head)
             mid_line = _ends_mid_line(dest, w.size)
             # kept on the wall clock: by an agent whose clock was ahead (put right since), a year away, say
             left_s = min(max(w.until_ms - now_ms, 0) / 1000, max(FILED_WATCH_S, FILED_UNFINISHED_WATCH_S))
             self._filed[dest] = _Filed(
                 w.file_name, w.digests, w.dev, w.ino, w.size, w.mtime_ns, now + left_s,
-                _Seen(-1, -1, now) if changed else None, w.cuts, w.import_id, mid_line,
+                _Seen(-1, -1, now) if changed else None, w.cuts, w.import_id, mid_line, w.head,
             )  # fmt: skip
             if mid_line and (changed or w.until_ms > now_ms):
                 cut.append(f"{dest.parent.name}/{_name(dest)}")

@@ -470,3 +470,84 @@ async def test_the_pos_store_wal_stays_bounded_during_a_large_import(
     # alone are 800 KB
     assert max(sizes) < 128 * 1024 + 64 * 1024, max(sizes)
 
+
+def _checkpoint_ids(store_path: str) -> list[int]:
+    with contextlib.closing(sqlite3.connect(store_path)) as db:
+        return [i for (i,) in db.execute("SELECT import_id FROM checkpoints ORDER BY import_id")]
+
+
+async def test_a_filed_copy_deleted_and_refiled_under_its_name_before_the_watcher_looks_drops_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """processed/day.csv archived (deleted) and the next day.csv filed under the same name within the second before
+    the watcher looked at its filed copies again: the new watch took the old one's place, and the checkpoint the
+    old import kept (its counts: 20 MB a 1,000,000 rows) stayed in the store, watched by nobody, until a restart."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    reports = Reports()
+    looking = asyncio.Event()
+    looking.set()
+    changed_filed = PosFolderWatcher._changed_filed
+
+    async def gated(watcher: PosFolderWatcher, now: float) -> Path | None:  # the watcher's tick, held off at will
+        return await changed_filed(watcher, now) if looking.is_set() else None
+
+    monkeypatch.setattr(PosFolderWatcher, "_changed_filed", gated)
+    config = PosImportConfig(profile="generic", batch_rows=100)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(_rows(300)), encoding="utf-8")
+        first, dest = await reports.next()
+        assert _checkpoint_ids(env.store.path) == [first.import_id]
+        looking.clear()  # within the second the watcher does not look at its filed copies
+        dest.unlink()
+        dest.with_name(dest.name + watcher_module.REPORT_SUFFIX).unlink()
+        (folder / "day.csv").write_text(HEADER + "".join(_rows(200, "NEW")), encoding="utf-8")
+        second, again = await reports.next()
+        assert again == dest and second.import_id != first.import_id
+        looking.set()
+        assert _checkpoint_ids(env.store.path) == [second.import_id]
+        assert [w.import_id for w in await env.store.filed_watches()] == [second.import_id]
+        # the new copy's watch goes on from its own checkpoint: rows the till appends are booked once
+        with dest.open("a", encoding="utf-8") as till:
+            till.write("".join(_rows(3, "LATE")))
+        third, _ = await reports.next()
+        events = await env.events()
+    assert (third.rows_read, third.imported, third.duplicates) == (203, 203, 0)
+    assert len(events) == 503
+
+
+async def test_a_different_file_at_a_filed_copys_path_with_its_inode_size_and_time_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filed copy deleted and another file written at its path at once can get the freed inode, and on a file
+    system that keeps times to the second (or two) the same modification time; of the same size, it looked like the
+    copy unchanged, and its rows were never booked. The watch compares the digest of the copy's first bytes too."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    reports = Reports()
+    parsed = Parsed(monkeypatch)
+    rows = _rows(300)
+    config = PosImportConfig(profile="generic", batch_rows=100)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(rows), encoding="utf-8")
+        _, dest = await reports.next()
+        st = dest.stat()
+        rows[0] = rows[0].replace("SKU-0,", "NEW-0,")  # another export: its first row differs, its size is the same
+        parsed.rows = 0
+        with dest.open("r+b") as other:  # the inode the deleted copy freed, as a file system may give it again
+            other.write((HEADER + "".join(rows)).encode("utf-8"))
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))  # written within the same second: the same time
+        assert (dest.stat().st_ino, dest.stat().st_size, dest.stat().st_mtime_ns) == (
+            st.st_ino, st.st_size, st.st_mtime_ns,
+        )  # fmt: skip
+        second, again = await reports.next()
+        events = await env.events()
+    assert again == dest and (parsed.rows, parsed.resumed_at) == (300, [])  # read from its first line
+    assert (second.rows_read, second.imported, second.duplicates) == (300, 1, 299)
+    assert sorted(e.sku for e in events if e.sku.endswith("-0")) == ["NEW-0", "SKU-0"]
