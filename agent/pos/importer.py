@@ -53,7 +53,7 @@ from agent.outbox import Movement, Outbox
 from agent.pos.config import PosImportConfig
 from agent.pos.errors import FileRejected, PosImportError
 from agent.pos.model import CutRow, ImportReport, Observation, Quarantined, Skipped
-from agent.pos.occurrences import OccurrenceCounter
+from agent.pos.occurrences import CountsIncomplete, OccurrenceCounter
 from agent.pos.profiles import ColumnMap, choose
 from agent.pos.rows import RowMapper, row_text
 from agent.pos.source import CsvRows, FileScan, Position, Prefix, complete_lines_end, scan_file
@@ -177,6 +177,7 @@ class _FileParse:
         self.columns: ColumnMap | None = None
         self.mapper: RowMapper | None = None
         self.changed = False  # the file was cut short while it was read: the import stopped (CsvRows.changed)
+        self.counts_at_position = True  # the counts are those at the last batch's position (no row counted since)
         # Duplicates whose time happens twice (clocks went back): how many, and the first one's (zone, wall time).
         self.repeated_duplicates = 0
         self.first_repeated: tuple[str, str, str] | None = None
@@ -238,7 +239,10 @@ class _FileParse:
                     outcomes += 1
                 else:
                     batch.rows += 1
-                    outcome = mapper.map(line, fields)
+                    try:
+                        outcome = mapper.map(line, fields)
+                    except CountsIncomplete as err:
+                        raise CountsIncomplete(line) from err
                     if isinstance(outcome, Movement):
                         if line in self._cuts:
                             outcome = self._finished(line, outcome, rows)
@@ -267,7 +271,14 @@ class _FileParse:
                 if batch.position is not None:  # else the counts changed are kept for the next batch's checkpoint
                     batch.counts = self._counter.changes()
                     batch.mapper_state = mapper.state()
+            if batch.rows:
+                self.counts_at_position = batch.position is not None
             return batch if batch.rows else None
+
+    def summary(self) -> bytes:
+        """The occurrence counts so far, small (``OccurrenceCounter.summary``), for the checkpoint an import keeps."""
+        with self._lock:
+            return self._counter.summary()
 
     def _finished(self, line: int, movement: Movement, rows: CsvRows) -> Movement:
         """A row booked before from its line without a line break, which the POS finished since: the same event
@@ -420,10 +431,33 @@ class PosImporter:
             import_id = await self.store.begin_import(scan, name, columns.profile.name, owner=owner.token)
             tally = await self._resume(parse, scan, columns, checkpoint, import_id, name)
             keep = keep_checkpoint or end is not None
-            report = await self._import_rows(
-                parse, scan, columns, import_id, name, started_ms, on_progress, seen_under, tally, held=end is not None,
-                keep=keep,
-            )  # fmt: skip
+            try:
+                report = await self._import_rows(
+                    parse, scan, columns, import_id, name, started_ms, on_progress, seen_under, tally,
+                    held=end is not None, keep=keep,
+                )  # fmt: skip
+            except CountsIncomplete as err:
+                # The checkpoint gone on from kept counts of the rows read last only: a row may repeat one before
+                # those, so the file is read again from its first line (the rows recorded so far are duplicates).
+                log.info(
+                    "Line %s of %s may repeat a row read before where its import went on from, whose count the "
+                    "checkpoint did not keep; the file is read again from its first line (the rows recorded before "
+                    "are duplicates).",
+                    f"{err.line:,}" if err.line is not None else "?", shown(name, bare=True),
+                )  # fmt: skip
+                recorded = tally.imported + tally.observations - tally.carried
+                await self.store.forget_checkpoint(import_id)
+                await asyncio.to_thread(parse.close)
+                parse = _FileParse(
+                    scan, self.config, profile or self.config.profile, self.location, started_ms, name, cut_rows, end
+                )
+                columns = await asyncio.to_thread(parse.open)
+                # what this import recorded before it read the file again counts as recorded by it (``recorded_now``)
+                tally = _Tally(lineage=[import_id], carried=-recorded)
+                report = await self._import_rows(
+                    parse, scan, columns, import_id, name, started_ms, on_progress, seen_under, tally,
+                    held=end is not None, keep=keep,
+                )  # fmt: skip
             if report.status == HELD:
                 await self.store.hold_import(import_id, report)
             else:
@@ -538,13 +572,20 @@ class PosImporter:
             ahead.cancel()
             if ahead.done() and not ahead.cancelled():
                 ahead.exception()  # retrieved: an error here is not also "never retrieved"
-        if keep and not parse.changed and tally.kept is not None and tally.pending_counts:
+        if keep and not parse.changed and tally.kept is not None:
             # the import of the rest (or of rows appended) goes on from here: written now, however soon after the last
             position, state = tally.kept
             checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, position, state)
-            counts = b"".join(tally.pending_counts)
-            tally.pending_counts.clear()
-            await self.store.add_batch(import_id, name, scan.sha256, (), (), checkpoint=checkpoint, counts=counts)
+            if parse.counts_at_position:  # its counts in a summary, in place of the packs: 5 bytes a row, not 20
+                summary = await asyncio.to_thread(parse.summary)
+                tally.pending_counts.clear()
+                await self.store.add_batch(
+                    import_id, name, scan.sha256, (), (), checkpoint=checkpoint, counts=summary, replace_counts=True
+                )
+            elif tally.pending_counts:  # rows counted after it (a cut last line): the packs up to it
+                counts = b"".join(tally.pending_counts)
+                tally.pending_counts.clear()
+                await self.store.add_batch(import_id, name, scan.sha256, (), (), checkpoint=checkpoint, counts=counts)
         rows_read, quarantined = tally.rows_read, tally.quarantined
         status = "quarantined" if rows_read and quarantined == rows_read else "imported"
         if held:

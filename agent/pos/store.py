@@ -14,7 +14,11 @@ it (agent.pos.importer). An import of the drop folder keeps its checkpoint when
 it ends, while the watcher watches the copy it filed (``filed_watch``): rows a
 till appends there are read from where that import ended.
 
-The counts take ~20 bytes a row while they are kept. The file is made with
+The counts take ~20 bytes a row while an import runs; one that ends keeps a
+summary of them (agent.pos.occurrences, ~5 bytes a row), written in parts and
+made its checkpoint's in one transaction. The WAL is copied back whenever a
+write leaves it past ``WAL_LIMIT_BYTES`` (agent.db), and deletes do not write
+over the pages they free. The file is made with
 ``auto_vacuum = INCREMENTAL`` (a file made before is rewritten once, ``VACUUM``,
 when opened), and once counts are dropped their pages are given back to the
 disk and the WAL is truncated: the file does not stay the size of the largest
@@ -54,6 +58,9 @@ REWRITE_MARGIN_BYTES = 1 << 20
 # The WAL is copied back into the file whenever a write leaves it larger than this, and cut back to it (agent.db):
 # a checkpoint's packed counts are a few rows of many pages, which the outbox's count of changed rows never reached.
 WAL_LIMIT_BYTES = 4 << 20
+GIVE_BACK_MIN_BYTES = 1 << 20  # packs of counts a summary replaced whose space is given back to the disk at once
+SUMMARY_PART_BYTES = 1 << 20  # a summary of counts is written in parts of this size, one transaction each
+VACUUM_STEP_PAGES = 256  # free pages given back to the disk a transaction, the WAL copied back between them
 _PAGES = ("page_size", "page_count", "freelist_count")
 
 log = logging.getLogger(__name__)
@@ -119,9 +126,11 @@ _SCHEMA = (
         hashed        INTEGER NOT NULL,
         prefix_sha256 TEXT NOT NULL,
         state         TEXT NOT NULL,
-        at_ms         INTEGER NOT NULL
+        at_ms         INTEGER NOT NULL,
+        counts_of     INTEGER
     )""",
-    # The file's occurrence counts up to its checkpoint (agent.pos.occurrences), a pack per batch, in order.
+    # The file's occurrence counts up to its checkpoint (agent.pos.occurrences), a pack per batch, in order, or a
+    # summary of them in parts and the packs after it; kept under ``checkpoints.counts_of`` (``_counts_key``).
     "CREATE TABLE IF NOT EXISTS checkpoint_counts (import_id INTEGER NOT NULL, packed BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS checkpoint_counts_by_import ON checkpoint_counts (import_id)",
     """CREATE TABLE IF NOT EXISTS reports_owed (
@@ -234,12 +243,21 @@ class PosStore(SqliteFile):
                 path, err,
             )  # fmt: skip
 
-    @staticmethod
-    def _give_back(conn: sqlite3.Connection) -> None:
-        """Give the free pages back to the disk, and truncate the WAL they went through. (``executescript``: run
-        from Python by ``execute``, ``PRAGMA incremental_vacuum`` frees one page.)"""
-        conn.executescript("PRAGMA incremental_vacuum;")
+    @classmethod
+    def _give_back(cls, conn: sqlite3.Connection) -> None:
+        """Give the free pages back to the disk, and truncate the WAL they went through: ``VACUUM_STEP_PAGES`` a
+        transaction, the WAL copied back after each (in one, the pages moved to fill 20 MB freed went through a WAL
+        of 18 MB)."""
+        while cls._vacuum_step(conn):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    @staticmethod
+    def _vacuum_step(conn: sqlite3.Connection) -> bool:
+        """Give up to ``VACUUM_STEP_PAGES`` free pages back to the disk, in one transaction; whether any are left.
+        (``executescript``: run from Python by ``execute``, ``PRAGMA incremental_vacuum`` frees one page.)"""
+        conn.executescript(f"PRAGMA incremental_vacuum({int(VACUUM_STEP_PAGES)});")
+        return bool(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
     async def _space_back(self) -> None:
         """After counts were dropped: their space back to the disk. Only a smaller file is at stake: said, not raised."""
@@ -264,6 +282,9 @@ class PosStore(SqliteFile):
         # nobody holds is an import its process never finished (killed, or the computer went down).
         if "owner" not in {r[1] for r in conn.execute("PRAGMA table_info(imports)")}:
             conn.execute("ALTER TABLE imports ADD COLUMN owner TEXT")
+        # The key a checkpoint's occurrence counts are kept under (``_counts_key``); a row from before: its import.
+        if "counts_of" not in {r[1] for r in conn.execute("PRAGMA table_info(checkpoints)")}:
+            conn.execute("ALTER TABLE checkpoints ADD COLUMN counts_of INTEGER")
         # The digest of a watched copy's first bytes (``FiledWatch.head``); a row from before has none.
         if "head" not in {r[1] for r in conn.execute("PRAGMA table_info(filed_watch)")}:
             conn.execute("ALTER TABLE filed_watch ADD COLUMN head TEXT")
@@ -278,12 +299,30 @@ class PosStore(SqliteFile):
         ]  # fmt: skip
         for orphan in orphans:
             self._drop_checkpoint(conn, orphan)
+        # counts no checkpoint keeps: the parts of a summary written ahead by an import that stopped before it kept
+        # them (add_batch)
+        conn.execute(
+            "DELETE FROM checkpoint_counts WHERE import_id NOT IN"
+            " (SELECT coalesce(counts_of, import_id) FROM checkpoints)"
+        )
 
     @staticmethod
-    def _drop_checkpoint(conn: sqlite3.Connection, import_id: int) -> int:
+    def _counts_key(conn: sqlite3.Connection, import_id: int) -> int:
+        """The key the occurrence counts of ``import_id``'s checkpoint are kept under in ``checkpoint_counts``: the
+        import that wrote the first of them (an import that goes on from a checkpoint adds its packs there), or the
+        parts of its summary. Rows are never moved from one key to another: SQLite may write a row of a megabyte
+        whole again, through the WAL, when its key changes size (1 is stored in no byte, -1 in one)."""
+        row = conn.execute(
+            "SELECT coalesce(counts_of, import_id) FROM checkpoints WHERE import_id = ?", (import_id,)
+        ).fetchone()
+        return import_id if row is None else int(row[0])
+
+    @classmethod
+    def _drop_checkpoint(cls, conn: sqlite3.Connection, import_id: int) -> int:
         """Drop the checkpoint of ``import_id`` and its counts; how many packs of counts went (their space is free)."""
+        key = cls._counts_key(conn, import_id)
         conn.execute("DELETE FROM checkpoints WHERE import_id = ?", (import_id,))
-        return conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (import_id,)).rowcount
+        return conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (key,)).rowcount
 
     def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
         return PosImportError(f"{self.path} is not a usable POS import store: {err}")
@@ -382,15 +421,19 @@ class PosStore(SqliteFile):
         None when another import took it over first."""
 
         def take(conn: sqlite3.Connection) -> bytes | None:
-            if not conn.execute("UPDATE checkpoints SET import_id = ? WHERE import_id = ?", (new_id, old_id)).rowcount:
+            moved = conn.execute(
+                "UPDATE checkpoints SET import_id = ?, counts_of = coalesce(counts_of, import_id) WHERE import_id = ?",
+                (new_id, old_id),
+            )
+            if not moved.rowcount:
                 return None
             # an import that ended keeps its status: the checkpoint it kept for its filed copy moves on
             conn.execute(
                 "UPDATE imports SET status = 'resumed', error = ? WHERE id = ? AND status IN ('interrupted', 'held')",
                 (why, old_id),
             )
-            conn.execute("UPDATE checkpoint_counts SET import_id = ? WHERE import_id = ?", (new_id, old_id))
-            packs = conn.execute("SELECT packed FROM checkpoint_counts WHERE import_id = ? ORDER BY rowid", (new_id,))
+            key = self._counts_key(conn, new_id)
+            packs = conn.execute("SELECT packed FROM checkpoint_counts WHERE import_id = ? ORDER BY rowid", (key,))
             return b"".join(bytes(p) for (p,) in packs)
 
         return await self._write(take)
@@ -428,12 +471,35 @@ class PosStore(SqliteFile):
         seen_under: Sequence[str] = (),
         checkpoint: Checkpoint | None = None,
         counts: bytes = b"",
+        replace_counts: bool = False,
     ) -> tuple[int, int]:
         """One batch's observations and quarantined rows, and the import's checkpoint after it, in one transaction
-        (the batch's movements are in the outbox already); returns (observations new, already stored)."""
+        (the batch's movements are in the outbox already); returns (observations new, already stored).
+        ``replace_counts``: ``counts`` (a summary, agent.pos.occurrences) replaces the packs kept so far, whose
+        space is given back. It is written ahead in parts (``SUMMARY_PART_BYTES``), one transaction each, under the
+        import's id negated, so that the WAL is copied back between them (5 MB at 1,000,000 rows in one transaction
+        went past its bound); the transaction of the checkpoint makes them its counts (``_counts_key``), in place of
+        the packs, at once. Parts a crash left are dropped at the next start. (An import writes one summary, at
+        its end.)"""
         now_ms = self._wall_clock_ms()
+        ahead = -import_id
+        summary = counts if replace_counts else b""
+        if summary:
+            for at in range(0, len(counts), SUMMARY_PART_BYTES):
+                part = counts[at : at + SUMMARY_PART_BYTES]
+
+                def write_part(conn: sqlite3.Connection, part: bytes = part, first: bool = at == 0) -> None:
+                    if first:  # what an attempt that failed half-way left
+                        conn.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (ahead,))
+                    conn.execute("INSERT INTO checkpoint_counts (import_id, packed) VALUES (?, ?)", (ahead, part))
+
+                await self._write(write_part)
+            counts = b""
+
+        replaced = 0  # bytes of packs the summary replaced
 
         def write(conn: sqlite3.Connection) -> tuple[int, int]:
+            nonlocal replaced
             obs = self._insert_observations(conn, observations, now_ms)
             self._insert_quarantine(conn, import_id, file_name, sha256, quarantined, seen_under, now_ms)
             if checkpoint is not None:
@@ -441,17 +507,30 @@ class PosStore(SqliteFile):
                 state = dict(checkpoint.state)  # its observation counts are before this batch's, known only here
                 state["observations"] = state.get("observations", 0) + obs[0]
                 state["observation_duplicates"] = state.get("observation_duplicates", 0) + obs[1]
+                key = self._counts_key(conn, import_id)
+                if summary:
+                    by_key = "FROM checkpoint_counts WHERE import_id = ?"
+                    replaced = conn.execute(f"SELECT coalesce(sum(length(packed)), 0) {by_key}", (key,)).fetchone()[0]
+                    conn.execute(f"DELETE {by_key}", (key,))
+                    key = ahead
+                    in_parts = conn.execute(f"SELECT coalesce(sum(length(packed)), 0) {by_key}", (key,)).fetchone()[0]
+                    if in_parts != len(summary):  # parts gone (another process's start took them for a crash's)
+                        conn.execute(f"DELETE {by_key}", (key,))
+                        conn.execute("INSERT INTO checkpoint_counts (import_id, packed) VALUES (?, ?)", (key, summary))
                 conn.execute(
                     "INSERT OR REPLACE INTO checkpoints (import_id, file_name, encoding, profile, position, line,"
-                    " hashed, prefix_sha256, state, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " hashed, prefix_sha256, state, at_ms, counts_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (import_id, file_name, checkpoint.encoding, checkpoint.profile, str(p.cookie), p.line, p.hashed,
-                     p.sha256, json.dumps(state), now_ms),
+                     p.sha256, json.dumps(state), now_ms, key),
                 )  # fmt: skip
                 if counts:
-                    conn.execute("INSERT INTO checkpoint_counts (import_id, packed) VALUES (?, ?)", (import_id, counts))
+                    conn.execute("INSERT INTO checkpoint_counts (import_id, packed) VALUES (?, ?)", (key, counts))
             return obs
 
-        return await self._write(write)
+        written = await self._write(write)
+        if replaced >= GIVE_BACK_MIN_BYTES:  # less is left for the next writes to use
+            await self._space_back()
+        return written
 
     async def finish_import(self, import_id: int, report: ImportReport, *, keep_checkpoint: bool = False) -> None:
         """The import ended (``report``): its row says how, and the checkpoints of earlier interrupted imports of

@@ -13,11 +13,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig, PosStore
 from agent.pos import importer as importer_module
+from agent.pos import occurrences as occurrences_module
 from agent.pos import store as store_module
 from agent.pos import watcher as watcher_module
 from agent.pos.source import Position
@@ -392,7 +394,7 @@ async def test_the_pos_store_gives_back_the_space_of_an_imports_occurrence_count
     path.write_text(HEADER + "".join(_rows(20_000, "NEW")), encoding="utf-8")
     async with open_env(tmp_path, config) as env:
         kept = await env.importer.import_file(path, keep_checkpoint=True)
-    assert await _store_bytes(store_path) > empty + 20_000 * 16  # the counts of the checkpoint kept for it
+    assert await _store_bytes(store_path) > empty + 20_000 * 4  # the counts' summary the checkpoint kept for it
     async with open_env(tmp_path, config) as env:
         assert kept.import_id is not None
         await env.store.forget_checkpoint(kept.import_id)
@@ -451,24 +453,48 @@ async def test_the_pos_store_wal_stays_bounded_during_a_large_import(
 ) -> None:
     """The store copied its WAL back only after 1,000 changed rows, and a checkpoint changes two rows however many
     counts it packs: the WAL held every count of an import (21 MB at 1,000,000 rows). It is copied back whenever it
-    passes ``WAL_LIMIT_BYTES`` now, and cut back to that size, at a batch's end: the bound holds while it runs."""
+    passes ``WAL_LIMIT_BYTES`` now, and cut back to that size: the bound holds while it runs, and when the counts
+    are replaced by their summary, or dropped, at its end (SQLite built with secure deletion wrote zeros over every
+    page they freed; the summary of 1,000,000 rows' counts is 5 MB, written in parts), and when their space is given
+    back to the disk (the pages moved went through the WAL in one transaction)."""
     monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint with its counts every batch
     monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 128 * 1024)
+    monkeypatch.setattr(store_module, "GIVE_BACK_MIN_BYTES", 1)  # the packs' space given back once replaced
+    monkeypatch.setattr(store_module, "SUMMARY_PART_BYTES", 32 * 1024)  # the summary kept (282 KB) in 9 parts
+    monkeypatch.setattr(store_module, "VACUUM_STEP_PAGES", 16)  # the counts' space given back 64 KB a transaction
     path = tmp_path / "day.csv"
     path.write_text(HEADER + "".join(_rows(40_000)), encoding="utf-8")
     config = PosImportConfig(profile="generic", batch_rows=500)
     wal = Path(f"{config.store_path_for(tmp_path / 'outbox.sqlite3')}-wal")
     sizes: list[int] = []
+    vacuum_step = store_module.PosStore._vacuum_step
 
-    def sample(bytes_read: int, size: int, rows: int) -> None:  # after each batch is recorded
+    def vacuum_sampled(conn: sqlite3.Connection) -> bool:  # before (as a delete left it) and after each step
         sizes.append(wal.stat().st_size)
+        left = vacuum_step(conn)
+        sizes.append(wal.stat().st_size)
+        return left
 
+    monkeypatch.setattr(store_module.PosStore, "_vacuum_step", staticmethod(vacuum_sampled))
     async with open_env(tmp_path, config) as env:
-        report = await env.importer.import_file(path, keep_checkpoint=True, on_progress=sample)
-    assert report.imported == 40_000 and len(sizes) == 80
+        write = env.store._write
+
+        async def sampled(*args: Any, **kwargs: Any) -> Any:  # after each write transaction of the store
+            written = await write(*args, **kwargs)
+            sizes.append(wal.stat().st_size)
+            return written
+
+        monkeypatch.setattr(env.store, "_write", sampled)
+        report = await env.importer.import_file(path, keep_checkpoint=True)
+        assert report.import_id is not None
+        await env.store.forget_checkpoint(report.import_id)  # its summary dropped
+        sizes.append(wal.stat().st_size)
+        other = await env.importer.import_file(path)  # again, every row a duplicate: its counts dropped at its end
+        sizes.append(wal.stat().st_size)
+    assert report.imported == 40_000 and other.duplicates == 40_000 and len(sizes) >= 160
     # one batch's counts (500 rows, 20 bytes each) and its pages beyond the bound at most; 40,000 rows' counts
     # alone are 800 KB
-    assert max(sizes) < 128 * 1024 + 64 * 1024, max(sizes)
+    assert max(sizes) < 128 * 1024 + 64 * 1024, sizes
 
 
 def _checkpoint_ids(store_path: str) -> list[int]:
@@ -551,3 +577,100 @@ async def test_a_different_file_at_a_filed_copys_path_with_its_inode_size_and_ti
     assert again == dest and (parsed.rows, parsed.resumed_at) == (300, [])  # read from its first line
     assert (second.rows_read, second.imported, second.duplicates) == (300, 1, 299)
     assert sorted(e.sku for e in events if e.sku.endswith("-0")) == ["NEW-0", "SKU-0"]
+
+
+def _kept_counts(store_path: str, import_id: int | None) -> int:
+    with contextlib.closing(sqlite3.connect(store_path)) as db:
+        query = "SELECT coalesce(sum(length(packed)), 0) FROM checkpoint_counts WHERE import_id = ?"
+        return int(db.execute(query, (import_id,)).fetchone()[0])
+
+
+async def test_the_checkpoint_kept_for_a_filed_copy_holds_a_summary_of_its_counts_not_every_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint an import kept for its filed copy held every identity's count, 20 bytes a row (20 MB at
+    1,000,000 rows, for as long as the copy is watched, loaded whole at each resume). It keeps a summary now: the
+    exact counts of the rows read last and a 5-byte fingerprint of every other identity; rows appended, and one
+    repeating a row read last, go on from it."""
+    monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 0.0)  # packs of counts every batch meanwhile
+    parsed = Parsed(monkeypatch)
+    rows = _rows(30_000)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows), encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=1_000)) as env:
+        first = await env.importer.import_file(path, keep_checkpoint=True)
+        kept = _kept_counts(env.store.path, first.import_id)
+        assert kept < 30_000 * 5 + 4_096 * 20 + 100, kept  # every count: 600,000 bytes
+        with path.open("a", encoding="utf-8") as till:
+            till.write("".join(_rows(5, "LATE")) + rows[29_990])  # the same sale again, a row read last
+        parsed.rows = 0
+        again = await env.importer.import_file(path, go_on_from=first.import_id, keep_checkpoint=True)
+        events = await env.events()
+    assert (parsed.rows, parsed.resumed_at) == (6, [30_001])
+    assert (again.rows_read, again.imported, again.duplicates) == (30_006, 30_006, 0)
+    assert len(events) == 30_006 and [e.sku for e in events].count("SKU-29990") == 2
+
+
+async def test_a_row_repeating_one_whose_count_the_summary_did_not_keep_reads_the_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A summary knows of an early row only its fingerprint: a row appended that repeats it (or whose fingerprint
+    is alike) cannot be given its occurrence from the summary, so the file is read again from its first line —
+    exact, the rows recorded before duplicates, the repeated sale booked as a second one, never dropped."""
+    monkeypatch.setattr(occurrences_module, "RECENT_KEYS", 10)
+    parsed = Parsed(monkeypatch)
+    rows = _rows(300)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows), encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=100)) as env:
+        first = await env.importer.import_file(path, keep_checkpoint=True)
+        with path.open("a", encoding="utf-8") as till:
+            till.write("".join(_rows(3, "LATE")) + rows[5])  # the same sale as line 7, rung up again
+        parsed.rows = 0
+        again = await env.importer.import_file(path, go_on_from=first.import_id, keep_checkpoint=True)
+        events = await env.events()
+        assert _checkpoint_ids(env.store.path) == [again.import_id]
+    # from the checkpoint (its batch stopped at the repeat, never recorded), then from the first line
+    assert (parsed.resumed_at, parsed.rows) == ([301], 304)
+    assert (again.rows_read, again.imported, again.duplicates, again.recorded_now) == (304, 4, 300, 4)
+    assert len(events) == 304 and [e.sku for e in events].count("SKU-5") == 2
+    assert (
+        "Line 305 of day.csv may repeat a row read before where its import went on from, whose count the checkpoint "
+        "did not keep; the file is read again from its first line (the rows recorded before are duplicates)."
+        in caplog.messages
+    )
+
+
+async def test_a_summary_whose_parts_a_start_of_another_agent_dropped_is_kept_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parts of a summary are written ahead, each in its own transaction; an agent starting meanwhile on the
+    same store drops parts no checkpoint keeps (a crash's). The checkpoint's transaction finds them gone and keeps
+    the summary whole: a checkpoint without its counts would have had a sale rung up again taken for the first."""
+    monkeypatch.setattr(store_module, "SUMMARY_PART_BYTES", 4 * 1024)
+    rows = _rows(3_000)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows), encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=500)) as env:
+        write = env.store._write
+
+        async def racing(fn: Callable[[sqlite3.Connection], Any], **kwargs: Any) -> Any:
+            done = await write(fn, **kwargs)
+            if fn.__name__ == "write_part":  # another agent's start, between two parts
+                with contextlib.closing(sqlite3.connect(env.store.path)) as other:
+                    other.execute(
+                        "DELETE FROM checkpoint_counts WHERE import_id NOT IN"
+                        " (SELECT coalesce(counts_of, import_id) FROM checkpoints)"
+                    )
+                    other.commit()
+            return done
+
+        monkeypatch.setattr(env.store, "_write", racing)
+        first = await env.importer.import_file(path, keep_checkpoint=True)
+        with path.open("a", encoding="utf-8") as till:
+            till.write(rows[2_999])  # the last sale rung up again
+        again = await env.importer.import_file(path, go_on_from=first.import_id, keep_checkpoint=True)
+        events = await env.events()
+    assert (again.rows_read, again.imported, again.duplicates) == (3_001, 3_001, 0)
+    assert [e.sku for e in events].count("SKU-2999") == 2

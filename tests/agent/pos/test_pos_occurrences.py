@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from agent.pos.occurrences import OccurrenceCounter
+from agent.pos import occurrences
+from agent.pos.occurrences import CountsIncomplete, OccurrenceCounter
 
 
 def key(n: int) -> bytes:
@@ -53,3 +54,27 @@ def test_counts_handed_over_in_packs_go_on_exactly_in_a_new_counter() -> None:
             expected[n] = expected.get(n, 0) + 1
         with pytest.raises(ValueError, match="occurrence counts are loaded only into a new counter"):
             resumed.load(packs[0])
+
+
+def test_a_summary_goes_on_exactly_or_says_it_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A summary keeps the exact counts of the identities counted last and a 5-byte fingerprint of every other one:
+    a counter loaded from it counts on exactly, and for an identity it kept no count of it raises, never guesses."""
+    monkeypatch.setattr(occurrences, "RECENT_KEYS", 100)
+    with OccurrenceCounter(generation_keys=250) as counter:
+        for n in range(2_000):
+            counter.next(key(n))
+        counter.next(key(1_990))  # a repeat among the last: its count (2) is kept
+        summary = counter.summary()
+    assert len(summary) < 100 * 20 + 2_000 * 5 + 64  # packs: 2,000 * 20 bytes
+    with OccurrenceCounter(generation_keys=250) as resumed:
+        resumed.load(summary)
+        assert [resumed.next(key(1_990)), resumed.next(key(1_999)), resumed.next(key(5_000))] == [2, 1, 0]
+        with pytest.raises(CountsIncomplete):
+            resumed.next(key(5))  # counted before, its count not kept
+        # a summary of the resumed counter keeps what it loaded, and what it counted since
+        again = resumed.summary()
+    with OccurrenceCounter(generation_keys=250) as later:
+        later.load(again)
+        assert [later.next(key(1_990)), later.next(key(5_000)), later.next(key(7_000))] == [3, 1, 0]
+        with pytest.raises(CountsIncomplete):
+            later.next(key(6))
