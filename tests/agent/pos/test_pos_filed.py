@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
+from agent.errors import OutboxError
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig, PosStore
 from agent.pos import importer as importer_module
 from agent.pos import occurrences as occurrences_module
 from agent.pos import store as store_module
 from agent.pos import watcher as watcher_module
+from agent.pos.errors import PosImportError
 from agent.pos.source import Position
 from agent.pos.store import FiledWatch
 from protocol import wall_ms_now
@@ -674,3 +676,36 @@ async def test_a_summary_whose_parts_a_start_of_another_agent_dropped_is_kept_wh
         events = await env.events()
     assert (again.rows_read, again.imported, again.duplicates) == (3_001, 3_001, 0)
     assert [e.sku for e in events].count("SKU-2999") == 2
+
+
+async def test_an_import_going_on_from_a_summary_and_interrupted_goes_on_again_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs of counts follow the summary when an import that went on from it is interrupted: the next one loads
+    both, and a sale rung up again after all that is still a second sale."""
+    monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint with its counts every batch
+    rows = _rows(600)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows[:300]), encoding="utf-8")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=100)) as env:
+        first = await env.importer.import_file(path, keep_checkpoint=True)
+        with path.open("a", encoding="utf-8") as till:
+            till.write("".join(rows[300:]) + rows[299] + rows[450])  # two sales rung up again, after 300 more rows
+        record = env.outbox.record
+        calls: list[int] = []
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) > 2:
+                raise OutboxError("the disk is full (a test)")
+            return await record(*args, **kwargs)
+
+        monkeypatch.setattr(env.outbox, "record", failing)
+        with pytest.raises(PosImportError):
+            await env.importer.import_file(path, go_on_from=first.import_id, keep_checkpoint=True)
+        monkeypatch.setattr(env.outbox, "record", record)
+        last = await env.importer.import_file(path, go_on_from=first.import_id, keep_checkpoint=True)
+        events = await env.events()
+    assert (last.rows_read, last.imported, last.duplicates) == (602, 602, 0)
+    skus = [e.sku for e in events]
+    assert len(events) == 602 and skus.count("SKU-299") == 2 and skus.count("SKU-450") == 2
