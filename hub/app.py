@@ -257,7 +257,9 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     catalog.routes(app)  # GET/PUT /v1/catalog
     bundles.setup(app)  # PUT /v1/bundles/{sku}, GET /v1/bundles, GET /v1/bundles/{sku}
     reports.routes(app)  # POST /v1/observations, POST /v1/import-issues, GET /v1/divergence
-    feed.setup(app, store, settings.change_recheck_s)  # GET /v1/changes, GET /v1/changes/stream
+    feed.setup(  # GET /v1/changes, GET /v1/changes/stream; 429 past a credential's read budget
+        app, store, settings.change_recheck_s, settings.feed_read_rows_per_s, settings.feed_read_burst
+    )
     metrics.setup(app, settings.exception_windows())  # GET /metrics
     if settings.webhooks or settings.channels:  # on PostgreSQL, their lock connection, with the hub's lease_stale_s
         share_locks(app, settings.db, settings.lease_stale_s)

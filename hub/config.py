@@ -42,6 +42,8 @@ LEASE_STALE_MIN_S = 10.0  # well above the 3 s between a hub's checks of its loc
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_LIMIT_BURST = 100
+DEFAULT_FEED_READ_ROWS_PER_S = 5_000.0  # changes a credential may read from the database a second, on average
+DEFAULT_FEED_READ_BURST = 100_000  # … and at once: a whole history of that many changes
 DEFAULT_EXPORT_MAX_PER_CREDENTIAL = 2
 DEFAULT_EXPORT_MAX = 4
 EXPORT_MAX_LIMIT = 1_000
@@ -92,6 +94,8 @@ class HubSettings:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request body must arrive whole within this; else 408
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # write requests per second per credential; 0: no limit
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST  # write requests a credential may send at once
+    feed_read_rows_per_s: float = DEFAULT_FEED_READ_ROWS_PER_S  # changes a credential reads from the database; 0: off
+    feed_read_burst: int = DEFAULT_FEED_READ_BURST  # changes a credential may read from the database at once
     export_max_per_credential: int = DEFAULT_EXPORT_MAX_PER_CREDENTIAL  # CSV downloads one credential runs at once
     export_max: int = DEFAULT_EXPORT_MAX  # CSV downloads this hub process runs at once
     catchup_slots: int = CATCHUP_SLOTS  # catch-up batches (bodies over 256 KiB) this hub process commits at once
@@ -153,7 +157,9 @@ def _validate(s: HubSettings) -> None:
     _typed("shutdown_timeout_s", s.shutdown_timeout_s, float)
     if not 0.0 <= s.shutdown_timeout_s <= 3600.0:
         raise ConfigError(f"shutdown_timeout_s must be between 0 and 3600 seconds, got {s.shutdown_timeout_s}")
-    for key in ("body_timeout_s", "rate_limit_per_s", "header_timeout_s", "keepalive_timeout_s"):  # 1 is a number too
+    for key in (
+        "body_timeout_s", "rate_limit_per_s", "feed_read_rows_per_s", "header_timeout_s", "keepalive_timeout_s"
+    ):  # 1 is a number too  # fmt: skip
         value = getattr(s, key)
         if isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(s, key, float(value))
@@ -176,6 +182,14 @@ def _validate(s: HubSettings) -> None:
     _typed("rate_limit_burst", s.rate_limit_burst, int)
     if not 1 <= s.rate_limit_burst <= 1_000_000:
         raise ConfigError(f"rate_limit_burst must be between 1 and 1000000, got {s.rate_limit_burst}")
+    _typed("feed_read_rows_per_s", s.feed_read_rows_per_s, float)
+    if not 0.0 <= s.feed_read_rows_per_s <= 1_000_000.0:
+        raise ConfigError(
+            f"feed_read_rows_per_s must be between 0 (no limit) and 1000000, got {s.feed_read_rows_per_s}"
+        )
+    _typed("feed_read_burst", s.feed_read_burst, int)
+    if not 1 <= s.feed_read_burst <= 100_000_000:
+        raise ConfigError(f"feed_read_burst must be between 1 and 100000000, got {s.feed_read_burst}")
     for key in ("export_max_per_credential", "export_max"):
         _typed(key, getattr(s, key), int)
         if not 1 <= getattr(s, key) <= EXPORT_MAX_LIMIT:

@@ -26,6 +26,13 @@ full send buffer for ``send_timeout`` (aiohttp-sse's, minutes) and hold the
 drain, and so the stop, that long: its connection is cut after
 ``STREAM_STOP_GRACE_S`` instead (its client resumes from ``Last-Event-ID``).
 
+Reads from the database cost a budget per credential (``feed_read_rows_per_s``, ``feed_read_burst``; a
+token bucket of ``hub.ratelimit`` counted in changes, charged after each read of the store with its rows, at
+least one): five clients reading the whole history in a loop took a store agent's ``GET /v1/counts`` from 2 to
+27 ms at the median. A page taken from what the watch read for all costs nothing, so a reader following its
+cursor never meets the budget. Past it a page or a new stream is answered ``429`` with ``Retry-After``; an open
+stream waits for its budget before its next read of its own.
+
 A long-poll or stream delivers only while its credential holds: before it
 sends a page it waited for (and a stream at least every
 ``STREAM_RECHECK_S`` while idle) it asks the store again (``auth.still_valid``,
@@ -61,12 +68,13 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from hub import views
 from hub.auth import BY_SESSION_KEY, STORE_KEY, Unauthorized, bearer_token, identity_of, still_valid
 from hub.limits import parked
+from hub.ratelimit import RateLimiter
 from hub.storage.base import ChangeRow, StoreClosed, StoreError
 from hub.storage.interfaces import FeedStore
 from protocol import event_id_hex
 from protocol import feed as wire
 from protocol.feed import HISTORY_CHARS, HISTORY_MAX_CHARS, HISTORY_SEP
-from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, run_turns
+from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, retry_after_value, run_turns
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,8 @@ CLIENT_GONE_CHECK_S = 2.0  # a waiting long-poll checks this often whether its c
 STREAM_STOP_GRACE_S = 1.0  # at a stop: how long a stream's unsent bytes may take to go before its connection is cut
 WAIT_TEXT_MAX_CHARS = 32  # room for any float's decimal text (1.59e-203, 2.5000000000000004); longer is refused
 RECENT_MAX = 2_000  # the newest changes the watch keeps for the streams (each a few hundred bytes)
+READ_POLICY = "feed-reads"  # the read budget's name in the RateLimit-Policy and RateLimit fields
+BUDGET_CHECK_S = 1.0  # a stream waiting for its read budget checks this often whether it should end instead
 
 
 class ChangeWatch:
@@ -316,11 +326,16 @@ class CredentialChecks:
 
 
 CHECKS_KEY = web.AppKey("credential_checks", CredentialChecks)
+READS_KEY = web.AppKey("feed_read_budget", RateLimiter)  # rows read from the database, per credential
 
 
-def setup(app: web.Application, store: FeedStore, recheck_s: float) -> None:
-    """Register the feed's routes and its watch on ``app``."""
+def setup(
+    app: web.Application, store: FeedStore, recheck_s: float, read_rows_per_s: float = 0.0, read_burst: int = 1
+) -> None:
+    """Register the feed's routes and its watch on ``app``; a ``read_rows_per_s`` of 0: no read budget."""
     app[FEED_KEY] = ChangeWatch(store, recheck_s)
+    if read_rows_per_s > 0:
+        app[READS_KEY] = RateLimiter(read_rows_per_s, read_burst, policy=READ_POLICY)
     app[CHECKS_KEY] = CredentialChecks(app[FEED_KEY])
     app[STREAMS_KEY] = set()
 
@@ -330,6 +345,47 @@ def setup(app: web.Application, store: FeedStore, recheck_s: float) -> None:
     app.on_shutdown.append(stop)
     app.router.add_get(wire.CHANGES_PATH, get_changes, name="changes")
     app.router.add_get("/v1/changes/stream", get_changes_stream, name="changes_stream")
+
+
+# --- the read budget --------------------------------------------------------
+
+
+def check_budget(request: web.Request) -> None:
+    """A 429 with Retry-After when the caller's credential has read more changes from the database than its
+    budget allows (``feed_read_burst`` at once, ``feed_read_rows_per_s`` on average); nothing without a budget."""
+    budget = request.app.get(READS_KEY)
+    if budget is None:
+        return
+    who = identity_of(request).agent_id
+    wait_s = budget.owed_s(who)
+    if wait_s <= 0:
+        return
+    retry_after = retry_after_value(wait_s)
+    raise web.HTTPTooManyRequests(
+        text=f"{who} read more changes of the feed from the hub's database than its budget allows ({budget.burst} "
+        f"at once, {budget.rate_per_s:g} a second on average: feed_read_burst, feed_read_rows_per_s); follow the "
+        f"feed from the cursor it gave rather than read it again from the start; try again in {retry_after} s",
+        headers={"Retry-After": retry_after, **budget.headers(who)},
+    )
+
+
+def charge(request: web.Request, page: Page) -> None:
+    """Count a page read from the database (not one taken from what the watch read for all) against the caller's
+    budget: its rows, and at least one for the read."""
+    budget = request.app.get(READS_KEY)
+    if budget is not None:
+        budget.charge(identity_of(request).agent_id, max(1, len(page.rows)))
+
+
+async def wait_for_budget(request: web.Request, watch: ChangeWatch, gone: asyncio.Future[None]) -> None:
+    """Until the caller's credential may read from the database again, or its stream ends (the client went away
+    or the hub stops)."""
+    budget = request.app.get(READS_KEY)
+    if budget is None:
+        return
+    who = identity_of(request).agent_id
+    while (wait_s := budget.owed_s(who)) > 0 and not gone.done() and not watch.closed:
+        await asyncio.wait({gone}, timeout=min(wait_s, BUDGET_CHECK_S))
 
 
 # --- reading ----------------------------------------------------------------
@@ -472,7 +528,9 @@ async def get_changes(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     await check_not_ahead(store, after)
+    check_budget(request)  # 429 past the credential's read budget
     page = await read_page(store, after, limit, location, sku)
+    charge(request, page)
     waited, read = False, None
     watch.streams += 1  # woken, it takes its page from what the watch read once for all (``page_after``)
     try:
@@ -484,6 +542,7 @@ async def get_changes(request: web.Request) -> web.Response:
                 shared: tuple[Page, int | None] | None = watch.page_after(page.cursor, limit, location, sku)
                 if shared is None:  # behind what the watch keeps: its own read
                     shared = await read_page(store, page.cursor, limit, location, sku), None
+                    charge(request, shared[0])
                 page, read = shared
     finally:
         watch.streams -= 1
@@ -536,6 +595,7 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
         await check_not_ahead(store, given.after)
     else:
         given = Cursor(await store.latest_change_id(), store.feed_history or None)  # no position given: from now on
+    check_budget(request)  # 429 past the credential's read budget
     transport = request.transport
     if transport is None or transport.is_closing():  # the client left while the stream was looked up
         return web.Response(status=204)  # nobody reads it; aiohttp-sse would fail an assertion on it
@@ -568,10 +628,14 @@ async def _stream(
         await sse.send(views.dumps({"cursor": given.at(after)}), id=given.at(after), event="ready", retry=STREAM_RETRY_MS)
         while not watch.closed and not gone.done():
             try:
-                shared = watch.page_after(after, STREAM_BATCH, location, sku)  # what the watch read, if not behind
-                page, read = (
-                    shared if shared is not None else (await read_page(store, after, STREAM_BATCH, location, sku), None)
-                )
+                shared: tuple[Page, int | None] | None = watch.page_after(after, STREAM_BATCH, location, sku)
+                if shared is None:  # not within what the watch read for all: its own read: within its credential's budget, waiting for it if need be
+                    await wait_for_budget(request, watch, gone)
+                    if gone.done() or watch.closed:
+                        return
+                    shared = await read_page(store, after, STREAM_BATCH, location, sku), None
+                    charge(request, shared[0])
+                page, read = shared
                 # asked after the read, so a change committed after a revocation is never sent
                 if page.rows or loop.time() >= recheck_at:
                     if not await checks.still_valid(request, read):

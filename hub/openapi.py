@@ -85,10 +85,11 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.4.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.5.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
+# 1.5: 429 on the change feed past a credential's read budget (feed_read_rows_per_s, feed_read_burst)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -338,8 +339,9 @@ ERROR_STATUS: Mapping[int, tuple[str, str]] = {
           "export_max_per_credential CSV downloads, or (POST /v1/sync) this hub already works on its most catch-up "
           "batches (bodies over 256 KiB) at once and its line of waiting ones is full (or this one waited 10 s in it), "
           "or it holds two of this agent's already (to a POST /v1/sync sent with Expect: 100-continue, either is answered "
-          "from the head, before 100 Continue); nothing of the request was stored: wait Retry-After seconds and send it "
-          "again.")),
+          "from the head, before 100 Continue), or (the change feed) it read more changes from the database than "
+          "feed_read_burst at once or feed_read_rows_per_s on average; nothing of the request was stored: wait "
+          "Retry-After seconds and send it again.")),
     500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
     502: ("bad_gateway", "The sales channel refused the hub's call or answered it wrongly; nothing was changed."),
     503: ("unavailable", ("The hub is shutting down or its database is unavailable, it is still opening its database "
@@ -391,12 +393,14 @@ RATE_LIMIT_HEADERS: JSON = {
     "RateLimit-Policy": header(
         f'The quota of this route (draft-ietf-httpapi-ratelimit-headers-10): "{RATE_LIMIT_POLICY}";q=<burst>;w=<seconds> '
         f"— q requests at once per credential, refilled at rate_limit_per_s (by default q={DEFAULT_RATE_LIMIT_BURST}, "
-        f"{DEFAULT_RATE_LIMIT_PER_S:g} a second, so w={ratelimit.window_s(DEFAULT_RATE_LIMIT_PER_S, DEFAULT_RATE_LIMIT_BURST)}).",
+        f"{DEFAULT_RATE_LIMIT_PER_S:g} a second, so w={ratelimit.window_s(DEFAULT_RATE_LIMIT_PER_S, DEFAULT_RATE_LIMIT_BURST)}); "
+        f'on the change feed "{feed.READ_POLICY}";q=<feed_read_burst>;w=<seconds>, changes read from the database.',
         string(),
         required=True,
     ),
     "RateLimit": header(
-        f'What is left of it for this credential: "{RATE_LIMIT_POLICY}";r=<requests left>;t=<seconds until full again>.',
+        f'What is left of it for this credential: "{RATE_LIMIT_POLICY}";r=<requests left>;t=<seconds until full again> '
+        "(on the change feed, r counts changes).",
         string(),
         required=True,
     ),
@@ -866,7 +870,7 @@ def _paths() -> dict[str, JSON]:
             query(wire.WAIT_PARAM, {"type": "number", "minimum": 0, "maximum": wire.WAIT_MAX_S, "default": 0},
                   f"Long-poll: wait up to this many seconds (0 to {wire.WAIT_MAX_S:g}) for a change when there is none."),
             LOCATION_QUERY, SKU_QUERY],
-        errors=(410,),
+        errors=(410, 429),
         cookie=True,
     ))  # fmt: skip
     add("/v1/changes/stream", "get", operation(
@@ -883,7 +887,7 @@ def _paths() -> dict[str, JSON]:
                     {"name": "Last-Event-ID", "in": "header", "required": False,
                      "schema": string(pattern=CHANGE_CURSOR_PATTERN),
                      "description": "The id of the last change event received (a reconnecting browser sends it)."}],
-        errors=(410,),
+        errors=(410, 429),
         cookie=True,
     ))  # fmt: skip
     add("/v1/webhooks", "get", operation(

@@ -18,6 +18,10 @@ window ``w`` the whole seconds an empty bucket takes to fill again (burst ÷
 rate, rounded up); ``r`` is the requests left now and ``t`` the whole seconds
 until the bucket is full again (0: it is full).
 
+The change feed keeps a second set of buckets (``hub.feed``, policy ``feed-reads``) counted in changes read
+from the database rather than requests: ``charge`` takes a read's rows once they are known, and ``owed_s``
+says how long a credential in debt waits.
+
 A well-behaved agent sends one request at a time and waits for the answer,
 so the default (50 a second, bursts of 100) only stops a runaway or hostile
 client. Buckets live in this hub process: several hubs sharing one
@@ -50,17 +54,39 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Token buckets by key. ``take(key)`` is 0.0 when a request may go ahead, else the seconds to wait."""
+    """Token buckets by key. ``take(key)`` is 0.0 when a request may go ahead, else the seconds to wait.
 
-    def __init__(self, rate_per_s: float, burst: int, clock_s: Callable[[], float] = time.monotonic) -> None:
+    A cost known only afterwards (the rows a read returned) is ``charge``d, and may leave the bucket in debt;
+    ``owed_s`` says how long until it holds a whole token again."""
+
+    def __init__(
+        self, rate_per_s: float, burst: int, clock_s: Callable[[], float] = time.monotonic, policy: str = POLICY
+    ) -> None:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError(f"a rate limit needs a positive rate and a burst of at least 1, got {rate_per_s}/{burst}")
         self.rate_per_s = rate_per_s
         self.burst = burst
+        self.policy = policy
         self._clock_s = clock_s
         self._buckets: dict[str, _Bucket] = {}
 
     def take(self, key: str) -> float:
+        bucket = self._refilled(key)
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate_per_s
+
+    def owed_s(self, key: str) -> float:
+        """Seconds until ``key``'s bucket holds a whole token again (0.0: it does now); takes nothing."""
+        bucket = self._refilled(key)
+        return 0.0 if bucket.tokens >= 1.0 else (1.0 - bucket.tokens) / self.rate_per_s
+
+    def charge(self, key: str, cost: float) -> None:
+        """Take ``cost`` tokens from ``key``'s bucket, below zero if need be: ``owed_s`` then waits for them."""
+        self._refilled(key).tokens -= cost
+
+    def _refilled(self, key: str) -> _Bucket:
         now_s = self._clock_s()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -71,29 +97,27 @@ class RateLimiter:
             elapsed_s = max(0.0, now_s - bucket.updated_s)
             bucket.tokens = min(float(self.burst), bucket.tokens + elapsed_s * self.rate_per_s)
             bucket.updated_s = now_s
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket.tokens) / self.rate_per_s
+        return bucket
 
     def standing(self, key: str) -> tuple[int, int]:
         """(whole requests left, whole seconds until the bucket is full again) of ``key``, as of its last take."""
         bucket = self._buckets.get(key)
         if bucket is None:
             return self.burst, 0
-        return math.floor(bucket.tokens), math.ceil(max(0.0, self.burst - bucket.tokens) / self.rate_per_s)
+        return max(0, math.floor(bucket.tokens)), math.ceil(max(0.0, self.burst - bucket.tokens) / self.rate_per_s)
 
     def headers(self, key: str) -> Mapping[str, str]:
         """The RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers-10) of ``key`` now."""
         left, full_in_s = self.standing(key)
         return {
-            "RateLimit-Policy": f'"{POLICY}";q={self.burst};w={window_s(self.rate_per_s, self.burst)}',
-            "RateLimit": f'"{POLICY}";r={left};t={full_in_s}',
+            "RateLimit-Policy": f'"{self.policy}";q={self.burst};w={window_s(self.rate_per_s, self.burst)}',
+            "RateLimit": f'"{self.policy}";r={left};t={full_in_s}',
         }
 
     def _forget_full(self, now_s: float) -> None:
-        full_after_s = self.burst / self.rate_per_s
-        self._buckets = {k: b for k, b in self._buckets.items() if now_s - b.updated_s < full_after_s}
+        self._buckets = {
+            k: b for k, b in self._buckets.items() if now_s - b.updated_s < (self.burst - b.tokens) / self.rate_per_s
+        }
 
 
 def window_s(rate_per_s: float, burst: int) -> int:
