@@ -39,6 +39,7 @@ STALLED = 200
 FLOOD_CLIENTS = 200
 FLOOD_BUDGET = 50
 RUN_S = 10.0
+STALL_WAIT_S = 35.0
 
 
 async def _fill(db: Path, changes: int) -> tuple[str, str, str]:
@@ -151,6 +152,7 @@ async def stalled(tmp: Path) -> None:
             loaded = await sync_all(100_000)
             await asyncio.sleep(2.0)
             rss_after = ps.memory_info().rss
+            await asyncio.sleep(STALL_WAIT_S)  # the hub cuts a stream whose client took nothing for 30 s
             closed = 0
             for s in socks:
                 s.setblocking(False)

@@ -20,6 +20,13 @@ same read share one check of that credential (``CredentialChecks``). With hundre
 doing its own two reads per commit queued every other request behind them on
 the database (``/v1/counts`` went from a few to hundreds of milliseconds).
 
+A stream's connection holds little unsent (``STREAM_BUFFER_BYTES`` in its transport, a kernel send buffer of
+``STREAM_SOCKET_BUFFER_BYTES``), and one behind reads ``STREAM_READ_BATCH`` changes at a time, so a client that
+never reads costs the hub a couple of hundred kilobytes and, once its buffers are full, no work. Before, on
+loopback, the kernel took megabytes of each, and the hub read and wrote that much for it: 200 such streams slowed
+12,000 changes' syncs from 0.6 s to 45 s. A stream whose client takes nothing for ``STREAM_STALL_S`` is cut (its
+client resumes from its cursor), counted in the log (``FeedStream``).
+
 When the hub stops, every long-poll is answered and every stream ends
 (``end_streams``). A stream whose client stopped reading would wait on its
 full send buffer for ``send_timeout`` (aiohttp-sse's, minutes) and hold the
@@ -58,11 +65,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Self
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from hub import views
@@ -74,6 +83,7 @@ from hub.storage.interfaces import FeedStore
 from protocol import event_id_hex
 from protocol import feed as wire
 from protocol.feed import HISTORY_CHARS, HISTORY_MAX_CHARS, HISTORY_SEP
+from protocol.logsafety import RepeatLog
 from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, retry_after_value, run_turns
 
 log = logging.getLogger(__name__)
@@ -84,6 +94,7 @@ WAIT_MAX_S = wire.WAIT_MAX_S  # the longest a long-poll waits; proxies commonly 
 RECHECK_DEFAULT_S = 1.0
 STREAM_PING_S = 15.0  # SSE comment lines that keep proxies from closing an idle stream
 STREAM_BATCH = 500
+STREAM_READ_BATCH = 100  # a stream behind what the watch keeps reads this many at a time: what it holds while it waits
 STREAM_RECHECK_S = 15.0  # an idle stream re-checks its credential this often (one with changes: before each page)
 REVOKED_TEXT = "the credential was revoked or the dashboard session ended; sign in again"
 STREAM_RETRY_MS = 3_000  # what browsers wait before reconnecting a dropped stream
@@ -93,6 +104,10 @@ WATCH_BACKOFF = Backoff(RETRY_BASE_S, RETRY_MAX_S, jitter=FULL_JITTER)  # a fail
 CURSOR_MAX = (1 << 63) - 1
 CLIENT_GONE_CHECK_S = 2.0  # a waiting long-poll checks this often whether its client is still connected
 STREAM_STOP_GRACE_S = 1.0  # at a stop: how long a stream's unsent bytes may take to go before its connection is cut
+STREAM_BUFFER_BYTES = 64 * 1024  # what a stream's transport holds unsent before its send waits for its client
+STREAM_SOCKET_BUFFER_BYTES = 64 * 1024  # the kernel's send buffer of a stream's connection (Linux doubles it)
+STREAM_STALL_S = 30.0  # a stream whose client takes nothing of what it was sent this long is cut
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)  # Linux's; aiohttp-sse sets it only where it exists
 WAIT_TEXT_MAX_CHARS = 32  # room for any float's decimal text (1.59e-203, 2.5000000000000004); longer is refused
 RECENT_MAX = 2_000  # the newest changes the watch keeps for the streams (each a few hundred bytes)
 READ_POLICY = "feed-reads"  # the read budget's name in the RateLimit-Policy and RateLimit fields
@@ -327,6 +342,7 @@ class CredentialChecks:
 
 CHECKS_KEY = web.AppKey("credential_checks", CredentialChecks)
 READS_KEY = web.AppKey("feed_read_budget", RateLimiter)  # rows read from the database, per credential
+STALLED_KEY = web.AppKey("stalled_streams", RepeatLog)  # streams cut as their client took nothing for STREAM_STALL_S
 
 
 def setup(
@@ -336,6 +352,16 @@ def setup(
     app[FEED_KEY] = ChangeWatch(store, recheck_s)
     if read_rows_per_s > 0:
         app[READS_KEY] = RateLimiter(read_rows_per_s, read_burst, policy=READ_POLICY)
+    app[STALLED_KEY] = RepeatLog(
+        log, "cut", f"change stream whose client took nothing of what the hub sent for {STREAM_STALL_S:g} s (it "
+        "resumes from its Last-Event-ID)|change streams whose client took nothing of what the hub sent for "
+        f"{STREAM_STALL_S:g} s (each resumes from its Last-Event-ID)",
+    )  # fmt: skip
+
+    async def flush(app: web.Application) -> None:
+        app[STALLED_KEY].flush()
+
+    app.on_cleanup.append(flush)
     app[CHECKS_KEY] = CredentialChecks(app[FEED_KEY])
     app[STREAMS_KEY] = set()
 
@@ -601,11 +627,15 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204)  # nobody reads it; aiohttp-sse would fail an assertion on it
     streams = request.app[STREAMS_KEY]
     streams.add(transport)
+    _bound_buffers(transport)
     try:
         with parked(request):  # a 503 past the share of connections that long-polls and streams may hold
-            async with sse_response(request, ping_interval=STREAM_PING_S, headers={"Cache-Control": "no-store"}) as sse:
+            async with sse_response(
+                request, response_cls=FeedStream, ping_interval=STREAM_PING_S, send_timeout=STREAM_STALL_S,
+                headers={"Cache-Control": "no-store"},
+            ) as sse:  # fmt: skip
                 await _stream(request, sse, store, watch, given, location, sku)
-            with contextlib.suppress(ConnectionResetError):  # the last chunk: it too may wait on a stalled client
+            with contextlib.suppress(ConnectionError):  # the last chunk: it too may wait on a stalled client
                 await sse.write_eof()
     finally:
         streams.discard(transport)
@@ -629,11 +659,11 @@ async def _stream(
         while not watch.closed and not gone.done():
             try:
                 shared: tuple[Page, int | None] | None = watch.page_after(after, STREAM_BATCH, location, sku)
-                if shared is None:  # not within what the watch read for all: its own read: within its credential's budget, waiting for it if need be
+                if shared is None:  # behind what the watch read for all: its own read, within its credential's budget
                     await wait_for_budget(request, watch, gone)
                     if gone.done() or watch.closed:
                         return
-                    shared = await read_page(store, after, STREAM_BATCH, location, sku), None
+                    shared = await read_page(store, after, STREAM_READ_BATCH, location, sku), None
                     charge(request, shared[0])
                 page, read = shared
                 # asked after the read, so a change committed after a revocation is never sent
@@ -660,8 +690,40 @@ async def _stream(
                 await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiting.cancel()
-    except (ConnectionResetError, TimeoutError):
-        return  # the client went away mid-send
+    except (ConnectionError, TimeoutError):
+        return  # the client went away mid-send, or took nothing for STREAM_STALL_S (``FeedStream``)
     finally:
         watch.streams -= 1
         gone.cancel()
+
+
+class FeedStream(EventSourceResponse):
+    """aiohttp-sse's stream, which aborts the connection once a send (a change, a ping) waited ``send_timeout``
+    on a client that takes nothing; here that says so in the log. The kernel's own cut of a connection whose bytes
+    go unacknowledged (``TCP_USER_TIMEOUT``, which aiohttp-sse sets to ``send_timeout`` too, and which a client
+    that stops reading meets as well) comes later, so that a stalled client is cut by the hub, and logged."""
+
+    def _set_tcp_user_timeout(self, request: BaseRequest) -> None:
+        super()._set_tcp_user_timeout(request)
+        if self._tcp_sock is not None and self._send_timeout is not None:
+            with contextlib.suppress(OSError):
+                self._tcp_sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(2_000 * self._send_timeout))
+
+    def _abort_transport(self) -> None:
+        request = self._req
+        if isinstance(request, web.Request) and request.transport is not None and not request.transport.is_closing():
+            request.app[STALLED_KEY].record(
+                request.remote, f"{identity_of(request).agent_id}, {request.transport.get_write_buffer_size()} bytes "
+                "waiting",
+            )  # fmt: skip
+        super()._abort_transport()
+
+
+def _bound_buffers(transport: asyncio.Transport) -> None:
+    """Keep what a stream's connection holds unsent small: on loopback the kernel took megabytes of a client
+    that never read, and the hub read and wrote that many changes for it before its send waited."""
+    transport.set_write_buffer_limits(high=STREAM_BUFFER_BYTES)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SOCKET_BUFFER_BYTES)
