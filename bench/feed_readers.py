@@ -15,6 +15,7 @@ Three scenarios, each printed as a few figures (nothing is written to bench/resu
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import tempfile
@@ -179,7 +180,7 @@ async def stalled(tmp: Path) -> None:
 
 async def flood(tmp: Path) -> None:
     token, _, _ = await _fill(tmp / "hub.db", 100)
-    hub = _hub(tmp, f"max_connections = {FLOOD_BUDGET}\nrate_limit_per_s = 0\n")
+    hub = _hub(tmp, f"max_connections = {FLOOD_BUDGET}\nrate_limit_per_s = 0\n" + os.environ.get("HUB_EXTRA", ""))
     hub.start()
     outcomes: Counter[str] = Counter()
     stop = time.monotonic() + RUN_S
@@ -191,8 +192,9 @@ async def flood(tmp: Path) -> None:
             except OSError:
                 outcomes["connect failed"] += 1
                 continue
+            sent = 0
             try:
-                for _ in range(5):  # a few requests on one connection, as a client with keep-alive sends them
+                for sent in range(5):  # a few requests on one connection, as a client with keep-alive sends them
                     writer.write(
                         f"GET /v1/counts?location=S1 HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
                     )
@@ -207,8 +209,9 @@ async def flood(tmp: Path) -> None:
                     outcomes[status + (" with Retry-After" if b"Retry-After" in head else "")] += 1
                     if status != "200":
                         break
-            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-                outcomes["dropped without an answer"] += 1
+            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as err:
+                where = "its first request" if sent == 0 else "a later request (keep-alive)"
+                outcomes[f"dropped without an answer to {where}: {type(err).__name__}"] += 1
             finally:
                 writer.close()
 

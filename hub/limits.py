@@ -8,9 +8,17 @@ malformed request. This module adds, below the application:
 - a budget of open connections under the process's open-file limit
   (``RLIMIT_NOFILE``, raised to its hard limit at start), keeping files for
   the database, its WAL, worker threads, the log and a burst of accepts;
-- at that budget, the connection idle the longest is closed to make room (so
-  ``/healthz`` still answers with a thousand idle sockets open); when every
-  connection is busy the new one is answered ``503`` and closed;
+- at that budget, the connection idle the longest gives way to the new one (so
+  ``/healthz`` still answers with a thousand idle sockets open): answered
+  ``503`` with ``Retry-After`` when it has not sent a whole request yet, closed
+  when it was idle between two requests (as any idle keep-alive connection may
+  be); when every connection is busy the new one is answered ``503`` with
+  ``Retry-After``. A refused connection is not closed at once: with the
+  client's request unread, the kernel answered it with a reset, and a client
+  that sends its whole request before it reads failed on that and never read
+  the 503. It takes and drops what its client sends until the client closes,
+  ``REFUSED_LINGER_S`` at most (``REFUSED_LINGER_MAX`` such at once; past
+  that, closed at once);
 - long-polls and change streams, which wait for minutes with nothing to do,
   hold at most all but a tenth of the budget (``parked``): past it one is
   answered ``503`` with ``Retry-After``, so that they never lock agents and
@@ -26,6 +34,7 @@ malformed request. This module adds, below the application:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import json
@@ -61,6 +70,9 @@ MALFORMED_KEY = web.ResponseKey("shelfsync_malformed", bool)  # on the 400 answe
 _QUOTED_RE = re.compile(r"""(?:^|(?<=\s))b?(['"`])(.*?)(\1|$)""")  # opening quotes only, not "can't"
 _NAME_RE = re.compile(r"[A-Za-z-]{1,32}")  # a header name in a parser message; anything else may be a secret
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+REFUSED_LINGER_S = 1.0  # a connection answered 503 drops what its client sends this long at most, then closes
+REFUSED_LINGER_MAX = LISTEN_BACKLOG  # connections lingering so at once (files the budget keeps for them); past it,
+# closed at once. Under a flood of 200 clients against 50 connections, 32 left 1,631 refusals reset, 64 left 145.
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +116,7 @@ def open_fd_count() -> int:
 
 def fd_budget(configured: int, soft_limit: int, in_use: int, raised_from: int | None = None) -> FdBudget:
     """The connection budget: ``configured`` (0: automatic) within what ``soft_limit`` leaves."""
-    allowed = max(CONNECTIONS_MIN, soft_limit - in_use - FD_RESERVE - ACCEPT_SLACK)
+    allowed = max(CONNECTIONS_MIN, soft_limit - in_use - FD_RESERVE - ACCEPT_SLACK - REFUSED_LINGER_MAX)
     if configured == 0:
         return FdBudget(soft_limit, raised_from, in_use, allowed, None)
     if configured > allowed:
@@ -121,7 +133,7 @@ def plan_fd_budget(configured: int) -> FdBudget:
             "max_connections %d is more than an open-file limit of %d allows; the hub holds at most %d",
             budget.clipped_from, soft, budget.max_connections,
         )  # fmt: skip
-    if soft - budget.in_use_at_start - FD_RESERVE - ACCEPT_SLACK < CONNECTIONS_MIN:
+    if soft - budget.in_use_at_start - FD_RESERVE - ACCEPT_SLACK - REFUSED_LINGER_MAX < CONNECTIONS_MIN:
         log.warning(
             "the open-file limit of %d is too low to serve many clients; raise it (ulimit -n, LimitNOFILE=)", soft
         )
@@ -166,6 +178,7 @@ class ConnectionGuard:
         self._open: set[GuardedHandler] = set()
         self._idle: dict[GuardedHandler, None] = {}  # insertion order: idle the longest first
         self._parked: set[GuardedHandler] = set()  # waiting long-polls and open change streams (``parked``)
+        self.lingering = 0  # refused connections dropping what their client sends before they close
         # what they may hold: all but a tenth of the budget (at least one), kept for everything else
         self.parked_max = max(1, max_connections - max(1, max_connections // 10))
         self.malformed = RepeatLog(log, "refused", "malformed request")
@@ -221,7 +234,7 @@ class ConnectionGuard:
             return False
         self.closed(victim)
         self.evicted.record(victim.remote)
-        victim.force_close()
+        victim.give_way()
         return True
 
     def busy(self, handler: GuardedHandler) -> None:
@@ -292,12 +305,13 @@ def parked(request: web.BaseRequest) -> Iterator[None]:
 class GuardedHandler(RequestHandler):
     """aiohttp's connection protocol, kept within the guard's budget and a request-head deadline."""
 
-    __slots__ = ("_guard", "_head_timer")
+    __slots__ = ("_guard", "_head_timer", "_linger_timer")
 
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._head_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None  # set while it lingers, refused
 
     @property
     def remote(self) -> str | None:
@@ -309,18 +323,38 @@ class GuardedHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if not self._guard.opened(self):
-            self._answer_and_close(
-                _raw_error(503, "Service Unavailable", "unavailable",
-                           "the hub is at its limit of open connections; try again shortly",
-                           f"Retry-After: {retry_after_value(1.0)}\r\n")
-            )  # fmt: skip
+            self.refuse()
+
+    def refuse(self) -> None:
+        """Answer ``503`` with ``Retry-After`` (the hub is at its limit of connections) and close, lingering."""
+        self._answer_and_close(
+            _raw_error(503, "Service Unavailable", "unavailable",
+                       "the hub is at its limit of open connections; try again shortly",
+                       f"Retry-After: {retry_after_value(1.0)}\r\n"),
+            linger=True,
+        )  # fmt: skip
+
+    def give_way(self) -> None:
+        """Make room for a new connection: one that has not sent a whole request yet is answered ``503`` (its
+        client may be sending one now); one idle between two requests is closed, as any idle keep-alive connection
+        may be (its client sends its next request on a new connection)."""
+        if self._request_count == 0:
+            self.refuse()
+        else:
+            self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+            self._guard.lingering -= 1
         self._guard.closed(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:  # refused: what the client sends is dropped unread
+            return
         was_waiting = not self._request_in_progress and not self._messages
         super().data_received(data)
         if self._messages or self._request_in_progress:
@@ -386,14 +420,28 @@ class GuardedHandler(RequestHandler):
                        "(header_timeout_s); send the request line and headers at once")
         )  # fmt: skip
 
-    def _answer_and_close(self, raw: bytes) -> None:
+    def _answer_and_close(self, raw: bytes, linger: bool = False) -> None:
         self._guard.closed(self)
         if self.transport is not None:
             try:
                 self.transport.write(raw)
             except (OSError, RuntimeError):  # the peer is gone already
                 pass
+        if linger and self.transport is not None and self._guard.lingering < REFUSED_LINGER_MAX:
+            self._linger(self.transport)
+            return
         self.force_close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Closed with its client's request unread, the connection would be reset, and a client still sending would
+        fail on it before it read the answer: take and drop what it sends until it closes (its end of file closes
+        ours), ``REFUSED_LINGER_S`` at most."""
+        self._cancel_head_timer()
+        self._guard.lingering += 1
+        self._linger_timer = self._loop.call_later(REFUSED_LINGER_S, self.force_close)
+        if transport.can_write_eof():  # the answer is whole: the client reads its end after it
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
