@@ -107,7 +107,8 @@ STREAM_STOP_GRACE_S = 1.0  # at a stop: how long a stream's unsent bytes may tak
 STREAM_BUFFER_BYTES = 64 * 1024  # what a stream's transport holds unsent before its send waits for its client
 STREAM_SOCKET_BUFFER_BYTES = 64 * 1024  # the kernel's send buffer of a stream's connection (Linux doubles it)
 STREAM_STALL_S = 30.0  # a stream whose client takes nothing of what it was sent this long is cut
-TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)  # Linux's; aiohttp-sse sets it only where it exists
+TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux's
+KERNEL_STALL_MARGIN_S = 60.0  # the kernel cuts a stalled stream's connection this long after the hub would have
 WAIT_TEXT_MAX_CHARS = 32  # room for any float's decimal text (1.59e-203, 2.5000000000000004); longer is refused
 RECENT_MAX = 2_000  # the newest changes the watch keeps for the streams (each a few hundred bytes)
 READ_POLICY = "feed-reads"  # the read budget's name in the RateLimit-Policy and RateLimit fields
@@ -701,13 +702,15 @@ class FeedStream(EventSourceResponse):
     """aiohttp-sse's stream, which aborts the connection once a send (a change, a ping) waited ``send_timeout``
     on a client that takes nothing; here that says so in the log. The kernel's own cut of a connection whose bytes
     go unacknowledged (``TCP_USER_TIMEOUT``, which aiohttp-sse sets to ``send_timeout`` too, and which a client
-    that stops reading meets as well) comes later, so that a stalled client is cut by the hub, and logged."""
+    that stops reading meets as well, counted from when its window shut, before the hub's send waited) comes a
+    minute later, so that a stalled client is cut by the hub, and logged."""
 
     def _set_tcp_user_timeout(self, request: BaseRequest) -> None:
         super()._set_tcp_user_timeout(request)
-        if self._tcp_sock is not None and self._send_timeout is not None:
+        if self._tcp_sock is not None and self._send_timeout is not None and TCP_USER_TIMEOUT is not None:
             with contextlib.suppress(OSError):
-                self._tcp_sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(2_000 * self._send_timeout))
+                kernel_s = self._send_timeout + KERNEL_STALL_MARGIN_S  # its clock starts when the client's window shut
+                self._tcp_sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(1000 * kernel_s))
 
     def _abort_transport(self) -> None:
         request = self._req
