@@ -133,6 +133,19 @@ def unsent_bytes(local_port: int, remote_port: int) -> int:
 STALLED = 20
 
 
+def count_reads(store: HubStore, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """From now on, each read of the change feed the store makes (its arguments)."""
+    reads: list[tuple[Any, ...]] = []
+    changes = store.changes
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args)
+        return await changes(*args, **kwargs)
+
+    monkeypatch.setattr(store, "changes", counted)
+    return reads
+
+
 async def test_streams_whose_clients_never_read_hold_little_and_are_cut(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -165,7 +178,7 @@ async def test_streams_whose_clients_never_read_hold_little_and_are_cut(
                 while loop.time() < deadline:
                     ports = {t: t.get_extra_info("peername")[1] for t in streams}
                     held[:] = [(t.get_write_buffer_size(), unsent_bytes(hub.client.port, p)) for t, p in ports.items()]
-                    if len(held) == STALLED and all(buffered > 0 for buffered, _ in held):
+                    if len(held) == STALLED and all(t.get_protocol().writing_paused for t in ports):
                         return
                     await asyncio.sleep(0.1)
 
@@ -174,6 +187,13 @@ async def test_streams_whose_clients_never_read_hold_little_and_are_cut(
             for buffered, unsent in held:  # what the hub's transport and the kernel hold unsent for each
                 assert buffered <= feed.STREAM_BUFFER_BYTES + 70_000, held  # + aiohttp's writer's 64 KiB
                 assert buffered + unsent <= 512 * 1024, held
+
+            # and they cost the commit path nothing: no stream waits for a change, so not even the watch reads one
+            reads = count_reads(hub.store, monkeypatch)
+            agent = await hub.agent("S1")
+            for n in range(5):
+                await agent.sync(*((Kind.RECEIVE, 1, f"N-{n}-{i:03d}") for i in range(200)))
+            assert reads == [], "a stalled stream reads nothing more until its client takes what it was sent"
 
             async with asyncio.timeout(BOUND_S):  # then cut, each
                 while streams:
