@@ -10,6 +10,8 @@ Three scenarios, each printed as a few figures (nothing is written to bench/resu
   answers were 200, 503 (and with Retry-After), and how many ended in a dropped connection.
 
     PYTHONPATH=. .venv/bin/python -m bench.feed_readers [history|stalled|flood ...]
+
+``HUB_EXTRA`` adds lines to the flood's hub's ``[hub]`` table (``event_loop = "asyncio"``, say).
 """
 
 from __future__ import annotations
