@@ -89,7 +89,8 @@ API_VERSION = "1.5.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
-# 1.5: 429 on the change feed past a credential's read budget (feed_read_rows_per_s, feed_read_burst)
+# 1.5: 429 on the change feed past a credential's read budget (feed_read_rows_per_s, feed_read_burst), and the
+# exception kind channel_order_refused (a channel's order whose webhook the hub refused for good)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"

@@ -188,6 +188,7 @@ class OrderWebhooks:
                 )  # fmt: skip
             if result is not None:
                 feed.poke(request.app)
+            await self._order_accepted(spec, order_id)
         if delivery is not None:
             self._seen[(name, delivery)] = None
             while len(self._seen) > SEEN_MAX:
@@ -305,6 +306,22 @@ class OrderWebhooks:
             log.warning(
                 "channel %s: the refusal of Square order %s could not be stored (%s); its register sales are taken "
                 "off the counts pushed while they are read", spec.name, order_id, err,
+            )  # fmt: skip
+
+    async def _order_accepted(self, spec: ChannelSpec, order_id: str | None) -> None:
+        """A Square order refused before and applied now (Square's retry once the cause was fixed) is no longer
+        refused: its stored refusal goes, and with it its exception (``channel_order_refused``)."""
+        if spec.kind != "square" or order_id is None or self._state is None:
+            return
+        try:
+            if await self._state.order_accepted(spec.name, order_id):
+                log.info("channel %s: Square order %s, refused before, is applied now; it leaves the exceptions list",
+                         spec.name, order_id)  # fmt: skip
+        except StoreError as err:
+            log.warning(
+                "channel %s: Square order %s is applied, but its refusal before could not be deleted (%s); the "
+                "exceptions list shows it as refused until the next delivery of the order, or two days after the "
+                "refusal", spec.name, order_id, err,
             )  # fmt: skip
 
     def _refused(self, spec: ChannelSpec, reason: str, what: str) -> web.Response:

@@ -32,6 +32,7 @@ import aiosqlite
 from hub.channels.levels import LevelKey
 from hub.channels.mapping import ItemIds, MappingFinding, SkuMapping
 from hub.resolver import BUNDLE_ATTR
+from hub.storage import findings
 from hub.storage.base import StoreClosed, StoreError
 from hub.storage.db import Db, SqliteDb
 from hub.storage.sqlite import SqliteHubStore
@@ -176,12 +177,17 @@ class ChannelState(Protocol):
 
     async def refuse_order(self, channel: str, order_id: str, reason: str, at_ms: int) -> None:
         """A channel's order whose webhook the hub refused for good (a line it cannot map, a location not in the
-        pool): its sales are no longer taken off the counts pushed. Refusals older than ``ORDER_REFUSALS_KEPT_MS``
-        are dropped then: no count reads sales that old."""
+        pool): its sales are no longer taken off the counts pushed, and it is an exception (``channel_order_refused``)
+        until a delivery of it is applied (``order_accepted``). Refusals older than ``ORDER_REFUSALS_KEPT_MS`` are
+        dropped then: no count reads sales that old."""
 
     async def orders_refused(self, channels: Collection[str], order_ids: Collection[str]) -> set[str]:
         """Of ``order_ids``, those whose webhook one of ``channels`` refused for good (at its last delivery): the
         pusher asks it of the orders not booked."""
+
+    async def order_accepted(self, channel: str, order_id: str) -> bool:
+        """A delivery of the channel's order was applied: a refusal of it stored before is deleted (it is booked as
+        the order stands now, and leaves the exceptions list). True when there was one."""
 
 
 # A channel order's reserve events: by the ledger's ref index on SQLite (events_ref), by events_reserve_ref on
@@ -191,7 +197,7 @@ ORDER_RESERVES_SQL = "SELECT sku, attrs FROM events WHERE ref = ? AND kind = 're
 ORDERS_BOOKED_SQL = "SELECT DISTINCT ref FROM events WHERE ref IN ({}) AND kind = 'reserve' AND agent_id = ?"
 ORDERS_BOOKED_MAX = 100
 ORDERS_REFUSED_SQL = "SELECT order_id FROM channel_orders_refused WHERE channel = ? AND order_id IN ({})"
-ORDER_REFUSALS_KEPT_MS = 48 * 3600 * 1000  # twice the longest a pushed count reads back (pusher.SALES_WAIT_MAX_MS)
+ORDER_REFUSALS_KEPT_MS = findings.ORDER_REFUSALS_KEPT_MS  # also how long the exceptions list shows one
 
 Tx = Db  # one open transaction of a backend, in ``?`` parameter markers (hub.storage.db adapts them)
 
@@ -539,6 +545,19 @@ class SqlChannelState:
                 rows = await self._read(ORDERS_REFUSED_SQL.format(_marks(len(part))), (channel, *part))
                 refused.update(str(r[0]) for r in rows)
         return refused
+
+    async def order_accepted(self, channel: str, order_id: str) -> bool:
+        self._check()
+        if not await self._read(ORDERS_REFUSED_SQL.format("?"), (channel, order_id)):
+            return False  # the usual case: read, nothing written
+
+        async def work(db: Tx) -> None:
+            await db.execute(
+                "DELETE FROM channel_orders_refused WHERE channel = ? AND order_id = ?", (channel, order_id)
+            )
+
+        await self._write("deleting a refused order now booked", work)
+        return True
 
 
 async def _drop_stale_stamps(db: Tx, channel: str, mapped: Collection[str], before_ms: int) -> None:

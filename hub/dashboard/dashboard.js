@@ -47,6 +47,7 @@
     channel_divergence: ["Channel divergence", "warn"],
     channel_refused: ["Channel refused a level", "bad"],
     channel_mapping: ["Channel mapping", "warn"],
+    channel_order_refused: ["Channel sale not booked", "bad"],
     agent_copies: ["Agent running twice", "bad"],
   };
   const QUARANTINE_STATUSES = ["pending", "applied", "discarded", "all"];

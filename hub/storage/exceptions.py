@@ -23,7 +23,8 @@ and overdue sources read one store's transfers once per end
 reads which destinations of the open transfers are unknown (``UNKNOWN_DESTINATIONS``:
 one look-up in the ledger per destination, not per transfer), and walks only
 those destinations' transfers. Two copies of one agent (``AGENT_COPIES``) are read from
-the epochs' marks, one row per agent, and their epochs for the page's agents after.
+the epochs' marks, one row per agent, and their epochs for the page's agents after. A channel's refused levels
+and its refused orders (padded to the levels' shape) are one statement too.
 """
 
 from __future__ import annotations
@@ -262,6 +263,20 @@ async def exceptions(
     for source, fields, table, make, located in findings.CHANNEL_SOURCES:  # a sales channel's findings (schema 6)
         if location is None or located:
             out += [make(*r) for r in await read(source, fields, table, Where().add("location = ?", location))]
+    # A channel's refused levels and its refused orders (schema 14), rows of one shape: one statement. A refused
+    # order is listed while it is kept (``findings.ORDER_REFUSALS_KEPT_MS``; it is dropped later, at the channel's
+    # next refusal). Its table holds a couple of days of refused orders and no index of their time: the few are
+    # sorted for the page.
+    refusals = [
+        (make, s)
+        for source, fields, table, make, located in findings.CHANNEL_REFUSALS
+        if location is None or located
+        for s in statement(source, fields, table, Where().add("location = ?", location).add(
+            "refused_at_ms >= ?", None if located else now_ms - findings.ORDER_REFUSALS_KEPT_MS
+        ))
+    ]  # fmt: skip
+    for (make, _), part in zip(refusals, await fetch_parts(db, [s for _, s in refusals]), strict=True):
+        out += [make(*r) for r in part]
     if copies_window_ms is not None and wanted(keys.AGENT_COPIES):
         out += await agent_copies(db, only, limit, after, now_ms - copies_window_ms)
     if wanted(keys.DIVERGENCE):

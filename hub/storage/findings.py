@@ -1,6 +1,6 @@
 """Exception rows for findings other than a count's variance, worded once for every backend:
 unknown barcodes, divergence from another system, quarantined import rows, a sales channel's diverging or
-refused level, two copies of one agent; and each exception's place
+refused level, a channel's order the hub refused, two copies of one agent; and each exception's place
 in the list (its source and that source's key of it, ``hub.storage.keys``)."""
 
 from __future__ import annotations
@@ -141,11 +141,49 @@ def channel_mapping(channel: str, seq: int, kind: str, sku: str | None, detail: 
     )
 
 
-# Every source of channel exceptions: (source, its columns, its table, the row maker, has a location column).
+# A channel's order whose webhook the hub refused for good (table channel_orders_refused, schema 14,
+# hub.channels.order_routes), as a row of ``CHANNEL_REFUSED_FIELDS``' shape (one statement reads both, their UNION
+# ALL): it names no SKU nor hub location (the order's lines and place are what could not be read or mapped).
+CHANNEL_ORDER_REFUSED_FIELDS = (
+    "channel, order_id, CAST(NULL AS TEXT) AS sku, CAST(NULL AS TEXT) AS location, 0 AS quantity, reason, refused_at_ms"
+)
+# How long a refused order is kept (hub.channels.state.SqlChannelState.refuse_order drops older ones at the
+# channel's next refusal) and listed: twice the longest a pushed count reads back (pusher.SALES_WAIT_MAX_MS), and
+# longer than Square retries a webhook (a day).
+ORDER_REFUSALS_KEPT_MS = 48 * 3600 * 1000
+
+
+def channel_order_refused(
+    channel: str, order_id: str, _sku: None, _location: None, _quantity: int, reason: str, at_ms: int
+) -> ExceptionRow:
+    """A row of ``CHANNEL_ORDER_REFUSED_FIELDS``: a Square order refused for good, not booked since (its booking
+    deletes the row)."""
+    why = reason.removeprefix(f"Square order {order_id}: ").rstrip(".")
+    return ExceptionRow(
+        "channel_order_refused",
+        None,
+        None,
+        f"Square order {order_id} on channel {channel} was refused at {_utc(at_ms)}: {why}; the hub never booked "
+        "its sale, so the hub's level, and what the channels show, is a unit high for each unit sold: fix that and "
+        "Square's next retry books the order, or book the sale by hand (this entry leaves the list when the order "
+        "is booked, or two days after its refusal).",
+        {"channel": channel, "order_id": order_id, "reason": reason},
+        at_ms,
+        "channel_order_refused",
+        (channel, order_id),
+    )
+
+
+# The sources of channel exceptions read alone: (source, its columns, its table, the row maker, has a location
+# column). A channel's refused levels and refused orders are read together (``CHANNEL_REFUSALS``).
 CHANNEL_SOURCES: tuple[tuple[keys.ExceptionSource, str, str, Callable[..., ExceptionRow], bool], ...] = (
     (keys.CHANNEL_DIVERGENCE, CHANNEL_DIVERGENCE_FIELDS, "channel_divergences", channel_divergence, True),
-    (keys.CHANNEL_REFUSED, CHANNEL_REFUSED_FIELDS, "channel_refusals", channel_refused, True),
     (keys.CHANNEL_MAPPING, CHANNEL_MAPPING_FIELDS, CHANNEL_MAPPING_TABLE, channel_mapping, False),
+)
+# The same for the two sources of one shape, whose rows one statement reads (their UNION ALL).
+CHANNEL_REFUSALS: tuple[tuple[keys.ExceptionSource, str, str, Callable[..., ExceptionRow], bool], ...] = (
+    (keys.CHANNEL_REFUSED, CHANNEL_REFUSED_FIELDS, "channel_refusals", channel_refused, True),
+    (keys.CHANNEL_ORDER_REFUSED, CHANNEL_ORDER_REFUSED_FIELDS, "channel_orders_refused", channel_order_refused, False),
 )
 
 

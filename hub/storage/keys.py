@@ -129,13 +129,17 @@ CHANNEL_DIVERGENCE = ExceptionSource(
 CHANNEL_REFUSED = ExceptionSource("channel_refused", "at_ms", ("channel", "level_key"), "ss", ("channel_refused",))
 # what the last load of a channel's SKU mapping found (unmapped SKUs, a SKU or barcode on two items …)
 CHANNEL_MAPPING = ExceptionSource("channel_mapping", "l.loaded_ms", ("f.channel", "f.seq"), "si", ("channel_mapping",))
+# a channel's order whose webhook the hub refused for good, not booked since (hub.channels.order_routes)
+CHANNEL_ORDER_REFUSED = ExceptionSource(
+    "channel_order_refused", "refused_at_ms", ("channel", "order_id"), "ss", ("channel_order_refused",)
+)
 # two copies of one agent syncing at once, one row per agent (hub.storage.exceptions.AGENT_COPIES: c is its query)
 AGENT_COPIES = ExceptionSource("agent_copies", "c.at_ms", ("c.agent_id",), "s", ("agent_copies",))
 EXCEPTION_SOURCES = {
     s.name: s
     for s in (
         NEGATIVE, UNKNOWN_BARCODE, TRANSFER, TRANSFER_OVERDUE, TRANSFER_NOWHERE, CLOCK_QUARANTINE, REJECTED, IMPORT_QUARANTINE,
-        DIVERGENCE, CHANNEL_DIVERGENCE, CHANNEL_REFUSED, CHANNEL_MAPPING, AGENT_COPIES,
+        DIVERGENCE, CHANNEL_DIVERGENCE, CHANNEL_REFUSED, CHANNEL_MAPPING, CHANNEL_ORDER_REFUSED, AGENT_COPIES,
     )
 }  # fmt: skip
 # Every kind of exception the list names, in its sources' order: what ``kind=`` may ask for.

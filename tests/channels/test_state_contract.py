@@ -380,3 +380,18 @@ async def test_what_counts_took_off_and_the_orders_refused_survive_a_reopen(reop
         assert await state.pushed_at("pos") == {K: 2_000, k2: 1_000}  # clearing moves no stamp
         await state.refuse_order("pos", "O2", "…", now + 1)  # refusals past their use go with the next one
         assert await state.orders_refused(["pos"], ["O-old", "O1", "O2"]) == {"O1", "O2"}
+
+
+async def test_an_order_accepted_after_its_refusal_is_no_longer_refused(reopen: Reopen, db: str) -> None:
+    """A delivery of a refused order applied (Square's retry once the cause is fixed) deletes its refusal, on that
+    channel only, and says whether there was one: the refusal is the order's exception until then."""
+    now = wall_ms_now()
+    async with open_store(db), reopen() as state:
+        await state.refuse_order("pos", "O1", "a line of item X is not mapped", now)
+        await state.refuse_order("web", "O1", "…", now)
+        assert await state.order_accepted("pos", "O2") is False
+        assert await state.order_accepted("pos", "O1") is True
+        assert await state.order_accepted("pos", "O1") is False
+    async with reopen() as state:
+        assert await state.orders_refused(["pos"], ["O1"]) == set()
+        assert await state.orders_refused(["web"], ["O1"]) == {"O1"}

@@ -112,6 +112,8 @@ OPEN_FILTERS = (
     ExceptionFilter(kind="clock_quarantine", location="S001"),
     ExceptionFilter(kind="channel_refused", location="S002"),
     ExceptionFilter(kind="channel_divergence", location="S002"),
+    ExceptionFilter(kind="channel_refused"),
+    ExceptionFilter(kind="channel_order_refused"),
 )
 OPEN_AFTER = (
     *AFTER,
@@ -143,6 +145,8 @@ async def every_source(backend: str, tmp_path: Path) -> AsyncIterator[str]:
                                        for i in range(20)})  # fmt: skip
             await state.add_divergences("web", [Divergence(LevelKey(f"i{i}", "L1"), f"SKU-N{i:03d}", f"S00{i % 3 + 1}",
                                                            5, 4, 3, NOW_MS) for i in range(20)])  # fmt: skip
+            for i in range(20):
+                await state.refuse_order("pos", f"O{i}", "no.", NOW_MS - i)
         yield url
 
 
@@ -218,9 +222,19 @@ async def test_open_transfers_held_events_and_channel_levels_are_walked_in_the_l
     destination once, the open transfers' few hundred. Held events and a channel's refused and diverging levels
     walk an index of their own in the list's order, one store's too (they sorted all their rows)."""
     read = {"overdue": 0, "nowhere": 0, "destinations": 0, "quarantine": 0, "channel_refusals": 0,
-            "channel_divergences": 0}  # fmt: skip
+            "channel_divergences": 0, "channel_orders_refused": 0, "refusals_together": 0}  # fmt: skip
     for only, sql, plan in await open_source_plans(backend, every_source):
         where = (only, sql, plan)
+        if "FROM channel_orders_refused" in sql:
+            # a channel's refused orders: a couple of days of them, no index of their time, sorted for the page; with
+            # its refused levels (of the chain), one statement, their UNION ALL (each read alone by its kind)
+            if "FROM channel_refusals" in sql:
+                read["refusals_together"] += 1
+                assert " UNION ALL " in sql and only.kind is None and only.location is None, where
+            else:
+                read["channel_orders_refused"] += 1
+                assert only.kind == "channel_order_refused", where
+            continue
         if sql.startswith("WITH RECURSIVE"):
             read["destinations"] += 1  # each destination found by a seek of an index of the open transfers
             assert not sorted_or_scanned(backend, "transfers", plan), where
