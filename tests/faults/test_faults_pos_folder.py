@@ -145,6 +145,7 @@ def test_a_drop_folder_that_cannot_be_made_yet_is_made_and_taken_once_it_can_be(
     agent.wait_for_log(rf"The POS drop folder {drop} can be used now; watching it\.")
     _export(drop, "sales.csv", 0)
     _imported_once(store, agent, drop, "sales.csv", range(5))
+    wait_until("every event reaches the hub", lambda: drained([store], hub.db), WAIT_S)
     assert agent.stop() == 0
     verify(hub, [store])
 
