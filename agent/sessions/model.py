@@ -9,6 +9,7 @@ closed; closing turns them into stock events (``agent.sessions.plan``).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -118,7 +119,7 @@ def _check_spec(s: SessionSpec) -> None:
         check_sku(sku, "scope sku")
     object.__setattr__(s, "scope_skus", tuple(dict.fromkeys(s.scope_skus)))
     if s.bin is not None:
-        check_text(s.bin, "bin", BIN_MAX_LEN)
+        object.__setattr__(s, "bin", check_text(s.bin, "bin", BIN_MAX_LEN).strip())
     if len(s.expected) > EXPECTED_LINES_MAX:
         raise InvalidSessionInput(f"a delivery may list at most {EXPECTED_LINES_MAX} lines, got {len(s.expected)}")
     seen: set[str] = set()
@@ -143,6 +144,15 @@ def check_text(value: object, name: str, max_len: int) -> str:
     if not values.is_text(value):  # the one rule for text (protocol.values), as the hub checks it
         raise InvalidSessionInput(f"{name} must not contain control characters, line separators or lone surrogates")
     return value
+
+
+def bin_key(name: str) -> str:
+    """What one bin is known by, however its name was typed: its compatibility form (full-width "Ａ-01" is "A-01"),
+    without the invisible format characters a phone keyboard or a paste adds, its white space run together and its
+    case folded. A bin counted again as "a-01" or "A-01 " was taken for another bin of the SKU's round of bin counts,
+    and the units it held were added to the count again (``agent.sessions.bins``)."""
+    text = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) != "Cf")
+    return " ".join(text.split()).casefold()
 
 
 def check_sku(value: object, name: str = "sku") -> str:

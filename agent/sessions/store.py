@@ -52,6 +52,7 @@ from agent.sessions.model import (
     SessionSpec,
     SessionStatus,
     SessionType,
+    bin_key,
 )
 from agent.sessions.plan import Unit, unit_of
 from protocol import QTY_MAX
@@ -462,7 +463,7 @@ def _check_not_counted_elsewhere(conn: sqlite3.Connection, session: Session) -> 
         both = sorted(scope.intersection(json.loads(other_scope)).union(scope.intersection(_scanned(conn, other_id))))
         if both:
             what = f"{both[0]!r}" + (f" (and {len(both) - 1} more SKU(s))" if len(both) > 1 else "")
-        elif bin_ is not None and bin_ == other_bin:
+        elif bin_ is not None and other_bin is not None and bin_key(bin_) == bin_key(other_bin):
             what = f"bin {bin_!r}"
         else:
             continue

@@ -9,8 +9,10 @@ counts (and what moved since), so the second close books 8.
 
 from __future__ import annotations
 
+import pytest
+
 from agent.outbox import Movement, Outbox
-from agent.sessions import SessionManager, SessionSpec, SessionType, bins
+from agent.sessions import SessionConflict, SessionManager, SessionSpec, SessionType, bins
 from protocol import Kind, StockEvent, new_event_id, pack_hlc
 from tests.agent.sessions.sessions_helpers import APPLE, PEAR
 
@@ -98,6 +100,25 @@ async def test_none_left_in_a_bin_keeps_the_units_of_the_bins_counted_before(
         (5, None, None),
         (5, 5, True),
     ]
+
+
+async def test_a_bin_counted_again_under_another_spelling_starts_a_new_round_not_a_second_bin(
+    sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Found: bin A-01 counted (5), then counted again as "a-01" (a phone keyboard's lower case), "A-01 " (a space
+    typed after it) and "Ａ-01" (full-width) booked counts of 10, 15 and 20 for a shelf of 5: each spelling was
+    taken for another bin of the round, whose units were added again. One bin, however typed, is one bin."""
+    for spelling in ("A-01", "a-01", "A-01 ", "\uff21-01", "A\u200b-01"):
+        await count_bin(sessions, spelling, **{"c" + APPLE: 5})
+    booked = await counts(outbox)
+    assert [(ev.qty, ev.attrs.get("carried")) for ev in booked] == [(5, None)] * 5
+    assert booked[2].attrs["bin"] == "A-01"  # kept as typed, less the space around it
+
+
+async def test_a_count_of_a_bin_open_under_another_spelling_is_refused(sessions: SessionManager) -> None:
+    first = await sessions.open(SessionSpec(SessionType.COUNT, bin="A-01"), by="ana")
+    with pytest.raises(SessionConflict, match=f"bin 'a-01' is already being counted in session {first.id}"):
+        await sessions.open(SessionSpec(SessionType.COUNT, bin="a-01 "), by="bo")
 
 
 def ev(seq: int, kind: Kind, qty: int, at_ms: int | None = None, **attrs: object) -> StockEvent:
