@@ -53,7 +53,7 @@ from agent.sessions.plan import (
     totals,
     unit_of,
 )
-from agent.sessions.store import SessionStore
+from agent.sessions.store import SessionStore, same_scan
 from hardware import Decoded
 from protocol import Kind, event_id_hex, new_event_id, parse_event_id, wall_ms_now
 from protocol.event import QTY_MAX, TRANSFER_QTY_MAX
@@ -181,6 +181,8 @@ class SessionManager:
             check_scan_id(scan_id)
         session = await self.store.get(session_id)
         if session.status is not SessionStatus.OPEN:
+            if (taken := await self._taken_already(session, item, qty, disposition, scan_id)) is not None:
+                return taken
             raise SessionNotOpen(f"session {session_id} is {session.status.value} and takes no more scans")
         check_qty(qty, minimum=0 if session.type is SessionType.COUNT else 1)
         _check_one_serialised(item, qty)
@@ -200,10 +202,7 @@ class SessionManager:
             await self._check_count_lists(session_id, item, units)
         else:
             await self._check_not_booked_outside(session, item)
-        if session.type is SessionType.RETURN:
-            disposition = _disposition(disposition)
-        elif disposition is not None:
-            raise InvalidSessionInput("a disposition (restock or damaged) applies only to return sessions")
+        disposition = _line_disposition(session, disposition)
         line = Line(
             session_id=session_id,
             no=0,
@@ -231,6 +230,17 @@ class SessionManager:
             )
         await self._changed()
         return stored
+
+    async def _taken_already(
+        self, session: Session, item: Item, qty: int, disposition: Disposition | str | None, scan_id: str | None
+    ) -> Line | None:
+        """The line a scan sent again (its ``scan_id``) added before its session stopped taking scans: its answer
+        was lost on the way, and another handheld closed the session meanwhile. Refused as "closed", the staff
+        took the item for not taken and scanned it into the next session, booked twice; the close booked it."""
+        if scan_id is None or (earlier := await self.store.scanned(session.id, scan_id)) is None:
+            return None
+        check_qty(qty, minimum=0)
+        return same_scan(scan_id, earlier, item.sku, qty * item.pack_size, _line_disposition(session, disposition))
 
     def _check_countable(self, sku: str) -> None:
         """Refuse a count of a bundle now, before the staff count it: the hub refuses it at the close
@@ -536,6 +546,15 @@ def _check_one_serialised(item: Item, qty: int) -> None:
             f"the barcode carries serial number {unit[1]}, which names one item of {item.sku}, so its quantity is 1,"
             f" not {qty}; scan each serialised item on its own"
         )
+
+
+def _line_disposition(session: Session, value: Disposition | str | None) -> Disposition | None:
+    """A line's disposition: a return's (restock unless given), none in any other session."""
+    if session.type is SessionType.RETURN:
+        return _disposition(value)
+    if value is not None:
+        raise InvalidSessionInput("a disposition (restock or damaged) applies only to return sessions")
+    return None
 
 
 def _disposition(value: Disposition | str | None) -> Disposition:

@@ -271,19 +271,8 @@ class SessionStore(SqliteFile):
             session = _open_session(conn, line.session_id, "take scans")
             if session.type is SessionType.COUNT:
                 _check_sku_not_counted_elsewhere(conn, session, line.sku)
-            if scan_id is not None:
-                row = conn.execute(
-                    f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND scan_id = ?",
-                    (line.session_id, scan_id),
-                ).fetchone()
-                if row is not None:
-                    earlier = _line(row)
-                    if (earlier.sku, earlier.qty, earlier.disposition) != (line.sku, line.qty, line.disposition):
-                        raise SessionConflict(
-                            f"scan {scan_id} is already line {earlier.no} of this session ({earlier.sku} ×"
-                            f" {earlier.qty}); give a new scan its own scan_id"
-                        )
-                    return earlier
+            if scan_id is not None and (earlier := _scanned_line(conn, line.session_id, scan_id)) is not None:
+                return same_scan(scan_id, earlier, line.sku, line.qty, line.disposition)
             if unit is not None:
                 _check_unit_not_scanned(conn, line, unit)
             no, count = conn.execute(
@@ -307,6 +296,10 @@ class SessionStore(SqliteFile):
             return stored
 
         return await self._write(add, small=True)
+
+    async def scanned(self, session_id: str, scan_id: str) -> Line | None:
+        """The line a scan with this ``scan_id`` added to the session, whatever the session's state; None if none."""
+        return await self._read(lambda conn: _scanned_line(conn, session_id, scan_id))
 
     async def undo_last(self, session_id: str, by: str) -> Line | None:
         """Mark the newest line of ``by`` not yet undone as undone; None if there is none. Only their own: with
@@ -428,6 +421,24 @@ def _get(conn: sqlite3.Connection, session_id: str) -> Session:
 def _lines(conn: sqlite3.Connection, session_id: str) -> tuple[Line, ...]:
     rows = conn.execute(f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? ORDER BY no", (session_id,))
     return tuple(_line(row) for row in rows)
+
+
+def _scanned_line(conn: sqlite3.Connection, session_id: str, scan_id: str) -> Line | None:
+    row = conn.execute(
+        f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND scan_id = ?", (session_id, scan_id)
+    ).fetchone()
+    return None if row is None else _line(row)
+
+
+def same_scan(scan_id: str, earlier: Line, sku: str, qty: int, disposition: Disposition | None) -> Line:
+    """``earlier``, the line of ``scan_id``, when the scan sent again is the same (SKU, units, disposition): it
+    adds nothing. Another scan under the same id is a ``SessionConflict``."""
+    if (earlier.sku, earlier.qty, earlier.disposition) != (sku, qty, disposition):
+        raise SessionConflict(
+            f"scan {scan_id} is already line {earlier.no} of this session ({earlier.sku} × {earlier.qty});"
+            " give a new scan its own scan_id"
+        )
+    return earlier
 
 
 def _check_open(session: Session, what: str) -> None:

@@ -471,6 +471,41 @@ async def test_a_scan_sent_again_after_its_answer_was_lost_is_one_line(api: Api)
     assert [(x["sku"], x["qty"]) for x in closed["report"]["lines"]] == [("SKU-APPLE", 3)]
 
 
+async def test_a_scan_sent_again_after_another_handheld_closed_the_session_answers_its_line(api: Api) -> None:
+    """Found with two handhelds on one delivery: ana's scan reached the agent and its answer was lost (the Wi-Fi),
+    bo closed the session, and ana's page sent the scan again: a 409, "the session is closed and takes no more
+    scans", so ana took the item for not taken and scanned it into the next session, booked twice. The scan was
+    booked by the close; sent again, it answers its line, in the closed session."""
+    token = await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-9"}, status=201))["session"]["id"]
+    body = json.dumps({"code": APPLE, "qty": 2, "scan_id": "f00d01"}).encode()
+    host, port = api.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /api/v1/sessions/{sid}/scans HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    writer.close()  # gone before the answer
+    async with asyncio.timeout(10):
+        while (await api.ok("GET", f"/api/v1/sessions/{sid}"))["lines_total"] == 0:
+            await asyncio.sleep(0.02)
+    await api.sign_in("bo", "0000")
+    closed = (await api.ok("POST", f"/api/v1/sessions/{sid}/close", {}))["session"]
+    assert closed["report"]["units"] == 2
+
+    await api.sign_in()
+    again = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "qty": 2, "scan_id": "f00d01"}, 201)
+    assert (again["line"]["no"], again["line"]["qty"], again["session"]["status"]) == (1, 2, "closed")
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "qty": 3, "scan_id": "f00d01"})
+    assert got == 409 and "scan f00d01 is already line 1" in data["error"]["message"], data
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "f00d02"})
+    assert got == 409 and "is closed and takes no more scans" in data["error"]["message"], data  # a new scan
+    booked = [(ev.sku, ev.qty) for ev in await api.outbox.pending(100)]
+    assert booked == [("SKU-APPLE", 2)]
+
+
 async def test_bad_requests_get_one_clear_sentence(api: Api) -> None:
     await api.sign_in()
     cases: list[tuple[str, str, Any, int, str]] = [
