@@ -247,12 +247,17 @@ class SessionStore(SqliteFile):
         return await self._write(bind, small=True)
 
     async def max_hlc(self) -> int:
-        """The highest HLC any line or close holds (the clock must never issue below it)."""
+        """The highest HLC a line or the close of an open (or closing) session holds: the clock must not issue
+        below it, or a line scanned after a restart with the wall clock set back sorts before the lines scanned
+        before it. A closed session's stamps are not: what it booked, the outbox holds with its own clock's mark,
+        which knows when that clock was reset after running ahead (``Outbox._recover_clock``); a cancelled
+        session booked nothing."""
         return int(
             await self._read(
                 lambda conn: conn.execute(
-                    "SELECT max(coalesce((SELECT max(hlc) FROM lines), 0),"
-                    " coalesce((SELECT max(close_hlc) FROM sessions), 0))"
+                    "SELECT max(coalesce((SELECT max(l.hlc) FROM lines l JOIN sessions s ON s.id = l.session_id"
+                    " WHERE s.status IN ('open', 'closing')), 0),"
+                    " coalesce((SELECT max(close_hlc) FROM sessions WHERE status = 'closing'), 0))"
                 ).fetchone()[0]
             )
         )

@@ -21,8 +21,10 @@ from agent.sessions import (
     manager,
 )
 from agent.sessions.plan import ClosePlan, plan_close
-from protocol import Kind, new_event_id
+from protocol import Kind, SyncResponse, new_event_id, unpack_hlc, wall_ms_now
 from tests.agent.sessions.sessions_helpers import APPLE, PEAR, PLUM, catalog
+
+YEAR_MS = 365 * 86_400_000
 
 
 async def test_an_open_session_and_its_lines_survive_a_restart(tmp_path: Path) -> None:
@@ -55,6 +57,36 @@ async def test_an_open_session_and_its_lines_survive_a_restart(tmp_path: Path) -
         assert booked == [("SKU-APPLE", 4, "ana", "bo"), ("SKU-PEAR", 1, "ana", "bo"), ("SKU-PLUM", 1, "ana", "bo")]
         assert closed.closed_by == "bo"
         assert await sessions.for_reader("dock") is None  # a closed session frees its reader
+
+
+async def test_a_year_ahead_in_closed_sessions_does_not_come_back_at_the_next_start(tmp_path: Path) -> None:
+    """Found: a store PC a year ahead for a morning (a flat CMOS battery) received a delivery in a session; the
+    clock was put right and the hub's next answer reset the outbox's clock to the true time. At the next start
+    (the nightly reboot), the sessions put the clock back a year ahead, above the closed session's lines, so
+    every movement recorded from then on (a POS export read at start, the day's sales while offline) was stamped
+    a year ahead, and the hub held each one for its operator. A closed session's stamps are the outbox's already:
+    the outbox's clock, reset or not, is the one to keep."""
+    outbox_path, store_path = tmp_path / "outbox.sqlite3", tmp_path / "sessions.sqlite3"
+    now = [wall_ms_now() + YEAR_MS]
+    async with (
+        Outbox.open(outbox_path, agent_id="store-a", location="S001", wall_clock_ms=lambda: now[0]) as outbox,
+        SessionStore.open(store_path) as store,
+    ):
+        sessions = SessionManager(store, outbox, catalog=catalog(), wall_clock_ms=lambda: now[0])
+        await sessions.recover()
+        s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-1"), by="ana")
+        await sessions.scan(s.id, APPLE, by="ana")
+        await sessions.close(s.id, by="ana")
+        now[0] = wall_ms_now()  # put right; the hub's answer says so
+        await outbox.apply_answer(SyncResponse("store-a", outbox.epoch, 1, server_time_ms=now[0]), clock_skew_ms=0)
+        assert unpack_hlc(outbox.clock.now())[0] < now[0] + 60_000
+    async with (
+        Outbox.open(outbox_path, agent_id="store-a", location="S001", wall_clock_ms=lambda: now[0]) as outbox,
+        SessionStore.open(store_path) as store,
+    ):
+        await SessionManager(store, outbox, catalog=catalog(), wall_clock_ms=lambda: now[0]).recover()
+        [sale] = (await outbox.record([Movement("S001", "SKU-APPLE", Kind.SALE, -1, "pos:till")])).events
+        assert unpack_hlc(sale.occurred_at)[0] < now[0] + 60_000, "stamped a year ahead again"
 
 
 async def test_undo_takes_back_the_newest_lines_one_by_one(sessions: SessionManager, outbox: Outbox) -> None:
