@@ -417,6 +417,38 @@ async def test_a_handheld_whose_session_another_closed_says_so_and_refuses_its_s
     assert script_errors(console_errors) == []
 
 
+async def test_a_scan_whose_answer_was_lost_while_another_closed_the_session_says_it_is_booked(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found with two handhelds in one delivery: ana's scan reached the agent, the Wi-Fi dropped its answer, and
+    bo closed the session meanwhile; the page sent the scan again and said "Session … is closed and takes no more
+    scans", so ana scanned the apple into the next session: booked twice. The close booked it; the page says so."""
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", "DN-LOST")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    [session] = await agent.sessions.list()
+    lost: list[bool] = []
+
+    async def answer_lost_once(route: Route) -> None:
+        if lost:
+            await route.continue_()
+            return
+        lost.append(True)
+        await route.fetch()  # the agent takes the scan …
+        await agent.sessions.close(session.id, by="bo")  # … bo closes the session …
+        await route.abort("connectionreset")  # … and the answer never reaches this handheld
+
+    await page.route("**/scans", answer_lost_once)
+    await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_have_text(
+        "Added 1 × SKU-APPLE; bo closed the session meanwhile, and it is booked with this scan."
+    )
+    assert [(ev.sku, ev.qty) for ev in await agent.outbox.pending(10)] == [("SKU-APPLE", 1)]
+    assert [e for e in script_errors(console_errors) if "ERR_CONNECTION_RESET" not in e] == []  # the lost answer
+
+
 async def test_a_bin_count_resting_on_the_movements_since_the_rounds_last_count_says_so_after_closing(
     page: Page, agent: Agent, console_errors: list[str]
 ) -> None:

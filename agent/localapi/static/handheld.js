@@ -458,12 +458,23 @@
       const data = await postScan(sessionId, body);
       const line = data.line;
       const unknown = line.unknown ? " — not in the catalog, kept as " + line.sku : "";
-      message($("scan-msg"), "Added " + line.qty + " × " + line.sku + unknown + ".", line.unknown ? "warn" : "good");
       if (state.session && state.session.id === sessionId) render(data);
+      // A scan sent again after its answer was lost, into a session another handheld closed meanwhile: the agent
+      // took it before the close, which booked it. Said so, it is not scanned into the next session as well.
+      const meanwhile = afterScan(data.session);
+      message($("scan-msg"), "Added " + line.qty + " × " + line.sku + unknown + meanwhile + ".", line.unknown || meanwhile ? "warn" : "good");
     } catch (err) {
       message($("scan-msg"), code + ": " + err.message, "bad");
     }
     focusScan();
+  }
+
+  function afterScan(s) {
+    const who = s.closed_by ? s.closed_by : "someone";
+    if (s.status === "closed") return "; " + who + " closed the session meanwhile, and it is booked with this scan";
+    if (s.status === "closing") return "; the session is being closed, and it is booked with this scan";
+    if (s.status === "cancelled") return "; " + who + " cancelled the session meanwhile, so nothing of it is booked";
+    return "";
   }
 
   async function undoLast() {
