@@ -28,6 +28,7 @@ from agent.localapi.hosts import HostCheck
 from agent.outbox import Outbox
 from agent.pos import PosFolderState
 from agent.sessions import (
+    AlreadyReceived,
     InvalidSessionInput,
     SessionConflict,
     SessionError,
@@ -162,6 +163,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(401, "unauthorized", str(err))
     except SessionNotFound as err:
         return error_response(404, "not_found", str(err))
+    except AlreadyReceived as err:
+        return error_response(409, "already_received", str(err))
     except (SessionNotOpen, SessionConflict) as err:
         return error_response(409, "conflict", str(err))
     except InvalidSessionInput as err:
@@ -398,10 +401,14 @@ async def dismiss_refused(request: web.Request) -> web.Response:
 async def open_session(request: web.Request) -> web.Response:
     """Open a session."""
     ctx = request.app[CONTEXT_KEY]
-    spec = views.spec_from_json(await _body(request))
+    body = await _body(request)
+    again = body.pop("again", False)  # a delivery or transfer received here before, received again on purpose
+    if not isinstance(again, bool):
+        raise web.HTTPBadRequest(text="again must be true or false")
+    spec = views.spec_from_json(body)
     if spec.reader_id is not None and spec.reader_id not in ctx.readers:
         raise web.HTTPBadRequest(text=_no_reader(spec.reader_id, ctx.readers))
-    session = await ctx.sessions.open(spec, by=_who(request).staff)
+    session = await ctx.sessions.open(spec, by=_who(request).staff, again=again)
     return _json({"session": views.session_json(session)}, status=201)
 
 

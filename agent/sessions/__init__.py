@@ -17,6 +17,7 @@ open on it. See docs/agent-api.md.
 """
 
 from agent.sessions.errors import (
+    AlreadyReceived,
     InvalidSessionInput,
     SessionConflict,
     SessionError,
@@ -46,6 +47,7 @@ from agent.sessions.store import FILENAME, SessionStore
 
 __all__ = [
     "FILENAME",
+    "AlreadyReceived",
     "BinNote",
     "ClosePlan",
     "CloseReport",

@@ -26,6 +26,10 @@ class SessionConflict(SessionError):
     """The request clashes with another open session (a reader that already feeds one)."""
 
 
+class AlreadyReceived(SessionConflict):
+    """A delivery or transfer received here before, opened again without the staff saying it is a second one."""
+
+
 class SessionStoreClosed(SessionError):
     def __init__(self, path: str) -> None:
         super().__init__(f"the session store {path} is closed")

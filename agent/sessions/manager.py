@@ -26,7 +26,13 @@ from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
 from agent.serials import SERIAL_AGAIN_S, Unit, booked_again
 from agent.sessions import bins, plan
-from agent.sessions.errors import InvalidSessionInput, SessionConflict, SessionError, SessionNotOpen
+from agent.sessions.errors import (
+    AlreadyReceived,
+    InvalidSessionInput,
+    SessionConflict,
+    SessionError,
+    SessionNotOpen,
+)
 from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
 from agent.sessions.model import (
     Disposition,
@@ -53,7 +59,7 @@ from agent.sessions.plan import (
     totals,
     unit_of,
 )
-from agent.sessions.store import SessionStore, same_scan
+from agent.sessions.store import RECEIVED_ONCE, SessionStore, same_scan
 from hardware import Decoded
 from protocol import Kind, event_id_hex, new_event_id, parse_event_id, wall_ms_now
 from protocol.event import QTY_MAX, TRANSFER_QTY_MAX
@@ -108,8 +114,15 @@ class SessionManager:
         return finished
 
     # --- opening -------------------------------------------------------------
-    async def open(self, spec: SessionSpec, *, by: str) -> Session:
+    async def open(self, spec: SessionSpec, *, by: str, again: bool = False) -> Session:
+        """Open a session. ``again``: receive a delivery or transfer received here before once more (a second
+        delivery on the same note); without it, that is refused (``AlreadyReceived``), naming the earlier receipt."""
         check_staff(by)
+        if again and spec.type not in RECEIVED_ONCE:
+            raise InvalidSessionInput(
+                f"again applies to a {' or '.join(t.value for t in RECEIVED_ONCE)} session received before,"
+                f" not to a {spec.type.value} session"
+            )
         if spec.type is SessionType.TRANSFER_OUT and spec.to_location == self.location:
             raise InvalidSessionInput(f"a transfer out of {self.location} cannot go to {self.location} itself")
         if spec.type is SessionType.TRANSFER_OUT and spec.to_location is not None:
@@ -130,8 +143,13 @@ class SessionManager:
             by=by,
             opened_ms=self._wall_clock_ms(),
         )
-        await self.store.insert(session)
-        log.info("%s opened %s session %s%s.", by, spec.type.value, session.id, _ref_phrase(spec))
+        try:
+            await self.store.insert(session, again=again)
+        except AlreadyReceived as err:
+            log.info("%s was not let open a %s session: %s.", by, spec.type.value, err)
+            raise
+        twice = ", received here before: a second delivery under it, the staff say" if again else ""
+        log.info("%s opened %s session %s%s%s.", by, spec.type.value, session.id, _ref_phrase(spec), twice)
         await self._changed()
         return session
 

@@ -28,12 +28,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.db import Opening, SqliteFile, SqliteThread
 from agent.sessions.errors import (
+    AlreadyReceived,
     InvalidSessionInput,
     SessionConflict,
     SessionError,
@@ -164,7 +166,10 @@ class SessionStore(SqliteFile):
         return SessionError(f"the session store {self.path} could not be {verb}: {err}")
 
     # --- sessions ----------------------------------------------------------
-    async def insert(self, session: Session) -> Session:
+    async def insert(self, session: Session, *, again: bool = False) -> Session:
+        """Store a new open session. ``again``: a delivery or transfer received here before is received again (a
+        second delivery on the same note); without it, such a session is refused (``AlreadyReceived``)."""
+
         def insert(conn: sqlite3.Connection) -> Session:
             if session.spec.reader_id is not None:
                 _check_reader_free(conn, session.spec.reader_id, session.id)
@@ -172,6 +177,8 @@ class SessionStore(SqliteFile):
                 _check_not_counted_elsewhere(conn, session)
             elif session.type in ONE_SESSION_PER_REF and session.spec.ref is not None:
                 _check_not_received_elsewhere(conn, session)
+                if session.type in RECEIVED_ONCE and not again:
+                    _check_not_received_before(conn, session)
             conn.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_marks(19)})", _session_row(session))
             return session
 
@@ -562,6 +569,33 @@ def _check_not_received_elsewhere(conn: sqlite3.Connection, session: Session) ->
             f"{session.spec.ref!r} is already being {_worked(session.type)} in {session.type.value} session {row[0]}"
             f" (opened by {row[1]}); scan into that session, or close or cancel it first, so nothing is booked twice"
         )
+
+
+# A document received here in a closed session is received again only when the staff say it is a second delivery.
+RECEIVED_ONCE = (SessionType.RECEIVE, SessionType.TRANSFER_IN)
+
+
+def _check_not_received_before(conn: sqlite3.Connection, session: Session) -> None:
+    """A delivery note (or transfer) received here in a closed session that booked goods is not received again
+    unless the staff say so (``again``): the same note scanned on two days, by two people or off the same pallet,
+    booked its goods twice without a word. Its reference is matched as a person means it (case and the spaces
+    around it aside), so "dn-4711 " typed on a phone is DN-4711."""
+    rows = conn.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE type = ? AND location = ? AND status = 'closed'"
+        " AND lower(trim(ref)) = lower(trim(?)) ORDER BY closed_ms DESC, id DESC",
+        (session.type.value, session.location, session.spec.ref),
+    ).fetchall()
+    booked = [(s, s.report) for s in map(_session, rows) if s.report is not None and s.report.events > 0]
+    if not booked:
+        return
+    last, report = booked[0]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime((last.closed_ms or 0) / 1000))
+    more = f", and {len(booked) - 1} time(s) before that" if len(booked) > 1 else ""
+    raise AlreadyReceived(
+        f"{last.spec.ref!r} was received here already, in {last.type.value} session {last.id} closed by"
+        f" {last.closed_by} on {when} ({report.units} units){more}; its goods are booked: open it again only"
+        " for a second delivery under the same reference (again: true)"
+    )
 
 
 def _worked(kind: SessionType) -> str:

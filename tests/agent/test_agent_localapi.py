@@ -326,7 +326,42 @@ async def test_a_delivery_or_transfer_received_on_two_handhelds_is_one_session(a
     await api.ok("POST", f"/api/v1/sessions/{delivery['id']}/scans", {"code": APPLE, "qty": 2}, status=201)  # bo joins
     await api.ok("POST", f"/api/v1/sessions/{delivery['id']}/close", {})
     assert [(ev.sku, ev.kind, ev.qty) for ev in await api.outbox.pending(10)] == [("SKU-APPLE", Kind.RECEIVE, 2)]
-    await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-5"}, status=201)  # a second delivery
+    again = {"type": "receive", "ref": "DN-5", "again": True}
+    await api.ok("POST", "/api/v1/sessions", again, status=201)  # a second delivery
+
+
+async def test_a_delivery_received_already_is_received_again_only_when_the_staff_say_so(api: Api) -> None:
+    """Found receiving delivery note DN-4711 on Monday (2 apples) and, on Tuesday, the same note again (another
+    member of staff, the same pallet): the second session opened without a word and its close booked the apples
+    a second time. A document received here before is now refused at the open, naming when, by whom and how much,
+    and opened again only when the staff confirm it is a second delivery on the same note (``again``); a
+    transfer received here before (each receipt is the final one) likewise."""
+    await api.sign_in()
+    for body, scans in (
+        ({"type": "receive", "ref": "DN-4711"}, {"code": APPLE, "qty": 2}),
+        ({"type": "transfer_in", "ref": "TR-4", "from_location": "S002"}, {"code": APPLE, "qty": 3}),
+    ):
+        first = (await api.ok("POST", "/api/v1/sessions", body, status=201))["session"]
+        await api.ok("POST", f"/api/v1/sessions/{first['id']}/scans", scans, status=201)
+        await api.ok("POST", f"/api/v1/sessions/{first['id']}/close", {})
+        await api.sign_in("bo", "0000")
+        retyped = {**body, "ref": body["ref"].lower() + " "}  # as a phone keyboard types it
+        for tried in (body, retyped):
+            got, data = await api.call("POST", "/api/v1/sessions", tried)
+            assert got == 409 and data["error"]["code"] == "already_received", data
+            message = data["error"]["message"]
+            assert message.startswith(f"{body['ref']!r} was received here already, in {body['type']} session")
+            assert f"{first['id']} closed by ana on " in message and f"({scans['qty']} units)" in message, message
+            assert "again" in message
+        got, data = await api.call("POST", "/api/v1/sessions", {**body, "again": "yes"})
+        assert got == 400 and "again must be true or false" in data["error"]["message"], data
+        second = (await api.ok("POST", "/api/v1/sessions", {**body, "again": True}, status=201))["session"]
+        assert second["ref"] == body["ref"]
+        await api.ok("POST", f"/api/v1/sessions/{second['id']}/cancel", {})
+        await api.sign_in()
+    shipped = {"type": "transfer_out", "ref": "TR-4", "to_location": "S002"}
+    await api.ok("POST", "/api/v1/sessions", shipped, status=201)  # another kind of session: not received before
+    assert len(await api.outbox.pending(10)) == 2
 
 
 async def test_a_transfer_shipped_from_two_handhelds_is_one_session(api: Api) -> None:

@@ -449,6 +449,39 @@ async def test_a_scan_whose_answer_was_lost_while_another_closed_the_session_say
     assert [e for e in script_errors(console_errors) if "ERR_CONNECTION_RESET" not in e] == []  # the lost answer
 
 
+async def test_a_delivery_note_received_before_is_received_again_only_when_the_staff_say_so(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found receiving delivery note DN-4711 on Monday and the same note again on Tuesday (the same pallet): the
+    page opened the second session without a word and its close booked the goods twice. The page now asks, naming
+    the earlier receipt; No opens nothing, Yes opens a second delivery on the note."""
+    monday = await agent.sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-4711"), by="bo")
+    await agent.sessions.scan(monday.id, APPLE, by="bo", qty=12)
+    await agent.sessions.close(monday.id, by="bo")
+    await sign_in(page, agent)
+    for answer in ("No", "Yes"):
+        await page.click("text=Receive")
+        await page.fill("#open-form input[name=ref]", "DN-4711")
+        await page.click("#open-form button[type=submit]")
+        await expect(page.locator("#confirm-title")).to_have_text("Receive DN-4711 again?")
+        await expect(page.locator("#confirm-text")).to_contain_text(
+            f"'DN-4711' was received here already, in receive session {monday.id} closed by bo on "
+        )
+        await expect(page.locator("#confirm-text")).to_contain_text(
+            "(12 units); its goods are booked: open it again only for a second delivery under the same reference."
+            " Is this a second delivery?"
+        )
+        await page.click(f"#confirm button:text-is('{answer}')")
+        if answer == "No":
+            await expect(page.locator("#open-error")).to_contain_text("was received here already")
+            assert await agent.sessions.list() == []
+            await page.click("#open-back")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    [second] = await agent.sessions.list()
+    assert (second.spec.ref, second.by) == ("DN-4711", "ana")
+    assert script_errors(console_errors) == []
+
+
 async def test_a_bin_count_resting_on_the_movements_since_the_rounds_last_count_says_so_after_closing(
     page: Page, agent: Agent, console_errors: list[str]
 ) -> None:

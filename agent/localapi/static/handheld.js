@@ -39,9 +39,10 @@
 
   // --- HTTP ---------------------------------------------------------------------------
   class ApiError extends Error {
-    constructor(status, message) {
+    constructor(status, message, code) {
       super(message);
       this.status = status;
+      this.code = code || null;
     }
   }
 
@@ -68,7 +69,7 @@
       if (response.status === 401 && path !== "/api/v1/login") {
         showSignin();
       }
-      throw new ApiError(response.status, sentence(message));
+      throw new ApiError(response.status, sentence(message), data && data.error ? data.error.code : null);
     }
     return data;
   }
@@ -308,7 +309,21 @@
         else if (name === "expected") body.expected = parseExpected(value);
         else body[name] = value;
       }
-      const data = await api("POST", "/api/v1/sessions", body);
+      let data;
+      try {
+        data = await api("POST", "/api/v1/sessions", body);
+      } catch (err) {
+        // A delivery note or transfer received here before: received again only for a second delivery on it, when
+        // the staff say so (the same note scanned on two days booked its goods twice).
+        if (err.code !== "already_received") throw err;
+        const earlier = err.message.replace(/ \(again: true\)\.?$/, ".");
+        const answer = await confirmDialog(TYPES[type] + " " + body.ref + " again?", earlier + " Is this a second delivery?", false);
+        if (!answer) {
+          message($("open-error"), earlier, "warn");
+          return;
+        }
+        data = await api("POST", "/api/v1/sessions", Object.assign({}, body, { again: true }));
+      }
       await openSession(data.session.id);
     } catch (err) {
       message($("open-error"), err.message, "bad");
