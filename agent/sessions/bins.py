@@ -152,7 +152,7 @@ def _carried(events: list[StockEvent], bin_: str, at: int, source: str) -> Carry
             break
     else:
         return None  # the round's first count was purged (retention): which bins it holds is unknown, so it is over
-    if bin_key(bin_) in {bin_key(ev.attrs["bin"]) for ev, _ in round_}:
+    if bin_key(bin_) in {bin_key(str(ev.attrs["bin"])) for ev, _ in round_}:
         return None  # counted again (however its name was typed each time): a new round
     # The round's counts booked at its last one's stamp are each its bin's units over the earliest of them (the
     # round's first count; or one an older agent stamped at its own last scan, holding what moved before it).
