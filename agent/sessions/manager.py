@@ -123,12 +123,16 @@ class SessionManager:
                 f"again applies to a {' or '.join(t.value for t in RECEIVED_ONCE)} session received before,"
                 f" not to a {spec.type.value} session"
             )
-        if spec.type is SessionType.TRANSFER_OUT and spec.to_location == self.location:
-            raise InvalidSessionInput(f"a transfer out of {self.location} cannot go to {self.location} itself")
+        if spec.type is SessionType.TRANSFER_OUT and self._is_here(spec.to_location):
+            raise InvalidSessionInput(
+                f"a transfer out of {self.location} cannot go to {self.location} itself{self._as(spec.to_location)}"
+            )
         if spec.type is SessionType.TRANSFER_OUT and spec.to_location is not None:
             self._check_destination(spec.to_location)
-        if spec.type is SessionType.TRANSFER_IN and spec.from_location == self.location:
-            raise InvalidSessionInput(f"a transfer into {self.location} cannot come from {self.location} itself")
+        if spec.type is SessionType.TRANSFER_IN and self._is_here(spec.from_location):
+            raise InvalidSessionInput(
+                f"a transfer into {self.location} cannot come from {self.location} itself{self._as(spec.from_location)}"
+            )
         for sku in (*spec.scope_skus, *(line.sku for line in spec.expected)):
             check_spelling(sku, self.catalog)
         if spec.type is SessionType.COUNT:
@@ -259,6 +263,14 @@ class SessionManager:
             return None
         check_qty(qty, minimum=0)
         return same_scan(scan_id, earlier, item.sku, qty * item.pack_size, _line_disposition(session, disposition))
+
+    def _is_here(self, location: str | None) -> bool:
+        """Whether ``location`` is this store, in any case ("s001" for S001): the hub compares a transfer's other
+        end with its location exactly, and took "to s001" from S001 as shipped to a location it does not know."""
+        return location is not None and location.casefold() == self.location.casefold()
+
+    def _as(self, location: str | None) -> str:
+        return "" if location == self.location else f" ({location!r} is {self.location} written in another case)"
 
     def _check_countable(self, sku: str) -> None:
         """Refuse a count of a bundle now, before the staff count it: the hub refuses it at the close

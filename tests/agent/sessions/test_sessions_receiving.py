@@ -166,6 +166,18 @@ async def test_transfer_sessions_need_a_reference_and_a_destination(sessions: Se
     assert booked == [(Kind.TRANSFER_OUT, -5, "T-1", "S002", None), (Kind.TRANSFER_IN, 2, "T-0", None, "S009")]
 
 
+async def test_a_transfer_to_or_from_this_store_in_lower_case_is_refused(sessions: SessionManager) -> None:
+    """Found on a phone keyboard, with the hub's locations never heard (the store offline since it was installed):
+    "transfer out to s001" from S001 was opened and closed, the hub took it as shipped to a location it does not
+    know, 's001' (its own check compares exactly), and the units left S001's stock for a transit to nowhere. One
+    location code in another case is this store itself."""
+    with pytest.raises(InvalidSessionInput, match="cannot go to S001 itself"):
+        await sessions.open(SessionSpec(SessionType.TRANSFER_OUT, ref="T-2", to_location="s001"), by="ana")
+    with pytest.raises(InvalidSessionInput, match="cannot come from S001 itself"):
+        await sessions.open(SessionSpec(SessionType.TRANSFER_IN, ref="T-2", from_location="s001"), by="ana")
+    assert await sessions.list() == []
+
+
 LOOSE_APPLES = "94006381333934"  # a variable-measure GTIN (indicator digit 9): a crate of a varying number
 
 
