@@ -150,9 +150,9 @@ class SessionManager:
         try:
             await self.store.insert(session, again=again)
         except AlreadyReceived as err:
-            log.info("%s was not let open a %s session: %s.", by, spec.type.value, err)
+            log.info("A %s session opened by %s was refused: %s.", spec.type.value, by, err)
             raise
-        twice = ", received here before: a second delivery under it, the staff say" if again else ""
+        twice = ", a second delivery under a reference received here before, as the staff confirmed" if again else ""
         log.info("%s opened %s session %s%s%s.", by, spec.type.value, session.id, _ref_phrase(spec), twice)
         await self._changed()
         return session
