@@ -11,23 +11,39 @@ through the fallback, as before. A scan the session cannot take (cut off, a
 bad check digit, a SKU outside a count's scope) is answered as a problem, so
 the scan service journals it and tells the operator — it is never booked by
 the fallback instead, which would move stock the person meant for the session.
+So it is after the session ended under the scanner's operator (closed or
+cancelled from a handheld, or the reader unbound): the reader's scans are
+problems until it has been left idle for ``READER_HOLD_S``.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import hardware
 from agent.scanning import ModeRouter, ScanOutcome, ScanResult, ScanRouter, problem_outcome
 from agent.sessions.errors import SessionError
 from agent.sessions.manager import SessionManager
+from agent.sessions.model import SessionStatus
 from protocol.values import shown
+
+# A reader whose session ended while it was scanning into it (another handheld closed or cancelled it, or unbound
+# the reader) books nothing until it has been left idle this long: its operator meant those scans for the session.
+READER_HOLD_S = 60.0
 
 
 class SessionRouter:
     """A ``ScanRouter``: the session open on the reader first, else ``fallback``."""
 
-    def __init__(self, sessions: SessionManager, fallback: ScanRouter) -> None:
+    def __init__(
+        self, sessions: SessionManager, fallback: ScanRouter, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.sessions = sessions
         self.fallback = fallback
+        self._clock = clock
+        # reader id -> (the session it last fed, monotonic s of its last scan): held after that session ends
+        self._fed: dict[str, tuple[str, float]] = {}
         if isinstance(fallback, ModeRouter) and fallback.count_guard is None:
             # A reader in count mode books the SKU's whole count at once: not of a SKU an open count is counting.
             fallback.count_guard = sessions.count_conflict
@@ -46,8 +62,12 @@ class SessionRouter:
         error: hardware.DecodeError | None,
     ) -> ScanOutcome:
         session = await self.sessions.for_reader(reader_id)
+        now = self._clock()
         if session is None:
+            if (held := await self._held(reader_id, scan, now)) is not None:
+                return held
             return await self.fallback.route(reader_id, scan, decoded, error)
+        self._fed[reader_id] = (session.id, now)
         if error is not None or decoded is None:
             outcome = problem_outcome(reader_id, scan, error)
             return ScanOutcome(outcome.result, f"{outcome.message} (session {session.id})", location=session.location)
@@ -69,4 +89,36 @@ class SessionRouter:
             location=session.location,
             sku=line.sku,
             qty=line.qty,
+        )
+
+    async def _held(self, reader_id: str, scan: hardware.Scan, now: float) -> ScanOutcome | None:
+        """A refusal of a scan from a reader whose session ended (closed or cancelled, or the reader unbound) less
+        than ``READER_HOLD_S`` after the reader's scan before: its operator is scanning for the session, and the
+        reader's own mode would book the scan as another movement (a count-mode reader counted a delivery's carton
+        as the SKU's whole stock). Each refused scan holds the reader on; once left idle, it books its mode again."""
+        fed = self._fed.get(reader_id)
+        if fed is None:
+            return None
+        session_id, last_s = fed
+        if now - last_s >= READER_HOLD_S:
+            del self._fed[reader_id]
+            return None
+        try:
+            session = await self.sessions.get(session_id)
+        except SessionError:
+            del self._fed[reader_id]
+            return None
+        self._fed[reader_id] = (session_id, now)
+        if session.status in (SessionStatus.CLOSED, SessionStatus.CANCELLED):
+            ended = f"was {session.status.value} by {session.closed_by}"
+        elif session.status is SessionStatus.CLOSING:
+            ended = "is being closed"
+        else:
+            ended = "was unbound from this scanner"
+        return ScanOutcome(
+            ScanResult.FAILED,
+            f"Scan {shown(scan.text, 40)} was not booked: {session.type.value} session {session.id}, which this"
+            f" scanner fed, {ended}; scan into a session bound to this scanner, or leave it idle for"
+            f" {READER_HOLD_S:g} s and scan again to book the scanner's own mode.",
+            location=session.location,
         )

@@ -13,7 +13,7 @@ from agent.scan_journal import ScanJournal
 from agent.scanning import ModeRouter, ScanResult, ScanService
 from agent.sessions import SessionManager, SessionSpec, SessionType
 from agent.sessions.errors import SessionConflict
-from agent.sessions.router import SessionRouter
+from agent.sessions.router import READER_HOLD_S, SessionRouter
 from protocol import Kind
 from tests.agent.sessions.sessions_helpers import APPLE, PEAR, STRANGER
 
@@ -32,8 +32,10 @@ def scan(text: str, complete: bool = True) -> hardware.Scan:
 async def test_a_bound_reader_feeds_its_session_and_an_unbound_one_books_its_mode(
     tmp_path: Path, sessions: SessionManager, outbox: Outbox
 ) -> None:
+    clock = Clock()
     async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
-        router = SessionRouter(sessions, ModeRouter(outbox, sessions.catalog, [DOCK], location="S001"))  # type: ignore[arg-type]
+        fallback = ModeRouter(outbox, sessions.catalog, [DOCK], location="S001")  # type: ignore[arg-type]
+        router = SessionRouter(sessions, fallback, clock=clock)
         service = ScanService([DOCK], router, journal)
 
         unbound = await service.handle(DOCK, scan(APPLE))
@@ -60,6 +62,7 @@ async def test_a_bound_reader_feeds_its_session_and_an_unbound_one_books_its_mod
         ]
         await sessions.close(count.id, by="cy")
 
+        clock.s += READER_HOLD_S  # the scanner left idle a while after its session closed
         after = await service.handle(DOCK, scan(STRANGER))  # the session is closed: the mode books again
         assert after.result is ScanResult.UNKNOWN
         booked = [(ev.sku, ev.kind, ev.qty) for ev in await outbox.pending(10)]
@@ -67,6 +70,52 @@ async def test_a_bound_reader_feeds_its_session_and_an_unbound_one_books_its_mod
             ("SKU-APPLE", Kind.RECEIVE, 1),
             ("SKU-APPLE", Kind.COUNT, 1),
             ("unknown:04007817327098", Kind.RECEIVE, 1),
+        ]
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.s = 1000.0
+
+    def __call__(self) -> float:
+        return self.s
+
+
+async def test_a_scanner_whose_session_another_closed_books_nothing_until_it_rests(
+    tmp_path: Path, sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Found: the shelf scanner (count mode) bound to a receive session for a delivery; bo closed the session from
+    a handheld while cy was still scanning cartons at the scanner, and cy's next carton was booked by the scanner's
+    own mode, a count of 1 apple, which replaced the shelf's whole stock at the hub. A scanner whose session ended
+    while it was scanning into it refuses its scans now, naming the session and who ended it, until it has been
+    left idle for READER_HOLD_S; then it books its mode again."""
+    clock = Clock()
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        fallback = ModeRouter(outbox, sessions.catalog, [SHELF], location="S001")  # type: ignore[arg-type]
+        service = ScanService([SHELF], SessionRouter(sessions, fallback, clock=clock), journal)
+        delivery = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-1", reader_id="shelf"), by="cy")
+        for no in range(3):
+            taken = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), no, True))
+            assert taken.result is ScanResult.HANDLED
+        await sessions.close(delivery.id, by="bo")
+
+        for no in range(3, 6):  # cy scans on, a carton every 50 s
+            clock.s += READER_HOLD_S - 10
+            refused = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), no, True))
+            assert refused.result is ScanResult.FAILED
+            assert refused.message == (
+                f"Scan '{APPLE}' was not booked: receive session {delivery.id}, which this scanner fed, was closed by"
+                " bo; scan into a session bound to this scanner, or leave it idle for"
+                f" {READER_HOLD_S:g} s and scan again to book the scanner's own mode."
+            )
+        clock.s += READER_HOLD_S
+        counted = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), 6, True))
+        assert counted.result is ScanResult.BOOKED
+        assert [(ev.kind, ev.qty, ev.source) for ev in await outbox.pending(10)] == [
+            (Kind.RECEIVE, 3, f"session:{delivery.id}"),
+            (Kind.COUNT, 1, "scanner:shelf"),  # booked once the scanner rested, as its operator meant then
         ]
 
 
