@@ -558,9 +558,10 @@ ONE_SESSION_PER_REF = (SessionType.RECEIVE, SessionType.TRANSFER_IN, SessionType
 def _check_not_received_elsewhere(conn: sqlite3.Connection, session: Session) -> None:
     """One document is received (or shipped) in one open session at a time: from two, the same goods were booked
     twice, and a transfer's first close (a final receipt) wrote off as lost in transit what the other session had
-    scanned; a shipment packed from two sessions was shipped twice, and the receipt wrote off the second."""
+    scanned; a shipment packed from two sessions was shipped twice, and the receipt wrote off the second. The
+    reference is matched case and the spaces around it aside, as ``_check_not_received_before`` does."""
     row = conn.execute(
-        "SELECT id, opened_by FROM sessions WHERE type = ? AND ref = ? AND location = ?"
+        "SELECT id, opened_by FROM sessions WHERE type = ? AND lower(trim(ref)) = lower(trim(?)) AND location = ?"
         " AND status IN ('open', 'closing') AND id <> ?",
         (session.type.value, session.spec.ref, session.location, session.id),
     ).fetchone()

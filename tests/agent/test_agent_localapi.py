@@ -361,6 +361,9 @@ async def test_a_delivery_received_already_is_received_again_only_when_the_staff
         await api.sign_in()
     shipped = {"type": "transfer_out", "ref": "TR-4", "to_location": "S002"}
     await api.ok("POST", "/api/v1/sessions", shipped, status=201)  # another kind of session: not received before
+    opened = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-77"}, status=201))["session"]
+    got, data = await api.call("POST", "/api/v1/sessions", {"type": "receive", "ref": " dn-77"})  # being received
+    assert got == 409 and f"in receive session {opened['id']} (opened by ana)" in data["error"]["message"], data
     assert len(await api.outbox.pending(10)) == 2
 
 
