@@ -449,6 +449,38 @@ async def test_a_scan_whose_answer_was_lost_while_another_closed_the_session_say
     assert [e for e in script_errors(console_errors) if "ERR_CONNECTION_RESET" not in e] == []  # the lost answer
 
 
+async def test_scans_the_agent_does_not_answer_for_a_while_wait_and_are_all_added(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found with the Wi-Fi gone for a few seconds while three apples were scanned: the first scan was given up
+    after four tries ("The agent does not answer"), the next one got through and its "Added 1 × SKU-APPLE." hid
+    the failure: two apples in the session, three on the pallet. A scan the agent does not answer now waits and is
+    sent again (the same scan, by its scan_id) until the agent answers, the scans behind it in order."""
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", "DN-WIFI")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    [session] = await agent.sessions.list()
+    dropped: list[int] = []
+
+    async def wifi_gone_a_while(route: Route) -> None:
+        if len(dropped) < 5:  # more tries than the page made before it gave up
+            dropped.append(1)
+            await route.abort("internetdisconnected")
+            return
+        await route.continue_()
+
+    await page.route("**/scans", wifi_gone_a_while)
+    for _ in range(3):
+        await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_contain_text("The agent does not answer; 3 scans are waiting")
+    await expect(page.locator("#total-units")).to_have_text("3 units", timeout=30_000)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
+    assert len(await agent.sessions.store.lines(session.id)) == 3
+    assert [e for e in script_errors(console_errors) if "ERR_INTERNET_DISCONNECTED" not in e] == []
+
+
 async def test_a_delivery_note_received_before_is_received_again_only_when_the_staff_say_so(
     page: Page, agent: Agent, console_errors: list[str]
 ) -> None:

@@ -457,13 +457,20 @@
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
+  // A scan the agent does not answer (the Wi-Fi dropped, the agent restarting) is sent again, with its scan_id, until
+  // it answers: given up after a few tries, it was dropped, and the next scan's "Added" hid that it ever failed.
+  // The scans behind it wait in order; the page says how many, and asks before it is closed or reloaded.
   async function postScan(sessionId, body) {
     for (let attempt = 1; ; attempt++) {
       try {
         return await api("POST", "/api/v1/sessions/" + sessionId + "/scans", body);
       } catch (err) {
-        if (err.status !== 0 || attempt >= 4) throw err;
-        await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+        if (err.status !== 0) throw err;
+        if (attempt >= 3) {
+          message($("scan-msg"), "The agent does not answer; " + state.pending + (state.pending === 1 ? " scan is" : " scans are") +
+            " waiting and sent as soon as it does (do not scan them again).", "warn");
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.min(500 * attempt, 5000)));
       }
     }
   }
