@@ -15,6 +15,7 @@ from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash
 from agent.outbox import Movement, Outbox
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from protocol import Kind, Rejection
+from tests.harness.net import free_port
 
 PHONE = {"width": 390, "height": 844}
 APPLE = "4006381333931"
@@ -28,8 +29,8 @@ class Agent:
 
 
 @asynccontextmanager
-async def running_agent(data_dir: Path) -> AsyncIterator[Agent]:
-    """The agent's outbox, sessions and local API on the files in ``data_dir``; closed on leaving."""
+async def running_agent(data_dir: Path, port: int = 0) -> AsyncIterator[Agent]:
+    """The agent's outbox, sessions and local API on the files in ``data_dir`` (on ``port``); closed on leaving."""
     catalog = Catalog([make_item(APPLE, "SKU-APPLE"), make_item(PEAR, "SKU-PEAR")])
     async with (
         Outbox.open(data_dir / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
@@ -39,7 +40,7 @@ async def running_agent(data_dir: Path) -> AsyncIterator[Agent]:
         context = LocalApiContext(
             sessions=sessions, outbox=outbox, staff=StaffDirectory({"ana": hash_pin("4711")}), readers=("dock",)
         )
-        async with LocalApiServer(context, "127.0.0.1", 0) as server:
+        async with LocalApiServer(context, "127.0.0.1", port) as server:
             yield Agent(server.url, outbox, sessions)
 
 
@@ -479,6 +480,35 @@ async def test_scans_the_agent_does_not_answer_for_a_while_wait_and_are_all_adde
     await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
     assert len(await agent.sessions.store.lines(session.id)) == 3
     assert [e for e in script_errors(console_errors) if "ERR_INTERNET_DISCONNECTED" not in e] == []
+
+
+async def test_scans_made_while_the_agent_restarts_are_all_added_once_signed_in_again(
+    page: Page, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """Found by restarting the agent (killed, then started by its service) while a delivery was being scanned: the
+    scans made meanwhile were answered, once it was back, with a 401 (a restart signs everyone out), the page
+    showed the sign-in screen, and those scans were gone without a word. They wait now, and are sent again (each
+    by its scan_id, so never twice) once someone signs in."""
+    port = free_port()
+    async with running_agent(tmp_path, port) as agent:
+        await sign_in(page, agent)
+        await page.click("text=Receive")
+        await page.fill("#open-form input[name=ref]", "DN-RESTART")
+        await page.click("#open-form button[type=submit]")
+        await expect(page.locator("#screen-session")).to_be_visible()
+        [session] = await agent.sessions.list()
+    for _ in range(2):  # the agent is down
+        await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_contain_text("The agent does not answer; 2 scans are waiting")
+    async with running_agent(tmp_path, port) as agent:  # started again: the same files, nobody signed in
+        await expect(page.locator("#screen-signin")).to_be_visible(timeout=30_000)
+        await page.fill("#signin-staff", "ana")
+        await page.fill("#signin-pin", "4711")
+        await page.press("#signin-pin", "Enter")
+        await expect(page.locator("#screen-session")).to_be_visible()
+        await expect(page.locator("#total-units")).to_have_text("2 units")
+        assert [(line.sku, line.qty) for line in await agent.sessions.store.lines(session.id)] == [("SKU-APPLE", 1)] * 2
+    assert [e for e in script_errors(console_errors) if "ERR_CONNECTION_REFUSED" not in e] == []
 
 
 async def test_a_delivery_note_received_before_is_received_again_only_when_the_staff_say_so(

@@ -34,6 +34,7 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     me: null, session: null, openType: null, readers: [], pollTimer: null, statusTimer: null, busy: false, pending: 0,
+    unsent: [],  // scans refused for want of a sign-in (the agent restarted): sent again once signed in
     queue: Promise.resolve(),  // scans waiting to be sent, in order
   };
 
@@ -137,6 +138,7 @@
       await api("POST", "/api/v1/login", { staff: $("signin-staff").value.trim(), pin: $("signin-pin").value });
       $("signin-pin").value = "";
       await start();
+      await sendUnsent();
     } catch (err) {
       message(error, err.message, "bad");
       $("signin-pin").select();
@@ -486,9 +488,31 @@
       const meanwhile = afterScan(data.session);
       message($("scan-msg"), "Added " + line.qty + " × " + line.sku + unknown + meanwhile + ".", line.unknown || meanwhile ? "warn" : "good");
     } catch (err) {
+      if (err.status === 401) {
+        // The agent restarted (sign-ins live in its memory) and asks for a sign-in: the scan is kept and sent again,
+        // with its scan_id, once someone signs in on this page. Dropped here, it was lost behind the sign-in screen.
+        state.unsent.push({ sessionId, code, body });
+        return;
+      }
       message($("scan-msg"), code + ": " + err.message, "bad");
     }
     focusScan();
+  }
+
+  async function sendUnsent() {
+    const unsent = state.unsent;
+    if (!unsent.length) return;
+    state.unsent = [];
+    try {
+      await openSession(unsent[0].sessionId);
+    } catch (err) {
+      /* its scans below say what became of them */
+    }
+    message($("scan-msg"), unsent.length + (unsent.length === 1 ? " scan is" : " scans are") + " sent again after signing in.", "warn");
+    for (const u of unsent) {
+      state.pending += 1;
+      state.queue = state.queue.then(() => sendScan(u.sessionId, u.code, u.body)).finally(() => { state.pending -= 1; });
+    }
   }
 
   function afterScan(s) {
@@ -672,7 +696,7 @@
     window.addEventListener("popstate", backToHome);
     // Closing the tab or reloading with scans still on their way asks first (the browser's own question).
     window.addEventListener("beforeunload", (event) => {
-      if (state.pending > 0) event.preventDefault();
+      if (state.pending > 0 || state.unsent.length > 0) event.preventDefault();
     });
     // A keyboard-wedge scanner types wherever the focus is: on the session screen, keep it in the scan field.
     document.addEventListener("keydown", (event) => {
