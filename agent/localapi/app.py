@@ -60,6 +60,9 @@ CSP = (
     " base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+# The only names /static/{name} serves: the page's own files, listed once. A name is looked up, never joined to a
+# path: on Windows "..\\x.js", "C:\\x.js" or "\\\\server\\share\\x.js" joined to the folder lead out of it.
+STATIC_FILES = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in STATIC_TYPES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,11 +289,10 @@ async def index(request: web.Request) -> web.FileResponse:
 async def static(request: web.Request) -> web.FileResponse:
     """The page's own script and style sheet (no CDN, nothing from the internet)."""
     name = request.match_info["name"]
-    path = STATIC_DIR / name
-    kind = STATIC_TYPES.get(Path(name).suffix)
-    if kind is None or "/" in name or name.startswith(".") or not path.is_file():
+    path = STATIC_FILES.get(name)
+    if path is None:
         raise web.HTTPNotFound(text=f"there is no file {name!r} here")
-    return web.FileResponse(path, headers={"Content-Type": f"{kind}; charset=utf-8"})
+    return web.FileResponse(path, headers={"Content-Type": f"{STATIC_TYPES[path.suffix]}; charset=utf-8"})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -8,14 +8,16 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 
 from agent.catalog import Catalog, make_item
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, create_app, hash_pin
+from agent.localapi import app as localapi_app
 from agent.localapi.auth import FAILURES_MAX, LOCKOUT_BASE_S, AuthError, LockedOut
 from agent.outbox import Movement, Outbox
 from agent.sessions import SessionManager, SessionStore
@@ -111,6 +113,18 @@ async def test_everything_but_the_page_and_login_needs_a_sign_in(api: Api) -> No
         assert script.status == 200 and "javascript" in script.headers["Content-Type"]
     async with api.http.get(api.url + "/static/..%2Fapp.py") as sneaky:
         assert sneaky.status == 404
+
+
+@pytest.mark.parametrize("name", ["..\\app.js", "C:\\Windows\\x.js", "\\\\server\\share\\x.css"])
+async def test_a_static_name_that_leads_out_of_the_folder_on_windows_is_not_served(api: Api, name: str) -> None:
+    """/static/{name} checked only for "/" and a leading ".", then joined the name to its folder: on Windows a
+    backslash, a drive or a share leads out of it, and any .js, .css or .html file of the PC was served without a
+    sign-in. It serves the folder's own files by name only."""
+    folder = PureWindowsPath("C:/shelfsync/agent/localapi/static")
+    assert (folder / name).parent != folder  # what the old check let through, on Windows
+    async with api.http.get(api.url + "/static/" + quote(name, safe="")) as sneaky:
+        assert sneaky.status == 404
+    assert sorted(localapi_app.STATIC_FILES) == ["handheld.css", "handheld.js", "index.html"]
 
 
 async def test_wrong_pins_are_refused_alike_and_then_locked_out(api: Api) -> None:
