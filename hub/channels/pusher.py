@@ -77,6 +77,7 @@ from hub.channels.connector import (
 from hub.channels.levels import LevelKey, sku_levels
 from hub.channels.loop import LoopTask
 from hub.channels.mapping import ItemIds, ListingEntry, MappingError, SkuMapping, build_mapping, parse_mapping_csv
+from hub.channels.shopify import ShopifyConnector
 from hub.channels.state import ChannelState, Refusal, Unbooked
 from hub.heartbeat import BEATING, Heartbeat, beat
 from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
@@ -247,6 +248,9 @@ class ChannelPusher(LoopTask):
         # hub.channels.runner): a sale at the channel whose order none of them booked yet is taken off each count
         # pushed (``_less_unbooked``). Empty: counts go out at the hub's level.
         self.order_channels: tuple[str, ...] = (spec.name,) if spec.kind == "square" and spec.webhook_secret else ()
+        if isinstance(connector, ShopifyConnector) and spec.webhook_secret:
+            # its order webhooks book its orders: a reconciliation reads Shopify's orders the hub has not booked
+            connector.settled = self.orders_settled
         self._less: dict[LevelKey, int] = {}  # units of such sales taken off each level's last count confirmed
         self._less_from: dict[LevelKey, int] = {}  # when the channel received the oldest of them (its record's time)
         self._counted_at: dict[LevelKey, int] = {}  # wall ms of the hub's last stock count behind each level (0: none)
@@ -696,6 +700,14 @@ class ChannelPusher(LoopTask):
                 left[k], ", ".join(orders_of[:3]),
             )  # fmt: skip
         return out, less
+
+    async def orders_settled(self, order_ids: Collection[str]) -> set[str]:
+        """Of this channel's ``order_ids``, those its order webhooks booked at the hub, or whose webhook the hub
+        refused for good (not waited for: the channel shows the hub's level until they are booked)."""
+        channels = (self.spec.name,)
+        booked = await self.state.orders_booked(channels, order_ids)
+        rest = set(order_ids) - booked
+        return booked | (await self.state.orders_refused(channels, rest) if rest else set())
 
     def _read_from(self, key: LevelKey, stamp_ms: int, now_ms: int) -> int:
         """Where the channel's record of sales at ``key`` is read from (less the connector's margin): the level's

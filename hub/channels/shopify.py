@@ -42,8 +42,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -51,6 +52,7 @@ import aiohttp
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import (
     CallRecord,
+    ChannelError,
     ChannelRejected,
     ChannelUnavailable,
     Confirmed,
@@ -133,6 +135,36 @@ query listVariantsCounted($first: Int!, $after: String) {
 LISTING_PAGE_BASE_COST = 2  # a connection: 2 points, and 2 per variant (the variant and its inventory item)
 VARIANT_COUNT_COST = 1
 
+# Shopify's orders made since the hub's last push of the levels a reconciliation found diverging (``sold_since``),
+# oldest first (``sortKey: CREATED_AT``; ``created_at:>=`` is Shopify's search syntax, to the second). Each order's
+# units are counted where Shopify took them from ``available``: its fulfilment orders' assigned location (a POS
+# order's is its retail location; ``retailLocation`` answers for one that names none). ``orders`` lists every order,
+# open, closed and cancelled (the GraphQL list has no default status filter), of the last 60 days (``read_orders``).
+# A page of 8 orders, 3 fulfilment orders each of 25 lines, costs 2 + 8 × (4 + 3 × 30) = 754 points requested.
+ORDERS_SINCE = """
+query ordersSince($first: Int!, $after: String, $query: String!) {
+  orders(first: $first, after: $after, query: $query, sortKey: CREATED_AT) {
+    nodes {
+      id createdAt cancelledAt retailLocation { id }
+      fulfillmentOrders(first: 3) {
+        nodes {
+          assignedLocation { location { id } }
+          lineItems(first: 25) { nodes { inventoryItemId totalQuantity } pageInfo { hasNextPage } }
+        }
+        pageInfo { hasNextPage }
+      }
+    }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+""".strip()
+ORDERS_PAGE = 8
+ORDERS_PAGES_MAX = 3  # more orders than 3 pages since the oldest diverging level's push: read as failed
+ORDERS_WAIT_MAX_S = 2.0  # the longest a reconciliation waits for Shopify's bucket to read them
+# orders are read back at most this far: an order webhook later than that is not waited for
+ORDERS_SINCE_MAX_MS = 24 * 3600 * 1000
+SHOPIFY_ORDER_GID = "gid://shopify/Order/"
+
 
 class _CostTooHigh(ChannelRejected):
     """A query asked for more points than the shop's bucket can ever hold (MAX_COST_EXCEEDED)."""
@@ -187,6 +219,10 @@ class ShopifyConnector:
         self._throttle_at_ms: int | None = None
         self._last = CallRecord()
         self._costs: dict[str, float] = {"setLevels": MUTATION_COST}
+        # The orders of this channel the hub has booked or refused, of those asked (set by the pusher of a channel
+        # taking Shopify's order webhooks): ``sold_since`` counts only the others. None: orders are not read.
+        self.settled: Callable[[Collection[str]], Awaitable[set[str]]] | None = None
+        self._orders_failing = False  # the last read of Shopify's orders failed (said once)
         self.calls = 0  # requests sent (for the status and the benchmarks)
         self.throttled = 0  # THROTTLED answers received
         self.cas_misses = 0
@@ -310,11 +346,88 @@ class ShopifyConnector:
     async def sold_since(
         self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]
     ) -> dict[LevelKey, Moved]:
-        """Nothing: the GraphQL Admin API 2026-01 answers no record of an item's inventory changes to tell a sale
-        at Shopify from an edit (``inventoryHistory`` is in its ``unstable`` version alone, and an
-        ``InventoryAdjustmentGroup`` is answered only by the mutation that made it), so a reconciliation pushes
-        every diverging level over (docs/channels.md, "Reconciliation")."""
-        return {}
+        """Of the levels read back at ``shown``, those Shopify took units off for orders made since the hub's last
+        push there (``counted_ms``: the stamp it went out with) that the hub has not booked yet: a reconciliation
+        leaves such a level standing when the hub's level less those units is Shopify's (``split_sold``).
+
+        The GraphQL Admin API 2026-01 answers no record of an item's inventory changes (``inventoryHistory`` is in
+        its ``unstable`` version alone), so Shopify's orders are listed instead (``ORDERS_SINCE``, at most
+        ``ORDERS_PAGES_MAX`` pages), and of those the hub has neither booked nor refused (``settled``, set by the
+        pusher of a channel taking order webhooks) each order's units are counted at the location Shopify took
+        them from, for the levels pushed at or before the second it was created. Without order webhooks nothing
+        is read: no order would ever come back. A read that fails leaves every level to be pushed over, as before
+        the read existed, said once until one succeeds."""
+        settled = self.settled
+        asked = {k: q for k, q in shown.items() if k in counted_ms}
+        if settled is None or not asked:
+            return {}
+        since_ms = {k: counted_ms[k] // 1000 * 1000 for k in asked}  # Shopify's createdAt is to the second
+        try:
+            orders = await self._orders_since(max(min(since_ms.values()), wall_ms_now() - ORDERS_SINCE_MAX_MS))
+        except ChannelError as err:
+            if not self._orders_failing:
+                log.warning(
+                    "channel %s: Shopify's orders could not be read to tell a sale at Shopify from a drift when "
+                    "reconciling (%s); until they can, every level that diverges is pushed over, a sale whose order "
+                    "has not reached the hub included",
+                    self.spec.name, err,
+                )  # fmt: skip
+            self._orders_failing = True
+            return {}
+        if self._orders_failing:
+            log.info(
+                "channel %s: Shopify's orders can be read again, so a reconciliation leaves a sale at Shopify "
+                "standing until its order reaches the hub",
+                self.spec.name,
+            )
+        self._orders_failing = False
+        done = await settled({o.order_id for o in orders}) if orders else set()
+        units: dict[LevelKey, int] = {}
+        sales: dict[LevelKey, int] = {}
+        for o in orders:
+            if o.order_id in done:
+                continue
+            for (item_id, location_id), n in o.units.items():
+                k = LevelKey(item_id, location_id)
+                if k in asked and o.created_ms >= since_ms[k]:
+                    units[k] = units.get(k, 0) + n
+                    sales[k] = sales.get(k, 0) + 1
+        return {k: Moved(asked[k] + n, asked[k], sales[k]) for k, n in units.items() if n > 0}
+
+    async def _orders_since(self, since_ms: int) -> list[_Order]:
+        """Shopify's orders created at or after ``since_ms`` (not cancelled), each with its units per (inventory
+        item, location); ChannelError when they cannot all be read in ``ORDERS_PAGES_MAX`` pages."""
+        since = datetime.fromtimestamp(since_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        found: list[_Order] = []
+        after: str | None = None
+        seen: set[str] = set()
+        pages = f"Shopify's order pages of channel {self.spec.name}"
+        for _ in range(ORDERS_PAGES_MAX):
+            data = await self._graphql(
+                "ordersSince", ORDERS_SINCE,
+                {"first": ORDERS_PAGE, "after": after, "query": f"created_at:>='{since}'"},
+                wait_max_s=ORDERS_WAIT_MAX_S,
+            )  # fmt: skip
+            page = data.get("orders")
+            nodes = page.get("nodes") if isinstance(page, dict) else None
+            if not isinstance(page, dict) or not isinstance(nodes, list):
+                raise ChannelUnavailable(f"Shopify answered channel {self.spec.name} a page of orders without nodes")
+            for node in nodes:
+                order = _order(node)
+                if order is None:
+                    raise ChannelUnavailable(
+                        f"Shopify answered channel {self.spec.name} an order the hub cannot read, or with more "
+                        f"fulfilment orders or lines than it asked for: {short(json.dumps(node, default=str), 120)}"
+                    )
+                if not order.cancelled:
+                    found.append(order)
+            info = page.get("pageInfo")
+            if not isinstance(info, dict) or not info.get("hasNextPage"):
+                return found
+            after = _next_cursor(info.get("endCursor"), seen, pages)
+        raise ChannelUnavailable(
+            f"Shopify has more than {ORDERS_PAGES_MAX * ORDERS_PAGE} orders since {since} for channel {self.spec.name}"
+        )
 
     async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
         """Nothing, for the same reason: a sale at Shopify is not told from an edit by Shopify's record."""
@@ -513,6 +626,58 @@ class ShopifyConnector:
         if not isinstance(body, dict):
             raise ChannelUnavailable(f"Shopify answered channel {spec.name} with JSON that is not an object")
         return body
+
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """One of Shopify's orders as ``sold_since`` reads it: its id as the order webhook books it (the REST number),
+    when it was created (wall ms, to the second), whether it was cancelled, and its units per (inventory item,
+    location)."""
+
+    order_id: str
+    created_ms: int
+    cancelled: bool
+    units: dict[tuple[str, str], int]
+
+
+def _order(node: Any) -> _Order | None:
+    """An order node of ``ORDERS_SINCE``; None when it is of another shape or its connections were cut short."""
+    if not isinstance(node, dict) or not isinstance(node.get("id"), str) or not isinstance(node.get("createdAt"), str):
+        return None
+    try:
+        created_ms = round(datetime.fromisoformat(node["createdAt"]).timestamp() * 1000)
+    except ValueError:
+        return None
+    retail = node.get("retailLocation")
+    retail_id = retail.get("id") if isinstance(retail, dict) else None
+    fos = node.get("fulfillmentOrders")
+    if not isinstance(fos, dict) or not isinstance(fos.get("nodes"), list) or _more(fos):
+        return None
+    units: dict[tuple[str, str], int] = {}
+    for fo in fos["nodes"]:
+        assigned = fo.get("assignedLocation") if isinstance(fo, dict) else None
+        where = assigned.get("location") if isinstance(assigned, dict) else None
+        location_id = where.get("id") if isinstance(where, dict) else None
+        location_id = location_id if isinstance(location_id, str) and location_id else retail_id
+        lines = fo.get("lineItems") if isinstance(fo, dict) else None
+        if not isinstance(lines, dict) or not isinstance(lines.get("nodes"), list) or _more(lines):
+            return None
+        for line in lines["nodes"]:
+            item_id = line.get("inventoryItemId") if isinstance(line, dict) else None
+            n = line.get("totalQuantity") if isinstance(line, dict) else None
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                return None
+            if not isinstance(item_id, str) or not isinstance(location_id, str) or not n:
+                continue  # a line that is no inventory item (a custom item, a gift card): nothing of the hub's
+            units[(item_id, location_id)] = units.get((item_id, location_id), 0) + n
+    order_id = node["id"].removeprefix(SHOPIFY_ORDER_GID)
+    return _Order(order_id, created_ms, node.get("cancelledAt") is not None, units)
+
+
+def _more(connection: Mapping[str, Any]) -> bool:
+    """True when a nested connection says more nodes follow than were asked for (or says nothing)."""
+    info = connection.get("pageInfo")
+    return not isinstance(info, dict) or info.get("hasNextPage") is not False
 
 
 def exact_count(value: Any) -> int | None:

@@ -76,10 +76,24 @@ QUANTITIES_MAX = 250
 QUANTITY_MAX = 1_000_000_000
 MUTATION_COST = 10
 DOC_URL = "https://shopify.dev/api/usage/rate-limits"
-ROOT_RE = re.compile(r"\b(inventorySetQuantities|productVariants|nodes|order)\s*\(")
+ROOT_RE = re.compile(r"\b(inventorySetQuantities|productVariants|nodes|orders|order)\s*\(")
 COUNT_RE = re.compile(r"\bproductVariantsCount\s*(\(([^)]*)\))?")
 COUNT_LIMIT_DEFAULT = 10_000
 IDEMPOTENT_RE = re.compile(r"@idempotent\s*\(\s*key\s*:\s*(\$\w+|\"[^\"]*\")\s*\)")
+
+
+FIRST_RE = re.compile(r"\b(fulfillmentOrders|lineItems)\s*\(\s*first\s*:\s*(\d+)")
+
+
+def orders_cost(document: str, variables: dict[str, Any]) -> int:
+    """The requested cost of ``orders(first:)`` as Shopify counts it: 2 for the connection and, per order, 1 for the
+    order, 1 for its ``retailLocation``, and its ``fulfillmentOrders(first:)`` connection (2, and per fulfilment
+    order 1, 1 for ``assignedLocation``, 1 for its ``location`` and its ``lineItems(first:)``: 2 + 1 a line)."""
+    first = _arg(document, "first", variables)
+    firsts = {m.group(1): int(m.group(2)) for m in FIRST_RE.finditer(document)}
+    per_fo = 3 + 2 + firsts.get("lineItems", 0)
+    per_order = 2 + 2 + firsts.get("fulfillmentOrders", 0) * per_fo
+    return 2 + (first if isinstance(first, int) else 0) * per_order
 
 
 def _arg(document: str, name: str, variables: dict[str, Any]) -> Any:
@@ -271,6 +285,8 @@ class ShopifyEmulator(EmulatorServer):
             data, actual = self._product_variants(document, variables)
         elif operation == "order":
             data, actual = self.order_query(document, variables)
+        elif operation == "orders":
+            data, actual = self.orders_query(document, variables)
         else:
             data, actual = self._nodes(document, variables)
         if isinstance(data, web.Response):
@@ -290,6 +306,8 @@ class ShopifyEmulator(EmulatorServer):
         if operation == "order":
             first = _arg(document, "first", variables)
             return 2 + (first if isinstance(first, int) else 0)
+        if operation == "orders":
+            return orders_cost(document, variables)
         ids = _arg(document, "ids", variables)
         return 1 + 2 * (len(ids) if isinstance(ids, list) else 0)
 
@@ -464,6 +482,10 @@ class ShopifyEmulator(EmulatorServer):
     def order_query(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """``order(id:)``: this emulator keeps no orders (tests.channels.emulators.shopify_orders does)."""
         return {"order": None}, 1
+
+    def orders_query(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any] | web.Response, int]:
+        """``orders(first:, query:)``: this emulator keeps no orders (tests.channels.emulators.shopify_orders does)."""
+        return {"orders": {"nodes": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}}, 2
 
     def _nodes(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         ids = _arg(document, "ids", variables)

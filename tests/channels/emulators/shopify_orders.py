@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,13 +39,28 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
-from tests.channels.emulators.shopify import API_VERSION, ShopifyEmulator, Variant, _arg
+from tests.channels.emulators.shopify import (
+    API_VERSION,
+    FIRST_RE,
+    ShopifyEmulator,
+    Variant,
+    _arg,
+    orders_cost,
+)
 from tests.channels.emulators.signing import SHOPIFY_HEADER, shopify_signature
+
+CREATED_SINCE_RE = re.compile(r"\bcreated_at:>=\s*'?([0-9T:.+\-Z]+)'?")
 
 
 def _number(gid: str) -> int:
     return int(gid.rsplit("/", 1)[1])
+
+
+def _utc(text: str) -> str:
+    """A time of the REST payload (the shop's offset) as GraphQL's ``DateTime``: UTC, to the second, ``Z``."""
+    return datetime.fromisoformat(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,7 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
         self.orders: dict[int, dict[str, Any]] = {}
         self.fulfilment_orders: dict[int, list[tuple[str, str]]] = {}  # order id -> [(location gid, method)]
         self.location_names: dict[str, str] = {}
+        self.fail_orders = False  # the orders query answered as to an app without read_orders
         self._number = 1000
 
     # --- the shop's orders ----------------------------------------------------------
@@ -269,6 +286,58 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
             for location, method in self.fulfilment_orders[order_id]
         ]
         return {"order": {"fulfillmentOrders": {"nodes": nodes}}}, 2 + len(nodes)
+
+    def orders_query(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any] | web.Response, int]:
+        """``orders(first:, after:, query:, sortKey: CREATED_AT)`` of 2026-01: the shop's orders (all of them, open,
+        closed and cancelled: the GraphQL list has no default status filter) oldest first, ``query`` read for its
+        ``created_at:>=<time>`` filter only (Shopify's search syntax, the time quoted or not). Each order answers
+        ``id``, ``createdAt`` and ``cancelledAt`` (UTC, to the second), ``retailLocation { id }`` (a POS order's
+        location, null online) and ``fulfillmentOrders(first:)``: per fulfilment order its ``assignedLocation {
+        location { id } }`` and ``lineItems(first:)`` (``inventoryItemId``, ``totalQuantity``: the line's units
+        still in the order), each connection with ``pageInfo { hasNextPage }``. ``fail_orders``: answered as to an
+        app without the ``read_orders`` scope."""
+        if self.fail_orders:
+            denied = {"message": "Access denied for orders field. Required access: `read_orders` access scope.",
+                      "extensions": {"code": "ACCESS_DENIED"}, "path": ["orders"]}  # fmt: skip
+            self._bucket = min(self.maximum_available, self._bucket + orders_cost(document, variables) - 1)  # refunded
+            return web.json_response({"errors": [denied], "data": None}), 1
+        first = _arg(document, "first", variables)
+        first = first if isinstance(first, int) else 0
+        after = variables.get("after")
+        search = str(variables.get("query") or "")
+        since = CREATED_SINCE_RE.search(search)
+        since_at = datetime.fromisoformat(since.group(1)) if since else None
+        firsts = {m.group(1): int(m.group(2)) for m in FIRST_RE.finditer(document)}
+        fo_first, li_first = firsts.get("fulfillmentOrders", 0), firsts.get("lineItems", 0)
+        items = {_number(v.variant_id): v.item_id for v in self.variants}
+        def created(o: dict[str, Any]) -> datetime:
+            return datetime.fromisoformat(o["created_at"])
+
+        listed = sorted((o for o in self.orders.values() if since_at is None or created(o) >= since_at), key=created)
+        start = int(after.split(":", 1)[1]) if isinstance(after, str) and after.startswith("orders:") else 0
+        page = listed[start : start + first]
+        nodes, actual = [], 2
+        for o in page:
+            fos = self.fulfilment_orders.get(o["id"], [])
+            fo_nodes = []
+            for location, _method in fos[:fo_first]:
+                lines = [{"inventoryItemId": items.get(li["variant_id"]), "totalQuantity": li["current_quantity"]}
+                         for li in o["line_items"] if li["variant_id"] is not None]  # fmt: skip
+                fo_nodes.append({"assignedLocation": {"location": {"id": location}},
+                                 "lineItems": {"nodes": lines[:li_first],
+                                               "pageInfo": {"hasNextPage": len(lines) > li_first}}})  # fmt: skip
+                actual += 5 + len(lines[:li_first])
+            actual += 4
+            pos = o.get("location_id")
+            nodes.append({
+                "id": o["admin_graphql_api_id"], "createdAt": _utc(o["created_at"]),
+                "cancelledAt": _utc(o["cancelled_at"]) if o["cancelled_at"] else None,
+                "retailLocation": {"id": f"gid://shopify/Location/{pos}"} if pos else None,
+                "fulfillmentOrders": {"nodes": fo_nodes, "pageInfo": {"hasNextPage": len(fos) > fo_first}},
+            })  # fmt: skip
+        end = start + len(page)
+        info = {"hasNextPage": end < len(listed), "endCursor": f"orders:{end}" if page else None}
+        return {"orders": {"nodes": nodes, "pageInfo": info}}, actual
 
     # --- webhooks ----------------------------------------------------------------------
 
