@@ -17,9 +17,9 @@ the channel accepted but did not apply. Each reconciliation:
    behind, not the channel), and a level the channel refused for good at that
    same quantity (already an exception of its own);
    and, of those, a level the channel's own record shows at the hub's last count there less sales made at the
-   channel after it (``Connector.sold_since``: Square's inventory changes) whose orders have not reached the hub:
-   the channel is right, and the hub's level pushed over it would sell those units again until the orders come
-   back (``split_sold``; said in one line, not stored). A count kept at the channel, or a difference no sale
+   channel after it (``Connector.sold_since``: Square's inventory changes, Shopify's orders) whose orders have not
+   reached the hub: the channel is right, and the hub's level pushed over it would sell those units again until
+   the orders come back (``split_sold``; said in one line, not stored). A count kept at the channel, or a difference no sale
    explains, is still a divergence;
 4. stores them (``ChannelState.add_divergences``: listed per channel at
    ``GET /v1/channels/{name}/divergences`` and in the hub's exceptions as

@@ -32,6 +32,10 @@ at once. ``read_levels`` reads the ``available``
 quantities back (``nodes`` of inventory items, ``inventoryLevel``). ``listing``
 walks the ``productVariants`` pages, bounded by the shop's exact
 ``productVariantsCount`` asked with the first page (``PageWalk.expect``).
+``sold_since`` lists Shopify's orders made since the hub's last push of the
+levels a reconciliation found diverging (``orders``, ``ORDERS_SINCE``) and
+counts the units of those the hub has not booked at the location Shopify took
+them from: such a level is Shopify's right count until their webhooks arrive.
 """
 
 from __future__ import annotations
@@ -430,7 +434,9 @@ class ShopifyConnector:
         )
 
     async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
-        """Nothing, for the same reason: a sale at Shopify is not told from an edit by Shopify's record."""
+        """Nothing: Shopify keeps no record of an item's changes in 2026-01, and a push sets the hub's level over a
+        sale at Shopify (its compare-and-set re-reads and sets again); only a reconciliation reads Shopify's orders
+        (``sold_since``)."""
         return {}
 
     # --- listing -------------------------------------------------------------------

@@ -17,6 +17,13 @@ Built from Shopify's public reference for that version:
   location's name: the REST order names no pickup location id; GraphQL
   ``order(id:) { fulfillmentOrders { assignedLocation deliveryMethod } }``
   does (``order_query``).
+* ``orders(first:, after:, query:, sortKey: CREATED_AT)`` (GraphQL Admin API
+  2026-01) lists the shop's orders oldest first, filtered by ``created_at:>=``
+  (``orders_query``): ``id``, ``createdAt``, ``cancelledAt``,
+  ``retailLocation``, ``fulfillmentOrders { assignedLocation lineItems {
+  inventoryItemId totalQuantity } }``, costed as Shopify counts a connection.
+  Creating an order here does not lower ``available``: a test lowers it
+  (``drift``) as Shopify does when it takes the order.
 * ``fulfillments/create`` carries the ``Fulfillment`` resource and
   ``refunds/create`` the ``Refund`` resource.
 * Every delivery is a POST of the JSON body with ``X-Shopify-Topic``,
