@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from hub.channels import ChannelPusher, LevelKey, ShopifyConnector, SqliteChannelState
+from hub.channels import shopify as shopify_module
 from hub.channels.orders import OrderContext, shopify_movements, to_events
 from hub.channels.reconcile import Reconciler
 from hub.storage.base import AgentIdentity
@@ -199,3 +200,48 @@ async def test_when_shopifys_orders_cannot_be_read_a_reconciliation_pushes_over_
         "(Shopify refused a request of channel web: Access denied for orders field."
     )
     assert sum("Shopify's orders can be read again" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_more_orders_than_three_pages_since_the_push_are_read_as_failed_and_the_level_pushed_over(
+    hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """25 orders since the push (3 pages of 8 hold 24): the read is bounded, so it fails and the level is pushed over
+    as before, said in the warning."""
+    online = shop.add_location()
+    a = shop.add_variant("A", stocked_at=[online])
+    await hub.move((Kind.RECEIVE, 100, "S1", "A"))
+    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
+        await settle(pusher)
+        for _ in range(25):
+            sell(shop, a, online, 1)
+        (d,) = (await Reconciler(pusher).reconcile()).divergences
+        assert (d.channel_level, d.hub_level) == (75, 100)
+        assert shop.stats.by_operation["orders"] == 3, "three pages, no more"
+    assert "Shopify has more than 24 orders since" in caplog.text
+
+
+def test_an_order_is_counted_where_shopify_took_its_units() -> None:
+    """Per inventory item at the fulfilment order's assigned location; the order's retailLocation when that names
+    none (a deleted location); a custom line is nothing of the hub's; a connection cut short is unreadable."""
+    retail = {"id": "gid://shopify/Location/2"}
+
+    def fo(location: str | None, lines: list[tuple[str | None, int]], more: bool = False) -> dict[str, Any]:
+        return {
+            "assignedLocation": {"location": {"id": location} if location else None},
+            "lineItems": {"nodes": [{"inventoryItemId": i, "totalQuantity": n} for i, n in lines],
+                          "pageInfo": {"hasNextPage": more}},
+        }  # fmt: skip
+
+    def node(*fos: dict[str, Any], more: bool = False) -> dict[str, Any]:
+        return {"id": "gid://shopify/Order/7", "createdAt": "2026-12-06T22:00:01Z", "cancelledAt": None,
+                "retailLocation": retail, "fulfillmentOrders": {"nodes": list(fos), "pageInfo": {"hasNextPage": more}}}  # fmt: skip
+
+    order = shopify_module._order(
+        node(fo("gid://shopify/Location/1", [("I1", 2), (None, 1)]), fo(None, [("I1", 1), ("I2", 3)]))
+    )
+    assert order is not None and (order.order_id, order.created_ms, order.cancelled) == ("7", 1796594401000, False)
+    assert order.units == {("I1", "gid://shopify/Location/1"): 2, ("I1", retail["id"]): 1, ("I2", retail["id"]): 3}
+    assert shopify_module._order(node(fo("L", [("I1", 1)], more=True))) is None
+    assert shopify_module._order(node(fo("L", [("I1", 1)]), more=True)) is None
+    assert shopify_module._order(node(fo("L", [("I1", -1)]))) is None
+    assert shopify_module._order({"id": "gid://shopify/Order/7", "createdAt": "yesterday"}) is None
