@@ -238,8 +238,10 @@ async def test_requests_beyond_the_pool_are_answered_503_not_queued_behind_an_op
     lock_timeout, and with more syncs than the pool's connections the rest used to queue for a connection
     behind them — a queue one lock_timeout deep per round of POOL_MAX_SIZE, so a busy hub answered its agents
     (30 s timeout) and its load balancer's /healthz with nothing at all. A request that finds no free connection
-    within POOL_ACQUIRE_TIMEOUT_S is answered 503 with Retry-After, saying why."""
+    within POOL_ACQUIRE_TIMEOUT_S is answered 503 with Retry-After, saying why. (Syncs alone no longer take every
+    connection, INGEST_TX_MAX stops them first: here they may, as other writes still can.)"""
     monkeypatch.setattr(postgres_store, "POOL_ACQUIRE_TIMEOUT_S", 0.5, raising=False)  # small bounds for the test
+    monkeypatch.setattr(postgres_store, "INGEST_TX_MAX", postgres_store.POOL_MAX_SIZE + 5)
     monkeypatch.setattr(postgres_store, "SESSION_DEFAULTS", {**SESSION_DEFAULTS, "lock_timeout": "20s"})
     async with hub_in_process(pg_url, rate_limit_per_s=0) as hub:
         agents = [await _agent(hub.store, f"L{i}") for i in range(postgres_store.POOL_MAX_SIZE + 5)]
@@ -353,3 +355,60 @@ async def test_a_read_only_server_is_named_in_the_hub_s_words_before_the_server_
         finally:
             await operator.close()
     assert f"POST /v1/sync: {said}" in caplog.text  # the log's one line per request keeps its first 120 characters
+
+
+WAITING_ON_MIGRATION_LOCK_SQL = (  # the shared migration lock every ingest takes first (hub.storage.postgres.ingest)
+    "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND locktype = 'advisory'"
+)
+
+
+async def test_a_hub_runs_at_most_its_ingest_turns_at_once_and_reads_keep_their_connections(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub runs at most INGEST_TX_MAX ingest transactions at once: more only queue in the database behind the
+    change feed's counter. The others wait in the hub, their connections left to reads, and one that waits past
+    POOL_ACQUIRE_TIMEOUT_S is answered 503 with Retry-After, naming the busy turns; nothing of it is stored, so
+    its agent sends it again. Here a migration holds the lock every ingest takes first."""
+    monkeypatch.setattr(postgres_store, "INGEST_TX_MAX", 3)
+    monkeypatch.setattr(postgres_store, "POOL_ACQUIRE_TIMEOUT_S", 1.0, raising=False)
+    async with hub_in_process(pg_url, rate_limit_per_s=0) as hub:
+        agents = [await _agent(hub.store, f"L{i}") for i in range(8)]
+        migrating = await asyncpg.connect(pg_url.split("?")[0], server_settings=with_search_path(pg_url))
+        watcher = await asyncpg.connect(pg_url.split("?")[0])
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+                await migrating.execute("SELECT pg_advisory_lock(hashtext('shelfsync.migrate.' || current_schema()))")
+                syncs = [asyncio.ensure_future(agent.sync(session, hub.url)) for agent in agents]
+                try:
+                    async with asyncio.timeout(WAIT_S):  # three ingest transactions wait on the lock
+                        while await watcher.fetchval(WAITING_ON_MIGRATION_LOCK_SQL) < 3:
+                            await asyncio.sleep(0.05)
+                    status, health = await _get(session, f"{hub.url}/healthz", agents[0].token)
+                    assert status == 200, health  # a read finds a free connection meanwhile
+                    status, counts = await _get(session, f"{hub.url}/v1/counts?limit=5", agents[0].token)
+                    assert status == 200, counts
+                    assert await watcher.fetchval(WAITING_ON_MIGRATION_LOCK_SQL) == 3  # never a fourth
+                    headers = {"Authorization": f"Bearer {agents[0].token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+                    waiting = Agent(agents[0].agent_id, agents[0].token, agents[0].location)  # a ninth batch
+                    async with session.post(f"{hub.url}/v1/sync", data=waiting.body(), headers=headers) as resp:
+                        body = await resp.json(content_type=None)
+                        assert resp.status == 503, body
+                        assert "ingest turns" in body["detail"], body
+                        assert resp.headers["Retry-After"], resp.headers
+                    assert await watcher.fetchval(WAITING_ON_MIGRATION_LOCK_SQL) == 3
+                finally:
+                    await migrating.execute("SELECT pg_advisory_unlock_all()")
+                    answered = await asyncio.gather(*syncs, return_exceptions=True)
+                assert set(answered) <= {200, 503}, answered
+                assert answered.count(200) >= 3, answered  # those in their turns when the lock went
+                async with asyncio.timeout(WAIT_S):  # the rest are stored when sent again
+                    for agent in agents:
+                        while agent.pending is not None and await agent.sync(session, hub.url) != 200:
+                            await asyncio.sleep(0.05)
+                stored = await watcher.fetchval(
+                    f"SELECT count(*) FROM {with_search_path(pg_url)['search_path']}.events"
+                )
+                assert stored == 8, stored  # one event per agent; the refused ninth was never stored
+        finally:
+            await migrating.close()
+            await watcher.close()

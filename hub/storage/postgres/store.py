@@ -56,6 +56,12 @@ POOL_MAX_SIZE = 10  # connections per hub process; N hubs need N × this below m
 # (an operator's LOCK TABLE, a stalled hub) the queue behind them would grow one lock_timeout per round of the pool,
 # past the agents' 30 s timeout and the load balancer's health check, which would then hear nothing at all.
 POOL_ACQUIRE_TIMEOUT_S = 5.0
+# Ingest transactions one hub runs at once; more batches wait their turn in the hub, decoded, for up to
+# POOL_ACQUIRE_TIMEOUT_S (then 503), and leave the pool's other connections to reads. Every ingest transaction
+# ends on the change feed's counter row, which lets one through at a time, and holds its locks until then: beyond a
+# few at once they only queue in the database, switching in and out of its cores. One hub's batches are bounded by
+# its own event loop anyway (its Python is a third of a batch's CPU), which four keep busy.
+INGEST_TX_MAX = 4
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 30.0
 TX_ATTEMPTS = 10
@@ -190,9 +196,9 @@ class _FloorRetrySentence(logging.Filter):
 class PoolBusy(StoreError):
     """No connection of the hub's pool came free in time: answered 503 (Retry-After) rather than queued."""
 
-    def __init__(self, size: int, waited_s: float) -> None:
+    def __init__(self, size: int, waited_s: float, what: str = "database connections") -> None:
         super().__init__(
-            f"all {size} database connections of this hub stayed busy for {waited_s:g} s "
+            f"all {size} {what} of this hub stayed busy for {waited_s:g} s "
             "(waiting on a lock in the database, or more requests than they carry)"
         )
 
@@ -264,6 +270,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self.hub_id = hub_id
         self._pool = pool
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._ingest_turns = asyncio.Semaphore(INGEST_TX_MAX)
         self._closed = False
         self._unreached_since: float | None = None  # monotonic time of the first request the database could not take
         self._unreached_count = 0
@@ -359,17 +366,36 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
     # --- transactions ------------------------------------------------------
 
     async def _write(
-        self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], *, unique_races: bool = False
-    ) -> T:
+        self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], *, unique_races: bool = False,
+        ingest: bool = False,
+    ) -> T:  # fmt: skip
         """Run ``work`` in one transaction, retried whole when PostgreSQL aborts it
         for another's sake; return its result once committed. The transaction runs
-        in its own task, so a cancelled caller does not cut it short."""
+        in its own task, so a cancelled caller does not cut it short. An ``ingest``
+        transaction first waits for one of the hub's ``INGEST_TX_MAX`` turns."""
         self._check_open()
-        task = asyncio.ensure_future(self._attempts(what, work, unique_races))
+        attempts = self._attempts(what, work, unique_races)
+        task = asyncio.ensure_future(self._ingest_turn(attempts) if ingest else attempts)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         task.add_done_callback(_consume_result)
         return await asyncio.shield(task)
+
+    async def _ingest_turn(self, attempts: Coroutine[Any, Any, T]) -> T:
+        """``attempts`` once one of the hub's ingest turns is free (``INGEST_TX_MAX``); ``PoolBusy`` when none came
+        free within ``POOL_ACQUIRE_TIMEOUT_S``, as for a connection."""
+        try:
+            async with asyncio.timeout(POOL_ACQUIRE_TIMEOUT_S):
+                await self._ingest_turns.acquire()
+        except BaseException as err:  # no turn in time, or the store closing: the transaction never starts
+            attempts.close()  # (no warning that it was never awaited)
+            if isinstance(err, TimeoutError):
+                raise PoolBusy(INGEST_TX_MAX, POOL_ACQUIRE_TIMEOUT_S, "ingest turns") from None
+            raise
+        try:
+            return await attempts
+        finally:
+            self._ingest_turns.release()
 
     async def _attempts(self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], unique_races: bool) -> T:
         for attempt in range(1, TX_ATTEMPTS + 1):
@@ -443,7 +469,9 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self, what: str, work: Callable[[PostgresDb], Coroutine[Any, Any, T]], *, unique_races: bool = False,
         events: int = 0, sender: str | None = None,
     ) -> T:  # fmt: skip
-        return await self._write(what, lambda conn: work(PostgresDb(conn)), unique_races=unique_races)
+        return await self._write(
+            what, lambda conn: work(PostgresDb(conn)), unique_races=unique_races, ingest=events > 0
+        )
 
     async def _booking(
         self, db: PostgresDb, work: Callable[[IngestTx], Awaitable[T]], *, batch: Batch | None = None,
