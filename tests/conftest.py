@@ -3,6 +3,7 @@
 * ``pg_server`` — the PostgreSQL test server's URL; skips where it cannot be reached (fails in CI);
 * ``pg_url`` — a store URL over a fresh schema of it, dropped after the test;
 * ``pg_database`` — the URL of a fresh database of it (for tests that end its sessions), dropped after the test;
+* ``backend`` — each hub backend in turn, "sqlite" then "postgres" (a parametrised fixture);
 * ``store`` — a hub store on a real SQLite file in tmp_path;
 * ``make_client`` — ``await make_client(**settings)``: the hub app over ``store`` served on 127.0.0.1, its client;
 * ``client`` — ``make_client()`` with the default settings.
@@ -19,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from hub import HubStore, open_store
 from tests.harness.inprocess import ClientFactory, client_factory
-from tests.harness.pg import pg_database, pg_server, pg_url  # noqa: F401  (fixtures for every folder)
+from tests.harness.pg import backend, pg_database, pg_server, pg_url  # noqa: F401  (fixtures for every folder)
 from tests.harness.small_disk import mounts, small_disk  # noqa: F401  (fixtures for every folder)
 
 

@@ -36,13 +36,6 @@ from tests.harness.pg import fresh_schema
 KIND = "channel_order_refused"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
-    return str(request.param)
-
-
 @pytest.fixture
 async def hub_db(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     async with (

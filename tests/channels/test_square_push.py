@@ -808,18 +808,11 @@ async def test_a_count_taken_off_before_a_restart_is_checked_again_when_the_hubs
 # --- what a count took off, across a restart and for as long as the order is on its way ------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql":
-        request.getfixturevalue("pg_server")  # skips (fails in CI) when the server cannot be reached
-    return str(request.param)
-
-
 @pytest.fixture
 async def hub_db(backend: str, tmp_path: Path) -> AsyncIterator[tuple[Hub, str]]:
     """A hub store on either backend, and the database its channel state is opened on (``open_channel_state``)."""
     async with contextlib.AsyncExitStack() as stack:
-        if backend == "postgresql":
+        if backend == "postgres":
             db = await stack.enter_async_context(fresh_schema())
         else:
             db = str(tmp_path / "hub.db")

@@ -80,6 +80,14 @@ def pg_server() -> str:
     return PG_URL
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each hub backend in turn, "sqlite" then "postgres" (which skips, or fails in CI, without a server)."""
+    if request.param == "postgres":
+        request.getfixturevalue("pg_server")
+    return str(request.param)
+
+
 @pytest.fixture
 async def pg_url(pg_server: str) -> AsyncIterator[str]:
     """A store URL over a fresh schema of the test server."""

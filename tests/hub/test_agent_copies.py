@@ -38,13 +38,6 @@ WAIT_S = 60.0
 FAST = {"tick_s": 0.05, "retry_base_s": 0.01, "retry_max_s": 0.2, "timeout_s": 10.0, "heartbeat_s": HEARTBEAT_S}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
-    return str(request.param)
-
-
 @pytest.fixture
 async def hub_db(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     """The hub's database: a SQLite file, or a fresh PostgreSQL schema."""

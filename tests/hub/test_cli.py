@@ -395,13 +395,6 @@ async def test_an_option_before_the_command_is_named_not_taken_for_the_command(
     assert run.code == 2 and f"{argv[0]} before the command" in run.err, run.err
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql":
-        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
-    return str(request.param)
-
-
 @pytest.fixture
 async def any_db(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     """A hub database made by ``init`` on either backend: a SQLite file, or a fresh PostgreSQL schema."""

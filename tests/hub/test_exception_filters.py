@@ -38,13 +38,6 @@ PAGE = 9  # small pages: a walk crosses the bursts of rows sharing one at_ms
 TRANSFER_ENDS = ("from", "to", "shipped_to")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
-    return str(request.param)
-
-
 @pytest.fixture
 async def store(backend: str, tmp_path: Path) -> AsyncIterator[HubStore]:
     if backend == "sqlite":

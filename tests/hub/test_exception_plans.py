@@ -124,13 +124,6 @@ OPEN_AFTER = (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
-    return str(request.param)
-
-
 @pytest.fixture
 async def every_source(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     """A hub's database holding rows of every source: the paging burst, transfers shipped to two locations the hub

@@ -28,13 +28,6 @@ from tests.harness.pg import fresh_schema
 NOW_MS = time.time_ns() // 1_000_000 - 60_000  # inside the hub's clock window
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        request.getfixturevalue("pg_server")  # skips (fails in CI) without a server
-    return str(request.param)
-
-
 @pytest.fixture
 async def store(backend: str, tmp_path: Path) -> AsyncIterator[HubStore]:
     if backend == "sqlite":
