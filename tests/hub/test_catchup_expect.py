@@ -27,6 +27,7 @@ from hub import catchup
 from hub.app import SETTINGS_KEY
 from hub.catchup import CATCHUP_BODY_BYTES, SLOTS_KEY
 from hub.drain import GATE_KEY
+from hub.storage import HubStore
 from hub.storage.base import AgentIdentity
 from hub.storage.sqlite.store import SqliteHubStore
 from hub.storage.sqlite.writer import InlineConnection
@@ -319,6 +320,19 @@ async def refused_without_expect(
         writer.close()
 
 
+def count_lookups(monkeypatch: pytest.MonkeyPatch, store: HubStore) -> list[str]:
+    """The tokens ``store.authenticate`` is asked about from now on, in order (it still answers them)."""
+    looked_up: list[str] = []
+    authenticate = store.authenticate
+
+    async def counted(token: str) -> AgentIdentity | None:
+        looked_up.append(token)
+        return await authenticate(token)
+
+    monkeypatch.setattr(store, "authenticate", counted)
+    return looked_up
+
+
 def without_numbers(problem: bytes) -> dict[str, object]:
     """A problem's fields with its numbers (a Retry-After's seconds, counted down meanwhile) left out."""
     fields = json.loads(problem)
@@ -431,14 +445,7 @@ async def test_a_sync_asking_to_continue_has_its_credential_looked_up_once_and_r
         revoked_id, revoked_token = await store.add_agent(["S2"])
         await store.revoke_agent(revoked_id)
         _, reader_token = await store.add_agent(["S1"], role="reader")
-        looked_up: list[str] = []
-        authenticate = store.authenticate
-
-        async def counted(token: str) -> AgentIdentity | None:
-            looked_up.append(token)
-            return await authenticate(token)
-
-        monkeypatch.setattr(store, "authenticate", counted)
+        looked_up = count_lookups(monkeypatch, store)
         body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
         async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers_of(token), expect100=True) as resp:
             assert resp.status == 200 and decode_sync_response(await resp.read()).hwm == BIG
@@ -474,14 +481,7 @@ async def test_a_sync_its_head_condemns_is_refused_before_100_continue_as_withou
         body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
         sale = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", 1)))
         limit = hub.app[SETTINGS_KEY].max_body_bytes
-        looked_up: list[str] = []
-        authenticate = store.authenticate
-
-        async def counted(token: str) -> AgentIdentity | None:
-            looked_up.append(token)
-            return await authenticate(token)
-
-        monkeypatch.setattr(store, "authenticate", counted)
+        looked_up = count_lookups(monkeypatch, store)
         cases: list[tuple[str, bytes | int, str, str, int, bytes]] = [
             (revoked_token, body, MSGPACK_CONTENT_TYPE, "", 401, b"unknown or has been revoked"),
             ("ssk_unknown", sale, MSGPACK_CONTENT_TYPE, "", 401, b"unknown or has been revoked"),

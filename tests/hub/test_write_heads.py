@@ -25,7 +25,7 @@ from hub.storage.base import AgentIdentity, StoreClosed, StoreError
 from hub.storage.migrations import MigrationProgress
 from protocol import MSGPACK_CONTENT_TYPE, SyncRequest, encode_sync_request
 from tests.harness.inprocess import hub_in_process
-from tests.hub.test_catchup_expect import read_answer, without_numbers
+from tests.hub.test_catchup_expect import count_lookups, read_answer, without_numbers
 from tests.hub.test_catchup_slots import events
 
 JSON = "application/json"
@@ -79,14 +79,7 @@ async def test_every_write_route_refuses_what_its_head_condemns_before_100_conti
         _, reader = await store.add_agent(["WEB"], role="reader")
         _, admin = await store.add_agent([], role="admin")
         limit = hub.app[SETTINGS_KEY].max_body_bytes
-        looked_up: list[str] = []
-        authenticate = store.authenticate
-
-        async def counted(token: str) -> AgentIdentity | None:
-            looked_up.append(token)
-            return await authenticate(token)
-
-        monkeypatch.setattr(store, "authenticate", counted)
+        looked_up = count_lookups(monkeypatch, store)
         pushed = json.dumps({"events": [EVENT]}).encode()
         recipe = json.dumps({"components": [{"sku": "MUG-01", "qty": 2}]}).encode()
         items = json.dumps({"items": [{"barcode": "4006381333931", "sku": "MUG-01"}]}).encode()
