@@ -29,6 +29,7 @@ from agent.outbox import Outbox
 from agent.pos import PosFolderState
 from agent.sessions import (
     AlreadyReceived,
+    ExceedsOnHand,
     InvalidSessionInput,
     SessionConflict,
     SessionError,
@@ -168,6 +169,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(404, "not_found", str(err))
     except AlreadyReceived as err:
         return error_response(409, "already_received", str(err))
+    except ExceedsOnHand as err:
+        return error_response(409, "exceeds_on_hand", str(err))
     except (SessionNotOpen, SessionConflict) as err:
         return error_response(409, "conflict", str(err))
     except InvalidSessionInput as err:
@@ -424,21 +427,30 @@ async def get_session(request: web.Request) -> web.Response:
 async def add_scan(request: web.Request) -> web.Response:
     """Add a scanned barcode (``code``) or a SKU keyed by hand (``sku``), ``qty`` times."""
     body = await _body(request)
-    _fields(body, {"code", "sku", "qty", "disposition", "scan_id"})
+    _fields(body, {"code", "sku", "qty", "disposition", "scan_id", "confirm"})
     sessions = request.app[CONTEXT_KEY].sessions
     session_id, by = request.match_info["id"], _who(request).staff
     qty, scan_id = body.get("qty", 1), body.get("scan_id")
+    confirm = body.get("confirm", False)  # an outgoing line far beyond the local count, said right by the staff
+    if not isinstance(confirm, bool):
+        raise web.HTTPBadRequest(text="confirm must be true or false")
     if ("code" in body) == ("sku" in body):
         raise web.HTTPBadRequest(text='send either "code" (what was scanned) or "sku" (keyed by hand)')
     if "code" in body:
         if not isinstance(body["code"], str):
             raise web.HTTPBadRequest(text="code must be the scanned text")
         line = await sessions.scan(
-            session_id, body["code"], by=by, qty=qty, disposition=body.get("disposition"), scan_id=scan_id
+            session_id,
+            body["code"],
+            by=by,
+            qty=qty,
+            disposition=body.get("disposition"),
+            scan_id=scan_id,
+            confirm=confirm,
         )
     else:
         line = await sessions.key(
-            session_id, body["sku"], qty, by=by, disposition=body.get("disposition"), scan_id=scan_id
+            session_id, body["sku"], qty, by=by, disposition=body.get("disposition"), scan_id=scan_id, confirm=confirm
         )
     view = await sessions.view(session_id)
     return _json({"line": views.line_json(line), **views.view_json(view)}, status=201)

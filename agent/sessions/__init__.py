@@ -18,6 +18,7 @@ open on it. See docs/agent-api.md.
 
 from agent.sessions.errors import (
     AlreadyReceived,
+    ExceedsOnHand,
     InvalidSessionInput,
     SessionConflict,
     SessionError,
@@ -52,6 +53,7 @@ __all__ = [
     "ClosePlan",
     "CloseReport",
     "Disposition",
+    "ExceedsOnHand",
     "ExpectedLine",
     "InvalidSessionInput",
     "Item",

@@ -30,6 +30,11 @@ class AlreadyReceived(SessionConflict):
     """A delivery or transfer received here before, opened again without the staff saying it is a second one."""
 
 
+class ExceedsOnHand(SessionConflict):
+    """An outgoing line (a write-off, a transfer out) far beyond the local count, or of more units than one line
+    should hold, sent without the staff confirming it: a keypad slip or a barcode scanned into the quantity."""
+
+
 class SessionStoreClosed(SessionError):
     def __init__(self, path: str) -> None:
         super().__init__(f"the session store {path} is closed")

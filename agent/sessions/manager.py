@@ -28,6 +28,7 @@ from agent.serials import SERIAL_AGAIN_S, Unit, booked_again
 from agent.sessions import bins, plan
 from agent.sessions.errors import (
     AlreadyReceived,
+    ExceedsOnHand,
     InvalidSessionInput,
     SessionConflict,
     SessionError,
@@ -43,6 +44,7 @@ from agent.sessions.model import (
     SessionStatus,
     SessionType,
     SessionView,
+    check_bin_name,
     check_qty,
     check_scan_id,
     check_staff,
@@ -71,6 +73,13 @@ REFUSED_SHOWN = 20  # the hub's refusals of sessions' movements shown at once (n
 # The home screen shows the sessions' refusals among the outbox's newest this many set-asides (of any movement): a
 # window in the outbox's own order, which a wrong clock at the refusal cannot shift, as it did a 7-day window.
 REFUSED_WINDOW = 100
+# An outgoing line (a write-off, a transfer out) is added only when the staff confirm it (``ExceedsOnHand``) if it
+# holds more than this many units, or takes the session's units of its SKU past twice the local count and this many
+# more: a keypad slip (an extra zero, a barcode scanned into the quantity) took stock off the hub without a word.
+# Not refused: stock may go negative, and the local count may be stale.
+LINE_UNITS_PLAUSIBLE = 10_000
+ON_HAND_MARGIN = 10
+_TAKES = {SessionType.WRITE_OFF: "writing off", SessionType.TRANSFER_OUT: "shipping"}
 
 
 class SessionManager:
@@ -133,6 +142,8 @@ class SessionManager:
             raise InvalidSessionInput(
                 f"a transfer into {self.location} cannot come from {self.location} itself{self._as(spec.from_location)}"
             )
+        if spec.bin is not None:
+            check_bin_name(spec.bin)
         for sku in (*spec.scope_skus, *(line.sku for line in spec.expected)):
             check_spelling(sku, self.catalog)
         if spec.type is SessionType.COUNT:
@@ -169,11 +180,13 @@ class SessionManager:
         source: str = "handheld",
         decoded: Decoded | None = None,
         scan_id: str | None = None,
+        confirm: bool = False,
     ) -> Line:
         """Add a scanned barcode: ``qty`` × its pack size units (a count line may be 0: "none here"). A ``scan_id``
-        (the handheld's id for this scan) already in the session answers that line instead of adding another."""
+        (the handheld's id for this scan) already in the session answers that line instead of adding another.
+        ``confirm``: the staff said an outgoing line far beyond the local count is right (else ``ExceedsOnHand``)."""
         item = resolve_code(code, self.catalog, decoded)
-        return await self._add(session_id, item, by, qty, disposition, source, scan_id)
+        return await self._add(session_id, item, by, qty, disposition, source, scan_id, confirm)
 
     async def key(
         self,
@@ -184,9 +197,11 @@ class SessionManager:
         by: str,
         disposition: Disposition | str | None = None,
         scan_id: str | None = None,
+        confirm: bool = False,
     ) -> Line:
-        """Add ``qty`` units of a SKU keyed by hand."""
-        return await self._add(session_id, keyed_sku(sku, self.catalog), by, qty, disposition, "keyed", scan_id)
+        """Add ``qty`` units of a SKU keyed by hand (``confirm`` as in ``scan``)."""
+        item = keyed_sku(sku, self.catalog)
+        return await self._add(session_id, item, by, qty, disposition, "keyed", scan_id, confirm)
 
     async def _add(
         self,
@@ -197,6 +212,7 @@ class SessionManager:
         disposition: Disposition | str | None,
         source: str,
         scan_id: str | None = None,
+        confirm: bool = False,
     ) -> Line:
         check_staff(by)
         if scan_id is not None:
@@ -224,6 +240,8 @@ class SessionManager:
             await self._check_count_lists(session_id, item, units)
         else:
             await self._check_not_booked_outside(session, item)
+        if session.type in _TAKES and not confirm:
+            await self._check_plausible(session, item.sku, units, scan_id)
         disposition = _line_disposition(session, disposition)
         line = Line(
             session_id=session_id,
@@ -350,6 +368,41 @@ class SessionManager:
                 f"serial number {unit[1]} of {item.sku} is already line {found[1]} of {session.type.value} session"
                 f" {found[0].id}, so this scan was not taken: one serialised item is one unit; scan the next item"
             )
+
+    async def _check_plausible(self, session: Session, sku: str, units: int, scan_id: str | None) -> None:
+        """Ask the staff first (``ExceedsOnHand``) about an outgoing line of more than ``LINE_UNITS_PLAUSIBLE``
+        units, or one that takes the session's units of ``sku`` past twice the local count and ``ON_HAND_MARGIN``
+        more (asked once: at the line that crosses it, not at each line after one confirmed)."""
+        if scan_id is not None and await self.store.scanned(session.id, scan_id) is not None:
+            return  # sent again after its answer was lost: the store answers the line it added
+        local = (await self.outbox.counts.local_count(self.location, sku)).on_hand
+        shelf = max(local, 0)
+        bound = shelf + max(ON_HAND_MARGIN, shelf)
+        before = sum(line.qty for line in await self.store.lines(session.id) if line.sku == sku and not line.undone)
+        transfer = session.type is SessionType.TRANSFER_OUT
+        if before + units > (TRANSFER_QTY_MAX if transfer else QTY_MAX):
+            return  # refused by the store whatever the staff say (its sentence names the limit)
+        doing = _TAKES[session.type]
+        if units > LINE_UNITS_PLAUSIBLE:
+            said = (
+                f"{doing} {units:,} units of {sku} on one line is more than one line should hold"
+                f" ({LINE_UNITS_PLAUSIBLE:,}), and this agent counts {local:,} on hand"
+            )
+        elif before <= bound < before + units:
+            this = "" if before == 0 else f" ({units:,} on this line)"
+            said = (
+                f"{doing} {before + units:,} units of {sku} in this session{this} is far more than the {local:,} on"
+                " hand this agent counts"
+            )
+        else:
+            return
+        log.info(
+            "A line of %s session %s was asked about before it is added: %s.", session.type.value, session.id, said
+        )
+        raise ExceedsOnHand(
+            f"{said}; nothing was added: check the quantity (an extra zero, a barcode scanned into it),"
+            " or send it again if it is right (confirm: true)"
+        )
 
     async def _check_not_scanner_counted(self, sku: str) -> None:
         """Refuse counting ``sku`` in a session while a back-office reader in count mode is running a count of it:

@@ -72,8 +72,10 @@ class SessionRouter:
             outcome = problem_outcome(reader_id, scan, error)
             return ScanOutcome(outcome.result, f"{outcome.message} (session {session.id})", location=session.location)
         try:
+            # A back-office scanner has nobody to ask whether a line far beyond the local count is right: one scan
+            # is one pack, never a quantity keyed, so it is taken (a handheld asks: ExceedsOnHand).
             line = await self.sessions.scan(
-                session.id, scan.text, by=session.by, source=f"scanner:{reader_id}", decoded=decoded
+                session.id, scan.text, by=session.by, source=f"scanner:{reader_id}", decoded=decoded, confirm=True
             )
         except SessionError as err:
             return ScanOutcome(

@@ -482,10 +482,11 @@ async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: 
     assert got == 400 and data["error"]["message"] == (
         "SKU-APPLE would total more than 1,000,000 units in this session; one transfer moves at most that many of a SKU"
     ), data
-    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-APPLE", "qty": 600_000}, status=201)
-    got, _ = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-APPLE", "qty": 400_001})
+    scans = f"/api/v1/sessions/{sid}/scans"  # each line of more than 10,000 units is confirmed (exceeds_on_hand)
+    await api.ok("POST", scans, {"sku": "SKU-APPLE", "qty": 600_000, "confirm": True}, status=201)
+    got, _ = await api.call("POST", scans, {"sku": "SKU-APPLE", "qty": 400_001, "confirm": True})
     assert got == 400
-    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-APPLE", "qty": 400_000}, status=201)
+    await api.ok("POST", scans, {"sku": "SKU-APPLE", "qty": 400_000, "confirm": True}, status=201)
     await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
     assert [(ev.kind, ev.qty) for ev in await api.outbox.pending(10)] == [(Kind.TRANSFER_OUT, -1_000_000)]
     receipt = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-1"}, status=201))["session"]
