@@ -584,3 +584,39 @@ async def test_a_bin_count_resting_on_the_movements_since_the_rounds_last_count_
     await expect(page.locator("#screen-report")).to_be_visible()
     await expect(page.locator("#report-notes .msg")).to_have_count(0)
     assert script_errors(console_errors) == []
+
+
+async def test_a_write_off_far_beyond_the_count_on_hand_is_added_only_when_the_staff_say_so(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found by an outside attack: a write-off of far more than the agent counts on hand (an extra zero, a barcode
+    scanned into the quantity field) was added without a word and booked at the close. The agent now answers 409
+    exceeds_on_hand; the page asks, with No focused (a scanner's Enter while it asks is not a Yes), and sends the
+    line again confirmed only on Yes."""
+    await agent.outbox.record([Movement("S001", "SKU-APPLE", Kind.RECEIVE, 5, "scanner:dock")])
+    await sign_in(page, agent)
+    await page.click("text=Damage / write-off")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    for answer in ("No", "Yes"):
+        await type_qty(page, "100")
+        await wedge(page, APPLE)
+        await expect(page.locator("#confirm-title")).to_have_text(f"Add 100 × {APPLE}?")
+        await expect(page.locator("#confirm-text")).to_have_text(
+            "Writing off 100 units of SKU-APPLE in this session is far more than the 5 on hand this agent counts."
+            " Is the quantity right?"
+        )
+        if answer == "No":
+            await expect(page.locator("#confirm-no")).to_be_focused()
+            await page.keyboard.press("Enter")  # the Enter a scanner sends after its digits
+            await expect(page.locator("#scan-msg")).to_have_text(
+                f"{APPLE} was not added: writing off 100 units of SKU-APPLE in this session is far more than the 5 on"
+                " hand this agent counts; check the quantity and scan it again."
+            )
+            assert await agent.sessions.store.lines((await agent.sessions.list())[0].id) == ()
+        else:
+            await page.click("#confirm button:text-is('Yes')")
+            await expect(page.locator("#scan-msg")).to_have_text("Added 100 × SKU-APPLE.")
+    lines = await agent.sessions.store.lines((await agent.sessions.list())[0].id)
+    assert [(line.sku, line.qty) for line in lines] == [("SKU-APPLE", 100)]
+    assert script_errors(console_errors) == []

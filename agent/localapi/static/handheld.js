@@ -479,7 +479,8 @@
 
   async function sendScan(sessionId, code, body) {
     try {
-      const data = await postScan(sessionId, body);
+      const data = await postConfirmed(sessionId, code, body);
+      if (!data) return;
       const line = data.line;
       const unknown = line.unknown ? " — not in the catalog, kept as " + line.sku : "";
       if (state.session && state.session.id === sessionId) render(data);
@@ -497,6 +498,32 @@
       message($("scan-msg"), code + ": " + err.message, "bad");
     }
     focusScan();
+  }
+
+  // A write-off or transfer-out line far beyond the agent's count on hand, or of more than 10,000 units (an extra
+  // zero, a barcode scanned into the quantity field): added only when the staff say the quantity is right. Null when
+  // they say No (nothing was added, and the page says so).
+  async function postConfirmed(sessionId, code, body) {
+    try {
+      return await postScan(sessionId, body);
+    } catch (err) {
+      if (err.code !== "exceeds_on_hand") throw err;
+      const said = err.message.split("; nothing was added")[0];
+      const answer = await confirmDialog(
+        "Add " + body.qty + " × " + code + "?",
+        said.charAt(0).toUpperCase() + said.slice(1) + ". Is the quantity right?",
+        false,
+        true
+      );
+      if (!answer) {
+        const why = said.charAt(0).toLowerCase() + said.slice(1);
+        message($("scan-msg"), code + " was not added: " + why + "; check the quantity and scan it again.", "bad");
+        focusScan();
+        return null;
+      }
+      body.confirm = true; // kept if the agent asks for a sign-in first (sent again from state.unsent)
+      return await postScan(sessionId, body);
+    }
   }
 
   async function sendUnsent() {
@@ -536,7 +563,8 @@
     focusScan();
   }
 
-  function confirmDialog(title, text, withZero) {
+  // safe: No has the focus, so the Enter of a scan made while the dialog is up does not answer Yes.
+  function confirmDialog(title, text, withZero, safe) {
     const dialog = $("confirm");
     $("confirm-title").textContent = title;
     $("confirm-text").textContent = text;
@@ -550,7 +578,7 @@
       );
       dialog.returnValue = "";
       dialog.showModal();
-      $("confirm-yes").focus();
+      $(safe ? "confirm-no" : "confirm-yes").focus();
     });
   }
 
