@@ -119,7 +119,9 @@ class Confirmed(dict[LevelKey, int]):
     levels of the batch it answered holding another count of its own — not applied, so not confirmed; ``moved``:
     levels it took and moved since by changes of its own after the push (confirmed at what it holds); ``skus``: the
     SKU the channel answered for the item of a level it took (Shopify), which differs from the mapped one when the
-    item was renamed there."""
+    item was renamed there; ``less``: of the levels whose sales the connector read (Shopify, ``Target.sales_from_ms``),
+    the units of sales whose orders the hub has not booked it took off the quantity confirmed (None: the read
+    failed, the hub's level went out)."""
 
     def __init__(
         self,
@@ -127,11 +129,13 @@ class Confirmed(dict[LevelKey, int]):
         kept: Mapping[LevelKey, Kept] | None = None,
         skus: Mapping[LevelKey, str] | None = None,
         moved: Mapping[LevelKey, Moved] | None = None,
+        less: Mapping[LevelKey, int | None] | None = None,
     ) -> None:
         super().__init__(confirmed)
         self.kept = dict(kept or {})
         self.skus = dict(skus or {})
         self.moved = dict(moved or {})
+        self.less = dict(less or {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,11 @@ class Target:
     quantity: int
     previous: int | None  # the last quantity the channel confirmed (None: unknown, read it first)
     occurred_at_ms: int  # the hub's time of the newest change behind ``quantity``
+    # Shopify: where its orders are read from to take sales the hub has not booked off ``quantity`` (the pusher's
+    # ``_read_from``) when the push is answered stale, and before the first set when ``owed`` (the level's last
+    # count was taken less such sales, or their read failed). None: not read (no order webhooks, never pushed).
+    sales_from_ms: int | None = None
+    owed: bool = False
 
 
 class Connector(Protocol):

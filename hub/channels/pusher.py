@@ -57,7 +57,7 @@ import random
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -106,7 +106,9 @@ SALES_WAIT_MAX_MS = 24 * 3600 * 1000
 
 
 def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.") + f"{ms % 1000:03d}" if ms > 0 else "unknown time"
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.") + f"{ms % 1000:03d}" if ms > 0 else "unknown time"
+    )
 
 
 class FeedReader(Protocol):
@@ -251,6 +253,9 @@ class ChannelPusher(LoopTask):
         if isinstance(connector, ShopifyConnector) and spec.webhook_secret:
             # its order webhooks book its orders: a reconciliation reads Shopify's orders the hub has not booked
             connector.settled = self.orders_settled
+        # Shopify reads its orders when a push is answered stale (and while a level's last count is owed sales):
+        # each target says from when (``Target.sales_from_ms``)
+        self._reads_orders = isinstance(connector, ShopifyConnector) and bool(spec.webhook_secret)
         self._less: dict[LevelKey, int] = {}  # units of such sales taken off each level's last count confirmed
         self._less_from: dict[LevelKey, int] = {}  # when the channel received the oldest of them (its record's time)
         self._counted_at: dict[LevelKey, int] = {}  # wall ms of the hub's last stock count behind each level (0: none)
@@ -422,6 +427,7 @@ class ChannelPusher(LoopTask):
                 return True
             confirmed = await self._push_unsure({k: targets[k] for k in batch}, turn_key) if batch else {}
             if isinstance(confirmed, Confirmed):
+                less = {**less, **self._less_read(confirmed, targets)}
                 kept_all.update(confirmed.kept)
                 moved_all.update(confirmed.moved)
                 self._renamed_at_channel(confirmed.skus)
@@ -605,7 +611,9 @@ class ChannelPusher(LoopTask):
         for key, level in (await self.levels_now({r.sku for r in rows if r.location in self.spec.pool}, also)).items():
             previous = self._pushed.get(key)
             if level.sku in forced or key in self._bases:
-                targets[key] = Target(level.quantity, self._bases.get(key, previous), self._stamp(key, now_ms))
+                targets[key] = self._orders_read(
+                    key, Target(level.quantity, self._bases.get(key, previous), self._stamp(key, now_ms)), now_ms
+                )
                 continue
             refusal = self._refused.get(key)
             # a level pushed less sales whose orders had not reached the hub: told again whatever its level now, as
@@ -614,8 +622,20 @@ class ChannelPusher(LoopTask):
             again = key in self._less
             changed = previous != level.quantity or key in self._unsure or again
             if changed and (refusal is None or refusal.quantity != level.quantity):
-                targets[key] = Target(level.quantity, previous, self._stamp(key, level.at_ms))
+                targets[key] = self._orders_read(
+                    key, Target(level.quantity, previous, self._stamp(key, level.at_ms)), now_ms
+                )
         return targets
+
+    def _orders_read(self, key: LevelKey, target: Target, now_ms: int) -> Target:
+        """The target with where Shopify's orders are read from (``Target.sales_from_ms``) for a level the hub counted
+        there before, on a channel taking Shopify's order webhooks: as far back as ``_read_from`` goes, so a sale taken
+        off once is read again until its order comes; ``owed`` when the last count took some off (or could not
+        read them)."""
+        if not self._reads_orders or key not in self._stamps:
+            return target
+        owed = key in self._less or key in self._less_from
+        return replace(target, sales_from_ms=self._read_from(key, self._stamps[key], now_ms), owed=owed)
 
     async def _less_unbooked(
         self, targets: dict[LevelKey, Target], forced: Collection[str], based: Collection[LevelKey]
@@ -700,6 +720,17 @@ class ChannelPusher(LoopTask):
                 left[k], ", ".join(orders_of[:3]),
             )  # fmt: skip
         return out, less
+
+    @staticmethod
+    def _less_read(confirmed: Confirmed, targets: Mapping[LevelKey, Target]) -> dict[LevelKey, Unbooked]:
+        """What the connector took off each confirmed level it read sales for (Shopify, ``Confirmed.less``): the
+        units, and where the read started while some were taken off or the read failed (the next read goes back as
+        far)."""
+        less: dict[LevelKey, Unbooked] = {}
+        for k, n in confirmed.less.items():
+            if k in confirmed and k in targets:
+                less[k] = Unbooked(n or 0, None if n == 0 else targets[k].sales_from_ms)
+        return less
 
     async def orders_settled(self, order_ids: Collection[str]) -> set[str]:
         """Of this channel's ``order_ids``, those its order webhooks booked at the hub, or whose webhook the hub

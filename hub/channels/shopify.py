@@ -7,7 +7,10 @@ inventory item and location) with:
 * ``changeFromQuantity`` — compare-and-set: the quantity the connector last
   confirmed (read first if unknown). Shopify refuses the whole call with
   ``CHANGE_FROM_QUANTITY_STALE`` when the level moved (a sale at Shopify, an
-  edit in the admin); the connector re-reads those levels and sets again;
+  edit in the admin); the connector re-reads those levels and sets again, less
+  the units of Shopify's orders there the hub has not booked yet (``orders``,
+  as ``sold_since`` reads them; ``Target.sales_from_ms``), and goes on taking
+  them off each push of such a level until the orders are booked;
 * ``@idempotent(key:)`` — a UUID derived from the turn and the variables, so a
   retry after a timeout or a dropped connection carries the same key and
   Shopify applies it at most once (optional in 2026-01, required from
@@ -258,12 +261,18 @@ class ShopifyConnector:
         unknown = [k for k in keys if previous[k] is None]
         if unknown:
             previous.update(await self.read_levels(unknown))
+        # units of sales at Shopify whose orders the hub has not booked, per level read (None: the read failed)
+        less: dict[LevelKey, int | None] = {}
+        owed = [k for k in keys if batch[k].owed]
+        if owed:
+            less.update(await self._less_unbooked(batch, owed))
         for _ in range(CAS_RETRIES_MAX):
+            quantity = {k: max(0, batch[k].quantity - (less.get(k) or 0)) for k in keys}
             quantities = [
                 {
                     "inventoryItemId": k.item_id,
                     "locationId": k.location_id,
-                    "quantity": batch[k].quantity,
+                    "quantity": quantity[k],
                     "changeFromQuantity": previous[k],
                 }
                 for k in keys
@@ -287,7 +296,8 @@ class ShopifyConnector:
                     "the levels are not taken as set"
                 )
             if not errors:
-                return Confirmed({k: batch[k].quantity for k in keys}, skus=_answered_skus(payload, keys))
+                self._said_less(batch, quantity, less)
+                return Confirmed(quantity, skus=_answered_skus(payload, keys), less=less)
             codes = {str(e.get("code")) for e in errors}
             if codes <= STALE_CODES:
                 stale = _stale_keys(errors, keys)
@@ -298,6 +308,8 @@ class ShopifyConnector:
                     len(stale),
                 )
                 previous.update(await self.read_levels(stale))
+                # a sale at Shopify moved them: one whose order the hub has not booked stays sold (set less it)
+                less.update(await self._less_unbooked(batch, stale))
                 continue
             if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
                 beat(CONCURRENT_RETRY_S)
@@ -306,7 +318,8 @@ class ShopifyConnector:
             refused = _refused_levels(errors, keys)
             if refused:
                 raise LevelsRefused(
-                    f"Shopify refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}", refused,
+                    f"Shopify refused {len(refused)} of {len(keys)} level(s) of channel {self.spec.name}",
+                    refused,
                     _gone_levels(errors, keys),
                 )
             first = errors[0]
@@ -347,6 +360,75 @@ class ShopifyConnector:
                 start += len(chunk)
         return found
 
+    async def _less_unbooked(
+        self, batch: Mapping[LevelKey, Target], keys: Sequence[LevelKey]
+    ) -> dict[LevelKey, int | None]:
+        """Of ``keys``, those with a ``sales_from_ms``: the units of Shopify's orders made since then at each that the
+        hub has neither booked nor refused (0: none; None for each when the orders cannot be read, said once)."""
+        since = {k: t for k in keys if (t := batch[k].sales_from_ms) is not None}
+        if self.settled is None or not since:
+            return {}
+        units = await self._unbooked(
+            since, "a push was answered stale", "a level set again goes out at the hub's level"
+        )
+        if units is None:
+            return dict.fromkeys(since)
+        return {k: units.get(k, (0, 0))[0] for k in since}
+
+    def _said_less(
+        self, batch: Mapping[LevelKey, Target], quantity: Mapping[LevelKey, int], less: Mapping[LevelKey, int | None]
+    ) -> None:
+        taken = {k: n for k, n in less.items() if n and k in quantity}
+        if taken:
+            k = min(taken)
+            log.info(
+                "channel %s: Shopify sold %d unit(s) at %d level(s) whose orders have not reached the hub (first "
+                "inventory item %s at %s: the hub's level %d, %d sold, %d set); the levels are set less them, so "
+                "those sales stay sold until their orders come",
+                self.spec.name, sum(taken.values()), len(taken), k.item_id, k.location_id, batch[k].quantity,
+                taken[k], quantity[k],
+            )  # fmt: skip
+
+    async def _unbooked(
+        self, since: Mapping[LevelKey, int], when: str, until: str
+    ) -> dict[LevelKey, tuple[int, int]] | None:
+        """The units and sales of Shopify's orders made at each level since ``since`` (wall ms, taken to the second)
+        that the hub has neither booked nor refused (``settled``); None when they cannot be read (said once, with
+        ``when`` it was read and what is done ``until`` it can be)."""
+        settled = self.settled
+        if settled is None or not since:
+            return {}
+        since_ms = {k: ms // 1000 * 1000 for k, ms in since.items()}  # Shopify's createdAt is to the second
+        try:
+            orders = await self._orders_since(max(min(since_ms.values()), wall_ms_now() - ORDERS_SINCE_MAX_MS))
+        except ChannelError as err:
+            if not self._orders_failing:
+                log.warning(
+                    "channel %s: Shopify's orders could not be read to tell a sale at Shopify from a drift when %s "
+                    "(%s); until they can, %s, a sale whose order has not reached the hub included",
+                    self.spec.name, when, err, until,
+                )  # fmt: skip
+            self._orders_failing = True
+            return None
+        if self._orders_failing:
+            log.info(
+                "channel %s: Shopify's orders can be read again, so a sale at Shopify stays sold until its order "
+                "reaches the hub",
+                self.spec.name,
+            )
+        self._orders_failing = False
+        done = await settled({o.order_id for o in orders}) if orders else set()
+        found: dict[LevelKey, tuple[int, int]] = {}
+        for o in orders:
+            if o.order_id in done:
+                continue
+            for (item_id, location_id), n in o.units.items():
+                k = LevelKey(item_id, location_id)
+                if k in since_ms and o.created_ms >= since_ms[k]:
+                    units, sales = found.get(k, (0, 0))
+                    found[k] = (units + n, sales + 1)
+        return found
+
     async def sold_since(
         self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]
     ) -> dict[LevelKey, Moved]:
@@ -361,42 +443,11 @@ class ShopifyConnector:
         them from, for the levels pushed at or before the second it was created. Without order webhooks nothing
         is read: no order would ever come back. A read that fails leaves every level to be pushed over, as before
         the read existed, said once until one succeeds."""
-        settled = self.settled
         asked = {k: q for k, q in shown.items() if k in counted_ms}
-        if settled is None or not asked:
-            return {}
-        since_ms = {k: counted_ms[k] // 1000 * 1000 for k in asked}  # Shopify's createdAt is to the second
-        try:
-            orders = await self._orders_since(max(min(since_ms.values()), wall_ms_now() - ORDERS_SINCE_MAX_MS))
-        except ChannelError as err:
-            if not self._orders_failing:
-                log.warning(
-                    "channel %s: Shopify's orders could not be read to tell a sale at Shopify from a drift when "
-                    "reconciling (%s); until they can, every level that diverges is pushed over, a sale whose order "
-                    "has not reached the hub included",
-                    self.spec.name, err,
-                )  # fmt: skip
-            self._orders_failing = True
-            return {}
-        if self._orders_failing:
-            log.info(
-                "channel %s: Shopify's orders can be read again, so a reconciliation leaves a sale at Shopify "
-                "standing until its order reaches the hub",
-                self.spec.name,
-            )
-        self._orders_failing = False
-        done = await settled({o.order_id for o in orders}) if orders else set()
-        units: dict[LevelKey, int] = {}
-        sales: dict[LevelKey, int] = {}
-        for o in orders:
-            if o.order_id in done:
-                continue
-            for (item_id, location_id), n in o.units.items():
-                k = LevelKey(item_id, location_id)
-                if k in asked and o.created_ms >= since_ms[k]:
-                    units[k] = units.get(k, 0) + n
-                    sales[k] = sales.get(k, 0) + 1
-        return {k: Moved(asked[k] + n, asked[k], sales[k]) for k, n in units.items() if n > 0}
+        found = await self._unbooked(
+            {k: counted_ms[k] for k in asked}, "reconciling", "every level that diverges is pushed over"
+        )
+        return {k: Moved(asked[k] + n, asked[k], sales) for k, (n, sales) in (found or {}).items() if n > 0}
 
     async def _orders_since(self, since_ms: int) -> list[_Order]:
         """Shopify's orders created at or after ``since_ms`` (not cancelled), each with its units per (inventory
@@ -434,8 +485,8 @@ class ShopifyConnector:
         )
 
     async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
-        """Nothing: Shopify keeps no record of an item's changes in 2026-01, and a push sets the hub's level over a
-        sale at Shopify (its compare-and-set re-reads and sets again); only a reconciliation reads Shopify's orders
+        """Nothing: Shopify keeps no record of an item's changes in 2026-01; its orders are read only when a push is
+        answered stale or a level's last count was set less some (``push``), and by a reconciliation
         (``sold_since``)."""
         return {}
 
