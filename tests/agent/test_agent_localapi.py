@@ -493,13 +493,9 @@ async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: 
     await api.ok("POST", f"/api/v1/sessions/{receipt['id']}/scans", {"sku": "SKU-APPLE", "qty": 2_000_000}, status=201)
 
 
-async def test_a_scan_sent_again_after_its_answer_was_lost_is_one_line(api: Api) -> None:
-    """Found by dropping the connection after a scan was sent and before its answer came (the Wi-Fi on the
-    shop floor): the agent had added the line, the page said "the agent does not answer, try again", and the
-    scan sent again became a second line, one item booked twice. A scan's scan_id makes it the same line."""
-    token = await api.sign_in()
-    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-8"}, status=201))["session"]["id"]
-    body = json.dumps({"code": APPLE, "scan_id": "a1b2c3"}).encode()
+async def scan_whose_answer_is_lost(api: Api, token: str, sid: str, scan: dict[str, Any]) -> None:
+    """Send ``scan`` and drop the connection before its answer (the Wi-Fi); return once the agent has its line."""
+    body = json.dumps(scan).encode()
     host, port = api.url.removeprefix("http://").split(":")
     _, writer = await asyncio.open_connection(host, int(port))
     writer.write(
@@ -512,6 +508,15 @@ async def test_a_scan_sent_again_after_its_answer_was_lost_is_one_line(api: Api)
     async with asyncio.timeout(10):
         while (await api.ok("GET", f"/api/v1/sessions/{sid}"))["lines_total"] == 0:
             await asyncio.sleep(0.02)
+
+
+async def test_a_scan_sent_again_after_its_answer_was_lost_is_one_line(api: Api) -> None:
+    """Found by dropping the connection after a scan was sent and before its answer came (the Wi-Fi on the
+    shop floor): the agent had added the line, the page said "the agent does not answer, try again", and the
+    scan sent again became a second line, one item booked twice. A scan's scan_id makes it the same line."""
+    token = await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-8"}, status=201))["session"]["id"]
+    await scan_whose_answer_is_lost(api, token, sid, {"code": APPLE, "scan_id": "a1b2c3"})
     again = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "a1b2c3"}, status=201)
     assert (again["line"]["no"], again["lines_total"], again["units"]) == (1, 1, 1)
     got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"sku": "SKU-PEAR", "scan_id": "a1b2c3"})
@@ -531,19 +536,7 @@ async def test_a_scan_sent_again_after_another_handheld_closed_the_session_answe
     booked by the close; sent again, it answers its line, in the closed session."""
     token = await api.sign_in()
     sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-9"}, status=201))["session"]["id"]
-    body = json.dumps({"code": APPLE, "qty": 2, "scan_id": "f00d01"}).encode()
-    host, port = api.url.removeprefix("http://").split(":")
-    _, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        f"POST /api/v1/sessions/{sid}/scans HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    await writer.drain()
-    writer.close()  # gone before the answer
-    async with asyncio.timeout(10):
-        while (await api.ok("GET", f"/api/v1/sessions/{sid}"))["lines_total"] == 0:
-            await asyncio.sleep(0.02)
+    await scan_whose_answer_is_lost(api, token, sid, {"code": APPLE, "qty": 2, "scan_id": "f00d01"})
     await api.sign_in("bo", "0000")
     closed = (await api.ok("POST", f"/api/v1/sessions/{sid}/close", {}))["session"]
     assert closed["report"]["units"] == 2
