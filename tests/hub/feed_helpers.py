@@ -88,3 +88,13 @@ async def running_hub_at(db: Path | str, **settings: Any) -> AsyncIterator[Hub]:
     async with hub_in_process(db, **settings) as served:
         _, reader = await served.store.add_agent([], role="reader")
         yield Hub(served.store, served.client, reader)
+
+
+def unsent_bytes(local_port: int, remote_port: int) -> int:
+    """What the kernel holds unsent on the 127.0.0.1 connection local_port -> remote_port (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if (local, remote) == (local_port, remote_port):
+            return int(fields[4].split(":")[0], 16)
+    return 0

@@ -66,6 +66,28 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
     return status, headers, body
 
 
+async def revoked_and_reader(store: HubStore, location: str) -> tuple[str, str]:
+    """A revoked agent's credential (for S2) and a reader's credential for ``location``, added in that order."""
+    revoked_id, revoked = await store.add_agent(["S2"])
+    await store.revoke_agent(revoked_id)
+    _, reader = await store.add_agent([location], role="reader")
+    return revoked, reader
+
+
+async def body_when_asked(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes, what: str = "the request"
+) -> tuple[int, dict[str, str], bytes]:
+    """Take the ``100 Continue`` a head asking for it was sent, send ``body``, close, and return the final answer."""
+    try:
+        status, _, _ = await read_answer(reader)
+        assert status == 100, f"{what} was not asked for its body"
+        writer.write(body)
+        await writer.drain()
+        return await read_answer(reader)
+    finally:
+        writer.close()
+
+
 async def test_a_catch_up_batch_past_the_line_is_refused_before_a_byte_of_its_body_is_sent(tmp_path: Path) -> None:
     async with hub_in_process(tmp_path / "hub.db") as hub, aiohttp.ClientSession() as session:
         agent_id, token = await hub.store.add_agent(["S1"])
@@ -350,14 +372,7 @@ async def test_a_rate_limited_agents_catch_up_batch_is_refused_from_its_head_and
         for first in (1, BIG + 1):
             body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG, first=first)))
             reader, writer = await send_head(hub.port, token, len(body))
-            try:
-                status, _, _ = await read_answer(reader)
-                assert status == 100
-                writer.write(body)
-                await writer.drain()
-                stored, headers, _ = await read_answer(reader)
-            finally:
-                writer.close()
+            stored, headers, _ = await body_when_asked(reader, writer, body)
             assert stored == 200
             left.append(headers["ratelimit"])
         assert [h.split(";")[1] for h in left] == ["r=1", "r=0"], "a batch asking to continue was counted twice"
@@ -442,9 +457,7 @@ async def test_a_sync_asking_to_continue_has_its_credential_looked_up_once_and_r
     async with hub_in_process(tmp_path / "hub.db") as hub, aiohttp.ClientSession() as session:
         store = hub.store
         agent_id, token = await store.add_agent(["S1"])
-        revoked_id, revoked_token = await store.add_agent(["S2"])
-        await store.revoke_agent(revoked_id)
-        _, reader_token = await store.add_agent(["S1"], role="reader")
+        revoked_token, reader_token = await revoked_and_reader(store, "S1")
         looked_up = count_lookups(monkeypatch, store)
         body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
         async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers_of(token), expect100=True) as resp:
@@ -475,9 +488,7 @@ async def test_a_sync_its_head_condemns_is_refused_before_100_continue_as_withou
     async with hub_in_process(tmp_path / "hub.db") as hub:
         store = hub.store
         agent_id, token = await store.add_agent(["S1"])
-        revoked_id, revoked_token = await store.add_agent(["S2"])
-        await store.revoke_agent(revoked_id)
-        _, reader_token = await store.add_agent(["S1"], role="reader")
+        revoked_token, reader_token = await revoked_and_reader(store, "S1")
         body = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", BIG)))
         sale = encode_sync_request(SyncRequest(agent_id, 1, events(agent_id, "S1", 1)))
         limit = hub.app[SETTINGS_KEY].max_body_bytes

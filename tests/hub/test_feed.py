@@ -26,7 +26,7 @@ from tests.harness.clock import RECENT_MS
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import wait_until
 from tests.hub.event_factory import EventFactory
-from tests.hub.feed_helpers import Hub, running_hub, running_hub_at
+from tests.hub.feed_helpers import Hub, running_hub, running_hub_at, unsent_bytes
 
 BOUND_S = 10.0  # every wait in these tests is bounded by this
 
@@ -447,16 +447,6 @@ async def test_a_stream_whose_client_left_before_it_began_is_no_error(
 # --- a stream whose client stopped reading -------------------------------------------------------------------
 
 
-def _unsent_bytes(local_port: int, remote_port: int) -> int:
-    """What the kernel holds unsent on the 127.0.0.1 connection local_port -> remote_port (/proc/net/tcp)."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
-        if (local, remote) == (local_port, remote_port):
-            return int(fields[4].split(":")[0], 16)
-    return 0
-
-
 def test_a_stopping_hub_cuts_a_stream_whose_client_stopped_reading(tmp_path: Path) -> None:
     """A client that stops reading (a frozen tab, a hung consumer) used to hold SIGTERM for 40 s.
 
@@ -494,7 +484,7 @@ def test_a_stopping_hub_cuts_a_stream_whose_client_stopped_reading(tmp_path: Pat
         seen: list[int] = []
 
         def stalled() -> bool:  # the kernel's queue is full and stays so: the hub's send waits
-            seen.append(_unsent_bytes(hub.port, me))
+            seen.append(unsent_bytes(hub.port, me))
             return len(seen) > 20 and seen[-1] > 50_000 and len(set(seen[-20:])) == 1
 
         wait_until("the hub's side of the stream stalls", stalled, 60.0, poll_s=0.1)

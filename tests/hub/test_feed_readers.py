@@ -18,7 +18,7 @@ from hub.feed import STALLED_KEY, STREAMS_KEY
 from protocol import Kind
 from tests.harness.clock import RECENT_MS
 from tests.hub.event_factory import EventFactory
-from tests.hub.feed_helpers import Hub, running_hub
+from tests.hub.feed_helpers import Hub, running_hub, unsent_bytes
 
 BOUND_S = 20.0  # every wait in these tests is bounded by this
 
@@ -118,16 +118,6 @@ async def test_a_stream_replaying_history_waits_for_its_budget_instead_of_readin
 
 
 # --- streams whose client stopped reading ---------------------------------------------------------------------
-
-
-def unsent_bytes(local_port: int, remote_port: int) -> int:
-    """What the kernel holds unsent on the 127.0.0.1 connection local_port -> remote_port (/proc/net/tcp)."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
-        if (local, remote) == (local_port, remote_port):
-            return int(fields[4].split(":")[0], 16)
-    return 0
 
 
 STALLED = 20

@@ -25,7 +25,13 @@ from hub.storage.base import AgentIdentity, StoreClosed, StoreError
 from hub.storage.migrations import MigrationProgress
 from protocol import MSGPACK_CONTENT_TYPE, SyncRequest, encode_sync_request
 from tests.harness.inprocess import hub_in_process
-from tests.hub.test_catchup_expect import count_lookups, read_answer, without_numbers
+from tests.hub.test_catchup_expect import (
+    body_when_asked,
+    count_lookups,
+    read_answer,
+    revoked_and_reader,
+    without_numbers,
+)
 from tests.hub.test_catchup_slots import events
 
 JSON = "application/json"
@@ -74,9 +80,7 @@ async def test_every_write_route_refuses_what_its_head_condemns_before_100_conti
     async with hub_in_process(tmp_path / "hub.db") as hub:
         store = hub.store
         _, agent = await store.add_agent(["WEB"])
-        revoked_id, revoked = await store.add_agent(["S2"])
-        await store.revoke_agent(revoked_id)
-        _, reader = await store.add_agent(["WEB"], role="reader")
+        revoked, reader = await revoked_and_reader(store, "WEB")
         _, admin = await store.add_agent([], role="admin")
         limit = hub.app[SETTINGS_KEY].max_body_bytes
         looked_up = count_lookups(monkeypatch, store)
@@ -133,14 +137,7 @@ async def test_a_write_its_head_does_not_condemn_is_asked_for_its_body_and_store
             ("PUT", "/v1/catalog", admin, items),
         ):
             reader, writer = await send(hub.port, method, path, token, body)
-            try:
-                status, _, _ = await read_answer(reader)
-                assert status == 100, f"{method} {path} was not asked for its body"
-                writer.write(body)
-                await writer.drain()
-                done, _, answer = await read_answer(reader)
-            finally:
-                writer.close()
+            done, _, answer = await body_when_asked(reader, writer, body, f"{method} {path}")
             assert done == 200, answer
         assert [c.on_hand for c in await hub.store.counts(location="WEB")] == [-1]
 
@@ -216,14 +213,7 @@ async def test_a_database_failing_at_the_heads_credential_lookup_is_answered_503
 
         failing = False
         reader, writer = await send(hub.port, "POST", "/v1/sync", agent, big, MSGPACK_CONTENT_TYPE)
-        try:
-            status, _, _ = await read_answer(reader)
-            assert status == 100
-            writer.write(big)
-            await writer.drain()
-            stored, _, _ = await read_answer(reader)
-        finally:
-            writer.close()
+        stored, _, _ = await body_when_asked(reader, writer, big)
         assert stored == 200
         assert sum(c.on_hand for c in await store.counts(location="WEB")) == -5_000
 
