@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hub.channels import ChannelPusher, ChannelSpec, parse_channels
+from hub.channels.orders import OrderContext, Translation, to_events
 from hub.feed import ChangeWatch
 from hub.storage import HubStore
 from hub.storage.base import AgentIdentity
-from protocol import Kind
+from protocol import Kind, wall_ms_now
 from tests.hub.event_factory import EventFactory
 
 BOUND_S = 30.0  # every wait in these tests is bounded by this
@@ -69,6 +72,40 @@ async def pushed_to_head(pusher: ChannelPusher, hub: Hub) -> None:
         return pusher.status.cursor == latest
 
     await wait_until(saved, f"the pusher's cursor reaches the hub's newest change ({latest})")
+
+
+async def settle(pusher: ChannelPusher) -> None:
+    """Turn the pusher until it has nothing left to do."""
+    for _ in range(20):
+        if not await pusher.turn():
+            return
+    raise AssertionError("the pusher kept finding work")
+
+
+async def book_order(
+    hub: Hub, pusher: ChannelPusher, platform: str, translate: Callable[[OrderContext], Translation]
+) -> None:
+    """Book an order at the hub under the channel's identity, translated by ``translate``, as its webhook books it."""
+    assert pusher.mapping is not None
+    ctx = OrderContext.of(pusher.spec.name, platform, pusher.spec.pool, pusher.mapping)
+    events = to_events(ctx, f"channel:{pusher.spec.name}", translate(ctx), wall_ms_now(), 600_000)
+    who = AgentIdentity(f"channel:{pusher.spec.name}", frozenset(pusher.spec.pool), "agent")
+    result = await hub.store.ingest(who, 0, events)
+    assert not result.rejected, result.rejected
+
+
+def logged(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
+    """The messages logged so far that contain ``words``."""
+    return [r.getMessage() for r in caplog.records if words in r.getMessage()]
+
+
+def one_sale_stands(channel: str, platform: str, location: str) -> str:
+    """What a reconciliation says of A at ``location``, counted 10 and one sale since whose order is on its way."""
+    return (
+        f"channel {channel}: {platform} sold units after the hub's last count at 1 diverging level(s) (first A at "
+        f"{location}: counted 10, -1 by 1 sale(s) since, 9 now, the hub's level 10); its count stands rather than "
+        "being pushed over until the sales' orders reach the hub"
+    )
 
 
 def expected_level(avail: Sequence[int], held_back: int = 0) -> int:

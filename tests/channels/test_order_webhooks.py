@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,22 @@ async def test_a_register_sale_reconciled_before_its_order_arrives_is_never_push
     assert square.quantity(a, s1) == 9
 
 
+async def book_at_s1(session: aiohttp.ClientSession, hub: Hub, agent: str, kind: str, qty: int) -> None:
+    """Book one movement of SKU-A at S1 through the hub's ``/v1/events`` with the agent credential ``agent``."""
+    event = {"id": uuid.uuid4().hex, "location": "S1", "sku": "SKU-A", "kind": kind, "qty": qty,
+             "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}  # fmt: skip
+    async with session.post(hub.url + "/v1/events", json={"events": [event]},
+                            headers={"Authorization": f"Bearer {agent}"},
+                            timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+        assert resp.status == 200, await resp.text()
+
+
+async def both_caught_up(hub: Hub, state: SqliteChannelState) -> bool:
+    """Whether the pos and quiet pushers have both saved their cursors at the hub's newest change."""
+    latest = await hub.store.latest_change_id()
+    return all([await state.cursor(name) == latest for name in ("pos", "quiet")])
+
+
 async def test_a_register_sale_whose_order_is_on_its_way_is_not_taken_over_by_the_hubs_next_count(hub: Hub) -> None:
     """10 on the shelf, one sold at the register (its order not yet at the hub), then one sold at the hub: the hub's
     next count, 9, went out stamped after the register's sale, so Square took it over the sale and showed 9 where 8
@@ -244,24 +261,12 @@ async def test_a_register_sale_whose_order_is_on_its_way_is_not_taken_over_by_th
     key = LevelKey(a, s1)
     _, agent = await hub.store.add_agent(["S1"])
 
-    def event(kind: str, qty: int) -> dict[str, Any]:
-        return {"id": uuid.uuid4().hex, "location": "S1", "sku": "SKU-A", "kind": kind, "qty": qty,
-                "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}  # fmt: skip
-
     async with aiohttp.ClientSession(trust_env=False) as session, await SqliteChannelState.open(hub.db) as state:
-
-        async def book(kind: str, qty: int) -> None:
-            async with session.post(hub.url + "/v1/events", json={"events": [event(kind, qty)]},
-                                    headers={"Authorization": f"Bearer {agent}"},
-                                    timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
-                assert resp.status == 200, await resp.text()
+        book = partial(book_at_s1, session, hub, agent)
+        caught_up = partial(both_caught_up, hub, state)
 
         async def confirmed(levels: set[int]) -> bool:
             return all([(await state.pushed(name)).get(key) in levels for name in ("pos", "quiet")])
-
-        async def caught_up() -> bool:
-            latest = await hub.store.latest_change_id()
-            return all([await state.cursor(name) == latest for name in ("pos", "quiet")])
 
         def calls() -> tuple[int, int]:
             return len(square.stats.batch_sizes), len(square.stats.change_queries)
@@ -312,24 +317,12 @@ async def test_a_register_sale_whose_order_the_hub_refused_is_no_longer_taken_of
     unmapped = square.add_variation("SKU-NEW")  # added at Square after the hub loaded its mapping
     _, agent = await hub.store.add_agent(["S1"])
 
-    def event(kind: str, qty: int) -> dict[str, Any]:
-        return {"id": uuid.uuid4().hex, "location": "S1", "sku": "SKU-A", "kind": kind, "qty": qty,
-                "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}  # fmt: skip
-
     async with aiohttp.ClientSession(trust_env=False) as session, await SqliteChannelState.open(hub.db) as state:
-
-        async def book(kind: str, qty: int) -> None:
-            async with session.post(hub.url + "/v1/events", json={"events": [event(kind, qty)]},
-                                    headers={"Authorization": f"Bearer {agent}"},
-                                    timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
-                assert resp.status == 200, await resp.text()
+        book = partial(book_at_s1, session, hub, agent)
+        caught_up = partial(both_caught_up, hub, state)
 
         async def confirmed(level: int) -> bool:
             return all([(await state.pushed(name)).get(key) == level for name in ("pos", "quiet")])
-
-        async def caught_up() -> bool:
-            latest = await hub.store.latest_change_id()
-            return all([await state.cursor(name) == latest for name in ("pos", "quiet")])
 
         await book("receive", 10)
         await wait_until(lambda: confirmed(10), "both channels confirmed A at 10")

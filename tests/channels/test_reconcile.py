@@ -29,7 +29,7 @@ from hub.storage.postgres import PostgresHubStore
 from protocol import Kind
 from tests.channels.emulators.shopify import ShopifyEmulator
 from tests.channels.emulators.square import SquareEmulator
-from tests.channels.helpers import Hub, spec_of, wait_until
+from tests.channels.helpers import Hub, logged, one_sale_stands, settle, spec_of, wait_until
 from tests.channels.test_square_push import CHANGES_PATH, book_square_order, past_the_change
 
 K = LevelKey("item-1", "loc-1")
@@ -54,14 +54,6 @@ async def square_pusher(hub: Hub, state: SqliteChannelState, emu: SquareEmulator
         )
     async with aiohttp.ClientSession(trust_env=False) as session:
         yield ChannelPusher(spec, hub.store, state, SquareConnector(spec, session), hub.watch)
-
-
-async def settle(pusher: ChannelPusher) -> None:
-    """Turn the pusher until it has nothing left to do."""
-    for _ in range(20):
-        if not await pusher.turn():
-            return
-    raise AssertionError("the pusher kept finding work")
 
 
 # --- the rule, pure -------------------------------------------------------------------------------------
@@ -463,14 +455,7 @@ async def test_a_register_sale_whose_order_has_not_reached_the_hub_is_not_pushed
         assert len(square.stats.change_queries) == 2, "one read of Square's sales before the count of 9 went out"
         assert (await Reconciler(pusher).reconcile()).divergences == ()
         assert len(square.stats.change_queries) == 2, "nothing diverged: Square's record is not read"
-    said = [r.getMessage() for r in caplog.records if "sold units after the hub's last count" in r.getMessage()]
-    assert said == [
-        (
-            f"channel pos: Square sold units after the hub's last count at 1 diverging level(s) (first A at {loc}: "
-            "counted 10, -1 by 1 sale(s) since, 9 now, the hub's level 10); its count stands rather than being pushed "
-            "over until the sales' orders reach the hub"
-        )
-    ]
+    assert logged(caplog, "sold units after the hub's last count") == [one_sale_stands("pos", "Square", loc)]
 
 
 async def test_a_count_kept_at_square_or_a_difference_no_sale_explains_is_still_pushed_over(

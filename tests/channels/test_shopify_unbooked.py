@@ -23,13 +23,12 @@ import pytest
 
 from hub.channels import ChannelPusher, LevelKey, ShopifyConnector, SqliteChannelState
 from hub.channels import shopify as shopify_module
-from hub.channels.orders import OrderContext, shopify_movements, to_events
+from hub.channels.orders import shopify_movements
 from hub.channels.reconcile import Reconciler
-from hub.storage.base import AgentIdentity
-from protocol import Kind, wall_ms_now
+from protocol import Kind
 from tests.channels.emulators.shopify import Variant
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
-from tests.channels.helpers import Hub, spec_of
+from tests.channels.helpers import Hub, book_order, logged, one_sale_stands, settle, spec_of
 
 SECRET = "shpss_app_client_secret_0123"
 
@@ -51,11 +50,18 @@ async def hooked_pusher(
         yield ChannelPusher(spec, hub.store, state, ShopifyConnector(spec, session), hub.watch)
 
 
-async def settle(pusher: ChannelPusher) -> None:
-    for _ in range(20):
-        if not await pusher.turn():
-            return
-    raise AssertionError("the pusher kept finding work")
+@asynccontextmanager
+async def pushing_a(
+    hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator, units: int = 10
+) -> AsyncIterator[tuple[ChannelPusher, str, Variant]]:
+    """A location at Shopify stocking A, ``units`` of A received at the hub's S1, and the hooked pusher selling S1
+    there, turned until it has nothing left to do."""
+    online = shop.add_location()
+    a = shop.add_variant("A", stocked_at=[online])
+    await hub.move((Kind.RECEIVE, units, "S1", "A"))
+    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
+        await settle(pusher)
+        yield pusher, online, a
 
 
 def sell(emu: ShopifyOrdersEmulator, variant: Variant, location: str, units: int, **kw: Any) -> dict[str, Any]:
@@ -67,24 +73,15 @@ def sell(emu: ShopifyOrdersEmulator, variant: Variant, location: str, units: int
 
 async def book(hub: Hub, pusher: ChannelPusher, emu: ShopifyOrdersEmulator, order: dict[str, Any]) -> None:
     """The order's ``orders/create`` webhook reaches the hub and is booked, as the order route books it."""
-    assert pusher.mapping is not None
-    ctx = OrderContext.of(pusher.spec.name, "shopify", pusher.spec.pool, pusher.mapping)
-    t = shopify_movements(ctx, "orders/create", emu.order_delivery("orders/create", order["id"]).payload)
-    events = to_events(ctx, f"channel:{pusher.spec.name}", t, wall_ms_now(), 600_000)
-    who = AgentIdentity(f"channel:{pusher.spec.name}", frozenset(pusher.spec.pool), "agent")
-    result = await hub.store.ingest(who, 0, events)
-    assert not result.rejected, result.rejected
+    payload = emu.order_delivery("orders/create", order["id"]).payload
+    await book_order(hub, pusher, "shopify", lambda ctx: shopify_movements(ctx, "orders/create", payload))
 
 
 async def test_a_shopify_sale_whose_webhook_has_not_arrived_is_not_pushed_over_by_a_reconciliation(
     hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="hub.channels")
-    online = shop.add_location()
-    a = shop.add_variant("A", stocked_at=[online])
-    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
-    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
-        await settle(pusher)
+    async with pushing_a(hub, state, shop) as (pusher, online, a):
         order = sell(shop, a, online, 1)  # its orders/create webhook is on its way
         found = await Reconciler(pusher).reconcile()
         assert (found.done.checked, found.divergences) == (1, ())
@@ -101,14 +98,7 @@ async def test_a_shopify_sale_whose_webhook_has_not_arrived_is_not_pushed_over_b
         assert shop.stats.by_operation.get("orders") == 2
         assert (await Reconciler(pusher).reconcile()).divergences == ()
         assert shop.stats.by_operation.get("orders") == 2, "nothing diverged: no orders read"
-    said = [r.getMessage() for r in caplog.records if "sold units after the hub's last count" in r.getMessage()]
-    assert said == [
-        (
-            f"channel web: Shopify sold units after the hub's last count at 1 diverging level(s) (first A at {online}: "
-            "counted 10, -1 by 1 sale(s) since, 9 now, the hub's level 10); its count stands rather than being pushed "
-            "over until the sales' orders reach the hub"
-        )
-    ]
+    assert logged(caplog, "sold units after the hub's last count") == [one_sale_stands("web", "Shopify", online)]
 
 
 async def test_a_shopify_pos_sale_counts_at_its_retail_location(
@@ -133,11 +123,7 @@ async def test_a_real_drift_beside_a_sale_is_still_pushed_over(
     hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator
 ) -> None:
     """One unit sold, and four more gone by an edit in the admin: the sale does not explain Shopify's level."""
-    online = shop.add_location()
-    a = shop.add_variant("A", stocked_at=[online])
-    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
-    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
-        await settle(pusher)
+    async with pushing_a(hub, state, shop) as (pusher, online, a):
         sell(shop, a, online, 1)
         shop.drift(a.item_id, online, 5)
         (d,) = (await Reconciler(pusher).reconcile()).divergences
@@ -151,11 +137,7 @@ async def test_an_order_the_hub_booked_is_not_counted_twice(
 ) -> None:
     """Two orders since the push, the first booked (the hub's level is 9), the second not: Shopify's 7 is the hub's
     9 less the second's 2 units, and stands. Counting the booked one again would make it 6 and push 9 over."""
-    online = shop.add_location()
-    a = shop.add_variant("A", stocked_at=[online])
-    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
-    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
-        await settle(pusher)
+    async with pushing_a(hub, state, shop) as (pusher, online, a):
         first = sell(shop, a, online, 1)
         # Shopify's clock a few seconds ahead of the hub's: the booked order is dated after the push of 9 below
         ahead = datetime.now(UTC) + timedelta(seconds=5)
@@ -173,11 +155,7 @@ async def test_when_shopifys_orders_cannot_be_read_a_reconciliation_pushes_over_
     hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="hub.channels")
-    online = shop.add_location()
-    a = shop.add_variant("A", stocked_at=[online])
-    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
-    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
-        await settle(pusher)
+    async with pushing_a(hub, state, shop) as (pusher, online, a):
         sold = []
         for _ in range(2):
             sold.append(sell(shop, a, online, 1))
@@ -210,11 +188,7 @@ async def test_more_orders_than_three_pages_since_the_push_are_read_as_failed_an
 ) -> None:
     """25 orders since the push (3 pages of 8 hold 24): the read is bounded, so it fails and the level is pushed over
     as before, said in the warning."""
-    online = shop.add_location()
-    a = shop.add_variant("A", stocked_at=[online])
-    await hub.move((Kind.RECEIVE, 100, "S1", "A"))
-    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
-        await settle(pusher)
+    async with pushing_a(hub, state, shop, 100) as (pusher, online, a):
         for _ in range(25):
             sell(shop, a, online, 1)
         (d,) = (await Reconciler(pusher).reconcile()).divergences
@@ -257,11 +231,7 @@ async def test_a_stale_push_after_a_shopify_sale_goes_out_less_the_sale_until_it
     hub's level less that order's units: set at the hub's level, the sold unit would be for sale again until the
     webhook came. The take-off is kept (pushes after it, a restart) until the order is booked, then never again."""
     caplog.set_level(logging.INFO, logger="hub.channels")
-    online = shop.add_location()
-    a = shop.add_variant("A", stocked_at=[online])
-    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
-    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
-        await settle(pusher)
+    async with pushing_a(hub, state, shop) as (pusher, online, a):
         order = sell(shop, a, online, 1)  # Shopify 9; its orders/create webhook is on its way
         await hub.move((Kind.SALE, -2, "S1", "A"))  # the hub 8: the push (from 10) is answered stale
         await settle(pusher)
@@ -301,11 +271,7 @@ async def test_a_stale_push_whose_orders_cannot_be_read_sets_the_hubs_level_and_
     out as before, said once; the next push of the level reads them from the same start, so the sale is taken off
     then, until its order is booked."""
     caplog.set_level(logging.INFO, logger="hub.channels")
-    online = shop.add_location()
-    a = shop.add_variant("A", stocked_at=[online])
-    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
-    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
-        await settle(pusher)
+    async with pushing_a(hub, state, shop) as (pusher, online, a):
         order = sell(shop, a, online, 1)
         shop.fail_orders = True
         await hub.move((Kind.SALE, -2, "S1", "A"))

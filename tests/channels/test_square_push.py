@@ -25,16 +25,15 @@ from hub.channels.connector import (
     ChannelUnavailable,
     Target,
 )
-from hub.channels.orders import OrderContext, square_movements, to_events
+from hub.channels.orders import square_movements
 from hub.channels.reconcile import Reconciler
 from hub.channels.runner import open_channel_state
 from hub.channels.square import rfc3339_ms
 from hub.feed import ChangeWatch
 from hub.storage import open_store
-from hub.storage.base import AgentIdentity
 from protocol import Kind, wall_ms_now
 from tests.channels.emulators.square import SquareEmulator
-from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
+from tests.channels.helpers import Hub, book_order, pushed_to_head, settle, spec_of, wait_until
 from tests.harness.pg import fresh_schema
 from tests.hub.event_factory import EventFactory
 
@@ -421,14 +420,6 @@ async def by_hand(spec: ChannelSpec, hub: Hub, state: SqliteChannelState) -> Asy
         yield ChannelPusher(spec, hub.store, state, SquareConnector(spec, session), hub.watch, backoff=FAST)
 
 
-async def settle(pusher: ChannelPusher) -> None:
-    """Turn the pusher until it has nothing left to do."""
-    for _ in range(20):
-        if not await pusher.turn():
-            return
-    raise AssertionError("the pusher kept finding work")
-
-
 async def past_the_change(hub: Hub, location: str, sku: str) -> None:
     """Return once this machine's clock is past the hub's newest change of ``sku`` (the push's occurred_at): what
     the register does from then on happened after the hub's change — in the coalescing wait, or while the push
@@ -449,12 +440,7 @@ async def book_square_order(
              "created_at": now, "updated_at": now, "closed_at": now, "fulfillments": [],
              "line_items": [{"uid": f"LINE{i}", "catalog_object_id": item, "quantity": str(n)}
                             for i, (item, n) in enumerate(lines)]}  # fmt: skip
-    assert pusher.mapping is not None
-    ctx = OrderContext.of(pusher.spec.name, "square", pusher.spec.pool, pusher.mapping)
-    events = to_events(ctx, f"channel:{pusher.spec.name}", square_movements(ctx, order), wall_ms_now(), 600_000)
-    who = AgentIdentity(f"channel:{pusher.spec.name}", frozenset(pusher.spec.pool), "agent")
-    result = await hub.store.ingest(who, 0, events)
-    assert not result.rejected, result.rejected
+    await book_order(hub, pusher, "square", lambda ctx: square_movements(ctx, order))
 
 
 async def test_a_register_sale_during_the_push_is_not_pushed_over_and_its_order_is_not_counted_twice(
