@@ -166,3 +166,17 @@ class DeviceServer:
 
     async def next(self) -> asyncio.StreamWriter:
         return await asyncio.wait_for(self.connections.get(), WAIT_S)
+
+
+async def next_available(server: DeviceServer, statuses: StatusLog) -> asyncio.StreamWriter:
+    """The device server's end of the reader's next connection, once the reader says it is available."""
+    link = await server.next()
+    await statuses.wait(available=True)
+    return link
+
+
+async def send_scan(link: asyncio.StreamWriter, taker: ScanTaker, data: bytes) -> Scan:
+    """Send ``data`` from the device server's end of ``link`` and return the next scan the reader delivers."""
+    link.write(data)
+    await link.drain()
+    return await taker.one()

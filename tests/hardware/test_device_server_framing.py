@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
 from hardware import SerialScanner, SerialScannerConfig, serial_scanner
-from tests.hardware.scanner_helpers import DeviceServer, ScanTaker, StatusLog
+from tests.hardware.scanner_helpers import DeviceServer, ScanTaker, StatusLog, next_available
 
 FAST = {"reconnect_initial_s": 0.02, "reconnect_max_s": 0.1}
 PAUSE_S = 0.2  # between the pieces of one scan: a retransmitted segment on a LAN, a device server over Wi-Fi
@@ -24,22 +26,30 @@ async def forward(writer: asyncio.StreamWriter, pieces: list[bytes], pause_s: fl
         await writer.drain()
 
 
+@asynccontextmanager
+async def forwarding(
+    statuses: StatusLog, **settings: float
+) -> AsyncIterator[tuple[DeviceServer, SerialScannerConfig, asyncio.StreamWriter, ScanTaker]]:
+    """A reader "dock" on a device server on 127.0.0.1 (``settings`` added to its config), connected and available:
+    the server, the reader's config, the server's end of the link and a taker of the reader's scans."""
+    async with DeviceServer() as server:
+        cfg = SerialScannerConfig(reader_id="dock", port=server.url, **FAST, **settings)  # type: ignore[arg-type]
+        async with SerialScanner(cfg, on_status=statuses) as scanner:
+            taker = ScanTaker(scanner)
+            yield server, cfg, await next_available(server, statuses), taker
+
+
 @pytest.mark.parametrize("suffix", [b"\r\n", b""], ids=["suffix CR LF", "no suffix"])
 async def test_a_scan_a_device_server_forwards_in_pieces_is_one_scan(suffix: bytes, statuses: StatusLog) -> None:
     """A device server forwarded one barcode in three segments 0.2 s apart: the idle gap of 0.05 s ended a scan
     at each pause, so one barcode was three scans (two cut GTINs and a stray number), whether or not the scanner
     sends a suffix. Now a socket:// reader's idle gap is 0.5 s unless it is set: one scan, and the next one is
     its own."""
-    async with DeviceServer() as server:
-        cfg = SerialScannerConfig(reader_id="dock", port=server.url, **FAST)  # type: ignore[arg-type]
-        async with SerialScanner(cfg, on_status=statuses) as scanner:
-            taker = ScanTaker(scanner)
-            link = await server.next()
-            await statuses.wait(available=True)
-            await forward(link, [b"]E0590", b"1234123", b"457" + suffix])
-            first = await taker.one()
-            await forward(link, [b"]E0400", b"6381333931" + suffix])
-            second = await taker.one()
+    async with forwarding(statuses) as (_, cfg, link, taker):
+        await forward(link, [b"]E0590", b"1234123", b"457" + suffix])
+        first = await taker.one()
+        await forward(link, [b"]E0400", b"6381333931" + suffix])
+        second = await taker.one()
     assert [(s.raw, s.complete) for s in (first, second)] == [
         (b"]E05901234123457", True),
         (b"]E04006381333931", True),
@@ -53,16 +63,11 @@ async def test_a_scanner_that_sends_a_suffix_is_framed_by_it_not_split_by_a_long
     """The idle gap is for scanners that send no suffix; one that does had its scan split all the same when a
     pause on the link outlasted the gap. Now once a scanner ended its scans with CR/LF, a pause longer than the
     idle gap (here 0.1 s, the pause 0.4 s) waits for the suffix."""
-    async with DeviceServer() as server:
-        cfg = SerialScannerConfig(reader_id="dock", port=server.url, idle_gap_s=0.1, **FAST)  # type: ignore[arg-type]
-        async with SerialScanner(cfg, on_status=statuses) as scanner:
-            taker = ScanTaker(scanner)
-            link = await server.next()
-            await statuses.wait(available=True)
-            await forward(link, [b"]E05901234123457\r\n"])
-            first = await taker.one()
-            await forward(link, [b"]E0400638", b"1333931\r\n"], pause_s=0.4)
-            second = await taker.one()
+    async with forwarding(statuses, idle_gap_s=0.1) as (_, _, link, taker):
+        await forward(link, [b"]E05901234123457\r\n"])
+        first = await taker.one()
+        await forward(link, [b"]E0400638", b"1333931\r\n"], pause_s=0.4)
+        second = await taker.one()
     assert [(s.raw, s.complete) for s in (first, second)] == [
         (b"]E05901234123457", True),
         (b"]E04006381333931", True),
@@ -78,18 +83,13 @@ async def test_a_scan_whose_suffix_never_comes_is_delivered_cut_off_and_the_idle
     send none since reads on (its next scan is complete after the idle gap)."""
     monkeypatch.setattr(serial_scanner, "SUFFIX_WAIT_S", 0.3)
     caplog.set_level(logging.WARNING, logger="hardware")
-    async with DeviceServer() as server:
-        cfg = SerialScannerConfig(reader_id="dock", port=server.url, idle_gap_s=0.05, **FAST)  # type: ignore[arg-type]
-        async with SerialScanner(cfg, on_status=statuses) as scanner:
-            taker = ScanTaker(scanner)
-            link = await server.next()
-            await statuses.wait(available=True)
-            await forward(link, [b"]E05901234123457\r\n"])
-            first = await taker.one()
-            await forward(link, [b"]E0400638133393"])
-            cut = await taker.one()
-            await forward(link, [b"]E09780201379629"])
-            unsuffixed = await taker.one()
+    async with forwarding(statuses, idle_gap_s=0.05) as (server, _, link, taker):
+        await forward(link, [b"]E05901234123457\r\n"])
+        first = await taker.one()
+        await forward(link, [b"]E0400638133393"])
+        cut = await taker.one()
+        await forward(link, [b"]E09780201379629"])
+        unsuffixed = await taker.one()
     assert [(s.raw, s.complete) for s in (first, cut, unsuffixed)] == [
         (b"]E05901234123457", True),
         (b"]E0400638133393", False),

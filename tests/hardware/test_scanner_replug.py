@@ -17,7 +17,15 @@ import pytest
 
 from hardware import FRAME_MAX_BYTES, SerialScanner, SerialScannerConfig, reader, serial_scanner
 from hardware.reader import APPEAR_POLL_S, QUEUE_PAUSE_SCANS
-from tests.hardware.scanner_helpers import WAIT_S, DeviceServer, PtyScanner, ScanTaker, StatusLog
+from tests.hardware.scanner_helpers import (
+    WAIT_S,
+    DeviceServer,
+    PtyScanner,
+    ScanTaker,
+    StatusLog,
+    next_available,
+    send_scan,
+)
 
 TCP_REPAIR = getattr(socket, "TCP_REPAIR", 19)  # Linux; Python names it from 3.12
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux
@@ -100,32 +108,34 @@ async def test_a_device_server_dropping_the_line_mid_barcode_loses_no_scan_and_s
     ]
 
 
+@pytest.fixture
+def fast_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keepalive probes a device server's connection after 1 s of silence, then once a second."""
+    monkeypatch.setattr(serial_scanner, "KEEPALIVE_IDLE_S", 1)
+    monkeypatch.setattr(serial_scanner, "KEEPALIVE_INTERVAL_S", 1)
+
+
+@pytest.mark.usefixtures("fast_keepalive")
 async def test_a_device_server_that_restarted_without_a_word_is_noticed_and_reconnected(
-    statuses: StatusLog, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    statuses: StatusLog, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A network scanner or device server unplugged from power and plugged back in forgets the connection
     without sending anything: the reader's end stayed open and "available" for ever, reading nothing, and every
     scan after the replug was lost (the device server had no connection to send it to). Found by forgetting the
     server's end with TCP_REPAIR. Now TCP keepalive probes it; the answer (a reset) ends it and the reader
     reconnects."""
-    monkeypatch.setattr(serial_scanner, "KEEPALIVE_IDLE_S", 1)
-    monkeypatch.setattr(serial_scanner, "KEEPALIVE_INTERVAL_S", 1)
     caplog.set_level(logging.INFO, logger="hardware")
     async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
         taker = ScanTaker(scanner)
-        first = await server.next()
-        await statuses.wait(available=True)
+        first = await next_available(server, statuses)
         first.write(b"]E05901234123457\r\n]C0PAL")
         await first.drain()
         assert (await taker.one()).raw == b"]E05901234123457"
         forget(first)
         down = await statuses.wait(available=False)
         cut = await taker.one()
-        second = await server.next()
-        await statuses.wait(available=True)
-        second.write(b"]E09780201379629\r\n")
-        await second.drain()
-        after = await taker.one()
+        second = await next_available(server, statuses)
+        after = await send_scan(second, taker, b"]E09780201379629\r\n")
     assert down.error is not None and "reset" in down.error.reason
     assert [(s.raw, s.complete) for s in (cut, after)] == [(b"]C0PAL", False), (b"]E09780201379629", True)]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -138,6 +148,7 @@ async def test_a_device_server_that_restarted_without_a_word_is_noticed_and_reco
     ] and warnings[-1].startswith(f"Scanner 'dock' is back on {server.url} after ")
 
 
+@pytest.mark.usefixtures("fast_keepalive")
 @pytest.mark.parametrize("sending", [True, False], ids=["a command unsent", "nothing to send"])
 async def test_a_device_server_gone_silent_is_given_up_and_reconnected(
     sending: bool, statuses: StatusLog, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -150,23 +161,17 @@ async def test_a_device_server_gone_silent_is_given_up_and_reconnected(
     whole schedule: unacknowledged data is given up as soon as silence would be. With nothing to send, keepalive
     gives it up as before. Either way the reader reports it unavailable, timed out, and reconnects. (The timers are
     shortened for the test: 1 s of silence, then one probe a second later.)"""
-    monkeypatch.setattr(serial_scanner, "KEEPALIVE_IDLE_S", 1)
-    monkeypatch.setattr(serial_scanner, "KEEPALIVE_INTERVAL_S", 1)
     monkeypatch.setattr(serial_scanner, "KEEPALIVE_PROBES", 1)
     caplog.set_level(logging.INFO, logger="hardware")
     async with DeviceServer() as server, SerialScanner(config(server.url), on_status=statuses) as scanner:
         taker = ScanTaker(scanner)
-        first = await server.next()
-        await statuses.wait(available=True)
+        first = await next_available(server, statuses)
         silence(first)
         if sending:
             scanner.send(b"\x16T\r")  # a Honeywell trigger command
         down = await statuses.wait(available=False)
-        second = await server.next()
-        await statuses.wait(available=True)
-        second.write(b"]E09780201379629\r\n")
-        await second.drain()
-        after = await taker.one()
+        second = await next_available(server, statuses)
+        after = await send_scan(second, taker, b"]E09780201379629\r\n")
     timed_out = os.strerror(errno.ETIMEDOUT)
     assert down.error is not None and down.error.reason == timed_out
     assert (after.raw, after.complete) == (b"]E09780201379629", True)
