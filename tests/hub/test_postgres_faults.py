@@ -44,14 +44,18 @@ class Agent:
         self.seq = 0
         self.pending: StockEvent | None = None
 
+    def next_event(self) -> StockEvent:
+        """The agent's next event: one unit received."""
+        self.seq += 1
+        at = pack_hlc(int(time.time() * 1000), 0)
+        return StockEvent(
+            new_event_id(), self.agent_id, 1, self.seq, self.location, f"SKU-{self.seq % 7}", Kind.RECEIVE, 1,
+            at, at >> 16, "api:test",
+        )  # fmt: skip
+
     def body(self) -> bytes:
         if self.pending is None:
-            self.seq += 1
-            at = pack_hlc(int(time.time() * 1000), 0)
-            self.pending = StockEvent(
-                new_event_id(), self.agent_id, 1, self.seq, self.location, f"SKU-{self.seq % 7}", Kind.RECEIVE, 1,
-                at, at >> 16, "api:test",
-            )  # fmt: skip
+            self.pending = self.next_event()
         return encode_sync_request(SyncRequest(self.agent_id, 1, (self.pending,)))
 
     async def sync(self, session: aiohttp.ClientSession, url: str) -> int:
@@ -409,6 +413,54 @@ async def test_a_hub_runs_at_most_its_ingest_turns_at_once_and_reads_keep_their_
                     f"SELECT count(*) FROM {with_search_path(pg_url)['search_path']}.events"
                 )
                 assert stored == 8, stored  # one event per agent; the refused ninth was never stored
+        finally:
+            await migrating.close()
+            await watcher.close()
+
+
+async def test_big_batches_leave_one_ingest_turn_to_live_sales(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catch-up batches (more than LIVE_BATCH_EVENTS_MAX events) take at most all turns but one between them: with
+    every big batch's transaction waiting on a lock, a store's live sale still gets a turn, not a 503 five seconds
+    later. Here a big batch is two events and a live one one, and a migration holds the lock ingest takes first."""
+    monkeypatch.setattr(postgres_store, "INGEST_TX_MAX", 3)
+    monkeypatch.setattr(postgres_store, "LIVE_BATCH_EVENTS_MAX", 1)
+    async with hub_in_process(pg_url, rate_limit_per_s=0) as hub:
+        stores = [await _agent(hub.store, f"L{i}") for i in range(4)]
+        live = await _agent(hub.store, "LIVE")
+        migrating = await asyncpg.connect(pg_url.split("?")[0], server_settings=with_search_path(pg_url))
+        watcher = await asyncpg.connect(pg_url.split("?")[0])
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+
+                async def big(agent: Agent) -> int:  # two events: a catch-up batch here
+                    first, second = agent.next_event(), agent.next_event()
+                    body = encode_sync_request(SyncRequest(agent.agent_id, 1, (first, second)))
+                    headers = {"Authorization": f"Bearer {agent.token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+                    async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers) as resp:
+                        await resp.read()
+                        return resp.status
+
+                await migrating.execute("SELECT pg_advisory_lock(hashtext('shelfsync.migrate.' || current_schema()))")
+                bigs = [asyncio.ensure_future(big(agent)) for agent in stores]
+                try:
+                    async with asyncio.timeout(WAIT_S):  # two big batches wait on the lock; the other two in the hub
+                        while await watcher.fetchval(WAITING_ON_MIGRATION_LOCK_SQL) < 2:
+                            await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.3)  # time for a third big batch to reach the lock, were it let through
+                    assert await watcher.fetchval(WAITING_ON_MIGRATION_LOCK_SQL) == 2
+                    sale = asyncio.ensure_future(live.sync(session, hub.url))
+                    async with asyncio.timeout(WAIT_S):  # the live sale takes the turn no big batch may hold
+                        while await watcher.fetchval(WAITING_ON_MIGRATION_LOCK_SQL) < 3:
+                            await asyncio.sleep(0.05)
+                    assert not sale.done()
+                finally:
+                    await migrating.execute("SELECT pg_advisory_unlock_all()")
+                assert await asyncio.wait_for(sale, WAIT_S) == 200
+                assert await asyncio.wait_for(asyncio.gather(*bigs), WAIT_S) == [200] * 4
+                stored = await watcher.fetchval(
+                    f"SELECT count(*) FROM {with_search_path(pg_url)['search_path']}.events"
+                )
+                assert stored == 4 * 2 + 1
         finally:
             await migrating.close()
             await watcher.close()

@@ -62,6 +62,10 @@ POOL_ACQUIRE_TIMEOUT_S = 5.0
 # few at once they only queue in the database, switching in and out of its cores. One hub's batches are bounded by
 # its own event loop anyway (its Python is a third of a batch's CPU), which four keep busy.
 INGEST_TX_MAX = 4
+# Batches of more than this many events (an agent's catch-up sends 10,000 at once) take at most INGEST_TX_MAX - 1
+# turns between them: a store's live sale, a few events, always finds one turn that no catch-up holds, and waits
+# for it no longer than the shortest transaction in flight.
+LIVE_BATCH_EVENTS_MAX = 1_000
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 30.0
 TX_ATTEMPTS = 10
@@ -271,6 +275,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self._pool = pool
         self._inflight: set[asyncio.Task[Any]] = set()
         self._ingest_turns = asyncio.Semaphore(INGEST_TX_MAX)
+        self._bulk_turns = asyncio.Semaphore(max(1, INGEST_TX_MAX - 1))  # taken first by a big batch
         self._closed = False
         self._unreached_since: float | None = None  # monotonic time of the first request the database could not take
         self._unreached_count = 0
@@ -367,35 +372,41 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     async def _write(
         self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], *, unique_races: bool = False,
-        ingest: bool = False,
+        ingest: int = 0,
     ) -> T:  # fmt: skip
         """Run ``work`` in one transaction, retried whole when PostgreSQL aborts it
         for another's sake; return its result once committed. The transaction runs
-        in its own task, so a cancelled caller does not cut it short. An ``ingest``
-        transaction first waits for one of the hub's ``INGEST_TX_MAX`` turns."""
+        in its own task, so a cancelled caller does not cut it short. An ingest of
+        ``ingest`` events first waits for one of the hub's ``INGEST_TX_MAX`` turns."""
         self._check_open()
         attempts = self._attempts(what, work, unique_races)
-        task = asyncio.ensure_future(self._ingest_turn(attempts) if ingest else attempts)
+        task = asyncio.ensure_future(self._ingest_turn(attempts, ingest) if ingest else attempts)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         task.add_done_callback(_consume_result)
         return await asyncio.shield(task)
 
-    async def _ingest_turn(self, attempts: Coroutine[Any, Any, T]) -> T:
-        """``attempts`` once one of the hub's ingest turns is free (``INGEST_TX_MAX``); ``PoolBusy`` when none came
-        free within ``POOL_ACQUIRE_TIMEOUT_S``, as for a connection."""
+    async def _ingest_turn(self, attempts: Coroutine[Any, Any, T], events: int) -> T:
+        """``attempts`` once one of the hub's ingest turns is free (``INGEST_TX_MAX``; a batch of more than
+        ``LIVE_BATCH_EVENTS_MAX`` events also one of the turns big batches share); ``PoolBusy`` when none came free
+        within ``POOL_ACQUIRE_TIMEOUT_S``, as for a connection."""
+        turns = [self._ingest_turns] if events <= LIVE_BATCH_EVENTS_MAX else [self._bulk_turns, self._ingest_turns]
+        taken: list[asyncio.Semaphore] = []
         try:
-            async with asyncio.timeout(POOL_ACQUIRE_TIMEOUT_S):
-                await self._ingest_turns.acquire()
-        except BaseException as err:  # no turn in time, or the store closing: the transaction never starts
-            attempts.close()  # (no warning that it was never awaited)
-            if isinstance(err, TimeoutError):
-                raise PoolBusy(INGEST_TX_MAX, POOL_ACQUIRE_TIMEOUT_S, "ingest turns") from None
-            raise
-        try:
+            try:
+                async with asyncio.timeout(POOL_ACQUIRE_TIMEOUT_S):
+                    for turn in turns:
+                        await turn.acquire()
+                        taken.append(turn)
+            except BaseException as err:  # no turn in time, or the store closing: the transaction never starts
+                attempts.close()  # (no warning that it was never awaited)
+                if isinstance(err, TimeoutError):
+                    raise PoolBusy(INGEST_TX_MAX, POOL_ACQUIRE_TIMEOUT_S, "ingest turns") from None
+                raise
             return await attempts
         finally:
-            self._ingest_turns.release()
+            for turn in reversed(taken):
+                turn.release()
 
     async def _attempts(self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], unique_races: bool) -> T:
         for attempt in range(1, TX_ATTEMPTS + 1):
@@ -469,9 +480,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self, what: str, work: Callable[[PostgresDb], Coroutine[Any, Any, T]], *, unique_races: bool = False,
         events: int = 0, sender: str | None = None,
     ) -> T:  # fmt: skip
-        return await self._write(
-            what, lambda conn: work(PostgresDb(conn)), unique_races=unique_races, ingest=events > 0
-        )
+        return await self._write(what, lambda conn: work(PostgresDb(conn)), unique_races=unique_races, ingest=events)
 
     async def _booking(
         self, db: PostgresDb, work: Callable[[IngestTx], Awaitable[T]], *, batch: Batch | None = None,
