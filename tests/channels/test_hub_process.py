@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,28 +36,45 @@ def _post_events(url: str, token: str, events: list[dict[str, object]]) -> dict[
         return answer
 
 
-async def test_a_configured_hub_pushes_a_movement_to_its_channel(tmp_path: Path, square: SquareEmulator) -> None:
+@dataclass(frozen=True)
+class SquareHub:
+    """A hub process (not started) whose ``[[channel]]`` pushes store S1 to one Square location, and what it names."""
+
+    hub: HubProcess
+    url: str
+    token: str  # store S1's credential
+    variation: str  # SKU-1 at Square
+    location_id: str
+
+
+def square_hub(tmp_path: Path, square: SquareEmulator, hub_extra: str = "", channel_extra: str = "") -> SquareHub:
+    """A hub configured by a hub.toml in ``tmp_path`` with one Square channel ``pickup`` (``buffer = 1``), plus
+    the ``[hub]`` and ``[[channel]]`` lines ``hub_extra`` and ``channel_extra``."""
     location_id = square.add_location()
     variation = square.add_variation("SKU-1")
-    db = tmp_path / "hub.db"
-    cred = add_credential(db, "S1")
+    cred = add_credential(tmp_path / "hub.db", "S1")
     port = free_port()
     config = tmp_path / "hub.toml"
     config.write_text(
-        f'[hub]\ndb = "hub.db"\nport = {port}\n\n'
+        f'[hub]\ndb = "hub.db"\nport = {port}\n{hub_extra}\n'
         f'[[channel]]\nname = "pickup"\nkind = "square"\nurl = "{square.url}"\nsecret_env = "SQUARE_TOKEN"\n'
-        f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\n',
+        f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\n{channel_extra}',
         encoding="utf-8",
     )
     hub = HubProcess(tmp_path / "hub.log", "--config", str(config), env={**os.environ, "SQUARE_TOKEN": square.token})
-    url = f"http://127.0.0.1:{port}"
+    return SquareHub(hub, f"http://127.0.0.1:{port}", cred.token, variation, location_id)
+
+
+async def test_a_configured_hub_pushes_a_movement_to_its_channel(tmp_path: Path, square: SquareEmulator) -> None:
+    made = square_hub(tmp_path, square)
+    hub, url, token, variation, location_id = made.hub, made.url, made.token, made.variation, made.location_id
     try:
         await asyncio.to_thread(hub.start)  # in a thread: the emulator answers the hub from this loop
         assert hub.url == url
         answer = await asyncio.to_thread(
             _post_events,
             url,
-            cred.token,
+            token,
             [{"id": "delivery-1", "location": "S1", "sku": "SKU-1", "kind": "receive", "qty": 6,
               "occurred_at": "2026-01-01T00:00:00Z"}],
         )
@@ -69,7 +87,7 @@ async def test_a_configured_hub_pushes_a_movement_to_its_channel(tmp_path: Path,
         await asyncio.to_thread(
             _post_events,
             url,
-            cred.token,
+            token,
             [{"id": "sale-1", "location": "S1", "sku": "SKU-1", "kind": "sale", "qty": -2,
               "occurred_at": "2026-01-01T00:01:00Z"}],
         )
@@ -106,20 +124,8 @@ async def test_a_hub_paused_past_lease_stale_s_keeps_running_its_channel_when_it
     """A hub paused (SIGSTOP) past ``lease_stale_s``: when it resumed, it took its loops' silence over the pause
     for stuck loops, stopped the channel and started it again only after a backoff. A hub that did not run is not
     a stuck job: it runs the channel on, with the loops it had."""
-    location_id = square.add_location()
-    variation = square.add_variation("SKU-1")
-    db = tmp_path / "hub.db"
-    cred = add_credential(db, "S1")
-    port = free_port()
-    config = tmp_path / "hub.toml"
-    config.write_text(
-        f'[hub]\ndb = "hub.db"\nport = {port}\nlease_stale_s = 10\n\n'
-        f'[[channel]]\nname = "pickup"\nkind = "square"\nurl = "{square.url}"\nsecret_env = "SQUARE_TOKEN"\n'
-        f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\nreconcile_s = 10\n',
-        encoding="utf-8",
-    )
-    hub = HubProcess(tmp_path / "hub.log", "--config", str(config), env={**os.environ, "SQUARE_TOKEN": square.token})
-    url = f"http://127.0.0.1:{port}"
+    made = square_hub(tmp_path, square, hub_extra="lease_stale_s = 10\n", channel_extra="reconcile_s = 10\n")
+    hub, url, token, variation, location_id = made.hub, made.url, made.token, made.variation, made.location_id
 
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
@@ -127,7 +133,7 @@ async def test_a_hub_paused_past_lease_stale_s_keeps_running_its_channel_when_it
     paused = False
     try:
         await asyncio.to_thread(hub.start)
-        await asyncio.to_thread(_post_events, url, cred.token, [
+        await asyncio.to_thread(_post_events, url, token, [
             {"id": "delivery-1", "location": "S1", "sku": "SKU-1", "kind": "receive", "qty": 6,
              "occurred_at": "2026-01-01T00:00:00Z"}])  # fmt: skip
         await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
@@ -136,7 +142,7 @@ async def test_a_hub_paused_past_lease_stale_s_keeps_running_its_channel_when_it
         await asyncio.sleep(25.0)  # past lease_stale_s (10 s) beyond the bound its reconciler gave (10 s at most)
         os.kill(hub.pid, signal.SIGCONT)
         paused = False
-        await asyncio.to_thread(_post_events, url, cred.token, [
+        await asyncio.to_thread(_post_events, url, token, [
             {"id": "sale-1", "location": "S1", "sku": "SKU-1", "kind": "sale", "qty": -2,
              "occurred_at": "2026-01-01T00:01:00Z"}])  # fmt: skip
         await wait_until(lambda: shown(3), "the resumed hub pushes the sale")
