@@ -237,7 +237,7 @@ class ShopifyEmulator(EmulatorServer):
             body = json.loads(await request.read())
             document, variables = body["query"], body.get("variables") or {}
             if not isinstance(document, str) or not isinstance(variables, dict):
-                raise ValueError
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             return web.json_response({"errors": {"query": "Required parameter missing or invalid"}}, status=400)
         root = ROOT_RE.search(document)
