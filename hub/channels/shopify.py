@@ -39,6 +39,9 @@ walks the ``productVariants`` pages, bounded by the shop's exact
 levels a reconciliation found diverging (``orders``, ``ORDERS_SINCE``) and
 counts the units of those the hub has not booked at the location Shopify took
 them from: such a level is Shopify's right count until their webhooks arrive.
+An order without fulfilment orders yet is counted by its line items, read by a
+second query for such orders only (``ORDER_LINES``): asked with every order, they
+would cost more than the 1,000 points Shopify allows one query.
 """
 
 from __future__ import annotations
@@ -162,6 +165,23 @@ query ordersSince($first: Int!, $after: String, $query: String!) {
       }
     }
     pageInfo { hasNextPage endCursor }
+  }
+}
+""".strip()
+# An order Shopify has not routed yet (no fulfilment orders: Shopify makes them just after the order) took its units
+# all the same; its line items are read by a second, narrower query, only for such orders: asked with each order of
+# ORDERS_SINCE they would take a page to 754 + 8 × 78 = 1,378 points, past Shopify's 1,000 a query. ``currentQuantity``
+# is the line's units still in the order (what the order webhook books); a custom item has no variant. At most 8
+# orders of 25 lines a request: 1 + 8 × (1 + 2 + 25 × 3) = 625 points requested. Such an order's units are counted
+# where the hub books it (``hub.channels.orders``): a POS order's retail location, else the channel's only location,
+# else its ``order_location``'s; nowhere when it has none of them.
+ORDER_LINES = """
+query orderLines($ids: [ID!]!) {
+  nodes(ids: $ids) {
+    ... on Order {
+      id
+      lineItems(first: 25) { nodes { currentQuantity variant { inventoryItem { id } } } pageInfo { hasNextPage } }
+    }
   }
 }
 """.strip()
@@ -478,11 +498,46 @@ class ShopifyConnector:
                     found.append(order)
             info = page.get("pageInfo")
             if not isinstance(info, dict) or not info.get("hasNextPage"):
-                return found
+                return await self._lines_of_unrouted(found)
             after = _next_cursor(info.get("endCursor"), seen, pages)
         raise ChannelUnavailable(
             f"Shopify has more than {ORDERS_PAGES_MAX * ORDERS_PAGE} orders since {since} for channel {self.spec.name}"
         )
+
+    async def _lines_of_unrouted(self, orders: list[_Order]) -> list[_Order]:
+        """``orders`` with the units of those Shopify has not routed yet read from their line items (``ORDER_LINES``,
+        at most ``ORDERS_PAGE`` orders a request), each counted where the hub books such an order; ChannelError
+        when they cannot be read."""
+        unrouted = {o.gid: o for o in orders if not o.routed}
+        if not unrouted:
+            return orders
+        read: dict[str, _Order] = {}
+        ids = list(unrouted)
+        for start in range(0, len(ids), ORDERS_PAGE):
+            chunk = ids[start : start + ORDERS_PAGE]
+            data = await self._graphql("orderLines", ORDER_LINES, {"ids": chunk}, wait_max_s=ORDERS_WAIT_MAX_S)
+            nodes = array(data.get("nodes"), f"the orders' lines Shopify answered channel {self.spec.name}")
+            answered = {n.get("id"): n for n in nodes if isinstance(n, dict)}
+            for gid in chunk:
+                units = _line_units(answered.get(gid))
+                if units is None:
+                    raise ChannelUnavailable(
+                        f"Shopify answered channel {self.spec.name} the lines of order {gid} in a shape the hub cannot "
+                        f"read, or more than it asked for: {short(json.dumps(answered.get(gid), default=str), 120)}"
+                    )
+                order = unrouted[gid]
+                location_id = order.retail_id or self._unrouted_location()
+                at = {} if location_id is None else {(item_id, location_id): n for item_id, n in units.items()}
+                read[gid] = replace(order, units=at)
+        return [read.get(o.gid, o) for o in orders]
+
+    def _unrouted_location(self) -> str | None:
+        """The Shopify location an online order without fulfilment orders is counted at: where the hub books it
+        (``hub.channels.orders``) — the channel's only location, else its ``order_location``'s; None without either."""
+        locations = self.spec.channel_locations
+        if len(locations) == 1:
+            return locations[0]
+        return self.spec.pool.get(self.spec.order_location) if self.spec.order_location else None
 
     async def sales_since(self, counted_ms: Mapping[LevelKey, int]) -> dict[LevelKey, list[Sale]] | None:
         """Nothing: Shopify keeps no record of an item's changes in 2026-01; its orders are read only when a push is
@@ -695,6 +750,9 @@ class _Order:
     created_ms: int
     cancelled: bool
     units: dict[tuple[str, str], int]
+    gid: str = ""
+    retail_id: str | None = None
+    routed: bool = True  # False: no fulfilment orders yet, its units are its line items' (``ORDER_LINES``)
 
 
 def _order(node: Any) -> _Order | None:
@@ -728,7 +786,28 @@ def _order(node: Any) -> _Order | None:
                 continue  # a line that is no inventory item (a custom item, a gift card): nothing of the hub's
             units[(item_id, location_id)] = units.get((item_id, location_id), 0) + n
     order_id = node["id"].removeprefix(SHOPIFY_ORDER_GID)
-    return _Order(order_id, created_ms, node.get("cancelledAt") is not None, units)
+    routed = bool(fos["nodes"])
+    retail = retail_id if isinstance(retail_id, str) and retail_id else None
+    return _Order(order_id, created_ms, node.get("cancelledAt") is not None, units, node["id"], retail, routed)
+
+
+def _line_units(node: Any) -> dict[str, int] | None:
+    """An order node of ``ORDER_LINES``: its units per inventory item; None when it is of another shape or its lines
+    were cut short."""
+    lines = node.get("lineItems") if isinstance(node, dict) else None
+    if not isinstance(lines, dict) or not isinstance(lines.get("nodes"), list) or _more(lines):
+        return None
+    units: dict[str, int] = {}
+    for line in lines["nodes"]:
+        n = line.get("currentQuantity") if isinstance(line, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return None
+        variant = line.get("variant")
+        item = variant.get("inventoryItem") if isinstance(variant, dict) else None
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if isinstance(item_id, str) and item_id and n:  # a custom item (no variant): nothing of the hub's
+            units[item_id] = units.get(item_id, 0) + n
+    return units
 
 
 def _more(connection: Mapping[str, Any]) -> bool:

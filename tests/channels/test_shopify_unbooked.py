@@ -296,3 +296,69 @@ async def test_a_stale_push_whose_orders_cannot_be_read_sets_the_hubs_level_and_
             "order has not reached the hub included"
         )
     ], warned
+
+
+def _costs_within_one_query(shop: ShopifyOrdersEmulator) -> None:
+    """Every query the connector sent asked for at most Shopify's 1,000 points (the stand-in refuses more)."""
+    assert shop.stats.costs and max(cost for _, cost in shop.stats.costs) <= 1000, shop.stats.costs
+
+
+async def test_an_order_shopify_has_not_routed_yet_counts_by_its_line_items(
+    hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator
+) -> None:
+    """An order without fulfilment orders yet (Shopify makes them just after the order) took its units all the same:
+    its line items are read by a second, narrower query (at most 8 such orders of 25 lines: 625 points), and
+    counted at the channel's only location. A reconciliation leaves the level standing; a push answered stale sets
+    the hub's level less them."""
+    async with pushing_a(hub, state, shop) as (pusher, online, a):
+        order = shop.create_order([(a, 1), (None, 1)], ship_from=online, routed=False)  # and a custom item
+        shop.drift(a.item_id, online, 9)
+        assert (await Reconciler(pusher).reconcile()).divergences == (), "the unrouted order explains Shopify's 9"
+        await settle(pusher)
+        assert shop.available(a.item_id, online) == 9, "not pushed over"
+
+        await hub.move((Kind.SALE, -2, "S1", "A"))  # the hub 8: the push (from 10) is answered stale
+        await settle(pusher)
+        assert shop.available(a.item_id, online) == 7, "the hub's 8 less the unit of the unrouted order"
+        assert pusher.less_unbooked == {LevelKey(a.item_id, online): 1}
+
+        shop.route(order["id"])  # routed now: counted by its fulfilment order, the same unit
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await settle(pusher)
+        assert shop.available(a.item_id, online) == 6
+        await book(hub, pusher, shop, order)
+        await settle(pusher)
+        assert shop.available(a.item_id, online) == 6 and pusher.less_unbooked == {}
+    _costs_within_one_query(shop)
+    assert ("nodes", 1 + 78) in shop.stats.costs, "one order of at most 25 lines: 78 points, and 1 for the list"
+
+
+async def test_an_unrouted_order_counts_at_its_retail_location_or_the_order_location(
+    hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator
+) -> None:
+    """Two locations: an unrouted POS order counts at its retail location; an unrouted online order at the Shopify
+    location of the channel's ``order_location`` (where the hub books such an order), and without one nowhere."""
+    online, outlet = shop.add_location(), shop.add_location()
+    a = shop.add_variant("A", stocked_at=[online, outlet])
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 20, "S2", "A"))
+    pool = {"S1": online, "S2": outlet}
+    spec = spec_of({"name": "web", "kind": "shopify", "url": shop.url, "pool": pool, "timeout_s": 5,
+                    "order_location": "S1"}, shop.token)  # fmt: skip
+    spec = replace(spec, webhook_secret=SECRET)
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        pusher = ChannelPusher(spec, hub.store, state, ShopifyConnector(spec, session), hub.watch)
+        await settle(pusher)
+        shop.create_order([(a, 2)], pos_location=outlet, routed=False)
+        shop.drift(a.item_id, outlet, 18)
+        shop.create_order([(a, 3)], routed=False)  # online, not routed: Shopify took it from the online location
+        shop.drift(a.item_id, online, 7)
+        assert (await Reconciler(pusher).reconcile()).divergences == ()
+        await settle(pusher)
+        assert (shop.available(a.item_id, online), shop.available(a.item_id, outlet)) == (7, 18)
+
+        pusher.connector.spec = replace(spec, order_location="")  # no order_location: nowhere to count it
+        shop.drift(a.item_id, online, 6)
+        shop.create_order([(a, 1)], routed=False)
+        (d,) = (await Reconciler(pusher).reconcile()).divergences
+        assert (d.key, d.channel_level, d.hub_level) == (LevelKey(a.item_id, online), 6, 10)
+    _costs_within_one_query(shop)

@@ -33,10 +33,17 @@ Built from Shopify's public reference for that version:
   plans; 1,000: Plus). A call is charged its requested cost up front and
   refunded the difference to its actual cost; a mutation costs 10, a
   connection ``2 + first × 2`` (each variant and its inventory item), a node 2.
+  A connection costs 2 plus its ``first`` argument times what each of its
+  nodes selects (an object 1, a scalar 0), nested connections multiplied
+  through (``orders_cost``, ``order_nodes_cost``). A query asking for more
+  than ``SINGLE_QUERY_MAX`` points (1,000, whatever the plan), or than the
+  bucket can ever hold, is refused before it runs: HTTP 200 with
+  ``errors[].extensions.code = "MAX_COST_EXCEEDED"`` (``cost``, ``maxCost``).
   When the bucket holds less than the requested cost the answer is HTTP 200
   with ``errors[].extensions.code = "THROTTLED"`` and nothing is executed;
   every answer carries ``extensions.cost`` (``requestedQueryCost``,
-  ``actualQueryCost``, ``throttleStatus``).
+  ``actualQueryCost``, ``throttleStatus``); ``Stats.costs`` keeps each
+  query's requested cost.
 
 A broken shop on demand: ``invent_pages`` pages of ``productVariants``, each
 one new variant made up for it under a fresh cursor and "more follow", none of
@@ -75,6 +82,7 @@ REASONS = frozenset(
 QUANTITIES_MAX = 250
 QUANTITY_MAX = 1_000_000_000
 MUTATION_COST = 10
+SINGLE_QUERY_MAX = 1000  # the most one query may ask for, whatever the plan's bucket
 DOC_URL = "https://shopify.dev/api/usage/rate-limits"
 ROOT_RE = re.compile(r"\b(inventorySetQuantities|productVariants|nodes|orders|order)\s*\(")
 COUNT_RE = re.compile(r"\bproductVariantsCount\s*(\(([^)]*)\))?")
@@ -83,6 +91,7 @@ IDEMPOTENT_RE = re.compile(r"@idempotent\s*\(\s*key\s*:\s*(\$\w+|\"[^\"]*\")\s*\
 
 
 FIRST_RE = re.compile(r"\b(fulfillmentOrders|lineItems)\s*\(\s*first\s*:\s*(\d+)")
+ORDER_NODES_RE = re.compile(r"\.\.\.\s*on\s+Order\b")
 
 
 def orders_cost(document: str, variables: dict[str, Any]) -> int:
@@ -94,6 +103,17 @@ def orders_cost(document: str, variables: dict[str, Any]) -> int:
     per_fo = 3 + 2 + firsts.get("lineItems", 0)
     per_order = 2 + 2 + firsts.get("fulfillmentOrders", 0) * per_fo
     return 2 + (first if isinstance(first, int) else 0) * per_order
+
+
+def order_nodes_cost(document: str, variables: dict[str, Any]) -> int:
+    """The requested cost of ``nodes(ids:) { ... on Order { lineItems(first:) { nodes { currentQuantity variant {
+    inventoryItem { id } } } } } }`` as Shopify counts it: 1 for the list and, per id, 1 for the order and its
+    ``lineItems(first:)`` connection (2, and per line 1, 1 for its ``variant``, 1 for the variant's
+    ``inventoryItem``)."""
+    ids = _arg(document, "ids", variables)
+    firsts = {m.group(1): int(m.group(2)) for m in FIRST_RE.finditer(document)}
+    per_order = 1 + 2 + firsts.get("lineItems", 0) * 3
+    return 1 + (len(ids) if isinstance(ids, list) else 0) * per_order
 
 
 def _arg(document: str, name: str, variables: dict[str, Any]) -> Any:
@@ -129,6 +149,7 @@ class Stats:
     keys: list[str] = field(default_factory=list)  # idempotency keys of inventorySetQuantities, in arrival order
     history: list[dict[tuple[str, str], int]] = field(default_factory=list)  # levels set by each applied mutation
     inputs: list[dict[str, Any]] = field(default_factory=list)  # the ``input`` of each applied mutation
+    costs: list[tuple[str, int]] = field(default_factory=list)  # (operation, requested cost) of each call costed
 
 
 class ShopifyEmulator(EmulatorServer):
@@ -255,16 +276,18 @@ class ShopifyEmulator(EmulatorServer):
                 self._running.discard(key or "")
         self.stats.by_operation[operation] = self.stats.by_operation.get(operation, 0) + 1
         requested = self._requested_cost(operation, document, variables)
+        self.stats.costs.append((operation, requested))
         self._refill()
-        if requested > self.maximum_available:
+        max_cost = int(min(SINGLE_QUERY_MAX, self.maximum_available))
+        if requested > max_cost:
             return web.json_response(
                 {
                     "errors": [
                         {
                             "message": f"Query cost is {requested}, which exceeds the single query max cost limit "
-                            f"({int(self.maximum_available)}).",
+                            f"({max_cost}).",
                             "extensions": {"code": "MAX_COST_EXCEEDED", "cost": requested,
-                                           "maxCost": int(self.maximum_available), "documentation": DOC_URL},
+                                           "maxCost": max_cost, "documentation": DOC_URL},
                         }
                     ]
                 }
@@ -287,6 +310,8 @@ class ShopifyEmulator(EmulatorServer):
             data, actual = self.order_query(document, variables)
         elif operation == "orders":
             data, actual = self.orders_query(document, variables)
+        elif ORDER_NODES_RE.search(document):
+            data, actual = self.order_nodes(document, variables)
         else:
             data, actual = self._nodes(document, variables)
         if isinstance(data, web.Response):
@@ -308,6 +333,8 @@ class ShopifyEmulator(EmulatorServer):
             return 2 + (first if isinstance(first, int) else 0)
         if operation == "orders":
             return orders_cost(document, variables)
+        if ORDER_NODES_RE.search(document):
+            return order_nodes_cost(document, variables)
         ids = _arg(document, "ids", variables)
         return 1 + 2 * (len(ids) if isinstance(ids, list) else 0)
 
@@ -486,6 +513,11 @@ class ShopifyEmulator(EmulatorServer):
     def orders_query(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any] | web.Response, int]:
         """``orders(first:, query:)``: this emulator keeps no orders (tests.channels.emulators.shopify_orders does)."""
         return {"orders": {"nodes": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}}, 2
+
+    def order_nodes(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """``nodes(ids:)`` of orders: this emulator keeps no orders (tests.channels.emulators.shopify_orders does)."""
+        ids = _arg(document, "ids", variables)
+        return {"nodes": [None for _ in ids] if isinstance(ids, list) else []}, 1
 
     def _nodes(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         ids = _arg(document, "ids", variables)

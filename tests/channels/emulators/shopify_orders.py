@@ -23,7 +23,11 @@ Built from Shopify's public reference for that version:
   ``retailLocation``, ``fulfillmentOrders { assignedLocation lineItems {
   inventoryItemId totalQuantity } }``, costed as Shopify counts a connection.
   Creating an order here does not lower ``available``: a test lowers it
-  (``drift``) as Shopify does when it takes the order.
+  (``drift``) as Shopify does when it takes the order. An order Shopify has
+  not routed yet has no fulfilment orders (``create_order(routed=False)``,
+  then ``route``): its lines are read by ``nodes(ids:) { ... on Order {
+  lineItems(first:) { nodes { currentQuantity variant { inventoryItem { id }
+  } } } } }`` (``order_nodes``).
 * ``fulfillments/create`` carries the ``Fulfillment`` resource and
   ``refunds/create`` the ``Refund`` resource.
 * Every delivery is a POST of the JSON body with ``X-Shopify-Topic``,
@@ -58,6 +62,7 @@ from tests.channels.emulators.shopify import (
 )
 from tests.channels.emulators.signing import SHOPIFY_HEADER, shopify_signature
 
+ORDER_GID = "gid://shopify/Order/"
 CREATED_SINCE_RE = re.compile(r"\bcreated_at:>=\s*'?([0-9T:.+\-Z]+)'?")
 
 
@@ -102,6 +107,7 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
         self.fulfilment_orders: dict[int, list[tuple[str, str]]] = {}  # order id -> [(location gid, method)]
         self.location_names: dict[str, str] = {}
         self.fail_orders = False  # the orders query answered as to an app without read_orders
+        self._routes: dict[int, tuple[str, str]] = {}  # order id -> where ``route`` assigns it
         self._number = 1000
 
     # --- the shop's orders ----------------------------------------------------------
@@ -120,9 +126,11 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
         pickup_at: str | None = None,
         pos_location: str | None = None,
         ship_from: str | None = None,
+        routed: bool = True,
     ) -> dict[str, Any]:
         """A new order: ``pickup_at`` a location gid (local pickup), ``pos_location`` one for a POS order, else
-        shipped (from ``ship_from`` or the first location). A line with no variant is a custom item."""
+        shipped (from ``ship_from`` or the first location). A line with no variant is a custom item. Not
+        ``routed``: Shopify has made no fulfilment orders for it yet (``route`` makes them)."""
         order_id = self._id()
         self._number += 1
         now = self._time()
@@ -155,8 +163,15 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
         }  # fmt: skip
         self.orders[order_id] = order
         assigned = pickup_at or pos_location or ship_from or (self.locations[0] if self.locations else "")
-        self.fulfilment_orders[order_id] = [(assigned, "PICK_UP" if pickup_at else "SHIPPING")]
+        self._routes[order_id] = (assigned, "PICK_UP" if pickup_at else "SHIPPING")
+        self.fulfilment_orders[order_id] = []
+        if routed:
+            self.route(order_id)
         return copy.deepcopy(order)
+
+    def route(self, order_id: int) -> None:
+        """Shopify makes the order's fulfilment order, at the location it was placed for."""
+        self.fulfilment_orders[order_id] = [self._routes[order_id]]
 
     def _touch(self, order: dict[str, Any], shift_s: float) -> str:
         when = self._time(shift_s)
@@ -248,7 +263,7 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
         order = self.orders[order_id]
         if any(f["status"] == "success" for f in order["fulfillments"]):
             raise ValueError("Shopify cannot cancel an order with fulfilments")
-        (assigned, _), *_ = self.fulfilment_orders[order_id]
+        assigned, _ = self._routes[order_id]
         lines = [(li["id"], li["fulfillable_quantity"], "cancel" if restock else "no_restock", assigned)
                  for li in order["line_items"] if li["fulfillable_quantity"]]  # fmt: skip
         if lines:
@@ -345,6 +360,31 @@ class ShopifyOrdersEmulator(ShopifyEmulator):
         end = start + len(page)
         info = {"hasNextPage": end < len(listed), "endCursor": f"orders:{end}" if page else None}
         return {"orders": {"nodes": nodes, "pageInfo": info}}, actual
+
+    def order_nodes(self, document: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """``nodes(ids:) { ... on Order { id lineItems(first:) { nodes { currentQuantity variant { inventoryItem { id }
+        } } pageInfo { hasNextPage } } } }`` of 2026-01: per id an order (null for one the shop does not have) with its
+        first line items (``currentQuantity``: the line's units still in the order; ``variant`` null for a custom
+        item)."""
+        ids = _arg(document, "ids", variables)
+        li_first = {m.group(1): int(m.group(2)) for m in FIRST_RE.finditer(document)}.get("lineItems", 0)
+        items = {_number(v.variant_id): v.item_id for v in self.variants}
+        nodes: list[dict[str, Any] | None] = []
+        actual = 1
+        for gid in ids if isinstance(ids, list) else []:
+            order = self.orders.get(_number(gid)) if isinstance(gid, str) and gid.startswith(ORDER_GID) else None
+            if order is None:
+                nodes.append(None)
+                continue
+            lines = [
+                {"currentQuantity": li["current_quantity"],
+                 "variant": None if li["variant_id"] is None else {"inventoryItem": {"id": items.get(li["variant_id"])}}}
+                for li in order["line_items"]
+            ]  # fmt: skip
+            nodes.append({"id": gid, "lineItems": {"nodes": lines[:li_first],
+                                                   "pageInfo": {"hasNextPage": len(lines) > li_first}}})  # fmt: skip
+            actual += 3 + 3 * len(lines[:li_first])
+        return {"nodes": nodes}, actual
 
     # --- webhooks ----------------------------------------------------------------------
 
