@@ -253,6 +253,7 @@ class ChannelPusher(LoopTask):
         if isinstance(connector, ShopifyConnector) and spec.webhook_secret:
             # its order webhooks book its orders: a reconciliation reads Shopify's orders the hub has not booked
             connector.settled = self.orders_settled
+            connector.hub_levels = self.hub_levels
         # Shopify reads its orders when a push is answered stale (and while a level's last count is owed sales):
         # each target says from when (``Target.sales_from_ms``)
         self._reads_orders = isinstance(connector, ShopifyConnector) and bool(spec.webhook_secret)
@@ -772,6 +773,19 @@ class ChannelPusher(LoopTask):
     async def levels_now(self, moved: Collection[str], also: Collection[str] = ()) -> dict[LevelKey, Level]:
         """What the channel should show now at every level of the mapped SKUs among ``moved`` and ``also``, and
         of every bundle made of one of them, from the hub's current counts."""
+        return (await self._levels_read(moved, also))[0]
+
+    async def hub_levels(self, keys: Collection[LevelKey]) -> tuple[dict[LevelKey, int], tuple[CountRow, ...]]:
+        """The hub's level now at each of ``keys`` (what a push would set there, before sales taken off), and the
+        count rows it was made of: two reads with the same rows saw the same hub (ShopifyConnector, which reads the
+        orders the hub has booked between two of them)."""
+        skus = {self._key_sku[k] for k in keys if k in self._key_sku}
+        levels, rows = await self._levels_read(skus)
+        return {k: levels[k].quantity for k in keys if k in levels}, rows
+
+    async def _levels_read(
+        self, moved: Collection[str], also: Collection[str] = ()
+    ) -> tuple[dict[LevelKey, Level], tuple[CountRow, ...]]:
         pool = self.spec.pool
         moved = set(moved) | set(also)
         if self._identity:  # a webhook without a mapping CSV: every SKU is its own item
@@ -783,8 +797,10 @@ class ChannelPusher(LoopTask):
         for sku in sorted(moved - self._items.keys())[: max(0, UNMAPPED_MAX - len(self._unmapped_since))]:
             self._unmapped_since.add(sku)
         levels: dict[LevelKey, Level] = {}
+        rows: list[CountRow] = []
         for sku in skus:
             counts = [c for s in (sku, *bundles.get(sku, ())) for c in await self._feed.counts(sku=s, limit=COUNTS_LIMIT) if c.location in pool]  # fmt: skip
+            rows.extend(counts)
             at_ms = max((c.updated_at_ms for c in counts), default=0)
             for key, quantity in sku_levels(counts, pool, self.spec.buffer, self._items, sku, bundles.get(sku)).items():
                 levels[key] = Level(sku, quantity, at_ms)
@@ -793,7 +809,7 @@ class ChannelPusher(LoopTask):
                 behind = [c.last_count_at for c in counts if pool[c.location] == key.location_id]
                 self._counted_at[key] = min((0 if at is None else unpack_hlc(at)[0] for at in behind), default=0)
         self._parts.update(bundles)
-        return levels
+        return levels, tuple(rows)
 
     async def _sample_lag(self, rows: Sequence[ChangeRow], confirmed: Mapping[LevelKey, int]) -> None:
         """One lag sample: the newest change behind what was confirmed, from its movement at the store."""

@@ -186,6 +186,7 @@ query orderLines($ids: [ID!]!) {
 }
 """.strip()
 ORDERS_PAGE = 8
+SNAPSHOT_READS_MAX = 3  # reads of the orders the hub booked, until the hub's levels read around one match
 ORDERS_PAGES_MAX = 3  # more orders than 3 pages since the oldest diverging level's push: read as failed
 ORDERS_WAIT_MAX_S = 2.0  # the longest a reconciliation waits for Shopify's bucket to read them
 # orders are read back at most this far: an order webhook later than that is not waited for
@@ -249,6 +250,10 @@ class ShopifyConnector:
         # The orders of this channel the hub has booked or refused, of those asked (set by the pusher of a channel
         # taking Shopify's order webhooks): ``sold_since`` counts only the others. None: orders are not read.
         self.settled: Callable[[Collection[str]], Awaitable[set[str]]] | None = None
+        # The hub's level now at some levels, and what it was read from (equal: the hub did not move in between),
+        # set with ``settled``: a push reads the orders the hub booked between two reads of the levels it sets, so
+        # an order booked after the pusher read them is not left out of a level that does not hold it (``_settled``)
+        self.hub_levels: Callable[[Collection[LevelKey]], Awaitable[tuple[dict[LevelKey, int], object]]] | None = None
         self._orders_failing = False  # the last read of Shopify's orders failed (said once)
         self.calls = 0  # requests sent (for the status and the benchmarks)
         self.throttled = 0  # THROTTLED answers received
@@ -283,11 +288,12 @@ class ShopifyConnector:
             previous.update(await self.read_levels(unknown))
         # units of sales at Shopify whose orders the hub has not booked, per level read (None: the read failed)
         less: dict[LevelKey, int | None] = {}
+        hub: dict[LevelKey, int] = {}  # the hub's levels read again with the orders it booked (``_settled``)
         owed = [k for k in keys if batch[k].owed]
         if owed:
-            less.update(await self._less_unbooked(batch, owed))
+            less.update(await self._less_unbooked(batch, owed, hub))
         for _ in range(CAS_RETRIES_MAX):
-            quantity = {k: max(0, batch[k].quantity - (less.get(k) or 0)) for k in keys}
+            quantity = {k: max(0, hub.get(k, batch[k].quantity) - (less.get(k) or 0)) for k in keys}
             quantities = [
                 {
                     "inventoryItemId": k.item_id,
@@ -316,7 +322,7 @@ class ShopifyConnector:
                     "the levels are not taken as set"
                 )
             if not errors:
-                self._said_less(batch, quantity, less)
+                self._said_less(batch, quantity, less, hub)
                 return Confirmed(quantity, skus=_answered_skus(payload, keys), less=less)
             codes = {str(e.get("code")) for e in errors}
             if codes <= STALE_CODES:
@@ -329,7 +335,7 @@ class ShopifyConnector:
                 )
                 previous.update(await self.read_levels(stale))
                 # a sale at Shopify moved them: one whose order the hub has not booked stays sold (set less it)
-                less.update(await self._less_unbooked(batch, stale))
+                less.update(await self._less_unbooked(batch, stale, hub))
                 continue
             if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
                 beat(CONCURRENT_RETRY_S)
@@ -381,22 +387,27 @@ class ShopifyConnector:
         return found
 
     async def _less_unbooked(
-        self, batch: Mapping[LevelKey, Target], keys: Sequence[LevelKey]
+        self, batch: Mapping[LevelKey, Target], keys: Sequence[LevelKey], hub: dict[LevelKey, int]
     ) -> dict[LevelKey, int | None]:
         """Of ``keys``, those with a ``sales_from_ms``: the units of Shopify's orders made since then at each that the
-        hub has neither booked nor refused (0: none; None for each when the orders cannot be read, said once)."""
+        hub has neither booked nor refused (0: none; None for each when the orders cannot be read, said once); the
+        hub's levels there read with them go into ``hub``."""
         since = {k: t for k in keys if (t := batch[k].sales_from_ms) is not None}
         if self.settled is None or not since:
             return {}
         units = await self._unbooked(
-            since, "a push was answered stale", "a level set again goes out at the hub's level"
+            since, "a push was answered stale", "a level set again goes out at the hub's level", hub
         )
         if units is None:
             return dict.fromkeys(since)
         return {k: units.get(k, (0, 0))[0] for k in since}
 
     def _said_less(
-        self, batch: Mapping[LevelKey, Target], quantity: Mapping[LevelKey, int], less: Mapping[LevelKey, int | None]
+        self,
+        batch: Mapping[LevelKey, Target],
+        quantity: Mapping[LevelKey, int],
+        less: Mapping[LevelKey, int | None],
+        hub: Mapping[LevelKey, int],
     ) -> None:
         taken = {k: n for k, n in less.items() if n and k in quantity}
         if taken:
@@ -405,16 +416,17 @@ class ShopifyConnector:
                 "channel %s: Shopify sold %d unit(s) at %d level(s) whose orders have not reached the hub (first "
                 "inventory item %s at %s: the hub's level %d, %d sold, %d set); the levels are set less them, so "
                 "those sales stay sold until their orders come",
-                self.spec.name, sum(taken.values()), len(taken), k.item_id, k.location_id, batch[k].quantity,
+                self.spec.name, sum(taken.values()), len(taken), k.item_id, k.location_id, hub.get(k, batch[k].quantity),
                 taken[k], quantity[k],
             )  # fmt: skip
 
     async def _unbooked(
-        self, since: Mapping[LevelKey, int], when: str, until: str
+        self, since: Mapping[LevelKey, int], when: str, until: str, hub: dict[LevelKey, int] | None = None
     ) -> dict[LevelKey, tuple[int, int]] | None:
         """The units and sales of Shopify's orders made at each level since ``since`` (wall ms, taken to the second)
         that the hub has neither booked nor refused (``settled``); None when they cannot be read (said once, with
-        ``when`` it was read and what is done ``until`` it can be)."""
+        ``when`` it was read and what is done ``until`` it can be). With ``hub`` (a push), the hub's levels read
+        with the orders it booked go into it (``_settled``)."""
         settled = self.settled
         if settled is None or not since:
             return {}
@@ -437,7 +449,7 @@ class ShopifyConnector:
                 self.spec.name,
             )
         self._orders_failing = False
-        done = await settled({o.order_id for o in orders}) if orders else set()
+        done = await self._settled(settled, {o.order_id for o in orders}, since, hub) if orders else set()
         found: dict[LevelKey, tuple[int, int]] = {}
         for o in orders:
             if o.order_id in done:
@@ -448,6 +460,37 @@ class ShopifyConnector:
                     units, sales = found.get(k, (0, 0))
                     found[k] = (units + n, sales + 1)
         return found
+
+    async def _settled(
+        self,
+        settled: Callable[[Collection[str]], Awaitable[set[str]]],
+        order_ids: Collection[str],
+        keys: Collection[LevelKey],
+        hub: dict[LevelKey, int] | None,
+    ) -> set[str]:
+        """Of ``order_ids``, those the hub has booked or refused, and (with ``hub``) its levels at ``keys`` as they
+        stand with exactly those booked: the orders read between two reads of the levels that saw the same count
+        rows (at most ``SNAPSHOT_READS_MAX`` tries). A push takes the units of the orders not booked off the hub's
+        level; a level read before an order was booked and the booked set read after it would leave the order's
+        sale out of both (set one sale too high until the next turn)."""
+        read = self.hub_levels
+        if read is None or hub is None or not keys:
+            return await settled(order_ids)
+        _, seen = await read(keys)
+        for _ in range(SNAPSHOT_READS_MAX):
+            done = await settled(order_ids)
+            again, seen_again = await read(keys)
+            if seen_again == seen:
+                break
+            seen = seen_again
+        else:
+            log.info(
+                "channel %s: the hub's counts behind %d level(s) moved each time the orders it booked were read "
+                "(%d times); the levels read last go out, and the next push sets them again",
+                self.spec.name, len(keys), SNAPSHOT_READS_MAX,
+            )  # fmt: skip
+        hub.update(again)
+        return done
 
     async def sold_since(
         self, shown: Mapping[LevelKey, int], counted_ms: Mapping[LevelKey, int]

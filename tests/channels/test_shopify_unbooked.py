@@ -362,3 +362,29 @@ async def test_an_unrouted_order_counts_at_its_retail_location_or_the_order_loca
         (d,) = (await Reconciler(pusher).reconcile()).divergences
         assert (d.key, d.channel_level, d.hub_level) == (LevelKey(a.item_id, online), 6, 10)
     _costs_within_one_query(shop)
+
+
+async def test_an_order_booked_while_a_push_reads_shopifys_orders_is_not_set_one_sale_too_high(
+    hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator
+) -> None:
+    """The pusher reads the hub's level (8), the push is answered stale, and Shopify's order is booked at the hub
+    while Shopify answers the orders read: the hub's level is 7 now and the order booked. Taken with the level read
+    before, the order would be in neither (8 set, a sale too high until the next turn); the connector reads the
+    orders the hub booked between two reads of its levels that agree, and sets 7 in the same turn."""
+    async with pushing_a(hub, state, shop) as (pusher, online, a):
+        order = sell(shop, a, online, 1)  # Shopify 9; its orders/create webhook is on its way
+        await hub.move((Kind.SALE, -2, "S1", "A"))  # the hub 8: the push (from 10) is answered stale
+
+        async def booked_meanwhile() -> None:
+            await book(hub, pusher, shop, order)
+
+        shop.before["orders"] = booked_meanwhile
+        applied = len(shop.stats.history)
+        assert await pusher.turn()
+        assert "orders" not in shop.before, "the order was booked while Shopify answered the orders read"
+        assert await hub.available("S1", "A") == 7
+        assert [h[(a.item_id, online)] for h in shop.stats.history[applied:]] == [7], "never 8"
+        assert pusher.less_unbooked == {}
+        await settle(pusher)
+        assert shop.available(a.item_id, online) == 7
+        assert (await Reconciler(pusher).reconcile()).divergences == ()

@@ -62,7 +62,7 @@ import copy
 import json
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -174,6 +174,9 @@ class ShopifyEmulator(EmulatorServer):
         self.non_mutable: set[str] = set()  # inventory items the API may not adjust (NON_MUTABLE_INVENTORY_ITEM)
         self.invent_pages = 0  # pages of productVariants still to answer with one made-up variant each
         self.invented = 0
+        # awaited before an operation (``orders``, ``nodes`` …) is answered, once each: a test moves the hub between
+        # two of the connector's reads (an order booked while Shopify answers its orders)
+        self.before: dict[str, Callable[[], Awaitable[Any]]] = {}
         self.stats = Stats()
         self._idempotent: dict[str, tuple[str, dict[str, Any]]] = {}
         self._running: set[str] = set()
@@ -302,6 +305,9 @@ class ShopifyEmulator(EmulatorServer):
                 }
             )
         self._bucket -= requested
+        hook = self.before.pop(operation, None)
+        if hook is not None:
+            await hook()
         if operation == "inventorySetQuantities":
             data, actual = self._set_quantities(document, variables, cas_miss=fault == "cas_miss")
         elif operation == "productVariants":
