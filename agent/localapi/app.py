@@ -37,8 +37,10 @@ from agent.sessions import (
     SessionNotFound,
     SessionNotOpen,
     SessionStoreClosed,
+    UnlikelyQuantity,
 )
 from agent.sessions.model import check_sku
+from agent.sessions.store import LINES_MAX
 from protocol import values
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,8 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
     r.add_get("/api/v1/sessions/{id}", get_session, name="session")
     r.add_post("/api/v1/sessions/{id}/scans", add_scan, name="scan")
     r.add_post("/api/v1/sessions/{id}/undo", undo, name="undo")
+    r.add_post("/api/v1/sessions/{id}/lines/{no}/confirm", confirm_line, name="confirm_line")
+    r.add_post("/api/v1/sessions/{id}/lines/{no}/reject", reject_line, name="reject_line")
     r.add_post("/api/v1/sessions/{id}/close", close_session, name="close")
     r.add_post("/api/v1/sessions/{id}/cancel", cancel_session, name="cancel")
     r.add_put("/api/v1/sessions/{id}/reader", bind_reader, name="bind_reader")
@@ -171,6 +175,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(409, "already_received", str(err))
     except ExceedsOnHand as err:
         return error_response(409, "exceeds_on_hand", str(err))
+    except UnlikelyQuantity as err:
+        return error_response(409, "unlikely_quantity", str(err))
     except (SessionNotOpen, SessionConflict) as err:
         return error_response(409, "conflict", str(err))
     except InvalidSessionInput as err:
@@ -431,7 +437,7 @@ async def add_scan(request: web.Request) -> web.Response:
     sessions = request.app[CONTEXT_KEY].sessions
     session_id, by = request.match_info["id"], _who(request).staff
     qty, scan_id = body.get("qty", 1), body.get("scan_id")
-    confirm = body.get("confirm", False)  # an outgoing line far beyond the local count, said right by the staff
+    confirm = body.get("confirm", False)  # a quantity far past the usual (UnlikelyQuantity), said right by the staff
     if not isinstance(confirm, bool):
         raise web.HTTPBadRequest(text="confirm must be true or false")
     if ("code" in body) == ("sku" in body):
@@ -463,6 +469,29 @@ async def undo(request: web.Request) -> web.Response:
     line = await sessions.undo(request.match_info["id"], by=_who(request).staff)
     view = await sessions.view(request.match_info["id"])
     return _json({"undone": None if line is None else views.line_json(line), **views.view_json(view)})
+
+
+async def confirm_line(request: web.Request) -> web.Response:
+    """Confirm a line a back-office scanner added held (a quantity far past the usual): it counts from now on."""
+    return await _decide_line(request, confirm=True)
+
+
+async def reject_line(request: web.Request) -> web.Response:
+    """Reject a held line: it is kept for the record, undone, and never booked."""
+    return await _decide_line(request, confirm=False)
+
+
+async def _decide_line(request: web.Request, *, confirm: bool) -> web.Response:
+    await _body(request)
+    sessions = request.app[CONTEXT_KEY].sessions
+    session_id, by = request.match_info["id"], _who(request).staff
+    no = _whole_number(request.match_info["no"], "the line number", 1, LINES_MAX)
+    if confirm:
+        line = await sessions.confirm_line(session_id, no, by=by)
+    else:
+        line = await sessions.reject_line(session_id, no, by=by)
+    view = await sessions.view(session_id)
+    return _json({"line": views.line_json(line), **views.view_json(view)})
 
 
 async def close_session(request: web.Request) -> web.Response:

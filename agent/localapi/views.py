@@ -108,6 +108,9 @@ def line_json(line: Line) -> dict[str, Any]:
         "at_ms": line.at_ms,
         "hlc_ms": unpack_hlc(line.hlc)[0],
         "undone": line.undone,
+        "held": line.held,
+        "pending": line.pending,
+        "decided_by": line.decided_by,
     }
 
 
@@ -158,6 +161,7 @@ def view_json(v: SessionView, lines_shown: int = LINES_SHOWN_DEFAULT) -> dict[st
         "units": sum(t.qty for t in v.totals),
         "preview": [report_line_json(r) for r in v.preview],
         "refused": [refused_json(r) for r in v.refused],
+        "held": [line_json(x) for x in v.held],
     }
 
 

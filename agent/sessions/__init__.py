@@ -25,6 +25,7 @@ from agent.sessions.errors import (
     SessionNotFound,
     SessionNotOpen,
     SessionStoreClosed,
+    UnlikelyQuantity,
 )
 from agent.sessions.items import Item, ItemLookup, resolve_code
 from agent.sessions.manager import SessionManager
@@ -74,6 +75,7 @@ __all__ = [
     "SessionType",
     "SessionView",
     "Total",
+    "UnlikelyQuantity",
     "plan_close",
     "resolve_code",
     "totals",

@@ -14,6 +14,11 @@ class SessionNotFound(SessionError):
         super().__init__(f"there is no session {session_id[:40]!r}")
 
 
+class LineNotFound(SessionNotFound):
+    def __init__(self, session_id: str, no: int) -> None:
+        SessionError.__init__(self, f"session {session_id[:40]!r} has no line {no}")
+
+
 class SessionNotOpen(SessionError):
     """The session was closed or cancelled (or is being closed): it takes no more scans."""
 
@@ -30,7 +35,13 @@ class AlreadyReceived(SessionConflict):
     """A delivery or transfer received here before, opened again without the staff saying it is a second one."""
 
 
-class ExceedsOnHand(SessionConflict):
+class UnlikelyQuantity(SessionConflict):
+    """A line of a quantity far past what is normal (an incoming line of more units than one line should hold, a
+    count far above the local count's scale), sent without the staff confirming it: a keypad slip or a barcode
+    scanned into the quantity. A back-office scanner's line of such a quantity is held instead (nobody to ask)."""
+
+
+class ExceedsOnHand(UnlikelyQuantity):
     """An outgoing line (a write-off, a transfer out) far beyond the local count, or of more units than one line
     should hold, sent without the staff confirming it: a keypad slip or a barcode scanned into the quantity."""
 

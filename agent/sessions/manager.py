@@ -33,6 +33,7 @@ from agent.sessions.errors import (
     SessionConflict,
     SessionError,
     SessionNotOpen,
+    UnlikelyQuantity,
 )
 from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
 from agent.sessions.model import (
@@ -80,6 +81,19 @@ REFUSED_WINDOW = 100
 LINE_UNITS_PLAUSIBLE = 10_000
 ON_HAND_MARGIN = 10
 _TAKES = {SessionType.WRITE_OFF: "writing off", SessionType.TRANSFER_OUT: "shipping"}
+# An incoming line (a delivery, a transfer received, a customer return) of more than ``LINE_UNITS_PLAUSIBLE`` units
+# (or than the delivery lists of its SKU, where that is more) is asked the same way: one line of a store's delivery
+# is a few cases, and 1,000,000,000 was a barcode scanned into the quantity field, booked as a billion on the shelf.
+_BRINGS = {SessionType.RECEIVE: "receiving", SessionType.TRANSFER_IN: "receiving", SessionType.RETURN: "taking back"}
+# A count replaces the SKU's whole stock: it is asked when it takes the session's units of the SKU past ten times the
+# local count on hand and past ``COUNT_UNITS_USUAL``. A count far from the books is what a count is for (a missing
+# receipt doubles a shelf), so only a count of another scale is asked: 999,999 (a finger held on the 9) where 40 are
+# on hand. Where the agent counts nothing (a new item, a first stock-take) a shelf of up to 1,000 is counted at once.
+COUNT_SCALE = 10
+COUNT_UNITS_USUAL = 1_000
+# A typed quantity of this many digits or more is a barcode (an EAN-8 and longer) scanned into the quantity field far
+# more often than a quantity, whatever else is normal for the SKU: asked always.
+BARCODE_DIGITS = 8
 
 
 class SessionManager:
@@ -181,12 +195,15 @@ class SessionManager:
         decoded: Decoded | None = None,
         scan_id: str | None = None,
         confirm: bool = False,
+        unattended: bool = False,
     ) -> Line:
         """Add a scanned barcode: ``qty`` × its pack size units (a count line may be 0: "none here"). A ``scan_id``
         (the handheld's id for this scan) already in the session answers that line instead of adding another.
-        ``confirm``: the staff said an outgoing line far beyond the local count is right (else ``ExceedsOnHand``)."""
+        ``confirm``: the staff said a quantity far past the usual is right (else ``UnlikelyQuantity``, for an
+        outgoing line far beyond the local count ``ExceedsOnHand``). ``unattended``: a back-office scanner's scan,
+        with nobody to ask: such a line is judged by its own quantity alone and held (``Line.held``) instead."""
         item = resolve_code(code, self.catalog, decoded)
-        return await self._add(session_id, item, by, qty, disposition, source, scan_id, confirm)
+        return await self._add(session_id, item, by, qty, disposition, source, scan_id, confirm, unattended)
 
     async def key(
         self,
@@ -213,6 +230,7 @@ class SessionManager:
         source: str,
         scan_id: str | None = None,
         confirm: bool = False,
+        unattended: bool = False,
     ) -> Line:
         check_staff(by)
         if scan_id is not None:
@@ -240,8 +258,19 @@ class SessionManager:
             await self._check_count_lists(session_id, item, units)
         else:
             await self._check_not_booked_outside(session, item)
-        if session.type in _TAKES and not confirm:
-            await self._check_plausible(session, item.sku, units, scan_id)
+        held = None
+        if not confirm and (asked := await self._unlikely(session, item.sku, qty, units, scan_id, unattended)):
+            error, said = asked
+            if not unattended:
+                log.info(
+                    "A line of %s session %s was asked about before it is added: %s.",
+                    session.type.value, session.id, said,
+                )  # fmt: skip
+                raise error(
+                    f"{said}; nothing was added: check the quantity (an extra zero, a barcode scanned into it),"
+                    " or send it again if it is right (confirm: true)"
+                )
+            held = said
         disposition = _line_disposition(session, disposition)
         line = Line(
             session_id=session_id,
@@ -256,6 +285,7 @@ class SessionManager:
             pack_size=item.pack_size,
             disposition=disposition,
             unknown=item.unknown,
+            held=held,
         )
         transfer = session.type in (SessionType.TRANSFER_OUT, SessionType.TRANSFER_IN)
         stored = await self.store.add_line(
@@ -268,8 +298,49 @@ class SessionManager:
                 stored.barcode,
                 stored.sku,
             )
+        if stored.pending:
+            log.warning(
+                "Session %s: line %d from %s (%d × %s) is held for a person to confirm or reject on the session's page,"
+                " and counts for nothing until then: %s.",
+                session_id, stored.no, source, stored.qty, stored.sku, stored.held,
+            )  # fmt: skip
         await self._changed()
         return stored
+
+    async def confirm_line(self, session_id: str, no: int, *, by: str) -> Line:
+        """Confirm a held line (``Line.held``): the quantity is right, and it is booked when the session closes."""
+        return await self._decide(session_id, no, by, confirm=True)
+
+    async def reject_line(self, session_id: str, no: int, *, by: str) -> Line:
+        """Reject a held line: it is kept for the record, undone, and never booked."""
+        return await self._decide(session_id, no, by, confirm=False)
+
+    async def _decide(self, session_id: str, no: int, by: str, *, confirm: bool) -> Line:
+        check_staff(by)
+        session, lines = await self.store.get_with_lines(session_id)
+        line = next((x for x in lines if x.no == no), None)
+        counted = session.type is SessionType.COUNT and session.status is SessionStatus.OPEN
+        if confirm and counted and line is not None and line.pending:  # what changed since it was held
+            if not session.spec.scope_skus:
+                await self._check_not_scanner_counted(line.sku)
+            await self._check_count_lists(session_id, Item(line.sku, line.pack_size, line.barcode), line.qty)
+        transfer = session.type in (SessionType.TRANSFER_OUT, SessionType.TRANSFER_IN)
+        decided = await self.store.decide_held(
+            session_id,
+            no,
+            by=by,
+            confirm=confirm,
+            qty_max=TRANSFER_QTY_MAX if transfer else QTY_MAX,
+            unit=unit_of(line.barcode) if line is not None else None,
+        )
+        if line is not None and line.pending:
+            log.info(
+                "%s %s held line %d (%d × %s) of session %s; %s.",
+                by, "confirmed" if confirm else "rejected", no, decided.qty, decided.sku, session_id,
+                "it is booked when the session closes" if confirm else "it is kept for the record and never booked",
+            )  # fmt: skip
+            await self._changed()
+        return decided
 
     async def _taken_already(
         self, session: Session, item: Item, qty: int, disposition: Disposition | str | None, scan_id: str | None
@@ -369,40 +440,82 @@ class SessionManager:
                 f" {found[0].id}, so this scan was not taken: one serialised item is one unit; scan the next item"
             )
 
-    async def _check_plausible(self, session: Session, sku: str, units: int, scan_id: str | None) -> None:
-        """Ask the staff first (``ExceedsOnHand``) about an outgoing line of more than ``LINE_UNITS_PLAUSIBLE``
-        units, or one that takes the session's units of ``sku`` past twice the local count and ``ON_HAND_MARGIN``
-        more (asked once: at the line that crosses it, not at each line after one confirmed)."""
+    async def _unlikely(
+        self, session: Session, sku: str, qty: int, units: int, scan_id: str | None, alone: bool
+    ) -> tuple[type[UnlikelyQuantity], str] | None:
+        """The question a line of a quantity far past the usual is asked (its error and sentence), or None:
+
+        - an outgoing line of more than ``LINE_UNITS_PLAUSIBLE`` units, or one that takes the session's units of
+          ``sku`` past twice the local count and ``ON_HAND_MARGIN`` more (``ExceedsOnHand``);
+        - an incoming line of more than ``LINE_UNITS_PLAUSIBLE`` units, or than the delivery lists of ``sku``;
+        - a count that takes the session's units of ``sku`` past ``COUNT_SCALE`` times the local count and past
+          ``COUNT_UNITS_USUAL``;
+        - a typed quantity of ``BARCODE_DIGITS`` digits or more.
+
+        Asked once: at the line that crosses a mark, not at each line after one confirmed. ``alone``: a scanner's
+        line, judged by its own units (each scan is an item in hand; what nobody checked is a label's quantity)."""
         if scan_id is not None and await self.store.scanned(session.id, scan_id) is not None:
-            return  # sent again after its answer was lost: the store answers the line it added
-        local = (await self.outbox.counts.local_count(self.location, sku)).on_hand
-        shelf = max(local, 0)
-        bound = shelf + max(ON_HAND_MARGIN, shelf)
-        before = sum(line.qty for line in await self.store.lines(session.id) if line.sku == sku and not line.undone)
-        transfer = session.type is SessionType.TRANSFER_OUT
+            return None  # sent again after its answer was lost: the store answers the line it added
+        lines = () if alone else await self.store.lines(session.id)
+        before = sum(line.qty for line in lines if line.sku == sku and not line.undone)
+        transfer = session.type in (SessionType.TRANSFER_OUT, SessionType.TRANSFER_IN)
         if before + units > (TRANSFER_QTY_MAX if transfer else QTY_MAX):
-            return  # refused by the store whatever the staff say (its sentence names the limit)
-        doing = _TAKES[session.type]
-        if units > LINE_UNITS_PLAUSIBLE:
-            said = (
-                f"{doing} {units:,} units of {sku} on one line is more than one line should hold"
-                f" ({LINE_UNITS_PLAUSIBLE:,}), and this agent counts {local:,} on hand"
-            )
-        elif before <= bound < before + units:
-            this = "" if before == 0 else f" ({units:,} on this line)"
-            said = (
-                f"{doing} {before + units:,} units of {sku} in this session{this} is far more than the {local:,} on"
-                " hand this agent counts"
-            )
+            return None  # refused by the store whatever the staff say (its sentence names the limit)
+        digits = len(str(qty))
+        barcode = (
+            f"; a quantity of {digits} digits looks like a barcode scanned into the quantity field"
+            if digits >= BARCODE_DIGITS
+            else ""
+        )
+        where = " on one scan" if alone else (" in this session" + (f" ({units:,} on this line)" if before else ""))
+        error: type[UnlikelyQuantity] = UnlikelyQuantity
+        if session.type in _TAKES:
+            doing, error = _TAKES[session.type], ExceedsOnHand
+            local = (await self.outbox.counts.local_count(self.location, sku)).on_hand
+            shelf = max(local, 0)
+            bound = shelf + max(ON_HAND_MARGIN, shelf)
+            if units > LINE_UNITS_PLAUSIBLE:
+                said = (
+                    f"{doing} {units:,} units of {sku} on one line is more than one line should hold"
+                    f" ({LINE_UNITS_PLAUSIBLE:,}), and this agent counts {local:,} on hand"
+                )
+            elif before <= bound < before + units:
+                said = (
+                    f"{doing} {before + units:,} units of {sku}{where} is far more than the {local:,} on hand this"
+                    " agent counts"
+                )
+            elif barcode:
+                said = f"{doing} {units:,} units of {sku} on one line"
+            else:
+                return None
+        elif session.type is SessionType.COUNT:
+            doing = "counting"
+            local = (await self.outbox.counts.local_count(self.location, sku)).on_hand
+            bound = max(COUNT_UNITS_USUAL, COUNT_SCALE * max(local, 0))
+            if before <= bound < before + units:
+                said = (
+                    f"{doing} {before + units:,} units of {sku}{where if before or alone else ''} is far more than the"
+                    f" {local:,} on hand this agent counts (more than {COUNT_SCALE} times it, and past"
+                    f" {COUNT_UNITS_USUAL:,})"
+                )
+            elif barcode:
+                said = f"{doing} {units:,} units of {sku} on one line"
+            else:
+                return None
         else:
-            return
-        log.info(
-            "A line of %s session %s was asked about before it is added: %s.", session.type.value, session.id, said
-        )
-        raise ExceedsOnHand(
-            f"{said}; nothing was added: check the quantity (an extra zero, a barcode scanned into it),"
-            " or send it again if it is right (confirm: true)"
-        )
+            doing = _BRINGS[session.type]
+            listed = max((e.qty for e in session.spec.expected if e.sku == sku), default=0)
+            if units > max(LINE_UNITS_PLAUSIBLE, listed):
+                also = f", or the {listed:,} the delivery lists" if listed > LINE_UNITS_PLAUSIBLE else ""
+                said = (
+                    f"{doing} {units:,} units of {sku} on one line is more than one line should hold"
+                    f" ({LINE_UNITS_PLAUSIBLE:,}{also})"
+                )
+            elif barcode:
+                said = f"{doing} {units:,} units of {sku} on one line"
+            else:
+                return None
+        return error, said + barcode
 
     async def _check_not_scanner_counted(self, sku: str) -> None:
         """Refuse counting ``sku`` in a session while a back-office reader in count mode is running a count of it:
@@ -519,7 +632,8 @@ class SessionManager:
     async def view(self, session_id: str) -> SessionView:
         session, lines = await self.store.get_with_lines(session_id)
         refused = await self.refused(session_id) if session.status is SessionStatus.CLOSED else []
-        return SessionView(session, lines, totals(lines), preview(session, lines), tuple(refused))
+        held = tuple(line for line in lines if line.pending)
+        return SessionView(session, lines, totals(lines), preview(session, lines), tuple(refused), held)
 
     async def refused(
         self, session_id: str | None = None, *, within: int | None = None, limit: int = REFUSED_SHOWN

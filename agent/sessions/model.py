@@ -251,6 +251,16 @@ class Line:
     disposition: Disposition | None = None  # return sessions only
     unknown: bool = False  # the catalog did not know the barcode; sku is "unknown:" + its key
     undone: bool = False
+    # A back-office scanner's line of a quantity a handheld would have been asked about (``UnlikelyQuantity``): the
+    # sentence it would have been asked. Held (stored undone, so it counts for nothing, and an older agent never
+    # books it) until a person confirms it (it counts) or rejects it (kept undone); ``decided_by`` says who.
+    held: str | None = None
+    decided_by: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Held, and neither confirmed nor rejected yet: the session cannot be closed."""
+        return self.held is not None and self.decided_by is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,3 +343,4 @@ class SessionView:
     totals: tuple[Total, ...]
     preview: tuple[ReportLine, ...]  # what closing now would report (receive: over/short so far)
     refused: tuple[Refused, ...] = ()  # after its close: what of it the hub refused
+    held: tuple[Line, ...] = ()  # lines held for a person to confirm or reject (``Line.pending``), oldest first

@@ -13,7 +13,10 @@ the scan service journals it and tells the operator — it is never booked by
 the fallback instead, which would move stock the person meant for the session.
 So it is after the session ended under the scanner's operator (closed or
 cancelled from a handheld, or the reader unbound): the reader's scans are
-problems until it has been left idle for ``READER_HOLD_S``.
+problems until it has been left idle for ``READER_HOLD_S``. A scan of a
+quantity a handheld would be asked about (a GS1 label whose count says
+250,000) is held in the session for a person to confirm or reject on its page
+(``Line.held``): nobody stands at the scanner to ask.
 """
 
 from __future__ import annotations
@@ -72,16 +75,26 @@ class SessionRouter:
             outcome = problem_outcome(reader_id, scan, error)
             return ScanOutcome(outcome.result, f"{outcome.message} (session {session.id})", location=session.location)
         try:
-            # A back-office scanner has nobody to ask whether a line far beyond the local count is right: one scan
-            # is one pack, never a quantity keyed, so it is taken (a handheld asks: ExceedsOnHand).
+            # A back-office scanner has nobody to ask whether a quantity far past the usual is right (a handheld is
+            # asked: UnlikelyQuantity): a label whose count (30), (37) says one is held for a person on the session's
+            # page, never booked blindly nor dropped (Line.held).
             line = await self.sessions.scan(
-                session.id, scan.text, by=session.by, source=f"scanner:{reader_id}", decoded=decoded, confirm=True
+                session.id, scan.text, by=session.by, source=f"scanner:{reader_id}", decoded=decoded, unattended=True
             )
         except SessionError as err:
             return ScanOutcome(
                 ScanResult.FAILED,
                 f"Scan {shown(scan.text, 40)} was not added to {session.type.value} session {session.id}: {err}.",
                 location=session.location,
+            )
+        if line.pending:
+            return ScanOutcome(
+                ScanResult.HANDLED,
+                f"Held line {line.no} of {session.type.value} session {session.id} for a person to confirm on its"
+                f" page: {line.held}; nothing of it is booked unless someone confirms it.",
+                location=session.location,
+                sku=line.sku,
+                qty=line.qty,
             )
         unknown = " (not in the catalog)" if line.unknown else ""
         return ScanOutcome(

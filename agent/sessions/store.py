@@ -37,6 +37,7 @@ from agent.db import Opening, SqliteFile, SqliteThread
 from agent.sessions.errors import (
     AlreadyReceived,
     InvalidSessionInput,
+    LineNotFound,
     SessionConflict,
     SessionError,
     SessionNotFound,
@@ -121,7 +122,10 @@ _SESSION_COLUMNS = (
     "id, type, location, status, opened_by, opened_ms, ref, to_location, from_location, reason, bin, scope,"
     " expected, reader_id, close_hlc, zero_unscanned, closed_by, closed_ms, report"
 )
-_LINE_COLUMNS = "session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone"
+_LINE_COLUMNS = (
+    "session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone,"
+    " held, decided_by"
+)
 
 
 class SessionStore(SqliteFile):
@@ -155,6 +159,12 @@ class SessionStore(SqliteFile):
         conn.execute(
             "CREATE UNIQUE INDEX IF NOT EXISTS lines_scan_id ON lines (session_id, scan_id) WHERE scan_id IS NOT NULL"
         )
+        # A back-office scanner's line held for a person (``Line.held``), and who confirmed or rejected it (added
+        # the same way). A held line is stored undone: an older agent reading the file counts it for nothing.
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(lines)")}
+        for column in ("held", "decided_by"):
+            if column not in columns:
+                conn.execute(f"ALTER TABLE lines ADD COLUMN {column} TEXT")
 
     def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
         return SessionError(f"{self.path} is not a usable session store: {err}")
@@ -277,33 +287,23 @@ class SessionStore(SqliteFile):
         all (a transfer's: ``TRANSFER_QTY_MAX``, the most one transfer event may move at the hub). A ``scan_id``
         the session already holds answers that line, unchanged: the same scan sent again. ``unit``, the serialised
         item the line's code names (``plan.unit_of``), refuses the line when a line still counting names it: one
-        item scanned twice is one unit, not two (checked here, in the write, so two handhelds cannot both pass)."""
+        item scanned twice is one unit, not two (checked here, in the write, so two handhelds cannot both pass).
+        A held line (``line.held``) is stored undone; the same checks are made again when it is confirmed."""
 
         def add(conn: sqlite3.Connection) -> Line:
-            session = _open_session(conn, line.session_id, "take scans")
-            if session.type is SessionType.COUNT:
-                _check_sku_not_counted_elsewhere(conn, session, line.sku)
+            _open_session(conn, line.session_id, "take scans")
             if scan_id is not None and (earlier := _scanned_line(conn, line.session_id, scan_id)) is not None:
+                _check_counts_here(conn, line.session_id, line.sku)
                 return same_scan(scan_id, earlier, line.sku, line.qty, line.disposition)
-            if unit is not None:
-                _check_unit_not_scanned(conn, line, unit)
+            _check_line_fits(conn, line, qty_max, unit)
             no, count = conn.execute(
                 "SELECT coalesce(max(no), 0) + 1, count(*) FROM lines WHERE session_id = ?", (line.session_id,)
             ).fetchone()
             if count >= LINES_MAX:
                 raise InvalidSessionInput(f"a session holds at most {LINES_MAX:,} lines; close it and open another")
-            total = conn.execute(
-                "SELECT coalesce(sum(qty), 0) FROM lines WHERE session_id = ? AND sku = ? AND undone = 0",
-                (line.session_id, line.sku),
-            ).fetchone()[0]
-            if total + line.qty > qty_max:
-                raise InvalidSessionInput(
-                    f"{line.sku} would total more than {qty_max:,} units in this session"
-                    + ("; one transfer moves at most that many of a SKU" if qty_max < QTY_MAX else "")
-                )
-            stored = dataclasses.replace(line, no=no)
+            stored = dataclasses.replace(line, no=no, undone=line.undone or line.held is not None)
             conn.execute(
-                f"INSERT INTO lines ({_LINE_COLUMNS}, scan_id) VALUES ({_marks(14)})", (*_line_row(stored), scan_id)
+                f"INSERT INTO lines ({_LINE_COLUMNS}, scan_id) VALUES ({_marks(16)})", (*_line_row(stored), scan_id)
             )
             return stored
 
@@ -327,9 +327,43 @@ class SessionStore(SqliteFile):
             if row is None:
                 return None
             conn.execute("UPDATE lines SET undone = 1 WHERE session_id = ? AND no = ?", (session_id, row[1]))
-            return _line(row[:-1] + (1,))
+            return dataclasses.replace(_line(row), undone=True)
 
         return await self._write(undo, small=True)
+
+    async def decide_held(
+        self, session_id: str, no: int, *, by: str, confirm: bool, qty_max: int = QTY_MAX, unit: Unit | None = None
+    ) -> Line:
+        """Confirm (it counts from now on) or reject (it stays undone, kept for the record) the held line ``no`` of
+        an open session, as ``by``; the line as it is then. The same decision again answers the line unchanged; the
+        other one, or a line that was never held, is a ``SessionConflict``. A line confirmed must still fit as
+        ``add_line`` checks it (``qty_max``, the serialised item ``unit``, a count of its SKU elsewhere)."""
+
+        def decide(conn: sqlite3.Connection) -> Line:
+            session = _get(conn, session_id)
+            row = conn.execute(
+                f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND no = ?", (session_id, no)
+            ).fetchone()
+            if row is None:
+                raise LineNotFound(session_id, no)
+            line = _line(row)
+            if line.held is None:
+                raise SessionConflict(f"line {no} of session {session_id} was not held; it counts as scanned")
+            if line.decided_by is not None:
+                if line.undone != confirm:
+                    return line
+                was = "rejected" if line.undone else "confirmed"
+                raise SessionConflict(f"line {no} of session {session_id} was {was} by {line.decided_by} already")
+            _check_open(session, "take a decision on its held lines")
+            if confirm:
+                _check_line_fits(conn, dataclasses.replace(line, undone=False), qty_max, unit)
+            conn.execute(
+                "UPDATE lines SET undone = ?, decided_by = ? WHERE session_id = ? AND no = ?",
+                (0 if confirm else 1, by, session_id, no),
+            )
+            return dataclasses.replace(line, undone=not confirm, decided_by=by)
+
+        return await self._write(decide, small=True)
 
     # --- closing and cancelling ----------------------------------------------------
     async def dismiss_refusal(self, event_id: str, *, by: str, at_ms: int) -> bool:
@@ -367,6 +401,7 @@ class SessionStore(SqliteFile):
             if session.status is SessionStatus.CLOSING:
                 return session
             _check_open(session, "be closed")
+            _check_none_held(conn, session_id)
             conn.execute(
                 "UPDATE sessions SET status = 'closing', close_hlc = ?, zero_unscanned = ?, closed_by = ? WHERE id = ?",
                 (close_hlc, int(zero_unscanned), by, session_id),
@@ -451,6 +486,53 @@ def same_scan(scan_id: str, earlier: Line, sku: str, qty: int, disposition: Disp
             " give a new scan its own scan_id"
         )
     return earlier
+
+
+def _check_line_fits(conn: sqlite3.Connection, line: Line, qty_max: int, unit: Unit | None) -> None:
+    """What ``add_line`` checks of a line that is to count in its session (a new one, or a held one confirmed)."""
+    session = _get(conn, line.session_id)
+    if session.type is SessionType.COUNT:
+        _check_sku_not_counted_elsewhere(conn, session, line.sku)
+    if unit is not None:
+        _check_unit_not_scanned(conn, line, unit)
+    total = conn.execute(
+        "SELECT coalesce(sum(qty), 0) FROM lines WHERE session_id = ? AND sku = ? AND undone = 0",
+        (line.session_id, line.sku),
+    ).fetchone()[0]
+    if total + line.qty > qty_max:
+        raise InvalidSessionInput(
+            f"{line.sku} would total more than {qty_max:,} units in this session"
+            + ("; one transfer moves at most that many of a SKU" if qty_max < QTY_MAX else "")
+        )
+
+
+def _check_counts_here(conn: sqlite3.Connection, session_id: str, sku: str) -> None:
+    session = _get(conn, session_id)
+    if session.type is SessionType.COUNT:
+        _check_sku_not_counted_elsewhere(conn, session, sku)
+
+
+def _check_none_held(conn: sqlite3.Connection, session_id: str) -> None:
+    """Refuse to close a session holding a line no person has confirmed or rejected yet: closed, it was either
+    booked without anyone saying the quantity is right, or dropped without anyone knowing."""
+    rows = conn.execute(
+        "SELECT no, sku, qty, source FROM lines WHERE session_id = ? AND held IS NOT NULL AND decided_by IS NULL"
+        " ORDER BY no",
+        (session_id,),
+    ).fetchall()
+    if not rows:
+        return
+    no, sku, qty, source = rows[0]
+    first = f"line {no} ({qty:,} × {sku} from {source})"
+    if len(rows) == 1:
+        what = f"{first} of session {session_id} is held for a person to confirm or reject; confirm or reject it"
+    else:
+        more = f"{len(rows) - 1} more line" + ("s" if len(rows) > 2 else "")
+        what = (
+            f"{first} and {more} of session {session_id} are held for a person to confirm or reject; confirm or reject"
+            " them"
+        )
+    raise SessionConflict(f"{what} on the session's page first, so nothing scanned is booked blindly or dropped")
 
 
 def _check_open(session: Session, what: str) -> None:
@@ -648,12 +730,15 @@ def _line_row(line: Line) -> tuple[Any, ...]:
     return (
         line.session_id, line.no, line.sku, line.qty, line.hlc, line.at_ms, line.by, line.source, line.barcode,
         line.pack_size, None if line.disposition is None else line.disposition.value, int(line.unknown),
-        int(line.undone),
+        int(line.undone), line.held, line.decided_by,
     )  # fmt: skip
 
 
 def _line(row: Sequence[Any]) -> Line:
-    session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone = row
+    (
+        session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone, held,
+        decided,
+    ) = row  # fmt: skip
     return Line(
         session_id=session_id,
         no=no,
@@ -668,6 +753,8 @@ def _line(row: Sequence[Any]) -> Line:
         disposition=None if disposition is None else Disposition(disposition),
         unknown=bool(unknown),
         undone=bool(undone),
+        held=held,
+        decided_by=decided,
     )
 
 

@@ -490,7 +490,8 @@ async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: 
     await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
     assert [(ev.kind, ev.qty) for ev in await api.outbox.pending(10)] == [(Kind.TRANSFER_OUT, -1_000_000)]
     receipt = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-1"}, status=201))["session"]
-    await api.ok("POST", f"/api/v1/sessions/{receipt['id']}/scans", {"sku": "SKU-APPLE", "qty": 2_000_000}, status=201)
+    body = {"sku": "SKU-APPLE", "qty": 2_000_000, "confirm": True}  # a line past 10,000 units: confirmed
+    await api.ok("POST", f"/api/v1/sessions/{receipt['id']}/scans", body, status=201)
 
 
 async def scan_whose_answer_is_lost(api: Api, token: str, sid: str, scan: dict[str, Any]) -> None:

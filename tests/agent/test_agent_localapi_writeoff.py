@@ -60,8 +60,9 @@ async def test_an_outgoing_line_far_beyond_the_local_count_is_booked_only_when_t
     assert sum(booked) == -(4 + 11 + 1 + 2 + 10_000 + 900_000), booked
 
 
-async def test_incoming_and_counted_lines_are_not_asked(api: Api) -> None:
-    """A delivery, a return and a count add stock or set it: the local count says nothing of them."""
+async def test_incoming_and_counted_lines_of_a_usual_size_are_not_asked(api: Api) -> None:
+    """A delivery, a return and a count of 500 where the agent counts nothing: usual lines, added at once (their own
+    bounds are far past it: tests/agent/sessions/test_sessions_quantity.py)."""
     await api.sign_in()
     for body in (
         {"type": "receive", "ref": "DN-9"},

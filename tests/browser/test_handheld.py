@@ -620,3 +620,50 @@ async def test_a_write_off_far_beyond_the_count_on_hand_is_added_only_when_the_s
     lines = await agent.sessions.store.lines((await agent.sessions.list())[0].id)
     assert [(line.sku, line.qty) for line in lines] == [("SKU-APPLE", 100)]
     assert script_errors(console_errors) == []
+
+
+async def test_a_delivery_line_far_past_the_usual_is_asked_and_a_scanners_held_line_is_booked_on_the_page(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """A receiving line of 100,000 typed on the handheld is asked (409 unlikely_quantity) with No focused, as a
+    write-off far past the count on hand is. A back-office scanner's line of a far unusual quantity (a GS1 label
+    whose count says 250,000) is held by the agent: the session's screen shows it with its sentence, Close is
+    refused naming it, and Book it counts it (Reject would keep it unbooked)."""
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form [name=ref]", "DN-88")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    await type_qty(page, "100000")
+    await wedge(page, APPLE)
+    await expect(page.locator("#confirm-title")).to_have_text(f"Add 100000 × {APPLE}?")
+    await expect(page.locator("#confirm-text")).to_have_text(
+        "Receiving 100,000 units of SKU-APPLE on one line is more than one line should hold (10,000)."
+        " Is the quantity right?"
+    )
+    await expect(page.locator("#confirm-no")).to_be_focused()
+    await page.click("#confirm button:text-is('Yes')")
+    await expect(page.locator("#scan-msg")).to_have_text("Added 100000 × SKU-APPLE.")
+
+    session = (await agent.sessions.list())[0]
+    held = await agent.sessions.scan(session.id, PEAR, by="ana", qty=250_000, source="scanner:dock", unattended=True)
+    assert held.pending
+    await expect(page.locator("#held")).to_be_visible()  # the page polls the session
+    await expect(page.locator("#held-list li span")).to_contain_text("Line 2: 250000 × SKU-PEAR from scanner dock at")
+    await expect(page.locator("#held-list li span")).to_contain_text(
+        "Receiving 250,000 units of SKU-PEAR on one line is more than one line should hold (10,000)."
+    )
+    await page.click("#close")
+    await page.click("#confirm button:text-is('Yes')")
+    await expect(page.locator("#scan-msg")).to_contain_text("Line 2 (250,000 × SKU-PEAR from scanner:dock) of session")
+    await page.click("#held-list button:text-is('Book it')")
+    await expect(page.locator("#scan-msg")).to_have_text(
+        "Booked line 2: 250000 × SKU-PEAR; it is booked when the session closes."
+    )
+    await expect(page.locator("#held")).to_be_hidden()
+    await page.click("#close")
+    await page.click("#confirm button:text-is('Yes')")
+    await expect(page.locator("#screen-report")).to_be_visible()
+    booked = sorted((ev.sku, ev.qty) for ev in await agent.outbox.pending(10))
+    assert booked == [("SKU-APPLE", 100_000), ("SKU-PEAR", 250_000)]
+    assert script_errors(console_errors) == []

@@ -404,15 +404,55 @@
     list.replaceChildren();
     for (const line of view.lines.slice().reverse()) {
       const text = line.sku + " × " + line.qty + (line.barcode ? " · " + line.barcode : " · keyed") +
-        (line.disposition ? " · " + line.disposition : "") + " · " + line.by + " · " + when(line.at_ms);
-      const item = el("li", line.undone ? "undone" : "", text);
+        (line.disposition ? " · " + line.disposition : "") + " · " + line.by + " · " + when(line.at_ms) +
+        (line.pending ? " · held" : "");
+      const item = el("li", line.pending ? "held" : line.undone ? "undone" : "", text);
       item.value = line.no;
       list.appendChild(item);
     }
+    showHeld(view.held || [], s);
     const closing = s.status !== "open";
     for (const id of ["close", "cancel"]) $(id).disabled = closing || state.busy;
     $("undo").disabled = closing || state.busy || live === 0;
     // The scan field stays usable: a scan into a session no longer open is refused in the agent's words.
+  }
+
+  // A back-office scanner's line of a quantity a handheld would have been asked about (a GS1 label's count far past
+  // the usual): the agent holds it, counting nothing, until someone here books it or rejects it. The session cannot
+  // be closed meanwhile: such a line is never booked blindly, nor dropped.
+  function showHeld(held, s) {
+    const list = $("held-list");
+    list.replaceChildren();
+    for (const line of held) {
+      const item = el("li", "refusal");
+      item.appendChild(el("span", "", "Line " + line.no + ": " + line.qty + " × " + line.sku + " from " +
+        line.source.replace(/^scanner:/, "scanner ") + " at " + when(line.at_ms) + " — " + sentence(line.held)));
+      for (const [label, action] of [["Book it", "confirm"], ["Reject", "reject"]]) {
+        const button = el("button", action === "confirm" ? "secondary dismiss" : "danger dismiss", label);
+        button.type = "button";
+        button.disabled = s.status !== "open" || state.busy;
+        button.setAttribute("aria-label", label + " line " + line.no + " (" + line.qty + " × " + line.sku + ")");
+        button.addEventListener("click", () => decideHeld(s.id, line, action, item));
+        item.appendChild(button);
+      }
+      list.appendChild(item);
+    }
+    $("held").hidden = held.length === 0;
+  }
+
+  async function decideHeld(sessionId, line, action, item) {
+    for (const button of item.querySelectorAll("button")) button.disabled = true;
+    try {
+      const data = await api("POST", "/api/v1/sessions/" + sessionId + "/lines/" + line.no + "/" + action, {});
+      if (state.session && state.session.id === sessionId) render(data);
+      message($("scan-msg"), (action === "confirm" ? "Booked" : "Rejected") + " line " + line.no + ": " + line.qty +
+        " × " + line.sku + (action === "confirm" ? "; it is booked when the session closes." : "; it is kept, and never booked."),
+        action === "confirm" ? "good" : "warn");
+    } catch (err) {
+      for (const button of item.querySelectorAll("button")) button.disabled = false;
+      if (err.status !== 401) message($("scan-msg"), err.message, "bad");
+    }
+    focusScan();
   }
 
   // Scans are sent one at a time, in the order they were made; the field is free for the next scan at once
@@ -500,14 +540,15 @@
     focusScan();
   }
 
-  // A write-off or transfer-out line far beyond the agent's count on hand, or of more than 10,000 units (an extra
-  // zero, a barcode scanned into the quantity field): added only when the staff say the quantity is right. Null when
+  // A quantity far past the usual (an extra zero, a barcode scanned into the quantity field): a write-off or transfer
+  // out far beyond the agent's count on hand (exceeds_on_hand), a delivery line of more than 10,000 units or a count
+  // far above the count on hand (unlikely_quantity). Added only when the staff say the quantity is right. Null when
   // they say No (nothing was added, and the page says so).
   async function postConfirmed(sessionId, code, body) {
     try {
       return await postScan(sessionId, body);
     } catch (err) {
-      if (err.code !== "exceeds_on_hand") throw err;
+      if (err.code !== "exceeds_on_hand" && err.code !== "unlikely_quantity") throw err;
       const said = err.message.split("; nothing was added")[0];
       const answer = await confirmDialog(
         "Add " + body.qty + " × " + code + "?",

@@ -8,14 +8,14 @@ import pytest
 
 import hardware
 from agent.config import ScannerSection
-from agent.outbox import Outbox
+from agent.outbox import Movement, Outbox
 from agent.scan_journal import ScanJournal
 from agent.scanning import ModeRouter, ScanResult, ScanService
 from agent.sessions import SessionManager, SessionSpec, SessionType
 from agent.sessions.errors import SessionConflict
 from agent.sessions.router import READER_HOLD_S, SessionRouter
 from protocol import Kind
-from tests.agent.sessions.sessions_helpers import APPLE, PEAR, STRANGER
+from tests.agent.sessions.sessions_helpers import APPLE, PEAR, STRANGER, nuts_label
 
 DOCK = ScannerSection(
     id="dock",
@@ -185,3 +185,94 @@ async def test_a_count_session_of_a_sku_a_count_mode_reader_is_counting_is_refus
         now[0] += int(SHELF.count_reset_s * 1000) + 1  # the reader's running count has ended
         later = await sessions.open(SessionSpec(SessionType.COUNT, scope_skus=("SKU-APPLE",)), by="ana")
         assert later.spec.scope_skus == ("SKU-APPLE",)
+
+
+async def test_a_scanned_label_of_a_far_unusual_quantity_is_held_for_a_person_never_booked_blindly(
+    tmp_path: Path, sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Found: a back-office scanner bound to a session was never asked about a quantity, as a handheld is: a GS1
+    label whose variable count (30) said 250,000 nuts (a misprint, a pallet label of another item) was added to the
+    delivery without a word and booked at its close. Nobody stands at a scanner to answer, so such a line is held
+    now: kept in the session, counting nothing and logged, shown on the session's page with the sentence a
+    handheld would have been asked, booked only once a person confirms it there, and kept for the record (never
+    booked) when one rejects it. The session cannot be closed while a line is held. A scan of a usual quantity is
+    taken as before: each scan is an item in hand; only the quantity a label carries is doubted."""
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        fallback = ModeRouter(outbox, sessions.catalog, [DOCK], location="S001")  # type: ignore[arg-type]
+        service = ScanService([DOCK], SessionRouter(sessions, fallback), journal)
+        delivery = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-7", reader_id="dock"), by="cy")
+        taken = await service.handle(DOCK, scan(nuts_label(300)))
+        assert taken.result is ScanResult.HANDLED and taken.message.startswith("Added 300 of SKU-NUTS"), taken
+        held = await service.handle(DOCK, scan(nuts_label(250_000)))
+        assert held.result is ScanResult.HANDLED, held
+        assert held.message == (
+            f"Held line 2 of receive session {delivery.id} for a person to confirm on its page: receiving 250,000"
+            " units of SKU-NUTS on one line is more than one line should hold (10,000); nothing of it is booked"
+            " unless someone confirms it."
+        )
+        misprint = await service.handle(DOCK, scan(nuts_label(99_999_999)))
+        assert misprint.result is ScanResult.HANDLED and misprint.message.startswith("Held line 3"), misprint
+        for _ in range(3):
+            assert (await service.handle(DOCK, scan(APPLE))).result is ScanResult.HANDLED
+
+        view = await sessions.view(delivery.id)
+        # the held lines count for nothing
+        assert sorted((t.sku, t.qty) for t in view.totals) == [("SKU-APPLE", 3), ("SKU-NUTS", 300)]
+        assert [(line.no, line.qty, line.source, line.pending) for line in view.held] == [
+            (2, 250_000, "scanner:dock", True),
+            (3, 99_999_999, "scanner:dock", True),
+        ]
+        assert view.held[0].held == (
+            "receiving 250,000 units of SKU-NUTS on one line is more than one line should hold (10,000)"
+        )
+        with pytest.raises(SessionConflict) as refused:
+            await sessions.close(delivery.id, by="cy")
+        assert str(refused.value) == (
+            f"line 2 (250,000 × SKU-NUTS from scanner:dock) and 1 more line of session {delivery.id} are held for a"
+            " person to confirm or reject; confirm or reject them on the session's page first, so nothing scanned is"
+            " booked blindly or dropped"
+        )
+        confirmed = await sessions.confirm_line(delivery.id, 2, by="bo")
+        assert (confirmed.undone, confirmed.pending, confirmed.decided_by) == (False, False, "bo")
+        rejected = await sessions.reject_line(delivery.id, 3, by="bo")
+        assert (rejected.undone, rejected.pending, rejected.decided_by) == (True, False, "bo")
+        assert await sessions.reject_line(delivery.id, 3, by="bo") == rejected  # the same answer again: no change
+        with pytest.raises(SessionConflict, match="line 3 of session .* was rejected by bo"):
+            await sessions.confirm_line(delivery.id, 3, by="cy")
+        closed = await sessions.close(delivery.id, by="cy")
+        assert sorted((r.sku, r.qty) for r in closed.report.lines) == [("SKU-APPLE", 3), ("SKU-NUTS", 250_300)]  # type: ignore[union-attr]
+        lines = await sessions.store.lines(delivery.id)
+        assert [(line.no, line.qty, line.undone) for line in lines if line.sku == "SKU-NUTS"] == [
+            (1, 300, False),
+            (2, 250_000, False),
+            (3, 99_999_999, True),  # rejected: kept for the record, never booked
+        ]
+
+
+async def test_a_scanned_label_far_past_the_local_count_is_held_in_a_count_and_a_write_off(
+    tmp_path: Path, sessions: SessionManager, outbox: Outbox
+) -> None:
+    """A count replaces the SKU's stock, a write-off takes it off: a label's count far above the local count is held
+    there as a handheld's typed quantity is asked (a count past ten times it and 1,000; a write-off past twice it and
+    10). Judged by the scan alone: many scans of single items are items in hand, and are taken."""
+    await outbox.record([Movement("S001", "SKU-NUTS", Kind.RECEIVE, 40, "scanner:dock")])
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        fallback = ModeRouter(outbox, sessions.catalog, [DOCK], location="S001")  # type: ignore[arg-type]
+        service = ScanService([DOCK], SessionRouter(sessions, fallback), journal)
+        count = await sessions.open(SessionSpec(SessionType.COUNT, scope_skus=("SKU-NUTS",), reader_id="dock"), by="cy")
+        assert (await service.handle(DOCK, scan(nuts_label(999)))).message.startswith("Added 999")
+        held = await service.handle(DOCK, scan(nuts_label(5_000)))
+        assert held.message.startswith("Held line 2") and "the 40 on hand this agent counts" in held.message, held
+        assert [t.qty for t in (await sessions.view(count.id)).totals] == [999]
+        await sessions.reject_line(count.id, 2, by="cy")
+        await sessions.close(count.id, by="cy")
+
+        write_off = await sessions.open(SessionSpec(SessionType.WRITE_OFF, reader_id="dock"), by="cy")
+        for _ in range(3):
+            assert (await service.handle(DOCK, scan(nuts_label(10)))).message.startswith("Added 10")  # 30 of 40
+        held = await service.handle(DOCK, scan(nuts_label(2_000)))  # the count booked 999: past 999 + 999
+        assert held.message.startswith("Held line 4") and "writing off 2,000 units of SKU-NUTS" in held.message, held
+        await sessions.confirm_line(write_off.id, 4, by="cy")
+        await sessions.close(write_off.id, by="cy")
+    booked = [(ev.kind, ev.qty) for ev in await outbox.pending(10) if ev.source.startswith("session:")]
+    assert booked == [(Kind.COUNT, 999), (Kind.ADJUST, -2_030)]
