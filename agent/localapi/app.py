@@ -394,8 +394,12 @@ async def list_sessions(request: web.Request) -> web.Response:
     # What the hub refused of a closed session (after the close, when the agent did not know better) reaches the
     # staff here, on the handheld's home screen, until one of them dismisses it or newer set-asides push it out.
     refused = await sessions.refused_not_dismissed()
+    held = await sessions.held_counts(found)  # a scanner's lines waiting for a person, shown on the home screen too
     return _json(
-        {"sessions": [views.session_json(s) for s in found], "refused": [views.refused_json(r) for r in refused]}
+        {
+            "sessions": [{**views.session_json(s), "held": held.get(s.id, 0)} for s in found],
+            "refused": [views.refused_json(r) for r in refused],
+        }
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
@@ -680,6 +680,10 @@ class SessionManager:
             [SessionStatus.OPEN, SessionStatus.CLOSING] if active else [SessionStatus.CLOSED, SessionStatus.CANCELLED]
         )
         return await self.store.list(statuses, limit)
+
+    async def held_counts(self, sessions: Sequence[Session]) -> dict[str, int]:
+        """Per session id, how many of its lines are held for a person to confirm or reject (none: left out)."""
+        return await self.store.held_counts([s.id for s in sessions])
 
     async def for_reader(self, reader_id: str) -> Session | None:
         return await self.store.for_reader(reader_id)

@@ -309,6 +309,22 @@ class SessionStore(SqliteFile):
 
         return await self._write(add, small=True)
 
+    async def held_counts(self, session_ids: Sequence[str]) -> dict[str, int]:
+        """How many lines held for a person (``Line.pending``) each of ``session_ids`` has (those with none left out)."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, int]:
+            found: dict[str, int] = {}
+            for start in range(0, len(session_ids), IN_LIST_MAX):
+                chunk = session_ids[start : start + IN_LIST_MAX]
+                sql = (
+                    "SELECT session_id, count(*) FROM lines WHERE held IS NOT NULL AND decided_by IS NULL"
+                    f" AND session_id IN ({_marks(len(chunk))}) GROUP BY session_id"
+                )
+                found.update((str(sid), int(n)) for sid, n in conn.execute(sql, chunk))
+            return found
+
+        return await self._read(read)
+
     async def scanned(self, session_id: str, scan_id: str) -> Line | None:
         """The line a scan with this ``scan_id`` added to the session, whatever the session's state; None if none."""
         return await self._read(lambda conn: _scanned_line(conn, session_id, scan_id))

@@ -98,6 +98,8 @@ async def test_a_scanners_line_of_a_far_unusual_quantity_is_held_until_a_person_
     assert view["held"][0]["held"] == (
         "receiving 250,000 units of SKU-NUTS on one line is more than one line should hold (10,000)"
     )
+    listed = (await api.ok("GET", "/api/v1/sessions"))["sessions"]
+    assert [(x["id"], x["held"]) for x in listed] == [(sid, 2)]  # the home screen says so too
     got, data = await api.call("POST", f"/api/v1/sessions/{sid}/close", {})
     assert got == 409 and data["error"]["code"] == "conflict", data
     assert data["error"]["message"].startswith("line 2 (250,000 × SKU-NUTS from scanner:dock) and 1 more line"), data
@@ -113,6 +115,7 @@ async def test_a_scanners_line_of_a_far_unusual_quantity_is_held_until_a_person_
     assert [h["no"] for h in confirmed["held"]] == [4]
     rejected = await api.ok("POST", f"{lines}/4/reject", {})
     assert (rejected["line"]["undone"], rejected["held"]) == (True, [])
+    assert [x["held"] for x in (await api.ok("GET", "/api/v1/sessions"))["sessions"]] == [0]
     got, data = await api.call("POST", f"{lines}/4/confirm", {})
     assert got == 409 and "was rejected by ana" in data["error"]["message"], data
     got, data = await api.call("POST", f"{lines}/3/confirm", {})  # the apple: never held

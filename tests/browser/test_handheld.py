@@ -649,6 +649,10 @@ async def test_a_delivery_line_far_past_the_usual_is_asked_and_a_scanners_held_l
     held = await agent.sessions.scan(session.id, PEAR, by="ana", qty=250_000, source="scanner:dock", unattended=True)
     assert held.pending
     await expect(page.locator("#held")).to_be_visible()  # the page polls the session
+    await page.click("#leave")
+    await expect(page.locator("#active-list .sub.held")).to_have_text("1 line held from a scanner: check the quantity")
+    await page.click("#active-list button")
+    await expect(page.locator("#screen-session")).to_be_visible()
     await expect(page.locator("#held-list li span")).to_contain_text("Line 2: 250000 × SKU-PEAR from scanner dock at")
     await expect(page.locator("#held-list li span")).to_contain_text(
         "Receiving 250,000 units of SKU-PEAR on one line is more than one line should hold (10,000)."

@@ -202,6 +202,8 @@
       if (s.reader_id) bits.push("scanner " + s.reader_id);
       if (s.status === "closing") bits.push("closing…");
       button.appendChild(el("span", "sub", bits.join(" · ")));
+      // A scanner's lines held until someone checks their quantity: the session cannot be closed before.
+      if (s.held) button.appendChild(el("span", "sub held", s.held + (s.held === 1 ? " line" : " lines") + " held from a scanner: check the quantity"));
       button.addEventListener("click", () => openSession(s.id));
       const item = el("li");
       item.appendChild(button);
