@@ -242,7 +242,7 @@ class _FileParse:
                     try:
                         outcome = mapper.map(line, fields)
                     except CountsIncomplete as err:
-                        raise CountsIncomplete(line) from err
+                        raise CountsIncomplete(line, older=err.older) from err
                     if isinstance(outcome, Movement):
                         if line in self._cuts:
                             outcome = self._finished(line, outcome, rows)
@@ -439,12 +439,20 @@ class PosImporter:
             except CountsIncomplete as err:
                 # The checkpoint gone on from kept counts of the rows read last only: a row may repeat one before
                 # those, so the file is read again from its first line (the rows recorded so far are duplicates).
-                log.info(
-                    "Line %s of %s may repeat a row read before where its import went on from, whose count the "
-                    "checkpoint did not keep; the file is read again from its first line (the rows recorded before "
-                    "are duplicates).",
-                    f"{err.line:,}" if err.line is not None else "?", shown(name, bare=True),
-                )  # fmt: skip
+                if err.older:
+                    log.info(
+                        "The checkpoint %s was imported up to was kept by an older agent, whose summary of the rows "
+                        "read is not gone on from; the file is read again from its first line, once (the rows "
+                        "recorded before are duplicates).",
+                        shown(name, bare=True),
+                    )  # fmt: skip
+                else:
+                    log.info(
+                        "Line %s of %s may repeat a row read before where its import went on from, whose count the "
+                        "checkpoint did not keep; the file is read again from its first line (the rows recorded "
+                        "before are duplicates).",
+                        f"{err.line:,}" if err.line is not None else "?", shown(name, bare=True),
+                    )  # fmt: skip
                 recorded = tally.imported + tally.observations - tally.carried
                 await self.store.forget_checkpoint(import_id)
                 await asyncio.to_thread(parse.close)
@@ -576,7 +584,7 @@ class PosImporter:
             # the import of the rest (or of rows appended) goes on from here: written now, however soon after the last
             position, state = tally.kept
             checkpoint = Checkpoint(import_id, scan.encoding, columns.profile.name, position, state)
-            if parse.counts_at_position:  # its counts in a summary, in place of the packs: 5 bytes a row, not 20
+            if parse.counts_at_position:  # its counts in a summary, in place of the packs: ~5 bytes a row, not 20
                 summary = await asyncio.to_thread(parse.summary)
                 tally.pending_counts.clear()
                 await self.store.add_batch(

@@ -21,19 +21,26 @@ Those packs take 20 bytes an identity: 20 MB for a 1,000,000-row export, kept
 as long as the drop folder watches the copy it filed, and loaded whole (4-5 s)
 each time the till appends to it. An import that ends keeps a ``summary``
 instead: the exact counts of the ``RECENT_KEYS`` identities counted last, and
-of every other one only a 5-byte fingerprint (5 MB a 1,000,000 identities),
-sorted. A counter loaded from it counts on exactly until a row's identity is
-neither among those counts nor surely new, its fingerprint being among the
-others (a row repeating one read long before it, or a new row whose fingerprint
-is alike: one in ~1,100,000 when a million are known): ``next`` raises
+of every other one only a 7-byte fingerprint, sorted: their first byte or two
+(``_Fingerprints``) are kept once, in an index of where each value's run
+begins, and 6 or 5 bytes of each (5.3 MB a 1,000,000 identities). A counter
+loaded from it counts on exactly until a row's identity is neither among those
+counts nor surely new, its fingerprint being among the others (a row repeating
+one read long before it, or a new row whose fingerprint is alike: one in
+``2**56 / known``, 72,000,000,000 when a million are known, so a 100,000-row
+append to a 1,000,000-row export is alike once in 720,000): ``next`` raises
 ``CountsIncomplete`` then, and the import reads the file again from its first
-line, which is always exact.
+line, which is always exact. A summary an older agent kept (5-byte
+fingerprints, once in 11 such appends) is not gone on from: the first row read
+after it raises, and the file is read again from its first line once.
 """
 
 from __future__ import annotations
 
 import heapq
 import sqlite3
+import sys
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Self
@@ -45,41 +52,93 @@ _BLOOM_MASK_BITS = (BLOOM_BYTES * 8) - 1
 KEY_BYTES = 16  # the identities ``changes`` packs are this long (agent.pos.rows: a 16-byte BLAKE2b digest)
 _COUNT_BYTES = 4
 RECENT_KEYS = 4_096  # identities a summary keeps the exact counts of: the last counted (a transaction's lines)
-_SUMMARY = b"occurrences-1\n"  # begins a summary (``summary``); packs follow it when an import went on from it
-_FINGERPRINT_BYTES = 5  # a new identity is taken for a known one once in 2**40 / (identities known): 1.1M at 1M
+_SUMMARY = b"occurrences-2\n"  # begins a summary (``summary``); packs follow it when an import went on from it
+_SUMMARY_5_BYTES = b"occurrences-1\n"  # a summary of 5-byte fingerprints, by an older agent: read again once
+_FINGERPRINT_BYTES = 7  # a new identity is taken for a known one once in 2**56 / (identities known): 7.2e10 at 1M
+_MAX_INDEX_BYTES = 2  # the most leading bytes of the fingerprints an index keeps once (256 KiB of offsets)
 
 
 class CountsIncomplete(Exception):
     """A row's identity may have been counted before the summary the counter was loaded from, which kept no count
-    of it: its occurrence index is not known here. The import reads the file again from its first line."""
+    of it: its occurrence index is not known here. The import reads the file again from its first line.
+    ``older``: the summary was kept by an older agent (5-byte fingerprints), and is not gone on from."""
 
-    def __init__(self, line: int | None = None) -> None:
+    def __init__(self, line: int | None = None, *, older: bool = False) -> None:
         super().__init__(f"line {line}" if line is not None else "a row")
         self.line = line
+        self.older = older
 
 
 class _Fingerprints:
-    """Sorted fingerprints of ``_FINGERPRINT_BYTES`` each, packed in one bytes: a sequence for ``bisect``, read in
-    place (a million of them are 5 MB here, and 60 MB as a Python set)."""
+    """Sorted fingerprints of ``_FINGERPRINT_BYTES``, read in place (a million of them are 5 MB here, and 60 MB as
+    a Python set). Their first ``lead`` bytes are kept once: ``offsets[v]`` is where the run of those beginning
+    with the value ``v`` begins among the ``rest`` (``width`` bytes each), ``offsets[v + 1]`` where it ends."""
 
-    __slots__ = ("packed",)
+    __slots__ = ("lead", "offsets", "rest", "width")
 
-    def __init__(self, packed: bytes) -> None:
-        self.packed = packed
+    def __init__(self, lead: int, offsets: array[int], rest: bytes) -> None:
+        self.lead, self.offsets, self.rest = lead, offsets, rest
+        self.width = _FINGERPRINT_BYTES - lead
+
+    @classmethod
+    def pack(cls, fingerprints: list[bytes]) -> bytes:
+        """``fingerprints`` (sorted, distinct) as ``unpack`` reads them: the leading bytes whose index makes them
+        smallest, the index (big-endian offsets), then the rest of each."""
+        n = len(fingerprints)
+        lead = min(range(_MAX_INDEX_BYTES + 1), key=lambda k: n * (_FINGERPRINT_BYTES - k) + (4 << (8 * k) if k else 0))
+        index = b""
+        if lead:
+            offsets = array("I", (bisect_left(fingerprints, v.to_bytes(lead, "big")) for v in range(1 << (8 * lead))))
+            offsets.append(n)
+            if sys.byteorder == "little":
+                offsets.byteswap()
+            index = offsets.tobytes()
+        return bytes([lead]) + index + b"".join(f[lead:] for f in fingerprints)
+
+    @classmethod
+    def unpack(cls, packed: bytes, count: int) -> tuple[_Fingerprints, int]:
+        """The fingerprints ``pack`` wrote at the start of ``packed`` (``count`` of them), and the bytes they took."""
+        if not packed or packed[0] > _MAX_INDEX_BYTES:
+            raise ValueError("occurrence counts cut short")
+        lead = packed[0]
+        offsets = array("I")
+        at = 1
+        if lead:
+            end = at + 4 * ((1 << (8 * lead)) + 1)
+            offsets.frombytes(packed[at:end])
+            if sys.byteorder == "little":
+                offsets.byteswap()
+            at = end
+        else:
+            offsets.extend((0, count))
+        end = at + count * (_FINGERPRINT_BYTES - lead)
+        if len(packed) < end or offsets[-1] != count:
+            raise ValueError("occurrence counts cut short")
+        return cls(lead, offsets, packed[at:end]), end
 
     def __len__(self) -> int:
-        return len(self.packed) // _FINGERPRINT_BYTES
-
-    def __getitem__(self, i: int) -> bytes:
-        return self.packed[i * _FINGERPRINT_BYTES : (i + 1) * _FINGERPRINT_BYTES]
+        return self.offsets[-1]
 
     def __iter__(self) -> Iterator[bytes]:
-        packed = self.packed
-        return (packed[at : at + _FINGERPRINT_BYTES] for at in range(0, len(packed), _FINGERPRINT_BYTES))
+        rest, width, lead, offsets = self.rest, self.width, self.lead, self.offsets
+        for v in range(len(offsets) - 1):
+            head = v.to_bytes(lead, "big")
+            for i in range(offsets[v], offsets[v + 1]):
+                yield head + rest[i * width : (i + 1) * width]
 
     def __contains__(self, fingerprint: object) -> bool:
-        at = bisect_left(self, fingerprint)  # type: ignore[call-overload]
-        return at < len(self) and self[at] == fingerprint
+        assert isinstance(fingerprint, bytes)
+        v = int.from_bytes(fingerprint[: self.lead], "big")
+        lo, hi = self.offsets[v], self.offsets[v + 1]
+        rest, width = self.rest, self.width
+        want = fingerprint[self.lead :]
+        while lo < hi:  # bisect over the run, read in place
+            mid = (lo + hi) // 2
+            if rest[mid * width : (mid + 1) * width] < want:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo < self.offsets[v + 1] and rest[lo * width : (lo + 1) * width] == want
 
 
 class OccurrenceCounter:
@@ -100,9 +159,12 @@ class OccurrenceCounter:
         # the sorted fingerprints of identities counted before the summary loaded, whose counts it did not keep
         self._known: _Fingerprints | None = None
         self._loaded_recent: list[bytes] = []  # the identities the summary loaded kept counts of, the latest first
+        self._older = False  # loaded from a summary of 5-byte fingerprints (an older agent's): not gone on from
 
     def next(self, key: bytes) -> int:
         """The occurrence index of ``key`` (a digest of at least 12 bytes), then count it."""
+        if self._older:
+            raise CountsIncomplete(older=True)
         seen = self._young.get(key)
         if seen is None:
             seen = self._old.pop(key, None)
@@ -130,6 +192,8 @@ class OccurrenceCounter:
     def summary(self) -> bytes:
         """Everything counted so far, small (the module doc): the exact counts of the ``RECENT_KEYS`` identities
         counted last, and the sorted fingerprints of all of them. ``load`` takes it, with packs after it."""
+        if self._older:
+            raise CountsIncomplete(older=True)
         recent: dict[bytes, int] = {}
         for generation in (self._young, self._old):
             for key in reversed(generation):  # the latest first
@@ -154,24 +218,28 @@ class OccurrenceCounter:
                 last = fingerprint
         head = _SUMMARY + len(recent).to_bytes(4, "big") + len(known).to_bytes(4, "big")
         counts = b"".join(key + n.to_bytes(_COUNT_BYTES, "big") for key, n in recent.items())
-        return head + counts + b"".join(known)
+        return head + counts + _Fingerprints.pack(known)
 
     def load(self, packed: bytes) -> None:
         """Put back counts packed by ``changes`` into a new counter; a later pack's count of an identity replaces an
         earlier one's. They go straight to the spill file, in one transaction: pushed through the generations,
         800,000 of them took as long to load as to count (25 s against 4 s now, on a loaded machine). ``packed``
-        may begin with a ``summary``: its counts are loaded so, and its fingerprints kept for ``next``."""
+        may begin with a ``summary``: its counts are loaded so, and its fingerprints kept for ``next``. A summary
+        of an older agent is not loaded: ``next`` raises at once (``CountsIncomplete.older``)."""
         width = KEY_BYTES + _COUNT_BYTES
-        if self._young or self._old or self._spill is not None or self._known is not None:
+        if self._young or self._old or self._spill is not None or self._known is not None or self._older:
             raise ValueError("occurrence counts are loaded only into a new counter")
+        if packed.startswith(_SUMMARY_5_BYTES):
+            self._older = True
+            return
         if packed.startswith(_SUMMARY):
             at = len(_SUMMARY)
             recent, known = (int.from_bytes(packed[i : i + 4], "big") for i in (at, at + 4))
             at += 8
-            end = at + recent * width + known * _FINGERPRINT_BYTES
-            if len(packed) < end:
+            if len(packed) < at + recent * width:
                 raise ValueError("occurrence counts cut short")
-            self._known = _Fingerprints(packed[at + recent * width : end])
+            self._known, taken = _Fingerprints.unpack(packed[at + recent * width :], known)
+            end = at + recent * width + taken
             self._loaded_recent = [packed[i : i + KEY_BYTES] for i in range(at, at + recent * width, width)]
             packed = packed[at : at + recent * width] + packed[end:]
         if len(packed) % width:
@@ -257,3 +325,4 @@ class OccurrenceCounter:
         self._young, self._old = {}, {}
         self._known = None
         self._loaded_recent = []
+        self._older = False

@@ -15,7 +15,7 @@ it ends, while the watcher watches the copy it filed (``filed_watch``): rows a
 till appends there are read from where that import ended.
 
 The counts take ~20 bytes a row while an import runs; one that ends keeps a
-summary of them (agent.pos.occurrences, ~5 bytes a row), written in parts and
+summary of them (agent.pos.occurrences, ~5.3 bytes a row), written in parts and
 made its checkpoint's in one transaction. The WAL is copied back whenever a
 write leaves it past ``WAL_LIMIT_BYTES`` (agent.db), and deletes do not write
 over the pages they free. The file is made with

@@ -592,7 +592,7 @@ async def test_the_checkpoint_kept_for_a_filed_copy_holds_a_summary_of_its_count
 ) -> None:
     """The checkpoint an import kept for its filed copy held every identity's count, 20 bytes a row (20 MB at
     1,000,000 rows, for as long as the copy is watched, loaded whole at each resume). It keeps a summary now: the
-    exact counts of the rows read last and a 5-byte fingerprint of every other identity; rows appended, and one
+    exact counts of the rows read last and a 7-byte fingerprint of every other identity; rows appended, and one
     repeating a row read last, go on from it."""
     monkeypatch.setattr(importer_module, "CHECKPOINT_EVERY_S", 0.0)  # packs of counts every batch meanwhile
     parsed = Parsed(monkeypatch)
@@ -602,7 +602,7 @@ async def test_the_checkpoint_kept_for_a_filed_copy_holds_a_summary_of_its_count
     async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=1_000)) as env:
         first = await env.importer.import_file(path, keep_checkpoint=True)
         kept = _kept_counts(env.store.path, first.import_id)
-        assert kept < 30_000 * 5 + 4_096 * 20 + 100, kept  # every count: 600,000 bytes
+        assert kept < 30_000 * 6 + 257 * 4 + 4_096 * 20 + 100, kept  # every count: 600,000 bytes
         with path.open("a", encoding="utf-8") as till:
             till.write("".join(_rows(5, "LATE")) + rows[29_990])  # the same sale again, a row read last
         parsed.rows = 0
@@ -709,3 +709,60 @@ async def test_an_import_going_on_from_a_summary_and_interrupted_goes_on_again_e
     assert (last.rows_read, last.imported, last.duplicates) == (602, 602, 0)
     skus = [e.sku for e in events]
     assert len(events) == 602 and skus.count("SKU-299") == 2 and skus.count("SKU-450") == 2
+
+
+def _as_kept_by_an_older_agent(store_path: str, import_id: int | None) -> None:
+    """The summary ``import_id``'s checkpoint kept, written as an agent before 7-byte fingerprints wrote it: the
+    first 5 bytes of each, all of them in full (``occurrences-1``)."""
+    with contextlib.closing(sqlite3.connect(store_path)) as db:
+        (key,) = db.execute(
+            "SELECT coalesce(counts_of, import_id) FROM checkpoints WHERE import_id = ?", (import_id,)
+        ).fetchone()
+        packed = b"".join(
+            p for (p,) in db.execute("SELECT packed FROM checkpoint_counts WHERE import_id = ? ORDER BY rowid", (key,))
+        )
+        head = b"occurrences-2\n"
+        assert packed.startswith(head)
+        at = len(head)
+        recent, known = int.from_bytes(packed[at : at + 4], "big"), int.from_bytes(packed[at + 4 : at + 8], "big")
+        counts = packed[at + 8 : at + 8 + recent * 20]
+        fingerprints = occurrences_module._Fingerprints.unpack(packed[at + 8 + recent * 20 :], known)[0]
+        five = sorted({f[:5] for f in fingerprints})
+        older = b"occurrences-1\n" + packed[at : at + 4] + len(five).to_bytes(4, "big") + counts + b"".join(five)
+        db.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (key,))
+        db.execute("INSERT INTO checkpoint_counts (import_id, packed) VALUES (?, ?)", (key, older))
+        db.commit()
+
+
+async def test_a_summary_kept_by_an_older_agent_has_its_file_read_again_once_and_nothing_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint an agent before 7-byte fingerprints kept holds 5-byte ones: rows appended after it are not
+    read from it, but the file is read again from its first line, once, and the summary kept then is a new one."""
+    monkeypatch.setattr(occurrences_module, "RECENT_KEYS", 10)
+    parsed = Parsed(monkeypatch)
+    rows = _rows(300)
+    path = tmp_path / "day.csv"
+    path.write_text(HEADER + "".join(rows), encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    async with open_env(tmp_path, PosImportConfig(profile="generic", batch_rows=100)) as env:
+        first = await env.importer.import_file(path, keep_checkpoint=True)
+        _as_kept_by_an_older_agent(env.store.path, first.import_id)
+        with path.open("a", encoding="utf-8") as till:
+            till.write("".join(_rows(3, "LATE")) + rows[5])  # the same sale as line 7, rung up again
+        parsed.rows = 0
+        again = await env.importer.import_file(path, go_on_from=first.import_id, keep_checkpoint=True)
+        with path.open("a", encoding="utf-8") as till:
+            till.write("".join(_rows(2, "LATER")))
+        parsed.rows, parsed.resumed_at = 0, []
+        third = await env.importer.import_file(path, go_on_from=again.import_id, keep_checkpoint=True)
+        events = await env.events()
+    assert (parsed.rows, parsed.resumed_at) == (2, [305])  # the new summary is gone on from
+    assert (again.rows_read, again.imported, again.duplicates, again.recorded_now) == (304, 4, 300, 4)
+    assert (third.rows_read, third.imported, third.duplicates, third.recorded_now) == (306, 6, 300, 2)
+    assert len(events) == 306 and [e.sku for e in events].count("SKU-5") == 2
+    assert (
+        "The checkpoint day.csv was imported up to was kept by an older agent, whose summary of the rows read is not "
+        "gone on from; the file is read again from its first line, once (the rows recorded before are duplicates)."
+        in caplog.messages
+    )
