@@ -153,7 +153,8 @@ _SCHEMA = (
         digests   TEXT NOT NULL,
         cuts      TEXT NOT NULL,
         at_ms     INTEGER NOT NULL,
-        head      TEXT
+        head      TEXT,
+        ctime_ns  INTEGER
     ) WITHOUT ROWID""",
 )
 
@@ -188,6 +189,7 @@ class FiledWatch:
     cuts: tuple[CutRow, ...]
     head: str | None = None  # the digest of its first bytes (agent.pos.watcher): another file with its inode, size
     # and time is told from it
+    ctime_ns: int | None = None  # its inode's change time (POSIX): a write in place keeping its size and time moves it
 
 
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
@@ -288,6 +290,9 @@ class PosStore(SqliteFile):
         # The digest of a watched copy's first bytes (``FiledWatch.head``); a row from before has none.
         if "head" not in {r[1] for r in conn.execute("PRAGMA table_info(filed_watch)")}:
             conn.execute("ALTER TABLE filed_watch ADD COLUMN head TEXT")
+        # Its inode's change time (``FiledWatch.ctime_ns``); a row from before has none (its content is compared).
+        if "ctime_ns" not in {r[1] for r in conn.execute("PRAGMA table_info(filed_watch)")}:
+            conn.execute("ALTER TABLE filed_watch ADD COLUMN ctime_ns INTEGER")
         # The checkpoints of ended imports are kept for the copies the watcher watches; any other (its watch
         # ended while the agent stopped before it could drop it) is dropped.
         orphans = [
@@ -748,9 +753,9 @@ class PosStore(SqliteFile):
         await self._write(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO filed_watch (dest, file_name, import_id, dev, ino, size, mtime_ns, until_ms,"
-                " digests, cuts, at_ms, head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " digests, cuts, at_ms, head, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (watch.dest, watch.file_name, watch.import_id, watch.dev, watch.ino, watch.size, watch.mtime_ns,
-                 watch.until_ms, json.dumps(watch.digests), cuts, now_ms, watch.head),
+                 watch.until_ms, json.dumps(watch.digests), cuts, now_ms, watch.head, watch.ctime_ns),
             ),
             small=True,
         )  # fmt: skip
@@ -773,7 +778,7 @@ class PosStore(SqliteFile):
         """What the watcher watched when the agent last stopped, the oldest first."""
         rows = await self._read(
             lambda conn: conn.execute(
-                "SELECT dest, file_name, import_id, dev, ino, size, mtime_ns, until_ms, digests, cuts, head"
+                "SELECT dest, file_name, import_id, dev, ino, size, mtime_ns, until_ms, digests, cuts, head, ctime_ns"
                 " FROM filed_watch ORDER BY at_ms, dest"
             ).fetchall()
         )
@@ -802,11 +807,11 @@ def _checkpoint(
 
 def _filed_watch(
     dest: str, file_name: str, import_id: int | None, dev: int, ino: int, size: int, mtime_ns: int, until_ms: int,
-    digests: str, cuts: str, head: str | None,
+    digests: str, cuts: str, head: str | None, ctime_ns: int | None,
 ) -> FiledWatch:  # fmt: skip
     return FiledWatch(
         str(dest), str(file_name), None if import_id is None else int(import_id), int(dev), int(ino), int(size),
         int(mtime_ns), int(until_ms), tuple(str(d) for d in json.loads(digests)),
         tuple(CutRow(int(c[0]), str(c[1]), bytes.fromhex(c[2])) for c in json.loads(cuts)),
-        None if head is None else str(head),
+        None if head is None else str(head), None if ctime_ns is None else int(ctime_ns),
     )  # fmt: skip

@@ -33,7 +33,10 @@ files: one that grows or changes there is imported again once it settles, its
 report is rewritten, and one warning says so. The import that filed it kept its
 checkpoint (agent.pos.importer): what was appended is read from there, the rows
 before it are not read again; a copy whose first bytes changed is read whole
-(the rows already recorded are duplicates). A copy whose last line has no line
+(the rows already recorded are duplicates). A copy written again in place, its
+inode, size and time kept, is told by its inode's change time (POSIX) and, up to
+``CONTENT_CHECK_MAX_BYTES``, by comparing it whole with its import's digest every
+``CONTENT_CHECK_S`` (``_rewritten``). A copy whose last line has no line
 break is watched until that line ends, ``FILED_UNFINISHED_WATCH_S`` at most: a
 till that finishes the row an hour later still has it noticed. What is watched
 is kept in the POS store (``filed_watch``), so a restart of the agent goes on
@@ -105,6 +108,13 @@ WATCH_DEBOUNCE_MS = 200
 FILED_WATCH_S = 600.0  # how long a filed file is watched for a writer that was not done with it
 FILED_WATCH_MAX = 200  # the most filed files watched at once (the oldest are forgotten first)
 HEAD_BYTES = 4096  # a watched copy's first bytes, whose digest tells another file with its inode, size and time
+# A watched copy whose inode, size and time stay the same may still be written again in place (a tool that keeps
+# the time, a file system that keeps it to the second): on POSIX its inode's change time tells, and a copy of at
+# most CONTENT_CHECK_MAX_BYTES is read whole and compared with its import's digest every CONTENT_CHECK_S, at most
+# CONTENT_CHECK_BUDGET_BYTES of copies each time (the rest take turns).
+CONTENT_CHECK_S = 10.0
+CONTENT_CHECK_MAX_BYTES = 16 << 20
+CONTENT_CHECK_BUDGET_BYTES = 64 << 20
 FILED_UNFINISHED_WATCH_S = 86_400.0  # how long a filed file whose last line has no line break is watched for it
 BUSY_WARN_S = 600.0  # a file changing this long without settling is said once: it is not imported meanwhile
 PROGRESS_LOG_MIN_BYTES = 1 << 20  # a smaller export is imported within seconds: its one summary line is enough
@@ -184,6 +194,8 @@ class _Filed:
     import_id: int | None = None  # the import whose checkpoint the next import of it goes on from
     mid_line: bool = False  # its last line has no line break: watched until it ends (FILED_UNFINISHED_WATCH_S)
     head: str | None = None  # the digest of its first HEAD_BYTES (``_head``); None: not known
+    ctime_ns: int | None = None  # its inode's change time (``_change_time``); None: not told
+    checked: float = float("-inf")  # monotonic seconds when its content was last compared with its import's digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +238,34 @@ def _head(path: Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def _change_time(st: os.stat_result) -> int | None:
+    """The inode's change time: set by every write and by every change of its times (``os.utime``), never to a
+    time a program chooses. None on Windows, where ``st_ctime`` is the file's creation time."""
+    return None if os.name == "nt" else st.st_ctime_ns
+
+
+def _digest(path: Path) -> str | None:
+    """The SHA-256 of the whole file (what an import's report keeps), not through a link; None when it cannot be
+    read (then it is not judged by it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _say_rewritten(where: str) -> None:
+    log.info(
+        "%s holds other bytes than when it was imported, though its size and modification time are the same (written "
+        "again in place); it is imported again once it settles.",
+        where,
+    )
 
 
 def _link_target(path: Path) -> str | None:
@@ -358,6 +398,7 @@ class PosFolderWatcher:
         self._said_waiting: str | None = None  # the last such problem the log said (said again only if new)
         self._next_try = 0.0  # monotonic seconds when a folder that cannot be used is tried again
         self._held: dict[Path, _Held] = {}  # files whose last line is held (the log said so once a file)
+        self._content_round = float("-inf")  # monotonic seconds when the watched copies' content was last compared
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -737,6 +778,7 @@ class PosFolderWatcher:
 
     async def _changed_filed(self, now: float) -> Path | None:
         """A filed file that changed after it was filed and has settled again, if any; forgets the rest in time."""
+        due = self._content_due(now)
         for dest in list(self._filed):
             filed = self._filed[dest]
             try:
@@ -749,7 +791,10 @@ class PosFolderWatcher:
                 continue
             state = (st.st_size, st.st_mtime_ns)
             if filed.changed is None:
-                if state == (filed.size, filed.mtime_ns) and not self._other_head(dest, filed):
+                if (
+                    state == (filed.size, filed.mtime_ns) and not self._other_head(dest, filed)
+                    and not await self._rewritten(dest, filed, st, now, due=dest in due)
+                ):  # fmt: skip
                     if now >= filed.until:
                         if filed.mid_line:
                             log.info(
@@ -765,6 +810,50 @@ class PosFolderWatcher:
             elif now - filed.changed.since >= self.settle_s and not self._still_mid_line(dest, filed.changed, now):
                 return dest
         return None
+
+    def _content_due(self, now: float) -> set[Path]:
+        """The watched copies whose content is compared with their import's digest this turn: every
+        ``CONTENT_CHECK_S``, those of at most ``CONTENT_CHECK_MAX_BYTES``, the longest unchecked first, up to
+        ``CONTENT_CHECK_BUDGET_BYTES`` together."""
+        if now - self._content_round < CONTENT_CHECK_S:
+            return set()
+        self._content_round = now
+        due: set[Path] = set()
+        budget = CONTENT_CHECK_BUDGET_BYTES
+        for dest, filed in sorted(self._filed.items(), key=lambda item: item[1].checked):
+            if filed.changed is None and filed.size <= min(CONTENT_CHECK_MAX_BYTES, budget):
+                due.add(dest)
+                budget -= filed.size
+        return due
+
+    async def _rewritten(self, dest: Path, filed: _Filed, st: os.stat_result, now: float, *, due: bool) -> bool:
+        """Whether ``dest``, of the inode, size and time ``filed`` was, holds other bytes than its import read: written
+        again in place, its size and time kept. Read whole when its inode's change time moved (a change of its
+        permissions, say, moves it too: then its bytes are the same, and that is noted) or when its turn is ``due``."""
+        ctime = _change_time(st)
+        told = ctime is not None and filed.ctime_ns is not None and ctime != filed.ctime_ns
+        known = filed.digests[-1] if filed.digests else ""
+        if not told and not (due and known):
+            return False
+        filed.checked = now
+        digest = await asyncio.to_thread(_digest, dest)
+        if digest is None or (known and digest == known) or (not known and not told):
+            filed.ctime_ns = ctime
+            return False
+        _say_rewritten(f"{dest.parent.name}/{_name(dest)}")
+        return True
+
+    @staticmethod
+    async def _rewritten_unfiled(path: Path, report: ImportReport, size: int) -> bool:
+        """Whether ``path``, imported (``report``) but not filed away, of the size and time it had then, holds other
+        bytes than that import read: compared whole when it is at most ``CONTENT_CHECK_MAX_BYTES``."""
+        if not report.sha256 or size > CONTENT_CHECK_MAX_BYTES:
+            return False
+        digest = await asyncio.to_thread(_digest, path)
+        if digest is None or digest == report.sha256:
+            return False
+        _say_rewritten(_name(path))
+        return True
 
     @staticmethod
     def _other_head(dest: Path, filed: _Filed) -> bool:
@@ -803,11 +892,12 @@ class PosFolderWatcher:
             await self._forget_filed(dest, before.import_id)
         self._filed[dest] = _Filed(
             name, digests, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, time.monotonic() + watch_s,
-            _Seen(-1, -1, time.monotonic()) if changed else None, cuts, import_id, mid_line, head,
+            _Seen(-1, -1, time.monotonic()) if changed else None, cuts, import_id, mid_line, head, _change_time(st),
+            time.monotonic(),
         )  # fmt: skip
         kept = FiledWatch(
             str(dest), name, import_id, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-            wall_ms_now() + round(watch_s * 1000), digests, cuts, head,
+            wall_ms_now() + round(watch_s * 1000), digests, cuts, head, _change_time(st),
         )  # fmt: skip
         try:
             await self.importer.store.watch_filed(kept)
@@ -882,9 +972,10 @@ class PosFolderWatcher:
             mid_line = _ends_mid_line(dest, w.size)
             # kept on the wall clock: by an agent whose clock was ahead (put right since), a year away, say
             left_s = min(max(w.until_ms - now_ms, 0) / 1000, max(FILED_WATCH_S, FILED_UNFINISHED_WATCH_S))
+            # written again in place meanwhile, its size and time kept: its first turn compares its content
             self._filed[dest] = _Filed(
                 w.file_name, w.digests, w.dev, w.ino, w.size, w.mtime_ns, now + left_s,
-                _Seen(-1, -1, now) if changed else None, w.cuts, w.import_id, mid_line, w.head,
+                _Seen(-1, -1, now) if changed else None, w.cuts, w.import_id, mid_line, w.head, w.ctime_ns,
             )  # fmt: skip
             if mid_line and (changed or w.until_ms > now_ms):
                 cut.append(f"{dest.parent.name}/{_name(dest)}")
@@ -1037,7 +1128,7 @@ class PosFolderWatcher:
         moved, and finishes the row it paused in has that row noticed, never booked a second time."""
         for path, (size, mtime_ns, report) in list(self._unmovable.items()):
             now = _identity(path)
-            if now is None or now[2:] != (size, mtime_ns):
+            if now is None or now[2:] != (size, mtime_ns) or await self._rewritten_unfiled(path, report, size):
                 del self._unmovable[path]
                 if now is None:  # gone: nothing to go on from
                     await self._forget_carried(path, report.import_id)

@@ -581,6 +581,115 @@ async def test_a_different_file_at_a_filed_copys_path_with_its_inode_size_and_ti
     assert sorted(e.sku for e in events if e.sku.endswith("-0")) == ["NEW-0", "SKU-0"]
 
 
+def _rewrite_in_place(dest: Path, rows: list[str], line: int, qty: int) -> None:
+    """The till writes the file again in place, one quantity in the middle changed: the same inode, the same size,
+    and (a tool that keeps the time, or a file system that keeps it to the second) the same modification time."""
+    st = dest.stat()
+    rows[line] = rows[line].replace(",1,sale,", f",{qty},sale,")
+    text = (HEADER + "".join(rows)).encode("utf-8")
+    assert len(text) == st.st_size and text.index(rows[line].encode()) > watcher_module.HEAD_BYTES
+    with dest.open("r+b") as till:
+        till.write(text)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = dest.stat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _sales_of(events: Any, sku: str) -> list[int]:
+    return sorted(e.qty for e in events if e.sku == sku)
+
+
+@pytest.mark.parametrize("change_time", ["told", "not told"])
+async def test_a_filed_copy_rewritten_in_place_after_its_first_bytes_with_its_size_and_time_is_imported_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, change_time: str
+) -> None:
+    """A filed copy written again in place, one quantity past its first 4 KiB changed, its size, time and inode
+    kept, looked unchanged to the watch (inode, size, time, the digest of the first 4 KiB): the new quantity was
+    never booked. The inode's change time tells such a write; where it is not told (Windows keeps the creation
+    time there), a copy of at most 16 MiB is read whole again every few seconds and compared with its import's
+    digest."""
+    if change_time == "not told":
+        monkeypatch.setattr(watcher_module, "_change_time", lambda st: None, raising=False)
+        monkeypatch.setattr(watcher_module, "CONTENT_CHECK_S", 0.2, raising=False)
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    reports = Reports()
+    parsed = Parsed(monkeypatch)
+    rows = _rows(300)
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    config = PosImportConfig(profile="generic", batch_rows=100)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(rows), encoding="utf-8")
+        _, dest = await reports.next()
+        parsed.rows = 0
+        _rewrite_in_place(dest, rows, 200, 5)
+        second, again = await reports.next()
+        events = await env.events()
+    assert again == dest and (parsed.rows, parsed.resumed_at) == (300, [])  # read from its first line
+    assert (second.rows_read, second.imported, second.duplicates) == (300, 1, 299)
+    assert _sales_of(events, "SKU-200") == [-5, -1]  # the row as it is now is booked; what was booked stays
+    assert (
+        "day.csv changed after it was imported and filed in processed/; it was imported again and 1 more rows were "
+        "recorded." in caplog.messages
+    )
+
+
+async def test_a_filed_copy_rewritten_in_place_while_the_agent_was_stopped_is_imported_at_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same rewrite while the agent was stopped: its next start compares the watched copy with what it was."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    reports = Reports()
+    rows = _rows(300)
+    config = PosImportConfig(profile="generic", batch_rows=100)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(rows), encoding="utf-8")
+        _, dest = await reports.next()
+    _rewrite_in_place(dest, rows, 250, 7)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        second, again = await reports.next()
+        events = await env.events()
+    assert again == dest and (second.rows_read, second.imported, second.duplicates) == (300, 1, 299)
+    assert _sales_of(events, "SKU-250") == [-7, -1]
+
+
+async def test_an_export_that_could_not_be_filed_rewritten_in_place_with_its_size_and_time_is_imported_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mounts: Mounts
+) -> None:
+    """An export imported but not moved out of the drop folder (processed/ read-only here; on Windows, a POS that
+    holds it open) was taken for imported while its size and time stayed: written again in place, one quantity past
+    its first 4 KiB changed, it was filed later with the report of what it held before, the new quantity unbooked."""
+    monkeypatch.setattr(watcher_module, "RESCAN_S", 0.2)  # the exports that could not be filed are tried this often
+    folder = tmp_path / "drop"
+    (folder / "processed").mkdir(parents=True)
+    mounts.read_only_view(folder / "processed")
+    reports = Reports()
+    rows = _rows(300)
+    config = PosImportConfig(profile="generic", batch_rows=100)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(rows), encoding="utf-8")
+        _, where = await reports.next()
+        assert where == folder / "day.csv"  # booked, not filed
+        _rewrite_in_place(where, rows, 150, 4)
+        second, where = await reports.next()
+        events = await env.events()
+    assert where == folder / "day.csv" and (second.rows_read, second.imported, second.duplicates) == (300, 1, 299)
+    assert _sales_of(events, "SKU-150") == [-4, -1]
+
+
 def _kept_counts(store_path: str, import_id: int | None) -> int:
     with contextlib.closing(sqlite3.connect(store_path)) as db:
         query = "SELECT coalesce(sum(length(packed)), 0) FROM checkpoint_counts WHERE import_id = ?"
