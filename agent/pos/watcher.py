@@ -821,7 +821,8 @@ class PosFolderWatcher:
         due: set[Path] = set()
         budget = CONTENT_CHECK_BUDGET_BYTES
         for dest, filed in sorted(self._filed.items(), key=lambda item: item[1].checked):
-            if filed.changed is None and filed.size <= min(CONTENT_CHECK_MAX_BYTES, budget):
+            known = filed.digests and filed.digests[-1]  # none: an import that failed before it read the file
+            if known and filed.changed is None and filed.size <= min(CONTENT_CHECK_MAX_BYTES, budget):
                 due.add(dest)
                 budget -= filed.size
         return due

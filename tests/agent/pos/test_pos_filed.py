@@ -637,6 +637,58 @@ async def test_a_filed_copy_rewritten_in_place_after_its_first_bytes_with_its_si
     )
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows keeps no inode change time")
+async def test_a_filed_copy_whose_permissions_changed_but_not_its_bytes_is_not_imported_again(tmp_path: Path) -> None:
+    """A change of permissions moves the inode's change time as a write does: the copy is compared with its
+    import's digest, found the same, and only the new time is noted."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    reports = Reports()
+    config = PosImportConfig(profile="generic", batch_rows=100)
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports) as watcher,
+    ):
+        (folder / "day.csv").write_text(HEADER + "".join(_rows(300)), encoding="utf-8")
+        _, dest = await reports.next()
+        before = watcher._filed[dest].ctime_ns
+        await asyncio.sleep(0.05)  # the change time is kept to a few milliseconds
+        dest.chmod(0o600)
+        assert dest.stat().st_ctime_ns != before
+        await wait_until(lambda: watcher._filed[dest].ctime_ns == dest.stat().st_ctime_ns)  # compared, the same
+        assert watcher._filed[dest].changed is None and reports.queue.empty()
+        assert len(await env.events()) == 300
+
+
+async def test_watched_copies_beyond_what_is_compared_at_once_take_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies are read whole to be compared up to a bound of bytes each time (64 MiB): the rest wait their turn,
+    the one compared longest ago first, so every copy is compared; here the bound holds one copy, and the one
+    written again is the one filed last."""
+    monkeypatch.setattr(watcher_module, "_change_time", lambda st: None)  # as on Windows: the comparison alone
+    monkeypatch.setattr(watcher_module, "CONTENT_CHECK_S", 0.2)
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    reports = Reports()
+    config = PosImportConfig(profile="generic", batch_rows=100)
+    days = {"mon.csv": _rows(300, "MON"), "tue.csv": _rows(300, "TUE")}
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        dests = {}
+        for name, rows in days.items():
+            (folder / name).write_text(HEADER + "".join(rows), encoding="utf-8")
+            _, dests[name] = await reports.next()
+        monkeypatch.setattr(watcher_module, "CONTENT_CHECK_BUDGET_BYTES", dests["mon.csv"].stat().st_size)
+        _rewrite_in_place(dests["tue.csv"], days["tue.csv"], 200, 6)  # the copy filed last: compared after mon.csv
+        _, again = await reports.next()
+        events = await env.events()
+    assert again == dests["tue.csv"]
+    assert (_sales_of(events, "TUE-200"), _sales_of(events, "MON-200")) == ([-6, -1], [-1])
+
+
 async def test_a_filed_copy_rewritten_in_place_while_the_agent_was_stopped_is_imported_at_its_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
