@@ -218,7 +218,13 @@ class OccurrenceCounter:
                 last = fingerprint
         head = _SUMMARY + len(recent).to_bytes(4, "big") + len(known).to_bytes(4, "big")
         counts = b"".join(key + n.to_bytes(_COUNT_BYTES, "big") for key, n in recent.items())
-        return head + counts + _Fingerprints.pack(known)
+        fingerprints = _Fingerprints.pack(known)
+        # An agent before this format takes what does not begin with its own summary for packs, which are whole
+        # multiples of their width: padded to one byte past such a multiple (packs follow it), this never reads as
+        # packs there (counts it would take from fingerprints), only as counts cut short, which it says.
+        width = KEY_BYTES + _COUNT_BYTES
+        pad = (1 - (len(head) + 1 + len(counts) + len(fingerprints))) % width
+        return head + bytes([pad]) + bytes(pad) + counts + fingerprints
 
     def load(self, packed: bytes) -> None:
         """Put back counts packed by ``changes`` into a new counter; a later pack's count of an identity replaces an
@@ -236,6 +242,7 @@ class OccurrenceCounter:
             at = len(_SUMMARY)
             recent, known = (int.from_bytes(packed[i : i + 4], "big") for i in (at, at + 4))
             at += 8
+            at += 1 + (packed[at] if len(packed) > at else 0)  # the padding (``summary``)
             if len(packed) < at + recent * width:
                 raise ValueError("occurrence counts cut short")
             self._known, taken = _Fingerprints.unpack(packed[at + recent * width :], known)

@@ -886,8 +886,9 @@ def _as_kept_by_an_older_agent(store_path: str, import_id: int | None) -> None:
         assert packed.startswith(head)
         at = len(head)
         recent, known = int.from_bytes(packed[at : at + 4], "big"), int.from_bytes(packed[at + 4 : at + 8], "big")
-        counts = packed[at + 8 : at + 8 + recent * 20]
-        fingerprints = occurrences_module._Fingerprints.unpack(packed[at + 8 + recent * 20 :], known)[0]
+        start = at + 9 + packed[at + 8]  # past the padding
+        counts = packed[start : start + recent * 20]
+        fingerprints = occurrences_module._Fingerprints.unpack(packed[start + recent * 20 :], known)[0]
         five = sorted({f[:5] for f in fingerprints})
         older = b"occurrences-1\n" + packed[at : at + 4] + len(five).to_bytes(4, "big") + counts + b"".join(five)
         db.execute("DELETE FROM checkpoint_counts WHERE import_id = ?", (key,))
