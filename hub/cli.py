@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from hub import catalog
+from hub.activation import inherited_sockets
 from hub.auth import ROLE_AGENT, ROLE_READER
 from hub.backup import backup
 from hub.config import (
@@ -268,7 +269,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     logging.basicConfig(level=log_level_number(settings), format=LOG_FORMAT, stream=sys.stderr)
     _refuse_empty_file(settings)
-    run_serving(serve(settings), settings.event_loop)  # uvloop's loop where installed, unless set otherwise
+    sockets = inherited_sockets()  # systemd's socket activation (packaging/systemd/shelfsync-hub.socket)
+    # uvloop's loop where installed, unless set otherwise
+    run_serving(serve(settings, sockets=sockets), settings.event_loop)
     return EXIT_OK
 
 

@@ -39,7 +39,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -108,11 +108,16 @@ def loop_kind() -> str:
     return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
-async def serve(settings: HubSettings, stop: asyncio.Event | None = None) -> None:
-    """Serve the hub until SIGTERM, SIGINT or ``stop`` is set; then finish in-flight requests and close the store."""
+async def serve(
+    settings: HubSettings, stop: asyncio.Event | None = None, sockets: Sequence[socket.socket] = ()
+) -> None:
+    """Serve the hub until SIGTERM, SIGINT or ``stop`` is set; then finish in-flight requests and close the store.
+
+    ``sockets``: listening sockets to serve on instead of binding the settings' host and port (systemd's socket
+    activation, hub.activation); they are closed at the end, but a socket systemd holds stays open."""
     stop = stop or asyncio.Event()
     with secrets_masked(secrets_of(settings)):
-        await _serve(settings, stop)
+        await _serve(settings, stop, sockets)
     log.info("hub stopped; the database is closed")
 
 
@@ -149,16 +154,25 @@ class Listener:
     the hub's. With TLS, a client must finish its handshake within ``handshake_timeout_s`` (asyncio's default is
     60 s)."""
 
-    __slots__ = ("_runner", "_server", "said", "scheme")
+    __slots__ = ("_later", "_runner", "_servers", "inherited", "said", "scheme")
 
     def __init__(self, runner: web.BaseRunner) -> None:
         self._runner = runner
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self._later: asyncio.Task[None] | None = None  # an inherited socket's first accept, if the store is slow
         self.scheme = "http"
+        self.inherited = False  # serving sockets systemd passed, not its own
         self.said: asyncio.TimerHandle | None = None  # the line saying it answers, for a start that takes a while
 
-    async def start(self, settings: HubSettings, tls: ssl.SSLContext | None) -> None:
-        """Listen on the settings' host and port; ``ServeError`` says why it cannot."""
+    async def start(
+        self, settings: HubSettings, tls: ssl.SSLContext | None, inherited: Sequence[socket.socket] = ()
+    ) -> None:
+        """Listen on the settings' host and port, or on the ``inherited`` sockets (systemd's: hub.activation);
+        ``ServeError`` says why it cannot.
+
+        An inherited socket's queue holds the connections made while the hub restarted: they are taken once the
+        store is open (``accept``), or after ``STARTING_SAY_S`` if opening takes longer (a migration), so that
+        they are answered by the hub rather than by the starting application's 503."""
         # TLS closes within header_timeout_s too: asyncio's default (30 s) kept reading and decrypting a refused
         # body that long after body_timeout_s had cut it off
         more: dict[str, Any] = {} if tls is None else {
@@ -166,8 +180,19 @@ class Listener:
             "ssl_shutdown_timeout": settings.header_timeout_s,
         }  # fmt: skip
         self.scheme = "http" if tls is None else "https"
+        loop = asyncio.get_running_loop()
+        if inherited:
+            self.inherited = True
+            for sock in inherited:  # listen() again only sets the queue's length: the connections in it stay
+                self._servers.append(
+                    await loop.create_server(
+                        self._connection, sock=sock, backlog=LISTEN_BACKLOG, start_serving=False, **more
+                    )
+                )
+            self._later = asyncio.create_task(self._accept_later(), name="hub-inherited-socket")
+            return
         try:
-            self._server = await asyncio.get_running_loop().create_server(
+            server = await loop.create_server(
                 self._connection, settings.host, settings.port, backlog=LISTEN_BACKLOG, **more
             )
         except socket.gaierror as err:  # its errno is getaddrinfo's (-2), which os.strerror does not know
@@ -178,12 +203,37 @@ class Listener:
         except OSError as err:
             why = os.strerror(err.errno).lower() if err.errno else str(err)
             raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err
+        self._servers.append(server)
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._server is not None and self._server.sockets
-        host, port = self._server.sockets[0].getsockname()[:2]
+        """The first socket's address (an inherited socket's, not the settings' host and port)."""
+        assert self._servers and self._servers[0].sockets
+        host, port = self._servers[0].sockets[0].getsockname()[:2]
         return str(host), int(port)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every socket's address, as ``host:port`` (``[host]:port`` for IPv6)."""
+        found = []
+        for server in self._servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                found.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return found
+
+    async def accept(self) -> None:
+        """Take connections from every socket (inherited ones wait for this; bound ones take them at once)."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        for server in self._servers:
+            await server.start_serving()  # nothing if it serves already
+
+    async def _accept_later(self) -> None:
+        await asyncio.sleep(STARTING_SAY_S)
+        self._later = None  # accept() must not cancel the task it runs in
+        await self.accept()
 
     def hand_over(self, runner: web.BaseRunner) -> None:
         """Every connection from now on is served by ``runner``'s application; the starting application's close
@@ -197,11 +247,15 @@ class Listener:
             self.said.cancel()
 
     def stop(self) -> None:
-        """Listen no more (the connections open are the runners' to close)."""
+        """Listen no more (the connections open are the runners' to close). An inherited socket's descriptor is
+        closed, but systemd holds the socket: connections still queued in it wait for the next start."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self.said is not None:
             self.said.cancel()
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
 
     def _connection(self) -> asyncio.Protocol:
         server = self._runner.server
@@ -209,7 +263,7 @@ class Listener:
         return server()
 
 
-async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
+async def _serve(settings: HubSettings, stop: asyncio.Event, sockets: Sequence[socket.socket]) -> None:
     tls = tls_context(settings)  # before anything opens: a wrong file is one sentence, the database untouched
     budget = plan_fd_budget(settings.max_connections)
     guard = ConnectionGuard(budget.max_connections, settings.header_timeout_s)
@@ -222,7 +276,7 @@ async def _serve(settings: HubSettings, stop: asyncio.Event) -> None:
         progress = MigrationProgress(display_db(settings.db))
         with hold_serving_lock(path) if path is not None else contextlib.nullcontext():
             async with (
-                _answering_while_opening(settings, guard, tls, progress) as listener,
+                _answering_while_opening(settings, guard, tls, progress, sockets) as listener,
                 open_store(settings.db, progress) as store,
             ):
                 await _serve_store(settings, stop, store, guard, budget.describe(), listener, moved)
@@ -255,15 +309,25 @@ def _runner(app: web.Application, settings: HubSettings, guard: ConnectionGuard)
 
 @contextlib.asynccontextmanager
 async def _answering_while_opening(
-    settings: HubSettings, guard: ConnectionGuard, tls: ssl.SSLContext | None, progress: MigrationProgress
+    settings: HubSettings,
+    guard: ConnectionGuard,
+    tls: ssl.SSLContext | None,
+    progress: MigrationProgress,
+    sockets: Sequence[socket.socket] = (),
 ) -> AsyncIterator[Listener]:
     """Listen at once, answering /livez and 503 (hub.starting) until ``_serve_store`` hands the listener over; on
-    the way out, listen no more."""
+    the way out, listen no more. Inherited ``sockets`` are served instead of the settings' host and port."""
     starting = _runner(create_starting_app(progress), settings, guard)
     await starting.setup()
     listener = Listener(starting)
     try:
-        await listener.start(settings, tls)
+        await listener.start(settings, tls, sockets)
+        if sockets:
+            log.info(
+                "the hub serves on the socket(s) systemd passed it (%s), not on host and port of its settings; "
+                "connections made while it starts wait in the socket's queue",
+                ", ".join(listener.addresses),
+            )
         host, port = listener.address
         listener.said = asyncio.get_running_loop().call_later(
             STARTING_SAY_S, log.info,
@@ -297,14 +361,14 @@ async def _serve_store(
         # while zeroconf starts used to kill it with the store open); a second one does not cut a commit short.
         with _stop_on_signals(stop), gc_for_serving():  # protocol/runtime.py
             listener.hand_over(runner)
+            await listener.accept()  # an inherited socket's queue: the connections made while the hub restarted
             host, port = listener.address
             log.info("hub listening on %s://%s:%d, database %s", listener.scheme, host, port, display_db(settings.db))
             log.info("the hub holds %s", budget)
             log.info("the hub runs on %s's event loop", loop_kind())
             if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
-                advertiser = await start_advertiser(
-                    str((await store.health()).get("hub_id") or ""), settings.host, port
-                )
+                where = settings.host if not listener.inherited else "0.0.0.0" if host == "::" else host
+                advertiser = await start_advertiser(str((await store.health()).get("hub_id") or ""), where, port)
             await stop.wait()
             listener.stop()
             gate = app[GATE_KEY]

@@ -35,7 +35,8 @@ class HubProcess:
     ``port`` given: ``url`` is known before the start (agents and proxies may be pointed at it first);
     otherwise it is the address the hub says it listens on. ``env`` replaces the environment (see
     ``tests.harness.commands.hub_env``); ``preexec_fn`` runs in the child before exec (resource limits);
-    ``cwd`` is its working directory; ``python`` the interpreter command (one that blocks some modules, say).
+    ``cwd`` is its working directory; ``python`` the interpreter command (one that blocks some modules, say);
+    ``pass_fds`` are descriptors the child keeps (a listening socket, as systemd passes one).
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class HubProcess:
         cwd: Path | None = None,
         python: Sequence[str] = (sys.executable,),
         start_timeout_s: float = START_TIMEOUT_S,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.log_path = log_path
         self.db = None if db is None else str(db)
@@ -60,6 +62,7 @@ class HubProcess:
         self.cwd = cwd
         self.python = tuple(python)
         self.start_timeout_s = start_timeout_s
+        self.pass_fds = tuple(pass_fds)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}" if port else ""  # port 0: known once it listens
         self._log_offset = 0
@@ -108,7 +111,7 @@ class HubProcess:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 self.command, env={**(os.environ if self.env is None else self.env), "PYTHONUNBUFFERED": "1"},
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, pass_fds=self.pass_fds,
                 preexec_fn=self.preexec_fn,  # noqa: PLW1509  (resource limits only: no lock is taken)
             )  # fmt: skip
 
