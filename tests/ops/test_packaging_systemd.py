@@ -14,6 +14,7 @@ import pytest
 
 from agent.cli import EXIT_ALREADY_RUNNING, EXIT_USAGE
 from agent.config_sources import POSIX_CONFIG, default_data_dir
+from hub.config import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "packaging" / "systemd"
@@ -44,16 +45,18 @@ def tool(name: str) -> str:
     return found
 
 
-def test_systemd_analyze_verify_accepts_both_units(tmp_path: Path) -> None:
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     """Verified as written, but for the install prefix: systemd checks that ExecStart exists, so it points
-    at this checkout's own console scripts."""
+    at this checkout's own console scripts. The hub's socket unit is verified with the service it starts."""
     scripts = Path(sys.executable).parent
     for name in ("shelfsync-agent.service", "shelfsync-hub.service"):
         text = (UNITS / name).read_text(encoding="utf-8")
         assert text.count(f"ExecStart={INSTALL_PREFIX}") == 1
         (tmp_path / name).write_text(text.replace(f"ExecStart={INSTALL_PREFIX}", f"ExecStart={scripts}/"), encoding="utf-8")
+    shutil.copy(UNITS / "shelfsync-hub.socket", tmp_path)
     done = subprocess.run(
-        [tool("systemd-analyze"), "verify", "--man=no", "shelfsync-agent.service", "shelfsync-hub.service"],
+        [tool("systemd-analyze"), "verify", "--man=no", "shelfsync-agent.service", "shelfsync-hub.service",
+         "shelfsync-hub.socket"],
         cwd=tmp_path, capture_output=True, check=False, text=True, timeout=COMMAND_TIMEOUT_S,
     )  # fmt: skip
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
@@ -82,6 +85,16 @@ def test_the_units_are_hardened_and_run_the_console_script(role: str) -> None:
     assert program == f"{INSTALL_PREFIX}shelfsync-{role}" and f"shelfsync-{role}" in scripts
     assert command == {"agent": "run", "hub": "serve"}[role]
     assert str(EXIT_USAGE) in service["RestartPreventExitStatus"].split()
+
+
+def test_the_hub_socket_unit_listens_on_the_hubs_port_for_the_hub_to_accept() -> None:
+    """One listening socket on the port of the documented hub.toml, passed to shelfsync-hub.service (the same
+    name), which accepts its connections itself (hub/activation.py)."""
+    socket_unit = unit("shelfsync-hub.socket")
+    assert socket_unit["Socket"]["ListenStream"] == f"0.0.0.0:{DEFAULT_PORT}"
+    assert socket_unit["Socket"]["Accept"] == "no"
+    assert socket_unit["Install"]["WantedBy"] == "sockets.target"
+    assert "Service" not in socket_unit and "Sockets" not in unit("shelfsync-hub.service")["Service"]
 
 
 def test_the_agent_unit_keeps_the_outbox_where_the_agent_looks_for_it() -> None:
