@@ -68,7 +68,7 @@ def listening_socket(fd: int) -> socket.socket:
     try:
         if sock.family not in SOCKET_FAMILIES or sock.type != socket.SOCK_STREAM:
             raise ActivationError(
-                f"systemd passed file descriptor {fd} (LISTEN_FDS), a {sock.family.name} {sock.type.name} socket, "
+                f"systemd passed file descriptor {fd} (LISTEN_FDS), an {_name(sock.family)} {_name(sock.type)} socket, "
                 "not a TCP one; the hub's socket unit needs ListenStream= lines with a port (e.g. 8470 or "
                 "0.0.0.0:8470)"
             )
@@ -82,6 +82,11 @@ def listening_socket(fd: int) -> socket.socket:
         raise
     sock.set_inheritable(False)
     return sock
+
+
+def _name(value: int) -> str:
+    """A socket family or type by its name (AF_UNIX, SOCK_DGRAM), else its number."""
+    return getattr(value, "name", str(value))
 
 
 def inherited_sockets(environ: MutableMapping[str, str] | None = None) -> list[socket.socket]:

@@ -192,6 +192,9 @@ def test_a_descriptor_that_is_no_listening_tcp_socket_is_refused_with_what_to_fi
         pytest.raises(ActivationError, match="SOCK_DGRAM socket, not a TCP one"),
     ):
         listening_socket(udp.fileno())
+    unix, other = socket.socketpair()  # ListenStream=/run/…: a path, not a port
+    with unix, other, pytest.raises(ActivationError, match="AF_UNIX SOCK_STREAM socket, not a TCP one"):
+        listening_socket(unix.fileno())
     with (
         socket.create_connection(held_socket.getsockname(), timeout=5.0) as connected,
         pytest.raises(ActivationError, match="not listening .*Accept=no"),
