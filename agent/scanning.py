@@ -39,6 +39,7 @@ import hardware
 from agent.catalog import CatalogItem, ItemLookup
 from agent.errors import AgentError, InvalidMovement, OutboxClosed, OutboxError
 from agent.outbox import Movement, Outbox
+from agent.quantities import Flow, unlikely
 from agent.scan_journal import JournalError, ScanJournal
 from agent.serials import SERIAL_AGAIN_S, Unit, booked_again, event_gtin, listed
 from protocol import Kind, wall_ms_now
@@ -107,21 +108,38 @@ class ModeRule:
     kind: Kind
     sign: int  # +1 or -1; 0 for count (the qty is the running absolute count)
     reason: str | None = None
+    doing: str = ""  # how a sentence about a quantity far past the usual says it ("receiving 250,000 units of …")
+
+    @property
+    def flow(self) -> Flow:
+        return "count" if self.kind is Kind.COUNT else "in" if self.sign > 0 else "out"
 
 
 MODES: dict[str, ModeRule] = {
-    "receive": ModeRule(Kind.RECEIVE, +1),
-    "sale": ModeRule(Kind.SALE, -1),
-    "return": ModeRule(Kind.RETURN, +1),
-    "damage": ModeRule(Kind.ADJUST, -1, "damaged"),
-    "found": ModeRule(Kind.ADJUST, +1, "found"),
-    "count": ModeRule(Kind.COUNT, 0),
+    "receive": ModeRule(Kind.RECEIVE, +1, doing="receiving"),
+    "sale": ModeRule(Kind.SALE, -1, doing="selling"),
+    "return": ModeRule(Kind.RETURN, +1, doing="taking back"),
+    "damage": ModeRule(Kind.ADJUST, -1, "damaged", doing="writing off"),
+    "found": ModeRule(Kind.ADJUST, +1, "found", doing="booking as found"),
+    "count": ModeRule(Kind.COUNT, 0, doing="counting"),
 }
 
 
 def unknown_sku(key: str) -> str:
     """``unknown:<barcode>`` as the hub keys it (``protocol.catalog``); control characters made printable."""
     return barcodes.unknown_sku(CONTROL_RE.sub("\ufffd", key))
+
+
+def label_count(decoded: hardware.Decoded | None) -> int | None:
+    """How many a scanned GS1 label says it holds ((30) of a variable-count item, (37) of a logistic label's (02)
+    contents), or None: the quantity nobody at a scanner checked, where a catalog's pack size is known."""
+    if decoded is None:
+        return None
+    if decoded.var_count is not None:
+        return decoded.var_count
+    if decoded.gtin is None and decoded.content_gtin and decoded.count:
+        return decoded.count
+    return None
 
 
 def scan_units(item: CatalogItem | None, decoded: hardware.Decoded | None) -> int:
@@ -226,8 +244,25 @@ class ModeRouter:
                 location=location,
                 sku=sku,
             )
+        if label_count(decoded) is not None and (said := await self._unlikely(rule, location, sku, units)):
+            return ScanOutcome(
+                ScanResult.FAILED,
+                f"Scan {shown(barcode, 40)} was held, not booked: {said}; nobody at the scanner can confirm it, so if"
+                " the label's quantity is right book it on the handheld, where a person confirms it, and else fix"
+                " the label.",
+                location=location,
+                sku=sku,
+            )
         async with self._serialised if decoded.serial is not None else contextlib.nullcontext():
             return await self._book(reader, rule, location, sku, item, decoded, attrs, units)
+
+    async def _unlikely(self, rule: ModeRule, location: str, sku: str, units: int) -> str | None:
+        """The sentence a session would ask a handheld about a scan of ``units`` of ``sku`` (``agent.quantities``:
+        judged by the scan's own units, as a scanner's line of a session is), or None."""
+        local = 0
+        if rule.flow != "in":
+            local = (await self.outbox.counts.local_count(location, sku)).on_hand
+        return unlikely(rule.flow, rule.doing, shown(sku, bare=True), 1, units, local=local, alone=True)
 
     async def _book(
         self,

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from agent.errors import InvalidMovement
 from agent.outbox import Outbox, RejectedEvent
+from agent.quantities import Flow, unlikely
 from agent.serials import SERIAL_AGAIN_S, Unit, booked_again
 from agent.sessions import bins, plan
 from agent.sessions.errors import (
@@ -74,26 +75,13 @@ REFUSED_SHOWN = 20  # the hub's refusals of sessions' movements shown at once (n
 # The home screen shows the sessions' refusals among the outbox's newest this many set-asides (of any movement): a
 # window in the outbox's own order, which a wrong clock at the refusal cannot shift, as it did a 7-day window.
 REFUSED_WINDOW = 100
-# An outgoing line (a write-off, a transfer out) is added only when the staff confirm it (``ExceedsOnHand``) if it
-# holds more than this many units, or takes the session's units of its SKU past twice the local count and this many
-# more: a keypad slip (an extra zero, a barcode scanned into the quantity) took stock off the hub without a word.
-# Not refused: stock may go negative, and the local count may be stale.
-LINE_UNITS_PLAUSIBLE = 10_000
-ON_HAND_MARGIN = 10
+# A line of a quantity far past the usual (``agent.quantities``: an outgoing line far beyond the local count, an
+# incoming line of more than one line should hold, a count of another scale, a barcode in the quantity field) is added
+# only when the staff confirm it (``UnlikelyQuantity``; ``ExceedsOnHand`` for an outgoing one): a keypad slip took
+# stock off the hub, or put a billion on its shelf, without a word. Not refused: stock may go negative, and the local
+# count may be stale.
 _TAKES = {SessionType.WRITE_OFF: "writing off", SessionType.TRANSFER_OUT: "shipping"}
-# An incoming line (a delivery, a transfer received, a customer return) of more than ``LINE_UNITS_PLAUSIBLE`` units
-# (or than the delivery lists of its SKU, where that is more) is asked the same way: one line of a store's delivery
-# is a few cases, and 1,000,000,000 was a barcode scanned into the quantity field, booked as a billion on the shelf.
 _BRINGS = {SessionType.RECEIVE: "receiving", SessionType.TRANSFER_IN: "receiving", SessionType.RETURN: "taking back"}
-# A count replaces the SKU's whole stock: it is asked when it takes the session's units of the SKU past ten times the
-# local count on hand and past ``COUNT_UNITS_USUAL``. A count far from the books is what a count is for (a missing
-# receipt doubles a shelf), so only a count of another scale is asked: 999,999 (a finger held on the 9) where 40 are
-# on hand. Where the agent counts nothing (a new item, a first stock-take) a shelf of up to 1,000 is counted at once.
-COUNT_SCALE = 10
-COUNT_UNITS_USUAL = 1_000
-# A typed quantity of this many digits or more is a barcode (an EAN-8 and longer) scanned into the quantity field far
-# more often than a quantity, whatever else is normal for the SKU: asked always.
-BARCODE_DIGITS = 8
 
 
 class SessionManager:
@@ -443,17 +431,10 @@ class SessionManager:
     async def _unlikely(
         self, session: Session, sku: str, qty: int, units: int, scan_id: str | None, alone: bool
     ) -> tuple[type[UnlikelyQuantity], str] | None:
-        """The question a line of a quantity far past the usual is asked (its error and sentence), or None:
-
-        - an outgoing line of more than ``LINE_UNITS_PLAUSIBLE`` units, or one that takes the session's units of
-          ``sku`` past twice the local count and ``ON_HAND_MARGIN`` more (``ExceedsOnHand``);
-        - an incoming line of more than ``LINE_UNITS_PLAUSIBLE`` units, or than the delivery lists of ``sku``;
-        - a count that takes the session's units of ``sku`` past ``COUNT_SCALE`` times the local count and past
-          ``COUNT_UNITS_USUAL``;
-        - a typed quantity of ``BARCODE_DIGITS`` digits or more.
-
-        Asked once: at the line that crosses a mark, not at each line after one confirmed. ``alone``: a scanner's
-        line, judged by its own units (each scan is an item in hand; what nobody checked is a label's quantity)."""
+        """The question a line of a quantity far past the usual is asked (its error and sentence), or None, as
+        ``agent.quantities.unlikely`` judges it against the session's units of ``sku`` so far (an outgoing line's
+        error ``ExceedsOnHand``). ``alone``: a scanner's line, judged by its own units (each scan is an item in
+        hand; what nobody checked is a label's quantity)."""
         if scan_id is not None and await self.store.scanned(session.id, scan_id) is not None:
             return None  # sent again after its answer was lost: the store answers the line it added
         lines = () if alone else await self.store.lines(session.id)
@@ -461,61 +442,18 @@ class SessionManager:
         transfer = session.type in (SessionType.TRANSFER_OUT, SessionType.TRANSFER_IN)
         if before + units > (TRANSFER_QTY_MAX if transfer else QTY_MAX):
             return None  # refused by the store whatever the staff say (its sentence names the limit)
-        digits = len(str(qty))
-        barcode = (
-            f"; a quantity of {digits} digits looks like a barcode scanned into the quantity field"
-            if digits >= BARCODE_DIGITS
-            else ""
-        )
-        where = " on one scan" if alone else (" in this session" + (f" ({units:,} on this line)" if before else ""))
+        flow: Flow
         error: type[UnlikelyQuantity] = UnlikelyQuantity
         if session.type in _TAKES:
-            doing, error = _TAKES[session.type], ExceedsOnHand
-            local = (await self.outbox.counts.local_count(self.location, sku)).on_hand
-            shelf = max(local, 0)
-            bound = shelf + max(ON_HAND_MARGIN, shelf)
-            if units > LINE_UNITS_PLAUSIBLE:
-                said = (
-                    f"{doing} {units:,} units of {sku} on one line is more than one line should hold"
-                    f" ({LINE_UNITS_PLAUSIBLE:,}), and this agent counts {local:,} on hand"
-                )
-            elif before <= bound < before + units:
-                said = (
-                    f"{doing} {before + units:,} units of {sku}{where} is far more than the {local:,} on hand this"
-                    " agent counts"
-                )
-            elif barcode:
-                said = f"{doing} {units:,} units of {sku} on one line"
-            else:
-                return None
+            flow, doing, error = "out", _TAKES[session.type], ExceedsOnHand
         elif session.type is SessionType.COUNT:
-            doing = "counting"
-            local = (await self.outbox.counts.local_count(self.location, sku)).on_hand
-            bound = max(COUNT_UNITS_USUAL, COUNT_SCALE * max(local, 0))
-            if before <= bound < before + units:
-                said = (
-                    f"{doing} {before + units:,} units of {sku}{where if before or alone else ''} is far more than the"
-                    f" {local:,} on hand this agent counts (more than {COUNT_SCALE} times it, and past"
-                    f" {COUNT_UNITS_USUAL:,})"
-                )
-            elif barcode:
-                said = f"{doing} {units:,} units of {sku} on one line"
-            else:
-                return None
+            flow, doing = "count", "counting"
         else:
-            doing = _BRINGS[session.type]
-            listed = max((e.qty for e in session.spec.expected if e.sku == sku), default=0)
-            if units > max(LINE_UNITS_PLAUSIBLE, listed):
-                also = f", or the {listed:,} the delivery lists" if listed > LINE_UNITS_PLAUSIBLE else ""
-                said = (
-                    f"{doing} {units:,} units of {sku} on one line is more than one line should hold"
-                    f" ({LINE_UNITS_PLAUSIBLE:,}{also})"
-                )
-            elif barcode:
-                said = f"{doing} {units:,} units of {sku} on one line"
-            else:
-                return None
-        return error, said + barcode
+            flow, doing = "in", _BRINGS[session.type]
+        local = 0 if flow == "in" else (await self.outbox.counts.local_count(self.location, sku)).on_hand
+        listed = max((e.qty for e in session.spec.expected if e.sku == sku), default=0)
+        said = unlikely(flow, doing, sku, qty, units, local=local, before=before, listed=listed, alone=alone)
+        return None if said is None else (error, said)
 
     async def _check_not_scanner_counted(self, sku: str) -> None:
         """Refuse counting ``sku`` in a session while a back-office reader in count mode is running a count of it:

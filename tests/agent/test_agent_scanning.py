@@ -23,6 +23,7 @@ from agent.scan_journal import DAY_MS, INTERRUPTED, NOT_KEPT, PROBLEM_ROWS_PER_D
 from agent.scanning import PROBLEMS_SAID_MAX, ModeRouter, ScanOutcome, ScanResult, ScanRouter, ScanService
 from hardware import GS
 from protocol import Kind, StockEvent, event_id_hex, wall_ms_now
+from protocol.values import shown
 from tests.agent.agent_scan_helpers import PtyDevice, eventually, gtin, wrong_check_digit
 
 EAN13 = gtin("590123412345")
@@ -536,3 +537,51 @@ async def test_a_serial_names_one_item_of_its_gtin_not_of_its_sku(tmp_path: Path
         (Kind.COUNT, 1, "0" + EAN13, "SN7"),
         (Kind.COUNT, 13, CASE, "SN7"),
     ]
+
+
+def logistic_label(count: int) -> bytes:
+    """A GS1 logistic label: (02) what it holds (the mug) and (37) how many, as a scanner sends it."""
+    return f"]C102{'0' + EAN13}37{count}".encode()
+
+
+RECEIVED = "receiving 250,000 units of MUG-01 on one line is more than one line should hold (10,000)"
+COUNTED = (
+    "counting 250,000 units of MUG-01 on one scan is far more than the 6 on hand this agent counts (more than 10"
+    " times it, and past 1,000)"
+)
+WRITTEN_OFF = (
+    "writing off 250,000 units of MUG-01 on one line is more than one line should hold (10,000), and this agent"
+    " counts -6 on hand"
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "booked", "said"),
+    [("receive", [6, 1], RECEIVED), ("count", [6, 7], COUNTED), ("damage", [-6, -1], WRITTEN_OFF)],
+    ids=["receive", "count", "damage"],
+)
+async def test_a_label_of_a_far_unusual_quantity_is_held_for_a_person_never_booked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str, booked: list[int], said: str
+) -> None:
+    """Found: a scanner feeding no session booked whatever quantity a GS1 label's (37) (or (30)) said: a misprinted
+    label of 250,000 mugs was received, counted or written off at once, with nobody asked. A session asks a
+    handheld, and holds a scanner's line, for such a quantity; a scanner in its mode has nobody to ask and nothing
+    to hold it in, so the scan books nothing and is a problem a person sees (a WARNING, the scan journal, the
+    reader's last problem in ``status``), in one sentence naming the SKU, the quantity and what to do. A label of
+    a usual quantity, and the scans after it, are booked as before."""
+    link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
+    big = logistic_label(250_000)
+    async with rig(tmp_path, section(link, mode=mode)) as r:
+        await r.scan(logistic_label(6), big, b"]E0" + EAN13.encode())
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [(e.sku, e.qty) for e in events] == [("MUG-01", qty) for qty in booked]
+    held = entries[1]
+    message = (
+        f"Scan {shown(big.decode()[3:], 40)} was held, not booked: {said}; nobody at the scanner can confirm it, so if"
+        " the label's quantity is right book it on the handheld, where a person confirms it, and else fix the label."
+    )
+    assert (held.raw, held.result, held.message, held.sku, held.event_ids) == (big, "failed", message, "MUG-01", ())
+    [state] = read_reader_states(tmp_path / "scans.sqlite3") or []
+    assert (state.problems, state.last_problem) == (1, message)  # `status` shows it
+    assert f"Scanner 'backdoor': {message}" in [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
