@@ -111,6 +111,7 @@ def line_json(line: Line) -> dict[str, Any]:
         "held": line.held,
         "pending": line.pending,
         "decided_by": line.decided_by,
+        "rejected": line.rejected,
     }
 
 

@@ -253,9 +253,11 @@ class Line:
     undone: bool = False
     # A back-office scanner's line of a quantity a handheld would have been asked about (``UnlikelyQuantity``): the
     # sentence it would have been asked. Held (stored undone, so it counts for nothing, and an older agent never
-    # books it) until a person confirms it (it counts) or rejects it (kept undone); ``decided_by`` says who.
+    # books it) until a person confirms it (it counts) or rejects it (kept undone); ``decided_by`` says who, and
+    # ``rejected`` which (a line confirmed may be undone later, as any line: undone, and still not rejected).
     held: str | None = None
     decided_by: str | None = None
+    rejected: bool = False
 
     @property
     def pending(self) -> bool:

@@ -124,7 +124,7 @@ _SESSION_COLUMNS = (
 )
 _LINE_COLUMNS = (
     "session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone,"
-    " held, decided_by"
+    " held, decided_by, rejected"
 )
 
 
@@ -159,12 +159,13 @@ class SessionStore(SqliteFile):
         conn.execute(
             "CREATE UNIQUE INDEX IF NOT EXISTS lines_scan_id ON lines (session_id, scan_id) WHERE scan_id IS NOT NULL"
         )
-        # A back-office scanner's line held for a person (``Line.held``), and who confirmed or rejected it (added
-        # the same way). A held line is stored undone: an older agent reading the file counts it for nothing.
+        # A back-office scanner's line held for a person (``Line.held``), who confirmed or rejected it, and whether
+        # it was rejected (added the same way). A held line is stored undone: an older agent reading the file counts
+        # it for nothing.
         columns = {r[1] for r in conn.execute("PRAGMA table_info(lines)")}
-        for column in ("held", "decided_by"):
+        for column, sql_type in (("held", "TEXT"), ("decided_by", "TEXT"), ("rejected", "INTEGER")):
             if column not in columns:
-                conn.execute(f"ALTER TABLE lines ADD COLUMN {column} TEXT")
+                conn.execute(f"ALTER TABLE lines ADD COLUMN {column} {sql_type}")
 
     def _not_usable(self, err: sqlite3.DatabaseError) -> Exception:
         return SessionError(f"{self.path} is not a usable session store: {err}")
@@ -303,7 +304,7 @@ class SessionStore(SqliteFile):
                 raise InvalidSessionInput(f"a session holds at most {LINES_MAX:,} lines; close it and open another")
             stored = dataclasses.replace(line, no=no, undone=line.undone or line.held is not None)
             conn.execute(
-                f"INSERT INTO lines ({_LINE_COLUMNS}, scan_id) VALUES ({_marks(16)})", (*_line_row(stored), scan_id)
+                f"INSERT INTO lines ({_LINE_COLUMNS}, scan_id) VALUES ({_marks(17)})", (*_line_row(stored), scan_id)
             )
             return stored
 
@@ -367,17 +368,25 @@ class SessionStore(SqliteFile):
                 raise SessionConflict(f"line {no} of session {session_id} was not held; it counts as scanned")
             if line.decided_by is not None:
                 if line.undone != confirm:
-                    return line
-                was = "rejected" if line.undone else "confirmed"
-                raise SessionConflict(f"line {no} of session {session_id} was {was} by {line.decided_by} already")
+                    return line  # the same decision again, or a reject of a line that counts for nothing already
+                if line.rejected:
+                    raise SessionConflict(
+                        f"line {no} of session {session_id} was rejected by {line.decided_by} already"
+                    )
+                if line.undone:  # confirmed, and then undone as any line may be: it is not booked, and not rejected
+                    raise SessionConflict(
+                        f"line {no} of session {session_id} was confirmed by {line.decided_by} and then undone, so it"
+                        " counts for nothing; scan the label again if its quantity is right"
+                    )
+                raise SessionConflict(f"line {no} of session {session_id} was confirmed by {line.decided_by} already")
             _check_open(session, "take a decision on its held lines")
             if confirm:
                 _check_line_fits(conn, dataclasses.replace(line, undone=False), qty_max, unit)
             conn.execute(
-                "UPDATE lines SET undone = ?, decided_by = ? WHERE session_id = ? AND no = ?",
-                (0 if confirm else 1, by, session_id, no),
+                "UPDATE lines SET undone = ?, decided_by = ?, rejected = ? WHERE session_id = ? AND no = ?",
+                (0 if confirm else 1, by, 0 if confirm else 1, session_id, no),
             )
-            return dataclasses.replace(line, undone=not confirm, decided_by=by)
+            return dataclasses.replace(line, undone=not confirm, decided_by=by, rejected=not confirm)
 
         return await self._write(decide, small=True)
 
@@ -746,14 +755,14 @@ def _line_row(line: Line) -> tuple[Any, ...]:
     return (
         line.session_id, line.no, line.sku, line.qty, line.hlc, line.at_ms, line.by, line.source, line.barcode,
         line.pack_size, None if line.disposition is None else line.disposition.value, int(line.unknown),
-        int(line.undone), line.held, line.decided_by,
+        int(line.undone), line.held, line.decided_by, int(line.rejected),
     )  # fmt: skip
 
 
 def _line(row: Sequence[Any]) -> Line:
     (
         session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone, held,
-        decided,
+        decided, rejected,
     ) = row  # fmt: skip
     return Line(
         session_id=session_id,
@@ -771,6 +780,8 @@ def _line(row: Sequence[Any]) -> Line:
         undone=bool(undone),
         held=held,
         decided_by=decided,
+        # None: decided by an agent that did not keep which decision (it stored a rejected line undone)
+        rejected=bool(undone and decided is not None) if rejected is None else bool(rejected),
     )
 
 

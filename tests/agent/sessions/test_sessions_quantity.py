@@ -125,3 +125,41 @@ async def test_a_held_line_stays_held_across_a_restart_and_counts_once_confirmed
         await sessions.confirm_line(s.id, 1, by="ana")
         closed = await sessions.close(s.id, by="cy")
     assert closed.report is not None and [(r.sku, r.qty) for r in closed.report.lines] == [("SKU-NUTS", 50_000)]
+
+
+async def test_a_held_line_confirmed_then_undone_is_said_to_be_so_not_rejected(tmp_path: Path, outbox: Outbox) -> None:
+    """Found: a scanner's held line that a person confirmed and the session's staff then undid (Undo takes their
+    newest line still counting) was answered "line 1 … was rejected by bo already" when confirmed again: nobody
+    rejected it. The store now keeps which decision was taken, so the answer says what happened (confirmed, then
+    undone: scan it again), also after a restart; a line rejected still says so."""
+    async with SessionStore.open(tmp_path / "held.sqlite3") as store:
+        sessions = SessionManager(store, outbox, catalog=catalog())
+        s = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-9", reader_id="dock"), by="cy")
+        held = await sessions.scan(s.id, nuts_label(250_000), by="cy", source="scanner:dock", unattended=True)
+        slip = await sessions.scan(s.id, nuts_label(99_999), by="cy", source="scanner:dock", unattended=True)
+        confirmed = await sessions.confirm_line(s.id, held.no, by="bo")
+        assert (confirmed.undone, confirmed.rejected) == (False, False)
+        rejected = await sessions.reject_line(s.id, slip.no, by="bo")
+        assert (rejected.undone, rejected.rejected) == (True, True)
+        undone = await sessions.undo(s.id, by="cy")
+        assert undone is not None and (undone.no, undone.undone, undone.rejected) == (held.no, True, False)
+    async with SessionStore.open(tmp_path / "held.sqlite3") as store:
+        sessions = SessionManager(store, outbox, catalog=catalog())
+        await sessions.recover()
+        with pytest.raises(SessionConflict) as again:
+            await sessions.confirm_line(s.id, held.no, by="ana")
+        assert str(again.value) == (
+            f"line 1 of session {s.id} was confirmed by bo and then undone, so it counts for nothing; scan the label"
+            " again if its quantity is right"
+        )
+        # Rejecting it changes nothing: it counts for nothing already, and its record keeps who confirmed it.
+        assert await sessions.reject_line(s.id, held.no, by="ana") == undone
+        with pytest.raises(SessionConflict, match=f"line 2 of session {s.id} was rejected by bo already"):
+            await sessions.confirm_line(s.id, slip.no, by="ana")
+        lines = await sessions.store.lines(s.id)
+        assert [(x.no, x.undone, x.decided_by, x.rejected) for x in lines] == [
+            (1, True, "bo", False),
+            (2, True, "bo", True),
+        ]
+        closed = await sessions.close(s.id, by="cy")
+    assert closed.report is not None and closed.report.lines == ()
