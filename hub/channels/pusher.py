@@ -80,7 +80,7 @@ from hub.channels.mapping import ItemIds, ListingEntry, MappingError, SkuMapping
 from hub.channels.shopify import ShopifyConnector
 from hub.channels.state import ChannelState, Refusal, Unbooked
 from hub.heartbeat import BEATING, Heartbeat, beat
-from hub.storage.base import ChangeRow, CountRow, LedgerRow, StoreClosed, StoreError
+from hub.storage.base import AgentStatus, ChangeRow, CountRow, Effect, LedgerRow, StoreClosed, StoreError
 from hub.storage.keys import CountKey
 from protocol import unpack_hlc, wall_ms_now
 from protocol.retry import Backoff, Health, TurnFailed, run_turns
@@ -103,6 +103,11 @@ KEPT_AGAIN_MAX = 2  # pushes in a row, stamped after a count the channel kept, b
 # A register sale whose order has not reached the hub is taken off the counts pushed for at most this long after the
 # channel received it: Square retries an order's webhook for a day, so its order will not come later than that
 SALES_WAIT_MAX_MS = 24 * 3600 * 1000
+# A register sale is told from the hub's last stock count behind a level on the hub's clock (``_count_times``): it is
+# left out as seen by the count only when Square received it this long before the count was made; one nearer is taken
+# off (the side that never shows more than the shelf holds) until its order reaches the hub
+COUNT_MARGIN_MS = 60 * 1000
+COUNT_LOOKUP = 8  # ledger rows read back from a count's stamp to find its event (its agent and receipt)
 
 
 def _utc(ms: int) -> str:
@@ -123,8 +128,10 @@ class FeedReader(Protocol):
     ) -> list[CountRow]: ...
 
     async def ledger(
-        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, before: int | None = None
     ) -> list[LedgerRow]: ...
+
+    async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]: ...
 
 
 class ChangeWaiter(Protocol):
@@ -260,6 +267,10 @@ class ChannelPusher(LoopTask):
         self._less: dict[LevelKey, int] = {}  # units of such sales taken off each level's last count confirmed
         self._less_from: dict[LevelKey, int] = {}  # when the channel received the oldest of them (its record's time)
         self._counted_at: dict[LevelKey, int] = {}  # wall ms of the hub's last stock count behind each level (0: none)
+        # the hub's rows behind each level, with their last count's stamp (None: none), and each count's time on the
+        # hub's clock as found (``_count_times``), by (location, SKU): (the count's stamp, hub ms)
+        self._counts_behind: dict[LevelKey, tuple[tuple[str, str, int | None], ...]] = {}
+        self._count_hub_ms: dict[tuple[str, str], tuple[int, int]] = {}
         self._touched: dict[LevelKey, int] = {}  # push_seq of each level's last confirmation
         self.push_seq = 0  # confirmed batches so far (the reconciler skips levels confirmed while it read)
         self._key_sku: dict[LevelKey, str] = {}
@@ -665,22 +676,28 @@ class ChannelPusher(LoopTask):
         if not self.order_channels or not counted:
             return targets, {}
         now_ms = wall_ms_now()
-        since = {k: self._read_from(k, at, now_ms) for k, at in counted.items()}
+        since = {k: self._read_from(k, at, now_ms, counted=False) for k, at in counted.items()}
         sales = await self.connector.sales_since(since)
         if sales is None:
             return targets, {k: Unbooked(0, since[k]) for k in counted}  # the next read goes back as far
         orders = {s.order_id for found in sales.values() for s in found}
         booked = await self.state.orders_booked(self.order_channels, orders) if orders else set()
         refused = await self.state.orders_refused(self.order_channels, orders - booked) if orders - booked else set()
+        unbooked = [k for k in targets if any(s.order_id not in booked for s in sales.get(k, ()))]
+        count_ms = await self._count_times(unbooked) if unbooked else {}
         less: dict[LevelKey, Unbooked] = {}
         out: dict[LevelKey, Target] = {}
         left: dict[LevelKey, int] = {}  # units of sales in refused orders, per level
         done: list[LevelKey] = []
         for k, t in targets.items():
             at_ms = min(t.occurred_at_ms, now_ms)  # a stamp in the future goes out as now (the connector's window)
+            # after the count's time by Square's rule (its occurred_at against the count's, both as sent to it), and
+            # not surely before the hub's last stock count by the hub's clock
+            seen = count_ms.get(k, 0) - COUNT_MARGIN_MS
             after = [
                 s for s in sales.get(k, ())
-                if s.order_id not in booked and self._counted_at.get(k, 0) < s.occurred_ms <= at_ms
+                if s.order_id not in booked and s.occurred_ms <= at_ms
+                and not (count_ms.get(k, 0) and (s.hub_ms or s.received_ms or s.occurred_ms) < seen)
             ]  # fmt: skip
             taken = [s for s in after if s.order_id not in refused]
             if len(taken) < len(after):
@@ -741,12 +758,51 @@ class ChannelPusher(LoopTask):
         rest = set(order_ids) - booked
         return booked | (await self.state.orders_refused(channels, rest) if rest else set())
 
-    def _read_from(self, key: LevelKey, stamp_ms: int, now_ms: int) -> int:
+    def _read_from(self, key: LevelKey, stamp_ms: int, now_ms: int, *, counted: bool = True) -> int:
         """Where the channel's record of sales at ``key`` is read from (less the connector's margin): the level's
-        last stamp, or the receipt of the oldest sale its last count took off when earlier; never before the hub's
-        last stock count behind it (a sale before that is in the count) nor ``SALES_WAIT_MAX_MS`` ago."""
+        last stamp, or the receipt of the oldest sale its last count took off when earlier; never
+        ``SALES_WAIT_MAX_MS`` ago, and with ``counted`` (Shopify) never before the stamp of the hub's last stock
+        count behind it (a sale before that is in the count). Square's sales are read without that bound: the
+        stamp is the store PC's clock, and a sale is told from the count on the hub's clock after the read
+        (``_count_times``)."""
         start = min(stamp_ms, self._less_from.get(key, stamp_ms))
-        return max(start, self._counted_at.get(key, 0), now_ms - SALES_WAIT_MAX_MS)
+        return max(start, self._counted_at.get(key, 0) if counted else 0, now_ms - SALES_WAIT_MAX_MS)
+
+    async def _count_times(self, keys: Collection[LevelKey]) -> dict[LevelKey, int]:
+        """When the hub's last stock count behind each level was made, on the hub's clock (0: a row behind it was
+        never counted). A count is stamped by the store PC's clock, which may be minutes off Square's; placed on the
+        hub's clock it can be told from a register sale Square received (``Sale.hub_ms``): its stamp corrected by
+        the PC's skew the hub measures at each sync (hub minus PC, ``AgentStatus.clock_skew_ms``), never later than
+        the hub received it (a count cannot be made after that; it bounds a skew measured since the PC's clock was
+        put right, and one of a sender that does not say its clock). Found once per count in the ledger (its
+        event, by its stamp) and kept while it is the row's last count; a count whose event is not found is
+        placed at its stamp."""
+        times: dict[LevelKey, int] = {}
+        skews: dict[str, int] = {}
+        for key in keys:
+            at_ms = []
+            for location, sku, stamp in self._counts_behind.get(key, ()):
+                at_ms.append(0 if stamp is None else await self._count_time(location, sku, stamp, skews))
+            times[key] = min(at_ms, default=0)
+        return times
+
+    async def _count_time(self, location: str, sku: str, stamp: int, skews: dict[str, int]) -> int:
+        known = self._count_hub_ms.get((location, sku))
+        if known is not None and known[0] == stamp:
+            return known[1]
+        wall = unpack_hlc(stamp)[0]
+        rows = await self._feed.ledger(location=location, sku=sku, before=stamp + 1, limit=COUNT_LOOKUP)
+        row = next(
+            (r for r in rows if r.occurred_at == stamp and r.kind == "count" and r.effect != Effect.REJECTED), None
+        )
+        at_ms = wall
+        if row is not None:
+            if row.agent_id not in skews:
+                status = await self._feed.agent_status(row.agent_id)
+                skews[row.agent_id] = next((s.clock_skew_ms or 0 for s in status if s.agent_id == row.agent_id), 0)
+            at_ms = min(wall + skews[row.agent_id], row.received_at_ms)
+        self._count_hub_ms[(location, sku)] = (stamp, at_ms)
+        return at_ms
 
     def _less_confirmed(self, less: Mapping[LevelKey, Unbooked], confirmed: Collection[LevelKey]) -> None:
         """What was taken off each confirmed level's count (``_less_unbooked``), kept until a count without it."""
@@ -806,8 +862,11 @@ class ChannelPusher(LoopTask):
                 levels[key] = Level(sku, quantity, at_ms)
                 self._key_sku[key] = sku
                 # the hub's last stock count behind the level: the earliest of its rows' (0 when one has none)
-                behind = [c.last_count_at for c in counts if pool[c.location] == key.location_id]
-                self._counted_at[key] = min((0 if at is None else unpack_hlc(at)[0] for at in behind), default=0)
+                behind = [c for c in counts if pool[c.location] == key.location_id]
+                self._counted_at[key] = min(
+                    (0 if c.last_count_at is None else unpack_hlc(c.last_count_at)[0] for c in behind), default=0
+                )
+                self._counts_behind[key] = tuple((c.location, c.sku, c.last_count_at) for c in behind)
         self._parts.update(bundles)
         return levels, tuple(rows)
 

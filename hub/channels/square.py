@@ -45,7 +45,9 @@ Before a push, a channel whose register sales come back to the hub as orders
 ``transaction_id``) at the levels counted before, from a little before the
 hub's last count there (or before the oldest sale that count took off): the
 pusher takes those whose orders the hub has not booked off the count, so the
-count does not take over a sale the hub does not know of yet. A read that fails leaves the counts at the hub's level, logged
+count does not take over a sale the hub does not know of yet. Each sale says when Square received it on the hub's
+clock too (``Sale.hub_ms``: its ``created_at`` and Square's clock behind the hub's), where the pusher tells it from the
+hub's last stock count (``ChannelPusher._count_times``). A read that fails leaves the counts at the hub's level, logged
 once until one succeeds.
 
 A ``400`` whose every error names one change (``field``
@@ -534,10 +536,14 @@ class SquareConnector:
             return None
         self._before_push.read(self.spec.name)
         sales: dict[LevelKey, list[Sale]] = {}
+        behind = self._last.peer_behind_ms  # Square's receipt on the hub's clock: told from the hub's stock count
         for k, changes in record.items():
             for c in changes:
                 if c.sale and c.order_id and c.in_stock == int(c.in_stock):
-                    sales.setdefault(k, []).append(Sale(c.order_id, int(-c.in_stock), c.occurred_ms, c.created_ms))
+                    received = c.created_ms or c.occurred_ms
+                    sales.setdefault(k, []).append(
+                        Sale(c.order_id, int(-c.in_stock), c.occurred_ms, c.created_ms, received + behind)
+                    )
         return sales
 
     async def _call(

@@ -906,16 +906,92 @@ async def test_a_register_sale_before_the_hubs_stock_count_is_not_taken_off_the_
 ) -> None:
     """A register sale whose order had not reached the hub was taken off the counts even after the store counted the
     shelf: the count saw the shelf without the sold unit, so the sale came off twice (Square showed 8 of the 9
-    counted). A sale that occurred before the hub's last stock count behind the level is in that count."""
+    counted). A sale Square received before the hub's last stock count behind the level is in that count (more than
+    ``COUNT_MARGIN_MS`` before it, by the hub's clock: one nearer is taken off until its order comes)."""
     loc = square.add_location()
     a = square.add_variation("A")
     await hub.move((Kind.RECEIVE, 10, "S1", "A"))
     async with by_hand(hooked(square_spec(square, {"S1": loc})), hub, state) as pusher:
         await settle(pusher)
-        square.register_sale(a, loc, 1, occurred_at=_ms_ago(1), order_id="ORDER-1")
+        sold_at_register(square, a, loc, 3, "ORDER-1")
         counted = hub.factory(Kind.COUNT, 9, at_ms=wall_ms_now() - hub.factory.base_ms, location="S1", sku="A")
         result = await hub.store.ingest(hub.who, hub.factory.epoch, [counted])  # the store counts 9 on the shelf
         assert not result.rejected, result.rejected
         assert await hub.available("S1", "A") == 9
         await settle(pusher)
         assert square.quantity(a, loc) == 9 and pusher.less_unbooked == {}
+
+
+# --- the store's stock count against a register sale: the hub's clock, not the store PC's ----------------------------
+
+
+async def store_moves(hub: Hub, skew_min: float, *moves: tuple[Kind, int, str, str, float]) -> None:
+    """Movements (kind, qty, location, sku, minutes ago) booked by a store PC whose clock is ``skew_min`` minutes off
+    (positive: ahead), as its agent sends them: stamped by that clock, with that clock's time of sending
+    (``sent_ms``), from which the hub measures the PC's skew."""
+    now = wall_ms_now()
+    skew = round(skew_min * 60_000)
+    events = [
+        hub.factory(kind, qty, at_ms=now - round(ago * 60_000) + skew + i - hub.factory.base_ms, location=loc, sku=sku)
+        for i, (kind, qty, loc, sku, ago) in enumerate(moves)
+    ]
+    result = await hub.store.ingest(hub.who, hub.factory.epoch, events, sent_ms=now + skew + len(moves))
+    assert not result.rejected, result.rejected
+
+
+def sold_at_register(square: SquareEmulator, item: str, loc: str, minutes_ago: float, order_id: str) -> None:
+    """A register sale Square received ``minutes_ago`` (by Square's clock), its order on its way to the hub."""
+    sale = square.register_sale(item, loc, 1, occurred_at=_ms_ago(minutes_ago), order_id=order_id)
+    sale.created = sale.occurred
+
+
+@pytest.mark.parametrize("skew_min", [10, -10], ids=["store-clock-ahead", "store-clock-behind"])
+async def test_a_register_sale_is_told_from_the_stores_count_by_the_hubs_clock_not_the_store_pcs(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, skew_min: int
+) -> None:
+    """The hub's last stock count was compared with a register sale by the store PC's clock against Square's: a PC
+    10 minutes ahead made a sale just after the count look before it (left out: Square showed 8 where 7 are left), one
+    10 minutes behind made a sale 3 minutes before the count look after it (taken off although the count saw the
+    shelf without it: Square showed 8 of the 9 counted, then 6). The count is placed on the hub's clock now (its
+    stamp corrected by the skew the hub measures of that PC, never after the hub received it)."""
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await store_moves(hub, skew_min, (Kind.RECEIVE, 10, "S1", "A", 0))
+    async with by_hand(hooked(square_spec(square, {"S1": loc})), hub, state) as pusher:
+        await settle(pusher)
+        sold_at_register(square, a, loc, 3, "ORDER-BEFORE")  # 3 minutes before the count: the count sees 9
+        await store_moves(hub, skew_min, (Kind.COUNT, 9, "S1", "A", 0))
+        await settle(pusher)
+        assert square.quantity(a, loc) == 9, f"Square shows {square.quantity(a, loc)} of the 9 counted"
+        square.register_sale(a, loc, 1, order_id="ORDER-AFTER")  # just after the count, its order on its way
+        await store_moves(hub, skew_min, (Kind.SALE, -1, "S1", "A", 0))  # a sale at another till: the hub's level 8
+        await settle(pusher)
+        assert await hub.available("S1", "A") == 8
+        assert square.quantity(a, loc) == 7, f"Square shows {square.quantity(a, loc)} where 7 are left"
+        assert pusher.less_unbooked == {LevelKey(a, loc): 1}
+
+
+@pytest.mark.parametrize("skew_min", [10, -10], ids=["store-clock-ahead", "store-clock-behind"])
+async def test_a_count_the_hub_received_late_is_placed_where_the_store_counted_by_the_pcs_measured_skew(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, skew_min: int
+) -> None:
+    """A count session closed 30 minutes after the shelf's scan (its count stamped at the scan) reaches the hub 30
+    minutes after the count: the hub's receipt alone would leave out a register sale 25 minutes ago, after the
+    count (Square would show 8 where 7 are left). The count's stamp, corrected by the PC's skew the hub measured,
+    places it where it was made, within the receipt; a sale 33 minutes ago stays left out."""
+    loc = square.add_location()
+    a = square.add_variation("A")
+    async with open_channel_state(str(hub.db_path)) as st:
+        # the hub's last count at Square 40 minutes ago, as a hub that pushed it before this one started stored it
+        await st.record("pos", {LevelKey(a, loc): 10}, wall_ms_now() - 40 * 60_000)
+    square.register_count(a, loc, 10, occurred_at=_ms_ago(40))
+    sold_at_register(square, a, loc, 33, "ORDER-BEFORE")
+    sold_at_register(square, a, loc, 25, "ORDER-AFTER")
+    await store_moves(
+        hub, skew_min, (Kind.RECEIVE, 10, "S1", "A", 45), (Kind.COUNT, 9, "S1", "A", 30), (Kind.SALE, -1, "S1", "A", 0)
+    )
+    assert await hub.available("S1", "A") == 8
+    async with by_hand(hooked(square_spec(square, {"S1": loc})), hub, state) as pusher:
+        await settle(pusher)
+        assert square.quantity(a, loc) == 7, f"Square shows {square.quantity(a, loc)} where 7 are left"
+        assert pusher.less_unbooked == {LevelKey(a, loc): 1}
