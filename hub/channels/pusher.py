@@ -266,6 +266,8 @@ class ChannelPusher(LoopTask):
         self._reads_orders = isinstance(connector, ShopifyConnector) and bool(spec.webhook_secret)
         self._less: dict[LevelKey, int] = {}  # units of such sales taken off each level's last count confirmed
         self._less_from: dict[LevelKey, int] = {}  # when the channel received the oldest of them (its record's time)
+        # levels whose last confirmation says nothing of what it took off (stored before schema 14): read once
+        self._less_unknown: set[LevelKey] = set()
         self._counted_at: dict[LevelKey, int] = {}  # wall ms of the hub's last stock count behind each level (0: none)
         # the hub's rows behind each level, with their last count's stamp (None: none), and each count's time on the
         # hub's clock as found (``_count_times``), by (location, SKU): (the count's stamp, hub ms)
@@ -631,7 +633,7 @@ class ChannelPusher(LoopTask):
             # a level pushed less sales whose orders had not reached the hub: told again whatever its level now, as
             # those orders may have been booked since and the hub's level be the count pushed (``_less_unbooked``
             # drops it when the count comes out the same)
-            again = key in self._less
+            again = key in self._less or key in self._less_unknown
             changed = previous != level.quantity or key in self._unsure or again
             if changed and (refusal is None or refusal.quantity != level.quantity):
                 targets[key] = self._orders_read(
@@ -650,8 +652,9 @@ class ChannelPusher(LoopTask):
         return replace(target, sales_from_ms=self._read_from(key, self._stamps[key], now_ms), owed=owed)
 
     async def _less_unbooked(
-        self, targets: dict[LevelKey, Target], forced: Collection[str], based: Collection[LevelKey]
-    ) -> tuple[dict[LevelKey, Target], dict[LevelKey, Unbooked]]:
+        self, targets: dict[LevelKey, Target], forced: Collection[str], based: Collection[LevelKey],
+        *, checking: bool = False,
+    ) -> tuple[dict[LevelKey, Target], dict[LevelKey, Unbooked]]:  # fmt: skip
         """The counts to push, each less the units of sales the channel recorded there whose orders the hub has not
         booked yet, and what was taken off per level. A count supersedes, at the channel (Square), every sale that
         occurred before its ``occurred_at``: a register sale whose order is still on its way to the hub is not in
@@ -671,7 +674,11 @@ class ChannelPusher(LoopTask):
         hub's level (said by the connector), and the next read goes back as far as this one would have. What was
         taken off is stored with each confirmation (``ChannelState.unbooked``), so a restart changes nothing; a
         level told again only because of sales taken off before (``_less``) and whose count comes out as last
-        confirmed is not sent."""
+        confirmed is not sent; neither is one whose last confirmation said nothing of what it took off
+        (``_less_unknown``: stored before schema 14).
+
+        ``checking`` (``check_unknown``): what each count confirmed takes off now, nothing sent nor said; none when
+        the record cannot be read."""
         counted = {k: self._stamps[k] for k in targets if k in self._stamps}
         if not self.order_channels or not counted:
             return targets, {}
@@ -679,6 +686,8 @@ class ChannelPusher(LoopTask):
         since = {k: self._read_from(k, at, now_ms, counted=False) for k, at in counted.items()}
         sales = await self.connector.sales_since(since)
         if sales is None:
+            if checking:
+                return targets, {}
             return targets, {k: Unbooked(0, since[k]) for k in counted}  # the next read goes back as far
         orders = {s.order_id for found in sales.values() for s in found}
         booked = await self.state.orders_booked(self.order_channels, orders) if orders else set()
@@ -705,8 +714,10 @@ class ChannelPusher(LoopTask):
             quantity = max(0, t.quantity - sum(s.units for s in taken))
             if k in counted:
                 less[k] = Unbooked(t.quantity - quantity, min((s.received_ms for s in taken), default=None))
-            again = k in self._less and k not in self._unsure and k not in based
-            if again and self._key_sku.get(k) not in forced and t.quantity == t.previous == quantity:
+            again = (k in self._less or k in self._less_unknown) and k not in self._unsure and k not in based
+            if checking:
+                pass
+            elif again and self._key_sku.get(k) not in forced and t.quantity == t.previous == quantity:
                 done.append(k)  # the orders were booked (or refused): the count stands as last confirmed
                 continue
             out[k] = t if quantity == t.quantity else Target(quantity, t.previous, t.occurred_at_ms)
@@ -715,6 +726,9 @@ class ChannelPusher(LoopTask):
             for k in done:
                 self._less.pop(k, None)
                 self._less_from.pop(k, None)
+                self._less_unknown.discard(k)
+        if checking:
+            return out, less
         who = KIND_NAMES.get(self.spec.kind, self.spec.kind)
         taken_off = {k: u.units for k, u in less.items() if u.units and k in out}
         if taken_off:
@@ -807,6 +821,7 @@ class ChannelPusher(LoopTask):
     def _less_confirmed(self, less: Mapping[LevelKey, Unbooked], confirmed: Collection[LevelKey]) -> None:
         """What was taken off each confirmed level's count (``_less_unbooked``), kept until a count without it."""
         for k in confirmed:
+            self._less_unknown.discard(k)  # stored with the confirmation: known
             u = less.get(k, Unbooked(0))
             if u.units:
                 self._less[k] = u.units
@@ -816,6 +831,34 @@ class ChannelPusher(LoopTask):
                 self._less_from[k] = u.from_ms
             else:
                 self._less_from.pop(k, None)
+
+    async def check_unknown(self, levels: Mapping[LevelKey, Level]) -> None:
+        """Of these levels (what the channel should show, from the hub's counts), those whose last confirmation says
+        nothing of what its count took off (``_less_unknown``: a hub before schema 14 kept it in memory, and its row
+        reads 0): the channel's sales are read once, as a push reads them, and what that count takes off now is
+        stored (known from then on), so the reconciler compares the channel with the hub's level less it rather
+        than take a count pushed less a sale for a drift. A read that fails leaves them unknown (compared as 0, as
+        before, and read again next time). Under the pusher's lock: a turn confirming one of them meanwhile stores
+        what its own count took off, and it is not read again."""
+        if not any(k in self._less_unknown for k in levels):
+            return
+        async with self._locked():
+            keys = sorted(k for k in levels if k in self._less_unknown and k in self._stamps)
+            targets = {k: Target(levels[k].quantity, self._pushed.get(k), self._stamps[k]) for k in keys}
+            _, less = await self._less_unbooked(targets, (), (), checking=True) if targets else ({}, {})
+            if not less:
+                return
+            await self.state.save_unbooked(self.spec.name, less)
+            self._less_confirmed(less, less)
+        taken = {k: u.units for k, u in less.items() if u.units}
+        k = min(taken or less)
+        log.info(
+            "channel %s: %d level(s) were last confirmed by a hub that kept in memory what their counts took off for "
+            "sales at %s whose orders had not reached the hub (before schema 14); its sales were read once: %d of "
+            "them take %d unit(s) off (first %s at %s: %d)",
+            self.spec.name, len(less), KIND_NAMES.get(self.spec.kind, self.spec.kind), len(taken),
+            sum(taken.values()), self._key_sku.get(k, k.item_id), k.location_id, less[k].units,
+        )  # fmt: skip
 
     @property
     def less_unbooked(self) -> dict[LevelKey, int]:
@@ -963,6 +1006,8 @@ class ChannelPusher(LoopTask):
         unbooked = await self.state.unbooked(self.spec.name)
         self._less = {k: u.units for k, u in unbooked.items() if u.units}
         self._less_from = {k: u.from_ms for k, u in unbooked.items() if u.from_ms is not None}
+        # only a channel whose register sales come back as orders ever took any off (``_less_unbooked``)
+        self._less_unknown = await self.state.unbooked_unknown(self.spec.name) if self.order_channels else set()
         if mapping is None:
             await self._refresh()
         else:

@@ -114,15 +114,23 @@ class ChannelState(Protocol):
     ) -> None:  # fmt: skip
         """In one transaction: store confirmed quantities and, if given, move the cursor to ``cursor``. A level's
         stamp becomes the latest of ``at_ms``, its ``stamps`` entry (what it was sent with) and the one stored;
-        what its count took off (``unbooked``; none when it has no entry) replaces the one stored."""
+        what its count took off (``unbooked``; none when it has no entry) replaces the one stored, and is known."""
 
     async def unbooked(self, channel: str) -> dict[LevelKey, Unbooked]:
         """The levels whose last count confirmed took units off for sales whose orders had not reached the hub, or
         must read the channel's record from further back than their stamp (``Unbooked.from_ms``)."""
 
+    async def unbooked_unknown(self, channel: str) -> set[LevelKey]:
+        """The levels whose last confirmation says nothing of what its count took off: stored before schema 14
+        (which kept it in memory), or by a hub of version 14 during an upgrade (schema 15, ``less_known``)."""
+
+    async def save_unbooked(self, channel: str, unbooked: MappingABC[LevelKey, Unbooked]) -> None:
+        """What the last counts of these levels take off, found by reading the channel's sales again (their
+        quantities and stamps stay as they are); known from then on."""
+
     async def clear_unbooked(self, channel: str, keys: Collection[LevelKey]) -> None:
         """The orders behind what the last counts of ``keys`` took off are booked (or refused): nothing is taken
-        off there any more, and their stamps stay as they are."""
+        off there any more (known), and their stamps stay as they are."""
 
     async def mapping(self, channel: str) -> SkuMapping | None:
         """The stored mapping, or None if it was never loaded."""
@@ -254,12 +262,12 @@ class SqlChannelState:
 
         async def work(db: Tx) -> None:
             await db.executemany(
-                "INSERT INTO channel_pushed (channel, level_key, quantity, pushed_at_ms, less_units, sales_from_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?) "
+                "INSERT INTO channel_pushed (channel, level_key, quantity, pushed_at_ms, less_units, sales_from_ms, "
+                "less_known) VALUES (?, ?, ?, ?, ?, ?, 1) "
                 "ON CONFLICT (channel, level_key) DO UPDATE SET quantity = excluded.quantity, "
                 "pushed_at_ms = CASE WHEN excluded.pushed_at_ms > channel_pushed.pushed_at_ms "
                 "THEN excluded.pushed_at_ms ELSE channel_pushed.pushed_at_ms END, "  # a stamp never goes back
-                "less_units = excluded.less_units, sales_from_ms = excluded.sales_from_ms",
+                "less_units = excluded.less_units, sales_from_ms = excluded.sales_from_ms, less_known = 1",
                 [
                     (channel, k.text(), q, max(at_ms, stamps.get(k, 0)), unbooked.get(k, none).units,
                      unbooked.get(k, none).from_ms)
@@ -284,18 +292,29 @@ class SqlChannelState:
         )  # fmt: skip
         return {LevelKey.from_text(k): Unbooked(int(n), None if at is None else int(at)) for k, n, at in rows}
 
-    async def clear_unbooked(self, channel: str, keys: Collection[LevelKey]) -> None:
+    async def unbooked_unknown(self, channel: str) -> set[LevelKey]:
         self._check()
-        if not keys:
+        rows = await self._read(
+            "SELECT level_key FROM channel_pushed WHERE channel = ? AND less_known = 0 AND quantity >= 0", (channel,)
+        )  # a quantity of -1 is pushed again whatever it took off, and stored known
+        return {LevelKey.from_text(k) for (k,) in rows}
+
+    async def save_unbooked(self, channel: str, unbooked: MappingABC[LevelKey, Unbooked]) -> None:
+        self._check()
+        if not unbooked:
             return
 
         async def work(db: Tx) -> None:
             await db.executemany(
-                "UPDATE channel_pushed SET less_units = 0, sales_from_ms = NULL WHERE channel = ? AND level_key = ?",
-                [(channel, k.text()) for k in sorted(keys)],
+                "UPDATE channel_pushed SET less_units = ?, sales_from_ms = ?, less_known = 1 "
+                "WHERE channel = ? AND level_key = ?",
+                [(u.units, u.from_ms, channel, k.text()) for k, u in sorted(unbooked.items())],
             )
 
         await self._write("saving what a channel's counts took off", work)
+
+    async def clear_unbooked(self, channel: str, keys: Collection[LevelKey]) -> None:
+        await self.save_unbooked(channel, dict.fromkeys(keys, Unbooked(0)))
 
     async def mapping(self, channel: str) -> SkuMapping | None:
         self._check()
