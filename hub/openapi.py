@@ -85,12 +85,14 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.5.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.6.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
 # 1.5: 429 on the change feed past a credential's read budget (feed_read_rows_per_s, feed_read_burst), and the
 # exception kind channel_order_refused (a channel's order whose webhook the hub refused for good)
+# 1.6: POST /v1/channels/{name}/orders/{order_id}/dismiss (a refused order booked by hand), and a
+# channel_order_refused exception's hub location and data.channel_location
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1029,6 +1031,21 @@ def _paths() -> dict[str, JSON]:
         parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web")],
         errors=(404, 409, 422, 502),
     ))  # fmt: skip
+    add(channel_http.DISMISS_PATH, "post", operation(
+        "dismissChannelOrder", "Dismiss a refused order booked by hand",
+        "Admin only; no body. A Square order whose webhook the hub refused for good (a channel_order_refused "
+        "exception) whose sale staff booked by hand leaves the exceptions list; it stays refused, so its register "
+        "sales are still not taken off the counts pushed. 404 for an unknown channel or an order the channel does "
+        "not hold as refused; 409 when it was dismissed already (nothing is changed).",
+        "Channels",
+        {"200": ok("The order as stored, dismissed.", obj({"order": ref("RefusedOrder")}, ["order"]))},
+        roles=(ROLE_ADMIN,),
+        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web"),
+                    path_param("order_id", string(minLength=1, maxLength=channel_http.ORDER_ID_MAX_LEN),
+                               "Square's order id, as the exception's data.order_id names it.",
+                               "D1CAFA84CB614476A09D4DCD")],
+        errors=(404, 409),
+    ))  # fmt: skip
     add(order_routes.ROUTE, "post", operation(
         "postChannelWebhook", "A sales channel's signed order webhook",
         "Where Shopify or Square post their order webhooks; no bearer token: the channel's signature (checked in "
@@ -1474,6 +1491,15 @@ def _schemas() -> dict[str, JSON]:
             "channel": string(), "mapped": integer(0), "unmapped": integer(0), "findings_total": integer(0),
             "findings": array(obj({"kind": string(), "sku": nullable(string()), "detail": string()})),
         }, ["channel", "mapped", "unmapped", "findings", "findings_total"]),
+        "RefusedOrder": obj({
+            "channel": string(), "order_id": string(),
+            "location": nullable(string("The hub location its Square location feeds (null: not said).")),
+            "channel_location": nullable(string("The order's Square location (null: not known).")),
+            "reason": string(), "refused_at_ms": ms, "refused_at": iso_time("When it was last refused"),
+            "dismissed_at_ms": nullable(ms), "dismissed_at": iso_time("When it was dismissed"),
+            "dismissed_by": nullable(string("The admin credential that dismissed it.")),
+        }, ["channel", "order_id", "location", "channel_location", "reason", "refused_at_ms", "dismissed_at_ms",
+            "dismissed_by"]),
         "ReconcileAnswer": obj({
             "channel": string(), "at_ms": ms, "at": iso_time("When"), "checked": integer(0),
             "divergences": array(ref("ChannelDivergence")),

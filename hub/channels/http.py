@@ -19,6 +19,7 @@ unknown name is a 404) and, when some are, runs their pushers and reconcilers
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -31,12 +32,16 @@ from hub.channels.connector import ChannelRejected, ChannelUnavailable
 from hub.channels.mapping import MappingError
 from hub.channels.pusher import ChannelPusher
 from hub.channels.runner import NotDone, channel_pushers, pushes_here, reconcile_asked, refresh_asked
-from hub.channels.state import Divergence, Reconciled
+from hub.channels.state import Divergence, Reconciled, RefusedOrder
 from hub.leases import LOCKS_KEY, share_locks
 from hub.storage.base import AgentIdentity
-from protocol import values
+from protocol import values, wall_ms_now
+
+log = logging.getLogger(__name__)
 
 READ_ROLES = frozenset({"reader", "admin"})
+DISMISS_PATH = "/v1/channels/{name}/orders/{order_id}/dismiss"
+ORDER_ID_MAX_LEN = 64  # a Square order id is 24 characters; the hub stores none longer (hub.channels.orders.ID_MAX_LEN)
 ADMIN_ROLES = frozenset({"admin"})
 DIVERGENCES_LIMIT_DEFAULT = 100
 DIVERGENCES_LIMIT_MAX = 1_000
@@ -69,6 +74,7 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str) -> N
     heads.add(
         app, "POST", "/v1/channels/{name}/reconcile", post_reconcile, name="channel_reconcile", check=_reconcile_head
     )
+    heads.add(app, "POST", DISMISS_PATH, post_dismiss_order, name="channel_order_dismiss", check=_dismiss_head)
     if specs:  # push what each sales channel shows (docs/channels.md)
         share_locks(app, db_path)  # on PostgreSQL, the channels' lock connection, and lease_stale_s
         app.cleanup_ctx.append(_run)
@@ -252,6 +258,58 @@ def _refresh_head(request: web.Request, who: AgentIdentity) -> None:
 
 def _reconcile_head(request: web.Request, who: AgentIdentity) -> None:
     _admin_head(request, who, "reconcile a channel")
+
+
+def _dismiss_head(request: web.Request, who: AgentIdentity) -> None:
+    _admin_head(request, who, "dismiss a refused order")
+
+
+async def post_dismiss_order(request: web.Request) -> web.Response:
+    """An admin booked a refused Square order's sale by hand: its ``channel_order_refused`` exception leaves the
+    list; the order stays refused, so its register sales are still not taken off the counts pushed."""
+    who = identity_of(request)
+    _dismiss_head(request, who)
+    await _no_body(request)
+    p = _pusher(request)
+    name, order_id = p.spec.name, request.match_info["order_id"]
+    missing = (
+        f"channel {name} holds no refused order {values.shown(order_id, values.QUOTE_MAX_CHARS)}; GET /v1/exceptions"
+        "?kind=channel_order_refused lists them (one booked since, or refused more than two days ago, is not held)"
+    )
+    if len(order_id) > ORDER_ID_MAX_LEN:
+        raise web.HTTPNotFound(text=missing)
+    before = await p.state.refused_order(name, order_id)
+    if before is None:
+        raise web.HTTPNotFound(text=missing)
+    if before.dismissed_at_ms is not None:
+        raise web.HTTPConflict(
+            text=f"refused order {order_id} of channel {name} was already dismissed by {before.dismissed_by} at "
+            f"{views.iso_ms(before.dismissed_at_ms)}; nothing was changed"
+        )
+    after = await p.state.dismiss_order(name, order_id, who.agent_id, wall_ms_now())
+    if after is None:  # booked (or dropped) between the two
+        raise web.HTTPNotFound(text=missing)
+    log.info(
+        "channel %s: Square order %s, refused at %s (%s), was dismissed by %s as booked by hand; it leaves the "
+        "exceptions list, and its register sales stay out of the counts pushed",
+        name, order_id, views.iso_ms(after.refused_at_ms), after.reason, after.dismissed_by,
+    )  # fmt: skip
+    return _json({"order": refused_order_json(after)})
+
+
+def refused_order_json(r: RefusedOrder) -> dict[str, Any]:
+    return {
+        "channel": r.channel,
+        "order_id": r.order_id,
+        "location": r.location,
+        "channel_location": r.channel_location,
+        "reason": r.reason,
+        "refused_at_ms": r.refused_at_ms,
+        "refused_at": views.iso_ms(r.refused_at_ms),
+        "dismissed_at_ms": r.dismissed_at_ms,
+        "dismissed_at": views.iso_ms(r.dismissed_at_ms),
+        "dismissed_by": r.dismissed_by,
+    }
 
 
 def _admin_head(request: web.Request, who: AgentIdentity, action: str) -> None:

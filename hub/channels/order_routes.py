@@ -171,7 +171,7 @@ class OrderWebhooks:
                 translation = await self._on_reserved_skus(spec, ctx, translation)
                 events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms)
             except OrderRefused as err:
-                await self._order_refused(spec, order_id or err.order_id, str(err))
+                await self._order_refused(spec, order_id or err.order_id, str(err), err.channel_location)
                 return self._refused(spec, str(err), what)
             except Unavailable as err:
                 log.warning("channel %s: %s cannot be applied now: %s", name, what, err)
@@ -294,14 +294,20 @@ class OrderWebhooks:
             one_line(str(event_id), 80) if isinstance(event_id, str) and event_id else None
         ), f"Square event {shown}"
 
-    async def _order_refused(self, spec: ChannelSpec, order_id: str | None, reason: str) -> None:
+    async def _order_refused(
+        self, spec: ChannelSpec, order_id: str | None, reason: str, channel_location: str | None
+    ) -> None:
         """A Square order refused for good is stored: the pusher no longer takes its register sales off the counts
         it pushes (``ChannelPusher``), as its order will not reach the hub until the cause is fixed and Square's
-        retry brings it (booked then, as any)."""
+        retry brings it (booked then, as any). With the hub location its Square location feeds, when the pool (and
+        ``fulfil_from``) say which: its exception is that store's."""
         if spec.kind != "square" or order_id is None or self._state is None:
             return
+        location = _feeding(spec, channel_location)
         try:
-            await self._state.refuse_order(spec.name, order_id, reason, wall_ms_now())
+            await self._state.refuse_order(
+                spec.name, order_id, reason, wall_ms_now(), location=location, channel_location=channel_location
+            )
         except StoreError as err:
             log.warning(
                 "channel %s: the refusal of Square order %s could not be stored (%s); its register sales are taken "
@@ -355,7 +361,7 @@ class OrderWebhooks:
         try:
             return ctx, square_movements(ctx, await self._square_order(spec, notice.order_id, notice.location_id))
         except OrderRefused as err:
-            raise OrderRefused(str(err), notice.order_id) from err
+            raise OrderRefused(str(err), notice.order_id, notice.location_id) from err
 
     async def _shopify_pickup(self, spec: ChannelSpec, order_id: str) -> str | None:
         connector = self._connectors[spec.name]
@@ -452,3 +458,13 @@ def _still_on(t: Translation, movements: tuple[Movement, ...]) -> tuple[tuple[st
             return t.still_reserved
         still[at[line]] = still.get(at[line], 0) + units
     return tuple((location, sku, n) for (location, sku), n in sorted(still.items(), key=lambda kv: kv[0][1]))
+
+
+def _feeding(spec: ChannelSpec, channel_location: str | None) -> str | None:
+    """The hub location fulfilling at the channel's ``channel_location`` (its pool, and ``fulfil_from`` where several
+    feed it), None when they do not say (not in the pool, or not known)."""
+    hubs = [hub for hub, where in spec.pool.items() if channel_location is not None and where == channel_location]
+    if len(hubs) == 1:
+        return hubs[0]
+    chosen = spec.fulfil_from.get(channel_location or "")
+    return chosen if chosen in hubs else None

@@ -68,11 +68,12 @@ SHOPIFY_VARIANT_GID = "gid://shopify/ProductVariant/"
 
 class OrderRefused(ValueError):
     """The webhook cannot be applied as it is; the message is one sentence saying what to do. ``order_id``: the
-    channel's order it names, when known."""
+    channel's order it names, when known; ``channel_location``: the channel's location it names, when known."""
 
-    def __init__(self, message: str, order_id: str | None = None) -> None:
+    def __init__(self, message: str, order_id: str | None = None, channel_location: str | None = None) -> None:
         super().__init__(message)
         self.order_id = order_id
+        self.channel_location = channel_location
 
 
 # --- signatures ----------------------------------------------------------------------

@@ -83,6 +83,20 @@ class Unbooked:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedOrder:
+    """A channel's order whose webhook the hub refused for good, as stored (``ChannelState.refuse_order``)."""
+
+    channel: str
+    order_id: str
+    location: str | None  # the hub location its channel location feeds (None: not said)
+    channel_location: str | None
+    reason: str
+    refused_at_ms: int
+    dismissed_at_ms: int | None = None
+    dismissed_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Reconciled:
     """When a channel's levels were last read back, how many and how many diverged."""
 
@@ -183,11 +197,23 @@ class ChannelState(Protocol):
         ``channels`` reserved its lines (every booked Square order has a reserve event per line, under the
         channel's identity and the ref ``<channel>:order:<id>``)."""
 
-    async def refuse_order(self, channel: str, order_id: str, reason: str, at_ms: int) -> None:
+    async def refuse_order(
+        self, channel: str, order_id: str, reason: str, at_ms: int, *, location: str | None = None,
+        channel_location: str | None = None,
+    ) -> None:  # fmt: skip
         """A channel's order whose webhook the hub refused for good (a line it cannot map, a location not in the
-        pool): its sales are no longer taken off the counts pushed, and it is an exception (``channel_order_refused``)
-        until a delivery of it is applied (``order_accepted``). Refusals older than ``ORDER_REFUSALS_KEPT_MS`` are
-        dropped then: no count reads sales that old."""
+        pool): its sales are no longer taken off the counts pushed, and it is an exception (``channel_order_refused``,
+        at ``location``: the hub location its ``channel_location`` feeds) until a delivery of it is applied
+        (``order_accepted``) or an admin dismisses it (``dismiss_order``; refused again, it stays dismissed).
+        Refusals older than ``ORDER_REFUSALS_KEPT_MS`` are dropped then: no count reads sales that old."""
+
+    async def refused_order(self, channel: str, order_id: str) -> RefusedOrder | None:
+        """The channel's refused order as stored, None when it is not (never refused, booked since, or dropped)."""
+
+    async def dismiss_order(self, channel: str, order_id: str, by: str, at_ms: int) -> RefusedOrder | None:
+        """An admin booked the refused order's sale by hand: it leaves the exceptions list, and stays refused (its
+        sales are still not taken off the counts pushed: the hub's level holds the sale booked by hand). The order
+        as stored after (dismissed by the first to ask), None when it is not stored."""
 
     async def orders_refused(self, channels: Collection[str], order_ids: Collection[str]) -> set[str]:
         """Of ``order_ids``, those whose webhook one of ``channels`` refused for good (at its last delivery): the
@@ -205,6 +231,10 @@ ORDER_RESERVES_SQL = "SELECT sku, attrs FROM events WHERE ref = ? AND kind = 're
 ORDERS_BOOKED_SQL = "SELECT DISTINCT ref FROM events WHERE ref IN ({}) AND kind = 'reserve' AND agent_id = ?"
 ORDERS_BOOKED_MAX = 100
 ORDERS_REFUSED_SQL = "SELECT order_id FROM channel_orders_refused WHERE channel = ? AND order_id IN ({})"
+REFUSED_ORDER_SQL = (
+    "SELECT channel, order_id, location, channel_location, reason, refused_at_ms, dismissed_at_ms, dismissed_by "
+    "FROM channel_orders_refused WHERE channel = ? AND order_id = ?"
+)
 ORDER_REFUSALS_KEPT_MS = findings.ORDER_REFUSALS_KEPT_MS  # also how long the exceptions list shows one
 
 Tx = Db  # one open transaction of a backend, in ``?`` parameter markers (hub.storage.db adapts them)
@@ -537,7 +567,10 @@ class SqlChannelState:
                 booked.update(refs[str(r[0])] for r in rows if str(r[0]) in refs)
         return booked
 
-    async def refuse_order(self, channel: str, order_id: str, reason: str, at_ms: int) -> None:
+    async def refuse_order(
+        self, channel: str, order_id: str, reason: str, at_ms: int, *, location: str | None = None,
+        channel_location: str | None = None,
+    ) -> None:  # fmt: skip
         self._check()
 
         async def work(db: Tx) -> None:
@@ -546,11 +579,12 @@ class SqlChannelState:
                 (channel, at_ms - ORDER_REFUSALS_KEPT_MS),
             )
             await db.execute(
-                "INSERT INTO channel_orders_refused (channel, order_id, refused_at_ms, reason) VALUES (?, ?, ?, ?) "
+                "INSERT INTO channel_orders_refused (channel, order_id, refused_at_ms, reason, location, "
+                "channel_location) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (channel, order_id) DO UPDATE SET refused_at_ms = excluded.refused_at_ms, "
-                "reason = excluded.reason",
-                (channel, order_id, at_ms, reason),
-            )
+                "reason = excluded.reason, location = excluded.location, channel_location = excluded.channel_location",
+                (channel, order_id, at_ms, reason, location, channel_location),
+            )  # refused again after it was dismissed: it stays dismissed (its sale was booked by hand)
 
         await self._write("storing a refused order", work)
 
@@ -577,6 +611,30 @@ class SqlChannelState:
 
         await self._write("deleting a refused order now booked", work)
         return True
+
+    async def refused_order(self, channel: str, order_id: str) -> RefusedOrder | None:
+        self._check()
+        rows = await self._read(REFUSED_ORDER_SQL, (channel, order_id))
+        if not rows:
+            return None
+        c, o, location, where, reason, at_ms, dismissed_ms, by = rows[0]
+        return RefusedOrder(
+            str(c), str(o), location, where, str(reason), int(at_ms), None if dismissed_ms is None else int(dismissed_ms),
+            by,
+        )  # fmt: skip
+
+    async def dismiss_order(self, channel: str, order_id: str, by: str, at_ms: int) -> RefusedOrder | None:
+        self._check()
+
+        async def work(db: Tx) -> None:
+            await db.execute(
+                "UPDATE channel_orders_refused SET dismissed_at_ms = ?, dismissed_by = ? "
+                "WHERE channel = ? AND order_id = ? AND dismissed_at_ms IS NULL",
+                (at_ms, by, channel, order_id),
+            )
+
+        await self._write("dismissing a refused order", work)
+        return await self.refused_order(channel, order_id)
 
 
 async def _drop_stale_stamps(db: Tx, channel: str, mapped: Collection[str], before_ms: int) -> None:

@@ -265,15 +265,19 @@ async def exceptions(
             out += [make(*r) for r in await read(source, fields, table, Where().add("location = ?", location))]
     # A channel's refused levels and its refused orders (schema 14), rows of one shape: one statement. A refused
     # order is listed while it is kept (``findings.ORDER_REFUSALS_KEPT_MS``; it is dropped later, at the channel's
-    # next refusal). Its table holds a couple of days of refused orders and no index of their time: the few are
-    # sorted for the page.
+    # next refusal) and not dismissed (schema 15). Its table holds a couple of days of refused orders and no index
+    # of their time: the few are sorted for the page.
+    def refusals_where(source: ExceptionSource) -> Where:
+        if source is not keys.CHANNEL_ORDER_REFUSED:
+            return Where().add("location = ?", location)
+        listed = Where(findings.ORDER_REFUSED_LISTED).add("location = ?", location)
+        return listed.add("refused_at_ms >= ?", now_ms - findings.ORDER_REFUSALS_KEPT_MS)
+
     refusals = [
         (make, s)
         for source, fields, table, make, located in findings.CHANNEL_REFUSALS
         if location is None or located
-        for s in statement(source, fields, table, Where().add("location = ?", location).add(
-            "refused_at_ms >= ?", None if located else now_ms - findings.ORDER_REFUSALS_KEPT_MS
-        ))
+        for s in statement(source, fields, table, refusals_where(source))
     ]  # fmt: skip
     for (make, _), part in zip(refusals, await fetch_parts(db, [s for _, s in refusals]), strict=True):
         out += [make(*r) for r in part]

@@ -143,10 +143,13 @@ def channel_mapping(channel: str, seq: int, kind: str, sku: str | None, detail: 
 
 # A channel's order whose webhook the hub refused for good (table channel_orders_refused, schema 14,
 # hub.channels.order_routes), as a row of ``CHANNEL_REFUSED_FIELDS``' shape (one statement reads both, their UNION
-# ALL): it names no SKU nor hub location (the order's lines and place are what could not be read or mapped).
+# ALL): it names no SKU (its lines are what could not be mapped), so the SKU's place carries the channel's location
+# of the order; the hub location it feeds is the row's (schema 15; NULL when the refusal could not say). One an
+# admin dismissed (booked by hand, ``ORDER_REFUSED_LISTED``) is not listed.
 CHANNEL_ORDER_REFUSED_FIELDS = (
-    "channel, order_id, CAST(NULL AS TEXT) AS sku, CAST(NULL AS TEXT) AS location, 0 AS quantity, reason, refused_at_ms"
+    "channel, order_id, channel_location AS sku, location, 0 AS quantity, reason, refused_at_ms"
 )
+ORDER_REFUSED_LISTED = "dismissed_at_ms IS NULL"
 # How long a refused order is kept (hub.channels.state.SqlChannelState.refuse_order drops older ones at the
 # channel's next refusal) and listed: twice the longest a pushed count reads back (pusher.SALES_WAIT_MAX_MS), and
 # longer than Square retries a webhook (a day).
@@ -154,20 +157,23 @@ ORDER_REFUSALS_KEPT_MS = 48 * 3600 * 1000
 
 
 def channel_order_refused(
-    channel: str, order_id: str, _sku: None, _location: None, _quantity: int, reason: str, at_ms: int
-) -> ExceptionRow:
+    channel: str, order_id: str, channel_location: str | None, location: str | None, _quantity: int, reason: str,
+    at_ms: int,
+) -> ExceptionRow:  # fmt: skip
     """A row of ``CHANNEL_ORDER_REFUSED_FIELDS``: a Square order refused for good, not booked since (its booking
-    deletes the row)."""
+    deletes the row) nor dismissed."""
     why = reason.removeprefix(f"Square order {order_id}: ").rstrip(".")
+    at = f" at {location}" if location is not None else ""
     return ExceptionRow(
         "channel_order_refused",
+        location,
         None,
-        None,
-        f"Square order {order_id} on channel {channel} was refused at {_utc(at_ms)}: {why}; the hub never booked "
+        f"Square order {order_id}{at} on channel {channel} was refused at {_utc(at_ms)}: {why}; the hub never booked "
         "its sale, so the hub's level, and what the channels show, is a unit high for each unit sold: fix that and "
-        "Square's next retry books the order, or book the sale by hand (this entry leaves the list when the order "
-        "is booked, or two days after its refusal).",
-        {"channel": channel, "order_id": order_id, "reason": reason},
+        "Square's next retry books the order, or book the sale by hand and dismiss this entry (POST /v1/channels/"
+        f"{channel}/orders/{order_id}/dismiss; it leaves the list by itself when the order is booked, or two days "
+        "after its refusal).",
+        {"channel": channel, "order_id": order_id, "channel_location": channel_location, "reason": reason},
         at_ms,
         "channel_order_refused",
         (channel, order_id),
@@ -183,7 +189,7 @@ CHANNEL_SOURCES: tuple[tuple[keys.ExceptionSource, str, str, Callable[..., Excep
 # The same for the two sources of one shape, whose rows one statement reads (their UNION ALL).
 CHANNEL_REFUSALS: tuple[tuple[keys.ExceptionSource, str, str, Callable[..., ExceptionRow], bool], ...] = (
     (keys.CHANNEL_REFUSED, CHANNEL_REFUSED_FIELDS, "channel_refusals", channel_refused, True),
-    (keys.CHANNEL_ORDER_REFUSED, CHANNEL_ORDER_REFUSED_FIELDS, "channel_orders_refused", channel_order_refused, False),
+    (keys.CHANNEL_ORDER_REFUSED, CHANNEL_ORDER_REFUSED_FIELDS, "channel_orders_refused", channel_order_refused, True),
 )
 
 

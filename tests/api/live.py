@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ YEAR_MS = 365 * 24 * 3_600_000
 REQUEST_TIMEOUT_S = 10.0
 EMULATOR_TIMEOUT_S = 10.0
 CHANNEL = "web"  # the Shopify channel's name in the hub's config, as in the document's examples
+REFUSED_ORDER = "D1CAFA84CB614476A09D4DCD"  # a refused Square order on the channel, as in the document's example
 CHANNEL_SKUS = ("SKU-1", "SKU-2")  # listed at the shop; SKU-3 is not (an unmapped SKU)
 SHOPIFY_TOKEN_ENV = "SHELFSYNC_API_SHOPIFY_TOKEN"
 SHOPIFY_WEBHOOK_SECRET_ENV = "SHELFSYNC_API_SHOPIFY_WEBHOOK_SECRET"
@@ -159,6 +161,23 @@ retry_max_s = 1.0
 """
 
 
+def refuse_order(db: Path) -> None:
+    """A Square order whose webhook the hub refused for good, as the hub stores one (``channel_order_refused``):
+    the live hub's channel is Shopify's, which never stores one, so it is written as a Square channel's would be."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(
+            "INSERT INTO channel_orders_refused (channel, order_id, refused_at_ms, reason, location, channel_location) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (CHANNEL, REFUSED_ORDER, wall_ms_now() - 60_000,
+             f"Square order {REFUSED_ORDER}: line L1 (item variation V9) is not in channel {CHANNEL}'s SKU mapping",
+             "S001", "L-S001"),
+        )  # fmt: skip
+        conn.commit()
+    finally:
+        conn.close()
+
+
 @contextmanager
 def live_hub(tmp_path: Path, *, rate_limit_per_s: float = 1000.0, rate_limit_burst: int = 1000,
              seeded: bool = True, header_timeout_s: float = 10.0) -> Iterator[LiveHub]:  # fmt: skip
@@ -174,6 +193,7 @@ def _served(tmp_path: Path, shop: ShopifyEmulator, rate_limit_per_s: float, rate
     reader = add_credential(db, role="reader")
     admin = add_credential(db, role="admin")
     agent = add_credential(db, *AGENT_LOCATIONS)
+    refuse_order(db)
     config = tmp_path / "hub.toml"
     config.write_text(
         f"""[hub]

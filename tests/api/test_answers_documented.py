@@ -34,7 +34,7 @@ from protocol import (
     wall_ms_now,
 )
 from protocol.routes import SYNC_PATH
-from tests.api.live import CHANNEL, LiveHub, live_hub
+from tests.api.live import CHANNEL, REFUSED_ORDER, LiveHub, live_hub
 
 JSON_TYPE = "application/json"
 PATH_VALUES = {"location": "S001", "sku": "SKU-1", "name": "web-shop"}
@@ -43,6 +43,7 @@ PER_PATH = {  # path parameters other than PATH_VALUES
     "/v1/channels/{name}/divergences": {"name": CHANNEL},
     "/v1/channels/{name}/mapping/refresh": {"name": CHANNEL},
     "/v1/channels/{name}/reconcile": {"name": CHANNEL},
+    "/v1/channels/{name}/orders/{order_id}/dismiss": {"name": CHANNEL, "order_id": REFUSED_ORDER},
 }
 NOT_CALLED = {
     ("GET", "/v1/changes/stream"): "a stream that does not end (tests/hub covers it)",

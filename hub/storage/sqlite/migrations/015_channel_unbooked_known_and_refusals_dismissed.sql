@@ -4,5 +4,13 @@
 -- hub reads Square's sales once for that level, at its next push or reconciliation, instead of trusting the 0
 -- (docs/channels.md "Square"). A row that says something was taken off is known. A hub of version 14 sharing the
 -- database during an upgrade writes rows left unknown: they are read once more, which changes nothing.
+-- A refused Square order names the hub location its Square location feeds (location, channel_location; NULL when
+-- the refusal could not say: a location not in the pool), and an admin who booked its sale by hand dismisses it
+-- (dismissed_at_ms, dismissed_by: off the exceptions list, still refused for the pusher). A refusal stored before
+-- names none.
 ALTER TABLE channel_pushed ADD COLUMN less_known INTEGER NOT NULL DEFAULT 0;
 UPDATE channel_pushed SET less_known = 1 WHERE less_units > 0 OR sales_from_ms IS NOT NULL;
+ALTER TABLE channel_orders_refused ADD COLUMN location TEXT;
+ALTER TABLE channel_orders_refused ADD COLUMN channel_location TEXT;
+ALTER TABLE channel_orders_refused ADD COLUMN dismissed_at_ms INTEGER;
+ALTER TABLE channel_orders_refused ADD COLUMN dismissed_by TEXT;
