@@ -975,6 +975,28 @@ async def test_a_register_sale_is_told_from_the_stores_count_by_the_hubs_clock_n
         assert pusher.less_unbooked == {LevelKey(a, loc): 1}
 
 
+async def test_a_register_sale_within_a_minute_before_the_count_is_taken_off_until_its_order_comes(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator
+) -> None:
+    """Which side of the store's count a sale Square received 20 seconds before it was, two clocks cannot say to
+    the second: it is taken off (``COUNT_MARGIN_MS``), the side that never shows more than the shelf holds, and its
+    order, once booked, changes nothing more."""
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await store_moves(hub, 0, (Kind.RECEIVE, 10, "S1", "A", 0))
+    async with by_hand(hooked(square_spec(square, {"S1": loc})), hub, state) as pusher:
+        await settle(pusher)
+        sold_at_register(square, a, loc, 20 / 60, "ORDER-NEAR")
+        await store_moves(hub, 0, (Kind.COUNT, 9, "S1", "A", 0))
+        await settle(pusher)
+        assert square.quantity(a, loc) == 8 and pusher.less_unbooked == {LevelKey(a, loc): 1}
+        applied = square.stats.batches_applied
+        await book_square_order(hub, pusher, loc, [(a, 1)], order_id="ORDER-NEAR")
+        await settle(pusher)
+        assert square.quantity(a, loc) == 8 and square.stats.batches_applied == applied
+        assert pusher.less_unbooked == {}
+
+
 @pytest.mark.parametrize("skew_min", [10, -10], ids=["store-clock-ahead", "store-clock-behind"])
 async def test_a_count_the_hub_received_late_is_placed_where_the_store_counted_by_the_pcs_measured_skew(
     hub: Hub, state: SqliteChannelState, square: SquareEmulator, skew_min: int
