@@ -11,7 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from agent.pos.errors import PosImportError
 from agent.pos.source import Position
 from agent.pos.store import FiledWatch
 from protocol import wall_ms_now
-from tests.agent.pos.pos_helpers import open_env
+from tests.agent.pos.pos_helpers import Env, open_env
 from tests.harness.small_disk import Mounts, fill
 
 HEADER = "date,time,sku,qty,kind,ref\n"
@@ -49,6 +49,22 @@ class Reports:
 
     async def next(self) -> tuple[ImportReport, Path]:
         return await asyncio.wait_for(self.queue.get(), WAIT_S)
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    tmp_path: Path, config: PosImportConfig
+) -> AsyncIterator[tuple[Env, PosFolderWatcher, Path, Reports]]:
+    """The store's env and a watcher of ``tmp_path``/drop (made if missing) that files an export settled for 0.1 s:
+    (env, watcher, the folder, its reports)."""
+    folder = tmp_path / "drop"
+    folder.mkdir(exist_ok=True)
+    reports = Reports()
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports) as watcher,
+    ):
+        yield env, watcher, folder, reports
 
 
 class Parsed:
@@ -553,16 +569,10 @@ async def test_a_different_file_at_a_filed_copys_path_with_its_inode_size_and_ti
     """A filed copy deleted and another file written at its path at once can get the freed inode, and on a file
     system that keeps times to the second (or two) the same modification time; of the same size, it looked like the
     copy unchanged, and its rows were never booked. The watch compares the digest of the copy's first bytes too."""
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    reports = Reports()
     parsed = Parsed(monkeypatch)
     rows = _rows(300)
     config = PosImportConfig(profile="generic", batch_rows=100)
-    async with (
-        open_env(tmp_path, config) as env,
-        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
-    ):
+    async with watching(tmp_path, config) as (env, _, folder, reports):
         (folder / "day.csv").write_text(HEADER + "".join(rows), encoding="utf-8")
         _, dest = await reports.next()
         st = dest.stat()
@@ -611,17 +621,11 @@ async def test_a_filed_copy_rewritten_in_place_after_its_first_bytes_with_its_si
     if change_time == "not told":
         monkeypatch.setattr(watcher_module, "_change_time", lambda st: None, raising=False)
         monkeypatch.setattr(watcher_module, "CONTENT_CHECK_S", 0.2, raising=False)
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    reports = Reports()
     parsed = Parsed(monkeypatch)
     rows = _rows(300)
     caplog.set_level(logging.INFO, logger="agent.pos")
     config = PosImportConfig(profile="generic", batch_rows=100)
-    async with (
-        open_env(tmp_path, config) as env,
-        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
-    ):
+    async with watching(tmp_path, config) as (env, _, folder, reports):
         (folder / "day.csv").write_text(HEADER + "".join(rows), encoding="utf-8")
         _, dest = await reports.next()
         parsed.rows = 0
@@ -641,14 +645,8 @@ async def test_a_filed_copy_rewritten_in_place_after_its_first_bytes_with_its_si
 async def test_a_filed_copy_whose_permissions_changed_but_not_its_bytes_is_not_imported_again(tmp_path: Path) -> None:
     """A change of permissions moves the inode's change time as a write does: the copy is compared with its
     import's digest, found the same, and only the new time is noted."""
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    reports = Reports()
     config = PosImportConfig(profile="generic", batch_rows=100)
-    async with (
-        open_env(tmp_path, config) as env,
-        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports) as watcher,
-    ):
+    async with watching(tmp_path, config) as (env, watcher, folder, reports):
         (folder / "day.csv").write_text(HEADER + "".join(_rows(300)), encoding="utf-8")
         _, dest = await reports.next()
         before = watcher._filed[dest].ctime_ns
@@ -668,15 +666,9 @@ async def test_watched_copies_beyond_what_is_compared_at_once_take_turns(
     written again is the one filed last."""
     monkeypatch.setattr(watcher_module, "_change_time", lambda st: None)  # as on Windows: the comparison alone
     monkeypatch.setattr(watcher_module, "CONTENT_CHECK_S", 0.2)
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    reports = Reports()
     config = PosImportConfig(profile="generic", batch_rows=100)
     days = {"mon.csv": _rows(300, "MON"), "tue.csv": _rows(300, "TUE")}
-    async with (
-        open_env(tmp_path, config) as env,
-        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
-    ):
+    async with watching(tmp_path, config) as (env, _, folder, reports):
         dests = {}
         for name, rows in days.items():
             (folder / name).write_text(HEADER + "".join(rows), encoding="utf-8")
@@ -693,22 +685,13 @@ async def test_a_filed_copy_rewritten_in_place_while_the_agent_was_stopped_is_im
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same rewrite while the agent was stopped: its next start compares the watched copy with what it was."""
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    reports = Reports()
     rows = _rows(300)
     config = PosImportConfig(profile="generic", batch_rows=100)
-    async with (
-        open_env(tmp_path, config) as env,
-        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
-    ):
+    async with watching(tmp_path, config) as (env, _, folder, reports):
         (folder / "day.csv").write_text(HEADER + "".join(rows), encoding="utf-8")
         _, dest = await reports.next()
     _rewrite_in_place(dest, rows, 250, 7)
-    async with (
-        open_env(tmp_path, config) as env,
-        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
-    ):
+    async with watching(tmp_path, config) as (env, _, folder, reports):
         second, again = await reports.next()
         events = await env.events()
     assert again == dest and (second.rows_read, second.imported, second.duplicates) == (300, 1, 299)
@@ -722,16 +705,11 @@ async def test_an_export_that_could_not_be_filed_rewritten_in_place_with_its_siz
     holds it open) was taken for imported while its size and time stayed: written again in place, one quantity past
     its first 4 KiB changed, it was filed later with the report of what it held before, the new quantity unbooked."""
     monkeypatch.setattr(watcher_module, "RESCAN_S", 0.2)  # the exports that could not be filed are tried this often
-    folder = tmp_path / "drop"
-    (folder / "processed").mkdir(parents=True)
-    mounts.read_only_view(folder / "processed")
-    reports = Reports()
+    (tmp_path / "drop" / "processed").mkdir(parents=True)
+    mounts.read_only_view(tmp_path / "drop" / "processed")
     rows = _rows(300)
     config = PosImportConfig(profile="generic", batch_rows=100)
-    async with (
-        open_env(tmp_path, config) as env,
-        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
-    ):
+    async with watching(tmp_path, config) as (env, _, folder, reports):
         (folder / "day.csv").write_text(HEADER + "".join(rows), encoding="utf-8")
         _, where = await reports.next()
         assert where == folder / "day.csv"  # booked, not filed
