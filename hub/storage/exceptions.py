@@ -148,10 +148,11 @@ TRANSFER_KIND_TERMS = {
 
 async def exceptions(
     db: Db, only: ExceptionFilter, limit: int, transfer_open_max_ms: int | None, after: ExceptionKey | None,
-    now_ms: int, copies_window_ms: int | None = None,
+    now_ms: int, copies_window_ms: int | None = None, negative_from: str = "stock",
 ) -> list[ExceptionRow]:  # fmt: skip
     """The first ``limit`` exceptions of ``only`` after ``after`` (see ``HubStore.exceptions``); with
-    ``copies_window_ms``, two copies of one agent syncing within it (``AGENT_COPIES``)."""
+    ``copies_window_ms``, two copies of one agent syncing within it (``AGENT_COPIES``). ``negative_from``: the FROM
+    of the negative-stock source, the stock rows below zero and maybe others (``SqlHubStore.NEGATIVE_STOCK``)."""
     location, kind = only.location, only.kind
 
     def wanted(source: ExceptionSource) -> bool:
@@ -170,8 +171,10 @@ async def exceptions(
         return await db.fetch(*parts[0]) if parts else []
 
     out: list[ExceptionRow] = []
+    # On PostgreSQL the keys below zero are a table of their own, each one's stock row read by its key (schema 15):
+    # no index there names on_hand. The few rows are sorted for the page; on SQLite a partial index walks them.
     negative = Where("on_hand < 0").add("location = ?", location)
-    for loc, sku, on_hand, at_ms in await read(keys.NEGATIVE, "location, sku, on_hand, updated_at_ms", "stock",
+    for loc, sku, on_hand, at_ms in await read(keys.NEGATIVE, "location, sku, on_hand, updated_at_ms", negative_from,
                                                negative):  # fmt: skip
         finding = negative_on_hand_finding(loc, sku, on_hand)
         if finding is not None:

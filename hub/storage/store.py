@@ -9,7 +9,8 @@ transaction of the backend. A backend gives only what really differs between SQL
 * ``_booking``: the ingest adapter (``hub.storage.ingest.IngestTx``) inside a write, holding the locks
   the write needs first and appending its change-feed rows last; ``_bundle_reads``: that adapter's reads
   on any connection; ``_lock``: a named lock held until the commit;
-* ``LATEST_CHANGE_SQL`` and ``LOCK_ROW``: the two statements the dialects write differently;
+* ``LATEST_CHANGE_SQL`` and ``LOCK_ROW``: the two statements the dialects write differently, and
+  ``NEGATIVE_STOCK``: where each finds the stock below zero;
 * opening, closing, migrating and ``health``.
 """
 
@@ -73,6 +74,7 @@ class SqlHubStore(HubStore, Generic[D]):
 
     LATEST_CHANGE_SQL: ClassVar[str]  # the newest change id committed (a single value; NULL or none: 0)
     LOCK_ROW: ClassVar[str]  # appended to a SELECT of one row to lock it until the commit ("" where one writer)
+    NEGATIVE_STOCK: ClassVar[str]  # a FROM of the stock rows below zero, and maybe others (exceptions.exceptions)
     feed_history: str = ""  # set by the backend's open (hub.storage.feed)
 
     # --- what a backend gives ------------------------------------------------------------------------
@@ -236,7 +238,9 @@ class SqlHubStore(HubStore, Generic[D]):
         now_ms = wall_ms_now()
         return await self._read_db(
             "reading exceptions",
-            lambda db: exceptions.exceptions(db, only, limit, transfer_open_max_ms, after, now_ms, copies_window_ms),
+            lambda db: exceptions.exceptions(
+                db, only, limit, transfer_open_max_ms, after, now_ms, copies_window_ms, self.NEGATIVE_STOCK
+            ),
             snapshot=True,
         )
 

@@ -142,6 +142,17 @@ def save_stock_sql(rows: str) -> str:
 
 
 SAVE_STOCK_SQL = save_stock_sql("$1")
+# The keys whose stock is below zero (schema 15), for the exceptions' negative-stock source: a key goes in when a
+# write takes its stock below zero and out when one brings it back, in the statement that writes its stock row, so
+# a batch that moves no stock across zero writes nothing more. Each list is two text[] parameters (location, sku).
+NEGATIVE_PUT_SQL = (
+    "negative_put AS (INSERT INTO stock_negative_keys (location, sku) SELECT * FROM unnest({}::text[], {}::text[]) "
+    "ON CONFLICT DO NOTHING)"
+)
+NEGATIVE_GONE_SQL = (
+    "negative_gone AS (DELETE FROM stock_negative_keys n USING unnest({}::text[], {}::text[]) AS k(location, sku) "
+    "WHERE n.location = k.location AND n.sku = k.sku)"
+)
 # The sync before the last in the epoch (prev_ms), the first (first_ms) and the sender's address (peer) tell two
 # copies of one agent syncing at once (hub.storage.exceptions, agent_copies).
 ADVANCE_MARK_SQL = (
@@ -308,6 +319,10 @@ class PostgresIngest:
         self._changes_at_ms = 0
         self._stock: list[tuple[object, ...]] = []  # stock rows whose write waits for finish_sync (or the flush)
         self._defer_stock = False
+        # the keys read or written below zero in this transaction: in stock_negative_keys, or going in with the
+        # stock write kept back (_negative_unwritten: True goes in, False goes out, with that write)
+        self._negative: set[StockKey] = set()
+        self._negative_unwritten: dict[StockKey, bool] = {}
         self._newest_change: int | None = None
         self._pre: _Preloaded | None = None
 
@@ -337,12 +352,13 @@ class PostgresIngest:
             high=high,
             ids={r[0]: r[1] for r in in_range} if ids and len(in_range) < limit else None,
             stock_keys=frozenset(keys),
-            stock={(r[0], r[1]): stock_row(r) for r in zip(*stock)} if stock[0] is not None else {},
+            stock=(read := {(r[0], r[1]): stock_row(r) for r in zip(*stock)} if stock[0] is not None else {}),
             mark=None if row[3] is None else (int(row[3]), row[4]),
             locations=frozenset(row[5]),
             observed_keys=frozenset(keys),
             observed=[tuple(r) for r in row[7]],
         )
+        self._read_negative(read)
         self._defer_stock = batch.operator is None
 
     async def _lock(self, keys: Iterable[Lockable]) -> None:
@@ -392,7 +408,42 @@ class PostgresIngest:
             "JOIN stock s ON s.location = k.location AND s.sku = k.sku",
             *columns(keys, 2),
         )
-        return {(r[0], r[1]): stock_row(r) for r in rows}
+        read = {(r[0], r[1]): stock_row(r) for r in rows}
+        self._read_negative(read)
+        return read
+
+    def _read_negative(self, rows: Mapping[StockKey, StockRow]) -> None:
+        """Note the keys of ``rows``, as read from stock, that are below zero (in stock_negative_keys)."""
+        for key, row in rows.items():
+            if row[2] < 0 and key not in self._negative_unwritten:  # not one whose newer row waits to be written
+                self._negative.add(key)
+
+    def _negative_moved(self, rows: Sequence[StockRow]) -> None:
+        """Note which keys of ``rows``, about to be written, go below zero or come back (``_negative_unwritten``)."""
+        negative, unwritten = self._negative, self._negative_unwritten
+        for r in rows:
+            if r[2] < 0:
+                if (key := (r[0], r[1])) not in negative:
+                    negative.add(key)
+                    if unwritten.pop(key, True):  # False: its way out waited, so it is in the table still
+                        unwritten[key] = True
+            elif negative and (key := (r[0], r[1])) in negative:
+                negative.discard(key)
+                if not unwritten.pop(key, False):  # True: its way in waited, so it never went in
+                    unwritten[key] = False
+
+    def _negative_ctes(self, args: list[Any]) -> list[str]:
+        """The statements (CTEs) writing ``_negative_unwritten`` to stock_negative_keys, their lists appended to
+        ``args``; none when nothing crossed zero. Call it with the stock write."""
+        put = [k for k, below in self._negative_unwritten.items() if below]
+        gone = [k for k, below in self._negative_unwritten.items() if not below]
+        self._negative_unwritten = {}
+        ctes = []
+        for keys, sql in ((put, NEGATIVE_PUT_SQL), (gone, NEGATIVE_GONE_SQL)):
+            if keys:
+                args += columns(keys, 2)
+                ctes.append(sql.format(f"${len(args) - 1}", f"${len(args)}"))
+        return ctes
 
     async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]:
         keys = list(keys)
@@ -553,10 +604,17 @@ class PostgresIngest:
             (r[0], r[1], r[2], r[3], r[4], r[5], *(r[6] or none4), *(r[7] or none4), now_ms) for r in rows
         ]
         self._forget_stock()
+        self._negative_moved(rows)
         if self._defer_stock:  # written by finish_sync (or the flush), after every read of stock
             self._stock += values
         else:
-            await self.conn.execute(SAVE_STOCK_SQL, values)
+            await self._write_stock(values)
+
+    async def _write_stock(self, values: list[tuple[object, ...]]) -> None:
+        """Write these stock rows, and the keys that crossed zero with them, in one statement."""
+        args: list[Any] = [values]
+        ctes = self._negative_ctes(args)
+        await self.conn.execute(f"WITH {', '.join(ctes)} {SAVE_STOCK_SQL}" if ctes else SAVE_STOCK_SQL, *args)
 
     async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
         hwm = await self.conn.fetchval(
@@ -621,6 +679,7 @@ class PostgresIngest:
             args.append(self._stock)
             ctes.append(f"stock_written AS ({save_stock_sql(f'${len(args)}')} RETURNING 1)")
             stock = "(SELECT count(*) FROM stock_written)"
+            ctes += self._negative_ctes(args)
         newest = "NULL::int8"
         if self._changes:
             args += [len(self._changes), change_rows(self._changes, self._changes_at_ms)]
@@ -648,7 +707,7 @@ class PostgresIngest:
         last, right before COMMIT. Returns the newest change id as of this transaction's commit (None: it
         appended no change rows)."""
         if self._stock:
-            await self.conn.execute(SAVE_STOCK_SQL, self._stock)
+            await self._write_stock(self._stock)
             self._stock = []
         if self._changes:
             self._newest_change = await append_changes(self.conn, self._changes, self._changes_at_ms)
@@ -714,7 +773,11 @@ class PostgresIngest:
 
     async def delete_stock(self, keys: Collection[StockKey]) -> None:
         self._forget_stock()
+        for key in keys:  # the keys go from stock_negative_keys too, whatever was kept back for them
+            self._negative.discard(key)
+            self._negative_unwritten.pop(key, None)
         await self.conn.execute(
+            f"WITH {NEGATIVE_GONE_SQL.format('$1', '$2')} "
             "DELETE FROM stock s USING unnest($1::text[], $2::text[]) AS k(location, sku) "
             "WHERE s.location = k.location AND s.sku = k.sku",
             *columns(list(keys), 2),

@@ -225,6 +225,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
 
     LATEST_CHANGE_SQL = "SELECT COALESCE(MAX(change_id), 0) FROM changes"  # one writer: the newest row is the last
     LOCK_ROW = ""  # one writer: a row read in a write stays as read until the commit
+    NEGATIVE_STOCK = "stock"  # its partial indexes stock_negative and stock_negative_time (schema 10)
 
     def __init__(
         self,
