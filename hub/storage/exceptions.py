@@ -171,8 +171,8 @@ async def exceptions(
         return await db.fetch(*parts[0]) if parts else []
 
     out: list[ExceptionRow] = []
-    # On PostgreSQL the keys below zero are a table of their own, each one's stock row read by its key (schema 15):
-    # no index there names on_hand. The few rows are sorted for the page; on SQLite a partial index walks them.
+    # On PostgreSQL the stock rows below zero are a table of their own (schema 15), walked in the list's order, and
+    # on_hand is looked up by the key: no index of stock names on_hand. On SQLite a partial index walks them.
     negative = Where("on_hand < 0").add("location = ?", location)
     for loc, sku, on_hand, at_ms in await read(keys.NEGATIVE, "location, sku, on_hand, updated_at_ms", negative_from,
                                                negative):  # fmt: skip

@@ -286,6 +286,10 @@ class IngestTx(Protocol):
     async def save_stock(self, rows: Sequence[StockRow], now_ms: int) -> None:
         """Upsert whole rows; ``updated_at_ms`` becomes ``now_ms``."""
 
+    async def stock_stamped(self, key: StockKey, on_hand: int, now_ms: int) -> None:
+        """A write other than ``save_stock`` (a safety stock set) set ``key``'s ``updated_at_ms`` to ``now_ms``; its
+        ``on_hand`` is as it was."""
+
     async def advance_hwm(self, agent_id: str, epoch: int, seq: int, now_ms: int) -> int:
         """Raise the mark of (agent_id, epoch) to ``seq`` if higher; return the mark."""
 

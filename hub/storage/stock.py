@@ -128,6 +128,7 @@ async def set_safety_stock(db: Db, tx: IngestTx, location: str, sku: str, qty: i
     )
     assert stored is not None  # an upsert returns its row
     row = count_row(stored)
+    await tx.stock_stamped((location, sku), row.on_hand, now_ms)
     if available(*(was or (0, 0, 0))) != row.available:  # a new key starts at zero
         snapshot = CountSnapshot(location, sku, row.on_hand, row.reserved, row.available, row.in_transit)
         await tx.append_changes([NewChange(snapshot, ())], now_ms)

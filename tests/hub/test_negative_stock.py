@@ -1,8 +1,9 @@
-"""The negative-stock source of the exceptions list on PostgreSQL reads the keys below zero from a side table
-(``stock_negative_keys``, schema 15), never the whole stock table: a chain's stock is a row per location and SKU
-(500 stores × 20,000 SKUs: 10 million), and the dashboard reads the list every 15 s. The stock table has no index
-of ``on_hand`` on purpose (each batch's stock updates stay heap-only), so the side table is kept by every write
-of stock: an agent's batch, an operator's held event applied, a migration of an existing database.
+"""The negative-stock source of the exceptions list on PostgreSQL walks the stock rows below zero in a side table
+(``stock_negative``: their keys and times, schema 15), never the whole stock table: a chain's stock is a row per
+location and SKU (500 stores × 20,000 SKUs: 10 million), and the dashboard reads the list every 15 s. The stock
+table has no index of ``on_hand`` on purpose (each batch's stock updates stay heap-only), so the side table is kept
+by every write of stock: an agent's batch, an operator's held event applied, a safety stock set, a migration of an
+existing database.
 
 Every test works in a fresh schema of the test server (tests.harness.pg); skipped where no server is reachable,
 failed in CI.
@@ -39,11 +40,11 @@ async def negative(store: HubStore, location: str | None = None) -> set[tuple[st
 
 
 async def side_table_matches_stock(url: str) -> None:
-    """The side table holds exactly the keys whose stock is below zero (none left behind to walk)."""
+    """The side table holds exactly the stock rows below zero, with their times (none left behind to walk)."""
     conn = await asyncpg.connect(url)
     try:
-        below = await conn.fetch("SELECT location, sku FROM stock WHERE on_hand < 0 ORDER BY 1, 2")
-        kept = await conn.fetch("SELECT location, sku FROM stock_negative_keys ORDER BY 1, 2")
+        below = await conn.fetch("SELECT location, sku, updated_at_ms FROM stock WHERE on_hand < 0 ORDER BY 1, 2")
+        kept = await conn.fetch("SELECT location, sku, updated_at_ms FROM stock_negative ORDER BY 1, 2")
     finally:
         await conn.close()
     assert [tuple(r) for r in kept] == [tuple(r) for r in below]
@@ -69,8 +70,13 @@ async def test_a_key_enters_and_leaves_the_list_as_its_stock_crosses_zero(pg_url
         assert await negative(store) == {("S001", "SKU-A", -3), ("S002", "SKU-B", -1)}
         assert await negative(store, "S001") == {("S001", "SKU-A", -3)}
         await side_table_matches_stock(pg_url)
-        await book(Kind.SALE, -1, "SKU-A")  # stays below zero: still listed, once
+        await book(Kind.SALE, -1, "SKU-A")  # stays below zero: still listed, once, at its new time
         assert await negative(store, "S001") == {("S001", "SKU-A", -4)}
+        await side_table_matches_stock(pg_url)
+        await store.set_safety_stock("S002", "SKU-B", 2)  # a new time for its stock row, and for its exception
+        (row,) = await store.exceptions(kind="negative_on_hand", location="S002")
+        await side_table_matches_stock(pg_url)
+        assert await store.exceptions(kind="negative_on_hand", since_ms=row.at_ms) == [row]
         await book(Kind.RECEIVE, 5, "SKU-A")  # back to 1: gone
         assert await negative(store) == {("S002", "SKU-B", -1)}
         await book(Kind.COUNT, 0, "SKU-B", "S002")  # counted at 0: gone
@@ -109,9 +115,9 @@ async def test_a_migrated_database_lists_the_negative_stock_it_held(pg_server: s
 
 
 async def test_the_chains_negative_stock_is_read_without_scanning_the_stock_table(pg_url: str) -> None:
-    """The chain's page, one store's, and the page after a row: the plan reads the side table and looks each key
-    up in the stock table by its primary key; no plan reads the stock table through (Seq Scan, or a walk of a
-    whole index filtered by on_hand)."""
+    """The chain's page, one store's, and the page after a row: the plan walks the side table in the list's order
+    (no sort: it stops at the page) and looks each row's on_hand up in the stock table by its key; no plan reads
+    the stock table through (Seq Scan, or a walk of a whole index filtered by on_hand)."""
     async with open_store(pg_url) as store:
         a, _ = await agent(store, ["S001", "S002"])
         batch = [move(a, i + 1, NOW_MS, *((Kind.SALE, -1) if i % 50 == 0 else (Kind.RECEIVE, 1)), sku=f"SKU-{i:04d}",
@@ -122,7 +128,9 @@ async def test_the_chains_negative_stock_is_read_without_scanning_the_stock_tabl
     try:
         await conn.execute("ANALYZE")
         # where an index answers a statement, PostgreSQL must take it (as test_exception_plans tells it)
-        await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off")
+        await conn.execute(
+            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; SET jit = off"
+        )
         pg = PostgresDb(conn)
         pages = [(ExceptionFilter(kind="negative_on_hand"), None), (ExceptionFilter(), None),
                  (ExceptionFilter(location="S001"), None),
@@ -139,7 +147,8 @@ async def test_the_chains_negative_stock_is_read_without_scanning_the_stock_tabl
                 plan = [r[0] for r in await conn.fetch(f"EXPLAIN {numbered(sql)}", *params)]
                 where = (only, after, sql, plan)
                 text = "\n".join(plan)
-                assert "stock_negative_keys" in text, where
+                walked = "stock_negative_at" if only.location is not None else "stock_negative_time"
+                assert f"Scan using {walked} on stock_negative n" in text and "Sort" not in text, where
                 assert "Seq Scan on stock " not in text and not text.endswith("Seq Scan on stock"), where
                 # each stock row looked up by its key (either index holds it), not a walk of an index of stock
                 # filtered by on_hand

@@ -142,15 +142,17 @@ def save_stock_sql(rows: str) -> str:
 
 
 SAVE_STOCK_SQL = save_stock_sql("$1")
-# The keys whose stock is below zero (schema 15), for the exceptions' negative-stock source: a key goes in when a
-# write takes its stock below zero and out when one brings it back, in the statement that writes its stock row, so
-# a batch that moves no stock across zero writes nothing more. Each list is two text[] parameters (location, sku).
+# The stock rows below zero, their keys and times (schema 15), for the exceptions' negative-stock source: a row is
+# written with its stock row when that stock is below zero and deleted when a write brings it back, in the statement
+# that writes the stock, so a batch that moves no stock below zero writes nothing more. Parameters: the keys' and
+# times' columns (location text[], sku text[], updated_at_ms int8[]), the keys' (location, sku).
 NEGATIVE_PUT_SQL = (
-    "negative_put AS (INSERT INTO stock_negative_keys (location, sku) SELECT * FROM unnest({}::text[], {}::text[]) "
-    "ON CONFLICT DO NOTHING)"
+    "negative_put AS (INSERT INTO stock_negative (location, sku, updated_at_ms) "
+    "SELECT * FROM unnest({}::text[], {}::text[], {}::int8[]) "
+    "ON CONFLICT (location, sku) DO UPDATE SET updated_at_ms = excluded.updated_at_ms)"
 )
 NEGATIVE_GONE_SQL = (
-    "negative_gone AS (DELETE FROM stock_negative_keys n USING unnest({}::text[], {}::text[]) AS k(location, sku) "
+    "negative_gone AS (DELETE FROM stock_negative n USING unnest({}::text[], {}::text[]) AS k(location, sku) "
     "WHERE n.location = k.location AND n.sku = k.sku)"
 )
 # The sync before the last in the epoch (prev_ms), the first (first_ms) and the sender's address (peer) tell two
@@ -319,10 +321,10 @@ class PostgresIngest:
         self._changes_at_ms = 0
         self._stock: list[tuple[object, ...]] = []  # stock rows whose write waits for finish_sync (or the flush)
         self._defer_stock = False
-        # the keys read or written below zero in this transaction: in stock_negative_keys, or going in with the
-        # stock write kept back (_negative_unwritten: True goes in, False goes out, with that write)
+        # the keys read or written below zero in this transaction: in stock_negative, or going in with the stock
+        # write kept back (_negative_unwritten: its time goes in, None: it goes out, with that write)
         self._negative: set[StockKey] = set()
-        self._negative_unwritten: dict[StockKey, bool] = {}
+        self._negative_unwritten: dict[StockKey, int | None] = {}
         self._newest_change: int | None = None
         self._pre: _Preloaded | None = None
 
@@ -413,37 +415,45 @@ class PostgresIngest:
         return read
 
     def _read_negative(self, rows: Mapping[StockKey, StockRow]) -> None:
-        """Note the keys of ``rows``, as read from stock, that are below zero (in stock_negative_keys)."""
+        """Note the keys of ``rows``, as read from stock, that are below zero (in stock_negative)."""
         for key, row in rows.items():
             if row[2] < 0 and key not in self._negative_unwritten:  # not one whose newer row waits to be written
                 self._negative.add(key)
 
-    def _negative_moved(self, rows: Sequence[StockRow]) -> None:
-        """Note which keys of ``rows``, about to be written, go below zero or come back (``_negative_unwritten``)."""
+    def _negative_moved(self, rows: Sequence[StockRow], now_ms: int) -> None:
+        """Note which keys of ``rows``, about to be written at ``now_ms``, are below zero or came back
+        (``_negative_unwritten``); the others are none of stock_negative's business."""
         negative, unwritten = self._negative, self._negative_unwritten
         for r in rows:
             if r[2] < 0:
-                if (key := (r[0], r[1])) not in negative:
-                    negative.add(key)
-                    if unwritten.pop(key, True):  # False: its way out waited, so it is in the table still
-                        unwritten[key] = True
+                negative.add(key := (r[0], r[1]))
+                unwritten[key] = now_ms
             elif negative and (key := (r[0], r[1])) in negative:
                 negative.discard(key)
-                if not unwritten.pop(key, False):  # True: its way in waited, so it never went in
-                    unwritten[key] = False
+                unwritten[key] = None
 
     def _negative_ctes(self, args: list[Any]) -> list[str]:
-        """The statements (CTEs) writing ``_negative_unwritten`` to stock_negative_keys, their lists appended to
-        ``args``; none when nothing crossed zero. Call it with the stock write."""
-        put = [k for k, below in self._negative_unwritten.items() if below]
-        gone = [k for k, below in self._negative_unwritten.items() if not below]
+        """The statements (CTEs) writing ``_negative_unwritten`` to stock_negative, their lists appended to
+        ``args``; none when no key is or was below zero. Call it with the stock write."""
+        put = [(*k, at_ms) for k, at_ms in self._negative_unwritten.items() if at_ms is not None]
+        gone = [k for k, at_ms in self._negative_unwritten.items() if at_ms is None]
         self._negative_unwritten = {}
         ctes = []
-        for keys, sql in ((put, NEGATIVE_PUT_SQL), (gone, NEGATIVE_GONE_SQL)):
-            if keys:
-                args += columns(keys, 2)
-                ctes.append(sql.format(f"${len(args) - 1}", f"${len(args)}"))
+        for rows, width, sql in ((put, 3, NEGATIVE_PUT_SQL), (gone, 2, NEGATIVE_GONE_SQL)):
+            if rows:
+                args += columns(rows, width)
+                ctes.append(sql.format(*(f"${n}" for n in range(len(args) - width + 1, len(args) + 1))))
         return ctes
+
+    async def stock_stamped(self, key: StockKey, on_hand: int, now_ms: int) -> None:
+        if on_hand < 0:  # its row in stock_negative keeps the stock row's time
+            self._negative.add(key)
+            self._negative_unwritten.pop(key, None)
+            await self.conn.execute(
+                "INSERT INTO stock_negative (location, sku, updated_at_ms) VALUES ($1, $2, $3) "
+                "ON CONFLICT (location, sku) DO UPDATE SET updated_at_ms = excluded.updated_at_ms",
+                *key, now_ms,
+            )  # fmt: skip
 
     async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]:
         keys = list(keys)
@@ -604,7 +614,7 @@ class PostgresIngest:
             (r[0], r[1], r[2], r[3], r[4], r[5], *(r[6] or none4), *(r[7] or none4), now_ms) for r in rows
         ]
         self._forget_stock()
-        self._negative_moved(rows)
+        self._negative_moved(rows, now_ms)
         if self._defer_stock:  # written by finish_sync (or the flush), after every read of stock
             self._stock += values
         else:
@@ -773,7 +783,7 @@ class PostgresIngest:
 
     async def delete_stock(self, keys: Collection[StockKey]) -> None:
         self._forget_stock()
-        for key in keys:  # the keys go from stock_negative_keys too, whatever was kept back for them
+        for key in keys:  # the keys go from stock_negative too, whatever was kept back for them
             self._negative.discard(key)
             self._negative_unwritten.pop(key, None)
         await self.conn.execute(

@@ -267,12 +267,13 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     LATEST_CHANGE_SQL = "SELECT last_id FROM change_counter"  # the feed's counter (hub.storage.postgres.feed)
     LOCK_ROW = " FOR UPDATE"  # hubs share the database: a row read to be rewritten is locked first
-    # The keys below zero (schema 15, kept by ingest), each one's stock row looked up by its key: the stock table has
-    # no index of on_hand, which would keep every batch's stock updates from being heap-only. The LIMIT (a key has
-    # one row) keeps the lookup a subquery per key: joined, the planner may walk the whole primary key of stock
-    # alongside the side table's (a merge join) instead.
+    # The stock rows below zero, their keys and times (schema 15, kept by ingest), walked in the list's order through
+    # stock_negative_time or one store's stock_negative_at, each one's on_hand looked up in stock by its key: the
+    # stock table has no index of on_hand, which would keep every batch's stock updates from being heap-only. The
+    # LIMIT (a key has one row) keeps the look-up a subquery per row walked: joined, the planner may walk the whole
+    # primary key of stock alongside (a merge join) instead.
     NEGATIVE_STOCK = (
-        "stock_negative_keys n CROSS JOIN LATERAL (SELECT on_hand, updated_at_ms FROM stock"
+        "stock_negative n CROSS JOIN LATERAL (SELECT on_hand FROM stock"
         " WHERE stock.location = n.location AND stock.sku = n.sku LIMIT 1) s"
     )
     WRITES_ON_A_THREAD = False  # asyncpg: every write is an await of the event loop

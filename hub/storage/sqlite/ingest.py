@@ -470,6 +470,9 @@ class SqliteIngest:
     ) -> None:
         await reports.settle_observed(SqliteDb(self.db), stock, earliest, bundles=bundles)
 
+    async def stock_stamped(self, key: StockKey, on_hand: int, now_ms: int) -> None:
+        pass  # the partial indexes of the stock rows below zero follow the row
+
     async def delete_stock(self, keys: Collection[StockKey]) -> None:
         await self.db.executemany("DELETE FROM stock WHERE location = ? AND sku = ?", list(keys))
         if self.cache is not None:

@@ -1,8 +1,0 @@
--- shelfsync hub, SQLite schema version 15: nothing changes in a SQLite hub's file.
---
--- The PostgreSQL hub's version 15 keeps the keys whose stock is below zero in a table of their own, for the
--- exceptions' negative-stock source: its stock table has no index of on_hand, which would keep every batch's stock
--- updates from being heap-only. A SQLite hub reads them through its partial indexes stock_negative and
--- stock_negative_time (schema 10), as it did before. The step exists so that a schema version means the same on
--- both backends.
-SELECT 1;
