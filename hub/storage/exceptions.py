@@ -16,7 +16,8 @@ Walks whose rows have one shape are one statement, their UNION ALL (``fetch_part
 overdue sources', and the unknown destinations'; on PostgreSQL each statement is a round trip.
 
 Each source's statement is one its table's indexes answer in the list's order
-(schemas 11 and 12), so the planner walks one and stops at the page instead of
+(schemas 11 and 12; PostgreSQL's negative stock, a table of its own: schema 15,
+``SqlHubStore.NEGATIVE_STOCK``), so the planner walks one and stops at the page instead of
 sorting the table: an OR of terms that are each indexed is not, so the transfer
 and overdue sources read one store's transfers once per end
 (``LOCATED_TRANSFER``) and merge them. The unknown-destination source first
