@@ -16,7 +16,7 @@ Walks whose rows have one shape are one statement, their UNION ALL (``fetch_part
 overdue sources', and the unknown destinations'; on PostgreSQL each statement is a round trip.
 
 Each source's statement is one its table's indexes answer in the list's order
-(schemas 11 and 12; PostgreSQL's negative stock, a table of its own: schema 15,
+(schemas 11 and 12; PostgreSQL's negative stock, a table of its own: schema 16,
 ``SqlHubStore.NEGATIVE_STOCK``), so the planner walks one and stops at the page instead of
 sorting the table: an OR of terms that are each indexed is not, so the transfer
 and overdue sources read one store's transfers once per end
@@ -172,7 +172,7 @@ async def exceptions(
         return await db.fetch(*parts[0]) if parts else []
 
     out: list[ExceptionRow] = []
-    # On PostgreSQL the stock rows below zero are a table of their own (schema 15), walked in the list's order, and
+    # On PostgreSQL the stock rows below zero are a table of their own (schema 16), walked in the list's order, and
     # on_hand is looked up by the key: no index of stock names on_hand. On SQLite a partial index walks them.
     negative = Where("on_hand < 0").add("location = ?", location)
     for loc, sku, on_hand, at_ms in await read(keys.NEGATIVE, "location, sku, on_hand, updated_at_ms", negative_from,

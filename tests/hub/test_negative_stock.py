@@ -1,5 +1,5 @@
 """The negative-stock source of the exceptions list on PostgreSQL walks the stock rows below zero in a side table
-(``stock_negative``: their keys and times, schema 15), never the whole stock table: a chain's stock is a row per
+(``stock_negative``: their keys and times, schema 16), never the whole stock table: a chain's stock is a row per
 location and SKU (500 stores × 20,000 SKUs: 10 million), and the dashboard reads the list every 15 s. The stock
 table has no index of ``on_hand`` on purpose (each batch's stock updates stay heap-only), so the side table is kept
 by every write of stock: an agent's batch, an operator's held event applied, a safety stock set, a migration of an

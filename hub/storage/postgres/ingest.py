@@ -142,7 +142,7 @@ def save_stock_sql(rows: str) -> str:
 
 
 SAVE_STOCK_SQL = save_stock_sql("$1")
-# The stock rows below zero, their keys and times (schema 15), for the exceptions' negative-stock source: a row is
+# The stock rows below zero, their keys and times (schema 16), for the exceptions' negative-stock source: a row is
 # written with its stock row when that stock is below zero and deleted when a write brings it back, in the statement
 # that writes the stock, so a batch that moves no stock below zero writes nothing more. Parameters: the keys' and
 # times' columns (location text[], sku text[], updated_at_ms int8[]), the keys' (location, sku).

@@ -267,7 +267,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     LATEST_CHANGE_SQL = "SELECT last_id FROM change_counter"  # the feed's counter (hub.storage.postgres.feed)
     LOCK_ROW = " FOR UPDATE"  # hubs share the database: a row read to be rewritten is locked first
-    # The stock rows below zero, their keys and times (schema 15, kept by ingest), walked in the list's order through
+    # The stock rows below zero, their keys and times (schema 16, kept by ingest), walked in the list's order through
     # stock_negative_time or one store's stock_negative_at, each one's on_hand looked up in stock by its key: the
     # stock table has no index of on_hand, which would keep every batch's stock updates from being heap-only. The
     # LIMIT (a key has one row) keeps the look-up a subquery per row walked: joined, the planner may walk the whole

@@ -1,4 +1,4 @@
--- shelfsync hub, PostgreSQL schema version 15: the stock rows below zero, each one's key and time, kept beside the
+-- shelfsync hub, PostgreSQL schema version 16: the stock rows below zero, each one's key and time, kept beside the
 -- stock table, so the exceptions' negative-stock source walks them in the list's order (newest first, then the key;
 -- one store's by its own index) and stops at a page, looking each one's on_hand up in stock by its key. It scanned
 -- the whole stock table on every page: a chain's stock is a row per location and SKU (500 stores × 20,000 SKUs:
