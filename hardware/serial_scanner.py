@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_PROBES = 3  # unanswered probes (a device server that is not back) before the connection is given up
 # A connection's silence is given up after KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES (11 s) whether
 # or not the reader has sent something: keepalive sends no probe while sent bytes wait for their acknowledgement, and
-# without TCP_USER_TIMEOUT (Linux) the kernel retransmitted them for about 15 minutes before giving up.
+# without a limit on that (``_give_up_after``) Linux retransmitted them for about 15 minutes before giving up.
 BAUDRATE_MAX = 4_000_000
 PARITIES = ("N", "E", "O", "M", "S")
 WINDOWS_PORT = re.compile(r"(?:\\\\\.\\)?COM[1-9][0-9]{0,2}", re.IGNORECASE)  # COM3, \\.\COM12
@@ -446,21 +447,41 @@ def _com_name(port: str) -> str:
     return port.upper().removeprefix("\\\\.\\")
 
 
+# The TCP option that ends a connection whose sent bytes stay unacknowledged this long, where the socket module does
+# not name it: Windows' TCP_MAXRT (ws2ipdef.h; seconds, Windows Vista and later) and macOS's TCP_RXT_CONNDROPTIME
+# (netinet/tcp.h; seconds). Linux's is TCP_USER_TIMEOUT, in milliseconds.
+WINDOWS_TCP_MAXRT = 5
+MACOS_TCP_RXT_CONNDROPTIME = 0x80
+
+
+def _give_up_after(silent_s: int) -> tuple[int, int] | None:
+    """(option, value) at IPPROTO_TCP that gives a connection up once bytes it sent stay unacknowledged for
+    ``silent_s``, on this system; None where there is none."""
+    if (user_timeout := getattr(socket, "TCP_USER_TIMEOUT", None)) is not None:  # Linux
+        return user_timeout, silent_s * 1000
+    if sys.platform == "win32":
+        return getattr(socket, "TCP_MAXRT", WINDOWS_TCP_MAXRT), silent_s
+    if sys.platform == "darwin":
+        return getattr(socket, "TCP_RXT_CONNDROPTIME", MACOS_TCP_RXT_CONNDROPTIME), silent_s
+    return None
+
+
 def _keep_alive(sock: Any) -> None:
     """Turn on TCP keepalive on a device server's connection, with short timers where the system lets them be set
-    (Linux, Windows 10 and later, macOS; elsewhere the system's own timers apply), and on Linux TCP_USER_TIMEOUT
-    as long as keepalive's whole schedule, so bytes sent to a device server that went silent (a beep command) do
-    not keep the connection for the kernel's retransmissions (about 15 minutes)."""
+    (Linux, Windows 10 and later, macOS; elsewhere the system's own timers apply), and a limit as long as
+    keepalive's whole schedule on the time bytes sent to a device server that went silent (a beep command) may stay
+    unacknowledged (``_give_up_after``), so they do not keep the connection for the system's retransmissions (about
+    15 minutes on Linux)."""
     if sock is None:
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS: TCP_KEEPALIVE
-    silent_ms = (KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES) * 1000
+    give_up = _give_up_after(KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES) or (None, 0)
     for option, value in (
         (idle, KEEPALIVE_IDLE_S),
         (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL_S),
         (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
-        (getattr(socket, "TCP_USER_TIMEOUT", None), silent_ms),
+        give_up,
     ):
         if option is not None:
             try:

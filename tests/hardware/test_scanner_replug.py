@@ -221,6 +221,47 @@ async def test_a_device_server_connection_has_the_keepalive_and_user_timeout_the
     assert scan.raw == b"]E09780201379629"
 
 
+class RecordingSocket:
+    """The options a connection's socket is given (``setsockopt``): the system under test is not this one."""
+
+    def __init__(self) -> None:
+        self.options: dict[tuple[int, int], int] = {}
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.options[level, option] = value
+
+
+@pytest.mark.parametrize(
+    ("platform", "names", "option"),
+    [
+        ("win32", ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"), 5),  # TCP_MAXRT (ws2ipdef.h), seconds
+        ("darwin", ("TCP_KEEPALIVE", "TCP_KEEPINTVL", "TCP_KEEPCNT"), 0x80),  # TCP_RXT_CONNDROPTIME, seconds
+    ],
+)
+def test_on_windows_and_macos_a_device_server_connection_gives_unacknowledged_bytes_up_after_11_s(
+    platform: str, names: tuple[str, ...], option: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows and macOS have no TCP_USER_TIMEOUT: a beep command sent to a device server gone silent (power cut,
+    cable pulled) held the connection for the system's retransmissions, the reader "available" meanwhile. Their own
+    options (which their socket modules do not name) now limit it to keepalive's schedule, 11 s, as on Linux. Set
+    on a socket that records them: this machine's kernel reads option numbers as its own."""
+    monkeypatch.delattr(socket, "TCP_USER_TIMEOUT")
+    for name in ("TCP_KEEPIDLE", "TCP_KEEPALIVE", "TCP_MAXRT", "TCP_RXT_CONNDROPTIME"):
+        monkeypatch.delattr(socket, name, raising=False)
+    for name, number in zip(names, (101, 102, 103), strict=True):  # numbers of the system's keepalive timers
+        monkeypatch.setattr(socket, name, number, raising=False)
+    monkeypatch.setattr(serial_scanner.sys, "platform", platform)
+    sock = RecordingSocket()
+    serial_scanner._keep_alive(sock)
+    assert sock.options == {
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE): 1,
+        (socket.IPPROTO_TCP, 101): 5,
+        (socket.IPPROTO_TCP, 102): 2,
+        (socket.IPPROTO_TCP, 103): 3,
+        (socket.IPPROTO_TCP, option): 11,
+    }
+
+
 async def test_a_tty_read_failing_at_unplug_says_the_cut_once_and_the_replug_reads_on(
     pty_scanner: PtyScanner, statuses: StatusLog, caplog: pytest.LogCaptureFixture
 ) -> None:
