@@ -10,13 +10,15 @@ malformed request. This module adds, below the application:
   the database, its WAL, worker threads, the log and a burst of accepts;
 - at that budget, the connection idle the longest gives way to the new one (so
   ``/healthz`` still answers with a thousand idle sockets open): answered
-  ``503`` with ``Retry-After`` when it has not sent a whole request yet, closed
-  when it was idle between two requests (as any idle keep-alive connection may
-  be); when every connection is busy the new one is answered ``503`` with
-  ``Retry-After``. A refused connection is not closed at once: with the
-  client's request unread, the kernel answered it with a reset, and a client
-  that sends its whole request before it reads failed on that and never read
-  the 503. It takes and drops what its client sends until the client closes,
+  ``503`` with ``Retry-After`` and ``Connection: close``, also when it was idle
+  between two requests (its client may be sending its next one just then: it
+  reads that answer rather than a reset or an end of file, which a client
+  library answers by sending the request again only if it is a GET, never a
+  POST such as /v1/sync); when every connection is busy the new one is answered
+  ``503`` with ``Retry-After``. A refused connection is not closed at once:
+  with the client's request unread, the kernel answered it with a reset, and a
+  client that sends its whole request before it reads failed on that and never
+  read the 503. It takes and drops what its client sends until the client closes,
   ``REFUSED_LINGER_S`` at most (``REFUSED_LINGER_MAX`` such at once; past
   that, closed at once);
 - long-polls and change streams, which wait for minutes with nothing to do,
@@ -190,7 +192,7 @@ class ConnectionGuard:
         )
         self.evicted = RepeatLog(
             log,
-            "closed",
+            "answered 503 and closed",
             f"idle connection to make room for a new one (max_connections {max_connections})"
             f"|idle connections to make room for new ones (max_connections {max_connections})",
         )
@@ -335,13 +337,12 @@ class GuardedHandler(RequestHandler):
         )  # fmt: skip
 
     def give_way(self) -> None:
-        """Make room for a new connection: one that has not sent a whole request yet is answered ``503`` (its
-        client may be sending one now); one idle between two requests is closed, as any idle keep-alive connection
-        may be (its client sends its next request on a new connection)."""
-        if self._request_count == 0:
-            self.refuse()
-        else:
-            self.force_close()
+        """Make room for a new connection: answer ``503`` with ``Retry-After`` and close, lingering. Its client may
+        be sending a request now: its first, or its next one on a keep-alive connection, which closed without a word
+        was cut off by an end of file or a reset (a client library sends it again on a new connection only if it is
+        a GET, never a POST such as /v1/sync); the answer, written before the close, is what it reads instead. A
+        client that sees the answer and the close first, idle, drops the connection and sends on a new one."""
+        self.refuse()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()
