@@ -18,9 +18,10 @@ malformed request. This module adds, below the application:
   ``503`` with ``Retry-After``. A refused connection is not closed at once:
   with the client's request unread, the kernel answered it with a reset, and a
   client that sends its whole request before it reads failed on that and never
-  read the 503. It takes and drops what its client sends until the client closes,
-  ``REFUSED_LINGER_S`` at most (``REFUSED_LINGER_MAX`` such at once; past
-  that, closed at once);
+  read the 503. It takes and drops what its client sends until the client
+  closes, ``REFUSED_LINGER_S`` at most; at most ``REFUSED_LINGER_MAX`` linger
+  at once, and past that the one that has lingered the longest closes (its
+  client had the most time to read its answer) to make room for the new one;
 - long-polls and change streams, which wait for minutes with nothing to do,
   hold at most all but a tenth of the budget (``parked``): past it one is
   answered ``503`` with ``Retry-After``, so that they never lock agents and
@@ -74,7 +75,8 @@ _NAME_RE = re.compile(r"[A-Za-z-]{1,32}")  # a header name in a parser message; 
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 REFUSED_LINGER_S = 1.0  # a connection answered 503 drops what its client sends this long at most, then closes
 REFUSED_LINGER_MAX = LISTEN_BACKLOG  # connections lingering so at once (files the budget keeps for them); past it,
-# closed at once. Under a flood of 200 clients against 50 connections, 32 left 1,631 refusals reset, 64 left 145.
+# the one that has lingered the longest closes. Under a flood of 200 clients against 50 connections, when the new
+# one closed at once instead, 32 left 1,631 refusals reset, 64 left 145.
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,8 @@ class ConnectionGuard:
         self._open: set[GuardedHandler] = set()
         self._idle: dict[GuardedHandler, None] = {}  # insertion order: idle the longest first
         self._parked: set[GuardedHandler] = set()  # waiting long-polls and open change streams (``parked``)
-        self.lingering = 0  # refused connections dropping what their client sends before they close
+        # refused connections dropping what their client sends before they close; insertion order: the oldest first
+        self._lingering: dict[GuardedHandler, None] = {}
         # what they may hold: all but a tenth of the budget (at least one), kept for everything else
         self.parked_max = max(1, max_connections - max(1, max_connections // 10))
         self.malformed = RepeatLog(log, "refused", "malformed request")
@@ -195,6 +198,12 @@ class ConnectionGuard:
             "answered 503 and closed",
             f"idle connection to make room for a new one (max_connections {max_connections})"
             f"|idle connections to make room for new ones (max_connections {max_connections})",
+        )
+        self.linger_cut = RepeatLog(
+            log,
+            "closed",
+            f"refused connection before its client did, to keep at most {REFUSED_LINGER_MAX} waiting for theirs"
+            f"|refused connections before their clients did, to keep at most {REFUSED_LINGER_MAX} waiting for theirs",
         )
         self.parked_refused = RepeatLog(
             log,
@@ -222,6 +231,10 @@ class ConnectionGuard:
     @property
     def idle_count(self) -> int:
         return len(self._idle)
+
+    @property
+    def lingering(self) -> int:
+        return len(self._lingering)
 
     def opened(self, handler: GuardedHandler) -> bool:
         """Admit a new connection, closing the one idle the longest if the budget is full; False: refused."""
@@ -263,10 +276,22 @@ class ConnectionGuard:
     def unpark(self, handler: GuardedHandler) -> None:
         self._parked.discard(handler)
 
+    def linger(self, handler: GuardedHandler) -> None:
+        """A refused connection waits for its client to close; if ``REFUSED_LINGER_MAX`` already do, the one that
+        has waited the longest closes now (its client had the most time to read its answer)."""
+        if len(self._lingering) >= REFUSED_LINGER_MAX:
+            oldest = next(iter(self._lingering))
+            self.linger_cut.record(oldest.remote)
+            oldest.end_linger()
+        self._lingering[handler] = None
+
+    def unlinger(self, handler: GuardedHandler) -> None:
+        self._lingering.pop(handler, None)
+
     def flush(self) -> None:
         for counter in (
-            self.malformed, self.slow_heads, self.evicted, self.parked_refused, self.refused, self.accept_failed,
-            self.lost,
+            self.malformed, self.slow_heads, self.evicted, self.linger_cut, self.parked_refused, self.refused,
+            self.accept_failed, self.lost,
         ):  # fmt: skip
             counter.flush()
 
@@ -349,7 +374,7 @@ class GuardedHandler(RequestHandler):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
-            self._guard.lingering -= 1
+            self._guard.unlinger(self)
         self._guard.closed(self)
         super().connection_lost(exc)
 
@@ -428,7 +453,7 @@ class GuardedHandler(RequestHandler):
                 self.transport.write(raw)
             except (OSError, RuntimeError):  # the peer is gone already
                 pass
-        if linger and self.transport is not None and self._guard.lingering < REFUSED_LINGER_MAX:
+        if linger and self.transport is not None and self._linger_timer is None:
             self._linger(self.transport)
             return
         self.force_close()
@@ -436,13 +461,21 @@ class GuardedHandler(RequestHandler):
     def _linger(self, transport: asyncio.Transport) -> None:
         """Closed with its client's request unread, the connection would be reset, and a client still sending would
         fail on it before it read the answer: take and drop what it sends until it closes (its end of file closes
-        ours), ``REFUSED_LINGER_S`` at most."""
+        ours), ``REFUSED_LINGER_S`` at most, or until it is the oldest of ``REFUSED_LINGER_MAX`` lingering."""
         self._cancel_head_timer()
-        self._guard.lingering += 1
-        self._linger_timer = self._loop.call_later(REFUSED_LINGER_S, self.force_close)
+        self._guard.linger(self)
+        self._linger_timer = self._loop.call_later(REFUSED_LINGER_S, self.end_linger)
         if transport.can_write_eof():  # the answer is whole: the client reads its end after it
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
+
+    def end_linger(self) -> None:
+        """Close a refused connection that has lingered long enough."""
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._guard.unlinger(self)
+        self.force_close()
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:

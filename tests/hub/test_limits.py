@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from hub import HubSettings, HubStore, create_app, open_store, serve
+from hub import HubSettings, HubStore, create_app, limits, open_store, serve
 from hub.auth import PUBLIC_ROUTES_KEY
 from hub.config import ConfigError, settings_from_mapping
 from hub.limits import (
@@ -457,4 +457,37 @@ async def test_a_request_arriving_as_its_keep_alive_connection_gives_way_is_answ
     writer.write(b"Content-Type: application/msgpack\r\nContent-Length: 4\r\n\r\n\x94\x00\x00\x00")
     _assert_given_way(await _read_all(reader))
     for _, w in [(reader, writer), *busy]:
+        w.close()
+
+
+async def test_past_the_refusals_the_hub_lingers_on_a_refused_client_still_reads_its_503(
+    served: tuple[str, str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused connections linger (they drop what their client sends until it closes) so that a client sending its
+    whole request first reads the 503 rather than a reset; at most REFUSED_LINGER_MAX do so at once, for the files
+    the budget keeps for them. Past that, a refused connection was closed at once, and its client, still sending,
+    failed on a reset and never read its 503 (a flood's first requests lost). Now the one that has lingered the
+    longest (its client had the most time to read its answer) closes to make room, and the new one lingers."""
+    monkeypatch.setattr(limits, "REFUSED_LINGER_MAX", 4)
+    monkeypatch.setattr(limits, "REFUSED_LINGER_S", STEP_TIMEOUT_S)  # they linger until their clients close
+    token, _url, port = served
+    busy = await _hold_every_connection(token, port)
+    lingering = []
+    for _ in range(4):  # refused; their clients read the answer's head and hold on
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP_TIMEOUT_S)
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        lingering.append((reader, writer))
+    body = bytes(1 << 20)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /v1/sync HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/msgpack\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await asyncio.wait_for(writer.drain(), STEP_TIMEOUT_S)  # a reset: ConnectionResetError
+    _assert_given_way(await _read_all(reader))
+    oldest = await _read_all(lingering[0][0])  # closed by the hub to keep the bound, its answer whole before
+    assert oldest.endswith(b"}"), oldest
+    for _, w in [(reader, writer), *lingering, *busy]:
         w.close()
