@@ -7,9 +7,11 @@ Three scenarios, each printed as a few figures (nothing is written to bench/resu
 - ``stalled``: 200 clients open a change stream and never read while an agent syncs 12,000 changes; the syncs'
   time, the hub's RSS growth and what the hub held for the streams at the end;
 - ``flood``: 200 clients at once against ``max_connections = 50``, each sending requests in a loop; how many
-  answers were 200, 503 (and with Retry-After), and how many ended in a dropped connection.
+  answers were 200, 503 (and with Retry-After), and how many ended in a dropped connection;
+- ``flood_posts``: the same through aiohttp's client, each client a session of one keep-alive connection sending
+  ``POST /v1/sync`` (which a client library never sends again by itself on a new connection); how many were lost.
 
-    PYTHONPATH=. .venv/bin/python -m bench.feed_readers [history|stalled|flood ...]
+    PYTHONPATH=. .venv/bin/python -m bench.feed_readers [history|stalled|flood|flood_posts ...]
 
 ``HUB_EXTRA`` adds lines to the flood's hub's ``[hub]`` table (``event_loop = "asyncio"``, say).
 """
@@ -226,7 +228,35 @@ async def flood(tmp: Path) -> None:
     print("flood: log:", *[line for line in hub.log.splitlines() if "connection" in line][-6:], sep="\n  ")
 
 
-SCENARIOS = {"history": history, "stalled": stalled, "flood": flood}
+async def flood_posts(tmp: Path) -> None:
+    token, _, agent_id = await _fill(tmp / "hub.db", 100)
+    hub = _hub(tmp, f"max_connections = {FLOOD_BUDGET}\nrate_limit_per_s = 0\n" + os.environ.get("HUB_EXTRA", ""))
+    hub.start()
+    body = encode_sync_request(SyncRequest(agent_id, 1, ()))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+    outcomes: Counter[str] = Counter()
+    stop = time.monotonic() + RUN_S
+
+    async def client() -> None:
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as session:
+            while time.monotonic() < stop:
+                try:
+                    async with session.post(f"{hub.url}/v1/sync", data=body, headers=headers) as resp:
+                        await resp.read()
+                        outcomes[f"{resp.status}" + (" with Retry-After" if "Retry-After" in resp.headers else "")] += 1
+                except (aiohttp.ClientError, TimeoutError) as err:
+                    outcomes[f"lost: {type(err).__name__}"] += 1
+
+    try:
+        await asyncio.gather(*(client() for _ in range(FLOOD_CLIENTS)))
+        print(f"flood_posts: {FLOOD_CLIENTS} clients against max_connections {FLOOD_BUDGET} for {RUN_S:g} s: "
+              f"{dict(outcomes)}")  # fmt: skip
+    finally:
+        hub.close()
+
+
+SCENARIOS = {"history": history, "stalled": stalled, "flood": flood, "flood_posts": flood_posts}
 
 
 def main() -> None:
