@@ -429,10 +429,19 @@ def _derived_url(settings: HubSettings) -> str:
 
 
 async def _check_id_free(store: CredentialStore, agent_id: str) -> None:
+    """Refuse an id taken already, or one that differs from a taken id only in case: ``Store-1`` beside
+    ``store-1`` reads as one store in every list, log and configuration, and an agent holding one of the two
+    tokens with the other id is refused."""
     if await store.agent_status(agent_id):
         raise CliError(
             f"a credential with the agent id {agent_id} exists already (revoked ones count); choose another id, "
             f"or see: {PROG} agent list"
+        )
+    alike = next((r.agent_id for r in await store.agent_status() if r.agent_id.lower() == agent_id.lower()), None)
+    if alike is not None:
+        raise CliError(
+            f"the agent id {agent_id} differs from the agent id {alike} only in case (revoked ones count), which "
+            f"reads as the same store; choose another id, or see: {PROG} agent list"
         )
 
 

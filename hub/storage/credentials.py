@@ -33,12 +33,20 @@ def new_agent_id() -> str:
 
 
 RESERVED_ID_PREFIX = "channel:"  # the hub's own identities for channel orders (hub/channels/order_routes.py)
+# The hub's own identity for what it books itself: catalog re-bookings (hub/catalog.py, which skips its events when
+# it looks for scans to re-book) and transfer write-offs (hub/storage/held.py).
+RESERVED_IDS = frozenset({"hub"})
 
 
 def check_agent_id(agent_id: object) -> str:
     """``agent_id`` when a new credential may carry it: an agent id of the wire (protocol.values.AGENT_ID)
-    outside the hub's reserved ``channel:`` names; else ``InvalidInput``."""
+    outside the hub's reserved names (``hub``, ``channel:…``); else ``InvalidInput``."""
     if isinstance(agent_id, str) and AGENT_ID.valid(agent_id):
+        if agent_id in RESERVED_IDS:
+            raise InvalidInput(
+                f"the agent id {agent_id} is the hub's own, for what it books itself (catalog re-bookings, "
+                "transfer write-offs); choose another id"
+            )
         if agent_id.startswith(RESERVED_ID_PREFIX):
             raise InvalidInput(
                 f"agent ids starting with {RESERVED_ID_PREFIX!r} are the hub's own, for channel orders; choose another id"

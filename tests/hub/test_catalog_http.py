@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from hub import HubStore
 from hub.catalog import HUB_AGENT_ID, corrections
-from hub.storage.base import CatalogItem, Effect, LedgerRow
+from hub.storage.base import CatalogItem, Effect, InvalidInput, LedgerRow
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -228,3 +228,13 @@ def test_corrections_cancel_the_unknown_key_and_book_the_sku(
     again = corrections(original, item)
     assert again == (undo, do)  # deterministic: a second re-booking is a resend
     assert len({undo.event_id, do.event_id, original.event_id}) == 3
+
+
+async def test_no_credential_takes_the_hubs_own_id_whose_unknown_scans_would_never_be_rebooked(
+    store: HubStore,
+) -> None:
+    """The re-booking books as ``hub`` and skips every stored event of ``hub``: an agent issued that id had its
+    unknown-barcode scans left under ``unknown:…`` for good once the catalog learnt them (rebooked 0)."""
+    with pytest.raises(InvalidInput, match="the agent id hub is the hub's own"):
+        await store.add_agent(["S001"], agent_id=HUB_AGENT_ID)
+    assert await store.agent_status(HUB_AGENT_ID) == []
