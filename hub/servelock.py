@@ -106,8 +106,12 @@ def _hold_file_lock(db: str | Path, wait_s: float) -> Iterator[None]:
     import fcntl
     import time
 
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
     try:  # the file serve creates: SQLite opens a new, empty file as a new database
-        fd = os.open(db, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fd, created = os.open(db, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            fd, created = os.open(db, flags), False
     except OSError as err:
         raise AlreadyServed(f"the hub cannot open {db} to lock it: {err.strerror or err}") from err
     try:
@@ -128,4 +132,17 @@ def _hold_file_lock(db: str | Path, wait_s: float) -> Iterator[None]:
                 time.sleep(0.05)
         yield
     finally:
+        if created:
+            _remove_if_still_empty(db, fd)
         os.close(fd)  # drops the lock: the store, closed before, holds no SQLite lock a close could drop
+
+
+def _remove_if_still_empty(db: str | Path, fd: int) -> None:
+    """Remove the database file this start created when it is still empty: the start failed before the store made
+    a hub database of it (the port taken, say), and left there it would be refused at the next start as an empty
+    file. Called with the lock held, so no other hub is about to use it."""
+    with contextlib.suppress(OSError):
+        held, named = os.fstat(fd), os.stat(db)
+        same = (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+        if same and held.st_size == 0 and not any(os.path.exists(f"{db}{side}") for side in ("-wal", "-journal")):
+            os.unlink(db)

@@ -330,15 +330,30 @@ async def test_serve_without_db_is_refused(tmp_path: Path) -> None:
     assert "no database given" in one_sentence_error(run)
 
 
-async def test_serve_on_a_taken_port_is_refused(tmp_path: Path) -> None:
+async def test_serve_on_a_taken_port_is_refused_and_leaves_no_empty_database_behind(tmp_path: Path) -> None:
+    """Found by starting a new hub on a port another one held: the refused start left hub.db as an empty file
+    (made to lock it), and every later start on a free port was refused as "an empty file ... if a restore put
+    it there", blaming a restore that never happened."""
+    db = tmp_path / "hub.db"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        run = await hub(
-            "serve", "--db", str(tmp_path / "hub.db"), "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path
-        )
+        run = await hub("serve", "--db", str(db), "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path)
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in one_sentence_error(run)
+    assert not db.exists()
+    held = tmp_path / "held.db"
+    held.touch()  # an empty file that was there before the start is the operator's: left as it was
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = await hub("serve", "--db", str(held), "--port", str(port), cwd=tmp_path)
+    assert f"the hub database {held} is an empty file" in one_sentence_error(run)
+    assert held.exists() and held.stat().st_size == 0
+    served = HubProcess(tmp_path / "hub.log", db=db, port=0)  # the next start, on a free port, serves the new database
+    served.start()
+    assert served.stop() == 0
 
 
 async def test_serve_on_a_host_name_that_does_not_resolve_says_so(tmp_path: Path) -> None:
