@@ -276,7 +276,8 @@ def parse_catalog_csv(text: str, source: str = "catalog") -> CatalogLoad:
     if not lines or not lines[0].strip():
         raise CatalogError(f"the catalog {source} is empty; it needs a header row such as barcode,sku,pack_size")
     delimiter = max(",;\t|", key=lines[0].count)  # whichever the header uses most (a comma if none)
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    physical = io.StringIO(text, newline="").readlines()  # the file's lines, as csv counts them
+    reader = csv.reader(physical, delimiter=delimiter, strict=True)
     header = [h.strip().lower().replace(" ", "_") for h in next(reader)]
     missing = [name for name in ("barcode", "sku") if name not in header]
     if missing:
@@ -285,19 +286,36 @@ def parse_catalog_csv(text: str, source: str = "catalog") -> CatalogLoad:
         )
     columns = {name: header.index(name) for name in ("barcode", "sku", "pack_size", "description") if name in header}
     builder = _Builder("line")
+    start = 0  # the physical lines before the reader's first
     while True:
-        line = reader.line_num + 1
+        line = start + reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as err:
-            builder.problems.append(CatalogProblem(line, f"the row is not valid CSV ({err})"))
+            # A quote never closed (or closed before other text) makes one row of the lines after it: read them
+            # again, from the line after the row's first, as rows of their own, so that one bad cell costs its
+            # row only.
+            builder.problems.append(CatalogProblem(line, _unreadable_row(err)))
+            start = line
+            reader = csv.reader(physical[start:], delimiter=delimiter, strict=True)
             continue
         if not any(field.strip() for field in row):
             continue
         builder.add(line, {name: row[i] if i < len(row) else None for name, i in columns.items()})
     return builder.result(source)
+
+
+def _unreadable_row(err: csv.Error) -> str:
+    """Why a row cannot be read, in words: a quote left open to the end of the file, or closed before the field
+    ends (the next quote, lines further on, closed it), is the same mistake."""
+    if "unexpected end of data" in str(err) or "expected after" in str(err):
+        return (
+            "a double quote opens a field on this line and does not close it where the field ends; the row is left "
+            "out and the lines after it are read as rows of their own (close the quote to keep it)"
+        )
+    return f"the row is not valid CSV ({err})"
 
 
 def parse_catalog_json(data: Any, source: str = "catalog") -> CatalogLoad:

@@ -62,6 +62,39 @@ def test_csv_keeps_good_rows_and_reports_each_bad_row_with_its_line(tmp_path: Pa
     assert str(loaded.problems[0]).startswith("line 4: ")
 
 
+def test_a_quote_never_closed_costs_its_own_row_only_and_is_reported_by_line(tmp_path: Path) -> None:
+    """Found black-box: a description opened with a double quote and never closed swallowed every later row into
+    it, silently: the file's next items were gone from the catalog and no problem was reported."""
+    path = write(
+        tmp_path / "catalog.csv",
+        "barcode,sku,description\n"
+        'TOTE-00731,TOTE,"a tote,\n with a newline"\n'  # line 2 (two physical lines)
+        f'{EAN13},MUG-01,"Mug, blue\n'  # line 4: the quote is never closed
+        f"{UPC_A},SOAP-1,Soap\n"  # line 5
+        f'{EAN8},PEN-1,"Pen\r\n'  # line 6: another
+        "CUP-9,CUP,Cup\n",  # line 7
+    )
+    loaded = load_catalog_file(path)
+    assert {(i.barcode, i.sku, i.description) for i in loaded.catalog} == {
+        ("TOTE-00731", "TOTE", "a tote,\n with a newline"),
+        ("00" + UPC_A, "SOAP-1", "Soap"),
+        ("CUP-9", "CUP", "Cup"),
+    }
+    why = (
+        "a double quote opens a field on this line and does not close it where the field ends; the row is left out "
+        "and the lines after it are read as rows of their own (close the quote to keep it)"
+    )
+    assert [(p.line, p.reason) for p in loaded.problems] == [(4, why), (6, why)]
+
+
+def test_a_quote_inside_a_quoted_field_is_reported_not_merged(tmp_path: Path) -> None:
+    path = write(tmp_path / "catalog.csv", f'barcode,sku,description\n{EAN13},MUG-01,"Mug" blue\n{UPC_A},SOAP-1,Soap\n')
+    loaded = load_catalog_file(path)
+    assert [i.sku for i in loaded.catalog] == ["SOAP-1"]
+    assert [p.line for p in loaded.problems] == [2]
+    assert "does not close it where the field ends" in loaded.problems[0].reason
+
+
 def test_json_in_the_hubs_shape_or_as_a_list_reports_bad_items_by_number(tmp_path: Path) -> None:
     path = write(
         tmp_path / "catalog.json",
