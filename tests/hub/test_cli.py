@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -250,6 +251,29 @@ async def test_an_empty_file_in_the_databases_place_is_refused_until_init_makes_
     assert made.code == 0, made.err
     listed = await hub("agent", "list", "--db", str(db), cwd=tmp_path)
     assert listed.code == 0 and "no agents yet" in listed.out, listed.err
+
+
+async def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """Found black-box: serve, init and agent list took any SQLite file without a hub schema for a new hub and
+    wrote the hub's tables into it (a --db pointed at the agent's outbox, or its backup restored as hub.db from
+    the same backup folder): the hub served an empty ledger without a credential, in another program's file."""
+    db = tmp_path / "outbox.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE events (seq INTEGER PRIMARY KEY, body BLOB); INSERT INTO events VALUES (1, x'00');"
+                       "CREATE TABLE acks (epoch INTEGER); CREATE INDEX acks_epoch ON acks (epoch);")  # fmt: skip
+    conn.close()
+    before = db.read_bytes()
+    for command in (("serve", "--port", "0"), ("init",), ("agent", "list"), ("agent", "add", "--role", "reader")):
+        run = await hub(*command, "--db", str(db), cwd=tmp_path)
+        assert one_sentence_error(run) == (
+            f"shelfsync-hub: cannot open the hub database {db}: it is a SQLite database of something else, not of "
+            "a shelfsync hub (it holds the tables acks, events and no hub schema); give the hub's own database "
+            "file (--db or its config's db), or a path where no file is yet for a new hub"
+        ), command
+        assert db.read_bytes() == before, command
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("outbox")) == [
+        "outbox.sqlite3", "outbox.sqlite3.serving.lock"
+    ]  # fmt: skip
 
 
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:

@@ -186,6 +186,34 @@ def _check_one_name(path: Path) -> None:
         )
 
 
+FOREIGN_TABLES_NAMED = 5  # tables of another program's database named in the refusal
+
+
+def _check_is_a_hubs(path: Path) -> None:
+    """Refuse a SQLite database that holds tables but no hub schema (``user_version`` 0): another program's (the
+    agent's outbox, say), which migrating would fill with the hub's tables. Read before the hub changes anything
+    in the file (its journal mode); a file SQLite cannot read is left to the open, which says why."""
+    if _file_id(path) in _OPEN_HERE or not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            tables = [row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                "ORDER BY name"
+            )]  # fmt: skip
+    except sqlite3.Error:
+        return
+    if version != 0 or not tables:
+        return
+    named = ", ".join(tables[:FOREIGN_TABLES_NAMED]) + (" …" if len(tables) > FOREIGN_TABLES_NAMED else "")
+    raise StoreError(
+        f"cannot open the hub database {path}: it is a SQLite database of something else, not of a shelfsync hub "
+        f"(it holds the tables {named} and no hub schema); give the hub's own database file (--db or its config's "
+        "db), or a path where no file is yet for a new hub"
+    )
+
+
 # The database files (device, inode) a store of this process has open: their -wal is live, and reading them
 # alone here would close a descriptor of the file, which drops the POSIX locks SQLite holds on it in this process.
 _OPEN_HERE: list[tuple[int, int] | None] = []  # one entry a store
@@ -272,6 +300,7 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
             raise StoreError(f"cannot open the hub database {path}: the directory {path.parent} does not exist")
         _check_one_name(path)
         _check_wal_is_its_own(path)
+        _check_is_a_hubs(path)
         writer = ConnectionThread(path, f"hub-writer:{path.name}")
         checkpointer = Checkpointer(path)
         reader: aiosqlite.Connection | None = None
