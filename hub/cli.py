@@ -338,6 +338,8 @@ async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: T
     plan = _config_plan(args, settings, locations) if args.agent_command == "add" else None
     _existing_db(settings)  # after the options' own checks: those say what to fix first
     async with open_store(settings.db) as store:
+        if locations:
+            await _check_location_cases(store, locations)
         if args.agent_command == "add" and plan is not None:
             await _agent_add_config(store, plan, out)
         elif args.agent_command == "add":
@@ -368,6 +370,20 @@ async def _agent_add(store: CredentialStore, role: str, locations: list[str], ou
         f"agent_id: {agent_id}\nrole: {role}\n{where}credential: {token}\n"
         f"The hub keeps only a hash of this credential, so this is the only time it is shown: {keep}.\n"
     )
+
+
+async def _check_location_cases(store: CredentialStore, locations: Sequence[str]) -> None:
+    """Refuse a location that differs from one a credential is bound to only in case: codes are exact, so ``s1``
+    beside ``S1`` is another location, with stock of its own, and the store's movements would be booked there."""
+    known = {loc for row in await store.agent_status() for loc in row.locations}
+    by_case = {loc.lower(): loc for loc in sorted(known)}
+    for code in locations:
+        alike = by_case.get(code.lower())
+        if code not in known and alike is not None:
+            raise CliError(
+                f"the location {code} differs from the location {alike} only in case; location codes are exact, so "
+                f"it would be another location with stock of its own: give {alike}, or see: {PROG} agent list"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -467,6 +467,8 @@ async def test_bind_refuses_an_unknown_a_revoked_or_a_reader_credential_and_a_ba
     assert "no credential store-9 is known to this hub" in one_sentence_error(unknown)
     bad = await hub("agent", "bind", "--db", any_db, agent_id, "--location", "S 002", cwd=tmp_path)
     assert "'S 002' is not a location code" in one_sentence_error(bad)
+    cased = await hub("agent", "bind", "--db", any_db, agent_id, "--location", "s001", cwd=tmp_path)
+    assert "the location s001 differs from the location S001 only in case" in one_sentence_error(cased)
     none = await hub("agent", "bind", "--db", any_db, agent_id, cwd=tmp_path)
     assert "needs at least one --location" in one_sentence_error(none)
     read = await hub("agent", "bind", "--db", any_db, reader, "--location", "S002", cwd=tmp_path)

@@ -123,6 +123,7 @@ def taken_and_gone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
         (("--id", "hub", "--location", "S1"), "the agent id hub is the hub's own"),
         (("--id", "TAKEN", "--location", "S1"), "differs from the agent id taken only in case"),
         (("--id", "Gone", "--location", "S1"), "differs from the agent id gone only in case"),
+        (("--id", "new-1", "--location", "s1"), "the location s1 differs from the location S1 only in case"),
         (("--id", "taken", "--location", "S1"), "a credential with the agent id taken exists already"),
         (("--id", "gone", "--location", "S1"), "a credential with the agent id gone exists already"),
         (("--role", "reader", "--write", "r.toml"), "--write makes an agent's configuration; a reader credential"),
