@@ -22,6 +22,7 @@ docs/operations.md ("Backup and restore") gives the restore procedures.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -38,7 +39,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 from hub.servelock import LOCK_SUFFIX
 from hub.storage.base import HubError
 from hub.storage.feed import FEED_HOME_KEY
+from hub.storage.migrations import size_text
 from hub.storage.sqlite.schema import HOME_TOKEN_SUFFIX
+from hub.storage.sqlite.store import read_only_file_system
 from protocol.oslock import hold_os_lock
 
 SQLITE_SCHEME = "sqlite://"
@@ -272,10 +275,34 @@ def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int,
                     os.replace(partial, target)
                     _fsync(target.parent)
     except sqlite3.Error as err:
+        if getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+            raise BackupError(_disk_full(source, target)) from err
+        if read_only_file_system(source.parent):
+            raise BackupError(
+                f"cannot read the hub database {source}: the file system of {source.parent} is read-only, and SQLite "
+                f"writes a -shm file beside a database in WAL mode even to read it; copy {source.name} (and its -wal "
+                "file, if there is one) to a writable disk and back that copy up"
+            ) from err
         raise BackupError(f"the backup of {source} failed: {err}") from err
     except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise BackupError(_disk_full(source, target)) from err
         raise BackupError(f"cannot write the backup to {target}: {err.strerror or err}") from err
     return version, events, target.stat().st_size
+
+
+def _disk_full(source: Path, target: Path) -> str:
+    """What to say when the copy filled its disk: which one (not the hub's, which SQLite's "database or disk is
+    full" suggests), and how much the copy takes; nothing was replaced."""
+    try:
+        need, free = source.stat().st_size, shutil.disk_usage(target.parent).free
+        sizes = f" ({size_text(free)} free; the copy takes about {size_text(need)}, as much as the database)"
+    except OSError:
+        sizes = ""
+    return (
+        f"cannot write the backup to {target}: the file system of {target.parent} is full{sizes}; nothing there was "
+        "replaced: free space there, or give --to on another disk"
+    )
 
 
 def _check_hub_database(src: sqlite3.Connection, source: Path) -> int:
@@ -291,8 +318,8 @@ def _page_progress(say: Progress) -> Callable[[int, int, int], None]:
 
     def report(status: int, remaining: int, total: int) -> None:
         now = time.monotonic()
-        if remaining and now - last[0] < PROGRESS_EVERY_S:
-            return
+        if not total or remaining and now - last[0] < PROGRESS_EVERY_S:
+            return  # no total: the step failed before it read the database (its error says why)
         last[0] = now
         done = total - remaining
         say(f"copied {done:,} of {total:,} pages ({100 * done // max(total, 1)}%)")

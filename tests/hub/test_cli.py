@@ -28,6 +28,7 @@ from tests.harness.clock import RECENT_MS
 from tests.harness.commands import without_modules
 from tests.harness.hub_process import HubProcess
 from tests.harness.pg import fresh_schema
+from tests.harness.small_disk import Mounts
 
 PROCESS_TIMEOUT_S = 30.0
 LISTENING_RE = re.compile(r"hub listening on http://127\.0\.0\.1:(\d+), database (.+)$", re.MULTILINE)
@@ -274,6 +275,23 @@ async def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tm
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("outbox")) == [
         "outbox.sqlite3", "outbox.sqlite3.serving.lock"
     ]  # fmt: skip
+
+
+async def test_a_database_on_a_read_only_file_system_says_so(tmp_path: Path, mounts: Mounts) -> None:
+    """Found black-box: init, agent list and backup of a hub database on a read-only mount (a snapshot, a share
+    mounted ro) said only "unable to open database file": SQLite writes a -shm file beside a WAL database even to
+    read it, and nothing said so."""
+    data = mounts.tmpfs(tmp_path / "ro")
+    db = await new_db(data / "hub.db", tmp_path)
+    mounts.read_only(data)
+    for command, given in ((("agent", "list"), db), (("init",), db), (("init",), data / "new.db")):
+        run = await hub(*command, "--db", str(given), cwd=tmp_path)
+        error = one_sentence_error(run)
+        assert f"cannot open the hub database {given}: the file system of {data} is read-only" in error, command
+    run = await hub("backup", "--db", str(db), "--to", str(tmp_path / "copy.db"), cwd=tmp_path)
+    error = one_sentence_error(run)
+    assert f"cannot read the hub database {db}: the file system of {data} is read-only" in error
+    assert "copy hub.db" in error and not (tmp_path / "copy.db").exists()
 
 
 async def test_reader_and_admin_need_no_location(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ from tests.harness.commands import COMMAND_TIMEOUT_S, hub_env, new_hub_db, run_h
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import wait_until
 from tests.harness.pg import PG_URL
+from tests.harness.small_disk import fill
 
 LOCATION = "S1"
 SKUS = ("SKU-A", "SKU-B", "SKU-C", "SKU-D")
@@ -487,6 +488,22 @@ def test_a_path_the_user_may_not_use_is_one_sentence_saying_whose_command_it_is(
         assert "[Errno" not in run.stderr and "the user the hub runs as" in run.stderr, run.stderr
         assert str(closed) in run.stderr or str(closed.parent) in run.stderr or str(to) in run.stderr, run.stderr
     assert list(open_dir.iterdir()) == []
+
+
+def test_a_backup_to_a_full_disk_names_that_disk_and_keeps_the_last_good_copy(tmp_path: Path, small_disk: Path) -> None:
+    """Found black-box: a backup onto a full 1 MiB file system said "copied 0 of 0 pages (0%)" and then "the backup
+    of hub.db failed: database or disk is full", which reads as the hub's own disk being full."""
+    db = tmp_path / "hub.db"
+    new_hub_db(db)
+    last = small_disk / "nightly.db"
+    assert run_hub("backup", "--db", str(db), "--to", str(last)).returncode == 0
+    before = last.read_bytes()
+    fill(small_disk)
+    run = run_hub("backup", "--db", str(db), "--to", str(last))
+    _refused(run, f"cannot write the backup to {last}: the file system of {small_disk} is full")
+    assert "the copy takes about" in run.stderr, run.stderr
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ballast", "nightly.db"]
 
 
 def test_an_empty_target_is_refused(tmp_path: Path) -> None:

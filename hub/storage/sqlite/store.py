@@ -186,6 +186,14 @@ def _check_one_name(path: Path) -> None:
         )
 
 
+def read_only_file_system(directory: Path) -> bool:
+    """Whether ``directory`` is on a file system mounted read-only (where ``statvfs`` tells: not on Windows)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
 FOREIGN_TABLES_NAMED = 5  # tables of another program's database named in the refusal
 
 
@@ -329,6 +337,11 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                 await reader.close()
             await checkpointer.close()
             await writer.close()
+            if isinstance(err, (sqlite3.Error, OSError)) and read_only_file_system(path.parent):
+                raise StoreError(
+                    f"cannot open the hub database {path}: the file system of {path.parent} is read-only, and the hub "
+                    "writes its database and the -wal and -shm files beside it; give a database on a writable disk"
+                ) from err
             if isinstance(err, (sqlite3.Error, OSError)):
                 raise StoreError(f"cannot open the hub database {path}: {err}") from err
             raise
