@@ -45,6 +45,8 @@ from hub.storage.sqlite.store import read_only_file_system
 from protocol.oslock import hold_os_lock
 
 SQLITE_SCHEME = "sqlite://"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_HEADER_BYTES = 100
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 STEP_PAGES = 1024  # pages copied per step of the SQLite backup (4 MiB at the default page size)
 BUSY_TIMEOUT_MS = 10_000
@@ -97,16 +99,18 @@ def backup(db: str, to: str | os.PathLike[str], progress: Progress | None = None
     ``to`` may be an existing directory (a path ending in ``/`` must be one): the copy is then named
     ``hub-<UTC time>.db`` (``.dump`` for PostgreSQL) inside it. An existing regular file at ``to`` is replaced,
     but only once the new copy is whole; anything else there (a device, a FIFO, a socket) is refused, and so is
-    the database itself or a file SQLite keeps beside it."""
+    the database itself or a file SQLite keeps beside it, and any database in WAL mode (a copy never is)."""
     say = progress or (lambda line: None)
     started = time.monotonic()
     if db.startswith(POSTGRES_SCHEMES):
         target = _target(os.fspath(to), ".dump")
+        _check_not_in_use(target)
         size = _pg_dump(db, target, say)
         return BackupResult(target, "postgresql", size, time.monotonic() - started)
     path = _sqlite_path(db)
     target = _target(os.fspath(to), ".db")
     _check_not_live(target, path)
+    _check_not_in_use(target)
     version, events, size = _sqlite_backup(path, target, say)
     return BackupResult(target, "sqlite", size, time.monotonic() - started, version, events)
 
@@ -134,6 +138,26 @@ def _target(to: str, suffix: str) -> Path:
                 "give a new file or a directory"
             )
     return path
+
+
+def _check_not_in_use(target: Path) -> None:
+    """Refuse to replace a database in WAL mode: the --db and --to of a restore swapped into a backup's."""
+    if _in_wal_mode(target):
+        raise BackupError(
+            f"the backup cannot replace {target}: it is a database in use (in WAL mode), not a backup copy, which "
+            "never is; check --db and --to"
+        )
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether ``path`` is a SQLite database in WAL mode (its header's read and write versions are 2): a hub's
+    live database, or another program's, never a copy made by ``backup`` (switched out of WAL mode)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(SQLITE_HEADER_BYTES)
+    except OSError:
+        return False  # a file that cannot be read is left to the copy's own error
+    return len(header) == SQLITE_HEADER_BYTES and header.startswith(SQLITE_MAGIC) and 2 in header[18:20]
 
 
 def _check_not_live(target: Path, source: Path) -> None:

@@ -231,6 +231,31 @@ def test_the_backup_replaces_a_file_only_once_the_new_copy_is_whole(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.db", "hub.db.feed-home", "nightly.db"]
 
 
+def test_a_backup_never_replaces_a_live_database_given_as_its_target(tmp_path: Path) -> None:
+    """Found black-box: with --db and --to swapped (backup --db nightly.db --to hub.db), the backup replaced the
+    served hub.db with the older copy; the hub noticed, saved its own and restarted on the old copy, and a stopped
+    hub's database was simply overwritten. A backup copy is never in WAL mode, a hub database (or another program's
+    in WAL mode) always is: such a target is refused, whether a hub serves it or not."""
+    live = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(live))
+    credential(env, "--location", LOCATION)
+    old = tmp_path / "nightly.db"
+    assert run_hub("backup", "--to", str(old), env=env).returncode == 0
+    credential(env, "--location", "S2")  # the live database moves on from the copy
+    expected = (
+        f"the backup cannot replace {live}: it is a database in use (in WAL mode), not a backup copy, which never "
+        "is; check --db and --to"
+    )
+    with HubProcess(tmp_path / "hub.log", env=env, port=0) as served:
+        _refused(run_hub("backup", "--db", str(old), "--to", str(live)), expected)
+        assert served.proc is not None and served.proc.poll() is None  # still serving its own database
+        assert served.stop() == 0
+    before = live.read_bytes()
+    _refused(run_hub("backup", "--db", str(old), "--to", str(live)), expected)  # a stopped hub's too
+    assert live.read_bytes() == before
+    assert "S2" in run_hub("agent", "list", env=env).stdout
+
+
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
