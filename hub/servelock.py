@@ -69,6 +69,9 @@ def hold_serving_lock(db: str | Path, *, wait_s: float = ACQUIRE_WAIT_S) -> Iter
     process holds it."""
     if Path(db).is_dir():  # checked before a lock is made beside it
         raise StoreError(not_a_file(db))
+    parent = Path(db).parent
+    if not parent.is_dir():  # the lock would make it (filelock makes a lock file's parents), and a hub in it
+        raise StoreError(f"cannot open the hub database {db}: the directory {parent} does not exist")
     path = lock_path(db)
     with hold_os_lock(
         path,

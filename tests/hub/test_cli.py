@@ -230,6 +230,18 @@ async def test_a_directory_given_as_the_database_is_one_sentence(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data"]
 
 
+async def test_serve_in_a_directory_that_does_not_exist_is_refused_not_made(tmp_path: Path) -> None:
+    """Found black-box: serve --db with a mistyped directory made that directory (the lock library makes a lock
+    file's parents) and served a new, empty hub in it, which refused every agent; the other commands said the
+    directory does not exist."""
+    db = tmp_path / "shelfsync-hb" / "hub.db"
+    run = await hub("serve", "--db", str(db), "--port", "0", cwd=tmp_path)
+    assert one_sentence_error(run) == (
+        f"shelfsync-hub: cannot open the hub database {db}: the directory {db.parent} does not exist"
+    )
+    assert not db.parent.exists()
+
+
 async def test_a_lock_that_cannot_be_made_says_why_not_that_another_hub_serves(tmp_path: Path) -> None:
     """/proc takes no new file: the lock cannot be made there, which is no other hub serving."""
     run = await hub("serve", "--db", "/proc/hub.db", "--port", "0", cwd=tmp_path)
