@@ -51,6 +51,7 @@ from hub.storage import open_store, sqlite_file
 from hub.storage.base import ROLES, AgentStatus, DatabaseUnreachable, HubError, InvalidInput
 from hub.storage.credentials import check_agent_id
 from hub.storage.interfaces import CredentialStore
+from hub.storage.sqlite.store import special_file
 from hub.views import iso_ms
 from protocol.entry import (  # shelfsync-hub --version answers before this module loads (hub/entry.py)
     option_before_command,
@@ -309,9 +310,13 @@ def _refuse_empty_file(settings: HubSettings) -> None:
     if path is None:
         return
     try:
+        mode = Path(path).stat().st_mode
         empty = Path(path).stat().st_size == 0 and not Path(f"{path}-wal").exists()
     except FileNotFoundError:
         return  # serve creates it
+    special = special_file(path, mode)
+    if special is not None:
+        raise CliError(special)
     if empty:
         raise CliError(
             f"the hub database {path} is an empty file (0 bytes), not a hub database; if a restore put it there, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import sqlite3
@@ -240,6 +241,20 @@ async def test_serve_in_a_directory_that_does_not_exist_is_refused_not_made(tmp_
         f"shelfsync-hub: cannot open the hub database {db}: the directory {db.parent} does not exist"
     )
     assert not db.parent.exists()
+
+
+async def test_a_device_or_fifo_given_as_the_database_is_one_sentence(tmp_path: Path) -> None:
+    """Found black-box: serve --db /dev/null (or a FIFO) was refused as "an empty file ... if a restore put it
+    there", and init --db /dev/null failed in migration step 1 with "disk I/O error" and "the next start runs the
+    step again"."""
+    fifo = tmp_path / "hub.fifo"
+    os.mkfifo(fifo)
+    for given, kind in (("/dev/null", "a character device"), (str(fifo), "a FIFO")):
+        for command in (("serve", "--port", "0"), ("init",)):
+            run = await hub(*command, "--db", given, cwd=tmp_path)
+            assert one_sentence_error(run) == (
+                f"shelfsync-hub: the hub database {given} is {kind}, not a file; give the hub's database file"
+            ), (given, command)
 
 
 async def test_a_lock_that_cannot_be_made_says_why_not_that_another_hub_serves(tmp_path: Path) -> None:

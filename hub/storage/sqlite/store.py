@@ -166,6 +166,16 @@ def not_a_file(path: str | Path) -> str:
     return f"the hub database {path} is a directory, not a file; give the file in it, such as {Path(path) / 'hub.db'}"
 
 
+SPECIAL_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                 (stat.S_ISSOCK, "a socket"))  # fmt: skip
+
+
+def special_file(path: str | Path, mode: int) -> str | None:
+    """The sentence refusing ``path`` as the hub database when its ``mode`` is a device, a FIFO or a socket."""
+    kind = next((kind for is_kind, kind in SPECIAL_FILES if is_kind(mode)), None)
+    return None if kind is None else f"the hub database {path} is {kind}, not a file; give the hub's database file"
+
+
 def _check_one_name(path: Path) -> None:
     """Refuse a database file with hard links: SQLite names its -wal and -shm after the name it is opened by, so
     processes opening it by two names write two logs of one database and corrupt it."""
@@ -177,6 +187,9 @@ def _check_one_name(path: Path) -> None:
         raise StoreError(f"cannot open the hub database {path}: {err.strerror or err}") from err
     if stat.S_ISDIR(st.st_mode):
         raise StoreError(not_a_file(path))
+    special = special_file(path, st.st_mode)
+    if special is not None:
+        raise StoreError(special)
     links = st.st_nlink
     if links > 1:
         raise StoreError(
