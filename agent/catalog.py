@@ -66,6 +66,7 @@ from agent.hub_loop import (
 from agent.huberrors import error_message
 from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
+from protocol.csvcells import uncell
 from protocol.event import SKU_MAX_LEN
 from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
 from protocol.routes import BUNDLES_PATH, CATALOG_PATH
@@ -303,7 +304,11 @@ def parse_catalog_csv(text: str, source: str = "catalog") -> CatalogLoad:
             continue
         if not any(field.strip() for field in row):
             continue
-        builder.add(line, {name: row[i] if i < len(row) else None for name, i in columns.items()})
+        cells = {name: row[i] if i < len(row) else None for name, i in columns.items()}
+        # a text cell as the hub's CSV export guarded it (protocol.csvcells): '+PEN is the SKU +PEN
+        builder.add(
+            line, {name: uncell(v) if v is not None and name != "pack_size" else v for name, v in cells.items()}
+        )
     return builder.result(source)
 
 

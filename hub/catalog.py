@@ -48,6 +48,7 @@ from hub.storage.checks import catalog_items as check_catalog_items
 from hub.storage.interfaces import CatalogStore, RebookingStore
 from protocol import Kind, ProtocolError, StockEvent, derived_event_id, event_id_hex, values
 from protocol.catalog import is_unknown_sku, unknown_sku
+from protocol.csvcells import uncell
 from protocol.routes import CATALOG_PATH
 
 if TYPE_CHECKING:
@@ -355,8 +356,8 @@ def _columns(header: list[str]) -> list[str]:
 
 def _item(fields: dict[str, str]) -> CatalogItem:
     """One row's item, or ``InvalidInput`` saying what is wrong with it (the store's rule, hub.storage.checks)."""
-    barcode = csvexport.uncell(fields.get("barcode", ""))
-    sku = csvexport.uncell(fields.get("sku", ""))
+    barcode = uncell(fields.get("barcode", ""))
+    sku = uncell(fields.get("sku", ""))
     if EXCEL_NUMBER_RE.fullmatch(barcode):
         raise InvalidInput(
             f"barcode {barcode} is a number a spreadsheet rounded (scientific notation); format the barcode "
@@ -368,7 +369,7 @@ def _item(fields: dict[str, str]) -> CatalogItem:
             f"pack_size must be a whole number of units from 1 to {PACK_SIZE_MAX:,}, got {values.shown(raw_pack, 20)}"
         )
     pack = int(raw_pack) if raw_pack else 1
-    item = CatalogItem(barcode, sku, pack, csvexport.uncell(fields.get("description", "")))
+    item = CatalogItem(barcode, sku, pack, uncell(fields.get("description", "")))
     try:
         check_catalog_items([item])
     except InvalidInput as err:

@@ -50,6 +50,7 @@ from hub.storage import keys
 from hub.storage.base import AgentStatus, CatalogItem, CountRow, ExceptionRow, HubError, LedgerRow, QuarantineRow
 from hub.storage.interfaces import LedgerStore, QuarantineStore, ReportStore
 from protocol import event_id_hex, values
+from protocol.csvcells import guarded
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,6 @@ CSV_MEDIA_TYPE = "text/csv"
 CONTENT_TYPE = "text/csv; charset=utf-8; header=present"
 PAGE_ROWS = 1_000  # rows read from the store per page of a walk (and written per chunk)
 ROWS_MAX = 1_000_000_000  # the largest ``limit`` a CSV answer takes
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-FORMULA_GUARD = "'"
-GUARDED_STARTS = (*FORMULA_STARTS, FORMULA_GUARD)  # a cell starting with the guard itself is guarded too
-# Characters that show nothing and that a reader may drop before it looks for a formula: the byte-order mark and
-# the zero-width ones. A formula start behind them is guarded as one at the cell's start.
-INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"
 FILENAME_PART_RE = re.compile(r"[^A-Za-z0-9._-]+")
 JSON_TYPES = frozenset({"application/json", "application/*"})
 
@@ -117,7 +112,8 @@ def wants_csv(request: web.Request) -> bool:
 
 
 def cell(value: object) -> object:
-    """One value as a CSV cell: numbers as numbers, text guarded against formulas, None empty."""
+    """One value as a CSV cell: numbers as numbers, text guarded against formulas (protocol.csvcells), None
+    empty."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -126,28 +122,7 @@ def cell(value: object) -> object:
         return value
     if isinstance(value, (dict, list)):
         value = views.dumps(value)
-    text = str(value)
-    return FORMULA_GUARD + text if _needs_guard(text) else text
-
-
-def _needs_guard(text: str) -> bool:
-    """Whether ``cell`` guards ``text``: a formula start, and whatever reading it back would change — a
-    leading ``'`` (an import takes that for a guard) and surrounding blanks (an import strips them)."""
-    return (
-        text.startswith(GUARDED_STARTS) or text.lstrip(INVISIBLE).startswith(FORMULA_STARTS) or text != text.strip()
-    )
-
-
-def unguard(text: str) -> str:
-    """A cell as it was before ``cell`` guarded it: what a spreadsheet round trip hands back."""
-    return text[1:] if text.startswith(FORMULA_GUARD) and _needs_guard(text[1:]) else text
-
-
-def uncell(text: str) -> str:
-    """A text cell of an imported file as ``cell`` was given it: a guarded cell exactly (``unguard``), any
-    other without the blanks a hand-edited file puts round a value. ``uncell(cell(s)) == s`` for every string."""
-    unguarded = unguard(text)
-    return unguarded if unguarded is not text else text.strip()
+    return guarded(str(value))
 
 
 def encode(rows: Iterable[Sequence[object]]) -> bytes:

@@ -95,6 +95,26 @@ def test_a_quote_inside_a_quoted_field_is_reported_not_merged(tmp_path: Path) ->
     assert "does not close it where the field ends" in loaded.problems[0].reason
 
 
+def test_the_hubs_csv_export_of_the_catalog_reads_back_as_the_hub_holds_it(tmp_path: Path) -> None:
+    """Found black-box: a store catalog made from the hub's catalog CSV (GET /v1/catalog?format=csv, whose text
+    cells starting with = + - @ carry a leading ' so that no spreadsheet runs them) kept that ': the SKU +PEN was
+    read as '+PEN, another SKU than the hub's, and its scans booked under it."""
+    path = write(
+        tmp_path / "catalog.csv",
+        "barcode,sku,pack_size,description\r\n"
+        f"{EAN13},'+PEN,1,'@SUM(A1)\r\n"  # as the hub writes them
+        f'{UPC_A},\'=cmd|calc,1,"\'=HYPERLINK(""x"")"\r\n'
+        f"{EAN8},'-1,1,'isn't\r\n",  # a ' that guards nothing is the text's own
+    )
+    loaded = load_catalog_file(path)
+    assert {(i.sku, i.description) for i in loaded.catalog} == {
+        ("+PEN", "@SUM(A1)"),
+        ("=cmd|calc", '=HYPERLINK("x")'),
+        ("-1", "'isn't"),
+    }
+    assert loaded.problems == ()
+
+
 def test_json_in_the_hubs_shape_or_as_a_list_reports_bad_items_by_number(tmp_path: Path) -> None:
     path = write(
         tmp_path / "catalog.json",

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from hub import HubStore, csvexport
 from hub.storage.base import AgentIdentity, CatalogItem, StoreError
-from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
+from protocol import Kind, StockEvent, csvcells, new_event_id, pack_hlc, wall_ms_now
 
 DAY_MS = 86_400_000
 NOW_MS = wall_ms_now()
@@ -204,7 +204,7 @@ def test_encode_quotes_by_rfc_4180_and_guards_only_text() -> None:
         "true",
         '{"k":"=v"}',
     ]
-    assert [csvexport.unguard(v) for v in ("'-3", "'=1+1", "'quoted", "'")] == ["-3", "=1+1", "'quoted", "'"]
+    assert [csvcells.unguard(v) for v in ("'-3", "'=1+1", "'quoted", "'")] == ["-3", "=1+1", "'quoted", "'"]
 
 
 # Text biased to what a guard and an import's strip act on: apostrophes, formula starts and blanks at either end.
@@ -220,10 +220,10 @@ TRICKY_TEXT = st.builds(
 @given(TRICKY_TEXT)
 def test_an_imported_cell_is_the_text_the_export_was_given(text: str) -> None:
     guarded = csvexport.cell(text)
-    assert csvexport.uncell(str(guarded)) == text and csvexport.unguard(str(guarded)) == text
-    assert not str(guarded).startswith(csvexport.FORMULA_STARTS)  # never a formula in a spreadsheet
+    assert csvcells.uncell(str(guarded)) == text and csvcells.unguard(str(guarded)) == text
+    assert not str(guarded).startswith(csvcells.FORMULA_STARTS)  # never a formula in a spreadsheet
     # nor behind characters that show nothing (a byte-order mark, zero-width spaces), which a reader may drop
-    assert not str(guarded).lstrip("\ufeff\u200b\u200c\u200d\u2060").startswith(csvexport.FORMULA_STARTS)
+    assert not str(guarded).lstrip("\ufeff\u200b\u200c\u200d\u2060").startswith(csvcells.FORMULA_STARTS)
 
 
 def test_a_formula_behind_an_invisible_character_is_guarded() -> None:
