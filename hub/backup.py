@@ -40,13 +40,12 @@ from hub.servelock import LOCK_SUFFIX
 from hub.storage.base import HubError
 from hub.storage.feed import FEED_HOME_KEY
 from hub.storage.migrations import size_text
+from hub.storage.sqlite import sidefiles
 from hub.storage.sqlite.schema import HOME_TOKEN_SUFFIX
 from hub.storage.sqlite.store import read_only_file_system
 from protocol.oslock import hold_os_lock
 
 SQLITE_SCHEME = "sqlite://"
-SQLITE_MAGIC = b"SQLite format 3\x00"
-SQLITE_HEADER_BYTES = 100
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 STEP_PAGES = 1024  # pages copied per step of the SQLite backup (4 MiB at the default page size)
 BUSY_TIMEOUT_MS = 10_000
@@ -150,14 +149,10 @@ def _check_not_in_use(target: Path) -> None:
 
 
 def _in_wal_mode(path: Path) -> bool:
-    """Whether ``path`` is a SQLite database in WAL mode (its header's read and write versions are 2): a hub's
-    live database, or another program's, never a copy made by ``backup`` (switched out of WAL mode)."""
-    try:
-        with open(path, "rb") as f:
-            header = f.read(SQLITE_HEADER_BYTES)
-    except OSError:
-        return False  # a file that cannot be read is left to the copy's own error
-    return len(header) == SQLITE_HEADER_BYTES and header.startswith(SQLITE_MAGIC) and 2 in header[18:20]
+    """Whether ``path`` is a SQLite database in WAL mode: a hub's live database, or another program's, never a
+    copy made by ``backup`` (switched out of WAL mode)."""
+    header = sidefiles.header(path)  # None: no database, or one that cannot be read (the copy's error says why)
+    return header is not None and header[18:20] == sidefiles.WAL_MODE
 
 
 def _check_not_live(target: Path, source: Path) -> None:
@@ -269,6 +264,13 @@ def remove_orphaned_partials(directory: Path) -> list[Path]:
 
 def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int, int]:
     partial = _partial(target)
+    why = sidefiles.foreign_wal(source)  # as the hub's own open does (hub.storage.sqlite.store)
+    if why is not None:
+        raise BackupError(
+            f"the hub database {source} has a -wal file beside it that was not written for it ({why}); SQLite would "
+            f"copy it into the backup and into the database; move {source.name}-wal and {source.name}-shm aside "
+            f"(mkdir -p replaced && mv {source}-wal {source}-shm replaced/), then back it up"
+        )
     try:
         src = sqlite3.connect(source, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as err:

@@ -256,6 +256,32 @@ def test_a_backup_never_replaces_a_live_database_given_as_its_target(tmp_path: P
     assert "S2" in run_hub("agent", "list", env=env).stdout
 
 
+def test_a_backup_never_reads_a_wal_that_was_not_written_for_its_database(tmp_path: Path) -> None:
+    """Found black-box: a restored copy with the old database's -wal left beside it (the restore's first step
+    forgotten) was refused by serve and the agent commands, but backup --db on it replayed that -wal into the copy
+    and into the restored file itself (SQLite checkpoints at its close): the mix the hub refuses was made for
+    good, and the -wal that told of it was gone."""
+    live = tmp_path / "hub.db"
+    env = hub_env(SHELFSYNC_HUB_DB=str(live))
+    credential(env, "--location", LOCATION)
+    old = tmp_path / "nightly.db"
+    assert run_hub("backup", "--to", str(old), env=env).returncode == 0
+    with HubProcess(tmp_path / "hub.log", env=env, port=0) as served:
+        credential(env, "--location", "S2")  # the running hub's -wal now holds a credential the copy lacks
+        restored = tmp_path / "restored" / "hub.db"
+        restored.parent.mkdir()
+        shutil.copyfile(old, restored)
+        shutil.copyfile(f"{live}-wal", f"{restored}-wal")  # the old database's -wal, as a killed hub left it
+        before = restored.read_bytes()
+        run = run_hub("backup", "--db", str(restored), "--to", str(tmp_path / "copy.db"))
+        _refused(run, f"the hub database {restored} has a -wal file beside it that was not written for it")
+        assert restored.read_bytes() == before and Path(f"{restored}-wal").exists()
+        assert not (tmp_path / "copy.db").exists()
+        live_copy = run_hub("backup", "--db", str(live), "--to", str(tmp_path / "live.db"))  # its own -wal: read
+        assert live_copy.returncode == 0, live_copy.stderr
+        assert served.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
