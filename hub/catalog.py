@@ -47,7 +47,7 @@ from hub.storage.checks import CATALOG_ITEMS_MAX, DESCRIPTION_MAX_LEN, PACK_SIZE
 from hub.storage.checks import catalog_items as check_catalog_items
 from hub.storage.interfaces import CatalogStore, RebookingStore
 from protocol import Kind, ProtocolError, StockEvent, derived_event_id, event_id_hex, values
-from protocol.catalog import is_unknown_sku, unknown_sku
+from protocol.catalog import is_unknown_sku, sku_look, unknown_sku
 from protocol.csvcells import uncell
 from protocol.routes import CATALOG_PATH
 
@@ -222,15 +222,15 @@ async def put_catalog(request: web.Request) -> web.Response:
     barcodes that were unknown."""
     who = identity_of(request)
     _head(request, who)
+    store: RebookingStore = request.app[STORE_KEY]
     if request.content_type in CSV_CONTENT_TYPES:
         try:
-            items = parse_csv(await request.read())
+            items = parse_csv(await request.read(), {item.sku for item in (await store.catalog()).items})
         except CatalogCsvError as err:
             log.info("%s %s sent a catalog CSV the hub refused: %s", who.role, who.agent_id, err.summary)
             return csv_refusal(err)
     else:
         items = parse_items(await _json_body(request))
-    store: RebookingStore = request.app[STORE_KEY]
     update = await store.put_catalog(items)
     rebooked = await rebook(store, items)
     log.info(
@@ -389,9 +389,12 @@ def _unreadable(err: csv.Error) -> str:
     return f"{err}; a field that starts with a double quote must end with one"
 
 
-def parse_csv(data: bytes) -> list[CatalogItem]:
+def parse_csv(data: bytes, known_skus: Collection[str] = ()) -> list[CatalogItem]:
     """The items of a catalog CSV (a header row naming barcode, sku and optionally pack_size, description; comma,
-    semicolon or tab separated), or ``CatalogCsvError`` naming every row that cannot be used, by line."""
+    semicolon or tab separated), or ``CatalogCsvError`` naming every row that cannot be used, by line. A SKU that
+    only looks like another of the file or of ``known_skus`` (the catalog's) is such a row (``protocol.catalog.
+    sku_look``)."""
+    looks: dict[str, tuple[str, str]] = {sku_look(sku): (sku, "the catalog") for sku in known_skus}
     text = _text_of(data)
     first_line = text.split("\n", 1)[0]
     delimiter = next((d for d in (",", ";", "\t") if d in first_line), ",")
@@ -422,6 +425,18 @@ def parse_csv(data: bytes) -> list[CatalogItem]:
             except InvalidInput as err:
                 problems.append(RowProblem(start, str(err)))
                 continue
+            look, spelt = sku_look(item.sku), looks.get(sku_look(item.sku))
+            if spelt is not None and spelt[0] != item.sku:
+                problems.append(
+                    RowProblem(
+                        start,
+                        f"sku {values.shown(item.sku, values.QUOTE_MAX_CHARS)} looks like the SKU {spelt[0]} of "
+                        f"{spelt[1]} but is another (invisible or full-width characters in it); write it as "
+                        f"{spelt[0]}, or as a SKU that looks like no other",
+                    )
+                )
+                continue  # fmt: skip
+            looks.setdefault(look, (item.sku, f"line {start}"))
             held = items.get(item.barcode)
             if held is not None and held[1] != item:
                 problems.append(
@@ -513,8 +528,10 @@ def import_command(args: argparse.Namespace, settings_of: Callable[[], HubSettin
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as error:
         raise CatalogImportError(f"cannot read {name}: {error.strerror or error}") from error
+    # written into the database: its catalog's SKUs are read first (through a hub, the hub checks against them)
+    known = asyncio.run(_catalog_skus(settings_of().db)) if args.hub is None else set()
     try:
-        items = parse_csv(data)
+        items = parse_csv(data, known)
     except CatalogCsvError as error:
         err.write(f"shelfsync-hub catalog import: {name}: {error.summary}, so nothing was imported; fix them and "
                   "run the command again:\n")  # fmt: skip
@@ -563,6 +580,11 @@ def _admin_token(token_file: str | None) -> str:
     if problem:  # it goes into an Authorization header, which cannot hold these; the token itself is never shown
         raise CatalogImportError(f"{source} must hold the admin credential alone on one line; {problem}")
     return token
+
+
+async def _catalog_skus(db: str) -> set[str]:
+    async with open_store(db) as store:
+        return {item.sku for item in (await store.catalog()).items}
 
 
 async def _import_db(db: str, items: list[CatalogItem], progress: Callable[[int], None]) -> ImportResult:

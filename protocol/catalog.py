@@ -15,6 +15,8 @@ defined here, once:
 
 from __future__ import annotations
 
+import unicodedata
+
 from protocol.event import SKU_MAX_LEN
 
 UNKNOWN_SKU_PREFIX = "unknown:"
@@ -50,3 +52,11 @@ def unknown_sku(barcode: str) -> str:
 
 def is_unknown_sku(sku: str) -> bool:
     return sku.startswith(UNKNOWN_SKU_PREFIX)
+
+
+def sku_look(sku: str) -> str:
+    """A SKU as it prints: compatibility forms folded (full-width letters, NFKC) and the invisible format characters
+    (zero-width spaces and joiners, direction marks) dropped. Two SKUs of one look and another spelling are two
+    SKUs no one can tell apart on a screen or a label."""
+    folded = unicodedata.normalize("NFKC", sku)
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")

@@ -110,6 +110,32 @@ async def test_a_bad_file_names_every_bad_row_by_line_and_writes_nothing(
     assert await store.catalog_version() == 0  # all or nothing: the good rows are not half-written
 
 
+async def test_a_sku_that_only_looks_like_another_is_named_by_line_and_nothing_written(
+    client: TestClient[Any, Any], store: HubStore, admin: str
+) -> None:
+    """Found black-box: MUG-01, MUG\u200b-01 (a zero-width space pasted in) and the full-width ＭＵＧ-01 were
+    imported as three SKUs that print alike, each with stock of its own."""
+    await store.put_catalog([CatalogItem(PEN, "PEN-BLUE", 1, "")])
+    body = (
+        "barcode,sku\n"
+        f"{MUG},MUG-01\n"  # line 2
+        "ABC-1,MUG\u200b-01\n"  # line 3: a zero-width space
+        "ABC-2,ＭＵＧ-01\n"  # line 4: full-width letters
+        "ABC-3,\u2060PEN-BLUE\n"  # line 5: the catalog's own SKU behind a word joiner
+        "ABC-4,mug-01\n"  # line 6: another case is another SKU, as ever
+    ).encode()
+    status, answer = await put_csv(client, admin, body)
+    assert status == 400, answer
+    fix = "but is another (invisible or full-width characters in it); write it as"
+    end = "or as a SKU that looks like no other"
+    assert [(p["line"], p["reason"]) for p in answer["problems"]] == [
+        (3, f"sku 'MUG\\u200b-01' looks like the SKU MUG-01 of line 2 {fix} MUG-01, {end}"),
+        (4, f"sku 'ＭＵＧ-01' looks like the SKU MUG-01 of line 2 {fix} MUG-01, {end}"),
+        (5, f"sku '\\u2060PEN-BLUE' looks like the SKU PEN-BLUE of the catalog {fix} PEN-BLUE, {end}"),
+    ]
+    assert await store.catalog_version() == 1
+
+
 @pytest.mark.parametrize(
     ("body", "line", "words"),
     [
@@ -301,3 +327,6 @@ async def test_the_command_writes_into_the_database_directly(tmp_path: Path) -> 
     assert "imported 7 catalog row(s)" in out and "catalog version 1" in out
     async with open_store(db) as store:
         assert len((await store.catalog()).items) == 7
+    (tmp_path / "more.csv").write_text("barcode,sku\nABC-1,\u200bSKU-000001\n", encoding="utf-8")  # checked too
+    code, out, err = await run(str(tmp_path / "more.csv"), "--db", str(db))
+    assert code == 2 and "line 2: sku '\\u200bSKU-000001' looks like the SKU SKU-000001 of the catalog" in err, err
