@@ -347,13 +347,17 @@ def load_catalog_file(path: Path) -> CatalogLoad:
     try:
         if path.stat().st_size > FILE_MAX_BYTES:
             raise CatalogError(f"the catalog file {path} is larger than {FILE_MAX_BYTES >> 20} MiB")
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
     except FileNotFoundError:
         raise CatalogError(f"the catalog file {path} does not exist") from None
     except OSError as err:
         raise CatalogError(f"the catalog file {path} cannot be read ({err.strerror or err})") from err
-    except UnicodeDecodeError as err:
-        raise CatalogError(f"the catalog file {path} is not UTF-8 text (byte {err.start})") from err
+    except UnicodeDecodeError as err:  # Excel's "CSV (Comma delimited)" writes the Windows code page
+        line = data[: err.start].count(b"\n") + 1
+        raise CatalogError(
+            f'the catalog file {path} is not UTF-8 text (line {line}); save it as "CSV UTF-8" (Excel) or UTF-8'
+        ) from err
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)

@@ -149,13 +149,21 @@ def test_json_in_the_hubs_shape_or_as_a_list_reports_bad_items_by_number(tmp_pat
         ("noheader.csv", "code,name\n1,2\n", "has no barcode or sku column"),
         ("bad.json", "{not json", "is not valid JSON"),
         ("shape.json", '{"items": 3}', "must be a list of items"),
+        # Excel's "CSV (Comma delimited)" on Windows writes cp1252: the line, and how to save it
+        (
+            "ansi.csv",
+            b"barcode,sku,description\r\n5901234123457,MUG-01,Caf\xe9\r\n",
+            r"is not UTF-8 text \(line 2\); save it as \"CSV UTF-8\"",
+        ),
     ],
 )
 def test_a_file_that_cannot_be_read_at_all_is_one_clear_error(
-    tmp_path: Path, name: str, text: str | None, message: str
+    tmp_path: Path, name: str, text: str | bytes | None, message: str
 ) -> None:
     path = tmp_path / name
-    if text is not None:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
         write(path, text)
     with pytest.raises(CatalogError, match=message) as caught:
         load_catalog_file(path)
