@@ -82,6 +82,7 @@ RETRY_MAX_S = 300.0
 TIMEOUT_S = 30.0
 FILE_MAX_BYTES = 64 << 20
 ANSWER_MAX_BYTES = 2 * FILE_MAX_BYTES  # the hub's catalog as JSON: generous, but not whatever arrives
+CSV_COLUMNS = ("barcode", "sku", "pack_size", "description")  # what a CSV catalog's header may name (others: ignored)
 PROBLEMS_LOGGED = 5  # problems quoted in a log line; all of them are in CatalogLoad.problems
 AGENTS_PATH = "/v1/agents"  # the hub's credentials, with the locations they are bound to
 BUNDLES_PAGE = 1000  # the hub's largest page of GET /v1/bundles
@@ -285,7 +286,7 @@ def parse_catalog_csv(text: str, source: str = "catalog") -> CatalogLoad:
         raise CatalogError(
             f"the catalog {source} has no {' or '.join(missing)} column; its header is {', '.join(header)[:120]!r}"
         )
-    columns = {name: header.index(name) for name in ("barcode", "sku", "pack_size", "description") if name in header}
+    columns = {name: header.index(name) for name in CSV_COLUMNS if name in header}
     builder = _Builder("line")
     start = 0  # the physical lines before the reader's first
     while True:
@@ -304,12 +305,26 @@ def parse_catalog_csv(text: str, source: str = "catalog") -> CatalogLoad:
             continue
         if not any(field.strip() for field in row):
             continue
+        again = _header_again(row)
+        if again is not None:  # files joined (cat a.csv b.csv): the rows after it are in its columns
+            columns = again
+            continue
         cells = {name: row[i] if i < len(row) else None for name, i in columns.items()}
         # a text cell as the hub's CSV export guarded it (protocol.csvcells): '+PEN is the SKU +PEN
         builder.add(
             line, {name: uncell(v) if v is not None and name != "pack_size" else v for name, v in cells.items()}
         )
     return builder.result(source)
+
+
+def _header_again(row: list[str]) -> dict[str, int] | None:
+    """The columns a header row met after the first one names (its cells all column names, barcode and sku among
+    them, none twice), or None for a row of data."""
+    named = [cell.strip().lstrip("\ufeff").strip().lower().replace(" ", "_") for cell in row]
+    cells = [name for name in named if name]
+    if not set(cells) <= set(CSV_COLUMNS) or len(set(cells)) != len(cells) or not {"barcode", "sku"} <= set(cells):
+        return None
+    return {name: named.index(name) for name in CSV_COLUMNS if name in named}
 
 
 def _unreadable_row(err: csv.Error) -> str:

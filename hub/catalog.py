@@ -354,6 +354,16 @@ def _columns(header: list[str]) -> list[str]:
     return columns
 
 
+def _header_again(row: list[str]) -> list[str] | None:
+    """The columns a header row met after the first one names (its cells all column names, barcode and sku among
+    them, none twice), or None for a row of data."""
+    named = [COLUMN_NAMES.get(re.sub(r"\s+", "_", c.strip().lstrip("\ufeff").strip().lower())) for c in row]
+    cells = [n for n, c in zip(named, row, strict=True) if c.strip()]
+    if None in cells or len(set(cells)) != len(cells) or not {"barcode", "sku"} <= set(cells):
+        return None
+    return [n or "" for n in named]
+
+
 def _item(fields: dict[str, str]) -> CatalogItem:
     """One row's item, or ``InvalidInput`` saying what is wrong with it (the store's rule, hub.storage.checks)."""
     barcode = uncell(fields.get("barcode", ""))
@@ -410,6 +420,10 @@ def parse_csv(data: bytes, known_skus: Collection[str] = ()) -> list[CatalogItem
                 continue
             if columns is None:
                 columns = _columns(row)
+                continue
+            again = _header_again(row)
+            if again is not None:  # files joined (cat a.csv b.csv): the rows after it are in its columns
+                columns = again
                 continue
             if len(row) > len(columns):
                 problems.append(

@@ -87,6 +87,17 @@ def test_a_quote_never_closed_costs_its_own_row_only_and_is_reported_by_line(tmp
     assert [(p.line, p.reason) for p in loaded.problems] == [(4, why), (6, why)]
 
 
+def test_a_header_row_again_is_no_item_and_names_the_columns_of_the_rows_after_it(tmp_path: Path) -> None:
+    """Found black-box: two files joined made the second header an item, barcode "barcode" of SKU "sku"."""
+    path = write(
+        tmp_path / "catalog.csv",
+        f"barcode,sku\n{EAN13},MUG-01\n\ufeffBarcode, SKU\n{EAN8},PEN-1\nsku,pack_size,barcode\nCASE-1,12,{CASE}\n",
+    )
+    loaded = load_catalog_file(path)
+    assert {(i.sku, i.pack_size) for i in loaded.catalog} == {("MUG-01", 1), ("PEN-1", 1), ("CASE-1", 12)}
+    assert loaded.problems == ()
+
+
 def test_a_quote_inside_a_quoted_field_is_reported_not_merged(tmp_path: Path) -> None:
     path = write(tmp_path / "catalog.csv", f'barcode,sku,description\n{EAN13},MUG-01,"Mug" blue\n{UPC_A},SOAP-1,Soap\n')
     loaded = load_catalog_file(path)

@@ -136,6 +136,20 @@ async def test_a_sku_that_only_looks_like_another_is_named_by_line_and_nothing_w
     assert await store.catalog_version() == 1
 
 
+async def test_a_header_row_again_is_no_item_and_names_the_columns_of_the_rows_after_it(
+    client: TestClient[Any, Any], store: HubStore, admin: str
+) -> None:
+    """Found black-box: two files joined (cat a.csv b.csv) imported the second one's header as an item, barcode
+    "barcode" of SKU "sku"; and a second file with its columns in another order would have been read in the
+    first one's."""
+    joined = f"barcode,sku\n{PEN},PEN\n\ufeffBarcode, SKU\nABC-1,TOTE\nsku,barcode\nMUG,ABC-2\n".encode()
+    status, answer = await put_csv(client, admin, joined)
+    assert status == 200, answer
+    assert {(i.barcode, i.sku) for i in (await store.catalog()).items} == {
+        (PEN, "PEN"), ("ABC-1", "TOTE"), ("ABC-2", "MUG")
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("body", "line", "words"),
     [
