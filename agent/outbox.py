@@ -279,6 +279,29 @@ NEVER_RESENT = {
 }
 
 
+def _refuse_other_database(path: Path) -> None:
+    """Raise OutboxError when ``path`` is a SQLite database that is not in WAL mode, as an outbox always is, without
+    writing to it: opening it to use it would switch it to WAL first, changing another program's database (a hub's
+    backup handed to ``outbox send``) before refusing it. A database in WAL mode is not changed by the opening (which
+    refuses it if it is no outbox); a file that is no SQLite database is left to the opening, which says why."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(100)
+    except OSError:
+        return  # the opening says why it cannot be read
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00") or header[18] == 2:  # 2: WAL
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.Error as err:
+        tables = [f"nothing this agent can read: {err}"]
+    raise OutboxError(
+        f"{path} is not a shelfsync outbox: an outbox is a SQLite database in WAL mode, and this one is not "
+        f"(it holds {', '.join(tables) or 'no table'}); it was left as it was"
+    )
+
+
 def _meta(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return default if row is None else row[0]
@@ -364,6 +387,8 @@ class Outbox(SqliteFile):
             # Leftovers of a deleted file must not be replayed into the new one.
             for stale in ("-wal", "-shm", "-journal"):
                 path.with_name(path.name + stale).unlink(missing_ok=True)
+        elif not create:
+            await asyncio.to_thread(_refuse_other_database, path)
         try:
             db = SqliteThread(path, synchronous)
         except ValueError as err:

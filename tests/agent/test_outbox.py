@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -295,6 +296,25 @@ async def test_open_refuses_another_agents_file_a_missing_file_and_a_non_outbox(
         await Outbox.open(tmp_path / "x.sqlite3", agent_id=AGENT, location=LOC, synchronous="off")
     with pytest.raises(OutboxError, match="location"):
         await Outbox.open(tmp_path / "y.sqlite3", agent_id=AGENT, location="bad location")
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+async def test_opening_another_programs_database_only_to_read_it_changes_nothing_in_it(
+    tmp_path: Path, journal: str
+) -> None:
+    """``create=False`` (``outbox send FILE``, ``status``) changes nothing in the file it opens: a hub's backup handed
+    to ``outbox send`` by mistake was switched to WAL before it was refused, and a backup in WAL mode is then taken
+    for a live database (a hub refuses to back up over it). It is refused now, its bytes and mode as they were."""
+    other = tmp_path / "hub-backup.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute(f"PRAGMA journal_mode = {journal}")
+        conn.execute("CREATE TABLE events (event_id BLOB PRIMARY KEY)")
+        conn.commit()
+    before = other.read_bytes()
+    with pytest.raises(OutboxError, match=f"{other} is not a (usable )?shelfsync outbox"):
+        await Outbox.open(other, agent_id=None, location=None, create=False)
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub-backup.db"]  # nothing left beside it
 
 
 async def test_synchronous_normal_is_accepted(tmp_path: Path) -> None:
