@@ -231,6 +231,10 @@ async def put_catalog(request: web.Request) -> web.Response:
             return csv_refusal(err)
     else:
         items = parse_items(await _json_body(request))
+        looks = LookAlikes({item.sku for item in (await store.catalog()).items})
+        for i, item in enumerate(items):
+            if (alike := looks.problem(item.sku, f"items[{i}]")) is not None:
+                raise InvalidInput(f"items[{i}]: {alike}; nothing was written")
     update = await store.put_catalog(items)
     rebooked = await rebook(store, items)
     log.info(
@@ -399,12 +403,32 @@ def _unreadable(err: csv.Error) -> str:
     return f"{err}; a field that starts with a double quote must end with one"
 
 
+class LookAlikes:
+    """The SKUs met so far by their look (``protocol.catalog.sku_look``): a SKU that looks like one of them and is
+    spelt otherwise is another SKU nobody can tell apart on a screen or a label."""
+
+    def __init__(self, known_skus: Collection[str]) -> None:
+        self._looks: dict[str, tuple[str, str]] = {sku_look(sku): (sku, "the catalog") for sku in known_skus}
+
+    def problem(self, sku: str, where: str) -> str | None:
+        """The sentence refusing ``sku`` (met at ``where``) when it looks like another SKU met before; else None,
+        and it is met."""
+        spelt = self._looks.setdefault(sku_look(sku), (sku, where))
+        if spelt[0] == sku:
+            return None
+        return (
+            f"sku {values.shown(sku, values.QUOTE_MAX_CHARS)} looks like the SKU {spelt[0]} of {spelt[1]} but is "
+            f"another (invisible or full-width characters in it); write it as {spelt[0]}, or as a SKU that looks "
+            "like no other"
+        )
+
+
 def parse_csv(data: bytes, known_skus: Collection[str] = ()) -> list[CatalogItem]:
     """The items of a catalog CSV (a header row naming barcode, sku and optionally pack_size, description; comma,
     semicolon or tab separated), or ``CatalogCsvError`` naming every row that cannot be used, by line. A SKU that
     only looks like another of the file or of ``known_skus`` (the catalog's) is such a row (``protocol.catalog.
     sku_look``)."""
-    looks: dict[str, tuple[str, str]] = {sku_look(sku): (sku, "the catalog") for sku in known_skus}
+    looks = LookAlikes(known_skus)
     text = _text_of(data)
     first_line = text.split("\n", 1)[0]
     delimiter = next((d for d in (",", ";", "\t") if d in first_line), ",")
@@ -439,18 +463,9 @@ def parse_csv(data: bytes, known_skus: Collection[str] = ()) -> list[CatalogItem
             except InvalidInput as err:
                 problems.append(RowProblem(start, str(err)))
                 continue
-            look, spelt = sku_look(item.sku), looks.get(sku_look(item.sku))
-            if spelt is not None and spelt[0] != item.sku:
-                problems.append(
-                    RowProblem(
-                        start,
-                        f"sku {values.shown(item.sku, values.QUOTE_MAX_CHARS)} looks like the SKU {spelt[0]} of "
-                        f"{spelt[1]} but is another (invisible or full-width characters in it); write it as "
-                        f"{spelt[0]}, or as a SKU that looks like no other",
-                    )
-                )
-                continue  # fmt: skip
-            looks.setdefault(look, (item.sku, f"line {start}"))
+            if (alike := looks.problem(item.sku, f"line {start}")) is not None:
+                problems.append(RowProblem(start, alike))
+                continue
             held = items.get(item.barcode)
             if held is not None and held[1] != item:
                 problems.append(

@@ -136,6 +136,29 @@ async def test_a_sku_that_only_looks_like_another_is_named_by_line_and_nothing_w
     assert await store.catalog_version() == 1
 
 
+async def test_a_json_catalog_with_a_sku_that_only_looks_like_another_is_refused_and_nothing_written(
+    client: TestClient[Any, Any], store: HubStore, admin: str
+) -> None:
+    """The same look-alikes in a JSON body (what ``catalog import --hub`` sends, in chunks) were written: the CSV's
+    check was the file's only. Refused now, naming the item, against the catalog and the body's earlier items."""
+    await store.put_catalog([CatalogItem(PEN, "PEN-BLUE", 1, "")])
+    headers = {"Authorization": f"Bearer {admin}"}
+    fix = "but is another (invisible or full-width characters in it); write it as"
+    for items, problem in [
+        ([{"barcode": "ABC-3", "sku": "\u2060PEN-BLUE"}],
+         f"items[0]: sku '\\u2060PEN-BLUE' looks like the SKU PEN-BLUE of the catalog {fix} PEN-BLUE"),
+        ([{"barcode": MUG, "sku": "MUG-01"}, {"barcode": "ABC-2", "sku": "ＭＵＧ-01"}],
+         f"items[1]: sku 'ＭＵＧ-01' looks like the SKU MUG-01 of items[0] {fix} MUG-01"),
+    ]:  # fmt: skip
+        async with client.put("/v1/catalog", json={"items": items}, headers=headers) as resp:
+            assert resp.status == 400
+            assert problem in (await resp.json())["detail"]
+    other_case = {"items": [{"barcode": "ABC-4", "sku": "mug-01"}]}
+    async with client.put("/v1/catalog", json=other_case, headers=headers) as resp:
+        assert resp.status == 200  # another case is another SKU, as ever
+    assert {i.sku for i in (await store.catalog()).items} == {"PEN-BLUE", "mug-01"}
+
+
 async def test_a_header_row_again_is_no_item_and_names_the_columns_of_the_rows_after_it(
     client: TestClient[Any, Any], store: HubStore, admin: str
 ) -> None:
