@@ -7,8 +7,15 @@ answering, the replicator could not open a socket to the hub (nothing synced), a
 per failed accept (228,000 log lines in seconds). Here, below the application:
 
 - at most ``connections_max`` connections are open (``CONNECTIONS_MAX``, at most a quarter of the open-file
-  limit); when that many are, the one idle the longest is closed to make room, and when every one is busy
-  the new one is answered ``503`` and closed;
+  limit); when that many are, the one idle the longest gives way to the new one, and when every one is busy the
+  new one is refused. Either is answered ``503`` with ``Retry-After: 1`` and ``Connection: close``, also one idle
+  between two requests of a keep-alive handheld: closed without a word, the next request its handheld was sending
+  just then (a scan: a POST, which no browser sends again by itself) was cut off by an end of file or a reset;
+- a connection so answered is not closed at once: with its client's request unread, the kernel answered it with a
+  reset, and a handheld that sends its whole request before it reads failed on that and never read the ``503``.
+  It takes and drops what its client sends until the client closes, ``REFUSED_LINGER_S`` at most; at most
+  ``REFUSED_LINGER_MAX`` linger at once, and past that the one that has lingered the longest closes (its client had
+  the most time to read its answer) to make room for the new one;
 - a connection that sends nothing for ``KEEPALIVE_TIMEOUT_S`` is closed (aiohttp's default is an hour);
 - after the answer to a request whose body was not read whole (a ``408`` for a body trickled past
   ``app.BODY_TIMEOUT_S``, a ``401`` before any reading), the rest of that body is read for at most
@@ -21,9 +28,10 @@ per failed accept (228,000 log lines in seconds). Here, below the application:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -39,6 +47,10 @@ log = logging.getLogger(__name__)
 KEEPALIVE_TIMEOUT_S = 30.0  # a connection silent this long is closed, whether it ever sent a request or not
 LINGER_S = 1.0  # the rest of a body left unread by an answer is drained at most this long, then the connection closed
 CONNECTIONS_MAX = 256  # a store's handhelds and back-office screens, with room to spare
+REFUSED_LINGER_S = 1.0  # a connection answered 503 drops what its client sends this long at most, then closes
+REFUSED_LINGER_MAX = 64  # refused connections lingering at once (their files come out of the agent's); past it, the
+# one that has lingered the longest closes. The same bounds as the hub's (hub.limits), kept as a small copy: the
+# two guards share the idea, not their handlers, and the agent must not import the hub.
 FD_SHARE = 4  # the local API holds at most a quarter of the open-file limit: the outbox and the hub need the rest
 MALFORMED_ANSWER = "the request is not valid HTTP/1.1; fix the device or program that sent it"
 BUSY_ANSWER = "the local API is serving as many devices as it can; try again in a moment"
@@ -71,8 +83,15 @@ class Guard:
     def __init__(self, limit: int | None = None) -> None:
         self.limit = connections_max() if limit is None else limit
         self._open: dict[GuardedHandler, None] = {}  # least recently active first
+        # refused connections dropping what their client sends before they close; the oldest first
+        self._lingering: dict[GuardedHandler, None] = {}
         self.malformed = RepeatLog(log, "Local API refused", "malformed HTTP request")
-        self.evicted = RepeatLog(log, "Local API closed", "idle connection")
+        self.evicted = RepeatLog(log, "Local API answered 503 and closed", "idle connection")
+        self.linger_cut = RepeatLog(
+            log,
+            "Local API closed",
+            "refused connection before its client did|refused connections before their clients did",
+        )
         self.busy = RepeatLog(log, "Local API refused", "connection")
         self.accept_failed = RepeatLog(log, "Local API could not accept", "connection")
         self._previous: Any = None
@@ -81,6 +100,10 @@ class Guard:
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    @property
+    def lingering(self) -> int:
+        return len(self._lingering)
 
     def opened(self, handler: GuardedHandler) -> bool:
         """Room for ``handler`` (closing the connection idle the longest if need be), or False: refuse it."""
@@ -91,7 +114,7 @@ class Guard:
                 return False
             self.evicted.record(victim.peer, f"to make room for a new one (at most {self.limit} open)")
             self.closed(victim)
-            victim.force_close()
+            victim.refuse()  # its handheld may be sending its next request now: it reads the 503, not a reset
         self._open[handler] = None
         return True
 
@@ -101,6 +124,20 @@ class Guard:
 
     def closed(self, handler: GuardedHandler) -> None:
         self._open.pop(handler, None)
+
+    def linger(self, handler: GuardedHandler) -> None:
+        """A refused connection waits for its client to close; if ``REFUSED_LINGER_MAX`` already do, the one that
+        has waited the longest closes now (its client had the most time to read its answer). At a low open-file
+        limit, no more linger than ``connections_max``."""
+        most = min(REFUSED_LINGER_MAX, self.limit)
+        if len(self._lingering) >= most:
+            oldest = next(iter(self._lingering))
+            self.linger_cut.record(oldest.peer, f"to keep at most {most} waiting for theirs")
+            oldest.end_linger()
+        self._lingering[handler] = None
+
+    def unlinger(self, handler: GuardedHandler) -> None:
+        self._lingering.pop(handler, None)
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Count accepts that fail for want of file descriptors on ``loop`` instead of a traceback each."""
@@ -122,7 +159,7 @@ class Guard:
             loop.default_exception_handler(context)
 
     def flush(self) -> None:
-        for tally in (self.malformed, self.evicted, self.busy, self.accept_failed):
+        for tally in (self.malformed, self.evicted, self.linger_cut, self.busy, self.accept_failed):
             tally.flush()
 
 
@@ -139,6 +176,7 @@ class GuardedHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._guard = guard
         self.peer = "an unknown address"
+        self._linger_timer: asyncio.TimerHandle | None = None  # set while it lingers, refused
 
     @property
     def idle(self) -> bool:
@@ -147,25 +185,52 @@ class GuardedHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else self.peer
-        if not self._guard.opened(self):
-            body = error_response(503, "unavailable", BUSY_ANSWER).text or ""
-            raw = body.encode()
-            head = (
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-                f"Content-Length: {len(raw)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-            )
-            try:
-                cast(asyncio.Transport, transport).write(head.encode("ascii") + raw)
-            finally:
-                transport.close()
-            return
         super().connection_made(transport)
+        if not self._guard.opened(self):
+            self.refuse()
+
+    def refuse(self) -> None:
+        """Answer ``503`` with ``Retry-After`` and ``Connection: close`` (refused, or giving way to a new connection)
+        and close, lingering: a request its handheld sends before it sees the close reads this answer."""
+        body = (error_response(503, "unavailable", BUSY_ANSWER).text or "").encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        self._guard.closed(self)
+        transport = self.transport
+        if transport is None or self._linger_timer is not None:
+            return
+        try:
+            transport.write(head.encode("ascii") + body)
+        except (OSError, RuntimeError):  # the peer is gone already
+            self.force_close()
+            return
+        self._guard.linger(self)
+        self._linger_timer = self._loop.call_later(REFUSED_LINGER_S, self.end_linger)
+        if transport.can_write_eof():  # the answer is whole: the client reads its end after it
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
+
+    def end_linger(self) -> None:
+        """Close a refused connection that has lingered long enough."""
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._guard.unlinger(self)
+        self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+            self._guard.unlinger(self)
         self._guard.closed(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:  # refused: what the client sends is dropped unread
+            return
         self._guard.active(self)
         super().data_received(data)
 
