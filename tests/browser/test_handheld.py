@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from playwright.async_api import BrowserContext, Page, Route, expect
 
 from agent.catalog import Catalog, make_item
-from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
+from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, guard, hash_pin
 from agent.outbox import Movement, Outbox
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from protocol import Kind, Rejection
@@ -480,6 +481,42 @@ async def test_scans_the_agent_does_not_answer_for_a_while_wait_and_are_all_adde
     await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
     assert len(await agent.sessions.store.lines(session.id)) == 3
     assert [e for e in script_errors(console_errors) if "ERR_INTERNET_DISCONNECTED" not in e] == []
+
+
+async def test_a_scan_the_agent_turns_away_busy_is_sent_again_after_its_retry_after_and_added(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """At its limit of connections the agent answers 503 with Retry-After (agent.localapi.guard), also to a scan
+    arriving on a keep-alive connection that gives way. The page showed that as an error ("The local API is serving
+    as many devices as it can") and dropped the scan: one apple in the session, two on the pallet. It now waits the
+    seconds the agent says and sends the same scan again (its scan_id) until it is added, the scans behind in order."""
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", "DN-BUSY")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    [session] = await agent.sessions.list()
+    refused: list[int] = []
+
+    async def agent_busy_a_while(route: Route) -> None:
+        if len(refused) < 3:  # enough tries for the page to say the scans wait
+            refused.append(1)
+            body = json.dumps({"error": {"code": "unavailable", "message": guard.BUSY_ANSWER}})
+            await route.fulfill(
+                status=503, headers={"Retry-After": "1", "Connection": "close"}, content_type="application/json",
+                body=body,
+            )  # fmt: skip
+            return
+        await route.continue_()
+
+    await page.route("**/scans", agent_busy_a_while)
+    for _ in range(2):
+        await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_contain_text("The agent is busy; 2 scans are waiting")
+    await expect(page.locator("#total-units")).to_have_text("2 units", timeout=30_000)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
+    assert len(await agent.sessions.store.lines(session.id)) == 2
+    assert [e for e in script_errors(console_errors) if "status of 503" not in e] == []
 
 
 async def test_scans_made_while_the_agent_restarts_are_all_added_once_signed_in_again(

@@ -40,10 +40,11 @@
 
   // --- HTTP ---------------------------------------------------------------------------
   class ApiError extends Error {
-    constructor(status, message, code) {
+    constructor(status, message, code, retryAfterS) {
       super(message);
       this.status = status;
       this.code = code || null;
+      this.retryAfterS = retryAfterS === undefined ? null : retryAfterS;  // seconds, when the agent said when to come back
     }
   }
 
@@ -70,9 +71,16 @@
       if (response.status === 401 && path !== "/api/v1/login") {
         showSignin();
       }
-      throw new ApiError(response.status, sentence(message), data && data.error ? data.error.code : null);
+      throw new ApiError(response.status, sentence(message), data && data.error ? data.error.code : null,
+        retryAfter(response.headers.get("Retry-After")));
     }
     return data;
+  }
+
+  // A Retry-After of seconds (the agent sends no dates), or null.
+  function retryAfter(value) {
+    if (value === null || !/^\s*\d+\s*$/.test(value)) return null;
+    return Number(value);
   }
 
   function sentence(text) {
@@ -503,18 +511,23 @@
 
   // A scan the agent does not answer (the Wi-Fi dropped, the agent restarting) is sent again, with its scan_id, until
   // it answers: given up after a few tries, it was dropped, and the next scan's "Added" hid that it ever failed.
-  // The scans behind it wait in order; the page says how many, and asks before it is closed or reloaded.
+  // So is a scan the agent turns away with 503 and Retry-After (it serves as many devices as it can), after the
+  // seconds it says: shown as an error, the scan was lost. The scans behind it wait in order; the page says how many,
+  // and asks before it is closed or reloaded.
   async function postScan(sessionId, body) {
     for (let attempt = 1; ; attempt++) {
       try {
         return await api("POST", "/api/v1/sessions/" + sessionId + "/scans", body);
       } catch (err) {
-        if (err.status !== 0) throw err;
+        const busy = err.status === 503 && err.retryAfterS !== null;
+        if (err.status !== 0 && !busy) throw err;
         if (attempt >= 3) {
-          message($("scan-msg"), "The agent does not answer; " + state.pending + (state.pending === 1 ? " scan is" : " scans are") +
-            " waiting and sent as soon as it does (do not scan them again).", "warn");
+          const waiting = state.pending + (state.pending === 1 ? " scan is" : " scans are");
+          message($("scan-msg"), (busy ? "The agent is busy; " : "The agent does not answer; ") + waiting +
+            " waiting and sent as soon as it " + (busy ? "has room" : "does") + " (do not scan them again).", "warn");
         }
-        await new Promise((resolve) => setTimeout(resolve, Math.min(500 * attempt, 5000)));
+        const waitMs = busy ? Math.min(Math.max(err.retryAfterS, 1) * 1000, 30000) : Math.min(500 * attempt, 5000);
+        await new Promise((resolve) => setTimeout(resolve, waitMs));
       }
     }
   }
