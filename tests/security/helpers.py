@@ -15,7 +15,9 @@ from hub.auth import PUBLIC_ROUTES_KEY
 from protocol import Kind, StockEvent, SyncRequest, encode_sync_request, new_event_id, pack_hlc, wall_ms_now
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-PLACEHOLDERS = {"location": "S001", "sku": "SKU-1", "name": "hook", "id": "x", "quarantine_id": "1"}
+PLACEHOLDERS = {
+    "location": "S001", "sku": "SKU-1", "name": "hook", "id": "x", "quarantine_id": "1", "order_id": "ORDER-1",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
