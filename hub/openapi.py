@@ -1371,7 +1371,7 @@ def _schemas() -> dict[str, JSON]:
         "InvalidSyncEvents": _with_rejected(array(obj({"index": integer(0), "event_id": nullable(uuid_text),
                                                        "seq": nullable(integer()), "reason": string()},
                                                       ["index", "event_id", "seq", "reason"]))),
-        "ChannelWebhookAnswer": obj({"status": known(["applied", "duplicate", "ignored"]), "applied": integer(0),
+        "ChannelWebhookAnswer": obj({"status": known(["applied", "duplicate", "ignored", "dismissed"]), "applied": integer(0),
                                      "duplicates": integer(0), "rejected": integer(0)}, ["status"]),
         # --- msgpack
         "SyncEvent": obj({

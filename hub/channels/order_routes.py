@@ -168,6 +168,8 @@ class OrderWebhooks:
                     return web.json_response({"status": "ignored"})
                 ctx, translation = translated
                 order_id = translation.order_id
+                if await self._dismissed(spec, order_id, what):
+                    return web.json_response({"status": "dismissed"})
                 translation = await self._on_reserved_skus(spec, ctx, translation)
                 events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms)
             except OrderRefused as err:
@@ -313,6 +315,25 @@ class OrderWebhooks:
                 "channel %s: the refusal of Square order %s could not be stored (%s); its register sales are taken "
                 "off the counts pushed while they are read", spec.name, order_id, err,
             )  # fmt: skip
+
+    async def _dismissed(self, spec: ChannelSpec, order_id: str | None, what: str) -> bool:
+        """A Square order refused before, whose sale staff booked by hand and an admin dismissed, is not booked by
+        a later delivery that could apply it (the item mapped meanwhile): the sale would be booked twice. True then
+        (Square is answered, so it stops retrying). A store that cannot say is a 503: Square retries later."""
+        if spec.kind != "square" or order_id is None or self._state is None:
+            return False
+        try:
+            refused = await self._state.refused_order(spec.name, order_id)
+        except StoreError as err:
+            raise Unavailable(f"whether Square order {order_id} was dismissed cannot be read now ({err})") from err
+        if refused is None or refused.dismissed_at_ms is None:
+            return False
+        log.info(
+            "channel %s: %s of order %s came after the order was dismissed by %s at %s (its sale booked by hand); it "
+            "is not booked, and Square is answered so it stops retrying",
+            spec.name, what, order_id, refused.dismissed_by, views.iso_ms(refused.dismissed_at_ms),
+        )  # fmt: skip
+        return True
 
     async def _order_accepted(self, spec: ChannelSpec, order_id: str | None) -> None:
         """A Square order refused before and applied now (Square's retry once the cause was fixed) is no longer

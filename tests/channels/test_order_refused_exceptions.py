@@ -223,3 +223,69 @@ async def test_a_refused_square_order_booked_by_hand_is_dismissed_by_an_admin_an
             assert await listed() == [], "dismissed stays dismissed"
     said = [r.getMessage() for r in caplog.records if "dismissed" in r.getMessage()]
     assert said and said[0].startswith(f"channel pos: Square order {order['id']}, refused at "), said
+
+
+async def test_a_dismissed_square_order_is_not_booked_again_when_squares_retry_could_apply_it(
+    hub_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Staff booked a refused order's sale by hand and an admin dismissed it; then the item was mapped and Square's
+    retry of the same notification applied the order: its sale was booked a second time (the hub's level two units
+    down for one sold). A dismissed order is answered now (200, so Square stops retrying) and not booked, with one
+    log line saying who dismissed it and when."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    async with SquareOrdersEmulator() as square:
+        s1 = square.add_location()
+        a = square.add_variation("SKU-A")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        hook = f"{url}/v1/channels/pos/webhooks"
+        specs = parse_channels(
+            [{"name": "pos", "kind": "square", "url": square.url, "secret_env": "SQ_TOKEN",
+              "webhook_secret_env": "SQ_HOOK", "notification_url": hook, "pool": {"S1": s1}}],
+            environ={"SQ_TOKEN": square.token, "SQ_HOOK": square.signature_key},
+        )  # fmt: skip
+        async with (
+            hub_in_process(hub_db, port=port, channels=specs) as served,
+            open_channel_state(hub_db) as state,
+            aiohttp.ClientSession(trust_env=False) as session,
+        ):
+
+            async def mapped() -> bool:
+                return await state.mapping("pos") is not None
+
+            await wait_until(mapped, "the pos channel's SKU mapping is loaded")
+            _, admin = await served.store.add_agent([], role="admin")
+
+            async def call(method: str, path: str) -> tuple[int, str]:
+                async with session.request(method, url + path, headers={"Authorization": f"Bearer {admin}"},
+                                           timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+                    return resp.status, await resp.text()
+
+            unmapped = square.add_variation("SKU-NEW")
+            order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
+            notice = square.notification("order.updated", order["id"])
+            status, answer = await square.deliver(hook, notice)
+            assert status == 422, answer
+            status, text = await call("POST", f"/v1/channels/pos/orders/{order['id']}/dismiss")  # booked by hand
+            assert status == 200, text
+            dismissed = json.loads(text)["order"]
+
+            status, text = await call("POST", "/v1/channels/pos/mapping/refresh")  # SKU-NEW mapped meanwhile
+            assert status == 200, text
+            status, answer = await square.deliver(hook, notice)  # Square's retry, which could apply now
+            assert status == 200 and answer["status"] == "dismissed", answer
+            assert await state.orders_booked(["pos"], [order["id"]]) == set(), "booked a second time"
+            status, text = await call("GET", "/v1/ledger?sku=SKU-A")
+            assert status == 200 and json.loads(text)["events"] == [], text
+            # still dismissed, still refused for the pusher, still off the list
+            after = await state.refused_order("pos", order["id"])
+            assert after is not None and after.dismissed_by == dismissed["dismissed_by"], after
+            status, text = await call("GET", f"/v1/exceptions?kind={KIND}")
+            assert status == 200 and json.loads(text)["exceptions"] == [], text
+    said = [r.getMessage() for r in caplog.records if "is not booked" in r.getMessage()]
+    expected = (
+        f"channel pos: Square event order.updated of order {order['id']} came after the order was dismissed by "
+        f"{dismissed['dismissed_by']} at {dismissed['dismissed_at']} (its sale booked by hand); it is not booked, "
+        "and Square is answered so it stops retrying"
+    )
+    assert said == [expected], said
