@@ -2,8 +2,9 @@
 // Reads the hub's JSON API with the session cookie and follows the change feed
 // (server-sent events) so counts update live. Every value from the hub is put
 // into the page as text (never as HTML). The session cookie only reads; the one
-// write it offers (mapping an unknown barcode) is sent with an admin credential
-// the person pastes, held in this tab's memory only.
+// writes it offers (mapping an unknown barcode, dismissing a refused channel
+// order) are sent with an admin credential the person pastes, held in this
+// tab's memory only.
 //
 // Pages: PAGES (near the end) lists the navigation's tabs in order. To add a page,
 // write its render function (returning the page's elements) and add one entry.
@@ -825,22 +826,30 @@
     const rows = shown.map((e) => {
       const [label, tone] = EXCEPTION_KINDS[e.kind] || [e.kind, "plain"];
       const barcode = e.kind === "unknown_barcode" && e.data ? e.data.barcode : null;
-      return h("tr", { dataset: barcode ? { barcode } : {} },
+      const order = e.kind === "channel_order_refused" && e.data && e.data.order_id ? e.data : null;
+      return h("tr", { dataset: barcode ? { barcode } : order ? { order: order.order_id } : {} },
         h("td", { class: "nowrap" }, pill(label, tone), barcode ? h("div", { class: "row-action" },
           h("button", { type: "button", class: "button-secondary map-button", title: "map this barcode to a SKU",
-            onclick: () => openMapDialog(e) }, "Map…")) : null),
+            onclick: () => openMapDialog(e) }, "Map…")) : null,
+        order ? h("div", { class: "row-action" },
+          h("button", { type: "button", class: "button-secondary dismiss-button",
+            title: "take this entry off the list once the sale is booked by hand", onclick: () => openDismissDialog(e) },
+          "Dismiss…")) : null),
         h("td", { class: "key" }, e.location || "–"),
         h("td", {}, e.sku ? skuWithName(e.sku) : "–"),
         h("td", { class: "wrap" }, e.detail),
         h("td", { class: "nowrap" }, e.at_ms ? ageEl(e.at_ms) : "–"));
     });
     const csvQuery = new URLSearchParams([...params, ...(f.kind ? [["kind", f.kind]] : []), ["format", "csv"]]);
+    const done = dismissNote.text && Date.now() - dismissNote.at < DISMISS_NOTE_MS
+      ? h("p", { class: "hint done", id: "exceptions-dismissed", role: "status" }, dismissNote.text) : null;
     return [h("div", { class: "view-head" }, h("div", {}, h("h1", {}, "Exceptions"),
       h("p", { class: "muted" }, "Negative stock, unknown barcodes, divergence from other systems, transfer differences and refused events. " +
-        "Map an unknown barcode to its SKU with Map…: its scans are then booked on that SKU.")),
+        "Map an unknown barcode to its SKU with Map…: its scans are then booked on that SKU. " +
+        "Dismiss… a channel sale not booked once the sale is booked by hand.")),
       h("div", { class: "toolbar" }, csvLink("/v1/exceptions?" + csvQuery.toString(), "Download CSV",
         of || f.kind ? "every exception of this view, as a spreadsheet" : "every exception, as a spreadsheet"))),
-    exceptionsFilters(f), chips, count, ...[failed, partial, cut].filter(Boolean),
+    exceptionsFilters(f), chips, count, ...[done, failed, partial, cut].filter(Boolean),
     table(["Kind", "Location", "SKU", "What happened", "When"], rows, error ? "Nothing to show." : "Nothing needs attention.")];
   }
 
@@ -940,6 +949,90 @@
     if (!response.ok) {
       const why = answer && answer.detail ? answer.detail : `HTTP ${response.status}`;
       throw Object.assign(new Error(`Not mapped: ${why}.`), { status: response.status });
+    }
+    return answer;
+  }
+
+  // --- dismissing a refused channel order (POST /v1/channels/{name}/orders/{order_id}/dismiss) ----------------
+  // Staff booked the sale of a Square order the hub refused by hand; an admin takes its entry off the list. As a
+  // mapping, it is sent with the admin credential given in this tab (the session cookie never writes), after a
+  // confirmation saying what it does: the hub will not book that order afterwards, even when Square's retry could.
+
+  const DISMISS_NOTE_MS = 60000; // the result stays on the Exceptions page this long, through its live redraws
+  const dismissNote = { text: null, at: 0 };
+
+  function dismissPath(order) {
+    return `/v1/channels/${encodeURIComponent(order.channel)}/orders/${encodeURIComponent(order.order_id)}/dismiss`;
+  }
+
+  function dismissCommand(order) {
+    return `curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" ${window.location.origin}${dismissPath(order)}`;
+  }
+
+  function openDismissDialog(exception) {
+    const order = exception.data;
+    const dialog = $("dismiss-dialog");
+    const credential = h("input", { id: "dismiss-credential", type: "password", autocomplete: "off", spellcheck: "false" });
+    const error = h("p", { class: "form-error", id: "dismiss-error", role: "alert", hidden: true });
+    const confirm = h("button", { type: "submit", class: "button-primary", id: "dismiss-confirm" }, "Dismiss");
+    const update = () => { confirm.disabled = !(adminCredential || credential.value.trim()); };
+    credential.addEventListener("input", () => { error.hidden = true; update(); });
+    const form = h("form", { class: "dialog-body", method: "dialog" },
+      h("h2", {}, "Dismiss Square order ", h("span", { class: "mono" }, order.order_id)),
+      h("p", { class: "muted" }, `Channel ${order.channel}` + (exception.location ? `, sold at ${exception.location}` : "") +
+        ": the hub refused this order (its row says why), so it never booked its sale."),
+      h("p", { id: "dismiss-warning" }, "Dismiss it only once its sale is booked by hand. The entry leaves the list, and " +
+        "the hub will not book this order afterwards, even when Square's retry could (that would book the sale twice). " +
+        "A dismissal cannot be undone."),
+      adminCredential ? h("p", { class: "muted", id: "dismiss-credential-kept" }, "Using the admin credential you gave in this tab.")
+        : [h("label", { for: "dismiss-credential" }, "Admin credential"), credential,
+          h("p", { class: "hint" }, "The dashboard's own session only reads, so dismissing needs an admin credential. " +
+            "It is kept in this tab's memory only, until you reload or sign out.")],
+      error,
+      h("div", { class: "dialog-actions" },
+        h("button", { type: "button", class: "button-secondary", onclick: () => dialog.close() }, "Cancel"), confirm),
+      h("details", { class: "command" }, h("summary", {}, "Or run this command as an admin"),
+        h("code", { class: "command-text", id: "dismiss-command" }, dismissCommand(order))));
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const token = adminCredential || credential.value.trim();
+      confirm.disabled = true;
+      error.hidden = true;
+      try {
+        const answer = await postDismiss(token, order);
+        adminCredential = token;
+        dialog.close();
+        dismissNote.text = `Dismissed Square order ${answer.order.order_id} of channel ${answer.order.channel}: ` +
+          `it left the list, and the hub will not book it (dismissed by ${answer.order.dismissed_by}).`;
+        dismissNote.at = Date.now();
+        await refreshStatus();
+        render();
+      } catch (err) {
+        if (err.status === 401 || err.status === 403) adminCredential = null;
+        error.textContent = err.message;
+        error.hidden = false;
+        update();
+      }
+    });
+    update();
+    dialog.replaceChildren(form);
+    dialog.showModal();
+    (adminCredential ? confirm : credential).focus();
+  }
+
+  async function postDismiss(token, order) {
+    let response;
+    try {
+      response = await fetch(dismissPath(order), { method: "POST", credentials: "omit",
+        headers: { Authorization: `Bearer ${token}`, Accept: "application/json" } });
+    } catch (err) {
+      throw Object.assign(new Error("The hub cannot be reached; try again."), { status: 0 });
+    }
+    let answer = null;
+    try { answer = await response.json(); } catch (_) { /* not JSON */ }
+    if (!response.ok) {
+      const why = answer && answer.detail ? answer.detail : `HTTP ${response.status}`;
+      throw Object.assign(new Error(`Not dismissed: ${why}.`), { status: response.status });
     }
     return answer;
   }
