@@ -1035,7 +1035,8 @@ def _paths() -> dict[str, JSON]:
         "dismissChannelOrder", "Dismiss a refused order booked by hand",
         "Admin only; no body. A Square order whose webhook the hub refused for good (a channel_order_refused "
         "exception) whose sale staff booked by hand leaves the exceptions list; it stays refused, so its register "
-        "sales are still not taken off the counts pushed. 404 for an unknown channel or an order the channel does "
+        "sales are still not taken off the counts pushed, and a later delivery of it (Square's retry) is answered "
+        "{\"status\": \"dismissed\"} and not booked. 404 for an unknown channel or an order the channel does "
         "not hold as refused; 409 when it was dismissed already (nothing is changed).",
         "Channels",
         {"200": ok("The order as stored, dismissed.", obj({"order": ref("RefusedOrder")}, ["order"]))},
@@ -1371,8 +1372,9 @@ def _schemas() -> dict[str, JSON]:
         "InvalidSyncEvents": _with_rejected(array(obj({"index": integer(0), "event_id": nullable(uuid_text),
                                                        "seq": nullable(integer()), "reason": string()},
                                                       ["index", "event_id", "seq", "reason"]))),
-        "ChannelWebhookAnswer": obj({"status": known(["applied", "duplicate", "ignored", "dismissed"]), "applied": integer(0),
-                                     "duplicates": integer(0), "rejected": integer(0)}, ["status"]),
+        "ChannelWebhookAnswer": obj({"status": known(["applied", "duplicate", "ignored", "dismissed"]),
+                                     "applied": integer(0), "duplicates": integer(0), "rejected": integer(0)},
+                                    ["status"]),
         # --- msgpack
         "SyncEvent": obj({
             "id": binary(EVENT_ID_BYTES, "The event id, a UUIDv7"), "seq": integer(1, SEQ_MAX),
