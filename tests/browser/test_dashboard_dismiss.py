@@ -15,93 +15,73 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
-from hub.channels import parse_channels
-from hub.channels.runner import open_channel_state
 from tests.browser.conftest import Screenshot
 from tests.browser.test_dashboard_channels import sign_in
-from tests.channels.emulators.square_orders import SquareOrdersEmulator
-from tests.channels.helpers import wait_until
-from tests.harness.inprocess import hub_in_process
-from tests.harness.net import free_port
+from tests.channels.helpers import square_pos_hub
 
 
 async def test_a_refused_square_order_is_dismissed_from_its_row_after_a_confirmation(
     page: Page, tmp_path: Path, console_errors: list[str], screenshot: Screenshot
 ) -> None:
-    async with SquareOrdersEmulator() as square:
-        s1 = square.add_location()
-        a = square.add_variation("SKU-A")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        hook = f"{url}/v1/channels/pos/webhooks"
-        specs = parse_channels(
-            [{"name": "pos", "kind": "square", "url": square.url, "secret_env": "SQ_TOKEN",
-              "webhook_secret_env": "SQ_HOOK", "notification_url": hook, "pool": {"S1": s1}}],
-            environ={"SQ_TOKEN": square.token, "SQ_HOOK": square.signature_key},
-        )  # fmt: skip
-        db = str(tmp_path / "hub.db")
-        async with hub_in_process(db, port=port, channels=specs) as served, open_channel_state(db) as state:
+    async with square_pos_hub(str(tmp_path / "hub.db")) as pos_hub:
+        square, s1, a, url, hook, served, state = pos_hub
 
-            async def mapped() -> bool:
-                return await state.mapping("pos") is not None
-
-            async def not_dismissed() -> bool:
-                stored = await state.refused_order("pos", order["id"])
-                return stored is not None and stored.dismissed_at_ms is None
-
-            await wait_until(mapped, "the pos channel's SKU mapping is loaded")
-            _, reader = await served.store.add_agent([], role="reader")
-            admin_id, admin = await served.store.add_agent([], role="admin")
-            unmapped = square.add_variation("SKU-NEW")
-            order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
-            status, answer = await square.deliver(hook, square.notification("order.updated", order["id"]))
-            assert status == 422, answer
-
-            await sign_in(page, url, reader)
-            await page.goto(f"{url}/dashboard/#/exceptions/channel_order_refused")
-            row = page.locator(f'#view tr[data-order="{order["id"]}"]')
-            await expect(row).to_contain_text("Channel sale not booked")
-            await row.locator("button.dismiss-button").click()
-            dialog = page.locator("#dismiss-dialog")
-            await expect(dialog).to_be_visible()
-            await expect(dialog.locator("h2")).to_contain_text(order["id"])
-            await expect(page.locator("#dismiss-warning")).to_contain_text("only once its sale is booked by hand")
-            await expect(page.locator("#dismiss-confirm")).to_be_disabled()  # no admin credential yet
-            await expect(page.locator("#dismiss-command")).to_have_text(
-                f'curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" '
-                f"{url}/v1/channels/pos/orders/{order['id']}/dismiss",
-                use_inner_text=False,
-            )
-
-            # Cancel changes nothing
-            await page.click("#dismiss-dialog button:text('Cancel')")
-            await expect(dialog).to_be_hidden()
-            assert await not_dismissed()
-
-            # a wrong credential, then the reader's own: refused with the hub's sentence, nothing dismissed
-            await row.locator("button.dismiss-button").click()
-            await page.fill("#dismiss-credential", "not-a-credential")
-            await page.click("#dismiss-confirm")
-            await expect(page.locator("#dismiss-error")).to_contain_text("Not dismissed:")
-            await page.fill("#dismiss-credential", reader)
-            await page.click("#dismiss-confirm")
-            await expect(page.locator("#dismiss-error")).to_contain_text("dismiss a refused order")
-            assert await not_dismissed()
-
-            await page.fill("#dismiss-credential", admin)
-            await expect(page.locator("#dismiss-error")).to_be_hidden()
-            await screenshot("dashboard-dismiss-dialog")
-            await page.click("#dismiss-confirm")
-            await expect(dialog).to_be_hidden()
-            await expect(page.locator("#exceptions-dismissed")).to_have_text(
-                f"Dismissed Square order {order['id']} of channel pos: it left the list, and the hub will not book "
-                f"it (dismissed by {admin_id})."
-            )
-            await expect(row).to_have_count(0)
-            await screenshot("dashboard-dismissed")
-            await expect(page.locator("#exceptions-count")).to_contain_text("0 exceptions")
+        async def not_dismissed() -> bool:
             stored = await state.refused_order("pos", order["id"])
-            assert stored is not None and stored.dismissed_by == admin_id, stored
+            return stored is not None and stored.dismissed_at_ms is None
+
+        _, reader = await served.store.add_agent([], role="reader")
+        admin_id, admin = await served.store.add_agent([], role="admin")
+        unmapped = square.add_variation("SKU-NEW")
+        order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
+        status, answer = await square.deliver(hook, square.notification("order.updated", order["id"]))
+        assert status == 422, answer
+
+        await sign_in(page, url, reader)
+        await page.goto(f"{url}/dashboard/#/exceptions/channel_order_refused")
+        row = page.locator(f'#view tr[data-order="{order["id"]}"]')
+        await expect(row).to_contain_text("Channel sale not booked")
+        await row.locator("button.dismiss-button").click()
+        dialog = page.locator("#dismiss-dialog")
+        await expect(dialog).to_be_visible()
+        await expect(dialog.locator("h2")).to_contain_text(order["id"])
+        await expect(page.locator("#dismiss-warning")).to_contain_text("only once its sale is booked by hand")
+        await expect(page.locator("#dismiss-confirm")).to_be_disabled()  # no admin credential yet
+        await expect(page.locator("#dismiss-command")).to_have_text(
+            f'curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" '
+            f"{url}/v1/channels/pos/orders/{order['id']}/dismiss",
+            use_inner_text=False,
+        )
+
+        # Cancel changes nothing
+        await page.click("#dismiss-dialog button:text('Cancel')")
+        await expect(dialog).to_be_hidden()
+        assert await not_dismissed()
+
+        # a wrong credential, then the reader's own: refused with the hub's sentence, nothing dismissed
+        await row.locator("button.dismiss-button").click()
+        await page.fill("#dismiss-credential", "not-a-credential")
+        await page.click("#dismiss-confirm")
+        await expect(page.locator("#dismiss-error")).to_contain_text("Not dismissed:")
+        await page.fill("#dismiss-credential", reader)
+        await page.click("#dismiss-confirm")
+        await expect(page.locator("#dismiss-error")).to_contain_text("dismiss a refused order")
+        assert await not_dismissed()
+
+        await page.fill("#dismiss-credential", admin)
+        await expect(page.locator("#dismiss-error")).to_be_hidden()
+        await screenshot("dashboard-dismiss-dialog")
+        await page.click("#dismiss-confirm")
+        await expect(dialog).to_be_hidden()
+        await expect(page.locator("#exceptions-dismissed")).to_have_text(
+            f"Dismissed Square order {order['id']} of channel pos: it left the list, and the hub will not book "
+            f"it (dismissed by {admin_id})."
+        )
+        await expect(row).to_have_count(0)
+        await screenshot("dashboard-dismissed")
+        await expect(page.locator("#exceptions-count")).to_contain_text("0 exceptions")
+        stored = await state.refused_order("pos", order["id"])
+        assert stored is not None and stored.dismissed_by == admin_id, stored
     assert console_errors == [  # the browser's own lines for the two refusals asked for above; nothing else
         "Failed to load resource: the server responded with a status of 401 (Unauthorized)",
         "Failed to load resource: the server responded with a status of 403 (Forbidden)",

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from hub.channels import ChannelPusher, ChannelSpec, parse_channels
 from hub.channels.orders import OrderContext, Translation, to_events
+from hub.channels.runner import open_channel_state
+from hub.channels.state import SqlChannelState
 from hub.feed import ChangeWatch
 from hub.storage import HubStore
 from hub.storage.base import AgentIdentity
 from protocol import Kind, wall_ms_now
+from tests.channels.emulators.square_orders import SquareOrdersEmulator
+from tests.harness.inprocess import ServedHub, hub_in_process
+from tests.harness.net import free_port
 from tests.hub.event_factory import EventFactory
 
 BOUND_S = 30.0  # every wait in these tests is bounded by this
@@ -110,3 +116,39 @@ def one_sale_stands(channel: str, platform: str, location: str) -> str:
 
 def expected_level(avail: Sequence[int], held_back: int = 0) -> int:
     return max(0, sum(avail) - held_back)
+
+
+class SquarePos(NamedTuple):
+    """A hub on 127.0.0.1 with one Square channel, ``pos``: hub store S1 fed by Square's ``location``, whose
+    variation ``item`` is SKU-A; its webhook URL ``hook``, and the channel state in the hub's database."""
+
+    square: SquareOrdersEmulator
+    location: str
+    item: str
+    url: str
+    hook: str
+    served: ServedHub
+    state: SqlChannelState
+
+
+@contextlib.asynccontextmanager
+async def square_pos_hub(db: str) -> AsyncIterator[SquarePos]:
+    """``SquarePos`` serving ``db`` (a SQLite path or a PostgreSQL URL), once the channel's SKU mapping is loaded."""
+    async with SquareOrdersEmulator() as square:
+        location = square.add_location()
+        item = square.add_variation("SKU-A")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        hook = f"{url}/v1/channels/pos/webhooks"
+        specs = parse_channels(
+            [{"name": "pos", "kind": "square", "url": square.url, "secret_env": "SQ_TOKEN",
+              "webhook_secret_env": "SQ_HOOK", "notification_url": hook, "pool": {"S1": location}}],
+            environ={"SQ_TOKEN": square.token, "SQ_HOOK": square.signature_key},
+        )  # fmt: skip
+        async with hub_in_process(db, port=port, channels=specs) as served, open_channel_state(db) as state:
+
+            async def mapped() -> bool:
+                return await state.mapping("pos") is not None
+
+            await wait_until(mapped, "the pos channel's SKU mapping is loaded")
+            yield SquarePos(square, location, item, url, hook, served, state)

@@ -26,12 +26,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub.channels import parse_channels
-from hub.channels.runner import open_channel_state
-from tests.channels.emulators.square_orders import SquareOrdersEmulator
-from tests.channels.helpers import wait_until
-from tests.harness.inprocess import hub_in_process
-from tests.harness.net import free_port
+from tests.channels.helpers import square_pos_hub
 from tests.harness.pg import fresh_schema
 
 KIND = "channel_order_refused"
@@ -46,100 +41,81 @@ async def hub_db(backend: str, tmp_path: Path) -> AsyncIterator[str]:
 
 
 async def test_a_refused_square_order_is_listed_until_squares_retry_books_it(hub_db: str) -> None:
-    async with SquareOrdersEmulator() as square:
-        s1 = square.add_location()
-        a = square.add_variation("SKU-A")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        hook = f"{url}/v1/channels/pos/webhooks"
-        specs = parse_channels(
-            [{"name": "pos", "kind": "square", "url": square.url, "secret_env": "SQ_TOKEN",
-              "webhook_secret_env": "SQ_HOOK", "notification_url": hook, "pool": {"S1": s1}}],
-            environ={"SQ_TOKEN": square.token, "SQ_HOOK": square.signature_key},
-        )  # fmt: skip
-        async with (
-            hub_in_process(hub_db, port=port, channels=specs) as served,
-            open_channel_state(hub_db) as state,
-            aiohttp.ClientSession(trust_env=False) as session,
-        ):
+    async with square_pos_hub(hub_db) as pos_hub, aiohttp.ClientSession(trust_env=False) as session:
+        square, s1, a, url, hook, served, state = pos_hub
+        _, reader = await served.store.add_agent([], role="reader")
+        _, admin = await served.store.add_agent([], role="admin")
 
-            async def mapped() -> bool:
-                return await state.mapping("pos") is not None
+        async def get(path: str, token: str = reader) -> tuple[int, str]:
+            async with session.get(url + path, headers={"Authorization": f"Bearer {token}"},
+                                   timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+                return resp.status, await resp.text()
 
-            await wait_until(mapped, "the pos channel's SKU mapping is loaded")
-            _, reader = await served.store.add_agent([], role="reader")
-            _, admin = await served.store.add_agent([], role="admin")
-
-            async def get(path: str, token: str = reader) -> tuple[int, str]:
-                async with session.get(url + path, headers={"Authorization": f"Bearer {token}"},
-                                       timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
-                    return resp.status, await resp.text()
-
-            async def listed(query: str = "") -> list[dict[str, Any]]:
-                status, text = await get(f"/v1/exceptions{query}")
-                assert status == 200, text
-                return [r for r in json.loads(text)["exceptions"] if r["kind"] == KIND]
-
-            async def gauge() -> float | None:
-                status, text = await get("/metrics")
-                assert status == 200, text
-                for family in text_string_to_metric_families(text):
-                    for sample in family.samples:
-                        if sample.name == "shelfsync_exceptions_listed" and sample.labels.get("kind") == KIND:
-                            return sample.value
-                return None
-
-            unmapped = square.add_variation("SKU-NEW")  # added at Square after the hub loaded its mapping
-            order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
-            notice = square.notification("order.updated", order["id"])
-            before_ms = int(datetime.now(UTC).timestamp() * 1000)
-            status, answer = await square.deliver(hook, notice)
-            assert status == 422, answer  # refused whole: SKU-NEW is not mapped
-
-            (row,) = await listed()
-            at = datetime.fromtimestamp(row["at_ms"] / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            assert row["at_ms"] >= before_ms and row["location"] == "S1" and row["sku"] is None, row
-            said = f"Square order {order['id']} at S1 on channel pos was refused at {at}: "
-            assert row["detail"].startswith(said), row
-            assert f"(item variation {unmapped}) is not in channel pos's SKU mapping" in row["detail"], row
-            assert row["detail"].endswith(
-                "; the hub never booked its sale, so the hub's level, and what the channels show, is a unit high for "
-                "each unit sold: fix that and Square's next retry books the order, or book the sale by hand and "
-                f"dismiss this entry (POST /v1/channels/pos/orders/{order['id']}/dismiss; it leaves the list by itself "
-                "when the order is booked, or two days after its refusal)."
-            ), row
-            assert row["data"] == {
-                "channel": "pos", "order_id": order["id"], "channel_location": s1, "reason": row["data"]["reason"]
-            }, row  # fmt: skip
-            assert "SKU-NEW" not in row["data"]["reason"] and unmapped in row["data"]["reason"], row
-            # its kind, a page of one and the page after it, the CSV, /metrics
-            assert await listed(f"?kind={KIND}") == [row]
-            status, text = await get(f"/v1/exceptions?kind={KIND}&limit=1")
-            page = json.loads(text)
-            assert status == 200 and [r["detail"] for r in page["exceptions"]] == [row["detail"]], text
-            assert (
-                page.get("next") is None
-                or json.loads((await get(f"/v1/exceptions?kind={KIND}&limit=1&cursor={page['next']}"))[1])["exceptions"]
-                == []
-            ), page
-            assert await listed("?location=S1") == [row]  # the hub location the channel's pool maps its location to
-            assert await listed("?location=S2") == []
-            status, text = await get(f"/v1/exceptions?kind={KIND}&format=csv")
+        async def listed(query: str = "") -> list[dict[str, Any]]:
+            status, text = await get(f"/v1/exceptions{query}")
             assert status == 200, text
-            rows = list(csv.DictReader(io.StringIO(text)))
-            assert [(r["kind"], r["detail"]) for r in rows] == [(KIND, row["detail"])], rows
-            assert await gauge() == 1
+            return [r for r in json.loads(text)["exceptions"] if r["kind"] == KIND]
 
-            # the item mapped at the hub, Square's retry of the same notification books the order
-            async with session.post(url + "/v1/channels/pos/mapping/refresh",
-                                    headers={"Authorization": f"Bearer {admin}"},
-                                    timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
-                assert resp.status == 200, await resp.text()
-            status, answer = await square.deliver(hook, notice)
-            assert status == 200 and answer["status"] == "applied", answer
-            assert await listed() == []
-            assert await gauge() is None
-            assert await state.orders_refused(["pos"], [order["id"]]) == set()
+        async def gauge() -> float | None:
+            status, text = await get("/metrics")
+            assert status == 200, text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "shelfsync_exceptions_listed" and sample.labels.get("kind") == KIND:
+                        return sample.value
+            return None
+
+        unmapped = square.add_variation("SKU-NEW")  # added at Square after the hub loaded its mapping
+        order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
+        notice = square.notification("order.updated", order["id"])
+        before_ms = int(datetime.now(UTC).timestamp() * 1000)
+        status, answer = await square.deliver(hook, notice)
+        assert status == 422, answer  # refused whole: SKU-NEW is not mapped
+
+        (row,) = await listed()
+        at = datetime.fromtimestamp(row["at_ms"] / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        assert row["at_ms"] >= before_ms and row["location"] == "S1" and row["sku"] is None, row
+        said = f"Square order {order['id']} at S1 on channel pos was refused at {at}: "
+        assert row["detail"].startswith(said), row
+        assert f"(item variation {unmapped}) is not in channel pos's SKU mapping" in row["detail"], row
+        assert row["detail"].endswith(
+            "; the hub never booked its sale, so the hub's level, and what the channels show, is a unit high for "
+            "each unit sold: fix that and Square's next retry books the order, or book the sale by hand and "
+            f"dismiss this entry (POST /v1/channels/pos/orders/{order['id']}/dismiss; it leaves the list by itself "
+            "when the order is booked, or two days after its refusal)."
+        ), row
+        assert row["data"] == {
+            "channel": "pos", "order_id": order["id"], "channel_location": s1, "reason": row["data"]["reason"]
+        }, row  # fmt: skip
+        assert "SKU-NEW" not in row["data"]["reason"] and unmapped in row["data"]["reason"], row
+        # its kind, a page of one and the page after it, the CSV, /metrics
+        assert await listed(f"?kind={KIND}") == [row]
+        status, text = await get(f"/v1/exceptions?kind={KIND}&limit=1")
+        page = json.loads(text)
+        assert status == 200 and [r["detail"] for r in page["exceptions"]] == [row["detail"]], text
+        assert (
+            page.get("next") is None
+            or json.loads((await get(f"/v1/exceptions?kind={KIND}&limit=1&cursor={page['next']}"))[1])["exceptions"]
+            == []
+        ), page
+        assert await listed("?location=S1") == [row]  # the hub location the channel's pool maps its location to
+        assert await listed("?location=S2") == []
+        status, text = await get(f"/v1/exceptions?kind={KIND}&format=csv")
+        assert status == 200, text
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert [(r["kind"], r["detail"]) for r in rows] == [(KIND, row["detail"])], rows
+        assert await gauge() == 1
+
+        # the item mapped at the hub, Square's retry of the same notification books the order
+        async with session.post(url + "/v1/channels/pos/mapping/refresh",
+                                headers={"Authorization": f"Bearer {admin}"},
+                                timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+            assert resp.status == 200, await resp.text()
+        status, answer = await square.deliver(hook, notice)
+        assert status == 200 and answer["status"] == "applied", answer
+        assert await listed() == []
+        assert await gauge() is None
+        assert await state.orders_refused(["pos"], [order["id"]]) == set()
 
 
 async def test_a_refused_square_order_booked_by_hand_is_dismissed_by_an_admin_and_stays_left_out(
@@ -151,76 +127,57 @@ async def test_a_refused_square_order_booked_by_hand_is_dismissed_by_an_admin_an
     the CSV and the gauge, for every hub, and kept refused, so its register sale is still not taken off the counts
     pushed (the hub's level holds the sale booked by hand); a retry refused again does not list it again."""
     caplog.set_level(logging.INFO, logger="hub.channels")
-    async with SquareOrdersEmulator() as square:
-        s1 = square.add_location()
-        a = square.add_variation("SKU-A")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        hook = f"{url}/v1/channels/pos/webhooks"
-        specs = parse_channels(
-            [{"name": "pos", "kind": "square", "url": square.url, "secret_env": "SQ_TOKEN",
-              "webhook_secret_env": "SQ_HOOK", "notification_url": hook, "pool": {"S1": s1}}],
-            environ={"SQ_TOKEN": square.token, "SQ_HOOK": square.signature_key},
-        )  # fmt: skip
-        async with (
-            hub_in_process(hub_db, port=port, channels=specs) as served,
-            open_channel_state(hub_db) as state,
-            aiohttp.ClientSession(trust_env=False) as session,
-        ):
+    async with square_pos_hub(hub_db) as pos_hub, aiohttp.ClientSession(trust_env=False) as session:
+        square, s1, a, url, hook, served, state = pos_hub
+        _, reader = await served.store.add_agent([], role="reader")
+        _, admin = await served.store.add_agent([], role="admin")
 
-            async def mapped() -> bool:
-                return await state.mapping("pos") is not None
+        async def call(method: str, path: str, token: str) -> tuple[int, str]:
+            async with session.request(method, url + path, headers={"Authorization": f"Bearer {token}"},
+                                       timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+                return resp.status, await resp.text()
 
-            await wait_until(mapped, "the pos channel's SKU mapping is loaded")
-            _, reader = await served.store.add_agent([], role="reader")
-            _, admin = await served.store.add_agent([], role="admin")
-
-            async def call(method: str, path: str, token: str) -> tuple[int, str]:
-                async with session.request(method, url + path, headers={"Authorization": f"Bearer {token}"},
-                                           timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
-                    return resp.status, await resp.text()
-
-            async def listed(query: str = "") -> list[dict[str, Any]]:
-                status, text = await call("GET", f"/v1/exceptions{query}", reader)
-                assert status == 200, text
-                return [r for r in json.loads(text)["exceptions"] if r["kind"] == KIND]
-
-            unmapped = square.add_variation("SKU-NEW")  # added at Square after the hub loaded its mapping
-            order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
-            notice = square.notification("order.updated", order["id"])
-            status, answer = await square.deliver(hook, notice)
-            assert status == 422, answer
-            (row,) = await listed("?location=S1")
-            assert row["location"] == "S1" and row["data"]["channel_location"] == s1, row
-            assert row["detail"].endswith(
-                "book the sale by hand and dismiss this entry (POST /v1/channels/pos/orders/"
-                f"{order['id']}/dismiss; it leaves the list by itself when the order is booked, or two days after its "
-                "refusal)."
-            ), row
-
-            dismiss = f"/v1/channels/pos/orders/{order['id']}/dismiss"
-            status, text = await call("POST", dismiss, reader)
-            assert status == 403, text
-            assert (await call("POST", "/v1/channels/pos/orders/NO-SUCH-ORDER/dismiss", admin))[0] == 404
-            assert (await call("POST", f"/v1/channels/nope/orders/{order['id']}/dismiss", admin))[0] == 404
-            assert await listed() == [row], "a refused call changes nothing"
-
-            status, text = await call("POST", dismiss, admin)
+        async def listed(query: str = "") -> list[dict[str, Any]]:
+            status, text = await call("GET", f"/v1/exceptions{query}", reader)
             assert status == 200, text
-            answer = json.loads(text)["order"]
-            assert (answer["channel"], answer["order_id"], answer["location"]) == ("pos", order["id"], "S1"), answer
-            assert answer["dismissed_by"] and answer["dismissed_at_ms"] >= row["at_ms"], answer
-            assert await listed() == [] and await listed("?location=S1") == []
-            status, text = await call("GET", f"/v1/exceptions?kind={KIND}&format=csv", reader)
-            assert status == 200 and list(csv.DictReader(io.StringIO(text))) == [], text
-            # still refused for the pusher: the sale booked by hand is in the hub's level, not taken off again
-            assert await state.orders_refused(["pos"], [order["id"]]) == {order["id"]}
-            status, text = await call("POST", dismiss, admin)
-            assert status == 409 and "already dismissed" in text, text
+            return [r for r in json.loads(text)["exceptions"] if r["kind"] == KIND]
 
-            status, answer = await square.deliver(hook, notice)  # Square's retry, refused again
-            assert status == 422, answer
-            assert await listed() == [], "dismissed stays dismissed"
+        unmapped = square.add_variation("SKU-NEW")  # added at Square after the hub loaded its mapping
+        order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
+        notice = square.notification("order.updated", order["id"])
+        status, answer = await square.deliver(hook, notice)
+        assert status == 422, answer
+        (row,) = await listed("?location=S1")
+        assert row["location"] == "S1" and row["data"]["channel_location"] == s1, row
+        assert row["detail"].endswith(
+            "book the sale by hand and dismiss this entry (POST /v1/channels/pos/orders/"
+            f"{order['id']}/dismiss; it leaves the list by itself when the order is booked, or two days after its "
+            "refusal)."
+        ), row
+
+        dismiss = f"/v1/channels/pos/orders/{order['id']}/dismiss"
+        status, text = await call("POST", dismiss, reader)
+        assert status == 403, text
+        assert (await call("POST", "/v1/channels/pos/orders/NO-SUCH-ORDER/dismiss", admin))[0] == 404
+        assert (await call("POST", f"/v1/channels/nope/orders/{order['id']}/dismiss", admin))[0] == 404
+        assert await listed() == [row], "a refused call changes nothing"
+
+        status, text = await call("POST", dismiss, admin)
+        assert status == 200, text
+        answer = json.loads(text)["order"]
+        assert (answer["channel"], answer["order_id"], answer["location"]) == ("pos", order["id"], "S1"), answer
+        assert answer["dismissed_by"] and answer["dismissed_at_ms"] >= row["at_ms"], answer
+        assert await listed() == [] and await listed("?location=S1") == []
+        status, text = await call("GET", f"/v1/exceptions?kind={KIND}&format=csv", reader)
+        assert status == 200 and list(csv.DictReader(io.StringIO(text))) == [], text
+        # still refused for the pusher: the sale booked by hand is in the hub's level, not taken off again
+        assert await state.orders_refused(["pos"], [order["id"]]) == {order["id"]}
+        status, text = await call("POST", dismiss, admin)
+        assert status == 409 and "already dismissed" in text, text
+
+        status, answer = await square.deliver(hook, notice)  # Square's retry, refused again
+        assert status == 422, answer
+        assert await listed() == [], "dismissed stays dismissed"
     said = [r.getMessage() for r in caplog.records if "dismissed" in r.getMessage()]
     assert said and said[0].startswith(f"channel pos: Square order {order['id']}, refused at "), said
 
@@ -233,55 +190,36 @@ async def test_a_dismissed_square_order_is_not_booked_again_when_squares_retry_c
     down for one sold). A dismissed order is answered now (200, so Square stops retrying) and not booked, with one
     log line saying who dismissed it and when."""
     caplog.set_level(logging.INFO, logger="hub.channels")
-    async with SquareOrdersEmulator() as square:
-        s1 = square.add_location()
-        a = square.add_variation("SKU-A")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        hook = f"{url}/v1/channels/pos/webhooks"
-        specs = parse_channels(
-            [{"name": "pos", "kind": "square", "url": square.url, "secret_env": "SQ_TOKEN",
-              "webhook_secret_env": "SQ_HOOK", "notification_url": hook, "pool": {"S1": s1}}],
-            environ={"SQ_TOKEN": square.token, "SQ_HOOK": square.signature_key},
-        )  # fmt: skip
-        async with (
-            hub_in_process(hub_db, port=port, channels=specs) as served,
-            open_channel_state(hub_db) as state,
-            aiohttp.ClientSession(trust_env=False) as session,
-        ):
+    async with square_pos_hub(hub_db) as pos_hub, aiohttp.ClientSession(trust_env=False) as session:
+        square, s1, a, url, hook, served, state = pos_hub
+        _, admin = await served.store.add_agent([], role="admin")
 
-            async def mapped() -> bool:
-                return await state.mapping("pos") is not None
+        async def call(method: str, path: str) -> tuple[int, str]:
+            async with session.request(method, url + path, headers={"Authorization": f"Bearer {admin}"},
+                                       timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+                return resp.status, await resp.text()
 
-            await wait_until(mapped, "the pos channel's SKU mapping is loaded")
-            _, admin = await served.store.add_agent([], role="admin")
+        unmapped = square.add_variation("SKU-NEW")
+        order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
+        notice = square.notification("order.updated", order["id"])
+        status, answer = await square.deliver(hook, notice)
+        assert status == 422, answer
+        status, text = await call("POST", f"/v1/channels/pos/orders/{order['id']}/dismiss")  # booked by hand
+        assert status == 200, text
+        dismissed = json.loads(text)["order"]
 
-            async def call(method: str, path: str) -> tuple[int, str]:
-                async with session.request(method, url + path, headers={"Authorization": f"Bearer {admin}"},
-                                           timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
-                    return resp.status, await resp.text()
-
-            unmapped = square.add_variation("SKU-NEW")
-            order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
-            notice = square.notification("order.updated", order["id"])
-            status, answer = await square.deliver(hook, notice)
-            assert status == 422, answer
-            status, text = await call("POST", f"/v1/channels/pos/orders/{order['id']}/dismiss")  # booked by hand
-            assert status == 200, text
-            dismissed = json.loads(text)["order"]
-
-            status, text = await call("POST", "/v1/channels/pos/mapping/refresh")  # SKU-NEW mapped meanwhile
-            assert status == 200, text
-            status, answer = await square.deliver(hook, notice)  # Square's retry, which could apply now
-            assert status == 200 and answer["status"] == "dismissed", answer
-            assert await state.orders_booked(["pos"], [order["id"]]) == set(), "booked a second time"
-            status, text = await call("GET", "/v1/ledger?sku=SKU-A")
-            assert status == 200 and json.loads(text)["events"] == [], text
-            # still dismissed, still refused for the pusher, still off the list
-            after = await state.refused_order("pos", order["id"])
-            assert after is not None and after.dismissed_by == dismissed["dismissed_by"], after
-            status, text = await call("GET", f"/v1/exceptions?kind={KIND}")
-            assert status == 200 and json.loads(text)["exceptions"] == [], text
+        status, text = await call("POST", "/v1/channels/pos/mapping/refresh")  # SKU-NEW mapped meanwhile
+        assert status == 200, text
+        status, answer = await square.deliver(hook, notice)  # Square's retry, which could apply now
+        assert status == 200 and answer["status"] == "dismissed", answer
+        assert await state.orders_booked(["pos"], [order["id"]]) == set(), "booked a second time"
+        status, text = await call("GET", "/v1/ledger?sku=SKU-A")
+        assert status == 200 and json.loads(text)["events"] == [], text
+        # still dismissed, still refused for the pusher, still off the list
+        after = await state.refused_order("pos", order["id"])
+        assert after is not None and after.dismissed_by == dismissed["dismissed_by"], after
+        status, text = await call("GET", f"/v1/exceptions?kind={KIND}")
+        assert status == 200 and json.loads(text)["exceptions"] == [], text
     said = [r.getMessage() for r in caplog.records if "is not booked" in r.getMessage()]
     expected = (
         f"channel pos: Square event order.updated of order {order['id']} came after the order was dismissed by "
