@@ -124,6 +124,9 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
 # --- middlewares -------------------------------------------------------------------
 
 
+RETRY_SOON = {"Retry-After": "1"}  # an agent restarting answers again within seconds: the handheld sends it again
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers, dumps=dumps)
 
@@ -182,7 +185,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except InvalidSessionInput as err:
         return error_response(400, "bad_request", str(err))
     except (SessionStoreClosed, OutboxClosed):
-        return error_response(503, "unavailable", "the agent is shutting down; try again shortly")
+        return error_response(503, "unavailable", "the agent is shutting down; try again shortly", RETRY_SOON)
     except (SessionError, OutboxError) as err:
         log.error("%s %s failed: %s", request.method, request.path, err)
         return error_response(503, "unavailable", f"the agent could not do that right now: {err}")

@@ -15,6 +15,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, guard, hash_pin
@@ -169,3 +170,20 @@ async def test_past_the_refusals_lingering_the_oldest_closes_and_a_new_client_st
     oldest = await _read_all(lingering[0][0])  # closed by the agent to keep the bound, its answer whole before
     assert oldest.endswith(b"}"), oldest
     _close((reader, writer), *lingering, *busy)
+
+
+async def test_a_request_while_the_agent_shuts_down_is_told_when_to_try_again(
+    server: LocalApiServer, tmp_path: Path
+) -> None:
+    """The ``503`` of an agent shutting down (its stores closing) had no ``Retry-After``: the handheld page showed it
+    as an error, and the scan it carried was not sent again once the agent was back. It says ``Retry-After: 1`` now,
+    as the guard's does, which the page waits out and sends the scan again."""
+    sessions = server.context.sessions
+    async with aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{server.port}"
+        async with http.post(f"{base}/api/v1/login", json={"staff": "ana", "pin": "4711"}) as resp:
+            token = (await resp.json())["token"]
+        await sessions.store.close()  # the agent is stopping: its session store closes first
+        async with http.get(f"{base}/api/v1/sessions", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert (resp.status, resp.headers.get("Retry-After")) == (503, "1")
+            assert (await resp.json())["error"]["message"] == "the agent is shutting down; try again shortly"
