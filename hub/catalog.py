@@ -232,8 +232,8 @@ async def put_catalog(request: web.Request) -> web.Response:
     else:
         items = parse_items(await _json_body(request))
         looks = LookAlikes({item.sku for item in (await store.catalog()).items})
-        for i, item in enumerate(items):
-            if (alike := looks.problem(item.sku, f"items[{i}]")) is not None:
+        for i, item in enumerate(items):  # a SKU that is no string is the store's to refuse, with its sentence
+            if isinstance(item.sku, str) and (alike := looks.problem(item.sku, f"items[{i}]")) is not None:
                 raise InvalidInput(f"items[{i}]: {alike}; nothing was written")
     update = await store.put_catalog(items)
     rebooked = await rebook(store, items)
