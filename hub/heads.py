@@ -14,7 +14,10 @@ middlewares and the route would refuse once the body came, in their order and wi
 - a path that does not percent-decode (``400``), the credential's rate limit (``429``, counted once);
 - a compressed body (``415``) or a Content-Length over ``max_body_bytes`` (``413``);
 - the route's own ``check``, which its handler calls as well, so both answer alike (the role, a query parameter,
-  the Content-Type, a limit of its own …), then its ``admit`` (the sync's catch-up slot, hub/catchup.py).
+  the Content-Type, a limit of its own …), then its ``admit`` (the sync's catch-up slot, hub/catchup.py);
+- a public route's ``guard`` (no credential: a channel's order webhook, the dashboard's forms), which its handler
+  calls first as well: what the route decides without its body (no such channel, no signature header, a form from
+  another origin or without a session …), raised as a refusal or returned as the answer (a redirect, a page).
 
 Anything else is answered ``100 Continue`` and then judged by its body as without the header. The refusals the
 middlewares give after a body (``compressed``, ``announced_too_big``, ``problem_of``, ``store_failed``) live here,
@@ -43,15 +46,19 @@ IDENTITY_ENCODINGS = frozenset({"", "identity"})  # the only Content-Encoding of
 
 Check = Callable[[web.Request, AgentIdentity], None]  # raises the route's refusal (web.HTTPException), if any
 Admit = Callable[[web.Request, AgentIdentity], Awaitable[None]]
+# a public route's answer from its head (its handler's, before it reads the body), raised or returned; None: go on
+Guard = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     """What a route asks of a request's head beyond the middlewares' checks: ``check``, what its handler refuses
-    before it reads the body (it calls it too); ``admit``, what only the head is asked (a catch-up slot)."""
+    before it reads the body (it calls it too); ``admit``, what only the head is asked (a catch-up slot);
+    ``guard``, a public route's ``check``, which may answer (not only refuse) and is awaited."""
 
     check: Check | None = None
     admit: Admit | None = None
+    guard: Guard | None = None
 
 
 HEADS_KEY = web.AppKey("route_heads", dict[str, Head])  # by route name
@@ -59,13 +66,13 @@ HEADS_KEY = web.AppKey("route_heads", dict[str, Head])  # by route name
 
 def add(
     app: web.Application, method: str, path: str, handler: Handler, *, name: str, check: Check | None = None,
-    admit: Admit | None = None,
+    admit: Admit | None = None, guard: Guard | None = None,
 ) -> web.AbstractRoute:  # fmt: skip
-    """Add a route that takes a body, with the hub's one Expect handler and its ``check`` and ``admit``."""
+    """Add a route that takes a body, with the hub's one Expect handler and its ``check``, ``admit`` and ``guard``."""
     heads = app.get(HEADS_KEY)
     if heads is None:
         heads = app[HEADS_KEY] = {}
-    heads[name] = Head(check, admit)
+    heads[name] = Head(check, admit, guard)
     return app.router.add_route(method, path, handler, name=name, expect_handler=expect)
 
 
@@ -97,7 +104,7 @@ async def expect(request: web.Request) -> web.StreamResponse | None:
     if asked.lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {asked}")
     try:
-        await _admit(request)
+        answered = await _admit(request)
         request.app[GATE_KEY].check()  # the hub began draining meanwhile (a lookup, a slot handed over just then)
     except (web.HTTPException, StoreClosed, StoreError) as refused:
         if (slot := request.get(catchup.SLOT_KEY)) is not None:
@@ -108,14 +115,18 @@ async def expect(request: web.Request) -> web.StreamResponse | None:
             response = store_failed(request, refused)
         response.force_close()  # its body is not read: the connection cannot carry another request
         return response
+    if answered is not None:  # a public route's answer from its head (a redirect, a page)
+        answered.force_close()
+        return answered
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the answer's own bytes start after it
     return None
 
 
-async def _admit(request: web.Request) -> None:
+async def _admit(request: web.Request) -> web.StreamResponse | None:
     """Refuse from the head what the middlewares and the route would refuse after the body, in their order and
-    raised as they raise it (a database failing as the credential is looked up: its StoreError)."""
+    raised as they raise it (a database failing as the credential is looked up: its StoreError); or a public
+    route's answer from its head (``guard``)."""
     request.app[GATE_KEY].check()  # the gate's middleware: 503
     route = request.match_info.route.name or ""
     who = None if route in request.app[PUBLIC_ROUTES_KEY] else await _identify(request)  # 401 (400)
@@ -132,10 +143,13 @@ async def _admit(request: web.Request) -> None:
             head.check(request, who)
         if who is not None and head.admit is not None:
             await head.admit(request, who)
+        if who is None and head.guard is not None:
+            return await head.guard(request)
     except web.HTTPException as refused:
         if who is not None and (limiter := ratelimit.limiter_of(request)) is not None:
             refused.headers.update(limiter.headers(who.agent_id))  # as the middleware adds to a handler's refusal
         raise
+    return None
 
 
 async def _identify(request: web.Request) -> AgentIdentity:

@@ -18,9 +18,11 @@ until the last step:
    quantity changed while it was open, nothing once it is finished), and the
    change feed is woken. A channel's webhooks are applied one at a time.
 
-Answers: 200 applied (or nothing to do), 401 bad signature, 404 no such
+Answers: 200 applied (or nothing to do), 401 bad or missing signature, 404 no such
 channel, 413 too large, 422 unusable payload, 503 the channel's mapping or API
 is not available yet (the channel retries). One log sentence per webhook.
+A webhook asking ``Expect: 100-continue`` gets its 404, 413 or 401 (no
+signature header) from its head, before its body is sent (hub/heads.py).
 """
 
 from __future__ import annotations
@@ -130,7 +132,14 @@ class OrderWebhooks:
 
     # --- the route ------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def head(self, request: web.Request) -> None:
+        """``handle``'s refusals before it reads the body, asked of a head too (hub.heads: ``guard``)."""
+        self._head(request)
+
+    def _head(self, request: web.Request) -> ChannelSpec:
+        """The channel a webhook is for; or what its head alone condemns: no channel of that name takes webhooks
+        (404), its Content-Length is over ``WEBHOOK_MAX_BYTES`` (413), it has no signature header (401). The
+        signature itself is checked over the body (``_signed``)."""
         name = request.match_info["name"]
         spec = self.specs.get(name)
         if spec is None or self._state is None:
@@ -139,6 +148,24 @@ class OrderWebhooks:
                 text=f"no channel named {one_line(name, 64)!r} takes order webhooks here; a [[channel]] table of the "
                 "hub's config needs webhook_secret_file or webhook_secret_env"
             )
+        length = request.content_length
+        if length is not None and length > WEBHOOK_MAX_BYTES:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=WEBHOOK_MAX_BYTES, actual_size=length,
+                text=f"an order webhook may be at most {WEBHOOK_MAX_BYTES} bytes; this one is {length}",
+            )  # fmt: skip
+        header = SHOPIFY_SIGNATURE if spec.kind == "shopify" else SQUARE_SIGNATURE
+        if not request.headers.get(header):
+            self.bad_signatures.record(request.remote, f"channel {name}")
+            raise web.HTTPUnauthorized(
+                text=f"the webhook has no {header} header, the signature channel {name} sends with each webhook; "
+                "nothing was applied"
+            )
+        return spec
+
+    async def handle(self, request: web.Request) -> web.Response:
+        spec = self._head(request)
+        name = spec.name
         body = await request.read()
         if len(body) > WEBHOOK_MAX_BYTES:
             raise web.HTTPRequestEntityTooLarge(
@@ -462,7 +489,7 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str, cloc
     hooks = OrderWebhooks(specs, db_path, clock_window_s * 1000)
     app[HOOKS_KEY] = hooks
     app[PUBLIC_ROUTES_KEY] = app[PUBLIC_ROUTES_KEY] | {ROUTE_NAME}
-    heads.add(app, "POST", ROUTE, hooks.handle, name=ROUTE_NAME)  # public: the head says no more than its size
+    heads.add(app, "POST", ROUTE, hooks.handle, name=ROUTE_NAME, guard=hooks.head)  # public: signed
     if hooks.specs:
         app.cleanup_ctx.append(hooks.run)
 

@@ -36,6 +36,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 SIGN_IN_FORM_MAX_BYTES = 4_096
+FORM_TYPES = frozenset({"", "application/x-www-form-urlencoded", "multipart/form-data"})  # what request.post() reads
 ERROR_SLOT = "<!--error-->"
 ROUTE_NAMES = frozenset(
     {
@@ -65,8 +66,8 @@ def setup(app: web.Application, sessions: DashboardSessions) -> None:
     r.add_get("/dashboard", get_root, name="dashboard_redirect")
     r.add_get("/dashboard/", get_dashboard, name="dashboard")
     r.add_get("/dashboard/sign-in", get_sign_in, name="dashboard_sign_in_page")
-    heads.add(app, "POST", "/dashboard/sign-in", post_sign_in, name="dashboard_sign_in")  # public: as the webhooks
-    heads.add(app, "POST", "/dashboard/sign-out", post_sign_out, name="dashboard_sign_out")
+    heads.add(app, "POST", "/dashboard/sign-in", post_sign_in, name="dashboard_sign_in", guard=_sign_in_head)  # public
+    heads.add(app, "POST", "/dashboard/sign-out", post_sign_out, name="dashboard_sign_out", guard=_sign_out_head)
     r.add_get("/dashboard/assets/{name}", get_asset, name="dashboard_asset")
 
 
@@ -108,12 +109,22 @@ def _same_origin(request: web.Request) -> bool:
     return urlsplit(origin).netloc == request.host
 
 
-async def post_sign_in(request: web.Request) -> web.Response:
-    """Exchange a reader credential for a session cookie."""
+async def _sign_in_head(request: web.Request) -> web.Response | None:
+    """What ``post_sign_in`` answers before it reads the form, asked of a head too (hub.heads: ``guard``): a form
+    from another origin (403), one over ``SIGN_IN_FORM_MAX_BYTES`` or not sent as a form (400, the page)."""
     if not _same_origin(request):
         raise web.HTTPForbidden(text="sign in from the hub's own sign-in page")
     if request.content_length is not None and request.content_length > SIGN_IN_FORM_MAX_BYTES:
         return _page(request, "sign-in.html", 400, "The form is too large; paste only the credential.")
+    if request.content_type not in FORM_TYPES:  # request.post() would find no field in it
+        return _page(request, "sign-in.html", 400, "The credential was not sent as a form; use the sign-in page.")
+    return None
+
+
+async def post_sign_in(request: web.Request) -> web.Response:
+    """Exchange a reader credential for a session cookie."""
+    if (answer := await _sign_in_head(request)) is not None:
+        return answer
     try:  # aiohttp raises these for a form it cannot read (no boundary, an unknown charset, bytes not UTF-8 …)
         form = await request.post()
     except (ValueError, LookupError, RuntimeError):
@@ -131,11 +142,25 @@ async def post_sign_in(request: web.Request) -> web.Response:
     return response
 
 
-async def post_sign_out(request: web.Request) -> web.Response:
-    """Forget the session (it ends at once, in this hub process) and clear the cookie."""
+async def _sign_out_head(request: web.Request) -> web.Response | None:
+    """What ``post_sign_out`` answers without its body, asked of a head too (hub.heads: ``guard``): a form from
+    another origin (403); without a session of this hub process, the sign-in page (303), as after it."""
     if not _same_origin(request):
         raise web.HTTPForbidden(text="sign out from the dashboard itself")
+    if not request.app[SESSIONS_KEY].holds(request.cookies.get(SESSION_COOKIE)):
+        return _signed_out()
+    return None
+
+
+async def post_sign_out(request: web.Request) -> web.Response:
+    """Forget the session (it ends at once, in this hub process) and clear the cookie."""
+    if (answer := await _sign_out_head(request)) is not None:
+        return answer
     request.app[SESSIONS_KEY].sign_out(request.cookies.get(SESSION_COOKIE))
+    return _signed_out()
+
+
+def _signed_out() -> web.Response:
     response = _see_other("/dashboard/sign-in")
     clear_cookie(response)
     return response

@@ -85,6 +85,12 @@ class DashboardSessions:
         log.info("%s %s signed in to the dashboard", who.role, who.agent_id)
         return session_id, who.agent_id
 
+    def holds(self, session_id: str | None) -> bool:
+        """Whether ``session_id`` names an open session of this hub process, not yet expired (the store is not
+        asked: signing out needs only this)."""
+        session = self._sessions.get(_key(session_id)) if session_id and len(session_id) <= 128 else None
+        return session is not None and time.monotonic() < session.expires_s
+
     def sign_out(self, session_id: str | None) -> None:
         if session_id:
             session = self._sessions.pop(_key(session_id), None)

@@ -8,6 +8,7 @@ out-of-order deliveries, unusable payloads.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import uuid
@@ -32,6 +33,8 @@ from tests.channels.emulators.square_orders import SquareOrdersEmulator
 from tests.channels.helpers import wait_until
 from tests.harness.inprocess import hub_in_process
 from tests.harness.net import free_port
+from tests.hub.test_catchup_expect import body_when_asked
+from tests.hub.test_write_heads import answer_of, send
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -591,3 +594,36 @@ async def test_a_square_order_renamed_before_it_completes_is_sold_and_settled_on
     assert await hub.count("S1", "SKU-A") == (-1, 0)  # sold where it was reserved: the reservation is released
     assert await hub.count("S1", "SKU-C") == (0, 0)
     assert "was reserved as SKU SKU-A, now mapped to SKU-C" in caplog.text
+
+
+async def test_a_webhook_its_head_condemns_is_refused_before_100_continue_as_without_expect(hub: Hub) -> None:
+    """An order webhook asking to continue to a channel that takes none (unknown, or without a webhook secret),
+    without the signature header its channel signs with, or over the webhooks' size limit is answered from its
+    head (hub/heads.py), never ``100 Continue``, with ``Connection: close`` and the problem the same webhook gets
+    whole without ``Expect``; a signed one is asked for its body and applied. (The signature itself needs the body.)"""
+    port = int(hub.url.rsplit(":", 1)[1])
+    shopify = hub.shopify.delivery("customers/create", {"id": 7})
+    unsigned = {k: v for k, v in shopify.headers.items() if k.lower() != "x-shopify-hmac-sha256"}
+    extra = "".join(f"{k}: {v}\r\n" for k, v in unsigned.items() if k.lower() != "content-type")
+    signed = extra + f"X-Shopify-Hmac-Sha256: {shopify.headers['X-Shopify-Hmac-Sha256']}\r\n"
+    mib = b"x" * (1024 * 1024)
+    cases: list[tuple[str, bytes | int, str, int, bytes]] = [
+        ("nope", mib, signed, 404, b"no channel named 'nope'"),
+        ("quiet", shopify.body, signed, 404, b"no channel named 'quiet'"),  # no webhook secret
+        ("web", shopify.body, extra, 401, b"X-Shopify-Hmac-Sha256"),
+        ("pos", shopify.body, "", 401, b"x-square-hmacsha256-signature"),
+        ("web", 5 * 1024 * 1024, signed, 413, b"at most"),
+    ]  # fmt: skip
+    for channel, body, more, expected, said in cases:
+        path = f"/v1/channels/{channel}/webhooks"
+        status, headers, problem = await answer_of(port, "POST", path, "", body, more=more)
+        assert status == expected, f"{channel}: refused {expected} from its head was answered {status} first"
+        assert headers["connection"] == "close", f"{channel}: its body will not come"
+        assert said in problem, f"{channel}: {problem!r}"
+        if isinstance(body, bytes):  # the same webhook sent whole without Expect: the same answer
+            unasked_status, _, unasked = await answer_of(port, "POST", path, "", body, more=more, expect=False)
+            assert (unasked_status, unasked) == (expected, problem), channel
+    reader, writer = await send(port, "POST", "/v1/channels/web/webhooks", "", shopify.body, more=signed)
+    status, _, answer = await body_when_asked(reader, writer, shopify.body, "a signed webhook")
+    assert (status, json.loads(answer)["status"]) == (200, "ignored")
+    assert await hub.ledger_size() == 0

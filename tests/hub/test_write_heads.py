@@ -231,3 +231,46 @@ async def test_a_hub_still_opening_its_database_answers_a_write_asking_to_contin
             assert b"unavailable" in problem
     finally:
         await server.close()
+
+
+async def test_the_dashboards_forms_refuse_what_their_head_condemns_before_100_continue_as_without_expect(
+    tmp_path: Path,
+) -> None:
+    """The dashboard's sign-in and sign-out forms (public: no credential) asking to continue are answered from the
+    head what the head alone decides: a form posted from another origin (403), a sign-in form over its size or not
+    sent as a form (400), a sign-out without a session of this hub (303 to the sign-in page, as after its body);
+    never ``100 Continue``, with ``Connection: close`` and the answer the same form gets sent whole."""
+    form = "application/x-www-form-urlencoded"
+    async with hub_in_process(tmp_path / "hub.db") as hub:
+        _, reader = await hub.store.add_agent([], role="reader")
+        token = f"token={reader}".encode()
+        elsewhere = "Origin: http://evil.example\r\n"
+        nobody = "Cookie: shelfsync_session=not-a-session-of-this-hub\r\n"
+        cases: list[tuple[str, bytes, str, str, int, bytes]] = [
+            ("/dashboard/sign-in", token, form, elsewhere, 403, b"hub's own sign-in page"),
+            ("/dashboard/sign-in", b"token=" + b"x" * 5000, form, "", 400, b"too large"),
+            ("/dashboard/sign-in", json.dumps({"token": reader}).encode(), JSON, "", 400, b"sent as a form"),
+            ("/dashboard/sign-out", b"", form, elsewhere + nobody, 403, b"from the dashboard itself"),
+            ("/dashboard/sign-out", b"x=1", form, "", 303, b""),
+            ("/dashboard/sign-out", b"x=1", form, nobody, 303, b""),
+        ]  # fmt: skip
+        for path, data, content_type, more, expected, said in cases:
+            status, headers, answer = await answer_of(hub.port, "POST", path, "", data, content_type, more)
+            assert status == expected, f"{path} {more!r}: {expected} from its head was answered {status} first"
+            assert headers["connection"] == "close", f"{path}: its body will not come"
+            assert said in answer, f"{path}: {answer!r}"
+            assert headers.get("location") == ("/dashboard/sign-in" if expected == 303 else None)
+            unasked_status, unasked_headers, unasked = await answer_of(
+                hub.port, "POST", path, "", data, content_type, more, expect=False
+            )
+            assert (unasked_status, unasked, unasked_headers.get("location")) == (
+                expected, answer, headers.get("location")
+            ), path  # fmt: skip
+        reader_, writer = await send(hub.port, "POST", "/dashboard/sign-in", "", token, form)
+        status, headers, _ = await body_when_asked(reader_, writer, token, "a good sign-in")
+        assert (status, headers["location"]) == (303, "/dashboard/"), "a good sign-in is asked for its body"
+        session = headers["set-cookie"].split(";")[0]
+        reader_, writer = await send(hub.port, "POST", "/dashboard/sign-out", "", b"", form, f"Cookie: {session}\r\n")
+        status, headers, _ = await body_when_asked(reader_, writer, b"", "a signed-in sign-out")
+        assert (status, headers["location"]) == (303, "/dashboard/sign-in")
+        assert "Max-Age=0" in headers["set-cookie"], "the cookie is cleared"
