@@ -65,6 +65,17 @@ OnDisk = Literal["same", "missing", "replaced"]  # the path holds the open file,
 Kept = Literal["same", "restored", "saved"]  # what ``keep_file`` did
 
 
+def _roll_back(conn: sqlite3.Connection, path: Path) -> None:
+    """After a failed write: end its transaction, unless SQLite already rolled it back (it does so itself on a
+    full disk, SQLITE_FULL), so that the caller hears the write's own error, not the ROLLBACK's."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as err:
+        log.warning("Rolling back a failed write to %s failed too: %s", path, err)
+
+
 def file_identity(path: Path) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the file at ``path``; None when there is none."""
     try:
@@ -276,10 +287,10 @@ class SqliteThread:
             conn.execute(begin)
         try:
             result = fn(conn)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _roll_back(conn, self.path)
             raise
-        conn.execute("COMMIT")
         return result
 
     def _serve(self) -> None:
@@ -321,6 +332,8 @@ class SqliteThread:
                         try:
                             result = item.fn(conn)
                         except Exception as err:  # noqa: BLE001 - this write's own failure: only it is undone
+                            if not conn.in_transaction:  # SQLite rolled the whole group back (a full disk)
+                                raise
                             conn.execute("ROLLBACK TO one_write")
                             conn.execute("RELEASE one_write")
                             outcomes.append((None, err))
@@ -329,11 +342,7 @@ class SqliteThread:
                             outcomes.append((result, None))
                     conn.execute("COMMIT")
                 except BaseException:
-                    if conn.in_transaction:
-                        try:
-                            conn.execute("ROLLBACK")
-                        except sqlite3.Error as rollback_err:
-                            log.warning("Rolling back a group of writes to %s failed too: %s", self.path, rollback_err)
+                    _roll_back(conn, self.path)
                     raise
                 took = time.perf_counter() - started
                 average = self._commit_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -190,4 +191,31 @@ async def test_writes_queued_behind_a_slow_commit_share_one_transaction_and_a_fa
     assert len(commits) == 2, commits  # the slow one, then the ten queued behind it together
     rows = await db.read(lambda conn: [r[0] for r in conn.execute("SELECT x FROM t ORDER BY x")])
     assert rows == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]  # write 5 left nothing behind
+    await db.close()
+
+
+async def test_a_write_the_full_disk_refuses_says_the_disk_is_full_and_the_next_one_commits_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    # SQLite rolls a transaction back by itself when a statement meets a full disk (SQLITE_FULL); the ROLLBACK
+    # after it failed ("cannot rollback - no transaction is active") and hid the disk's answer from the caller.
+    db = SqliteThread(tmp_path / "x.sqlite3", "full")
+    await db.connect()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (x BLOB)"))
+    pages = await db.read(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    await db.outside_transaction(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))  # no more room
+
+    def grow(conn):  # type: ignore[no-untyped-def]
+        conn.execute("INSERT INTO t VALUES (zeroblob(8192))")  # needs new pages
+
+    for small in (False, True):
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full") as refused:
+            await db.write(grow, small=small)
+        assert refused.value.sqlite_errorname == "SQLITE_FULL"
+    refusals = await asyncio.gather(*(db.write(grow) for _ in range(3)), return_exceptions=True)
+    assert [str(err) for err in refusals] == ["database or disk is full"] * 3
+
+    await db.outside_transaction(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))  # room again
+    await db.write(grow)
+    assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
     await db.close()
