@@ -82,6 +82,8 @@ class ScanOutcome:
     sku: str | None = None
     kind: Kind | None = None
     qty: int | None = None
+    # The outbox refused to write it (a full disk): said every time, never taken for the scanner's own noise.
+    unrecorded: bool = False
 
     @property
     def problem(self) -> bool:
@@ -314,7 +316,11 @@ class ModeRouter:
             )
         except OutboxError as err:
             return ScanOutcome(
-                ScanResult.FAILED, f"Scan {shown(barcode, 40)} was NOT recorded: {err}.", location=location, sku=sku
+                ScanResult.FAILED,
+                f"Scan {shown(barcode, 40)} was NOT recorded: {err}.",
+                location=location,
+                sku=sku,
+                unrecorded=True,
             )
         if rule.kind is Kind.COUNT:
             self._counts[(reader.id, location, sku)] = (qty, self._wall_clock_ms())
@@ -600,7 +606,7 @@ class ScanService:
             kept = scan_id is not None
         except JournalError as err:
             log.error(
-                "Scan %s from scanner %r could not be journaled (it is still booked): %s",
+                "Scan %s from scanner %r could not be journaled (it is booked all the same, unless said next): %s",
                 shown(scan.text, 40),
                 section.id,
                 err,
@@ -652,7 +658,10 @@ class ScanService:
     async def _decide(
         self, scan_id: int | None, section: ScannerSection, outcome: ScanOutcome, unkept: hardware.Scan | None = None
     ) -> None:
-        if outcome.problem:
+        if outcome.unrecorded:
+            # Not the scanner's problem but the agent's (a full disk): each one is a movement to scan again later.
+            log.error("Scanner %r: %s", section.id, outcome.message)
+        elif outcome.problem:
             # A cut-off scan the reader has said already, with why (a disconnect, noise, a frame too long).
             self._say_problem(section.id, outcome.message, said=outcome.result is ScanResult.INCOMPLETE)
         else:

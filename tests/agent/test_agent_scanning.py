@@ -17,8 +17,8 @@ import hardware
 from agent import scan_journal
 from agent.catalog import Catalog, CatalogItem
 from agent.config import ScannerSection
-from agent.errors import AgentError
-from agent.outbox import Outbox
+from agent.errors import AgentError, OutboxError
+from agent.outbox import Movement, Outbox
 from agent.scan_journal import DAY_MS, INTERRUPTED, NOT_KEPT, PROBLEM_ROWS_PER_DAY, ScanJournal, read_reader_states
 from agent.scanning import PROBLEMS_SAID_MAX, ModeRouter, ScanOutcome, ScanResult, ScanRouter, ScanService
 from hardware import GS
@@ -585,3 +585,42 @@ async def test_a_label_of_a_far_unusual_quantity_is_held_for_a_person_never_book
     [state] = read_reader_states(tmp_path / "scans.sqlite3") or []
     assert (state.problems, state.last_problem) == (1, message)  # `status` shows it
     assert f"Scanner 'backdoor': {message}" in [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def _fill_up(conn: sqlite3.Connection) -> None:
+    """The file may grow no more: SQLite answers a write as a full disk does (SQLITE_FULL)."""
+    conn.execute("CREATE TABLE filler (b BLOB)")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    for size in (1024, 128, 16, 1):
+        with contextlib.suppress(sqlite3.OperationalError):  # "database or disk is full": no room for this size
+            while True:
+                conn.execute("INSERT INTO filler VALUES (zeroblob(?))", (size,))
+
+
+async def test_scans_refused_by_a_full_outbox_are_each_said_and_never_called_noise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found with a running agent whose data directory was a 2 MiB tmpfs: past the tenth scan the disk refused,
+    # the rest were refused at DEBUG only, after a sentence blaming line noise and saying they were journaled
+    # (the journal was full too), and each was first said to be "still booked" (it was not).
+    caplog.set_level(logging.INFO, logger="agent.scanning")
+    refused = PROBLEMS_SAID_MAX + 5
+    async with rig(tmp_path) as r:
+        await r.scan(b"]E0" + EAN13.encode())
+        # SQLite's own "database or disk is full" (SQLITE_FULL), as a full disk answers: the file may not grow
+        await r.outbox._db.outside_transaction(_fill_up)
+        with pytest.raises(OutboxError, match="the disk is full"):  # the rest of the room: the events' own pages
+            while True:
+                await r.outbox.record([Movement(LOCATION, "TOTE", Kind.RECEIVE, 1, "api:filler")])
+        await r.scan(*[b"]E0" + EAN13.encode()] * refused)
+        await r.outbox._db.outside_transaction(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+        await r.scan(b"]E0" + EAN13.encode())
+        events = await r.events()
+    scanned = [e.sku for e in events if e.sku != "TOTE"]
+    assert scanned == ["MUG-01", "MUG-01"], "recording resumes once the disk takes writes again"
+    said = [rec for rec in caplog.records if rec.name == "agent.scanning" and rec.levelno >= logging.WARNING]
+    not_recorded = [rec for rec in said if "was NOT recorded" in rec.getMessage()]
+    assert len(not_recorded) == refused, "every refused scan is said, however many in a row"
+    assert all(rec.levelno == logging.ERROR and "the disk is full" in rec.getMessage() for rec in not_recorded)
+    assert not any("line noise" in rec.getMessage() for rec in said), "a full disk is not the scanner's noise"
