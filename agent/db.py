@@ -168,16 +168,18 @@ class SqliteThread:
         assert conn is not None, "SqliteThread used before connect()"
         partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.copy")
         _backup(conn, partial)
-        # Closing the old connection deletes "<path>-wal" and "<path>-shm" by name: it must happen before
-        # anything at the path has a WAL of its own. Everything it held is in the copy now.
+        # The old connection's WAL and shared memory are "<path>-wal" and "<path>-shm" by name, and SQLite leaves
+        # them when it closes a file that was moved or deleted: whatever is at the path would replay them as its
+        # own (a backup moved over the outbox read back as a mix of both, or "database disk image is malformed").
+        # Everything they held is in the copy now, so they go once the connection is closed.
         self._conn = None
         conn.close()
+        for stale in ("-wal", "-shm", "-journal"):
+            self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
         kept: Kept = "restored"
         target = self.path
         try:
             if state == "missing":
-                for stale in ("-wal", "-shm", "-journal"):
-                    self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
                 try:
                     _link_new(partial, self.path)
                 except FileExistsError:  # another process created a file there meanwhile
@@ -331,7 +333,7 @@ class SqliteThread:
                         conn.execute("SAVEPOINT one_write")
                         try:
                             result = item.fn(conn)
-                        except Exception as err:  # noqa: BLE001 - this write's own failure: only it is undone
+                        except Exception as err:  # this write's own failure: only it is undone
                             if not conn.in_transaction:  # SQLite rolled the whole group back (a full disk)
                                 raise
                             conn.execute("ROLLBACK TO one_write")

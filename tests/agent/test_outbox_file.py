@@ -91,3 +91,32 @@ async def test_an_outbox_replaced_by_another_file_is_saved_beside_it_and_refuses
     assert skus_in(saved) == ["A", "B"], "the agent's own is saved, nothing of the refused movement in it"
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(said) == 1 and str(saved) in said[0] and "2 movements the hub has not acknowledged" in said[0], said
+
+
+async def test_a_backup_moved_over_the_running_outbox_is_not_mixed_with_the_agents_wal(tmp_path: Path) -> None:
+    # Found by moving an older copy of a running agent's outbox into place (cp backup x.new && mv x.new outbox):
+    # SQLite keeps "<path>-wal" when the file it belongs to was moved away, so the restarted agent replayed the
+    # agent's own WAL into the restored file ("database disk image is malformed").
+    path = tmp_path / "outbox.sqlite3"
+    older = tmp_path / "older.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([sale("OLD")])
+        source, copy = sqlite3.connect(path), sqlite3.connect(older)
+        source.backup(copy)
+        source.close()
+        copy.close()
+        for sku in ("A", "B", "C", "D"):
+            await outbox.record([sale(sku)])  # in the WAL: the outbox checkpoints only every 1,000 rows
+        os.replace(older, path)
+        with pytest.raises(OutboxError, match="replaced"):
+            await outbox.record([sale("E")])
+        saved = outbox.saved_copy
+    assert saved is not None and skus_in(saved) == ["OLD", "A", "B", "C", "D"]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    assert skus_in(path) == ["OLD"], "the restored file holds what it held, nothing of the agent's WAL"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as restored:
+        assert (await restored.stats()).last_seq == 1
