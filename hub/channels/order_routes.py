@@ -12,7 +12,9 @@ until the last step:
    SKU mapping — any line that cannot be mapped refuses the whole webhook;
 3. its events are ingested in one store call under the channel's identity
    (``channel:<name>``, bound to the pool's hub locations), as ``/v1/events``
-   does;
+   does, each stamped in the clock frame of the store PC booking at its
+   location (``orders.store_skews``: the channel's time less the skew the hub
+   measured of that PC), so it is ordered right against the store's counts;
 4. Square: the order's reservation at the hub is read back and settled to
    what the order as it stands still needs (``orders.settle_movements``: a
    quantity changed while it was open, nothing once it is finished), and the
@@ -57,6 +59,7 @@ from hub.channels.orders import (
     square_movements,
     square_notice,
     square_signature_ok,
+    store_skews,
     to_events,
 )
 from hub.channels.runner import make_connector, open_channel_state
@@ -198,18 +201,19 @@ class OrderWebhooks:
                 if await self._dismissed(spec, order_id, what):
                     return web.json_response({"status": "dismissed"})
                 translation = await self._on_reserved_skus(spec, ctx, translation)
-                events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms)
+                store = request.app[STORE_KEY]
+                skews = await self._skews(store, translation)
+                events = to_events(ctx, _who(spec).agent_id, translation, wall_ms_now(), self._window_ms, skews)
             except OrderRefused as err:
                 await self._order_refused(spec, order_id or err.order_id, str(err), err.channel_location)
                 return self._refused(spec, str(err), what)
             except Unavailable as err:
                 log.warning("channel %s: %s cannot be applied now: %s", name, what, err)
                 raise web.HTTPServiceUnavailable(text=f"{err}; the channel's retry will apply it") from None
-            store = request.app[STORE_KEY]
             result = None
             if events:
                 result = await store.ingest(_who(spec), 0, events, clock_window_ms=self._window_ms)
-            settled = await self._settle(spec, store, ctx, translation)
+            settled = await self._settle(spec, store, ctx, translation, skews)
             if settled is not None:
                 result = settled if result is None else replace(
                     result, applied=result.applied + settled.applied, duplicates=result.duplicates + settled.duplicates,
@@ -245,8 +249,15 @@ class OrderWebhooks:
 
     # --- steps ------------------------------------------------------------------------
 
+    async def _skews(self, store: HubStore, t: Translation) -> dict[str, int]:
+        """The measured clock skew of the store PC booking at each hub location the order moves stock at
+        (``orders.store_skews``): its movements are stamped in that store's clock frame, so a sale is ordered
+        against the store's own stock count as the two happened, not as two clocks minutes apart say."""
+        locations = {m.location for m in t.movements} | {at for at, _, _ in t.still_reserved or ()}
+        return store_skews(await store.agent_status(), locations) if locations else {}
+
     async def _settle(
-        self, spec: ChannelSpec, store: HubStore, ctx: OrderContext, t: Translation
+        self, spec: ChannelSpec, store: HubStore, ctx: OrderContext, t: Translation, skews: Mapping[str, int]
     ) -> IngestResult | None:
         """A Square order's reservation taken to what the order as it stands still needs (its quantities may
         have changed while it was open; a finished order needs none), once its own movements are in."""
@@ -260,7 +271,7 @@ class OrderWebhooks:
         if not moves:
             return None
         events = to_events(ctx, _who(spec).agent_id, Translation(t.order_id, moves, (), t.what), wall_ms_now(),
-                           self._window_ms)  # fmt: skip
+                           self._window_ms, skews)  # fmt: skip
         log.info(
             "channel %s: settled the reservation of %s to what it still needs: %s", spec.name, t.what,
             ", ".join(f"{m.kind.value} {m.qty:+d} {m.sku} at {m.location}" for m in moves[:5]),
