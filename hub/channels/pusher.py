@@ -625,7 +625,7 @@ class ChannelPusher(LoopTask):
         for key, level in (await self.levels_now({r.sku for r in rows if r.location in self.spec.pool}, also)).items():
             previous = self._pushed.get(key)
             if level.sku in forced or key in self._bases:
-                targets[key] = self._orders_read(
+                targets[key] = await self._orders_read(
                     key, Target(level.quantity, self._bases.get(key, previous), self._stamp(key, now_ms)), now_ms
                 )
                 continue
@@ -636,12 +636,12 @@ class ChannelPusher(LoopTask):
             again = key in self._less or key in self._less_unknown
             changed = previous != level.quantity or key in self._unsure or again
             if changed and (refusal is None or refusal.quantity != level.quantity):
-                targets[key] = self._orders_read(
+                targets[key] = await self._orders_read(
                     key, Target(level.quantity, previous, self._stamp(key, level.at_ms)), now_ms
                 )
         return targets
 
-    def _orders_read(self, key: LevelKey, target: Target, now_ms: int) -> Target:
+    async def _orders_read(self, key: LevelKey, target: Target, now_ms: int) -> Target:
         """The target with where Shopify's orders are read from (``Target.sales_from_ms``) for a level the hub counted
         there before, on a channel taking Shopify's order webhooks: as far back as ``_read_from`` goes, so a sale taken
         off once is read again until its order comes; ``owed`` when the last count took some off (or could not
@@ -649,7 +649,9 @@ class ChannelPusher(LoopTask):
         if not self._reads_orders or key not in self._stamps:
             return target
         owed = key in self._less or key in self._less_from
-        return replace(target, sales_from_ms=self._read_from(key, self._stamps[key], now_ms), owed=owed)
+        count_ms = (await self._count_times([key]))[key]
+        since = self._read_from(key, self._stamps[key], now_ms, count_ms=count_ms)
+        return replace(target, sales_from_ms=since, owed=owed)
 
     async def _less_unbooked(
         self, targets: dict[LevelKey, Target], forced: Collection[str], based: Collection[LevelKey],
@@ -772,15 +774,17 @@ class ChannelPusher(LoopTask):
         rest = set(order_ids) - booked
         return booked | (await self.state.orders_refused(channels, rest) if rest else set())
 
-    def _read_from(self, key: LevelKey, stamp_ms: int, now_ms: int, *, counted: bool = True) -> int:
+    def _read_from(self, key: LevelKey, stamp_ms: int, now_ms: int, *, counted: bool = True, count_ms: int = 0) -> int:
         """Where the channel's record of sales at ``key`` is read from (less the connector's margin): the level's
         last stamp, or the receipt of the oldest sale its last count took off when earlier; never
-        ``SALES_WAIT_MAX_MS`` ago, and with ``counted`` (Shopify) never before the stamp of the hub's last stock
-        count behind it (a sale before that is in the count). Square's sales are read without that bound: the
-        stamp is the store PC's clock, and a sale is told from the count on the hub's clock after the read
-        (``_count_times``)."""
+        ``SALES_WAIT_MAX_MS`` ago, and with ``counted`` (Shopify) never before the hub's last stock count behind it
+        (a sale before that is in the count): on the hub's clock, ``count_ms`` (``_count_times``), as the level's
+        stamps are (the hub's commit times) and Shopify's orders near enough; its stamp (the store PC's clock,
+        minutes off in a shop) only when not placed. Square's sales are read without that bound: a sale is told
+        from the count on the hub's clock after the read."""
         start = min(stamp_ms, self._less_from.get(key, stamp_ms))
-        return max(start, self._counted_at.get(key, 0) if counted else 0, now_ms - SALES_WAIT_MAX_MS)
+        bound = (count_ms or self._counted_at.get(key, 0)) if counted else 0
+        return max(start, bound, now_ms - SALES_WAIT_MAX_MS)
 
     async def _count_times(self, keys: Collection[LevelKey]) -> dict[LevelKey, int]:
         """When the hub's last stock count behind each level was made, on the hub's clock (0: a row behind it was

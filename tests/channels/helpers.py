@@ -152,3 +152,17 @@ async def square_pos_hub(db: str) -> AsyncIterator[SquarePos]:
 
             await wait_until(mapped, "the pos channel's SKU mapping is loaded")
             yield SquarePos(square, location, item, url, hook, served, state)
+
+
+async def store_moves(hub: Hub, skew_min: float, *moves: tuple[Kind, int, str, str, float]) -> None:
+    """Movements (kind, qty, location, sku, minutes ago) booked by a store PC whose clock is ``skew_min`` minutes off
+    (positive: ahead), as its agent sends them: stamped by that clock, with that clock's time of sending
+    (``sent_ms``), from which the hub measures the PC's skew."""
+    now = wall_ms_now()
+    skew = round(skew_min * 60_000)
+    events = [
+        hub.factory(kind, qty, at_ms=now - round(ago * 60_000) + skew + i - hub.factory.base_ms, location=loc, sku=sku)
+        for i, (kind, qty, loc, sku, ago) in enumerate(moves)
+    ]
+    result = await hub.store.ingest(hub.who, hub.factory.epoch, events, sent_ms=now + skew + len(moves))
+    assert not result.rejected, result.rejected

@@ -11,7 +11,9 @@ less those units stands. The pushers are turned by hand; the emulator lowers ``a
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -28,7 +30,7 @@ from hub.channels.reconcile import Reconciler
 from protocol import Kind
 from tests.channels.emulators.shopify import Variant
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
-from tests.channels.helpers import Hub, book_order, logged, one_sale_stands, settle, spec_of
+from tests.channels.helpers import Hub, book_order, logged, one_sale_stands, settle, spec_of, store_moves
 
 SECRET = "shpss_app_client_secret_0123"
 
@@ -388,3 +390,42 @@ async def test_an_order_booked_while_a_push_reads_shopifys_orders_is_not_set_one
         await settle(pusher)
         assert shop.available(a.item_id, online) == 7
         assert (await Reconciler(pusher).reconcile()).divergences == ()
+
+
+# --- the store's stock count against Shopify's orders: the hub's clock, not the store PC's ---------------------------
+
+
+async def next_second() -> None:
+    """Until the wall clock's next whole second: Shopify stamps an order to the second, so an order placed before
+    this and a count made after it are a second apart at Shopify too."""
+    await asyncio.sleep(1.01 - time.time() % 1)
+
+
+@pytest.mark.parametrize("skew_min", [10, -10], ids=["store-clock-ahead", "store-clock-behind"])
+async def test_shopifys_orders_are_told_from_the_stores_count_by_the_hubs_clock_not_the_store_pcs(
+    hub: Hub, state: SqliteChannelState, shop: ShopifyOrdersEmulator, skew_min: int
+) -> None:
+    """A stale push read Shopify's orders from no earlier than the stamp of the hub's last stock count, the store
+    PC's clock: a PC 10 minutes behind read an order placed just before the count (after the last push), which the
+    count saw, and took it off again (Shopify showed 8 of the 9 counted); one 10 minutes ahead left out an order
+    just after the count (Shopify showed 8 where 7 are left). The count is placed on the hub's clock now
+    (``ChannelPusher._count_times``, as for Square's register sales)."""
+    online = shop.add_location()
+    a = shop.add_variant("A", stocked_at=[online])
+    key = LevelKey(a.item_id, online)
+    await store_moves(hub, skew_min, (Kind.RECEIVE, 10, "S1", "A", 0))
+    async with hooked_pusher(hub, state, shop, {"S1": online}) as pusher:
+        await settle(pusher)
+        sell(shop, a, online, 1)  # Shopify 9, after the last push: the store then counts 9, the unit already gone
+        await next_second()
+        await store_moves(hub, skew_min, (Kind.COUNT, 9, "S1", "A", 0))  # the push from 10 is answered stale
+        await settle(pusher)
+        assert shop.available(a.item_id, online) == 9, f"Shopify shows {shop.available(a.item_id, online)} of 9"
+        assert pusher.less_unbooked == {}
+        sell(shop, a, online, 1)  # Shopify 8, just after the count
+        await store_moves(hub, skew_min, (Kind.SALE, -1, "S1", "A", 0))  # a sale at a till: the hub's 8, stale
+        await settle(pusher)
+        assert shop.available(a.item_id, online) == 7, f"Shopify shows {shop.available(a.item_id, online)} of 7"
+        assert pusher.less_unbooked == {key: 1}
+        assert (await Reconciler(pusher).reconcile()).divergences == ()
+        assert shop.available(a.item_id, online) == 7

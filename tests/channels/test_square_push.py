@@ -37,7 +37,7 @@ from hub.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from hub.storage.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from protocol import Kind, wall_ms_now
 from tests.channels.emulators.square import SquareEmulator
-from tests.channels.helpers import Hub, book_order, pushed_to_head, settle, spec_of, wait_until
+from tests.channels.helpers import Hub, book_order, pushed_to_head, settle, spec_of, store_moves, wait_until
 from tests.harness.pg import fresh_schema
 from tests.hub.event_factory import EventFactory
 
@@ -927,20 +927,6 @@ async def test_a_register_sale_before_the_hubs_stock_count_is_not_taken_off_the_
 
 
 # --- the store's stock count against a register sale: the hub's clock, not the store PC's ----------------------------
-
-
-async def store_moves(hub: Hub, skew_min: float, *moves: tuple[Kind, int, str, str, float]) -> None:
-    """Movements (kind, qty, location, sku, minutes ago) booked by a store PC whose clock is ``skew_min`` minutes off
-    (positive: ahead), as its agent sends them: stamped by that clock, with that clock's time of sending
-    (``sent_ms``), from which the hub measures the PC's skew."""
-    now = wall_ms_now()
-    skew = round(skew_min * 60_000)
-    events = [
-        hub.factory(kind, qty, at_ms=now - round(ago * 60_000) + skew + i - hub.factory.base_ms, location=loc, sku=sku)
-        for i, (kind, qty, loc, sku, ago) in enumerate(moves)
-    ]
-    result = await hub.store.ingest(hub.who, hub.factory.epoch, events, sent_ms=now + skew + len(moves))
-    assert not result.rejected, result.rejected
 
 
 def sold_at_register(square: SquareEmulator, item: str, loc: str, minutes_ago: float, order_id: str) -> None:
