@@ -18,9 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, guard, hash_pin
-from agent.outbox import Outbox
-from agent.sessions import SessionManager, SessionStore
+from agent.localapi import LocalApiServer, guard
+from tests.agent.localapi_helpers import local_api
 
 SLOTS = 3
 STEP_TIMEOUT_S = 10.0
@@ -28,17 +27,8 @@ STEP_TIMEOUT_S = 10.0
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[LocalApiServer]:
-    async with (
-        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
-        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
-    ):
-        context = LocalApiContext(
-            sessions=SessionManager(store, outbox), outbox=outbox, staff=StaffDirectory({"ana": hash_pin("4711")})
-        )
-        running = LocalApiServer(context, "127.0.0.1", 0)
-        running.guard.limit = SLOTS
-        async with running:
-            yield running
+    async with local_api(tmp_path, SLOTS) as running:
+        yield running
 
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]

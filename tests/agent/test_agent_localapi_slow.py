@@ -17,9 +17,8 @@ import aiohttp
 import pytest
 
 import agent.localapi.app as localapi_app
-from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, hash_pin
-from agent.outbox import Outbox
-from agent.sessions import SessionManager, SessionStore
+from agent.localapi import LocalApiServer
+from tests.agent.localapi_helpers import local_api
 
 SLOTS = 4
 DEADLINE_S = 1.0
@@ -29,17 +28,8 @@ WAIT_S = 10.0  # well past the deadline; without one the slots stay taken for th
 @pytest.fixture
 async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalApiServer]:
     monkeypatch.setattr(localapi_app, "BODY_TIMEOUT_S", DEADLINE_S, raising=False)
-    async with (
-        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
-        SessionStore.open(tmp_path / "sessions.sqlite3") as store,
-    ):
-        context = LocalApiContext(
-            sessions=SessionManager(store, outbox), outbox=outbox, staff=StaffDirectory({"ana": hash_pin("4711")})
-        )
-        running = LocalApiServer(context, "127.0.0.1", 0)
-        running.guard.limit = SLOTS
-        async with running:
-            yield running
+    async with local_api(tmp_path, SLOTS) as running:
+        yield running
 
 
 async def _drip(server: LocalApiServer) -> bytes:
