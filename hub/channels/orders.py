@@ -218,6 +218,9 @@ def to_events(
     """
     events: list[StockEvent] = []
     source = f"api:channel:{ctx.channel}"
+    # a PC more than the clock window off has its own events held for an operator: its skew is not carried into a
+    # channel's sale, which would be held too (ahead of the hub's clock), where the channel's own time is right
+    skews = {at: skew for at, skew in (skews or {}).items() if abs(skew) <= window_ms}
     for m in t.movements:
         if m.at_ms > now_ms + window_ms:
             raise OrderRefused(
@@ -235,7 +238,7 @@ def to_events(
                 sku=m.sku,
                 kind=m.kind,
                 qty=m.qty,
-                occurred_at=pack_hlc(max(m.at_ms - (skews or {}).get(m.location, 0), 0), 0),
+                occurred_at=pack_hlc(max(m.at_ms - skews.get(m.location, 0), 0), 0),
                 wall_ms=m.at_ms,
                 source=source,
                 ref=ctx.ref(t.order_id),

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from hub.channels.orders import (
     RELEASED_UNITS_MAX,
+    Movement,
     OrderContext,
     OrderRefused,
     Translation,
@@ -32,7 +33,7 @@ from hub.channels.orders import (
     to_events,
 )
 from hub.resolver import BundleBook, resolve
-from protocol import Kind, StockEvent, wall_ms_now
+from protocol import Kind, StockEvent, unpack_hlc, wall_ms_now
 from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
 from tests.channels.emulators.signing import shopify_signature, square_signature
 from tests.channels.emulators.square_orders import SquareOrdersEmulator
@@ -620,3 +621,20 @@ def test_every_stage_is_a_movement_of_the_right_kind() -> None:
     assert {(m.stage, m.kind) for m in t.movements} == {
         ("reserve", Kind.RESERVE), ("sale", Kind.SALE), ("moved", Kind.RELEASE),
     }  # fmt: skip
+
+
+def test_a_store_pcs_skew_beyond_the_clock_window_is_not_carried_into_a_channels_sale() -> None:
+    """A channel's sale is stamped in its store PC's clock frame (the channel's time less the PC's measured skew), so
+    it orders against that store's counts. A PC more than the clock window off has its own events held for an
+    operator; carrying that skew made the channel's sale held too (ahead of the hub's clock, ``ahead``), where it
+    was booked before. Past the window the sale keeps the channel's time."""
+    ctx = OrderContext("pos", "square", {"S1": "L1"})
+    now = wall_ms_now()
+    sale = Movement("sale", "line-1", Kind.SALE, "S1", "SKU-A", -1, now, "line-1")
+    t = Translation("ORDER-1", (sale,))
+    minutes = 60_000
+    near = to_events(ctx, AGENT, t, now, WINDOW_MS, {"S1": -10 * minutes})  # the PC 10 minutes ahead
+    assert unpack_hlc(near[0].occurred_at)[0] == now + 10 * minutes
+    far = to_events(ctx, AGENT, t, now, WINDOW_MS, {"S1": -WINDOW_MS - minutes})  # the PC past the window ahead
+    assert unpack_hlc(far[0].occurred_at)[0] == now
+    assert near[0].event_id == far[0].event_id  # the same sale either way
