@@ -63,7 +63,12 @@ from protocol.serving import HandlerRunner
 log = logging.getLogger(__name__)
 
 FD_RESERVE = 64  # files kept for the database and its WAL, worker threads, the log, PostgreSQL and webhook sockets
-LISTEN_BACKLOG = 64  # the kernel's queue of connections not yet accepted; asyncio accepts this many per turn
+LISTEN_BACKLOG = 64  # asyncio accepts this many connections per turn of the loop
+# The kernel's queue of connections it has completed and the hub not yet taken (the system caps it at
+# net.core.somaxconn). At asyncio's 64 a flood overflowed it: the kernel dropped handshakes, and their clients waited
+# for its retransmissions (1 s, 3 s, 7 s …) before the hub could even answer 503 (1,611 drops in a 10 s flood of 200
+# clients against 50 connections).
+KERNEL_BACKLOG = 1024
 # asyncio accepts a batch per turn of the loop and a connection reaches the guard two turns later, and the file of
 # one the guard closed is released a turn after that: up to three batches are open beyond the guard's count.
 ACCEPT_SLACK = 3 * LISTEN_BACKLOG

@@ -50,7 +50,15 @@ from hub.config import ConfigError, HubSettings, check_tls_pair
 from hub.discovery import HubAdvertiser, start_advertiser
 from hub.drain import GATE_KEY
 from hub.feed import end_streams
-from hub.limits import LISTEN_BACKLOG, AccessLog, ConnectionGuard, GuardedHandler, GuardedRunner, plan_fd_budget
+from hub.limits import (
+    KERNEL_BACKLOG,
+    LISTEN_BACKLOG,
+    AccessLog,
+    ConnectionGuard,
+    GuardedHandler,
+    GuardedRunner,
+    plan_fd_budget,
+)
 from hub.servelock import hold_serving_lock
 from hub.starting import create_starting_app
 from hub.storage import open_store, sqlite_file
@@ -148,6 +156,17 @@ def tls_context(settings: HubSettings) -> ssl.SSLContext | None:
     return context
 
 
+def _lengthen_queue(server: asyncio.Server) -> None:
+    """Give the kernel's queue of completed connections ``KERNEL_BACKLOG`` (asyncio listens with the number it
+    accepts a turn, ``LISTEN_BACKLOG``): ``listen`` again on the same socket sets only the queue's length."""
+    for listening in server.sockets:
+        try:
+            with socket.fromfd(listening.fileno(), listening.family, listening.type) as sock:
+                sock.listen(KERNEL_BACKLOG)
+        except OSError as err:  # the queue stays asyncio's
+            log.debug("The hub could not lengthen the queue of %s: %s", listening.getsockname(), err)
+
+
 class Listener:
     """The hub's listening socket, from its start to its stop. Until the store is open its connections are served
     by the starting application (hub.starting: /livez, and 503 to the rest); ``hand_over`` gives every new one to
@@ -203,6 +222,7 @@ class Listener:
         except OSError as err:
             why = os.strerror(err.errno).lower() if err.errno else str(err)
             raise ServeError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from err
+        _lengthen_queue(server)
         self._servers.append(server)
 
     @property
@@ -228,7 +248,9 @@ class Listener:
             self._later.cancel()
             self._later = None
         for server in self._servers:
-            await server.start_serving()  # nothing if it serves already
+            if not server.is_serving():
+                await server.start_serving()  # listen() with asyncio's length again
+                _lengthen_queue(server)
 
     async def _accept_later(self) -> None:
         await asyncio.sleep(STARTING_SAY_S)
