@@ -154,7 +154,7 @@ class _Change:
     created_ms: int
     reference_id: str
     sale: bool = False  # an adjustment from IN_STOCK to SOLD: a sale rung up at Square
-    order_id: str = ""  # a sale's order at Square (its ``transaction_id``: Square's order id)
+    order_id: str = ""  # a sale's order at Square: its ``transaction_id`` (a register order is its own transaction)
 
 
 @dataclass(slots=True)
@@ -524,7 +524,8 @@ class SquareConnector:
         """The sales (``IN_STOCK`` to ``SOLD``) Square recorded at these levels, received from a little before
         ``counted_ms`` (the ``occurred_at`` the hub's last count there went out with, or earlier: the oldest sale
         that count took off) up to now, each with its
-        order (the adjustment's ``transaction_id``, Square's order id; a sale without one is left out: nobody
+        order (the adjustment's ``transaction_id``: the Transaction that sold it, 2024-11-20, which for an order
+        paid at a register is the order's id — not its payment's; a sale without one is left out: nobody
         can say whether the hub booked it). Read with ``changes/batch-retrieve``, ``ADJUSTMENT`` with ``states``
         ``SOLD``, ``READ_IDS_MAX`` items a request. None when it cannot be read: said once until it can again."""
         if not counted_ms:

@@ -37,6 +37,7 @@ from hub.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from hub.storage.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from protocol import Kind, wall_ms_now
 from tests.channels.emulators.square import SquareEmulator
+from tests.channels.emulators.square_orders import SquareOrdersEmulator
 from tests.channels.helpers import Hub, book_order, pushed_to_head, settle, spec_of, store_moves, wait_until
 from tests.harness.pg import fresh_schema
 from tests.hub.event_factory import EventFactory
@@ -655,6 +656,25 @@ async def test_the_square_stand_in_answers_changes_as_the_reference_says(square:
             assert (status, error["category"], error["code"], error["field"]) == (
                 400, "INVALID_REQUEST_ERROR", code, field
             ), bad  # fmt: skip
+
+
+async def test_a_register_sale_names_its_order_by_the_transaction_the_order_is_not_by_its_payment() -> None:
+    """Square's reference (2024-11-20) ties a sale in the inventory to what sold it only by the adjustment's
+    ``transaction_id``, the id of the Transaction (InventoryAdjustment has no order field); an order paid at a register
+    is its own transaction: its tenders carry the order's ``id`` as their ``transaction_id`` and the payment's id as
+    their ``id`` and ``payment_id``. The sale read before a push names the order the order webhooks book, not the
+    payment."""
+    async with SquareOrdersEmulator() as square:
+        loc, a = square.add_location(), square.add_variation("A")
+        square.register_count(a, loc, 5, occurred_at=datetime.now(UTC) - timedelta(minutes=2))
+        order = square.sell_at_register(loc, [(a, 2)])
+        (tender,) = order["tenders"]
+        assert tender["transaction_id"] == order["id"] != tender["payment_id"] == tender["id"]
+        async with aiohttp.ClientSession() as session:
+            connector = SquareConnector(square_spec(square, {"S1": loc}), session)
+            sales = await connector.sales_since({LevelKey(a, loc): wall_ms_now() - 180_000})
+    assert sales is not None
+    assert [(s.order_id, s.units) for s in sales[LevelKey(a, loc)]] == [(order["id"], 2)]
 
 
 def hooked(spec: ChannelSpec) -> ChannelSpec:

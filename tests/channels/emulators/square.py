@@ -51,8 +51,10 @@ Built from Square's public reference for that version (its OpenAPI specification
   ``catalog_object_type``, ``location_id``, ``quantity``, ``state`` (a count)
   or ``from_state`` / ``to_state`` (an adjustment), ``source``,
   ``occurred_at`` and ``created_at``; a sale (``IN_STOCK`` to ``SOLD``) also
-  ``total_price_money`` and ``transaction_id``, the id of the order that sold
-  it (Square's transaction id is its order id). Paged as the counts are: ``limit``
+  ``total_price_money`` and ``transaction_id``: the id of the Transaction
+  that sold it, which for an order paid at a register is the order's id (the
+  order's tenders carry it as their ``transaction_id``; the payment's id is
+  another). Paged as the counts are: ``limit``
   1–1000 (100 when not given), a ``cursor`` while more follow, bound to the
   query. Square promises no page size: ``changes_page_max`` makes its pages
   smaller than asked for.

@@ -14,7 +14,11 @@ Built from Square's public reference for that version:
   ``picked_up_at``, ``canceled_at``); an itemized refund is an order of its own
   whose ``returns`` list ``return_line_items`` (``source_line_item_uid``,
   ``catalog_object_id``, ``quantity``). UpdateOrder changes an OPEN order (a
-  line's quantity, say) and bumps its ``version``.
+  line's quantity, say) and bumps its ``version``. An order paid at a register
+  lists its ``tenders`` (``id``, the same as its ``payment_id``: the Payment's;
+  ``transaction_id``: the Transaction's, which is the order's own ``id``), and
+  each sale it makes in the inventory (``IN_STOCK`` to ``SOLD``) carries that
+  ``transaction_id``.
 * Webhooks ``order.created``, ``order.updated`` and ``order.fulfillment.updated``:
   ``{"merchant_id", "type", "event_id", "created_at", "data": {"type", "id",
   "object": {"order_created" | "order_updated" | "order_fulfillment_updated":
@@ -102,12 +106,20 @@ class SquareOrdersEmulator(SquareEmulator):
         return copy.deepcopy(order)
 
     def sell_at_register(self, location_id: str, lines: Sequence[tuple[str, int]]) -> dict[str, Any]:
-        """An in-person sale rung up at a register: an order COMPLETED at once, and Square's inventory of each line
-        one sale (IN_STOCK to SOLD) whose ``transaction_id`` is the order's id."""
+        """An in-person sale rung up at a register: an order paid by card (one tender: its ``payment_id`` the
+        payment's, its ``transaction_id`` the order's id) and COMPLETED at once, and Square's inventory of each line
+        one sale (IN_STOCK to SOLD) whose ``transaction_id`` is the tender's."""
         order = self.create_order(location_id, lines, pickup=False)
+        payment_id = uuid.uuid4().hex[:27].upper()
+        amount = sum(1000 * int(quantity) for _, quantity in lines)
+        tender = {"id": payment_id, "location_id": location_id, "transaction_id": order["id"],
+                  "created_at": order["created_at"], "amount_money": {"amount": amount, "currency": "USD"},
+                  "type": "CARD", "card_details": {"status": "CAPTURED", "entry_method": "EMV"},
+                  "payment_id": payment_id}  # fmt: skip
+        self.orders[order["id"]]["tenders"] = [tender]
         done = self.pick_up(order["id"], shift_s=0.0)
         for variation, quantity in lines:
-            self.register_sale(variation, location_id, quantity, order_id=order["id"])
+            self.register_sale(variation, location_id, quantity, order_id=tender["transaction_id"])
         return done
 
     def set_quantity(self, order_id: str, line_uid: str, quantity: int, *, shift_s: float = 0.5) -> dict[str, Any]:
