@@ -1309,12 +1309,17 @@ def _busy(err: sqlite3.OperationalError) -> bool:
 _DISK_REFUSED = ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_SHMSIZE")
 
 
-def write_failure(err: sqlite3.Error) -> str:
+def disk_refused(err: sqlite3.Error) -> bool:
+    """Whether SQLite's failure is the disk refusing a write (full, or a file-size limit)."""
+    return getattr(err, "sqlite_errorname", "") in _DISK_REFUSED
+
+
+def write_failure(err: sqlite3.Error, then: str = "record again") -> str:
     """A failed write in words an operator can act on: a full disk says so (SQLite calls a file-size limit an I/O error)."""
-    if getattr(err, "sqlite_errorname", "") in _DISK_REFUSED:
+    if disk_refused(err):
         return (
             f"the disk is full or refuses writes ({err}); nothing of this write was recorded and everything"
-            " recorded before is safe; free disk space, then record again"
+            f" recorded before is safe; free disk space, then {then}"
         )
     return str(err)
 

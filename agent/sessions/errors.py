@@ -46,6 +46,10 @@ class ExceedsOnHand(UnlikelyQuantity):
     should hold, sent without the staff confirming it: a keypad slip or a barcode scanned into the quantity."""
 
 
+class SessionStoreFailed(SessionError):
+    """The session store's file could not be read or written (a full disk): nothing of the request was stored."""
+
+
 class SessionStoreClosed(SessionError):
     def __init__(self, path: str) -> None:
         super().__init__(f"the session store {path} is closed")

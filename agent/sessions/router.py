@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import hardware
 from agent.scanning import ModeRouter, ScanOutcome, ScanResult, ScanRouter, problem_outcome
-from agent.sessions.errors import SessionError
+from agent.sessions.errors import SessionError, SessionStoreFailed
 from agent.sessions.manager import SessionManager
 from agent.sessions.model import SessionStatus
 from protocol.values import shown
@@ -86,6 +86,8 @@ class SessionRouter:
                 ScanResult.FAILED,
                 f"Scan {shown(scan.text, 40)} was not added to {session.type.value} session {session.id}: {err}.",
                 location=session.location,
+                # the session store could not write it (a full disk): said every time, never taken for line noise
+                unrecorded=isinstance(err, SessionStoreFailed),
             )
         if line.pending:
             return ScanOutcome(

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.db import Opening, SqliteFile, SqliteThread
+from agent.outbox import write_failure
 from agent.sessions.errors import (
     AlreadyReceived,
     InvalidSessionInput,
@@ -43,6 +44,7 @@ from agent.sessions.errors import (
     SessionNotFound,
     SessionNotOpen,
     SessionStoreClosed,
+    SessionStoreFailed,
 )
 from agent.sessions.model import (
     BinNote,
@@ -174,7 +176,8 @@ class SessionStore(SqliteFile):
         return SessionStoreClosed(self.path)
 
     def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
-        return SessionError(f"the session store {self.path} could not be {verb}: {err}")
+        detail = write_failure(err, "send it again") if verb == "written" else err
+        return SessionStoreFailed(f"the session store {self.path} could not be {verb}: {detail}")
 
     # --- sessions ----------------------------------------------------------
     async def insert(self, session: Session, *, again: bool = False) -> Session:

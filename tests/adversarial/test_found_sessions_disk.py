@@ -1,0 +1,191 @@
+"""Staff sessions on a full disk: the data directory (outbox, session store, scan journal) on a real 1 MiB tmpfs
+filled to its last block, a handheld on the local API over 127.0.0.1 and a serial scanner on a pseudo-terminal.
+
+Every refused write is said (the handheld's answer, an ERROR per refused scan) with what to do, nothing is
+acknowledged and lost, a close is booked once, and all of it works again once there is room, without a restart.
+Mounting the tmpfs needs root on Linux (skipped elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+import hardware
+from agent.catalog import Catalog, make_item
+from agent.config import ScannerSection
+from agent.errors import OutboxError
+from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory
+from agent.outbox import Movement, Outbox
+from agent.scan_journal import ScanJournal
+from agent.scanning import PROBLEMS_SAID_MAX, ModeRouter, ScanService
+from agent.sessions import SessionManager, SessionStore
+from agent.sessions.router import SessionRouter
+from protocol import Kind
+from tests.agent.agent_scan_helpers import PtyDevice
+from tests.agent.test_agent_localapi import APPLE, STAFF, Api
+from tests.harness.small_disk import fill
+
+NUTS = "94006381333934"  # a variable-count item: its label's (30) says how many it holds
+WAIT_S = 10.0
+
+
+def nuts_label(count: int) -> bytes:
+    return f"]C101{NUTS}30{count}".encode()
+
+
+APPLE_SCAN = b"]E0" + APPLE.encode()
+
+
+@dataclass
+class Store:
+    api: Api
+    device: PtyDevice
+    service: ScanService
+    disk: Path
+
+    async def scan(self, *frames: bytes) -> None:
+        target = self.service.outcomes + len(frames)
+        self.device.write(b"".join(f + b"\r\n" for f in frames))
+        await self.service.wait_decided(target, WAIT_S)
+
+
+@pytest.fixture
+async def store(tmp_path: Path, small_disk: Path) -> AsyncIterator[Store]:
+    """The data directory on the full-able disk."""
+    async with running(tmp_path, small_disk) as started:
+        yield started
+
+
+@pytest.fixture
+async def roomy_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """The data directory on the test's own disk: only the outbox is made full (SQLite's own SQLITE_FULL)."""
+    async with running(tmp_path, tmp_path / "roomy") as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, disk: Path) -> AsyncIterator[Store]:
+    device = PtyDevice(tmp_path / "usb-Honeywell_Xenon_1900-if00")
+    config = hardware.SerialScannerConfig(
+        reader_id="dock", port=str(device.link), idle_gap_s=None, reconnect_initial_s=0.02, reconnect_max_s=0.1
+    )
+    dock = ScannerSection(id="dock", type="serial", mode="receive", device=config)
+    catalog = Catalog([make_item(APPLE, "SKU-APPLE"), make_item(NUTS, "SKU-NUTS")])
+    data = disk / "data"
+    try:
+        async with (
+            Outbox.open(data / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
+            SessionStore.open(data / "sessions.sqlite3") as sessions_store,
+            ScanJournal.open(data / "scans.sqlite3") as journal,
+        ):
+            sessions = SessionManager(sessions_store, outbox, catalog=catalog)
+            router = SessionRouter(sessions, ModeRouter(outbox, catalog, [dock], location="S001", journal=journal))
+            context = LocalApiContext(sessions=sessions, outbox=outbox, staff=StaffDirectory(STAFF), readers=("dock",))
+            async with (
+                ScanService([dock], router, journal) as service,
+                LocalApiServer(context, "127.0.0.1", 0) as server,
+                aiohttp.ClientSession(
+                    cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=20)
+                ) as http,
+            ):
+                await service.wait_status("dock", available=True, timeout_s=WAIT_S)
+                yield Store(Api(server.url, http, outbox, sessions), device, service, disk)
+    finally:
+        device.unplug()
+
+
+def _says_disk_full(status: int, data: object) -> None:
+    assert status in (503, 507), data
+    message = data["error"]["message"]  # type: ignore[index]
+    assert "the disk is full" in message and "free disk space" in message, message
+
+
+async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_close_and_all_resume_after(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    api = store.api
+    await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-9", "reader_id": "dock"}, 201))[
+        "session"
+    ]["id"]
+    await store.scan(nuts_label(250_000))  # line 1: held for a person
+    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "a" * 32}, 201)  # line 2
+    ballast = fill(store.disk)
+
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "b" * 32})
+    _says_disk_full(got, data)
+    refused = PROBLEMS_SAID_MAX + 2
+    caplog.clear()
+    await store.scan(*[APPLE_SCAN] * refused)
+    said = [r for r in caplog.records if r.name.startswith("agent") and "dock" in r.getMessage()]
+    not_added = [r for r in said if "was not added to receive session" in r.getMessage()]
+    assert len(not_added) == refused, [r.getMessage() for r in said]  # every one, however many in a row
+    assert all(r.levelno == logging.ERROR and "free disk space" in r.getMessage() for r in not_added)
+    assert not any("line noise" in r.getMessage() for r in said)
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/lines/1/confirm", {})
+    _says_disk_full(got, data)
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/close", {})
+    # the held line keeps a close from going ahead (409) before the disk is asked; confirmed, it would be the disk
+    assert got == 409 or "the disk is full" in data["error"]["message"], data
+    view = await api.ok("GET", f"/api/v1/sessions/{sid}")
+    assert [(x["no"], x["sku"], x["qty"]) for x in view["lines"]] == [(1, "SKU-NUTS", 250_000), (2, "SKU-APPLE", 1)]
+    assert list(await api.outbox.pending(10)) == []
+
+    ballast.unlink()  # room again: no restart
+    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "b" * 32}, 201)  # line 3
+    await store.scan(APPLE_SCAN)  # line 4
+    await api.ok("POST", f"/api/v1/sessions/{sid}/lines/1/confirm", {})
+    closed = await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
+    report = {line["sku"]: line["qty"] for line in closed["session"]["report"]["lines"]}
+    assert report == {"SKU-APPLE": 3, "SKU-NUTS": 250_000}
+    booked = sorted((ev.sku, ev.kind, ev.qty) for ev in await api.outbox.pending(10))
+    assert booked == [("SKU-APPLE", Kind.RECEIVE, 3), ("SKU-NUTS", Kind.RECEIVE, 250_000)]
+
+
+def _outbox_full(conn: sqlite3.Connection) -> None:
+    """The outbox may grow no more (SQLite's own SQLITE_FULL, as a full disk answers) while the session store can."""
+    conn.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    for size in (1024, 128, 16, 1):
+        try:
+            while True:
+                conn.execute("INSERT INTO filler VALUES (zeroblob(?))", (size,))
+        except sqlite3.OperationalError:
+            pass
+
+
+async def test_a_close_the_full_outbox_refuses_is_said_and_booked_once_when_sent_again_with_room(
+    roomy_store: Store,
+) -> None:
+    api = roomy_store.api
+    await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-10"}, 201))["session"]["id"]
+    for i in range(5):
+        await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": f"{i:032x}"}, 201)
+    db = api.outbox._db
+    await db.outside_transaction(_outbox_full)
+    with pytest.raises(OutboxError, match="the disk is full"):  # the rest of the room: the events' own pages
+        while True:
+            await api.outbox.record([Movement("S001", "TOTE", Kind.RECEIVE, 1, "api:filler")])
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/close", {})
+    _says_disk_full(got, data)
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/close", {})
+    _says_disk_full(got, data)
+    view = await api.ok("GET", f"/api/v1/sessions/{sid}")  # decided, not booked: sent again, it is finished
+    assert (view["session"]["status"], len(view["lines"])) == ("closing", 5)
+    assert [ev.sku for ev in await api.outbox.pending(1000) if ev.sku != "TOTE"] == []
+    await db.outside_transaction(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    closed = await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
+    assert closed["session"]["status"] == "closed"
+    booked = [(ev.sku, ev.qty) for ev in await api.outbox.pending(1000) if ev.sku != "TOTE"]
+    assert booked == [("SKU-APPLE", 5)]
