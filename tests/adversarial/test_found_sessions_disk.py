@@ -119,6 +119,8 @@ async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_cl
     ]["id"]
     await store.scan(nuts_label(250_000))  # line 1: held for a person
     await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "a" * 32}, 201)  # line 2
+    other = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-8"}, 201))["session"]["id"]
+    await api.ok("POST", f"/api/v1/sessions/{other}/scans", {"code": APPLE, "qty": 4, "scan_id": "c" * 32}, 201)
     ballast = fill(store.disk)
 
     got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "b" * 32})
@@ -136,6 +138,8 @@ async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_cl
     got, data = await api.call("POST", f"/api/v1/sessions/{sid}/close", {})
     # the held line keeps a close from going ahead (409) before the disk is asked; confirmed, it would be the disk
     assert got == 409 or "the disk is full" in data["error"]["message"], data
+    got, data = await api.call("POST", f"/api/v1/sessions/{other}/close", {})
+    _says_disk_full(got, data)
     view = await api.ok("GET", f"/api/v1/sessions/{sid}")
     assert [(x["no"], x["sku"], x["qty"]) for x in view["lines"]] == [(1, "SKU-NUTS", 250_000), (2, "SKU-APPLE", 1)]
     assert list(await api.outbox.pending(10)) == []
@@ -147,8 +151,15 @@ async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_cl
     closed = await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
     report = {line["sku"]: line["qty"] for line in closed["session"]["report"]["lines"]}
     assert report == {"SKU-APPLE": 3, "SKU-NUTS": 250_000}
-    booked = sorted((ev.sku, ev.kind, ev.qty) for ev in await api.outbox.pending(10))
-    assert booked == [("SKU-APPLE", Kind.RECEIVE, 3), ("SKU-NUTS", Kind.RECEIVE, 250_000)]
+    assert (await api.ok("POST", f"/api/v1/sessions/{other}/close", {}))["session"]["status"] == "closed"
+    booked = sorted((ev.source, ev.sku, ev.kind, ev.qty) for ev in await api.outbox.pending(10))
+    assert booked == sorted(
+        [
+            (f"session:{sid}", "SKU-APPLE", Kind.RECEIVE, 3),
+            (f"session:{sid}", "SKU-NUTS", Kind.RECEIVE, 250_000),
+            (f"session:{other}", "SKU-APPLE", Kind.RECEIVE, 4),
+        ]
+    ), "each close booked once"
 
 
 def _outbox_full(conn: sqlite3.Connection) -> None:
