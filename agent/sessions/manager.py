@@ -22,7 +22,7 @@ import logging
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 
-from agent.errors import InvalidMovement
+from agent.errors import InvalidMovement, OutboxClosed, OutboxError
 from agent.outbox import Outbox, RejectedEvent
 from agent.quantities import Flow, unlikely
 from agent.serials import SERIAL_AGAIN_S, Unit, booked_again
@@ -538,6 +538,16 @@ class SessionManager:
                 await self.store.reopen(session.id)
                 log.error("Session %s could not be closed and is open again: %s", session.id, err)
                 raise SessionError(f"session {session.id} cannot be closed: {err}") from err
+            except OutboxError as err:
+                # The outbox refused the batch (a full disk): one transaction, so nothing of it is booked. Left
+                # closing, the session took no scans and the handheld's page offered no Close until a restart
+                # finished it; open again, it is closed again once there is room. (The outbox shutting down: it is
+                # left closing, and the next start finishes it.)
+                if isinstance(err, OutboxClosed) or await self.outbox.recorded_from(session_source(session)):
+                    raise
+                await self.store.reopen(session.id)
+                log.error("Session %s was not closed and is open again: %s", session.id, err)
+                raise SessionError(f"session {session.id} was not closed, and is open again: {err}") from err
             recorded, again = len(result.events), len(result.duplicates)
         else:
             recorded = again = 0
