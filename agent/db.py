@@ -25,9 +25,17 @@ Checkpoints never run inline:
 SQLite's automatic checkpoint is off and the thread runs one after every
 ``CHECKPOINT_ROWS`` changed rows, and, for a file given ``wal_limit_bytes``
 (whose rows may be large: the POS store's packed counts), whenever its WAL is
-larger than that after a write; SQLite then cuts the WAL back to that size
-(``journal_size_limit``) when the next write starts it again from its
-beginning. A checkpoint copies committed pages back: durability is the same.
+larger than that after a write. SQLite cuts the WAL back to that size, or to
+``WAL_KEEP_BYTES`` for any other file (``journal_size_limit``), when the next
+write after a checkpoint starts it again from its beginning: otherwise it stays
+at its largest for ever. A checkpoint copies committed pages back: durability
+is the same.
+
+A write refused for a full disk (SQLITE_FULL) is often refused for the WAL's
+own room: the thread then copies the WAL back and truncates it to nothing
+(``wal_checkpoint(TRUNCATE)``, not waiting for a reader), before the next
+write if it could not at once (the copy may need room in the file itself), so
+that the next write finds the space the WAL held.
 
 The file's identity (device and inode) is taken when it is opened. A file
 deleted or replaced under an open connection keeps working through that
@@ -59,6 +67,7 @@ SYNCHRONOUS_MODES = ("full", "normal")
 INLINE_COMMIT_MAX_S = 0.001  # small writes run on the caller's thread while commits average less than this
 COMMIT_AVERAGE_WEIGHT = 0.2  # of the newest commit in the running average of commit times
 CHECKPOINT_ROWS = 1_000  # changed rows after which the thread copies the WAL back (SQLite's own: 1,000 pages)
+WAL_KEEP_BYTES = 4 << 20  # journal_size_limit of a file given no wal_limit_bytes (SQLite's own: no limit)
 GROUP_MAX = 64  # queued writes committed in one transaction at most
 
 OnDisk = Literal["same", "missing", "replaced"]  # the path holds the open file, nothing, or another file
@@ -106,6 +115,9 @@ class SqliteThread:
         self._finished = 0  # work the thread has done; written by the thread only
         self._commit_s: float | None = None  # running average of write transactions; None: not measured yet
         self._changed_rows = 0  # since the last checkpoint
+        self._reclaim = False  # a write was refused for a full disk: truncate the WAL before the next one
+        self._reclaim_now = False  # and hand that to the thread at once
+        self._reclaim_failed = False  # the last try found no room either (said once)
         self.identity: tuple[int, int] | None = None  # of the file this connection opened
 
     async def connect(self) -> None:
@@ -126,8 +138,9 @@ class SqliteThread:
                 raise sqlite3.OperationalError(f"could not switch to WAL (journal_mode is {mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the thread checkpoints; see the module doc
+            keep = WAL_KEEP_BYTES if self._wal_limit is None else self._wal_limit
+            conn.execute(f"PRAGMA journal_size_limit = {int(keep)}")
             if self._wal_limit is not None:
-                conn.execute(f"PRAGMA journal_size_limit = {int(self._wal_limit)}")
                 # Built with SQLITE_SECURE_DELETE (as Debian's is), SQLite writes zeros over every page a delete
                 # frees, through the WAL, in the delete's one transaction: dropping 20 MB of a file's rows wrote
                 # 20 MB of WAL past any bound. FAST clears what lies on the pages the delete writes anyway.
@@ -233,18 +246,24 @@ class SqliteThread:
             and average < INLINE_COMMIT_MAX_S
             and self._submitted == self._finished  # nothing queued or running: order is kept
             and not self._stopping
+            and not self._reclaim
         )
 
     def _write_transaction(self, fn: Callable[[sqlite3.Connection], T], *, wait_for_lock: bool = True) -> T:
         conn = self._conn
         assert conn is not None, "SqliteThread used before connect()"
+        self._reclaim_wal()
         started = time.perf_counter()
         changes = conn.total_changes
-        if wait_for_lock:
-            result = self._in_transaction("BEGIN IMMEDIATE", fn)
-        else:
-            _begin_at_once(conn)
-            result = self._in_transaction(None, fn)
+        try:
+            if wait_for_lock:
+                result = self._in_transaction("BEGIN IMMEDIATE", fn)
+            else:
+                _begin_at_once(conn)
+                result = self._in_transaction(None, fn)
+        except sqlite3.Error as err:
+            self._note_full(err)
+            raise
         took = time.perf_counter() - started
         average = self._commit_s
         self._commit_s = took if average is None else average + COMMIT_AVERAGE_WEIGHT * (took - average)
@@ -264,9 +283,71 @@ class SqliteThread:
         if size > self._wal_limit:
             self._changed_rows = max(self._changed_rows, CHECKPOINT_ROWS)
 
+    def _note_full(self, err: sqlite3.Error) -> None:
+        """After a failed write: a full disk has the WAL truncated at once and, failing that, before the next write
+        (see the module doc)."""
+        if getattr(err, "sqlite_errorname", "") == "SQLITE_FULL":
+            self._reclaim = self._reclaim_now = True
+
+    def _reclaim_wal(self) -> None:
+        """On the connection's user, outside a transaction: after a full disk, copy the WAL back and truncate it to
+        nothing, unless another process is reading or writing the file (no waiting for it). Tried again before
+        the next write while the copy itself finds no room; said once until it succeeds."""
+        conn = self._conn
+        if not self._reclaim or conn is None:
+            return
+        self._reclaim = False
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            size = 0
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as err:
+            self._reclaim = getattr(err, "sqlite_errorname", "") == "SQLITE_FULL"
+            if not self._reclaim_failed:
+                self._reclaim_failed = True
+                log.warning(
+                    "After a full disk, the WAL of %s (%d bytes) could not be copied back into the file (%s);"
+                    " this is tried again before each write until it succeeds",
+                    self.path,
+                    size,
+                    err,
+                )
+            return
+        self._reclaim_failed = False
+        if busy:
+            log.warning(
+                "After a full disk, the WAL of %s (%d bytes) was not truncated: another process is using the file",
+                self.path,
+                size,
+            )
+        else:
+            log.info(
+                "After a full disk, the WAL of %s was copied back and truncated, giving back %d bytes", self.path, size
+            )
+
+    def _reclaim_on_thread(self) -> None:
+        try:
+            with self._lock:
+                self._reclaim_wal()
+        finally:
+            self._finished += 1
+
     def _maybe_checkpoint(self) -> None:
-        """On the caller's thread: hand a checkpoint to the thread once enough rows changed."""
-        if self._changed_rows >= CHECKPOINT_ROWS and not self._stopping:
+        """On the caller's thread: hand a checkpoint to the thread once enough rows changed, or the WAL's
+        truncation once a write was refused for a full disk."""
+        if self._stopping:
+            return
+        if self._reclaim_now:  # once, right after the refused write; later tries come before each write
+            self._reclaim_now = False
+            self._submitted += 1
+            self._queue.put(self._reclaim_on_thread)
+        if self._changed_rows >= CHECKPOINT_ROWS:
             self._changed_rows = 0
             self._submitted += 1
             self._queue.put(self._checkpoint)
@@ -327,6 +408,7 @@ class SqliteThread:
                 assert conn is not None, "SqliteThread used before connect()"
                 started = time.perf_counter()
                 changes = conn.total_changes
+                self._reclaim_wal()
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     for item in group:
@@ -343,7 +425,9 @@ class SqliteThread:
                             conn.execute("RELEASE one_write")
                             outcomes.append((result, None))
                     conn.execute("COMMIT")
-                except BaseException:
+                except BaseException as err:
+                    if isinstance(err, sqlite3.Error):
+                        self._note_full(err)
                     _roll_back(conn, self.path)
                     raise
                 took = time.perf_counter() - started

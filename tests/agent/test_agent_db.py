@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
@@ -218,4 +219,27 @@ async def test_a_write_the_full_disk_refuses_says_the_disk_is_full_and_the_next_
     await db.outside_transaction(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))  # room again
     await db.write(grow)
     assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
+    await db.close()
+
+
+async def test_the_wal_is_cut_back_to_its_limit_after_a_checkpoint_however_many_commits_grew_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each single-row commit appends its pages to the WAL; the thread copies them back every CHECKPOINT_ROWS rows,
+    # and without a limit the file stayed at its high-water mark for ever (tens of MB for the outbox).
+    monkeypatch.setattr(agent_db, "WAL_KEEP_BYTES", 64 << 10, raising=False)
+    path = tmp_path / "x.sqlite3"
+    db = SqliteThread(path, "normal")
+    await db.connect()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (x BLOB)"))
+    for _ in range(agent_db.CHECKPOINT_ROWS):
+        await db.write(lambda conn: conn.execute("INSERT INTO t VALUES (randomblob(600))"))
+    grown = os.stat(f"{path}-wal").st_size
+    assert grown > 4 * (64 << 10)  # what the thread's checkpoint has to copy back
+    await db.read(lambda conn: None)  # the checkpoint queued after the last write has run
+    await db.write(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))  # starts the WAL again from its beginning
+    assert os.stat(f"{path}-wal").st_size <= 64 << 10
+    assert (
+        await db.read(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == agent_db.CHECKPOINT_ROWS + 1
+    )
     await db.close()

@@ -12,6 +12,7 @@ import pytest
 from agent import Movement, Outbox, OutboxError
 from agent.outbox import REPLACED_SUFFIX
 from protocol import Kind
+from tests.harness.small_disk import Mounts
 
 AGENT = "store-1"
 LOC = "S001"
@@ -120,3 +121,33 @@ async def test_a_backup_moved_over_the_running_outbox_is_not_mixed_with_the_agen
     assert skus_in(path) == ["OLD"], "the restored file holds what it held, nothing of the agent's WAL"
     async with Outbox.open(path, agent_id=AGENT, location=LOC) as restored:
         assert (await restored.stats()).last_seq == 1
+
+
+async def test_on_a_disk_filled_by_its_own_wal_recording_resumes_once_space_is_freed(
+    tmp_path: Path, mounts: Mounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found on a 2 MiB data folder: every scan grew the WAL, which was copied back only every 1,000 changed rows
+    # and never cut back, so the agent filled the disk itself; once the operator deleted another file to make room,
+    # the WAL grew into that room too and recording stopped again after a few more scans.
+    caplog.set_level(logging.INFO, logger="agent.db")
+    disk = mounts.tmpfs(tmp_path / "disk", size="2m")
+    path = disk / "outbox.sqlite3"
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (400 << 10))
+    outbox = await Outbox.open(path, agent_id=AGENT, location=LOC)
+    try:
+        recorded = 0
+        with pytest.raises(OutboxError, match="the disk is full"):
+            while recorded < 2_000:
+                await outbox.record([sale(f"SKU-{recorded}")])
+                recorded += 1
+        assert recorded > 10
+        filler.unlink()
+        # Many more scans than the filler's room would hold as WAL: the WAL's own space comes back.
+        for n in range(60):
+            await outbox.record([sale(f"AGAIN-{n}")])
+        assert os.stat(f"{path}-wal").st_size < (1 << 20)
+    finally:
+        await outbox.close()
+    assert skus_in(path) == [f"SKU-{n}" for n in range(recorded)] + [f"AGAIN-{n}" for n in range(60)]
+    assert "truncated" in caplog.text

@@ -47,10 +47,10 @@ class Mounts:
     def __init__(self) -> None:
         self.made: list[Path] = []
 
-    def tmpfs(self, at: Path) -> Path:
-        """A 1 MiB tmpfs mounted at ``at`` (made if missing)."""
+    def tmpfs(self, at: Path, size: str = "1m") -> Path:
+        """A tmpfs of ``size`` (1 MiB unless told) mounted at ``at`` (made if missing)."""
         at.mkdir(parents=True, exist_ok=True)
-        _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(at))
+        _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(at))
         self.made.append(at)
         return at
 
