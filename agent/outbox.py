@@ -6,7 +6,9 @@ One SQLite file (WAL), one writer thread (see ``agent.db``), every write one
 - ``meta``: agent id, location, epoch (random, chosen when the file is
   created), the last seq issued, the acknowledged mark, the last HLC value
   issued (so the clock never goes backwards across restarts) and the sync
-  state the replicator reports (``shelfsync-agent status`` reads it);
+  state the replicator reports (``shelfsync-agent status`` reads it), and the
+  id of the hub's database it last synced with and at which URL (``hub_id``,
+  ``hub_id_url``: a refusal from a hub whose id changed says so);
 - ``events``: every movement, seq order; acknowledged rows are kept for the
   retention period so they can be resent if the hub is restored from a backup;
 - ``rejected``: events set aside with the reason (the hub refused them);
@@ -178,6 +180,7 @@ class AnswerResult:
     fork_reason: str = ""
     change_id: int | None = None  # the hub's change feed position the answer's counts are as of (None: not said)
     feed_restarted: bool = False  # that position went back: the hub was restored, the cache follows it from 0
+    hub_id_before: str | None = None  # the hub's database id this outbox last synced with there, if it differs now
 
     @property
     def rewound(self) -> bool:
@@ -766,8 +769,11 @@ class Outbox(SqliteFile):
         """Keep these events aside with their reasons; they are not sent again. Returns how many."""
         return await self._write(lambda conn: self._set_aside(conn, rejections))
 
-    async def apply_answer(self, resp: SyncResponse, *, clock_skew_ms: int | None) -> AnswerResult:
-        """Store one decoded hub answer in one transaction: mark, set-asides, counts, sync state."""
+    async def apply_answer(
+        self, resp: SyncResponse, *, clock_skew_ms: int | None, hub_id: str | None = None, hub_url: str = ""
+    ) -> AnswerResult:
+        """Store one decoded hub answer in one transaction: mark, set-asides, counts, sync state, and the id of the
+        database of the hub at ``hub_url`` that answered (``protocol.routes.HUB_ID_HEADER``; None: it sent none)."""
         as_of_ms = resp.server_time_ms or self._wall_clock_ms()
 
         def apply(conn: sqlite3.Connection) -> AnswerResult:
@@ -783,6 +789,11 @@ class Outbox(SqliteFile):
             store_counts(conn, resp.counts, as_of_ms, resp.change_id)
             if resp.held is not None:
                 _set_meta(conn, held_by_hub=resp.held)
+            before = None
+            if hub_id is not None:
+                if _meta(conn, "hub_id_url") == hub_url and _meta(conn, "hub_id") not in (None, hub_id):
+                    before = _meta(conn, "hub_id")
+                _set_meta(conn, hub_id=hub_id, hub_id_url=hub_url)
             _set_meta(
                 conn,
                 sync_state="ok",
@@ -791,7 +802,7 @@ class Outbox(SqliteFile):
                 clock_skew_ms=clock_skew_ms,
                 hub_reachable=1,
             )
-            return dataclasses.replace(result, change_id=resp.change_id, feed_restarted=restarted)
+            return dataclasses.replace(result, change_id=resp.change_id, feed_restarted=restarted, hub_id_before=before)
 
         result = await self._write(apply)
         self._after_ack(resp.hwm, result)
@@ -1155,6 +1166,14 @@ class Outbox(SqliteFile):
         upto = min(mark, _meta(conn, "acked_seq"))
         conn.execute("DELETE FROM events WHERE seq <= ? AND seq NOT IN (SELECT seq FROM rejected)", (upto,))
         conn.execute("DELETE FROM acks WHERE at_ms <= ?", (cutoff_ms,))
+
+    async def synced_hub_id(self, hub_url: str) -> str | None:
+        """The id of the hub's database this outbox last synced with, if that was at ``hub_url`` (None: not known)."""
+
+        def read(conn: sqlite3.Connection) -> str | None:
+            return _meta(conn, "hub_id") if _meta(conn, "hub_id_url") == hub_url else None
+
+        return await self._read(read)
 
     async def note_sync_failure(self, state: str, message: str, *, hub_reachable: bool) -> None:
         """Remember why the last sync failed, for ``status``."""

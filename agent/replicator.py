@@ -47,6 +47,7 @@ import dataclasses
 import logging
 import math
 import random
+import re
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -98,7 +99,7 @@ from protocol.retry import (
     run_turns,
     wait_for_any,
 )
-from protocol.routes import SYNC_CATCHUP_BYTES, SYNC_PATH, SYNC_PIPELINE_HEADER
+from protocol.routes import HUB_ID_HEADER, SYNC_CATCHUP_BYTES, SYNC_PATH, SYNC_PIPELINE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ SLOW_DOWN_SAID_S = 60.0
 # What a hub from before the columnar form (protocol.event.events_to_columns) answers a request that has them: 400
 # naming the field (protocol.codec's envelope check, unchanged since the first wire version).
 COLUMNS_REFUSED = "unknown field(s) columns"
+HUB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a hub database's id as HUB_ID_HEADER carries it (uuid hex)
 
 # Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
 # (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
@@ -218,6 +220,7 @@ class _Reply:
     location: str | None
     content_type: str
     pipelines: bool  # the answer carries SYNC_PIPELINE_HEADER: the hub reads a request's after_seq
+    hub_id: str | None = None  # the id of the database the hub serves (HUB_ID_HEADER; None: an older hub)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +483,9 @@ class Replicator(HubLoop):
         if status == 200:
             self._last_answer_s = time.monotonic()
             self._pipelines = answer.pipelines
-            return await self._accepted(batch, body, answer.sent_ms, answer.received_ms, sent_ahead=ahead is not None)
+            return await self._accepted(
+                batch, body, answer.sent_ms, answer.received_ms, sent_ahead=ahead is not None, hub_id=answer.hub_id
+            )
         if status == 422 and batch:
             return await self._invalid(batch, body)
         if status == 413 and batch:
@@ -489,7 +494,7 @@ class Replicator(HubLoop):
             return self._columns_refused()
         if status == 400 and ahead is not None and "after_seq" in _error_message(body):
             return self._after_seq_refused()
-        raise self._refused(status, body)
+        raise await self._refused(status, body, answer.hub_id)
 
     # --- two batches in flight while catching up ---------------------------------------
     def _take_ahead(self) -> _Ahead | None:
@@ -646,7 +651,7 @@ class Replicator(HubLoop):
                 return _Reply(
                     http.status, answer, sent_ms, self._outbox.wall_ms(), http.headers.get("Retry-After"),
                     http.headers.get("Location"), http.headers.get("Content-Type", ""),
-                    http.headers.get(SYNC_PIPELINE_HEADER) == "1",
+                    http.headers.get(SYNC_PIPELINE_HEADER) == "1", hub_id_of(http.headers.get(HUB_ID_HEADER)),
                 )  # fmt: skip
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="hub_error", reachable=True, level=logging.ERROR) from err
@@ -678,8 +683,9 @@ class Replicator(HubLoop):
             ) from err
 
     async def _accepted(
-        self, batch: _Batch, body: bytes, sent_ms: int, received_ms: int, *, sent_ahead: bool = False
-    ) -> bool:
+        self, batch: _Batch, body: bytes, sent_ms: int, received_ms: int, *, sent_ahead: bool = False,
+        hub_id: str | None = None,
+    ) -> bool:  # fmt: skip
         try:
             resp = decode_sync_response(body)
         except ProtocolError as err:
@@ -711,7 +717,15 @@ class Replicator(HubLoop):
                     )
             resp = dataclasses.replace(resp, rejected=tuple(r for r in resp.rejected if r.event_id in sent))
         skew_ms = resp.server_time_ms - (sent_ms + received_ms) // 2 if resp.server_time_ms else None
-        result = await self._outbox.apply_answer(resp, clock_skew_ms=skew_ms)
+        result = await self._outbox.apply_answer(resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url)
+        if result.hub_id_before is not None:
+            log.warning(
+                "The hub at %s now serves another database (id %s; this agent last synced with %s): it was replaced"
+                " or restored from another hub's backup; this agent syncs with it from now on.",
+                self._url,
+                hub_id,
+                result.hub_id_before,
+            )
         self._acked_seq = result.acked_seq
         self._waiting = result.backlog
         if result.feed_restarted:
@@ -827,10 +841,16 @@ class Replicator(HubLoop):
             retry_after_s=wait_s,
         )
 
-    def _refused(self, status: int, body: bytes) -> TurnFailed:
+    async def _refused(self, status: int, body: bytes, hub_id: str | None = None) -> TurnFailed:
         message = _error_message(body)
         if status in (401, 403):
-            refused, fix = credentials_refused(self._url, status, body, self._outbox.agent_id)
+            synced = None
+            if hub_id is not None:
+                with contextlib.suppress(OutboxError):  # not known: the refusal is said as without it
+                    synced = await self._outbox.synced_hub_id(self._url)
+            refused, fix = credentials_refused(
+                self._url, status, body, self._outbox.agent_id, hub_id=hub_id, synced_hub_id=synced
+            )
             return TurnFailed(
                 f"{refused}; nothing is sent until {fix} (next try in {self._auth_retry_s:g} s or on config reload)",
                 kind="credentials_refused",
@@ -945,9 +965,23 @@ class Replicator(HubLoop):
             self._changed.notify_all()
 
 
-def credentials_refused(url: str, status: int, body: bytes, agent_id: str) -> tuple[str, str]:
-    """What a 401/403 from the hub means, and what fixes it: "the token is wrong" unless the hub says the token
-    is good but belongs to another agent (``credential_agent_id``): then this agent is configured with the wrong id."""
+def credentials_refused(
+    url: str, status: int, body: bytes, agent_id: str, *, hub_id: str | None = None, synced_hub_id: str | None = None
+) -> tuple[str, str]:
+    """What a 401/403 from the hub means, and what fixes it: "the token is wrong" unless the hub serves another
+    database than the one this agent last synced with there (``hub_id``, from the answer's HUB_ID_HEADER, differs
+    from ``synced_hub_id``, kept in the outbox: another hub's backup restored onto it, and a new token would make it
+    worse), or the hub says the token is good but belongs to another agent (``credential_agent_id``): then this
+    agent is configured with the wrong id."""
+    if hub_id is not None and synced_hub_id is not None and hub_id != synced_hub_id:
+        return (
+            (
+                f"the hub at {url} now serves another database (id {hub_id}; this agent last synced with"
+                f" {synced_hub_id}): its database may have been restored from another hub's backup; restore this"
+                f" hub's own backup, do not re-issue the token (HTTP {status}: {_error_message(body)})"
+            ),
+            "the hub serves its own database again",
+        )
     other = _error_field(body, "credential_agent_id")
     if status == 403 and isinstance(other, str) and other != agent_id:
         return (
@@ -962,6 +996,14 @@ def credentials_refused(url: str, status: int, body: bytes, agent_id: str) -> tu
         f"the hub at {url} refused this agent's credentials (HTTP {status}: {_error_message(body)})",
         "the token is fixed",
     )
+
+
+def hub_id_of(header: str | None) -> str | None:
+    """The hub's database id an answer's HUB_ID_HEADER says, if it reads as one (an id of at most 64 letters,
+    digits, ``-`` or ``_``): None for an older hub, or anything else, which is not put in a log line."""
+    if header is None or not HUB_ID_RE.fullmatch(header):
+        return None
+    return header
 
 
 def _error_field(body: bytes, name: str) -> Any:

@@ -235,6 +235,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         log, "refused", "request with an unknown or revoked credential|requests with an unknown or revoked credential"
     )
     app.on_cleanup.append(_flush_repeats)  # counts still pending are logged on the way out
+    app.on_response_prepare.append(_name_the_database)  # every answer, refusals included (Shelfsync-Hub-Id)
     app[DECODER_KEY] = SyncDecoder(
         inline_max_bytes=DECODE_INLINE_MAX_BYTES if store.WRITES_ON_A_THREAD else DECODE_INLINE_ALONE_MAX_BYTES
     )
@@ -398,6 +399,15 @@ async def _flush_repeats(app: web.Application) -> None:
     repeats = app[REPEATS_KEY]
     for counter in (repeats.unexpected, repeats.db_failures, repeats.bad_bodies, app[UNKNOWN_CREDENTIALS_KEY]):
         counter.flush()
+
+
+async def _name_the_database(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer names the database the hub serves (``routes.HUB_ID_HEADER``, as public as /healthz): an agent
+    refused by a hub restored from another hub's backup can say that, not only that its token was refused. The
+    same id whoever asks, with whatever credential: it tells nothing of the agents."""
+    hub_id = request.app[STORE_KEY].hub_id
+    if hub_id:
+        response.headers[routes.HUB_ID_HEADER] = hub_id
 
 
 async def _close_decoder(app: web.Application) -> None:

@@ -17,6 +17,10 @@ SYNC_PATH: Final = "/v1/sync"  # POST msgpack: a batch of stock events; answers 
 # agent may send a batch before the one before it is answered. An HTTP header, not an answer field: an agent
 # refuses an answer with a field it does not know, and ignores a header.
 SYNC_PIPELINE_HEADER: Final = "Shelfsync-Sync-After-Seq"
+# A header of every answer of the hub: the id of the database it serves (``hub_id`` in ``GET /healthz``'s ``db``),
+# made when the database was created and kept in it, so a restore of another hub's backup changes it. Public, as
+# /healthz is. An agent keeps the one it last synced with: a 401/403 from a hub whose id changed says so.
+HUB_ID_HEADER: Final = "Shelfsync-Hub-Id"
 # A sync body over this many bytes is a catch-up batch (thousands of events): the hub commits a few at once and
 # lines up or refuses the rest (hub/catchup.py), and an agent sends one with ``Expect: 100-continue``, so a batch
 # the hub makes wait or refuses is not uploaded before it is taken (a 1,000-event batch is ~69 KiB, 10,000 ~690 KiB).

@@ -390,6 +390,9 @@ class HubStore(
     # Its writes run on a thread of the hub's own process that needs the GIL (SQLite's writer): the hub then
     # decodes every big sync body in a worker process (hub.decoding). False: writes are awaits of the event loop.
     WRITES_ON_A_THREAD: ClassVar[bool] = True
+    # The database's id, made when it was created and kept in its meta table (a restore of another hub's backup
+    # brings that hub's id): GET /healthz's ``db.hub_id`` and every answer's ``Shelfsync-Hub-Id`` (protocol.routes).
+    hub_id: str
 
     async def __aenter__(self) -> Self:
         return self

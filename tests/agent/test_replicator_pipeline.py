@@ -9,6 +9,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -117,8 +118,8 @@ def spy_marks(outbox: Outbox) -> list[int]:
     marks: list[int] = []
     apply_answer = outbox.apply_answer
 
-    async def spy(resp: SyncResponse, *, clock_skew_ms: int | None) -> AnswerResult:
-        result = await apply_answer(resp, clock_skew_ms=clock_skew_ms)
+    async def spy(resp: SyncResponse, **kw: Any) -> AnswerResult:
+        result = await apply_answer(resp, **kw)
         marks.append(result.acked_seq)
         return result
 

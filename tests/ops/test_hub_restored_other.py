@@ -1,0 +1,173 @@
+"""Another hub's backup restored onto this hub (the wrong file, a test hub's copy): its agents' credentials are
+refused, and the cause is that the hub now serves another database, not that the tokens are wrong.
+
+Real HTTP on 127.0.0.1 to hubs in this process over real SQLite files. Hub A and hub B each have their own
+database (and id, ``hub_id``, made when the database is created and kept in it). An agent syncs with A; A is
+stopped, B's backup (``hub.backup``) is put in place of A's database, and A served again where the agent expects
+it: every answer of the hub carries the id of the database it serves (``HUB_ID_HEADER``), the agent kept the one
+it last synced with in its outbox, and its 401 says the hub serves another database and not to re-issue the
+token. A hub restored from its own backup, a revoked token, and a hub older than the header say what they said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from agent import Kind, Movement, Outbox, Replicator
+from hub import HubSettings, create_app, open_store
+from hub.backup import backup
+from protocol.routes import HUB_ID_HEADER
+from tests.harness.inprocess import ServedHub, hub_in_process, serve_app
+
+WAIT_S = 20.0
+EVENTS = 5
+
+
+def moves(n: int) -> list[Movement]:
+    return [Movement("S1", f"SKU-{i % 3}", Kind.SALE, -1, "pos:test") for i in range(n)]
+
+
+def new_replicator(outbox: Outbox, url: str, token: str) -> Replicator:
+    return Replicator(
+        outbox, url, token, retry_base_s=0.01, retry_max_s=0.05, timeout_s=WAIT_S, auth_retry_s=600.0,
+        rng=random.Random(7),
+    )  # fmt: skip
+
+
+async def synced(outbox: Outbox, url: str, token: str) -> None:
+    """Send the outbox's backlog to the hub at ``url`` and stop."""
+    async with new_replicator(outbox, url, token) as replicator:
+        await asyncio.wait_for(replicator.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0), WAIT_S)
+
+
+async def refused(outbox: Outbox, url: str, token: str) -> str:
+    """Record one more movement and try to send it; the error the agent reports (its sync state is asserted)."""
+    await outbox.record(moves(1))
+    async with new_replicator(outbox, url, token) as replicator:
+        state = await asyncio.wait_for(replicator.wait_for(lambda s: s.credentials_refused), WAIT_S)
+    assert state.sync_state == "credentials_refused"
+    assert (await outbox.stats()).last_error == state.last_error  # what `shelfsync-agent status` shows
+    return state.last_error or ""
+
+
+async def hub_ids(tmp_path: Path) -> tuple[Path, Path, str, str]:
+    """Two hubs' databases, each made by serving it once: A's path, a backup of B, and their ids."""
+    ids = []
+    for name in ("a", "b"):
+        async with hub_in_process(tmp_path / f"{name}.db") as hub:
+            ids.append(str((await hub.store.health())["hub_id"]))
+    assert ids[0] != ids[1]
+    copy = backup(str(tmp_path / "b.db"), tmp_path / "b-backup.db").path
+    return tmp_path / "a.db", copy, ids[0], ids[1]
+
+
+def restore(copy: Path, db: Path) -> None:
+    """The restore procedure of docs/operations.md: the hub stopped, its files moved aside, the copy in place."""
+    for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if stale.exists():
+            stale.rename(stale.with_name(stale.name + ".old"))
+    shutil.copyfile(copy, db)
+
+
+async def test_an_agent_refused_by_a_hub_restored_from_another_hubs_backup_is_told_the_database_changed(
+    tmp_path: Path,
+) -> None:
+    db, other, id_a, id_b = await hub_ids(tmp_path)
+    outbox_path = tmp_path / "outbox.sqlite3"
+    async with hub_in_process(db) as hub:
+        port = hub.port
+        agent_id, token = await hub.store.add_agent(["S1"])
+        async with Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(EVENTS))
+            await synced(outbox, hub.url, token)
+    restore(other, db)
+    async with hub_in_process(db, port=port) as hub:
+        assert (await hub.store.health())["hub_id"] == id_b
+        async with Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox:  # the agent restarted
+            error = await refused(outbox, hub.url, token)
+    assert error.startswith(
+        f"the hub at {hub.url}/v1/sync now serves another database (id {id_b}; this agent last synced with {id_a}):"
+        " its database may have been restored from another hub's backup; restore this hub's own backup,"
+        " do not re-issue the token (HTTP 401: the credential is unknown or has been revoked); nothing is sent until"
+        " the hub serves its own database again"
+    ), error
+
+
+async def test_a_hub_restored_from_its_own_backup_and_a_revoked_token_say_the_credentials_were_refused(
+    tmp_path: Path,
+) -> None:
+    """The same hub's own backup keeps its id: the agent syncs on; a token revoked then is the token's fault."""
+    db = tmp_path / "a.db"
+    async with hub_in_process(db) as hub:
+        port = hub.port
+        agent_id, token = await hub.store.add_agent(["S1"])
+        async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(EVENTS))
+            await synced(outbox, hub.url, token)
+            own = backup(str(db), tmp_path / "a-backup.db").path
+            await outbox.record(moves(1))
+            await synced(outbox, hub.url, token)
+    restore(own, db)
+    outbox_path = tmp_path / "outbox.sqlite3"
+    async with (
+        hub_in_process(db, port=port) as hub,
+        Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox,
+    ):
+        await outbox.record(moves(1))
+        await synced(outbox, hub.url, token)  # the restored hub is the same hub
+        await hub.store.revoke_agent(agent_id)
+        error = await refused(outbox, hub.url, token)
+    assert error.startswith(f"the hub at {hub.url}/v1/sync refused this agent's credentials (HTTP 401: "), error
+    assert "another database" not in error
+
+
+async def test_a_hub_that_sends_no_id_is_refused_as_before(tmp_path: Path) -> None:
+    """A hub older than the header: nothing is stored, and a refusal says what it said before."""
+    db, other, _, _ = await hub_ids(tmp_path)
+
+    async def no_id(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.popall(HUB_ID_HEADER, None)
+
+    @asynccontextmanager
+    async def older_hub(port: int = 0) -> AsyncIterator[ServedHub]:
+        async with open_store(str(db)) as store:
+            app = create_app(store, HubSettings(db=str(db)))
+            app.on_response_prepare.append(no_id)  # after the hub's own: as a hub older than the header answers
+            async with serve_app(app, port=port) as served:
+                yield served
+
+    outbox_path = tmp_path / "outbox.sqlite3"
+    async with older_hub() as hub:
+        port = hub.port
+        agent_id, token = await hub.store.add_agent(["S1"])
+        async with Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(EVENTS))
+            await synced(outbox, hub.url, token)
+    restore(other, db)
+    async with older_hub(port) as hub, Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox:
+        error = await refused(outbox, hub.url, token)
+    assert error.startswith(f"the hub at {hub.url}/v1/sync refused this agent's credentials (HTTP 401: "), error
+
+
+async def test_every_answer_names_the_database_of_the_hub_as_healthz_does_whoever_asks(tmp_path: Path) -> None:
+    """The id is public (``GET /healthz`` shows it): an unknown token, a known agent's and none are answered with
+    the same one, so it tells nothing of which agents exist."""
+    async with hub_in_process(tmp_path / "hub.db") as hub:
+        _, token = await hub.store.add_agent(["S1"])
+        hub_id = str((await hub.store.health())["hub_id"])
+        async with aiohttp.ClientSession() as session:
+            seen = []
+            for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {token}"}):
+                for method, path in (("GET", "/healthz"), ("POST", "/v1/sync"), ("GET", "/v1/changes")):
+                    async with session.request(method, hub.url + path, headers=headers, data=b"") as answer:
+                        seen.append((answer.status, answer.headers.get(HUB_ID_HEADER)))
+    assert {hub_id_seen for _, hub_id_seen in seen} == {hub_id}, seen
+    assert {status for status, _ in seen} >= {200, 401}, seen
