@@ -26,6 +26,7 @@ from hub import HubSettings, create_app, open_store
 from hub.backup import backup
 from protocol.routes import HUB_ID_HEADER
 from tests.harness.inprocess import ServedHub, hub_in_process, serve_app
+from tests.hub.test_catchup_expect import read_answer, send_head
 
 WAIT_S = 20.0
 EVENTS = 5
@@ -169,5 +170,11 @@ async def test_every_answer_names_the_database_of_the_hub_as_healthz_does_whoeve
                 for method, path in (("GET", "/healthz"), ("POST", "/v1/sync"), ("GET", "/v1/changes")):
                     async with session.request(method, hub.url + path, headers=headers, data=b"") as answer:
                         seen.append((answer.status, answer.headers.get(HUB_ID_HEADER)))
+        reader, writer = await send_head(hub.port, "nope", 400_000)  # a catch-up batch refused from its head
+        try:
+            status, headers, _ = await read_answer(reader)
+        finally:
+            writer.close()
+        seen.append((status, headers.get(HUB_ID_HEADER.lower())))
     assert {hub_id_seen for _, hub_id_seen in seen} == {hub_id}, seen
     assert {status for status, _ in seen} >= {200, 401}, seen
