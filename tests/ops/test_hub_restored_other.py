@@ -24,6 +24,7 @@ from aiohttp import web
 from agent import Kind, Movement, Outbox, Replicator
 from hub import HubSettings, create_app, open_store
 from hub.backup import backup
+from protocol import SyncResponse
 from protocol.routes import HUB_ID_HEADER
 from tests.harness.inprocess import ServedHub, hub_in_process, serve_app
 from tests.hub.test_catchup_expect import read_answer, send_head
@@ -178,3 +179,25 @@ async def test_every_answer_names_the_database_of_the_hub_as_healthz_does_whoeve
         seen.append((status, headers.get(HUB_ID_HEADER.lower())))
     assert {hub_id_seen for _, hub_id_seen in seen} == {hub_id}, seen
     assert {status for status, _ in seen} >= {200, 401}, seen
+
+
+async def test_the_outbox_keeps_the_hub_id_it_last_synced_with_at_each_url_and_says_when_it_changed(
+    tmp_path: Path,
+) -> None:
+    """An answer from another database at the same URL is reported (the replicator logs it); at another URL (a
+    hub_url changed on purpose) it is a new hub, nothing to say; an answer without an id changes nothing."""
+    url, elsewhere = "http://hub.example:8470/v1/sync", "http://other.example:8470/v1/sync"
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location="S1") as outbox:
+        await outbox.record(moves(2))
+
+        async def answered(hub_id: str | None, at: str, hwm: int) -> str | None:
+            resp = SyncResponse(outbox.agent_id, outbox.epoch, hwm, server_time_ms=1_700_000_000_000)
+            return (await outbox.apply_answer(resp, clock_skew_ms=0, hub_id=hub_id, hub_url=at)).hub_id_before
+
+        assert await outbox.synced_hub_id(url) is None
+        assert await answered("a" * 32, url, 1) is None
+        assert await answered(None, url, 1) is None  # an older hub's answer: the id kept is not forgotten
+        assert await outbox.synced_hub_id(url) == "a" * 32 and await outbox.synced_hub_id(elsewhere) is None
+        assert await answered("b" * 32, url, 2) == "a" * 32
+        assert await answered("c" * 32, elsewhere, 2) is None
+        assert await outbox.synced_hub_id(elsewhere) == "c" * 32 and await outbox.synced_hub_id(url) is None
