@@ -8,98 +8,36 @@ Mounting the tmpfs needs root on Linux (skipped elsewhere).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-import hardware
-from agent.catalog import Catalog, make_item
-from agent.config import ScannerSection
 from agent.errors import OutboxError
-from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory
-from agent.outbox import Movement, Outbox
-from agent.scan_journal import ScanJournal
-from agent.scanning import PROBLEMS_SAID_MAX, ModeRouter, ScanService
-from agent.sessions import SessionManager, SessionStore
-from agent.sessions.router import SessionRouter
+from agent.outbox import Movement
+from agent.scanning import PROBLEMS_SAID_MAX
 from protocol import Kind
-from tests.agent.agent_scan_helpers import PtyDevice
-from tests.agent.test_agent_localapi import APPLE, STAFF, Api
+from tests.agent.test_agent_localapi import APPLE
+from tests.agent.test_agent_localapi_held import Store, nuts_label, running
 from tests.harness.small_disk import fill
 
-NUTS = "94006381333934"  # a variable-count item: its label's (30) says how many it holds
-WAIT_S = 10.0
-
-
-def nuts_label(count: int) -> bytes:
-    return f"]C101{NUTS}30{count}".encode()
-
-
 APPLE_SCAN = b"]E0" + APPLE.encode()
-
-
-@dataclass
-class Store:
-    api: Api
-    device: PtyDevice
-    service: ScanService
-    disk: Path
-
-    async def scan(self, *frames: bytes) -> None:
-        target = self.service.outcomes + len(frames)
-        self.device.write(b"".join(f + b"\r\n" for f in frames))
-        await self.service.wait_decided(target, WAIT_S)
 
 
 @pytest.fixture
 async def store(tmp_path: Path, small_disk: Path) -> AsyncIterator[Store]:
     """The data directory on the full-able disk."""
-    async with running(tmp_path, small_disk) as started:
+    async with running(tmp_path, small_disk / "data") as started:
         yield started
 
 
 @pytest.fixture
 async def roomy_store(tmp_path: Path) -> AsyncIterator[Store]:
     """The data directory on the test's own disk: only the outbox is made full (SQLite's own SQLITE_FULL)."""
-    async with running(tmp_path, tmp_path / "roomy") as started:
+    async with running(tmp_path, tmp_path / "roomy" / "data") as started:
         yield started
-
-
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, disk: Path) -> AsyncIterator[Store]:
-    device = PtyDevice(tmp_path / "usb-Honeywell_Xenon_1900-if00")
-    config = hardware.SerialScannerConfig(
-        reader_id="dock", port=str(device.link), idle_gap_s=None, reconnect_initial_s=0.02, reconnect_max_s=0.1
-    )
-    dock = ScannerSection(id="dock", type="serial", mode="receive", device=config)
-    catalog = Catalog([make_item(APPLE, "SKU-APPLE"), make_item(NUTS, "SKU-NUTS")])
-    data = disk / "data"
-    try:
-        async with (
-            Outbox.open(data / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
-            SessionStore.open(data / "sessions.sqlite3") as sessions_store,
-            ScanJournal.open(data / "scans.sqlite3") as journal,
-        ):
-            sessions = SessionManager(sessions_store, outbox, catalog=catalog)
-            router = SessionRouter(sessions, ModeRouter(outbox, catalog, [dock], location="S001", journal=journal))
-            context = LocalApiContext(sessions=sessions, outbox=outbox, staff=StaffDirectory(STAFF), readers=("dock",))
-            async with (
-                ScanService([dock], router, journal) as service,
-                LocalApiServer(context, "127.0.0.1", 0) as server,
-                aiohttp.ClientSession(
-                    cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=20)
-                ) as http,
-            ):
-                await service.wait_status("dock", available=True, timeout_s=WAIT_S)
-                yield Store(Api(server.url, http, outbox, sessions), device, service, disk)
-    finally:
-        device.unplug()
 
 
 def _says_disk_full(status: int, data: object) -> None:
@@ -109,7 +47,7 @@ def _says_disk_full(status: int, data: object) -> None:
 
 
 async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_close_and_all_resume_after(
-    store: Store, caplog: pytest.LogCaptureFixture
+    store: Store, small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     api = store.api
@@ -121,7 +59,7 @@ async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_cl
     await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "a" * 32}, 201)  # line 2
     other = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-8"}, 201))["session"]["id"]
     await api.ok("POST", f"/api/v1/sessions/{other}/scans", {"code": APPLE, "qty": 4, "scan_id": "c" * 32}, 201)
-    ballast = fill(store.disk)
+    ballast = fill(small_disk)
 
     got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "b" * 32})
     _says_disk_full(got, data)

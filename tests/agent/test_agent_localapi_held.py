@@ -3,6 +3,7 @@ pseudo-terminal feeding a session opened over the local API on 127.0.0.1, real S
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,10 @@ class Store:
         await self.service.wait_decided(target, WAIT_S)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, data: Path) -> AsyncIterator[Store]:
+    """A store agent's sessions, scan service and local API over files in ``data``, its serial scanner ("dock", receive
+    mode) on a pseudo-terminal under ``tmp_path``."""
     device = PtyDevice(tmp_path / "usb-Honeywell_Xenon_1900-if00")
     config = hardware.SerialScannerConfig(
         reader_id="dock", port=str(device.link), idle_gap_s=None, reconnect_initial_s=0.02, reconnect_max_s=0.1
@@ -55,9 +58,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     catalog = Catalog([make_item(APPLE, "SKU-APPLE"), make_item(NUTS, "SKU-NUTS")])
     try:
         async with (
-            Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
-            SessionStore.open(tmp_path / "sessions.sqlite3") as sessions_store,
-            ScanJournal.open(tmp_path / "scans.sqlite3") as journal,
+            Outbox.open(data / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
+            SessionStore.open(data / "sessions.sqlite3") as sessions_store,
+            ScanJournal.open(data / "scans.sqlite3") as journal,
         ):
             sessions = SessionManager(sessions_store, outbox, catalog=catalog)
             router = SessionRouter(sessions, ModeRouter(outbox, catalog, [dock], location="S001", journal=journal))
@@ -73,6 +76,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
                 yield Store(Api(server.url, http, outbox, sessions), device, service)
     finally:
         device.unplug()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with running(tmp_path, tmp_path) as started:
+        yield started
 
 
 async def test_a_scanners_line_of_a_far_unusual_quantity_is_held_until_a_person_confirms_it_on_the_page(
