@@ -114,12 +114,8 @@ async def test_a_scan_arriving_as_its_keep_alive_connection_gives_way_is_answere
     _close((reader, writer), *busy)
 
 
-async def test_a_refused_handheld_that_sends_its_whole_scan_first_reads_its_503(server: LocalApiServer) -> None:
-    """Every connection busy, a new one is refused 503 and was closed at once, its request unread: the kernel reset
-    it, and a client that sends its whole request before it reads failed on the reset, never reading the 503. The
-    refused connection now drops what its client sends until the client closes (a second at most)."""
-    busy = await _busy(server, SLOTS)
-    await _until_every_connection_is_busy(server)
+async def _send_whole_scan(server: LocalApiServer) -> Conn:
+    """A new connection that sends a 900 KiB scan whole before it reads anything."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     body = b'{"code": "' + b"1" * (900 * 1024) + b'"}'
     writer.write(
@@ -127,7 +123,17 @@ async def test_a_refused_handheld_that_sends_its_whole_scan_first_reads_its_503(
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    await asyncio.wait_for(writer.drain(), STEP_TIMEOUT_S)  # a reset: ConnectionResetError
+    await asyncio.wait_for(writer.drain(), STEP_TIMEOUT_S)
+    return reader, writer
+
+
+async def test_a_refused_handheld_that_sends_its_whole_scan_first_reads_its_503(server: LocalApiServer) -> None:
+    """Every connection busy, a new one is refused 503 and was closed at once, its request unread: the kernel reset
+    it, and a client that sends its whole request before it reads failed on the reset, never reading the 503. The
+    refused connection now drops what its client sends until the client closes (a second at most)."""
+    busy = await _busy(server, SLOTS)
+    await _until_every_connection_is_busy(server)
+    reader, writer = await _send_whole_scan(server)  # a reset: ConnectionResetError
     _assert_turned_away(await _read_all(reader))
     _close((reader, writer), *busy)
 
@@ -148,14 +154,7 @@ async def test_past_the_refusals_lingering_the_oldest_closes_and_a_new_client_st
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP_TIMEOUT_S)
         assert head.startswith(b"HTTP/1.1 503 "), head
         lingering.append((reader, writer))
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    body = b'{"code": "' + b"1" * (900 * 1024) + b'"}'
-    writer.write(
-        b"POST /api/v1/sessions/1/scans HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    await asyncio.wait_for(writer.drain(), STEP_TIMEOUT_S)
+    reader, writer = await _send_whole_scan(server)
     _assert_turned_away(await _read_all(reader))
     oldest = await _read_all(lingering[0][0])  # closed by the agent to keep the bound, its answer whole before
     assert oldest.endswith(b"}"), oldest
