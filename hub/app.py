@@ -225,6 +225,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         ],
     )
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
+    # 429 on the public routes to an address refused too often (bad signatures, failed sign-ins)
+    ratelimit.setup_refusals(app, settings.refused_attempts_per_s, settings.refused_attempts_burst)
     exportslots.setup(app, settings.export_max_per_credential, settings.export_max)  # 429/503 past the CSV caps
     catchup.setup(app, settings.catchup_slots)  # catch-up batches at once, a short line, 429 past it
     app[GATE_KEY] = gate

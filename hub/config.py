@@ -42,6 +42,10 @@ LEASE_STALE_MIN_S = 10.0  # well above the 3 s between a hub's checks of its loc
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_LIMIT_BURST = 100
+# Refused attempts (a failed sign-in, a webhook with a missing or bad signature) per client address on the public
+# routes: a person who mistypes, or a channel whose secret is being changed, never meets it; a flood does.
+DEFAULT_REFUSED_ATTEMPTS_PER_S = 1.0
+DEFAULT_REFUSED_ATTEMPTS_BURST = 30
 DEFAULT_FEED_READ_ROWS_PER_S = 5_000.0  # changes a credential may read from the database a second, on average
 DEFAULT_FEED_READ_BURST = 100_000  # … and at once: a whole history of that many changes
 DEFAULT_EXPORT_MAX_PER_CREDENTIAL = 2
@@ -94,6 +98,9 @@ class HubSettings:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request body must arrive whole within this; else 408
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # write requests per second per credential; 0: no limit
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST  # write requests a credential may send at once
+    # refused attempts per client address on the public routes (failed sign-ins, unsigned webhooks); 0: no limit
+    refused_attempts_per_s: float = DEFAULT_REFUSED_ATTEMPTS_PER_S
+    refused_attempts_burst: int = DEFAULT_REFUSED_ATTEMPTS_BURST  # … and at once
     feed_read_rows_per_s: float = DEFAULT_FEED_READ_ROWS_PER_S  # changes a credential reads from the database; 0: off
     feed_read_burst: int = DEFAULT_FEED_READ_BURST  # changes a credential may read from the database at once
     export_max_per_credential: int = DEFAULT_EXPORT_MAX_PER_CREDENTIAL  # CSV downloads one credential runs at once
@@ -158,7 +165,8 @@ def _validate(s: HubSettings) -> None:
     if not 0.0 <= s.shutdown_timeout_s <= 3600.0:
         raise ConfigError(f"shutdown_timeout_s must be between 0 and 3600 seconds, got {s.shutdown_timeout_s}")
     for key in (
-        "body_timeout_s", "rate_limit_per_s", "feed_read_rows_per_s", "header_timeout_s", "keepalive_timeout_s"
+        "body_timeout_s", "rate_limit_per_s", "feed_read_rows_per_s", "header_timeout_s", "keepalive_timeout_s",
+        "refused_attempts_per_s",
     ):  # 1 is a number too  # fmt: skip
         value = getattr(s, key)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -182,6 +190,14 @@ def _validate(s: HubSettings) -> None:
     _typed("rate_limit_burst", s.rate_limit_burst, int)
     if not 1 <= s.rate_limit_burst <= 1_000_000:
         raise ConfigError(f"rate_limit_burst must be between 1 and 1000000, got {s.rate_limit_burst}")
+    _typed("refused_attempts_per_s", s.refused_attempts_per_s, float)
+    if not 0.0 <= s.refused_attempts_per_s <= 1_000_000.0:
+        raise ConfigError(
+            f"refused_attempts_per_s must be between 0 (no limit) and 1000000, got {s.refused_attempts_per_s}"
+        )
+    _typed("refused_attempts_burst", s.refused_attempts_burst, int)
+    if not 1 <= s.refused_attempts_burst <= 1_000_000:
+        raise ConfigError(f"refused_attempts_burst must be between 1 and 1000000, got {s.refused_attempts_burst}")
     _typed("feed_read_rows_per_s", s.feed_read_rows_per_s, float)
     if not 0.0 <= s.feed_read_rows_per_s <= 1_000_000.0:
         raise ConfigError(

@@ -51,7 +51,13 @@ from hub.auth import PUBLIC_ROUTES_KEY, ROLE_ADMIN, ROLE_AGENT, ROLE_READER, TOK
 from hub.channels import http as channel_http
 from hub.channels import order_routes
 from hub.channels.config import NAME_RE
-from hub.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_PER_S
+from hub.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_RATE_LIMIT_BURST,
+    DEFAULT_RATE_LIMIT_PER_S,
+    DEFAULT_REFUSED_ATTEMPTS_BURST,
+    DEFAULT_REFUSED_ATTEMPTS_PER_S,
+)
 from hub.dashboard import api as dashboard_api
 from hub.dashboard.sessions import SESSION_COOKIE
 from hub.resolver import BUNDLE_PARTS_MAX, COMPONENT_UNITS_MAX, Effect
@@ -85,7 +91,7 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.6.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.7.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
@@ -93,6 +99,7 @@ API_VERSION = "1.6.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # exception kind channel_order_refused (a channel's order whose webhook the hub refused for good)
 # 1.6: POST /v1/channels/{name}/orders/{order_id}/dismiss (a refused order booked by hand), and a
 # channel_order_refused exception's hub location and data.channel_location
+# 1.7: 429 on the order webhooks past the client address's budget of refused attempts (refused_attempts_per_s)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -343,7 +350,8 @@ ERROR_STATUS: Mapping[int, tuple[str, str]] = {
           "batches (bodies over 256 KiB) at once and its line of waiting ones is full (or this one waited 10 s in it), "
           "or it holds two of this agent's already (to a POST /v1/sync sent with Expect: 100-continue, either is answered "
           "from the head, before 100 Continue), or (the change feed) it read more changes from the database than "
-          "feed_read_burst at once or feed_read_rows_per_s on average; nothing of the request was stored: wait "
+          "feed_read_burst at once or feed_read_rows_per_s on average, or (a route without a credential) its client "
+          "address was refused more often than refused_attempts_per_s; nothing of the request was stored: wait "
           "Retry-After seconds and send it again.")),
     500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
     502: ("bad_gateway", "The sales channel refused the hub's call or answered it wrongly; nothing was changed."),
@@ -409,6 +417,29 @@ RATE_LIMIT_HEADERS: JSON = {
     ),
 }
 RETRY_AFTER_HEADER = header("Whole seconds to wait before sending again.", integer(1), required=True)
+REFUSALS_WINDOW_S = ratelimit.window_s(DEFAULT_REFUSED_ATTEMPTS_PER_S, DEFAULT_REFUSED_ATTEMPTS_BURST)
+REFUSED_ATTEMPTS_429: JSON = error(
+    429,
+    "This client address was refused (a missing or bad signature, a failed sign-in) more than refused_attempts_burst "
+    "times at once or refused_attempts_per_s a second for a while: every request it sends here is answered so, from "
+    "its head and before its body is read, until Retry-After has passed; other addresses are served. Nothing was "
+    "applied: send it again then.",
+    headers={
+        "Retry-After": RETRY_AFTER_HEADER,
+        "RateLimit-Policy": header(
+            f'"{ratelimit.REFUSALS_POLICY}";q=<burst>;w=<seconds> — q refused attempts at once per client address, '
+            f"refilled at refused_attempts_per_s (by default q={DEFAULT_REFUSED_ATTEMPTS_BURST}, "
+            f"{DEFAULT_REFUSED_ATTEMPTS_PER_S:g} a second, so w={REFUSALS_WINDOW_S}).",
+            string(),
+            required=True,
+        ),
+        "RateLimit": header(
+            f'"{ratelimit.REFUSALS_POLICY}";r=0;t=<seconds until full again>: what is left for this address.',
+            string(),
+            required=True,
+        ),
+    },
+)
 
 
 def ok(description: str, schema: JSON, *, media: str = JSON_TYPE, example: Any = None, headers: JSON | None = None,
@@ -1057,6 +1088,7 @@ def _paths() -> dict[str, JSON]:
                    example={"status": "applied", "applied": 2, "duplicates": 1, "rejected": 0}),
          "401": error(401, "The signature does not match the channel's webhook secret; nothing was applied."),
          "404": error(404, "No channel of that name takes order webhooks here."),
+         "429": REFUSED_ATTEMPTS_429,
          "422": error(422, "The payload cannot be applied (unusable_webhook); nothing of it was applied.")},
         parameters=[path_param("name", string(minLength=1), "The channel's name in the hub's config.", "web"),
                     {"name": order_routes.SHOPIFY_SIGNATURE, "in": "header", "required": False, "schema": string(),

@@ -60,7 +60,7 @@ TITLES: Mapping[str, str] = {
     "unsupported_media_type": "The request body's media type is not the route's",
     "invalid_events": "Some events break the contract; nothing was committed",
     "unusable_webhook": "The channel's webhook cannot be applied",
-    "rate_limited": "Too many requests from this credential",
+    "rate_limited": "Too many requests from this credential or address",
     "internal_error": "The hub failed to handle the request",
     "bad_gateway": "The sales channel refused or failed the hub's call",
     "unavailable": "The hub cannot answer right now",

@@ -26,12 +26,25 @@ A well-behaved agent sends one request at a time and waits for the answer,
 so the default (50 a second, bursts of 100) only stops a runaway or hostile
 client. Buckets live in this hub process: several hubs sharing one
 PostgreSQL database each keep their own.
+
+The public routes (a channel's order webhooks, the dashboard's sign-in form) carry no credential to count by, so
+``RefusedAttempts`` keeps a third set of buckets, per client address (``client_key``), counted in refused attempts
+only: a webhook with a missing or bad signature, a failed sign-in (``refused``). A request that succeeds takes
+nothing, so a channel's genuine webhooks and a person signing in never meet it; an address that spent its
+``refused_attempts_burst`` is answered ``429`` with Retry-After on those routes, from the request's head, before
+its body is read, whatever it sends, until its bucket holds a whole attempt again (``refused_attempts_per_s``).
+Those 429s are logged once a minute with a count per address (``LimitedLog``), never one line per request.
+The address is the peer's: behind a reverse proxy every client shares the proxy's, and so one bucket.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -39,12 +52,19 @@ from aiohttp import web
 
 from hub.auth import IDENTITY_KEY, Handler
 from hub.storage.base import AgentIdentity
+from protocol.logsafety import DEFAULT_INTERVAL_S
 from protocol.retry import retry_after_value
+
+log = logging.getLogger(__name__)
 
 RATE_LIMITED_ROUTES = frozenset({"sync", "events", "observations", "import_issues"})
 POLICY = "writes"  # the name of the one quota policy in the RateLimit-Policy and RateLimit fields
 HEADER_NAMES = ("RateLimit-Policy", "RateLimit")
 BUCKETS_MAX = 100_000  # full buckets are forgotten beyond this many (one per credential in practice)
+# The public routes whose refused attempts are counted per client address (RefusedAttempts), by route name.
+REFUSAL_LIMITED_ROUTES = frozenset({"channel_webhooks", "dashboard_sign_in"})
+REFUSALS_POLICY = "refused-attempts"
+IPV6_PREFIX = 64  # an IPv6 client is counted by its /64: one host (or site) is given a whole /64 and picks within it
 
 
 @dataclass(slots=True)
@@ -78,7 +98,10 @@ class RateLimiter:
         return (1.0 - bucket.tokens) / self.rate_per_s
 
     def owed_s(self, key: str) -> float:
-        """Seconds until ``key``'s bucket holds a whole token again (0.0: it does now); takes nothing."""
+        """Seconds until ``key``'s bucket holds a whole token again (0.0: it does now); takes nothing (and keeps
+        no bucket for a key never taken from: a stranger's request costs no memory)."""
+        if key not in self._buckets:
+            return 0.0
         bucket = self._refilled(key)
         return 0.0 if bucket.tokens >= 1.0 else (1.0 - bucket.tokens) / self.rate_per_s
 
@@ -163,7 +186,9 @@ def count(request: web.Request, who: AgentIdentity) -> None:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a limited route's request with 429 when its credential's bucket is empty (after authentication)."""
+    """Refuse a limited route's request with 429 when its credential's bucket is empty (after authentication), and a
+    public route's when its client address spent its refused attempts (``check_refusals``), before the body."""
+    check_refusals(request)
     limiter = limiter_of(request)
     who = request.get(IDENTITY_KEY)
     if limiter is None or who is None:
@@ -176,3 +201,144 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         raise
     response.headers.update(limiter.headers(who.agent_id))
     return response
+
+
+# --- the public routes: refused attempts per client address ----------------------------------------------------
+
+
+def client_key(remote: str | None) -> str:
+    """The address a public route's refused attempts are counted by: the peer's IP address (an IPv4 client of a
+    dual-stack socket as IPv4), an IPv6 one by its /64 prefix."""
+    if not remote:
+        return "an unknown address"
+    try:
+        ip = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote  # not an IP address (a Unix socket's peer): the whole of it
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
+
+
+class LimitedLog:
+    """The requests ``RefusedAttempts`` answered 429, logged as one line a minute with a count per address (the
+    busiest ``SHOWN``), the first of a quiet spell at once: a flood of any size is a line a minute."""
+
+    SHOWN = 5
+    ADDRESSES_MAX = 10_000  # counted one by one within a minute; beyond, together
+
+    def __init__(self, interval_s: float = DEFAULT_INTERVAL_S, clock_s: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock_s = clock_s
+        self._counts: Counter[str] = Counter()
+        self._others = 0  # requests of addresses beyond ADDRESSES_MAX
+        self._last = ""
+        self._emitted_s: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.total = 0
+
+    def record(self, key: str, where: str) -> None:
+        self.total += 1
+        if key in self._counts or len(self._counts) < self.ADDRESSES_MAX:
+            self._counts[key] += 1
+        else:
+            self._others += 1
+        self._last = where
+        now_s = self._clock_s()
+        if self._emitted_s is None or now_s - self._emitted_s >= self.interval_s:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a unit test with its own clock): the next record or flush() logs it
+                return
+            self._timer = loop.call_later(max(0.0, self._emitted_s + self.interval_s - now_s), self.flush)
+
+    def flush(self) -> None:
+        """Log what is pending now (a no-op when nothing is)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        count = sum(self._counts.values()) + self._others
+        if not count:
+            return
+        now_s = self._clock_s()
+        span_s = self.interval_s if self._emitted_s is None else min(self.interval_s, now_s - self._emitted_s)
+        self._emitted_s = now_s
+        addresses = len(self._counts) + (1 if self._others else 0)
+        busiest = ", ".join(f"{key} {n:,}" for key, n in self._counts.most_common(self.SHOWN))
+        more = addresses - min(self.SHOWN, len(self._counts))
+        log.warning(
+            "answered 429 to %s %s on public routes from %s over %s budget of refused attempts "
+            "(refused_attempts_per_s) in the last %.0f s: %s%s; the last: %s",
+            f"{count:,}", "request" if count == 1 else "requests",
+            "1 address" if addresses == 1 else f"{addresses:,} addresses", "its" if addresses == 1 else "their",
+            max(1.0, span_s), busiest, f" and {more:,} more" if more else "", self._last,
+        )  # fmt: skip
+        self._counts.clear()
+        self._others = 0
+
+
+class RefusedAttempts:
+    """A token bucket of refused attempts per client address on the public routes (``REFUSAL_LIMITED_ROUTES``)."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock_s: Callable[[], float] = time.monotonic) -> None:
+        self.limiter = RateLimiter(rate_per_s, burst, clock_s, policy=REFUSALS_POLICY)
+        self.limited = LimitedLog(clock_s=clock_s)
+
+    def refused(self, request: web.Request) -> None:
+        """Count one refused attempt of ``request``'s address (an empty bucket stays empty: nothing is owed)."""
+        self.limiter.take(client_key(request.remote))
+
+    def check(self, request: web.Request) -> None:
+        """A 429 with Retry-After when ``request``'s address has no refused attempt left; asked once a request."""
+        if request.get(CHECKED_KEY, False):
+            return
+        request[CHECKED_KEY] = True
+        key = client_key(request.remote)
+        wait_s = self.limiter.owed_s(key)
+        if wait_s <= 0:
+            return
+        self.limited.record(key, f"{request.method} {request.rel_url.raw_path}"[:120])
+        retry_after = retry_after_value(wait_s)
+        limiter = self.limiter
+        raise web.HTTPTooManyRequests(
+            text=f"{key} was refused more than {limiter.burst} times at once or more than {limiter.rate_per_s:g} a "
+            f"second for a while (a bad signature or credential; refused_attempts_per_s); try again in "
+            f"{retry_after} s",
+            headers={"Retry-After": retry_after, **limiter.headers(key)},
+        )
+
+
+REFUSALS_KEY = web.AppKey("refused_attempts", RefusedAttempts)
+CHECKED_KEY = web.RequestKey("refusals_checked", bool)  # True: its address was looked at already (from its head)
+
+
+def setup_refusals(app: web.Application, rate_per_s: float, burst: int) -> None:
+    """Count the public routes' refused attempts per client address (``middleware`` must be among ``app``'s
+    middlewares); a rate of 0 turns it off."""
+    if rate_per_s > 0:
+        refusals = app[REFUSALS_KEY] = RefusedAttempts(rate_per_s, burst)
+
+        async def flush(_: web.Application) -> None:
+            refusals.limited.flush()
+
+        app.on_cleanup.append(flush)
+
+
+def refused(request: web.Request) -> None:
+    """Count a refused attempt on a public route (a webhook with a missing or bad signature, a failed sign-in)
+    against its client address, on a hub that counts them."""
+    refusals = request.app.get(REFUSALS_KEY)
+    if refusals is not None:
+        refusals.refused(request)
+
+
+def check_refusals(request: web.Request) -> None:
+    """A public route's 429 when its client address spent its refused attempts; asked of the head (hub.heads) and
+    by the middleware, before the body is read."""
+    refusals = request.app.get(REFUSALS_KEY)
+    if refusals is not None and request.match_info.route.name in REFUSAL_LIMITED_ROUTES:
+        refusals.check(request)

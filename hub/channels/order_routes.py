@@ -21,10 +21,13 @@ until the last step:
    change feed is woken. A channel's webhooks are applied one at a time.
 
 Answers: 200 applied (or nothing to do), 401 bad or missing signature, 404 no such
-channel, 413 too large, 422 unusable payload, 503 the channel's mapping or API
-is not available yet (the channel retries). One log sentence per webhook.
-A webhook asking ``Expect: 100-continue`` gets its 404, 413 or 401 (no
-signature header) from its head, before its body is sent (hub/heads.py).
+channel, 413 too large, 422 unusable payload, 429 its address sent too many
+webhooks with a bad or missing signature (``refused_attempts_per_s``, from the
+head, hub.ratelimit.RefusedAttempts), 503 the channel's mapping or API is not
+available yet (the channel retries). One log sentence per webhook; refused ones
+are counted in a line a minute. A webhook asking ``Expect: 100-continue`` gets
+its 404, 413, 429 or 401 (no signature header) from its head, before its body
+is sent (hub/heads.py).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from hub import feed, heads, problems, views
+from hub import feed, heads, problems, ratelimit, views
 from hub.auth import PUBLIC_ROUTES_KEY, STORE_KEY
 from hub.channels.config import ChannelSpec
 from hub.channels.connector import ChannelError
@@ -160,6 +163,7 @@ class OrderWebhooks:
         header = SHOPIFY_SIGNATURE if spec.kind == "shopify" else SQUARE_SIGNATURE
         if not request.headers.get(header):
             self.bad_signatures.record(request.remote, f"channel {name}")
+            ratelimit.refused(request)  # counted against its address (hub.ratelimit.RefusedAttempts)
             raise web.HTTPUnauthorized(
                 text=f"the webhook has no {header} header, the signature channel {name} sends with each webhook; "
                 "nothing was applied"
@@ -177,6 +181,7 @@ class OrderWebhooks:
             )  # fmt: skip
         if not self._signed(spec, request, body):
             self.bad_signatures.record(request.remote, f"channel {name}")
+            ratelimit.refused(request)
             raise web.HTTPUnauthorized(
                 text=f"the webhook's signature does not match channel {name}'s webhook secret; nothing was applied"
             )

@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from hub import heads, problems
+from hub import heads, problems, ratelimit
 from hub.dashboard.sessions import SESSION_COOKIE, DashboardSessions, SignInRefused, clear_cookie, set_cookie
+from protocol.logsafety import RepeatLog
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,15 @@ def _read(name: str) -> bytes:
 
 
 FILES_KEY = web.AppKey("dashboard_files", dict[str, bytes])
+# Refused sign-ins: the first of a quiet spell logged at once, a flood as one line a minute with a count
+SIGN_INS_REFUSED_KEY = web.AppKey("dashboard_sign_ins_refused", RepeatLog)
 
 
 def setup(app: web.Application, sessions: DashboardSessions) -> None:
     app[SESSIONS_KEY] = sessions
     app[FILES_KEY] = {name: _read(name) for name in (*PAGES, *ASSETS)}
+    app[SIGN_INS_REFUSED_KEY] = RepeatLog(log, "refused", "dashboard sign-in|dashboard sign-ins")
+    app.on_cleanup.append(_flush_refused)
     r = app.router
     r.add_get("/", get_root, name="root")
     r.add_get("/dashboard", get_root, name="dashboard_redirect")
@@ -96,6 +101,10 @@ async def get_dashboard(request: web.Request) -> web.Response:
 
 async def get_sign_in(request: web.Request) -> web.Response:
     return _page(request, "sign-in.html")
+
+
+async def _flush_refused(app: web.Application) -> None:
+    app[SIGN_INS_REFUSED_KEY].flush()
 
 
 def _see_other(location: str) -> web.Response:
@@ -135,7 +144,8 @@ async def post_sign_in(request: web.Request) -> web.Response:
     try:
         session_id, _agent_id = await request.app[SESSIONS_KEY].sign_in(token)
     except SignInRefused as err:
-        log.info("refused a dashboard sign-in from %s: %s", request.remote, err)
+        request.app[SIGN_INS_REFUSED_KEY].record(request.remote, str(err))
+        ratelimit.refused(request)  # counted against its address (hub.ratelimit.RefusedAttempts)
         return _page(request, "sign-in.html", 403, f"Not signed in: {err}.")
     response = _see_other("/dashboard/")
     set_cookie(response, request, session_id)

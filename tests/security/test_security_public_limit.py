@@ -1,0 +1,237 @@
+"""The public routes' budget of refused attempts per client address (hub/ratelimit.py, ``RefusedAttempts``).
+
+A channel's order webhooks and the dashboard's sign-in form take no bearer token, so the per-credential limit
+cannot count them. Each address has a bucket of ``refused_attempts_burst`` refused attempts (a webhook with a
+missing or bad signature, a failed sign-in) refilled at ``refused_attempts_per_s``; past it every request of that
+address to those routes is answered 429 with Retry-After from its head, before its body is read. A real hub on
+127.0.0.1, flooded from 127.0.0.1 while a second address (127.0.0.2: loopback answers every 127/8 address) goes
+on being served; a genuine webhook is still booked, and the bucket refills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from hub import HubStore, ratelimit
+from hub.channels import SqliteChannelState, parse_channels
+from hub.config import ConfigError, HubSettings
+from tests.channels.emulators.shopify_orders import ShopifyOrdersEmulator
+from tests.channels.helpers import wait_until
+from tests.harness.inprocess import hub_in_process
+from tests.harness.net import free_port
+from tests.hub.test_write_heads import answer_of
+from tests.security.helpers import HubFactory
+
+pytestmark = pytest.mark.timeout(120)
+FLOODER, OTHER = "127.0.0.1", "127.0.0.2"
+BURST = 3
+RATE_PER_S = 2.0  # an empty bucket holds a whole attempt again within half a second
+REFILL_WAIT_S = 20.0  # the longest a test waits for the bucket to refill (it takes 1 / RATE_PER_S)
+
+
+async def post_from(address: str, url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    """POST ``url`` from the source address ``address`` on a connection of its own."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with (
+        aiohttp.ClientSession(connector=connector, trust_env=False) as session,
+        session.post(url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=10), **kwargs) as resp,
+    ):
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+async def served_again(address: str, url: str, served: int, request: Callable[[], dict[str, Any]]) -> None:
+    """Wait (bounded) until ``address`` is served again (``served``) instead of 429: each try a genuine request,
+    made by ``request`` (the keyword arguments of ``post_from``), which takes nothing from its bucket."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REFILL_WAIT_S
+    while (status := (await post_from(address, url, **request()))[0]) == 429:
+        assert loop.time() < deadline, f"{address}'s bucket of refused attempts did not refill in {REFILL_WAIT_S} s"
+        await asyncio.sleep(0.1)
+    assert status == served
+
+
+def assert_429(status: int, headers: Mapping[str, str], body: bytes) -> None:
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert status == 429, (status, body)
+    assert int(headers["retry-after"]) >= 1
+    assert headers["ratelimit-policy"] == f'"refused-attempts";q={BURST};w=2'
+    problem = json.loads(body)
+    assert problem["code"] == "rate_limited" and "refused_attempts_per_s" in problem["detail"], problem
+
+
+# --- the order webhooks -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShopHub:
+    url: str
+    app: web.Application
+    store: HubStore
+    shopify: ShopifyOrdersEmulator
+    pickup: str  # the Shopify location of store S1
+    variant: Any  # SKU-A
+
+    @property
+    def hook(self) -> str:
+        return f"{self.url}/v1/channels/web/webhooks"
+
+    async def reserved(self) -> int:
+        rows = await self.store.counts(location="S1", sku="SKU-A")
+        return rows[0].reserved if rows else 0
+
+
+@pytest.fixture
+async def shop_hub(tmp_path: Path) -> AsyncIterator[ShopHub]:
+    """A hub taking the order webhooks of one Shopify channel ``web`` (the emulator), with a budget of ``BURST``
+    refused attempts per address refilled at ``RATE_PER_S``."""
+    async with ShopifyOrdersEmulator() as shopify:
+        s1 = shopify.add_location()
+        variant = shopify.add_variant("SKU-A", stocked_at=[s1])
+        specs = parse_channels(
+            [{"name": "web", "kind": "shopify", "url": shopify.url, "secret_env": "SHOP_TOKEN",
+              "webhook_secret_env": "SHOP_HOOK", "pool": {"S1": s1}, "order_location": "S1"}],
+            environ={"SHOP_TOKEN": shopify.token, "SHOP_HOOK": shopify.webhook_secret},
+        )  # fmt: skip
+        db = tmp_path / "hub.db"
+        async with hub_in_process(
+            db, port=free_port(), channels=specs, refused_attempts_per_s=RATE_PER_S, refused_attempts_burst=BURST
+        ) as served:
+            async with await SqliteChannelState.open(db) as state:
+
+                async def mapped() -> bool:
+                    return bool(await state.mapping("web"))
+
+                await wait_until(mapped, "the channel's SKU mapping is loaded")
+            yield ShopHub(served.url, served.app, served.store, shopify, s1, variant)
+
+
+async def test_a_flood_of_forged_webhooks_is_answered_429_from_the_head_and_another_address_is_still_served(
+    shop_hub: ShopHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    hub, shopify = shop_hub, shop_hub.shopify
+    order = shopify.create_order([(hub.variant, 1)], pickup_at=hub.pickup)
+    forged = shopify.delivery("orders/create", order, secret="not-the-app-secret")
+    unsigned = {k: v for k, v in forged.headers.items() if k != "X-Shopify-Hmac-Sha256"}
+    statuses = [(await post_from(FLOODER, hub.hook, data=forged.body, headers=h))[0] for h in (forged.headers,) * 2]
+    statuses.append((await post_from(FLOODER, hub.hook, data=forged.body, headers=unsigned))[0])
+    assert statuses == [401, 401, 401], "a bad or missing signature is refused, and counted, up to the budget"
+    for _ in range(20):
+        assert_429(*await post_from(FLOODER, hub.hook, data=forged.body, headers=forged.headers))
+
+    # from the head: a Content-Length of 50000 bytes that never come, with and without Expect: 100-continue
+    more = "".join(f"{k}: {v}\r\n" for k, v in forged.headers.items() if k != "Content-Type")
+    for expect in (True, False):
+        status, headers, body = await answer_of(
+            int(hub.url.rsplit(":", 1)[1]), "POST", "/v1/channels/web/webhooks", "", 50_000, more=more, expect=expect
+        )
+        assert_429(status, headers, body)
+
+    genuine = shopify.order_delivery("orders/create", order["id"])
+    status, _, _ = await post_from(FLOODER, hub.hook, data=genuine.body, headers=genuine.headers)
+    assert status == 429, "the flooding address is refused whatever it sends, until its bucket refills"
+    assert await hub.reserved() == 0
+
+    status, _, body = await post_from(OTHER, hub.hook, data=genuine.body, headers=genuine.headers)
+    assert status == 200 and json.loads(body)["applied"] == 1, body
+    assert await hub.reserved() == 1, "another address's genuine webhook is booked during the flood"
+    status, _, _ = await post_from(OTHER, hub.hook, data=forged.body, headers=forged.headers)
+    assert status == 401, "another address has a budget of its own"
+
+    def genuine_update() -> dict[str, Any]:
+        again = shopify.order_delivery("orders/updated", order["id"])
+        return {"data": again.body, "headers": again.headers}
+
+    await served_again(FLOODER, hub.hook, 200, genuine_update)  # once its bucket refilled, it is applied
+    assert await hub.reserved() == 1, "the order's update reserved nothing more"
+
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("hub") and FLOODER in r.getMessage()]
+    assert any("429" in line and "refused attempts" in line for line in lines), lines
+    assert len(lines) <= 6, f"the flood is summarised, not logged request by request: {lines}"
+
+
+# --- the dashboard's sign-in form ---------------------------------------------------------------------------------
+
+
+async def test_a_flood_of_failed_sign_ins_is_answered_429_and_logged_in_a_few_lines(
+    make_hub: HubFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    hub = await make_hub(refused_attempts_per_s=RATE_PER_S, refused_attempts_burst=BURST)
+    sign_in = f"{hub.url}/dashboard/sign-in"
+    reader = {"token": hub.reader[1]}
+    wrong = {"token": "not-a-credential-" + "x" * 20}
+    for _ in range(BURST):
+        status, _, _ = await post_from(FLOODER, sign_in, data=wrong)
+        assert status == 403
+    for _ in range(200):
+        assert_429(*await post_from(FLOODER, sign_in, data=wrong))
+    status, _, _ = await post_from(FLOODER, sign_in, data=reader)
+    assert status == 429, "the flooding address cannot sign in either until its bucket refills"
+
+    status, headers, _ = await post_from(OTHER, sign_in, data=reader)
+    assert status == 303 and "shelfsync_session" in headers.get("Set-Cookie", ""), "another address signs in"
+
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("hub") and FLOODER in r.getMessage()]
+    assert len(lines) <= 4, f"a flood of 200 refusals is summarised, not logged request by request: {lines}"
+    assert any("429" in line for line in lines), lines
+
+    await served_again(FLOODER, sign_in, 303, lambda: {"data": reader})  # once its bucket refilled, it signs in
+    status, _, _ = await post_from(FLOODER, sign_in, data=wrong)
+    assert status == 403, "and has a refused attempt to spend again"
+
+
+async def test_a_good_sign_in_spends_nothing_and_a_rate_of_zero_turns_the_budget_off(make_hub: HubFactory) -> None:
+    hub = await make_hub(refused_attempts_per_s=RATE_PER_S, refused_attempts_burst=BURST)
+    for _ in range(BURST * 3):
+        status, _, _ = await post_from(FLOODER, f"{hub.url}/dashboard/sign-in", data={"token": hub.reader[1]})
+        assert status == 303
+    off = await make_hub(refused_attempts_per_s=0.0, refused_attempts_burst=1)
+    assert ratelimit.REFUSALS_KEY not in off.app
+    for _ in range(BURST * 3):
+        status, _, _ = await post_from(FLOODER, f"{off.url}/dashboard/sign-in", data={"token": "wrong"})
+        assert status == 403
+
+
+# --- the address a bucket is kept for, and the settings ----------------------------------------------------------
+
+
+def test_an_address_is_counted_by_its_ip_and_an_ipv6_one_by_its_64_bit_prefix() -> None:
+    assert ratelimit.client_key("203.0.113.7") == "203.0.113.7"
+    assert (
+        ratelimit.client_key("2001:db8:1:2:aaaa::1")
+        == ratelimit.client_key("2001:db8:1:2:bbbb::9")
+        == "2001:db8:1:2::/64"
+    )
+    assert ratelimit.client_key("2001:db8:1:3::1") != ratelimit.client_key("2001:db8:1:2::1")
+    assert ratelimit.client_key("::ffff:203.0.113.7") == "203.0.113.7", "an IPv4 client of a dual-stack socket"
+    assert ratelimit.client_key(None) == "an unknown address"
+
+
+def test_the_budget_settings_are_checked() -> None:
+    settings = HubSettings()
+    assert settings.refused_attempts_per_s > 0 and settings.refused_attempts_burst >= 1
+    assert HubSettings(refused_attempts_per_s=2).refused_attempts_per_s == 2.0
+    for bad in ({"refused_attempts_per_s": -1.0}, {"refused_attempts_burst": 0}, {"refused_attempts_per_s": "x"}):
+        with pytest.raises(ConfigError, match="refused_attempts"):
+            HubSettings(**bad)
+
+
+async def test_many_concurrent_refusals_are_all_answered(make_hub: HubFactory) -> None:
+    """Requests in flight together past the budget: each gets an answer (the route's refusal or 429), none hangs."""
+    hub = await make_hub(refused_attempts_per_s=RATE_PER_S, refused_attempts_burst=BURST)
+    answers = await asyncio.gather(
+        *(post_from(FLOODER, f"{hub.url}/dashboard/sign-in", data={"token": "wrong"}) for _ in range(40))
+    )
+    statuses = sorted(a[0] for a in answers)
+    assert set(statuses) <= {403, 429} and statuses.count(403) >= BURST, statuses
