@@ -235,3 +235,22 @@ async def test_many_concurrent_refusals_are_all_answered(make_hub: HubFactory) -
     )
     statuses = sorted(a[0] for a in answers)
     assert set(statuses) <= {403, 429} and statuses.count(403) >= BURST, statuses
+
+
+def test_the_429s_are_logged_a_line_a_minute_with_the_busiest_addresses(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="hub.ratelimit")
+    now = [0.0]
+    limited = ratelimit.LimitedLog(interval_s=60.0, clock_s=lambda: now[0])
+    limited.record("198.51.100.1", "POST /dashboard/sign-in")  # the first of a quiet spell: at once
+    for i in range(7):
+        for _ in range(10 * (i + 1)):
+            limited.record(f"203.0.113.{i}", "POST /v1/channels/web/webhooks")
+    now[0] = 30.0
+    limited.record("198.51.100.1", "POST /dashboard/sign-in")
+    assert len(caplog.records) == 1, "within the minute, counted only"
+    limited.flush()
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "429 to 1 request" in first and "from 1 address over its budget" in first and "198.51.100.1 1" in first
+    assert "429 to 281 requests" in second and "from 8 addresses" in second, second
+    assert "203.0.113.6 70, 203.0.113.5 60, 203.0.113.4 50, 203.0.113.3 40, 203.0.113.2 30 and 3 more" in second
+    assert "in the last 30 s" in second and second.endswith("the last: POST /dashboard/sign-in")
