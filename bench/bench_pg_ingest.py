@@ -42,7 +42,6 @@ import psutil
 from bench.bench_ingest import BATCH, SKUS_PER_STORE, free_port, make_events
 from bench.common import median, write_result
 from hub.storage import open_store
-from hub.storage.feed import CHANGE_FIELDS
 from hub.storage.ingest import attrs_json
 from hub.storage.sql import STOCK_FIELDS
 from protocol import StockEvent, SyncRequest, encode_sync_request, wall_ms_now
@@ -140,10 +139,14 @@ class Written:
     events: list[tuple[object, ...]]  # EVENT_COLUMNS, by agent then seq
     locations: dict[str, list[tuple[object, ...]]]  # agent_id -> its agent_locations rows
     stock: dict[tuple[str, str], tuple[object, ...]]  # the table's columns, final values
-    changes: list[tuple[object, ...]]  # CHANGE_FIELDS, by change_id
+    changes: list[tuple[object, ...]]  # RUN_FIELDS: the change feed's runs (schema 17), by last_id
     marks: dict[str, tuple[object, ...]]  # agent_id -> the agent_hwm row
 
 
+RUN_FIELDS = [  # the change feed's runs (hub.storage.postgres.feed)
+    "last_id", "first_id", "location", "skus", "on_hand", "reserved", "available", "in_transit", "event_ids",
+    "id_ends", "at_ms",
+]  # fmt: skip
 WARM_UP = "WARMUP-"  # the locations of the warm-up agents, left out of every figure
 
 
@@ -175,7 +178,8 @@ async def read_written(conn: asyncpg.Connection) -> Written:
         located.setdefault(r[0], []).append(tuple(r))
     stock = {(r[0], r[1]): tuple(r) for r in await conn.fetch(f"SELECT * FROM stock WHERE {mine}")}
     changes = [
-        tuple(r) for r in await conn.fetch(f"SELECT {CHANGE_FIELDS} FROM changes WHERE {mine} ORDER BY change_id")
+        tuple(r)
+        for r in await conn.fetch(f"SELECT {', '.join(RUN_FIELDS)} FROM change_runs WHERE {mine} ORDER BY last_id")
     ]
     agents = {row[EVENT_COLUMNS.index("agent_id")] for row in events}
     marks = {
@@ -257,7 +261,7 @@ async def plain_copy(url: str, events: list[StockEvent], agents: int) -> tuple[f
 
 async def plain_writes(url: str, written: Written, agents: int) -> tuple[float, float]:
     """Every row the hubs wrote, into the same (empty) tables, one transaction per 1,000-event batch from one
-    connection per agent: the batch's events and its share of the change rows by COPY, the stock rows of the
+    connection per agent: the batch's events and its share of the change feed's runs by COPY, the stock rows of the
     keys it touched and the agent's mark by upsert (``INSERT … ON CONFLICT``, the rows as one array of the
     table's row type), and with an agent's first batch its ``agent_locations`` row. No HTTP, no decoding, no
     dedupe, no resolution, no locks."""
@@ -298,7 +302,7 @@ async def plain_writes(url: str, written: Written, agents: int) -> tuple[float, 
                             )
                         if batch["changes"]:
                             await conn.copy_records_to_table(
-                                "changes", records=batch["changes"], columns=CHANGE_FIELDS.split(", ")
+                                "change_runs", records=batch["changes"], columns=RUN_FIELDS
                             )
                         await conn.execute(
                             f"INSERT INTO stock SELECT * FROM unnest($1::stock[]) "

@@ -212,7 +212,7 @@ WAITS_FOR_HUB = "in a transaction, waiting for its hub"
 def _in_counter_section(query: str) -> bool:
     """A statement of the critical section: the counter's UPDATE with the change rows (``APPEND_SQL``, or the
     UPDATE and COPY of older versions) and the newest-id read."""
-    return "change_counter" in query or query.startswith('COPY "changes"')
+    return "change_counter" in query or query.startswith('COPY "changes"')  # (a COPY: versions before 5)
 
 
 def _state(r: asyncpg.Record) -> str:
@@ -301,7 +301,7 @@ async def one_run(url: str, hubs: int, agents: int, batches: int, seed: int, sam
         conn = await asyncpg.connect(store_url)
         try:
             stored = await conn.fetchval("SELECT count(*) FROM events")
-            changes = await conn.fetchval("SELECT count(*) FROM changes")
+            changes = await conn.fetchval("SELECT COALESCE(sum(last_id - first_id + 1), 0) FROM change_runs")
         finally:
             await conn.close()
         total = agents * batches * BATCH

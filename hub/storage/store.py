@@ -289,8 +289,12 @@ class SqlHubStore(HubStore, Generic[D]):
         checks.whole(after, "after", 0, 2**63 - 1)
         checks.limit(limit)
         return await self._read_db(
-            "reading the change feed", lambda db: feed.changes(db, after, limit, location, sku)
+            "reading the change feed", lambda db: self._changes(db, after, limit, location, sku)
         )
+
+    async def _changes(self, db: D, after: int, limit: int, location: str | None, sku: str | None) -> list[ChangeRow]:
+        """The feed's rows as the backend keeps them (``changes``)."""
+        return await feed.changes(db, after, limit, location, sku)
 
     async def latest_change_id(self) -> int:
         return await self._read_db(

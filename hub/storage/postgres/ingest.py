@@ -78,8 +78,9 @@ from hub.storage.ingest import (
     attrs_json,
     stock_row,
 )
-from hub.storage.postgres.feed import append_changes, append_ctes, change_rows
+from hub.storage.postgres.feed import append_changes, append_ctes, run_params
 from hub.storage.postgres.schema import check_not_newer
+from hub.storage.postgres.texts import text_list, text_list_sql
 from hub.storage.reports import OBSERVED_FIELDS
 from hub.storage.rows import bundle_book, bundle_recipe
 from hub.storage.sql import (
@@ -165,26 +166,6 @@ ADVANCE_MARK_SQL = (
     "peer = excluded.peer RETURNING hwm, chain"
 )
 HELD_PENDING_SQL = "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND status = 'pending'"
-
-# A list of texts as one parameter: joined by the unit separator, a control character no location, SKU or other
-# protocol text may hold (``protocol.values``), and split again by PostgreSQL. A list it cannot carry so — a text
-# that holds the separator, or an empty text — goes as a text[] in a second parameter instead (``text_list``).
-UNIT_SEPARATOR = "\x1f"
-
-
-def text_list_sql(joined: str, array: str) -> str:
-    """The SQL of a text[] sent by ``text_list`` in the parameters ``joined`` and ``array``."""
-    return f"COALESCE(string_to_array({joined}::text, E'\\x1f'), {array}::text[])"
-
-
-def text_list(values: Sequence[str]) -> tuple[str | None, list[str] | None]:
-    """The two parameters of ``text_list_sql`` for ``values``: the joined texts, or (when a text holds the
-    separator or is empty, or there is none) None and the list."""
-    joined = UNIT_SEPARATOR.join(values)
-    if values and joined.count(UNIT_SEPARATOR) == len(values) - 1 and all(values):
-        return joined, None
-    return None, list(values)
-
 
 # What a batch reads first, right after its locks, in one round trip (``PostgresIngest.preload``): whether the
 # sender ever had events held, whether any bundle is defined, the sender's ids stored in the batch's id range
@@ -692,8 +673,8 @@ class PostgresIngest:
             ctes += self._negative_ctes(args)
         newest = "NULL::int8"
         if self._changes:
-            args += [len(self._changes), change_rows(self._changes, self._changes_at_ms)]
-            ctes.append(append_ctes(f"${len(args) - 1}", f"${len(args)}"))
+            ctes.append(append_ctes(len(args) + 1))
+            args += run_params(self._changes, self._changes_at_ms)
             newest = "(SELECT last_id FROM counter)"
         # The output columns are computed in order: the stock rows are written before the counter is raised, so
         # the counter row stays locked only for the change rows and the COMMIT, as in append_changes.

@@ -205,5 +205,5 @@ async def _home(conn: asyncpg.Connection) -> str:
     except asyncpg.PostgresError:
         pass  # a role without the right: the database's and the table's oids still change with a restore
     database = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = current_database()")
-    table = await conn.fetchval("SELECT 'changes'::regclass::oid")
+    table = await conn.fetchval("SELECT 'change_runs'::regclass::oid")
     return f"postgresql:{cluster}:{database}:{table}"

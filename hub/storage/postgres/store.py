@@ -36,11 +36,12 @@ import asyncpg
 
 from hub.clock_window import span
 from hub.resolver import StockKey
-from hub.storage.base import DatabaseUnreachable, StoreClosed, StoreError, StoreOpener
+from hub.storage.base import ChangeRow, DatabaseUnreachable, StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
 from hub.storage.migrations import MigrationProgress
+from hub.storage.postgres import feed
 from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
 from hub.storage.postgres.schema import SCHEMA_VERSION, check_not_newer, feed_history, migrate, schema_version
 from hub.storage.store import SqlHubStore
@@ -484,6 +485,11 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     async def _read_db(self, what: str, work: Callable[[PostgresDb], Awaitable[T]], *, snapshot: bool = False) -> T:
         return await self._read(what, lambda conn: work(PostgresDb(conn)), snapshot=snapshot)
+
+    async def _changes(
+        self, db: PostgresDb, after: int, limit: int, location: str | None, sku: str | None
+    ) -> list[ChangeRow]:
+        return await feed.changes(db.conn, after, limit, location, sku)  # kept as runs (schema 17)
 
     async def _write_db(
         self, what: str, work: Callable[[PostgresDb], Coroutine[Any, Any, T]], *, unique_races: bool = False,
