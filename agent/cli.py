@@ -422,7 +422,7 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
                 sender = ReportSender(
                     store, a.hub_url, a.token, agent_id=a.id, location=a.location, tick_s=r.tick_s,
                     retry_base_s=r.retry_base_s, retry_max_s=r.retry_max_s, timeout_s=r.timeout_s, auth_retry_s=r.auth_retry_s,
-                    answer_max_bytes=r.answer_max_bytes,
+                    answer_max_bytes=r.answer_max_bytes, outbox=outbox,
                 )  # fmt: skip
                 await stack.enter_async_context(sender)
                 stack.hub_clients.append(sender)

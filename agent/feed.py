@@ -69,6 +69,7 @@ from agent.outbox import FeedPosition, Outbox
 from protocol import ProtocolError
 from protocol import feed as wire
 from protocol.retry import FULL_JITTER, RETRY_AFTER_JITTER, Backoff, Streak, TurnFailed, parse_retry_after, run_turns
+from protocol.routes import HUB_ID_HEADER
 from protocol.values import loads_json, shown
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,7 @@ class CountFeed(HubLoop):
                 status, retry_after = http.status, http.headers.get("Retry-After", "")
                 location = http.headers.get("Location")
                 content_type = http.headers.get("Content-Type", "")
+                hub_id = huberrors.hub_id_of(http.headers.get(HUB_ID_HEADER))
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="bad_answer") from err
         except TimeoutError:
@@ -341,11 +343,12 @@ class CountFeed(HubLoop):
             return _Ahead(_error_message(body))
         if status == 410 and history is not None:  # the cursor is of another history (see check_history in hub.feed)
             return _Ahead(_error_message(body), gone=True)
-        if status in (401, 403):
+        if status in (401, 403):  # said as the sync says it (the hub serving another database, say)
+            refused, fix = await huberrors.refusal(
+                self._outbox, huberrors.sync_url(self._base), url, status, body, self._outbox.agent_id, hub_id
+            )
             raise TurnFailed(
-                f"the hub refused this agent's credential for its change feed (HTTP {status}: {_error_message(body)});"
-                " the count cache learns counts from sync answers only until it is fixed",
-                kind="refused",
+                f"{refused}; the count cache learns counts from sync answers only until {fix}", kind="refused"
             )
         if status == 404:
             raise TurnFailed(

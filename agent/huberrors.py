@@ -1,9 +1,101 @@
 """The hub's error answers, as the agent reads them: ``protocol.answers`` reads both shapes hubs have sent
 (RFC 9457 problem details, and the ``{"error": {…}}`` of older hubs), since agents and hubs of different
-versions meet. Named here for the agent's hub clients (replicator, feed, reports, catalog)."""
+versions meet. Named here for the agent's hub clients (replicator, feed, reports, catalog).
+
+A 401/403 is said in one sentence by every client that meets it (``refusal``): the token is wrong, or it belongs
+to another agent id, or the hub now serves another database than the one this agent last synced with at that
+address (its answer's ``Shelfsync-Hub-Id`` is not the id the outbox keeps: another hub's backup restored onto
+it), when a new token would only attach the store to that other database."""
 
 from __future__ import annotations
 
-from protocol.answers import EXCERPT_MAX_CHARS, error_member, error_message
+import contextlib
+import re
+from typing import Any, Protocol
 
-__all__ = ["EXCERPT_MAX_CHARS", "error_member", "error_message"]
+from agent.errors import OutboxError
+from protocol.answers import EXCERPT_MAX_CHARS, error_member, error_message
+from protocol.routes import SYNC_PATH
+
+__all__ = [
+    "EXCERPT_MAX_CHARS",
+    "SyncedHubIds",
+    "credentials_refused",
+    "error_member",
+    "error_message",
+    "hub_id_of",
+    "refusal",
+    "sync_url",
+]
+
+HUB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a hub database's id as HUB_ID_HEADER carries it (uuid hex)
+
+
+class SyncedHubIds(Protocol):
+    """Where the hub's database id this agent last synced with is kept (the outbox)."""
+
+    async def synced_hub_id(self, hub_url: str) -> str | None: ...
+
+
+def sync_url(hub_url: str) -> str:
+    """The sync route of the hub at ``hub_url``: the URL the outbox keeps the hub's database id under."""
+    return hub_url.rstrip("/") + SYNC_PATH
+
+
+async def refusal(
+    ids: SyncedHubIds | None, sync_url: str, url: str, status: int, body: bytes, agent_id: str, hub_id: str | None
+) -> tuple[str, str]:
+    """``credentials_refused`` for a 401/403 answered at ``url`` by the hub whose sync route is ``sync_url``, with
+    the id of the hub's database ``ids`` kept for it (the sync, the change feed and the report uploads say the same
+    sentence). ``hub_id`` is the answer's (``hub_id_of``); without it, or without ``ids``, or when they cannot be
+    read, the refusal is said as without the id."""
+    synced = None
+    if ids is not None and hub_id is not None:
+        with contextlib.suppress(OutboxError):  # not known: the refusal is said as without it
+            synced = await ids.synced_hub_id(sync_url)
+    return credentials_refused(url, status, body, agent_id, hub_id=hub_id, synced_hub_id=synced)
+
+
+def credentials_refused(
+    url: str, status: int, body: bytes, agent_id: str, *, hub_id: str | None = None, synced_hub_id: str | None = None
+) -> tuple[str, str]:
+    """What a 401/403 from the hub means, and what fixes it: "the token is wrong" unless the hub serves another
+    database than the one this agent last synced with there (``hub_id``, from the answer's HUB_ID_HEADER, differs
+    from ``synced_hub_id``, kept in the outbox: another hub's backup restored onto it, and a new token would make it
+    worse), or the hub says the token is good but belongs to another agent (``credential_agent_id``): then this
+    agent is configured with the wrong id."""
+    if hub_id is not None and synced_hub_id is not None and hub_id != synced_hub_id:
+        return (
+            (
+                f"the hub at {url} now serves another database (id {hub_id}; this agent last synced with"
+                f" {synced_hub_id}): its database may have been restored from another hub's backup; restore this"
+                f" hub's own backup, do not re-issue the token (HTTP {status}: {error_message(body)})"
+            ),
+            "the hub serves its own database again",
+        )
+    other = _field(body, "credential_agent_id")
+    if status == 403 and isinstance(other, str) and other != agent_id:
+        return (
+            (
+                f"the hub at {url} says this agent's token belongs to agent {other!r}, not {agent_id!r} as configured"
+                f' (HTTP 403): set id = "{other}" in [agent] and run `shelfsync-agent rebind` so the outbox sends'
+                f" as {other!r}, or give this agent the token of {agent_id!r}"
+            ),
+            "the id or the token is fixed",
+        )
+    return (
+        f"the hub at {url} refused this agent's credentials (HTTP {status}: {error_message(body)})",
+        "the token is fixed",
+    )
+
+
+def hub_id_of(header: str | None) -> str | None:
+    """The hub's database id an answer's HUB_ID_HEADER says, if it reads as one (an id of at most 64 letters,
+    digits, ``-`` or ``_``): None for an older hub, or anything else, which is not put in a log line."""
+    if header is None or not HUB_ID_RE.fullmatch(header):
+        return None
+    return header
+
+
+def _field(body: bytes, name: str) -> Any:
+    return error_member(body, name)  # a problem details answer, or an older hub's {"error": …}

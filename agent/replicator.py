@@ -47,7 +47,6 @@ import dataclasses
 import logging
 import math
 import random
-import re
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -73,6 +72,7 @@ from agent.hub_loop import (
     read_answer,
     redirected,
 )
+from agent.huberrors import hub_id_of, refusal, sync_url
 from agent.outbox import Outbox
 from protocol import (
     MAX_BATCH_EVENTS,
@@ -99,7 +99,7 @@ from protocol.retry import (
     run_turns,
     wait_for_any,
 )
-from protocol.routes import HUB_ID_HEADER, SYNC_CATCHUP_BYTES, SYNC_PATH, SYNC_PIPELINE_HEADER
+from protocol.routes import HUB_ID_HEADER, SYNC_CATCHUP_BYTES, SYNC_PIPELINE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,6 @@ SLOW_DOWN_SAID_S = 60.0
 # What a hub from before the columnar form (protocol.event.events_to_columns) answers a request that has them: 400
 # naming the field (protocol.codec's envelope check, unchanged since the first wire version).
 COLUMNS_REFUSED = "unknown field(s) columns"
-HUB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a hub database's id as HUB_ID_HEADER carries it (uuid hex)
-
 # Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
 # (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
 # backlog faster (docs/agent.md "How delivery works"). Each batch costs the hub and the agent a share that does not
@@ -255,7 +253,7 @@ class Replicator(HubLoop):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._outbox = outbox
-        self._url = hub_url.rstrip("/") + SYNC_PATH
+        self._url = sync_url(hub_url)
         self._token = token
         self._batch_size = batch_size
         self._catchup_size = max(batch_size, min(MAX_BATCH_EVENTS, batch_size * CATCHUP_BATCH_FACTOR))
@@ -356,7 +354,7 @@ class Replicator(HubLoop):
         """New token (and address) from a config reload: try again now, even if credentials were refused."""
         self._token = token
         if hub_url is not None:
-            self._url = hub_url.rstrip("/") + SYNC_PATH
+            self._url = sync_url(hub_url)
         self._kick.set()
         if self.feed is not None:
             self.feed.update_credentials(token, hub_url)
@@ -844,12 +842,8 @@ class Replicator(HubLoop):
     async def _refused(self, status: int, body: bytes, hub_id: str | None = None) -> TurnFailed:
         message = _error_message(body)
         if status in (401, 403):
-            synced = None
-            if hub_id is not None:
-                with contextlib.suppress(OutboxError):  # not known: the refusal is said as without it
-                    synced = await self._outbox.synced_hub_id(self._url)
-            refused, fix = credentials_refused(
-                self._url, status, body, self._outbox.agent_id, hub_id=hub_id, synced_hub_id=synced
+            refused, fix = await refusal(
+                self._outbox, self._url, self._url, status, body, self._outbox.agent_id, hub_id
             )
             return TurnFailed(
                 f"{refused}; nothing is sent until {fix} (next try in {self._auth_retry_s:g} s or on config reload)",
@@ -963,47 +957,6 @@ class Replicator(HubLoop):
         self._state = dataclasses.replace(self._state, batch_size=self._batch_size, **changes)
         async with self._changed:
             self._changed.notify_all()
-
-
-def credentials_refused(
-    url: str, status: int, body: bytes, agent_id: str, *, hub_id: str | None = None, synced_hub_id: str | None = None
-) -> tuple[str, str]:
-    """What a 401/403 from the hub means, and what fixes it: "the token is wrong" unless the hub serves another
-    database than the one this agent last synced with there (``hub_id``, from the answer's HUB_ID_HEADER, differs
-    from ``synced_hub_id``, kept in the outbox: another hub's backup restored onto it, and a new token would make it
-    worse), or the hub says the token is good but belongs to another agent (``credential_agent_id``): then this
-    agent is configured with the wrong id."""
-    if hub_id is not None and synced_hub_id is not None and hub_id != synced_hub_id:
-        return (
-            (
-                f"the hub at {url} now serves another database (id {hub_id}; this agent last synced with"
-                f" {synced_hub_id}): its database may have been restored from another hub's backup; restore this"
-                f" hub's own backup, do not re-issue the token (HTTP {status}: {_error_message(body)})"
-            ),
-            "the hub serves its own database again",
-        )
-    other = _error_field(body, "credential_agent_id")
-    if status == 403 and isinstance(other, str) and other != agent_id:
-        return (
-            (
-                f"the hub at {url} says this agent's token belongs to agent {other!r}, not {agent_id!r} as configured"
-                f' (HTTP 403): set id = "{other}" in [agent] and run `shelfsync-agent rebind` so the outbox sends'
-                f" as {other!r}, or give this agent the token of {agent_id!r}"
-            ),
-            "the id or the token is fixed",
-        )
-    return (
-        f"the hub at {url} refused this agent's credentials (HTTP {status}: {_error_message(body)})",
-        "the token is fixed",
-    )
-
-
-def hub_id_of(header: str | None) -> str | None:
-    """The hub's database id an answer's HUB_ID_HEADER says, if it reads as one (an id of at most 64 letters,
-    digits, ``-`` or ``_``): None for an older hub, or anything else, which is not put in a log line."""
-    if header is None or not HUB_ID_RE.fullmatch(header):
-        return None
-    return header
 
 
 def _error_field(body: bytes, name: str) -> Any:

@@ -42,8 +42,9 @@ from agent.hub_loop import (
     read_answer,
     redirected,
 )
+from agent.huberrors import SyncedHubIds, hub_id_of, refusal, sync_url
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
-from agent.replicator import AUTH_RETRY_S, TICK_S, TIMEOUT_S, credentials_refused
+from agent.replicator import AUTH_RETRY_S, TICK_S, TIMEOUT_S
 from protocol import MSGPACK_CONTENT_TYPE, ProtocolError
 from protocol.reports import (
     ISSUE_FILE_MAX_LEN,
@@ -63,7 +64,7 @@ from protocol.reports import (
     encode_observations,
 )
 from protocol.retry import FULL_JITTER, RETRY_BASE_S, RETRY_MAX_S, Backoff, Streak, TurnFailed, run_turns, wait_for_any
-from protocol.routes import IMPORT_ISSUES_PATH, OBSERVATIONS_PATH
+from protocol.routes import HUB_ID_HEADER, IMPORT_ISSUES_PATH, OBSERVATIONS_PATH
 from protocol.values import CONTROL_RE, shown
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,11 @@ class ReportSender(HubLoop):
         timeout_s: float = TIMEOUT_S,
         auth_retry_s: float = AUTH_RETRY_S,
         answer_max_bytes: int = SYNC_ANSWER_MAX_BYTES,
+        outbox: SyncedHubIds | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
+        self._outbox = outbox  # the hub's database id the agent last synced with: a refusal says when it changed
         self._hub_url = hub_url.rstrip("/")
         self._token = token
         self.agent_id = agent_id
@@ -287,6 +290,7 @@ class ReportSender(HubLoop):
                 status, data = resp.status, await read_answer(resp, self.answer_max_bytes, f"answer to {path}")
                 location = resp.headers.get("Location")
                 content_type = resp.headers.get("Content-Type", "")
+                hub_id = hub_id_of(resp.headers.get(HUB_ID_HEADER))
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), level=logging.ERROR) from err
         except TimeoutError:
@@ -305,7 +309,7 @@ class ReportSender(HubLoop):
             raise TurnFailed(f"the hub at {url} answered HTTP 503 ({message})", level=hub_unavailable(url, message))
         hub_answered(url)
         if status in (401, 403):
-            refused, _ = credentials_refused(url, status, data, self.agent_id)
+            refused, _ = await refusal(self._outbox, sync_url(self._hub_url), url, status, data, self.agent_id, hub_id)
             raise TurnFailed(refused, kind="credentials_refused", level=logging.ERROR)
         if 300 <= status < 400:
             raise TurnFailed(redirected(url, status, location), level=logging.ERROR)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import Kind, Movement, Outbox, OutboxOfAnotherAgent
-from agent.replicator import credentials_refused
+from agent.huberrors import credentials_refused
 from tests.faults.helpers import hub_events, outbox_events, wait_until
 from tests.harness.agent_process import AgentProcess
 from tests.harness.hub_process import HubProcess

@@ -6,7 +6,10 @@ database (and id, ``hub_id``, made when the database is created and kept in it).
 stopped, B's backup (``hub.backup``) is put in place of A's database, and A served again where the agent expects
 it: every answer of the hub carries the id of the database it serves (``HUB_ID_HEADER``), the agent kept the one
 it last synced with in its outbox, and its 401 says the hub serves another database and not to re-issue the
-token. A hub restored from its own backup, a revoked token, and a hub older than the header say what they said.
+token. The change feed and the POS report uploads, refused by the same hub, say the same; so does a PostgreSQL hub
+served from another database (a second schema of the test server) at the same URL: the id is the one kept in
+that database. A hub restored from its own backup, a revoked token, and a hub older than the header say what
+they said.
 """
 
 from __future__ import annotations
@@ -14,19 +17,24 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 from agent import Kind, Movement, Outbox, Replicator
+from agent.feed import CountFeed
+from agent.pos import Observation, PosStore
+from agent.reports import ReportSender
 from hub import HubSettings, create_app, open_store
 from hub.backup import backup
 from protocol import SyncResponse
 from protocol.routes import HUB_ID_HEADER
 from tests.harness.inprocess import ServedHub, hub_in_process, serve_app
+from tests.harness.pg import PG_URL, PROBE_TIMEOUT_S, fresh_schema
 from tests.hub.test_catchup_expect import read_answer, send_head
 
 WAIT_S = 20.0
@@ -101,6 +109,73 @@ async def test_an_agent_refused_by_a_hub_restored_from_another_hubs_backup_is_to
         " do not re-issue the token (HTTP 401: the credential is unknown or has been revoked); nothing is sent until"
         " the hub serves its own database again"
     ), error
+
+
+@asynccontextmanager
+async def two_databases(backend: str, tmp_path: Path) -> AsyncIterator[tuple[str, str, Callable[[], None], str, str]]:
+    """Two hubs' databases on ``backend``, each made by serving it once: what the hub serves first, what it serves
+    after ``switch()`` (SQLite: the same path, B's backup restored onto it; PostgreSQL: a second schema, another
+    hub's database), and their ids."""
+    if backend == "sqlite":
+        db, copy, id_a, id_b = await hub_ids(tmp_path)
+        yield str(db), str(db), lambda: restore(copy, db), id_a, id_b
+        return
+    async with fresh_schema() as first, fresh_schema() as second:
+        ids = []
+        for url in (first, second):
+            async with hub_in_process(url) as hub:
+                ids.append(str((await hub.store.health())["hub_id"]))
+        kept = []
+        for url in (first, second):  # the id is the one the database keeps, read here past the hub
+            conn = await asyncpg.connect(PG_URL, timeout=PROBE_TIMEOUT_S)
+            try:
+                schema = url.rsplit("search_path=", 1)[1]
+                kept.append(await conn.fetchval(f"SELECT value FROM \"{schema}\".meta WHERE key = 'hub_id'"))
+            finally:
+                await conn.close()
+        assert ids == kept and ids[0] != ids[1], (ids, kept)
+        yield first, second, lambda: None, ids[0], ids[1]
+
+
+async def test_the_sync_the_change_feed_and_the_reports_say_the_hub_serves_another_database(
+    backend: str, tmp_path: Path
+) -> None:
+    """Found: only the sync said it; the change feed said its credential was refused, the report uploads that the
+    credentials were refused (a token to re-issue, which would attach the store to the other hub's database)."""
+    async with two_databases(backend, tmp_path) as (first, second, switch, id_a, id_b):
+        outbox_path = tmp_path / "outbox.sqlite3"
+        async with hub_in_process(first) as hub:
+            port = hub.port
+            agent_id, token = await hub.store.add_agent(["S1"])
+            async with Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox:
+                await outbox.record(moves(EVENTS))
+                await synced(outbox, hub.url, token)
+        switch()
+        async with (
+            hub_in_process(second, port=port) as hub,
+            Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox,
+            PosStore.open(tmp_path / "pos-import.sqlite") as store,
+        ):
+            assert (await hub.store.health())["hub_id"] == id_b
+            sync_error = await refused(outbox, hub.url, token)
+            async with CountFeed(outbox, hub.url, token, retry_base_s=0.01, retry_max_s=0.05) as feed:
+                feed_error = (await asyncio.wait_for(feed.wait_for(lambda s: s.failures >= 1), WAIT_S)).last_error
+            await store.add_observations([Observation("S1", "SKU-1", "shopify", 3, 1_709_650_000_000, "inv.csv")])
+            async with ReportSender(
+                store, hub.url, token, agent_id=agent_id, location="S1", outbox=outbox, auth_retry_s=600.0
+            ) as sender:
+                report_error = (await asyncio.wait_for(sender.wait_for(lambda s: s.failures >= 1), WAIT_S)).last_error
+            assert len(await store.pending_observations()) == 1  # nothing dropped: sent once the hub is its own
+    said = (
+        f" now serves another database (id {id_b}; this agent last synced with {id_a}): its database may have been"
+        " restored from another hub's backup; restore this hub's own backup, do not re-issue the token (HTTP 401: "
+    )
+    assert sync_error.startswith(f"the hub at {hub.url}/v1/sync{said}"), sync_error
+    assert (feed_error or "").startswith(f"the hub at {hub.url}/v1/changes{said}"), feed_error
+    assert (feed_error or "").endswith(
+        "; the count cache learns counts from sync answers only until the hub serves its own database again"
+    ), feed_error
+    assert (report_error or "").startswith(f"the hub at {hub.url}/v1/observations{said}"), report_error
 
 
 async def test_a_hub_restored_from_its_own_backup_and_a_revoked_token_say_the_credentials_were_refused(
