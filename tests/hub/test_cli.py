@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
+from hub.storage.postgres import redacted
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
@@ -302,6 +304,41 @@ async def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tm
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("outbox")) == [
         "outbox.sqlite3", "outbox.sqlite3.serving.lock"
     ]  # fmt: skip
+
+
+async def schema_tables(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            ' ORDER BY table_name COLLATE "C"'
+        )
+        return [row[0] for row in rows]
+    finally:
+        await conn.close()
+
+
+async def test_another_programs_postgresql_schema_is_refused_and_left_as_it_was(pg_url: str, tmp_path: Path) -> None:
+    """Found: the PostgreSQL equivalent of the check above was missing. A --db naming another program's database
+    (or schema, by search_path) without the hub's schema_migrations had the hub's tables created beside that
+    program's, and an empty hub served from there. It is refused, naming a few of its tables; nothing is made."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for table in ("orders", "customers", "invoices", "products", "stock_moves", "users"):
+            await conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, body text)")
+        await conn.execute("INSERT INTO orders VALUES (1, 'an order'); CREATE VIEW open_orders AS SELECT * FROM orders")
+    finally:
+        await conn.close()
+    before = await schema_tables(pg_url)
+    for command in (("serve", "--port", "0"), ("init",), ("agent", "list"), ("agent", "add", "--role", "reader")):
+        run = await hub(*command, "--db", pg_url, cwd=tmp_path)
+        assert one_sentence_error(run) == (
+            f"shelfsync-hub: cannot open the hub database {redacted(pg_url)}: its schema"
+            f" {pg_url.rsplit('search_path=', 1)[1]} is of something else, not of a shelfsync hub (it holds the"
+            " tables customers, invoices, open_orders, orders, products … and not the hub's schema_migrations);"
+            " give the hub's own database (--db or its config's db), or an empty schema or database for a new hub"
+        ), command
+        assert await schema_tables(pg_url) == before, command
 
 
 async def test_a_database_on_a_read_only_file_system_says_so(tmp_path: Path, mounts: Mounts) -> None:

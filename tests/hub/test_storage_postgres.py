@@ -167,6 +167,37 @@ async def test_a_database_from_a_newer_shelfsync_is_refused(pg_url: str) -> None
         await PostgresHubStore.open(pg_url)
 
 
+async def test_a_schema_migrations_table_of_another_program_is_not_taken_for_the_hubs(pg_url: str) -> None:
+    """Another migration tool's schema_migrations (golang-migrate's: version, dirty) at version 3 was read as the
+    hub's schema version 3: steps 1 to 3 skipped, step 4 run against tables that were never made."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, dirty boolean NOT NULL);"
+            " INSERT INTO schema_migrations VALUES (3, false); CREATE TABLE accounts (id bigint PRIMARY KEY)"
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(StoreError) as refused:
+        await open_store(pg_url)
+    assert "(it holds the tables accounts, schema_migrations and not the hub's schema_migrations)" in str(
+        refused.value
+    ), refused.value
+    assert await _tables(pg_url) == ["accounts", "schema_migrations"]
+
+
+async def _tables(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            ' ORDER BY table_name COLLATE "C"'
+        )
+        return [row[0] for row in rows]
+    finally:
+        await conn.close()
+
+
 # --- layout --------------------------------------------------------------------------
 
 

@@ -61,6 +61,37 @@ HAS_VERSIONS_SQL = (
 )
 
 
+FOREIGN_TABLES_NAMED = 5  # tables of another program's schema named in the refusal
+
+# The tables and views of the schema the hub works in, and whether each has the column the hub's schema_migrations
+# has (another tool's schema_migrations — golang-migrate's, Rails' — is not the hub's). One statement, so a hub
+# running the first migration step meanwhile (its tables and schema_migrations commit together) is seen whole or
+# not at all; from the catalog, as HAS_VERSIONS_SQL (below) says why.
+SCHEMA_TABLES_SQL = (
+    "SELECT c.relname, EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid"
+    " AND a.attname = 'applied_ms' AND NOT a.attisdropped) FROM pg_catalog.pg_class c"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()"
+    " AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition ORDER BY c.relname COLLATE \"C\""
+)
+
+
+async def check_is_a_hubs(conn: asyncpg.Connection, where: str) -> None:
+    """Refuse a schema that holds tables but not the hub's schema_migrations: another program's (a --db naming its
+    database, or a search_path its schema), which migrating would fill with the hub's tables beside its own, to
+    serve an empty hub from there. An empty schema is a new hub's."""
+    rows = await conn.fetch(SCHEMA_TABLES_SQL)
+    if not rows or any(name == "schema_migrations" and hubs for name, hubs in rows):
+        return
+    tables = [name for name, _ in rows]
+    named = ", ".join(tables[:FOREIGN_TABLES_NAMED]) + (" …" if len(tables) > FOREIGN_TABLES_NAMED else "")
+    schema = await conn.fetchval("SELECT current_schema()")
+    raise StoreError(
+        f"cannot open the hub database {where}: its schema {schema} is of something else, not of a shelfsync hub (it"
+        f" holds the tables {named} and not the hub's schema_migrations); give the hub's own database (--db or its"
+        " config's db), or an empty schema or database for a new hub"
+    )
+
+
 async def schema_version(conn: asyncpg.Connection) -> int:
     if not await conn.fetchval(HAS_VERSIONS_SQL):
         return 0
@@ -101,6 +132,7 @@ async def migrate(conn: asyncpg.Connection, where: str, progress: MigrationProgr
     progress.where = where
     if await conn.fetchval("SELECT current_schema()") is None:
         raise StoreError(f"the database {where} has no schema to create the hub's tables in; check its search_path")
+    await check_is_a_hubs(conn, where)
     async with _waiting_said(where, progress):
         found = await schema_version(conn)
     check_not_newer(found, where, running=False)
