@@ -70,7 +70,7 @@ from agent.sessions.router import SessionRouter
 from agent.simulate import Simulator
 from protocol import Kind, event_id_hex
 from protocol.entry import option_before_command, package_version
-from protocol.routes import HEALTH_PATH
+from protocol.routes import HEALTH_PATH, HUB_ID_HEADER
 from protocol.runtime import gc_for_serving
 
 log = logging.getLogger("agent")
@@ -489,11 +489,16 @@ async def _follow_hub(config: AgentConfig, outbox: Outbox, replicator: Replicato
 
 # --- status --------------------------------------------------------------------
 async def _status(config: AgentConfig, args: argparse.Namespace) -> int:
+    hub_url = config.agent.hub_url
     async with _open(config, create=False) as outbox:
         stats = await outbox.stats()
+        synced_hub_id = await outbox.synced_hub_id(huberrors.sync_url(hub_url)) if hub_url else None
     readers = await asyncio.to_thread(read_reader_states, config.agent.outbox.with_name(JOURNAL_FILENAME))
-    probe = await _probe(config.agent.hub_url) if config.agent.hub_url else None
+    probe, hub_id = await _probe(hub_url) if hub_url else (None, None)
     report = _report(config, stats, probe)
+    # The probe's answer names the hub's database: another than the one this agent last synced with there is said
+    # as the sync says it, also while the agent is stopped or has not tried that hub since.
+    report["hub_database"] = huberrors.another_database(redact_url(hub_url), hub_id, synced_hub_id) if hub_url else None
     report["scanners"] = [asdict(state) for state in readers or ()]
     report["agent_running"] = await asyncio.to_thread(agent_running, config.agent.outbox)
     report["exit_code"] = _status_code(report)
@@ -512,8 +517,9 @@ def _status_code(report: dict[str, Any]) -> int:
     return EXIT_OK
 
 
-async def _probe(hub_url: str) -> str | None:
-    """None if GET /healthz answers 200 within PROBE_TIMEOUT_S, else why not (one phrase).
+async def _probe(hub_url: str) -> tuple[str | None, str | None]:
+    """None if GET /healthz answers 200 within PROBE_TIMEOUT_S, else why not (one phrase); and the id of the hub's
+    database its answer names (HUB_ID_HEADER), if it names one.
 
     A redirect is not followed, as the replicator does not follow one: another server's 200 says nothing of the
     hub the agent syncs with. Nor is a 200 that is not the hub's JSON: a captive portal answers 200 to every
@@ -524,27 +530,30 @@ async def _probe(hub_url: str) -> str | None:
         session = aiohttp.ClientSession(timeout=timeout, connector=hub_connector())
         async with session, session.get(url, allow_redirects=FOLLOW_REDIRECTS) as resp:
             if 300 <= resp.status < 400:
-                return redact_url(redirected(url, resp.status, resp.headers.get("Location")))
+                return redact_url(redirected(url, resp.status, resp.headers.get("Location"))), None
             body = await read_answer(resp, PROBE_ANSWER_MAX_BYTES, "health answer")
             kind = resp.headers.get("Content-Type", "")
             if (foreign := not_the_hubs(url, resp.status, kind, body, JSON)) is not None:
-                return redact_url(foreign)
+                return redact_url(foreign), None
             if resp.status != 200:  # the hub's own sentence: "the hub is migrating its database to …" (docs/agent.md)
                 detail = huberrors.error_member(body, "detail")
-                return f"answered HTTP {resp.status}" + (f": {detail}" if isinstance(detail, str) and detail else "")
+                said = f": {detail}" if isinstance(detail, str) and detail else ""
+                return f"answered HTTP {resp.status}{said}", None
             try:  # another service's {"status": "ok"} (hub_url one port off) is not the hub's health
                 foreign = not_a_hubs_json(url, json.loads(body), HEALTH_FIELDS)
             except ValueError:
-                return redact_url(f"{url} answered a body that is not JSON, so not a shelfsync hub's health")
-            return None if foreign is None else redact_url(foreign)
+                return redact_url(f"{url} answered a body that is not JSON, so not a shelfsync hub's health"), None
+            if foreign is not None:
+                return redact_url(foreign), None
+            return None, huberrors.hub_id_of(resp.headers.get(HUB_ID_HEADER))
     except AnswerTooLarge as err:
-        return str(err)
+        return str(err), None
     except TimeoutError:
-        return f"no answer within {PROBE_TIMEOUT_S:g} s"
+        return f"no answer within {PROBE_TIMEOUT_S:g} s", None
     except aiohttp.ClientConnectorError as err:
-        return f"connection failed ({err.os_error.strerror or err.os_error})"
+        return f"connection failed ({err.os_error.strerror or err.os_error})", None
     except aiohttp.ClientError as err:
-        return f"request failed: {broken(err)}"
+        return f"request failed: {broken(err)}", None
 
 
 def _report(config: AgentConfig, stats: OutboxStats, probe: str | None) -> dict[str, Any]:
@@ -590,6 +599,7 @@ def _human(r: dict[str, Any]) -> str:
         f"sync state   {r['sync_state']}",
         f"last error   {r['last_error'] or 'none'}",
         f"hub          {hub}",
+        *([f"hub database {r['hub_database']}"] if r.get("hub_database") else []),
         f"set aside    {r['set_aside']:,} events the hub refused{_codes(r.get('set_aside_codes'))}",
         f"clock skew   {skew}",
         f"count cache  {_feed_line(r.get('feed_cursor'))}",

@@ -20,6 +20,7 @@ from protocol.routes import SYNC_PATH
 __all__ = [
     "EXCERPT_MAX_CHARS",
     "SyncedHubIds",
+    "another_database",
     "credentials_refused",
     "error_member",
     "error_message",
@@ -56,6 +57,19 @@ async def refusal(
     return credentials_refused(url, status, body, agent_id, hub_id=hub_id, synced_hub_id=synced)
 
 
+def another_database(url: str, hub_id: str | None, synced_hub_id: str | None) -> str | None:
+    """The sentence for a hub at ``url`` whose database (``hub_id``, from an answer's HUB_ID_HEADER) is not the one
+    this agent last synced with there (``synced_hub_id``, kept in the outbox); None when either is unknown or they
+    are the same."""
+    if hub_id is None or synced_hub_id is None or hub_id == synced_hub_id:
+        return None
+    return (
+        f"the hub at {url} now serves another database (id {hub_id}; this agent last synced with {synced_hub_id}):"
+        " its database may have been restored from another hub's backup; restore this hub's own backup, do not"
+        " re-issue the token"
+    )
+
+
 def credentials_refused(
     url: str, status: int, body: bytes, agent_id: str, *, hub_id: str | None = None, synced_hub_id: str | None = None
 ) -> tuple[str, str]:
@@ -64,15 +78,8 @@ def credentials_refused(
     from ``synced_hub_id``, kept in the outbox: another hub's backup restored onto it, and a new token would make it
     worse), or the hub says the token is good but belongs to another agent (``credential_agent_id``): then this
     agent is configured with the wrong id."""
-    if hub_id is not None and synced_hub_id is not None and hub_id != synced_hub_id:
-        return (
-            (
-                f"the hub at {url} now serves another database (id {hub_id}; this agent last synced with"
-                f" {synced_hub_id}): its database may have been restored from another hub's backup; restore this"
-                f" hub's own backup, do not re-issue the token (HTTP {status}: {error_message(body)})"
-            ),
-            "the hub serves its own database again",
-        )
+    if (changed := another_database(url, hub_id, synced_hub_id)) is not None:
+        return f"{changed} (HTTP {status}: {error_message(body)})", "the hub serves its own database again"
     other = _field(body, "credential_agent_id")
     if status == 403 and isinstance(other, str) and other != agent_id:
         return (

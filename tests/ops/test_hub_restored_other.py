@@ -15,8 +15,10 @@ they said.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -176,6 +178,50 @@ async def test_the_sync_the_change_feed_and_the_reports_say_the_hub_serves_anoth
         "; the count cache learns counts from sync answers only until the hub serves its own database again"
     ), feed_error
     assert (report_error or "").startswith(f"the hub at {hub.url}/v1/observations{said}"), report_error
+
+
+async def agent_status(config: Path, *options: str) -> str:
+    """``shelfsync-agent status`` as a real process: what it prints."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "status", "--config", str(config), *options,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 3, err  # no agent runs on this outbox
+    return out.decode()
+
+
+async def test_status_says_the_hub_serves_another_database_though_the_agent_has_not_tried_it(tmp_path: Path) -> None:
+    """Found: `shelfsync-agent status` said the hub was reachable and nothing else while the agent was stopped (or
+    had not sent since): its probe's answer names the hub's database, and the outbox the one it last synced with."""
+    db, other, id_a, id_b = await hub_ids(tmp_path)
+    outbox_path = tmp_path / "data" / "outbox.sqlite3"
+    outbox_path.parent.mkdir()
+    async with hub_in_process(db) as hub:
+        port = hub.port
+        agent_id, token = await hub.store.add_agent(["S1"])
+        async with Outbox.open(outbox_path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(EVENTS))
+            await synced(outbox, hub.url, token)
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nid = "{agent_id}"\nlocation = "S1"\ndata_dir = "{outbox_path.parent}"\n'
+            f'hub_url = "{hub.url}"\ntoken = "{token}"\n',
+            encoding="utf-8",
+        )
+        same = json.loads(await agent_status(config, "--json"))
+    restore(other, db)
+    async with hub_in_process(db, port=port) as hub:
+        report = json.loads(await agent_status(config, "--json"))
+        shown = await agent_status(config)
+    assert same["hub_database"] is None and same["hub_probe"] == "ok", same
+    said = (
+        f"the hub at {hub.url} now serves another database (id {id_b}; this agent last synced with {id_a}): its"
+        " database may have been restored from another hub's backup; restore this hub's own backup, do not"
+        " re-issue the token"
+    )
+    assert report["hub_database"] == said and report["hub_probe"] == "ok", report
+    assert f"\nhub database {said}\n" in shown, shown
 
 
 async def test_a_hub_restored_from_its_own_backup_and_a_revoked_token_say_the_credentials_were_refused(
