@@ -114,6 +114,7 @@ SLOW_DOWN_SAID_S = 60.0
 # What a hub from before the columnar form (protocol.event.events_to_columns) answers a request that has them: 400
 # naming the field (protocol.codec's envelope check, unchanged since the first wire version).
 COLUMNS_REFUSED = "unknown field(s) columns"
+
 # Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
 # (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
 # backlog faster (docs/agent.md "How delivery works"). Each batch costs the hub and the agent a share that does not
@@ -957,10 +958,6 @@ class Replicator(HubLoop):
         self._state = dataclasses.replace(self._state, batch_size=self._batch_size, **changes)
         async with self._changed:
             self._changed.notify_all()
-
-
-def _error_field(body: bytes, name: str) -> Any:
-    return huberrors.error_member(body, name)  # a problem details answer, or an older hub's {"error": …}
 
 
 def _error_message(body: bytes) -> str:
