@@ -171,14 +171,26 @@ def _parse(
     events: list[StockEvent] = []
     ids: list[str] = []
     invalid: list[Invalid] = []
+    first: dict[bytes, tuple[int, bytes]] = {}  # event id -> (index, content hash) of its first copy in the request
     for i, raw in enumerate(raw_events):
         api_id = raw.get("id") if isinstance(raw, Mapping) else None
         try:
-            events.append(build_event(who, raw, now_ms, window_ms))
+            ev = build_event(who, raw, now_ms, window_ms)
         except BadEvent as err:
             invalid.append(Invalid(i, api_id if isinstance(api_id, str) else None, f"events[{i}]: {err}"))
-        else:
-            ids.append(raw["id"])  # build_event checked it is a string
+            continue
+        # One request naming one movement (id and time) twice with other content contradicts itself: which copy
+        # it meant cannot be known, and answering per event id would call both copies rejected while one counted.
+        index, content = first.setdefault(ev.event_id, (i, ev.content_hash))
+        if content != ev.content_hash:
+            reason = (
+                f"events[{i}]: events[{index}] names the same movement (id {values.shown(raw['id'])} at the same "
+                "occurred_at) with other content; send each movement once"
+            )
+            invalid.append(Invalid(i, raw["id"], reason))
+            continue
+        events.append(ev)
+        ids.append(raw["id"])  # build_event checked it is a string
     return events, ids, invalid
 
 

@@ -155,3 +155,23 @@ async def test_a_time_far_in_the_future_is_refused(hub: Hub, connector: tuple[st
     _, token = connector
     body = await post(hub, token, move("future", "receive", 1, "2999-01-01T00:00:00Z"), status=422)
     assert "ahead of the hub's clock" in body["rejected"][0]["reason"]
+
+
+async def test_one_request_naming_a_movement_twice_with_other_content_is_refused_whole(
+    hub: Hub, connector: tuple[str, str]
+) -> None:
+    # The same id and time twice in one request are one event. With other content (qty 1, then 5; WEB, then a
+    # location the connector may not write) the hub committed the first copy and answered *both* "rejected", so a
+    # connector believed nothing was counted while the first copy was: it must be one clear 422, nothing committed.
+    _, token = connector
+    for second in (move("twice", "receive", 5), {**move("twice", "receive", 1), "location": "S001"}):
+        body = await post(hub, token, move("before", "receive", 2), move("twice", "receive", 1), second, status=422)
+        (refused,) = body["rejected"]
+        assert (refused["index"], refused["id"]) == (2, "twice")
+        assert "events[1] names the same movement" in refused["reason"], refused["reason"]
+        assert (await hub.get_json("/v1/skus/SKU-1/counts"))["counts"] == []
+    # The same movement twice with the same content is still one movement and its resend.
+    answer = await post(hub, token, move("twice", "receive", 1), move("twice", "receive", 1, T0_MS))
+    assert [e["status"] for e in answer["events"]] == ["accepted", "accepted"]
+    assert (answer["applied"], answer["duplicates"]) == (1, 1)
+    assert await web_count(hub) == {"on_hand": 1, "reserved": 0, "available": 1}
