@@ -137,8 +137,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A route with path parameters takes them as text: a path that does not percent-decode to UTF-8 is a 400."""
-    if request.match_info and (problem := views.path_problem(request.rel_url.raw_path)) is not None:
+    """A route takes its path parameters and query as text: one that does not percent-decode to UTF-8 is a 400."""
+    if (problem := views.target_problem(request)) is not None:
         raise web.HTTPBadRequest(text=problem)
     return await handler(request)
 

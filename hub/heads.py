@@ -11,8 +11,8 @@ middlewares and the route would refuse once the body came, in their order and wi
   (``503`` with Retry-After, as ``store_failed`` answers any request then);
 - a missing, malformed, unknown or revoked credential (``401``; ``400`` for two Authorization headers), looked up
   once: the auth middleware takes the identity found here (``auth.HEAD_IDENTITY_KEY``);
-- a path that does not percent-decode (``400``), the credential's rate limit (``429``, counted once); on a public
-  route, its client address's budget of refused attempts (``429``, hub.ratelimit.RefusedAttempts);
+- a path or query that does not percent-decode (``400``), the credential's rate limit (``429``, counted once); on a
+  public route, its client address's budget of refused attempts (``429``, hub.ratelimit.RefusedAttempts);
 - a compressed body (``415``) or a Content-Length over ``max_body_bytes`` (``413``);
 - the route's own ``check``, which its handler calls as well, so both answer alike (the role, a query parameter,
   the Content-Type, a limit of its own …), then its ``admit`` (the sync's catch-up slot, hub/catchup.py);
@@ -131,7 +131,7 @@ async def _admit(request: web.Request) -> web.StreamResponse | None:
     request.app[GATE_KEY].check()  # the gate's middleware: 503
     route = request.match_info.route.name or ""
     who = None if route in request.app[PUBLIC_ROUTES_KEY] else await _identify(request)  # 401 (400)
-    if request.match_info and (problem := views.path_problem(request.rel_url.raw_path)) is not None:
+    if (problem := views.target_problem(request)) is not None:
         raise web.HTTPBadRequest(text=problem)  # path_middleware's
     if who is not None:
         ratelimit.count(request, who)  # 429; the middleware does not count the request again

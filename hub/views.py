@@ -196,6 +196,30 @@ def path_problem(raw_path: str) -> str | None:
     return None
 
 
+def query_problem(raw_query: str) -> str | None:
+    """Why a request's query string (as sent) cannot carry text parameters, or None.
+
+    Its parser reads an escape that does not decode to UTF-8 as U+FFFD (``?sku=caf%E9``, café in Latin-1, as
+    ``caf\ufffd``): another SKU than the client's, answered as if it were the one asked for."""
+    try:
+        unquote_to_bytes(raw_query).decode("utf-8")
+    except UnicodeDecodeError:
+        return (
+            f"the query {values.shown(raw_query)} does not percent-decode to UTF-8 text; "
+            "percent-encode the UTF-8 bytes of each parameter"
+        )
+    return None
+
+
+def target_problem(request: web.Request) -> str | None:
+    """Why a request's path parameters or query string cannot be read as text (``path_problem``,
+    ``query_problem``), or None."""
+    url = request.rel_url
+    if request.match_info and (problem := path_problem(url.raw_path)) is not None:
+        return problem
+    return query_problem(url.raw_query_string) if url.raw_query_string else None
+
+
 class Query:
     """The query string of one request, checked against the parameters its route takes."""
 

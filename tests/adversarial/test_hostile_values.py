@@ -164,11 +164,11 @@ def test_hostile_values_are_refused_everywhere_and_what_is_accepted_reads_back(h
         assert status == 400 and ("SKU" in answer["detail"] or "location" in answer["detail"])
     status, _ = call(hub, "PUT", f"/v1/locations/S001/skus/{q(LINE_SEP_SKU)}/safety-stock", admin.token, b'{"qty": 2}')
     assert status == 400
-    # UTF-8 that encodes a surrogate, in a URL: in a query decoded as U+FFFD (a SKU nothing has); in a path, where
-    # it would be taken for the literal text, refused with one sentence; never a 500
-    assert call(hub, "GET", "/v1/ledger?sku=%ED%A0%80", admin.token)[1]["events"] == []
-    status, answer = call(hub, "GET", "/v1/skus/%ED%A0%80/counts", admin.token)
-    assert status == 400 and "UTF-8" in answer["detail"], answer
+    # UTF-8 that encodes a surrogate, in a URL: in a query (which would read it as U+FFFD, a character a SKU may
+    # hold) and in a path (which would take it for the literal text), refused with one sentence; never a 500
+    for path in ("/v1/ledger?sku=%ED%A0%80", "/v1/skus/%ED%A0%80/counts"):
+        status, answer = call(hub, "GET", path, admin.token)
+        assert status == 400 and "UTF-8" in answer["detail"], answer
 
 
 def test_rows_stored_before_the_rule_are_served_as_strict_json(hub: HubProcess) -> None:

@@ -12,6 +12,7 @@ import aiohttp
 import msgpack
 import pytest
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from hub import HubStore
 from hub.storage.base import AgentIdentity
@@ -698,3 +699,24 @@ def test_public_api_names_resolve() -> None:
         assert getattr(hub, name) is not None
     with pytest.raises(AttributeError):
         _ = hub.no_such_name
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/counts?sku=caf%E9",  # café in Latin-1: read as 'caf\ufffd', another SKU, and answered 200
+        "/v1/changes?sku=%ff%fe",
+        "/v1/changes?location=S001&sku=%ED%A0%80",  # a lone surrogate
+        "/v1/ledger?sku=A%C3",
+    ],
+)
+async def test_a_query_parameter_that_is_not_utf8_is_400(
+    client: TestClient[Any, Any], agent: tuple[str, str], target: str
+) -> None:
+    agent_id, token = agent
+    # A SKU the query would otherwise have been read as: the client must hear of its bad escape, not get that SKU.
+    await sync_ok(client, token, body_of(agent_id, [event(agent_id, 1, sku="caf\ufffd", qty=3)]))
+    url = URL(f"http://{client.host}:{client.port}{target}", encoded=True)  # sent as written, escapes kept
+    resp = await client.session.get(url, headers=auth(token))
+    err = await error_of(resp, 400, "bad_request")
+    assert "does not percent-decode to UTF-8 text" in err["detail"] and "\n" not in err["detail"]
