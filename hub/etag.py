@@ -38,6 +38,7 @@ CACHEABLE_ROUTES = frozenset(
     }
 )  # fmt: skip
 CACHE_CONTROL = "private, no-cache"
+VARY = "Accept"  # a list route answers CSV to Accept: text/csv (hub.csvexport)
 ETAG_BYTES = 16
 
 
@@ -58,7 +59,9 @@ def matches(if_none_match: str, tag: str) -> bool:
 
 
 def not_modified(tag: str, cache_control: str = CACHE_CONTROL) -> web.Response:
-    return web.Response(status=304, headers={"ETag": tag, "Cache-Control": cache_control})
+    """A 304 with the ``ETag``, ``Cache-Control`` and ``Vary`` its 200 has (RFC 9110 §15.4.5: a cache updates the
+    answer it keeps with them)."""
+    return web.Response(status=304, headers={"ETag": tag, "Cache-Control": cache_control, "Vary": VARY})
 
 
 @web.middleware
@@ -82,5 +85,5 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return not_modified(tag, cache_control)
     response.headers["ETag"] = tag
     response.headers["Cache-Control"] = cache_control
-    response.headers.add("Vary", "Accept")  # a list route answers CSV to Accept: text/csv (hub.csvexport)
+    response.headers.add("Vary", VARY)
     return response

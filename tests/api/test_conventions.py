@@ -60,6 +60,9 @@ async def test_a_page_of_counts_is_answered_304_while_it_is_the_same(store: HubS
     same = await client.get("/v1/locations/S001/counts", headers=bearer(reader, **{"If-None-Match": tag}))
     assert same.status == 304 and await same.read() == b""
     assert same.headers["ETag"] == tag
+    # RFC 9110 15.4.5: a 304 carries the Vary (and Cache-Control) its 200 would; a cache updates the answer it keeps
+    # with the 304's fields, and one without Vary: Accept no longer says the answer depends on Accept (JSON or CSV).
+    assert (same.headers.get("Vary"), same.headers["Cache-Control"]) == ("Accept", "private, no-cache")
     listed = await client.get("/v1/locations/S001/counts", headers=bearer(reader, **{"If-None-Match": f'"x", W/{tag}'}))
     assert listed.status == 304, "If-None-Match compares weakly and takes a list"
 
