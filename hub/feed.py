@@ -496,7 +496,8 @@ def check_history(store: FeedStore, cursor: Cursor, name: str = "cursor") -> Non
     raise web.HTTPGone(
         text=f"{name} {cursor.at(cursor.after)} is of an earlier history of this hub's change feed (its database was "
         "restored from a backup, or copied or moved, since): changes after it may differ from the ones read; read "
-        "the feed again from the start (leave the cursor out), or take the counts and go on from the newest change"
+        "the feed again from the start (leave the cursor out), or note the newest change, then take the counts and go on "
+        "from it"
     )
 
 
@@ -509,7 +510,7 @@ async def check_not_ahead(store: FeedStore, after: int, name: str = "cursor") ->
         raise web.HTTPBadRequest(
             text=f"{name} {after} is ahead of this hub's change feed, whose newest change is {latest} (a cursor of "
             "another hub, or this hub's database was restored from a backup); read the feed again from the start "
-            "(leave the cursor out), or take the counts and go on from the newest change"
+            "(leave the cursor out), or note the newest change, then take the counts and go on from it"
         )
 
 
