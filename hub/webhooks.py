@@ -226,9 +226,9 @@ class WebhookDispatcher:
     async def _deliver(self, rows: list[ChangeRow]) -> _Outcome:
         spec = self.spec
         first, last = rows[0].change_id, rows[-1].change_id
-        body = views.dumps(
-            {"webhook": spec.name, "cursor": str(last), "changes": [change_json(r) for r in rows]}
-        ).encode()
+        # the feed's history: a restored hub numbers its changes again, so a change id names a change only with it
+        batch = {"webhook": spec.name, "cursor": str(last), "history": self._store.feed_history}
+        body = views.dumps({**batch, "changes": [change_json(r) for r in rows]}).encode()
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
