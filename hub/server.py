@@ -301,6 +301,7 @@ async def _serve(settings: HubSettings, stop: asyncio.Event, sockets: Sequence[s
                 _answering_while_opening(settings, guard, tls, progress, sockets) as listener,
                 open_store(settings.db, progress) as store,
             ):
+                guard.hub_id = store.hub_id  # the answers made below the app name the database too
                 await _serve_store(settings, stop, store, guard, budget.describe(), listener, moved)
                 overwritten = moved[0] if moved and moved[0].startswith(OVERWRITTEN) else None
                 saved = None

@@ -219,12 +219,24 @@ def test_the_hub_raises_its_soft_open_file_limit_to_the_hard_one(tmp_path: Path)
     assert "for an open-file limit of 1024, raised from 256" in log
 
 
+def hub_id_line(hub: HubProcess) -> bytes:
+    """The ``Shelfsync-Hub-Id`` line every answer carries (API 1.6), as this hub's /healthz names its database."""
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=ANSWER_TIMEOUT_S)
+    try:
+        conn.request("GET", "/healthz")
+        hub_id = json.loads(conn.getresponse().read())["db"]["hub_id"]
+    finally:
+        conn.close()
+    return f"\r\nShelfsync-Hub-Id: {hub_id}\r\n".encode()
+
+
 def test_a_trickled_request_head_is_cut_with_408(exposed: ExposedHub) -> None:
     exposed.start()
     with socket.create_connection(("127.0.0.1", exposed.port), timeout=ANSWER_TIMEOUT_S) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n")
         answer = trickle_until_closed(sock, forever(b"X-Slow: 1\r\n"))
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert hub_id_line(exposed) in answer.partition(b"\r\n\r\n")[0] + b"\r\n", answer[:300]
     assert b"header_timeout_s" in answer
     assert healthz(exposed) == 200
     log = exposed.stop_and_log()
@@ -349,6 +361,7 @@ def test_a_malformed_request_is_answered_with_one_sentence(exposed: ExposedHub) 
     answer = raw_exchange(exposed, b"GET / HTTP/1.1\r\nHost: hub\r\nBad Header Line\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 400 ")
+    assert hub_id_line(exposed) in head + b"\r\n", head  # an answer below the routes names its database too
     message = json.loads(body)["detail"]
     assert message.startswith("the request is not valid HTTP/1.1") and "Bad Header Line" not in message
 
