@@ -7,12 +7,30 @@ class AgentError(Exception):
     """Base of every error the agent raises on purpose; its message is one sentence."""
 
 
+class DiskFull(AgentError):
+    """A write the disk refused (full, or a file-size limit): nothing of it was stored, and it works again once
+    there is room, not by itself in a moment. Mixed into a store's own failure; the local API answers it 507."""
+
+
+def disk_full(err: BaseException | None) -> bool:
+    """Whether ``err``, or an error it was raised from, is a write the disk refused (``DiskFull``)."""
+    while err is not None:
+        if isinstance(err, DiskFull):
+            return True
+        err = err.__cause__
+    return False
+
+
 class ConfigError(AgentError):
     """The configuration file is missing, unreadable or wrong."""
 
 
 class OutboxError(AgentError):
     """The outbox refused a write or could not be read."""
+
+
+class OutboxFull(OutboxError, DiskFull):
+    """The outbox could not be written: the disk is full (or a file-size limit); the message says what to do."""
 
 
 class OutboxClosed(OutboxError):
@@ -31,7 +49,12 @@ class OutboxOfAnotherAgent(OutboxError):
     """The outbox was created for another agent id than the configuration's; ``recovery`` says what to do."""
 
     def __init__(self, path: str, outbox_agent: str, configured_agent: str, waiting: int) -> None:
-        self.path, self.outbox_agent, self.configured_agent, self.waiting = path, outbox_agent, configured_agent, waiting
+        self.path, self.outbox_agent, self.configured_agent, self.waiting = (
+            path,
+            outbox_agent,
+            configured_agent,
+            waiting,
+        )
         super().__init__(self.recovery("shelfsync-agent rebind"))
 
     def recovery(self, command: str) -> str:

@@ -67,7 +67,15 @@ import msgpack
 
 from agent.counts import COUNTS_SCHEMA, CountCache, add_positions, forget_positions, store_changes, store_counts
 from agent.db import OnDisk, Opening, SqliteFile, SqliteThread
-from agent.errors import EventConflict, InvalidMovement, OutboxClosed, OutboxError, OutboxMissing, OutboxOfAnotherAgent
+from agent.errors import (
+    EventConflict,
+    InvalidMovement,
+    OutboxClosed,
+    OutboxError,
+    OutboxFull,
+    OutboxMissing,
+    OutboxOfAnotherAgent,
+)
 from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
 from protocol.feed import FeedChange
 from protocol.hlc import pack_hlc, unpack_hlc, wall_ms_now
@@ -569,7 +577,8 @@ class Outbox(SqliteFile):
 
     def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
         detail = write_failure(err) if verb == "written" else err
-        return OutboxError(f"the outbox {self.path} could not be {verb}: {detail}")
+        full = verb == "written" and disk_refused(err)
+        return (OutboxFull if full else OutboxError)(f"the outbox {self.path} could not be {verb}: {detail}")
 
     def _event(self, row: Sequence[Any]) -> StockEvent:
         """An event from a row of ``_EVENT_COLUMNS``."""

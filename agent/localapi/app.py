@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.errors import OutboxClosed, OutboxError
+from agent.errors import OutboxClosed, OutboxError, disk_full
 from agent.localapi import views
 from agent.localapi.auth import AuthError, LockedOut, Login, StaffDirectory
 from agent.localapi.hosts import HostCheck
@@ -188,6 +188,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(503, "unavailable", "the agent is shutting down; try again shortly", RETRY_SOON)
     except (SessionError, OutboxError) as err:
         log.error("%s %s failed: %s", request.method, request.path, err)
+        if disk_full(err):
+            # 507, not 503: nothing changes until someone frees disk space, and a client told "unavailable" (come
+            # back soon) would send the same write again and again. The message says what to do.
+            return error_response(507, "insufficient_storage", f"the agent could not do that right now: {err}")
         return error_response(503, "unavailable", f"the agent could not do that right now: {err}")
     except Exception:
         log.exception(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.errors import AgentError
+from agent.errors import AgentError, DiskFull
 
 
 class SessionError(AgentError):
@@ -48,6 +48,10 @@ class ExceedsOnHand(UnlikelyQuantity):
 
 class SessionStoreFailed(SessionError):
     """The session store's file could not be read or written (a full disk): nothing of the request was stored."""
+
+
+class SessionStoreFull(SessionStoreFailed, DiskFull):
+    """The session store could not be written: the disk is full (or a file-size limit); nothing of it was stored."""
 
 
 class SessionStoreClosed(SessionError):

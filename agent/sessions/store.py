@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.db import Opening, SqliteFile, SqliteThread
-from agent.outbox import write_failure
+from agent.outbox import disk_refused, write_failure
 from agent.sessions.errors import (
     AlreadyReceived,
     InvalidSessionInput,
@@ -45,6 +45,7 @@ from agent.sessions.errors import (
     SessionNotOpen,
     SessionStoreClosed,
     SessionStoreFailed,
+    SessionStoreFull,
 )
 from agent.sessions.model import (
     BinNote,
@@ -177,7 +178,10 @@ class SessionStore(SqliteFile):
 
     def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
         detail = write_failure(err, "send it again") if verb == "written" else err
-        return SessionStoreFailed(f"the session store {self.path} could not be {verb}: {detail}")
+        full = verb == "written" and disk_refused(err)
+        return (SessionStoreFull if full else SessionStoreFailed)(
+            f"the session store {self.path} could not be {verb}: {detail}"
+        )
 
     # --- sessions ----------------------------------------------------------
     async def insert(self, session: Session, *, again: bool = False) -> Session:

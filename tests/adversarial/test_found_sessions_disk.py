@@ -41,7 +41,10 @@ async def roomy_store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 def _says_disk_full(status: int, data: object) -> None:
-    assert status in (503, 507), data
+    """507 Insufficient Storage, not 503: a 503 tells a client to come back soon, and a handheld or tool sending the
+    same write again and again on a full disk gets nowhere until someone frees space."""
+    assert status == 507, (status, data)
+    assert data["error"]["code"] == "insufficient_storage", data  # type: ignore[index]
     message = data["error"]["message"]  # type: ignore[index]
     assert "the disk is full" in message and "free disk space" in message, message
 
