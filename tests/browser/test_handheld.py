@@ -17,6 +17,7 @@ from agent.outbox import Movement, Outbox
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from protocol import Kind, Rejection
 from tests.harness.net import free_port
+from tests.harness.small_disk import fill
 
 PHONE = {"width": 390, "height": 844}
 APPLE = "4006381333931"
@@ -708,3 +709,57 @@ async def test_a_delivery_line_far_past_the_usual_is_asked_and_a_scanners_held_l
     booked = sorted((ev.sku, ev.qty) for ev in await agent.outbox.pending(10))
     assert booked == [("SKU-APPLE", 100_000), ("SKU-PEAR", 250_000)]
     assert script_errors(console_errors) == []
+
+
+async def test_a_scan_a_full_disk_refuses_stays_on_the_page_and_is_added_once_when_sent_again_with_room(
+    page: Page, small_disk: Path, console_errors: list[str]
+) -> None:
+    """The agent's files on a real 1 MiB tmpfs filled to its last block. A scan was answered 503 ("unavailable", as
+    for an agent restarting), shown as one error line and gone: the next scan's "Added" hid it, and a client going by
+    the status would have sent it again and again while nothing changed. The agent answers 507 now; the page shows
+    its sentence, keeps each scan it could not store on the screen, sends none again by itself, and Send again adds
+    each once there is room (by its scan_id: one line each)."""
+    async with running_agent(small_disk / "data") as agent:
+        await sign_in(page, agent)
+        await page.click("text=Receive")
+        await page.fill("#open-form input[name=ref]", "DN-FULL")
+        await page.click("#open-form button[type=submit]")
+        await expect(page.locator("#screen-session")).to_be_visible()
+        [session] = await agent.sessions.list()
+        posted: list[str] = []
+        page.on("request", lambda r: posted.append(r.url) if r.method == "POST" and r.url.endswith("/scans") else None)
+        ballast = fill(small_disk)
+
+        await wedge(page, APPLE)
+        await wedge(page, PEAR)
+        box = page.locator("#unstored")
+        await expect(page.locator("#unstored-list li")).to_have_text([f"{APPLE} × 1", f"{PEAR} × 1"])
+        await expect(page.locator("#unstored-title")).to_have_text(
+            "2 scans were not added: the agent cannot store them."
+        )
+        await expect(page.locator("#unstored-why")).to_contain_text("the disk is full or refuses writes")
+        await expect(page.locator("#unstored-why")).to_contain_text("free disk space, then send it again")
+        await expect(page.locator("#scan-msg")).to_have_text(
+            f"{PEAR} was not added: the agent cannot store it; it is kept below to send again."
+        )
+        async with page.expect_request(lambda r: r.method == "GET" and r.url.endswith(f"/sessions/{session.id}")):
+            pass  # the page's next poll of the session: a scan sent again by itself would have gone before it
+        assert len(posted) == 2, posted
+        await expect(box).to_be_visible()
+        assert await agent.sessions.store.lines(session.id) == ()
+        await page.click("#leave")  # staff look elsewhere meanwhile: the scans are still there on coming back
+        await page.locator("#active-list button").click()
+        await expect(page.locator("#unstored-list li")).to_have_count(2)
+
+        ballast.unlink()  # room again
+        await page.click("#unstored-send")
+        await expect(page.locator("#total-units")).to_have_text("2 units")
+        await expect(box).to_be_hidden()
+        await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-PEAR.")
+        lines = await agent.sessions.store.lines(session.id)
+        assert [(line.sku, line.qty) for line in lines] == [("SKU-APPLE", 1), ("SKU-PEAR", 1)]
+        await page.click("#close")
+        await page.click("#confirm-yes")
+        await expect(page.locator("#screen-report")).to_be_visible()
+        assert sorted((ev.sku, ev.qty) for ev in await agent.outbox.pending(10)) == [("SKU-APPLE", 1), ("SKU-PEAR", 1)]
+    assert [e for e in script_errors(console_errors) if "status of 507" not in e] == []

@@ -35,6 +35,7 @@
   const state = {
     me: null, session: null, openType: null, readers: [], pollTimer: null, statusTimer: null, busy: false, pending: 0,
     unsent: [],  // scans refused for want of a sign-in (the agent restarted): sent again once signed in
+    unstored: [],  // scans the agent could not store (507: its disk is full): shown, sent again when the staff say
     queue: Promise.resolve(),  // scans waiting to be sent, in order
   };
 
@@ -369,6 +370,7 @@
     updateScanPlaceholder();
     message($("scan-msg"), "", null);
     render(view);
+    showUnstored();
     show("session");
     focusScan();
     startPolling();
@@ -513,7 +515,7 @@
   // it answers: given up after a few tries, it was dropped, and the next scan's "Added" hid that it ever failed.
   // So is a scan the agent turns away with 503 and Retry-After (it serves as many devices as it can), after the
   // seconds it says: shown as an error, the scan was lost. The scans behind it wait in order; the page says how many,
-  // and asks before it is closed or reloaded.
+  // and asks before it is closed or reloaded. A 507 (the agent's disk is full) is not sent again by itself: sendScan.
   async function postScan(sessionId, body) {
     for (let attempt = 1; ; attempt++) {
       try {
@@ -550,6 +552,16 @@
         state.unsent.push({ sessionId, code, body });
         return;
       }
+      if (err.status === 507) {
+        // The agent's disk is full (507 Insufficient Storage): nothing was added, and sending it again changes
+        // nothing until someone frees space, so it is not sent again by itself (as after a 503) nor dropped. It
+        // stays on the page with the agent's sentence, and Send again sends it (by its scan_id: never twice).
+        state.unstored.push({ sessionId, code, body, why: err.message });
+        showUnstored();
+        message($("scan-msg"), code + " was not added: the agent cannot store it; it is kept below to send again.", "bad");
+        focusScan();
+        return;
+      }
       message($("scan-msg"), code + ": " + err.message, "bad");
     }
     focusScan();
@@ -580,6 +592,29 @@
       body.confirm = true; // kept if the agent asks for a sign-in first (sent again from state.unsent)
       return await postScan(sessionId, body);
     }
+  }
+
+  // The scans of this session the agent could not store (a full disk): what it said, each scan, and Send again.
+  function showUnstored() {
+    const mine = state.unstored.filter((u) => state.session && u.sessionId === state.session.id);
+    const list = $("unstored-list");
+    list.replaceChildren(...mine.map((u) => el("li", "", u.code + " × " + u.body.qty + (u.body.sku ? " (typed SKU)" : ""))));
+    $("unstored-title").textContent = mine.length + (mine.length === 1 ? " scan was" : " scans were") +
+      " not added: the agent cannot store " + (mine.length === 1 ? "it" : "them") + ".";
+    $("unstored-why").textContent = mine.length ? mine[mine.length - 1].why : "";
+    $("unstored").hidden = mine.length === 0;
+  }
+
+  function sendUnstored() {
+    const mine = state.unstored.filter((u) => state.session && u.sessionId === state.session.id);
+    state.unstored = state.unstored.filter((u) => mine.indexOf(u) < 0);
+    showUnstored();
+    if (mine.length) message($("scan-msg"), "Sending " + mine.length + (mine.length === 1 ? " scan" : " scans") + " again…", "warn");
+    for (const u of mine) {
+      state.pending += 1;
+      state.queue = state.queue.then(() => sendScan(u.sessionId, u.code, u.body)).finally(() => { state.pending -= 1; });
+    }
+    focusScan();
   }
 
   async function sendUnsent() {
@@ -642,9 +677,13 @@
     const s = state.session;
     if (!s) return;
     const isCount = s.type === "count" && s.scope_skus.length > 0;
+    const unstored = state.unstored.filter((u) => u.sessionId === s.id).length;
     const answer = await confirmDialog(
       "Close this session?",
-      "Its lines are booked as stock movements and cannot be changed afterwards.",
+      "Its lines are booked as stock movements and cannot be changed afterwards." + (unstored ? " " + unstored +
+        (unstored === 1 ? " scan was" : " scans were") + " not added (the agent could not store " +
+        (unstored === 1 ? "it" : "them") + ") and " + (unstored === 1 ? "is" : "are") + " not booked: send " +
+        (unstored === 1 ? "it" : "them") + " again first." : ""),
       isCount
     );
     if (!answer) {
@@ -773,6 +812,7 @@
       focusScan();
     });
     $("undo").addEventListener("click", undoLast);
+    $("unstored-send").addEventListener("click", sendUnstored);
     $("close").addEventListener("click", closeSession);
     $("cancel").addEventListener("click", cancelSession);
     $("leave").addEventListener("click", () => showHome());
@@ -780,7 +820,7 @@
     window.addEventListener("popstate", backToHome);
     // Closing the tab or reloading with scans still on their way asks first (the browser's own question).
     window.addEventListener("beforeunload", (event) => {
-      if (state.pending > 0 || state.unsent.length > 0) event.preventDefault();
+      if (state.pending > 0 || state.unsent.length > 0 || state.unstored.length > 0) event.preventDefault();
     });
     // A keyboard-wedge scanner types wherever the focus is: on the session screen, keep it in the scan field.
     document.addEventListener("keydown", (event) => {
