@@ -112,6 +112,7 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
     r.add_get("/api/v1/sessions/{id}", get_session, name="session")
     r.add_post("/api/v1/sessions/{id}/scans", add_scan, name="scan")
     r.add_post("/api/v1/sessions/{id}/undo", undo, name="undo")
+    r.add_post("/api/v1/sessions/{id}/unstored", send_unstored, name="send_unstored")
     r.add_post("/api/v1/sessions/{id}/lines/{no}/confirm", confirm_line, name="confirm_line")
     r.add_post("/api/v1/sessions/{id}/lines/{no}/reject", reject_line, name="reject_line")
     r.add_post("/api/v1/sessions/{id}/close", close_session, name="close")
@@ -480,6 +481,22 @@ async def undo(request: web.Request) -> web.Response:
     line = await sessions.undo(request.match_info["id"], by=_who(request).staff)
     view = await sessions.view(request.match_info["id"])
     return _json({"undone": None if line is None else views.line_json(line), **views.view_json(view)})
+
+
+async def send_unstored(request: web.Request) -> web.Response:
+    """Send again the scans of the session's scanner that a full disk refused (its view's ``unstored``)."""
+    await _body(request)
+    sessions = request.app[CONTEXT_KEY].sessions
+    session_id = request.match_info["id"]
+    added, refused = await sessions.send_unstored(session_id, by=_who(request).staff)
+    view = await sessions.view(session_id)
+    return _json(
+        {
+            "added": [views.line_json(line) for line in added],
+            "refused": [{**views.unstored_json(u), "why": why} for u, why in refused],
+            **views.view_json(view),
+        }
+    )
 
 
 async def confirm_line(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from agent.sessions import (
     SessionSpec,
     SessionView,
     Total,
+    Unstored,
 )
 from protocol import unpack_hlc
 
@@ -163,7 +164,12 @@ def view_json(v: SessionView, lines_shown: int = LINES_SHOWN_DEFAULT) -> dict[st
         "preview": [report_line_json(r) for r in v.preview],
         "refused": [refused_json(r) for r in v.refused],
         "held": [line_json(x) for x in v.held],
+        "unstored": [unstored_json(u) for u in v.unstored],
     }
+
+
+def unstored_json(u: Unstored) -> dict[str, Any]:
+    return {"scan_id": u.scan_id, "code": u.code, "source": u.source, "at_ms": u.at_ms, "why": u.why}
 
 
 def count_json(c: LocalCount, *, agent_location: str) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from agent.sessions.model import (
     SessionType,
     SessionView,
     Total,
+    Unstored,
 )
 from agent.sessions.plan import ClosePlan, plan_close, totals
 from agent.sessions.store import FILENAME, SessionStore
@@ -76,6 +77,7 @@ __all__ = [
     "SessionView",
     "Total",
     "UnlikelyQuantity",
+    "Unstored",
     "plan_close",
     "resolve_code",
     "totals",

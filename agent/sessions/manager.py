@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -34,6 +35,8 @@ from agent.sessions.errors import (
     SessionConflict,
     SessionError,
     SessionNotOpen,
+    SessionStoreClosed,
+    SessionStoreFailed,
     UnlikelyQuantity,
 )
 from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, resolve_code
@@ -46,6 +49,7 @@ from agent.sessions.model import (
     SessionStatus,
     SessionType,
     SessionView,
+    Unstored,
     check_bin_name,
     check_qty,
     check_scan_id,
@@ -67,10 +71,12 @@ from agent.sessions.store import RECEIVED_ONCE, SessionStore, same_scan
 from hardware import Decoded
 from protocol import Kind, event_id_hex, new_event_id, parse_event_id, wall_ms_now
 from protocol.event import QTY_MAX, TRANSFER_QTY_MAX
+from protocol.values import shown
 
 log = logging.getLogger(__name__)
 
 LIST_LIMIT_DEFAULT = 100
+UNSTORED_MAX = 1_000  # a bound scanner's scans a full disk refused, kept per session for its page (Unstored)
 REFUSED_SHOWN = 20  # the hub's refusals of sessions' movements shown at once (newest first)
 # The home screen shows the sessions' refusals among the outbox's newest this many set-asides (of any movement): a
 # window in the outbox's own order, which a wrong clock at the refusal cannot shift, as it did a 7-day window.
@@ -100,6 +106,9 @@ class SessionManager:
         self.catalog = catalog
         self._wall_clock_ms = wall_clock_ms
         self._closing = asyncio.Lock()
+        # session id -> a bound scanner's scans a full disk refused, for the session's page (``Unstored``); in memory:
+        # the disk that refused them cannot hold them either
+        self._unstored: dict[str, list[Unstored]] = {}
         self.changed = asyncio.Condition()  # notified after every change of any session
         self.version = 0  # increases with every change (for pollers)
         # The id of a back-office reader in count mode running a count of (location, sku), or None (set by
@@ -374,7 +383,9 @@ class SessionManager:
         key = unicodedata.normalize("NFKC", to).strip().casefold()
         near = sorted(loc for loc in known if unicodedata.normalize("NFKC", loc).casefold() == key)
         if near:
-            raise InvalidSessionInput(f"the hub knows no location {to!r}, but {near[0]}; write the location as the hub does")
+            raise InvalidSessionInput(
+                f"the hub knows no location {to!r}, but {near[0]}; write the location as the hub does"
+            )
         raise InvalidSessionInput(
             f"the hub knows no location {to!r} (it knows {_listed(sorted(known))}); check where the goods are going"
         )
@@ -552,6 +563,12 @@ class SessionManager:
         else:
             recorded = again = 0
         closed = await self.store.finish_close(session.id, plan.report, self._wall_clock_ms())
+        if dropped := self._unstored.pop(session.id, None):
+            log.warning(
+                "Session %s was closed with %d scan(s) from its scanner that the full disk refused and nobody sent"
+                " again; they are not booked: %s.",
+                session.id, len(dropped), ", ".join(f"{shown(u.code, 40)} at {u.at_ms}" for u in dropped[:10]),
+            )  # fmt: skip
         log.info(
             "%s closed %s session %s: %d event(s) recorded%s, %d unit(s).",
             closed.closed_by,
@@ -569,6 +586,7 @@ class SessionManager:
         check_staff(by)
         async with self._closing:
             session = await self.store.cancel(session_id, by=by, at_ms=self._wall_clock_ms())
+        self._unstored.pop(session_id, None)  # nothing of a cancelled session is booked, its scanner's scans neither
         log.info("%s cancelled %s session %s; nothing was booked.", by, session.type.value, session.id)
         await self._changed()
         return session
@@ -581,7 +599,60 @@ class SessionManager:
         session, lines = await self.store.get_with_lines(session_id)
         refused = await self.refused(session_id) if session.status is SessionStatus.CLOSED else []
         held = tuple(line for line in lines if line.pending)
-        return SessionView(session, lines, totals(lines), preview(session, lines), tuple(refused), held)
+        unstored = tuple(self._unstored.get(session_id, ()))
+        return SessionView(session, lines, totals(lines), preview(session, lines), tuple(refused), held, unstored)
+
+    # --- a bound scanner's scans a full disk refused ------------------------------------
+    async def keep_unstored(
+        self, session_id: str, code: str, *, source: str, decoded: Decoded | None, why: str
+    ) -> bool:
+        """Keep a bound scanner's scan that its session could not store (the disk is full) for the session's page,
+        where the staff send it again once there is room; False when ``UNSTORED_MAX`` of the session's are kept."""
+        kept = self._unstored.setdefault(session_id, [])
+        if len(kept) >= UNSTORED_MAX:
+            return False
+        kept.append(Unstored(secrets.token_hex(16), code, source, self._wall_clock_ms(), why, decoded))
+        await self._changed()
+        return True
+
+    async def send_unstored(self, session_id: str, *, by: str) -> tuple[list[Line], list[tuple[Unstored, str]]]:
+        """Add the session's kept scans (``keep_unstored``) again, oldest first, each as its scanner's line (by its
+        ``scan_id``: one sent twice is added once). The disk refusing again stops it there (``SessionStoreFull``
+        raised, the rest still kept). A scan the session refuses for another reason (it was closed meanwhile, …) is
+        answered with that reason and no longer kept, as the scanner's own refusal would have been said."""
+        check_staff(by)
+        session = await self.store.get(session_id)
+        kept = self._unstored.get(session_id, [])
+        added: list[Line] = []
+        refused: list[tuple[Unstored, str]] = []
+        try:
+            while kept:
+                u = kept[0]
+                try:
+                    line = await self.scan(
+                        session_id, u.code, by=session.by, source=u.source, decoded=u.decoded,
+                        scan_id=u.scan_id, unattended=True,
+                    )  # fmt: skip
+                except (SessionStoreFailed, SessionStoreClosed):
+                    raise
+                except SessionError as err:
+                    refused.append((u, str(err)))
+                    log.warning(
+                        "Session %s: scan %s from %s, which the full disk refused, was sent again by %s and refused: %s.",
+                        session_id, shown(u.code, 40), u.source, by, err,
+                    )  # fmt: skip
+                else:
+                    added.append(line)
+                kept.pop(0)
+        finally:
+            if added or refused:
+                log.info(
+                    "%s sent again %d scan(s) of session %s the full disk had refused: %d added, %d refused, %d still"
+                    " kept.", by, len(added) + len(refused), session_id, len(added), len(refused), len(kept),
+                )  # fmt: skip
+            if not kept:
+                self._unstored.pop(session_id, None)
+        return added, refused
 
     async def refused(
         self, session_id: str | None = None, *, within: int | None = None, limit: int = REFUSED_SHOWN

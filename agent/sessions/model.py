@@ -12,10 +12,14 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from agent.sessions.errors import InvalidSessionInput
 from protocol import values
 from protocol.event import LOCATION_MAX_LEN, QTY_MAX, REASON_MAX_LEN, REF_MAX_LEN, SKU_MAX_LEN
+
+if TYPE_CHECKING:
+    from hardware import Decoded
 
 STAFF_ID_MAX_LEN = values.STAFF.max_len
 READER_ID_MAX_LEN = 64
@@ -337,6 +341,20 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class Unstored:
+    """A back-office scanner's scan its session could not store (the disk is full), kept in the agent's memory for the
+    session's page: nobody at the scanner reads the agent's log, and the close booked the delivery short by it.
+    Sent again from the page once there is room (``SessionManager.send_unstored``), by ``scan_id``: never twice."""
+
+    scan_id: str  # minted when it was refused (nothing of it was stored then)
+    code: str  # the scan as the scanner sent it
+    source: str  # scanner:<id>
+    at_ms: int
+    why: str  # the agent's sentence: the disk is full …; free disk space, then send it again
+    decoded: Decoded | None = None  # the scanner's decoded barcode, added with it again; never shown
+
+
+@dataclass(frozen=True, slots=True)
 class SessionView:
     """A session with its lines (newest last) and its running totals."""
 
@@ -346,3 +364,4 @@ class SessionView:
     preview: tuple[ReportLine, ...]  # what closing now would report (receive: over/short so far)
     refused: tuple[Refused, ...] = ()  # after its close: what of it the hub refused
     held: tuple[Line, ...] = ()  # lines held for a person to confirm or reject (``Line.pending``), oldest first
+    unstored: tuple[Unstored, ...] = ()  # a bound scanner's scans a full disk refused, oldest first (``Unstored``)

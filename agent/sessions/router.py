@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 import hardware
 from agent.scanning import ModeRouter, ScanOutcome, ScanResult, ScanRouter, problem_outcome
-from agent.sessions.errors import SessionError, SessionStoreFailed
-from agent.sessions.manager import SessionManager
+from agent.sessions.errors import SessionError, SessionStoreFailed, SessionStoreFull
+from agent.sessions.manager import UNSTORED_MAX, SessionManager
 from agent.sessions.model import SessionStatus
 from protocol.values import shown
 
@@ -82,9 +82,19 @@ class SessionRouter:
                 session.id, scan.text, by=session.by, source=f"scanner:{reader_id}", decoded=decoded, unattended=True
             )
         except SessionError as err:
+            kept = ""
+            if isinstance(err, SessionStoreFull):
+                # Nobody at the scanner reads this log: the session's page lists the scan, and sends it again.
+                source = f"scanner:{reader_id}"
+                if await self.sessions.keep_unstored(
+                    session.id, scan.text, source=source, decoded=decoded, why=str(err)
+                ):
+                    kept = "; it is kept on the session's page: send it again there once there is room, do not scan it again"
+                else:
+                    kept = f"; the session's page keeps {UNSTORED_MAX:,} such scans already: scan it again once there is room"
             return ScanOutcome(
                 ScanResult.FAILED,
-                f"Scan {shown(scan.text, 40)} was not added to {session.type.value} session {session.id}: {err}.",
+                f"Scan {shown(scan.text, 40)} was not added to {session.type.value} session {session.id}: {err}{kept}.",
                 location=session.location,
                 # the session store could not write it (a full disk): said every time, never taken for line noise
                 unrecorded=isinstance(err, SessionStoreFailed),

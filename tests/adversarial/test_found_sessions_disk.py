@@ -144,3 +144,46 @@ async def test_a_close_the_full_outbox_refuses_is_said_and_booked_once_when_sent
     assert closed["session"]["status"] == "closed"
     booked = [(ev.sku, ev.qty) for ev in await api.outbox.pending(1000) if ev.sku != "TOTE"]
     assert booked == [("SKU-APPLE", 5)]
+
+
+async def test_a_bound_scanners_scans_a_full_disk_refuses_are_kept_on_the_sessions_page_and_added_once_sent_again(
+    store: Store, small_disk: Path
+) -> None:
+    """Found by scanning a delivery at the dock into a session bound to the serial scanner while the disk was full:
+    each refused scan was an ERROR in the agent's log and nothing else. The handheld showing the session said
+    nothing, the scanner's status did not count them (its journal could not be written either), and once there was
+    room the close booked the delivery short by every scan made meanwhile. The session now lists them (its view's
+    ``unstored``, in the agent's memory) with the agent's sentence, and sending them again adds each once."""
+    api = store.api
+    await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-11", "reader_id": "dock"}, 201))[
+        "session"
+    ]["id"]
+    await store.scan(APPLE_SCAN)
+    ballast = fill(small_disk)
+    await store.scan(APPLE_SCAN, nuts_label(12))
+
+    view = await api.ok("GET", f"/api/v1/sessions/{sid}")
+    assert len(view["lines"]) == 1
+    unstored = view["unstored"]
+    assert [(u["code"], u["source"]) for u in unstored] == [
+        (APPLE_SCAN.decode(), "scanner:dock"),
+        (nuts_label(12).decode(), "scanner:dock"),
+    ]
+    assert all("the disk is full" in u["why"] and "free disk space" in u["why"] for u in unstored), unstored
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/unstored", {})
+    _says_disk_full(got, data)
+    assert len((await api.ok("GET", f"/api/v1/sessions/{sid}"))["unstored"]) == 2, "still kept"
+
+    ballast.unlink()
+    sent = await api.ok("POST", f"/api/v1/sessions/{sid}/unstored", {})
+    assert [(x["sku"], x["qty"], x["source"]) for x in sent["added"]] == [
+        ("SKU-APPLE", 1, "scanner:dock"),
+        ("SKU-NUTS", 12, "scanner:dock"),
+    ]
+    assert sent["unstored"] == [] and sent["refused"] == []
+    again = await api.ok("POST", f"/api/v1/sessions/{sid}/unstored", {})  # a double tap: nothing more
+    assert again["added"] == [] and len(again["lines"]) == 3
+    closed = await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
+    assert {x["sku"]: x["qty"] for x in closed["session"]["report"]["lines"]} == {"SKU-APPLE": 2, "SKU-NUTS": 12}
+    assert sorted((ev.sku, ev.qty) for ev in await api.outbox.pending(10)) == [("SKU-APPLE", 2), ("SKU-NUTS", 12)]

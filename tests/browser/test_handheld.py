@@ -16,6 +16,7 @@ from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, guar
 from agent.outbox import Movement, Outbox
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from protocol import Kind, Rejection
+from tests.agent.test_agent_localapi_held import running
 from tests.harness.net import free_port
 from tests.harness.small_disk import fill
 
@@ -23,6 +24,7 @@ PHONE = {"width": 390, "height": 844}
 APPLE = "4006381333931"
 PEAR = "5012345678900"
 STRANGER = "4007817327098"
+DOCK_APPLE = b"]E0" + APPLE.encode()  # the serial scanner's frame of an apple (AIM symbology id, then the digits)
 
 
 class Agent:
@@ -762,4 +764,46 @@ async def test_a_scan_a_full_disk_refuses_stays_on_the_page_and_is_added_once_wh
         await page.click("#confirm-yes")
         await expect(page.locator("#screen-report")).to_be_visible()
         assert sorted((ev.sku, ev.qty) for ev in await agent.outbox.pending(10)) == [("SKU-APPLE", 1), ("SKU-PEAR", 1)]
+    assert [e for e in script_errors(console_errors) if "status of 507" not in e] == []
+
+
+async def test_a_bound_scanners_scans_a_full_disk_refuses_are_listed_on_the_page_and_added_once_when_sent_again(
+    page: Page, tmp_path: Path, small_disk: Path, console_errors: list[str]
+) -> None:
+    """A delivery scanned at the dock with the serial scanner bound to the session, on a real pseudo-terminal, the
+    agent's files on a full 1 MiB tmpfs: the refused scans were ERRORs in the agent's log only, the handheld showing
+    the session said nothing, and the close once there was room booked the delivery short by them. The page now lists
+    them with the agent's sentence, and Send again adds each once."""
+    async with running(tmp_path, small_disk / "data") as store:
+        await sign_in(page, store.api)  # type: ignore[arg-type]
+        await page.click("text=Receive")
+        await page.fill("#open-form input[name=ref]", "DN-DOCK")
+        await page.select_option("#open-form select[name=reader_id]", "dock")
+        await page.click("#open-form button[type=submit]")
+        await expect(page.locator("#screen-session")).to_be_visible()
+        await store.scan(DOCK_APPLE)
+        await expect(page.locator("#total-units")).to_have_text("1 unit")
+        ballast = fill(small_disk)
+        await store.scan(DOCK_APPLE, DOCK_APPLE)
+        items = page.locator("#unstored-list li")
+        await expect(items).to_have_count(2)
+        await expect(items.first).to_contain_text(f"{DOCK_APPLE.decode()} from scanner dock at ")
+        await expect(page.locator("#unstored-title")).to_have_text(
+            "2 scans were not added: the agent cannot store them."
+        )
+        await expect(page.locator("#unstored-why")).to_contain_text("the disk is full or refuses writes")
+        await page.click("#unstored-send")  # still full: said, and still listed
+        await expect(page.locator("#scan-msg")).to_contain_text("the disk is full or refuses writes")
+        await expect(items).to_have_count(2)
+        await expect(page.locator("#total-units")).to_have_text("1 unit")
+
+        ballast.unlink()
+        await page.click("#unstored-send")
+        await expect(page.locator("#scan-msg")).to_have_text("Added 2 scans from the scanner.")
+        await expect(page.locator("#total-units")).to_have_text("3 units")
+        await expect(page.locator("#unstored")).to_be_hidden()
+        await page.click("#close")
+        await page.click("#confirm-yes")
+        await expect(page.locator("#screen-report")).to_be_visible()
+        assert [(ev.sku, ev.qty) for ev in await store.api.outbox.pending(10)] == [("SKU-APPLE", 3)]
     assert [e for e in script_errors(console_errors) if "status of 507" not in e] == []

@@ -36,6 +36,7 @@
     me: null, session: null, openType: null, readers: [], pollTimer: null, statusTimer: null, busy: false, pending: 0,
     unsent: [],  // scans refused for want of a sign-in (the agent restarted): sent again once signed in
     unstored: [],  // scans the agent could not store (507: its disk is full): shown, sent again when the staff say
+    scannerUnstored: [],  // the session's scanner's scans the full disk refused (its view's unstored), kept by the agent
     queue: Promise.resolve(),  // scans waiting to be sent, in order
   };
 
@@ -423,6 +424,8 @@
       list.appendChild(item);
     }
     showHeld(view.held || [], s);
+    state.scannerUnstored = view.unstored || [];
+    showUnstored();
     const closing = s.status !== "open";
     for (const id of ["close", "cancel"]) $(id).disabled = closing || state.busy;
     $("undo").disabled = closing || state.busy || live === 0;
@@ -594,25 +597,51 @@
     }
   }
 
-  // The scans of this session the agent could not store (a full disk): what it said, each scan, and Send again.
+  // The scans of this session the agent could not store (a full disk): this page's, and those of the session's
+  // back-office scanner, whose operator reads no log (the agent keeps them: the view's unstored). What the agent
+  // said, each scan, and Send again.
   function showUnstored() {
     const mine = state.unstored.filter((u) => state.session && u.sessionId === state.session.id);
-    const list = $("unstored-list");
-    list.replaceChildren(...mine.map((u) => el("li", "", u.code + " × " + u.body.qty + (u.body.sku ? " (typed SKU)" : ""))));
-    $("unstored-title").textContent = mine.length + (mine.length === 1 ? " scan was" : " scans were") +
-      " not added: the agent cannot store " + (mine.length === 1 ? "it" : "them") + ".";
-    $("unstored-why").textContent = mine.length ? mine[mine.length - 1].why : "";
-    $("unstored").hidden = mine.length === 0;
+    const scanner = state.session ? state.scannerUnstored : [];
+    const items = mine.map((u) => el("li", "", u.code + " × " + u.body.qty + (u.body.sku ? " (typed SKU)" : "")))
+      .concat(scanner.map((u) => el("li", "", u.code + " from " + u.source.replace(/^scanner:/, "scanner ") + " at " + when(u.at_ms))));
+    $("unstored-list").replaceChildren(...items);
+    const n = items.length;
+    $("unstored-title").textContent = n + (n === 1 ? " scan was" : " scans were") + " not added: the agent cannot store " +
+      (n === 1 ? "it" : "them") + ".";
+    const last = mine.length ? mine[mine.length - 1].why : scanner.length ? sentence(scanner[scanner.length - 1].why) : "";
+    $("unstored-why").textContent = last;
+    $("unstored").hidden = n === 0;
   }
 
   function sendUnstored() {
-    const mine = state.unstored.filter((u) => state.session && u.sessionId === state.session.id);
+    if (!state.session) return;
+    const sessionId = state.session.id;
+    const mine = state.unstored.filter((u) => u.sessionId === sessionId);
     state.unstored = state.unstored.filter((u) => mine.indexOf(u) < 0);
+    const scanner = state.scannerUnstored.length;
     showUnstored();
-    if (mine.length) message($("scan-msg"), "Sending " + mine.length + (mine.length === 1 ? " scan" : " scans") + " again…", "warn");
+    const n = mine.length + scanner;
+    if (n) message($("scan-msg"), "Sending " + n + (n === 1 ? " scan" : " scans") + " again…", "warn");
     for (const u of mine) {
       state.pending += 1;
       state.queue = state.queue.then(() => sendScan(u.sessionId, u.code, u.body)).finally(() => { state.pending -= 1; });
+    }
+    if (scanner) state.queue = state.queue.then(() => sendScannerUnstored(sessionId));
+    focusScan();
+  }
+
+  // The scanner's scans go back by the agent, which holds them (each by its scan_id: never added twice).
+  async function sendScannerUnstored(sessionId) {
+    try {
+      const data = await api("POST", "/api/v1/sessions/" + sessionId + "/unstored", {});
+      if (state.session && state.session.id === sessionId) render(data);
+      const said = [];
+      if (data.added.length) said.push("Added " + data.added.length + (data.added.length === 1 ? " scan" : " scans") + " from the scanner.");
+      for (const r of data.refused) said.push(r.code + " from the scanner was not added: " + sentence(r.why));
+      if (said.length) message($("scan-msg"), said.join(" "), data.refused.length ? "bad" : "good");
+    } catch (err) {
+      if (err.status !== 401) message($("scan-msg"), err.message, "bad");
     }
     focusScan();
   }
@@ -677,7 +706,7 @@
     const s = state.session;
     if (!s) return;
     const isCount = s.type === "count" && s.scope_skus.length > 0;
-    const unstored = state.unstored.filter((u) => u.sessionId === s.id).length;
+    const unstored = state.unstored.filter((u) => u.sessionId === s.id).length + state.scannerUnstored.length;
     const answer = await confirmDialog(
       "Close this session?",
       "Its lines are booked as stock movements and cannot be changed afterwards." + (unstored ? " " + unstored +
