@@ -49,12 +49,7 @@ class OutboxOfAnotherAgent(OutboxError):
     """The outbox was created for another agent id than the configuration's; ``recovery`` says what to do."""
 
     def __init__(self, path: str, outbox_agent: str, configured_agent: str, waiting: int) -> None:
-        self.path, self.outbox_agent, self.configured_agent, self.waiting = (
-            path,
-            outbox_agent,
-            configured_agent,
-            waiting,
-        )
+        self.path, self.outbox_agent, self.configured_agent, self.waiting = path, outbox_agent, configured_agent, waiting
         super().__init__(self.recovery("shelfsync-agent rebind"))
 
     def recovery(self, command: str) -> str:

@@ -383,9 +383,7 @@ class SessionManager:
         key = unicodedata.normalize("NFKC", to).strip().casefold()
         near = sorted(loc for loc in known if unicodedata.normalize("NFKC", loc).casefold() == key)
         if near:
-            raise InvalidSessionInput(
-                f"the hub knows no location {to!r}, but {near[0]}; write the location as the hub does"
-            )
+            raise InvalidSessionInput(f"the hub knows no location {to!r}, but {near[0]}; write the location as the hub does")
         raise InvalidSessionInput(
             f"the hub knows no location {to!r} (it knows {_listed(sorted(known))}); check where the goods are going"
         )
