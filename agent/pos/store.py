@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from agent.db import Opening, SqliteFile, SqliteThread
 from agent.lock import lock_held
+from agent.outbox import write_failure
 from agent.pos.errors import PosImportError, PosStoreClosed
 from agent.pos.model import CutRow, ImportReport, Observation, Quarantined, QuarantineEntry
 from agent.pos.source import FileScan, Position
@@ -336,7 +337,11 @@ class PosStore(SqliteFile):
         return PosStoreClosed(self.path)
 
     def _failure(self, verb: str, err: sqlite3.Error) -> Exception:
-        return PosImportError(f"the POS import store {self.path} could not be {verb}: {err}")
+        # A full disk says so and what to do, as the outbox's does: SQLite's "database or disk is full" alone did not.
+        detail = (
+            write_failure(err, "import it again (the drop folder's are, by themselves)") if verb == "written" else err
+        )
+        return PosImportError(f"the POS import store {self.path} could not be {verb}: {detail}")
 
     # --- imports ----------------------------------------------------------------
     async def begin_import(self, scan: FileScan, file_name: str, profile: str, *, owner: str | None = None) -> int:

@@ -654,3 +654,32 @@ async def test_the_agents_status_lists_the_files_held_with_their_rows_so_far_and
         report, _ = await reports.next()
         assert report.status == "imported"
         assert watcher.state().held == () and watcher.state().to_json()["held"] == []
+
+
+async def test_an_export_the_full_data_disk_refuses_is_said_so_kept_in_the_folder_and_imported_once_there_is_room(
+    tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by filling the agent's data disk (its outbox and POS store) while a till dropped an export: the import
+    failed with SQLite's own words ("… could not be written: database or disk is full"), unlike every other write the
+    disk refuses, which says what to do. It says so now; the export waits in the folder and is imported once."""
+    data = small_disk / "data"
+    data.mkdir()
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    async with open_env(data) as env, PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports):
+        ballast = fill(small_disk)
+        staged = tmp_path / "staged.csv"
+        staged.write_bytes(SQUARE_UTF8.read_bytes())
+        os.replace(staged, folder / "export.csv")
+
+        def failed() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Importing export.csv failed")]
+
+        await wait_until(lambda: bool(failed()))
+        said = failed()[0]
+        assert "the disk is full or refuses writes" in said and "free disk space" in said, said
+        assert (folder / "export.csv").exists() and not await env.events()
+        ballast.unlink()
+        report, dest = await reports.next()
+        assert report.imported == 9 and dest == folder / "processed" / "export.csv"
+        assert len(await env.events()) == 9
