@@ -560,7 +560,19 @@ class SessionManager:
             recorded, again = len(result.events), len(result.duplicates)
         else:
             recorded = again = 0
-        closed = await self.store.finish_close(session.id, plan.report, self._wall_clock_ms())
+        try:
+            closed = await self.store.finish_close(session.id, plan.report, self._wall_clock_ms())
+        except SessionStoreFailed as err:
+            if not recorded + again:
+                raise
+            # The outbox took the movements; only the mark failed (a full disk). "Nothing of this write was recorded"
+            # alone had the staff take the delivery for not booked. Closed again, it is only marked (``resumed``).
+            booked = f"session {session.id} is booked ({recorded + again:,} movements are in the outbox)"
+            log.error("%s but could not be marked closed: %s", booked[0].upper() + booked[1:], err)
+            raise SessionError(
+                f"{booked} but could not be marked closed: {err}; close it again once there is room: nothing is"
+                " booked twice"
+            ) from err
         if dropped := self._unstored.pop(session.id, None):
             log.warning(
                 "Session %s was closed with %d scan(s) from its scanner that the full disk refused and nobody sent"

@@ -9,7 +9,6 @@ Mounting the tmpfs needs root on Linux (skipped elsewhere).
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from agent.scanning import PROBLEMS_SAID_MAX
 from protocol import Kind
 from tests.agent.test_agent_localapi import APPLE
 from tests.agent.test_agent_localapi_held import Store, nuts_label, running
-from tests.harness.small_disk import fill
+from tests.harness.small_disk import fill, sqlite_full
 
 APPLE_SCAN = b"]E0" + APPLE.encode()
 
@@ -103,19 +102,6 @@ async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_cl
     ), "each close booked once"
 
 
-def _outbox_full(conn: sqlite3.Connection) -> None:
-    """The outbox may grow no more (SQLite's own SQLITE_FULL, as a full disk answers) while the session store can."""
-    conn.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count = {pages}")
-    for size in (1024, 128, 16, 1):
-        try:
-            while True:
-                conn.execute("INSERT INTO filler VALUES (zeroblob(?))", (size,))
-        except sqlite3.OperationalError:
-            pass
-
-
 async def test_a_close_the_full_outbox_refuses_is_said_and_booked_once_when_sent_again_with_room(
     roomy_store: Store,
 ) -> None:
@@ -125,7 +111,7 @@ async def test_a_close_the_full_outbox_refuses_is_said_and_booked_once_when_sent
     for i in range(5):
         await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": f"{i:032x}"}, 201)
     db = api.outbox._db
-    await db.outside_transaction(_outbox_full)
+    await db.outside_transaction(sqlite_full)
     with pytest.raises(OutboxError, match="the disk is full"):  # the rest of the room: the events' own pages
         while True:
             await api.outbox.record([Movement("S001", "TOTE", Kind.RECEIVE, 1, "api:filler")])
@@ -187,3 +173,31 @@ async def test_a_bound_scanners_scans_a_full_disk_refuses_are_kept_on_the_sessio
     closed = await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
     assert {x["sku"]: x["qty"] for x in closed["session"]["report"]["lines"]} == {"SKU-APPLE": 2, "SKU-NUTS": 12}
     assert sorted((ev.sku, ev.qty) for ev in await api.outbox.pending(10)) == [("SKU-APPLE", 2), ("SKU-NUTS", 12)]
+
+
+async def test_a_close_booked_but_not_marked_closed_for_a_full_session_store_says_it_is_booked_and_closes_again_once(
+    roomy_store: Store,
+) -> None:
+    """Found closing a delivery while the disk filled: the outbox took the close's movements, then the session store
+    could not mark the session closed. The answer said "nothing of this write was recorded …; free disk space, then
+    send it again" — the staff read the delivery as not booked, while its 60 movements were. It says they are booked
+    now, and closing it again once there is room only marks it closed."""
+    api = roomy_store.api
+    await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-12"}, 201))["session"]["id"]
+    for i in range(60):  # a report large enough to need pages the session store cannot have
+        body = {"sku": f"SKU-{i:03d}-" + "X" * 40, "scan_id": f"{i:032x}"}
+        await api.ok("POST", f"/api/v1/sessions/{sid}/scans", body, 201)
+    db = api.sessions.store._db
+    await db.outside_transaction(sqlite_full)  # the session store's file may grow no more (SQLITE_FULL)
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/close", {})
+    _says_disk_full(got, data)
+    message = data["error"]["message"]
+    assert f"session {sid} is booked (60 movements are in the outbox)" in message, message
+    assert "close it again once there is room: nothing is booked twice" in message, message
+    assert (await api.ok("GET", f"/api/v1/sessions/{sid}"))["session"]["status"] == "closing"
+    assert len(await api.outbox.pending(1000)) == 60
+    await db.outside_transaction(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    closed = await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
+    assert closed["session"]["status"] == "closed" and closed["session"]["report"]["events"] == 60
+    assert len(await api.outbox.pending(1000)) == 60, "booked once"

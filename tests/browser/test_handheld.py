@@ -18,7 +18,7 @@ from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionTyp
 from protocol import Kind, Rejection
 from tests.agent.test_agent_localapi_held import running
 from tests.harness.net import free_port
-from tests.harness.small_disk import fill
+from tests.harness.small_disk import fill, sqlite_full
 
 PHONE = {"width": 390, "height": 844}
 APPLE = "4006381333931"
@@ -752,6 +752,15 @@ async def test_a_scan_a_full_disk_refuses_stays_on_the_page_and_is_added_once_wh
         await page.click("#leave")  # staff look elsewhere meanwhile: the scans are still there on coming back
         await page.locator("#active-list button").click()
         await expect(page.locator("#unstored-list li")).to_have_count(2)
+        await page.click("#close")  # the close question says they are not booked; the full disk refuses the close
+        await expect(page.locator("#confirm-text")).to_contain_text(
+            "2 scans were not added (the agent could not store them) and are not booked: send them again first."
+        )
+        await page.click("#confirm-yes")
+        await expect(page.locator("#scan-msg")).to_contain_text("the disk is full or refuses writes")
+        await expect(page.locator("#screen-session")).to_be_visible()
+        await expect(page.locator("#close")).to_be_enabled()
+        assert (await agent.sessions.get(session.id)).status.value == "open"
 
         ballast.unlink()  # room again
         await page.click("#unstored-send")
@@ -806,4 +815,41 @@ async def test_a_bound_scanners_scans_a_full_disk_refuses_are_listed_on_the_page
         await page.click("#confirm-yes")
         await expect(page.locator("#screen-report")).to_be_visible()
         assert [(ev.sku, ev.qty) for ev in await store.api.outbox.pending(10)] == [("SKU-APPLE", 3)]
+    assert [e for e in script_errors(console_errors) if "status of 507" not in e] == []
+
+
+async def test_a_close_booked_but_not_marked_closed_by_a_full_disk_says_it_is_booked_and_is_closed_again_here(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found closing a delivery while the disk filled: its movements were booked, the session store could not mark it
+    closed. The page said "nothing of this write was recorded", then its next poll found the session closing and
+    greyed out Close and Cancel: the session stood closing on every handheld until the agent restarted. The page says
+    it is booked now, and Close stays usable: closing it again marks it closed, booking nothing twice."""
+    session = await agent.sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-MARK"), by="ana")
+    for i in range(60):  # a report large enough to need pages the session store cannot have
+        await agent.sessions.key(session.id, f"SKU-{i:03d}-" + "X" * 40, 1, by="ana")
+    await sign_in(page, agent)
+    await page.locator("#active-list button").click()
+    await expect(page.locator("#screen-session")).to_be_visible()
+    db = agent.sessions.store._db
+    await db.outside_transaction(sqlite_full)
+    await page.click("#close")
+    await page.click("#confirm-yes")
+    said = f"session {session.id} is booked (60 movements are in the outbox) but could not be marked closed"
+    await expect(page.locator("#scan-msg")).to_contain_text(said)
+    async with page.expect_request(lambda r: r.method == "GET" and r.url.endswith(f"/sessions/{session.id}")):
+        pass  # the page's next poll of the session, which finds it closing
+    await expect(page.locator("#close")).to_be_enabled()
+    await expect(page.locator("#cancel")).to_be_disabled()
+    await expect(page.locator("#scan-msg")).to_contain_text(said)
+    assert len(await agent.outbox.pending(1000)) == 60
+
+    await db.outside_transaction(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    await page.click("#close")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#screen-report")).to_be_visible()
+    await expect(page.locator("#report-sub")).to_have_text(
+        "60 movements recorded, 60 units. They reach the hub with the next sync."
+    )
+    assert len(await agent.outbox.pending(1000)) == 60, "booked once"
     assert [e for e in script_errors(console_errors) if "status of 507" not in e] == []

@@ -1,8 +1,10 @@
-"""Real small file systems for tests: a 1 MiB tmpfs filled to its end, and tmpfs mounts made read-only or taken away (root on Linux)."""
+"""Real small file systems for tests: a 1 MiB tmpfs filled to its end, and tmpfs mounts made read-only or taken away (root on Linux);
+and one SQLite file made full while the disk has room (``sqlite_full``)."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +41,21 @@ def fill(disk: Path) -> Path:
         except OSError:
             pass  # ENOSPC: full
     return ballast
+
+
+def sqlite_full(conn: sqlite3.Connection) -> None:
+    """The SQLite file of ``conn`` may grow no more (SQLite's own SQLITE_FULL, as a full disk answers) while the
+    files beside it can: its free pages filled, its page count capped where it stands.
+    ``PRAGMA max_page_count = 1073741823`` on the same connection gives it room again."""
+    conn.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    for size in (1024, 128, 16, 1):
+        try:
+            while True:
+                conn.execute("INSERT INTO filler VALUES (zeroblob(?))", (size,))
+        except sqlite3.OperationalError:
+            pass
 
 
 class Mounts:

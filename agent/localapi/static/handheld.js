@@ -427,7 +427,10 @@
     state.scannerUnstored = view.unstored || [];
     showUnstored();
     const closing = s.status !== "open";
-    for (const id of ["close", "cancel"]) $(id).disabled = closing || state.busy;
+    // A session left closing (its movements booked, the mark refused: a full disk) is closed again from here; closing
+    // it again only marks it. Disabled, it stayed closing until the agent restarted.
+    $("close").disabled = (closing && s.status !== "closing") || state.busy;
+    $("cancel").disabled = closing || state.busy;
     $("undo").disabled = closing || state.busy || live === 0;
     // The scan field stays usable: a scan into a session no longer open is refused in the agent's words.
   }
@@ -727,6 +730,15 @@
       showReport(data.session);
     } catch (err) {
       state.busy = false;
+      try {  // as the close left it (open again, or closing: booked, and closed again from here)
+        const view = await api("GET", "/api/v1/sessions/" + encodeURIComponent(s.id));
+        if (state.session && state.session.id === s.id) {
+          state.session = view.session;  // this page's own close: not said as another's
+          render(view);
+        }
+      } catch (e) {
+        /* the message below says what failed */
+      }
       message($("scan-msg"), err.message, "bad");
       focusScan();
     }
