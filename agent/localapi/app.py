@@ -405,7 +405,10 @@ async def list_sessions(request: web.Request) -> web.Response:
     held = await sessions.held_counts(found)  # a scanner's lines waiting for a person, shown on the home screen too
     return _json(
         {
-            "sessions": [{**views.session_json(s), "held": held.get(s.id, 0)} for s in found],
+            "sessions": [
+                {**views.session_json(s), "held": held.get(s.id, 0), "unstored": sessions.unstored_count(s.id)}
+                for s in found
+            ],
             "refused": [views.refused_json(r) for r in refused],
         }
     )

@@ -625,6 +625,10 @@ class SessionManager:
         await self._changed()
         return True
 
+    def unstored_count(self, session_id: str) -> int:
+        """How many of the session's scanner scans a full disk refused are kept (``keep_unstored``)."""
+        return len(self._unstored.get(session_id, ()))
+
     async def send_unstored(self, session_id: str, *, by: str) -> tuple[list[Line], list[tuple[Unstored, str]]]:
         """Add the session's kept scans (``keep_unstored``) again, oldest first, each as its scanner's line (by its
         ``scan_id``: one sent twice is added once). The disk refusing again stops it there (``SessionStoreFull``

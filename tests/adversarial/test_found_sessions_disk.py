@@ -157,6 +157,8 @@ async def test_a_bound_scanners_scans_a_full_disk_refuses_are_kept_on_the_sessio
         (nuts_label(12).decode(), "scanner:dock"),
     ]
     assert all("the disk is full" in u["why"] and "free disk space" in u["why"] for u in unstored), unstored
+    listed = (await api.ok("GET", "/api/v1/sessions"))["sessions"]
+    assert [(s["id"], s["unstored"]) for s in listed] == [(sid, 2)]  # on the home screen too
     got, data = await api.call("POST", f"/api/v1/sessions/{sid}/unstored", {})
     _says_disk_full(got, data)
     assert len((await api.ok("GET", f"/api/v1/sessions/{sid}"))["unstored"]) == 2, "still kept"

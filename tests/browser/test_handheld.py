@@ -801,6 +801,11 @@ async def test_a_bound_scanners_scans_a_full_disk_refuses_are_listed_on_the_page
             "2 scans were not added: the agent cannot store them."
         )
         await expect(page.locator("#unstored-why")).to_contain_text("the disk is full or refuses writes")
+        await page.click("#leave")  # the home screen says so too
+        await expect(page.locator("#active-list .sub.held")).to_have_text(
+            "2 scans from a scanner not stored (the disk is full): open the session to send them again"
+        )
+        await page.locator("#active-list button").click()
         await page.click("#unstored-send")  # still full: said, and still listed
         await expect(page.locator("#scan-msg")).to_contain_text("the disk is full or refuses writes")
         await expect(items).to_have_count(2)

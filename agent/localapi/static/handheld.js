@@ -214,6 +214,9 @@
       button.appendChild(el("span", "sub", bits.join(" · ")));
       // A scanner's lines held until someone checks their quantity: the session cannot be closed before.
       if (s.held) button.appendChild(el("span", "sub held", s.held + (s.held === 1 ? " line" : " lines") + " held from a scanner: check the quantity"));
+      // A scanner's scans a full disk refused: the agent keeps them until someone sends them from the session.
+      if (s.unstored) button.appendChild(el("span", "sub held", s.unstored + (s.unstored === 1 ? " scan" : " scans") +
+        " from a scanner not stored (the disk is full): open the session to send " + (s.unstored === 1 ? "it" : "them") + " again"));
       button.addEventListener("click", () => openSession(s.id));
       const item = el("li");
       item.appendChild(button);
