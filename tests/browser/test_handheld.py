@@ -714,7 +714,7 @@ async def test_a_delivery_line_far_past_the_usual_is_asked_and_a_scanners_held_l
 
 
 async def test_a_scan_a_full_disk_refuses_stays_on_the_page_and_is_added_once_when_sent_again_with_room(
-    page: Page, small_disk: Path, console_errors: list[str]
+    page: Page, small_disk: Path, console_errors: list[str], screenshot: object
 ) -> None:
     """The agent's files on a real 1 MiB tmpfs filled to its last block. A scan was answered 503 ("unavailable", as
     for an agent restarting), shown as one error line and gone: the next scan's "Added" hid it, and a client going by
@@ -748,6 +748,9 @@ async def test_a_scan_a_full_disk_refuses_stays_on_the_page_and_is_added_once_wh
             pass  # the page's next poll of the session: a scan sent again by itself would have gone before it
         assert len(posted) == 2, posted
         await expect(box).to_be_visible()
+        await screenshot("handheld-9-disk-full")  # type: ignore[operator]
+        # the sentence names the session store's path: wrapped, it does not widen the page past the phone's screen
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         assert await agent.sessions.store.lines(session.id) == ()
         await page.click("#leave")  # staff look elsewhere meanwhile: the scans are still there on coming back
         await page.locator("#active-list button").click()
@@ -758,6 +761,7 @@ async def test_a_scan_a_full_disk_refuses_stays_on_the_page_and_is_added_once_wh
         )
         await page.click("#confirm-yes")
         await expect(page.locator("#scan-msg")).to_contain_text("the disk is full or refuses writes")
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         await expect(page.locator("#screen-session")).to_be_visible()
         await expect(page.locator("#close")).to_be_enabled()
         assert (await agent.sessions.get(session.id)).status.value == "open"
