@@ -99,7 +99,8 @@ API_VERSION = "1.7.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # exception kind channel_order_refused (a channel's order whose webhook the hub refused for good)
 # 1.6: POST /v1/channels/{name}/orders/{order_id}/dismiss (a refused order booked by hand), and a
 # channel_order_refused exception's hub location and data.channel_location
-# 1.7: 429 on the order webhooks past the client address's budget of refused attempts (refused_attempts_per_s)
+# 1.7: 429 on the order webhooks past the client address's budget of refused attempts (refused_attempts_per_s); the
+# outgoing webhook batches name the feed's history ("history")
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
