@@ -7,7 +7,7 @@ Two baselines, measured in the same run right after the hubs, on the same rows:
   transaction per 1,000 rows from 8 concurrent connections (issue 6; the
   ratio issue 16 asks ≥ 0.4 of for one hub);
 * plain writes of every row the hubs wrote (read back from their schema): per
-  batch its events and its share of the change rows by COPY, the stock rows
+  batch its events and its share of the change feed's runs by COPY, the stock rows
   it touched and the agent's mark by upsert (and with an agent's first batch
   the row that says where it stores events) — the PostgreSQL
   counterpart of bench_ingest.py's executemany baseline. It shows how much of
@@ -402,7 +402,8 @@ def main() -> None:
             f"{BATCH:,} rows per transaction from {args.agents} concurrent connections: no HTTP, no decoding, no "
             "dedupe, no resolution, no other "
             "table. Baseline of the second row: every row the hubs wrote, read back from their schema, "
-            "written per batch in one transaction — events, event ids and the batch's share of change rows by COPY, "
+            "written per batch in one transaction — events, event ids and the batch's share of the change feed's runs "
+            "by COPY, "
             "its stock rows and the agent's mark by upsert. PostgreSQL 15 with its default settings (fsync on, "
             "synchronous_commit on, shared_buffers 128 MB), on the same machine as the hubs and the load generator. "
             f"Median of {args.runs} runs, each on a fresh schema; the three measurements of a run follow each other; "

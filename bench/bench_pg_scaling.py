@@ -301,7 +301,7 @@ async def one_run(url: str, hubs: int, agents: int, batches: int, seed: int, sam
         conn = await asyncpg.connect(store_url)
         try:
             stored = await conn.fetchval("SELECT count(*) FROM events")
-            changes = await conn.fetchval("SELECT COALESCE(sum(last_id - first_id + 1), 0) FROM change_runs")
+            changes = await conn.fetchval("SELECT COALESCE(sum(last_id - first_id + 1), 0)::int8 FROM change_runs")
         finally:
             await conn.close()
         total = agents * batches * BATCH
