@@ -14,7 +14,6 @@ mark instead of raising it over the seqs it lost.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,15 +22,7 @@ from hub.storage.base import AgentIdentity
 from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
 from tests.faults.helpers import Simulation, Store, drained, hub_events, scale, verify, wait_until
 from tests.harness.hub_process import HubProcess
-
-
-def backup(live: Path, copy: Path) -> None:
-    src, dst = sqlite3.connect(live), sqlite3.connect(copy)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
+from tests.harness.sqlite_copy import backup
 
 
 def restore(hub: HubProcess, copy: Path) -> None:

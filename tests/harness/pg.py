@@ -133,3 +133,16 @@ async def pg_database(pg_server: str) -> AsyncIterator[str]:
     """The URL of a fresh database of the test server, dropped after the test."""
     async with fresh_database() as url:
         yield url
+
+
+async def schema_tables(url: str) -> list[str]:
+    """The tables of the schema ``url`` works in, by name in byte order."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            ' ORDER BY table_name COLLATE "C"'
+        )
+        return [row[0] for row in rows]
+    finally:
+        await conn.close()

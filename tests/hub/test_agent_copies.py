@@ -31,6 +31,7 @@ from tests.harness.commands import hub_env
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, get_json
 from tests.harness.pg import fresh_schema
+from tests.harness.sqlite_copy import backup
 
 WINDOW_S = 3  # the hub's agent_copies_window_s here: a copy silent this long no longer counts as sending
 HEARTBEAT_S = 0.2  # each copy tells the hub it is alive this often when it has nothing to send
@@ -67,15 +68,6 @@ async def credentials(db: str) -> tuple[str, str, str]:
         agent_id, token = await store.add_agent(["S1"])
         _, reader = await store.add_agent([], role="reader")
     return agent_id, token, reader
-
-
-def backup(src: Path, dst: Path) -> None:
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
 
 
 async def copies_listed(hub: HubProcess, reader: str) -> list[dict[str, Any]]:

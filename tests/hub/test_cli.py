@@ -30,7 +30,7 @@ from protocol import (
 from tests.harness.clock import RECENT_MS
 from tests.harness.commands import without_modules
 from tests.harness.hub_process import HubProcess
-from tests.harness.pg import fresh_schema
+from tests.harness.pg import fresh_schema, schema_tables
 from tests.harness.small_disk import Mounts
 
 PROCESS_TIMEOUT_S = 30.0
@@ -304,18 +304,6 @@ async def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tm
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("outbox")) == [
         "outbox.sqlite3", "outbox.sqlite3.serving.lock"
     ]  # fmt: skip
-
-
-async def schema_tables(url: str) -> list[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-            ' ORDER BY table_name COLLATE "C"'
-        )
-        return [row[0] for row in rows]
-    finally:
-        await conn.close()
 
 
 async def test_another_programs_postgresql_schema_is_refused_and_left_as_it_was(pg_url: str, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -27,24 +26,14 @@ from protocol import (
 )
 from tests.harness.clock import RECENT_MS
 from tests.harness.inprocess import hub_in_process
+from tests.harness.sqlite_copy import backup
 
 WAIT_S = 15.0
 LOC = "S001"
 
 
-
 def move(kind: Kind, qty: int) -> Movement:
     return Movement(LOC, "SKU-1", kind, qty, "pos:acme")
-
-
-def backup(live: Path, copy: Path) -> None:
-    """A consistent copy of the open hub database (SQLite's online backup)."""
-    src, dst = sqlite3.connect(live), sqlite3.connect(copy)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
 
 
 async def until(replicator: Replicator, predicate: Callable[[ReplicatorState], bool]) -> ReplicatorState:

@@ -36,7 +36,7 @@ from hub.storage.postgres.ingest import (
 )
 from hub.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION, schema_version
 from protocol import MAX_BATCH_EVENTS, Kind, StockEvent
-from tests.harness.pg import fresh_schema
+from tests.harness.pg import fresh_schema, schema_tables
 from tests.hub.convergence import SAFETY_STOCK, deliver, delivery, event_sets, expected_state, observe
 from tests.hub.event_factory import EventFactory
 from tests.hub.storage_contract import StorageContract
@@ -183,19 +183,7 @@ async def test_a_schema_migrations_table_of_another_program_is_not_taken_for_the
     assert "(it holds the tables accounts, schema_migrations and not the hub's schema_migrations)" in str(
         refused.value
     ), refused.value
-    assert await _tables(pg_url) == ["accounts", "schema_migrations"]
-
-
-async def _tables(url: str) -> list[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-            ' ORDER BY table_name COLLATE "C"'
-        )
-        return [row[0] for row in rows]
-    finally:
-        await conn.close()
+    assert await schema_tables(pg_url) == ["accounts", "schema_migrations"]
 
 
 # --- layout --------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import contextlib
 import email.utils
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from hub.webhooks import (
 from protocol import Kind
 from protocol.retry import PEER_RETRY_AFTER_DEFAULT_S, PEER_RETRY_AFTER_MAX_S, Backoff, read_retry_after
 from tests.harness.commands import run_hub
+from tests.harness.sqlite_copy import backup
 from tests.hub.feed_helpers import Agent, running_hub
 
 SECRET = "s3cret-for-the-web-shop"
@@ -543,13 +543,3 @@ async def test_a_receiver_can_tell_the_changes_of_a_restored_hub_from_the_ones_i
         apply(batch)
     assert [b["history"] for b in receiver.batches] == [first_history, first_history, hub.store.feed_history]
     assert applied[("S1", "A")][1:] == (2, 2)
-
-
-def backup(live: Path, copy: Path) -> None:
-    """A consistent copy of the open hub database (SQLite's online backup)."""
-    src, dst = sqlite3.connect(live), sqlite3.connect(copy)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
