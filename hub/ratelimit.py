@@ -61,6 +61,7 @@ RATE_LIMITED_ROUTES = frozenset({"sync", "events", "observations", "import_issue
 POLICY = "writes"  # the name of the one quota policy in the RateLimit-Policy and RateLimit fields
 HEADER_NAMES = ("RateLimit-Policy", "RateLimit")
 BUCKETS_MAX = 100_000  # full buckets are forgotten beyond this many (one per credential in practice)
+SWEEP_GROWTH = 2  # the next sweep waits until the table holds this many times what the last one kept
 # The public routes whose refused attempts are counted per client address (RefusedAttempts), by route name.
 REFUSAL_LIMITED_ROUTES = frozenset({"channel_webhooks", "dashboard_sign_in"})
 REFUSALS_POLICY = "refused-attempts"
@@ -89,6 +90,7 @@ class RateLimiter:
         self.policy = policy
         self._clock_s = clock_s
         self._buckets: dict[str, _Bucket] = {}
+        self._sweep_at = BUCKETS_MAX  # the table's size at which the next new key sweeps it (``_forget_full``)
 
     def take(self, key: str) -> float:
         bucket = self._refilled(key)
@@ -113,8 +115,9 @@ class RateLimiter:
         now_s = self._clock_s()
         bucket = self._buckets.get(key)
         if bucket is None:
-            if len(self._buckets) >= BUCKETS_MAX:
+            if len(self._buckets) >= max(BUCKETS_MAX, self._sweep_at):
                 self._forget_full(now_s)
+                self._sweep_at = SWEEP_GROWTH * len(self._buckets)
             bucket = self._buckets[key] = _Bucket(float(self.burst), now_s)
         else:
             elapsed_s = max(0.0, now_s - bucket.updated_s)
@@ -138,6 +141,10 @@ class RateLimiter:
         }
 
     def _forget_full(self, now_s: float) -> None:
+        """Forget every full bucket (a key that comes back starts full: the same). Asked of a new key once the table
+        holds ``BUCKETS_MAX``, and then only once it holds ``SWEEP_GROWTH`` times what this sweep kept: a flood of
+        new keys whose buckets are not full yet (addresses, each refused once) costs each a few buckets' share of the
+        sweeps (amortised O(1)), not the whole table. A bucket not full is kept: it still restricts its key."""
         self._buckets = {
             k: b for k, b in self._buckets.items() if now_s - b.updated_s < (self.burst - b.tokens) / self.rate_per_s
         }

@@ -254,3 +254,38 @@ def test_the_429s_are_logged_a_line_a_minute_with_the_busiest_addresses(caplog: 
     assert "429 to 281 requests" in second and "from 8 addresses" in second, second
     assert "203.0.113.6 70, 203.0.113.5 60, 203.0.113.4 50, 203.0.113.3 40, 203.0.113.2 30 and 3 more" in second
     assert "in the last 30 s" in second and second.endswith("the last: POST /dashboard/sign-in")
+
+
+def test_a_flood_of_new_addresses_costs_each_request_a_bounded_share_of_the_sweeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found: with ``BUCKETS_MAX`` buckets not yet full, every request of a new address rebuilt the whole table (each
+    request O(n)), and an attacker has many /64s to rotate through. The buckets the sweeps visit are counted (the
+    sweep wrapped); the table is made small (``BUCKETS_MAX`` 1,000) so the old code's cost shows within the test. A
+    bucket still restricting its address (or a credential's, in debt) is never forgotten; a full one is, later."""
+    cap = 1_000
+    monkeypatch.setattr(ratelimit, "BUCKETS_MAX", cap)
+    visited = [0]
+    sweep = ratelimit.RateLimiter._forget_full
+
+    def counted(self: ratelimit.RateLimiter, now_s: float) -> None:
+        visited[0] += len(self._buckets)
+        sweep(self, now_s)
+
+    monkeypatch.setattr(ratelimit.RateLimiter, "_forget_full", counted)
+    now = [0.0]
+    limiter = ratelimit.RefusedAttempts(rate_per_s=1.0, burst=2, clock_s=lambda: now[0]).limiter
+    addresses = [ratelimit.client_key(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1") for i in range(5 * cap)]
+    limiter.charge("a credential in debt", 50.0)  # as the change feed charges a read's rows: owed for 49 s
+    for key in addresses:  # each refused twice, at one instant: its bucket empty, the address restricted
+        assert limiter.take(key) == 0.0 and limiter.take(key) == 0.0
+    assert visited[0] <= 4 * len(addresses), f"the sweeps visited {visited[0]:,} buckets for {len(addresses):,} keys"
+    assert all(limiter.owed_s(key) > 0 for key in addresses), "no bucket still restricting its address is forgotten"
+
+    now[0] = 10.0  # every address's bucket is full again; the credential is still owed for 39 s
+    fresh = [f"203.0.{i >> 8}.{i & 0xFF}" for i in range(12 * cap)]  # each refused once: not full yet
+    for key in fresh:
+        limiter.take(key)
+    assert not any(key in limiter._buckets for key in addresses), "the full buckets were forgotten"
+    assert limiter.owed_s("a credential in debt") == pytest.approx(39.0)
+    assert len(limiter._buckets) <= 2 * len(fresh) and visited[0] <= 4 * (len(addresses) + len(fresh))
