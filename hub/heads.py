@@ -135,8 +135,8 @@ async def _admit(request: web.Request) -> web.StreamResponse | None:
         raise web.HTTPBadRequest(text=problem)  # path_middleware's
     if who is not None:
         ratelimit.count(request, who)  # 429; the middleware does not count the request again
-    else:
-        ratelimit.check_refusals(request)  # a public route's 429: its address spent its refused attempts
+    elif (answered := ratelimit.refusal_answer(request)) is not None:  # a public route's 429: its address spent
+        return answered  # its refused attempts (a page of the route's own, for a person signing in)
     head = request.app[HEADS_KEY].get(route, Head())
     try:
         for refused in (compressed(request), announced_too_big(request)):  # body_middleware's 415, 413

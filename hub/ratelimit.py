@@ -195,7 +195,8 @@ def count(request: web.Request, who: AgentIdentity) -> None:
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse a limited route's request with 429 when its credential's bucket is empty (after authentication), and a
     public route's when its client address spent its refused attempts (``check_refusals``), before the body."""
-    check_refusals(request)
+    if (answered := refusal_answer(request)) is not None:
+        return answered
     limiter = limiter_of(request)
     who = request.get(IDENTITY_KEY)
     if limiter is None or who is None:
@@ -320,6 +321,9 @@ class RefusedAttempts:
 
 
 REFUSALS_KEY = web.AppKey("refused_attempts", RefusedAttempts)
+# A public route's own answer to its 429 (the sign-in page for a person), by route name; None: the problem as raised
+RefusalAnswer = Callable[[web.Request, web.HTTPTooManyRequests], web.StreamResponse | None]
+ANSWERS_KEY = web.AppKey("refusals_answers", dict[str, RefusalAnswer])
 CHECKED_KEY = web.RequestKey("refusals_checked", bool)  # True: its address was looked at already (from its head)
 
 
@@ -349,3 +353,21 @@ def check_refusals(request: web.Request) -> None:
     refusals = request.app.get(REFUSALS_KEY)
     if refusals is not None and request.match_info.route.name in REFUSAL_LIMITED_ROUTES:
         refusals.check(request)
+
+
+def answer_refusals(app: web.Application, route: str, answer: RefusalAnswer) -> None:
+    """Let ``route`` answer its own 429 (``refusal_answer``): ``answer`` is given the request and the refusal, with
+    its Retry-After and RateLimit fields, and returns the response, or None for the problem as raised."""
+    app.setdefault(ANSWERS_KEY, {})[route] = answer
+
+
+def refusal_answer(request: web.Request) -> web.StreamResponse | None:
+    """``check_refusals``, with the route's own answer to its 429 where it has one (``answer_refusals``)."""
+    try:
+        check_refusals(request)
+    except web.HTTPTooManyRequests as refused:
+        answer = request.app.get(ANSWERS_KEY, {}).get(request.match_info.route.name or "")
+        if answer is None or (response := answer(request, refused)) is None:
+            raise
+        return response
+    return None

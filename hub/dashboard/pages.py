@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Mapping
 from importlib import resources
 from urllib.parse import urlsplit
 
@@ -72,19 +73,37 @@ def setup(app: web.Application, sessions: DashboardSessions) -> None:
     r.add_get("/dashboard/", get_dashboard, name="dashboard")
     r.add_get("/dashboard/sign-in", get_sign_in, name="dashboard_sign_in_page")
     heads.add(app, "POST", "/dashboard/sign-in", post_sign_in, name="dashboard_sign_in", guard=_sign_in_head)  # public
+    ratelimit.answer_refusals(app, "dashboard_sign_in", _sign_in_limited)
     heads.add(app, "POST", "/dashboard/sign-out", post_sign_out, name="dashboard_sign_out", guard=_sign_out_head)
     r.add_get("/dashboard/assets/{name}", get_asset, name="dashboard_asset")
 
 
-def _page(request: web.Request, name: str, status: int = 200, error: str | None = None) -> web.Response:
-    if status >= 400 and "text/html" not in request.headers.get("Accept", ""):  # a script, not a browser's form:
+def _page(
+    request: web.Request, name: str, status: int = 200, error: str | None = None, headers: Mapping[str, str] = {}
+) -> web.Response:
+    if status >= 400 and not _from_browser(request):  # a script, not a browser's form:
         return problems.response(status, (error or "the sign-in was refused").rstrip("."))  # the API's error shape
     body = request.app[FILES_KEY][name]
     if name == "sign-in.html":
         slot = f'<p class="form-error" role="alert">{html.escape(error)}</p>' if error else ""
         body = body.replace(ERROR_SLOT.encode(), slot.encode())
-    headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
+    headers = {**headers, **SECURITY_HEADERS, "Cache-Control": "no-store"}
     return web.Response(body=body, status=status, content_type="text/html", charset="utf-8", headers=headers)
+
+
+def _from_browser(request: web.Request) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def _sign_in_limited(request: web.Request, refused: web.HTTPTooManyRequests) -> web.Response | None:
+    """A person's sign-in past its address's refused attempts (hub.ratelimit.RefusedAttempts): the sign-in page,
+    429, saying how long to wait, with the refusal's Retry-After and RateLimit fields. A script gets the problem."""
+    if not _from_browser(request):
+        return None
+    kept = {k: v for k, v in refused.headers.items() if k.lower() in ("retry-after", "ratelimit-policy", "ratelimit")}
+    wait = refused.headers["Retry-After"]
+    said = f"Too many refused sign-ins from this address; try again in {wait} s."
+    return _page(request, "sign-in.html", 429, said, headers=kept)
 
 
 async def get_root(request: web.Request) -> web.Response:

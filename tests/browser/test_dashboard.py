@@ -244,6 +244,41 @@ async def test_sign_in_find_a_sku_and_watch_it_change_live(
     assert console_errors == []
 
 
+async def test_a_person_past_the_refused_sign_ins_budget_sees_the_sign_in_page_saying_how_long_to_wait(
+    page: Page, tmp_path: Path, screenshot: Screenshot
+) -> None:
+    """Found: past its address's budget of refused sign-ins (hub.ratelimit.RefusedAttempts) the form post showed
+    the API's JSON problem. The page is the sign-in page again, 429, saying how long to wait; then it signs in."""
+    async with hub_in_process(tmp_path / "hub.db", refused_attempts_per_s=0.5, refused_attempts_burst=2) as served:
+        _, reader = await served.store.add_agent([], role="reader")
+        await page.goto(f"{served.url}/dashboard/sign-in")
+        for _ in range(2):
+            await page.fill("#token", "not-a-real-credential")
+            await page.click("button[type=submit]")
+            await expect(page.locator(".form-error")).to_contain_text("unknown or has been revoked")
+        await page.fill("#token", "not-a-real-credential")
+        async with page.expect_response(f"{served.url}/dashboard/sign-in") as answered:
+            await page.click("button[type=submit]")
+        response = await answered.value
+        wait = response.headers["retry-after"]
+        assert response.status == 429 and 1 <= int(wait) <= 2, (response.status, wait)
+        error = page.locator(".form-error")
+        await expect(error).to_have_text(f"Too many refused sign-ins from this address; try again in {wait} s.")
+        await expect(page.locator("#token")).to_be_visible()
+        await screenshot("dashboard-sign-in-limited")
+
+        deadline = asyncio.get_running_loop().time() + 20.0
+        while True:  # once the address holds an attempt again (a good sign-in spends none), the reader signs in
+            await page.fill("#token", reader)
+            async with page.expect_response(f"{served.url}/dashboard/sign-in") as answered:
+                await page.click("button[type=submit]")
+            if (await answered.value).status != 429:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the address's budget did not refill in 20 s"
+            await asyncio.sleep(0.5)
+        await expect(page).to_have_url(f"{served.url}/dashboard/")
+
+
 async def test_a_dropped_stream_resumes_where_it_was_and_a_refused_one_reopens_reading_what_changed(
     page: Page, shop: Shop, console_errors: list[str]
 ) -> None:

@@ -191,6 +191,34 @@ async def test_a_flood_of_failed_sign_ins_is_answered_429_and_logged_in_a_few_li
     assert status == 403, "and has a refused attempt to spend again"
 
 
+async def test_a_person_past_the_budget_is_shown_the_sign_in_page_with_the_wait_and_a_script_gets_the_problem(
+    make_hub: HubFactory,
+) -> None:
+    """Found: past the budget a browser's form post was answered with the API's JSON problem, not the sign-in page.
+    A browser (``Accept: text/html``) gets the page, 429, with Retry-After and the wait in its message, from the
+    middleware and from the head (``Expect: 100-continue``) alike; a script still gets the problem."""
+    hub = await make_hub(refused_attempts_per_s=0.05, refused_attempts_burst=BURST)  # an attempt back in 20 s
+    sign_in = f"{hub.url}/dashboard/sign-in"
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "Origin": hub.url}
+    wrong = {"token": "not-a-credential-" + "x" * 20}
+    for _ in range(BURST):
+        status, _, _ = await post_from(FLOODER, sign_in, data=wrong, headers=browser)
+        assert status == 403
+    for expect100 in (False, True):
+        status, headers, body = await post_from(FLOODER, sign_in, data=wrong, headers=browser, expect100=expect100)
+        page = body.decode()
+        assert status == 429, (status, page)
+        assert headers["Content-Type"].startswith("text/html") and headers["Cache-Control"] == "no-store"
+        wait = int(headers["Retry-After"])
+        assert 1 <= wait <= 20 and headers["RateLimit-Policy"] == f'"refused-attempts";q={BURST};w=60'
+        said = f"Too many refused sign-ins from this address; try again in {wait} s."
+        assert f'<p class="form-error" role="alert">{said}</p>' in page, page
+        assert 'name="token"' in page, "the form is there to try again"
+    status, headers, body = await post_from(FLOODER, sign_in, data=wrong)  # a script: the API's problem, as before
+    assert status == 429 and headers["Content-Type"].startswith("application/problem+json"), (status, body)
+    assert json.loads(body)["code"] == "rate_limited" and int(headers["Retry-After"]) >= 1
+
+
 async def test_a_good_sign_in_spends_nothing_and_a_rate_of_zero_turns_the_budget_off(make_hub: HubFactory) -> None:
     hub = await make_hub(refused_attempts_per_s=RATE_PER_S, refused_attempts_burst=BURST)
     for _ in range(BURST * 3):
