@@ -63,13 +63,13 @@ from agent.hub_loop import (
     read_answer,
     redirected,
 )
-from agent.huberrors import error_message
+from agent.huberrors import SyncedHubIds, error_message, hub_id_of, refusal, sync_url
 from hardware import Decoded
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.csvcells import uncell
 from protocol.event import SKU_MAX_LEN
 from protocol.retry import EQUAL_JITTER, Backoff, Streak, TurnFailed, run_turns
-from protocol.routes import BUNDLES_PATH, CATALOG_PATH
+from protocol.routes import BUNDLES_PATH, CATALOG_PATH, HUB_ID_HEADER
 from protocol.values import has_control
 
 log = logging.getLogger(__name__)
@@ -428,8 +428,11 @@ class AgentCatalog(HubLoop):
         answer_max_bytes: int = ANSWER_MAX_BYTES,
         agent_id: str | None = None,
         location: str | None = None,
+        outbox: SyncedHubIds | None = None,
     ) -> None:
         self.file = file
+        self._outbox = outbox  # the hub's database id the agent last synced with: a refusal says when it changed
+        self._hub_url = hub_url.rstrip("/") if hub_url else None
         self._agent_id = agent_id  # this agent: its credential's locations are checked against ``location``
         self._location = location
         self._unbound: frozenset[str] | None = None  # the credential's locations last said not to hold ``location``
@@ -572,6 +575,7 @@ class AgentCatalog(HubLoop):
     def update_credentials(self, token: str, hub_url: str | None = None) -> None:
         self._token = token
         if hub_url is not None:
+            self._hub_url = hub_url.rstrip("/")
             self._url = hub_url.rstrip("/") + CATALOG_PATH
             self._bundles_url = hub_url.rstrip("/") + BUNDLES_PATH
             self._agents_url = hub_url.rstrip("/") + AGENTS_PATH
@@ -623,9 +627,10 @@ class AgentCatalog(HubLoop):
                 if (foreign := not_the_hubs(self._url, resp.status, kind, body, "application/json")) is not None:
                     raise TurnFailed(foreign)
                 unavailable(self._url, resp.status, body)
+                if resp.status in (401, 403):
+                    raise TurnFailed(await self._refused(self._url, resp, body))
                 if resp.status != 200:
-                    what = "refused this agent's credentials" if resp.status in (401, 403) else "answered"
-                    raise TurnFailed(f"the hub at {self._url} {what} (HTTP {resp.status}: {error_message(body)})")
+                    raise TurnFailed(f"the hub at {self._url} answered (HTTP {resp.status}: {error_message(body)})")
                 etag = resp.headers.get("ETag")
         except AnswerTooLarge as err:
             raise TurnFailed(str(err)) from err
@@ -650,6 +655,18 @@ class AgentCatalog(HubLoop):
             await asyncio.to_thread(_write_atomically, self.cache, {"etag": etag, "catalog": data})
         log.info("The hub's catalog version %s is in use: %s items.", loaded.catalog.version, f"{len(self._merged):,}")
         return "updated"
+
+    async def _refused(self, url: str, resp: aiohttp.ClientResponse, body: bytes) -> str:
+        """What a 401/403 from the hub at ``url`` means, said as the sync says it (``agent.huberrors.refusal``): the
+        hub serving another database than the one this agent last synced with (the outbox's), a token of another
+        agent's, or refused credentials."""
+        if self._hub_url is None or self._agent_id is None:  # a catalog alone, not an agent's: no id to compare
+            return f"the hub at {url} refused this agent's credentials (HTTP {resp.status}: {error_message(body)})"
+        hub_id = hub_id_of(resp.headers.get(HUB_ID_HEADER))
+        refused, _ = await refusal(
+            self._outbox, sync_url(self._hub_url), url, resp.status, body, self._agent_id, hub_id
+        )
+        return refused
 
     async def _fetch_bundles(self) -> None:
         """Read every page of the hub's bundles; keep their SKUs (and write them to the cache when they changed).
@@ -770,6 +787,8 @@ class AgentCatalog(HubLoop):
                 unavailable(url, resp.status, body)
                 if resp.status == 404:
                     return None
+                if resp.status in (401, 403):
+                    raise TurnFailed(await self._refused(url, resp, body))
                 if resp.status != 200:
                     raise TurnFailed(
                         f"the hub at {url} answered HTTP {resp.status} for its bundles: {error_message(body)}"

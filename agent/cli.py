@@ -396,7 +396,7 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
             AgentCatalog(
                 file=c.file, hub_url=a.hub_url, token=a.token, cache=c.cache_file or a.outbox.with_name(CATALOG_CACHE_FILENAME),
                 refresh_s=c.refresh_s, retry_base_s=r.retry_base_s, retry_max_s=c.retry_max_s, timeout_s=c.timeout_s,
-                answer_max_bytes=c.answer_max_bytes, agent_id=a.id, location=a.location,
+                answer_max_bytes=c.answer_max_bytes, agent_id=a.id, location=a.location, outbox=outbox,
             )
         )  # fmt: skip
         stack.hub_clients.append(catalog)

@@ -47,8 +47,8 @@ async def refusal(
     ids: SyncedHubIds | None, sync_url: str, url: str, status: int, body: bytes, agent_id: str, hub_id: str | None
 ) -> tuple[str, str]:
     """``credentials_refused`` for a 401/403 answered at ``url`` by the hub whose sync route is ``sync_url``, with
-    the id of the hub's database ``ids`` kept for it (the sync, the change feed and the report uploads say the same
-    sentence). ``hub_id`` is the answer's (``hub_id_of``); without it, or without ``ids``, or when they cannot be
+    the id of the hub's database ``ids`` kept for it (the sync, the change feed, the report uploads and the catalog
+    say the same sentence). ``hub_id`` is the answer's (``hub_id_of``); without it, or without ``ids``, or when they cannot be
     read, the refusal is said as without the id."""
     synced = None
     if ids is not None and hub_id is not None:

@@ -6,10 +6,10 @@ database (and id, ``hub_id``, made when the database is created and kept in it).
 stopped, B's backup (``hub.backup``) is put in place of A's database, and A served again where the agent expects
 it: every answer of the hub carries the id of the database it serves (``HUB_ID_HEADER``), the agent kept the one
 it last synced with in its outbox, and its 401 says the hub serves another database and not to re-issue the
-token. The change feed and the POS report uploads, refused by the same hub, say the same; so does a PostgreSQL hub
-served from another database (a second schema of the test server) at the same URL: the id is the one kept in
-that database. A hub restored from its own backup, a revoked token, and a hub older than the header say what
-they said.
+token. The change feed, the POS report uploads and the catalog download, refused by the same hub, say the same; so
+does a PostgreSQL hub served from another database (a second schema of the test server) at the same URL: the id is
+the one kept in that database. A hub restored from its own backup, a revoked token, and a hub older than the header
+say what they said.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import asyncpg
 from aiohttp import web
 
 from agent import Kind, Movement, Outbox, Replicator
+from agent.catalog import AgentCatalog
 from agent.feed import CountFeed
 from agent.pos import Observation, PosStore
 from agent.reports import ReportSender
@@ -142,8 +143,9 @@ async def two_databases(backend: str, tmp_path: Path) -> AsyncIterator[tuple[str
 async def test_the_sync_the_change_feed_and_the_reports_say_the_hub_serves_another_database(
     backend: str, tmp_path: Path
 ) -> None:
-    """Found: only the sync said it; the change feed said its credential was refused, the report uploads that the
-    credentials were refused (a token to re-issue, which would attach the store to the other hub's database)."""
+    """Found: only the sync said it; the change feed said its credential was refused, the report uploads and then
+    the catalog download that the credentials were refused (a token to re-issue, which would attach the store to
+    the other hub's database)."""
     async with two_databases(backend, tmp_path) as (first, second, switch, id_a, id_b):
         outbox_path = tmp_path / "outbox.sqlite3"
         async with hub_in_process(first) as hub:
@@ -168,6 +170,11 @@ async def test_the_sync_the_change_feed_and_the_reports_say_the_hub_serves_anoth
             ) as sender:
                 report_error = (await asyncio.wait_for(sender.wait_for(lambda s: s.failures >= 1), WAIT_S)).last_error
             assert len(await store.pending_observations()) == 1  # nothing dropped: sent once the hub is its own
+            async with AgentCatalog(
+                hub_url=hub.url, token=token, agent_id=agent_id, location="S1", outbox=outbox, retry_base_s=0.01
+            ) as catalog:
+                await catalog.wait_for(lambda: catalog.last_error is not None, timeout_s=WAIT_S)
+                catalog_error = catalog.last_error
     said = (
         f" now serves another database (id {id_b}; this agent last synced with {id_a}): its database may have been"
         " restored from another hub's backup; restore this hub's own backup, do not re-issue the token (HTTP 401: "
@@ -178,6 +185,7 @@ async def test_the_sync_the_change_feed_and_the_reports_say_the_hub_serves_anoth
         "; the count cache learns counts from sync answers only until the hub serves its own database again"
     ), feed_error
     assert (report_error or "").startswith(f"the hub at {hub.url}/v1/observations{said}"), report_error
+    assert (catalog_error or "").startswith(f"the hub at {hub.url}/v1/catalog{said}"), catalog_error
 
 
 async def agent_status(config: Path, *options: str) -> str:
