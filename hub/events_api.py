@@ -76,6 +76,7 @@ class Invalid:
     index: int
     api_id: str | None
     reason: str
+    conflict: bool = False  # a later copy of a movement the request names with other content, not a bad event
 
 
 WINDOW_KEY = web.AppKey("events_clock_window_ms", int)
@@ -187,7 +188,7 @@ def _parse(
                 f"events[{i}]: events[{index}] names the same movement (id {values.shown(raw['id'])} at the same "
                 "occurred_at) with other content; send each movement once"
             )
-            invalid.append(Invalid(i, raw["id"], reason))
+            invalid.append(Invalid(i, raw["id"], reason, conflict=True))
             continue
         events.append(ev)
         ids.append(raw["id"])  # build_event checked it is a string
@@ -216,8 +217,11 @@ async def post_events(request: web.Request) -> web.Response:
     if invalid:
         metrics.observe_invalid(request.app, ROUTE, len(invalid))
         log.info("refused %d event(s) from %s: first %s", len(invalid), who.agent_id, invalid[0].reason)
-        message = f"{len(invalid)} event(s) are invalid and nothing was committed; first: {invalid[0].reason}"
         rejected = [{"index": b.index, "id": b.api_id, "reason": b.reason} for b in invalid]
+        if all(b.conflict for b in invalid):  # each event valid alone: the request contradicts itself (409)
+            message = f"{len(invalid)} event(s) contradict an earlier one and nothing was committed; first: {invalid[0].reason}"
+            return problems.response(409, message, code="conflicting_events", rejected=rejected)
+        message = f"{len(invalid)} event(s) are invalid and nothing was committed; first: {invalid[0].reason}"
         return problems.response(422, message, code="invalid_events", rejected=rejected)
     result = await request.app[STORE_KEY].ingest(who, CONNECTOR_EPOCH, events)
     elapsed_s = time.perf_counter() - started

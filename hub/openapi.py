@@ -100,7 +100,8 @@ API_VERSION = "1.7.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # 1.6: POST /v1/channels/{name}/orders/{order_id}/dismiss (a refused order booked by hand), and a
 # channel_order_refused exception's hub location and data.channel_location
 # 1.7: 429 on the order webhooks past the client address's budget of refused attempts (refused_attempts_per_s); the
-# outgoing webhook batches name the feed's history ("history")
+# outgoing webhook batches name the feed's history ("history"); POST /v1/events answers 409 conflicting_events to a
+# request naming one movement twice with other content
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -658,6 +659,9 @@ def _paths() -> dict[str, JSON]:
         {"200": ok("Committed: each event's fate in request order, and the counts touched.", ref("EventsAnswer"),
                    headers=RATE_LIMIT_HEADERS,
                    links={"ChangesAfter": link("getChanges", "The change feed, where these movements show up.")}),
+         "409": error(409, "Every event is valid alone, but some name a movement (`id` and `occurred_at`) an earlier one "
+                      "of the request names with other content (code conflicting_events); nothing was committed. "
+                      "`rejected` lists each later copy.", ref("InvalidApiEvents")),
          "422": error(422, "Some events break the contract; nothing was committed. `rejected` lists every bad one.",
                       ref("InvalidApiEvents")),
          "429": {"$ref": "#/components/responses/E429"}},

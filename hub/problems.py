@@ -59,6 +59,7 @@ TITLES: Mapping[str, str] = {
     "payload_too_large": "The request body is too large",
     "unsupported_media_type": "The request body's media type is not the route's",
     "invalid_events": "Some events break the contract; nothing was committed",
+    "conflicting_events": "Some events name a movement of the request again with other content; nothing was committed",
     "unusable_webhook": "The channel's webhook cannot be applied",
     "rate_limited": "Too many requests from this credential or address",
     "internal_error": "The hub failed to handle the request",
