@@ -29,8 +29,9 @@ Two rules keep the local count (hub count + pending movements) exact:
   row's position forgotten), with one WARNING; so does a sync answer whose
   position went back (``Outbox.apply_answer``).
 
-A cursor names the feed history it was read in (``protocol.feed``), and the
-hub answers a cursor in the form it was given. A cursor an agent from before
+A cursor names the feed history it was read in and its change
+(``protocol.feed``; to the agent one opaque token, stored as the position's
+history), and the hub answers a cursor in the form it was given. A cursor an agent from before
 histories stored as a plain number would so have stayed one until the feed
 was next read from 0, and a hub restored past it, or another hub, read on
 without a word: its first read now learns the hub's history (one page from
@@ -278,12 +279,12 @@ class CountFeed(HubLoop):
         The next read then checks the cursor against the hub's feed as any, stored with it."""
         probe = await self._get(0, None, 0.0, limit=HISTORY_PROBE_LIMIT)
         if isinstance(probe, wire.FeedPage) and probe.history is not None:
-            self._read_history = probe.history
+            self._read_history = wire.feed_history(probe.history)  # the probe's cursor names another change
             log.info(
                 "The count cache's feed position %d was stored in the older form, without the hub's feed history;"
                 " it goes on from there in history %s, so a hub restored or replaced from now on is noticed.",
                 self._read_to,
-                probe.history,
+                self._read_history,
             )
 
     async def _get(

@@ -58,12 +58,29 @@ in that form, as before: only a cursor ahead of the feed is refused then.
 A read with no cursor starts one of the new form. With a location or SKU
 filter a cursor may run ahead of the last change returned (past changes
 that did not match), never past one that did.
+
+A restore can keep the history: a directory snapshot that brings back
+``hub.db`` with ``hub.db.feed-home``, or a physical copy of a PostgreSQL
+cluster, keeps the home the history is tied to, and the restored hub numbers
+other changes under the ids its readers already read past. So a cursor also
+names its change: ``<change_id>.<history><check>``, the check a digest of that
+change as the hub held it when it gave the cursor out (``change_check``). On
+resume the hub reads that one change again (by id, one row: it replaces the
+read of the newest id that judged whether the cursor is ahead) and answers a
+cursor whose change it no longer holds as it was ``410``, as one of another
+history. A cursor of the history alone (given out before) is taken as before
+and answered in the new form. The check of the cursor it gives out comes from
+the page's last change, or the cursor it was given, or what the watch read;
+only a filtered page whose cursor ran past the changes it holds reads that
+change once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import socket
 from collections import deque
@@ -82,7 +99,7 @@ from hub.storage.base import ChangeRow, StoreClosed, StoreError
 from hub.storage.interfaces import FeedStore
 from protocol import event_id_hex
 from protocol import feed as wire
-from protocol.feed import HISTORY_CHARS, HISTORY_MAX_CHARS, HISTORY_SEP
+from protocol.feed import CHANGE_CHECK_CHARS, HISTORY_CHARS, HISTORY_MAX_CHARS, HISTORY_SEP, split_history
 from protocol.logsafety import RepeatLog
 from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, retry_after_value, run_turns
 
@@ -165,6 +182,15 @@ class ChangeWatch:
         if len(rows) == limit:
             return Page(rows, rows[-1].change_id, True), self._reads
         return Page(rows, self._latest, False), self._reads  # every change up to _latest is in _recent
+
+    def recent(self, change_id: int) -> ChangeRow | None:
+        """Change ``change_id`` as the watch read it, when it keeps it."""
+        if not self._recent_from < change_id <= self._latest:
+            return None
+        for row in reversed(self._recent):  # a cursor names the newest change, mostly
+            if row.change_id <= change_id:
+                return row if row.change_id == change_id else None
+        return None
 
     @property
     def waiting(self) -> int:
@@ -461,14 +487,54 @@ def change_json(r: ChangeRow) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Where a reader resumes: after ``after``, in the feed history ``history`` (None: a cursor of the old form)."""
+    """Where a reader resumes: after ``after``, in the feed history ``history`` (None: a cursor of the old form),
+    whose change ``after`` the hub held as ``check`` (``change_check``; None: not named)."""
 
     after: int
     history: str | None
+    check: str | None = None
 
-    def at(self, change_id: int) -> str:
-        """The cursor to give out for ``change_id``, in the form this one came in."""
-        return str(change_id) if self.history is None else f"{change_id}{HISTORY_SEP}{self.history}"
+    def text(self) -> str:
+        """The cursor as the hub gives it out."""
+        if self.history is None:
+            return str(self.after)
+        return f"{self.after}{HISTORY_SEP}{self.history}{self.check or ''}"
+
+    def of(self, row: ChangeRow) -> Cursor:
+        """The cursor after ``row``, in the form this one came in."""
+        return Cursor(row.change_id, self.history, None if self.history is None else change_check(row))
+
+
+def change_check(row: ChangeRow) -> str:
+    """A digest of a change as the hub holds it (its id, location, SKU, counts and event ids), which a cursor
+    carries so that a restore that kept the feed's history is noticed: ``CHANGE_CHECK_CHARS`` hex digits."""
+    digest = hashlib.blake2b(digest_size=CHANGE_CHECK_CHARS // 2)
+    fields = [row.change_id, row.location, row.sku, row.on_hand, row.reserved, row.available, row.in_transit]
+    digest.update(json.dumps(fields).encode())
+    for event_id in row.event_ids:  # 16 bytes each
+        digest.update(event_id)
+    return digest.hexdigest()
+
+
+async def change_at(store: FeedStore, change_id: int) -> ChangeRow | None:
+    """Change ``change_id`` as the store holds it (None: it holds none of that id)."""
+    rows = await store.changes(change_id - 1, 1)
+    return rows[0] if rows and rows[0].change_id == change_id else None
+
+
+async def cursor_at(
+    store: FeedStore, watch: ChangeWatch, given: Cursor, change_id: int, rows: list[ChangeRow]
+) -> Cursor:
+    """The cursor to give out after ``change_id`` in the form ``given`` came in, naming that change: from the
+    page's ``rows``, ``given`` itself, what the watch read, or else one read of it."""
+    if given.history is None or change_id == 0:
+        return Cursor(change_id, given.history)
+    if rows and rows[-1].change_id == change_id:
+        return given.of(rows[-1])
+    if change_id == given.after and given.check is not None:
+        return given
+    row = watch.recent(change_id) or await change_at(store, change_id)
+    return Cursor(change_id, given.history) if row is None else given.of(row)
 
 
 def parse_cursor(raw: str, name: str = "cursor") -> int:
@@ -477,24 +543,47 @@ def parse_cursor(raw: str, name: str = "cursor") -> int:
 
 
 def read_cursor(raw: str, name: str = "cursor") -> Cursor:
-    """``<change_id>.<history>``, or the old form ``<change_id>``; a 400 for anything else."""
-    number, sep, history = raw.partition(HISTORY_SEP)
+    """``<change_id>.<history><check>``, ``<change_id>.<history>`` or the old form ``<change_id>``; a 400 for
+    anything else (a change named at 0, where there is none)."""
+    number, sep, token = raw.partition(HISTORY_SEP)
+    history, check = split_history(token) if sep else (None, None)
     if (
         not number.isascii() or not number.isdigit() or len(number) > 19 or int(number) > CURSOR_MAX
-        or (sep and not (0 < len(history) <= HISTORY_MAX_CHARS and set(history) <= HISTORY_CHARS))
+        or (sep and not (0 < len(token) <= HISTORY_MAX_CHARS and set(token) <= HISTORY_CHARS))
+        or (check is not None and int(number) == 0)
     ):  # fmt: skip
         raise web.HTTPBadRequest(
             text=f"{name} must be a cursor the hub gave out (as it gave it, or 0 for the start), got {raw[:40]!r}"
         )
-    return Cursor(int(number), history if sep else None)
+    return Cursor(int(number), history, check)
 
 
 def check_history(store: FeedStore, cursor: Cursor, name: str = "cursor") -> None:
     """A 410 for a cursor of another history of the feed: the changes after it are not the ones its reader saw."""
     if cursor.history is None or cursor.history == store.feed_history:
         return
-    raise web.HTTPGone(
-        text=f"{name} {cursor.at(cursor.after)} is of an earlier history of this hub's change feed (its database was "
+    raise _gone(cursor, name)
+
+
+async def check_change(store: FeedStore, cursor: Cursor, name: str = "cursor") -> bool:
+    """A 410 for a cursor whose change the hub no longer holds as it gave the cursor out (a restore that kept the
+    feed's history); True when the cursor names its change (which is then there: the cursor is not ahead)."""
+    if cursor.check is None:
+        return False
+    row = await change_at(store, cursor.after)
+    if row is None or change_check(row) != cursor.check:
+        log.info(
+            "refused a change feed cursor at change %d: this hub %s (its database was put back to an earlier state "
+            "that kept the feed's history)", cursor.after,
+            "holds no such change" if row is None else "holds another change of that id",
+        )  # fmt: skip
+        raise _gone(cursor, name)
+    return True
+
+
+def _gone(cursor: Cursor, name: str) -> web.HTTPGone:
+    return web.HTTPGone(
+        text=f"{name} {cursor.text()} is of an earlier history of this hub's change feed (its database was "
         "restored from a backup, or copied or moved, since): changes after it may differ from the ones read; read "
         "the feed again from the start (leave the cursor out), or note the newest change, then take the counts and go on "
         "from it"
@@ -555,7 +644,8 @@ async def get_changes(request: web.Request) -> web.Response:
     watch = request.app[FEED_KEY]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    await check_not_ahead(store, after)
+    if not await check_change(store, given):
+        await check_not_ahead(store, after)
     check_budget(request)  # 429 past the credential's read budget
     page = await read_page(store, after, limit, location, sku)
     charge(request, page)
@@ -581,7 +671,7 @@ async def get_changes(request: web.Request) -> web.Response:
         raise Unauthorized(REVOKED_TEXT)
     body = {
         wire.CHANGES_FIELD: [change_json(r) for r in page.rows],
-        wire.CURSOR_FIELD: given.at(page.cursor),
+        wire.CURSOR_FIELD: (await cursor_at(store, watch, given, page.cursor, page.rows)).text(),
         wire.MORE_FIELD: page.more,
     }
     return web.json_response(body, dumps=views.dumps, headers={"Cache-Control": "no-store"})
@@ -616,11 +706,13 @@ async def get_changes_stream(request: web.Request) -> web.StreamResponse:
     if resume is not None:
         given = read_cursor(resume.strip(), "Last-Event-ID")
         check_history(store, given, "Last-Event-ID")
-        await check_not_ahead(store, given.after, "Last-Event-ID")
+        if not await check_change(store, given, "Last-Event-ID"):
+            await check_not_ahead(store, given.after, "Last-Event-ID")
     elif "cursor" in request.rel_url.query:
         given = read_cursor(request.rel_url.query["cursor"])
         check_history(store, given)
-        await check_not_ahead(store, given.after)
+        if not await check_change(store, given):
+            await check_not_ahead(store, given.after)
     else:
         given = Cursor(await store.latest_change_id(), store.feed_history or None)  # no position given: from now on
     check_budget(request)  # 429 past the credential's read budget
@@ -657,7 +749,8 @@ async def _stream(
     try:
         # the ready event carries its cursor as its id too: a client that lost the stream before any change
         # resumes from it (Last-Event-ID), not from the newest change, which would skip what came in between
-        await sse.send(views.dumps({"cursor": given.at(after)}), id=given.at(after), event="ready", retry=STREAM_RETRY_MS)
+        ready = (await cursor_at(store, watch, given, after, [])).text()
+        await sse.send(views.dumps({"cursor": ready}), id=ready, event="ready", retry=STREAM_RETRY_MS)
         while not watch.closed and not gone.done():
             try:
                 shared: tuple[Page, int | None] | None = watch.page_after(after, STREAM_BATCH, location, sku)
@@ -683,7 +776,7 @@ async def _stream(
                 )
                 return
             for row in page.rows:
-                await sse.send(views.dumps(change_json(row)), id=given.at(row.change_id), event="change")
+                await sse.send(views.dumps(change_json(row)), id=given.of(row).text(), event="change")
             after = page.cursor
             if page.more:
                 continue

@@ -13,6 +13,17 @@ copied or moved. A cursor of another history is answered ``410``: the changes
 after it are not the ones its reader saw (another hub, a staging copy of
 production). The decimal ``change_id`` alone is the older form, which a hub
 answers in that form and judges only by whether it is ahead of its feed.
+
+After the history (``FEED_HISTORY_CHARS`` hex digits) a hub also names the
+cursor's change: ``CHANGE_CHECK_CHARS`` hex digits of a digest of change
+``change_id`` as it holds it (``hub.feed.change_check``). A restore that keeps
+the history (a directory snapshot put back with its side file, a physical
+copy of a PostgreSQL cluster) numbers other changes under the same ids: the
+hub then no longer holds that change and answers ``410`` as for another
+history. To a reader the part after the dot is one opaque token; only an agent
+learning the history alone for a cursor stored in the older form
+(``feed_history``) looks inside it. A history without a change named is still
+taken, as hubs gave it out before.
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ CURSOR_MAX = (1 << 63) - 1
 HISTORY_SEP = "."
 HISTORY_CHARS = frozenset("0123456789abcdef")
 HISTORY_MAX_CHARS = 32
+FEED_HISTORY_CHARS = 12  # a hub's feed history (hub.storage.feed.FEED_HISTORY_BYTES)
+CHANGE_CHECK_CHARS = 8  # the digest of the cursor's change that follows it
 COUNT_ABS_MAX = 1 << 62  # counts are 64-bit on both backends
 
 
@@ -74,7 +87,7 @@ class FeedPage:
     changes: tuple[FeedChange, ...]
     cursor: int  # resume after this
     more: bool  # a full page: ask again at once
-    history: str | None = None  # the feed history the cursor is of (None: a cursor of the older form)
+    history: str | None = None  # the cursor's part after the dot: its history (and change); None: the older form
 
     def cursor_text(self) -> str:
         """The cursor as the hub gave it out."""
@@ -100,6 +113,18 @@ def read_cursor(value: Any, name: str = CURSOR_FIELD) -> tuple[int, str | None]:
     if sep and not (0 < len(history) <= HISTORY_MAX_CHARS and set(history) <= HISTORY_CHARS):
         raise ProtocolError(f"must be a cursor: its history is at most {HISTORY_MAX_CHARS} hex digits", field=name)
     return _int(int(number), name, 0, CURSOR_MAX), history if sep else None
+
+
+def split_history(token: str) -> tuple[str, str | None]:
+    """A cursor's part after the dot as (the feed history, the check naming its change or None)."""
+    if len(token) == FEED_HISTORY_CHARS + CHANGE_CHECK_CHARS:
+        return token[:FEED_HISTORY_CHARS], token[FEED_HISTORY_CHARS:]
+    return token, None
+
+
+def feed_history(token: str) -> str:
+    """The feed history alone of a cursor's part after the dot (without the check naming its change)."""
+    return split_history(token)[0]
 
 
 def cursor_text(change_id: int, history: str | None) -> str:

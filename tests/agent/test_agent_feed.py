@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import random
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -290,11 +291,50 @@ async def test_a_cursor_stored_in_the_older_form_takes_the_hubs_history_at_its_n
     assert len(learned) == 1 and learned[0].count(". ") == 0, learned
 
 
-async def _restored_past_the_cursor(hub: Hub, feed: CountFeed, outbox: Outbox, backup: Path) -> None:
-    """The hub restored from ``backup``, which numbers five new changes past the agent's cursor before the agent
-    reads it again: the agent's cache ends with the restored hub's counts, its feed read again from 0 once."""
+async def test_a_hub_put_back_with_its_feed_home_is_followed_from_0_not_read_on_past_its_new_changes(
+    tmp_path: Path, hub: Hub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hub.db and hub.db.feed-home copied aside with the hub stopped, and back in place later (a directory
+    snapshot): the feed keeps its history, so only the change the cursor names tells the restored hub's changes
+    2 to 6 from the ones the agent read; it used to read on from its cursor 4, and missed changes 2 to 4."""
+    caplog.set_level(logging.INFO)
+    await channel_event(hub, "receive", 10)
     await hub.server.close()
-    restored = await Served(backup).start()
+    aside = tmp_path / "snapshot"
+    aside.mkdir()
+    names = [p.name for p in tmp_path.iterdir() if p.name.startswith("hub.db") and p.name != "hub.db.serving.lock"]
+    assert "hub.db.feed-home" in names
+    for name in names:
+        shutil.copyfile(tmp_path / name, aside / name)
+    hub.server = await Served(hub.db).start()
+    hub.url = hub.server.url
+    async with CountFeed(outbox, hub.url, hub.token, wait_s=5.0, retry_base_s=0.01, retry_max_s=0.05) as feed:
+        for n in range(3):
+            await channel_event(hub, "reserve", 1, ref=f"order-{n}")
+        await wait_until(lambda: _is(local(outbox), (10, 3, 7)), "the cache follows the live hub")
+        assert (await outbox.feed_position()).cursor == 4
+
+        async def put_back() -> Path:
+            for p in tmp_path.iterdir():
+                if p.name.startswith("hub.db-"):
+                    p.unlink()
+            for name in names:
+                shutil.copyfile(aside / name, tmp_path / name)  # over the same files, as cp does: same inode
+            return hub.db
+
+        await _restored_past_the_cursor(hub, feed, outbox, put_back)
+    restarts = [r.getMessage() for r in caplog.records if "again from the start" in r.getMessage()]
+    assert len(restarts) == 1 and "is not the one this agent's position 4 was read in" in restarts[0], restarts
+
+
+async def _restored_past_the_cursor(
+    hub: Hub, feed: CountFeed, outbox: Outbox, backup: Path | Callable[[], Awaitable[Path]]
+) -> None:
+    """The hub restored from ``backup`` (or the file a restore with the hub stopped gives), which numbers five new
+    changes past the agent's cursor before the agent reads it again: the agent's cache ends with the restored
+    hub's counts, its feed read again from 0 once."""
+    await hub.server.close()
+    restored = await Served(backup if isinstance(backup, Path) else await backup()).start()
     try:
         hub.url = restored.url
         for n in range(5):  # numbered 2 to 6 by the restored hub: past the agent's cursor

@@ -102,6 +102,10 @@ async def test_a_feed_read_walks_many_small_runs_and_big_ones(pg_url: str) -> No
         assert await store.changes(0, 5_000) == expected[:5_000]
         assert await store.changes(140, 5_000, "S1") == [c for c in expected if c.location == "S1"][140:]
         assert await store.changes(0, 5_000, sku="K0007") == [c for c in expected if c.sku == "K0007"]
+        # one change alone, as a feed cursor's is read (cut out of its run): first, inside and last of a run
+        for c in [*expected[:3], expected[150], expected[151], expected[1_000], expected[2_150], *expected[-3:]]:
+            assert await store.changes(c.change_id - 1, 1) == [c]
+        assert await store.changes(expected[-1].change_id, 1) == []
 
 
 async def test_a_schema_16_feed_becomes_runs_of_one_under_the_same_ids_and_history(pg_url: str) -> None:

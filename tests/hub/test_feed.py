@@ -19,7 +19,7 @@ import pytest
 
 from hub import HubSettings, open_store, serve
 from hub.drain import GATE_KEY
-from hub.feed import FEED_KEY, end_streams
+from hub.feed import FEED_KEY, change_check, end_streams
 from hub.storage.base import AgentIdentity
 from protocol import Kind
 from tests.harness.clock import RECENT_MS
@@ -84,7 +84,8 @@ async def test_a_long_poll_wakes_when_an_agent_syncs(hub: Hub) -> None:
     await agent.sync((Kind.SALE, -1))
     page = await asyncio.wait_for(poll, BOUND_S)  # far less than wait=30 and the 60 s re-check: the poke woke it
     assert [(c["sku"], c["on_hand"]) for c in page["changes"]] == [("A", 3)]
-    assert page["cursor"] == f"{page['changes'][-1]['change_id']}.{hub.store.feed_history}" != cursor
+    last = await hub.store.changes(page["changes"][-1]["change_id"] - 1, 1)
+    assert page["cursor"] == f"{last[0].change_id}.{hub.store.feed_history}{change_check(last[0])}" != cursor
 
 
 async def test_a_long_poll_sees_a_commit_of_another_hub_process_by_rechecking(tmp_path: Path) -> None:
@@ -179,7 +180,9 @@ async def test_the_stream_delivers_changes_live_and_resumes_from_last_event_id(h
     assert change["event"] == "change"
     data = json.loads(change["data"])
     assert (data["location"], data["sku"], data["on_hand"], data["available"]) == ("S1", "A", 4, 4)
-    assert change["id"] == f"{data['change_id']}.{hub.store.feed_history}" and data["change_id"] > int(start.split(".")[0])
+    row = (await hub.store.changes(data["change_id"] - 1, 1))[0]
+    assert change["id"] == f"{data['change_id']}.{hub.store.feed_history}{change_check(row)}"
+    assert data["change_id"] > int(start.split(".")[0])
     resp.close()
 
     await agent.sync((Kind.SALE, -1))  # while nobody listens

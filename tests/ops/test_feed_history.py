@@ -8,6 +8,7 @@ write more, restore, write different changes, then resume with the old cursor.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
+
 from protocol import MSGPACK_CONTENT_TYPE, Kind, StockEvent, SyncRequest, encode_sync_request, new_event_id, pack_hlc
+from protocol import feed as wire
 from tests.harness.clock import RECENT_MS
 from tests.harness.commands import hub_env, new_hub_db, run_hub
 from tests.harness.hub_process import HubProcess
@@ -72,8 +76,8 @@ def before_restore(url: str, reader: str, store: tuple[str, str], backup: Any) -
     sync(url, store, "S001", range(3, 5), "SKU-A")
     late = changes(url, reader, early)
     assert [c["change_id"] for c in late["changes"]] == [3, 4]
-    history = late["cursor"].partition(".")[2]
-    assert late["cursor"] == f"4.{history}" and early == f"2.{history}" and len(history) == 12
+    history = wire.feed_history(late["cursor"].partition(".")[2])
+    assert len(history) == 12 and late["cursor"].startswith(f"4.{history}") and early.startswith(f"2.{history}")
     return early, late["cursor"], "4"
 
 
@@ -220,7 +224,7 @@ def test_a_copy_written_over_the_same_sqlite_file_begins_a_new_history(tmp_path:
     with HubProcess(tmp_path / "second.log", env=env) as served:
         sync(served.url, store, "S001", range(3, 5), "SKU-A")
         late = changes(served.url, reader, early)["cursor"]
-        assert late.startswith("4.") and late.partition(".")[2] == early.partition(".")[2]
+        assert late.startswith("4.") and wire.feed_history(late[2:]) == wire.feed_history(early[2:])
         assert served.stop() == 0
     inode = db.stat().st_ino
     shutil.copyfile(old, db)  # written over the same file, as cp does
@@ -242,3 +246,93 @@ def test_a_copy_written_over_the_same_sqlite_file_begins_a_new_history(tmp_path:
         status, problem = get(f"{replaced.url}/v1/changes?cursor={fresh}", reader)
         assert replaced.stop() == 0
     assert status in (401, 410), problem  # the other hub knows none of hub.db's credentials, or refuses the cursor
+
+
+def resume_after_a_snapshot_restore(url: str, reader: str, other: tuple[str, str], kept: str) -> None:
+    """The restored hub numbers three other changes 3 to 5: the cursor of change 4 is refused (410, the history
+    sentence), not answered 400 and then 200 with change 5 alone (changes 3 and 4 skipped for good)."""
+    status, problem = get(f"{url}/v1/changes?cursor={kept}", reader)
+    assert status == 410, problem  # the restored hub has two changes: cursor 4 names none of them
+    sync(url, other, "S002", range(1, 4), "SKU-B")
+    for cursor in (kept, kept.partition(".")[0] + "." + wire.feed_history(kept.partition(".")[2])):
+        status, problem = get(f"{url}/v1/changes?cursor={cursor}", reader)
+        if cursor != kept:  # the history alone (a cursor from before changes were named): taken, as before
+            assert status == 200, problem
+            continue
+        assert status == 410, (cursor, problem)
+        assert problem["code"] == "gone" and "earlier history" in problem["detail"], problem
+        assert "from the start" in problem["detail"], problem
+    status, problem = get(f"{url}/v1/changes/stream", reader, {"Last-Event-ID": kept})
+    assert status == 410 and "Last-Event-ID" in problem["detail"], problem
+    fresh = changes(url, reader)  # read again from the start: every change the restored hub holds
+    assert [(c["change_id"], c["location"]) for c in fresh["changes"]] == [
+        (1, "S001"), (2, "S001"), (3, "S002"), (4, "S002"), (5, "S002")]  # fmt: skip
+    assert changes(url, reader, fresh["cursor"])["changes"] == []  # a cursor of this hub's own is taken
+
+
+def test_a_cursor_kept_across_a_sqlite_snapshot_put_back_in_place_is_refused(tmp_path: Path) -> None:
+    """hub.db and hub.db.feed-home copied aside with the hub stopped and copied back in place (a directory
+    snapshot, or files restored keeping the inode): same history, and the same change ids for other changes."""
+    db, aside = tmp_path / "hub.db", tmp_path / "snapshot"
+    env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    new_hub_db(db, env=env)
+    store, other = credential(env, "--location", "S001"), credential(env, "--location", "S002")
+    _, reader = credential(env, "--role", "reader")
+    with HubProcess(tmp_path / "first.log", env=env) as served:
+        sync(served.url, store, "S001", range(1, 3), "SKU-A")
+        assert served.stop() == 0
+    aside.mkdir()
+    names = [p.name for p in tmp_path.iterdir() if p.name.startswith("hub.db") and p.name != "hub.db.serving.lock"]
+    assert "hub.db.feed-home" in names
+    for name in names:
+        shutil.copyfile(tmp_path / name, aside / name)
+    with HubProcess(tmp_path / "second.log", env=env) as served:
+        sync(served.url, store, "S001", range(3, 5), "SKU-A")
+        kept = changes(served.url, reader)["cursor"]
+        assert kept.startswith("4.")
+        assert served.stop() == 0
+    inode = db.stat().st_ino
+    for p in tmp_path.iterdir():
+        if p.name.startswith("hub.db-"):
+            p.unlink()
+    for name in names:
+        shutil.copyfile(aside / name, tmp_path / name)  # written back over the same files, as cp does
+    assert db.stat().st_ino == inode
+    with HubProcess(tmp_path / "restored.log", env=env) as again:
+        resume_after_a_snapshot_restore(again.url, reader, other, kept)
+        assert again.stop() == 0
+    assert "begins a new history" not in again.log  # the hub cannot tell it from a restart: the cursor tells
+
+
+def test_a_cursor_kept_across_a_physical_pg_restore_is_refused(
+    tmp_path: Path,
+    pg_databases: tuple[str, str],  # noqa: F811
+) -> None:
+    """A physical copy (pg_basebackup, a point-in-time recovery) keeps the cluster's and the tables' ids, so the
+    feed keeps its history: simulated by rolling the feed back to its second change, as such a restore does."""
+    live, _ = pg_databases
+    env = hub_env(SHELFSYNC_HUB_DB=live, SHELFSYNC_HUB_PORT="0", SHELFSYNC_HUB_RATE_LIMIT_PER_S="0")
+    store, other = credential(env, "--location", "S001"), credential(env, "--location", "S002")
+    _, reader = credential(env, "--role", "reader")
+    with HubProcess(tmp_path / "hub.log", env=env) as served:
+        sync(served.url, store, "S001", range(1, 3), "SKU-A")
+        sync(served.url, store, "S001", range(3, 5), "SKU-A")
+        kept = changes(served.url, reader)["cursor"]
+        assert kept.startswith("4.")
+        assert served.stop() == 0
+
+    async def roll_back() -> None:
+        conn = await asyncpg.connect(live, timeout=10)
+        try:
+            async with conn.transaction():
+                assert await conn.fetchval("SELECT count(*) FROM change_runs WHERE first_id > 2") == 1
+                await conn.execute("DELETE FROM change_runs WHERE first_id > 2")
+                await conn.execute("UPDATE change_counter SET last_id = 2")
+        finally:
+            await conn.close()
+
+    asyncio.run(roll_back())
+    with HubProcess(tmp_path / "restored.log", env=env) as again:
+        resume_after_a_snapshot_restore(again.url, reader, other, kept)
+        assert again.stop() == 0
+    assert "begins a new history" not in again.log

@@ -266,10 +266,13 @@ def test_no_agreement_is_spelled_outside_protocol() -> None:
 
 
 def test_a_feed_cursor_reads_back_with_its_history_as_the_hub_gives_it_out() -> None:
-    page = {"changes": [], "cursor": Cursor(7, "33f16c0c6237").at(7), "more": False}
+    page = {"changes": [], "cursor": Cursor(7, "33f16c0c6237", "0a1b2c3d").text(), "more": False}
     decoded = wire.decode_page(page, 0)
-    assert (decoded.cursor, decoded.history, decoded.cursor_text()) == (7, "33f16c0c6237", "7.33f16c0c6237")
-    assert read_cursor(decoded.cursor_text()) == Cursor(7, "33f16c0c6237")
+    assert (decoded.cursor, decoded.history, decoded.cursor_text()) == (
+        7, "33f16c0c62370a1b2c3d", "7.33f16c0c62370a1b2c3d")  # fmt: skip
+    assert wire.feed_history(decoded.history or "") == "33f16c0c6237"  # what an agent learns for an older cursor
+    assert read_cursor(decoded.cursor_text()) == Cursor(7, "33f16c0c6237", "0a1b2c3d")
+    assert read_cursor("7.33f16c0c6237") == Cursor(7, "33f16c0c6237")  # the history alone, as hubs gave it before
     old = wire.decode_page({**page, "cursor": "7"}, 0)
     assert (old.history, old.cursor_text()) == (None, "7")  # an older hub's, or an older cursor's answer
     for bad in ("7.", "7.XYZ", "7." + "a" * 33, ".ab", "x.ab"):
