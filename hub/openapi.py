@@ -324,7 +324,7 @@ IF_NONE_MATCH = {
 # --- answers ------------------------------------------------------------------------------------------
 
 
-# A change feed cursor: <change_id>.<history>, or the older form, the change id alone (hub/feed.py).
+# A change feed cursor: <change_id>.<history><check>, <change_id>.<history>, or the change id alone (hub/feed.py).
 CHANGE_CURSOR_PATTERN = r"^[0-9]{1,19}(\.[0-9a-f]{1,32})?$"
 
 ERROR_STATUS: Mapping[int, tuple[str, str]] = {
@@ -892,9 +892,10 @@ def _paths() -> dict[str, JSON]:
     add(routes.CHANGES_PATH, "get", operation(
         "getChanges", "A page of the change feed",
         "Every committed change of a count, oldest first, after `cursor`; with `wait`, a long-poll until one comes. "
-        "A cursor is `<change_id>.<history>`; 410 for a cursor of an earlier history of the feed (the database was "
-        "restored from a backup since). A cursor of the older form, the decimal change id alone, is still taken and "
-        "answered in that form.",
+        "A cursor is `<change_id>.<history><check>` (the check names the change); 410 for a cursor of an earlier "
+        "history of the feed (the database was restored from a backup since), or whose change the hub no longer "
+        "holds as it was (a restore that kept the history). A cursor of the older form, the decimal change id alone, "
+        "is still taken and answered in that form.",
         "Change feed",
         {"200": ok("A page of changes.", ref("ChangesPage"),
                    headers={"Cache-Control": header("no-store", string())},
