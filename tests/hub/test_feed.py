@@ -74,6 +74,38 @@ async def test_every_change_is_served_exactly_once_across_cursor_resumes(hub: Hu
     assert again == {"changes": [], "cursor": cursor, "more": False}
 
 
+async def test_a_cursor_names_its_change_and_the_forms_from_before_are_still_taken(hub: Hub) -> None:
+    """A cursor names its change; the history alone (as hubs gave it out before) is taken and answered with its
+    change named, the decimal id alone in its own form; a cursor naming another change under its id is a 410."""
+    agent = await hub.agent()
+    await agent.sync((Kind.RECEIVE, 4))
+    await agent.sync((Kind.SALE, -1), (Kind.RECEIVE, 2, "B"))
+    page = await hub.get_json("/v1/changes")
+    ids = [c["change_id"] for c in page["changes"]]
+    assert len(ids) == 3
+    history = hub.store.feed_history
+    first = (await hub.store.changes(0, 1))[0]
+    named = f"{first.change_id}.{history}{change_check(first)}"
+    assert (await hub.get_json("/v1/changes?limit=1"))["cursor"] == named
+    from_named = await hub.get_json(f"/v1/changes?cursor={named}")
+    assert [c["change_id"] for c in from_named["changes"]] == ids[1:] and from_named["cursor"] == page["cursor"]
+    alone = await hub.get_json(f"/v1/changes?cursor={first.change_id}.{history}")
+    assert alone == from_named
+    decimal = await hub.get_json(f"/v1/changes?cursor={first.change_id}")
+    assert [c["change_id"] for c in decimal["changes"]] == ids[1:] and decimal["cursor"] == str(ids[-1])
+    at_head = await hub.get_json(f"/v1/changes?cursor={page['cursor']}&location=S1&sku=B")
+    assert at_head == {"changes": [], "cursor": page["cursor"], "more": False}
+    filtered = await hub.get_json(f"/v1/changes?cursor={named}&sku=A")  # past the change of B: named too
+    assert [c["sku"] for c in filtered["changes"]] == ["A"] and filtered["cursor"] == page["cursor"]
+
+    other = f"{first.change_id}.{history}{'0' * 8 if change_check(first) != '0' * 8 else '1' * 8}"
+    for cursor in (other, f"{ids[-1] + 1}.{history}{change_check(first)}"):  # another change; none of that id
+        problem = await hub.get_json(f"/v1/changes?cursor={cursor}", status=410)
+        assert "earlier history" in problem["detail"] and "from the start" in problem["detail"], problem
+    problem = await hub.get_json(f"/v1/changes?cursor=0.{history}{change_check(first)}", status=400)
+    assert "must be a cursor the hub gave out" in problem["detail"]
+
+
 async def test_a_long_poll_wakes_when_an_agent_syncs(hub: Hub) -> None:
     agent = await hub.agent()
     await agent.sync((Kind.RECEIVE, 4))
