@@ -107,13 +107,16 @@ class Sale:
     """A sale the channel recorded (Square: an adjustment from ``IN_STOCK`` to ``SOLD``): the channel's order behind
     it, how many units, when it occurred (wall ms, the channel's ``occurred_at``) and when the channel received it
     (its ``created_at``; 0: not said); ``hub_ms``: that receipt on the hub's clock (corrected by how far the
-    channel's clock is behind the hub's, ``CallRecord.peer_behind_ms``; 0: not said)."""
+    channel's clock is behind the hub's, ``CallRecord.peer_behind_ms``; 0: not said); ``change_id``: the channel's
+    id of the sale itself (Square's adjustment). ``order_id`` is empty for a sale that names no order (Square: an
+    adjustment without a ``transaction_id``, a sale without a payment)."""
 
     order_id: str
     units: int
     occurred_ms: int
     received_ms: int = 0
     hub_ms: int = 0
+    change_id: str = ""
 
 
 class Confirmed(dict[LevelKey, int]):

@@ -72,6 +72,7 @@ from hub.channels.connector import (
     Kept,
     LevelsRefused,
     Moved,
+    Sale,
     Target,
 )
 from hub.channels.levels import LevelKey, sku_levels
@@ -81,8 +82,9 @@ from hub.channels.shopify import ShopifyConnector
 from hub.channels.state import ChannelState, Refusal, Unbooked
 from hub.heartbeat import BEATING, Heartbeat, beat
 from hub.storage.base import AgentStatus, ChangeRow, CountRow, Effect, LedgerRow, StoreClosed, StoreError
+from hub.storage.findings import UNBOOKED_SALE_PREFIX
 from hub.storage.keys import CountKey
-from protocol import unpack_hlc, wall_ms_now
+from protocol import pack_hlc, unpack_hlc, wall_ms_now
 from protocol.retry import Backoff, Health, TurnFailed, run_turns
 
 if TYPE_CHECKING:
@@ -108,6 +110,20 @@ SALES_WAIT_MAX_MS = 24 * 3600 * 1000
 # off (the side that never shows more than the shelf holds) until its order reaches the hub
 COUNT_MARGIN_MS = 60 * 1000
 COUNT_LOOKUP = 8  # ledger rows read back from a count's stamp to find its event (its agent and receipt)
+# A register sale that names no order the hub booked (Square: no transaction_id, a sale without a payment; or one no
+# order of the hub carries) is matched to a sale the hub booked from one of the channel's orders: the same item,
+# location and units, the order's time within this long of the sale's occurred_at (both Square's clock) …
+ORDER_MATCH_WINDOW_MS = 10 * 60 * 1000
+ORDER_MATCH_LOOKUP = 200  # … among at most this many of the SKU's newest ledger rows at each hub location feeding it
+ORDER_MATCH_SKEW_MS = 3600 * 1000  # those rows are stamped in a store PC's frame (its skew): read this far past it
+# A sale taken off the counts whose order has not come this long after Square received it is an exception for a
+# person (``channel_order_refused`` of id ``sale:<adjustment id>``): a register order's webhook comes in seconds
+UNBOOKED_SALE_WAIT_MS = 3600 * 1000
+SALE_PREFIX = UNBOOKED_SALE_PREFIX  # a sale reported so is stored with the channel's refused orders under this id
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _utc(ms: int) -> str:
@@ -268,6 +284,7 @@ class ChannelPusher(LoopTask):
         self._less_from: dict[LevelKey, int] = {}  # when the channel received the oldest of them (its record's time)
         # levels whose last confirmation says nothing of what it took off (stored before schema 14): read once
         self._less_unknown: set[LevelKey] = set()
+        self.unbooked_sale_wait_ms = UNBOOKED_SALE_WAIT_MS  # a sale taken off this long is reported (tests set it)
         self._counted_at: dict[LevelKey, int] = {}  # wall ms of the hub's last stock count behind each level (0: none)
         # the hub's rows behind each level, with their last count's stamp (None: none), and each count's time on the
         # hub's clock as found (``_count_times``), by (location, SKU): (the count's stamp, hub ms)
@@ -691,15 +708,22 @@ class ChannelPusher(LoopTask):
             if checking:
                 return targets, {}
             return targets, {k: Unbooked(0, since[k]) for k in counted}  # the next read goes back as far
-        orders = {s.order_id for found in sales.values() for s in found}
+        orders = {s.order_id for found in sales.values() for s in found if s.order_id}
         booked = await self.state.orders_booked(self.order_channels, orders) if orders else set()
         refused = await self.state.orders_refused(self.order_channels, orders - booked) if orders - booked else set()
-        unbooked = [k for k in targets if any(s.order_id not in booked for s in sales.get(k, ()))]
+        matched, reported, dismissed = await self._sales_settled(sales, booked | refused, orders, checking)
+        settled = matched | dismissed  # change ids of sales the hub holds: matched to a booked order, booked by hand
+
+        def waits(s: Sale) -> bool:
+            return s.order_id not in booked and s.change_id not in settled
+
+        unbooked = [k for k in targets if any(waits(s) for s in sales.get(k, ()))]
         count_ms = await self._count_times(unbooked) if unbooked else {}
         less: dict[LevelKey, Unbooked] = {}
         out: dict[LevelKey, Target] = {}
         left: dict[LevelKey, int] = {}  # units of sales in refused orders, per level
         done: list[LevelKey] = []
+        overdue: list[tuple[LevelKey, Sale]] = []  # sales taken off whose orders have waited too long: reported
         for k, t in targets.items():
             at_ms = min(t.occurred_at_ms, now_ms)  # a stamp in the future goes out as now (the connector's window)
             # after the count's time by Square's rule (its occurred_at against the count's, both as sent to it), and
@@ -707,10 +731,16 @@ class ChannelPusher(LoopTask):
             seen = count_ms.get(k, 0) - COUNT_MARGIN_MS
             after = [
                 s for s in sales.get(k, ())
-                if s.order_id not in booked and s.occurred_ms <= at_ms
+                if waits(s) and s.occurred_ms <= at_ms
                 and not (count_ms.get(k, 0) and (s.hub_ms or s.received_ms or s.occurred_ms) < seen)
             ]  # fmt: skip
             taken = [s for s in after if s.order_id not in refused]
+            if not checking:
+                overdue.extend(
+                    (k, s) for s in taken
+                    if s.change_id and SALE_PREFIX + s.change_id not in reported
+                    and now_ms - (s.hub_ms or s.received_ms or s.occurred_ms) >= self.unbooked_sale_wait_ms
+                )  # fmt: skip
             if len(taken) < len(after):
                 left[k] = sum(s.units for s in after if s.order_id in refused)
             quantity = max(0, t.quantity - sum(s.units for s in taken))
@@ -731,17 +761,22 @@ class ChannelPusher(LoopTask):
                 self._less_unknown.discard(k)
         if checking:
             return out, less
+        if overdue:
+            await self._report_unbooked(overdue)
         who = KIND_NAMES.get(self.spec.kind, self.spec.kind)
         taken_off = {k: u.units for k, u in less.items() if u.units and k in out}
         if taken_off:
             k = min(taken_off)
-            orders_of = sorted({s.order_id for s in sales.get(k, ()) if s.order_id not in booked | refused})
+            waiting = [s for s in sales.get(k, ()) if waits(s) and s.order_id not in refused]
+            orders_of = [f"order {o}" for o in sorted({s.order_id for s in waiting if s.order_id})][:3]
+            if any(not s.order_id for s in waiting):
+                orders_of.append("a sale naming no order")
             log.info(
                 "channel %s: %s sold %d unit(s) at %d level(s) whose orders have not reached the hub (first %s at %s: "
-                "the hub's level %d, %d sold in order %s, %d pushed); the counts go out less them, so those sales stay "
+                "the hub's level %d, %d sold in %s, %d pushed); the counts go out less them, so those sales stay "
                 "sold until their orders come back",
                 self.spec.name, who, sum(taken_off.values()), len(taken_off), self._key_sku.get(k, k.item_id),
-                k.location_id, targets[k].quantity, taken_off[k], ", ".join(orders_of[:3]) or "?", out[k].quantity,
+                k.location_id, targets[k].quantity, taken_off[k], ", ".join(orders_of) or "order ?", out[k].quantity,
             )  # fmt: skip
         if left:
             k = min(left)
@@ -754,6 +789,111 @@ class ChannelPusher(LoopTask):
                 left[k], ", ".join(orders_of[:3]),
             )  # fmt: skip
         return out, less
+
+    async def _sales_settled(
+        self, sales: Mapping[LevelKey, Sequence[Sale]], known: Collection[str], named: Collection[str], checking: bool
+    ) -> tuple[set[str], set[str], set[str]]:
+        """Of the channel's sales whose order the hub has neither booked nor refused by the id the sale names (none,
+        for a sale without a payment; or an id no order of the hub carries), by their ``change_id``: those matched to
+        a sale the hub booked from one of ``order_channels``' orders (``_matched_sales``), and the ids under which
+        sales were reported as waiting too long (``SALE_PREFIX``), with those an admin dismissed (booked by hand:
+        the hub's level holds them). A reported sale matched since leaves the exceptions (one line in the log)."""
+        waiting = {k: [s for s in found if s.order_id not in known and s.change_id] for k, found in sales.items()}
+        waiting = {k: found for k, found in waiting.items() if found}
+        if not waiting:
+            return set(), set(), set()
+        matched: set[str] = set()
+        for k, found in waiting.items():
+            matched |= await self._matched_sales(k, found, set(named))
+        ids = {SALE_PREFIX + s.change_id for found in waiting.values() for s in found}
+        reported = await self.state.orders_refused((self.spec.name,), ids)
+        dismissed: set[str] = set()
+        for sale_id in sorted(reported):
+            change_id = sale_id.removeprefix(SALE_PREFIX)
+            stored = await self.state.refused_order(self.spec.name, sale_id)
+            by_hand = stored is not None and stored.dismissed_at_ms is not None
+            if change_id not in matched:
+                if by_hand:
+                    dismissed.add(change_id)
+                continue
+            if checking or not await self.state.order_accepted(self.spec.name, sale_id):
+                continue
+            if by_hand:
+                log.warning(
+                    "channel %s: Square's sale %s was dismissed by %s as booked by hand, and an order the hub booked "
+                    "since matches it: the hub now holds the sale twice; take the booking by hand back (a return) or "
+                    "count the shelf",
+                    self.spec.name, change_id, stored.dismissed_by if stored else "?",
+                )  # fmt: skip
+            else:
+                log.info(
+                    "channel %s: Square's sale %s, reported as waiting for its order, matches an order the hub booked "
+                    "since; it leaves the exceptions list and is no longer taken off the counts",
+                    self.spec.name, change_id,
+                )  # fmt: skip
+        return matched, reported, dismissed
+
+    async def _matched_sales(self, key: LevelKey, sales: Sequence[Sale], named: Collection[str]) -> set[str]:
+        """The ``change_id`` of each of these sales at ``key`` that one sale the hub booked from an order of
+        ``order_channels`` accounts for: the same SKU (the item's) at a hub location feeding the channel location,
+        the same units, its order's time (the event's ``wall_ms``) within ``ORDER_MATCH_WINDOW_MS`` of the sale's
+        ``occurred_at``, the nearest first, each booked sale matching one sale at most. Orders a sale of the record
+        names by its id (``named``) are that sale's, never another's."""
+        sku = self._key_sku.get(key)
+        if sku is None:
+            return set()
+        agents = {f"channel:{c}": f"{c}:order:" for c in self.order_channels}
+        before = pack_hlc(max(s.occurred_ms for s in sales) + ORDER_MATCH_WINDOW_MS + ORDER_MATCH_SKEW_MS, 0)
+        booked: list[tuple[int, int, bytes]] = []  # (the order's time, units sold, the event's id)
+        for location in (h for h, c in self.spec.pool.items() if c == key.location_id):
+            for r in await self._feed.ledger(location=location, sku=sku, before=before, limit=ORDER_MATCH_LOOKUP):
+                prefix = agents.get(r.agent_id)
+                if prefix is None or r.kind != "sale" or r.effect == Effect.REJECTED or not r.ref:
+                    continue
+                if r.ref.startswith(prefix) and r.ref[len(prefix) :] not in named:
+                    booked.append((r.wall_ms, -r.qty, r.event_id))
+        matched: set[str] = set()
+        used: set[bytes] = set()
+        for s in sorted(sales, key=lambda s: s.occurred_ms):
+            near = [
+                b for b in booked
+                if b[2] not in used and b[1] == s.units and abs(b[0] - s.occurred_ms) <= ORDER_MATCH_WINDOW_MS
+            ]  # fmt: skip
+            if near:
+                used.add(min(near, key=lambda b: abs(b[0] - s.occurred_ms))[2])
+                matched.add(s.change_id)
+        return matched
+
+    async def _report_unbooked(self, overdue: Sequence[tuple[LevelKey, Sale]]) -> None:
+        """Store each sale taken off the counts whose order has waited longer than ``unbooked_sale_wait_ms`` as an
+        exception for a person (with the channel's refused orders, id ``SALE_PREFIX`` and Square's adjustment id,
+        listed as ``channel_order_refused``): one warning in the log each."""
+        now_ms = wall_ms_now()
+        for k, s in overdue:
+            sku = self._key_sku.get(k, k.item_id)
+            location = self.single_feeder(k.location_id)
+            where = f"{k.location_id} ({location})" if location else k.location_id
+            why = (
+                "it carries no transaction id (a sale without a payment), so no order names it"
+                if not s.order_id
+                else f"it names order {s.order_id} (its transaction id), which has not reached the hub"
+            )
+            waited = round(self.unbooked_sale_wait_ms / 60_000)
+            reason = (
+                f"Square sold {s.units} of {sku} (item variation {k.item_id}) at {where} on channel {self.spec.name} "
+                f"in sale {s.change_id} at {_when(s.occurred_ms)}; {why}, and no order the hub booked matches it (the "
+                f"same item, location and units within {ORDER_MATCH_WINDOW_MS // 60_000} minutes) after "
+                f"{waited} minute(s)"
+            )
+            await self.state.refuse_order(
+                self.spec.name, SALE_PREFIX + s.change_id, reason, now_ms, location=location,
+                channel_location=k.location_id,
+            )  # fmt: skip
+            log.warning(
+                "channel %s: %s; it is listed among the exceptions, and the counts still go out less it until it is "
+                "booked by hand and dismissed or its order comes",
+                self.spec.name, reason,
+            )  # fmt: skip
 
     @staticmethod
     def _less_read(confirmed: Confirmed, targets: Mapping[LevelKey, Target]) -> dict[LevelKey, Unbooked]:

@@ -42,7 +42,7 @@ every level to be pushed over, as before, logged once until one succeeds.
 Before a push, a channel whose register sales come back to the hub as orders
 (``ChannelPusher.order_channels``) reads the sales (``sales_since``:
 ``ADJUSTMENT`` changes with ``states`` ``SOLD``, each naming its order by its
-``transaction_id``) at the levels counted before, from a little before the
+``transaction_id``, or naming none: a sale without a payment, ``Sale.change_id`` naming the sale) at the levels counted before, from a little before the
 hub's last count there (or before the oldest sale that count took off): the
 pusher takes those whose orders the hub has not booked off the count, so the
 count does not take over a sale the hub does not know of yet. Each sale says when Square received it on the hub's
@@ -155,6 +155,7 @@ class _Change:
     reference_id: str
     sale: bool = False  # an adjustment from IN_STOCK to SOLD: a sale rung up at Square
     order_id: str = ""  # a sale's order at Square: its ``transaction_id`` (a register order is its own transaction)
+    id: str = ""  # Square's id of the change
 
 
 @dataclass(slots=True)
@@ -525,8 +526,9 @@ class SquareConnector:
         ``counted_ms`` (the ``occurred_at`` the hub's last count there went out with, or earlier: the oldest sale
         that count took off) up to now, each with its
         order (the adjustment's ``transaction_id``: the Transaction that sold it, 2024-11-20, which for an order
-        paid at a register is the order's id — not its payment's; a sale without one is left out: nobody
-        can say whether the hub booked it). Read with ``changes/batch-retrieve``, ``ADJUSTMENT`` with ``states``
+        paid at a register is the order's id — not its payment's; "only relevant for payment-related state
+        transitions", so a sale without a payment has none: its ``order_id`` is empty, and the pusher matches it to
+        an order the hub booked by item, location, units and time, ``Sale.change_id`` naming it). Read with ``changes/batch-retrieve``, ``ADJUSTMENT`` with ``states``
         ``SOLD``, ``READ_IDS_MAX`` items a request. None when it cannot be read: said once until it can again."""
         if not counted_ms:
             return {}
@@ -540,10 +542,10 @@ class SquareConnector:
         behind = self._last.peer_behind_ms  # Square's receipt on the hub's clock: told from the hub's stock count
         for k, changes in record.items():
             for c in changes:
-                if c.sale and c.order_id and c.in_stock == int(c.in_stock):
+                if c.sale and c.in_stock == int(c.in_stock) and (c.order_id or c.id):
                     received = c.created_ms or c.occurred_ms
                     sales.setdefault(k, []).append(
-                        Sale(c.order_id, int(-c.in_stock), c.occurred_ms, c.created_ms, received + behind)
+                        Sale(c.order_id, int(-c.in_stock), c.occurred_ms, c.created_ms, received + behind, c.id)
                     )
         return sales
 
@@ -710,7 +712,7 @@ def _change_of(change: Any, channel: str) -> _Change | None:
     order = body.get("transaction_id") if sale else None
     return _Change(
         str(kind), key, in_stock, occurred_ms, created_ms, str(body.get("reference_id") or ""), sale,
-        order if isinstance(order, str) else "",
+        order if isinstance(order, str) else "", str(body.get("id") or ""),
     )  # fmt: skip
 
 

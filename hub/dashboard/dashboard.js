@@ -977,11 +977,16 @@
     const confirm = h("button", { type: "submit", class: "button-primary", id: "dismiss-confirm" }, "Dismiss");
     const update = () => { confirm.disabled = !(adminCredential || credential.value.trim()); };
     credential.addEventListener("input", () => { error.hidden = true; update(); });
+    const sale = Boolean(order.adjustment_id); // a register sale no order the hub booked matches (sale:<id>)
     const form = h("form", { class: "dialog-body", method: "dialog" },
-      h("h2", {}, "Dismiss Square order ", h("span", { class: "mono" }, order.order_id)),
+      h("h2", {}, sale ? "Dismiss Square sale " : "Dismiss Square order ", h("span", { class: "mono" },
+        sale ? order.adjustment_id : order.order_id)),
       h("p", { class: "muted" }, `Channel ${order.channel}` + (exception.location ? `, sold at ${exception.location}` : "") +
-        ": the hub refused this order (its row says why), so it never booked its sale."),
-      h("p", { id: "dismiss-warning" }, "Dismiss it only once its sale is booked by hand. The entry leaves the list, and " +
+        (sale ? ": Square sold this at a register, and no order the hub booked matches it (its row says what to check)."
+          : ": the hub refused this order (its row says why), so it never booked its sale.")),
+      h("p", { id: "dismiss-warning" }, sale ? "Dismiss it only once its sale is booked by hand. The entry leaves the " +
+        "list, and the counts pushed to Square no longer take the sale off (the hub's level holds it). " +
+        "A dismissal cannot be undone." : "Dismiss it only once its sale is booked by hand. The entry leaves the list, and " +
         "the hub will not book this order afterwards, even when Square's retry could (that would book the sale twice). " +
         "A dismissal cannot be undone."),
       adminCredential ? h("p", { class: "muted", id: "dismiss-credential-kept" }, "Using the admin credential you gave in this tab.")

@@ -161,7 +161,10 @@ def channel_order_refused(
     at_ms: int,
 ) -> ExceptionRow:  # fmt: skip
     """A row of ``CHANNEL_ORDER_REFUSED_FIELDS``: a Square order refused for good, not booked since (its booking
-    deletes the row) nor dismissed."""
+    deletes the row) nor dismissed; or, its id ``sale:<adjustment id>``, a sale at Square whose order has not reached
+    the hub long after the sale (hub.channels.pusher.ChannelPusher._report_unbooked), not matched since."""
+    if order_id.startswith(UNBOOKED_SALE_PREFIX):
+        return _unbooked_sale(channel, order_id, channel_location, location, reason, at_ms)
     why = reason.removeprefix(f"Square order {order_id}: ").rstrip(".")
     at = f" at {location}" if location is not None else ""
     return ExceptionRow(
@@ -178,6 +181,31 @@ def channel_order_refused(
         "channel_order_refused",
         (channel, order_id),
     )
+
+
+UNBOOKED_SALE_PREFIX = "sale:"  # hub.channels.pusher.SALE_PREFIX
+
+
+def _unbooked_sale(
+    channel: str, sale_id: str, channel_location: str | None, location: str | None, reason: str, at_ms: int
+) -> ExceptionRow:
+    return ExceptionRow(
+        "channel_order_refused",
+        location,
+        None,
+        f"{reason.rstrip('.')}. Until it is settled each count pushed to Square goes out less it, so Square never shows "
+        "more than the shelf holds, while the hub's level, and what the other channels show, is a unit high for each "
+        f"unit sold. Check that Square's order webhooks reach the hub (the subscription's notification URL and "
+        f"signature key; GET /v1/channels shows channel {channel}'s last error) and look the sale up in Square's "
+        "dashboard: if its order comes, the hub matches it and this entry leaves the list; if it will not, book the "
+        f"sale by hand and dismiss this entry (POST /v1/channels/{channel}/orders/{sale_id}/dismiss), after which "
+        "the counts are the hub's level.",
+        {"channel": channel, "order_id": sale_id, "channel_location": channel_location, "reason": reason,
+         "adjustment_id": sale_id[len(UNBOOKED_SALE_PREFIX) :]},
+        at_ms,
+        "channel_order_refused",
+        (channel, sale_id),
+    )  # fmt: skip
 
 
 # The sources of channel exceptions read alone: (source, its columns, its table, the row maker, has a location

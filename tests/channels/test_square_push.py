@@ -38,7 +38,16 @@ from hub.storage.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from protocol import Kind, wall_ms_now
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.emulators.square_orders import SquareOrdersEmulator
-from tests.channels.helpers import Hub, book_order, pushed_to_head, settle, spec_of, store_moves, wait_until
+from tests.channels.helpers import (
+    Hub,
+    book_order,
+    logged,
+    pushed_to_head,
+    settle,
+    spec_of,
+    store_moves,
+    wait_until,
+)
 from tests.harness.pg import fresh_schema
 from tests.hub.event_factory import EventFactory
 
@@ -738,6 +747,88 @@ async def test_a_count_goes_out_less_the_register_sales_whose_orders_have_not_re
         "the hub's level 9, 1 sold in order ORDER-1, 8 pushed); the counts go out less them, so those sales stay sold "
         "until their orders come back"
     )
+
+
+@pytest.mark.parametrize("named", [None, "TX-NOT-AN-ORDER"], ids=["no transaction id", "an id no order carries"])
+async def test_a_register_sale_without_a_payment_is_not_pushed_over_nor_taken_off_twice_when_its_order_comes(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture, named: str | None
+) -> None:
+    """A sale at a Square register without a payment (an order completed with no tender) carries no
+    ``transaction_id`` ("only relevant for payment-related state transitions", InventoryAdjustment 2024-11-20), so
+    nothing names its order: it was left out of what a count takes off, and the hub's next count pushed over it —
+    9 received, 1 sold so at the register, 1 at the hub: Square showed 8 where 7 are left, until the order came.
+    Now it is taken off like a sale whose order is on its way; when the order is booked (an id nothing in Square's
+    record names) it is matched to the sale by item, location, units and time, and nothing is taken off twice. The
+    same for a sale whose ``transaction_id`` names no order the hub will ever book (a tender's transaction that is
+    not its order): taken off while waiting, matched when the order comes, never counted twice."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 9, "S1", "A"))
+    async with by_hand(hooked(square_spec(square, {"S1": loc})), hub, state) as pusher:
+        await settle(pusher)
+        assert square.quantity(a, loc) == 9
+        square.register_sale(a, loc, 1, unpaid=named is None, order_id=named)  # 8 on the shelf; its order on its way
+        await hub.move((Kind.SALE, -1, "S1", "A"))  # a sale at another till: 7 on the shelf, the hub's level 8
+        await settle(pusher)
+        assert square.quantity(a, loc) == 7 and pusher.pushed == {LevelKey(a, loc): 7}
+        assert await state.refused_order("pos", "") is None
+
+        applied = square.stats.batches_applied
+        await book_square_order(hub, pusher, loc, [(a, 1)], order_id="ORDER-NO-PAYMENT")
+        assert await hub.available("S1", "A") == 7
+        await settle(pusher)
+        assert square.quantity(a, loc) == 7 and square.stats.batches_applied == applied, "not taken off twice"
+        assert pusher.less_unbooked == {}
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await settle(pusher)
+        assert square.quantity(a, loc) == 6 and pusher.pushed == {LevelKey(a, loc): 6}
+    said = logged(caplog, "whose orders have not reached the hub")
+    assert said[0] == (
+        f"channel pos: Square sold 1 unit(s) at 1 level(s) whose orders have not reached the hub (first A at {loc}: "
+        f"the hub's level 8, 1 sold in {'a sale naming no order' if named is None else 'order ' + named}, 7 pushed); "
+        "the counts go out less them, so those sales stay sold until their orders come back"
+    )
+
+
+async def test_a_register_sale_whose_order_never_comes_is_an_exception_until_booked_by_hand_and_dismissed(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sale at a Square register whose order never reaches the hub (no payment named it, or its webhook was
+    lost) was taken off the counts for a day and then silently pushed over. Now, once it has waited longer than the
+    pusher waits for an order, it is a ``channel_order_refused`` exception saying what to check, still taken off
+    (Square never shows more than the shelf); staff book the sale by hand and dismiss the entry, and from then on
+    the count is the hub's level, the sale counted once."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 9, "S1", "A"))
+    async with by_hand(hooked(square_spec(square, {"S1": loc})), hub, state) as pusher:
+        pusher.unbooked_sale_wait_ms = 0  # the order is given up on at once (an hour in service)
+        await settle(pusher)
+        sale = square.register_sale(a, loc, 1, unpaid=True)
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await settle(pusher)
+        assert square.quantity(a, loc) == 7
+        rows = await hub.store.exceptions(kind="channel_order_refused")
+        (row,) = rows
+        assert (row.location, row.data["order_id"], row.data["channel_location"]) == ("S1", f"sale:{sale.id}", loc)
+        assert row.detail.startswith(
+            f"Square sold 1 of A (item variation {a}) at {loc} (S1) on channel pos in sale {sale.id} at "
+        ), row.detail
+        assert "carries no transaction id" in row.detail and "order webhook" in row.detail, row.detail
+        assert f"POST /v1/channels/pos/orders/sale:{sale.id}/dismiss" in row.detail, row.detail
+        await settle(pusher)  # listed once, however often the count goes out
+        assert len(await hub.store.exceptions(kind="channel_order_refused")) == 1
+
+        await hub.move((Kind.SALE, -1, "S1", "A"))  # staff book the register's sale by hand …
+        await settle(pusher)
+        assert square.quantity(a, loc) == 6, "until dismissed, the sale is taken off (Square one low, never high)"
+        assert await state.dismiss_order("pos", f"sale:{sale.id}", "admin-1", wall_ms_now()) is not None
+        await hub.move((Kind.SALE, -1, "S1", "A"))  # … and dismiss it: the count is the hub's level
+        await settle(pusher)
+        assert square.quantity(a, loc) == 6 and pusher.pushed == {LevelKey(a, loc): 6}
+        assert await hub.store.exceptions(kind="channel_order_refused") == []
 
 
 async def test_without_order_webhooks_counts_go_out_at_the_hubs_level_with_no_read(

@@ -54,7 +54,9 @@ Built from Square's public reference for that version (its OpenAPI specification
   ``total_price_money`` and ``transaction_id``: the id of the Transaction
   that sold it, which for an order paid at a register is the order's id (the
   order's tenders carry it as their ``transaction_id``; the payment's id is
-  another). Paged as the counts are: ``limit``
+  another). ``transaction_id`` is "only relevant for payment-related state
+  transitions" (InventoryAdjustment, 2024-11-20): a sale without a payment
+  (an order completed with no tender) carries none. Paged as the counts are: ``limit``
   1–1000 (100 when not given), a ``cursor`` while more follow, bound to the
   query. Square promises no page size: ``changes_page_max`` makes its pages
   smaller than asked for.
@@ -140,6 +142,7 @@ class Change:
     from_state: str | None = None  # an adjustment's
     to_state: str | None = None
     transaction_id: str | None = None  # a sale's: the id of the order that sold it (Square's transaction is its order)
+    unpaid: bool = False  # a sale without a payment: Square gives it no transaction_id
 
     @property
     def in_stock(self) -> Decimal:
@@ -163,7 +166,8 @@ class Change:
                  "occurred_at": _rfc3339(self.occurred), "created_at": _rfc3339(self.created)}  # fmt: skip
         if self.type == "ADJUSTMENT" and self.to_state == "SOLD":
             body["total_price_money"] = {"amount": 1000 * int(self.quantity), "currency": "USD"}
-            body["transaction_id"] = self.transaction_id or f"TX{self.id}"
+            if not self.unpaid:  # "only relevant for payment-related state transitions" (2024-11-20)
+                body["transaction_id"] = self.transaction_id or f"TX{self.id}"
         return {"type": self.type, "physical_count" if self.type == "PHYSICAL_COUNT" else "adjustment": body}
 
 
@@ -247,14 +251,16 @@ class SquareEmulator(EmulatorServer):
 
     def register_sale(
         self, object_id: str, location_id: str, quantity: int = 1, *, occurred_at: datetime | None = None,
-        order_id: str | None = None,
+        order_id: str | None = None, unpaid: bool = False,
     ) -> Change:  # fmt: skip
         """A sale rung up at a Square register: an adjustment from IN_STOCK to SOLD, occurred ``occurred_at``, its
-        ``transaction_id`` the order that sold it (``order_id``; one made up when not given)."""
+        ``transaction_id`` the order that sold it (``order_id``; one made up when not given); ``unpaid``: a sale
+        without a payment (an order completed with no tender), which carries no ``transaction_id`` at all."""
         change = self._record(
             "ADJUSTMENT", object_id, location_id, Decimal(quantity), occurred_at, REGISTER, states=("IN_STOCK", "SOLD")
         )
         change.transaction_id = order_id
+        change.unpaid = unpaid
         return change
 
     def register_waste(

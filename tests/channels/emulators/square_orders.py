@@ -105,11 +105,19 @@ class SquareOrdersEmulator(SquareEmulator):
         order["state"], order["closed_at"] = "COMPLETED", when
         return copy.deepcopy(order)
 
-    def sell_at_register(self, location_id: str, lines: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    def sell_at_register(
+        self, location_id: str, lines: Sequence[tuple[str, int]], *, paid: bool = True
+    ) -> dict[str, Any]:
         """An in-person sale rung up at a register: an order paid by card (one tender: its ``payment_id`` the
         payment's, its ``transaction_id`` the order's id) and COMPLETED at once, and Square's inventory of each line
-        one sale (IN_STOCK to SOLD) whose ``transaction_id`` is the tender's."""
+        one sale (IN_STOCK to SOLD) whose ``transaction_id`` is the tender's. ``paid=False``: an order completed
+        without a payment (no tenders), whose sales carry no ``transaction_id``."""
         order = self.create_order(location_id, lines, pickup=False)
+        if not paid:
+            done = self.pick_up(order["id"], shift_s=0.0)
+            for variation, quantity in lines:
+                self.register_sale(variation, location_id, quantity, unpaid=True)
+            return done
         payment_id = uuid.uuid4().hex[:27].upper()
         amount = sum(1000 * int(quantity) for _, quantity in lines)
         tender = {"id": payment_id, "location_id": location_id, "transaction_id": order["id"],
