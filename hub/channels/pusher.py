@@ -711,7 +711,7 @@ class ChannelPusher(LoopTask):
         orders = {s.order_id for found in sales.values() for s in found if s.order_id}
         booked = await self.state.orders_booked(self.order_channels, orders) if orders else set()
         refused = await self.state.orders_refused(self.order_channels, orders - booked) if orders - booked else set()
-        matched, reported, dismissed = await self._sales_settled(sales, booked | refused, orders, checking)
+        matched, reported, dismissed = await self._sales_settled(sales, booked, refused, orders, checking)
         settled = matched | dismissed  # change ids of sales the hub holds: matched to a booked order, booked by hand
 
         def waits(s: Sale) -> bool:
@@ -791,22 +791,26 @@ class ChannelPusher(LoopTask):
         return out, less
 
     async def _sales_settled(
-        self, sales: Mapping[LevelKey, Sequence[Sale]], known: Collection[str], named: Collection[str], checking: bool
-    ) -> tuple[set[str], set[str], set[str]]:
+        self, sales: Mapping[LevelKey, Sequence[Sale]], booked: Collection[str], refused: Collection[str],
+        named: Collection[str], checking: bool,
+    ) -> tuple[set[str], set[str], set[str]]:  # fmt: skip
         """Of the channel's sales whose order the hub has neither booked nor refused by the id the sale names (none,
         for a sale without a payment; or an id no order of the hub carries), by their ``change_id``: those matched to
         a sale the hub booked from one of ``order_channels``' orders (``_matched_sales``), and the ids under which
         sales were reported as waiting too long (``SALE_PREFIX``), with those an admin dismissed (booked by hand:
         the hub's level holds them). A reported sale matched since leaves the exceptions (one line in the log)."""
-        waiting = {k: [s for s in found if s.order_id not in known and s.change_id] for k, found in sales.items()}
+        waiting = {
+            k: [s for s in found if s.order_id not in booked and s.order_id not in refused and s.change_id]
+            for k, found in sales.items()
+        }
         waiting = {k: found for k, found in waiting.items() if found}
-        if not waiting:
-            return set(), set(), set()
         matched: set[str] = set()
         for k, found in waiting.items():
             matched |= await self._matched_sales(k, found, set(named))
-        ids = {SALE_PREFIX + s.change_id for found in waiting.values() for s in found}
-        reported = await self.state.orders_refused((self.spec.name,), ids)
+        # a sale reported while its order was on its way and booked since by the id it names is settled too
+        matched |= {s.change_id for found in sales.values() for s in found if s.order_id in booked and s.change_id}
+        ids = {SALE_PREFIX + s.change_id for found in sales.values() for s in found if s.change_id}
+        reported = await self.state.orders_refused((self.spec.name,), ids) if ids else set()
         dismissed: set[str] = set()
         for sale_id in sorted(reported):
             change_id = sale_id.removeprefix(SALE_PREFIX)

@@ -1007,8 +1007,11 @@
         const answer = await postDismiss(token, order);
         adminCredential = token;
         dialog.close();
-        dismissNote.text = `Dismissed Square order ${answer.order.order_id} of channel ${answer.order.channel}: ` +
-          `it left the list, and the hub will not book it (dismissed by ${answer.order.dismissed_by}).`;
+        dismissNote.text = sale
+          ? `Dismissed Square sale ${order.adjustment_id} of channel ${answer.order.channel}: it left the list, and ` +
+            `the counts pushed to Square no longer take it off (dismissed by ${answer.order.dismissed_by}).`
+          : `Dismissed Square order ${answer.order.order_id} of channel ${answer.order.channel}: ` +
+            `it left the list, and the hub will not book it (dismissed by ${answer.order.dismissed_by}).`;
         dismissNote.at = Date.now();
         await refreshStatus();
         render();

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
+from protocol import wall_ms_now
 from tests.browser.conftest import Screenshot
 from tests.browser.test_dashboard_channels import sign_in
 from tests.channels.helpers import square_pos_hub
@@ -86,3 +87,40 @@ async def test_a_refused_square_order_is_dismissed_from_its_row_after_a_confirma
         "Failed to load resource: the server responded with a status of 401 (Unauthorized)",
         "Failed to load resource: the server responded with a status of 403 (Forbidden)",
     ], console_errors
+
+
+async def test_a_register_sale_no_order_matches_is_dismissed_as_a_sale_not_as_an_order(
+    page: Page, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """A register sale whose order never reached the hub is listed as ``channel_order_refused`` under the id
+    ``sale:<adjustment id>`` (docs/channels.md, "Square"). Its Dismiss… dialog spoke of a refused order the hub
+    "will not book afterwards"; it names the sale now, and says what dismissing it does: the counts pushed to Square
+    no longer take it off."""
+    async with square_pos_hub(str(tmp_path / "hub.db")) as pos_hub:
+        _square, s1, a, url, _hook, served, state = pos_hub
+        _, reader = await served.store.add_agent([], role="reader")
+        admin_id, admin = await served.store.add_agent([], role="admin")
+        reason = (
+            f"Square sold 1 of SKU-A (item variation {a}) at {s1} (S1) on channel pos in sale ADJ42 at 2026-12-07 "
+            "09:00:00 UTC; it carries no transaction id (a sale without a payment), so no order names it"
+        )
+        await state.refuse_order("pos", "sale:ADJ42", reason, wall_ms_now(), location="S1", channel_location=s1)
+
+        await sign_in(page, url, reader)
+        await page.goto(f"{url}/dashboard/#/exceptions/channel_order_refused")
+        row = page.locator('#view tr[data-order="sale:ADJ42"]')
+        await expect(row).to_contain_text("Check that Square's order webhooks reach the hub")
+        await row.locator("button.dismiss-button").click()
+        dialog = page.locator("#dismiss-dialog")
+        await expect(dialog.locator("h2")).to_have_text("Dismiss Square sale ADJ42")
+        await expect(page.locator("#dismiss-warning")).to_contain_text("no longer take the sale off")
+        await page.fill("#dismiss-credential", admin)
+        await page.click("#dismiss-confirm")
+        await expect(dialog).to_be_hidden()
+        await expect(page.locator("#exceptions-dismissed")).to_have_text(
+            "Dismissed Square sale ADJ42 of channel pos: it left the list, and the counts pushed to Square no longer "
+            f"take it off (dismissed by {admin_id})."
+        )
+        stored = await state.refused_order("pos", "sale:ADJ42")
+        assert stored is not None and stored.dismissed_by == admin_id, stored
+    assert console_errors == [], console_errors

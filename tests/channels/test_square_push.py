@@ -831,6 +831,38 @@ async def test_a_register_sale_whose_order_never_comes_is_an_exception_until_boo
         assert await hub.store.exceptions(kind="channel_order_refused") == []
 
 
+async def test_a_reported_sale_whose_order_comes_late_leaves_the_exceptions_and_is_counted_once(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A register sale reported as waiting too long for its order (here at once), whose order then comes after all
+    — by the id the sale names, or one nothing names — leaves the exceptions list with one line in the log, and
+    the count pushed is the hub's level: the sale counted once."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 9, "S1", "A"))
+    async with by_hand(hooked(square_spec(square, {"S1": loc})), hub, state) as pusher:
+        pusher.unbooked_sale_wait_ms = 0
+        await settle(pusher)
+        named = square.register_sale(a, loc, 1, order_id="ORDER-LATE")
+        unnamed = square.register_sale(a, loc, 1, unpaid=True)
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await settle(pusher)
+        assert square.quantity(a, loc) == 6
+        listed = {r.data["order_id"] for r in await hub.store.exceptions(kind="channel_order_refused")}
+        assert listed == {f"sale:{named.id}", f"sale:{unnamed.id}"}
+
+        applied = square.stats.batches_applied
+        await book_square_order(hub, pusher, loc, [(a, 1)], order_id="ORDER-LATE")
+        await book_square_order(hub, pusher, loc, [(a, 1)], order_id="ORDER-UNNAMED")
+        await hub.move((Kind.SALE, -1, "S1", "A"))  # the next count: the hub's level, 5
+        await settle(pusher)
+        assert square.quantity(a, loc) == 5 and pusher.pushed == {LevelKey(a, loc): 5}
+        assert square.stats.batches_applied == applied + 1
+        assert await hub.store.exceptions(kind="channel_order_refused") == []
+    assert len(logged(caplog, "matches an order the hub booked since")) == 2
+
+
 async def test_without_order_webhooks_counts_go_out_at_the_hubs_level_with_no_read(
     hub: Hub, state: SqliteChannelState, square: SquareEmulator
 ) -> None:
