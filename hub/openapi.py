@@ -101,7 +101,8 @@ API_VERSION = "1.7.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # channel_order_refused exception's hub location and data.channel_location
 # 1.7: 429 on the order webhooks past the client address's budget of refused attempts (refused_attempts_per_s); the
 # outgoing webhook batches name the feed's history ("history"); POST /v1/events answers 409 conflicting_events to a
-# request naming one movement twice with other content
+# request naming one movement twice with other content; POST /v1/channels/{name}/orders/{order_id}/undismiss (a
+# dismissal undone)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1077,6 +1078,22 @@ def _paths() -> dict[str, JSON]:
         "not hold as refused; 409 when it was dismissed already (nothing is changed).",
         "Channels",
         {"200": ok("The order as stored, dismissed.", obj({"order": ref("RefusedOrder")}, ["order"]))},
+        roles=(ROLE_ADMIN,),
+        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web"),
+                    path_param("order_id", string(minLength=1, maxLength=channel_http.ORDER_ID_MAX_LEN),
+                               "Square's order id, as the exception's data.order_id names it.",
+                               "D1CAFA84CB614476A09D4DCD")],
+        errors=(404, 409),
+    ))  # fmt: skip
+    add(channel_http.UNDISMISS_PATH, "post", operation(
+        "undismissChannelOrder", "Undo the dismissal of a refused order",
+        "Admin only; no body. A refused Square order (or a register sale listed as sale:<adjustment id>) dismissed "
+        "by mistake, its sale not booked by hand: the dismissal is undone, the channel_order_refused exception is "
+        "listed again, a later delivery of the order (Square's retry, the cause fixed) is booked as any, and a "
+        "listed sale is taken off the counts pushed again. 404 for an unknown channel or an order the channel does "
+        "not hold as refused; 409 when it is not dismissed (nothing is changed).",
+        "Channels",
+        {"200": ok("The order as stored, no longer dismissed.", obj({"order": ref("RefusedOrder")}, ["order"]))},
         roles=(ROLE_ADMIN,),
         parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web"),
                     path_param("order_id", string(minLength=1, maxLength=channel_http.ORDER_ID_MAX_LEN),

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 READ_ROLES = frozenset({"reader", "admin"})
 DISMISS_PATH = "/v1/channels/{name}/orders/{order_id}/dismiss"
+UNDISMISS_PATH = "/v1/channels/{name}/orders/{order_id}/undismiss"
 ORDER_ID_MAX_LEN = 64  # a Square order id is 24 characters; the hub stores none longer (hub.channels.orders.ID_MAX_LEN)
 ADMIN_ROLES = frozenset({"admin"})
 DIVERGENCES_LIMIT_DEFAULT = 100
@@ -75,6 +76,7 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str) -> N
         app, "POST", "/v1/channels/{name}/reconcile", post_reconcile, name="channel_reconcile", check=_reconcile_head
     )
     heads.add(app, "POST", DISMISS_PATH, post_dismiss_order, name="channel_order_dismiss", check=_dismiss_head)
+    heads.add(app, "POST", UNDISMISS_PATH, post_undismiss_order, name="channel_order_undismiss", check=_undismiss_head)
     if specs:  # push what each sales channel shows (docs/channels.md)
         share_locks(app, db_path)  # on PostgreSQL, the channels' lock connection, and lease_stale_s
         app.cleanup_ctx.append(_run)
@@ -293,6 +295,45 @@ async def post_dismiss_order(request: web.Request) -> web.Response:
         "channel %s: Square order %s, refused at %s (%s), was dismissed by %s as booked by hand; it leaves the "
         "exceptions list, and its register sales stay out of the counts pushed",
         name, order_id, views.iso_ms(after.refused_at_ms), after.reason, after.dismissed_by,
+    )  # fmt: skip
+    return _json({"order": refused_order_json(after)})
+
+
+def _undismiss_head(request: web.Request, who: AgentIdentity) -> None:
+    _admin_head(request, who, "undo the dismissal of a refused order")
+
+
+async def post_undismiss_order(request: web.Request) -> web.Response:
+    """An admin dismissed a refused Square order by mistake (its sale was not booked by hand): the dismissal is
+    undone, its ``channel_order_refused`` exception is listed again, and a later delivery of the order (Square's
+    retry, once the cause is fixed) books it as any."""
+    who = identity_of(request)
+    _undismiss_head(request, who)
+    await _no_body(request)
+    p = _pusher(request)
+    name, order_id = p.spec.name, request.match_info["order_id"]
+    missing = (
+        f"channel {name} holds no refused order {values.shown(order_id, values.QUOTE_MAX_CHARS)}; GET /v1/exceptions"
+        "?kind=channel_order_refused lists those not dismissed (one booked since, or refused more than two days ago, "
+        "is not held)"
+    )
+    if len(order_id) > ORDER_ID_MAX_LEN:
+        raise web.HTTPNotFound(text=missing)
+    before = await p.state.refused_order(name, order_id)
+    if before is None:
+        raise web.HTTPNotFound(text=missing)
+    if before.dismissed_at_ms is None:
+        raise web.HTTPConflict(
+            text=f"refused order {order_id} of channel {name} is not dismissed (it is on the exceptions list); "
+            "nothing was changed"
+        )
+    after = await p.state.undismiss_order(name, order_id)
+    if after is None:  # booked (or dropped) between the two
+        raise web.HTTPNotFound(text=missing)
+    log.info(
+        "channel %s: the dismissal of Square order %s by %s at %s was undone by %s; it is on the exceptions list "
+        "again, and a later delivery of it is booked",
+        name, order_id, before.dismissed_by, views.iso_ms(before.dismissed_at_ms), who.agent_id,
     )  # fmt: skip
     return _json({"order": refused_order_json(after)})
 

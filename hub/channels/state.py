@@ -215,6 +215,11 @@ class ChannelState(Protocol):
         sales are still not taken off the counts pushed: the hub's level holds the sale booked by hand). The order
         as stored after (dismissed by the first to ask), None when it is not stored."""
 
+    async def undismiss_order(self, channel: str, order_id: str) -> RefusedOrder | None:
+        """An admin's dismissal undone (``dismiss_order`` by mistake: the sale was not booked by hand): the order is
+        listed again, and a later delivery of it is booked as any. The order as stored after, None when it is not
+        stored."""
+
     async def orders_refused(self, channels: Collection[str], order_ids: Collection[str]) -> set[str]:
         """Of ``order_ids``, those whose webhook one of ``channels`` refused for good (at its last delivery): the
         pusher asks it of the orders not booked."""
@@ -634,6 +639,19 @@ class SqlChannelState:
             )
 
         await self._write("dismissing a refused order", work)
+        return await self.refused_order(channel, order_id)
+
+    async def undismiss_order(self, channel: str, order_id: str) -> RefusedOrder | None:
+        self._check()
+
+        async def work(db: Tx) -> None:
+            await db.execute(
+                "UPDATE channel_orders_refused SET dismissed_at_ms = NULL, dismissed_by = NULL "
+                "WHERE channel = ? AND order_id = ?",
+                (channel, order_id),
+            )
+
+        await self._write("undoing the dismissal of a refused order", work)
         return await self.refused_order(channel, order_id)
 
 

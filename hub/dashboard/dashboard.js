@@ -986,9 +986,9 @@
           : ": the hub refused this order (its row says why), so it never booked its sale.")),
       h("p", { id: "dismiss-warning" }, sale ? "Dismiss it only once its sale is booked by hand. The entry leaves the " +
         "list, and the counts pushed to Square no longer take the sale off (the hub's level holds it). " +
-        "A dismissal cannot be undone." : "Dismiss it only once its sale is booked by hand. The entry leaves the list, and " +
+        "A dismissal made by mistake is undone with POST …/undismiss (admin)." : "Dismiss it only once its sale is booked by hand. The entry leaves the list, and " +
         "the hub will not book this order afterwards, even when Square's retry could (that would book the sale twice). " +
-        "A dismissal cannot be undone."),
+        "A dismissal made by mistake is undone with POST …/undismiss (admin)."),
       adminCredential ? h("p", { class: "muted", id: "dismiss-credential-kept" }, "Using the admin credential you gave in this tab.")
         : [h("label", { for: "dismiss-credential" }, "Admin credential"), credential,
           h("p", { class: "hint" }, "The dashboard's own session only reads, so dismissing needs an admin credential. " +

@@ -44,6 +44,7 @@ PER_PATH = {  # path parameters other than PATH_VALUES
     "/v1/channels/{name}/mapping/refresh": {"name": CHANNEL},
     "/v1/channels/{name}/reconcile": {"name": CHANNEL},
     "/v1/channels/{name}/orders/{order_id}/dismiss": {"name": CHANNEL, "order_id": REFUSED_ORDER},
+    "/v1/channels/{name}/orders/{order_id}/undismiss": {"name": CHANNEL, "order_id": REFUSED_ORDER},
 }
 NOT_CALLED = {
     ("GET", "/v1/changes/stream"): "a stream that does not end (tests/hub covers it)",

@@ -227,3 +227,56 @@ async def test_a_dismissed_square_order_is_not_booked_again_when_squares_retry_c
         "and Square is answered so it stops retrying"
     )
     assert said == [expected], said
+
+
+async def test_a_dismissal_made_by_mistake_is_undone_and_squares_retry_then_books_the_order(
+    hub_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An admin dismissed a refused order whose sale nobody had booked by hand: nothing could undo it, so the fix of
+    its cause booked nothing (Square's retry answered "dismissed") and the sale had to be booked by hand after all.
+    Now ``POST /v1/channels/{name}/orders/{order_id}/undismiss`` undoes the dismissal (admin only; 409 when it is
+    not dismissed): the entry is listed again, and Square's retry, the cause fixed, books the order once."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    async with square_pos_hub(hub_db) as pos_hub, aiohttp.ClientSession(trust_env=False) as session:
+        square, s1, a, url, hook, served, state = pos_hub
+        _, reader = await served.store.add_agent([], role="reader")
+        _, admin = await served.store.add_agent([], role="admin")
+
+        async def call(method: str, path: str, token: str = admin) -> tuple[int, str]:
+            async with session.request(method, url + path, headers={"Authorization": f"Bearer {token}"},
+                                       timeout=aiohttp.ClientTimeout(total=20)) as resp:  # fmt: skip
+                return resp.status, await resp.text()
+
+        async def listed() -> list[dict[str, Any]]:
+            status, text = await call("GET", f"/v1/exceptions?kind={KIND}", reader)
+            assert status == 200, text
+            return json.loads(text)["exceptions"]
+
+        unmapped = square.add_variation("SKU-NEW")
+        order = square.sell_at_register(s1, [(a, 1), (unmapped, 1)])
+        notice = square.notification("order.updated", order["id"])
+        status, answer = await square.deliver(hook, notice)
+        assert status == 422, answer
+        assert [r["data"]["order_id"] for r in await listed()] == [order["id"]]
+        undo = f"/v1/channels/pos/orders/{order['id']}/undismiss"
+        status, text = await call("POST", undo)
+        assert status == 409 and "is not dismissed" in text, text
+        status, text = await call("POST", f"/v1/channels/pos/orders/{order['id']}/dismiss")  # by mistake
+        assert status == 200 and await listed() == [], text
+
+        assert (await call("POST", undo, reader))[0] == 403
+        assert (await call("POST", "/v1/channels/pos/orders/NO-SUCH-ORDER/undismiss"))[0] == 404
+        status, text = await call("POST", undo)
+        assert status == 200, text
+        answer = json.loads(text)["order"]
+        assert (answer["order_id"], answer["dismissed_at_ms"], answer["dismissed_by"]) == (order["id"], None, None)
+        assert [r["data"]["order_id"] for r in await listed()] == [order["id"]], "listed again"
+
+        status, text = await call("POST", "/v1/channels/pos/mapping/refresh")  # the cause fixed: SKU-NEW mapped
+        assert status == 200, text
+        status, answer = await square.deliver(hook, notice)  # Square's retry books it now
+        assert status == 200 and answer["status"] == "applied", answer
+        assert await state.orders_booked(["pos"], [order["id"]]) == {order["id"]}
+        assert await listed() == []
+    said = [r.getMessage() for r in caplog.records if "was undone by" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"channel pos: the dismissal of Square order {order['id']} by "), said
