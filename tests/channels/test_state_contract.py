@@ -395,3 +395,23 @@ async def test_an_order_accepted_after_its_refusal_is_no_longer_refused(reopen: 
     async with reopen() as state:
         assert await state.orders_refused(["pos"], ["O1"]) == set()
         assert await state.orders_refused(["web"], ["O1"]) == {"O1"}
+
+
+async def test_a_dismissal_undone_lists_the_order_again_on_that_channel_only(reopen: Reopen, db: str) -> None:
+    """``undismiss_order`` clears who dismissed a refused order and when (a dismissal by mistake), on that channel
+    only, and answers the order as stored; an order not stored is None."""
+    now = wall_ms_now()
+    async with open_store(db), reopen() as state:
+        await state.refuse_order("pos", "O1", "a line of item X is not mapped", now, location="S1")
+        await state.refuse_order("web", "O1", "…", now)
+        for channel in ("pos", "web"):
+            assert (await state.dismiss_order(channel, "O1", "admin-1", now + 1)) is not None
+        undone = await state.undismiss_order("pos", "O1")
+        assert undone is not None and (undone.dismissed_at_ms, undone.dismissed_by) == (None, None), undone
+        assert (undone.location, undone.reason, undone.refused_at_ms) == ("S1", "a line of item X is not mapped", now)
+        assert await state.undismiss_order("pos", "O2") is None
+    async with reopen() as state:
+        web = await state.refused_order("web", "O1")
+        assert web is not None and web.dismissed_by == "admin-1", web
+        pos = await state.refused_order("pos", "O1")
+        assert pos is not None and pos.dismissed_at_ms is None, pos
