@@ -18,8 +18,14 @@ one staff id from one device, that staff id is refused *on that device* for
 ``LOCKOUT_MAX_S``; a right PIN there resets it. The same staff member signs
 in on every other device meanwhile, so a guesser on one handheld cannot lock
 anyone out of the others. One device trying many staff ids is braked the same
-way after ``DEVICE_FAILURES_MAX`` wrong PINs, whoever it tried. Only PINs
-found wrong count; attempts in parallel wait their turn (``PinBrake.attempt``).
+way after ``DEVICE_FAILURES_MAX`` wrong PINs, whoever it tried. A device on
+the store network takes any address it likes, though (another free one of the
+network, any of its IPv6 network's), so one staff id's wrong PINs from every
+device it has not signed in on are braked together too, after
+``STAFF_FAILURES_MAX`` of them within ``STAFF_FAILURE_MEMORY_S``: a device on
+which that staff id signed in rightly since the agent started is not held by
+that wait. Only PINs found wrong count; attempts in parallel wait their turn
+(``PinBrake.attempt``).
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
+import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
 
 SCRYPT_N = 1 << 14
 SCRYPT_R = 8
@@ -50,6 +60,13 @@ FAILURES_MAX = 5  # wrong PINs for one staff id from one device before each next
 LOCKOUT_BASE_S = 30.0  # the first wait; it doubles with each further wrong PIN
 LOCKOUT_MAX_S = 900.0
 DEVICE_FAILURES_MAX = 20  # wrong PINs from one device, any staff ids, before it waits the same way
+# Wrong PINs for one staff id from the devices it has not signed in on, all of them together, before each next one
+# from such a device waits: a device that takes a new address for each guess passes every per-device brake. A store's
+# staff mistype far fewer in a day; a 4-digit PIN guessed from ever new addresses fell in minutes.
+STAFF_FAILURES_MAX = 50
+STAFF_FAILURE_MEMORY_S = 24 * 3600.0  # a staff id's count across devices starts again after a day without a wrong PIN
+KNOWN_DEVICES_MAX = 10_000  # (staff id, device) pairs that signed in rightly, remembered; the oldest forgotten beyond
+EVERY_DEVICE = "*"  # the device of a staff id's key across devices (no address reads so)
 FAILURE_MEMORY_S = 3600.0  # a key with no wrong PIN for this long (and not waiting) starts again from 0
 BRAKE_KEYS_MAX = 10_000  # (staff id, device) pairs remembered; the oldest are forgotten beyond this
 STAFF_KEY_MAX_LEN = 64
@@ -61,12 +78,28 @@ class AuthError(AgentError):
 
 
 class LockedOut(AuthError):
-    def __init__(self, retry_after_s: float) -> None:
+    def __init__(self, retry_after_s: float, *, from_many_devices: bool = False) -> None:
+        wait = max(1, round(retry_after_s))
         super().__init__(
-            f"too many wrong PINs for this staff id on this device; try again here in {max(1, round(retry_after_s))} s"
+            f"too many wrong PINs for this staff id from devices it has not signed in on; try again in {wait} s"
+            " (a device this staff id signed in on since the agent started is not affected)"
+            if from_many_devices
+            else f"too many wrong PINs for this staff id on this device; try again here in {wait} s"
             " (other devices are not affected)"
         )
         self.retry_after_s = retry_after_s
+
+
+def device_of(remote: str) -> str:
+    """The device a request comes from, by its address: an IPv4 address mapped into IPv6 (a dual-stack socket's
+    ``::ffff:192.0.2.7``) is that IPv4 address, so one device is never two to the brake."""
+    try:
+        ip = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def hash_pin(pin: str, *, salt: bytes | None = None) -> str:
@@ -145,7 +178,8 @@ class Failures:
 
 
 class PinBrake:
-    """Wrong-PIN counts and waits per (staff id, device) and per device; never for a staff id everywhere.
+    """Wrong-PIN counts and waits per (staff id, device), per device, and per staff id across the devices it has not
+    signed in on (``known``); never for a staff id on a device it signed in on.
 
     Only a PIN found wrong counts. So that parallel guesses cannot all be checked before the first is counted,
     at most as many attempts per key are checked at once as it has wrong PINs left before it must wait
@@ -153,20 +187,37 @@ class PinBrake:
     the key. A right PIN in parallel with others is thus never refused for attempts still in flight.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, staff: Iterable[str] = ()) -> None:
+        """``staff``: the configured staff ids, whose counts across devices are never forgotten for room."""
         self._clock = clock
         self._keys: OrderedDict[tuple[str, str], Failures] = OrderedDict()
+        self._kept = frozenset((_staff_key(s), EVERY_DEVICE) for s in staff)
+        self._known: OrderedDict[tuple[str, str], None] = OrderedDict()  # (staff key, device) signed in rightly
         self._in_flight: dict[tuple[str, str], int] = {}
         self._waiters: list[asyncio.Future[None]] = []
 
-    @staticmethod
-    def keys(staff: str, device: str) -> tuple[tuple[str, str], tuple[str, str]]:
-        return (f"staff:{staff[:STAFF_KEY_MAX_LEN]}", device), ("device", device)
+    def keys(self, staff: str, device: str) -> list[tuple[tuple[str, str], int]]:
+        """The keys a sign-in of ``staff`` on ``device`` counts under, each with its wrong PINs before a wait."""
+        device = device_of(device)
+        staff_key = _staff_key(staff)
+        keys = [((staff_key, device), FAILURES_MAX), (("device", device), DEVICE_FAILURES_MAX)]
+        if (staff_key, device) not in self._known:
+            keys.append(((staff_key, EVERY_DEVICE), STAFF_FAILURES_MAX))
+        return keys
 
     def wait_s(self, staff: str, device: str) -> float:
         """Seconds this staff id must still wait on this device (0: it may try now)."""
+        return self._wait(staff, device)[0]
+
+    def _wait(self, staff: str, device: str) -> tuple[float, bool]:
+        """The wait, and whether it is the staff id's across devices."""
         now = self._clock()
-        return max((f.locked_until_s - now for k in self.keys(staff, device) if (f := self._keys.get(k))), default=0.0)
+        waits = [
+            (f.locked_until_s - now, k[1] == EVERY_DEVICE)
+            for k, _ in self.keys(staff, device)
+            if (f := self._keys.get(k))
+        ]
+        return max(waits, default=(0.0, False))
 
     @asynccontextmanager
     async def attempt(self, staff: str, device: str) -> AsyncIterator[Callable[[bool], None]]:
@@ -174,12 +225,13 @@ class PinBrake:
 
         ``LockedOut`` if the key must wait, now or once the attempts ahead of this one are checked. An
         attempt left without a verdict (cancelled, failed) counts as nothing."""
-        keys = self.keys(staff, device)
         while True:
-            wait_s = self.wait_s(staff, device)
+            wait_s, from_many_devices = self._wait(staff, device)
             if wait_s > 0:
-                raise LockedOut(wait_s)
-            if all(self._in_flight.get(k, 0) < self._left(k, free) for k, free in zip(keys, _FREE, strict=True)):
+                raise LockedOut(wait_s, from_many_devices=from_many_devices)
+            counted = self.keys(staff, device)
+            if all(self._in_flight.get(k, 0) < self._left(k, free) for k, free in counted):
+                keys = [k for k, _ in counted]
                 break
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -200,24 +252,32 @@ class PinBrake:
             self._wake()
 
     def failed(self, staff: str, device: str) -> None:
-        """Count one wrong PIN for this staff id on this device, and for the device."""
-        for key, free in zip(self.keys(staff, device), _FREE, strict=True):
+        """Count one wrong PIN for this staff id on this device, for the device, and for the staff id across the
+        devices it has not signed in on (unless this is one it signed in on)."""
+        for key, free in self.keys(staff, device):
             self._bump(key, free)
 
     def succeeded(self, staff: str, device: str) -> None:
-        """The PIN was right: this staff id starts again from 0 on this device (the device's count stays)."""
-        self._keys.pop(self.keys(staff, device)[0], None)
+        """The PIN was right: this staff id starts again from 0 on this device (the device's count stays), and a wait
+        of its own across devices no longer holds it here."""
+        pair = self.keys(staff, device)[0][0]
+        self._keys.pop(pair, None)
+        self._known[pair] = None
+        self._known.move_to_end(pair)
+        while len(self._known) > KNOWN_DEVICES_MAX:
+            self._known.popitem(last=False)
 
     def _left(self, key: tuple[str, str], free: int) -> int:
         """Wrong PINs this key may still have before it must wait (1 once a wait is over: each next one waits)."""
         seen = self._keys.get(key)
-        if seen is None or self._forgotten(seen, self._clock()):
+        if seen is None or self._forgotten(seen, self._clock(), key):
             return free
         return max(1, free - seen.count)
 
     @staticmethod
-    def _forgotten(seen: Failures, now: float) -> bool:
-        return now - seen.last_s >= FAILURE_MEMORY_S and now >= seen.locked_until_s
+    def _forgotten(seen: Failures, now: float, key: tuple[str, str]) -> bool:
+        memory_s = STAFF_FAILURE_MEMORY_S if key[1] == EVERY_DEVICE else FAILURE_MEMORY_S
+        return now - seen.last_s >= memory_s and now >= seen.locked_until_s
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -228,16 +288,26 @@ class PinBrake:
     def _bump(self, key: tuple[str, str], free: int) -> None:
         now = self._clock()
         seen = self._keys.pop(key, None)
-        if seen is not None and self._forgotten(seen, now):
+        if seen is not None and self._forgotten(seen, now, key):
             seen = None
         count = 1 if seen is None else seen.count + 1
         wait_s = 0.0 if count < free else min(LOCKOUT_MAX_S, LOCKOUT_BASE_S * 2 ** min(count - free, 30))
         self._keys[key] = Failures(count, now, now + wait_s)
-        while len(self._keys) > BRAKE_KEYS_MAX:
-            self._keys.popitem(last=False)
+        if key[1] == EVERY_DEVICE and count == free:
+            log.warning(
+                "Staff id %s had %d wrong PINs from devices it has not signed in on (a PIN guessed from many"
+                " addresses?); each further try from such a device waits, first %g s.",
+                key[0].removeprefix("staff:"), count, wait_s,
+            )  # fmt: skip
+        while len(self._keys) > BRAKE_KEYS_MAX:  # the oldest gives way, never a configured staff id's across devices
+            oldest = next((k for k in self._keys if k not in self._kept), None)
+            if oldest is None:
+                break
+            del self._keys[oldest]
 
 
-_FREE = (FAILURES_MAX, DEVICE_FAILURES_MAX)  # wrong PINs each of PinBrake.keys may have before it waits
+def _staff_key(staff: str) -> str:
+    return f"staff:{staff[:STAFF_KEY_MAX_LEN]}"
 
 
 class StaffDirectory:
@@ -254,7 +324,7 @@ class StaffDirectory:
         self._ttl_s = login_ttl_s
         self._clock = clock
         self._tokens: dict[bytes, Login] = {}
-        self.brake = PinBrake(clock)
+        self.brake = PinBrake(clock, staff=self._hashes)
         # A wrong staff id costs as much as a wrong PIN, so timing does not tell which staff ids exist.
         self._decoy = PinHash.parse(hash_pin("0000", salt=b"shelfsync-decoy!"))
 

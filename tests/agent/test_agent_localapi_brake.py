@@ -1,4 +1,4 @@
-"""Wrong PINs are braked per device and staff id, with a wait that grows; never a lockout everywhere."""
+"""Wrong PINs are braked per device and staff id, with a wait that grows; never on a device the staff id signed in on."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from agent.localapi.auth import (
     FAILURES_MAX,
     LOCKOUT_BASE_S,
     LOCKOUT_MAX_S,
+    STAFF_FAILURE_MEMORY_S,
+    STAFF_FAILURES_MAX,
     AuthError,
     LockedOut,
     PinBrake,
     StaffDirectory,
+    device_of,
     hash_pin,
 )
 
@@ -60,3 +63,30 @@ async def test_one_device_trying_many_staff_ids_is_braked_itself() -> None:
     with pytest.raises(LockedOut):
         await staff.sign_in("ana", "4711", remote="10.0.0.66")
     assert (await staff.sign_in("ana", "4711", remote="10.0.0.5"))[1].staff == "ana"
+
+
+async def test_one_staff_ids_wrong_pins_from_many_devices_are_braked_together_but_not_where_it_signed_in() -> None:
+    now = [0.0]
+    staff = StaffDirectory({"ana": ANA}, clock=lambda: now[0])
+    await staff.sign_in("ana", "4711", remote="10.0.0.5")  # ana's handheld
+    for n in range(STAFF_FAILURES_MAX):  # one guess from each of ever new addresses
+        with pytest.raises(AuthError) as err:
+            await staff.sign_in("ana", "0000", remote=f"10.0.1.{n}")
+        assert not isinstance(err.value, LockedOut)
+    for device in ("10.0.2.1", "10.0.2.2"):
+        with pytest.raises(LockedOut) as locked:
+            await staff.sign_in("ana", "4711", remote=device)
+        assert locked.value.retry_after_s == pytest.approx(LOCKOUT_BASE_S)
+        assert "from devices it has not signed in on" in str(locked.value)
+    assert (await staff.sign_in("ana", "4711", remote="10.0.0.5"))[1].staff == "ana"
+    assert (await staff.sign_in("ana", "4711", remote="::ffff:10.0.0.5"))[1].staff == "ana"  # the same device
+    now[0] += STAFF_FAILURE_MEMORY_S + LOCKOUT_BASE_S
+    assert (await staff.sign_in("ana", "4711", remote="10.0.2.1"))[1].staff == "ana"  # a day on: the count is gone
+
+
+def test_an_ipv4_device_seen_as_ipv6_is_the_same_device() -> None:
+    brake = PinBrake(lambda: 0.0)
+    for _ in range(FAILURES_MAX):
+        brake.failed("ana", "::ffff:10.0.0.7")
+    assert brake.wait_s("ana", "10.0.0.7") == LOCKOUT_BASE_S
+    assert device_of("::ffff:10.0.0.7") == "10.0.0.7" and device_of("fe80::1") == "fe80::1"

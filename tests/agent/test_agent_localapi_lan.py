@@ -1,0 +1,48 @@
+"""The local API against a hostile device on the store's Wi-Fi: what such a device could do, and can do no more.
+
+Real HTTP on 127.0.0.1 to the real server. A device on a store network takes whatever address it likes (another
+free IPv4 address of the /24, any of the 2^64 of its IPv6 network): here, the loopback network's 127.0.0.0/8, each
+address bound as a connection's source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent.localapi import LocalApiServer
+from agent.localapi.auth import STAFF_FAILURES_MAX
+from tests.agent.localapi_helpers import local_api
+
+STEP_TIMEOUT_S = 10.0
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[LocalApiServer]:
+    async with local_api(tmp_path, 64) as running:
+        yield running
+
+
+async def _sign_in(server: LocalApiServer, pin: str, source: str) -> int:
+    """The status of ana's sign-in with ``pin`` from the address ``source``."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+    timeout = aiohttp.ClientTimeout(total=STEP_TIMEOUT_S)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
+        http.post(f"{server.url}/api/v1/login", json={"staff": "ana", "pin": pin}) as answer,
+    ):
+        return answer.status
+
+
+async def test_guessing_one_staff_ids_pin_from_ever_new_addresses_is_braked(server: LocalApiServer) -> None:
+    assert await _sign_in(server, "4711", "127.0.0.1") == 200  # ana's own handheld, before anyone guesses
+    answers = [await _sign_in(server, f"{n:04d}", f"127.0.1.{n + 1}") for n in range(STAFF_FAILURES_MAX + 3)]
+    # Each address had one wrong PIN: the per-device brake alone let a device with many addresses guess for ever
+    # (a 4-digit PIN fell in minutes). Past the staff id's budget, every further guess from a new address waits.
+    assert answers[:STAFF_FAILURES_MAX] == [401] * STAFF_FAILURES_MAX
+    assert answers[STAFF_FAILURES_MAX:] == [429] * 3
+    assert await _sign_in(server, "4711", "127.0.2.1") == 429  # even the right PIN, from a device never signed in on
+    assert await _sign_in(server, "4711", "127.0.0.1") == 200  # ana's own handheld signs in as before
