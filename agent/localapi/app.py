@@ -42,6 +42,7 @@ from agent.sessions import (
 from agent.sessions.model import check_sku
 from agent.sessions.store import LINES_MAX
 from protocol import values
+from protocol.logsafety import RepeatLog
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class LocalApiContext:
 CONTEXT_KEY = web.AppKey("context", LocalApiContext)
 HOSTS_KEY = web.AppKey("hosts", HostCheck)
 LOGIN_KEY = web.RequestKey("login", Login)
+CUT_OFF_KEY = web.AppKey("cut_off", RepeatLog)  # requests whose device closed the connection before their body ended
 
 
 def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.Application:
@@ -97,6 +99,16 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
     )
     app[CONTEXT_KEY] = context
     app[HOSTS_KEY] = hosts if hosts is not None else HostCheck("127.0.0.1", context.allowed_hosts)
+    # A device that goes out of the Wi-Fi's reach mid-request, or a hostile one opening hundreds of requests and
+    # dropping them, logged a traceback each (ERROR, "failed with an unexpected error"): counted, one line a minute.
+    app[CUT_OFF_KEY] = RepeatLog(
+        log, "Local API dropped", "request cut off by its device|requests cut off by their devices"
+    )
+
+    async def flush_cut_off(app: web.Application) -> None:
+        app[CUT_OFF_KEY].flush()
+
+    app.on_cleanup.append(flush_cut_off)
     r = app.router
     r.add_get("/", index, name="index")
     r.add_get("/static/{name}", static, name="static")
@@ -266,6 +278,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise web.HTTPRequestTimeout(
             text=f"the request body did not arrive within {BODY_TIMEOUT_S:g} s; send it again"
         ) from None
+    except ConnectionResetError:  # the device closed the connection (or left the Wi-Fi) before its body ended
+        request.app[CUT_OFF_KEY].record(
+            request.remote, f"{request.method} {request.path}: the connection closed before the body arrived whole"
+        )
+        raise web.HTTPBadRequest(text="the connection closed before the request body arrived whole") from None
     if not raw.strip():
         return {}
     try:  # the one rule for JSON bodies (protocol.values): no NaN/Infinity, no lone surrogates, bounded depth

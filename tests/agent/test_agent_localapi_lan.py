@@ -7,6 +7,9 @@ address bound as a connection's source.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -46,3 +49,28 @@ async def test_guessing_one_staff_ids_pin_from_ever_new_addresses_is_braked(serv
     assert answers[STAFF_FAILURES_MAX:] == [429] * 3
     assert await _sign_in(server, "4711", "127.0.2.1") == 429  # even the right PIN, from a device never signed in on
     assert await _sign_in(server, "4711", "127.0.0.1") == 200  # ana's own handheld signs in as before
+
+
+async def test_a_device_cutting_its_request_body_off_is_one_line_in_the_log_not_a_traceback(
+    server: LocalApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the server is reading the body
+        writer.transport.abort()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    async with asyncio.timeout(STEP_TIMEOUT_S):
+        while not any("cut off" in r.getMessage() for r in caplog.records):
+            await asyncio.sleep(0.05)
+    assert await _sign_in(server, "4711", "127.0.0.1") == 200  # serving on
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+    cut = [r.getMessage() for r in caplog.records if "cut off" in r.getMessage()]
+    assert len(cut) == 1, cut  # one line, counted (agent.localapi.guard), however many devices do it
+    assert "127.0.0.1" in cut[0] and "POST /api/v1/login" in cut[0], cut
