@@ -74,3 +74,11 @@ async def test_a_device_cutting_its_request_body_off_is_one_line_in_the_log_not_
     cut = [r.getMessage() for r in caplog.records if "cut off" in r.getMessage()]
     assert len(cut) == 1, cut  # one line, counted (agent.localapi.guard), however many devices do it
     assert "127.0.0.1" in cut[0] and "POST /api/v1/login" in cut[0], cut
+
+
+@pytest.mark.parametrize("typed", ["٤٧١١", "۴۷۱۱", "４７１１"], ids=["arabic-indic", "persian", "full-width"])
+async def test_a_pin_typed_on_a_keyboard_of_another_scripts_digits_signs_in(server: LocalApiServer, typed: str) -> None:
+    """The PIN field asks a phone for its numeric keyboard, which in an Arabic or Persian locale types its own
+    digits: ana's 4711 typed so was 'unknown staff id or wrong PIN', and she could not sign in at all."""
+    assert await _sign_in(server, typed, "127.0.0.1") == 200
+    assert await _sign_in(server, "٤٧١٢", "127.0.0.1") == 401  # a wrong PIN in those digits is still wrong
