@@ -248,6 +248,7 @@ async def _headers_middleware(request: web.Request, handler: Handler) -> web.Str
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Frame-Options", "DENY")  # frame-ancestors for a WebView that predates it
     response.headers.setdefault("Cache-Control", "no-store")
     return response
 

@@ -82,3 +82,16 @@ async def test_a_pin_typed_on_a_keyboard_of_another_scripts_digits_signs_in(serv
     digits: ana's 4711 typed so was 'unknown staff id or wrong PIN', and she could not sign in at all."""
     assert await _sign_in(server, typed, "127.0.0.1") == 200
     assert await _sign_in(server, "٤٧١٢", "127.0.0.1") == 401  # a wrong PIN in those digits is still wrong
+
+
+async def test_the_page_may_be_framed_by_no_page_in_a_browser_without_frame_ancestors_either(
+    server: LocalApiServer,
+) -> None:
+    """CSP's frame-ancestors keeps another site from drawing the handheld page under its own (clickjacking: a tap
+    on its button lands on Close or Yes) in a current browser; the WebView of an older handheld scanner knows only
+    X-Frame-Options, and the page did not send it."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/", "/static/handheld.js", "/api/v1/me", "/no-such-page"):
+            async with http.get(server.url + path) as answer:
+                assert answer.headers.get("X-Frame-Options") == "DENY", (path, dict(answer.headers))
+                assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
