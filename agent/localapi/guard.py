@@ -7,8 +7,9 @@ answering, the replicator could not open a socket to the hub (nothing synced), a
 per failed accept (228,000 log lines in seconds). Here, below the application:
 
 - at most ``connections_max`` connections are open (``CONNECTIONS_MAX``, at most a quarter of the open-file
-  limit); when that many are, the one idle the longest gives way to the new one, and when every one is busy the
-  new one is refused. Either is answered ``503`` with ``Retry-After: 1`` and ``Connection: close``, also one idle
+  limit); when that many are, the one idle the longest gives way to the new one, else the one whose request has
+  waited the longest for its body (past ``BODY_STALL_S``: a handheld's body comes with its head), and when every
+  one is busy otherwise the new one is refused. Either is answered ``503`` with ``Retry-After: 1`` and ``Connection: close``, also one idle
   between two requests of a keep-alive handheld: closed without a word, the next request its handheld was sending
   just then (a scan: a POST, which no browser sends again by itself) was cut off by an end of file or a reset;
 - a connection so answered is not closed at once: with its client's request unread, the kernel answered it with a
@@ -31,6 +32,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -52,6 +55,11 @@ REFUSED_LINGER_MAX = 64  # refused connections lingering at once (their files co
 # one that has lingered the longest closes. The same bounds as the hub's (hub.limits), kept as a small copy: the
 # two guards share the idea, not their handlers, and the agent must not import the hub.
 FD_SHARE = 4  # the local API holds at most a quarter of the open-file limit: the outbox and the hub need the rest
+# Every connection busy, one whose request has waited this long for its body gives way to a new one (the one that has
+# waited the longest): a handheld's body comes with its head, in one packet. One device that held every connection
+# with heads whose bodies never came, opened again as each was cut off at app.BODY_TIMEOUT_S, kept every handheld
+# out (503) for as long as it went on.
+BODY_STALL_S = 1.0
 MALFORMED_ANSWER = "the request is not valid HTTP/1.1; fix the device or program that sent it"
 BUSY_ANSWER = "the local API is serving as many devices as it can; try again in a moment"
 ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message for EMFILE/ENFILE/ENOBUFS on accept
@@ -92,6 +100,11 @@ class Guard:
             "Local API closed",
             "refused connection before its client did|refused connections before their clients did",
         )
+        self.stalled = RepeatLog(
+            log,
+            "Local API answered 503 and closed",
+            "connection waiting for its request's body|connections waiting for their requests' bodies",
+        )
         self.busy = RepeatLog(log, "Local API refused", "connection")
         self.accept_failed = RepeatLog(log, "Local API could not accept", "connection")
         self._previous: Any = None
@@ -109,14 +122,23 @@ class Guard:
         """Room for ``handler`` (closing the connection idle the longest if need be), or False: refuse it."""
         if len(self._open) >= self.limit:
             victim = next((h for h in self._open if h.idle), None)
-            if victim is None:
+            if victim is not None:
+                self.evicted.record(victim.peer, f"to make room for a new one (at most {self.limit} open)")
+            elif (victim := self._stalled()) is not None:
+                self.stalled.record(victim.peer, f"to make room for a new one (at most {self.limit} open)")
+            else:
                 self.busy.record(handler.peer, f"all {self.limit} connections are busy (connections_max)")
                 return False
-            self.evicted.record(victim.peer, f"to make room for a new one (at most {self.limit} open)")
             self.closed(victim)
             victim.refuse()  # its handheld may be sending its next request now: it reads the 503, not a reset
         self._open[handler] = None
         return True
+
+    def _stalled(self) -> GuardedHandler | None:
+        """The connection whose request has waited the longest for its body, if past ``BODY_STALL_S``."""
+        mark = time.monotonic() - BODY_STALL_S
+        waiting = [h for h in self._open if h.body_since is not None and h.body_since <= mark]
+        return min(waiting, key=lambda h: h.body_since or 0.0, default=None)
 
     def active(self, handler: GuardedHandler) -> None:
         if handler in self._open:
@@ -159,7 +181,7 @@ class Guard:
             loop.default_exception_handler(context)
 
     def flush(self) -> None:
-        for tally in (self.malformed, self.evicted, self.linger_cut, self.busy, self.accept_failed):
+        for tally in (self.malformed, self.evicted, self.stalled, self.linger_cut, self.busy, self.accept_failed):
             tally.flush()
 
 
@@ -177,6 +199,16 @@ class GuardedHandler(RequestHandler):
         self._guard = guard
         self.peer = "an unknown address"
         self._linger_timer: asyncio.TimerHandle | None = None  # set while it lingers, refused
+        self.body_since: float | None = None  # when its request began waiting for its body (monotonic), while it does
+
+    @contextlib.contextmanager
+    def reading_body(self) -> Iterator[None]:
+        """Within this block the connection's request waits for its body (``app._body``)."""
+        self.body_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.body_since = None
 
     @property
     def idle(self) -> bool:

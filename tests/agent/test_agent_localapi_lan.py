@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from agent.localapi import LocalApiServer
+from agent.localapi import LocalApiServer, guard
 from agent.localapi.auth import STAFF_FAILURES_MAX
 from tests.agent.localapi_helpers import local_api
 
@@ -95,3 +96,32 @@ async def test_the_page_may_be_framed_by_no_page_in_a_browser_without_frame_ance
             async with http.get(server.url + path) as answer:
                 assert answer.headers.get("X-Frame-Options") == "DENY", (path, dict(answer.headers))
                 assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+
+
+async def test_connections_waiting_for_bodies_that_never_come_give_way_to_a_handheld(tmp_path: Path) -> None:
+    """One device opened as many connections as the local API holds, each with a sign-in's head and one byte of
+    its body, and opened them again as each was cut off at the body's deadline (15 s): every handheld was
+    answered 503 for as long as it went on. Now, every connection busy, the one that has waited the longest for
+    its body (past guard.BODY_STALL_S) gives way to the new one, answered 503 itself."""
+    slots = 3
+    async with local_api(tmp_path, slots) as running:
+        held = []
+        for _ in range(slots):
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(
+                b"POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            held.append((reader, writer))
+        async with asyncio.timeout(STEP_TIMEOUT_S):  # each is waiting for its body, past the stall's mark
+            while running.guard.open_count < slots or not all(
+                h.body_since is not None and h.body_since <= time.monotonic() - guard.BODY_STALL_S
+                for h in list(running.guard._open)
+            ):
+                await asyncio.sleep(0.05)
+        assert await _sign_in(running, "4711", "127.0.0.1") == 200
+        first = await asyncio.wait_for(held[0][0].read(), STEP_TIMEOUT_S)  # the first to wait gave way
+        assert first.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in first, first
+        for _, writer in held:
+            writer.close()

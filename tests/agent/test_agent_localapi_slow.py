@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 import agent.localapi.app as localapi_app
-from agent.localapi import LocalApiServer
+from agent.localapi import LocalApiServer, guard
 from tests.agent.localapi_helpers import local_api
 
 SLOTS = 4
@@ -28,6 +28,7 @@ WAIT_S = 10.0  # well past the deadline; without one the slots stay taken for th
 @pytest.fixture
 async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalApiServer]:
     monkeypatch.setattr(localapi_app, "BODY_TIMEOUT_S", DEADLINE_S, raising=False)
+    monkeypatch.setattr(guard, "BODY_STALL_S", 3600.0)  # the deadline alone frees them here (stalls: test_..._lan)
     async with local_api(tmp_path, SLOTS) as running:
         yield running
 
