@@ -89,6 +89,7 @@ CONTEXT_KEY = web.AppKey("context", LocalApiContext)
 HOSTS_KEY = web.AppKey("hosts", HostCheck)
 LOGIN_KEY = web.RequestKey("login", Login)
 CUT_OFF_KEY = web.AppKey("cut_off", RepeatLog)  # requests whose device closed the connection before their body ended
+WAITING_KEY = web.AppKey("waiting", RepeatLog)  # sign-ins refused while their device and staff id wait (429)
 
 
 def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.Application:
@@ -106,10 +107,20 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
         log, "Local API dropped", "request cut off by its device|requests cut off by their devices"
     )
 
-    async def flush_cut_off(app: web.Application) -> None:
-        app[CUT_OFF_KEY].flush()
+    # Sign-ins sent while their staff id waits on a device cost no hash: one device sent 2,000 a second, a WARNING
+    # line each. The first is said at once, the rest counted.
+    app[WAITING_KEY] = RepeatLog(
+        log,
+        "Local API refused",
+        "sign-in while its device waits after wrong PINs|sign-ins while their devices wait after wrong PINs",
+        level=logging.WARNING,
+    )
 
-    app.on_cleanup.append(flush_cut_off)
+    async def flush_counts(app: web.Application) -> None:
+        app[CUT_OFF_KEY].flush()
+        app[WAITING_KEY].flush()
+
+    app.on_cleanup.append(flush_counts)
     r = app.router
     r.add_get("/", index, name="index")
     r.add_get("/static/{name}", static, name="static")
@@ -354,6 +365,9 @@ async def login(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"staff {problem}; a staff id is {values.STAFF.rule()}")
     try:
         token, who = await ctx.staff.sign_in(staff.strip(), pin, remote=request.remote or "")
+    except LockedOut as err:  # costs no hash: a device sends thousands a second, so they are counted
+        request.app[WAITING_KEY].record(request.remote, f"staff id {staff[:32]!r}: {err}")
+        raise
     except AuthError as err:
         log.warning("Sign-in refused for staff id %r from %s: %s.", staff[:32], request.remote, err)
         raise

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from agent.localapi import LocalApiServer, guard
-from agent.localapi.auth import STAFF_FAILURES_MAX
+from agent.localapi.auth import FAILURES_MAX, STAFF_FAILURES_MAX
 from tests.agent.localapi_helpers import local_api
 
 STEP_TIMEOUT_S = 10.0
@@ -125,3 +125,19 @@ async def test_connections_waiting_for_bodies_that_never_come_give_way_to_a_hand
         assert first.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in first, first
         for _, writer in held:
             writer.close()
+
+
+async def test_sign_ins_refused_while_a_device_waits_are_counted_in_one_log_line_not_one_each(
+    server: LocalApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device that keeps sending sign-ins while it must wait costs the agent no hash, so it sends thousands a
+    second: each wrote a WARNING line (2,000 lines, 420 kB, in 1.1 s from one device against a real agent)."""
+    caplog.set_level(logging.INFO)
+    statuses = [await _sign_in(server, "0000", "127.0.0.1") for _ in range(FAILURES_MAX + 40)]
+    assert statuses == [401] * FAILURES_MAX + [429] * 40
+    refused = [r.getMessage() for r in caplog.records if r.name == "agent.localapi.app"]
+    wrong = [m for m in refused if "wrong PIN." in m]
+    waiting = [m for m in refused if "waiting" in m or "too many" in m]
+    assert len(wrong) == FAILURES_MAX  # each wrong PIN, said at once: what the staff and the brake went by
+    assert len(waiting) == 1, waiting  # the first refusal at once; the rest counted, at most one line a minute
+    assert "127.0.0.1" in waiting[0] and "'ana'" in waiting[0], waiting
