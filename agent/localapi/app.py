@@ -90,6 +90,7 @@ HOSTS_KEY = web.AppKey("hosts", HostCheck)
 LOGIN_KEY = web.RequestKey("login", Login)
 CUT_OFF_KEY = web.AppKey("cut_off", RepeatLog)  # requests whose device closed the connection before their body ended
 WAITING_KEY = web.AppKey("waiting", RepeatLog)  # sign-ins refused while their device and staff id wait (429)
+UNKNOWN_KEY = web.AppKey("unknown", RepeatLog)  # sign-ins refused for a staff id that is not configured
 
 
 def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.Application:
@@ -116,9 +117,13 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
         level=logging.WARNING,
     )
 
+    app[UNKNOWN_KEY] = RepeatLog(
+        log, "Local API refused", "sign-in of an unknown staff id|sign-ins of unknown staff ids", level=logging.WARNING
+    )
+
     async def flush_counts(app: web.Application) -> None:
-        app[CUT_OFF_KEY].flush()
-        app[WAITING_KEY].flush()
+        for counted in (app[CUT_OFF_KEY], app[WAITING_KEY], app[UNKNOWN_KEY]):
+            counted.flush()
 
     app.on_cleanup.append(flush_counts)
     r = app.router
@@ -369,7 +374,10 @@ async def login(request: web.Request) -> web.Response:
         request.app[WAITING_KEY].record(request.remote, f"staff id {staff[:32]!r}: {err}")
         raise
     except AuthError as err:
-        log.warning("Sign-in refused for staff id %r from %s: %s.", staff[:32], request.remote, err)
+        if ctx.staff.knows(staff.strip()):
+            log.warning("Sign-in refused for staff id %r from %s: %s.", staff[:32], request.remote, err)
+        else:  # guesses of ever new staff ids from ever new addresses pass every brake: counted
+            request.app[UNKNOWN_KEY].record(request.remote, f"{staff[:32]!r} is no such staff id")
         raise
     log.info("Staff %s signed in from %s.", who.staff, request.remote)
     response = _json({"staff": who.staff, "token": token, "expires_in_s": ctx.login_ttl_s})

@@ -339,6 +339,10 @@ class StaffDirectory:
     def staff_ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._hashes))
 
+    def knows(self, staff: str) -> bool:
+        """Whether ``staff`` is a configured staff id."""
+        return staff in self._hashes
+
     async def sign_in(self, staff: str, pin: str, *, remote: str = "") -> tuple[str, Login]:
         """Check the PIN; return a new token and its login. ``AuthError`` (or ``LockedOut``) otherwise.
 
