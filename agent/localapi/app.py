@@ -91,6 +91,7 @@ LOGIN_KEY = web.RequestKey("login", Login)
 CUT_OFF_KEY = web.AppKey("cut_off", RepeatLog)  # requests whose device closed the connection before their body ended
 WAITING_KEY = web.AppKey("waiting", RepeatLog)  # sign-ins refused while their device and staff id wait (429)
 UNKNOWN_KEY = web.AppKey("unknown", RepeatLog)  # sign-ins refused for a staff id that is not configured
+LATE_KEY = web.AppKey("late", RepeatLog)  # requests cut off (408) when their body did not arrive in time
 
 
 def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.Application:
@@ -121,8 +122,12 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
         log, "Local API refused", "sign-in of an unknown staff id|sign-ins of unknown staff ids", level=logging.WARNING
     )
 
+    app[LATE_KEY] = RepeatLog(
+        log, "Local API cut off", "request whose body came too late|requests whose bodies came too late"
+    )
+
     async def flush_counts(app: web.Application) -> None:
-        for counted in (app[CUT_OFF_KEY], app[WAITING_KEY], app[UNKNOWN_KEY]):
+        for counted in (app[CUT_OFF_KEY], app[WAITING_KEY], app[UNKNOWN_KEY], app[LATE_KEY]):
             counted.flush()
 
     app.on_cleanup.append(flush_counts)
@@ -291,10 +296,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 raw = await request.read()
     except TimeoutError:
-        log.info(
-            "Cut off %s %s from %s: its body did not arrive within %g s.",
-            request.method, request.path, request.remote, BODY_TIMEOUT_S,
-        )  # fmt: skip
+        request.app[LATE_KEY].record(
+            request.remote, f"{request.method} {request.path}: its body did not arrive within {BODY_TIMEOUT_S:g} s"
+        )
         raise web.HTTPRequestTimeout(
             text=f"the request body did not arrive within {BODY_TIMEOUT_S:g} s; send it again"
         ) from None

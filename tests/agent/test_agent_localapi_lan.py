@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import agent.localapi.app as localapi_app
 from agent.localapi import LocalApiServer, guard
 from agent.localapi.auth import FAILURES_MAX, STAFF_FAILURES_MAX
 from tests.agent.localapi_helpers import local_api
@@ -162,3 +163,30 @@ async def test_sign_ins_of_staff_ids_that_do_not_exist_are_counted_in_one_log_li
     ]
     unknown = [m for m in said if "guess" in m]
     assert len(unknown) == 1 and "no such staff id" in unknown[0] and "127.0.4.1" in unknown[0], unknown
+
+
+async def test_bodies_cut_off_at_their_deadline_are_counted_in_one_log_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device can keep as many requests waiting for their bodies as the API holds connections, again as each is
+    cut off: a log line each (256 every 15 s, for as long as it goes on)."""
+    monkeypatch.setattr(localapi_app, "BODY_TIMEOUT_S", 0.5)
+    caplog.set_level(logging.INFO)
+    async with local_api(tmp_path, 16) as running:
+
+        async def never_ending_body() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(
+                b"POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            answer = await asyncio.wait_for(reader.read(), STEP_TIMEOUT_S)
+            writer.close()
+            return answer
+
+        answers = await asyncio.gather(*(never_ending_body() for _ in range(6)))
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.localapi.app"]
+    cut = [m for m in said if "did not arrive within" in m]
+    assert len(cut) == 2, cut  # the first at once, the other five counted and said as the API stops
+    assert "5 requests" in cut[1] and "POST /api/v1/login" in cut[1], cut
