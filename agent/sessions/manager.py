@@ -52,6 +52,7 @@ from agent.sessions.model import (
     Unstored,
     check_bin_name,
     check_qty,
+    check_ref,
     check_scan_id,
     check_staff,
 )
@@ -155,6 +156,8 @@ class SessionManager:
             )
         if spec.bin is not None:
             check_bin_name(spec.bin)
+        if spec.ref is not None:
+            check_ref(spec.ref)
         for sku in (*spec.scope_skus, *(line.sku for line in spec.expected)):
             check_spelling(sku, self.catalog)
         if spec.type is SessionType.COUNT:

@@ -159,6 +159,26 @@ def bin_key(name: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def ref_key(ref: str) -> str:
+    """What one document reference is known by, however it was typed (as ``bin_key``): "dn-9000 ", full-width
+    "ＤＮ-９０００" are DN-9000. Only matched by "dn-9000 " before, a delivery note typed full-width opened a second
+    session for the same goods, which were booked twice (``agent.sessions.store``)."""
+    return bin_key(ref)
+
+
+def check_ref(ref: str) -> str:
+    """Refuse a document reference holding an invisible format character (as ``check_bin_name``): it is stored and
+    sent to the hub as typed, so one delivery note was two references there. Checked at a session's open."""
+    hidden = next((c for c in ref if unicodedata.category(c) == "Cf"), None)
+    if hidden is None:
+        return ref
+    what = unicodedata.name(hidden, "a format character")
+    raise InvalidSessionInput(
+        f"ref {values.shown(ref, 40)} holds an invisible character (U+{ord(hidden):04X} {what}), so it reads as"
+        " another document than the one kept; type the reference as it is printed, without it"
+    )
+
+
 def check_bin_name(name: str) -> str:
     """Refuse a bin name holding an invisible format character (a zero-width space or joiner, a byte-order mark, a
     soft hyphen, a direction mark, embedding, override or isolate): ``bin_key`` compares it without them, but it is

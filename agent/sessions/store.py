@@ -59,6 +59,7 @@ from agent.sessions.model import (
     SessionStatus,
     SessionType,
     bin_key,
+    ref_key,
 )
 from agent.sessions.plan import Unit, unit_of
 from protocol import QTY_MAX
@@ -125,6 +126,7 @@ _SESSION_COLUMNS = (
     "id, type, location, status, opened_by, opened_ms, ref, to_location, from_location, reason, bin, scope,"
     " expected, reader_id, close_hlc, zero_unscanned, closed_by, closed_ms, report"
 )
+_REF_COLUMN = 6  # ref's place in _SESSION_COLUMNS
 _LINE_COLUMNS = (
     "session_id, no, sku, qty, hlc, at_ms, by, source, barcode, pack_size, disposition, unknown, undone,"
     " held, decided_by, rejected"
@@ -673,12 +675,14 @@ def _check_not_received_elsewhere(conn: sqlite3.Connection, session: Session) ->
     """One document is received (or shipped) in one open session at a time: from two, the same goods were booked
     twice, and a transfer's first close (a final receipt) wrote off as lost in transit what the other session had
     scanned; a shipment packed from two sessions was shipped twice, and the receipt wrote off the second. The
-    reference is matched case and the spaces around it aside, as ``_check_not_received_before`` does."""
-    row = conn.execute(
-        "SELECT id, opened_by FROM sessions WHERE type = ? AND lower(trim(ref)) = lower(trim(?)) AND location = ?"
+    reference is matched as ``_check_not_received_before`` does (``model.ref_key``)."""
+    key = ref_key(session.spec.ref or "")
+    rows = conn.execute(
+        "SELECT id, opened_by, ref FROM sessions WHERE type = ? AND ref IS NOT NULL AND location = ?"
         " AND status IN ('open', 'closing') AND id <> ?",
-        (session.type.value, session.spec.ref, session.location, session.id),
-    ).fetchone()
+        (session.type.value, session.location, session.id),
+    ).fetchall()
+    row = next((r for r in rows if ref_key(r[2]) == key), None)
     if row is not None:
         raise SessionConflict(
             f"{session.spec.ref!r} is already being {_worked(session.type)} in {session.type.value} session {row[0]}"
@@ -693,14 +697,16 @@ RECEIVED_ONCE = (SessionType.RECEIVE, SessionType.TRANSFER_IN)
 def _check_not_received_before(conn: sqlite3.Connection, session: Session) -> None:
     """A delivery note (or transfer) received here in a closed session that booked goods is not received again
     unless the staff say so (``again``): the same note scanned on two days, by two people or off the same pallet,
-    booked its goods twice without a word. Its reference is matched as a person means it (case and the spaces
-    around it aside), so "dn-4711 " typed on a phone is DN-4711."""
+    booked its goods twice without a word. Its reference is matched as a person means it (``model.ref_key``: case,
+    width and the spaces around it aside), so "dn-4711 " typed on a phone, or full-width "ＤＮ-４７１１", is DN-4711."""
+    key = ref_key(session.spec.ref or "")
     rows = conn.execute(
         f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE type = ? AND location = ? AND status = 'closed'"
-        " AND lower(trim(ref)) = lower(trim(?)) ORDER BY closed_ms DESC, id DESC",
-        (session.type.value, session.location, session.spec.ref),
+        " AND ref IS NOT NULL ORDER BY closed_ms DESC, id DESC",
+        (session.type.value, session.location),
     ).fetchall()
-    booked = [(s, s.report) for s in map(_session, rows) if s.report is not None and s.report.events > 0]
+    same = [row for row in rows if ref_key(row[_REF_COLUMN]) == key]
+    booked = [(s, s.report) for s in map(_session, same) if s.report is not None and s.report.events > 0]
     if not booked:
         return
     last, report = booked[0]

@@ -190,3 +190,39 @@ async def test_bodies_cut_off_at_their_deadline_are_counted_in_one_log_line(
     cut = [m for m in said if "did not arrive within" in m]
     assert len(cut) == 2, cut  # the first at once, the other five counted and said as the API stops
     assert "5 requests" in cut[1] and "POST /api/v1/login" in cut[1], cut
+
+
+async def test_a_delivery_note_typed_full_width_or_with_an_invisible_character_is_the_same_note(
+    server: LocalApiServer,
+) -> None:
+    """'dn-9000 ' was DN-9000 to the check that keeps one delivery from being received in two sessions, but full-width
+    'ＤＮ-９０００' (an input method's) and 'DN-9000' with a zero-width space or direction mark (a paste, an RTL
+    keyboard) opened a second session for the same note, and its goods were booked twice."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/api/v1/login", json={"staff": "ana", "pin": "4711"}) as answer:
+            auth = {"Authorization": f"Bearer {(await answer.json())['token']}"}
+
+        async def open_receive(ref: str) -> tuple[int, str]:
+            async with http.post(
+                f"{server.url}/api/v1/sessions", json={"type": "receive", "ref": ref}, headers=auth
+            ) as answer:
+                body = await answer.json()
+                return answer.status, body["session"]["id"] if answer.status == 201 else body["error"]["message"]
+
+        status, first = await open_receive("DN-9000")
+        assert status == 201
+        status, said = await open_receive("ＤＮ-９０００")
+        assert status == 409 and first in said, said
+        for hidden in ("DN-9000\u200b", "\u200eDN-9000"):
+            status, said = await open_receive(hidden)
+            assert status == 400 and "invisible character" in said, said
+        async with http.post(
+            f"{server.url}/api/v1/sessions/{first}/scans", json={"sku": "SKU-1", "qty": 2}, headers=auth
+        ) as answer:
+            assert answer.status == 201
+        async with http.post(f"{server.url}/api/v1/sessions/{first}/close", json={}, headers=auth) as answer:
+            assert answer.status == 200
+        async with http.post(
+            f"{server.url}/api/v1/sessions", json={"type": "receive", "ref": "ＤＮ-９０００"}, headers=auth
+        ) as answer:
+            assert answer.status == 409 and (await answer.json())["error"]["code"] == "already_received"
