@@ -218,7 +218,8 @@ def rebind_command(config_arg: str | None) -> str:
     return f"{PROG} rebind --config {quoted}"
 
 
-def _open(config: AgentConfig, *, create: bool = True) -> Any:
+def _open(config: AgentConfig, *, create: bool = True, owner: bool = False) -> Any:
+    """``owner``: ``run``'s, the one process that copies the outbox's WAL back while it runs (see agent.db)."""
     a = config.agent
     return Outbox.open(
         a.outbox,
@@ -227,6 +228,7 @@ def _open(config: AgentConfig, *, create: bool = True) -> Any:
         synchronous=a.synchronous,
         retention_s=a.retention_days * 86_400,
         create=create,
+        owner=owner,
     )
 
 
@@ -291,7 +293,7 @@ def _signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, reload: async
 
 async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: asyncio.Event, reload: asyncio.Event) -> int:
     a = config.agent
-    async with _open(config) as outbox:
+    async with _open(config, owner=True) as outbox:
         log.info(
             "Agent %s for location %s started with outbox %s and hub %s.",
             a.id,

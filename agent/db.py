@@ -42,6 +42,22 @@ deleted or replaced under an open connection keeps working through that
 connection while nobody else can see what it holds; ``on_disk()`` tells so
 with one ``os.stat``, and ``keep_file()`` writes the open database back with
 SQLite's backup API (see ``agent.outbox``: what the outbox does about it).
+
+A file written over in place (``cp backup.sqlite3 outbox.sqlite3``: the same
+inode, other bytes) keeps its identity. In WAL mode only a checkpoint writes
+the database file itself, so the owner of a file (``owner=True``: the running
+agent, which alone copies the WAL back while it runs) takes the file's size,
+modification and change times (one ``os.stat``) and, where ``os.pread``
+exists, its first 100 bytes (SQLite's header, read through a descriptor kept
+open as long as the connection: closing one would drop SQLite's POSIX locks)
+after connecting and after each of its own checkpoints: any other change
+(file times alone may not move within one tick of the clock) means another
+writer, ``on_disk()`` answers "overwritten", and no checkpoint
+runs any more, so the WAL's pages are never copied into the other file (a mix
+SQLite reads as "database disk image is malformed"). Closing such a connection
+does not copy them either (``_close_without_checkpoint``). Any other process
+on the file (``checkpoint_if``) leaves its checkpoints to the running agent,
+which copies a large WAL back at its next look (``checkpoint_if_large``).
 """
 
 from __future__ import annotations
@@ -70,7 +86,7 @@ CHECKPOINT_ROWS = 1_000  # changed rows after which the thread copies the WAL ba
 WAL_KEEP_BYTES = 4 << 20  # journal_size_limit of a file given no wal_limit_bytes (SQLite's own: no limit)
 GROUP_MAX = 64  # queued writes committed in one transaction at most
 
-OnDisk = Literal["same", "missing", "replaced"]  # the path holds the open file, nothing, or another file
+OnDisk = Literal["same", "missing", "replaced", "overwritten"]  # the open file, nothing, another, or others' bytes
 Kept = Literal["same", "restored", "saved"]  # what ``keep_file`` did
 
 
@@ -94,10 +110,48 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+FilePrint = tuple[int, int, int, bytes]  # st_size, st_mtime_ns, st_ctime_ns, header: what a write to the file changes
+HEADER_BYTES = 100  # SQLite's database header
+
+
+def file_print(path: Path, fd: int | None) -> FilePrint | None:
+    """Size, modification and change times of the file at ``path`` (None when there is none), and its header read
+    through ``fd`` (empty without one). ``cp -p`` sets the modification time back, not the change time; Windows
+    gives the creation time as st_ctime.
+
+    Never by opening the file here: closing any descriptor of a file drops every POSIX lock this process holds on
+    it, SQLite's own included (another process's connection then checkpoints and deletes the WAL under this one)."""
+    try:
+        st = os.stat(path)
+        head = b"" if fd is None else os.pread(fd, HEADER_BYTES, 0)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, head
+
+
+def _header_fd(path: Path) -> int | None:
+    """A descriptor of ``path`` to read its header with ``os.pread`` (None where there is none: Windows); closed
+    only once no connection of this process has the file open (``_close_header``)."""
+    if not hasattr(os, "pread"):
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
 class SqliteThread:
     """Runs functions ``fn(conn)`` on the one thread that owns ``conn``."""
 
-    def __init__(self, path: Path, synchronous: str, *, wal_limit_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        *,
+        wal_limit_bytes: int | None = None,
+        owner: bool = False,
+        checkpoint_if: Callable[[], bool] | None = None,
+    ) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}")
         self.path = path
@@ -119,6 +173,11 @@ class SqliteThread:
         self._reclaim_now = False  # and hand that to the thread at once
         self._reclaim_failed = False  # the last try found no room either (said once)
         self.identity: tuple[int, int] | None = None  # of the file this connection opened
+        self._owner = owner  # the only checkpointer: any other write to the database file is another writer's
+        self._checkpoint_if = checkpoint_if  # for any other: whether it may copy the WAL back now
+        self._print: FilePrint | None = None  # the database file as the owner's connection last left it
+        self._header_fd: int | None = None  # the owner's, for the print; never closed while the connection is open
+        self.overwritten = False  # another writer wrote the database file: no checkpoint runs any more
 
     async def connect(self) -> None:
         await self._submit(self._connect)
@@ -126,6 +185,42 @@ class SqliteThread:
     def _connect(self) -> None:
         self._conn = self._new_connection()
         self.identity = file_identity(self.path)
+        if self._owner:
+            self._header_fd = _header_fd(self.path)
+        self._take_print()
+
+    def _take_print(self) -> None:
+        """The owner's: the database file as its own connection and checkpoints left it."""
+        if self._owner and not self.overwritten:
+            self._print = file_print(self.path, self._header_fd)
+
+    def _close_header(self) -> None:
+        """Once the connection is closed: SQLite holds no lock on the file any more."""
+        if self._header_fd is not None:
+            os.close(self._header_fd)
+            self._header_fd = None
+
+    def _written_by_another(self) -> bool:
+        """Whether the database file changed since the owner's connection last left it."""
+        if self.overwritten:
+            return True
+        taken = self._print
+        now = file_print(self.path, self._header_fd)
+        if now is None or taken is None:
+            return False  # gone or unreadable: on_disk's identity tells
+        if now != taken:
+            self.overwritten = True
+            log.debug(
+                "The database file %s changed outside this connection's checkpoints: %s, then %s", self.path, taken, now
+            )
+        return self.overwritten
+
+    def _may_checkpoint(self) -> bool:
+        """On the connection's user: the owner copies the WAL back only into the file it last left; any other
+        connection only when ``checkpoint_if`` allows it."""
+        if self._owner:
+            return not self._written_by_another()
+        return self._checkpoint_if is None or self._checkpoint_if()
 
     def _new_connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(  # used from the caller's thread too, one at a time (self._lock)
@@ -152,7 +247,21 @@ class SqliteThread:
         return conn
 
     def on_disk(self) -> OnDisk:
-        """Whether the path still holds the file this connection opened (one ``os.stat``)."""
+        """Whether the path still holds the file this connection opened (one ``os.stat``; for the owner, one more
+        unless the connection is in use: a checkpoint of its own may be writing the file)."""
+        state = self._identity_on_disk()
+        if state != "same" or not self._owner:
+            return state
+        if self.overwritten:
+            return "overwritten"
+        if not self._lock.acquire(blocking=False):
+            return "same"  # the thread's next checkpoint looks before it writes
+        try:
+            return "overwritten" if self._written_by_another() else "same"
+        finally:
+            self._lock.release()
+
+    def _identity_on_disk(self) -> OnDisk:
         if self.identity is None:
             return "same"  # not opened yet: nothing to compare with
         try:
@@ -163,18 +272,34 @@ class SqliteThread:
             return "missing"
         return "same" if now == self.identity else "replaced"
 
+    def checkpoint_if_large(self) -> None:
+        """The owner, at a look: a WAL grown past its keep size by other processes' writes (which leave the
+        checkpoints to it) is copied back at once, as after its own ``CHECKPOINT_ROWS``."""
+        if not self._owner or self.overwritten:
+            return
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size > (WAL_KEEP_BYTES if self._wal_limit is None else self._wal_limit):
+            self._changed_rows = max(self._changed_rows, CHECKPOINT_ROWS)
+            self._maybe_checkpoint()
+
     async def keep_file(self, saved_as: Callable[[], Path]) -> tuple[Kept, Path | None]:
         """Write the open database back when the path no longer holds it; on the thread, so no write runs meanwhile.
 
         Missing: a copy (backup API, fsynced) is linked in at the path and this connection moves to it
-        ("restored"). Another file at the path: that file is left alone; the copy goes to ``saved_as()`` and
-        this connection moves to the copy there ("saved"), so closing it later never touches the path's WAL.
+        ("restored"). Another file at the path, or the file written over by another: that file is left alone;
+        the copy goes to ``saved_as()`` and this connection moves to the copy there ("saved"), so closing it later
+        never touches the path's WAL.
         ``OSError`` or ``sqlite3.Error`` when the copy cannot be written; the open connection stays then.
         """
         return await self._submit(functools.partial(self._keep_file, saved_as))
 
     def _keep_file(self, saved_as: Callable[[], Path]) -> tuple[Kept, Path | None]:
-        state = self.on_disk()
+        state = self._identity_on_disk()
+        if state == "same" and self._owner and self._written_by_another():
+            state = "overwritten"
         if state == "same":
             return "same", None
         conn = self._conn
@@ -186,7 +311,11 @@ class SqliteThread:
         # own (a backup moved over the outbox read back as a mix of both, or "database disk image is malformed").
         # Everything they held is in the copy now, so they go once the connection is closed.
         self._conn = None
-        conn.close()
+        if state == "overwritten":
+            _close_without_checkpoint(conn, self.path)
+        else:
+            conn.close()
+        self._close_header()
         for stale in ("-wal", "-shm", "-journal"):
             self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
         kept: Kept = "restored"
@@ -209,6 +338,10 @@ class SqliteThread:
             self.path = target
             self._conn = self._new_connection()
             self.identity = file_identity(target)
+            self.overwritten = False
+            if self._owner:
+                self._header_fd = _header_fd(target)
+            self._take_print()
         return kept, None if kept == "restored" else target
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -297,6 +430,8 @@ class SqliteThread:
         if not self._reclaim or conn is None:
             return
         self._reclaim = False
+        if not self._may_checkpoint():
+            return
         try:
             size = os.stat(f"{self.path}-wal").st_size
         except OSError:
@@ -307,6 +442,7 @@ class SqliteThread:
                 busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                self._take_print()
         except sqlite3.Error as err:
             self._reclaim = getattr(err, "sqlite_errorname", "") == "SQLITE_FULL"
             if not self._reclaim_failed:
@@ -355,8 +491,11 @@ class SqliteThread:
     def _checkpoint(self) -> None:
         try:
             with self._lock:
-                if self._conn is not None:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if self._conn is not None and self._may_checkpoint():
+                    try:
+                        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    finally:
+                        self._take_print()
         except sqlite3.Error as err:  # the next one retries; the WAL only grows meanwhile
             log.warning("Copying the WAL of %s back into the database failed: %s", self.path, err)
         finally:
@@ -452,8 +591,12 @@ class SqliteThread:
 
     def _close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            if self._owner and self._written_by_another():
+                _close_without_checkpoint(self._conn, self.path)  # the last connection's checkpoint would mix them
+            else:
+                self._conn.close()
             self._conn = None
+        self._close_header()
 
     async def _submit(
         self, fn: Callable[[], T], *, closing: bool = False, write: Callable[[sqlite3.Connection], T] | None = None
@@ -540,6 +683,38 @@ def _backup(conn: sqlite3.Connection, partial: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _close_without_checkpoint(conn: sqlite3.Connection, path: Path) -> None:
+    """Close ``conn`` without copying its WAL into ``path``: SQLite's last connection to a file does that as it
+    closes, unless another connection holds the file; a read-only one, which never copies a WAL back, holds it
+    meanwhile. (Python 3.12's ``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`` says the same; 3.11 has no ``setconfig``.)"""
+    try:
+        holder = _hold_read_only(path)
+    except sqlite3.Error as err:
+        # Left open rather than closed into the other file: the agent stops at once (see agent.outbox), and the
+        # caller removes the WAL beside the file.
+        log.error("The WAL of %s could not be kept out of the file written over it (%s); it is left open", path, err)
+        _UNCLOSED.append(conn)
+        return
+    try:
+        conn.close()
+    finally:
+        holder.close()
+
+
+def _hold_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to ``path`` holding the file's shared lock."""
+    holder = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        holder.execute("PRAGMA schema_version").fetchone()
+    except BaseException:
+        holder.close()
+        raise
+    return holder
+
+
+_UNCLOSED: list[sqlite3.Connection] = []  # connections not closed (see _close_without_checkpoint)
 
 
 def _link_new(partial: Path, target: Path) -> None:

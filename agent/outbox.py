@@ -42,7 +42,13 @@ file (a backup put back, a new outbox made by hand): that file is left alone,
 the open one is saved beside it as ``outbox.sqlite3.replaced-<UTC time>``,
 new movements are refused, ``replaced`` is set (the agent stops so that its
 restart uses the file now at the path), and ``shelfsync-agent outbox send
-FILE`` sends the saved copy's movements.
+FILE`` sends the saved copy's movements. Written over in place by another
+program (``cp backup.sqlite3 outbox.sqlite3``: the same file, other bytes;
+only the running agent's outbox, ``owner=True``, can tell, see ``agent.db``):
+the same, before the agent's next checkpoint could copy its WAL into the
+bytes put there; what the open connection reads (its WAL over those bytes) is
+saved, and what only the file's overwritten bytes held and the hub has not
+acknowledged is gone with them, which the ERROR says.
 
     async with Outbox.open(path, agent_id="store-1", location="S001") as outbox:
         result = await outbox.record([Movement("S001", "SKU-1", Kind.SALE, -1, "pos:acme")])
@@ -76,6 +82,7 @@ from agent.errors import (
     OutboxMissing,
     OutboxOfAnotherAgent,
 )
+from agent.lock import agent_running
 from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
 from protocol.feed import FeedChange
 from protocol.hlc import pack_hlc, unpack_hlc, wall_ms_now
@@ -313,6 +320,24 @@ def _refuse_other_database(path: Path) -> None:
     )
 
 
+def _thread(path: Path, synchronous: str, owner: bool) -> SqliteThread:
+    """The outbox's connection: the running agent's alone copies the WAL back while it runs (see ``agent.db``)."""
+    if owner:
+        return SqliteThread(path, synchronous, owner=True)
+    return SqliteThread(path, synchronous, checkpoint_if=lambda: not agent_running(path))
+
+
+def _readable_after(conn: sqlite3.Connection, acked: int) -> tuple[int, int]:
+    """How many rows after seq ``acked`` can be read back, and the newest seq among them."""
+    count, newest = conn.execute("SELECT count(*), max(seq) FROM events WHERE seq > ?", (acked,)).fetchone()
+    return int(count), int(newest or 0)
+
+
+def _marks(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The last seq issued and the acknowledged mark."""
+    return int(_meta(conn, "last_seq", 0)), int(_meta(conn, "acked_seq", 0))
+
+
 def _meta(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return default if row is None else row[0]
@@ -352,6 +377,7 @@ class Outbox(SqliteFile):
         self.saved_copy: Path | None = None  # where, then
         self._keeping = asyncio.Lock()  # one write-back at a time
         self._refusal: OutboxError | None = None  # why new movements are refused (the file is not on disk)
+        self._issued = self._acked = 0  # the last seq and the mark as of the last write: what the file must hold
 
     # --- lifecycle -----------------------------------------------------
     @classmethod
@@ -365,15 +391,18 @@ class Outbox(SqliteFile):
         retention_s: float = RETENTION_DEFAULT_S,
         wall_clock_ms: Callable[[], int] = wall_ms_now,
         create: bool = True,
+        owner: bool = False,
     ) -> Opening[Outbox]:
         """Open (or create) the outbox at ``path``.
 
         ``create=False`` opens only an existing file (``OutboxMissing``
         otherwise) and changes nothing in it. ``agent_id``/``location`` may be
         None only then; if given, they must match the file's agent id.
+        ``owner``: the running agent's (``run``), which alone copies the WAL back into the file while it runs and
+        so tells a file written over by another program; any other leaves that to a running agent.
         """
         return Opening(
-            lambda: cls._open(Path(path), agent_id, location, synchronous, retention_s, wall_clock_ms, create)
+            lambda: cls._open(Path(path), agent_id, location, synchronous, retention_s, wall_clock_ms, create, owner)
         )
 
     @classmethod
@@ -386,6 +415,7 @@ class Outbox(SqliteFile):
         retention_s: float,
         wall_clock_ms: Callable[[], int],
         create: bool,
+        owner: bool = False,
     ) -> Outbox:
         if create and (agent_id is None or location is None):
             raise OutboxError("creating an outbox needs the agent id and the location")
@@ -401,7 +431,7 @@ class Outbox(SqliteFile):
         elif not create:
             await asyncio.to_thread(_refuse_other_database, path)
         try:
-            db = SqliteThread(path, synchronous)
+            db = _thread(path, synchronous, owner)
         except ValueError as err:
             raise OutboxError(str(err)) from err
         outbox = cls(db, wall_clock_ms=wall_clock_ms, retention_s=retention_s)
@@ -421,7 +451,7 @@ class Outbox(SqliteFile):
                     if not _busy(err) or time.monotonic() > deadline:
                         raise
                     await db.close()
-                    db = SqliteThread(path, synchronous)
+                    db = _thread(path, synchronous, owner)
                     outbox = cls(db, wall_clock_ms=wall_clock_ms, retention_s=retention_s)
                     await asyncio.sleep(OPEN_RETRY_S)
         except sqlite3.DatabaseError as err:
@@ -498,6 +528,7 @@ class Outbox(SqliteFile):
         self.location = _meta(conn, "location")
         self.epoch = _meta(conn, "epoch")
         self.clock.observe(_meta(conn, "hlc_last", 0))
+        self._issued, self._acked = _marks(conn)
 
     def _closed_error(self) -> Exception:
         return OutboxClosed(self.path)
@@ -512,14 +543,27 @@ class Outbox(SqliteFile):
     async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
         if not self._closed and self._db.on_disk() != "same":
             await self.check_file()
-        return await super()._write(fn, small=small)
+        marks: list[int] = []
+
+        def marked(conn: sqlite3.Connection) -> T:
+            result = fn(conn)
+            marks[:] = _marks(conn)
+            return result
+
+        result = await super()._write(marked, small=small)
+        if marks:
+            self._issued, self._acked = marks
+        return result
 
     async def check_file(self) -> OnDisk:
         """Whether the path still holds this outbox; if not, write it back or save it (see the module doc).
 
-        Returns what was found: "same", "missing" (written back, or refused until it can be) or "replaced".
+        Returns what was found: "same", "missing" (written back, or refused until it can be), "replaced" or
+        "overwritten".
         """
         if self._closed or (found := self._db.on_disk()) == "same":
+            if not self._closed:
+                self._db.checkpoint_if_large()
             return "same"
         async with self._keeping:
             found = self._db.on_disk()
@@ -551,6 +595,8 @@ class Outbox(SqliteFile):
                 )  # fmt: skip
                 return "missing"
             self.saved_copy = saved
+            if found == "overwritten":
+                return await self._overwritten(saved)
             self._refusal = OutboxError(
                 f"the outbox {self.path} was replaced by another file while the agent ran and the agent stops to"
                 " use it; nothing of this write was recorded; record again once the agent runs again"
@@ -564,6 +610,43 @@ class Outbox(SqliteFile):
             )  # fmt: skip
             self.replaced.set()
             return "replaced"
+
+    async def _overwritten(self, saved: Path | None) -> OnDisk:
+        """The file was written over in place: the agent's own was saved as ``saved`` (see the module doc)."""
+        self._refusal = OutboxError(
+            f"the outbox {self.path} was overwritten in place while the agent ran (another file copied over it) and"
+            " the agent stops to use that file; nothing of this write was recorded; record again once it runs again"
+        )
+        issued, acked = self._issued, self._acked
+        try:
+            readable, newest = await self._read(lambda conn: _readable_after(conn, acked))
+        except OutboxError as err:
+            cause = err.__cause__ if err.__cause__ is not None else err
+            kept = f"{max(issued - acked, 0):,} movements after seq {acked:,} the hub has not acknowledged"
+            said = (
+                f"its own, which should hold {kept}, was saved as {saved} but reads as a mix with the file copied over"
+                f" it ({cause}): movements only the overwritten file held are lost with it"
+            )
+        else:
+            issued = max(issued, newest)
+            lost = issued - acked - readable
+            said = (
+                f"its own, with {readable:,} movements the hub has not acknowledged, was saved as {saved} (send them"
+                f" with `shelfsync-agent outbox send {saved}`)"
+            )
+            if lost > 0:
+                said += (
+                    f", and {lost:,} of the {issued - acked:,} after seq {acked:,} were only in the overwritten file and"
+                    " are lost with it"
+                )
+        log.error(
+            "The outbox %s was overwritten in place while the agent ran (another file copied over it, as `cp` does);"
+            " nothing of the agent's was written into that file, %s; the agent stops so that its restart uses the"
+            " file now at %s.",
+            self.path, said, self.path,
+        )  # fmt: skip
+        self.replaced.set()
+        return "overwritten"
 
     def _saved_name(self) -> Path:
         """Beside the outbox: ``<name>.replaced-<UTC time>``, never an existing file's name."""

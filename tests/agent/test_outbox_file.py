@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from agent import Movement, Outbox, OutboxError
+from agent.lock import hold_agent_lock
 from agent.outbox import REPLACED_SUFFIX
 from protocol import Kind
 from tests.harness.small_disk import Mounts
+from tests.harness.sqlite_copy import backup
 
 AGENT = "store-1"
 LOC = "S001"
@@ -151,3 +154,77 @@ async def test_on_a_disk_filled_by_its_own_wal_recording_resumes_once_space_is_f
         await outbox.close()
     assert skus_in(path) == [f"SKU-{n}" for n in range(recorded)] + [f"AGAIN-{n}" for n in range(60)]
     assert "truncated" in caplog.text
+
+
+async def test_a_backup_copied_over_the_running_outbox_is_never_mixed_with_its_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by a careless store putting a backup back with `cp backup.sqlite3 outbox.sqlite3` while the agent ran:
+    # the copy is written into the file the agent has open (the same inode), so nothing about the path changes,
+    # and the agent's next checkpoint copied its WAL's pages into the backup ("database disk image is malformed").
+    monkeypatch.setattr("agent.db.CHECKPOINT_ROWS", 4)  # a checkpoint every few movements
+    path = tmp_path / "outbox.sqlite3"
+    older = tmp_path / "backup.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, owner=True) as outbox:
+        for n in range(10):
+            await outbox.record([sale(f"OLD-{n}")])  # its own checkpoints are no other writer's
+        backup(path, older)
+        kept = older.read_bytes()
+        for n in range(10):
+            await outbox.record([sale(f"NEW-{n}")])  # checkpointed into the file: only it holds them
+        await outbox.stats()  # after the checkpoint the last one queued (a copy during one is not told apart)
+        shutil.copy2(older, path)  # keeps the backup's times; the change time still moves
+        with caplog.at_level(logging.ERROR, logger="agent.outbox"), pytest.raises(OutboxError, match="overwritten"):
+            for n in range(10):
+                await outbox.record([sale(f"AFTER-{n}")])
+        assert outbox.replaced.is_set()
+        saved = outbox.saved_copy
+        assert saved is not None and saved.name.startswith(path.name + REPLACED_SUFFIX)
+    assert path.read_bytes() == kept, "the backup put there is left exactly as it was copied"
+    assert not path.with_name(path.name + "-wal").exists(), "the agent's WAL is not replayed into the backup"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC) as restored:
+        assert (await restored.stats()).last_seq == 10
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(said) == 1 and "overwritten" in said[0] and str(saved) in said[0], said
+
+
+async def test_looking_finds_a_backup_copied_over_the_outbox_and_saves_all_its_movements(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    older = tmp_path / "backup.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, owner=True) as outbox:
+        await outbox.record([sale("A")])
+        backup(path, older)
+        kept = older.read_bytes()
+        await outbox.record([sale("B")])
+        await outbox.record([sale("C")])
+        shutil.copyfile(older, path)
+        assert await outbox.check_file() == "overwritten"
+        saved = outbox.saved_copy
+        assert saved is not None
+        with pytest.raises(OutboxError, match="overwritten"):
+            await outbox.record([sale("D")])
+    assert path.read_bytes() == kept
+    assert skus_in(saved) == ["A", "B", "C"], "every movement the agent recorded, nothing refused"
+    conn = sqlite3.connect(saved)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+async def test_another_process_beside_the_running_agent_leaves_the_checkpoints_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `record` and `import` write the outbox beside the running agent; a checkpoint of theirs would be a write to
+    # the file that is not the agent's own, so they leave them to the agent, which copies a large WAL back itself.
+    monkeypatch.setattr("agent.db.CHECKPOINT_ROWS", 4)
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, owner=True) as agent:
+        await agent.record([sale("AGENT")])
+        with hold_agent_lock(path):
+            async with Outbox.open(path, agent_id=AGENT, location=LOC) as beside:
+                for n in range(20):
+                    await beside.record([sale(f"BESIDE-{n}")])
+            assert await agent.check_file() == "same"
+            await agent.record([sale("AGENT-2")])
+    assert skus_in(path) == ["AGENT", *(f"BESIDE-{n}" for n in range(20)), "AGENT-2"]

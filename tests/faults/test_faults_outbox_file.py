@@ -9,6 +9,7 @@ uses the file now at the path, and `shelfsync-agent outbox send` sends the saved
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from tests.faults.helpers import Simulation, Store, drained, hub_events, verify, wait_until
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port
+from tests.harness.sqlite_copy import backup as sqlite_backup
 
 DELETED_SAID = "was deleted while the agent ran"
 REPLACED_SAID = "was replaced by another file while the agent ran"
@@ -94,6 +96,43 @@ def test_an_outbox_replaced_under_the_running_agent_is_saved_and_sent(
     sent = _cli(store, "outbox", "send", str(saved[0]))
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith(f"The hub holds every movement of {saved[0]}")
+    wait_until("the outbox drains", lambda: drained([store], hub.db))
+    assert resumed.stop() == 0
+    held = verify(hub, [store], extra_outboxes=[saved[0]])
+    assert set(recorded) <= set(held) and len(held) == 4
+    assert set(hub_events(hub.db)) == set(held)
+
+
+OVERWRITTEN_SAID = "was overwritten in place while the agent ran"
+
+
+def test_a_backup_copied_over_the_running_outbox_is_saved_and_sent(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
+    # `cp backup.sqlite3 outbox.sqlite3` writes into the file the agent has open: the agent kept recording into its
+    # WAL over the backup, and its next checkpoint mixed the two ("database disk image is malformed" at the restart).
+    store = make_store(hub, f"http://127.0.0.1:{free_port()}")
+    hub.start()
+    agent = store.start()
+    agent.wait_for_log("started with outbox")
+    recorded = [_record_by_hand(store, f"EARLY-{i}") for i in range(2)]
+    backup = store.data_dir / "backup.sqlite3"
+    sqlite_backup(store.outbox, backup)
+    kept = backup.read_bytes()
+    recorded += [_record_by_hand(store, f"LATE-{i}") for i in range(2)]
+    shutil.copyfile(backup, store.outbox)  # what `cp` does: the same file, its bytes replaced
+
+    assert agent.wait(30) == 1, "the agent stops writing the file, and stops so that its restart uses the copy"
+    assert agent.log.count(OVERWRITTEN_SAID) == 1 and "Traceback" not in agent.log, agent.log[-3000:]
+    assert store.outbox.read_bytes() == kept, "nothing of the agent's WAL was copied into the backup"
+    saved = sorted(store.data_dir.glob("outbox.sqlite3.replaced-*[0-9Z]"))
+    assert len(saved) == 1 and str(saved[0]) in agent.log
+    assert "4 movements the hub has not acknowledged" in agent.log
+
+    _reach_the_hub(store, hub)
+    resumed = store.start()
+    sent = _cli(store, "outbox", "send", str(saved[0]))
+    assert sent.returncode == 0, sent.stderr
     wait_until("the outbox drains", lambda: drained([store], hub.db))
     assert resumed.stop() == 0
     held = verify(hub, [store], extra_outboxes=[saved[0]])
