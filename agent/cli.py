@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -59,7 +60,7 @@ from agent.lock import (
     hold_data_dir_lock,
     refuse_new_outbox_beside_agent,
 )
-from agent.outbox import FILE_CHECK_S, NEVER_RESENT, Movement, Outbox, OutboxStats
+from agent.outbox import FILE_CHECK_S, NEVER_RESENT, REPLACED_SUFFIX, Movement, Outbox, OutboxStats
 from agent.pos import PosFolderState, PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
 from agent.redact import install_log_redaction, redact_url
 from agent.replicator import Replicator
@@ -301,6 +302,13 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
             a.outbox,
             redact_url(a.hub_url) if a.hub_url else "not configured (recording only, nothing is sent)",
         )
+        if saved := saved_copies(Path(a.outbox)):
+            log.warning(
+                "%d saved copies of this agent's outbox lie beside it, kept when the outbox was replaced or written"
+                " over while the agent ran: %s; send each with `%s outbox send FILE` and delete it once that says"
+                " the hub holds every movement.",
+                len(saved), ", ".join(str(p) for p in saved), PROG,
+            )  # fmt: skip
         moved = asyncio.Event()  # zeroconf found the hub at a new address
         finder = await _find_hub(config, moved)
         if finder is not None and finder.current is not None:
@@ -355,6 +363,18 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
             return EXIT_FAILURE
     log.info("Agent %s stopped; %s events wait for the hub in the outbox.", a.id, f"{backlog:,}")
     return EXIT_OK
+
+
+def saved_copies(outbox: Path) -> list[Path]:
+    """The copies ``run`` saved beside ``outbox`` (``outbox.sqlite3.replaced-<UTC time>``), oldest first."""
+    try:
+        found = [p for p in outbox.parent.iterdir() if _SAVED_COPY.fullmatch(p.name.removeprefix(outbox.name))]
+    except OSError:
+        return []
+    return sorted(found)
+
+
+_SAVED_COPY = re.compile(re.escape(REPLACED_SUFFIX) + r"\d{8}T\d{6}Z(-\d+)?")
 
 
 async def _watch_outbox(outbox: Outbox) -> None:

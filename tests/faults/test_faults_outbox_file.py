@@ -135,6 +135,7 @@ def test_a_backup_copied_over_the_running_outbox_is_saved_and_sent(
     assert sent.returncode == 0, sent.stderr
     wait_until("the outbox drains", lambda: drained([store], hub.db))
     assert resumed.stop() == 0
+    assert "1 saved copies of this agent's outbox lie beside it" in resumed.log and str(saved[0]) in resumed.log
     held = verify(hub, [store], extra_outboxes=[saved[0]])
     assert set(recorded) <= set(held) and len(held) == 4
     assert set(hub_events(hub.db)) == set(held)
