@@ -46,8 +46,9 @@ SQLite's backup API (see ``agent.outbox``: what the outbox does about it).
 A file written over in place (``cp backup.sqlite3 outbox.sqlite3``: the same
 inode, other bytes) keeps its identity. In WAL mode only a checkpoint writes
 the database file itself, so the owner of a file (``owner=True``: the running
-agent, which alone copies the WAL back while it runs) takes the file's size,
-modification and change times (one ``os.stat``) and, where ``os.pread``
+agent, which alone copies the WAL back while it runs) takes the file's size
+and modification time (one ``os.stat``; not its change time, which a chmod or
+a hard link moves too) and, where ``os.pread``
 exists, its first 100 bytes (SQLite's header, read through a descriptor kept
 open as long as the connection: closing one would drop SQLite's POSIX locks)
 after connecting and after each of its own checkpoints: any other change
@@ -110,14 +111,15 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-FilePrint = tuple[int, int, int, bytes]  # st_size, st_mtime_ns, st_ctime_ns, header: what a write to the file changes
+FilePrint = tuple[int, int, bytes]  # st_size, st_mtime_ns, header: what a write to the file changes
 HEADER_BYTES = 100  # SQLite's database header
 
 
 def file_print(path: Path, fd: int | None) -> FilePrint | None:
-    """Size, modification and change times of the file at ``path`` (None when there is none), and its header read
-    through ``fd`` (empty without one). ``cp -p`` sets the modification time back, not the change time; Windows
-    gives the creation time as st_ctime.
+    """Size and modification time of the file at ``path`` (None when there is none), and its header read through
+    ``fd`` (empty without one). Not the change time: a chmod, a hard link a backup tool makes or an extended
+    attribute moves it without a byte written. ``cp -p`` sets the modification time back, to the backup's own,
+    which is not the one the last checkpoint left (and the header differs once a checkpoint ran after the backup).
 
     Never by opening the file here: closing any descriptor of a file drops every POSIX lock this process holds on
     it, SQLite's own included (another process's connection then checkpoints and deletes the WAL under this one)."""
@@ -126,7 +128,7 @@ def file_print(path: Path, fd: int | None) -> FilePrint | None:
         head = b"" if fd is None else os.pread(fd, HEADER_BYTES, 0)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, head
+    return st.st_size, st.st_mtime_ns, head
 
 
 def _header_fd(path: Path) -> int | None:

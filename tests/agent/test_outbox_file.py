@@ -173,7 +173,7 @@ async def test_a_backup_copied_over_the_running_outbox_is_never_mixed_with_its_w
         for n in range(10):
             await outbox.record([sale(f"NEW-{n}")])  # checkpointed into the file: only it holds them
         await outbox.stats()  # after the checkpoint the last one queued (a copy during one is not told apart)
-        shutil.copy2(older, path)  # keeps the backup's times; the change time still moves
+        shutil.copy2(older, path)  # keeps the backup's modification time, not the one the last checkpoint left
         with caplog.at_level(logging.ERROR, logger="agent.outbox"), pytest.raises(OutboxError, match="overwritten"):
             for n in range(10):
                 await outbox.record([sale(f"AFTER-{n}")])
@@ -186,6 +186,26 @@ async def test_a_backup_copied_over_the_running_outbox_is_never_mixed_with_its_w
         assert (await restored.stats()).last_seq == 10
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(said) == 1 and "overwritten" in said[0] and str(saved) in said[0], said
+
+
+async def test_a_chmod_a_hard_link_or_a_copy_read_from_the_running_outbox_is_no_other_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backup tool's hard link (rsync --link-dest), a chmod or a copy read from the file move its change time, or
+    # nothing, without writing a byte: taken for another writer, the agent would stop and set its WAL aside.
+    monkeypatch.setattr("agent.db.CHECKPOINT_ROWS", 4)
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox.open(path, agent_id=AGENT, location=LOC, owner=True) as outbox:
+        for n in range(6):
+            await outbox.record([sale(f"A-{n}")])
+        os.link(path, tmp_path / "snapshot.sqlite3")
+        path.chmod(0o640)
+        shutil.copyfile(path, tmp_path / "read.sqlite3")
+        assert await outbox.check_file() == "same"
+        for n in range(6):
+            await outbox.record([sale(f"B-{n}")])  # and its checkpoints go on
+        assert not outbox.replaced.is_set() and outbox.saved_copy is None
+        assert (await outbox.stats()).last_seq == 12
 
 
 async def test_looking_finds_a_backup_copied_over_the_outbox_and_saves_all_its_movements(tmp_path: Path) -> None:
