@@ -297,6 +297,10 @@ class CountFeed(HubLoop):
             wire.LIMIT_PARAM: str(limit),
             wire.WAIT_PARAM: f"{wait_s:g}",
         }
+        if after == 0 and history is not None:
+            # From the start again (the location moved): the history alone, since a check names a change and there
+            # is none at 0 (the hub refuses such a cursor as not one it gave out).
+            history = wire.feed_history(history)
         if after > 0 or history is not None:  # none at the start: the hub answers a cursor that names its history
             params[wire.CURSOR_PARAM] = wire.cursor_text(after, history)
         url = self._base + wire.CHANGES_PATH
