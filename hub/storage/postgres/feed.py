@@ -137,14 +137,19 @@ _RUNS = (
 RUNS_SQL = _RUNS.format("")
 RUNS_AT_SQL = _RUNS.format(" AND location = $4")
 # A SKU's changes after change $1 (with $3 the SKU, $4 a location), at most $2: a run holds a SKU once, so each
-# run found through the GIN index of ``skus`` gives one row, but the first, whose row may be $1 or before.
+# run found through the GIN index of ``skus`` gives one row, but the first, whose row may be $1 or before. Each
+# reference to a run's array unpacks it again (toasted), and a SKU's page far behind is one run a change: its SKU
+# is $3, not ``skus[p]``, and where its ids start and end is one slice of ``id_ends`` (``OFFSET 0``: taken once),
+# 10 unpackings a run down to 7 — with 430,000 changes in runs of 430 all holding the SKU, a page of 1,000 from
+# the start 40.7 → 31.6 ms (3.7 as rows: each run is unpacked for its one change).
 _SKU_ROWS = (
-    "SELECT r.first_id - 1 + p, r.location, r.skus[p], r.on_hand[p], r.reserved[p], r.available[p], "
-    f"r.in_transit[p], substring(r.event_ids FROM COALESCE(r.id_ends[p - 1], 0) * {EVENT_ID_BYTES} + 1 "
-    f"FOR (r.id_ends[p] - COALESCE(r.id_ends[p - 1], 0)) * {EVENT_ID_BYTES}), r.at_ms "
+    "SELECT r.first_id - 1 + p, r.location, $3::text, r.on_hand[p], r.reserved[p], r.available[p], "
+    f"r.in_transit[p], substring(r.event_ids FROM i.ends[1] * {EVENT_ID_BYTES} + 1 "
+    f"FOR (i.ends[2] - i.ends[1]) * {EVENT_ID_BYTES}), r.at_ms "
     "FROM (SELECT * FROM change_runs WHERE skus @> ARRAY[$3::text] AND last_id > $1{} ORDER BY last_id "
     "LIMIT $2 + 1) r CROSS JOIN LATERAL array_position(r.skus, $3::text) AS p "
-    "WHERE r.first_id - 1 + p > $1 ORDER BY 1 LIMIT $2"
+    "CROSS JOIN LATERAL (SELECT CASE WHEN p = 1 THEN ARRAY[0, r.id_ends[1]] ELSE r.id_ends[p - 1:p] END AS ends "
+    "OFFSET 0) i WHERE r.first_id - 1 + p > $1 ORDER BY 1 LIMIT $2"
 )
 SKU_ROWS_SQL = _SKU_ROWS.format("")
 SKU_ROWS_AT_SQL = _SKU_ROWS.format(" AND location = $4")
