@@ -48,6 +48,14 @@ DEFAULT_SHOPIFY_REASON = "correction"
 DEFAULT_COALESCE_S = 0.25  # after a push, gather changes this long before the next one
 DEFAULT_RECONCILE_S = 900.0  # read the channel's levels back this often (0: never)
 RECONCILE_MIN_S = 10.0
+# Square: a register sale taken off the counts whose order has not reached the hub this long after Square received it
+# is an exception for a person (hub.channels.pusher); at most a while under the day such a sale is read back for
+DEFAULT_UNBOOKED_SALE_WAIT_S = 3600.0
+UNBOOKED_SALE_WAIT_MIN_S = 60.0
+UNBOOKED_SALE_WAIT_MAX_S = 23 * 3600.0
+# … and a sale naming no order the hub booked is matched to an order whose time is this close to the sale's
+DEFAULT_ORDER_MATCH_WINDOW_S = 600.0
+ORDER_MATCH_WINDOW_MAX_S = 3600.0
 SHOPIFY_REASONS = (
     "correction",
     "cycle_count_available",
@@ -89,6 +97,8 @@ KEYS = (
     "fulfil_from",
     "order_location",
     "reconcile_s",
+    "unbooked_sale_wait_s",
+    "order_match_window_s",
 )
 BUFFER_KEYS = ("units", "percent", "skus")
 
@@ -142,6 +152,10 @@ class ChannelSpec:
     fulfil_from: Mapping[str, str] = field(default_factory=dict)  # channel location id -> hub location
     order_location: str = ""  # hub location reserving an order that names no location
     reconcile_s: float = DEFAULT_RECONCILE_S  # read the levels back this often (hub.channels.reconcile; 0: never)
+    # Square: a register sale taken off the counts waits this long for its order before it is reported, and one naming
+    # no order the hub booked is matched to an order this close in time (hub.channels.pusher, "Orders back")
+    unbooked_sale_wait_s: float = DEFAULT_UNBOOKED_SALE_WAIT_S
+    order_match_window_s: float = DEFAULT_ORDER_MATCH_WINDOW_S
 
     @property
     def channel_locations(self) -> tuple[str, ...]:
@@ -226,6 +240,7 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
     reconcile_s = _seconds(where, "reconcile_s", table.get("reconcile_s", DEFAULT_RECONCILE_S), 0.0, 86_400.0)
     if 0 < reconcile_s < RECONCILE_MIN_S:
         raise ChannelConfigError(f"{where}: reconcile_s must be 0 (never) or from {RECONCILE_MIN_S:g} to 86400 seconds")
+    unbooked_sale_wait_s, order_match_window_s = _register_sales(where, kind, table)
     if kind == "webhook" and len(secret) < WEBHOOK_SECRET_MIN_LEN:
         raise ChannelConfigError(
             f"{where}: a webhook channel's secret signs its requests; make it at least {WEBHOOK_SECRET_MIN_LEN} characters"
@@ -256,8 +271,29 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
         reason=reason,
         coalesce_s=coalesce_s,
         reconcile_s=reconcile_s,
+        unbooked_sale_wait_s=unbooked_sale_wait_s,
+        order_match_window_s=order_match_window_s,
         **_orders_back(where, kind, table, pool, base, env),
     )
+
+
+def _register_sales(where: str, kind: str, table: Mapping[str, Any]) -> tuple[float, float]:
+    """``unbooked_sale_wait_s`` and ``order_match_window_s``: Square settings (its register sales taken off the
+    counts until their orders reach the hub, docs/channels.md "Orders back")."""
+    given = [k for k in ("unbooked_sale_wait_s", "order_match_window_s") if k in table]
+    if given and kind != "square":
+        raise ChannelConfigError(
+            f"{where}: {given[0]} is a Square setting (its register sales); a {kind} channel has none"
+        )
+    wait_s = _seconds(
+        where, "unbooked_sale_wait_s", table.get("unbooked_sale_wait_s", DEFAULT_UNBOOKED_SALE_WAIT_S),
+        UNBOOKED_SALE_WAIT_MIN_S, UNBOOKED_SALE_WAIT_MAX_S,
+    )  # fmt: skip
+    window_s = _seconds(
+        where, "order_match_window_s", table.get("order_match_window_s", DEFAULT_ORDER_MATCH_WINDOW_S), 1.0,
+        ORDER_MATCH_WINDOW_MAX_S,
+    )  # fmt: skip
+    return wait_s, window_s
 
 
 def _orders_back(

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from hub.bundles import bundle_parts_of
-from hub.channels.config import ChannelSpec
+from hub.channels.config import DEFAULT_ORDER_MATCH_WINDOW_S, DEFAULT_UNBOOKED_SALE_WAIT_S, ChannelSpec
 from hub.channels.connector import (
     ChannelError,
     ChannelRejected,
@@ -112,14 +112,23 @@ COUNT_MARGIN_MS = 60 * 1000
 COUNT_LOOKUP = 8  # ledger rows read back from a count's stamp to find its event (its agent and receipt)
 # A register sale that names no order the hub booked (Square: no transaction_id, a sale without a payment; or one no
 # order of the hub carries) is matched to a sale the hub booked from one of the channel's orders: the same item,
-# location and units, the order's time within this long of the sale's occurred_at (both Square's clock) …
-ORDER_MATCH_WINDOW_MS = 10 * 60 * 1000
+# location and units, the order's time within this long of the sale's occurred_at (both Square's clock; the channel's
+# ``order_match_window_s``) …
+ORDER_MATCH_WINDOW_MS = round(DEFAULT_ORDER_MATCH_WINDOW_S * 1000)
 ORDER_MATCH_LOOKUP = 200  # … among at most this many of the SKU's newest ledger rows at each hub location feeding it
 ORDER_MATCH_SKEW_MS = 3600 * 1000  # those rows are stamped in a store PC's frame (its skew): read this far past it
 # A sale taken off the counts whose order has not come this long after Square received it is an exception for a
-# person (``channel_order_refused`` of id ``sale:<adjustment id>``): a register order's webhook comes in seconds
-UNBOOKED_SALE_WAIT_MS = 3600 * 1000
+# person (``channel_order_refused`` of id ``sale:<adjustment id>``): a register order's webhook comes in seconds (the
+# channel's ``unbooked_sale_wait_s``). The pusher's loop checks the levels with such sales when their oldest comes due
+# (``report_overdue``), whether or not they are pushed again
+UNBOOKED_SALE_WAIT_MS = round(DEFAULT_UNBOOKED_SALE_WAIT_S * 1000)
 SALE_PREFIX = UNBOOKED_SALE_PREFIX  # a sale reported so is stored with the channel's refused orders under this id
+REPORT_RETRY_MS = 60 * 1000  # a level due to be checked whose sales could not be read is checked again this much later
+
+
+def _span(ms: int) -> str:
+    """A setting's time in words: "10 minutes", "90 seconds"."""
+    return f"{ms // 60_000} minutes" if ms % 60_000 == 0 else f"{ms / 1000:g} seconds"
 
 
 def _when(ms: int) -> str:
@@ -284,7 +293,11 @@ class ChannelPusher(LoopTask):
         self._less_from: dict[LevelKey, int] = {}  # when the channel received the oldest of them (its record's time)
         # levels whose last confirmation says nothing of what it took off (stored before schema 14): read once
         self._less_unknown: set[LevelKey] = set()
-        self.unbooked_sale_wait_ms = UNBOOKED_SALE_WAIT_MS  # a sale taken off this long is reported (tests set it)
+        # a sale taken off this long is reported; one naming no order booked is matched to an order this close
+        self.unbooked_sale_wait_ms = round(spec.unbooked_sale_wait_s * 1000)  # (tests set it)
+        self.order_match_window_ms = round(spec.order_match_window_s * 1000)
+        # when (the hub's wall ms) each level with sales taken off has one come due to be reported (``report_overdue``)
+        self._report_due: dict[LevelKey, int] = {}
         self._counted_at: dict[LevelKey, int] = {}  # wall ms of the hub's last stock count behind each level (0: none)
         # the hub's rows behind each level, with their last count's stamp (None: none), and each count's time on the
         # hub's clock as found (``_count_times``), by (location, SKU): (the count's stamp, hub ms)
@@ -332,12 +345,13 @@ class ChannelPusher(LoopTask):
         try:
             worked = await self.turn()
             remap_in_s = await self._remap_gone()
+            await self.report_overdue()
         except (ChannelError, StoreError, MappingError) as err:
             raise TurnFailed(str(err), retry_after_s=getattr(err, "retry_after_s", None)) from err
         self._health.succeeded()
         self.status.failures, self.status.last_error = 0, None
         if not worked:
-            return self._wait_s if remap_in_s is None else min(self._wait_s, remap_in_s)
+            return min(w for w in (self._wait_s, remap_in_s, self.report_due_in_s()) if w is not None)
         if self._pushed_last_turn and self.spec.coalesce_s > 0:
             self.heartbeat.beat(self.spec.coalesce_s)
             await asyncio.sleep(self.spec.coalesce_s)  # let a burst gather: its last value goes out next
@@ -672,7 +686,7 @@ class ChannelPusher(LoopTask):
 
     async def _less_unbooked(
         self, targets: dict[LevelKey, Target], forced: Collection[str], based: Collection[LevelKey],
-        *, checking: bool = False,
+        *, checking: bool = False, reporting: bool = False,
     ) -> tuple[dict[LevelKey, Target], dict[LevelKey, Unbooked]]:  # fmt: skip
         """The counts to push, each less the units of sales the channel recorded there whose orders the hub has not
         booked yet, and what was taken off per level. A count supersedes, at the channel (Square), every sale that
@@ -697,7 +711,11 @@ class ChannelPusher(LoopTask):
         (``_less_unknown``: stored before schema 14).
 
         ``checking`` (``check_unknown``): what each count confirmed takes off now, nothing sent nor said; none when
-        the record cannot be read."""
+        the record cannot be read. With ``reporting`` too (``report_overdue``): the sales taken off whose orders have
+        waited too long are reported, as a push reports them.
+
+        A push and a report keep when each level next has a sale taken off come due to be reported
+        (``_report_due``: the earliest such sale not reported yet, or none)."""
         counted = {k: self._stamps[k] for k in targets if k in self._stamps}
         if not self.order_channels or not counted:
             return targets, {}
@@ -705,6 +723,8 @@ class ChannelPusher(LoopTask):
         since = {k: self._read_from(k, at, now_ms, counted=False) for k, at in counted.items()}
         sales = await self.connector.sales_since(since)
         if sales is None:
+            if reporting:  # read again a while later, not at every turn of the loop while Square cannot be read
+                self._report_due.update((k, now_ms + REPORT_RETRY_MS) for k in targets)
             if checking:
                 return targets, {}
             return targets, {k: Unbooked(0, since[k]) for k in counted}  # the next read goes back as far
@@ -735,12 +755,17 @@ class ChannelPusher(LoopTask):
                 and not (count_ms.get(k, 0) and (s.hub_ms or s.received_ms or s.occurred_ms) < seen)
             ]  # fmt: skip
             taken = [s for s in after if s.order_id not in refused]
-            if not checking:
-                overdue.extend(
-                    (k, s) for s in taken
-                    if s.change_id and SALE_PREFIX + s.change_id not in reported
-                    and now_ms - (s.hub_ms or s.received_ms or s.occurred_ms) >= self.unbooked_sale_wait_ms
-                )  # fmt: skip
+            if not checking or reporting:
+                due = {
+                    s.change_id: (s.hub_ms or s.received_ms or s.occurred_ms) + self.unbooked_sale_wait_ms
+                    for s in taken if s.change_id and SALE_PREFIX + s.change_id not in reported
+                }  # fmt: skip
+                overdue.extend((k, s) for s in taken if due.get(s.change_id, now_ms + 1) <= now_ms)
+                later = [at for at in due.values() if at > now_ms]
+                if later:
+                    self._report_due[k] = min(later)
+                else:
+                    self._report_due.pop(k, None)
             if len(taken) < len(after):
                 left[k] = sum(s.units for s in after if s.order_id in refused)
             quantity = max(0, t.quantity - sum(s.units for s in taken))
@@ -759,10 +784,10 @@ class ChannelPusher(LoopTask):
                 self._less.pop(k, None)
                 self._less_from.pop(k, None)
                 self._less_unknown.discard(k)
-        if checking:
-            return out, less
         if overdue:
             await self._report_unbooked(overdue)
+        if checking:
+            return out, less
         who = KIND_NAMES.get(self.spec.kind, self.spec.kind)
         taken_off = {k: u.units for k, u in less.items() if u.units and k in out}
         if taken_off:
@@ -840,14 +865,14 @@ class ChannelPusher(LoopTask):
     async def _matched_sales(self, key: LevelKey, sales: Sequence[Sale], named: Collection[str]) -> set[str]:
         """The ``change_id`` of each of these sales at ``key`` that one sale the hub booked from an order of
         ``order_channels`` accounts for: the same SKU (the item's) at a hub location feeding the channel location,
-        the same units, its order's time (the event's ``wall_ms``) within ``ORDER_MATCH_WINDOW_MS`` of the sale's
+        the same units, its order's time (the event's ``wall_ms``) within ``order_match_window_ms`` of the sale's
         ``occurred_at``, the nearest first, each booked sale matching one sale at most. Orders a sale of the record
         names by its id (``named``) are that sale's, never another's."""
         sku = self._key_sku.get(key)
         if sku is None:
             return set()
         agents = {f"channel:{c}": f"{c}:order:" for c in self.order_channels}
-        before = pack_hlc(max(s.occurred_ms for s in sales) + ORDER_MATCH_WINDOW_MS + ORDER_MATCH_SKEW_MS, 0)
+        before = pack_hlc(max(s.occurred_ms for s in sales) + self.order_match_window_ms + ORDER_MATCH_SKEW_MS, 0)
         booked: list[tuple[int, int, bytes]] = []  # (the order's time, units sold, the event's id)
         for location in (h for h, c in self.spec.pool.items() if c == key.location_id):
             for r in await self._feed.ledger(location=location, sku=sku, before=before, limit=ORDER_MATCH_LOOKUP):
@@ -861,7 +886,7 @@ class ChannelPusher(LoopTask):
         for s in sorted(sales, key=lambda s: s.occurred_ms):
             near = [
                 b for b in booked
-                if b[2] not in used and b[1] == s.units and abs(b[0] - s.occurred_ms) <= ORDER_MATCH_WINDOW_MS
+                if b[2] not in used and b[1] == s.units and abs(b[0] - s.occurred_ms) <= self.order_match_window_ms
             ]  # fmt: skip
             if near:
                 used.add(min(near, key=lambda b: abs(b[0] - s.occurred_ms))[2])
@@ -882,12 +907,11 @@ class ChannelPusher(LoopTask):
                 if not s.order_id
                 else f"it names order {s.order_id} (its transaction id), which has not reached the hub"
             )
-            waited = round(self.unbooked_sale_wait_ms / 60_000)
             reason = (
                 f"Square sold {s.units} of {sku} (item variation {k.item_id}) at {where} on channel {self.spec.name} "
                 f"in sale {s.change_id} at {_when(s.occurred_ms)}; {why}, and no order the hub booked matches it (the "
-                f"same item, location and units within {ORDER_MATCH_WINDOW_MS // 60_000} minutes) after "
-                f"{waited} minute(s)"
+                f"same item, location and units within {_span(self.order_match_window_ms)}) after "
+                f"{_span(self.unbooked_sale_wait_ms)}"
             )
             await self.state.refuse_order(
                 self.spec.name, SALE_PREFIX + s.change_id, reason, now_ms, location=location,
@@ -1007,6 +1031,39 @@ class ChannelPusher(LoopTask):
             self.spec.name, len(less), KIND_NAMES.get(self.spec.kind, self.spec.kind), len(taken),
             sum(taken.values()), self._key_sku.get(k, k.item_id), k.location_id, less[k].units,
         )  # fmt: skip
+
+    def report_due_in_s(self) -> float | None:
+        """Seconds until a sale taken off the counts comes due to be reported (``report_overdue``); None: none is
+        waiting for its order."""
+        if not self._report_due:
+            return None
+        return max(0.0, (min(self._report_due.values()) - wall_ms_now()) / 1000)
+
+    async def report_overdue(self) -> int:
+        """Report the sales taken off the counts whose orders have waited ``unbooked_sale_wait_ms`` (``_report_due``)
+        whether or not their levels are pushed again: a SKU that does not move at the hub after such a sale is never
+        pushed, and its sale would never be reported. Square's record is read for the levels due alone, as a push
+        reads it, from the hub's counts now; nothing is pushed. Run by the loop after each turn, so a sale is
+        listed about that long after Square received it; a level is read again only when another of its sales comes
+        due (or a minute later when the record cannot be read). The levels read."""
+        now_ms = wall_ms_now()
+        if not any(at <= now_ms for at in self._report_due.values()):
+            return 0
+        async with self._locked():
+            now_ms = wall_ms_now()
+            due = {k for k, at in self._report_due.items() if at <= now_ms}
+            items = {k.item_id for k in due}
+            skus = [sku for sku, item in self._items.items() if item in items]
+            levels = await self.levels_now((), skus) if skus else {}
+            targets = {
+                k: Target(levels[k].quantity, self._pushed.get(k), self._stamps[k])
+                for k in sorted(due) if k in levels and k in self._stamps and self._less.get(k)
+            }  # fmt: skip
+            for k in due - targets.keys():  # nothing taken off there any more (its orders came, or it is unmapped)
+                self._report_due.pop(k, None)
+            if targets:
+                await self._less_unbooked(targets, (), (), checking=True, reporting=True)
+            return len(targets)
 
     @property
     def less_unbooked(self) -> dict[LevelKey, int]:
@@ -1156,6 +1213,8 @@ class ChannelPusher(LoopTask):
         self._less_from = {k: u.from_ms for k, u in unbooked.items() if u.from_ms is not None}
         # only a channel whose register sales come back as orders ever took any off (``_less_unbooked``)
         self._less_unknown = await self.state.unbooked_unknown(self.spec.name) if self.order_channels else set()
+        # a sale taken off is reported once it has waited for its order (at the latest its oldest is due then)
+        self._report_due = {k: at + self.unbooked_sale_wait_ms for k, at in self._less_from.items() if k in self._less}
         if mapping is None:
             await self._refresh()
         else:

@@ -117,3 +117,24 @@ def test_names_are_unique_and_square_batches_stop_at_100() -> None:
         parse_channels([{**table, "batch_max": 101}], environ=ENV)
     with pytest.raises(ChannelConfigError, match="must not carry a user or password"):
         parse_channels([{**table, "url": "https://u:p@connect.squareup.com"}], environ=ENV)
+
+
+def test_a_square_channels_wait_for_a_register_sales_order_and_its_match_window_are_settings() -> None:
+    """How long a register sale taken off the counts waits for its order before it is listed for a person, and how
+    close in time an order must be to match a sale naming none, were fixed in the code; they are a Square channel's
+    settings now, an hour and 10 minutes unless set, checked like every other."""
+    table = {"name": "pos", "kind": "square", "pool": {"S1": "L1"}, "secret_env": "SHOP_TOKEN"}
+    (spec,) = parse_channels([table], environ=ENV)
+    assert (spec.unbooked_sale_wait_s, spec.order_match_window_s) == (3600.0, 600.0)
+    (spec,) = parse_channels([{**table, "unbooked_sale_wait_s": 1800, "order_match_window_s": 120.5}], environ=ENV)
+    assert (spec.unbooked_sale_wait_s, spec.order_match_window_s) == (1800.0, 120.5)
+    for key, value, words in [
+        ("unbooked_sale_wait_s", 30, "unbooked_sale_wait_s must be a number of seconds from 60 to 82800"),
+        ("unbooked_sale_wait_s", 86_400, "from 60 to 82800"),
+        ("unbooked_sale_wait_s", "1h", "from 60 to 82800"),
+        ("order_match_window_s", 0, "order_match_window_s must be a number of seconds from 1 to 3600"),
+        ("order_match_window_s", True, "from 1 to 3600"),
+    ]:
+        with pytest.raises(ChannelConfigError, match=words):
+            parse_channels([{**table, key: value}], environ=ENV)
+    assert "order_match_window_s is a Square setting" in refused(order_match_window_s=600)

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from hub.channels import Backoff, ChannelPusher, ChannelSpec, LevelKey, SqliteChannelState, SquareConnector
+from hub.channels import pusher as pusher_module
 from hub.channels.connector import (
     COUNTED_PAGES_FACTOR,
     COUNTED_PAGES_SLACK,
@@ -861,6 +862,74 @@ async def test_a_reported_sale_whose_order_comes_late_leaves_the_exceptions_and_
         assert square.stats.batches_applied == applied + 1
         assert await hub.store.exceptions(kind="channel_order_refused") == []
     assert len(logged(caplog, "matches an order the hub booked since")) == 2
+
+
+class _Turns:
+    """The hub store as a pusher reads it, counting its reads of the change feed: one each turn of its loop."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.turns = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def changes(self, *args: Any, **kw: Any) -> Any:
+        self.turns += 1
+        return await self._store.changes(*args, **kw)
+
+    async def passed(self, turns: int) -> None:
+        start = self.turns
+        await wait_until(lambda: _async(self.turns >= start + turns), f"the pusher's loop turned {turns} times")
+
+
+async def test_a_register_sale_whose_order_never_comes_is_reported_an_hour_on_though_its_level_never_moves_again(
+    hub_db: tuple[Hub, str], square: SquareEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A register sale taken off the counts whose order never came was reported only when its level was pushed
+    again: a SKU that did not move at the hub after the sale (the last of it sold, a slow line) was never
+    reported, and nobody was told that Square and the hub disagree. The pusher's loop now checks, on its own,
+    the levels with sales taken off once their oldest has waited ``unbooked_sale_wait_s`` (an hour), and reads
+    Square's record for those levels alone: nothing while none is due, nothing more once it is listed. On both
+    backends; the hour passes on the pusher's clock, moved by the test."""
+    hub, db = hub_db
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 9, "S1", "A"))
+    spec = hooked(square_spec(square, {"S1": loc}))
+    ahead = {"ms": 0}
+    monkeypatch.setattr(pusher_module, "wall_ms_now", lambda: wall_ms_now() + ahead["ms"])
+    feed = _Turns(hub.store)
+    async with contextlib.AsyncExitStack() as stack:
+        state = await stack.enter_async_context(open_channel_state(db))
+        session = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
+        pusher = ChannelPusher(spec, feed, state, SquareConnector(spec, session), hub.watch, backoff=FAST, wait_s=0.05)
+        await stack.enter_async_context(pusher)
+        await wait_until(shows(square, {(a, loc): 9}), "Square shows 9")
+        sale = square.register_sale(a, loc, 1, unpaid=True)  # its order never comes
+        await hub.move((Kind.SALE, -1, "S1", "A"))  # the SKU's last movement at the hub
+        await wait_until(shows(square, {(a, loc): 7}), "Square shows 7: the sale taken off")
+        reads = len(square.stats.change_queries)
+        for minutes in (0, 59):  # not due yet: the loop turns without reading Square's record
+            ahead["ms"] = minutes * 60_000
+            await feed.passed(5)
+            assert len(square.stats.change_queries) == reads
+            assert await hub.store.exceptions(kind="channel_order_refused") == []
+
+        ahead["ms"] = 61 * 60_000  # an hour after Square received the sale; nothing moved at the hub since
+        await wait_until(
+            lambda: hub.store.exceptions(kind="channel_order_refused"), "the sale is listed among the exceptions"
+        )
+        (row,) = await hub.store.exceptions(kind="channel_order_refused")
+        assert (row.location, row.data["order_id"], row.data["channel_location"]) == ("S1", f"sale:{sale.id}", loc)
+        assert "carries no transaction id" in row.detail and "after 60 minutes" in row.detail, row.detail
+        assert len(square.stats.change_queries) == reads + 1, "one read, of the level with the sale"
+        query = square.stats.change_queries[-1]
+        assert (query["catalog_object_ids"], query["location_ids"]) == ([a], [loc])
+        await feed.passed(5)  # listed once, and not read again while nothing else comes due
+        assert len(square.stats.change_queries) == reads + 1
+        assert len(await hub.store.exceptions(kind="channel_order_refused")) == 1
+        assert square.quantity(a, loc) == 7 and pusher.less_unbooked == {LevelKey(a, loc): 1}
 
 
 async def test_without_order_webhooks_counts_go_out_at_the_hubs_level_with_no_read(
