@@ -13,8 +13,9 @@ until the last step:
 3. its events are ingested in one store call under the channel's identity
    (``channel:<name>``, bound to the pool's hub locations), as ``/v1/events``
    does, each stamped in the clock frame of the store PC booking at its
-   location (``orders.store_skews``: the channel's time less the skew the hub
-   measured of that PC), so it is ordered right against the store's counts;
+   location (``HubStore.store_clock_skews``: the channel's time less the skew
+   the hub measured of that PC, read for the order's locations alone), so it
+   is ordered right against the store's counts;
 4. Square: the order's reservation at the hub is read back and settled to
    what the order as it stands still needs (``orders.settle_movements``: a
    quantity changed while it was open, nothing once it is finished), and the
@@ -62,7 +63,6 @@ from hub.channels.orders import (
     square_movements,
     square_notice,
     square_signature_ok,
-    store_skews,
     to_events,
 )
 from hub.channels.runner import make_connector, open_channel_state
@@ -256,10 +256,11 @@ class OrderWebhooks:
 
     async def _skews(self, store: HubStore, t: Translation) -> dict[str, int]:
         """The measured clock skew of the store PC booking at each hub location the order moves stock at
-        (``orders.store_skews``): its movements are stamped in that store's clock frame, so a sale is ordered
-        against the store's own stock count as the two happened, not as two clocks minutes apart say."""
+        (``HubStore.store_clock_skews``: the credentials bound to those locations alone, by their index, not every
+        store's): its movements are stamped in that store's clock frame, so a sale is ordered against the store's
+        own stock count as the two happened, not as two clocks minutes apart say."""
         locations = {m.location for m in t.movements} | {at for at, _, _ in t.still_reserved or ()}
-        return store_skews(await store.agent_status(), locations) if locations else {}
+        return await store.store_clock_skews(locations) if locations else {}
 
     async def _settle(
         self, spec: ChannelSpec, store: HubStore, ctx: OrderContext, t: Translation, skews: Mapping[str, int]

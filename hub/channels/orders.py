@@ -39,7 +39,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from hub.channels.mapping import SkuMapping
-from hub.storage.base import AgentStatus
 from protocol import Kind, StockEvent, derived_event_id, pack_hlc
 from protocol.event import QTY_MAX, REF_MAX_LEN
 
@@ -185,21 +184,6 @@ class Translation:
     version_at_ms: int = 0
 
 
-def store_skews(statuses: Iterable[AgentStatus], locations: Iterable[str]) -> dict[str, int]:
-    """The clock skew (hub minus PC, ms) of the store PC booking at each of ``locations``: the store agents bound
-    there whose skew the hub has measured (``AgentStatus.clock_skew_ms``), the one synced last where several are;
-    a location without one is left out (its channel sales keep the channel's time)."""
-    wanted = set(locations)
-    found: dict[str, tuple[int, int]] = {}  # location -> (last sync, skew)
-    for a in statuses:
-        if a.role != "agent" or a.revoked or a.clock_skew_ms is None or a.agent_id.startswith("channel:"):
-            continue
-        for location in wanted.intersection(a.locations):
-            if location not in found or (a.last_sync_ms or 0) > found[location][0]:
-                found[location] = (a.last_sync_ms or 0, a.clock_skew_ms)
-    return {location: skew for location, (_, skew) in found.items()}
-
-
 def to_events(
     ctx: OrderContext,
     agent_id: str,
@@ -211,8 +195,8 @@ def to_events(
     """The events of a translation, ids derived from the channel's ids and times only.
 
     A stamp further ahead of the hub's clock than ``window_ms`` refuses the whole webhook. With ``skews`` (hub
-    location -> that store PC's clock skew, hub minus PC: ``store_skews``), a movement at a location is stamped in
-    its store's clock frame (the channel's time less the skew), so it is ordered against the store's own events
+    location -> that store PC's clock skew, hub minus PC: ``HubStore.store_clock_skews``), a movement at a location
+    is stamped in its store's clock frame (the channel's time less the skew), so it is ordered against the store's own events
     (its stock counts) as the two happened; its id and ``wall_ms`` stay the channel's time, so a webhook sent again
     after the skew changed is still the same event (a duplicate).
     """

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from hub.resolver import is_location
 from hub.storage.base import ROLES, AgentIdentity, AgentStatus, InvalidInput, StoreError
@@ -108,6 +108,7 @@ async def insert_agent(db: Db, granted: Sequence[str], role: str, chosen: str | 
             (new_id, token_hash(token), role, json.dumps(list(granted)), wall_ms_now()),
         )
         if added == 1:
+            await _locate(db, new_id, granted)
             return new_id, token
     if chosen:
         raise InvalidInput(f"a credential with the agent id {chosen} exists already (revoked ones count); "
@@ -150,7 +151,44 @@ async def bind(db: Db, agent_id: str, granted: Sequence[str]) -> tuple[str, ...]
         "UPDATE agents SET locations = ? WHERE agent_id = ? AND revoked_ms IS NULL",
         (json.dumps(list(granted)), agent_id),
     )
+    await db.execute("DELETE FROM agents_at WHERE agent_id = ?", (agent_id,))
+    await _locate(db, agent_id, granted)
     return tuple(json.loads(locations))
+
+
+async def _locate(db: Db, agent_id: str, granted: Sequence[str]) -> None:
+    """The rows of ``agents_at`` (schema 18) saying ``agent_id`` is bound to ``granted``: written with
+    ``agents.locations``, so a read by location (``clock_skews``) finds a credential by its index."""
+    for location in sorted(set(granted)):
+        await db.execute("INSERT INTO agents_at (location, agent_id) VALUES (?, ?)", (location, agent_id))
+
+
+def clock_skews_sql(locations: int) -> str:
+    """The statement ``clock_skews`` runs for this many locations: the active store agents bound to them whose skew
+    the hub measured, found by ``agents_at``' primary key (location first) and each agent by its own."""
+    return (
+        "SELECT l.location, a.agent_id, a.last_sync_ms, a.clock_skew_ms FROM agents_at l "
+        "JOIN agents a ON a.agent_id = l.agent_id "
+        f"WHERE l.location IN ({', '.join('?' * locations)}) AND a.role = 'agent' AND a.revoked_ms IS NULL "
+        "AND a.clock_skew_ms IS NOT NULL ORDER BY l.location, a.agent_id"
+    )
+
+
+async def clock_skews(db: Db, locations: Collection[str]) -> dict[str, int]:
+    """The clock skew (hub minus PC, ms) of the store PC booking at each of ``locations``: of the active store
+    agents bound there whose skew the hub measured, the one synced last (the first by id of those synced at the same
+    time); a location without one is left out. One statement by ``agents_at``' index: its cost is the
+    agents of those locations, not every store's."""
+    wanted = sorted(set(locations))
+    if not wanted:
+        return {}
+    found: dict[str, tuple[int, int]] = {}  # location -> (last sync, skew)
+    for location, agent_id, last, skew in await db.fetch(clock_skews_sql(len(wanted)), tuple(wanted)):
+        if agent_id.startswith(RESERVED_ID_PREFIX):
+            continue
+        if location not in found or (last or 0) > found[location][0]:
+            found[location] = (last or 0, skew)
+    return {location: skew for location, (_, skew) in found.items()}
 
 
 async def agent_status(db: Db, agent_id: str | None) -> list[AgentStatus]:

@@ -69,6 +69,12 @@ class CredentialStore(Protocol):
     async def agent_status(self, agent_id: str | None = None) -> list[AgentStatus]:
         """Every credential (or ``agent_id``'s) with its marks, last sync and the backlog it reported."""
 
+    @abc.abstractmethod
+    async def store_clock_skews(self, locations: Collection[str]) -> dict[str, int]:
+        """The clock skew (hub minus PC, ms) of the store PC booking at each of ``locations``: of the active agent
+        credentials bound there whose skew the hub measured, the one synced last; a location without one is left
+        out. One indexed read of those locations' credentials (schema 18), not every store's."""
+
 
 class IngestStore(Protocol):
     """Stock events in: the one write path of movements."""

@@ -155,6 +155,9 @@ class SqlHubStore(HubStore, Generic[D]):
             "reading agent status", lambda db: credentials.agent_status(db, agent_id), snapshot=True
         )
 
+    async def store_clock_skews(self, locations: Collection[str]) -> dict[str, int]:
+        return await self._read_db("reading the stores' clock skews", lambda db: credentials.clock_skews(db, locations))
+
     # --- ingest ------------------------------------------------------------------------------------------
 
     async def ingest(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +162,44 @@ async def test_a_shopify_fulfilment_is_booked_on_the_right_side_of_the_stores_co
 
 def _ms(rfc3339: str) -> int:
     return round(datetime.fromisoformat(rfc3339).timestamp() * 1000)
+
+
+@pytest.mark.parametrize("skew_min", [10], ids=["store-clock-ahead"])
+async def test_an_order_webhook_reads_the_store_pcs_of_its_location_alone_not_every_stores(
+    hub: Hub, skew_min: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each order webhook read every credential's status (every store's, with their marks) to find the clock skew of
+    the PC booking at the order's location: a read that grew with the stores, per order. It reads the credentials
+    bound to the order's locations alone now (``store_clock_skews``, one indexed statement); the sale is stamped in
+    the store's clock frame as before."""
+    for n in range(200):  # a chain: 200 other stores
+        await hub.store.add_agent([f"T{n:03d}"])
+    every: list[str | None] = []  # reads of every credential's status (agent_status without an id)
+    asked: list[list[str]] = []  # the locations whose store PCs were read
+    status_of, skews_of = hub.store.agent_status, getattr(hub.store, "store_clock_skews", None)
+
+    async def agent_status(agent_id: str | None = None) -> Any:
+        if agent_id is None:
+            every.append(agent_id)
+        return await status_of(agent_id)
+
+    async def store_clock_skews(locations: Any) -> Any:
+        asked.append(sorted(locations))
+        assert skews_of is not None
+        return await skews_of(locations)
+
+    monkeypatch.setattr(hub.store, "agent_status", agent_status)
+    monkeypatch.setattr(hub.store, "store_clock_skews", store_clock_skews, raising=False)
+    square, s1, a = hub.square, hub.ids["sq_s1"], hub.ids["sq_a"]
+    await hub.store_moves(Kind.RECEIVE, 10)
+    sold = [square.sell_at_register(s1, [(a, 1)]) for _ in range(3)]
+    for order in sold:
+        status, answer = await square.deliver(hub.hook("pos"), square.notification("order.updated", order["id"]))
+        assert (status, answer["applied"]) == (200, 2), answer
+    assert every == [], f"{len(every)} read(s) of every store's credentials for {len(sold)} order(s)"
+    assert asked and all(locations == ["S1"] for locations in asked), asked
+    assert await hub.on_hand() == 7
+    rows = [r for r in await hub.store.ledger(location="S1", sku="SKU-A", limit=20) if r.kind == "sale"]
+    closed = sorted(_ms(o["closed_at"]) for o in sold)
+    stamps = sorted(unpack_hlc(r.occurred_at)[0] - skew_min * 60_000 for r in rows)
+    assert len(rows) == 3 and all(abs(at - c) < 5_000 for at, c in zip(stamps, closed, strict=True)), (stamps, closed)
