@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import sys
@@ -60,11 +59,12 @@ from agent.lock import (
     hold_data_dir_lock,
     refuse_new_outbox_beside_agent,
 )
-from agent.outbox import FILE_CHECK_S, NEVER_RESENT, REPLACED_SUFFIX, Movement, Outbox, OutboxStats
+from agent.outbox import FILE_CHECK_S, NEVER_RESENT, Movement, Outbox, OutboxStats
 from agent.pos import PosFolderState, PosFolderWatcher, PosImporter, PosStore, add_import_parser, import_command
 from agent.redact import install_log_redaction, redact_url
 from agent.replicator import Replicator
 from agent.reports import ReportSender
+from agent.saved import SENT_SUFFIX, NotSent, SavedCopies, saved_copies, send_file, waiting_in
 from agent.scan_journal import JOURNAL_FILENAME, ReaderState, ScanJournal, read_reader_states
 from agent.scanning import ModeRouter, ScanRouter, ScanService
 from agent.sessions.router import SessionRouter
@@ -305,23 +305,40 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
         if saved := saved_copies(Path(a.outbox)):
             log.warning(
                 "%d saved copies of this agent's outbox lie beside it, kept when the outbox was replaced or written"
-                " over while the agent ran: %s; send each with `%s outbox send FILE` and delete it once that says"
-                " the hub holds every movement.",
-                len(saved), ", ".join(str(p) for p in saved), PROG,
+                " over while the agent ran: %s; %s",
+                len(saved), ", ".join(str(p) for p in saved),
+                "the agent sends their movements the hub has not acknowledged in the background, and renames each"
+                f" {a.outbox.name}{SENT_SUFFIX}<UTC time> once the hub holds all of it"
+                if a.hub_url is not None and a.token is not None
+                else f"no hub is configured: send each with `{PROG} outbox send FILE` once one is",
             )  # fmt: skip
         moved = asyncio.Event()  # zeroconf found the hub at a new address
         finder = await _find_hub(config, moved)
         if finder is not None and finder.current is not None:
             config = _with_hub_url(config, finder.current.url)
         services = await _start_services(config, outbox)
-        replicator = _replicator(config, outbox)
-        if replicator is not None:
-            await replicator.start()
+        replicator = _replicator(config, outbox)  # started once the saved copies beside the outbox are sent
         simulation: asyncio.Task[int] | None = None
         if config.simulate is not None and config.simulate.enabled:
             simulation = asyncio.create_task(Simulator(outbox, config.simulate, location=a.location).run())
         watch = asyncio.create_task(_watch_outbox(outbox))
+        started = config
+
+        def copy_replicator(copy: Outbox) -> Replicator:  # the hub and token in use now (reload, zeroconf)
+            made = _replicator(config, copy, feed=False) or _replicator(started, copy, feed=False)
+            assert made is not None  # SavedCopies runs only with a hub
+            return made
+
+        async def start_replicator() -> None:
+            if replicator is not None:
+                await replicator.start()
+
+        copies = SavedCopies(
+            a.outbox, a.id, a.synchronous, copy_replicator, keep_s=a.retention_days * 86_400, then=start_replicator
+        )
         try:
+            if replicator is not None:
+                await copies.start()
             while not stop.is_set() and not outbox.replaced.is_set():
                 waits: list[asyncio.Future[Any]] = [
                     asyncio.ensure_future(stop.wait()),
@@ -331,11 +348,15 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
                 ]
                 if simulation is not None and not simulation.done():
                     waits.append(simulation)
+                if copies.task is not None and not copies.task.done():
+                    waits.append(copies.task)
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 for waiting in waits[:4]:
                     waiting.cancel()
                 if simulation is not None and simulation.done() and (failure := simulation.exception()) is not None:
                     raise failure
+                if copies.task is not None and copies.task.done() and (failure := copies.task.exception()) is not None:
+                    raise failure  # the outbox's replicator did not start
                 if reload.is_set():
                     reload.clear()
                     config, replicator = await _reload(config, outbox, replicator, args.config)
@@ -348,6 +369,7 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
                     replicator = await _follow_hub(config, outbox, replicator)
                     services.update_credentials(config)
         finally:
+            await copies.stop()
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
             if finder is not None:
@@ -363,18 +385,6 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
             return EXIT_FAILURE
     log.info("Agent %s stopped; %s events wait for the hub in the outbox.", a.id, f"{backlog:,}")
     return EXIT_OK
-
-
-def saved_copies(outbox: Path) -> list[Path]:
-    """The copies ``run`` saved beside ``outbox`` (``outbox.sqlite3.replaced-<UTC time>``), oldest first."""
-    try:
-        found = [p for p in outbox.parent.iterdir() if _SAVED_COPY.fullmatch(p.name.removeprefix(outbox.name))]
-    except OSError:
-        return []
-    return sorted(found)
-
-
-_SAVED_COPY = re.compile(re.escape(REPLACED_SUFFIX) + r"\d{8}T\d{6}Z(-\d+)?")
 
 
 async def _watch_outbox(outbox: Outbox) -> None:
@@ -516,12 +526,15 @@ async def _status(config: AgentConfig, args: argparse.Namespace) -> int:
         stats = await outbox.stats()
         synced_hub_id = await outbox.synced_hub_id(huberrors.sync_url(hub_url)) if hub_url else None
     readers = await asyncio.to_thread(read_reader_states, config.agent.outbox.with_name(JOURNAL_FILENAME))
+    saved = await waiting_in(config.agent.outbox, config.agent.id)
     probe, hub_id = await _probe(hub_url) if hub_url else (None, None)
     report = _report(config, stats, probe)
     # The probe's answer names the hub's database: another than the one this agent last synced with there is said
     # as the sync says it, also while the agent is stopped or has not tried that hub since.
     report["hub_database"] = huberrors.another_database(redact_url(hub_url), hub_id, synced_hub_id) if hub_url else None
     report["scanners"] = [asdict(state) for state in readers or ()]
+    report["saved_copies"], report["saved_copy_events"] = saved.copies, saved.events
+    report["saved_copies_unreadable"] = saved.unreadable
     report["agent_running"] = await asyncio.to_thread(agent_running, config.agent.outbox)
     report["exit_code"] = _status_code(report)
     print(json.dumps(report, indent=2) if args.json else _human(report))
@@ -644,6 +657,13 @@ def _human(r: dict[str, Any]) -> str:
     if r.get("rebound_from") is not None:
         at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["rebound_ms"] / 1000))
         lines.append(f"rebound      from agent {r['rebound_from']} at {at} (shelfsync-agent rebind)")
+    if r.get("saved_copies") or r.get("saved_copies_unreadable"):
+        unreadable = r.get("saved_copies_unreadable") or 0
+        left = f"; {unreadable:,} cannot be read and are left as they are (the agent's log says why)"
+        lines.append(
+            f"saved copies {r['saved_copies']:,} beside the outbox hold {r['saved_copy_events']:,} events the hub has"
+            f" not acknowledged; the running agent sends them{left if unreadable else ''}"
+        )
     lines += [_reader_line(ReaderState(**state)) for state in r.get("scanners", ())]
     return "\n".join(lines)
 
@@ -752,26 +772,22 @@ async def _outbox_send(config: AgentConfig, args: argparse.Namespace) -> int:
         raise AgentError(f"there is no outbox file at {path}")
     if path.resolve() == a.outbox.resolve():
         raise ConfigError(f"{path} is this agent's own outbox; `{PROG} run` sends it")
-    with hold_agent_lock(path):  # two sends of one file would only race each other
-        async with Outbox.open(path, agent_id=a.id, location=None, synchronous=a.synchronous, create=False) as outbox:
-            waiting = (await outbox.stats()).backlog
-            replicator = _replicator(config, outbox, feed=False)
-            assert replicator is not None  # hub_url and token are set
-            await replicator.start()
-            try:
-                await asyncio.wait_for(replicator.wait_synced(), args.wait_s)
-            except TimeoutError:
-                left = (await outbox.stats()).backlog
-                why = replicator.state.last_error or "no answer yet"
-                print(
-                    f"{PROG}: {left:,} of the {waiting:,} movements in {path} have not reached the hub within"
-                    f" {args.wait_s:g} s ({why}); they stay in the file, run the command again",
-                    file=sys.stderr,
-                )
-                return EXIT_FAILURE
-            finally:
-                await replicator.stop()
-    print(f"The hub holds every movement of {path} ({waiting:,} were waiting); the file may be deleted now.")
+
+    def replicator(outbox: Outbox) -> Replicator:
+        made = _replicator(config, outbox, feed=False)
+        assert made is not None  # hub_url and token are set
+        return made
+
+    try:  # what the running agent does for the copies beside its outbox (agent.saved)
+        sent = await send_file(path, a.id, a.synchronous, replicator, wait_s=args.wait_s)
+    except NotSent as err:
+        print(
+            f"{PROG}: {err.left:,} of the {err.waiting:,} movements in {path} have not reached the hub within"
+            f" {args.wait_s:g} s ({err.why}); they stay in the file, run the command again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(f"The hub holds every movement of {path} ({sent.waiting:,} were waiting); the file may be deleted now.")
     return EXIT_OK
 
 

@@ -41,9 +41,9 @@ worked, new movements are refused like on a full disk. Replaced by another
 file (a backup put back, a new outbox made by hand): that file is left alone,
 the open one is saved beside it as ``outbox.sqlite3.replaced-<UTC time>``,
 new movements are refused, ``replaced`` is set (the agent stops so that its
-restart uses the file now at the path), and ``shelfsync-agent outbox send
-FILE`` sends the saved copy's movements. Written over in place by another
-program (``cp backup.sqlite3 outbox.sqlite3``: the same file, other bytes;
+restart uses the file now at the path), and the restart sends the saved copy's
+movements (``agent.saved``; ``shelfsync-agent outbox send FILE`` by hand).
+Written over in place by another program (``cp backup.sqlite3 outbox.sqlite3``: the same file, other bytes;
 only the running agent's outbox, ``owner=True``, can tell, see ``agent.db``):
 the same, before the agent's next checkpoint could copy its WAL into the
 bytes put there; what the open connection reads (its WAL over those bytes) is
@@ -604,8 +604,9 @@ class Outbox(SqliteFile):
             waiting = (await self.stats()).backlog
             log.error(
                 "The outbox %s was replaced by another file while the agent ran; the agent's own, with %s movements"
-                " the hub has not acknowledged, was saved as %s (send them with `shelfsync-agent outbox send %s`),"
-                " and the agent stops so that its restart uses the file now at %s.",
+                " the hub has not acknowledged, was saved as %s (the restart sends them to the hub, as"
+                " `shelfsync-agent outbox send %s` does), and the agent stops so that its restart uses the file now"
+                " at %s.",
                 self.path, f"{waiting:,}", saved, saved, self.path,
             )  # fmt: skip
             self.replaced.set()
@@ -631,8 +632,8 @@ class Outbox(SqliteFile):
             issued = max(issued, newest)
             lost = issued - acked - readable
             said = (
-                f"its own, with {readable:,} movements the hub has not acknowledged, was saved as {saved} (send them"
-                f" with `shelfsync-agent outbox send {saved}`)"
+                f"its own, with {readable:,} movements the hub has not acknowledged, was saved as {saved} (the restart"
+                f" sends them to the hub, as `shelfsync-agent outbox send {saved}` does)"
             )
             if lost > 0:
                 said += (

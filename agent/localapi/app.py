@@ -28,6 +28,7 @@ from agent.localapi.auth import AuthError, LockedOut, Login, StaffDirectory
 from agent.localapi.hosts import HostCheck
 from agent.outbox import Outbox
 from agent.pos import PosFolderState
+from agent.saved import waiting_in
 from agent.sessions import (
     AlreadyReceived,
     ExceedsOnHand,
@@ -411,7 +412,8 @@ async def status(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     stats = await ctx.outbox.stats()
     active = await ctx.sessions.list(active=True, limit=LIST_LIMIT_MAX)
-    return _json(views.status_json(stats, ctx.hub_url(), len(active), ctx.pos_state()))
+    saved = await waiting_in(Path(ctx.outbox.path), ctx.outbox.agent_id)  # agent.saved: sent by the agent itself
+    return _json(views.status_json(stats, ctx.hub_url(), len(active), ctx.pos_state(), saved))
 
 
 async def readers(request: web.Request) -> web.Response:

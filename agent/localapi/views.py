@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from agent.counts import LocalCount
 from agent.outbox import OutboxStats
 from agent.pos import PosFolderState
+from agent.saved import Waiting
 from agent.sessions import (
     BinNote,
     CloseReport,
@@ -189,7 +191,11 @@ def count_json(c: LocalCount, *, agent_location: str) -> dict[str, Any]:
 
 
 def status_json(
-    stats: OutboxStats, hub_url: str | None, active_sessions: int, pos: PosFolderState | None = None
+    stats: OutboxStats,
+    hub_url: str | None,
+    active_sessions: int,
+    pos: PosFolderState | None = None,
+    saved: Waiting | None = None,
 ) -> dict[str, Any]:
     now_ms = time.time_ns() // 1_000_000
     return {
@@ -207,4 +213,5 @@ def status_json(
         "clock_skew_ms": stats.clock_skew_ms,
         "active_sessions": active_sessions,
         "pos_import": None if pos is None else pos.to_json(),
+        "saved_copies": None if saved is None else dataclasses.asdict(saved),
     }

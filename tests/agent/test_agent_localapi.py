@@ -617,6 +617,17 @@ async def test_status_and_local_count(api: Api) -> None:
     assert (status["hub_url"], status["clock_skew_ms"], status["active_sessions"]) == ("http://127.0.0.1:9", None, 0)
 
 
+async def test_status_counts_the_saved_outbox_copies_waiting_beside_the_outbox(api: Api, tmp_path: Path) -> None:
+    # what the agent saved when its outbox was replaced under it, and sends itself (agent.saved)
+    saved = tmp_path / "outbox.sqlite3.replaced-20260302T141503Z"
+    async with Outbox.open(saved, agent_id="store-a", location="S001") as copy:
+        await copy.record([Movement("S001", "SKU-APPLE", Kind.SALE, -1, "api:test") for _ in range(3)])
+    (tmp_path / "outbox.sqlite3.replaced-20260302T141504Z").write_bytes(b"no database " * 50)
+    await api.sign_in()
+    status = await api.ok("GET", "/api/v1/status")
+    assert status["saved_copies"] == {"copies": 1, "events": 3, "unreadable": 1}, status
+
+
 async def test_deeply_nested_json_is_a_400_on_login_and_signed_in_routes(api: Api) -> None:
     bomb = "[" * 3000 + "]" * 3000
     headers = {"Content-Type": "application/json"}

@@ -2,22 +2,27 @@
 
 Deleted (`rm outbox.sqlite3*`): the agent writes its open file back at the path, says so once, keeps
 recording into it, and every movement it acknowledged reaches the hub once it is reachable. Replaced by
-another file (a backup put back): the agent saves its own beside it, says so once and exits 1; the restart
-uses the file now at the path, and `shelfsync-agent outbox send` sends the saved copy's movements.
+another file (a backup put back) or written over in place: the agent saves its own beside it, says so once
+and exits 1; the restart uses the file now at the path and sends the saved copy's movements itself, as
+`shelfsync-agent outbox send` does by hand.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from tests.faults.helpers import Simulation, Store, drained, hub_events, verify, wait_until
+from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
-from tests.harness.net import free_port
+from tests.harness.net import free_port, get_json
 from tests.harness.sqlite_copy import backup as sqlite_backup
 
 DELETED_SAID = "was deleted while the agent ran"
@@ -92,13 +97,15 @@ def test_an_outbox_replaced_under_the_running_agent_is_saved_and_sent(
     assert "4 movements the hub has not acknowledged" in agent.log
 
     _reach_the_hub(store, hub)
-    resumed = store.start()
-    sent = _cli(store, "outbox", "send", str(saved[0]))
+    sent = _cli(store, "outbox", "send", str(saved[0]))  # by hand, before the agent runs again
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith(f"The hub holds every movement of {saved[0]}")
+    resumed = store.start()  # finds the copy sent by hand holding nothing the hub lacks, and renames it
+    wait_until("the saved copy is set aside", lambda: len(_sent_copies(store)) == 1)
     wait_until("the outbox drains", lambda: drained([store], hub.db))
     assert resumed.stop() == 0
-    held = verify(hub, [store], extra_outboxes=[saved[0]])
+    assert not saved[0].exists()
+    held = verify(hub, [store], extra_outboxes=_sent_copies(store))
     assert set(recorded) <= set(held) and len(held) == 4
     assert set(hub_events(hub.db)) == set(held)
 
@@ -130,12 +137,128 @@ def test_a_backup_copied_over_the_running_outbox_is_saved_and_sent(
     assert "4 movements the hub has not acknowledged" in agent.log
 
     _reach_the_hub(store, hub)
-    resumed = store.start()
-    sent = _cli(store, "outbox", "send", str(saved[0]))
-    assert sent.returncode == 0, sent.stderr
+    resumed = store.start()  # sends the saved copy itself
+    wait_until("the saved copy is sent", lambda: len(_sent_copies(store)) == 1)
     wait_until("the outbox drains", lambda: drained([store], hub.db))
     assert resumed.stop() == 0
     assert "1 saved copies of this agent's outbox lie beside it" in resumed.log and str(saved[0]) in resumed.log
-    held = verify(hub, [store], extra_outboxes=[saved[0]])
+    held = verify(hub, [store], extra_outboxes=_sent_copies(store))
     assert set(recorded) <= set(held) and len(held) == 4
     assert set(hub_events(hub.db)) == set(held)
+
+
+SENT_SAID = "The hub holds every movement of the saved outbox copy"
+UNREADABLE_SAID = "cannot be read as an outbox of this agent"
+
+
+def _saved_by_the_agent(store: Store, hub: HubProcess) -> tuple[Path, list[str]]:
+    """A running agent whose outbox is replaced by a backup while the hub is unreachable: it saves its own (all four
+    movements, none acknowledged) beside the backup and exits 1."""
+    agent = store.start()
+    agent.wait_for_log("started with outbox")
+    recorded = [_record_by_hand(store, f"EARLY-{i}") for i in range(2)]
+    backup = store.data_dir / "backup.sqlite3"
+    sqlite_backup(store.outbox, backup)
+    recorded += [_record_by_hand(store, f"LATE-{i}") for i in range(2)]
+    os.replace(backup, store.outbox)
+    assert agent.wait(60) == 1
+    (saved,) = sorted(store.data_dir.glob("outbox.sqlite3.replaced-*[0-9Z]"))
+    return saved, recorded
+
+
+def _sent_copies(store: Store) -> list[Path]:
+    return sorted(p for p in store.data_dir.glob("outbox.sqlite3.sent-*") if not p.name.endswith(("-wal", "-shm")))
+
+
+def _status(store: Store) -> dict[str, Any]:
+    done = _cli(store, "status", "--json")
+    return json.loads(done.stdout)
+
+
+def test_saved_copies_beside_the_outbox_are_sent_by_the_agent_at_its_start(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
+    store = make_store(hub, f"http://127.0.0.1:{free_port()}")
+    hub.start()
+    saved, recorded = _saved_by_the_agent(store, hub)
+    # a second copy of the same history: every event of it is one the hub already holds when it is sent
+    twin = saved.with_name(saved.name + "-2")
+    sqlite_backup(saved, twin)
+
+    _reach_the_hub(store, hub)
+    resumed = store.start()
+    wait_until("both saved copies are sent", lambda: len(_sent_copies(store)) == 2)
+    wait_until("the outbox drains", lambda: drained([store], hub.db))
+    assert not saved.exists() and not twin.exists()
+    assert resumed.log.count(SENT_SAID) == 2, resumed.log[-3000:]
+    status = _status(store)
+    assert status["saved_copies"] == 0 and status["saved_copy_events"] == 0, status
+    assert resumed.stop() == 0
+    held = verify(hub, [store], extra_outboxes=_sent_copies(store))  # each event once in the hub's ledger
+    assert set(recorded) == set(held) and len(held) == 4
+    assert set(hub_events(hub.db)) == set(held)
+
+
+def test_a_saved_copy_waits_for_the_hub_and_a_malformed_one_is_left_alone(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
+    store = make_store(hub, hub.url)  # the hub is down until the end
+    _, recorded = _saved_by_the_agent(store, hub)
+    malformed = store.outbox.with_name(f"{store.outbox.name}.replaced-20200101T000000Z")
+    garbage = b"this is no database " * 100
+    malformed.write_bytes(garbage)
+
+    resumed = store.start()
+    resumed.wait_for_log(UNREADABLE_SAID)
+    recorded.append(_record_by_hand(store, "WHILE-WAITING"))  # recording goes on while the copy waits for the hub
+    status = _status(store)
+    assert status["saved_copies"] == 1 and status["saved_copy_events"] == 4, status
+    assert status["saved_copies_unreadable"] == 1, status
+    assert "saved copies" in _cli(store, "status").stdout
+
+    hub.start()
+    wait_until("the saved copy is sent", lambda: len(_sent_copies(store)) == 1)
+    wait_until("the outbox drains", lambda: drained([store], hub.db))
+    assert malformed.read_bytes() == garbage, "the malformed copy is left as it was"
+    assert resumed.stop() == 0
+    assert resumed.log.count(UNREADABLE_SAID) == 1 and str(malformed) in resumed.log, resumed.log[-3000:]
+    assert resumed.log.count(SENT_SAID) == 1
+    held = verify(hub, [store], extra_outboxes=_sent_copies(store))
+    assert set(recorded) == set(held) and len(held) == 5
+
+
+
+def test_a_saved_copy_sent_at_the_start_is_not_listed_as_a_second_copy_of_the_agent(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
+    # The hub acknowledged more than the backup holds, and both files hold movements it lacks: the restart forks
+    # into a new epoch, and the saved copy is sent in the epoch it had. Two epochs of one agent each syncing after
+    # the other began are what the hub lists as two copies sending at once (agent_copies).
+    store = make_store(hub, hub.url, batch_size=1)  # a request per movement: the two files' requests interleave
+    reader = add_credential(hub.db, role="reader").token
+    hub.start()
+    agent = store.start()
+    agent.wait_for_log("started with outbox")
+    recorded = [_record_by_hand(store, f"EARLY-{i}") for i in range(2)]
+    wait_until("the first two reach the hub", lambda: drained([store], hub.db))
+    backup = store.data_dir / "backup.sqlite3"
+    sqlite_backup(store.outbox, backup)
+    recorded.append(_record_by_hand(store, "ACKED"))
+    wait_until("the third reaches the hub", lambda: drained([store], hub.db))
+    assert hub.stop() == 0
+    recorded += [_record_by_hand(store, f"SAVED-{i}") for i in range(6)]  # only the saved copy will hold these
+    os.replace(backup, store.outbox)
+    assert agent.wait(60) == 1
+
+    resumed = store.start()  # the hub is still down: the restored outbox records on
+    resumed.wait_for_log("started with outbox")
+    recorded += [_record_by_hand(store, f"RESTORED-{i}") for i in range(6)]
+    hub.start()
+    wait_until("the saved copy is sent", lambda: len(_sent_copies(store)) == 1)
+    wait_until("the outbox drains", lambda: drained([store], hub.db))
+    resumed.wait_for_log("restored from a backup, copied or rolled back")
+    listed = get_json(f"{hub.url}/v1/exceptions?kind=agent_copies", reader)["exceptions"]
+    assert resumed.stop() == 0
+    assert listed == [], listed
+    held = verify(hub, [store], extra_outboxes=_sent_copies(store))
+    assert set(recorded) == set(held) and len(held) == 15
