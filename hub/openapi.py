@@ -1069,6 +1069,11 @@ def _paths() -> dict[str, JSON]:
         parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web")],
         errors=(404, 409, 422, 502),
     ))  # fmt: skip
+    refused_order_params = [  # the dismiss and undismiss routes'
+        path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web"),
+        path_param("order_id", string(minLength=1, maxLength=channel_http.ORDER_ID_MAX_LEN),
+                   "Square's order id, as the exception's data.order_id names it.", "D1CAFA84CB614476A09D4DCD"),
+    ]
     add(channel_http.DISMISS_PATH, "post", operation(
         "dismissChannelOrder", "Dismiss a refused order booked by hand",
         "Admin only; no body. A Square order whose webhook the hub refused for good (a channel_order_refused "
@@ -1079,10 +1084,7 @@ def _paths() -> dict[str, JSON]:
         "Channels",
         {"200": ok("The order as stored, dismissed.", obj({"order": ref("RefusedOrder")}, ["order"]))},
         roles=(ROLE_ADMIN,),
-        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web"),
-                    path_param("order_id", string(minLength=1, maxLength=channel_http.ORDER_ID_MAX_LEN),
-                               "Square's order id, as the exception's data.order_id names it.",
-                               "D1CAFA84CB614476A09D4DCD")],
+        parameters=refused_order_params,
         errors=(404, 409),
     ))  # fmt: skip
     add(channel_http.UNDISMISS_PATH, "post", operation(
@@ -1095,10 +1097,7 @@ def _paths() -> dict[str, JSON]:
         "Channels",
         {"200": ok("The order as stored, no longer dismissed.", obj({"order": ref("RefusedOrder")}, ["order"]))},
         roles=(ROLE_ADMIN,),
-        parameters=[path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web"),
-                    path_param("order_id", string(minLength=1, maxLength=channel_http.ORDER_ID_MAX_LEN),
-                               "Square's order id, as the exception's data.order_id names it.",
-                               "D1CAFA84CB614476A09D4DCD")],
+        parameters=refused_order_params,
         errors=(404, 409),
     ))  # fmt: skip
     add(order_routes.ROUTE, "post", operation(

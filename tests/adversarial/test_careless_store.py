@@ -18,6 +18,7 @@ from tests.faults.helpers import Store, hub_events, outbox_events, outbox_meta, 
 from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port
+from tests.harness.sqlite_copy import backup as sqlite_backup
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT_S = 60.0
@@ -94,15 +95,6 @@ def test_an_agent_moved_to_another_location_books_its_backlog_where_it_happened_
     assert cached(moved.outbox, "S002", "SKU-X") == 10, "the count cache of S002 misses what was booked there"
     before = Store("store-1 at S001", "S001", moved.cred, moved.data_dir, hub.url)  # the same outbox, before the move
     verify(hub, [moved, other, before])
-
-
-def sqlite_backup(src: Path, dst: Path) -> None:
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
 
 
 def test_an_agent_sent_to_a_staging_hub_and_back_delivers_everything_to_production_and_keeps_its_counts(

@@ -35,15 +35,7 @@ from tests.harness.commands import hub_env
 from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import get_json
-
-
-def sqlite_backup(src: Path, dst: Path) -> None:
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
+from tests.harness.sqlite_copy import backup as sqlite_backup
 
 
 def replace_file(live: Path, source: Path) -> None:
