@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,18 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from hub import HubStore, open_store
+from tests.harness.agent_process import kill_leftovers
 from tests.harness.inprocess import ClientFactory, client_factory
 from tests.harness.pg import backend, pg_database, pg_server, pg_url  # noqa: F401  (fixtures for every folder)
 from tests.harness.small_disk import mounts, small_disk  # noqa: F401  (fixtures for every folder)
+
+
+@pytest.fixture(autouse=True)
+def _no_agent_left_running() -> Iterator[None]:
+    """An agent process a failed test left running is killed with the test (found: three agents of a timed-out
+    wait ran on for the rest of the session)."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture

@@ -84,6 +84,19 @@ def fsize_limit(limit_bytes: int) -> Callable[[], None]:
     return apply
 
 
+_STARTED: list[AgentProcess] = []  # every agent process a test started, for ``kill_leftovers``
+
+
+def kill_leftovers() -> int:
+    """Kill the agent processes a test started and left running (a failed wait skips its ``stop``): each would
+    run on, syncing to nothing, for the rest of the session. Returns how many there were."""
+    left = [run for run in _STARTED if run.proc.poll() is None]
+    for run in left:
+        run.kill()
+    _STARTED.clear()
+    return len(left)
+
+
 class AgentProcess:
     """One run of ``python -m agent run --config CONFIG ARGS``; stdout lines are appended to ``printed`` as they come.
 
@@ -112,6 +125,7 @@ class AgentProcess:
                 # setrlimit and signal between fork and exec touch no lock a thread of ours could hold
                 preexec_fn=fsize_limit(fsize_limit_bytes) if fsize_limit_bytes is not None else None,  # noqa: PLW1509
             )  # fmt: skip
+        _STARTED.append(self)
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
 
