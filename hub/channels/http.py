@@ -262,6 +262,22 @@ def _reconcile_head(request: web.Request, who: AgentIdentity) -> None:
     _admin_head(request, who, "reconcile a channel")
 
 
+async def _refused_order(request: web.Request, listed: str) -> tuple[ChannelPusher, str, RefusedOrder, str]:
+    """The dismiss and undismiss routes' order (no body taken): its channel's pusher, its id, the order as held, and
+    the 404 sentence (the exceptions list lists ``listed``); 404 when the channel holds no such refused order."""
+    await _no_body(request)
+    p = _pusher(request)
+    name, order_id = p.spec.name, request.match_info["order_id"]
+    missing = (
+        f"channel {name} holds no refused order {values.shown(order_id, values.QUOTE_MAX_CHARS)}; GET /v1/exceptions"
+        f"?kind=channel_order_refused lists {listed} (one booked since, or refused more than two days ago, is not held)"
+    )
+    before = None if len(order_id) > ORDER_ID_MAX_LEN else await p.state.refused_order(name, order_id)
+    if before is None:
+        raise web.HTTPNotFound(text=missing)
+    return p, order_id, before, missing
+
+
 def _dismiss_head(request: web.Request, who: AgentIdentity) -> None:
     _admin_head(request, who, "dismiss a refused order")
 
@@ -271,18 +287,8 @@ async def post_dismiss_order(request: web.Request) -> web.Response:
     list; the order stays refused, so its register sales are still not taken off the counts pushed."""
     who = identity_of(request)
     _dismiss_head(request, who)
-    await _no_body(request)
-    p = _pusher(request)
-    name, order_id = p.spec.name, request.match_info["order_id"]
-    missing = (
-        f"channel {name} holds no refused order {values.shown(order_id, values.QUOTE_MAX_CHARS)}; GET /v1/exceptions"
-        "?kind=channel_order_refused lists them (one booked since, or refused more than two days ago, is not held)"
-    )
-    if len(order_id) > ORDER_ID_MAX_LEN:
-        raise web.HTTPNotFound(text=missing)
-    before = await p.state.refused_order(name, order_id)
-    if before is None:
-        raise web.HTTPNotFound(text=missing)
+    p, order_id, before, missing = await _refused_order(request, "them")
+    name = p.spec.name
     if before.dismissed_at_ms is not None:
         raise web.HTTPConflict(
             text=f"refused order {order_id} of channel {name} was already dismissed by {before.dismissed_by} at "
@@ -309,19 +315,8 @@ async def post_undismiss_order(request: web.Request) -> web.Response:
     retry, once the cause is fixed) books it as any."""
     who = identity_of(request)
     _undismiss_head(request, who)
-    await _no_body(request)
-    p = _pusher(request)
-    name, order_id = p.spec.name, request.match_info["order_id"]
-    missing = (
-        f"channel {name} holds no refused order {values.shown(order_id, values.QUOTE_MAX_CHARS)}; GET /v1/exceptions"
-        "?kind=channel_order_refused lists those not dismissed (one booked since, or refused more than two days ago, "
-        "is not held)"
-    )
-    if len(order_id) > ORDER_ID_MAX_LEN:
-        raise web.HTTPNotFound(text=missing)
-    before = await p.state.refused_order(name, order_id)
-    if before is None:
-        raise web.HTTPNotFound(text=missing)
+    p, order_id, before, missing = await _refused_order(request, "those not dismissed")
+    name = p.spec.name
     if before.dismissed_at_ms is None:
         raise web.HTTPConflict(
             text=f"refused order {order_id} of channel {name} is not dismissed (it is on the exceptions list); "
