@@ -38,13 +38,17 @@ from hub import (
     webhooks,
 )
 from hub.auth import (
+    IDENTITY_CACHE_KEY,
     PUBLIC_ROUTES_KEY,
     ROLE_ADMIN,
     STORE_KEY,
     UNKNOWN_CREDENTIALS_KEY,
     CredentialOfAnotherAgent,
     Handler,
+    IdentityCache,
     auth_middleware,
+    bearer_token,
+    identity_again,
     identity_of,
     role_refused,
 )
@@ -70,6 +74,7 @@ from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,
     AgentIdentity,
+    CredentialChanged,
     Forbidden,
     HubStore,
     InvalidInput,
@@ -77,6 +82,7 @@ from hub.storage.base import (
     StoreClosed,
     StoreError,
 )
+from hub.storage.credentials import token_hash
 from hub.storage.interfaces import IngestStore
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -100,6 +106,9 @@ DECODER_KEY = web.AppKey("sync_decoder", SyncDecoder)
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
+# A batch whose credential the store found changed (CredentialChanged) is tried once more with the credential as
+# it is now (bound elsewhere: its events are checked against the new locations); a second change answers 503.
+CREDENTIAL_ATTEMPTS = 2
 
 
 def error_response(
@@ -124,6 +133,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(403, str(err))
     except InvalidInput as err:
         return error_response(400, str(err))
+    except CredentialChanged as err:  # bound elsewhere twice while one batch was booked: nothing was written
+        again = {"Retry-After": retry_after_value(1)}
+        return error_response(503, f"{err}, twice; nothing of it was written: send it again", headers=again)
     except (StoreClosed, StoreError) as err:  # its store closed (shutting down), its database failing: 503
         return store_failed(request, err)
     except asyncio.CancelledError:
@@ -243,6 +255,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     )
     app.on_cleanup.append(_close_decoder)
     app[PUBLIC_ROUTES_KEY] = frozenset({"healthz", "livez"})
+    app[IDENTITY_CACHE_KEY] = IdentityCache(frozenset({"sync"}))  # _sync's ingest confirms the credential
     openapi.setup(app)  # GET /v1/openapi.json (public)
     r = app.router
     r.add_get(routes.HEALTH_PATH, healthz, name="healthz")
@@ -357,11 +370,21 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
     _check_sender(who, sync.agent_id)
     store: IngestStore = request.app[STORE_KEY]
     lineage = Lineage(sync.chain, sync.epoch_base or 0, sync.base_chain)
-    result = await store.ingest(
-        who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog, oldest_pending_ms=sync.oldest_pending_ms,
-        lineage=lineage, clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
-        after_seq=sync.after_seq, peer=request.remote,
-    )  # fmt: skip
+    credential = token_hash(bearer_token(request))  # confirmed by the transaction: ``who`` may be the cache's
+    for attempt in range(1, CREDENTIAL_ATTEMPTS + 1):
+        try:
+            result = await store.ingest(
+                who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog,
+                oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
+                clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
+                after_seq=sync.after_seq, peer=request.remote, credential=credential,
+            )  # fmt: skip
+            break
+        except CredentialChanged:
+            if attempt == CREDENTIAL_ATTEMPTS:
+                raise
+            who = await identity_again(request)  # 401 if revoked; bound elsewhere: the batch is checked again
+            _sync_head(request, who)
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks

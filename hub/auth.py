@@ -10,6 +10,13 @@ A request without an ``Authorization`` header may instead carry a dashboard
 session cookie (``hub.dashboard.sessions``): it is accepted on GET and HEAD
 only, and always identifies a reader, so no write route accepts it.
 
+The one route whose write confirms the credential inside its own transaction (``POST /v1/sync``: the store's
+``ingest`` reads it again with the batch's first read and writes nothing if it was revoked or bound elsewhere
+meanwhile) finds it in ``IdentityCache`` first: an agent's batches, dozens a second, no longer cost a read of
+the credential each before the transaction that reads it anyway. No other route takes an identity from it, and
+a batch asking to continue (``Expect: 100-continue``, a catch-up's) is still looked up from its head
+(``hub.heads``), so a revoked credential's big batch is refused before it is uploaded.
+
 A response that lasts (a change stream, a long-poll) asks ``still_valid``
 before it delivers what it waited for: that reads the credential (or the
 session and its credential) from the store again, so a revocation, even one
@@ -19,12 +26,15 @@ made through another hub process sharing the database, or a sign-out ends it.
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 from aiohttp import web
 
 from hub.storage.base import AgentIdentity, Forbidden, HubStore
+from hub.storage.credentials import token_hash
 from protocol.logsafety import RepeatLog
 
 log = logging.getLogger(__name__)
@@ -45,6 +55,71 @@ BY_SESSION_KEY = web.RequestKey("by_session", bool)  # True: authenticated by a 
 # What the store answered for the request's bearer token when a route's Expect handler looked it up from the head
 # (hub.heads.expect): the middleware takes it instead of asking the store again.
 HEAD_IDENTITY_KEY: web.RequestKey[AgentIdentity | None] = web.RequestKey("head_identity")
+
+
+class IdentityCache:
+    """The identities bearer tokens were found to have lately (by their hash), for ``routes`` only: routes whose
+    write confirms the credential in its own transaction, so an identity found here that is no longer true costs
+    that request a second look (``forget``, then the store), never a write it may not make. Bounded in entries
+    (the least recently used goes) and in age, so a revoked credential's requests stop getting this far soon."""
+
+    def __init__(
+        self, routes: frozenset[str], max_entries: int = 4096, max_age_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.routes, self.max_entries, self.max_age_s, self._clock = routes, max_entries, max_age_s, clock
+        self._found: OrderedDict[str, tuple[AgentIdentity, float]] = OrderedDict()
+
+    def get(self, key: str) -> AgentIdentity | None:
+        found = self._found.get(key)
+        if found is None:
+            return None
+        if self._clock() - found[1] > self.max_age_s:
+            del self._found[key]
+            return None
+        self._found.move_to_end(key)
+        return found[0]
+
+    def put(self, key: str, identity: AgentIdentity) -> None:
+        self._found[key] = (identity, self._clock())
+        self._found.move_to_end(key)
+        while len(self._found) > self.max_entries:
+            self._found.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        self._found.pop(key, None)
+
+
+IDENTITY_CACHE_KEY = web.AppKey("identity_cache", IdentityCache)
+
+
+async def find_identity(request: web.Request, token: str) -> AgentIdentity | None:
+    """The identity of ``token`` for ``request``: from the ``IdentityCache`` on a route that confirms it in its
+    write, else (and when not there) from the store."""
+    cache = request.app.get(IDENTITY_CACHE_KEY)
+    if cache is None or request.match_info.route.name not in cache.routes:
+        return await request.app[STORE_KEY].authenticate(token)
+    key = token_hash(token)
+    identity = cache.get(key)
+    if identity is None:
+        identity = await request.app[STORE_KEY].authenticate(token)
+        if identity is not None:
+            cache.put(key, identity)
+    return identity
+
+
+async def identity_again(request: web.Request) -> AgentIdentity:
+    """After the store said the request's credential changed (``CredentialChanged``): the credential as the store
+    finds it now, kept for the request (and the cache), or the 401 of one unknown or revoked."""
+    token = bearer_token(request)
+    cache = request.app.get(IDENTITY_CACHE_KEY)
+    if cache is not None:
+        cache.forget(token_hash(token))
+    identity = await find_identity(request, token)
+    if identity is None:
+        raise unknown_credential(request)
+    request[IDENTITY_KEY] = identity
+    return identity
 
 
 class CookieSessions(Protocol):
@@ -108,7 +183,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if HEAD_IDENTITY_KEY in request:  # looked up from the head, for this token: the same answer, not asked twice
         identity = request[HEAD_IDENTITY_KEY]
     else:
-        identity = await request.app[STORE_KEY].authenticate(token)
+        identity = await find_identity(request, token)
     if identity is None:
         raise unknown_credential(request)
     request[IDENTITY_KEY] = identity

@@ -37,6 +37,16 @@ class DatabaseUnreachable(StoreError):
     the hub again (exit status 1) rather than leaving it down (2)."""
 
 
+class CredentialChanged(HubError):
+    """The credential a batch was let in with is no longer what it was when its transaction confirmed it (revoked,
+    bound elsewhere, its token replaced): nothing of the batch was written. The caller asks for the credential
+    again, and answers 401 if it is gone (``IngestStore.ingest``'s ``credential``)."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"the credential {agent_id} changed while its batch was being booked")
+        self.agent_id = agent_id
+
+
 class Forbidden(HubError):
     """The credential may not do this (a reader sending stock events)."""
 

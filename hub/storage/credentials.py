@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Collection, Sequence
 
 from hub.resolver import is_location
-from hub.storage.base import ROLES, AgentIdentity, AgentStatus, InvalidInput, StoreError
+from hub.storage.base import ROLES, AgentIdentity, AgentStatus, CredentialChanged, InvalidInput, StoreError
 from hub.storage.db import Db, Where
 from protocol import wall_ms_now
 from protocol.values import AGENT_ID, shown
@@ -127,6 +127,23 @@ async def identity(db: Db, token: str) -> AgentIdentity | None:
     if not hash_matches(token, row[0] if row else None) or row is None or row[3] is not None:
         return None
     return AgentIdentity(agent_id, frozenset(json.loads(row[2])), row[1], row[4])
+
+
+CONFIRM_SQL = "SELECT token_sha256, locations, revoked_ms FROM agents WHERE agent_id = ?"
+
+
+def still_holds(who: AgentIdentity, stored_hash: str, row: Sequence[object] | None) -> bool:
+    """Whether the agents row ``row`` (token_sha256, locations, revoked_ms; None: no row) still makes the token of
+    hash ``stored_hash`` the identity ``who``: not revoked, the same token, the same locations."""
+    if row is None or row[2] is not None or not isinstance(row[0], str) or not isinstance(row[1], str):
+        return False
+    return hmac.compare_digest(row[0], stored_hash) and frozenset(json.loads(row[1])) == who.locations
+
+
+async def confirm(db: Db, who: AgentIdentity, stored_hash: str) -> None:
+    """Inside a write: ``CredentialChanged`` unless the token of hash ``stored_hash`` is still ``who``."""
+    if not still_holds(who, stored_hash, await db.fetchone(CONFIRM_SQL, (who.agent_id,))):
+        raise CredentialChanged(who.agent_id)
 
 
 async def revoke(db: Db, agent_id: str) -> bool:

@@ -229,6 +229,7 @@ class Batch:
     operator: str | None = None
     after_seq: int | None = None  # the seq the batch follows on from, as the sender said (see _next_mark)
     peer: str | None = None  # the address the request came from, as the hub saw it (None: not known)
+    credential: str | None = None  # the hash of the token ``who`` was found by, confirmed in the transaction
 
 
 class SyncNote(NamedTuple):
@@ -394,6 +395,7 @@ def prepare_batch(
     sent_ms: int | None = None,
     after_seq: int | None = None,
     peer: str | None = None,
+    credential: str | None = None,
 ) -> Batch:
     """Check a batch against its sender: pure, so it runs before the write transaction.
 
@@ -446,6 +448,7 @@ def prepare_batch(
         sent_ms,
         after_seq=after_seq,
         peer=peer,
+        credential=credential,
     )
 
 

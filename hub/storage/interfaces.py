@@ -94,6 +94,7 @@ class IngestStore(Protocol):
         sent_ms: int | None = None,
         after_seq: int | None = None,
         peer: str | None = None,
+        credential: str | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
@@ -112,6 +113,11 @@ class IngestStore(Protocol):
         event keeps its first). ``lineage`` (optional): the mark is stored with
         the sender's chain digest, answered as ``IngestResult.chain``; an epoch
         seen for the first time starts at ``lineage.epoch_base``.
+
+        ``credential`` (optional): the SHA-256 hash of the bearer token ``who`` was found by. The transaction
+        reads the credential again and writes nothing unless it still has that hash, ``who``'s locations and no
+        revocation (``CredentialChanged``), so the caller may have found ``who`` in a cache, and a credential
+        revoked while its batch waited is never booked.
 
         ``backlog`` and ``oldest_pending_ms`` are the sender's report of its
         outbox (events not yet acknowledged, and the wall ms of the oldest);

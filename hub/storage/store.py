@@ -75,6 +75,9 @@ class SqlHubStore(HubStore, Generic[D]):
     LATEST_CHANGE_SQL: ClassVar[str]  # the newest change id committed (a single value; NULL or none: 0)
     LOCK_ROW: ClassVar[str]  # appended to a SELECT of one row to lock it until the commit ("" where one writer)
     NEGATIVE_STOCK: ClassVar[str]  # a FROM of the stock rows below zero, and maybe others (exceptions.exceptions)
+    # True: ``_booking`` confirms a batch's credential (``Batch.credential``) with its first read; else ``ingest``
+    # reads it first (credentials.confirm).
+    CONFIRMS_IN_BOOKING: ClassVar[bool] = False
     feed_history: str = ""  # set by the backend's open (hub.storage.feed)
 
     # --- what a backend gives ------------------------------------------------------------------------
@@ -174,16 +177,19 @@ class SqlHubStore(HubStore, Generic[D]):
         sent_ms: int | None = None,
         after_seq: int | None = None,
         peer: str | None = None,
+        credential: str | None = None,
     ) -> IngestResult:
         self._check_open()
         # Checked before the write transaction: overlaps another batch.
         clock = None if clock_window_ms is None else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms)
         batch = prepare_batch(
             who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
-            clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer,
+            clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer, credential=credential,
         )  # fmt: skip
 
         async def work(db: D) -> IngestResult:
+            if credential is not None and not self.CONFIRMS_IN_BOOKING:
+                await credentials.confirm(db, who, credential)  # before anything is written
             result = await self._booking(db, lambda tx: apply_batch(tx, batch, wall_ms_now()), batch=batch)
             # This batch's keys stay locked until COMMIT (one writer, or its locks): the newest change id now is
             # this commit's own position.

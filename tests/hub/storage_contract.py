@@ -17,6 +17,7 @@ import pytest
 
 from hub.storage.base import (
     AgentIdentity,
+    CredentialChanged,
     Effect,
     Forbidden,
     HubStore,
@@ -422,6 +423,40 @@ class StorageContract(FeedAndCatalogContract, ClockTransferContract):
             await store.bind_agent(agent_id, ["S3"])
         (status,) = await store.agent_status(agent_id)
         assert status.locations == ("S2",)
+
+    async def test_a_batch_whose_credential_changed_since_it_was_found_writes_nothing(self, store: HubStore) -> None:
+        """``ingest(credential=…)`` confirms the credential in the batch's transaction: bound elsewhere, revoked or
+        its hash another token's, the batch raises ``CredentialChanged`` with nothing written (no event, count,
+        mark or sync); confirmed, it books as without."""
+        agent_id, token = await store.add_agent(["S1"])
+        who = await store.authenticate(token)
+        assert who is not None
+        hashed = hashlib.sha256(token.encode()).hexdigest()
+        ev = EventFactory(agent_id, epoch=1)
+
+        async def nothing_written() -> None:
+            assert await store.counts() == []
+            (status,) = await store.agent_status(agent_id)
+            assert (status.hwm, status.last_sync_ms) == ({}, None)
+
+        with pytest.raises(CredentialChanged, match=agent_id):  # the hash of another token
+            await store.ingest(who, 1, [ev(Kind.RECEIVE, 3, at_ms=1)], credential=hashed.replace(hashed[0], "x"))
+        await nothing_written()
+        await store.bind_agent(agent_id, ["S2"])  # S1 as it was found: bound elsewhere since
+        with pytest.raises(CredentialChanged):
+            await store.ingest(who, 1, [ev(Kind.RECEIVE, 3, at_ms=2)], credential=hashed)
+        await nothing_written()
+        now = await store.authenticate(token)
+        assert now is not None and now.locations == frozenset({"S2"})
+        result = await store.ingest(now, 1, [ev(Kind.RECEIVE, 4, at_ms=3, location="S2")], credential=hashed)
+        assert (result.applied, result.hwm) == (1, 3)
+        assert [(c.location, c.on_hand) for c in await store.counts()] == [("S2", 4)]
+        assert await store.revoke_agent(agent_id)
+        with pytest.raises(CredentialChanged):
+            await store.ingest(now, 1, [ev(Kind.RECEIVE, 5, at_ms=4, location="S2")], credential=hashed)
+        assert [(c.location, c.on_hand) for c in await store.counts()] == [("S2", 4)]
+        (status,) = await store.agent_status(agent_id)
+        assert status.hwm == {1: 3}
 
     async def test_a_bad_grant_is_refused(self, store: HubStore) -> None:
         with pytest.raises(InvalidInput, match="role"):

@@ -60,8 +60,8 @@ from hub.resolver import (
     transfer_destination,
     transfer_key,
 )
-from hub.storage import reports
-from hub.storage.base import BundleRecipe
+from hub.storage import credentials, reports
+from hub.storage.base import BundleRecipe, CredentialChanged
 from hub.storage.db import PostgresDb, Row, numbered
 from hub.storage.held import transfer_values
 from hub.storage.ingest import (
@@ -180,7 +180,9 @@ HELD_PENDING_SQL = "SELECT count(*) FROM quarantine WHERE agent_id = $1 AND stat
 # The keys travel as two texts (``text_list``): asyncpg checks each element of an array parameter against three
 # abstract base classes in Python, ~1 µs a text, so the ~860 texts of a batch's keys cost the hub 1.0 ms as two
 # text[] and 0.13 ms as two texts split by PostgreSQL, at the same cost there (0.10–0.17 ms; 3 × 300 calls each).
-PRELOAD_STOCK_FROM = 8  # the row's first stock column
+# The sender's credential comes with them (``Batch.credential``, credentials.confirm): a batch whose credential was
+# revoked or bound elsewhere since the hub found it writes nothing, and the hub need not read it before.
+PRELOAD_STOCK_FROM = 9  # the row's first stock column
 PRELOAD_SQL = (
     "SELECT EXISTS (SELECT 1 FROM quarantine WHERE agent_id = $1), EXISTS (SELECT 1 FROM bundle_parts), "
     "ARRAY(SELECT ROW(event_id, location) FROM agent_event_ids($1, $2, $3, $4, NULL)), "
@@ -191,6 +193,7 @@ PRELOAD_SQL = (
     f"ARRAY(SELECT ROW({', '.join('n.' + c for c in OBSERVED_FIELDS.split(', '))}) "
     f"FROM unnest({text_list_sql('$5', '$8')}, {text_list_sql('$6', '$9')}) AS k(location, sku), "
     "LATERAL (SELECT * FROM observations_newest o WHERE o.location = k.location AND o.sku = k.sku) AS n), "
+    "(SELECT ROW(token_sha256, locations, revoked_ms) FROM agents WHERE agent_id = $1), "
     "stock.* FROM "
     f"(SELECT {', '.join(f'array_agg(s.{c})' for c in STOCK_FIELDS.split(', '))} "
     f"FROM unnest({text_list_sql('$5', '$8')}, {text_list_sql('$6', '$9')}) AS k(location, sku) "
@@ -324,6 +327,8 @@ class PostgresIngest:
         )  # fmt: skip
         assert row is not None
         check_not_newer(row[6])  # migrated by a newer hub since this one started: it must not ingest
+        if batch.credential is not None and not credentials.still_holds(batch.who, batch.credential, row[8]):
+            raise CredentialChanged(agent_id)  # before anything is written
         in_range = row[2]
         stock = row[PRELOAD_STOCK_FROM:]  # one array per column, or all NULL: no key has a row
         self._pre = _Preloaded(

@@ -266,6 +266,7 @@ def _retryable(err: asyncpg.PostgresError, unique_races: bool) -> bool:
 class PostgresHubStore(SqlHubStore[PostgresDb]):
     """The hub store on PostgreSQL. Open with ``PostgresHubStore.open(url)``."""
 
+    CONFIRMS_IN_BOOKING = True  # PostgresIngest.preload reads the credential with the rest: no round trip of its own
     LATEST_CHANGE_SQL = "SELECT last_id FROM change_counter"  # the feed's counter (hub.storage.postgres.feed)
     LOCK_ROW = " FOR UPDATE"  # hubs share the database: a row read to be rewritten is locked first
     # The stock rows below zero, their keys and times (schema 16, kept by ingest), walked in the list's order through
