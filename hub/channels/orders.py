@@ -39,7 +39,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from hub.channels.mapping import SkuMapping
-from protocol import Kind, StockEvent, derived_event_id, pack_hlc
+from protocol import Kind, StockEvent, derived_event_id, pack_hlc, values
 from protocol.event import QTY_MAX, REF_MAX_LEN
 
 SHOPIFY_WEBHOOK_VERSION = "2026-01"  # the REST webhook payloads followed (docs/channels.md)
@@ -260,6 +260,8 @@ def _id(value: Any, where: str) -> str:
         raise OrderRefused(
             f"{where} {text[:40]!r} is not an id the hub can keep (letters, digits, at most {ID_MAX_LEN})"
         )
+    if text in values.DOT_SEGMENTS:  # a refused order's id is in the URL that dismisses it
+        raise OrderRefused(f"{where} {text!r} is not an id the hub can keep ({values.DOT_SEGMENT_RULE})")
     return text
 
 

@@ -536,6 +536,21 @@ def test_a_square_notification_names_the_order_and_its_location() -> None:
         square_notice({"type": "payment.created", "data": {}})
 
 
+@pytest.mark.parametrize("dots", [".", ".."])
+def test_a_square_order_id_no_url_can_name_is_refused(dots: str) -> None:
+    """An order id ``.`` or ``..`` was taken: refused for another reason, it was listed among the exceptions with a
+    dismiss URL every browser and HTTP client rewrites (``/orders/../dismiss`` is ``/dismiss``), so the entry could
+    not be dismissed. Such an id is refused as the other ids the hub cannot keep are."""
+    seller = Seller()
+    order = seller.emu.create_order(seller.s1, [(seller.a, 1)])
+    body = json.loads(seller.emu.notification("order.updated", order["id"]))
+    body["data"]["id"] = body["data"]["object"]["order_updated"]["order_id"] = dots
+    with pytest.raises(OrderRefused, match=r"is not an id the hub can keep \(not '\.' or '\.\.'"):
+        square_notice(body)
+    with pytest.raises(OrderRefused, match="is not an id the hub can keep"):
+        square_movements(seller.ctx, {**order, "id": dots})
+
+
 def _settled(seller: Seller, events: list[StockEvent]) -> list[StockEvent]:
     """The order's events of every notice so far, then what settling its reservation adds (as the route does)."""
     (order,) = [o for o in seller.emu.orders.values() if o["line_items"]]

@@ -981,6 +981,36 @@ async def test_when_squares_sales_cannot_be_read_before_a_push_the_count_goes_ou
     assert sum("so a count pushed leaves a sale at Square standing" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize("odd_id", ["Q" * 101, "ADJ\nsale:forged line", "ADJ\u2028X"])
+async def test_a_sale_whose_id_the_hub_could_not_list_is_an_unreadable_record_said_once_never_stored(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture, odd_id: str
+) -> None:
+    """A register sale Square names by an id longer than its adjustment ids are (100 characters) or holding a line
+    break was kept as it came: listed as ``sale:<id>`` when its order never came, which no URL could dismiss (the
+    routes take the ids the hub lists), and written into the log and the exception's sentence with its line break.
+    Such a record now tells nothing, as an unreadable quantity does: the count goes out at the hub's level, one
+    warning says why, and nothing is listed."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    a = square.add_variation("A")
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with by_hand(hooked(square_spec(square, {"S1": loc})), hub, state) as pusher:
+        pusher.unbooked_sale_wait_ms = 0  # a sale the hub could read would be listed at once
+        await settle(pusher)
+        sale = square.register_sale(a, loc, 1, unpaid=True)
+        sale.id = odd_id
+        for shown in (9, 8):
+            await hub.move((Kind.SALE, -1, "S1", "A"))
+            await settle(pusher)
+            assert square.quantity(a, loc) == shown
+        assert await hub.store.exceptions(kind="channel_order_refused") == []
+        assert await state.orders_refused(["pos"], [f"sale:{odd_id}"]) == set()
+    fell_back = logged(caplog, "could not be read before pushing")
+    assert len(fell_back) == 1, "said once while it goes on"
+    assert "a sale whose id" in fell_back[0] and "which the hub could not list nor name in a URL" in fell_back[0]
+    assert not any(odd_id in r.getMessage() for r in caplog.records), "the id is never written as it came"
+
+
 async def test_a_count_taken_off_before_a_restart_is_checked_again_when_the_hubs_level_comes_to_it(
     hub: Hub, state: SqliteChannelState, square: SquareEmulator
 ) -> None:
