@@ -91,7 +91,7 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.7.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.8.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
@@ -103,6 +103,8 @@ API_VERSION = "1.7.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # outgoing webhook batches name the feed's history ("history"); POST /v1/events answers 409 conflicting_events to a
 # request naming one movement twice with other content; POST /v1/channels/{name}/orders/{order_id}/undismiss (a
 # dismissal undone)
+# 1.8: the dismiss and undismiss routes take order ids of up to 105 characters (a register sale's
+# sale:<adjustment id>), and answer 400 to one no order can have
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1071,8 +1073,9 @@ def _paths() -> dict[str, JSON]:
     ))  # fmt: skip
     refused_order_params = [  # the dismiss and undismiss routes'
         path_param("name", CHANNEL_NAME, "The channel's name in the hub's config.", "web"),
-        path_param("order_id", string(minLength=1, maxLength=channel_http.ORDER_ID_MAX_LEN),
-                   "Square's order id, as the exception's data.order_id names it.", "D1CAFA84CB614476A09D4DCD"),
+        path_param("order_id", text(channel_http.ORDER_ID, "Square's order id, or sale:<adjustment id> for a register "
+                                     "sale, as the exception's data.order_id names it (percent-encoded)."),
+                   "The refused order's id.", "D1CAFA84CB614476A09D4DCD"),
     ]
     add(channel_http.DISMISS_PATH, "post", operation(
         "dismissChannelOrder", "Dismiss a refused order booked by hand",

@@ -30,8 +30,10 @@ from hub.auth import STORE_KEY, identity_of, require_role, role_refused
 from hub.channels.config import NAME_RE, ChannelSpec
 from hub.channels.connector import ChannelRejected, ChannelUnavailable
 from hub.channels.mapping import MappingError
-from hub.channels.pusher import ChannelPusher
+from hub.channels.orders import ID_MAX_LEN as WEBHOOK_ID_MAX_LEN
+from hub.channels.pusher import SALE_PREFIX, ChannelPusher
 from hub.channels.runner import NotDone, channel_pushers, pushes_here, reconcile_asked, refresh_asked
+from hub.channels.square import ADJUSTMENT_ID_MAX_LEN
 from hub.channels.state import Divergence, Reconciled, RefusedOrder
 from hub.leases import LOCKS_KEY, share_locks
 from hub.storage.base import AgentIdentity
@@ -42,7 +44,10 @@ log = logging.getLogger(__name__)
 READ_ROLES = frozenset({"reader", "admin"})
 DISMISS_PATH = "/v1/channels/{name}/orders/{order_id}/dismiss"
 UNDISMISS_PATH = "/v1/channels/{name}/orders/{order_id}/undismiss"
-ORDER_ID_MAX_LEN = 64  # a Square order id is 24 characters; the hub stores none longer (hub.channels.orders.ID_MAX_LEN)
+# The id of a refused order a channel holds: a Square order's, as its webhook named it (hub.channels.orders.ID_MAX_LEN),
+# or a register sale's listed as ``sale:`` and Square's adjustment id (hub.channels.square.ADJUSTMENT_ID_MAX_LEN)
+ORDER_ID_MAX_LEN = max(WEBHOOK_ID_MAX_LEN, len(SALE_PREFIX) + ADJUSTMENT_ID_MAX_LEN)
+ORDER_ID = values.TextField("channel order id", ORDER_ID_MAX_LEN, path_segment=True)
 ADMIN_ROLES = frozenset({"admin"})
 DIVERGENCES_LIMIT_DEFAULT = 100
 DIVERGENCES_LIMIT_MAX = 1_000
@@ -264,15 +269,16 @@ def _reconcile_head(request: web.Request, who: AgentIdentity) -> None:
 
 async def _refused_order(request: web.Request, listed: str) -> tuple[ChannelPusher, str, RefusedOrder, str]:
     """The dismiss and undismiss routes' order (no body taken): its channel's pusher, its id, the order as held, and
-    the 404 sentence (the exceptions list lists ``listed``); 404 when the channel holds no such refused order."""
+    the 404 sentence (the exceptions list lists ``listed``); 400 for an id no order the hub holds can have
+    (``ORDER_ID``), 404 when the channel holds no such refused order."""
     await _no_body(request)
     p = _pusher(request)
-    name, order_id = p.spec.name, request.match_info["order_id"]
+    name, order_id = p.spec.name, views.text_param(ORDER_ID, request.match_info["order_id"], "order_id")
     missing = (
         f"channel {name} holds no refused order {values.shown(order_id, values.QUOTE_MAX_CHARS)}; GET /v1/exceptions"
         f"?kind=channel_order_refused lists {listed} (one booked since, or refused more than two days ago, is not held)"
     )
-    before = None if len(order_id) > ORDER_ID_MAX_LEN else await p.state.refused_order(name, order_id)
+    before = await p.state.refused_order(name, order_id)
     if before is None:
         raise web.HTTPNotFound(text=missing)
     return p, order_id, before, missing

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from hub.storage import keys
 from hub.storage.base import DivergenceRow, ExceptionRow
@@ -174,8 +175,8 @@ def channel_order_refused(
         f"Square order {order_id}{at} on channel {channel} was refused at {_utc(at_ms)}: {why}; the hub never booked "
         "its sale, so the hub's level, and what the channels show, is a unit high for each unit sold: fix that and "
         "Square's next retry books the order, or book the sale by hand and dismiss this entry (POST /v1/channels/"
-        f"{channel}/orders/{order_id}/dismiss; it leaves the list by itself when the order is booked, or two days "
-        "after its refusal).",
+        f"{channel}/orders/{_in_path(order_id)}/dismiss; it leaves the list by itself when the order is booked, or "
+        "two days after its refusal).",
         {"channel": channel, "order_id": order_id, "channel_location": channel_location, "reason": reason},
         at_ms,
         "channel_order_refused",
@@ -184,6 +185,11 @@ def channel_order_refused(
 
 
 UNBOOKED_SALE_PREFIX = "sale:"  # hub.channels.pusher.SALE_PREFIX
+
+
+def _in_path(order_id: str) -> str:
+    """An order id as the dismiss URL in a sentence carries it: percent-encoded, a slash too (``:`` left as is)."""
+    return quote(order_id, safe=":")
 
 
 def _unbooked_sale(
@@ -198,8 +204,8 @@ def _unbooked_sale(
         f"unit sold. Check that Square's order webhooks reach the hub (the subscription's notification URL and "
         f"signature key; GET /v1/channels shows channel {channel}'s last error) and look the sale up in Square's "
         "dashboard: if its order comes, the hub matches it and this entry leaves the list; if it will not, book the "
-        f"sale by hand and dismiss this entry (POST /v1/channels/{channel}/orders/{sale_id}/dismiss), after which "
-        "the counts are the hub's level.",
+        f"sale by hand and dismiss this entry (POST /v1/channels/{channel}/orders/{_in_path(sale_id)}/dismiss), after "
+        "which the counts are the hub's level.",
         {"channel": channel, "order_id": sale_id, "channel_location": channel_location, "reason": reason,
          "adjustment_id": sale_id[len(UNBOOKED_SALE_PREFIX) :]},
         at_ms,
