@@ -103,8 +103,8 @@ API_VERSION = "1.8.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # outgoing webhook batches name the feed's history ("history"); POST /v1/events answers 409 conflicting_events to a
 # request naming one movement twice with other content; POST /v1/channels/{name}/orders/{order_id}/undismiss (a
 # dismissal undone)
-# 1.8: the dismiss and undismiss routes take order ids of up to 105 characters (a register sale's
-# sale:<adjustment id>), and answer 400 to one no order can have
+# 1.8: GET /v1/channels answers each channel's settings; the dismiss and undismiss routes take order ids of up to
+# 105 characters (a register sale's sale:<adjustment id>), and answer 400 to one no order can have
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1236,7 +1236,14 @@ ANSWER_EXAMPLES: Mapping[str, Any] = {
         "failures": 0, "last_error": None, "divergences_open": 0, "refused": 0, "mapped": 1250, "findings": 0,
         "unmapped": {"count": 0, "skus": []}, "reconcile_s": 900.0,
         "last_reconciliation": {"at_ms": _AT_MS, "at": _AT, "checked": 2500, "diverged": 0},
-        "reconcile_error": None}]},
+        "reconcile_error": None,
+        "settings": {"pool": {"S001": "gid://shopify/Location/1"}, "buffer": {"units": 1, "percent": 0.0, "skus": {}},
+                     "secret": "environment variable SHOPIFY_TOKEN",
+                     "url": "https://example.myshopify.com/admin/api/2026-01/graphql.json", "api_version": "2026-01",
+                     "mapping_csv": None, "batch_max": 250, "timeout_s": 10.0, "retry_max_s": 300.0,
+                     "reason": "correction", "coalesce_s": 0.25, "reconcile_s": 900.0, "webhook_secret": None,
+                     "notification_url": None, "fulfil_from": {}, "order_location": None,
+                     "unbooked_sale_wait_s": None, "order_match_window_s": None}}]},
     "getChannelDivergences": {"channel": "web", "divergences": [_CHANNEL_DIVERGENCE], "next": None},
     "refreshChannelMapping": {"channel": "web", "mapped": 1250, "unmapped": 1, "findings_total": 1, "findings": [
         {"kind": "unmapped_sku", "sku": "KIT-1", "detail": "SKU KIT-1 has stock in channel web's pool but no item "
@@ -1254,6 +1261,7 @@ def _schemas() -> dict[str, JSON]:
     count_value = integer(-COUNT_ABS_MAX, COUNT_ABS_MAX)
     hlc = integer(1, HLC_MAX, "A packed hybrid logical clock: wall ms << 16 | counter; may exceed 2^53.")
     ms = integer(0, INT63_MAX, "Unix milliseconds.")
+    seconds: JSON = {"type": "number", "minimum": 0}
     attr_value = {"anyOf": [string("Any Unicode text (control characters too: GS1 data carries them).",
                                    maxLength=values.ATTR_STR_MAX_LEN), int64, {"type": "number"}, {"type": "boolean"},
                             {"type": "null"}]}  # fmt: skip
@@ -1538,7 +1546,32 @@ def _schemas() -> dict[str, JSON]:
             "last_reconciliation": nullable(obj({"at_ms": ms, "at": iso_time("When"), "checked": integer(0),
                                                  "diverged": integer(0)}, ["at_ms", "at", "checked", "diverged"])),
             "reconcile_error": nullable(string()),
+            "settings": ref("ChannelSettings"),
         }, ["name", "kind", "connected", "cursor", "queue", "failures", "last_error"]),
+        "ChannelSettings": obj({
+            "pool": obj({}, additionalProperties=string(), description="Hub location -> the channel's location id."),
+            "buffer": obj({"units": integer(0), "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                           "skus": obj({}, additionalProperties=integer(0))}, ["units", "percent", "skus"]),
+            "secret": string("Where the access token is read from (a file or an environment variable), never it."),
+            "url": string(), "api_version": nullable(string()), "mapping_csv": nullable(string()),
+            "batch_max": integer(1), "timeout_s": seconds, "retry_max_s": seconds,
+            "reason": nullable(string("Shopify's reason for the quantities set; null for another kind.")),
+            "coalesce_s": seconds,
+            "reconcile_s": {**seconds, "description": "How often levels are read back; 0: never."},
+            "webhook_secret": nullable(string("Where the order webhooks' signing secret is read from; null: the "
+                                              "channel takes no order webhooks.")),
+            "notification_url": nullable(string("Square: the URL its webhook subscription posts to.")),
+            "fulfil_from": obj({}, additionalProperties=string(),
+                               description="Channel location id -> the hub location fulfilling its orders."),
+            "order_location": nullable(string()),
+            "unbooked_sale_wait_s": nullable({**seconds, "description": "Square: how long a register sale taken off "
+                                              "the counts waits for its order before it is listed; null otherwise."}),
+            "order_match_window_s": nullable({**seconds, "description": "Square: how close in time an order the hub "
+                                              "booked matches a register sale naming none; null otherwise."}),
+        }, ["pool", "buffer", "secret", "url", "api_version", "mapping_csv", "batch_max", "timeout_s", "retry_max_s",
+            "reason", "coalesce_s", "reconcile_s", "webhook_secret", "notification_url", "fulfil_from",
+            "order_location", "unbooked_sale_wait_s", "order_match_window_s"],
+            description="Every key of the channel's [[channel]] table as the hub runs it, defaults filled in."),
         "ChannelDivergence": obj({
             "id": integer(1), "sku": string(), "item_id": string(), "channel_location": string(), "location": string(),
             "hub_level": integer(), "last_pushed": nullable(integer()), "channel_level": integer(),

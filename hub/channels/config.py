@@ -148,6 +148,7 @@ class ChannelSpec:
     coalesce_s: float = DEFAULT_COALESCE_S
     # Orders back (hub.channels.orders): the webhook signing secret, Square's notification URL, who fulfils.
     webhook_secret: str = field(default="", repr=False)
+    webhook_secret_source: str = ""  # where it came from, as ``secret_source``
     notification_url: str = ""
     fulfil_from: Mapping[str, str] = field(default_factory=dict)  # channel location id -> hub location
     order_location: str = ""  # hub location reserving an order that names no location
@@ -330,7 +331,7 @@ def _orders_back(
         raise ChannelConfigError(f"{where}: give one of webhook_secret_file and webhook_secret_env, not both")
     renamed = {k.removeprefix("webhook_"): v for k, v in given.items()}
     try:
-        secret, _ = _secret(where, renamed, base, env)
+        secret, source = _secret(where, renamed, base, env)
     except ChannelConfigError as err:
         raise ChannelConfigError(
             str(err)
@@ -357,6 +358,7 @@ def _orders_back(
         )
     return {
         "webhook_secret": secret,
+        "webhook_secret_source": source,
         "notification_url": notification_url,
         "fulfil_from": fulfil_from,
         "order_location": order_location,

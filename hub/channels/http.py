@@ -145,6 +145,36 @@ async def channel_status(p: ChannelPusher, head: int) -> dict[str, Any]:
         "reconcile_s": spec.reconcile_s if reconciler is not None else 0,
         "last_reconciliation": None if last is None else reconciled_json(last),
         "reconcile_error": reconciler.last_error if reconciler is not None else None,
+        "settings": settings_json(p, reconciler is not None),
+    }
+
+
+def settings_json(p: ChannelPusher, reconciled: bool) -> dict[str, Any]:
+    """Every key of the channel's ``[[channel]]`` table with the value the hub runs it with, defaults filled in
+    (docs/channels.md); a secret by where it is read from, never itself; null for a key that does not apply to the
+    channel's kind (``reason``: Shopify; ``notification_url``, ``unbooked_sale_wait_s``, ``order_match_window_s``:
+    Square) or is not set."""
+    spec = p.spec
+    square = spec.kind == "square"
+    return {
+        "pool": dict(spec.pool),
+        "buffer": {"units": spec.buffer.units, "percent": spec.buffer.percent, "skus": dict(spec.buffer.skus)},
+        "secret": spec.secret_source,
+        "url": spec.display_url,
+        "api_version": spec.api_version or None,
+        "mapping_csv": spec.mapping_csv,
+        "batch_max": spec.batch_max,
+        "timeout_s": spec.timeout_s,
+        "retry_max_s": spec.retry_max_s,
+        "reason": spec.reason if spec.kind == "shopify" else None,
+        "coalesce_s": spec.coalesce_s,
+        "reconcile_s": spec.reconcile_s if reconciled else 0,
+        "webhook_secret": spec.webhook_secret_source or None,
+        "notification_url": spec.notification_url or None,
+        "fulfil_from": dict(spec.fulfil_from),
+        "order_location": spec.order_location or None,
+        "unbooked_sale_wait_s": p.unbooked_sale_wait_ms / 1000 if square else None,
+        "order_match_window_s": p.order_match_window_ms / 1000 if square else None,
     }
 
 

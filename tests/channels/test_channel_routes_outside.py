@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import pytest
 
+from hub.channels.config import KEYS
 from hub.channels.http import CHANNELS_KEY, ORDER_ID_MAX_LEN
 from hub.channels.runner import open_channel_state
 from tests.channels.emulators.square import SquareEmulator
@@ -216,3 +217,30 @@ def _post_json(port: int, path: str, token: str, body: Any) -> tuple[int, str]:
     finally:
         conn.close()
 
+
+# Where GET /v1/channels shows each key of a [[channel]] table (the name and kind are the status's own fields)
+SHOWN_AS = {
+    "name": None, "kind": None, "secret_file": "secret", "secret_env": "secret", "shop": "url",
+    "webhook_secret_file": "webhook_secret", "webhook_secret_env": "webhook_secret",
+}  # fmt: skip
+
+
+async def test_the_channels_status_shows_every_setting_with_the_value_the_hub_runs_with(pos_hub: PosHub) -> None:
+    """``GET /v1/channels`` showed ``reconcile_s`` alone of a channel's settings: an operator could not see which
+    ``unbooked_sale_wait_s`` and ``order_match_window_s`` (Square's register sales) a running hub used, nor its
+    pool, buffer or time limits. Every key of the table is shown now, set or defaulted, a secret by where it is
+    read from."""
+    reader = add_credential(pos_hub.db, role="reader").token
+    status, text = await call(pos_hub.port, "GET", "/v1/channels", reader)
+    assert status == 200, text
+    (channel,) = json.loads(text)["channels"]
+    settings = channel["settings"]
+    shown = {SHOWN_AS.get(k, k) for k in KEYS} - {None}
+    assert set(settings) == shown, set(settings) ^ shown
+    assert (settings["unbooked_sale_wait_s"], settings["order_match_window_s"]) == (120.0, 30.0)
+    assert settings["pool"] == {"S1": pos_hub.location} and settings["secret"] == "environment variable SQUARE_TOKEN"
+    assert settings["buffer"] == {"units": 0, "percent": 0.0, "skus": {}}
+    assert (settings["timeout_s"], settings["retry_max_s"], settings["coalesce_s"]) == (10.0, 300.0, 0.25)
+    assert (settings["batch_max"], settings["reconcile_s"], settings["api_version"]) == (100, 900.0, "2024-11-20")
+    assert settings["reason"] is None and settings["webhook_secret"] is None and settings["mapping_csv"] is None
+    assert pos_hub.square_token not in text, "never the secret itself"

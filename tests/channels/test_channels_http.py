@@ -118,6 +118,19 @@ async def test_the_status_of_every_channel(hub: Hub) -> None:
     assert pos["throttle"] is None
     assert (web_["reconcile_s"], feed["reconcile_s"]) == (900.0, 0)
     assert web_["last_reconciliation"] is None and "token" not in str(channels)
+    # each channel's settings as it runs, null where a key belongs to another kind
+    settings = {name: c["settings"] for name, c in channels.items()}
+    assert (settings["web"]["reason"], settings["web"]["batch_max"], settings["web"]["api_version"]) == (
+        "correction", 250, "2026-01",
+    )  # fmt: skip
+    assert (settings["web"]["unbooked_sale_wait_s"], settings["feed"]["order_match_window_s"]) == (None, None)
+    assert (settings["pos"]["unbooked_sale_wait_s"], settings["pos"]["order_match_window_s"]) == (3600.0, 600.0)
+    assert (settings["pos"]["retry_max_s"], settings["pos"]["reason"]) == (0.2, None)
+    assert (settings["feed"]["reconcile_s"], settings["feed"]["api_version"], settings["feed"]["batch_max"]) == (
+        0, None, 1_000,
+    )  # fmt: skip
+    assert settings["feed"]["url"] == hub.receiver.url and settings["feed"]["secret"] == "environment variable HOOK"
+    assert SECRET not in str(channels)
 
 
 async def test_a_failing_channel_shows_its_error_and_queue_then_recovers(hub: Hub) -> None:
