@@ -326,13 +326,10 @@ async def post_dismiss_order(request: web.Request) -> web.Response:
     p, order_id, before, missing = await _refused_order(request, "them")
     name = p.spec.name
     if before.dismissed_at_ms is not None:
-        raise web.HTTPConflict(
-            text=f"refused order {order_id} of channel {name} was already dismissed by {before.dismissed_by} at "
-            f"{views.iso_ms(before.dismissed_at_ms)}; nothing was changed"
-        )
+        raise _dismissed_already(name, order_id, before)
     after = await p.state.dismiss_order(name, order_id, who.agent_id, wall_ms_now())
-    if after is None:  # booked (or dropped) between the two
-        raise web.HTTPNotFound(text=missing)
+    if after is None:
+        raise await _unchanged(p, order_id, missing, dismissing=True)
     log.info(
         "channel %s: Square order %s, refused at %s (%s), was dismissed by %s as booked by hand; it leaves the "
         "exceptions list, and its register sales stay out of the counts pushed",
@@ -354,19 +351,47 @@ async def post_undismiss_order(request: web.Request) -> web.Response:
     p, order_id, before, missing = await _refused_order(request, "those not dismissed")
     name = p.spec.name
     if before.dismissed_at_ms is None:
-        raise web.HTTPConflict(
-            text=f"refused order {order_id} of channel {name} is not dismissed (it is on the exceptions list); "
-            "nothing was changed"
-        )
+        raise _not_dismissed(name, order_id)
     after = await p.state.undismiss_order(name, order_id)
-    if after is None:  # booked (or dropped) between the two
-        raise web.HTTPNotFound(text=missing)
+    if after is None:
+        raise await _unchanged(p, order_id, missing, dismissing=False)
     log.info(
         "channel %s: the dismissal of Square order %s by %s at %s was undone by %s; it is on the exceptions list "
         "again, and a later delivery of it is booked",
         name, order_id, before.dismissed_by, views.iso_ms(before.dismissed_at_ms), who.agent_id,
     )  # fmt: skip
     return _json({"order": refused_order_json(after)})
+
+
+def _dismissed_already(name: str, order_id: str, r: RefusedOrder) -> web.HTTPConflict:
+    return web.HTTPConflict(
+        text=f"refused order {order_id} of channel {name} was already dismissed by {r.dismissed_by} at "
+        f"{views.iso_ms(r.dismissed_at_ms)}; nothing was changed"
+    )
+
+
+def _not_dismissed(name: str, order_id: str) -> web.HTTPConflict:
+    return web.HTTPConflict(
+        text=f"refused order {order_id} of channel {name} is not dismissed (it is on the exceptions list); "
+        "nothing was changed"
+    )
+
+
+async def _unchanged(p: ChannelPusher, order_id: str, missing: str, *, dismissing: bool) -> web.HTTPException:
+    """The answer to a dismissal (or its undoing) the store made nothing of: another request on the order, on this
+    hub or another, came first (the 409 it would have had after it), or the order was booked or dropped (404)."""
+    name = p.spec.name
+    now = await p.state.refused_order(name, order_id)
+    if now is None:
+        return web.HTTPNotFound(text=missing)
+    if dismissing and now.dismissed_at_ms is not None:
+        return _dismissed_already(name, order_id, now)
+    if not dismissing and now.dismissed_at_ms is None:
+        return _not_dismissed(name, order_id)
+    return web.HTTPConflict(  # dismissed and undone (or the other way round) by others meanwhile
+        text=f"refused order {order_id} of channel {name} was changed by other requests meanwhile; nothing was "
+        "changed, look it up again (GET /v1/exceptions?kind=channel_order_refused)"
+    )
 
 
 def refused_order_json(r: RefusedOrder) -> dict[str, Any]:

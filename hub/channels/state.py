@@ -213,12 +213,13 @@ class ChannelState(Protocol):
     async def dismiss_order(self, channel: str, order_id: str, by: str, at_ms: int) -> RefusedOrder | None:
         """An admin booked the refused order's sale by hand: it leaves the exceptions list, and stays refused (its
         sales are still not taken off the counts pushed: the hub's level holds the sale booked by hand). The order
-        as stored after (dismissed by the first to ask), None when it is not stored."""
+        as this call stored it; None when the call changed nothing: the order is not stored, or was dismissed
+        already (by another call, perhaps at the same moment on another hub)."""
 
     async def undismiss_order(self, channel: str, order_id: str) -> RefusedOrder | None:
         """An admin's dismissal undone (``dismiss_order`` by mistake: the sale was not booked by hand): the order is
-        listed again, and a later delivery of it is booked as any. The order as stored after, None when it is not
-        stored."""
+        listed again, and a later delivery of it is booked as any. The order as this call stored it; None when the
+        call changed nothing: the order is not stored, or not dismissed (another call undid it first)."""
 
     async def orders_refused(self, channels: Collection[str], order_ids: Collection[str]) -> set[str]:
         """Of ``order_ids``, those whose webhook one of ``channels`` refused for good (at its last delivery): the
@@ -620,39 +621,48 @@ class SqlChannelState:
     async def refused_order(self, channel: str, order_id: str) -> RefusedOrder | None:
         self._check()
         rows = await self._read(REFUSED_ORDER_SQL, (channel, order_id))
-        if not rows:
-            return None
-        c, o, location, where, reason, at_ms, dismissed_ms, by = rows[0]
-        return RefusedOrder(
-            str(c), str(o), location, where, str(reason), int(at_ms), None if dismissed_ms is None else int(dismissed_ms),
-            by,
-        )  # fmt: skip
+        return _refused_row(rows[0]) if rows else None
 
     async def dismiss_order(self, channel: str, order_id: str, by: str, at_ms: int) -> RefusedOrder | None:
         self._check()
-
-        async def work(db: Tx) -> None:
-            await db.execute(
-                "UPDATE channel_orders_refused SET dismissed_at_ms = ?, dismissed_by = ? "
-                "WHERE channel = ? AND order_id = ? AND dismissed_at_ms IS NULL",
-                (at_ms, by, channel, order_id),
-            )
-
-        await self._write("dismissing a refused order", work)
-        return await self.refused_order(channel, order_id)
+        return await self._set_dismissal(
+            "dismissing a refused order",
+            "UPDATE channel_orders_refused SET dismissed_at_ms = ?, dismissed_by = ? "
+            "WHERE channel = ? AND order_id = ? AND dismissed_at_ms IS NULL",
+            (at_ms, by, channel, order_id),
+        )
 
     async def undismiss_order(self, channel: str, order_id: str) -> RefusedOrder | None:
         self._check()
+        return await self._set_dismissal(
+            "undoing the dismissal of a refused order",
+            "UPDATE channel_orders_refused SET dismissed_at_ms = NULL, dismissed_by = NULL "
+            "WHERE channel = ? AND order_id = ? AND dismissed_at_ms IS NOT NULL",
+            (channel, order_id),
+        )
+
+    async def _set_dismissal(self, what: str, update: str, params: Sequence[object]) -> RefusedOrder | None:
+        """Run ``update`` (its last two parameters the channel and the order id) and read the row back in the same
+        transaction: the order as this call left it, None when the update changed no row (two calls at once on one
+        order, on any hub: one changes it, the other is told so)."""
+        found: list[tuple[Any, ...]] = []
 
         async def work(db: Tx) -> None:
-            await db.execute(
-                "UPDATE channel_orders_refused SET dismissed_at_ms = NULL, dismissed_by = NULL "
-                "WHERE channel = ? AND order_id = ?",
-                (channel, order_id),
-            )
+            found.clear()  # a transaction retried (PostgreSQL) starts again
+            if await db.execute(update, params):
+                found.extend(await db.fetch(REFUSED_ORDER_SQL, params[-2:]))
 
-        await self._write("undoing the dismissal of a refused order", work)
-        return await self.refused_order(channel, order_id)
+        await self._write(what, work)
+        return _refused_row(found[0]) if found else None
+
+
+def _refused_row(row: Sequence[Any]) -> RefusedOrder:
+    """A row of ``REFUSED_ORDER_SQL``."""
+    c, o, location, where, reason, at_ms, dismissed_ms, by = row
+    return RefusedOrder(
+        str(c), str(o), location, where, str(reason), int(at_ms), None if dismissed_ms is None else int(dismissed_ms),
+        by,
+    )  # fmt: skip
 
 
 async def _drop_stale_stamps(db: Tx, channel: str, mapped: Collection[str], before_ms: int) -> None:

@@ -399,16 +399,20 @@ async def test_an_order_accepted_after_its_refusal_is_no_longer_refused(reopen: 
 
 async def test_a_dismissal_undone_lists_the_order_again_on_that_channel_only(reopen: Reopen, db: str) -> None:
     """``undismiss_order`` clears who dismissed a refused order and when (a dismissal by mistake), on that channel
-    only, and answers the order as stored; an order not stored is None."""
+    only, and answers the order as stored; an order not stored is None, and so is a call that changes nothing (a
+    dismissal of an order dismissed already, an undoing of one not dismissed: another call came first), so a route
+    answers exactly one of two calls at once as done."""
     now = wall_ms_now()
     async with open_store(db), reopen() as state:
         await state.refuse_order("pos", "O1", "a line of item X is not mapped", now, location="S1")
         await state.refuse_order("web", "O1", "…", now)
         for channel in ("pos", "web"):
             assert (await state.dismiss_order(channel, "O1", "admin-1", now + 1)) is not None
+        assert await state.dismiss_order("pos", "O1", "admin-2", now + 2) is None, "dismissed already"
         undone = await state.undismiss_order("pos", "O1")
         assert undone is not None and (undone.dismissed_at_ms, undone.dismissed_by) == (None, None), undone
         assert (undone.location, undone.reason, undone.refused_at_ms) == ("S1", "a line of item X is not mapped", now)
+        assert await state.undismiss_order("pos", "O1") is None, "not dismissed"
         assert await state.undismiss_order("pos", "O2") is None
     async with reopen() as state:
         web = await state.refused_order("web", "O1")
