@@ -36,18 +36,29 @@ from hub.storage.postgres.texts import text_list, text_list_sql
 
 # The parameters of ``append_ctes`` in order; ``run_params`` gives their values.
 RUN_PARAMS = 15
+# A run's SKUs go to the GIN index's pending list, which PostgreSQL merged into the index inside the insert that
+# found it over 4 MB (gin_pending_list_limit): in the statement holding the counter row, up to 32 ms while every
+# other ingest waited for it. The statement whose changes reach a multiple of MERGE_EVERY merges it (schema 19's
+# change_runs_skus_merge) before it takes the row, reading the counter without locking it: ~19 batches' SKUs at a
+# time, ~330 kB of list, which every read by SKU also scans.
+MERGE_EVERY = 8192
 
 
 def append_ctes(first: int) -> str:
     """The WITH items that raise the counter by the number of changes and append them as runs, from the
     ``RUN_PARAMS`` parameters ``$first``… that ``run_params`` gives (the ids are the counter's to give); the
-    counter's new value — the newest change id once this transaction commits — is ``SELECT last_id FROM counter``."""
+    counter's new value — the newest change id once this transaction commits — is ``SELECT last_id FROM counter``.
+    Before the counter is raised, the GIN index's pending list is merged when these changes reach a multiple of
+    ``MERGE_EVERY``."""
     p = [f"${first + i}" for i in range(RUN_PARAMS)]
     count, locations, starts, ends, id_starts, id_lengths = p[:6]
     skus = text_list_sql(p[6], p[7])
     on_hand, reserved, available, in_transit, ids, id_ends, at_ms = p[8:]
     return (
-        f"counter AS (UPDATE change_counter SET last_id = last_id + {count}::int8 RETURNING last_id), "
+        "merged AS (SELECT change_runs_skus_merge() FROM change_counter "
+        f"WHERE last_id / {MERGE_EVERY} <> (last_id + {count}::int8) / {MERGE_EVERY}), "
+        f"counter AS (UPDATE change_counter SET last_id = last_id + {count}::int8 "
+        "WHERE (SELECT count(*) FROM merged) >= 0 RETURNING last_id), "
         "appended AS (INSERT INTO change_runs (last_id, first_id, location, skus, on_hand, reserved, available, "
         "in_transit, event_ids, id_ends, at_ms) "
         f"SELECT counter.last_id - {count}::int8 + r.e, counter.last_id - {count}::int8 + r.s, r.location, "
@@ -141,7 +152,8 @@ RUNS_AT_SQL = _RUNS.format(" AND location = $4")
 # reference to a run's array unpacks it again (toasted), and a SKU's page far behind is one run a change: its SKU
 # is $3, not ``skus[p]``, and where its ids start and end is one slice of ``id_ends`` (``OFFSET 0``: taken once),
 # 10 unpackings a run down to 7 — with 430,000 changes in runs of 430 all holding the SKU, a page of 1,000 from
-# the start 40.7 → 31.6 ms (3.7 as rows: each run is unpacked for its one change).
+# the start 40.7 → 31.6 ms (3.7 as rows: each run is unpacked for its one change). Since schema 19 a run's arrays
+# are unpacked from its own row, not the TOAST table: 20-22 → 13 ms of PostgreSQL's CPU (1.6 as rows).
 _SKU_ROWS = (
     "SELECT r.first_id - 1 + p, r.location, $3::text, r.on_hand[p], r.reserved[p], r.available[p], "
     f"r.in_transit[p], substring(r.event_ids FROM i.ends[1] * {EVENT_ID_BYTES} + 1 "
@@ -171,8 +183,12 @@ async def changes(
     """The feed's changes after ``after`` in id order, at most ``limit`` (of ``location``, of ``sku``)."""
     if sku is not None:
         extra = () if location is None else (location,)
-        sql = SKU_ROWS_SQL if location is None else SKU_ROWS_AT_SQL
-        return [change_row(r) for r in await conn.fetch(sql, after, limit, sku, *extra)]
+        # A statement of its own, planned for this SKU and cursor: which of the primary key (a SKU in most runs)
+        # and the GIN index (one in few, or none) finds its runs sooner is the SKU's. Kept, its plan was fixed
+        # after five reads, by a guess at a SKU's share of the runs: with 10,000 runs, a SKU in none read every
+        # one (178 ms, 0.5 planned for it).
+        statement = await conn.prepare(SKU_ROWS_SQL if location is None else SKU_ROWS_AT_SQL)
+        return [change_row(r) for r in await statement.fetch(after, limit, sku, *extra)]
     if limit == 1 and location is None:  # the next change alone: a feed cursor's (ids are given without a gap)
         one = await conn.fetch(ONE_SQL, after + 1)
         if one:
