@@ -19,12 +19,13 @@ BEGIN
 END
 $$;
 -- The GIN index's pending list (new runs' SKUs not yet in the index), merged into it: called by the statement that
--- appends changes before it takes the counter row, every so many changes. Nothing to merge, or no right to (the
--- index belongs to another role), is 0: the insert that finds the list too long merges it then, as before.
+-- appends changes before it takes the counter row, every so many changes. Nothing to merge, no right to (the
+-- index belongs to another role) or no such index is 0, never an ingest's error: the insert that finds the list
+-- too long merges it then, as before.
 CREATE FUNCTION change_runs_skus_merge() RETURNS bigint LANGUAGE plpgsql AS $$
 BEGIN
     RETURN gin_clean_pending_list('change_runs_skus'::regclass);
-EXCEPTION WHEN insufficient_privilege THEN
+EXCEPTION WHEN insufficient_privilege OR undefined_table THEN
     RETURN 0;
 END
 $$;
