@@ -64,6 +64,7 @@ from agent.pos import PosFolderState, PosFolderWatcher, PosImporter, PosStore, a
 from agent.redact import install_log_redaction, redact_url
 from agent.replicator import Replicator
 from agent.reports import ReportSender
+from agent.reserve import Reserve, reserve_state
 from agent.saved import SENT_SUFFIX, NotSent, SavedCopies, saved_copies, send_file, waiting_in
 from agent.scan_journal import JOURNAL_FILENAME, ReaderState, ScanJournal, read_reader_states
 from agent.scanning import ModeRouter, ScanRouter, ScanService
@@ -312,6 +313,12 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
                 if a.hub_url is not None and a.token is not None
                 else f"no hub is configured: send each with `{PROG} outbox send FILE` once one is",
             )  # fmt: skip
+        reserve = Reserve(Path(a.outbox), a.reserve_mib << 20) if a.reserve_mib else None
+        keeping: asyncio.Task[None] | None = None
+        if reserve is not None:
+            await reserve.start()
+            outbox.reserve = reserve  # the session store's too (agent.localapi.runtime)
+            keeping = asyncio.create_task(reserve.run(), name="disk reserve")
         moved = asyncio.Event()  # zeroconf found the hub at a new address
         finder = await _find_hub(config, moved)
         if finder is not None and finder.current is not None:
@@ -370,8 +377,10 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
                     services.update_credentials(config)
         finally:
             await copies.stop()
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            for task in (watch, keeping):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if finder is not None:
                 await finder.stop()
             if simulation is not None:  # done already when its failure stops the agent: raised above, not again
@@ -535,6 +544,8 @@ async def _status(config: AgentConfig, args: argparse.Namespace) -> int:
     report["scanners"] = [asdict(state) for state in readers or ()]
     report["saved_copies"], report["saved_copy_events"] = saved.copies, saved.events
     report["saved_copies_unreadable"] = saved.unreadable
+    reserve = reserve_state(config.agent.outbox, config.agent.reserve_mib << 20)
+    report["disk_reserve_bytes"], report["disk_reserve_held_bytes"] = reserve.size, reserve.held
     report["agent_running"] = await asyncio.to_thread(agent_running, config.agent.outbox)
     report["exit_code"] = _status_code(report)
     print(json.dumps(report, indent=2) if args.json else _human(report))
@@ -663,6 +674,14 @@ def _human(r: dict[str, Any]) -> str:
         lines.append(
             f"saved copies {r['saved_copies']:,} beside the outbox hold {r['saved_copy_events']:,} events the hub has"
             f" not acknowledged; the running agent sends them{left if unreadable else ''}"
+        )
+    if r.get("disk_reserve_bytes") and r["disk_reserve_held_bytes"] < r["disk_reserve_bytes"]:
+        held, size = r["disk_reserve_held_bytes"] / (1 << 20), r["disk_reserve_bytes"] / (1 << 20)
+        lines.append(
+            f"disk reserve IN USE: {held:.1f} of {size:g} MiB left; the disk is full and scans are refused once it is"
+            " spent: free disk space"
+            if r["agent_running"]
+            else f"disk reserve {held:.1f} of {size:g} MiB kept; the agent keeps it whole once it runs and has room"
         )
     lines += [_reader_line(ReaderState(**state)) for state in r.get("scanners", ())]
     return "\n".join(lines)

@@ -73,7 +73,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import Any, Generic, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
+
+if TYPE_CHECKING:
+    from agent.reserve import Reserve
 
 T = TypeVar("T")
 
@@ -86,9 +89,15 @@ COMMIT_AVERAGE_WEIGHT = 0.2  # of the newest commit in the running average of co
 CHECKPOINT_ROWS = 1_000  # changed rows after which the thread copies the WAL back (SQLite's own: 1,000 pages)
 WAL_KEEP_BYTES = 4 << 20  # journal_size_limit of a file given no wal_limit_bytes (SQLite's own: no limit)
 GROUP_MAX = 64  # queued writes committed in one transaction at most
+_DISK_REFUSED = ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_SHMSIZE")
 
 OnDisk = Literal["same", "missing", "replaced", "overwritten"]  # the open file, nothing, another, or others' bytes
 Kept = Literal["same", "restored", "saved"]  # what ``keep_file`` did
+
+
+def disk_refused(err: sqlite3.Error) -> bool:
+    """Whether SQLite's failure is the disk refusing a write (full, or a file-size limit)."""
+    return getattr(err, "sqlite_errorname", "") in _DISK_REFUSED
 
 
 def _roll_back(conn: sqlite3.Connection, path: Path) -> None:
@@ -781,6 +790,9 @@ class SqliteFile:
         self.path = str(db.path)
         self._db = db
         self._closed = False
+        # Disk space the running agent keeps for scans (agent.reserve): a write made with ``reserved=True`` that the
+        # full disk refuses is made again after each step of it given back, until it is stored or the reserve spent.
+        self.reserve: Reserve | None = None
 
     def _closed_error(self) -> Exception:
         raise NotImplementedError
@@ -830,13 +842,16 @@ class SqliteFile:
         except sqlite3.Error as err:
             raise self._failure("read", err) from err
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False, reserved: bool = False) -> T:
         if self._closed:
             raise self._closed_error()
-        try:
-            return await self._db.write(fn, small=small)
-        except sqlite3.Error as err:
-            raise self._failure("written", err) from err
+        while True:
+            try:
+                return await self._db.write(fn, small=small)
+            except sqlite3.Error as err:
+                if reserved and self.reserve is not None and disk_refused(err) and await self.reserve.give(self.path):
+                    continue  # one step of the reserve given back to the disk: the same write again
+                raise self._failure("written", err) from err
 
     async def _outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:

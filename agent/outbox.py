@@ -72,7 +72,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from agent.counts import COUNTS_SCHEMA, CountCache, add_positions, forget_positions, store_changes, store_counts
-from agent.db import OnDisk, Opening, SqliteFile, SqliteThread
+from agent.db import OnDisk, Opening, SqliteFile, SqliteThread, disk_refused
 from agent.errors import (
     EventConflict,
     InvalidMovement,
@@ -456,7 +456,7 @@ class Outbox(SqliteFile):
                     await asyncio.sleep(OPEN_RETRY_S)
         except sqlite3.DatabaseError as err:
             await db.close()
-            if getattr(err, "sqlite_errorname", "") in _DISK_REFUSED:
+            if disk_refused(err):
                 raise OutboxError(f"the outbox {path} could not be opened: {write_failure(err)}") from err
             if isinstance(err, sqlite3.OperationalError) and _busy(err):
                 raise OutboxError(
@@ -540,7 +540,7 @@ class Outbox(SqliteFile):
                 await self.check_file()
         await super().close()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False, reserved: bool = False) -> T:
         if not self._closed and self._db.on_disk() != "same":
             await self.check_file()
         marks: list[int] = []
@@ -550,7 +550,7 @@ class Outbox(SqliteFile):
             marks[:] = _marks(conn)
             return result
 
-        result = await super()._write(marked, small=small)
+        result = await super()._write(marked, small=small, reserved=reserved)
         if marks:
             self._issued, self._acked = marks
         return result
@@ -673,13 +673,17 @@ class Outbox(SqliteFile):
         )  # fmt: skip
 
     # --- recording -------------------------------------------------------
-    async def record(self, movements: Sequence[Movement], *, tally: str | None = None) -> RecordResult:
+    async def record(
+        self, movements: Sequence[Movement], *, tally: str | None = None, reserved: bool = False
+    ) -> RecordResult:
         """Validate, commit all of ``movements`` in one transaction, then wake the replicator.
 
         A movement that breaks the event contract raises ``InvalidMovement``
         naming it (``EventConflict`` when its id is already recorded with other
         content), and none of the batch is recorded. ``tally`` names a counter (see
         ``tally()``) increased by the number inserted, in the same transaction.
+        ``reserved``: a scan, which lives nowhere else: a full disk first gives back the agent's disk reserve
+        (``agent.reserve``), a step at a time, before the movement is refused.
         """
         if self._closed:
             raise OutboxClosed(self.path)
@@ -688,7 +692,7 @@ class Outbox(SqliteFile):
             raise self._refusal
         drafts = [self._draft(i, m) for i, m in enumerate(movements)]
         small = len(drafts) <= INLINE_MAX_MOVEMENTS
-        result = await self._write(lambda conn: self._insert(conn, drafts, tally), small=small)
+        result = await self._write(lambda conn: self._insert(conn, drafts, tally), small=small, reserved=reserved)
         if result.events:
             self.new_data.set()
         return result
@@ -1416,14 +1420,6 @@ def _backlog(conn: sqlite3.Connection) -> tuple[int, int | None]:
 
 def _busy(err: sqlite3.OperationalError) -> bool:
     return getattr(err, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(err)
-
-
-_DISK_REFUSED = ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_SHMSIZE")
-
-
-def disk_refused(err: sqlite3.Error) -> bool:
-    """Whether SQLite's failure is the disk refusing a write (full, or a file-size limit)."""
-    return getattr(err, "sqlite_errorname", "") in _DISK_REFUSED
 
 
 def write_failure(err: sqlite3.Error, then: str = "record again") -> str:

@@ -307,7 +307,7 @@ class ModeRouter:
             qty = rule.sign * units
         movement = Movement(location, sku, rule.kind, qty, f"scanner:{reader.id}", reason=rule.reason, attrs=attrs)
         try:
-            recorded = await self.outbox.record([movement])
+            recorded = await self.outbox.record([movement], reserved=True)  # a scan: lives nowhere else (agent.reserve)
         except OutboxClosed:
             raise
         except InvalidMovement as err:

@@ -413,7 +413,8 @@ async def status(request: web.Request) -> web.Response:
     stats = await ctx.outbox.stats()
     active = await ctx.sessions.list(active=True, limit=LIST_LIMIT_MAX)
     saved = await waiting_in(Path(ctx.outbox.path), ctx.outbox.agent_id)  # agent.saved: sent by the agent itself
-    return _json(views.status_json(stats, ctx.hub_url(), len(active), ctx.pos_state(), saved))
+    reserve = ctx.outbox.reserve.state() if ctx.outbox.reserve is not None else None
+    return _json(views.status_json(stats, ctx.hub_url(), len(active), ctx.pos_state(), saved, reserve))
 
 
 async def readers(request: web.Request) -> web.Response:

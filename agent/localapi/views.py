@@ -10,6 +10,7 @@ from typing import Any
 from agent.counts import LocalCount
 from agent.outbox import OutboxStats
 from agent.pos import PosFolderState
+from agent.reserve import ReserveState
 from agent.saved import Waiting
 from agent.sessions import (
     BinNote,
@@ -196,6 +197,7 @@ def status_json(
     active_sessions: int,
     pos: PosFolderState | None = None,
     saved: Waiting | None = None,
+    reserve: ReserveState | None = None,
 ) -> dict[str, Any]:
     now_ms = time.time_ns() // 1_000_000
     return {
@@ -214,4 +216,8 @@ def status_json(
         "active_sessions": active_sessions,
         "pos_import": None if pos is None else pos.to_json(),
         "saved_copies": None if saved is None else dataclasses.asdict(saved),
+        # agent.reserve: in use, the disk is full and scans are stored in the space it gave back
+        "disk_reserve": None
+        if reserve is None
+        else {"size_bytes": reserve.size, "held_bytes": reserve.held, "in_use": reserve.in_use, "spent": reserve.spent},
     }

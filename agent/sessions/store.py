@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.db import Opening, SqliteFile, SqliteThread
-from agent.outbox import disk_refused, write_failure
+from agent.db import Opening, SqliteFile, SqliteThread, disk_refused
+from agent.outbox import write_failure
 from agent.sessions.errors import (
     AlreadyReceived,
     InvalidSessionInput,
@@ -317,7 +317,7 @@ class SessionStore(SqliteFile):
             )
             return stored
 
-        return await self._write(add, small=True)
+        return await self._write(add, small=True, reserved=True)  # a scan: lives nowhere else (agent.reserve)
 
     async def held_counts(self, session_ids: Sequence[str]) -> dict[str, int]:
         """How many lines held for a person (``Line.pending``) each of ``session_ids`` has (those with none left out)."""
