@@ -65,7 +65,7 @@ from agent.redact import install_log_redaction, redact_url
 from agent.replicator import Replicator
 from agent.reports import ReportSender
 from agent.reserve import Reserve, reserve_state
-from agent.saved import SENT_SUFFIX, NotSent, SavedCopies, saved_copies, send_file, waiting_in
+from agent.saved import TAKEN_SUFFIX, NotSent, SavedCopies, saved_copies, send_file, waiting_in
 from agent.scan_journal import JOURNAL_FILENAME, ReaderState, ScanJournal, read_reader_states
 from agent.scanning import ModeRouter, ScanRouter, ScanService
 from agent.sessions.router import SessionRouter
@@ -306,12 +306,9 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
         if saved := saved_copies(Path(a.outbox)):
             log.warning(
                 "%d saved copies of this agent's outbox lie beside it, kept when the outbox was replaced or written"
-                " over while the agent ran: %s; %s",
-                len(saved), ", ".join(str(p) for p in saved),
-                "the agent sends their movements the hub has not acknowledged in the background, and renames each"
-                f" {a.outbox.name}{SENT_SUFFIX}<UTC time> once the hub holds all of it"
-                if a.hub_url is not None and a.token is not None
-                else f"no hub is configured: send each with `{PROG} outbox send FILE` once one is",
+                " over while the agent ran: %s; the agent takes their movements the hub has not acknowledged into"
+                " its outbox, and renames each %s%s<UTC time>.",
+                len(saved), ", ".join(str(p) for p in saved), a.outbox.name, TAKEN_SUFFIX,
             )  # fmt: skip
         reserve = Reserve(Path(a.outbox), a.reserve_mib << 20) if a.reserve_mib else None
         keeping: asyncio.Task[None] | None = None
@@ -324,28 +321,16 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
         if finder is not None and finder.current is not None:
             config = _with_hub_url(config, finder.current.url)
         services = await _start_services(config, outbox)
-        replicator = _replicator(config, outbox)  # started once the saved copies beside the outbox are sent
+        replicator = _replicator(config, outbox)
         simulation: asyncio.Task[int] | None = None
         if config.simulate is not None and config.simulate.enabled:
             simulation = asyncio.create_task(Simulator(outbox, config.simulate, location=a.location).run())
         watch = asyncio.create_task(_watch_outbox(outbox))
-        started = config
-
-        def copy_replicator(copy: Outbox) -> Replicator:  # the hub and token in use now (reload, zeroconf)
-            made = _replicator(config, copy, feed=False) or _replicator(started, copy, feed=False)
-            assert made is not None  # SavedCopies runs only with a hub
-            return made
-
-        async def start_replicator() -> None:
+        copies = SavedCopies(outbox, keep_s=a.retention_days * 86_400)  # taken into the outbox (agent.saved)
+        try:
+            await copies.start()
             if replicator is not None:
                 await replicator.start()
-
-        copies = SavedCopies(
-            a.outbox, a.id, a.synchronous, copy_replicator, keep_s=a.retention_days * 86_400, then=start_replicator
-        )
-        try:
-            if replicator is not None:
-                await copies.start()
             while not stop.is_set() and not outbox.replaced.is_set():
                 waits: list[asyncio.Future[Any]] = [
                     asyncio.ensure_future(stop.wait()),
@@ -363,7 +348,7 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
                 if simulation is not None and simulation.done() and (failure := simulation.exception()) is not None:
                     raise failure
                 if copies.task is not None and copies.task.done() and (failure := copies.task.exception()) is not None:
-                    raise failure  # the outbox's replicator did not start
+                    raise failure
                 if reload.is_set():
                     reload.clear()
                     config, replicator = await _reload(config, outbox, replicator, args.config)
@@ -673,7 +658,7 @@ def _human(r: dict[str, Any]) -> str:
         left = f"; {unreadable:,} cannot be read and are left as they are (the agent's log says why)"
         lines.append(
             f"saved copies {r['saved_copies']:,} beside the outbox hold {r['saved_copy_events']:,} events the hub has"
-            f" not acknowledged; the running agent sends them{left if unreadable else ''}"
+            f" not acknowledged; the running agent takes them into its outbox{left if unreadable else ''}"
         )
     if r.get("disk_reserve_bytes") and r["disk_reserve_held_bytes"] < r["disk_reserve_bytes"]:
         held, size = r["disk_reserve_held_bytes"] / (1 << 20), r["disk_reserve_bytes"] / (1 << 20)

@@ -41,8 +41,8 @@ worked, new movements are refused like on a full disk. Replaced by another
 file (a backup put back, a new outbox made by hand): that file is left alone,
 the open one is saved beside it as ``outbox.sqlite3.replaced-<UTC time>``,
 new movements are refused, ``replaced`` is set (the agent stops so that its
-restart uses the file now at the path), and the restart sends the saved copy's
-movements (``agent.saved``; ``shelfsync-agent outbox send FILE`` by hand).
+restart uses the file now at the path), and the restart takes the saved copy's
+movements into the outbox it finds (``agent.saved``; ``shelfsync-agent outbox send FILE`` sends them by hand).
 Written over in place by another program (``cp backup.sqlite3 outbox.sqlite3``: the same file, other bytes;
 only the running agent's outbox, ``owner=True``, can tell, see ``agent.db``):
 the same, before the agent's next checkpoint could copy its WAL into the
@@ -604,8 +604,8 @@ class Outbox(SqliteFile):
             waiting = (await self.stats()).backlog
             log.error(
                 "The outbox %s was replaced by another file while the agent ran; the agent's own, with %s movements"
-                " the hub has not acknowledged, was saved as %s (the restart sends them to the hub, as"
-                " `shelfsync-agent outbox send %s` does), and the agent stops so that its restart uses the file now"
+                " the hub has not acknowledged, was saved as %s (the restart takes them into the outbox it finds, to be"
+                " sent with its own; `shelfsync-agent outbox send %s` sends them by hand), and the agent stops so that its restart uses the file now"
                 " at %s.",
                 self.path, f"{waiting:,}", saved, saved, self.path,
             )  # fmt: skip
@@ -633,7 +633,8 @@ class Outbox(SqliteFile):
             lost = issued - acked - readable
             said = (
                 f"its own, with {readable:,} movements the hub has not acknowledged, was saved as {saved} (the restart"
-                f" sends them to the hub, as `shelfsync-agent outbox send {saved}` does)"
+                f" takes them into the outbox it finds, to be sent with its own; `shelfsync-agent outbox send {saved}`"
+                " sends them by hand)"
             )
             if lost > 0:
                 said += (
@@ -697,6 +698,22 @@ class Outbox(SqliteFile):
             self.new_data.set()
         return result
 
+    async def take_over(self, events: Sequence[StockEvent]) -> RecordResult:
+        """Record ``events`` of another outbox file of this agent (a copy saved beside it, ``agent.saved``) as they
+        are — their ids, movements, stamps and wall times — each a new seq of this outbox's epoch, in one
+        transaction, then wake the replicator. An event held here already is a duplicate (nothing recorded for it);
+        one held with another movement raises ``EventConflict`` and nothing is recorded."""
+        if self._closed:
+            raise OutboxClosed(self.path)
+        await self.check_file()
+        if self._refusal is not None:
+            raise self._refusal
+        drafts = [(ev, True) for ev in events]
+        result = await self._write(lambda conn: self._insert(conn, drafts, None, keep_wall=True))
+        if result.events:
+            self.new_data.set()
+        return result
+
     def _draft(self, index: int, m: Movement) -> tuple[StockEvent, bool]:
         """The movement as a validated event, and whether the producer supplied its time.
 
@@ -726,7 +743,12 @@ class Outbox(SqliteFile):
         return event, m.occurred_at is not None
 
     def _insert(
-        self, conn: sqlite3.Connection, drafts: list[tuple[StockEvent, bool]], tally: str | None
+        self,
+        conn: sqlite3.Connection,
+        drafts: list[tuple[StockEvent, bool]],
+        tally: str | None,
+        *,
+        keep_wall: bool = False,  # the events' own wall times (take_over), not this commit's
     ) -> RecordResult:
         # One read of both marks: another process (``shelfsync-agent record``) may have recorded since we last
         # looked, and nobody else can write until this transaction ends (BEGIN IMMEDIATE).
@@ -739,7 +761,8 @@ class Outbox(SqliteFile):
         chain = marks.get("chain_last") or ZERO_CHAIN
         for draft, time_supplied in drafts:
             occurred_at = draft.occurred_at if time_supplied else self.clock.now()
-            ev = draft.stamped(seq=last_seq + 1, occurred_at=occurred_at, wall_ms=wall_ms)
+            stamped_ms = draft.wall_ms if keep_wall else wall_ms
+            ev = draft.stamped(seq=last_seq + 1, occurred_at=occurred_at, wall_ms=stamped_ms)
             linked = chain_link(chain, ev.event_id)
             cur = conn.execute(_INSERT_EVENT, (*_row(ev), linked))
             if cur.rowcount == 1:

@@ -1,19 +1,20 @@
-"""The copies of the outbox saved beside it, and sending them to the hub.
+"""The copies of the outbox saved beside it, taken into the outbox by the running agent, or sent to the hub by hand.
 
 When the outbox is replaced or written over while the agent runs (``agent.outbox``), the agent saves its own
 beside the new file as ``outbox.sqlite3.replaced-<UTC time>`` and stops; its restart runs on the file now at the
-path. The saved copy holds the movements recorded before, some perhaps never acknowledged by the hub. ``send_file``
-sends such a file to the hub until the hub holds every movement of it, with a replicator of its own (no change
-feed): ``shelfsync-agent outbox send FILE`` does that by hand, and ``SavedCopies`` in the running agent does it for
-every copy it finds beside the outbox at its start, in the background, beside the outbox's own replicator. The hub
+path. The saved copy holds the movements recorded before, some perhaps never acknowledged by the hub.
+``SavedCopies`` in the running agent looks for such copies at its start and every ``LOOK_S`` after (an operator
+may put one there), and records each one's movements its hub has not acknowledged in the outbox itself, as they
+are (``take_file``): they are sent with the outbox's own, in its epoch, whether the hub answers now or not. The hub
 keeps the first delivery of an event and counts the others as resends (an event is the agent id and its event id,
-whatever the epoch and seq), so a copy's events the hub already holds, through the outbox or another copy, are
-harmless.
+whatever the epoch and seq), so a copy's events the hub already holds are harmless. ``send_file`` sends a copy to
+the hub with a replicator of its own, in the copy's epoch (``shelfsync-agent outbox send FILE``, for a copy kept
+elsewhere or an agent without a hub).
 
-A copy the hub holds every movement of is renamed ``outbox.sqlite3.sent-<UTC time>`` and kept for the outbox's
-retention period (``retention_days``: how long acknowledged movements stay in the outbox itself), then deleted at a
-start. A copy that cannot be read as this agent's outbox (malformed, another agent's) is left as it is, with one
-ERROR at each start.
+A copy the outbox holds every movement of is renamed ``outbox.sqlite3.taken-<UTC time>`` (an older agent named
+copies it had sent ``.sent-``) and kept for the outbox's retention period (``retention_days``: how long
+acknowledged movements stay in the outbox itself), then deleted at a start. A copy that cannot be read as this
+agent's outbox (malformed, another agent's) is left as it is, with one ERROR while the agent runs.
 """
 
 from __future__ import annotations
@@ -25,26 +26,25 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import AgentError
+from agent.errors import AgentError, DiskFull, EventConflict, OutboxClosed
 from agent.lock import ACQUIRE_WAIT_S, AgentAlreadyRunning, hold_agent_lock
 from agent.outbox import REPLACED_SUFFIX, Outbox
 from agent.replicator import Replicator
 
 log = logging.getLogger(__name__)
 
-SENT_SUFFIX = ".sent-"  # a saved copy the hub holds all of: <name>.sent-<UTC time>
+SENT_SUFFIX = ".sent-"  # a saved copy the hub holds all of (an older agent's): <name>.sent-<UTC time>
+TAKEN_SUFFIX = ".taken-"  # a saved copy the outbox holds all of: <name>.taken-<UTC time>
 STAMP = "%Y%m%dT%H%M%SZ"
 _STAMPED = r"(\d{8}T\d{6}Z)(-\d+)?"
 _SAVED_COPY = re.compile(re.escape(REPLACED_SUFFIX) + _STAMPED)
-_SENT_COPY = re.compile(re.escape(SENT_SUFFIX) + _STAMPED)
-STUCK_S = 60.0  # a copy the hub fails otherwise than by not answering this long: the outbox is sent meanwhile
-STUCK_POLL_S = 1.0
-_HUB_DOWN = ("never", "unreachable", "ok")  # no answer (or none yet): waiting for the hub keeps nothing from it
-BUSY_RETRY_S = 60.0  # a copy another process sends now (`outbox send`) is looked at again after this long
+_SENT_COPY = re.compile(f"(?:{re.escape(SENT_SUFFIX)}|{re.escape(TAKEN_SUFFIX)})" + _STAMPED)
+LOOK_S = 5.0  # how often the running agent looks for saved copies beside its outbox
+TAKE_PAGE = 1_000  # a copy's movements read and recorded at a time (one outbox transaction each)
 SQLITE_SIDE_FILES = ("-wal", "-shm")
 
 
@@ -53,6 +53,15 @@ class Sent:
     """What ``send_file`` did: the movements that were waiting in the file when it began."""
 
     waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What ``take_file`` did: the movements waiting in the copy for its hub, and how many of them the outbox did
+    not hold yet."""
+
+    waiting: int
+    added: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,24 @@ async def send_file(
     return Sent(waiting)
 
 
+async def take_file(outbox: Outbox, path: Path, *, lock_wait_s: float = 0) -> Taken:
+    """Record in ``outbox`` every movement of the saved copy at ``path`` that its hub has not acknowledged, as they
+    are (``Outbox.take_over``), a page at a time: a page taken twice (a crash between two) is all duplicates.
+
+    Raises AgentAlreadyRunning when another process sends the file, OutboxError when it is not a usable outbox,
+    OutboxOfAnotherAgent when it is another agent's, EventConflict when it holds an id of the outbox's with another
+    movement, and the outbox's own errors (OutboxFull)."""
+    waiting = added = 0
+    with hold_agent_lock(path, wait_s=lock_wait_s):
+        async with Outbox.open(path, agent_id=outbox.agent_id, location=None, create=False) as copy:
+            after = 0
+            while events := (await copy.outgoing(TAKE_PAGE, after=after)).events:
+                waiting += len(events)
+                added += len((await outbox.take_over(events)).events)
+                after = events[-1].seq
+    return Taken(waiting, added)
+
+
 async def waiting_in(outbox: Path, agent_id: str | None = None) -> Waiting:
     """What the saved copies beside ``outbox`` hold that their hub has not acknowledged, read without changing them."""
     copies = events = unreadable = 0
@@ -134,46 +161,28 @@ async def waiting_in(outbox: Path, agent_id: str | None = None) -> Waiting:
 
 
 class SavedCopies:
-    """The running agent's sender of the copies saved beside its outbox (see the module doc): each in turn, each
-    with its own replicator, which backs off while the hub cannot be reached, until the hub holds all of it.
+    """The running agent's taker of the copies saved beside its outbox (see the module doc): at its start and every
+    ``LOOK_S`` while it runs (a copy an operator put there, or one another run saved), each copy's movements its hub
+    has not acknowledged are recorded in the outbox as they are (``Outbox.take_over``: their ids, stamps and wall
+    times; those the outbox holds already are duplicates), then the copy is set aside as taken.
 
-    The outbox's own replicator starts (``then``) once every copy was sent or found unreadable, not before: a
-    copy sends in the epoch it had, and the outbox, a restored one, forks into a new epoch at its first answer;
-    two epochs of one agent that each sync after the other began are what the hub lists as two copies of one
-    agent sending at once (``agent_copies``). One after the other, they are a restore. So the outbox's movements
-    wait for the copies (recording does not), unless a copy's hub keeps failing it otherwise than by not
-    answering (a refusal, an error) for ``STUCK_S``: then the outbox is sent all the same, with a WARNING.
-    """
+    So the copies' movements reach the hub with the outbox's own, in its epoch, and nothing waits for anything: a
+    copy is taken with the hub down as well, the outbox's sending never waits for a copy, and no second epoch of
+    this agent syncs beside the outbox's (two that each sync after the other began are what the hub lists as two
+    copies of one agent sending at once, ``agent_copies``). The hub counts each movement once, whichever file sent
+    it first (an event is its agent id and event id, whatever the epoch and seq)."""
 
-    def __init__(
-        self,
-        outbox: Path,
-        agent_id: str,
-        synchronous: str,
-        make_replicator: Callable[[Outbox], Replicator],
-        *,
-        keep_s: float,
-        then: Callable[[], Awaitable[None]],
-    ) -> None:
+    def __init__(self, outbox: Outbox, *, keep_s: float) -> None:
         self._outbox = outbox
-        self._agent_id = agent_id
-        self._synchronous = synchronous
-        self._make_replicator = make_replicator
+        self._path = Path(outbox.path)
         self._keep_s = keep_s
-        self._then = then
-        self.task: asyncio.Task[None] | None = None  # sending the copies, then starting the outbox's replicator
-        self._replicator: Replicator | None = None  # the copy's being sent now
-
-    def _make(self, copy: Outbox) -> Replicator:
-        self._replicator = self._make_replicator(copy)
-        return self._replicator
+        self.task: asyncio.Task[None] | None = None
+        self._said: set[Path] = set()  # unreadable (or not taken for a full disk): said once while the agent runs
 
     async def start(self) -> None:
-        """Delete the sent copies kept long enough, send the saved ones in the background, then ``then()``."""
+        """Delete the set-aside copies kept long enough; take the saved ones now and from then on, in the
+        background."""
         self._forget_old_sent()
-        if not saved_copies(self._outbox):
-            await self._then()
-            return
         self.task = asyncio.create_task(self._run(), name="saved outbox copies")
 
     async def stop(self) -> None:
@@ -182,83 +191,77 @@ class SavedCopies:
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def _run(self) -> None:
-        passed = asyncio.Event()  # every copy was looked at once (one another process sends may be left for later)
-        first = asyncio.create_task(self._send_all(passed), name="saved outbox copies: sending")
-        try:
-            stuck_s = 0.0
-            while not first.done() and not passed.is_set():
-                await asyncio.wait([first], timeout=STUCK_POLL_S)
-                state = self._replicator.state if self._replicator is not None else None
-                failing = state is not None and state.failures > 0 and state.sync_state not in _HUB_DOWN
-                stuck_s = stuck_s + STUCK_POLL_S if failing else 0.0
-                if stuck_s >= STUCK_S:
-                    assert state is not None
-                    log.warning(
-                        "The saved outbox copies beside %s are not getting through to the hub (%s); the outbox's own"
-                        " movements are sent meanwhile, and the hub may list this agent as two copies sending at"
-                        " once until the copies are sent.",
-                        self._outbox, state.last_error or state.sync_state,
-                    )  # fmt: skip
-                    break
-            await self._then()
-            await first
-        finally:
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-
-    async def _send_all(self, passed: asyncio.Event) -> None:
-        said: set[Path] = set()  # unreadable: said once this start
         while True:
-            busy = False
-            for path in saved_copies(self._outbox):
-                if path in said:
-                    continue
-                try:
-                    sent = await send_file(path, self._agent_id, self._synchronous, self._make, lock_wait_s=0)
-                except AgentAlreadyRunning:
-                    busy = True  # `outbox send` by hand: looked at again later; the outbox is sent meanwhile
-                    continue
-                except AgentError as err:
-                    said.add(path)
-                    log.error(
-                        "The saved outbox copy %s cannot be read as an outbox of this agent (%s); it is left as it is"
-                        " and not sent: move it away, or send it with `shelfsync-agent outbox send %s` once it can"
-                        " be read.",
-                        path, err, path,
-                    )  # fmt: skip
-                    continue
-                except Exception:  # a bug must not end the sending of the other copies, nor the agent
-                    said.add(path)
-                    log.exception("Sending the saved outbox copy %s failed; it is left as it is.", path)
-                    continue
-                try:
-                    kept = self._set_aside(path)
-                except OSError as err:
-                    said.add(path)
-                    log.error(
-                        "The hub holds every movement of the saved outbox copy %s, but it could not be renamed (%s);"
-                        " delete it.",
-                        path, err,
-                    )  # fmt: skip
-                    continue
-                log.info(
-                    "The hub holds every movement of the saved outbox copy %s (%s were waiting); it is kept as %s for"
-                    " %s days, then deleted.",
-                    path, f"{sent.waiting:,}", kept, f"{self._keep_s / 86_400:g}",
+            for path in saved_copies(self._path):
+                await self._take(path)
+            await asyncio.sleep(LOOK_S)
+
+    async def _take(self, path: Path) -> None:
+        try:
+            taken = await take_file(self._outbox, path)
+        except AgentAlreadyRunning:  # `outbox send` sends it now: looked at again later
+            log.debug("The saved outbox copy %s is in use by another process; it is looked at again later.", path)
+            return
+        except OutboxClosed:
+            raise
+        except DiskFull as err:
+            if path not in self._said:
+                self._said.add(path)
+                log.error(
+                    "The movements of the saved outbox copy %s could not be taken into the outbox: %s; the copy is"
+                    " left as it is and taken once there is room.",
+                    path, err,
                 )  # fmt: skip
-            passed.set()
-            if not busy:
-                return
-            await asyncio.sleep(BUSY_RETRY_S)
+            return
+        except EventConflict as err:
+            if path not in self._said:
+                self._said.add(path)
+                log.error(
+                    "The saved outbox copy %s holds a movement the outbox holds with other content (%s); it is left"
+                    " as it is and taken no further: send it with `shelfsync-agent outbox send %s`.",
+                    path, err, path,
+                )  # fmt: skip
+            return
+        except AgentError as err:
+            if path not in self._said:
+                self._said.add(path)
+                log.error(
+                    "The saved outbox copy %s cannot be read as an outbox of this agent (%s); it is left as it is"
+                    " and not sent: move it away, or send it with `shelfsync-agent outbox send %s` once it can"
+                    " be read.",
+                    path, err, path,
+                )  # fmt: skip
+            return
+        except Exception:  # a bug must not end the taking of the other copies, nor the agent
+            if path not in self._said:
+                self._said.add(path)
+                log.exception("Taking the saved outbox copy %s into the outbox failed; it is left as it is.", path)
+            return
+        self._said.discard(path)
+        try:
+            kept = self._set_aside(path)
+        except OSError as err:
+            self._said.add(path)
+            log.error(
+                "The outbox holds every movement of the saved outbox copy %s, but it could not be renamed (%s);"
+                " delete it.",
+                path, err,
+            )  # fmt: skip
+            return
+        log.info(
+            "The saved outbox copy %s was taken into the outbox: %s of its movements the hub had not acknowledged,"
+            " %s of them new to the outbox, are sent with its own; it is kept as %s for %s days, then deleted.",
+            path, f"{taken.waiting:,}", f"{taken.added:,}", kept, f"{self._keep_s / 86_400:g}",
+        )  # fmt: skip
 
     def _set_aside(self, path: Path) -> Path:
         """Rename a sent copy (and any file SQLite kept beside it) ``<outbox>.sent-<UTC time>``."""
         stamp = time.strftime(STAMP, time.gmtime())
-        target = Path(f"{self._outbox}{SENT_SUFFIX}{stamp}")
+        target = Path(f"{self._path}{TAKEN_SUFFIX}{stamp}")
         n = 1
         while target.exists():
             n += 1
-            target = Path(f"{self._outbox}{SENT_SUFFIX}{stamp}-{n}")
+            target = Path(f"{self._path}{TAKEN_SUFFIX}{stamp}-{n}")
         for side in SQLITE_SIDE_FILES:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{path}{side}", f"{target}{side}")
@@ -268,8 +271,8 @@ class SavedCopies:
     def _forget_old_sent(self) -> None:
         """Delete the sent copies kept longer than ``keep_s`` (by the time in their name)."""
         now = time.time()
-        for path in sent_copies(self._outbox):
-            match = _SENT_COPY.fullmatch(path.name.removeprefix(self._outbox.name))
+        for path in sent_copies(self._path):
+            match = _SENT_COPY.fullmatch(path.name.removeprefix(self._path.name))
             assert match is not None
             sent_at = calendar.timegm(time.strptime(match.group(1), STAMP))
             if now - sent_at < self._keep_s:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import InvalidMovement, Movement, Outbox, OutboxClosed, OutboxError, OutboxMissing
+from agent import EventConflict, InvalidMovement, Movement, Outbox, OutboxClosed, OutboxError, OutboxMissing
 from agent import outbox as outbox_module
 from agent.db import SqliteThread
 from protocol import Kind, Rejection, derived_event_id, pack_hlc, unpack_hlc
@@ -373,3 +373,28 @@ async def test_opening_waits_while_another_process_holds_the_new_file(
     refusals.extend([sqlite3.OperationalError("database is locked")] * 1000)
     with pytest.raises(OutboxError, match="stayed locked by another process"):
         await Outbox.open(path, agent_id=AGENT, location=LOC)
+
+
+async def test_events_of_a_saved_copy_are_taken_over_as_they_are_and_those_held_already_are_duplicates(
+    tmp_path: Path,
+) -> None:
+    """agent.saved: a copy's movements recorded in the outbox with their ids, stamps and wall times, new seqs."""
+    async with Outbox.open(tmp_path / "copy.sqlite3", agent_id=AGENT, location=LOC, wall_clock_ms=FakeWall()) as copy:
+        shared = await copy.record([sale("A")])
+        own = await copy.record([sale("B"), sale("C")])
+        events = (await copy.outgoing(10)).events
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        first = shared.events[0]
+        await outbox.record([sale("A", event_id=first.event_id, occurred_at=first.occurred_at)])  # the backup's
+        await outbox.record([sale("D")])
+        taken = await outbox.take_over(events)
+        assert [ev.event_id for ev in taken.events] == [ev.event_id for ev in own.events]
+        assert taken.duplicates == (shared.events[0].event_id,)
+        held = {ev.event_id: ev for ev in await outbox.pending(10)}
+        for ev in own.events:
+            assert (held[ev.event_id].occurred_at, held[ev.event_id].wall_ms) == (ev.occurred_at, ev.wall_ms)
+        assert [ev.seq for ev in taken.events] == [3, 4] and held[ev.event_id].epoch == outbox.epoch
+        changed = own.events[0].stamped(seq=1, occurred_at=own.events[0].occurred_at + 1, wall_ms=0)
+        with pytest.raises(EventConflict, match="already recorded with a different occurred_at"):
+            await outbox.take_over([changed])
+        assert len(await outbox.pending(10)) == 4

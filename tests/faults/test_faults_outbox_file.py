@@ -3,8 +3,8 @@
 Deleted (`rm outbox.sqlite3*`): the agent writes its open file back at the path, says so once, keeps
 recording into it, and every movement it acknowledged reaches the hub once it is reachable. Replaced by
 another file (a backup put back) or written over in place: the agent saves its own beside it, says so once
-and exits 1; the restart uses the file now at the path and sends the saved copy's movements itself, as
-`shelfsync-agent outbox send` does by hand.
+and exits 1; the restart uses the file now at the path and takes the saved copy's movements into it, to be sent
+with its own (`shelfsync-agent outbox send` sends a copy by hand, in its own epoch).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def test_a_backup_copied_over_the_running_outbox_is_saved_and_sent(
     assert set(hub_events(hub.db)) == set(held)
 
 
-SENT_SAID = "The hub holds every movement of the saved outbox copy"
+TAKEN_SAID = "was taken into the outbox"
 UNREADABLE_SAID = "cannot be read as an outbox of this agent"
 
 
@@ -167,7 +168,7 @@ def _saved_by_the_agent(store: Store, hub: HubProcess) -> tuple[Path, list[str]]
 
 
 def _sent_copies(store: Store) -> list[Path]:
-    return sorted(p for p in store.data_dir.glob("outbox.sqlite3.sent-*") if not p.name.endswith(("-wal", "-shm")))
+    return sorted(p for p in store.data_dir.glob("outbox.sqlite3.taken-*") if not p.name.endswith(("-wal", "-shm")))
 
 
 def _status(store: Store) -> dict[str, Any]:
@@ -190,7 +191,7 @@ def test_saved_copies_beside_the_outbox_are_sent_by_the_agent_at_its_start(
     wait_until("both saved copies are sent", lambda: len(_sent_copies(store)) == 2)
     wait_until("the outbox drains", lambda: drained([store], hub.db))
     assert not saved.exists() and not twin.exists()
-    assert resumed.log.count(SENT_SAID) == 2, resumed.log[-3000:]
+    assert resumed.log.count(TAKEN_SAID) == 2, resumed.log[-3000:]
     status = _status(store)
     assert status["saved_copies"] == 0 and status["saved_copy_events"] == 0, status
     assert resumed.stop() == 0
@@ -199,7 +200,7 @@ def test_saved_copies_beside_the_outbox_are_sent_by_the_agent_at_its_start(
     assert set(hub_events(hub.db)) == set(held)
 
 
-def test_a_saved_copy_waits_for_the_hub_and_a_malformed_one_is_left_alone(
+def test_a_saved_copy_is_taken_into_the_outbox_with_the_hub_down_and_a_malformed_one_is_left_alone(
     hub: HubProcess, make_store: Callable[..., Store]
 ) -> None:
     store = make_store(hub, hub.url)  # the hub is down until the end
@@ -210,22 +211,65 @@ def test_a_saved_copy_waits_for_the_hub_and_a_malformed_one_is_left_alone(
 
     resumed = store.start()
     resumed.wait_for_log(UNREADABLE_SAID)
-    recorded.append(_record_by_hand(store, "WHILE-WAITING"))  # recording goes on while the copy waits for the hub
+    resumed.wait_for_log(TAKEN_SAID)  # the hub down: the copy's movements wait in the outbox, not in the copy
+    recorded.append(_record_by_hand(store, "WHILE-WAITING"))
     status = _status(store)
-    assert status["saved_copies"] == 1 and status["saved_copy_events"] == 4, status
+    assert status["saved_copies"] == 0 and status["saved_copy_events"] == 0, status
     assert status["saved_copies_unreadable"] == 1, status
+    assert status["backlog"] == 5, status  # the restored outbox's 2, the copy's 2 it lacked, and the new one
     assert "saved copies" in _cli(store, "status").stdout
 
     hub.start()
-    wait_until("the saved copy is sent", lambda: len(_sent_copies(store)) == 1)
     wait_until("the outbox drains", lambda: drained([store], hub.db))
     assert malformed.read_bytes() == garbage, "the malformed copy is left as it was"
     assert resumed.stop() == 0
     assert resumed.log.count(UNREADABLE_SAID) == 1 and str(malformed) in resumed.log, resumed.log[-3000:]
-    assert resumed.log.count(SENT_SAID) == 1
+    assert resumed.log.count(TAKEN_SAID) == 1
     held = verify(hub, [store], extra_outboxes=_sent_copies(store))
     assert set(recorded) == set(held) and len(held) == 5
 
+
+def test_a_copy_put_beside_the_running_outbox_is_taken_into_it(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
+    """Found: saved copies were looked for only at the agent's start; one an operator put beside the outbox of a
+    running agent (or one another run saved) waited for the next restart."""
+    store = make_store(hub, hub.url)
+    saved, recorded = _saved_by_the_agent(store, hub)
+    away = store.data_dir.parent / saved.name
+    os.replace(saved, away)  # kept elsewhere for now
+    resumed = store.start()
+    resumed.wait_for_log("started with outbox")
+    recorded.append(_record_by_hand(store, "BEFORE-THE-COPY"))
+    os.replace(away, saved)  # the operator puts it back while the agent runs
+    resumed.wait_for_log(TAKEN_SAID)
+    assert not saved.exists() and len(_sent_copies(store)) == 1
+    hub.start()
+    wait_until("the outbox drains", lambda: drained([store], hub.db))
+    assert resumed.stop() == 0
+    held = verify(hub, [store], extra_outboxes=_sent_copies(store))
+    assert set(recorded) == set(held) and len(held) == 5
+
+
+def test_the_outbox_is_sent_while_a_saved_copy_could_not_be(hub: HubProcess, make_store: Callable[..., Store]) -> None:
+    """Found: the outbox's own movements were sent only once every saved copy was, and a copy sent to a hub that
+    did not answer held them back for as long: here for good, the copy's sender keeping the hub address it began
+    with after the configuration was reloaded (SIGHUP) with the hub's new one."""
+    store = make_store(hub, hub.url)
+    _, recorded = _saved_by_the_agent(store, hub)
+    hub.start()
+    store.hub_url = f"http://127.0.0.1:{free_port()}"  # where the hub no longer answers
+    store.write_config()
+    resumed = store.start()
+    resumed.wait_for_log("started with outbox")
+    recorded.append(_record_by_hand(store, "WHILE-DOWN"))
+    _reach_the_hub(store, hub)
+    os.kill(resumed.pid, signal.SIGHUP)
+    resumed.wait_for_log("Configuration reloaded")
+    wait_until("the outbox drains", lambda: drained([store], hub.db), timeout_s=60)
+    assert resumed.stop() == 0
+    held = verify(hub, [store], extra_outboxes=_sent_copies(store))
+    assert set(recorded) == set(held) and len(held) == 5
 
 
 def test_a_saved_copy_sent_at_the_start_is_not_listed_as_a_second_copy_of_the_agent(
