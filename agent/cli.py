@@ -660,13 +660,11 @@ def _human(r: dict[str, Any]) -> str:
             f"saved copies {r['saved_copies']:,} beside the outbox hold {r['saved_copy_events']:,} events the hub has"
             f" not acknowledged; the running agent takes them into its outbox{left if unreadable else ''}"
         )
-    if r.get("disk_reserve_bytes") and r["disk_reserve_held_bytes"] < r["disk_reserve_bytes"]:
-        held, size = r["disk_reserve_held_bytes"] / (1 << 20), r["disk_reserve_bytes"] / (1 << 20)
+    reserve, reserve_held = r.get("disk_reserve_bytes"), r.get("disk_reserve_held_bytes")
+    if r.get("agent_running") and reserve and reserve_held is not None and reserve_held < reserve:
         lines.append(
-            f"disk reserve IN USE: {held:.1f} of {size:g} MiB left; the disk is full and scans are refused once it is"
-            " spent: free disk space"
-            if r["agent_running"]
-            else f"disk reserve {held:.1f} of {size:g} MiB kept; the agent keeps it whole once it runs and has room"
+            f"disk reserve IN USE: {reserve_held / (1 << 20):.1f} of {reserve / (1 << 20):g} MiB left; the disk is"
+            " full and scans are refused once it is spent: free disk space"
         )
     lines += [_reader_line(ReaderState(**state)) for state in r.get("scanners", ())]
     return "\n".join(lines)

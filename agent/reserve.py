@@ -76,19 +76,23 @@ class Reserve:
         self.step = step
         self._lock = asyncio.Lock()
         self._said_in_use = False
+        self._started = False
+        self._why = ""  # why the last keep() did not make it whole
 
     def state(self) -> ReserveState:
         return reserve_state(self.path.with_name(self.path.name.removesuffix(SUFFIX)), self.size)
 
     async def start(self) -> None:
         """At the agent's start: make the reserve whole, or say why it is not."""
-        if not await self.keep():
+        whole = await self.keep()
+        self._started = True
+        if not whole:
             self._said_in_use = True
             state = self.state()
             log.error(
-                "The disk of %s has no room for the disk reserve (%s MiB kept of %s): scans a full disk refuses may"
-                " be refused sooner; free disk space, and the agent keeps the reserve once there is room.",
-                self.path, f"{state.held / (1 << 20):g}", f"{self.size / (1 << 20):g}",
+                "The disk reserve %s could not be made whole (%s; %s of %s MiB kept): scans a full disk refuses are"
+                " refused sooner; free disk space, and the agent makes it whole once there is room.",
+                self.path, self._why, f"{state.held / (1 << 20):g}", f"{self.size / (1 << 20):g}",
             )  # fmt: skip
 
     async def keep(self) -> bool:
@@ -100,13 +104,19 @@ class Reserve:
     def _keep(self) -> bool:
         held = self.state().held
         if held >= self.size:
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_size > self.size:  # reserve_mib made smaller
+                    os.truncate(self.path, self.size)
             return True
+        before = held
         missing = self.size - held
         try:
             free = shutil.disk_usage(self.path.parent).free
-        except OSError:
+        except OSError as err:
+            self._why = str(err)
             return False
         if free < 2 * missing:  # room for it alone: the next scan would give it back at once
+            self._why = f"{free:,} bytes free, and it needs {missing:,} with as much again beside it"
             return False
         try:
             with self.path.open("ab") as out:
@@ -118,11 +128,12 @@ class Reserve:
                 os.fsync(out.fileno())
         except OSError as err:
             with contextlib.suppress(OSError):
-                os.truncate(self.path, min(self.state().held, held))
+                os.truncate(self.path, before)
+            self._why = str(err)
             log.debug("The disk reserve %s could not be written back whole: %s", self.path, err)
             return False
-        if self._said_in_use:
-            self._said_in_use = False
+        self._said_in_use = False
+        if self._started:  # not the first making of it
             log.info(
                 "There is room on the disk again: the disk reserve %s holds its %s MiB again for scans a full"
                 " disk would refuse.",

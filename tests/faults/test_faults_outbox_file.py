@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.config import RESERVE_MIB
 from tests.faults.helpers import Simulation, Store, drained, hub_events, verify, wait_until
 from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
@@ -306,3 +307,26 @@ def test_a_saved_copy_sent_at_the_start_is_not_listed_as_a_second_copy_of_the_ag
     assert listed == [], listed
     held = verify(hub, [store], extra_outboxes=_sent_copies(store))
     assert set(recorded) == set(held) and len(held) == 15
+
+
+def test_the_running_agent_keeps_a_disk_reserve_and_status_says_when_it_is_in_use(
+    hub: HubProcess, make_store: Callable[..., Store]
+) -> None:
+    """agent.reserve: `run` keeps reserve_mib beside the outbox for scans a full disk refuses; `status` (another
+    process) reads from the file how much of it is left, and the agent puts back what was given once there is room."""
+    store = make_store(hub, hub.url)
+    reserve = store.outbox.with_name(store.outbox.name + ".reserve")
+    agent = store.start()
+    agent.wait_for_log("started with outbox")
+    wait_until("the reserve is made", lambda: reserve.exists() and reserve.stat().st_size == RESERVE_MIB << 20)
+    status = _status(store)
+    assert (status["disk_reserve_bytes"], status["disk_reserve_held_bytes"]) == (RESERVE_MIB << 20,) * 2, status
+    assert "disk reserve" not in _cli(store, "status").stdout
+
+    os.truncate(reserve, 1 << 20)  # as the agent leaves it after giving back steps to a full disk
+    status = _status(store)
+    assert status["disk_reserve_held_bytes"] == 1 << 20, status
+    assert "disk reserve IN USE: 1.0 of 8 MiB left" in _cli(store, "status").stdout
+    wait_until("the reserve is put back", lambda: reserve.stat().st_size == RESERVE_MIB << 20, timeout_s=60)
+    assert agent.stop() == 0
+    assert "holds its 8 MiB again" in agent.log, agent.log[-3000:]

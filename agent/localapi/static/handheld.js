@@ -183,9 +183,16 @@
         text = "Not synced yet";
         kind = "warn";
       }
+      // The agent's disk is full: scans are stored in its disk reserve until it is spent, then refused.
+      const reserve = s.disk_reserve;
+      if (reserve && reserve.in_use) {
+        text = reserve.spent ? "Disk full · scans refused" : "Disk full · " + text;
+        kind = "bad";
+      }
       pill.textContent = text;
       pill.className = "pill " + kind;
-      pill.title = s.last_sync_ms ? "Last sync " + when(s.last_sync_ms) : "No sync yet";
+      pill.title = (s.last_sync_ms ? "Last sync " + when(s.last_sync_ms) : "No sync yet") +
+        (reserve && reserve.in_use ? " · the agent's disk is full: free disk space" : "");
       pill.hidden = false;
     } catch (err) {
       if (err.status !== 401) {
