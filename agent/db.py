@@ -100,6 +100,12 @@ def disk_refused(err: sqlite3.Error) -> bool:
     return getattr(err, "sqlite_errorname", "") in _DISK_REFUSED
 
 
+def disk_full(err: sqlite3.Error) -> bool:
+    """Whether SQLite's failure is the disk having no room (ENOSPC: SQLITE_FULL, or the shared-memory file's growth),
+    which room given back can cure; not a file-size limit (EFBIG: SQLITE_IOERR_WRITE)."""
+    return getattr(err, "sqlite_errorname", "") in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
+
+
 def _roll_back(conn: sqlite3.Connection, path: Path) -> None:
     """After a failed write: end its transaction, unless SQLite already rolled it back (it does so itself on a
     full disk, SQLITE_FULL), so that the caller hears the write's own error, not the ROLLBACK's."""
@@ -849,7 +855,7 @@ class SqliteFile:
             try:
                 return await self._db.write(fn, small=small)
             except sqlite3.Error as err:
-                if reserved and self.reserve is not None and disk_refused(err) and await self.reserve.give(self.path):
+                if reserved and self.reserve is not None and disk_full(err) and await self.reserve.give(self.path):
                     continue  # one step of the reserve given back to the disk: the same write again
                 raise self._failure("written", err) from err
 

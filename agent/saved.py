@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import AgentError, DiskFull, EventConflict, OutboxClosed
+from agent.errors import AgentError, EventConflict, OutboxClosed
 from agent.lock import ACQUIRE_WAIT_S, AgentAlreadyRunning, hold_agent_lock
 from agent.outbox import REPLACED_SUFFIX, Outbox
 from agent.replicator import Replicator
@@ -92,6 +92,10 @@ def _beside(outbox: Path, pattern: re.Pattern[str]) -> list[Path]:
     return sorted(found)
 
 
+class NotTaken(AgentError):
+    """``take_file``: the outbox refused the copy's movements (a full disk); the message is the outbox's."""
+
+
 class NotSent(AgentError):
     """``send_file`` gave up: the hub did not hold every movement of the file in time."""
 
@@ -135,14 +139,19 @@ async def take_file(outbox: Outbox, path: Path, *, lock_wait_s: float = 0) -> Ta
 
     Raises AgentAlreadyRunning when another process sends the file, OutboxError when it is not a usable outbox,
     OutboxOfAnotherAgent when it is another agent's, EventConflict when it holds an id of the outbox's with another
-    movement, and the outbox's own errors (OutboxFull)."""
+    movement, NotTaken when the outbox refuses them (a full disk). Pages taken before stay taken."""
     waiting = added = 0
     with hold_agent_lock(path, wait_s=lock_wait_s):
         async with Outbox.open(path, agent_id=outbox.agent_id, location=None, create=False) as copy:
             after = 0
             while events := (await copy.outgoing(TAKE_PAGE, after=after)).events:
                 waiting += len(events)
-                added += len((await outbox.take_over(events)).events)
+                try:
+                    added += len((await outbox.take_over(events)).events)
+                except (EventConflict, OutboxClosed):
+                    raise
+                except AgentError as err:  # the outbox's refusal (a full disk), not the copy's
+                    raise NotTaken(str(err)) from err
                 after = events[-1].seq
     return Taken(waiting, added)
 
@@ -191,12 +200,14 @@ class SavedCopies:
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._outbox.replaced.is_set():  # replaced: the agent stops, and its restart takes the copies
             for path in saved_copies(self._path):
                 await self._take(path)
             await asyncio.sleep(LOOK_S)
 
     async def _take(self, path: Path) -> None:
+        if self._outbox.replaced.is_set():
+            return
         try:
             taken = await take_file(self._outbox, path)
         except AgentAlreadyRunning:  # `outbox send` sends it now: looked at again later
@@ -204,12 +215,12 @@ class SavedCopies:
             return
         except OutboxClosed:
             raise
-        except DiskFull as err:
+        except NotTaken as err:
             if path not in self._said:
                 self._said.add(path)
                 log.error(
                     "The movements of the saved outbox copy %s could not be taken into the outbox: %s; the copy is"
-                    " left as it is and taken once there is room.",
+                    " left as it is and taken once the outbox takes them.",
                     path, err,
                 )  # fmt: skip
             return
@@ -223,6 +234,8 @@ class SavedCopies:
                 )  # fmt: skip
             return
         except AgentError as err:
+            if self._outbox.replaced.is_set():  # the outbox's own refusal: the agent stops
+                return
             if path not in self._said:
                 self._said.add(path)
                 log.error(
