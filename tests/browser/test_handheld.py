@@ -14,6 +14,7 @@ from playwright.async_api import BrowserContext, Page, Route, expect
 from agent.catalog import Catalog, make_item
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, guard, hash_pin
 from agent.outbox import Movement, Outbox
+from agent.reserve import Reserve
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from protocol import Kind, Rejection
 from tests.agent.test_agent_localapi_held import running
@@ -862,3 +863,29 @@ async def test_a_close_booked_but_not_marked_closed_by_a_full_disk_says_it_is_bo
     )
     assert len(await agent.outbox.pending(1000)) == 60, "booked once"
     assert [e for e in script_errors(console_errors) if "status of 507" not in e] == []
+
+
+async def test_a_scan_on_a_full_disk_is_stored_in_the_agents_disk_reserve_and_the_page_says_the_disk_is_full(
+    page: Page, small_disk: Path, console_errors: list[str]
+) -> None:
+    """agent.reserve: with the agent's disk reserve, a full disk takes the handheld's scans (one line each, on disk)
+    instead of refusing them; the page's sync pill says the disk is full, so that someone frees space meanwhile."""
+    async with running_agent(small_disk / "data") as agent:
+        reserve = Reserve(small_disk / "data" / "outbox.sqlite3", 256 << 10, step=64 << 10)
+        await reserve.start()
+        agent.outbox.reserve = agent.sessions.store.reserve = reserve
+        await sign_in(page, agent)
+        await page.click("text=Receive")
+        await page.fill("#open-form input[name=ref]", "DN-RESERVE")
+        await page.click("#open-form button[type=submit]")
+        await expect(page.locator("#screen-session")).to_be_visible()
+        [session] = await agent.sessions.list()
+        fill(small_disk)
+
+        await wedge(page, APPLE)
+        await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
+        await expect(page.locator("#unstored")).to_be_hidden()
+        assert [(line.sku, line.qty) for line in await agent.sessions.store.lines(session.id)] == [("SKU-APPLE", 1)]
+        await expect(page.locator("#sync")).to_contain_text("Disk full", timeout=15_000)
+        assert "free disk space" in (await page.locator("#sync").get_attribute("title") or "")
+    assert script_errors(console_errors) == []
