@@ -79,6 +79,14 @@ class Reserve:
         self._started = False
         self._why = ""  # why the last keep() did not make it whole
 
+    def on_disk_of(self, path: Path) -> bool:
+        """Whether ``path`` (a file beside the outbox, or to be made there) is on the reserve's file system: room
+        given back on another helps no write to it."""
+        try:
+            return os.stat(path.parent).st_dev == os.stat(self.path.parent).st_dev
+        except OSError:
+            return False
+
     def state(self) -> ReserveState:
         return reserve_state(self.path.with_name(self.path.name.removesuffix(SUFFIX)), self.size)
 

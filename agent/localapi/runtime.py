@@ -44,7 +44,8 @@ async def start_staff_services(
     if not api.enabled and not path.exists():
         return None
     store = await stack.enter_async_context(SessionStore.open(path, synchronous=config.agent.synchronous))
-    store.reserve = outbox.reserve  # a line is a scan: a full disk gives back the agent's disk reserve first
+    if outbox.reserve is not None and outbox.reserve.on_disk_of(path):
+        store.reserve = outbox.reserve  # a line is a scan: a full disk gives back the agent's disk reserve first
     sessions = SessionManager(store, outbox, catalog=catalog)
     await sessions.recover()
     if not api.enabled:

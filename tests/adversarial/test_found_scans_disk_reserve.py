@@ -107,3 +107,11 @@ async def test_a_bound_scanners_scans_on_a_full_disk_are_lines_of_its_session_no
     assert view["unstored"] == [] and len(view["lines"]) == 2, view
     with sqlite3.connect(f"file:{small_disk / 'data' / 'sessions.sqlite3'}?mode=ro", uri=True) as conn:
         assert conn.execute("SELECT count(*) FROM lines WHERE session_id = ?", (sid,)).fetchone() == (2,)
+
+
+async def test_the_reserve_serves_only_files_on_its_own_disk(tmp_path: Path, small_disk: Path) -> None:
+    """A session store configured on another disk (sessions_db) gets no reserve: room given back on the outbox's disk
+    cures nothing there, and each scan refused would have spent the whole reserve for nothing."""
+    reserve = Reserve(small_disk / "outbox.sqlite3", RESERVE_BYTES, step=STEP_BYTES)
+    assert reserve.on_disk_of(small_disk / "sessions.sqlite3")
+    assert not reserve.on_disk_of(tmp_path / "sessions.sqlite3")
