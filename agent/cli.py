@@ -312,8 +312,7 @@ async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: async
             )  # fmt: skip
         reserve = Reserve(Path(a.outbox), a.reserve_mib << 20) if a.reserve_mib else None
         keeping: asyncio.Task[None] | None = None
-        if reserve is not None:
-            await reserve.start()
+        if reserve is not None:  # made in the background: 8 MiB written and flushed need not delay the start
             outbox.reserve = reserve  # the session store's too (agent.localapi.runtime)
             keeping = asyncio.create_task(reserve.run(), name="disk reserve")
         moved = asyncio.Event()  # zeroconf found the hub at a new address

@@ -31,7 +31,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SUFFIX = ".reserve"  # beside the outbox: outbox.sqlite3.reserve
-STEP_BYTES = 1 << 20  # given back at a time on a full disk (a scan needs a few KiB of it)
+STEP_BYTES = 1 << 20  # given back at a time on a full disk (over 2,000 scans)
 CHECK_S = 10.0  # how often the running agent looks whether it can put back what was given
 WRITE_BYTES = 64 << 10  # written at a time when the file is made
 
@@ -177,14 +177,16 @@ class Reserve:
             )  # fmt: skip
         if not left:
             log.error(
-                "The disk reserve %s is spent and the disk is still full: scans are refused from now on. Free disk"
-                " space.",
+                "The disk reserve %s is spent (the last of it was given back to the full disk): the next scan the"
+                " disk refuses is refused. Free disk space.",
                 self.path,
             )  # fmt: skip
         return True
 
     async def run(self) -> None:
-        """Put back what was given whenever there is room for it (every ``CHECK_S``), until cancelled."""
+        """``start()``, then put back what was given whenever there is room for it (every ``CHECK_S``), until
+        cancelled."""
+        await self.start()
         while True:
             await asyncio.sleep(CHECK_S)
             if self.state().in_use:
