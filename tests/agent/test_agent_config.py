@@ -31,6 +31,7 @@ def test_a_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
         30.0,
     )
     assert a.data_dir == tmp_path and a.outbox == tmp_path / "outbox.sqlite3"
+    assert a.reserve_mib == 8  # the disk reserve for scans a full disk refuses (agent.reserve)
     assert (r.batch_size, r.tick_s, r.retry_max_s, r.timeout_s, r.auth_retry_s) == (1000, 5.0, 60.0, 30.0, 300.0)
     assert config.simulate is None
 
@@ -113,6 +114,8 @@ def test_simulate_defaults(tmp_path: Path) -> None:
         (MINIMAL + 'token_file = "missing"\n', r"token_file .*missing cannot be read"),
         (MINIMAL + 'synchronous = "off"\n', r"synchronous must be one of full, normal, got 'off'"),
         (MINIMAL + "retention_days = 0\n", r"retention_days must be a positive number"),
+        (MINIMAL + "reserve_mib = -1\n", r"reserve_mib must be between 0 and 1024, got -1"),
+        (MINIMAL + "reserve_mib = 2.5\n", r"reserve_mib must be an integer, got 2.5"),
         (MINIMAL + "[replicator]\nbatch_size = 0\n", r"batch_size must be between 1 and 10000, got 0"),
         (MINIMAL + "[replicator]\ntick_s = true\n", r"tick_s must be a number, got True"),
         (MINIMAL + '[replicator]\ntimeout_s = "5"\n', r"timeout_s must be a number, got '5'"),
