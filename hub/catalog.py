@@ -43,7 +43,7 @@ from hub.auth import ROLE_ADMIN, STORE_KEY, identity_of, role_refused
 from hub.config import url_problem
 from hub.storage import open_store
 from hub.storage.base import AgentIdentity, CatalogItem, HubError, InvalidInput, LedgerRow
-from hub.storage.checks import CATALOG_ITEMS_MAX, DESCRIPTION_MAX_LEN, PACK_SIZE_MAX
+from hub.storage.checks import CATALOG_ITEMS_MAX, PACK_SIZE_MAX
 from hub.storage.checks import catalog_items as check_catalog_items
 from hub.storage.interfaces import CatalogStore, RebookingStore
 from protocol import Kind, ProtocolError, StockEvent, derived_event_id, event_id_hex, values
@@ -218,17 +218,22 @@ async def get_catalog(request: web.Request) -> web.StreamResponse:
 
 
 async def put_catalog(request: web.Request) -> web.Response:
-    """Upsert catalog items by barcode (admin), from JSON or CSV (all or nothing), then re-book the scans of
-    barcodes that were unknown."""
+    """Upsert catalog items by barcode (admin), from JSON (all or nothing) or CSV (all or nothing, or with
+    ``?partial=true`` its good rows, every refused row listed), then re-book the scans of barcodes that were
+    unknown."""
     who = identity_of(request)
-    _head(request, who)
+    partial = _head(request, who)
     store: RebookingStore = request.app[STORE_KEY]
+    read: CsvCatalog | None = None
     if request.content_type in CSV_CONTENT_TYPES:
         try:
-            items = parse_csv(await request.read(), {item.sku for item in (await store.catalog()).items})
+            read = parse_csv(await request.read(), {item.sku for item in (await store.catalog()).items})
+            if read.refused and not partial:
+                raise CatalogCsvError(read.refused, good=read.taken)
         except CatalogCsvError as err:
             log.info("%s %s sent a catalog CSV the hub refused: %s", who.role, who.agent_id, err.summary)
             return csv_refusal(err)
+        items = read.items
     else:
         items = parse_items(await _json_body(request))
         looks = LookAlikes({item.sku for item in (await store.catalog()).items})
@@ -237,23 +242,38 @@ async def put_catalog(request: web.Request) -> web.Response:
                 raise InvalidInput(f"items[{i}]: {alike}; nothing was written")
     update = await store.put_catalog(items)
     rebooked = await rebook(store, items)
+    refused = f", {len(read.refused):,} row(s) refused" if read is not None and read.refused else ""
     log.info(
-        "%s %s wrote %d catalog item(s): %d changed, version %d, %d movement(s) re-booked",
+        "%s %s wrote %d catalog item(s): %d changed, version %d, %d movement(s) re-booked%s",
         who.role,
         who.agent_id,
         len(items),
         update.updated,
         update.version,
         rebooked,
+        refused,
     )
-    body = {"version": update.version, "updated": update.updated, "rebooked": rebooked}
+    body: dict[str, Any] = {"version": update.version, "updated": update.updated, "rebooked": rebooked}
+    if read is not None:
+        body |= {
+            "rows": read.rows,
+            "imported": read.taken,
+            "refused_count": len(read.refused),
+            "refused": [{"line": p.line, "column": p.column, "reason": p.reason} for p in read.refused],
+            "refused_csv": refused_csv(read.refused) if read.refused else "",
+        }
     return web.json_response(body, dumps=views.dumps, headers={"ETag": etag(update.version, store.feed_history)})
 
 
-def _head(request: web.Request, who: AgentIdentity) -> None:
-    """What ``put_catalog`` refuses before it reads the body, asked of a head too (hub.heads)."""
+def _check_head(request: web.Request, who: AgentIdentity) -> None:
+    _head(request, who)
+
+
+def _head(request: web.Request, who: AgentIdentity) -> bool:
+    """What ``put_catalog`` refuses before it reads the body, asked of a head too (hub.heads); whether it is to
+    take a CSV's good rows (``?partial=true``)."""
     heads.refuse(role_refused(who, {ROLE_ADMIN}, "change the catalog"))
-    views.Query(request, set())
+    return partial_param(views.Query(request, {PARTIAL_PARAM}))
 
 
 def item_json(item: CatalogItem) -> dict[str, Any]:
@@ -289,48 +309,122 @@ async def _json_body(request: web.Request) -> Any:
 
 CSV_CONTENT_TYPES = frozenset({"text/csv", "application/csv"})
 CSV_HEADER = ("barcode", "sku", "pack_size", "description")
+PROBLEM_COLUMN = "problem"  # the refused rows' file names why in it; an import leaves it aside
+REFUSED_HEADER = (PROBLEM_COLUMN, *CSV_HEADER)
 COLUMN_NAMES = {  # a header cell, lower-cased with spaces as "_" → the column it names
     "barcode": "barcode", "gtin": "barcode", "ean": "barcode", "upc": "barcode",
     "sku": "sku",
     "pack_size": "pack_size", "pack": "pack_size",
     "description": "description", "name": "description",
+    PROBLEM_COLUMN: PROBLEM_COLUMN,
 }  # fmt: skip
 PROBLEMS_SHOWN = 100  # row problems named in one refusal
+REFUSED_MAX = 10_000  # refused rows one PUT names; past it the file is taken for another one and refused whole
+LINES_NAMED = 5  # lines of one barcode named in a sentence
 EXCEL_NUMBER_RE = re.compile(r"\d(?:[.,]\d+)?E\+\d+", re.IGNORECASE)  # what Excel makes of a long barcode
 ITEM_PREFIX_RE = re.compile(r"^items\[0\]\.")
+ITEM_COLUMN_RE = re.compile(r"^items\[0\]\.(barcode|sku|pack_size|description)\b")
+PARTIAL_PARAM = "partial"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Excel's "Unicode Text" is UTF-16 with one
 
 
 @dataclass(frozen=True, slots=True)
 class RowProblem:
     line: int  # the file's line the row starts on (1: the header)
     reason: str
+    column: str | None = None  # the catalog column at fault (barcode, sku, pack_size, description); None: the row
+    cells: tuple[str, ...] = ()  # the row as read: barcode, sku, pack_size, description, then any field too many
+
+
+@dataclass(frozen=True, slots=True)
+class CsvCatalog:
+    """What a catalog CSV holds: the items to write, and every row refused (by line), so that each data row of
+    the file is either taken or refused: ``rows == taken + len(refused)``."""
+
+    items: list[CatalogItem]
+    rows: int
+    taken: int
+    refused: tuple[RowProblem, ...]
 
 
 class CatalogCsvError(HubError):
-    """A catalog CSV that cannot be imported; ``problems`` names every bad row (up to ``PROBLEMS_SHOWN``)."""
+    """A catalog CSV that cannot be imported; ``problems`` names its bad rows (up to ``PROBLEMS_SHOWN``).
 
-    def __init__(self, problems: Sequence[RowProblem], total: int | None = None) -> None:
+    ``file_level``: the file itself cannot be used (its header, its text, its size), so no row can be taken;
+    else ``good`` rows could have been (``PUT /v1/catalog?partial=true`` takes them)."""
+
+    def __init__(
+        self, problems: Sequence[RowProblem], total: int | None = None, *, good: int = 0, file_level: bool = False,
+        stopped_at: int | None = None,
+    ) -> None:  # fmt: skip
         self.problems = tuple(problems[:PROBLEMS_SHOWN])
         self.total = len(problems) if total is None else total
+        self.file_level = file_level
         shown = "; ".join(f"line {p.line}: {p.reason}" for p in self.problems)
         more = f"; and {self.total - len(self.problems):,} more" if self.total > len(self.problems) else ""
         rows = "row" if self.total == 1 else "rows"
-        self.summary = f"{self.total:,} {rows} cannot be used"
-        super().__init__(f"{self.summary}, so nothing was imported (fix them and send the file again): {shown}{more}")
+        if stopped_at is not None:
+            self.summary = (
+                f"more than {REFUSED_MAX:,} rows cannot be used (the file was read up to line {stopped_at:,}): is it "
+                "the catalog, with its columns named in the first line?"
+            )
+        elif file_level:
+            self.summary = "the file cannot be read"
+        else:
+            self.summary = f"{self.total:,} {rows} cannot be used"
+        hint = ""
+        if good and not file_level:
+            hint = (
+                f" or send it with ?{PARTIAL_PARAM}=true to import the {good:,} good rows and get the refused ones back"
+            )
+        super().__init__(
+            f"{self.summary}, so nothing was imported (fix them and send the file again{hint}): {shown}{more}"
+        )
 
 
 def csv_refusal(err: CatalogCsvError) -> web.Response:
-    problems = [{"line": p.line, "reason": p.reason} for p in err.problems]
+    problems = [{"line": p.line, "column": p.column, "reason": p.reason} for p in err.problems]
     return problem_details.response(400, str(err), problems=problems, problem_count=err.total)
 
 
+def refused_csv(refused: Sequence[RowProblem]) -> str:
+    """The refused rows as a CSV file to fix and import again: each row's sentence in a ``problem`` column first
+    (an import leaves that column aside), then its cells as the import read them, guarded as every CSV the hub
+    writes is (``hub.csvexport``: no formula runs when a spreadsheet opens it)."""
+    rows = [REFUSED_HEADER, *((f"line {p.line}: {p.reason}", *p.cells) for p in refused)]
+    return csvexport.encode(rows).decode("utf-8")
+
+
+def partial_param(query: views.Query) -> bool:
+    """``?partial=``: ``true`` takes a CSV's good rows and lists the refused ones; ``false`` (the default) is all or
+    nothing."""
+    raw = query.raw(PARTIAL_PARAM)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise web.HTTPBadRequest(
+        text=f"{PARTIAL_PARAM} must be true or false, got {values.shown(raw, values.QUOTE_MAX_CHARS)}"
+    )
+
+
 def _text_of(data: bytes) -> str:
+    if data.startswith(UTF16_BOMS):
+        try:
+            return data.decode("utf-16")  # the byte-order mark says which end first, and is dropped
+        except UnicodeDecodeError as err:
+            line = data[: err.start].decode("utf-16", "replace").count("\n") + 1
+            raise CatalogCsvError(
+                [RowProblem(line, 'the file starts as UTF-16 text but is not; save it as "CSV UTF-8" (Excel)')],
+                file_level=True,
+            ) from None
     try:
         return data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise CatalogCsvError(
-            [RowProblem(line, 'the file is not UTF-8 text; save it as "CSV UTF-8" (Excel) or UTF-8 CSV')]
+            [RowProblem(line, 'the file is not UTF-8 text; save it as "CSV UTF-8" (Excel) or UTF-8 CSV')],
+            file_level=True,
         ) from None
 
 
@@ -354,7 +448,7 @@ def _columns(header: list[str]) -> list[str]:
             f"e.g. {','.join(CSV_HEADER)}"
         )
     if problems:
-        raise CatalogCsvError([RowProblem(1, "; ".join(problems))])
+        raise CatalogCsvError([RowProblem(1, "; ".join(problems))], file_level=True)
     return columns
 
 
@@ -369,37 +463,42 @@ def _header_again(row: list[str]) -> list[str] | None:
 
 
 def _item(fields: dict[str, str]) -> CatalogItem:
-    """One row's item, or ``InvalidInput`` saying what is wrong with it (the store's rule, hub.storage.checks)."""
+    """One row's item, or ``RowInvalid`` saying what is wrong with it (the store's rule, hub.storage.checks)."""
     barcode = uncell(fields.get("barcode", ""))
     sku = uncell(fields.get("sku", ""))
     if EXCEL_NUMBER_RE.fullmatch(barcode):
-        raise InvalidInput(
+        raise RowInvalid(
+            "barcode",
             f"barcode {barcode} is a number a spreadsheet rounded (scientific notation); format the barcode "
-            "column as Text and copy the barcodes in again"
+            "column as Text and copy the barcodes in again",
         )
     raw_pack = fields.get("pack_size", "").strip()
     if raw_pack and not (raw_pack.isascii() and raw_pack.isdigit() and len(raw_pack) <= 9):
-        raise InvalidInput(
-            f"pack_size must be a whole number of units from 1 to {PACK_SIZE_MAX:,}, got {values.shown(raw_pack, 20)}"
+        raise RowInvalid(
+            "pack_size",
+            f"pack_size must be a whole number of units from 1 to {PACK_SIZE_MAX:,}, got {values.shown(raw_pack, 20)}",
         )
     pack = int(raw_pack) if raw_pack else 1
     item = CatalogItem(barcode, sku, pack, uncell(fields.get("description", "")))
     try:
         check_catalog_items([item])
     except InvalidInput as err:
-        raise InvalidInput(ITEM_PREFIX_RE.sub("", str(err))) from None
+        column = ITEM_COLUMN_RE.match(str(err))
+        raise RowInvalid(column[1] if column else None, ITEM_PREFIX_RE.sub("", str(err))) from None
     return item
 
 
+class RowInvalid(InvalidInput):
+    """A row that cannot be an item, and the column at fault (None: the row as a whole)."""
+
+    def __init__(self, column: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.column = column
+
+
 def _unreadable(err: csv.Error) -> str:
-    """Why the reader stopped, in words: the csv module's "field larger than field limit" is a field far longer
-    than any catalog field (a pasted document, or a quote opened and never closed before it), not always a quote."""
-    if "field limit" in str(err):
-        return (
-            f"a field is over {csv.field_size_limit():,} characters, longer than any catalog field can be "
-            f"(a description holds at most {DESCRIPTION_MAX_LEN}); if a double quote opens a field there and never "
-            "closes, close it"
-        )
+    """Why the reader stopped, in words (a field is never over its limit: ``parse_csv`` raises it to the file's
+    length, so a huge field is one row's problem)."""
     return f"{err}; a field that starts with a double quote must end with one"
 
 
@@ -416,27 +515,61 @@ class LookAlikes:
         spelt = self._looks.setdefault(sku_look(sku), (sku, where))
         if spelt[0] == sku:
             return None
-        return (
-            f"sku {values.shown(sku, values.QUOTE_MAX_CHARS)} looks like the SKU {spelt[0]} of {spelt[1]} but is "
-            f"another (invisible or full-width characters in it); write it as {spelt[0]}, or as a SKU that looks "
-            "like no other"
-        )
+        return look_alike(sku, spelt[0], spelt[1])
 
 
-def parse_csv(data: bytes, known_skus: Collection[str] = ()) -> list[CatalogItem]:
-    """The items of a catalog CSV (a header row naming barcode, sku and optionally pack_size, description; comma,
-    semicolon or tab separated), or ``CatalogCsvError`` naming every row that cannot be used, by line. A SKU that
-    only looks like another of the file or of ``known_skus`` (the catalog's) is such a row (``protocol.catalog.
-    sku_look``)."""
-    looks = LookAlikes(known_skus)
+def look_alike(sku: str, other: str, where: str, fix: str | None = None) -> str:
+    return (
+        f"sku {values.shown(sku, values.QUOTE_MAX_CHARS)} looks like the SKU {other} of {where} but is another "
+        f"(invisible or full-width characters in it); {fix or f'write it as {other}'}, or as a SKU that looks like "
+        "no other"
+    )
+
+
+def _lines(lines: Sequence[int]) -> str:
+    named = [f"{n:,}" for n in lines[:LINES_NAMED]]
+    if len(lines) > LINES_NAMED:
+        return f"lines {', '.join(named)} and {len(lines) - LINES_NAMED:,} more"
+    return f"lines {', '.join(named[:-1])} and {named[-1]}"
+
+
+def _cells(columns: list[str], row: list[str]) -> tuple[str, ...]:
+    """A row's cells in the catalog's columns (then any field past the header's), each as the import reads it."""
+    fields = dict(zip(columns, row, strict=False))
+    named = tuple(uncell(fields.get(c, "")) for c in CSV_HEADER)
+    return named + tuple(uncell(c) for c in row[len(columns) :])
+
+
+def _item_cells(item: CatalogItem) -> tuple[str, ...]:
+    return (item.barcode, item.sku, str(item.pack_size), item.description)
+
+
+def parse_csv(
+    data: bytes, known_skus: Collection[str] = (), *, max_items: int | None = CATALOG_ITEMS_MAX,
+    max_refused: int | None = REFUSED_MAX,
+) -> CsvCatalog:  # fmt: skip
+    """The rows of a catalog CSV (a header row naming barcode, sku and optionally pack_size, description; comma,
+    semicolon or tab separated): the items of its good rows, and every row refused with its line, column and why.
+
+    A row is refused by the store's rule for one item, and for what rows say together, whatever their order: the
+    same barcode with other content on two rows refuses both (which one is right, no one said); a SKU that only
+    looks like another of the file or of ``known_skus`` (the catalog's: ``protocol.catalog.sku_look``) refuses
+    the row of the odd spelling — the catalog's spelling stands, else the file's plain one (as it looks), else
+    every spelling of that look is refused. ``CatalogCsvError`` when the file itself cannot be used: not text, no
+    header, unreadable quoting, more than ``max_items`` barcodes, or more than ``max_refused`` refused rows (read
+    no further: such a file is not this catalog)."""
     text = _text_of(data)
     first_line = text.split("\n", 1)[0]
     delimiter = next((d for d in (",", ";", "\t") if d in first_line), ",")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    problems: list[RowProblem] = []
-    items: dict[str, tuple[int, CatalogItem]] = {}
+    refused: list[RowProblem] = []
+    # the good rows by barcode: its first item, the lines holding it, and the lines of any other content
+    by_barcode: dict[str, tuple[CatalogItem, list[int], list[tuple[int, CatalogItem]]]] = {}
+    conflicting = 0  # good rows of a barcode with other content elsewhere: refused below
     columns: list[str] | None = None
+    rows = 0
     line = 1
+    old_limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))  # a huge field is one row's
     try:
         for row in reader:
             start, line = line, reader.line_num + 1
@@ -449,45 +582,96 @@ def parse_csv(data: bytes, known_skus: Collection[str] = ()) -> list[CatalogItem
             if again is not None:  # files joined (cat a.csv b.csv): the rows after it are in its columns
                 columns = again
                 continue
+            rows += 1
             if len(row) > len(columns):
-                problems.append(
+                refused.append(
                     RowProblem(
                         start,
                         f"the row has {len(row)} fields but the header names "
                         f"{len(columns)}; a field holding {delimiter!r} must be in double quotes",
+                        None, _cells(columns, row),
                     )
-                )
-                continue  # fmt: skip
-            try:
-                item = _item(dict(zip(columns, row, strict=False)))
-            except InvalidInput as err:
-                problems.append(RowProblem(start, str(err)))
-                continue
-            if (alike := looks.problem(item.sku, f"line {start}")) is not None:
-                problems.append(RowProblem(start, alike))
-                continue
-            held = items.get(item.barcode)
-            if held is not None and held[1] != item:
-                problems.append(
-                    RowProblem(
-                        start,
-                        f"barcode {item.barcode} is on line {held[0]} too, with "
-                        "another SKU, pack size or description; keep one of the two",
-                    )
-                )
-                continue  # fmt: skip
-            items.setdefault(item.barcode, (start, item))
-    except csv.Error as err:  # a quote never closed, or a field past the limit: the rest cannot be read as rows
-        problems.append(RowProblem(line, _unreadable(err)))
-    if columns is None and not problems:
-        problems.append(RowProblem(1, f"the file is empty; the first line must name the columns, e.g. "
-                                   f"{','.join(CSV_HEADER)}"))  # fmt: skip
-    if len(items) > CATALOG_ITEMS_MAX:
-        problems.append(RowProblem(line, f"the file holds {len(items):,} barcodes; send at most "
-                                   f"{CATALOG_ITEMS_MAX:,} per request (shelfsync-hub catalog import splits it)"))  # fmt: skip
-    if problems:
-        raise CatalogCsvError(problems)
-    return [item for _, item in items.values()]
+                )  # fmt: skip
+            else:
+                try:
+                    item = _item(dict(zip(columns, row, strict=False)))
+                except RowInvalid as err:
+                    refused.append(RowProblem(start, str(err), err.column, _cells(columns, row)))
+                else:
+                    held = by_barcode.get(item.barcode)
+                    if held is None:
+                        by_barcode[item.barcode] = (item, [start], [])
+                        if max_items is not None and len(by_barcode) > max_items:
+                            raise CatalogCsvError(
+                                [RowProblem(start, f"the file holds more than {max_items:,} barcodes; send at most "
+                                            f"{max_items:,} per request (shelfsync-hub catalog import splits it)")],
+                                file_level=True,
+                            )  # fmt: skip
+                    elif held[0] == item:
+                        held[1].append(start)
+                        conflicting += 1 if held[2] else 0
+                    else:
+                        conflicting += 1 + (0 if held[2] else len(held[1]))
+                        held[2].append((start, item))
+            if max_refused is not None and len(refused) + conflicting > max_refused:
+                raise CatalogCsvError(refused, max_refused + 1, file_level=True, stopped_at=start)
+    except csv.Error as err:  # a quote never closed: the rest cannot be read as rows
+        raise CatalogCsvError([RowProblem(line, _unreadable(err))], file_level=True) from None
+    finally:
+        csv.field_size_limit(old_limit)
+    if columns is None:
+        raise CatalogCsvError(
+            [RowProblem(1, f"the file is empty; the first line must name the columns, e.g. {','.join(CSV_HEADER)}")],
+            file_level=True,
+        )
+    items: dict[str, CatalogItem] = {}
+    item_lines: dict[str, list[int]] = {}
+    for barcode, (item, lines, others) in by_barcode.items():
+        if not others:
+            items[barcode], item_lines[barcode] = item, lines
+            continue
+        every = sorted([(n, item) for n in lines] + others, key=lambda x: x[0])
+        why = (
+            f"barcode {values.shown(barcode, values.QUOTE_MAX_CHARS, bare=True)} is on "
+            f"{_lines([n for n, _ in every])} with another SKU, pack size or description; keep one of them"
+        )
+        refused += [RowProblem(n, why, "barcode", _item_cells(i)) for n, i in every]
+    refused += _look_alikes(items, item_lines, known_skus)
+    refused.sort(key=lambda p: p.line)
+    return CsvCatalog(list(items.values()), rows, rows - len(refused), tuple(refused))
+
+
+def _look_alikes(
+    items: dict[str, CatalogItem], item_lines: dict[str, list[int]], known_skus: Collection[str]
+) -> list[RowProblem]:
+    """The rows whose SKU only looks like another's (``parse_csv``), each taken out of ``items``."""
+    catalog = {sku_look(sku): sku for sku in known_skus}
+    spellings: dict[str, dict[str, int]] = {}  # look → spelling → its first line in the file
+    for barcode, item in items.items():
+        first = spellings.setdefault(sku_look(item.sku), {})
+        first[item.sku] = min(first.get(item.sku, item_lines[barcode][0]), item_lines[barcode][0])
+    out: list[RowProblem] = []
+    for barcode, item in list(items.items()):
+        look = sku_look(item.sku)
+        spelt = spellings[look]
+        if look in catalog:
+            right, where = catalog[look], "the catalog"
+        elif len(spelt) == 1:
+            continue
+        elif look in spelt:
+            right, where = look, f"line {spelt[look]:,}"
+        else:
+            right, where = None, ""
+        if item.sku == right:
+            continue
+        if right is None:
+            other = min((s for s in spelt if s != item.sku), key=spelt.__getitem__)
+            why = look_alike(item.sku, other, f"line {spelt[other]:,}", "write both as the SKU they look like")
+        else:
+            why = look_alike(item.sku, right, where)
+        out += [RowProblem(n, why, "sku", _item_cells(item)) for n in item_lines[barcode]]
+        del items[barcode]
+    return out
 
 
 async def catalog_csv(request: web.Request) -> web.StreamResponse:
@@ -506,7 +690,7 @@ async def catalog_csv(request: web.Request) -> web.StreamResponse:
 def routes(app: web.Application) -> None:
     app[KNOWN_BARCODES_KEY] = KnownBarcodes()
     app.router.add_get(CATALOG_PATH, get_catalog, name="catalog")
-    heads.add(app, "PUT", CATALOG_PATH, put_catalog, name="catalog_put", check=_head)
+    heads.add(app, "PUT", CATALOG_PATH, put_catalog, name="catalog_put", check=_check_head)
 
 
 # --- command line: shelfsync-hub catalog import -------------------------------------------------------------
@@ -514,6 +698,7 @@ def routes(app: web.Application) -> None:
 IMPORT_CHUNK_ROWS = 5_000  # items per write (per PUT with --hub): far below max_body_bytes
 IMPORT_TIMEOUT_S = 120.0  # one PUT, re-booking included
 ANSWER_MAX_BYTES = 1 << 20  # of the hub's answer read
+CATALOG_ANSWER_MAX_BYTES = 1 << 30  # of the hub's catalog read (its SKUs, to check the file against)
 ADMIN_TOKEN_ENV = "SHELFSYNC_ADMIN_TOKEN"
 
 
@@ -534,7 +719,10 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> None:
     cat = commands.add_parser("catalog", help="import the barcode catalog from a CSV file")
     actions = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     imp = actions.add_parser(
-        "import", parents=[common], help="import a catalog CSV (barcode, sku, pack_size, description): all or nothing"
+        "import",
+        parents=[common],
+        help="import a catalog CSV (barcode, sku, pack_size, description): its good rows, "
+        "and its refused ones written to a file to fix and import",
     )
     imp.add_argument("file", metavar="FILE", help="the CSV file, UTF-8, with a header row ('-': standard input)")
     imp.add_argument(
@@ -547,47 +735,89 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> None:
                      f"${ADMIN_TOKEN_ENV})")  # fmt: skip
     imp.add_argument("--ca-file", metavar="PEM", help="with --hub: the CA certificate(s) to check the hub's TLS "
                      "certificate with (default: the system's)")  # fmt: skip
+    imp.add_argument("--refused", metavar="FILE", help="where to write the rows that cannot be imported, with why, to "
+                     "fix and import (default: FILE.refused.csv beside the file; stdin.refused.csv for standard input)")  # fmt: skip
+    imp.add_argument("--all-or-nothing", action="store_true", help="import nothing if one row cannot be imported")
 
 
 def import_command(args: argparse.Namespace, settings_of: Callable[[], HubSettings], out: TextIO, err: TextIO) -> int:
-    """Run ``catalog import``: check the whole file first (nothing is written if one row is bad), then write it in
-    chunks with a progress line each. Returns the exit status (2: nothing or not everything was imported)."""
+    """Run ``catalog import``: check the whole file first, write its refused rows (if any) to the refused file,
+    then write its good rows in chunks with a progress line each (``--all-or-nothing``: nothing at all if a row is
+    refused). Returns the exit status (2: nothing or not everything was imported)."""
     name = "standard input" if args.file == "-" else args.file
     try:
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as error:
         raise CatalogImportError(f"cannot read {name}: {error.strerror or error}") from error
-    # written into the database: its catalog's SKUs are read first (through a hub, the hub checks against them)
-    known = asyncio.run(_catalog_skus(settings_of().db)) if args.hub is None else set()
+    refused_path = _refused_path(args.file, args.refused)
+    if args.hub is not None:
+        problem = url_problem(args.hub)
+        if problem:
+            raise CatalogImportError(f"--hub {problem}")
+        token = _admin_token(args.token_file)
+        known = asyncio.run(_hub_catalog_skus(args.hub, token, args.ca_file))
+    else:
+        if args.token_file is not None or args.ca_file is not None:
+            raise CatalogImportError("--token-file and --ca-file go with --hub; leave them out to write to --db")
+        known = asyncio.run(_catalog_skus(settings_of().db))
     try:
-        items = parse_csv(data, known)
+        read = parse_csv(data, known, max_items=None, max_refused=None)
+        if read.refused and args.all_or_nothing:
+            raise CatalogCsvError(read.refused, good=read.taken)
     except CatalogCsvError as error:
         err.write(f"shelfsync-hub catalog import: {name}: {error.summary}, so nothing was imported; fix them and "
                   "run the command again:\n")  # fmt: skip
-        err.writelines(f"  line {p.line}: {p.reason}\n" for p in error.problems)
-        if error.total > len(error.problems):
-            err.write(f"  and {error.total - len(error.problems):,} more\n")
+        _write_problems(err, error.problems, error.total)
         return 2
+    if read.refused:
+        try:
+            refused_path.write_text(refused_csv(read.refused), encoding="utf-8", newline="")
+        except OSError as error:
+            raise CatalogImportError(f"cannot write the refused rows to {refused_path}: {error.strerror or error}; "
+                                     "nothing was imported (give --refused FILE)") from error  # fmt: skip
+        rows = "row" if len(read.refused) == 1 else "rows"
+        err.write(f"shelfsync-hub catalog import: {name}: {len(read.refused):,} {rows} cannot be used; fix them in "
+                  f"{refused_path} and import that file:\n")  # fmt: skip
+        _write_problems(err, read.refused, len(read.refused))
+        err.flush()
+    items = read.items
 
     def progress(done: int) -> None:
         err.write(f"catalog import: {done:,} of {len(items):,} rows written ({done * 100 // max(1, len(items))} %)\n")
         err.flush()
 
     if args.hub is not None:
-        problem = url_problem(args.hub)
-        if problem:
-            raise CatalogImportError(f"--hub {problem}")
-        token = _admin_token(args.token_file)
         result = asyncio.run(_import_http(args.hub, token, args.ca_file, items, progress))
     else:
-        if args.token_file is not None or args.ca_file is not None:
-            raise CatalogImportError("--token-file and --ca-file go with --hub; leave them out to write to --db")
         result = asyncio.run(_import_db(settings_of().db, items, progress))
+    refused = f"; {len(read.refused):,} row(s) refused, written to {refused_path}" if read.refused else ""
     out.write(
-        f"imported {result.rows:,} catalog row(s) from {name}: {result.updated:,} new or changed, catalog version "
-        f"{result.version}, {result.rebooked:,} movement(s) of unknown barcodes re-booked\n"
+        f"imported {read.taken:,} catalog row(s) from {name}: {result.updated:,} new or changed, catalog version "
+        f"{result.version}, {result.rebooked:,} movement(s) of unknown barcodes re-booked{refused}\n"
     )
-    return 0
+    return 2 if read.refused else 0
+
+
+def _write_problems(err: TextIO, problems: Sequence[RowProblem], total: int) -> None:
+    shown = problems[:PROBLEMS_SHOWN]
+    err.writelines(f"  line {p.line}{f', {p.column}' if p.column else ''}: {p.reason}\n" for p in shown)
+    if total > len(shown):
+        err.write(f"  and {total - len(shown):,} more\n")
+
+
+def _refused_path(file: str, refused: str | None) -> Path:
+    """Where the refused rows go: ``--refused``, else beside the file as ``NAME.refused.csv`` (never the file
+    itself: a refused file imported again writes ``NAME.refused.refused.csv``)."""
+    if refused is not None:
+        path = Path(refused)
+    elif file == "-":
+        path = Path("stdin.refused.csv")
+    else:
+        source = Path(file)
+        path = source.with_name(f"{source.stem if source.suffix.lower() == '.csv' else source.name}.refused.csv")
+    if file != "-" and path.resolve() == Path(file).resolve():
+        raise CatalogImportError(f"--refused {refused} is the file being imported; name another file")
+    return path
 
 
 def _admin_token(token_file: str | None) -> str:
@@ -630,38 +860,67 @@ async def _import_db(db: str, items: list[CatalogItem], progress: Callable[[int]
     return ImportResult(len(items), updated, rebooked, version)
 
 
-async def _import_http(
-    hub: str, token: str, ca_file: str | None, items: list[CatalogItem], progress: Callable[[int], None]
-) -> ImportResult:
-    url = hub.rstrip("/") + CATALOG_PATH
+def _hub_session(ca_file: str | None) -> aiohttp.ClientSession:
     try:
         tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
     except (OSError, ssl.SSLError) as error:
         raise CatalogImportError(f"--ca-file {ca_file} cannot be used: {error}") from error
+    timeout = aiohttp.ClientTimeout(total=IMPORT_TIMEOUT_S)
+    return aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=tls or True))
+
+
+async def _hub_call(
+    session: aiohttp.ClientSession, method: str, hub: str, start: int, max_bytes: int, **kwargs: Any
+) -> dict[str, Any]:
+    """One call of the catalog route; its JSON answer, or ``CatalogImportError`` saying why not (``start``: the
+    rows imported before it)."""
+    try:
+        async with session.request(method, hub.rstrip("/") + CATALOG_PATH, **kwargs) as resp:
+            status, got = resp.status, bytearray()
+            async for chunk in resp.content.iter_chunked(1 << 16):  # one read() gives what arrived so far
+                got += chunk
+                if len(got) >= max_bytes:
+                    break
+            raw = bytes(got)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        why = str(error) or type(error).__name__
+        raise CatalogImportError(_http_failure(hub, start, f"it cannot be reached: {why}")) from error
+    try:
+        answer = views.loads(raw)
+    except ValueError:
+        answer = None
+    if status != 200 or not isinstance(answer, dict):
+        refusal = answer.get("error") if isinstance(answer, dict) else None  # a hub from before RFC 9457
+        message = refusal.get("message") if isinstance(refusal, dict) else None
+        if message is None and isinstance(answer, dict):
+            message = answer.get("detail")  # problem details (hub.problems)
+        why = message or values.shown(raw.decode("utf-8", "replace"), 200) or "no reason given"
+        raise CatalogImportError(_http_failure(hub, start, f"HTTP {status}: {why}"))
+    return answer
+
+
+async def _hub_catalog_skus(hub: str, token: str, ca_file: str | None) -> set[str]:
+    """The SKUs of the hub's catalog, so that the file is checked against them (look-alikes) before anything is
+    sent."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    async with _hub_session(ca_file) as session:
+        answer = await _hub_call(session, "GET", hub, 0, CATALOG_ANSWER_MAX_BYTES, headers=headers)
+    items = answer.get("items")
+    if not isinstance(items, list):
+        raise CatalogImportError(_http_failure(hub, 0, "its catalog has no list of items"))
+    return {item["sku"] for item in items if isinstance(item, dict) and isinstance(item.get("sku"), str)}
+
+
+async def _import_http(
+    hub: str, token: str, ca_file: str | None, items: list[CatalogItem], progress: Callable[[int], None]
+) -> ImportResult:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     updated = rebooked = version = 0
-    timeout = aiohttp.ClientTimeout(total=IMPORT_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=tls or True)) as session:
+    async with _hub_session(ca_file) as session:
         for start in range(0, max(1, len(items)), IMPORT_CHUNK_ROWS):
             chunk = items[start : start + IMPORT_CHUNK_ROWS]
-            body = views.dumps({"items": [item_json(i) for i in chunk]})
-            try:
-                async with session.put(url, data=body.encode(), headers=headers) as resp:
-                    status, raw = resp.status, await resp.content.read(ANSWER_MAX_BYTES)
-            except (aiohttp.ClientError, TimeoutError) as error:
-                why = str(error) or type(error).__name__
-                raise CatalogImportError(_http_failure(hub, start, f"it cannot be reached: {why}")) from error
-            try:
-                answer = views.loads(raw)
-            except ValueError:
-                answer = None
-            if status != 200 or not isinstance(answer, dict):
-                refusal = answer.get("error") if isinstance(answer, dict) else None  # a hub from before RFC 9457
-                message = refusal.get("message") if isinstance(refusal, dict) else None
-                if message is None and isinstance(answer, dict):
-                    message = answer.get("detail")  # problem details (hub.problems)
-                why = message or values.shown(raw.decode("utf-8", "replace"), 200) or "no reason given"
-                raise CatalogImportError(_http_failure(hub, start, f"HTTP {status}: {why}"))
+            body = views.dumps({"items": [item_json(i) for i in chunk]}).encode()
+            answer = await _hub_call(session, "PUT", hub, start, ANSWER_MAX_BYTES, data=body, headers=headers)
             updated += int(answer["updated"])
             rebooked += int(answer["rebooked"])
             version = int(answer["version"])

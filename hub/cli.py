@@ -8,7 +8,7 @@
     shelfsync-hub agent revoke --db PATH AGENT_ID
     shelfsync-hub agent list --db PATH
     shelfsync-hub backup --db PATH --to FILE
-    shelfsync-hub catalog import FILE.csv (--hub URL [--token-file FILE] | --db PATH)
+    shelfsync-hub catalog import FILE.csv (--hub URL [--token-file FILE] | --db PATH) [--refused PATH] [--all-or-nothing]
 
 Settings come from the config file (``--config``, ``$SHELFSYNC_HUB_CONFIG`` or
 /etc/shelfsync/hub.toml), the ``SHELFSYNC_HUB_*`` environment and the options,

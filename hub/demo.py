@@ -215,7 +215,7 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     async with await open_store(str(db)) as store:
         agent_id, agent_token = await store.add_agent([LOCATION])
         _, reader_token = await store.add_agent([], role="reader")
-        await store.put_catalog(parse_csv(catalog_csv.read_bytes()))
+        await store.put_catalog(parse_csv(catalog_csv.read_bytes()).items)
     hub_url = f"http://{HOST}:{port}"
     pos_drop = work / "pos-drop"
     pos_drop.mkdir()

@@ -104,7 +104,9 @@ API_VERSION = "1.8.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # request naming one movement twice with other content; POST /v1/channels/{name}/orders/{order_id}/undismiss (a
 # dismissal undone)
 # 1.8: GET /v1/channels answers each channel's settings; the dismiss and undismiss routes take order ids of up to
-# 105 characters (a register sale's sale:<adjustment id>), and answer 400 to one no order can have
+# 105 characters (a register sale's sale:<adjustment id>), and answer 400 to one no order can have;
+# PUT /v1/catalog takes partial (a CSV body's good rows written, every refused row listed: rows, imported,
+# refused_count, refused, refused_csv), and a refused CSV row names its column
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -862,12 +864,18 @@ def _paths() -> dict[str, JSON]:
     add(routes.CATALOG_PATH, "put", operation(
         "putCatalog", "Upsert catalog items by barcode",
         "Admin only. Then every stored scan of those barcodes made while they were unknown is re-booked onto the real "
-        "SKU. A bad item is 400 naming it; nothing is written.",
+        "SKU. A bad item is 400 naming it; nothing is written. The body may also be a CSV file (Content-Type "
+        "text/csv, the columns of GET /v1/catalog as CSV; docs/hub-api.md): all or nothing, a 400 naming every bad "
+        "row by line and column, or with partial=true its good rows written and the answer listing every refused "
+        "row (refused) and holding them as a CSV file to fix and send again (refused_csv).",
         "Catalog",
-        {"200": ok("The new version.", obj({"version": integer(0), "updated": integer(0), "rebooked": integer(0)},
-                                           ["version", "updated", "rebooked"]),
+        {"200": ok("The new version; for a CSV body, also what became of its rows.", ref("CatalogWrite"),
                    headers={"ETag": ETAG_HEADER},
                    links={"Catalog": link("getCatalog", "The catalog as it now is.")})},
+        parameters=[query(catalog.PARTIAL_PARAM, {"type": "boolean", "default": False},
+                          "A CSV body: true writes its good rows and lists the refused ones (a 200); false, the "
+                          "default, writes nothing if one row is bad (a 400 naming them). A JSON body is all or "
+                          "nothing either way.")],
         roles=(ROLE_ADMIN,),
         body=json_body(obj({"items": array(ref("CatalogItemIn"), hi=CATALOG_ITEMS_MAX)}, ["items"], closed=True),
                        {"items": [{"barcode": "04006381333931", "sku": "SKU-1", "pack_size": 1, "description": "Pen"}]},
@@ -1382,6 +1390,23 @@ def _schemas() -> dict[str, JSON]:
                               "description": any_text(DESCRIPTION_MAX_LEN, default="")},
                              ["barcode", "sku"], closed=True),
         "Catalog": obj({"version": integer(0), "items": array(ref("CatalogItem"))}, ["version", "items"]),
+        "CatalogWrite": obj({
+            "version": integer(0), "updated": integer(0, description="Items inserted or changed."),
+            "rebooked": integer(0, description="Scans of barcodes that were unknown, moved onto their SKU now."),
+            "rows": integer(0, description="A CSV body: its data rows (imported + refused_count)."),
+            "imported": integer(0, description="A CSV body: its rows taken (a row the same as another is one item)."),
+            "refused_count": integer(0, description="A CSV body: its rows refused."),
+            "refused": array(ref("RefusedRow"), hi=catalog.REFUSED_MAX,
+                             description="A CSV body: every refused row, by line."),
+            "refused_csv": string("A CSV body: the refused rows as a CSV file (empty when none): a problem column "
+                                  "saying why, then the row's barcode, sku, pack_size, description; fix them and "
+                                  "send the file again (the problem column is left aside)."),
+        }, ["version", "updated", "rebooked"]),
+        "RefusedRow": obj({
+            "line": integer(1, description="The line of the file the row starts on (1: the header)."),
+            "column": nullable(known(list(catalog.CSV_HEADER), "The column at fault; null: the row as a whole")),
+            "reason": string("Why, in one sentence."),
+        }, ["line", "column", "reason"]),
         "Divergence": obj({
             "system": string(), "location": string(), "sku": string(), "observed": integer(), "hub_on_hand": integer(),
             "difference": integer(), "observed_at_ms": integer(0), "observed_at": iso_time("When it was observed"),
