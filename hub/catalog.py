@@ -323,6 +323,7 @@ REFUSED_MAX = 10_000  # refused rows one PUT names; past it the file is taken fo
 LINES_NAMED = 5  # lines of one barcode named in a sentence
 EXCEL_NUMBER_RE = re.compile(r"\d(?:[.,]\d+)?E\+\d+", re.IGNORECASE)  # what Excel makes of a long barcode
 ITEM_PREFIX_RE = re.compile(r"^items\[0\]\.")
+SPACES_RE = re.compile(r"\s+")
 ITEM_COLUMN_RE = re.compile(r"^items\[0\]\.(barcode|sku|pack_size|description)\b")
 PARTIAL_PARAM = "partial"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Excel's "Unicode Text" is UTF-16 with one
@@ -455,11 +456,22 @@ def _columns(header: list[str]) -> list[str]:
 def _header_again(row: list[str]) -> list[str] | None:
     """The columns a header row met after the first one names (its cells all column names, barcode and sku among
     them, none twice), or None for a row of data."""
-    named = [COLUMN_NAMES.get(re.sub(r"\s+", "_", c.strip().lstrip("\ufeff").strip().lower())) for c in row]
-    cells = [n for n, c in zip(named, row, strict=True) if c.strip()]
-    if None in cells or len(set(cells)) != len(cells) or not {"barcode", "sku"} <= set(cells):
+    named: list[str] = []
+    for cell in row:  # a row of data fails at its first cell, which most often needs no regular expression
+        if not cell.strip():
+            named.append("")
+            continue
+        key = cell.strip().lstrip("\ufeff").strip().lower()
+        name = COLUMN_NAMES.get(key)
+        if name is None and not key.replace("_", "").isalnum():
+            name = COLUMN_NAMES.get(SPACES_RE.sub("_", key))
+        if name is None:
+            return None
+        named.append(name)
+    cells = [n for n in named if n]
+    if len(set(cells)) != len(cells) or not {"barcode", "sku"} <= set(cells):
         return None
-    return [n or "" for n in named]
+    return named
 
 
 def _item(fields: dict[str, str]) -> CatalogItem:
@@ -563,9 +575,10 @@ def parse_csv(
     delimiter = next((d for d in (",", ";", "\t") if d in first_line), ",")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     refused: list[RowProblem] = []
-    # the good rows by barcode: its first item, the lines holding it, and the lines of any other content
-    by_barcode: dict[str, tuple[CatalogItem, list[int], list[tuple[int, CatalogItem]]]] = {}
-    conflicting = 0  # good rows of a barcode with other content elsewhere: refused below
+    firsts: dict[str, tuple[int, CatalogItem]] = {}  # the good rows by barcode: its first line and item
+    repeats: dict[str, list[tuple[int, CatalogItem]]] = {}  # and the later rows of a barcode, if any
+    conflicts: set[str] = set()  # the barcodes with other content on another row: their rows are refused
+    conflicting = 0  # those rows
     columns: list[str] | None = None
     rows = 0
     line = 1
@@ -598,21 +611,23 @@ def parse_csv(
                 except RowInvalid as err:
                     refused.append(RowProblem(start, str(err), err.column, _cells(columns, row)))
                 else:
-                    held = by_barcode.get(item.barcode)
+                    held = firsts.get(item.barcode)
                     if held is None:
-                        by_barcode[item.barcode] = (item, [start], [])
-                        if max_items is not None and len(by_barcode) > max_items:
+                        firsts[item.barcode] = (start, item)
+                        if max_items is not None and len(firsts) > max_items:
                             raise CatalogCsvError(
                                 [RowProblem(start, f"the file holds more than {max_items:,} barcodes; send at most "
                                             f"{max_items:,} per request (shelfsync-hub catalog import splits it)")],
                                 file_level=True,
                             )  # fmt: skip
-                    elif held[0] == item:
-                        held[1].append(start)
-                        conflicting += 1 if held[2] else 0
                     else:
-                        conflicting += 1 + (0 if held[2] else len(held[1]))
-                        held[2].append((start, item))
+                        later = repeats.setdefault(item.barcode, [])
+                        later.append((start, item))
+                        if item.barcode in conflicts:
+                            conflicting += 1
+                        elif held[1] != item:
+                            conflicts.add(item.barcode)
+                            conflicting += 1 + len(later)
             if max_refused is not None and len(refused) + conflicting > max_refused:
                 raise CatalogCsvError(refused, max_refused + 1, file_level=True, stopped_at=start)
     except csv.Error as err:  # a quote never closed: the rest cannot be read as rows
@@ -625,37 +640,54 @@ def parse_csv(
             file_level=True,
         )
     items: dict[str, CatalogItem] = {}
-    item_lines: dict[str, list[int]] = {}
-    for barcode, (item, lines, others) in by_barcode.items():
-        if not others:
-            items[barcode], item_lines[barcode] = item, lines
+    for barcode, (line, item) in firsts.items():
+        if barcode not in conflicts:
+            items[barcode] = item
             continue
-        every = sorted([(n, item) for n in lines] + others, key=lambda x: x[0])
+        every = [(line, item), *repeats[barcode]]
         why = (
             f"barcode {values.shown(barcode, values.QUOTE_MAX_CHARS, bare=True)} is on "
             f"{_lines([n for n, _ in every])} with another SKU, pack size or description; keep one of them"
         )
         refused += [RowProblem(n, why, "barcode", _item_cells(i)) for n, i in every]
-    refused += _look_alikes(items, item_lines, known_skus)
+
+    def item_lines(barcode: str) -> list[int]:
+        return [firsts[barcode][0], *(n for n, _ in repeats.get(barcode, ()))]
+
+    known = known_skus if isinstance(known_skus, (set, frozenset)) else frozenset(known_skus)
+    refused += _look_alikes(items, item_lines, known)
     refused.sort(key=lambda p: p.line)
     return CsvCatalog(list(items.values()), rows, rows - len(refused), tuple(refused))
 
 
 def _look_alikes(
-    items: dict[str, CatalogItem], item_lines: dict[str, list[int]], known_skus: Collection[str]
+    items: dict[str, CatalogItem], item_lines: Callable[[str], list[int]], known_skus: Collection[str]
 ) -> list[RowProblem]:
-    """The rows whose SKU only looks like another's (``parse_csv``), each taken out of ``items``."""
-    catalog = {sku_look(sku): sku for sku in known_skus}
+    """The rows whose SKU only looks like another's (``parse_csv``), each taken out of ``items``. An ASCII SKU looks
+    as it is spelt, so only the looks of the others are worked out (a catalog of a million plain SKUs costs no
+    second copy of them)."""
+    catalog_odd = {sku_look(sku): sku for sku in known_skus if not sku.isascii()}
+    relevant = {sku_look(item.sku) for item in items.values() if not item.sku.isascii()} | catalog_odd.keys()
+    if not relevant:
+        return []
+
+    def look_of(sku: str) -> str:
+        return sku if sku.isascii() else sku_look(sku)
+
     spellings: dict[str, dict[str, int]] = {}  # look → spelling → its first line in the file
     for barcode, item in items.items():
-        first = spellings.setdefault(sku_look(item.sku), {})
-        first[item.sku] = min(first.get(item.sku, item_lines[barcode][0]), item_lines[barcode][0])
+        if (look := look_of(item.sku)) in relevant:
+            first, line = spellings.setdefault(look, {}), item_lines(barcode)[0]
+            first[item.sku] = min(first.get(item.sku, line), line)
     out: list[RowProblem] = []
     for barcode, item in list(items.items()):
-        look = sku_look(item.sku)
-        spelt = spellings[look]
-        if look in catalog:
-            right, where = catalog[look], "the catalog"
+        look = look_of(item.sku)
+        spelt = spellings.get(look)
+        if spelt is None:
+            continue
+        in_catalog = look if look in known_skus else catalog_odd.get(look)
+        if in_catalog is not None:
+            right, where = in_catalog, "the catalog"
         elif len(spelt) == 1:
             continue
         elif look in spelt:
@@ -669,7 +701,7 @@ def _look_alikes(
             why = look_alike(item.sku, other, f"line {spelt[other]:,}", "write both as the SKU they look like")
         else:
             why = look_alike(item.sku, right, where)
-        out += [RowProblem(n, why, "sku", _item_cells(item)) for n in item_lines[barcode]]
+        out += [RowProblem(n, why, "sku", _item_cells(item)) for n in item_lines(barcode)]
         del items[barcode]
     return out
 
