@@ -3,7 +3,7 @@
 // (server-sent events) so counts update live. Every value from the hub is put
 // into the page as text (never as HTML). The session cookie only reads; the one
 // writes it offers (mapping an unknown barcode, dismissing a refused channel
-// order) are sent with an admin credential the person pastes, held in this
+// order, importing a catalog CSV) are sent with an admin credential the person pastes, held in this
 // tab's memory only.
 //
 // Pages: PAGES (near the end) lists the navigation's tabs in order. To add a page,
@@ -1177,6 +1177,120 @@
         "No count in this period found a difference to look at."))];
   }
 
+  // --- catalog: the barcode catalog and its CSV import (PUT /v1/catalog?partial=true) -------------------------
+  // An operator's file is imported as a retailer expects: its good rows are written, each refused row is listed
+  // with its line, column and why, and the refused rows download as a CSV to fix and import again (its problem
+  // column is left aside). "All or nothing" is there for who wants it. The import is sent with the admin
+  // credential given in this tab (the session cookie only reads), as a mapping is.
+
+  const catalogImport = { result: null, error: null, problems: [], refusedUrl: null, partial: true };
+
+  function catalogImportCommand(partial) {
+    return `curl -sS -X PUT -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: text/csv" ` +
+      `--data-binary @catalog.csv '${window.location.origin}/v1/catalog${partial ? "?partial=true" : ""}'`;
+  }
+
+  function refusedTable(problems) {
+    return table(["Line", "Column", "Why"], problems.map((p) => h("tr", { dataset: { line: String(p.line) } },
+      h("td", { class: "num" }, NUM.format(p.line)), h("td", { class: "mono" }, p.column || "the row"),
+      h("td", {}, p.reason))), "");
+  }
+
+  async function catalogView() {
+    await loadCatalog(true).catch(() => {});
+    const file = h("input", { id: "catalog-file", type: "file", accept: ".csv,.txt,text/csv", required: true });
+    const credential = h("input", { id: "catalog-credential", type: "password", autocomplete: "off", spellcheck: "false" });
+    const partial = h("input", { id: "catalog-partial", type: "checkbox", checked: catalogImport.partial });
+    const command = h("code", { class: "command-text", id: "catalog-command" }, catalogImportCommand(catalogImport.partial));
+    const submit = h("button", { type: "submit", class: "button-primary", id: "catalog-submit" }, "Import");
+    const update = () => {
+      command.textContent = catalogImportCommand(partial.checked);
+      submit.disabled = !file.files.length || !(adminCredential || credential.value.trim());
+    };
+    for (const input of [file, credential, partial]) { input.addEventListener("input", update); input.addEventListener("change", update); }
+    const form = h("form", { class: "card import-form", id: "catalog-import" },
+      h("label", { for: "catalog-file" }, "CSV file: barcode, sku and optionally pack_size, description (UTF-8, as Excel's \"CSV UTF-8\" saves it)"), file,
+      h("label", { class: "check" }, partial, " Import the good rows and list the refused ones (unticked: nothing is imported if one row is refused)"),
+      adminCredential ? h("p", { class: "muted", id: "catalog-credential-kept" }, "Using the admin credential you gave in this tab.")
+        : [h("label", { for: "catalog-credential" }, "Admin credential"), credential,
+          h("p", { class: "hint" }, "The dashboard's own session only reads, so an import needs an admin credential. " +
+            "It is kept in this tab's memory only, until you reload or sign out.")],
+      h("div", { class: "toolbar" }, submit),
+      h("details", { class: "command" }, h("summary", {}, "Or run this command as an admin"), command));
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const token = adminCredential || credential.value.trim();
+      submit.disabled = true;
+      catalogImport.partial = partial.checked;
+      try {
+        await importCatalog(token, file.files[0], partial.checked);
+        adminCredential = token;
+      } catch (err) {
+        if (err.status === 401 || err.status === 403) adminCredential = null;
+        else if (err.status) adminCredential = token; // the hub took the credential and refused the file
+      }
+      render();
+    });
+    update();
+    const r = catalogImport.result;
+    const outcome = [];
+    if (r) {
+      const refused = r.refused_count;
+      outcome.push(h("p", { class: refused ? "warn-note" : "done-note", id: "catalog-result", role: "status" },
+        `Imported ${NUM.format(r.imported)} of ${NUM.format(r.rows)} rows of ${r.name}: ${NUM.format(r.updated)} new or changed, ` +
+        `${NUM.format(r.rebooked)} scan(s) of unknown barcodes re-booked, catalog version ${NUM.format(r.version)}.` +
+        (refused ? ` ${NUM.format(refused)} row(s) refused: fix them in the refused rows' file and import that file.` : "")));
+      if (refused) {
+        outcome.push(h("div", { class: "section" }, h("div", { class: "section-head" }, h("h2", {}, "Refused rows"),
+          h("a", { class: "button-secondary", id: "catalog-refused-csv", href: catalogImport.refusedUrl,
+            download: r.name.replace(/\.(csv|txt)$/i, "") + ".refused.csv" }, "Download the refused rows (CSV)")),
+        refusedTable(r.refused)));
+      }
+    }
+    if (catalogImport.error) {
+      outcome.push(h("p", { class: "form-error", id: "catalog-error", role: "alert" }, catalogImport.error));
+      if (catalogImport.problems.length) outcome.push(refusedTable(catalogImport.problems));
+    }
+    return [h("div", { class: "view-head" }, h("div", {}, h("h1", {}, "Catalog"),
+      h("p", { class: "muted", id: "catalog-size" }, `${NUM.format(state.skus.length)} SKU(s) known by barcode. ` +
+        "Import a CSV file to add or change barcodes; rows not in the file stay as they are.")),
+      h("div", { class: "toolbar downloads" }, csvLink("/v1/catalog?format=csv", "Download the catalog (CSV)",
+        "every barcode, in the columns an import takes back"))),
+    form, ...outcome];
+  }
+
+  async function importCatalog(token, file, partial) {
+    catalogImport.result = null;
+    catalogImport.error = null;
+    catalogImport.problems = [];
+    if (catalogImport.refusedUrl) URL.revokeObjectURL(catalogImport.refusedUrl);
+    catalogImport.refusedUrl = null;
+    let response;
+    try {
+      response = await fetch("/v1/catalog" + (partial ? "?partial=true" : ""), { method: "PUT", credentials: "omit",
+        body: await file.arrayBuffer(),
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "text/csv", Accept: "application/json" } });
+    } catch (err) {
+      catalogImport.error = "Not imported: the hub cannot be reached; try again.";
+      throw Object.assign(new Error(catalogImport.error), { status: 0 });
+    }
+    let answer = null;
+    try { answer = await response.json(); } catch (_) { /* not JSON */ }
+    if (!response.ok) {
+      const why = answer && answer.detail ? answer.detail : `HTTP ${response.status}`;
+      catalogImport.error = response.status === 413
+        ? `Not imported: ${why}. Import a file this large with: shelfsync-hub catalog import FILE.csv --hub ${window.location.origin}`
+        : `Not imported: ${why}`;
+      catalogImport.problems = answer && Array.isArray(answer.problems) ? answer.problems : [];
+      throw Object.assign(new Error(catalogImport.error), { status: response.status });
+    }
+    catalogImport.result = Object.assign({ name: file.name }, answer);
+    if (answer.refused_count) {
+      catalogImport.refusedUrl = URL.createObjectURL(new Blob([answer.refused_csv], { type: "text/csv" }));
+    }
+    await loadCatalog(true).catch(() => {});
+  }
+
   // --- channels: where each sales channel stands (GET /v1/channels) ----------------------------------------
   // Read with the status (for the tab's badge) and, while channels are configured, every CHANNELS_REFRESH_MS:
   // a channel can go down, catch up or be throttled with no change on the feed. The page is drawn again only
@@ -1436,6 +1550,7 @@
       arg: (rest) => (QUARANTINE_STATUSES.includes(rest) ? rest : "pending"),
       badge: () => state.exceptions.filter((e) => e.kind === "clock_quarantine").length }, // one per held event
     { view: "variance", label: "Shrinkage", render: varianceView },
+    { view: "catalog", label: "Catalog", render: catalogView },
     { view: "channels", label: "Channels", render: channelsView, live: true, arg: (rest) => rest,
       badge: () => channelsNeedingAttention().length }, // channels disconnected or with divergences open
   ];

@@ -328,6 +328,7 @@ async def test_every_page_fits_a_390_pixel_phone(
         ("exceptions", "#view tbody tr[data-barcode]"),
         ("quarantine", "#view .empty"),
         ("variance", "#view tbody tr"),
+        ("catalog", "#catalog-import"),
     ):
         await page.click(f"nav a[data-view={view}]")
         await expect(page.locator(ready).first).to_be_visible()
