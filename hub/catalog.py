@@ -324,6 +324,7 @@ LINES_NAMED = 5  # lines of one barcode named in a sentence
 EXCEL_NUMBER_RE = re.compile(r"\d(?:[.,]\d+)?E\+\d+", re.IGNORECASE)  # what Excel makes of a long barcode
 ITEM_PREFIX_RE = re.compile(r"^items\[0\]\.")
 SPACES_RE = re.compile(r"\s+")
+LINE_END_RE = re.compile(r"\r\n|\r|\n")
 ITEM_COLUMN_RE = re.compile(r"^items\[0\]\.(barcode|sku|pack_size|description)\b")
 PARTIAL_PARAM = "partial"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Excel's "Unicode Text" is UTF-16 with one
@@ -508,6 +509,29 @@ class RowInvalid(InvalidInput):
         self.column = column
 
 
+def _stray_quote(err: csv.Error) -> str:
+    return (
+        f'the row cannot be read ({err}): a double quote inside a field must be doubled (""), so to keep one, '
+        'double it ("") and put the whole field in double quotes, e.g. "12"" mug"'
+    )
+
+
+class _Lines:
+    """The lines of a text as the csv reader counts them (ended by \\n, \\r\\n or \\r), found once, when first
+    asked for."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._starts: list[int] | None = None
+
+    def get(self, first: int, last: int) -> str:
+        """Lines ``first`` to ``last`` (1-based), joined by \\n."""
+        if self._starts is None:
+            self._starts = [0, *(m.end() for m in LINE_END_RE.finditer(self._text))]
+        lines = self._text[self._starts[first - 1] : self._starts[min(last, len(self._starts) - 1)]]
+        return "\n".join(LINE_END_RE.split(lines.rstrip("\r\n")))
+
+
 def _unreadable(err: csv.Error) -> str:
     """Why the reader stopped, in words (a field is never over its limit: ``parse_csv`` raises it to the file's
     length, so a huge field is one row's problem)."""
@@ -582,9 +606,26 @@ def parse_csv(
     columns: list[str] | None = None
     rows = 0
     line = 1
+    raw_lines = _Lines(text)
     old_limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))  # a huge field is one row's
     try:
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:  # a quote inside a field: that row alone (the reader goes on at the next line)
+                if columns is None or "end of data" in str(err):  # the header, or a quote never closed: the rest
+                    raise
+                start, line = line, reader.line_num + 1
+                rows += 1
+                raw = raw_lines.get(start, reader.line_num)
+                try:  # its cells as a lenient reader sees them, for the refused rows' file
+                    lenient = next(csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter), [raw])
+                except csv.Error:
+                    lenient = [raw]
+                refused.append(RowProblem(start, _stray_quote(err), None, _cells(columns, lenient)))
+                continue
             start, line = line, reader.line_num + 1
             if not any(cell.strip() for cell in row):
                 continue

@@ -312,3 +312,19 @@ async def test_the_refused_file_is_never_the_file_imported(tmp_path: Path) -> No
     assert code == 2, err
     assert re.search(r"1 row\(s\) refused, written to .*catalog\.refused\.refused\.csv", out)
     assert again.read_text(encoding="utf-8").startswith("problem,barcode,sku\nline 2")  # untouched
+
+
+async def test_a_stray_double_quote_refuses_its_row_not_the_file(
+    client: TestClient[Any, Any], store: HubStore, admin: str
+) -> None:
+    """Found black-box: a hand-typed size, "12" mug", stopped the reader: the whole file was refused as unreadable,
+    with partial too, for one row's quote."""
+    body = b'barcode,sku,description\nA1,X1,plain\nA2,X2,"12" mug"\nA3,X3,ok\n'
+    status, answer = await put_partial(client, admin, body)
+    assert status == 200, answer
+    assert [(r["line"], r["column"]) for r in answer["refused"]] == [(3, None)]
+    assert 'double it ("") and put the whole field in double quotes' in answer["refused"][0]["reason"]
+    assert rows_of(answer["refused_csv"])[1][1:] == ["A2", "X2", "", '12 mug"']  # as a lenient reader sees it
+    assert sorted(i.barcode for i in (await store.catalog()).items) == ["A1", "A3"]
+    status, answer = await put_partial(client, admin, b'barcode,sku\nA1,X1\nA2,"X2\nA3,X3\n')
+    assert status == 400 and "must end with one" in answer["detail"]  # never closed: the rest is one field
