@@ -321,6 +321,7 @@ COLUMN_NAMES = {  # a header cell, lower-cased with spaces as "_" → the column
 PROBLEMS_SHOWN = 100  # row problems named in one refusal
 REFUSED_MAX = 10_000  # refused rows one PUT names; past it the file is taken for another one and refused whole
 LINES_NAMED = 5  # lines of one barcode named in a sentence
+COLUMNS_NAMED = 10  # unknown header names named in a sentence
 EXCEL_NUMBER_RE = re.compile(r"\d(?:[.,]\d+)?E\+\d+", re.IGNORECASE)  # what Excel makes of a long barcode
 ITEM_PREFIX_RE = re.compile(r"^items\[0\]\.")
 SPACES_RE = re.compile(r"\s+")
@@ -367,10 +368,14 @@ class CatalogCsvError(HubError):
         rows = "row" if self.total == 1 else "rows"
         if stopped_at is not None:
             self.summary = (
-                f"more than {REFUSED_MAX:,} rows cannot be used (the file was read up to line {stopped_at:,}): is it "
-                "the catalog, with its columns named in the first line?"
+                f"more than {REFUSED_MAX:,} rows cannot be used (the file was read up to line {stopped_at:,})"
             )
-        elif file_level:
+            super().__init__(
+                f"{self.summary}, so nothing was imported: check that it is the catalog, with its columns named in its "
+                f"first line, and send it again; the first of them: {shown}{more}"
+            )
+            return
+        if file_level:
             self.summary = "the file cannot be read"
         else:
             self.summary = f"{self.total:,} {rows} cannot be used"
@@ -436,9 +441,11 @@ def _columns(header: list[str]) -> list[str]:
     unknown = [header[i].strip() for i, c in enumerate(columns) if not c]
     problems = []
     if unknown:
+        named = ", ".join(values.shown(u, 40, bare=True) for u in unknown[:COLUMNS_NAMED])
+        more = f" and {len(unknown) - COLUMNS_NAMED:,} more" if len(unknown) > COLUMNS_NAMED else ""
         problems.append(
-            f"the header names column(s) the catalog does not take: {', '.join(values.shown(u, 40, bare=True) for u in unknown)}"
-            f"; it takes {', '.join(CSV_HEADER)} (remove the others)"
+            f"the header names column(s) the catalog does not take: {named}{more}; it takes {', '.join(CSV_HEADER)} "
+            "(remove the others)"
         )
     twice = sorted({c for c in columns if c and columns.count(c) > 1})
     if twice:
@@ -601,7 +608,7 @@ def parse_csv(
     refused: list[RowProblem] = []
     firsts: dict[str, tuple[int, CatalogItem]] = {}  # the good rows by barcode: its first line and item
     repeats: dict[str, list[tuple[int, CatalogItem]]] = {}  # and the later rows of a barcode, if any
-    conflicts: set[str] = set()  # the barcodes with other content on another row: their rows are refused
+    conflicts: dict[str, None] = {}  # the barcodes with other content on another row (in order): rows refused
     conflicting = 0  # those rows
     columns: list[str] | None = None
     rows = 0
@@ -667,9 +674,12 @@ def parse_csv(
                         if item.barcode in conflicts:
                             conflicting += 1
                         elif held[1] != item:
-                            conflicts.add(item.barcode)
+                            conflicts[item.barcode] = None
                             conflicting += 1 + len(later)
             if max_refused is not None and len(refused) + conflicting > max_refused:
+                for barcode in list(conflicts)[:PROBLEMS_SHOWN]:
+                    refused += _conflict(barcode, [firsts[barcode], *repeats[barcode]])[:PROBLEMS_SHOWN]
+                refused.sort(key=lambda p: p.line)
                 raise CatalogCsvError(refused, max_refused + 1, file_level=True, stopped_at=start)
     except csv.Error as err:  # a quote never closed: the rest cannot be read as rows
         raise CatalogCsvError([RowProblem(line, _unreadable(err))], file_level=True) from None
@@ -684,13 +694,8 @@ def parse_csv(
     for barcode, (line, item) in firsts.items():
         if barcode not in conflicts:
             items[barcode] = item
-            continue
-        every = [(line, item), *repeats[barcode]]
-        why = (
-            f"barcode {values.shown(barcode, values.QUOTE_MAX_CHARS, bare=True)} is on "
-            f"{_lines([n for n, _ in every])} with another SKU, pack size or description; keep one of them"
-        )
-        refused += [RowProblem(n, why, "barcode", _item_cells(i)) for n, i in every]
+    for barcode in conflicts:
+        refused += _conflict(barcode, [firsts[barcode], *repeats[barcode]])
 
     def item_lines(barcode: str) -> list[int]:
         return [firsts[barcode][0], *(n for n, _ in repeats.get(barcode, ()))]
@@ -699,6 +704,16 @@ def parse_csv(
     refused += _look_alikes(items, item_lines, known)
     refused.sort(key=lambda p: p.line)
     return CsvCatalog(list(items.values()), rows, rows - len(refused), tuple(refused))
+
+
+def _conflict(barcode: str, rows: Sequence[tuple[int, CatalogItem]]) -> list[RowProblem]:
+    """The rows of a barcode found with other content on another row: each refused (which one is right, no one
+    said)."""
+    why = (
+        f"barcode {values.shown(barcode, values.QUOTE_MAX_CHARS, bare=True)} is on {_lines([n for n, _ in rows])} "
+        "with another SKU, pack size or description; keep one of them"
+    )
+    return [RowProblem(n, why, "barcode", _item_cells(item)) for n, item in rows]
 
 
 def _look_alikes(
