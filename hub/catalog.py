@@ -29,6 +29,7 @@ import os
 import re
 import ssl
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,13 +442,13 @@ def _columns(header: list[str]) -> list[str]:
     unknown = [header[i].strip() for i, c in enumerate(columns) if not c]
     problems = []
     if unknown:
-        named = ", ".join(values.shown(u, 40, bare=True) for u in unknown[:COLUMNS_NAMED])
+        shown = ", ".join(values.shown(u, 40, bare=True) for u in unknown[:COLUMNS_NAMED])
         more = f" and {len(unknown) - COLUMNS_NAMED:,} more" if len(unknown) > COLUMNS_NAMED else ""
         problems.append(
-            f"the header names column(s) the catalog does not take: {named}{more}; it takes {', '.join(CSV_HEADER)} "
+            f"the header names column(s) the catalog does not take: {shown}{more}; it takes {', '.join(CSV_HEADER)} "
             "(remove the others)"
         )
-    twice = sorted({c for c in columns if c and columns.count(c) > 1})
+    twice = sorted(c for c, n in Counter(columns).items() if c and n > 1)
     if twice:
         problems.append(f"the header names {', '.join(twice)} more than once")
     missing = [c for c in ("barcode", "sku") if c not in columns]

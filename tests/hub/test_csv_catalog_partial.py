@@ -348,3 +348,14 @@ async def test_a_refusal_of_a_wide_or_long_file_stays_short_and_names_what_it_me
     assert [p["line"] for p in answer["problems"][:3]] == [2, 3, 4]
     assert "barcode A1 is on lines 2, 3, 4, 5, 6 and 9,996 more with another SKU" in answer["problems"][0]["reason"]
     assert await store.catalog_version() == 0
+
+
+@pytest.mark.timeout(120)  # the hub's one event loop was busy with it for about 40 minutes
+async def test_a_header_naming_one_column_a_million_times_is_refused_at_once(
+    client: TestClient[Any, Any], store: HubStore, admin: str
+) -> None:
+    """Found black-box: the check for a column named twice counted each column among all of them, so a 4 MB
+    header of "sku" a million times held the hub's event loop (100,000 took 6 s; the time grows as the square)."""
+    body = b"barcode," + b",".join([b"sku"] * 1_000_000) + b"\nA1,X1\n"
+    status, answer = await put_partial(client, admin, body)
+    assert status == 400 and "the header names sku more than once" in answer["detail"]
