@@ -9,8 +9,15 @@ cancels it on the unknown key and one that books ``qty × pack_size`` on the
 real SKU, both at the original's ``occurred_at`` (``hub`` orders after the
 ``agent-…`` ids the hub issues, so a cancelling count follows the count it
 cancels). Their ids, seqs and contents derive from the original only, so
-re-booking again is answered as duplicates: a no-op. The ledger explains
-itself: ``source`` "hub:catalog", ``ref`` the original event id.
+re-booking again is answered as duplicates: a no-op. The ids derive from the
+original's namespaced id (its credential and its event id), as a bundle part's
+do: another credential sending a copy of a store's event id (every id is in the
+ledger) books a movement of its own, and can no longer take the store's
+re-booked ids first so that the store's movement is refused as a conflict and
+stays on the unknown key. Originals re-booked before that (their ids derived
+from the event id alone) are recognised by those ids and left as they are.
+The ledger explains itself: ``source`` "hub:catalog", ``ref`` the original
+event id.
 
 Kinds: a count is cancelled by a count of 0 and booked as a count; every other
 on-hand movement is cancelled by an adjust and booked as the same kind.
@@ -71,8 +78,31 @@ OPPOSITE = {Kind.RESERVE: Kind.RELEASE, Kind.RELEASE: Kind.RESERVE}
 # --- re-booking -------------------------------------------------------------
 
 
-def corrections(original: LedgerRow, item: CatalogItem) -> tuple[StockEvent, StockEvent]:
-    """The two events that move ``original`` (booked under an unknown barcode) to ``item``'s SKU.
+def rebooked_id(original: LedgerRow, tag: bytes, *, namespaced: bool = True) -> bytes:
+    """The id of ``original``'s cancelling (``tag`` b"cancel") or booking (b"book") event: derived from its
+    namespaced id (credential and event id); ``namespaced=False``, from its event id alone, as the hub derived
+    them before (``rebooked_before``)."""
+    if namespaced:
+        key = b"\x1f".join((b"hub:catalog", tag, original.agent_id.encode(), original.event_id))
+    else:
+        key = b"hub:catalog:" + tag + b":" + original.event_id
+    return derived_event_id(original.wall_ms, key)
+
+
+def rebooked_before(original: LedgerRow, hub_rows: dict[bytes, LedgerRow]) -> bool:
+    """Whether ``original`` was re-booked under the former ids, derived from its event id alone (``hub_rows``:
+    the hub's events on its unknown key, by id): its cancelling event is there at its location, stamp and seq.
+    Another credential's copy of its event id is at another location (or is another's movement all the same)
+    and gets ids of its own."""
+    cancel = hub_rows.get(rebooked_id(original, b"cancel", namespaced=False))
+    return cancel is not None and (cancel.location, cancel.occurred_at, cancel.seq) == (
+        original.location, original.occurred_at, original.seq,
+    )  # fmt: skip
+
+
+def corrections(original: LedgerRow, item: CatalogItem, *, namespaced: bool = True) -> tuple[StockEvent, StockEvent]:
+    """The two events that move ``original`` (booked under an unknown barcode) to ``item``'s SKU
+    (``namespaced=False``: with the former ids, ``rebooked_id``).
 
     Raises ``ProtocolError`` when they would break the event contract (qty × pack_size too large).
     """
@@ -93,7 +123,7 @@ def corrections(original: LedgerRow, item: CatalogItem) -> tuple[StockEvent, Sto
 
     def event(tag: bytes, sku: str, kind: Kind, qty: int, event_attrs: dict[str, Any]) -> StockEvent:
         return StockEvent(
-            event_id=derived_event_id(original.wall_ms, b"hub:catalog:" + tag + b":" + original.event_id),
+            event_id=rebooked_id(original, tag, namespaced=namespaced),
             agent_id=HUB_AGENT_ID,
             epoch=HUB_EPOCH,
             seq=original.seq,
@@ -120,14 +150,16 @@ async def rebook(store: RebookingStore, items: Collection[CatalogItem]) -> int:
     by_key = {unknown_sku(item.barcode): item for item in items}
     if not by_key:
         return 0
-    originals = [r for r in await store.unknown_events(list(by_key)) if r.agent_id != HUB_AGENT_ID]
+    stored = await store.unknown_events(list(by_key))
+    hub_rows = {r.event_id: r for r in stored if r.agent_id == HUB_AGENT_ID}
+    originals = [r for r in stored if r.agent_id != HUB_AGENT_ID]
     rebooked = 0
     for start in range(0, len(originals), REBOOK_BATCH_EVENTS):
         events: list[StockEvent] = []
         for original in originals[start : start + REBOOK_BATCH_EVENTS]:
             item = by_key[original.sku]
             try:
-                events += corrections(original, item)
+                events += corrections(original, item, namespaced=not rebooked_before(original, hub_rows))
             except ProtocolError as err:
                 log.warning(
                     "Cannot re-book event %s of barcode %s on %s: %s; it stays under %s.",

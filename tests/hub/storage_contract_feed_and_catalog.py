@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from hub.catalog import HUB_AGENT_ID, rebook
+from hub.catalog import HUB_AGENT_ID, corrections, rebook
 from hub.resolver import on_hand_as_of, resolve
 from hub.storage.base import (
     AgentIdentity,
@@ -374,6 +374,24 @@ class FeedAndCatalogContract:
         assert await rebook(store, [item]) == 0  # again: duplicates, nothing moves
         assert await store.latest_change_id() == mark
         assert len(await store.ledger(limit=100)) == len(ledger)
+
+    async def test_scans_rebooked_under_the_former_ids_are_not_rebooked_again(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        """A hub before namespaced re-booking ids derived them from the original's event id alone; its re-bookings
+        are recognised, so an upgraded hub does not book them a second time under the new ids."""
+        key = unknown_sku(CASE_GTIN)
+        scans = [ev(Kind.RECEIVE, 2, at_ms=1, sku=key), ev(Kind.RECEIVE, 1, at_ms=2, sku=key, location="S2")]
+        await store.ingest(who, 1, scans)
+        await store.put_catalog([CatalogItem(CASE_GTIN, "PEN", 12)])
+        item = (await store.catalog()).items[0]
+        former = [e for r in await store.unknown_events([key]) for e in corrections(r, item, namespaced=False)]
+        hub = AgentIdentity(HUB_AGENT_ID, frozenset({"S1", "S2"}), "admin")
+        await store.ingest(hub, 1, former)  # as the hub before them re-booked the scans
+
+        assert await rebook(store, [item]) == 0
+        counts = {(c.location, c.sku): c.on_hand for c in await store.counts()}
+        assert counts == {("S1", key): 0, ("S2", key): 0, ("S1", "PEN"): 24, ("S2", "PEN"): 12}
 
     async def test_unknown_events_lists_stored_events_of_those_keys(
         self, store: HubStore, who: AgentIdentity, ev: EventFactory

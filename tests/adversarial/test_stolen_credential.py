@@ -1,0 +1,120 @@
+"""One store's credential in the wrong hands, used against the other stores through the hub's API.
+
+A real ``python -m hub serve`` process (SQLite) on 127.0.0.1, credentials issued as ``shelfsync-hub agent add``
+issues them: store A's agent (bound to S001), store B's (S002), a reader and an admin. Whatever A's credential
+sends, it may book movements at S001 only; each test is one way it tried to reach S002 and what B's store sees.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol import (
+    Kind,
+    StockEvent,
+    SyncRequest,
+    SyncResponse,
+    decode_sync_response,
+    encode_sync_request,
+    new_event_id,
+    pack_hlc,
+    parse_event_id,
+    wall_ms_now,
+)
+from tests.harness.commands import run_hub
+from tests.harness.credentials import Credential, add_credential
+from tests.harness.hub_process import HubProcess
+
+BARCODE = "04006381333931"  # a GTIN-13 with a right check digit
+UNKNOWN = f"unknown:{BARCODE}"
+ANSWER_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    hub: HubProcess
+    a: Credential  # store A, bound to S001: the stolen one
+    b: Credential  # store B, bound to S002
+    reader: Credential
+    admin: Credential
+
+    def call(
+        self, method: str, path: str, token: str, body: bytes | None = None, ctype: str | None = None
+    ) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}"} | ({"Content-Type": ctype} if ctype else {})
+        req = urllib.request.Request(self.hub.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=ANSWER_TIMEOUT_S) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def read(self, path: str) -> Any:
+        status, body = self.call("GET", path, self.reader.token)
+        assert status == 200, body
+        return json.loads(body)
+
+    def sync(self, who: Credential, events: list[StockEvent]) -> SyncResponse:
+        body = encode_sync_request(SyncRequest(who.agent_id, 1, tuple(events)))
+        status, answer = self.call("POST", "/v1/sync", who.token, body, "application/msgpack")
+        assert status == 200, answer
+        return decode_sync_response(answer)
+
+    def on_hand(self, location: str, sku: str) -> int:
+        rows = self.read(f"/v1/locations/{location}/counts")["counts"]
+        return sum(r["on_hand"] for r in rows if r["sku"] == sku)
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    hub = HubProcess(tmp_path / "hub.log", db=tmp_path / "hub.db", port=0)
+    assert run_hub("init", "--db", str(tmp_path / "hub.db")).returncode == 0
+    creds = (
+        add_credential(hub.db, "S001"), add_credential(hub.db, "S002"),
+        add_credential(hub.db, role="reader"), add_credential(hub.db, role="admin"),
+    )  # fmt: skip
+    try:
+        yield Chain(hub.start(), *creds)
+    finally:
+        hub.close()
+
+
+def scan(who: Credential, seq: int, location: str, sku: str, qty: int) -> StockEvent:
+    now = wall_ms_now()
+    return StockEvent(
+        new_event_id(), who.agent_id, 1, seq, location, sku, Kind.RECEIVE, qty, pack_hlc(now, 0), now, "scanner:door"
+    )
+
+
+def test_a_copied_event_id_does_not_stop_another_stores_scans_being_rebooked(chain: Chain) -> None:
+    """B receives 7 of a barcode the catalog does not know yet; A reads B's event in the ledger (any credential may)
+    and books 1 at S001 under the same event id, wall clock and seq, stamped just before it (so it is re-booked
+    first). When the catalog learns the barcode, both stores' scans are re-booked onto the SKU: A's copy used to
+    take the re-booked ids first, so B's re-booking was refused as a conflict and B's 7 stayed on the unknown key
+    for good."""
+    chain.sync(chain.b, [scan(chain.b, 1, "S002", UNKNOWN, 7)])
+    (original,) = chain.read(f"/v1/ledger?location=S002&sku={UNKNOWN}")["events"]
+    copy = StockEvent(
+        parse_event_id(original["event_id"]), chain.a.agent_id, 1, original["seq"], "S001", UNKNOWN, Kind.RECEIVE, 1,
+        original["occurred_at"] - 1, original["wall_ms"], "scanner:door",
+    )  # fmt: skip
+    assert chain.sync(chain.a, [copy]).rejected == ()  # A's own movement at its own location: it may book it
+
+    item = json.dumps({"items": [{"barcode": BARCODE, "sku": "PEN"}]}).encode()
+    status, body = chain.call("PUT", "/v1/catalog", chain.admin.token, item, "application/json")
+    assert status == 200, body
+
+    assert (chain.on_hand("S002", "PEN"), chain.on_hand("S002", UNKNOWN)) == (7, 0)
+    assert (chain.on_hand("S001", "PEN"), chain.on_hand("S001", UNKNOWN)) == (1, 0)
+    assert "re-booking event(s) were refused" not in chain.hub.log
+    status, body = chain.call("PUT", "/v1/catalog", chain.admin.token, item, "application/json")
+    assert (status, json.loads(body)["rebooked"]) == (200, 0)  # re-booking again changes nothing
+    assert chain.on_hand("S002", "PEN") == 7
