@@ -49,6 +49,7 @@ from hub.auth import (
     auth_middleware,
     bearer_token,
     identity_again,
+    authenticate_again,
     identity_of,
     role_refused,
 )
@@ -209,6 +210,7 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
     finally:
         if give_back is not None:
             give_back.cancel()
+    await authenticate_again(request)  # revoked or re-bound while the body came: judged as it is now
     return await handler(request)
 
 

@@ -10,11 +10,15 @@ A request without an ``Authorization`` header may instead carry a dashboard
 session cookie (``hub.dashboard.sessions``): it is accepted on GET and HEAD
 only, and always identifies a reader, so no write route accepts it.
 
-The one route whose write confirms the credential inside its own transaction (``POST /v1/sync``: the store's
-``ingest`` reads it again with the batch's first read and writes nothing if it was revoked or bound elsewhere
-meanwhile) finds it in ``IdentityCache`` first: an agent's batches, dozens a second, no longer cost a read of
-the credential each before the transaction that reads it anyway. No other route takes an identity from it, and
-a batch asking to continue (``Expect: 100-continue``, a catch-up's) is still looked up from its head
+A request with a body is authenticated again once its body has come
+(``authenticate_again``), so a credential revoked while the body was on its way
+writes nothing.
+
+The one route whose write confirms the credential inside its own transaction instead (``POST /v1/sync``: the
+store's ``ingest`` reads it again with the batch's first read and writes nothing if it was revoked or bound
+elsewhere meanwhile) finds it in ``IdentityCache`` first: an agent's batches, dozens a second, no longer cost a
+read of the credential each before the transaction that reads it anyway. No other route takes an identity from
+it, and a batch asking to continue (``Expect: 100-continue``, a catch-up's) is still looked up from its head
 (``hub.heads``), so a revoked credential's big batch is refused before it is uploaded.
 
 A response that lasts (a change stream, a long-poll) asks ``still_valid``
@@ -188,6 +192,24 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise unknown_credential(request)
     request[IDENTITY_KEY] = identity
     return await handler(request)
+
+
+async def authenticate_again(request: web.Request) -> None:
+    """Once a request's body has come (hub.app.body_middleware): read its bearer credential from the store again,
+    and judge the request by what it is now. The middleware looked it up from the head, and a body may take up to
+    ``body_timeout_s`` to arrive (and a catch-up batch its turn in line before that): a credential revoked
+    meanwhile, on this hub process or another sharing the database, writes nothing (401), and one bound to other
+    locations meanwhile writes only at those. A dashboard session writes nothing: it is left as it is. A route whose
+    write confirms the credential in its own transaction (``IdentityCache.routes``: the sync) is left to it."""
+    if IDENTITY_KEY not in request or request.get(BY_SESSION_KEY, False):
+        return
+    cache = request.app.get(IDENTITY_CACHE_KEY)
+    if cache is not None and request.match_info.route.name in cache.routes:
+        return
+    identity = await request.app[STORE_KEY].authenticate(bearer_token(request))
+    if identity is None:
+        raise unknown_credential(request)
+    request[IDENTITY_KEY] = identity
 
 
 def unknown_credential(request: web.Request) -> Unauthorized:

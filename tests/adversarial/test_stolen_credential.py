@@ -8,6 +8,7 @@ sends, it may book movements at S001 only; each test is one way it tried to reac
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -118,3 +119,76 @@ def test_a_copied_event_id_does_not_stop_another_stores_scans_being_rebooked(cha
     status, body = chain.call("PUT", "/v1/catalog", chain.admin.token, item, "application/json")
     assert (status, json.loads(body)["rebooked"]) == (200, 0)  # re-booking again changes nothing
     assert chain.on_hand("S002", "PEN") == 7
+
+
+def _head_then_body(
+    chain: Chain, token: str, method: str, path: str, ctype: str, body: bytes, meanwhile: list[str]
+) -> int:
+    """Send a request's head asking to continue, wait for the hub's ``100 Continue`` (its credential was found good
+    from the head), run the ``shelfsync-hub`` command ``meanwhile``, then send the body; the answer's status."""
+    with socket.create_connection(("127.0.0.1", chain.hub.port), timeout=ANSWER_TIMEOUT_S) as conn:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        conn.sendall(head.encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 100"), "the hub refused the head"
+        done = run_hub(*meanwhile)
+        assert done.returncode == 0, done.stderr
+        conn.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = conn.recv(65536)
+            assert chunk, f"the hub closed the connection: {answer!r}"
+            answer += chunk
+        return int(answer.split(b" ", 2)[1])
+
+
+def test_a_credential_revoked_while_its_body_uploads_writes_nothing(chain: Chain) -> None:
+    """The thief's batch has its head through (``100 Continue``) when the operator revokes A's credential; the
+    body comes after. It used to be committed (200): revocation did not reach a request already under way."""
+    body = encode_sync_request(SyncRequest(chain.a.agent_id, 1, (scan(chain.a, 1, "S001", "SKU-1", 50),)))
+    revoke = ["agent", "revoke", "--db", str(chain.hub.db), chain.a.agent_id]
+    assert _head_then_body(chain, chain.a.token, "POST", "/v1/sync", "application/msgpack", body, revoke) == 401
+    assert chain.read("/v1/ledger?location=S001")["events"] == []
+
+
+def test_a_stolen_admin_credential_revoked_mid_upload_changes_no_catalog(chain: Chain) -> None:
+    item = json.dumps({"items": [{"barcode": BARCODE, "sku": "WRONG"}]}).encode()
+    revoke = ["agent", "revoke", "--db", str(chain.hub.db), chain.admin.agent_id]
+    assert _head_then_body(chain, chain.admin.token, "PUT", "/v1/catalog", "application/json", item, revoke) == 401
+    assert chain.read("/v1/catalog")["items"] == []
+
+
+def test_a_credential_bound_elsewhere_while_its_body_uploads_writes_only_there(chain: Chain) -> None:
+    """A's credential is bound to S009 instead of S001 (its PC moved to another store) while a batch is on its way:
+    the batch is judged by the binding it has when it arrives."""
+    body = encode_sync_request(SyncRequest(chain.a.agent_id, 1, (scan(chain.a, 1, "S001", "SKU-1", 50),)))
+    bind = ["agent", "bind", "--db", str(chain.hub.db), chain.a.agent_id, "--location", "S009"]
+    assert _head_then_body(chain, chain.a.token, "POST", "/v1/sync", "application/msgpack", body, bind) == 200
+    assert chain.on_hand("S001", "SKU-1") == 0
+    (refused,) = chain.read("/v1/ledger?location=S001")["events"]
+    assert (refused["effect"], refused["rejection_code"]) == ("rejected", "forbidden_location")
+
+
+def test_a_revocation_reaches_a_batch_under_way_at_another_postgresql_hub(pg_url: str, tmp_path: Path) -> None:
+    """Two hub processes share one PostgreSQL database; the operator revokes A's credential (the command writes the
+    database) while A's batch is on its way to the second hub. That hub refuses it, and the first refuses A's next
+    request: revocation holds on every hub process at once, for a request under way too."""
+    first = HubProcess(tmp_path / "hub-1.log", db=pg_url, port=0).start()
+    second = HubProcess(tmp_path / "hub-2.log", db=pg_url, port=0)
+    try:
+        creds = (add_credential(pg_url, "S001"), add_credential(pg_url, "S002"), add_credential(pg_url, role="reader"))
+        at_second = Chain(second.start(), *creds, admin=creds[2])
+        body = encode_sync_request(SyncRequest(creds[0].agent_id, 1, (scan(creds[0], 1, "S001", "SKU-1", 50),)))
+        revoke = ["agent", "revoke", "--db", pg_url, creds[0].agent_id]
+        assert (
+            _head_then_body(at_second, creds[0].token, "POST", "/v1/sync", "application/msgpack", body, revoke) == 401
+        )
+        at_first = Chain(first, *creds, admin=creds[2])
+        status, _ = at_first.call("POST", "/v1/sync", creds[0].token, body, "application/msgpack")
+        assert status == 401
+        assert at_first.read("/v1/ledger?location=S001")["events"] == []
+    finally:
+        second.close()
+        first.close()

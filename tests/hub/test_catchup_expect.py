@@ -453,7 +453,8 @@ async def test_a_sync_asking_to_continue_has_its_credential_looked_up_once_and_r
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Expect handler hands the identity it looked up to the auth middleware: one lookup a request, a known
-    agent's or not; an unknown or revoked credential is refused 401 and a reader's 403, as without ``Expect``."""
+    agent's or not (the batch's transaction confirms it, not another lookup once the body has come); an unknown or
+    revoked credential is refused 401 and a reader's 403, as without ``Expect``."""
     async with hub_in_process(tmp_path / "hub.db") as hub, aiohttp.ClientSession() as session:
         store = hub.store
         agent_id, token = await store.add_agent(["S1"])
