@@ -3,8 +3,10 @@
 Signing in with a reader (or admin) credential creates a session: a random
 256-bit id in an HttpOnly, SameSite=Strict cookie; the hub keeps only the
 SHA-256 of that id, in this process's memory, with the agent id and an
-expiry. A session identifies its holder as a *reader* whatever credential
-opened it, and the auth middleware accepts the cookie on GET and HEAD only,
+expiry. One credential holds at most ``SESSIONS_PER_CREDENTIAL_MAX`` sessions
+(its oldest is dropped past it), so signing in with one credential again and
+again ends no other credential's sessions (of ``SESSIONS_MAX`` in all). A
+session identifies its holder as a *reader* whatever credential opened it, and the auth middleware accepts the cookie on GET and HEAD only,
 so no write route can ever be reached with it. Signing out forgets the
 session at once; a revoked credential's sessions end within
 ``SESSION_RECHECK_S`` (at once for an open change stream or long-poll, which
@@ -34,6 +36,10 @@ SESSION_COOKIE = "shelfsync_session"
 SESSION_TTL_S = 12 * 3_600.0
 SESSION_RECHECK_S = 60.0
 SESSIONS_MAX = 10_000  # the oldest session is dropped past this
+# One credential's sessions at once (people sharing a reader credential, each in a browser or two); past it the
+# credential's own oldest is dropped, so one credential signing in again and again (a leaked reader key, a script)
+# cannot push every other person's session out past SESSIONS_MAX.
+SESSIONS_PER_CREDENTIAL_MAX = 20
 SIGN_IN_ROLES = frozenset({ROLE_READER, ROLE_ADMIN})
 
 
@@ -79,6 +85,9 @@ class DashboardSessions:
             )
         session_id = secrets.token_urlsafe(32)
         now = time.monotonic()
+        mine = [key for key, session in self._sessions.items() if session.agent_id == who.agent_id]  # oldest first
+        for key in mine[: max(0, len(mine) - SESSIONS_PER_CREDENTIAL_MAX + 1)]:
+            del self._sessions[key]
         self._sessions[_key(session_id)] = Session(who.agent_id, now + self._ttl_s, now)
         while len(self._sessions) > SESSIONS_MAX:
             self._sessions.popitem(last=False)

@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from hub.dashboard import SESSION_COOKIE, DashboardSessions
+from hub.dashboard import sessions as sessions_module
 from hub.dashboard.pages import ASSETS, PAGES
 from tests.hub.feed_helpers import Hub, running_hub
 
@@ -144,3 +145,18 @@ async def test_assets_are_served_and_nothing_comes_from_another_origin(hub: Hub)
         assert links and all(link.startswith(("/", "#", "data:")) for link in links), (name, links)
     assert not re.search(r"url\(|@import", files["dashboard.css"])
     assert "://" not in files["dashboard.js"]
+
+
+async def test_one_credential_signing_in_again_and_again_ends_nobody_elses_session(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leaked reader credential signed in more times than the hub keeps sessions (here 50): every other person's
+    session used to be pushed out, oldest first. Now the credential's own oldest go, past 20 of its own."""
+    monkeypatch.setattr(sessions_module, "SESSIONS_MAX", 50)
+    _, leaked = await hub.store.add_agent([], role="reader")
+    person = await sign_in(hub, hub.reader)
+    flood = [await sign_in(hub, leaked) for _ in range(60)]
+    hub.client.session.cookie_jar.clear()  # each request below carries only the session it names
+    assert (await hub.client.get("/v1/status", headers=cookie(person))).status == 200
+    kept = [(await hub.client.get("/v1/status", headers=cookie(s))).status for s in flood]
+    assert kept == [401] * 40 + [200] * 20
