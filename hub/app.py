@@ -239,6 +239,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         ],
     )
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
+    ratelimit.setup_reads(app, settings.read_bytes_per_s, settings.read_burst_bytes)  # 429 past a read budget
     # 429 on the public routes to an address refused too often (bad signatures, failed sign-ins)
     ratelimit.setup_refusals(app, settings.refused_attempts_per_s, settings.refused_attempts_burst)
     exportslots.setup(app, settings.export_max_per_credential, settings.export_max)  # 429/503 past the CSV caps

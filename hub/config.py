@@ -48,6 +48,10 @@ DEFAULT_REFUSED_ATTEMPTS_PER_S = 1.0
 DEFAULT_REFUSED_ATTEMPTS_BURST = 30
 DEFAULT_FEED_READ_ROWS_PER_S = 5_000.0  # changes a credential may read from the database a second, on average
 DEFAULT_FEED_READ_BURST = 100_000  # … and at once: a whole history of that many changes
+# Bytes of answers a credential may read of the other routes (counts, ledger, exceptions …) a second, on average, and
+# at once: a dashboard or a connector never meets it; one credential reading the biggest pages in a loop does.
+DEFAULT_READ_BYTES_PER_S = 4.0 * 1024 * 1024
+DEFAULT_READ_BURST_BYTES = 64 * 1024 * 1024
 DEFAULT_EXPORT_MAX_PER_CREDENTIAL = 2
 DEFAULT_EXPORT_MAX = 4
 EXPORT_MAX_LIMIT = 1_000
@@ -103,6 +107,8 @@ class HubSettings:
     refused_attempts_burst: int = DEFAULT_REFUSED_ATTEMPTS_BURST  # … and at once
     feed_read_rows_per_s: float = DEFAULT_FEED_READ_ROWS_PER_S  # changes a credential reads from the database; 0: off
     feed_read_burst: int = DEFAULT_FEED_READ_BURST  # changes a credential may read from the database at once
+    read_bytes_per_s: float = DEFAULT_READ_BYTES_PER_S  # bytes of answers of the other reads a credential gets; 0: off
+    read_burst_bytes: int = DEFAULT_READ_BURST_BYTES  # … and at once
     export_max_per_credential: int = DEFAULT_EXPORT_MAX_PER_CREDENTIAL  # CSV downloads one credential runs at once
     export_max: int = DEFAULT_EXPORT_MAX  # CSV downloads this hub process runs at once
     catchup_slots: int = CATCHUP_SLOTS  # catch-up batches (bodies over 256 KiB) this hub process commits at once
@@ -166,7 +172,7 @@ def _validate(s: HubSettings) -> None:
         raise ConfigError(f"shutdown_timeout_s must be between 0 and 3600 seconds, got {s.shutdown_timeout_s}")
     for key in (
         "body_timeout_s", "rate_limit_per_s", "feed_read_rows_per_s", "header_timeout_s", "keepalive_timeout_s",
-        "refused_attempts_per_s",
+        "refused_attempts_per_s", "read_bytes_per_s",
     ):  # 1 is a number too  # fmt: skip
         value = getattr(s, key)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -206,6 +212,12 @@ def _validate(s: HubSettings) -> None:
     _typed("feed_read_burst", s.feed_read_burst, int)
     if not 1 <= s.feed_read_burst <= 100_000_000:
         raise ConfigError(f"feed_read_burst must be between 1 and 100000000, got {s.feed_read_burst}")
+    _typed("read_bytes_per_s", s.read_bytes_per_s, float)
+    if not 0.0 <= s.read_bytes_per_s <= 1e12:
+        raise ConfigError(f"read_bytes_per_s must be between 0 (no limit) and 1e12, got {s.read_bytes_per_s}")
+    _typed("read_burst_bytes", s.read_burst_bytes, int)
+    if not 1 <= s.read_burst_bytes <= 10**12:
+        raise ConfigError(f"read_burst_bytes must be between 1 and 1000000000000, got {s.read_burst_bytes}")
     for key in ("export_max_per_credential", "export_max"):
         _typed(key, getattr(s, key), int)
         if not 1 <= getattr(s, key) <= EXPORT_MAX_LIMIT:

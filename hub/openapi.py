@@ -106,7 +106,8 @@ API_VERSION = "1.8.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # 1.8: GET /v1/channels answers each channel's settings; the dismiss and undismiss routes take order ids of up to
 # 105 characters (a register sale's sale:<adjustment id>), and answer 400 to one no order can have;
 # PUT /v1/catalog takes partial (a CSV body's good rows written, every refused row listed: rows, imported,
-# refused_count, refused, refused_csv), and a refused CSV row names its column
+# refused_count, refused, refused_csv), and a refused CSV row names its column;
+# 429 on every read with a credential past its budget of bytes read (read_bytes_per_s, read_burst_bytes)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -357,7 +358,8 @@ ERROR_STATUS: Mapping[int, tuple[str, str]] = {
           "batches (bodies over 256 KiB) at once and its line of waiting ones is full (or this one waited 10 s in it), "
           "or it holds two of this agent's already (to a POST /v1/sync sent with Expect: 100-continue, either is answered "
           "from the head, before 100 Continue), or (the change feed) it read more changes from the database than "
-          "feed_read_burst at once or feed_read_rows_per_s on average, or (a route without a credential) its client "
+          "feed_read_burst at once or feed_read_rows_per_s on average, or (any other read) it read more bytes of answers "
+          "than read_burst_bytes at once or read_bytes_per_s on average, or (a route without a credential) its client "
           "address was refused more often than refused_attempts_per_s; nothing of the request was stored: wait "
           "Retry-After seconds and send it again.")),
     500: ("internal_error", "A bug: the hub logged the cause and keeps serving."),
@@ -412,13 +414,14 @@ RATE_LIMIT_HEADERS: JSON = {
         f'The quota of this route (draft-ietf-httpapi-ratelimit-headers-10): "{RATE_LIMIT_POLICY}";q=<burst>;w=<seconds> '
         f"— q requests at once per credential, refilled at rate_limit_per_s (by default q={DEFAULT_RATE_LIMIT_BURST}, "
         f"{DEFAULT_RATE_LIMIT_PER_S:g} a second, so w={ratelimit.window_s(DEFAULT_RATE_LIMIT_PER_S, DEFAULT_RATE_LIMIT_BURST)}); "
-        f'on the change feed "{feed.READ_POLICY}";q=<feed_read_burst>;w=<seconds>, changes read from the database.',
+        f'on the change feed "{feed.READ_POLICY}";q=<feed_read_burst>;w=<seconds>, changes read from the database; '
+        f'on the other reads "{ratelimit.READS_POLICY}";q=<read_burst_bytes>;w=<seconds>, bytes of answers.',
         string(),
         required=True,
     ),
     "RateLimit": header(
         f'What is left of it for this credential: "{RATE_LIMIT_POLICY}";r=<requests left>;t=<seconds until full again> '
-        "(on the change feed, r counts changes).",
+        "(on the change feed, r counts changes; on the other reads, bytes).",
         string(),
         required=True,
     ),
@@ -582,6 +585,8 @@ def _paths() -> dict[str, JSON]:
     paths: dict[str, JSON] = {}
 
     def add(path: str, method: str, op: JSON) -> None:
+        if method == "get" and "x-shelfsync-roles" in op and "429" not in op["responses"]:  # a credential's read budget
+            op["responses"] = dict(sorted({**op["responses"], "429": {"$ref": "#/components/responses/E429"}}.items()))
         paths.setdefault(path, {})[method] = op
 
     add(routes.HEALTH_PATH, "get", operation(

@@ -22,6 +22,12 @@ The change feed keeps a second set of buckets (``hub.feed``, policy ``feed-reads
 from the database rather than requests: ``charge`` takes a read's rows once they are known, and ``owed_s``
 says how long a credential in debt waits.
 
+Every other read with a credential (a ``GET`` but the change feed's) is counted against a budget of its own per
+credential (``READ_BUDGET_KEY``, policy ``reads``), in bytes of the answers it was given: a credential in debt is
+answered ``429`` with Retry-After before anything is read (``check_reads``), and each answer is charged once made
+(``answer_bytes``; a CSV download, streamed, has its own cap instead). One credential reading the biggest pages in a loop slowed every store's sync a hundredfold
+before; now it waits for its budget, and the others read on.
+
 A well-behaved agent sends one request at a time and waits for the answer,
 so the default (50 a second, bursts of 100) only stops a runaway or hostile
 client. Buckets live in this hub process: several hubs sharing one
@@ -65,6 +71,10 @@ SWEEP_GROWTH = 2  # the next sweep waits until the table holds this many times w
 # The public routes whose refused attempts are counted per client address (RefusedAttempts), by route name.
 REFUSAL_LIMITED_ROUTES = frozenset({"channel_webhooks", "dashboard_sign_in"})
 REFUSALS_POLICY = "refused-attempts"
+READS_POLICY = "reads"  # the read budget's name: bytes of answers to the read routes, per credential
+# The reads with a budget of their own (the change feed's, counted in changes: hub.feed), left out of READS_POLICY.
+OWN_BUDGET_READS = frozenset({"changes", "changes_stream"})
+READ_METHODS = frozenset({"GET", "HEAD"})
 IPV6_PREFIX = 64  # an IPv6 client is counted by its /64: one host (or site) is given a whole /64 and picks within it
 
 
@@ -164,6 +174,47 @@ def setup(app: web.Application, rate_per_s: float, burst: int) -> None:
         app[LIMITER_KEY] = RateLimiter(rate_per_s, burst)
 
 
+READ_BUDGET_KEY = web.AppKey("read_budget", RateLimiter)  # bytes of read answers, per credential
+
+
+def setup_reads(app: web.Application, bytes_per_s: float, burst_bytes: int) -> None:
+    """Give every credential a budget of bytes of answers to its reads (``read_bytes_per_s``, ``read_burst_bytes``;
+    the change feed has its own); a rate of 0 turns it off."""
+    if bytes_per_s > 0:
+        app[READ_BUDGET_KEY] = RateLimiter(bytes_per_s, burst_bytes, policy=READS_POLICY)
+
+
+def read_budget_of(request: web.Request) -> RateLimiter | None:
+    """The read budget that ``request`` is counted against, or None (no budget on this hub; not an authenticated
+    read; the change feed, counted on its own)."""
+    budget = request.app.get(READ_BUDGET_KEY)
+    if budget is None or request.method not in READ_METHODS or IDENTITY_KEY not in request:
+        return None
+    return None if request.match_info.route.name in OWN_BUDGET_READS else budget
+
+
+def check_reads(budget: RateLimiter, who: AgentIdentity) -> None:
+    """A 429 with Retry-After, before anything is read, when ``who`` has read more than its budget allows."""
+    wait_s = budget.owed_s(who.agent_id)
+    if wait_s <= 0:
+        return
+    retry_after = retry_after_value(wait_s)
+    raise web.HTTPTooManyRequests(
+        text=f"{who.agent_id} read more from the hub than its budget allows ({budget.burst} bytes of answers at once, "
+        f"{budget.rate_per_s:g} a second on average: read_burst_bytes, read_bytes_per_s); read what changed (the "
+        f"change feed, If-None-Match) rather than everything again; try again in {retry_after} s",
+        headers={"Retry-After": retry_after, **budget.headers(who.agent_id)},
+    )
+
+
+def answer_bytes(response: web.StreamResponse) -> int:
+    """How many bytes of body ``response`` carries; 0 for a streamed answer (a CSV download, which has its own cap:
+    hub.exportslots)."""
+    if isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+        return len(response.body)
+    return 0
+
+
 COUNTED_KEY = web.RequestKey("rate_counted", bool)  # True: the request took its token already (from its head)
 
 
@@ -193,10 +244,17 @@ def count(request: web.Request, who: AgentIdentity) -> None:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a limited route's request with 429 when its credential's bucket is empty (after authentication), and a
-    public route's when its client address spent its refused attempts (``check_refusals``), before the body."""
+    """Refuse a limited route's request with 429 when its credential's bucket is empty (after authentication), a
+    read's when its credential spent its read budget (and charge the read its answer's bytes), and a public route's
+    when its client address spent its refused attempts (``check_refusals``), before the body."""
     if (answered := refusal_answer(request)) is not None:
         return answered
+    if (reads := read_budget_of(request)) is not None:
+        reader = request[IDENTITY_KEY]
+        check_reads(reads, reader)
+        response = await handler(request)
+        reads.charge(reader.agent_id, max(1, answer_bytes(response)))
+        return response
     limiter = limiter_of(request)
     who = request.get(IDENTITY_KEY)
     if limiter is None or who is None:

@@ -48,7 +48,7 @@ def test_every_config_key_is_documented() -> None:
     assert set(CONFIG_KEYS) == {
         "db", "host", "port", "max_body_bytes", "shutdown_timeout_s", "log_level", "access_log", "change_recheck_s",
         "advertise", "body_timeout_s", "rate_limit_per_s", "rate_limit_burst", "feed_read_rows_per_s", "feed_read_burst",
-        "refused_attempts_per_s", "refused_attempts_burst",
+        "refused_attempts_per_s", "refused_attempts_burst", "read_bytes_per_s", "read_burst_bytes",
         "header_timeout_s", "keepalive_timeout_s", "max_connections",
         "clock_window_s", "transfer_open_max_s", "agent_copies_window_s", "tls_cert", "tls_key", "public_url", "event_loop", "database_url_file",
         "export_max_per_credential", "export_max", "lease_stale_s", "catchup_slots",
