@@ -41,11 +41,9 @@ needs of an ingest.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, TypeAlias
@@ -267,31 +265,10 @@ def batch_locks(batch: Batch) -> set[Lockable]:
 
 
 async def lock_keys(conn: asyncpg.Connection, keys: Iterable[Lockable]) -> None:
-    """Take the transaction-scoped advisory locks of ``keys``, in sorted order (held until commit).
-
-    On a connection not in a transaction yet — a batch's write, whose transaction its locks begin (``begun_by_locks``)
-    — the locks go with its BEGIN as one simple query, their keys written out: one round trip less a batch."""
+    """Take the transaction-scoped advisory locks of ``keys``, in sorted order (held until commit)."""
     ordered = sorted({lock_key(k) for k in keys})
-    if not conn.is_in_transaction():
-        literal = LOCK_SQL.replace("$1::int8[]", f"'{{{','.join(map(str, ordered))}}}'::int8[]")
-        await conn.execute(f"BEGIN; {literal}")  # integers only: nothing to quote
-    elif ordered:
+    if ordered:
         await conn.execute(LOCK_SQL, ordered)
-
-
-@asynccontextmanager
-async def begun_by_locks(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    """A transaction on ``conn`` whose first statement is ``lock_keys`` (it sends the BEGIN), committed when the
-    block ends, rolled back when it raises. A batch's write makes one round trip less than with BEGIN of its own."""
-    try:
-        yield
-    except BaseException:
-        if conn.is_in_transaction() and not conn.is_closed():
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await conn.execute("ROLLBACK;")
-        raise
-    if conn.is_in_transaction():
-        await conn.execute("COMMIT;")
 
 
 def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

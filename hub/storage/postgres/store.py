@@ -42,14 +42,7 @@ from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
 from hub.storage.migrations import MigrationProgress
 from hub.storage.postgres import feed
-from hub.storage.postgres.ingest import (
-    PostgresIngest,
-    batch_keys,
-    begun_by_locks,
-    lock_keys,
-    sender_lockable,
-    stock_lockable,
-)
+from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
 from hub.storage.postgres.schema import SCHEMA_VERSION, check_not_newer, feed_history, migrate, schema_version
 from hub.storage.store import SqlHubStore
 from protocol import wall_ms_now
@@ -393,16 +386,14 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     async def _write(
         self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], *, unique_races: bool = False,
-        ingest: int = 0, booking: bool = False,
+        ingest: int = 0,
     ) -> T:  # fmt: skip
         """Run ``work`` in one transaction, retried whole when PostgreSQL aborts it
         for another's sake; return its result once committed. The transaction runs
         in its own task, so a cancelled caller does not cut it short. An ingest of
-        ``ingest`` events first waits for one of the hub's ``INGEST_TX_MAX`` turns.
-        ``booking``: ``work`` is a sender's batch, whose first statement is its locks (``_booking``), which
-        begin the transaction (``begun_by_locks``)."""
+        ``ingest`` events first waits for one of the hub's ``INGEST_TX_MAX`` turns."""
         self._check_open()
-        attempts = self._attempts(what, work, unique_races, begins_with_locks=booking)
+        attempts = self._attempts(what, work, unique_races)
         task = asyncio.ensure_future(self._ingest_turn(attempts, ingest) if ingest else attempts)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -431,17 +422,10 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
             for turn in reversed(taken):
                 turn.release()
 
-    async def _attempts(
-        self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], unique_races: bool,
-        begins_with_locks: bool = False,
-    ) -> T:  # fmt: skip
-        """``work`` in a transaction, tried again when PostgreSQL aborted it for another's sake. ``begins_with_locks``:
-        ``work``'s first statement is ``lock_keys`` (a batch's booking), which begins the transaction itself."""
+    async def _attempts(self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]], unique_races: bool) -> T:
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
-                async with self._connection() as conn, (
-                    begun_by_locks(conn) if begins_with_locks else conn.transaction()
-                ):
+                async with self._connection() as conn, conn.transaction():
                     result = await work(conn)
                 self._reached()
                 return result
@@ -515,10 +499,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self, what: str, work: Callable[[PostgresDb], Coroutine[Any, Any, T]], *, unique_races: bool = False,
         events: int = 0, sender: str | None = None,
     ) -> T:  # fmt: skip
-        return await self._write(
-            what, lambda conn: work(PostgresDb(conn)), unique_races=unique_races, ingest=events,
-            booking=sender is not None,  # SqlHubStore.ingest: its first statement is _booking's locks
-        )  # fmt: skip
+        return await self._write(what, lambda conn: work(PostgresDb(conn)), unique_races=unique_races, ingest=events)
 
     async def _booking(
         self, db: PostgresDb, work: Callable[[IngestTx], Awaitable[T]], *, batch: Batch | None = None,
