@@ -101,7 +101,7 @@ from protocol import event_id_hex
 from protocol import feed as wire
 from protocol.feed import CHANGE_CHECK_CHARS, HISTORY_CHARS, HISTORY_MAX_CHARS, HISTORY_SEP, split_history
 from protocol.logsafety import RepeatLog
-from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, retry_after_value, run_turns
+from protocol.retry import FULL_JITTER, Backoff, Streak, TurnFailed, run_turns
 
 log = logging.getLogger(__name__)
 
@@ -411,15 +411,13 @@ def check_budget(request: web.Request) -> None:
         return
     who = identity_of(request).agent_id
     wait_s = budget.owed_s(who)
-    if wait_s <= 0:
-        return
-    retry_after = retry_after_value(wait_s)
-    raise web.HTTPTooManyRequests(
-        text=f"{who} read more changes of the feed from the hub's database than its budget allows ({budget.burst} "
-        f"at once, {budget.rate_per_s:g} a second on average: feed_read_burst, feed_read_rows_per_s); follow the "
-        f"feed from the cursor it gave rather than read it again from the start; try again in {retry_after} s",
-        headers={"Retry-After": retry_after, **budget.headers(who)},
-    )
+    if wait_s > 0:
+        raise budget.refusal(
+            who, wait_s,
+            f"{who} read more changes of the feed from the hub's database than its budget allows ({budget.burst} "
+            f"at once, {budget.rate_per_s:g} a second on average: feed_read_burst, feed_read_rows_per_s); follow "
+            "the feed from the cursor it gave rather than read it again from the start",
+        )  # fmt: skip
 
 
 def charge(request: web.Request, page: Page) -> None:

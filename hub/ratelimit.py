@@ -150,6 +150,14 @@ class RateLimiter:
             "RateLimit": f'"{self.policy}";r={left};t={full_in_s}',
         }
 
+    def refusal(self, key: str, wait_s: float, why: str) -> web.HTTPTooManyRequests:
+        """The 429 of ``key``, whose bucket holds a token again in ``wait_s``: ``why``, when to try again, and the
+        Retry-After and RateLimit fields."""
+        retry_after = retry_after_value(wait_s)
+        return web.HTTPTooManyRequests(
+            text=f"{why}; try again in {retry_after} s", headers={"Retry-After": retry_after, **self.headers(key)}
+        )
+
     def _forget_full(self, now_s: float) -> None:
         """Forget every full bucket (a key that comes back starts full: the same). Asked of a new key once the table
         holds ``BUCKETS_MAX``, and then only once it holds ``SWEEP_GROWTH`` times what this sweep kept: a flood of
@@ -196,15 +204,13 @@ def read_budget_of(request: web.Request) -> RateLimiter | None:
 def check_reads(budget: RateLimiter, who: AgentIdentity) -> None:
     """A 429 with Retry-After, before anything is read, when ``who`` has read more than its budget allows."""
     wait_s = budget.owed_s(who.agent_id)
-    if wait_s <= 0:
-        return
-    retry_after = retry_after_value(wait_s)
-    raise web.HTTPTooManyRequests(
-        text=f"{who.agent_id} read more from the hub than its budget allows ({budget.burst} bytes of answers at once, "
-        f"{budget.rate_per_s:g} a second on average: read_burst_bytes, read_bytes_per_s); read what changed (the "
-        f"change feed, If-None-Match) rather than everything again; try again in {retry_after} s",
-        headers={"Retry-After": retry_after, **budget.headers(who.agent_id)},
-    )
+    if wait_s > 0:
+        raise budget.refusal(
+            who.agent_id, wait_s,
+            f"{who.agent_id} read more from the hub than its budget allows ({budget.burst} bytes of answers at once, "
+            f"{budget.rate_per_s:g} a second on average: read_burst_bytes, read_bytes_per_s); read what changed (the "
+            "change feed, If-None-Match) rather than everything again",
+        )  # fmt: skip
 
 
 def answer_bytes(response: web.StreamResponse) -> int:
@@ -234,12 +240,11 @@ def count(request: web.Request, who: AgentIdentity) -> None:
     request[COUNTED_KEY] = True
     wait_s = limiter.take(who.agent_id)
     if wait_s > 0:
-        retry_after = retry_after_value(wait_s)
-        raise web.HTTPTooManyRequests(
-            text=f"{who.agent_id} sent more than {limiter.burst} requests at once or more than "
-            f"{limiter.rate_per_s:g} a second for a while (rate_limit_per_s); try again in {retry_after} s",
-            headers={"Retry-After": retry_after, **limiter.headers(who.agent_id)},
-        )
+        raise limiter.refusal(
+            who.agent_id, wait_s,
+            f"{who.agent_id} sent more than {limiter.burst} requests at once or more than "
+            f"{limiter.rate_per_s:g} a second for a while (rate_limit_per_s)",
+        )  # fmt: skip
 
 
 @web.middleware
@@ -368,14 +373,12 @@ class RefusedAttempts:
         if wait_s <= 0:
             return
         self.limited.record(key, f"{request.method} {request.rel_url.raw_path}"[:120])
-        retry_after = retry_after_value(wait_s)
         limiter = self.limiter
-        raise web.HTTPTooManyRequests(
-            text=f"{key} was refused more than {limiter.burst} times at once or more than {limiter.rate_per_s:g} a "
-            f"second for a while (a bad signature or credential; refused_attempts_per_s); try again in "
-            f"{retry_after} s",
-            headers={"Retry-After": retry_after, **limiter.headers(key)},
-        )
+        raise limiter.refusal(
+            key, wait_s,
+            f"{key} was refused more than {limiter.burst} times at once or more than {limiter.rate_per_s:g} a "
+            "second for a while (a bad signature or credential; refused_attempts_per_s)",
+        )  # fmt: skip
 
 
 REFUSALS_KEY = web.AppKey("refused_attempts", RefusedAttempts)

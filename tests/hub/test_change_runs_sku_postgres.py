@@ -120,6 +120,14 @@ async def _runs_read(conn: asyncpg.Connection, sku: str, times: int) -> tuple[in
     return after[0] - before[0], after[1] - before[1]
 
 
+async def _absent_sku_read_by_the_index(conn: asyncpg.Connection) -> None:
+    """A SKU in no run, read once and then twelve times on ``conn``: no run read, the GIN index scanned each time."""
+    for times in (1, 12):
+        read, scans = await _runs_read(conn, "NOT-SOLD-HERE", times)
+        assert read == 0, f"{read} runs read for a SKU in none, {times} reads"
+        assert scans == times
+
+
 async def test_a_sku_in_no_run_is_looked_up_in_the_index_not_in_every_run(pg_url: str) -> None:
     """Upgraded from schema 16, the runs are made by 017 without statistics, which 019 gives them (without, a SKU in
     no run read every run, as in a new hub's feed below); read twelve times on one connection (a kept statement's
@@ -142,10 +150,7 @@ async def test_a_sku_in_no_run_is_looked_up_in_the_index_not_in_every_run(pg_url
             await conn.execute("UPDATE change_counter SET last_id = 40000")
         async with PostgresHubStore.open(pg_url):
             assert await conn.fetchval("SELECT count(*) FROM change_runs") == 400
-            for times in (1, 12):
-                read, scans = await _runs_read(conn, "NOT-SOLD-HERE", times)
-                assert read == 0, f"{read} runs read for a SKU in none, {times} reads"
-                assert scans == times
+            await _absent_sku_read_by_the_index(conn)
     finally:
         await conn.close()
 
@@ -157,10 +162,7 @@ async def test_a_new_hubs_feed_finds_a_sku_in_no_run_by_the_index(pg_url: str) -
         conn = await asyncpg.connect(pg_url)
         try:
             await _append(conn, [_batch(rng, "S1", [f"SKU-{b}-{i}" for i in range(40)]) for b in range(300)])
-            for times in (1, 12):
-                read, scans = await _runs_read(conn, "NOT-SOLD-HERE", times)
-                assert read == 0, f"{read} runs read for a SKU in none, {times} reads"
-                assert scans == times
+            await _absent_sku_read_by_the_index(conn)
         finally:
             await conn.close()
 
