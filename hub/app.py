@@ -47,9 +47,9 @@ from hub.auth import (
     Handler,
     IdentityCache,
     auth_middleware,
+    authenticate_again,
     bearer_token,
     identity_again,
-    authenticate_again,
     identity_of,
     role_refused,
 )
