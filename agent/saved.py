@@ -205,6 +205,13 @@ class SavedCopies:
                 await self._take(path)
             await asyncio.sleep(LOOK_S)
 
+    def _first_time(self, path: Path) -> bool:
+        """Whether what is wrong with ``path`` is to be said now: once while the agent runs, until it is taken."""
+        if path in self._said:
+            return False
+        self._said.add(path)
+        return True
+
     async def _take(self, path: Path) -> None:
         if self._outbox.replaced.is_set():
             return
@@ -216,8 +223,7 @@ class SavedCopies:
         except OutboxClosed:
             raise
         except NotTaken as err:
-            if path not in self._said:
-                self._said.add(path)
+            if self._first_time(path):
                 log.error(
                     "The movements of the saved outbox copy %s could not be taken into the outbox: %s; the copy is"
                     " left as it is and taken once the outbox takes them.",
@@ -225,8 +231,7 @@ class SavedCopies:
                 )  # fmt: skip
             return
         except EventConflict as err:
-            if path not in self._said:
-                self._said.add(path)
+            if self._first_time(path):
                 log.error(
                     "The saved outbox copy %s holds a movement the outbox holds with other content (%s); it is left"
                     " as it is and taken no further: send it with `shelfsync-agent outbox send %s`.",
@@ -236,8 +241,7 @@ class SavedCopies:
         except AgentError as err:
             if self._outbox.replaced.is_set():  # the outbox's own refusal: the agent stops
                 return
-            if path not in self._said:
-                self._said.add(path)
+            if self._first_time(path):
                 log.error(
                     "The saved outbox copy %s cannot be read as an outbox of this agent (%s); it is left as it is"
                     " and not sent: move it away, or send it with `shelfsync-agent outbox send %s` once it can"
@@ -246,8 +250,7 @@ class SavedCopies:
                 )  # fmt: skip
             return
         except Exception:  # a bug must not end the taking of the other copies, nor the agent
-            if path not in self._said:
-                self._said.add(path)
+            if self._first_time(path):
                 log.exception("Taking the saved outbox copy %s into the outbox failed; it is left as it is.", path)
             return
         self._said.discard(path)

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -84,10 +83,7 @@ def test_an_outbox_replaced_under_the_running_agent_is_saved_and_sent(
     agent.wait_for_log("started with outbox")
     recorded = [_record_by_hand(store, f"EARLY-{i}") for i in range(2)]
     backup = store.data_dir / "backup.sqlite3"
-    source, copy = sqlite3.connect(store.outbox), sqlite3.connect(backup)
-    source.backup(copy)
-    source.close()
-    copy.close()
+    sqlite_backup(store.outbox, backup)
     recorded += [_record_by_hand(store, f"LATE-{i}") for i in range(2)]
     os.replace(backup, store.outbox)  # the backup put back while the agent runs
 
