@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import aiohttp
 from aiohttp import web
 
-from hub import csvexport, heads, views
+from hub import csvexport, csvtext, heads, views
 from hub import problems as problem_details
 from hub.auth import ROLE_ADMIN, STORE_KEY, identity_of, role_refused
 from hub.config import url_problem
@@ -255,12 +255,13 @@ async def put_catalog(request: web.Request) -> web.Response:
     ``?partial=true`` its good rows, every refused row listed), then re-book the scans of barcodes that were
     unknown."""
     who = identity_of(request)
-    partial = _head(request, who)
+    partial, charset = _head(request, who)
     store: RebookingStore = request.app[STORE_KEY]
     read: CsvCatalog | None = None
     if request.content_type in CSV_CONTENT_TYPES:
         try:
-            read = parse_csv(await request.read(), {item.sku for item in (await store.catalog()).items})
+            known = {item.sku for item in (await store.catalog()).items}
+            read = parse_csv(await request.read(), known, charset=charset)
             if read.refused and not partial:
                 raise CatalogCsvError(read.refused, good=read.taken)
         except CatalogCsvError as err:
@@ -302,11 +303,29 @@ def _check_head(request: web.Request, who: AgentIdentity) -> None:
     _head(request, who)
 
 
-def _head(request: web.Request, who: AgentIdentity) -> bool:
+def _head(request: web.Request, who: AgentIdentity) -> tuple[bool, csvtext.Charset | None]:
     """What ``put_catalog`` refuses before it reads the body, asked of a head too (hub.heads); whether it is to
-    take a CSV's good rows (``?partial=true``)."""
+    take a CSV's good rows (``?partial=true``), and the charset a CSV body is declared in (None: UTF-8)."""
     heads.refuse(role_refused(who, {ROLE_ADMIN}, "change the catalog"))
-    return partial_param(views.Query(request, {PARTIAL_PARAM}))
+    partial = partial_param(views.Query(request, {PARTIAL_PARAM}))
+    if request.content_type not in CSV_CONTENT_TYPES:
+        return partial, None
+    try:
+        label = csvtext.declared(request.headers.get("Content-Type"))
+        if label is None:
+            return partial, None
+        return partial, csvtext.lookup(label, "the Content-Type's charset", CHARSETS_LISTED)
+    except csvtext.CharsetRefused as err:
+        raise CharsetUnsupported(f"{err}; nothing was imported") from None
+
+
+class CharsetUnsupported(web.HTTPUnsupportedMediaType):
+    """The 415 for a CSV body in a charset the hub does not read (hub.csvtext), its ``charsets`` member listing
+    every one it does (hub.heads.problem_of)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(text=detail)
+        self.problem_members = {"charsets": list(csvtext.accepted())}
 
 
 def item_json(item: CatalogItem) -> dict[str, Any]:
@@ -361,7 +380,7 @@ SPACES_RE = re.compile(r"\s+")
 LINE_END_RE = re.compile(r"\r\n|\r|\n")
 ITEM_COLUMN_RE = re.compile(r"^items\[0\]\.(barcode|sku|pack_size|description)\b")
 PARTIAL_PARAM = "partial"
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Excel's "Unicode Text" is UTF-16 with one
+CHARSETS_LISTED = " (the answer's charsets lists every one)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,26 +465,6 @@ def partial_param(query: views.Query) -> bool:
     raise web.HTTPBadRequest(
         text=f"{PARTIAL_PARAM} must be true or false, got {values.shown(raw, values.QUOTE_MAX_CHARS)}"
     )
-
-
-def _text_of(data: bytes) -> str:
-    if data.startswith(UTF16_BOMS):
-        try:
-            return data.decode("utf-16")  # the byte-order mark says which end first, and is dropped
-        except UnicodeDecodeError as err:
-            line = data[: err.start].decode("utf-16", "replace").count("\n") + 1
-            raise CatalogCsvError(
-                [RowProblem(line, 'the file starts as UTF-16 text but is not; save it as "CSV UTF-8" (Excel)')],
-                file_level=True,
-            ) from None
-    try:
-        return data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise CatalogCsvError(
-            [RowProblem(line, 'the file is not UTF-8 text; save it as "CSV UTF-8" (Excel) or UTF-8 CSV')],
-            file_level=True,
-        ) from None
 
 
 def _columns(header: list[str]) -> list[str]:
@@ -622,7 +621,7 @@ def _item_cells(item: CatalogItem) -> tuple[str, ...]:
 
 def parse_csv(
     data: bytes, known_skus: Collection[str] = (), *, max_items: int | None = CATALOG_ITEMS_MAX,
-    max_refused: int | None = REFUSED_MAX,
+    max_refused: int | None = REFUSED_MAX, charset: csvtext.Charset | None = None, how_to_name: str = "charset=",
 ) -> CsvCatalog:  # fmt: skip
     """The rows of a catalog CSV (a header row naming barcode, sku and optionally pack_size, description; comma,
     semicolon or tab separated): the items of its good rows, and every row refused with its line, column and why.
@@ -633,8 +632,13 @@ def parse_csv(
     the row of the odd spelling — the catalog's spelling stands, else the file's plain one (as it looks), else
     every spelling of that look is refused. ``CatalogCsvError`` when the file itself cannot be used: not text, no
     header, unreadable quoting, more than ``max_items`` barcodes, or more than ``max_refused`` refused rows (read
-    no further: such a file is not this catalog)."""
-    text = _text_of(data)
+    no further: such a file is not this catalog). The file is text in ``charset``, else UTF-8 or UTF-16 with its
+    byte-order mark (``hub.csvtext``; ``how_to_name``: how the sender names a charset, in the sentence refusing a
+    file that is not UTF-8)."""
+    try:
+        text = csvtext.text_of(data, charset, how_to_name=how_to_name)
+    except csvtext.TextUnreadable as err:
+        raise CatalogCsvError([RowProblem(err.line, err.reason)], file_level=True) from None
     first_line = text.split("\n", 1)[0]
     delimiter = next((d for d in (",", ";", "\t") if d in first_line), ",")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
@@ -845,7 +849,9 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> None:
         help="import a catalog CSV (barcode, sku, pack_size, description): its good rows, "
         "and its refused ones written to a file to fix and import",
     )
-    imp.add_argument("file", metavar="FILE", help="the CSV file, UTF-8, with a header row ('-': standard input)")
+    imp.add_argument("file", metavar="FILE", help="the CSV file, with a header row ('-': standard input)")
+    imp.add_argument("--encoding", metavar="CHARSET", help="the charset the file is saved in, e.g. windows-1252, "
+                     "iso-8859-15, shift_jis (default: UTF-8, or UTF-16 with its byte-order mark)")  # fmt: skip
     imp.add_argument(
         "--hub",
         metavar="URL",
@@ -866,6 +872,12 @@ def import_command(args: argparse.Namespace, settings_of: Callable[[], HubSettin
     then write its good rows in chunks with a progress line each (``--all-or-nothing``: nothing at all if a row is
     refused). Returns the exit status (2: nothing or not everything was imported)."""
     name = "standard input" if args.file == "-" else args.file
+    charset = None
+    if args.encoding is not None:
+        try:
+            charset = csvtext.lookup(args.encoding, "--encoding", f" or one of {', '.join(csvtext.accepted())}")
+        except csvtext.CharsetRefused as error:
+            raise CatalogImportError(f"{error}; nothing was imported") from None
     try:
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as error:
@@ -882,7 +894,7 @@ def import_command(args: argparse.Namespace, settings_of: Callable[[], HubSettin
             raise CatalogImportError("--token-file and --ca-file go with --hub; leave them out to write to --db")
         known = asyncio.run(_catalog_skus(settings_of().db))
     try:
-        read = parse_csv(data, known, max_items=None, max_refused=None)
+        read = parse_csv(data, known, max_items=None, max_refused=None, charset=charset, how_to_name="--encoding ")
         if read.refused and args.all_or_nothing:
             raise CatalogCsvError(read.refused, good=read.taken)
     except CatalogCsvError as error:

@@ -187,12 +187,14 @@ def store_failed(request: web.Request, err: StoreClosed | StoreError) -> web.Res
 
 
 def problem_of(request: web.Request, exc: web.HTTPException) -> web.Response:
-    """The problem answer of a refusal raised as an aiohttp HTTP exception, with the headers it must keep."""
+    """The problem answer of a refusal raised as an aiohttp HTTP exception, with the headers it must keep and the
+    members of its own it names (``problem_members``, e.g. a 415's ``charsets``)."""
     keep = {
         k: v for k, v in exc.headers.items()
         if k.lower() in ("www-authenticate", "allow", "connection", "retry-after", "ratelimit-policy", "ratelimit")
     }  # fmt: skip
-    return problems.response(exc.status, _message(request, exc), headers=keep)
+    members = getattr(exc, "problem_members", {})
+    return problems.response(exc.status, _message(request, exc), headers=keep, **members)
 
 
 def _message(request: web.Request, exc: web.HTTPException) -> str:

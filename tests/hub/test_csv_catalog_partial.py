@@ -200,8 +200,9 @@ async def test_a_file_that_is_not_utf8_is_refused_whole_even_with_partial(
     status, answer = await put_partial(client, admin, body)
     assert status == 400
     assert answer["problems"] == [
-        {"line": 3, "column": None, "reason": 'the file is not UTF-8 text; save it as "CSV UTF-8" (Excel) or UTF-8 CSV'}
-    ]
+        {"line": 3, "column": None, "reason": 'the file is not UTF-8 text (byte 0xe9 at offset 45); save it as "CSV '
+         'UTF-8" (Excel) or UTF-8 CSV, or name the charset it is saved in (charset=windows-1252)'}
+    ]  # fmt: skip
     assert answer["detail"].startswith("the file cannot be read, so nothing was imported")
     assert await store.catalog_version() == 0
 

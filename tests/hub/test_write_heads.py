@@ -102,6 +102,7 @@ async def test_every_write_route_refuses_what_its_head_condemns_before_100_conti
             ("PUT", "/v1/catalog", agent, items, JSON, "", 403, b"agent credential cannot change the catalog"),
             ("PUT", "/v1/catalog", reader, items, JSON, "", 403, b"reader credential cannot change the catalog"),
             ("PUT", "/v1/catalog", revoked, items, JSON, "", 401, b"unknown or has been revoked"),
+            ("PUT", "/v1/catalog", admin, b"barcode,sku\n", "text/csv; charset=utf-7", "", 415, b"plain ASCII"),
             ("PUT", "/v1/bundles/GIFT-1", agent, recipe, JSON, "", 403, b"cannot set a bundle's recipe"),
             ("PUT", "/v1/locations/WEB/skus/MUG-01/safety-stock", reader, b'{"qty": 2}', JSON, "", 403,
              b"cannot change safety stock"),
