@@ -1181,12 +1181,28 @@
   // An operator's file is imported as a retailer expects: its good rows are written, each refused row is listed
   // with its line, column and why, and the refused rows download as a CSV to fix and import again (its problem
   // column is left aside). "All or nothing" is there for who wants it. The import is sent with the admin
-  // credential given in this tab (the session cookie only reads), as a mapping is.
+  // credential given in this tab (the session cookie only reads), as a mapping is. A browser sends the file's bytes
+  // as they are: the person says which charset the file is saved in (an ERP's export in Windows-1252, a Japanese
+  // Excel's in Shift_JIS), and the hub reads it in that one (Content-Type: text/csv; charset=...).
 
-  const catalogImport = { result: null, error: null, problems: [], refusedUrl: null, partial: true };
+  const catalogImport = { result: null, error: null, problems: [], refusedUrl: null, partial: true, charset: "" };
+  const CATALOG_CHARSETS = [ // value: the Content-Type's charset ("": none, the hub reads UTF-8 or UTF-16 with its mark)
+    ["", "UTF-8 (Excel's \"CSV UTF-8\", or UTF-16 \"Unicode Text\")"],
+    ["windows-1252", "Windows-1252 (Western European: Excel's \"CSV\" on Windows)"],
+    ["iso-8859-15", "ISO-8859-15 (Latin-9, Western European with €)"],
+    ["windows-1250", "Windows-1250 (Central European)"],
+    ["windows-1251", "Windows-1251 (Cyrillic)"],
+    ["windows-1253", "Windows-1253 (Greek)"],
+    ["windows-1254", "Windows-1254 (Turkish)"],
+    ["macintosh", "Mac OS Roman"],
+    ["shift_jis", "Shift_JIS (Japanese)"],
+    ["gb18030", "GB18030 (Simplified Chinese)"],
+    ["big5", "Big5 (Traditional Chinese)"],
+    ["euc-kr", "EUC-KR (Korean)"],
+  ];
 
-  function catalogImportCommand(partial) {
-    return `curl -sS -X PUT -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: text/csv" ` +
+  function catalogImportCommand(partial, charset) {
+    return `curl -sS -X PUT -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: text/csv${charset ? "; charset=" + charset : ""}" ` +
       `--data-binary @catalog.csv '${window.location.origin}/v1/catalog${partial ? "?partial=true" : ""}'`;
   }
 
@@ -1201,15 +1217,19 @@
     const file = h("input", { id: "catalog-file", type: "file", accept: ".csv,.txt,text/csv", required: true });
     const credential = h("input", { id: "catalog-credential", type: "password", autocomplete: "off", spellcheck: "false" });
     const partial = h("input", { id: "catalog-partial", type: "checkbox", checked: catalogImport.partial });
-    const command = h("code", { class: "command-text", id: "catalog-command" }, catalogImportCommand(catalogImport.partial));
+    const charset = h("select", { id: "catalog-charset" },
+      CATALOG_CHARSETS.map(([value, label]) => h("option", { value, selected: value === catalogImport.charset }, label)));
+    const command = h("code", { class: "command-text", id: "catalog-command" },
+      catalogImportCommand(catalogImport.partial, catalogImport.charset));
     const submit = h("button", { type: "submit", class: "button-primary", id: "catalog-submit" }, "Import");
     const update = () => {
-      command.textContent = catalogImportCommand(partial.checked);
+      command.textContent = catalogImportCommand(partial.checked, charset.value);
       submit.disabled = !file.files.length || !(adminCredential || credential.value.trim());
     };
-    for (const input of [file, credential, partial]) { input.addEventListener("input", update); input.addEventListener("change", update); }
+    for (const input of [file, credential, partial, charset]) { input.addEventListener("input", update); input.addEventListener("change", update); }
     const form = h("form", { class: "card import-form", id: "catalog-import" },
-      h("label", { for: "catalog-file" }, "CSV file: barcode, sku and optionally pack_size, description (UTF-8, as Excel's \"CSV UTF-8\" saves it)"), file,
+      h("label", { for: "catalog-file" }, "CSV file: barcode, sku and optionally pack_size, description"), file,
+      h("label", { for: "catalog-charset" }, "Saved in"), charset,
       h("label", { class: "check" }, partial, " Import the good rows and list the refused ones (unticked: nothing is imported if one row is refused)"),
       adminCredential ? h("p", { class: "muted", id: "catalog-credential-kept" }, "Using the admin credential you gave in this tab.")
         : [h("label", { for: "catalog-credential" }, "Admin credential"), credential,
@@ -1222,8 +1242,9 @@
       const token = adminCredential || credential.value.trim();
       submit.disabled = true;
       catalogImport.partial = partial.checked;
+      catalogImport.charset = charset.value;
       try {
-        await importCatalog(token, file.files[0], partial.checked);
+        await importCatalog(token, file.files[0], partial.checked, charset.value);
         adminCredential = token;
       } catch (err) {
         if (err.status === 401 || err.status === 403) adminCredential = null;
@@ -1259,7 +1280,7 @@
     form, ...outcome];
   }
 
-  async function importCatalog(token, file, partial) {
+  async function importCatalog(token, file, partial, charset) {
     catalogImport.result = null;
     catalogImport.error = null;
     catalogImport.problems = [];
@@ -1269,7 +1290,8 @@
     try {
       response = await fetch("/v1/catalog" + (partial ? "?partial=true" : ""), { method: "PUT", credentials: "omit",
         body: await file.arrayBuffer(),
-        headers: { Authorization: `Bearer ${token}`, "Content-Type": "text/csv", Accept: "application/json" } });
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "text/csv" + (charset ? `; charset=${charset}` : ""),
+          Accept: "application/json" } });
     } catch (err) {
       catalogImport.error = "Not imported: the hub cannot be reached; try again.";
       throw Object.assign(new Error(catalogImport.error), { status: 0 });

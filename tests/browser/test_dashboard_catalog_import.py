@@ -110,3 +110,41 @@ async def test_a_supplier_csv_is_imported_from_the_catalog_page_and_its_refused_
         "Failed to load resource: the server responded with a status of 403 (Forbidden)",
         "Failed to load resource: the server responded with a status of 400 (Bad Request)",
     ], console_errors
+
+
+ERP_EXPORT = f"barcode;sku;description\r\n{PEN};PEN-BLUE;Stylo « Café » 5 €\r\n{MUG};MUG;Tasse für Müller\r\n"
+
+
+async def test_a_file_saved_in_windows_1252_is_imported_once_the_page_is_told_its_charset(
+    page: Page, tmp_path: Path, console_errors: list[str], screenshot: Screenshot
+) -> None:
+    """Found black-box: an ERP's Windows-1252 export could not be imported from the page at all (the browser sends
+    the bytes as they are, and the page sent no charset); the page now asks which charset the file is saved in."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        store, url = served.store, served.url
+        _, reader = await store.add_agent([], role="reader")
+        _, admin = await store.add_agent([], role="admin")
+        await sign_in(page, url, reader)
+        await page.click('#tabs a[data-view="catalog"]')
+        await expect(page.locator("#catalog-charset")).to_have_value("")  # UTF-8 unless told
+        await choose_file(page, "erp.csv", ERP_EXPORT.encode("cp1252"))
+        await page.fill("#catalog-credential", admin)
+        await page.click("#catalog-submit")
+        await expect(page.locator("#catalog-error")).to_contain_text("the file is not UTF-8 text (byte 0xab at offset")
+        await expect(page.locator("#catalog-error")).to_contain_text("name the charset it is saved in")
+        assert await store.catalog_version() == 0
+
+        await page.select_option("#catalog-charset", "windows-1252")
+        await expect(page.locator("#catalog-command")).to_contain_text(
+            '-H "Content-Type: text/csv; charset=windows-1252"'
+        )
+        await choose_file(page, "erp.csv", ERP_EXPORT.encode("cp1252"))
+        await page.click("#catalog-submit")
+        await expect(page.locator("#catalog-result")).to_contain_text("Imported 2 of 2 rows of erp.csv")
+        await expect(page.locator("#catalog-charset")).to_have_value("windows-1252")  # as it was left
+        await screenshot("dashboard-catalog-import-charset")
+        assert {i.barcode: i.description for i in (await store.catalog()).items} == {
+            PEN: "Stylo « Café » 5 €",
+            MUG: "Tasse für Müller",
+        }
+    assert console_errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
