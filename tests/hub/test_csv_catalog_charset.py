@@ -8,13 +8,16 @@ or one that hides characters in plain ASCII, as UTF-7 does) is a 415 naming it a
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hub import HubStore, open_store
+from hub import HubStore, csvtext, open_store
 from tests.hub.test_csv_catalog import MUG, PEN, admin, put_csv, run
 
 __all__ = ["admin"]  # the fixture, shared with test_csv_catalog
@@ -177,6 +180,15 @@ async def test_a_byte_order_mark_that_contradicts_the_declared_charset_is_said_s
     assert words in answer["problems"][0]["reason"], answer["problems"][0]["reason"]
     assert "which one is it" in answer["problems"][0]["reason"]
     assert await store.catalog_version() == 0
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_no_charset_taken_decodes_to_more_characters_than_bytes(data: bytes) -> None:
+    """So ``max_body_bytes`` bounds the decoded text too, whatever the charset: a 50 MB body is at most 50 million
+    characters (the hub's peak memory for one, measured: about 10 bytes a character, whatever the charset)."""
+    for name in csvtext.accepted():
+        assert len(codecs.decode(data, name, "replace")) <= len(data), name
 
 
 # --- the command ---------------------------------------------------------------------------------------------
