@@ -91,7 +91,7 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.8.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.9.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
@@ -108,6 +108,8 @@ API_VERSION = "1.8.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # PUT /v1/catalog takes partial (a CSV body's good rows written, every refused row listed: rows, imported,
 # refused_count, refused, refused_csv), and a refused CSV row names its column;
 # 429 on every read with a credential past its budget of bytes read (read_bytes_per_s, read_burst_bytes)
+# 1.9: PUT /v1/catalog reads a CSV body in the charset its Content-Type declares, and answers 415 with charsets (every
+# charset it reads) to one it does not read
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -872,7 +874,11 @@ def _paths() -> dict[str, JSON]:
         "SKU. A bad item is 400 naming it; nothing is written. The body may also be a CSV file (Content-Type "
         "text/csv, the columns of GET /v1/catalog as CSV; docs/hub-api.md): all or nothing, a 400 naming every bad "
         "row by line and column, or with partial=true its good rows written and the answer listing every refused "
-        "row (refused) and holding them as a CSV file to fix and send again (refused_csv).",
+        "row (refused) and holding them as a CSV file to fix and send again (refused_csv). A CSV body is read in "
+        "the charset its Content-Type declares (text/csv; charset=windows-1252), else UTF-8 or UTF-16 with its "
+        "byte-order mark; a charset the hub does not read (unknown, or hiding characters in plain ASCII as utf-7 "
+        "does) is a 415 whose charsets lists every one it reads, and a body not valid in its charset a 400 naming "
+        "its first bad byte.",
         "Catalog",
         {"200": ok("The new version; for a CSV body, also what became of its rows.", ref("CatalogWrite"),
                    headers={"ETag": ETAG_HEADER},
