@@ -162,6 +162,8 @@ def text_of(data: bytes, charset: Charset | None = None, *, how_to_name: str = "
                 "Send it with the charset it is saved in",
             )
         return _decode(data, bom_codec, charset.label, len(bom))
+    if charset.codec == family and family != "utf-8":  # UTF-16 or UTF-32 with no mark: big-endian (RFC 2781, 4.3),
+        return _decode(data, f"{family}-be", charset.label, 0)  # not this machine's order
     return _decode(data, charset.codec, charset.label, 0)
 
 

@@ -48,6 +48,8 @@ async def descriptions(store: HubStore) -> dict[str, str]:
         ("text/csv; charset=utf-16le", "utf-16-le", ERP_EXPORT),  # no byte-order mark: the charset says which end
         ("text/csv; charset=utf-8", "utf-8-sig", ERP_EXPORT),  # Excel's "CSV UTF-8": its byte-order mark is dropped
         ("text/csv; charset=utf-16", "utf-16", ERP_EXPORT),  # with its byte-order mark
+        ("text/csv; charset=utf-16", "utf-16-be", ERP_EXPORT),  # without one: big-endian, as UTF-16 says
+        ("text/csv; charset=utf-32", "utf-32-be", ERP_EXPORT),  # … and UTF-32
     ],
 )
 async def test_a_csv_is_read_in_the_charset_its_content_type_declares(
