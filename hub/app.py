@@ -48,9 +48,8 @@ from hub.auth import (
     IdentityCache,
     auth_middleware,
     authenticate_again,
-    bearer_token,
-    identity_again,
     identity_of,
+    ingest_confirmed,
     role_refused,
 )
 from hub.channels import http as channel_http
@@ -83,8 +82,6 @@ from hub.storage.base import (
     StoreClosed,
     StoreError,
 )
-from hub.storage.credentials import token_hash
-from hub.storage.interfaces import IngestStore
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     QTY_MAX,
@@ -107,9 +104,6 @@ DECODER_KEY = web.AppKey("sync_decoder", SyncDecoder)
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
-# A batch whose credential the store found changed (CredentialChanged) is tried once more with the credential as
-# it is now (bound elsewhere: its events are checked against the new locations); a second change answers 503.
-CREDENTIAL_ATTEMPTS = 2
 
 
 def error_response(
@@ -258,7 +252,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     )
     app.on_cleanup.append(_close_decoder)
     app[PUBLIC_ROUTES_KEY] = frozenset({"healthz", "livez"})
-    app[IDENTITY_CACHE_KEY] = IdentityCache(frozenset({"sync"}))  # _sync's ingest confirms the credential
+    # The routes whose ingest confirms the credential (hub.auth.ingest_confirmed): the sync, a connector's events
+    app[IDENTITY_CACHE_KEY] = IdentityCache(frozenset({"sync", events_api.ROUTE}))
     openapi.setup(app)  # GET /v1/openapi.json (public)
     r = app.router
     r.add_get(routes.HEALTH_PATH, healthz, name="healthz")
@@ -371,23 +366,13 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
         log.info("refused a sync request from agent %s: %s", who.agent_id, err)
         raise web.HTTPBadRequest(text=str(err)) from err
     _check_sender(who, sync.agent_id)
-    store: IngestStore = request.app[STORE_KEY]
     lineage = Lineage(sync.chain, sync.epoch_base or 0, sync.base_chain)
-    credential = token_hash(bearer_token(request))  # confirmed by the transaction: ``who`` may be the cache's
-    for attempt in range(1, CREDENTIAL_ATTEMPTS + 1):
-        try:
-            result = await store.ingest(
-                who, sync.epoch, sync.events, sync.acked_seq, backlog=sync.backlog,
-                oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
-                clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
-                after_seq=sync.after_seq, peer=request.remote, credential=credential,
-            )  # fmt: skip
-            break
-        except CredentialChanged:
-            if attempt == CREDENTIAL_ATTEMPTS:
-                raise
-            who = await identity_again(request)  # 401 if revoked; bound elsewhere: the batch is checked again
-            _sync_head(request, who)
+    result = await ingest_confirmed(
+        request, who, sync.epoch, sync.events, _sync_head, acked_seq=sync.acked_seq, backlog=sync.backlog,
+        oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
+        clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
+        after_seq=sync.after_seq, peer=request.remote,
+    )  # fmt: skip
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks

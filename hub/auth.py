@@ -14,11 +14,14 @@ A request with a body is authenticated again once its body has come
 (``authenticate_again``), so a credential revoked while the body was on its way
 writes nothing.
 
-The one route whose write confirms the credential inside its own transaction instead (``POST /v1/sync``: the
-store's ``ingest`` reads it again with the batch's first read and writes nothing if it was revoked or bound
-elsewhere meanwhile) finds it in ``IdentityCache`` first: an agent's batches, dozens a second, no longer cost a
-read of the credential each before the transaction that reads it anyway. No other route takes an identity from
-it, and a batch asking to continue (``Expect: 100-continue``, a catch-up's) is still looked up from its head
+The two routes whose write confirms the credential inside its own transaction instead (``POST /v1/sync`` and
+``POST /v1/events``, both through ``ingest_confirmed``: the store's ``ingest`` reads it again in the write and
+writes nothing if it was revoked or bound elsewhere meanwhile) find it in ``IdentityCache`` first: an agent's
+batches, dozens a second, and a connector's pushes no longer cost a read of the credential each before the
+transaction that reads it anyway. What they answer before that transaction (a 403 for a role, a 415, a 400, 409 or
+422 for the body) depends on the request alone, never on what the store holds, so an identity the cache still
+holds for a revoked credential tells it nothing and writes nothing. No other route takes an identity from it, and
+a request asking to continue (``Expect: 100-continue``, a catch-up's) is still looked up from its head
 (``hub.heads``), so a revoked credential's big batch is refused before it is uploaded.
 
 A response that lasts (a change stream, a long-poll) asks ``still_valid``
@@ -32,13 +35,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from hub.storage.base import AgentIdentity, Forbidden, HubStore
+from hub.storage.base import AgentIdentity, CredentialChanged, Forbidden, HubStore, IngestResult
 from hub.storage.credentials import token_hash
+from hub.storage.interfaces import IngestStore
+from protocol import StockEvent
 from protocol.logsafety import RepeatLog
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,9 @@ BY_SESSION_KEY = web.RequestKey("by_session", bool)  # True: authenticated by a 
 # What the store answered for the request's bearer token when a route's Expect handler looked it up from the head
 # (hub.heads.expect): the middleware takes it instead of asking the store again.
 HEAD_IDENTITY_KEY: web.RequestKey[AgentIdentity | None] = web.RequestKey("head_identity")
+# A batch whose credential the store found changed (CredentialChanged) is tried once more with the credential as
+# it is now (bound elsewhere: its events are checked against the new locations); a second change answers 503.
+CREDENTIAL_ATTEMPTS = 2
 
 
 class IdentityCache:
@@ -124,6 +132,26 @@ async def identity_again(request: web.Request) -> AgentIdentity:
         raise unknown_credential(request)
     request[IDENTITY_KEY] = identity
     return identity
+
+
+async def ingest_confirmed(
+    request: web.Request, who: AgentIdentity, epoch: int, events: Sequence[StockEvent],
+    check: Callable[[web.Request, AgentIdentity], None], **batch: Any,
+) -> IngestResult:  # fmt: skip
+    """Book ``events`` by the store's ``ingest`` (``batch``: its other arguments), which confirms the request's
+    credential in the transaction that writes them: ``who`` may be the ``IdentityCache``'s, or found before the body
+    came. Found changed (``CredentialChanged``, nothing written): 401 if revoked, else ``check`` (what the route
+    refuses from the head) and the events are judged again by the credential as it is now, once; changed a second
+    time, ``CredentialChanged`` goes to the caller (503, hub.app). The one loop of every route in ``IdentityCache``."""
+    credential = token_hash(bearer_token(request))
+    store: IngestStore = request.app[STORE_KEY]
+    for _ in range(CREDENTIAL_ATTEMPTS - 1):
+        try:
+            return await store.ingest(who, epoch, events, credential=credential, **batch)
+        except CredentialChanged:
+            who = await identity_again(request)  # 401 if revoked; bound elsewhere: the events are checked again
+            check(request, who)
+    return await store.ingest(who, epoch, events, credential=credential, **batch)  # changed again: raised
 
 
 class CookieSessions(Protocol):
@@ -200,7 +228,8 @@ async def authenticate_again(request: web.Request) -> None:
     ``body_timeout_s`` to arrive (and a catch-up batch its turn in line before that): a credential revoked
     meanwhile, on this hub process or another sharing the database, writes nothing (401), and one bound to other
     locations meanwhile writes only at those. A dashboard session writes nothing: it is left as it is. A route whose
-    write confirms the credential in its own transaction (``IdentityCache.routes``: the sync) is left to it."""
+    write confirms the credential in its own transaction (``IdentityCache.routes``: the sync, a connector's events,
+    ``ingest_confirmed``) is left to it."""
     if IDENTITY_KEY not in request or request.get(BY_SESSION_KEY, False):
         return
     cache = request.app.get(IDENTITY_CACHE_KEY)

@@ -26,6 +26,11 @@ its unit or clock and sends it again. A time in the past is the channel's own
 record of when an order happened (its server's clock, not a store PC's), so
 orders from before the connector's credential existed are accepted; only a
 time before 2000 (seconds sent as milliseconds) is refused.
+
+The credential is confirmed in the transaction that books the events, as an agent's batch's is
+(``hub.auth.ingest_confirmed``): revoked since it was found, 401 and nothing booked; bound elsewhere, the
+events are judged by its new locations. So the route takes the connector's identity from the hub's
+``IdentityCache`` and does not read it again once the body has come.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import Any
 from aiohttp import web
 
 from hub import feed, heads, metrics, problems, views
-from hub.auth import STORE_KEY, identity_of, role_refused
+from hub.auth import identity_of, ingest_confirmed, role_refused
 from hub.storage.base import INGEST_ROLES, AgentIdentity
 from protocol import (
     ProtocolError,
@@ -223,7 +228,7 @@ async def post_events(request: web.Request) -> web.Response:
             return problems.response(409, message, code="conflicting_events", rejected=rejected)
         message = f"{len(invalid)} event(s) are invalid and nothing was committed; first: {invalid[0].reason}"
         return problems.response(422, message, code="invalid_events", rejected=rejected)
-    result = await request.app[STORE_KEY].ingest(who, CONNECTOR_EPOCH, events)
+    result = await ingest_confirmed(request, who, CONNECTOR_EPOCH, events, _head)  # 401 if revoked meanwhile
     elapsed_s = time.perf_counter() - started
     feed.poke(request.app)
     metrics.observe_ingest(request.app, ROUTE, result, elapsed_s)
