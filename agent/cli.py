@@ -39,6 +39,7 @@ from agent.catalog import AgentCatalog
 from agent.config import AgentConfig, load_config
 from agent.config_sources import CONFIG_ENV, LOG_LEVEL_ENV, default_config_path
 from agent.discovery import HubFinder
+from agent.entry import held_reload
 from agent.errors import AgentError, ConfigError, InvalidMovement, OutboxError, OutboxOfAnotherAgent
 from agent.hub_loop import (
     FOLLOW_REDIRECTS,
@@ -277,20 +278,26 @@ def _signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, reload: async
     wanted = [(getattr(signal, name), stop) for name in STOP_SIGNALS if hasattr(signal, name)]
     wanted += [(getattr(signal, name), reload) for name in RELOAD_SIGNALS if hasattr(signal, name)]
     for sig, event in wanted:
+        before = signal.getsignal(sig)
         try:
             loop.add_signal_handler(sig, event.set)
             watched.append(sig)
         except (NotImplementedError, RuntimeError):
-            previous[sig] = signal.signal(sig, lambda *_, set_=event.set: loop.call_soon_threadsafe(set_))
+            signal.signal(sig, lambda *_, set_=event.set: loop.call_soon_threadsafe(set_))
+        previous[sig] = before
     if not any(event is reload for _, event in wanted):
         log.debug("This system has no SIGHUP: restart the agent to reload its configuration.")
+    elif held_reload():  # held since the process began (agent/entry.py): a reload, not an end
+        log.info("A SIGHUP came while the agent started; its configuration is read again now.")
+        reload.set()
     try:
         yield
     finally:
         for sig in watched:
-            loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)  # back to SIG_DFL: the handler before comes back below
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 async def _run_locked(config: AgentConfig, args: argparse.Namespace, stop: asyncio.Event, reload: asyncio.Event) -> int:
