@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import aiohttp
 
 from agent import huberrors
 from agent.catalog import AgentCatalog
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, AgentSection, load_config
 from agent.config_sources import CONFIG_ENV, LOG_LEVEL_ENV, default_config_path
 from agent.discovery import HubFinder
 from agent.entry import held_reload
@@ -75,6 +75,7 @@ from protocol import Kind, event_id_hex
 from protocol.entry import option_before_command, package_version
 from protocol.routes import HEALTH_PATH, HUB_ID_HEADER
 from protocol.runtime import gc_for_serving
+from protocol.values import shown
 
 log = logging.getLogger("agent")
 
@@ -473,21 +474,64 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
 async def _reload(
     config: AgentConfig, outbox: Outbox, replicator: Replicator | None, config_arg: str | None
 ) -> tuple[AgentConfig, Replicator | None]:
-    """SIGHUP: re-read the token and hub address; other changes need a restart."""
+    """SIGHUP: re-read the token and hub address; other changes need a restart, and the log names them.
+
+    A configuration of another agent (its id or outbox) is not taken at all: its token would send this outbox's
+    movements as that agent's, which the hub refuses."""
     try:
         fresh = load_config(config_arg, environ=os.environ)
     except ConfigError as err:
         log.error("Configuration not reloaded, the running one stays: %s", err)
         return config, replicator
-    a = fresh.agent
+    a, running = fresh.agent, config.agent
+    if (a.id, a.outbox) != (running.id, running.outbox):
+        log.error(
+            "Configuration not reloaded, the running one stays: %s names agent %s with the outbox %s, and this agent"
+            " runs as %s on its outbox %s; a reload takes only a new token and hub address of the same agent."
+            " Restart the agent to run the configuration as it is now (it says what to do with an outbox of another"
+            " agent), or put the agent's own id back.",
+            fresh.path, shown(a.id), a.outbox, shown(running.id), running.outbox,
+        )  # fmt: skip
+        return config, replicator
     install_log_redaction([a.token] if a.token else [])
+    applied = replace(config, agent=replace(running, token=a.token, hub_url=a.hub_url))
     if replicator is not None and a.hub_url is not None and a.token is not None:
         replicator.update_credentials(a.token, a.hub_url)
-    elif replicator is None and (new := _replicator(fresh, outbox)) is not None:
+    elif replicator is None and (new := _replicator(applied, outbox)) is not None:
         await new.start()
         replicator = new
-    log.info("Configuration reloaded from %s; hub %s.", fresh.path, a.hub_url or "not configured")
-    return fresh, replicator
+    hub = redact_url(a.hub_url) if a.hub_url else "not configured"
+    log.info("Configuration reloaded from %s; hub %s.", fresh.path, hub)
+    if changed := _restart_only_changes(config, fresh):
+        log.warning(
+            "The configuration %s changes what only a restart applies: %s; until then the agent runs with the"
+            " settings it started with (restart it: systemctl restart shelfsync-agent, or the service's restart).",
+            fresh.path, "; ".join(changed),
+        )  # fmt: skip
+    return applied, replicator
+
+
+RELOADED_KEYS = frozenset({"token", "hub_url"})  # of [agent]: what a SIGHUP applies
+SECTION_NAMES = {"scanners": "[[scanner]]"}  # AgentConfig's fields named otherwise in the file
+
+
+def _restart_only_changes(running: AgentConfig, fresh: AgentConfig) -> list[str]:
+    """What differs between the two configurations that a reload does not apply: each ``[agent]`` key with its
+    values, any other section by name."""
+    changed: list[str] = []
+    for section in fields(AgentConfig):
+        if section.name == "path":
+            continue
+        before, after = getattr(running, section.name), getattr(fresh, section.name)
+        if section.name != "agent":
+            if before != after:
+                changed.append(SECTION_NAMES.get(section.name, f"[{section.name}]"))
+            continue
+        for key in fields(AgentSection):
+            old, new = getattr(before, key.name), getattr(after, key.name)
+            if key.name not in RELOADED_KEYS and old != new:
+                changed.append(f"[agent] {key.name} ({shown(str(old))} → {shown(str(new))})")
+    return changed
 
 
 async def _find_hub(config: AgentConfig, moved: asyncio.Event) -> HubFinder | None:

@@ -75,3 +75,47 @@ async def test_a_sighup_while_the_agent_starts_is_a_reload_not_its_end(tmp_path:
             code = await asyncio.to_thread(run.stop)
         assert code == 0, run.log
 
+
+def agent_config(path: Path, hub: FakeHub, *, agent_id: str = "store-1", location: str = "S001", token: str) -> Path:
+    path.write_text(
+        f'[agent]\nid = "{agent_id}"\nlocation = "{location}"\ndata_dir = "data"\nhub_url = "{hub.url}"\n'
+        f'token = "{token}"\n\n[replicator]\ntick_s = 0.2\nretry_base_s = 0.05\nretry_max_s = 0.2\n'
+        "heartbeat_s = 0.2\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="this system has no SIGHUP")
+async def test_a_reload_refuses_another_agents_credential_and_names_what_needs_a_restart(tmp_path: Path) -> None:
+    """A contractor copies another store's configuration over this one (another agent id, its token) and runs
+    ``systemctl reload``. Before, the agent logged "Configuration reloaded" and sent this outbox's movements with
+    the other agent's token, refused by the hub from then on (at the next restart the agent refuses the
+    outbox of another agent id, exit 2); and a location changed and reloaded was said to be reloaded while the
+    agent went on recording at the old one. Now the other agent's configuration is not taken, the running
+    token stays and the agent goes on syncing, and what only a restart applies is named."""
+    async with FakeHub() as hub:
+        config = agent_config(tmp_path / "agent.toml", hub, token="token-1")
+        outbox = tmp_path / "data" / "outbox.sqlite3"
+        run = AgentProcess(config, tmp_path / "agent.log", None)
+        try:
+            await hub.wait_for(lambda: any(seen.status == 200 for seen in hub.requests), WAIT_S)
+            agent_config(config, hub, agent_id="store-2", location="S002", token="token-2")
+            run.proc.send_signal(signal.SIGHUP)
+            await asyncio.to_thread(run.wait_for_log, "Configuration not reloaded", WAIT_S)
+            assert (
+                f"Configuration not reloaded, the running one stays: {config} names agent 'store-2' with the outbox"
+                f" {outbox}, and this agent runs as 'store-1' on its outbox {outbox}"
+            ) in run.log
+            seen = len(hub.requests)
+            await hub.wait_for(lambda: any(s.status == 200 for s in hub.requests[seen:]), WAIT_S)
+            assert all(s.token == "token-1" for s in hub.requests[seen:])
+
+            agent_config(config, hub, location="S002", token="token-1")
+            run.proc.send_signal(signal.SIGHUP)
+            said = await asyncio.to_thread(run.wait_for_log, "only a restart applies: .*", WAIT_S)
+            assert "[agent] location ('S001' → 'S002')" in said.group(0)
+            assert "until then the agent runs with the settings it started with" in run.log
+        finally:
+            code = await asyncio.to_thread(run.stop)
+        assert code == 0, run.log
