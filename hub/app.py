@@ -54,6 +54,7 @@ from hub.auth import (
 )
 from hub.channels import http as channel_http
 from hub.channels import order_routes
+from hub.clock_window import HubClockWatch
 from hub.config import HubSettings
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
@@ -101,6 +102,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS_KEY = web.AppKey("settings", HubSettings)
 DECODER_KEY = web.AppKey("sync_decoder", SyncDecoder)
+CLOCK_WATCH_KEY = web.AppKey("hub_clock_watch", HubClockWatch)  # the agents' skews: is the hub's own clock off?
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
@@ -242,6 +244,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
     app[REPEATS_KEY] = RequestRepeats()
+    app[CLOCK_WATCH_KEY] = HubClockWatch()
     app[UNKNOWN_CREDENTIALS_KEY] = RepeatLog(
         log, "refused", "request with an unknown or revoked credential|requests with an unknown or revoked credential"
     )
@@ -377,6 +380,8 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks
     metrics.observe_ingest(request.app, "sync", result, time.perf_counter() - started)
+    if sync.sent_ms is not None:
+        _watch_the_hubs_clock(request.app, result.agent_id, wall_ms_now() - sync.sent_ms)
     answer = SyncResponse(
         agent_id=result.agent_id,
         epoch=result.epoch,
@@ -425,6 +430,15 @@ async def _name_the_database(request: web.Request, response: web.StreamResponse)
 
 async def _close_decoder(app: web.Application) -> None:
     app[DECODER_KEY].close()
+
+
+def _watch_the_hubs_clock(app: web.Application, agent_id: str, skew_ms: int) -> None:
+    """Say once when the agents that sync agree the hub's own clock is off, and once when it is right again."""
+    said = app[CLOCK_WATCH_KEY].heard(agent_id, skew_ms, time.monotonic())
+    if said is not None and said[1] is not None:
+        log.error("%s", said[1].message)
+    elif said is not None:
+        log.info("The hub's clock agrees with its agents' again.")
 
 
 def _check_sender(who: AgentIdentity, agent_id: str) -> None:

@@ -20,6 +20,7 @@ Pure: the caller passes the hub's time and the sender's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from protocol import unpack_hlc
@@ -85,3 +86,84 @@ class ClockWindow:
             f"it is held in the hub's quarantine for an operator to apply at its receipt time or discard "
             f"({where}), and this machine's clock should be checked"
         )
+
+
+# --- the hub's own clock -------------------------------------------------------------------------------------------
+# Each agent's skew (the hub's clock minus the agent's, from ``sent_ms``) says how far apart the two clocks are, not
+# which one is wrong. Stores whose clocks agree with each other and not with the hub point at the hub's: a majority
+# of the agents that synced lately, at least two, whose skews lie within HUB_CLOCK_AGREE_MS of each other and at
+# least HUB_CLOCK_OFF_MS from zero (the agent's own "clock WRONG" line begins at a minute off too).
+HUB_CLOCK_RECENT_MS = 10 * 60_000  # agents whose last sync is this close to the hub's clock are asked
+HUB_CLOCK_OFF_MS = 60_000
+HUB_CLOCK_AGREE_MS = 60_000
+HUB_CLOCK_VOTERS_MIN = 2
+HUB_CLOCK_LOOK_S = 2.0  # the sync route looks at the skews it heard at most this often (HubClockWatch)
+
+
+@dataclass(frozen=True, slots=True)
+class HubClockSuspicion:
+    """The hub's clock is ``offset_ms`` off its agents' (negative: behind them), as ``agents`` of ``asked`` say."""
+
+    offset_ms: int
+    agents: tuple[str, ...]
+    asked: int
+
+    @property
+    def message(self) -> str:
+        way = "behind" if self.offset_ms < 0 else "ahead of"
+        shown_ids = ", ".join(self.agents[:5]) + (f" and {len(self.agents) - 5:,} more" if len(self.agents) > 5 else "")
+        return (
+            f"The hub's clock looks wrong: {len(self.agents):,} of the {self.asked:,} agents that synced in the last"
+            f" {HUB_CLOCK_RECENT_MS // 60_000} minutes put it {span(self.offset_ms)} {way} their clocks, which agree"
+            f" with each other within a minute ({shown_ids}). Set this machine's clock right (NTP); until then each"
+            " of those stores is told its own clock is wrong, and their movements more than the clock window off"
+            " the hub's clock are held in quarantine."
+        )
+
+
+def hub_clock_suspicion(skews: Mapping[str, int]) -> HubClockSuspicion | None:
+    """Whether the agents that synced lately (agent id -> its skew, the hub's clock minus its own) agree the hub's
+    clock is off: the largest group of them within HUB_CLOCK_AGREE_MS of each other, when it is more than half of
+    them, at least HUB_CLOCK_VOTERS_MIN, and its middle is HUB_CLOCK_OFF_MS or more from zero."""
+    ordered = sorted(skews.items(), key=lambda item: item[1])
+    best: list[tuple[str, int]] = []
+    start = 0
+    for end in range(len(ordered)):
+        while ordered[end][1] - ordered[start][1] > HUB_CLOCK_AGREE_MS:
+            start += 1
+        if end + 1 - start > len(best):
+            best = ordered[start : end + 1]
+    if len(best) < HUB_CLOCK_VOTERS_MIN or 2 * len(best) <= len(ordered):
+        return None
+    middle = best[len(best) // 2][1]
+    if abs(middle) < HUB_CLOCK_OFF_MS or any((skew < 0) != (middle < 0) for _, skew in best):
+        return None
+    return HubClockSuspicion(middle, tuple(sorted(agent_id for agent_id, _ in best)), len(ordered))
+
+
+class HubClockWatch:
+    """The skews the sync route hears, kept HUB_CLOCK_RECENT_MS; looked at once every HUB_CLOCK_LOOK_S at most
+    (``heard``), so a thousand stores syncing cost a sort of their skews every few seconds, not at every sync."""
+
+    def __init__(self) -> None:
+        self._skews: dict[str, tuple[int, float]] = {}  # agent id -> (skew ms, monotonic s when heard)
+        self._looked_s: float | None = None
+        self.current: HubClockSuspicion | None = None
+
+    def heard(self, agent_id: str, skew_ms: int, at_s: float) -> tuple[str, HubClockSuspicion | None] | None:
+        """One agent's skew at monotonic time ``at_s``; ``("began", found)`` when the hub's clock starts to look
+        wrong (or its offset moved), ``("ended", None)`` when it stops, else None."""
+        self._skews[agent_id] = (skew_ms, at_s)
+        if self._looked_s is not None and at_s - self._looked_s < HUB_CLOCK_LOOK_S:
+            return None
+        self._looked_s = at_s
+        oldest_s = at_s - HUB_CLOCK_RECENT_MS / 1000
+        self._skews = {a: heard for a, heard in self._skews.items() if heard[1] >= oldest_s}
+        before, self.current = self.current, hub_clock_suspicion({a: s for a, (s, _) in self._skews.items()})
+        if self.current is not None and (
+            before is None or abs(self.current.offset_ms - before.offset_ms) > HUB_CLOCK_AGREE_MS
+        ):
+            return "began", self.current
+        if self.current is None and before is not None:
+            return "ended", None
+        return None

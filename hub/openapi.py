@@ -110,6 +110,7 @@ API_VERSION = "1.9.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # 429 on every read with a credential past its budget of bytes read (read_bytes_per_s, read_burst_bytes)
 # 1.9: PUT /v1/catalog reads a CSV body in the charset its Content-Type declares, and answers 415 with charsets (every
 # charset it reads) to one it does not read
+#      GET /v1/status answers hub_clock (the agents that synced lately agree the hub's own clock is off; null: no)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1220,7 +1221,7 @@ ANSWER_EXAMPLES: Mapping[str, Any] = {
     "getStatus": {"hub_time_ms": _AT_MS, "hub_time": _AT, "you": "agent-0c0d0e0f", "online_within_s": 300,
                   "db": {"ok": True}, "feed": {"cursor": "1042", "last_change_ms": _AT_MS, "last_change": _AT},
                   "agents": [{**_AGENT_STATUS, "last_sync_age_s": 0, "online": True, "events_last_hour": 312}],
-                  "webhooks": [_WEBHOOK]},
+                  "webhooks": [_WEBHOOK], "hub_clock": None},
     "getQuarantine": {"quarantine": [_HELD], "next": None},
     "resolveQuarantined": {"quarantine": {**_HELD, "status": "applied", "resolved_by": _ADMIN,
                                           "resolved_at_ms": _AT_MS + 60_000}},
@@ -1378,7 +1379,13 @@ def _schemas() -> dict[str, JSON]:
                                                                  "events_last_hour": integer(0)},
                                                                 ["last_sync_age_s", "online", "events_last_hour"])]}),
             "webhooks": array(ref("WebhookStatus")),
-        }, ["hub_time_ms", "hub_time", "you", "online_within_s", "db", "feed", "agents", "webhooks"]),
+            "hub_clock": nullable(obj({
+                "offset_ms": integer(description="The hub's clock minus its agents' (negative: behind them)."),
+                "agents": array(string(), description="The agents that agree with each other."),
+                "asked": integer(2, description="The agents that synced in the last 10 minutes."),
+                "message": string("One sentence saying so, and what to do."),
+            }, ["offset_ms", "agents", "asked", "message"])),
+        }, ["hub_time_ms", "hub_time", "you", "online_within_s", "db", "feed", "agents", "webhooks", "hub_clock"]),
         "QuarantinedEvent": obj({
             "id": integer(1), "event_id": uuid_text, "agent_id": string(), "epoch": integer(0), "seq": integer(0),
             "location": string(), "sku": string(), "kind": known(kinds), "qty": integer(),

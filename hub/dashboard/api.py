@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
 from hub import csvexport, paging, views
 from hub.auth import STORE_KEY, identity_of
+from hub.clock_window import HUB_CLOCK_RECENT_MS, hub_clock_suspicion
 from hub.metrics import events_last_hour
 from hub.storage.base import AgentStatus, StoreError
 from hub.webhooks import WEBHOOKS_KEY, webhook_statuses
@@ -59,11 +61,26 @@ async def get_status(request: web.Request) -> web.Response:
                 "last_change": views.iso_ms(newest[0].at_ms) if newest else None,
             },
             "agents": [agent_summary(request.app, r, now_ms) for r in agents],
+            "hub_clock": hub_clock(agents, now_ms),
             "webhooks": webhook_statuses(request.app) if WEBHOOKS_KEY in request.app else [],
         },
         dumps=views.dumps,
         headers={"Cache-Control": "no-store"},
     )
+
+
+def hub_clock(agents: Sequence[AgentStatus], now_ms: int) -> dict[str, Any] | None:
+    """Whether the agents that synced lately agree that the hub's own clock is off (hub.clock_window); None: no."""
+    skews = {
+        r.agent_id: r.clock_skew_ms
+        for r in agents
+        if r.role == "agent" and not r.revoked and r.clock_skew_ms is not None and r.last_sync_ms is not None
+        and abs(now_ms - r.last_sync_ms) <= HUB_CLOCK_RECENT_MS
+    }  # fmt: skip
+    found = hub_clock_suspicion(skews)
+    if found is None:
+        return None
+    return {"offset_ms": found.offset_ms, "agents": list(found.agents), "asked": found.asked, "message": found.message}
 
 
 async def get_counts(request: web.Request) -> web.StreamResponse:

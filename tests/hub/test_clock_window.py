@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import pytest
 
-from hub.clock_window import AHEAD, BEFORE_AGENT, BEHIND, ClockWindow, span
+from hub.clock_window import (
+    AHEAD,
+    BEFORE_AGENT,
+    BEHIND,
+    HUB_CLOCK_LOOK_S,
+    ClockWindow,
+    HubClockWatch,
+    hub_clock_suspicion,
+    span,
+)
 from hub.storage import AgentIdentity
 from hub.storage.ingest import prepare_batch
 from protocol import Kind, StockEvent, new_event_id, pack_hlc
@@ -101,3 +110,42 @@ def test_prepare_batch_applies_the_rule_with_the_senders_clock() -> None:
     assert (len(right.accepted), right.quarantined) == (2, ())
     unknown = prepare_batch(who, 1, frozen, clock=clock)  # an agent from before sent_ms
     assert (len(unknown.accepted), unknown.quarantined) == (2, ())
+
+
+HOUR_MS = 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("skews", "offset_ms", "agents"),
+    [
+        ({"a": -3 * HOUR_MS, "b": -3 * HOUR_MS + 900}, -3 * HOUR_MS + 900, ("a", "b")),  # two agree: the hub is off
+        ({"a": 2 * DAY_MS, "b": 2 * DAY_MS - 40_000, "c": 15}, 2 * DAY_MS, ("a", "b")),  # two of three
+        ({"a": -3 * HOUR_MS}, None, ()),  # one agent alone: its clock or the hub's, nobody can tell
+        ({"a": -3 * HOUR_MS, "b": 12, "c": -40}, None, ()),  # one store's clock is off, not the hub's
+        ({"a": -3 * HOUR_MS, "b": -3 * HOUR_MS, "c": 12, "d": -40}, None, ()),  # half is not a majority
+        ({"a": -3 * HOUR_MS, "b": -5 * HOUR_MS}, None, ()),  # two wrong clocks that do not agree with each other
+        ({"a": 20_000, "b": 21_000}, None, ()),  # less than a minute off: the agents' own line says nothing either
+        ({"a": -30_000, "b": 29_000}, None, ()),  # within a minute of each other, yet on both sides of the hub
+        ({}, None, ()),
+    ],
+)
+def test_the_hubs_clock_is_suspect_when_most_agents_agree_with_each_other_and_not_with_it(
+    skews: dict[str, int], offset_ms: int | None, agents: tuple[str, ...]
+) -> None:
+    found = hub_clock_suspicion(skews)
+    if offset_ms is None:
+        assert found is None
+        return
+    assert found is not None and (found.offset_ms, found.agents, found.asked) == (offset_ms, agents, len(skews))
+
+
+def test_the_hubs_clock_watch_says_when_it_begins_and_ends_and_looks_at_most_every_few_seconds() -> None:
+    watch = HubClockWatch()
+    assert watch.heard("a", -3 * HOUR_MS, 100.0) is None  # one agent: nothing to say
+    assert watch.heard("b", -3 * HOUR_MS, 100.5) is None  # looked at 100.0 already
+    said = watch.heard("b", -3 * HOUR_MS, 100.0 + HUB_CLOCK_LOOK_S)
+    assert said is not None and said[0] == "began" and said[1] is not None
+    assert said[1].message.startswith("The hub's clock looks wrong: 2 of the 2 agents that synced in the last 10")
+    assert watch.heard("a", -3 * HOUR_MS, 110.0) is None  # still so: said once
+    assert watch.heard("a", 10, 120.0) == ("ended", None)  # one of two right again: no majority says it
+    assert watch.heard("c", -3 * HOUR_MS, 2_000.0) is None  # the others are forgotten after 10 minutes
