@@ -42,6 +42,7 @@ from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, HEARTBEAT_S, TICK_S, TIME
 from agent.scanning import COUNT_RESET_S, MODES
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
+from agent.textfile import read_text
 from protocol import MAX_BATCH_EVENTS
 from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
 from protocol.values import token_problem
@@ -357,7 +358,7 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
 def _read(path: Path, source: ConfigSource, overrides: Overrides) -> dict[str, Any]:
     """The file's tables; none when no file is at the default place and the environment configures the agent."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path))
     except FileNotFoundError:
         if source.named:
             raise ConfigError(f"the configuration file {path} does not exist") from None
@@ -438,7 +439,7 @@ def _ca_file(s: _Section) -> Path:
 
 def _read_token(s: _Section, token_path: Path) -> str:
     try:
-        token = token_path.read_text(encoding="utf-8").strip()
+        token = read_text(token_path).strip()
     except OSError as err:
         raise s.error("token_file", f"{token_path} cannot be read ({err.strerror})") from err
     except UnicodeDecodeError as err:

@@ -18,6 +18,7 @@ from agent.pos.errors import BadValue, PosImportError
 from agent.pos.profiles import BUILTIN_PROFILES, Profile, profile_from_toml
 from agent.pos.timezones import ZoneResolver
 from agent.pos.values import DateOrder, DecimalSeparator
+from agent.textfile import read_text
 
 SETTLE_DEFAULT_S = 2.0
 UNFINISHED_LINE_DEFAULT_S = 300.0
@@ -71,7 +72,7 @@ class PosImportConfig:
     def from_toml_file(cls, path: Path) -> PosImportConfig:
         """A file holding a [pos] table (or the table's keys at top level), for one-off mappings."""
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(read_text(path))
         except (OSError, UnicodeError, tomllib.TOMLDecodeError) as err:
             raise PosConfigError(f"{path} could not be read as TOML: {err}") from err
         table = data.get("pos", data)

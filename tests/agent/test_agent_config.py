@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent import ConfigError, load_config
 from agent.config import SIMULATE_SKUS
+from agent.pos.config import PosImportConfig
 
 
 def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
@@ -136,3 +138,36 @@ def test_bad_files_say_which_file_and_which_key(tmp_path: Path, text: str, messa
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"the configuration file .*nope.toml does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+# What Windows tools write: Notepad's "UTF-8 with BOM" (the only UTF-8 of Notepad before Windows 10 1903), Windows
+# PowerShell 5's `Set-Content -Encoding UTF8` (a BOM always), and its `>` / `Out-File` (UTF-16 with a BOM).
+WINDOWS_ENCODINGS = [
+    pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="utf-8 with BOM"),
+    pytest.param(lambda text: text.replace("\n", "\r\n").encode("utf-16"), id="utf-16 with BOM (PowerShell >)"),
+    pytest.param(lambda text: b"\xfe\xff" + text.encode("utf-16-be"), id="utf-16 big-endian with BOM"),
+]
+
+
+@pytest.mark.parametrize("encode", WINDOWS_ENCODINGS)
+def test_a_configuration_and_a_token_file_saved_by_windows_tools_are_read(
+    tmp_path: Path, encode: Callable[[str], bytes]
+) -> None:
+    """Found: a configuration saved with a byte-order mark was "not valid TOML (Invalid statement (at line 1,
+    column 1))", a token written by PowerShell's `>` was "not UTF-8 text", and one saved by Set-Content held "a
+    space, a control character or a non-ASCII character": the agent did not start (exit 2, which its service does
+    not restart on), though each file shows right in any editor."""
+    (tmp_path / "agent.token").write_bytes(encode("ssk1.store-1.s3cret\n"))
+    text = MINIMAL + 'hub_url = "http://127.0.0.1:8470"\ntoken_file = "agent.token"\n'
+    (tmp_path / "agent.toml").write_bytes(encode(text))
+    config = load_config(tmp_path / "agent.toml")
+    assert (config.agent.id, config.agent.location, config.agent.token) == ("store-1", "S001", "ssk1.store-1.s3cret")
+    (tmp_path / "mapping.toml").write_bytes(encode('[pos]\ntime_zone = "Europe/Berlin"\n'))  # import --mapping
+    assert PosImportConfig.from_toml_file(tmp_path / "mapping.toml").time_zone == "Europe/Berlin"
+
+
+def test_a_configuration_in_another_encoding_without_a_mark_is_refused_naming_utf_8(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(MINIMAL.replace("S001", "S\xf6001").encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text"):
+        load_config(path)

@@ -1,0 +1,24 @@
+"""Text files a person writes on a store PC (the configuration, a token file, a POS mapping): UTF-8, with or without
+the byte-order mark Windows tools put first, or UTF-16 with its mark.
+
+Notepad saved UTF-8 only with a mark before Windows 10 1903 (and offers "UTF-8 with BOM" still), Windows PowerShell
+5's ``Set-Content -Encoding UTF8`` always writes one, and its ``>`` and ``Out-File`` write UTF-16 with one. Read as
+plain UTF-8, such a file was "not valid TOML (Invalid statement (at line 1, column 1))" or "not UTF-8 text" though
+it shows right in any editor. A file without a mark is UTF-8, strictly: ``UnicodeDecodeError`` otherwise.
+"""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+MARKS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def read_text(path: Path) -> str:
+    """The text of ``path``, decoded by its byte-order mark (dropped), else as UTF-8."""
+    raw = path.read_bytes()
+    for mark, encoding in MARKS:
+        if raw.startswith(mark):
+            return raw.decode(encoding)
+    return raw.decode("utf-8")
