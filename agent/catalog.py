@@ -429,8 +429,12 @@ class AgentCatalog(HubLoop):
         agent_id: str | None = None,
         location: str | None = None,
         outbox: SyncedHubIds | None = None,
+        new_outbox: tuple[Path, int] | None = None,
     ) -> None:
         self.file = file
+        # The path and epoch of an outbox that had never synced when the agent started: the hub's record of this
+        # credential is looked at once for movements it holds from another outbox (``_check_earlier_outboxes``).
+        self._new_outbox = new_outbox
         self._outbox = outbox  # the hub's database id the agent last synced with: a refusal says when it changed
         self._hub_url = hub_url.rstrip("/") if hub_url else None
         self._agent_id = agent_id  # this agent: its credential's locations are checked against ``location``
@@ -726,12 +730,38 @@ class AgentCatalog(HubLoop):
             log.debug("The hub's locations were not learned from %s (%s).", url, err)
             return
         self._check_own_locations(rows)
+        self._check_earlier_outboxes(rows)
         if not found or found == self._locations:
             return
         self._locations = found
         if (cache := self.locations_cache) is not None:
             await asyncio.to_thread(_write_atomically, cache, {"locations": sorted(found)})
         log.info("The hub knows %d location(s); a transfer out to another is refused.", len(found))
+
+    def _check_earlier_outboxes(self, rows: list[Any]) -> None:
+        """Say once, for an outbox that had never synced when the agent started, when the hub holds movements of
+        this agent id from another outbox: one whose ``data_dir`` or ``outbox`` was changed in the configuration,
+        or left on the PC this one replaces, may still hold movements nothing else will send."""
+        new, self._new_outbox = self._new_outbox, None
+        own = next((r for r in rows if isinstance(r, dict) and r.get("agent_id") == self._agent_id), None)
+        if new is None or own is None or not isinstance(own.get("epochs"), list):
+            return
+        path, epoch = new
+        earlier = [
+            f"epoch {e['epoch']} up to seq {e['hwm']:,}"
+            for e in own["epochs"]
+            if isinstance(e, dict) and isinstance(e.get("epoch"), int) and e["epoch"] != epoch
+            and isinstance(e.get("hwm"), int) and e["hwm"] > 0
+        ]  # fmt: skip
+        if not earlier:
+            return
+        log.warning(
+            "This agent's outbox %s is new, and the hub holds movements of agent %s from another outbox (%s):"
+            " if [agent] data_dir or outbox was changed, or this PC replaces another, that outbox may still hold"
+            " movements the hub has not received, and nothing sends them. Find it (outbox.sqlite3 in the old data"
+            " folder) and send it with `shelfsync-agent outbox send FILE`; the hub counts each movement once.",
+            path, self._agent_id, "; ".join(earlier),
+        )  # fmt: skip
 
     def _check_own_locations(self, rows: list[Any]) -> None:
         """Say once, loudly, when this agent's credential is not bound to the location its configuration names

@@ -423,6 +423,8 @@ class _Services(contextlib.AsyncExitStack):
 async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
     """The catalog, the scanners, the POS drop folder and the reports to the hub; close the stack to stop them."""
     a, r, c = config.agent, config.replicator, config.catalog
+    stats = await outbox.stats()
+    new_outbox = stats.last_sync_ms is None and stats.acked_seq == 0  # never synced: is an older one elsewhere?
     stack = _Services()
     try:
         catalog = await stack.enter_async_context(
@@ -430,6 +432,7 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
                 file=c.file, hub_url=a.hub_url, token=a.token, cache=c.cache_file or a.outbox.with_name(CATALOG_CACHE_FILENAME),
                 refresh_s=c.refresh_s, retry_base_s=r.retry_base_s, retry_max_s=c.retry_max_s, timeout_s=c.timeout_s,
                 answer_max_bytes=c.answer_max_bytes, agent_id=a.id, location=a.location, outbox=outbox,
+                new_outbox=(Path(outbox.path), outbox.epoch) if new_outbox else None,
             )
         )  # fmt: skip
         stack.hub_clients.append(catalog)
