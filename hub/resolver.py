@@ -21,12 +21,20 @@ The rules, per (location, sku):
 * Reservations are kept per (location, sku, ref); a sale carrying the same
   ref consumes its reservation. ``reserved`` is the sum of what stays open.
 * ``available`` = max(0, on_hand − reserved − safety stock).
-* Transfers are kept per (ref, sku): shipped by ``transfer_out``, received by
-  ``transfer_in``; what is shipped and not yet received is in transit to the
-  receiving location. A ``transfer_in`` with attrs {"final": true} closes the
-  transfer: nothing stays in transit, and what was shipped but never received
-  is written off (``Transfer.written_off``, a ledger row of its own: the units
+* Transfers are kept per (destination, ref, sku) (``transfer_key``), a key each
+  event gives alone: a ``transfer_out`` ships to the location its attrs.to names,
+  a ``transfer_in`` receives at its own location. Two stores numbering their
+  transfers alike (both ship "T-1") never meet unless they ship to the same
+  destination; then the transfer is one at the receiver, its shippers kept
+  (``Transfer.shippers``) and named by a ``transfer_shared_ref`` finding. What is
+  shipped and not yet received is in transit to the destination. A
+  ``transfer_in`` with attrs {"final": true} closes the receiver's transfer:
+  nothing stays in transit, and what was shipped to it but never received is
+  written off (``Transfer.written_off``, a ledger row of its own: the units
   already left the source's on_hand when shipped, so no on-hand count moves).
+  A receipt at a location nothing of its ref was shipped to is its own
+  transfer (``transfer_unmatched``): no receipt ever takes units out of transit
+  to, or writes off units shipped to, another location.
   Partial receipts keep it open; an open transfer is overdue once its first
   shipment is older than the hub's ``transfer_open_max_s`` (``overdue_finding``).
 * Bundles (``BundleBook``): a movement of a bundle SKU is booked on its parts —
@@ -55,7 +63,7 @@ from protocol.event import TRANSFER_QTY_MAX as _TRANSFER_QTY_MAX
 
 OrderKey: TypeAlias = tuple[int, str, int, bytes]  # (occurred_at, agent_id, seq, event_id)
 StockKey: TypeAlias = tuple[str, str]  # (location, sku)
-TransferKey: TypeAlias = tuple[str, str]  # (ref, sku)
+TransferKey: TypeAlias = tuple[str, str, str]  # (destination, ref, sku)
 ReservationKey: TypeAlias = tuple[str, str, str]  # (location, sku, ref); "" for reservations without a ref
 
 # Kinds whose position in the order matters for on_hand and variances.
@@ -89,7 +97,7 @@ def available(on_hand: int, reserved: int, safety_stock: int) -> int:
 class Finding:
     """One thing that needs a person: the store turns these into ExceptionRows."""
 
-    kind: str  # "negative_on_hand", "transfer_short", "transfer_over", "transfer_unmatched", "transfer_misdirected" …
+    kind: str  # "negative_on_hand", "transfer_short", "transfer_over", "transfer_unmatched", "transfer_shared_ref" …
     location: str | None
     sku: str | None
     detail: str  # one sentence for the operations team
@@ -181,12 +189,15 @@ def _min_opt(a: str | None, b: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """One transfer document for one SKU, folded from both sides' events.
+    """One transfer document for one SKU to one destination, folded from both sides' events.
 
-    Where the sides disagree about a location (two different destinations),
-    the smallest code wins, so the answer does not depend on arrival order.
+    Every event of it names ``dest`` (a shipment's attrs.to, a receipt's own location), so ``out_to`` and
+    ``in_to`` are ``dest`` once shipped, received. Its shippers are a set (``shippers``: their codes, sorted,
+    comma-separated; location codes hold no comma); ``out_from`` is the first of them. Where receipts name
+    different sources (attrs.from), the smallest code wins, so the answer does not depend on arrival order.
     """
 
+    dest: str
     ref: str
     sku: str
     shipped: int = 0  # units sent by transfer_out events (positive)
@@ -197,6 +208,11 @@ class Transfer:
     in_from: str | None = None  # their attrs["from"]
     shipped_at_ms: int | None = None  # the earliest wall ms of its transfer_out events: it is open since then
     closed_at: int | None = None  # the earliest occurred_at of a final receipt (attrs {"final": true}); None: open
+    shippers: str = ""  # every location its transfer_out events happened at, sorted, comma-separated
+
+    @property
+    def shipper_list(self) -> list[str]:
+        return self.shippers.split(",") if self.shippers else []
 
     @property
     def from_location(self) -> str | None:
@@ -226,29 +242,26 @@ class Transfer:
             "to": self.to_location,
             "shipped": self.shipped,
             "received": self.received,
-        }
-
-    @property
-    def misdirected(self) -> bool:
-        """Received at another location than the one it was shipped to (the van stopped at the wrong store)."""
-        return self.out_to is not None and self.in_to is not None and self.out_to != self.in_to
+        } | ({"shippers": self.shipper_list} if len(self.shipper_list) > 1 else {})
 
     def finding(self) -> Finding | None:
         shipped, received = self.shipped, self.received
         src = self.from_location or "an unknown location"
         dst = self.to_location or "an unknown location"
         data = self._data()
-        if self.misdirected:  # said first: the two sides agreeing on the quantity said nothing of it
-            lost = f" {self.written_off} are missing and were written off." if self.written_off else ""
+        shippers = self.shipper_list
+        if len(shippers) > 1:  # said first: the quantities of a ref two locations used say little of either
+            both = "both" if len(shippers) == 2 else "all"
+            named = f"{', '.join(shippers[:-1])} and {shippers[-1]}"
+            lost = f"; {self.written_off} are missing and were written off" if self.written_off else ""
             return Finding(
-                "transfer_misdirected",
-                self.in_to,
+                "transfer_shared_ref",
+                self.dest,
                 self.sku,
-                f"Transfer {self.ref}: {src} shipped {shipped} of {self.sku} to {self.out_to}, but {dst} received"
-                f" {received} of them; {self.out_to} no longer has them in transit.{lost}",
-                data
-                | {"shipped_to": self.out_to}
-                | ({"written_off": self.written_off, "closed": True} if self.written_off else {}),
+                f"{named} {both} shipped {self.sku} to {self.dest} as transfer {self.ref} ({shipped} in all,"
+                f" {received} received{lost}); one of them may have meant another transfer, or its credential"
+                f" was misused: check with {'both' if len(shippers) == 2 else 'each'}.",
+                data | ({"written_off": self.written_off, "closed": True} if self.written_off else {}),
             )
         if self.written_off:
             return Finding(
@@ -265,7 +278,7 @@ class Transfer:
                 self.to_location,
                 self.sku,
                 f"Transfer {self.ref}: {received} of {self.sku} were received at {dst} "
-                f"but no shipment from {src} has been recorded.",
+                f"but no shipment of it from {src} to {dst} has been recorded.",
                 data,
             )
         if received > shipped:
@@ -353,8 +366,15 @@ def is_final_receipt(ev: StockEvent) -> bool:
 
 
 def transfer_key(ev: StockEvent) -> TransferKey | None:
-    if ev.kind in (Kind.TRANSFER_OUT, Kind.TRANSFER_IN) and ev.ref is not None:
-        return (ev.ref, ev.sku)
+    """The transfer an event is part of, from the event alone: (destination, ref, sku), the destination being a
+    transfer_out's attrs.to and a transfer_in's own location. None for other events, and for a transfer_out
+    without a valid destination (``transfer_problem`` refuses it)."""
+    if ev.ref is None:
+        return None
+    if ev.kind is Kind.TRANSFER_IN:
+        return (ev.location, ev.ref, ev.sku)
+    if ev.kind is Kind.TRANSFER_OUT and (dest := transfer_destination(ev)) is not None:
+        return (dest, ev.ref, ev.sku)
     return None
 
 
@@ -371,6 +391,7 @@ def tally_transfer(t: Transfer, ev: StockEvent) -> Transfer:
             shipped=t.shipped - ev.qty,
             out_from=_min_opt(t.out_from, ev.location),
             out_to=_min_opt(t.out_to, transfer_destination(ev)),
+            shippers=_with_shipper(t.shippers, ev.location),
             shipped_at_ms=_min_int(t.shipped_at_ms, ev.wall_ms),
         )
     if ev.kind is Kind.TRANSFER_IN:
@@ -383,6 +404,14 @@ def tally_transfer(t: Transfer, ev: StockEvent) -> Transfer:
             closed_at=_min_int(t.closed_at, ev.occurred_at) if is_final_receipt(ev) else t.closed_at,
         )
     return t
+
+
+def _with_shipper(shippers: str, location: str) -> str:
+    """``shippers`` (sorted codes, comma-separated) with ``location`` among them."""
+    codes = set(shippers.split(",")) if shippers else set()
+    if location in codes:
+        return shippers
+    return ",".join(sorted(codes | {location}))
 
 
 def _min_int(a: int | None, b: int) -> int:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from hub.resolver import Transfer, negative_on_hand_finding
+from hub.resolver import negative_on_hand_finding
 from hub.storage import findings, held, keys, reports
 from hub.storage.base import ExceptionRow
 from hub.storage.db import Db, Row, Where
@@ -45,19 +45,24 @@ from protocol.catalog import UNKNOWN_SKU_PREFIX
 Statement = tuple[str, tuple[object, ...]]
 
 TRANSFER_ROW_FIELDS = f"{TRANSFER_FIELDS}, updated_at_ms"
-# Shipped to one location and received at another (the WHERE of the index transfers_misdirected, word for word).
-MISDIRECTED = "(out_to IS NOT NULL AND in_to IS NOT NULL AND out_to <> in_to)"
-# The transfers with a finding: the WHERE of the index transfers_finding (migration 011) word for word, which is
+TRANSFER_AT = held.TRANSFER_COLUMNS  # where a read of TRANSFER_ROW_FIELDS has its updated_at_ms
+# Shipped to one destination under one ref by several locations (the WHERE of the index transfers_shared, word for
+# word): ``shippers`` is their codes, comma-separated (schema 20), and a location code holds no comma.
+SHARED = "shippers LIKE '%,%'"
+# The transfers with a finding: the WHERE of the index transfers_finding (migration 020) word for word, which is
 # what lets the planner read through it.
 TRANSFER_FINDING = (
-    "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received)"
-    " OR (in_to IS NOT NULL AND out_to IS NOT NULL AND in_to <> out_to))"
+    "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received) OR shippers LIKE '%,%')"
 )
-# A transfer is both ends' business, and the business of the location it was shipped to when another received it:
-# a term at a time, each read through its index (transfers_finding_to, _from, transfers_misdirected; for open
-# transfers transfers_open_to, _from): a transfer shipped to the location and not misdirected was received there or
-# is still on its way, so is found by the first term already.
-LOCATED_TRANSFER = ("COALESCE(in_to, out_to) = ?", "COALESCE(out_from, in_from) = ?", f"{MISDIRECTED} AND out_to = ?")
+# A transfer is both ends' business: a term at a time, each read through its index (transfers_finding_to, _from,
+# transfers_shared; for open transfers transfers_open_to, _from). Its destination, its first shipper or where a
+# receipt said it came from, and each other shipper of a shared ref (found in the list exact and case-sensitive by
+# replace(), as UNKNOWN_DESTINATIONS finds a code: LIKE took ``_`` for a wildcard and ignores case on SQLite).
+LOCATED_TRANSFER = (
+    "dest = ?",
+    "COALESCE(out_from, in_from) = ?",
+    f"{SHARED} AND replace(',' || shippers || ',', ',' || CAST(? AS TEXT) || ',', '') <> ',' || shippers || ','",
+)
 REJECTION_FIELDS = (
     "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
 )
@@ -73,14 +78,14 @@ IN_TRANSIT = f"{OPEN_TRANSFER} AND in_to IS NULL AND out_to IS NOT NULL"
 # once, in its one partition of the ledger on PostgreSQL, however many transfers go there. They include where a
 # partly received transfer was received, which is known (its receipt was booked there).
 UNKNOWN_DESTINATIONS = (
-    "WITH RECURSIVE dest(loc) AS ("
-    f"SELECT MIN(COALESCE(in_to, out_to)) FROM transfers WHERE {OPEN_TRANSFER}"
-    f" UNION ALL SELECT (SELECT MIN(COALESCE(in_to, out_to)) FROM transfers WHERE {OPEN_TRANSFER}"
-    " AND COALESCE(in_to, out_to) > dest.loc) FROM dest WHERE dest.loc IS NOT NULL"
-    ") SELECT loc FROM dest WHERE loc IS NOT NULL"
-    " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.location = dest.loc)"
+    "WITH RECURSIVE dests(loc) AS ("
+    f"SELECT MIN(dest) FROM transfers WHERE {OPEN_TRANSFER}"
+    f" UNION ALL SELECT (SELECT MIN(dest) FROM transfers WHERE {OPEN_TRANSFER}"
+    " AND dest > dests.loc) FROM dests WHERE dests.loc IS NOT NULL"
+    ") SELECT loc FROM dests WHERE loc IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.location = dests.loc)"
     " AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.revoked_ms IS NULL"
-    " AND replace(a.locations, '\"' || dest.loc || '\"', '') <> a.locations)"
+    " AND replace(a.locations, '\"' || dests.loc || '\"', '') <> a.locations)"
 )
 # Up to this many unknown destinations, each one's transfers are walked in the list's order (transfers_open_to) and
 # merged, reading no transfer to a known location; beyond, the chain's open transfers are walked (transfers_open)
@@ -135,11 +140,13 @@ COPIES_NAMED = (
     " row_number() OVER (PARTITION BY h.agent_id ORDER BY h.updated_ms DESC, h.epoch) AS n FROM "
     f"{_recent_epochs('e.agent_id IN ({agents})')} WHERE {LIVE_COPY}) x WHERE n <= ? ORDER BY agent_id, n"
 )
-# Which of the transfer source's rows ``Transfer.finding`` words as each kind, in its order: misdirected first, then
-# closed short (written off), unmatched (nothing shipped), over, short.
-_AIMED = "(out_to IS NULL OR in_to IS NULL OR out_to = in_to)"
+# Which of the transfer source's rows ``Transfer.finding`` words as each kind, in its order: a shared ref first,
+# then closed short (written off), unmatched (nothing shipped), over, short. "transfer_misdirected" is found no more
+# (schema 20: a receipt belongs to the transfer to its own location) and lists nothing; a 1.8 client may ask for it.
+_AIMED = f"NOT {SHARED}"
 TRANSFER_KIND_TERMS = {
-    "transfer_misdirected": MISDIRECTED,
+    "transfer_shared_ref": SHARED,
+    "transfer_misdirected": "1 = 0",
     "transfer_short": f"{_AIMED} AND ((closed_at IS NOT NULL AND shipped > received)"
     " OR (received > 0 AND received < shipped))",
     "transfer_unmatched": f"{_AIMED} AND shipped = 0 AND received > 0",
@@ -195,10 +202,10 @@ async def exceptions(
     def once(parts: list[list[Row]]) -> list[Row]:
         """The rows of a located source's reads, a transfer met by two of them kept once; the page of the list is
         among them (``keys.exceptions_page`` takes it)."""
-        rows: dict[tuple[str, str], Row] = {}
+        rows: dict[tuple[str, str, str], Row] = {}
         for part in parts:
             for r in part:
-                rows.setdefault((r[0], r[1]), r)
+                rows.setdefault((r[0], r[1], r[2]), r)
         return list(rows.values())
 
     async def read_nowhere() -> list[Row]:
@@ -211,14 +218,14 @@ async def exceptions(
             return Where(IN_TRANSIT, *terms).add("COALESCE(out_from, in_from) = ?", location)
 
         if len(unknown) > UNKNOWN_WALKS_MAX:
-            where = nowhere(f"out_to IN ({UNKNOWN_DESTINATIONS})")
+            where = nowhere(f"dest IN ({UNKNOWN_DESTINATIONS})")
             return await read(keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", where)
         walks = [s for loc in sorted(unknown) for s in statement(
-            keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", nowhere().add("COALESCE(in_to, out_to) = ?", loc)
+            keys.TRANSFER_NOWHERE, TRANSFER_ROW_FIELDS, "transfers", nowhere().add("dest = ?", loc)
         )]  # fmt: skip
         rows = [r for walked in await fetch_parts(db, walks) for r in walked]
         # the walks' first ``limit`` in the list's order: no later one is on the page, so none is worded
-        return sorted(rows, key=lambda r: (-r[10], r[0], r[1]))[:limit] if len(walks) > 1 else rows
+        return sorted(rows, key=lambda r: (-r[TRANSFER_AT], r[0], r[1], r[2]))[:limit] if len(walks) > 1 else rows
 
     # The transfers with a finding and the overdue ones: rows of one shape, read in one statement.
     with_finding = located_reads(keys.TRANSFER, shipped)
@@ -233,18 +240,18 @@ async def exceptions(
     transferred = await fetch_parts(db, [*with_finding, *overdue])
 
     for r in once(transferred[: len(with_finding)]):
-        if (t := Transfer(*r[:10]).finding()) is not None:
-            row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
-            out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1]))
+        if (t := held.transfer_row(r).finding()) is not None:
+            row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[TRANSFER_AT])
+            out.append(findings.sourced(row, keys.TRANSFER.name, r[0], r[1], r[2]))
     if transfer_open_max_ms is not None:
         for r in once(transferred[len(with_finding) :]):
-            if (t := Transfer(*r[:10]).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
-                row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[10])
-                out.append(findings.sourced(row, keys.TRANSFER_OVERDUE.name, r[0], r[1]))
+            if (t := held.transfer_row(r).overdue_finding(now_ms, transfer_open_max_ms)) is not None:
+                row = ExceptionRow(t.kind, t.location, t.sku, t.detail, t.data, r[TRANSFER_AT])
+                out.append(findings.sourced(row, keys.TRANSFER_OVERDUE.name, r[0], r[1], r[2]))
     for r in await read_nowhere():
-        f = Transfer(*r[:10]).unknown_destination_finding()
-        row = ExceptionRow(f.kind, f.location, f.sku, f.detail, f.data, r[10])
-        out.append(findings.sourced(row, keys.TRANSFER_NOWHERE.name, r[0], r[1]))
+        f = held.transfer_row(r).unknown_destination_finding()
+        row = ExceptionRow(f.kind, f.location, f.sku, f.detail, f.data, r[TRANSFER_AT])
+        out.append(findings.sourced(row, keys.TRANSFER_NOWHERE.name, r[0], r[1], r[2]))
     pending = Where("status = 'pending'").add("location = ?", location)
     for r in await read(keys.CLOCK_QUARANTINE, held.QUARANTINE_FIELDS, "quarantine", pending):
         row = held.quarantine_exception(held.quarantine_row(r))

@@ -41,7 +41,18 @@ WRITEOFF_AGENT = "hub"
 
 def transfer_values(t: Transfer) -> tuple[Any, ...]:
     """A transfer's ``hub.storage.sql.TRANSFER_FIELDS`` values, in order."""
-    return (t.ref, t.sku, t.shipped, t.received, t.out_from, t.out_to, t.in_to, t.in_from, t.shipped_at_ms, t.closed_at)
+    return (
+        t.dest, t.ref, t.sku, t.shipped, t.received, t.out_from, t.out_to, t.in_to, t.in_from, t.shipped_at_ms,
+        t.closed_at, t.shippers,
+    )  # fmt: skip
+
+
+TRANSFER_COLUMNS = 12  # the columns of TRANSFER_FIELDS; a read's updated_at_ms comes after them
+
+
+def transfer_row(r: Sequence[Any]) -> Transfer:
+    """The transfer of a row read as ``TRANSFER_FIELDS`` (and maybe more after them)."""
+    return Transfer(*r[:TRANSFER_COLUMNS])
 
 
 def quarantine_row(r: Sequence[Any]) -> QuarantineRow:
@@ -127,7 +138,7 @@ def writeoff_ledger_row(t: Transfer, updated_at_ms: int) -> LedgerRow:
     placed at the final receipt's stamp. No on_hand moves (the units left the source when shipped)."""
     assert t.closed_at is not None
     return LedgerRow(
-        event_id=derived_event_id(unpack_hlc(t.closed_at)[0], f"writeoff:{t.ref}:{t.sku}".encode()),
+        event_id=derived_event_id(unpack_hlc(t.closed_at)[0], f"writeoff:{t.dest}:{t.ref}:{t.sku}".encode()),
         agent_id=WRITEOFF_AGENT,
         epoch=0,
         seq=0,

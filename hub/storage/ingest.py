@@ -894,7 +894,7 @@ def _changes(
             continue
         evs = events_of(key)
         if not evs and (via := destinations.get(key)) is not None:
-            evs = by_transfer.get((via.ref, via.sku))
+            evs = by_transfer.get((via.dest, via.ref, via.sku))
         if not evs:
             ids: tuple[bytes, ...] = ()
         else:

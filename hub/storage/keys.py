@@ -107,12 +107,14 @@ UNKNOWN_BARCODE = ExceptionSource(
     "unknown_barcode", "s.updated_at_ms", ("s.location", "s.sku"), "ss", ("unknown_barcode",)
 )
 TRANSFER = ExceptionSource(
-    "transfer", "updated_at_ms", ("ref", "sku"), "ss",
-    ("transfer_short", "transfer_over", "transfer_unmatched", "transfer_misdirected"),
+    "transfer", "updated_at_ms", ("dest", "ref", "sku"), "sss",
+    ("transfer_short", "transfer_over", "transfer_unmatched", "transfer_shared_ref", "transfer_misdirected"),
 )  # fmt: skip
-TRANSFER_OVERDUE = ExceptionSource("transfer_overdue", "updated_at_ms", ("ref", "sku"), "ss", ("transfer_overdue",))
+TRANSFER_OVERDUE = ExceptionSource(
+    "transfer_overdue", "updated_at_ms", ("dest", "ref", "sku"), "sss", ("transfer_overdue",)
+)
 TRANSFER_NOWHERE = ExceptionSource(
-    "transfer_unknown_destination", "updated_at_ms", ("ref", "sku"), "ss", ("transfer_unknown_destination",)
+    "transfer_unknown_destination", "updated_at_ms", ("dest", "ref", "sku"), "sss", ("transfer_unknown_destination",)
 )
 CLOCK_QUARANTINE = ExceptionSource("clock_quarantine", "received_at_ms", ("quarantine_id",), "i", ("clock_quarantine",))
 REJECTED = ExceptionSource(

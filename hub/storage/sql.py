@@ -20,7 +20,9 @@ STOCK_FIELDS = (
     "location, sku, on_hand, reserved, in_transit, safety_stock, last_count_at, last_count_agent, last_count_seq, "
     "last_count_id, max_at, max_agent, max_seq, max_id, updated_at_ms"
 )
-TRANSFER_FIELDS = "ref, sku, shipped, received, out_from, out_to, in_to, in_from, shipped_at_ms, closed_at"
+TRANSFER_FIELDS = (  # schema 20: a transfer is keyed by (dest, ref, sku); shippers: its shipping locations
+    "dest, ref, sku, shipped, received, out_from, out_to, in_to, in_from, shipped_at_ms, closed_at, shippers"
+)
 
 # A stored delta's effect is "superseded" once a count of its key is ordered after it, that is when it is
 # ordered before the key's last count (``stock.last_count_*``). Stored rows keep the effect they had when

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub.resolver import Transfer, available
+from hub.resolver import available
 from hub.storage import held, keys
 from hub.storage.base import CountRow, LedgerRow
 from hub.storage.bundles import BundleReads
@@ -56,8 +56,8 @@ async def ledger(
     out = [ledger_row(r) for r in rows]
     if bundled := expanded_ids(out):  # a bundle's movement: how it was booked on its parts
         out = with_expansions(out, await booked.expansions(bundled))
-    for found in await _writeoffs(db, location, sku, limit, before, after):
-        out.append(held.writeoff_ledger_row(Transfer(*found[:10]), found[10]))  # a transfer closed short
+    for found in await _writeoffs(db, location, sku, limit, before, after):  # a transfer closed short
+        out.append(held.writeoff_ledger_row(held.transfer_row(found), found[held.TRANSFER_COLUMNS]))
     return keys.newest_first_after(out, after, limit)
 
 
@@ -94,7 +94,7 @@ async def _writeoffs(
     def where() -> Where:
         return (
             Where("closed_at IS NOT NULL", "shipped > received")
-            .add("COALESCE(in_to, out_to) = ?", location)
+            .add("dest = ?", location)
             .add("sku = ?", sku)
             .add("closed_at < ?", before)
         )

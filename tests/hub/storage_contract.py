@@ -29,11 +29,12 @@ from protocol import CountSnapshot, Kind
 from tests.hub.event_factory import EventFactory, at
 from tests.hub.storage_contract_clock import ClockTransferContract
 from tests.hub.storage_contract_feed_and_catalog import FeedAndCatalogContract
+from tests.hub.storage_contract_transfers import TransferKeyContract
 
 AGENT_ID_RE = re.compile(r"agent-[0-9a-f]{8}")
 
 
-class StorageContract(FeedAndCatalogContract, ClockTransferContract):
+class StorageContract(FeedAndCatalogContract, ClockTransferContract, TransferKeyContract):
     def open_store(self, tmp_path: Path) -> StoreOpener[HubStore]:
         raise NotImplementedError
 

@@ -35,7 +35,7 @@ FILTERS = (
     ExceptionFilter(),
     ExceptionFilter(location="S002"),
     ExceptionFilter(kind="transfer_short"),
-    ExceptionFilter(kind="transfer_misdirected", location="S003"),
+    ExceptionFilter(kind="transfer_shared_ref", location="S003"),
     ExceptionFilter(since_ms=NOW_MS - 3_600_000),
     ExceptionFilter(location="S001", since_ms=NOW_MS - 3_600_000),
     ExceptionFilter(kind="import_quarantine", location="S001"),
@@ -43,7 +43,7 @@ FILTERS = (
 )
 AFTER = (
     None,
-    ExceptionKey(NOW_MS, "transfer", ("T3", "SKU-T003")),
+    ExceptionKey(NOW_MS, "transfer", ("S002", "T3", "SKU-T003")),
     ExceptionKey(NOW_MS, "import_quarantine", ("a", "i1")),
 )
 
@@ -87,7 +87,7 @@ async def test_the_transfer_unknown_barcode_and_import_issue_sources_read_no_who
                     read["transfer"] += 1
                     # walked in the list's order through an index of transfers with a finding, never sorted whole
                     assert "SCAN transfers" not in plan and not any("TEMP B-TREE" in line for line in plan), where
-                    assert any("transfers_finding" in line or "transfers_misdirected" in line for line in plan), where
+                    assert any("transfers_finding" in line or "transfers_shared" in line for line in plan), where
                 elif "FROM stock s" in sql:
                     read["unknown_barcode"] += 1
                     # a range of the SKUs stock_sku or the primary key holds in order: the unknown barcodes' rows only
@@ -117,8 +117,8 @@ OPEN_FILTERS = (
 )
 OPEN_AFTER = (
     *AFTER,
-    ExceptionKey(NOW_MS, "transfer_overdue", ("O3", "SKU-O003")),
-    ExceptionKey(NOW_MS, "transfer_unknown_destination", ("X1", "SKU-X001")),
+    ExceptionKey(NOW_MS, "transfer_overdue", ("S002", "O3", "SKU-O003")),
+    ExceptionKey(NOW_MS, "transfer_unknown_destination", ("S771", "X1", "SKU-X001")),
     ExceptionKey(NOW_MS, "clock_quarantine", (5,)),
     ExceptionKey(NOW_MS, "channel_refused", ("web", "i3\tL1")),
 )

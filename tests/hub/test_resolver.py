@@ -78,7 +78,7 @@ def test_a_transfer_is_in_transit_until_received_then_closed() -> None:
     assert shipped.stock[("S2", "A")].in_transit == 5
     assert shipped.stock[("S2", "A")].on_hand == 0
     assert shipped.stock[("S1", "A")].on_hand == -5
-    assert shipped.transfers[("T1", "A")].in_transit == 5
+    assert shipped.transfers[("S2", "T1", "A")].in_transit == 5
 
     closed = resolved_both_ways([out, ev(Kind.TRANSFER_IN, 5, at_ms=9, location="S2", ref="T1")])
     assert closed.stock[("S2", "A")].in_transit == 0
@@ -115,24 +115,26 @@ def test_receiving_more_than_shipped_or_with_no_shipment_is_an_exception() -> No
     assert over.stock[("S2", "A")].in_transit == 0
 
 
-def test_a_transfer_received_at_another_store_than_it_was_shipped_to_is_an_exception() -> None:
-    """Found receiving a transfer at the wrong store: S1 shipped T5 to S2, S3 received it in full. The units left
-    S2's in transit and nothing said so, to S2 waiting for them or to anyone: the two sides agreed on the
-    quantity, so no finding. Now it is one, at the store that received it, naming where it was shipped to."""
+def test_a_transfer_received_at_another_store_than_it_was_shipped_to_is_that_stores_own() -> None:
+    """S1 shipped T5 to S2, S3 received a T5 in full. A transfer is kept per (destination, ref, sku) (schema 20):
+    the receipt at S3 is S3's transfer T5, which nothing was shipped to, so a receipt can never take units out of
+    transit to, nor write off units shipped to, another store (two stores' T5 are not one transfer). S2 still has
+    S1's 5 in transit, and S3's receipt is listed at S3 as unmatched, naming where it came from when it says."""
     ev = EventFactory()
     res = resolved_both_ways(
         [
             ev(Kind.TRANSFER_OUT, -5, at_ms=1, ref="T5", attrs={"to": "S2"}),
-            ev(Kind.TRANSFER_IN, 5, at_ms=2, location="S3", ref="T5", attrs={"final": True}),
+            ev(Kind.TRANSFER_IN, 5, at_ms=2, location="S3", ref="T5", attrs={"final": True, "from": "S1"}),
         ]
     )
     [finding] = [f for f in res.findings if f.kind.startswith("transfer")]
-    assert (finding.kind, finding.location, finding.sku) == ("transfer_misdirected", "S3", "A")
-    assert finding.data == {"ref": "T5", "from": "S1", "to": "S3", "shipped_to": "S2", "shipped": 5, "received": 5}
+    assert (finding.kind, finding.location, finding.sku) == ("transfer_unmatched", "S3", "A")
+    assert finding.data == {"ref": "T5", "from": "S1", "to": "S3", "shipped": 0, "received": 5}
     assert finding.detail == (
-        "Transfer T5: S1 shipped 5 of A to S2, but S3 received 5 of them; S2 no longer has them in transit."
+        "Transfer T5: 5 of A were received at S3 but no shipment of it from S1 to S3 has been recorded."
     )
-    assert res.stock[("S2", "A")].in_transit == 0 and res.stock[("S3", "A")].on_hand == 5
+    assert res.stock[("S2", "A")].in_transit == 5 and res.stock[("S3", "A")].on_hand == 5
+    assert res.transfers[("S2", "T5", "A")].written_off == 0 and res.transfers[("S3", "T5", "A")].written_off == 0
 
 
 def test_negative_on_hand_is_an_exception_and_shows_nothing_available() -> None:

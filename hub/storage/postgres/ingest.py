@@ -7,7 +7,7 @@ locks (``lock_keys``):
 * a (location, SKU bucket) lock for the stock rows of that location whose SKU
   hashes to the bucket — and with them the key's events (ranges, variances,
   duplicates) and its reservations, which only that key's events change;
-* a transfer-document lock (ref) for the (ref, sku) transfer rows, which the
+* a transfer-document lock (ref) for the (dest, ref, sku) transfer rows, which the
   events of two locations change.
 
 Buckets keep the locks one transaction holds bounded (at most
@@ -228,7 +228,7 @@ def stock_lockable(key: StockKey) -> Lockable:
 
 
 def transfer_lockable(key: TransferKey) -> Lockable:
-    return ("transfer", key[0])
+    return ("transfer", key[1])  # the ref: every destination of a ref is locked alike
 
 
 def sender_lockable(agent_id: str) -> Lockable:
@@ -446,11 +446,11 @@ class PostgresIngest:
         await self._lock(map(transfer_lockable, keys))
         fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
         rows = await self.conn.fetch(
-            f"SELECT {fields} FROM unnest($1::text[], $2::text[]) AS k(ref, sku) "
-            "JOIN transfers t ON t.ref = k.ref AND t.sku = k.sku",
-            *columns(keys, 2),
+            f"SELECT {fields} FROM unnest($1::text[], $2::text[], $3::text[]) AS k(dest, ref, sku) "
+            "JOIN transfers t ON t.dest = k.dest AND t.ref = k.ref AND t.sku = k.sku",
+            *columns(keys, 3),
         )
-        return {(r[0], r[1]): Transfer(*r) for r in rows}
+        return {(r[0], r[1], r[2]): Transfer(*r) for r in rows}
 
     async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]:
         # only the events of (location, sku) change its reservations: its stock lock guards them
@@ -553,11 +553,11 @@ class PostgresIngest:
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
         await self.conn.executemany(
             f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
-            "ON CONFLICT (ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            "ON CONFLICT (dest, ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
             "out_from = excluded.out_from, out_to = excluded.out_to, in_to = excluded.in_to, "
             "in_from = excluded.in_from, shipped_at_ms = excluded.shipped_at_ms, closed_at = excluded.closed_at, "
-            "updated_at_ms = excluded.updated_at_ms",
+            "shippers = excluded.shippers, updated_at_ms = excluded.updated_at_ms",
             [(*transfer_values(t), now_ms) for t in rows],
         )
 

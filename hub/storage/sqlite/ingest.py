@@ -226,7 +226,7 @@ class SqliteIngest:
 
     async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]:
         fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
-        return {(r[0], r[1]): Transfer(*r) for r in await self._join("transfers", fields, "ref, sku", keys)}
+        return {(r[0], r[1], r[2]): Transfer(*r) for r in await self._join("transfers", fields, "dest, ref, sku", keys)}
 
     async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]:
         rows = await self._join(
@@ -301,11 +301,11 @@ class SqliteIngest:
 
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
         sql = (
-            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ({marks(11)}) "
-            "ON CONFLICT (ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
+            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ({marks(13)}) "
+            "ON CONFLICT (dest, ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
             "out_from = excluded.out_from, out_to = excluded.out_to, in_to = excluded.in_to, "
             "in_from = excluded.in_from, shipped_at_ms = excluded.shipped_at_ms, closed_at = excluded.closed_at, "
-            "updated_at_ms = excluded.updated_at_ms"
+            "shippers = excluded.shippers, updated_at_ms = excluded.updated_at_ms"
         )
         params = [(*transfer_values(t), now_ms) for t in rows]
         await self.db.executemany(sql, params)

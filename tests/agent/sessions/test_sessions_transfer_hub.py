@@ -68,12 +68,15 @@ async def test_transfer_shipped_by_a_and_received_short_by_b(tmp_path: Path) -> 
             assert (writeoff.sku, writeoff.qty, writeoff.ref) == ("SKU-APPLE", -2, "TR-1001")
 
 
-async def test_transfer_shipped_to_b_and_received_by_c_is_on_both_stores_exceptions(tmp_path: Path) -> None:
-    """A store received a transfer meant for another (the van stopped at the wrong door): the hub listed nothing,
-    and the units just left the intended store's in transit. Both stores now see it in their exceptions."""
+async def test_transfer_shipped_to_b_and_received_by_c_is_cs_own_and_leaves_bs_alone(tmp_path: Path) -> None:
+    """A store received a transfer meant for another (the van stopped at the wrong door). A transfer is kept per
+    (destination, ref, SKU): C's receipt is C's transfer TR-2, nothing was shipped to C under it, so it is listed at
+    C as unmatched (and at the sender its receipt names), and it takes nothing out of transit to B: a receipt never
+    moves, nor writes off, units shipped to another store (two stores' TR-2 were one transfer before)."""
     async with running_hub(tmp_path) as (hub, url):
         a_id, a_token = await hub.add_agent(["S001"])
         c_id, c_token = await hub.add_agent(["S003"])
+        await hub.add_agent(["S002"])  # a store the hub knows: a transfer to it is no unknown destination's
         async with (
             Outbox.open(tmp_path / "a.sqlite3", agent_id=a_id, location="S001") as a_outbox,
             Outbox.open(tmp_path / "c.sqlite3", agent_id=c_id, location="S003") as c_outbox,
@@ -86,17 +89,21 @@ async def test_transfer_shipped_to_b_and_received_by_c_is_on_both_stores_excepti
             await store_a.scan(ship.id, APPLE, by="ana", qty=5)
             await store_a.close(ship.id, by="ana")
             await sync(a_outbox, url, a_token)
-            receive = await store_c.open(SessionSpec(SessionType.TRANSFER_IN, ref="TR-2"), by="cy")
+            receive = await store_c.open(
+                SessionSpec(SessionType.TRANSFER_IN, ref="TR-2", from_location="S001"), by="cy"
+            )
             await store_c.scan(receive.id, APPLE, by="cy", qty=5)
             await store_c.close(receive.id, by="cy")
             await sync(c_outbox, url, c_token)
 
-            assert await at(hub, "S002", "SKU-APPLE") == (0, 0)
+            assert await at(hub, "S002", "SKU-APPLE") == (0, 5)
             assert await at(hub, "S003", "SKU-APPLE") == (5, 0)
-            for location in ("S002", "S003", "S001", None):
+            assert [r for r in await hub.ledger() if r.kind == "transfer_writeoff"] == []
+            for location in ("S003", "S001", None):
                 [wrong] = [e for e in await hub.exceptions(location=location) if e.kind.startswith("transfer")]
-                assert (wrong.kind, wrong.location, wrong.sku) == ("transfer_misdirected", "S003", "SKU-APPLE")
-                assert (wrong.data["to"], wrong.data["shipped_to"], wrong.data["received"]) == ("S003", "S002", 5)
+                assert (wrong.kind, wrong.location, wrong.sku) == ("transfer_unmatched", "S003", "SKU-APPLE")
+                assert (wrong.data["from"], wrong.data["to"], wrong.data["received"]) == ("S001", "S003", 5)
+            assert [e for e in await hub.exceptions(location="S002") if e.kind.startswith("transfer")] == []
 
 
 async def test_a_transfer_to_a_location_the_hub_does_not_know_is_refused_or_listed(

@@ -1,0 +1,168 @@
+"""Storage contract, schema version 20: a transfer is keyed by (destination, ref, sku).
+
+Found: the hub kept transfers per (ref, sku) across the chain, so two stores that number their transfers alike
+(both ship "T-1") were one transfer: the in transit at the receivers was wrong, and one receiver's final receipt
+wrote off the other store's units; a stolen store credential could do that on purpose to another store's transfer.
+Mixed into ``StorageContract``, so both backends run it (fixture ``store``), each against the pure resolver.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+from hub.resolver import resolve
+from hub.storage import AgentIdentity, HubStore
+from protocol import Kind, StockEvent
+from tests.hub.event_factory import EventFactory
+from tests.hub.storage_contract_clock import agent, now_ms, on_hand
+
+
+async def _stores(store: HubStore, *locations: str) -> dict[str, tuple[AgentIdentity, EventFactory]]:
+    out = {}
+    base = now_ms()
+    for location in locations:
+        who = await agent(store, location)
+        out[location] = (who, EventFactory(who.agent_id, location=location, base_ms=base))
+    return out
+
+
+def _two_t1(s: dict[str, tuple[AgentIdentity, EventFactory]]) -> list[tuple[AgentIdentity, StockEvent]]:
+    """S001 ships T-1 (6 of A) to S003 and S002 its own T-1 (4 of A) to S004; each destination receives part of
+    its own with a final receipt."""
+    return [
+        (s["S001"][0], s["S001"][1](Kind.TRANSFER_OUT, -6, at_ms=1, ref="T-1", attrs={"to": "S003"})),
+        (s["S002"][0], s["S002"][1](Kind.TRANSFER_OUT, -4, at_ms=2, ref="T-1", attrs={"to": "S004"})),
+        (s["S003"][0], s["S003"][1](Kind.TRANSFER_IN, 5, at_ms=3, ref="T-1", attrs={"final": True})),
+        (s["S004"][0], s["S004"][1](Kind.TRANSFER_IN, 1, at_ms=4, ref="T-1", attrs={"final": True, "from": "S002"})),
+    ]
+
+
+async def _deliver(store: HubStore, sent: list[tuple[AgentIdentity, StockEvent]]) -> None:
+    for who, ev in sent:
+        assert (await store.ingest(who, 1, [ev])).rejected == ()
+
+
+async def _state(store: HubStore) -> dict[str, Any]:
+    """What a store shows of the transfers: counts, write-offs and transfer exceptions (at_ms aside)."""
+    counts = {(r.location, r.sku): (r.on_hand, r.in_transit) for r in await store.counts(limit=10_000)}
+    writeoffs = sorted(
+        (r.location, r.ref, r.sku, r.qty, r.event_id) for r in await store.ledger(limit=10_000)
+        if r.kind == "transfer_writeoff"
+    )  # fmt: skip
+    exceptions = sorted(
+        (e.kind, e.location, e.sku, e.detail, sorted(e.data.items()))
+        for e in await store.exceptions(limit=10_000)
+        if e.kind.startswith("transfer") and e.kind != "transfer_unknown_destination"
+    )
+    return {"counts": counts, "writeoffs": writeoffs, "exceptions": exceptions}
+
+
+def _resolved(events: list[StockEvent]) -> dict[str, Any]:
+    res = resolve(events)
+    return {
+        "counts": {k: (s.on_hand, s.in_transit) for k, s in res.stock.items()},
+        "exceptions": sorted(
+            (f.kind, f.location, f.sku, f.detail, sorted(f.data.items()))
+            for f in res.findings
+            if f.kind.startswith("transfer")
+        ),
+    }
+
+
+class TransferKeyContract:
+    async def test_two_stores_shipping_t1_to_different_destinations_keep_their_own(self, store: HubStore) -> None:
+        s = await _stores(store, "S001", "S002", "S003", "S004")
+        sent = _two_t1(s)
+        await _deliver(store, sent[:2])
+        assert (await on_hand(store, "S003"), await on_hand(store, "S004")) == ((0, 6), (0, 4))
+        await _deliver(store, sent[2:])
+        assert (await on_hand(store, "S003"), await on_hand(store, "S004")) == ((5, 0), (1, 0))
+        offs = {r.location: (r.qty, r.attrs["from"]) for r in await store.ledger() if r.kind == "transfer_writeoff"}
+        assert offs == {"S003": (-1, "S001"), "S004": (-3, "S002")}
+        for location, written_off in (("S003", 1), ("S004", 3)):
+            [short] = [e for e in await store.exceptions(location=location) if e.kind.startswith("transfer")]
+            assert (short.kind, short.location, short.data["written_off"]) == ("transfer_short", location, written_off)
+        assert [e.location for e in await store.exceptions(location="S001") if e.kind.startswith("transfer")] == [
+            "S003"
+        ]
+        state = await _state(store)
+        expected = _resolved([ev for _, ev in sent])
+        assert {k: v for k, v in state.items() if k != "writeoffs"} == expected
+
+    async def test_a_stolen_credential_cannot_touch_another_stores_transfer(self, store: HubStore) -> None:
+        """S001 shipped T-1 to S004; with S002's stolen credential a thief ships a T-1 to S003 and receives a T-1
+        at S002 as final, naming S001. S001's transfer to S004 is as it was, and so are S001 and S004."""
+        s = await _stores(store, "S001", "S002", "S003", "S004")
+        honest = s["S001"][1](Kind.TRANSFER_OUT, -7, at_ms=1, ref="T-1", attrs={"to": "S004"})
+        await _deliver(store, [(s["S001"][0], honest)])
+        before = await store.exceptions(location="S004")
+        thief, ev = s["S002"]
+        attack = [
+            ev(Kind.TRANSFER_OUT, -1, at_ms=2, ref="T-1", attrs={"to": "S003"}),
+            ev(Kind.TRANSFER_IN, 1, at_ms=3, ref="T-1", attrs={"final": True, "from": "S001"}),
+        ]
+        await _deliver(store, [(thief, e) for e in attack])
+        assert await on_hand(store, "S004") == (0, 7) and await on_hand(store, "S001") == (-7, 0)
+        assert await store.exceptions(location="S004") == before == []
+        assert [r for r in await store.ledger() if r.kind == "transfer_writeoff"] == []
+        [unmatched] = [e for e in await store.exceptions(location="S002") if e.kind.startswith("transfer")]
+        assert (unmatched.kind, unmatched.location) == ("transfer_unmatched", "S002")
+
+    async def test_two_shippers_of_one_ref_to_one_destination_are_listed_for_each(self, store: HubStore) -> None:
+        """S001, S002 and S0_2 (a code LIKE would take for S002's) ship T-1 to S003: one transfer at S003, its
+        shippers named by one exception that each of them and S003 see, and no other store."""
+        s = await _stores(store, "S001", "S002", "S0_2", "S003", "S004")
+        sent = [
+            (s[loc][0], s[loc][1](Kind.TRANSFER_OUT, -n, at_ms=n, ref="T-1", attrs={"to": "S003"}))
+            for n, loc in enumerate(("S002", "S001", "S0_2"), start=1)
+        ]
+        await _deliver(store, sent)
+        assert await on_hand(store, "S003") == (0, 6)
+        for location in ("S001", "S002", "S0_2", "S003", None):
+            [shared] = [e for e in await store.exceptions(location=location) if e.kind.startswith("transfer")]
+            assert (shared.kind, shared.location, shared.data["shippers"]) == (
+                "transfer_shared_ref", "S003", ["S001", "S002", "S0_2"]
+            )  # fmt: skip
+        assert await store.exceptions(location="S004") == []  # nothing shipped there, nor by it
+        assert [e.kind for e in await store.exceptions(kind="transfer_shared_ref")] == ["transfer_shared_ref"]
+        assert await store.exceptions(kind="transfer_misdirected") == []
+        assert await _state(store) == {**_resolved([ev for _, ev in sent]), "writeoffs": []}
+
+    async def test_the_same_transfers_in_any_order_give_the_same_state(self, store: HubStore) -> None:
+        """The two-stores-same-ref events, with a second shipper to S004, delivered in orders of their own: one
+        state, the resolver's. Each order goes to its own SKU (the store is one database per test)."""
+        s = await _stores(store, "S001", "S002", "S003", "S004")
+        rng = random.Random(20)
+        states = []
+        orders = [list(p) for p in itertools.islice(itertools.permutations(range(5)), 0, 120, 17)]
+        orders += [rng.sample(range(5), 5) for _ in range(3)]
+        for n, order in enumerate(orders):
+            sku = f"SKU-{n}"
+            sent = [
+                (who, ev._replace(sku=sku))  # type: ignore[attr-defined]
+                for who, ev in [
+                    *_two_t1(s),
+                    (s["S001"][0], s["S001"][1](Kind.TRANSFER_OUT, -2, at_ms=5, ref="T-1", attrs={"to": "S004"})),
+                ]
+            ]
+            await _deliver(store, [sent[i] for i in order])
+            state = await _state(store)
+            mine = {
+                "counts": {k: v for k, v in state["counts"].items() if k[1] == sku},
+                "writeoffs": [(loc, ref, qty) for loc, ref, sku_, qty, _ in state["writeoffs"] if sku_ == sku],
+                "exceptions": [e[:2] + e[3:] for e in state["exceptions"] if e[2] == sku],
+            }
+            expected = _resolved([ev for _, ev in sent])
+            assert mine["counts"] == expected["counts"]
+            assert mine["exceptions"] == [e[:2] + e[3:] for e in expected["exceptions"]]
+            states.append(  # one SKU's state, its name aside
+                {
+                    "counts": {loc: v for (loc, _), v in mine["counts"].items()},
+                    "writeoffs": mine["writeoffs"],
+                    "exceptions": [(e[0], e[1], e[2].replace(sku, "SKU"), e[3]) for e in mine["exceptions"]],
+                }
+            )
+        assert all(state == states[0] for state in states[1:])
+        assert states[0]["writeoffs"] == [("S003", "T-1", -1), ("S004", "T-1", -5)]
