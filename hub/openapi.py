@@ -111,6 +111,8 @@ API_VERSION = "1.9.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 # 1.9: PUT /v1/catalog reads a CSV body in the charset its Content-Type declares, and answers 415 with charsets (every
 # charset it reads) to one it does not read
 #      GET /v1/status answers hub_clock (the agents that synced lately agree the hub's own clock is off; null: no)
+#      the exception kind transfer_shared_ref and data.shippers (a transfer is kept per ref, SKU and destination:
+#      transfer_misdirected is found no more)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -798,7 +800,8 @@ def _paths() -> dict[str, JSON]:
                                    ", ".join(csvexport.EXCEPTION_HEADER))),
          "304": NOT_MODIFIED},
         parameters=[query("location", ref("Location"), "Only the exceptions of this location: a transfer's at either "
-                          "end and at the location it was shipped to, a transfer to an unknown location at its sender.",
+                          "end, a transfer several locations shipped under one ref at each of them, a transfer to an "
+                          "unknown location at its sender.",
                           example="S001"),
                     query("kind", {"type": "string", "enum": list(keys.EXCEPTION_KINDS)},
                           "Only exceptions of this kind (another is 400, naming the kinds).", example="negative_on_hand"),

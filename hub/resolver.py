@@ -311,8 +311,8 @@ class Transfer:
             self.from_location,
             self.sku,
             f"Transfer {self.ref}: {src} shipped {self.shipped} of {self.sku} to {self.out_to}, a location the hub"
-            " does not know; no store will receive it: ship it again to the right location, or receive it back"
-            " with a final receipt.",
+            " does not know; no store will receive it: ship it again to the right location (or, if that is a new"
+            " store, bind a credential to it).",
             self._data() | {"in_transit": self.in_transit},
         )
 

@@ -39,6 +39,7 @@
     transfer_short: ["Transfer short", "bad"],
     transfer_over: ["Transfer over", "warn"],
     transfer_unmatched: ["Transfer unmatched", "warn"],
+    transfer_shared_ref: ["Transfer ref shared by several shippers", "bad"],
     transfer_misdirected: ["Transfer misdirected", "bad"],
     transfer_unknown_destination: ["Transfer to an unknown location", "bad"],
     rejected_event: ["Rejected event", "bad"],

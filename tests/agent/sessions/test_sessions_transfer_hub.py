@@ -3,9 +3,12 @@ the missing units written off in the ledger and an exception."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from agent.catalog import AgentCatalog
@@ -136,7 +139,9 @@ async def test_a_transfer_to_a_location_the_hub_does_not_know_is_refused_or_list
             )
             with pytest.raises(InvalidSessionInput) as spelled:
                 await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-9", to_location="s002"), by="ana")
-            assert str(spelled.value) == "the hub knows no location 's002', but S002; write the location as the hub does"
+            assert (
+                str(spelled.value) == "the hub knows no location 's002', but S002; write the location as the hub does"
+            )
             assert await store_a.list() == []
             fine = await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-8", to_location="S002"), by="ana")
             await store_a.key(fine.id, "SKU-APPLE", 2, by="ana")
@@ -194,3 +199,86 @@ async def test_serialised_items_transferred_close_the_transfer_and_the_ledger_na
                     [(1 if kind == "transfer_in" else -1, "SN1"), (1 if kind == "transfer_in" else -1, "SN2"),
                      (3 if kind == "transfer_in" else -3, None)]
                 )  # fmt: skip
+
+
+async def test_two_stores_t1_and_a_stolen_credential_over_http(tmp_path: Path) -> None:
+    """End to end, over HTTP on 127.0.0.1: S001 ships its T-1 to S003 and S002 its own T-1 to S004, each received
+    short with the closing session's final receipt; then a thief with S002's token ships a T-1 to S004 and books a
+    final receipt of a T-1 at S002 naming S001. What the hub answers to a reader: each destination's in transit
+    and write-off are its own, and S001's transfer to S003 is as it was; the thief's receipt is listed at S002
+    (until this fix both T-1 were one transfer: S004 had nothing in transit, S003's final receipt wrote off
+    S002's units, and the thief's receipt counted against S001's shipment)."""
+    async with running_hub(tmp_path) as (hub, url):
+        ids = {loc: await hub.add_agent([loc]) for loc in ("S001", "S002", "S003", "S004")}
+        _, reader = await hub.add_agent([], role="reader")
+        async with contextlib.AsyncExitStack() as stack:
+            outbox, manager = {}, {}
+            for loc, (agent_id, _) in ids.items():
+                outbox[loc] = await stack.enter_async_context(
+                    Outbox.open(tmp_path / f"{loc}.sqlite3", agent_id=agent_id, location=loc)
+                )
+                sessions = await stack.enter_async_context(SessionStore.open(tmp_path / f"{loc}-sessions.sqlite3"))
+                manager[loc] = SessionManager(sessions, outbox[loc], catalog=catalog())
+
+            async def book(loc: str, spec: SessionSpec, qty: int) -> None:
+                session = await manager[loc].open(spec, by="staff")
+                await manager[loc].scan(session.id, APPLE, by="staff", qty=qty)
+                await manager[loc].close(session.id, by="staff")
+                await sync(outbox[loc], url, ids[loc][1])
+
+            await book("S001", SessionSpec(SessionType.TRANSFER_OUT, ref="T-1", to_location="S003"), 6)
+            await book("S002", SessionSpec(SessionType.TRANSFER_OUT, ref="T-1", to_location="S004"), 4)
+            await book("S003", SessionSpec(SessionType.TRANSFER_IN, ref="T-1", from_location="S001"), 5)
+            await book("S004", SessionSpec(SessionType.TRANSFER_IN, ref="T-1"), 1)
+
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {reader}"}) as http:
+
+                async def get(path: str, **params: str) -> Any:
+                    async with http.get(f"{url}{path}", params=params) as resp:
+                        assert resp.status == 200, await resp.text()
+                        return await resp.json()
+
+                async def state() -> dict[str, Any]:
+                    counts = {
+                        r["location"]: (r["on_hand"], r["in_transit"])
+                        for r in (await get("/v1/counts", sku="SKU-APPLE"))["counts"]
+                    }
+                    offs = {
+                        r["location"]: (r["qty"], r["attrs"]["from"])
+                        for r in (await get("/v1/ledger", sku="SKU-APPLE"))["events"]
+                        if r["kind"] == "transfer_writeoff"
+                    }
+                    return {"counts": counts, "writeoffs": offs}
+
+                honest = await state()
+                assert honest["counts"] == {"S001": (-6, 0), "S002": (-4, 0), "S003": (5, 0), "S004": (1, 0)}
+                assert honest["writeoffs"] == {"S003": (-1, "S001"), "S004": (-3, "S002")}
+                to_s003 = [e for e in (await get("/v1/exceptions", location="S003"))["exceptions"]]
+                assert [(e["kind"], e["data"]["written_off"]) for e in to_s003] == [("transfer_short", 1)]
+
+                # the thief: S002's token on a machine of its own, booking with the agent's own sessions
+                outbox["thief"] = await stack.enter_async_context(
+                    Outbox.open(tmp_path / "thief.sqlite3", agent_id=ids["S002"][0], location="S002")
+                )
+                sessions = await stack.enter_async_context(SessionStore.open(tmp_path / "thief-sessions.sqlite3"))
+                manager["thief"] = SessionManager(sessions, outbox["thief"], catalog=catalog())
+                ids["thief"] = ids["S002"]
+                await book("thief", SessionSpec(SessionType.TRANSFER_OUT, ref="T-1", to_location="S004"), 1)
+                await book("thief", SessionSpec(SessionType.TRANSFER_IN, ref="T-1", from_location="S001"), 1)
+                after = await state()
+                assert {loc: after["counts"][loc] for loc in ("S001", "S003")} == {
+                    loc: honest["counts"][loc] for loc in ("S001", "S003")
+                }
+                assert after["writeoffs"]["S003"] == honest["writeoffs"]["S003"]  # S001's transfer to S003 as it was
+                assert after["writeoffs"]["S004"] == (-4, "S002")  # the thief's unit, shipped after S004 closed its T-1
+                assert (await get("/v1/exceptions", location="S003"))["exceptions"] == to_s003
+                [claimed] = [
+                    e
+                    for e in (await get("/v1/exceptions", location="S002"))["exceptions"]
+                    if e["kind"] == "transfer_unmatched"
+                ]
+                assert (claimed["location"], claimed["data"]["from"], claimed["data"]["received"]) == (
+                    "S002",
+                    "S001",
+                    1,
+                )
