@@ -333,7 +333,7 @@ async def test_a_database_on_a_read_only_file_system_says_so(tmp_path: Path, mou
     """Found black-box: init, agent list and backup of a hub database on a read-only mount (a snapshot, a share
     mounted ro) said only "unable to open database file": SQLite writes a -shm file beside a WAL database even to
     read it, and nothing said so."""
-    data = mounts.tmpfs(tmp_path / "ro")
+    data = mounts.tmpfs(tmp_path / "ro", size="2m")  # a new hub's file and its WAL: over 1 MiB since schema 20
     db = await new_db(data / "hub.db", tmp_path)
     mounts.read_only(data)
     for command, given in ((("agent", "list"), db), (("init",), db), (("init",), data / "new.db")):
