@@ -799,6 +799,9 @@ class SqliteFile:
         # Disk space the running agent keeps for scans (agent.reserve): a write made with ``reserved=True`` that the
         # full disk refuses is made again after each step of it given back, until it is stored or the reserve spent.
         self.reserve: Reserve | None = None
+        # The wall ms of a write the disk refused for want of room, while no write has succeeded since (None: the
+        # disk took the last write): what the agent tells the hub of its disk (protocol.DiskReport.refused_ms).
+        self.disk_refused_ms: int | None = None
 
     def _closed_error(self) -> Exception:
         raise NotImplementedError
@@ -853,11 +856,15 @@ class SqliteFile:
             raise self._closed_error()
         while True:
             try:
-                return await self._db.write(fn, small=small)
+                result = await self._db.write(fn, small=small)
             except sqlite3.Error as err:
                 if reserved and self.reserve is not None and disk_full(err) and await self.reserve.give(self.path):
                     continue  # one step of the reserve given back to the disk: the same write again
+                if disk_full(err):
+                    self.disk_refused_ms = time.time_ns() // 1_000_000
                 raise self._failure("written", err) from err
+            self.disk_refused_ms = None
+            return result
 
     async def _outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:

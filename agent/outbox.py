@@ -62,6 +62,7 @@ import dataclasses
 import hashlib
 import logging
 import secrets
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -83,7 +84,17 @@ from agent.errors import (
     OutboxOfAnotherAgent,
 )
 from agent.lock import agent_running
-from protocol import HybridClock, Kind, ProtocolError, Rejection, StockEvent, SyncResponse, event_id_hex, new_event_id
+from protocol import (
+    DiskReport,
+    HybridClock,
+    Kind,
+    ProtocolError,
+    Rejection,
+    StockEvent,
+    SyncResponse,
+    event_id_hex,
+    new_event_id,
+)
 from protocol.feed import FeedChange
 from protocol.hlc import pack_hlc, unpack_hlc, wall_ms_now
 
@@ -1255,6 +1266,18 @@ class Outbox(SqliteFile):
     def wall_ms(self) -> int:
         """This outbox's wall clock (the one its events are stamped with)."""
         return self._wall_clock_ms()
+
+    def disk_report(self) -> DiskReport:
+        """The disk this outbox is on, as the replicator tells the hub with each sync (``protocol.DiskReport``): the
+        agent's disk reserve (``agent.reserve``; none: 0), its file system's free bytes (one ``statvfs``), and a
+        write the disk refused for want of room that no write of the outbox has succeeded since."""
+        reserve = self.reserve.state() if self.reserve is not None else None
+        try:
+            free: int | None = shutil.disk_usage(Path(self.path).parent).free
+        except OSError:
+            free = None
+        size, held = (reserve.size, reserve.held) if reserve is not None else (0, 0)
+        return DiskReport(size, held, free, self.disk_refused_ms)
 
     def _recover_clock(self, conn: sqlite3.Connection, resp: SyncResponse, clock_skew_ms: int | None) -> None:
         """Reset the hybrid clock when it ran far ahead and the machine's clock is right again: it never

@@ -114,6 +114,8 @@ SLOW_DOWN_SAID_S = 60.0
 # What a hub from before the columnar form (protocol.event.events_to_columns) answers a request that has them: 400
 # naming the field (protocol.codec's envelope check, unchanged since the first wire version).
 COLUMNS_REFUSED = "unknown field(s) columns"
+# … and what one from before the disk report (protocol.DiskReport) answers a request carrying it.
+DISK_REFUSED = "unknown field(s) disk"
 
 # Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
 # (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
@@ -296,6 +298,7 @@ class Replicator(HubLoop):
         self._ahead: _Ahead | None = None  # the batch sent while the one before it is on its way (catching up)
         self._keep_ahead = False  # the last answer acknowledged its batch: the batch sent ahead follows on from it
         self._pipelines = False  # the hub's last answer said it reads after_seq (SYNC_PIPELINE_HEADER)
+        self._sends_disk = True  # requests carry the disk report, until a hub from before it refuses one
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
         # way (from reading the batch to storing its answer), ``_feed_position`` is the change-feed position of
         # the newest answer stored (None: none in this run, or the hub's numbering restarted since).
@@ -491,6 +494,8 @@ class Replicator(HubLoop):
             return await self._too_big(batch)
         if status == 400 and batch and self._as_columns and COLUMNS_REFUSED in _error_message(body):
             return self._columns_refused()
+        if status == 400 and self._sends_disk and DISK_REFUSED in _error_message(body):
+            return self._disk_refused()
         if status == 400 and ahead is not None and "after_seq" in _error_message(body):
             return self._after_seq_refused()
         raise await self._refused(status, body, answer.hub_id)
@@ -547,6 +552,16 @@ class Replicator(HubLoop):
         """A request whose answer is not stored: the hub may commit its events, which are then sent again."""
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its failure, if any, is not news
+
+    def _disk_refused(self) -> bool:
+        """400 naming ``disk``: a hub from before the disk report. Requests go without it from now on, at once."""
+        self._sends_disk = False
+        log.info(
+            "The hub at %s does not read the agent's disk report (it is older); its agent list will not show this"
+            " agent's disk. Sending without it.",
+            self._url,
+        )
+        return True
 
     def _after_seq_refused(self) -> bool:
         """400 naming ``after_seq``: a hub older than two batches in flight answered (another hub behind the
@@ -634,6 +649,7 @@ class Replicator(HubLoop):
             backlog=backlog, oldest_pending_ms=oldest_ms,
             chain=prepared.chain, epoch_base=prepared.epoch_base or None, base_chain=prepared.base_chain,
             sent_ms=sent_ms, follows_feed=self.feed is not None, after_seq=after_seq,
+            disk=self._outbox.disk_report() if self._sends_disk else None,
         )  # fmt: skip
         return encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns), sent_ms
 

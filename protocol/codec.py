@@ -42,6 +42,38 @@ CHAIN_BYTES = 16  # a lineage digest (blake2b, digest_size 16)
 MAX_BATCH_EVENTS = 10_000
 MAX_COUNTS = 100_000
 MSGPACK_CONTENT_TYPE = "application/msgpack"
+# An agent's disk with less room than this, its reserve spent, is full: a step of the agent's disk reserve
+# (agent.reserve.STEP_BYTES), room for a few thousand scans.
+DISK_ROOM_BYTES = 1 << 20
+DISK_STATES = ("ok", "reserve_in_use", "full")
+
+
+@dataclass(frozen=True, slots=True)
+class DiskReport:
+    """A store agent's report of the disk its outbox is on (agent.reserve), sent with each sync request.
+
+    ``reserve_bytes``: the disk reserve configured (0: none); ``reserve_held_bytes``: how much of it is on disk now;
+    ``free_bytes``: the free bytes of the outbox's file system (None: could not be read); ``refused_ms``: the
+    agent's wall ms of a write the disk refused for want of room when no write of that file has succeeded since
+    (None: the disk took the agent's last write)."""
+
+    reserve_bytes: int
+    reserve_held_bytes: int
+    free_bytes: int | None = None
+    refused_ms: int | None = None
+
+    @property
+    def state(self) -> str:
+        """``full``: the disk refuses the agent's writes, or its reserve is spent and less than ``DISK_ROOM_BYTES``
+        are free (scans the disk refuses are refused); ``reserve_in_use``: the disk was full and the reserve is not
+        whole (scans are stored in the room it gave back; it is made whole once there is room for it twice over);
+        ``ok``: neither."""
+        if self.refused_ms is not None:
+            return "full"
+        if self.reserve_held_bytes < self.reserve_bytes:
+            spent = self.reserve_held_bytes == 0 and (self.free_bytes is None or self.free_bytes < DISK_ROOM_BYTES)
+            return "full" if spent else "reserve_in_use"
+        return "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +95,8 @@ class SyncRequest:
     # hub raises its mark over the batch only when its mark is at least this. None: follows the acknowledged
     # mark. Sent only to a hub whose answers carry ``PIPELINE_HEADER`` (older hubs refuse the field).
     after_seq: int | None = None
+    # The disk the outbox is on (DiskReport). None: not sent (an agent from before it, or to a hub that refused it).
+    disk: DiskReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +279,44 @@ def _request_head(req: SyncRequest) -> dict[str, Any]:
         **({"sent_ms": req.sent_ms} if req.sent_ms is not None else {}),
         **({"follows_feed": True} if req.follows_feed else {}),
         **({"after_seq": req.after_seq} if req.after_seq is not None else {}),
+        **({"disk": _disk_to_wire(req.disk)} if req.disk is not None else {}),
     }
+
+
+def _disk_to_wire(disk: DiskReport) -> dict[str, int]:
+    return {
+        "reserve_bytes": disk.reserve_bytes,
+        "reserve_held_bytes": disk.reserve_held_bytes,
+        **({"free_bytes": disk.free_bytes} if disk.free_bytes is not None else {}),
+        **({"refused_ms": disk.refused_ms} if disk.refused_ms is not None else {}),
+    }
+
+
+_DISK_KEYS = {"reserve_bytes", "reserve_held_bytes", "free_bytes", "refused_ms"}
+
+
+def _disk_from_wire(raw: Any) -> DiskReport:
+    if type(raw) is not dict:
+        raise ProtocolError(f"must be a map, got {type(raw).__name__}", field="disk")
+    unknown = set(raw) - _DISK_KEYS
+    if unknown:
+        raise ProtocolError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}", field="disk")
+    size = _check_int(raw.get("reserve_bytes"), "disk.reserve_bytes", 0, SEQ_MAX)
+    held = _check_int(raw.get("reserve_held_bytes"), "disk.reserve_held_bytes", 0, SEQ_MAX)
+    if held > size:
+        raise ProtocolError(f"{held} is more than the reserve_bytes {size}", field="disk.reserve_held_bytes")
+    free = raw.get("free_bytes")
+    refused = raw.get("refused_ms")
+    return DiskReport(
+        size, held,
+        None if free is None else _check_int(free, "disk.free_bytes", 0, SEQ_MAX),
+        None if refused is None else _check_int(refused, "disk.refused_ms", 0, SEQ_MAX),
+    )  # fmt: skip
 
 
 _REQUEST_KEYS = {
     "v", "agent_id", "epoch", "acked_seq", "backlog", "oldest_pending_ms", "chain", "epoch_base", "base_chain", "events",
-    "columns", "sent_ms", "follows_feed", "after_seq",
+    "columns", "sent_ms", "follows_feed", "after_seq", "disk",
 }  # fmt: skip
 
 
@@ -363,6 +429,9 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     after_seq = obj.get("after_seq")
     if after_seq is not None:
         _check_int(after_seq, "after_seq", 0, SEQ_MAX)
+    disk = obj.get("disk")
+    if disk is not None:
+        disk = _disk_from_wire(disk)
     events, bad = _request_events(obj, agent_id, epoch)
     if bad:
         raise BadEvents(bad, agent_id, epoch)
@@ -372,7 +441,7 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     return SyncRequest(
         agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq,
         backlog=backlog, oldest_pending_ms=oldest_pending_ms, chain=chain, epoch_base=epoch_base, base_chain=base_chain,
-        sent_ms=sent_ms, follows_feed=follows_feed, after_seq=after_seq,
+        sent_ms=sent_ms, follows_feed=follows_feed, after_seq=after_seq, disk=disk,
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     CountSnapshot,
+    DiskReport,
     Rejection,
     StockEvent,
     SyncResponse,
@@ -42,6 +43,7 @@ class Seen:
     backlog: int | None = None  # what the agent reported
     form: str = "events"  # how the body carried its events: "events" (maps) or "columns"
     expect: bool = False  # sent with Expect: 100-continue (a catch-up batch)
+    disk: DiskReport | None = None  # the agent's disk report (protocol.DiskReport)
 
 
 class FakeHub:
@@ -58,6 +60,7 @@ class FakeHub:
         self.reject_also: list[Rejection] = []  # added to the next 200's rejections, whatever it was sent
         self.skew_ms = 0  # added to server_time_ms
         self.refuse_columns = False  # answer events sent as columns as a hub from before them does (400)
+        self.refuse_disk = False  # answer a disk report as a hub from before it does (400)
         self.fail_batches: int | None = None  # if set: answer every request carrying events with this status
         self.gate: asyncio.Event | None = None  # if set: answer only once it is set (after committing)
         self.silent_expects = 0  # so many requests asking Expect: 100-continue get no answer (a proxy that drops it)
@@ -127,14 +130,18 @@ class FakeHub:
     async def _sync(self, request: web.Request) -> web.Response:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         body = await request.read()
-        form = "columns" if "columns" in msgpack.unpackb(body) else "events"
+        fields = msgpack.unpackb(body)
+        form = "columns" if "columns" in fields else "events"
         if self.refuse_columns and form == "columns":  # what a hub from before the columnar form answers
             self.requests.append(Seen(token, (), 400, None, form))
             return _error(400, "bad_request", "sync request: unknown field(s) columns")
+        if self.refuse_disk and "disk" in fields:  # what a hub from before the disk report answers
+            self.requests.append(Seen(token, (), 400, None, form))
+            return _error(400, "bad_request", "sync request: unknown field(s) disk")
         sync = decode_sync_request(body)
         response = self._answer(token, sync.agent_id, sync.epoch, sync.events)
         expect = request.headers.get("Expect", "").lower() == "100-continue"
-        seen = Seen(token, tuple(ev.seq for ev in sync.events), response.status, sync.backlog, form, expect)
+        seen = Seen(token, tuple(ev.seq for ev in sync.events), response.status, sync.backlog, form, expect, sync.disk)
         self.requests.append(seen)
         async with self.changed:
             self.changed.notify_all()

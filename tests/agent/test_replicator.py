@@ -13,11 +13,14 @@ import pytest
 from aiohttp import web
 
 from agent import Movement, Outbox, Replicator, ReplicatorState
+from agent.errors import OutboxFull
 from agent.feed import CountFeed
+from agent.reserve import Reserve
 from protocol import Kind, Rejection, StockEvent
 from protocol.routes import SYNC_CATCHUP_BYTES
 from tests.agent.agent_fakehub import FakeHub
 from tests.agent.agent_fakehub import _error as fakehub_error
+from tests.harness.small_disk import sqlite_full
 
 AGENT = "store-1"
 LOC = "S001"
@@ -100,6 +103,59 @@ async def test_requests_report_the_backlog_and_an_idle_agent_sends_heartbeats(hu
     assert with_events == [30, 20, 10]
     heartbeats = [seen for seen in hub.requests[1:] if not seen.seqs]
     assert heartbeats and all(seen.backlog == 0 for seen in heartbeats)
+
+
+async def test_requests_report_the_disk_its_reserve_and_a_write_the_full_disk_refused(
+    hub: FakeHub, outbox: Outbox, tmp_path: Path
+) -> None:
+    """The hub learns the agent's disk with every sync (protocol.DiskReport): its reserve, the free bytes of the
+    outbox's file system, and a write the disk refused for want of room, cleared by the next write it takes."""
+    reserve = Reserve(tmp_path / "outbox.sqlite3", 256 << 10, step=64 << 10)
+    await reserve.start()
+    outbox.reserve = reserve
+    await outbox.record([sale()])
+    async with fast(outbox, hub, tick_s=0.05, heartbeat_s=0.1) as replicator:
+        await until(replicator, lambda s: s.sent_events == 1)
+        first = hub.requests[0].disk
+        assert first is not None and (first.reserve_bytes, first.reserve_held_bytes) == (256 << 10, 256 << 10)
+        assert first.free_bytes is not None and first.free_bytes > 0 and first.refused_ms is None
+        assert first.state == "ok"
+
+        assert await reserve.give(str(outbox.path))  # a step given back to a full disk
+        seen = len(hub.requests)
+        await hub.wait_for(lambda: len(hub.requests) > seen)
+        assert hub.requests[-1].disk is not None and hub.requests[-1].disk.reserve_held_bytes == 192 << 10
+        assert hub.requests[-1].disk.state == "reserve_in_use"
+
+        await outbox._db.outside_transaction(sqlite_full)  # the outbox's file may grow no more: SQLITE_FULL
+        with pytest.raises(OutboxFull):
+            await outbox.record([sale()] * 2_000)
+        seen = len(hub.requests)
+        await hub.wait_for(lambda: len(hub.requests) > seen and hub.requests[-1].disk.refused_ms is not None)
+        assert hub.requests[-1].disk.state == "full"
+
+        await outbox._db.outside_transaction(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+        await outbox.record([sale()])  # the disk takes a write again
+        await until(replicator, lambda s: s.sent_events == 2)
+        seen = len(hub.requests)
+        await hub.wait_for(lambda: len(hub.requests) > seen)
+        assert hub.requests[-1].disk.refused_ms is None
+
+
+async def test_a_hub_older_than_the_disk_report_gets_the_requests_without_it(
+    hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub.refuse_disk = True
+    await outbox.record([sale(f"SKU-{n % 4}") for n in range(30)])
+    with caplog.at_level(logging.INFO, logger="agent.replicator"):
+        async with fast(outbox, hub, batch_size=7) as replicator:
+            await until(replicator, lambda s: s.sent_events == 30)
+    assert seqs_sent(hub) == list(range(1, 31))  # every event once, in order
+    assert [seen.status for seen in hub.requests if seen.status != 200] == [400]  # refused once, then without it
+    assert all(seen.disk is None for seen in hub.requests if seen.status == 200)
+    said = [r.getMessage() for r in caplog.records if "disk report" in r.getMessage()]
+    assert len(said) == 1 and "does not read" in said[0], said
+    assert (await outbox.stats()).backlog == 0
 
 
 async def test_a_busy_agent_sends_no_heartbeat_and_an_idle_one_waits_for_it(hub: FakeHub, outbox: Outbox) -> None:

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from protocol import (
     BadEvents,
     CountSnapshot,
+    DiskReport,
     Kind,
     ProtocolError,
     Rejection,
@@ -124,3 +125,26 @@ def test_backlog_report_round_trips_and_is_optional():
     assert decode_sync_request(body([])).backlog is None
     with pytest.raises(ProtocolError, match="backlog: must be between"):
         decode_sync_request(body([], backlog=-1))
+
+
+def test_disk_report_round_trips_is_optional_and_says_the_disks_state():
+    """An agent's disk report (agent.reserve): its reserve, the outbox's free bytes, a write the full disk refused."""
+    full = DiskReport(8 << 20, 0, 4096, refused_ms=1_765_000_000_000)
+    req = SyncRequest("agent-1", 3, (event(1),), disk=full)
+    assert decode_sync_request(encode_sync_request(req)) == req
+    assert decode_sync_request(encode_sync_request(SyncRequest("agent-1", 3, ()))).disk is None  # an older agent
+    assert full.state == "full"
+    assert DiskReport(8 << 20, 0, 4096).state == "full"  # the reserve spent, less than a step free
+    assert DiskReport(8 << 20, 0, 50 << 20).state == "reserve_in_use"  # room again, the reserve not made whole yet
+    assert DiskReport(8 << 20, 3 << 20, 0).state == "reserve_in_use"
+    assert DiskReport(8 << 20, 8 << 20, 1 << 30).state == "ok"
+    assert DiskReport(0, 0, 0).state == "ok"  # no reserve, and the disk took the last write
+    assert DiskReport(0, 0, None, refused_ms=5).state == "full"
+    with pytest.raises(ProtocolError, match="disk.reserve_held_bytes: .*more than"):
+        decode_sync_request(body([], disk={"reserve_bytes": 1, "reserve_held_bytes": 2}))
+    with pytest.raises(ProtocolError, match="disk.free_bytes: must be between"):
+        decode_sync_request(body([], disk={"reserve_bytes": 0, "reserve_held_bytes": 0, "free_bytes": -1}))
+    with pytest.raises(ProtocolError, match="disk: unknown field"):
+        decode_sync_request(body([], disk={"reserve_bytes": 0, "reserve_held_bytes": 0, "inodes": 3}))
+    with pytest.raises(ProtocolError, match="disk: must be a map"):
+        decode_sync_request(body([], disk=[1, 2]))
