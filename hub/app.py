@@ -374,7 +374,7 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
         request, who, sync.epoch, sync.events, _sync_head, acked_seq=sync.acked_seq, backlog=sync.backlog,
         oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
         clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
-        after_seq=sync.after_seq, peer=request.remote,
+        after_seq=sync.after_seq, peer=request.remote, disk=sync.disk,
     )  # fmt: skip
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})

@@ -47,7 +47,16 @@ from hub.auth import STORE_KEY, identity_of
 from hub.config import ExceptionWindows
 from hub.exportslots import SLOTS_KEY
 from hub.storage import keys
-from hub.storage.base import AgentStatus, CatalogItem, CountRow, ExceptionRow, HubError, LedgerRow, QuarantineRow
+from hub.storage.base import (
+    AgentDisk,
+    AgentStatus,
+    CatalogItem,
+    CountRow,
+    ExceptionRow,
+    HubError,
+    LedgerRow,
+    QuarantineRow,
+)
 from hub.storage.interfaces import LedgerStore, QuarantineStore, ReportStore
 from protocol import event_id_hex, values
 from protocol.csvcells import guarded
@@ -253,7 +262,7 @@ LEDGER_HEADER = (
 EXCEPTION_HEADER = ("at", "kind", "location", "sku", "name", "detail", "data")
 AGENT_HEADER = (
     "agent_id", "role", "revoked", "locations", "last_sync", "epoch", "hwm", "epochs", "clock_skew_ms", "backlog",
-    "oldest_pending", "backlog_at",
+    "oldest_pending", "backlog_at", "disk", "disk_since", "disk_free_bytes",
 )  # fmt: skip
 QUARANTINE_HEADER = (
     "id", "status", "received", "occurred", "skew_ms", "agent_id", "epoch", "seq", "location", "sku", "name", "kind",
@@ -288,8 +297,13 @@ def agent_cells(r: AgentStatus) -> tuple[object, ...]:
     return (
         r.agent_id, r.role, r.revoked, " ".join(r.locations), views.iso_ms(r.last_sync_ms),
         None if epoch is None else str(epoch), hwm, len(r.hwm), r.clock_skew_ms, r.backlog,
-        views.iso_ms(r.oldest_pending_ms), views.iso_ms(r.backlog_at_ms),
+        views.iso_ms(r.oldest_pending_ms), views.iso_ms(r.backlog_at_ms), *_disk_cells(r.disk),
     )  # fmt: skip
+
+
+def _disk_cells(d: AgentDisk | None) -> tuple[object, ...]:
+    """The agent's disk (``views.agent_disk``): its state, since when, the free bytes reported; empty: never."""
+    return (None, None, None) if d is None else (d.state, views.iso_ms(d.since_ms), d.free_bytes)
 
 
 def quarantine_cells(r: QuarantineRow, names: dict[str, str]) -> tuple[object, ...]:

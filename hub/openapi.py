@@ -70,7 +70,7 @@ from hub.views import HLC_QUERY_MAX
 from protocol import MSGPACK_CONTENT_TYPE, QTY_MAX, Kind, routes, values
 from protocol import feed as wire
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX
-from protocol.codec import CHAIN_BYTES, MAX_BATCH_EVENTS, MAX_COUNTS, WIRE_VERSION
+from protocol.codec import CHAIN_BYTES, DISK_STATES, MAX_BATCH_EVENTS, MAX_COUNTS, WIRE_VERSION
 from protocol.event import EPOCH_MAX, QTY_SIGN, REF_REQUIRED, SEQ_MAX
 from protocol.hlc import HLC_MAX
 from protocol.ids import EVENT_ID_BYTES
@@ -113,6 +113,8 @@ API_VERSION = "1.9.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 #      GET /v1/status answers hub_clock (the agents that synced lately agree the hub's own clock is off; null: no)
 #      the exception kind transfer_shared_ref and data.shippers (a transfer is kept per ref, SKU and destination:
 #      transfer_misdirected is found no more)
+#      a sync request's disk report (disk), each agent's disk in GET /v1/agents, and the exception kind
+#      agent_disk_full (a store agent's disk full, or its disk reserve in use)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1179,7 +1181,10 @@ _HELD = {"id": 3, "event_id": _EVENT_ID, "agent_id": _AGENT, "epoch": 1, "seq": 
 _AGENT_STATUS = {"agent_id": _AGENT, "role": "agent", "revoked": False, "locations": ["S001"],
                  "last_sync_ms": _AT_MS, "last_sync": _AT, "epochs": [{"epoch": 1, "epoch_text": "1", "hwm": 17}],
                  "clock_skew_ms": 120, "backlog": 0, "oldest_pending_ms": None, "oldest_pending": None,
-                 "backlog_at_ms": _AT_MS, "backlog_at": _AT}  # fmt: skip
+                 "backlog_at_ms": _AT_MS, "backlog_at": _AT, "disk": {
+                     "state": "ok", "since_ms": _AT_MS, "since": _AT, "reserve_bytes": 8 << 20,
+                     "reserve_held_bytes": 8 << 20, "free_bytes": 41_943_040_000, "refused_ms": None, "refused": None,
+                     "at_ms": _AT_MS, "at": _AT}}  # fmt: skip
 _WEBHOOK = {"name": "web-shop", "url": "https://shop.example.com/hooks/stock", "deliverer": "this hub",
             "location": "WEB", "cursor": "1042", "lag": 0, "failures": 0, "last_error": None, "last_attempt_ms": _AT_MS, "last_attempt": _AT,
             "last_success_ms": _AT_MS, "last_success": _AT}  # fmt: skip
@@ -1370,8 +1375,19 @@ def _schemas() -> dict[str, JSON]:
             "clock_skew_ms": nullable(integer()), "backlog": nullable(integer(0)), "oldest_pending_ms": nullable(ms),
             "oldest_pending": iso_time("The oldest pending event's wall clock"), "backlog_at_ms": nullable(ms),
             "backlog_at": iso_time("When the backlog report arrived"),
+            "disk": nullable(obj({
+                "state": known(DISK_STATES, "ok; reserve_in_use: the disk was full and the agent's disk reserve is not "
+                               "whole; full: the disk refuses its writes, or the reserve is spent (scans are refused)"),
+                "since_ms": ms, "since": iso_time("The first report of this state"),
+                "reserve_bytes": integer(0, SEQ_MAX, "The disk reserve configured (0: none)."),
+                "reserve_held_bytes": integer(0, SEQ_MAX, "How much of it is on disk."),
+                "free_bytes": nullable(integer(0, SEQ_MAX, "The free bytes of the outbox's file system.")),
+                "refused_ms": nullable(integer(0, SEQ_MAX, "The agent's clock when the disk refused a write.")),
+                "refused": iso_time("That refusal"), "at_ms": ms, "at": iso_time("When the report arrived"),
+            }, ["state", "since_ms", "since", "reserve_bytes", "reserve_held_bytes", "free_bytes", "refused_ms",
+                "refused", "at_ms", "at"])),
         }, ["agent_id", "role", "revoked", "locations", "last_sync_ms", "last_sync", "epochs", "clock_skew_ms",
-            "backlog", "oldest_pending_ms", "oldest_pending", "backlog_at_ms", "backlog_at"]),
+            "backlog", "oldest_pending_ms", "oldest_pending", "backlog_at_ms", "backlog_at", "disk"]),
         "Status": obj({
             "hub_time_ms": ms, "hub_time": iso_time("The hub's clock"), "you": string("The credential's agent id."),
             "online_within_s": integer(0), "db": obj({"ok": {"type": "boolean"}, "error": string()}, ["ok"]),
@@ -1524,6 +1540,12 @@ def _schemas() -> dict[str, JSON]:
             "follows_feed": {"type": "boolean", "description": "Answer change_id (the agent follows the change feed)."},
             "after_seq": integer(0, SEQ_MAX, "The seq the events follow on from, a batch before them not yet "
                                  "answered: the mark moves over them only once it has reached it."),
+            "disk": obj({
+                "reserve_bytes": integer(0, SEQ_MAX), "reserve_held_bytes": integer(0, SEQ_MAX),
+                "free_bytes": integer(0, SEQ_MAX), "refused_ms": integer(0, SEQ_MAX),
+            }, ["reserve_bytes", "reserve_held_bytes"], closed=True,
+                description="The disk the agent's outbox is on: its disk reserve, the free bytes, a write the full "
+                            "disk refused (none since taken)."),
         }, ["v", "agent_id", "epoch"], closed=True,
             oneOf=[{"required": ["events"]}, {"required": ["columns"]}],
             description="The events as events (one map each) or as columns (one list per field), never both."),

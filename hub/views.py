@@ -16,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from hub.storage.base import AgentStatus, CountRow, ExceptionRow, LedgerRow
+from hub.storage.base import AgentDisk, AgentStatus, CountRow, ExceptionRow, LedgerRow
 from hub.storage.keys import EXCEPTION_KINDS, ExceptionFilter
 from protocol import event_id_hex, unpack_hlc, values
 
@@ -155,6 +155,23 @@ def agent_status(r: AgentStatus) -> dict[str, Any]:
         "oldest_pending": iso_ms(r.oldest_pending_ms),
         "backlog_at_ms": r.backlog_at_ms,
         "backlog_at": iso_ms(r.backlog_at_ms),
+        "disk": None if r.disk is None else agent_disk(r.disk),
+    }
+
+
+def agent_disk(d: AgentDisk) -> dict[str, Any]:
+    """A store agent's newest disk report (``protocol.DiskReport``) and since when its state holds."""
+    return {
+        "state": d.state,
+        "since_ms": d.since_ms,
+        "since": iso_ms(d.since_ms),
+        "reserve_bytes": d.reserve_bytes,
+        "reserve_held_bytes": d.reserve_held_bytes,
+        "free_bytes": d.free_bytes,
+        "refused_ms": d.refused_ms,
+        "refused": iso_ms(d.refused_ms),
+        "at_ms": d.at_ms,
+        "at": iso_ms(d.at_ms),
     }
 
 

@@ -9,6 +9,7 @@ All methods are coroutines; a store is an async context manager and
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar
@@ -230,6 +231,32 @@ class ExceptionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentDisk:
+    """A store agent's newest report of the disk its outbox is on (``protocol.DiskReport``, schema version 20)."""
+
+    state: str  # ok, reserve_in_use or full (``protocol.DiskReport.state``)
+    since_ms: int  # hub wall ms of the first report of that state
+    at_ms: int  # hub wall ms when the newest report arrived
+    reserve_bytes: int
+    reserve_held_bytes: int
+    free_bytes: int | None
+    refused_ms: int | None  # the agent's wall ms of a write the full disk refused (None: the disk took the last)
+
+    @classmethod
+    def from_row(
+        cls, state: str | None, since_ms: int | None, at_ms: int | None, report: str | None
+    ) -> AgentDisk | None:
+        """From the columns ``disk_state, disk_since_ms, disk_at_ms, disk`` of ``agents``; None: never reported."""
+        if state is None or report is None:
+            return None
+        got = json.loads(report)
+        return cls(
+            state, int(since_ms or 0), int(at_ms or 0), got["reserve_bytes"], got["reserve_held_bytes"],
+            got.get("free_bytes"), got.get("refused_ms"),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class AgentStatus:
     agent_id: str
     locations: tuple[str, ...]
@@ -242,6 +269,7 @@ class AgentStatus:
     backlog: int | None = None  # events waiting at the store, not yet acknowledged by a hub
     oldest_pending_ms: int | None = None  # wall ms of the oldest of them (None when the backlog is empty)
     backlog_at_ms: int | None = None  # hub wall ms when that report arrived
+    disk: AgentDisk | None = None  # its newest report of its disk (None: never reported)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Collection, Sequence
 
 from hub.resolver import is_location
-from hub.storage.base import ROLES, AgentIdentity, AgentStatus, CredentialChanged, InvalidInput, StoreError
+from hub.storage.base import ROLES, AgentDisk, AgentIdentity, AgentStatus, CredentialChanged, InvalidInput, StoreError
 from hub.storage.db import Db, Where
 from protocol import wall_ms_now
 from protocol.values import AGENT_ID, shown
@@ -217,13 +217,14 @@ async def agent_status(db: Db, agent_id: str | None) -> list[AgentStatus]:
         marks.setdefault(aid, {})[epoch] = hwm
     rows = await db.fetch(
         "SELECT agent_id, locations, last_sync_ms, clock_skew_ms, role, revoked_ms, "
-        f"backlog, oldest_pending_ms, backlog_at_ms FROM agents{where.sql} ORDER BY agent_id",
+        "backlog, oldest_pending_ms, backlog_at_ms, disk_state, disk_since_ms, disk_at_ms, disk "
+        f"FROM agents{where.sql} ORDER BY agent_id",
         where.params,
     )
     return [
         AgentStatus(
             aid, tuple(json.loads(locs)), last, marks.get(aid, {}), skew, role, revoked is not None,
-            backlog=backlog, oldest_pending_ms=oldest, backlog_at_ms=backlog_at,
+            backlog=backlog, oldest_pending_ms=oldest, backlog_at_ms=backlog_at, disk=AgentDisk.from_row(*disk),
         )
-        for aid, locs, last, skew, role, revoked, backlog, oldest, backlog_at in rows
+        for aid, locs, last, skew, role, revoked, backlog, oldest, backlog_at, *disk in rows
     ]

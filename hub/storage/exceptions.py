@@ -132,6 +132,8 @@ AGENT_COPIES = (
     f" WHERE {LIVE_COPY} GROUP BY h.agent_id) c JOIN agents g ON g.agent_id = c.agent_id"
 )
 # An agent's locations are a JSON list (credentials.insert_agent): the code quoted as json.dumps writes it is in it.
+# A store agent whose disk is full or whose reserve is in use (findings.agent_disk), while its credential holds.
+AGENT_DISK_FULL = "g.disk_state IN ('full', 'reserve_in_use') AND g.revoked_ms IS NULL"
 AGENT_LOCATED = "replace(g.locations, ?, '') <> g.locations"
 COPIES_NAMED_MAX = 10  # copies of one agent an exception names, the newest synced first (the rest are counted)
 # Those copies of the page's agents: ``LIVE_COPY``, numbered per agent.
@@ -294,6 +296,10 @@ async def exceptions(
         out += [make(*r) for r in part]
     if copies_window_ms is not None and wanted(keys.AGENT_COPIES):
         out += await agent_copies(db, only, limit, after, now_ms - copies_window_ms)
+    # A store agent's disk full or its reserve in use (schema 20): the credentials' few hundred rows, read whole.
+    disk_full = Where(AGENT_DISK_FULL).add(AGENT_LOCATED, None if location is None else json.dumps(location))
+    for r in await read(keys.AGENT_DISK, findings.AGENT_DISK_FIELDS, "agents g", disk_full):
+        out.append(findings.agent_disk(*r))
     if wanted(keys.DIVERGENCE):
         page = keys.DIVERGENCE.after(after) if after is not None else None
         diverging = await reports.divergence(

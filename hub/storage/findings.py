@@ -263,6 +263,51 @@ def agent_copies(
     )  # fmt: skip
 
 
+AGENT_DISK_FIELDS = "g.agent_id, g.locations, g.disk_state, g.disk_since_ms, g.disk"
+
+
+def agent_disk(agent_id: str, locations: str, state: str, since_ms: int, report: str) -> ExceptionRow:
+    """A store agent whose newest sync reported its disk full, or its disk reserve in use (hub.storage.exceptions,
+    ``AGENT_DISK_FULL``; ``protocol.DiskReport.state``): gone once a report says there is room again."""
+    bound = json.loads(locations)
+    disk = json.loads(report)
+    size, held, free = disk["reserve_bytes"], disk["reserve_held_bytes"], disk.get("free_bytes")
+    where = f"{bound[0]}'s agent {agent_id}" if bound else f"Agent {agent_id}"
+    room = "" if free is None else f", {_bytes(free)} free"
+    if state == "full":
+        reserve = f"disk reserve spent ({_bytes(size)})" if size else "no disk reserve configured"
+        detail = (
+            f"{where}: disk full, {reserve}, since {_utc(since_ms)}{room}; scans are being refused. Free disk space "
+            "on that PC: the agent takes scans again at once, and this clears itself once it reports room."
+        )
+    else:
+        detail = (
+            f"{where}: disk full since {_utc(since_ms)}{room}; the agent stores scans in its disk reserve "
+            f"({_bytes(held)} of {_bytes(size)} left) and refuses them once it is spent. Free disk space on that PC."
+        )
+    return ExceptionRow(
+        "agent_disk_full",
+        bound[0] if bound else None,
+        None,
+        detail,
+        {
+            "agent_id": agent_id, "locations": bound, "state": state, "since_ms": since_ms,
+            "reserve_bytes": size, "reserve_held_bytes": held, "free_bytes": free, "refused_ms": disk.get("refused_ms"),
+        },
+        since_ms,
+        "agent_disk",
+        (agent_id,),
+    )  # fmt: skip
+
+
+def _bytes(n: int) -> str:
+    """A size as people read it: 8 MiB, 512 KiB, 12 bytes."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n:,} bytes"
+
+
 def _utc(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 

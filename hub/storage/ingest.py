@@ -101,7 +101,16 @@ from hub.storage.base import (
     InvalidInput,
     Lineage,
 )
-from protocol import ON_HAND_KINDS, CountSnapshot, Kind, ProtocolError, Rejection, StockEvent, event_id_hex
+from protocol import (
+    ON_HAND_KINDS,
+    CountSnapshot,
+    DiskReport,
+    Kind,
+    ProtocolError,
+    Rejection,
+    StockEvent,
+    event_id_hex,
+)
 
 # (agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs JSON or None)
 EventRow: TypeAlias = tuple[Any, ...]
@@ -230,6 +239,7 @@ class Batch:
     after_seq: int | None = None  # the seq the batch follows on from, as the sender said (see _next_mark)
     peer: str | None = None  # the address the request came from, as the hub saw it (None: not known)
     credential: str | None = None  # the hash of the token ``who`` was found by, confirmed in the transaction
+    disk: DiskReport | None = None  # the sender's report of its disk (schema version 20); None: not reported
 
 
 class SyncNote(NamedTuple):
@@ -246,6 +256,7 @@ class SyncNote(NamedTuple):
     oldest_pending_ms: int | None
     sent_ms: int | None = None  # the sender's clock when it sent: the skew counts only if newer than any heard
     peer: str | None = None  # the address the request came from (None: not known), kept with the epoch's mark
+    disk: DiskReport | None = None  # the sender's disk report (None: not reported: the one before stays)
 
 
 class IngestTx(Protocol):
@@ -303,10 +314,12 @@ class IngestTx(Protocol):
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
         sent_ms: int | None = None,
+        disk: DiskReport | None = None,
     ) -> None:
         """Record the sync's time and skew; when ``backlog`` is not None, also the sender's
         backlog report (``backlog``, ``oldest_pending_ms``, ``backlog_at_ms`` = ``now_ms``). A skew measured from
-        ``sent_ms`` is kept only when ``sent_ms`` is newer than the newest heard from the agent."""
+        ``sent_ms`` is kept only when ``sent_ms`` is newer than the newest heard from the agent. ``disk``: the
+        sender's disk report (``hub.storage.sql.note_sync``); None leaves the one before."""
 
     # The sender's acknowledged mark and the change feed:
 
@@ -396,6 +409,7 @@ def prepare_batch(
     after_seq: int | None = None,
     peer: str | None = None,
     credential: str | None = None,
+    disk: DiskReport | None = None,
 ) -> Batch:
     """Check a batch against its sender: pure, so it runs before the write transaction.
 
@@ -449,6 +463,7 @@ def prepare_batch(
         after_seq=after_seq,
         peer=peer,
         credential=credential,
+        disk=disk,
     )
 
 
@@ -791,7 +806,10 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         seq, chain, stale = await _next_mark(tx, batch)
         backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)
         skew_ms = None if stale else _skew_ms(batch, now_ms)  # None: the stored skew stays
-        note = SyncNote(who.agent_id, epoch, seq, chain, now_ms, skew_ms, backlog, oldest_ms, batch.sent_ms, batch.peer)
+        disk = None if stale else batch.disk
+        note = SyncNote(
+            who.agent_id, epoch, seq, chain, now_ms, skew_ms, backlog, oldest_ms, batch.sent_ms, batch.peer, disk
+        )
         hwm, chain, held_now = await tx.finish_sync(note)  # held: the sender shows this, not its own "quarantined"
     else:  # an operator applying a held event: the sender's mark and sync are not this request's
         hwm, chain, held_now = 0, None, 0
@@ -826,7 +844,7 @@ async def finish_in_steps(tx: IngestTx, note: SyncNote) -> tuple[int, bytes | No
     hwm, chain = await tx.advance_mark(note.agent_id, note.epoch, note.seq, note.chain, note.now_ms, note.peer)
     await tx.note_sync(
         note.agent_id, note.now_ms, note.clock_skew_ms, backlog=note.backlog, oldest_pending_ms=note.oldest_pending_ms,
-        sent_ms=note.sent_ms,
+        sent_ms=note.sent_ms, disk=note.disk,
     )
     return hwm, chain, await tx.held_pending(note.agent_id)
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         WebhookState,
     )
     from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, LedgerKey
-    from protocol import StockEvent
+    from protocol import DiskReport, StockEvent
 
 
 class CredentialStore(Protocol):
@@ -95,6 +95,7 @@ class IngestStore(Protocol):
         after_seq: int | None = None,
         peer: str | None = None,
         credential: str | None = None,
+        disk: DiskReport | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.

@@ -8,7 +8,9 @@ loading in ingest, locks — stays in each backend's modules.
 
 from __future__ import annotations
 
-from protocol import ON_HAND_KINDS
+import json
+
+from protocol import ON_HAND_KINDS, DiskReport
 
 DELTA_KINDS = "(" + ", ".join(f"'{k.value}'" for k in sorted(ON_HAND_KINDS)) + ")"
 ORDER_KEY = "(occurred_at, agent_id, seq, event_id)"
@@ -59,10 +61,13 @@ def note_sync(
     backlog: int | None,
     oldest_pending_ms: int | None,
     sent_ms: int | None = None,
+    disk: DiskReport | None = None,
 ) -> tuple[str, tuple[object, ...]]:
     """The UPDATE recording an agent's sync (``?`` markers) and its parameters; a backlog not reported (None)
     leaves the previous report as it was. A skew measured from ``sent_ms`` is taken only when ``sent_ms`` is
-    newer than the newest one heard from the agent (``clock_sent_ms``): an older one is a request replayed late."""
+    newer than the newest one heard from the agent (``clock_sent_ms``): an older one is a request replayed late.
+    A disk report (schema version 20) replaces the one before; its state's ``disk_since_ms`` stays while the
+    state does, and is now when it changes (None: not reported, the one before stays)."""
     if sent_ms is None or clock_skew_ms is None:
         sets, params = "clock_skew_ms = COALESCE(?, clock_skew_ms)", [clock_skew_ms]
     else:
@@ -72,10 +77,26 @@ def note_sync(
             f"clock_sent_ms = CASE WHEN {newer} THEN ? ELSE clock_sent_ms END"
         )
         params = [sent_ms, clock_skew_ms, sent_ms, sent_ms]
-    if backlog is None:
-        return f"UPDATE agents SET last_sync_ms = ?, {sets} WHERE agent_id = ?", (now_ms, *params, agent_id)
-    return (
-        (f"UPDATE agents SET last_sync_ms = ?, {sets}, backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ? "
-         "WHERE agent_id = ?"),
-        (now_ms, *params, backlog, oldest_pending_ms, now_ms, agent_id),
+    if backlog is not None:
+        sets += ", backlog = ?, oldest_pending_ms = ?, backlog_at_ms = ?"
+        params += [backlog, oldest_pending_ms, now_ms]
+    if disk is not None:
+        state = disk.state
+        sets += (
+            ", disk_since_ms = CASE WHEN disk_state = ? THEN disk_since_ms ELSE ? END, disk_state = ?,"
+            " disk_at_ms = ?, disk = ?"
+        )
+        params += [state, now_ms, state, now_ms, disk_json(disk)]
+    return f"UPDATE agents SET last_sync_ms = ?, {sets} WHERE agent_id = ?", (now_ms, *params, agent_id)
+
+
+def disk_json(disk: DiskReport) -> str:
+    """An agent's disk report as the hub keeps it (``agents.disk``)."""
+    return json.dumps(
+        {
+            "reserve_bytes": disk.reserve_bytes,
+            "reserve_held_bytes": disk.reserve_held_bytes,
+            "free_bytes": disk.free_bytes,
+            "refused_ms": disk.refused_ms,
+        }
     )

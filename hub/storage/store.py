@@ -55,7 +55,7 @@ from hub.storage.db import Db
 from hub.storage.ingest import Batch, IngestTx, apply_batch, apply_recipe, prepare_batch
 from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, LedgerKey
 from hub.storage.rows import ledger_row
-from protocol import StockEvent, wall_ms_now
+from protocol import DiskReport, StockEvent, wall_ms_now
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +178,14 @@ class SqlHubStore(HubStore, Generic[D]):
         after_seq: int | None = None,
         peer: str | None = None,
         credential: str | None = None,
+        disk: DiskReport | None = None,
     ) -> IngestResult:
         self._check_open()
         # Checked before the write transaction: overlaps another batch.
         clock = None if clock_window_ms is None else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms)
         batch = prepare_batch(
             who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
-            clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer, credential=credential,
+            clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer, credential=credential, disk=disk,
         )  # fmt: skip
 
         async def work(db: D) -> IngestResult:

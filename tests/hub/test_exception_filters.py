@@ -23,7 +23,7 @@ from hub.channels import Divergence, LevelKey, Refusal
 from hub.channels.runner import open_channel_state
 from hub.storage import exceptions
 from hub.storage.findings import ORDER_REFUSALS_KEPT_MS
-from protocol import Kind, StockEvent
+from protocol import DiskReport, Kind, StockEvent
 from tests.harness.inprocess import serve_hub
 from tests.harness.pg import fresh_schema
 from tests.hub.test_paging import NOW_MS, agent, exception_burst, move, walk
@@ -32,7 +32,7 @@ EXCEPTION_KINDS = (  # docs/hub-api.md, GET /v1/exceptions: every kind, in the h
     "negative_on_hand", "unknown_barcode", "transfer_short", "transfer_over", "transfer_unmatched",
     "transfer_shared_ref", "transfer_misdirected", "transfer_overdue", "transfer_unknown_destination",
     "clock_quarantine", "rejected_event", "import_quarantine", "divergence", "channel_divergence", "channel_refused",
-    "channel_mapping", "channel_order_refused", "agent_copies",
+    "channel_mapping", "channel_order_refused", "agent_copies", "agent_disk_full",
 )  # fmt: skip
 PAGE = 9  # small pages: a walk crosses the bursts of rows sharing one at_ms
 TRANSFER_ENDS = ("from", "to")
@@ -84,6 +84,7 @@ async def every_kind(store: HubStore) -> str:
         result = await store.ingest(a, 1, batch)
         assert not result.rejected, result.rejected
     await copies(store)
+    await disks(store)
     return token
 
 
@@ -107,6 +108,19 @@ async def copies(store: HubStore) -> None:
         await asyncio.sleep(0.002)
 
 
+async def disks(store: HubStore) -> None:
+    """Store agents reporting their disks (more than a page of ``agent_disk_full`` rows): full, the reserve in use,
+    and room (not listed); one whose credential was revoked (not listed)."""
+    states = (DiskReport(8 << 20, 0, 0), DiskReport(8 << 20, 1 << 20, 0), DiskReport(8 << 20, 8 << 20, 1 << 30))
+    for i in range(15):
+        who, _ = await agent(store, [("S001", "S003")[i % 2], *(["S002"] if i % 4 == 0 else [])])
+        await store.ingest(who, 10, [], disk=states[i % 3])
+        await asyncio.sleep(0.002)  # the hub tells the reports apart by their milliseconds
+    revoked, _ = await agent(store, ["S001"])
+    await store.ingest(revoked, 10, [], disk=states[0])
+    assert await store.revoke_agent(revoked.agent_id)
+
+
 def concerns(row: dict[str, Any], location: str) -> bool:
     """The documented meaning of ``location=``: the row's location, and for a transfer either end and the
     location it was shipped to (a transfer to an unknown location: its sender)."""
@@ -116,7 +130,7 @@ def concerns(row: dict[str, Any], location: str) -> bool:
         return location in (row["data"].get(end) for end in TRANSFER_ENDS) or location in row["data"].get(
             "shippers", ()
         )
-    if row["kind"] == "agent_copies":  # any location of the agent's credential
+    if row["kind"] in ("agent_copies", "agent_disk_full"):  # any location of the agent's credential
         return location in row["data"]["locations"]
     return False
 
@@ -143,7 +157,7 @@ async def test_filtered_walks_list_exactly_the_whole_list_filtered(
     kinds = {r["kind"] for r in whole}
     assert kinds >= set(EXCEPTION_KINDS) - FOUND_NO_MORE - {"channel_divergence", "channel_refused",
                                                             "channel_mapping", "channel_order_refused"}, kinds  # fmt: skip
-    times = sorted({r["at_ms"] for r in whole if r["kind"] != "agent_copies"})  # those are the newest, one each
+    times = sorted({r["at_ms"] for r in whole if not r["kind"].startswith("agent_")})  # those are the newest, one each
     assert len(times) >= 4, f"the list holds too few distinct times to filter by: {times}"
     middle = times[len(times) // 2]
     cases: list[dict[str, Any]] = [

@@ -96,6 +96,7 @@ from hub.storage.sql import (
     TRANSFER_FIELDS,
 )
 from hub.storage.sql import note_sync as note_sync_sql
+from protocol import DiskReport
 
 # The COPY's columns: an event's row (``EventRow``) first, then its id and what the batch decided of it, so a
 # record is that row plus one short tuple (unpacking the row into a new record per event cost more).
@@ -633,8 +634,9 @@ class PostgresIngest:
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
         sent_ms: int | None = None,
+        disk: DiskReport | None = None,
     ) -> None:
-        statement, params = note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms, sent_ms)
+        statement, params = note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms, sent_ms, disk)
         await self.conn.execute(numbered(statement), *params)
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
@@ -666,7 +668,7 @@ class PostgresIngest:
         """One statement: the mark, the sync note, the stock rows and change rows kept back, the held count.
         The change rows come last in the transaction as ``flush_changes`` requires: COMMIT follows it."""
         statement, params = note_sync_sql(
-            note.agent_id, note.now_ms, note.clock_skew_ms, note.backlog, note.oldest_pending_ms, note.sent_ms
+            note.agent_id, note.now_ms, note.clock_skew_ms, note.backlog, note.oldest_pending_ms, note.sent_ms, note.disk
         )
         args: list[Any] = [note.agent_id, note.epoch, note.seq, note.chain, note.now_ms, note.peer, *params]
         ctes = [f"mark AS ({ADVANCE_MARK_SQL})", f"sync AS ({numbered(statement, 7)})"]

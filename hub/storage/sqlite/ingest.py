@@ -57,6 +57,7 @@ from hub.storage.sql import (
 )
 from hub.storage.sql import note_sync as note_sync_sql
 from hub.storage.sqlite.writer import Db
+from protocol import DiskReport
 
 T = TypeVar("T")
 
@@ -381,8 +382,11 @@ class SqliteIngest:
         backlog: int | None = None,
         oldest_pending_ms: int | None = None,
         sent_ms: int | None = None,
+        disk: DiskReport | None = None,
     ) -> None:
-        await self.db.execute(*note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms, sent_ms))
+        await self.db.execute(
+            *note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms, sent_ms, disk)
+        )
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
         rows = await self._fetch("SELECT hwm FROM agent_hwm WHERE agent_id = ? AND epoch = ?", (agent_id, epoch))
