@@ -51,6 +51,7 @@
     channel_mapping: ["Channel mapping", "warn"],
     channel_order_refused: ["Channel sale not booked", "bad"],
     agent_copies: ["Agent running twice", "bad"],
+    agent_disk_full: ["Store PC disk full", "bad"],
   };
   const QUARANTINE_STATUSES = ["pending", "applied", "discarded", "all"];
   const QUARANTINE_LIMIT = 1000; // GET /v1/quarantine's maximum page
@@ -183,6 +184,31 @@
     return h("td", { class: "num" + (a.backlog === 0 ? " zero" : ""), dataset: { field: "backlog" },
       title: "events waiting at the store, not yet acknowledged by the hub, as the agent reported them" },
       fmt(a.backlog), oldest, h("span", { class: "sub" }, "as of ", ageEl(a.backlog_at_ms)));
+  }
+
+  function bytesText(n) {
+    const units = [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]];
+    for (const [unit, size] of units) if (n >= size) return `${(n / size).toFixed(1).replace(/\.0$/, "")} ${unit}`;
+    return `${NUM.format(n)} bytes`;
+  }
+
+  // The disk of the agent's outbox as it last reported it (GET /v1/agents: disk); null: an agent from before the report.
+  function diskCell(a) {
+    const d = a.disk;
+    if (!d) {
+      return h("td", { class: "zero", dataset: { field: "disk" }, title: "this agent does not report its disk" }, "–");
+    }
+    const free = d.free_bytes == null ? null : h("span", { class: "sub" }, `${bytesText(d.free_bytes)} free`);
+    if (d.state === "ok") return h("td", { dataset: { field: "disk", state: d.state } }, pill("OK", "good"), free);
+    const full = d.state === "full";
+    const reserve = d.reserve_bytes
+      ? `reserve ${bytesText(d.reserve_held_bytes)} of ${bytesText(d.reserve_bytes)} left` : "no disk reserve";
+    return h("td", { dataset: { field: "disk", state: d.state },
+      title: full ? "the disk is full and the agent's disk reserve is spent: scans are being refused; free disk space on that PC"
+        : "the disk is full: scans are stored in the agent's disk reserve until it is spent; free disk space on that PC" },
+      pill("Disk full", full ? "bad" : "warn"),
+      h("span", { class: "sub" }, full ? "scans refused since " : "since ", timeEl(d.since)),
+      h("span", { class: "sub" }, reserve), free);
   }
 
   function pill(text, tone) {
@@ -467,6 +493,7 @@
                 `${a.epochs.length} epochs: outbox restored, copied or rolled back`)
               : null),
         backlogCell(a),
+        diskCell(a),
         skew(a.clock_skew_ms));
     });
     const head = h("div", { class: "view-head" },
@@ -474,9 +501,9 @@
         h("p", { class: "muted" }, `An agent is online when it synced in the last ${Math.round(st.online_within_s / 60)} minutes. ` +
           "An idle agent calls the hub every minute with nothing to send. The backlog is what the agent reported waiting in its outbox at its last sync.")),
       h("div", { class: "toolbar" }, csvLink("/v1/agents?format=csv", "Download CSV",
-        "every credential with its last sync, mark, backlog and clock skew, as a spreadsheet")));
+        "every credential with its last sync, mark, backlog, disk and clock skew, as a spreadsheet")));
     const parts = [head, chips, table(
-      ["Status", "Locations", "Agent", "Last sync", ["Events, last hour", "num"], ["High-water mark", "num"], ["Backlog", "num"], ["Clock skew", "num"]],
+      ["Status", "Locations", "Agent", "Last sync", ["Events, last hour", "num"], ["High-water mark", "num"], ["Backlog", "num"], "Disk", ["Clock skew", "num"]],
       rows, filter === "offline" ? "Every store agent is online."
         : "No store agents yet. Create one with shelfsync-hub agent add --location CODE.")];
     if (others) parts.push(h("p", { class: "muted" }, `${others} reader, admin or revoked credential(s) are not listed.`));

@@ -76,7 +76,7 @@ class StoreAgent:
                     extra.get("attrs", {}),
                 )
             )
-        report = {k: extra[k] for k in ("backlog", "oldest_pending_ms") if k in extra}  # the agent's outbox, if given
+        report = {k: extra[k] for k in ("backlog", "oldest_pending_ms", "disk") if k in extra}  # the agent's outbox, if given
         body = encode_sync_request(SyncRequest(self.agent_id, 1, tuple(events), **report))
         resp = await self.client.post(
             "/v1/sync",
