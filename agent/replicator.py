@@ -56,7 +56,7 @@ from typing import Any, NamedTuple, overload
 import aiohttp
 
 from agent import huberrors
-from agent.errors import AgentError, OutboxClosed, OutboxError
+from agent.errors import AgentError, OutboxClosed, OutboxError, disk_full
 from agent.feed import WAIT_S as FEED_WAIT_S
 from agent.feed import CountFeed
 from agent.hub_loop import (
@@ -81,6 +81,7 @@ from protocol import (
     ProtocolError,
     Rejection,
     SyncRequest,
+    SyncResponse,
     answers,
     decode_sync_response,
     encode_sync_request,
@@ -299,6 +300,11 @@ class Replicator(HubLoop):
         self._keep_ahead = False  # the last answer acknowledged its batch: the batch sent ahead follows on from it
         self._pipelines = False  # the hub's last answer said it reads after_seq (SYNC_PIPELINE_HEADER)
         self._sends_disk = True  # requests carry the disk report, until a hub from before it refuses one
+        # The hub's mark past the outbox's acknowledged one, whose answer a full disk refused to store: sent on from
+        # while the disk is full (with a hub that reads after_seq), until an answer is stored. None: none.
+        self._unstored: int | None = None
+        self._unstored_chain: bytes | None = None  # the lineage digest there, as the hub answered it
+        self._keep_going = False  # the turn that failed so goes on at once, without a handshake
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
         # way (from reading the batch to storing its answer), ``_feed_position`` is the change-feed position of
         # the newest answer stored (None: none in this run, or the hub's numbering restarted since).
@@ -452,7 +458,7 @@ class Replicator(HubLoop):
         self._keep_ahead = False
         ahead = self._take_ahead()
         if ahead is not None:
-            batch, reply = ahead.prepared.batch, ahead.reply
+            batch, reply, chain = ahead.prepared.batch, ahead.reply, ahead.prepared.chain
         else:
             prepared = await self._next_batch()
             batch = prepared.batch
@@ -465,6 +471,7 @@ class Replicator(HubLoop):
             if batch and not self._handshake_due:  # read and pack the next batch while this one is on its way
                 self._prefetch = asyncio.create_task(self._prepare(self._limit(), batch))
             reply = asyncio.create_task(self._send(*self._request(prepared)))
+            chain = prepared.chain
             del prepared  # its packed events are in the request now
         try:
             if batch and not self._handshake_due:
@@ -486,8 +493,9 @@ class Replicator(HubLoop):
             self._last_answer_s = time.monotonic()
             self._pipelines = answer.pipelines
             return await self._accepted(
-                batch, body, answer.sent_ms, answer.received_ms, sent_ahead=ahead is not None, hub_id=answer.hub_id
-            )
+                batch, body, answer.sent_ms, answer.received_ms, sent_ahead=ahead is not None, hub_id=answer.hub_id,
+                chain=chain,
+            )  # fmt: skip
         if status == 422 and batch:
             return await self._invalid(batch, body)
         if status == 413 and batch:
@@ -510,7 +518,7 @@ class Replicator(HubLoop):
         prepared = ahead.prepared
         if (
             self._handshake_due
-            or prepared.after != self._acked_seq
+            or prepared.after != self._sent_from()
             or prepared.epoch != self._outbox.epoch
             or prepared.as_columns != self._as_columns
         ):
@@ -523,7 +531,7 @@ class Replicator(HubLoop):
         is answered, saying it follows on from ``batch``'s end (the hub keeps its mark below it until it holds
         ``batch``), and read the one after it."""
         task = self._prefetch
-        if not (self._pipelines and self._waiting >= CATCHUP_BACKLOG and task is not None):
+        if not (self._pipelines and self._waiting >= CATCHUP_BACKLOG and task is not None and self._unstored is None):
             return
         self._prefetch = None
         try:
@@ -575,7 +583,7 @@ class Replicator(HubLoop):
         """The next pending events (after ``before``, the batch on its way), at most ``limit`` and about
         ``BATCH_MAX_BYTES`` packed: read ``READ_CHUNK`` at a time and packed as they are read, so no more than
         one chunk is ever held as events. ``in_flight``: the events on their way then (default: ``before``'s)."""
-        after = before[-1].seq if before else 0
+        after = before[-1].seq if before else (self._unstored or 0)
         epoch, as_columns = self._outbox.epoch, self._as_columns  # a fork meanwhile: the batch is not sent
         packer = EventsPacker(as_columns=as_columns)
         ids, seqs, first_wall_ms = bytearray(), array("q"), None
@@ -612,7 +620,7 @@ class Replicator(HubLoop):
             with contextlib.suppress(OutboxError):
                 ahead = await task
                 if (
-                    ahead.after == self._acked_seq
+                    ahead.after == self._sent_from()
                     and ahead.epoch == self._outbox.epoch
                     and ahead.as_columns == self._as_columns
                     and 0 < len(ahead.batch) <= limit
@@ -644,10 +652,13 @@ class Replicator(HubLoop):
         oldest_ms = batch.first_wall_ms if prepared.in_flight and batch else prepared.oldest_pending_ms
         # Skew is measured from the request (NTP style), on the clock that stamps this outbox's events.
         sent_ms = self._outbox.wall_ms()
+        if after_seq is None and self._unstored is not None and batch:
+            after_seq = self._unstored  # the hub raises its mark over it only if it still holds what it acknowledged
         request = SyncRequest(
-            self._outbox.agent_id, self._outbox.epoch, (), acked_seq=self._acked_seq,
+            self._outbox.agent_id, self._outbox.epoch, (), acked_seq=self._sent_from(),
             backlog=backlog, oldest_pending_ms=oldest_ms,
-            chain=prepared.chain, epoch_base=prepared.epoch_base or None, base_chain=prepared.base_chain,
+            chain=prepared.chain if batch or self._unstored is None else self._unstored_chain,
+            epoch_base=prepared.epoch_base or None, base_chain=prepared.base_chain,
             sent_ms=sent_ms, follows_feed=self.feed is not None, after_seq=after_seq,
             disk=self._outbox.disk_report() if self._sends_disk else None,
         )  # fmt: skip
@@ -699,7 +710,7 @@ class Replicator(HubLoop):
 
     async def _accepted(
         self, batch: _Batch, body: bytes, sent_ms: int, received_ms: int, *, sent_ahead: bool = False,
-        hub_id: str | None = None,
+        hub_id: str | None = None, chain: bytes | None = None,
     ) -> bool:  # fmt: skip
         try:
             resp = decode_sync_response(body)
@@ -732,7 +743,14 @@ class Replicator(HubLoop):
                     )
             resp = dataclasses.replace(resp, rejected=tuple(r for r in resp.rejected if r.event_id in sent))
         skew_ms = resp.server_time_ms - (sent_ms + received_ms) // 2 if resp.server_time_ms else None
-        result = await self._outbox.apply_answer(resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url)
+        try:
+            result = await self._outbox.apply_answer(resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url)
+        except OutboxError as err:
+            if disk_full(err):
+                raise self._unstorable(batch, resp, chain, err) from err
+            raise
+        if self._unstored is not None and result.acked_seq >= self._unstored or result.rewound:
+            self._unstored = self._unstored_chain = None
         if result.hub_id_before is not None:
             log.warning(
                 "The hub at %s now serves another database (id %s; this agent last synced with %s): it was replaced"
@@ -794,6 +812,40 @@ class Replicator(HubLoop):
             and result.forked_from_epoch is None
         )
         return result.backlog > 0
+
+    def _sent_from(self) -> int:
+        """The mark the next batch follows on from: the outbox's acknowledged one, or the hub's mark past it that a
+        full disk refused to store."""
+        return self._acked_seq if self._unstored is None else max(self._acked_seq, self._unstored)
+
+    def _unstorable(self, batch: _Batch, resp: SyncResponse, chain: bytes | None, err: OutboxError) -> TurnFailed:
+        """A full disk refused to store the hub's answer (``resp``), so the acknowledged mark stays where it was.
+        The events are safe in the outbox and at the hub; going back to the stored mark sent the same batch (or a
+        handshake) again and again, and nothing after it reached the hub until the disk had room. So, with a hub that
+        reads ``after_seq``, an answer acknowledging its whole batch with this outbox's lineage (the chain at its
+        last seq) is kept in memory, and the next batch follows on from it (``after_seq``: a hub that no longer
+        holds it keeps its mark, and this stops). Once an answer is stored, the outbox's mark takes over."""
+        if batch:  # the answer acknowledges the whole batch, with this outbox's lineage at its end
+            held = chain is not None and resp.chain == chain and resp.hwm == batch[-1].seq
+        elif self._unstored is not None:  # a handshake: the hub holds the mark kept in memory
+            held = resp.hwm == self._unstored and resp.chain == self._unstored_chain
+        else:  # … or the stored one: nothing moves
+            held = resp.hwm == self._acked_seq
+        going_on = self._pipelines and not resp.rejected and held
+        if going_on and resp.hwm > self._acked_seq:
+            self._unstored, self._unstored_chain = resp.hwm, resp.chain
+        else:
+            self._unstored = self._unstored_chain = None
+        if going_on:
+            self._handshake_due = False
+            self._keep_going = True
+        then = f"; the events after seq {resp.hwm} are sent meanwhile" if going_on else ""
+        return TurnFailed(
+            f"the outbox failed: {err} (the hub's acknowledgement up to seq {resp.hwm} is not stored{then})",
+            kind="outbox_full",
+            reachable=True,
+            level=logging.ERROR,
+        )
 
     async def _invalid(self, batch: _Batch, body: bytes) -> bool:
         rejections = _rejections_from_422(batch, body)
@@ -928,7 +980,8 @@ class Replicator(HubLoop):
         previous = self._state
         # After a failure the next request is a handshake, except after a 429: the hub answered and nothing
         # changed, and one more request would only spend the token the batch needs.
-        self._handshake_due = self._handshake_due or failure.kind != "rate_limited"
+        going_on, self._keep_going = self._keep_going, False  # a full disk refused the answer: sent on from it
+        self._handshake_due = (self._handshake_due or failure.kind != "rate_limited") and not going_on
         first = self._streak.failed(failure)  # a streak's first, or a new sync state
         say = first
         if failure.kind == "rate_limited" and first:  # at most once a SLOW_DOWN_SAID_S, however many streaks
@@ -968,6 +1021,8 @@ class Replicator(HubLoop):
         )
         if failure.kind == "credentials_refused":
             return self._auth_retry_s  # or sooner, on update_credentials
+        if going_on:
+            return 0.0 if (backlog or 0) > self._sent_from() - self._acked_seq else self._tick_s
         return self._streak.delay_s(failure.retry_after_s)  # new data does not cut it short (_wait)
 
     async def _update(self, **changes: Any) -> None:

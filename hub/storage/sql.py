@@ -68,6 +68,7 @@ def note_sync(
     newer than the newest one heard from the agent (``clock_sent_ms``): an older one is a request replayed late.
     A disk report (schema version 20) replaces the one before; its state's ``disk_since_ms`` stays while the
     state does, and is now when it changes (None: not reported, the one before stays)."""
+    params: list[object]
     if sent_ms is None or clock_skew_ms is None:
         sets, params = "clock_skew_ms = COALESCE(?, clock_skew_ms)", [clock_skew_ms]
     else:
