@@ -1541,7 +1541,8 @@ def _schemas() -> dict[str, JSON]:
             "after_seq": integer(0, SEQ_MAX, "The seq the events follow on from, a batch before them not yet "
                                  "answered: the mark moves over them only once it has reached it."),
             "disk": obj({
-                "reserve_bytes": integer(0, SEQ_MAX), "reserve_held_bytes": integer(0, SEQ_MAX),
+                "reserve_bytes": integer(0, SEQ_MAX),
+                "reserve_held_bytes": integer(0, SEQ_MAX, "More than reserve_bytes counts as reserve_bytes."),
                 "free_bytes": integer(0, SEQ_MAX), "refused_ms": integer(0, SEQ_MAX),
             }, ["reserve_bytes", "reserve_held_bytes"], closed=True,
                 description="The disk the agent's outbox is on: its disk reserve, the free bytes, a write the full "

@@ -302,9 +302,8 @@ def _disk_from_wire(raw: Any) -> DiskReport:
     if unknown:
         raise ProtocolError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}", field="disk")
     size = _check_int(raw.get("reserve_bytes"), "disk.reserve_bytes", 0, SEQ_MAX)
-    held = _check_int(raw.get("reserve_held_bytes"), "disk.reserve_held_bytes", 0, SEQ_MAX)
-    if held > size:
-        raise ProtocolError(f"{held} is more than the reserve_bytes {size}", field="disk.reserve_held_bytes")
+    # More held than configured (a reserve file left larger by hand) is the whole reserve, as the agent reads it.
+    held = min(size, _check_int(raw.get("reserve_held_bytes"), "disk.reserve_held_bytes", 0, SEQ_MAX))
     free = raw.get("free_bytes")
     refused = raw.get("refused_ms")
     return DiskReport(

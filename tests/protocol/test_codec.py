@@ -140,8 +140,10 @@ def test_disk_report_round_trips_is_optional_and_says_the_disks_state():
     assert DiskReport(8 << 20, 8 << 20, 1 << 30).state == "ok"
     assert DiskReport(0, 0, 0).state == "ok"  # no reserve, and the disk took the last write
     assert DiskReport(0, 0, None, refused_ms=5).state == "full"
-    with pytest.raises(ProtocolError, match="disk.reserve_held_bytes: .*more than"):
-        decode_sync_request(body([], disk={"reserve_bytes": 1, "reserve_held_bytes": 2}))
+    larger = decode_sync_request(body([], disk={"reserve_bytes": 1, "reserve_held_bytes": 2})).disk
+    assert larger == DiskReport(1, 1), "more held than configured is the whole reserve"
+    with pytest.raises(ProtocolError, match="disk.reserve_held_bytes: must be an integer"):
+        decode_sync_request(body([], disk={"reserve_bytes": 1, "reserve_held_bytes": "1"}))
     with pytest.raises(ProtocolError, match="disk.free_bytes: must be between"):
         decode_sync_request(body([], disk={"reserve_bytes": 0, "reserve_held_bytes": 0, "free_bytes": -1}))
     with pytest.raises(ProtocolError, match="disk: unknown field"):
