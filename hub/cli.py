@@ -48,7 +48,7 @@ from hub.config import (
 from hub.resolver import is_location
 from hub.server import DatabaseMoved, run_serving, serve
 from hub.storage import open_store, sqlite_file
-from hub.storage.base import ROLES, AgentStatus, DatabaseUnreachable, HubError, InvalidInput
+from hub.storage.base import ROLES, AgentDisk, AgentStatus, DatabaseUnreachable, HubError, InvalidInput
 from hub.storage.credentials import check_agent_id
 from hub.storage.interfaces import CredentialStore
 from hub.storage.sqlite.store import special_file
@@ -549,10 +549,20 @@ def _check_locations(role: str, locations: list[str]) -> list[str]:
     return list(dict.fromkeys(locations))
 
 
+def _disk_text(d: AgentDisk | None) -> str:
+    """The store PC's disk as its agent last reported it (GET /v1/agents' disk): "-" when it never did."""
+    if d is None:
+        return "-"
+    if d.state == "ok":
+        return "ok"
+    what = "FULL, scans refused" if d.state == "full" else "FULL, reserve in use"
+    return f"{what} since {iso_ms(d.since_ms)}"
+
+
 def format_agents(rows: Sequence[AgentStatus]) -> str:
     if not rows:
         return f"no agents yet; add one with: {PROG} agent add --db PATH --location CODE\n"
-    header = ("AGENT", "ROLE", "LOCATIONS", "LAST SYNC (UTC)", "MARKS (epoch:hwm)", "CLOCK SKEW")
+    header = ("AGENT", "ROLE", "LOCATIONS", "LAST SYNC (UTC)", "MARKS (epoch:hwm)", "CLOCK SKEW", "DISK")
     table = [header] + [
         (
             r.agent_id,
@@ -561,6 +571,7 @@ def format_agents(rows: Sequence[AgentStatus]) -> str:
             iso_ms(r.last_sync_ms) or "never",
             " ".join(f"{epoch}:{hwm}" for epoch, hwm in sorted(r.hwm.items())) or "-",
             "-" if r.clock_skew_ms is None else f"{r.clock_skew_ms} ms",
+            _disk_text(r.disk),
         )
         for r in rows
     ]

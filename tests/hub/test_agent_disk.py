@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from hub.cli import format_agents
+from hub.storage.base import AgentDisk, AgentStatus
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     DiskReport,
@@ -146,3 +148,14 @@ async def test_an_agent_from_before_the_disk_report_syncs_as_before_and_shows_no
     assert disk is not None and disk["state"] == "full", disk
     counts = await hub.get("/v1/locations/S007/counts")
     assert [c["on_hand"] for c in counts["counts"] if c["sku"] == "SKU-1"] == [5]
+
+
+def test_the_agent_list_of_the_cli_says_which_store_pcs_disk_is_full() -> None:
+    full = AgentDisk("full", 1_796_000_000_000, 1_796_000_060_000, RESERVE, 0, 4096, 1_796_000_050_000)
+    listed = format_agents([
+        AgentStatus("agent-s007", ("S007",), 1_796_000_060_000, {1: 40}, 12, disk=full),
+        AgentStatus("agent-s008", ("S008",), 1_796_000_060_000, {1: 9}, 12),
+    ])  # fmt: skip
+    head, s007, s008 = listed.splitlines()
+    assert head.endswith("DISK") and s007.endswith("FULL, scans refused since 2026-11-30T00:53:20.000Z"), listed
+    assert s008.endswith("-"), "an agent from before the disk report"
