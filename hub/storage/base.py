@@ -232,7 +232,7 @@ class ExceptionRow:
 
 @dataclass(frozen=True, slots=True)
 class AgentDisk:
-    """A store agent's newest report of the disk its outbox is on (``protocol.DiskReport``, schema version 20)."""
+    """A store agent's newest report of the disk its outbox is on (``protocol.DiskReport``, schema version 21)."""
 
     state: str  # ok, reserve_in_use or full (``protocol.DiskReport.state``)
     since_ms: int  # hub wall ms of the first report of that state

@@ -296,7 +296,7 @@ async def exceptions(
         out += [make(*r) for r in part]
     if copies_window_ms is not None and wanted(keys.AGENT_COPIES):
         out += await agent_copies(db, only, limit, after, now_ms - copies_window_ms)
-    # A store agent's disk full or its reserve in use (schema 20): the credentials' few hundred rows, read whole.
+    # A store agent's disk full or its reserve in use (schema 21): the credentials' few hundred rows, read whole.
     disk_full = Where(AGENT_DISK_FULL).add(AGENT_LOCATED, None if location is None else json.dumps(location))
     for r in await read(keys.AGENT_DISK, findings.AGENT_DISK_FIELDS, "agents g", disk_full):
         out.append(findings.agent_disk(*r))

@@ -239,7 +239,7 @@ class Batch:
     after_seq: int | None = None  # the seq the batch follows on from, as the sender said (see _next_mark)
     peer: str | None = None  # the address the request came from, as the hub saw it (None: not known)
     credential: str | None = None  # the hash of the token ``who`` was found by, confirmed in the transaction
-    disk: DiskReport | None = None  # the sender's report of its disk (schema version 20); None: not reported
+    disk: DiskReport | None = None  # the sender's report of its disk (schema version 21); None: not reported
 
 
 class SyncNote(NamedTuple):

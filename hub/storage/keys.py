@@ -137,7 +137,7 @@ CHANNEL_ORDER_REFUSED = ExceptionSource(
 )
 # two copies of one agent syncing at once, one row per agent (hub.storage.exceptions.AGENT_COPIES: c is its query)
 AGENT_COPIES = ExceptionSource("agent_copies", "c.at_ms", ("c.agent_id",), "s", ("agent_copies",))
-# a store agent whose disk is full or whose disk reserve is in use, as its newest sync reported (schema 20)
+# a store agent whose disk is full or whose disk reserve is in use, as its newest sync reported (schema 21)
 AGENT_DISK = ExceptionSource("agent_disk", "g.disk_since_ms", ("g.agent_id",), "s", ("agent_disk_full",))
 EXCEPTION_SOURCES = {
     s.name: s

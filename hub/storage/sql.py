@@ -66,7 +66,7 @@ def note_sync(
     """The UPDATE recording an agent's sync (``?`` markers) and its parameters; a backlog not reported (None)
     leaves the previous report as it was. A skew measured from ``sent_ms`` is taken only when ``sent_ms`` is
     newer than the newest one heard from the agent (``clock_sent_ms``): an older one is a request replayed late.
-    A disk report (schema version 20) replaces the one before; its state's ``disk_since_ms`` stays while the
+    A disk report (schema version 21) replaces the one before; its state's ``disk_since_ms`` stays while the
     state does, and is now when it changes (None: not reported, the one before stays)."""
     params: list[object]
     if sent_ms is None or clock_skew_ms is None:
