@@ -688,9 +688,11 @@ def _human(r: dict[str, Any]) -> str:
         f"clock skew   {skew}",
         f"count cache  {_feed_line(r.get('feed_cursor'))}",
     ]
-    if r["clock_skew_ms"] is not None and abs(r["clock_skew_ms"]) > CLOCK_WRONG_MS:  # measured against the hub's
-        off_s = abs(r["clock_skew_ms"]) / 1000
-        off = f"{off_s / 60:.0f} minutes" if off_s < 5400 else f"{off_s / 3600:.1f} hours" if off_s < 172_800 else f"{off_s / 86_400:,.1f} days"
+    if r.get("hub_clock_off_ms") is not None:  # the stores agree with each other: the hub's clock is the wrong one
+        said = huberrors.hub_clock_words(r["hub_clock_off_ms"])
+        lines.append(f"clock        the HUB's clock is WRONG, not this machine's. {said}")
+    elif r["clock_skew_ms"] is not None and abs(r["clock_skew_ms"]) > CLOCK_WRONG_MS:  # measured against the hub's
+        off = huberrors.clock_span(r["clock_skew_ms"])
         lines.append(
             f"clock        WRONG: this machine's clock is {off} {'behind' if r['clock_skew_ms'] > 0 else 'ahead of'}"
             " the hub's; set it right (the hub holds movements stamped outside its clock window for its operator)"

@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 HUB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a hub database's id as HUB_ID_HEADER carries it (uuid hex)
+HUB_CLOCK_OFF_RE = re.compile(r"-?[0-9]{1,13}")
 
 
 class SyncedHubIds(Protocol):
@@ -93,6 +94,32 @@ def credentials_refused(
     return (
         f"the hub at {url} refused this agent's credentials (HTTP {status}: {error_message(body)})",
         "the token is fixed",
+    )
+
+
+def hub_clock_off_of(header: str | None) -> int | None:
+    """How far the hub says its own clock is off its stores' (HUB_CLOCK_HEADER, whole ms; negative: behind), if
+    the header reads as a whole number of at most 13 digits (about 300 years); None when absent or anything else."""
+    if header is None or not HUB_CLOCK_OFF_RE.fullmatch(header):
+        return None
+    return int(header)
+
+
+def clock_span(ms: int) -> str:
+    """A clock's offset in words: "12 minutes", "3.0 hours", "2.0 days"."""
+    off_s = abs(ms) / 1000
+    if off_s < 5400:
+        return f"{off_s / 60:.0f} minutes"
+    return f"{off_s / 3600:.1f} hours" if off_s < 172_800 else f"{off_s / 86_400:,.1f} days"
+
+
+def hub_clock_words(off_ms: int) -> str:
+    """What a store says when the hub says its own clock is ``off_ms`` off (HUB_CLOCK_HEADER; negative: behind)."""
+    way = "behind" if off_ms < 0 else "ahead of"
+    return (
+        f"The hub says its own clock is {clock_span(off_ms)} {way} this store's and the other stores' clocks, which"
+        " agree with each other: this machine's clock is right, leave it as it is; the hub's operator sets the"
+        " hub's clock right (until then the hub holds movements stamped outside its clock window for its operator)."
     )
 
 

@@ -247,6 +247,8 @@ class OutboxStats:
     last_error: str | None
     hub_reachable: bool | None  # None: no sync attempt yet
     clock_skew_ms: int | None  # hub clock minus ours, at the last sync
+    # … and the hub said its own clock is this far off its stores' then (protocol.routes.HUB_CLOCK_HEADER; None: not)
+    hub_clock_off_ms: int | None = None
     epoch_base: int = 0  # the seq this epoch continues from (see the module doc: lineage)
     forked_from_epoch: int | None = None  # the last fork: the epoch this outbox left, when, and events resent
     forked_ms: int | None = None
@@ -901,10 +903,12 @@ class Outbox(SqliteFile):
         return await self._write(lambda conn: self._set_aside(conn, rejections))
 
     async def apply_answer(
-        self, resp: SyncResponse, *, clock_skew_ms: int | None, hub_id: str | None = None, hub_url: str = ""
-    ) -> AnswerResult:
+        self, resp: SyncResponse, *, clock_skew_ms: int | None, hub_id: str | None = None, hub_url: str = "",
+        hub_clock_off_ms: int | None = None,
+    ) -> AnswerResult:  # fmt: skip
         """Store one decoded hub answer in one transaction: mark, set-asides, counts, sync state, and the id of the
-        database of the hub at ``hub_url`` that answered (``protocol.routes.HUB_ID_HEADER``; None: it sent none)."""
+        database of the hub at ``hub_url`` that answered (``protocol.routes.HUB_ID_HEADER``; None: it sent none).
+        ``hub_clock_off_ms``: the hub said its own clock is this far off its stores' (``HUB_CLOCK_HEADER``)."""
         as_of_ms = resp.server_time_ms or self._wall_clock_ms()
 
         def apply(conn: sqlite3.Connection) -> AnswerResult:
@@ -931,6 +935,7 @@ class Outbox(SqliteFile):
                 last_error=None,
                 last_sync_ms=self._wall_clock_ms(),
                 clock_skew_ms=clock_skew_ms,
+                hub_clock_off_ms=hub_clock_off_ms,
                 hub_reachable=1,
             )
             return dataclasses.replace(result, change_id=resp.change_id, feed_restarted=restarted, hub_id_before=before)
@@ -1379,6 +1384,7 @@ class Outbox(SqliteFile):
                 last_error=_meta(conn, "last_error"),
                 hub_reachable=None if reachable is None else bool(reachable),
                 clock_skew_ms=_meta(conn, "clock_skew_ms"),
+                hub_clock_off_ms=_meta(conn, "hub_clock_off_ms"),
                 epoch_base=_meta(conn, "epoch_base", 0) or 0,
                 forked_from_epoch=_meta(conn, "forked_from_epoch"),
                 forked_ms=_meta(conn, "forked_ms"),

@@ -72,7 +72,7 @@ from agent.hub_loop import (
     read_answer,
     redirected,
 )
-from agent.huberrors import hub_id_of, refusal, sync_url
+from agent.huberrors import hub_clock_off_of, hub_clock_words, hub_id_of, refusal, sync_url
 from agent.outbox import Outbox
 from protocol import (
     MAX_BATCH_EVENTS,
@@ -100,7 +100,7 @@ from protocol.retry import (
     run_turns,
     wait_for_any,
 )
-from protocol.routes import HUB_ID_HEADER, SYNC_CATCHUP_BYTES, SYNC_PIPELINE_HEADER
+from protocol.routes import HUB_CLOCK_HEADER, HUB_ID_HEADER, SYNC_CATCHUP_BYTES, SYNC_PIPELINE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ HEARTBEAT_S = 60.0  # an idle agent still tells the hub it is alive (and its bac
 # A hub catching a region up asks batch after batch to come back (429, hub/catchup.py), each between good answers:
 # said at INFO at most this often, the rest at DEBUG, and the good answer after one is not news.
 SLOW_DOWN_SAID_S = 60.0
+HUB_CLOCK_SAID_AGAIN_MS = 60_000  # the hub's clock said off by this much more or less than before is said again
 # What a hub from before the columnar form (protocol.event.events_to_columns) answers a request that has them: 400
 # naming the field (protocol.codec's envelope check, unchanged since the first wire version).
 COLUMNS_REFUSED = "unknown field(s) columns"
@@ -223,6 +224,7 @@ class _Reply:
     content_type: str
     pipelines: bool  # the answer carries SYNC_PIPELINE_HEADER: the hub reads a request's after_seq
     hub_id: str | None = None  # the id of the database the hub serves (HUB_ID_HEADER; None: an older hub)
+    hub_clock_off_ms: int | None = None  # the hub says its own clock is this far off its stores' (HUB_CLOCK_HEADER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +307,7 @@ class Replicator(HubLoop):
         self._unstored: int | None = None
         self._unstored_chain: bytes | None = None  # the lineage digest there, as the hub answered it
         self._keep_going = False  # the turn that failed so goes on at once, without a handshake
+        self._hub_clock_off_ms: int | None = None  # the hub's last answer said its own clock is off (HUB_CLOCK_HEADER)
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
         # way (from reading the batch to storing its answer), ``_feed_position`` is the change-feed position of
         # the newest answer stored (None: none in this run, or the hub's numbering restarted since).
@@ -494,7 +497,7 @@ class Replicator(HubLoop):
             self._pipelines = answer.pipelines
             return await self._accepted(
                 batch, body, answer.sent_ms, answer.received_ms, sent_ahead=ahead is not None, hub_id=answer.hub_id,
-                chain=chain,
+                chain=chain, hub_clock_off_ms=answer.hub_clock_off_ms,
             )  # fmt: skip
         if status == 422 and batch:
             return await self._invalid(batch, body)
@@ -678,6 +681,7 @@ class Replicator(HubLoop):
                     http.status, answer, sent_ms, self._outbox.wall_ms(), http.headers.get("Retry-After"),
                     http.headers.get("Location"), http.headers.get("Content-Type", ""),
                     http.headers.get(SYNC_PIPELINE_HEADER) == "1", hub_id_of(http.headers.get(HUB_ID_HEADER)),
+                    hub_clock_off_of(http.headers.get(HUB_CLOCK_HEADER)),
                 )  # fmt: skip
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="hub_error", reachable=True, level=logging.ERROR) from err
@@ -710,7 +714,7 @@ class Replicator(HubLoop):
 
     async def _accepted(
         self, batch: _Batch, body: bytes, sent_ms: int, received_ms: int, *, sent_ahead: bool = False,
-        hub_id: str | None = None, chain: bytes | None = None,
+        hub_id: str | None = None, chain: bytes | None = None, hub_clock_off_ms: int | None = None,
     ) -> bool:  # fmt: skip
         try:
             resp = decode_sync_response(body)
@@ -744,13 +748,16 @@ class Replicator(HubLoop):
             resp = dataclasses.replace(resp, rejected=tuple(r for r in resp.rejected if r.event_id in sent))
         skew_ms = resp.server_time_ms - (sent_ms + received_ms) // 2 if resp.server_time_ms else None
         try:
-            result = await self._outbox.apply_answer(resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url)
+            result = await self._outbox.apply_answer(
+                resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url, hub_clock_off_ms=hub_clock_off_ms
+            )
         except OutboxError as err:
             if disk_full(err):
                 raise self._unstorable(batch, resp, chain, err) from err
             raise
         if self._unstored is not None and result.acked_seq >= self._unstored or result.rewound:
             self._unstored = self._unstored_chain = None
+        self._say_the_hubs_clock(hub_clock_off_ms)
         if result.hub_id_before is not None:
             log.warning(
                 "The hub at %s now serves another database (id %s; this agent last synced with %s): it was replaced"
@@ -907,6 +914,15 @@ class Replicator(HubLoop):
             level=logging.INFO,  # flow control, not a failure
             retry_after_s=wait_s,
         )
+
+    def _say_the_hubs_clock(self, off_ms: int | None) -> None:
+        """Say once when the hub's answers start saying its own clock is off (this machine's is right), and once
+        when they stop."""
+        before, self._hub_clock_off_ms = self._hub_clock_off_ms, off_ms
+        if off_ms is not None and (before is None or abs(off_ms - before) > HUB_CLOCK_SAID_AGAIN_MS):
+            log.warning("%s", hub_clock_words(off_ms))
+        elif off_ms is None and before is not None:
+            log.info("The hub at %s no longer says its own clock is off.", self._url)
 
     async def _refused(self, status: int, body: bytes, hub_id: str | None = None) -> TurnFailed:
         message = _error_message(body)

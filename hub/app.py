@@ -54,7 +54,7 @@ from hub.auth import (
 )
 from hub.channels import http as channel_http
 from hub.channels import order_routes
-from hub.clock_window import HubClockWatch
+from hub.clock_window import HUB_CLOCK_AGREE_MS, HubClockWatch
 from hub.config import HubSettings
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
@@ -380,8 +380,11 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks
     metrics.observe_ingest(request.app, "sync", result, time.perf_counter() - started)
+    headers = {routes.SYNC_PIPELINE_HEADER: "1"}
     if sync.sent_ms is not None:
-        _watch_the_hubs_clock(request.app, result.agent_id, wall_ms_now() - sync.sent_ms)
+        off_ms = _watch_the_hubs_clock(request.app, result.agent_id, wall_ms_now() - sync.sent_ms)
+        if off_ms is not None:  # the store's clock is right: the hub's is off, and the agent says so, not its own
+            headers[routes.HUB_CLOCK_HEADER] = str(off_ms)
     answer = SyncResponse(
         agent_id=result.agent_id,
         epoch=result.epoch,
@@ -395,9 +398,7 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
         change_id=result.change_id if sync.follows_feed else None,  # … and one not following the change feed this
     )
     _log_sync(sync, result.applied, result.duplicates, len(result.rejected), result.hwm, started)
-    return web.Response(
-        body=encode_sync_response(answer), content_type=MSGPACK_CONTENT_TYPE, headers={routes.SYNC_PIPELINE_HEADER: "1"}
-    )
+    return web.Response(body=encode_sync_response(answer), content_type=MSGPACK_CONTENT_TYPE, headers=headers)
 
 
 async def _read_body(request: web.Request, advice: str = "") -> bytes:
@@ -432,13 +433,20 @@ async def _close_decoder(app: web.Application) -> None:
     app[DECODER_KEY].close()
 
 
-def _watch_the_hubs_clock(app: web.Application, agent_id: str, skew_ms: int) -> None:
-    """Say once when the agents that sync agree the hub's own clock is off, and once when it is right again."""
-    said = app[CLOCK_WATCH_KEY].heard(agent_id, skew_ms, time.monotonic())
+def _watch_the_hubs_clock(app: web.Application, agent_id: str, skew_ms: int) -> int | None:
+    """Say once when the agents that sync agree the hub's own clock is off, and once when it is right again.
+    Returns how far the hub's clock is off when this agent's clock agrees with theirs (its skew is within
+    HUB_CLOCK_AGREE_MS of the offset), else None."""
+    watch = app[CLOCK_WATCH_KEY]
+    said = watch.heard(agent_id, skew_ms, time.monotonic())
     if said is not None and said[1] is not None:
         log.error("%s", said[1].message)
     elif said is not None:
         log.info("The hub's clock agrees with its agents' again.")
+    found = watch.current
+    if found is None or abs(skew_ms - found.offset_ms) > HUB_CLOCK_AGREE_MS:
+        return None
+    return found.offset_ms
 
 
 def _check_sender(who: AgentIdentity, agent_id: str) -> None:

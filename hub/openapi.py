@@ -115,6 +115,7 @@ API_VERSION = "1.9.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 #      transfer_misdirected is found no more)
 #      a sync request's disk report (disk), each agent's disk in GET /v1/agents, and the exception kind
 #      agent_disk_full (a store agent's disk full, or its disk reserve in use)
+#      a sync answer to an agent among them carries the header Shelfsync-Hub-Clock-Off-Ms (the hub's clock is off)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"

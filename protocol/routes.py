@@ -17,6 +17,10 @@ SYNC_PATH: Final = "/v1/sync"  # POST msgpack: a batch of stock events; answers 
 # agent may send a batch before the one before it is answered. An HTTP header, not an answer field: an agent
 # refuses an answer with a field it does not know, and ignores a header.
 SYNC_PIPELINE_HEADER: Final = "Shelfsync-Sync-After-Seq"
+# A header of a sync answer, when the agents that synced lately agree the hub's own clock is off and this agent is
+# one of them (hub.clock_window): how far, in whole milliseconds, the hub's clock is off theirs (negative: behind).
+# The agent then says the hub's clock is wrong, not its own. A header for the reason above.
+HUB_CLOCK_HEADER: Final = "Shelfsync-Hub-Clock-Off-Ms"
 # A header of every answer of the hub: the id of the database it serves (``hub_id`` in ``GET /healthz``'s ``db``),
 # made when the database was created and kept in it, so a restore of another hub's backup changes it. Public, as
 # /healthz is. An agent keeps the one it last synced with: a 401/403 from a hub whose id changed says so.

@@ -213,6 +213,7 @@ def status_json(
         "last_sync_age_s": None if stats.last_sync_ms is None else max(0.0, (now_ms - stats.last_sync_ms) / 1000),
         "last_error": stats.last_error,
         "clock_skew_ms": stats.clock_skew_ms,
+        "hub_clock_off_ms": stats.hub_clock_off_ms,  # the hub says its own clock is off (not this machine's)
         "active_sessions": active_sessions,
         "pos_import": None if pos is None else pos.to_json(),
         "saved_copies": None if saved is None else dataclasses.asdict(saved),

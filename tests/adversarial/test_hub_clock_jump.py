@@ -7,7 +7,8 @@ while nothing at the hub said that its own clock was the one that moved: head of
 store set a right clock wrong (after which each agent stamps its movements with the moment the clock was set
 back, for three hours). Past the clock window (a day) every movement of every store was held in quarantine with
 "this machine's clock should be checked". Stores whose clocks agree with each other and not with the hub
-point at the hub's clock; the hub now says so.
+point at the hub's clock; the hub now says so, and tells those stores in its sync answers
+(``Shelfsync-Hub-Clock-Off-Ms``), whose ``status`` and log then say the hub's clock is wrong and theirs right.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from tests.harness.shifted_clock import SCRIPT, SHIFT_FILE_ENV
 
 HOUR_MS = 3_600_000
 WAIT_S = 60.0
+HUB_WRONG = (
+    "clock        the HUB's clock is WRONG, not this machine's. The hub says its own clock is 3.0 hours behind this"
+    " store's and the other stores' clocks"
+)
 
 
 def suspicion(hub: HubProcess, token: str) -> dict | None:
@@ -76,14 +81,25 @@ def test_a_hub_clock_hours_behind_its_stores_is_named_by_the_hub_and_not_blamed_
         wait_until(
             "the hub's log to say it", lambda: "ERROR hub.app: The hub's clock looks wrong: 2 of the 2" in hub.log
         )
-        for store in stores:  # what each store is told meanwhile (it cannot tell), while the hub says the truth
-            assert "WRONG: this machine's clock is 3.0 hours ahead of the hub's" in status_of(store)
+        for store in stores:  # each store is told the hub's clock is off, not its own, and not to change it
+            wait_until("the store to say the hub's clock is off", lambda store=store: HUB_WRONG in status_of(store), WAIT_S)
+            said = status_of(store)
+            assert "this machine's clock is right, leave it as it is" in said, said
+            assert "WRONG: this machine's clock" not in said, said
+            assert "set it right" not in said, said
+            wait_until(
+                "the store's log to say it",
+                lambda store=store: "WARNING agent.replicator: The hub says its own clock is 3.0 hours behind" in store.log(),
+            )
 
         shift.write_text("0", encoding="ascii")  # the hub's clock is set right
         wait_until("the hub to take its clock back", lambda: suspicion(hub, reader.token) is None, WAIT_S)
         wait_until(
             "the hub's log to say so", lambda: "INFO hub.app: The hub's clock agrees with its agents' again" in hub.log
         )
+        for store in stores:
+            wait_until("the store to stop saying so", lambda store=store: HUB_WRONG not in status_of(store), WAIT_S)
+            assert "WRONG" not in status_of(store)
         for run in runs:
             assert run.stop() == 0
         assert hub_events(hub.db) == {}
