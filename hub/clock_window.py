@@ -8,7 +8,11 @@ quarantine for an operator (see hub.quarantine and docs/faults.md "Clocks"):
   battery, a wrong year typed) — it would order a count after every real
   sale for years;
 - ``BEFORE_AGENT``: more than the window before its credential was created
-  (a clock reset to 2001) — it would slip under counts already taken;
+  (a clock reset to 2001) — it would slip under counts already taken. A
+  creation time ahead of the hub's clock now was stamped by the hub's own
+  clock running ahead then (``shelfsync-hub agent add`` while it was wrong):
+  it says nothing about when the credential was made, so it holds nothing
+  (a store whose clock was reset is still held by ``BEHIND``);
 - ``BEHIND``: more than the window before the hub's clock, sent by a machine
   whose own clock, when it sent, was itself more than the window behind the
   hub's (a clock set back six months, or a hybrid clock frozen at the moment
@@ -61,7 +65,8 @@ class ClockWindow:
         wall_ms = unpack_hlc(occurred_at)[0]
         if wall_ms > self.now_ms + self.window_ms:
             return AHEAD
-        if self.agent_created_ms is not None and wall_ms < self.agent_created_ms - self.window_ms:
+        created_ms = self.agent_created_ms
+        if created_ms is not None and created_ms <= self.now_ms and wall_ms < created_ms - self.window_ms:
             return BEFORE_AGENT
         behind = self.sender_behind_ms
         if behind is not None and behind > self.window_ms and wall_ms < self.now_ms - self.window_ms:

@@ -71,6 +71,16 @@ def test_an_unknown_credential_age_checks_only_ahead_and_behind() -> None:
     assert window(-HALF_YEAR_MS, created_ms=None).outside(stamp(-HALF_YEAR_MS)) == BEHIND
 
 
+def test_a_credential_dated_ahead_of_the_hubs_clock_holds_nothing_before_it() -> None:
+    """``agent add`` while the hub's clock ran two days ahead, the clock set right since: the stored creation time
+    is the hub's past error, not when the credential was made (tests/adversarial/test_hub_clock_credential.py)."""
+    ahead = window(0, created_ms=NOW_MS + 2 * DAY_MS)
+    assert ahead.outside(stamp(0)) is None
+    assert ahead.outside(stamp(-WINDOW_MS - 1)) is None
+    assert window(-HALF_YEAR_MS, created_ms=NOW_MS + 2 * DAY_MS).outside(stamp(-HALF_YEAR_MS)) == BEHIND
+    assert window(0, created_ms=NOW_MS).outside(stamp(-WINDOW_MS - 1)) == BEFORE_AGENT  # made now: still checked
+
+
 def test_a_sender_without_sent_ms_keeps_the_window_as_it_was() -> None:
     plain = ClockWindow(NOW_MS, WINDOW_MS, CREATED_MS)
     assert plain.with_sender(None) is plain and plain.sender_behind_ms is None

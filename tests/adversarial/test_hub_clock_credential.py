@@ -1,0 +1,75 @@
+"""A credential issued while the hub's own clock was ahead: real ``shelfsync-hub agent add`` and hub processes
+(the first with its wall clock shifted, tests/harness/shifted_clock.py), a real agent process, on each backend.
+
+Found: with the hub's clock two days ahead, ``agent add`` stored the credential's creation time two days in the
+future. Once the hub's clock was set right, every movement of that store was held in quarantine as "before its
+credential was created" (hub.clock_window.BEFORE_AGENT), for as long as the clock had been off: a store with a
+right clock quarantined by the hub's own past error. A creation time ahead of the hub's clock is now no reason
+to hold a movement (the hub's clock was wrong then, so it says nothing about when the credential was made).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.faults.helpers import Store, _query, hub_events, wait_until
+from tests.harness.commands import hub_env, new_hub_db
+from tests.harness.credentials import Credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.shifted_clock import SCRIPT, SHIFT_FILE_ENV
+
+DAY_MS = 86_400_000
+WAIT_S = 60.0
+
+
+def agent_add_with_the_hub_clock_ahead(db: Path | str, tmp_path: Path, location: str) -> Credential:
+    shift = tmp_path / "hub-clock-shift-ms"
+    shift.write_text(str(2 * DAY_MS), encoding="ascii")
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "-m", "hub", "agent", "add", "--db", str(db), "--location", location],
+        env={**hub_env(), SHIFT_FILE_ENV: str(shift)}, capture_output=True, check=False, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    return Credential(said["agent_id"], said["credential"])
+
+
+def a_sale_of_a_store_whose_credential_the_hub_dated_ahead(db: Path | str, tmp_path: Path) -> None:
+    cred = agent_add_with_the_hub_clock_ahead(db, tmp_path, "S001")
+    hub = HubProcess(tmp_path / "hub.log", db=db, port=0, env=dict(os.environ))  # the hub's clock is right again
+    store = Store("store-1", "S001", cred, tmp_path / "store-1", "")
+    try:
+        hub.start()
+        store.hub_url = hub.url
+        store.write_config()
+        run = store.start()
+        done = subprocess.run(
+            [sys.executable, "-m", "agent", "record", "--sku", "SKU-A", "--kind", "sale", "--qty", "-1",
+             "--config", str(store.config)],
+            capture_output=True, check=False, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        wait_until(
+            "the sale to reach the hub",
+            lambda: bool(hub_events(db, ["S001"])) or bool(_query(db, "SELECT quarantine_id FROM quarantine")),
+            WAIT_S,
+        )
+        assert _query(db, "SELECT detail FROM quarantine") == []
+        assert [(e.sku, e.kind, e.qty) for e in hub_events(db, ["S001"]).values()] == [("SKU-A", "sale", -1)]
+        assert run.stop() == 0
+    finally:
+        store.kill_all()
+        hub.close()
+
+
+def test_a_credential_dated_ahead_by_the_hubs_clock_does_not_hold_its_stores_sales_sqlite(tmp_path: Path) -> None:
+    a_sale_of_a_store_whose_credential_the_hub_dated_ahead(new_hub_db(tmp_path / "hub.db"), tmp_path)
+
+
+def test_a_credential_dated_ahead_by_the_hubs_clock_does_not_hold_its_stores_sales_postgres(
+    pg_url: str, tmp_path: Path
+) -> None:
+    a_sale_of_a_store_whose_credential_the_hub_dated_ahead(pg_url, tmp_path)
