@@ -120,9 +120,9 @@ class HubClockSuspicion:
         return (
             f"The hub's clock looks wrong: {len(self.agents):,} of the {self.asked:,} agents that synced in the last"
             f" {HUB_CLOCK_RECENT_MS // 60_000} minutes put it {span(self.offset_ms)} {way} their clocks, which agree"
-            f" with each other within a minute ({shown_ids}). Set this machine's clock right (NTP); until then each"
-            " of those stores is told its own clock is wrong, and their movements more than the clock window off"
-            " the hub's clock are held in quarantine."
+            f" with each other within a minute ({shown_ids}). Set the hub machine's clock right (NTP); until then"
+            " those stores are told the hub's clock is off, not theirs, and their movements more than the clock"
+            " window off the hub's clock are held in quarantine."
         )
 
 

@@ -502,7 +502,10 @@
           "An idle agent calls the hub every minute with nothing to send. The backlog is what the agent reported waiting in its outbox at its last sync.")),
       h("div", { class: "toolbar" }, csvLink("/v1/agents?format=csv", "Download CSV",
         "every credential with its last sync, mark, backlog, disk and clock skew, as a spreadsheet")));
-    const parts = [head, chips, table(
+    // The agents that synced lately agree the hub's own clock is off (hub_clock in GET /v1/status): said above the
+    // stores, whose clock skews below then read as the hub's error, not theirs.
+    const hubClock = st.hub_clock ? h("p", { class: "warn-note", id: "hub-clock", role: "alert" }, st.hub_clock.message) : null;
+    const parts = [head, ...(hubClock ? [hubClock] : []), chips, table(
       ["Status", "Locations", "Agent", "Last sync", ["Events, last hour", "num"], ["High-water mark", "num"], ["Backlog", "num"], "Disk", ["Clock skew", "num"]],
       rows, filter === "offline" ? "Every store agent is online."
         : "No store agents yet. Create one with shelfsync-hub agent add --location CODE.")];

@@ -77,7 +77,8 @@ class StoreAgent:
                     extra.get("attrs", {}),
                 )
             )
-        report = {k: extra[k] for k in ("backlog", "oldest_pending_ms", "disk") if k in extra}  # the agent's outbox, if given
+        # the agent's outbox and clock, if given
+        report = {k: extra[k] for k in ("backlog", "oldest_pending_ms", "disk", "sent_ms") if k in extra}
         body = encode_sync_request(SyncRequest(self.agent_id, 1, tuple(events), **report))
         resp = await self.client.post(
             "/v1/sync",
@@ -311,6 +312,27 @@ async def test_a_dropped_stream_resumes_where_it_was_and_a_refused_one_reopens_r
     await shop.s001.push(("sale", -1, SKU))  # the new stream follows the feed
     await expect(on_hand).to_have_text("14")
     console_errors[:] = [e for e in console_errors if "410" not in e and "CHUNKED" not in e]  # the cut and refusal
+    assert console_errors == []
+
+
+async def test_the_stores_page_says_when_the_stores_agree_the_hubs_own_clock_is_off(
+    page: Page, shop: Shop, screenshot: Screenshot, console_errors: list[str]
+) -> None:
+    """GET /v1/status answered hub_clock (hub.clock_window) and the dashboard showed nothing of it: an operator
+    looking at the stores saw each store three hours off, and not that the hub's own clock was the wrong one."""
+    await sign_in(page, shop)
+    await expect(page.locator("#view tbody tr[data-agent]")).to_have_count(4)
+    await expect(page.locator("#hub-clock")).to_have_count(0)  # the stores' clocks agree with the hub's
+
+    ahead_ms = wall_ms_now() + 3 * 3_600_000  # both stores' clocks three hours ahead: the hub's three hours behind
+    await shop.s001.push(("sale", -1, SKU), sent_ms=ahead_ms)
+    await shop.s002.push(("sale", -1, SKU), sent_ms=ahead_ms)
+    alert = page.locator("#hub-clock")
+    await expect(alert).to_contain_text(
+        "The hub's clock looks wrong: 2 of the 3 agents that synced in the last 10 minutes put it 3.0 hours behind"
+    )  # the page follows the change feed: shown without a reload
+    await expect(alert).to_have_attribute("role", "alert")
+    await screenshot("dashboard-hub-clock")
     assert console_errors == []
 
 
