@@ -42,9 +42,9 @@ from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, HEARTBEAT_S, TICK_S, TIME
 from agent.scanning import COUNT_RESET_S, MODES
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
-from agent.textfile import read_text
 from protocol import MAX_BATCH_EVENTS
 from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
+from protocol.textfile import read_text
 from protocol.values import token_problem
 
 OUTBOX_FILENAME = "outbox.sqlite3"

@@ -29,6 +29,7 @@ from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLO
 from hub.heartbeat import DEFAULT_LEASE_STALE_S
 from hub.storage.base import HubError
 from hub.webhook_spec import WebhookConfigError, WebhookSpec, parse_webhooks
+from protocol.textfile import decode_text, read_text
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8470
@@ -390,7 +391,7 @@ def _database_url(values: Mapping[str, Any], base: Path, where: str) -> str:
             f"{DATABASE_URL_FILE_KEY} {file} (in {where}) cannot be read ({err.strerror or err})"
         ) from None
     try:
-        text = raw.decode("utf-8").strip()
+        text = decode_text(raw).strip()
     except UnicodeDecodeError:
         text = ""
     if not text or len(raw) > SECRET_FILE_MAX_BYTES or "\n" in text:
@@ -456,13 +457,12 @@ def _secret_envs(doc: Mapping[str, Any]) -> frozenset[str]:
 def _read_file(path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
     """The whole TOML document and its ``[hub]`` table, checked for unknown keys; paths made absolute."""
     try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
+        doc = tomllib.loads(read_text(path))  # by its byte-order mark, as a Windows tool may have saved it
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read ({err.strerror or err})") from err
-    except UnicodeDecodeError as err:  # tomllib decodes the bytes before it parses them
+    except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path} is not UTF-8 text") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML ({err})") from err
@@ -539,7 +539,7 @@ def _webhook_secrets(raw: Any, base: Path, environ: Mapping[str, str]) -> Any:
                 why = err.strerror or err
                 raise WebhookConfigError(f"{where}: secret_file {file} cannot be read ({why})") from None
             try:
-                rest["secret"] = secret.decode("utf-8").strip()
+                rest["secret"] = decode_text(secret).strip()
             except UnicodeDecodeError:
                 raise WebhookConfigError(f"{where}: secret_file {file} is not UTF-8 text") from None
             if len(secret) > SECRET_FILE_MAX_BYTES:

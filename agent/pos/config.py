@@ -18,7 +18,7 @@ from agent.pos.errors import BadValue, PosImportError
 from agent.pos.profiles import BUILTIN_PROFILES, Profile, profile_from_toml
 from agent.pos.timezones import ZoneResolver
 from agent.pos.values import DateOrder, DecimalSeparator
-from agent.textfile import read_text
+from protocol.textfile import read_text
 
 SETTLE_DEFAULT_S = 2.0
 UNFINISHED_LINE_DEFAULT_S = 300.0

@@ -30,6 +30,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from hub.resolver import is_location
 from hub.webhook_spec import SECRET_MIN_LEN as WEBHOOK_SECRET_MIN_LEN  # a webhook channel signs like them
 from protocol.event import SKU_MAX_LEN
+from protocol.textfile import decode_text, read_text
 
 KINDS = ("shopify", "square", "webhook")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
@@ -197,10 +198,11 @@ def load_channels(path: str | os.PathLike[str], environ: Mapping[str, str] | Non
     """The channels of a TOML file's ``[[channel]]`` tables (none if it has none)."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            doc = tomllib.load(f)
+        doc = tomllib.loads(read_text(p))  # by its byte-order mark, as a Windows tool may have saved it
     except OSError as err:
         raise ChannelConfigError(f"config file {p} cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ChannelConfigError(f"config file {p} is not UTF-8 text") from err
     except tomllib.TOMLDecodeError as err:
         raise ChannelConfigError(f"config file {p} is not valid TOML ({err})") from err
     if "channel" not in doc:
@@ -442,7 +444,7 @@ def _secret(where: str, table: Mapping[str, Any], base: Path | None, env: Mappin
         if len(data) > SECRET_MAX_BYTES:
             raise ChannelConfigError(f"{where}: the secret {source} is longer than {SECRET_MAX_BYTES} bytes")
         try:
-            value = data.decode("utf-8")
+            value = decode_text(data)
         except UnicodeDecodeError:
             raise ChannelConfigError(f"{where}: the secret {source} is not UTF-8 text") from None
     value = value.strip()

@@ -176,7 +176,31 @@ def test_a_bad_variable_stops_every_command_with_one_sentence(tmp_path: Path) ->
 
 def test_a_config_file_that_is_not_utf8_is_one_sentence_for_every_command(tmp_path: Path) -> None:
     config = tmp_path / "hub.toml"
-    config.write_bytes(b'\xff\xfe[hub]\ndb = "hub.db"\n')  # a UTF-16 byte order mark: saved by the wrong editor
+    config.write_bytes('# Café\n[hub]\ndb = "hub.db"\n'.encode("cp1252"))  # no mark, not UTF-8: the wrong editor
     for args in (("serve", "--port", "0"), ("agent", "list"), ("backup", "--to", str(tmp_path))):
         run = run_hub(*args, "--config", str(config), env=hub_env())
         assert (run.returncode, run.stderr) == (2, f"shelfsync-hub: config file {config} is not UTF-8 text\n")
+
+
+WINDOWS_TEXT = [("utf-8-sig", "UTF-8 with BOM (Notepad)"), ("utf-16", "UTF-16 with its mark (PowerShell's >)")]
+
+
+@pytest.mark.parametrize(("encoding", "saved_as"), WINDOWS_TEXT)
+def test_a_config_file_saved_by_a_windows_tool_is_read_by_its_mark(
+    tmp_path: Path, encoding: str, saved_as: str
+) -> None:
+    """Found: a hub.toml saved "UTF-8 with BOM" stopped every command with "is not valid TOML (Invalid statement
+    (at line 1, column 1))", one saved as UTF-16 "is not UTF-8 text", as the agent's configuration did
+    (protocol.textfile, which both now read text files with)."""
+    db = new_hub_db(tmp_path / "hub.db")
+    config = tmp_path / "hub.toml"
+    config.write_text(f'# {saved_as}\n[hub]\ndb = "{db.name}"\n', encoding=encoding)
+    run = run_hub("agent", "list", "--config", str(config), env=hub_env())
+    assert (run.returncode, run.stderr) == (0, ""), run.stderr
+    (tmp_path / "db-url").write_text("postgresql://hub:s3cret@db.example/hub\n", encoding=encoding)
+    (tmp_path / "hook.secret").write_text("from-a-file-0123456789\n", encoding=encoding)
+    hook = '[[webhooks]]\nname = "shop"\nurl = "https://shop.example/hook"\nsecret_file = "hook.secret"\n'
+    config.write_text(f'[hub]\ndatabase_url_file = "db-url"\n\n{hook}', encoding=encoding)
+    s = load_settings(config, environ={})
+    assert s.db == "postgresql://hub:s3cret@db.example/hub"
+    assert [w.secret for w in s.webhooks] == ["from-a-file-0123456789"]

@@ -1,5 +1,6 @@
-"""Text files a person writes on a store PC (the configuration, a token file, a POS mapping): UTF-8, with or without
-the byte-order mark Windows tools put first, or UTF-16 with its mark.
+"""Text files a person writes (the agent's configuration, token file and POS mapping on a store PC; the hub's
+configuration and its secret files): UTF-8, with or without the byte-order mark Windows tools put first, or UTF-16
+with its mark.
 
 Notepad saved UTF-8 only with a mark before Windows 10 1903 (and offers "UTF-8 with BOM" still), Windows PowerShell
 5's ``Set-Content -Encoding UTF8`` always writes one, and its ``>`` and ``Out-File`` write UTF-16 with one. Read as
@@ -17,7 +18,11 @@ MARKS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codec
 
 def read_text(path: Path) -> str:
     """The text of ``path``, decoded by its byte-order mark (dropped), else as UTF-8."""
-    raw = path.read_bytes()
+    return decode_text(path.read_bytes())
+
+
+def decode_text(raw: bytes) -> str:
+    """``raw`` decoded by its byte-order mark (dropped), else as UTF-8 (``UnicodeDecodeError`` when it is not)."""
     for mark, encoding in MARKS:
         if raw.startswith(mark):
             return raw.decode(encoding)
