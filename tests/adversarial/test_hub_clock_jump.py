@@ -13,6 +13,7 @@ point at the hub's clock; the hub now says so, and tells those stores in its syn
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,14 +83,20 @@ def test_a_hub_clock_hours_behind_its_stores_is_named_by_the_hub_and_not_blamed_
             "the hub's log to say it", lambda: "ERROR hub.app: The hub's clock looks wrong: 2 of the 2" in hub.log
         )
         for store in stores:  # each store is told the hub's clock is off, not its own, and not to change it
-            wait_until("the store to say the hub's clock is off", lambda store=store: HUB_WRONG in status_of(store), WAIT_S)
+            wait_until(
+                "the store to say the hub's clock is off", lambda store=store: HUB_WRONG in status_of(store), WAIT_S
+            )
             said = status_of(store)
             assert "this machine's clock is right, leave it as it is" in said, said
             assert "WRONG: this machine's clock" not in said, said
             assert "set it right" not in said, said
+            report = json.loads(status_of(store, "--json"))
+            assert abs(report["hub_clock_off_ms"] + 3 * HOUR_MS) < 60_000, report
             wait_until(
                 "the store's log to say it",
-                lambda store=store: "WARNING agent.replicator: The hub says its own clock is 3.0 hours behind" in store.log(),
+                lambda store=store: (
+                    "WARNING agent.replicator: The hub says its own clock is 3.0 hours behind" in store.log()
+                ),
             )
 
         shift.write_text("0", encoding="ascii")  # the hub's clock is set right
@@ -100,6 +107,7 @@ def test_a_hub_clock_hours_behind_its_stores_is_named_by_the_hub_and_not_blamed_
         for store in stores:
             wait_until("the store to stop saying so", lambda store=store: HUB_WRONG not in status_of(store), WAIT_S)
             assert "WRONG" not in status_of(store)
+            assert json.loads(status_of(store, "--json"))["hub_clock_off_ms"] is None
         for run in runs:
             assert run.stop() == 0
         assert hub_events(hub.db) == {}
@@ -109,9 +117,9 @@ def test_a_hub_clock_hours_behind_its_stores_is_named_by_the_hub_and_not_blamed_
         hub.close()
 
 
-def status_of(store: Store) -> str:
+def status_of(store: Store, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--config", str(store.config)],
+        [sys.executable, "-m", "agent", "status", *args, "--config", str(store.config)],
         capture_output=True, check=False, text=True, timeout=60,
     )  # fmt: skip
     return done.stdout
