@@ -47,10 +47,12 @@ from agent.hub_loop import (
     broken,
     hub_connector,
     not_a_hubs_json,
+    not_found,
     not_the_hubs,
     read_answer,
     redirected,
     use_ca_file,
+    wrong_address,
 )
 from agent.localapi.runtime import start_staff_services
 from agent.lock import (
@@ -619,6 +621,8 @@ async def _probe(hub_url: str) -> tuple[str | None, str | None]:
             kind = resp.headers.get("Content-Type", "")
             if (foreign := not_the_hubs(url, resp.status, kind, body, JSON)) is not None:
                 return redact_url(foreign), None
+            if resp.status == 404:
+                return redact_url(not_found(hub_url, url, huberrors.error_message(body))), None
             if resp.status != 200:  # the hub's own sentence: "the hub is migrating its database to …" (docs/agent.md)
                 detail = huberrors.error_member(body, "detail")
                 said = f": {detail}" if isinstance(detail, str) and detail else ""
@@ -635,9 +639,11 @@ async def _probe(hub_url: str) -> tuple[str | None, str | None]:
     except TimeoutError:
         return f"no answer within {PROBE_TIMEOUT_S:g} s", None
     except aiohttp.ClientConnectorError as err:
-        return f"connection failed ({err.os_error.strerror or err.os_error})", None
+        wrong = await wrong_address(hub_url, err)
+        return redact_url(wrong) if wrong else f"connection failed ({err.os_error.strerror or err.os_error})", None
     except aiohttp.ClientError as err:
-        return f"request failed: {broken(err)}", None
+        wrong = await wrong_address(hub_url, err)
+        return redact_url(wrong) if wrong else f"request failed: {broken(err)}", None
 
 
 def _report(config: AgentConfig, stats: OutboxStats, probe: str | None) -> dict[str, Any]:

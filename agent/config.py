@@ -44,6 +44,7 @@ from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
 from protocol import MAX_BATCH_EVENTS
 from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
+from protocol.routes import HEALTH_PATH
 from protocol.textfile import read_text
 from protocol.values import token_problem
 
@@ -57,6 +58,7 @@ RETENTION_DAYS = 30.0
 # so 8 MiB hold a busy back office's scans of days.
 RESERVE_MIB = 8
 SIMULATE_RATE_PER_S = 10.0
+API_VERSION_SEGMENT = "v1"  # the hub's routes (protocol.routes) sit under /v1 of its address: never part of hub_url
 ANSWER_MIN_BYTES = 64 << 10  # the smallest answer_max_bytes: below it even a handshake's answer may not fit
 SIMULATE_SKUS = ("SKU-0001", "SKU-0002", "SKU-0003", "SKU-0004", "SKU-0005")
 
@@ -315,6 +317,17 @@ def _hub_url(value: str) -> str | None:
         )
     if parts.query or parts.fragment:
         return f"must not carry a query or fragment, got {shown!r}"
+    path = parts.path.rstrip("/")
+    segments = path.split("/")
+    api = next((i for i, part in enumerate(segments) if part == API_VERSION_SEGMENT), None)
+    if api is None and path.endswith(HEALTH_PATH):
+        api = len(segments) - 1
+    if api is not None:  # the agent adds the routes itself: hub_url + /v1/sync
+        address = redact_url(parts._replace(path="/".join(segments[:api])).geturl())
+        return (
+            f"ends in the hub's API path {'/' + '/'.join(segments[api:])!r} ({shown!r}); write the hub's address without"
+            f" it: {address}"
+        )
     return None
 
 

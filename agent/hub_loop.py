@@ -148,6 +148,80 @@ def broken(err: aiohttp.ClientError) -> str:
     return str(err) or type(err).__name__
 
 
+# What OpenSSL says when the other end answered a TLS hello with something that is not TLS (plain HTTP)
+NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"}
+)
+TLS_PROBE_S = 5.0  # a TLS handshake tried at a hub that closed a plain-HTTP request unanswered
+
+
+def _base(hub_url: str, scheme: str | None = None) -> str:
+    """``hub_url`` with ``scheme`` for its own (a path prefix of a reverse proxy kept)."""
+    parts = urlsplit(hub_url.rstrip("/"))
+    return parts._replace(scheme=scheme or parts.scheme).geturl()
+
+
+def _host_port(hub_url: str) -> tuple[str, int]:
+    parts = urlsplit(hub_url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+async def _speaks_tls(host: str, port: int) -> bool:
+    """Whether ``host:port`` completes a TLS handshake (its certificate is not checked: only what it speaks)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), TLS_PROBE_S)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), TLS_PROBE_S)
+    return True
+
+
+async def wrong_address(hub_url: str, err: aiohttp.ClientError) -> str | None:
+    """One sentence naming what to write in hub_url when ``err`` (a request to the hub at ``hub_url``) shows its
+    scheme or port is wrong: https:// to a hub serving plain HTTP, http:// to one serving HTTPS (a connection it
+    closed unanswered, then a TLS handshake it completes), a port nothing listens on. None for anything else."""
+    scheme = urlsplit(hub_url).scheme
+    host, port = _host_port(hub_url)
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        cause = err.os_error
+        if isinstance(cause, ssl.SSLError) and scheme == "https" and cause.reason in NOT_TLS_REASONS:
+            return (
+                f"the hub at {where} answers plain HTTP, not HTTPS: write {_base(hub_url, 'http')} in hub_url"
+                " (or turn on TLS at the hub)"
+            )
+        if isinstance(cause, ConnectionRefusedError):
+            return (
+                f"nothing listens at {where} (connection refused): the hub is not running there, or the port in"
+                ' hub_url is not the one it serves on (its log says "hub listening on …" at its start)'
+            )
+        return None
+    closed = isinstance(err, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+    if scheme == "http" and closed and await _speaks_tls(host, port):
+        return f"the hub at {where} answers HTTPS, not plain HTTP: write {_base(hub_url, 'https')} in hub_url"
+    return None
+
+
+def not_found(hub_url: str, url: str, message: str) -> str:
+    """One sentence for a 404 from ``url``, a route of the hub at ``hub_url``: its path, if it has one, is not
+    where a hub answers; without one, what answers there is not a shelfsync hub (another service, another port)."""
+    path = urlsplit(hub_url).path.rstrip("/")
+    if path:
+        root = urlsplit(hub_url)._replace(path="").geturl()
+        return (
+            f"no shelfsync hub answers under {path} there (HTTP 404): write the hub's address without the path:"
+            f" {root} (or, behind a reverse proxy, the prefix it passes to the hub)"
+        )
+    return (
+        f"{url} answered HTTP 404 ({message}): what answers at {hub_url} is not a shelfsync hub;"
+        " hub_url names another service or another port"
+    )
+
+
 class AnswerTooLarge(AgentError):
     """The hub's answer was larger than the agent reads; the message is one sentence."""
 

@@ -68,9 +68,11 @@ from agent.hub_loop import (
     broken,
     hub_answered,
     hub_unavailable,
+    not_found,
     not_the_hubs,
     read_answer,
     redirected,
+    wrong_address,
 )
 from agent.huberrors import hub_clock_off_of, hub_clock_words, hub_id_of, refusal, sync_url
 from agent.outbox import Outbox
@@ -260,6 +262,7 @@ class Replicator(HubLoop):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._outbox = outbox
         self._url = sync_url(hub_url)
+        self._hub_url = hub_url.rstrip("/")
         self._token = token
         self._batch_size = batch_size
         self._catchup_size = max(batch_size, min(MAX_BATCH_EVENTS, batch_size * CATCHUP_BATCH_FACTOR))
@@ -368,6 +371,7 @@ class Replicator(HubLoop):
         self._token = token
         if hub_url is not None:
             self._url = sync_url(hub_url)
+            self._hub_url = hub_url.rstrip("/")
         self._kick.set()
         if self.feed is not None:
             self.feed.update_credentials(token, hub_url)
@@ -702,12 +706,12 @@ class Replicator(HubLoop):
             ) from None
         except aiohttp.ClientConnectorError as err:
             reason = err.os_error.strerror or str(err.os_error)
-            raise TurnFailed(
-                f"could not connect to the hub at {self._url} ({reason})", kind="unreachable", reachable=False
-            ) from err
+            wrong = await wrong_address(self._hub_url, err) or f"could not connect to the hub at {self._url} ({reason})"
+            raise TurnFailed(wrong, kind="unreachable", reachable=False) from err
         except aiohttp.ClientError as err:
+            why = await wrong_address(self._hub_url, err)
             raise TurnFailed(
-                f"the connection to the hub at {self._url} failed ({broken(err)})",
+                why or f"the connection to the hub at {self._url} failed ({broken(err)})",
                 kind="unreachable",
                 reachable=False,
             ) from err
@@ -952,6 +956,10 @@ class Replicator(HubLoop):
         if 300 <= status < 400:
             return TurnFailed(
                 redirected(self._url, status, self._location), kind="hub_error", reachable=True, level=logging.ERROR
+            )
+        if status == 404:
+            return TurnFailed(
+                not_found(self._hub_url, self._url, message), kind="hub_error", reachable=True, level=logging.ERROR
             )
         what = (
             "rejected the request as malformed, which is a bug"

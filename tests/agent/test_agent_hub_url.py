@@ -1,0 +1,163 @@
+"""A hub_url that is wrong in one of the ways found in stores: an API path after the address, https:// to a hub
+serving plain HTTP, http:// to a hub serving HTTPS, a port nothing listens on. Each is said in one sentence that
+names what to write instead: at config load, in the sync's last error (status, the local API) and once in the log,
+and in ``shelfsync-agent status``'s probe. The real agent code against a real hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent import Movement, Outbox, Replicator, ReplicatorState
+from agent.cli import _probe
+from agent.config import ConfigError, load_config
+from hub import HubSettings, create_app, open_store
+from hub.server import tls_context
+from protocol import Kind
+from tests.harness.inprocess import ServedHub, hub_in_process
+
+AGENT = "store-1"
+LOC = "S001"
+WAIT_S = 15.0
+OPENSSL_TIMEOUT_S = 30.0
+MINIMAL = '[agent]\nid = "store-1"\nlocation = "S001"\ntoken = "t"\n'
+
+
+@pytest.mark.parametrize(
+    ("given", "write"),
+    [
+        ("http://127.0.0.1:8470/v1/sync", "http://127.0.0.1:8470"),
+        ("http://127.0.0.1:8470/v1", "http://127.0.0.1:8470"),
+        ("http://127.0.0.1:8470/v1/", "http://127.0.0.1:8470"),
+        ("https://hub.example/v1/catalog", "https://hub.example"),
+        ("https://hub.example/shelfsync/v1/sync", "https://hub.example/shelfsync"),
+        ("http://127.0.0.1:8470/healthz", "http://127.0.0.1:8470"),
+    ],
+)
+def test_an_api_path_in_hub_url_is_refused_naming_the_address_to_write(tmp_path: Path, given: str, write: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(MINIMAL + f'hub_url = "{given}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    said = str(caught.value)
+    assert f"write the hub's address without it: {write}" in said, said
+
+
+def test_a_path_prefix_of_a_reverse_proxy_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(MINIMAL + 'hub_url = "https://hub.example/shelfsync/"\n')
+    assert load_config(path).agent.hub_url == "https://hub.example/shelfsync"
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[ServedHub]:
+    async with hub_in_process(tmp_path / "hub.sqlite3") as served:
+        yield served
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=AGENT, location=LOC) as opened:
+        await opened.record([Movement(LOC, "SKU-1", Kind.SALE, -1, "pos:acme")])
+        yield opened
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by the openssl command."""
+    cert, key = tmp_path / "hub.pem", tmp_path / "hub.key"
+    done = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"],
+        capture_output=True, check=False, text=True, timeout=OPENSSL_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return cert, key
+
+
+@pytest.fixture
+async def tls_hub(tmp_path: Path, certificate: tuple[Path, Path]) -> AsyncIterator[str]:
+    """The hub serving HTTPS itself (tls_cert, tls_key) on 127.0.0.1, as hub/server.py serves it: its host:port."""
+    cert, key = certificate
+    settings = HubSettings(db=str(tmp_path / "tls-hub.sqlite3"), tls_cert=str(cert), tls_key=str(key))
+    async with open_store(settings.db) as store:
+        runner = web.AppRunner(create_app(store, settings))
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls_context(settings)).start()
+            host, port = runner.addresses[0][:2]
+            yield f"{host}:{port}"
+        finally:
+            await runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def last_error_of(outbox: Outbox, hub_url: str, caplog: pytest.LogCaptureFixture) -> str:
+    """Run the replicator against ``hub_url`` until it has failed three times: its last error, said once in the log."""
+    replicator = Replicator(
+        outbox, hub_url, "t", retry_base_s=0.01, retry_max_s=0.05, timeout_s=5.0, rng=random.Random(7)
+    )
+    with caplog.at_level(logging.INFO, logger="agent"):
+        async with replicator:
+            state: ReplicatorState = await asyncio.wait_for(replicator.wait_for(lambda s: s.failures >= 3), WAIT_S)
+    stats = await outbox.stats()
+    assert stats.last_error == state.last_error and stats.last_error is not None
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Sync failed")]
+    assert len(said) == 1 and stats.last_error in said[0], said
+    return stats.last_error
+
+
+async def test_https_to_a_plain_http_hub_says_to_write_http(
+    hub: ServedHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = hub.url.replace("http://", "https://")
+    fix = f"answers plain HTTP, not HTTPS: write {hub.url} in hub_url (or turn on TLS at the hub)"
+    assert fix in await last_error_of(outbox, wrong, caplog)
+    probe, _ = await _probe(wrong)
+    assert probe is not None and fix in probe, probe
+
+
+async def test_http_to_an_https_hub_says_to_write_https(
+    tls_hub: str, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = f"http://{tls_hub}"
+    fix = f"answers HTTPS, not plain HTTP: write https://{tls_hub} in hub_url"
+    assert fix in await last_error_of(outbox, wrong, caplog)
+    probe, _ = await _probe(wrong)
+    assert probe is not None and fix in probe, probe
+
+
+async def test_a_port_nothing_listens_on_says_the_hub_is_not_there(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    fix = (
+        f"nothing listens at 127.0.0.1:{port} (connection refused): the hub is not running there, or the port in"
+        " hub_url is not the one it serves on"
+    )
+    assert fix in await last_error_of(outbox, f"http://127.0.0.1:{port}", caplog)
+    probe, _ = await _probe(f"http://127.0.0.1:{port}")
+    assert probe is not None and fix in probe, probe
+
+
+async def test_a_path_the_hub_does_not_serve_says_to_write_its_address_without_it(
+    hub: ServedHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = hub.url + "/shelfsync"  # a reverse proxy's prefix, where no proxy is
+    fix = f"no shelfsync hub answers under /shelfsync there (HTTP 404): write the hub's address without the path: {hub.url}"
+    assert fix in await last_error_of(outbox, wrong, caplog)
+    probe, _ = await _probe(wrong)
+    assert probe is not None and fix in probe, probe
