@@ -26,7 +26,9 @@ from hub.config import ExceptionWindows
 from hub.starting import starting_family
 from hub.storage.base import AgentStatus, IngestResult
 from protocol import wall_ms_now
+from protocol.codec import DISK_STATES
 
+DISK_UNREPORTED = "unreported"  # the disk state counted for an agent without a disk report
 RECENT_WINDOW_S = 3_600
 RECENT_BUCKET_S = 60
 QUARANTINE_COUNT_MAX = 1_000  # the pending-quarantine gauge counts this many at most (any is worth an alert)
@@ -121,6 +123,39 @@ class _AgentCollector(Collector):
         latest = GaugeMetricFamily("shelfsync_changes_latest_id", "The newest change id of the change feed.")
         latest.add_metric([], snap.latest_change)
         yield from (age, hwm, recent, skew, backlog, latest)
+        yield from _disk_families(snap.agents)
+
+
+def _disk_families(agents: Iterable[AgentStatus]) -> Iterable[Metric]:
+    """The store PCs' disks as their agents' newest reports say: a count per state and the least free space.
+
+    Counts, not a series per agent and state: a few series however many thousand stores, none appearing or
+    going as a disk fills and empties; which store it is, the exceptions list names (``agent_disk_full``)."""
+    states = dict.fromkeys((*DISK_STATES, DISK_UNREPORTED), 0)
+    free: list[int] = []
+    for a in agents:
+        if a.role != "agent" or a.revoked:
+            continue
+        states[a.disk.state if a.disk is not None else DISK_UNREPORTED] += 1
+        if a.disk is not None and a.disk.free_bytes is not None:
+            free.append(a.disk.free_bytes)
+    by_state = GaugeMetricFamily(
+        "shelfsync_agents_disk",
+        "Store agents by the state of their disk at their newest report: ok, reserve_in_use (the disk is full and "
+        "the agent stores scans in its disk reserve), full (scans refused), unreported (an agent from before the "
+        "disk report, or one that has not synced since).",
+        labels=["state"],
+    )
+    for state, n in states.items():
+        by_state.add_metric([state], n)
+    yield by_state
+    if free:  # no report with free space: no value, rather than a 0 that would look like a full disk
+        least = GaugeMetricFamily(
+            "shelfsync_agents_disk_free_bytes_min",
+            "The least free space on the disk of a store agent's outbox, of every agent's newest report.",
+        )
+        least.add_metric([], min(free))
+        yield least
 
 
 class _CatchUpCollector(Collector):

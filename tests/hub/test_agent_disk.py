@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from hub.cli import format_agents
 from hub.storage.base import AgentDisk, AgentStatus
@@ -48,6 +49,7 @@ class Hub:
     reader: str
     seq: itertools.count[int]
     sent: int = 0
+    other: tuple[str, str] = ("", "")  # the store agent of S008: its id and token
 
     async def sync(self, disk: DiskReport | None, *, events: int = 1, agent: str | None = None) -> None:
         """POST /v1/sync as the store agent of S007: ``events`` receipts and the disk report ``disk``."""
@@ -87,9 +89,9 @@ async def hub(backend: str, tmp_path: Path) -> AsyncIterator[Hub]:
     async def served(db: str) -> AsyncIterator[Hub]:
         async with hub_in_process(db) as running:
             agent_id, agent = await running.store.add_agent(["S007"])
-            await running.store.add_agent(["S008"])
+            other = await running.store.add_agent(["S008"])
             _, reader = await running.store.add_agent([], role="reader")
-            yield Hub(running.client, agent_id, agent, reader, itertools.count(1))
+            yield Hub(running.client, agent_id, agent, reader, itertools.count(1), other=other)
 
     if backend == "postgres":
         async with fresh_schema("disk") as url:
@@ -159,3 +161,40 @@ def test_the_agent_list_of_the_cli_says_which_store_pcs_disk_is_full() -> None:
     head, s007, s008 = listed.splitlines()
     assert head.endswith("DISK") and s007.endswith("FULL, scans refused since 2026-11-30T00:53:20.000Z"), listed
     assert s008.endswith("-"), "an agent from before the disk report"
+
+
+async def scrape(hub: Hub) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics with the reader's token, as Prometheus scrapes it: every sample by name and labels."""
+    async with hub.client.get("/metrics", headers={"Authorization": f"Bearer {hub.reader}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        text = await resp.text()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def by_state(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    return {dict(labels)["state"]: v for (name, labels), v in samples.items() if name == "shelfsync_agents_disk"}
+
+
+async def test_metrics_count_the_store_pcs_by_disk_state_and_the_least_free_space(hub: Hub) -> None:
+    """Found: /metrics had nothing of the disk reports, so no alert could fire on a store PC's full disk. The
+    agents are counted per state (a handful of series however many stores), not one series per agent and state;
+    which store it is, the exceptions list names (agent_disk_full)."""
+    assert by_state(await scrape(hub)) == {"ok": 0, "reserve_in_use": 0, "full": 0, "unreported": 2}
+    assert ("shelfsync_agents_disk_free_bytes_min", ()) not in await scrape(hub), "no report: no least free space"
+
+    await hub.sync(DiskReport(RESERVE, RESERVE, 40_000 * MIB))
+    other = Hub(hub.client, hub.other[0], hub.other[1], hub.reader, itertools.count(1))
+    await other.sync(DiskReport(RESERVE, 0, 4096, refused_ms=wall_ms_now()), events=0)
+    samples = await scrape(hub)
+    assert by_state(samples) == {"ok": 1, "reserve_in_use": 0, "full": 1, "unreported": 0}, samples
+    assert samples[("shelfsync_agents_disk_free_bytes_min", ())] == 4096
+
+    await other.sync(DiskReport(RESERVE, RESERVE, 900 * MIB), events=0)  # space freed at S008
+    await hub.sync(DiskReport(RESERVE, 3 * MIB, 0))  # S007's disk filled up: scans go into the reserve
+    samples = await scrape(hub)
+    assert by_state(samples) == {"ok": 1, "reserve_in_use": 1, "full": 0, "unreported": 0}, samples
+    assert samples[("shelfsync_agents_disk_free_bytes_min", ())] == 0
