@@ -62,6 +62,7 @@ from agent.hub_loop import (
     not_the_hubs,
     read_answer,
     redirected,
+    wrong_address,
 )
 from agent.huberrors import SyncedHubIds, error_message, hub_id_of, refusal, sync_url
 from hardware import Decoded
@@ -641,7 +642,8 @@ class AgentCatalog(HubLoop):
         except TimeoutError:
             raise TurnFailed(f"the hub at {self._url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as err:
-            raise TurnFailed(f"the catalog could not be fetched from {self._url} ({broken(err)})") from err
+            wrong = await wrong_address(self._hub_url, err) if self._hub_url else None
+            raise TurnFailed(wrong or f"the catalog could not be fetched from {self._url} ({broken(err)})") from err
         try:
             data = json.loads(body)
         except ValueError as err:
@@ -829,7 +831,8 @@ class AgentCatalog(HubLoop):
         except TimeoutError:
             raise TurnFailed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as err:
-            raise TurnFailed(f"the bundles could not be fetched from {url} ({broken(err)})") from err
+            wrong = await wrong_address(self._hub_url, err) if self._hub_url else None
+            raise TurnFailed(wrong or f"the bundles could not be fetched from {url} ({broken(err)})") from err
         try:
             data = json.loads(body)
         except ValueError as err:

@@ -65,6 +65,7 @@ from agent.hub_loop import (
     not_the_hubs,
     read_answer,
     redirected,
+    wrong_address,
 )
 from agent.outbox import FeedPosition, Outbox
 from protocol import ProtocolError
@@ -320,8 +321,9 @@ class CountFeed(HubLoop):
                 kind="unreachable",
             ) from None
         except aiohttp.ClientError as err:
+            wrong = await wrong_address(self._base, err)
             raise TurnFailed(
-                f"the change feed at {self._base} could not be read ({broken(err)})", kind="unreachable"
+                wrong or f"the change feed at {self._base} could not be read ({broken(err)})", kind="unreachable"
             ) from err
         if (foreign := not_the_hubs(url, status, content_type, body, "application/json")) is not None:
             raise TurnFailed(foreign, kind=INTERCEPTED)

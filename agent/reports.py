@@ -41,6 +41,7 @@ from agent.hub_loop import (
     not_the_hubs,
     read_answer,
     redirected,
+    wrong_address,
 )
 from agent.huberrors import SyncedHubIds, hub_id_of, refusal, sync_url
 from agent.pos import Observation, PosImportError, PosStore, PosStoreClosed, QuarantineEntry
@@ -297,10 +298,12 @@ class ReportSender(HubLoop):
             raise TurnFailed(f"the hub at {url} did not answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as err:
             raise TurnFailed(
-                f"could not connect to the hub at {url} ({err.os_error.strerror or err.os_error})"
+                await wrong_address(self._hub_url, err)
+                or f"could not connect to the hub at {url} ({err.os_error.strerror or err.os_error})"
             ) from err
         except aiohttp.ClientError as err:
-            raise TurnFailed(f"the connection to the hub at {url} failed ({broken(err)})") from err
+            wrong = await wrong_address(self._hub_url, err)
+            raise TurnFailed(wrong or f"the connection to the hub at {url} failed ({broken(err)})") from err
         # Before the status: a web filter's 403 page is not the hub refusing the token, a portal's 200 not a bad answer.
         if (foreign := not_the_hubs(url, status, content_type, data, MSGPACK_CONTENT_TYPE)) is not None:
             raise TurnFailed(foreign, kind=INTERCEPTED)

@@ -17,8 +17,10 @@ import pytest
 from aiohttp import web
 
 from agent import Movement, Outbox, Replicator, ReplicatorState
+from agent.catalog import AgentCatalog, CatalogError
 from agent.cli import _probe
 from agent.config import ConfigError, load_config
+from agent.feed import CountFeed
 from hub import HubSettings, create_app, open_store
 from hub.server import tls_context
 from protocol import Kind
@@ -161,3 +163,20 @@ async def test_a_path_the_hub_does_not_serve_says_to_write_its_address_without_i
     assert fix in await last_error_of(outbox, wrong, caplog)
     probe, _ = await _probe(wrong)
     assert probe is not None and fix in probe, probe
+
+
+async def test_the_catalog_and_the_change_feed_say_the_same_sentence(hub: ServedHub, outbox: Outbox) -> None:
+    """Each loop of the agent logs its own failure once: every one names what to write, not an SSL code."""
+    wrong = hub.url.replace("http://", "https://")
+    fix = f"answers plain HTTP, not HTTPS: write {hub.url} in hub_url"
+    catalog = AgentCatalog(file=None, hub_url=wrong, token="t", timeout_s=5.0)
+    try:
+        with pytest.raises(CatalogError) as caught:
+            await catalog.refresh()
+    finally:
+        await catalog.stop()
+    assert fix in str(caught.value), caught.value
+    feed = CountFeed(outbox, wrong, "t", retry_base_s=0.01, retry_max_s=0.05)
+    async with feed:
+        state = await asyncio.wait_for(feed.wait_for(lambda s: s.last_error is not None), WAIT_S)
+    assert state.last_error is not None and fix in state.last_error, state
