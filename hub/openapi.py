@@ -116,6 +116,8 @@ API_VERSION = "1.9.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 #      a sync request's disk report (disk), each agent's disk in GET /v1/agents, and the exception kind
 #      agent_disk_full (a store agent's disk full, or its disk reserve in use)
 #      a sync answer to an agent among them carries the header Shelfsync-Hub-Clock-Off-Ms (the hub's clock is off)
+#      data.shipped_elsewhere of a transfer_unmatched and data.received_elsewhere of a transfer_overdue (a receipt at
+#      the wrong store and the shipment it missed name each other)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"

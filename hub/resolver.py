@@ -336,6 +336,52 @@ class Transfer:
         )
 
 
+LINKED_MAX = 10  # transfers of one ref and SKU to other destinations one finding names (the rest are left out)
+
+
+def linked_finding(f: Finding, t: Transfer, others: Iterable[Transfer]) -> Finding:
+    """``f``, the ``transfer_unmatched`` or ``transfer_overdue`` finding of ``t``, naming the transfers of its ref
+    and SKU to other destinations that may be its other half: a receipt at a location nothing of the ref was
+    shipped to names the shipments to elsewhere not received there in full (``shipped_elsewhere``: the truck may
+    have dropped them at the wrong store), and an open shipment names the unmatched receipts of the ref elsewhere
+    (``received_elsewhere``). Read from the transfers as they are, so it stays a function of the set of events;
+    ``f`` as it is when none matches (or it is of another kind)."""
+    mates = sorted((o for o in others if o.ref == t.ref and o.sku == t.sku and o.dest != t.dest), key=lambda o: o.dest)
+    if f.kind == "transfer_unmatched":
+        shipped = [o for o in mates if o.shipped > o.received][:LINKED_MAX]
+        if not shipped:
+            return f
+        told = "; ".join(
+            f"{t.ref} was shipped to {o.dest} by {' and '.join(o.shipper_list) or 'an unknown location'} ({o.shipped}"
+            f" units, {f'{o.received} received there' if o.received else 'not received there'}"
+            f"{', closed short' if o.closed else ''})"
+            for o in shipped
+        )
+        first = shipped[0]
+        advice = (
+            f" If it arrived here by mistake, book it out here with an adjust of -{t.received} (received by mistake)"
+            f" and send it on to {first.dest} with {t.ref}'s papers, for {first.dest} to receive as {t.ref} (not as"
+            f" a transfer {t.ref} of this store's: {first.dest} would then expect it twice)."
+        )
+        data = [
+            {"to": o.dest, "from": o.from_location, "shipped": o.shipped, "received": o.received, "closed": o.closed}
+            for o in shipped
+        ]
+        return replace(f, detail=f"{f.detail} Transfer {told}.{advice}", data=f.data | {"shipped_elsewhere": data})
+    if f.kind == "transfer_overdue":
+        received = [o for o in mates if o.shipped == 0 and o.received > 0][:LINKED_MAX]
+        if not received:
+            return f
+        told = "; ".join(f"{o.dest} received {o.received} of {t.sku} as {t.ref}" for o in received)
+        advice = (
+            f" with no shipment to it: if that is this one, {received[0].dest} sends it on here (see its"
+            " transfer_unmatched)."
+        )
+        data = [{"at": o.dest, "received": o.received} for o in received]
+        return replace(f, detail=f"{f.detail} {told}{advice}", data=f.data | {"received_elsewhere": data})
+    return f
+
+
 TRANSFER_QTY_MAX = _TRANSFER_QTY_MAX  # units of one SKU one transfer event may move (protocol.event)
 
 
@@ -687,5 +733,8 @@ def resolve(
             stock[(location, sku)] = replace(state, on_hand=made, reserved=held_back, in_transit=moving)
 
     findings = [f for s in stock.values() if (f := negative_on_hand_finding(s.location, s.sku, s.on_hand))]
-    findings += [f for _, t in sorted(transfers.items()) if (f := t.finding())]
+    by_ref: dict[tuple[str, str], list[Transfer]] = defaultdict(list)
+    for t in transfers.values():
+        by_ref[t.ref, t.sku].append(t)
+    findings += [linked_finding(f, t, by_ref[t.ref, t.sku]) for _, t in sorted(transfers.items()) if (f := t.finding())]
     return Resolution(stock, effects, variances, transfers, reservations, tuple(findings))

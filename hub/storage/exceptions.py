@@ -30,10 +30,11 @@ and its refused orders (padded to the levels' shape) are one statement too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 
-from hub.resolver import negative_on_hand_finding
+from hub.resolver import LINKED_MAX, Finding, Transfer, linked_finding, negative_on_hand_finding
 from hub.storage import findings, held, keys, reports
 from hub.storage.base import ExceptionRow
 from hub.storage.db import Db, Row, Where
@@ -306,7 +307,42 @@ async def exceptions(
             db, location, None, limit, page, keys.DIVERGENCE.order, received_since=only.since_ms
         )
         out += [findings.divergence(d) for d in diverging]
-    return keys.exceptions_page(out, limit)
+    return await linked(db, keys.exceptions_page(out, limit))
+
+
+# The transfers of one ref and SKU to other destinations that may be a page's unmatched receipt's or overdue
+# transfer's other half (``resolver.linked_finding``): for a receipt the shipments not received in full, for a
+# shipment the unmatched receipts. Both have shipped <> received, the WHERE of the index transfers_ref (schema 22)
+# word for word, read by its key (ref, sku) in the order of the destinations.
+LINKED_WHERE = "shipped <> received AND ref = ? AND sku = ? AND dest <> ?"
+LINKED = f"SELECT {TRANSFER_ROW_FIELDS} FROM transfers WHERE {LINKED_WHERE} AND "
+LINKED_TERMS = {"transfer_unmatched": "shipped > received", "transfer_overdue": "shipped = 0 AND received > 0"}
+
+
+def linked_statement(kind: str, ref: str, sku: str, dest: str) -> Statement:
+    return f"{LINKED}{LINKED_TERMS[kind]} ORDER BY dest LIMIT ?", (ref, sku, dest, LINKED_MAX)
+
+
+async def linked(db: Db, page: list[ExceptionRow]) -> list[ExceptionRow]:
+    """``page`` with each unmatched receipt and overdue transfer on it naming the transfers of its ref and SKU to
+    other destinations that may be its other half (``resolver.linked_finding``): a statement each (``LINKED``),
+    all in one (``fetch_parts``), read for the page's few only."""
+    rows = [e for e in page if e.kind in LINKED_TERMS and e.location is not None and e.sku is not None]
+    if not rows:
+        return page
+    parts = await fetch_parts(
+        db, [linked_statement(e.kind, e.data["ref"], e.sku or "", e.location or "") for e in rows]
+    )
+    found = {id(e): [held.transfer_row(r) for r in part] for e, part in zip(rows, parts, strict=True)}
+    out = []
+    for e in page:
+        if not found.get(id(e)) or e.location is None or e.sku is None:
+            out.append(e)
+            continue
+        own = Transfer(e.location, e.data["ref"], e.sku, e.data["shipped"], e.data["received"])
+        f = linked_finding(Finding(e.kind, e.location, e.sku, e.detail, e.data), own, found[id(e)])
+        out.append(dataclasses.replace(e, detail=f.detail, data=f.data))
+    return out
 
 
 async def fetch_parts(db: Db, statements: list[Statement]) -> list[list[Row]]:

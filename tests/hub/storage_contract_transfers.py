@@ -166,3 +166,40 @@ class TransferKeyContract:
             )
         assert all(state == states[0] for state in states[1:])
         assert states[0]["writeoffs"] == [("S003", "T-1", -1), ("S004", "T-1", -5)]
+
+    async def test_a_receipt_at_the_wrong_store_and_the_shipment_it_missed_name_each_other(
+        self, store: HubStore
+    ) -> None:
+        """S001 ships T-1 (5 of A) to S002; the truck drops it at S003, which receives T-1. S003's unmatched receipt
+        names S001's shipment to S002 (not received there), and S002's overdue transfer names S003's receipt, on
+        each store's page and the chain's; another ref, another SKU and a shipment received in full are not named.
+        The unmatched receipt is worded as the resolver words it."""
+        s = await _stores(store, "S001", "S002", "S003")
+        day = 86_400_000
+        old = EventFactory(s["S001"][0].agent_id, location="S001", base_ms=now_ms() - 3 * day)
+        sent = [
+            (s["S001"][0], old(Kind.TRANSFER_OUT, -5, at_ms=1, ref="T-1", attrs={"to": "S002"})),
+            (s["S001"][0], old(Kind.TRANSFER_OUT, -2, at_ms=2, ref="T-1", sku="B", attrs={"to": "S002"})),
+            (s["S001"][0], old(Kind.TRANSFER_OUT, -3, at_ms=3, ref="T-2", attrs={"to": "S003"})),
+            (s["S003"][0], s["S003"][1](Kind.TRANSFER_IN, 5, at_ms=4, ref="T-1")),
+            (s["S003"][0], s["S003"][1](Kind.TRANSFER_IN, 3, at_ms=5, ref="T-2")),
+        ]
+        await _deliver(store, sent)
+        for location in ("S003", None):
+            [unmatched] = [e for e in await store.exceptions(location=location) if e.kind == "transfer_unmatched"]
+            assert (unmatched.location, unmatched.sku) == ("S003", "A")
+            assert unmatched.data["shipped_elsewhere"] == [
+                {"to": "S002", "from": "S001", "shipped": 5, "received": 0, "closed": False}
+            ]
+            assert "T-1 was shipped to S002 by S001 (5 units, not received there)" in unmatched.detail
+            assert "adjust" in unmatched.detail
+        for location in ("S002", None):
+            late = [e for e in await store.exceptions(location=location, transfer_open_max_ms=day)
+                    if e.kind == "transfer_overdue"]  # fmt: skip
+            by_sku = {e.sku: e for e in late}
+            assert sorted(by_sku) == ["A", "B"]
+            assert by_sku["A"].data["received_elsewhere"] == [{"at": "S003", "received": 5}]
+            assert "S003 received 5 of A as T-1" in by_sku["A"].detail
+            assert "received_elsewhere" not in by_sku["B"].data  # nothing of B was received anywhere
+        expected = _resolved([ev for _, ev in sent])
+        assert (await _state(store))["exceptions"] == expected["exceptions"]

@@ -429,3 +429,33 @@ async def test_open_transfers_held_events_and_channel_levels_walk_every_filter(
             assert [identity(r) for r in got] == [identity(r) for r in want], (case, len(got), len(want))
         for k in OPEN_KINDS:  # each kind is a case of one store's too
             assert kept(whole, location=STORES[0], kind=k), k
+
+
+async def test_a_receipt_at_the_wrong_store_and_the_shipment_it_missed_name_each_other_over_http(
+    store: HubStore, ops_client: TestClient[Any, Any]
+) -> None:
+    """S001 ships T-1 (5 of A) to S002 two hours ago; the truck drops it at S003, which receives T-1. Over HTTP,
+    S003's ``transfer_unmatched`` names the shipment to S002 (``data.shipped_elsewhere``) and S002's
+    ``transfer_overdue`` names S003's receipt (``data.received_elsewhere``), each store's list and the chain's."""
+    a, token = await agent(store, ["S001", "S002", "S003"])
+    sent = [
+        move(a, 1, NOW_MS - 7_200_000, Kind.TRANSFER_OUT, -5, sku="A", ref="T-1", attrs={"to": "S002"}),
+        move(a, 2, NOW_MS, Kind.TRANSFER_IN, 5, sku="A", location="S003", ref="T-1", attrs={"from": "S001"}),
+    ]
+    assert (await store.ingest(a, 1, sent, clock_window_ms=24 * 3_600_000)).rejected == ()
+    auth = {"Authorization": f"Bearer {token}"}
+    for location in ("S003", None):
+        query = {"kind": "transfer_unmatched"} | ({"location": location} if location else {})
+        body = await (await ops_client.get("/v1/exceptions", params=query, headers=auth)).json()
+        [unmatched] = body["exceptions"]
+        assert unmatched["location"] == "S003" and unmatched["data"]["shipped_elsewhere"] == [
+            {"to": "S002", "from": "S001", "shipped": 5, "received": 0, "closed": False}
+        ], body
+        assert "T-1 was shipped to S002 by S001 (5 units, not received there)" in unmatched["detail"]
+    for location in ("S002", None):
+        query = {"kind": "transfer_overdue"} | ({"location": location} if location else {})
+        body = await (await ops_client.get("/v1/exceptions", params=query, headers=auth)).json()
+        [late] = body["exceptions"]
+        assert late["location"] == "S002", body
+        assert late["data"]["received_elsewhere"] == [{"at": "S003", "received": 5}], body
+        assert "S003 received 5 of A as T-1" in late["detail"]

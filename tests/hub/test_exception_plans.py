@@ -378,7 +378,8 @@ async def test_the_agent_copies_source_reads_each_agents_epochs_by_its_key(backe
 
 async def test_a_pages_transfer_walks_are_read_in_two_statements(backend: str, every_source: str) -> None:
     """The transfers with a finding and the overdue ones (through one index each, or three each for one store) are
-    one statement, their walks' UNION ALL, and so are the unknown destinations' walks (two here): on PostgreSQL a
+    one statement, their walks' UNION ALL, and so are the unknown destinations' walks (two here) and the look-ups of
+    the transfers of the page's overdue ones' refs (``LINKED``, a third): on PostgreSQL a
     round trip each, which a busy machine makes cost more than the walks. The rows are the same (the list's tests,
     both backends)."""
     url = every_source
@@ -397,12 +398,36 @@ async def test_a_pages_transfer_walks_are_read_in_two_statements(backend: str, e
             listed = await exceptions.exceptions(db, only, 1000, 3_600_000, None, NOW_MS)  # type: ignore[arg-type]
             kinds = {r.kind for r in listed}
             assert {"negative_on_hand", "transfer_short", "transfer_overdue", "transfer_unknown_destination"} <= kinds
-            walks = [sql for sql, _ in db.seen if " FROM transfers" in sql and not sql.startswith("WITH RECURSIVE")]
+            walks = [
+                sql
+                for sql, _ in db.seen
+                if " FROM transfers" in sql
+                and not sql.startswith("WITH RECURSIVE")
+                and exceptions.LINKED_WHERE not in sql
+            ]
             assert len(walks) == 2, (only, walks)  # the findings and the overdue; the unknown destinations'
             assert exceptions.TRANSFER_FINDING in walks[0] and "shipped_at_ms < ?" in walks[0], (only, walks)
             assert walks[1].count(exceptions.IN_TRANSIT) == 2, (only, walks)
+            # and the page's overdue transfers' refs, one statement for them all (schema 22)
+            looked_up = [sql for sql, _ in db.seen if exceptions.LINKED_WHERE in sql]
+            assert len(looked_up) == 1 and looked_up[0].count(" UNION ALL ") > 0, (only, looked_up)
     finally:
         if conn is not None:
             await conn.close()
         if lite is not None:
             lite.close()
+
+
+async def test_the_transfers_a_pages_unmatched_and_overdue_ones_name_are_read_by_their_ref(
+    backend: str, every_source: str
+) -> None:
+    """The transfers of the ref and SKU of each unmatched receipt and overdue transfer on a page (``LINKED``: the
+    shipment a receipt at the wrong store missed, and the receipt) are looked up by their key through
+    transfers_ref, never the chain's transfers read whole or sorted."""
+    read = 0
+    for only, sql, plan in await open_source_plans(backend, every_source):
+        if exceptions.LINKED_WHERE in sql:
+            read += 1
+            assert not sorted_or_scanned(backend, "transfers", plan), (only, sql, plan)
+            assert any("transfers_ref" in line for line in plan), (only, sql, plan)
+    assert read

@@ -119,7 +119,8 @@ def test_a_transfer_received_at_another_store_than_it_was_shipped_to_is_that_sto
     """S1 shipped T5 to S2, S3 received a T5 in full. A transfer is kept per (destination, ref, sku) (schema 20):
     the receipt at S3 is S3's transfer T5, which nothing was shipped to, so a receipt can never take units out of
     transit to, nor write off units shipped to, another store (two stores' T5 are not one transfer). S2 still has
-    S1's 5 in transit, and S3's receipt is listed at S3 as unmatched, naming where it came from when it says."""
+    S1's 5 in transit, and S3's receipt is listed at S3 as unmatched, naming where it came from when it says, and
+    S1's shipment to S2 it may be (nothing of it received there), and what S3 does if it is."""
     ev = EventFactory()
     res = resolved_both_ways(
         [
@@ -129,9 +130,15 @@ def test_a_transfer_received_at_another_store_than_it_was_shipped_to_is_that_sto
     )
     [finding] = [f for f in res.findings if f.kind.startswith("transfer")]
     assert (finding.kind, finding.location, finding.sku) == ("transfer_unmatched", "S3", "A")
-    assert finding.data == {"ref": "T5", "from": "S1", "to": "S3", "shipped": 0, "received": 5}
+    assert finding.data == {
+        "ref": "T5", "from": "S1", "to": "S3", "shipped": 0, "received": 5,
+        "shipped_elsewhere": [{"to": "S2", "from": "S1", "shipped": 5, "received": 0, "closed": False}],
+    }  # fmt: skip
     assert finding.detail == (
         "Transfer T5: 5 of A were received at S3 but no shipment of it from S1 to S3 has been recorded."
+        " Transfer T5 was shipped to S2 by S1 (5 units, not received there). If it arrived here by mistake, book it"
+        " out here with an adjust of -5 (received by mistake) and send it on to S2 with T5's papers, for S2 to"
+        " receive as T5 (not as a transfer T5 of this store's: S2 would then expect it twice)."
     )
     assert res.stock[("S2", "A")].in_transit == 5 and res.stock[("S3", "A")].on_hand == 5
     assert res.transfers[("S2", "T5", "A")].written_off == 0 and res.transfers[("S3", "T5", "A")].written_off == 0
