@@ -647,6 +647,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
                 )
                 rejected.append(RejectedAttempt(ev, row, "conflict", reason))
     applied = len(fresh)  # the sender's events stored now (a bundle's movement counts once)
+    first_new = min((ev.seq for ev, _ in fresh), default=None)  # the lowest seq the hub did not hold (_next_mark)
 
     # 1b. Bundles: a new movement of a bundle SKU is booked on its parts, under the recipe in force.
     book = await tx.bundle_book({sku for _, sku in by_key}) if fresh else {}  # by_key: the keys of fresh
@@ -803,7 +804,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
                 earliest[key] = ev.occurred_at
         await tx.settle_observed(_stock_now(rows, changed), earliest, bundles=bool(book))
     if batch.operator is None:
-        seq, chain, stale = await _next_mark(tx, batch)
+        seq, chain, stale = await _next_mark(tx, batch, first_new)
         backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)
         skew_ms = None if stale else _skew_ms(batch, now_ms)  # None: the stored skew stays
         disk = None if stale else batch.disk
@@ -849,7 +850,7 @@ async def finish_in_steps(tx: IngestTx, note: SyncNote) -> tuple[int, bytes | No
     return hwm, chain, await tx.held_pending(note.agent_id)
 
 
-async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None, bool]:
+async def _next_mark(tx: IngestTx, batch: Batch, first_new: int | None = None) -> tuple[int, bytes | None, bool]:
     """The sender's mark after this batch, the lineage digest to store with it, and whether the request is
     older than the mark (the sender's acknowledged mark is below the stored one, and it brings nothing past it).
 
@@ -869,6 +870,13 @@ async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None, boo
     mark only when the mark has reached ``after_seq``: met first (the batch before it is still on its way,
     or failed), its events are stored but the mark stays, so the answer acknowledges no seq this hub has not
     committed, and the sender sends it again (its events are then duplicates).
+
+    A batch reaching past the mark from below it (its acknowledged mark is below the stored one) moves the mark
+    only if the hub already held its events up to the mark (``first_new``: the lowest seq of the batch's events
+    stored now, None: none). A resend after a lost answer holds nothing new there; a second copy of the outbox
+    (a cloned PC: same agent, same epoch) does: those seqs are the other copy's. Its chain taken as the mark's,
+    both copies found their own lineage in the answers (the other at its own batch's end), and both drained in
+    one epoch until the other's next request; kept, this sender finds the other's chain at the mark and forks.
     """
     who, lineage = batch.who, batch.lineage or Lineage()
     stored = await tx.stored_mark(who.agent_id, batch.epoch)
@@ -879,7 +887,9 @@ async def _next_mark(tx: IngestTx, batch: Batch) -> tuple[int, bytes | None, boo
         stored_hwm, stored_chain = stored
     stale = batch.acked_seq < stored_hwm and batch.max_seq <= stored_hwm  # and it brings nothing past the mark
     ahead = batch.after_seq is not None and batch.after_seq > stored_hwm  # seqs before the batch not here yet
-    if batch.acked_seq > stored_hwm or batch.max_seq <= stored_hwm or ahead:
+    # … or seqs up to the mark that the hub did not hold from this sender: the mark is another copy's
+    other = batch.acked_seq < stored_hwm and first_new is not None and first_new <= stored_hwm
+    if batch.acked_seq > stored_hwm or batch.max_seq <= stored_hwm or ahead or other:
         return stored_hwm, stored_chain, stale
     return batch.max_seq, lineage.chain, stale
 

@@ -155,6 +155,38 @@ async def test_two_copies_of_one_outbox_syncing_are_listed_until_one_stops(hub_d
     assert counts == {"A": -5, "B": -3, "C": -4, "D": -1}
 
 
+async def test_a_copy_sending_past_the_other_copys_mark_forks(hub_db: str, tmp_path: Path) -> None:
+    """The interleaving the test above met about one run in four: both copies have shaken hands at the mark (5),
+    copy A's batch (6-8) is acknowledged, then copy B's (6-9, acknowledged mark 5) arrives. The hub took B's
+    chain at 9 as the mark's, B found its own lineage there and A found its own at 8: both drained in one epoch,
+    and only A's next request (a minute later for an idle agent) could tell. The hub holds A's seqs 6-8, not
+    B's: it keeps its mark, B finds A's chain at 8 and forks."""
+    agent_id, token, _ = await credentials(hub_db)
+    machine_a, machine_b = tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"
+    with serving(hub_db, tmp_path) as hub:
+        await first_history(machine_a, agent_id, hub, token, 5)
+        backup(machine_a, machine_b)
+        async with contextlib.AsyncExitStack() as stack:
+            a = await stack.enter_async_context(Outbox.open(machine_a, agent_id=agent_id, location="S1"))
+            b = await stack.enter_async_context(Outbox.open(machine_b, agent_id=agent_id, location="S1"))
+            replicators = {}
+            for name, outbox in (("a", a), ("b", b)):
+                replicators[name] = await stack.enter_async_context(Replicator(outbox, hub.url, token, **FAST))  # type: ignore[arg-type]
+                await replicators[name].wait_synced()  # its handshake: the hub's mark (5) is its own
+            await a.record([sale("B") for _ in range(3)])
+            await drained(a)
+            await replicators["a"].stop()  # A's PC goes quiet: nothing it sends later tells either copy
+            epoch = a.epoch
+            await b.record([sale("C") for _ in range(4)])
+            await drained(b)
+            assert b.epoch != epoch  # B forked
+            assert (await b.stats()).forked_from_epoch == epoch
+            assert a.epoch == epoch and (await a.stats()).acked_seq == 8
+    async with open_store(hub_db) as store:  # every movement of both copies counted once
+        counts = {r.sku: r.on_hand for r in await store.counts()}
+    assert counts == {"A": -5, "B": -3, "C": -4}
+
+
 async def _none(listed: Any) -> bool:
     return not await listed
 
