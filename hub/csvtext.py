@@ -195,12 +195,14 @@ def _undeclared(data: bytes, how_to_name: str) -> str:
             raise TextUnreadable(
                 line, 'the file starts as UTF-16 text but is not; save it as "CSV UTF-8" (Excel)'
             ) from None
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # Excel's "CSV UTF-8" has one
     try:
-        return data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
+        return codecs.decode(memoryview(data)[start:], "utf-8")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
+        at = start + err.start  # counted from the file's start, mark included
+        line = data[:at].count(b"\n") + 1
         raise TextUnreadable(
             line,
-            f"the file is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start:,}); save it as "
+            f"the file is not UTF-8 text (byte 0x{data[at]:02x} at offset {at:,}); save it as "
             f'"CSV UTF-8" (Excel) or UTF-8 CSV, or name the charset it is saved in ({how_to_name}windows-1252)',
         ) from None

@@ -73,6 +73,17 @@ async def test_without_a_charset_the_body_is_utf8_as_before(
     assert status == 200, answer
 
 
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_a_bad_byte_in_a_file_without_a_charset_is_named_where_it_is(bom: bytes) -> None:
+    """Excel's "CSV UTF-8" starts with a byte-order mark: the bad byte and its line are counted from the file's
+    start all the same, not from after the mark."""
+    body = bom + b"barcode,sku\n\n\nA1,X1\n\xff2,X2\n"
+    with pytest.raises(csvtext.TextUnreadable) as err:
+        csvtext.text_of(body)
+    assert err.value.line == 5
+    assert f"byte 0xff at offset {len(bom) + 20}" in str(err.value), err.value
+
+
 @pytest.mark.parametrize(
     ("charset", "words"),
     [
