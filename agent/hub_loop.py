@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import ssl
+import time
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -152,7 +153,8 @@ def broken(err: aiohttp.ClientError) -> str:
 NOT_TLS_REASONS = frozenset(
     {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"}
 )
-TLS_PROBE_S = 5.0  # a TLS handshake tried at a hub that closed a plain-HTTP request unanswered
+PROBE_S = 5.0  # each step of the probe of an address that closed a plain-HTTP request unanswered
+PROBE_KEEP_S = 10.0  # the probe's verdict, for every loop of the agent: they fail together when a connection drops
 
 
 def _base(hub_url: str, scheme: str | None = None) -> str:
@@ -166,24 +168,68 @@ def _host_port(hub_url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
+async def _answers_plain_http(host: str, port: int) -> bool:
+    """Whether a fresh connection to ``host:port`` answers a plain HTTP request with an HTTP status line. No (closed
+    unanswered, or something else than HTTP sent back) is how a TLS port meets plain HTTP; no answer within
+    ``PROBE_S`` is an address out of reach, and counted as answering: nothing says it speaks TLS."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_S)
+    except (OSError, TimeoutError):
+        return True
+    try:
+        writer.write(b"HEAD /healthz HTTP/1.0\r\n\r\n")  # any HTTP server answers it, whatever its name
+        await writer.drain()
+        first = await asyncio.wait_for(reader.read(len(b"HTTP/")), PROBE_S)
+    except TimeoutError:
+        return True
+    except OSError:
+        return False
+    finally:
+        writer.transport.abort()
+    return first == b"HTTP/"
+
+
 async def _speaks_tls(host: str, port: int) -> bool:
     """Whether ``host:port`` completes a TLS handshake (its certificate is not checked: only what it speaks)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), TLS_PROBE_S)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), PROBE_S)
     except (OSError, TimeoutError):
         return False
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), TLS_PROBE_S)
+        await asyncio.wait_for(writer.wait_closed(), PROBE_S)
     return True
+
+
+async def _tls_only(host: str, port: int) -> bool:
+    """Whether ``host:port`` closes plain HTTP unanswered and completes a TLS handshake. The TLS handshake is only
+    tried when a fresh plain request is closed too: a connection cut on the way (a NAT table flushed, a proxy
+    restarted) is answered on the next one, and a middlebox that reads a TLS hello as the start of a request would
+    hold it for the whole ``PROBE_S``, and the loop's retry with it."""
+    return not await _answers_plain_http(host, port) and await _speaks_tls(host, port)
+
+
+# (host, port) -> (the event loop, when, the probe): one probe at a time per address, shared by every loop
+_probes: dict[tuple[str, int], tuple[asyncio.AbstractEventLoop, float, asyncio.Future[bool]]] = {}
+
+
+async def _probed_tls_only(host: str, port: int) -> bool:
+    """``_tls_only`` once for every loop of the agent that asks within ``PROBE_KEEP_S`` of the probe's start."""
+    running, now = asyncio.get_running_loop(), time.monotonic()
+    entry = _probes.get((host, port))
+    if entry is None or entry[0] is not running or entry[2].done() and now - entry[1] > PROBE_KEEP_S:
+        entry = (running, now, asyncio.ensure_future(_tls_only(host, port)))
+        _probes[(host, port)] = entry
+    return await asyncio.shield(entry[2])
 
 
 async def wrong_address(hub_url: str, err: aiohttp.ClientError) -> str | None:
     """One sentence naming what to write in hub_url when ``err`` (a request to the hub at ``hub_url``) shows its
     scheme or port is wrong: https:// to a hub serving plain HTTP, http:// to one serving HTTPS (a connection it
-    closed unanswered, then a TLS handshake it completes), a port nothing listens on. None for anything else."""
+    closed unanswered, then a fresh plain request closed too and a TLS handshake it completes: ``_probed_tls_only``),
+    a port nothing listens on. None for anything else."""
     scheme = urlsplit(hub_url).scheme
     host, port = _host_port(hub_url)
     where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
@@ -201,7 +247,7 @@ async def wrong_address(hub_url: str, err: aiohttp.ClientError) -> str | None:
             )
         return None
     closed = isinstance(err, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
-    if scheme == "http" and closed and await _speaks_tls(host, port):
+    if scheme == "http" and closed and await _probed_tls_only(host, port):
         return f"the hub at {where} answers HTTPS, not plain HTTP: write {_base(hub_url, 'https')} in hub_url"
     return None
 

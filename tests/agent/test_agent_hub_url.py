@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -21,6 +22,7 @@ from agent.catalog import AgentCatalog, CatalogError
 from agent.cli import _probe
 from agent.config import ConfigError, load_config
 from agent.feed import CountFeed
+from agent.hub_loop import wrong_address
 from hub import HubSettings, create_app, open_store
 from hub.server import tls_context
 from protocol import Kind
@@ -30,6 +32,7 @@ AGENT = "store-1"
 LOC = "S001"
 WAIT_S = 15.0
 OPENSSL_TIMEOUT_S = 30.0
+TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS record carrying a hello
 MINIMAL = '[agent]\nid = "store-1"\nlocation = "S001"\ntoken = "t"\n'
 
 
@@ -180,3 +183,73 @@ async def test_the_catalog_and_the_change_feed_say_the_same_sentence(hub: Served
     async with feed:
         state = await asyncio.wait_for(feed.wait_for(lambda s: s.last_error is not None), WAIT_S)
     assert state.last_error is not None and fix in state.last_error, state
+
+
+class Listener:
+    """A server on 127.0.0.1 that keeps the first bytes of every connection it accepts. ``answers``: reply to a
+    plain HTTP request (read to the end of its head) with a 200; else close each connection unanswered. Either way
+    a TLS hello is read as the start of an HTTP head that never ends, as a forwarding proxy or middlebox does."""
+
+    def __init__(self, *, answers: bool) -> None:
+        self.answers = answers
+        self.first_bytes: list[bytes] = []
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._open):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
+        try:
+            first = await reader.read(1)
+            self.first_bytes.append(first)
+            if not self.answers:
+                return
+            await reader.readuntil(b"\r\n\r\n")  # a TLS hello waits here until the other end gives up
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._open.discard(writer)
+            writer.transport.abort()
+
+
+async def test_a_connection_cut_on_the_way_is_not_taken_for_a_tls_port() -> None:
+    """A NAT table flushed or a proxy restarted closes the request in flight, and the loop must retry at once: the
+    address still answers plain HTTP, so no TLS handshake is tried (at a middlebox that reads it as the start of a
+    request, it held each loop's retry for the probe's whole timeout)."""
+    listener = Listener(answers=True)
+    async with listener as url:
+        assert await wrong_address(url, aiohttp.ServerDisconnectedError()) is None
+    assert listener.first_bytes and TLS_HANDSHAKE not in listener.first_bytes, listener.first_bytes
+
+
+async def test_the_loops_meeting_one_closed_connection_probe_the_address_once() -> None:
+    """The replicator, the catalog, the change feed and the reports fail together when the hub's connection drops:
+    one probe of the address for all four (a plain request, then a TLS handshake), its verdict kept for the next
+    failed turns a few seconds on, not a probe per loop per turn."""
+    listener = Listener(answers=False)
+    async with listener as url:
+        err = aiohttp.ServerDisconnectedError()
+        said = await asyncio.gather(*(wrong_address(url, err) for _ in range(4)))
+        assert said == [None] * 4
+        assert len(listener.first_bytes) == 2, listener.first_bytes
+        assert listener.first_bytes[0] != TLS_HANDSHAKE  # the plain request first: a TLS port closes it unanswered
+        assert await wrong_address(url, err) is None
+        assert len(listener.first_bytes) == 2, "a second failed turn right after probed again"
+
+
+async def test_an_https_hub_is_found_once_for_every_loop(tls_hub: str) -> None:
+    err = aiohttp.ServerDisconnectedError()
+    said = await asyncio.gather(*(wrong_address(f"http://{tls_hub}", err) for _ in range(3)))
+    assert said == [f"the hub at {tls_hub} answers HTTPS, not plain HTTP: write https://{tls_hub} in hub_url"] * 3
