@@ -29,7 +29,9 @@ transit to nowhere, so the session refuses it at its open (``known_locations``; 
 that does not let this agent read its credentials leaves it unheard).
 
 Bad rows are reported with their line (``CatalogLoad.problems``) and the good
-rows are kept; a file that cannot be read at all raises ``CatalogError``.
+rows are kept; a file that cannot be read at all raises ``CatalogError``: one that is not text in its charset
+(``[catalog] encoding``, else its byte-order mark, else UTF-8; ``protocol.csvtext``) is refused whole, naming the
+offset and line of its first bad byte, and a running agent keeps the catalog it read before.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from agent.hub_loop import (
 )
 from agent.huberrors import SyncedHubIds, error_message, hub_id_of, refusal, sync_url
 from hardware import Decoded
+from protocol import csvtext
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX, barcode_key
 from protocol.csvcells import uncell
 from protocol.event import SKU_MAX_LEN
@@ -84,6 +87,7 @@ TIMEOUT_S = 30.0
 FILE_MAX_BYTES = 64 << 20
 ANSWER_MAX_BYTES = 2 * FILE_MAX_BYTES  # the hub's catalog as JSON: generous, but not whatever arrives
 CSV_COLUMNS = ("barcode", "sku", "pack_size", "description")  # what a CSV catalog's header may name (others: ignored)
+ENCODING_SETTING = "[catalog] encoding"  # where the configuration names the file's charset
 PROBLEMS_LOGGED = 5  # problems quoted in a log line; all of them are in CatalogLoad.problems
 AGENTS_PATH = "/v1/agents"  # the hub's credentials, with the locations they are bound to
 BUNDLES_PAGE = 1000  # the hub's largest page of GET /v1/bundles
@@ -358,22 +362,30 @@ def parse_catalog_json(data: Any, source: str = "catalog") -> CatalogLoad:
     return builder.result(source, version)
 
 
-def load_catalog_file(path: Path) -> CatalogLoad:
-    """Read a ``.json`` file as JSON and anything else as CSV (UTF-8, a BOM is fine)."""
+def load_catalog_file(path: Path, charset: csvtext.Charset | None = None) -> CatalogLoad:
+    """Read a ``.json`` file as JSON and anything else as CSV, as text in ``charset`` (``[catalog] encoding``),
+    else by its byte-order mark (UTF-8, UTF-16 or UTF-32: Excel's "CSV UTF-8" and "Unicode Text"), else UTF-8
+    (``protocol.csvtext.file_text``). A file that is not text in it is refused whole, naming its first bad byte."""
     try:
         if path.stat().st_size > FILE_MAX_BYTES:
             raise CatalogError(f"the catalog file {path} is larger than {FILE_MAX_BYTES >> 20} MiB")
         data = path.read_bytes()
-        text = data.decode("utf-8-sig")
+        text = csvtext.file_text(data, charset, setting=ENCODING_SETTING)
     except FileNotFoundError:
         raise CatalogError(f"the catalog file {path} does not exist") from None
     except OSError as err:
         raise CatalogError(f"the catalog file {path} cannot be read ({err.strerror or err})") from err
-    except UnicodeDecodeError as err:  # Excel's "CSV (Comma delimited)" writes the Windows code page
-        line = data[: err.start].count(b"\n") + 1
-        raise CatalogError(
-            f'the catalog file {path} is not UTF-8 text (line {line}); save it as "CSV UTF-8" (Excel) or UTF-8'
-        ) from err
+    except csvtext.TextUnreadable as err:  # Excel's "CSV (Comma delimited)" writes the Windows code page
+        if ENCODING_SETTING in err.reason:  # a byte-order mark that contradicts it: the reason says what to do
+            then = ""
+        elif charset is None:
+            then = (
+                '; save it as "CSV UTF-8" (Excel) or UTF-8, or set [catalog] encoding to the charset it is saved in'
+                " (e.g. windows-1252)"
+            )
+        else:
+            then = "; check that [catalog] encoding names the charset it is saved in"
+        raise CatalogError(f"the catalog file {path} cannot be read: {err.reason}{then}") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -419,6 +431,7 @@ class AgentCatalog(HubLoop):
         self,
         *,
         file: Path | None = None,
+        encoding: str | None = None,
         hub_url: str | None = None,
         token: str | None = None,
         cache: Path | None = None,
@@ -433,6 +446,10 @@ class AgentCatalog(HubLoop):
         new_outbox: tuple[Path, int] | None = None,
     ) -> None:
         self.file = file
+        try:  # the charset the file is saved in (None: by its byte-order mark, else UTF-8)
+            self.charset = None if encoding is None else csvtext.lookup(encoding, "", who="the agent")
+        except csvtext.CharsetRefused as err:
+            raise CatalogError(f"{ENCODING_SETTING} {str(err).strip()}") from None
         # The path and epoch of an outbox that had never synced when the agent started: the hub's record of this
         # credential is looked at once for movements it holds from another outbox (``_check_earlier_outboxes``).
         self._new_outbox = new_outbox
@@ -504,7 +521,7 @@ class AgentCatalog(HubLoop):
     async def load(self) -> None:
         """Read the file (``CatalogError`` if it cannot be read at all) and the hub cache (best effort)."""
         if self.file is not None:
-            self._use_file(await asyncio.to_thread(load_catalog_file, self.file))
+            self._use_file(await asyncio.to_thread(load_catalog_file, self.file, self.charset))
         if self.cache is not None and self.cache.exists():
             try:
                 cached = json.loads(await asyncio.to_thread(self.cache.read_text, encoding="utf-8"))
@@ -594,7 +611,7 @@ class AgentCatalog(HubLoop):
         status, problems, level = "unchanged", [], logging.DEBUG
         if self.file is not None and self._stamp(self.file) != self._file_stamp:
             try:  # a broken file keeps the items read before; the hub is still asked
-                self._use_file(await asyncio.to_thread(load_catalog_file, self.file))
+                self._use_file(await asyncio.to_thread(load_catalog_file, self.file, self.charset))
                 status = "file_reloaded"
             except CatalogError as err:
                 problems.append(str(err))

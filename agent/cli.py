@@ -431,7 +431,8 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
     try:
         catalog = await stack.enter_async_context(
             AgentCatalog(
-                file=c.file, hub_url=a.hub_url, token=a.token, cache=c.cache_file or a.outbox.with_name(CATALOG_CACHE_FILENAME),
+                file=c.file, encoding=c.encoding, hub_url=a.hub_url, token=a.token,
+                cache=c.cache_file or a.outbox.with_name(CATALOG_CACHE_FILENAME),
                 refresh_s=c.refresh_s, retry_base_s=r.retry_base_s, retry_max_s=c.retry_max_s, timeout_s=c.timeout_s,
                 answer_max_bytes=c.answer_max_bytes, agent_id=a.id, location=a.location, outbox=outbox,
                 new_outbox=(Path(outbox.path), outbox.epoch) if new_outbox else None,

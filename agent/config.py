@@ -42,7 +42,7 @@ from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, HEARTBEAT_S, TICK_S, TIME
 from agent.scanning import COUNT_RESET_S, MODES
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
-from protocol import MAX_BATCH_EVENTS
+from protocol import MAX_BATCH_EVENTS, csvtext
 from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
 from protocol.routes import HEALTH_PATH
 from protocol.textfile import read_text
@@ -119,6 +119,7 @@ class ScannerSection:
 @dataclass(frozen=True, slots=True)
 class CatalogSection:
     file: Path | None = None  # the store's own catalog file (CSV or JSON); None: only the hub's
+    encoding: str | None = None  # the charset the file is saved in; None: by its byte-order mark, else UTF-8
     cache_file: Path | None = None  # where the hub's catalog is kept; None: catalog-cache.json beside the outbox
     refresh_s: float = CATALOG_REFRESH_S
     retry_max_s: float = CATALOG_RETRY_MAX_S
@@ -191,7 +192,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "simulate": ("count", "rate_per_s", "skus", "seed", "batch", "enabled"),
     # [[scanner]]: these, plus the device settings of its type (docs/scanners.md; reader_id is `id` here)
     "scanner": ("id", "type", "mode", "location", "rcn_region", "count_reset_s"),
-    "catalog": ("file", "cache_file", "refresh_s", "retry_max_s", "timeout_s", "answer_max_bytes"),
+    "catalog": ("file", "encoding", "cache_file", "refresh_s", "retry_max_s", "timeout_s", "answer_max_bytes"),
     "localapi": ("enabled", "host", "port", "staff", "login_ttl_h", "sessions_db", "allowed_hosts"),
     "discovery": ("enabled", "hub_id", "advertise", "interfaces", "wait_s"),
 }
@@ -550,12 +551,22 @@ def _catalog(s: _Section) -> CatalogSection:
 
     return CatalogSection(
         file=s.path_value("file", Path()) if "file" in s.table else None,
+        encoding=s.get("encoding", str, None, _charset),
         cache_file=s.path_value("cache_file", Path()) if "cache_file" in s.table else None,
         refresh_s=seconds("refresh_s", CATALOG_REFRESH_S),
         retry_max_s=seconds("retry_max_s", CATALOG_RETRY_MAX_S),
         timeout_s=seconds("timeout_s", CATALOG_TIMEOUT_S),
         answer_max_bytes=s.get("answer_max_bytes", int, CATALOG_ANSWER_MAX_BYTES, _between(ANSWER_MIN_BYTES, 1 << 40)),
     )
+
+
+def _charset(value: str) -> str | None:
+    """Why the agent reads no file in the charset ``value`` names (``protocol.csvtext``), or None."""
+    try:
+        csvtext.lookup(value, "", who="the agent")
+    except csvtext.CharsetRefused as err:
+        return str(err).strip()
+    return None
 
 
 def _localapi(s: _Section) -> LocalApiSection:

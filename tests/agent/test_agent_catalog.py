@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from agent.catalog import (
     parse_catalog_json,
 )
 from hardware import decode
+from protocol import csvtext
 from tests.agent.agent_scan_helpers import ContractHub, gtin, wrong_check_digit
 
 EAN13 = gtin("590123412345")  # 5901234123457
@@ -160,11 +162,14 @@ def test_json_in_the_hubs_shape_or_as_a_list_reports_bad_items_by_number(tmp_pat
         ("noheader.csv", "code,name\n1,2\n", "has no barcode or sku column"),
         ("bad.json", "{not json", "is not valid JSON"),
         ("shape.json", '{"items": 3}', "must be a list of items"),
-        # Excel's "CSV (Comma delimited)" on Windows writes cp1252: the line, and how to save it
+        # Excel's "CSV (Comma delimited)" on Windows writes cp1252: the byte, its offset and line, what to do
         (
             "ansi.csv",
             b"barcode,sku,description\r\n5901234123457,MUG-01,Caf\xe9\r\n",
-            r"is not UTF-8 text \(line 2\); save it as \"CSV UTF-8\"",
+            (
+                r"byte 0xe9 at offset 49 \(line 2\) is not UTF-8 text; save it as \"CSV UTF-8\" \(Excel\) or UTF-8, "
+                r"or set \[catalog\] encoding to the charset it is saved in \(e\.g\. windows-1252\)$"
+            ),
         ),
     ],
 )
@@ -295,6 +300,124 @@ async def test_a_changed_file_is_read_again_and_a_broken_one_keeps_the_last_good
     with pytest.raises(CatalogError, match="has no barcode or sku column"):
         await catalog.refresh()
     assert catalog.catalog.get(EAN13).sku == "MUG"  # type: ignore[union-attr]
+
+
+# A store's catalog with characters outside ASCII, as Excel and Windows tools save it.
+SAVED = f"barcode;sku;description\r\n{EAN13};MUG-01;Tasse « Café » für Müller\r\n{EAN8};PEN;Stylo 5 €\r\n"
+DESCRIPTIONS = {"0" + EAN13: "Tasse « Café » für Müller", "000000" + EAN8: "Stylo 5 €"}
+
+
+@pytest.mark.parametrize(
+    ("mark", "codec"),
+    [
+        (b"", "utf-8"),
+        (codecs.BOM_UTF8, "utf-8"),  # Excel's "CSV UTF-8", Notepad's "UTF-8 with BOM"
+        (codecs.BOM_UTF16_LE, "utf-16-le"),  # Excel's "Unicode Text", PowerShell's >
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+        (codecs.BOM_UTF32_LE, "utf-32-le"),
+        (codecs.BOM_UTF32_BE, "utf-32-be"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_a_file_is_read_in_the_charset_its_byte_order_mark_says(
+    tmp_path: Path, mark: bytes, codec: str, suffix: str
+) -> None:
+    items = [{"barcode": k, "sku": "X" + k, "description": d} for k, d in DESCRIPTIONS.items()]
+    text = SAVED if suffix == ".csv" else json.dumps({"items": items}, ensure_ascii=False)
+    path = tmp_path / f"catalog{suffix}"
+    path.write_bytes(mark + text.encode(codec))
+    loaded = load_catalog_file(path)
+    assert loaded.problems == ()
+    assert {i.barcode: i.description for i in loaded.catalog} == DESCRIPTIONS
+
+
+@pytest.mark.parametrize(
+    ("encoding", "codec", "text"),
+    [
+        ("windows-1252", "cp1252", SAVED),  # Excel's "CSV (Comma delimited)" on a Western European Windows
+        ("cp1252", "cp1252", SAVED),
+        ("ISO-8859-15", "iso8859_15", SAVED),
+        ("Shift_JIS", "shift_jis", f"barcode,sku,description\n{EAN13},MUG-01,マグ\n{EAN8},PEN,青いペン\n"),
+        ("utf-16", "utf-16", SAVED),  # with its byte-order mark
+        ("utf-16le", "utf-16-le", SAVED),  # without one: the name says which end
+    ],
+)
+async def test_a_file_is_read_in_the_charset_encoding_names(
+    tmp_path: Path, encoding: str, codec: str, text: str
+) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_bytes(text.encode(codec))
+    catalog = AgentCatalog(file=path, encoding=encoding)
+    await catalog.load()
+    expected = {line.split(text[7])[0]: line.split(text[7])[2] for line in text.splitlines()[1:]}
+    assert {i.barcode.lstrip("0"): i.description for i in catalog.catalog} == {
+        k.lstrip("0"): v for k, v in expected.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data", "words"),
+    [
+        # no encoding named: by the mark, else UTF-8; the offset counts the mark, as the file does
+        (None, codecs.BOM_UTF8 + b"barcode,sku\n\n" + EAN8.encode() + b",PEN\n\xff2,X\n", "0xff at offset 29 (line 4)"),
+        (None, codecs.BOM_UTF16_LE + "barcode,sku\n".encode("utf-16-le") + b"\x00\xdc", "offset 26 (line 2)"),
+        (None, codecs.BOM_UTF16_LE + "barcode,sku\n".encode("utf-16-le") + b"\x00\xdc", "UTF-16 (little-endian)"),
+        ("windows-1252", b"barcode,sku,description\n" + EAN8.encode() + b",PEN,\x81\n", "0x81 at offset 37 (line 2)"),
+        ("windows-1252", b"barcode,sku,description\n" + EAN8.encode() + b",PEN,\x81\n", "not windows-1252 text"),
+        # a mark that says another charset than the configuration: which one is it?
+        (
+            "windows-1252",
+            codecs.BOM_UTF8 + b"barcode,sku\n",
+            "starts with a UTF-8 byte-order mark but [catalog] encoding is windows-1252; set [catalog] encoding to",
+        ),
+        ("utf-16-be", codecs.BOM_UTF16_LE + "barcode,sku\n".encode("utf-16-le"), "UTF-16 (little-endian) byte-order"),
+    ],
+)
+def test_a_file_not_text_in_its_charset_is_refused_whole_naming_the_file_offset_and_line(
+    tmp_path: Path, encoding: str | None, data: bytes, words: str
+) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_bytes(data)
+    charset = None if encoding is None else csvtext.lookup(encoding)
+    with pytest.raises(CatalogError) as caught:
+        load_catalog_file(path, charset)
+    message = str(caught.value)
+    assert message.startswith(f"the catalog file {path} cannot be read: "), message
+    assert words in message, message
+    assert message.count(". ") == message.count("e.g. ") and "? " not in message and "\n" not in message, "one sentence"
+
+
+async def test_a_rewrite_in_another_charset_is_refused_and_the_catalog_read_before_stays_in_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.csv"
+    path.write_bytes(SAVED.encode("utf-8"))
+    catalog = AgentCatalog(file=path)
+    await catalog.load()
+    path.write_bytes(SAVED.replace("PEN", "PEN-2").encode("cp1252"))  # saved again by Excel as "CSV (Comma delimited)"
+    with pytest.raises(CatalogError, match=r"byte 0xab at offset \d+ \(line 2\) is not UTF-8 text"):
+        await catalog.refresh()
+    assert catalog.catalog.get(EAN8).sku == "PEN"  # type: ignore[union-attr]  # nothing of the bad file
+    assert catalog.catalog.get(EAN13).description == DESCRIPTIONS["0" + EAN13]  # type: ignore[union-attr]
+
+    named = AgentCatalog(file=path, encoding="windows-1252")  # the configuration names its charset
+    await named.load()
+    assert named.catalog.get(EAN8).sku == "PEN-2"  # type: ignore[union-attr]
+    assert named.catalog.get(EAN13).description == DESCRIPTIONS["0" + EAN13]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "words"),
+    [
+        ("utf-7", "[catalog] encoding 'utf-7' hides characters in plain ASCII"),
+        ("klingon-8", "[catalog] encoding 'klingon-8' is not one the agent knows"),
+        ("base64", "[catalog] encoding 'base64' is not a character set"),
+    ],
+)
+def test_a_charset_no_file_is_read_in_is_refused_at_the_start(tmp_path: Path, encoding: str, words: str) -> None:
+    with pytest.raises(CatalogError) as caught:
+        AgentCatalog(file=tmp_path / "c.csv", encoding=encoding)
+    assert str(caught.value).startswith(words), caught.value
 
 
 async def test_a_stopped_catalog_still_answers_lookups_but_refuses_to_refresh(tmp_path: Path) -> None:

@@ -126,6 +126,10 @@ def test_simulate_defaults(tmp_path: Path) -> None:
         (MINIMAL + "[simulate]\ncount = 5\nskus = [1]\n", r"skus must be a list of non-empty strings"),
         ("[agent\n", r"is not valid TOML"),
         (MINIMAL + "[simulate]\ncount = 1.5\n", r"\[simulate\] count must be an integer, got 1.5"),
+        (MINIMAL + '[catalog]\nencoding = "utf-7"\n', r"\[catalog\] encoding 'utf-7' hides characters in plain ASCII"),
+        (MINIMAL + '[catalog]\nencoding = "klingon-8"\n', r"\[catalog\] encoding 'klingon-8' is not one the agent"),
+        (MINIMAL + '[catalog]\nencoding = ""\n', r"\[catalog\] encoding is empty"),
+        (MINIMAL + "[catalog]\nencoding = 1252\n", r"\[catalog\] encoding must be a string, got 1252"),
     ],
 )
 def test_bad_files_say_which_file_and_which_key(tmp_path: Path, text: str, message: str) -> None:
@@ -133,6 +137,12 @@ def test_bad_files_say_which_file_and_which_key(tmp_path: Path, text: str, messa
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(path)
     assert str(path) in str(caught.value)
+
+
+def test_the_catalog_files_charset_is_read_and_by_default_its_mark_says_it(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).catalog.encoding is None
+    named = load_config(write(tmp_path, MINIMAL + '[catalog]\nfile = "c.csv"\nencoding = "windows-1252"\n'))
+    assert (named.catalog.file, named.catalog.encoding) == (tmp_path / "c.csv", "windows-1252")
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
