@@ -26,6 +26,16 @@ also at the same one), so whichever of a sync answer and a feed page is stored
 first, the cache never goes back to older values. A row whose position is
 unknown (NULL: written before positions, or after the hub was restored from a
 backup and its numbering restarted) takes the next value of either kind.
+
+While a full disk refuses to store the hub's answers and the replicator sends
+on past them (docs/design.md, "A full disk at the store"), the stored mark
+stays, so the cache still counts those batches' movements as pending, once.
+Their answers' counts are kept in memory meanwhile (``HeldCounts``, the newest
+per key) and stored in the transaction of the first answer stored after them:
+that answer moves the mark past their movements, which then stop being pending
+and must be in the cached count; an answer carries only the counts of its own
+batch, so without them a SKU that only those batches moved read its count from
+before them (10 received, 5 more received: 10) until its next sync.
 """
 
 from __future__ import annotations
@@ -123,6 +133,42 @@ def store_changes(conn: sqlite3.Connection, changes: Iterable[FeedChange]) -> No
         _UPSERT + _CHANGE_NEWER,
         [(c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, c.at_ms, c.change_id) for c in changes],
     )
+
+
+class HeldCounts:
+    """The counts of sync answers a full disk refused to store, kept while the replicator sends on past them: the
+    newest per key, each with the hub's time and feed position of its answer, and the highest mark they were
+    answered with (``hwm``). Bounded by the SKUs the batches moved, not by the batches."""
+
+    __slots__ = ("_rows", "hwm")
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], tuple[CountSnapshot, int | None, int | None]] = {}
+        self.hwm = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, hwm: int, counts: Iterable[CountSnapshot], as_of_ms: int | None, change_id: int | None) -> None:
+        """An answer up to ``hwm`` that was not stored (answers are added in the order the hub answered them)."""
+        for c in counts:
+            self._rows[(c.location, c.sku)] = (c, as_of_ms, change_id)
+        self.hwm = max(self.hwm, hwm)
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self.hwm = 0
+
+    def store(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        """Inside the caller's write transaction (that of the answer moving the mark to ``hwm`` or past it): as
+        ``store_counts`` stores each (``now_ms``: the time of an answer that did not say the hub's)."""
+        conn.executemany(
+            _UPSERT + _ANSWER_NEWER,
+            [
+                (c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, as_of or now_ms, change_id)
+                for c, as_of, change_id in self._rows.values()
+            ],
+        )
 
 
 def forget_positions(conn: sqlite3.Connection) -> None:

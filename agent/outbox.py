@@ -72,7 +72,15 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from agent.counts import COUNTS_SCHEMA, CountCache, add_positions, forget_positions, store_changes, store_counts
+from agent.counts import (
+    COUNTS_SCHEMA,
+    CountCache,
+    HeldCounts,
+    add_positions,
+    forget_positions,
+    store_changes,
+    store_counts,
+)
 from agent.db import OnDisk, Opening, SqliteFile, SqliteThread, disk_refused
 from agent.errors import (
     EventConflict,
@@ -904,11 +912,13 @@ class Outbox(SqliteFile):
 
     async def apply_answer(
         self, resp: SyncResponse, *, clock_skew_ms: int | None, hub_id: str | None = None, hub_url: str = "",
-        hub_clock_off_ms: int | None = None,
+        hub_clock_off_ms: int | None = None, held: HeldCounts | None = None,
     ) -> AnswerResult:  # fmt: skip
         """Store one decoded hub answer in one transaction: mark, set-asides, counts, sync state, and the id of the
         database of the hub at ``hub_url`` that answered (``protocol.routes.HUB_ID_HEADER``; None: it sent none).
-        ``hub_clock_off_ms``: the hub said its own clock is this far off its stores' (``HUB_CLOCK_HEADER``)."""
+        ``hub_clock_off_ms``: the hub said its own clock is this far off its stores' (``HUB_CLOCK_HEADER``).
+        ``held``: the counts of earlier answers a full disk refused to store, stored too (before this answer's)
+        when this one moves the mark to theirs or past it in this history (``agent.counts.HeldCounts``)."""
         as_of_ms = resp.server_time_ms or self._wall_clock_ms()
 
         def apply(conn: sqlite3.Connection) -> AnswerResult:
@@ -921,6 +931,8 @@ class Outbox(SqliteFile):
                     self._restart_feed(conn)
                     restarted = True
                 _set_meta(conn, sync_change_id=resp.change_id)
+            if held and result.acked_seq >= held.hwm and not result.rewound and result.forked_from_epoch is None:
+                held.store(conn, as_of_ms)
             store_counts(conn, resp.counts, as_of_ms, resp.change_id)
             if resp.held is not None:
                 _set_meta(conn, held_by_hub=resp.held)

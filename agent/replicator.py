@@ -56,6 +56,7 @@ from typing import Any, NamedTuple, overload
 import aiohttp
 
 from agent import huberrors
+from agent.counts import HeldCounts
 from agent.errors import AgentError, OutboxClosed, OutboxError, disk_full
 from agent.feed import WAIT_S as FEED_WAIT_S
 from agent.feed import CountFeed
@@ -309,6 +310,8 @@ class Replicator(HubLoop):
         # while the disk is full (with a hub that reads after_seq), until an answer is stored. None: none.
         self._unstored: int | None = None
         self._unstored_chain: bytes | None = None  # the lineage digest there, as the hub answered it
+        # … and the counts those answers carried, stored with the first answer stored (agent.counts.HeldCounts)
+        self._held = HeldCounts()
         self._keep_going = False  # the turn that failed so goes on at once, without a handshake
         self._hub_clock_off_ms: int | None = None  # the hub's last answer said its own clock is off (HUB_CLOCK_HEADER)
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
@@ -753,14 +756,16 @@ class Replicator(HubLoop):
         skew_ms = resp.server_time_ms - (sent_ms + received_ms) // 2 if resp.server_time_ms else None
         try:
             result = await self._outbox.apply_answer(
-                resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url, hub_clock_off_ms=hub_clock_off_ms
-            )
+                resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url, hub_clock_off_ms=hub_clock_off_ms,
+                held=self._held if self._unstored is not None else None,
+            )  # fmt: skip
         except OutboxError as err:
             if disk_full(err):
                 raise self._unstorable(batch, resp, chain, err) from err
             raise
         if self._unstored is not None and result.acked_seq >= self._unstored or result.rewound:
             self._unstored = self._unstored_chain = None
+            self._held.clear()
         self._say_the_hubs_clock(hub_clock_off_ms)
         if result.hub_id_before is not None:
             log.warning(
@@ -845,8 +850,12 @@ class Replicator(HubLoop):
         going_on = self._pipelines and not resp.rejected and held
         if going_on and resp.hwm > self._acked_seq:
             self._unstored, self._unstored_chain = resp.hwm, resp.chain
+            # Its movements stay pending in the count cache until an answer is stored; that one moves the mark past
+            # them, so these counts are stored with it (an answer carries only its own batch's).
+            self._held.add(resp.hwm, resp.counts, resp.server_time_ms or None, resp.change_id)
         else:
             self._unstored = self._unstored_chain = None
+            self._held.clear()  # the batches are sent again from the stored mark, and answered again
         if going_on:
             self._handshake_due = False
             self._keep_going = True

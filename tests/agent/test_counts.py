@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent import Movement, Outbox
+from agent.counts import HeldCounts
 from protocol import CountSnapshot, Kind, Rejection, SyncResponse
 
 AGENT = "store-1"
@@ -64,3 +65,30 @@ async def test_an_older_answer_does_not_overwrite_a_newer_count(tmp_path: Path) 
             answer(outbox, 0, CountSnapshot(LOC, "A", 9, 0, 9), server_time_ms=1_000), clock_skew_ms=0
         )
         assert [c.on_hand for c in await outbox.counts.all_hub_counts(LOC)] == [5]
+
+
+async def test_counts_of_answers_a_full_disk_refused_are_stored_with_the_answer_that_moves_the_mark_past_them(
+    tmp_path: Path,
+) -> None:
+    """agent.counts.HeldCounts: the replicator sent on past answers it could not store (docs/design.md, "A full
+    disk at the store"); the first answer stored moves the mark past their movements, so their counts go with it,
+    and only then: stored with an answer below their mark, the movements would count twice (pending and the hub's)."""
+    async with Outbox.open(tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC) as outbox:
+        await outbox.record([move(Kind.RECEIVE, 10)])
+        await outbox.apply_answer(answer(outbox, 1, CountSnapshot(LOC, "A", 10, 0, 10)), clock_skew_ms=0)
+        await outbox.record([move(Kind.RECEIVE, 5), move(Kind.SALE, -1, sku="B"), move(Kind.SALE, -2, sku="C")])
+        held = HeldCounts()  # the answers to seq 2 and 3, not stored
+        held.add(2, [CountSnapshot(LOC, "A", 15, 0, 15)], 1_700_000_001_000, None)
+        held.add(3, [CountSnapshot(LOC, "B", -1, 0, 0)], 1_700_000_002_000, None)
+        assert (await outbox.counts.local_count(LOC, "A")).on_hand == 15  # pending, once
+
+        await outbox.apply_answer(answer(outbox, 1, server_time_ms=1_700_000_003_000), clock_skew_ms=0, held=held)
+        assert await outbox.counts.hub_count(LOC, "B") is None, "an answer below their mark does not store them"
+        assert [(await outbox.counts.local_count(LOC, s)).on_hand for s in "ABC"] == [15, -1, -2]
+
+        final = answer(outbox, 3, server_time_ms=1_700_000_004_000)  # a heartbeat's: no counts of its own
+        await outbox.apply_answer(final, clock_skew_ms=0, held=held)
+        a, b, c = [await outbox.counts.local_count(LOC, s) for s in "ABC"]
+        assert (a.on_hand, a.pending_events, a.hub_as_of_ms) == (15, 0, 1_700_000_001_000)
+        assert (b.on_hand, b.pending_events) == (-1, 0)
+        assert (c.on_hand, c.pending_events) == (-2, 1)  # seq 4 is still on its way
