@@ -91,7 +91,7 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.9.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.10.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
@@ -118,6 +118,7 @@ API_VERSION = "1.9.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1
 #      a sync answer to an agent among them carries the header Shelfsync-Hub-Clock-Off-Ms (the hub's clock is off)
 #      data.shipped_elsewhere of a transfer_unmatched and data.received_elsewhere of a transfer_overdue (a receipt at
 #      the wrong store and the shipment it missed name each other)
+# 1.10: a channel's settings in GET /v1/channels name mapping_encoding (the charset its mapping_csv is read in)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1271,7 +1272,7 @@ ANSWER_EXAMPLES: Mapping[str, Any] = {
         "settings": {"pool": {"S001": "gid://shopify/Location/1"}, "buffer": {"units": 1, "percent": 0.0, "skus": {}},
                      "secret": "environment variable SHOPIFY_TOKEN",
                      "url": "https://example.myshopify.com/admin/api/2026-01/graphql.json", "api_version": "2026-01",
-                     "mapping_csv": None, "batch_max": 250, "timeout_s": 10.0, "retry_max_s": 300.0,
+                     "mapping_csv": None, "mapping_encoding": None, "batch_max": 250, "timeout_s": 10.0, "retry_max_s": 300.0,
                      "reason": "correction", "coalesce_s": 0.25, "reconcile_s": 900.0, "webhook_secret": None,
                      "notification_url": None, "fulfil_from": {}, "order_location": None,
                      "unbooked_sale_wait_s": None, "order_match_window_s": None}}]},
@@ -1626,6 +1627,8 @@ def _schemas() -> dict[str, JSON]:
                            "skus": obj({}, additionalProperties=integer(0))}, ["units", "percent", "skus"]),
             "secret": string("Where the access token is read from (a file or an environment variable), never it."),
             "url": string(), "api_version": nullable(string()), "mapping_csv": nullable(string()),
+            "mapping_encoding": nullable(string("The charset mapping_csv is read in; null: by its byte-order mark, "
+                                                "else UTF-8.")),
             "batch_max": integer(1), "timeout_s": seconds, "retry_max_s": seconds,
             "reason": nullable(string("Shopify's reason for the quantities set; null for another kind.")),
             "coalesce_s": seconds,
@@ -1640,7 +1643,7 @@ def _schemas() -> dict[str, JSON]:
                                               "the counts waits for its order before it is listed; null otherwise."}),
             "order_match_window_s": nullable({**seconds, "description": "Square: how close in time an order the hub "
                                               "booked matches a register sale naming none; null otherwise."}),
-        }, ["pool", "buffer", "secret", "url", "api_version", "mapping_csv", "batch_max", "timeout_s", "retry_max_s",
+        }, ["pool", "buffer", "secret", "url", "api_version", "mapping_csv", "mapping_encoding", "batch_max", "timeout_s", "retry_max_s",
             "reason", "coalesce_s", "reconcile_s", "webhook_secret", "notification_url", "fulfil_from",
             "order_location", "unbooked_sale_wait_s", "order_match_window_s"],
             description="Every key of the channel's [[channel]] table as the hub runs it, defaults filled in."),

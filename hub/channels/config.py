@@ -29,6 +29,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from hub.resolver import is_location
 from hub.webhook_spec import SECRET_MIN_LEN as WEBHOOK_SECRET_MIN_LEN  # a webhook channel signs like them
+from protocol import csvtext
 from protocol.event import SKU_MAX_LEN
 from protocol.textfile import decode_text, read_text
 
@@ -87,6 +88,7 @@ KEYS = (
     "url",
     "api_version",
     "mapping_csv",
+    "mapping_encoding",
     "batch_max",
     "timeout_s",
     "retry_max_s",
@@ -142,6 +144,7 @@ class ChannelSpec:
     buffer: Buffer = Buffer()
     api_version: str = ""
     mapping_csv: str | None = None
+    mapping_encoding: str | None = None  # the charset mapping_csv is saved in; None: by its byte-order mark, else UTF-8
     batch_max: int = SHOPIFY_BATCH_MAX
     timeout_s: float = DEFAULT_TIMEOUT_S
     retry_max_s: float = DEFAULT_RETRY_MAX_S
@@ -258,6 +261,16 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
         mapping_csv = (
             str(base / mapping_csv) if base is not None and not Path(mapping_csv).is_absolute() else mapping_csv
         )
+    mapping_encoding = table.get("mapping_encoding")
+    if mapping_encoding is not None:
+        if not isinstance(mapping_encoding, str):
+            raise ChannelConfigError(f"{where}: mapping_encoding must be the name of a charset, e.g. windows-1252")
+        if mapping_csv is None:
+            raise ChannelConfigError(f"{where}: mapping_encoding names the charset of mapping_csv, which is not set")
+        try:
+            csvtext.lookup(mapping_encoding, "", who="the hub")
+        except csvtext.CharsetRefused as err:
+            raise ChannelConfigError(f"{where}: mapping_encoding {str(err).strip()}") from None
     return ChannelSpec(
         name=name,
         kind=kind,
@@ -268,6 +281,7 @@ def _parse_one(i: int, table: Any, base: Path | None, env: Mapping[str, str]) ->
         buffer=_buffer(where, table.get("buffer", {})),
         api_version=api_version,
         mapping_csv=mapping_csv,
+        mapping_encoding=mapping_encoding,
         batch_max=batch_max,
         timeout_s=timeout_s,
         retry_max_s=retry_max_s,

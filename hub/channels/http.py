@@ -163,6 +163,7 @@ def settings_json(p: ChannelPusher, reconciled: bool) -> dict[str, Any]:
         "url": spec.display_url,
         "api_version": spec.api_version or None,
         "mapping_csv": spec.mapping_csv,
+        "mapping_encoding": spec.mapping_encoding,
         "batch_max": spec.batch_max,
         "timeout_s": spec.timeout_s,
         "retry_max_s": spec.retry_max_s,

@@ -84,7 +84,7 @@ from hub.heartbeat import BEATING, Heartbeat, beat
 from hub.storage.base import AgentStatus, ChangeRow, CountRow, Effect, LedgerRow, StoreClosed, StoreError
 from hub.storage.findings import UNBOOKED_SALE_PREFIX
 from hub.storage.keys import CountKey
-from protocol import pack_hlc, unpack_hlc, wall_ms_now
+from protocol import csvtext, pack_hlc, unpack_hlc, wall_ms_now
 from protocol.retry import Backoff, Health, TurnFailed, run_turns
 
 if TYPE_CHECKING:
@@ -1278,12 +1278,7 @@ class ChannelPusher(LoopTask):
     async def _refresh(self, listed: list[ListingEntry] | None = None) -> SkuMapping:
         spec = self.spec
         if spec.mapping_csv is not None:
-            try:
-                text = await asyncio.to_thread(Path(spec.mapping_csv).read_text, encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as err:
-                raise MappingError(
-                    f"the mapping CSV {spec.mapping_csv} of channel {spec.name} cannot be read ({err})"
-                ) from err
+            text = await asyncio.to_thread(_mapping_text, spec)
             entries = parse_mapping_csv(text, source=f"the mapping CSV {spec.mapping_csv}")
             where = "the mapping CSV"
         elif self._identity:
@@ -1333,3 +1328,29 @@ class ChannelPusher(LoopTask):
                     break
                 after = CountKey(page[-1].location, page[-1].sku)
         return skus
+
+
+def _mapping_text(spec: ChannelSpec) -> str:
+    """The text of ``spec.mapping_csv``, in ``mapping_encoding``, else by its byte-order mark (UTF-8, UTF-16 or
+    UTF-32), else UTF-8 (``protocol.csvtext.file_text``); ``MappingError`` for a file that cannot be read or is not
+    text in it, naming the offset and line of its first bad byte: nothing of it is read, the mapping stays."""
+    assert spec.mapping_csv is not None
+    where = f"the mapping CSV {spec.mapping_csv} of channel {spec.name}"
+    try:  # checked when the configuration was read
+        charset = None if spec.mapping_encoding is None else csvtext.lookup(spec.mapping_encoding, "", who="the hub")
+    except csvtext.CharsetRefused as err:
+        raise MappingError(f"{where} cannot be read: mapping_encoding {str(err).strip()}") from None
+    try:
+        return csvtext.file_text(Path(spec.mapping_csv).read_bytes(), charset, setting="mapping_encoding")
+    except OSError as err:
+        raise MappingError(f"{where} cannot be read ({err})") from err
+    except csvtext.TextUnreadable as err:
+        if "mapping_encoding" in err.reason:  # a byte-order mark that contradicts it: the reason says what to do
+            then = ""
+        elif charset is None:
+            then = (
+                '; save it as "CSV UTF-8" (Excel) or UTF-8, or set the channel\'s mapping_encoding (e.g. windows-1252)'
+            )
+        else:
+            then = "; check that the channel's mapping_encoding names the charset it is saved in"
+        raise MappingError(f"{where} cannot be read: {err.reason}{then}") from None
