@@ -59,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import secrets
 import shutil
@@ -103,6 +102,7 @@ from protocol import (
     event_id_hex,
     new_event_id,
 )
+from protocol.codec import chain_link
 from protocol.feed import FeedChange
 from protocol.hlc import pack_hlc, unpack_hlc, wall_ms_now
 
@@ -231,11 +231,6 @@ class Outgoing:
     base_chain: bytes | None
     backlog: int = 0  # events waiting above the acknowledged mark when read (these included)
     oldest_pending_ms: int | None = None  # wall ms of the oldest of them
-
-
-def chain_link(previous: bytes, event_id: bytes) -> bytes:
-    """The lineage digest of a row: its predecessor's digest and its event id, hashed."""
-    return hashlib.blake2b(previous + event_id, digest_size=CHAIN_BYTES).digest()
 
 
 @dataclass(frozen=True, slots=True)

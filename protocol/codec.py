@@ -9,9 +9,10 @@ can answer all of them at once and the agent can set exactly those aside.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -46,6 +47,19 @@ MSGPACK_CONTENT_TYPE = "application/msgpack"
 # (agent.reserve.STEP_BYTES), room for a few thousand scans.
 DISK_ROOM_BYTES = 1 << 20
 DISK_STATES = ("ok", "reserve_in_use", "full")
+
+
+def chain_link(previous: bytes, event_id: bytes) -> bytes:
+    """The lineage digest of an outbox row (agent.outbox): its predecessor's digest and its event id, hashed."""
+    return hashlib.blake2b(previous + event_id, digest_size=CHAIN_BYTES).digest()
+
+
+def chain_over(start: bytes, event_ids: Iterable[bytes]) -> bytes:
+    """The lineage digest after rows with these event ids, in order, following a row whose digest is ``start``."""
+    blake2b, chain = hashlib.blake2b, start
+    for event_id in event_ids:
+        chain = blake2b(chain + event_id, digest_size=CHAIN_BYTES).digest()
+    return chain
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,7 @@ from protocol import (
     StockEvent,
     event_id_hex,
 )
+from protocol.codec import chain_over
 
 # (agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs JSON or None)
 EventRow: TypeAlias = tuple[Any, ...]
@@ -877,6 +878,11 @@ async def _next_mark(tx: IngestTx, batch: Batch, first_new: int | None = None) -
     (a cloned PC: same agent, same epoch) does: those seqs are the other copy's. Its chain taken as the mark's,
     both copies found their own lineage in the answers (the other at its own batch's end), and both drained in
     one epoch until the other's next request; kept, this sender finds the other's chain at the mark and forks.
+
+    Such a batch moves it only along the mark's lineage, too (``_runs_through``): a second copy's batch sent
+    ahead (``after_seq``) meets the mark at its start, and holds nothing up to it to tell by; nor does its resend
+    of events the hub stored ahead of the mark. A sender whose acknowledged mark is the stored one checked the
+    mark's chain itself, and costs nothing here.
     """
     who, lineage = batch.who, batch.lineage or Lineage()
     stored = await tx.stored_mark(who.agent_id, batch.epoch)
@@ -891,7 +897,27 @@ async def _next_mark(tx: IngestTx, batch: Batch, first_new: int | None = None) -
     other = batch.acked_seq < stored_hwm and first_new is not None and first_new <= stored_hwm
     if batch.acked_seq > stored_hwm or batch.max_seq <= stored_hwm or ahead or other:
         return stored_hwm, stored_chain, stale
+    if batch.acked_seq < stored_hwm and not _runs_through(batch, stored_hwm, stored_chain, lineage.chain):
+        return stored_hwm, stored_chain, stale
     return batch.max_seq, lineage.chain, stale
+
+
+def _runs_through(batch: Batch, mark: int, at_mark: bytes | None, chain: bytes | None) -> bool:
+    """Whether the batch's lineage runs through the mark: its events above ``mark``, one a seq up to its last,
+    link the digest at the mark (``at_mark``) to the sender's at its last seq (``chain``).
+    One digest an event above the mark, and only for a sender that is behind the mark (a batch sent ahead, a
+    resend). A seq missing above the mark (an event its sender set aside) cannot be told: the mark stays, and the
+    sender of that lineage takes it and sends the rest from there. Without a digest (a sender or a mark from
+    before lineages) there is nothing to tell by, and the mark moves as before."""
+    if at_mark is None or chain is None:
+        return True
+    events = [ev for ev, _ in batch.accepted]  # in the batch's order: seq order, as agents send
+    if batch.refused or batch.quarantined:
+        events = sorted(events + [r.event for r in (*batch.refused, *batch.quarantined)], key=_SEQ)
+    above = events[bisect_right(events, mark, key=_SEQ) :]
+    if len(above) != batch.max_seq - mark:
+        return False
+    return chain_over(at_mark, [ev.event_id for ev in above]) == chain
 
 
 def _changes(

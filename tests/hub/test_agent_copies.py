@@ -21,12 +21,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from agent import Movement, Outbox, Replicator
 from hub.storage import exceptions, open_store
 from hub.storage.keys import ExceptionFilter
-from protocol import Kind, wall_ms_now
+from protocol import Kind, SyncRequest, SyncResponse, decode_sync_response, encode_sync_request, wall_ms_now
+from protocol.codec import MSGPACK_CONTENT_TYPE
+from protocol.routes import SYNC_PATH
 from tests.harness.commands import hub_env
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, get_json
@@ -185,6 +188,156 @@ async def test_a_copy_sending_past_the_other_copys_mark_forks(hub_db: str, tmp_p
     async with open_store(hub_db) as store:  # every movement of both copies counted once
         counts = {r.sku: r.on_hand for r in await store.counts()}
     assert counts == {"A": -5, "B": -3, "C": -4}
+
+
+async def send(
+    hub: HubProcess, token: str, outbox: Outbox, n: int, *, acked: int, after: int = 0, after_seq: int | None = None
+) -> SyncResponse:
+    """One request as the replicator makes it, sent by hand so the test chooses the order the hub meets them in:
+    ``n`` of ``outbox``'s events above ``after`` (0: above its acknowledged mark) with the lineage the outbox
+    reports for them, ``acked`` the acknowledged mark the request states, following on from ``after_seq``."""
+    out = await outbox.outgoing(n, after=after)
+    request = SyncRequest(
+        outbox.agent_id, outbox.epoch, out.events, acked_seq=acked, chain=out.chain,
+        epoch_base=out.epoch_base or None, base_chain=out.base_chain, sent_ms=outbox.wall_ms(), after_seq=after_seq,
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": MSGPACK_CONTENT_TYPE}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session,
+        session.post(hub.url + SYNC_PATH, data=encode_sync_request(request), headers=headers) as http,
+    ):
+        assert http.status == 200, await http.text()
+        return decode_sync_response(await http.read())
+
+
+async def stored(outbox: Outbox, answer: SyncResponse) -> tuple[int, int | None]:
+    """The replicator's step for an answer it stores: the outbox takes the hub's mark (or forks). Its acknowledged
+    mark then, and the epoch it left (None: none)."""
+    result = await outbox.apply_answer(answer, clock_skew_ms=None)
+    return result.acked_seq, result.forked_from_epoch
+
+
+async def drain_both(hub: HubProcess, token: str, a: Outbox, b: Outbox) -> None:
+    """Both copies' replicators run until each outbox is acknowledged to its end."""
+    async with (
+        Replicator(a, hub.url, token, **FAST),  # type: ignore[arg-type]
+        Replicator(b, hub.url, token, **FAST),  # type: ignore[arg-type]
+    ):
+        await drained(a)
+        await drained(b)
+
+
+async def marks(db: str, agent_id: str) -> dict[int, int]:
+    async with open_store(db) as store:
+        (status,) = await store.agent_status(agent_id)
+    return dict(status.hwm)
+
+
+async def test_a_copys_batch_sent_ahead_landing_above_the_other_copys_mark_forks_it_at_once(
+    hub_db: str, tmp_path: Path
+) -> None:
+    """Both copies at the mark (5). Copy A's batch 6-8 is acknowledged; copy B, catching up, had sent its batch
+    9-11 ahead of its 6-8 (``after_seq`` 8), and the hub meets it now: it follows on from the mark's seq, and all
+    its events lie above it. The hub took B's chain at 11 as the mark's; B's 6-8 then found B's own lineage at
+    11, and only A's next request (a minute later for an idle agent) could tell: the two copies drained into one
+    epoch meanwhile. B's batch does not run through A's digest at 8: the mark stays, B forks on its first answer
+    and A goes on in the epoch."""
+    agent_id, token, _ = await credentials(hub_db)
+    machine_a, machine_b = tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"
+    with serving(hub_db, tmp_path) as hub:
+        await first_history(machine_a, agent_id, hub, token, 5)
+        backup(machine_a, machine_b)
+        async with (
+            Outbox.open(machine_a, agent_id=agent_id, location="S1") as a,
+            Outbox.open(machine_b, agent_id=agent_id, location="S1") as b,
+        ):
+            epoch = a.epoch
+            await a.record([sale("B") for _ in range(3)])  # seqs 6-8
+            await b.record([sale("C") for _ in range(6)])  # seqs 6-11: other movements
+            assert await stored(a, await send(hub, token, a, 3, acked=5)) == (8, None)
+            ahead = await send(hub, token, b, 3, acked=5, after=8, after_seq=8)  # B's 9-11, sent ahead
+            first = await send(hub, token, b, 3, acked=5)  # B's 6-8
+            assert await stored(b, first) == (5, epoch)  # B forked at once, based at the mark it knew
+            assert ahead.hwm == 8  # not B's: the replicator does not store it (it acknowledges no seq of its batch)
+            assert b.epoch != epoch
+            await a.record([sale("D")])  # seq 9: A goes on in its epoch
+            assert await stored(a, await send(hub, token, a, 1, acked=8)) == (9, None)
+            assert a.epoch == epoch
+            await drain_both(hub, token, a, b)
+            assert a.epoch == epoch and (await b.stats()).forked_from_epoch == epoch
+            b_epoch = b.epoch
+    assert await marks(hub_db, agent_id) == {epoch: 9, b_epoch: 11}
+    async with open_store(hub_db) as store:  # every movement of both copies counted once
+        counts = {r.sku: r.on_hand for r in await store.counts()}
+    assert counts == {"A": -5, "B": -3, "C": -6, "D": -1}
+
+
+async def test_copies_whose_batches_share_seqs_above_the_mark_are_told_apart_at_once(
+    hub_db: str, tmp_path: Path
+) -> None:
+    """Both copies send 6-8 and, ahead of it, 9-11: the same seqs, other event ids. A's 9-11 is met first (stored,
+    the mark stays at 5), then A's 6-8 (mark 8, A's digest), then B's 9-11, whose seqs the hub holds as A's.
+    B's batch does not run through A's digest at 8: the mark stays and B forks on its 6-8's answer; A's 9-11,
+    sent again, is acknowledged with A's lineage (before, B's digest stood at 11 and A forked in turn)."""
+    agent_id, token, _ = await credentials(hub_db)
+    machine_a, machine_b = tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"
+    with serving(hub_db, tmp_path) as hub:
+        await first_history(machine_a, agent_id, hub, token, 5)
+        backup(machine_a, machine_b)
+        async with (
+            Outbox.open(machine_a, agent_id=agent_id, location="S1") as a,
+            Outbox.open(machine_b, agent_id=agent_id, location="S1") as b,
+        ):
+            epoch = a.epoch
+            await a.record([sale("B") for _ in range(6)])
+            await b.record([sale("C") for _ in range(6)])
+            early = await send(hub, token, a, 3, acked=5, after=8, after_seq=8)
+            assert (early.hwm, early.duplicates) == (5, 0)  # stored, not acknowledged: not stored by A
+            assert await stored(a, await send(hub, token, a, 3, acked=5)) == (8, None)
+            ahead = await send(hub, token, b, 3, acked=5, after=8, after_seq=8)
+            assert await stored(b, await send(hub, token, b, 3, acked=5)) == (5, epoch)  # B forked at once
+            assert ahead.hwm == 8
+            again = await send(hub, token, a, 3, acked=8)  # A sends its 9-11 again, one batch at a time now
+            assert again.duplicates == 3
+            assert await stored(a, again) == (11, None)
+            assert a.epoch == epoch
+            await drain_both(hub, token, a, b)
+            assert a.epoch == epoch and (await b.stats()).forked_from_epoch == epoch
+            b_epoch = b.epoch
+    assert await marks(hub_db, agent_id) == {epoch: 11, b_epoch: 11}
+    async with open_store(hub_db) as store:
+        counts = {r.sku: r.on_hand for r in await store.counts()}
+    assert counts == {"A": -5, "B": -6, "C": -6}
+
+
+async def test_a_resend_above_the_mark_after_lost_answers_moves_the_mark_and_forks_nothing(
+    hub_db: str, tmp_path: Path
+) -> None:
+    """One outbox, no copy: its batch 9-11 sent ahead is met first (stored, mark 5), its 6-8 is committed (mark 8)
+    and that answer is lost. The replicator starts again from its acknowledged mark: 6-8 once more and, ahead of
+    it, 9-14 (three held above the mark already, three new). The hub meets 9-14 first: its lineage runs through
+    the digest at 8, which is this outbox's own, so the mark moves to 14; the answers acknowledge both batches
+    and the outbox stays in its epoch."""
+    agent_id, token, _ = await credentials(hub_db)
+    path = tmp_path / "a.sqlite3"
+    with serving(hub_db, tmp_path) as hub:
+        await first_history(path, agent_id, hub, token, 5)
+        async with Outbox.open(path, agent_id=agent_id, location="S1") as a:
+            epoch = a.epoch
+            await a.record([sale("B") for _ in range(9)])  # seqs 6-14
+            assert (await send(hub, token, a, 3, acked=5, after=8, after_seq=8)).hwm == 5
+            assert (await send(hub, token, a, 3, acked=5)).hwm == 8  # the answer is lost on its way
+            ahead = await send(hub, token, a, 6, acked=5, after=8, after_seq=8)
+            assert (ahead.hwm, ahead.duplicates) == (14, 3)
+            first = await send(hub, token, a, 3, acked=5)
+            assert (first.hwm, first.duplicates) == (14, 3)
+            assert await stored(a, first) == (14, None)
+            assert await stored(a, ahead) == (14, None)
+            assert a.epoch == epoch and (await a.stats()).forked_from_epoch is None
+    assert await marks(hub_db, agent_id) == {epoch: 14}
+    async with open_store(hub_db) as store:
+        counts = {r.sku: r.on_hand for r in await store.counts()}
+    assert counts == {"A": -5, "B": -9}
 
 
 async def _none(listed: Any) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from hub.storage import AgentIdentity, HubStore, Lineage, SqliteHubStore, StoreOpener
 from hub.storage.postgres import PostgresHubStore
 from protocol import Kind, StockEvent
+from protocol.codec import chain_over
 from tests.hub.event_factory import EventFactory
 
 
@@ -112,6 +113,40 @@ class IdentityContract:
         # a sender from before lineages raises it without one
         legacy = await store.ingest(a, 1, [ev(Kind.RECEIVE, 1, at_ms=4)])
         assert (legacy.hwm, legacy.chain) == (3, None)
+
+    async def test_a_batch_behind_the_mark_moves_it_only_along_the_marks_lineage(self, store: HubStore) -> None:
+        """A batch whose sender's acknowledged mark is below the stored one (sent ahead of an answer, or resent
+        after one was lost) moves the mark only if its events above it link the mark's digest to the sender's."""
+        a = await self.agent(store, "S1")
+        ev, clone = EventFactory(a.agent_id, epoch=1), EventFactory(a.agent_id, epoch=1)
+        mine = [ev(Kind.RECEIVE, 1, at_ms=i) for i in range(1, 12)]  # seqs 1-11 of this outbox
+        theirs = [clone(Kind.RECEIVE, 1, at_ms=i) for i in range(1, 8)]  # seqs 1-7 of a copy, other movements
+
+        def digest(events: list[StockEvent], start: bytes = bytes(16)) -> bytes:
+            return chain_over(start, [e.event_id for e in events])
+
+        def lineage(history: list[StockEvent], upto: int) -> Lineage:
+            return Lineage(digest(history[:upto]))
+
+        first = await store.ingest(a, 1, mine[:3], lineage=lineage(mine, 3))
+        assert (first.hwm, first.chain) == (3, digest(mine[:3]))
+        ahead = await store.ingest(a, 1, mine[3:5], 0, lineage=lineage(mine, 5), after_seq=3)  # its own: it moves
+        assert (ahead.hwm, ahead.chain) == (5, digest(mine[:5]))
+        copy = await store.ingest(a, 1, theirs[5:7], 0, lineage=lineage(theirs, 7), after_seq=5)  # the copy's 6-7
+        assert (copy.hwm, copy.chain, copy.applied) == (5, digest(mine[:5]), 2)  # stored, but the mark is not its
+        # seq 7 set aside by its sender (the hub refused it once): 6 and 8 cannot be told, so the mark stays …
+        gap = await store.ingest(a, 1, [mine[5], mine[7]], 3, lineage=lineage(mine, 8), after_seq=5)
+        assert (gap.hwm, gap.chain, gap.applied) == (5, digest(mine[:5]), 2)
+        # … the sender takes it (its own digest at 5) and sends from there: it moves
+        again = await store.ingest(a, 1, [mine[5], mine[7]], 5, lineage=lineage(mine, 8))
+        assert (again.hwm, again.chain, again.duplicates) == (8, digest(mine[:8]), 2)
+        # a resend behind the mark reaching past it, one of its events refused: its lineage runs through 8
+        s2 = EventFactory(a.agent_id, epoch=1, location="S2")(Kind.RECEIVE, 1, at_ms=9, seq=10)
+        history = [*mine[:9], s2, mine[10]]
+        past = await store.ingest(a, 1, history[7:11], 5, lineage=lineage(history, 11))  # 8 again, 9-11 new
+        assert [r.code for r in past.rejected] == ["forbidden_location"]
+        assert (past.hwm, past.chain) == (11, digest(history))
+        assert sum(r.on_hand for r in await store.counts(location="S1")) == 11  # mine but 7 and 10, the copy's 6-7
 
     async def test_a_new_epoch_starts_at_its_base(self, store: HubStore) -> None:
         a = await self.agent(store, "S1")
