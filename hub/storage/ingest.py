@@ -911,13 +911,17 @@ def _runs_through(batch: Batch, mark: int, at_mark: bytes | None, chain: bytes |
     before lineages) there is nothing to tell by, and the mark moves as before."""
     if at_mark is None or chain is None:
         return True
-    events = [ev for ev, _ in batch.accepted]  # in the batch's order: seq order, as agents send
     if batch.refused or batch.quarantined:
-        events = sorted(events + [r.event for r in (*batch.refused, *batch.quarantined)], key=_SEQ)
-    above = events[bisect_right(events, mark, key=_SEQ) :]
-    if len(above) != batch.max_seq - mark:
-        return False
-    return chain_over(at_mark, [ev.event_id for ev in above]) == chain
+        others = [r.event for r in (*batch.refused, *batch.quarantined)]
+        events = sorted([ev for ev, _ in batch.accepted] + others, key=_SEQ)
+        ids = [ev.event_id for ev in events[bisect_right(events, mark, key=_SEQ) :]]
+    else:  # in the batch's order: seq order, as agents send
+        ids = [ev.event_id for ev, _ in batch.accepted[bisect_right(batch.accepted, mark, key=_pair_seq) :]]
+    return len(ids) == batch.max_seq - mark and chain_over(at_mark, ids) == chain
+
+
+def _pair_seq(pair: tuple[StockEvent, EventRow]) -> int:
+    return pair[0].seq
 
 
 def _changes(
