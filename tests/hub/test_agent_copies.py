@@ -310,6 +310,41 @@ async def test_copies_whose_batches_share_seqs_above_the_mark_are_told_apart_at_
     assert counts == {"A": -5, "B": -6, "C": -6}
 
 
+async def test_a_copys_resend_after_a_lost_answer_reaching_above_the_mark_forks_it(
+    hub_db: str, tmp_path: Path
+) -> None:
+    """Copy A's 6-8 is acknowledged (mark 8); copy B's 6-8 is stored but the mark stays, and that answer is lost.
+    B sends again from its mark (5), more this time: 6-11. The hub holds B's 6-8 now, so nothing up to the mark
+    is new, and 9-11 lie above it: the mark took B's chain at 11 and B went on. Its 9-11 do not run through A's
+    digest at 8: the mark stays and B forks on this answer."""
+    agent_id, token, _ = await credentials(hub_db)
+    machine_a, machine_b = tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"
+    with serving(hub_db, tmp_path) as hub:
+        await first_history(machine_a, agent_id, hub, token, 5)
+        backup(machine_a, machine_b)
+        async with (
+            Outbox.open(machine_a, agent_id=agent_id, location="S1") as a,
+            Outbox.open(machine_b, agent_id=agent_id, location="S1") as b,
+        ):
+            epoch = a.epoch
+            await a.record([sale("B") for _ in range(3)])
+            await b.record([sale("C") for _ in range(6)])
+            assert await stored(a, await send(hub, token, a, 3, acked=5)) == (8, None)
+            assert (await send(hub, token, b, 3, acked=5)).hwm == 8  # the answer is lost on its way
+            again = await send(hub, token, b, 6, acked=5)
+            assert await stored(b, again) == (5, epoch)  # B forked
+            assert again.duplicates == 3
+            await a.record([sale("D")])
+            assert await stored(a, await send(hub, token, a, 1, acked=8)) == (9, None)
+            await drain_both(hub, token, a, b)
+            assert a.epoch == epoch and (await b.stats()).forked_from_epoch == epoch
+            b_epoch = b.epoch
+    assert await marks(hub_db, agent_id) == {epoch: 9, b_epoch: 11}
+    async with open_store(hub_db) as store:
+        counts = {r.sku: r.on_hand for r in await store.counts()}
+    assert counts == {"A": -5, "B": -3, "C": -6, "D": -1}
+
+
 async def test_a_resend_above_the_mark_after_lost_answers_moves_the_mark_and_forks_nothing(
     hub_db: str, tmp_path: Path
 ) -> None:
