@@ -1,6 +1,6 @@
 """Text files a person writes (the agent's configuration, token file and POS mapping on a store PC; the hub's
 configuration and its secret files): UTF-8, with or without the byte-order mark Windows tools put first, or UTF-16
-with its mark.
+or UTF-32 with its mark (the marks are ``protocol.csvtext``'s: one list for every file a person hands us).
 
 Notepad saved UTF-8 only with a mark before Windows 10 1903 (and offers "UTF-8 with BOM" still), Windows PowerShell
 5's ``Set-Content -Encoding UTF8`` always writes one, and its ``>`` and ``Out-File`` write UTF-16 with one. Read as
@@ -10,10 +10,12 @@ it shows right in any editor. A file without a mark is UTF-8, strictly: ``Unicod
 
 from __future__ import annotations
 
-import codecs
 from pathlib import Path
 
-MARKS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+from protocol.csvtext import BOMS
+
+# (mark, the codec of what follows it), the longest first: UTF-32's little-endian mark starts as UTF-16's
+MARKS = tuple((mark, codec) for mark, _, _, codec in BOMS)
 
 
 def read_text(path: Path) -> str:
@@ -23,7 +25,7 @@ def read_text(path: Path) -> str:
 
 def decode_text(raw: bytes) -> str:
     """``raw`` decoded by its byte-order mark (dropped), else as UTF-8 (``UnicodeDecodeError`` when it is not)."""
-    for mark, encoding in MARKS:
+    for mark, codec in MARKS:
         if raw.startswith(mark):
-            return raw.decode(encoding)
+            return raw[len(mark) :].decode(codec)
     return raw.decode("utf-8")

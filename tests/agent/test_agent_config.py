@@ -151,11 +151,13 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 # What Windows tools write: Notepad's "UTF-8 with BOM" (the only UTF-8 of Notepad before Windows 10 1903), Windows
-# PowerShell 5's `Set-Content -Encoding UTF8` (a BOM always), and its `>` / `Out-File` (UTF-16 with a BOM).
+# PowerShell 5's `Set-Content -Encoding UTF8` (a BOM always), its `>` / `Out-File` (UTF-16 with a BOM), and its
+# `-Encoding UTF32` (UTF-32 with a BOM, whose first two bytes are UTF-16's).
 WINDOWS_ENCODINGS = [
     pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="utf-8 with BOM"),
     pytest.param(lambda text: text.replace("\n", "\r\n").encode("utf-16"), id="utf-16 with BOM (PowerShell >)"),
     pytest.param(lambda text: b"\xfe\xff" + text.encode("utf-16-be"), id="utf-16 big-endian with BOM"),
+    pytest.param(lambda text: b"\xff\xfe\x00\x00" + text.encode("utf-32-le"), id="utf-32 with BOM (-Encoding UTF32)"),
 ]
 
 
