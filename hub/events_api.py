@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,8 +46,9 @@ from typing import Any
 from aiohttp import web
 
 from hub import feed, heads, metrics, problems, views
-from hub.auth import identity_of, ingest_confirmed, role_refused
+from hub.auth import STORE_KEY, identity_of, ingest_confirmed, role_refused
 from hub.storage.base import INGEST_ROLES, AgentIdentity
+from hub.storage.interfaces import LedgerStore
 from protocol import (
     ProtocolError,
     StockEvent,
@@ -57,6 +59,7 @@ from protocol import (
     values,
     wall_ms_now,
 )
+from protocol.catalog import sku_look
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ API_ID_ATTR = "api_id"
 API_ID = values.TextField("id", API_ID_MAX_LEN)
 CONNECTOR_EPOCH = 0
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: an earlier time is almost surely seconds sent as ms
+ODD_CHARS_NAMED = 3
 FUTURE_SLACK_MS = 24 * 3_600 * 1_000  # the default clock window (hub.clock_window.DEFAULT_CLOCK_WINDOW_S)
 _FIELDS = frozenset({"id", "location", "sku", "kind", "qty", "occurred_at", "ref", "reason", "attrs"})
 _REQUIRED = ("id", "location", "sku", "kind", "qty", "occurred_at")
@@ -200,6 +204,60 @@ def _parse(
     return events, ids, invalid
 
 
+def _spellings(sku: str) -> set[str]:
+    """The other spellings a person takes for ``sku``: its Unicode normal forms, with and without its invisible
+    format characters (zero-width spaces and joiners, direction marks), and its look (``sku_look``)."""
+    bare = "".join(c for c in sku if unicodedata.category(c) != "Cf")
+    forms = {unicodedata.normalize(form, text) for form in ("NFC", "NFD", "NFKC") for text in (sku, bare)}
+    return (forms | {sku_look(sku)}) - {sku}
+
+
+def _odd_chars(sku: str, other: str) -> str:
+    """The characters of ``sku`` that ``other`` does not hold, by code point and name (a few)."""
+    odd = list(dict.fromkeys(c for c in sku if c not in other))
+    named = [f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in odd[:ODD_CHARS_NAMED]]
+    return ", ".join(named) + (f" and {len(odd) - ODD_CHARS_NAMED} more" if len(odd) > ODD_CHARS_NAMED else "")
+
+
+async def _look_alikes(store: LedgerStore, events: Sequence[StockEvent], ids: Sequence[str]) -> list[Invalid]:
+    """The events whose SKU the hub counts under no spelling yet and that only looks like a SKU it counts, or like
+    another SKU of the request before it: a pasted zero-width space, an accent decomposed (e + U+0301), a
+    full-width letter. Booked, it would be another SKU no one can tell apart on a screen, whose sales take nothing
+    from the shelf's. A SKU the hub counts already is taken, whatever looks like it; an ASCII SKU looks as it is
+    spelt, so only the others cost a look-up (one read per spelling, of the counts' SKU index)."""
+    held: dict[str, bool] = {}
+
+    async def counted(sku: str) -> bool:
+        if sku not in held:
+            held[sku] = bool(await store.counts(sku=sku, limit=1))
+        return held[sku]
+
+    spelt: dict[str, tuple[str, str]] = {}  # look -> (the spelling taken, where it was met)
+    invalid: list[Invalid] = []
+    for i, (ev, api_id) in enumerate(zip(events, ids, strict=True)):
+        if ev.sku.isascii():
+            spelt.setdefault(ev.sku, (ev.sku, f"events[{i}]"))
+            continue
+        look = sku_look(ev.sku)
+        other, where = spelt.get(look, (ev.sku, ""))
+        if other == ev.sku and not await counted(ev.sku):
+            known = [s for s in sorted(_spellings(ev.sku)) if await counted(s)]
+            if known:
+                other, where = known[0], "the hub counts"
+        if other != ev.sku:
+            if where != "the hub counts" and await counted(other):
+                where = "the hub counts"
+            reason = (
+                f"events[{i}]: sku {values.shown(ev.sku, values.QUOTE_MAX_CHARS)} looks like the SKU {other} "
+                f"{where if where == 'the hub counts' else 'of ' + where} but is spelt with other characters "
+                f"({_odd_chars(ev.sku, other)}), so it would be another SKU; send it as {other}"
+            )
+            invalid.append(Invalid(i, api_id, reason))
+            continue
+        spelt.setdefault(look, (ev.sku, f"events[{i}]"))
+    return invalid
+
+
 def _head(request: web.Request, who: AgentIdentity) -> None:
     """What ``post_events`` refuses before it reads the body, asked of a head too (hub.heads)."""
     heads.refuse(role_refused(who, INGEST_ROLES, "send events"))
@@ -219,6 +277,8 @@ async def post_events(request: web.Request) -> web.Response:
     except ValueError as err:
         raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
     events, ids, invalid = _parse(who, body, request.app[WINDOW_KEY])
+    if not invalid:  # each SKU's spelling is checked against the hub's only once the request is whole
+        invalid = await _look_alikes(request.app[STORE_KEY], events, ids)
     if invalid:
         metrics.observe_invalid(request.app, ROUTE, len(invalid))
         log.info("refused %d event(s) from %s: first %s", len(invalid), who.agent_id, invalid[0].reason)

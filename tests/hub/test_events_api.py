@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from protocol import derived_event_id, parse_event_id
+from protocol import Kind, derived_event_id, parse_event_id
 from tests.hub.feed_helpers import Hub, running_hub
 
 T0 = "2025-11-25T09:00:00Z"
@@ -182,3 +182,62 @@ async def test_one_request_naming_a_movement_twice_with_other_content_is_refused
     assert [e["status"] for e in answer["events"]] == ["accepted", "accepted"]
     assert (answer["applied"], answer["duplicates"]) == (1, 1)
     assert await web_count(hub) == {"on_hand": 1, "reserved": 0, "available": 1}
+
+
+async def skus_at_web(hub: Hub) -> dict[str, int]:
+    return {c["sku"]: c["on_hand"] for c in (await hub.get_json("/v1/locations/WEB/counts"))["counts"]}
+
+
+async def test_a_sku_that_only_looks_like_one_the_hub_counts_is_refused_naming_the_spelling_it_counts(
+    hub: Hub, connector: tuple[str, str]
+) -> None:
+    # Found by hand: a shop's SKU pasted with a zero-width space, exported decomposed (e + U+0301, as macOS writes
+    # file names) or typed full-width was booked as another SKU of the same look. Its sales took nothing from the
+    # SKU on the shelf, which the channels went on offering (oversold), and the only trace was a negative count of a
+    # SKU shown exactly like the real one. A connector hears the answer, so such a spelling is refused, with the
+    # spelling the hub counts and the odd character named; nothing of the request is booked.
+    _, token = connector
+    await post(hub, token, move("in-1", "receive", 10), move("in-2", "receive", 3, sku="Caf\u00e9"))
+    for i, (sku, odd) in enumerate(
+        [
+            ("SKU-1\u200b", "U+200B ZERO WIDTH SPACE"),
+            ("Cafe\u0301", "U+0301 COMBINING ACUTE ACCENT"),
+            ("\uff33KU-1", "U+FF33 FULLWIDTH LATIN CAPITAL LETTER S"),
+            ("\u200eSKU-1", "U+200E LEFT-TO-RIGHT MARK"),
+        ]
+    ):
+        body = await post(hub, token, move(f"ok-{i}", "sale", -1), move(f"odd-{i}", "sale", -1, sku=sku), status=422)
+        (refused,) = body["rejected"]
+        assert (refused["index"], refused["id"]) == (1, f"odd-{i}")
+        right = "Café" if sku.startswith("Cafe") else "SKU-1"
+        assert f"looks like the SKU {right} the hub counts" in refused["reason"], refused["reason"]
+        assert odd in refused["reason"], refused["reason"]
+    assert await skus_at_web(hub) == {"SKU-1": 10, "Café": 3}  # nothing booked, no SKU of the same look
+    # A new SKU of its own look is taken, spelt as it comes; so is the spelling the hub counts.
+    answer = await post(
+        hub, token, move("new-1", "receive", 2, sku="Th\u00e9-vert"), move("c-1", "sale", -1, sku="Caf\u00e9")
+    )
+    assert answer["applied"] == 2
+    # Two spellings of one new look in one request: the later is refused, naming the earlier.
+    body = await post(
+        hub,
+        token,
+        move("cr-1", "receive", 4, sku="Cr\u00e8me"),
+        move("cr-2", "sale", -1, sku="Cre\u0300me"),
+        status=422,
+    )
+    assert "looks like the SKU Crème of events[0]" in body["rejected"][0]["reason"], body["rejected"][0]["reason"]
+    assert "Crème" not in await skus_at_web(hub)
+
+
+async def test_a_sku_the_hub_already_counts_is_taken_whatever_else_looks_like_it(
+    hub: Hub, connector: tuple[str, str]
+) -> None:
+    # A store's agent booked a SKU with a zero-width space beside the plain one (a POS export); the connector's
+    # movements of either are taken: refusing a SKU the hub already counts would strand its stock.
+    _, token = connector
+    store = await hub.agent("WEB", "SKU-2\u200b")
+    await store.sync((Kind.RECEIVE, 5), (Kind.RECEIVE, 7, "SKU-2"))
+    answer = await post(hub, token, move("a", "sale", -1, sku="SKU-2\u200b"), move("b", "sale", -2, sku="SKU-2"))
+    assert answer["applied"] == 2
+    assert await skus_at_web(hub) == {"SKU-2": 5, "SKU-2\u200b": 4}
