@@ -118,7 +118,9 @@ API_VERSION = "1.10.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      a sync answer to an agent among them carries the header Shelfsync-Hub-Clock-Off-Ms (the hub's clock is off)
 #      data.shipped_elsewhere of a transfer_unmatched and data.received_elsewhere of a transfer_overdue (a receipt at
 #      the wrong store and the shipment it missed name each other)
-# 1.10: a channel's settings in GET /v1/channels name mapping_encoding (the charset its mapping_csv is read in)
+# 1.10: a channel's settings in GET /v1/channels name mapping_encoding (the charset its mapping_csv is read in);
+#      POST /v1/events answers 422 to a SKU the hub counts under no spelling yet that only looks like one it counts
+#      (or one before it in the request): a zero-width character, a decomposed accent, a full-width letter
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -683,7 +685,8 @@ def _paths() -> dict[str, JSON]:
          "409": error(409, "Every event is valid alone, but some name a movement (`id` and `occurred_at`) an earlier one "
                       "of the request names with other content (code conflicting_events); nothing was committed. "
                       "`rejected` lists each later copy.", ref("InvalidApiEvents")),
-         "422": error(422, "Some events break the contract; nothing was committed. `rejected` lists every bad one.",
+         "422": error(422, "Some events break the contract; nothing was committed. `rejected` lists every bad one "
+                      "(a SKU new to the hub that only looks like one it counts among them).",
                       ref("InvalidApiEvents")),
          "429": {"$ref": "#/components/responses/E429"}},
         roles=INGEST,
