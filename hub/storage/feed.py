@@ -33,6 +33,17 @@ def new_feed_history(stored: str | None, stored_home: str | None, home: str) -> 
     return secrets.token_hex(FEED_HISTORY_BYTES)
 
 
+# Said with a new history (a restored copy, most likely): the hub cannot know what changed in its credentials since
+# the copy was made, and the agents' resends put back only their movements. Found black-box: a token revoked after
+# the nightly backup was taken again, silently, once that backup was restored.
+RESTORED_CREDENTIALS = (
+    "The credentials of %s are the ones its copy holds: if it was restored from a backup, a credential revoked "
+    "since the copy was made works again and one added since is refused (401); revoke again those revoked since "
+    "(shelfsync-hub agent revoke) and add again those added since (shelfsync-hub agent add; the old database's "
+    "are listed by shelfsync-hub agent list --db OLD)."
+)
+
+
 WEBHOOK_DELIVERIES_KEPT = 1_000  # per webhook; older attempts are pruned as new ones are logged
 EVENT_ID_BYTES = 16
 CHANGE_FIELDS = "change_id, location, sku, on_hand, reserved, available, in_transit, event_ids, at_ms"

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from hub.storage.base import StoreError
-from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, new_feed_history
+from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, RESTORED_CREDENTIALS, new_feed_history
 from hub.storage.migrations import Migration, MigrationProgress, migrations, progress_logged, step_failed
 from protocol import wall_ms_now
 
@@ -220,6 +220,7 @@ async def feed_history(conn: asyncpg.Connection, where: str) -> str:
             "copied, so cursors of the old history are refused and their readers read the feed again.",
             where, history, rows[FEED_HISTORY_KEY],
         )  # fmt: skip
+        log.warning(RESTORED_CREDENTIALS, where)
     return history
 
 

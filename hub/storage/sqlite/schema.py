@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from hub.storage.base import StoreError
-from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, new_feed_history
+from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, RESTORED_CREDENTIALS, new_feed_history
 from hub.storage.migrations import Migration, MigrationProgress, migrations, size_text, step_failed
 from hub.storage.sqlite.writer import InlineConnection
 
@@ -225,3 +225,4 @@ def _log_new_history(where: object, history: str, before: str | None) -> None:
             "copied or moved, so cursors of the old history are refused and their readers read the feed again.",
             where, history, before,
         )  # fmt: skip
+        log.warning(RESTORED_CREDENTIALS, where)
