@@ -35,6 +35,7 @@ events are judged by its new locations. So the route takes the connector's ident
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import unicodedata
@@ -71,6 +72,11 @@ API_ID = values.TextField("id", API_ID_MAX_LEN)
 CONNECTOR_EPOCH = 0
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: an earlier time is almost surely seconds sent as ms
 ODD_CHARS_NAMED = 3
+# A body past this is read and checked in a worker thread, one at a time per hub process: a 1,000-event body of
+# 7 MiB (attrs at their limits) takes ~0.4 s of Python to read and check, which on the event loop held every other
+# client's answer that long (a 1,000-event body of plain movements, 120 KB, ~50 ms). The same bound as the agents'
+# report bodies (hub.reports).
+DECODE_INLINE_MAX_BYTES = 64 * 1024
 FUTURE_SLACK_MS = 24 * 3_600 * 1_000  # the default clock window (hub.clock_window.DEFAULT_CLOCK_WINDOW_S)
 _FIELDS = frozenset({"id", "location", "sku", "kind", "qty", "occurred_at", "ref", "reason", "attrs"})
 _REQUIRED = ("id", "location", "sku", "kind", "qty", "occurred_at")
@@ -89,10 +95,12 @@ class Invalid:
 
 
 WINDOW_KEY = web.AppKey("events_clock_window_ms", int)
+DECODE_TURN_KEY = web.AppKey("events_decode_turn", asyncio.Lock)
 
 
 def setup(app: web.Application, clock_window_s: int = FUTURE_SLACK_MS // 1000) -> None:
     app[WINDOW_KEY] = clock_window_s * 1000
+    app[DECODE_TURN_KEY] = asyncio.Lock()
     heads.add(app, "POST", "/v1/events", post_events, name=ROUTE, check=_head)
 
 
@@ -247,15 +255,25 @@ async def _look_alikes(store: LedgerStore, events: Sequence[StockEvent], ids: Se
         if other != ev.sku:
             if where != "the hub counts" and await counted(other):
                 where = "the hub counts"
+            named = values.shown(other, values.QUOTE_MAX_CHARS, bare=True)
             reason = (
-                f"events[{i}]: sku {values.shown(ev.sku, values.QUOTE_MAX_CHARS)} looks like the SKU {other} "
+                f"events[{i}]: sku {values.shown(ev.sku, values.QUOTE_MAX_CHARS)} looks like the SKU {named} "
                 f"{where if where == 'the hub counts' else 'of ' + where} but is spelt with other characters "
-                f"({_odd_chars(ev.sku, other)}), so it would be another SKU; send it as {other}"
+                f"({_odd_chars(ev.sku, other)}), so it would be another SKU; send it as {named}"
             )
             invalid.append(Invalid(i, api_id, reason))
             continue
         spelt.setdefault(look, (ev.sku, f"events[{i}]"))
     return invalid
+
+
+def _read(who: AgentIdentity, raw: bytes, window_ms: int) -> tuple[list[StockEvent], list[str], list[Invalid]]:
+    """The request's events, ids and invalid events (``_parse``) from its body; 400 for one that is not JSON."""
+    try:
+        body = views.loads(raw)
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
+    return _parse(who, body, window_ms)
 
 
 def _head(request: web.Request, who: AgentIdentity) -> None:
@@ -272,11 +290,12 @@ async def post_events(request: web.Request) -> web.Response:
     who = identity_of(request)
     started = time.perf_counter()
     _head(request, who)
-    try:
-        body = views.loads(await request.read())
-    except ValueError as err:
-        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
-    events, ids, invalid = _parse(who, body, request.app[WINDOW_KEY])
+    raw = await request.read()  # the app's client_max_size (max_body_bytes) bounds it
+    if len(raw) <= DECODE_INLINE_MAX_BYTES:
+        events, ids, invalid = _read(who, raw, request.app[WINDOW_KEY])
+    else:
+        async with request.app[DECODE_TURN_KEY]:  # one at a time: each thread takes the GIL from the loop too
+            events, ids, invalid = await asyncio.to_thread(_read, who, raw, request.app[WINDOW_KEY])
     if not invalid:  # each SKU's spelling is checked against the hub's only once the request is whole
         invalid = await _look_alikes(request.app[STORE_KEY], events, ids)
     if invalid:
