@@ -221,8 +221,10 @@ def _spellings(sku: str) -> set[str]:
 
 
 def _odd_chars(sku: str, other: str) -> str:
-    """The characters of ``sku`` that ``other`` does not hold, by code point and name (a few)."""
-    odd = list(dict.fromkeys(c for c in sku if c not in other))
+    """The characters of ``sku`` that ``other`` does not hold, by code point and name (a few): a letter ``other``
+    holds with its accent composed (``e`` of ``e`` + U+0301 against ``é``) is not named, the accent is."""
+    decomposed = unicodedata.normalize("NFD", other)
+    odd = list(dict.fromkeys(c for c in sku if c not in other and (c not in decomposed or unicodedata.combining(c))))
     named = [f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in odd[:ODD_CHARS_NAMED]]
     return ", ".join(named) + (f" and {len(odd) - ODD_CHARS_NAMED} more" if len(odd) > ODD_CHARS_NAMED else "")
 
