@@ -458,10 +458,14 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
             store = await stack.enter_async_context(PosStore.open(store_path))
             sender: ReportSender | None = None
             if a.hub_url is not None and a.token is not None:
+
+                async def hub_restores() -> int:  # each time the count cache found the hub's feed gone back
+                    return (await outbox.feed_position()).restarts
+
                 sender = ReportSender(
                     store, a.hub_url, a.token, agent_id=a.id, location=a.location, tick_s=r.tick_s,
                     retry_base_s=r.retry_base_s, retry_max_s=r.retry_max_s, timeout_s=r.timeout_s, auth_retry_s=r.auth_retry_s,
-                    answer_max_bytes=r.answer_max_bytes, outbox=outbox,
+                    answer_max_bytes=r.answer_max_bytes, outbox=outbox, restores=hub_restores,
                 )  # fmt: skip
                 await stack.enter_async_context(sender)
                 stack.hub_clients.append(sender)

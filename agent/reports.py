@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,8 +120,12 @@ class ReportSender(HubLoop):
         answer_max_bytes: int = SYNC_ANSWER_MAX_BYTES,
         outbox: SyncedHubIds | None = None,
         rng: random.Random | None = None,
+        restores: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.store = store
+        # How many times the agent found the hub's database restored (its outbox's count cache followed the hub's
+        # feed again from the start): past the count the POS store last saw, every report is sent again.
+        self._restores = restores
         self._outbox = outbox  # the hub's database id the agent last synced with: a refusal says when it changed
         self._hub_url = hub_url.rstrip("/")
         self._token = token
@@ -191,6 +195,13 @@ class ReportSender(HubLoop):
     async def send_once(self) -> bool:
         """Send one batch (observations first, then quarantined rows). True if more is waiting."""
         self._kick.clear()
+        if self._restores is not None and (again := await self.store.resend_after_hub_restores(await self._restores())):
+            log.warning(
+                "The hub's database was restored from a backup since this agent's reports reached it: the %d"
+                " observation(s) and quarantined POS row(s) this agent keeps are sent again (what the hub still"
+                " holds is a duplicate).",
+                again,
+            )
         observations = await self.store.pending_observations(self.batch_size)
         if observations:
             await self._send_observations(observations)

@@ -727,6 +727,24 @@ class PosStore(SqliteFile):
             )
         )
 
+    async def resend_after_hub_restores(self, restores: int) -> int:
+        """Mark every observation and quarantined row unsent when ``restores`` (how many times the agent found the
+        hub's database restored from a backup) is past the count this store last saw, which it keeps: the hub
+        lost what it took since its backup, and holds one report per (agent, id), so a resend of what it kept is
+        a duplicate. The rows marked; 0 the first time (nothing seen before) and whenever the count did not grow."""
+
+        def mark(conn: sqlite3.Connection) -> int:
+            seen = conn.execute("SELECT value FROM meta WHERE key = 'hub_restores'").fetchone()
+            if seen is not None and int(seen[0]) == restores:
+                return 0
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hub_restores', ?)", (restores,))
+            if seen is None or int(seen[0]) > restores:  # first seen, or the outbox itself was replaced
+                return 0
+            marked = conn.execute("UPDATE observations SET sent_ms = NULL WHERE sent_ms IS NOT NULL").rowcount
+            return marked + conn.execute("UPDATE quarantine SET sent_ms = NULL WHERE sent_ms IS NOT NULL").rowcount
+
+        return int(await self._write(mark))
+
     # --- reports owed ---------------------------------------------------------------
     async def owe_report(self, dest: str, report_json: str) -> None:
         """Keep the report (JSON text) that could not be written beside the export filed at ``dest``."""

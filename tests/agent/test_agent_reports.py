@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.outbox import Outbox
 from agent.pos import Observation, PosStore, Quarantined
 from agent.pos.source import scan_file
 from agent.reports import ReportSender, ReportsState, issue_id, observation_id
@@ -125,3 +126,40 @@ def test_issue_ids_name_the_file_digest_and_line() -> None:
 
     entry = QuarantineEntry(1, "a.csv", "ab" * 32, 12, "why", "raw", 0)
     assert issue_id(entry) == "row-" + ("ab" * 20) + "-12"
+
+
+async def test_reports_are_sent_again_once_the_agent_finds_the_hub_restored(tmp_path: Path) -> None:
+    # Found by an operator's restore: the hub's database put back to last night's backup lost the POS rows the agent
+    # had quarantined and the observations it had reported since (the exceptions list showed no import_quarantine
+    # for sales rows that were never booked), and the agent, which marks each report sent once the hub took it,
+    # never sent them again; its movements alone were resent. Once the agent finds the hub restored (its outbox
+    # counts each time the count cache had to follow the hub's feed again from the start), every report it keeps
+    # is sent again: the hub keeps one per (agent, id), so what it still held is a duplicate.
+    async with (
+        ContractHub() as hub,
+        PosStore.open(tmp_path / "pos-import.sqlite") as store,
+        Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location="S001") as outbox,
+    ):
+        await store.add_observations(observations(3))
+        await quarantine(store, tmp_path, [Quarantined(2, "no sku")])
+
+        async def restores() -> int:
+            return (await outbox.feed_position()).restarts
+
+        async with ReportSender(
+            store, hub.url, hub.token, agent_id="store-1", location="S001", restores=restores, **FAST
+        ) as sender:
+            await settled(sender)
+            assert (len(hub.observations), len(hub.issues)) == (3, 1)
+            hub.observations.clear()  # the hub's database restored from a backup made before them
+            hub.issues.clear()
+            await outbox.restart_feed()  # what the count cache does when it finds the hub's feed went back
+            await store.add_observations(observations(1, start_ms=1_709_700_000_000))
+            sender.kick()
+            await asyncio.wait_for(sender.wait_for(lambda s: (s.observations_sent, s.issues_sent) == (7, 2)), WAIT_S)
+        assert (len(hub.observations), len(hub.issues)) == (4, 1)  # everything the store holds, the new one too
+        async with ReportSender(
+            store, hub.url, hub.token, agent_id="store-1", location="S001", restores=restores, **FAST
+        ) as again:
+            state = await settled(again)  # a restart of the agent is no restore: nothing is sent again
+        assert state.observations_sent == 0 and len(hub.report_posts) == 4
