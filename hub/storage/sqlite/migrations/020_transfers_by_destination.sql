@@ -10,6 +10,23 @@
 -- schemas 11 and 12 are made again over the new key, and transfers_misdirected becomes transfers_shared: a
 -- receipt belongs to the transfer to its own location, and several shippers of one ref to one destination are
 -- the finding.
+--
+-- The ledger is read once, whole and in its own order (NOT INDEXED: events_ref would lead the scan through every
+-- sale's receipt ref, one lookup of the event each), into a temporary table of its transfer events; the
+-- transfers and each one's shippers are made from that, and each location's in transit from the transfers summed
+-- once per (destination, SKU). The first version of this step looked up every event of a transfer's ref for its
+-- shippers and summed the transfers to its location twice for each stock row, work growing with the square of
+-- the ledger: 10-20 s of a 2,000,000-event ledger's upgrade, now 2-3 s (bench/bench_upgrade.py,
+-- docs/benchmarks.md).
+CREATE TEMP TABLE migration_020_moves AS
+SELECT CASE e.kind WHEN 'transfer_out' THEN json_extract(e.attrs, '$.to') ELSE e.location END AS dest,
+       e.ref AS ref, e.sku AS sku, e.kind AS kind, e.qty AS qty, e.location AS location, e.wall_ms AS wall_ms,
+       e.occurred_at AS occurred_at, e.received_at_ms AS received_at_ms,
+       e.kind = 'transfer_in' AND json_type(e.attrs, '$.final') = 'true' AS final,
+       CASE WHEN e.kind = 'transfer_in' THEN json_extract(e.attrs, '$.from') END AS src
+FROM events AS e NOT INDEXED
+WHERE e.kind IN ('transfer_out', 'transfer_in') AND e.ref IS NOT NULL AND e.effect <> 'expanded';
+CREATE INDEX temp.migration_020_moves_key ON migration_020_moves (dest, ref, sku, kind, location);
 CREATE TABLE transfers_by_dest (
     dest          TEXT NOT NULL,
     ref           TEXT NOT NULL,
@@ -41,34 +58,34 @@ SELECT m.dest, m.ref, m.sku,
        MIN(CASE WHEN m.final THEN m.occurred_at END),
        COALESCE((
            SELECT group_concat(s.loc, ',') FROM (
-               SELECT DISTINCT o.location AS loc FROM events o
-               WHERE o.kind = 'transfer_out' AND o.effect <> 'expanded' AND o.ref = m.ref AND o.sku = m.sku
-                 AND json_extract(o.attrs, '$.to') = m.dest
+               SELECT DISTINCT o.location AS loc FROM migration_020_moves o
+               WHERE o.dest = m.dest AND o.ref = m.ref AND o.sku = m.sku AND o.kind = 'transfer_out'
                ORDER BY o.location
            ) s
        ), ''),
        MAX(m.received_at_ms)
-FROM (
-    SELECT CASE e.kind WHEN 'transfer_out' THEN json_extract(e.attrs, '$.to') ELSE e.location END AS dest,
-           e.ref, e.sku, e.kind, e.qty, e.location, e.wall_ms, e.occurred_at, e.received_at_ms,
-           e.kind = 'transfer_in' AND json_type(e.attrs, '$.final') = 'true' AS final,
-           CASE WHEN e.kind = 'transfer_in' THEN json_extract(e.attrs, '$.from') END AS src
-    FROM events e
-    WHERE e.kind IN ('transfer_out', 'transfer_in') AND e.ref IS NOT NULL AND e.effect <> 'expanded'
-) m
+FROM migration_020_moves m
 WHERE m.dest IS NOT NULL
 GROUP BY m.dest, m.ref, m.sku;
 DROP TABLE transfers;
 ALTER TABLE transfers_by_dest RENAME TO transfers;
+CREATE TEMP TABLE migration_020_in_transit (
+    location, sku, in_transit,
+    PRIMARY KEY (location, sku)
+) WITHOUT ROWID;
+INSERT INTO migration_020_in_transit (location, sku, in_transit)
+SELECT t.dest, t.sku, SUM(t.shipped - t.received) FROM transfers t
+WHERE t.closed_at IS NULL AND t.shipped > t.received
+GROUP BY t.dest, t.sku;
 UPDATE stock SET in_transit = COALESCE((
-    SELECT SUM(t.shipped - t.received) FROM transfers t
-    WHERE t.dest = stock.location AND t.sku = stock.sku AND t.closed_at IS NULL AND t.shipped > t.received
+    SELECT x.in_transit FROM migration_020_in_transit x WHERE x.location = stock.location AND x.sku = stock.sku
 ), 0)
 WHERE NOT EXISTS (SELECT 1 FROM bundle_recipes r WHERE r.sku = stock.sku)
   AND in_transit <> COALESCE((
-    SELECT SUM(t.shipped - t.received) FROM transfers t
-    WHERE t.dest = stock.location AND t.sku = stock.sku AND t.closed_at IS NULL AND t.shipped > t.received
+    SELECT x.in_transit FROM migration_020_in_transit x WHERE x.location = stock.location AND x.sku = stock.sku
 ), 0);
+DROP TABLE temp.migration_020_in_transit;
+DROP TABLE temp.migration_020_moves;
 CREATE INDEX transfers_closed_short ON transfers (closed_at) WHERE closed_at IS NOT NULL AND shipped > received;
 CREATE INDEX transfers_finding ON transfers (updated_at_ms DESC, dest, ref, sku)
     WHERE ((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received)
