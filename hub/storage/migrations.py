@@ -21,6 +21,10 @@ MIGRATION_NAME_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 MIGRATION_PROGRESS_S = 10.0  # while a migration step runs, a line this often saying how far it is
 PHASE_OPENING, PHASE_MIGRATING, PHASE_WAITING = "opening", "migrating", "waiting"  # MigrationProgress.phase
 STARTING_PHASES = (PHASE_OPENING, PHASE_MIGRATING, PHASE_WAITING)
+# The steps that read the whole ledger, and what for. Such a step runs for minutes on a ledger of millions before
+# the hub serves, so its first line says how many events it reads (counted, or on PostgreSQL estimated, as it
+# begins) and its "Still migrating" lines repeat it.
+LEDGER_STEPS: dict[int, str] = {20: "to rebuild the transfers by destination from their transfer events"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class MigrationProgress:
     statement: int = 0  # the statement running, from 1; 0: the script is sent whole and not counted
     statements: int = 0
     started: float = 0.0  # time.monotonic() at the step's start
+    reads: str = ""  # a step of LEDGER_STEPS: "it reads the ledger's 2,000,000 events to …"; "": another step
     waiting_since: float = 0.0  # PostgreSQL: time.monotonic() since which it waits for the schema's lock; 0: not
 
     @property
@@ -108,17 +113,26 @@ class MigrationProgress:
             "elapsed_s": round(time.monotonic() - self.started, 1),
         }
 
-    def begin(self, step: int, last: int, name: str, statements: int = 0) -> None:
+    def begin(
+        self, step: int, last: int, name: str, statements: int = 0, events: int | None = None, estimated: bool = False
+    ) -> None:
+        """A step begins; ``events``: the ledger's size, for a step of LEDGER_STEPS (``estimated``: from the
+        database's statistics, not counted)."""
         if not self.first:
             self.first = step
         self.step, self.last, self.name, self.statements = step, last, name, statements
         self.statement = 0
         self.started = time.monotonic()
+        self.reads = ""
+        if events is not None and step in LEDGER_STEPS:
+            about = "about " if estimated else ""
+            self.reads = f"it reads the ledger's {about}{events:,} events {LEDGER_STEPS[step]}"
         steps = f", step {step - self.first + 1} of {last - self.first + 1}" if last > self.first else ""
+        reads = f": {self.reads}" if self.reads else ""
         log.log(
             self._level(),
-            "Migrating the hub database %s to schema version %d (%s)%s; the hub serves once the migration is done.",
-            self.where, step, name, steps,
+            "Migrating the hub database %s to schema version %d (%s)%s%s; the hub serves once the migration is "
+            "done.", self.where, step, name, steps, reads,
         )  # fmt: skip
 
     def done(self) -> None:
@@ -143,8 +157,9 @@ class MigrationProgress:
             return None
         steps = f", step {step - self.first + 1} of {self.last - self.first + 1}" if self.last > self.first else ""
         at = f"statement {self.statement} of {self.statements}, " if self.statement else ""
+        reads = f" ({self.reads})" if self.reads else ""
         return (
-            f"Still migrating the hub database {self.where} to schema version {step} ({self.name}){steps}: "
+            f"Still migrating the hub database {self.where} to schema version {step} ({self.name}){steps}{reads}: "
             f"{at}{time.monotonic() - self.started:.0f} s so far; the hub serves once the migration is done."
         )
 

@@ -1,5 +1,5 @@
 """Step 20 (transfers keyed by destination) on a ledger of many transfers, on SQLite and on PostgreSQL: what the
-upgrade leaves, and how its work grows with the ledger.
+upgrade leaves, how its work grows with the ledger, and what it says as it begins to read the ledger.
 
 The step was rewritten to read the ledger once and to sum each location's in transit once per (destination, SKU)
 (bench/bench_upgrade.py: on 2,000,000 events its first version took 9–20 s, most of it one sum per stock row and,
@@ -13,17 +13,20 @@ transit are compared with the upgraded hub's.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from hub import open_store
 from hub.storage.ingest import event_row
 from hub.storage.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 from hub.storage.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
+from hub.storage.sqlite.schema import SCHEMA_VERSION as SQLITE_VERSION
 from hub.storage.sqlite.schema import script_statements
 from protocol import Kind, StockEvent
 from tests.harness.pg import fresh_schema
@@ -292,6 +295,49 @@ async def test_an_upgraded_hub_holds_the_transfers_a_fresh_hub_builds_from_the_s
         assert len(rebuilt) > 40
         in_transit = "SELECT location, sku, in_transit FROM stock WHERE in_transit <> 0 AND sku <> 'KIT' ORDER BY 1, 2"
         assert await _fetch(backend, upgraded, in_transit) == await _fetch(backend, fresh, in_transit)
+
+
+async def test_step_20_says_how_many_events_it_reads(
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The step's first line says how many events it reads: counted on SQLite (from an index, in a blink), and
+    on PostgreSQL from the statistics of each partition of events, a partition without any counted."""
+    events = _events()
+    caplog.set_level(logging.INFO, logger="hub.storage.migrations")
+    async with _database(backend, tmp_path, "said") as where:
+        rows = _schema_19_rows(events, extra=False)
+        await _build_19(backend, where, rows)
+        n = len(rows["events"])
+        about = ""
+        if backend == "postgres":
+            conn = await asyncpg.connect(where)
+            try:
+                await conn.execute("ANALYZE events")  # as autovacuum leaves a hub's ledger: its size estimated
+            finally:
+                await conn.close()
+            about = "about "
+        async with open_store(where):
+            pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "hub.storage.migrations"]
+    began = [line for line in lines if f"to schema version {STEP} (" in line and line.startswith("Migrating")]
+    assert len(began) == 1, lines
+    assert (
+        f"step 1 of {SQLITE_VERSION - OLD}: it reads the ledger's {about}{n:,} events to rebuild the transfers by "
+        "destination from their transfer events; the hub serves once the migration is done." in began[0]
+    ), began
+
+
+async def test_a_postgres_ledger_without_statistics_is_counted(
+    pg_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hub.storage.migrations")
+    rows = _schema_19_rows(_events(), extra=False)
+    async with fresh_schema("u20count") as url:
+        await _postgres_19(url, rows)
+        async with open_store(url):
+            pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "hub.storage.migrations"]
+    assert any(f"it reads the ledger's {len(rows['events']):,} events to rebuild" in line for line in lines), lines
 
 
 def _sqlite_ledger(transfers: int) -> sqlite3.Connection:

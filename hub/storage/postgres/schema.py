@@ -18,7 +18,14 @@ import asyncpg
 
 from hub.storage.base import StoreError
 from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, RESTORED_CREDENTIALS, new_feed_history
-from hub.storage.migrations import Migration, MigrationProgress, migrations, progress_logged, step_failed
+from hub.storage.migrations import (
+    LEDGER_STEPS,
+    Migration,
+    MigrationProgress,
+    migrations,
+    progress_logged,
+    step_failed,
+)
 from protocol import wall_ms_now
 
 log = logging.getLogger(__name__)
@@ -155,7 +162,8 @@ async def migrate(conn: asyncpg.Connection, where: str, progress: MigrationProgr
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)"
             )
-            progress.begin(step, SCHEMA_VERSION, MIGRATIONS[step].name)
+            events, estimated = await ledger_size(conn) if step in LEDGER_STEPS else (None, False)
+            progress.begin(step, SCHEMA_VERSION, MIGRATIONS[step].name, events=events, estimated=estimated)
             try:
                 async with progress_logged(progress):
                     await conn.execute(MIGRATIONS[step].read())
@@ -171,6 +179,27 @@ async def migrate(conn: asyncpg.Connection, where: str, progress: MigrationProgr
             "INSERT INTO meta (key, value) VALUES ('hub_id', $1) ON CONFLICT (key) DO NOTHING", uuid.uuid4().hex
         )
         return str(await conn.fetchval("SELECT value FROM meta WHERE key = 'hub_id'"))
+
+
+# Each partition of events and the rows its statistics count (reltuples: -1 for a partition never vacuumed nor
+# analyzed; 0 on PostgreSQL 13, or for one found empty).
+LEDGER_PARTITIONS_SQL = (
+    "SELECT c.oid::regclass::text, c.reltuples FROM pg_catalog.pg_inherits i "
+    "JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass"
+)
+
+
+async def ledger_size(conn: asyncpg.Connection) -> tuple[int, bool]:
+    """How many events the ledger holds, for the line of a step that reads them all, and whether that is
+    estimated: each partition's statistics, a partition without them counted (counting them all would read the
+    ledger once more before the step reads it: seconds on a ledger of millions)."""
+    total, estimated = 0, False
+    for partition, rows in await conn.fetch(LEDGER_PARTITIONS_SQL):
+        if rows > 0:
+            total, estimated = total + int(rows), True
+        else:
+            total += int(await conn.fetchval(f"SELECT count(*) FROM {partition}"))
+    return total, estimated
 
 
 def _step_failed(progress: MigrationProgress, err: asyncpg.PostgresError) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hub.storage.base import StoreError
 from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, RESTORED_CREDENTIALS, new_feed_history
-from hub.storage.migrations import Migration, MigrationProgress, migrations, size_text, step_failed
+from hub.storage.migrations import LEDGER_STEPS, Migration, MigrationProgress, migrations, size_text, step_failed
 from hub.storage.sqlite.writer import InlineConnection
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ async def migrate(db: InlineConnection, path: Path, progress: MigrationProgress 
         )
     for step in range(version + 1, SCHEMA_VERSION + 1):
         statements = script_statements(MIGRATIONS[step].read())
-        progress.begin(step, SCHEMA_VERSION, MIGRATIONS[step].name, len(statements))
+        events = None
+        if step in LEDGER_STEPS:  # counted from its narrowest index: a blink beside the step
+            [(events,)] = await db.execute_fetchall("SELECT count(*) FROM events")
+        progress.begin(step, SCHEMA_VERSION, MIGRATIONS[step].name, len(statements), events)
         await db.execute("BEGIN IMMEDIATE")
         try:
             for number, statement in enumerate(statements, 1):
