@@ -16,7 +16,7 @@
 -- the stock rows it changes, and the rows left with units in transit and no open transfer set to 0; the new table
 -- is analyzed first (without statistics the planner took it for a few rows and paired every stock row in transit
 -- with every open transfer). The first version of this step summed the transfers to its location for each stock
--- row: 7-13 s of a 2,000,000-event ledger's upgrade, now 1-2 s (bench/bench_upgrade.py, docs/benchmarks.md).
+-- row: 4-9 s of a 2,000,000-event ledger's upgrade, now under 1 s (bench/bench_upgrade.py, docs/benchmarks.md).
 CREATE TABLE transfers_by_dest (
     dest          text COLLATE "C" NOT NULL,
     ref           text COLLATE "C" NOT NULL,

@@ -16,7 +16,7 @@
 -- transfers and each one's shippers are made from that, and each location's in transit from the transfers summed
 -- once per (destination, SKU). The first version of this step looked up every event of a transfer's ref for its
 -- shippers and summed the transfers to its location twice for each stock row, work growing with the square of
--- the ledger: 10-20 s of a 2,000,000-event ledger's upgrade, now 2-3 s (bench/bench_upgrade.py,
+-- the ledger: 11-14 s of a 2,000,000-event ledger's upgrade, now 2-3 s (bench/bench_upgrade.py,
 -- docs/benchmarks.md).
 CREATE TEMP TABLE migration_020_moves AS
 SELECT CASE e.kind WHEN 'transfer_out' THEN json_extract(e.attrs, '$.to') ELSE e.location END AS dest,
