@@ -16,7 +16,8 @@ it), and on PostgreSQL the peak private memory (RssAnon) of the server backends 
 (parallel workers too, sampled every 0.1 s) and the bytes the server spilled to temporary files.
 
     python -m bench.bench_upgrade [--backends sqlite postgres] [--events 2000000] [--runs 3] [--url postgresql://…]
-                                  [--dir /tmp/shelfsync-bench-upgrade] [--keep]
+                                  [--dir /tmp/shelfsync-bench-upgrade] [--keep] [--reuse]
+                                  [--name upgrade_020] [--label "after"]
 
 The PostgreSQL role of ``--url`` needs CREATEDB: each run's database is made and dropped beside the template.
 """
@@ -44,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bench.bench_pg_ingest import DEFAULT_URL
-from bench.common import machine, median, write_result
+from bench.common import median, write_result
 from protocol import pack_hlc
 
 OLD = 19  # the schema the upgrade starts from
@@ -247,6 +248,14 @@ def build_sqlite(path: Path, ledger: Ledger) -> None:
 
 def database_url(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def database_exists(url: str, name: str) -> bool:
+    admin = await asyncpg.connect(url)
+    try:
+        return bool(await admin.fetchval("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name))
+    finally:
+        await admin.close()
 
 
 async def build_postgres(url: str, template: str, ledger: Ledger) -> None:
@@ -470,47 +479,61 @@ def summary(backend: str, n: int, results: list[dict[str, Any]]) -> dict[str, An
 
 async def main_async(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
+    drawn: dict[int, Ledger] = {}
+
+    def ledger(n: int) -> Ledger:
+        if n not in drawn:
+            log(f"drawing a schema-{OLD} ledger of {n:,} events ({TRANSFER_SHARE:.0%} transfers)")
+            drawn[n] = Ledger(n, args.locations, args.skus, args.seed)
+            log(f"  {len(drawn[n].transfers):,} transfer events")
+        return drawn[n]
+
     for n in args.events:
-        log(f"drawing a schema-{OLD} ledger of {n:,} events ({TRANSFER_SHARE:.0%} transfers)")
-        ledger = Ledger(n, args.locations, args.skus, args.seed)
-        log(f"  {len(ledger.transfers):,} transfer events")
         if "sqlite" in args.backends:
             folder = Path(args.dir)
             folder.mkdir(parents=True, exist_ok=True)
             template = folder / f"hub19-{n}.db"
-            t0 = time.perf_counter()
-            build_sqlite(template, ledger)
-            log(f"  sqlite schema {OLD} built in {time.perf_counter() - t0:.0f} s: {template.stat().st_size >> 20} MiB")
+            if not (args.reuse and template.exists()):
+                t0 = time.perf_counter()
+                build_sqlite(template, ledger(n))
+                log(
+                    f"  sqlite schema {OLD} built in {time.perf_counter() - t0:.0f} s: {template.stat().st_size >> 20} MiB"
+                )
             try:
                 rows.append(summary("sqlite", n, run_sqlite(template, args.runs)))
             finally:
                 if not args.keep:
                     template.unlink(missing_ok=True)
         if "postgres" in args.backends:
-            template = f"shelfsync_bench_upgrade_{n}"
-            t0 = time.perf_counter()
-            await build_postgres(args.url, template, ledger)
-            log(f"  postgres schema {OLD} built in {time.perf_counter() - t0:.0f} s")
+            name = f"shelfsync_bench_upgrade_{n}"
+            if not (args.reuse and await database_exists(args.url, name)):
+                t0 = time.perf_counter()
+                await build_postgres(args.url, name, ledger(n))
+                log(f"  postgres schema {OLD} built in {time.perf_counter() - t0:.0f} s")
+            drawn.clear()  # its memory is not the upgrade's
             try:
-                rows.append(summary("postgres", n, await run_postgres(args.url, template, args.runs)))
+                rows.append(summary("postgres", n, await run_postgres(args.url, name, args.runs)))
             finally:
                 if not args.keep:
                     admin = await asyncpg.connect(args.url)
                     try:
-                        await admin.execute(f'DROP DATABASE IF EXISTS "{template}"')
+                        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
                     finally:
                         await admin.close()
         log(f"  {rows[-1]}")
     command = "python -m bench.bench_upgrade " + " ".join(sys.argv[1:])
     write_result(
         args.name,
-        title=f"Upgrading a hub of schema {OLD} in place: the transfers rebuilt from the ledger (step 20)",
+        title=f"Upgrading a hub of schema {OLD} in place: the transfers rebuilt from the ledger (step 20)"
+        + (f" — {args.label}" if args.label else ""),
         command=command,
         rows=rows,
         notes=(
-            f"Each ledger: {args.locations} stores x {args.skus} SKUs, {TRANSFER_SHARE:.0%} of the events transfers; "
-            f"median of {args.runs} runs, each on a fresh copy of the schema-{OLD} database, upgraded by "
-            f"hub.open_store in a process of its own. Machine: {machine()}."
+            f"Each ledger: {args.locations} stores x {args.skus} SKUs, {TRANSFER_SHARE:.0%} of the events transfers "
+            f"(stores numbering their transfers alike). Median of {args.runs} runs, each on a fresh copy of the "
+            f"schema-{OLD} database, upgraded by hub.open_store in a process of its own. Memory: the upgrading "
+            "process's peak RSS above its RSS before the open; on PostgreSQL also the server backends' peak private "
+            "memory and the temp files they wrote."
         ),
     )
 
@@ -526,7 +549,9 @@ def main() -> None:
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--dir", default="/tmp/shelfsync-bench-upgrade")
     parser.add_argument("--name", default="upgrade_020", help="the result file's name (bench/results/NAME.json)")
+    parser.add_argument("--label", default="", help="said after the title: what code this run measures")
     parser.add_argument("--keep", action="store_true", help="keep the schema-19 databases (to look into a step)")
+    parser.add_argument("--reuse", action="store_true", help="upgrade copies of schema-19 databases kept before")
     parser.add_argument("--upgrade-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upgrade_one:

@@ -40,6 +40,11 @@ GLANCE_COLUMNS: dict[str, tuple[str, ...]] = {
         "hubs, one core each", "hubs can take events/s", "PostgreSQL cores to keep up",
         "events/s, counter held as measured", "events/s, critical section alone",
     ),
+    **{
+        name: ("measure", "upgrade 19→22, median (s)", "hub process peak RSS above its start (MiB)",
+               "server temp files (MiB)")
+        for name in ("upgrade_020", "upgrade_020_before")
+    },
 }  # fmt: skip
 
 

@@ -26,6 +26,7 @@ The full-size flags (``--full`` passes none: each script's defaults are the full
     bench_pg_ingest        --agents 8 --batches 25 --runs 3 --hubs 1 2
     bench_pg_scaling       --hubs 1 2 4 --agents 8 --batches 25 --runs 3
     bench_pg_reads         --events 10000000 --locations 100 --skus 5000
+    bench_upgrade          --events 2000000 --runs 3
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ PLANS: dict[str, Plan] = {
     "bench_pg_ingest": Plan(("--agents", "8", "--batches", "5", "--runs", "3"), needs_postgres=True),
     "bench_pg_scaling": Plan(("--batches", "5", "--runs", "2"), needs_postgres=True),
     "bench_pg_reads": Plan(("--events", "200000", "--locations", "20", "--skus", "500", "--samples", "100"), needs_postgres=True),
+    "bench_upgrade": Plan(("--events", "500000", "--runs", "3"), needs_postgres=True),
 }  # fmt: skip
 
 
