@@ -36,12 +36,21 @@ that answer moves the mark past their movements, which then stop being pending
 and must be in the cached count; an answer carries only the counts of its own
 batch, so without them a SKU that only those batches moved read its count from
 before them (10 received, 5 more received: 10) until its next sync.
+
+The mark may also move past movements whose counts no answer brought: an answer was lost (the hub booked the
+batch) and the handshake after it finds the hub's mark past the batch, or the agent restarted while a full disk
+kept those counts only in memory. The keys of those movements are then *due* (``counts_due``, marked in the
+transaction that moves the mark): the cached hub count lacks them, so ``local_count`` keeps adding them as it adds
+pending ones (``stale_events`` says how many), and the replicator reads the keys' counts from the hub
+(``agent.count_refresh``). A due key takes a value only from a later place in the hub's commit order: a sync
+answer that carries it, a feed change at or after the position of the answer that made it due (an older change
+may or may not hold the movements), or the hub's count read once nothing of the key is pending.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +69,21 @@ CREATE TABLE IF NOT EXISTS counts (
     available   INTEGER NOT NULL,
     in_transit  INTEGER NOT NULL,
     as_of_ms    INTEGER NOT NULL,
+    change_id   INTEGER,
+    PRIMARY KEY (location, sku)
+) WITHOUT ROWID;
+"""
+
+
+# The keys whose cached hub count lacks some of this agent's acknowledged movements: those of the key with
+# after_seq < seq <= upto_seq (set-asides excepted). change_id: the feed position of the answer that acknowledged
+# them (the hub held them then; NULL: not said), so a feed change of the key at it or later holds them.
+COUNTS_DUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counts_due (
+    location    TEXT NOT NULL,
+    sku         TEXT NOT NULL,
+    after_seq   INTEGER NOT NULL,
+    upto_seq    INTEGER NOT NULL,
     change_id   INTEGER,
     PRIMARY KEY (location, sku)
 ) WITHOUT ROWID;
@@ -97,6 +121,9 @@ class LocalCount:
     in_transit: int
     pending_events: int  # how many unacknowledged events went into it
     hub_as_of_ms: int | None  # None: the hub has not answered for this key yet
+    # acknowledged events added too: the hub's count held here lacks them (an answer lost or not stored), until
+    # the agent has read the key's count from the hub again
+    stale_events: int = 0
 
 
 _UPSERT = (
@@ -120,19 +147,119 @@ def store_counts(
     conn: sqlite3.Connection, snapshots: Iterable[CountSnapshot], as_of_ms: int, change_id: int | None = None
 ) -> None:
     """Inside the caller's write transaction: the counts of a sync answer, as of feed position ``change_id``
-    (None: not said), replace the cached rows for these keys unless a row holds a later position."""
-    conn.executemany(
-        _UPSERT + _ANSWER_NEWER,
-        [(c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, as_of_ms, change_id) for c in snapshots],
-    )
+    (None: not said), replace the cached rows for these keys unless a row holds a later position. The answer was
+    read after every movement it acknowledges: none of these keys is due any more."""
+    rows = [
+        (c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, as_of_ms, change_id) for c in snapshots
+    ]
+    conn.executemany(_UPSERT + _ANSWER_NEWER, rows)
+    _not_due(conn, [(r[0], r[1]) for r in rows])
 
 
 def store_changes(conn: sqlite3.Connection, changes: Iterable[FeedChange]) -> None:
-    """Inside the caller's write transaction: feed changes replace the cached rows they are later than."""
+    """Inside the caller's write transaction: feed changes replace the cached rows they are later than. A due key
+    takes only a change at or after the position its movements were acknowledged at (``counts_due``), which then
+    holds them."""
+    changes = list(changes)
+    if changes and conn.execute("SELECT EXISTS (SELECT 1 FROM counts_due)").fetchone()[0]:
+        kept = []
+        for c in changes:
+            due = conn.execute(
+                "SELECT change_id FROM counts_due WHERE location = ? AND sku = ?", (c.location, c.sku)
+            ).fetchone()
+            if due is None:
+                kept.append(c)
+            elif due[0] is not None and c.change_id >= due[0]:
+                kept.append(c)
+                _not_due(conn, [(c.location, c.sku)])
+        changes = kept
     conn.executemany(
         _UPSERT + _CHANGE_NEWER,
         [(c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, c.at_ms, c.change_id) for c in changes],
     )
+
+
+def _not_due(conn: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> None:
+    if keys and conn.execute("SELECT EXISTS (SELECT 1 FROM counts_due)").fetchone()[0]:
+        conn.executemany("DELETE FROM counts_due WHERE location = ? AND sku = ?", keys)
+
+
+def mark_due(conn: sqlite3.Connection, after_seq: int, upto_seq: int, change_id: int | None) -> int:
+    """Inside the caller's write transaction, the one that moves the acknowledged mark past ``after_seq`` to
+    ``upto_seq`` or beyond without storing counts of the movements in between (their answer was lost, or kept only
+    in memory): their keys are due, as of feed position ``change_id`` (None: not said). The keys the same
+    transaction then stores an answer's counts for stop being due. One pass over the movements, one row a key."""
+    if upto_seq <= after_seq:
+        return 0
+    return conn.execute(
+        "INSERT INTO counts_due (location, sku, after_seq, upto_seq, change_id)"
+        " SELECT location, sku, min(seq) - 1, max(seq), ? FROM events"
+        " WHERE seq > ? AND seq <= ? AND seq NOT IN (SELECT seq FROM rejected) GROUP BY location, sku"
+        " ON CONFLICT (location, sku) DO UPDATE SET after_seq = min(counts_due.after_seq, excluded.after_seq),"
+        " upto_seq = max(counts_due.upto_seq, excluded.upto_seq), change_id = excluded.change_id",
+        (change_id, after_seq, upto_seq),
+    ).rowcount
+
+
+_NOTHING_PENDING = (
+    "NOT EXISTS (SELECT 1 FROM events e WHERE e.location = counts_due.location AND e.sku = counts_due.sku"
+    " AND e.seq > (SELECT value FROM meta WHERE key = 'acked_seq') AND e.seq NOT IN (SELECT seq FROM rejected))"
+)
+
+
+def due_locations(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT location FROM counts_due ORDER BY location")]
+
+
+def due_keys(conn: sqlite3.Connection, location: str, limit: int) -> list[str]:
+    """Up to ``limit`` SKUs due at ``location`` that the hub's count can be read for now: none of their movements
+    is pending (the hub may hold a pending one whose answer is on its way, and it would count twice); a pending
+    one's answer brings the key's count anyway."""
+    return [
+        r[0]
+        for r in conn.execute(
+            f"SELECT sku FROM counts_due WHERE location = ? AND {_NOTHING_PENDING} ORDER BY sku LIMIT ?",
+            (location, limit),
+        )
+    ]
+
+
+def store_read_counts(
+    conn: sqlite3.Connection,
+    location: str,
+    counts: Sequence[CountSnapshot],
+    *,
+    acked_seq: int,
+    as_of_ms: int,
+    missing: Sequence[str] | None = (),
+) -> int | None:
+    """Inside the caller's write transaction: counts read from the hub (``GET /v1/counts``) after the mark was
+    ``acked_seq``, stored for the keys still due with nothing pending, which stop being due. ``missing``: due SKUs
+    the hub has no count for (it answered without them; None: every SKU still due at ``location``): they stop
+    being due too. None (nothing stored) when the mark moved meanwhile (an answer stored, a rewind): what was read
+    may lack movements acknowledged since. Else how many SKUs of ``location`` are still due and can be read."""
+    if conn.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()[0] != acked_seq:
+        return None
+    due = f"SELECT change_id FROM counts_due WHERE location = ? AND sku = ? AND {_NOTHING_PENDING}"
+    for c in counts:
+        row = conn.execute(due, (c.location, c.sku)).fetchone()
+        if c.location != location or row is None:
+            continue
+        # At the position of the answer that made it due: the hub read it later, and a feed change after that
+        # position is later still (or holds an older value of a key that moved since, followed by its newer ones).
+        conn.execute(_UPSERT, (c.location, c.sku, c.on_hand, c.reserved, c.available, c.in_transit, as_of_ms, row[0]))
+        _not_due(conn, [(c.location, c.sku)])
+    if missing is None:
+        conn.execute(f"DELETE FROM counts_due WHERE location = ? AND {_NOTHING_PENDING}", (location,))
+    elif missing:
+        conn.executemany(
+            f"DELETE FROM counts_due WHERE location = ? AND sku = ? AND {_NOTHING_PENDING}",
+            [(location, sku) for sku in missing],
+        )
+    left: int = conn.execute(
+        f"SELECT count(*) FROM counts_due WHERE location = ? AND {_NOTHING_PENDING}", (location,)
+    ).fetchone()[0]
+    return left
 
 
 class HeldCounts:
@@ -169,11 +296,13 @@ class HeldCounts:
                 for c, as_of, change_id in self._rows.values()
             ],
         )
+        _not_due(conn, list(self._rows))
 
 
 def forget_positions(conn: sqlite3.Connection) -> None:
     """The hub's change numbering restarted (it was restored from a backup): every row's position is unknown."""
     conn.execute("UPDATE counts SET change_id = NULL WHERE change_id IS NOT NULL")
+    conn.execute("UPDATE counts_due SET change_id = NULL WHERE change_id IS NOT NULL")
 
 
 def _hub_count(conn: sqlite3.Connection, location: str, sku: str) -> HubCount | None:
@@ -186,31 +315,37 @@ def _hub_count(conn: sqlite3.Connection, location: str, sku: str) -> HubCount | 
 
 def _local_count(conn: sqlite3.Connection, location: str, sku: str) -> LocalCount:
     hub = _hub_count(conn, location, sku)
-    # Pending events, and the acknowledged ones ordered after the first pending count: the hub's count holds
-    # those, and a pending count stamped before them (a bin count of a round, at the round's count before it)
-    # replaces that count here, as at the hub, which applies them on top of it.
+    due = conn.execute(
+        "SELECT after_seq, upto_seq FROM counts_due WHERE location = ? AND sku = ?", (location, sku)
+    ).fetchone() or (0, 0)
+    # Not in the hub's count held here: the pending events, and the acknowledged ones it lacks (due). They apply,
+    # and so do the acknowledged ones ordered after the first such count: the hub's count holds those, and such a
+    # count stamped before them (a bin count of a round, at the round's count before it) replaces that count here,
+    # as at the hub, which applies them on top of it.
+    uncounted = "(seq > (SELECT value FROM meta WHERE key = 'acked_seq') OR (seq > ? AND seq <= ?))"
     rows = conn.execute(
-        "SELECT kind, qty, seq > (SELECT value FROM meta WHERE key = 'acked_seq') FROM events"
-        " WHERE location = ? AND sku = ? AND seq NOT IN (SELECT seq FROM rejected)"
-        " AND (seq > (SELECT value FROM meta WHERE key = 'acked_seq') OR (occurred_at, seq) > ("
-        "  SELECT occurred_at, seq FROM events WHERE location = ? AND sku = ? AND kind = 'count'"
-        "  AND seq > (SELECT value FROM meta WHERE key = 'acked_seq') AND seq NOT IN (SELECT seq FROM rejected)"
-        "  ORDER BY occurred_at, seq LIMIT 1))"
+        f"SELECT kind, qty, seq > (SELECT value FROM meta WHERE key = 'acked_seq'), {uncounted} FROM events"
+        f" WHERE location = ? AND sku = ? AND seq NOT IN (SELECT seq FROM rejected)"
+        f" AND ({uncounted} OR (occurred_at, seq) > ("
+        f"  SELECT occurred_at, seq FROM events WHERE location = ? AND sku = ? AND kind = 'count'"
+        f"  AND {uncounted} AND seq NOT IN (SELECT seq FROM rejected)"
+        f"  ORDER BY occurred_at, seq LIMIT 1))"
         " ORDER BY occurred_at, seq",
-        (location, sku, location, sku),
+        (*due, location, sku, *due, location, sku, *due),
     ).fetchall()
     on_hand = hub.on_hand if hub else 0
     reserved = hub.reserved if hub else 0
     safety = max(0, hub.on_hand - hub.reserved - hub.available) if hub and hub.available > 0 else 0
-    pending = 0
-    for kind, qty, is_pending in rows:
+    pending = stale = 0
+    for kind, qty, is_pending, is_uncounted in rows:
         kind = Kind(kind)
         pending += bool(is_pending)
+        stale += bool(is_uncounted) and not is_pending
         if kind is Kind.COUNT:
             on_hand = qty
         elif kind in ON_HAND_KINDS:
             on_hand += qty
-        elif kind in (Kind.RESERVE, Kind.RELEASE) and is_pending:
+        elif kind in (Kind.RESERVE, Kind.RELEASE) and is_uncounted:
             reserved = max(0, reserved + qty)
     return LocalCount(
         location=location,
@@ -221,6 +356,7 @@ def _local_count(conn: sqlite3.Connection, location: str, sku: str) -> LocalCoun
         in_transit=hub.in_transit if hub else 0,
         pending_events=pending,
         hub_as_of_ms=hub.as_of_ms if hub else None,
+        stale_events=stale,
     )
 
 
@@ -237,6 +373,35 @@ class CountCache:
     async def local_count(self, location: str, sku: str) -> LocalCount:
         """The hub's count plus this agent's pending (unacknowledged) movements for the key."""
         return await self._outbox._read(lambda conn: _local_count(conn, location, sku))
+
+    async def due_locations(self) -> list[str]:
+        """The locations with keys whose hub count held here lacks acknowledged movements (``counts_due``)."""
+        return await self._outbox._read(due_locations)
+
+    async def due_keys(self, location: str, limit: int) -> tuple[int, list[str]]:
+        """The acknowledged mark, and up to ``limit`` due SKUs of ``location`` whose count can be read now."""
+
+        def read(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+            acked = conn.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()[0]
+            return acked, due_keys(conn, location, limit)
+
+        return await self._outbox._read(read)
+
+    async def store_read(
+        self,
+        location: str,
+        counts: Sequence[CountSnapshot],
+        *,
+        acked_seq: int,
+        as_of_ms: int,
+        missing: Sequence[str] | None = (),
+    ) -> int | None:
+        """``store_read_counts`` in a transaction of its own."""
+        return await self._outbox._write(
+            lambda conn: store_read_counts(
+                conn, location, counts, acked_seq=acked_seq, as_of_ms=as_of_ms, missing=missing
+            )
+        )
 
     async def all_hub_counts(self, location: str | None = None) -> list[HubCount]:
         def read(conn: sqlite3.Connection) -> list[HubCount]:

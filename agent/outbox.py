@@ -14,7 +14,9 @@ One SQLite file (WAL), one writer thread (see ``agent.db``), every write one
 - ``rejected``: events set aside with the reason (the hub refused them);
 - ``counts``: the local count cache (``agent.counts``); meta ``feed_cursor`` is
   where the cache follows the hub's change feed (``agent.feed``), stored in the
-  transaction that stores the changes read up to it.
+  transaction that stores the changes read up to it; ``counts_due``: the keys
+  whose cached count lacks acknowledged movements (an answer lost), until the
+  hub's count of them is read again (``agent.count_refresh``).
 
 Lineage. Every row carries a 16-byte digest of the outbox's history up to it:
 ``chain(seq) = blake2b(chain(seq - 1) || event_id)``, 16 zero bytes before the
@@ -72,11 +74,13 @@ from typing import Any, TypeVar
 import msgpack
 
 from agent.counts import (
+    COUNTS_DUE_SCHEMA,
     COUNTS_SCHEMA,
     CountCache,
     HeldCounts,
     add_positions,
     forget_positions,
+    mark_due,
     store_changes,
     store_counts,
 )
@@ -153,6 +157,7 @@ _SCHEMA = (
     )""",
     "CREATE TABLE IF NOT EXISTS acks (acked_seq INTEGER NOT NULL, at_ms INTEGER NOT NULL)",
     COUNTS_SCHEMA,
+    COUNTS_DUE_SCHEMA,
 )
 _EVENT_COLUMNS = "seq, event_id, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs"
 _EVENT_PARAMS = ", ".join("?" * len(_EVENT_COLUMNS.split(", ")))
@@ -215,6 +220,7 @@ class AnswerResult:
     change_id: int | None = None  # the hub's change feed position the answer's counts are as of (None: not said)
     feed_restarted: bool = False  # that position went back: the hub was restored, the cache follows it from 0
     hub_id_before: str | None = None  # the hub's database id this outbox last synced with there, if it differs now
+    due: int = 0  # keys whose acknowledged movements this answer's counts lack (agent.counts, "due")
 
     @property
     def rewound(self) -> bool:
@@ -522,6 +528,7 @@ class Outbox(SqliteFile):
         # hub's count for ever after, however the hub's count moved. Answers to the old location's unsent movements
         # store their keys again, as of those answers.
         dropped = conn.execute("DELETE FROM counts WHERE location = ?", (was,)).rowcount
+        conn.execute("DELETE FROM counts_due WHERE location = ?", (was,))
         log.warning(
             "The outbox %s was for location %s and is now for %s (the configuration changed): its %d movements"
             " recorded at %s and not yet sent are sent as %s's, new ones are booked at %s, and the count cache"
@@ -907,13 +914,16 @@ class Outbox(SqliteFile):
 
     async def apply_answer(
         self, resp: SyncResponse, *, clock_skew_ms: int | None, hub_id: str | None = None, hub_url: str = "",
-        hub_clock_off_ms: int | None = None, held: HeldCounts | None = None,
+        hub_clock_off_ms: int | None = None, held: HeldCounts | None = None, counted: tuple[int, int] | None = None,
     ) -> AnswerResult:  # fmt: skip
         """Store one decoded hub answer in one transaction: mark, set-asides, counts, sync state, and the id of the
         database of the hub at ``hub_url`` that answered (``protocol.routes.HUB_ID_HEADER``; None: it sent none).
         ``hub_clock_off_ms``: the hub said its own clock is this far off its stores' (``HUB_CLOCK_HEADER``).
         ``held``: the counts of earlier answers a full disk refused to store, stored too (before this answer's)
-        when this one moves the mark to theirs or past it in this history (``agent.counts.HeldCounts``)."""
+        when this one moves the mark to theirs or past it in this history (``agent.counts.HeldCounts``).
+        ``counted``: the first and last seq of the batch the answer is for (None: a handshake, which carries no
+        counts of movements). The movements the mark moves past outside it (and outside ``held``'s) came with no
+        counts: their keys are due (``agent.counts.mark_due``), unless this answer's counts hold them."""
         as_of_ms = resp.server_time_ms or self._wall_clock_ms()
 
         def apply(conn: sqlite3.Connection) -> AnswerResult:
@@ -926,9 +936,18 @@ class Outbox(SqliteFile):
                     self._restart_feed(conn)
                     restarted = True
                 _set_meta(conn, sync_change_id=resp.change_id)
-            if held and result.acked_seq >= held.hwm and not result.rewound and result.forked_from_epoch is None:
-                held.store(conn, as_of_ms)
+            due = 0
+            if result.acked_seq > result.previous_acked_seq and result.forked_from_epoch is None:
+                counted_to = result.previous_acked_seq
+                if held and result.acked_seq >= held.hwm:
+                    held.store(conn, as_of_ms)
+                    counted_to = max(counted_to, held.hwm)
+                first, last = counted if counted else (result.acked_seq + 1, result.acked_seq)
+                due += mark_due(conn, counted_to, min(result.acked_seq, first - 1), resp.change_id)
+                due += mark_due(conn, max(counted_to, last), result.acked_seq, resp.change_id)
             store_counts(conn, resp.counts, as_of_ms, resp.change_id)
+            if due:  # … but for the keys whose counts the answer holds
+                due = conn.execute("SELECT count(*) FROM counts_due").fetchone()[0]
             if resp.held is not None:
                 _set_meta(conn, held_by_hub=resp.held)
             before = None
@@ -945,7 +964,9 @@ class Outbox(SqliteFile):
                 hub_clock_off_ms=hub_clock_off_ms,
                 hub_reachable=1,
             )
-            return dataclasses.replace(result, change_id=resp.change_id, feed_restarted=restarted, hub_id_before=before)
+            return dataclasses.replace(
+                result, change_id=resp.change_id, feed_restarted=restarted, hub_id_before=before, due=due
+            )
 
         result = await self._write(apply)
         self._after_ack(resp.hwm, result)

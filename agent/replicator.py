@@ -56,6 +56,7 @@ from typing import Any, NamedTuple, overload
 import aiohttp
 
 from agent import huberrors
+from agent.count_refresh import RefreshFailed, refresh_due
 from agent.counts import HeldCounts
 from agent.errors import AgentError, OutboxClosed, OutboxError, disk_full
 from agent.feed import WAIT_S as FEED_WAIT_S
@@ -312,6 +313,13 @@ class Replicator(HubLoop):
         self._unstored_chain: bytes | None = None  # the lineage digest there, as the hub answered it
         # … and the counts those answers carried, stored with the first answer stored (agent.counts.HeldCounts)
         self._held = HeldCounts()
+        # The count cache holds keys whose acknowledged movements no answer's counts brought (agent.counts, "due"):
+        # their counts are read from the hub after the turn that found them (agent.count_refresh), and again after a
+        # backoff if that failed. True at the start: a run before this one may have left some.
+        self._refresh_due = True
+        self._refresh_backoff = Backoff(retry_base_s, retry_max_s, jitter=FULL_JITTER)
+        self._refresh_failures = 0
+        self._refresh_at_s = 0.0  # monotonic time of the next try after a failure
         self._keep_going = False  # the turn that failed so goes on at once, without a handshake
         self._hub_clock_off_ms: int | None = None  # the hub's last answer said its own clock is off (HUB_CLOCK_HEADER)
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
@@ -425,7 +433,37 @@ class Replicator(HubLoop):
             log.info("The outbox was closed; the replicator stops.")
 
     async def _turn(self) -> float:
-        return 0.0 if await self._step() else self._tick_s
+        more = await self._step()
+        if self._refresh_due and time.monotonic() >= self._refresh_at_s:
+            await self._refresh_counts()
+        return 0.0 if more else self._tick_s
+
+    async def _refresh_counts(self) -> None:
+        """Read from the hub the counts of the keys whose acknowledged movements the cache's counts lack. Never fails
+        the turn: a failure is said once (the local count adds the movements meanwhile, and says so) and tried again
+        after a backoff."""
+        try:
+            done = await refresh_due(self._outbox, self._http(), self._hub_url, self._token)
+        except (RefreshFailed, OutboxError) as err:
+            if isinstance(err, OutboxClosed):
+                raise
+            self._refresh_failures += 1
+            wait_s = self._refresh_backoff.delay_s(self._refresh_failures, self._rng)
+            self._refresh_at_s = time.monotonic() + wait_s
+            log.log(
+                logging.WARNING if self._refresh_failures == 1 else logging.DEBUG,
+                "The hub's counts of SKUs whose sync answers were lost could not be read (%s); their local counts"
+                " add this store's movements to the hub's count as last heard, as for pending ones, and they are"
+                " read again in %.1f s.",
+                err,
+                wait_s,
+            )
+            return
+        if done:
+            self._refresh_due = False
+        if self._refresh_failures:
+            log.info("The hub's counts of SKUs whose sync answers were lost were read again.")
+        self._refresh_failures = 0
 
     def _unexpected(self, err: Exception) -> TurnFailed:
         """A bug must not end replication: it is reported once, backed off from and retried."""
@@ -758,6 +796,7 @@ class Replicator(HubLoop):
             result = await self._outbox.apply_answer(
                 resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url, hub_clock_off_ms=hub_clock_off_ms,
                 held=self._held if self._unstored is not None else None,
+                counted=(batch[0].seq, batch[-1].seq) if batch else None,
             )  # fmt: skip
         except OutboxError as err:
             if disk_full(err):
@@ -777,6 +816,8 @@ class Replicator(HubLoop):
             )
         self._acked_seq = result.acked_seq
         self._waiting = result.backlog
+        if result.due:
+            self._refresh_due, self._refresh_at_s = True, 0.0
         if result.feed_restarted:
             log.warning(
                 "The hub's change feed numbering went back (its database was restored from a backup?); the count"

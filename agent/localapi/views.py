@@ -186,6 +186,7 @@ def count_json(c: LocalCount, *, agent_location: str) -> dict[str, Any]:
         "available": c.available,
         "in_transit": c.in_transit,
         "pending_events": c.pending_events,
+        "stale_events": c.stale_events,
         "hub_as_of_ms": c.hub_as_of_ms,
         "followed": c.location == agent_location,
     }

@@ -603,7 +603,7 @@ async def test_status_and_local_count(api: Api) -> None:
     count = await api.ok("GET", "/api/v1/skus/SKU-APPLE/count")
     assert count == {
         "location": "S001", "sku": "SKU-APPLE", "on_hand": 7, "reserved": 0, "available": 7, "in_transit": 0,
-        "pending_events": 1, "hub_as_of_ms": None, "followed": True,
+        "pending_events": 1, "stale_events": 0, "hub_as_of_ms": None, "followed": True,
     }  # fmt: skip
     other = await api.ok("GET", "/api/v1/skus/SKU-APPLE/count?location=S002")  # not followed: the feed is S001's
     assert (other["location"], other["followed"], other["hub_as_of_ms"]) == ("S002", False, None)

@@ -271,7 +271,8 @@
     const out = $("lookup-result");
     try {
       const c = await api("GET", "/api/v1/skus/" + encodeURIComponent(sku) + "/count");
-      const pending = c.pending_events ? " (" + c.pending_events + " not yet at the hub)" : "";
+      const pending = (c.pending_events ? " (" + c.pending_events + " not yet at the hub)" : "") +
+        (c.stale_events ? " (" + c.stale_events + " at the hub, its count being read again)" : "");
       message(out, c.sku + " at " + c.location + ": " + c.on_hand + " on hand, " + c.available + " available" +
         (c.in_transit ? ", " + c.in_transit + " in transit" : "") + pending + ".", "good");
     } catch (err) {
