@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -54,7 +54,7 @@ from hub.auth import (
 )
 from hub.channels import http as channel_http
 from hub.channels import order_routes
-from hub.clock_window import HUB_CLOCK_AGREE_MS, HubClockWatch
+from hub.clock_window import HUB_CLOCK_AGREE_MS, HUB_CLOCK_OFF_MS, HubClockWatch
 from hub.config import HubSettings
 from hub.decoding import DECODE_INLINE_ALONE_MAX_BYTES, DECODE_INLINE_MAX_BYTES, SyncDecoder
 from hub.drain import GATE_KEY, RequestGate
@@ -103,6 +103,7 @@ log = logging.getLogger(__name__)
 SETTINGS_KEY = web.AppKey("settings", HubSettings)
 DECODER_KEY = web.AppKey("sync_decoder", SyncDecoder)
 CLOCK_WATCH_KEY = web.AppKey("hub_clock_watch", HubClockWatch)  # the agents' skews: is the hub's own clock off?
+RELEASED_BY_HUB = "hub"  # resolved_by of the held events the hub released itself once its clock was right
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
@@ -245,6 +246,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     app[SETTINGS_KEY] = settings
     app[REPEATS_KEY] = RequestRepeats()
     app[CLOCK_WATCH_KEY] = HubClockWatch()
+    app[CLOCK_CHORES_KEY] = ClockChores()
+    app.on_cleanup.append(app[CLOCK_CHORES_KEY].close)  # a release under way finishes before the store closes
     app[UNKNOWN_CREDENTIALS_KEY] = RepeatLog(
         log, "refused", "request with an unknown or revoked credential|requests with an unknown or revoked credential"
     )
@@ -282,7 +285,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         share_locks(app, settings.db, settings.lease_stale_s)
     webhooks.setup(app, settings.webhooks, settings.db)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
     events_api.setup(app, settings.clock_window_s)  # POST /v1/events
-    quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/{id}
+    quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/release, POST /v1/quarantine/{id}
     dashboard.setup(app, store)  # /, /dashboard/…, GET /v1/status, GET /v1/counts
     order_routes.setup(app, settings.channels, settings.db, settings.clock_window_s)  # POST /v1/channels/{name}/webhooks
     channel_http.setup(app, settings.channels, settings.db)  # GET /v1/channels …; runs each channel's pusher
@@ -370,21 +373,26 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
         raise web.HTTPBadRequest(text=str(err)) from err
     _check_sender(who, sync.agent_id)
     lineage = Lineage(sync.chain, sync.epoch_base or 0, sync.base_chain)
+    skew_ms = None if sync.sent_ms is None else wall_ms_now() - sync.sent_ms
+    # the store's clock is right and the hub's off: what the window holds now is held because of the hub's clock
+    off_ms = None if skew_ms is None else _watch_the_hubs_clock(request.app, who.agent_id, skew_ms)
     result = await ingest_confirmed(
         request, who, sync.epoch, sync.events, _sync_head, acked_seq=sync.acked_seq, backlog=sync.backlog,
         oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
         clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
-        after_seq=sync.after_seq, peer=request.remote, disk=sync.disk,
+        after_seq=sync.after_seq, peer=request.remote, disk=sync.disk, hub_clock_off_ms=off_ms,
     )  # fmt: skip
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks
     metrics.observe_ingest(request.app, "sync", result, time.perf_counter() - started)
     headers = {routes.SYNC_PIPELINE_HEADER: "1"}
-    if sync.sent_ms is not None:
-        off_ms = _watch_the_hubs_clock(request.app, result.agent_id, wall_ms_now() - sync.sent_ms)
-        if off_ms is not None:  # the store's clock is right: the hub's is off, and the agent says so, not its own
-            headers[routes.HUB_CLOCK_HEADER] = str(off_ms)
+    if off_ms is not None:  # the store's clock is right: the hub's is off, and the agent says so, not its own
+        headers[routes.HUB_CLOCK_HEADER] = str(off_ms)
+    elif skew_ms is not None and abs(skew_ms) >= HUB_CLOCK_OFF_MS:
+        vouched = request.app[CLOCK_WATCH_KEY].vouched(who.agent_id)
+        if vouched is not None:  # the other stores side with the hub: this store's clock is the odd one
+            headers[routes.HUB_CLOCK_AGREED_HEADER] = str(vouched)
     answer = SyncResponse(
         agent_id=result.agent_id,
         epoch=result.epoch,
@@ -441,12 +449,56 @@ def _watch_the_hubs_clock(app: web.Application, agent_id: str, skew_ms: int) -> 
     said = watch.heard(agent_id, skew_ms, time.monotonic())
     if said is not None and said[1] is not None:
         log.error("%s", said[1].message)
+        app[CLOCK_CHORES_KEY].run(_hub_clock_found(app, said[1].offset_ms))
     elif said is not None:
         log.info("The hub's clock agrees with its agents' again.")
+    if watch.take_right_again():
+        app[CLOCK_CHORES_KEY].run(_release_hub_clock(app))
     found = watch.current
     if found is None or abs(skew_ms - found.offset_ms) > HUB_CLOCK_AGREE_MS:
         return None
     return found.offset_ms
+
+
+class ClockChores:
+    """What the hub does when it finds its own clock off (``HubStore.hub_clock_found``) or right again
+    (``HubStore.release_hub_clock``), one after the other in the background: a sync is never kept waiting."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Task[None] | None = None
+
+    def run(self, chore: Coroutine[Any, Any, None]) -> None:
+        before = self._last
+
+        async def after() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await chore
+
+        self._last = asyncio.get_running_loop().create_task(after(), name="hub-clock")
+
+    async def close(self, app: web.Application) -> None:
+        if self._last is not None:
+            await asyncio.gather(self._last, return_exceptions=True)
+
+
+CLOCK_CHORES_KEY = web.AppKey("hub_clock_chores", ClockChores)  # marking and releasing what it held meanwhile
+
+
+async def _hub_clock_found(app: web.Application, offset_ms: int) -> None:
+    try:
+        await app[STORE_KEY].hub_clock_found(offset_ms)
+    except StoreError as err:
+        log.error("Could not note the hub's own clock in the quarantine and the credentials: %s.", err)
+
+
+async def _release_hub_clock(app: web.Application) -> None:
+    try:
+        await app[STORE_KEY].release_hub_clock(app[SETTINGS_KEY].clock_window_s * 1000, RELEASED_BY_HUB)
+    except StoreError as err:
+        log.error("Could not release the events held because of the hub's own clock: %s.", err)
+    else:
+        feed.poke(app)  # committed: the counts they moved go out on the change feed
 
 
 def _check_sender(who: AgentIdentity, agent_id: str) -> None:

@@ -63,6 +63,7 @@ EXIT_OK = 0
 EXIT_RESTART = 1  # the hub stopped for a reason a restart fixes (DatabaseMoved, DatabaseUnreachable)
 EXIT_ERROR = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+RELEASED_BY_CLI = "shelfsync-hub"  # resolved_by of what ``quarantine release`` releases: no credential runs it
 CONFIG_FILE_MODE = 0o600  # an agent configuration holds its token
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -182,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the copy goes: a file (replaced only once the new copy is whole) or a directory "
         "(the copy is named hub-<UTC time>.db, or .dump for PostgreSQL)",
     )
+    held = commands.add_parser("quarantine", help="the movements held for a clock outside the clock window")
+    held_commands = held.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    held_commands.add_parser(
+        "release",
+        parents=[common],
+        help="release every movement held because of the hub's own clock: each whose time is inside the clock "
+        "window by the corrected clock is applied at its own time; the others stay for one by one",
+    )
     catalog.add_command(commands, common)  # catalog import FILE (hub/catalog.py)
     return parser
 
@@ -228,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backup(settings, args.to, sys.stdout, sys.stderr)
         if args.command == "init":
             return asyncio.run(_init(settings, sys.stdout))
+        if args.command == "quarantine":
+            return asyncio.run(_release_hub_clock(settings, sys.stdout))
         return asyncio.run(_agent_command(args, settings, sys.stdout))
     except (DatabaseMoved, DatabaseUnreachable) as err:  # not a configuration error: the service starts it again
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -362,6 +373,21 @@ async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: T
             out.write(f"revoked {args.agent_id}: its credential no longer works.\n")
         else:
             out.write(format_agents(await store.agent_status()))
+    return EXIT_OK
+
+
+async def _release_hub_clock(settings: HubSettings, out: TextIO) -> int:
+    _existing_db(settings)
+    async with open_store(settings.db) as store:
+        released, left = await store.release_hub_clock(settings.clock_window_s * 1000, RELEASED_BY_CLI)
+    if released + left == 0:
+        out.write("Nothing is held because of the hub's own clock.\n")
+    else:
+        out.write(
+            f"Released {released:,} movement(s) held because of the hub's own clock, each at its own time; "
+            f"{left:,} stay held for an operator, outside the clock window even by the corrected clock "
+            f"(GET /v1/quarantine).\n"
+        )
     return EXIT_OK
 
 

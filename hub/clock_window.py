@@ -43,13 +43,16 @@ def span(ms: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ClockWindow:
-    """The hub's clock at receipt, the window, when the sending credential was created (None: unknown) and
-    the sender's wall clock when it sent the batch (``SyncRequest.sent_ms``; None: not reported)."""
+    """The hub's clock at receipt, the window, when the sending credential was created (None: unknown), the
+    sender's wall clock when it sent the batch (``SyncRequest.sent_ms``; None: not reported) and how far the
+    hub's own clock is off its stores' when the sender's clock agrees with theirs (``HubClockSuspicion``; None:
+    the hub has no reason to doubt its clock): what it holds then is released once the hub's clock is right."""
 
     now_ms: int
     window_ms: int
     agent_created_ms: int | None = None
     sent_ms: int | None = None
+    hub_off_ms: int | None = None
 
     def with_sender(self, sent_ms: int | None) -> ClockWindow:
         """This window for a batch whose sender stated its clock ``sent_ms`` when sending."""
@@ -86,11 +89,24 @@ class ClockWindow:
             )
         else:
             what = f"is {span((self.agent_created_ms or 0) - wall_ms)} before its credential was created"
+        if self.hub_off_ms is not None:
+            way = "behind" if self.hub_off_ms < 0 else "ahead of"
+            return (
+                f"the event's time {what}, outside the hub's clock window of {span(self.window_ms)}; but the hub's "
+                f"own clock looks {span(self.hub_off_ms)} {way} this store's and the other stores' clocks, which "
+                f"agree: it is held in the hub's quarantine ({where}) and released at its own time once the hub's "
+                f"clock is right again"
+            )
         return (
             f"the event's time {what}, outside the hub's clock window of {span(self.window_ms)}; "
             f"it is held in the hub's quarantine for an operator to apply at its receipt time or discard "
             f"({where}), and this machine's clock should be checked"
         )
+
+    def corrected(self, hub_off_ms: int, agent_created_ms: int | None) -> ClockWindow:
+        """This window as it would have been with the hub's clock right: ``hub_off_ms`` taken off its time, and
+        the credential's creation time as it is stored now (hub.storage.held.release_hub_clock)."""
+        return replace(self, now_ms=self.now_ms - hub_off_ms, agent_created_ms=agent_created_ms, hub_off_ms=None)
 
 
 # --- the hub's own clock -------------------------------------------------------------------------------------------
@@ -146,14 +162,43 @@ def hub_clock_suspicion(skews: Mapping[str, int]) -> HubClockSuspicion | None:
     return HubClockSuspicion(middle, tuple(sorted(agent_id for agent_id, _ in best)), len(ordered))
 
 
+def hub_clock_agreed(skews: Mapping[str, int]) -> bool:
+    """Whether the agents that synced lately (agent id -> its skew) say the hub's clock is right: more than half
+    of them, at least HUB_CLOCK_VOTERS_MIN, put it less than HUB_CLOCK_OFF_MS off theirs."""
+    right = sum(abs(skew) < HUB_CLOCK_OFF_MS for skew in skews.values())
+    return right >= HUB_CLOCK_VOTERS_MIN and 2 * right > len(skews)
+
+
 class HubClockWatch:
     """The skews the sync route hears, kept HUB_CLOCK_RECENT_MS; looked at once every HUB_CLOCK_LOOK_S at most
-    (``heard``), so a thousand stores syncing cost a sort of their skews every few seconds, not at every sync."""
+    (``heard``), so a thousand stores syncing cost a sort of their skews every few seconds, not at every sync.
+
+    Besides whether the hub's clock looks wrong (``current``), each look notes whether it looks right (``agreed``:
+    ``right_again`` turns true when it starts to, for the caller to take) and how many agents put it less than
+    HUB_CLOCK_OFF_MS off theirs, so ``vouched`` answers an agent whose clock is off the hub's whether the others
+    side with the hub's (its clock is the odd one) without a look of its own."""
 
     def __init__(self) -> None:
         self._skews: dict[str, tuple[int, float]] = {}  # agent id -> (skew ms, monotonic s when heard)
         self._looked_s: float | None = None
         self.current: HubClockSuspicion | None = None
+        self.agreed = False
+        self.right_again = False  # set when ``agreed`` turned true; the caller clears it (``take_right_again``)
+        self._right: frozenset[str] = frozenset()  # at the last look: the agents whose skew is under a minute
+        self._asked = 0  # … and how many agents synced lately
+
+    def take_right_again(self) -> bool:
+        """Whether the hub's clock started to look right since this was last asked (once)."""
+        right, self.right_again = self.right_again, False
+        return right
+
+    def vouched(self, agent_id: str) -> int | None:
+        """How many of the other agents that synced lately put the hub's clock less than HUB_CLOCK_OFF_MS off theirs,
+        when they are more than half of the others (at the last look); None: the hub cannot tell by them whether
+        its clock or ``agent_id``'s is the wrong one (no others, or they disagree)."""
+        others = self._asked - (agent_id in self._skews)
+        right = len(self._right) - (agent_id in self._right)
+        return right if right >= 1 and 2 * right > others else None
 
     def heard(self, agent_id: str, skew_ms: int, at_s: float) -> tuple[str, HubClockSuspicion | None] | None:
         """One agent's skew at monotonic time ``at_s``; ``("began", found)`` when the hub's clock starts to look
@@ -164,7 +209,12 @@ class HubClockWatch:
         self._looked_s = at_s
         oldest_s = at_s - HUB_CLOCK_RECENT_MS / 1000
         self._skews = {a: heard for a, heard in self._skews.items() if heard[1] >= oldest_s}
-        before, self.current = self.current, hub_clock_suspicion({a: s for a, (s, _) in self._skews.items()})
+        skews = {a: s for a, (s, _) in self._skews.items()}
+        before, self.current = self.current, hub_clock_suspicion(skews)
+        agreed, self.agreed = self.agreed, hub_clock_agreed(skews)
+        self.right_again = self.right_again or (self.agreed and not agreed)
+        self._right = frozenset(a for a, skew in skews.items() if abs(skew) < HUB_CLOCK_OFF_MS)
+        self._asked = len(skews)
         if self.current is not None and (
             before is None or abs(self.current.offset_ms - before.offset_ms) > HUB_CLOCK_AGREE_MS
         ):

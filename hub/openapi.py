@@ -120,7 +120,10 @@ API_VERSION = "1.10.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      the wrong store and the shipment it missed name each other)
 # 1.10: a channel's settings in GET /v1/channels name mapping_encoding (the charset its mapping_csv is read in);
 #      POST /v1/events answers 422 to a SKU the hub counts under no spelling yet that only looks like one it counts
-#      (or one before it in the request): a zero-width character, a decomposed accent, a full-width letter
+#      (or one before it in the request): a zero-width character, a decomposed accent, a full-width letter;
+#      a held event's hub_clock_off_ms (held while the hub's own clock was off its stores'), POST
+#      /v1/quarantine/release (those released at their own time, all at once), and the header
+#      Shelfsync-Hub-Clock-Agreed of a sync answer (the other stores agree with the hub's clock, not this store's)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -854,6 +857,20 @@ def _paths() -> dict[str, JSON]:
                     cursor_param("the quarantine"), FORMAT_QUERY, IF_NONE_MATCH],
         cookie=True,
     ))  # fmt: skip
+    add(quarantine.RELEASE_PATH, "post", operation(
+        "releaseHubClockHeld", "Release the events held because of the hub's own clock",
+        "Admin only. Every pending held event with a `hub_clock_off_ms` (held while the stores agreed the hub's clock "
+        "was off, the sender's clock with them) whose time is inside the clock window by the corrected clock is "
+        "applied at its own time (the ledger row's attrs name the admin in `released_by` and the offset in "
+        "`hub_clock_off_ms`) and resolved `applied`; the others stay pending, for one by one. The hub does this "
+        "itself once its clock looks right again. No body, or `{}`.",
+        "Quarantine",
+        {"200": ok("How many were released, and how many stay pending.",
+                   obj({"released": integer(0), "left": integer(0)}, ["released", "left"]),
+                   example={"released": 42, "left": 0})},
+        roles=(ROLE_ADMIN,),
+        errors=WRITE_ERRORS,
+    ))  # fmt: skip
     add("/v1/quarantine/{quarantine_id}", "post", operation(
         "resolveQuarantined", "Apply or discard one held event",
         "Admin only. `apply_at_receipt` ingests it as if it happened when the hub received it; `discard` keeps it as a "
@@ -1184,7 +1201,8 @@ _HELD = {"id": 3, "event_id": _EVENT_ID, "agent_id": _AGENT, "epoch": 1, "seq": 
          "detail": f"event {_EVENT_ID}: the event's time is 365.0 days ahead of the hub's clock, outside the hub's "
                    "clock window of 24.0 hours; it is held in the hub's quarantine for an operator to apply at its "
                    "receipt time or discard (GET /v1/quarantine), and this machine's clock should be checked",
-         "attempts": 1, "status": "pending", "resolved_by": None, "resolved_at_ms": None}  # fmt: skip
+         "attempts": 1, "status": "pending", "resolved_by": None, "resolved_at_ms": None,
+         "hub_clock_off_ms": None}  # fmt: skip
 _AGENT_STATUS = {"agent_id": _AGENT, "role": "agent", "revoked": False, "locations": ["S001"],
                  "last_sync_ms": _AT_MS, "last_sync": _AT, "epochs": [{"epoch": 1, "epoch_text": "1", "hwm": 17}],
                  "clock_skew_ms": 120, "backlog": 0, "oldest_pending_ms": None, "oldest_pending": None,
@@ -1421,8 +1439,12 @@ def _schemas() -> dict[str, JSON]:
             "skew_ms": integer(description="The event's time minus the hub's clock when it arrived (positive: ahead)."),
             "detail": string(), "attempts": integer(0), "status": known(QUARANTINE_STATUSES),
             "resolved_by": nullable(string()), "resolved_at_ms": nullable(ms),
+            "hub_clock_off_ms": nullable(integer(description=(
+                "How far the hub's own clock was off its stores' when it held the event (positive: ahead), when they "
+                "agreed with each other and the sender's clock with them: held because of the hub's clock, released "
+                "at its own time once the hub's clock is right (POST /v1/quarantine/release); null: not known."))),
         }, ["id", "event_id", "agent_id", "location", "sku", "kind", "qty", "occurred_at", "received_at_ms", "skew_ms",
-            "detail", "attempts", "status", "resolved_by", "resolved_at_ms"]),
+            "detail", "attempts", "status", "resolved_by", "resolved_at_ms", "hub_clock_off_ms"]),
         "QuarantinePage": page("quarantine", ref("QuarantinedEvent")),
         "CatalogItem": obj({"barcode": string(maxLength=64), "sku": string(), "pack_size": integer(1),
                             "description": string()}, ["barcode", "sku", "pack_size", "description"]),

@@ -6,6 +6,12 @@ refused (hub.clock_window): it waits here. A reader lists what waits; an
 admin resolves each one, ``{"action": "apply_at_receipt"}`` (ingested
 re-stamped at the hub's receipt time, the original stamp kept in its attrs)
 or ``{"action": "discard"}`` (kept as a rejection naming the admin).
+
+Events held while the hub's own clock was off its stores' (``hub_clock_off_ms``: the stores agreed with each
+other, the sender's clock with them) were held because of the hub's clock, not the store's: the hub releases
+them itself once its clock looks right again (hub.app), and an admin releases them all at once with
+``POST /v1/quarantine/release``: each whose time is inside the window by the corrected clock is applied at its
+own time; the others stay for one by one.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import csvexport, feed, heads, paging, views
+from hub import csvexport, events_api, feed, heads, paging, views
 from hub.auth import STORE_KEY, identity_of, require_role, role_refused
 from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES, AgentIdentity, AlreadyResolved, QuarantineRow
 from protocol import event_id_hex
@@ -26,10 +32,12 @@ LIMIT_DEFAULT = 100
 LIMIT_MAX = 1_000
 BODY_MAX_BYTES = 1_024
 READ_ROLES = frozenset({"reader", "admin"})
+RELEASE_PATH = "/v1/quarantine/release"
 
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/quarantine", get_quarantine, name="quarantine")
+    heads.add(app, "POST", RELEASE_PATH, post_release, name="quarantine_release", check=_release_head)  # before {id}
     heads.add(app, "POST", "/v1/quarantine/{quarantine_id}", post_quarantine, name="quarantine_resolve", check=_head)
 
 
@@ -59,6 +67,7 @@ def quarantine_row(r: QuarantineRow) -> dict[str, Any]:
         "status": r.status,
         "resolved_by": r.resolved_by,
         "resolved_at_ms": r.resolved_at_ms,
+        "hub_clock_off_ms": r.hub_clock_off_ms,
     }
 
 
@@ -145,3 +154,25 @@ async def post_quarantine(request: web.Request) -> web.Response:
     if row.status == "applied":
         feed.poke(request.app)  # committed: the counts it moved go out on the change feed
     return web.json_response({"quarantine": quarantine_row(row)}, dumps=views.dumps)
+
+
+def _release_head(request: web.Request, who: AgentIdentity) -> None:
+    """What ``post_release`` refuses before it reads the body, asked of a head too (hub.heads)."""
+    heads.refuse(role_refused(who, frozenset({"admin"}), "release held events"))
+    _too_big(request.content_length or 0)
+
+
+async def post_release(request: web.Request) -> web.Response:
+    """Release every pending event held because of the hub's own clock (admin; no body, or ``{}``): each whose time
+    is inside the clock window by the corrected clock is applied at its own time; the others stay pending."""
+    who = identity_of(request)
+    _release_head(request, who)
+    body = await request.read()
+    _too_big(len(body))
+    if body.strip() not in (b"", b"{}"):
+        raise web.HTTPBadRequest(text="the body must be empty or {}: the release takes every event held because of "
+                                 "the hub's own clock")  # fmt: skip
+    released, left = await request.app[STORE_KEY].release_hub_clock(request.app[events_api.WINDOW_KEY], who.agent_id)
+    if released:
+        feed.poke(request.app)  # committed: the counts they moved go out on the change feed
+    return web.json_response({"released": released, "left": left}, dumps=views.dumps)

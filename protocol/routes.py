@@ -21,6 +21,11 @@ SYNC_PIPELINE_HEADER: Final = "Shelfsync-Sync-After-Seq"
 # one of them (hub.clock_window): how far, in whole milliseconds, the hub's clock is off theirs (negative: behind).
 # The agent then says the hub's clock is wrong, not its own. A header for the reason above.
 HUB_CLOCK_HEADER: Final = "Shelfsync-Hub-Clock-Off-Ms"
+# A header of a sync answer to an agent whose clock is a minute or more off the hub's, when most of the other agents
+# that synced lately put the hub's clock less than a minute off theirs (hub.clock_window.HubClockWatch.vouched): how
+# many. The agent then says its own clock is the wrong one; without it (a lone store, stores that disagree, a hub
+# from before API 1.10) it says only that the two clocks disagree, and to check both.
+HUB_CLOCK_AGREED_HEADER: Final = "Shelfsync-Hub-Clock-Agreed"
 # A header of every answer of the hub: the id of the database it serves (``hub_id`` in ``GET /healthz``'s ``db``),
 # made when the database was created and kept in it, so a restore of another hub's backup changes it. Public, as
 # /healthz is. An agent keeps the one it last synced with: a 401/403 from a hub whose id changed says so.

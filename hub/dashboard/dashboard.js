@@ -1100,6 +1100,23 @@
       `-d '${body}' ${window.location.origin}/v1/quarantine/${q.id}`;
   }
 
+  // Held because of the hub's own clock (hub_clock_off_ms): released all at once, at their own time.
+  function releaseCommand() {
+    return `curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" ${window.location.origin}/v1/quarantine/release`;
+  }
+
+  function hubClockNote(rows) {
+    const mine = rows.filter((q) => q.status === "pending" && q.hub_clock_off_ms !== null && q.hub_clock_off_ms !== undefined);
+    if (!mine.length) return null;
+    const off = mine[0].hub_clock_off_ms;
+    return h("div", { class: "warn-note", id: "hub-clock-held", role: "note" },
+      h("p", {}, `${NUM.format(mine.length)} of these were held because of the hub's own clock, not the stores': ` +
+        `it was ${spanText(off)} ${off > 0 ? "ahead of" : "behind"} their clocks, which agreed with each other. ` +
+        "The hub applies each at its own time once its clock is right again; those still outside the window then stay here. " +
+        "An admin releases them all now with:"),
+      h("code", { class: "command-text", id: "release-command" }, releaseCommand()));
+  }
+
   function resolveCell(q) {
     if (q.status !== "pending") {
       return h("td", { class: "wrap" }, `${q.status} by `, h("span", { class: "mono" }, q.resolved_by || "–"),
@@ -1109,6 +1126,10 @@
       h("code", { class: "command-text", dataset: { action } }, resolveCommand(q, action)));
     return h("td", { class: "wrap resolve" }, h("details", {},
       h("summary", {}, "How to resolve"),
+      ...(q.hub_clock_off_ms !== null && q.hub_clock_off_ms !== undefined
+        ? [h("div", { class: "sub", dataset: { field: "hub-clock" } }, "Held because of the hub's own clock: " +
+          "it is applied at its own time once the hub's clock is right (or with the others, by the command above).")]
+        : []),
       command("apply_at_receipt", "Apply it as if it happened when the hub received it:"),
       command("discard", "Or discard it (kept in the ledger as a rejected attempt):")));
   }
@@ -1147,7 +1168,7 @@
         ", by running the command shown under How to resolve.")),
       h("div", { class: "toolbar" }, csvLink(`/v1/quarantine?status=${status}&format=csv`, "Download CSV",
         `every ${status === "all" ? "" : status + " "}held event (all pages), as a spreadsheet`))),
-    chips, ...(note ? [note] : []),
+    chips, ...(note ? [note] : []), ...[hubClockNote(rows)].filter(Boolean),
     table(["Status", "Agent", "Location", "SKU", "Kind", ["Qty", "num"], "Stamp it carried", "Received by the hub",
       ["How far off", "num"], "Resolve"], rows.map(quarantineRow),
       status === "pending" ? "Nothing is held: every store's clock was within the window." : "Nothing here.")];

@@ -136,6 +136,10 @@ class QuarantineRow:
     status: str  # "pending" | "applied" | "discarded"
     resolved_by: str | None = None  # the operator's credential id
     resolved_at_ms: int | None = None
+    sent_ms: int | None = None  # the sender's wall clock when it sent the batch (None: not reported)
+    # The hub's own clock was this far off its stores' when it held the event (its stores agreed, and the sender
+    # with them: hub.clock_window.HubClockSuspicion); None: the hub had no reason to doubt its clock.
+    hub_clock_off_ms: int | None = None
 
     @property
     def skew_ms(self) -> int:

@@ -12,6 +12,7 @@ import json
 import secrets
 from collections.abc import Collection, Sequence
 
+from hub.clock_window import HUB_CLOCK_RECENT_MS, hub_clock_suspicion
 from hub.resolver import is_location
 from hub.storage.base import ROLES, AgentDisk, AgentIdentity, AgentStatus, CredentialChanged, InvalidInput, StoreError
 from hub.storage.db import Db, Where
@@ -99,13 +100,15 @@ def check_grant(locations: Sequence[str], role: str) -> tuple[str, ...]:
 
 async def insert_agent(db: Db, granted: Sequence[str], role: str, chosen: str | None) -> tuple[str, str]:
     """Store a new credential (``chosen``: its id; None: a new random one); return (agent_id, token)."""
+    now_ms = wall_ms_now()
+    created = now_ms - (await hub_clock_off(db, now_ms) or 0)  # the stores' time when the hub's clock is off
     for _ in range(1 if chosen else ADD_AGENT_ATTEMPTS):
         new_id = chosen or new_agent_id()
         token = new_token(new_id)
         added = await db.execute(
             "INSERT INTO agents (agent_id, token_sha256, role, locations, created_ms) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (agent_id) DO NOTHING",
-            (new_id, token_hash(token), role, json.dumps(list(granted)), wall_ms_now()),
+            (new_id, token_hash(token), role, json.dumps(list(granted)), created),
         )
         if added == 1:
             await _locate(db, new_id, granted)
@@ -114,6 +117,31 @@ async def insert_agent(db: Db, granted: Sequence[str], role: str, chosen: str | 
         raise InvalidInput(f"a credential with the agent id {chosen} exists already (revoked ones count); "
                            "choose another id")  # fmt: skip
     raise StoreError(f"could not find a free agent id in {ADD_AGENT_ATTEMPTS} tries")
+
+
+async def hub_clock_off(db: Db, now_ms: int) -> int | None:
+    """How far the hub's clock is off its stores' by the skews the store agents that synced lately left
+    (hub.clock_window.hub_clock_suspicion, as ``GET /v1/status``'s ``hub_clock``); None: not known off."""
+    rows = await db.fetch(
+        "SELECT agent_id, clock_skew_ms FROM agents WHERE role = 'agent' AND revoked_ms IS NULL "
+        "AND clock_skew_ms IS NOT NULL AND last_sync_ms BETWEEN ? AND ?",
+        (now_ms - HUB_CLOCK_RECENT_MS, now_ms + HUB_CLOCK_RECENT_MS),
+    )
+    found = hub_clock_suspicion({agent_id: skew for agent_id, skew in rows if not agent_id.startswith(RESERVED_ID_PREFIX)})
+    return None if found is None else found.offset_ms
+
+
+async def correct_created(db: Db, offset_ms: int, now_ms: int) -> int:
+    """The hub's clock was found ``offset_ms`` ahead of its stores' at ``now_ms``: the credentials it dated since
+    its clock went wrong (their creation time within the lesser of that offset and HUB_CLOCK_RECENT_MS of its clock:
+    it notices within that; one made before the clock went wrong lies at least the offset back) are dated by the
+    stores' time instead, so none of them lies in the future once the clock is right. Returns how many."""
+    if offset_ms <= 0:
+        return 0  # a clock behind dated them in the past: they hold less, never a right store's movements
+    return await db.execute(
+        "UPDATE agents SET created_ms = created_ms - ? WHERE created_ms > ?",
+        (offset_ms, now_ms - min(offset_ms, HUB_CLOCK_RECENT_MS)),
+    )
 
 
 async def identity(db: Db, token: str) -> AgentIdentity | None:

@@ -30,7 +30,7 @@ from protocol import ProtocolError, StockEvent, derived_event_id, event_id_hex, 
 
 QUARANTINE_FIELDS = (
     "quarantine_id, event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, "
-    "ref, reason, attrs, detail, attempts, received_at_ms, status, resolved_by, resolved_at_ms"
+    "ref, reason, attrs, detail, attempts, received_at_ms, status, resolved_by, resolved_at_ms, sent_ms, hub_clock_off_ms"
 )
 ORIGINAL_AT_ATTR = "original_occurred_at"  # the re-stamped event keeps its original stamp here
 ORIGINAL_WALL_ATTR = "original_wall_ms"
@@ -58,7 +58,7 @@ def transfer_row(r: Sequence[Any]) -> Transfer:
 def quarantine_row(r: Sequence[Any]) -> QuarantineRow:
     return QuarantineRow(
         r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-        json.loads(r[14]) if r[14] else {}, r[15], r[16], r[17], r[18], r[19], r[20],
+        json.loads(r[14]) if r[14] else {}, r[15], r[16], r[17], r[18], r[19], r[20], r[21], r[22],
     )  # fmt: skip
 
 
@@ -195,3 +195,49 @@ async def mark_resolved(db: Db, row: QuarantineRow, status: str, operator: str, 
         (status, operator, now_ms, row.quarantine_id),
     )
     return replace(row, status=status, resolved_by=operator, resolved_at_ms=now_ms)
+
+
+# --- the hub's own clock (schema version 23) ----------------------------------------------------------------
+RELEASED_BY_ATTR = "released_by"  # an event held because of the hub's own clock, applied at its own time
+HUB_CLOCK_OFF_ATTR = "hub_clock_off_ms"
+
+
+async def mark_hub_clock(db: Db, offset_ms: int, now_ms: int, recent_ms: int, agree_ms: int) -> int:
+    """The pending events held in the last ``recent_ms`` (by the hub's clock) before the hub found its clock
+    ``offset_ms`` off, whose sender's clock was off the hub's by that much too (within ``agree_ms``): held because
+    of the hub's clock, as those held since. Returns how many were marked."""
+    return await db.execute(
+        "UPDATE quarantine SET hub_clock_off_ms = ? WHERE status = 'pending' AND hub_clock_off_ms IS NULL "
+        "AND sent_ms IS NOT NULL AND received_at_ms >= ? AND received_at_ms - sent_ms BETWEEN ? AND ?",
+        (offset_ms, now_ms - recent_ms, offset_ms - agree_ms, offset_ms + agree_ms),
+    )
+
+
+async def hub_clock_ids(db: Db) -> list[int]:
+    """The pending events held because of the hub's own clock, oldest first."""
+    rows = await db.fetch(
+        "SELECT quarantine_id FROM quarantine WHERE status = 'pending' AND hub_clock_off_ms IS NOT NULL "
+        "ORDER BY quarantine_id",
+        (),
+    )
+    return [r[0] for r in rows]
+
+
+def released(row: QuarantineRow, operator: str) -> tuple[AgentIdentity, StockEvent]:
+    """The held event as a release ingests it: at its own stamp, the operator (``hub``: released by itself) and
+    how far the hub's clock was off in attrs, sent as its agent for its own location."""
+    attrs = dict(row.attrs) | {RELEASED_BY_ATTR: operator, HUB_CLOCK_OFF_ATTR: row.hub_clock_off_ms}
+    try:
+        event = StockEvent(
+            event_id=row.event_id, agent_id=row.agent_id, epoch=row.epoch, seq=row.seq, location=row.location,
+            sku=row.sku, kind=row.kind, qty=row.qty, occurred_at=row.occurred_at, wall_ms=row.wall_ms,
+            source=row.source, ref=row.ref, reason=row.reason, attrs=attrs,
+        )  # fmt: skip
+    except ProtocolError as err:
+        raise InvalidInput(f"held event {row.quarantine_id} cannot be released ({err})") from err
+    return AgentIdentity(row.agent_id, frozenset({row.location})), event
+
+
+async def created_ms(db: Db, agent_id: str) -> int | None:
+    row = await db.fetchone("SELECT created_ms FROM agents WHERE agent_id = ?", (agent_id,))
+    return None if row is None else row[0]

@@ -241,6 +241,9 @@ class Batch:
     peer: str | None = None  # the address the request came from, as the hub saw it (None: not known)
     credential: str | None = None  # the hash of the token ``who`` was found by, confirmed in the transaction
     disk: DiskReport | None = None  # the sender's report of its disk (schema version 21); None: not reported
+    # The hub's own clock was this far off its stores' at receipt, the sender's with them (schema version 23):
+    # kept with the events held, which are released at their own time once the hub's clock is right.
+    hub_clock_off_ms: int | None = None
 
 
 class SyncNote(NamedTuple):
@@ -358,9 +361,13 @@ class IngestTx(Protocol):
     async def held_status(self, agent_id: str, event_ids: Sequence[bytes]) -> dict[bytes, str]:
         """The quarantine status (pending, applied, discarded) of those of ``agent_id``'s ``event_ids`` ever held."""
 
-    async def insert_quarantined(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
-        """Hold events stamped outside the clock window, keyed by (agent_id, event_id); the same
-        event again only counts one more attempt (its first receipt time stays)."""
+    async def insert_quarantined(
+        self, rows: Sequence[RejectedAttempt], received_at_ms: int, sent_ms: int | None = None,
+        hub_clock_off_ms: int | None = None,
+    ) -> None:  # fmt: skip
+        """Hold events stamped outside the clock window, keyed by (agent_id, event_id), with the sender's clock
+        when it sent them and how far the hub's own clock was then known off (None: not known); the same event
+        again only counts one more attempt (its first receipt time stays)."""
 
     # Bundles (schema version 6):
 
@@ -465,6 +472,7 @@ def prepare_batch(
         peer=peer,
         credential=credential,
         disk=disk,
+        hub_clock_off_ms=None if clock is None or not held else clock.hub_off_ms,
     )
 
 
@@ -771,7 +779,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     if rejected:
         await tx.insert_rejections(rejected, now_ms)
     if quarantined:
-        await tx.insert_quarantined(quarantined, now_ms)
+        await tx.insert_quarantined(quarantined, now_ms, batch.sent_ms, batch.hub_clock_off_ms)
         rejected += quarantined  # answered as such: processed for the mark, held for an operator
     if late:
         recomputed: list[tuple[str, str, bytes, int]] = []

@@ -96,6 +96,7 @@ class IngestStore(Protocol):
         peer: str | None = None,
         credential: str | None = None,
         disk: DiskReport | None = None,
+        hub_clock_off_ms: int | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
@@ -105,6 +106,8 @@ class IngestStore(Protocol):
         it, is held in quarantine (``quarantine``), answered as rejected with
         code "quarantined" and counted as processed for the mark. ``sent_ms``:
         the sender's wall clock when it sent; its clock skew is measured from it.
+        ``hub_clock_off_ms``: the hub's own clock is this far off its stores',
+        the sender's with them; kept with what is held (``release_hub_clock``).
         Transfer events breaking ``hub.resolver.transfer_problem`` are rejected
         ("invalid_transfer").
 
@@ -306,6 +309,20 @@ class QuarantineStore(Protocol):
         receipt time (attrs keep the original stamp; counts, feed and variances follow as for any event),
         "discard" keeps it as a rejection naming the operator. None: no such id; ``AlreadyResolved``
         when it was resolved before; ``InvalidInput`` for another action."""
+
+    @abc.abstractmethod
+    async def hub_clock_found(self, offset_ms: int) -> tuple[int, int]:
+        """The hub found its own clock ``offset_ms`` off its stores' (hub.clock_window.HubClockSuspicion): mark the
+        pending events held lately whose sender's clock was off the hub's by as much (held before it noticed) as
+        held because of it, and date the credentials created since a clock ahead went wrong by the stores' time
+        (``hub.storage.credentials.correct_created``). Returns (events marked, credentials corrected)."""
+
+    @abc.abstractmethod
+    async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:
+        """Release the pending events held because of the hub's own clock (``QuarantineRow.hub_clock_off_ms``)
+        whose time is inside the clock window ``window_ms`` by the corrected clock: each applied at its own time,
+        one transaction each, resolved "applied" by ``operator`` (``hub``: the hub itself). Those still outside
+        stay pending for an operator. Returns (released, left)."""
 
 
 class BundleStore(Protocol):

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping,
 from dataclasses import replace
 from typing import Any, ClassVar, Generic, TypeVar
 
-from hub.clock_window import ClockWindow
+from hub.clock_window import HUB_CLOCK_AGREE_MS, HUB_CLOCK_RECENT_MS, ClockWindow
 from hub.resolver import StockKey, describe_parts
 from hub.storage import bundles, catalog, checks, credentials, exceptions, feed, held, keys, reports, stock
 from hub.storage.base import (
@@ -66,6 +66,12 @@ T = TypeVar("T")
 SMALL_WRITE_EVENTS = 1_000
 
 D = TypeVar("D", bound=Db)
+
+
+class _NotReleased(InvalidInput):
+    """A held event ``release_hub_clock`` leaves for an operator (its transaction rolled back)."""
+
+
 R = TypeVar("R", Observation, ImportIssue)
 
 
@@ -179,10 +185,14 @@ class SqlHubStore(HubStore, Generic[D]):
         peer: str | None = None,
         credential: str | None = None,
         disk: DiskReport | None = None,
+        hub_clock_off_ms: int | None = None,
     ) -> IngestResult:
         self._check_open()
         # Checked before the write transaction: overlaps another batch.
-        clock = None if clock_window_ms is None else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms)
+        clock = (
+            None if clock_window_ms is None
+            else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms, hub_off_ms=hub_clock_off_ms)
+        )  # fmt: skip
         batch = prepare_batch(
             who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
             clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer, credential=credential, disk=disk,
@@ -290,6 +300,61 @@ class SqlHubStore(HubStore, Generic[D]):
             log.info("%s %s held event %d (%s of %s at %s).", operator, resolved.status, quarantine_id,
                      resolved.kind, resolved.sku, resolved.location)  # fmt: skip
         return resolved
+
+    async def hub_clock_found(self, offset_ms: int) -> tuple[int, int]:
+        now_ms = wall_ms_now()
+
+        async def work(db: D) -> tuple[int, int]:
+            marked = await held.mark_hub_clock(db, offset_ms, now_ms, HUB_CLOCK_RECENT_MS, HUB_CLOCK_AGREE_MS)
+            return marked, await credentials.correct_created(db, offset_ms, now_ms)
+
+        marked, corrected = await self._write_db("noting the hub's own clock in the quarantine", work)
+        if marked:
+            log.info("%d held event(s) received before the hub found its clock %d ms off were held because of it; "
+                     "they are released once its clock is right.", marked, offset_ms)  # fmt: skip
+        if corrected:
+            log.warning("%d credential(s) created since the hub's clock went %d ms ahead are dated by its stores' "
+                        "time instead.", corrected, offset_ms)  # fmt: skip
+        return marked, corrected
+
+    async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:
+        checks.whole(window_ms, "clock window", 1, 2**62)
+        ids = await self._read_db("reading the quarantine", held.hub_clock_ids)
+        released = left = 0
+        for quarantine_id in ids:
+            try:
+                done = await self._write_db(
+                    f"releasing held event {quarantine_id}",
+                    lambda db, q=quarantine_id: self._release_one(db, q, window_ms, operator),  # type: ignore[misc]
+                    unique_races=True,
+                )
+            except InvalidInput as err:
+                log.info("Held event %d stays for an operator: %s.", quarantine_id, err)
+                done = False
+            released += bool(done)
+            left += not done
+        if ids:
+            log.info("%s released %d event(s) held because of the hub's own clock, at their own time; %d stay for "
+                     "an operator (outside the clock window even by the corrected clock).", operator, released,
+                     left)  # fmt: skip
+        return released, left
+
+    async def _release_one(self, db: D, quarantine_id: int, window_ms: int, operator: str) -> bool:
+        row = await held.held_row(db, quarantine_id, self.LOCK_ROW)
+        if row is None or row.status != "pending" or row.hub_clock_off_ms is None:
+            return False  # resolved meanwhile: not this one's to count
+        created = await held.created_ms(db, row.agent_id)
+        clock = ClockWindow(row.received_at_ms, window_ms, sent_ms=row.sent_ms).corrected(row.hub_clock_off_ms, created)
+        rule = clock.outside(row.occurred_at)
+        if rule is not None:
+            raise _NotReleased(clock.reason(row.occurred_at, "GET /v1/quarantine"))
+        who, event = held.released(row, operator)
+        batch = replace(prepare_batch(who, event.epoch, [event]), operator=operator)
+        result = await self._booking(db, lambda tx: apply_batch(tx, batch, wall_ms_now()), batch=batch)
+        if result.rejected:
+            raise _NotReleased(result.rejected[0].reason)  # rolled back whole
+        await held.mark_resolved(db, row, "applied", operator, wall_ms_now())
+        return True
 
     # --- change feed and webhooks ----------------------------------------------------------------------------
 

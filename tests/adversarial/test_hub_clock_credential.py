@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.faults.helpers import Store, _query, hub_events, wait_until
 from tests.harness.commands import hub_env, new_hub_db
-from tests.harness.credentials import Credential
+from tests.harness.credentials import Credential, add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.shifted_clock import SCRIPT, SHIFT_FILE_ENV
 
@@ -73,3 +74,55 @@ def test_a_credential_dated_ahead_by_the_hubs_clock_does_not_hold_its_stores_sal
     pg_url: str, tmp_path: Path
 ) -> None:
     a_sale_of_a_store_whose_credential_the_hub_dated_ahead(pg_url, tmp_path)
+
+
+def a_credential_made_while_the_stores_say_the_hubs_clock_is_ahead(db: Path | str, tmp_path: Path) -> None:
+    """Found: even with the "ahead of the hub's clock holds nothing" rule, the stored creation time stayed two
+    days in the future, so once real time passed it, it applied again: a store's movements of the two days
+    before it, sent after it, were held as "before its credential was created". Now, when the stores that synced
+    lately agree the hub's clock is off (their skews in the database, as ``GET /v1/status`` reads them), ``agent
+    add`` dates the credential by their time."""
+    shift = tmp_path / "hub-clock-shift-ms"
+    shift.write_text(str(2 * DAY_MS), encoding="ascii")  # the hub machine's clock runs two days ahead
+    hub = HubProcess(
+        tmp_path / "hub.log", db=db, port=0, python=(sys.executable, SCRIPT),
+        env={**os.environ, SHIFT_FILE_ENV: str(shift)},
+    )  # fmt: skip
+    stores = [
+        Store(f"store-{n}", f"S00{n}", add_credential(db, f"S00{n}"), tmp_path / f"store-{n}", "") for n in (1, 2)
+    ]
+    try:
+        hub.start()
+        for store in stores:
+            store.hub_url = hub.url
+            store.write_config()
+            store.start()
+        wait_until(
+            "both stores to have synced with the hub's clock ahead",
+            lambda: len(_query(db, "SELECT agent_id FROM agents WHERE clock_skew_ms > 86400000")) == 2,
+            WAIT_S,
+        )
+        done = subprocess.run(
+            [sys.executable, SCRIPT, "-m", "hub", "agent", "add", "--db", str(db), "--location", "S003"],
+            env={**hub_env(), SHIFT_FILE_ENV: str(shift)}, capture_output=True, check=False, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        agent_id = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)["agent_id"]
+        [(created_ms,)] = _query(db, "SELECT created_ms FROM agents WHERE agent_id = ?", (agent_id,))
+        assert abs(created_ms - time.time() * 1000) < 60_000, "dated by the stores' right time, not two days ahead"
+    finally:
+        for store in stores:
+            store.kill_all()
+        hub.close()
+
+
+def test_a_credential_made_while_the_stores_say_the_hubs_clock_is_ahead_is_dated_by_theirs_sqlite(
+    tmp_path: Path,
+) -> None:
+    a_credential_made_while_the_stores_say_the_hubs_clock_is_ahead(new_hub_db(tmp_path / "hub.db"), tmp_path)
+
+
+def test_a_credential_made_while_the_stores_say_the_hubs_clock_is_ahead_is_dated_by_theirs_postgres(
+    pg_url: str, tmp_path: Path
+) -> None:
+    a_credential_made_while_the_stores_say_the_hubs_clock_is_ahead(pg_url, tmp_path)

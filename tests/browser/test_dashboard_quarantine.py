@@ -186,3 +186,53 @@ async def test_an_admin_session_reads_the_quarantine_and_cannot_write_through_th
     assert status == 401, "the session cookie never writes, even an admin's"
     console_errors.clear()  # Chromium logs the refused fetch, and it is meant
     assert [r.status for r in await held.store.quarantine()] == ["pending", "pending"]
+
+
+async def test_the_movements_held_because_of_the_hubs_own_clock_are_released_by_the_command_shown(
+    page: Page, tmp_path: Path, screenshot: Screenshot, console_errors: list[str]
+) -> None:
+    """Two sales held while the hub's clock ran two days ahead of its stores' (marked so as the sync route marks
+    them when its stores agree: hub.app) and a count a century ahead: the view says which two were held because
+    of the hub's clock and shows the one command that releases them; run as shown, both count at their own time,
+    and the count stays held."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        store = served.store
+        _, reader = await store.add_agent([], role="reader")
+        _, admin = await store.add_agent([], role="admin")
+        agent_id, token = await store.add_agent(["S001"])
+        who = await store.authenticate(token)
+        assert who is not None
+        hub_ahead = 2 * DAY_MS  # the store's clock is right; the hub's ran two days ahead of it
+        store_now = wall_ms_now() - hub_ahead
+        sales = [
+            StockEvent(new_event_id(), agent_id, 1, seq, "S001", "TEE-BLK-M", Kind.SALE, -1,
+                       pack_hlc(store_now - 60_000 + seq, 0), store_now - 60_000 + seq, "pos:till")
+            for seq in (1, 2)
+        ]  # fmt: skip
+        await store.ingest(who, 1, sales, clock_window_ms=3_600_000, sent_ms=store_now, hub_clock_off_ms=hub_ahead)
+        ahead = pack_hlc(store_now + CENTURY_MS, 0)
+        count = StockEvent(new_event_id(), agent_id, 1, 3, "S001", "TEE-BLK-M", Kind.COUNT, 50, ahead,
+                           store_now + CENTURY_MS, "scanner:back-door")  # fmt: skip
+        await store.ingest(who, 1, [count], clock_window_ms=3_600_000, sent_ms=store_now, hub_clock_off_ms=hub_ahead)
+        assert [q.kind for q in await store.quarantine()] == ["count", "sale", "sale"]
+
+        await sign_in(page, served.url, reader)
+        await page.click("nav a[data-view=quarantine]")
+        await expect(page.locator("#view tbody tr[data-quarantine]")).to_have_count(3)
+        note = page.locator("#hub-clock-held")
+        await expect(note).to_contain_text("3 of these were held because of the hub's own clock, not the stores'")
+        await expect(note).to_contain_text("2.0 days ahead of their clocks")
+        command = page.locator("#release-command")
+        await expect(command).to_have_text(
+            f'curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" {served.url}/v1/quarantine/release'
+        )
+        await screenshot("dashboard-quarantine-hub-clock")
+        output = await run_shown(await command.inner_text(), admin)
+        assert output.replace(" ", "").strip() == '{"released":2,"left":1}', output
+        rows = page.locator("#view tbody tr[data-quarantine]")
+        await expect(rows).to_have_count(1)  # the change feed brings the view up to date
+        await expect(rows).to_contain_text("= 50")  # a century ahead even by the corrected clock: still held
+        ledger = (await (await served.client.get(
+            "/v1/ledger?location=S001", headers={"Authorization": f"Bearer {reader}"})).json())["events"]  # fmt: skip
+        assert sorted(r["occurred_at"] for r in ledger) == sorted(e.occurred_at for e in sales), ledger
+        assert console_errors == []

@@ -148,6 +148,64 @@ class ClockTransferContract:
         await store.resolve_quarantine(held[0].quarantine_id, "discard", "admin-1")
         assert await on_hand(store) == (17, 0), "applied at its receipt, after the count; the other discarded"
 
+    async def test_what_the_hubs_own_clock_held_before_it_noticed_is_marked_and_released(self, store: HubStore) -> None:
+        """The hub's clock two days ahead (schema version 23): a sale of a right store sent before the hub noticed is
+        held unmarked; once the hub finds its clock off by as much, the sale is marked (its sender's clock was off
+        by as much), and released at its own time. A store whose own clock was two hours behind then is not."""
+        right, slow = await agent(store, "S1"), await agent(store, "S2")
+        hub_ahead = 2 * DAY_MS
+        store_now = now_ms() - hub_ahead  # the stores' right time, as the hub's clock ahead sees it
+        ev = EventFactory(right.agent_id, base_ms=store_now - 60_000)
+        sale = ev(Kind.SALE, -1, at_ms=0)
+        held = await store.ingest(right, 1, [sale], clock_window_ms=60_000, sent_ms=store_now)
+        assert [r.code for r in held.rejected] == ["quarantined"]
+        ev2 = EventFactory(slow.agent_id, location="S2", base_ms=store_now - 2 * 3_600_000)
+        late = ev2(Kind.SALE, -1, at_ms=0)
+        held = await store.ingest(slow, 1, [late], clock_window_ms=60_000, sent_ms=store_now - 2 * 3_600_000)
+        assert [r.code for r in held.rejected] == ["quarantined"]
+        assert [q.hub_clock_off_ms for q in await store.quarantine()] == [None, None]
+
+        assert (await store.hub_clock_found(hub_ahead))[0] == 1
+        by_agent = {q.agent_id: q for q in await store.quarantine()}
+        assert by_agent[right.agent_id].hub_clock_off_ms == hub_ahead
+        assert by_agent[slow.agent_id].hub_clock_off_ms is None, "its sender's clock was not off by as much"
+        assert await store.release_hub_clock(60_000, "hub") == (1, 0)
+        [released] = [e for e in await store.ledger() if e.location == "S1"]
+        assert (released.event_id, released.occurred_at) == (sale.event_id, sale.occurred_at)
+        assert released.effect == "applied"
+        assert released.attrs["released_by"] == "hub" and released.attrs["hub_clock_off_ms"] == hub_ahead
+        assert await on_hand(store) == (-1, 0)
+        assert [q.agent_id for q in await store.quarantine()] == [slow.agent_id], "the other waits for an operator"
+        assert await store.release_hub_clock(60_000, "hub") == (0, 0), "nothing released twice"
+
+    async def test_a_credential_made_while_the_hubs_clock_runs_ahead_is_dated_by_its_stores_time(
+        self, store: HubStore
+    ) -> None:
+        """Two stores that synced lately put the hub's clock two days ahead of theirs: a credential made now is
+        dated by their time, not two days in the future (where, once the clock was right, it would hold a store's
+        movements of those two days as "before its credential"). One made before the stores said so is dated by
+        their time once the hub finds its clock off (``hub_clock_found``), and only once."""
+        hub_ahead = 2 * DAY_MS
+
+        async def created(token: str) -> int:
+            who = await store.authenticate(token)
+            assert who is not None and who.created_ms is not None
+            return who.created_ms
+
+        _, before = await store.add_agent(["S9"])  # made before any store said the hub's clock is off
+        assert abs(await created(before) - now_ms()) < 60_000
+        for location in ("S1", "S2"):
+            who = await agent(store, location)
+            await store.ingest(who, 1, [], sent_ms=now_ms() - hub_ahead)  # a heartbeat: its skew is stored
+        _, made = await store.add_agent(["S3"])
+        assert abs(await created(made) - (now_ms() - hub_ahead)) < 60_000
+
+        assert (await store.hub_clock_found(hub_ahead))[1] == 3, "S9's and the two stores', made in the last minutes"
+        assert abs(await created(before) - (now_ms() - hub_ahead)) < 60_000
+        assert abs(await created(made) - (now_ms() - hub_ahead)) < 60_000, "dated right when made: left as it is"
+        assert (await store.hub_clock_found(hub_ahead))[1] == 0, "found again (a restart): nothing dated twice"
+        assert abs(await created(before) - (now_ms() - hub_ahead)) < 60_000
+
     async def test_without_a_window_and_inside_it_nothing_is_held(self, store: HubStore) -> None:
         who = await agent(store)
         ev = EventFactory(who.agent_id, base_ms=now_ms())

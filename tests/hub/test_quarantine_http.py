@@ -242,3 +242,22 @@ async def test_get_filters_and_limits(hub: Hub) -> None:
         assert status == 400 and needle in one_sentence(err), (query, err)
     status, err = await hub.get("/v1/quarantine", hub.agent)
     assert status == 403 and "agent credential cannot read the quarantine" in one_sentence(err)
+
+
+async def test_release_takes_only_what_the_hubs_own_clock_held_and_refuses_others_than_admins(hub: Hub) -> None:
+    """A count held for the store's own clock (a century ahead) has no ``hub_clock_off_ms`` and is never released
+    by ``POST /v1/quarantine/release``; nothing else is held, so it releases nothing. Readers and agents are refused,
+    and a body other than none or ``{}`` too."""
+    row = await held_count(hub)
+    assert row["hub_clock_off_ms"] is None
+    for token, role in ((hub.reader, "reader"), (hub.agent, "agent")):
+        status, err = await hub.post("/v1/quarantine/release", token, b"")
+        assert status == 403 and f"{role} credential cannot release held events" in one_sentence(err)
+    status, err = await hub.post("/v1/quarantine/release", hub.admin, {"action": "discard"})
+    assert status == 400 and "the body must be empty or {}" in one_sentence(err)
+    for body in (b"", b"{}"):
+        status, answer = await hub.post("/v1/quarantine/release", hub.admin, body)
+        assert (status, answer) == (200, {"released": 0, "left": 0})
+    [still] = await hub.held()
+    assert (still["id"], still["status"]) == (row["id"], "pending")
+    assert await hub.on_hand() == 10

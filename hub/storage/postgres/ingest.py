@@ -579,12 +579,15 @@ class PostgresIngest:
         )
         return {bytes(r[0]): str(r[1]) for r in rows}
 
-    async def insert_quarantined(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
+    async def insert_quarantined(
+        self, rows: Sequence[RejectedAttempt], received_at_ms: int, sent_ms: int | None = None,
+        hub_clock_off_ms: int | None = None,
+    ) -> None:  # fmt: skip
         await self.conn.executemany(
-            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms, sent_ms, hub_clock_off_ms) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
             "ON CONFLICT (agent_id, event_id) DO UPDATE SET attempts = quarantine.attempts + 1",
-            [(r.event.event_id, *r.row, r.reason, received_at_ms) for r in rows],
+            [(r.event.event_id, *r.row, r.reason, received_at_ms, sent_ms, hub_clock_off_ms) for r in rows],
         )
 
     async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:

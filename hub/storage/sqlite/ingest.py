@@ -327,11 +327,14 @@ class SqliteIngest:
             found.update((r[0], r[1]) for r in await self._fetch(sql, [agent_id, *part]))
         return found
 
-    async def insert_quarantined(self, rows: Sequence[RejectedAttempt], received_at_ms: int) -> None:
+    async def insert_quarantined(
+        self, rows: Sequence[RejectedAttempt], received_at_ms: int, sent_ms: int | None = None,
+        hub_clock_off_ms: int | None = None,
+    ) -> None:  # fmt: skip
         await self.db.executemany(
-            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms) VALUES ({marks(16)}) "
-            "ON CONFLICT (agent_id, event_id) DO UPDATE SET attempts = quarantine.attempts + 1",
-            [(r.event.event_id, *r.row, r.reason, received_at_ms) for r in rows],
+            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms, sent_ms, hub_clock_off_ms) "
+            f"VALUES ({marks(18)}) ON CONFLICT (agent_id, event_id) DO UPDATE SET attempts = quarantine.attempts + 1",
+            [(r.event.event_id, *r.row, r.reason, received_at_ms, sent_ms, hub_clock_off_ms) for r in rows],
         )
 
     async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:
