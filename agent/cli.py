@@ -703,11 +703,8 @@ def _human(r: dict[str, Any]) -> str:
         said = huberrors.hub_clock_words(r["hub_clock_off_ms"])
         lines.append(f"clock        the HUB's clock is WRONG, not this machine's. {said}")
     elif r["clock_skew_ms"] is not None and abs(r["clock_skew_ms"]) > CLOCK_WRONG_MS:  # measured against the hub's
-        off = huberrors.clock_span(r["clock_skew_ms"])
-        lines.append(
-            f"clock        WRONG: this machine's clock is {off} {'behind' if r['clock_skew_ms'] > 0 else 'ahead of'}"
-            " the hub's; set it right (the hub holds movements stamped outside its clock window for its operator)"
-        )
+        # wrong when other stores side with the hub's clock; else only that the two disagree (a lone store)
+        lines.append(f"clock        {huberrors.clock_words(r['clock_skew_ms'], r.get('hub_clock_agreed'))}")
     if r.get("held_by_hub"):  # processed, not refused: the hub's operator applies or discards them
         lines.append(f"held by hub  {r['held_by_hub']:,} events with a clock outside the hub's window, for its operator")
     if r.get("forked_from_epoch") is not None:

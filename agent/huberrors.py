@@ -31,6 +31,7 @@ __all__ = [
 
 HUB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a hub database's id as HUB_ID_HEADER carries it (uuid hex)
 HUB_CLOCK_OFF_RE = re.compile(r"-?[0-9]{1,13}")
+HUB_CLOCK_AGREED_RE = re.compile(r"[0-9]{1,9}")
 
 
 class SyncedHubIds(Protocol):
@@ -103,6 +104,33 @@ def hub_clock_off_of(header: str | None) -> int | None:
     if header is None or not HUB_CLOCK_OFF_RE.fullmatch(header):
         return None
     return int(header)
+
+
+def hub_clock_agreed_of(header: str | None) -> int | None:
+    """How many other stores the hub says agree with its clock while this machine's is a minute or more off it
+    (HUB_CLOCK_AGREED_HEADER), if the header reads as a whole number of at most 9 digits; None when absent (the hub
+    cannot tell whose clock is wrong, or a hub from before API 1.10) or anything else."""
+    if header is None or not HUB_CLOCK_AGREED_RE.fullmatch(header):
+        return None
+    return int(header)
+
+
+def clock_words(skew_ms: int, agreed: int | None) -> str:
+    """What ``status`` says of this machine's clock ``skew_ms`` off the hub's (the hub's minus this machine's), when
+    the hub does not say its own clock is off: wrong, when ``agreed`` other stores side with the hub's clock
+    (HUB_CLOCK_AGREED_HEADER); else only that the two disagree, for neither side can tell which is wrong."""
+    off = clock_span(skew_ms)
+    way = "behind" if skew_ms > 0 else "ahead of"
+    held = "(the hub holds movements stamped outside its clock window for its operator)"
+    if agreed is not None:
+        others = (
+            f"{agreed:,} other store{'s' if agreed != 1 else ''} that synced lately agree{'s' if agreed == 1 else ''}"
+        )
+        return f"WRONG: this machine's clock is {off} {way} the hub's, and {others} with the hub's clock; set it right {held}"
+    return (
+        f"OFF: this machine's clock and the hub's disagree by {off} (this machine's is {way} the hub's), and no other"
+        f" store's clock tells which one is wrong: check both against a time server (NTP) before changing either {held}"
+    )
 
 
 def clock_span(ms: int) -> str:

@@ -258,6 +258,9 @@ class OutboxStats:
     clock_skew_ms: int | None  # hub clock minus ours, at the last sync
     # … and the hub said its own clock is this far off its stores' then (protocol.routes.HUB_CLOCK_HEADER; None: not)
     hub_clock_off_ms: int | None = None
+    # … or that this many other stores agree with its clock, while this machine's is a minute or more off it
+    # (protocol.routes.HUB_CLOCK_AGREED_HEADER; None: not said: the hub cannot tell whose clock is wrong)
+    hub_clock_agreed: int | None = None
     epoch_base: int = 0  # the seq this epoch continues from (see the module doc: lineage)
     forked_from_epoch: int | None = None  # the last fork: the epoch this outbox left, when, and events resent
     forked_ms: int | None = None
@@ -914,11 +917,13 @@ class Outbox(SqliteFile):
 
     async def apply_answer(
         self, resp: SyncResponse, *, clock_skew_ms: int | None, hub_id: str | None = None, hub_url: str = "",
-        hub_clock_off_ms: int | None = None, held: HeldCounts | None = None, counted: tuple[int, int] | None = None,
+        hub_clock_off_ms: int | None = None, hub_clock_agreed: int | None = None, held: HeldCounts | None = None,
+        counted: tuple[int, int] | None = None,
     ) -> AnswerResult:  # fmt: skip
         """Store one decoded hub answer in one transaction: mark, set-asides, counts, sync state, and the id of the
         database of the hub at ``hub_url`` that answered (``protocol.routes.HUB_ID_HEADER``; None: it sent none).
-        ``hub_clock_off_ms``: the hub said its own clock is this far off its stores' (``HUB_CLOCK_HEADER``).
+        ``hub_clock_off_ms``: the hub said its own clock is this far off its stores' (``HUB_CLOCK_HEADER``);
+        ``hub_clock_agreed``: that this many other stores agree with its clock (``HUB_CLOCK_AGREED_HEADER``).
         ``held``: the counts of earlier answers a full disk refused to store, stored too (before this answer's)
         when this one moves the mark to theirs or past it in this history (``agent.counts.HeldCounts``).
         ``counted``: the first and last seq of the batch the answer is for (None: a handshake, which carries no
@@ -962,6 +967,7 @@ class Outbox(SqliteFile):
                 last_sync_ms=self._wall_clock_ms(),
                 clock_skew_ms=clock_skew_ms,
                 hub_clock_off_ms=hub_clock_off_ms,
+                hub_clock_agreed=hub_clock_agreed,
                 hub_reachable=1,
             )
             return dataclasses.replace(
@@ -1413,6 +1419,7 @@ class Outbox(SqliteFile):
                 hub_reachable=None if reachable is None else bool(reachable),
                 clock_skew_ms=_meta(conn, "clock_skew_ms"),
                 hub_clock_off_ms=_meta(conn, "hub_clock_off_ms"),
+                hub_clock_agreed=_meta(conn, "hub_clock_agreed"),
                 epoch_base=_meta(conn, "epoch_base", 0) or 0,
                 forked_from_epoch=_meta(conn, "forked_from_epoch"),
                 forked_ms=_meta(conn, "forked_ms"),

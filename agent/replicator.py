@@ -76,7 +76,7 @@ from agent.hub_loop import (
     redirected,
     wrong_address,
 )
-from agent.huberrors import hub_clock_off_of, hub_clock_words, hub_id_of, refusal, sync_url
+from agent.huberrors import hub_clock_agreed_of, hub_clock_off_of, hub_clock_words, hub_id_of, refusal, sync_url
 from agent.outbox import Outbox
 from protocol import (
     MAX_BATCH_EVENTS,
@@ -104,7 +104,13 @@ from protocol.retry import (
     run_turns,
     wait_for_any,
 )
-from protocol.routes import HUB_CLOCK_HEADER, HUB_ID_HEADER, SYNC_CATCHUP_BYTES, SYNC_PIPELINE_HEADER
+from protocol.routes import (
+    HUB_CLOCK_AGREED_HEADER,
+    HUB_CLOCK_HEADER,
+    HUB_ID_HEADER,
+    SYNC_CATCHUP_BYTES,
+    SYNC_PIPELINE_HEADER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +235,7 @@ class _Reply:
     pipelines: bool  # the answer carries SYNC_PIPELINE_HEADER: the hub reads a request's after_seq
     hub_id: str | None = None  # the id of the database the hub serves (HUB_ID_HEADER; None: an older hub)
     hub_clock_off_ms: int | None = None  # the hub says its own clock is this far off its stores' (HUB_CLOCK_HEADER)
+    hub_clock_agreed: int | None = None  # … that this many other stores agree with its clock (HUB_CLOCK_AGREED_HEADER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,7 +549,7 @@ class Replicator(HubLoop):
             self._pipelines = answer.pipelines
             return await self._accepted(
                 batch, body, answer.sent_ms, answer.received_ms, sent_ahead=ahead is not None, hub_id=answer.hub_id,
-                chain=chain, hub_clock_off_ms=answer.hub_clock_off_ms,
+                chain=chain, hub_clock_off_ms=answer.hub_clock_off_ms, hub_clock_agreed=answer.hub_clock_agreed,
             )  # fmt: skip
         if status == 422 and batch:
             return await self._invalid(batch, body)
@@ -727,6 +734,7 @@ class Replicator(HubLoop):
                     http.headers.get("Location"), http.headers.get("Content-Type", ""),
                     http.headers.get(SYNC_PIPELINE_HEADER) == "1", hub_id_of(http.headers.get(HUB_ID_HEADER)),
                     hub_clock_off_of(http.headers.get(HUB_CLOCK_HEADER)),
+                    hub_clock_agreed_of(http.headers.get(HUB_CLOCK_AGREED_HEADER)),
                 )  # fmt: skip
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="hub_error", reachable=True, level=logging.ERROR) from err
@@ -760,6 +768,7 @@ class Replicator(HubLoop):
     async def _accepted(
         self, batch: _Batch, body: bytes, sent_ms: int, received_ms: int, *, sent_ahead: bool = False,
         hub_id: str | None = None, chain: bytes | None = None, hub_clock_off_ms: int | None = None,
+        hub_clock_agreed: int | None = None,
     ) -> bool:  # fmt: skip
         try:
             resp = decode_sync_response(body)
@@ -797,6 +806,7 @@ class Replicator(HubLoop):
                 resp, clock_skew_ms=skew_ms, hub_id=hub_id, hub_url=self._url, hub_clock_off_ms=hub_clock_off_ms,
                 held=self._held if self._unstored is not None else None,
                 counted=(batch[0].seq, batch[-1].seq) if batch else None,
+                hub_clock_agreed=hub_clock_agreed,
             )  # fmt: skip
         except OutboxError as err:
             if disk_full(err):

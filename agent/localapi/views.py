@@ -215,6 +215,7 @@ def status_json(
         "last_error": stats.last_error,
         "clock_skew_ms": stats.clock_skew_ms,
         "hub_clock_off_ms": stats.hub_clock_off_ms,  # the hub says its own clock is off (not this machine's)
+        "hub_clock_agreed": stats.hub_clock_agreed,  # … that other stores agree with its clock (this machine's is off)
         "active_sessions": active_sessions,
         "pos_import": None if pos is None else pos.to_json(),
         "saved_copies": None if saved is None else dataclasses.asdict(saved),

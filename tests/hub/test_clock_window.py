@@ -159,3 +159,27 @@ def test_the_hubs_clock_watch_says_when_it_begins_and_ends_and_looks_at_most_eve
     assert watch.heard("a", -3 * HOUR_MS, 110.0) is None  # still so: said once
     assert watch.heard("a", 10, 120.0) == ("ended", None)  # one of two right again: no majority says it
     assert watch.heard("c", -3 * HOUR_MS, 2_000.0) is None  # the others are forgotten after 10 minutes
+
+
+def test_the_watch_says_when_the_hubs_clock_looks_right_again_and_whom_the_other_stores_side_with() -> None:
+    """``right_again`` (the hub then releases what its clock held) turns true once when more than half of the agents
+    that synced lately, at least two, put the hub's clock under a minute off; ``vouched`` tells an agent off the
+    hub's clock whether the others side with the hub (None for a lone agent, or others that disagree)."""
+    watch = HubClockWatch()
+    watch.heard("a", 3 * HOUR_MS, 100.0)
+    assert watch.vouched("a") is None, "alone: the hub cannot tell whose clock is wrong"
+    assert not watch.take_right_again()
+    watch.heard("b", 10, 100.0 + HUB_CLOCK_LOOK_S)
+    assert watch.vouched("a") == 1, "b sides with the hub's clock"
+    assert not watch.take_right_again(), "one of two: not more than half"
+    watch.heard("c", -2 * HOUR_MS, 100.0 + 2 * HUB_CLOCK_LOOK_S)
+    assert watch.vouched("a") is None, "b and c disagree: no majority of the others sides with the hub"
+    watch.heard("c", -20, 100.0 + 3 * HUB_CLOCK_LOOK_S)
+    assert watch.vouched("a") == 2
+    assert watch.take_right_again() and not watch.take_right_again(), "said once"
+    watch.heard("b", 3 * HOUR_MS, 100.0 + 4 * HUB_CLOCK_LOOK_S)
+    watch.heard("c", 3 * HOUR_MS, 100.0 + 5 * HUB_CLOCK_LOOK_S)
+    assert watch.current is not None and not watch.agreed
+    watch.heard("a", 0, 100.0 + 6 * HUB_CLOCK_LOOK_S)
+    watch.heard("b", 0, 100.0 + 7 * HUB_CLOCK_LOOK_S)
+    assert watch.take_right_again(), "right again after it was off"
