@@ -9,15 +9,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import Collection, Sequence
 
-from hub.clock_window import HUB_CLOCK_RECENT_MS, hub_clock_suspicion
+from hub.clock_window import HUB_CLOCK_RECENT_MS, hub_clock_suspicion, span
 from hub.resolver import is_location
 from hub.storage.base import ROLES, AgentDisk, AgentIdentity, AgentStatus, CredentialChanged, InvalidInput, StoreError
 from hub.storage.db import Db, Where
 from protocol import wall_ms_now
 from protocol.values import AGENT_ID, shown
+
+log = logging.getLogger(__name__)
 
 TOKEN_SCHEME = "ssk1"
 TOKEN_SECRET_BYTES = 32
@@ -101,7 +104,11 @@ def check_grant(locations: Sequence[str], role: str) -> tuple[str, ...]:
 async def insert_agent(db: Db, granted: Sequence[str], role: str, chosen: str | None) -> tuple[str, str]:
     """Store a new credential (``chosen``: its id; None: a new random one); return (agent_id, token)."""
     now_ms = wall_ms_now()
-    created = now_ms - (await hub_clock_off(db, now_ms) or 0)  # the stores' time when the hub's clock is off
+    off_ms = await hub_clock_off(db, now_ms)
+    if off_ms is not None:
+        log.warning("The stores that synced lately put the hub's clock %s %s theirs: the new credential is dated by "
+                    "their time, not the hub's.", span(off_ms), "behind" if off_ms < 0 else "ahead of")  # fmt: skip
+    created = now_ms - (off_ms or 0)  # the stores' time when the hub's clock is off
     for _ in range(1 if chosen else ADD_AGENT_ATTEMPTS):
         new_id = chosen or new_agent_id()
         token = new_token(new_id)

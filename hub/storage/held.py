@@ -118,8 +118,13 @@ def quarantine_exception(row: QuarantineRow) -> ExceptionRow:
         row.location,
         row.sku,
         f"{row.agent_id}'s {row.kind} of {row.qty:+d} {row.sku} at {row.location} is stamped {span(row.skew_ms)} "
-        f"{where} the hub's clock at its receipt and is held in quarantine: apply it at its receipt time or "
-        f"discard it (POST /v1/quarantine/{row.quarantine_id}).",
+        f"{where} the hub's clock at its receipt and is held in quarantine: "
+        + (
+            f"the hub's own clock was {span(row.hub_clock_off_ms)} off its stores' then, so it is applied at its own "
+            "time once the hub's clock is right, or now with the others (POST /v1/quarantine/release)."
+            if row.hub_clock_off_ms is not None
+            else f"apply it at its receipt time or discard it (POST /v1/quarantine/{row.quarantine_id})."
+        ),
         {
             "quarantine_id": row.quarantine_id,
             "event_id": event_id_hex(row.event_id),

@@ -107,6 +107,8 @@ def a_credential_made_while_the_stores_say_the_hubs_clock_is_ahead(db: Path | st
             env={**hub_env(), SHIFT_FILE_ENV: str(shift)}, capture_output=True, check=False, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
+        said = "ahead of theirs: the new credential is dated by their time, not the hub's."  # 2 days, give or take ms
+        assert "The stores that synced lately put the hub's clock " in done.stderr and said in done.stderr, done.stderr
         agent_id = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)["agent_id"]
         [(created_ms,)] = _query(db, "SELECT created_ms FROM agents WHERE agent_id = ?", (agent_id,))
         assert abs(created_ms - time.time() * 1000) < 60_000, "dated by the stores' right time, not two days ahead"

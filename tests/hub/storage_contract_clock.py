@@ -166,6 +166,8 @@ class ClockTransferContract:
         assert [q.hub_clock_off_ms for q in await store.quarantine()] == [None, None]
 
         assert (await store.hub_clock_found(hub_ahead))[0] == 1
+        [said] = [e.detail for e in await store.exceptions() if e.kind == "clock_quarantine" and e.location == "S1"]
+        assert "the hub's own clock was 2.0 days off its stores' then, so it is applied at its own time" in said
         by_agent = {q.agent_id: q for q in await store.quarantine()}
         assert by_agent[right.agent_id].hub_clock_off_ms == hub_ahead
         assert by_agent[slow.agent_id].hub_clock_off_ms is None, "its sender's clock was not off by as much"
