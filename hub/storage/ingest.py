@@ -602,8 +602,9 @@ async def _settle_late(
 
 
 def _held_again(event_id: bytes, status: str) -> str:
-    fate = {"pending": "waits there for an operator", "applied": "an operator applied it at its receipt time",
-            "discarded": "an operator discarded it"}.get(status, status)  # fmt: skip
+    fate = {"pending": "waits there for an operator", "discarded": "an operator discarded it",
+            "applied": "it was applied (at its receipt time, or at its own when the hub's own clock held it)",
+            }.get(status, status)  # fmt: skip
     return f"event {event_id_hex(event_id)} was held in the hub's clock quarantine before and {fate}; it is not applied again"
 
 
