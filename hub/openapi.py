@@ -123,7 +123,8 @@ API_VERSION = "1.10.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      (or one before it in the request): a zero-width character, a decomposed accent, a full-width letter;
 #      a held event's hub_clock_off_ms (held while the hub's own clock was off its stores'), POST
 #      /v1/quarantine/release (those released at their own time, all at once), and the header
-#      Shelfsync-Hub-Clock-Agreed of a sync answer (the other stores agree with the hub's clock, not this store's)
+#      Shelfsync-Hub-Clock-Agreed of a sync answer (the other stores agree with the hub's clock, not this store's);
+#      a page of GET /v1/ledger ends once its body passes 4 MiB (with next), however many rows limit allows
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -787,7 +788,8 @@ def _paths() -> dict[str, JSON]:
     add("/v1/ledger", "get", operation(
         "getLedger", "Events, rejected attempts and transfer write-offs",
         "Newest first in resolution order (occurred_at, agent_id, seq, event_id), a page at a time. `before` (a packed "
-        "HLC) only says where the first page starts; `cursor` and `before` together are 400.",
+        "HLC) only says where the first page starts; `cursor` and `before` together are 400. A page ends once its body "
+        "passes 4 MiB (since 1.10), with `next`, however many rows `limit` allows.",
         "Ledger",
         {"200": cacheable(with_csv(ok("A page of the ledger.", ref("LedgerPage"),
                              links={"NextPage": link("getLedger", next_page, cursor="$response.body#/next")}),

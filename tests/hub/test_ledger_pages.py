@@ -1,0 +1,137 @@
+"""A page of the ledger is bounded by bytes as well as rows, and is built a part at a time with the event loop
+free between the parts, over real HTTP on 127.0.0.1.
+
+Found by a black-box attack: with event attrs at their limits, ``GET /v1/ledger?location=WEB&limit=10000`` was a
+37 MiB page built in one go on the event loop (reading the attrs and writing the JSON, ~1.5 s), and one reader
+fetching such pages in a loop held every other answer of the hub ~2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from hub import HubSettings, HubStore, create_app, open_store
+from hub.app import LEDGER_PAGE_BYTES
+from protocol import Kind, StockEvent, event_id_hex, new_event_id, pack_hlc
+from protocol.values import ATTR_KEY_MAX_LEN, ATTR_STR_MAX_LEN, ATTRS_MAX_KEYS
+from tests.harness.inprocess import IN_PROCESS_DB, serve_app
+from tests.harness.pg import fresh_schema
+from tests.hub.test_paging import agent, order_key
+
+NOW_MS = time.time_ns() // 1_000_000 - 60_000  # inside the hub's clock window
+FAT_EVENTS = 600  # ~9 KiB of JSON each: ~5.4 MiB of them, more than one page's bytes
+ATTRS = {f"{k:02d}".ljust(ATTR_KEY_MAX_LEN, "k"): f"{k}".ljust(ATTR_STR_MAX_LEN, "v") for k in range(ATTRS_MAX_KEYS)}
+
+
+@pytest.fixture
+async def any_store(backend: str, tmp_path: Path) -> AsyncIterator[HubStore]:
+    if backend == "sqlite":
+        async with open_store(tmp_path / "hub.db") as s:
+            yield s
+        return
+    async with fresh_schema() as url, open_store(url) as s:
+        yield s
+
+
+async def fat_ledger(store: HubStore) -> tuple[str, list[StockEvent]]:
+    """``FAT_EVENTS`` receipts at WEB with attrs at their limits (on a few stamps, so pages end inside a run of
+    one stamp), and a few at S001 that a WEB page never shows."""
+    who, token = await agent(store, ["WEB", "S001"])
+    events = [
+        StockEvent(
+            new_event_id(), who.agent_id, 1, seq, "WEB" if seq <= FAT_EVENTS else "S001", f"SKU-{seq % 13}",
+            Kind.RECEIVE, 1, pack_hlc(NOW_MS + seq // 100, 0), NOW_MS, "api:test", attrs=ATTRS,
+        )
+        for seq in range(1, FAT_EVENTS + 21)
+    ]  # fmt: skip
+    for start in range(0, len(events), 200):
+        assert not (await store.ingest(who, 1, events[start : start + 200])).rejected
+    return token, [e for e in events if e.location == "WEB"]
+
+
+@pytest.fixture
+async def hub(any_store: HubStore) -> AsyncIterator[tuple[web.Application, Any]]:
+    app = create_app(any_store, HubSettings(db=IN_PROCESS_DB))
+    async with serve_app(app) as served:
+        yield app, served.client
+
+
+async def test_a_fat_page_ends_at_its_byte_bound_and_next_goes_on_with_no_event_lost_or_repeated(
+    any_store: HubStore, hub: tuple[web.Application, Any]
+) -> None:
+    _, client = hub
+    token, events = await fat_ledger(any_store)
+    auth = {"Authorization": f"Bearer {token}"}
+    params = {"location": "WEB", "limit": "10000"}
+    rows: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    for _ in range(20):
+        resp = await client.get("/v1/ledger", params=params, headers=auth)
+        assert resp.status == 200
+        raw = await resp.read()
+        body = await resp.json()
+        sizes.append(len(raw))
+        rows += body["events"]
+        if body["next"] is None:
+            break
+        params = {"location": "WEB", "limit": "10000", "cursor": body["next"]}
+    else:
+        raise AssertionError("the walk did not end")
+    one_row = max(len(raw) // max(1, len(body["events"])), 16 * 1024)
+    assert len(sizes) >= 2, sizes  # 5 MiB of rows: the first page ended at its bytes, not at 10,000 rows
+    assert all(size <= LEDGER_PAGE_BYTES + 2 * one_row for size in sizes), sizes
+    assert sorted(r["event_id"] for r in rows) == sorted(event_id_hex(e.event_id) for e in events)  # once each
+    assert len({r["event_id"] for r in rows}) == len(rows) == FAT_EVENTS
+    keys = [order_key(r) for r in rows]
+    assert keys == sorted(keys, reverse=True)  # newest first, across the pages too
+    assert all(r["attrs"] == ATTRS for r in rows)
+
+
+async def test_a_small_request_is_answered_while_a_fat_page_is_built(store: HubStore) -> None:
+    """The small request is sent once the fat page's first part is read; a hub that builds the page in one go on
+    the event loop answers it only after the whole page. The fat page's second read from the store waits (at most
+    10 s) for the small answer, so the order does not depend on how fast this machine is."""
+    token, _ = await fat_ledger(store)
+    auth = {"Authorization": f"Bearer {token}"}
+    answered: list[str] = []
+    small_answered = asyncio.Event()
+    first_read = asyncio.Event()
+    reads = 0
+    real = store.ledger
+
+    async def ledger(**kw: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            with_timeout = asyncio.wait_for(small_answered.wait(), 10)
+            await asyncio.gather(with_timeout, return_exceptions=True)
+        rows = await real(**kw)
+        first_read.set()
+        return rows
+
+    async def note(request: web.Request, response: web.StreamResponse) -> None:
+        answered.append(request.path)
+        if request.path == "/v1/counts":
+            small_answered.set()
+
+    store.ledger = ledger  # type: ignore[method-assign]
+    app = create_app(store, HubSettings(db=IN_PROCESS_DB))
+    app.on_response_prepare.append(note)
+    async with serve_app(app) as served:
+        fat = asyncio.create_task(
+            served.client.get("/v1/ledger", params={"location": "WEB", "limit": "10000"}, headers=auth)
+        )
+        await asyncio.wait_for(first_read.wait(), 30)
+        small = await served.client.get("/v1/counts", params={"limit": "5"}, headers=auth)
+        assert small.status == 200, await small.text()
+        resp = await asyncio.wait_for(fat, 60)
+        assert resp.status == 200
+        assert (await resp.json())["events"]
+    assert answered == ["/v1/counts", "/v1/ledger"]  # the small answer did not wait for the fat page
