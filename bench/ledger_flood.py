@@ -5,7 +5,9 @@
 
 Prints the figures; writes no results file.
 
-    python -m bench.ledger_flood [--events 10000] [--readers 0,1,4] [--seconds 15]
+    python -m bench.ledger_flood [--events 10000] [--readers 0,1,4] [--seconds 15] [--csv]
+
+With ``--csv`` the readers download the location's whole ledger as CSV (``format=csv``) instead.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ async def load(db: Path, n: int) -> str:
     return token
 
 
-async def flood(url: str, token: str, readers: int, seconds: float) -> tuple[list[float], list[int], int]:
+async def flood(
+    url: str, token: str, readers: int, seconds: float, csv: bool = False
+) -> tuple[list[float], list[int], int]:
     """Small-read latencies (s), the fat pages' sizes (bytes) and how many were read."""
     headers = {"Authorization": f"Bearer {token}"}
     stop = time.monotonic() + seconds
@@ -58,7 +62,8 @@ async def flood(url: str, token: str, readers: int, seconds: float) -> tuple[lis
 
         async def reader() -> None:
             while time.monotonic() < stop:
-                async with session.get(f"{url}/v1/ledger", params={"location": "WEB", "limit": "10000"}) as resp:
+                query = {"location": "WEB", "format": "csv"} if csv else {"location": "WEB", "limit": "10000"}
+                async with session.get(f"{url}/v1/ledger", params=query) as resp:
                     assert resp.status == 200, resp.status
                     sizes.append(len(await resp.read()))
 
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--readers", default="0,1,4")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--csv", action="store_true", help="the readers download the ledger as CSV")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "hub.db"
@@ -89,11 +95,13 @@ def main() -> None:
         hub = run_hub(db, port)
         try:
             for readers in (int(r) for r in args.readers.split(",")):
-                lat, sizes, pages = asyncio.run(flood(f"http://127.0.0.1:{port}", token, readers, args.seconds))
+                lat, sizes, pages = asyncio.run(
+                    flood(f"http://127.0.0.1:{port}", token, readers, args.seconds, args.csv)
+                )
                 lat.sort()
                 size = f"{statistics.median(sizes) / 2**20:.1f} MiB" if sizes else "-"
                 print(
-                    f"{readers} reader(s) of fat ledger pages ({pages} pages of {size} in {args.seconds:.0f} s): "
+                    f"{readers} reader(s) of fat ledger {'CSV downloads' if args.csv else 'pages'} ({pages} of {size} in {args.seconds:.0f} s): "
                     f"GET /v1/counts median {statistics.median(lat) * 1e3:.0f} ms, "
                     f"p90 {lat[int(len(lat) * 0.9)] * 1e3:.0f} ms, max {lat[-1] * 1e3:.0f} ms ({len(lat)} asked)",
                     flush=True,

@@ -135,3 +135,47 @@ async def test_a_small_request_is_answered_while_a_fat_page_is_built(store: HubS
         assert resp.status == 200
         assert (await resp.json())["events"]
     assert answered == ["/v1/counts", "/v1/ledger"]  # the small answer did not wait for the fat page
+
+
+async def test_a_small_request_is_answered_while_a_fat_csv_download_is_read(store: HubStore) -> None:
+    """The same for the ledger's CSV download (streamed a page at a time): the small request, sent once its first
+    page is read, is answered before the download's last read from the store. It read 1,000 rows a page: the
+    whole of this location in one read, turned to CSV in one go (~9 MiB a page at 1,000 such events). Every
+    event is in the download, once."""
+    token, events = await fat_ledger(store)
+    auth = {"Authorization": f"Bearer {token}"}
+    seen: list[str] = []
+    small_answered = asyncio.Event()
+    first_read = asyncio.Event()
+    real = store.ledger
+
+    async def ledger(**kw: Any) -> Any:
+        if seen.count("read") == 1:  # the download's second read waits (at most 10 s) for the small answer
+            await asyncio.gather(asyncio.wait_for(small_answered.wait(), 10), return_exceptions=True)
+        rows = await real(**kw)
+        seen.append("read")
+        first_read.set()
+        return rows
+
+    async def note(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == "/v1/counts":
+            seen.append("small answered")
+            small_answered.set()
+
+    store.ledger = ledger  # type: ignore[method-assign]
+    app = create_app(store, HubSettings(db=IN_PROCESS_DB))
+    app.on_response_prepare.append(note)
+    async with serve_app(app) as served:
+        csv = asyncio.create_task(
+            served.client.get("/v1/ledger", params={"location": "WEB", "format": "csv"}, headers=auth)
+        )
+        await asyncio.wait_for(first_read.wait(), 30)
+        small = await served.client.get("/v1/counts", params={"limit": "5"}, headers=auth)
+        assert small.status == 200, await small.text()
+        resp = await asyncio.wait_for(csv, 60)
+        assert resp.status == 200
+        text = await asyncio.wait_for(resp.text(), 60)
+    last_read = len(seen) - 1 - seen[::-1].index("read")
+    assert seen.index("small answered") < last_read, seen
+    ids = [event_id_hex(e.event_id) for e in events]
+    assert sum(text.count(i) for i in ids) == len(ids) and all(i in text for i in ids)
