@@ -4,7 +4,7 @@ Found by a black-box attack: ``GET /v1/ledger?location=X`` had no index serving 
 each page (and each page of its CSV export) read every event of the location and sorted them: 0.5-0.77 s a page at
 200,000 events. The plans are SQLite's own words (EXPLAIN QUERY PLAN) on a hub's file as the hub leaves it (no
 ANALYZE), not times. A PostgreSQL ledger is partitioned by location: its page reads one partition
-(hub/storage/postgres/migrations/023_events_by_location_in_order.sql).
+(hub/storage/postgres/migrations/024_events_by_location_in_order.sql).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
--- shelfsync hub, SQLite schema version 23: one location's ledger, newest first, read by an index.
+-- shelfsync hub, SQLite schema version 24: one location's ledger, newest first, read by an index.
 --
 -- GET /v1/ledger?location=X (and its CSV export, a page at a time) had no index serving (location, order):
 -- SQLite read every event of the location by events_order and sorted them all for each page (0.24 s a page

@@ -1,6 +1,6 @@
--- shelfsync hub, PostgreSQL schema version 23: nothing changes in a PostgreSQL hub's database.
+-- shelfsync hub, PostgreSQL schema version 24: nothing changes in a PostgreSQL hub's database.
 --
--- The SQLite hub's version 23 adds an index for one location's ledger, newest first. A PostgreSQL ledger is
+-- The SQLite hub's version 24 adds an index for one location's ledger, newest first. A PostgreSQL ledger is
 -- partitioned by location (16 hash partitions): a location's page reads its one partition, by that
 -- partition's events_time index (occurred_at, agent_id, seq, event_id) filtered by the location, or, for a
 -- location the statistics show small, by the primary key (location, event_id) and a sort of its few events
