@@ -7,7 +7,9 @@ Prints the figures; writes no results file.
 
     python -m bench.ledger_flood [--events 10000] [--readers 0,1,4] [--seconds 15] [--csv]
 
-With ``--csv`` the readers download the location's whole ledger as CSV (``format=csv``) instead.
+With ``--csv`` the readers download the location's whole ledger as CSV (``format=csv``) instead. With
+``--variance BY`` the events are cycle counts and the readers fetch ``GET /v1/reports/variance?location=WEB&by=BY``
+(``limit=10000`` for ``by=count``; with ``--csv``, its CSV) instead.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ ATTRS = {f"{k:02d}".ljust(ATTR_KEY_MAX_LEN, "k"): f"{k}".ljust(ATTR_STR_MAX_LEN,
 PROBE_EVERY_S = 0.1
 
 
-async def load(db: Path, n: int) -> str:
-    """``n`` receipts at WEB with attrs at their limits; the token of their agent."""
+async def load(db: Path, n: int, kind: Kind = Kind.RECEIVE) -> str:
+    """``n`` receipts (or counts) at WEB with attrs at their limits; the token of their agent."""
     async with await open_store(str(db)) as store:
         _, token = await store.add_agent(["WEB"])
         who = await store.authenticate(token)
@@ -41,7 +43,7 @@ async def load(db: Path, n: int) -> str:
         for first in range(1, n + 1, 1000):
             events = [
                 StockEvent(
-                    new_event_id(), who.agent_id, 1, seq, "WEB", f"SKU-{seq % 500:04d}", Kind.RECEIVE, 1,
+                    new_event_id(), who.agent_id, 1, seq, "WEB", f"SKU-{seq % 500:04d}", kind, 1,
                     pack_hlc(start_ms + seq, 0), start_ms + seq, "api:bench", attrs=ATTRS,
                 )
                 for seq in range(first, min(n, first + 999) + 1)
@@ -51,7 +53,7 @@ async def load(db: Path, n: int) -> str:
 
 
 async def flood(
-    url: str, token: str, readers: int, seconds: float, csv: bool = False
+    url: str, token: str, readers: int, seconds: float, csv: bool = False, variance: str | None = None
 ) -> tuple[list[float], list[int], int]:
     """Small-read latencies (s), the fat pages' sizes (bytes) and how many were read."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -63,7 +65,13 @@ async def flood(
         async def reader() -> None:
             while time.monotonic() < stop:
                 query = {"location": "WEB", "format": "csv"} if csv else {"location": "WEB", "limit": "10000"}
-                async with session.get(f"{url}/v1/ledger", params=query) as resp:
+                path = "/v1/ledger"
+                if variance is not None:
+                    path = "/v1/reports/variance"
+                    query = {"location": "WEB", "by": variance, **({"format": "csv"} if csv else {})}
+                    if variance == "count" and not csv:
+                        query["limit"] = "10000"
+                async with session.get(f"{url}{path}", params=query) as resp:
                     assert resp.status == 200, resp.status
                     sizes.append(len(await resp.read()))
 
@@ -86,22 +94,25 @@ def main() -> None:
     parser.add_argument("--readers", default="0,1,4")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--csv", action="store_true", help="the readers download the ledger as CSV")
+    parser.add_argument("--variance", choices=("sku", "location", "count"), help="the readers fetch this report")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "hub.db"
-        token = asyncio.run(load(db, args.events))
+        token = asyncio.run(load(db, args.events, Kind.RECEIVE if args.variance is None else Kind.COUNT))
         port = free_port()
         os.environ["SHELFSYNC_HUB_READ_BYTES_PER_S"] = "0"  # the hub process's read budget off
         hub = run_hub(db, port)
         try:
             for readers in (int(r) for r in args.readers.split(",")):
                 lat, sizes, pages = asyncio.run(
-                    flood(f"http://127.0.0.1:{port}", token, readers, args.seconds, args.csv)
+                    flood(f"http://127.0.0.1:{port}", token, readers, args.seconds, args.csv, args.variance)
                 )
                 lat.sort()
+                what = f"variance by={args.variance} " if args.variance else "ledger "
+                what += "CSV downloads" if args.csv else "pages"
                 size = f"{statistics.median(sizes) / 2**20:.1f} MiB" if sizes else "-"
                 print(
-                    f"{readers} reader(s) of fat ledger {'CSV downloads' if args.csv else 'pages'} ({pages} of {size} in {args.seconds:.0f} s): "
+                    f"{readers} reader(s) of fat {what} ({pages} of {size} in {args.seconds:.0f} s): "
                     f"GET /v1/counts median {statistics.median(lat) * 1e3:.0f} ms, "
                     f"p90 {lat[int(len(lat) * 0.9)] * 1e3:.0f} ms, max {lat[-1] * 1e3:.0f} ms ({len(lat)} asked)",
                     flush=True,
