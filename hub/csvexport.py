@@ -37,7 +37,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -58,6 +58,7 @@ from hub.storage.base import (
     QuarantineRow,
 )
 from hub.storage.interfaces import LedgerStore, QuarantineStore, ReportStore
+from hub.storage.keys import LedgerKey
 from protocol import event_id_hex, values
 from protocol.csvcells import guarded
 
@@ -164,7 +165,7 @@ def filename(*parts: str | None) -> str:
 async def walk(
     fetch: Callable[[Any, int], Awaitable[list[R]]], key_of: Callable[[R], Any], *, after: Any = None,
     limit: int | None = None, first_rows: int | None = None, rows_after: Callable[[list[R]], int] | None = None,
-) -> AsyncIterator[list[R]]:  # fmt: skip
+) -> AsyncGenerator[list[R], None]:  # fmt: skip
     """Every page of a list in order: ``fetch(after, n)`` reads the ``n`` rows after key ``after`` (None: from
     the start); the next page starts after the last row's ``key_of``. Stops at a short page or ``limit`` rows.
     Pages are ``first_rows`` (default ``PAGE_ROWS``), then ``rows_after(the page before)`` when given, else
@@ -204,6 +205,23 @@ def ledger_page_rows(page: list[LedgerRow]) -> int:
     ``page`` (its attrs counted by their text, cheaply)."""
     size = sum(LEDGER_ROW_BYTES + sum(len(k) + len(str(v)) for k, v in r.attrs.items()) for r in page)
     return min(PAGE_ROWS, max(LEDGER_PAGE_ROWS_MIN, LEDGER_PAGE_BYTES * len(page) // max(1, size)))
+
+
+def ledger_pages(
+    store: LedgerStore, location: str | None, sku: str | None, *, before: int | None = None,
+    after: LedgerKey | None = None, limit: int | None = None,
+) -> AsyncGenerator[list[LedgerRow], None]:  # fmt: skip
+    """The ledger (of a location, a SKU) newest first, after ``after`` (else before ``before``), in parts:
+    ``LEDGER_FIRST_ROWS`` rows first, then about ``LEDGER_PAGE_BYTES`` of rows (``ledger_page_rows``), so whoever
+    turns each part into its answer before reading the next lets the event loop serve others between them."""
+
+    async def fetch(key: LedgerKey | None, n: int) -> list[LedgerRow]:
+        return await store.ledger(location=location, sku=sku, limit=n, before=None if key else before, after=key)
+
+    return walk(
+        fetch, keys.ledger_key, after=after, limit=limit, first_rows=min(LEDGER_FIRST_ROWS, PAGE_ROWS),
+        rows_after=ledger_page_rows,
+    )  # fmt: skip
 
 
 async def _stream(
@@ -372,13 +390,7 @@ async def ledger(request: web.Request) -> web.StreamResponse:
     store: LedgerStore = request.app[STORE_KEY]
     names = await names_of(request)
 
-    async def fetch(key: Any, n: int) -> list[LedgerRow]:
-        return await store.ledger(location=location, sku=sku, limit=n, before=None if key else before, after=key)
-
-    pages = walk(
-        fetch, keys.ledger_key, after=after, limit=limit_param(params), first_rows=min(LEDGER_FIRST_ROWS, PAGE_ROWS),
-        rows_after=ledger_page_rows,
-    )  # fmt: skip
+    pages = ledger_pages(store, location, sku, before=before, after=after, limit=limit_param(params))
     return await stream(
         request, filename("ledger", location, sku), LEDGER_HEADER, _rows(pages, lambda r: ledger_cells(r, names))
     )

@@ -40,14 +40,14 @@ async def any_store(backend: str, tmp_path: Path) -> AsyncIterator[HubStore]:
         yield s
 
 
-async def fat_ledger(store: HubStore) -> tuple[str, list[StockEvent]]:
-    """``FAT_EVENTS`` receipts at WEB with attrs at their limits (on a few stamps, so pages end inside a run of
-    one stamp), and a few at S001 that a WEB page never shows."""
+async def fat_ledger(store: HubStore, kind: Kind = Kind.RECEIVE) -> tuple[str, list[StockEvent]]:
+    """``FAT_EVENTS`` receipts (or counts) at WEB with attrs at their limits (on a few stamps, so pages end inside
+    a run of one stamp), and a few at S001 that a WEB page never shows."""
     who, token = await agent(store, ["WEB", "S001"])
     events = [
         StockEvent(
             new_event_id(), who.agent_id, 1, seq, "WEB" if seq <= FAT_EVENTS else "S001", f"SKU-{seq % 13}",
-            Kind.RECEIVE, 1, pack_hlc(NOW_MS + seq // 100, 0), NOW_MS, "api:test", attrs=ATTRS,
+            kind, 1, pack_hlc(NOW_MS + seq // 100, 0), NOW_MS, "api:test", attrs=ATTRS,
         )
         for seq in range(1, FAT_EVENTS + 21)
     ]  # fmt: skip
@@ -179,3 +179,50 @@ async def test_a_small_request_is_answered_while_a_fat_csv_download_is_read(stor
     assert seen.index("small answered") < last_read, seen
     ids = [event_id_hex(e.event_id) for e in events]
     assert sum(text.count(i) for i in ids) == len(ids) and all(i in text for i in ids)
+
+
+async def test_a_small_request_is_answered_while_a_variance_report_reads_fat_counts(store: HubStore) -> None:
+    """The same for the shrinkage report by count (``limit=10000``): it read the ledger 1,000 rows at a time (the
+    whole of this location in one read, attrs and all) and built its page in one go. The small request, sent once
+    the report's first read is done, is answered before the report; the report's second read waits (at most 10 s)
+    for the small answer. Every count is in the report, once."""
+    token, events = await fat_ledger(store, Kind.COUNT)
+    auth = {"Authorization": f"Bearer {token}"}
+    answered: list[str] = []
+    small_answered = asyncio.Event()
+    first_read = asyncio.Event()
+    reads = 0
+    real = store.ledger
+
+    async def ledger(**kw: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            await asyncio.gather(asyncio.wait_for(small_answered.wait(), 10), return_exceptions=True)
+        rows = await real(**kw)
+        first_read.set()
+        return rows
+
+    async def note(request: web.Request, response: web.StreamResponse) -> None:
+        answered.append(request.path)
+        if request.path == "/v1/counts":
+            small_answered.set()
+
+    store.ledger = ledger  # type: ignore[method-assign]
+    app = create_app(store, HubSettings(db=IN_PROCESS_DB))
+    app.on_response_prepare.append(note)
+    async with serve_app(app) as served:
+        report = asyncio.create_task(
+            served.client.get(
+                "/v1/reports/variance", params={"location": "WEB", "by": "count", "limit": "10000"}, headers=auth
+            )
+        )
+        await asyncio.wait_for(first_read.wait(), 30)
+        small = await served.client.get("/v1/counts", params={"limit": "5"}, headers=auth)
+        assert small.status == 200, await small.text()
+        resp = await asyncio.wait_for(report, 60)
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    assert answered == ["/v1/counts", "/v1/reports/variance"]  # the small answer did not wait for the report
+    assert sorted(r["event_id"] for r in body["rows"]) == sorted(event_id_hex(e.event_id) for e in events)
+    assert body["next"] is None
