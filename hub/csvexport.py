@@ -359,19 +359,25 @@ async def _rows(
 
 
 async def counts(request: web.Request, allowed: set[str], *, location: str | None = None,
-                 sku: str | None = None) -> web.StreamResponse:  # fmt: skip
-    """Every count (of one location, one SKU, or both filters of ``GET /v1/counts``), by (location, sku)."""
-    params = views.Query(request, allowed | {"format"})
+                 sku: str | None = None, skus_max: int = 0) -> web.StreamResponse:  # fmt: skip
+    """Every count (of one location, one SKU, or the filters of ``GET /v1/counts``: ``skus_max`` SKUs at most), by
+    (location, sku)."""
+    params = views.Query(request, allowed | {"format"}, repeatable={"sku"} if skus_max else ())
     if "location" in allowed:
         location = params.location()
-    if "sku" in allowed:
+    skus = None
+    if "sku" in allowed and skus_max:
+        skus = params.skus(skus_max)
+        if skus is not None and len(skus) == 1:  # one SKU: named in the file's name
+            sku, skus = skus[0], None
+    elif "sku" in allowed:
         sku = params.sku()
     after = paging.parse(request, paging.count_key, "counts")
     store: LedgerStore = request.app[STORE_KEY]
     names = await names_of(request)
 
     async def fetch(key: Any, n: int) -> list[CountRow]:
-        return await store.counts(location=location, sku=sku, limit=n, after=key)
+        return await store.counts(location=location, sku=sku, limit=n, after=key, skus=skus)
 
     pages = walk(fetch, keys.count_key, after=after, limit=limit_param(params))
     return await stream(

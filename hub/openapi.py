@@ -124,7 +124,8 @@ API_VERSION = "1.10.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      a held event's hub_clock_off_ms (held while the hub's own clock was off its stores'), POST
 #      /v1/quarantine/release (those released at their own time, all at once), and the header
 #      Shelfsync-Hub-Clock-Agreed of a sync answer (the other stores agree with the hub's clock, not this store's);
-#      a page of GET /v1/ledger ends once its body passes 4 MiB (with next), however many rows limit allows
+#      a page of GET /v1/ledger ends once its body passes 4 MiB (with next), however many rows limit allows;
+#      GET /v1/counts takes sku up to 500 times (the counts of any of those SKUs; more is 400)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -335,6 +336,13 @@ SINCE_PATTERN = r"^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[
 LOCATION_QUERY = query("location", ref("Location"), "Only this location.", example="S001")
 SKU_QUERY = query("sku", text(values.SKU, "Also '.' or '..', stored by a hub from before that rule.", stored=True),
                   "Only this SKU.", example="SKU-1")
+SKUS_QUERY = {
+    **query("sku", array(text(values.SKU, "Also '.' or '..', stored by a hub from before that rule.", stored=True),
+                         1, dashboard_api.COUNTS_SKUS_MAX),
+            "Only these SKUs: the parameter repeated, once to 500 times (since 1.10; before, once).",
+            example=["SKU-1", "SKU-2"]),
+    "style": "form", "explode": True,
+}  # fmt: skip
 IF_NONE_MATCH = {
     "name": "If-None-Match",
     "in": "header",
@@ -758,13 +766,15 @@ def _paths() -> dict[str, JSON]:
     ))  # fmt: skip
     add("/v1/counts", "get", operation(
         "getCounts", "Counts of every (location, SKU)",
-        "Optionally of one location or one SKU, a page at a time, by location then SKU.",
+        "Optionally of one location or of one or more SKUs, a page at a time, by location then SKU. `sku` may be "
+        f"given up to {dashboard_api.COUNTS_SKUS_MAX} times (since 1.10): the counts of any of them; more is 400, and a "
+        "hub before 1.10 answers 400 to a repeated `sku`.",
         "Counts",
         {"200": cacheable(with_csv(ok("A page of counts.", ref("CountsPage"), example=counts_page_example,
                              links={"NextPage": link("getCounts", next_page, cursor="$response.body#/next")}),
                                    COUNT_COLUMNS)),
          "304": NOT_MODIFIED},
-        parameters=[LOCATION_QUERY, SKU_QUERY,
+        parameters=[LOCATION_QUERY, SKUS_QUERY,
                     limit_param(dashboard_api.COUNTS_LIMIT_DEFAULT, dashboard_api.COUNTS_LIMIT_MAX),
                     cursor_param("counts"), FORMAT_QUERY, IF_NONE_MATCH],
         cookie=True,

@@ -27,7 +27,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -257,12 +257,13 @@ def parse(request: web.Request, read: Any, what: str) -> Any:
 
 async def counts_page(
     request: web.Request, params: views.Query, limit_default: int, limit_max: int, *,
-    location: str | None = None, sku: str | None = None,
+    location: str | None = None, sku: str | None = None, skus: Sequence[str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """``{"counts": [...], "next": cursor | None}``: one page of counts, ordered by (location, sku)."""
+    """``{"counts": [...], "next": cursor | None}``: one page of counts, ordered by (location, sku); ``skus``: of
+    any of these SKUs."""
     after = parse(request, count_key, "counts")
     limit = params.limit(limit_default, limit_max)
-    rows = await request.app[STORE_KEY].counts(location=location, sku=sku, limit=limit + 1, after=after)
+    rows = await request.app[STORE_KEY].counts(location=location, sku=sku, limit=limit + 1, after=after, skus=skus)
     more = len(rows) > limit
     rows = rows[:limit]
     return {

@@ -242,7 +242,7 @@ class Query:
 
     __slots__ = ("_q",)
 
-    def __init__(self, request: web.Request, allowed: Collection[str]) -> None:
+    def __init__(self, request: web.Request, allowed: Collection[str], repeatable: Collection[str] = ()) -> None:
         self._q = request.rel_url.query
         unknown = sorted(set(self._q) - set(allowed))
         if unknown:
@@ -254,7 +254,7 @@ class Query:
                 text=f"unknown query parameter(s) {named}{more} for {values.shown(request.path, bare=True)}; {takes}"
             )
         for key in self._q:
-            if len(self._q.getall(key)) > 1:
+            if key not in repeatable and len(self._q.getall(key)) > 1:
                 named = values.shown(key, values.QUOTE_MAX_CHARS, bare=True)
                 raise web.HTTPBadRequest(text=f"query parameter {named} is given more than once")
 
@@ -297,6 +297,17 @@ class Query:
         """``?sku=``: also a SKU stored before the dot-segment rule, which no URL path can name."""
         raw = self._get("sku")
         return None if raw is None else sku_param(raw, stored=True)
+
+    def skus(self, maximum: int) -> list[str] | None:
+        """``?sku=`` given once or more (a route that takes it ``repeatable``): the SKUs in the order first given,
+        each once; None when absent; a 400 past ``maximum`` parameters."""
+        raws = self._q.getall("sku", [])
+        if not raws:
+            return None
+        if len(raws) > maximum:
+            got = f"got {len(raws):,}"
+            raise web.HTTPBadRequest(text=f"at most {maximum:,} sku parameters are taken in one request, {got}")
+        return list(dict.fromkeys(sku_param(raw, stored=True) for raw in raws))
 
     def exception_kind(self) -> str | None:
         """``?kind=`` of the exceptions: one kind the list names, or a 400 naming them all."""

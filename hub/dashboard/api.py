@@ -18,6 +18,7 @@ from protocol import wall_ms_now
 ONLINE_WITHIN_S = 300  # an agent that synced this recently is shown as online
 COUNTS_LIMIT_DEFAULT = 1_000
 COUNTS_LIMIT_MAX = 10_000
+COUNTS_SKUS_MAX = 500  # sku= parameters of one GET /v1/counts (since API 1.10)
 
 
 def setup(app: web.Application) -> None:
@@ -84,11 +85,13 @@ def hub_clock(agents: Sequence[AgentStatus], now_ms: int) -> dict[str, Any] | No
 
 
 async def get_counts(request: web.Request) -> web.StreamResponse:
-    """Counts of every (location, SKU), optionally of one location or one SKU; every page as CSV when asked."""
+    """Counts of every (location, SKU), optionally of one location or of one or more SKUs (``sku`` repeated, at most
+    ``COUNTS_SKUS_MAX``); every page as CSV when asked."""
     if csvexport.wants_csv(request):
-        return await csvexport.counts(request, {"location", "sku", "limit", "cursor"})
-    params = views.Query(request, {"location", "sku", "limit", "cursor"})
+        return await csvexport.counts(request, {"location", "sku", "limit", "cursor"}, skus_max=COUNTS_SKUS_MAX)
+    params = views.Query(request, {"location", "sku", "limit", "cursor"}, repeatable={"sku"})
     body = await paging.counts_page(
-        request, params, COUNTS_LIMIT_DEFAULT, COUNTS_LIMIT_MAX, location=params.location(), sku=params.sku()
-    )
+        request, params, COUNTS_LIMIT_DEFAULT, COUNTS_LIMIT_MAX,
+        location=params.location(), skus=params.skus(COUNTS_SKUS_MAX),
+    )  # fmt: skip
     return web.json_response(body, dumps=views.dumps)

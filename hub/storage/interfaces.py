@@ -156,9 +156,11 @@ class LedgerStore(Protocol):
 
     @abc.abstractmethod
     async def counts(
-        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None
-    ) -> list[CountRow]:
-        """Counts ordered by (location, sku); ``after`` keeps those ordered after that key (the next page)."""
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None,
+        skus: Sequence[str] | None = None,
+    ) -> list[CountRow]:  # fmt: skip
+        """Counts ordered by (location, sku); ``after`` keeps those ordered after that key (the next page); ``skus``
+        keeps those of any of these SKUs."""
 
     @abc.abstractmethod
     async def ledger(

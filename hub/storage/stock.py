@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from hub.resolver import available
@@ -21,10 +22,16 @@ SKU_PLACES_PER_QUERY = 100
 
 
 async def counts(
-    db: Db, location: str | None, sku: str | None, limit: int, after: CountKey | None
-) -> list[CountRow]:
+    db: Db, location: str | None, sku: str | None, limit: int, after: CountKey | None,
+    skus: Sequence[str] | None = None,
+) -> list[CountRow]:  # fmt: skip
     where = Where().page(keys.counts_after(after) if after is not None else None)
     where.add("location = ?", location).add("sku = ?", sku)
+    if skus is not None:  # any of them (GET /v1/counts takes up to 500): one marker each, on the primary key
+        if skus:
+            where.add(f"sku IN ({', '.join('?' * len(skus))})", *skus)
+        else:
+            where.terms.append("1 = 0")
     sql = f"SELECT {COUNT_FIELDS} FROM stock{where.sql} ORDER BY location, sku LIMIT ?"
     return [count_row(r) for r in await db.fetch(sql, (*where.params, limit))]
 

@@ -214,10 +214,11 @@ class SqlHubStore(HubStore, Generic[D]):
     # --- counts and the ledger ---------------------------------------------------------------------------
 
     async def counts(
-        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None
-    ) -> list[CountRow]:
+        self, *, location: str | None = None, sku: str | None = None, limit: int = 1000, after: CountKey | None = None,
+        skus: Sequence[str] | None = None,
+    ) -> list[CountRow]:  # fmt: skip
         checks.limit(limit)
-        return await self._read_db("reading counts", lambda db: stock.counts(db, location, sku, limit, after))
+        return await self._read_db("reading counts", lambda db: stock.counts(db, location, sku, limit, after, skus))
 
     async def ledger(
         self,
