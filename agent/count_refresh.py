@@ -7,11 +7,15 @@ count adds those movements to the hub's count held here, as it adds pending ones
 The replicator then reads the keys' counts from the hub, between its syncs, with ``GET /v1/counts`` (any
 credential may read it), and stores them (``CountCache.store_read``):
 
-- a few SKUs of a location (at most ``FEW_KEYS``): one request each, ``?location=…&sku=…``;
-- more: the location's counts, ``?location=…``, ``PAGE_LIMIT`` a page, until none of its due SKUs is left to
-  read or the last page is read (a due SKU the hub has no count for, its movements all held or refused there,
-  is then no longer due). However many movements the mark passed (a catch-up of a million), this is one row a
-  key in the outbox and one page in memory; the pages stop at the last due SKU found.
+- the location's due SKUs a chunk at a time, ``?location=…&sku=…&sku=…`` (API 1.10: at most ``SKUS_PER_REQUEST``
+  SKUs, and no more than ``QUERY_MAX_BYTES`` of query, which keeps the request line under the hub's 8,190
+  bytes); a due SKU the answer lacks has no count at the hub (its movements all held or refused there) and is
+  then no longer due. However many movements the mark passed (a catch-up of a million), this is one row a key
+  in the outbox and one chunk in memory, and the rows read are the due SKUs' own.
+- a hub from before 1.10 refuses a repeated ``sku`` (``400``, since its first version): then, and for an answer
+  with a count the chunk did not ask for, the replicator reads as it did before: a few SKUs of a location (at
+  most ``FEW_KEYS``) one request each, ``?location=…&sku=…``; more, the location's counts, ``?location=…``,
+  ``PAGE_LIMIT`` a page, until none of its due SKUs is left to read or the last page is read.
 
 Only keys with nothing pending are read: the hub may already hold a pending movement whose answer is on its way,
 and it would count twice; the answer to that movement carries the key's count anyway. What was read is stored
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import urllib.parse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -39,7 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FEW_KEYS = 10  # due SKUs of a location read one request each; more: the location's counts, page by page
+SKUS_PER_REQUEST = 500  # due SKUs of a location asked in one request (the hub takes up to 500 since API 1.10)
+QUERY_MAX_BYTES = 6_000  # of a chunk's query string: the hub reads a request line of up to 8,190 bytes
+FEW_KEYS = 10  # a hub before 1.10: due SKUs read one request each; more: the location's counts, page by page
 PAGE_LIMIT = 5_000  # counts a page (the hub takes up to 10,000)
 COUNT_MAX_BYTES = 1_024  # a count's JSON: a 64-character SKU escaped, a location, six numbers, two times
 COUNTS_PATH = "/v1/counts"
@@ -50,51 +58,114 @@ class RefreshFailed(AgentError):
     """The hub's counts could not be read; the message is one sentence."""
 
 
+class SkusRefused(RefreshFailed):
+    """The hub refused several ``sku`` in one request, or answered them with counts not asked for (before 1.10)."""
+
+
 async def refresh_due(outbox: Outbox, session: aiohttp.ClientSession, hub_url: str, token: str) -> bool:
     """Read and store the counts of the keys due now. True when every one that can be read was (keys with
     pending movements wait for their answer); False when the mark moved meanwhile (read again later)."""
     url = hub_url.rstrip("/") + COUNTS_PATH
+    chunks = True  # until the hub refuses several SKUs in one request (a hub before API 1.10)
     for location in await outbox.counts.due_locations():
-        acked, few = await outbox.counts.due_keys(location, FEW_KEYS + 1)
-        if not few:
-            continue
-        if len(few) <= FEW_KEYS:
-            for sku in few:
-                counts, _, as_of_ms = await _page(session, url, token, {"location": location, "sku": sku, "limit": "1"})
-                missing = [] if any(c.sku == sku for c in counts) else [sku]
-                stored = await outbox.counts.store_read(
-                    location, counts, acked_seq=acked, as_of_ms=as_of_ms, missing=missing
-                )
-                if stored is None:
+        if chunks:
+            try:
+                done = await _read_chunks(outbox, session, url, token, location)
+            except SkusRefused as err:
+                log.info("The hub does not read several SKUs in one request (%s): reading them as before 1.10.", err)
+                chunks = False
+            else:
+                if done is None:
                     return False
-            log.debug("Read the hub's counts of %d SKU(s) at %s again.", len(few), location)
-            continue
-        cursor: str | None = None
-        pages = 0
-        while True:
-            params = {"location": location, "limit": str(PAGE_LIMIT)}
-            if cursor is not None:
-                params["cursor"] = cursor
-            counts, cursor, as_of_ms = await _page(session, url, token, params)
-            pages += 1
-            left = await outbox.counts.store_read(
-                location, counts, acked_seq=acked, as_of_ms=as_of_ms, missing=None if cursor is None else ()
-            )
-            if left is None:
-                return False
-            if left == 0 or cursor is None:
-                break
-        log.info(
-            "Read the hub's counts at %s again (%d page(s)) for the SKUs whose answers were lost.", location, pages
+                if done:
+                    log.debug("Read the hub's counts of %d SKU(s) at %s again.", done, location)
+                continue
+        if not await _read_one_by_one_or_pages(outbox, session, url, token, location):
+            return False
+    return True
+
+
+def chunk_of(skus: Sequence[str], limit: int = QUERY_MAX_BYTES) -> list[str]:
+    """The longest head of ``skus`` whose ``sku=…`` parameters, URL-encoded, fit in ``limit`` bytes (one at least)."""
+    size = 0
+    for n, sku in enumerate(skus):
+        size += len("&sku=") + len(urllib.parse.quote(sku, safe=""))
+        if size > limit and n:
+            return list(skus[:n])
+    return list(skus)
+
+
+async def _read_chunks(
+    outbox: Outbox, session: aiohttp.ClientSession, url: str, token: str, location: str
+) -> int | None:
+    """Every due SKU of ``location``, a chunk a request: how many were read; None when the mark moved meanwhile;
+    ``SkusRefused`` when the hub does not take several."""
+    read = 0
+    while True:
+        acked, due = await outbox.counts.due_keys(location, SKUS_PER_REQUEST)
+        if not due:
+            return read
+        chunk = chunk_of(due)
+        asked = set(chunk)
+        params = [("location", location), *(("sku", sku) for sku in chunk), ("limit", str(len(chunk)))]
+        counts, cursor, as_of_ms = await _page(session, url, token, params, len(chunk))
+        # A hub that takes the filter has at most a count a SKU asked for at this location: one page, no `next`.
+        if cursor is not None or any(c.location != location or c.sku not in asked for c in counts):
+            raise SkusRefused(f"its answer to {len(chunk)} SKU(s) at {location} holds counts not asked for")
+        found = {c.sku for c in counts}  # a SKU the answer lacks has no count at the hub
+        left = await outbox.counts.store_read(
+            location, counts, acked_seq=acked, as_of_ms=as_of_ms, missing=[s for s in chunk if s not in found]
         )
+        if left is None:
+            return None
+        read += len(chunk)
+        if left == 0:
+            return read
+
+
+async def _read_one_by_one_or_pages(
+    outbox: Outbox, session: aiohttp.ClientSession, url: str, token: str, location: str
+) -> bool:
+    """As before API 1.10: a few due SKUs one request each, more the location's pages. False: the mark moved."""
+    acked, few = await outbox.counts.due_keys(location, FEW_KEYS + 1)
+    if not few:
+        return True
+    if len(few) <= FEW_KEYS:
+        for sku in few:
+            counts, _, as_of_ms = await _page(session, url, token, [("location", location), ("sku", sku)], 1)
+            missing = [] if any(c.sku == sku for c in counts) else [sku]
+            stored = await outbox.counts.store_read(
+                location, counts, acked_seq=acked, as_of_ms=as_of_ms, missing=missing
+            )
+            if stored is None:
+                return False
+        log.debug("Read the hub's counts of %d SKU(s) at %s again.", len(few), location)
+        return True
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = [("location", location)]
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        counts, cursor, as_of_ms = await _page(session, url, token, params, PAGE_LIMIT)
+        pages += 1
+        left = await outbox.counts.store_read(
+            location, counts, acked_seq=acked, as_of_ms=as_of_ms, missing=None if cursor is None else ()
+        )
+        if left is None:
+            return False
+        if left == 0 or cursor is None:
+            break
+    log.info("Read the hub's counts at %s again (%d page(s)) for the SKUs whose answers were lost.", location, pages)
     return True
 
 
 async def _page(
-    session: aiohttp.ClientSession, url: str, token: str, params: dict[str, str]
+    session: aiohttp.ClientSession, url: str, token: str, query: list[tuple[str, str]], limit: int
 ) -> tuple[list[CountSnapshot], str | None, int]:
-    """One page of ``GET /v1/counts``: its counts, its ``next`` cursor, and the hub's time of the answer (ms)."""
-    limit = int(params["limit"])
+    """One page of ``GET /v1/counts`` of at most ``limit`` counts: its counts, its ``next`` cursor, and the hub's
+    time of the answer (ms). ``SkusRefused``: a 400 to several ``sku`` (a hub before API 1.10)."""
+    params = query if any(k == "limit" for k, _ in query) else [*query, ("limit", str(limit))]
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     try:
         async with session.get(url, params=params, headers=headers, allow_redirects=FOLLOW_REDIRECTS) as http:
@@ -108,6 +179,8 @@ async def _page(
         raise RefreshFailed(f"the counts at {url} could not be read ({broken(err)})") from err
     if (foreign := not_the_hubs(url, status, content_type, body, "application/json")) is not None:
         raise RefreshFailed(foreign)
+    if status == 400 and sum(k == "sku" for k, _ in params) > 1:
+        raise SkusRefused(f"it answered HTTP 400 to several SKUs at {url} ({error_message(body)})")
     if status != 200:
         raise RefreshFailed(f"the hub answered HTTP {status} to {url} ({error_message(body)})")
     try:

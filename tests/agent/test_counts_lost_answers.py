@@ -18,11 +18,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from agent import Movement, Outbox, Replicator, count_refresh
-from hub import HubSettings, create_app, open_store
+from hub import HubSettings, create_app, open_store, views
 from protocol import CountSnapshot, Kind, SyncResponse
 from protocol.feed import FeedChange
 from tests.agent.test_counts_full_disk import FullDisk
@@ -132,7 +133,7 @@ async def test_a_lost_answer_then_a_handshake_past_the_batch_reads_the_skus_coun
         assert (b.on_hand, b.pending_events, b.stale_events) == (3, 0, 0)
         hub_b = await s.outbox.counts.hub_count(LOC, "B")
         assert hub_b is not None and hub_b.on_hand == 3  # the hub's own count, read again
-        assert s.losses.counts_reads == 2, "one read each of the two SKUs"
+        assert s.losses.counts_reads == 1, "one read of the two SKUs"
 
 
 async def test_until_the_hubs_counts_can_be_read_the_local_count_adds_the_movements_and_says_so(
@@ -187,12 +188,54 @@ async def test_an_agent_restarted_while_a_full_disk_kept_the_counts_in_memory_re
         assert (await s.on_hand("A"), await s.on_hand("B")) == (15, -1)
 
 
-async def test_many_skus_are_read_as_the_locations_counts_page_by_page_until_the_last_one_due(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_many_skus_are_read_in_chunks_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found: above 10 due SKUs the agent read the location's whole counts page by page (a big store's thousands of
+    rows for a few SKUs). Now a chunk of due SKUs a request (4 here), ``sku`` repeated, and only theirs."""
+    monkeypatch.setattr(count_refresh, "SKUS_PER_REQUEST", 4)
+    skus = [f"SKU-{i:02}" for i in range(count_refresh.FEW_KEYS + 5)]
+    async with store_and_hub(tmp_path) as s:
+        others = [f"AAA-NOT-DUE-{i}" for i in range(8)]  # before the due SKUs: the location's pages would read them
+        await synced(s, *[dock(sku, 10) for sku in skus], *[dock(sku, 1) for sku in others])
+        await s.outbox.record([dock(sku, -2, Kind.SALE) for sku in skus])
+        s.losses.lose_batch = True
+        async with s.replicator():
+            await eventually("the handshake acknowledges the batch", lambda: s.acked(2 * len(skus) + len(others)))
+            for sku in skus:
+                await eventually(f"{sku}'s count is read again", lambda: _refreshed(s.outbox, sku, 8))  # noqa: B023
+        assert s.losses.counts_reads == 4, "15 SKUs, 4 a request"
+        assert [await s.on_hand(sku) for sku in others] == [1] * len(others)
+
+
+def test_a_chunk_keeps_its_query_under_the_hubs_request_line() -> None:
+    long = ["é" * 32 + f"{i:03}" for i in range(count_refresh.SKUS_PER_REQUEST)]  # 6 bytes a character, encoded
+    chunk = count_refresh.chunk_of(long)
+    assert 1 < len(chunk) < len(long) and chunk == long[: len(chunk)]
+    assert len("&".join(f"sku={quote(sku, safe='')}" for sku in chunk)) <= count_refresh.QUERY_MAX_BYTES
+    assert count_refresh.chunk_of(["X" * 9_000]) == ["X" * 9_000]  # one at least (the hub refuses it: tried again)
+
+
+def older_hub(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The hub as before API 1.10: a repeated ``sku`` is a 400 ("given more than once"), or (``ignores``) a hub
+    answering the location's counts whatever SKUs are named."""
+    if how == "refuses":
+        taking = views.Query.__init__
+        monkeypatch.setattr(
+            views.Query, "__init__", lambda q, request, allowed, repeatable=(): taking(q, request, allowed)
+        )
+    else:
+        monkeypatch.setattr(views.Query, "skus", lambda q, maximum: None)
+
+
+@pytest.mark.parametrize("how", ["refuses", "ignores"])
+async def test_an_older_hub_has_many_skus_read_as_the_locations_counts_page_by_page_until_the_last_one_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
-    """More SKUs than are read one by one: the location's counts, a page at a time (4 here), stopping at the last
-    due SKU; a SKU not due keeps its own count (here the hub's changed without this store's knowing: a count the
-    agent does not follow since its feed is off)."""
+    """A hub before 1.10 does not read several SKUs: more SKUs than are read one by one are then read as the
+    location's counts, a page at a time (4 here), stopping at the last due SKU; a SKU not due keeps its own count
+    (here the hub's changed without this store's knowing: a count the agent does not follow since its feed is
+    off)."""
+    caplog.set_level(logging.INFO, logger="agent")
+    older_hub(monkeypatch, how)
     monkeypatch.setattr(count_refresh, "PAGE_LIMIT", 4)
     skus = [f"SKU-{i:02}" for i in range(count_refresh.FEW_KEYS + 5)]
     async with store_and_hub(tmp_path) as s:
@@ -204,8 +247,22 @@ async def test_many_skus_are_read_as_the_locations_counts_page_by_page_until_the
             await eventually("the handshake acknowledges the batch", lambda: s.acked(2 * len(skus) + len(others)))
             for sku in skus:
                 await eventually(f"{sku}'s count is read again", lambda: _refreshed(s.outbox, sku, 8))  # noqa: B023
-        assert s.losses.counts_reads == 4, "the pages up to the last due SKU (15 SKUs, 4 a page), not beyond"
+        assert s.losses.counts_reads == 1 + 4, "the chunk refused, the pages up to the last due SKU (15, 4 a page)"
         assert [await s.on_hand(sku) for sku in others] == [1] * len(others)
+        assert "does not read several SKUs in one request" in caplog.text
+
+
+async def test_an_older_hub_has_a_few_skus_read_one_by_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    older_hub(monkeypatch, "refuses")
+    async with store_and_hub(tmp_path) as s:
+        await synced(s, dock("A", 10), dock("B", 4))
+        await s.outbox.record([dock("A", 5), dock("B", -1, Kind.SALE)])
+        s.losses.lose_batch = True
+        async with s.replicator():
+            await eventually("the handshake acknowledges the batch", lambda: s.acked(4))
+            await eventually("A's count is read again", lambda: _refreshed(s.outbox, "A", 15))
+            await eventually("B's count is read again", lambda: _refreshed(s.outbox, "B", 3))
+        assert s.losses.counts_reads == 1 + 2, "the chunk refused, then one read each of the two SKUs"
 
 
 async def _is(value: Callable[[str], Awaitable[int]], sku: str, want: int) -> bool:
