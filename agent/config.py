@@ -39,7 +39,7 @@ from agent.outbox import check_identity
 from agent.pos.config import PosConfigError, PosImportConfig
 from agent.redact import redact_url
 from agent.replicator import AUTH_RETRY_S, BATCH_SIZE, HEARTBEAT_S, TICK_S, TIMEOUT_S
-from agent.scanning import COUNT_RESET_S, MODES
+from agent.scanning import COUNT_RESET_S, MODES, SAME_CODE_S, SAME_CODE_S_MAX
 from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_staff
 from protocol import MAX_BATCH_EVENTS, csvtext
@@ -110,6 +110,7 @@ class ScannerSection:
     location: str | None = None  # None: the agent's location
     rcn_region: str | None = None  # how to read in-store weighed/priced numbers ("gb", "de" …)
     count_reset_s: float = COUNT_RESET_S
+    same_code_s: float = SAME_CODE_S  # the same code again within this long is a double read (0: off)
 
     @property
     def device_path(self) -> str:
@@ -191,7 +192,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "simulate": ("count", "rate_per_s", "skus", "seed", "batch", "enabled"),
     # [[scanner]]: these, plus the device settings of its type (docs/scanners.md; reader_id is `id` here)
-    "scanner": ("id", "type", "mode", "location", "rcn_region", "count_reset_s"),
+    "scanner": ("id", "type", "mode", "location", "rcn_region", "count_reset_s", "same_code_s"),
     "catalog": ("file", "encoding", "cache_file", "refresh_s", "retry_max_s", "timeout_s", "answer_max_bytes"),
     "localapi": ("enabled", "host", "port", "staff", "login_ttl_h", "sessions_db", "allowed_hosts"),
     "discovery": ("enabled", "hub_id", "advertise", "interfaces", "wait_s"),
@@ -296,6 +297,12 @@ def _bearer(value: str) -> str | None:
 
 def _positive(value: float) -> str | None:
     return None if value > 0 and math.isfinite(value) else f"must be a positive number, got {value}"
+
+
+def _same_code_s(value: float) -> str | None:
+    if 0 <= value <= SAME_CODE_S_MAX and math.isfinite(value):
+        return None
+    return f"must be 0 (off) or up to {SAME_CODE_S_MAX:g} seconds, got {value}"
 
 
 def _between(lo: int, hi: int) -> Callable[[int], str | None]:
@@ -535,6 +542,7 @@ def _scanners(path: Path, tables: Any, agent: AgentSection) -> tuple[ScannerSect
             location=location,
             rcn_region=rcn_region,
             count_reset_s=float(s.get("count_reset_s", (int, float), COUNT_RESET_S, _positive)),
+            same_code_s=float(s.get("same_code_s", (int, float), SAME_CODE_S, _same_code_s)),
         )
         for other in out:
             if other.id == section.id:

@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 
 PROBLEMS_SAID_MAX = 10  # problem scans in a row of one reader logged one by one; the rest are only journaled
 COUNT_RESET_S = 900.0  # a count-mode reader starts a new count of a SKU after this long without scanning it
+# The same code again from one reader within this long of its scan before is a double read (a shaky trigger reads one
+# label twice, a few ms apart), never a second item: nobody aims and pulls a trigger twice in 0.1 s. [[scanner]]
+# same_code_s sets it per reader; 0 turns it off (a scanner in batch mode sends what it stored all at once).
+SAME_CODE_S = 0.1
+SAME_CODE_S_MAX = 5.0
 STOP_TIMEOUT_S = 10.0
 
 RunUnit = tuple[str | None, str]  # a serialised item a running count holds: its GTIN (None: an older event's), serial
@@ -92,7 +97,9 @@ class ScanOutcome:
 
 
 class ScanRouter(Protocol):
-    """Turns one scan into a decision. ``error`` is set (and ``decoded`` None) when the scan cannot be trusted."""
+    """Turns one scan into a decision. ``error`` is set (and ``decoded`` None) when the scan cannot be trusted.
+    ``double_read`` (passed only when set) says why the scan is likely the reader's scan before read twice (the
+    same code within its ``same_code_s``): it is booked only by a person's word (held in a session), never blindly."""
 
     async def route(
         self,
@@ -100,6 +107,8 @@ class ScanRouter(Protocol):
         scan: hardware.Scan,
         decoded: hardware.Decoded | None,
         error: hardware.DecodeError | None,
+        *,
+        double_read: str | None = None,
     ) -> ScanOutcome: ...
 
 
@@ -209,9 +218,16 @@ class ModeRouter:
         scan: hardware.Scan,
         decoded: hardware.Decoded | None,
         error: hardware.DecodeError | None,
+        *,
+        double_read: str | None = None,
     ) -> ScanOutcome:
         if error is not None or decoded is None:
             return problem_outcome(reader_id, scan, error)
+        if double_read is not None:  # nobody at the scanner can say it was a second item: refused aloud
+            return ScanOutcome(
+                ScanResult.FAILED,
+                f"Scan {shown(decoded.data, 40)} was not booked: {double_read}; if it was a second item, scan it again.",
+            )
         reader = self.readers.get(reader_id)
         if reader is None:
             return ScanOutcome(ScanResult.FAILED, f"Scanner {reader_id!r} has no mode configured; nothing was booked.")
@@ -460,6 +476,7 @@ class ScanService:
         self._stopped = False
         self.outcomes = 0  # scans decided since start (tests and benchmarks wait on it)
         self._problems_in_a_row: dict[str, int] = {}  # per reader: problem scans since its last good one
+        self._last_scan: dict[str, hardware.Scan] = {}  # per reader: its scan before (a double read repeats it)
         self.decided = asyncio.Condition()  # notified after each scan decided and each status journaled
 
     @property
@@ -596,12 +613,14 @@ class ScanService:
                 decoded = hardware.decode(scan.raw, rcn_region=section.rcn_region)
             except hardware.DecodeError as err:
                 error = err
+        double_read = self._double_read(section, scan, error)
+        problem = error is not None or double_read is not None  # the journal bounds the rows of problem scans
         scan_id: int | None = None
         kept = True  # False: a known problem past its reader's rows of the day (scan_journal), counted once decided
         try:
             # decoded before it is journaled, so that the journal can bound noise; a good scan is always kept
             scan_id = await self.journal.add(
-                section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode, problem=error is not None
+                section.id, scan.received_at_ms, scan.raw, scan.complete, section.mode, problem=problem
             )
             kept = scan_id is not None
         except JournalError as err:
@@ -613,7 +632,10 @@ class ScanService:
             )
         unkept = None if kept else scan
         try:
-            outcome = await self.router.route(section.id, scan, decoded, error)
+            if double_read is None:
+                outcome = await self.router.route(section.id, scan, decoded, error)
+            else:
+                outcome = await self.router.route(section.id, scan, decoded, error, double_read=double_read)
         except OutboxClosed:
             await self._decide(
                 scan_id,
@@ -628,6 +650,23 @@ class ScanService:
             raise
         await self._decide(scan_id, section, outcome, unkept)
         return outcome
+
+    def _double_read(
+        self, section: ScannerSection, scan: hardware.Scan, error: hardware.DecodeError | None
+    ) -> str | None:
+        """Why ``scan`` is the reader's scan before read twice (the same code, complete, within ``same_code_s`` of
+        it), or None. Each scan is measured against the one right before it, so a stuck scanner repeating one code
+        every millisecond repeats nothing but its first read."""
+        before, self._last_scan[section.id] = self._last_scan.get(section.id), scan
+        if before is None or error is not None or not section.same_code_s or not (scan.complete and before.complete):
+            return None
+        gap_ms = scan.received_at_ms - before.received_at_ms
+        if scan.raw != before.raw or not 0 <= gap_ms < section.same_code_s * 1000:
+            return None
+        return (
+            f"the same code came {gap_ms:,} ms after this scanner's scan of it before, faster than anyone scans two"
+            " items (a shaky trigger reads one label twice)"
+        )
 
     async def _count_not_kept(self, section: ScannerSection, scan: hardware.Scan, outcome: ScanOutcome) -> None:
         """A problem scan the journal did not keep a row for: counted. Should a router have made something of it

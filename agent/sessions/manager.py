@@ -196,14 +196,16 @@ class SessionManager:
         scan_id: str | None = None,
         confirm: bool = False,
         unattended: bool = False,
+        hold: str | None = None,
     ) -> Line:
         """Add a scanned barcode: ``qty`` × its pack size units (a count line may be 0: "none here"). A ``scan_id``
         (the handheld's id for this scan) already in the session answers that line instead of adding another.
         ``confirm``: the staff said a quantity far past the usual is right (else ``UnlikelyQuantity``, for an
         outgoing line far beyond the local count ``ExceedsOnHand``). ``unattended``: a back-office scanner's scan,
-        with nobody to ask: such a line is judged by its own quantity alone and held (``Line.held``) instead."""
+        with nobody to ask: such a line is judged by its own quantity alone and held (``Line.held``) instead.
+        ``hold``: why an unattended scan is held whatever its quantity (a double read), the sentence on its line."""
         item = resolve_code(code, self.catalog, decoded)
-        return await self._add(session_id, item, by, qty, disposition, source, scan_id, confirm, unattended)
+        return await self._add(session_id, item, by, qty, disposition, source, scan_id, confirm, unattended, hold)
 
     async def key(
         self,
@@ -231,6 +233,7 @@ class SessionManager:
         scan_id: str | None = None,
         confirm: bool = False,
         unattended: bool = False,
+        hold: str | None = None,
     ) -> Line:
         check_staff(by)
         if scan_id is not None:
@@ -271,6 +274,8 @@ class SessionManager:
                     " or send it again if it is right (confirm: true)"
                 )
             held = said
+        if held is None and unattended and hold is not None and not confirm:
+            held = hold
         disposition = _line_disposition(session, disposition)
         line = Line(
             session_id=session_id,

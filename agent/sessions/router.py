@@ -16,7 +16,8 @@ cancelled from a handheld, or the reader unbound): the reader's scans are
 problems until it has been left idle for ``READER_HOLD_S``. A scan of a
 quantity a handheld would be asked about (a GS1 label whose count says
 250,000) is held in the session for a person to confirm or reject on its page
-(``Line.held``): nobody stands at the scanner to ask.
+(``Line.held``): nobody stands at the scanner to ask. So is a double read (the
+same code again within the reader's ``same_code_s``: a shaky trigger).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class SessionRouter:
         self._clock = clock
         # reader id -> (the session it last fed, monotonic s of its last scan): held after that session ends
         self._fed: dict[str, tuple[str, float]] = {}
+        # reader id -> the code whose double read it holds in its session: a scanner stuck repeating one code every
+        # millisecond holds one line for a person, not thousands, each of which must be rejected before the close
+        self._held_again: dict[str, bytes] = {}
         if isinstance(fallback, ModeRouter) and fallback.count_guard is None:
             # A reader in count mode books the SKU's whole count at once: not of a SKU an open count is counting.
             fallback.count_guard = sessions.count_conflict
@@ -63,14 +67,28 @@ class SessionRouter:
         scan: hardware.Scan,
         decoded: hardware.Decoded | None,
         error: hardware.DecodeError | None,
+        *,
+        double_read: str | None = None,
     ) -> ScanOutcome:
         session = await self.sessions.for_reader(reader_id)
         now = self._clock()
         if session is None:
             if (held := await self._held(reader_id, scan, now)) is not None:
                 return held
-            return await self.fallback.route(reader_id, scan, decoded, error)
+            if double_read is None:
+                return await self.fallback.route(reader_id, scan, decoded, error)
+            return await self.fallback.route(reader_id, scan, decoded, error, double_read=double_read)
         self._fed[reader_id] = (session.id, now)
+        if double_read is None:
+            self._held_again.pop(reader_id, None)
+        elif self._held_again.get(reader_id) == scan.raw:
+            return ScanOutcome(
+                ScanResult.FAILED,
+                f"Scan {shown(scan.text, 40)} was not added to {session.type.value} session {session.id}: {double_read},"
+                " and a read of it just before is held on the session's page already; if it was another item, scan"
+                " it again.",
+                location=session.location,
+            )
         if error is not None or decoded is None:
             outcome = problem_outcome(reader_id, scan, error)
             return ScanOutcome(outcome.result, f"{outcome.message} (session {session.id})", location=session.location)
@@ -78,9 +96,12 @@ class SessionRouter:
             # A back-office scanner has nobody to ask whether a quantity far past the usual is right (a handheld is
             # asked: UnlikelyQuantity): a label whose count (30), (37) says one is held for a person on the session's
             # page, never booked blindly nor dropped (Line.held).
+            # A double read (the same code again within the reader's same_code_s) is held the same way: a person
+            # on the session's page books it (a second item after all) or rejects it.
             line = await self.sessions.scan(
-                session.id, scan.text, by=session.by, source=f"scanner:{reader_id}", decoded=decoded, unattended=True
-            )
+                session.id, scan.text, by=session.by, source=f"scanner:{reader_id}", decoded=decoded, unattended=True,
+                hold=double_read,
+            )  # fmt: skip
         except SessionError as err:
             kept = ""
             if isinstance(err, SessionStoreFull):
@@ -99,6 +120,8 @@ class SessionRouter:
                 # the session store could not write it (a full disk): said every time, never taken for line noise
                 unrecorded=isinstance(err, SessionStoreFailed),
             )
+        if line.pending and double_read is not None:
+            self._held_again[reader_id] = scan.raw
         if line.pending:
             return ScanOutcome(
                 ScanResult.HANDLED,

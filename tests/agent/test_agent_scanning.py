@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -39,6 +40,7 @@ def section(link: Path, mode: str = "receive", reader_id: str = "backdoor", **ex
     device = hardware.SerialScannerConfig(
         reader_id=reader_id, port=str(link), idle_gap_s=None, reconnect_initial_s=0.02, reconnect_max_s=0.1
     )
+    extra.setdefault("same_code_s", 0.0)  # Rig.scan writes its frames in one burst: each is an item all the same
     return ScannerSection(id=reader_id, type="serial", mode=mode, device=device, **extra)  # type: ignore[arg-type]
 
 
@@ -624,3 +626,47 @@ async def test_scans_refused_by_a_full_outbox_are_each_said_and_never_called_noi
     assert len(not_recorded) == refused, "every refused scan is said, however many in a row"
     assert all(rec.levelno == logging.ERROR and "the disk is full" in rec.getMessage() for rec in not_recorded)
     assert not any("line noise" in rec.getMessage() for rec in said), "a full disk is not the scanner's noise"
+
+
+async def test_a_label_read_twice_by_a_shaky_trigger_is_booked_once_and_the_second_read_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: a scanner whose trigger bounced sent one carton's label twice, a few milliseconds apart, and the
+    agent received two cartons (in ``count`` mode it counted 2 where 1 stood). Nobody scans two items that fast:
+    the same code again within the reader's ``same_code_s`` (0.1 s unless set) of its scan before books nothing
+    and is a problem a person sees, saying what happened and to scan again if it was a second item. The same
+    code scanned again after that, and another code at once, are booked."""
+    link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
+    good = b"]E0" + EAN13.encode()
+    async with rig(tmp_path, section(link, same_code_s=0.05)) as r:
+        await r.scan(good, good)  # one carton, the trigger bouncing: both frames in one burst
+        await r.scan(b"]C0TOTE-7", good)  # another code, then the first again at once: two items
+        sent = r.service.outcomes
+        await asyncio.sleep(0.2)  # a second carton of the same item, scanned after a moment
+        r.device.write(good + b"\r\n")
+        await r.service.wait_decided(sent + 1, WAIT_S)
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [(e.sku, e.qty) for e in events] == [("MUG-01", 1), ("TOTE", 1), ("MUG-01", 1), ("MUG-01", 1)]
+    twice = entries[-2]  # the journal's newest first
+    assert (twice.raw, twice.result, twice.event_ids) == (good, "failed", ())
+    assert twice.message is not None and twice.message.startswith(
+        f"Scan {shown(good.decode()[3:], 40)} was not booked: the same code came "
+    )
+    assert twice.message.endswith(
+        " after this scanner's scan of it before, faster than anyone scans two items (a shaky trigger reads one label"
+        " twice); if it was a second item, scan it again."
+    )
+    [state] = read_reader_states(tmp_path / "scans.sqlite3") or []
+    assert (state.problems, state.last_problem) == (1, twice.message)
+    assert f"Scanner 'backdoor': {twice.message}" in [m.getMessage() for m in caplog.records]
+
+
+async def test_a_scanner_whose_same_code_s_is_0_books_every_read(tmp_path: Path) -> None:
+    """``same_code_s = 0``: a scanner in batch mode, which sends what it stored all at once, books every read."""
+    link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
+    good = b"]E0" + EAN13.encode()
+    async with rig(tmp_path, section(link, same_code_s=0.0)) as r:
+        await r.scan(good, good, good)
+        events = await r.events()
+    assert [(e.sku, e.qty) for e in events] == [("MUG-01", 1)] * 3

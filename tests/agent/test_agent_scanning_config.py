@@ -8,6 +8,7 @@ import pytest
 
 import hardware
 from agent.config import ConfigError, load_config
+from agent.scanning import SAME_CODE_S
 
 HEAD = '[agent]\nid = "store-1"\nlocation = "S001"\n'
 TWO_READERS = (
@@ -44,6 +45,7 @@ device = "/dev/input/by-id/usb-Datalogic-event-kbd"
 mode = "count"
 location = "W001"
 count_reset_s = 60
+same_code_s = 0
 
 [catalog]
 file = "catalog.csv"
@@ -74,6 +76,7 @@ settle_s = 0.5
     assert (till.mode, till.location, till.count_reset_s, till.device_path) == (
         "count", "W001", 60.0, "/dev/input/by-id/usb-Datalogic-event-kbd",
     )  # fmt: skip
+    assert (back.same_code_s, till.same_code_s) == (SAME_CODE_S, 0.0)  # 0: every scan of a code is booked
     assert (cfg.catalog.file, cfg.catalog.refresh_s, cfg.catalog.cache_file) == (tmp_path / "catalog.csv", 30.0, None)
     assert (cfg.pos.watch_dir, cfg.pos.settle_s) == (tmp_path / "drop", 0.5)
 
@@ -114,6 +117,10 @@ def test_without_the_new_sections_nothing_changes(tmp_path: Path) -> None:
         (
             '[[scanner]]\nid = "a"\ntype = "serial"\nport = "/dev/ttyS0"\nmode = "sale"\nlocation = "no spaces"\n',
             "location is not a valid",
+        ),
+        (
+            '[[scanner]]\nid = "a"\ntype = "serial"\nport = "/dev/ttyS0"\nmode = "sale"\nsame_code_s = 6\n',
+            "same_code_s must be 0 \\(off\\) or up to 5 seconds, got 6",
         ),
         (TWO_READERS.format(id2="a", port2="/dev/ttyS1"), "is used by two"),
         (TWO_READERS.format(id2="b", port2="/dev/ttyS0"), "which scanner 'a' uses already"),

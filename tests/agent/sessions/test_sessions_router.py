@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,11 @@ DOCK = ScannerSection(
 )
 
 
-def scan(text: str, complete: bool = True) -> hardware.Scan:
-    return hardware.Scan("dock", text.encode(), 1, complete)
+_AT_MS = itertools.count(1, 1000)  # a person's scans, a second apart: never a double read (``same_code_s``)
+
+
+def scan(text: str, complete: bool = True, at_ms: int | None = None) -> hardware.Scan:
+    return hardware.Scan("dock", text.encode(), next(_AT_MS) if at_ms is None else at_ms, complete)
 
 
 async def test_a_bound_reader_feeds_its_session_and_an_unbound_one_books_its_mode(
@@ -97,13 +101,13 @@ async def test_a_scanner_whose_session_another_closed_books_nothing_until_it_res
         service = ScanService([SHELF], SessionRouter(sessions, fallback, clock=clock), journal)
         delivery = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-1", reader_id="shelf"), by="cy")
         for no in range(3):
-            taken = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), no, True))
+            taken = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), no * 1000, True))
             assert taken.result is ScanResult.HANDLED
         await sessions.close(delivery.id, by="bo")
 
         for no in range(3, 6):  # cy scans on, a carton every 50 s
             clock.s += READER_HOLD_S - 10
-            refused = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), no, True))
+            refused = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), no * 1000, True))
             assert refused.result is ScanResult.FAILED
             assert refused.message == (
                 f"Scan '{APPLE}' was not booked: receive session {delivery.id}, which this scanner fed, was closed by"
@@ -111,7 +115,7 @@ async def test_a_scanner_whose_session_another_closed_books_nothing_until_it_res
                 f" {READER_HOLD_S:g} s and scan again to book the scanner's own mode."
             )
         clock.s += READER_HOLD_S
-        counted = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), 6, True))
+        counted = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), 6000, True))
         assert counted.result is ScanResult.BOOKED
         assert [(ev.kind, ev.qty, ev.source) for ev in await outbox.pending(10)] == [
             (Kind.RECEIVE, 3, f"session:{delivery.id}"),
@@ -276,3 +280,50 @@ async def test_a_scanned_label_far_past_the_local_count_is_held_in_a_count_and_a
         await sessions.close(write_off.id, by="cy")
     booked = [(ev.kind, ev.qty) for ev in await outbox.pending(10) if ev.source.startswith("session:")]
     assert booked == [(Kind.COUNT, 999), (Kind.ADJUST, -2_030)]
+
+
+async def test_a_label_read_twice_by_a_shaky_trigger_is_held_in_the_session_for_a_person(
+    tmp_path: Path, sessions: SessionManager, outbox: Outbox
+) -> None:
+    """Found: a bound scanner whose trigger bounced sent one carton's label twice, 4 ms apart, and the delivery's
+    close booked two cartons. The second read of the same code within the reader's ``same_code_s`` is held in the
+    session for a person on its page, who books it (a second carton after all) or rejects it; nobody at the
+    scanner reads the agent's log. A scanner feeding no session refuses it aloud (its mode books nothing)."""
+    async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
+        fallback = ModeRouter(outbox, sessions.catalog, [DOCK], location="S001")  # type: ignore[arg-type]
+        clock = Clock()
+        service = ScanService([DOCK], SessionRouter(sessions, fallback, clock=clock), journal)
+        delivery = await sessions.open(SessionSpec(SessionType.RECEIVE, ref="DN-9", reader_id="dock"), by="cy")
+        first = await service.handle(DOCK, scan(APPLE, at_ms=5_000))
+        assert first.result is ScanResult.HANDLED and first.message.startswith("Added 1 of SKU-APPLE"), first
+        bounce = await service.handle(DOCK, scan(APPLE, at_ms=5_004))
+        assert bounce.result is ScanResult.HANDLED, bounce
+        assert bounce.message == (
+            f"Held line 2 of receive session {delivery.id} for a person to confirm on its page: the same code came"
+            " 4 ms after this scanner's scan of it before, faster than anyone scans two items (a shaky trigger reads"
+            " one label twice); nothing of it is booked unless someone confirms it."
+        )
+        stuck = [await service.handle(DOCK, scan(APPLE, at_ms=5_005 + n)) for n in range(3)]  # a stuck trigger
+        assert [s.result for s in stuck] == [ScanResult.FAILED] * 3  # one line held for it, not one per read
+        assert stuck[0].message == (
+            f"Scan '{APPLE}' was not added to receive session {delivery.id}: the same code came 1 ms after this"
+            " scanner's scan of it before, faster than anyone scans two items (a shaky trigger reads one label"
+            " twice), and a read of it just before is held on the session's page already; if it was another item,"
+            " scan it again."
+        )
+        again = await service.handle(DOCK, scan(APPLE, at_ms=6_000))  # a second carton, scanned a second later
+        assert again.result is ScanResult.HANDLED and again.message.startswith("Added 1 of SKU-APPLE"), again
+        view = await sessions.view(delivery.id)
+        assert [(t.sku, t.qty) for t in view.totals] == [("SKU-APPLE", 2)]
+        assert [(line.no, line.pending) for line in view.held] == [(2, True)]
+        await sessions.reject_line(delivery.id, 2, by="cy")
+        closed = await sessions.close(delivery.id, by="cy")
+        assert [(r.sku, r.qty) for r in closed.report.lines] == [("SKU-APPLE", 2)]  # type: ignore[union-attr]
+
+        clock.s += READER_HOLD_S  # the scanner left idle a while after its session closed
+        unbound = await service.handle(DOCK, scan(PEAR, at_ms=100_000))  # the reader books its mode again
+        twice = await service.handle(DOCK, scan(PEAR, at_ms=100_010))
+        assert (unbound.result, twice.result) == (ScanResult.BOOKED, ScanResult.FAILED)
+        assert twice.message.startswith(f"Scan '{PEAR}' was not booked: the same code came 10 ms after")
+    booked = [(ev.sku, ev.kind, ev.qty) for ev in await outbox.pending(10)]
+    assert booked == [("SKU-APPLE", Kind.RECEIVE, 2), ("SKU-PEAR", Kind.RECEIVE, 1)]
