@@ -148,6 +148,7 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
     r.add_post("/api/v1/sessions/{id}/scans", add_scan, name="scan")
     r.add_post("/api/v1/sessions/{id}/undo", undo, name="undo")
     r.add_post("/api/v1/sessions/{id}/unstored", send_unstored, name="send_unstored")
+    r.add_post("/api/v1/sessions/{id}/not_added/dismiss", dismiss_not_added, name="dismiss_not_added")
     r.add_post("/api/v1/sessions/{id}/lines/{no}/confirm", confirm_line, name="confirm_line")
     r.add_post("/api/v1/sessions/{id}/lines/{no}/reject", reject_line, name="reject_line")
     r.add_post("/api/v1/sessions/{id}/close", close_session, name="close")
@@ -456,7 +457,12 @@ async def list_sessions(request: web.Request) -> web.Response:
     return _json(
         {
             "sessions": [
-                {**views.session_json(s), "held": held.get(s.id, 0), "unstored": sessions.unstored_count(s.id)}
+                {
+                    **views.session_json(s),
+                    "held": held.get(s.id, 0),
+                    "unstored": sessions.unstored_count(s.id),
+                    "not_added": sessions.not_added_count(s.id),
+                }
                 for s in found
             ],
             "refused": [views.refused_json(r) for r in refused],
@@ -550,6 +556,13 @@ async def send_unstored(request: web.Request) -> web.Response:
             **views.view_json(view),
         }
     )
+
+
+async def dismiss_not_added(request: web.Request) -> web.Response:
+    """Mark the scans of the session's scanner that it did not take (its view's ``not_added``) seen."""
+    await _body(request)
+    view = await request.app[CONTEXT_KEY].sessions.dismiss_not_added(request.match_info["id"], by=_who(request).staff)
+    return _json(views.view_json(view))
 
 
 async def confirm_line(request: web.Request) -> web.Response:

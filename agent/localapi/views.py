@@ -18,6 +18,7 @@ from agent.sessions import (
     ExpectedLine,
     InvalidSessionInput,
     Line,
+    NotAdded,
     Refused,
     ReportLine,
     Session,
@@ -168,7 +169,12 @@ def view_json(v: SessionView, lines_shown: int = LINES_SHOWN_DEFAULT) -> dict[st
         "refused": [refused_json(r) for r in v.refused],
         "held": [line_json(x) for x in v.held],
         "unstored": [unstored_json(u) for u in v.unstored],
+        "not_added": [not_added_json(n) for n in v.not_added],
     }
+
+
+def not_added_json(n: NotAdded) -> dict[str, Any]:
+    return {"code": n.code, "source": n.source, "at_ms": n.at_ms, "why": n.why}
 
 
 def unstored_json(u: Unstored) -> dict[str, Any]:

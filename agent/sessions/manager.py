@@ -43,6 +43,7 @@ from agent.sessions.items import Item, ItemLookup, check_spelling, keyed_sku, re
 from agent.sessions.model import (
     Disposition,
     Line,
+    NotAdded,
     Refused,
     Session,
     SessionSpec,
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)
 
 LIST_LIMIT_DEFAULT = 100
 UNSTORED_MAX = 1_000  # a bound scanner's scans a full disk refused, kept per session for its page (Unstored)
+NOT_ADDED_MAX = 100  # a bound scanner's scans its session did not take, the newest kept per session (NotAdded)
 REFUSED_SHOWN = 20  # the hub's refusals of sessions' movements shown at once (newest first)
 # The home screen shows the sessions' refusals among the outbox's newest this many set-asides (of any movement): a
 # window in the outbox's own order, which a wrong clock at the refusal cannot shift, as it did a 7-day window.
@@ -110,6 +112,8 @@ class SessionManager:
         # session id -> a bound scanner's scans a full disk refused, for the session's page (``Unstored``); in memory:
         # the disk that refused them cannot hold them either
         self._unstored: dict[str, list[Unstored]] = {}
+        # session id -> a bound scanner's scans the session did not take, newest last, until marked seen (``NotAdded``)
+        self._not_added: dict[str, list[NotAdded]] = {}
         self.changed = asyncio.Condition()  # notified after every change of any session
         self.version = 0  # increases with every change (for pollers)
         # The id of a back-office reader in count mode running a count of (location, sku), or None (set by
@@ -581,6 +585,7 @@ class SessionManager:
                 f"{booked} but could not be marked closed: {err}; close it again once there is room: nothing is"
                 " booked twice"
             ) from err
+        self._not_added.pop(session.id, None)
         if dropped := self._unstored.pop(session.id, None):
             log.warning(
                 "Session %s was closed with %d scan(s) from its scanner that the full disk refused and nobody sent"
@@ -605,6 +610,7 @@ class SessionManager:
         async with self._closing:
             session = await self.store.cancel(session_id, by=by, at_ms=self._wall_clock_ms())
         self._unstored.pop(session_id, None)  # nothing of a cancelled session is booked, its scanner's scans neither
+        self._not_added.pop(session_id, None)
         log.info("%s cancelled %s session %s; nothing was booked.", by, session.type.value, session.id)
         await self._changed()
         return session
@@ -618,7 +624,31 @@ class SessionManager:
         refused = await self.refused(session_id) if session.status is SessionStatus.CLOSED else []
         held = tuple(line for line in lines if line.pending)
         unstored = tuple(self._unstored.get(session_id, ()))
-        return SessionView(session, lines, totals(lines), preview(session, lines), tuple(refused), held, unstored)
+        not_added = tuple(reversed(self._not_added.get(session_id, ())))
+        return SessionView(
+            session, lines, totals(lines), preview(session, lines), tuple(refused), held, unstored, not_added
+        )
+
+    # --- a bound scanner's scans its session did not take -----------------------------
+    async def note_not_added(self, session_id: str, code: str, *, source: str, why: str) -> None:
+        """Keep a bound scanner's scan the session did not take for the session's page (the newest
+        ``NOT_ADDED_MAX``), until someone marks them seen or the session ends."""
+        kept = self._not_added.setdefault(session_id, [])
+        kept.append(NotAdded(code, source, self._wall_clock_ms(), why))
+        del kept[:-NOT_ADDED_MAX]
+        await self._changed()
+
+    def not_added_count(self, session_id: str) -> int:
+        return len(self._not_added.get(session_id, ()))
+
+    async def dismiss_not_added(self, session_id: str, *, by: str) -> SessionView:
+        """Mark the session's ``not_added`` scans seen: no longer listed (they were never part of the session)."""
+        check_staff(by)
+        await self.store.get(session_id)  # SessionNotFound for a session that is not there
+        if dropped := self._not_added.pop(session_id, None):
+            log.info("%s saw the %d scan(s) from a scanner that session %s did not take.", by, len(dropped), session_id)
+            await self._changed()
+        return await self.view(session_id)
 
     # --- a bound scanner's scans a full disk refused ------------------------------------
     async def keep_unstored(

@@ -375,6 +375,18 @@ class Unstored:
 
 
 @dataclass(frozen=True, slots=True)
+class NotAdded:
+    """A bound back-office scanner's scan its session did not take (cut off, a wrong check digit, outside a count's
+    scope …), kept in the agent's memory for the session's page until someone marks it seen: the scanner beeped at
+    it, nobody at it reads the agent's log, and the session was closed short by it."""
+
+    code: str  # the scan as the scanner sent it
+    source: str  # scanner:<id>
+    at_ms: int
+    why: str  # the agent's sentence, which says what to do
+
+
+@dataclass(frozen=True, slots=True)
 class SessionView:
     """A session with its lines (newest last) and its running totals."""
 
@@ -385,3 +397,4 @@ class SessionView:
     refused: tuple[Refused, ...] = ()  # after its close: what of it the hub refused
     held: tuple[Line, ...] = ()  # lines held for a person to confirm or reject (``Line.pending``), oldest first
     unstored: tuple[Unstored, ...] = ()  # a bound scanner's scans a full disk refused, oldest first (``Unstored``)
+    not_added: tuple[NotAdded, ...] = ()  # a bound scanner's scans it did not take, newest first (``NotAdded``)

@@ -29,7 +29,7 @@ import hardware
 from agent.scanning import ModeRouter, ScanOutcome, ScanResult, ScanRouter, problem_outcome
 from agent.sessions.errors import SessionError, SessionStoreFailed, SessionStoreFull
 from agent.sessions.manager import UNSTORED_MAX, SessionManager
-from agent.sessions.model import SessionStatus
+from agent.sessions.model import Session, SessionStatus
 from protocol.values import shown
 
 # A reader whose session ended while it was scanning into it (another handheld closed or cancelled it, or unbound
@@ -79,6 +79,23 @@ class SessionRouter:
                 return await self.fallback.route(reader_id, scan, decoded, error)
             return await self.fallback.route(reader_id, scan, decoded, error, double_read=double_read)
         self._fed[reader_id] = (session.id, now)
+        outcome = await self._into(session, reader_id, scan, decoded, error, double_read)
+        if outcome.problem and not outcome.unrecorded:  # nobody at the scanner reads the log: the page lists it
+            # (a scan the session store could not write is the page's ``unstored``, sent again from there)
+            why = outcome.message.removesuffix(f" (session {session.id})")
+            await self.sessions.note_not_added(session.id, scan.text, source=f"scanner:{reader_id}", why=why)
+        return outcome
+
+    async def _into(
+        self,
+        session: Session,
+        reader_id: str,
+        scan: hardware.Scan,
+        decoded: hardware.Decoded | None,
+        error: hardware.DecodeError | None,
+        double_read: str | None,
+    ) -> ScanOutcome:
+        """The scan as a line of ``session``, the session bound to ``reader_id``."""
         if double_read is None:
             self._held_again.pop(reader_id, None)
         elif self._held_again.get(reader_id) == scan.raw:

@@ -22,7 +22,7 @@ from agent.scanning import ModeRouter, ScanService
 from agent.sessions import SessionManager, SessionStore
 from agent.sessions.router import SessionRouter
 from protocol import Kind
-from tests.agent.agent_scan_helpers import PtyDevice
+from tests.agent.agent_scan_helpers import PtyDevice, eventually
 from tests.agent.test_agent_localapi import APPLE, STAFF, Api
 
 NUTS = "94006381333934"  # a variable-count item (indicator digit 9): its label's (30) says how many it holds
@@ -159,3 +159,46 @@ async def test_typed_incoming_and_counted_quantities_far_past_the_usual_are_aske
         assert (await api.ok("GET", f"/api/v1/sessions/{sid}"))["lines"] == []
         added = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {**body, "confirm": True}, 201)
         assert added["units"] == body["qty"], added
+
+
+async def test_a_bound_scanners_scans_its_session_did_not_take_are_listed_on_the_session_until_seen(
+    store: Store,
+) -> None:
+    """Found, black-box: a scanner bound to a delivery sent a label with a wrong check digit (line noise) and half a
+    barcode (its cable pulled); both were refused, rightly, but only the agent's log and ``status`` on the back-office
+    PC said so. The scanner beeps at every read, nobody at it reads that log, and the handheld showed the session as
+    if every scan was in it: the delivery was closed short. The session's view lists them now (``not_added``,
+    newest first, with the agent's sentence), the home screen counts them, and a person marks them seen."""
+    api = store.api
+    await api.sign_in()
+    opened = await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-8", "reader_id": "dock"}, 201)
+    sid = opened["session"]["id"]
+    misread = APPLE[:-1] + str((int(APPLE[-1]) + 1) % 10)
+    await store.scan(b"]E0" + APPLE.encode(), b"]E0" + misread.encode())
+    store.device.write(b"]E04006")  # half a barcode, then the cable is pulled
+    reader = store.service.readers["dock"]
+
+    def holds_half_a_barcode() -> bool:  # a pty hands written bytes to the reading side a moment later
+        link: Any = reader._link
+        return link is not None and bool(link._splitter.pending)
+
+    await eventually(holds_half_a_barcode, what="half a barcode read")
+    decided = store.service.outcomes
+    store.device.unplug()
+    await store.service.wait_decided(decided + 1, WAIT_S)
+
+    view = await api.ok("GET", f"/api/v1/sessions/{sid}")
+    assert [(t["sku"], t["qty"]) for t in view["totals"]] == [("SKU-APPLE", 1)]
+    assert [(n["code"], n["source"]) for n in view["not_added"]] == [
+        ("]E04006", "scanner:dock"),
+        ("]E0" + misread, "scanner:dock"),
+    ]
+    assert view["not_added"][0]["why"] == "The scan ']E04006' from scanner 'dock' was cut off; scan the item again."
+    assert "has a wrong check digit" in view["not_added"][1]["why"]
+    assert all(isinstance(n["at_ms"], int) for n in view["not_added"])
+    listed = (await api.ok("GET", "/api/v1/sessions"))["sessions"]
+    assert [(x["id"], x["not_added"]) for x in listed] == [(sid, 2)]
+
+    seen = await api.ok("POST", f"/api/v1/sessions/{sid}/not_added/dismiss", {})
+    assert seen["not_added"] == [] and seen["session"]["id"] == sid
+    assert [x["not_added"] for x in (await api.ok("GET", "/api/v1/sessions"))["sessions"]] == [0]

@@ -828,6 +828,43 @@ async def test_a_bound_scanners_scans_a_full_disk_refuses_are_listed_on_the_page
     assert [e for e in script_errors(console_errors) if "status of 507" not in e] == []
 
 
+async def test_a_bound_scanners_scans_the_session_did_not_take_are_listed_on_the_page_until_seen(
+    page: Page, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """Found at the dock: the serial scanner bound to a delivery (a real pseudo-terminal) sent a label with a wrong
+    check digit; the agent refused it, rightly, but said so only in its log and ``status``. The scanner had beeped,
+    the page showed nothing, and the delivery was closed short. The page lists such scans on the session's screen
+    with the agent's sentence, the home screen counts them, and Seen clears them."""
+    misread = b"]E0" + APPLE[:-1].encode() + str((int(APPLE[-1]) + 1) % 10).encode()
+    async with running(tmp_path, tmp_path / "data") as store:
+        await sign_in(page, store.api)  # type: ignore[arg-type]
+        await page.click("text=Receive")
+        await page.fill("#open-form input[name=ref]", "DN-MISREAD")
+        await page.select_option("#open-form select[name=reader_id]", "dock")
+        await page.click("#open-form button[type=submit]")
+        await expect(page.locator("#screen-session")).to_be_visible()
+        await store.scan(DOCK_APPLE, misread)
+        await expect(page.locator("#total-units")).to_have_text("1 unit")
+        box = page.locator("#not-added")
+        await expect(box).to_be_visible()
+        await expect(page.locator("#not-added-title")).to_have_text(
+            "1 scan from the scanner was NOT added to this session: scan it again."
+        )
+        await expect(page.locator("#not-added-list li")).to_contain_text(f"{misread.decode()} from scanner dock at ")
+        await expect(page.locator("#not-added-list li")).to_contain_text("has a wrong check digit")
+        await page.click("#leave")  # the home screen says so too
+        await expect(page.locator("#active-list .sub.held")).to_have_text(
+            "1 scan from a scanner NOT added: open the session to see it"
+        )
+        await page.locator("#active-list button").click()
+        await page.click("#not-added-seen")
+        await expect(box).to_be_hidden()
+        await store.scan(DOCK_APPLE)
+        await expect(page.locator("#total-units")).to_have_text("2 units")
+        await expect(box).to_be_hidden()
+    assert script_errors(console_errors) == []
+
+
 async def test_a_close_booked_but_not_marked_closed_by_a_full_disk_says_it_is_booked_and_is_closed_again_here(
     page: Page, agent: Agent, console_errors: list[str]
 ) -> None:

@@ -224,6 +224,9 @@
       // A scanner's scans a full disk refused: the agent keeps them until someone sends them from the session.
       if (s.unstored) button.appendChild(el("span", "sub held", s.unstored + (s.unstored === 1 ? " scan" : " scans") +
         " from a scanner not stored (the disk is full): open the session to send " + (s.unstored === 1 ? "it" : "them") + " again"));
+      // A scanner's scans the session did not take: the scanner beeped at them all the same.
+      if (s.not_added) button.appendChild(el("span", "sub held", s.not_added + (s.not_added === 1 ? " scan" : " scans") +
+        " from a scanner NOT added: open the session to see " + (s.not_added === 1 ? "it" : "them")));
       button.addEventListener("click", () => openSession(s.id));
       const item = el("li");
       item.appendChild(button);
@@ -435,6 +438,7 @@
       list.appendChild(item);
     }
     showHeld(view.held || [], s);
+    showNotAdded(view.not_added || []);
     state.scannerUnstored = view.unstored || [];
     showUnstored();
     const closing = s.status !== "open";
@@ -467,6 +471,30 @@
       list.appendChild(item);
     }
     $("held").hidden = held.length === 0;
+  }
+
+  // The session's scanner's scans it did not take (cut off, a wrong check digit, outside a count's scope …): the
+  // scanner beeped at each, and nobody at it reads the agent's log. Listed, newest first, until someone taps Seen.
+  function showNotAdded(notAdded) {
+    const items = notAdded.map((n) => el("li", "refusal", n.code + " from " + n.source.replace(/^scanner:/, "scanner ") +
+      " at " + when(n.at_ms) + " — " + sentence(n.why)));
+    $("not-added-list").replaceChildren(...items);
+    const n = items.length;
+    $("not-added-title").textContent = n + (n === 1 ? " scan" : " scans") + " from the scanner " +
+      (n === 1 ? "was" : "were") + " NOT added to this session: scan " + (n === 1 ? "it" : "them") + " again.";
+    $("not-added").hidden = n === 0;
+  }
+
+  async function seenNotAdded() {
+    if (!state.session) return;
+    const sessionId = state.session.id;
+    try {
+      const data = await api("POST", "/api/v1/sessions/" + sessionId + "/not_added/dismiss", {});
+      if (state.session && state.session.id === sessionId) render(data);
+    } catch (err) {
+      if (err.status !== 401) message($("scan-msg"), err.message, "bad");
+    }
+    focusScan();
   }
 
   async function decideHeld(sessionId, line, action, item) {
@@ -865,6 +893,7 @@
     });
     $("undo").addEventListener("click", undoLast);
     $("unstored-send").addEventListener("click", sendUnstored);
+    $("not-added-seen").addEventListener("click", seenNotAdded);
     $("close").addEventListener("click", closeSession);
     $("cancel").addEventListener("click", cancelSession);
     $("leave").addEventListener("click", () => showHome());
