@@ -240,6 +240,7 @@ def decode(text: str | bytes, *, rcn_region: str | None = None) -> Decoded:
         payload = value[len(ident.value) :]
         if not payload.strip(GS):
             raise DecodeError(text, f"The {symbology.name} scan carries no data after its identifier {ident.value}.")
+    _check_one_scan(value, payload, text)
 
     gs1 = ident.gs1_symbology if ident is not None else None
     if gs1 in _GTIN_SYMBOLOGIES:
@@ -294,6 +295,27 @@ def _check_characters(value: str, text: str) -> None:
             f"The scan {_shown(value)!r} holds control characters no barcode carries (line noise, or a scanner "
             "whose baud rate or parity does not match); scan the item again.",
         )
+
+
+# A symbology identifier: "]", the symbology's letter, its modifier (ISO/IEC 15424).
+_IDENT_RE = re.compile(r"\][A-Za-z][0-9A-Za-z]")
+
+
+def _check_one_scan(value: str, payload: str, text: str) -> None:
+    """Refuse a value holding a symbology identifier after its start: a scanner sends its identifier first, once, so
+    one further on is something typed before the scan ("12" meant for the quantity, in a handheld's scan field) or two
+    scans run together (an Enter lost): taken as one unknown barcode, the item scanned was never booked."""
+    for found in _IDENT_RE.finditer(payload):
+        try:
+            ident = SymbologyIdentifier.extract(payload[found.start() :])
+        except (ParseError, IndexError, ValueError):
+            continue
+        if payload[found.start() + len(ident.value) :].strip(GS):  # data follows: a scan's start
+            raise DecodeError(
+                text,
+                f"The scan {_shown(value)!r} holds the symbology identifier {ident.value} after its start: something"
+                " was typed before the scan, or two scans ran together; clear the field and scan the item again.",
+            )
 
 
 class _NotGS1(Exception):

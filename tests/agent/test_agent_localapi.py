@@ -235,6 +235,24 @@ async def test_a_barcode_typed_in_another_scripts_digits_is_the_same_barcode(api
     assert [(x["sku"], x["qty"]) for x in closed["report"]["lines"]] == [("SKU-APPLE", 2)]
 
 
+async def test_a_wedge_scan_behind_something_typed_in_the_scan_field_is_refused_not_booked_unknown(api: Api) -> None:
+    """Found at a handheld with a keyboard-wedge scanner (AIM identifiers on, as docs/scanners.md says): "12" typed
+    into the scan field, meant for the quantity, and the scanner's "]E0…" typed behind it were taken as one unknown
+    barcode, '12]E04006381333931': the apple was never received, an unknown item was. Refused in a sentence now,
+    and nothing is added; the apple scanned alone is."""
+    await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-9"}, status=201))["session"]["id"]
+    for typed in ("12]E0" + APPLE, "]E0" + APPLE + "]E0" + APPLE):  # typed before it; two scans, one Enter lost
+        got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": typed})
+        assert got == 400, data
+        assert data["error"]["message"] == (
+            f"The scan {typed!r} holds the symbology identifier ]E0 after its start: something was typed before the"
+            " scan, or two scans ran together; clear the field and scan the item again."
+        )
+    added = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": "]E0" + APPLE}, status=201)
+    assert (added["line"]["sku"], added["lines_total"]) == ("SKU-APPLE", 1)
+
+
 async def test_a_barcode_with_an_invisible_direction_mark_is_the_same_barcode(api: Api) -> None:
     """Found typing and pasting barcodes on a phone set to Arabic or Hebrew: the keyboard puts a right-to-left or
     left-to-right mark (U+200F, U+200E) around what is typed, a paste can carry a zero-width space or a byte-order

@@ -199,6 +199,35 @@ def test_digits_of_other_scripts_are_no_gtin(scanned: str, message: str) -> None
         decode(scanned.encode("utf-8"))
 
 
+@pytest.mark.parametrize(
+    ("scanned", "shown", "ident"),
+    [
+        ("12]E04006381333931", "12]E04006381333931", "]E0"),  # "12" typed into the scan field, then the scan
+        ("]E04006381333931]E04006381333931", "]E04006381333931]E04006381333931", "]E0"),  # two scans, one Enter lost
+        ("4006381333931]C0PAL-7", "4006381333931]C0PAL-7", "]C0"),  # a number keyed by hand, then a scan
+        ("abc]C101095011015300031710", "abc]C101095011015300031710", "]C1"),
+    ],
+)
+def test_a_symbology_identifier_after_the_start_is_two_things_run_together(
+    scanned: str, shown: str, ident: str
+) -> None:
+    """Found at a handheld with a keyboard-wedge scanner: "12" typed into the scan field (meant for the quantity),
+    then the scan typed its "]E0…" behind it, and the agent took '12]E04006381333931' as an unknown barcode: the
+    item was not received, an unknown one was. A scanner sends its identifier first, once: one after the start is
+    something typed before the scan, or two scans run together."""
+    with pytest.raises(DecodeError) as caught:
+        decode(scanned.encode())
+    assert str(caught.value) == (
+        f"The scan {shown!r} holds the symbology identifier {ident} after its start: something was typed before"
+        " the scan, or two scans ran together; clear the field and scan the item again."
+    )
+
+
+def test_a_bracket_in_text_that_is_no_identifier_still_decodes() -> None:
+    assert decode(b"]C0BIN]7").data == "BIN]7"
+    assert decode(b"A]B").data == "A]B"
+
+
 def test_what_barcodes_carry_still_decodes() -> None:
     assert decode(f"]C10109501101530003{GS}10LOT{GS}".encode()).lot == "LOT"  # GS: FNC1
     assert decode("]C0Caf\u00e9 \u00e0 la carte\t\r\n".encode()).data == "Caf\u00e9 \u00e0 la carte"
