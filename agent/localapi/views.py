@@ -140,6 +140,7 @@ def report_json(r: CloseReport) -> dict[str, Any]:
         "units": r.units,
         "lines": [report_line_json(x) for x in r.lines],
         "bin_notes": [bin_note_json(n) for n in r.bin_notes],
+        "count_notes": [{"sku": n.sku, "moved": dict(n.moved), "message": n.message} for n in r.count_notes],
     }
 
 

@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.outbox import Outbox
-from agent.sessions.model import bin_key
+from agent.sessions.model import CountNote, Line, bin_key
 from protocol import ON_HAND_KINDS, Kind, StockEvent
 
 # The words a movement is told by to the staff, per kind and direction (an adjustment either way).
@@ -131,6 +131,53 @@ async def carried(outbox: Outbox, location: str, bin_: str, stamps: Mapping[str,
         if carry is not None:
             out[sku] = carry
     return out
+
+
+async def spanned(outbox: Outbox, location: str, lines: list[Line], source: str) -> tuple[CountNote, ...]:
+    """Per SKU of a count's ``lines`` (a count of whole SKUs, not of a bin), what this agent booked of it between
+    the count's first effective scan of it and its last, which the count is stamped at: a unit taken out then (a
+    sale) is superseded by the count, and counted again if it was among the units scanned before it; a unit put in
+    then is superseded too, and missing if it went where the count had scanned already. Nobody records which, so
+    the close tells it (``CountNote``). ``source``: the closing session's, whose own events are never in between."""
+    spans: dict[str, tuple[int, int, int]] = {}  # sku -> (first HLC, last HLC, units counted)
+    for line in lines:
+        if line.undone or line.pending:
+            continue
+        first, last, units = spans.get(line.sku, (line.hlc, line.hlc, 0))
+        spans[line.sku] = (min(first, line.hlc), max(last, line.hlc), units + line.qty)
+    notes = []
+    for sku, (first, last, units) in spans.items():
+        if first == last:
+            continue
+        moved: dict[str, int] = {}
+        put_in: dict[str, int] = {}
+        taken: dict[str, int] = {}
+        events = await outbox.booked(location, sku)
+        for ev in sorted(events, key=_order):  # oldest first: the words in the order they happened
+            if ev.kind not in ON_HAND_KINDS or ev.kind is Kind.COUNT or ev.source == source:
+                continue
+            if not first < ev.occurred_at < last:
+                continue
+            word = _WORDS.get((ev.kind, 1 if ev.qty > 0 else -1), ev.kind.value)
+            into = put_in if ev.qty > 0 else taken
+            into[word] = into.get(word, 0) + abs(ev.qty)
+            moved[word] = moved.get(word, 0) + abs(ev.qty)
+        if not moved:
+            continue
+        assumes = []
+        if taken:
+            these = _listing(tuple(taken.items()))
+            assumes.append(f"the {these} were not among the units scanned before them")
+        if put_in:
+            these = _listing(tuple(put_in.items()))
+            assumes.append(f"the {these} were among the units scanned after them")
+        message = (
+            f"{_listing(tuple(moved.items()))} of {sku} between this count's first scan of it and its last; the count"
+            f" of {units:,} is booked at its last scan, so it assumes {' and '.join(assumes)} — if that is wrong,"
+            f" count {sku} again, all of it at once."
+        )
+        notes.append(CountNote(sku, tuple(moved.items()), message))
+    return tuple(notes)
 
 
 def _order(ev: StockEvent) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import logging
 import secrets
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from agent.errors import InvalidMovement, OutboxClosed, OutboxError
 from agent.outbox import Outbox, RejectedEvent
@@ -544,6 +545,12 @@ class SessionManager:
                     "" if len(carried) > 1 else f" ({next(iter(carried))}: {next(iter(carried.values())).units:+d})",
                 )  # fmt: skip
         plan = plan_close(session, lines, carried)
+        # A count left open across movements of a SKU scanned before and after them rests on an assumption.
+        whole = session.type is SessionType.COUNT and session.spec.bin is None
+        if whole and (notes := await bins.spanned(self.outbox, session.location, list(lines), session_source(session))):
+            plan = replace(plan, report=replace(plan.report, count_notes=notes))
+            if not resumed:
+                log.info("Session %s counts on an assumption: %s", session.id, " ".join(n.message for n in notes))
         if plan.report.bin_notes and not resumed:
             log.info(
                 "Session %s counts bin %s on an assumption: %s",

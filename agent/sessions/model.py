@@ -336,11 +336,23 @@ class BinNote:
 
 
 @dataclass(frozen=True, slots=True)
+class CountNote:
+    """A count's booked count of a SKU that rests on an assumption: this agent booked movements of the SKU between
+    the count's first scan of it and its last (a count left open overnight across the evening's sales), and the
+    count is stamped at its last scan. ``message`` says it with the numbers and what to do."""
+
+    sku: str
+    moved: tuple[tuple[str, int], ...]  # units moved in between, per word ("sold", "received", …), as positive numbers
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class CloseReport:
     events: int  # stock events the close recorded
     units: int  # base units moved (counted, for a count)
     lines: tuple[ReportLine, ...] = field(default_factory=tuple)
     bin_notes: tuple[BinNote, ...] = field(default_factory=tuple)  # a bin count's assumptions, per SKU
+    count_notes: tuple[CountNote, ...] = field(default_factory=tuple)  # movements between a SKU's scans, per SKU
 
     def with_status(self, status: str) -> tuple[ReportLine, ...]:
         return tuple(line for line in self.lines if line.status == status)

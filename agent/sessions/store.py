@@ -50,6 +50,7 @@ from agent.sessions.errors import (
 from agent.sessions.model import (
     BinNote,
     CloseReport,
+    CountNote,
     Disposition,
     ExpectedLine,
     Line,
@@ -804,6 +805,11 @@ def _report_json(report: CloseReport) -> dict[str, Any]:
         "units": report.units,
         "lines": [[r.sku, r.status, r.qty, r.expected] for r in report.lines],
         **({"bin_notes": [_note_json(n) for n in report.bin_notes]} if report.bin_notes else {}),
+        **(
+            {"count_notes": [[n.sku, [list(x) for x in n.moved], n.message] for n in report.count_notes]}
+            if report.count_notes
+            else {}
+        ),
     }
 
 
@@ -824,5 +830,9 @@ def _note_from_json(d: dict[str, Any]) -> BinNote:
 def _report_from_json(data: dict[str, Any]) -> CloseReport:
     lines = tuple(ReportLine(*line) for line in data["lines"])
     return CloseReport(
-        data["events"], data["units"], lines, tuple(_note_from_json(n) for n in data.get("bin_notes", ()))
+        data["events"],
+        data["units"],
+        lines,
+        tuple(_note_from_json(n) for n in data.get("bin_notes", ())),
+        tuple(CountNote(s, tuple((w, q) for w, q in moved), m) for s, moved, m in data.get("count_notes", ())),
     )

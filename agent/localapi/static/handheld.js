@@ -806,8 +806,10 @@
     $("report-title").textContent = TYPES[s.type] + (s.ref ? " · " + s.ref : "") + " closed";
     $("report-sub").textContent = r.events + (r.events === 1 ? " movement" : " movements") + " recorded, " + r.units +
       (r.units === 1 ? " unit" : " units") + ". They reach the hub with the next sync.";
-    // A bin count's count that rests on which bin the movements since the round's last count touched: said aloud.
-    $("report-notes").replaceChildren(...(r.bin_notes || []).map((n) => el("p", "msg msg-warn", n.message)));
+    // A count that rests on an assumption (which bin the movements since the round's last count touched, or whether
+    // the units moved between a SKU's first and last scan were among those counted): said aloud.
+    const notes = (r.bin_notes || []).concat(r.count_notes || []);
+    $("report-notes").replaceChildren(...notes.map((n) => el("p", "msg msg-warn", n.message)));
     const body = $("report-lines");
     body.replaceChildren();
     for (const line of r.lines) {
