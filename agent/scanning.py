@@ -241,6 +241,14 @@ class ModeRouter:
             sku = item.sku
             if item.pack_size > 1:
                 attrs["pack_size"] = item.pack_size
+        elif decoded.sscc_only:  # no catalog ever learns it: booked, it stayed an unknown SKU for good
+            return ScanOutcome(
+                ScanResult.FAILED,
+                f"Scan {shown(barcode, 40)} is the SSCC of a pallet or parcel (00), not an item: nothing was booked;"
+                " scan the barcodes of the items or cases on it (a pallet label that also carries its contents (02)"
+                " and their count (37) is booked).",
+                location=location,
+            )
         else:
             sku = unknown_sku(decoded.catalog_key)
             attrs["unknown"] = True

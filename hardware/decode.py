@@ -172,6 +172,11 @@ class Decoded:
             return self.rcn.lookup_gtin
         return self.gtin or self.content_gtin or self.data
 
+    @property
+    def sscc_only(self) -> bool:
+        """An SSCC (00) naming a pallet or parcel, once, with no item on it: no catalog ever learns it."""
+        return self.sscc is not None and self.gtin is None and self.content_gtin is None
+
     def attrs(self) -> dict[str, str | int]:
         """The GS1 facts worth keeping on a stock event (lot, expiry, serial ...)."""
         out: dict[str, str | int] = {}

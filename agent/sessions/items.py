@@ -19,6 +19,7 @@ from agent.sessions.errors import InvalidSessionInput
 from agent.sessions.model import check_sku
 from hardware import Decoded, DecodeError, decode
 from protocol.catalog import BARCODE_MAX_LEN, unknown_sku
+from protocol.values import shown
 
 # The longest scan a session takes. Kept whole on its line: the close reads the lot, expiry and serial (21) again from
 # it, and a GS1 code carrying them passes the catalog's 64 characters ((01)…(17)…(10)<20>(21)<20> is 76).
@@ -83,6 +84,12 @@ def resolve_code(text: str, catalog: ItemLookup | None, decoded: Decoded | None 
             return Item(found.sku, found.pack_size, text)
     if catalog is not None and (found := catalog.lookup(decoded, text)) is not None:
         return Item(found.sku, _units(found.pack_size, decoded), text)
+    if decoded is not None and decoded.sscc_only:
+        raise InvalidSessionInput(
+            f"the scan {shown(decoded.data, 40)} is the SSCC of a pallet or parcel (00), not an item: nothing was"
+            " added; scan the barcodes of the items or cases on it (a pallet label that also carries its contents"
+            " (02) and their count (37) is taken)"
+        )
     key = decoded.catalog_key if decoded is not None else text
     return Item(unknown_sku(key[:BARCODE_MAX_LEN]), _units(1, decoded), text, unknown=True)
 

@@ -253,6 +253,24 @@ async def test_a_wedge_scan_behind_something_typed_in_the_scan_field_is_refused_
     assert (added["line"]["sku"], added["lines_total"]) == ("SKU-APPLE", 1)
 
 
+async def test_a_pallets_sscc_label_scanned_into_a_delivery_is_refused_not_received_unknown(api: Api) -> None:
+    """Found receiving a delivery on a handheld: the pallet's SSCC label (00) scanned out of habit was added as one
+    unit of 'unknown:00376…', which no catalog ever learns (an SSCC names one pallet, once). Refused in a sentence
+    now; a pallet label that also carries its contents (02) and count (37) is taken as those."""
+    await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-10"}, status=201))["session"]["id"]
+    sscc = "]C100037612345000000014"
+    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": sscc})
+    assert got == 400, data
+    assert data["error"]["message"] == (
+        "the scan '00037612345000000014' is the SSCC of a pallet or parcel (00), not an item: nothing was added;"
+        " scan the barcodes of the items or cases on it (a pallet label that also carries its contents (02) and"
+        " their count (37) is taken)"
+    )
+    added = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": sscc + "020" + APPLE + "3712"}, status=201)
+    assert (added["line"]["sku"], added["line"]["qty"], added["lines_total"]) == ("SKU-APPLE", 12, 1)
+
+
 async def test_a_barcode_with_an_invisible_direction_mark_is_the_same_barcode(api: Api) -> None:
     """Found typing and pasting barcodes on a phone set to Arabic or Hebrew: the keyboard puts a right-to-left or
     left-to-right mark (U+200F, U+200E) around what is typed, a paste can carry a zero-width space or a byte-order

@@ -670,3 +670,24 @@ async def test_a_scanner_whose_same_code_s_is_0_books_every_read(tmp_path: Path)
         await r.scan(good, good, good)
         events = await r.events()
     assert [(e.sku, e.qty) for e in events] == [("MUG-01", 1)] * 3
+
+
+async def test_a_pallets_sscc_label_books_nothing_and_says_to_scan_the_items(tmp_path: Path) -> None:
+    """Found receiving at the dock: the pallet's SSCC label (00) scanned out of habit was booked as one unit of
+    'unknown:00376…', a SKU no catalog ever learns (an SSCC names one pallet, once). An SSCC alone is no item: the
+    scan books nothing and says to scan the items or cases; a pallet label that also carries its contents (02) and
+    count (37) books them, as before."""
+    sscc = b"]C100" + gtin("03761234500000001").encode()
+    contents = b"]C100" + gtin("03761234500000001").encode() + b"02" + ("0" + EAN13).encode() + b"376"
+    async with rig(tmp_path) as r:
+        await r.scan(sscc, contents)
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [(e.sku, e.qty) for e in events] == [("MUG-01", 6)]
+    refused = entries[-1]
+    assert (refused.result, refused.event_ids) == ("failed", ())
+    assert refused.message == (
+        f"Scan {shown(sscc.decode()[3:], 40)} is the SSCC of a pallet or parcel (00), not an item: nothing was booked;"
+        " scan the barcodes of the items or cases on it (a pallet label that also carries its contents (02) and"
+        " their count (37) is booked)."
+    )
