@@ -926,3 +926,20 @@ async def test_a_scan_on_a_full_disk_is_stored_in_the_agents_disk_reserve_and_th
         await expect(page.locator("#sync")).to_contain_text("Disk full", timeout=15_000)
         assert "free disk space" in (await page.locator("#sync").get_attribute("title") or "")
     assert script_errors(console_errors) == []
+
+
+async def test_expected_lines_whose_quantity_is_typed_in_arabic_indic_digits_are_read_as_the_numbers_they_are(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found receiving on a phone set to Arabic: the expected line "SKU-APPLE ١٢" (Arabic-Indic digits, as its keyboard
+    types them) was refused with "Write each expected line as "SKU quantity"", which is what it was. The page reads
+    digits of other scripts as the numbers they are, as the agent reads PINs and barcodes so typed."""
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", "DN-AR")
+    await page.fill("#open-form textarea[name=expected]", "SKU-APPLE \u0661\u0662\nSKU-PEAR \u06f3")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    [opened] = await agent.sessions.list()
+    assert [(e.sku, e.qty) for e in opened.spec.expected] == [("SKU-APPLE", 12), ("SKU-PEAR", 3)]
+    assert script_errors(console_errors) == []

@@ -307,14 +307,26 @@
     if (first) first.focus();
   }
 
+  // Digits of other scripts as the ASCII digits they are: a phone set to Arabic or Persian types "١٢" or "۱۲", an
+  // input method full-width "１２" (the agent reads PINs and barcodes so typed the same way).
+  const DIGIT_ZEROS = [0x660, 0x6f0, 0x7c0, 0x966, 0x9e6, 0xa66, 0xae6, 0xb66, 0xbe6, 0xc66, 0xce6, 0xd66, 0xe50,
+    0xed0, 0xf20, 0x1040, 0x17e0, 0x1810, 0xff10];
+  function asciiDigits(text) {
+    return text.replace(/\p{Nd}/gu, (c) => {
+      const code = c.codePointAt(0);
+      const zero = DIGIT_ZEROS.find((z) => code >= z && code < z + 10);
+      return zero === undefined ? c : String(code - zero);
+    });
+  }
+
   function parseExpected(text) {
     const lines = [];
     for (const raw of text.split(/\n/)) {
       const line = raw.trim();
       if (!line) continue;
-      const match = line.match(/^(.*\S)\s+(\d+)$/);
+      const match = line.match(/^(.*\S)\s+(\p{Nd}+)$/u);  // the quantity's digits in any script; the SKU as typed
       if (!match) throw new ApiError(400, "Write each expected line as \"SKU quantity\", e.g. \"SKU-1 12\": " + line);
-      lines.push({ sku: match[1], qty: parseInt(match[2], 10) });
+      lines.push({ sku: match[1], qty: parseInt(asciiDigits(match[2]), 10) });
     }
     return lines;
   }
