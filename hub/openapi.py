@@ -125,7 +125,10 @@ API_VERSION = "1.10.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      /v1/quarantine/release (those released at their own time, all at once), and the header
 #      Shelfsync-Hub-Clock-Agreed of a sync answer (the other stores agree with the hub's clock, not this store's);
 #      a page of GET /v1/ledger ends once its body passes 4 MiB (with next), however many rows limit allows;
-#      GET /v1/counts takes sku up to 500 times (the counts of any of those SKUs; more is 400)
+#      GET /v1/counts takes sku up to 500 times (the counts of any of those SKUs; more is 400);
+#      data.returned of a transfer's exceptions (its shipper received units back: a receipt back counts against its
+#      shipment elsewhere and a final one closes it) and data.booked_out of a transfer_unmatched (an adjust carrying
+#      the ref booked units out again where they were received: what is booked out is no longer listed)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"

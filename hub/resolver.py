@@ -34,7 +34,11 @@ The rules, per (location, sku):
   already left the source's on_hand when shipped, so no on-hand count moves).
   A receipt at a location nothing of its ref was shipped to is its own
   transfer (``transfer_unmatched``): no receipt ever takes units out of transit
-  to, or writes off units shipped to, another location.
+  to, or writes off units shipped to, another location — except its shipper's
+  receipt back (``settle_returns``: the location alone shipped the ref and SKU
+  elsewhere), which counts against that shipment and, final, closes it. An
+  adjust carrying the ref where it was received books it out (``books_out``):
+  what is booked out is not unmatched.
   Partial receipts keep it open; an open transfer is overdue once its first
   shipment is older than the hub's ``transfer_open_max_s`` (``overdue_finding``).
 * Bundles (``BundleBook``): a movement of a bundle SKU is booked on its parts —
@@ -207,8 +211,13 @@ class Transfer:
     in_to: str | None = None  # where the transfer_in events happened
     in_from: str | None = None  # their attrs["from"]
     shipped_at_ms: int | None = None  # the earliest wall ms of its transfer_out events: it is open since then
-    closed_at: int | None = None  # the earliest occurred_at of a final receipt (attrs {"final": true}); None: open
+    closed_at: int | None = None  # the earliest of final_at and its receipt back's final receipt; None: open
     shippers: str = ""  # every location its transfer_out events happened at, sorted, comma-separated
+    final_at: int | None = None  # the earliest occurred_at of its own final receipt (attrs {"final": true})
+    # A shipment's: the units its shipper received back (``settle_returns``); a receipt at a shipper's: the units of
+    # it that are receipts back of the shipper's shipment elsewhere (all it received, or none).
+    returned: int = 0
+    booked_out: int = 0  # units booked out again where it was received: adjusts there carrying its ref (−Σ qty)
 
     @property
     def shipper_list(self) -> list[str]:
@@ -228,21 +237,33 @@ class Transfer:
 
     @property
     def in_transit(self) -> int:
-        return 0 if self.closed else max(0, self.shipped - self.received)
+        return 0 if self.closed else max(0, self.shipped - self.received - self.returned)
 
     @property
     def written_off(self) -> int:
-        """Units shipped and never received, written off when a final receipt closed the transfer."""
-        return max(0, self.shipped - self.received) if self.closed else 0
+        """Units shipped and neither received nor received back, written off when a final receipt (at the
+        destination, or back at the shipper) closed the transfer."""
+        return max(0, self.shipped - self.received - self.returned) if self.closed else 0
+
+    @property
+    def unmatched(self) -> int:
+        """Units received where nothing of the ref was shipped that are neither a receipt back at their shipper nor
+        booked out again (the wrong store's adjust carrying the ref): 0 for a shipment's transfer."""
+        return max(0, self.received - self.returned - self.booked_out) if self.shipped == 0 else 0
 
     def _data(self) -> dict[str, Any]:
-        return {
-            "ref": self.ref,
-            "from": self.from_location,
-            "to": self.to_location,
-            "shipped": self.shipped,
-            "received": self.received,
-        } | ({"shippers": self.shipper_list} if len(self.shipper_list) > 1 else {})
+        return (
+            {
+                "ref": self.ref,
+                "from": self.from_location,
+                "to": self.to_location,
+                "shipped": self.shipped,
+                "received": self.received,
+            }
+            | ({"shippers": self.shipper_list} if len(self.shipper_list) > 1 else {})
+            | ({"returned": self.returned} if self.returned and self.shipped else {})
+            | ({"booked_out": self.booked_out} if self.booked_out else {})
+        )
 
     def finding(self) -> Finding | None:
         shipped, received = self.shipped, self.received
@@ -263,39 +284,43 @@ class Transfer:
                 f" was misused: check with {'both' if len(shippers) == 2 else 'each'}.",
                 data | ({"written_off": self.written_off, "closed": True} if self.written_off else {}),
             )
+        back = f" and {src} received {self.returned} back" if self.returned and shipped else ""
         if self.written_off:
+            closed_by = f"{src}'s receipt back" if self.final_at is None else dst
             return Finding(
                 "transfer_short",
                 self.to_location,
                 self.sku,
-                f"Transfer {self.ref} was closed by {dst} with {received} of the {shipped} {self.sku} "
-                f"shipped by {src} received; {self.written_off} are missing and were written off.",
+                f"Transfer {self.ref} was closed by {closed_by} with {received} of the {shipped} {self.sku} "
+                f"shipped by {src} received at {dst}{back}; {self.written_off} are missing and were written off.",
                 data | {"written_off": self.written_off, "closed": True},
             )
-        if shipped == 0 and received > 0:
+        if self.unmatched:
+            out = f" ({self.booked_out} of them booked out again there)" if self.booked_out else ""
             return Finding(
                 "transfer_unmatched",
                 self.to_location,
                 self.sku,
-                f"Transfer {self.ref}: {received} of {self.sku} were received at {dst} "
+                f"Transfer {self.ref}: {received} of {self.sku} were received at {dst}{out} "
                 f"but no shipment of it from {src} to {dst} has been recorded.",
                 data,
             )
-        if received > shipped:
+        settled = received + (self.returned if shipped else 0)
+        if shipped and settled > shipped:
             return Finding(
                 "transfer_over",
                 self.to_location,
                 self.sku,
-                f"Transfer {self.ref}: {dst} received {received} of {self.sku} but {src} shipped only {shipped}.",
+                f"Transfer {self.ref}: {dst} received {received} of {self.sku}{back} but {src} shipped only {shipped}.",
                 data,
             )
-        if 0 < received < shipped:
+        if 0 < settled < shipped:
             return Finding(
                 "transfer_short",
                 self.to_location,
                 self.sku,
                 f"Transfer {self.ref}: {src} shipped {shipped} of {self.sku} "
-                f"but {dst} received only {received}; {shipped - received} are missing.",
+                f"but {dst} received only {received}{back}; {shipped - settled} are missing.",
                 data,
             )
         return None
@@ -348,7 +373,7 @@ def linked_finding(f: Finding, t: Transfer, others: Iterable[Transfer]) -> Findi
     ``f`` as it is when none matches (or it is of another kind)."""
     mates = sorted((o for o in others if o.ref == t.ref and o.sku == t.sku and o.dest != t.dest), key=lambda o: o.dest)
     if f.kind == "transfer_unmatched":
-        shipped = [o for o in mates if o.shipped > o.received][:LINKED_MAX]
+        shipped = [o for o in mates if o.shipped > o.received + o.returned][:LINKED_MAX]
         if not shipped:
             return f
         told = "; ".join(
@@ -359,9 +384,10 @@ def linked_finding(f: Finding, t: Transfer, others: Iterable[Transfer]) -> Findi
         )
         first = shipped[0]
         advice = (
-            f" If it arrived here by mistake, book it out here with an adjust of -{t.received} (received by mistake)"
-            f" and send it on to {first.dest} with {t.ref}'s papers, for {first.dest} to receive as {t.ref} (not as"
-            f" a transfer {t.ref} of this store's: {first.dest} would then expect it twice)."
+            f" If it arrived here by mistake, book it out here with an adjust of -{t.unmatched or t.received} carrying"
+            f" the ref {t.ref} (received by mistake; it then leaves this list) and send it on to {first.dest} with"
+            f" {t.ref}'s papers, for {first.dest} to receive as {t.ref} (not as a transfer {t.ref} of this store's:"
+            f" {first.dest} would then expect it twice)."
         )
         data = [
             {"to": o.dest, "from": o.from_location, "shipped": o.shipped, "received": o.received, "closed": o.closed}
@@ -369,7 +395,7 @@ def linked_finding(f: Finding, t: Transfer, others: Iterable[Transfer]) -> Findi
         ]
         return replace(f, detail=f"{f.detail} Transfer {told}.{advice}", data=f.data | {"shipped_elsewhere": data})
     if f.kind == "transfer_overdue":
-        received = [o for o in mates if o.shipped == 0 and o.received > 0][:LINKED_MAX]
+        received = [o for o in mates if o.unmatched > 0][:LINKED_MAX]
         if not received:
             return f
         told = "; ".join(f"{o.dest} received {o.received} of {t.sku} as {t.ref}" for o in received)
@@ -413,15 +439,22 @@ def is_final_receipt(ev: StockEvent) -> bool:
 
 def transfer_key(ev: StockEvent) -> TransferKey | None:
     """The transfer an event is part of, from the event alone: (destination, ref, sku), the destination being a
-    transfer_out's attrs.to and a transfer_in's own location. None for other events, and for a transfer_out
-    without a valid destination (``transfer_problem`` refuses it)."""
+    transfer_out's attrs.to and a transfer_in's own location; an adjust carrying a ref of its own (not its source,
+    as a session's events without one do) books out what was received there under that ref (``books_out``).
+    None for other events, and for a transfer_out without a valid destination (``transfer_problem`` refuses it)."""
     if ev.ref is None:
         return None
-    if ev.kind is Kind.TRANSFER_IN:
+    if ev.kind is Kind.TRANSFER_IN or books_out(ev):
         return (ev.location, ev.ref, ev.sku)
     if ev.kind is Kind.TRANSFER_OUT and (dest := transfer_destination(ev)) is not None:
         return (dest, ev.ref, ev.sku)
     return None
+
+
+def books_out(ev: StockEvent) -> bool:
+    """An adjust that books units received under a transfer ref out again at its location (a receipt at the wrong
+    store, sent on to the store its shipment named): it carries a ref other than its source."""
+    return ev.kind is Kind.ADJUST and ev.ref is not None and ev.ref != ev.source
 
 
 def transfer_destination(ev: StockEvent) -> str | None:
@@ -448,8 +481,46 @@ def tally_transfer(t: Transfer, ev: StockEvent) -> Transfer:
             in_to=_min_opt(t.in_to, ev.location),
             in_from=_min_opt(t.in_from, frm if is_location(frm) else None),
             closed_at=_min_int(t.closed_at, ev.occurred_at) if is_final_receipt(ev) else t.closed_at,
+            final_at=_min_int(t.final_at, ev.occurred_at) if is_final_receipt(ev) else t.final_at,
         )
+    if books_out(ev):
+        return replace(t, booked_out=t.booked_out - ev.qty)
     return t
+
+
+def settle_returns(rows: Iterable[Transfer]) -> list[Transfer]:
+    """The transfers of one ref and SKU (every destination's) with their receipts back counted: a receipt at a
+    location nothing of the ref was shipped to, which alone shipped the ref elsewhere, is its receipt back (a
+    shipment cancelled before it left, or sent back), unless it names another source (attrs.from) than that
+    destination: its units count against that shipment (``returned``; the first destination in code order when it
+    shipped to several), and a final one closes it (``closed_at``, the earlier of that and its own final receipt's
+    ``final_at``); what is neither received nor back is then written off. A shipment several locations shipped (a
+    shared ref) is no one shipper's to take back. A function of the rows, whatever order their events came in;
+    rows nothing changed are returned as given."""
+    rows = list(rows)
+    counted: set[str] = set()
+    returned: dict[str, int] = defaultdict(int)
+    back_at: dict[str, int] = {}
+    for b in sorted((t for t in rows if t.shipped == 0 and t.received > 0), key=lambda t: t.dest):
+        target = min(
+            (t.dest for t in rows if t.shipped > 0 and t.shippers == b.dest and b.in_from in (None, t.dest)),
+            default=None,
+        )
+        if target is None:
+            continue
+        counted.add(b.dest)
+        returned[target] += b.received
+        if b.final_at is not None:
+            back_at[target] = _min_int(back_at.get(target), b.final_at)
+    out = []
+    for t in rows:
+        back = t.received if t.dest in counted else returned.get(t.dest, 0)
+        at = back_at.get(t.dest)
+        closed_at = t.final_at if at is None else _min_int(t.final_at, at)
+        out.append(
+            t if (back, closed_at) == (t.returned, t.closed_at) else replace(t, returned=back, closed_at=closed_at)
+        )
+    return out
 
 
 def _with_shipper(shippers: str, location: str) -> str:
@@ -684,6 +755,11 @@ def resolve(
             if (dest := transfer_destination(ev)) is not None:
                 keys.add((dest, ev.sku))
     keys.update(by_key)
+    by_pair: dict[tuple[str, str], list[Transfer]] = defaultdict(list)
+    for t in transfers.values():
+        by_pair[t.ref, t.sku].append(t)
+    for pair in by_pair.values():
+        transfers.update(((t.dest, t.ref, t.sku), t) for t in settle_returns(pair))
 
     reserved: dict[StockKey, int] = defaultdict(int)
     for (location, sku, _ref), res in reservations.items():

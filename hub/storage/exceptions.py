@@ -50,10 +50,13 @@ TRANSFER_AT = held.TRANSFER_COLUMNS  # where a read of TRANSFER_ROW_FIELDS has i
 # Shipped to one destination under one ref by several locations (the WHERE of the index transfers_shared, word for
 # word): ``shippers`` is their codes, comma-separated (schema 20), and a location code holds no comma.
 SHARED = "shippers LIKE '%,%'"
-# The transfers with a finding: the WHERE of the index transfers_finding (migration 020) word for word, which is
-# what lets the planner read through it.
+# The transfers with a finding: the WHERE of the index transfers_finding (migration 023) word for word, which is
+# what lets the planner read through it. A receipt is unmatched unless it is a receipt back at its shipper
+# (returned) or booked out again (booked_out); a shipment is settled by what was received and received back.
 TRANSFER_FINDING = (
-    "((received > 0 AND received <> shipped) OR (closed_at IS NOT NULL AND shipped > received) OR shippers LIKE '%,%')"
+    "((shipped = 0 AND received > returned + booked_out) OR (shipped > 0 AND received + returned > 0"
+    " AND received + returned <> shipped) OR (closed_at IS NOT NULL AND shipped > received + returned)"
+    " OR shippers LIKE '%,%')"
 )
 # A transfer is both ends' business: a term at a time, each read through its index (transfers_finding_to, _from,
 # transfers_shared; for open transfers transfers_open_to, _from). Its destination, its first shipper or where a
@@ -67,8 +70,8 @@ LOCATED_TRANSFER = (
 REJECTION_FIELDS = (
     "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
 )
-# A transfer still open: the WHERE of the indexes transfers_open, _to and _from (migration 012) word for word.
-OPEN_TRANSFER = "closed_at IS NULL AND shipped > received"
+# A transfer still open: the WHERE of the indexes transfers_open, _to and _from (migration 023) word for word.
+OPEN_TRANSFER = "closed_at IS NULL AND shipped > received + returned"
 # An open transfer nothing was received of yet: on its way to where it was shipped, COALESCE(in_to, out_to).
 IN_TRANSIT = f"{OPEN_TRANSFER} AND in_to IS NULL AND out_to IS NOT NULL"
 # The locations the hub does not know that open transfers go to: no active credential is bound to it (agents.
@@ -150,10 +153,10 @@ _AIMED = f"NOT {SHARED}"
 TRANSFER_KIND_TERMS = {
     "transfer_shared_ref": SHARED,
     "transfer_misdirected": "1 = 0",
-    "transfer_short": f"{_AIMED} AND ((closed_at IS NOT NULL AND shipped > received)"
-    " OR (received > 0 AND received < shipped))",
-    "transfer_unmatched": f"{_AIMED} AND shipped = 0 AND received > 0",
-    "transfer_over": f"{_AIMED} AND shipped <> 0 AND received > shipped",
+    "transfer_short": f"{_AIMED} AND ((closed_at IS NOT NULL AND shipped > received + returned)"
+    " OR (received + returned > 0 AND received + returned < shipped))",
+    "transfer_unmatched": f"{_AIMED} AND shipped = 0 AND received > returned + booked_out",
+    "transfer_over": f"{_AIMED} AND shipped <> 0 AND received + returned > shipped",
 }
 
 
@@ -312,11 +315,14 @@ async def exceptions(
 
 # The transfers of one ref and SKU to other destinations that may be a page's unmatched receipt's or overdue
 # transfer's other half (``resolver.linked_finding``): for a receipt the shipments not received in full, for a
-# shipment the unmatched receipts. Both have shipped <> received, the WHERE of the index transfers_ref (schema 22)
-# word for word, read by its key (ref, sku) in the order of the destinations.
-LINKED_WHERE = "shipped <> received AND ref = ? AND sku = ? AND dest <> ?"
+# shipment the unmatched receipts. Read by the key (ref, sku) of the index transfers_by_ref (schema 23) in the order
+# of the destinations.
+LINKED_WHERE = "ref = ? AND sku = ? AND dest <> ?"
 LINKED = f"SELECT {TRANSFER_ROW_FIELDS} FROM transfers WHERE {LINKED_WHERE} AND "
-LINKED_TERMS = {"transfer_unmatched": "shipped > received", "transfer_overdue": "shipped = 0 AND received > 0"}
+LINKED_TERMS = {
+    "transfer_unmatched": "shipped > received + returned",
+    "transfer_overdue": "shipped = 0 AND received > returned + booked_out",
+}
 
 
 def linked_statement(kind: str, ref: str, sku: str, dest: str) -> Statement:
@@ -339,7 +345,8 @@ async def linked(db: Db, page: list[ExceptionRow]) -> list[ExceptionRow]:
         if not found.get(id(e)) or e.location is None or e.sku is None:
             out.append(e)
             continue
-        own = Transfer(e.location, e.data["ref"], e.sku, e.data["shipped"], e.data["received"])
+        ref, shipped, received, booked_out = (e.data.get(k, 0) for k in ("ref", "shipped", "received", "booked_out"))
+        own = Transfer(e.location, ref, e.sku, shipped, received, booked_out=booked_out)
         f = linked_finding(Finding(e.kind, e.location, e.sku, e.detail, e.data), own, found[id(e)])
         out.append(dataclasses.replace(e, detail=f.detail, data=f.data))
     return out

@@ -43,11 +43,11 @@ def transfer_values(t: Transfer) -> tuple[Any, ...]:
     """A transfer's ``hub.storage.sql.TRANSFER_FIELDS`` values, in order."""
     return (
         t.dest, t.ref, t.sku, t.shipped, t.received, t.out_from, t.out_to, t.in_to, t.in_from, t.shipped_at_ms,
-        t.closed_at, t.shippers,
+        t.closed_at, t.shippers, t.final_at, t.returned, t.booked_out,
     )  # fmt: skip
 
 
-TRANSFER_COLUMNS = 12  # the columns of TRANSFER_FIELDS; a read's updated_at_ms comes after them
+TRANSFER_COLUMNS = 15  # the columns of TRANSFER_FIELDS; a read's updated_at_ms comes after them
 
 
 def transfer_row(r: Sequence[Any]) -> Transfer:
@@ -156,7 +156,8 @@ def writeoff_ledger_row(t: Transfer, updated_at_ms: int) -> LedgerRow:
         source="hub:transfer",
         ref=t.ref,
         reason="lost_in_transit",
-        attrs={"from": t.from_location, "to": t.to_location, "shipped": t.shipped, "received": t.received},
+        attrs={"from": t.from_location, "to": t.to_location, "shipped": t.shipped, "received": t.received}
+        | ({"returned": t.returned} if t.returned else {}),
         effect=Effect.APPLIED,
         variance=None,
         duplicates=0,

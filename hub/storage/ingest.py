@@ -83,6 +83,7 @@ from hub.resolver import (
     flatten,
     order_key,
     reservation_key,
+    settle_returns,
     tally_reservation,
     tally_transfer,
     transfer_destination,
@@ -272,6 +273,11 @@ class IngestTx(Protocol):
     async def stock_rows(self, keys: Collection[StockKey]) -> dict[StockKey, StockRow]: ...
 
     async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]: ...
+
+    async def transfers_of(self, pairs: Collection[tuple[str, str]]) -> dict[TransferKey, Transfer]:
+        """Every stored transfer of these (ref, sku), whatever its destination (schema 23: a receipt back at the
+        shipper counts against its shipment elsewhere, ``hub.resolver.settle_returns``)."""
+        ...
 
     async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]: ...
 
@@ -693,16 +699,30 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     new_transfers: list[Transfer] = []
     if by_transfer:
         old_transfers = await tx.transfer_rows(list(by_transfer))
+        tallied: dict[TransferKey, Transfer] = {}
         for tkey, evs in by_transfer.items():
-            old = old_transfers.get(tkey)
-            new = old or Transfer(*tkey)
+            new = old_transfers.get(tkey) or Transfer(*tkey)
             for ev in evs:
                 new = tally_transfer(new, ev)
-            new_transfers.append(new)
-            if old is not None and old.to_location is not None:
-                in_transit_delta[(old.to_location, old.sku)] -= old.in_transit
-            if new.to_location is not None:
-                in_transit_delta[(new.to_location, new.sku)] += new.in_transit
+            tallied[tkey] = new
+        # A receipt back at the shipper counts against its shipment elsewhere: every transfer of a ref and SKU a
+        # shipment or receipt of the batch moved is settled again with the others (an adjust moves none of that).
+        pairs = {(k[1], k[2]) for k, evs in by_transfer.items() if any(ev.kind is not Kind.ADJUST for ev in evs)}
+        others = await tx.transfers_of(pairs) if pairs else {}
+        grouped: dict[tuple[str, str], list[Transfer]] = defaultdict(list)
+        for t in (others | tallied).values():
+            grouped[t.ref, t.sku].append(t)
+        for (ref, sku), group in grouped.items():
+            for new in settle_returns(group) if (ref, sku) in pairs else group:
+                tkey = (new.dest, new.ref, new.sku)
+                old = old_transfers.get(tkey) or others.get(tkey)
+                if tkey not in tallied and new == old:
+                    continue  # not moved
+                new_transfers.append(new)
+                if old is not None and old.to_location is not None:
+                    in_transit_delta[(old.to_location, old.sku)] -= old.in_transit
+                if new.to_location is not None:
+                    in_transit_delta[(new.to_location, new.sku)] += new.in_transit
         stock_keys.update(k for k, v in in_transit_delta.items() if v)
     new_reservations: dict[ReservationKey, Reservation] = {}
     if by_reservation:
@@ -961,7 +981,9 @@ def _changes(
             continue
         evs = events_of(key)
         if not evs and (via := destinations.get(key)) is not None:
-            evs = by_transfer.get((via.dest, via.ref, via.sku))
+            evs = by_transfer.get((via.dest, via.ref, via.sku)) or [  # or moved by a receipt back elsewhere
+                ev for k, moved in by_transfer.items() if k[1] == via.ref and k[2] == via.sku for ev in moved
+            ]
         if not evs:
             ids: tuple[bytes, ...] = ()
         else:

@@ -23,7 +23,8 @@ STOCK_FIELDS = (
     "last_count_id, max_at, max_agent, max_seq, max_id, updated_at_ms"
 )
 TRANSFER_FIELDS = (  # schema 20: a transfer is keyed by (dest, ref, sku); shippers: its shipping locations
-    "dest, ref, sku, shipped, received, out_from, out_to, in_to, in_from, shipped_at_ms, closed_at, shippers"
+    "dest, ref, sku, shipped, received, out_from, out_to, in_to, in_from, shipped_at_ms, closed_at, shippers, "
+    "final_at, returned, booked_out"  # schema 23: receipts back at the shipper, and the wrong store's book-outs
 )
 
 # A stored delta's effect is "superseded" once a count of its key is ordered after it, that is when it is

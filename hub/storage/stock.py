@@ -100,7 +100,7 @@ async def _writeoffs(
 
     def where() -> Where:
         return (
-            Where("closed_at IS NOT NULL", "shipped > received")
+            Where("closed_at IS NOT NULL", "shipped > received + returned")
             .add("dest = ?", location)
             .add("sku = ?", sku)
             .add("closed_at < ?", before)

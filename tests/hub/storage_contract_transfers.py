@@ -203,3 +203,74 @@ class TransferKeyContract:
             assert "received_elsewhere" not in by_sku["B"].data  # nothing of B was received anywhere
         expected = _resolved([ev for _, ev in sent])
         assert (await _state(store))["exceptions"] == expected["exceptions"]
+
+    async def test_a_shipment_received_back_by_its_shipper_is_closed_in_any_order(self, store: HubStore) -> None:
+        """Found: since transfers are keyed by destination, S001's receipt of its own T-5 (a shipment to S002
+        cancelled before it left, received back) was an unmatched transfer of S001's, and S002 kept the 6 in transit
+        until overdue. A receipt at the shipper of a ref and SKU it shipped elsewhere is a receipt back: the units
+        are back on S001's shelf, nothing is in transit to S002, and nothing is listed or written off, whatever
+        order the two sides arrive in. Another shipment to S002 (T-6, from S003) stays in transit."""
+        s = await _stores(store, "S001", "S002", "S003")
+        for n, order in enumerate(((0, 1, 2), (1, 0, 2), (2, 1, 0), (1, 2, 0))):
+            sku = f"SKU-{n}"
+            sent = [
+                (s["S001"][0], s["S001"][1](Kind.TRANSFER_OUT, -6, at_ms=1, ref="T-5", sku=sku, attrs={"to": "S002"})),
+                (s["S001"][0], s["S001"][1](Kind.TRANSFER_IN, 6, at_ms=2, ref="T-5", sku=sku, attrs={"final": True})),
+                (s["S003"][0], s["S003"][1](Kind.TRANSFER_OUT, -2, at_ms=3, ref="T-6", sku=sku, attrs={"to": "S002"})),
+            ]
+            await _deliver(store, [sent[i] for i in order])
+            counts = {r.location: (r.on_hand, r.in_transit) for r in await store.counts(sku=sku)}
+            assert counts == {"S001": (0, 0), "S002": (0, 2), "S003": (-2, 0)}, order
+            assert [e for e in await store.exceptions() if e.sku == sku and e.kind.startswith("transfer")] == []
+            expected = _resolved([ev for _, ev in sent])
+            assert {k: v for k, v in (await _state(store))["counts"].items() if k[1] == sku} == expected["counts"]
+            assert expected["exceptions"] == []
+        assert [r for r in await store.ledger() if r.kind == "transfer_writeoff"] == []
+
+    async def test_a_shipment_received_back_in_part_is_closed_short(self, store: HubStore) -> None:
+        """S001 ships 6 of T-5 to S002 and receives 4 back with a final receipt: closed, nothing in transit, the 2
+        neither received nor back written off (transfer_short at S002), as the resolver says."""
+        s = await _stores(store, "S001", "S002")
+        sent = [
+            (s["S001"][0], s["S001"][1](Kind.TRANSFER_IN, 4, at_ms=2, ref="T-5", attrs={"final": True})),
+            (s["S001"][0], s["S001"][1](Kind.TRANSFER_OUT, -6, at_ms=1, ref="T-5", attrs={"to": "S002"})),
+        ]
+        await _deliver(store, sent)
+        assert (await on_hand(store, "S001"), await on_hand(store, "S002")) == ((-2, 0), (0, 0))
+        [short] = [e for e in await store.exceptions() if e.kind.startswith("transfer")]
+        assert (short.kind, short.location, short.data["written_off"], short.data["returned"]) == (
+            "transfer_short", "S002", 2, 4
+        )  # fmt: skip
+        assert [(r.location, r.qty) for r in await store.ledger() if r.kind == "transfer_writeoff"] == [("S002", -2)]
+        state = await _state(store)
+        assert {k: v for k, v in state.items() if k != "writeoffs"} == _resolved([ev for _, ev in sent])
+
+    async def test_the_wrong_stores_procedure_closes_its_unmatched_receipt(self, store: HubStore) -> None:
+        """Found: a receipt at the wrong store stayed listed as transfer_unmatched after the staff did what the list
+        says (book the units out with an adjust at the wrong store, send them on, receive them at the right one).
+        An adjust carrying the transfer's ref at the store that received it books its receipt out again: once what
+        was received is booked out, nothing is listed, in any order; booked out in part, the rest is listed."""
+        s = await _stores(store, "S001", "S002", "S003")
+        for n, order in enumerate(((0, 1, 2, 3), (3, 2, 1, 0), (2, 0, 3, 1))):
+            sku = f"SKU-{n}"
+            sent = [
+                (s["S001"][0], s["S001"][1](Kind.TRANSFER_OUT, -5, at_ms=1, ref="T-1", sku=sku, attrs={"to": "S002"})),
+                (s["S003"][0], s["S003"][1](Kind.TRANSFER_IN, 5, at_ms=2, ref="T-1", sku=sku)),
+                (s["S003"][0], s["S003"][1](Kind.ADJUST, -5, at_ms=3, ref="T-1", sku=sku)),
+                (s["S002"][0], s["S002"][1](Kind.TRANSFER_IN, 5, at_ms=4, ref="T-1", sku=sku, attrs={"final": True})),
+            ]
+            await _deliver(store, [sent[i] for i in order])
+            counts = {r.location: (r.on_hand, r.in_transit) for r in await store.counts(sku=sku)}
+            assert counts == {"S001": (-5, 0), "S002": (5, 0), "S003": (0, 0)}, order
+            assert [e for e in await store.exceptions() if e.sku == sku and e.kind.startswith("transfer")] == []
+            assert _resolved([ev for _, ev in sent])["exceptions"] == []
+        s3 = s["S003"]
+        partial = [
+            (s3[0], s3[1](Kind.TRANSFER_IN, 5, at_ms=5, ref="T-2", sku="P")),
+            (s3[0], s3[1](Kind.ADJUST, -3, at_ms=6, ref="T-2", sku="P")),
+        ]
+        await _deliver(store, partial)
+        [left] = [e for e in await store.exceptions() if e.sku == "P"]
+        assert (left.kind, left.location, left.data["booked_out"]) == ("transfer_unmatched", "S003", 3)
+        expected = _resolved([ev for _, ev in partial])["exceptions"]
+        assert [x for x in (await _state(store))["exceptions"] if x[2] == "P"] == expected

@@ -423,11 +423,11 @@ async def test_the_transfers_a_pages_unmatched_and_overdue_ones_name_are_read_by
 ) -> None:
     """The transfers of the ref and SKU of each unmatched receipt and overdue transfer on a page (``LINKED``: the
     shipment a receipt at the wrong store missed, and the receipt) are looked up by their key through
-    transfers_ref, never the chain's transfers read whole or sorted."""
+    transfers_by_ref, never the chain's transfers read whole or sorted."""
     read = 0
     for only, sql, plan in await open_source_plans(backend, every_source):
         if exceptions.LINKED_WHERE in sql:
             read += 1
             assert not sorted_or_scanned(backend, "transfers", plan), (only, sql, plan)
-            assert any("transfers_ref" in line for line in plan), (only, sql, plan)
+            assert any("transfers_by_ref" in line for line in plan), (only, sql, plan)
     assert read

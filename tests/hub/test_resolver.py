@@ -137,8 +137,9 @@ def test_a_transfer_received_at_another_store_than_it_was_shipped_to_is_that_sto
     assert finding.detail == (
         "Transfer T5: 5 of A were received at S3 but no shipment of it from S1 to S3 has been recorded."
         " Transfer T5 was shipped to S2 by S1 (5 units, not received there). If it arrived here by mistake, book it"
-        " out here with an adjust of -5 (received by mistake) and send it on to S2 with T5's papers, for S2 to"
-        " receive as T5 (not as a transfer T5 of this store's: S2 would then expect it twice)."
+        " out here with an adjust of -5 carrying the ref T5 (received by mistake; it then leaves this list) and send"
+        " it on to S2 with T5's papers, for S2 to receive as T5 (not as a transfer T5 of this store's: S2 would then"
+        " expect it twice)."
     )
     assert res.stock[("S2", "A")].in_transit == 5 and res.stock[("S3", "A")].on_hand == 5
     assert res.transfers[("S2", "T5", "A")].written_off == 0 and res.transfers[("S3", "T5", "A")].written_off == 0

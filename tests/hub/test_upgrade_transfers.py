@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from hub import HubStore, open_store
-from hub.resolver import resolve
+from hub.resolver import order_key, resolve
 from hub.storage.ingest import event_row
 from hub.storage.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 from hub.storage.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
@@ -100,8 +100,10 @@ async def _postgres_19(url: str, rows: dict[str, list[tuple[Any, ...]]]) -> None
 
 
 @contextlib.asynccontextmanager
-async def _hub_of_schema_19(backend: str, tmp_path: Path, events: list[StockEvent]) -> AsyncIterator[str]:
-    rows = _old_rows(events)
+async def _hub_of_schema_19(
+    backend: str, tmp_path: Path, events: list[StockEvent], rows: dict[str, list[tuple[Any, ...]]] | None = None
+) -> AsyncIterator[str]:
+    rows = rows or _old_rows(events)
     if backend == "sqlite":
         _sqlite_19(tmp_path / "hub.db", rows)
         yield str(tmp_path / "hub.db")
@@ -142,3 +144,53 @@ async def test_a_schema_19_hub_rebuilds_its_transfers_by_destination(backend: st
         assert (await store.ingest(who, 1, [receipt])).rejected == ()
         assert await _at(store, "S004") == (4, 0)
         assert [r.location for r in await store.ledger() if r.kind == "transfer_writeoff"] == ["S003"]
+
+
+def _events_and_counts(events: list[StockEvent]) -> dict[str, list[tuple[Any, ...]]]:
+    """The events and the stock rows (their on_hand, nothing in transit) a hub of schema 19 stored for ``events``,
+    no transfer: step 20 rebuilds the transfers from the events, and the in transit from them."""
+    rows = [(ev.event_id, *event_row(ev), "applied", None, RECEIVED_MS) for ev in events]
+    newest = {(ev.location, ev.sku): ev for ev in sorted(events, key=order_key)}
+    stock = [
+        (loc, sku, state.on_hand, 0, 0, 0, None, None, None, None, *order_key(newest[(loc, sku)]), RECEIVED_MS)
+        for (loc, sku), state in resolve(events).stock.items()
+        if (loc, sku) in newest
+    ]
+    return {"events": rows, "stock": stock}
+
+
+async def test_the_upgrade_counts_receipts_back_and_book_outs_as_ingest_does(backend: str, tmp_path: Path) -> None:
+    """Step 23 derives from the stored events what ingest derives as they come: S001's receipt of its own T-5
+    (cancelled, 6 of A to S002) counts against it and closes it; S003's receipt of T-1 meant for S002 is booked out
+    by S003's adjust carrying T-1; S004 receives back 2 of the 3 of T-7 it shipped to S002 (closed short, 1 written
+    off at S002); S005's receipt of T-9 naming S006 is no receipt back of S005's T-9 to S002. The upgraded hub's
+    counts, exceptions and write-offs are the resolver's."""
+    f = {loc: EventFactory(f"agent-{loc.lower()}", location=loc) for loc in ("S001", "S002", "S003", "S004", "S005")}
+    events = [
+        f["S001"](Kind.TRANSFER_OUT, -6, at_ms=1, ref="T-5", attrs={"to": "S002"}),
+        f["S001"](Kind.TRANSFER_IN, 6, at_ms=2, ref="T-5", attrs={"final": True}),
+        f["S001"](Kind.TRANSFER_OUT, -5, at_ms=3, ref="T-1", attrs={"to": "S002"}),
+        f["S003"](Kind.TRANSFER_IN, 5, at_ms=4, ref="T-1"),
+        f["S003"](Kind.ADJUST, -5, at_ms=5, ref="T-1"),
+        f["S002"](Kind.TRANSFER_IN, 5, at_ms=6, ref="T-1", attrs={"final": True}),
+        f["S004"](Kind.TRANSFER_OUT, -3, at_ms=7, ref="T-7", attrs={"to": "S002"}),
+        f["S004"](Kind.TRANSFER_IN, 2, at_ms=8, ref="T-7", attrs={"final": True, "from": "S002"}),
+        f["S005"](Kind.TRANSFER_OUT, -4, at_ms=9, ref="T-9", attrs={"to": "S002"}),
+        f["S005"](Kind.TRANSFER_IN, 1, at_ms=10, ref="T-9", attrs={"from": "S006"}),
+    ]
+    rows = _events_and_counts(events)
+    async with _hub_of_schema_19(backend, tmp_path, events, rows) as url, open_store(url) as store:
+        res = resolve(events)
+        counts = {(r.location, r.sku): (r.on_hand, r.in_transit) for r in await store.counts(limit=100)}
+        assert counts == {k: (s.on_hand, s.in_transit) for k, s in res.stock.items()}
+        assert counts[("S002", "A")] == (5, 4)  # S005's T-9 alone is in transit
+        listed = sorted((e.kind, e.location, e.detail, sorted(e.data.items())) for e in await store.exceptions()
+                        if e.kind.startswith("transfer") and e.kind != "transfer_unknown_destination")  # fmt: skip
+        assert listed == sorted(
+            (f.kind, f.location, f.detail, sorted(f.data.items()))
+            for f in res.findings
+            if f.kind.startswith("transfer")
+        )
+        assert [e[:2] for e in listed] == [("transfer_short", "S002"), ("transfer_unmatched", "S005")]
+        offs = [(r.location, r.ref, r.qty) for r in await store.ledger() if r.kind == "transfer_writeoff"]
+        assert offs == [("S002", "T-7", -1)]

@@ -453,6 +453,17 @@ class PostgresIngest:
         )
         return {(r[0], r[1], r[2]): Transfer(*r) for r in rows}
 
+    async def transfers_of(self, pairs: Collection[tuple[str, str]]) -> dict[TransferKey, Transfer]:
+        pairs = list(pairs)
+        await self._lock(("transfer", ref) for ref, _ in pairs)  # held already: the batch's transfers' refs
+        fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
+        rows = await self.conn.fetch(
+            f"SELECT {fields} FROM unnest($1::text[], $2::text[]) AS k(ref, sku) "
+            "JOIN transfers t ON t.ref = k.ref AND t.sku = k.sku",  # transfers_by_ref (schema 23)
+            *columns(pairs, 2),
+        )
+        return {(r[0], r[1], r[2]): Transfer(*r) for r in rows}
+
     async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]:
         # only the events of (location, sku) change its reservations: its stock lock guards them
         keys = list(keys)
@@ -554,11 +565,12 @@ class PostgresIngest:
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
         await self.conn.executemany(
             f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
             "ON CONFLICT (dest, ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
             "out_from = excluded.out_from, out_to = excluded.out_to, in_to = excluded.in_to, "
             "in_from = excluded.in_from, shipped_at_ms = excluded.shipped_at_ms, closed_at = excluded.closed_at, "
-            "shippers = excluded.shippers, updated_at_ms = excluded.updated_at_ms",
+            "shippers = excluded.shippers, final_at = excluded.final_at, returned = excluded.returned, "
+            "booked_out = excluded.booked_out, updated_at_ms = excluded.updated_at_ms",
             [(*transfer_values(t), now_ms) for t in rows],
         )
 

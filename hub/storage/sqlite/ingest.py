@@ -229,6 +229,11 @@ class SqliteIngest:
         fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
         return {(r[0], r[1], r[2]): Transfer(*r) for r in await self._join("transfers", fields, "dest, ref, sku", keys)}
 
+    async def transfers_of(self, pairs: Collection[tuple[str, str]]) -> dict[TransferKey, Transfer]:
+        fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
+        rows = await self._join("transfers", fields, "ref, sku", pairs)  # transfers_by_ref (schema 23)
+        return {(r[0], r[1], r[2]): Transfer(*r) for r in rows}
+
     async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]:
         rows = await self._join(
             "reservations", "t.location, t.sku, t.ref, t.reserved, t.consumed", "location, sku, ref", keys
@@ -302,11 +307,12 @@ class SqliteIngest:
 
     async def save_transfers(self, rows: Sequence[Transfer], now_ms: int) -> None:
         sql = (
-            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ({marks(13)}) "
+            f"INSERT INTO transfers ({TRANSFER_FIELDS}, updated_at_ms) VALUES ({marks(16)}) "
             "ON CONFLICT (dest, ref, sku) DO UPDATE SET shipped = excluded.shipped, received = excluded.received, "
             "out_from = excluded.out_from, out_to = excluded.out_to, in_to = excluded.in_to, "
             "in_from = excluded.in_from, shipped_at_ms = excluded.shipped_at_ms, closed_at = excluded.closed_at, "
-            "shippers = excluded.shippers, updated_at_ms = excluded.updated_at_ms"
+            "shippers = excluded.shippers, final_at = excluded.final_at, returned = excluded.returned, "
+            "booked_out = excluded.booked_out, updated_at_ms = excluded.updated_at_ms"
         )
         params = [(*transfer_values(t), now_ms) for t in rows]
         await self.db.executemany(sql, params)
