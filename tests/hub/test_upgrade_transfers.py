@@ -146,6 +146,22 @@ async def test_a_schema_19_hub_rebuilds_its_transfers_by_destination(backend: st
         assert [r.location for r in await store.ledger() if r.kind == "transfer_writeoff"] == ["S003"]
 
 
+async def test_the_upgrade_puts_every_corrected_in_transit_on_the_change_feed(backend: str, tmp_path: Path) -> None:
+    """Found: step 20 corrected S004's in transit (0 → 4, S002's T-1) in the stock table alone, so a channel
+    connector following GET /v1/changes never learned of it. Upgraded, the feed's newest row of each transfer's
+    destination and SKU holds the counts the hub now has."""
+    events = _events()
+    async with _hub_of_schema_19(backend, tmp_path, events) as url, open_store(url) as store:
+        newest = {(c.location, c.sku): c for c in await store.changes(0, 1000)}
+        for location in ("S003", "S004"):
+            [row] = await store.counts(location=location, sku="A")
+            change = newest[(location, "A")]
+            assert (change.on_hand, change.reserved, change.available, change.in_transit) == (
+                row.on_hand, row.reserved, row.available, row.in_transit
+            ), location  # fmt: skip
+        assert newest[("S004", "A")].in_transit == 4
+
+
 def _events_and_counts(events: list[StockEvent]) -> dict[str, list[tuple[Any, ...]]]:
     """The events and the stock rows (their on_hand, nothing in transit) a hub of schema 19 stored for ``events``,
     no transfer: step 20 rebuilds the transfers from the events, and the in transit from them."""
@@ -164,7 +180,7 @@ async def test_the_upgrade_counts_receipts_back_and_book_outs_as_ingest_does(bac
     (cancelled, 6 of A to S002) counts against it and closes it; S003's receipt of T-1 meant for S002 is booked out
     by S003's adjust carrying T-1; S004 receives back 2 of the 3 of T-7 it shipped to S002 (closed short, 1 written
     off at S002); S005's receipt of T-9 naming S006 is no receipt back of S005's T-9 to S002. The upgraded hub's
-    counts, exceptions and write-offs are the resolver's."""
+    counts, exceptions and write-offs are the resolver's, and the feed's newest rows hold the counts."""
     f = {loc: EventFactory(f"agent-{loc.lower()}", location=loc) for loc in ("S001", "S002", "S003", "S004", "S005")}
     events = [
         f["S001"](Kind.TRANSFER_OUT, -6, at_ms=1, ref="T-5", attrs={"to": "S002"}),
@@ -194,3 +210,5 @@ async def test_the_upgrade_counts_receipts_back_and_book_outs_as_ingest_does(bac
         assert [e[:2] for e in listed] == [("transfer_short", "S002"), ("transfer_unmatched", "S005")]
         offs = [(r.location, r.ref, r.qty) for r in await store.ledger() if r.kind == "transfer_writeoff"]
         assert offs == [("S002", "T-7", -1)]
+        newest = {(c.location, c.sku): c for c in await store.changes(0, 1000)}
+        assert {k: (c.on_hand, c.in_transit) for k, c in newest.items()} == counts  # each is a transfer's destination

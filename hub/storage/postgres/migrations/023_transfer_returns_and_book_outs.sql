@@ -1,5 +1,5 @@
--- shelfsync hub, PostgreSQL schema version 23: receipts back at the shipper, and the wrong store's book-outs.
--- The same as the SQLite hub's step 23.
+-- shelfsync hub, PostgreSQL schema version 23: receipts back at the shipper, the wrong store's book-outs, and the
+-- change feed told of every transfer destination's counts.
 --
 -- Since schema 20 a receipt belongs to the transfer to its own location, so a store receiving back its own shipment
 -- (one cancelled before it left) made an unmatched transfer of its own, and the destination kept the units in
@@ -13,6 +13,11 @@
 -- a plain SKU follows (as in step 20), and the indexes whose WHERE names what is open, short or unmatched are made
 -- again. transfers_by_ref reads every destination of a ref and SKU, for ingest and for the exceptions list's
 -- links (it takes the place of schema 22's transfers_ref, which held those with shipped <> received).
+--
+-- Step 20 corrected in transit in the stock table without a change row, so a channel following the feed never
+-- learned of it; this step appends a change row (no causing event) for every stock row that is a transfer's
+-- destination, which holds each of step 20's and this step's corrections: one run per location (schema 17), its
+-- ids taken from change_counter. The same as the SQLite hub's step 23.
 ALTER TABLE transfers ADD COLUMN final_at bigint;
 ALTER TABLE transfers ADD COLUMN returned bigint NOT NULL DEFAULT 0;
 ALTER TABLE transfers ADD COLUMN booked_out bigint NOT NULL DEFAULT 0;
@@ -61,6 +66,22 @@ FROM (
     WHERE NOT EXISTS (SELECT 1 FROM bundle_recipes r WHERE r.sku = s2.sku)
 ) x
 WHERE s.location = x.location AND s.sku = x.sku AND s.in_transit <> x.in_transit;
+WITH announced AS (
+    SELECT s.location, s.sku, s.on_hand, s.reserved, GREATEST(0, s.on_hand - s.reserved - s.safety_stock) AS available,
+           s.in_transit, row_number() OVER (ORDER BY s.location, s.sku) AS n
+    FROM stock s
+    WHERE EXISTS (SELECT 1 FROM transfers t WHERE t.dest = s.location AND t.sku = s.sku)
+), counter AS (
+    UPDATE change_counter SET last_id = last_id + (SELECT count(*) FROM announced) RETURNING last_id
+)
+INSERT INTO change_runs (last_id, first_id, location, skus, on_hand, reserved, available, in_transit, event_ids,
+                         id_ends, at_ms)
+SELECT c.last_id - (SELECT count(*) FROM announced) + max(a.n), c.last_id - (SELECT count(*) FROM announced) + min(a.n),
+       a.location, array_agg(a.sku ORDER BY a.n), array_agg(a.on_hand ORDER BY a.n),
+       array_agg(a.reserved ORDER BY a.n), array_agg(a.available ORDER BY a.n), array_agg(a.in_transit ORDER BY a.n),
+       ''::bytea, array_agg(0 ORDER BY a.n), (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+FROM announced a, counter c
+GROUP BY a.location, c.last_id;
 DROP INDEX transfers_closed_short;
 DROP INDEX transfers_finding;
 DROP INDEX transfers_finding_to;

@@ -1,4 +1,5 @@
--- shelfsync hub, SQLite schema version 23: receipts back at the shipper, and the wrong store's book-outs.
+-- shelfsync hub, SQLite schema version 23: receipts back at the shipper, the wrong store's book-outs, and the
+-- change feed told of every transfer destination's counts.
 --
 -- Since schema 20 a receipt belongs to the transfer to its own location, so a store receiving back its own shipment
 -- (one cancelled before it left) made an unmatched transfer of its own, and the destination kept the units in
@@ -12,6 +13,10 @@
 -- a plain SKU follows (as in step 20), and the indexes whose WHERE names what is open, short or unmatched are made
 -- again. transfers_by_ref reads every destination of a ref and SKU, for ingest and for the exceptions list's
 -- links (it takes the place of schema 22's transfers_ref, which held those with shipped <> received).
+--
+-- Step 20 corrected in transit in the stock table without a change row, so a channel following the feed never
+-- learned of it; this step appends a change row (no causing event) for every stock row that is a transfer's
+-- destination, which holds each of step 20's and this step's corrections.
 ALTER TABLE transfers ADD COLUMN final_at INTEGER;
 ALTER TABLE transfers ADD COLUMN returned INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE transfers ADD COLUMN booked_out INTEGER NOT NULL DEFAULT 0;
@@ -64,6 +69,12 @@ WHERE NOT EXISTS (SELECT 1 FROM bundle_recipes r WHERE r.sku = stock.sku)
     WHERE t.dest = stock.location AND t.sku = stock.sku AND t.closed_at IS NULL
       AND t.shipped > t.received + t.returned
 ), 0);
+INSERT INTO changes (location, sku, on_hand, reserved, available, in_transit, event_ids, at_ms)
+SELECT s.location, s.sku, s.on_hand, s.reserved, MAX(0, s.on_hand - s.reserved - s.safety_stock), s.in_transit,
+       X'', CAST(strftime('%s', 'now') AS INTEGER) * 1000
+FROM stock s
+WHERE EXISTS (SELECT 1 FROM transfers t WHERE t.dest = s.location AND t.sku = s.sku)
+ORDER BY s.location, s.sku;
 DROP INDEX transfers_closed_short;
 DROP INDEX transfers_finding;
 DROP INDEX transfers_finding_to;
