@@ -109,6 +109,85 @@ async def test_transfer_shipped_to_b_and_received_by_c_is_cs_own_and_leaves_bs_a
             assert [e for e in await hub.exceptions(location="S002") if e.kind.startswith("transfer")] == []
 
 
+async def test_the_wrong_store_books_it_out_and_sends_it_on_and_nothing_stays_listed(tmp_path: Path) -> None:
+    """Found: after the staff did what the unmatched receipt says (C books TR-4 out with a write-off session
+    carrying the transfer's reference, B receives it as TR-4), C's transfer_unmatched stayed listed for ever.
+    Over HTTP with the agents' own sessions: once C's adjust carrying TR-4 booked its receipt out and B received
+    it, nothing is listed at any store, and the counts are right at all three."""
+    async with running_hub(tmp_path) as (hub, url):
+        a_id, a_token = await hub.add_agent(["S001"])
+        b_id, b_token = await hub.add_agent(["S002"])
+        c_id, c_token = await hub.add_agent(["S003"])
+        async with (
+            Outbox.open(tmp_path / "a.sqlite3", agent_id=a_id, location="S001") as a_outbox,
+            Outbox.open(tmp_path / "b.sqlite3", agent_id=b_id, location="S002") as b_outbox,
+            Outbox.open(tmp_path / "c.sqlite3", agent_id=c_id, location="S003") as c_outbox,
+            SessionStore.open(tmp_path / "a-sessions.sqlite3") as a_store,
+            SessionStore.open(tmp_path / "b-sessions.sqlite3") as b_store,
+            SessionStore.open(tmp_path / "c-sessions.sqlite3") as c_store,
+        ):
+            store_a = SessionManager(a_store, a_outbox, catalog=catalog())
+            store_b = SessionManager(b_store, b_outbox, catalog=catalog())
+            store_c = SessionManager(c_store, c_outbox, catalog=catalog())
+            ship = await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-4", to_location="S002"), by="ana")
+            await store_a.scan(ship.id, APPLE, by="ana", qty=5)
+            await store_a.close(ship.id, by="ana")
+            await sync(a_outbox, url, a_token)
+            wrong = await store_c.open(SessionSpec(SessionType.TRANSFER_IN, ref="TR-4", from_location="S001"), by="cy")
+            await store_c.scan(wrong.id, APPLE, by="cy", qty=5)
+            await store_c.close(wrong.id, by="cy")
+            await sync(c_outbox, url, c_token)
+            [unmatched] = [e for e in await hub.exceptions() if e.kind.startswith("transfer")]
+            assert (unmatched.kind, unmatched.location) == ("transfer_unmatched", "S003")
+            assert "carrying the ref TR-4" in unmatched.detail
+
+            out = await store_c.open(
+                SessionSpec(SessionType.WRITE_OFF, ref="TR-4", reason="received by mistake, sent on"), by="cy"
+            )
+            await store_c.scan(out.id, APPLE, by="cy", qty=5)
+            await store_c.close(out.id, by="cy")
+            await sync(c_outbox, url, c_token)
+            receive = await store_b.open(
+                SessionSpec(SessionType.TRANSFER_IN, ref="TR-4", from_location="S001"), by="bo"
+            )
+            await store_b.scan(receive.id, APPLE, by="bo", qty=5)
+            await store_b.close(receive.id, by="bo")
+            await sync(b_outbox, url, b_token)
+
+            assert [await at(hub, loc, "SKU-APPLE") for loc in ("S001", "S002", "S003")] == [(-5, 0), (5, 0), (0, 0)]
+            for location in ("S001", "S002", "S003", None):
+                assert [e for e in await hub.exceptions(location=location) if e.kind.startswith("transfer")] == []
+            assert [r for r in await hub.ledger() if r.kind == "transfer_writeoff"] == []
+
+
+async def test_a_shipment_received_back_by_its_shipper_over_http(tmp_path: Path) -> None:
+    """Found: a store could no longer receive back its own shipment (cancelled before the van left): its receipt
+    was an unmatched transfer of its own and the destination kept the units in transit. Over HTTP with the agents'
+    sessions, A's receipt of its own TR-5 puts the apples back on A's shelf and nothing in transit at B, nothing
+    listed, nothing written off."""
+    async with running_hub(tmp_path) as (hub, url):
+        a_id, a_token = await hub.add_agent(["S001"])
+        await hub.add_agent(["S002"])
+        async with (
+            Outbox.open(tmp_path / "a.sqlite3", agent_id=a_id, location="S001") as a_outbox,
+            SessionStore.open(tmp_path / "a-sessions.sqlite3") as a_store,
+        ):
+            store_a = SessionManager(a_store, a_outbox, catalog=catalog())
+            ship = await store_a.open(SessionSpec(SessionType.TRANSFER_OUT, ref="TR-5", to_location="S002"), by="ana")
+            await store_a.scan(ship.id, APPLE, by="ana", qty=6)
+            await store_a.close(ship.id, by="ana")
+            await sync(a_outbox, url, a_token)
+            assert await at(hub, "S002", "SKU-APPLE") == (0, 6)
+            back = await store_a.open(SessionSpec(SessionType.TRANSFER_IN, ref="TR-5"), by="ana")
+            await store_a.scan(back.id, APPLE, by="ana", qty=6)
+            await store_a.close(back.id, by="ana")
+            await sync(a_outbox, url, a_token)
+
+            assert (await at(hub, "S001", "SKU-APPLE"), await at(hub, "S002", "SKU-APPLE")) == ((0, 0), (0, 0))
+            assert [e for e in await hub.exceptions() if e.kind.startswith("transfer")] == []
+            assert [r for r in await hub.ledger() if r.kind == "transfer_writeoff"] == []
+
+
 async def test_a_transfer_to_a_location_the_hub_does_not_know_is_refused_or_listed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
