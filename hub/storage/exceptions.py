@@ -50,7 +50,7 @@ TRANSFER_AT = held.TRANSFER_COLUMNS  # where a read of TRANSFER_ROW_FIELDS has i
 # Shipped to one destination under one ref by several locations (the WHERE of the index transfers_shared, word for
 # word): ``shippers`` is their codes, comma-separated (schema 20), and a location code holds no comma.
 SHARED = "shippers LIKE '%,%'"
-# The transfers with a finding: the WHERE of the index transfers_finding (migration 023) word for word, which is
+# The transfers with a finding: the WHERE of the index transfers_finding (migration 025) word for word, which is
 # what lets the planner read through it. A receipt is unmatched unless it is a receipt back at its shipper
 # (returned) or booked out again (booked_out); a shipment is settled by what was received and received back.
 TRANSFER_FINDING = (
@@ -70,7 +70,7 @@ LOCATED_TRANSFER = (
 REJECTION_FIELDS = (
     "event_id, agent_id, seq, location, sku, kind, qty, code, detail, attempts, received_at_ms, content_hash"
 )
-# A transfer still open: the WHERE of the indexes transfers_open, _to and _from (migration 023) word for word.
+# A transfer still open: the WHERE of the indexes transfers_open, _to and _from (migration 025) word for word.
 OPEN_TRANSFER = "closed_at IS NULL AND shipped > received + returned"
 # An open transfer nothing was received of yet: on its way to where it was shipped, COALESCE(in_to, out_to).
 IN_TRANSIT = f"{OPEN_TRANSFER} AND in_to IS NULL AND out_to IS NOT NULL"
@@ -315,7 +315,7 @@ async def exceptions(
 
 # The transfers of one ref and SKU to other destinations that may be a page's unmatched receipt's or overdue
 # transfer's other half (``resolver.linked_finding``): for a receipt the shipments not received in full, for a
-# shipment the unmatched receipts. Read by the key (ref, sku) of the index transfers_by_ref (schema 23) in the order
+# shipment the unmatched receipts. Read by the key (ref, sku) of the index transfers_by_ref (schema 25) in the order
 # of the destinations.
 LINKED_WHERE = "ref = ? AND sku = ? AND dest <> ?"
 LINKED = f"SELECT {TRANSFER_ROW_FIELDS} FROM transfers WHERE {LINKED_WHERE} AND "

@@ -275,7 +275,7 @@ class IngestTx(Protocol):
     async def transfer_rows(self, keys: Collection[TransferKey]) -> dict[TransferKey, Transfer]: ...
 
     async def transfers_of(self, pairs: Collection[tuple[str, str]]) -> dict[TransferKey, Transfer]:
-        """Every stored transfer of these (ref, sku), whatever its destination (schema 23: a receipt back at the
+        """Every stored transfer of these (ref, sku), whatever its destination (schema 25: a receipt back at the
         shipper counts against its shipment elsewhere, ``hub.resolver.settle_returns``)."""
         ...
 

@@ -24,7 +24,10 @@ STARTING_PHASES = (PHASE_OPENING, PHASE_MIGRATING, PHASE_WAITING)
 # The steps that read the whole ledger, and what for. Such a step runs for minutes on a ledger of millions before
 # the hub serves, so its first line says how many events it reads (counted, or on PostgreSQL estimated, as it
 # begins) and its "Still migrating" lines repeat it.
-LEDGER_STEPS: dict[int, str] = {20: "to rebuild the transfers by destination from their transfer events"}
+LEDGER_STEPS: dict[int, str] = {
+    20: "to rebuild the transfers by destination from their transfer events",
+    25: "to find the receipts back at a shipper and the book-outs of receipts taken in at the wrong store",
+}
 
 
 @dataclass(frozen=True, slots=True)

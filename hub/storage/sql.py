@@ -24,7 +24,7 @@ STOCK_FIELDS = (
 )
 TRANSFER_FIELDS = (  # schema 20: a transfer is keyed by (dest, ref, sku); shippers: its shipping locations
     "dest, ref, sku, shipped, received, out_from, out_to, in_to, in_from, shipped_at_ms, closed_at, shippers, "
-    "final_at, returned, booked_out"  # schema 23: receipts back at the shipper, and the wrong store's book-outs
+    "final_at, returned, booked_out"  # schema 25: receipts back at the shipper, and the wrong store's book-outs
 )
 
 # A stored delta's effect is "superseded" once a count of its key is ordered after it, that is when it is

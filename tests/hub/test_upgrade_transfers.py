@@ -176,7 +176,7 @@ def _events_and_counts(events: list[StockEvent]) -> dict[str, list[tuple[Any, ..
 
 
 async def test_the_upgrade_counts_receipts_back_and_book_outs_as_ingest_does(backend: str, tmp_path: Path) -> None:
-    """Step 23 derives from the stored events what ingest derives as they come: S001's receipt of its own T-5
+    """Step 25 derives from the stored events what ingest derives as they come: S001's receipt of its own T-5
     (cancelled, 6 of A to S002) counts against it and closes it; S003's receipt of T-1 meant for S002 is booked out
     by S003's adjust carrying T-1; S004 receives back 2 of the 3 of T-7 it shipped to S002 (closed short, 1 written
     off at S002); S005's receipt of T-9 naming S006 is no receipt back of S005's T-9 to S002. The upgraded hub's

@@ -459,7 +459,7 @@ class PostgresIngest:
         fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
         rows = await self.conn.fetch(
             f"SELECT {fields} FROM unnest($1::text[], $2::text[]) AS k(ref, sku) "
-            "JOIN transfers t ON t.ref = k.ref AND t.sku = k.sku",  # transfers_by_ref (schema 23)
+            "JOIN transfers t ON t.ref = k.ref AND t.sku = k.sku",  # transfers_by_ref (schema 25)
             *columns(pairs, 2),
         )
         return {(r[0], r[1], r[2]): Transfer(*r) for r in rows}

@@ -231,7 +231,7 @@ class SqliteIngest:
 
     async def transfers_of(self, pairs: Collection[tuple[str, str]]) -> dict[TransferKey, Transfer]:
         fields = ", ".join(f"t.{c}" for c in TRANSFER_FIELDS.split(", "))
-        rows = await self._join("transfers", fields, "ref, sku", pairs)  # transfers_by_ref (schema 23)
+        rows = await self._join("transfers", fields, "ref, sku", pairs)  # transfers_by_ref (schema 25)
         return {(r[0], r[1], r[2]): Transfer(*r) for r in rows}
 
     async def reservation_rows(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, Reservation]:

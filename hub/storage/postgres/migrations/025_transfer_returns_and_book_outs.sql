@@ -1,4 +1,4 @@
--- shelfsync hub, SQLite schema version 23: receipts back at the shipper, the wrong store's book-outs, and the
+-- shelfsync hub, PostgreSQL schema version 25: receipts back at the shipper, the wrong store's book-outs, and the
 -- change feed told of every transfer destination's counts.
 --
 -- Since schema 20 a receipt belongs to the transfer to its own location, so a store receiving back its own shipment
@@ -16,10 +16,11 @@
 --
 -- Step 20 corrected in transit in the stock table without a change row, so a channel following the feed never
 -- learned of it; this step appends a change row (no causing event) for every stock row that is a transfer's
--- destination, which holds each of step 20's and this step's corrections.
-ALTER TABLE transfers ADD COLUMN final_at INTEGER;
-ALTER TABLE transfers ADD COLUMN returned INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE transfers ADD COLUMN booked_out INTEGER NOT NULL DEFAULT 0;
+-- destination, which holds each of step 20's and this step's corrections: one run per location (schema 17), its
+-- ids taken from change_counter. The same as the SQLite hub's step 25.
+ALTER TABLE transfers ADD COLUMN final_at bigint;
+ALTER TABLE transfers ADD COLUMN returned bigint NOT NULL DEFAULT 0;
+ALTER TABLE transfers ADD COLUMN booked_out bigint NOT NULL DEFAULT 0;
 UPDATE transfers SET final_at = closed_at WHERE closed_at IS NOT NULL;
 INSERT INTO transfers (dest, ref, sku, shipped, received, shippers, booked_out, updated_at_ms)
 SELECT e.location, e.ref, e.sku, 0, 0, '', -SUM(e.qty), MAX(e.received_at_ms)
@@ -29,7 +30,7 @@ GROUP BY e.location, e.ref, e.sku
 ON CONFLICT (dest, ref, sku) DO UPDATE SET booked_out = excluded.booked_out;
 DROP INDEX transfers_ref;
 CREATE INDEX transfers_by_ref ON transfers (ref, sku, dest);
-CREATE TEMP TABLE returns_023 AS
+CREATE TEMP TABLE returns_025 ON COMMIT DROP AS
 SELECT b.dest AS back, b.ref, b.sku, b.received, b.final_at, (
     SELECT MIN(t.dest) FROM transfers t
     WHERE t.ref = b.ref AND t.sku = b.sku AND t.shipped > 0 AND t.shippers = b.dest
@@ -37,44 +38,50 @@ SELECT b.dest AS back, b.ref, b.sku, b.received, b.final_at, (
 ) AS target
 FROM transfers b
 WHERE b.shipped = 0 AND b.received > 0;
-DELETE FROM returns_023 WHERE target IS NULL;
+DELETE FROM returns_025 WHERE target IS NULL;
 UPDATE transfers SET returned = received
 WHERE EXISTS (
-    SELECT 1 FROM returns_023 r WHERE r.back = transfers.dest AND r.ref = transfers.ref AND r.sku = transfers.sku
+    SELECT 1 FROM returns_025 r WHERE r.back = transfers.dest AND r.ref = transfers.ref AND r.sku = transfers.sku
 );
 UPDATE transfers SET
     returned = (
-        SELECT SUM(r.received) FROM returns_023 r
+        SELECT SUM(r.received) FROM returns_025 r
         WHERE r.target = transfers.dest AND r.ref = transfers.ref AND r.sku = transfers.sku
     ),
     closed_at = (
-        SELECT CASE WHEN MIN(r.final_at) IS NULL THEN transfers.final_at
-                    WHEN transfers.final_at IS NULL OR MIN(r.final_at) < transfers.final_at THEN MIN(r.final_at)
-                    ELSE transfers.final_at END
-        FROM returns_023 r
+        SELECT LEAST(transfers.final_at, MIN(r.final_at)) FROM returns_025 r
         WHERE r.target = transfers.dest AND r.ref = transfers.ref AND r.sku = transfers.sku
     )
 WHERE EXISTS (
-    SELECT 1 FROM returns_023 r WHERE r.target = transfers.dest AND r.ref = transfers.ref AND r.sku = transfers.sku
+    SELECT 1 FROM returns_025 r WHERE r.target = transfers.dest AND r.ref = transfers.ref AND r.sku = transfers.sku
 );
-DROP TABLE returns_023;
-UPDATE stock SET in_transit = COALESCE((
-    SELECT SUM(t.shipped - t.received - t.returned) FROM transfers t
-    WHERE t.dest = stock.location AND t.sku = stock.sku AND t.closed_at IS NULL
-      AND t.shipped > t.received + t.returned
-), 0)
-WHERE NOT EXISTS (SELECT 1 FROM bundle_recipes r WHERE r.sku = stock.sku)
-  AND in_transit <> COALESCE((
-    SELECT SUM(t.shipped - t.received - t.returned) FROM transfers t
-    WHERE t.dest = stock.location AND t.sku = stock.sku AND t.closed_at IS NULL
-      AND t.shipped > t.received + t.returned
-), 0);
-INSERT INTO changes (location, sku, on_hand, reserved, available, in_transit, event_ids, at_ms)
-SELECT s.location, s.sku, s.on_hand, s.reserved, MAX(0, s.on_hand - s.reserved - s.safety_stock), s.in_transit,
-       X'', CAST(strftime('%s', 'now') AS INTEGER) * 1000
-FROM stock s
-WHERE EXISTS (SELECT 1 FROM transfers t WHERE t.dest = s.location AND t.sku = s.sku)
-ORDER BY s.location, s.sku;
+DROP TABLE returns_025;
+UPDATE stock s SET in_transit = x.in_transit
+FROM (
+    SELECT s2.location, s2.sku, COALESCE((
+        SELECT SUM(t.shipped - t.received - t.returned) FROM transfers t
+        WHERE t.dest = s2.location AND t.sku = s2.sku AND t.closed_at IS NULL AND t.shipped > t.received + t.returned
+    ), 0) AS in_transit
+    FROM stock s2
+    WHERE NOT EXISTS (SELECT 1 FROM bundle_recipes r WHERE r.sku = s2.sku)
+) x
+WHERE s.location = x.location AND s.sku = x.sku AND s.in_transit <> x.in_transit;
+WITH announced AS (
+    SELECT s.location, s.sku, s.on_hand, s.reserved, GREATEST(0, s.on_hand - s.reserved - s.safety_stock) AS available,
+           s.in_transit, row_number() OVER (ORDER BY s.location, s.sku) AS n
+    FROM stock s
+    WHERE EXISTS (SELECT 1 FROM transfers t WHERE t.dest = s.location AND t.sku = s.sku)
+), counter AS (
+    UPDATE change_counter SET last_id = last_id + (SELECT count(*) FROM announced) RETURNING last_id
+)
+INSERT INTO change_runs (last_id, first_id, location, skus, on_hand, reserved, available, in_transit, event_ids,
+                         id_ends, at_ms)
+SELECT c.last_id - (SELECT count(*) FROM announced) + max(a.n), c.last_id - (SELECT count(*) FROM announced) + min(a.n),
+       a.location, array_agg(a.sku ORDER BY a.n), array_agg(a.on_hand ORDER BY a.n),
+       array_agg(a.reserved ORDER BY a.n), array_agg(a.available ORDER BY a.n), array_agg(a.in_transit ORDER BY a.n),
+       ''::bytea, array_agg(0 ORDER BY a.n), (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+FROM announced a, counter c
+GROUP BY a.location, c.last_id;
 DROP INDEX transfers_closed_short;
 DROP INDEX transfers_finding;
 DROP INDEX transfers_finding_to;
@@ -92,7 +99,7 @@ CREATE INDEX transfers_finding_to ON transfers (dest, updated_at_ms DESC, ref, s
     WHERE ((shipped = 0 AND received > returned + booked_out) OR (shipped > 0 AND received + returned > 0
            AND received + returned <> shipped) OR (closed_at IS NOT NULL AND shipped > received + returned)
            OR shippers LIKE '%,%');
-CREATE INDEX transfers_finding_from ON transfers (COALESCE(out_from, in_from), updated_at_ms DESC, dest, ref, sku)
+CREATE INDEX transfers_finding_from ON transfers ((COALESCE(out_from, in_from)), updated_at_ms DESC, dest, ref, sku)
     WHERE ((shipped = 0 AND received > returned + booked_out) OR (shipped > 0 AND received + returned > 0
            AND received + returned <> shipped) OR (closed_at IS NOT NULL AND shipped > received + returned)
            OR shippers LIKE '%,%');
@@ -100,5 +107,5 @@ CREATE INDEX transfers_open ON transfers (updated_at_ms DESC, dest, ref, sku)
     WHERE closed_at IS NULL AND shipped > received + returned;
 CREATE INDEX transfers_open_to ON transfers (dest, updated_at_ms DESC, ref, sku)
     WHERE closed_at IS NULL AND shipped > received + returned;
-CREATE INDEX transfers_open_from ON transfers (COALESCE(out_from, in_from), updated_at_ms DESC, dest, ref, sku)
+CREATE INDEX transfers_open_from ON transfers ((COALESCE(out_from, in_from)), updated_at_ms DESC, dest, ref, sku)
     WHERE closed_at IS NULL AND shipped > received + returned;
