@@ -26,7 +26,7 @@ from agent import Movement, Outbox, Replicator, count_refresh
 from hub import HubSettings, create_app, open_store, views
 from protocol import CountSnapshot, Kind, SyncResponse
 from protocol.feed import FeedChange
-from tests.agent.test_counts_full_disk import FullDisk
+from tests.agent.test_counts_full_disk import FullDisk, eventually
 from tests.faults.proxy import FaultProxy, RequestInfo
 from tests.harness.inprocess import ServedHub, serve_app
 
@@ -36,13 +36,6 @@ FAST: dict[str, Any] = {
     "batch_size": 1_000, "tick_s": 0.05, "retry_base_s": 0.01, "retry_max_s": 0.05, "timeout_s": 10.0,
     "heartbeat_s": 3_600.0, "rng": random.Random(7),
 }  # fmt: skip
-
-
-async def eventually(what: str, check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not await check():
-            await asyncio.sleep(0.02)
-    assert await check(), what
 
 
 class Losses:

@@ -56,6 +56,38 @@ async def fat_ledger(store: HubStore, kind: Kind = Kind.RECEIVE) -> tuple[str, l
     return token, [e for e in events if e.location == "WEB"]
 
 
+class SecondReadWaits:
+    """The store's ledger reads, the second of which waits (at most 10 s) for the small request's answer, so the
+    order does not depend on how fast this machine is; ``seen``: each read, and the small answer, in order."""
+
+    def __init__(self, store: HubStore) -> None:
+        self.seen: list[str] = []
+        self.answered: list[str] = []
+        self.first_read = asyncio.Event()
+        self._small_answered = asyncio.Event()
+        self._real = store.ledger
+        store.ledger = self._ledger  # type: ignore[method-assign]
+
+    async def _ledger(self, **kw: Any) -> Any:
+        if self.seen.count("read") == 1:
+            await asyncio.gather(asyncio.wait_for(self._small_answered.wait(), 10), return_exceptions=True)
+        rows = await self._real(**kw)
+        self.seen.append("read")
+        self.first_read.set()
+        return rows
+
+    async def note(self, request: web.Request, response: web.StreamResponse) -> None:
+        self.answered.append(request.path)
+        if request.path == "/v1/counts":
+            self.seen.append("small answered")
+            self._small_answered.set()
+
+    def app(self, store: HubStore) -> web.Application:
+        app = create_app(store, HubSettings(db=IN_PROCESS_DB))
+        app.on_response_prepare.append(self.note)
+        return app
+
+
 @pytest.fixture
 async def hub(any_store: HubStore) -> AsyncIterator[tuple[web.Application, Any]]:
     app = create_app(any_store, HubSettings(db=IN_PROCESS_DB))
@@ -100,41 +132,18 @@ async def test_a_small_request_is_answered_while_a_fat_page_is_built(store: HubS
     10 s) for the small answer, so the order does not depend on how fast this machine is."""
     token, _ = await fat_ledger(store)
     auth = {"Authorization": f"Bearer {token}"}
-    answered: list[str] = []
-    small_answered = asyncio.Event()
-    first_read = asyncio.Event()
-    reads = 0
-    real = store.ledger
-
-    async def ledger(**kw: Any) -> Any:
-        nonlocal reads
-        reads += 1
-        if reads == 2:
-            with_timeout = asyncio.wait_for(small_answered.wait(), 10)
-            await asyncio.gather(with_timeout, return_exceptions=True)
-        rows = await real(**kw)
-        first_read.set()
-        return rows
-
-    async def note(request: web.Request, response: web.StreamResponse) -> None:
-        answered.append(request.path)
-        if request.path == "/v1/counts":
-            small_answered.set()
-
-    store.ledger = ledger  # type: ignore[method-assign]
-    app = create_app(store, HubSettings(db=IN_PROCESS_DB))
-    app.on_response_prepare.append(note)
-    async with serve_app(app) as served:
+    rig = SecondReadWaits(store)
+    async with serve_app(rig.app(store)) as served:
         fat = asyncio.create_task(
             served.client.get("/v1/ledger", params={"location": "WEB", "limit": "10000"}, headers=auth)
         )
-        await asyncio.wait_for(first_read.wait(), 30)
+        await asyncio.wait_for(rig.first_read.wait(), 30)
         small = await served.client.get("/v1/counts", params={"limit": "5"}, headers=auth)
         assert small.status == 200, await small.text()
         resp = await asyncio.wait_for(fat, 60)
         assert resp.status == 200
         assert (await resp.json())["events"]
-    assert answered == ["/v1/counts", "/v1/ledger"]  # the small answer did not wait for the fat page
+    assert rig.answered == ["/v1/counts", "/v1/ledger"]  # the small answer did not wait for the fat page
 
 
 async def test_a_small_request_is_answered_while_a_fat_csv_download_is_read(store: HubStore) -> None:
@@ -144,39 +153,19 @@ async def test_a_small_request_is_answered_while_a_fat_csv_download_is_read(stor
     event is in the download, once."""
     token, events = await fat_ledger(store)
     auth = {"Authorization": f"Bearer {token}"}
-    seen: list[str] = []
-    small_answered = asyncio.Event()
-    first_read = asyncio.Event()
-    real = store.ledger
-
-    async def ledger(**kw: Any) -> Any:
-        if seen.count("read") == 1:  # the download's second read waits (at most 10 s) for the small answer
-            await asyncio.gather(asyncio.wait_for(small_answered.wait(), 10), return_exceptions=True)
-        rows = await real(**kw)
-        seen.append("read")
-        first_read.set()
-        return rows
-
-    async def note(request: web.Request, response: web.StreamResponse) -> None:
-        if request.path == "/v1/counts":
-            seen.append("small answered")
-            small_answered.set()
-
-    store.ledger = ledger  # type: ignore[method-assign]
-    app = create_app(store, HubSettings(db=IN_PROCESS_DB))
-    app.on_response_prepare.append(note)
-    async with serve_app(app) as served:
+    rig = SecondReadWaits(store)
+    async with serve_app(rig.app(store)) as served:
         csv = asyncio.create_task(
             served.client.get("/v1/ledger", params={"location": "WEB", "format": "csv"}, headers=auth)
         )
-        await asyncio.wait_for(first_read.wait(), 30)
+        await asyncio.wait_for(rig.first_read.wait(), 30)
         small = await served.client.get("/v1/counts", params={"limit": "5"}, headers=auth)
         assert small.status == 200, await small.text()
         resp = await asyncio.wait_for(csv, 60)
         assert resp.status == 200
         text = await asyncio.wait_for(resp.text(), 60)
-    last_read = len(seen) - 1 - seen[::-1].index("read")
-    assert seen.index("small answered") < last_read, seen
+    last_read = len(rig.seen) - 1 - rig.seen[::-1].index("read")
+    assert rig.seen.index("small answered") < last_read, rig.seen
     ids = [event_id_hex(e.event_id) for e in events]
     assert sum(text.count(i) for i in ids) == len(ids) and all(i in text for i in ids)
 
@@ -188,41 +177,19 @@ async def test_a_small_request_is_answered_while_a_variance_report_reads_fat_cou
     for the small answer. Every count is in the report, once."""
     token, events = await fat_ledger(store, Kind.COUNT)
     auth = {"Authorization": f"Bearer {token}"}
-    answered: list[str] = []
-    small_answered = asyncio.Event()
-    first_read = asyncio.Event()
-    reads = 0
-    real = store.ledger
-
-    async def ledger(**kw: Any) -> Any:
-        nonlocal reads
-        reads += 1
-        if reads == 2:
-            await asyncio.gather(asyncio.wait_for(small_answered.wait(), 10), return_exceptions=True)
-        rows = await real(**kw)
-        first_read.set()
-        return rows
-
-    async def note(request: web.Request, response: web.StreamResponse) -> None:
-        answered.append(request.path)
-        if request.path == "/v1/counts":
-            small_answered.set()
-
-    store.ledger = ledger  # type: ignore[method-assign]
-    app = create_app(store, HubSettings(db=IN_PROCESS_DB))
-    app.on_response_prepare.append(note)
-    async with serve_app(app) as served:
+    rig = SecondReadWaits(store)
+    async with serve_app(rig.app(store)) as served:
         report = asyncio.create_task(
             served.client.get(
                 "/v1/reports/variance", params={"location": "WEB", "by": "count", "limit": "10000"}, headers=auth
             )
         )
-        await asyncio.wait_for(first_read.wait(), 30)
+        await asyncio.wait_for(rig.first_read.wait(), 30)
         small = await served.client.get("/v1/counts", params={"limit": "5"}, headers=auth)
         assert small.status == 200, await small.text()
         resp = await asyncio.wait_for(report, 60)
         assert resp.status == 200, await resp.text()
         body = await resp.json()
-    assert answered == ["/v1/counts", "/v1/reports/variance"]  # the small answer did not wait for the report
+    assert rig.answered == ["/v1/counts", "/v1/reports/variance"]  # the small answer did not wait for the report
     assert sorted(r["event_id"] for r in body["rows"]) == sorted(event_id_hex(e.event_id) for e in events)
     assert body["next"] is None
