@@ -19,14 +19,17 @@
     return: ["ref", "reader_id"],
     write_off: ["reason", "ref", "reader_id"],
   };
+  // A write-off's reference is a transfer's: an adjust carrying it books out a receipt of that transfer made here
+  // by mistake (docs/faults.md); a transfer in under this store's own shipment's reference receives it back.
   const REF_HINT = {
-    receive: "delivery note",
+    receive: "delivery note (a transfer, or your own shipment back: use Transfer in)",
     count: "optional",
     transfer_out: "transfer reference (required)",
-    transfer_in: "transfer reference (required)",
+    transfer_in: "transfer reference (required); your own shipment's to receive it back",
     return: "receipt number",
-    write_off: "optional",
+    write_off: "transfer reference, only when booking out goods received at the wrong store",
   };
+  const BOOK_OUT_REASON = "received by mistake, sent on";  // the write-off that books a wrong-store receipt out
   const SESSION_POLL_MS = 3000;
   const QTY_IDLE_MS = 1500;  // after typing a quantity, the focus goes back to the scan field
   const STATUS_POLL_MS = 10000;
@@ -348,6 +351,10 @@
         if (name === "scope_skus") body.scope_skus = value.split(/\n/).map((s) => s.trim()).filter(Boolean);
         else if (name === "expected") body.expected = parseExpected(value);
         else body[name] = value;
+      }
+      if (type === "write_off" && body.reason === BOOK_OUT_REASON && !body.ref) {
+        throw new ApiError(400, "Type the transfer's reference (as on its papers) to book out goods received at the" +
+          " wrong store.");
       }
       let data;
       try {
