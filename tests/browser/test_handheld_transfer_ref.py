@@ -98,6 +98,10 @@ async def test_the_wrong_store_books_a_receipt_out_from_the_handheld_and_the_hub
 
             await sign_in(page, wrong)
             await page.click("text=Damage / write-off")
+            # The reason first, focused: most write-offs leave the reference empty.
+            await expect(page.locator("#open-form select[name=reason]")).to_be_focused()
+            fields = page.locator("#open-form label[data-for]:visible")
+            assert await fields.evaluate_all("ls => ls.map((l) => l.dataset.for)") == ["reason", "ref"]
             await expect(page.locator("#ref-hint")).to_have_text(
                 "transfer reference, only when booking out goods received at the wrong store"
             )

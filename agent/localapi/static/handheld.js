@@ -297,6 +297,9 @@
       const name = label.dataset.for;
       label.hidden = FIELDS[type].indexOf(name) < 0 || (name === "reader_id" && state.readers.length === 0);
     }
+    // The type's fields in its order, the first focused: a write-off's reason before its reference, which most
+    // write-offs leave empty.
+    for (const name of FIELDS[type]) form.insertBefore(form.querySelector("label[data-for=" + name + "]"), $("open-error"));
     const select = form.elements.reader_id;
     select.replaceChildren(new Option("none", ""));
     for (const r of state.readers) {
