@@ -494,7 +494,11 @@ def _decode_gs1(
             sentence = _check_digit_sentence(es.value, "The SSCC in (00)")
             raise DecodeError(text, sentence or f"The SSCC in (00) {es.value!r} is not valid ({es.sscc_error}).")
         key = ai[:3] if ai[:3] in ("310", "320") else ai
+        if key in found and (found[key].ai.ai, found[key].value) != (ai, es.value):
+            raise DecodeError(text, _twice_sentence(payload, key, found[key], es))
         found.setdefault(key, es)
+    if "37" in found and "02" not in found:
+        raise DecodeError(text, _count_sentence(payload, found))
 
     def value(ai: str) -> str | None:
         es = found.get(ai)
@@ -528,6 +532,36 @@ def _decode_gs1(
         ),
         rcn=_rcn_info(gtin) if gtin is not None else None,
         elements=tuple(Element(es.ai.ai, es.value, es.ai.data_title) for es in elements),
+    )
+
+
+# Which version of the GS1 General Specifications the rules of element strings together follow (docs/scanners.md).
+GS1_GENSPECS = "GS1 General Specifications, Release 24.0"
+
+
+def _twice_sentence(payload: str, key: str, first: GS1ElementString, second: GS1ElementString) -> str:
+    """A label holding one AI twice with two values (two serials, lots, GTINs, net weights): which one is the item's
+    is anybody's guess, and taking the first booked the other without a word. (Repeated with the same value, as some
+    printers do, it says one thing and is taken once.)"""
+    ai = f"{key}n" if len(key) == 3 else key
+    return (
+        f"The barcode {_shown(payload)!r} holds ({ai}) twice, {first.value!r} and {second.value!r}, and an element"
+        f" string may appear only once in a barcode ({GS1_GENSPECS}); nothing was taken: ask for a new label or key"
+        " the item in by hand."
+    )
+
+
+def _count_sentence(payload: str, found: dict[str, GS1ElementString]) -> str:
+    """(37), the count of trade items, says how many items of the GTIN in (02) a logistic unit holds, and is valid
+    only with (02) (GS1 General Specifications: a mandatory association). With the GTIN of the item itself (01)
+    the label contradicts itself (is it one of (01), or (37) of them?); taken as 1 it counted wrong whenever the
+    label meant its count. Refused aloud, as (30) on a fixed-quantity GTIN is."""
+    count = int(found["37"].value)
+    with_ = f" with the GTIN (01) {found['01'].value}" if "01" in found else ""
+    return (
+        f"The barcode {_shown(payload)!r} gives a count (37) of {count}{with_}, but a count (37) is valid only with"
+        f" the GTIN of contained items (02) ({GS1_GENSPECS}), so the label does not say whether it is 1 item or"
+        f" {count}; nothing was taken: scan the items (or their case), or key the quantity by hand."
     )
 
 

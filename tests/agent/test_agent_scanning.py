@@ -691,3 +691,34 @@ async def test_a_pallets_sscc_label_books_nothing_and_says_to_scan_the_items(tmp
         " scan the barcodes of the items or cases on it (a pallet label that also carries its contents (02) and"
         " their count (37) is booked)."
     )
+
+
+async def test_a_label_giving_a_count_37_with_a_gtin_01_books_nothing_and_says_the_rule(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: ``(01) + (37)`` was booked as 1 unit without a word, though the label says 12. (37) counts the items of
+    a contents GTIN (02) only (GS1 General Specifications): the label contradicts itself, so it is refused aloud."""
+    label = f"]C101{CASE}3712".encode()
+    async with rig(tmp_path) as r:
+        await r.scan(label, logistic_label(12))
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [(e.sku, e.qty) for e in events] == [("MUG-01", 12)]  # only the (02) + (37) label
+    refused = entries[1]
+    assert (refused.raw, refused.result, refused.event_ids) == (label, "decode_error", ())
+    assert "(37)" in (refused.message or "") and "only with the GTIN of contained items (02)" in (refused.message or "")
+    warnings = [m.getMessage() for m in caplog.records if m.levelno == logging.WARNING and m.name == "agent.scanning"]
+    assert any("(37)" in w and "(02)" in w for w in warnings)
+
+
+async def test_a_label_with_its_serial_21_twice_books_nothing_and_says_so(tmp_path: Path) -> None:
+    """Found: a label with two serials (21) was booked under the first one without a word."""
+    label = f"]C101{CASE}21SN1{GS}21SN2".encode()
+    async with rig(tmp_path) as r:
+        await r.scan(label)
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert events == ()
+    assert (entries[0].result, entries[0].event_ids) == ("decode_error", ())
+    assert "(21) twice" in (entries[0].message or "")
+

@@ -436,3 +436,36 @@ def test_unknown_rcn_region_is_a_config_error() -> None:
         decode("]E05901234123457", rcn_region="xx")
     assert check_rcn_region(" GB ") == "gb"
     assert check_rcn_region(None) is None
+
+
+@pytest.mark.parametrize(
+    "scanned",
+    [
+        "]C10109501101530003" + "3712",
+        "(01)09501101530003(37)12",
+        "]C100" + with_check_digit("30614141123456789") + "3712",
+    ],
+    ids=["gs1-128", "hri", "sscc-only"],
+)
+def test_a_count_37_without_a_contents_gtin_02_is_refused_with_the_rule(scanned: str) -> None:
+    with pytest.raises(DecodeError, match=r"a count \(37\) is valid only with the GTIN of contained items \(02\)"):
+        decode(scanned)
+
+
+@pytest.mark.parametrize(
+    ("scanned", "ai"),
+    [
+        ("]C10109501101530003" + "21SN1" + GS + "21SN2", "21"),
+        ("]C10109501101530003" + "10A" + GS + "10B", "10"),
+        ("]C10109501101530003" + "3102001000" + "3103001000", "310n"),
+        ("(01)09501101530003(01)09501101530010", "01"),
+    ],
+)
+def test_an_element_string_twice_with_two_values_is_refused(scanned: str, ai: str) -> None:
+    with pytest.raises(DecodeError, match=rf"\({ai}\) twice"):
+        decode(scanned)
+
+
+def test_an_element_string_repeated_with_the_same_value_is_taken_once() -> None:
+    decoded = decode("]C10109501101530003" + "21SN1" + GS + "21SN1")
+    assert decoded.serial == "SN1"
