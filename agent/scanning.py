@@ -10,7 +10,8 @@ Per scan, in the order the reader delivered them (one task per reader):
 1. the raw scan goes into the scan journal (nothing a scanner sent is ever
    silently dropped);
 2. a complete scan is decoded with the reader's ``rcn_region``; a cut-off scan
-   is not decoded but handed on with a ``DecodeError`` saying so;
+   is not decoded but handed on with a ``DecodeError`` saying so, and so is
+   the tail of a cut-off scan that came as a frame of its own (``_fragment``);
 3. the router decides (``ScanRouter.route``) and returns a ``ScanOutcome``;
 4. the outcome goes into the journal; a problem (bad check digit, cut-off,
    not recorded) is logged as one WARNING sentence and becomes the reader's
@@ -485,6 +486,7 @@ class ScanService:
         self.outcomes = 0  # scans decided since start (tests and benchmarks wait on it)
         self._problems_in_a_row: dict[str, int] = {}  # per reader: problem scans since its last good one
         self._last_scan: dict[str, hardware.Scan] = {}  # per reader: its scan before (a double read repeats it)
+        self._problem_before: dict[str, bool] = {}  # per reader: whether its scan before was cut off or refused
         self.decided = asyncio.Condition()  # notified after each scan decided and each status journaled
 
     @property
@@ -621,6 +623,10 @@ class ScanService:
                 decoded = hardware.decode(scan.raw, rcn_region=section.rcn_region)
             except hardware.DecodeError as err:
                 error = err
+        fragment = self._fragment(section, scan) if error is None else None
+        # cut off or not decoded: a tail may follow (a tail refused as a fragment is not, so a code scanned again books)
+        self._problem_before[section.id] = error is not None
+        error = error or fragment
         double_read = self._double_read(section, scan, error)
         problem = error is not None or double_read is not None  # the journal bounds the rows of problem scans
         scan_id: int | None = None
@@ -658,6 +664,40 @@ class ScanService:
             raise
         await self._decide(scan_id, section, outcome, unkept)
         return outcome
+
+    def _fragment(self, section: ScannerSection, scan: hardware.Scan) -> hardware.DecodeError | None:
+        """Why a complete scan that decoded is the tail of the reader's scan before rather than a barcode, or None.
+
+        A scan's tail that comes after the reader stopped waiting for its suffix (``SUFFIX_WAIT_S``), or after the
+        idle gap of a scanner that sends none, is a frame of its own, and was booked as an unknown item
+        (``unknown:2345``). Only right after a scan of the same reader that was cut off or failed to decode (its
+        head), it is refused when it cannot be a scan of that scanner:
+
+        * the head began with a symbology identifier (``]E0``) and this one has none: a scanner set to send
+          identifiers sends one with every scan;
+        * it is only digits, of no EAN/UPC/GTIN length (8, 12, 13, 14; those are checked by their check digit).
+
+        Anything else (a short internal code, text) is booked as before; a code refused so books when scanned again.
+        """
+        before = self._last_scan.get(section.id)
+        if before is None or not scan.complete or not self._problem_before.get(section.id):
+            return None
+        text = scan.text.strip(" \t\r\n")
+        if before.raw[:1] == b"]" and not text.startswith("]"):
+            return hardware.DecodeError(
+                scan.text,
+                f"The scan {shown(text, 40)} has no symbology identifier, though scanner {section.id!r} sent one"
+                f" ({shown(before.text[:3], bare=True)}) with the cut-off or unreadable scan before it: it is likely"
+                " the tail of that scan, not a barcode; nothing was booked: scan the item again.",
+            )
+        if text.isdigit() and text.isascii() and len(text) not in hardware.GTIN_LENGTHS:
+            return hardware.DecodeError(
+                scan.text,
+                f"The scan {shown(text, 40)} is {len(text)} digits, no EAN/UPC/GTIN length, right after a cut-off or"
+                f" unreadable scan of scanner {section.id!r}: it is likely that scan's tail, not a barcode; nothing was"
+                " booked: scan the item again (a short code of that many digits books when scanned again).",
+            )
+        return None
 
     def _double_read(
         self, section: ScannerSection, scan: hardware.Scan, error: hardware.DecodeError | None

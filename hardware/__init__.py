@@ -18,6 +18,7 @@ raises ``DecodeError`` with one sentence for the operator.
 
 from hardware.decode import (
     GS,
+    GTIN_LENGTHS,
     RCN_REGIONS,
     Decoded,
     DecodedKind,
@@ -42,6 +43,7 @@ from hardware.wedge import KeyboardWedgeDecoder, WedgeScanner, WedgeScannerConfi
 __all__ = [
     "FRAME_MAX_BYTES",
     "GS",
+    "GTIN_LENGTHS",
     "IDLE_GAP_S",
     "KEYMAPS",
     "KEY_CODES",

@@ -722,3 +722,64 @@ async def test_a_label_with_its_serial_21_twice_books_nothing_and_says_so(tmp_pa
     assert (entries[0].result, entries[0].event_ids) == ("decode_error", ())
     assert "(21) twice" in (entries[0].message or "")
 
+
+def gapped_section(link: Path) -> ScannerSection:
+    """A serial reader framing by its scanner's suffix, and by an idle gap until it has seen one (the default)."""
+    device = hardware.SerialScannerConfig(
+        reader_id="backdoor", port=str(link), idle_gap_s=0.05, reconnect_initial_s=0.02, reconnect_max_s=0.1
+    )
+    return ScannerSection(id="backdoor", type="serial", mode="receive", device=device, same_code_s=0.0)  # type: ignore[arg-type]
+
+
+async def scan_cut_in_two(r: Rig, head: bytes, tail: bytes) -> None:
+    """A scan whose tail comes after the reader gave up waiting for its suffix: the head is delivered cut off."""
+    target = r.service.outcomes + 1
+    r.device.write(head)
+    await r.service.wait_decided(target, WAIT_S)  # cut off once its suffix did not come in time
+    await r.scan(tail)
+
+
+async def test_the_tail_of_a_scan_cut_off_on_the_line_is_refused_not_booked_as_an_unknown_item(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: the tail of a cut-off scan that came after the reader gave up on it became a scan of its own and was
+    booked as ``unknown:2345``. A scanner that sends symbology identifiers sends one with every scan: a scan without
+    one is a fragment."""
+    async with rig(tmp_path, gapped_section(tmp_path / "usb-Honeywell_Xenon_1900-if00")) as r:
+        await r.scan(b"]C0TOTE-7")  # the scanner ends its scans with CR/LF, and sends identifiers
+        await scan_cut_in_two(r, b"]E059012341", b"2345")
+        await r.scan(b"]E0" + EAN13.encode())
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [e.sku for e in events] == ["TOTE", "MUG-01"]
+    assert [(e.raw, e.result) for e in reversed(entries)] == [
+        (b"]C0TOTE-7", "booked"),
+        (b"]E059012341", "incomplete"),
+        (b"2345", "decode_error"),
+        (b"]E0" + EAN13.encode(), "booked"),
+    ]
+    message = entries[1].message or ""
+    assert "has no symbology identifier" in message and "]E0" in message and "tail of that scan" in message
+    warnings = [m.getMessage() for m in caplog.records if m.levelno == logging.WARNING and m.name == "agent.scanning"]
+    assert any("2345" in w and "no symbology identifier" in w for w in warnings)
+
+
+async def test_a_short_run_of_digits_right_after_a_cut_off_scan_is_refused_and_short_codes_still_book(
+    tmp_path: Path,
+) -> None:
+    """Without identifiers: digits of no EAN/UPC/GTIN length right after a cut-off scan are its tail; a short
+    internal code scanned otherwise (or scanned again) is booked as before."""
+    async with rig(tmp_path, gapped_section(tmp_path / "usb-Honeywell_Xenon_1900-if00")) as r:
+        await r.scan(b"0123")  # a short internal code: booked as an unknown item, as always
+        await scan_cut_in_two(r, EAN13[:7].encode(), EAN13[7:].encode())
+        await r.scan(b"0123")  # scanned again after the refused tail: booked
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [e.sku for e in events] == ["unknown:0123", "unknown:0123"]
+    assert [(e.raw, e.result) for e in reversed(entries)] == [
+        (b"0123", "unknown"),
+        (EAN13[:7].encode(), "incomplete"),
+        (EAN13[7:].encode(), "decode_error"),
+        (b"0123", "unknown"),
+    ]
+    assert "right after a cut-off or unreadable scan" in (entries[1].message or "")
