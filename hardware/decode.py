@@ -499,6 +499,13 @@ def _decode_gs1(
         found.setdefault(key, es)
     if "37" in found and "02" not in found:
         raise DecodeError(text, _count_sentence(payload, found))
+    if "01" in found and "02" in found:  # an invalid pair: is the label one item of (01), or (37) of (02)?
+        raise DecodeError(
+            text,
+            f"The barcode {_shown(payload)!r} gives both the GTIN of an item (01) and the GTIN of contained items"
+            f" (02), which may not go together ({GS1_GENSPECS}), so the label does not say which one it counts;"
+            " nothing was taken: scan the items (or their case), or key the quantity by hand.",
+        )
 
     def value(ai: str) -> str | None:
         es = found.get(ai)

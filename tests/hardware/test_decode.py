@@ -469,3 +469,9 @@ def test_an_element_string_twice_with_two_values_is_refused(scanned: str, ai: st
 def test_an_element_string_repeated_with_the_same_value_is_taken_once() -> None:
     decoded = decode("]C10109501101530003" + "21SN1" + GS + "21SN1")
     assert decoded.serial == "SN1"
+
+
+def test_a_gtin_01_with_a_contents_gtin_02_is_an_invalid_pair_and_refused() -> None:
+    """(01) and (02) may not go together: with a count (37) the label was booked as one of (01), its count ignored."""
+    with pytest.raises(DecodeError, match=r"\(01\) and the GTIN of contained items \(02\), which may not go together"):
+        decode("]C10109501101530003" + "0209501101530010" + "3712")
