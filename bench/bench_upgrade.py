@@ -2,8 +2,11 @@
 schema and the peak memory, on a ledger of realistic size.
 
 Step 20 rebuilds the transfers from the transfer events the ledger stores (about 1 % of its events) and sums
-each location's in transit again; the steps after it are small. An operator upgrading a hub waits for all of it
-before the hub serves, so this is what they wait for.
+each location's in transit again; step 24 (SQLite) indexes every event by location; step 25 reads the ledger's
+adjusts carrying a ref (book-outs, about 5 % of the adjusts here), finds the receipts back at a shipper (1 % of
+the transfers' SKU lines are received back), sums in transit again and appends a change row for every transfer
+destination's stock row. Each of these steps is reported on its own; the others are small. An operator
+upgrading a hub waits for all of it before the hub serves, so this is what they wait for.
 
 The schema-19 database is built once per size (migrations 1…19 applied as a hub of that version did, then the
 ledger loaded in bulk: sales with their POS receipt refs, receipts, returns, adjusts, counts, and transfers
@@ -17,7 +20,7 @@ it), and on PostgreSQL the peak private memory (RssAnon) of the server backends 
 
     python -m bench.bench_upgrade [--backends sqlite postgres] [--events 2000000] [--runs 3] [--url postgresql://…]
                                   [--dir /tmp/shelfsync-bench-upgrade] [--keep] [--reuse]
-                                  [--name upgrade_020] [--label "after"]
+                                  [--name upgrade_025] [--label "after"]
 
 The PostgreSQL role of ``--url`` needs CREATEDB: each run's database is made and dropped beside the template.
 """
@@ -72,7 +75,10 @@ KINDS: list[tuple[str, int, list[int]]] = [
     ("count", 1, list(range(41))),
 ]
 TRANSFER_SHARE = 0.01  # of the events, transfer_out and transfer_in
+# about 5 % of the adjusts (qty_pick 0 or 1) carry a transfer's ref: a store booking out what it received by mistake
+RETURN_SHARE = 0.01  # of the transfers' SKU lines, cancelled before they left: received back at the shipper
 SAMPLE_S = 0.1
+STEPS = (20, 23, 24, 25)  # reported one by one: 20 and 25 read the whole ledger, 24 indexes it (SQLite), 23 beside
 
 
 def log(msg: str) -> None:
@@ -101,7 +107,8 @@ class Ledger:
     def _transfers(self, rng: random.Random, events: int, n: int) -> list[tuple[float, int, int, str, int, str]]:
         """(position, location, sku, kind, qty, ref, attrs) of every transfer event. Each store numbers its own
         transfers (T-1, T-2, …: stores that number alike share refs); a document ships 1–3 SKUs to another store;
-        90 % are received (80 % of those with a final receipt, a tenth of them short), the rest still in transit."""
+        90 % are received (80 % of those with a final receipt, a tenth of them short), the rest still in transit
+        or, one in ten of them, received back at the shipper (cancelled before it left)."""
         out: list[Any] = []
         numbers = [0] * len(self.locations)
         while len(out) < events:
@@ -120,6 +127,10 @@ class Ledger:
                     attrs = {"from": self.locations[src], **({"final": True} if final else {})}
                     later = min(n - 1.0, at + rng.uniform(1, n * 0.02))
                     out.append((later, dest, sku, "transfer_in", got, ref, attrs))
+                elif rng.random() < RETURN_SHARE / 0.1:
+                    later = min(n - 1.0, at + rng.uniform(1, n * 0.02))
+                    back = {"from": self.locations[dest], "final": True}
+                    out.append((later, src, sku, "transfer_in", qty, ref, back))
         out.sort(key=lambda t: t[0])
         return out
 
@@ -145,6 +156,8 @@ class Ledger:
                     choices = KINDS[k][2]
                     kind, qty = KINDS[k][0], choices[self.qty_pick[r] % len(choices)]
                     ref = f"R-{li}-{r}" if kind == "sale" else (f"PO-{li}-{r // 5000}" if kind == "receive" else None)
+                    if kind == "adjust" and self.qty_pick[r] < 2:  # -2 or -1: a book-out
+                        ref = f"T-{r % 400 + 1}"
                     attrs = None
             seqs[li] += 1
             ms = self.start_ms + i * self.step_ms
@@ -462,10 +475,11 @@ def summary(backend: str, n: int, results: list[dict[str, Any]]) -> dict[str, An
     def step_s(step: int) -> float:
         return median([next((s["s"] for s in r["steps"] if s["step"] == step), 0.0) for r in results])
 
+    new = max(s["step"] for r in results for s in r["steps"])
     row: dict[str, Any] = {
         "measure": f"{backend}, {n:,} events",
-        "upgrade 19→22, median (s)": round(median([r["s"] for r in results]), 2),
-        "step 20 (s)": step_s(20),
+        f"upgrade {OLD}→{new}, median (s)": round(median([r["s"] for r in results]), 2),
+        **{f"step {step} (s)": step_s(step) for step in STEPS},
         "runs (s)": " / ".join(f"{r['s']:.1f}" for r in results),
         "hub process peak RSS above its start (MiB)": round(
             median([(r["rss_peak_kib"] - r["rss_before_kib"]) / 1024 for r in results]), 1
@@ -524,7 +538,7 @@ async def main_async(args: argparse.Namespace) -> None:
     command = "python -m bench.bench_upgrade " + " ".join(sys.argv[1:])
     write_result(
         args.name,
-        title=f"Upgrading a hub of schema {OLD} in place: the transfers rebuilt from the ledger (step 20)"
+        title=f"Upgrading a hub of schema {OLD} in place: the steps that read the whole ledger ({', '.join(map(str, STEPS))})"
         + (f" — {args.label}" if args.label else ""),
         command=command,
         rows=rows,
@@ -548,7 +562,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--dir", default="/tmp/shelfsync-bench-upgrade")
-    parser.add_argument("--name", default="upgrade_020", help="the result file's name (bench/results/NAME.json)")
+    parser.add_argument("--name", default="upgrade_025", help="the result file's name (bench/results/NAME.json)")
     parser.add_argument("--label", default="", help="said after the title: what code this run measures")
     parser.add_argument("--keep", action="store_true", help="keep the schema-19 databases (to look into a step)")
     parser.add_argument("--reuse", action="store_true", help="upgrade copies of schema-19 databases kept before")

@@ -45,6 +45,10 @@ GLANCE_COLUMNS: dict[str, tuple[str, ...]] = {
                "server temp files (MiB)")
         for name in ("upgrade_020", "upgrade_020_before")
     },
+    **{
+        name: ("measure", "upgrade 19→25, median (s)", "step 20 (s)", "step 24 (s)", "step 25 (s)")
+        for name in ("upgrade_025", "upgrade_025_before")
+    },
 }  # fmt: skip
 
 
