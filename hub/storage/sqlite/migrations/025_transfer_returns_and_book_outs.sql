@@ -23,7 +23,7 @@
 -- (destination, SKU) into a temporary table that also names the stock rows the change feed is told of (as in step
 -- 20). The first version of this step walked events_ref and looked up every transfer of a location for each stock
 -- row, twice for its in transit and once for its change row, work growing with the square of the ledger: 18 s of
--- a 2,000,000-event ledger's upgrade, now 2-3 s (bench/bench_upgrade.py, docs/benchmarks.md). It is kept in
+-- a 2,000,000-event ledger's upgrade, now about 2 s (bench/bench_upgrade.py, docs/benchmarks.md). It is kept in
 -- tests/fixtures/migrations/ and must leave what this one leaves.
 ALTER TABLE transfers ADD COLUMN final_at INTEGER;
 ALTER TABLE transfers ADD COLUMN returned INTEGER NOT NULL DEFAULT 0;
