@@ -43,6 +43,15 @@ def fill(disk: Path) -> Path:
     return ballast
 
 
+def grow(disk: Path, size: str) -> None:
+    """Give the small disk at ``disk`` (mounted by ``small_disk``) ``size`` in all, its files kept: an operator
+    who makes room by growing the volume."""
+    grown = subprocess.run(
+        ["mount", "-o", f"remount,size={size}", str(disk)], capture_output=True, check=False, text=True
+    )
+    assert grown.returncode == 0, grown.stderr
+
+
 def sqlite_full(conn: sqlite3.Connection) -> None:
     """The SQLite file of ``conn`` may grow no more (SQLite's own SQLITE_FULL, as a full disk answers) while the
     files beside it can: its free pages filled, its page count capped where it stands.

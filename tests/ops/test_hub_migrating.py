@@ -36,7 +36,7 @@ from tests.harness.commands import hub_env, run_agent, run_hub
 from tests.harness.credentials import Credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, wait_until
-from tests.harness.small_disk import fill
+from tests.harness.small_disk import fill, grow
 from tests.ops.held_migration import FAIL_ENV, HOLD_FILE_ENV, HOLD_KEY_ENV
 
 LATEST = sqlite_schema.SCHEMA_VERSION
@@ -279,6 +279,7 @@ def test_a_full_disk_mid_migration_says_the_database_is_still_at_the_old_version
         assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
     conn.close()
     ballast.unlink()
+    grow(small_disk, "4m")  # the steps after 11 take more than the 1 MiB disk: the file and its -wal, ~1.1 MB
     done = run_hub("init", "--db", str(db), env=hub_env())
     assert done.returncode == 0 and f"(schema version {LATEST})" in done.stdout, done.stderr
 

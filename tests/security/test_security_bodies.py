@@ -82,7 +82,7 @@ def nested_json(depth: int) -> bytes:
 @pytest.mark.parametrize("depth", [100, 100_000])
 async def test_deeply_nested_bodies_are_a_4xx_on_every_write_route(hub: Hub, depth: int) -> None:
     """Refused with one sentence, never a 500: 400 for the nesting, or 413 from a route whose own body
-    limit the deep body is over (POST /v1/quarantine/{id} takes at most 1 KiB)."""
+    limit the deep body is over (POST /v1/quarantine/{id} and POST /v1/quarantine/release take at most 1 KiB)."""
     for method, path, name in write_routes(hub):
         kind = content_type_for(name)
         data = nested_msgpack(depth) if kind == MSGPACK_CONTENT_TYPE else nested_json(depth)
@@ -91,7 +91,8 @@ async def test_deeply_nested_bodies_are_a_4xx_on_every_write_route(hub: Hub, dep
         message = json.loads(body)["detail"]
         assert message and "\n" not in message and message.count(". ") == 0, message
         if status == 413:
-            assert name == "quarantine_resolve" and len(data) > QUARANTINE_BODY_MAX_BYTES, f"{method} {path}: {message}"
+            small = name in ("quarantine_resolve", "quarantine_release")
+            assert small and len(data) > QUARANTINE_BODY_MAX_BYTES, f"{method} {path}: {message}"
     await still_serves(hub)
 
 
