@@ -60,11 +60,12 @@ async def served_again(address: str, url: str, served: int, request: Callable[[]
     assert status == served
 
 
-def assert_429(status: int, headers: Mapping[str, str], body: bytes) -> None:
+def assert_429(status: int, headers: Mapping[str, str], body: bytes, window_s: int = 2) -> None:
+    """A 429 of the refused-attempts budget; ``window_s``: the time a full bucket takes to refill (BURST / rate)."""
     headers = {k.lower(): v for k, v in headers.items()}
     assert status == 429, (status, body)
     assert int(headers["retry-after"]) >= 1
-    assert headers["ratelimit-policy"] == f'"refused-attempts";q={BURST};w=2'
+    assert headers["ratelimit-policy"] == f'"refused-attempts";q={BURST};w={window_s}'
     problem = json.loads(body)
     assert problem["code"] == "rate_limited" and "refused_attempts_per_s" in problem["detail"], problem
 
@@ -167,7 +168,9 @@ async def test_a_flood_of_failed_sign_ins_is_answered_429_and_logged_in_a_few_li
     make_hub: HubFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    hub = await make_hub(refused_attempts_per_s=RATE_PER_S, refused_attempts_burst=BURST)
+    # An attempt back every 4 s: at RATE_PER_S a busy machine's half-second pause between two of the 200 let one
+    # through as a 403 (seen in a full run); the bucket's refill is waited for below all the same.
+    hub = await make_hub(refused_attempts_per_s=0.25, refused_attempts_burst=BURST)
     sign_in = f"{hub.url}/dashboard/sign-in"
     reader = {"token": hub.reader[1]}
     wrong = {"token": "not-a-credential-" + "x" * 20}
@@ -175,7 +178,7 @@ async def test_a_flood_of_failed_sign_ins_is_answered_429_and_logged_in_a_few_li
         status, _, _ = await post_from(FLOODER, sign_in, data=wrong)
         assert status == 403
     for _ in range(200):
-        assert_429(*await post_from(FLOODER, sign_in, data=wrong))
+        assert_429(*await post_from(FLOODER, sign_in, data=wrong), window_s=12)
     status, _, _ = await post_from(FLOODER, sign_in, data=reader)
     assert status == 429, "the flooding address cannot sign in either until its bucket refills"
 
