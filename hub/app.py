@@ -110,12 +110,6 @@ LIMIT_MAX = 10_000
 # A JSON page of the ledger ends early, with a ``next`` cursor, once its rows pass this many bytes (docs/hub-api.md,
 # GET /v1/ledger): 10,000 events with attrs at their limits were a page of ~95 MiB.
 LEDGER_PAGE_BYTES = 4 * 1024 * 1024
-# ... and is read from the store about this many bytes of rows at a time (100 rows first, then from 50 to 1,000 from
-# the size of the rows read so far), each turned to JSON before the next is read: the event loop is free between.
-LEDGER_CHUNK_BYTES = 256 * 1024
-LEDGER_CHUNK_ROWS_FIRST = 100
-LEDGER_CHUNK_ROWS_MIN = 50
-LEDGER_CHUNK_ROWS_MAX = 1000
 MSGPACK_CONTENT_TYPES = frozenset({MSGPACK_CONTENT_TYPE, "application/x-msgpack"})
 
 
@@ -618,29 +612,27 @@ async def _ledger_rows(
 ) -> tuple[list[bytes], LedgerKey | None]:
     """A page of the ledger as JSON rows, and the key of its last row when more follow (its ``next``).
 
-    Read from the store ``LEDGER_CHUNK_BYTES`` of rows at a time, each turned to JSON before the next is read, so
-    the event loop serves other requests between them; and the page ends once it passes ``LEDGER_PAGE_BYTES``,
-    whatever ``limit`` says. 10,000 events with attrs at their limits are ~95 MiB of JSON, once built in one go on
-    the loop: one reader of such pages held every other answer ~2 s (docs/hub-api.md, GET /v1/ledger)."""
+    Read from the store a part at a time (``csvexport.ledger_pages``, as the CSV download reads it), each part
+    turned to JSON before the next is read, so the event loop serves other requests between them; and the page
+    ends once it passes ``LEDGER_PAGE_BYTES``, whatever ``limit`` says. 10,000 events with attrs at their limits
+    are ~95 MiB of JSON, once built in one go on the loop: one reader of such pages held every other answer ~2 s
+    (docs/hub-api.md, GET /v1/ledger)."""
     out: list[bytes] = []
     size = 0
-    chunk = LEDGER_CHUNK_ROWS_FIRST
-    key = after
-    while True:
-        want = min(chunk, limit - len(out))
-        rows = await store.ledger(
-            location=location, sku=sku, limit=want + 1, before=before if key is None else None, after=key
-        )
-        for i, r in enumerate(rows[:want]):
-            text = views.dumps(views.ledger_row(r)).encode()
-            out.append(text)
-            size += len(text) + 1
-            key = keys.ledger_key(r)
-            if i + 1 < len(rows) and (size >= LEDGER_PAGE_BYTES or len(out) == limit):
-                return out, key  # rows follow: the page ends here, ``next`` continues after this one
-        if len(rows) <= want:
-            return out, None  # the ledger (under these filters) ends with this page
-        chunk = min(LEDGER_CHUNK_ROWS_MAX, max(LEDGER_CHUNK_ROWS_MIN, LEDGER_CHUNK_BYTES * len(out) // size))
+    last: LedgerKey | None = None
+    parts = csvexport.ledger_pages(store, location, sku, before=before, after=after, limit=limit + 1)
+    try:
+        async for part in parts:
+            for row in part:
+                if len(out) == limit or size >= LEDGER_PAGE_BYTES:
+                    return out, last  # a row follows: the page ends here, ``next`` continues after its last row
+                text = views.dumps(views.ledger_row(row)).encode()
+                out.append(text)
+                size += len(text) + 1
+                last = keys.ledger_key(row)
+    finally:
+        await parts.aclose()
+    return out, None  # the ledger (under these filters) ends with this page
 
 
 async def get_exceptions(request: web.Request) -> web.StreamResponse:
