@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -97,7 +98,7 @@ class HubProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> HubProcess:
+    def start(self) -> Self:
         """Start it and return once it answers ``/healthz``."""
         self.spawn()
         self.wait_ready()
@@ -166,7 +167,7 @@ class HubProcess:
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
         self._reap()
 
-    def __enter__(self) -> HubProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
