@@ -18,7 +18,9 @@ credential may read it), and stores them (``CountCache.store_read``):
   ``PAGE_LIMIT`` a page, until none of its due SKUs is left to read or the last page is read.
 
 Only keys with nothing pending are read: the hub may already hold a pending movement whose answer is on its way,
-and it would count twice; the answer to that movement carries the key's count anyway. What was read is stored
+and it would count twice; the answer to that movement carries the key's count anyway, and one that settles it
+without (the hub refused the movement, or holds it in its clock quarantine) has the key read then
+(``AnswerResult.due_settled``). What was read is stored
 only if the acknowledged mark did not move meanwhile. A failure (the hub unreachable, its read budget spent, a
 5xx, an answer that is not the hub's) leaves the keys due; the replicator tries again after a backoff.
 """

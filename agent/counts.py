@@ -207,6 +207,22 @@ _NOTHING_PENDING = (
 )
 
 
+def due_settled(conn: sqlite3.Connection, after_seq: int, upto_seq: int) -> int:
+    """Inside the caller's write transaction, the one that settled (acknowledged, refused or held at the hub) the
+    movements after ``after_seq`` up to ``upto_seq``: how many of their keys are due and have nothing pending now.
+    A due key with a pending movement waits for that movement's answer, which brings its count; an answer that
+    settles it without (the hub refused the movement, or holds it in its clock quarantine) leaves it due, and it
+    can be read now."""
+    if upto_seq <= after_seq or not conn.execute("SELECT EXISTS (SELECT 1 FROM counts_due)").fetchone()[0]:
+        return 0
+    settled: int = conn.execute(
+        "SELECT count(*) FROM counts_due WHERE (location, sku) IN"
+        f" (SELECT location, sku FROM events WHERE seq > ? AND seq <= ?) AND {_NOTHING_PENDING}",
+        (after_seq, upto_seq),
+    ).fetchone()[0]
+    return settled
+
+
 def due_locations(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT DISTINCT location FROM counts_due ORDER BY location")]
 

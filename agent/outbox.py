@@ -79,6 +79,7 @@ from agent.counts import (
     CountCache,
     HeldCounts,
     add_positions,
+    due_settled,
     forget_positions,
     mark_due,
     store_changes,
@@ -221,6 +222,9 @@ class AnswerResult:
     feed_restarted: bool = False  # that position went back: the hub was restored, the cache follows it from 0
     hub_id_before: str | None = None  # the hub's database id this outbox last synced with there, if it differs now
     due: int = 0  # keys whose acknowledged movements this answer's counts lack (agent.counts, "due")
+    # due keys whose pending movements this answer settled without bringing their counts (the hub refused or held
+    # them): nothing of them is pending now, so their counts can be read (agent.counts.due_settled)
+    due_settled: int = 0
 
     @property
     def rewound(self) -> bool:
@@ -928,7 +932,8 @@ class Outbox(SqliteFile):
         when this one moves the mark to theirs or past it in this history (``agent.counts.HeldCounts``).
         ``counted``: the first and last seq of the batch the answer is for (None: a handshake, which carries no
         counts of movements). The movements the mark moves past outside it (and outside ``held``'s) came with no
-        counts: their keys are due (``agent.counts.mark_due``), unless this answer's counts hold them."""
+        counts: their keys are due (``agent.counts.mark_due``), unless this answer's counts hold them; due keys
+        whose last pending movements it settles without their counts can be read now (``due_settled``)."""
         as_of_ms = resp.server_time_ms or self._wall_clock_ms()
 
         def apply(conn: sqlite3.Connection) -> AnswerResult:
@@ -953,6 +958,9 @@ class Outbox(SqliteFile):
             store_counts(conn, resp.counts, as_of_ms, resp.change_id)
             if due:  # … but for the keys whose counts the answer holds
                 due = conn.execute("SELECT count(*) FROM counts_due").fetchone()[0]
+            settled = 0
+            if result.acked_seq > result.previous_acked_seq and result.forked_from_epoch is None:
+                settled = due_settled(conn, result.previous_acked_seq, result.acked_seq)
             if resp.held is not None:
                 _set_meta(conn, held_by_hub=resp.held)
             before = None
@@ -971,8 +979,9 @@ class Outbox(SqliteFile):
                 hub_reachable=1,
             )
             return dataclasses.replace(
-                result, change_id=resp.change_id, feed_restarted=restarted, hub_id_before=before, due=due
-            )
+                result, change_id=resp.change_id, feed_restarted=restarted, hub_id_before=before, due=due,
+                due_settled=settled,
+            )  # fmt: skip
 
         result = await self._write(apply)
         self._after_ack(resp.hwm, result)

@@ -826,7 +826,7 @@ class Replicator(HubLoop):
             )
         self._acked_seq = result.acked_seq
         self._waiting = result.backlog
-        if result.due:
+        if result.due or result.due_settled:
             self._refresh_due, self._refresh_at_s = True, 0.0
         if result.feed_restarted:
             log.warning(
@@ -928,6 +928,8 @@ class Replicator(HubLoop):
                 level=logging.ERROR,
             )
         count = await self._outbox.set_aside(rejections)
+        # A due key waiting for one of them (agent.counts, "due") has nothing pending now: its count can be read.
+        self._refresh_due = self._refresh_due or count > 0
         log.warning(
             "The hub refused %d event(s) of a batch of %d as invalid and committed none; they were set aside"
             " (first: seq %d: %s) and the rest is sent again.",

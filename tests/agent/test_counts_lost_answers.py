@@ -26,12 +26,14 @@ from agent import Movement, Outbox, Replicator, count_refresh
 from hub import HubSettings, create_app, open_store, views
 from protocol import CountSnapshot, Kind, SyncResponse
 from protocol.feed import FeedChange
+from protocol.hlc import pack_hlc, wall_ms_now
 from tests.agent.test_counts_full_disk import FullDisk, eventually
 from tests.faults.proxy import FaultProxy, RequestInfo
 from tests.harness.inprocess import ServedHub, serve_app
 
 LOC = "S001"
 WAIT_S = 30.0
+DAY_MS = 86_400_000
 FAST: dict[str, Any] = {
     "batch_size": 1_000, "tick_s": 0.05, "retry_base_s": 0.01, "retry_max_s": 0.05, "timeout_s": 10.0,
     "heartbeat_s": 3_600.0, "rng": random.Random(7),
@@ -44,15 +46,24 @@ class Losses:
 
     def __init__(self) -> None:
         self.lose_batch = False
+        self.lose_next_batch = False  # the answer to the next sync carrying events, with a replicator running
         self.counts_down = False
         self.lost: list[RequestInfo] = []
         self.syncs: list[RequestInfo] = []  # since lose_batch was set
         self.counts_reads = 0
+        self.handshake_bytes = 0  # the body of a sync without events, as the last one seen
 
     def __call__(self, info: RequestInfo, status: int) -> bool:
         if info.path.startswith("/v1/counts"):
             self.counts_reads += 1
             return self.counts_down
+        if info.path == "/v1/sync" and (self.handshake_bytes == 0 or info.body_bytes < self.handshake_bytes):
+            self.handshake_bytes = info.body_bytes
+        carries_events = info.body_bytes > self.handshake_bytes + 40  # one event is ~69 bytes
+        if self.lose_next_batch and info.path == "/v1/sync" and status == 200 and carries_events:
+            self.lose_next_batch = False
+            self.lost.append(info)
+            return True
         if self.lose_batch and info.path == "/v1/sync":
             self.syncs.append(info)
             if len(self.syncs) == 2 and status == 200:  # the handshake went through; the batch's answer is lost
@@ -197,6 +208,38 @@ async def test_many_skus_are_read_in_chunks_of_their_own(tmp_path: Path, monkeyp
                 await eventually(f"{sku}'s count is read again", lambda: _refreshed(s.outbox, sku, 8))  # noqa: B023
         assert s.losses.counts_reads == 4, "15 SKUs, 4 a request"
         assert [await s.on_hand(sku) for sku in others] == [1] * len(others)
+
+
+@pytest.mark.parametrize("how", ["refused", "held"])
+async def test_a_due_sku_waiting_for_its_pending_movement_is_read_once_the_hub_refuses_or_holds_it(
+    tmp_path: Path, how: str
+) -> None:
+    """Found: a due SKU is not read while it has a pending movement (its answer brings the count); when the hub then
+    refused that movement (or held it in its clock quarantine), the answer brought no count of the SKU, and nothing
+    read it again: it stayed due, its movements flagged as not in the hub's count, until the agent's next start or
+    the next lost answer. Now the answer that settles a due SKU's pending movements without its count has it read."""
+    async with store_and_hub(tmp_path) as s:
+        await synced(s, dock("A", 10))
+        await s.outbox.record([dock("A", 5)])  # seq 2: its answer is lost, and the hub's counts cannot be read
+        s.losses.lose_batch = s.losses.counts_down = True
+        async with s.replicator():
+            await eventually("the handshake acknowledges the batch", lambda: s.acked(2))
+            await eventually("the counts were asked for", lambda: _at_least(lambda: s.losses.counts_reads, 1))
+        # Before the agent starts again, a movement of A the hub will not count: a transfer naming no destination
+        # (refused), or one stamped days ahead of the hub's clock (held for an operator there).
+        if how == "refused":
+            await s.outbox.record([Movement(LOC, "A", Kind.TRANSFER_OUT, -1, "scanner:dock", ref="T-1")])
+        else:
+            ahead = pack_hlc(wall_ms_now() + 3 * DAY_MS, 0)
+            await s.outbox.record([Movement(LOC, "A", Kind.SALE, -1, "scanner:dock", occurred_at=ahead)])
+        s.losses.counts_down = False
+        reads = s.losses.counts_reads
+        async with s.replicator():  # its first read, after the handshake, passes A by: seq 3 is pending
+            await eventually("the hub answers seq 3", lambda: s.acked(3))
+            await eventually("A's count is read again", lambda: _refreshed(s.outbox, "A", 15))
+        assert s.losses.counts_reads == reads + 1
+        (rejected,) = await s.outbox.list_rejected()
+        assert rejected.code == ("invalid_transfer" if how == "refused" else "quarantined")
 
 
 def test_a_chunk_keeps_its_query_under_the_hubs_request_line() -> None:
