@@ -44,7 +44,9 @@ transaction that moves the mark): the cached hub count lacks them, so ``local_co
 pending ones (``stale_events`` says how many), and the replicator reads the keys' counts from the hub
 (``agent.count_refresh``). A due key takes a value only from a later place in the hub's commit order: a sync
 answer that carries it, a feed change at or after the position of the answer that made it due (an older change
-may or may not hold the movements), or the hub's count read once nothing of the key is pending.
+may or may not hold the movements), or the hub's count read once nothing of the key is pending. A key not read by
+the time the outbox's retention purges its movements keeps them in the hub's count held here and is due no more
+(``keep_expiring``): the local count neither loses them with their rows nor stays flagged for ever.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ def add_positions(conn: sqlite3.Connection) -> None:
 
 @dataclass(frozen=True, slots=True)
 class HubCount:
-    """A count as the hub last answered it, and when (hub time, ms)."""
+    """A count as the hub last answered it, and when (hub time, ms); for a due key retention purged the movements
+    of, with those movements added (``keep_expiring``)."""
 
     location: str
     sku: str
@@ -315,6 +318,29 @@ class HeldCounts:
         _not_due(conn, list(self._rows))
 
 
+def keep_expiring(conn: sqlite3.Connection, upto_seq: int, now_ms: int) -> list[tuple[str, str]]:
+    """Inside the caller's write transaction, the one that purges the acknowledged movements up to ``upto_seq``
+    (kept for the outbox's retention): a due key with movements among them was not read from the hub for that
+    long (``agent.count_refresh``), and the local count would lose them with their rows. Its movements the hub's
+    count held here lacks are added to it instead, as the local count added them, and the key is due no more: a
+    count is not flagged for ever, and the next value the hub gives (a sync answer, a feed change, a read) replaces
+    it. ``now_ms``: the time of a key the hub never gave a count of. The keys."""
+    keys: list[tuple[str, str]] = conn.execute(
+        "SELECT location, sku FROM counts_due WHERE after_seq < ? ORDER BY location, sku", (upto_seq,)
+    ).fetchall()
+    for location, sku in keys:
+        c = _local_count(conn, location, sku, with_pending=False)
+        at = conn.execute(
+            "SELECT c.as_of_ms, c.change_id FROM counts_due d LEFT JOIN counts c USING (location, sku)"
+            " WHERE d.location = ? AND d.sku = ?",
+            (location, sku),
+        ).fetchone()
+        as_of_ms = now_ms if at[0] is None else at[0]
+        conn.execute(_UPSERT, (location, sku, c.on_hand, c.reserved, c.available, c.in_transit, as_of_ms, at[1]))
+    conn.executemany("DELETE FROM counts_due WHERE location = ? AND sku = ?", keys)
+    return [(k[0], k[1]) for k in keys]
+
+
 def forget_positions(conn: sqlite3.Connection) -> None:
     """The hub's change numbering restarted (it was restored from a backup): every row's position is unknown."""
     conn.execute("UPDATE counts SET change_id = NULL WHERE change_id IS NOT NULL")
@@ -329,7 +355,7 @@ def _hub_count(conn: sqlite3.Connection, location: str, sku: str) -> HubCount | 
     return None if row is None else HubCount(location, sku, *row)
 
 
-def _local_count(conn: sqlite3.Connection, location: str, sku: str) -> LocalCount:
+def _local_count(conn: sqlite3.Connection, location: str, sku: str, *, with_pending: bool = True) -> LocalCount:
     hub = _hub_count(conn, location, sku)
     due = conn.execute(
         "SELECT after_seq, upto_seq FROM counts_due WHERE location = ? AND sku = ?", (location, sku)
@@ -337,14 +363,19 @@ def _local_count(conn: sqlite3.Connection, location: str, sku: str) -> LocalCoun
     # Not in the hub's count held here: the pending events, and the acknowledged ones it lacks (due). They apply,
     # and so do the acknowledged ones ordered after the first such count: the hub's count holds those, and such a
     # count stamped before them (a bin count of a round, at the round's count before it) replaces that count here,
-    # as at the hub, which applies them on top of it.
-    uncounted = "(seq > (SELECT value FROM meta WHERE key = 'acked_seq') OR (seq > ? AND seq <= ?))"
+    # as at the hub, which applies them on top of it. Without the pending ones (``with_pending=False``): the hub's
+    # count with the due ones, as far as this agent can tell.
+    acked = "(SELECT value FROM meta WHERE key = 'acked_seq')"
+    uncounted = f"(seq > {acked} OR (seq > ? AND seq <= ?))"
+    kept = "seq NOT IN (SELECT seq FROM rejected)"
+    if not with_pending:
+        uncounted, kept = "(seq > ? AND seq <= ?)", f"{kept} AND seq <= {acked}"
     rows = conn.execute(
-        f"SELECT kind, qty, seq > (SELECT value FROM meta WHERE key = 'acked_seq'), {uncounted} FROM events"
-        f" WHERE location = ? AND sku = ? AND seq NOT IN (SELECT seq FROM rejected)"
+        f"SELECT kind, qty, seq > {acked}, {uncounted} FROM events"
+        f" WHERE location = ? AND sku = ? AND {kept}"
         f" AND ({uncounted} OR (occurred_at, seq) > ("
         f"  SELECT occurred_at, seq FROM events WHERE location = ? AND sku = ? AND kind = 'count'"
-        f"  AND {uncounted} AND seq NOT IN (SELECT seq FROM rejected)"
+        f"  AND {uncounted} AND {kept}"
         f"  ORDER BY occurred_at, seq LIMIT 1))"
         " ORDER BY occurred_at, seq",
         (*due, location, sku, *due, location, sku, *due),
@@ -383,7 +414,7 @@ class CountCache:
         self._outbox = outbox
 
     async def hub_count(self, location: str, sku: str) -> HubCount | None:
-        """The count exactly as the hub last answered it, or None if it never has."""
+        """The count exactly as the hub last answered it (``HubCount``), or None if it never has."""
         return await self._outbox._read(lambda conn: _hub_count(conn, location, sku))
 
     async def local_count(self, location: str, sku: str) -> LocalCount:
@@ -413,11 +444,13 @@ class CountCache:
         missing: Sequence[str] | None = (),
     ) -> int | None:
         """``store_read_counts`` in a transaction of its own."""
-        return await self._outbox._write(
+        left = await self._outbox._write(
             lambda conn: store_read_counts(
                 conn, location, counts, acked_seq=acked_seq, as_of_ms=as_of_ms, missing=missing
             )
         )
+        self._outbox.expired_said = False  # the hub's counts are read again: a next time is news
+        return left
 
     async def all_hub_counts(self, location: str | None = None) -> list[HubCount]:
         def read(conn: sqlite3.Connection) -> list[HubCount]:

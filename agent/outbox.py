@@ -81,6 +81,7 @@ from agent.counts import (
     add_positions,
     due_settled,
     forget_positions,
+    keep_expiring,
     mark_due,
     store_changes,
     store_counts,
@@ -394,6 +395,8 @@ class Outbox(SqliteFile):
         self._retention_ms = int(retention_s * 1000)
         self._last_purge_ms = 0
         self._clocks_apart_said: dict[int, float] = {}  # direction (+1: the hub's moved more) -> monotonic s said
+        # Retention purged due keys' movements (agent.counts.keep_expiring) and said so, since counts were last read
+        self.expired_said = False
         self._monotonic_s: Callable[[], float] = time.monotonic  # the rate limit's clock, not moved by the wall's
         self.clock = HybridClock(wall_clock_ms=wall_clock_ms)
         self.agent_id = ""
@@ -1355,8 +1358,24 @@ class Outbox(SqliteFile):
         if mark is None:
             return
         upto = min(mark, _meta(conn, "acked_seq"))
+        if kept := keep_expiring(conn, upto, now_ms):
+            self._say_kept(kept)
         conn.execute("DELETE FROM events WHERE seq <= ? AND seq NOT IN (SELECT seq FROM rejected)", (upto,))
         conn.execute("DELETE FROM acks WHERE at_ms <= ?", (cutoff_ms,))
+
+    def _say_kept(self, keys: Sequence[tuple[str, str]]) -> None:
+        """One WARNING while the hub's counts cannot be read (``agent.count_refresh``), however many purges keep
+        due keys' movements in their counts meanwhile (``agent.counts.keep_expiring``); the rest at DEBUG."""
+        level = logging.DEBUG if self.expired_said else logging.WARNING
+        self.expired_said = True
+        first = f"{keys[0][1]!r} at {keys[0][0]}"
+        log.log(
+            level,
+            "The hub's counts of %d SKU(s) (first: %s) could not be read for longer than the outbox keeps"
+            " acknowledged movements (retention_days, %g); their local counts keep this store's movements the hub's"
+            " count held here lacked, no longer flagged as stale, until the hub gives a count of them again.",
+            len(keys), first, self._retention_ms / 86_400_000,
+        )  # fmt: skip
 
     async def synced_hub_id(self, hub_url: str) -> str | None:
         """The id of the hub's database this outbox last synced with, if that was at ``hub_url`` (None: not known)."""

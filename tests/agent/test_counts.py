@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent import Movement, Outbox
+from agent import outbox as outbox_module
 from agent.counts import HeldCounts
 from protocol import CountSnapshot, Kind, Rejection, SyncResponse
 
@@ -92,3 +95,33 @@ async def test_counts_of_answers_a_full_disk_refused_are_stored_with_the_answer_
         assert (a.on_hand, a.pending_events, a.hub_as_of_ms) == (15, 0, 1_700_000_001_000)
         assert (b.on_hand, b.pending_events) == (-1, 0)
         assert (c.on_hand, c.pending_events) == (-2, 1)  # seq 4 is still on its way
+
+
+async def test_retention_purging_a_due_keys_movements_keeps_them_in_its_count_without_the_pending_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox alone (agent.counts.keep_expiring): a due key whose acknowledged movements retention purges keeps
+    them in the hub's count held here (a sale, a reservation), not its pending ones, and is due no more."""
+    monkeypatch.setattr(outbox_module, "PURGE_EVERY_MS", 0)
+    wall = [1_700_000_000_000]
+    async with Outbox.open(
+        tmp_path / "o.sqlite3", agent_id=AGENT, location=LOC, retention_s=10.0, wall_clock_ms=lambda: wall[0]
+    ) as outbox:
+        await outbox.record([move(Kind.RECEIVE, 10)])
+        first = answer(outbox, 1, CountSnapshot(LOC, "A", 10, 0, 10), server_time_ms=wall[0])
+        await outbox.apply_answer(first, clock_skew_ms=0, counted=(1, 1))
+        await outbox.record([move(Kind.SALE, -3), move(Kind.RESERVE, 2, ref="R-1")])  # seq 2, 3: answer lost
+        wall[0] += 1_000
+        assert (await outbox.apply_answer(answer(outbox, 3, server_time_ms=wall[0]), clock_skew_ms=0)).due == 1
+        await outbox.record([move(Kind.SALE, -1)])  # seq 4, pending
+        a = await outbox.counts.local_count(LOC, "A")
+        assert (a.on_hand, a.reserved, a.pending_events, a.stale_events) == (6, 2, 1, 2)
+
+        wall[0] += 20_000  # the hub's answers and this machine's clock: 20 s on, past the 10 s kept
+        await outbox.apply_answer(answer(outbox, 3, server_time_ms=wall[0]), clock_skew_ms=0)
+        assert await outbox.counts.due_locations() == []
+        a = await outbox.counts.local_count(LOC, "A")
+        assert (a.on_hand, a.reserved, a.pending_events, a.stale_events) == (6, 2, 1, 0)
+        hub = await outbox.counts.hub_count(LOC, "A")
+        assert hub is not None and (hub.on_hand, hub.reserved, hub.available) == (7, 2, 5)
+        assert [ev.seq for ev in await outbox.booked(LOC, "A")] == [4]  # the acknowledged ones were purged

@@ -11,8 +11,10 @@ received, 5 more received: 10) until the next sync of that SKU or a change of it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from urllib.parse import quote
 import pytest
 
 from agent import Movement, Outbox, Replicator, count_refresh
+from agent import outbox as outbox_module
 from hub import HubSettings, create_app, open_store, views
 from protocol import CountSnapshot, Kind, SyncResponse
 from protocol.feed import FeedChange
@@ -93,7 +96,7 @@ class Setup:
 
 
 @asynccontextmanager
-async def store_and_hub(tmp_path: Path) -> AsyncIterator[Setup]:
+async def store_and_hub(tmp_path: Path, **outbox_kw: Any) -> AsyncIterator[Setup]:
     async with open_store(str(tmp_path / "hub.db")) as store:
         agent_id, token = await store.add_agent([LOC])
         app = create_app(store, HubSettings(db=str(tmp_path / "hub.db")))
@@ -101,7 +104,7 @@ async def store_and_hub(tmp_path: Path) -> AsyncIterator[Setup]:
         async with (
             serve_app(app) as hub,
             FaultProxy(hub.port, on_response=losses) as proxy,
-            Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location=LOC) as outbox,
+            Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location=LOC, **outbox_kw) as outbox,
         ):
             yield Setup(hub, proxy, outbox, token, losses)
 
@@ -240,6 +243,49 @@ async def test_a_due_sku_waiting_for_its_pending_movement_is_read_once_the_hub_r
         assert s.losses.counts_reads == reads + 1
         (rejected,) = await s.outbox.list_rejected()
         assert rejected.code == ("invalid_transfer" if how == "refused" else "quarantined")
+
+
+async def test_a_due_sku_whose_movements_outlive_the_outboxs_retention_keeps_them_and_is_due_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: a SKU whose hub count could not be read (here the hub's answers to the read are lost; the syncs go
+    through, so acknowledged movements age) stayed due after retention purged its movements: the local count then
+    lacked them (15 received, 10 shown), while the SKU stayed due, and due for ever. Now, when retention purges a
+    due SKU's movements, they are added to the hub's count held here, as the local count added them, and the SKU
+    is due no more; one WARNING says so, however many purges follow while the counts cannot be read."""
+    caplog.set_level(logging.DEBUG, logger="agent")
+    monkeypatch.setattr(outbox_module, "PURGE_EVERY_MS", 0)  # every answer purges what is past retention
+    async with store_and_hub(tmp_path, retention_s=0.5) as s:  # retention: 0.5 s of the hub's answers
+        await synced(s, dock("A", 10), dock("B", 4))
+        await s.outbox.record([dock("A", 5)])  # seq 3: its answer is lost, and the counts cannot be read
+        s.losses.lose_batch = s.losses.counts_down = True
+        async with s.replicator(heartbeat_s=0.05):
+            await eventually("the handshake acknowledges the batch", lambda: s.acked(3))
+            await eventually("retention purges seq 3", lambda: _purged(tmp_path, 3))
+            await eventually("A is due no more", lambda: _not_due(s.outbox))
+            a = await s.outbox.counts.local_count(LOC, "A")
+            assert (a.on_hand, a.pending_events, a.stale_events) == (15, 0, 0)
+
+            s.losses.lose_next_batch = True  # B's sale is lost the same way, and purged later
+            await s.outbox.record([dock("B", -1, Kind.SALE)])  # seq 4
+            await eventually("the handshake acknowledges B's sale", lambda: s.acked(4))
+            await eventually("retention purges seq 4", lambda: _purged(tmp_path, 4))
+            await eventually("B is due no more", lambda: _not_due(s.outbox))
+            b = await s.outbox.counts.local_count(LOC, "B")
+            assert (b.on_hand, b.pending_events, b.stale_events) == (3, 0, 0)
+        said = [r for r in caplog.records if "longer than the outbox keeps" in r.getMessage()]
+        assert [r.levelno for r in said] == [logging.WARNING, logging.DEBUG], [r.getMessage() for r in said]
+        hub_a, hub_b = await s.outbox.counts.hub_count(LOC, "A"), await s.outbox.counts.hub_count(LOC, "B")
+        assert hub_a is not None and hub_b is not None and (hub_a.on_hand, hub_b.on_hand) == (15, 3)
+
+
+async def _purged(tmp_path: Path, seq: int) -> bool:
+    with contextlib.closing(sqlite3.connect(tmp_path / "outbox.sqlite3")) as conn:
+        return conn.execute("SELECT count(*) FROM events WHERE seq = ?", (seq,)).fetchone()[0] == 0
+
+
+async def _not_due(outbox: Outbox) -> bool:
+    return await outbox.counts.due_locations() == []
 
 
 def test_a_chunk_keeps_its_query_under_the_hubs_request_line() -> None:
