@@ -60,6 +60,7 @@ from agent.hub_loop import (
     HubLoop,
     broken,
     hub_answered,
+    hub_lost,
     hub_unavailable,
     not_a_hubs_json,
     not_the_hubs,
@@ -321,6 +322,8 @@ class CountFeed(HubLoop):
                 kind="unreachable",
             ) from None
         except aiohttp.ClientError as err:
+            if isinstance(err, aiohttp.ClientConnectorError):
+                hub_lost(url)
             wrong = await wrong_address(self._base, err)
             raise TurnFailed(
                 wrong or f"the change feed at {self._base} could not be read ({broken(err)})", kind="unreachable"

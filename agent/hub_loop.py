@@ -310,6 +310,7 @@ def hub_connector() -> aiohttp.TCPConnector:
 
 
 _unavailable: dict[str, str] = {}  # hub (scheme://host:port) -> its 503 sentence, while it answers 503
+_lost: dict[str, int] = {}  # hub (scheme://host:port) -> how many times a loop found it not serving (hub_lost)
 
 
 def _hub(url: str) -> str:
@@ -321,10 +322,24 @@ def hub_unavailable(url: str, message: str) -> int:
     """A loop's request to ``url`` was answered 503 with ``message``: said here at WARNING when the hub was
     serving until now (for all of this agent's loops); the level the loop says its own failure at (DEBUG)."""
     hub = _hub(url)
+    hub_lost(url)
     if hub not in _unavailable:
         log.warning("The hub at %s does not serve for now: %s.", hub, message)
     _unavailable[hub] = message
     return logging.DEBUG
+
+
+def hub_lost(url: str) -> None:
+    """A loop could not connect to the hub at ``url``, or it answered 503 (``hub_unavailable``): it may be
+    restarting (an upgrade is a restart), so what a loop learned of it (``agent.count_refresh.HubForms``) is
+    learned again. A lost answer (a connection cut after the request) is not such a sign."""
+    hub = _hub(url)
+    _lost[hub] = _lost.get(hub, 0) + 1
+
+
+def times_lost(url: str) -> int:
+    """How many times this agent's loops found the hub at ``url`` not serving (``hub_lost``)."""
+    return _lost.get(_hub(url), 0)
 
 
 def hub_answered(url: str) -> None:

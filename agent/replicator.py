@@ -56,7 +56,7 @@ from typing import Any, NamedTuple, overload
 import aiohttp
 
 from agent import huberrors
-from agent.count_refresh import RefreshFailed, refresh_due
+from agent.count_refresh import HubForms, RefreshFailed, refresh_due
 from agent.counts import HeldCounts
 from agent.errors import AgentError, OutboxClosed, OutboxError, disk_full
 from agent.feed import WAIT_S as FEED_WAIT_S
@@ -69,6 +69,7 @@ from agent.hub_loop import (
     HubLoop,
     broken,
     hub_answered,
+    hub_lost,
     hub_unavailable,
     not_found,
     not_the_hubs,
@@ -327,6 +328,7 @@ class Replicator(HubLoop):
         self._refresh_backoff = Backoff(retry_base_s, retry_max_s, jitter=FULL_JITTER)
         self._refresh_failures = 0
         self._refresh_at_s = 0.0  # monotonic time of the next try after a failure
+        self._hub_forms = HubForms()  # … and what the hub's GET /v1/counts reads, learned across reads
         self._keep_going = False  # the turn that failed so goes on at once, without a handshake
         self._hub_clock_off_ms: int | None = None  # the hub's last answer said its own clock is off (HUB_CLOCK_HEADER)
         # The count cache's change feed (agent.feed), gated by this replicator: ``_busy`` counts attempts under
@@ -450,7 +452,7 @@ class Replicator(HubLoop):
         the turn: a failure is said once (the local count adds the movements meanwhile, and says so) and tried again
         after a backoff."""
         try:
-            done = await refresh_due(self._outbox, self._http(), self._hub_url, self._token)
+            done = await refresh_due(self._outbox, self._http(), self._hub_url, self._token, self._hub_forms)
         except (RefreshFailed, OutboxError) as err:
             if isinstance(err, OutboxClosed):
                 raise
@@ -754,6 +756,7 @@ class Replicator(HubLoop):
                 reachable=False,
             ) from None
         except aiohttp.ClientConnectorError as err:
+            hub_lost(self._url)
             reason = err.os_error.strerror or str(err.os_error)
             wrong = await wrong_address(self._hub_url, err) or f"could not connect to the hub at {self._url} ({reason})"
             raise TurnFailed(wrong, kind="unreachable", reachable=False) from err

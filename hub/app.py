@@ -435,7 +435,9 @@ async def _flush_repeats(app: web.Application) -> None:
 async def _name_the_database(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer names the database the hub serves (``routes.HUB_ID_HEADER``, as public as /healthz): an agent
     refused by a hub restored from another hub's backup can say that, not only that its token was refused. The
-    same id whoever asks, with whatever credential: it tells nothing of the agents."""
+    same id whoever asks, with whatever credential: it tells nothing of the agents. And the hub's API version
+    (``routes.API_VERSION_HEADER``), as public as /v1/openapi.json."""
+    response.headers[routes.API_VERSION_HEADER] = openapi.API_VERSION
     hub_id = request.app[STORE_KEY].hub_id
     if hub_id:
         response.headers[routes.HUB_ID_HEADER] = hub_id

@@ -91,7 +91,7 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.10.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
@@ -129,6 +129,7 @@ API_VERSION = "1.10.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      data.returned of a transfer's exceptions (its shipper received units back: a receipt back counts against its
 #      shipment elsewhere and a final one closes it) and data.booked_out of a transfer_unmatched (an adjust carrying
 #      the ref booked units out again where they were received: what is booked out is no longer listed)
+# 1.11: the header Shelfsync-Api-Version on every answer of a route (this version)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"

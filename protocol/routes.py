@@ -30,6 +30,10 @@ HUB_CLOCK_AGREED_HEADER: Final = "Shelfsync-Hub-Clock-Agreed"
 # made when the database was created and kept in it, so a restore of another hub's backup changes it. Public, as
 # /healthz is. An agent keeps the one it last synced with: a 401/403 from a hub whose id changed says so.
 HUB_ID_HEADER: Final = "Shelfsync-Hub-Id"
+# A header of every answer of the hub's routes (API 1.11): the version of its API (``info.version`` of its OpenAPI document,
+# ``1.<minor>.<patch>``). An agent that learned what an older hub does not read (several ``sku`` in one
+# ``GET /v1/counts``, before 1.10) forgets it when the answers name another version; a hub before 1.11 names none.
+API_VERSION_HEADER: Final = "Shelfsync-Api-Version"
 # A sync body over this many bytes is a catch-up batch (thousands of events): the hub commits a few at once and
 # lines up or refuses the rest (hub/catchup.py), and an agent sends one with ``Expect: 100-continue``, so a batch
 # the hub makes wait or refuses is not uploaded before it is taken (a 1,000-event batch is ~69 KiB, 10,000 ~690 KiB).

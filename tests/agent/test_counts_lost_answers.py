@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from aiohttp import web
 
 from agent import Movement, Outbox, Replicator, count_refresh
 from agent import outbox as outbox_module
@@ -30,6 +31,7 @@ from hub import HubSettings, create_app, open_store, views
 from protocol import CountSnapshot, Kind, SyncResponse
 from protocol.feed import FeedChange
 from protocol.hlc import pack_hlc, wall_ms_now
+from protocol.routes import API_VERSION_HEADER
 from tests.agent.test_counts_full_disk import FullDisk, eventually
 from tests.faults.proxy import FaultProxy, RequestInfo
 from tests.harness.inprocess import ServedHub, serve_app
@@ -345,6 +347,99 @@ async def test_an_older_hub_has_a_few_skus_read_one_by_one(tmp_path: Path, monke
             await eventually("A's count is read again", lambda: _refreshed(s.outbox, "A", 15))
             await eventually("B's count is read again", lambda: _refreshed(s.outbox, "B", 3))
         assert s.losses.counts_reads == 1 + 2, "the chunk refused, then one read each of the two SKUs"
+
+
+class OlderHubServed:
+    """The real hub served straight to the agent (no proxy: a hub not serving is seen as it is, connections
+    refused), as before API 1.10 while ``old``: a repeated ``sku`` is a 400 and its answers name no API version (as
+    before 1.11). ``lose_next_batch``: the hub commits the next sync carrying events, and the connection is cut
+    before its answer. ``counts_reads``: the reads of its counts."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.old = True
+        self.lose_next_batch = False
+        self.lost = self.counts_reads = 0
+        self._handshake_bytes = 0
+        taking = views.Query.__init__
+
+        def query(q: views.Query, request: Any, allowed: Any, repeatable: Any = ()) -> None:
+            taking(q, request, allowed, () if self.old else repeatable)
+
+        monkeypatch.setattr(views.Query, "__init__", query)
+
+    def app(self, store: Any, db: Path) -> web.Application:
+        app = create_app(store, HubSettings(db=str(db)))
+        app.on_response_prepare.append(self._answer)  # after the hub's own: it sees and changes what they set
+        return app
+
+    async def _answer(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.old:
+            response.headers.popall(API_VERSION_HEADER, None)
+        if request.path.startswith("/v1/counts"):
+            self.counts_reads += 1
+        if request.path == "/v1/sync" and response.status == 200:
+            size = request.content_length or 0
+            self._handshake_bytes = min(self._handshake_bytes or size, size)
+            if self.lose_next_batch and size > self._handshake_bytes + 40:  # it carries events
+                self.lose_next_batch = False
+                self.lost += 1
+                assert request.transport is not None
+                request.transport.abort()
+
+
+async def test_an_older_hub_is_read_as_such_until_it_restarts_or_names_another_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: the agent did not remember that its hub does not read several SKUs in one request: every read of due
+    SKUs first asked in chunks, met the 400, and then read as before 1.10, saying so each time. Now the hub is
+    remembered (its URL, the API version its answers name) and read as before 1.10 straight away, said once, until
+    it is found not serving (a restart: connections refused) or its answers name another version (an upgrade)."""
+    caplog.set_level(logging.INFO, logger="agent")
+    hub = OlderHubServed(monkeypatch)
+    async with open_store(str(tmp_path / "hub.db")) as store:
+        agent_id, token = await store.add_agent([LOC])
+        served = serve_app(hub.app(store, tmp_path / "hub.db"))
+        url = (await served.__aenter__()).url
+        try:
+            async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location=LOC) as outbox:
+                replicator = Replicator(outbox, url, token, **{**FAST, "heartbeat_s": 0.05})
+                async with replicator:
+
+                    async def lost_then_read(sales: int) -> int:
+                        """A and B sold, their answer lost: how many reads of the hub's counts it took."""
+                        reads, lost = hub.counts_reads, hub.lost
+                        hub.lose_next_batch = True
+                        await outbox.record([dock("A", -1, Kind.SALE), dock("B", -1, Kind.SALE)])
+                        last = (await outbox.stats()).last_seq
+                        await eventually("the sale is acknowledged", lambda: _acked(outbox, last))
+                        assert hub.lost == lost + 1, "no answer was lost"
+                        await eventually("A is read again", lambda: _refreshed(outbox, "A", 10 - sales))
+                        await eventually("B is read again", lambda: _refreshed(outbox, "B", 4 - sales))
+                        return hub.counts_reads - reads
+
+                    await outbox.record([dock("A", 10), dock("B", 4)])
+                    await asyncio.wait_for(replicator.wait_synced(), WAIT_S)
+                    assert await lost_then_read(1) == 1 + 2, "the chunk refused, then one read each"
+                    assert await lost_then_read(2) == 2, "one read each, straight away"
+
+                    await served.__aexit__(None, None, None)  # the hub restarts (as old as it was)
+                    await asyncio.wait_for(replicator.wait_for(lambda st: st.sync_state == "unreachable"), WAIT_S)
+                    served = serve_app(hub.app(store, tmp_path / "hub.db"), port=int(url.rsplit(":", 1)[1]))
+                    await served.__aenter__()
+                    await asyncio.wait_for(replicator.wait_for(lambda st: st.sync_state == "ok"), WAIT_S)
+                    assert await lost_then_read(3) == 1 + 2, "learned again after the restart"
+
+                    hub.old = False  # upgraded, the answers name its version
+                    assert await lost_then_read(4) == 2, "as before, until an answer names another version"
+                    assert await lost_then_read(5) == 1, "both SKUs in one request"
+        finally:
+            await served.__aexit__(None, None, None)
+    said = [r for r in caplog.records if "does not read several SKUs in one request" in r.getMessage()]
+    assert len(said) == 2, [r.getMessage() for r in said]
+
+
+async def _acked(outbox: Outbox, seq: int) -> bool:
+    return (await outbox.stats()).acked_seq >= seq
 
 
 async def _is(value: Callable[[str], Awaitable[int]], sku: str, want: int) -> bool:
