@@ -218,9 +218,11 @@ def due_settled(conn: sqlite3.Connection, after_seq: int, upto_seq: int) -> int:
     can be read now."""
     if upto_seq <= after_seq or not conn.execute("SELECT EXISTS (SELECT 1 FROM counts_due)").fetchone()[0]:
         return 0
+    # From the settled movements' keys (a batch's) to counts_due (CROSS JOIN keeps that order), not all due keys.
     settled: int = conn.execute(
-        "SELECT count(*) FROM counts_due WHERE (location, sku) IN"
-        f" (SELECT location, sku FROM events WHERE seq > ? AND seq <= ?) AND {_NOTHING_PENDING}",
+        "SELECT count(*) FROM (SELECT DISTINCT location, sku FROM events WHERE seq > ? AND seq <= ?) AS moved"
+        " CROSS JOIN counts_due ON counts_due.location = moved.location AND counts_due.sku = moved.sku"
+        f" WHERE {_NOTHING_PENDING}",
         (after_seq, upto_seq),
     ).fetchone()[0]
     return settled
