@@ -11,8 +11,10 @@ bounded whatever the list's length. ``limit`` caps the rows (default: all);
 ``cursor`` starts after a JSON page's ``next``.
 
 Cells are safe to open in a spreadsheet: a text cell that starts with ``=``,
-``+``, ``-``, ``@``, a tab or a carriage return is written with a leading
-``'`` so no spreadsheet runs it as a formula (numbers stay numbers: a sale of
+``+``, ``-``, ``@``, a tab or a carriage return (also in full width, ``＝``),
+or with a character that shows nothing (a zero-width space, a direction
+override), is written with a leading ``'`` so no spreadsheet runs it as a
+formula (protocol/csvcells.py; numbers stay numbers: a sale of
 −3 is the number -3). Times are ISO 8601 UTC (``…Z``); 63-bit integers (an
 epoch, a packed HLC) are written exactly — a spreadsheet rounds integers past
 15 digits, so import such columns as text.

@@ -11,6 +11,7 @@ import csv
 import io
 import itertools
 import json
+import unicodedata
 from typing import Any
 
 import aiohttp
@@ -211,10 +212,11 @@ def test_encode_quotes_by_rfc_4180_and_guards_only_text() -> None:
 TRICKY_TEXT = st.builds(
     lambda head, body, tail: head + body + tail,
     st.sampled_from(["", "'", "''", "'=", "'-", "=", "-", "+", "@", "\t", " ", " '", "\u00a0", "'\u00a0", "\ufeff=",
-                     "\u200b-", "\ufeff\u200d@", "'\ufeff="]),
+                     "\u200b-", "\ufeff\u200d@", "'\ufeff=", "\uff1d", "\uff0b", "\uff0d", "\uff20", "\ufe66", "\u202e=",
+                     "\u2066+", "\u202e", "\u200f", "\u00ad@", "\u034f=", "'\uff1d", "\u3000\uff0b"]),
     st.text(max_size=12),
     st.sampled_from(["", " ", "'", "\u00a0"]),
-)
+)  # fmt: skip
 
 
 @given(TRICKY_TEXT)
@@ -222,14 +224,78 @@ def test_an_imported_cell_is_the_text_the_export_was_given(text: str) -> None:
     guarded = csvexport.cell(text)
     assert csvcells.uncell(str(guarded)) == text and csvcells.unguard(str(guarded)) == text
     assert not str(guarded).startswith(csvcells.FORMULA_STARTS)  # never a formula in a spreadsheet
-    # nor behind characters that show nothing (a byte-order mark, zero-width spaces), which a reader may drop
-    assert not str(guarded).lstrip("\ufeff\u200b\u200c\u200d\u2060").startswith(csvcells.FORMULA_STARTS)
+    # nor behind characters that show nothing (a byte-order mark, zero-width spaces, direction marks), which a
+    # reader may drop, nor as a full-width sign a reader may take for the sign itself: a cell that starts with one
+    # of those starts with the guard
+    assert str(guarded).startswith("'") or not (shows_nothing(text[:1]) or looks_like_formula(text)), repr(guarded)
+
+
+def shows_nothing(char: str) -> bool:
+    """A format character (Cf: byte-order mark, zero-width spaces and joiners, direction marks and overrides) or
+    another of Unicode's default-ignorable ones (a combining grapheme joiner, the Hangul fillers)."""
+    return char != "" and (unicodedata.category(char) == "Cf" or char in "\u034f\u115f\u1160\u3164\uffa0")
+
+
+def looks_like_formula(text: str) -> bool:
+    """Whether ``text`` starts, behind what shows nothing, with a formula start in any width (NFKC folds ＝ to =)."""
+    shown = text.lstrip("".join(c for c in set(text) if shows_nothing(c)))
+    return unicodedata.normalize("NFKC", shown[:1]).startswith(csvcells.FORMULA_STARTS)
+
+
+# What a spreadsheet may run or show as something else: a formula start in full width (or a small form) and one
+# behind a direction override or isolate, a soft hyphen, a combining grapheme joiner, a Hangul filler; a cell led
+# by a direction override shows its text reversed (``exe.txt`` read ``txt.exe``).
+DISGUISED = [
+    '\uff1dHYPERLINK("http://evil.example","click")',
+    "\uff0b44 20 7946 0000",
+    "\uff0d2+3",
+    "\uff20SUM(A1:A9)",
+    "\ufe66 1+1",
+    "\u202e=1+1",
+    "\u2066+1",
+    "\u200f@team",
+    "\u00ad-1",
+    "\u034f=1",
+    "\u3164=1",
+    "\u202etxt.exe",
+]
 
 
 def test_a_formula_behind_an_invisible_character_is_guarded() -> None:
     """Found by the operator-side attack: ``\ufeff=1`` went out as it was, a formula to a reader that drops the
     byte-order mark (as most do at a field's start when they drop it at the file's)."""
     assert [csvexport.cell(t) for t in ("\ufeff=1", "\u200b+1", "a\ufeff=1")] == ["'\ufeff=1", "'\u200b+1", "a\ufeff=1"]
+
+
+def test_a_formula_in_full_width_or_behind_a_direction_or_invisible_character_is_guarded() -> None:
+    """Found by review against OWASP's list of CSV injection starts: a full-width ``＝`` (which a spreadsheet in an
+    East Asian locale reads as ``=``), a formula behind a right-to-left override, a soft hyphen or a combining
+    grapheme joiner went out as it was. A cell led by a character that shows nothing is guarded whatever follows."""
+    assert [csvexport.cell(t) for t in DISGUISED] == ["'" + t for t in DISGUISED]
+    assert [csvexport.cell(t) for t in ("a\uff1d1", "\u00e9=1", "\uff21BC", "1\u202e")] == [
+        "a\uff1d1", "\u00e9=1", "\uff21BC", "1\u202e",
+    ]  # fmt: skip  # a sign or a mark after the first character shown, or a full-width letter, is text
+
+
+async def test_disguised_formulas_are_guarded_in_every_csv_answer(
+    client: TestClient[Any, Any], store: HubStore, till: Till, reader: dict[str, str]
+) -> None:
+    for text in DISGUISED:
+        await till.record(("S001", "count", 2, text), ref=text, reason=text, at_ms=NOW_MS - 1000)
+        await till.record(("S001", "sale", -3, text), ref=text, reason=text)  # a negative count: an exception too
+    await store.put_catalog([CatalogItem(f"DIS-{i}", text, 1, text) for i, text in enumerate(DISGUISED)])
+    guarded = {"'" + t for t in DISGUISED}
+    ledger = await get_csv(client, "/v1/ledger?format=csv", reader)
+    assert {r["sku"] for r in ledger} == guarded
+    assert all(r["ref"] == r["reason"] == r["sku"] == r["name"] for r in ledger)
+    counts = await get_csv(client, "/v1/counts", reader, Accept="text/csv")
+    assert {r["sku"] for r in counts} == {r["name"] for r in counts} == guarded
+    exceptions = await get_csv(client, "/v1/exceptions?format=csv&kind=negative_on_hand", reader)
+    assert {r["sku"] for r in exceptions} == guarded
+    variance = await get_csv(client, "/v1/reports/variance?by=count&format=csv", reader)
+    assert {(r["sku"], r["name"], r["ref"], r["reason"]) for r in variance} == {(t,) * 4 for t in guarded}
+    catalog = await get_csv(client, "/v1/catalog?format=csv", reader)
+    assert {r["sku"] for r in catalog} == {r["description"] for r in catalog} == guarded
 
 
 @pytest.mark.parametrize(
