@@ -234,14 +234,11 @@ async def _look_alikes(store: LedgerStore, events: Sequence[StockEvent], ids: Se
     another SKU of the request before it: a pasted zero-width space, an accent decomposed (e + U+0301), a
     full-width letter. Booked, it would be another SKU no one can tell apart on a screen, whose sales take nothing
     from the shelf's. A SKU the hub counts already is taken, whatever looks like it; an ASCII SKU looks as it is
-    spelt, so only the others cost a look-up (one read per spelling, of the counts' SKU index)."""
-    held: dict[str, bool] = {}
-
-    async def counted(sku: str) -> bool:
-        if sku not in held:
-            held[sku] = bool(await store.counts(sku=sku, limit=1))
-        return held[sku]
-
+    spelt, so only the others are looked up: every spelling of each of them at once, one read of the counts' SKU
+    index for the request."""
+    others = {ev.sku: sorted(_spellings(ev.sku)) for ev in events if not ev.sku.isascii()}
+    asked = {spelling for sku, spellings in others.items() for spelling in (sku, *spellings)}
+    counted = await store.skus_counted(asked) if asked else set()
     spelt: dict[str, tuple[str, str]] = {}  # look -> (the spelling taken, where it was met)
     invalid: list[Invalid] = []
     for i, (ev, api_id) in enumerate(zip(events, ids, strict=True)):
@@ -250,12 +247,13 @@ async def _look_alikes(store: LedgerStore, events: Sequence[StockEvent], ids: Se
             continue
         look = sku_look(ev.sku)
         other, where = spelt.get(look, (ev.sku, ""))
-        if other == ev.sku and not await counted(ev.sku):
-            known = [s for s in sorted(_spellings(ev.sku)) if await counted(s)]
+        if other == ev.sku and ev.sku not in counted:
+            known = [s for s in others[ev.sku] if s in counted]
             if known:
                 other, where = known[0], "the hub counts"
         if other != ev.sku:
-            if where != "the hub counts" and await counted(other):
+            # another SKU of the request before it, or the ASCII spelling of its look: both among those asked
+            if where != "the hub counts" and other in counted:
                 where = "the hub counts"
             named = values.shown(other, values.QUOTE_MAX_CHARS, bare=True)
             reason = (

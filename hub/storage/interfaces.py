@@ -163,6 +163,11 @@ class LedgerStore(Protocol):
         keeps those of any of these SKUs."""
 
     @abc.abstractmethod
+    async def skus_counted(self, skus: Collection[str]) -> set[str]:
+        """Those of ``skus`` the hub counts at some location (that have a stock row): one read of the stock's SKU
+        index for all of them."""
+
+    @abc.abstractmethod
     async def ledger(
         self,
         *,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from hub.resolver import available
@@ -19,6 +19,9 @@ from protocol import CountSnapshot
 # A SKU's ledger at every location (``_sku_events``): this many locations' reads in one statement, each a
 # compound SELECT's arm (SQLite allows 500 by default).
 SKU_PLACES_PER_QUERY = 100
+# SKUs one statement of ``skus_counted`` asks about: a marker each, within SQLite's (32,766) and PostgreSQL's
+# (32,767) bounds.
+SKUS_PER_QUERY = 10_000
 
 
 async def counts(
@@ -34,6 +37,23 @@ async def counts(
             where.terms.append("1 = 0")
     sql = f"SELECT {COUNT_FIELDS} FROM stock{where.sql} ORDER BY location, sku LIMIT ?"
     return [count_row(r) for r in await db.fetch(sql, (*where.params, limit))]
+
+
+async def skus_counted(db: Db, skus: Collection[str]) -> set[str]:
+    """Those of ``skus`` with a stock row: each one looked up in the stock's SKU index (``stock_sku``) and no further
+    than its first location, in one statement of ``SKUS_PER_QUERY`` at most (as many as one request of
+    POST /v1/events may ask: its 1,000 SKUs' spellings, ``hub.events_api``)."""
+    asked = sorted(set(skus))
+    found: set[str] = set()
+    for start in range(0, len(asked), SKUS_PER_QUERY):
+        part = asked[start : start + SKUS_PER_QUERY]
+        markers = ", ".join("(?)" for _ in part)
+        sql = (
+            f"SELECT v.column1 FROM (VALUES {markers}) AS v "
+            "WHERE EXISTS (SELECT 1 FROM stock WHERE stock.sku = v.column1)"
+        )
+        found.update(r[0] for r in await db.fetch(sql, part))
+    return found
 
 
 async def ledger(

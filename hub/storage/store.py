@@ -220,6 +220,9 @@ class SqlHubStore(HubStore, Generic[D]):
         checks.limit(limit)
         return await self._read_db("reading counts", lambda db: stock.counts(db, location, sku, limit, after, skus))
 
+    async def skus_counted(self, skus: Collection[str]) -> set[str]:
+        return await self._read_db("finding the SKUs the hub counts", lambda db: stock.skus_counted(db, skus))
+
     async def ledger(
         self,
         *,

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from hub import events_api
+from hub import events_api, open_store
+from hub.storage import stock
+from hub.storage.db import numbered
 from protocol import Kind, derived_event_id, parse_event_id
-from tests.hub.feed_helpers import Hub, running_hub
+from tests.harness.pg import fresh_schema
+from tests.hub.feed_helpers import Hub, running_hub, running_hub_at
+from tests.hub.test_exception_plans import Statements
 
 T0 = "2025-11-25T09:00:00Z"
 T0_MS = 1_764_061_200_000
@@ -27,6 +33,47 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
 @pytest.fixture
 async def connector(hub: Hub) -> tuple[str, str]:
     return await hub.store.add_agent(["WEB"])  # an agent-role credential bound to the channel's location
+
+
+@pytest.fixture
+async def any_hub(backend: str, tmp_path: Path) -> AsyncIterator[Hub]:
+    """A hub over each backend in turn: a SQLite file, then a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        async with running_hub(tmp_path) as h:
+            yield h
+    else:
+        async with fresh_schema() as url, running_hub_at(url) as h:
+            yield h
+
+
+class CountedReads:
+    """A read connection that counts the statements run on it (``reads``) and passes them on."""
+
+    def __init__(self, db: Any, reads: list[str]) -> None:
+        self.db, self.reads = db, reads
+
+    async def fetch(self, sql: str, params: Any = ()) -> Any:
+        self.reads.append(sql)
+        return await self.db.fetch(sql, params)
+
+    async def fetchone(self, sql: str, params: Any = ()) -> Any:
+        self.reads.append(sql)
+        return await self.db.fetchone(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def count_reads(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement the store's reads run from now on (its writes, the ingest's own, are not counted)."""
+    reads: list[str] = []
+    real = store._read_db
+
+    async def read_db(what: str, work: Any, **how: Any) -> Any:
+        return await real(what, lambda db: work(CountedReads(db, reads)), **how)
+
+    monkeypatch.setattr(store, "_read_db", read_db)
+    return reads
 
 
 def move(id_: str, kind: str, qty: int, at: Any = T0, **extra: Any) -> dict[str, Any]:
@@ -192,14 +239,15 @@ async def skus_at_web(hub: Hub) -> dict[str, int]:
 
 
 async def test_a_sku_that_only_looks_like_one_the_hub_counts_is_refused_naming_the_spelling_it_counts(
-    hub: Hub, connector: tuple[str, str]
+    any_hub: Hub,
 ) -> None:
     # Found by hand: a shop's SKU pasted with a zero-width space, exported decomposed (e + U+0301, as macOS writes
     # file names) or typed full-width was booked as another SKU of the same look. Its sales took nothing from the
     # SKU on the shelf, which the channels went on offering (oversold), and the only trace was a negative count of a
     # SKU shown exactly like the real one. A connector hears the answer, so such a spelling is refused, with the
     # spelling the hub counts and the odd character named; nothing of the request is booked.
-    _, token = connector
+    hub = any_hub
+    _, token = await hub.store.add_agent(["WEB"])
     await post(hub, token, move("in-1", "receive", 10), move("in-2", "receive", 3, sku="Caf\u00e9"))
     for i, (sku, odd) in enumerate(
         [
@@ -233,17 +281,72 @@ async def test_a_sku_that_only_looks_like_one_the_hub_counts_is_refused_naming_t
     assert "Crème" not in await skus_at_web(hub)
 
 
-async def test_a_sku_the_hub_already_counts_is_taken_whatever_else_looks_like_it(
-    hub: Hub, connector: tuple[str, str]
-) -> None:
+async def test_a_sku_the_hub_already_counts_is_taken_whatever_else_looks_like_it(any_hub: Hub) -> None:
     # A store's agent booked a SKU with a zero-width space beside the plain one (a POS export); the connector's
     # movements of either are taken: refusing a SKU the hub already counts would strand its stock.
-    _, token = connector
+    hub = any_hub
+    _, token = await hub.store.add_agent(["WEB"])
     store = await hub.agent("WEB", "SKU-2\u200b")
     await store.sync((Kind.RECEIVE, 5), (Kind.RECEIVE, 7, "SKU-2"))
     answer = await post(hub, token, move("a", "sale", -1, sku="SKU-2\u200b"), move("b", "sale", -2, sku="SKU-2"))
     assert answer["applied"] == 2
     assert await skus_at_web(hub) == {"SKU-2": 5, "SKU-2\u200b": 4}
+
+
+async def test_the_look_alike_check_of_new_non_ascii_skus_is_one_read(
+    any_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in review: a brand-new SKU spelt with a character past ASCII cost up to 7 reads of the counts' SKU index
+    # before it was booked, one per other spelling a person takes for it (its normal forms with and without its
+    # invisible characters, its look). They are all asked in one statement now, for every such SKU of the request.
+    hub = any_hub
+    _, token = await hub.store.add_agent(["WEB"])
+    await post(hub, token, move("seed", "receive", 4, sku="Cafe\u0301-Noir"))  # decomposed, as macOS writes it
+    reads = count_reads(hub.store, monkeypatch)
+    await post(hub, token, move("ascii-1", "receive", 1, sku="PLAIN-1"))
+    plain = len(reads)
+    reads.clear()
+    # Three new SKUs, each with up to 6 other spellings (NFC, NFD, NFKC, without the zero-width space, the look).
+    news = ["The\u0301-Vert\u200b", "\uff34e\u0301-Rouge", "Cre\u0300me\u200d"]
+    answer = await post(hub, token, *(move(f"new-{i}", "receive", 2, sku=sku) for i, sku in enumerate(news)))
+    assert answer["applied"] == 3
+    assert len(reads) == plain + 1, reads  # one read more than a request of ASCII SKUs: the look-alike check
+    assert "FROM stock" in reads[-1]
+    reads.clear()
+    # A look-alike of a SKU the hub counts is still refused, with that same one read.
+    body = await post(hub, token, move("odd", "sale", -1, sku="Caf\u00e9-Noir"), status=422)
+    assert "looks like the SKU Cafe\u0301-Noir the hub counts" in body["rejected"][0]["reason"], body
+    assert len(reads) == 1 and "FROM stock" in reads[0], reads
+    booked = {s: n for s, n in (await skus_at_web(hub)).items() if not s.isascii()}
+    assert booked == {"Cafe\u0301-Noir": 4} | dict.fromkeys(news, 2)
+
+
+async def test_the_look_alike_read_looks_each_spelling_up_in_the_stock_sku_index(backend: str, tmp_path: Path) -> None:
+    """The one statement of the check reads the stock's SKU index once per spelling, never the stock table whole:
+    SQLite's plan and PostgreSQL's (told to avoid a table scan wherever an index can answer)."""
+    spellings = ["Cafe\u0301", "Caf\u00e9", "\uff23af\u00e9", "Cafe"]
+    statements = Statements()
+    await stock.skus_counted(statements, spellings)  # type: ignore[arg-type]
+    ((sql, params),) = statements.seen
+    if backend == "sqlite":
+        async with open_store(tmp_path / "hub.db"):
+            pass  # the schema as the hub leaves it
+        with sqlite3.connect(tmp_path / "hub.db") as conn:
+            plan = [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", tuple(params))]
+        assert any("SEARCH stock USING COVERING INDEX stock_sku (sku=?)" in line for line in plan), plan
+        assert not any(line.startswith("SCAN stock") for line in plan), plan
+        return
+    async with fresh_schema() as url:
+        async with open_store(url):
+            pass
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off")
+            plan = [r[0] for r in await conn.fetch(f"EXPLAIN {numbered(sql)}", *params)]
+        finally:
+            await conn.close()
+    assert any("Index Only Scan using stock_sku on stock" in line for line in plan), plan
+    assert not any("Seq Scan on stock" in line for line in plan), plan
 
 
 async def test_a_big_request_is_read_and_checked_off_the_event_loop(
