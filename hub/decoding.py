@@ -29,6 +29,11 @@ because of the pool.
 Workers are started with ``spawn`` (never ``fork``: the hub has threads) and
 watch their parent: if the hub is killed, they exit within
 ``PARENT_CHECK_S`` instead of lingering.
+
+The other bodies the hub reads whole and checks (a connector's ``POST
+/v1/events``, an agent's observations and import issues) are read by
+``read_body``: in place up to ``THREAD_PAST_BYTES``, past it in a worker
+thread, one at a time when the route gives it a lock to take.
 """
 
 from __future__ import annotations
@@ -39,10 +44,13 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from aiohttp import web
 
 from protocol import BadEvents, ProtocolError, SyncRequest, decode_sync_request
 from protocol.codec import BadEvent
@@ -54,6 +62,12 @@ DECODE_INLINE_MAX_BYTES = 768 * 1024  # beside a writer thread: a catch-up's 10,
 DECODE_INLINE_ALONE_MAX_BYTES = 1024 * 1024  # no writer thread: any 10,000 scans as columns, ~10 ms of the loop
 DECODE_WORKERS_MAX = 2
 PARENT_CHECK_S = 1.0
+# ``read_body``: a body past this is read and checked in a worker thread. A connector's 1,000-event body of 7 MiB
+# (attrs at their limits) takes ~0.4 s of Python to read and check, which on the event loop held every other
+# client's answer that long (a 1,000-event body of plain movements, 120 KB, ~50 ms).
+THREAD_PAST_BYTES = 64 * 1024
+
+T = TypeVar("T")
 
 
 def default_workers() -> int:
@@ -160,3 +174,16 @@ def pids(decoder: SyncDecoder) -> list[int]:
     """The worker processes' ids (for tests and /healthz-style checks)."""
     pool: Any = decoder._pool
     return [] if pool is None else [p.pid for p in pool._processes.values()]
+
+
+async def read_body(request: web.Request, decode: Callable[[bytes], T], turn: asyncio.Lock | None = None) -> T:
+    """``decode`` of the request's body, read whole (the app's client_max_size, max_body_bytes, bounds it): in place
+    up to ``THREAD_PAST_BYTES``, past it in a worker thread, holding ``turn`` when given (one body at a time: each
+    thread takes the GIL from the event loop too). ``decode``'s errors are the caller's to answer."""
+    body = await request.read()
+    if len(body) <= THREAD_PAST_BYTES:
+        return decode(body)
+    if turn is None:
+        return await asyncio.to_thread(decode, body)
+    async with turn:
+        return await asyncio.to_thread(decode, body)

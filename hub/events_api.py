@@ -48,6 +48,7 @@ from aiohttp import web
 
 from hub import feed, heads, metrics, problems, views
 from hub.auth import STORE_KEY, identity_of, ingest_confirmed, role_refused
+from hub.decoding import read_body
 from hub.storage.base import INGEST_ROLES, AgentIdentity
 from hub.storage.interfaces import LedgerStore
 from protocol import (
@@ -72,11 +73,6 @@ API_ID = values.TextField("id", API_ID_MAX_LEN)
 CONNECTOR_EPOCH = 0
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: an earlier time is almost surely seconds sent as ms
 ODD_CHARS_NAMED = 3
-# A body past this is read and checked in a worker thread, one at a time per hub process: a 1,000-event body of
-# 7 MiB (attrs at their limits) takes ~0.4 s of Python to read and check, which on the event loop held every other
-# client's answer that long (a 1,000-event body of plain movements, 120 KB, ~50 ms). The same bound as the agents'
-# report bodies (hub.reports).
-DECODE_INLINE_MAX_BYTES = 64 * 1024
 FUTURE_SLACK_MS = 24 * 3_600 * 1_000  # the default clock window (hub.clock_window.DEFAULT_CLOCK_WINDOW_S)
 _FIELDS = frozenset({"id", "location", "sku", "kind", "qty", "occurred_at", "ref", "reason", "attrs"})
 _REQUIRED = ("id", "location", "sku", "kind", "qty", "occurred_at")
@@ -290,12 +286,11 @@ async def post_events(request: web.Request) -> web.Response:
     who = identity_of(request)
     started = time.perf_counter()
     _head(request, who)
-    raw = await request.read()  # the app's client_max_size (max_body_bytes) bounds it
-    if len(raw) <= DECODE_INLINE_MAX_BYTES:
-        events, ids, invalid = _read(who, raw, request.app[WINDOW_KEY])
-    else:
-        async with request.app[DECODE_TURN_KEY]:  # one at a time: each thread takes the GIL from the loop too
-            events, ids, invalid = await asyncio.to_thread(_read, who, raw, request.app[WINDOW_KEY])
+    window_ms = request.app[WINDOW_KEY]
+    # past 64 KiB read and checked in a worker thread, one body at a time per hub process (hub.decoding)
+    events, ids, invalid = await read_body(
+        request, lambda raw: _read(who, raw, window_ms), request.app[DECODE_TURN_KEY]
+    )
     if not invalid:  # each SKU's spelling is checked against the hub's only once the request is whole
         invalid = await _look_alikes(request.app[STORE_KEY], events, ids)
     if invalid:

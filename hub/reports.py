@@ -16,7 +16,6 @@ known id resent with other content, is rejected; a resend is accepted again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -29,6 +28,7 @@ from aiohttp import web
 
 from hub import csvexport, heads, paging, views
 from hub.auth import STORE_KEY, CredentialOfAnotherAgent, identity_of, role_refused
+from hub.decoding import read_body
 from hub.storage import keys
 from hub.storage.base import (
     INGEST_ROLES,
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DECODE_INLINE_MAX_BYTES = 64 * 1024  # larger bodies are decoded in a worker thread
 LIMIT_DEFAULT = 1000
 LIMIT_MAX = 10_000
 SYSTEM = values.TextField("system name", SYSTEM_MAX_LEN)
@@ -85,11 +84,8 @@ def _import_issues_head(request: web.Request, who: AgentIdentity) -> None:
 
 
 async def _decode(request: web.Request, decode: Callable[[bytes], T]) -> T:
-    body = await request.read()  # the app's client_max_size (max_body_bytes) bounds it
     try:
-        if len(body) <= DECODE_INLINE_MAX_BYTES:
-            return decode(body)
-        return await asyncio.to_thread(decode, body)
+        return await read_body(request, decode)  # past 64 KiB in a worker thread
     except ProtocolError as err:
         raise web.HTTPBadRequest(text=str(err)) from err
 

@@ -361,8 +361,12 @@ async def test_a_big_request_is_read_and_checked_off_the_event_loop(
     threads: set[int] = set()
     build = events_api.build_event
 
+    turn = hub.client.app[events_api.DECODE_TURN_KEY]  # type: ignore[index]
+    held: set[bool] = set()
+
     def recorded(*args: Any, **kwargs: Any) -> Any:
         threads.add(threading.get_ident())
+        held.add(turn.locked())
         return build(*args, **kwargs)
 
     monkeypatch.setattr(events_api, "build_event", recorded)
@@ -370,6 +374,7 @@ async def test_a_big_request_is_read_and_checked_off_the_event_loop(
     big = [move(f"big-{i}", "receive", 1, T0_MS + i, attrs=attrs) for i in range(300)]
     answer = await post(hub, token, *big)
     assert answer["applied"] == 300 and loop_thread not in threads and threads
+    assert held == {True}  # one body at a time: the turn is held while it is read
     assert await web_count(hub) == {"on_hand": 300, "reserved": 0, "available": 300}
     # Its refusals are the same sentences as a small body's.
     body = await post(hub, token, *big[:-1], {**big[-1], "qty": 0}, status=422)

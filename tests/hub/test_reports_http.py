@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import msgpack
 import pytest
 from aiohttp.test_utils import TestClient
 
-from hub import HubStore
+from hub import HubStore, reports
 from hub.resolver import diverges
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -186,3 +187,41 @@ async def test_bad_requests_are_clear_errors(
     assert status == 403 and "cannot send import issues" in error["detail"]
     status, error = await post(client, "/v1/import-issues", good, headers)
     assert status == 400 and "unknown field" in error["detail"]
+
+
+async def test_a_big_report_body_is_decoded_off_the_event_loop(
+    client: TestClient[Any, Any], agent: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report body past 64 KiB (hub.decoding.read_body) is decoded in a worker thread, not on the event loop that
+    answers every other client; a small one in place. Its refusals are a small body's."""
+    agent_id, headers = agent
+    threads: dict[str, set[int]] = {"observations": set(), "issues": set()}
+    for name, attr in (("observations", "decode_observations"), ("issues", "decode_import_issues")):
+        real = getattr(reports, attr)
+
+        def recorded(body: bytes, real: Any = real, name: str = name) -> Any:
+            threads[name].add(threading.get_ident())
+            return real(body)
+
+        monkeypatch.setattr(reports, attr, recorded)
+    loop_thread = threading.get_ident()
+    many = tuple(obs(f"o{i}", 5, at_ms=i, sku=f"SKU-{i:05d}") for i in range(1_200))
+    body = encode_observations(ObservationsRequest(agent_id, many))
+    assert len(body) > 64 * 1024
+    status, answer = await post(client, "/v1/observations", body, headers)
+    assert status == 200 and len(answer.accepted) == 1_200
+    assert threads["observations"] and loop_thread not in threads["observations"]
+    issues = tuple(ImportIssueReport(f"i{i}", "S001", "sales.csv", i, "qty 'x' is not a number", "x" * 40)
+                   for i in range(1_000))  # fmt: skip
+    body = encode_import_issues(ImportIssuesRequest(agent_id, issues))
+    assert len(body) > 64 * 1024
+    status, answer = await post(client, "/v1/import-issues", body, headers)
+    assert status == 200 and len(answer.accepted) == 1_000
+    assert threads["issues"] and loop_thread not in threads["issues"]
+    threads["observations"].clear()
+    small = encode_observations(ObservationsRequest(agent_id, many[:3]))
+    assert (await post(client, "/v1/observations", small, headers))[0] == 200
+    assert threads["observations"] == {loop_thread}
+    broken = msgpack.packb({"v": 1, "agent_id": agent_id, "observations": [{"id": "o1", "pad": "p" * 70_000}]})
+    status, error = await post(client, "/v1/observations", broken, headers)
+    assert status == 400 and "observations[0]:" in error["detail"], error
