@@ -139,6 +139,7 @@ class LocalApiSection:
     login_ttl_h: float = LOGIN_TTL_S / 3600
     sessions_db: Path | None = None  # None: sessions.sqlite3 beside the outbox
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the machine's own (a reverse proxy's)
+    same_code_s: float = SAME_CODE_S  # the handheld page takes the same code again within this long for a double read
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     # [[scanner]]: these, plus the device settings of its type (docs/scanners.md; reader_id is `id` here)
     "scanner": ("id", "type", "mode", "location", "rcn_region", "count_reset_s", "same_code_s"),
     "catalog": ("file", "encoding", "cache_file", "refresh_s", "retry_max_s", "timeout_s", "answer_max_bytes"),
-    "localapi": ("enabled", "host", "port", "staff", "login_ttl_h", "sessions_db", "allowed_hosts"),
+    "localapi": ("enabled", "host", "port", "staff", "login_ttl_h", "sessions_db", "allowed_hosts", "same_code_s"),
     "discovery": ("enabled", "hub_id", "advertise", "interfaces", "wait_s"),
 }
 # Sections read by their own module; their keys are documented with it.
@@ -609,6 +610,7 @@ def _localapi(s: _Section) -> LocalApiSection:
         login_ttl_h=float(s.get("login_ttl_h", (int, float), LOGIN_TTL_S / 3600, _positive)),
         sessions_db=None if sessions_db is None else s.path_value("sessions_db", Path()),
         allowed_hosts=tuple(h.strip() for h in allowed_hosts),
+        same_code_s=float(s.get("same_code_s", (int, float), SAME_CODE_S, _same_code_s)),
     )
 
 

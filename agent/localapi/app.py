@@ -29,6 +29,7 @@ from agent.localapi.hosts import HostCheck
 from agent.outbox import Outbox
 from agent.pos import PosFolderState
 from agent.saved import waiting_in
+from agent.scanning import SAME_CODE_S
 from agent.sessions import (
     AlreadyReceived,
     ExceedsOnHand,
@@ -84,6 +85,7 @@ class LocalApiContext:
     login_ttl_s: float = 12 * 3600.0
     public_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/", "/healthz", "/api/v1/login"}))
     allowed_hosts: tuple[str, ...] = ()  # names the agent is reached by besides its own (agent.localapi.hosts)
+    same_code_s: float = SAME_CODE_S  # the page takes the same code again within this long for a double read (0: off)
 
 
 CONTEXT_KEY = web.AppKey("context", LocalApiContext)
@@ -400,9 +402,16 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def me(request: web.Request) -> web.Response:
-    """Who is signed in, and at which store."""
-    outbox = request.app[CONTEXT_KEY].outbox
-    return _json({"staff": _who(request).staff, "agent_id": outbox.agent_id, "location": outbox.location})
+    """Who is signed in, at which store, and the page's setting for a trigger bounce."""
+    ctx = request.app[CONTEXT_KEY]
+    return _json(
+        {
+            "staff": _who(request).staff,
+            "agent_id": ctx.outbox.agent_id,
+            "location": ctx.outbox.location,
+            "same_code_s": ctx.same_code_s,  # the page takes the same code again within this long for a double read
+        }
+    )
 
 
 # --- status and counts -----------------------------------------------------------------

@@ -60,6 +60,7 @@ async def start_staff_services(
         readers=tuple(s.id for s in config.scanners),
         login_ttl_s=api.login_ttl_h * 3600,
         allowed_hosts=api.allowed_hosts + ((agent_mdns_name(config.agent.id),) if advertised else ()),
+        same_code_s=api.same_code_s,
     )
     server = await stack.enter_async_context(LocalApiServer(context, api.host, api.port))
     if advertised:

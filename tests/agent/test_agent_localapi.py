@@ -20,6 +20,7 @@ from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, crea
 from agent.localapi import app as localapi_app
 from agent.localapi.auth import FAILURES_MAX, LOCKOUT_BASE_S, AuthError, LockedOut
 from agent.outbox import Movement, Outbox
+from agent.scanning import SAME_CODE_S
 from agent.sessions import SessionManager, SessionStore
 from protocol import Kind
 
@@ -140,7 +141,9 @@ async def test_wrong_pins_are_refused_alike_and_then_locked_out(api: Api) -> Non
 
 async def test_cookie_and_bearer_sign_ins_and_sign_out(api: Api) -> None:
     token = await api.sign_in()
-    assert await api.ok("GET", "/api/v1/me") == {"staff": "ana", "agent_id": "store-a", "location": "S001"}
+    assert await api.ok("GET", "/api/v1/me") == {
+        "staff": "ana", "agent_id": "store-a", "location": "S001", "same_code_s": SAME_CODE_S,
+    }  # fmt: skip
     async with aiohttp.ClientSession() as other:  # no cookie: the bearer token alone
         async with other.get(api.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}) as resp:
             assert resp.status == 200

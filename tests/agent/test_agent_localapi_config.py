@@ -23,8 +23,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_both_are_off_by_default(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ""))
     api, d = config.localapi, config.discovery
-    assert (api.enabled, api.host, api.port, api.staff, api.login_ttl_h, api.sessions_db) == (
-        False, "127.0.0.1", 8471, (), 12.0, None,
+    assert (api.enabled, api.host, api.port, api.staff, api.login_ttl_h, api.sessions_db, api.same_code_s) == (
+        False, "127.0.0.1", 8471, (), 12.0, None, 0.1,
     )  # fmt: skip
     assert (d.enabled, d.hub_id, d.advertise, d.interfaces, d.wait_s) == (False, None, True, (), 5.0)
 
@@ -36,12 +36,13 @@ def test_every_key_is_read(tmp_path: Path) -> None:
             tmp_path,
             'token = "t"\n'
             f'[localapi]\nenabled = true\nhost = "0.0.0.0"\nport = 0\nlogin_ttl_h = 1.5\nsessions_db = "s/sessions.db"\n'
+            "same_code_s = 0\n"
             f'[localapi.staff]\nana = "{ana}"\n'
             '[discovery]\nenabled = true\nhub_id = "abc"\nadvertise = false\ninterfaces = ["127.0.0.1"]\nwait_s = 0\n',
         )
     )
     api, d = config.localapi, config.discovery
-    assert (api.enabled, api.host, api.port, api.login_ttl_h) == (True, "0.0.0.0", 0, 1.5)
+    assert (api.enabled, api.host, api.port, api.login_ttl_h, api.same_code_s) == (True, "0.0.0.0", 0, 1.5, 0.0)
     assert api.staff == (("ana", ana),)
     assert api.sessions_db == tmp_path / "s" / "sessions.db"
     assert (d.enabled, d.hub_id, d.advertise, d.interfaces, d.wait_s) == (True, "abc", False, ("127.0.0.1",), 0.0)
@@ -55,6 +56,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         ('[localapi.staff]\n"a b" = "x"\n', "a staff id is letters, digits"),
         ("[localapi]\nport = 70000\n", "[localapi] port must be between 0 and 65535"),
         ("[localapi]\ncolour = 1\n", "unknown key 'colour' in [localapi]"),
+        ("[localapi]\nsame_code_s = -1\n", "[localapi] same_code_s must be 0"),
         ("[discovery]\nenabled = true\n", "needs the agent's token"),
         ("[discovery]\ninterfaces = [1]\n", "must be a list of IPv4 addresses"),
     ],

@@ -15,6 +15,7 @@ from agent.catalog import Catalog, make_item
 from agent.localapi import LocalApiContext, LocalApiServer, StaffDirectory, guard, hash_pin
 from agent.outbox import Movement, Outbox
 from agent.reserve import Reserve
+from agent.scanning import SAME_CODE_S
 from agent.sessions import SessionManager, SessionSpec, SessionStore, SessionType
 from protocol import Kind, Rejection
 from tests.agent.test_agent_localapi_held import running
@@ -34,8 +35,9 @@ class Agent:
 
 
 @asynccontextmanager
-async def running_agent(data_dir: Path, port: int = 0) -> AsyncIterator[Agent]:
-    """The agent's outbox, sessions and local API on the files in ``data_dir`` (on ``port``); closed on leaving."""
+async def running_agent(data_dir: Path, port: int = 0, same_code_s: float = SAME_CODE_S) -> AsyncIterator[Agent]:
+    """The agent's outbox, sessions and local API on the files in ``data_dir`` (on ``port``), the handheld page's
+    ``same_code_s`` as given ([localapi] same_code_s); closed on leaving."""
     catalog = Catalog([make_item(APPLE, "SKU-APPLE"), make_item(PEAR, "SKU-PEAR")])
     async with (
         Outbox.open(data_dir / "outbox.sqlite3", agent_id="store-a", location="S001") as outbox,
@@ -43,7 +45,11 @@ async def running_agent(data_dir: Path, port: int = 0) -> AsyncIterator[Agent]:
     ):
         sessions = SessionManager(store, outbox, catalog=catalog)
         context = LocalApiContext(
-            sessions=sessions, outbox=outbox, staff=StaffDirectory({"ana": hash_pin("4711")}), readers=("dock",)
+            sessions=sessions,
+            outbox=outbox,
+            staff=StaffDirectory({"ana": hash_pin("4711")}),
+            readers=("dock",),
+            same_code_s=same_code_s,
         )
         async with LocalApiServer(context, "127.0.0.1", port) as server:
             yield Agent(server.url, outbox, sessions)
@@ -69,6 +75,13 @@ async def wedge(page: Page, code: str) -> None:
     """What a keyboard-wedge scanner does: type the digits fast into whatever has focus, then Enter."""
     await page.keyboard.type(code, delay=2)
     await page.keyboard.press("Enter")
+
+
+async def scan_again(page: Page, code: str) -> None:
+    """The same item scanned again on purpose: a moment after the scan before, past the agent's ``same_code_s`` (a
+    trigger bounce within it is one item)."""
+    await page.wait_for_timeout(SAME_CODE_S * 1000 + 200)
+    await wedge(page, code)
 
 
 def script_errors(console_errors: list[str]) -> list[str]:
@@ -115,8 +128,9 @@ async def test_receiving_a_delivery_on_a_phone(
     assert await focused_id(page) == "scan-code"
     await expect(page.locator("#undo")).to_be_disabled()  # nothing to undo yet
 
-    for _ in range(4):  # as fast as a scanner goes: each scan is typed before the last one is answered
-        await wedge(page, APPLE)
+    await wedge(page, APPLE)
+    for _ in range(3):  # the same item scanned again on purpose, each a moment after the one before
+        await scan_again(page, APPLE)
     await expect(page.locator("#total-units")).to_have_text("4 units")
     await wedge(page, STRANGER)
     await expect(page.locator("#scan-msg")).to_contain_text("not in the catalog, kept as unknown:04007817327098")
@@ -183,7 +197,7 @@ async def test_a_count_closed_with_unscanned_skus_as_zero_and_a_cancelled_return
     await page.click("#open-form button[type=submit]")
     await expect(page.locator("#screen-session")).to_be_visible()
     await wedge(page, APPLE)
-    await wedge(page, APPLE)
+    await scan_again(page, APPLE)
     await expect(page.locator("#total-units")).to_have_text("2 units")
     await page.fill("#scan-qty", "0")
     await page.press("#scan-qty", "Enter")  # the quantity is set; the focus is back in the scan field
@@ -370,8 +384,9 @@ async def test_the_back_button_in_a_session_goes_home_and_the_scans_on_their_way
         await route.continue_()
 
     await page.route("**/scans", slow_wifi)
-    for _ in range(3):
-        await wedge(page, APPLE)
+    await wedge(page, APPLE)
+    for _ in range(2):  # the same item again on purpose, a moment apart (within same_code_s it is one item)
+        await scan_again(page, APPLE)
     await page.go_back()
     await expect(page.locator("#screen-home")).to_be_visible()
     assert page.url == agent.url + "/"
@@ -478,8 +493,9 @@ async def test_scans_the_agent_does_not_answer_for_a_while_wait_and_are_all_adde
         await route.continue_()
 
     await page.route("**/scans", wifi_gone_a_while)
-    for _ in range(3):
-        await wedge(page, APPLE)
+    await wedge(page, APPLE)
+    for _ in range(2):  # the same item again on purpose, a moment apart
+        await scan_again(page, APPLE)
     await expect(page.locator("#scan-msg")).to_contain_text("The agent does not answer; 3 scans are waiting")
     await expect(page.locator("#total-units")).to_have_text("3 units", timeout=30_000)
     await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
@@ -514,8 +530,8 @@ async def test_a_scan_the_agent_turns_away_busy_is_sent_again_after_its_retry_af
         await route.continue_()
 
     await page.route("**/scans", agent_busy_a_while)
-    for _ in range(2):
-        await wedge(page, APPLE)
+    await wedge(page, APPLE)
+    await scan_again(page, APPLE)  # the same item again on purpose, a moment apart
     await expect(page.locator("#scan-msg")).to_contain_text("The agent is busy; 2 scans are waiting")
     await expect(page.locator("#total-units")).to_have_text("2 units", timeout=30_000)
     await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
@@ -538,8 +554,8 @@ async def test_scans_made_while_the_agent_restarts_are_all_added_once_signed_in_
         await page.click("#open-form button[type=submit]")
         await expect(page.locator("#screen-session")).to_be_visible()
         [session] = await agent.sessions.list()
-    for _ in range(2):  # the agent is down
-        await wedge(page, APPLE)
+    await wedge(page, APPLE)  # the agent is down
+    await scan_again(page, APPLE)  # the same item again on purpose, a moment apart
     await expect(page.locator("#scan-msg")).to_contain_text("The agent does not answer; 2 scans are waiting")
     async with running_agent(tmp_path, port) as agent:  # started again: the same files, nobody signed in
         await expect(page.locator("#screen-signin")).to_be_visible(timeout=30_000)
@@ -601,8 +617,9 @@ async def test_a_bin_count_resting_on_the_movements_since_the_rounds_last_count_
     await page.fill("#open-form input[name=bin]", "Y")
     await page.click("#open-form button[type=submit]")
     await expect(page.locator("#screen-session")).to_be_visible()
-    for _ in range(3):
-        await wedge(page, APPLE)
+    await wedge(page, APPLE)
+    for _ in range(2):  # the same item again on purpose, a moment apart
+        await scan_again(page, APPLE)
     await expect(page.locator("#total-units")).to_have_text("3 units")
     await page.click("#close")
     await page.click("#confirm-yes")
@@ -942,4 +959,61 @@ async def test_expected_lines_whose_quantity_is_typed_in_arabic_indic_digits_are
     await expect(page.locator("#screen-session")).to_be_visible()
     [opened] = await agent.sessions.list()
     assert [(e.sku, e.qty) for e in opened.spec.expected] == [("SKU-APPLE", 12), ("SKU-PEAR", 3)]
+    assert script_errors(console_errors) == []
+
+
+async def open_receive(page: Page, agent: Agent, ref: str) -> None:
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", ref)
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+
+
+async def scanned(agent: Agent) -> list[tuple[str, int]]:
+    [session] = await agent.sessions.list()
+    return [(line.sku, line.qty) for line in await agent.sessions.store.lines(session.id)]
+
+
+async def test_a_trigger_bounce_through_the_wedge_is_one_item_as_at_the_agents_own_scanners(
+    page: Page, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """Found: a handheld's trigger bounced, and its wedge typed one label twice 30 ms apart into the page: two apples
+    were added where one was in hand. The agent's own scanners take the same code again within ``same_code_s`` for a
+    double read; the page now does too, with the agent's setting ([localapi] same_code_s), and says so. The same item
+    scanned again a moment later is added. (A window of 1 s here, so that the test's typing, slower than a wedge's on
+    a busy machine, stays inside it.)"""
+    async with running_agent(tmp_path, same_code_s=1.0) as agent:
+        await open_receive(page, agent, "DN-BOUNCE")
+        await wedge(page, APPLE)
+        await wedge(page, APPLE)  # the bounce: typed right behind the first read, before its answer came
+        await expect(page.locator("#scan-msg")).to_contain_text(
+            f"{APPLE} was not added: the same code came right after the scan before it"
+        )
+        await expect(page.locator("#total-units")).to_have_text("1 unit")
+        assert await scanned(agent) == [("SKU-APPLE", 1)]
+        await page.wait_for_timeout(1200)  # a second apple, scanned on purpose a moment later
+        await wedge(page, APPLE)
+        await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
+        assert await scanned(agent) == [("SKU-APPLE", 1), ("SKU-APPLE", 1)]
+        await type_qty(page, "2")  # a quantity typed between two scans: the second is no bounce
+        await wedge(page, APPLE)
+        await expect(page.locator("#scan-msg")).to_have_text("Added 2 × SKU-APPLE.")
+        async with page.expect_response("**/api/v1/me") as me:
+            await page.reload()
+        assert (await (await me.value).json())["same_code_s"] == 1.0
+    assert script_errors(console_errors) == []
+
+
+async def test_with_same_code_s_off_a_burst_of_one_code_is_added_scan_by_scan(
+    page: Page, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """[localapi] same_code_s = 0: a handheld scanner in batch mode sends the scans it stored all at once, each an
+    item. The page follows the agent's setting, not a number of its own."""
+    async with running_agent(tmp_path, same_code_s=0.0) as agent:
+        await open_receive(page, agent, "DN-BATCH")
+        for _ in range(3):
+            await wedge(page, APPLE)
+        await expect(page.locator("#total-units")).to_have_text("3 units")
+        assert await scanned(agent) == [("SKU-APPLE", 1)] * 3
     assert script_errors(console_errors) == []

@@ -38,6 +38,7 @@
   const state = {
     me: null, session: null, openType: null, readers: [], pollTimer: null, statusTimer: null, busy: false, pending: 0,
     unsent: [],  // scans refused for want of a sign-in (the agent restarted): sent again once signed in
+    lastScan: null,  // the code of the scan before, and when it was made: a trigger bounce repeats it (bounced)
     unstored: [],  // scans the agent could not store (507: its disk is full): shown, sent again when the staff say
     scannerUnstored: [],  // the session's scanner's scans the full disk refused (its view's unstored), kept by the agent
     queue: Promise.resolve(),  // scans waiting to be sent, in order
@@ -558,8 +559,15 @@
     // The quantity goes as typed (1.5 stays 1.5, 1e3 is 1000): the agent refuses what is not a whole number in its
     // one sentence, where parseInt read 1.5 as 1 and 1e3 as 1.
     const typedQty = qtyField.value.trim();
-    const body = { qty: typedQty === "" ? 1 : Number(typedQty), scan_id: newScanId() };
-    body[$("scan-keyed").checked ? "sku" : "code"] = code;
+    const qty = typedQty === "" ? 1 : Number(typedQty);
+    const keyed = $("scan-keyed").checked;
+    if (bounced(code, keyed)) {
+      input.value = "";
+      focusScan();
+      return;
+    }
+    const body = { qty, scan_id: newScanId() };
+    body[keyed ? "sku" : "code"] = code;
     if (state.session.type === "return") {
       body.disposition = document.querySelector("input[name=disposition]:checked").value;
     }
@@ -568,6 +576,26 @@
     const sessionId = state.session.id;
     state.pending += 1;
     state.queue = state.queue.then(() => sendScan(sessionId, code, body)).finally(() => { state.pending -= 1; });
+  }
+
+  // A trigger bounce: the same code again within the agent's same_code_s (GET /api/v1/me; [localapi] same_code_s) of
+  // the scan before is one label read twice, typed by the wedge 30 ms after the first read, never a second item, as
+  // at the agent's own scanners (docs/agent.md). Each scan is measured against the one right before it, so a scanner
+  // stuck repeating a code adds it once; a quantity typed between two scans makes the second no bounce. Said after
+  // the answer to the scan before (in the order of the scans), unless that one was refused: its sentence stays.
+  function bounced(code, keyed) {
+    const now = performance.now();
+    const before = state.lastScan;
+    state.lastScan = { code, keyed, at: now };
+    const windowMs = state.me ? state.me.same_code_s * 1000 : 0;
+    if (!before || before.code !== code || before.keyed !== keyed || !(now - before.at < windowMs)) return false;
+    const said = code + " was not added: the same code came right after the scan before it (" +
+      Math.round(now - before.at) + " ms), faster than anyone scans two items (a trigger read one label twice); " +
+      "if it was a second item, scan it again.";
+    state.queue = state.queue.then(() => {
+      if (!$("scan-msg").classList.contains("msg-bad")) message($("scan-msg"), said, "warn");
+    });
+    return true;
   }
 
   // Each scan carries its own id: when the Wi-Fi drops before the answer, the same scan is sent again and the
@@ -905,6 +933,7 @@
       }
     });
     $("scan-qty").addEventListener("input", () => {
+      state.lastScan = null;  // a person typed between two scans: the next one is no trigger bounce
       if (qtyTimer) window.clearTimeout(qtyTimer);
       qtyTimer = window.setTimeout(focusScan, QTY_IDLE_MS);
     });
@@ -912,6 +941,7 @@
       radio.addEventListener("change", focusScan);
     }
     $("scan-keyed").addEventListener("change", () => {
+      state.lastScan = null;
       updateScanPlaceholder();
       focusScan();
     });
