@@ -306,7 +306,7 @@ async def test_a_refusal_dismissed_on_the_home_screen_stays_dismissed_after_a_re
 
 
 async def type_qty(page: Page, typed: str) -> None:
-    """A quantity typed on the handheld's keypad (``fill`` refuses what a number field cannot hold), then Enter."""
+    """A quantity typed on the handheld's keypad, key by key as a person types it, then Enter."""
     await page.focus("#scan-qty")
     await page.keyboard.press("Control+A")
     await page.keyboard.type(typed)
@@ -1016,4 +1016,28 @@ async def test_with_same_code_s_off_a_burst_of_one_code_is_added_scan_by_scan(
             await wedge(page, APPLE)
         await expect(page.locator("#total-units")).to_have_text("3 units")
         assert await scanned(agent) == [("SKU-APPLE", 1)] * 3
+    assert script_errors(console_errors) == []
+
+
+async def test_a_quantity_typed_in_arabic_indic_digits_is_read_and_a_quantity_that_is_no_number_is_said(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found on a phone set to Arabic: its keypad types Arabic-Indic digits, and Chromium's number field dropped them
+    (the field stayed empty, and the scan was added as 1). The field now takes digits of any script as the numbers
+    they are, and text that is no number is refused in a sentence, the field free for the next scan."""
+    await open_receive(page, agent, "DN-AR-QTY")
+    await type_qty(page, "\u0661\u0662")  # ١٢
+    await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 12 × SKU-APPLE.")
+    await type_qty(page, "\u06f3")  # ۳, Persian
+    await wedge(page, PEAR)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 3 × SKU-PEAR.")
+    await type_qty(page, "12a")
+    await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_have_text(
+        f"{APPLE} was not added: the quantity '12a' is not a whole number; type one (e.g. 12) and scan again."
+    )
+    await expect(page.locator("#scan-code")).to_have_value("")
+    await expect(page.locator("#scan-qty")).to_have_attribute("inputmode", "numeric")
+    assert await scanned(agent) == [("SKU-APPLE", 12), ("SKU-PEAR", 3)]
     assert script_errors(console_errors) == []

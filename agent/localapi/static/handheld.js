@@ -402,7 +402,6 @@
     if (s.reader_id) sub.push("scanner " + s.reader_id + " feeds this session");
     $("session-sub").textContent = sub.join(" · ");
     $("disposition").hidden = s.type !== "return";
-    $("scan-qty").min = s.type === "count" ? "0" : "1";
     $("scan-qty").value = "1";
     $("scan-keyed").checked = false;
     updateScanPlaceholder();
@@ -549,17 +548,14 @@
       focusScan();
       return;
     }
-    const qtyField = $("scan-qty");
-    if (qtyField.validity.badInput) {
+    const typedQty = $("scan-qty").value.trim();
+    const qty = typedQuantity(typedQty);
+    if (qty === null) {
       input.value = ""; // the next scan must not be typed onto this one
-      message($("scan-msg"), code + " was not added: the quantity is not a number; type a whole number and scan again.", "bad");
+      message($("scan-msg"), code + " was not added: the quantity '" + typedQty + "' is not a whole number; type one (e.g. 12) and scan again.", "bad");
       focusScan();
       return;
     }
-    // The quantity goes as typed (1.5 stays 1.5, 1e3 is 1000): the agent refuses what is not a whole number in its
-    // one sentence, where parseInt read 1.5 as 1 and 1e3 as 1.
-    const typedQty = qtyField.value.trim();
-    const qty = typedQty === "" ? 1 : Number(typedQty);
     const keyed = $("scan-keyed").checked;
     if (bounced(code, keyed)) {
       input.value = "";
@@ -576,6 +572,16 @@
     const sessionId = state.session.id;
     state.pending += 1;
     state.queue = state.queue.then(() => sendScan(sessionId, code, body)).finally(() => { state.pending -= 1; });
+  }
+
+  // The quantity field is a text field (inputmode numeric): Chromium's number field dropped the digits a phone set to
+  // Arabic or Persian types (the scan was added as 1). Digits of any script are read as the numbers they are; the
+  // quantity then goes as typed (1.5 stays 1.5, 1e3 is 1000): the agent refuses what is not a whole number in its one
+  // sentence. Empty is 1; text that is no number at all is null (refused here, in a sentence).
+  function typedQuantity(typed) {
+    const text = asciiDigits(typed);
+    if (text === "") return 1;
+    return /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(text) ? Number(text) : null;
   }
 
   // A trigger bounce: the same code again within the agent's same_code_s (GET /api/v1/me; [localapi] same_code_s) of
