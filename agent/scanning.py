@@ -623,7 +623,7 @@ class ScanService:
                 decoded = hardware.decode(scan.raw, rcn_region=section.rcn_region)
             except hardware.DecodeError as err:
                 error = err
-        fragment = self._fragment(section, scan) if error is None else None
+        fragment = self._fragment(section, scan, decoded) if error is None else None
         # cut off or not decoded: a tail may follow (a tail refused as a fragment is not, so a code scanned again books)
         self._problem_before[section.id] = error is not None
         error = error or fragment
@@ -665,24 +665,50 @@ class ScanService:
         await self._decide(scan_id, section, outcome, unkept)
         return outcome
 
-    def _fragment(self, section: ScannerSection, scan: hardware.Scan) -> hardware.DecodeError | None:
-        """Why a complete scan that decoded is the tail of the reader's scan before rather than a barcode, or None.
+    def _fragment(
+        self, section: ScannerSection, scan: hardware.Scan, decoded: hardware.Decoded | None
+    ) -> hardware.DecodeError | None:
+        """Why a complete scan that decoded is a piece of the reader's scan before rather than a barcode, or None.
 
         A scan's tail that comes after the reader stopped waiting for its suffix (``SUFFIX_WAIT_S``), or after the
         idle gap of a scanner that sends none, is a frame of its own, and was booked as an unknown item
-        (``unknown:2345``). Only right after a scan of the same reader that was cut off or failed to decode (its
-        head), it is refused when it cannot be a scan of that scanner:
+        (``unknown:2345``).
+
+        Right after a scan of the same reader that was cut off or failed to decode (its head), it is refused when it
+        cannot be a scan of that scanner:
 
         * the head began with a symbology identifier (``]E0``) and this one has none: a scanner set to send
           identifiers sends one with every scan;
-        * it is only digits, of no EAN/UPC/GTIN length (8, 12, 13, 14; those are checked by their check digit).
+        * it is only digits, of no EAN/UPC/GTIN length (8, 12, 13, 14; those are checked by their check digit);
+        * the head was cut off, has no identifier, and this scan does not begin as it did: the same item scanned
+          again begins as its cut-off head did, a tail does not (a GTIN whose check digit holds is whole, booked).
+
+        Right after a complete scan the line's going quiet ended (a scanner sending no suffix, ``by_gap``), within
+        the reader's ``same_code_s`` (nobody scans two items that fast; 0: off, a scanner in batch mode), it is the
+        rest of that scan, split by a pause on the line longer than the idle gap (unless it is a GTIN whose check
+        digit holds: a second symbol read at the same pull).
 
         Anything else (a short internal code, text) is booked as before; a code refused so books when scanned again.
         """
         before = self._last_scan.get(section.id)
-        if before is None or not scan.complete or not self._problem_before.get(section.id):
+        if before is None or not scan.complete:
             return None
         text = scan.text.strip(" \t\r\n")
+        whole = decoded is not None and decoded.kind is hardware.DecodedKind.GTIN  # its check digit holds
+        if not self._problem_before.get(section.id):
+            gap_ms = scan.received_at_ms - before.received_at_ms
+            quick = section.same_code_s and 0 <= gap_ms < section.same_code_s * 1000
+            if before.complete and before.by_gap and quick and not whole:
+                return hardware.DecodeError(
+                    scan.text,
+                    f"The scan {shown(text, 40)} came {gap_ms:,} ms after scanner {section.id!r}'s scan"
+                    f" {shown(before.text, 40)}, which ended where the line went quiet, faster than anyone scans two"
+                    " items: it is likely the rest of that scan, split by a pause on the line; nothing was booked for"
+                    f" it: check what {shown(before.text, 40)} booked and scan the item again (if this happens often,"
+                    " raise the reader's idle_gap_s, or set the scanner to send a CR/LF suffix).",
+                )
+            return None
+        head = before.text.strip(" \t\r\n")
         if before.raw[:1] == b"]" and not text.startswith("]"):
             return hardware.DecodeError(
                 scan.text,
@@ -696,6 +722,13 @@ class ScanService:
                 f"The scan {shown(text, 40)} is {len(text)} digits, no EAN/UPC/GTIN length, right after a cut-off or"
                 f" unreadable scan of scanner {section.id!r}: it is likely that scan's tail, not a barcode; nothing was"
                 " booked: scan the item again (a short code of that many digits books when scanned again).",
+            )
+        if not before.complete and head and not head.startswith("]") and not text.startswith(head) and not whole:
+            return hardware.DecodeError(
+                scan.text,
+                f"The scan {shown(text, 40)} does not begin as the cut-off scan {shown(head, 40)} before it did"
+                f" (scanner {section.id!r}): it is likely the tail of that scan, not a barcode; nothing was booked:"
+                " scan the item again (a code refused so books when scanned again).",
             )
         return None
 

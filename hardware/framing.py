@@ -27,6 +27,7 @@ class Frame:
     data: bytes
     complete: bool  # False: cut off (device lost mid-frame, or longer than FRAME_MAX_BYTES)
     by_disconnect: bool = False  # cut off because the device went away in the middle of it
+    by_gap: bool = False  # ended by the line going quiet (the idle gap), not by a suffix
 
 
 class FrameSplitter:

@@ -227,10 +227,10 @@ class ScannerReader(ABC):
             )  # fmt: skip
         else:
             self._say_cut_off(frame)
-        self._queue_scan(frame.data, frame.complete)
+        self._queue_scan(frame.data, frame.complete, frame.by_gap)
 
-    def _queue_scan(self, data: bytes, complete: bool) -> None:
-        self._queue.put_nowait(Scan(self._reader_id, data, wall_ms(), complete))
+    def _queue_scan(self, data: bytes, complete: bool, by_gap: bool = False) -> None:
+        self._queue.put_nowait(Scan(self._reader_id, data, wall_ms(), complete, by_gap))
         self._pending += 1
         if not self._paused and self._pending >= QUEUE_PAUSE_SCANS:
             self._paused = True

@@ -27,6 +27,7 @@ class Scan:
     raw: bytes
     received_at_ms: int
     complete: bool = True
+    by_gap: bool = False  # ended where the line went quiet (a scanner sending no suffix), not at its suffix
 
     @property
     def text(self) -> str:

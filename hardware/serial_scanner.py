@@ -277,7 +277,7 @@ class _SerialLink(asyncio.Protocol):
         suffix_missing, self._suffix.seen = self._suffix.seen, False
         frame = self._splitter.flush(complete=not suffix_missing)  # a scan whose suffix never came is cut off
         if frame is not None:
-            self._deliver(frame)
+            self._deliver(Frame(frame.data, frame.complete, by_gap=frame.complete))
 
     def write(self, data: bytes) -> None:
         assert self._transport is not None

@@ -260,13 +260,13 @@ class _EventLink:
             self._timer.cancel()
             self._timer = None
         if self._config.idle_gap_s is not None and self._decoder.in_frame:
-            self._timer = self._loop.call_later(self._config.idle_gap_s, self._flush)
+            self._timer = self._loop.call_later(self._config.idle_gap_s, self._flush, True, False, True)
 
-    def _flush(self, complete: bool = True, *, by_disconnect: bool = False) -> None:
+    def _flush(self, complete: bool = True, by_disconnect: bool = False, by_gap: bool = False) -> None:
         self._timer = None
         text = self._decoder.flush()
         if text is not None:
-            self._deliver(Frame(text.encode("utf-8"), complete, by_disconnect))
+            self._deliver(Frame(text.encode("utf-8"), complete, by_disconnect, by_gap and complete))
 
     def _end(self, cause: BaseException | None) -> None:
         if self._fd is None:

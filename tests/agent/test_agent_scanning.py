@@ -783,3 +783,81 @@ async def test_a_short_run_of_digits_right_after_a_cut_off_scan_is_refused_and_s
         (b"0123", "unknown"),
     ]
     assert "right after a cut-off or unreadable scan" in (entries[1].message or "")
+
+
+async def test_a_text_tail_of_a_cut_off_scan_without_identifiers_is_refused_and_a_scan_again_of_the_item_books(
+    tmp_path: Path,
+) -> None:
+    """Found: a scanner sending no symbology identifiers, its scan of TOTE-7 cut off after "TO" (the rest came after
+    the reader gave up waiting for its suffix): the tail "TE-7" was booked as ``unknown:TE-7``. Right after a cut-off
+    scan, a scan that is no checked GTIN and does not begin as the cut-off one did is its tail; the same item scanned
+    again (it begins as its cut-off head did) and a GTIN whose check digit holds book as before."""
+    async with rig(tmp_path, gapped_section(tmp_path / "usb-Honeywell_Xenon_1900-if00")) as r:
+        await r.scan(b"TOTE-7")  # the scanner ends its scans with CR/LF, and sends no identifiers
+        await scan_cut_in_two(r, b"TO", b"TE-7")
+        await scan_cut_in_two(r, b"TOT", b"TOTE-7")  # cut off, then scanned again whole: booked
+        await scan_cut_in_two(r, b"TOT", EAN13.encode())  # cut off, then another item with a checked GTIN: booked
+        await r.scan(b"TE-7")  # the code that was refused as a tail, scanned on purpose: booked
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [e.sku for e in events] == ["TOTE", "TOTE", "MUG-01", "unknown:TE-7"]
+    assert [(e.raw, e.result) for e in reversed(entries)] == [
+        (b"TOTE-7", "booked"),
+        (b"TO", "incomplete"),
+        (b"TE-7", "decode_error"),
+        (b"TOT", "incomplete"),
+        (b"TOTE-7", "booked"),
+        (b"TOT", "incomplete"),
+        (EAN13.encode(), "booked"),
+        (b"TE-7", "unknown"),
+    ]
+    message = entries[-3].message or ""
+    assert "does not begin as the cut-off scan 'TO' before it did" in message and "tail of that scan" in message
+
+
+def no_suffix_section(link: Path, same_code_s: float) -> ScannerSection:
+    """A serial reader of a scanner set to send no suffix: its scans end where the line goes quiet (idle gap)."""
+    device = hardware.SerialScannerConfig(
+        reader_id="backdoor", port=str(link), idle_gap_s=0.05, reconnect_initial_s=0.02, reconnect_max_s=0.1
+    )
+    return ScannerSection(id="backdoor", type="serial", mode="receive", device=device, same_code_s=same_code_s)  # type: ignore[arg-type]
+
+
+async def gap_framed(r: Rig, raw: bytes) -> None:
+    """Write a scan without suffix and wait until the agent has decided it (after the reader's idle gap)."""
+    target = r.service.outcomes + 1
+    r.device.write(raw)
+    await r.service.wait_decided(target, WAIT_S)
+
+
+async def test_the_rest_of_a_scan_split_by_a_pause_on_the_line_is_refused_not_booked_as_a_second_item(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: a scanner that sends no suffix is framed by the line going quiet; a pause inside one scan longer than
+    the idle gap made two scans of it, "TOTE" and "-7", both booked as unknown items. A scan ended by the idle gap
+    and a scan right behind it, within the reader's ``same_code_s`` (nobody scans two items that fast), is one scan
+    cut in two: the second is refused aloud, naming the first. A GTIN whose check digit holds is still booked (a
+    scanner reading two symbols at one pull), and so is the code scanned again a moment later. (A 1 s window here,
+    so that the premise holds on a busy machine; the default is 0.1 s.)"""
+    async with rig(tmp_path, no_suffix_section(tmp_path / "usb-Honeywell_Xenon_1900-if00", 1.0)) as r:
+        await gap_framed(r, b"TOTE")
+        await gap_framed(r, b"-7")  # the rest of the scan, after a pause longer than the idle gap
+        await asyncio.sleep(1.1)
+        await gap_framed(r, b"TOTE-7")  # scanned again, on purpose
+        await gap_framed(r, EAN13.encode())  # another symbol read at the same pull: a checked GTIN
+        await asyncio.sleep(1.1)
+        await gap_framed(r, b"-7")  # a short code scanned on purpose: booked
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [e.sku for e in events] == ["unknown:TOTE", "TOTE", "MUG-01", "unknown:-7"]
+    assert [(e.raw, e.result) for e in reversed(entries)] == [
+        (b"TOTE", "unknown"),
+        (b"-7", "decode_error"),
+        (b"TOTE-7", "booked"),
+        (EAN13.encode(), "booked"),
+        (b"-7", "unknown"),
+    ]
+    message = entries[-2].message or ""
+    assert "'TOTE'" in message and "split by a pause on the line" in message and "idle_gap_s" in message
+    warnings = [m.getMessage() for m in caplog.records if m.levelno == logging.WARNING and m.name == "agent.scanning"]
+    assert any("'-7'" in w and "split by a pause on the line" in w for w in warnings)

@@ -42,7 +42,7 @@ async def test_frames_end_at_cr_lf_and_crlf_without_empty_frames(pty_scanner: Pt
         pty_scanner.write(b"CR-ONLY\rLF-ONLY\nCRLF\r\nDOUBLE\r\n\r\n\nLAST\r\n")
         scans = await ScanTaker(scanner).take(5)
     assert [s.raw for s in scans] == [b"CR-ONLY", b"LF-ONLY", b"CRLF", b"DOUBLE", b"LAST"]
-    assert all(s.complete and s.reader_id == "backdoor" and s.received_at_ms > 0 for s in scans)
+    assert all(s.complete and not s.by_gap and s.reader_id == "backdoor" and s.received_at_ms > 0 for s in scans)
 
 
 async def test_a_barcode_split_across_writes_is_one_frame(pty_scanner: PtyScanner, statuses: StatusLog) -> None:
@@ -72,6 +72,7 @@ async def test_no_suffix_scanner_frames_end_after_the_idle_gap(pty_scanner: PtyS
         second = await taker.one()
     assert (first.raw, second.raw) == (b"5901234123457", b"BIN-A-12")
     assert first.complete and second.complete
+    assert first.by_gap and second.by_gap  # ended where the line went quiet: the agent reads pieces by it
 
 
 async def test_an_over_long_run_is_one_cut_off_scan_and_its_tail_is_not_a_scan(

@@ -281,9 +281,13 @@ async def test_wedge_events_split_mid_struct_are_reassembled(keyboard: FifoKeybo
 async def test_wedge_idle_gap_for_scanners_without_enter(keyboard: FifoKeyboard, statuses: StatusLog) -> None:
     async with WedgeScanner(wedge_config(keyboard.link, idle_gap_s=0.05), on_status=statuses) as scanner:
         await statuses.wait(available=True)
+        taker = ScanTaker(scanner)
         keyboard.send(type_text("4006381333931", enter=False))
-        scan = await ScanTaker(scanner).one()
-    assert (scan.text, scan.complete) == ("4006381333931", True)
+        scan = await taker.one()
+        keyboard.send(type_text("BIN-7"))  # with Enter: ended by its terminator, not by the line going quiet
+        entered = await taker.one()
+    assert (scan.text, scan.complete, scan.by_gap) == ("4006381333931", True, True)  # the agent reads pieces by it
+    assert (entered.text, entered.complete, entered.by_gap) == ("BIN-7", True, False)
 
 
 async def test_grab_refused_is_unavailable_with_a_reason(keyboard: FifoKeyboard, statuses: StatusLog) -> None:
