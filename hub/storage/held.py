@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from hub.clock_window import span
+from hub.clock_window import AHEAD, BEFORE_AGENT, BEHIND, span
 from hub.resolver import Effect, Transfer
 from hub.storage.base import (
     QUARANTINE_ACTIONS,
@@ -219,14 +219,53 @@ async def mark_hub_clock(db: Db, offset_ms: int, now_ms: int, recent_ms: int, ag
     )
 
 
-async def hub_clock_ids(db: Db) -> list[int]:
-    """The pending events held because of the hub's own clock, oldest first."""
-    rows = await db.fetch(
-        "SELECT quarantine_id FROM quarantine WHERE status = 'pending' AND hub_clock_off_ms IS NOT NULL "
-        "ORDER BY quarantine_id",
-        (),
-    )
+async def pending_ids(db: Db, *, hub_clock: bool, agent_id: str | None = None) -> list[int]:
+    """The pending held events, oldest first: those held because of the hub's own clock (``hub_clock``), or those
+    it did not attribute to it (of ``agent_id`` only, when given)."""
+    where = Where("status = 'pending'", f"hub_clock_off_ms IS {'NOT ' if hub_clock else ''}NULL")
+    where.add("agent_id = ?", agent_id)
+    sql = f"SELECT quarantine_id FROM quarantine{where.sql} ORDER BY quarantine_id"
+    rows = await db.fetch(sql, tuple(where.params))
     return [r[0] for r in rows]
+
+
+# Whose clock an operator found wrong, for the held events the hub could not attribute (``release_held``): the
+# hub's (each applied at its own time) or the store's (each at the hub's time of receipt).
+WRONG_HUB, WRONG_STORE = "hub", "store"
+WRONG_CLOCKS = (WRONG_HUB, WRONG_STORE)
+# Why a release left a held event pending, besides the clock window's rules (hub.clock_window.AHEAD, ...):
+GONE = "gone"  # resolved (or attributed otherwise) meanwhile: not the release's to count
+NO_CLOCK = "no_clock"  # its sender did not say its clock when it sent it: the hub's offset then is unknown
+REFUSED = "refused"  # the ingest refused it (its transaction rolled back)
+
+
+def check_wrong_clock(wrong_clock: str) -> None:
+    if wrong_clock not in WRONG_CLOCKS:
+        raise InvalidInput(f"wrong_clock must be one of {', '.join(WRONG_CLOCKS)}, got {str(wrong_clock)[:40]!r}")
+
+
+def sender_skew(row: QuarantineRow) -> int | None:
+    """How far the hub's clock was off its sender's when it received the event (None: the sender did not say)."""
+    return None if row.sent_ms is None else row.received_at_ms - row.sent_ms
+
+
+def stays_sentence(stays: dict[str, int], first_refusal: str) -> str:
+    """What a release left pending and why, by how many (``stays``: reason -> count), as the end of a sentence."""
+    left = sum(stays.values())
+    if not left:
+        return "none stay for an operator"
+    outside = {rule: stays.get(rule, 0) for rule in (AHEAD, BEHIND, BEFORE_AGENT)}
+    parts = []
+    if sum(outside.values()):
+        rules = ", ".join(f"{n:,} {words}" for rule, words in (
+            (AHEAD, "ahead of it"), (BEHIND, "behind it"), (BEFORE_AGENT, "before their credential")
+        ) if (n := outside[rule]))  # fmt: skip
+        parts.append(f"{sum(outside.values()):,} outside the clock window even by the corrected clock ({rules})")
+    if stays.get(NO_CLOCK):
+        parts.append(f"{stays[NO_CLOCK]:,} whose sender did not say its clock when it sent them")
+    if stays.get(REFUSED):
+        parts.append(f"{stays[REFUSED]:,} refused by the ingest (the first: {first_refusal})")
+    return f"{left:,} stay for an operator: {', '.join(parts)}"
 
 
 def released(row: QuarantineRow, operator: str) -> tuple[AgentIdentity, StockEvent]:

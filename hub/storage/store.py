@@ -323,42 +323,101 @@ class SqlHubStore(HubStore, Generic[D]):
 
     async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:
         checks.whole(window_ms, "clock window", 1, 2**62)
-        ids = await self._read_db("reading the quarantine", held.hub_clock_ids)
-        released = left = 0
+        ids = await self._read_db("reading the quarantine", lambda db: held.pending_ids(db, hub_clock=True))
+        return await self._release(
+            ids, operator, "event(s) held because of the hub's own clock, at their own time",
+            lambda db, q: self._release_one(db, q, window_ms, operator, None),
+        )  # fmt: skip
+
+    async def release_held(
+        self, window_ms: int, operator: str, wrong_clock: str, agent_id: str | None = None
+    ) -> tuple[int, int]:
+        checks.whole(window_ms, "clock window", 1, 2**62)
+        held.check_wrong_clock(wrong_clock)
+        ids = await self._read_db(
+            "reading the quarantine", lambda db: held.pending_ids(db, hub_clock=False, agent_id=agent_id)
+        )
+        whose = "every store" if agent_id is None else agent_id
+        if wrong_clock == held.WRONG_HUB:
+            return await self._release(
+                ids, operator, f"event(s) of {whose} held when the hub could not tell whose clock was wrong, at "
+                "their own time (the hub's clock was wrong)",
+                lambda db, q: self._release_one(db, q, window_ms, operator, held.WRONG_HUB),
+            )  # fmt: skip
+        return await self._release(
+            ids, operator, f"event(s) of {whose} held when the hub could not tell whose clock was wrong, at the "
+            "hub's time of receipt (the store's clock was wrong)",
+            lambda db, q: self._apply_unattributed(db, q, operator),
+        )  # fmt: skip
+
+    async def _release(
+        self, ids: Sequence[int], operator: str, what: str, one: Callable[[D, int], Coroutine[Any, Any, str | None]]
+    ) -> tuple[int, int]:
+        """Release each held event of ``ids`` in a transaction of its own (``one``: None once applied, else why it
+        stays; ``_NotReleased`` rolls it back) and say in one sentence how many were and why the others stay."""
+        released = 0
+        stays: dict[str, int] = {}
+        first_refusal = ""
         for quarantine_id in ids:
             try:
-                done = await self._write_db(
-                    f"releasing held event {quarantine_id}",
-                    lambda db, q=quarantine_id: self._release_one(db, q, window_ms, operator),  # type: ignore[misc]
+                why = await self._write_db(
+                    f"releasing held event {quarantine_id}", lambda db, q=quarantine_id: one(db, q),  # type: ignore[misc]
                     unique_races=True,
-                )
-            except InvalidInput as err:
-                log.info("Held event %d stays for an operator: %s.", quarantine_id, err)
-                done = False
-            released += bool(done)
-            left += not done
+                )  # fmt: skip
+            except InvalidInput as err:  # _NotReleased, or one that cannot be made an event again
+                why, first_refusal = held.REFUSED, first_refusal or str(err)
+                log.debug("Held event %d stays for an operator: %s.", quarantine_id, err)
+            if why is None:
+                released += 1
+            elif why != held.GONE:  # resolved meanwhile: not this one's to count
+                stays[why] = stays.get(why, 0) + 1
+        left = sum(stays.values())
         if ids:
-            log.info("%s released %d event(s) held because of the hub's own clock, at their own time; %d stay for "
-                     "an operator (outside the clock window even by the corrected clock).", operator, released,
-                     left)  # fmt: skip
+            log.info("%s released %d %s; %s.", operator, released, what, held.stays_sentence(stays, first_refusal))
         return released, left
 
-    async def _release_one(self, db: D, quarantine_id: int, window_ms: int, operator: str) -> bool:
+    async def _release_one(
+        self, db: D, quarantine_id: int, window_ms: int, operator: str, judged: str | None
+    ) -> str | None:
+        """Apply one held event at its own time, its receipt checked against the window with the hub's clock
+        corrected: by ``hub_clock_off_ms`` (``judged`` None), or by its sender's skew then (``judged`` "hub": an
+        operator found the hub's clock the wrong one)."""
         row = await held.held_row(db, quarantine_id, self.LOCK_ROW)
-        if row is None or row.status != "pending" or row.hub_clock_off_ms is None:
-            return False  # resolved meanwhile: not this one's to count
+        if row is None or row.status != "pending" or (row.hub_clock_off_ms is None) != (judged is not None):
+            return held.GONE
+        off_ms = row.hub_clock_off_ms if judged is None else held.sender_skew(row)
+        if off_ms is None:
+            log.debug("Held event %d stays for an operator: its sender did not say its clock.", quarantine_id)
+            return held.NO_CLOCK
         created = await held.created_ms(db, row.agent_id)
-        clock = ClockWindow(row.received_at_ms, window_ms, sent_ms=row.sent_ms).corrected(row.hub_clock_off_ms, created)
+        clock = ClockWindow(row.received_at_ms, window_ms, sent_ms=row.sent_ms).corrected(off_ms, created)
         rule = clock.outside(row.occurred_at)
-        if rule is not None:
-            raise _NotReleased(clock.reason(row.occurred_at, "GET /v1/quarantine"))
-        who, event = held.released(row, operator)
+        if rule is not None:  # nothing written yet: nothing to roll back
+            log.debug("Held event %d stays for an operator: %s.", quarantine_id,
+                      clock.reason(row.occurred_at, "GET /v1/quarantine"))  # fmt: skip
+            return rule
+        who, event = held.released(replace(row, hub_clock_off_ms=off_ms), operator)
         batch = replace(prepare_batch(who, event.epoch, [event]), operator=operator)
         result = await self._booking(db, lambda tx: apply_batch(tx, batch, wall_ms_now()), batch=batch)
         if result.rejected:
             raise _NotReleased(result.rejected[0].reason)  # rolled back whole
         await held.mark_resolved(db, row, "applied", operator, wall_ms_now())
-        return True
+        return None
+
+    async def _apply_unattributed(self, db: D, quarantine_id: int, operator: str) -> str | None:
+        """Apply one held event the hub did not attribute to its own clock at its receipt time (an operator found
+        its store's clock the wrong one), as ``resolve_quarantine``'s "apply_at_receipt"."""
+        row = await held.held_row(db, quarantine_id, self.LOCK_ROW)
+        if row is None or row.status != "pending" or row.hub_clock_off_ms is not None:
+            return held.GONE
+        now_ms = wall_ms_now()
+        who, event = held.restamped(row, operator)
+        batch = replace(prepare_batch(who, event.epoch, [event]), operator=operator)
+        result = await self._booking(db, lambda tx: apply_batch(tx, batch, now_ms), batch=batch)
+        if result.rejected:
+            raise _NotReleased(result.rejected[0].reason)  # rolled back whole
+        await held.mark_resolved(db, row, "applied", operator, now_ms)
+        return None
 
     # --- change feed and webhooks ----------------------------------------------------------------------------
 

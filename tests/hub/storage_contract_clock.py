@@ -5,6 +5,7 @@ Mixed into ``StorageContract``, so every backend runs it (fixture ``store``).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
@@ -179,6 +180,34 @@ class ClockTransferContract:
         assert await on_hand(store) == (-1, 0)
         assert [q.agent_id for q in await store.quarantine()] == [slow.agent_id], "the other waits for an operator"
         assert await store.release_hub_clock(60_000, "hub") == (0, 0), "nothing released twice"
+
+    async def test_a_release_that_leaves_many_pending_says_so_in_one_sentence(
+        self, store: HubStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Found: on SQLite each held event a release left pending logged a WARNING of its own ("A write transaction
+        of 1 write(s) failed and was rolled back"), besides an INFO line of its own: a release of 5,000 logged
+        10,000 lines. Now one sentence says how many stay and why; each one's reason is at DEBUG."""
+        right = await agent(store, "S1")
+        hub_ahead = 2 * DAY_MS
+        store_now = now_ms() - hub_ahead
+        ev = EventFactory(right.agent_id, base_ms=store_now)
+        many = 120  # stamped a century ahead by the store's clock too: outside the window even once corrected
+        events = [ev(Kind.SALE, -1, at_ms=CENTURY_MS + i) for i in range(many)] + [ev(Kind.SALE, -1, at_ms=-60_000)]
+        held = await store.ingest(right, 1, events, clock_window_ms=60_000, sent_ms=store_now)
+        assert [r.code for r in held.rejected] == ["quarantined"] * (many + 1)
+        assert (await store.hub_clock_found(hub_ahead))[0] == many + 1
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="hub"):
+            assert await store.release_hub_clock(60_000, "hub") == (1, many)
+        above_debug = [r for r in caplog.records if r.levelno > logging.DEBUG]
+        assert [r.levelname for r in above_debug] == ["INFO"], [r.getMessage() for r in above_debug]
+        said = above_debug[0].getMessage()
+        assert said == (
+            f"hub released 1 event(s) held because of the hub's own clock, at their own time; {many} stay for an "
+            f"operator: {many} outside the clock window even by the corrected clock ({many} ahead of it)."
+        ), said
+        per_item = [r for r in caplog.records if r.levelno == logging.DEBUG and "stays for an" in r.getMessage()]
+        assert len(per_item) == many, "each one's reason is kept at DEBUG"
 
     async def test_a_credential_made_while_the_hubs_clock_runs_ahead_is_dated_by_its_stores_time(
         self, store: HubStore

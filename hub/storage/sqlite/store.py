@@ -34,7 +34,7 @@ from urllib.parse import quote
 import aiosqlite
 
 from hub.resolver import StockKey
-from hub.storage.base import StoreClosed, StoreError, StoreOpener
+from hub.storage.base import HubError, StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import SqliteDb
 from hub.storage.feed import FEED_HOME_KEY
@@ -152,7 +152,11 @@ def _commit_group(
         conn.execute("COMMIT")
     except BaseException as err:
         cache.clear()
-        log.warning("A write transaction of %d write(s) failed and was rolled back: %s", len(group), err)
+        # A refusal the write made on purpose (bad input, already resolved) is the caller's to answer, as one of a
+        # group's is: only a failure is worth a warning.
+        refused = isinstance(err, HubError) and not isinstance(err, StoreError)
+        log.log(logging.DEBUG if refused else logging.WARNING,
+                "A write transaction of %d write(s) failed and was rolled back: %s", len(group), err)  # fmt: skip
         if conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
