@@ -380,12 +380,16 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
     skew_ms = None if sync.sent_ms is None else wall_ms_now() - sync.sent_ms
     # the store's clock is right and the hub's off: what the window holds now is held because of the hub's clock
     off_ms = None if skew_ms is None else _watch_the_hubs_clock(request.app, who.agent_id, skew_ms)
+    noticed, decided_ms = request.app[CLOCK_WATCH_KEY].found, wall_ms_now()
     result = await ingest_confirmed(
         request, who, sync.epoch, sync.events, _sync_head, acked_seq=sync.acked_seq, backlog=sync.backlog,
         oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
         clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
         after_seq=sync.after_seq, peer=request.remote, disk=sync.disk, hub_clock_off_ms=off_ms,
     )  # fmt: skip
+    held = any(r.code == "quarantined" for r in result.rejected)
+    if held and off_ms is None and request.app[CLOCK_WATCH_KEY].found != noticed:  # found while it was written
+        _held_before_it_knew(request.app, decided_ms)
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks
@@ -464,6 +468,25 @@ def _watch_the_hubs_clock(app: web.Application, agent_id: str, skew_ms: int) -> 
     if found is None or abs(skew_ms - found.offset_ms) > HUB_CLOCK_AGREE_MS:
         return None
     return found.offset_ms
+
+
+def _held_before_it_knew(app: web.Application, decided_ms: int) -> None:
+    """A sync whose clock window was decided (at the hub's time ``decided_ms``) before the hub found its own clock
+    off, and written after: its held events may have missed the marking of those held before it noticed
+    (``HubStore.hub_clock_found``, run once the sync that made it notice was written, maybe before this one). Mark
+    them after this write as that marking would have: then they are released with the others, at once when the
+    hub's clock looks right again already (its release may have run before they were marked)."""
+    watch = app[CLOCK_WATCH_KEY]
+    app[CLOCK_CHORES_KEY].run(_mark_held(app, watch.found_offset_ms, decided_ms))
+    if watch.current is None and watch.agreed:
+        app[CLOCK_CHORES_KEY].run(_release_hub_clock(app))
+
+
+async def _mark_held(app: web.Application, offset_ms: int, at_ms: int) -> None:
+    try:
+        await app[STORE_KEY].mark_held_by_hub_clock(offset_ms, at_ms)
+    except StoreError as err:
+        log.error("Could not note the hub's own clock in the quarantine: %s.", err)
 
 
 class ClockChores:

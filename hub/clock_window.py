@@ -185,6 +185,8 @@ class HubClockWatch:
         self.agreed = False
         self.right_again = False  # set when ``agreed`` turned true; the caller clears it (``take_right_again``)
         self._right: frozenset[str] = frozenset()  # at the last look: the agents whose skew is under a minute
+        self.found = 0  # how many times the hub's clock started to look wrong (or its offset moved), and by how much
+        self.found_offset_ms = 0  # … the last time
         self._asked = 0  # … and how many agents synced lately
 
     def take_right_again(self) -> bool:
@@ -218,6 +220,8 @@ class HubClockWatch:
         if self.current is not None and (
             before is None or abs(self.current.offset_ms - before.offset_ms) > HUB_CLOCK_AGREE_MS
         ):
+            self.found += 1
+            self.found_offset_ms = self.current.offset_ms
             return "began", self.current
         if self.current is None and before is not None:
             return "ended", None

@@ -325,6 +325,12 @@ class QuarantineStore(Protocol):
         (``hub.storage.credentials.correct_created``). Returns (events marked, credentials corrected)."""
 
     @abc.abstractmethod
+    async def mark_held_by_hub_clock(self, offset_ms: int, at_ms: int) -> int:
+        """``hub_clock_found``'s marking of the held events alone, as if the hub had found its clock ``offset_ms`` off
+        at its time ``at_ms``: for a sync decided before the hub found it and written after that marking (the
+        credentials are not dated again). Returns how many were marked."""
+
+    @abc.abstractmethod
     async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:
         """Release the pending events held because of the hub's own clock (``QuarantineRow.hub_clock_off_ms``)
         whose time is inside the clock window ``window_ms`` by the corrected clock: each applied at its own time,

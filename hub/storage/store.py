@@ -321,6 +321,16 @@ class SqlHubStore(HubStore, Generic[D]):
                         "time instead.", corrected, offset_ms)  # fmt: skip
         return marked, corrected
 
+    async def mark_held_by_hub_clock(self, offset_ms: int, at_ms: int) -> int:
+        async def work(db: D) -> int:
+            return await held.mark_hub_clock(db, offset_ms, at_ms, HUB_CLOCK_RECENT_MS, HUB_CLOCK_AGREE_MS)
+
+        marked = await self._write_db("noting the hub's own clock in the quarantine", work)
+        if marked:
+            log.info("%d held event(s) of a sync decided before the hub found its clock %d ms off, written after, "
+                     "were held because of it; they are released once its clock is right.", marked, offset_ms)  # fmt: skip
+        return marked
+
     async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:
         checks.whole(window_ms, "clock window", 1, 2**62)
         ids = await self._read_db("reading the quarantine", lambda db: held.pending_ids(db, hub_clock=True))
