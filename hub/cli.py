@@ -50,6 +50,7 @@ from hub.server import DatabaseMoved, run_serving, serve
 from hub.storage import open_store, sqlite_file
 from hub.storage.base import ROLES, AgentDisk, AgentStatus, DatabaseUnreachable, HubError, InvalidInput
 from hub.storage.credentials import check_agent_id
+from hub.storage.held import WRONG_CLOCKS, released_sentence
 from hub.storage.interfaces import CredentialStore
 from hub.storage.sqlite.store import special_file
 from hub.views import iso_ms
@@ -185,11 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     held = commands.add_parser("quarantine", help="the movements held for a clock outside the clock window")
     held_commands = held.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
-    held_commands.add_parser(
+    release = held_commands.add_parser(
         "release",
         parents=[common],
         help="release every movement held because of the hub's own clock: each whose time is inside the clock "
-        "window by the corrected clock is applied at its own time; the others stay for one by one",
+        "window by the corrected clock is applied at its own time; the others stay for one by one. With "
+        "--wrong-clock: those the hub could not attribute to its own clock (a lone store, stores that disagree)",
+    )
+    release.add_argument(
+        "--wrong-clock",
+        choices=WRONG_CLOCKS,
+        help="release the movements held when the hub could not tell whose clock was wrong, as you found by a time "
+        "server: hub (each at its own time) or store (each at the hub's time of receipt)",
+    )
+    release.add_argument(
+        "--agent",
+        metavar="AGENT_ID",
+        help="with --wrong-clock: only this store's (its agent id; see: agent list); without it, every store's",
     )
     catalog.add_command(commands, common)  # catalog import FILE (hub/catalog.py)
     return parser
@@ -238,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":
             return asyncio.run(_init(settings, sys.stdout))
         if args.command == "quarantine":
+            if args.wrong_clock is not None:
+                return asyncio.run(_release_held(settings, args.wrong_clock, args.agent, sys.stdout))
+            if args.agent is not None:
+                parser.error("--agent goes with --wrong-clock: say whose clock was wrong (hub or store)")
             return asyncio.run(_release_hub_clock(settings, sys.stdout))
         return asyncio.run(_agent_command(args, settings, sys.stdout))
     except (DatabaseMoved, DatabaseUnreachable) as err:  # not a configuration error: the service starts it again
@@ -388,6 +405,15 @@ async def _release_hub_clock(settings: HubSettings, out: TextIO) -> int:
             f"{left:,} stay held for an operator, outside the clock window even by the corrected clock "
             f"(GET /v1/quarantine).\n"
         )
+    return EXIT_OK
+
+
+async def _release_held(settings: HubSettings, wrong_clock: str, agent_id: str | None, out: TextIO) -> int:
+    _existing_db(settings)
+    async with open_store(settings.db) as store:
+        released, left = await store.release_held(settings.clock_window_s * 1000, RELEASED_BY_CLI, wrong_clock,
+                                                  agent_id)  # fmt: skip
+    out.write(released_sentence(released, left, wrong_clock, agent_id) + "\n")
     return EXIT_OK
 
 

@@ -129,7 +129,10 @@ API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      data.returned of a transfer's exceptions (its shipper received units back: a receipt back counts against its
 #      shipment elsewhere and a final one closes it) and data.booked_out of a transfer_unmatched (an adjust carrying
 #      the ref booked units out again where they were received: what is booked out is no longer listed)
-# 1.11: the header Shelfsync-Api-Version on every answer of a route (this version)
+# 1.11: the header Shelfsync-Api-Version on every answer of a route (this version);
+#      POST /v1/quarantine/release takes {"wrong_clock": "hub" | "store", "agent_id"?}: the held events the hub could
+#      not attribute to its own clock, of one store or all, released at their own time or at the hub's time of
+#      receipt, answered with wrong_clock, agent_id and detail (409 when their stores disagree on the hub's clock)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -879,13 +882,34 @@ def _paths() -> dict[str, JSON]:
         "was off, the sender's clock with them) whose time is inside the clock window by the corrected clock is "
         "applied at its own time (the ledger row's attrs name the admin in `released_by` and the offset in "
         "`hub_clock_off_ms`) and resolved `applied`; the others stay pending, for one by one. The hub does this "
-        "itself once its clock looks right again. No body, or `{}`.",
+        "itself once its clock looks right again. No body, or `{}`. With `{\"wrong_clock\": \"hub\"}` or "
+        "`{\"wrong_clock\": \"store\"}` and an optional `agent_id` (since 1.11): the pending held events the hub "
+        "could not attribute to its own clock (no `hub_clock_off_ms`: a lone store, stores that disagree), of that "
+        "store or of all, as the admin found whose clock was wrong: `hub`, each at its own time when inside the "
+        "window by the hub's clock corrected by its sender's skew then (409 when the stores of those of all put "
+        "the hub's clock off by amounts more than a minute apart); `store`, each at the hub's time of receipt, as "
+        "`apply_at_receipt`. The answer then also says what was applied (`detail`); 404 for an `agent_id` this hub "
+        "does not know.",
         "Quarantine",
         {"200": ok("How many were released, and how many stay pending.",
-                   obj({"released": integer(0), "left": integer(0)}, ["released", "left"]),
+                   obj({"released": integer(0), "left": integer(0),
+                        "wrong_clock": string("Whose clock the admin found wrong (since 1.11; only when given).",
+                                              enum=["hub", "store"]),
+                        "agent_id": {"type": ["string", "null"],
+                                     "description": "The store whose held events were released; null: every store "
+                                                    "(since 1.11; only with wrong_clock)."},
+                        "detail": string("One sentence saying what was applied, how, and what stays (since 1.11; "
+                                         "only with wrong_clock).")},
+                       ["released", "left"]),
                    example={"released": 42, "left": 0})},
         roles=(ROLE_ADMIN,),
-        errors=WRITE_ERRORS,
+        body={"required": False, "description": f"None, `{{}}`, or whose clock was wrong (at most "
+                                                f"{quarantine.BODY_MAX_BYTES} bytes).",
+              "content": {JSON_TYPE: {"schema": obj({"wrong_clock": string(enum=["hub", "store"]),
+                                                     "agent_id": ref("AgentId")},
+                                                    closed=True, dependentRequired={"agent_id": ["wrong_clock"]}),
+                                      "example": {"wrong_clock": "hub"}}}},
+        errors=(*WRITE_ERRORS, 404, 409),
     ))  # fmt: skip
     add("/v1/quarantine/{quarantine_id}", "post", operation(
         "resolveQuarantined", "Apply or discard one held event",

@@ -12,10 +12,16 @@ other, the sender's clock with them) were held because of the hub's clock, not t
 them itself once its clock looks right again (hub.app), and an admin releases them all at once with
 ``POST /v1/quarantine/release``: each whose time is inside the window by the corrected clock is applied at its
 own time; the others stay for one by one.
+
+Events held when the hub could not tell whose clock was wrong (a lone store, stores that disagree) have no
+``hub_clock_off_ms``; an admin who checked both clocks releases them together with ``{"wrong_clock": "hub" |
+"store", "agent_id": ...}`` on the same route (one store's, or all): at their own time, or at the hub's time of
+receipt (``HubStore.release_held``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -23,6 +29,7 @@ from aiohttp import web
 
 from hub import csvexport, events_api, feed, heads, paging, views
 from hub.auth import STORE_KEY, identity_of, require_role, role_refused
+from hub.storage import held
 from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES, AgentIdentity, AlreadyResolved, QuarantineRow
 from protocol import event_id_hex
 
@@ -164,15 +171,62 @@ def _release_head(request: web.Request, who: AgentIdentity) -> None:
 
 async def post_release(request: web.Request) -> web.Response:
     """Release every pending event held because of the hub's own clock (admin; no body, or ``{}``): each whose time
-    is inside the clock window by the corrected clock is applied at its own time; the others stay pending."""
+    is inside the clock window by the corrected clock is applied at its own time; the others stay pending.
+
+    ``{"wrong_clock": "hub" | "store", "agent_id": ID}`` (``agent_id`` optional: every store): release those the
+    hub could not attribute to its own clock (a lone store, stores that disagree), of one store or all, as the
+    admin found whose clock was wrong: at their own time, or at the hub's time of receipt."""
     who = identity_of(request)
     _release_head(request, who)
     body = await request.read()
     _too_big(len(body))
-    if body.strip() not in (b"", b"{}"):
-        raise web.HTTPBadRequest(text="the body must be empty or {}: the release takes every event held because of "
-                                 "the hub's own clock")  # fmt: skip
-    released, left = await request.app[STORE_KEY].release_hub_clock(request.app[events_api.WINDOW_KEY], who.agent_id)
+    window_ms = request.app[events_api.WINDOW_KEY]
+    if body.strip() in (b"", b"{}"):
+        released, left = await request.app[STORE_KEY].release_hub_clock(window_ms, who.agent_id)
+        if released:
+            feed.poke(request.app)  # committed: the counts they moved go out on the change feed
+        return web.json_response({"released": released, "left": left}, dumps=views.dumps)
+    wrong_clock, agent_id = _release_body(body)
+    try:
+        released, left = await request.app[STORE_KEY].release_held(window_ms, who.agent_id, wrong_clock, agent_id)
+    except held.ClocksDisagree as err:
+        raise web.HTTPConflict(text=str(err)) from err
+    except held.UnknownAgent as err:
+        raise web.HTTPNotFound(text=str(err)) from err
     if released:
-        feed.poke(request.app)  # committed: the counts they moved go out on the change feed
-    return web.json_response({"released": released, "left": left}, dumps=views.dumps)
+        feed.poke(request.app)
+    return web.json_response(
+        {
+            "released": released,
+            "left": left,
+            "wrong_clock": wrong_clock,
+            "agent_id": agent_id,
+            "detail": held.released_sentence(released, left, wrong_clock, agent_id),
+        },
+        dumps=views.dumps,
+    )
+
+
+RELEASE_BODIES = (
+    'the body must be empty or {} (every event held because of the hub\'s own clock), or {"wrong_clock": "hub"} or '
+    '{"wrong_clock": "store"} with an optional "agent_id" (those the hub could not attribute, of one store or all)'
+)
+
+
+def _release_body(body: bytes) -> tuple[str, str | None]:
+    """``wrong_clock`` and ``agent_id`` (None: every store) of a release of what the hub could not attribute."""
+    try:
+        parsed = views.loads(body)
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
+    if not isinstance(parsed, dict) or "wrong_clock" not in parsed or not set(parsed) <= {"wrong_clock", "agent_id"}:
+        raise web.HTTPBadRequest(text=RELEASE_BODIES)
+    if parsed["wrong_clock"] not in held.WRONG_CLOCKS:
+        raise web.HTTPBadRequest(text=f"wrong_clock must be \"hub\" or \"store\": whose clock an admin found wrong, "
+                                 f"got {json.dumps(parsed['wrong_clock'])[:40]}")  # fmt: skip
+    agent_id = parsed.get("agent_id")
+    if "agent_id" in parsed and not isinstance(agent_id, str):
+        raise web.HTTPBadRequest(
+            text=f"agent_id must be a string (GET /v1/agents lists them), got {json.dumps(agent_id)[:40]}"
+        )
+    return parsed["wrong_clock"], agent_id

@@ -1117,6 +1117,35 @@
       h("code", { class: "command-text", id: "release-command" }, releaseCommand()));
   }
 
+  // Held when the hub could not tell whose clock was wrong (no hub_clock_off_ms: a lone store, stores that disagree):
+  // an admin who checked both clocks applies a store's together, as the one found wrong says.
+  function releaseHeldCommand(wrongClock, agentId) {
+    const body = JSON.stringify({ wrong_clock: wrongClock, agent_id: agentId });
+    return `curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: application/json" ` +
+      `-d '${body}' ${window.location.origin}/v1/quarantine/release`;
+  }
+
+  function unattributed(q) {
+    return q.status === "pending" && (q.hub_clock_off_ms === null || q.hub_clock_off_ms === undefined);
+  }
+
+  function unattributedNote(rows) {
+    const mine = rows.filter(unattributed);
+    const byAgent = new Map();
+    for (const q of mine) byAgent.set(q.agent_id, (byAgent.get(q.agent_id) || 0) + 1);
+    if (!byAgent.size) return null;
+    const command = (agentId, wrongClock, what) => h("div", { class: "command" }, h("div", { class: "sub" }, what),
+      h("code", { class: "command-text", dataset: { wrongClock, agent: agentId } }, releaseHeldCommand(wrongClock, agentId)));
+    return h("div", { class: "unattributed-held", id: "unattributed-held", role: "note" },
+      h("p", { class: "muted" }, `For ${NUM.format(mine.length)} of these the hub could not tell whose clock was wrong, ` +
+        "its own or the store's (a store alone, or stores whose clocks disagree). Check both against a time server; " +
+        "then an admin applies one store's together, as the clock found wrong says, instead of one by one:"),
+      ...[...byAgent].map(([agentId, n]) => h("details", { dataset: { agent: agentId } },
+        h("summary", {}, h("span", { class: "mono" }, agentId), ` — ${NUM.format(n)} held`),
+        command(agentId, "store", "Its clock was wrong: apply each at the time the hub received it:"),
+        command(agentId, "hub", "The hub's clock was wrong: apply each at its own time (those outside the window even so stay):"))));
+  }
+
   function resolveCell(q) {
     if (q.status !== "pending") {
       return h("td", { class: "wrap" }, `${q.status} by `, h("span", { class: "mono" }, q.resolved_by || "–"),
@@ -1129,7 +1158,8 @@
       ...(q.hub_clock_off_ms !== null && q.hub_clock_off_ms !== undefined
         ? [h("div", { class: "sub", dataset: { field: "hub-clock" } }, "Held because of the hub's own clock: " +
           "it is applied at its own time once the hub's clock is right (or with the others, by the command above).")]
-        : []),
+        : [h("div", { class: "sub", dataset: { field: "whose-clock" } }, "Or with the other held movements of its store, " +
+          "by the commands above, once you know whose clock was wrong.")]),
       command("apply_at_receipt", "Apply it as if it happened when the hub received it:"),
       command("discard", "Or discard it (kept in the ledger as a rejected attempt):")));
   }
@@ -1168,7 +1198,7 @@
         ", by running the command shown under How to resolve.")),
       h("div", { class: "toolbar" }, csvLink(`/v1/quarantine?status=${status}&format=csv`, "Download CSV",
         `every ${status === "all" ? "" : status + " "}held event (all pages), as a spreadsheet`))),
-    chips, ...(note ? [note] : []), ...[hubClockNote(rows)].filter(Boolean),
+    chips, ...(note ? [note] : []), ...[hubClockNote(rows), unattributedNote(rows)].filter(Boolean),
     table(["Status", "Agent", "Location", "SKU", "Kind", ["Qty", "num"], "Stamp it carried", "Received by the hub",
       ["How far off", "num"], "Resolve"], rows.map(quarantineRow),
       status === "pending" ? "Nothing is held: every store's clock was within the window." : "Nothing here.")];

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from hub.clock_window import AHEAD, BEFORE_AGENT, BEHIND, span
+from hub.clock_window import AHEAD, BEFORE_AGENT, BEHIND, HUB_CLOCK_AGREE_MS, HUB_CLOCK_OFF_MS, span
 from hub.resolver import Effect, Transfer
 from hub.storage.base import (
     QUARANTINE_ACTIONS,
@@ -239,7 +239,64 @@ NO_CLOCK = "no_clock"  # its sender did not say its clock when it sent it: the h
 REFUSED = "refused"  # the ingest refused it (its transaction rolled back)
 
 
-def check_wrong_clock(wrong_clock: str) -> None:
+async def agent_known(db: Db, agent_id: str) -> bool:
+    return await db.fetchone("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)) is not None
+
+
+def released_sentence(released: int, left: int, wrong_clock: str, agent_id: str | None) -> str:
+    """What ``release_held`` did, for the operator who asked (``POST /v1/quarantine/release``, the command)."""
+    whose = "every store" if agent_id is None else agent_id
+    if released + left == 0:
+        return f"Nothing of {whose} is held that the hub could not attribute to its own clock; nothing was changed."
+    how = (
+        "each at its own time (the hub's clock was the wrong one)" if wrong_clock == WRONG_HUB
+        else "each at the hub's time of receipt (the store's clock was the wrong one)"
+    )  # fmt: skip
+    stay = (
+        f"; {left:,} stay pending for one by one (GET /v1/quarantine): outside the clock window even by the "
+        "store's clock, without the store's clock, or refused" if left and wrong_clock == WRONG_HUB
+        else f"; {left:,} stay pending, refused by the ingest (GET /v1/quarantine)" if left
+        else ""
+    )  # fmt: skip
+    return f"Applied {released:,} held movement(s) of {whose}, {how}{stay}."
+
+
+class UnknownAgent(InvalidInput):
+    """``release_held`` for an agent this hub does not know."""
+
+
+class ClocksDisagree(InvalidInput):
+    """The held events' stores put the hub's clock off by amounts too far apart for "the hub's clock was wrong"
+    to hold for all of them (``release_held``)."""
+
+
+async def check_one_hub_offset(db: Db) -> None:
+    """``ClocksDisagree`` unless the stores of the pending events the hub could not attribute put its clock off by
+    about one amount when they sent them (by their average skew, within HUB_CLOCK_AGREE_MS): the hub's clock is
+    off by one amount at a time."""
+    rows = await db.fetch(
+        "SELECT agent_id, AVG(received_at_ms - sent_ms) FROM quarantine WHERE status = 'pending' "
+        "AND hub_clock_off_ms IS NULL AND sent_ms IS NOT NULL GROUP BY agent_id",
+        (),
+    )
+    skews = sorted((int(avg), agent_id) for agent_id, avg in rows)
+    if len(skews) < 2 or skews[-1][0] - skews[0][0] <= HUB_CLOCK_AGREE_MS:
+        return
+
+    def put(skew_ms: int) -> str:
+        if abs(skew_ms) < HUB_CLOCK_OFF_MS:
+            return "right"
+        return f"{span(skew_ms)} {'ahead' if skew_ms > 0 else 'behind'}"
+
+    (low, low_agent), (high, high_agent) = skews[0], skews[-1]
+    raise ClocksDisagree(
+        f"the held movements' stores put the hub's clock {put(high)} ({high_agent}) and {put(low)} ({low_agent}) "
+        "when they sent them: it cannot have been wrong by both; release them store by store (agent_id), and those "
+        "of a store whose clock was the wrong one with wrong_clock store; nothing was changed"
+    )
+
+
+def check_wrong_clock(wrong_clock: object) -> None:
     if wrong_clock not in WRONG_CLOCKS:
         raise InvalidInput(f"wrong_clock must be one of {', '.join(WRONG_CLOCKS)}, got {str(wrong_clock)[:40]!r}")
 

@@ -56,6 +56,7 @@ from hub.storage.ingest import Batch, IngestTx, apply_batch, apply_recipe, prepa
 from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, LedgerKey
 from hub.storage.rows import ledger_row
 from protocol import DiskReport, StockEvent, wall_ms_now
+from protocol.values import AGENT_ID, shown
 
 log = logging.getLogger(__name__)
 
@@ -344,9 +345,18 @@ class SqlHubStore(HubStore, Generic[D]):
     ) -> tuple[int, int]:
         checks.whole(window_ms, "clock window", 1, 2**62)
         held.check_wrong_clock(wrong_clock)
-        ids = await self._read_db(
-            "reading the quarantine", lambda db: held.pending_ids(db, hub_clock=False, agent_id=agent_id)
-        )
+        if agent_id is not None and (not isinstance(agent_id, str) or not AGENT_ID.valid(agent_id)):
+            what = shown(agent_id) if isinstance(agent_id, str) else type(agent_id).__name__
+            raise InvalidInput(f"{what} is not an agent id; an agent id is {AGENT_ID.rule()}")
+
+        async def pending(db: D) -> list[int]:
+            if agent_id is not None and not await held.agent_known(db, agent_id):
+                raise held.UnknownAgent(f"there is no agent {agent_id} at this hub; GET /v1/agents lists them")
+            if agent_id is None and wrong_clock == held.WRONG_HUB:
+                await held.check_one_hub_offset(db)
+            return await held.pending_ids(db, hub_clock=False, agent_id=agent_id)
+
+        ids = await self._read_db("reading the quarantine", pending)
         whose = "every store" if agent_id is None else agent_id
         if wrong_clock == held.WRONG_HUB:
             return await self._release(

@@ -236,3 +236,55 @@ async def test_the_movements_held_because_of_the_hubs_own_clock_are_released_by_
             "/v1/ledger?location=S001", headers={"Authorization": f"Bearer {reader}"})).json())["events"]  # fmt: skip
         assert sorted(r["occurred_at"] for r in ledger) == sorted(e.occurred_at for e in sales), ledger
         assert console_errors == []
+
+
+async def test_a_lone_stores_held_movements_are_applied_together_by_the_command_shown(
+    page: Page, tmp_path: Path, screenshot: Screenshot, console_errors: list[str]
+) -> None:
+    """A store alone, its clock three hours ahead of the hub's: nobody can tell which clock is wrong, so its two
+    held sales carry no hub_clock_off_ms. The view lists the store with the two commands that apply its held
+    movements together (its clock wrong: at the hub's time of receipt; the hub's: at their own time); the first,
+    run as shown, applies both and says so, and the view empties."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        store = served.store
+        _, reader = await store.add_agent([], role="reader")
+        admin_id, admin = await store.add_agent([], role="admin")
+        agent_id, token = await store.add_agent(["S001"])
+        who = await store.authenticate(token)
+        assert who is not None
+        store_now = wall_ms_now() + 3 * 3_600_000
+        sales = [
+            StockEvent(new_event_id(), agent_id, 1, seq, "S001", "TEE-BLK-M", Kind.SALE, -1,
+                       pack_hlc(store_now - 60_000 + seq, 0), store_now - 60_000 + seq, "pos:till")
+            for seq in (1, 2)
+        ]  # fmt: skip
+        result = await store.ingest(who, 1, sales, clock_window_ms=3_600_000, sent_ms=store_now)
+        assert [r.code for r in result.rejected] == ["quarantined"] * 2
+
+        await sign_in(page, served.url, reader)
+        await page.click("nav a[data-view=quarantine]")
+        rows = page.locator("#view tbody tr[data-quarantine]")
+        await expect(rows).to_have_count(2)
+        await expect(page.locator("#hub-clock-held")).to_have_count(0)
+        note = page.locator("#unattributed-held")
+        await expect(note).to_contain_text("For 2 of these the hub could not tell whose clock was wrong")
+        await note.locator(f'details[data-agent="{agent_id}"] summary').click()
+        await expect(note.locator("summary")).to_have_text(f"{agent_id} — 2 held")
+        command = note.locator(f'code[data-wrong-clock="store"][data-agent="{agent_id}"]')
+        await expect(command).to_have_text(
+            'curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: application/json" '
+            f'-d \'{{"wrong_clock":"store","agent_id":"{agent_id}"}}\' {served.url}/v1/quarantine/release'
+        )
+        await expect(note.locator(f'code[data-wrong-clock="hub"][data-agent="{agent_id}"]')).to_contain_text(
+            '"wrong_clock":"hub"'
+        )
+        await expect(page.locator("#view button, #view form")).to_have_count(0)  # the dashboard only reads
+        await screenshot("dashboard-quarantine-lone-store")
+
+        output = await run_shown(await command.inner_text(), admin)
+        assert f"Applied 2 held movement(s) of {agent_id}, each at the hub's time of receipt" in output, output
+        await expect(rows).to_have_count(0)  # the change feed brings the view up to date
+        await expect(page.locator("#unattributed-held")).to_have_count(0)
+        applied = await store.quarantine(status="applied")
+        assert [(q.resolved_by, q.agent_id) for q in applied] == [(admin_id, agent_id)] * 2
+        assert console_errors == []

@@ -16,6 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from hub.storage import open_store
 from hub.storage.postgres import redacted
 from protocol import (
     MSGPACK_CONTENT_TYPE,
@@ -26,6 +27,7 @@ from protocol import (
     encode_sync_request,
     new_event_id,
     pack_hlc,
+    wall_ms_now,
 )
 from tests.harness.clock import RECENT_MS
 from tests.harness.commands import without_modules
@@ -549,3 +551,40 @@ async def test_bind_refuses_an_unknown_a_revoked_or_a_reader_credential_and_a_ba
     listed = await hub("agent", "list", "--db", any_db, cwd=tmp_path)
     row = next(line for line in listed.out.splitlines() if line.startswith(agent_id))
     assert "S001" in row and "S002" not in row
+
+
+async def test_quarantine_release_applies_what_the_hub_could_not_attribute_for_one_store(
+    any_db: str, tmp_path: Path
+) -> None:
+    """A lone store's clock three hours ahead: the hub could not tell whose clock was wrong, so its held sales have
+    no hub_clock_off_ms. ``quarantine release --wrong-clock store --agent ID`` applies that store's at the hub's
+    time of receipt and says so; another store's stays."""
+    window_ms = 60_000
+    async with open_store(any_db) as store:
+        held = {}
+        for location in ("S001", "S002"):
+            agent_id, token = await store.add_agent([location])
+            who = await store.authenticate(token)
+            assert who is not None
+            store_now = wall_ms_now() + 3 * 3_600_000
+            sale = StockEvent(new_event_id(), agent_id, 1, 1, location, "SKU-1", Kind.SALE, -1,
+                              pack_hlc(store_now, 0), store_now, "api:test")  # fmt: skip
+            result = await store.ingest(who, 1, [sale], clock_window_ms=window_ms, sent_ms=store_now)
+            assert [r.code for r in result.rejected] == ["quarantined"]
+            held[location] = agent_id
+    alone = await hub("quarantine", "release", "--db", any_db, "--agent", held["S001"], cwd=tmp_path)
+    assert alone.code == 2 and "--agent goes with --wrong-clock: say whose clock was wrong (hub or store)" in alone.err
+    unknown = await hub("quarantine", "release", "--db", any_db, "--wrong-clock", "store", "--agent", "store-9",
+                        cwd=tmp_path)  # fmt: skip
+    assert "there is no agent store-9 at this hub; GET /v1/agents lists them" in one_sentence_error(unknown)
+    run = await hub("quarantine", "release", "--db", any_db, "--wrong-clock", "store", "--agent", held["S001"],
+                    cwd=tmp_path)  # fmt: skip
+    assert run.code == 0, run.err
+    assert run.out == (
+        f"Applied 1 held movement(s) of {held['S001']}, each at the hub's time of receipt (the store's clock was the "
+        "wrong one).\n"
+    )
+    async with open_store(any_db) as store:
+        [left] = await store.quarantine()
+        [applied] = await store.quarantine(status="applied")
+    assert (left.agent_id, applied.agent_id, applied.resolved_by) == (held["S002"], held["S001"], "shelfsync-hub")

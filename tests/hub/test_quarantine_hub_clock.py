@@ -58,10 +58,11 @@ class Stores:
     def store(self) -> HubStore:
         return self.served.store
 
-    async def sync(self, agent_id: str, location: str, *, behind_ms: int = HUB_AHEAD_MS) -> Any:
-        """POST /v1/sync a sale stamped a minute ago by a store whose clock is ``behind_ms`` behind the hub's."""
+    async def sync(self, agent_id: str, location: str, *, behind_ms: int = HUB_AHEAD_MS, stamp_ms: int = 0) -> Any:
+        """POST /v1/sync a sale stamped a minute ago (and ``stamp_ms`` more) by a store whose clock is ``behind_ms``
+        behind the hub's."""
         store_now = wall_ms_now() - behind_ms
-        at_ms = store_now - 60_000
+        at_ms = store_now - 60_000 + stamp_ms
         event = StockEvent(new_event_id(), agent_id, 1, next(self.seq), location, "SKU-1", Kind.SALE, -1,
                            pack_hlc(at_ms, 0), at_ms, "api:test")  # fmt: skip
         body = encode_sync_request(SyncRequest(agent_id, 1, (event,), sent_ms=store_now))
@@ -175,3 +176,79 @@ async def test_one_written_after_the_hubs_clock_is_right_again_is_released_as_it
     assert await stores.held() == []
     released = await stores.held("?status=applied")
     assert sorted((q["agent_id"], q["resolved_by"]) for q in released) == [("store-1", "hub"), ("store-2", "hub")]
+
+
+async def test_what_the_hub_could_not_attribute_is_released_for_one_store_or_all_as_the_admin_found(
+    stores: Stores,
+) -> None:
+    """Found: a lone store's clock three hours ahead of the hub's (nobody can tell which of the two is wrong), or
+    stores whose clocks disagree with each other: what the hub held of them had no ``hub_clock_off_ms``, and an
+    admin resolved each one by one. Now the admin, having checked both clocks, releases them together, of one
+    store or of all: at the hub's time of receipt (the store's clock was wrong) or at their own time (the hub's
+    was), and the answer says what was applied."""
+    for _ in range(3):
+        await stores.sync("store-1", "S1", behind_ms=-3 * 3_600_000)  # three hours ahead, the only store syncing
+    await stores.sync("store-2", "S2", behind_ms=5 * 3_600_000)  # five hours behind: it agrees with nobody
+    await stores.sync("store-3", "S3", behind_ms=0, stamp_ms=36_525 * DAY_MS)  # a right clock, a stamp typed wrong
+    pending = await stores.held()
+    assert sorted(q["agent_id"] for q in pending) == ["store-1"] * 3 + ["store-2", "store-3"]
+    assert all(q["hub_clock_off_ms"] is None for q in pending), "the hub could not tell whose clock was wrong"
+
+    for body, needle in (
+        ({"agent_id": "store-1"}, 'or {"wrong_clock": "hub"} or {"wrong_clock": "store"} with an optional "agent_id"'),
+        ({"wrong_clock": "store", "action": "discard"}, "the body must be empty or {}"),
+        ({"wrong_clock": "both"}, 'wrong_clock must be "hub" or "store": whose clock an admin found wrong, got "both"'),
+        ({"wrong_clock": "store", "agent_id": 7}, "agent_id must be a string (GET /v1/agents lists them), got 7"),
+        ({"wrong_clock": "store", "agent_id": None}, "agent_id must be a string (GET /v1/agents lists them), got null"),
+        ({"wrong_clock": "store", "agent_id": "store 9"}, "'store 9' is not an agent id; an agent id is ASCII letters"),
+        (b'{"wrong_clock": "store"', "the body is not valid JSON"),
+    ):
+        status, err = await stores.release(body)  # type: ignore[arg-type]
+        assert status == 400 and needle in err["detail"], (body, err)
+    status, err = await stores.release({"wrong_clock": "store", "agent_id": "store-9"})
+    assert status == 404 and err["detail"] == "there is no agent store-9 at this hub; GET /v1/agents lists them"
+    status, err = await stores.release({"wrong_clock": "store"}, stores.reader)
+    assert status == 403 and "reader credential cannot release held events" in err["detail"]
+    assert len(await stores.held()) == 5, "no refused request released anything"
+
+    status, answer = await stores.release({"wrong_clock": "store", "agent_id": "store-1"})
+    assert (status, answer) == (200, {
+        "released": 3, "left": 0, "wrong_clock": "store", "agent_id": "store-1",
+        "detail": "Applied 3 held movement(s) of store-1, each at the hub's time of receipt (the store's clock was "
+                  "the wrong one).",
+    })  # fmt: skip
+    received = {q["event_id"]: q["received_at_ms"] for q in pending if q["agent_id"] == "store-1"}
+    booked = [e for e in await stores.store.ledger(location="S1")]
+    assert sorted(e.occurred_at for e in booked) == sorted(pack_hlc(ms, 0) for ms in received.values())
+    assert {e.attrs["applied_by"] for e in booked} == {stores.admin_id}
+    assert sorted(q["agent_id"] for q in await stores.held()) == ["store-2", "store-3"]
+
+    status, err = await stores.release({"wrong_clock": "hub"})  # every store's: the hub's clock was wrong?
+    assert status == 409 and err["detail"] == (
+        "the held movements' stores put the hub's clock 5.0 hours ahead (store-2) and right (store-3) when "
+        "they sent them: it cannot have been wrong by both; release them store by store (agent_id), and those of a "
+        "store whose clock was the wrong one with wrong_clock store; nothing was changed"
+    ), err
+    status, answer = await stores.release({"wrong_clock": "hub", "agent_id": "store-2"})
+    assert (status, answer["released"], answer["left"]) == (200, 1, 0), answer
+    [own] = await stores.store.ledger(location="S2")
+    [was] = [q for q in pending if q["agent_id"] == "store-2"]
+    assert (own.occurred_at, own.attrs["released_by"]) == (was["occurred_at"], stores.admin_id), "at its own time"
+
+    status, answer = await stores.release({"wrong_clock": "hub"})  # what is left agrees with itself
+    assert status == 200 and (answer["released"], answer["left"], answer["agent_id"]) == (0, 1, None), answer
+    assert answer["detail"] == (
+        "Applied 0 held movement(s) of every store, each at its own time (the hub's clock was the wrong one); 1 stay "
+        "pending for one by one (GET /v1/quarantine): outside the clock window even by the store's clock, without "
+        "the store's clock, or refused."
+    )
+    assert [q["agent_id"] for q in await stores.held()] == ["store-3"], "a century ahead by its own clock too"
+
+    status, answer = await stores.release({"wrong_clock": "store", "agent_id": "store-2"})
+    assert (status, answer["released"], answer["left"]) == (200, 0, 0)
+    assert answer["detail"] == (
+        "Nothing of store-2 is held that the hub could not attribute to its own clock; nothing was changed."
+    )
+    applied = await stores.held("?status=applied")
+    assert sorted((q["agent_id"], q["resolved_by"]) for q in applied) == [
+        ("store-1", stores.admin_id)] * 3 + [("store-2", stores.admin_id)]  # fmt: skip
