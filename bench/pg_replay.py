@@ -17,6 +17,10 @@ recorded, then decoded, prepared and booked again many times against a connectio
 PostgreSQL answered: the hub's own Python alone (decode, ``prepare_batch``, the shared algorithm and
 the adapter building its rows), without the driver, the socket or the event loop's turns.
 
+With ``--stores N``, each agent has N stores and each batch holds 1,000 events of each (N × 1,000 events, the
+shape of N agents' batches booked in one transaction); the figures per 1,000 events compare batch sizes. Run
+``--agents 2 --stores 4`` against ``--agents 8``: the same stores and events.
+
 Compare two versions of the code by running this alternately in their trees (``PYTHONPATH``). Each run
 gets a fresh schema in the database of ``--url`` (the test database unless told; dropped after).
 """
@@ -47,6 +51,7 @@ from hub.storage.base import AgentIdentity, Lineage
 from hub.storage.ingest import apply_batch, prepare_batch
 from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
 from protocol import SyncRequest, decode_sync_request, encode_sync_request, wall_ms_now
+from protocol.ids import new_event_id
 from protocol.runtime import SERVING_GC_THRESHOLDS
 
 WINDOW_MS = 30 * 86_400_000  # a clock window the generated stamps are well inside
@@ -78,17 +83,24 @@ async def my_backends() -> list[int]:
     return [r[0] for r in rows if r[1] in ports]
 
 
-async def sync_bodies(store: Any, agents: int, batches: int) -> list[tuple[AgentIdentity, bytes]]:
-    """(sender, body) of every batch, round robin over the agents (one store each)."""
+async def sync_bodies(store: Any, agents: int, batches: int, stores: int = 1) -> list[tuple[AgentIdentity, bytes]]:
+    """(sender, body) of every batch, round robin over the agents. Each agent has ``stores`` stores of its own, and
+    each of its batches holds 1,000 events of each, numbered and given ids in the order the batch holds them."""
     rng, plans = random.Random(7), []
     for i in range(agents):
-        location = f"STORE-{i + 1:03d}"
-        agent_id, token = await store.add_agent([location])
+        locations = [f"STORE-{i * stores + k + 1:03d}" for k in range(stores)]
+        agent_id, token = await store.add_agent(locations)
         who = await store.authenticate(token)
-        events = make_events(agent_id, location, batches * BATCH, rng)
+        if stores == 1:
+            events = make_events(agent_id, locations[0], batches * BATCH, rng)
+        else:
+            each = [make_events(agent_id, location, batches * BATCH, rng) for location in locations]
+            mixed = (e for j in range(0, batches * BATCH, BATCH) for events in each for e in events[j : j + BATCH])
+            events = [e._replace(seq=seq, event_id=new_event_id()) for seq, e in enumerate(mixed, 1)]
+        size = stores * BATCH
         bodies = [
-            encode_sync_request(SyncRequest(agent_id, 1, tuple(events[j : j + BATCH])))
-            for j in range(0, len(events), BATCH)
+            encode_sync_request(SyncRequest(agent_id, 1, tuple(events[j : j + size])))
+            for j in range(0, len(events), size)
         ]
         plans.append((who, bodies))
     return [(who, bodies[j]) for j in range(batches) for who, bodies in plans]
@@ -159,9 +171,9 @@ async def _wal() -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-async def replay(agents: int, batches: int, statements: bool = False) -> dict[str, Any]:
+async def replay(agents: int, batches: int, statements: bool = False, stores: int = 1) -> dict[str, Any]:
     async with fresh_schema(DEFAULT_URL) as url, open_store(url) as store:
-        order = await sync_bodies(store, agents, batches)
+        order = await sync_bodies(store, agents, batches, stores)
         for who, body in order[:agents]:  # each agent's first batch creates its stock rows: not measured
             await ingest(store, who, body)
         pids = await my_backends()
@@ -177,6 +189,8 @@ async def replay(agents: int, batches: int, statements: bool = False) -> dict[st
         "batches": n,
         "hub_ms": round((hub1 - hub0) / n * 1e3, 2),
         "pg_ms": round((pg1 - pg0) / n * 1e3, 2),
+        "hub_ms_per_1000": round((hub1 - hub0) / (n * stores) * 1e3, 2),
+        "pg_ms_per_1000": round((pg1 - pg0) / (n * stores) * 1e3, 2),
     }
     if statements:
         out["wal_per_batch"] = dict(
@@ -237,10 +251,10 @@ def prepared(who: AgentIdentity, body: bytes) -> Any:
     return prepare_batch(who, sync.epoch, sync.events, sync.acked_seq, lineage=Lineage(), clock=clock)
 
 
-async def offline(agents: int, batches: int, repeats: int) -> dict[str, Any]:
+async def offline(agents: int, batches: int, repeats: int, stores: int = 1) -> dict[str, Any]:
     recorded = []
     async with fresh_schema(DEFAULT_URL) as url, open_store(url) as store:
-        order = await sync_bodies(store, agents, batches)
+        order = await sync_bodies(store, agents, batches, stores)
         for i, (who, body) in enumerate(order):
             async with store._pool.acquire() as conn, conn.transaction():  # the store's pool: a bench of its internals
                 recorder, now_ms = _Recorder(conn), wall_ms_now()
@@ -277,6 +291,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--batches", type=int, default=24, help="per agent; each agent's first is not measured")
+    parser.add_argument(
+        "--stores", type=int, default=1, help="stores per agent: each batch holds 1,000 events of each (see the doc)"
+    )
     parser.add_argument("--url", default=DEFAULT_URL, help="a PostgreSQL database the bench may create schemas in")
     parser.add_argument(
         "--statements", action="store_true", help="CPU per statement and WAL per batch (see the module doc)"
@@ -287,9 +304,9 @@ def main() -> None:
     DEFAULT_URL = args.url
     gc.set_threshold(*SERVING_GC_THRESHOLDS)
     if args.offline:
-        result = asyncio.run(offline(args.agents, args.batches, args.repeats))
+        result = asyncio.run(offline(args.agents, args.batches, args.repeats, args.stores))
     else:
-        result = asyncio.run(replay(args.agents, args.batches, args.statements))
+        result = asyncio.run(replay(args.agents, args.batches, args.statements, args.stores))
     print(json.dumps(result))
 
 
