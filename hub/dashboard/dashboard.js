@@ -78,21 +78,52 @@
 
   // --- small helpers ------------------------------------------------------
 
+  // The characters that steer bidirectional text: embeddings and overrides (U+202A–U+202E) and isolates
+  // (U+2066–U+2069). What a store sends may hold them (the hub's text rule lets them through, as it lets Hebrew and
+  // Arabic through); left to act, one turns the rest of its line around — the hub's sentence about a SKU, a dialog's
+  // explanation — and makes two SKUs look alike. Every text put into the page shows each one as a mark instead.
+  const BIDI_CONTROLS = /([\u202a-\u202e\u2066-\u2069])/;
+  const BIDI_CONTROLS_ALL = /[\u202a-\u202e\u2066-\u2069]/g;
+
+  function codePoint(ch) {
+    return "U+" + ch.codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+  }
+
+  // ``text`` as nodes for the page: its own characters, each bidi control shown as a mark, not acting.
+  function textNodes(text) {
+    const parts = String(text).split(BIDI_CONTROLS); // odd indices: the controls
+    return parts.map((part, i) => i % 2 === 0 ? document.createTextNode(part)
+      : h("span", { class: "bidi-mark", title: `${codePoint(part)}, a character that changes the direction of the ` +
+        "text around it: shown here instead of acting" }, codePoint(part)));
+  }
+
+  // ``text`` for a command a person copies: each bidi control as its JSON escape (\u202e), the same character to
+  // the command's JSON reader, never one that turns the command around on the screen.
+  function escapeBidi(text) {
+    return text.replace(BIDI_CONTROLS_ALL, (ch) => "\\u" + ch.codePointAt(0).toString(16).padStart(4, "0"));
+  }
+
   function h(tag, props, ...children) {
     const el = document.createElement(tag);
     for (const [key, value] of Object.entries(props || {})) {
       if (value === null || value === undefined || value === false) continue;
       if (key === "class") el.className = value;
-      else if (key === "text") el.textContent = value;
+      else if (key === "text") el.replaceChildren(...textNodes(value));
       else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
       else if (key === "dataset") Object.assign(el.dataset, value);
       else el.setAttribute(key, value === true ? "" : value);
     }
     for (const child of children.flat()) {
       if (child === null || child === undefined || child === false) continue;
-      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+      if (child instanceof Node) el.append(child);
+      else el.append(...textNodes(child));
     }
     return el;
+  }
+
+  // Put ``text`` into ``el`` in place of what it held (as h() puts its children).
+  function setText(el, text) {
+    el.replaceChildren(...textNodes(text));
   }
 
   const $ = (id) => document.getElementById(id);
@@ -249,7 +280,7 @@
   function banner(text) {
     const el = $("banner");
     if (!text) { el.hidden = true; return; }
-    el.textContent = text;
+    setText(el, text);
     el.hidden = false;
   }
 
@@ -903,7 +934,7 @@
 
   function mapCommand(body) {
     return `curl -sS -X PUT -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: application/json" ` +
-      `-d ${shellQuote(body)} ${window.location.origin}/v1/catalog`;
+      `-d ${shellQuote(escapeBidi(body))} ${window.location.origin}/v1/catalog`;
   }
 
   function openMapDialog(exception) {
@@ -956,7 +987,7 @@
         render();
       } catch (err) {
         if (err.status === 401 || err.status === 403) adminCredential = null;
-        error.textContent = err.message;
+        setText(error, err.message);
         error.hidden = false;
         update();
       }
@@ -1048,7 +1079,7 @@
         render();
       } catch (err) {
         if (err.status === 401 || err.status === 403) adminCredential = null;
-        error.textContent = err.message;
+        setText(error, err.message);
         error.hidden = false;
         update();
       }
