@@ -11,7 +11,7 @@ person pastes (held in the page's memory), never the cookie.
 
 Public API::
 
-    setup(app, store)                 # routes, sessions and the cookie hook of hub.auth
+    setup(app, store, public_url)     # routes, sessions and the cookie hook of hub.auth
     DashboardSessions, SESSION_COOKIE
 """
 
@@ -27,10 +27,11 @@ from hub.storage.interfaces import CredentialStore
 __all__ = ["SESSION_COOKIE", "DashboardSessions", "setup"]
 
 
-def setup(app: web.Application, store: CredentialStore) -> None:
-    """Serve the dashboard on ``app`` and let its session cookie read (only read) the API."""
+def setup(app: web.Application, store: CredentialStore, public_url: str = "") -> None:
+    """Serve the dashboard on ``app`` and let its session cookie read (only read) the API; ``public_url``: the hub's
+    address as people reach it, perhaps through a reverse proxy (its forms are taken from that origin too)."""
     sessions = DashboardSessions(store)
     app[COOKIE_SESSIONS_KEY] = sessions
-    pages.setup(app, sessions)
+    pages.setup(app, sessions, public_url)
     api.setup(app)
     app[PUBLIC_ROUTES_KEY] = app.get(PUBLIC_ROUTES_KEY, frozenset()) | pages.ROUTE_NAMES

@@ -58,12 +58,17 @@ def _read(name: str) -> bytes:
 
 
 FILES_KEY = web.AppKey("dashboard_files", dict[str, bytes])
+# The origin of the hub's public_url ("https://hub.example.com"), "" without one: behind a reverse proxy the browser's
+# origin, which the Host the proxy forwards (nginx's default: the hub's own 127.0.0.1:8470) does not name.
+PUBLIC_ORIGIN_KEY = web.AppKey("dashboard_public_origin", str)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 # Refused sign-ins: the first of a quiet spell logged at once, a flood as one line a minute with a count
 SIGN_INS_REFUSED_KEY = web.AppKey("dashboard_sign_ins_refused", RepeatLog)
 
 
-def setup(app: web.Application, sessions: DashboardSessions) -> None:
+def setup(app: web.Application, sessions: DashboardSessions, public_url: str = "") -> None:
     app[SESSIONS_KEY] = sessions
+    app[PUBLIC_ORIGIN_KEY] = origin_of(public_url) or ""
     app[FILES_KEY] = {name: _read(name) for name in (*PAGES, *ASSETS)}
     app[SIGN_INS_REFUSED_KEY] = RepeatLog(log, "refused", "dashboard sign-in|dashboard sign-ins")
     app.on_cleanup.append(_flush_refused)
@@ -130,11 +135,39 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
+def origin_of(url: str) -> str | None:
+    """``url``'s origin as a browser's ``Origin`` header writes it (``https://hub.example.com``: scheme and host in
+    lower case, no default port), or None when it has none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS[scheme]) else f":{port}")
+
+
 def _same_origin(request: web.Request) -> bool:
+    """Whether a form comes from the hub's own pages: its ``Origin`` names the host the request was sent to, or the
+    origin of the hub's ``public_url`` (a reverse proxy forwards another Host)."""
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
         return origin is None  # a browser always sends Origin on a form POST; "null" is an opaque origin
-    return urlsplit(origin).netloc == request.host
+    return urlsplit(origin).netloc == request.host or _from_public_origin(request)
+
+
+def _from_public_origin(request: web.Request) -> bool:
+    public = request.app[PUBLIC_ORIGIN_KEY]
+    return bool(public) and origin_of(request.headers.get("Origin", "")) == public
+
+
+def _secure(request: web.Request) -> bool:
+    """Whether the browser reached the hub over HTTPS: this connection is TLS, or the form came from the https
+    ``public_url`` (a proxy that ends TLS forwards plain HTTP) — the session cookie is then ``Secure``."""
+    return request.secure or (_from_public_origin(request) and request.app[PUBLIC_ORIGIN_KEY].startswith("https:"))
 
 
 async def _sign_in_head(request: web.Request) -> web.Response | None:
@@ -167,7 +200,7 @@ async def post_sign_in(request: web.Request) -> web.Response:
         ratelimit.refused(request)  # counted against its address (hub.ratelimit.RefusedAttempts)
         return _page(request, "sign-in.html", 403, f"Not signed in: {err}.")
     response = _see_other("/dashboard/")
-    set_cookie(response, request, session_id)
+    set_cookie(response, session_id, secure=_secure(request))
     return response
 
 

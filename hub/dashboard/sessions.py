@@ -130,7 +130,8 @@ class DashboardSessions:
         return AgentIdentity(session.agent_id, frozenset(), ROLE_READER)
 
 
-def set_cookie(response: web.StreamResponse, request: web.Request, session_id: str) -> None:
+def set_cookie(response: web.StreamResponse, session_id: str, *, secure: bool) -> None:
+    """The session cookie; ``secure``: the browser reached the hub over HTTPS (directly or through a proxy)."""
     response.set_cookie(
         SESSION_COOKIE,
         session_id,
@@ -138,7 +139,7 @@ def set_cookie(response: web.StreamResponse, request: web.Request, session_id: s
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=secure,
     )
 
 

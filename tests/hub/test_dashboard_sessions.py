@@ -160,3 +160,31 @@ async def test_one_credential_signing_in_again_and_again_ends_nobody_elses_sessi
     assert (await hub.client.get("/v1/status", headers=cookie(person))).status == 200
     kept = [(await hub.client.get("/v1/status", headers=cookie(s))).status for s in flood]
     assert kept == [401] * 40 + [200] * 20
+
+
+# Behind a reverse proxy that ends TLS (the hub on 127.0.0.1, docs/operations.md "Hub: TLS"): the browser is at
+# https://hub.example.test, and the proxy forwards its form over plain HTTP with the Host it connects to — nginx's
+# default (proxy_set_header Host $proxy_host) — so neither the Host nor the scheme the hub sees is the browser's.
+PUBLIC = "https://hub.example.test"
+
+
+async def test_behind_a_tls_proxy_the_public_urls_origin_signs_in_and_gets_a_secure_cookie(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, public_url=f"{PUBLIC}:443") as hub:
+        forwarded = {"Origin": PUBLIC, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "hub.example.test"}
+        resp = await hub.client.post("/dashboard/sign-in", data={"token": hub.reader}, headers=forwarded,
+                                     allow_redirects=False)  # fmt: skip
+        assert resp.status == 303, await resp.text()
+        morsel = resp.cookies[SESSION_COOKIE]
+        assert morsel["secure"] is True and morsel["httponly"] is True  # never sent over plain http
+        resp = await hub.client.post("/dashboard/sign-out", headers={**forwarded, **cookie(morsel.value)},
+                                     allow_redirects=False)  # fmt: skip
+        assert (resp.status, resp.headers["Location"]) == (303, "/dashboard/sign-in")
+        assert (await hub.client.get("/v1/status", headers=cookie(morsel.value))).status == 401  # it ended
+        # another site is still another site, whatever the proxy says
+        for origin in ("https://evil.example", "http://hub.example.test", "https://hub.example.test.evil.example"):
+            resp = await hub.client.post("/dashboard/sign-in", data={"token": hub.reader},
+                                         headers={**forwarded, "Origin": origin}, allow_redirects=False)  # fmt: skip
+            assert resp.status == 403 and SESSION_COOKIE not in resp.cookies, origin
+        # reached directly (an operator on the hub's own machine, http://127.0.0.1:…): a session as before, over http
+        resp = await hub.client.post("/dashboard/sign-in", data={"token": hub.reader}, allow_redirects=False)
+        assert resp.status == 303 and resp.cookies[SESSION_COOKIE]["secure"] == ""
