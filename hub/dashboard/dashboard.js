@@ -31,6 +31,9 @@
   // The rows the Exceptions page draws, newest first: drawing 10,000 held the tab for 24 s at every live redraw.
   const EXCEPTIONS_SHOWN = 500;
   const AGE_TICK_MS = 5000;
+  // The rows the Shrinkage page draws: the report has one per location and SKU counted, and a stocktake counts
+  // every SKU of every store — 50,000 rows held the tab for a minute. Past this, the rows of the most shrinkage.
+  const VARIANCE_ROWS_SHOWN = 500;
 
   const EXCEPTION_KINDS = {
     negative_on_hand: ["Negative stock", "bad"],
@@ -1260,7 +1263,13 @@
     const query = (by) => `/v1/reports/variance?by=${by}&from=${encodeURIComponent(dayDate(v.from).toISOString())}` +
       `&to=${encodeURIComponent(to.toISOString())}` + (v.location ? `&location=${encodeURIComponent(v.location)}` : "");
     const body = await api(query("sku"));
-    const rows = body.rows.map((r) => h("tr", { dataset: { key: `${r.location}|${r.sku}` } },
+    const cut = body.rows.length > VARIANCE_ROWS_SHOWN;
+    const drawn = cut ? [...body.rows].sort((a, b) => b.shrinkage - a.shrinkage || a.net_variance - b.net_variance)
+      .slice(0, VARIANCE_ROWS_SHOWN) : body.rows;
+    const shownNote = cut ? h("p", { class: "hint", id: "variance-shown" }, `Showing the ${NUM.format(drawn.length)} ` +
+      `rows of the most shrinkage of ${NUM.format(body.rows.length)}, most first: choose a location to see others, or ` +
+      "download the CSV by SKU for every row.") : null;
+    const rows = drawn.map((r) => h("tr", { dataset: { key: `${r.location}|${r.sku}` } },
       h("td", { class: "key" }, r.location),
       h("td", {}, skuWithName(r.sku)),
       numCell(r.counts),
@@ -1286,7 +1295,7 @@
       h("p", { class: "muted" }, "What cycle counts found missing (shrinkage) or over, against what the ledger expected at each count, " +
         `from ${timeText(body.from)} to ${timeText(body.to)}.`)), controls),
     totals, h("div", { class: "section" }, h("div", { class: "section-head" }, h("h2", {}, "By location and SKU"), downloads),
-      table(["Location", "SKU", ["Counts", "num"], ["Shrinkage", "num"], ["Over", "num"], ["Net", "num"], "Last count"], rows,
+      shownNote, table(["Location", "SKU", ["Counts", "num"], ["Shrinkage", "num"], ["Over", "num"], ["Net", "num"], "Last count"], rows,
         "No count in this period found a difference to look at."))];
   }
 
