@@ -13,11 +13,12 @@ Every key is documented in docs/configuration.md (a test checks it).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -409,8 +410,9 @@ def _from_environ(environ: Mapping[str, str], allowed: frozenset[str]) -> dict[s
             continue
         key = ENV_KEYS.get(name)
         if key is None:
+            meant = _looks_like(name, [CONFIG_ENV, *ENV_KEYS])
             raise ConfigError(
-                f"unknown environment variable {name}; the hub's are {CONFIG_ENV} and "
+                f"unknown environment variable {name}{f' (did you mean {meant}?)' if meant else ''}; the hub's are {CONFIG_ENV} and "
                 f"{', '.join(sorted(ENV_KEYS))} (a secret of yours needs another name, or use it by secret_env)"
             )
         if raw.strip() == "":
@@ -454,10 +456,32 @@ def _secret_envs(doc: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _looks_like(name: str, known: Collection[str]) -> str | None:
+    """The one of ``known`` that ``name`` is a typo of (a letter missing, swapped or too many), or None."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _unknown_keys(unknown: Collection[str], text: str) -> str:
+    """The unknown keys of the [hub] table, each with the line of ``text`` that sets it and the key it looks like:
+    ``'header_timout_s' (line 5; did you mean 'header_timeout_s'?)``."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"\s*\[\s*hub\s*\]", line)), 0)
+    said = []
+    for key in unknown:
+        setting = re.compile(rf"""\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""")
+        line = next((i + 1 for i in range(start, len(lines)) if setting.match(lines[i])), None)
+        meant = _looks_like(key, CONFIG_KEYS)
+        notes = ([f"line {line}"] if line else []) + ([f"did you mean {meant!r}?"] if meant else [])
+        said.append(repr(key) + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(said)
+
+
 def _read_file(path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
     """The whole TOML document and its ``[hub]`` table, checked for unknown keys; paths made absolute."""
     try:
-        doc = tomllib.loads(read_text(path))  # by its byte-order mark, as a Windows tool may have saved it
+        text = read_text(path)  # by its byte-order mark, as a Windows tool may have saved it
+        doc = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as err:
@@ -478,7 +502,7 @@ def _read_file(path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
     unknown = sorted(set(table) - set(CONFIG_KEYS))
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in the [hub] table of {path}; "
+            f"unknown key(s) {_unknown_keys(unknown, text)} in the [hub] table of {path}; "
             f"the known keys are {', '.join(CONFIG_KEYS)}"
         )
     table = dict(table)

@@ -204,3 +204,24 @@ def test_a_config_file_saved_by_a_windows_tool_is_read_by_its_mark(
     s = load_settings(config, environ={})
     assert s.db == "postgresql://hub:s3cret@db.example/hub"
     assert [w.secret for w in s.webhooks] == ["from-a-file-0123456789"]
+
+
+def test_a_misspelt_key_or_variable_is_named_with_its_line_and_the_key_it_looks_like(tmp_path: Path) -> None:
+    """A typo in a long file is found by its line, and the sentence says which key was meant, ahead of the list of
+    every key; a whole word that is no key gets no guess."""
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\ndb = "hub.db"\nport = 8470\n\n  header_timout_s = 5\nfrobnicate = true\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    said = str(caught.value)
+    assert said.startswith(
+        f"unknown key(s) 'frobnicate' (line 6), 'header_timout_s' (line 5; did you mean 'header_timeout_s'?) in the "
+        f"[hub] table of {config}; the known keys are db, "
+    ), said
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"SHELFSYNC_HUB_DB": "x.db", "SHELFSYNC_HUB_PROT": "80"})
+    assert str(caught.value).startswith(
+        "unknown environment variable SHELFSYNC_HUB_PROT (did you mean SHELFSYNC_HUB_PORT?); the hub's are "
+    ), str(caught.value)
+    done = run_hub("agent", "list", "--config", str(config), env=hub_env())
+    assert done.returncode == 2 and "'header_timout_s' (line 5; did you mean 'header_timeout_s'?)" in done.stderr
