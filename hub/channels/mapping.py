@@ -157,7 +157,9 @@ def parse_mapping_csv(text: str, *, source: str = "the mapping CSV") -> list[Lis
     """Entries of a CSV with a header naming ``sku`` and ``item_id`` (and optionally ``variant_id``, ``barcode``)."""
     if len(text) > CSV_MAX_BYTES:
         raise MappingError(f"{source} is larger than {CSV_MAX_BYTES // (1024 * 1024)} MiB; split it")
-    reader = csv.reader(io.StringIO(text))
+    first_line = text.lstrip("\r\n").split("\n", 1)[0]
+    delimiter = next((d for d in (",", ";", "\t") if d in first_line), ",")  # as the catalog import: Excel's ; and tab
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
@@ -165,6 +167,9 @@ def parse_mapping_csv(text: str, *, source: str = "the mapping CSV") -> list[Lis
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
         raise MappingError(f"{source} has no {' or '.join(missing)} column; its header line must name sku and item_id")
+    twice = next((name for name in (*CSV_COLUMNS, *CSV_OPTIONAL) if header.count(name) > 1), None)
+    if twice is not None:  # which of the two maps, the file does not say
+        raise MappingError(f"line 1 of {source}: the header names {twice} more than once; keep the one column it means")
     col = {name: header.index(name) for name in (*CSV_COLUMNS, *CSV_OPTIONAL) if name in header}
     entries: list[ListingEntry] = []
     for line_no, row in enumerate(reader, start=2):

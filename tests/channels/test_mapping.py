@@ -100,3 +100,23 @@ async def test_the_square_catalog_is_read_page_by_page() -> None:
     assert [e.item_id for e in entries] == ids
     assert entries[3].sku == "Q0003" and entries[3].barcode == "000000000003"
     assert sq.stats.requests == 2
+
+
+def test_a_csv_whose_header_names_a_column_twice_is_refused_not_read_by_its_first() -> None:
+    """Two sku columns (a joined export: the hub's SKU and the channel's own): which one maps, the file does not say;
+    the first was taken without a word, and every item was mapped from it. The catalog import refuses such a header
+    the same way."""
+    for header, twice in (("sku,item_id,sku", "sku"), ("SKU,item_id,barcode,Item_ID", "item_id")):
+        with pytest.raises(MappingError) as caught:
+            parse_mapping_csv(f"{header}\nA,1,B,2\n")
+        assert str(caught.value) == (
+            f"line 1 of the mapping CSV: the header names {twice} more than once; keep the one column it means"
+        )
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_csv_saved_with_semicolons_or_tabs_is_read_by_its_header(separator: str) -> None:
+    """Excel saves "CSV" with semicolons where the decimal mark is a comma, and "Unicode Text" with tabs: the
+    catalog import reads both by their header line; the mapping said the file had no sku or item_id column."""
+    text = separator.join(["sku", "item_id", "barcode"]) + "\n" + separator.join(["A", "gid://1", "123"]) + "\n"
+    assert [(e.sku, e.item_id, e.barcode) for e in parse_mapping_csv(text)] == [("A", "gid://1", "123")]
