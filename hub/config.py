@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
+from hub import secretfiles
 from hub.catchup import CATCHUP_SLOTS
 from hub.channels.config import ChannelConfigError, ChannelSpec, parse_channels
 from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLOCK_WINDOW_S
@@ -386,6 +387,7 @@ def _database_url(values: Mapping[str, Any], base: Path, where: str) -> str:
     file = base / str(name)
     try:
         with file.open("rb") as f:
+            secretfiles.warn_if_open(f.fileno(), file, "the hub database's URL (with its password)")
             raw = f.read(SECRET_FILE_MAX_BYTES + 1)
     except OSError as err:
         raise ConfigError(
@@ -558,6 +560,7 @@ def _webhook_secrets(raw: Any, base: Path, environ: Mapping[str, str]) -> Any:
             file = base / str(name)
             try:
                 with file.open("rb") as f:
+                    secretfiles.warn_if_open(f.fileno(), file, f"the shared secret of {where}")
                     secret = f.read(SECRET_FILE_MAX_BYTES + 1)
             except OSError as err:
                 why = err.strerror or err

@@ -45,6 +45,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aiohttp import web
 
+from hub import secretfiles
 from hub.app import create_app
 from hub.config import ConfigError, HubSettings, check_tls_pair
 from hub.discovery import HubAdvertiser, start_advertiser
@@ -142,8 +143,9 @@ def tls_context(settings: HubSettings) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     for key, path in (("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key)):
         try:
-            with open(path, "rb"):
-                pass
+            with open(path, "rb") as f:
+                if key == "tls_key":
+                    secretfiles.warn_if_open(f.fileno(), path, "the private key of the hub's TLS certificate")
         except OSError as err:
             raise ServeError(f"the hub cannot read its {key} {path}: {err.strerror or err}") from err
     try:

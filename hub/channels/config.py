@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from hub import secretfiles
 from hub.resolver import is_location
 from hub.webhook_spec import SECRET_MIN_LEN as WEBHOOK_SECRET_MIN_LEN  # a webhook channel signs like them
 from protocol import csvtext
@@ -452,6 +453,7 @@ def _secret(where: str, table: Mapping[str, Any], base: Path | None, env: Mappin
         source = f"file {path}"
         try:
             with path.open("rb") as f:
+                secretfiles.warn_if_open(f.fileno(), path, f"the secret of {where}")
                 data = f.read(SECRET_MAX_BYTES + 1)
         except OSError as err:
             raise ChannelConfigError(f"{where}: the secret {source} cannot be read ({err.strerror or err})") from None
