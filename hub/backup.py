@@ -42,7 +42,7 @@ from hub.storage.feed import FEED_HOME_KEY
 from hub.storage.migrations import size_text
 from hub.storage.sqlite import sidefiles
 from hub.storage.sqlite.schema import HOME_TOKEN_SUFFIX
-from hub.storage.sqlite.store import read_only_file_system
+from hub.storage.sqlite.store import full_file_system, read_only_file_system
 from protocol.oslock import hold_os_lock
 
 SQLITE_SCHEME = "sqlite://"
@@ -308,6 +308,13 @@ def _sqlite_backup(source: Path, target: Path, say: Progress) -> tuple[int, int,
                 f"cannot read the hub database {source}: the file system of {source.parent} is read-only, and SQLite "
                 f"writes a -shm file beside a database in WAL mode even to read it; copy {source.name} (and its -wal "
                 "file, if there is one) to a writable disk and back that copy up"
+            ) from err
+        if (free := full_file_system(source.parent)) is not None:
+            raise BackupError(
+                f"cannot read the hub database {source}: the file system of {source.parent} is full "
+                f"({size_text(free)} free), and SQLite writes a -shm file beside a database in WAL mode even to read "
+                f"it; free space there, or copy {source.name} (and its -wal file, if there is one) to a disk with room "
+                "and back that copy up"
             ) from err
         raise BackupError(f"the backup of {source} failed: {err}") from err
     except OSError as err:

@@ -717,3 +717,30 @@ def test_a_partial_copy_with_no_writer_lock_is_named_and_left_as_it_is(tmp_path:
             "once no backup of an older shelfsync runs into this directory"
         )
     ], run.stderr
+
+
+def test_a_hub_database_on_a_full_disk_is_said_to_be_on_a_full_disk_and_leaves_nothing_behind(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """Found black-box: the hub's disk filled up (the hub stopped), and the operator's first commands — a backup to
+    another disk, the credentials' list — said only "the backup of hub.db failed: disk I/O error" and "cannot open
+    the hub database hub.db: disk I/O error": SQLite cannot make the -shm file it needs to read a database in WAL
+    mode. Each try also left a `.hub.db.feed-home.<pid>` file behind on that disk."""
+    made = new_hub_db(tmp_path / "hub.db")  # a hub database at rest (its -wal checkpointed away) …
+    db = small_disk / "hub.db"
+    for name in ("hub.db", "hub.db.feed-home"):  # … moved onto the small disk, as its own directory
+        shutil.copy2(Path(made).with_name(name), small_disk / name)
+    fill(small_disk)
+    to = tmp_path / "rescue.db"
+    run = run_hub("backup", "--db", str(db), "--to", str(to))
+    _refused(run, f"cannot read the hub database {db}: the file system of {small_disk} is full (")
+    assert "SQLite writes a -shm file beside a database in WAL mode even to read it; free space there" in run.stderr
+    assert not to.exists()
+    for command in (("agent", "list"), ("agent", "add", "--id", "s1", "--location", "S1"), ("init",)):
+        run = run_hub(*command, "--db", str(db))
+        _refused(run, f"cannot open the hub database {db}: the file system of {small_disk} is full (")
+        assert "free space there" in run.stderr, run.stderr
+    assert sorted(p.name for p in small_disk.iterdir() if p.name.startswith(".")) == []
+    (small_disk / "ballast").unlink()  # room again: every command works on the database as it was
+    assert run_hub("backup", "--db", str(db), "--to", str(to)).returncode == 0
+    assert run_hub("agent", "list", "--db", str(db)).returncode == 0

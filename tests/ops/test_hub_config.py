@@ -246,11 +246,11 @@ def test_a_secret_file_every_user_may_read_is_said_at_every_command_and_still_re
     done = run_hub("agent", "list", "--config", str(config), env=hub_env())
     assert done.returncode == 0, done.stderr
     warned = [line for line in done.stderr.splitlines() if "readable by every user" in line]
+    said = "{0} is readable by every user of this machine (mode 0644), and it holds {1}: make it readable by its owner "
+    said += "and the hub's group only (chmod o-rwx {0})"
     assert warned == [
-        f"{url_file} is readable by every user of this machine (mode 0644), and it holds the hub database's URL "
-        f"(with its password): make it readable by its owner and the hub's group only (chmod o-rwx {url_file})",
-        f"{hook_secret} is readable by every user of this machine (mode 0644), and it holds the shared secret of "
-        f"webhook 'shop': make it readable by its owner and the hub's group only (chmod o-rwx {hook_secret})",
+        said.format(url_file, "the hub database's URL (with its password)"),
+        said.format(hook_secret, "the shared secret of webhook 'shop'"),
     ], done.stderr
     for path in (url_file, hook_secret):
         path.chmod(0o640)

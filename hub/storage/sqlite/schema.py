@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -204,11 +205,16 @@ def _token(home: str | None) -> str | None:
 def _write_tokens(tokens_file: Path, tokens: list[str]) -> None:
     """Replace the token file by one holding ``tokens``, synced to disk before the database commits."""
     partial = tokens_file.with_name(f".{tokens_file.name}.{os.getpid()}")
-    with open(partial, "w", encoding="ascii") as f:
-        f.write("\n".join(tokens) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, tokens_file)
+    try:
+        with open(partial, "w", encoding="ascii") as f:
+            f.write("\n".join(tokens) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, tokens_file)
+    except BaseException:  # a full disk, say: no half-written file of this process's left beside the database
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
     try:  # the rename made durable; Windows opens no directory (a rename lost in a crash: one new history)
         fd = os.open(tokens_file.parent, os.O_RDONLY)
     except OSError:

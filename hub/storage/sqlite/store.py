@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 from collections.abc import Awaitable, Callable, Collection, Coroutine
@@ -39,7 +40,7 @@ from hub.storage.bundles import BundleReads
 from hub.storage.db import SqliteDb
 from hub.storage.feed import FEED_HOME_KEY
 from hub.storage.ingest import Batch, IngestTx
-from hub.storage.migrations import MigrationProgress, progress_logged
+from hub.storage.migrations import MigrationProgress, progress_logged, size_text
 from hub.storage.sqlite import sidefiles
 from hub.storage.sqlite.ingest import SqliteIngest, StockCache
 from hub.storage.sqlite.schema import SCHEMA_VERSION, feed_history, migrate
@@ -211,6 +212,21 @@ def read_only_file_system(directory: Path) -> bool:
         return False
 
 
+# Less free than this where the database is: no room for SQLite's -shm file (32 KiB), which it makes even to read a
+# database in WAL mode, nor for a page of -wal. An open that failed there failed for the full disk.
+FULL_BELOW_BYTES = 64 * 1024
+
+
+def full_file_system(directory: Path) -> int | None:
+    """The bytes free on the file system of ``directory`` when it is full (less than ``FULL_BELOW_BYTES``), else
+    None (or when it cannot be told)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return None
+    return free if free < FULL_BELOW_BYTES else None
+
+
 FOREIGN_TABLES_NAMED = 5  # tables of another program's database named in the refusal
 
 
@@ -358,6 +374,12 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                 raise StoreError(
                     f"cannot open the hub database {path}: the file system of {path.parent} is read-only, and the hub "
                     "writes its database and the -wal and -shm files beside it; give a database on a writable disk"
+                ) from err
+            if isinstance(err, (sqlite3.Error, OSError)) and (free := full_file_system(path.parent)) is not None:
+                raise StoreError(
+                    f"cannot open the hub database {path}: the file system of {path.parent} is full ({size_text(free)} "
+                    "free), and the hub writes beside its database (the -wal and -shm files) even for a command that "
+                    f"only reads it; free space there (df -h {path.parent}) and try again"
                 ) from err
             if isinstance(err, (sqlite3.Error, OSError)):
                 raise StoreError(f"cannot open the hub database {path}: {err}") from err
