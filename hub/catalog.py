@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import aiohttp
 from aiohttp import web
 
-from hub import csvexport, csvtext, heads, views
+from hub import csvexport, csvtext, heads, secretfiles, views
 from hub import problems as problem_details
 from hub.auth import ROLE_ADMIN, STORE_KEY, identity_of, role_refused
 from hub.config import url_problem
@@ -957,7 +957,9 @@ def _admin_token(token_file: str | None) -> str:
     if token_file is not None:
         source = f"the credential file {token_file}"
         try:
-            token = Path(token_file).read_text(encoding="utf-8").strip()
+            with open(token_file, "rb") as f:
+                secretfiles.warn_if_open(f.fileno(), token_file, "an admin credential")
+                token = f.read().decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
             raise CatalogImportError(f"cannot read the credential file {token_file}: {error}") from error
     else:

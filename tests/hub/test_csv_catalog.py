@@ -314,6 +314,7 @@ async def test_the_command_imports_through_a_running_hub_with_a_progress_line(
     await scan_unknown(store, "ITEM-000003", 5)
     token_file = tmp_path / "admin.token"
     token_file.write_text(admin + "\n")
+    token_file.chmod(0o600)  # as an operator keeps it (one every user may read is warned of: below)
     hub = str(client.make_url("/")).rstrip("/")
     code, out, err = await run(str(big_catalog(tmp_path / "catalog.csv", 12_000)), "--hub", hub,
                                "--token-file", str(token_file))  # fmt: skip
@@ -377,6 +378,7 @@ async def test_a_credential_that_is_not_one_token_is_one_sentence(
     if where == "file":
         token_file = tmp_path / "admin.token"
         token_file.write_text(text.format(token=token), encoding="utf-8")
+        token_file.chmod(0o600)
         code, out, err = await run(str(good), "--hub", hub, "--token-file", str(token_file))
         source = f"the credential file {token_file}"
     else:
@@ -401,3 +403,24 @@ async def test_the_command_writes_into_the_database_directly(tmp_path: Path) -> 
     (tmp_path / "more.csv").write_text("barcode,sku\nABC-1,\u200bSKU-000001\n", encoding="utf-8")  # checked too
     code, out, err = await run(str(tmp_path / "more.csv"), "--db", str(db))
     assert code == 2 and "line 2, sku: sku '\\u200bSKU-000001' looks like the SKU SKU-000001 of the catalog" in err, err
+
+
+async def test_a_credential_file_every_user_may_read_is_warned_of_and_still_used(
+    client: TestClient[Any, Any], store: HubStore, admin: str, tmp_path: Path
+) -> None:
+    """An admin credential saved with `echo … > admin.token` under the default umask is mode 0644: every user of the
+    machine may read it and act as the admin; the import said nothing. It now says so in one line, and imports."""
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(admin + "\n")
+    token_file.chmod(0o644)
+    good = tmp_path / "good.csv"
+    good.write_text(f"barcode,sku\n{PEN},PEN\n", encoding="utf-8")
+    hub = str(client.make_url("/")).rstrip("/")
+    code, out, err = await run(str(good), "--hub", hub, "--token-file", str(token_file))
+    assert code == 0, err
+    assert (
+        f"{token_file} is readable by every user of this machine (mode 0644), and it holds an admin credential: make "
+        f"it readable by its owner and the hub's group only (chmod o-rwx {token_file})"
+    ) in err, err
+    assert "imported 1 catalog row(s)" in out
+    assert admin not in err
