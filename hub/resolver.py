@@ -220,6 +220,12 @@ class Transfer:
     booked_out: int = 0  # units booked out again where it was received: adjusts there carrying its ref (−Σ qty)
 
     @property
+    def moved(self) -> bool:
+        """A shipment or a receipt of it is stored, not only adjusts carrying its ref: an adjust alone makes no
+        transfer (a POS's stock-take or damage note number is a ref too), and books out only a receipt of it."""
+        return bool(self.shippers) or self.in_to is not None
+
+    @property
     def shipper_list(self) -> list[str]:
         return self.shippers.split(",") if self.shippers else []
 
@@ -755,6 +761,7 @@ def resolve(
             if (dest := transfer_destination(ev)) is not None:
                 keys.add((dest, ev.sku))
     keys.update(by_key)
+    transfers = {k: t for k, t in transfers.items() if t.moved}  # adjusts alone carrying a ref: no transfer
     by_pair: dict[tuple[str, str], list[Transfer]] = defaultdict(list)
     for t in transfers.values():
         by_pair[t.ref, t.sku].append(t)

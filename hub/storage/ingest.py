@@ -76,6 +76,7 @@ from hub.resolver import (
     Transfer,
     TransferKey,
     available,
+    books_out,
     bundle_counts,
     bundle_problem,
     describe_parts,
@@ -283,6 +284,10 @@ class IngestTx(Protocol):
 
     async def stored_sales(self, keys: Collection[ReservationKey]) -> dict[ReservationKey, int]:
         """Σ |qty| of the stored sales carrying each (location, sku, ref)."""
+
+    async def stored_book_outs(self, keys: Collection[TransferKey]) -> dict[TransferKey, int]:
+        """−Σ qty of the stored adjusts booking out each (destination, ref, sku) at its destination (``books_out``:
+        the ref not their source; a bundle's own movement aside, its parts' count): those of no transfer yet."""
 
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None: ...
 
@@ -699,9 +704,18 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     new_transfers: list[Transfer] = []
     if by_transfer:
         old_transfers = await tx.transfer_rows(list(by_transfer))
+        # An adjust carrying a ref only books out a receipt of it (``books_out``): alone it makes no transfer (a
+        # POS's stock-take note is a ref too). A transfer a shipment or receipt of the batch makes starts from the
+        # book-outs stored before it, whatever order they came in.
+        moving = {k for k, evs in by_transfer.items() if k not in old_transfers and not all(map(books_out, evs))}
+        stored_out = await tx.stored_book_outs(moving) if moving else {}
         tallied: dict[TransferKey, Transfer] = {}
         for tkey, evs in by_transfer.items():
-            new = old_transfers.get(tkey) or Transfer(*tkey)
+            new = old_transfers.get(tkey)
+            if new is None:
+                if tkey not in moving:
+                    continue  # book-outs of no stored receipt: the ledger keeps them for its receipt
+                new = Transfer(*tkey, booked_out=stored_out.get(tkey, 0))
             for ev in evs:
                 new = tally_transfer(new, ev)
             tallied[tkey] = new

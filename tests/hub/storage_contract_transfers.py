@@ -274,3 +274,32 @@ class TransferKeyContract:
         assert (left.kind, left.location, left.data["booked_out"]) == ("transfer_unmatched", "S003", 3)
         expected = _resolved([ev for _, ev in partial])["exceptions"]
         assert [x for x in (await _state(store))["exceptions"] if x[2] == "P"] == expected
+
+    async def test_an_adjust_carrying_a_ref_makes_no_transfer_of_its_own(self, store: HubStore) -> None:
+        """Found: every adjust carrying a ref of its own (a POS's stock-take or damage note number) made a transfer
+        row of it at its location, though nothing of that ref was shipped or received there; one adjusting up (+3
+        found on a stock-take INV-9) was then listed as a transfer_unmatched of 3 units received that never were.
+        An adjust only books out a receipt of its ref (stored before or after it, in any order); alone it makes no
+        transfer and lists nothing."""
+        s1 = await _stores(store, "S001")
+        who, ev = s1["S001"]
+        sent = [
+            (who, ev(Kind.ADJUST, 3, at_ms=1, ref="INV-9", sku="Q")),
+            (who, ev(Kind.ADJUST, -2, at_ms=2, ref="DMG-4", sku="Q")),
+        ]
+        await _deliver(store, sent)
+        assert [e for e in await store.exceptions() if e.kind.startswith("transfer")] == []
+        assert await _transfer_rows(store) == []
+        assert (await _state(store))["exceptions"] == _resolved([e for _, e in sent])["exceptions"] == []
+        # the book-out of a receipt stored after it is read from the ledger when the receipt comes
+        later = [(who, ev(Kind.TRANSFER_IN, 2, at_ms=3, ref="DMG-4", sku="Q"))]
+        await _deliver(store, later)
+        assert await _transfer_rows(store) == [("S001", "DMG-4", "Q", 0, 2, 2)]
+        assert [e for e in await store.exceptions() if e.kind.startswith("transfer")] == []
+
+
+async def _transfer_rows(store: HubStore) -> list[tuple[Any, ...]]:
+    """The stored transfers: (dest, ref, sku, shipped, received, booked_out)."""
+    sql = "SELECT dest, ref, sku, shipped, received, booked_out FROM transfers ORDER BY dest, ref, sku"
+    rows = await store._read_db("transfer rows", lambda db: db.fetch(sql))  # type: ignore[attr-defined]
+    return [tuple(r) for r in rows]

@@ -486,6 +486,17 @@ class PostgresIngest:
         )
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
+    async def stored_book_outs(self, keys: Collection[TransferKey]) -> dict[TransferKey, int]:
+        rows = await self.conn.fetch(
+            "SELECT k.dest, k.ref, k.sku, -SUM(e.qty) "
+            "FROM unnest($1::text[], $2::text[], $3::text[]) AS k(dest, ref, sku) JOIN events e "
+            "ON e.location = k.dest AND e.sku = k.sku AND e.ref = k.ref AND e.kind = 'adjust' "  # events_adjust_ref
+            "AND e.ref <> e.source AND e.effect <> 'expanded' "
+            "GROUP BY k.dest, k.ref, k.sku",
+            *columns(list(keys), 3),
+        )
+        return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
         pre = self._pre
         known = {(pre.agent_id, at) for at in pre.locations} if pre is not None else set()

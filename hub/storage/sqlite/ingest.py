@@ -253,6 +253,20 @@ class SqliteIngest:
             out.update({(r[0], r[1], r[2]): r[3] for r in rows})
         return out
 
+    async def stored_book_outs(self, keys: Collection[TransferKey]) -> dict[TransferKey, int]:
+        out: dict[TransferKey, int] = {}
+        for part in chunks(list(keys), 3):
+            sql = (  # events_ref: the few events of a ref
+                f"WITH k(dest, ref, sku) AS (VALUES {values_rows(len(part), 3)}) "
+                "SELECT k.dest, k.ref, k.sku, -SUM(e.qty) FROM k JOIN events e "
+                "ON e.ref = k.ref AND e.location = k.dest AND e.sku = k.sku AND e.kind = 'adjust' "
+                "AND e.ref <> e.source AND e.effect <> 'expanded' "
+                "GROUP BY k.dest, k.ref, k.sku"
+            )
+            rows = await self._fetch(sql, [v for key in part for v in key])
+            out.update({(r[0], r[1], r[2]): r[3] for r in rows})
+        return out
+
     async def insert_events(self, rows: Sequence[NewEvent], received_at_ms: int) -> None:
         await insert_rows(
             self.db, f"INSERT INTO events ({EVENT_FIELDS}, effect, variance, received_at_ms)", "", 17,
