@@ -73,7 +73,7 @@ from agent.scan_journal import JOURNAL_FILENAME, ReaderState, ScanJournal, read_
 from agent.scanning import ModeRouter, ScanRouter, ScanService
 from agent.sessions.router import SessionRouter
 from agent.simulate import Simulator
-from protocol import Kind, event_id_hex
+from protocol import Kind, book_out_ref_problem, event_id_hex
 from protocol.entry import option_before_command, package_version
 from protocol.routes import HEALTH_PATH, HUB_ID_HEADER
 from protocol.runtime import gc_for_serving
@@ -858,6 +858,8 @@ async def _outbox_send(config: AgentConfig, args: argparse.Namespace) -> int:
 
 # --- record ----------------------------------------------------------------------
 async def _record(config: AgentConfig, args: argparse.Namespace) -> int:
+    if (problem := book_out_ref_problem(Kind(args.kind), args.reason, args.ref, args.source)) is not None:
+        raise InvalidMovement(f"{problem}; give it with --ref")  # whoever types it can look at the papers
     movement = Movement(
         args.location or config.agent.location,
         args.sku,

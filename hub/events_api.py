@@ -54,6 +54,7 @@ from hub.storage.interfaces import LedgerStore
 from protocol import (
     ProtocolError,
     StockEvent,
+    book_out_ref_problem,
     check_kind,
     derived_event_id,
     event_id_hex,
@@ -153,7 +154,7 @@ def build_event(who: AgentIdentity, raw: Any, now_ms: int, window_ms: int = FUTU
     ms = occurred_ms(raw["occurred_at"], now_ms, window_ms)
     at = pack_hlc(ms, 0)
     try:
-        return StockEvent(
+        ev = StockEvent(
             event_id=derived_event_id(ms, f"api:{who.agent_id}:{api_id}".encode()),
             agent_id=who.agent_id,
             epoch=CONNECTOR_EPOCH,
@@ -171,6 +172,11 @@ def build_event(who: AgentIdentity, raw: Any, now_ms: int, window_ms: int = FUTU
         )
     except ProtocolError as err:
         raise BadEvent(str(err)) from None
+    # The connector hears the answer: a book-out naming no transfer is refused, not booked and listed (the ref
+    # is the only thing that tells the hub which receipt it books out).
+    if (problem := book_out_ref_problem(ev.kind, ev.reason, ev.ref, ev.source)) is not None:
+        raise BadEvent(f"{problem}; set ref to the transfer's reference")
+    return ev
 
 
 def _parse(

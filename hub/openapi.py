@@ -132,7 +132,10 @@ API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 # 1.11: the header Shelfsync-Api-Version on every answer of a route (this version);
 #      POST /v1/quarantine/release takes {"wrong_clock": "hub" | "store", "agent_id"?}: the held events the hub could
 #      not attribute to its own clock, of one store or all, released at their own time or at the hub's time of
-#      receipt, answered with wrong_clock, agent_id and detail (409 when their stores disagree on the hub's clock)
+#      receipt, answered with wrong_clock, agent_id and detail (409 when their stores disagree on the hub's clock);
+#      the exception kind book_out_without_ref (a store booked out goods received by mistake naming no transfer,
+#      while it lists an unmatched receipt of the SKU), and POST /v1/events answers 422 to such an adjust (reason
+#      "received by mistake, sent on" and no ref)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"

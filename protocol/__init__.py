@@ -23,10 +23,12 @@ from protocol.codec import (
 )
 from protocol.errors import ProtocolError
 from protocol.event import (
+    BOOK_OUT_REASON,
     ON_HAND_KINDS,
     QTY_MAX,
     Kind,
     StockEvent,
+    book_out_ref_problem,
     check_kind,
     check_qty,
     event_from_wire,
@@ -36,6 +38,7 @@ from protocol.hlc import HybridClock, pack_hlc, unpack_hlc, wall_ms_now
 from protocol.ids import derived_event_id, event_id_hex, new_event_id, parse_event_id
 
 __all__ = [
+    "BOOK_OUT_REASON",
     "MAX_BATCH_EVENTS",
     "MSGPACK_CONTENT_TYPE",
     "ON_HAND_KINDS",
@@ -53,6 +56,7 @@ __all__ = [
     "StockEvent",
     "SyncRequest",
     "SyncResponse",
+    "book_out_ref_problem",
     "check_kind",
     "check_qty",
     "decode_sync_request",

@@ -66,6 +66,24 @@ QTY_SIGN: dict[Kind, int] = {
 # Kinds that change on_hand (reserve/release change the reserved quantity).
 ON_HAND_KINDS = frozenset({Kind.SALE, Kind.RETURN, Kind.RECEIVE, Kind.ADJUST, Kind.TRANSFER_OUT, Kind.TRANSFER_IN})
 REF_REQUIRED = frozenset({Kind.TRANSFER_OUT, Kind.TRANSFER_IN})
+# The reason of the adjust with which a store books out goods of another store's transfer received there by mistake
+# (docs/faults.md, Transfers): it carries the transfer's ref, the one thing that tells the hub which receipt it books
+# out. Where a person records it (the agent's session or CLI, a connector hearing the hub's answer) one naming no
+# transfer is refused (``book_out_ref_problem``); the hub books one already queued and lists it for the operator.
+BOOK_OUT_REASON = "received by mistake, sent on"
+
+
+def book_out_ref_problem(kind: Kind, reason: str | None, ref: str | None, source: str | None = None) -> str | None:
+    """Why a movement cannot be recorded as a book-out of goods received by mistake, or None: an adjust with the
+    reason ``BOOK_OUT_REASON`` names no transfer (no ref, or its ref is its own source, as a session's events
+    without one carry)."""
+    if kind is not Kind.ADJUST or reason != BOOK_OUT_REASON or (ref and ref != source):
+        return None
+    return (
+        f"an adjust with the reason {BOOK_OUT_REASON!r} books out goods of a transfer received here by mistake and"
+        " needs that transfer's reference as its ref (as on its papers): without it the hub cannot tell which"
+        " receipt it books out, and this store's unmatched receipt stays listed"
+    )
 
 
 class _EventFields(NamedTuple):

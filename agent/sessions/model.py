@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING
 
 from agent.sessions.errors import InvalidSessionInput
 from protocol import values
-from protocol.event import LOCATION_MAX_LEN, QTY_MAX, REASON_MAX_LEN, REF_MAX_LEN, SKU_MAX_LEN
+from protocol.event import (
+    BOOK_OUT_REASON,
+    LOCATION_MAX_LEN,
+    QTY_MAX,
+    REASON_MAX_LEN,
+    REF_MAX_LEN,
+    SKU_MAX_LEN,
+    Kind,
+    book_out_ref_problem,
+)
 
 if TYPE_CHECKING:
     from hardware import Decoded
@@ -115,6 +124,12 @@ def _check_spec(s: SessionSpec) -> None:
         check_location(s.from_location, "from_location")
     if t is SessionType.WRITE_OFF:
         object.__setattr__(s, "reason", check_text(s.reason or WRITE_OFF_REASON_DEFAULT, "reason", REASON_MAX_LEN))
+        if book_out_ref_problem(Kind.ADJUST, s.reason, s.ref) is not None:  # the handheld page asks the same
+            raise InvalidSessionInput(
+                f"a write_off session with the reason {BOOK_OUT_REASON!r} books out goods of a transfer received"
+                " here by mistake: give the transfer's reference (ref) as on its papers, so the hub knows which"
+                " receipt it books out"
+            )
     if t is SessionType.COUNT and not s.scope_skus and s.bin is None:
         raise InvalidSessionInput("a count session needs its scope: a list of SKUs (scope_skus) or a bin")
     if len(s.scope_skus) > SCOPE_SKUS_MAX:

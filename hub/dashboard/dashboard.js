@@ -55,6 +55,7 @@
     channel_order_refused: ["Channel sale not booked", "bad"],
     agent_copies: ["Agent running twice", "bad"],
     agent_disk_full: ["Store PC disk full", "bad"],
+    book_out_without_ref: ["Book-out names no transfer", "warn"],
   };
   const QUARANTINE_STATUSES = ["pending", "applied", "discarded", "all"];
   const QUARANTINE_LIMIT = 1000; // GET /v1/quarantine's maximum page

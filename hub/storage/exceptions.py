@@ -41,6 +41,7 @@ from hub.storage.db import Db, Row, Where
 from hub.storage.keys import ExceptionFilter, ExceptionKey, ExceptionSource
 from hub.storage.rows import rejection_exception
 from hub.storage.sql import TRANSFER_FIELDS
+from protocol import BOOK_OUT_REASON
 from protocol.catalog import UNKNOWN_SKU_PREFIX
 
 Statement = tuple[str, tuple[object, ...]]
@@ -145,6 +146,23 @@ COPIES_NAMED = (
     f"SELECT {findings.AGENT_COPY_FIELDS} FROM (SELECT h.agent_id, h.epoch, h.hwm, h.first_ms, h.updated_ms, h.peer,"
     " row_number() OVER (PARTITION BY h.agent_id ORDER BY h.updated_ms DESC, h.epoch) AS n FROM "
     f"{_recent_epochs('e.agent_id IN ({agents})')} WHERE {LIVE_COPY}) x WHERE n <= ? ORDER BY agent_id, n"
+)
+# An adjust booking out goods received by mistake (reason protocol.BOOK_OUT_REASON) that names no transfer (no ref,
+# or its own source): the WHERE of the index events_book_out_unnamed (schema 26) word for word. The agent, the
+# handheld and POST /v1/events refuse one; one queued before (an older agent, a POS export) is booked and books
+# nothing out, so it is listed while its store lists an unmatched receipt of its SKU (``UNMATCHED_HERE``): its few
+# rows are walked in the list's order and each looks up its store's transfers of that SKU by the primary key's dest.
+BOOK_OUT_UNNAMED = (
+    f"e.kind = 'adjust' AND e.qty < 0 AND e.reason = '{BOOK_OUT_REASON}' AND (e.ref IS NULL OR e.ref = e.source)"
+)
+_UNMATCHED_AT = (
+    "FROM transfers t WHERE t.dest = e.location AND t.sku = e.sku AND t.shipped = 0"
+    " AND t.received > t.returned + t.booked_out"
+)
+UNMATCHED_HERE = f"EXISTS (SELECT 1 {_UNMATCHED_AT})"
+BOOK_OUT_UNNAMED_FIELDS = (
+    "e.agent_id, e.event_id, e.location, e.sku, e.qty, e.received_at_ms, "
+    f"(SELECT MIN(t.ref) {_UNMATCHED_AT}), (SELECT COUNT(*) {_UNMATCHED_AT})"
 )
 # Which of the transfer source's rows ``Transfer.finding`` words as each kind, in its order: a shared ref first,
 # then closed short (written off), unmatched (nothing shipped), over, short. "transfer_misdirected" is found no more
@@ -304,6 +322,9 @@ async def exceptions(
     disk_full = Where(AGENT_DISK_FULL).add(AGENT_LOCATED, None if location is None else json.dumps(location))
     for r in await read(keys.AGENT_DISK, findings.AGENT_DISK_FIELDS, "agents g", disk_full):
         out.append(findings.agent_disk(*r))
+    unnamed = Where(BOOK_OUT_UNNAMED, UNMATCHED_HERE).add("e.location = ?", location)
+    for r in await read(keys.BOOK_OUT_UNNAMED, BOOK_OUT_UNNAMED_FIELDS, "events e", unnamed):
+        out.append(findings.book_out_without_ref(*r))
     if wanted(keys.DIVERGENCE):
         page = keys.DIVERGENCE.after(after) if after is not None else None
         diverging = await reports.divergence(

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from hub.storage import keys
 from hub.storage.base import DivergenceRow, ExceptionRow
+from protocol import BOOK_OUT_REASON, event_id_hex
 from protocol.catalog import UNKNOWN_SKU_PREFIX
 
 
@@ -298,6 +299,28 @@ def agent_disk(agent_id: str, locations: str, state: str, since_ms: int, report:
         "agent_disk",
         (agent_id,),
     )  # fmt: skip
+
+
+def book_out_without_ref(
+    agent_id: str, event_id: bytes, location: str, sku: str, qty: int, at_ms: int, ref: str, unmatched: int
+) -> ExceptionRow:
+    """A book-out of goods received by mistake that names no transfer, while its store lists an unmatched receipt of
+    its SKU (hub.storage.exceptions, ``BOOK_OUT_UNNAMED``): it booked the units out of the store's count but none
+    out of a receipt, so that receipt stays listed. Gone once the store's unmatched receipts of the SKU are booked
+    out under their refs."""
+    n = -qty
+    which = f"transfer {ref}" if unmatched == 1 else f"{unmatched} transfers ({ref} …)"
+    detail = (
+        f"{location} booked out {n} of {sku} as {BOOK_OUT_REASON!r} naming no transfer (its adjust has no ref), so"
+        f" it books out nothing of {location}'s unmatched receipt of {sku} under {which}, which stays listed. If"
+        f" these are those goods, book them in again with an adjust of +{n} without a ref and out with an adjust"
+        f" of -{n} carrying the transfer's ref (on the handheld: Damage / write-off with the reference in"
+        " Reference); both leave the list then."
+    )
+    data = {"agent_id": agent_id, "event_id": event_id_hex(event_id), "qty": qty, "unmatched_ref": ref,
+            "unmatched": unmatched}  # fmt: skip
+    return ExceptionRow("book_out_without_ref", location, sku, detail, data, at_ms, "book_out_without_ref",
+                        (agent_id, event_id))  # fmt: skip
 
 
 def _bytes(n: int) -> str:

@@ -139,12 +139,17 @@ CHANNEL_ORDER_REFUSED = ExceptionSource(
 AGENT_COPIES = ExceptionSource("agent_copies", "c.at_ms", ("c.agent_id",), "s", ("agent_copies",))
 # a store agent whose disk is full or whose disk reserve is in use, as its newest sync reported (schema 21)
 AGENT_DISK = ExceptionSource("agent_disk", "g.disk_since_ms", ("g.agent_id",), "s", ("agent_disk_full",))
+# a store's book-out of goods received by mistake that names no transfer, while it lists an unmatched receipt of that
+# SKU (schema 26; hub.storage.exceptions.BOOK_OUT_UNNAMED)
+BOOK_OUT_UNNAMED = ExceptionSource(
+    "book_out_without_ref", "e.received_at_ms", ("e.agent_id", "e.event_id"), "sb", ("book_out_without_ref",)
+)
 EXCEPTION_SOURCES = {
     s.name: s
     for s in (
         NEGATIVE, UNKNOWN_BARCODE, TRANSFER, TRANSFER_OVERDUE, TRANSFER_NOWHERE, CLOCK_QUARANTINE, REJECTED, IMPORT_QUARANTINE,
         DIVERGENCE, CHANNEL_DIVERGENCE, CHANNEL_REFUSED, CHANNEL_MAPPING, CHANNEL_ORDER_REFUSED, AGENT_COPIES,
-        AGENT_DISK,
+        AGENT_DISK, BOOK_OUT_UNNAMED,
     )
 }  # fmt: skip
 # Every kind of exception the list names, in its sources' order: what ``kind=`` may ask for.

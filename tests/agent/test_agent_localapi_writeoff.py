@@ -89,3 +89,16 @@ async def test_a_bin_name_with_an_invisible_character_is_refused_at_the_open(api
     assert "invisible" in message and "U+" in message, message
     assert (await api.ok("GET", "/api/v1/sessions"))["sessions"] == []
     await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "Ａ-01 Süd"}, status=201)  # visible: taken
+
+
+async def test_a_book_out_of_goods_received_by_mistake_needs_the_transfers_reference(api: Api) -> None:
+    """Found: the handheld page alone asked for the transfer's reference with the reason "received by mistake, sent
+    on"; the agent's own API opened such a write-off without one, and its adjusts book nothing out at the hub (the
+    store's unmatched receipt stays listed). The agent refuses it at the open, saying what to give."""
+    await api.sign_in()
+    spec = {"type": "write_off", "reason": "received by mistake, sent on"}
+    got, data = await api.call("POST", "/api/v1/sessions", spec)
+    assert got == 400 and data["error"]["code"] == "bad_request", data
+    assert "transfer's reference (ref)" in data["error"]["message"], data
+    assert (await api.ok("GET", "/api/v1/sessions"))["sessions"] == []
+    await api.ok("POST", "/api/v1/sessions", spec | {"ref": "T-4"}, status=201)

@@ -37,6 +37,7 @@ class EventFactory:
         location: str | None = None,
         sku: str | None = None,
         ref: str | None = None,
+        reason: str | None = None,
         attrs: dict[str, Any] | None = None,
         seq: int | None = None,
         event_id: bytes | None = None,
@@ -58,5 +59,6 @@ class EventFactory:
             wall_ms=occurred_at >> 16,
             source="api:test",
             ref=ref,
+            reason=reason,
             attrs=attrs or {},
         )

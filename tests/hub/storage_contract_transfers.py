@@ -297,6 +297,43 @@ class TransferKeyContract:
         assert await _transfer_rows(store) == [("S001", "DMG-4", "Q", 0, 2, 2)]
         assert [e for e in await store.exceptions() if e.kind.startswith("transfer")] == []
 
+    async def test_a_queued_book_out_naming_no_transfer_is_booked_and_listed(self, store: HubStore) -> None:
+        """Found: an adjust with the reason "received by mistake, sent on" and no ref (an older agent's, a POS
+        export's, one queued before the agent refused them) was booked silently: it names no transfer, so it books
+        nothing out and the store's transfer_unmatched stayed listed for ever, nobody told why. The hub never loses
+        a queued movement: it books it (the count moves) and lists it as book_out_without_ref while the store lists
+        an unmatched receipt of that SKU, in any order; once the store books the receipt out under its ref (+5 with
+        no ref, −5 carrying it), neither is listed."""
+        s = await _stores(store, "S001", "S003")
+        (s1, out1), (s3, at3) = s["S001"], s["S003"]
+        mistake = {"reason": "received by mistake, sent on"}
+        for n, order in enumerate(((0, 1, 2), (2, 1, 0))):
+            sku = f"M-{n}"
+            sent = [
+                (s1, out1(Kind.TRANSFER_OUT, -5, at_ms=1, ref="T-1", sku=sku, attrs={"to": "S002"})),
+                (s3, at3(Kind.TRANSFER_IN, 5, at_ms=2, ref="T-1", sku=sku)),
+                (s3, at3(Kind.ADJUST, -5, at_ms=3, sku=sku, **mistake)),  # names no transfer
+            ]
+            await _deliver(store, [sent[i] for i in order])
+            assert await on_hand(store, "S003", sku) == (0, 0)  # booked: the units left S003's count
+            listed = {e.kind: e for e in await store.exceptions(location="S003") if e.sku == sku}
+            assert set(listed) == {"transfer_unmatched", "book_out_without_ref"}, order
+            unnamed = listed["book_out_without_ref"]
+            assert (unnamed.location, unnamed.data["qty"], unnamed.data["unmatched_ref"]) == ("S003", -5, "T-1")
+            assert "naming no transfer" in unnamed.detail and "carrying the transfer's ref" in unnamed.detail
+            by_kind = await store.exceptions(kind="book_out_without_ref")
+            assert [e.sku for e in by_kind if e.sku == sku] == [sku]
+            assert [e for e in await store.exceptions(location="S001") if e.kind == "book_out_without_ref"] == []
+            fix = [
+                (s3, at3(Kind.ADJUST, 5, at_ms=4, sku=sku, reason="correction")),
+                (s3, at3(Kind.ADJUST, -5, at_ms=5, sku=sku, ref="T-1", **mistake)),
+            ]
+            await _deliver(store, fix)
+            assert [e.kind for e in await store.exceptions(location="S003") if e.sku == sku] == []
+        # alone (no unmatched receipt of its SKU at its store) it is not listed: it may be right
+        await _deliver(store, [(s3, at3(Kind.ADJUST, -1, at_ms=6, sku="LONE", **mistake))])
+        assert [e.kind for e in await store.exceptions() if e.sku == "LONE"] == ["negative_on_hand"]
+
 
 async def _transfer_rows(store: HubStore) -> list[tuple[Any, ...]]:
     """The stored transfers: (dest, ref, sku, shipped, received, booked_out)."""

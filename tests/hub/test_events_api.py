@@ -384,3 +384,21 @@ async def test_a_big_request_is_read_and_checked_off_the_event_loop(
         "/v1/events", data=raw, headers={**hub.auth(token), "Content-Type": "application/json"}
     )
     assert resp.status == 400 and "not valid JSON" in (await resp.json())["detail"]
+
+
+async def test_a_book_out_of_goods_received_by_mistake_naming_no_transfer_is_refused(
+    hub: Hub, connector: tuple[str, str]
+) -> None:
+    """Found: an adjust with the reason "received by mistake, sent on" (the wrong store's book-out, docs/faults.md)
+    and no ref was booked from a connector as from the handheld it is not: it books nothing out, so the store's
+    unmatched receipt stayed listed for ever and nobody was told. The connector hears the answer: 422 naming the
+    missing ref, nothing committed; with the transfer's ref it is booked."""
+    _, token = connector
+    mistake = {"reason": "received by mistake, sent on"}
+    body = await post(hub, token, move("bo-1", "adjust", -2, **mistake), status=422)
+    [refused] = body["rejected"]
+    assert refused["id"] == "bo-1" and "received by mistake, sent on" in refused["reason"], refused
+    assert "ref" in refused["reason"] and "transfer's reference" in refused["reason"]
+    assert body["code"] == "invalid_events" and (await hub.get_json("/v1/skus/SKU-1/counts"))["counts"] == []
+    answer = await post(hub, token, move("bo-1", "adjust", -2, ref="T-4", **mistake))
+    assert answer["applied"] == 1

@@ -23,7 +23,7 @@ from hub.channels import Divergence, LevelKey, Refusal
 from hub.channels.runner import open_channel_state
 from hub.storage import exceptions
 from hub.storage.findings import ORDER_REFUSALS_KEPT_MS
-from protocol import DiskReport, Kind, StockEvent
+from protocol import BOOK_OUT_REASON, DiskReport, Kind, StockEvent
 from tests.harness.inprocess import serve_hub
 from tests.harness.pg import fresh_schema
 from tests.hub.test_paging import NOW_MS, agent, exception_burst, move, walk
@@ -32,7 +32,7 @@ EXCEPTION_KINDS = (  # docs/hub-api.md, GET /v1/exceptions: every kind, in the h
     "negative_on_hand", "unknown_barcode", "transfer_short", "transfer_over", "transfer_unmatched",
     "transfer_shared_ref", "transfer_misdirected", "transfer_overdue", "transfer_unknown_destination",
     "clock_quarantine", "rejected_event", "import_quarantine", "divergence", "channel_divergence", "channel_refused",
-    "channel_mapping", "channel_order_refused", "agent_copies", "agent_disk_full",
+    "channel_mapping", "channel_order_refused", "agent_copies", "agent_disk_full", "book_out_without_ref",
 )  # fmt: skip
 PAGE = 9  # small pages: a walk crosses the bursts of rows sharing one at_ms
 TRANSFER_ENDS = ("from", "to")
@@ -72,6 +72,8 @@ async def every_kind(store: HubStore) -> str:
         add(0, Kind.TRANSFER_IN, 3, sku=f"SKU-V{i}", location="S002", ref=f"V{i}")
     for i in range(5):  # received at S003, never shipped: unmatched
         add(1, Kind.TRANSFER_IN, 2, sku=f"SKU-U{i}", location="S003", ref=f"U{i}", attrs={"from": "S002"})
+    for i in range(12):  # S003 books them out naming no transfer (more than a page, one at_ms): book_out_without_ref
+        add(1, Kind.ADJUST, -1, sku=f"SKU-U{i % 5}", location="S003", reason=BOOK_OUT_REASON)
     for i in range(7):  # shipped to S003 by S001 and by S002 under one ref: shared
         add(1, Kind.TRANSFER_OUT, -2, sku=f"SKU-M{i}", ref=f"M{i}", attrs={"to": "S003"})
         add(1, Kind.TRANSFER_OUT, -1, sku=f"SKU-M{i}", location="S002", ref=f"M{i}", attrs={"to": "S003"})

@@ -182,10 +182,10 @@ HOUR_MS = 3_600_000
 
 
 def move(who: AgentIdentity, seq: int, at_ms: int, kind: Kind, qty: int, *, sku: str, location: str = "S001",
-         ref: str | None = None, attrs: dict[str, Any] | None = None) -> StockEvent:  # fmt: skip
+         ref: str | None = None, attrs: dict[str, Any] | None = None, reason: str | None = None) -> StockEvent:  # fmt: skip
     return StockEvent(
         new_event_id(), who.agent_id, 1, seq, location, sku, kind, qty, pack_hlc(at_ms, 0), at_ms, "api:test",
-        ref, None, attrs,
+        ref, reason, attrs,
     )  # fmt: skip
 
 
