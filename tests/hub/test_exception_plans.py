@@ -26,7 +26,7 @@ from hub.resolver import Transfer
 from hub.storage import exceptions
 from hub.storage.db import PostgresDb, Row, numbered
 from hub.storage.keys import ExceptionFilter, ExceptionKey
-from protocol import Kind
+from protocol import BOOK_OUT_REASON, Kind
 from tests.harness.pg import fresh_schema
 from tests.hub.test_exception_filters import copies
 from tests.hub.test_paging import NOW_MS, agent, exception_burst, move
@@ -112,6 +112,7 @@ OPEN_FILTERS = (
     ExceptionFilter(kind="clock_quarantine", location="S001"),
     ExceptionFilter(kind="channel_refused", location="S002"),
     ExceptionFilter(kind="channel_divergence", location="S002"),
+    ExceptionFilter(kind="book_out_without_ref", location="S003"),
     ExceptionFilter(kind="channel_refused"),
     ExceptionFilter(kind="channel_order_refused"),
 )
@@ -133,6 +134,7 @@ async def every_source(backend: str, tmp_path: Path) -> AsyncIterator[str]:
         async with open_store(url) as store:
             await exception_burst(store)
             await _unknown_destinations(store)
+            await _book_outs_naming_no_transfer(store)
         async with open_channel_state(url) as state:
             await state.refuse("web", {LevelKey(f"i{i}", "L1"): Refusal(f"SKU-N{i:03d}", f"S00{i % 3 + 1}", 4, "no.", NOW_MS)
                                        for i in range(20)})  # fmt: skip
@@ -150,6 +152,36 @@ async def _unknown_destinations(store: HubStore) -> None:
         for i in range(6)
     ]
     assert not (await store.ingest(a, 1, batch)).rejected
+
+
+async def _book_outs_naming_no_transfer(store: HubStore) -> None:
+    """S003 receives what nothing was shipped to it under, and books each out naming no transfer, beside sales."""
+    a, _ = await agent(store, ["S003"])
+    batch: list[Any] = []
+    for i in range(12):
+        sku = f"SKU-B{i:03d}"
+        batch.append(move(a, len(batch) + 1, NOW_MS, Kind.TRANSFER_IN, 2, sku=sku, location="S003", ref=f"B{i}"))
+        batch.append(move(a, len(batch) + 1, NOW_MS, Kind.ADJUST, -2, sku=sku, location="S003", reason=BOOK_OUT_REASON))
+        batch.append(move(a, len(batch) + 1, NOW_MS, Kind.SALE, -1, sku=sku, location="S003", ref=f"R{i}"))
+    assert not (await store.ingest(a, 1, batch)).rejected
+
+
+async def test_the_book_outs_naming_no_transfer_are_walked_in_the_lists_order(backend: str, every_source: str) -> None:
+    """The ledger grows without end; the book-outs naming no transfer (schema 26) are a few of its rows, walked by
+    their partial index (events_book_out_unnamed) in the list's order, one store's too, each looking its store's
+    unmatched receipts of the SKU up by key: no sort, no scan of the ledger."""
+    read = 0
+    for only, sql, plan in await open_source_plans(backend, every_source):
+        if exceptions.BOOK_OUT_UNNAMED not in sql:
+            continue
+        read += 1
+        where = (only, sql, plan)
+        # PostgreSQL merges the partitions' walks in order (Merge Append's "Sort Key"): no Sort of its own
+        for table in ("events", "transfers"):
+            assert not [line for line in sorted_or_scanned(backend, table, plan) if "Sort Key" not in line], where
+        walked = ("events_book_out_unnamed", "received_at_ms_agent_id_event_id")
+        assert any(name in line for line in plan for name in walked), where
+    assert read > 0
 
 
 class Recorded:
@@ -404,6 +436,7 @@ async def test_a_pages_transfer_walks_are_read_in_two_statements(backend: str, e
                 if " FROM transfers" in sql
                 and not sql.startswith("WITH RECURSIVE")
                 and exceptions.LINKED_WHERE not in sql
+                and exceptions.BOOK_OUT_UNNAMED not in sql  # a walk of the ledger's book-outs, looking transfers up
             ]
             assert len(walks) == 2, (only, walks)  # the findings and the overdue; the unknown destinations'
             assert exceptions.TRANSFER_FINDING in walks[0] and "shipped_at_ms < ?" in walks[0], (only, walks)

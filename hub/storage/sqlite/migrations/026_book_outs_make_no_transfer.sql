@@ -14,6 +14,10 @@ DELETE FROM transfers WHERE shippers = '' AND in_to IS NULL;
 CREATE INDEX events_adjust_ref ON events (location, sku, ref) WHERE kind = 'adjust' AND ref IS NOT NULL;
 -- A book-out of goods received by mistake that names no transfer books nothing out; the agent, the handheld and
 -- POST /v1/events refuse one, and one queued before (an older agent, a POS export) is booked and listed
--- (book_out_without_ref, hub.storage.exceptions) by this index, newest first: a few rows of the ledger.
+-- (book_out_without_ref, hub.storage.exceptions) by these indexes, newest first: a few rows of the ledger, the
+-- chain's and one store's (without the second, one store's list walked events_place_time, all its events, and
+-- sorted them).
 CREATE INDEX events_book_out_unnamed ON events (received_at_ms DESC, agent_id, event_id)
+    WHERE kind = 'adjust' AND qty < 0 AND reason = 'received by mistake, sent on' AND (ref IS NULL OR ref = source);
+CREATE INDEX events_book_out_unnamed_at ON events (location, received_at_ms DESC, agent_id, event_id)
     WHERE kind = 'adjust' AND qty < 0 AND reason = 'received by mistake, sent on' AND (ref IS NULL OR ref = source);
