@@ -18,6 +18,7 @@ database, shared by every hub process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -712,7 +713,16 @@ class SqliteChannelState(SqlChannelState):
         # BEGIN IMMEDIATE takes the file's write lock: numbered writes of a channel are serialised by it
         async with self._lock:
             try:
-                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self._db.execute("BEGIN IMMEDIATE")
+                except asyncio.CancelledError:
+                    # cancelled while it waits for the write lock (a pusher stopped): the statement runs in the
+                    # connection's thread whatever becomes of this await, and this connection serves every channel
+                    # of the hub — left open, it would hold the hub file's write lock for good. The ROLLBACK is
+                    # queued behind it (it fails harmlessly when the BEGIN did)
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._db.execute("ROLLBACK")
+                    raise
                 try:
                     await run(SqliteDb(self._db))
                 except BaseException:

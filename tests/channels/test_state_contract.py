@@ -419,3 +419,38 @@ async def test_a_dismissal_undone_lists_the_order_again_on_that_channel_only(reo
         assert web is not None and web.dismissed_by == "admin-1", web
         pos = await state.refused_order("pos", "O1")
         assert pos is not None and pos.dismissed_at_ms is None, pos
+
+
+async def test_a_sqlite_write_cancelled_while_it_waits_for_the_write_lock_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """A pusher stopped (stuck, its loop started again, the hub stopping) while its state write waits for the file's
+    write lock: the BEGIN IMMEDIATE goes on in the connection's thread once the lock is free. Before, it was left
+    open: the state's connection, shared by every channel of the hub, held the hub file's write lock for good —
+    every sync failed with "database is locked" and every later state write with "cannot start a transaction
+    within a transaction"."""
+    db = str(tmp_path / "hub.db")
+    async with open_channel_state(db) as state:
+        await state.record("web", {K: 5}, 1_000, cursor=3)
+        holder = sqlite3.connect(db, isolation_level=None, timeout=0)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # the hub's writer, busy
+            write = asyncio.ensure_future(state.record("web", {K: 4}, 2_000, cursor=4))
+            await asyncio.sleep(0.3)
+            assert not write.done(), "the write waits for the lock"
+            write.cancel()
+            await asyncio.sleep(0)  # the cancellation is delivered while the lock is still held
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        assert await state.cursor("web") == 3  # read after whatever the cancelled write left queued
+        other = sqlite3.connect(db, isolation_level=None, timeout=2)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the hub's writer again: the file's write lock is free
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await state.record("web", {K: 4}, 3_000, cursor=4)
+        assert await state.cursor("web") == 4 and await state.pushed("web") == {K: 4}
