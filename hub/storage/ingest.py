@@ -1202,7 +1202,16 @@ async def _rebuild_bundles(tx: IngestTx, book: Mapping[str, BundleParts], now_ms
                 rows[key] = StockRow(*key)
     if moved:
         await tx.save_stock([rows[k] for k in sorted(moved) if k not in gone], now_ms)
-        if changes := _moved_changes(rows, moved):
-            await tx.append_changes(changes, now_ms)
+    changes = _moved_changes(rows, moved)
+    # A channel shows of a bundle what its parts summed over the channel's pool make (⌊Σ part ÷ units⌋,
+    # docs/channels.md), so new parts move that level even where each location's row stays as it was (2 × P at two
+    # stores of 3: a kit at each, 3 kits online; 3 × P: still a kit at each, 2 online). Every row of the bundle goes on
+    # the feed, so a channel pusher reading it pushes the bundle's level again.
+    told = {(c.snapshot.location, c.snapshot.sku) for c in changes}
+    changes += [
+        NewChange(rows[k].snapshot(), ()) for k in sorted(targets) if k not in gone and k not in told and k in rows
+    ]
+    if changes:
+        await tx.append_changes(changes, now_ms)
     if moved or gone:
         await tx.settle_observed(_stock_now(rows, [*moved, *gone]) | {k: (0, None) for k in gone}, {})

@@ -115,6 +115,26 @@ async def test_a_bundle_sold_moves_its_parts_levels_and_its_own(
         await wait_until(shows(shopify, {kit: 3, a: 6, c: 4}), "the level after the recipe changed")
 
 
+async def test_a_new_recipe_that_leaves_every_stores_bundle_row_as_it_was_still_moves_the_pools_level(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator
+) -> None:
+    """A channel sums a part over its pool before dividing: 3 A at each of two stores make 1 kit of 2 A at each, and
+    3 online. A recipe of 3 A still makes 1 kit at each store, so no bundle row moved and nothing went on the feed:
+    Shopify went on selling 3 kits where the pool's 6 A make 2 (an oversell of 3 A)."""
+    online = shopify.add_location()
+    v = variants(shopify, (online,), "A", "KIT")
+    await hub.move((Kind.RECEIVE, 3, "S1", "A"), (Kind.RECEIVE, 3, "S2", "A"))
+    await hub.store.put_bundle("KIT", {"A": 2}, "admin-1")
+    spec = shop_spec(shopify, {"S1": online, "S2": online})
+    async with pushing(spec, hub, state) as pusher:
+        kit = (v["KIT"].item_id, online)
+        await wait_until(shows(shopify, {kit: 3, (v["A"].item_id, online): 6}), "the bundle's first level")
+        await hub.store.put_bundle("KIT", {"A": 3}, "admin-1")
+        assert {(r.location, r.available) for r in await hub.store.counts(sku="KIT")} == {("S1", 1), ("S2", 1)}
+        await wait_until(shows(shopify, {kit: 2}), "the pool's level of the new recipe")
+        assert pusher.status.failures == 0
+
+
 # --- a channel's order of a bundle -----------------------------------------------------------------------
 
 

@@ -194,6 +194,24 @@ class BundleContract:
         assert feed["KIT"].event_ids == (sale.event_id,)
         assert feed["A"].event_ids == (component_event_id(sale, "A"),)
 
+    async def test_a_new_recipe_puts_every_row_of_the_bundle_on_the_feed_even_one_that_stays(
+        self, store: HubStore, who: AgentIdentity, ev: EventFactory
+    ) -> None:
+        """A channel sums a part over its pool before dividing (docs/channels.md), so a recipe moves what it shows of
+        the bundle even where no location's row moves: 3 A at S1 and at S2 make a kit of 2 A at each (3 of the pool's
+        6), and a kit of 3 A at each (2 of 6). Each row goes on the feed, so a channel pusher is told; a recipe set
+        again as it is adds nothing."""
+        ins = [ev(Kind.RECEIVE, 3, at_ms=1, sku="A", location=loc) for loc in ("S1", "S2")]
+        assert (await store.ingest(who, 1, ins)).rejected == ()
+        await store.put_bundle("KIT", {"A": 2}, "admin-1")
+        start = await store.latest_change_id()
+        await store.put_bundle("KIT", {"A": 3}, "admin-1")
+        feed = [(r.location, r.sku, r.on_hand, r.available, r.event_ids) for r in await store.changes(start, 100)]
+        assert sorted(feed) == [("S1", "KIT", 1, 1, ()), ("S2", "KIT", 1, 1, ())]
+        start = await store.latest_change_id()
+        await store.put_bundle("KIT", {"A": 3}, "admin-2")
+        assert await store.changes(start, 100) == []
+
     # --- recipes ------------------------------------------------------------------------------------
 
     async def test_a_recipe_change_never_rewrites_history(
