@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -1215,11 +1216,34 @@ class ChannelPusher(LoopTask):
         self._less_unknown = await self.state.unbooked_unknown(self.spec.name) if self.order_channels else set()
         # a sale taken off is reported once it has waited for its order (at the latest its oldest is due then)
         self._report_due = {k: at + self.unbooked_sale_wait_ms for k, at in self._less_from.items() if k in self._less}
+        settings = settings_text(self.spec)
+        stored = await self.state.settings(self.spec.name)
         if mapping is None:
             await self._refresh()
+        elif stored is not None and stored != settings:
+            # its levels are the hub's changes pushed, and another pool, buffer or endpoint is no change of a count:
+            # without this the channel would show what the old settings made of each SKU until it moved again
+            log.warning(
+                "channel %s: its %s changed since it last ran; loading the mapping again and pushing every level once",
+                self.spec.name, _settings_changed(stored, settings),
+            )  # fmt: skip
+            self._use(mapping)
+            try:
+                await self._refresh()
+            except MappingError as err:
+                # a mapping CSV that cannot be read: the mapping loaded before stays, as at a refresh asked for
+                log.warning(
+                    "channel %s: %s; the mapping loaded before stays in use, every level of it goes out once, and the "
+                    "mapping is loaded again at the next start", self.spec.name, err,
+                )  # fmt: skip
+                self._forced.update(dict.fromkeys(sorted(self._items)))
+                self._force_gen += 1
+                stored = settings  # not stored: the next start tries again
         else:
             self._use(mapping)
             self._force_unconfirmed()
+        if stored != settings:  # after the mapping load: a restart before it loads it again
+            await self.state.save_settings(self.spec.name, settings)
         self._loaded = True
         return mapping is None
 
@@ -1328,6 +1352,41 @@ class ChannelPusher(LoopTask):
                     break
                 after = CountKey(page[-1].location, page[-1].sku)
         return skus
+
+
+def settings_text(spec: ChannelSpec) -> str:
+    """The channel's settings that decide what it shows and where, as JSON (stored: ``ChannelState.save_settings``):
+    its kind, endpoint (without credentials or query), pool, buffer and mapping CSV. Timeouts, batch sizes and the
+    like change how levels go out, not which: they are left out."""
+    buffer = spec.buffer
+    return json.dumps(
+        {
+            "kind": spec.kind,
+            "url": spec.display_url,
+            "pool": dict(sorted(spec.pool.items())),
+            "buffer": {"units": buffer.units, "percent": buffer.percent, "skus": dict(sorted(buffer.skus.items()))},
+            "mapping_csv": spec.mapping_csv,
+            "mapping_encoding": spec.mapping_encoding,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+SETTING_WORDS = {"kind": "kind", "url": "endpoint", "pool": "pool", "buffer": "buffer", "mapping_csv": "mapping CSV",
+                 "mapping_encoding": "mapping encoding"}  # fmt: skip
+
+
+def _settings_changed(before: str, after: str) -> str:
+    """Which settings differ between two ``settings_text``s, in words: "pool and buffer"."""
+    try:
+        old, new = json.loads(before), json.loads(after)
+    except ValueError:
+        return "settings"
+    if not isinstance(old, dict):
+        return "settings"
+    words = [w for k, w in SETTING_WORDS.items() if old.get(k) != new.get(k)] or ["settings"]
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 def _mapping_text(spec: ChannelSpec) -> str:

@@ -150,6 +150,13 @@ class ChannelState(Protocol):
     async def mapping(self, channel: str) -> SkuMapping | None:
         """The stored mapping, or None if it was never loaded."""
 
+    async def settings(self, channel: str) -> str | None:
+        """The settings the channel last ran with that decide what it shows and where (``save_settings``), or None:
+        never stored (a channel that last ran before schema 26, or never)."""
+
+    async def save_settings(self, channel: str, settings: str) -> None:
+        """Store the settings the channel runs with (``hub.channels.pusher.settings_text``)."""
+
     async def save_mapping(self, channel: str, mapping: SkuMapping) -> None:
         """Replace the channel's mapping and findings, and forget the levels it confirmed and refused, in one
         transaction: a (re)loaded mapping is pushed whole, and until the channel confirms a level again the hub
@@ -366,6 +373,23 @@ class SqlChannelState:
         return SkuMapping(
             tuple(ItemIds(s, i, v) for s, i, v in items), tuple(MappingFinding(k, s, d) for k, s, d in findings)
         )
+
+    async def settings(self, channel: str) -> str | None:
+        self._check()
+        rows = await self._read("SELECT settings FROM channel_state WHERE channel = ?", (channel,))
+        return None if not rows or rows[0][0] is None else str(rows[0][0])
+
+    async def save_settings(self, channel: str, settings: str) -> None:
+        self._check()
+
+        async def work(db: Tx) -> None:
+            await db.execute(
+                "INSERT INTO channel_state (channel, settings) VALUES (?, ?) "
+                "ON CONFLICT (channel) DO UPDATE SET settings = excluded.settings",
+                (channel, settings),
+            )
+
+        await self._write("saving a channel's settings", work)
 
     async def save_mapping(self, channel: str, mapping: SkuMapping) -> None:
         self._check()

@@ -154,3 +154,32 @@ async def test_a_hub_paused_past_lease_stale_s_keeps_running_its_channel_when_it
     text = hub.log
     assert "has been stuck" not in text and "starts pushing it again" not in text, text
     assert "Traceback" not in text
+
+
+async def test_a_buffer_raised_in_the_config_while_the_hub_was_stopped_reaches_the_channel_at_its_start(
+    tmp_path: Path, square: SquareEmulator
+) -> None:
+    """The retailer stops the hub, raises the channel's buffer from 1 to 3 and starts it again. No count moved, so
+    before no level went out: Square went on showing 5 of the 6 on the shelf where the hub would show 3 (until the
+    SKU next moved, or a reconciliation due in up to 15 minutes found it)."""
+    made = square_hub(tmp_path, square)
+    hub, url, token, variation, location_id = made.hub, made.url, made.token, made.variation, made.location_id
+
+    async def shown(expected: int) -> bool:
+        return square.quantity(variation, location_id) == expected
+
+    config = tmp_path / "hub.toml"
+    try:
+        await asyncio.to_thread(hub.start)
+        await asyncio.to_thread(_post_events, url, token, [
+            {"id": "delivery-1", "location": "S1", "sku": "SKU-1", "kind": "receive", "qty": 6,
+             "occurred_at": "2026-01-01T00:00:00Z"}])  # fmt: skip
+        await wait_until(lambda: shown(5), "Square shows the 6 received less the buffer of 1")
+        assert await asyncio.to_thread(hub.stop) == 0
+        config.write_text(config.read_text(encoding="utf-8").replace("buffer = 1\n", "buffer = 3\n"), encoding="utf-8")
+        await asyncio.to_thread(hub.start)
+        await wait_until(lambda: shown(3), "Square shows the 6 less the new buffer of 3")
+    finally:
+        hub.close()
+    assert "channel pickup: its buffer changed since it last ran" in hub.log
+    assert "Traceback" not in hub.log

@@ -421,6 +421,18 @@ async def test_a_dismissal_undone_lists_the_order_again_on_that_channel_only(reo
         assert pos is not None and pos.dismissed_at_ms is None, pos
 
 
+async def test_the_settings_a_channel_ran_with_survive_a_reopen_beside_its_cursor(reopen: Reopen) -> None:
+    async with reopen() as state:
+        assert await state.settings("web") is None  # never stored: a channel that last ran before schema 26
+        await state.save_settings("web", '{"pool":{"S1":"L1"}}')  # before any push: no cursor row yet
+        await state.record("web", {K: 5}, 1_000, cursor=9)
+        await state.save_settings("web", '{"pool":{"S1":"L2"}}')
+        await state.record("web", {K: 4}, 2_000, cursor=12)
+    async with reopen() as state:
+        assert await state.settings("web") == '{"pool":{"S1":"L2"}}'
+        assert await state.cursor("web") == 12 and await state.settings("pos") is None
+
+
 async def test_a_sqlite_write_cancelled_while_it_waits_for_the_write_lock_leaves_no_transaction_open(
     tmp_path: Path,
 ) -> None:

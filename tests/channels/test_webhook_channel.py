@@ -26,7 +26,7 @@ from hub.channels.webhook import IDEMPOTENCY_HEADER, WebhookConnector
 from hub.webhook_spec import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_HEADER, verify_signature
 from protocol import Kind
 from tests.channels.emulators.base import EmulatorServer, drop
-from tests.channels.helpers import Hub, pushed_to_head, spec_of, wait_until
+from tests.channels.helpers import Hub, logged, pushed_to_head, spec_of, wait_until
 
 SECRET = "receiver-shared-secret-0123456789"
 FAST = Backoff(base_s=0.02, max_s=0.2)
@@ -248,3 +248,63 @@ async def test_a_refresh_whose_push_failed_before_a_restart_tells_the_receiver_e
         await wait_until(holds(receiver, {("A", "web"): 5, ("B", "web"): 3}), "every level after the restart", 10.0)
     last = receiver.requests[-1]["levels"]
     assert all(lv["previous"] is None for lv in last), "confirmations from before the refresh are forgotten"
+
+
+async def test_a_buffer_or_pool_changed_while_the_hub_was_stopped_reaches_the_receiver_at_the_next_start(
+    hub: Hub, state: SqliteChannelState, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A level is pushed when a change of the hub's counts moves it; another buffer or pool in the config moves every
+    level with no change of a count. Before, the receiver went on showing what the old settings made of each SKU
+    until it moved again: S2 taken out of the pool left A at 15 where the pool holds 10, an oversell of 5."""
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 5, "S2", "A"), (Kind.RECEIVE, 8, "S1", "B"))
+    async with pushing(hook_spec(receiver, pool={"S1": "web", "S2": "web"}), hub, state) as first:
+        await wait_until(holds(receiver, {("A", "web"): 15, ("B", "web"): 8}), "the first levels")
+        await pushed_to_head(first, hub)
+    async with pushing(hook_spec(receiver, pool={"S1": "web"}), hub, state) as second:
+        await wait_until(holds(receiver, {("A", "web"): 10, ("B", "web"): 8}), "S2 left the pool", 10.0)
+        await pushed_to_head(second, hub)
+    assert logged(caplog, "channel feed: its pool changed since it last ran; loading the mapping again")
+    async with pushing(hook_spec(receiver, pool={"S1": "web"}, buffer=3), hub, state) as third:
+        await wait_until(holds(receiver, {("A", "web"): 7, ("B", "web"): 5}), "the buffer of 3", 10.0)
+        await pushed_to_head(third, hub)
+    assert logged(caplog, "channel feed: its buffer changed since it last ran")
+    before = len(receiver.requests)
+    async with pushing(hook_spec(receiver, pool={"S1": "web"}, buffer=3, timeout_s=5), hub, state) as fourth:
+        await hub.move((Kind.SALE, -1, "S1", "A"))
+        await wait_until(holds(receiver, {("A", "web"): 6}), "the sale")
+        await pushed_to_head(fourth, hub)
+    sent = [lv["item_id"] for r in receiver.requests[before:] for lv in r["levels"]]
+    assert sent == ["A"], "a setting that changes no level (timeout_s) pushes nothing again"
+
+
+async def test_a_receiver_moved_to_another_url_is_told_every_level_at_the_next_start(
+    hub: Hub, state: SqliteChannelState, receiver: Receiver
+) -> None:
+    """The channel's url changed while the hub was stopped (a new receiver): it is told every level once, not only
+    those of SKUs that move from then on."""
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"), (Kind.RECEIVE, 4, "S1", "B"))
+    async with pushing(hook_spec(receiver, pool={"S1": "web"}), hub, state) as first:
+        await wait_until(holds(receiver, {("A", "web"): 10, ("B", "web"): 4}), "the first levels")
+        await pushed_to_head(first, hub)
+    async with Receiver() as moved, pushing(hook_spec(moved, pool={"S1": "web"}), hub, state):
+        await wait_until(holds(moved, {("A", "web"): 10, ("B", "web"): 4}), "the new receiver has every level", 10.0)
+        assert all(lv["previous"] is None for r in moved.requests for lv in r["levels"])
+
+
+async def test_a_mapping_csv_changed_to_one_that_cannot_be_read_keeps_the_mapping_and_pushes_the_new_buffer(
+    hub: Hub, state: SqliteChannelState, receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Settings changed at a start (a buffer, and another mapping CSV saved in a charset it is not read in): the
+    mapping loaded before stays in use, as at a refresh asked for, and its levels go out with the new buffer."""
+    good, bad = tmp_path / "map.csv", tmp_path / "new-map.csv"
+    good.write_text("sku,item_id\nA,item-A\n", encoding="utf-8")
+    bad.write_bytes("sku,item_id\nA,pi\u00e8ce-A\n".encode("windows-1252"))  # not UTF-8
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with pushing(hook_spec(receiver, pool={"S1": "web"}, mapping_csv=str(good)), hub, state) as first:
+        await wait_until(holds(receiver, {("item-A", "web"): 10}), "the first level")
+        await pushed_to_head(first, hub)
+    async with pushing(hook_spec(receiver, pool={"S1": "web"}, mapping_csv=str(bad), buffer=2), hub, state) as p:
+        await wait_until(holds(receiver, {("item-A", "web"): 8}), "the new buffer under the mapping loaded before")
+        assert p.status.failures == 0
+    assert logged(caplog, "the mapping loaded before stays in use, every level of it goes out once")
+    assert await state.settings("feed") is not None and "new-map.csv" not in (await state.settings("feed") or "")
