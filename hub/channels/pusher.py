@@ -1242,6 +1242,7 @@ class ChannelPusher(LoopTask):
         else:
             self._use(mapping)
             self._force_unconfirmed()
+            await self._correct_uncorrected()
         if stored != settings:  # after the mapping load: a restart before it loads it again
             await self.state.save_settings(self.spec.name, settings)
         self._loaded = True
@@ -1267,6 +1268,29 @@ class ChannelPusher(LoopTask):
             )
             self._forced.update(dict.fromkeys(sorted(unconfirmed)))
             self._force_gen += 1
+
+    async def _correct_uncorrected(self) -> None:
+        """At a start with a stored mapping: the divergences a reconciliation found and stored whose correction the
+        channel has not confirmed (``correct`` keeps them in memory: a hub stopped before the channel took them lost
+        them) are corrected in the first turn, from what the channel showed. Without this the channel went on
+        showing its drifted level until the next reconciliation found it again, ``reconcile_s`` later. A level no
+        longer mapped is left: its divergence stays listed."""
+        skus = {item: sku for sku, item in self._items.items()}
+        locations = set(self.spec.pool.values())
+        owed = {
+            k: base
+            for k, base in (await self.state.uncorrected(self.spec.name)).items()
+            if k.item_id in skus and k.location_id in locations
+        }
+        if not owed:
+            return
+        log.info(
+            "channel %s: %d diverging level(s) found before this start were not corrected yet; pushing the hub's level "
+            "there now", self.spec.name, len(owed),
+        )  # fmt: skip
+        self._key_sku.update((k, skus[k.item_id]) for k in owed)
+        self._bases.update(owed)
+        self._force_gen += 1
 
     async def refresh_mapping(self) -> SkuMapping:
         """Load the mapping again (from ``mapping_csv`` if configured, else the channel's listing), store it, forget

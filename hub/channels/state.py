@@ -185,6 +185,10 @@ class ChannelState(Protocol):
     async def open_divergences(self, channel: str) -> int:
         """How many of the channel's divergences are not corrected yet."""
 
+    async def uncorrected(self, channel: str) -> dict[LevelKey, int]:
+        """The levels with a divergence not corrected yet, each with what the channel showed there when it was last
+        found: the corrections a pusher started again still owes (the base of its compare-and-set)."""
+
     async def reconciled(self, channel: str) -> Reconciled | None:
         """The last reconciliation of the channel, or None."""
 
@@ -533,6 +537,14 @@ class SqlChannelState:
             "SELECT COUNT(*) FROM channel_divergences WHERE channel = ? AND corrected_at_ms IS NULL", (channel,)
         )
         return int(rows[0][0])
+
+    async def uncorrected(self, channel: str) -> dict[LevelKey, int]:
+        self._check()
+        rows = await self._read(
+            "SELECT level_key, channel_level FROM channel_divergences WHERE channel = ? AND corrected_at_ms IS NULL "
+            "ORDER BY divergence_id", (channel,),
+        )  # fmt: skip
+        return {LevelKey.from_text(k): int(q) for k, q in rows}  # the newest found last: it stands
 
     async def reconciled(self, channel: str) -> Reconciled | None:
         self._check()

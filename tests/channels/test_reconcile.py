@@ -140,6 +140,29 @@ async def test_a_shopify_level_drifted_behind_the_hubs_back_is_found_listed_and_
     assert await state.reconciled("web") == reconciler.last
 
 
+async def test_a_correction_found_before_a_restart_is_pushed_after_it(
+    hub: Hub, state: SqliteChannelState, shopify: ShopifyEmulator
+) -> None:
+    """A reconciliation stores the divergence, and the correction waits for the pusher's next turn; a hub stopped
+    before that turn (the channel failing meanwhile, a deploy) kept it in memory only. Before, the hub started again
+    pushed nothing there — no count had moved — and Shopify went on showing 3 where the hub has 10 until the next
+    reconciliation, up to reconcile_s later, while the exception said the hub was pushing its level there again."""
+    online = shopify.add_location()
+    a = shopify.add_variant("A", stocked_at=[online])
+    await hub.move((Kind.RECEIVE, 10, "S1", "A"))
+    async with shop_pusher(hub, state, shopify, {"S1": online}) as first:
+        await settle(first)
+        shopify.drift(a.item_id, online, 3)  # an edit in the Shopify admin
+        (d,) = (await Reconciler(first).reconcile()).divergences
+        assert (d.hub_level, d.channel_level) == (10, 3)
+    async with shop_pusher(hub, state, shopify, {"S1": online}) as second:  # the hub started again
+        misses = shopify.stats.cas_misses
+        await settle(second)
+        assert shopify.available(a.item_id, online) == 10 and shopify.stats.cas_misses == misses
+    (stored,) = await state.divergences("web", 10)
+    assert stored.corrected_at_ms is not None and await state.open_divergences("web") == 0
+
+
 async def test_a_square_count_newer_than_the_hubs_is_corrected_with_the_time_of_the_correction(
     hub: Hub, state: SqliteChannelState, square: SquareEmulator
 ) -> None:

@@ -127,6 +127,19 @@ async def test_divergences_are_numbered_per_channel_and_read_newest_first(reopen
         assert await state.open_divergences("web") == 4 and await state.open_divergences("pos") == 1
 
 
+async def test_the_divergences_not_corrected_yet_are_read_with_what_the_channel_showed_last(reopen: Reopen) -> None:
+    a, b = LevelKey("i1", "L"), LevelKey("i2", "L")
+    async with reopen() as state:
+        assert await state.uncorrected("web") == {}
+        await state.add_divergences(
+            "web", [Divergence(a, "A", None, 5, 5, 1, 1_000), Divergence(b, "B", None, 5, 5, 9, 1_000)]
+        )
+        await state.add_divergences("web", [Divergence(a, "A", None, 5, 5, 2, 2_000)])  # found again, showing 2
+        await state.close_divergences("web", [b], 3_000)
+    async with reopen() as state:
+        assert await state.uncorrected("web") == {a: 2} and await state.uncorrected("pos") == {}
+
+
 async def test_divergences_added_at_once_by_two_states_get_distinct_numbers(reopen: Reopen) -> None:
     """Two hub processes reconciling one channel at the same moment: no number is given twice."""
     rows = [Divergence(LevelKey(f"i{n}", "L"), "A", None, 5, 5, n, 1_000) for n in range(3)]
