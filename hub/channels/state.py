@@ -152,7 +152,7 @@ class ChannelState(Protocol):
 
     async def settings(self, channel: str) -> str | None:
         """The settings the channel last ran with that decide what it shows and where (``save_settings``), or None:
-        never stored (a channel that last ran before schema 26, or never)."""
+        never stored (a channel that last ran before schema 27, or never)."""
 
     async def save_settings(self, channel: str, settings: str) -> None:
         """Store the settings the channel runs with (``hub.channels.pusher.settings_text``)."""

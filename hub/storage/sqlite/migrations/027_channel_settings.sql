@@ -1,4 +1,4 @@
--- shelfsync hub, SQLite schema version 26: the settings each channel last ran with that decide what it shows and
+-- shelfsync hub, SQLite schema version 27: the settings each channel last ran with that decide what it shows and
 -- where (its kind, endpoint, pool, buffer and mapping CSV), as JSON. A hub started with other settings for the
 -- channel (a location added to or taken out of its pool, another buffer, another shop or receiver) loads its mapping
 -- again and pushes every level once (docs/channels.md "Loading the mapping pushes every level once"): its levels
