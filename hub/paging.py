@@ -225,6 +225,18 @@ def divergence_key(cursor: str) -> DivergenceKey:
     return DivergenceKey(_stored_text(f[0]), _stored_text(f[1]), _stored_text(f[2]))
 
 
+def variance_sku_cursor(key: tuple[int, int, str, str]) -> str:
+    """A place in the shrinkage report by SKU: (−shrinkage, net variance, location, sku) of a page's last row."""
+    return encode("variance-sku", list(key))
+
+
+def variance_sku_key(cursor: str) -> tuple[int, int, str, str]:
+    f = decode("variance-sku", cursor)
+    if len(f) != 4:
+        raise BadCursor
+    return (_int(f[0], -INT63_MAX, 0), _int(f[1], -INT63_MAX), _stored_text(f[2]), _stored_text(f[3]))
+
+
 def delivery_cursor(webhook: str, delivery_id: int) -> str:
     return encode("deliveries", [webhook, delivery_id])
 

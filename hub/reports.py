@@ -16,6 +16,7 @@ known id resent with other content, is rejected; a resend is accepted again.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -223,6 +224,7 @@ async def get_divergence(request: web.Request) -> web.StreamResponse:
 VARIANCE_BY = ("sku", "location", "count")
 VARIANCE_DAYS_DEFAULT = 30
 VARIANCE_LIMIT_DEFAULT = 1000  # by=count in JSON: rows per page
+VARIANCE_SKU_LIMIT_DEFAULT = 500  # by=sku in JSON: rows per page, the most shrinkage first
 DAY_MS = 86_400_000
 WALL_MS_MAX = HLC_MAX >> COUNTER_BITS
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -368,17 +370,22 @@ async def get_variance(request: web.Request) -> web.StreamResponse:
     """The shrinkage report: what counts found missing or over in a period, by SKU, by location or each count."""
     params = views.Query(request, {"location", "sku", "from", "to", "by", "limit", "cursor", "format"})
     as_csv = csvexport.wants_csv(request)
-    if not as_csv:
-        params.limit(VARIANCE_LIMIT_DEFAULT, LIMIT_MAX)  # checked whatever by is: one range for one parameter
     by = params.raw("by") or "sku"
     if by not in VARIANCE_BY:
         got = values.shown(by, values.QUOTE_MAX_CHARS)
         raise web.HTTPBadRequest(text=f"by must be sku, location or count, got {got}")
+    if not as_csv:  # checked whatever by is: one range for one parameter
+        params.limit(VARIANCE_SKU_LIMIT_DEFAULT if by == "sku" else VARIANCE_LIMIT_DEFAULT, LIMIT_MAX)
     period = variance_period(params, wall_ms_now())
     location, sku = params.location(), params.sku()
-    after = paging.parse(request, paging.ledger_key, "the variance report (by=count pages the ledger)")
-    if after is not None and by != "count":
-        raise web.HTTPBadRequest(text="cursor pages only by=count; the by=sku and by=location reports are one page")
+    if by == "location" and params.raw("cursor") is not None:
+        raise web.HTTPBadRequest(text="cursor pages only by=sku and by=count; the by=location report is one page")
+    after: LedgerKey | None = None
+    after_sku: tuple[int, int, str, str] | None = None
+    if by == "count":
+        after = paging.parse(request, paging.ledger_key, "the variance report by count (it pages the ledger)")
+    elif by == "sku":
+        after_sku = paging.parse(request, paging.variance_sku_key, "the variance report by SKU")
     names = await csvexport.names_of(request)
     scan = counts_in(request, period, location, sku, after)
     stem = csvexport.filename(f"variance-by-{by}", location, sku)
@@ -391,19 +398,49 @@ async def get_variance(request: web.Request) -> web.StreamResponse:
     async for page in scan:
         for r in page:
             tallies.setdefault((r.location, "" if by == "location" else r.sku), Tally()).add(r)
-    ordered = [tally_json(by, k, tallies[k], names) for k in sorted(tallies)]
+    header = VARIANCE_LOCATION_HEADER if by == "location" else VARIANCE_SKU_HEADER
     if as_csv:
-        header = VARIANCE_LOCATION_HEADER if by == "location" else VARIANCE_SKU_HEADER
-        pages = _chunks([[row[h] for h in header] for row in ordered])
-        return await csvexport.stream(request, stem, header, pages)
+        ordered = sorted(tallies) if by == "location" else sorted(tallies, key=lambda k: shrinkage_order(k, tallies))
+        return await csvexport.stream(request, stem, header, _tally_cells(by, header, ordered, tallies, names))
+    more = False
+    if by == "location":
+        chosen = sorted(tallies)
+    else:  # a page of the most shrinkage after the cursor's row: only its rows are sorted and turned to JSON
+        limit = params.limit(VARIANCE_SKU_LIMIT_DEFAULT, LIMIT_MAX)
+        orders = (shrinkage_order(k, tallies) for k in tallies)
+        picked = heapq.nsmallest(limit + 1, (o for o in orders if after_sku is None or o > after_sku))
+        more = len(picked) > limit
+        chosen = [(o[2], o[3]) for o in picked[:limit]]
     totals = {
         "counts": sum(t.counts for t in tallies.values()),
         "shrinkage": sum(t.shrinkage for t in tallies.values()),
         "overage": sum(t.overage for t in tallies.values()),
     }
-    body = {**_variance_head(period, by, location, sku), "rows": ordered, "totals": {**totals,
-            "net_variance": totals["overage"] - totals["shrinkage"]}}  # fmt: skip
+    body = {
+        **_variance_head(period, by, location, sku),
+        "rows": [tally_json(by, k, tallies[k], names) for k in chosen],
+        "totals": {**totals, "net_variance": totals["overage"] - totals["shrinkage"]},
+        "row_count": len(tallies),
+        "next": paging.variance_sku_cursor(shrinkage_order(chosen[-1], tallies)) if more else None,
+    }
     return web.json_response(body, dumps=views.dumps)
+
+
+def shrinkage_order(key: tuple[str, str], tallies: dict[tuple[str, str], Tally]) -> tuple[int, int, str, str]:
+    """Where a (location, sku) row is in the report by SKU: the most shrinkage first, then the lowest net variance
+    (the least found over), then by location and SKU, so a page's cursor names one place in a total order."""
+    t = tallies[key]
+    return (-t.shrinkage, t.net, key[0], key[1])
+
+
+async def _tally_cells(
+    by: str, header: Sequence[str], ordered: list[tuple[str, str]], tallies: dict[tuple[str, str], Tally],
+    names: dict[str, str],
+) -> AsyncIterator[list[Sequence[object]]]:  # fmt: skip
+    """The report's rows as CSV cells, ``csvexport.PAGE_ROWS`` at a time, each turned to cells as it is sent."""
+    for start in range(0, len(ordered), csvexport.PAGE_ROWS):
+        rows = (tally_json(by, k, tallies[k], names) for k in ordered[start : start + csvexport.PAGE_ROWS])
+        yield [[row[h] for h in header] for row in rows]
 
 
 def _variance_head(period: Period, by: str, location: str | None, sku: str | None) -> dict[str, Any]:
@@ -448,11 +485,6 @@ async def _capped(
             yield page
         if left == 0:
             return
-
-
-async def _chunks(rows: list[Sequence[object]]) -> AsyncIterator[list[Sequence[object]]]:
-    for start in range(0, len(rows), csvexport.PAGE_ROWS):
-        yield rows[start : start + csvexport.PAGE_ROWS]
 
 
 def routes(app: web.Application) -> None:
