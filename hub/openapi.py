@@ -135,7 +135,9 @@ API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      receipt, answered with wrong_clock, agent_id and detail (409 when their stores disagree on the hub's clock);
 #      the exception kind book_out_without_ref (a store booked out goods received by mistake naming no transfer,
 #      while it lists an unmatched receipt of the SKU), and POST /v1/events answers 422 to such an adjust (reason
-#      "received by mistake, sent on" and no ref)
+#      "received by mistake, sent on" and no ref);
+#      GET /v1/reports/variance by=sku in pages (limit default 500, cursor, next) of the most shrinkage first, with
+#      row_count and the totals of every row in each page
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1102,7 +1104,8 @@ def _paths() -> dict[str, JSON]:
     add("/v1/reports/variance", "get", operation(
         "getVarianceReport", "The shrinkage report",
         "What cycle counts found missing or over in a period (default: the last 30 days), by SKU, by location, or "
-        "each count (`by=count`, paged by `cursor`).",
+        "each count (`by=count`, paged by `cursor`). By SKU (since 1.11) pages of the most shrinkage first, paged by "
+        "`cursor`, each with the totals and `row_count` of every row; the CSV has every row.",
         "Reports",
         {"200": ok("The report.", ref("VarianceReport"), headers={**CSV_HEADERS}, extra_media={CSV_TYPE: CSV_CONTENT},
                    links={"NextPage": link("getVarianceReport", next_page, cursor="$response.body#/next",
@@ -1112,8 +1115,11 @@ def _paths() -> dict[str, JSON]:
                           "zone, 1970 to 5999; before `to`; default: 30 days before `to`.", example="2026-01-01"),
                     query("to", PERIOD, "End (excluded), the same forms; default: now.", example="2026-02-01T00:00:00Z"),
                     query("by", string(enum=list(reports.VARIANCE_BY), default="sku"), "How the rows are grouped."),
-                    limit_param(reports.VARIANCE_LIMIT_DEFAULT, reports.LIMIT_MAX),
-                    cursor_param("the counts (by=count only)"), FORMAT_QUERY],
+                    query("limit", integer(1, reports.LIMIT_MAX),
+                          f"At most this many rows in JSON (1 to {reports.LIMIT_MAX}; default "
+                          f"{reports.VARIANCE_SKU_LIMIT_DEFAULT} by=sku (since 1.11), "
+                          f"{reports.VARIANCE_LIMIT_DEFAULT} by=count; by=location is one page)."),
+                    cursor_param("the report (by=sku or by=count)"), FORMAT_QUERY],
         cookie=True,
     ))  # fmt: skip
 
@@ -1322,7 +1328,8 @@ ANSWER_EXAMPLES: Mapping[str, Any] = {
                           "rows": [{"location": "S001", "sku": "SKU-1", "name": "Pen", "counts": 1, "shrinkage": 2,
                                     "overage": 0, "net_variance": -2, "first_count_time": _AT,
                                     "last_count_time": _AT}],
-                          "totals": {"counts": 1, "shrinkage": 2, "overage": 0, "net_variance": -2}},
+                          "totals": {"counts": 1, "shrinkage": 2, "overage": 0, "net_variance": -2},
+                          "row_count": 1, "next": None},
     "getChannels": {"channels": [{
         "name": "web", "kind": "shopify", "url": "https://example.myshopify.com/admin/api/2026-01/graphql.json",
         "pusher": "this hub", "connected": True, "last_call_ms": _AT_MS, "last_call": _AT, "last_push_ms": _AT_MS,
@@ -1668,7 +1675,10 @@ def _schemas() -> dict[str, JSON]:
                           "shrinkage, overage, net_variance; by=count: each count with counted, expected, variance …"),
             "totals": obj({"counts": integer(0), "shrinkage": integer(0), "overage": integer(0),
                            "net_variance": integer()}),
-            "next": nullable(string("by=count: the cursor of the next page, or null.")),
+            "row_count": integer(0, description="by=sku and by=location: how many rows the whole report holds, "
+                                 "in every page (since 1.11)."),
+            "next": nullable(string("by=count and by=sku (since 1.11; rows of the most shrinkage first): the cursor "
+                                    "of the next page, or null.")),
         }, ["from", "to", "by", "rows"]),
         "ChannelStatus": obj({
             "name": string(), "kind": known(["shopify", "square", "webhook"]), "url": string(),
