@@ -58,7 +58,7 @@ from aiohttp.web_protocol import RequestHandler
 from hub import problems
 from protocol.logsafety import RepeatLog, one_line
 from protocol.retry import retry_after_value
-from protocol.routes import HUB_ID_HEADER
+from protocol.routes import API_VERSION_HEADER, HUB_ID_HEADER
 from protocol.serving import HandlerRunner
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,10 @@ def plan_fd_budget(configured: int) -> FdBudget:
     return budget
 
 
-def _raw_error(status: int, reason: str, code: str, message: str, extra: str = "", hub_id: str = "") -> bytes:
+def _raw_error(status: int, reason: str, code: str, message: str, named: str, extra: str = "") -> bytes:
+    """A whole answer written on the transport itself; ``named``: the header lines every answer carries
+    (``ConnectionGuard.named_lines``)."""
     body = json.dumps(problems.body(status, message, code), separators=(",", ":")).encode()
-    named = f"{HUB_ID_HEADER}: {hub_id}\r\n" if hub_id else ""  # as every answer of the app (hub.app)
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: {problems.CONTENT_TYPE}; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n{named}{extra}\r\n"
@@ -180,13 +181,22 @@ def _escaped_error(request: web.BaseRequest, exc: web.HTTPException) -> web.Resp
     return problems.response(exc.status, detail, headers=keep)
 
 
+def _api_version() -> str:
+    """The hub's API version (``hub.openapi.API_VERSION``), looked up when a guard is made: hub.openapi imports the
+    routes, and hub.feed's imports this module."""
+    from hub.openapi import API_VERSION
+
+    return API_VERSION
+
+
 class ConnectionGuard:
     """The open connections of one hub process: the budget, who is idle, and the counts of what was refused."""
 
-    def __init__(self, max_connections: int, header_timeout_s: float) -> None:
+    def __init__(self, max_connections: int, header_timeout_s: float, api_version: str = "") -> None:
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
         self.hub_id = ""  # the database's id once it is open (hub.server): the answers below the app name it too
+        self.api_version = api_version or _api_version()  # … and the API version, from the start
         self._open: set[GuardedHandler] = set()
         self._idle: dict[GuardedHandler, None] = {}  # insertion order: idle the longest first
         self._parked: set[GuardedHandler] = set()  # waiting long-polls and open change streams (``parked``)
@@ -227,10 +237,21 @@ class ConnectionGuard:
             f"|connections: all {max_connections} were busy (max_connections)",
             level=logging.WARNING,
         )
-        self.accept_failed = RepeatLog(
-            log, "could not accept", "connection|connections", level=logging.WARNING
-        )
+        self.accept_failed = RepeatLog(log, "could not accept", "connection|connections", level=logging.WARNING)
         self.lost = RepeatLog(log, "lost", "connection before its answer|connections before their answers")
+
+    def named_lines(self) -> str:
+        """The header lines every answer of the hub carries, as hub.app's answers do: the API version
+        (``API_VERSION_HEADER``) and, once the database is open, its id (``HUB_ID_HEADER``)."""
+        named = f"{API_VERSION_HEADER}: {self.api_version}\r\n"
+        return named + (f"{HUB_ID_HEADER}: {self.hub_id}\r\n" if self.hub_id else "")
+
+    def name(self, response: web.StreamResponse) -> None:
+        """Have ``response``, not yet sent, carry what every answer of the hub carries (``named_lines``)."""
+        if API_VERSION_HEADER not in response.headers:
+            response.headers[API_VERSION_HEADER] = self.api_version
+        if self.hub_id and HUB_ID_HEADER not in response.headers:
+            response.headers[HUB_ID_HEADER] = self.hub_id
 
     @property
     def open_count(self) -> int:
@@ -365,7 +386,7 @@ class GuardedHandler(RequestHandler):
         self._answer_and_close(
             _raw_error(503, "Service Unavailable", "unavailable",
                        "the hub is at its limit of open connections; try again shortly",
-                       f"Retry-After: {retry_after_value(1.0)}\r\n", self._guard.hub_id),
+                       self._guard.named_lines(), f"Retry-After: {retry_after_value(1.0)}\r\n"),
             linger=True,
         )  # fmt: skip
 
@@ -401,7 +422,9 @@ class GuardedHandler(RequestHandler):
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         if isinstance(resp, web.HTTPException) and resp.status >= 400:  # aiohttp's own, raised before the app's
-            resp = self._named(_escaped_error(request, resp))  # middlewares (an Expect it does not know): problems too
+            resp = _escaped_error(request, resp)  # middlewares (an Expect it does not know): problems too
+        if not resp.prepared:  # every answer made below the app (handle_error's, hub.starting's) is named too
+            self._guard.name(resp)
         result = await super().finish_response(request, resp, start_time)
         self._cancel_head_timer()
         if not self._messages:
@@ -417,28 +440,20 @@ class GuardedHandler(RequestHandler):
     ) -> web.StreamResponse:
         if isinstance(exc, ConnectionError):  # the client left while aiohttp wrote to it (Expect's 100 Continue)
             self._guard.lost.record(self.remote, f"{request.method} {request.rel_url.raw_path}: {one_line(str(exc))}")
-            response = self._named(problems.response(400, "the connection closed before the hub could answer"))
+            response = problems.response(400, "the connection closed before the hub could answer")
             response.force_close()
             return response
         if status != 400 or not isinstance(exc, HttpProcessingError):  # logged by aiohttp with its cause
             super().handle_error(request, status, exc, message)
-            response = self._named(
-                problems.response(status, "the hub failed to handle this request; the cause is in the hub's log")
-            )
+            response = problems.response(status, "the hub failed to handle this request; the cause is in the hub's log")
             response.force_close()
             return response
         reason = parse_error_reason(exc, message)
         self._guard.malformed.record(self.remote, reason)
         message = f"the request is not valid HTTP/1.1 ({reason}); fix the client"
-        response = self._named(problems.response(400, message))
+        response = problems.response(400, message)
         response[MALFORMED_KEY] = True
         response.force_close()
-        return response
-
-    def _named(self, response: web.Response) -> web.Response:
-        """``response`` naming the database, as every answer of the app does (hub.app): one made below the app."""
-        if self._guard.hub_id and HUB_ID_HEADER not in response.headers:
-            response.headers[HUB_ID_HEADER] = self._guard.hub_id
         return response
 
     def close_when_answered(self) -> None:
@@ -459,7 +474,7 @@ class GuardedHandler(RequestHandler):
         self._answer_and_close(
             _raw_error(408, "Request Timeout", "request_timeout",
                        f"the request head did not arrive within {self._guard.header_timeout_s:g} s "
-                       "(header_timeout_s); send the request line and headers at once", hub_id=self._guard.hub_id)
+                       "(header_timeout_s); send the request line and headers at once", self._guard.named_lines())
         )  # fmt: skip
 
     def _answer_and_close(self, raw: bytes, linger: bool = False) -> None:

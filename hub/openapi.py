@@ -129,7 +129,7 @@ API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      data.returned of a transfer's exceptions (its shipper received units back: a receipt back counts against its
 #      shipment elsewhere and a final one closes it) and data.booked_out of a transfer_unmatched (an adjust carrying
 #      the ref booked units out again where they were received: what is booked out is no longer listed)
-# 1.11: the header Shelfsync-Api-Version on every answer of a route (this version);
+# 1.11: the header Shelfsync-Api-Version on every answer (this version);
 #      POST /v1/quarantine/release takes {"wrong_clock": "hub" | "store", "agent_id"?}: the held events the hub could
 #      not attribute to its own clock, of one store or all, released at their own time or at the hub's time of
 #      receipt, answered with wrong_clock, agent_id and detail (409 when their stores disagree on the hub's clock);

@@ -30,7 +30,7 @@ HUB_CLOCK_AGREED_HEADER: Final = "Shelfsync-Hub-Clock-Agreed"
 # made when the database was created and kept in it, so a restore of another hub's backup changes it. Public, as
 # /healthz is. An agent keeps the one it last synced with: a 401/403 from a hub whose id changed says so.
 HUB_ID_HEADER: Final = "Shelfsync-Hub-Id"
-# A header of every answer of the hub's routes (API 1.11): the version of its API (``info.version`` of its OpenAPI document,
+# A header of every answer of the hub (API 1.11): the version of its API (``info.version`` of its OpenAPI document,
 # ``1.<minor>.<patch>``). An agent that learned what an older hub does not read (several ``sku`` in one
 # ``GET /v1/counts``, before 1.10) forgets it when the answers name another version; a hub before 1.11 names none.
 API_VERSION_HEADER: Final = "Shelfsync-Api-Version"

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from hub import HubSettings, HubStore, create_app, limits, open_store, serve
+from hub import server as server_module
 from hub.auth import PUBLIC_ROUTES_KEY
 from hub.config import ConfigError, settings_from_mapping
 from hub.limits import (
@@ -31,9 +32,11 @@ from hub.limits import (
     fd_budget,
     parse_error_reason,
 )
+from hub.openapi import API_VERSION
 from hub.server import secrets_of
 from hub.webhook_spec import WebhookSpec
 from protocol.logsafety import RepeatLog, SecretFilter, secrets_masked
+from protocol.routes import API_VERSION_HEADER, HUB_ID_HEADER
 from tests.harness.inprocess import serve_app
 from tests.harness.net import free_port
 
@@ -196,6 +199,7 @@ def test_the_new_settings_have_defaults_bounds_and_take_whole_numbers() -> None:
 
 # --- the app: compressed and malformed bodies, floods of failures ------------------------------------------
 
+
 @pytest.fixture
 async def app_client(store: HubStore) -> AsyncIterator[tuple[web.Application, TestClient[Any, Any]]]:
     app = create_app(store, HubSettings(db="unused", rate_limit_per_s=0))
@@ -248,14 +252,19 @@ async def test_unexpected_errors_and_unknown_credentials_are_counted_not_logged_
 
 
 @contextlib.asynccontextmanager
-async def _serving(tmp_path: Path, header_timeout_s: float) -> AsyncIterator[tuple[str, str, int]]:
-    """A hub (``serve``) of three connections on 127.0.0.1: an agent's token, its URL and its port."""
+async def _serving(tmp_path: Path, header_timeout_s: float, **more: Any) -> AsyncIterator[tuple[str, str, int]]:
+    """A hub (``serve``) of three connections on 127.0.0.1: an agent's token, its URL and its port; ``more``: other
+    settings."""
     db = tmp_path / "hub.db"
     async with open_store(db) as s:
         _agent_id, token = await s.add_agent(["S001"])
     port = free_port()
     settings = HubSettings(
-        db=str(db), port=port, max_connections=3, header_timeout_s=header_timeout_s, body_timeout_s=3600.0
+        db=str(db),
+        port=port,
+        max_connections=3,
+        header_timeout_s=header_timeout_s,
+        **{"body_timeout_s": 3600.0, **more},
     )
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))
@@ -491,3 +500,155 @@ async def test_past_the_refusals_the_hub_lingers_on_a_refused_client_still_reads
     assert oldest.endswith(b"}"), oldest
     for _, w in [(reader, writer), *lingering, *busy]:
         w.close()
+
+
+# --- every answer names the hub's API version, those made below the app too -------------------------------------
+
+MALFORMED_REQUESTS: dict[str, bytes] = {  # answered 400 by aiohttp's parser, below the app
+    "not HTTP": b"GARBAGE\r\n\r\n",
+    "a TLS client hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),
+    "a header without a colon": b"GET /healthz HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n",
+    "a request line too long": b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+    "a header too long": b"GET /healthz HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    "too many headers": b"GET /healthz HTTP/1.1\r\nHost: h\r\n"
+    + b"".join(b"X-%d: y\r\n" % i for i in range(300))
+    + b"\r\n",
+}
+
+
+def _names_version(answer: bytes, status: int, hub_id: bool = True) -> None:
+    """``answer`` (raw, its head at least) has ``status`` and names the API version (and the database)."""
+    lines = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert lines[0].split(b" ")[1] == str(status).encode(), answer[:300]
+    names = dict(line.lower().partition(b": ")[::2] for line in lines[1:])
+    assert names.get(API_VERSION_HEADER.lower().encode()) == API_VERSION.encode(), answer[:400]
+    assert (HUB_ID_HEADER.lower().encode() in names) is hub_id, answer[:400]
+
+
+async def _answer_to(port: int, raw: bytes) -> bytes:
+    """The answer's head (and what follows it in the same read) to ``raw`` sent on a new connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP_TIMEOUT_S)
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def served_limited(tmp_path: Path) -> AsyncIterator[tuple[str, str, int]]:
+    """As ``served``, with a write rate of three requests and one refused sign-in per client at once."""
+    async with _serving(
+        tmp_path, header_timeout_s=0.5, rate_limit_per_s=0.01, rate_limit_burst=3, refused_attempts_per_s=0.01,
+        refused_attempts_burst=1,
+    ) as hub:  # fmt: skip
+        yield hub
+
+
+async def test_every_answer_below_the_app_names_the_api_version(served_limited: tuple[str, str, int]) -> None:
+    """API 1.11 names the hub's API version on every answer (Shelfsync-Api-Version), by which an agent tells an
+    upgraded hub. The app's signal named it on its routes' answers, but not on those made below the app: aiohttp's
+    400 to a malformed request, the connection guard's 408 to a slow head and its 503s at the connection budget."""
+    token, _url, port = served_limited
+    for what, raw in MALFORMED_REQUESTS.items():
+        answer = await _rest_of(port, raw)
+        assert b"not valid HTTP/1.1" in answer, what
+        _names_version(answer, 400)
+    auth = f"Authorization: Bearer {token}\r\n".encode()
+    for raw, status in (
+        (b"GET /nowhere HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", 404),
+        (b"DELETE /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", 405),
+        (b"PUT /v1/catalog HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}", 417),
+        (b"POST /v1/sync HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Type: application/msgpack\r\n"
+         b"Content-Length: 999999999\r\n\r\n", 413),
+        (b"POST /v1/sync HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Type: application/msgpack\r\n"
+         b"Content-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc", 415),
+        (b"POST /v1/sync HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Type: application/msgpack\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n", 400),  # a broken chunked body
+        (b"GET /healthz HTTP/1.1\r\nHost: h\r\n", 408),  # the head never ends (header_timeout_s)
+    ):  # fmt: skip
+        _names_version(await _answer_to(port, raw), status)
+    events = b'{"events": []}'
+    write = (b"POST /v1/events HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Type: application/json\r\n"
+             b"Content-Length: %d\r\n\r\n" % len(events) + events)  # fmt: skip
+    statuses = [(await _answer_to(port, write)).split(b" ")[1] for _ in range(2)]
+    assert statuses[-1] == b"429", statuses
+    _names_version(await _answer_to(port, write), 429)  # the write rate
+    sign_in = b"token=nope"
+    form = (b"POST /dashboard/sign-in HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(sign_in) + sign_in)  # fmt: skip
+    _names_version(await _answer_to(port, form), 403)
+    _names_version(await _answer_to(port, form), 429)  # the client's refused attempts
+
+
+async def test_the_answers_at_the_connection_budget_name_the_api_version(served: tuple[str, str, int]) -> None:
+    token, _url, port = served
+    idle = await asyncio.open_connection("127.0.0.1", port)
+    busy = await _hold_every_connection(token, port)
+    _names_version(await _read_all(idle[0]), 503)  # given way to a new connection
+    _names_version(await _answer_to(port, b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n"), 503)  # over the budget
+    for _, writer in [idle, *busy]:
+        writer.close()
+
+
+async def test_a_body_too_slow_and_a_long_poll_past_its_share_name_the_api_version(tmp_path: Path) -> None:
+    async with _serving(tmp_path, header_timeout_s=5.0, body_timeout_s=0.3) as (token, _url, port):
+        auth = f"Authorization: Bearer {token}\r\n".encode()
+        slow = (b"POST /v1/sync HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Type: application/msgpack\r\n"
+                b"Content-Length: 100\r\n\r\nab")  # fmt: skip
+        _names_version(await _answer_to(port, slow), 408)
+        poll = b"GET /v1/changes?wait=60 HTTP/1.1\r\nHost: h\r\n" + auth + b"\r\n"
+        waiting = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for _, writer in waiting:
+            writer.write(poll)
+        heads = [asyncio.ensure_future(reader.readuntil(b"\r\n\r\n")) for reader, _ in waiting]
+        done, _ = await asyncio.wait(heads, timeout=STEP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        _names_version(done.pop().result(), 503)  # all but a tenth of the budget wait already
+        for task in heads:
+            task.cancel()
+        for _, writer in waiting:
+            writer.close()
+
+
+async def test_a_hub_still_opening_its_database_names_the_api_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until its database is open the hub answers from hub.starting (/livez 200, anything else 503): those answers
+    name the API version too (the database's id is not known yet)."""
+    opening = asyncio.Event()
+    real_open = server_module.open_store
+
+    @contextlib.asynccontextmanager
+    async def held_open(*args: Any, **kwargs: Any) -> AsyncIterator[HubStore]:
+        await opening.wait()
+        async with real_open(*args, **kwargs) as store:
+            yield store
+
+    monkeypatch.setattr(server_module, "open_store", held_open)
+    port = free_port()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(HubSettings(db=str(tmp_path / "hub.db"), port=port), stop))
+    try:
+        for _ in range(400):
+            with contextlib.suppress(OSError):
+                answer = await _answer_to(port, b"GET /livez HTTP/1.1\r\nHost: h\r\n\r\n")
+                break
+            await asyncio.sleep(0.05)
+        _names_version(answer, 200, hub_id=False)
+        _names_version(await _answer_to(port, b"GET /v1/ledger HTTP/1.1\r\nHost: h\r\n\r\n"), 503, hub_id=False)
+        _names_version(await _rest_of(port, MALFORMED_REQUESTS["not HTTP"]), 400, hub_id=False)
+    finally:
+        opening.set()
+        stop.set()
+        await asyncio.wait_for(task, STEP_TIMEOUT_S)
+
+
+async def _rest_of(port: int, raw: bytes) -> bytes:
+    """The whole answer to ``raw`` on a new connection, read until the hub closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        return await _read_all(reader)
+    finally:
+        writer.close()
