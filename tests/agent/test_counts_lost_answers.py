@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from agent import Movement, Outbox, Replicator, count_refresh
 from agent import outbox as outbox_module
+from agent.feed import CountFeed
 from hub import HubSettings, create_app, open_store, views
+from hub.openapi import API_VERSION
 from protocol import CountSnapshot, Kind, SyncResponse
 from protocol.feed import FeedChange
 from protocol.hlc import pack_hlc, wall_ms_now
@@ -436,6 +439,60 @@ async def test_an_older_hub_is_read_as_such_until_it_restarts_or_names_another_v
             await served.__aexit__(None, None, None)
     said = [r for r in caplog.records if "does not read several SKUs in one request" in r.getMessage()]
     assert len(said) == 2, [r.getMessage() for r in said]
+
+
+def remembered_older(url: str, version: str | None) -> count_refresh.HubForms:
+    """What the replicator keeps once the hub at ``url``, its answers naming ``version``, refused several SKUs."""
+    forms = count_refresh.HubForms()
+    forms.heard(url, version)
+    forms.refused(url, count_refresh.SkusRefused("it answered HTTP 400 to several SKUs (a test's older hub)"))
+    assert not forms.reads_several(url)
+    return forms
+
+
+async def _forgotten(forms: count_refresh.HubForms, url: str) -> bool:
+    return forms.reads_several(url)
+
+
+async def test_a_counts_read_refused_a_connection_or_answered_503_forgets_the_older_hub(tmp_path: Path) -> None:
+    """The reads of the hub's counts find the hub not serving themselves (a restart, an upgrade's too): a 503 or a
+    connection refused makes what was learned of its reads be learned again, whatever version the answers name."""
+    async with open_store(str(tmp_path / "hub.db")) as store:
+        _agent_id, token = await store.add_agent([LOC])
+        async with serve_app(create_app(store, HubSettings(db=str(tmp_path / "hub.db")))) as hub:
+            url = hub.url + count_refresh.COUNTS_PATH
+            forms = remembered_older(url, API_VERSION)
+            query = [("location", LOC), ("sku", "A")]
+            async with aiohttp.ClientSession() as session:
+                await count_refresh._page(session, url, token, query, 1, forms)
+                assert not forms.reads_several(url), "an answer naming the same version changes nothing"
+                await store.close()  # the hub serves no more: 503
+                with pytest.raises(count_refresh.RefreshFailed, match="HTTP 503"):
+                    await count_refresh._page(session, url, token, query, 1, forms)
+                assert forms.reads_several(url), "a 503 to the counts read left the older hub remembered"
+    forms = remembered_older(url, None)  # nothing listens there now: the connection is refused
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(count_refresh.RefreshFailed, match="could not be read"):
+            await count_refresh._page(session, url, token, query, 1, forms)
+    assert forms.reads_several(url), "a connection refused to the counts read left the older hub remembered"
+
+
+async def test_the_change_feed_refused_a_connection_or_answered_503_forgets_the_older_hub(tmp_path: Path) -> None:
+    """The change feed follows the hub beside the replicator: when it finds the hub not serving (a 503, a connection
+    refused), what the counts read learned of that hub is learned again."""
+    fast: dict[str, Any] = {"wait_s": 0.0, "retry_base_s": 0.01, "retry_max_s": 0.05, "rng": random.Random(7)}
+    async with open_store(str(tmp_path / "hub.db")) as store:
+        agent_id, token = await store.add_agent([LOC])
+        async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id=agent_id, location=LOC) as outbox:
+            async with serve_app(create_app(store, HubSettings(db=str(tmp_path / "hub.db")))) as hub:
+                url, counts_url = hub.url, hub.url + count_refresh.COUNTS_PATH
+                forms = remembered_older(counts_url, API_VERSION)
+                await store.close()  # the hub serves no more: 503
+                async with CountFeed(outbox, url, token, **fast):
+                    await eventually("the feed's 503 forgets the older hub", lambda: _forgotten(forms, counts_url))
+            forms = remembered_older(counts_url, API_VERSION)  # nothing listens there now: connections are refused
+            async with CountFeed(outbox, url, token, **fast):
+                await eventually("a connection refused to the feed forgets it", lambda: _forgotten(forms, counts_url))
 
 
 async def _acked(outbox: Outbox, seq: int) -> bool:
