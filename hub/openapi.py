@@ -137,7 +137,9 @@ API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      while it lists an unmatched receipt of the SKU), and POST /v1/events answers 422 to such an adjust (reason
 #      "received by mistake, sent on" and no ref);
 #      GET /v1/reports/variance by=sku in pages (limit default 500, cursor, next) of the most shrinkage first, with
-#      row_count and the totals of every row in each page
+#      row_count and the totals of every row in each page;
+#      GET /v1/quarantine's first page names pending: how many are held pending in all (total, hub_clock, and per
+#      agent those not attributed to either clock), what a release takes
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -519,6 +521,11 @@ def with_csv(answer: JSON, columns: str) -> JSON:
     csv = {"schema": string(f"RFC 4180 CSV with a header row: {columns}."), "example": columns.replace(" ", "") + "\r\n"}
     return answer | {"content": {**answer["content"], CSV_TYPE: csv},
                      "headers": {**answer.get("headers", {}), **CSV_HEADERS}}  # fmt: skip
+
+
+def with_properties(schema: JSON, **more: JSON) -> JSON:
+    """``schema`` (an object's) with optional properties ``more`` besides its own."""
+    return {**schema, "properties": {**schema["properties"], **more}}
 
 
 def page_of(key: str, item: JSON, **more: JSON) -> JSON:
@@ -1304,7 +1311,7 @@ ANSWER_EXAMPLES: Mapping[str, Any] = {
                   "db": {"ok": True}, "feed": {"cursor": "1042", "last_change_ms": _AT_MS, "last_change": _AT},
                   "agents": [{**_AGENT_STATUS, "last_sync_age_s": 0, "online": True, "events_last_hour": 312}],
                   "webhooks": [_WEBHOOK], "hub_clock": None},
-    "getQuarantine": {"quarantine": [_HELD], "next": None},
+    "getQuarantine": {"quarantine": [_HELD], "next": None, "pending": {"total": 1, "hub_clock": 0, "unattributed": {_AGENT: 1}}},
     "resolveQuarantined": {"quarantine": {**_HELD, "status": "applied", "resolved_by": _ADMIN,
                                           "resolved_at_ms": _AT_MS + 60_000}},
     "putCatalog": {"version": 8, "updated": 1, "rebooked": 3},
@@ -1495,7 +1502,15 @@ def _schemas() -> dict[str, JSON]:
                 "at its own time once the hub's clock is right (POST /v1/quarantine/release); null: not known."))),
         }, ["id", "event_id", "agent_id", "location", "sku", "kind", "qty", "occurred_at", "received_at_ms", "skew_ms",
             "detail", "attempts", "status", "resolved_by", "resolved_at_ms", "hub_clock_off_ms"]),
-        "QuarantinePage": page("quarantine", ref("QuarantinedEvent")),
+        "QuarantinePage": with_properties(page("quarantine", ref("QuarantinedEvent")), pending=obj({
+            "total": integer(0, description="Every event held pending."),
+            "hub_clock": integer(0, description="Of those, the ones held because of the hub's own clock (what "
+                                 "POST /v1/quarantine/release takes)."),
+            "unattributed": obj({}, additionalProperties=integer(1), description="Per agent id, the ones the hub "
+                                "could not attribute to either clock (what a release with wrong_clock and "
+                                "agent_id takes)."),
+        }, ["total", "hub_clock", "unattributed"], description="On the first page (no cursor) only: how many are "
+            "held pending in all, whatever status, location and limit the page shows.")),
         "CatalogItem": obj({"barcode": string(maxLength=64), "sku": string(), "pack_size": integer(1),
                             "description": string()}, ["barcode", "sku", "pack_size", "description"]),
         "CatalogItemIn": obj({"barcode": any_text(BARCODE_MAX_LEN, "GTIN-8/12/13/14 digits (then with a valid GS1 "

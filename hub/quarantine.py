@@ -112,13 +112,18 @@ async def get_quarantine(request: web.Request) -> web.StreamResponse:
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    return web.json_response(
-        {
-            "quarantine": [quarantine_row(r) for r in rows],
-            "next": quarantine_cursor(rows[-1].quarantine_id) if more else None,
-        },
-        dumps=views.dumps,
-    )
+    page: dict[str, Any] = {
+        "quarantine": [quarantine_row(r) for r in rows],
+        "next": quarantine_cursor(rows[-1].quarantine_id) if more else None,
+    }
+    if before_id is None:  # the first page: what waits in all, as a release takes it, however many pages it fills
+        hub_clock, unattributed = await request.app[STORE_KEY].quarantine_totals()
+        page["pending"] = {
+            "total": hub_clock + sum(unattributed.values()),
+            "hub_clock": hub_clock,
+            "unattributed": unattributed,
+        }
+    return web.json_response(page, dumps=views.dumps)
 
 
 def _head(request: web.Request, who: AgentIdentity) -> None:

@@ -1140,13 +1140,22 @@
     return `curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" ${window.location.origin}/v1/quarantine/release`;
   }
 
-  function hubClockNote(rows) {
-    const mine = rows.filter((q) => q.status === "pending" && q.hub_clock_off_ms !== null && q.hub_clock_off_ms !== undefined);
-    if (!mine.length) return null;
-    const off = mine[0].hub_clock_off_ms;
+  // What is held pending in all (GET /v1/quarantine's pending, counted by the hub): a release takes every one of
+  // them, not only those on the page shown (at most QUARANTINE_LIMIT).
+  function pendingTotals(rows, pending) {
+    if (pending) return { hubClock: pending.hub_clock, byAgent: new Map(Object.entries(pending.unattributed)) };
+    const byAgent = new Map(); // an older hub's: the rows shown
+    for (const q of rows.filter(unattributed)) byAgent.set(q.agent_id, (byAgent.get(q.agent_id) || 0) + 1);
+    return { hubClock: rows.filter((q) => q.status === "pending" && !unattributed(q)).length, byAgent };
+  }
+
+  function hubClockNote(rows, totals) {
+    if (!totals.hubClock) return null;
+    const shown = rows.find((q) => q.status === "pending" && !unattributed(q));
+    const off = shown ? shown.hub_clock_off_ms : null;
     return h("div", { class: "warn-note", id: "hub-clock-held", role: "note" },
-      h("p", {}, `${NUM.format(mine.length)} of these were held because of the hub's own clock, not the stores': ` +
-        `it was ${spanText(off)} ${off > 0 ? "ahead of" : "behind"} their clocks, which agreed with each other. ` +
+      h("p", {}, `Of those held, ${NUM.format(totals.hubClock)} ${totals.hubClock === 1 ? "was" : "were"} held because of the hub's own clock, not the stores'` +
+        (off === null ? ", which agreed with each other. " : `: it was ${spanText(off)} ${off > 0 ? "ahead of" : "behind"} their clocks, which agreed with each other. `) +
         "The hub applies each at its own time once its clock is right again; those still outside the window then stay here. " +
         "An admin releases them all now with:"),
       h("code", { class: "command-text", id: "release-command" }, releaseCommand()));
@@ -1164,15 +1173,14 @@
     return q.status === "pending" && (q.hub_clock_off_ms === null || q.hub_clock_off_ms === undefined);
   }
 
-  function unattributedNote(rows) {
-    const mine = rows.filter(unattributed);
-    const byAgent = new Map();
-    for (const q of mine) byAgent.set(q.agent_id, (byAgent.get(q.agent_id) || 0) + 1);
+  function unattributedNote(totals) {
+    const byAgent = totals.byAgent;
     if (!byAgent.size) return null;
+    const all = [...byAgent.values()].reduce((a, b) => a + b, 0);
     const command = (agentId, wrongClock, what) => h("div", { class: "command" }, h("div", { class: "sub" }, what),
       h("code", { class: "command-text", dataset: { wrongClock, agent: agentId } }, releaseHeldCommand(wrongClock, agentId)));
     return h("div", { class: "unattributed-held", id: "unattributed-held", role: "note" },
-      h("p", { class: "muted" }, `For ${NUM.format(mine.length)} of these the hub could not tell whose clock was wrong, ` +
+      h("p", { class: "muted" }, `For ${NUM.format(all)} of those held the hub could not tell whose clock was wrong, ` +
         "its own or the store's (a store alone, or stores whose clocks disagree). Check both against a time server; " +
         "then an admin applies one store's together, as the clock found wrong says, instead of one by one:"),
       ...[...byAgent].map(([agentId, n]) => h("details", { dataset: { agent: agentId } },
@@ -1225,6 +1233,10 @@
       QUARANTINE_STATUSES.map((s) => h("a", { class: "chip", href: "#/quarantine/" + s, "aria-pressed": String(status === s) },
         s[0].toUpperCase() + s.slice(1))));
     const note = body.next ? h("p", { class: "muted" }, `Showing the newest ${NUM.format(QUARANTINE_LIMIT)}; filter by status to see the rest.`) : null;
+    const totals = status === "pending" || status === "all" ? pendingTotals(rows, body.pending) : { hubClock: 0, byAgent: new Map() };
+    const held = body.pending && (status === "pending" || status === "all")
+      ? h("p", { id: "pending-total", dataset: { total: String(body.pending.total) } },
+        `${NUM.format(body.pending.total)} held pending in all.`) : null;
     return [h("div", { class: "view-head" }, h("div", {}, h("h1", {}, "Quarantine"),
       h("p", { class: "muted" }, "Movements the hub held back because the store machine's clock was outside the hub's clock window: " +
         "they are not in any count until an admin applies them at the time the hub received them, or discards them."),
@@ -1233,7 +1245,7 @@
         ", by running the command shown under How to resolve.")),
       h("div", { class: "toolbar" }, csvLink(`/v1/quarantine?status=${status}&format=csv`, "Download CSV",
         `every ${status === "all" ? "" : status + " "}held event (all pages), as a spreadsheet`))),
-    chips, ...(note ? [note] : []), ...[hubClockNote(rows), unattributedNote(rows)].filter(Boolean),
+    chips, ...[held, note, hubClockNote(rows, totals), unattributedNote(totals)].filter(Boolean),
     table(["Status", "Agent", "Location", "SKU", "Kind", ["Qty", "num"], "Stamp it carried", "Received by the hub",
       ["How far off", "num"], "Resolve"], rows.map(quarantineRow),
       status === "pending" ? "Nothing is held: every store's clock was within the window." : "Nothing here.")];

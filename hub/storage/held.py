@@ -229,6 +229,18 @@ async def pending_ids(db: Db, *, hub_clock: bool, agent_id: str | None = None) -
     return [r[0] for r in rows]
 
 
+async def pending_totals(db: Db) -> tuple[int, dict[str, int]]:
+    """How many events are held pending, in one query: those held because of the hub's own clock, and per agent
+    those it did not attribute to it (what ``release_hub_clock`` and ``release_held`` would take)."""
+    rows = await db.fetch(
+        "SELECT agent_id, hub_clock_off_ms IS NOT NULL, COUNT(*) FROM quarantine WHERE status = 'pending' "
+        "GROUP BY agent_id, hub_clock_off_ms IS NOT NULL ORDER BY agent_id",
+        (),
+    )
+    hub_clock = sum(int(n) for _, by_hub, n in rows if by_hub)
+    return hub_clock, {agent_id: int(n) for agent_id, by_hub, n in rows if not by_hub}
+
+
 # Whose clock an operator found wrong, for the held events the hub could not attribute (``release_held``): the
 # hub's (each applied at its own time) or the store's (each at the hub's time of receipt).
 WRONG_HUB, WRONG_STORE = "hub", "store"

@@ -311,6 +311,11 @@ class QuarantineStore(Protocol):
         None: all; ``before_id``: only those with a smaller id (the page after a row)."""
 
     @abc.abstractmethod
+    async def quarantine_totals(self) -> tuple[int, dict[str, int]]:
+        """How many events are held pending, counted in one query: those held because of the hub's own clock
+        (``release_hub_clock`` takes them), and per agent those it did not attribute to it (``release_held``)."""
+
+    @abc.abstractmethod
     async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
         """Resolve one held event in one transaction: "apply_at_receipt" ingests it re-stamped at its
         receipt time (attrs keep the original stamp; counts, feed and variances follow as for any event),

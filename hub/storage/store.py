@@ -279,6 +279,9 @@ class SqlHubStore(HubStore, Generic[D]):
             "reading the quarantine", lambda db: held.held_rows(db, status, location, before_id, limit)
         )
 
+    async def quarantine_totals(self) -> tuple[int, dict[str, int]]:
+        return await self._read_db("reading the quarantine", held.pending_totals)
+
     async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
         held.check_action(action)
         checks.whole(quarantine_id, "quarantine id", 1, 2**63 - 1)

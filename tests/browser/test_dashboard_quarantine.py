@@ -220,7 +220,7 @@ async def test_the_movements_held_because_of_the_hubs_own_clock_are_released_by_
         await page.click("nav a[data-view=quarantine]")
         await expect(page.locator("#view tbody tr[data-quarantine]")).to_have_count(3)
         note = page.locator("#hub-clock-held")
-        await expect(note).to_contain_text("3 of these were held because of the hub's own clock, not the stores'")
+        await expect(note).to_contain_text("Of those held, 3 were held because of the hub's own clock, not the stores'")
         await expect(note).to_contain_text("2.0 days ahead of their clocks")
         command = page.locator("#release-command")
         await expect(command).to_have_text(
@@ -267,7 +267,7 @@ async def test_a_lone_stores_held_movements_are_applied_together_by_the_command_
         await expect(rows).to_have_count(2)
         await expect(page.locator("#hub-clock-held")).to_have_count(0)
         note = page.locator("#unattributed-held")
-        await expect(note).to_contain_text("For 2 of these the hub could not tell whose clock was wrong")
+        await expect(note).to_contain_text("For 2 of those held the hub could not tell whose clock was wrong")
         await note.locator(f'details[data-agent="{agent_id}"] summary').click()
         await expect(note.locator("summary")).to_have_text(f"{agent_id} — 2 held")
         command = note.locator(f'code[data-wrong-clock="store"][data-agent="{agent_id}"]')
@@ -287,4 +287,49 @@ async def test_a_lone_stores_held_movements_are_applied_together_by_the_command_
         await expect(page.locator("#unattributed-held")).to_have_count(0)
         applied = await store.quarantine(status="applied")
         assert [(q.resolved_by, q.agent_id) for q in applied] == [(admin_id, agent_id)] * 2
+        assert console_errors == []
+
+
+async def test_the_view_counts_every_held_movement_a_release_takes_not_only_the_page_shown(
+    page: Page, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """Found: the view counts the held movements on the page it shows (the newest 1,000), while a release takes
+    every one that matches: with 1,200 of a lone store held, it said 1,000 under the command that applies 1,200. The
+    hub now counts them (GET /v1/quarantine's pending, one query) and the view shows those totals."""
+    held_n, other_n = 1_200, 3
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        store = served.store
+        _, reader = await store.add_agent([], role="reader")
+        store_now = wall_ms_now() + 3 * 3_600_000
+        agents = []
+        for n in (held_n, other_n):
+            agent_id, token = await store.add_agent(["S001"])
+            who = await store.authenticate(token)
+            assert who is not None
+            sales = [
+                StockEvent(new_event_id(), agent_id, 1, seq, "S001", "TEE-BLK-M", Kind.SALE, -1,
+                           pack_hlc(store_now - 600_000 + seq, 0), store_now - 600_000 + seq, "pos:till")
+                for seq in range(1, n + 1)
+            ]  # fmt: skip
+            result = await store.ingest(who, 1, sales, clock_window_ms=3_600_000, sent_ms=store_now)
+            assert [r.code for r in result.rejected] == ["quarantined"] * n
+            agents.append(agent_id)
+
+        await sign_in(page, served.url, reader)
+        await page.click("nav a[data-view=quarantine]")
+        await expect(page.locator("#view tbody tr[data-quarantine]")).to_have_count(1_000)  # the newest page
+        total = page.locator("#pending-total")
+        await expect(total).to_have_text("1,203 held pending in all.")
+        note = page.locator("#unattributed-held")
+        await expect(note).to_contain_text("For 1,203 of those held the hub could not tell whose clock was wrong")
+        for agent_id, n in zip(agents, (held_n, other_n), strict=True):
+            await expect(note.locator(f'details[data-agent="{agent_id}"] summary')).to_have_text(
+                f"{agent_id} — {n:,} held"
+            )
+        applied = page.locator('a.chip[href="#/quarantine/applied"]')
+        await applied.click()
+        await expect(applied).to_have_attribute("aria-pressed", "true")
+        await expect(page.locator("#view tbody tr[data-quarantine]")).to_have_count(0)
+        await expect(page.locator("#pending-total")).to_have_count(0)  # what is applied has no release to take
+        await expect(page.locator("#unattributed-held")).to_have_count(0)
         assert console_errors == []

@@ -165,8 +165,10 @@ class ClockTransferContract:
         held = await store.ingest(slow, 1, [late], clock_window_ms=60_000, sent_ms=store_now - 2 * 3_600_000)
         assert [r.code for r in held.rejected] == ["quarantined"]
         assert [q.hub_clock_off_ms for q in await store.quarantine()] == [None, None]
+        assert await store.quarantine_totals() == (0, {right.agent_id: 1, slow.agent_id: 1})
 
         assert (await store.hub_clock_found(hub_ahead))[0] == 1
+        assert await store.quarantine_totals() == (1, {slow.agent_id: 1}), "what each release takes, counted"
         [said] = [e.detail for e in await store.exceptions() if e.kind == "clock_quarantine" and e.location == "S1"]
         assert "the hub's own clock was 2.0 days off its stores' then, so it is applied at its own time" in said
         by_agent = {q.agent_id: q for q in await store.quarantine()}
@@ -180,6 +182,7 @@ class ClockTransferContract:
         assert await on_hand(store) == (-1, 0)
         assert [q.agent_id for q in await store.quarantine()] == [slow.agent_id], "the other waits for an operator"
         assert await store.release_hub_clock(60_000, "hub") == (0, 0), "nothing released twice"
+        assert await store.quarantine_totals() == (0, {slow.agent_id: 1}), "only what is pending is counted"
 
     async def test_a_release_that_leaves_many_pending_says_so_in_one_sentence(
         self, store: HubStore, caplog: pytest.LogCaptureFixture
