@@ -31,7 +31,6 @@ from protocol.codec import DISK_STATES
 DISK_UNREPORTED = "unreported"  # the disk state counted for an agent without a disk report
 RECENT_WINDOW_S = 3_600
 RECENT_BUCKET_S = 60
-QUARANTINE_COUNT_MAX = 1_000  # the pending-quarantine gauge counts this many at most (any is worth an alert)
 EXCEPTIONS_COUNT_MAX = 10_000  # exceptions counted per scrape at most (one bounded read)
 INGEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -220,7 +219,7 @@ class HubMetrics:
         )
         self.quarantine_pending = Gauge(
             "shelfsync_quarantine_pending_events",
-            f"Events held in the clock quarantine waiting for an operator (counted up to {QUARANTINE_COUNT_MAX}).",
+            "Events held in the clock quarantine waiting for an operator or a release (all of them).",
             registry=r,
         )
         self.exceptions = Gauge(
@@ -295,8 +294,8 @@ async def get_metrics(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="/metrics takes no query parameters")
     store = request.app[STORE_KEY]
     agents = await store.agent_status()
-    held = await store.quarantine(status="pending", limit=QUARANTINE_COUNT_MAX)
-    request.app[METRICS_KEY].quarantine_pending.set(len(held))
+    hub_clock, unattributed = await store.quarantine_totals()
+    request.app[METRICS_KEY].quarantine_pending.set(hub_clock + sum(unattributed.values()))
     windows = request.app[METRICS_KEY].exception_windows
     listed = collections.Counter(row.kind for row in await store.exceptions(limit=EXCEPTIONS_COUNT_MAX, **windows))
     gauge = request.app[METRICS_KEY].exceptions

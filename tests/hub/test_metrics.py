@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.metrics import RecentIngest
-from protocol import Kind
+from protocol import Kind, StockEvent, new_event_id, pack_hlc, wall_ms_now
 from tests.hub.feed_helpers import Hub, running_hub
 
 
@@ -109,3 +109,23 @@ async def test_exceptions_are_counted_by_kind_and_a_kind_gone_goes_to_nothing(tm
         await agent.sync((Kind.RECEIVE, 5))
         m = await scrape(hub)
         assert ("shelfsync_exceptions_listed", (("kind", "negative_on_hand"),)) not in m
+
+
+async def test_the_pending_quarantine_gauge_counts_every_held_event_not_the_first_thousand(tmp_path: Path) -> None:
+    """Found: the gauge read one page of held events (1,000) and reported its length, so 1,200 held read 1,000 — the
+    figure an alert on a growing quarantine watches. It now reads the hub's totals of what is pending."""
+    async with running_hub(tmp_path) as hub:
+        agent_id, token = await hub.store.add_agent(["S1"])
+        who = await hub.store.authenticate(token)
+        assert who is not None
+        store_now = wall_ms_now() + 3 * 3_600_000  # three hours ahead of the hub: held
+        sales = [
+            StockEvent(new_event_id(), agent_id, 1, seq, "S1", "A", Kind.SALE, -1,
+                       pack_hlc(store_now - 600_000 + seq, 0), store_now - 600_000 + seq, "pos:till")
+            for seq in range(1, 1_201)
+        ]  # fmt: skip
+        result = await hub.store.ingest(who, 1, sales, clock_window_ms=3_600_000, sent_ms=store_now)
+        assert [r.code for r in result.rejected] == ["quarantined"] * 1_200
+
+        m = await scrape(hub)
+        assert m[("shelfsync_quarantine_pending_events", ())] == 1_200
