@@ -30,6 +30,7 @@ from agent.config_sources import (
     config_source,
     default_data_dir,
     environment_overrides,
+    path_problem,
 )
 from agent.db import SYNCHRONOUS_MODES
 from agent.errors import ConfigError, OutboxError
@@ -45,7 +46,7 @@ from agent.sessions.model import check_staff
 from protocol import MAX_BATCH_EVENTS, csvtext
 from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
 from protocol.routes import HEALTH_PATH
-from protocol.textfile import read_text
+from protocol.textfile import read_text, toml_hint
 from protocol.values import token_problem
 
 OUTBOX_FILENAME = "outbox.sqlite3"
@@ -254,7 +255,7 @@ class _Section:
         return value
 
     def path_value(self, key: str, default: Path) -> Path:
-        value = self.get(key, str, None, _non_empty)
+        value = self.get(key, str, None, lambda v: _non_empty(v) or path_problem(v))
         return default if value is None else (self.path.parent / Path(value).expanduser())
 
 
@@ -395,7 +396,7 @@ def _read(path: Path, source: ConfigSource, overrides: Overrides) -> dict[str, A
     except UnicodeDecodeError as err:
         raise ConfigError(f"the configuration file {path} is not UTF-8 text") from err
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"the configuration file {path} is not valid TOML ({err})") from err
+        raise ConfigError(f"the configuration file {path} is not valid TOML ({err}){toml_hint(err)}") from err
 
 
 def _table(path: Path, doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:

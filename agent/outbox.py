@@ -62,6 +62,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import secrets
 import shutil
 import sqlite3
@@ -115,6 +116,8 @@ from protocol.hlc import pack_hlc, unpack_hlc, wall_ms_now
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# SQLite's Unix files: a database path of up to 512 bytes with room for "-journal" (its MAX_PATHNAME)
+SQLITE_PATH_MAX = 504
 SCHEMA_VERSION = 2  # 2: the lineage chain (a ``chain`` per row)
 CHAIN_BYTES = 16
 ZERO_CHAIN = bytes(CHAIN_BYTES)  # the chain before the first row
@@ -494,6 +497,11 @@ class Outbox(SqliteFile):
                 raise OutboxError(
                     f"the outbox {path} stayed locked by another process for {OPEN_BUSY_S:g} s; try again"
                 ) from err
+            if (size := len(os.fsencode(path.absolute()))) > SQLITE_PATH_MAX and "unable to open" in str(err):
+                raise OutboxError(
+                    f"the outbox {path} cannot be opened: its path is {size} bytes long, and SQLite opens a file"
+                    f" by a path of at most {SQLITE_PATH_MAX} bytes; choose a shorter data_dir (or outbox)"
+                ) from err
             raise OutboxError(f"{path} is not a usable shelfsync outbox: {err}") from err
         except BaseException:
             await db.close()
@@ -523,6 +531,7 @@ class Outbox(SqliteFile):
                 base_chain=ZERO_CHAIN,
             )
         elif location is not None and _meta(conn, "location") != location:
+            self._refuse_other_agent(conn, agent_id)  # another agent's outbox moves nowhere: it is refused
             self._move(conn, _meta(conn, "location"), location)
         if _meta(conn, "schema_version") == 1:
             _migrate_to_2(conn)
@@ -553,15 +562,19 @@ class Outbox(SqliteFile):
             raise OutboxError(f"{self.path} is not a shelfsync outbox (it has no agent identity)")
         if version > SCHEMA_VERSION:
             raise OutboxError(f"{self.path} was written by a newer shelfsync (schema {version}); upgrade this agent")
-        stored_agent = _meta(conn, "agent_id")
-        if agent_id is not None and stored_agent != agent_id:
-            raise OutboxOfAnotherAgent(self.path, stored_agent, agent_id, _backlog(conn)[0])
-        self.agent_id = stored_agent
+        self.agent_id = self._refuse_other_agent(conn, agent_id)
         self._chain_column = "chain" if version >= 2 else "NULL"  # a schema-1 file opened read-only (status)
         self.location = _meta(conn, "location")
         self.epoch = _meta(conn, "epoch")
         self.clock.observe(_meta(conn, "hlc_last", 0))
         self._issued, self._acked = _marks(conn)
+
+    def _refuse_other_agent(self, conn: sqlite3.Connection, agent_id: str | None) -> str:
+        """The outbox's agent id; ``OutboxOfAnotherAgent`` when the configuration names another."""
+        stored_agent: str = _meta(conn, "agent_id")
+        if agent_id is not None and stored_agent != agent_id:
+            raise OutboxOfAnotherAgent(self.path, stored_agent, agent_id, _backlog(conn)[0])
+        return stored_agent
 
     def _closed_error(self) -> Exception:
         return OutboxClosed(self.path)

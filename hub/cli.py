@@ -23,6 +23,7 @@ import asyncio
 import errno
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -554,7 +555,7 @@ async def _agent_add_config(store: CredentialStore, plan: ConfigPlan, out: TextI
     out.write(
         f"wrote the configuration of agent {agent_id} (location {plan.locations[0]}, hub {plan.hub_url}) to "
         f"{plan.write}, mode 0600; it holds the only copy of the agent's token. Start the agent with: "
-        f"shelfsync-agent run --config {plan.write}\n"
+        f"shelfsync-agent run --config {shlex.quote(str(plan.write))}\n"  # quoted: a path with spaces pasted as it is
     )
 
 

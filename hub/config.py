@@ -31,7 +31,7 @@ from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLO
 from hub.heartbeat import DEFAULT_LEASE_STALE_S
 from hub.storage.base import HubError
 from hub.webhook_spec import WebhookConfigError, WebhookSpec, parse_webhooks
-from protocol.textfile import decode_text, read_text
+from protocol.textfile import decode_text, read_text, toml_hint
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8470
@@ -491,7 +491,7 @@ def _read_file(path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path} is not UTF-8 text") from err
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid TOML ({err})") from err
+        raise ConfigError(f"config file {path} is not valid TOML ({err}){toml_hint(err)}") from err
     extra = sorted(set(doc) - {"hub", "webhooks", "channel"})
     if extra:
         raise ConfigError(

@@ -10,6 +10,7 @@ it shows right in any editor. A file without a mark is UTF-8, strictly: ``Unicod
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 from protocol.csvtext import BOMS
@@ -29,3 +30,13 @@ def decode_text(raw: bytes) -> str:
         if raw.startswith(mark):
             return raw[len(mark) :].decode(codec)
     return raw.decode("utf-8")
+
+
+def toml_hint(err: tomllib.TOMLDecodeError) -> str:
+    """What to write instead, for the TOML mistake of a person used to Windows paths: ``"C:\\ProgramData\\…"``."""
+    if "Unescaped '\\'" in str(err):
+        return (
+            "; a backslash in a \"double-quoted\" string starts an escape: write a Windows path in 'single quotes'"
+            " (or with forward slashes, or each backslash twice)"
+        )
+    return ""

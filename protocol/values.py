@@ -301,4 +301,8 @@ def token_problem(token: str) -> str | None:
         return f"it holds {len(lines)} lines"
     if not all("!" <= c <= "~" for c in token):
         return "it holds a space, a control character or a non-ASCII character"
+    if len(token) > 1 and token[0] == token[-1] and token[0] in "'\"":
+        # pasted with its quotes: a docker --env-file or systemd EnvironmentFile= line keeps them, and so does a
+        # TOML value quoted twice; the hub would only answer 401, as for a revoked credential
+        return "it is wrapped in quotes, which are not part of the credential; remove them"
     return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config_sources import path_problem
 from agent.errors import ConfigError
 from agent.pos.errors import BadValue, PosImportError
 from agent.pos.profiles import BUILTIN_PROFILES, Profile, profile_from_toml
@@ -100,6 +101,8 @@ def _from_mapping(table: Mapping[str, Any], base_dir: Path) -> PosImportConfig:
             return None
         if not isinstance(value, str) or not value:
             raise ValueError(f"{key} must be a path")
+        if problem := path_problem(value):
+            raise ValueError(f"{key} {problem}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else base_dir / p
 
