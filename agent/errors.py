@@ -48,12 +48,32 @@ class OutboxMissing(OutboxError):
 class OutboxOfAnotherAgent(OutboxError):
     """The outbox was created for another agent id than the configuration's; ``recovery`` says what to do."""
 
-    def __init__(self, path: str, outbox_agent: str, configured_agent: str, waiting: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        outbox_agent: str,
+        configured_agent: str,
+        waiting: int,
+        *,
+        outbox_location: str | None = None,
+        configured_location: str | None = None,
+    ) -> None:
         self.path, self.outbox_agent, self.configured_agent, self.waiting = path, outbox_agent, configured_agent, waiting
+        self.outbox_location, self.configured_location = outbox_location, configured_location
         super().__init__(self.recovery("shelfsync-agent rebind"))
 
     def recovery(self, command: str) -> str:
         """One sentence naming both ids and ``command``, the rebind command line to run."""
+        if self.outbox_location and self.configured_location and self.outbox_location != self.configured_location:
+            # Another id and another location: most likely another store's agent on the same data_dir (two
+            # configurations in one folder, a folder copied from another store), which a rebind would take over.
+            return (
+                f"the outbox {self.path} belongs to agent {self.outbox_agent!r} at {self.outbox_location}, not"
+                f" {self.configured_agent!r} at {self.configured_location} as this configuration says; if this is"
+                " another store's agent, give it its own data_dir (two agents never share an outbox); if it is this"
+                f" store's agent under a new id, run `{command}` to send its {self.waiting:,} waiting movements"
+                f" as {self.configured_agent!r}"
+            )
         return (
             f"the outbox {self.path} belongs to agent {self.outbox_agent!r}, not {self.configured_agent!r} as this"
             f" configuration says; to send its {self.waiting:,} waiting movements as {self.configured_agent!r}, run"

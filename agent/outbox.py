@@ -531,7 +531,7 @@ class Outbox(SqliteFile):
                 base_chain=ZERO_CHAIN,
             )
         elif location is not None and _meta(conn, "location") != location:
-            self._refuse_other_agent(conn, agent_id)  # another agent's outbox moves nowhere: it is refused
+            self._refuse_other_agent(conn, agent_id, location)  # another agent's outbox moves nowhere: refused
             self._move(conn, _meta(conn, "location"), location)
         if _meta(conn, "schema_version") == 1:
             _migrate_to_2(conn)
@@ -569,11 +569,14 @@ class Outbox(SqliteFile):
         self.clock.observe(_meta(conn, "hlc_last", 0))
         self._issued, self._acked = _marks(conn)
 
-    def _refuse_other_agent(self, conn: sqlite3.Connection, agent_id: str | None) -> str:
+    def _refuse_other_agent(self, conn: sqlite3.Connection, agent_id: str | None, location: str | None = None) -> str:
         """The outbox's agent id; ``OutboxOfAnotherAgent`` when the configuration names another."""
         stored_agent: str = _meta(conn, "agent_id")
         if agent_id is not None and stored_agent != agent_id:
-            raise OutboxOfAnotherAgent(self.path, stored_agent, agent_id, _backlog(conn)[0])
+            raise OutboxOfAnotherAgent(
+                self.path, stored_agent, agent_id, _backlog(conn)[0],
+                outbox_location=_meta(conn, "location"), configured_location=location,
+            )  # fmt: skip
         return stored_agent
 
     def _closed_error(self) -> Exception:

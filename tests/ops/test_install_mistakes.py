@@ -145,7 +145,10 @@ def test_an_outbox_of_another_agent_is_refused_without_saying_it_moved(tmp_path:
     done = run_agent("record", "--config", str(other), "--sku", "A", "--kind", "receive", "--qty", "1",
                      env=agent_env(), cwd=tmp_path)  # fmt: skip
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
-    assert "belongs to agent 'store-1', not 'store-2'" in done.stderr
+    # another store's agent (another id and location), not this store's under a new credential: rebind is not the cure
+    (sentence,) = [line for line in done.stderr.splitlines() if line.startswith("shelfsync-agent: ")]
+    assert "belongs to agent 'store-1' at S001, not 'store-2' at S002" in sentence
+    assert "give it its own data_dir" in sentence
     assert "is now for S002" not in done.stderr  # nothing moved: the outbox is still S001's
     with sqlite3.connect(where / "outbox.sqlite3") as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'location'").fetchone() == ("S001",)
