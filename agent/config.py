@@ -30,7 +30,6 @@ from agent.config_sources import (
     config_source,
     default_data_dir,
     environment_overrides,
-    path_problem,
 )
 from agent.db import SYNCHRONOUS_MODES
 from agent.errors import ConfigError, OutboxError
@@ -47,7 +46,7 @@ from protocol import MAX_BATCH_EVENTS, csvtext
 from protocol.retry import RETRY_BASE_S, RETRY_MAX_S
 from protocol.routes import HEALTH_PATH
 from protocol.textfile import read_text, toml_hint
-from protocol.values import token_problem
+from protocol.values import path_problem, token_problem
 
 OUTBOX_FILENAME = "outbox.sqlite3"
 LOCALAPI_HOST = "127.0.0.1"

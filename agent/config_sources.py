@@ -18,7 +18,6 @@ docs/agent.md ("Environment") lists every variable; a test checks.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from agent.errors import ConfigError
+from protocol.values import path_problem
 
 CONFIG_ENV = "SHELFSYNC_AGENT_CONFIG"
 LOG_LEVEL_ENV = "SHELFSYNC_AGENT_LOG_LEVEL"
@@ -49,29 +49,6 @@ ENVIRONMENT: Mapping[str, str] = {
 COMMAND_ENVIRONMENT = (CONFIG_ENV, LOG_LEVEL_ENV)
 PATH_KEYS = frozenset({"token_file", "ca_file", "data_dir", "outbox"})
 SECRET_KEYS = ("token", "token_file")  # one of them wins as a pair: an env token replaces the file's token_file
-# C:\… or C:/… (a drive) or \\server\share (UNC): a Windows path, which a POSIX system reads as a relative name
-WINDOWS_PATH = re.compile(r"[A-Za-z]:[\\/]|\\\\")
-
-
-def path_problem(value: str, *, platform: str | None = None) -> str | None:
-    """Why ``value`` cannot be a path of this system, or None.
-
-    A control character comes of a backslash in a "double-quoted" TOML string (``"C:\\new\\tmp"`` holds a line
-    break and a tab: TOML's escapes); a Windows path on a POSIX system (a configuration copied from a Windows store
-    PC) would be a folder named ``C:\\ProgramData\\…`` beside the configuration file. Either is refused, not made.
-    """
-    platform = sys.platform if platform is None else platform
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return (
-            f'holds a control character ({value!r}): in a "double-quoted" TOML string a backslash starts an escape'
-            " such as \\n or \\t; write a Windows path in 'single quotes' (or with forward slashes)"
-        )
-    if platform != "win32" and WINDOWS_PATH.match(value):
-        return (
-            f"is a Windows path ({value!r}) and this system is not Windows; write a path of this system, such as"
-            f" {POSIX_DATA_DIR} (a configuration from a Windows store PC needs its paths changed)"
-        )
-    return None
 
 
 def default_config_path(*, platform: str | None = None, environ: Mapping[str, str] | None = None) -> Path:

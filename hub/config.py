@@ -32,6 +32,7 @@ from hub.heartbeat import DEFAULT_LEASE_STALE_S
 from hub.storage.base import HubError
 from hub.webhook_spec import WebhookConfigError, WebhookSpec, parse_webhooks
 from protocol.textfile import decode_text, read_text, toml_hint
+from protocol.values import path_problem
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8470
@@ -379,6 +380,8 @@ def _database_url(values: Mapping[str, Any], base: Path, where: str) -> str:
     if DATABASE_URL_FILE_KEY not in values:
         db = values["db"]
         _typed("db", db, str)
+        if db and not _is_url(db) and (problem := path_problem(db)):
+            raise ConfigError(f"db {problem} (in {where})")
         if db and not _is_url(db) and not Path(db).is_absolute():
             db = str(base / db)  # a relative path in a config file is relative to that file
         return str(db)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeGuard
@@ -305,4 +306,29 @@ def token_problem(token: str) -> str | None:
         # pasted with its quotes: a docker --env-file or systemd EnvironmentFile= line keeps them, and so does a
         # TOML value quoted twice; the hub would only answer 401, as for a revoked credential
         return "it is wrapped in quotes, which are not part of the credential; remove them"
+    return None
+
+
+# C:\… or C:/… (a drive) or \\server\share (UNC): a Windows path, which a POSIX system reads as a relative name
+WINDOWS_PATH = re.compile(r"[A-Za-z]:[\\/]|\\\\")
+
+
+def path_problem(value: str, *, platform: str | None = None) -> str | None:
+    """Why ``value`` cannot be a path of this system, or None.
+
+    A control character comes of a backslash in a "double-quoted" TOML string (``"C:\\new\\tmp"`` holds a line
+    break and a tab: TOML's escapes); a Windows path on a POSIX system (a configuration copied from a Windows
+    machine) would be a folder named ``C:\\ProgramData\\…`` beside the configuration file. Either is refused, not made.
+    """
+    platform = sys.platform if platform is None else platform
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return (
+            f'holds a control character ({value!r}): in a "double-quoted" TOML string a backslash starts an escape'
+            " such as \\n or \\t; write a Windows path in 'single quotes' (or with forward slashes)"
+        )
+    if platform != "win32" and WINDOWS_PATH.match(value):
+        return (
+            f"is a Windows path ({value!r}) and this system is not Windows; write a path of this system (a"
+            " configuration from a Windows machine needs its paths changed)"
+        )
     return None

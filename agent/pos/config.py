@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config_sources import path_problem
 from agent.errors import ConfigError
 from agent.pos.errors import BadValue, PosImportError
 from agent.pos.profiles import BUILTIN_PROFILES, Profile, profile_from_toml
 from agent.pos.timezones import ZoneResolver
 from agent.pos.values import DateOrder, DecimalSeparator
 from protocol.textfile import read_text
+from protocol.values import path_problem
 
 SETTLE_DEFAULT_S = 2.0
 UNFINISHED_LINE_DEFAULT_S = 300.0

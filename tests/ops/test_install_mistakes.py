@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.commands import new_hub_db, run_agent, run_hub
+from tests.harness.commands import hub_env, new_hub_db, run_agent, run_hub
 
 TOKEN = "ssk1.store-1.4Bcd7b259Y4N-eV0uyFsnWd50CkulcH4mv1_I7qz1kQ"
 
@@ -163,3 +163,34 @@ def test_agent_add_write_names_a_start_command_a_shell_takes_as_it_is(tmp_path: 
     assert done.returncode == 0, done.stderr
     command = done.stdout.strip().rsplit("Start the agent with: ", 1)[1]
     assert shlex.split(command) == ["shelfsync-agent", "run", "--config", str(target)]
+
+
+@pytest.mark.parametrize(
+    ("how", "db"),
+    [
+        ("--db", "C:\\ProgramData\\shelfsync\\hub.db"),
+        ("SHELFSYNC_HUB_DB", "\\\\fileserver\\shelfsync\\hub.db"),
+        ("config", "'D:\\shelfsync\\hub.db'"),
+        ("config", '"hubs\\new.db"'),
+    ],
+    ids=["--db", "environment", "config file", "escape in a double-quoted string"],
+)
+def test_a_windows_or_escaped_hub_db_path_is_refused_and_nothing_is_made(tmp_path: Path, how: str, db: str) -> None:
+    where = folder(tmp_path)
+    env = hub_env()
+    args = ["init"]
+    if how == "--db":
+        args += ["--db", db]
+    elif how == "SHELFSYNC_HUB_DB":
+        env["SHELFSYNC_HUB_DB"] = db
+    else:
+        (where / "hub.toml").write_text(f"[hub]\ndb = {db}\n", encoding="utf-8")
+        args += ["--config", str(where / "hub.toml")]
+    before = listing(tmp_path)
+    done = run_hub(*args, env=env, cwd=where)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    (sentence,) = done.stderr.splitlines()
+    assert sentence.startswith("shelfsync-hub: db ") and (
+        "is a Windows path" in sentence or "'single quotes'" in sentence
+    )
+    assert listing(tmp_path) == before
