@@ -456,10 +456,17 @@ class Outbox(SqliteFile):
             raise OutboxError("creating an outbox needs the agent id and the location")
         if agent_id is not None and location is not None:
             check_identity(agent_id, location)
-        if not path.exists():
+        new = not path.exists()
+        if new:
             if not create:
                 raise OutboxMissing(str(path))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # a user who may not write where the service keeps its data, a drive not there
+                raise OutboxError(
+                    f"the folder {path.parent} for the outbox cannot be made ({err.strerror or err}); check data_dir"
+                    " and that this user may write there"
+                ) from err
             # Leftovers of a deleted file must not be replayed into the new one.
             for stale in ("-wal", "-shm", "-journal"):
                 path.with_name(path.name + stale).unlink(missing_ok=True)
@@ -496,6 +503,11 @@ class Outbox(SqliteFile):
             if isinstance(err, sqlite3.OperationalError) and _busy(err):
                 raise OutboxError(
                     f"the outbox {path} stayed locked by another process for {OPEN_BUSY_S:g} s; try again"
+                ) from err
+            if new and "unable to open" in str(err) and len(os.fsencode(path.absolute())) <= SQLITE_PATH_MAX:
+                raise OutboxError(
+                    f"the outbox {path} cannot be created ({err}); check data_dir and that this user may write in"
+                    f" {path.parent}"
                 ) from err
             if (size := len(os.fsencode(path.absolute()))) > SQLITE_PATH_MAX and "unable to open" in str(err):
                 raise OutboxError(

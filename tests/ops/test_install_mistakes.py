@@ -194,3 +194,22 @@ def test_a_windows_or_escaped_hub_db_path_is_refused_and_nothing_is_made(tmp_pat
         "is a Windows path" in sentence or "'single quotes'" in sentence
     )
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("data_dir", "said"),
+    [
+        ("/proc/shelfsync", "the folder /proc/shelfsync for the outbox cannot be made (No such file or directory)"),
+        ("/proc/self", "the outbox /proc/self/outbox.sqlite3 cannot be created"),
+    ],
+    ids=["a folder that cannot be made", "a folder where no file can be made"],
+)
+def test_a_data_dir_the_agent_cannot_write_is_one_sentence(tmp_path: Path, data_dir: str, said: str) -> None:
+    # as a store's own user runs `record` on the service's configuration: /var/lib/shelfsync-agent is not theirs
+    where = folder(tmp_path)
+    path = config(where, f"data_dir = '{data_dir}'\n", token=f'"{TOKEN}"')
+    done = run_agent("record", "--config", str(path), "--sku", "A", "--kind", "receive", "--qty", "1",
+                     env=agent_env(), cwd=tmp_path)  # fmt: skip
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    (sentence,) = done.stderr.splitlines()
+    assert said in sentence and "Traceback" not in sentence
