@@ -185,7 +185,7 @@ def text_param(field: values.TextField, value: str, name: str, *, stored: bool =
     dot-segment rule, ``.`` or ``..``, is still found."""
     problem = field.problem(value, stored=stored)
     if problem is not None:
-        raise web.HTTPBadRequest(text=f"{name} {problem}; a {field.what} is {field.rule()}")
+        raise web.HTTPBadRequest(text=f"{name} {problem}; {field.a_what} is {field.rule()}")
     return value
 
 

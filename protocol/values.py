@@ -143,10 +143,15 @@ class TextField:
         if len(value) > self.max_len:
             return f"is {len(value)} characters long; the limit is {self.max_len}"
         if NOT_TEXT_RE.search(value) is not None or (self.pattern is not None and not self.pattern.fullmatch(value)):
-            return f"{_quote(value)} is not a {self.what}"
+            return f"{_quote(value)} is not {self.a_what}"
         if self.path_segment and not stored and value in DOT_SEGMENTS:
-            return f"{_quote(value)} is not a {self.what}: browsers and HTTP clients remove it from a URL path"
+            return f"{_quote(value)} is not {self.a_what}: browsers and HTTP clients remove it from a URL path"
         return None
+
+    @property
+    def a_what(self) -> str:
+        """``what`` with its article: "an agent id", "a SKU"."""
+        return f"{'an' if self.what[0] in 'aeio' else 'a'} {self.what}"
 
     def valid(self, value: object) -> bool:
         return self.problem(value) is None
@@ -155,7 +160,7 @@ class TextField:
         """``value`` if it is one of these; else ``ProtocolError`` naming ``name``."""
         problem = self.problem(value, allow_empty=allow_empty, stored=stored)
         if problem is not None:
-            raise ProtocolError(f"{problem}; a {self.what} is {self.rule()}", field=name)
+            raise ProtocolError(f"{problem}; {self.a_what} is {self.rule()}", field=name)
         assert isinstance(value, str)
         return value
 

@@ -213,3 +213,13 @@ def test_a_data_dir_the_agent_cannot_write_is_one_sentence(tmp_path: Path, data_
     assert (done.returncode, done.stdout) == (1, ""), done.stderr
     (sentence,) = done.stderr.splitlines()
     assert said in sentence and "Traceback" not in sentence
+
+
+def test_an_agent_id_with_a_space_is_named_in_plain_english(tmp_path: Path) -> None:
+    where = folder(tmp_path)
+    path = where / "agent.toml"
+    path.write_text('[agent]\nid = "store 1"\nlocation = "S001"\n', encoding="utf-8")
+    done = run_agent("status", "--config", str(path), env=agent_env(), cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    (sentence,) = done.stderr.splitlines()
+    assert "'store 1' is not an agent id; an agent id is ASCII letters" in sentence, sentence
