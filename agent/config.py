@@ -428,6 +428,8 @@ def _agent(s: _Section) -> AgentSection:
     _directory(s, "data_dir", data_dir, data_dir)
     outbox = s.path_value("outbox", data_dir / OUTBOX_FILENAME)
     _directory(s, "outbox", outbox, outbox.parent)
+    if outbox.is_dir():  # outbox names the file; data_dir the folder
+        raise s.error("outbox", f"must be a file, such as {outbox / OUTBOX_FILENAME}; {outbox} is a folder")
     return AgentSection(
         id=agent_id,
         location=location,

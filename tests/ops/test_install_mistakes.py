@@ -223,3 +223,16 @@ def test_an_agent_id_with_a_space_is_named_in_plain_english(tmp_path: Path) -> N
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
     (sentence,) = done.stderr.splitlines()
     assert "'store 1' is not an agent id; an agent id is ASCII letters" in sentence, sentence
+
+
+def test_an_outbox_that_names_a_folder_is_refused_naming_the_file_to_give(tmp_path: Path) -> None:
+    where = folder(tmp_path)
+    (where / "data").mkdir()
+    path = config(where, "outbox = 'data'\n", token=f'"{TOKEN}"')
+    before = listing(tmp_path)
+    done = run_agent("record", "--config", str(path), "--sku", "A", "--kind", "receive", "--qty", "1",
+                     env=agent_env(), cwd=tmp_path)  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    (sentence,) = done.stderr.splitlines()
+    assert "[agent] outbox must be a file" in sentence and f"{where / 'data'} is a folder" in sentence, sentence
+    assert listing(tmp_path) == before
