@@ -167,6 +167,11 @@ NOT_API_ROUTES: Mapping[str, str] = {
 # --- schema helpers ------------------------------------------------------------------------------------
 
 
+def article(noun: str) -> str:
+    """"A" or "An" before ``noun`` (a field's name or an event kind, all spelled in lower-case English)."""
+    return "An" if noun[:1] in "aeiou" else "A"
+
+
 def ref(name: str) -> JSON:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -255,7 +260,7 @@ def text(field: values.TextField, description: str | None = None, *, stored: boo
     """A ``protocol.values.TextField``: 1 to ``max_len`` characters of text, with its own pattern if it has one;
     not ``.`` or ``..`` when the field is a path segment, unless ``stored`` (a query parameter that finds a value
     stored before that rule)."""
-    words = f"A {field.what}: {field.rule()}."
+    words = f"{article(field.what)} {field.what}: {field.rule()}."
     schema = string(f"{description} {words}" if description else words, minLength=1, maxLength=field.max_len)
     if field is values.SOURCE:
         schema["pattern"] = source_pattern()
@@ -293,11 +298,11 @@ def movement_rules() -> list[JSON]:
         if kind is Kind.COUNT:
             qty = integer(0, QTY_MAX, "A count is the absolute quantity on the shelf.")
         elif sign == -1:
-            qty = integer(-QTY_MAX, -1, f"A {kind.value} takes units away: negative.")
+            qty = integer(-QTY_MAX, -1, f"{article(kind.value)} {kind.value} takes units away: negative.")
         elif sign == 1:
-            qty = integer(1, QTY_MAX, f"A {kind.value} adds units: positive.")
+            qty = integer(1, QTY_MAX, f"{article(kind.value)} {kind.value} adds units: positive.")
         else:
-            qty = integer(-QTY_MAX, QTY_MAX, f"A {kind.value} moves units either way, never 0.", **{"not": {"const": 0}})
+            qty = integer(-QTY_MAX, QTY_MAX, f"{article(kind.value)} {kind.value} moves units either way, never 0.", **{"not": {"const": 0}})
         then: JSON = {"properties": {"qty": qty}}
         if kind in REF_REQUIRED:
             then["required"] = ["ref"]
