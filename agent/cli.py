@@ -807,6 +807,7 @@ async def _resend(config: AgentConfig, args: argparse.Namespace) -> int:
                 )
             except OutboxError as err:
                 raise ConfigError(str(err)) from err
+            aside = (await outbox.stats()).set_aside_codes if args.code else {}
     for r in done.requeued:
         ev = r.event
         print(
@@ -816,7 +817,13 @@ async def _resend(config: AgentConfig, args: argparse.Namespace) -> int:
     left = "".join(
         f"; {n:,} set aside as {code} stay aside: {NEVER_RESENT[code]}" for code, n in sorted(done.refused.items())
     )
-    if not done.requeued:
+    if not done.requeued and args.code and not set(args.code) & aside.keys():
+        now = ", ".join(f"{n:,} as {code}" for code, n in sorted(aside.items())) or "none"
+        print(
+            f"No movement of {a.outbox} is set aside as {', '.join(sorted(set(args.code)))}, so none was queued"
+            f" again; set aside now: {now} (`{PROG} status` counts them by code)."
+        )
+    elif not done.requeued:
         print(f"No set-aside movement of {a.outbox} was queued again{left}.")
     else:
         print(

@@ -123,3 +123,21 @@ async def test_a_movement_set_aside_above_the_acknowledged_mark_is_queued_again_
         stats = await outbox.stats()
         assert (stats.backlog, stats.last_seq, stats.set_aside) == (2, 3, 0)
         assert [e.seq for e in (await outbox.outgoing(100)).events] == [2, 3]
+
+
+async def test_a_resend_naming_a_code_nothing_is_set_aside_as_says_so_and_what_is(tmp_path: Path) -> None:
+    """Found (install attack round): `resend --code forbiden_location`, a typo, said only that nothing was queued
+    again, as if nothing were set aside. It names the code and what is set aside, and nothing moves."""
+    path = tmp_path / "outbox.sqlite3"
+    await _refused(path, ["forbidden_location", "forbidden_location", "conflict"])
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nid = "store-1"\nlocation = "S002"\ndata_dir = "{tmp_path.as_posix()}"\n')
+    typo = _cli("resend", "--config", str(config), "--code", "forbiden_location")
+    assert typo.returncode == 0, typo.stderr
+    said = (
+        f"No movement of {path} is set aside as forbiden_location, so none was queued again; set aside now: 1 as"
+        " conflict, 2 as forbidden_location (`shelfsync-agent status` counts them by code)."
+    )
+    assert typo.stdout.splitlines() == [said]
+    async with Outbox.open(path, agent_id="store-1", location="S002") as outbox:
+        assert (await outbox.stats()).set_aside == 3
