@@ -217,7 +217,10 @@ class Transfer:
     # A shipment's: the units its shipper received back (``settle_returns``); a receipt at a shipper's: the units of
     # it that are receipts back of the shipper's shipment elsewhere (all it received, or none).
     returned: int = 0
-    booked_out: int = 0  # units booked out again where it was received: adjusts there carrying its ref (−Σ qty)
+    # Adjusts carrying its ref where it was received (−Σ qty): an adjust down books units out again, one up corrects
+    # a book-out (−5, then +2 as only 3 were sent on). Net, it may be below 0 (an adjust up alone); what counts as
+    # booked out is ``booked_out_net``, never below 0: an adjust up is no receipt.
+    booked_out: int = 0
 
     @property
     def moved(self) -> bool:
@@ -252,10 +255,16 @@ class Transfer:
         return max(0, self.shipped - self.received - self.returned) if self.closed else 0
 
     @property
+    def booked_out_net(self) -> int:
+        """The units booked out again where it was received, net of adjusts up carrying the ref; 0 if those are more."""
+        return max(0, self.booked_out)
+
+    @property
     def unmatched(self) -> int:
         """Units received where nothing of the ref was shipped that are neither a receipt back at their shipper nor
-        booked out again (the wrong store's adjust carrying the ref): 0 for a shipment's transfer."""
-        return max(0, self.received - self.returned - self.booked_out) if self.shipped == 0 else 0
+        booked out again (the wrong store's adjust carrying the ref): 0 for a shipment's transfer. An adjust up
+        carrying the ref is no receipt: it lists nothing more (hub.storage.exceptions' rule says the same)."""
+        return max(0, self.received - self.returned - self.booked_out_net) if self.shipped == 0 else 0
 
     def _data(self) -> dict[str, Any]:
         return (
@@ -268,7 +277,7 @@ class Transfer:
             }
             | ({"shippers": self.shipper_list} if len(self.shipper_list) > 1 else {})
             | ({"returned": self.returned} if self.returned and self.shipped else {})
-            | ({"booked_out": self.booked_out} if self.booked_out else {})
+            | ({"booked_out": self.booked_out_net} if self.booked_out_net else {})
         )
 
     def finding(self) -> Finding | None:
@@ -302,7 +311,7 @@ class Transfer:
                 data | {"written_off": self.written_off, "closed": True},
             )
         if self.unmatched:
-            out = f" ({self.booked_out} of them booked out again there)" if self.booked_out else ""
+            out = f" ({self.booked_out_net} of them booked out again there)" if self.booked_out_net else ""
             return Finding(
                 "transfer_unmatched",
                 self.to_location,

@@ -33,6 +33,8 @@ from protocol.event import (
     check_qty,
     event_from_wire,
     event_to_wire,
+    is_book_out_reason,
+    stored_reason,
 )
 from protocol.hlc import HybridClock, pack_hlc, unpack_hlc, wall_ms_now
 from protocol.ids import derived_event_id, event_id_hex, new_event_id, parse_event_id
@@ -68,9 +70,11 @@ __all__ = [
     "event_from_wire",
     "event_id_hex",
     "event_to_wire",
+    "is_book_out_reason",
     "new_event_id",
     "pack_hlc",
     "parse_event_id",
+    "stored_reason",
     "unpack_hlc",
     "wall_ms_now",
 ]

@@ -73,11 +73,25 @@ REF_REQUIRED = frozenset({Kind.TRANSFER_OUT, Kind.TRANSFER_IN})
 BOOK_OUT_REASON = "received by mistake, sent on"
 
 
+def is_book_out_reason(reason: str | None) -> bool:
+    """``reason`` is ``BOOK_OUT_REASON`` whatever its capitals and spaces (a POS export's "Received by mistake,  sent
+    on" too): compared casefolded, its runs of spaces as one, none before or after."""
+    return reason is not None and (reason == BOOK_OUT_REASON or " ".join(reason.split()).casefold() == BOOK_OUT_REASON)
+
+
+def stored_reason(reason: str | None) -> str | None:
+    """The reason as the hub stores it: ``BOOK_OUT_REASON`` in its own words, whatever its capitals and spaces (the
+    ledger's indexes and lists match that text); any other reason as given."""
+    if reason is None or len(reason) < len(BOOK_OUT_REASON) or reason == BOOK_OUT_REASON:
+        return reason  # most reasons ("damaged", "stock-take") are shorter: one call per event ingested
+    return BOOK_OUT_REASON if is_book_out_reason(reason) else reason
+
+
 def book_out_ref_problem(kind: Kind, reason: str | None, ref: str | None, source: str | None = None) -> str | None:
     """Why a movement cannot be recorded as a book-out of goods received by mistake, or None: an adjust with the
-    reason ``BOOK_OUT_REASON`` names no transfer (no ref, or its ref is its own source, as a session's events
-    without one carry)."""
-    if kind is not Kind.ADJUST or reason != BOOK_OUT_REASON or (ref and ref != source):
+    reason ``BOOK_OUT_REASON`` (whatever its capitals and spaces) names no transfer (no ref, or its ref is its own
+    source, as a session's events without one carry)."""
+    if kind is not Kind.ADJUST or not is_book_out_reason(reason) or (ref and ref != source):
         return None
     return (
         f"an adjust with the reason {BOOK_OUT_REASON!r} books out goods of a transfer received here by mistake and"

@@ -53,11 +53,12 @@ TRANSFER_AT = held.TRANSFER_COLUMNS  # where a read of TRANSFER_ROW_FIELDS has i
 SHARED = "shippers LIKE '%,%'"
 # The transfers with a finding: the WHERE of the index transfers_finding (migration 025) word for word, which is
 # what lets the planner read through it. A receipt is unmatched unless it is a receipt back at its shipper
-# (returned) or booked out again (booked_out); a shipment is settled by what was received and received back.
+# (returned) or booked out again (booked_out, net of adjusts up carrying the ref: below 0 it books nothing, so the
+# second term, schema 27); a shipment is settled by what was received and received back.
 TRANSFER_FINDING = (
-    "((shipped = 0 AND received > returned + booked_out) OR (shipped > 0 AND received + returned > 0"
-    " AND received + returned <> shipped) OR (closed_at IS NOT NULL AND shipped > received + returned)"
-    " OR shippers LIKE '%,%')"
+    "((shipped = 0 AND received > returned + booked_out AND received > returned) OR (shipped > 0"
+    " AND received + returned > 0 AND received + returned <> shipped) OR (closed_at IS NOT NULL"
+    " AND shipped > received + returned) OR shippers LIKE '%,%')"
 )
 # A transfer is both ends' business: a term at a time, each read through its index (transfers_finding_to, _from,
 # transfers_shared; for open transfers transfers_open_to, _from). Its destination, its first shipper or where a
@@ -157,7 +158,7 @@ BOOK_OUT_UNNAMED = (
 )
 _UNMATCHED_AT = (
     "FROM transfers t WHERE t.dest = e.location AND t.sku = e.sku AND t.shipped = 0"
-    " AND t.received > t.returned + t.booked_out"
+    " AND t.received > t.returned + t.booked_out AND t.received > t.returned"
 )
 UNMATCHED_HERE = f"EXISTS (SELECT 1 {_UNMATCHED_AT})"
 BOOK_OUT_UNNAMED_FIELDS = (
@@ -173,7 +174,7 @@ TRANSFER_KIND_TERMS = {
     "transfer_misdirected": "1 = 0",
     "transfer_short": f"{_AIMED} AND ((closed_at IS NOT NULL AND shipped > received + returned)"
     " OR (received + returned > 0 AND received + returned < shipped))",
-    "transfer_unmatched": f"{_AIMED} AND shipped = 0 AND received > returned + booked_out",
+    "transfer_unmatched": f"{_AIMED} AND shipped = 0 AND received > returned + booked_out AND received > returned",
     "transfer_over": f"{_AIMED} AND shipped <> 0 AND received + returned > shipped",
 }
 
@@ -342,7 +343,7 @@ LINKED_WHERE = "ref = ? AND sku = ? AND dest <> ?"
 LINKED = f"SELECT {TRANSFER_ROW_FIELDS} FROM transfers WHERE {LINKED_WHERE} AND "
 LINKED_TERMS = {
     "transfer_unmatched": "shipped > received + returned",
-    "transfer_overdue": "shipped = 0 AND received > returned + booked_out",
+    "transfer_overdue": "shipped = 0 AND received > returned + booked_out AND received > returned",
 }
 
 

@@ -112,6 +112,7 @@ from protocol import (
     Rejection,
     StockEvent,
     event_id_hex,
+    stored_reason,
 )
 from protocol.codec import chain_over
 
@@ -127,11 +128,13 @@ def attrs_json(attrs: Mapping[str, Any]) -> str:
 def event_row(ev: StockEvent) -> EventRow:
     """What a backend stores of an event besides its id, in column order; ``kind`` as its
     plain string (a driver binds an exact ``str`` without looking for an adapter). The event is
-    unpacked in one step: thirteen field lookups by name took a third more (one call per event)."""
+    unpacked in one step: thirteen field lookups by name took a third more (one call per event). The book-out
+    reason is stored in the hub's words whatever its capitals and spaces (``protocol.stored_reason``): the ledger's
+    partial indexes of book-outs (schema 26) and the lists match that text."""
     _, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, ref, reason, attrs = ev
     return (
-        agent_id, epoch, seq, location, sku, KIND_TEXT[kind], qty, occurred_at, wall_ms, source, ref, reason,
-        attrs_json(attrs) if attrs else None,
+        agent_id, epoch, seq, location, sku, KIND_TEXT[kind], qty, occurred_at, wall_ms, source, ref,
+        stored_reason(reason), attrs_json(attrs) if attrs else None,
     )  # fmt: skip
 
 

@@ -104,6 +104,9 @@ async def test_usage_and_configuration_errors_exit_2_runtime_failures_exit_1(tmp
     mistake = ("--kind", "adjust", "--qty", "-2", "--reason", "received by mistake, sent on")
     code, _, err = await agent("record", "--config", str(config), "--sku", "A", *mistake)
     assert code == 2 and "needs that transfer's reference as its ref" in err and "--ref" in err, err
+    spelled = ("--kind", "adjust", "--qty", "-2", "--reason", "Received by mistake,  sent on")  # a POS's capitals
+    code, _, err = await agent("record", "--config", str(config), "--sku", "A", *spelled)
+    assert code == 2 and "needs that transfer's reference as its ref" in err, err
 
 
 async def test_a_data_dir_that_is_a_file_is_a_configuration_error_not_a_traceback(tmp_path: Path) -> None:

@@ -102,3 +102,13 @@ async def test_a_book_out_of_goods_received_by_mistake_needs_the_transfers_refer
     assert "transfer's reference (ref)" in data["error"]["message"], data
     assert (await api.ok("GET", "/api/v1/sessions"))["sessions"] == []
     await api.ok("POST", "/api/v1/sessions", spec | {"ref": "T-4"}, status=201)
+
+
+async def test_the_book_out_reason_needs_the_reference_whatever_its_capitals_and_spaces(api: Api) -> None:
+    """Found: the reason was matched as exact text: "Received by mistake,  sent on" opened a write-off without the
+    transfer's reference. It is the book-out reason whatever its capitals and spaces."""
+    await api.sign_in()
+    spec = {"type": "write_off", "reason": "Received by mistake,  sent on"}
+    got, data = await api.call("POST", "/api/v1/sessions", spec)
+    assert got == 400 and "transfer's reference (ref)" in data["error"]["message"], data
+    assert (await api.ok("GET", "/api/v1/sessions"))["sessions"] == []

@@ -334,6 +334,66 @@ class TransferKeyContract:
         await _deliver(store, [(s3, at3(Kind.ADJUST, -1, at_ms=6, sku="LONE", **mistake))])
         assert [e.kind for e in await store.exceptions() if e.sku == "LONE"] == ["negative_on_hand"]
 
+    async def test_an_adjust_up_carrying_the_ref_is_no_receipt_and_corrects_a_book_out(self, store: HubStore) -> None:
+        """Found: at a store that received a transfer by mistake, an adjust UP carrying its ref (+2 found on a
+        stock-take, or put back after a book-out) counted as received: 5 received, +2, and 7 were listed as
+        unmatched ("-2 of them booked out again"). An adjust up is no receipt: alone it books nothing in or out; after
+        a book-out it corrects it (−5, then +2 because only 3 left: 3 booked out, 2 listed), in any order. At a
+        shipper that received its own shipment back it lists nothing."""
+        s = await _stores(store, "S001", "S003")
+        (s1, at1), (s3, at3) = s["S001"], s["S003"]
+        for n, order in enumerate(((0, 1, 2), (2, 1, 0), (1, 2, 0))):
+            up = [
+                (s1, at1(Kind.TRANSFER_OUT, -5, at_ms=1, ref="T-1", sku=f"U-{n}", attrs={"to": "S002"})),
+                (s3, at3(Kind.TRANSFER_IN, 5, at_ms=2, ref="T-1", sku=f"U-{n}")),
+                (s3, at3(Kind.ADJUST, 2, at_ms=3, ref="T-1", sku=f"U-{n}", reason="stock-take")),
+            ]
+            await _deliver(store, [up[i] for i in order])
+            [left] = [e for e in await store.exceptions(location="S003") if e.sku == f"U-{n}"]
+            assert (left.kind, left.data["received"], left.data.get("booked_out")) == ("transfer_unmatched", 5, None)
+            assert "5 of U-" in left.detail and "booked out" not in left.detail, left.detail
+            expected = _resolved([ev for _, ev in up])["exceptions"]
+            assert [x for x in (await _state(store))["exceptions"] if x[2] == f"U-{n}"] == expected
+            corrected = [
+                (s1, at1(Kind.TRANSFER_OUT, -5, at_ms=1, ref="T-2", sku=f"C-{n}", attrs={"to": "S002"})),
+                (s3, at3(Kind.TRANSFER_IN, 5, at_ms=2, ref="T-2", sku=f"C-{n}")),
+                (s3, at3(Kind.ADJUST, -5, at_ms=3, ref="T-2", sku=f"C-{n}", reason="received by mistake, sent on")),
+                (s3, at3(Kind.ADJUST, 2, at_ms=4, ref="T-2", sku=f"C-{n}", reason="only 3 sent on")),
+            ]
+            await _deliver(store, [corrected[i] for i in (*order, 3)] if n else list(reversed(corrected)))
+            [left] = [e for e in await store.exceptions(location="S003") if e.sku == f"C-{n}"]
+            assert (left.kind, left.data["received"], left.data["booked_out"]) == ("transfer_unmatched", 5, 3)
+            expected = _resolved([ev for _, ev in corrected])["exceptions"]
+            assert [x for x in (await _state(store))["exceptions"] if x[2] == f"C-{n}"] == expected
+        # S001 ships T-9 to S003 and receives it all back, then adjusts up carrying the ref: nothing is unmatched
+        back = [
+            (s1, at1(Kind.TRANSFER_OUT, -4, at_ms=5, ref="T-9", sku="B", attrs={"to": "S003"})),
+            (s1, at1(Kind.TRANSFER_IN, 4, at_ms=6, ref="T-9", sku="B", attrs={"final": True})),
+            (s1, at1(Kind.ADJUST, 1, at_ms=7, ref="T-9", sku="B", reason="stock-take")),
+        ]
+        await _deliver(store, back)
+        assert [e.kind for e in await store.exceptions() if e.sku == "B"] == []
+        assert _resolved([ev for _, ev in back])["exceptions"] == []
+
+    async def test_the_book_out_reason_is_matched_whatever_its_capitals_and_spaces(self, store: HubStore) -> None:
+        """Found: the reason was matched as exact text, so a POS export's "Received by mistake,  sent on" naming no
+        transfer was booked and never listed as book_out_without_ref. It is the book-out reason whatever its
+        capitals and spaces, and is stored as the hub words it."""
+        s = await _stores(store, "S001", "S003")
+        (s1, out1), (s3, at3) = s["S001"], s["S003"]
+        sent = [
+            (s1, out1(Kind.TRANSFER_OUT, -5, at_ms=1, ref="T-1", sku="W", attrs={"to": "S002"})),
+            (s3, at3(Kind.TRANSFER_IN, 5, at_ms=2, ref="T-1", sku="W")),
+            (s3, at3(Kind.ADJUST, -5, at_ms=3, sku="W", reason="Received by mistake,  sent on")),
+            (s3, at3(Kind.ADJUST, -1, at_ms=4, sku="W", reason=" RECEIVED BY   MISTAKE, sent on ")),
+        ]
+        await _deliver(store, sent)
+        listed = sorted(e.data["qty"] for e in await store.exceptions(kind="book_out_without_ref") if e.sku == "W")
+        assert listed == [-5, -1]
+        ledger = await store.ledger(location="S003", limit=100)
+        reasons = {r.reason for r in ledger if r.sku == "W" and r.kind == "adjust"}
+        assert reasons == {"received by mistake, sent on"}
+
 
 async def _transfer_rows(store: HubStore) -> list[tuple[Any, ...]]:
     """The stored transfers: (dest, ref, sku, shipped, received, booked_out)."""

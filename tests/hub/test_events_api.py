@@ -402,3 +402,18 @@ async def test_a_book_out_of_goods_received_by_mistake_naming_no_transfer_is_ref
     assert body["code"] == "invalid_events" and (await hub.get_json("/v1/skus/SKU-1/counts"))["counts"] == []
     answer = await post(hub, token, move("bo-1", "adjust", -2, ref="T-4", **mistake))
     assert answer["applied"] == 1
+
+
+async def test_the_book_out_reason_is_refused_whatever_its_capitals_and_spaces(
+    hub: Hub, connector: tuple[str, str]
+) -> None:
+    """Found: the reason was matched as exact text, so "Received by mistake,  sent on" naming no transfer was booked
+    (and, stored as sent, never listed). It is the book-out reason whatever its capitals and spaces: refused without
+    a ref; with one booked, worded as the hub does."""
+    _, token = connector
+    spelled = {"reason": "Received by mistake,  sent on"}
+    body = await post(hub, token, move("bo-2", "adjust", -2, **spelled), status=422)
+    [refused] = body["rejected"]
+    assert refused["id"] == "bo-2" and "transfer's reference" in refused["reason"], refused
+    assert (await hub.get_json("/v1/skus/SKU-1/counts"))["counts"] == []
+    assert (await post(hub, token, move("bo-2", "adjust", -2, ref="T-4", **spelled)))["applied"] == 1

@@ -212,3 +212,32 @@ async def test_the_upgrade_counts_receipts_back_and_book_outs_as_ingest_does(bac
         assert offs == [("S002", "T-7", -1)]
         newest = {(c.location, c.sku): c for c in await store.changes(0, 1000)}
         assert {k: (c.on_hand, c.in_transit) for k, c in newest.items()} == counts  # each is a transfer's destination
+
+
+async def test_the_upgrade_words_the_book_out_reason_as_the_hub_and_books_no_adjust_up(
+    backend: str, tmp_path: Path
+) -> None:
+    """Step 27: a book-out naming no transfer stored as a POS export spelled its reason ("Received by mistake,  sent
+    on") is worded as the hub does and listed as book_out_without_ref, as ingest now stores it; and an adjust up
+    carrying a receipt's ref (+2, nothing booked out) no longer lists 7 of the 5 received as unmatched."""
+    f = {loc: EventFactory(f"agent-{loc.lower()}", location=loc) for loc in ("S001", "S003")}
+    events = [
+        f["S001"](Kind.TRANSFER_OUT, -5, at_ms=1, ref="T-1", attrs={"to": "S002"}),
+        f["S003"](Kind.TRANSFER_IN, 5, at_ms=2, ref="T-1"),
+        f["S003"](Kind.ADJUST, 2, at_ms=3, ref="T-1", reason="stock-take"),
+        f["S003"](Kind.ADJUST, -1, at_ms=4, reason="Received by mistake,  sent on"),
+        f["S003"](Kind.ADJUST, -1, at_ms=5, reason=" RECEIVED BY   MISTAKE, SENT ON "),
+        f["S003"](Kind.ADJUST, -1, at_ms=6, reason="received by mistake, sent on later"),  # another reason
+    ]
+    rows = _events_and_counts(events)
+    reason_at = 1 + EVENT_COLUMNS.split(", ").index("reason")  # a schema-19 hub stored the reason as it came
+    rows["events"] = [(*r[:reason_at], ev.reason, *r[reason_at + 1 :]) for r, ev in zip(rows["events"], events)]
+    assert rows["events"][3][reason_at] == "Received by mistake,  sent on"
+    async with _hub_of_schema_19(backend, tmp_path, events, rows) as url, open_store(url) as store:
+        reasons = [r.reason for r in sorted(await store.ledger(location="S003"), key=lambda r: r.occurred_at)]
+        assert reasons == [None, "stock-take", *["received by mistake, sent on"] * 2, events[-1].reason]
+        unnamed = [e.data["qty"] for e in await store.exceptions(kind="book_out_without_ref")]
+        assert unnamed == [-1, -1]
+        [left] = [e for e in await store.exceptions(location="S003") if e.kind.startswith("transfer")]
+        assert (left.kind, left.data["received"], left.data.get("booked_out")) == ("transfer_unmatched", 5, None)
+        assert left.detail.startswith("Transfer T-1: 5 of A were received at S003 but"), left.detail

@@ -356,7 +356,9 @@
         else if (name === "expected") body.expected = parseExpected(value);
         else body[name] = value;
       }
-      if (type === "write_off" && body.reason === BOOK_OUT_REASON && !body.ref) {
+      // the book-out reason whatever its capitals and spaces, as the agent and the hub match it
+      const bookOut = (body.reason || "").trim().split(/\s+/).join(" ").toLowerCase() === BOOK_OUT_REASON;
+      if (type === "write_off" && bookOut && !body.ref) {
         throw new ApiError(400, "Type the transfer's reference (as on its papers) to book out goods received at the" +
           " wrong store.");
       }
