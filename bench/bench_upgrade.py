@@ -6,7 +6,7 @@ each location's in transit again; step 24 (SQLite) indexes every event by locati
 adjusts carrying a ref (book-outs, about 5 % of the adjusts here), finds the receipts back at a shipper (1 % of
 the transfers' SKU lines are received back), sums in transit again and appends a change row for every transfer
 destination's stock row; step 26 drops the transfer rows adjusts alone made and indexes the adjusts carrying a
-ref and the book-outs naming no transfer; step 27 words the book-out reason of the events stored before as the hub
+ref and the book-outs naming no transfer; step 28 words the book-out reason of the events stored before as the hub
 does (a statement over every event) and makes the indexes of transfers with a finding again. Each of these steps is
 reported on its own; the others are small. An operator
 upgrading a hub waits for all of it before the hub serves, so this is what they wait for.
@@ -81,7 +81,7 @@ TRANSFER_SHARE = 0.01  # of the events, transfer_out and transfer_in
 # about 5 % of the adjusts (qty_pick 0 or 1) carry a transfer's ref: a store booking out what it received by mistake
 RETURN_SHARE = 0.01  # of the transfers' SKU lines, cancelled before they left: received back at the shipper
 SAMPLE_S = 0.1
-STEPS = (20, 23, 24, 25, 26, 27)  # reported one by one: 20, 25 and 27 read the whole ledger, 24 and 26 index it
+STEPS = (20, 23, 24, 25, 26, 28)  # reported one by one: 20, 25 and 28 read the whole ledger, 24 and 26 index it
 
 
 def log(msg: str) -> None:

@@ -54,7 +54,7 @@ SHARED = "shippers LIKE '%,%'"
 # The transfers with a finding: the WHERE of the index transfers_finding (migration 025) word for word, which is
 # what lets the planner read through it. A receipt is unmatched unless it is a receipt back at its shipper
 # (returned) or booked out again (booked_out, net of adjusts up carrying the ref: below 0 it books nothing, so the
-# second term, schema 27); a shipment is settled by what was received and received back.
+# second term, schema 28); a shipment is settled by what was received and received back.
 TRANSFER_FINDING = (
     "((shipped = 0 AND received > returned + booked_out AND received > returned) OR (shipped > 0"
     " AND received + returned > 0 AND received + returned <> shipped) OR (closed_at IS NOT NULL"

@@ -28,7 +28,7 @@ LEDGER_STEPS: dict[int, str] = {
     20: "to rebuild the transfers by destination from their transfer events",
     25: "to find the receipts back at a shipper and the book-outs of receipts taken in at the wrong store",
     26: "to index the adjusts carrying a ref, which book out receipts taken in at the wrong store",
-    27: "to word the book-out reason of receipts taken in at the wrong store as the hub does",
+    28: "to word the book-out reason of receipts taken in at the wrong store as the hub does",
 }
 
 

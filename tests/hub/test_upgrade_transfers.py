@@ -217,7 +217,7 @@ async def test_the_upgrade_counts_receipts_back_and_book_outs_as_ingest_does(bac
 async def test_the_upgrade_words_the_book_out_reason_as_the_hub_and_books_no_adjust_up(
     backend: str, tmp_path: Path
 ) -> None:
-    """Step 27: a book-out naming no transfer stored as a POS export spelled its reason ("Received by mistake,  sent
+    """Step 28: a book-out naming no transfer stored as a POS export spelled its reason ("Received by mistake,  sent
     on") is worded as the hub does and listed as book_out_without_ref, as ingest now stores it; and an adjust up
     carrying a receipt's ref (+2, nothing booked out) no longer lists 7 of the 5 received as unmatched."""
     f = {loc: EventFactory(f"agent-{loc.lower()}", location=loc) for loc in ("S001", "S003")}

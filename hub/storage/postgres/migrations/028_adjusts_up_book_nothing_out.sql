@@ -1,4 +1,4 @@
--- shelfsync hub, SQLite schema version 27: an adjust up carrying a transfer's ref is no receipt, and the book-out
+-- shelfsync hub, PostgreSQL schema version 28: an adjust up carrying a transfer's ref is no receipt, and the book-out
 -- reason is the hub's whatever its capitals and spaces.
 --
 -- booked_out is the net of the adjusts carrying a receipt's ref where it was received (-sum of qty, schema 25): an
@@ -10,14 +10,11 @@
 --
 -- The reason "received by mistake, sent on" was matched as exact text, so a POS export's "Received by mistake,  sent
 -- on" naming no transfer was never listed as book_out_without_ref. Ingest now stores it in the hub's words whatever
--- its capitals and spaces (protocol.stored_reason); the events stored before are worded so here: lower case
--- (SQLite's lower() folds ASCII letters only), each run of spaces one space (a reason is at most 64 characters: six
--- halvings; other white space is left as it is), none before or after. This reads the ledger
--- (hub.storage.migrations.LEDGER_STEPS).
+-- its capitals and spaces (protocol.stored_reason); the events stored before are worded so here: lower case, each
+-- run of white space one space, none before or after. This reads the ledger (hub.storage.migrations.LEDGER_STEPS).
 UPDATE events SET reason = 'received by mistake, sent on'
-WHERE reason LIKE '%received%by%mistake,%sent%on%' AND reason <> 'received by mistake, sent on'
-  AND trim(replace(replace(replace(replace(replace(replace(lower(reason), '  ', ' '), '  ', ' '), '  ', ' '),
-      '  ', ' '), '  ', ' '), '  ', ' ')) = 'received by mistake, sent on';
+WHERE reason ILIKE '%received%by%mistake,%sent%on%' AND reason <> 'received by mistake, sent on'
+  AND btrim(regexp_replace(lower(reason), '\s+', ' ', 'g')) = 'received by mistake, sent on';
 DROP INDEX transfers_finding;
 DROP INDEX transfers_finding_to;
 DROP INDEX transfers_finding_from;
@@ -29,7 +26,7 @@ CREATE INDEX transfers_finding_to ON transfers (dest, updated_at_ms DESC, ref, s
     WHERE ((shipped = 0 AND received > returned + booked_out AND received > returned) OR (shipped > 0
            AND received + returned > 0 AND received + returned <> shipped) OR (closed_at IS NOT NULL
            AND shipped > received + returned) OR shippers LIKE '%,%');
-CREATE INDEX transfers_finding_from ON transfers (COALESCE(out_from, in_from), updated_at_ms DESC, dest, ref, sku)
+CREATE INDEX transfers_finding_from ON transfers ((COALESCE(out_from, in_from)), updated_at_ms DESC, dest, ref, sku)
     WHERE ((shipped = 0 AND received > returned + booked_out AND received > returned) OR (shipped > 0
            AND received + returned > 0 AND received + returned <> shipped) OR (closed_at IS NOT NULL
            AND shipped > received + returned) OR shippers LIKE '%,%');
