@@ -12,6 +12,9 @@ Per scan, in the order the reader delivered them (one task per reader):
 2. a complete scan is decoded with the reader's ``rcn_region``; a cut-off scan
    is not decoded but handed on with a ``DecodeError`` saying so, and so is
    the tail of a cut-off scan that came as a frame of its own (``_fragment``);
+   a scan the line's going quiet ended (``by_gap``) waits for the reader's
+   ``same_code_s``: the rest of it coming within it, every piece is refused in
+   one sentence (``_consume``);
 3. the router decides (``ScanRouter.route``) and returns a ``ScanOutcome``;
 4. the outcome goes into the journal; a problem (bad check digit, cut-off,
    not recorded) is logged as one WARNING sentence and becomes the reader's
@@ -30,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import hardware
 from agent.catalog import CatalogItem, ItemLookup
@@ -62,6 +66,7 @@ SAME_CODE_S = 0.1
 SAME_CODE_S_MAX = 5.0
 STOP_TIMEOUT_S = 10.0
 
+_T = TypeVar("_T")
 RunUnit = tuple[str | None, str]  # a serialised item a running count holds: its GTIN (None: an older event's), serial
 
 
@@ -462,6 +467,26 @@ def make_reader(section: ScannerSection, on_status: hardware.StatusCallback) -> 
 ReaderFactory = Callable[["ScannerSection", hardware.StatusCallback], hardware.ScannerReader]
 
 
+class _Stopped(Exception):
+    """The outbox was closed: a reader's scans are no longer booked."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    """A scan decoded, judged against its reader's scan before, and journaled; not yet routed."""
+
+    scan: hardware.Scan
+    decoded: hardware.Decoded | None
+    error: hardware.DecodeError | None
+    double_read: str | None
+    scan_id: int | None  # its journal row (None: not kept, or the journal failed)
+    kept: bool  # False: a known problem past its reader's rows of the day, counted once decided
+
+    @property
+    def unkept(self) -> hardware.Scan | None:
+        return None if self.kept else self.scan
+
+
 class ScanService:
     """Runs every configured reader and routes each scan. ``async with`` starts and stops it."""
 
@@ -600,17 +625,117 @@ class ScanService:
             log.info("Scanner %r sent a good scan after %d problem scans in a row.", reader_id, count)
 
     async def _consume(self, section: ScannerSection, reader: hardware.ScannerReader) -> None:
-        async for scan in reader.scans():
-            try:
-                await self.handle(section, scan)
-            except OutboxClosed:
-                log.info("The outbox was closed; scanner %r stops booking.", section.id)
-                return
-            except Exception:  # a bug must not stop the reader: the scan is journaled, the next one routed
-                log.exception("Scan %s from scanner %r could not be handled.", shown(scan.text, 40), section.id)
+        """Handle the reader's scans in order. A scan the line's going quiet ended (``by_gap``) is held for the
+        reader's ``same_code_s`` before it is booked: a pause inside one scan, longer than the idle gap, cuts it in
+        two, and the rest comes within that window (``_pieces``). Held scans are booked or said when the reader
+        ends (the agent stopping), never dropped."""
+        scans = reader.scans()
+        held: list[_Taken] = []  # journaled, not yet routed: one scan, or the pieces of one scan split by a pause
+        coming: asyncio.Future[hardware.Scan] | None = None
+        try:
+            while True:
+                if coming is None:
+                    coming = asyncio.ensure_future(anext(scans))
+                if held and not coming.done():
+                    wait_s = (held[-1].scan.received_at_ms + section.same_code_s * 1000 - wall_ms_now()) / 1000
+                    if wait_s > 0:
+                        await asyncio.wait([coming], timeout=wait_s)
+                    if not coming.done():  # nothing came within same_code_s: the held scan is whole
+                        held = await self._settle_held(section, held)
+                        continue
+                try:
+                    scan = await coming
+                except StopAsyncIteration:
+                    break
+                coming = None
+                taken = await self._step(section, scan, self._take(section, scan))
+                if taken is None:
+                    continue
+                if held and self._piece(section, held[-1], taken):
+                    held.append(taken)
+                else:
+                    held = await self._settle_held(section, held)
+                    if self._holds(section, taken):
+                        held = [taken]
+                    else:
+                        await self._step(section, taken.scan, self._settle(section, taken))
+                if held and not (held[-1].scan.complete and held[-1].scan.by_gap):  # its end came: no more pieces
+                    held = await self._settle_held(section, held)
+        except _Stopped:
+            return
+        except asyncio.CancelledError:
+            if held:  # booked or said, not dropped
+                with contextlib.suppress(_Stopped):
+                    await self._settle_held(section, held)
+            raise
+        finally:
+            if coming is not None and not coming.done():
+                coming.cancel()
+        with contextlib.suppress(_Stopped):
+            await self._settle_held(section, held)
+
+    async def _step(self, section: ScannerSection, scan: hardware.Scan, step: Awaitable[_T]) -> _T | None:
+        """One step of a scan's handling; a bug must not stop the reader (the scan is journaled, the next one
+        handled). ``_Stopped`` once the outbox is closed."""
+        try:
+            return await step
+        except OutboxClosed:
+            log.info("The outbox was closed; scanner %r stops booking.", section.id)
+            raise _Stopped from None
+        except Exception:
+            log.exception("Scan %s from scanner %r could not be handled.", shown(scan.text, 40), section.id)
+            return None
+
+    def _holds(self, section: ScannerSection, taken: _Taken) -> bool:
+        """Whether a scan is held for its reader's ``same_code_s`` before it is routed: it would be booked, and the
+        line's going quiet ended it, so the rest of it may still come."""
+        scan = taken.scan
+        return bool(
+            section.same_code_s and scan.complete and scan.by_gap and taken.error is None and taken.double_read is None
+        )
+
+    def _piece(self, section: ScannerSection, before: _Taken, taken: _Taken) -> bool:
+        """Whether ``taken`` is the rest of the held scan ``before``, split by a pause on the line: it came within
+        the reader's ``same_code_s`` of it (nobody scans two items that fast), is not the same code again (a double
+        read), and is no GTIN whose check digit holds (a second symbol read at the same pull)."""
+        gap_ms = taken.scan.received_at_ms - before.scan.received_at_ms
+        whole = taken.error is None and taken.decoded is not None and taken.decoded.kind is hardware.DecodedKind.GTIN
+        return 0 <= gap_ms < section.same_code_s * 1000 and taken.scan.raw != before.scan.raw and not whole
+
+    async def _settle_held(self, section: ScannerSection, held: list[_Taken]) -> list[_Taken]:
+        """Route the held scan; or, held with the rest of it, refuse every piece in one sentence. Returns []."""
+        if len(held) == 1:
+            await self._step(section, held[0].scan, self._settle(section, held[0]))
+        elif held:
+            pieces = " and ".join(shown(t.scan.text.strip(" \t\r\n"), 40) for t in held)
+            gaps = ", ".join(
+                f"{b.scan.received_at_ms - a.scan.received_at_ms:,} ms" for a, b in itertools.pairwise(held)
+            )
+            said = hardware.DecodeError(
+                held[0].scan.text,
+                f"The scans {pieces} from scanner {section.id!r} came {gaps} apart, each ended where the line went"
+                " quiet, faster than anyone scans two items: they are likely one scan split by a pause on the line;"
+                " nothing was booked for any of them: scan the item again (if this happens often, raise the reader's"
+                " idle_gap_s, or set the scanner to send a CR/LF suffix).",
+            )
+            first = held[0]
+            refused = _Taken(first.scan, None, said, None, first.scan_id, first.kept)
+            await self._step(section, first.scan, self._settle(section, refused))
+            for rest in held[1:]:
+                outcome = ScanOutcome(
+                    ScanResult.DECODE_ERROR,
+                    f"The scan {shown(rest.scan.text, 40)} is a piece of scanner {section.id!r}'s scan split by a pause"
+                    f" on the line, with {shown(first.scan.text, 40)}; nothing was booked (said with that scan).",
+                )
+                await self._step(section, rest.scan, self._decide(rest.scan_id, section, outcome, rest.unkept, True))
+        return []
 
     async def handle(self, section: ScannerSection, scan: hardware.Scan) -> ScanOutcome:
         """One scan: journal it, decode it, route it, journal the outcome, tell the operator of a problem."""
+        return await self._settle(section, await self._take(section, scan))
+
+    async def _take(self, section: ScannerSection, scan: hardware.Scan) -> _Taken:
+        """Decode one scan, judge it against the reader's scan before, and journal it (before it is routed)."""
         decoded: hardware.Decoded | None = None
         error: hardware.DecodeError | None = None
         if not scan.complete:
@@ -644,7 +769,14 @@ class ScanService:
                 section.id,
                 err,
             )
-        unkept = None if kept else scan
+        return _Taken(scan, decoded, error, double_read, scan_id, kept)
+
+    async def _settle(self, section: ScannerSection, taken: _Taken) -> ScanOutcome:
+        """Route a journaled scan, journal the outcome, tell the operator of a problem."""
+        scan, decoded, error, double_read, scan_id = (
+            taken.scan, taken.decoded, taken.error, taken.double_read, taken.scan_id
+        )  # fmt: skip
+        unkept = taken.unkept
         try:
             if double_read is None:
                 outcome = await self.router.route(section.id, scan, decoded, error)
@@ -698,7 +830,7 @@ class ScanService:
         if not self._problem_before.get(section.id):
             gap_ms = scan.received_at_ms - before.received_at_ms
             quick = section.same_code_s and 0 <= gap_ms < section.same_code_s * 1000
-            if before.complete and before.by_gap and quick and not whole:
+            if before.complete and before.by_gap and quick and not whole and scan.raw != before.raw:
                 return hardware.DecodeError(
                     scan.text,
                     f"The scan {shown(text, 40)} came {gap_ms:,} ms after scanner {section.id!r}'s scan"
@@ -776,14 +908,20 @@ class ScanService:
             log.error("The outcome of a scan from %r could not be journaled: %s", section.id, err)
 
     async def _decide(
-        self, scan_id: int | None, section: ScannerSection, outcome: ScanOutcome, unkept: hardware.Scan | None = None
+        self,
+        scan_id: int | None,
+        section: ScannerSection,
+        outcome: ScanOutcome,
+        unkept: hardware.Scan | None = None,
+        said: bool = False,
     ) -> None:
         if outcome.unrecorded:
             # Not the scanner's problem but the agent's (a full disk): each one is a movement to scan again later.
             log.error("Scanner %r: %s", section.id, outcome.message)
         elif outcome.problem:
             # A cut-off scan the reader has said already, with why (a disconnect, noise, a frame too long).
-            self._say_problem(section.id, outcome.message, said=outcome.result is ScanResult.INCOMPLETE)
+            # ``said``: a piece of a scan split by a pause, said with its first piece.
+            self._say_problem(section.id, outcome.message, said=said or outcome.result is ScanResult.INCOMPLETE)
         else:
             self._problems_ended(section.id)
             level = logging.INFO if outcome.result is ScanResult.UNKNOWN else logging.DEBUG

@@ -311,7 +311,9 @@ async def test_a_scanner_spewing_noise_is_journaled_whole_and_logged_in_a_few_li
         events = await r.events()
     assert [e.sku for e in events] == ["MUG-01"], "the good scan after the noise is booked"
     assert sum(e.result == "decode_error" for e in entries) == 300, "every noise frame is in the journal"
-    said = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING and rec.name == "agent.scanning"]
+    said = [
+        rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING and rec.name == "agent.scanning"
+    ]
     assert len(said) == PROBLEMS_SAID_MAX + 1
     assert said[-1] == (
         f"Scanner 'backdoor' sent {PROBLEMS_SAID_MAX} problem scans in a row (line noise, or a scanner whose settings "
@@ -830,34 +832,73 @@ async def gap_framed(r: Rig, raw: bytes) -> None:
     await r.service.wait_decided(target, WAIT_S)
 
 
-async def test_the_rest_of_a_scan_split_by_a_pause_on_the_line_is_refused_not_booked_as_a_second_item(
+async def gap_received(r: Rig, raw: bytes) -> None:
+    """Write a scan without suffix and wait until the agent has it in its journal (it may still be held, undecided):
+    the reader's idle gap ended it, so what is written next is a frame of its own."""
+    r.device.write(raw)
+
+    async def journaled() -> bool:
+        return any(e.raw == raw for e in await r.journal.recent(5))
+
+    await eventually(journaled, WAIT_S, f"{raw!r} journaled")
+
+
+async def test_a_scan_split_by_a_pause_on_the_line_books_neither_piece_and_is_said_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found: a scanner that sends no suffix is framed by the line going quiet; a pause inside one scan longer than
-    the idle gap made two scans of it, "TOTE" and "-7", both booked as unknown items. A scan ended by the idle gap
-    and a scan right behind it, within the reader's ``same_code_s`` (nobody scans two items that fast), is one scan
-    cut in two: the second is refused aloud, naming the first. A GTIN whose check digit holds is still booked (a
-    scanner reading two symbols at one pull), and so is the code scanned again a moment later. (A 1 s window here,
-    so that the premise holds on a busy machine; the default is 0.1 s.)"""
+    the idle gap made two scans of it, "TOTE" and "-7". The rest was refused, but the first piece was booked as read
+    (``unknown:TOTE``), and the sentence asked staff to check it. A scan the line's going quiet ended is now held for
+    the reader's ``same_code_s``: its rest coming within it, neither piece is booked and one sentence says to scan
+    the item again; nothing coming, it books. A GTIN whose check digit holds behind it is no piece (two symbols read
+    at one pull): both book, in order. (A 1 s window here, so that the premise holds on a busy machine.)"""
     async with rig(tmp_path, no_suffix_section(tmp_path / "usb-Honeywell_Xenon_1900-if00", 1.0)) as r:
-        await gap_framed(r, b"TOTE")
-        await gap_framed(r, b"-7")  # the rest of the scan, after a pause longer than the idle gap
+        target = r.service.outcomes + 2
+        await gap_received(r, b"TOTE")
+        r.device.write(b"-7")  # the rest of the scan, after a pause longer than the idle gap
+        await r.service.wait_decided(target, WAIT_S)
         await asyncio.sleep(1.1)
-        await gap_framed(r, b"TOTE-7")  # scanned again, on purpose
-        await gap_framed(r, EAN13.encode())  # another symbol read at the same pull: a checked GTIN
+        target = r.service.outcomes + 2
+        await gap_received(r, b"TOTE-7")  # scanned again, on purpose
+        r.device.write(EAN13.encode())  # another symbol read at the same pull: a checked GTIN
+        await r.service.wait_decided(target, WAIT_S)
         await asyncio.sleep(1.1)
-        await gap_framed(r, b"-7")  # a short code scanned on purpose: booked
+        await gap_framed(r, b"-7")  # a short code scanned on purpose, nothing behind it: booked
         events = await r.events()
         entries = await r.journal.recent()
-    assert [e.sku for e in events] == ["unknown:TOTE", "TOTE", "MUG-01", "unknown:-7"]
+    assert [e.sku for e in events] == ["TOTE", "MUG-01", "unknown:-7"]
     assert [(e.raw, e.result) for e in reversed(entries)] == [
-        (b"TOTE", "unknown"),
+        (b"TOTE", "decode_error"),
         (b"-7", "decode_error"),
         (b"TOTE-7", "booked"),
         (EAN13.encode(), "booked"),
         (b"-7", "unknown"),
     ]
-    message = entries[-2].message or ""
-    assert "'TOTE'" in message and "split by a pause on the line" in message and "idle_gap_s" in message
+    message = entries[-1].message or ""
+    assert "'TOTE'" in message and "'-7'" in message and "split by a pause on the line" in message
+    assert "nothing was booked" in message and "scan the item again" in message and "idle_gap_s" in message
     warnings = [m.getMessage() for m in caplog.records if m.levelno == logging.WARNING and m.name == "agent.scanning"]
-    assert any("'-7'" in w and "split by a pause on the line" in w for w in warnings)
+    assert [w for w in warnings if "split by a pause" in w] == [f"Scanner 'backdoor': {message}"]
+
+
+async def test_a_held_scan_is_booked_in_order_when_the_agent_stops(tmp_path: Path) -> None:
+    """A scan the line's going quiet ended, held for its reader's ``same_code_s`` (5 s here) when the agent stops, is
+    booked as it read, after the scan before it, not dropped."""
+    async with rig(tmp_path, no_suffix_section(tmp_path / "usb-Honeywell_Xenon_1900-if00", 5.0)) as r:
+        await gap_received(r, b"TOTE")
+        await gap_received(r, EAN13.encode())  # a checked GTIN: no piece of TOTE, which books; the GTIN is held
+        await r.service.stop()
+        events = await r.events()
+        entries = await r.journal.recent()
+    assert [e.sku for e in events] == ["unknown:TOTE", "MUG-01"]
+    assert [(e.raw, e.result) for e in reversed(entries)] == [(b"TOTE", "unknown"), (EAN13.encode(), "booked")]
+
+
+async def test_with_same_code_s_off_a_scan_ended_by_the_line_going_quiet_books_at_once(tmp_path: Path) -> None:
+    """``same_code_s = 0`` (a scanner in batch mode, sending stored scans back to back): nothing is held or taken for
+    a piece; each scan books as it comes."""
+    async with rig(tmp_path, no_suffix_section(tmp_path / "usb-Honeywell_Xenon_1900-if00", 0.0)) as r:
+        await gap_framed(r, b"TOTE")
+        await gap_framed(r, b"-7")
+        events = await r.events()
+    assert [e.sku for e in events] == ["unknown:TOTE", "unknown:-7"]
