@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ from agent.localapi.hosts import HostCheck
 from agent.outbox import Outbox
 from agent.pos import PosFolderState
 from agent.saved import waiting_in
-from agent.scanning import SAME_CODE_S
+from agent.scanning import SAME_CODE_S, SAME_CODE_S_MAX
 from agent.sessions import (
     AlreadyReceived,
     ExceedsOnHand,
@@ -39,10 +41,11 @@ from agent.sessions import (
     SessionManager,
     SessionNotFound,
     SessionNotOpen,
+    SessionStatus,
     SessionStoreClosed,
     UnlikelyQuantity,
 )
-from agent.sessions.model import check_sku
+from agent.sessions.model import check_scan_id, check_sku
 from agent.sessions.store import LINES_MAX
 from protocol import values
 from protocol.logsafety import RepeatLog
@@ -95,6 +98,49 @@ CUT_OFF_KEY = web.AppKey("cut_off", RepeatLog)  # requests whose device closed t
 WAITING_KEY = web.AppKey("waiting", RepeatLog)  # sign-ins refused while their device and staff id wait (429)
 UNKNOWN_KEY = web.AppKey("unknown", RepeatLog)  # sign-ins refused for a staff id that is not configured
 LATE_KEY = web.AppKey("late", RepeatLog)  # requests cut off (408) when their body did not arrive in time
+MADE_MS_MAX = 2**53  # a client's clock in ms (performance.timeOrigin + performance.now(), Date.now())
+BOUNCES_KEPT_MAX = 10_000  # (session, sign-in) pairs remembered; past it those older than SAME_CODE_S_MAX are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class _Scanned:
+    what: tuple[str, str]  # ("code", the text as sent) or ("sku", the SKU keyed)
+    scan_id: object
+    made_ms: float | None  # the client's own clock when it was made, if it said
+    at_s: float  # the agent's monotonic clock when it arrived
+
+
+class Bounces:
+    """The scan before of each sign-in in each session, for ``POST …/scans``' trigger-bounce rule: the same code
+    again less than ``same_code_s`` after it is one label read twice, as at the agent's scanners and on the page,
+    whichever client sends it. Measured by the client's ``made_ms`` when both scans carry it (scans queued behind a
+    slow agent arrive back to back, made seconds apart), else by when they arrived."""
+
+    def __init__(self, monotonic_s: Callable[[], float] = time.monotonic) -> None:
+        self._before: dict[tuple[str, str], _Scanned] = {}
+        self._monotonic_s = monotonic_s
+
+    def check(
+        self, key: tuple[str, str], what: tuple[str, str], scan_id: object, made_ms: float | None, window_s: float
+    ) -> int | None:
+        """Note this scan as the key's scan before; return how many ms after the same code it came when it is a
+        bounce, else None. A scan sent again by its ``scan_id`` is the same scan, never its own bounce."""
+        now_s = self._monotonic_s()
+        before = self._before.get(key)
+        if len(self._before) >= BOUNCES_KEPT_MAX and before is None:
+            old = now_s - SAME_CODE_S_MAX
+            self._before = {k: v for k, v in self._before.items() if v.at_s >= old}
+        self._before[key] = _Scanned(what, scan_id, made_ms, now_s)
+        if before is None or not window_s or before.what != what or (scan_id is not None and scan_id == before.scan_id):
+            return None
+        if made_ms is not None and before.made_ms is not None:
+            gap_ms = made_ms - before.made_ms
+        else:
+            gap_ms = (now_s - before.at_s) * 1000
+        return round(gap_ms) if 0 <= gap_ms < window_s * 1000 else None
+
+
+BOUNCES_KEY = web.AppKey("bounces", Bounces)  # each sign-in's scan before, per session: a trigger bounce repeats it
 
 
 def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.Application:
@@ -105,6 +151,7 @@ def create_app(context: LocalApiContext, hosts: HostCheck | None = None) -> web.
         middlewares=[_headers_middleware, _error_middleware, _host_middleware, _auth_middleware],
     )
     app[CONTEXT_KEY] = context
+    app[BOUNCES_KEY] = Bounces()
     app[HOSTS_KEY] = hosts if hosts is not None else HostCheck("127.0.0.1", context.allowed_hosts)
     # A device that goes out of the Wi-Fi's reach mid-request, or a hostile one opening hundreds of requests and
     # dropping them, logged a traceback each (ERROR, "failed with an unexpected error"): counted, one line a minute.
@@ -513,8 +560,9 @@ async def get_session(request: web.Request) -> web.Response:
 async def add_scan(request: web.Request) -> web.Response:
     """Add a scanned barcode (``code``) or a SKU keyed by hand (``sku``), ``qty`` times."""
     body = await _body(request)
-    _fields(body, {"code", "sku", "qty", "disposition", "scan_id", "confirm"})
-    sessions = request.app[CONTEXT_KEY].sessions
+    _fields(body, {"code", "sku", "qty", "disposition", "scan_id", "confirm", "made_ms"})
+    ctx = request.app[CONTEXT_KEY]
+    sessions = ctx.sessions
     session_id, by = request.match_info["id"], _who(request).staff
     qty, scan_id = body.get("qty", 1), body.get("scan_id")
     confirm = body.get("confirm", False)  # a quantity far past the usual (UnlikelyQuantity), said right by the staff
@@ -522,6 +570,30 @@ async def add_scan(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="confirm must be true or false")
     if ("code" in body) == ("sku" in body):
         raise web.HTTPBadRequest(text='send either "code" (what was scanned) or "sku" (keyed by hand)')
+    if scan_id is not None:
+        check_scan_id(scan_id)  # a bad request is no scan before the next one
+    made_ms = body.get("made_ms")
+    if made_ms is not None and not (
+        isinstance(made_ms, int | float) and not isinstance(made_ms, bool) and math.isfinite(made_ms)
+        and 0 <= made_ms <= MADE_MS_MAX
+    ):  # fmt: skip
+        raise web.HTTPBadRequest(text="made_ms must be a number of milliseconds on the client's clock, 0 or more")
+    what = ("code", str(body["code"])) if "code" in body else ("sku", str(body["sku"]))
+    deliberate = confirm or ("qty" in body and body["qty"] != 1)
+    bounce_ms = await _bounce(request, session_id, what, scan_id, made_ms, deliberate=deliberate)
+    if bounce_ms is not None:
+        log.info(
+            "Session %s: a scan of %s came %d ms after the same scan before from the same sign-in; refused as a"
+            " double read.",
+            session_id, values.shown(str(what[1]), 40), bounce_ms,
+        )  # fmt: skip
+        return error_response(
+            409,
+            "double_read",
+            f"the same code came {bounce_ms:,} ms after this sign-in's scan of it before, faster than anyone"
+            " scans two items (a trigger read one label twice); nothing was added: if it was a second item, scan it"
+            " again (or send it with its quantity)",
+        )
     if "code" in body:
         if not isinstance(body["code"], str):
             raise web.HTTPBadRequest(text="code must be the scanned text")
@@ -540,6 +612,31 @@ async def add_scan(request: web.Request) -> web.Response:
         )
     view = await sessions.view(session_id)
     return _json({"line": views.line_json(line), **views.view_json(view)}, status=201)
+
+
+async def _bounce(
+    request: web.Request,
+    session_id: str,
+    what: tuple[str, str],
+    scan_id: object,
+    made_ms: float | None,
+    *,
+    deliberate: bool,
+) -> int | None:
+    """How many ms after the same scan of this sign-in in this session the scan came when it is a trigger bounce
+    (``[localapi] same_code_s``), else None. ``deliberate`` (a quantity of its own, not 1, or a confirmation: a
+    person's word) is never one, nor a scan sent again by its ``scan_id`` (the scan it was)."""
+    ctx = request.app[CONTEXT_KEY]
+    key = (session_id, _token(request))
+    gap_ms = request.app[BOUNCES_KEY].check(key, what, scan_id, made_ms, 0.0 if deliberate else ctx.same_code_s)
+    if gap_ms is None:
+        return None
+    if isinstance(scan_id, str) and await ctx.sessions.store.scanned(session_id, scan_id) is not None:
+        return None
+    with contextlib.suppress(SessionNotFound):  # a session taking no scans says so, in its own words
+        if (await ctx.sessions.store.get(session_id)).status is not SessionStatus.OPEN:
+            return None
+    return gap_ms
 
 
 async def undo(request: web.Request) -> web.Response:

@@ -58,12 +58,16 @@ async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_cl
         "session"
     ]["id"]
     await store.scan(nuts_label(250_000))  # line 1: held for a person
-    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "a" * 32}, 201)  # line 2
+    await api.ok(
+        "POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "a" * 32, "made_ms": 1000}, 201
+    )  # line 2
     other = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-8"}, 201))["session"]["id"]
     await api.ok("POST", f"/api/v1/sessions/{other}/scans", {"code": APPLE, "qty": 4, "scan_id": "c" * 32}, 201)
     ballast = fill(small_disk)
 
-    got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "b" * 32})
+    got, data = await api.call(
+        "POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "b" * 32, "made_ms": 5000}
+    )
     _says_disk_full(got, data)
     refused = PROBLEMS_SAID_MAX + 2
     caplog.clear()
@@ -85,7 +89,9 @@ async def test_a_full_disk_refuses_handheld_and_scanner_lines_a_confirm_and_a_cl
     assert list(await api.outbox.pending(10)) == []
 
     ballast.unlink()  # room again: no restart
-    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "b" * 32}, 201)  # line 3
+    await api.ok(
+        "POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "b" * 32, "made_ms": 5000}, 201
+    )  # line 3
     await store.scan(APPLE_SCAN)  # line 4
     await api.ok("POST", f"/api/v1/sessions/{sid}/lines/1/confirm", {})
     closed = await api.ok("POST", f"/api/v1/sessions/{sid}/close", {})
@@ -109,7 +115,9 @@ async def test_a_close_the_full_outbox_refuses_is_said_and_booked_once_when_sent
     await api.sign_in()
     sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-10"}, 201))["session"]["id"]
     for i in range(5):
-        await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": f"{i:032x}"}, 201)
+        await api.ok(
+            "POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": f"{i:032x}", "made_ms": i * 1000}, 201
+        )  # a second apart
     db = api.outbox._db
     await db.outside_transaction(sqlite_full)
     with pytest.raises(OutboxError, match="the disk is full"):  # the rest of the room: the events' own pages

@@ -282,7 +282,13 @@ async def test_a_barcode_with_an_invisible_direction_mark_is_the_same_barcode(ap
     await api.sign_in()
     sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-8"}, status=201))["session"]["id"]
     arabic = "".join(chr(0x660 + int(d)) for d in APPLE)
-    for typed in ("\u200f" + APPLE, APPLE + "\u200e", "\ufeff" + APPLE, APPLE[:6] + "\u200b" + APPLE[6:], "\u200f" + arabic):
+    for typed in (
+        "\u200f" + APPLE,
+        APPLE + "\u200e",
+        "\ufeff" + APPLE,
+        APPLE[:6] + "\u200b" + APPLE[6:],
+        "\u200f" + arabic,
+    ):
         added = await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": typed}, status=201)
         assert (added["line"]["sku"], added["line"]["unknown"], added["line"]["barcode"]) == ("SKU-APPLE", False, APPLE)
     got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": "\u200f" + APPLE[:-1] + "2"})
@@ -563,8 +569,9 @@ async def test_a_scan_sent_again_after_its_answer_was_lost_is_one_line(api: Api)
     assert got == 409 and "scan a1b2c3 is already line 1" in data["error"]["message"], data
     got, data = await api.call("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "no spaces"})
     assert got == 400 and "scan_id must be" in data["error"]["message"], data
-    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE, "scan_id": "d4e5f6"}, status=201)
-    await api.ok("POST", f"/api/v1/sessions/{sid}/scans", {"code": APPLE}, status=201)  # without one: a new line
+    scans = f"/api/v1/sessions/{sid}/scans"
+    await api.ok("POST", scans, {"code": APPLE, "scan_id": "d4e5f6", "made_ms": 1000}, status=201)
+    await api.ok("POST", scans, {"code": APPLE, "made_ms": 3000}, status=201)  # without one: a new line
     closed = (await api.ok("POST", f"/api/v1/sessions/{sid}/close", {}))["session"]
     assert [(x["sku"], x["qty"]) for x in closed["report"]["lines"]] == [("SKU-APPLE", 3)]
 
@@ -849,3 +856,39 @@ async def test_closing_a_bin_count_tells_what_it_assumes_of_the_movements_since_
         "the 12 received are in bin Z or went into bin Y before it was counted"
         in z["report"]["bin_notes"][0]["message"]
     )
+
+
+async def test_a_bounce_sent_by_any_client_is_added_once_and_a_deliberate_repeat_is_added(api: Api) -> None:
+    """Found: only the handheld page took the same code again within ``same_code_s`` for a trigger bounce; a second
+    client (a script, another handheld app) posting a scan and its bounce 5 ms apart had both added. The agent now
+    applies the rule itself, per session and sign-in: the second is refused (409 ``double_read``) in a sentence. A
+    repeat with a quantity of its own, one made later by the client's clock (``made_ms``: scans queued behind a slow
+    agent arrive back to back), one sent again by its ``scan_id`` (answered, not refused), and the same code from
+    another sign-in are added. (``made_ms`` stands in for time here: no test waits for a window to pass.)"""
+    await api.sign_in()
+    sid = (await api.ok("POST", "/api/v1/sessions", {"type": "receive", "ref": "DN-7"}, status=201))["session"]["id"]
+    scans = f"/api/v1/sessions/{sid}/scans"
+    first = await api.ok("POST", scans, {"code": APPLE, "scan_id": "a" * 32}, status=201)
+    status, error = await api.call("POST", scans, {"code": APPLE, "scan_id": "b" * 32})  # the bounce, at once
+    assert (status, error["error"]["code"]) == (409, "double_read")
+    said = error["error"]["message"]
+    assert "the same code came" in said and "faster than anyone scans two items" in said
+    assert "nothing was added" in said and "scan it again" in said
+    again = await api.ok("POST", scans, {"code": APPLE, "scan_id": "a" * 32}, status=201)  # a resend: its line
+    assert again["line"]["no"] == first["line"]["no"]
+    await api.ok("POST", scans, {"sku": "SKU-FIG"}, status=201)  # something else between: no bounce behind it
+    await api.ok("POST", scans, {"code": APPLE, "made_ms": 10_000}, status=201)
+    await api.ok("POST", scans, {"code": APPLE, "made_ms": 12_000}, status=201)  # made 2 s later, arriving at once
+    status, error = await api.call("POST", scans, {"code": APPLE, "made_ms": 12_030})  # 30 ms later by its clock
+    assert (status, error["error"]["code"]) == (409, "double_read")
+    assert "30 ms" in error["error"]["message"]
+    await api.ok("POST", scans, {"code": APPLE, "qty": 2, "made_ms": 12_040}, status=201)  # a quantity of its own
+    status, error = await api.call("POST", scans, {"code": APPLE, "made_ms": "soon"})
+    assert (status, error["error"]["code"]) == (400, "bad_request")
+    other = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=20))
+    async with other:
+        second = Api(api.url, other, api.outbox, api.sessions)
+        await second.sign_in("bo", "0000")  # another handheld scanning the same delivery
+        await second.ok("POST", scans, {"code": APPLE}, status=201)
+    view = await api.ok("GET", f"/api/v1/sessions/{sid}")
+    assert [(t["sku"], t["qty"]) for t in view["totals"]] == [("SKU-APPLE", 1 + 1 + 1 + 2 + 1), ("SKU-FIG", 1)]

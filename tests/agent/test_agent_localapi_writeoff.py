@@ -42,8 +42,9 @@ async def test_an_outgoing_line_far_beyond_the_local_count_is_booked_only_when_t
     assert got == 400 and "confirm must be true or false" in data["error"]["message"], data
     # Within the local count, or a little past it (the count may be stale): added at once, as before.
     await api.ok("POST", scans, {"code": APPLE, "qty": 4}, status=201)
-    await api.ok("POST", scans, {"code": APPLE, "qty": 11}, status=201)  # 15 = 5 + 10: not yet "far"
-    got, data = await api.call("POST", scans, {"code": APPLE, "qty": 1})  # 16 of 5: past twice it and 10 more
+    await api.ok("POST", scans, {"code": APPLE, "qty": 11, "made_ms": 1000}, status=201)  # 15 = 5 + 10: not yet far
+    # 16 of 5: past twice it and 10 more (scanned a while after the line before: no trigger bounce)
+    got, data = await api.call("POST", scans, {"code": APPLE, "qty": 1, "made_ms": 5000})
     assert got == 409 and data["error"]["code"] == "exceeds_on_hand", data
     assert "16 units of SKU-APPLE" in data["error"]["message"] and "1 on this line" in data["error"]["message"], data
     await api.ok("POST", scans, {"code": APPLE, "qty": 1, "confirm": True}, status=201)

@@ -564,7 +564,9 @@
       focusScan();
       return;
     }
-    const body = { qty, scan_id: newScanId() };
+    // made_ms: when the scan was made, by this page's clock; the agent measures a trigger bounce by it (scans queued
+    // behind a slow agent arrive back to back, made seconds apart), and refuses one this page did not see itself.
+    const body = { qty, scan_id: newScanId(), made_ms: Math.round(performance.timeOrigin + performance.now()) };
     body[keyed ? "sku" : "code"] = code;
     if (state.session.type === "return") {
       body.disposition = document.querySelector("input[name=disposition]:checked").value;
