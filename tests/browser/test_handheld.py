@@ -1002,6 +1002,9 @@ async def test_a_trigger_bounce_through_the_wedge_is_one_item_as_at_the_agents_o
         async with page.expect_response("**/api/v1/me") as me:
             await page.reload()
         assert (await (await me.value).json())["same_code_s"] == 1.0
+        # the reloaded page's requests answered before the agent stops (else Chromium notes a refused connection)
+        await expect(page.locator("#active-list li")).to_have_count(1)
+        await expect(page.locator("#sync")).to_be_visible()
     assert script_errors(console_errors) == []
 
 
@@ -1040,4 +1043,46 @@ async def test_a_quantity_typed_in_arabic_indic_digits_is_read_and_a_quantity_th
     await expect(page.locator("#scan-code")).to_have_value("")
     await expect(page.locator("#scan-qty")).to_have_attribute("inputmode", "numeric")
     assert await scanned(agent) == [("SKU-APPLE", 12), ("SKU-PEAR", 3)]
+    assert script_errors(console_errors) == []
+
+
+async def test_a_scan_typed_onto_a_cut_off_one_left_in_the_field_is_judged_as_at_the_agents_readers(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found: a wedge scan whose Enter never came (the link dropped) stays in the scan field, and the next scan is
+    typed onto it: "TO", then the tail "TE-7", was added as one barcode, and so would "TO" and another item have
+    been. The page now sees the pause in the wedge's typing and judges the scan typed after text left over a second
+    as the agent's readers judge the scan after a cut-off one: the tail is refused, nothing added; the same item
+    scanned again, or a GTIN whose check digit holds, is added alone and the leftover said. A person's typing, with
+    pauses of its own, is never judged."""
+    await open_receive(page, agent, "DN-CUT")
+    await page.keyboard.type("TO")  # a wedge's scan cut off: no Enter
+    await page.wait_for_timeout(1200)
+    await wedge(page, "TE-7")
+    await expect(page.locator("#scan-msg")).to_have_text(
+        "TO was left in the scan field without its Enter (a scan cut off), and TE-7 typed onto it is likely the rest"
+        " of that scan: nothing was added; scan the item again."
+    )
+    await expect(page.locator("#scan-code")).to_have_value("")
+    assert await scanned(agent) == []
+    await page.keyboard.type(APPLE[:5])  # cut off again, then the item scanned again whole
+    await page.wait_for_timeout(1200)
+    await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_have_text(
+        f"Added 1 × SKU-APPLE. {APPLE[:5]} before it was left in the scan field without its Enter (a scan cut off)"
+        " and was not added."
+    )
+    await page.keyboard.type("TO")
+    await page.wait_for_timeout(1200)
+    await wedge(page, PEAR)  # another item, its GTIN's check digit holding: whole
+    await expect(page.locator("#scan-msg")).to_contain_text("Added 1 × SKU-PEAR.")
+    assert await scanned(agent) == [("SKU-APPLE", 1), ("SKU-PEAR", 1)]
+    await page.check("#scan-keyed")  # a person typing a SKU, pausing to read the label: theirs, as typed
+    await page.focus("#scan-code")
+    await page.keyboard.type("SKU-", delay=120)
+    await page.wait_for_timeout(1200)
+    await page.keyboard.type("PEAR", delay=120)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-PEAR.")
+    assert await scanned(agent) == [("SKU-APPLE", 1), ("SKU-PEAR", 1), ("SKU-PEAR", 1)]
     assert script_errors(console_errors) == []

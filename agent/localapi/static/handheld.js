@@ -33,12 +33,19 @@
   const SESSION_POLL_MS = 3000;
   const QTY_IDLE_MS = 1500;  // after typing a quantity, the focus goes back to the scan field
   const STATUS_POLL_MS = 10000;
+  // A wedge types a scan into the scan field key by key and ends it with Enter, as a scanner's suffix ends it at the
+  // agent's readers: text left in the field without its Enter this long is a scan cut off (the agent waits as long
+  // for a suffix, SUFFIX_WAIT_S), and keys of one run this close together on average are a scanner's, never a
+  // person's typing (a fast typist's keys are some 100 ms apart).
+  const CUT_OFF_MS = 1000;
+  const WEDGE_KEY_MS = 50;
 
   const $ = (id) => document.getElementById(id);
   const state = {
     me: null, session: null, openType: null, readers: [], pollTimer: null, statusTimer: null, busy: false, pending: 0,
     unsent: [],  // scans refused for want of a sign-in (the agent restarted): sent again once signed in
     lastScan: null,  // the code of the scan before, and when it was made: a trigger bounce repeats it (bounced)
+    runs: [],  // the scan field's text as typed, in runs of keys without a pause (noteTyping); null: not all typed
     unstored: [],  // scans the agent could not store (507: its disk is full): shown, sent again when the staff say
     scannerUnstored: [],  // the session's scanner's scans the full disk refused (its view's unstored), kept by the agent
     queue: Promise.resolve(),  // scans waiting to be sent, in order
@@ -541,7 +548,9 @@
   function addScan(event) {
     event.preventDefault();
     const input = $("scan-code");
-    const code = input.value.trim();
+    let code = input.value.trim();
+    const runs = state.runs;  // how it was typed (noteTyping); the field starts again from empty
+    state.runs = [];
     if (code && state.session && state.busy) {  // this page is closing the session
       input.value = "";  // the next scan must not be typed onto this one
       message($("scan-msg"), code + " was not added: the session is being closed.", "bad");
@@ -559,6 +568,21 @@
       return;
     }
     const keyed = $("scan-keyed").checked;
+    const cut = cutOff(input.value, runs);
+    let note = "";
+    if (cut && !wholeAfter(cut.head, cut.scan)) {
+      input.value = "";
+      state.lastScan = null;
+      const said = cut.head + " was left in the scan field without its Enter (a scan cut off), and " + cut.scan +
+        " typed onto it is likely the rest of that scan: nothing was added; scan the item again.";
+      state.queue = state.queue.then(() => message($("scan-msg"), said, "bad"));
+      focusScan();
+      return;
+    }
+    if (cut) {  // the same item scanned again, or a whole barcode: the head left in the field goes, the scan is added
+      code = cut.scan;
+      note = cut.head + " before it was left in the scan field without its Enter (a scan cut off) and was not added.";
+    }
     if (bounced(code, keyed)) {
       input.value = "";
       focusScan();
@@ -576,6 +600,64 @@
     const sessionId = state.session.id;
     state.pending += 1;
     state.queue = state.queue.then(() => sendScan(sessionId, code, body)).finally(() => { state.pending -= 1; });
+    if (note) {
+      state.queue = state.queue.then(() => {
+        const shown = $("scan-msg");
+        message(shown, shown.textContent + " " + note, shown.classList.contains("msg-bad") ? "bad" : "warn");
+      });
+    }
+  }
+
+  // The scan field's text as it was typed: runs of keys, a new run after a pause of CUT_OFF_MS. Anything but keys
+  // typed at its end (a paste, a deletion, an edit in the middle) leaves it unknown (null) until the field is empty.
+  function noteTyping(event) {
+    const input = $("scan-code");
+    const now = performance.now();
+    if (!input.value) {
+      state.runs = [];
+      return;
+    }
+    const data = event.inputType === "insertText" && event.data ? event.data : null;
+    if (state.runs === null || data === null || input.selectionStart !== input.value.length) {
+      state.runs = null;
+      return;
+    }
+    const last = state.runs[state.runs.length - 1];
+    if (!last || now - last.at > CUT_OFF_MS) {
+      state.runs.push({ from: input.value.length - data.length, first: now, at: now, keys: 1 });
+      return;
+    }
+    last.at = now;
+    last.keys += 1;
+  }
+
+  // A scan typed onto text a wedge left in the field without its Enter (a scan cut off: the link dropped, the Enter
+  // was lost): {head, scan}, else null. Only text typed at a scanner's pace is judged, every run of it two keys or
+  // more under WEDGE_KEY_MS apart on average (a busy handheld delays a key now and then): a person typing pauses as
+  // long, and their text is theirs (docs/scanners.md).
+  function cutOff(value, runs) {
+    if (!runs || runs.length < 2) return null;
+    if (runs.some((r) => r.keys < 2 || (r.at - r.first) / (r.keys - 1) >= WEDGE_KEY_MS)) return null;
+    const from = runs[runs.length - 1].from;
+    const head = value.slice(0, from).trim();
+    const scan = value.slice(from).trim();
+    return head && scan ? { head, scan } : null;
+  }
+
+  // As the agent's readers judge the scan after a cut-off one (docs/scanners.md): the same item scanned again begins
+  // as its cut-off head did, and a scan beginning with a symbology identifier, or a GTIN whose check digit holds, is
+  // whole; after a head with an identifier, a scan without one is its tail. Anything else is the head's tail.
+  function wholeAfter(head, scan) {
+    if (head.startsWith("]")) return scan.startsWith("]");
+    return scan.startsWith(head) || scan.startsWith("]") || checkedGtin(scan);
+  }
+
+  function checkedGtin(text) {
+    const digits = asciiDigits(text);
+    if (!/^\d+$/.test(digits) || [8, 12, 13, 14].indexOf(digits.length) < 0) return false;
+    let sum = 0;
+    for (let i = digits.length - 2, w = 3; i >= 0; i--, w = 4 - w) sum += Number(digits[i]) * w;
+    return (10 - (sum % 10)) % 10 === Number(digits[digits.length - 1]);
   }
 
   // The quantity field is a text field (inputmode numeric): Chromium's number field dropped the digits a phone set to
@@ -933,6 +1015,7 @@
     $("open-form").addEventListener("submit", submitOpen);
     $("open-back").addEventListener("click", () => showHome());
     $("scan-form").addEventListener("submit", addScan);
+    $("scan-code").addEventListener("input", noteTyping);
     // The quantity applies to the next scan. Enter in it (or a pause) hands the focus back to the scan field,
     // so the scanner's keystrokes never end up in the quantity.
     let qtyTimer = null;
