@@ -1086,3 +1086,31 @@ async def test_a_scan_typed_onto_a_cut_off_one_left_in_the_field_is_judged_as_at
     await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-PEAR.")
     assert await scanned(agent) == [("SKU-APPLE", 1), ("SKU-PEAR", 1), ("SKU-PEAR", 1)]
     assert script_errors(console_errors) == []
+
+
+async def test_a_bounce_the_page_did_not_see_is_refused_by_the_agent_and_said_on_the_page(
+    page: Page, browser_context: BrowserContext, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """The agent refuses a trigger bounce itself (``409 double_read``, per session and sign-in), whichever client
+    sends it; here a second tab of the same sign-in, whose own check never saw the first scan, and the page says the
+    agent's sentence. (A window of 5 s here, so that switching tabs on a busy machine stays inside it.)"""
+    async with running_agent(tmp_path, same_code_s=5.0) as agent:
+        await open_receive(page, agent, "DN-TWO-TABS")
+        other = await browser_context.new_page()
+        await other.set_viewport_size(PHONE)  # type: ignore[arg-type]
+        await other.goto(agent.url + "/")
+        await other.click("#active-list button")
+        await expect(other.locator("#screen-session")).to_be_visible()
+        await page.bring_to_front()
+        await wedge(page, APPLE)
+        await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
+        await other.bring_to_front()
+        await wedge(other, APPLE)
+        await expect(other.locator("#scan-msg")).to_contain_text(f"{APPLE}: The same code came")
+        await expect(other.locator("#scan-msg")).to_contain_text(
+            "after this sign-in's scan of it before, faster than anyone scans two items (a trigger read one label"
+            " twice); nothing was added"
+        )
+        assert await scanned(agent) == [("SKU-APPLE", 1)]
+        await other.close()
+    assert script_errors(console_errors) == []
