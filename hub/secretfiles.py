@@ -8,6 +8,7 @@ bits that say this.
 Public API::
 
     warn_if_open(fd, path, what)    # fd: the open file's descriptor; what: "the database's password" …
+    warn_if_path_open(path, what)   # the same, by the file's name (a file another part of the process holds open)
 """
 
 from __future__ import annotations
@@ -28,6 +29,22 @@ def warn_if_open(fd: int, path: str | Path, what: str) -> None:
         mode = os.fstat(fd).st_mode
     except OSError:
         return
+    _warn(mode, path, what)
+
+
+def warn_if_path_open(path: str | Path, what: str) -> None:
+    """``warn_if_open`` by the file's name, for a file this process must not open and close a descriptor of (a
+    SQLite database: closing any descriptor of it drops the locks SQLite holds on it in this process)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    _warn(mode, path, what)
+
+
+def _warn(mode: int, path: str | Path, what: str) -> None:
     if mode & stat.S_IROTH:
         log.warning(
             "%s is readable by every user of this machine (mode %04o), and it holds %s: make it readable by its "

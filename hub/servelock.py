@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hub.storage.base import HubError, StoreError
-from hub.storage.sqlite.store import not_a_file
+from hub.storage.sqlite.store import DB_FILE_MODE, not_a_file
 from protocol.oslock import hold_os_lock
 
 LOCK_SUFFIX = ".serving.lock"
@@ -112,7 +112,7 @@ def _hold_file_lock(db: str | Path, wait_s: float) -> Iterator[None]:
     flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
     try:  # the file serve creates: SQLite opens a new, empty file as a new database
         try:
-            fd, created = os.open(db, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+            fd, created = os.open(db, flags | os.O_CREAT | os.O_EXCL, DB_FILE_MODE), True
         except FileExistsError:
             fd, created = os.open(db, flags), False
     except OSError as err:

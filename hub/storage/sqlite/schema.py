@@ -103,6 +103,7 @@ def script_statements(script: str) -> list[str]:
 # holds. The token is changed under the database's write lock; the file holds the old and the new token until
 # the new one is committed, so a crash between the two writes begins no new history.
 HOME_TOKEN_SUFFIX = ".feed-home"
+TOKEN_FILE_MODE = 0o600  # the hub's own, as its database is (hub.storage.sqlite.store.DB_FILE_MODE)
 
 
 async def feed_history(db: InlineConnection, path: Path) -> str:
@@ -206,7 +207,10 @@ def _write_tokens(tokens_file: Path, tokens: list[str]) -> None:
     """Replace the token file by one holding ``tokens``, synced to disk before the database commits."""
     partial = tokens_file.with_name(f".{tokens_file.name}.{os.getpid()}")
     try:
-        with open(partial, "w", encoding="ascii") as f:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, TOKEN_FILE_MODE)
+        if os.name == "posix":
+            os.fchmod(fd, TOKEN_FILE_MODE)  # whatever the umask made of it
+        with open(fd, "w", encoding="ascii") as f:
             f.write("\n".join(tokens) + "\n")
             f.flush()
             os.fsync(f.fileno())

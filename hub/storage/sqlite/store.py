@@ -35,6 +35,7 @@ from urllib.parse import quote
 import aiosqlite
 
 from hub.resolver import StockKey
+from hub.secretfiles import warn_if_path_open
 from hub.storage.base import HubError, StoreClosed, StoreError, StoreOpener
 from hub.storage.bundles import BundleReads
 from hub.storage.db import SqliteDb
@@ -48,6 +49,12 @@ from hub.storage.sqlite.writer import WAL_VALVE_PAGES, Checkpointer, ConnectionT
 from hub.storage.store import SMALL_WRITE_EVENTS, SqlHubStore
 
 log = logging.getLogger(__name__)
+
+# The mode of a database file the hub creates, whatever the umask: it holds every credential's hash and the whole
+# ledger. SQLite gives its -wal and -shm the database file's mode. An existing file keeps its own (0640 in
+# docs/operations.md's restore, for the hub's group); one every user may read is said in a WARNING at each open.
+DB_FILE_MODE = 0o600
+DB_FILE_HOLDS = "the hash of every credential and the whole ledger"
 
 T = TypeVar("T")
 
@@ -273,6 +280,31 @@ def _check_wal_is_its_own(path: Path) -> None:
         )
 
 
+def _create_private(path: Path) -> bool:
+    """Create the database file ``path`` with ``DB_FILE_MODE`` when there is none (SQLite would make it 0644 under
+    the default umask); True when this call made it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), DB_FILE_MODE)
+    except FileExistsError:
+        return False
+    except OSError:
+        return False  # left to SQLite's open, which says why
+    try:
+        if os.name == "posix":
+            os.fchmod(fd, DB_FILE_MODE)  # whatever the umask made of it
+    finally:
+        os.close(fd)
+    return True
+
+
+def _remove_if_still_empty(path: Path) -> None:
+    """Remove the file ``_create_private`` made for an open that failed before SQLite wrote to it: left empty, the
+    next command would refuse it as an empty file."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0 and not any(os.path.exists(f"{path}{side}") for side in ("-wal", "-journal")):
+            path.unlink()
+
+
 def _file_id(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -342,6 +374,9 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
         _check_one_name(path)
         _check_wal_is_its_own(path)
         _check_is_a_hubs(path)
+        created = _create_private(path)
+        if not created:
+            warn_if_path_open(path, DB_FILE_HOLDS)
         writer = ConnectionThread(path, f"hub-writer:{path.name}")
         checkpointer = Checkpointer(path)
         reader: aiosqlite.Connection | None = None
@@ -370,6 +405,8 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                 await reader.close()
             await checkpointer.close()
             await writer.close()
+            if created:
+                _remove_if_still_empty(path)
             if isinstance(err, (sqlite3.Error, OSError)) and read_only_file_system(path.parent):
                 raise StoreError(
                     f"cannot open the hub database {path}: the file system of {path.parent} is read-only, and the hub "
