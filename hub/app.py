@@ -290,7 +290,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     webhooks.setup(app, settings.webhooks, settings.db)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
     events_api.setup(app, settings.clock_window_s)  # POST /v1/events
     quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/release, POST /v1/quarantine/{id}
-    dashboard.setup(app, store, settings.public_url)  # /, /dashboard/…, GET /v1/status, GET /v1/counts
+    dashboard.setup(app, store, settings.public_url, tls=bool(settings.tls_cert))  # /, /dashboard/…, /v1/status
     order_routes.setup(app, settings.channels, settings.db, settings.clock_window_s)  # POST /v1/channels/{name}/webhooks
     channel_http.setup(app, settings.channels, settings.db)  # GET /v1/channels …; runs each channel's pusher
     return app

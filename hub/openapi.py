@@ -59,7 +59,7 @@ from hub.config import (
     DEFAULT_REFUSED_ATTEMPTS_PER_S,
 )
 from hub.dashboard import api as dashboard_api
-from hub.dashboard.sessions import SESSION_COOKIE
+from hub.dashboard.sessions import HTTPS_SESSION_COOKIE, SESSION_COOKIE
 from hub.resolver import BUNDLE_PARTS_MAX, COMPONENT_UNITS_MAX, Effect
 from hub.storage import keys
 from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES
@@ -139,7 +139,8 @@ API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      GET /v1/reports/variance by=sku in pages (limit default 500, cursor, next) of the most shrinkage first, with
 #      row_count and the totals of every row in each page;
 #      GET /v1/quarantine's first page names pending: how many are held pending in all (total, hub_clock, and per
-#      agent those not attributed to either clock), what a release takes
+#      agent those not attributed to either clock), what a release takes;
+#      the dashboard's session cookie is __Host-shelfsync_session when the dashboard is served over HTTPS
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1810,7 +1811,8 @@ def _security_schemes() -> dict[str, JSON]:
         SESSION: {
             "type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
             "description": "The dashboard's session cookie (POST /dashboard/sign-in): read-only, accepted on GET and "
-                           "HEAD only, and always a reader's.",
+                           "HEAD only, and always a reader's. Over HTTPS (tls_cert, or an https public_url) it is "
+                           f"named {HTTPS_SESSION_COOKIE} (since 1.11): Secure, Path=/, no Domain.",
         },
         SHOPIFY_SIGNATURE: {
             "type": "apiKey", "in": "header", "name": order_routes.SHOPIFY_SIGNATURE,

@@ -11,8 +11,8 @@ person pastes (held in the page's memory), never the cookie.
 
 Public API::
 
-    setup(app, store, public_url)     # routes, sessions and the cookie hook of hub.auth
-    DashboardSessions, SESSION_COOKIE
+    setup(app, store, public_url, https=False)   # routes, sessions and the cookie hook of hub.auth
+    DashboardSessions, SESSION_COOKIE, HTTPS_SESSION_COOKIE
 """
 
 from __future__ import annotations
@@ -21,16 +21,18 @@ from aiohttp import web
 
 from hub.auth import COOKIE_SESSIONS_KEY, PUBLIC_ROUTES_KEY
 from hub.dashboard import api, pages
-from hub.dashboard.sessions import SESSION_COOKIE, DashboardSessions
+from hub.dashboard.sessions import HTTPS_SESSION_COOKIE, SESSION_COOKIE, DashboardSessions
 from hub.storage.interfaces import CredentialStore
 
-__all__ = ["SESSION_COOKIE", "DashboardSessions", "setup"]
+__all__ = ["HTTPS_SESSION_COOKIE", "SESSION_COOKIE", "DashboardSessions", "setup"]
 
 
-def setup(app: web.Application, store: CredentialStore, public_url: str = "") -> None:
+def setup(app: web.Application, store: CredentialStore, public_url: str = "", *, tls: bool = False) -> None:
     """Serve the dashboard on ``app`` and let its session cookie read (only read) the API; ``public_url``: the hub's
-    address as people reach it, perhaps through a reverse proxy (its forms are taken from that origin too)."""
-    sessions = DashboardSessions(store)
+    address as people reach it, perhaps through a reverse proxy (its forms are taken from that origin too); ``tls``:
+    the hub serves HTTPS itself. Served over HTTPS either way, the cookie is ``HTTPS_SESSION_COOKIE``."""
+    https = tls or public_url.strip().lower().startswith("https:")
+    sessions = DashboardSessions(store, https=https)
     app[COOKIE_SESSIONS_KEY] = sessions
     pages.setup(app, sessions, public_url)
     api.setup(app)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from hub import heads, problems, ratelimit
-from hub.dashboard.sessions import SESSION_COOKIE, DashboardSessions, SignInRefused, clear_cookie, set_cookie
+from hub.dashboard.sessions import DashboardSessions, SignInRefused
 from protocol.logsafety import RepeatLog
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ async def post_sign_in(request: web.Request) -> web.Response:
         ratelimit.refused(request)  # counted against its address (hub.ratelimit.RefusedAttempts)
         return _page(request, "sign-in.html", 403, f"Not signed in: {err}.")
     response = _see_other("/dashboard/")
-    set_cookie(response, session_id, secure=_secure(request))
+    request.app[SESSIONS_KEY].set_cookie(response, session_id, secure=_secure(request))
     return response
 
 
@@ -209,8 +209,9 @@ async def _sign_out_head(request: web.Request) -> web.Response | None:
     another origin (403); without a session of this hub process, the sign-in page (303), as after it."""
     if not _same_origin(request):
         raise web.HTTPForbidden(text="sign out from the dashboard itself")
-    if not request.app[SESSIONS_KEY].holds(request.cookies.get(SESSION_COOKIE)):
-        return _signed_out()
+    sessions = request.app[SESSIONS_KEY]
+    if not sessions.holds(sessions.session_id(request)):
+        return _signed_out(sessions)
     return None
 
 
@@ -218,13 +219,14 @@ async def post_sign_out(request: web.Request) -> web.Response:
     """Forget the session (it ends at once, in this hub process) and clear the cookie."""
     if (answer := await _sign_out_head(request)) is not None:
         return answer
-    request.app[SESSIONS_KEY].sign_out(request.cookies.get(SESSION_COOKIE))
-    return _signed_out()
+    sessions = request.app[SESSIONS_KEY]
+    sessions.sign_out(sessions.session_id(request))
+    return _signed_out(sessions)
 
 
-def _signed_out() -> web.Response:
+def _signed_out(sessions: DashboardSessions) -> web.Response:
     response = _see_other("/dashboard/sign-in")
-    clear_cookie(response)
+    sessions.clear_cookie(response)
     return response
 
 

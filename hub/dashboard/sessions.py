@@ -32,7 +32,11 @@ from hub.storage.interfaces import CredentialStore
 
 log = logging.getLogger(__name__)
 
-SESSION_COOKIE = "shelfsync_session"
+SESSION_COOKIE = "shelfsync_session"  # over plain HTTP
+# Over HTTPS (TLS on the hub, or an https public_url): a browser keeps a cookie of this name only when it is Secure,
+# Path=/ and has no Domain, so no other host — a sibling subdomain setting Domain=.example.com — can set one the hub
+# would read, and a cookie of the plain name is not read then.
+HTTPS_SESSION_COOKIE = "__Host-" + SESSION_COOKIE
 SESSION_TTL_S = 12 * 3_600.0
 SESSION_RECHECK_S = 60.0
 SESSIONS_MAX = 10_000  # the oldest session is dropped past this
@@ -61,8 +65,17 @@ def _key(session_id: str) -> str:
 class DashboardSessions:
     """The open sessions of this hub process."""
 
-    def __init__(self, store: CredentialStore, ttl_s: float = SESSION_TTL_S, recheck_s: float = SESSION_RECHECK_S) -> None:
+    def __init__(
+        self,
+        store: CredentialStore,
+        ttl_s: float = SESSION_TTL_S,
+        recheck_s: float = SESSION_RECHECK_S,
+        *,
+        https: bool = False,
+    ) -> None:
         self._store = store
+        self.https = https  # the dashboard is served over HTTPS: the cookie is HTTPS_SESSION_COOKIE, always Secure
+        self.cookie = HTTPS_SESSION_COOKIE if https else SESSION_COOKIE
         self._ttl_s = ttl_s
         self._recheck_s = recheck_s
         self._sessions: OrderedDict[str, Session] = OrderedDict()
@@ -109,7 +122,7 @@ class DashboardSessions:
     async def identify(self, request: web.Request, *, recheck: bool = False) -> AgentIdentity | None:
         """The (read-only) identity of the request's session cookie, or None; ``recheck``: ask the store
         now whether its credential is revoked (else at most every ``recheck_s``)."""
-        session_id = request.cookies.get(SESSION_COOKIE)
+        session_id = request.cookies.get(self.cookie)
         if not session_id or len(session_id) > 128:
             return None
         key = _key(session_id)
@@ -129,19 +142,23 @@ class DashboardSessions:
             self._sessions[key] = replace(session, checked_s=now)
         return AgentIdentity(session.agent_id, frozenset(), ROLE_READER)
 
+    def session_id(self, request: web.Request) -> str | None:
+        """The session id the request's cookie carries (of this hub's cookie name), or None."""
+        return request.cookies.get(self.cookie)
 
-def set_cookie(response: web.StreamResponse, session_id: str, *, secure: bool) -> None:
-    """The session cookie; ``secure``: the browser reached the hub over HTTPS (directly or through a proxy)."""
-    response.set_cookie(
-        SESSION_COOKIE,
-        session_id,
-        max_age=int(SESSION_TTL_S),
-        path="/",
-        httponly=True,
-        samesite="Strict",
-        secure=secure,
-    )
+    def set_cookie(self, response: web.StreamResponse, session_id: str, *, secure: bool) -> None:
+        """The session cookie; ``secure``: the browser reached the hub over HTTPS (directly or through a proxy),
+        always so when the dashboard is served over HTTPS."""
+        response.set_cookie(
+            self.cookie,
+            session_id,
+            max_age=int(SESSION_TTL_S),
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=secure or self.https,
+        )
 
-
-def clear_cookie(response: web.StreamResponse) -> None:
-    response.del_cookie(SESSION_COOKIE, path="/")
+    def clear_cookie(self, response: web.StreamResponse) -> None:
+        """Clear the session cookie (a __Host- one only with the attributes it was set with)."""
+        response.del_cookie(self.cookie, path="/", secure=self.https, httponly=True, samesite="Strict")

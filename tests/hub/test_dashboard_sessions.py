@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from hub.dashboard import SESSION_COOKIE, DashboardSessions
+from hub.dashboard import HTTPS_SESSION_COOKIE, SESSION_COOKIE, DashboardSessions
 from hub.dashboard import sessions as sessions_module
 from hub.dashboard.pages import ASSETS, PAGES
 from tests.hub.feed_helpers import Hub, running_hub
@@ -39,8 +39,8 @@ async def sign_in(hub: Hub, token: str) -> str:
     return morsel.value
 
 
-def cookie(value: str) -> dict[str, str]:
-    return {"Cookie": f"{SESSION_COOKIE}={value}"}
+def cookie(value: str, name: str = SESSION_COOKIE) -> dict[str, str]:
+    return {"Cookie": f"{name}={value}"}
 
 
 async def test_without_a_session_the_dashboard_sends_you_to_sign_in(hub: Hub) -> None:
@@ -174,17 +174,26 @@ async def test_behind_a_tls_proxy_the_public_urls_origin_signs_in_and_gets_a_sec
         resp = await hub.client.post("/dashboard/sign-in", data={"token": hub.reader}, headers=forwarded,
                                      allow_redirects=False)  # fmt: skip
         assert resp.status == 303, await resp.text()
-        morsel = resp.cookies[SESSION_COOKIE]
+        morsel = resp.cookies[HTTPS_SESSION_COOKIE]  # __Host-: no other host of the domain can set one
         assert morsel["secure"] is True and morsel["httponly"] is True  # never sent over plain http
-        resp = await hub.client.post("/dashboard/sign-out", headers={**forwarded, **cookie(morsel.value)},
+        assert (morsel["path"], morsel["domain"]) == ("/", "")
+        assert SESSION_COOKIE not in resp.cookies
+        assert (await hub.client.get("/v1/status", headers=cookie(morsel.value, HTTPS_SESSION_COOKIE))).status == 200
+        # the same session under the plain name (a cookie a sibling subdomain planted) is not read over HTTPS
+        assert (await hub.client.get("/v1/status", headers=cookie(morsel.value))).status == 401
+        resp = await hub.client.post("/dashboard/sign-out",
+                                     headers={**forwarded, **cookie(morsel.value, HTTPS_SESSION_COOKIE)},
                                      allow_redirects=False)  # fmt: skip
         assert (resp.status, resp.headers["Location"]) == (303, "/dashboard/sign-in")
-        assert (await hub.client.get("/v1/status", headers=cookie(morsel.value))).status == 401  # it ended
+        cleared = resp.cookies[HTTPS_SESSION_COOKIE]
+        assert (cleared.value, cleared["secure"], cleared["path"]) == ("", True, "/")  # a browser takes it only so
+        assert (await hub.client.get("/v1/status", headers=cookie(morsel.value, HTTPS_SESSION_COOKIE))).status == 401
         # another site is still another site, whatever the proxy says
         for origin in ("https://evil.example", "http://hub.example.test", "https://hub.example.test.evil.example"):
             resp = await hub.client.post("/dashboard/sign-in", data={"token": hub.reader},
                                          headers={**forwarded, "Origin": origin}, allow_redirects=False)  # fmt: skip
-            assert resp.status == 403 and SESSION_COOKIE not in resp.cookies, origin
-        # reached directly (an operator on the hub's own machine, http://127.0.0.1:…): a session as before, over http
+            assert resp.status == 403 and HTTPS_SESSION_COOKIE not in resp.cookies, origin
+        # reached directly (an operator on the hub's own machine, http://127.0.0.1:…): the same Secure cookie, which
+        # a browser keeps for loopback too (tests/browser/test_dashboard_cookie.py)
         resp = await hub.client.post("/dashboard/sign-in", data={"token": hub.reader}, allow_redirects=False)
-        assert resp.status == 303 and resp.cookies[SESSION_COOKIE]["secure"] == ""
+        assert resp.status == 303 and resp.cookies[HTTPS_SESSION_COOKIE]["secure"] is True
