@@ -30,6 +30,10 @@
   const EXCEPTIONS_READ = 10000;
   // The rows the Exceptions page draws, newest first: drawing 10,000 held the tab for 24 s at every live redraw.
   const EXCEPTIONS_SHOWN = 500;
+  // The store agents the Stores page draws at first, and how many more each "Show more" adds: a chain of 3,000
+  // stores is found with the filter (location or agent id), not scrolled through. A live change draws again only
+  // the rows whose agent changed (storeRowSig), not the list.
+  const STORES_SHOWN = 500;
   const AGE_TICK_MS = 5000;
   // The rows the Shrinkage page reads and draws: the report has one per location and SKU counted, and a stocktake
   // counts every SKU of every store — 50,000 rows held the tab for a minute. One page of the most shrinkage.
@@ -69,6 +73,8 @@
     exceptions: [],
     exceptionsMore: false, // the hub lists more exceptions than the EXCEPTIONS_READ read
     stock: { location: "", filter: "", rows: [], more: false, sort: ["location", 1], noteEl: null },
+    // The Stores page: its filter, how many rows it draws, and its drawn rows by agent id ({ sig, tr }) while shown.
+    stores: { filter: "", shown: STORES_SHOWN, view: null, root: null, drawn: new Map() },
     sku: null, // {sku, counts: Map(location -> count), totalsEl, ledger: {cursors, page, next, starts, fresh}}
     names: new Map(), // SKU -> product name, from the catalog
     skus: [], // every SKU the catalog maps barcodes to
@@ -470,6 +476,9 @@
       page.label, page.badge ? h("span", { class: "tab-badge", id: `${page.view}-badge`, hidden: true }) : null)));
   }
 
+  // What a page's render returns when it updated the page already drawn in place (the Stores page on a live change).
+  const KEPT = Symbol("kept");
+
   async function render() {
     const view = currentView();
     for (const a of document.querySelectorAll(".tabs a")) {
@@ -480,6 +489,7 @@
     const target = $("view");
     try {
       const content = await view.render(view.arg);
+      if (content === KEPT) return; // the page updated what it had drawn, in place
       if (currentView().name === view.name) target.replaceChildren(...[content].flat());
     } catch (err) {
       if (err.message !== "signed out") target.replaceChildren(h("div", { class: "empty" }, `Cannot show this page: ${err.message}`));
@@ -493,58 +503,150 @@
     return (a.last_sync_ms ?? Infinity) - (b.last_sync_ms ?? Infinity) || a.agent_id.localeCompare(b.agent_id);
   }
 
+  // The fields of a store agent its row shows: a row is drawn again only when they change (not for the age of its
+  // last sync, which the page's clock ticks on).
+  function storeRowSig(a) {
+    return JSON.stringify(a, (key, value) => (key === "last_sync_age_s" ? undefined : value));
+  }
+
+  function storeRow(a) {
+    const latest = a.epochs.length ? a.epochs[a.epochs.length - 1] : null;
+    const status = a.last_sync_ms == null ? pill("Never synced", "plain")
+      : a.online ? pill("Online", "good") : pill("Offline", "bad");
+    return h("tr", { dataset: { agent: a.agent_id } },
+      h("td", { class: "nowrap" }, status),
+      h("td", { class: "key" }, a.locations.join(", ") || "–"),
+      h("td", { class: "mono" }, a.agent_id),
+      h("td", { class: "nowrap" }, ageEl(a.last_sync_ms), a.last_sync ? timeEl(a.last_sync, "span", { class: "sub time" }) : null),
+      numCell(a.events_last_hour, { dimZero: true }),
+      latest && latest.epoch === CONNECTOR_EPOCH
+        ? h("td", { class: "num", title: "an API connector: its mark is the time of its newest movement" },
+          timeEl(new Date(latest.hwm).toISOString()), h("span", { class: "sub" }, "API connector"))
+        : h("td", { class: "num" }, latest ? fmt(latest.hwm) : "–",
+          latest ? h("span", { class: "sub", dataset: { field: "epoch" } }, `epoch ${latest.epoch_text}`) : null,
+          a.epochs.length > 1
+            ? h("span", { class: "sub warn", title: "each new epoch began when the agent found the hub held another history of its outbox" },
+              `${a.epochs.length} epochs: outbox restored, copied or rolled back`)
+            : null),
+      backlogCell(a),
+      diskCell(a),
+      skew(a.clock_skew_ms));
+  }
+
+  function storeMatches(a, q) {
+    return a.agent_id.toLowerCase().includes(q) || a.locations.some((l) => l.toLowerCase().includes(q));
+  }
+
+  // The Stores page's list in its order (of the chip chosen), narrowed by the filter.
+  function storesListed(filter) {
+    const every = storeAgents();
+    const q = state.stores.filter.trim().toLowerCase();
+    const agents = filter === "offline" ? every.filter((a) => !a.online).sort(offlineFirst)
+      : every.sort((a, b) => a.locations.join().localeCompare(b.locations.join()) || a.agent_id.localeCompare(b.agent_id));
+    return q ? agents.filter((a) => storeMatches(a, q)) : agents;
+  }
+
+  // Draw the Stores table's rows: the first state.stores.shown of the list, a row made again only when its agent
+  // changed since it was drawn, rows moved only where the order changed.
+  function drawStores() {
+    const ss = state.stores;
+    const root = ss.root;
+    const listed = storesListed(ss.view);
+    const shown = listed.slice(0, ss.shown);
+    const body = root.querySelector("#stores-body");
+    const drawn = new Map();
+    let at = body.firstChild;
+    for (const a of shown) {
+      const sig = storeRowSig(a);
+      const before = ss.drawn.get(a.agent_id);
+      let tr = before ? before.tr : null;
+      if (!before || before.sig !== sig) {
+        const fresh = storeRow(a);
+        if (tr && tr.parentNode === body) {
+          if (at === tr) at = fresh;
+          body.replaceChild(fresh, tr);
+        }
+        tr = fresh;
+      }
+      drawn.set(a.agent_id, { sig, tr });
+      if (at === tr) at = tr.nextSibling;
+      else body.insertBefore(tr, at);
+    }
+    while (at) { const next = at.nextSibling; at.remove(); at = next; }
+    ss.drawn = drawn;
+    const empty = root.querySelector("#stores-empty");
+    empty.hidden = listed.length > 0;
+    empty.textContent = ss.filter.trim() ? "No store agent matches the filter."
+      : ss.view === "offline" ? "Every store agent is online."
+        : "No store agents yet. Create one with shelfsync-hub agent add --location CODE.";
+    root.querySelector("#stores-note").textContent = listed.length > shown.length
+      ? `showing ${NUM.format(shown.length)} of ${NUM.format(listed.length)}`
+      : `${NUM.format(listed.length)} shown`;
+    const more = root.querySelector("#stores-more");
+    const rest = listed.length - shown.length;
+    more.hidden = rest <= 0;
+    if (rest > 0) {
+      setText(more.querySelector(".stores-more-text"), `${NUM.format(rest)} more store agent${rest === 1 ? "" : "s"} ` +
+        "not drawn: narrow the filter to a location or an agent id, or");
+      setText(more.querySelector("button"), `show ${NUM.format(Math.min(rest, STORES_SHOWN))} more`);
+    }
+  }
+
   // #/overview: every store agent by location; #/overview/offline: those not online, longest offline first, so
-  // which stores are down, and since when, is read at the top of the list and not among 200 online ones.
+  // which stores are down, and since when, is read at the top of the list and not among 200 online ones. The first
+  // STORES_SHOWN are drawn, with a filter and "show more"; on a live change only what changed is drawn again.
   async function overview(filter) {
     if (!state.status) await refreshStatus();
     const st = state.status;
+    const ss = state.stores;
     const every = storeAgents();
     const down = every.filter((a) => !a.online);
-    const agents = filter === "offline" ? down.sort(offlineFirst)
-      : every.sort((a, b) => a.locations.join().localeCompare(b.locations.join()) || a.agent_id.localeCompare(b.agent_id));
     const others = st.agents.length - every.length;
-    const chips = h("div", { class: "chips", role: "group", "aria-label": "Which stores" },
+    const chips = h("div", { class: "chips", id: "stores-chips", role: "group", "aria-label": "Which stores" },
       h("a", { class: "chip", href: "#/overview", "aria-pressed": String(filter !== "offline") }, "All",
         h("span", { class: "n" }, NUM.format(every.length))),
       h("a", { class: "chip", id: "stores-offline", href: "#/overview/offline", "aria-pressed": String(filter === "offline") },
         "Offline or never synced", h("span", { class: "n" }, NUM.format(down.length))));
-    const rows = agents.map((a) => {
-      const latest = a.epochs.length ? a.epochs[a.epochs.length - 1] : null;
-      const status = a.last_sync_ms == null ? pill("Never synced", "plain")
-        : a.online ? pill("Online", "good") : pill("Offline", "bad");
-      return h("tr", { dataset: { agent: a.agent_id } },
-        h("td", { class: "nowrap" }, status),
-        h("td", { class: "key" }, a.locations.join(", ") || "–"),
-        h("td", { class: "mono" }, a.agent_id),
-        h("td", { class: "nowrap" }, ageEl(a.last_sync_ms), a.last_sync ? timeEl(a.last_sync, "span", { class: "sub time" }) : null),
-        numCell(a.events_last_hour, { dimZero: true }),
-        latest && latest.epoch === CONNECTOR_EPOCH
-          ? h("td", { class: "num", title: "an API connector: its mark is the time of its newest movement" },
-            timeEl(new Date(latest.hwm).toISOString()), h("span", { class: "sub" }, "API connector"))
-          : h("td", { class: "num" }, latest ? fmt(latest.hwm) : "–",
-            latest ? h("span", { class: "sub", dataset: { field: "epoch" } }, `epoch ${latest.epoch_text}`) : null,
-            a.epochs.length > 1
-              ? h("span", { class: "sub warn", title: "each new epoch began when the agent found the hub held another history of its outbox" },
-                `${a.epochs.length} epochs: outbox restored, copied or rolled back`)
-              : null),
-        backlogCell(a),
-        diskCell(a),
-        skew(a.clock_skew_ms));
+    // The agents that synced lately agree the hub's own clock is off (hub_clock in GET /v1/status): said above the
+    // stores, whose clock skews below then read as the hub's error, not theirs.
+    const hubClock = h("div", { id: "hub-clock-slot" },
+      st.hub_clock ? h("p", { class: "warn-note", id: "hub-clock", role: "alert" }, st.hub_clock.message) : null);
+    const othersNote = h("div", { id: "stores-others" },
+      others ? h("p", { class: "muted" }, `${others} reader, admin or revoked credential(s) are not listed.`) : null);
+    if (ss.root && ss.root.isConnected && ss.view === filter) { // a live change: the page drawn is updated in place
+      for (const part of [chips, hubClock, othersNote]) ss.root.querySelector("#" + part.id).replaceWith(part);
+      drawStores();
+      ss.root.querySelector("#hooks-section").replaceWith(hooksSection(st));
+      return KEPT;
+    }
+    if (ss.view !== filter) ss.shown = STORES_SHOWN;
+    ss.view = filter;
+    ss.drawn = new Map();
+    const search = h("input", {
+      id: "stores-filter", type: "search", placeholder: "Filter by location or agent id…", value: ss.filter,
+      autocomplete: "off", "aria-label": "Filter the store agents",
+      oninput: debounce((e) => { ss.filter = e.target.value; ss.shown = STORES_SHOWN; drawStores(); }, 120),
     });
     const head = h("div", { class: "view-head" },
       h("div", {}, h("h1", {}, "Stores"),
         h("p", { class: "muted" }, `An agent is online when it synced in the last ${Math.round(st.online_within_s / 60)} minutes. ` +
           "An idle agent calls the hub every minute with nothing to send. The backlog is what the agent reported waiting in its outbox at its last sync.")),
-      h("div", { class: "toolbar" }, csvLink("/v1/agents?format=csv", "Download CSV",
-        "every credential with its last sync, mark, backlog, disk and clock skew, as a spreadsheet")));
-    // The agents that synced lately agree the hub's own clock is off (hub_clock in GET /v1/status): said above the
-    // stores, whose clock skews below then read as the hub's error, not theirs.
-    const hubClock = st.hub_clock ? h("p", { class: "warn-note", id: "hub-clock", role: "alert" }, st.hub_clock.message) : null;
-    const parts = [head, ...(hubClock ? [hubClock] : []), chips, table(
+      h("div", { class: "toolbar" }, search, h("span", { class: "count-note", id: "stores-note" }),
+        csvLink("/v1/agents?format=csv", "Download CSV",
+          "every credential with its last sync, mark, backlog, disk and clock skew, as a spreadsheet")));
+    const tableWrap = table(
       ["Status", "Locations", "Agent", "Last sync", ["Events, last hour", "num"], ["High-water mark", "num"], ["Backlog", "num"], "Disk", ["Clock skew", "num"]],
-      rows, filter === "offline" ? "Every store agent is online."
-        : "No store agents yet. Create one with shelfsync-hub agent add --location CODE.")];
-    if (others) parts.push(h("p", { class: "muted" }, `${others} reader, admin or revoked credential(s) are not listed.`));
+      [], "");
+    tableWrap.querySelector("tbody").id = "stores-body";
+    tableWrap.querySelector(".empty").id = "stores-empty";
+    const more = h("p", { class: "hint", id: "stores-more", hidden: true }, h("span", { class: "stores-more-text" }), " ",
+      h("button", { type: "button", class: "button-quiet", onclick: () => { ss.shown += STORES_SHOWN; drawStores(); } }));
+    ss.root = h("div", { class: "stores" }, head, hubClock, chips, tableWrap, more, othersNote, hooksSection(st));
+    drawStores();
+    return ss.root;
+  }
+
+  function hooksSection(st) {
     const hooks = st.webhooks || [];
     const hookRows = hooks.map((w) => h("tr", {},
       h("td", { class: "nowrap" }, w.failures ? pill(`Failing ×${w.failures}`, "bad")
@@ -556,12 +658,11 @@
       numCell(w.lag, { dimZero: true }),
       h("td", { class: "nowrap" }, ageEl(w.last_success_ms)),
       h("td", { class: "wrap" }, w.last_error || "")));
-    parts.push(h("div", { class: "section" },
+    return h("div", { class: "section", id: "hooks-section" },
       h("div", { class: "section-head" }, h("h2", {}, "Channel webhooks"),
         h("span", { class: "muted" }, "corrections pushed to the web shop and marketplaces")),
       table(["Status", "Name", "URL", "Location", ["Delivered up to", "num"], ["Behind", "num"], "Last success", "Last error"],
-        hookRows, "No webhooks configured ([[webhooks]] in the hub config).")));
-    return parts;
+        hookRows, "No webhooks configured ([[webhooks]] in the hub config)."));
   }
 
   function stockKey(c) {

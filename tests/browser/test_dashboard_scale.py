@@ -242,3 +242,60 @@ async def test_the_shrinkage_page_draws_the_rows_of_most_shrinkage_and_says_how_
         await expect(rows).to_have_count(len(worst))
         await expect(page.locator("#variance-shown")).to_have_count(0)
         assert console_errors == []
+
+
+STORES_SHOWN = 500  # dashboard.js: the store agents the Stores page draws at first
+CHAIN_AGENTS = 3_000
+
+
+async def test_a_chain_of_3000_stores_draws_500_with_a_filter_and_a_live_change_redraws_only_its_row(
+    tmp_path: Path, page: Page, console_errors: list[str]
+) -> None:
+    """3,000 store agents: the Stores page draws the first 500 by location, says how many more there are and finds
+    any store with its filter; a store's change on the feed draws that store's row again and no other. Before, the
+    page drew all 3,000 rows, and again on each change (seconds of a frozen page)."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        _, reader = await served.store.add_agent([], role="reader")
+        ids = {}
+        for i in range(CHAIN_AGENTS):
+            ids[f"S{i:04d}"], _ = await served.store.add_agent([f"S{i:04d}"])
+        with sqlite3.connect(tmp_path / "hub.db") as db:  # every store synced a minute ago but S0007, never synced
+            db.execute("UPDATE agents SET last_sync_ms = ? WHERE role = 'agent' AND locations NOT LIKE '%S0007%'",
+                       (wall_ms_now() - 60_000,))  # fmt: skip
+        hub = Seeded(served.url, served.store, reader)
+        await sign_in(page, hub)
+        await expect(page.locator("#view h1")).to_have_text("Stores")
+        rows = page.locator("#stores-body tr[data-agent]")
+        await expect(rows).to_have_count(STORES_SHOWN)
+        await expect(rows.nth(0).locator("td.key")).to_have_text("S0000")
+        await expect(rows.nth(STORES_SHOWN - 1).locator("td.key")).to_have_text("S0499")
+        await expect(page.locator("#stores-chips .chip").nth(0)).to_have_text("All3,000")
+        await expect(page.locator("#stores-offline")).to_have_text("Offline or never synced1")
+        await expect(page.locator("#stores-note")).to_have_text("showing 500 of 3,000")
+        await expect(page.locator("#stores-more")).to_contain_text("2,500 more store agents not drawn")
+
+        await page.fill("#stores-filter", "S2999")  # any store of the chain, by its location
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator("td.key")).to_have_text("S2999")
+        await expect(page.locator("#stores-more")).to_be_hidden()
+        await page.fill("#stores-filter", "")
+        await expect(rows).to_have_count(STORES_SHOWN)
+
+        # a live change of one store: its row is drawn again, every other row stays the node it was
+        await page.evaluate("for (const tr of document.querySelectorAll('#stores-body tr')) tr.dataset.kept = '1'")
+        changed = page.locator(f'#stores-body tr[data-agent="{ids["S0007"]}"]')
+        await expect(changed).to_contain_text("Never synced")
+        now = wall_ms_now()
+        event = StockEvent(new_event_id(), ids["S0007"], 1, 1, "S0007", "SKU-1", Kind.COUNT, 5, pack_hlc(now, 0), now,
+                           "pos:test")  # fmt: skip
+        await served.store.ingest(AgentIdentity(ids["S0007"], frozenset({"S0007"})), 1, [event])
+        await expect(changed.locator('[data-field="epoch"]')).to_have_text("epoch 1")
+        assert await changed.get_attribute("data-kept") is None
+        kept = await page.evaluate("document.querySelectorAll('#stores-body tr[data-kept]').length")
+        assert kept == STORES_SHOWN - 1
+        await expect(rows).to_have_count(STORES_SHOWN)
+
+        await page.click("#stores-more button")
+        await expect(rows).to_have_count(2 * STORES_SHOWN)
+        await expect(page.locator("#stores-note")).to_have_text("showing 1,000 of 3,000")
+        assert console_errors == []
