@@ -49,6 +49,10 @@ GLANCE_COLUMNS: dict[str, tuple[str, ...]] = {
         name: ("measure", "upgrade 19→25, median (s)", "step 20 (s)", "step 24 (s)", "step 25 (s)")
         for name in ("upgrade_025", "upgrade_025_before")
     },
+    "upgrade_028": (
+        "measure", "upgrade 19→28, median (s)", "step 20 (s)", "step 24 (s)", "step 25 (s)", "step 26 (s)",
+        "step 28 (s)",
+    ),
 }  # fmt: skip
 
 

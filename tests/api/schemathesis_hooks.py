@@ -142,9 +142,13 @@ def map_case(context: Any, case: Any) -> Any:
     query = case.query if isinstance(case.query, dict) else {}
     if case.meta is None:
         return case
-    if case.meta.phase.name == TestPhase.STATEFUL:
-        query.pop("format", None)  # a link follows the JSON answer (see the module docstring)
     query_info = case.meta.components.get(_QUERY)
+    negative_query = query_info is not None and query_info.mode.is_negative
+    if case.meta.phase.name == TestPhase.STATEFUL and not negative_query:
+        # A link follows the JSON answer (see the module docstring). Not in a case made invalid on purpose: its
+        # format may be what was made invalid, and without it the rest may be valid after all (a number as a SKU
+        # is a SKU in a query string), so the hub would be blamed for accepting it.
+        query.pop("format", None)
     if query_info is not None and query_info.mode.is_negative and query.get("format") == "csv":
         del query["format"]  # a CSV answer takes a limit past a JSON page's (docs/hub-api.md, CSV): test the JSON one
     if not case.meta.generation.mode.is_positive:

@@ -45,7 +45,7 @@ def test_relative_db_is_relative_to_the_file_and_urls_are_kept(tmp_path: Path) -
         ('[hub]\ndb = "x"\nagent_copies_window_s = 0\n', "agent_copies_window_s must be between 1 and 86400 seconds"),
         ("[hub\n", "is not valid TOML"),
         ("[hub]\n", "no database given"),
-        ('[hub]\ndb = "hub.db\\u0000x"\n', "db holds a NUL character"),  # was a traceback: embedded null byte
+        ('[hub]\ndb = "hub.db\\u0000x"\n', "db holds a control character"),  # was a traceback: embedded null byte
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, expected: str) -> None:
