@@ -205,7 +205,8 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     handheld_port = _handheld_port(port, args.handheld_port)
     work = Path(args.dir).absolute()
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, mode=0o700)  # it holds the agent's token and the reader credential
+    work.chmod(0o700)  # mkdir's mode is bent by the umask; parents made above it are not the demo's
     db = work / "hub.db"
     catalog_csv = work / "catalog.csv"  # the agent's copy, and the hub's catalog (the dashboard's product names)
     catalog_csv.write_text(
@@ -234,6 +235,8 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         f"[localapi]\nenabled = true\nport = {handheld_port}\n\n[localapi.staff]\n{pin_line}\n"
     )
     (work / "reader.token").write_text(reader_token + "\n")
+    for secret in (config, work / "reader.token"):
+        secret.chmod(0o600)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,12 @@ def test_demo_runs_and_every_source_reaches_the_hub(tmp_path: Path) -> None:
     assert sources.get("scanner:backdoor", 0) >= 2
     assert any(src.startswith("pos:") for src in sources)
     assert (12,) in case  # the GTIN-14 case counted as its pack of 12
+    # Found: the demo wrote its agent's token and its reader credential under the umask (0644), beside a hub.db the
+    # hub makes 0600; the folder and the files holding a credential are the owner's alone.
+    work = tmp_path / "demo"
+    assert stat.S_IMODE(work.stat().st_mode) == 0o700
+    for secret in ("agent.toml", "reader.token"):
+        assert stat.S_IMODE((work / secret).stat().st_mode) == 0o600, secret
 
 
 def test_the_handheld_page_takes_the_port_after_the_hubs_or_a_free_one_when_that_is_taken() -> None:
