@@ -71,6 +71,8 @@ REF_REQUIRED = frozenset({Kind.TRANSFER_OUT, Kind.TRANSFER_IN})
 # out. Where a person records it (the agent's session or CLI, a connector hearing the hub's answer) one naming no
 # transfer is refused (``book_out_ref_problem``); the hub books one already queued and lists it for the operator.
 BOOK_OUT_REASON = "received by mistake, sent on"
+# The fewest characters a spelling of it holds: its "st" may come as one ligature (U+FB05, U+FB06, casefolded "st").
+BOOK_OUT_REASON_MIN_LEN = len(BOOK_OUT_REASON) - BOOK_OUT_REASON.count("st")
 
 
 def is_book_out_reason(reason: str | None) -> bool:
@@ -82,7 +84,7 @@ def is_book_out_reason(reason: str | None) -> bool:
 def stored_reason(reason: str | None) -> str | None:
     """The reason as the hub stores it: ``BOOK_OUT_REASON`` in its own words, whatever its capitals and spaces (the
     ledger's indexes and lists match that text); any other reason as given."""
-    if reason is None or len(reason) < len(BOOK_OUT_REASON) or reason == BOOK_OUT_REASON:
+    if reason is None or len(reason) < BOOK_OUT_REASON_MIN_LEN or reason == BOOK_OUT_REASON:
         return reason  # most reasons ("damaged", "stock-take") are shorter: one call per event ingested
     return BOOK_OUT_REASON if is_book_out_reason(reason) else reason
 
