@@ -29,6 +29,7 @@ LEDGER_STEPS: dict[int, str] = {
     25: "to find the receipts back at a shipper and the book-outs of receipts taken in at the wrong store",
     26: "to index the adjusts carrying a ref, which book out receipts taken in at the wrong store",
     28: "to word the book-out reason of receipts taken in at the wrong store as the hub does",
+    29: "to word the book-out reason as ingest does, whatever its white space and letters",
 }
 
 

@@ -15,6 +15,7 @@ from hub.storage.base import StoreError
 from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, RESTORED_CREDENTIALS, new_feed_history
 from hub.storage.migrations import LEDGER_STEPS, Migration, MigrationProgress, migrations, size_text, step_failed
 from hub.storage.sqlite.writer import InlineConnection
+from protocol import stored_reason
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 MIGRATIONS: dict[int, Migration] = migrations("hub.storage.sqlite")
 SCHEMA_VERSION = max(MIGRATIONS)
 HOME_TOKEN_BYTES = 8
+# The SQL function a step calls to word a stored reason as ingest does (step 29): Python's casefold and white space,
+# which SQLite's lower() and replace() are not.
+STORED_REASON_SQL = "shelfsync_stored_reason"
 
 
 async def migrate(db: InlineConnection, path: Path, progress: MigrationProgress | None = None) -> str:
@@ -36,6 +40,7 @@ async def migrate(db: InlineConnection, path: Path, progress: MigrationProgress 
             f"the hub database {path} has schema version {version}, newer than this shelfsync "
             f"understands ({SCHEMA_VERSION}); upgrade shelfsync"
         )
+    db.conn.create_function(STORED_REASON_SQL, 1, stored_reason, deterministic=True)
     for step in range(version + 1, SCHEMA_VERSION + 1):
         statements = script_statements(MIGRATIONS[step].read())
         events = None

@@ -10,11 +10,17 @@
 --
 -- The reason "received by mistake, sent on" was matched as exact text, so a POS export's "Received by mistake,  sent
 -- on" naming no transfer was never listed as book_out_without_ref. Ingest now stores it in the hub's words whatever
--- its capitals and spaces (protocol.stored_reason); the events stored before are worded so here: lower case, each
--- run of white space one space, none before or after. This reads the ledger (hub.storage.migrations.LEDGER_STEPS).
+-- its capitals and spaces (protocol.stored_reason); the events stored before are worded so here, as step 29 words
+-- them (its comment says how; this step's first version used lower() and \s, which follow the database's collation
+-- and made "RECEİVED BY MİSTAKE, SENT ON" the reason, a text lost once rewritten). This reads the ledger
+-- (hub.storage.migrations.LEDGER_STEPS).
 UPDATE events SET reason = 'received by mistake, sent on'
-WHERE reason ILIKE '%received%by%mistake,%sent%on%' AND reason <> 'received by mistake, sent on'
-  AND btrim(regexp_replace(lower(reason), '\s+', ' ', 'g')) = 'received by mistake, sent on';
+WHERE reason ILIKE '%received%by%mi%a%e,%ent%on%' AND reason <> 'received by mistake, sent on'
+  AND btrim(regexp_replace(
+      translate(replace(replace(reason, chr(64261), 'st'), chr(64262), 'st'),
+                'ABCDEFGHIJKLMNOPQRSTUVWXYZ' || chr(8490) || chr(383), 'abcdefghijklmnopqrstuvwxyzks'),
+      '[\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+', ' ', 'g'), ' ')
+    = 'received by mistake, sent on';
 DROP INDEX transfers_finding;
 DROP INDEX transfers_finding_to;
 DROP INDEX transfers_finding_from;
