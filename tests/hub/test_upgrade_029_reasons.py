@@ -4,10 +4,10 @@ PostgreSQL, in the ledger, the refused rows and the held ones.
 Found: step 28 folded the stored reasons in SQL: on SQLite lower() and plain spaces only, so "Received by
 mistake,\\u00a0sent on" (a no-break space), a tab, U+3000, the Kelvin sign or a long s stayed as they came, the
 book-out was not listed as book_out_without_ref and a resend of it was refused as a conflict (the resend is stored
-in the hub's words); on PostgreSQL lower() of the database's collation and ``\\s``, which make "RECEİVED BY
-MİSTAKE" the book-out reason (Python's casefold makes "i̇" of "İ") and miss the no-break space. The rows held or refused before
-ingest worded the reason kept it as sent. The upgraded hub holds every one of them as ``protocol.stored_reason``
-makes it.
+in the hub's words); on PostgreSQL lower() and ``\\s`` of the database's collation, which miss the no-break space
+and make "RECEİVED BY MİSTAKE, SENT ON" the book-out reason (Python's casefold makes "i̇" of "İ"). The rows held or
+refused before ingest worded the reason kept it as sent. The upgraded hub holds every one of them as
+``protocol.stored_reason`` makes it, and releases the held one as ingest books it.
 
 The hub of schema 28 is made by the current hub (steps 28 and 29 change no table the rows are in, 28 makes its
 indexes again), its reasons then written back as a hub of schema 27 stored them, its version set back to 28, or to
@@ -120,11 +120,14 @@ async def _check(url: str, backend: str, old: int) -> None:
 
         [refused_row] = [r for r in await store.ledger(location="S001") if r.event_id == refused.event_id]
         assert refused_row.reason == BOOK_OUT_REASON  # as ingest stores a refused row now
-        [held_row] = await store.quarantine()
-        assert held_row.reason == BOOK_OUT_REASON
-        assert await store.release_held(WINDOW_MS, "admin-1", "store") == (1, 0)
+        held_now = ev(Kind.ADJUST, -1, at_ms=CENTURY_MS + 1, reason=SPELLINGS[len(WHITE)])  # held by this hub
+        assert [r.code for r in (await store.ingest(who, 1, [held_now], clock_window_ms=WINDOW_MS)).rejected] == [
+            "quarantined"
+        ]
+        assert [r.reason for r in await store.quarantine()] == [BOOK_OUT_REASON] * 2
+        assert await store.release_held(WINDOW_MS, "admin-1", "store") == (2, 0)  # POST /v1/quarantine/release
         listed = {e.data["event_id"] for e in await store.exceptions(kind="book_out_without_ref")}
-        assert listed == {*book_outs, event_id_hex(held.event_id)}
+        assert listed == {*book_outs, event_id_hex(held.event_id), event_id_hex(held_now.event_id)}
 
 
 @pytest.mark.parametrize("old", [STEP - 1, STEP - 2], ids=["from-28", "from-27"])
