@@ -7,8 +7,9 @@ adjusts carrying a ref (book-outs, about 5 % of the adjusts here), finds the rec
 the transfers' SKU lines are received back), sums in transit again and appends a change row for every transfer
 destination's stock row; step 26 drops the transfer rows adjusts alone made and indexes the adjusts carrying a
 ref and the book-outs naming no transfer; step 28 words the book-out reason of the events stored before as the hub
-does (a statement over every event) and makes the indexes of transfers with a finding again. Each of these steps is
-reported on its own; the others are small. An operator
+does (a statement over every event) and makes the indexes of transfers with a finding again; step 29 words the
+spellings step 28 missed (a statement over every event, on SQLite calling Python for the few it cannot tell by
+LIKE). Each of these steps is reported on its own; the others are small. An operator
 upgrading a hub waits for all of it before the hub serves, so this is what they wait for.
 
 The schema-19 database is built once per size (migrations 1…19 applied as a hub of that version did, then the
@@ -81,7 +82,14 @@ TRANSFER_SHARE = 0.01  # of the events, transfer_out and transfer_in
 # about 5 % of the adjusts (qty_pick 0 or 1) carry a transfer's ref: a store booking out what it received by mistake
 RETURN_SHARE = 0.01  # of the transfers' SKU lines, cancelled before they left: received back at the shipper
 SAMPLE_S = 0.1
-STEPS = (20, 23, 24, 25, 26, 28)  # reported one by one: 20, 25 and 28 read the whole ledger, 24 and 26 index it
+STEPS = (20, 23, 24, 25, 26, 28, 29)  # reported one by one: 20, 25, 28, 29 read the whole ledger, 24, 26 index it
+# The reasons of the book-outs (the adjusts carrying a transfer's ref): two in ten spelled as a POS export or a
+# person did, so steps 28 and 29 reword some (29 those with a no-break space, which 28 did not fold on SQLite).
+# Every other adjust says "damaged".
+BOOK_OUT_SPELLINGS = ("received by mistake, sent on",) * 8 + (
+    "Received by mistake,  sent on",
+    "Received by mistake,\u00a0sent on",
+)
 
 
 def log(msg: str) -> None:
@@ -148,12 +156,13 @@ class Ledger:
                 _, li, si, kind, qty, ref, attrs_d = self.transfers[t]
                 t += 1
                 attrs: str | None = json.dumps(attrs_d, separators=(",", ":"))
+                reason: str | None = None
             else:
                 r = next(regular, None)
                 if r is None:
                     _, li, si, kind, qty, ref, attrs_d = self.transfers[t]
                     t += 1
-                    attrs = json.dumps(attrs_d, separators=(",", ":"))
+                    attrs, reason = json.dumps(attrs_d, separators=(",", ":")), None
                 else:
                     li, si, k = self.loc[r], self.sku[r], self.kind[r]
                     choices = KINDS[k][2]
@@ -161,6 +170,8 @@ class Ledger:
                     ref = f"R-{li}-{r}" if kind == "sale" else (f"PO-{li}-{r // 5000}" if kind == "receive" else None)
                     if kind == "adjust" and self.qty_pick[r] < 2:  # -2 or -1: a book-out
                         ref = f"T-{r % 400 + 1}"
+                    reason = (BOOK_OUT_SPELLINGS[r % len(BOOK_OUT_SPELLINGS)] if ref else "damaged") \
+                        if kind == "adjust" else None  # fmt: skip
                     attrs = None
             seqs[li] += 1
             ms = self.start_ms + i * self.step_ms
@@ -171,7 +182,7 @@ class Ledger:
             entry[1] = (at, self.agents[li], seqs[li], eid)
             yield (
                 eid, self.agents[li], 1, seqs[li], self.locations[li], self.skus[si], kind, qty, at, ms, "pos:bench",
-                ref, None, attrs, "applied", None, 0, received,
+                ref, reason, attrs, "applied", None, 0, received,
             )  # fmt: skip
 
     def stock_rows(self, stock: dict[tuple[int, int], list[Any]]) -> list[tuple[Any, ...]]:
