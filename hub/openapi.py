@@ -1699,7 +1699,8 @@ def _schemas() -> dict[str, JSON]:
             "row_count": integer(0, description="by=sku and by=location: how many rows the whole report holds, "
                                  "in every page (since 1.11)."),
             "next": nullable(string("by=count and by=sku (since 1.11; rows of the most shrinkage first): the cursor "
-                                    "of the next page, or null.")),
+                                    "of the next page, or null. By SKU every page of a walk is of the report its "
+                                    "first page read, kept 10 minutes: the same rows, totals and row_count.")),
         }, ["from", "to", "by", "rows"]),
         "ChannelStatus": obj({
             "name": string(), "kind": known(["shopify", "square", "webhook"]), "url": string(),

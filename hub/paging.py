@@ -225,16 +225,26 @@ def divergence_key(cursor: str) -> DivergenceKey:
     return DivergenceKey(_stored_text(f[0]), _stored_text(f[1]), _stored_text(f[2]))
 
 
-def variance_sku_cursor(key: tuple[int, int, str, str]) -> str:
-    """A place in the shrinkage report by SKU: (−shrinkage, net variance, location, sku) of a page's last row."""
-    return encode("variance-sku", list(key))
+def variance_sku_cursor(report_id: str, start: int) -> str:
+    """A place in a kept shrinkage report by SKU (``hub.storage.reports``): the report's id and the number of rows
+    before the next page."""
+    return encode("variance-sku", [report_id, start])
 
 
-def variance_sku_key(cursor: str) -> tuple[int, int, str, str]:
+REPORT_ID_HEX = 32
+
+
+def variance_sku_key(cursor: str) -> tuple[str, int]:
     f = decode("variance-sku", cursor)
-    if len(f) != 4:
+    if len(f) == 4:  # a row's place in the order, as every page read the whole period again
+        raise BadCursor(
+            "cursor is of the report by SKU as the hub paged it before it kept a report for its pages; read the "
+            "first page again (without cursor) and walk on from its next"
+        )
+    if len(f) != 2 or not isinstance(f[0], str) or len(f[0]) != REPORT_ID_HEX:
         raise BadCursor
-    return (_int(f[0], -INT63_MAX, 0), _int(f[1], -INT63_MAX), _stored_text(f[2]), _stored_text(f[3]))
+    _hex(f[0], range(REPORT_ID_HEX // 2, REPORT_ID_HEX // 2 + 1))
+    return f[0], _int(f[1], 1)
 
 
 def delivery_cursor(webhook: str, delivery_id: int) -> str:

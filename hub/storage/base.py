@@ -397,6 +397,28 @@ class DivergenceRow:
     received_at_ms: int
 
 
+# A row of the shrinkage report by SKU: (location, sku, counts, shrinkage, overage, first_at, last_at), the times
+# packed HLCs of its oldest and newest count.
+VarianceSkuRow = tuple[str, str, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class VarianceReport:
+    """The shrinkage report by SKU as its first page found it, kept for its later pages (schema 29): its period
+    (Unix ms, ``to_ms`` excluded), filters, and the totals of every row; its rows are kept in parts beside it."""
+
+    report_id: str
+    made_ms: int
+    from_ms: int
+    to_ms: int
+    location: str | None
+    sku: str | None
+    row_count: int
+    counts: int
+    shrinkage: int
+    overage: int
+
+
 S_co = TypeVar("S_co", bound="HubStore", covariant=True)
 
 

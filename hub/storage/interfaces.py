@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         Observation,
         QuarantineRow,
         ReportResult,
+        VarianceReport,
         WebhookDelivery,
         WebhookState,
     )
@@ -297,6 +298,20 @@ class ReportStore(Protocol):
         difference reaches the threshold (``hub.resolver.diverges``), ordered
         by (location, sku, system); ``after`` keeps those ordered after that key
         (the next page)."""
+
+    @abc.abstractmethod
+    async def keep_variance_report(self, report: VarianceReport, parts: Sequence[str]) -> None:
+        """Keep the shrinkage report by SKU its first page found, for its later pages on any hub: ``parts`` are its
+        rows in its order, ``hub.storage.reports.VARIANCE_PART_ROWS`` to a part, each as JSON text. Reports kept
+        longer than ``hub.storage.reports.VARIANCE_KEEP_MS``, and the oldest beyond the newest
+        ``VARIANCE_KEEP_MAX``, are removed meanwhile."""
+
+    @abc.abstractmethod
+    async def kept_variance_report(
+        self, report_id: str, first_part: int, last_part: int, *, now_ms: int
+    ) -> tuple[VarianceReport, list[str]] | None:
+        """A kept report and its parts ``first_part`` to ``last_part`` (those past its end are left out); None
+        when no report of that id is kept (removed, or kept longer than ``VARIANCE_KEEP_MS`` before ``now_ms``)."""
 
 
 class QuarantineStore(Protocol):

@@ -15,7 +15,14 @@ from typing import Any, Generic, TypeVar
 
 from hub.resolver import diverges
 from hub.storage import checks, keys
-from hub.storage.base import AgentIdentity, DivergenceRow, ImportIssue, Observation, ReportResult
+from hub.storage.base import (
+    AgentIdentity,
+    DivergenceRow,
+    ImportIssue,
+    Observation,
+    ReportResult,
+    VarianceReport,
+)
 from hub.storage.db import Db, Row, Where, in_lists, marks
 from hub.storage.sql import DELTA_KINDS, NEWEST_FIRST
 from protocol import pack_hlc
@@ -232,3 +239,57 @@ async def divergence(
         DivergenceRow(system_, loc, sku, observed, hub, observed - hub, at_ms, agent_id, obs_id, source_file, received)
         for system_, loc, sku, observed, at_ms, agent_id, obs_id, source_file, received, hub in rows
     ]
+
+
+# --- the shrinkage report by SKU, kept for its later pages (schema 29) ---------------------------------------------
+#
+# The first page of a report with more than one page reads the period's counts, ranks every row and keeps them
+# here, in the report's order, ``VARIANCE_PART_ROWS`` to a part (JSON text); its cursor names the report and a
+# row, and a later page reads only the parts it shows, on whichever hub it reaches. A report is kept
+# ``VARIANCE_KEEP_MS``, and at most ``VARIANCE_KEEP_MAX`` of them: the older ones are removed as a new one is kept.
+
+VARIANCE_PART_ROWS = 1000
+VARIANCE_KEEP_MS = 10 * 60_000
+VARIANCE_KEEP_MAX = 20
+VARIANCE_REPORT_FIELDS = "report_id, made_ms, from_ms, to_ms, location, sku, row_count, counts, shrinkage, overage"
+
+
+async def keep_variance_report(db: Db, report: VarianceReport, parts: Sequence[str]) -> None:
+    """Keep ``report`` and its rows (``parts``: JSON text of ``VARIANCE_PART_ROWS`` rows each, in order), removing
+    the reports kept longer than ``VARIANCE_KEEP_MS`` before it and those beyond the newest ``VARIANCE_KEEP_MAX``."""
+    kept = await db.fetch("SELECT report_id, made_ms FROM variance_reports ORDER BY made_ms DESC, report_id")
+    gone = [
+        report_id
+        for n, (report_id, made_ms) in enumerate(kept)
+        if n >= VARIANCE_KEEP_MAX - 1 or made_ms <= report.made_ms - VARIANCE_KEEP_MS
+    ]
+    for part in in_lists(gone):
+        await db.execute(f"DELETE FROM variance_report_parts WHERE report_id IN ({marks(len(part))})", part)
+        await db.execute(f"DELETE FROM variance_reports WHERE report_id IN ({marks(len(part))})", part)
+    await db.execute(
+        f"INSERT INTO variance_reports ({VARIANCE_REPORT_FIELDS}) VALUES ({marks(10)})",
+        (report.report_id, report.made_ms, report.from_ms, report.to_ms, report.location, report.sku,
+         report.row_count, report.counts, report.shrinkage, report.overage),
+    )  # fmt: skip
+    await db.executemany(
+        "INSERT INTO variance_report_parts (report_id, part, rows) VALUES (?, ?, ?)",
+        [(report.report_id, n, rows) for n, rows in enumerate(parts)],
+    )
+
+
+async def kept_variance_report(
+    db: Db, report_id: str, first_part: int, last_part: int, now_ms: int
+) -> tuple[VarianceReport, list[str]] | None:
+    """A kept report (None when there is none of that id, or it was kept longer than ``VARIANCE_KEEP_MS`` ago) and
+    its parts ``first_part`` to ``last_part`` (JSON text, in order; those past its end are not there)."""
+    row = await db.fetchone(
+        f"SELECT {VARIANCE_REPORT_FIELDS} FROM variance_reports WHERE report_id = ? AND made_ms > ?",
+        (report_id, now_ms - VARIANCE_KEEP_MS),
+    )
+    if row is None:
+        return None
+    parts = await db.fetch(
+        "SELECT rows FROM variance_report_parts WHERE report_id = ? AND part >= ? AND part <= ? ORDER BY part",
+        (report_id, first_part, last_part),
+    )
+    return VarianceReport(*row), [str(p[0]) for p in parts]

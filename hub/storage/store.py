@@ -47,6 +47,7 @@ from hub.storage.base import (
     Observation,
     QuarantineRow,
     ReportResult,
+    VarianceReport,
     WebhookDelivery,
     WebhookState,
 )
@@ -553,6 +554,20 @@ class SqlHubStore(HubStore, Generic[D]):
         page = keys.divergence_after(after) if after is not None else None
         return await self._read_db(
             "comparing observations", lambda db: reports.divergence(db, location, system, limit, page), snapshot=True
+        )
+
+    async def keep_variance_report(self, report: VarianceReport, parts: Sequence[str]) -> None:
+        await self._write_db(
+            "keeping a shrinkage report for its next pages", lambda db: reports.keep_variance_report(db, report, parts)
+        )
+
+    async def kept_variance_report(
+        self, report_id: str, first_part: int, last_part: int, *, now_ms: int
+    ) -> tuple[VarianceReport, list[str]] | None:
+        return await self._read_db(
+            "reading a page of a kept shrinkage report",
+            lambda db: reports.kept_variance_report(db, report_id, first_part, last_part, now_ms),
+            snapshot=True,
         )
 
     # --- bundles (schema version 6) ----------------------------------------------------------------------------

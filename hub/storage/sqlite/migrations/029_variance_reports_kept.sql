@@ -1,0 +1,28 @@
+-- shelfsync hub, SQLite schema version 29: the shrinkage report by SKU is kept for its later pages.
+--
+-- Each page of the report by SKU read the whole period's counts again and sorted every row (about 2 s for a
+-- stocktake of 50,000 rows), and a row whose shrinkage changed between two pages moved across the cursor: shown
+-- twice or never. The first page of a report with more than one page now keeps the whole report, in its order,
+-- in parts of 1,000 rows; the later pages (named by its id in their cursor) read the parts they show, from any hub.
+-- A report is kept 10 minutes, and at most 20 of them (hub.storage.reports.VARIANCE_KEEP_*): removed as the next
+-- one is kept.
+CREATE TABLE variance_reports (
+    report_id   TEXT PRIMARY KEY,     -- random hex, named by its pages' cursors
+    made_ms     INTEGER NOT NULL,     -- when its first page read the ledger
+    from_ms     INTEGER NOT NULL,     -- its period: from (included) to (excluded), Unix ms
+    to_ms       INTEGER NOT NULL,
+    location    TEXT,                 -- its filters (NULL: none)
+    sku         TEXT,
+    row_count   INTEGER NOT NULL,
+    counts      INTEGER NOT NULL,     -- the totals of every row
+    shrinkage   INTEGER NOT NULL,
+    overage     INTEGER NOT NULL
+);
+CREATE INDEX variance_reports_made ON variance_reports (made_ms);
+
+CREATE TABLE variance_report_parts (
+    report_id TEXT NOT NULL,
+    part      INTEGER NOT NULL,      -- rows part * 1000 to part * 1000 + 999 of the report's order
+    rows      TEXT NOT NULL,         -- JSON [[location, sku, counts, shrinkage, overage, first_at, last_at], ...]
+    PRIMARY KEY (report_id, part)
+);
