@@ -404,7 +404,7 @@ VarianceSkuRow = tuple[str, str, int, int, int, int, int]
 
 @dataclass(frozen=True, slots=True)
 class VarianceReport:
-    """The shrinkage report by SKU as its first page found it, kept for its later pages (schema 29): its period
+    """The shrinkage report by SKU as its first page found it, kept for its later pages (schema 30): its period
     (Unix ms, ``to_ms`` excluded), filters, and the totals of every row; its rows are kept in parts beside it."""
 
     report_id: str

@@ -241,7 +241,7 @@ async def divergence(
     ]
 
 
-# --- the shrinkage report by SKU, kept for its later pages (schema 29) ---------------------------------------------
+# --- the shrinkage report by SKU, kept for its later pages (schema 30) ---------------------------------------------
 #
 # The first page of a report with more than one page reads the period's counts, ranks every row and keeps them
 # here, in the report's order, ``VARIANCE_PART_ROWS`` to a part (JSON text); its cursor names the report and a

@@ -1,4 +1,4 @@
--- shelfsync hub, PostgreSQL schema version 29: the shrinkage report by SKU is kept for its later pages.
+-- shelfsync hub, PostgreSQL schema version 30: the shrinkage report by SKU is kept for its later pages.
 --
 -- Each page of the report by SKU read the whole period's counts again and sorted every row (about 2 s for a
 -- stocktake of 50,000 rows), and a row whose shrinkage changed between two pages moved across the cursor: shown
