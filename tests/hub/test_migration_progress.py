@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 def write_sqlite(db: Path, version: int) -> None:
     """A SQLite hub database at ``version``, as that hub left it."""
     conn = sqlite3.connect(db, isolation_level=None)
+    sqlite_schema.register_step_functions(conn)
     try:
         for step in range(1, version + 1):
             conn.executescript(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.storage import SqliteHubStore
-from hub.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
+from hub.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, register_step_functions
 from tests.hub.upgrade_scenario import LOCATION, V1Hub, check_upgraded, v1_hub, v1_rows
 
 # --- SQLite ---------------------------------------------------------------------------
@@ -65,6 +65,7 @@ async def test_each_intermediate_sqlite_version_upgrades_too(tmp_path: Path) -> 
         db = tmp_path / f"hub-v{version}.db"
         _write_v1(db, h)
         conn = sqlite3.connect(db)
+        register_step_functions(conn)  # as the hub's own migrate does
         try:
             for step in range(2, version + 1):
                 conn.executescript(f"BEGIN;\n{MIGRATIONS[step].read()}\nPRAGMA user_version = {step};\nCOMMIT;")

@@ -54,6 +54,7 @@ ROOM_BYTES = 128 << 10  # left on the full disk: the -shm and the first pages of
 def write_sqlite(db: Path, version: int) -> None:
     """A SQLite hub database at ``version``, in WAL mode, as that hub left it."""
     conn = sqlite3.connect(db, isolation_level=None)
+    sqlite_schema.register_step_functions(conn)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         for step in range(1, version + 1):

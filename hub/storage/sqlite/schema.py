@@ -28,6 +28,11 @@ HOME_TOKEN_BYTES = 8
 STORED_REASON_SQL = "shelfsync_stored_reason"
 
 
+def register_step_functions(conn: sqlite3.Connection) -> None:
+    """Give a connection the SQL functions the steps call (a tool or test running the steps' SQL itself needs them)."""
+    conn.create_function(STORED_REASON_SQL, 1, stored_reason, deterministic=True)
+
+
 async def migrate(db: InlineConnection, path: Path, progress: MigrationProgress | None = None) -> str:
     """Bring the schema to SCHEMA_VERSION, one transaction per step; return the hub id.
 
@@ -40,7 +45,7 @@ async def migrate(db: InlineConnection, path: Path, progress: MigrationProgress 
             f"the hub database {path} has schema version {version}, newer than this shelfsync "
             f"understands ({SCHEMA_VERSION}); upgrade shelfsync"
         )
-    db.conn.create_function(STORED_REASON_SQL, 1, stored_reason, deterministic=True)
+    register_step_functions(db.conn)
     for step in range(version + 1, SCHEMA_VERSION + 1):
         statements = script_statements(MIGRATIONS[step].read())
         events = None

@@ -6,7 +6,7 @@
 -- in parts of 1,000 rows; the later pages (named by its id in their cursor) read the parts they show, from any hub.
 -- A report is kept 10 minutes, and at most 20 of them (hub.storage.reports.VARIANCE_KEEP_*): removed as the next
 -- one is kept.
-CREATE TABLE variance_reports (
+CREATE TABLE IF NOT EXISTS variance_reports (
     report_id   TEXT PRIMARY KEY,     -- random hex, named by its pages' cursors
     made_ms     INTEGER NOT NULL,     -- when its first page read the ledger
     from_ms     INTEGER NOT NULL,     -- its period: from (included) to (excluded), Unix ms
@@ -18,9 +18,9 @@ CREATE TABLE variance_reports (
     shrinkage   INTEGER NOT NULL,
     overage     INTEGER NOT NULL
 );
-CREATE INDEX variance_reports_made ON variance_reports (made_ms);
+CREATE INDEX IF NOT EXISTS variance_reports_made ON variance_reports (made_ms);
 
-CREATE TABLE variance_report_parts (
+CREATE TABLE IF NOT EXISTS variance_report_parts (
     report_id TEXT NOT NULL,
     part      INTEGER NOT NULL,      -- rows part * 1000 to part * 1000 + 999 of the report's order
     rows      TEXT NOT NULL,         -- JSON [[location, sku, counts, shrinkage, overage, first_at, last_at], ...]
