@@ -31,6 +31,7 @@ from hub import (
     openapi,
     paging,
     problems,
+    proxies,
     quarantine,
     ratelimit,
     reports,
@@ -70,6 +71,7 @@ from hub.heads import (
     too_big,
 )
 from hub.leases import share_locks
+from hub.proxies import client_of
 from hub.starting import LIVE_PATH
 from hub.storage import keys
 from hub.storage.base import (
@@ -144,7 +146,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception as err:  # noqa: BLE001 -- the first in a minute with its traceback, the rest counted; the hub keeps serving
         where = f"{request.method} {request.rel_url.raw_path}: {type(err).__name__}"
-        request.app[REPEATS_KEY].unexpected.record(request.remote, where, exc=err)
+        request.app[REPEATS_KEY].unexpected.record(client_of(request), where, exc=err)
         metrics.observe_failure(request.app, "unexpected")
         return error_response(500, "the hub failed to handle this request; the cause is in the hub's log")
 
@@ -190,7 +192,7 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
             slot.working()  # its hold counts from here (hub/catchup.py), if it still has it
     except TimeoutError:
         log.info("cut off %s %s from %s: its body did not arrive within %g s", request.method, request.rel_url.raw_path,
-                 request.remote, settings.body_timeout_s)  # fmt: skip
+                 client_of(request), settings.body_timeout_s)  # fmt: skip
         response = error_response(
             408, f"the request body did not arrive within {settings.body_timeout_s:g} s (body_timeout_s); send it again"
         )
@@ -200,11 +202,11 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, text=too_big(limit)) from err
     except ConnectionError as err:
         log.info("%s %s from %s ended before its whole body arrived (%s)", request.method, request.rel_url.raw_path,
-                 request.remote, err)  # fmt: skip
+                 client_of(request), err)  # fmt: skip
         raise web.HTTPBadRequest(text="the connection was lost before the whole request body arrived") from err
     except RequestPayloadError as err:
         where = f"{request.method} {request.rel_url.raw_path}: {err}"
-        request.app[REPEATS_KEY].bad_bodies.record(request.remote, where)
+        request.app[REPEATS_KEY].bad_bodies.record(client_of(request), where)
         response = error_response(400, "the request body is malformed (its framing is broken); send it again whole")
         response.force_close()
         return response
@@ -224,7 +226,7 @@ def _slow_upload(request: web.Request, slot: catchup.Slot, deadline_s: float) ->
     log.info(
         "gave the catch-up slot of agent %s's batch from %s to the next: its %d bytes did not arrive within %g s "
         "(at least %d KiB/s); its body is read on and takes a slot again once it has come",
-        slot.agent_id, request.remote, request.content_length or 0, deadline_s, catchup.UPLOAD_MIN_BYTES_PER_S // 1024,
+        slot.agent_id, client_of(request), request.content_length or 0, deadline_s, catchup.UPLOAD_MIN_BYTES_PER_S // 1024,
     )  # fmt: skip
 
 
@@ -239,6 +241,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
             body_middleware,
         ],
     )
+    proxies.setup(app, settings.trusted_proxies, settings.trusted_proxy_header)  # the client behind a reverse proxy
     ratelimit.setup(app, settings.rate_limit_per_s, settings.rate_limit_burst)  # 429 on the write routes
     ratelimit.setup_reads(app, settings.read_bytes_per_s, settings.read_burst_bytes)  # 429 past a read budget
     # 429 on the public routes to an address refused too often (bad signatures, failed sign-ins)
@@ -385,7 +388,7 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
         request, who, sync.epoch, sync.events, _sync_head, acked_seq=sync.acked_seq, backlog=sync.backlog,
         oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
         clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
-        after_seq=sync.after_seq, peer=request.remote, disk=sync.disk, hub_clock_off_ms=off_ms,
+        after_seq=sync.after_seq, peer=client_of(request), disk=sync.disk, hub_clock_off_ms=off_ms,
     )  # fmt: skip
     held = any(r.code == "quarantined" for r in result.rejected)
     if held and off_ms is None and request.app[CLOCK_WATCH_KEY].found != noticed:  # found while it was written

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from hub.proxies import client_of
 from hub.storage.base import AgentIdentity, CredentialChanged, Forbidden, HubStore, IngestResult
 from hub.storage.credentials import token_hash
 from hub.storage.interfaces import IngestStore
@@ -247,9 +248,9 @@ def unknown_credential(request: web.Request) -> Unauthorized:
     where = f"{request.method} {request.rel_url.raw_path}"  # as sent (percent-encoded): no forged log lines
     repeats = request.app.get(UNKNOWN_CREDENTIALS_KEY)
     if repeats is not None:
-        repeats.record(request.remote, where)
+        repeats.record(client_of(request), where)
     else:
-        log.info("refused a request to %s from %s: unknown or revoked credential", where, request.remote)
+        log.info("refused a request to %s from %s: unknown or revoked credential", where, client_of(request))
     return Unauthorized("the credential is unknown or has been revoked")
 
 

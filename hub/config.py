@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
-from hub import secretfiles
+from hub import proxies, secretfiles
 from hub.catchup import CATCHUP_SLOTS
 from hub.channels.config import ChannelConfigError, ChannelSpec, parse_channels
 from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLOCK_WINDOW_S
@@ -126,6 +126,9 @@ class HubSettings:
     tls_cert: str = ""  # PEM certificate chain: with tls_key, the hub serves HTTPS itself
     tls_key: str = ""  # PEM private key of tls_cert
     public_url: str = ""  # how agents reach the hub (agent add writes it); "": from host, port and TLS
+    # reverse proxies (addresses, CIDR networks) whose trusted_proxy_header names the client (hub/proxies.py)
+    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxy_header: str = proxies.X_FORWARDED_FOR  # or Forwarded (RFC 7239)
     event_loop: str = "auto"  # "auto": uvloop's where it is installed, else asyncio's; or "uvloop", "asyncio"
     webhooks: tuple[WebhookSpec, ...] = ()  # the [[webhooks]] tables, not a [hub] key
     channels: tuple[ChannelSpec, ...] = ()  # the [[channel]] tables (docs/channels.md), not a [hub] key
@@ -271,8 +274,29 @@ def _validate(s: HubSettings) -> None:
         _typed(key, getattr(s, key), str)
     if s.public_url and (problem := url_problem(s.public_url)):
         raise ConfigError(f"public_url {problem}")
+    _check_proxies(s)
     if not isinstance(s.webhooks, tuple) or not all(isinstance(w, WebhookSpec) for w in s.webhooks):
         raise ConfigError("webhooks must be a tuple of WebhookSpec (from [[webhooks]] tables)")
+
+
+def _check_proxies(s: HubSettings) -> None:
+    """``trusted_proxies`` as a tuple of networks in their usual spelling (``10.0.0.5/32``), and the header."""
+    given = s.trusted_proxies
+    if not isinstance(given, list | tuple) or not all(isinstance(value, str) for value in given):
+        raise ConfigError(
+            "trusted_proxies must be a list of strings, each an IP address or a CIDR network "
+            f'(["127.0.0.1", "10.0.0.0/8"]), got {type(given).__name__} {given!r:.80}'
+        )
+    try:
+        networks = proxies.parse_networks(given)
+    except ValueError as err:
+        raise ConfigError(f"trusted_proxies must list IP addresses and CIDR networks: {err}") from None
+    object.__setattr__(s, "trusted_proxies", tuple(str(network) for network in networks))
+    _typed("trusted_proxy_header", s.trusted_proxy_header, str)
+    try:
+        object.__setattr__(s, "trusted_proxy_header", proxies.header_name(s.trusted_proxy_header))
+    except ValueError as err:
+        raise ConfigError(f"trusted_proxy_header {err}") from None
 
 
 def _typed(key: str, value: Any, kind: type) -> None:
@@ -431,6 +455,8 @@ _DEFAULTS = HubSettings()
 
 def _typed_from_text(key: str, name: str, raw: str) -> Any:
     default = getattr(_DEFAULTS, key, "")
+    if isinstance(default, tuple):  # a list: its items apart by commas or spaces
+        return tuple(item for item in re.split(r"[\s,]+", raw) if item)
     if isinstance(default, bool):
         if raw.lower() in _TRUE:
             return True

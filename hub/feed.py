@@ -94,6 +94,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from hub import views
 from hub.auth import BY_SESSION_KEY, STORE_KEY, Unauthorized, bearer_token, identity_of, still_valid
 from hub.limits import parked
+from hub.proxies import client_of
 from hub.ratelimit import RateLimiter
 from hub.storage.base import ChangeRow, StoreClosed, StoreError
 from hub.storage.interfaces import FeedStore
@@ -808,7 +809,7 @@ class FeedStream(EventSourceResponse):
         request = self._req
         if isinstance(request, web.Request) and request.transport is not None and not request.transport.is_closing():
             request.app[STALLED_KEY].record(
-                request.remote, f"{identity_of(request).agent_id}, {request.transport.get_write_buffer_size()} bytes "
+                client_of(request), f"{identity_of(request).agent_id}, {request.transport.get_write_buffer_size()} bytes "
                 "waiting",
             )  # fmt: skip
         super()._abort_transport()

@@ -36,6 +36,7 @@ from aiohttp import HttpVersion11, web
 from hub import catchup, problems, ratelimit, views
 from hub.auth import HEAD_IDENTITY_KEY, PUBLIC_ROUTES_KEY, STORE_KEY, Handler, bearer_token, unknown_credential
 from hub.drain import GATE_KEY, RETRY_AFTER_S
+from hub.proxies import client_of
 from hub.storage.base import AgentIdentity, StoreClosed, StoreError
 from protocol.logsafety import RepeatLog
 from protocol.retry import retry_after_value
@@ -178,7 +179,7 @@ def store_failed(request: web.Request, err: StoreClosed | StoreError) -> web.Res
     from hub import metrics  # here: hub.metrics needs hub.config, whose channels' bundles add their route here
 
     where = f"{request.method} {request.rel_url.raw_path}: {err}"
-    request.app[REPEATS_KEY].db_failures.record(request.remote, where)
+    request.app[REPEATS_KEY].db_failures.record(client_of(request), where)
     metrics.observe_failure(request.app, "database")
     return problems.response(
         503, f"the hub database is not available right now ({err}); try again shortly",

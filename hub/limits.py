@@ -56,6 +56,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from hub import problems
+from hub.proxies import client_of
 from protocol.logsafety import RepeatLog, one_line
 from protocol.retry import retry_after_value
 from protocol.routes import API_VERSION_HEADER, HUB_ID_HEADER
@@ -531,5 +532,5 @@ class AccessLog(AbstractAccessLogger):
             return
         self.logger.info(
             '%s "%s %s" %d %d %.3f s',
-            request.remote, request.method, request.rel_url.raw_path, response.status, response.body_length, time,
+            client_of(request), request.method, request.rel_url.raw_path, response.status, response.body_length, time,
         )  # fmt: skip

@@ -40,7 +40,8 @@ nothing, so a channel's genuine webhooks and a person signing in never meet it; 
 ``refused_attempts_burst`` is answered ``429`` with Retry-After on those routes, from the request's head, before
 its body is read, whatever it sends, until its bucket holds a whole attempt again (``refused_attempts_per_s``).
 Those 429s are logged once a minute with a count per address (``LimitedLog``), never one line per request.
-The address is the peer's: behind a reverse proxy every client shares the proxy's, and so one bucket.
+The address is the peer's, or behind a reverse proxy of ``trusted_proxies`` the client's as the proxy names it
+(hub.proxies.client_of); behind a proxy the hub is not told of, every client shares the proxy's, and so one bucket.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hub.auth import IDENTITY_KEY, Handler
+from hub.proxies import client_of
 from hub.storage.base import AgentIdentity
 from protocol.logsafety import DEFAULT_INTERVAL_S
 from protocol.retry import retry_after_value
@@ -361,14 +363,14 @@ class RefusedAttempts:
 
     def refused(self, request: web.Request) -> None:
         """Count one refused attempt of ``request``'s address (an empty bucket stays empty: nothing is owed)."""
-        self.limiter.take(client_key(request.remote))
+        self.limiter.take(client_key(client_of(request)))
 
     def check(self, request: web.Request) -> None:
         """A 429 with Retry-After when ``request``'s address has no refused attempt left; asked once a request."""
         if request.get(CHECKED_KEY, False):
             return
         request[CHECKED_KEY] = True
-        key = client_key(request.remote)
+        key = client_key(client_of(request))
         wait_s = self.limiter.owed_s(key)
         if wait_s <= 0:
             return

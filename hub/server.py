@@ -391,6 +391,11 @@ async def _serve_store(
             log.info("hub listening on %s://%s:%d, database %s", listener.scheme, host, port, display_db(settings.db))
             log.info("the hub holds %s", budget)
             log.info("the hub runs on %s's event loop", loop_kind())
+            if settings.trusted_proxies:
+                log.info(
+                    "the hub takes a request's client address from its %s header when it comes from %s "
+                    "(trusted_proxies)", settings.trusted_proxy_header, ", ".join(settings.trusted_proxies),
+                )  # fmt: skip
             if settings.advertise:  # agents match the hub by this id; the address is data (hub/discovery.py)
                 where = settings.host if not listener.inherited else "0.0.0.0" if host == "::" else host
                 advertiser = await start_advertiser(str((await store.health()).get("hub_id") or ""), where, port)

@@ -69,6 +69,7 @@ from hub.channels.runner import make_connector, open_channel_state
 from hub.channels.shopify import ShopifyConnector
 from hub.channels.square import SquareConnector
 from hub.channels.state import ChannelState
+from hub.proxies import client_of
 from hub.storage import HubStore
 from hub.storage.base import AgentIdentity, IngestResult, StoreError
 from protocol import wall_ms_now
@@ -149,7 +150,7 @@ class OrderWebhooks:
         name = request.match_info["name"]
         spec = self.specs.get(name)
         if spec is None or self._state is None:
-            self.unknown.record(request.remote, one_line(name, 64))
+            self.unknown.record(client_of(request), one_line(name, 64))
             raise web.HTTPNotFound(
                 text=f"no channel named {one_line(name, 64)!r} takes order webhooks here; a [[channel]] table of the "
                 "hub's config needs webhook_secret_file or webhook_secret_env"
@@ -162,7 +163,7 @@ class OrderWebhooks:
             )  # fmt: skip
         header = SHOPIFY_SIGNATURE if spec.kind == "shopify" else SQUARE_SIGNATURE
         if not request.headers.get(header):
-            self.bad_signatures.record(request.remote, f"channel {name}")
+            self.bad_signatures.record(client_of(request), f"channel {name}")
             ratelimit.refused(request)  # counted against its address (hub.ratelimit.RefusedAttempts)
             raise web.HTTPUnauthorized(
                 text=f"the webhook has no {header} header, the signature channel {name} sends with each webhook; "
@@ -180,7 +181,7 @@ class OrderWebhooks:
                 text=f"an order webhook may be at most {WEBHOOK_MAX_BYTES} bytes; this one is {len(body)}",
             )  # fmt: skip
         if not self._signed(spec, request, body):
-            self.bad_signatures.record(request.remote, f"channel {name}")
+            self.bad_signatures.record(client_of(request), f"channel {name}")
             ratelimit.refused(request)
             raise web.HTTPUnauthorized(
                 text=f"the webhook's signature does not match channel {name}'s webhook secret; nothing was applied"

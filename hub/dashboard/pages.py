@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from hub import heads, problems, ratelimit
+from hub import heads, problems, proxies, ratelimit
 from hub.dashboard.sessions import DashboardSessions, SignInRefused
 from protocol.logsafety import RepeatLog
 
@@ -165,9 +165,12 @@ def _from_public_origin(request: web.Request) -> bool:
 
 
 def _secure(request: web.Request) -> bool:
-    """Whether the browser reached the hub over HTTPS: this connection is TLS, or the form came from the https
-    ``public_url`` (a proxy that ends TLS forwards plain HTTP) — the session cookie is then ``Secure``."""
-    return request.secure or (_from_public_origin(request) and request.app[PUBLIC_ORIGIN_KEY].startswith("https:"))
+    """Whether the browser reached the hub over HTTPS: this connection is TLS, a trusted proxy says so
+    (``trusted_proxies``: X-Forwarded-Proto, or Forwarded's proto), or the form came from the https ``public_url`` (a
+    proxy that ends TLS forwards plain HTTP) — the session cookie is then ``Secure``."""
+    if request.secure or proxies.forwarded_https(request):
+        return True
+    return _from_public_origin(request) and request.app[PUBLIC_ORIGIN_KEY].startswith("https:")
 
 
 async def _sign_in_head(request: web.Request) -> web.Response | None:
@@ -196,7 +199,7 @@ async def post_sign_in(request: web.Request) -> web.Response:
     try:
         session_id, _agent_id = await request.app[SESSIONS_KEY].sign_in(token)
     except SignInRefused as err:
-        request.app[SIGN_INS_REFUSED_KEY].record(request.remote, str(err))
+        request.app[SIGN_INS_REFUSED_KEY].record(proxies.client_of(request), str(err))
         ratelimit.refused(request)  # counted against its address (hub.ratelimit.RefusedAttempts)
         return _page(request, "sign-in.html", 403, f"Not signed in: {err}.")
     response = _see_other("/dashboard/")
