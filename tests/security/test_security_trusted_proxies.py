@@ -14,11 +14,13 @@ reaching the hub directly from 127.0.0.2 (loopback answers every 127/8 address).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from pathlib import Path
 from unittest import mock
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -29,6 +31,8 @@ from hub.config import ConfigError, HubSettings, load_settings
 from hub.limits import AccessLog
 from protocol.codec import MSGPACK_CONTENT_TYPE
 from protocol.routes import SYNC_PATH
+from tests.harness.commands import hub_env
+from tests.harness.hub_process import HubProcess
 from tests.security.helpers import HubFactory, event, sync_body
 from tests.security.test_security_public_limit import BURST, assert_429, post_from
 
@@ -127,6 +131,28 @@ async def test_a_hub_that_trusts_no_proxy_ignores_the_header(
     assert not any("203.0.113." in line or "198.51.100." in line for line in hub_lines(caplog))
 
 
+async def test_a_hub_process_told_its_proxy_by_the_environment_logs_each_client(tmp_path: Path) -> None:
+    """``python -m hub serve`` with ``SHELFSYNC_HUB_TRUSTED_PROXIES``: the start-up log names the proxies, and the
+    access log (hub/limits.py, written below the app) names the client behind the proxy, a direct client by its own
+    address whatever it sends."""
+    env = hub_env(SHELFSYNC_HUB_TRUSTED_PROXIES="127.0.0.1", SHELFSYNC_HUB_ACCESS_LOG="true")
+    with HubProcess(tmp_path / "hub.log", db=tmp_path / "hub.db", port=0, env=env) as hub:
+        for source, headers in ((PROXY, via_proxy(FLOODER)), (DIRECT, via_proxy(NEIGHBOUR))):
+            connector = aiohttp.TCPConnector(local_addr=(source, 0))
+            async with (
+                aiohttp.ClientSession(connector=connector, trust_env=False) as session,
+                session.get(f"{hub.url}/healthz", headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp,
+            ):
+                assert resp.status == 200
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while f'{DIRECT} "GET /healthz" 200' not in hub.log:
+            assert asyncio.get_running_loop().time() < deadline, hub.log[-2000:]
+            await asyncio.sleep(0.05)
+        log = hub.log
+    assert "client address from its X-Forwarded-For header when it comes from 127.0.0.1/32" in log, log[-2000:]
+    assert f'{FLOODER} "GET /healthz" 200' in log and NEIGHBOUR not in log, log[-2000:]
+
+
 def test_the_client_is_the_rightmost_address_that_is_not_a_trusted_proxy() -> None:
     trusted = proxies.TrustedProxies(proxies.parse_networks(["10.0.0.0/8", "2001:db8:ffff::/48", "127.0.0.1"]))
     forwarded = proxies.TrustedProxies(trusted.networks, "forwarded")
@@ -207,3 +233,16 @@ def test_the_settings_take_addresses_and_networks_from_the_file_and_the_environm
             HubSettings(trusted_proxies=bad)
     with pytest.raises(ConfigError, match="trusted_proxy_header must be X-Forwarded-For or Forwarded, got 'X-Real-IP'"):
         HubSettings(trusted_proxy_header="X-Real-IP")
+
+
+def test_the_hub_asks_whom_a_request_comes_from_only_of_client_of() -> None:
+    """A ``request.remote`` left in the hub would name the proxy again (a log line, a budget, the sync's peer)."""
+    package = Path(proxies.__file__).parent
+    found = [
+        f"{path.relative_to(package.parent)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "proxies.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "request.remote" in line
+    ]
+    assert found == [], "use hub.proxies.client_of(request)"
