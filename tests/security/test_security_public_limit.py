@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,14 @@ class ShopHub:
 async def shop_hub(tmp_path: Path) -> AsyncIterator[ShopHub]:
     """A hub taking the order webhooks of one Shopify channel ``web`` (the emulator), with a budget of ``BURST``
     refused attempts per address refilled at ``RATE_PER_S``."""
+    async with serving_shop_hub(tmp_path) as hub:
+        yield hub
+
+
+@asynccontextmanager
+async def serving_shop_hub(tmp_path: Path, **settings: Any) -> AsyncIterator[ShopHub]:
+    """``shop_hub``, with other ``settings`` of the hub."""
+    settings = {"refused_attempts_per_s": RATE_PER_S, "refused_attempts_burst": BURST, **settings}
     async with ShopifyOrdersEmulator() as shopify:
         s1 = shopify.add_location()
         variant = shopify.add_variant("SKU-A", stocked_at=[s1])
@@ -104,9 +113,7 @@ async def shop_hub(tmp_path: Path) -> AsyncIterator[ShopHub]:
             environ={"SHOP_TOKEN": shopify.token, "SHOP_HOOK": shopify.webhook_secret},
         )  # fmt: skip
         db = tmp_path / "hub.db"
-        async with hub_in_process(
-            db, port=free_port(), channels=specs, refused_attempts_per_s=RATE_PER_S, refused_attempts_burst=BURST
-        ) as served:
+        async with hub_in_process(db, port=free_port(), channels=specs, **settings) as served:
             async with await SqliteChannelState.open(db) as state:
 
                 async def mapped() -> bool:

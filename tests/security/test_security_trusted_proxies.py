@@ -15,6 +15,7 @@ reaching the hub directly from 127.0.0.2 (loopback answers every 127/8 address).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -34,7 +35,7 @@ from protocol.routes import SYNC_PATH
 from tests.harness.commands import hub_env
 from tests.harness.hub_process import HubProcess
 from tests.security.helpers import HubFactory, event, sync_body
-from tests.security.test_security_public_limit import BURST, assert_429, post_from
+from tests.security.test_security_public_limit import BURST, assert_429, post_from, serving_shop_hub
 
 pytestmark = pytest.mark.timeout(120)
 PROXY, DIRECT = "127.0.0.1", "127.0.0.2"  # the reverse proxy's address; a client reaching the hub directly
@@ -110,6 +111,31 @@ async def test_clients_behind_a_trusted_proxy_have_budgets_of_their_own_and_are_
     assert flood and all(FLOODER in line and PROXY not in line for line in flood), flood
     unreadable = [line for line in lines if "names no client address" in line]
     assert len(unreadable) == 1 and PROXY in unreadable[0] and "not-an-address" in unreadable[0], unreadable
+
+
+async def test_a_channels_genuine_webhooks_through_the_proxy_are_booked_while_another_sender_floods(
+    tmp_path: Path,
+) -> None:
+    """A sender of forged order webhooks behind the proxy spends its own budget; Shopify's deliveries are booked."""
+    async with serving_shop_hub(tmp_path, trusted_proxies=["127.0.0.0/8"]) as hub:
+        shopify = hub.shopify
+        order = shopify.create_order([(hub.variant, 1)], pickup_at=hub.pickup)
+        forged = shopify.delivery("orders/create", order, secret="not-the-app-secret")
+        for _ in range(BURST):
+            status, _, _ = await post_from(
+                PROXY, hub.hook, data=forged.body, headers={**forged.headers, **via_proxy(FLOODER)}
+            )
+            assert status == 401
+        # a network of proxies (127.0.0.2 is one too): FLOODER through any of them is FLOODER
+        assert_429(
+            *await post_from(DIRECT, hub.hook, data=forged.body, headers={**forged.headers, **via_proxy(FLOODER)})
+        )
+        genuine = shopify.order_delivery("orders/create", order["id"])
+        status, _, body = await post_from(
+            PROXY, hub.hook, data=genuine.body, headers={**genuine.headers, **via_proxy(NEIGHBOUR)}
+        )
+        assert status == 200 and json.loads(body)["applied"] == 1, body
+        assert await hub.reserved() == 1, "Shopify's delivery through the proxy is booked during the flood"
 
 
 async def test_a_hub_that_trusts_no_proxy_ignores_the_header(
