@@ -9,8 +9,11 @@ an older count can never override a newer one at Square), one
 content (a retry carries the same key; Square answers a reused key with
 different content ``IDEMPOTENCY_KEY_REUSED``). ``429`` is honoured: the
 connector waits ``Retry-After`` seconds and sends the same request again.
-Errors come as ``{"errors": [{"category", "code", "detail", "field"}]}``.
-The answer's ``counts`` are read. A level whose count there is not the one
+Errors come as ``{"errors": [{"category", "code", "detail", "field"}]}``;
+a ``200`` carrying ``errors``, or lacking the count of a level it was sent
+(Square answers a success with the counts of every object the request
+names), confirms nothing: the batch goes again, as after a ``5xx``, its
+error in the channel's status. The answer's ``counts`` are read. A level whose count there is not the one
 pushed is either a count Square kept over the push (one it holds stamped
 later: a register edit) or the push taken and moved since by a change that
 occurred after it (a sale rung up at a register, which Square applies on top
@@ -297,6 +300,7 @@ class SquareConnector:
                     _gone_levels(err.errors, keys),
                 ) from err
             raise
+        self._check_counted(keys, answer)
         taken, shown = self._taken(batch, answer)
         if not shown:
             return Confirmed(taken)
@@ -322,12 +326,32 @@ class SquareConnector:
         self._clamping = bool(changed)
         return moved
 
+    def _check_counted(self, keys: list[LevelKey], answer: Mapping[str, Any]) -> None:
+        """``ChannelUnavailable`` when the answer lacks the count of a level pushed: Square answers a change that
+        succeeded with the current counts of every object it names (BatchChangeInventory), so a 200 without them
+        confirms nothing, and the batch goes again with the same idempotency key (applied once if it was)."""
+        counts = answer.get("counts")
+        named = {
+            (str(c.get("catalog_object_id")), str(c.get("location_id")))
+            for c in (counts if isinstance(counts, list) else ())
+            if isinstance(c, dict)
+        }
+        missing = [k for k in keys if (k.item_id, k.location_id) not in named]
+        if missing:
+            first = missing[0]
+            raise ChannelUnavailable(
+                f"Square answered setting levels for channel {self.spec.name} with HTTP 200 but no count of "
+                f"{len(missing)} of the {len(keys)} level(s) it was sent (first {first.item_id} at "
+                f"{first.location_id}), so they are not taken as set and go again"
+            )
+
     def _taken(
         self, batch: Mapping[LevelKey, Target], answer: Mapping[str, Any]
     ) -> tuple[dict[LevelKey, int], dict[LevelKey, _Shown]]:
         """The levels Square's answer shows at the pushed count (taken), and those it shows at another quantity, with
         its ``calculated_at``: a count of its own kept over the push, or the push moved since by a sale
-        (``_told_apart``). A level the answer gives no count of is taken as applied."""
+        (``_told_apart``). A level the answer counts in another state alone is taken as applied (one it gives no count of
+        at all was refused before: ``_check_counted``)."""
         shown: dict[LevelKey, _Shown] = {}
         for c in answer.get("counts") or ():
             if not isinstance(c, dict) or c.get("state", "IN_STOCK") != "IN_STOCK":
@@ -577,6 +601,11 @@ class SquareConnector:
                 continue
             if 200 <= status < 300 and not answer.get("errors"):
                 return answer
+            if 200 <= status < 300:  # Square answers errors only for what failed: nothing of it is taken as done
+                raise ChannelUnavailable(
+                    f"Square answered {what} for channel {spec.name} with HTTP {status} but with errors "
+                    f"({_first_error(answer) or 'no detail'}), so nothing of it is taken as done and it goes again"
+                )
             detail = _first_error(answer) or f"HTTP {status}"
             if status >= 500:  # a 503 may say Retry-After too (RFC 9110 10.2.3)
                 raise ChannelUnavailable(

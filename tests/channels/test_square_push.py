@@ -37,6 +37,7 @@ from hub.storage import open_store
 from hub.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from hub.storage.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from protocol import Kind, wall_ms_now
+from protocol.retry import NO_JITTER
 from tests.channels.emulators.square import SquareEmulator
 from tests.channels.emulators.square_orders import SquareOrdersEmulator
 from tests.channels.helpers import (
@@ -1341,3 +1342,36 @@ async def test_a_count_pushed_before_schema_14_is_checked_once_against_squares_s
         assert pusher.less_unbooked == {key: 1}
         (taken,) = (await state.unbooked("pos")).values()
         assert taken.units == 1 and taken.from_ms is not None
+
+
+async def test_a_200_without_the_counts_pushed_or_with_errors_is_not_taken_as_applied(
+    hub: Hub, state: SqliteChannelState, square: SquareEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Square's reference: a BatchChangeInventory that succeeded answers the counts of every object it names; one
+    that failed answers errors. A 200 with neither confirms nothing: the batch goes again, said once."""
+    caplog.set_level(logging.INFO, logger="hub.channels")
+    loc = square.add_location()
+    vid = square.add_variation("A")
+    errors: list[str | None] = []
+    square.fault_at("/v2/inventory/changes/batch-create", "ok_no_counts", "ok_errors")
+    await hub.move((Kind.RECEIVE, 5, "S1", "A"))
+    spec = square_spec(square, {"S1": loc})
+    steady = Backoff(base_s=0.2, max_s=0.2, jitter=NO_JITTER)  # each failure stands long enough to be seen
+    async with (
+        aiohttp.ClientSession() as session,
+        ChannelPusher(spec, hub.store, state, SquareConnector(spec, session), hub.watch, backoff=steady) as pusher,
+    ):
+
+        async def out() -> bool:
+            errors.append(pusher.status.last_error)
+            return square.quantity(vid, loc) == 5 and pusher.status.pushes >= 1
+
+        await wait_until(out, "the level is out after two answers that confirmed nothing")
+        assert square.stats.batches_applied == 1
+        assert pusher.status.failures == 0 and pusher.status.last_error is None
+    seen = {e for e in errors if e}
+    assert any("no count" in e for e in seen), seen
+    assert any("INTERNAL_SERVER_ERROR" in e for e in seen), seen
+    failed = [r for r in caplog.records if r.levelno == logging.WARNING and "Square" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in failed]  # the first failure of the series, then the recovery
+    assert "HTTP 200" in failed[0].getMessage() and "\n" not in failed[0].getMessage()

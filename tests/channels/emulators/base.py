@@ -8,7 +8,10 @@ from typing import Self
 
 from aiohttp import web
 
-FAULTS = ("http_500", "http_503", "slow", "drop", "drop_after", "throttle", "throttle_bare", "cas_miss", "429")
+FAULTS = (
+    "http_500", "http_503", "slow", "drop", "drop_after", "throttle", "throttle_bare", "cas_miss", "429",
+    "ok_no_counts", "ok_errors",
+)  # fmt: skip
 
 
 class Faults:
@@ -21,7 +24,9 @@ class Faults:
     * ``throttle`` (Shopify): answer THROTTLED; ``429``: answer 429 with ``Retry-After`` (``retry_after_s``,
       no header when it is None);
     * ``throttle_bare`` (Shopify): answer THROTTLED without ``extensions.cost`` (no ``throttleStatus``);
-    * ``cas_miss`` (Shopify): change the first level the request sets just before it is applied.
+    * ``cas_miss`` (Shopify): change the first level the request sets just before it is applied;
+    * ``ok_no_counts`` (Square): apply nothing and answer HTTP 200 with no ``counts`` (``{"changes": []}``);
+    * ``ok_errors`` (Square): apply nothing and answer HTTP 200 with an ``errors`` list.
     """
 
     def __init__(self) -> None:

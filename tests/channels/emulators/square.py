@@ -67,7 +67,12 @@ Built from Square's public reference for that version (its OpenAPI specification
   — on demand (the ``429`` fault) or above ``requests_per_s``.
 
 Faults on demand for every endpoint (``faults``), or for one path alone
-(``faults_at[path]``, served first while it holds any).
+(``faults_at[path]``, served first while it holds any). Two of them break
+the reference's promise for BatchChangeInventory ("On success: returns the
+current calculated counts for all objects referenced in the request. On
+failure: returns a list of related errors."): ``ok_no_counts`` answers HTTP
+200 without ``counts`` and ``ok_errors`` HTTP 200 with ``errors``; both apply
+nothing.
 
 A broken Square on demand: ``invent_count_pages`` pages of
 ``inventory/counts/batch-retrieve``, each one count made up for it (an item
@@ -350,6 +355,10 @@ class SquareEmulator(EmulatorServer):
                 status = 500 if fault == "http_500" else 503
                 code = "INTERNAL_SERVER_ERROR" if status == 500 else "SERVICE_UNAVAILABLE"
                 return self._answer({"errors": [_error("API_ERROR", code, "An internal error has occurred.")]}, status)
+            if fault == "ok_no_counts":  # a 200 that confirms nothing: not what the reference promises, on purpose
+                return self._answer({"changes": []}, 200)
+            if fault == "ok_errors":
+                return self._answer({"errors": [_error("API_ERROR", "INTERNAL_SERVER_ERROR", "Something went wrong.")]}, 200)
             if fault == "slow":
                 await asyncio.sleep(faults.slow_s)
             try:
