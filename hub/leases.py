@@ -172,6 +172,11 @@ class Job(Protocol):
         """Run the job here, from what the last holder saved."""
         ...
 
+    def aside(self) -> bool:
+        """This hub leaves the job to other hubs (a webhook whose settings a hub started later stored, and said so
+        itself): it neither takes its lease nor keeps it, and stands by."""
+        ...
+
     def restartable(self, doing: str) -> bool:
         """The loop ``doing`` names (``ended``'s words) can be started again alone while the job's other loops run
         on; False: the job is restarted whole (stopped, its lease given back, taken again)."""
@@ -350,6 +355,12 @@ async def lead(
                     log.warning("%s %s: this hub lost its %s and stopped %s it", words.noun, name, words.lock,
                                 words.doing)  # fmt: skip
             for name, job in jobs.items():
+                if job.here() and job.aside():  # its loop ended, having said why: no error, and no backoff
+                    await job.stop()
+                    ends.stopped(name)
+                    silences.forget(name)
+                    await leases.release(name)
+                    continue
                 if job.here():
                     gone = job.ended()
                     late = job.overdue() if gone is None else None
@@ -369,7 +380,7 @@ async def lead(
                         continue
                     await _give_back(leases, name, job, gone, log, words, ends)
                     continue
-                if ends.waiting(name):
+                if ends.waiting(name) or job.aside():
                     await job.stand_by()
                 elif await leases.take(name):
                     job.start()

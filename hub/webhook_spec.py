@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -95,6 +96,12 @@ class WebhookSpec:
         found = {v for raw in (parts.password, parts.query) if raw for v in (raw, unquote(raw))}
         return tuple(sorted(found, key=len, reverse=True))
 
+    def settings_text(self) -> str:
+        """What the webhook's cursor is earned against, as JSON: to whom it delivers (its url without credentials
+        or query, which may carry a rotating token) and what (its location). The secret, batch size, timeout and
+        backoff change how batches go out, not which or where: they are left out."""
+        return json.dumps({"url": self.display_url, "location": self.location}, sort_keys=True, separators=(",", ":"))
+
     def redact(self, text: str) -> str:
         """``text`` (an HTTP client's error, which may name the URL) without the URL's password or query."""
         for secret in self.url_secrets:
@@ -124,6 +131,22 @@ def parse_webhooks(raw: Any) -> tuple[WebhookSpec, ...]:
     if twice:
         raise WebhookConfigError(f"webhook name(s) {', '.join(twice)} are used twice; each needs its own name")
     return tuple(specs)
+
+
+def settings_changed(before: str, after: str) -> str:
+    """What differs between two ``WebhookSpec.settings_text``s, in words: "url (http://a/hook to http://b/hook)"."""
+    try:
+        old, new = json.loads(before), json.loads(after)
+    except ValueError:
+        return "settings"
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return "settings"
+    words = [
+        f"{key} ({old.get(key) or 'every location'} to {new.get(key) or 'every location'})"
+        for key in ("url", "location")
+        if old.get(key) != new.get(key)
+    ]
+    return " and ".join(words) or "settings"
 
 
 # --- signatures ---------------------------------------------------------------

@@ -65,6 +65,7 @@ from hub.webhook_spec import (
     WebhookConfigError,
     WebhookSpec,
     parse_webhooks,
+    settings_changed,
     sign,
     verify_signature,
 )
@@ -143,6 +144,18 @@ class WebhookDispatcher:
         self.holding: Callable[[], bool] = lambda: True
         # How this loop proves to ``hub.leases.lead`` that it is not stuck: every await it makes is bounded.
         self.heartbeat = Heartbeat()
+        self.settings = spec.settings_text()  # what its cursor is earned against (``WebhookSpec.settings_text``)
+        # The settings stored for it when this hub first read them (``first_read``): a hub started later with
+        # others may store them after, and this one then leaves the webhook to it (``aside``).
+        self.seen_settings: str | None = None
+        self.read_settings = False  # ``first_read`` done
+        self.aside: str | None = None  # why this hub leaves the webhook to other hubs, when it does
+
+    async def first_read(self) -> None:
+        """Read the settings stored for the webhook, once: what this hub's config is newer than."""
+        if not self.read_settings:
+            self.seen_settings = await self._store.webhook_settings(self.spec.name)
+            self.read_settings = True
 
     async def run(self) -> None:
         """Deliver the change feed, a page a turn (``protocol.retry.run_turns``), until the feed closes."""
@@ -150,6 +163,21 @@ class WebhookDispatcher:
         BEATING.set(self.heartbeat)  # this task's
         self.heartbeat.beat()
         try:
+            await self._retrying(self.first_read)
+            claim = await self._retrying(
+                lambda: self._store.claim_webhook_settings(spec.name, self.settings, self.seen_settings)
+            )
+            if claim.outcome == "aside":
+                self._stand_aside(claim.stored)
+                return  # ``hub.leases.lead`` gives the lock back without a word more (``_WebhookJob.aside``)
+            if claim.outcome == "reset" and claim.stored is not None:
+                # its cursor was earned against another receiver or location: the counts that have not changed
+                # since would never reach the receiver now told about them
+                log.warning(
+                    "webhook %s: its %s changed since it last ran, so its feed starts again from the first change "
+                    "and the receiver is told every current count",
+                    spec.name, settings_changed(claim.stored, self.settings),
+                )  # fmt: skip
             state = await self._retrying(lambda: self._store.webhook_state(spec.name))
             self.status.cursor, self.status.last_error, self.status.failures = state
             self._streak.resume(state.attempts, state.last_error)  # a restart goes on with the backoff it had
@@ -160,6 +188,28 @@ class WebhookDispatcher:
             )  # fmt: skip
         except StoreClosed:
             return
+
+    def _stand_aside(self, stored: str | None) -> None:
+        """Another hub, started after this one, stored other settings for the webhook: this hub's config is the
+        older, and delivering under it would undo that hub's (start the feed again, to the old receiver). Said
+        once, and shown as the webhook's last error here until the settings stored are this hub's again."""
+        spec = self.spec
+        changed = settings_changed(self.settings, stored) if stored is not None else "settings"
+        self.aside = (
+            f"another hub sharing the database, started after this one, delivers it with another {changed}; this "
+            f"hub leaves it to the hubs started with that config (restart this one with the same [[webhooks]] "
+            f"entry)"
+        )
+        self.status.last_error = self.aside
+        log.warning("webhook %s: %s", spec.name, self.aside)
+
+    async def stand_aside_still(self) -> bool:
+        """While aside: whether the stored settings still are another hub's (False: this hub may take it again)."""
+        stored = await self._store.webhook_settings(self.spec.name)
+        if stored is not None and stored != self.settings and stored != self.seen_settings:
+            return True
+        self.aside = None
+        return False
 
     async def _turn(self) -> float:
         """Deliver the next page; how long to wait for changes afterwards (0: go on at once)."""
@@ -275,7 +325,7 @@ class WebhookDispatcher:
                 spec.name, rows[0].change_id, rows[-1].change_id, "delivered", outcome.http_status, None, now_ms
             )
         )
-        await self._retrying(lambda: self._store.save_webhook_state(spec.name, cursor, None, 0))
+        await self._retrying(lambda: self._store.save_webhook_state(spec.name, cursor, None, 0, self.settings))
         if ended := self._streak.succeeded():
             log.info("webhook %s delivers again, after %d failed attempt(s)", spec.name, ended)
         status.cursor, status.failures, status.last_error, status.last_success_ms = cursor, 0, None, now_ms
@@ -294,7 +344,9 @@ class WebhookDispatcher:
             )
         )
         await self._retrying(
-            lambda: self._store.save_webhook_state(spec.name, status.cursor, outcome.error, status.failures)
+            lambda: self._store.save_webhook_state(
+                spec.name, status.cursor, outcome.error, status.failures, self.settings
+            )
         )
         if self._deliveries is not None:
             self._deliveries.labels(spec.name, "failed").inc()
@@ -420,6 +472,9 @@ class _WebhookJob:
     def start(self) -> None:
         _start(self._d, self._tasks)  # its run loads the cursor the last deliverer saved
 
+    def aside(self) -> bool:
+        return self._d.aside is not None
+
     def restartable(self, doing: str) -> bool:
         return False  # one loop: it is the whole job
 
@@ -432,6 +487,16 @@ class _WebhookJob:
     async def stand_by(self) -> None:  # what GET /v1/webhooks shows while standing by
         d = self._d
         d.status.cursor, d.status.last_error, d.status.failures = await self._store.webhook_state(d.spec.name)
+        if d.aside is not None and await d.stand_aside_still():
+            d.status.last_error = d.aside  # why nobody here delivers it
+        elif not d.read_settings:  # a hub that first stands by: what its config is newer than
+            await d.first_read()
+            if d.seen_settings is not None and d.seen_settings != d.settings:
+                log.warning(
+                    "webhook %s: this hub's config changes its %s from the settings it was last delivered with; "
+                    "if this hub takes it over, its feed starts again from the first change",
+                    d.spec.name, settings_changed(d.seen_settings, d.settings),
+                )  # fmt: skip
 
 
 # --- routes -------------------------------------------------------------------

@@ -270,6 +270,9 @@ class _ChannelJob:
                  if not task.done()]  # fmt: skip
         return max(late, key=lambda each: each[1], default=None)
 
+    def aside(self) -> bool:
+        return False  # a channel's settings are its own to store (``ChannelPusher._load``): any hub pushes it
+
     def restartable(self, doing: str) -> bool:
         """A reconciler is started again alone: it keeps nothing a new one does not load (the last reconciliation
         is stored), while restarting the pusher would drop its corrections waiting and hand the channel to

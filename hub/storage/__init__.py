@@ -37,6 +37,7 @@ from hub.storage.base import (
     StoreClosed,
     StoreError,
     StoreOpener,
+    WebhookClaim,
     WebhookDelivery,
     WebhookState,
 )
@@ -133,6 +134,7 @@ __all__ = [
     "StoreClosed",
     "StoreError",
     "StoreOpener",
+    "WebhookClaim",
     "WebhookDelivery",
     "WebhookState",
     "open_store",

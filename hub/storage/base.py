@@ -308,6 +308,14 @@ class WebhookState(NamedTuple):
     attempts: int  # failed attempts since the last success
 
 
+class WebhookClaim(NamedTuple):
+    """What became of a hub's settings for a webhook at its start (``FeedStore.claim_webhook_settings``)."""
+
+    outcome: str  # "same": stored already | "stored": none were, the cursor stays | "reset": others were, replaced,
+    # and the cursor is back at 0 | "aside": another hub stored others after this one first read them
+    stored: str | None  # "reset": the settings replaced; "aside": the ones standing; else what is stored now
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookDelivery:
     """One delivery attempt of changes ``first_change``..``last_change`` to a webhook."""

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from hub.storage.base import ChangeRow, WebhookDelivery, WebhookState
+from hub.storage.base import ChangeRow, WebhookClaim, WebhookDelivery, WebhookState
 from hub.storage.db import Db, Where
 from hub.storage.ingest import NewChange
 
@@ -80,18 +80,58 @@ async def webhook_state(db: Db, name: str) -> WebhookState:
 
 
 async def save_webhook_state(
-    db: Db, name: str, cursor: int, last_error: str | None, attempts: int, now_ms: int
+    db: Db, name: str, cursor: int, last_error: str | None, attempts: int, now_ms: int, settings: str | None = None
 ) -> None:
     """Upsert the webhook's state; its cursor never moves backwards (a hub that lags, or lost its deliverer
-    lock while saving, cannot take back what another hub's delivery already moved past)."""
+    lock while saving, cannot take back what another hub's delivery already moved past). ``settings``: what the
+    cursor was earned against (``claim_webhook_settings``); the state is saved only while the stored settings are
+    these (or none), so a hub that lost the webhook to one started with other settings cannot move the cursor
+    that hub started again from 0."""
     await db.execute(
-        "INSERT INTO webhooks (name, cursor, last_error, attempts, updated_ms) VALUES (?, ?, ?, ?, ?) "
+        "INSERT INTO webhooks (name, cursor, last_error, attempts, updated_ms, settings) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (name) DO UPDATE SET "
         "cursor = CASE WHEN excluded.cursor > webhooks.cursor THEN excluded.cursor ELSE webhooks.cursor END, "
         "last_error = excluded.last_error, "
-        "attempts = excluded.attempts, updated_ms = excluded.updated_ms",
-        (name, cursor, last_error, attempts, now_ms),
+        "attempts = excluded.attempts, updated_ms = excluded.updated_ms "
+        "WHERE CAST(? AS TEXT) IS NULL OR webhooks.settings IS NULL OR webhooks.settings = excluded.settings",
+        (name, cursor, last_error, attempts, now_ms, settings, settings),
     )
+
+
+async def webhook_settings(db: Db, name: str) -> str | None:
+    row = await db.fetchone("SELECT settings FROM webhooks WHERE name = ?", (name,))
+    return None if row is None else row[0]
+
+
+async def claim_webhook_settings(db: Db, name: str, settings: str, seen: str | None, now_ms: int) -> WebhookClaim:
+    """Make ``settings`` the ones the webhook's cursor is earned against, in one write transaction.
+
+    None stored (a new webhook, or one that last ran before schema 29): stored, the cursor stays. Others stored,
+    the ones this hub first read (``seen``): this hub's config is the newer, so they are replaced and the cursor
+    goes back to 0 — by one hub only: the update is conditional on what it replaces, so of two hubs started with
+    the same new settings the second finds them stored. Others stored that this hub did not first read: a hub
+    started later stored them, and this hub, started with older settings, stands aside."""
+    inserted = await db.execute(
+        "INSERT INTO webhooks (name, cursor, last_error, attempts, updated_ms, settings) VALUES (?, 0, NULL, 0, ?, ?) "
+        "ON CONFLICT (name) DO NOTHING",
+        (name, now_ms, settings),
+    )
+    if inserted:
+        return WebhookClaim("stored", settings)
+    stored = await webhook_settings(db, name)
+    if stored == settings:
+        return WebhookClaim("same", stored)
+    if stored is None:
+        if await db.execute("UPDATE webhooks SET settings = ? WHERE name = ? AND settings IS NULL", (settings, name)):
+            return WebhookClaim("stored", settings)
+    elif stored == seen and await db.execute(
+        "UPDATE webhooks SET settings = ?, cursor = 0, last_error = NULL, attempts = 0, updated_ms = ? "
+        "WHERE name = ? AND settings = ?",
+        (settings, now_ms, name, stored),
+    ):
+        return WebhookClaim("reset", stored)
+    now = await webhook_settings(db, name)  # another hub's transaction changed them meanwhile
+    return WebhookClaim("same", now) if now == settings else WebhookClaim("aside", now)
 
 
 async def log_webhook_delivery(db: Db, d: WebhookDelivery) -> None:

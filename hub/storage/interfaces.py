@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         QuarantineRow,
         ReportResult,
         VarianceReport,
+        WebhookClaim,
         WebhookDelivery,
         WebhookState,
     )
@@ -210,9 +211,19 @@ class FeedStore(Protocol):
 
     @abc.abstractmethod
     async def save_webhook_state(
-        self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0
+        self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0, settings: str | None = None
     ) -> None:
-        """Upsert the state of webhook ``name``; its cursor never moves backwards (a lower one is not saved)."""
+        """Upsert the state of webhook ``name``; its cursor never moves backwards (a lower one is not saved).
+        ``settings``: saved only while the webhook's stored settings are these, or none (``claim_webhook_settings``)."""
+
+    @abc.abstractmethod
+    async def webhook_settings(self, name: str) -> str | None:
+        """The settings webhook ``name``'s cursor was earned against (``claim_webhook_settings``); None if none."""
+
+    @abc.abstractmethod
+    async def claim_webhook_settings(self, name: str, settings: str, seen: str | None) -> WebhookClaim:
+        """At a deliverer's start: make ``settings`` the webhook's, starting its cursor again from 0 when others
+        were stored, unless another hub stored them after this one first read ``seen`` (``hub.storage.feed``)."""
 
     @abc.abstractmethod
     async def log_webhook_delivery(

@@ -48,6 +48,7 @@ from hub.storage.base import (
     QuarantineRow,
     ReportResult,
     VarianceReport,
+    WebhookClaim,
     WebhookDelivery,
     WebhookState,
 )
@@ -467,11 +468,22 @@ class SqlHubStore(HubStore, Generic[D]):
         return await self._read_db(f"reading the state of webhook {name}", lambda db: feed.webhook_state(db, name))
 
     async def save_webhook_state(
-        self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0
+        self, name: str, cursor: int, last_error: str | None = None, attempts: int = 0, settings: str | None = None
     ) -> None:
         await self._write_db(
             f"saving the state of webhook {name}",
-            lambda db: feed.save_webhook_state(db, name, cursor, last_error, attempts, wall_ms_now()),
+            lambda db: feed.save_webhook_state(db, name, cursor, last_error, attempts, wall_ms_now(), settings),
+        )
+
+    async def webhook_settings(self, name: str) -> str | None:
+        return await self._read_db(
+            f"reading the settings of webhook {name}", lambda db: feed.webhook_settings(db, name)
+        )
+
+    async def claim_webhook_settings(self, name: str, settings: str, seen: str | None) -> WebhookClaim:
+        return await self._write_db(
+            f"storing the settings of webhook {name}",
+            lambda db: feed.claim_webhook_settings(db, name, settings, seen, wall_ms_now()),
         )
 
     async def log_webhook_delivery(

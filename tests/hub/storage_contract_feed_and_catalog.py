@@ -23,6 +23,7 @@ from hub.storage.base import (
     InvalidInput,
     LedgerRow,
     Observation,
+    WebhookClaim,
     WebhookState,
 )
 from protocol import Kind, StockEvent, pack_hlc
@@ -266,6 +267,31 @@ class FeedAndCatalogContract:
         assert await store.latest_change_id() == row.change_id
 
     # --- webhooks --------------------------------------------------------------------------
+
+    async def test_a_webhooks_settings_start_its_cursor_again_once_and_a_hub_started_before_them_stands_aside(
+        self, store: HubStore
+    ) -> None:
+        old, new = '{"location":null,"url":"http://a/hook"}', '{"location":null,"url":"http://b/hook"}'
+        await store.save_webhook_state("shop", 9)  # a webhook that last ran before its settings were kept
+        assert await store.webhook_settings("shop") is None
+        assert await store.claim_webhook_settings("shop", old, None) == WebhookClaim("stored", old)
+        assert (await store.webhook_state("shop")).cursor == 9  # stored quietly: nothing to tell it had changed
+        assert await store.claim_webhook_settings("shop", old, old) == WebhookClaim("same", old)
+        # two hubs started with the new settings, both having read the old ones: the first starts it again
+        assert await store.claim_webhook_settings("shop", new, old) == WebhookClaim("reset", old)
+        assert await store.webhook_state("shop") == WebhookState(0, None, 0)
+        assert await store.claim_webhook_settings("shop", new, old) == WebhookClaim("same", new)
+        # a hub started with the old ones before the new were stored: it stands aside, and its saves are not taken
+        assert await store.claim_webhook_settings("shop", old, old) == WebhookClaim("aside", new)
+        await store.save_webhook_state("shop", 9, None, 0, old)
+        assert (await store.webhook_state("shop")).cursor == 0
+        await store.save_webhook_state("shop", 3, None, 0, new)
+        assert (await store.webhook_state("shop")).cursor == 3
+        # a hub started after the new ones were stored, with the old again (a config put back): its start counts
+        assert await store.claim_webhook_settings("shop", old, new) == WebhookClaim("reset", new)
+        # a new webhook: stored with its first claim
+        assert await store.claim_webhook_settings("fresh", new, None) == WebhookClaim("stored", new)
+        assert await store.webhook_state("fresh") == WebhookState(0, None, 0)
 
     async def test_webhook_state_and_delivery_log(self, store: HubStore) -> None:
         assert await store.webhook_state("shop") == WebhookState(0, None, 0)

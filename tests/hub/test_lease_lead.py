@@ -52,6 +52,8 @@ class FakeDispatcher:
         self.starts = 0
         self.heartbeat = Heartbeat()
         self.bound_s = bound_s
+        self.aside: str | None = None  # never: its settings are the stored ones
+        self.read_settings = True
 
     def run(self) -> Awaitable[None]:
         work = self._works[min(self.starts, len(self._works) - 1)]

@@ -543,3 +543,80 @@ async def test_a_receiver_can_tell_the_changes_of_a_restored_hub_from_the_ones_i
         apply(batch)
     assert [b["history"] for b in receiver.batches] == [first_history, first_history, hub.store.feed_history]
     assert applied[("S1", "A")][1:] == (2, 2)
+
+
+@contextlib.asynccontextmanager
+async def another_receiver() -> AsyncIterator[Receiver]:
+    """A second receiver on 127.0.0.1 (the ``receiver`` fixture's kind), accepting every request."""
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/stock", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    rec.url = f"http://{host}:{port}/hooks/stock"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+def told(rec: Receiver) -> dict[tuple[str, str], int]:
+    """What a receiver keeping the highest change_id per (location, SKU) shows: each key's on_hand."""
+    kept: dict[tuple[str, str], tuple[int, int]] = {}
+    for c in rec.accepted:
+        key = (c["location"], c["sku"])
+        if key not in kept or kept[key][0] < c["change_id"]:
+            kept[key] = (c["change_id"], c["on_hand"])
+    return {k: on_hand for k, (_, on_hand) in kept.items()}
+
+
+async def test_a_webhook_moved_to_another_receiver_or_location_tells_it_every_count_at_the_next_start(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its cursor was earned against the receiver and location it ran with: a start with another url (or location)
+    starts the feed from the first change, with one warning, so the receiver learns the counts that do not move
+    again; a secret, timeout or batch size changed starts nothing again."""
+    caplog.set_level(logging.INFO, logger="hub.webhooks")
+    receiver.fail_first = 0
+    async with running_hub(tmp_path, webhooks=(spec(receiver.url),)) as hub:
+        s1, s2 = await hub.agent(), await hub.agent("S2")
+        await s1.sync((Kind.RECEIVE, 5), (Kind.RECEIVE, 2, "B"))
+        await s2.sync((Kind.RECEIVE, 7, "C"))
+        await delivered_up_to(hub.store, "shop", await hub.store.latest_change_id())
+    assert told(receiver) == {("S1", "A"): 5, ("S1", "B"): 2, ("S2", "C"): 7}
+    caplog.clear()
+
+    async with another_receiver() as moved:
+        async with running_hub(tmp_path, webhooks=(spec(moved.url),)) as hub:  # the shop's new endpoint
+            s1 = Agent(s1.agent_id, s1.token, s1.events, hub.client, s1.at_ms)
+            await s1.sync((Kind.SALE, -1))
+            latest = await hub.store.latest_change_id()
+            await moved.until(lambda: told(moved).get(("S1", "A")) == 4 and len(told(moved)) == 3)
+            await delivered_up_to(hub.store, "shop", latest)
+            assert told(moved) == {("S1", "A"): 4, ("S1", "B"): 2, ("S2", "C"): 7}  # not only A, which moved
+            assert [c["change_id"] for c in moved.accepted] == list(range(1, latest + 1))  # once each, in order
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "hub.webhooks"]
+        assert warnings == [
+            (
+                f"webhook shop: its url ({receiver.url} to {moved.url}) changed since it last ran, so its feed starts "
+                "again from the first change and the receiver is told every current count"
+            )
+        ]
+        caplog.clear()
+
+        # the same receiver with another secret, timeout and batch size: nothing is sent again
+        calm = WebhookSpec(name="shop", url=moved.url, secret=SECRET + "-rotated", timeout_s=3, batch_max=7)
+        async with running_hub(tmp_path, webhooks=(calm,)) as hub:
+            await asyncio.sleep(0.3)  # its dispatcher's first turn found nothing after the cursor
+            assert (await hub.get_json("/v1/webhooks"))["webhooks"][0]["cursor"] == str(latest)
+        assert len(moved.accepted) == latest and not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "hub.webhooks"]
+
+        # told about one location now: its counts go out again, though the receiver had them
+        async with running_hub(tmp_path, webhooks=(spec(moved.url, location="S2"),)) as hub:
+            await moved.until(lambda: len(moved.accepted) > latest)
+            await delivered_up_to(hub.store, "shop", latest)
+        assert [(c["location"], c["sku"], c["on_hand"]) for c in moved.accepted[latest:]] == [("S2", "C", 7)]
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "hub.webhooks"]
+        assert "webhook shop: its location (every location to S2) changed since it last ran" in warning
