@@ -409,3 +409,90 @@ async def test_a_paused_hub_loses_its_webhook_to_another_hub_and_delivers_nothin
     for hub in hubs:
         assert "Traceback" not in hub.log and SECRET not in hub.log
         assert "ended by itself" not in hub.log
+
+
+def _hub_at(tmp_path: Path, name: str, url: str, pg_db: str) -> HubProcess:
+    """A hub whose webhook shop posts to ``url``, its lease_stale_s the least (a paused hub's is taken in seconds)."""
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f"[hub]\nlease_stale_s = {STALE_S}\n\n"
+        f'[[webhooks]]\nname = "shop"\nurl = "{url}"\nsecret = "{SECRET}"\nbatch_max = 4\n',
+        encoding="utf-8",
+    )  # fmt: skip
+    return HubProcess(tmp_path / f"{name}.log", "--config", str(config), db=pg_db, port=free_port())
+
+
+async def test_hubs_started_with_a_webhook_moved_start_its_feed_again_once_and_a_hub_on_the_old_config_stands_aside(
+    tmp_path: Path, receiver: CountingReceiver, pg_db: str
+) -> None:
+    """The shop's endpoint moved: two hubs started with the new url beside the one still on the old (a rolling
+    restart). Once a new one takes the webhook (the old one paused past lease_stale_s), one of them starts its feed
+    from the first change again, with one warning, and the new receiver gets every change once — the other new hub,
+    taking over later, does not start it again. The hub on the old config, resumed, never sends the old receiver
+    anything more: left alone with the webhook, it stands aside and says why, rather than start the feed again to
+    the old receiver."""
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    moved = CountingReceiver()
+    await moved.start()
+    old = _hub_at(tmp_path, "old", receiver.url, pg_db)
+    new = [_hub_at(tmp_path, f"new-{i}", moved.url, pg_db) for i in (1, 2)]
+    paused: HubProcess | None = None
+    try:
+        await _start([old])
+        await _post([old], agent, range(8))
+        expected = await asyncio.to_thread(_change_ids, old.url, reader.token)
+        await _delivered_once_by_one_hub([old], receiver, reader, expected)
+        await _start(new)
+        for hub in new:  # standing by: each says what it would change
+            await _until("the new hubs say their url differs", lambda h=hub: asyncio.to_thread(
+                lambda: "this hub's config changes its url" in h.log))  # fmt: skip
+
+        os.kill(old.pid, signal.SIGSTOP)
+        paused = old
+        await _until("the moved receiver gets every change", lambda: _async(expected <= set(moved.delivered)))
+        os.kill(old.pid, signal.SIGCONT)
+        paused = None
+        assert not [cid for cid, n in moved.delivered.items() if n > 1]
+        said = [line for hub in new for line in hub.log.splitlines() if "changed since it last ran" in line]
+        assert len(said) == 1 and "WARNING" in said[0], said
+        assert f"webhook shop: its url ({receiver.url} to {moved.url})" in said[0]
+
+        (first,) = [h for h in new if (await asyncio.to_thread(_webhook, h.url, reader.token))["deliverer"] == "this hub"]
+        (second,) = [h for h in new if h is not first]
+        await asyncio.to_thread(first.kill)  # the other new hub (or the old one, which stands aside) takes it over
+        await _post([second], agent, range(8, 16))
+        expected |= await asyncio.to_thread(_change_ids, second.url, reader.token)
+        await _until("the other new hub delivers the rest", lambda: _async(expected <= set(moved.delivered)))
+        twice = sorted(cid for cid, n in moved.delivered.items() if n > 1)
+        assert max(twice, default=8) <= 8 and len(twice) <= 4, f"not started again, one batch in flight: {twice}"
+
+        await asyncio.to_thread(second.kill)  # the old hub alone: it takes the webhook and leaves it
+        await _post([old], agent, range(16, 20))
+        aside = "another hub sharing the database, started after this one, delivers it with another url"
+        await _until("the old hub says it stands aside", lambda: asyncio.to_thread(lambda: aside in old.log))
+        await asyncio.sleep(4.0)  # a turn of its lead loop more: it takes nothing again
+        assert set(receiver.delivered) == set(range(1, 9)), "the old receiver is sent nothing after the move"
+        view = await asyncio.to_thread(_webhook, old.url, reader.token)
+        assert view["deliverer"] == "another hub" and aside in view["last_error"], view
+        assert old.log.count(aside) == 1
+
+        again = _hub_at(tmp_path, "new-3", moved.url, pg_db)  # a new hub on the new config delivers the rest
+        new.append(again)
+        await _start([again])
+        await _until("a new hub delivers what the old one left", lambda: _async(
+            set(range(1, 21)) <= set(moved.delivered)))  # fmt: skip
+        assert "changed since it last ran" not in again.log
+    finally:
+        if paused is not None:
+            os.kill(paused.pid, signal.SIGCONT)
+        for hub in [old, *new]:
+            hub.close()
+        await moved.stop()
+    for hub in [old, *new]:
+        assert "Traceback" not in hub.log and SECRET not in hub.log
+        assert "ended by itself" not in hub.log
+
+
+async def _async(value: bool) -> bool:
+    return value
