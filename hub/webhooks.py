@@ -28,6 +28,14 @@ the holder goes away. A SQLite hub delivers every webhook through the same
 loop over leases always granted (``hub.leases.LocalLeases``), so a deliverer
 whose loop ends by itself is started again after a backoff there too. The stored cursor never moves backwards
 (``hub.storage.feed.save_webhook_state``), whichever hub saves it.
+
+The cursor is kept with what it was earned against (``WebhookSpec.settings_text``: the url without credentials or
+query, and the location). A deliverer started with other settings than the ones its hub first read stored puts its
+own in and the cursor back to 0 (``hub.storage.feed.claim_webhook_settings``, one conditional update: of several
+hubs started with the same new settings, one), with one warning: the receiver now addressed is told every current
+count, not only those that change afterwards. A hub started before another stored newer settings stands aside
+(``WebhookDispatcher.aside``): it says so once, gives the lock back (``hub.leases.lead``) and does not take it again
+while they stand, and its saves are refused, so it can neither send to the old receiver nor move the new cursor.
 """
 
 from __future__ import annotations
