@@ -7,6 +7,7 @@ the high-water mark answered to a sender that holds more than the hub.
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -289,6 +290,9 @@ class FeedAndCatalogContract:
         assert (await store.webhook_state("shop")).cursor == 3
         # a hub started after the new ones were stored, with the old again (a config put back): its start counts
         assert await store.claim_webhook_settings("shop", old, new) == WebhookClaim("reset", new)
+        # two hubs claiming the same new settings at once (PostgreSQL: two connections): one starts it again
+        claims = await asyncio.gather(*(store.claim_webhook_settings("shop", new, old) for _ in range(2)))
+        assert sorted(claims) == [WebhookClaim("reset", old), WebhookClaim("same", new)]
         # a new webhook: stored with its first claim
         assert await store.claim_webhook_settings("fresh", new, None) == WebhookClaim("stored", new)
         assert await store.webhook_state("fresh") == WebhookState(0, None, 0)
