@@ -106,7 +106,7 @@ async def webhook_settings(db: Db, name: str) -> str | None:
 async def claim_webhook_settings(db: Db, name: str, settings: str, seen: str | None, now_ms: int) -> WebhookClaim:
     """Make ``settings`` the ones the webhook's cursor is earned against, in one write transaction.
 
-    None stored (a new webhook, or one that last ran before schema 29): stored, the cursor stays. Others stored,
+    None stored (a new webhook, or one that last ran before schema 31): stored, the cursor stays. Others stored,
     the ones this hub first read (``seen``): this hub's config is the newer, so they are replaced and the cursor
     goes back to 0 — by one hub only: the update is conditional on what it replaces, so of two hubs started with
     the same new settings the second finds them stored. Others stored that this hub did not first read: a hub

@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 
 from hub import open_store
+from hub.storage.migrations import Migration
 from hub.storage.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 from hub.storage.sqlite.schema import MIGRATIONS
 from protocol import BOOK_OUT_REASON, Kind, event_id_hex, stored_reason
@@ -50,6 +51,16 @@ SPELLINGS = [
 ]
 # An older hub's stored text may hold what a reason may not now: the control characters Python splits at.
 LEGACY = "\tReceived\x1cby\x85mistake,\nsent\x1f\ron\v"
+
+
+@pytest.fixture(autouse=True)
+def _later_steps_already_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub is made by the current code and set back to 28 or 27: the steps after 29 already made what they make
+    (a column added twice is an error), so they run as nothing here."""
+    for steps in (MIGRATIONS, PG_MIGRATIONS):
+        for version, step in list(steps.items()):
+            if version > STEP:
+                monkeypatch.setitem(steps, version, Migration(version, step.name, lambda: "SELECT 1;"))
 
 
 async def _stored_as_of_27(url: str, backend: str, rows: dict[str, list[tuple[bytes, str]]], old: int) -> None:
