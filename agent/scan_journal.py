@@ -76,7 +76,8 @@ _SCHEMA = (
         event_ids   TEXT,
         decided_ms  INTEGER
     )""",
-    # The running total of a count-mode reader survives a restart: the last count booked per key.
+    # Read by no agent since a count-mode reader's running total is read back from the outbox (agent.scanning);
+    # kept so that a journal's schema stays one.
     "CREATE INDEX IF NOT EXISTS scans_counts ON scans (reader_id, location, sku, id) WHERE kind = 'count'",
     """CREATE TABLE IF NOT EXISTS readers (
         reader_id       TEXT PRIMARY KEY,
@@ -475,17 +476,6 @@ class ScanJournal(SqliteFile):
             ).fetchall()
         )
         return [_entry(row) for row in rows]
-
-    async def last_count(self, reader_id: str, location: str, sku: str) -> tuple[int, int] | None:
-        """(qty, decided_ms) of the last count this reader booked for (location, sku), if any."""
-        row = await self._read(
-            lambda conn: conn.execute(
-                "SELECT qty, decided_ms FROM scans WHERE reader_id = ? AND location = ? AND sku = ? AND kind = 'count'"
-                " AND qty IS NOT NULL AND event_ids IS NOT NULL ORDER BY id DESC LIMIT 1",
-                (reader_id, location, sku),
-            ).fetchone()
-        )
-        return None if row is None else (int(row[0]), int(row[1]))
 
     async def readers(self) -> list[ReaderState]:
         await self.write_counts()

@@ -377,9 +377,9 @@ class ModeRouter:
             if reader.mode != "count" or (reader.location or self.location) != location:
                 continue
             last = self._counts.get((reader.id, location, sku))
-            if last is None and self.journal is not None:
-                with contextlib.suppress(JournalError):
-                    last = await self.journal.last_count(reader.id, location, sku)
+            if last is None:
+                with contextlib.suppress(OutboxError):
+                    last = await self._count_from_outbox(reader, location, sku)
             if last is not None and now_ms - last[1] <= reader.count_reset_s * 1000:
                 return reader.id
         return None
@@ -437,12 +437,23 @@ class ModeRouter:
         key = (reader.id, location, sku)
         now_ms = self._wall_clock_ms()
         last = self._counts.get(key)
-        if last is None and self.journal is not None:
-            with contextlib.suppress(JournalError):
-                last = await self.journal.last_count(reader.id, location, sku)
+        if last is None:
+            last = await self._count_from_outbox(reader, location, sku)
         if last is None or now_ms - last[1] > reader.count_reset_s * 1000:
             return None
         return last
+
+    async def _count_from_outbox(self, reader: ScannerSection, location: str, sku: str) -> tuple[int, int] | None:
+        """(total, at_ms on this router's clock) of the reader's last count of (location, sku) within its
+        ``count_reset_s``, as the outbox holds it (after a restart). The outbox, not the scan journal: a count is
+        committed there first, and what became of its scan is journaled after, in another file; an agent killed
+        between the two left the journal a count behind what was booked."""
+        since_ms = self.outbox.wall_ms() - int(reader.count_reset_s * 1000)
+        for ev in await self.outbox.booked(
+            location, sku, Kind.COUNT, since_wall_ms=since_ms, source=f"scanner:{reader.id}"
+        ):
+            return ev.qty, self._wall_clock_ms() - (self.outbox.wall_ms() - ev.wall_ms)
+        return None
 
 
 def problem_outcome(reader_id: str, scan: hardware.Scan, error: hardware.DecodeError | None) -> ScanOutcome:

@@ -234,6 +234,38 @@ async def test_count_mode_records_the_running_count_and_survives_a_restart(tmp_p
     ]
 
 
+async def test_a_running_count_goes_on_from_the_outbox_after_a_kill_between_the_booking_and_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: a count-mode reader's running count went on after a restart from the scan journal's last decided
+    scan. The outbox commits a scan's count first (synchronous FULL), the journal writes what became of it after
+    (its own file, synchronous NORMAL): an agent killed between the two (kill -9, a power cut) left the count
+    booked and its journal row "received", then "interrupted", so the next scan continued from the count before
+    and booked 3 where 4 were counted: a unit the agent said it had booked was gone from the count. The running
+    count is read from the outbox now, which is what was booked."""
+    link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
+    counting = section(link, mode="count")
+    async with rig(tmp_path, counting) as r:
+        await r.scan(b"]E0" + EAN13.encode(), b"]E0" + EAN13.encode())
+
+        async def killed_before_it(*args: Any, **kwargs: Any) -> None:
+            return None  # the process died after the outbox's commit, before the journal's
+
+        monkeypatch.setattr(r.journal, "decide", killed_before_it)
+        await r.scan(b"]E0" + EAN13.encode())
+    monkeypatch.undo()
+    async with rig(tmp_path, counting) as r:  # the agent restarted mid-count
+        assert r.journal.interrupted == 1
+        await r.scan(b"]E0" + EAN13.encode())
+        events = await r.events()
+    assert [(e.sku, e.kind, e.qty) for e in events] == [
+        ("MUG-01", Kind.COUNT, 1),
+        ("MUG-01", Kind.COUNT, 2),
+        ("MUG-01", Kind.COUNT, 3),
+        ("MUG-01", Kind.COUNT, 4),
+    ]
+
+
 async def test_damage_mode_adjusts_down_with_reason_damaged_at_the_readers_location(tmp_path: Path) -> None:
     link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
     async with rig(tmp_path, section(link, mode="damage", location="W001")) as r:
