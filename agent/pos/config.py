@@ -50,7 +50,7 @@ class PosImportConfig:
     patterns: tuple[str, ...] = ("*.csv", "*.txt", "*.tsv")
     store_path: Path | None = None  # None: pos-import.sqlite beside the outbox
     batch_rows: int = BATCH_ROWS_DEFAULT  # movements per outbox transaction
-    future_tolerance_s: float = FUTURE_TOLERANCE_DEFAULT_S  # rows dated later than now + this are quarantined
+    future_tolerance_s: float = FUTURE_TOLERANCE_DEFAULT_S  # rows dated later than now (and the file's time) + this are quarantined
     force_polling: bool = False  # poll the folder instead of OS notifications (network shares)
     folder_retry_s: float = FOLDER_RETRY_DEFAULT_S  # how often a drop folder that cannot be used is tried again
     profiles: Mapping[str, Profile] = field(default_factory=dict)  # built-in and custom, by name

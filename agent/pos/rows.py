@@ -78,7 +78,9 @@ class RowMapper:
         self._default_location = default_location
         self._source_file = source_file
         self._file_time_ms = file_time_ms
-        self._latest_ms = now_ms + int(config.future_tolerance_s * 1000)
+        # Later than now, or than the file was written: this machine's clock may be days behind the till's, whose
+        # (or whose file server's) the file's time is; a row later than both is a typo'd date.
+        self._latest_ms = max(now_ms, file_time_ms) + int(config.future_tolerance_s * 1000)
         self._counter = counter
         self.delimiter = delimiter
         self._zones = ZoneResolver(config.time_zones)
