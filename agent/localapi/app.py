@@ -640,10 +640,15 @@ async def _bounce(
 
 
 async def undo(request: web.Request) -> web.Response:
-    """Undo the newest line that still counts."""
-    await _body(request)
+    """Undo the newest line of the person asking that still counts, or the line ``line`` of theirs (the same
+    Undo sent again after its answer was lost takes back nothing more)."""
+    body = await _body(request)
+    _fields(body, {"line"})
+    no = body.get("line")
+    if no is not None and (not isinstance(no, int) or isinstance(no, bool) or not 1 <= no <= LINES_MAX):
+        raise web.HTTPBadRequest(text=f"line must be the number of a line of the session, 1 to {LINES_MAX:,}")
     sessions = request.app[CONTEXT_KEY].sessions
-    line = await sessions.undo(request.match_info["id"], by=_who(request).staff)
+    line = await sessions.undo(request.match_info["id"], by=_who(request).staff, no=no)
     view = await sessions.view(request.match_info["id"])
     return _json({"undone": None if line is None else views.line_json(line), **views.view_json(view)})
 

@@ -487,10 +487,17 @@ class SessionManager:
                 " its running count has ended, so neither count replaces the other's units"
             )
 
-    async def undo(self, session_id: str, *, by: str) -> Line | None:
-        """Undo the newest line of ``by`` still counting; None if there is none."""
+    async def undo(self, session_id: str, *, by: str, no: int | None = None) -> Line | None:
+        """Undo the newest line of ``by`` still counting (None if there is none), or their line ``no``: answered
+        as it is when it counts for nothing already (the same Undo sent again), nothing else undone."""
         check_staff(by)
-        line = await self.store.undo_last(session_id, by)
+        line: Line | None
+        if no is not None:
+            line, changed = await self.store.undo_line(session_id, by, no)
+            if not changed:
+                return line
+        else:
+            line = await self.store.undo_last(session_id, by)
         if line is not None:
             log.info("%s undid line %d (%s × %d) of session %s.", by, line.no, line.sku, line.qty, session_id)
             await self._changed()

@@ -358,6 +358,30 @@ class SessionStore(SqliteFile):
 
         return await self._write(undo, small=True)
 
+    async def undo_line(self, session_id: str, by: str, no: int) -> tuple[Line, bool]:
+        """Mark line ``no`` of ``by`` as undone: the line, and whether this undid it (False: it counted for nothing
+        already, undone before or held, so an Undo sent again after its answer was lost takes back nothing more).
+        A line of another person is a ``SessionConflict``."""
+
+        def undo(conn: sqlite3.Connection) -> tuple[Line, bool]:
+            _open_session(conn, session_id, "undo lines")
+            row = conn.execute(
+                f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND no = ?", (session_id, no)
+            ).fetchone()
+            if row is None:
+                raise LineNotFound(session_id, no)
+            line = _line(row)
+            if line.by != by:
+                raise SessionConflict(
+                    f"line {no} of session {session_id} was added by {line.by}; Undo takes back only your own lines"
+                )
+            if line.undone:
+                return line, False
+            conn.execute("UPDATE lines SET undone = 1 WHERE session_id = ? AND no = ?", (session_id, no))
+            return dataclasses.replace(line, undone=True), True
+
+        return await self._write(undo, small=True)
+
     async def decide_held(
         self, session_id: str, no: int, *, by: str, confirm: bool, qty_max: int = QTY_MAX, unit: Unit | None = None
     ) -> Line:

@@ -514,6 +514,36 @@ async def test_undo_on_one_handheld_takes_back_that_persons_scan_not_the_other_c
     assert got == 200 and (data["undone"]["sku"], data["undone"]["qty"]) == ("SKU-APPLE", 2), data
 
 
+async def test_an_undo_sent_again_after_its_answer_was_lost_takes_back_no_second_line(api: Api) -> None:
+    """Found: Undo took back the newest line still counting of the person asking, whatever the handheld had
+    shown. An Undo whose answer was lost (the Wi-Fi dropped, the agent killed as it answered) said "The agent does
+    not answer. Check the Wi-Fi and try again.", and trying again took back a second line, a scan the agent had
+    acknowledged, gone from the count without a word. The page names the line it undoes now (``line``): that line
+    undone already is answered again, and nothing more is taken back."""
+    ana = await api.sign_in()
+    s = (await api.ok("POST", "/api/v1/sessions", {"type": "count", "bin": "A-03"}, status=201))["session"]
+    scans, undo = f"/api/v1/sessions/{s['id']}/scans", f"/api/v1/sessions/{s['id']}/undo"
+    bo = await api.sign_in("bo", "0000")
+    as_ana, as_bo = {"Authorization": f"Bearer {ana}"}, {"Authorization": f"Bearer {bo}"}
+    for sku, qty in (("SKU-APPLE", 4), ("SKU-APPLE", 2)):
+        got, _ = await api.call("POST", scans, {"sku": sku, "qty": qty}, headers=as_ana)
+        assert got == 201
+    for _ in range(2):  # the first answer lost on the way; the page, or its user, sends it again
+        got, data = await api.call("POST", undo, {"line": 2}, headers=as_ana)
+        assert got == 200 and (data["undone"]["no"], data["undone"]["undone"]) == (2, True), data
+        assert [(t["sku"], t["qty"]) for t in data["totals"]] == [("SKU-APPLE", 4)]
+    got, data = await api.call("POST", undo, {"line": 1}, headers=as_bo)
+    assert got == 409 and data["error"]["message"] == (
+        f"line 1 of session {s['id']} was added by ana; Undo takes back only your own lines"
+    ), data
+    got, data = await api.call("POST", undo, {"line": 9}, headers=as_ana)
+    assert got == 404, data
+    got, data = await api.call("POST", undo, {"line": "2"}, headers=as_ana)
+    assert got == 400, data
+    got, data = await api.call("POST", undo, {}, headers=as_ana)  # no line named: the newest still counting
+    assert got == 200 and data["undone"]["no"] == 1 and data["totals"] == [], data
+
+
 async def test_a_transfer_line_the_hub_would_refuse_is_refused_at_the_scan(api: Api) -> None:
     """Found by keying 2,000,000 units (a typo) into a transfer out: the session took it and closed with no word,
     and the hub then refused the event (one transfer event moves at most 1,000,000 units of a SKU), so the

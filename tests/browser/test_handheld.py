@@ -470,6 +470,46 @@ async def test_a_scan_whose_answer_was_lost_while_another_closed_the_session_say
     assert [e for e in script_errors(console_errors) if "ERR_CONNECTION_RESET" not in e] == []  # the lost answer
 
 
+async def test_undo_pressed_again_after_its_answer_was_lost_takes_back_one_line(
+    page: Page, agent: Agent, console_errors: list[str]
+) -> None:
+    """Found: Undo reached the agent, the Wi-Fi dropped its answer, and the page said "The agent does not answer.
+    Check the Wi-Fi and try again."; pressed again, Undo took back a second line, the apple before the pear, a scan
+    the agent had acknowledged. The page names the line it undoes: the second press answers the pear again."""
+    await sign_in(page, agent)
+    await page.click("text=Receive")
+    await page.fill("#open-form input[name=ref]", "DN-UNDO")
+    await page.click("#open-form button[type=submit]")
+    await expect(page.locator("#screen-session")).to_be_visible()
+    await wedge(page, APPLE)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-APPLE.")
+    await wedge(page, PEAR)
+    await expect(page.locator("#scan-msg")).to_have_text("Added 1 × SKU-PEAR.")
+    lost: list[bool] = []
+
+    async def answer_lost_once(route: Route) -> None:
+        if lost:
+            await route.continue_()
+            return
+        lost.append(True)
+        await route.fetch()  # the agent undoes the pear …
+        await route.abort("connectionreset")  # … and the answer never reaches this handheld
+
+    await page.route("**/undo", answer_lost_once)
+    await page.click("#undo")
+    await expect(page.locator("#scan-msg")).to_have_text("The agent does not answer. Check the Wi-Fi and try again.")
+    await page.click("#undo")
+    await expect(page.locator("#scan-msg")).to_have_text("Undid 1 × SKU-PEAR.")
+    await expect(page.locator("#totals tr")).to_have_count(1)
+    await expect(page.locator("#totals tr").nth(0)).to_have_text("SKU-APPLE1")
+    [session] = await agent.sessions.list()
+    assert [(line.sku, line.undone) for line in await agent.sessions.store.lines(session.id)] == [
+        ("SKU-APPLE", False),
+        ("SKU-PEAR", True),
+    ]
+    assert [e for e in script_errors(console_errors) if "ERR_CONNECTION_RESET" not in e] == []  # the lost answer
+
+
 async def test_scans_the_agent_does_not_answer_for_a_while_wait_and_are_all_added(
     page: Page, agent: Agent, console_errors: list[str]
 ) -> None:

@@ -49,6 +49,7 @@
     unstored: [],  // scans the agent could not store (507: its disk is full): shown, sent again when the staff say
     scannerUnstored: [],  // the session's scanner's scans the full disk refused (its view's unstored), kept by the agent
     queue: Promise.resolve(),  // scans waiting to be sent, in order
+    lines: [],  // the session's lines as last shown (the newest of them)
   };
 
   // --- HTTP ---------------------------------------------------------------------------
@@ -435,6 +436,7 @@
     const s = view.session;
     const wasOpen = state.session && state.session.id === s.id && state.session.status === "open";
     state.session = s;
+    state.lines = view.lines || [];
     if (wasOpen && s.status !== "open" && !state.busy) {
       // Another handheld closed or cancelled it: say so, where a greyed-out field swallowed the next scans.
       const what = s.status === "closing" ? "is being closed" : "was " + s.status;
@@ -857,8 +859,14 @@
   async function undoLast() {
     if (!state.session) return;
     await state.queue;
+    // The line shown as this person's newest that counts: Undo sent again after its answer was lost (the Wi-Fi
+    // dropped) names the same line, undone already, and takes back no second one.
+    let newest = null;
+    for (const line of state.lines) {
+      if (state.me && line.by === state.me.staff && !line.undone && (newest === null || line.no > newest)) newest = line.no;
+    }
     try {
-      const data = await api("POST", "/api/v1/sessions/" + state.session.id + "/undo", {});
+      const data = await api("POST", "/api/v1/sessions/" + state.session.id + "/undo", newest === null ? {} : { line: newest });
       message($("scan-msg"), data.undone ? "Undid " + data.undone.qty + " × " + data.undone.sku + "." : "Nothing to undo.", "warn");
       render(data);
     } catch (err) {
