@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -201,6 +202,7 @@ class ModeRouter:
         location: str,
         journal: ScanJournal | None = None,
         wall_clock_ms: Callable[[], int] = wall_ms_now,
+        monotonic_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self.outbox = outbox
         self.catalog = catalog
@@ -208,7 +210,11 @@ class ModeRouter:
         self.location = location
         self.journal = journal
         self._wall_clock_ms = wall_clock_ms
-        self._counts: dict[tuple[str, str, str], tuple[int, int]] = {}  # (reader, location, sku) -> (total, at_ms)
+        self._monotonic_s = monotonic_s
+        # (reader, location, sku) -> (total, at_ms, at on the monotonic clock): a running count's pause is measured
+        # on the monotonic clock while the agent runs, so a wall clock jumping in the middle neither ends nor
+        # prolongs it (after a restart only the wall clock is left: _count_from_outbox).
+        self._counts: dict[tuple[str, str, str], tuple[int, int, float]] = {}
         self._run_units: dict[tuple[str, str, str], list[RunUnit]] = {}  # … -> the serialised items its count holds
         self._serialised = asyncio.Lock()  # a serialised item's check and booking, so two readers cannot both pass
         # Why a count of (location, sku) must not be booked now, or None (agent.sessions: an open count session
@@ -353,7 +359,7 @@ class ModeRouter:
                 unrecorded=True,
             )
         if rule.kind is Kind.COUNT:
-            self._counts[(reader.id, location, sku)] = (qty, self._wall_clock_ms())
+            self._counts[(reader.id, location, sku)] = (qty, self._wall_clock_ms(), self._monotonic_s())
             self._run_units[(reader.id, location, sku)] = run
         ids = tuple(ev.event_id for ev in recorded.events)
         what = f"{rule.kind.value} {qty:+d}" if rule.kind is not Kind.COUNT else f"count {qty}"
@@ -372,16 +378,12 @@ class ModeRouter:
         """The id of a reader in count mode whose running count of (location, sku) is still going (scanned within
         its ``count_reset_s``), or None: its next scan books the SKU's whole count, so a count session of the SKU
         opened now would replace it at its close, or be replaced by it (agent.sessions asks before opening one)."""
-        now_ms = self._wall_clock_ms()
         for reader in self.readers.values():
             if reader.mode != "count" or (reader.location or self.location) != location:
                 continue
-            last = self._counts.get((reader.id, location, sku))
-            if last is None:
-                with contextlib.suppress(OutboxError):
-                    last = await self._count_from_outbox(reader, location, sku)
-            if last is not None and now_ms - last[1] <= reader.count_reset_s * 1000:
-                return reader.id
+            with contextlib.suppress(OutboxError):
+                if await self._continued_count(reader, location, sku) is not None:
+                    return reader.id
         return None
 
     async def _booked_before(
@@ -434,12 +436,11 @@ class ModeRouter:
     async def _continued_count(self, reader: ScannerSection, location: str, sku: str) -> tuple[int, int] | None:
         """(total, at_ms) of the reader's running count of (location, sku) that the next scan continues, or None: the
         next scan starts a new count."""
-        key = (reader.id, location, sku)
-        now_ms = self._wall_clock_ms()
-        last = self._counts.get(key)
-        if last is None:
-            last = await self._count_from_outbox(reader, location, sku)
-        if last is None or now_ms - last[1] > reader.count_reset_s * 1000:
+        held = self._counts.get((reader.id, location, sku))
+        if held is not None:
+            return held[:2] if self._monotonic_s() - held[2] <= reader.count_reset_s else None
+        last = await self._count_from_outbox(reader, location, sku)
+        if last is None or self._wall_clock_ms() - last[1] > reader.count_reset_s * 1000:
             return None
         return last
 

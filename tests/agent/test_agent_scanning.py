@@ -266,6 +266,33 @@ async def test_a_running_count_goes_on_from_the_outbox_after_a_kill_between_the_
     ]
 
 
+async def test_a_running_count_is_timed_by_the_monotonic_clock_while_the_wall_clock_jumps(tmp_path: Path) -> None:
+    """Found: a count-mode reader's running count ended when this machine's wall clock jumped forward past
+    count_reset_s in the middle of it (NTP putting right a clock an hour off, a clock set by hand): the next scan
+    booked a count of 1 where 3 were on the shelf, and the latest count wins at the hub. A jump back kept a count
+    going long after its reader went quiet. While the agent runs, the pause is measured on the monotonic clock."""
+    counting = section(tmp_path / "shelf", mode="count")
+    wall, mono = [1_700_000_000_000], [100.0]
+    async with Outbox.open(tmp_path / "outbox.sqlite3", agent_id="store-1", location=LOCATION) as outbox:
+        router = ModeRouter(
+            outbox, CATALOG, [counting], location=LOCATION, wall_clock_ms=lambda: wall[0], monotonic_s=lambda: mono[0]
+        )
+
+        async def scan() -> int | None:
+            raw = b"]E0" + EAN13.encode()
+            return (
+                await router.route(counting.id, hardware.Scan(counting.id, raw, wall[0]), hardware.decode(raw), None)
+            ).qty
+
+        assert [await scan(), await scan()] == [1, 2]
+        wall[0] += 3_600_000  # the wall clock jumps an hour ahead; a second passes
+        mono[0] += 1.0
+        assert await scan() == 3
+        wall[0] -= 7_200_000  # and two hours back; the reader stays quiet past count_reset_s
+        mono[0] += counting.count_reset_s + 1
+        assert await scan() == 1  # a new count
+
+
 async def test_damage_mode_adjusts_down_with_reason_damaged_at_the_readers_location(tmp_path: Path) -> None:
     link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
     async with rig(tmp_path, section(link, mode="damage", location="W001")) as r:

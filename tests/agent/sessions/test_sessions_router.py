@@ -168,7 +168,7 @@ async def test_a_count_session_of_a_sku_a_count_mode_reader_is_counting_is_refus
     an apple scanned into a count with no scope; once the reader's running count has ended both are taken."""
     now = [1_000_000]
     async with ScanJournal.open(tmp_path / "scans.sqlite3") as journal:
-        shelf = ModeRouter(outbox, sessions.catalog, [SHELF], location="S001", journal=journal, wall_clock_ms=lambda: now[0])  # type: ignore[arg-type]
+        shelf = ModeRouter(outbox, sessions.catalog, [SHELF], location="S001", journal=journal, wall_clock_ms=lambda: now[0], monotonic_s=lambda: now[0] / 1000)  # type: ignore[arg-type]
         service = ScanService([SHELF], SessionRouter(sessions, shelf), journal)
         booked = await service.handle(SHELF, hardware.Scan("shelf", APPLE.encode(), 1, True))
         assert booked.result is ScanResult.BOOKED
