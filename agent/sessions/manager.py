@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from agent.errors import InvalidMovement, OutboxClosed, OutboxError
-from agent.outbox import Outbox, RejectedEvent
+from agent.outbox import Movement, Outbox, RejectedEvent
 from agent.quantities import Flow, unlikely
 from agent.serials import SERIAL_AGAIN_S, Unit, booked_again
 from agent.sessions import bins, plan
@@ -533,6 +533,12 @@ class SessionManager:
                 )
             return await self._finish(session, resumed=resumed)
 
+    async def _booked_before(self, session: Session, first: Movement) -> bool:
+        """Whether the outbox holds the session's movements already, looked up by the (location, SKU) of its first
+        one (indexed; a close is one transaction, so it holds all of them or none): a session closed, then shown
+        open again by its store restored from a backup taken while it was open, whose close a person repeats."""
+        return bool(await self.outbox.booked(first.location, first.sku, source=session_source(session)))
+
     async def _finish(self, session: Session, *, resumed: bool = False) -> Session:
         """Record the session's events and mark it closed. ``resumed``: a close begun earlier (a crash, a retry)
         whose one outbox transaction may have committed before the session was marked closed; if the outbox holds
@@ -564,6 +570,13 @@ class SessionManager:
                 session.id, session.spec.bin, " ".join(n.message for n in plan.report.bin_notes),
             )  # fmt: skip
         held = await self.outbox.recorded_from(session_source(session)) if resumed and plan.movements else 0
+        if not resumed and plan.movements and await self._booked_before(session, plan.movements[0]):
+            held = await self.outbox.recorded_from(session_source(session))
+            log.warning(
+                "Session %s was closed before: the outbox holds its %d movements (its store was restored from an"
+                " older copy?); it is marked closed again and nothing is booked twice.",
+                session.id, held,
+            )  # fmt: skip
         if held:  # logged below as "already recorded by an earlier attempt"
             recorded, again = 0, held
         elif plan.movements:

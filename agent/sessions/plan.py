@@ -87,7 +87,7 @@ from agent.sessions.model import (
     Total,
 )
 from hardware import DecodeError, decode
-from protocol import Kind, derived_event_id, unpack_hlc
+from protocol import Kind, derived_event_id
 from protocol.event import ATTRS_MAX_KEYS, AttrValue
 
 SOURCE_PREFIX = "session:"
@@ -289,8 +289,10 @@ def _movements(
                 ref=spec.ref or session_source(session),
                 reason=reason,
                 attrs=_attrs(session, {**dict(batch), **serial, **(attrs or {})}),
+                # Stamped with the session's opening, not its close: a session closed again (its store restored
+                # from a backup taken while it was open) books the same ids, never a second delivery.
                 event_id=derived_event_id(
-                    unpack_hlc(at)[0], f"{ID_NAMESPACE}/{session.id}/{role}/{sku}{_batch_id(batch, unit)}".encode()
+                    session.opened_ms, f"{ID_NAMESPACE}/{session.id}/{role}/{sku}{_batch_id(batch, unit)}".encode()
                 ),
                 occurred_at=at,
             )
