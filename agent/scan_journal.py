@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 JOURNAL_FILENAME = "scans.sqlite3"
 PURGE_EVERY_MS = 3_600_000
+AGE_STOPPED_MAX_MS = 86_400_000  # the time the agent was stopped adds at most this much to the scans' age
 RETENTION_DEFAULT_S = 30 * 86_400.0
 RECEIVED = "received"  # written, not yet routed
 INTERRUPTED = "interrupted"  # was being routed when the agent stopped
@@ -91,6 +92,10 @@ _SCHEMA = (
         last_problem    TEXT,
         last_problem_ms INTEGER
     )""",
+    # The scans up to scan_id were there when the journal's age clock (meta age_ms) read at_ms: retention_s later
+    # on that clock they are deleted. The age clock moves by the lesser of what the wall clock and the monotonic
+    # clock moved (_age), so a wall clock wrong by years, or put right, neither deletes early nor keeps for ever.
+    "CREATE TABLE IF NOT EXISTS aged (scan_id INTEGER NOT NULL, at_ms INTEGER NOT NULL)",
 )
 
 
@@ -183,6 +188,7 @@ class ScanJournal(SqliteFile):
         retention_s: float,
         wall_clock_ms: Callable[[], int],
         problem_rows_per_day: int = PROBLEM_ROWS_PER_DAY,
+        monotonic_s: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(db)
         self._retention_ms = int(retention_s * 1000)
@@ -196,8 +202,9 @@ class ScanJournal(SqliteFile):
         self._uncounted: dict[str, _Uncounted] = {}
         self._counted_s: dict[str, float] = {}
         self._count_timer: asyncio.Task[None] | None = None
-        self._monotonic_s: Callable[[], float] = time.monotonic
-        self._last_purge_ms = 0
+        self._monotonic_s: Callable[[], float] = monotonic_s
+        self._last_purge_s: float | None = None  # on the monotonic clock
+        self._aged_s: float | None = None  # when the age clock was last moved by this process (monotonic)
         self.interrupted = 0  # scans found half-routed when this journal was opened
 
     @classmethod
@@ -208,12 +215,18 @@ class ScanJournal(SqliteFile):
         retention_s: float = RETENTION_DEFAULT_S,
         wall_clock_ms: Callable[[], int] = wall_ms_now,
         problem_rows_per_day: int = PROBLEM_ROWS_PER_DAY,
+        monotonic_s: Callable[[], float] = time.monotonic,
     ) -> Opening[ScanJournal]:
-        return Opening(lambda: cls._open(Path(path), retention_s, wall_clock_ms, problem_rows_per_day))
+        return Opening(lambda: cls._open(Path(path), retention_s, wall_clock_ms, problem_rows_per_day, monotonic_s))
 
     @classmethod
     async def _open(
-        cls, path: Path, retention_s: float, wall_clock_ms: Callable[[], int], problem_rows_per_day: int
+        cls,
+        path: Path,
+        retention_s: float,
+        wall_clock_ms: Callable[[], int],
+        problem_rows_per_day: int,
+        monotonic_s: Callable[[], float],
     ) -> ScanJournal:
         path.parent.mkdir(parents=True, exist_ok=True)
         opened = cls(
@@ -221,6 +234,7 @@ class ScanJournal(SqliteFile):
             retention_s=retention_s,
             wall_clock_ms=wall_clock_ms,
             problem_rows_per_day=problem_rows_per_day,
+            monotonic_s=monotonic_s,
         )
         return await opened._start(opened._init)
 
@@ -446,7 +460,7 @@ class ScanJournal(SqliteFile):
             if purge:
                 self._purge(conn, now_ms)
 
-        purge = now_ms - self._last_purge_ms >= PURGE_EVERY_MS
+        purge = self._last_purge_s is None or self._monotonic_s() - self._last_purge_s >= PURGE_EVERY_MS / 1000
         await self._write(update, small=not purge)  # a purge may delete many rows: never on the caller's thread
 
     async def note_status(
@@ -462,8 +476,39 @@ class ScanJournal(SqliteFile):
         )
 
     def _purge(self, conn: sqlite3.Connection, now_ms: int) -> None:
-        self._last_purge_ms = now_ms
-        conn.execute("DELETE FROM scans WHERE received_ms < ? AND result != ?", (now_ms - self._retention_ms, RECEIVED))
+        """Delete the scans older than the retention on the age clock (``_age``), not on the wall clock: one that
+        fell back to 2000 and was put right by NTP days later had every scan of those days deleted at once."""
+        self._last_purge_s = self._monotonic_s()
+        age_ms = self._age(conn, now_ms)
+        conn.execute(
+            "INSERT INTO aged (scan_id, at_ms) SELECT top, ? FROM (SELECT max(id) AS top FROM scans)"
+            " WHERE top > coalesce((SELECT max(scan_id) FROM aged), 0)",
+            (age_ms,),
+        )
+        cutoff_ms = age_ms - self._retention_ms
+        (upto,) = conn.execute("SELECT max(scan_id) FROM aged WHERE at_ms <= ?", (cutoff_ms,)).fetchone()
+        if upto is not None:
+            conn.execute("DELETE FROM scans WHERE id <= ? AND result != ?", (upto, RECEIVED))
+            conn.execute("DELETE FROM aged WHERE at_ms <= ?", (cutoff_ms,))
+
+    def _age(self, conn: sqlite3.Connection, now_ms: int) -> int:
+        """Move the age clock by the lesser of what the wall clock and the monotonic clock moved since it was last
+        moved (never back; the time the agent was stopped, which only the wall clock saw, counts for at most
+        ``AGE_STOPPED_MAX_MS``), and return it. A new journal's starts at the wall clock."""
+        stored = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('age_ms', 'age_wall_ms')").fetchall())
+        now_s = self._monotonic_s()
+        age_ms, wall_ms = stored.get("age_ms"), stored.get("age_wall_ms")
+        if age_ms is None or wall_ms is None:
+            age_ms = now_ms
+        else:
+            ran_ms = AGE_STOPPED_MAX_MS if self._aged_s is None else round((now_s - self._aged_s) * 1000)
+            age_ms += max(0, min(now_ms - wall_ms, ran_ms))
+        self._aged_s = now_s
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (("age_ms", age_ms), ("age_wall_ms", now_ms)),
+        )
+        return int(age_ms)
 
     # --- reading -----------------------------------------------------------------
     async def recent(self, limit: int = 100, *, reader_id: str | None = None) -> list[JournalEntry]:

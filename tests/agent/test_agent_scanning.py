@@ -457,6 +457,50 @@ async def test_noise_counted_in_memory_is_written_by_a_timer_when_the_noise_stop
         await eventually(counted, what="the count written by the timer")
 
 
+async def test_scans_journaled_while_the_clock_was_years_behind_outlive_its_correction_by_the_retention(
+    tmp_path: Path,
+) -> None:
+    """Found: the journal's retention compared each scan's time with the wall clock alone. A store PC whose clock
+    fell back to 2000 (a flat CMOS battery) and was put right by NTP days later had every scan of those days, the
+    only record of the ones not booked, deleted at the next purge: years older than the 30 days kept. Scans age by
+    the lesser of what the wall clock and the monotonic clock moved while the agent runs now (at most a day for
+    the time it was stopped), so a wrong clock, or one put right, neither deletes early nor keeps for ever."""
+    wall, mono = [946_684_800_000], [50.0]  # 2000-01-01
+    path = tmp_path / "scans.sqlite3"
+
+    async def scanned(journal: ScanJournal, raw: bytes) -> None:
+        scan_id = await journal.add("dock", wall[0], raw, True, "receive")
+        assert scan_id is not None
+        await journal.decide(scan_id, "dock", result="decode_error", message="a bad check digit")
+
+    async with ScanJournal.open(
+        path, retention_s=30 * 86_400, wall_clock_ms=lambda: wall[0], monotonic_s=lambda: mono[0]
+    ) as journal:
+        await scanned(journal, b"offline-1")
+        wall[0] += 2 * 86_400_000  # two days offline with the wrong clock
+        mono[0] += 2 * 86_400
+        await scanned(journal, b"offline-2")
+        wall[0] = 1_796_000_000_000  # NTP puts it right: 2026
+        mono[0] += 3_600
+        await scanned(journal, b"online-1")
+        assert [e.raw for e in reversed(await journal.recent())] == [b"offline-1", b"offline-2", b"online-1"]
+    wall[0] += 20 * 86_400_000  # restarted after 20 days stopped: at most a day of it counts
+    async with ScanJournal.open(
+        path, retention_s=30 * 86_400, wall_clock_ms=lambda: wall[0], monotonic_s=lambda: mono[0]
+    ) as journal:
+        for _ in range(28):  # 28 days of running
+            wall[0] += 86_400_000
+            mono[0] += 86_400
+            await scanned(journal, b"later")
+        kept = [e.raw for e in reversed(await journal.recent(100))]
+        assert kept[:3] == [b"offline-1", b"offline-2", b"online-1"]  # aged about 29 days
+        for _ in range(3):
+            wall[0] += 86_400_000
+            mono[0] += 86_400
+            await scanned(journal, b"later")
+        assert {e.raw for e in await journal.recent(100)} == {b"later"}
+
+
 async def test_the_problem_rows_of_a_day_are_counted_again_from_the_file_after_a_restart(tmp_path: Path) -> None:
     day_ms = wall_ms_now() // DAY_MS * DAY_MS
     path = tmp_path / "scans.sqlite3"
