@@ -445,7 +445,9 @@ async def _start_services(config: AgentConfig, outbox: Outbox) -> _Services:
             journal = await stack.enter_async_context(
                 ScanJournal.open(a.outbox.with_name(JOURNAL_FILENAME), retention_s=a.retention_days * 86_400)
             )
-            router: ScanRouter = ModeRouter(outbox, catalog, config.scanners, location=a.location, journal=journal)
+            modes = ModeRouter(outbox, catalog, config.scanners, location=a.location, journal=journal)
+            await modes.recover_interrupted()
+            router: ScanRouter = modes
             if sessions is not None:  # a scanner feeds the session open on it first
                 router = SessionRouter(sessions, router)
             await stack.enter_async_context(ScanService(config.scanners, router, journal))

@@ -864,6 +864,20 @@ class Outbox(SqliteFile):
         query = "SELECT count(*) FROM events WHERE source = ?"
         return int(await self._read(lambda conn: conn.execute(query, (source,)).fetchone()[0]))
 
+    async def recorded_after(self, source: str, event_id: bytes | None, *, since_wall_ms: int) -> list[StockEvent]:
+        """The events from ``source`` recorded after the event ``event_id`` (any, when None or no longer held),
+        and since ``since_wall_ms``, oldest first: what a scan the agent was killed while booking booked."""
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE source = ? AND wall_ms >= ?"
+            " AND seq > coalesce((SELECT seq FROM events WHERE event_id = ?), 0) ORDER BY seq"
+        )
+        rows = await self._read(lambda conn: conn.execute(query, (source, since_wall_ms, event_id)).fetchall())
+        events = []
+        for row in rows:
+            with contextlib.suppress(ValueError, TypeError, msgpack.UnpackException):  # unreadable: never booked
+                events.append(self._event(row))
+        return events
+
     async def booked(
         self, location: str, sku: str, kind: Kind | None = None, *, since_wall_ms: int = 0, source: str | None = None
     ) -> list[StockEvent]:

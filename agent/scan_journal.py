@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from agent.db import Opening, SqliteFile, SqliteThread
 from agent.errors import AgentError
-from protocol import event_id_hex, wall_ms_now
+from protocol import event_id_hex, parse_event_id, wall_ms_now
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ KNOWN_PROBLEM_RESULTS = ("decode_error", "incomplete")  # what a scan known to b
 PROBLEM_ROWS_PER_DAY = 10_000
 NOT_KEPT_WRITE_S = 5.0  # a reader's not_kept row is written at most this often; the counting between is in memory
 DAY_MS = 86_400_000
+INTERRUPTED_MESSAGE = "the agent stopped while this scan was being booked; check whether it was recorded"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -206,6 +207,7 @@ class ScanJournal(SqliteFile):
         self._last_purge_s: float | None = None  # on the monotonic clock
         self._aged_s: float | None = None  # when the age clock was last moved by this process (monotonic)
         self.interrupted = 0  # scans found half-routed when this journal was opened
+        self.interrupted_scans: list[tuple[int, str, int]] = []  # … each (id, reader_id, received_ms)
 
     @classmethod
     def open(
@@ -247,9 +249,11 @@ class ScanJournal(SqliteFile):
         elif row[0] > SCHEMA_VERSION:
             raise JournalError(f"{self.path} was written by a newer shelfsync (schema {row[0]}); upgrade this agent")
         now_ms = self._wall_clock_ms()
-        stuck = conn.execute("SELECT id, reader_id FROM scans WHERE result = ?", (RECEIVED,)).fetchall()
-        message = "the agent stopped while this scan was being booked; check whether it was recorded"
-        for scan_id, reader_id in stuck:
+        stuck = conn.execute(
+            "SELECT id, reader_id, received_ms FROM scans WHERE result = ? ORDER BY id", (RECEIVED,)
+        ).fetchall()
+        message = INTERRUPTED_MESSAGE
+        for scan_id, reader_id, _ in stuck:
             conn.execute(
                 "UPDATE scans SET result = ?, message = ?, decided_ms = ? WHERE id = ?",
                 (INTERRUPTED, message, now_ms, scan_id),
@@ -259,6 +263,7 @@ class ScanJournal(SqliteFile):
                 (message, now_ms, reader_id),
             )
         self.interrupted = len(stuck)
+        self.interrupted_scans = [(int(i), str(r), int(ms)) for i, r, ms in stuck]
         # Nothing reads a device until the agent runs its readers again.
         conn.execute(
             "UPDATE readers SET available = 0, error = 'the agent is not running it', changed_ms = ?", (now_ms,)
@@ -462,6 +467,50 @@ class ScanJournal(SqliteFile):
 
         purge = self._last_purge_s is None or self._monotonic_s() - self._last_purge_s >= PURGE_EVERY_MS / 1000
         await self._write(update, small=not purge)  # a purge may delete many rows: never on the caller's thread
+
+    async def found_booked(
+        self,
+        scan_id: int,
+        reader_id: str,
+        *,
+        result: str,
+        message: str,
+        location: str,
+        sku: str,
+        kind: str,
+        qty: int,
+        event_ids: tuple[bytes, ...],
+    ) -> None:
+        """An interrupted scan whose movements the outbox holds after all: journaled as booked with them, and no
+        longer one of its reader's problems."""
+        ids = " ".join(event_id_hex(e) for e in event_ids)
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE scans SET result = ?, message = ?, location = ?, sku = ?, kind = ?, qty = ?, event_ids = ?"
+                " WHERE id = ? AND result = ?",
+                (result, message, location, sku, kind, qty, ids, scan_id, INTERRUPTED),
+            )
+            conn.execute(
+                "UPDATE readers SET problems = max(problems - 1, 0),"
+                " last_problem = CASE WHEN last_problem = ?1 THEN NULL ELSE last_problem END,"
+                " last_problem_ms = CASE WHEN last_problem = ?1 THEN NULL ELSE last_problem_ms END"
+                " WHERE reader_id = ?2",
+                (INTERRUPTED_MESSAGE, reader_id),
+            )
+
+        await self._write(update)
+
+    async def last_booked_event(self, reader_id: str, before_id: int) -> bytes | None:
+        """The id of the newest movement a scan of ``reader_id`` journaled before scan ``before_id`` booked."""
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT event_ids FROM scans WHERE reader_id = ? AND id < ? AND event_ids IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1",
+                (reader_id, before_id),
+            ).fetchone()
+        )
+        return None if row is None else parse_event_id(str(row[0]).split()[-1])
 
     async def note_status(
         self, reader_id: str, device: str, available: bool, changed_ms: int, error: str | None

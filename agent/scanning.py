@@ -66,6 +66,7 @@ COUNT_RESET_S = 900.0  # a count-mode reader starts a new count of a SKU after t
 SAME_CODE_S = 0.1
 SAME_CODE_S_MAX = 5.0
 STOP_TIMEOUT_S = 10.0
+RECOVER_SLACK_MS = 1_000  # an interrupted scan is matched to movements recorded since it was journaled, less this
 
 _T = TypeVar("_T")
 RunUnit = tuple[str | None, str]  # a serialised item a running count holds: its GTIN (None: an older event's), serial
@@ -373,6 +374,49 @@ class ModeRouter:
         return ScanOutcome(
             ScanResult.BOOKED, f"Booked {what} of {sku}{pack} at {location}.", ids, location, sku, rule.kind, qty
         )
+
+    async def recover_interrupted(self) -> None:
+        """Journal as booked each scan the agent stopped while booking (``interrupted``) whose movements the outbox
+        holds: the outbox commits first, the journal after, so a kill between the two left a booked scan marked a
+        problem, "check whether it was recorded", and staff who checked by scanning it again booked it twice.
+        A reader's movements recorded after the newest one its journaled scans booked are its interrupted scan's
+        when it has one (each reader books one scan at a time); a reader with several (the journal refused its
+        writes a while: a full disk) is left as it is, since which of them booked what cannot be told."""
+        if self.journal is None:
+            return
+        by_reader: dict[str, list[tuple[int, int]]] = {}
+        for scan_id, reader_id, received_ms in self.journal.interrupted_scans:
+            by_reader.setdefault(reader_id, []).append((scan_id, received_ms))
+        for reader_id, scans in by_reader.items():
+            if reader_id not in self.readers or len(scans) != 1:
+                continue
+            [(scan_id, received_ms)] = scans
+            try:
+                after = await self.journal.last_booked_event(reader_id, scan_id)
+                events = await self.outbox.recorded_after(
+                    f"scanner:{reader_id}", after, since_wall_ms=received_ms - RECOVER_SLACK_MS
+                )
+                if not events or len({(ev.location, ev.kind) for ev in events}) != 1:
+                    continue
+                first = events[0]
+                what = (
+                    f"{first.kind.value} {first.qty:+d} of {first.sku}"
+                    if len(events) == 1
+                    else f"{first.kind.value} of {len(events)} SKUs ({', '.join(ev.sku for ev in events)})"
+                )
+                message = (
+                    f"Booked {what} at {first.location} before the agent stopped (found in the outbox at its restart)."
+                )
+                unknown = len(events) == 1 and first.sku.startswith("unknown:")
+                await self.journal.found_booked(
+                    scan_id, reader_id, result=(ScanResult.UNKNOWN if unknown else ScanResult.BOOKED).value,
+                    message=message, location=first.location, sku=first.sku, kind=first.kind.value, qty=first.qty,
+                    event_ids=tuple(ev.event_id for ev in events),
+                )  # fmt: skip
+            except (JournalError, OutboxError) as err:
+                log.warning("Whether scanner %r's interrupted scan was booked could not be found: %s", reader_id, err)
+                continue
+            log.info("Scanner %r: %s", reader_id, message)
 
     async def running_count(self, location: str, sku: str) -> str | None:
         """The id of a reader in count mode whose running count of (location, sku) is still going (scanned within

@@ -266,6 +266,51 @@ async def test_a_running_count_goes_on_from_the_outbox_after_a_kill_between_the_
     ]
 
 
+async def test_a_scan_booked_just_before_a_kill_is_journaled_as_booked_at_the_restart_not_as_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found killing a real agent ten times while two scanners sent: 16 scans were journaled "interrupted" (a
+    problem: "the agent stopped while this scan was being booked; check whether it was recorded"), and the outbox
+    held the movement of 15 of them, booked before the journal heard of it. Staff who check by scanning the item
+    again book it twice. At the restart, the movements the outbox holds of a reader after its last journaled one
+    are the interrupted scan's: it is journaled as booked with them, and is no problem."""
+    link = tmp_path / "usb-Honeywell_Xenon_1900-if00"
+    async with rig(tmp_path) as r:
+        await r.scan(b"]E0" + EAN13.encode(), UNKNOWN.encode())
+
+        async def killed_before_it(*args: Any, **kwargs: Any) -> None:
+            return None  # the process died after the outbox's commit, before the journal's
+
+        monkeypatch.setattr(r.journal, "decide", killed_before_it)
+        await r.scan(b"]I1" + CASE.encode())
+        monkeypatch.undo()
+        booked = (await r.events())[-1]
+    async with rig(tmp_path, section(link)) as r:  # restarted
+        assert r.journal.interrupted == 1
+        assert isinstance(r.service.router, ModeRouter)
+        await r.service.router.recover_interrupted()
+        [reader] = await r.journal.readers()
+        assert reader.problems == 0
+        # killed next just as the reader sent a scan: journaled, never routed
+        await r.journal.add("backdoor", wall_ms_now(), b"]E0" + EAN13.encode(), True, "receive")
+    async with rig(tmp_path, section(link)) as r:  # restarted
+        assert isinstance(r.service.router, ModeRouter)
+        await r.service.router.recover_interrupted()
+        entries = list(reversed(await r.journal.recent()))
+        [reader] = await r.journal.readers()
+    assert [(e.result, e.sku, e.qty) for e in entries] == [
+        ("booked", "MUG-01", 1),
+        ("unknown", "unknown:0" + UNKNOWN, 1),
+        ("booked", "MUG-01", 12),
+        ("interrupted", None, None),
+    ]
+    assert entries[2].event_ids == (event_id_hex(booked.event_id),)
+    assert entries[2].message == (
+        "Booked receive +12 of MUG-01 at S001 before the agent stopped (found in the outbox at its restart)."
+    )
+    assert reader.problems == 1  # the one never booked
+
+
 async def test_a_running_count_is_timed_by_the_monotonic_clock_while_the_wall_clock_jumps(tmp_path: Path) -> None:
     """Found: a count-mode reader's running count ended when this machine's wall clock jumped forward past
     count_reset_s in the middle of it (NTP putting right a clock an hour off, a clock set by hand): the next scan
