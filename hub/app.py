@@ -384,15 +384,24 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
     # the store's clock is right and the hub's off: what the window holds now is held because of the hub's clock
     off_ms = None if skew_ms is None else _watch_the_hubs_clock(request.app, who.agent_id, skew_ms)
     noticed, decided_ms = request.app[CLOCK_WATCH_KEY].found, wall_ms_now()
+    # the store's clock is off the hub's and the other stores side with the hub's: its clock is the odd one (kept
+    # with what it holds, so an admin's release is checked against it: hub.storage.held.check_not_vouched)
+    vouched = (
+        None if off_ms is not None or skew_ms is None or abs(skew_ms) < HUB_CLOCK_OFF_MS
+        else request.app[CLOCK_WATCH_KEY].vouched(who.agent_id)
+    )  # fmt: skip
     result = await ingest_confirmed(
         request, who, sync.epoch, sync.events, _sync_head, acked_seq=sync.acked_seq, backlog=sync.backlog,
         oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
         clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
         after_seq=sync.after_seq, peer=client_of(request), disk=sync.disk, hub_clock_off_ms=off_ms,
+        hub_clock_vouched=vouched,
     )  # fmt: skip
     held = any(r.code == "quarantined" for r in result.rejected)
     if held and off_ms is None and request.app[CLOCK_WATCH_KEY].found != noticed:  # found while it was written
         _held_before_it_knew(request.app, decided_ms)
+    elif result.release_hub_clock:  # marked by another hub process's finding, already right again
+        request.app[CLOCK_CHORES_KEY].run(_release_hub_clock(request.app, right=False))
     if result.applied:  # scans of barcodes the catalog learned after the agent's copy of it
         await catalog.rebook_unknown(request, {ev.sku for ev in sync.events})
     feed.poke(request.app)  # committed: wake the change feed's long-polls, streams and webhooks
@@ -400,10 +409,8 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
     headers = {routes.SYNC_PIPELINE_HEADER: "1"}
     if off_ms is not None:  # the store's clock is right: the hub's is off, and the agent says so, not its own
         headers[routes.HUB_CLOCK_HEADER] = str(off_ms)
-    elif skew_ms is not None and abs(skew_ms) >= HUB_CLOCK_OFF_MS:
-        vouched = request.app[CLOCK_WATCH_KEY].vouched(who.agent_id)
-        if vouched is not None:  # the other stores side with the hub: this store's clock is the odd one
-            headers[routes.HUB_CLOCK_AGREED_HEADER] = str(vouched)
+    elif vouched is not None:  # the other stores side with the hub: this store's clock is the odd one
+        headers[routes.HUB_CLOCK_AGREED_HEADER] = str(vouched)
     answer = SyncResponse(
         agent_id=result.agent_id,
         epoch=result.epoch,
@@ -524,8 +531,12 @@ async def _hub_clock_found(app: web.Application, offset_ms: int) -> None:
         log.error("Could not note the hub's own clock in the quarantine and the credentials: %s.", err)
 
 
-async def _release_hub_clock(app: web.Application) -> None:
+async def _release_hub_clock(app: web.Application, *, right: bool = True) -> None:
+    """Release what the hub held because of its own clock; ``right``: its clock looks right again (kept for the
+    other hub processes sharing the database first, ``HubStore.hub_clock_right``)."""
     try:
+        if right:
+            await app[STORE_KEY].hub_clock_right()
         await app[STORE_KEY].release_hub_clock(app[SETTINGS_KEY].clock_window_s * 1000, RELEASED_BY_HUB)
     except StoreError as err:
         log.error("Could not release the events held because of the hub's own clock: %s.", err)

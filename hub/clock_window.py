@@ -53,6 +53,9 @@ class ClockWindow:
     agent_created_ms: int | None = None
     sent_ms: int | None = None
     hub_off_ms: int | None = None
+    # How many of the other stores that synced lately put the hub's clock right, when they were more than half of
+    # them (``HubClockWatch.vouched``): the sender's clock is the odd one; None: they did not, or there were none.
+    vouched: int | None = None
 
     def with_sender(self, sent_ms: int | None) -> ClockWindow:
         """This window for a batch whose sender stated its clock ``sent_ms`` when sending."""
@@ -106,7 +109,9 @@ class ClockWindow:
     def corrected(self, hub_off_ms: int, agent_created_ms: int | None) -> ClockWindow:
         """This window as it would have been with the hub's clock right: ``hub_off_ms`` taken off its time, and
         the credential's creation time as it is stored now (hub.storage.held.release_hub_clock)."""
-        return replace(self, now_ms=self.now_ms - hub_off_ms, agent_created_ms=agent_created_ms, hub_off_ms=None)
+        return replace(
+            self, now_ms=self.now_ms - hub_off_ms, agent_created_ms=agent_created_ms, hub_off_ms=None, vouched=None
+        )
 
 
 # --- the hub's own clock -------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.12.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
@@ -141,6 +141,8 @@ API_VERSION = "1.11.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      GET /v1/quarantine's first page names pending: how many are held pending in all (total, hub_clock, and per
 #      agent those not attributed to either clock), what a release takes;
 #      the dashboard's session cookie is __Host-shelfsync_session when the dashboard is served over HTTPS
+# 1.12: a held event's hub_clock_vouched (how many other stores put the hub's clock right when it was held), and
+#      POST /v1/quarantine/release with {"wrong_clock": "hub"} answers 409 when any it would take has one
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -905,7 +907,9 @@ def _paths() -> dict[str, JSON]:
         "could not attribute to its own clock (no `hub_clock_off_ms`: a lone store, stores that disagree), of that "
         "store or of all, as the admin found whose clock was wrong: `hub`, each at its own time when inside the "
         "window by the hub's clock corrected by its sender's skew then (409 when the stores of those of all put "
-        "the hub's clock off by amounts more than a minute apart); `store`, each at the hub's time of receipt, as "
+        "the hub's clock off by amounts more than a minute apart, and since 1.12 when any of them has a "
+        "`hub_clock_vouched`: the other stores put the hub's clock right when it was held, nothing is changed); "
+        "`store`, each at the hub's time of receipt, as "
         "`apply_at_receipt`. The answer then also says what was applied (`detail`); 404 for an `agent_id` this hub "
         "does not know.",
         "Quarantine",
@@ -1264,7 +1268,7 @@ _HELD = {"id": 3, "event_id": _EVENT_ID, "agent_id": _AGENT, "epoch": 1, "seq": 
                    "clock window of 24.0 hours; it is held in the hub's quarantine for an operator to apply at its "
                    "receipt time or discard (GET /v1/quarantine), and this machine's clock should be checked",
          "attempts": 1, "status": "pending", "resolved_by": None, "resolved_at_ms": None,
-         "hub_clock_off_ms": None}  # fmt: skip
+         "hub_clock_off_ms": None, "hub_clock_vouched": None}  # fmt: skip
 _AGENT_STATUS = {"agent_id": _AGENT, "role": "agent", "revoked": False, "locations": ["S001"],
                  "last_sync_ms": _AT_MS, "last_sync": _AT, "epochs": [{"epoch": 1, "epoch_text": "1", "hwm": 17}],
                  "clock_skew_ms": 120, "backlog": 0, "oldest_pending_ms": None, "oldest_pending": None,
@@ -1506,8 +1510,13 @@ def _schemas() -> dict[str, JSON]:
                 "How far the hub's own clock was off its stores' when it held the event (positive: ahead), when they "
                 "agreed with each other and the sender's clock with them: held because of the hub's clock, released "
                 "at its own time once the hub's clock is right (POST /v1/quarantine/release); null: not known."))),
+            "hub_clock_vouched": nullable(integer(1, description=(
+                "Since 1.12. How many of the other stores that synced lately put the hub's clock right (within a "
+                "minute) when it held the event, when they were more than half of them: the sender's clock was the "
+                "odd one, and a release with {\"wrong_clock\": \"hub\"} taking it is refused (409); null: they did "
+                "not, or there were none."))),
         }, ["id", "event_id", "agent_id", "location", "sku", "kind", "qty", "occurred_at", "received_at_ms", "skew_ms",
-            "detail", "attempts", "status", "resolved_by", "resolved_at_ms", "hub_clock_off_ms"]),
+            "detail", "attempts", "status", "resolved_by", "resolved_at_ms", "hub_clock_off_ms", "hub_clock_vouched"]),
         "QuarantinePage": with_properties(page("quarantine", ref("QuarantinedEvent")), pending=obj({
             "total": integer(0, description="Every event held pending."),
             "hub_clock": integer(0, description="Of those, the ones held because of the hub's own clock (what "

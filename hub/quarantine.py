@@ -75,6 +75,7 @@ def quarantine_row(r: QuarantineRow) -> dict[str, Any]:
         "resolved_by": r.resolved_by,
         "resolved_at_ms": r.resolved_at_ms,
         "hub_clock_off_ms": r.hub_clock_off_ms,
+        "hub_clock_vouched": r.hub_clock_vouched,
     }
 
 
@@ -194,7 +195,7 @@ async def post_release(request: web.Request) -> web.Response:
     wrong_clock, agent_id = _release_body(body)
     try:
         released, left = await request.app[STORE_KEY].release_held(window_ms, who.agent_id, wrong_clock, agent_id)
-    except held.ClocksDisagree as err:
+    except (held.ClocksDisagree, held.StoresSidedWithHub) as err:
         raise web.HTTPConflict(text=str(err)) from err
     except held.UnknownAgent as err:
         raise web.HTTPNotFound(text=str(err)) from err

@@ -90,6 +90,9 @@ class IngestResult:
     chain: bytes | None = None  # the sender's lineage digest at hwm as the hub stores it; None: unknown
     held: int = 0  # the sender's events waiting in the clock quarantine for an operator
     change_id: int | None = None  # the change feed's newest id as of this commit (its own changes included)
+    # Events it held were marked by a finding of the hub's own clock already found right again (by another hub
+    # process, ``hub.storage.held.finding_covers``): the caller releases them (``HubStore.release_hub_clock``).
+    release_hub_clock: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,9 @@ class QuarantineRow:
     # The hub's own clock was this far off its stores' when it held the event (its stores agreed, and the sender
     # with them: hub.clock_window.HubClockSuspicion); None: the hub had no reason to doubt its clock.
     hub_clock_off_ms: int | None = None
+    # How many of the other stores that synced lately put the hub's clock right when it held the event, when they
+    # were more than half of them (the sender's clock was the odd one: schema 29); None: they did not, or none.
+    hub_clock_vouched: int | None = None
 
     @property
     def skew_ms(self) -> int:

@@ -10,10 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from hub.clock_window import AHEAD, BEFORE_AGENT, BEHIND, HUB_CLOCK_AGREE_MS, HUB_CLOCK_OFF_MS, span
+from hub.clock_window import (
+    AHEAD,
+    BEFORE_AGENT,
+    BEHIND,
+    HUB_CLOCK_AGREE_MS,
+    HUB_CLOCK_OFF_MS,
+    HUB_CLOCK_RECENT_MS,
+    span,
+)
 from hub.resolver import Effect, Transfer
 from hub.storage.base import (
     QUARANTINE_ACTIONS,
@@ -30,7 +38,8 @@ from protocol import ProtocolError, StockEvent, derived_event_id, event_id_hex, 
 
 QUARANTINE_FIELDS = (
     "quarantine_id, event_id, agent_id, epoch, seq, location, sku, kind, qty, occurred_at, wall_ms, source, "
-    "ref, reason, attrs, detail, attempts, received_at_ms, status, resolved_by, resolved_at_ms, sent_ms, hub_clock_off_ms"
+    "ref, reason, attrs, detail, attempts, received_at_ms, status, resolved_by, resolved_at_ms, sent_ms, hub_clock_off_ms, "
+    "hub_clock_vouched"
 )
 ORIGINAL_AT_ATTR = "original_occurred_at"  # the re-stamped event keeps its original stamp here
 ORIGINAL_WALL_ATTR = "original_wall_ms"
@@ -58,7 +67,7 @@ def transfer_row(r: Sequence[Any]) -> Transfer:
 def quarantine_row(r: Sequence[Any]) -> QuarantineRow:
     return QuarantineRow(
         r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-        json.loads(r[14]) if r[14] else {}, r[15], r[16], r[17], r[18], r[19], r[20], r[21], r[22],
+        json.loads(r[14]) if r[14] else {}, r[15], r[16], r[17], r[18], r[19], r[20], r[21], r[22], r[23],
     )  # fmt: skip
 
 
@@ -219,6 +228,53 @@ async def mark_hub_clock(db: Db, offset_ms: int, now_ms: int, recent_ms: int, ag
     )
 
 
+@dataclass(frozen=True, slots=True)
+class HubClockFinding:
+    """What a hub process last found of the hub's own clock, kept in the database for every hub sharing it (schema
+    version 29, table ``hub_clock_finding``): ``offset_ms`` off its stores' at its time ``found_at_ms``, and right
+    again at ``right_at_ms`` (None: not yet)."""
+
+    offset_ms: int
+    found_at_ms: int
+    right_at_ms: int | None
+
+
+FINDING_SQL = "SELECT offset_ms, found_at_ms, right_at_ms FROM hub_clock_finding WHERE id = 1"
+
+
+def finding(row: Sequence[Any] | None) -> HubClockFinding | None:
+    return None if row is None else HubClockFinding(int(row[0]), int(row[1]), None if row[2] is None else int(row[2]))
+
+
+async def note_found(db: Db, offset_ms: int, now_ms: int) -> None:
+    """Keep that the hub found its clock ``offset_ms`` off at ``now_ms``, for every hub process (the caller holds
+    the hub-clock lock: ``SqlHubStore.hub_clock_found``)."""
+    await db.execute(
+        "INSERT INTO hub_clock_finding (id, offset_ms, found_at_ms, right_at_ms) VALUES (1, ?, ?, NULL) "
+        "ON CONFLICT (id) DO UPDATE SET offset_ms = excluded.offset_ms, found_at_ms = excluded.found_at_ms, "
+        "right_at_ms = NULL",
+        (offset_ms, now_ms),
+    )
+
+
+async def note_right(db: Db, now_ms: int) -> None:
+    """Keep that the hub found its clock right again at ``now_ms`` (once: the first hub process to find it)."""
+    await db.execute("UPDATE hub_clock_finding SET right_at_ms = ? WHERE id = 1 AND right_at_ms IS NULL", (now_ms,))
+
+
+def finding_covers(found: HubClockFinding, judged_ms: int, skew_ms: int) -> bool:
+    """Whether an event held by a hub that did not know its clock off, judged at its time ``judged_ms`` from a
+    sender whose clock was ``skew_ms`` off its own, is one the marking of ``found`` takes (``mark_hub_clock``): its
+    sender's clock off by that much too, judged in the HUB_CLOCK_RECENT_MS before the finding or after it, while
+    the hub's clock was not right again, and not later than HUB_CLOCK_RECENT_MS after it (a hub whose stores agree
+    finds it itself by then)."""
+    return (
+        abs(skew_ms - found.offset_ms) <= HUB_CLOCK_AGREE_MS
+        and found.found_at_ms - HUB_CLOCK_RECENT_MS <= judged_ms <= found.found_at_ms + HUB_CLOCK_RECENT_MS
+        and (found.right_at_ms is None or judged_ms < found.right_at_ms)
+    )
+
+
 async def pending_ids(db: Db, *, hub_clock: bool, agent_id: str | None = None) -> list[int]:
     """The pending held events, oldest first: those held because of the hub's own clock (``hub_clock``), or those
     it did not attribute to it (of ``agent_id`` only, when given)."""
@@ -305,6 +361,34 @@ async def check_one_hub_offset(db: Db) -> None:
         f"the held movements' stores put the hub's clock {put(high)} ({high_agent}) and {put(low)} ({low_agent}) "
         "when they sent them: it cannot have been wrong by both; release them store by store (agent_id), and those "
         "of a store whose clock was the wrong one with wrong_clock store; nothing was changed"
+    )
+
+
+class StoresSidedWithHub(InvalidInput):
+    """An admin's "the hub's clock was the wrong one" for held events the hub held while the other stores put its
+    clock right (``QuarantineRow.hub_clock_vouched``: the store's clock was the odd one; ``release_held``)."""
+
+
+async def check_not_vouched(db: Db, agent_id: str | None) -> None:
+    """``StoresSidedWithHub`` when any pending event the hub could not attribute to its own clock (of ``agent_id``,
+    or of every store) was held while more than half of the other stores that synced lately put the hub's clock
+    right: what the stores said then contradicts "the hub's clock was the wrong one"."""
+    where = Where("status = 'pending'", "hub_clock_off_ms IS NULL", "hub_clock_vouched IS NOT NULL")
+    where.add("agent_id = ?", agent_id)
+    rows = await db.fetch(
+        f"SELECT agent_id, COUNT(*), MIN(hub_clock_vouched) FROM quarantine{where.sql} GROUP BY agent_id "
+        "ORDER BY agent_id",
+        tuple(where.params),
+    )
+    if not rows:
+        return
+    which = ", ".join(f"{int(n):,} of {a} (at least {int(v):,} other store(s) sided with the hub)" for a, n, v in rows[:5])
+    if len(rows) > 5:
+        which += f" and those of {len(rows) - 5:,} more stores"
+    raise StoresSidedWithHub(
+        f"the other stores that synced when the hub held {which} put the hub's clock right then: the store's clock "
+        "was the odd one, not the hub's; release them with wrong_clock store (at the hub's time of receipt), or "
+        "resolve them one by one (POST /v1/quarantine/{id}); nothing was changed"
     )
 
 

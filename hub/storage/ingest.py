@@ -91,6 +91,7 @@ from hub.resolver import (
     transfer_key,
     transfer_problem,
 )
+from hub.storage.held import HubClockFinding, finding_covers
 from hub.storage.base import (
     CHANGE_EVENT_IDS_MAX,
     INGEST_ROLES,
@@ -249,6 +250,11 @@ class Batch:
     # The hub's own clock was this far off its stores' at receipt, the sender's with them (schema version 23):
     # kept with the events held, which are released at their own time once the hub's clock is right.
     hub_clock_off_ms: int | None = None
+    # When something was held and the hub did not know its clock off: its time when it judged the batch (an
+    # other hub's finding may cover it, ``hub.storage.held.finding_covers``), and how many other stores put its clock right
+    # then (``ClockWindow.vouched``; schema version 29).
+    judged_ms: int | None = None
+    hub_clock_vouched: int | None = None
 
 
 class SyncNote(NamedTuple):
@@ -377,11 +383,17 @@ class IngestTx(Protocol):
 
     async def insert_quarantined(
         self, rows: Sequence[RejectedAttempt], received_at_ms: int, sent_ms: int | None = None,
-        hub_clock_off_ms: int | None = None,
+        hub_clock_off_ms: int | None = None, hub_clock_vouched: int | None = None,
     ) -> None:  # fmt: skip
         """Hold events stamped outside the clock window, keyed by (agent_id, event_id), with the sender's clock
-        when it sent them and how far the hub's own clock was then known off (None: not known); the same event
-        again only counts one more attempt (its first receipt time stays)."""
+        when it sent them, how far the hub's own clock was then known off (None: not known) and how many other
+        stores put it right (None: not more than half of them); the same event again only counts one more attempt
+        (its first receipt time stays)."""
+
+    async def hub_clock_finding(self) -> HubClockFinding | None:
+        """What a hub process last found of the hub's own clock (schema version 29), read after waiting for a
+        marking of what was held under way in another (``SqlHubStore.hub_clock_found``), whose lock it holds until
+        the commit: a held event is either marked by that marking or reads its finding."""
 
     # Bundles (schema version 6):
 
@@ -487,6 +499,8 @@ def prepare_batch(
         credential=credential,
         disk=disk,
         hub_clock_off_ms=None if clock is None or not held else clock.hub_off_ms,
+        judged_ms=None if clock is None or not held or clock.hub_off_ms is not None else clock.now_ms,
+        hub_clock_vouched=None if clock is None or not held or clock.hub_off_ms is not None else clock.vouched,
     )
 
 
@@ -816,8 +830,15 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         await tx.add_duplicates(who.agent_id, duplicates)
     if rejected:
         await tx.insert_rejections(rejected, now_ms)
+    release_hub_clock = False
     if quarantined:
-        await tx.insert_quarantined(quarantined, now_ms, batch.sent_ms, batch.hub_clock_off_ms)
+        off_ms = batch.hub_clock_off_ms
+        if off_ms is None and batch.judged_ms is not None and batch.sent_ms is not None:
+            # judged by a hub that did not know its clock off: another may have found it, and marked what it held
+            found = await tx.hub_clock_finding()
+            if found is not None and finding_covers(found, batch.judged_ms, now_ms - batch.sent_ms):
+                off_ms, release_hub_clock = found.offset_ms, found.right_at_ms is not None
+        await tx.insert_quarantined(quarantined, now_ms, batch.sent_ms, off_ms, batch.hub_clock_vouched)
         rejected += quarantined  # answered as such: processed for the mark, held for an operator
     if late:
         recomputed: list[tuple[str, str, bytes, int]] = []
@@ -871,6 +892,7 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         counts=tuple([snapshots[k] for k in keys if k in touched]),
         chain=chain,
         held=held_now,
+        release_hub_clock=release_hub_clock,
     )
 
 

@@ -99,6 +99,7 @@ class IngestStore(Protocol):
         credential: str | None = None,
         disk: DiskReport | None = None,
         hub_clock_off_ms: int | None = None,
+        hub_clock_vouched: int | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
@@ -110,6 +111,8 @@ class IngestStore(Protocol):
         the sender's wall clock when it sent; its clock skew is measured from it.
         ``hub_clock_off_ms``: the hub's own clock is this far off its stores',
         the sender's with them; kept with what is held (``release_hub_clock``).
+        ``hub_clock_vouched``: how many other stores put the hub's clock right,
+        the sender's being the odd one; kept with what is held (``release_held``).
         Transfer events breaking ``hub.resolver.transfer_problem`` are rejected
         ("invalid_transfer").
 
@@ -360,6 +363,12 @@ class QuarantineStore(Protocol):
         """``hub_clock_found``'s marking of the held events alone, as if the hub had found its clock ``offset_ms`` off
         at its time ``at_ms``: for a sync decided before the hub found it and written after that marking (the
         credentials are not dated again). Returns how many were marked."""
+
+    @abc.abstractmethod
+    async def hub_clock_right(self) -> None:
+        """Note for every hub process sharing the database that the hub's clock looks right again (before
+        ``release_hub_clock``): an event held meanwhile by one that did not know, marked as it is written by the
+        finding of ``hub_clock_found``, is then released by its writer (``IngestResult.release_hub_clock``)."""
 
     @abc.abstractmethod
     async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:

@@ -127,6 +127,11 @@ class SqlHubStore(HubStore, Generic[D]):
     async def _lock(self, db: D, name: str) -> None:
         """Inside a write: hold the lock ``name`` until the commit (one writer of a shared row at a time)."""
 
+    @abc.abstractmethod
+    async def _lock_hub_clock(self, db: D) -> None:
+        """Inside a write, first: hold the hub-clock lock alone until the commit, which the write of a held event
+        takes shared to read the finding (``IngestTx.hub_clock_finding``)."""
+
     async def _newest_change_id(self, db: D) -> int:
         """Inside an ingest write, after its booking: the newest change id as of its commit."""
         return await feed.latest_change_id(db, self.LATEST_CHANGE_SQL)
@@ -189,12 +194,14 @@ class SqlHubStore(HubStore, Generic[D]):
         credential: str | None = None,
         disk: DiskReport | None = None,
         hub_clock_off_ms: int | None = None,
+        hub_clock_vouched: int | None = None,
     ) -> IngestResult:
         self._check_open()
         # Checked before the write transaction: overlaps another batch.
         clock = (
             None if clock_window_ms is None
-            else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms, hub_off_ms=hub_clock_off_ms)
+            else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms, hub_off_ms=hub_clock_off_ms,
+                             vouched=hub_clock_vouched)  # fmt: skip
         )  # fmt: skip
         batch = prepare_batch(
             who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
@@ -315,6 +322,8 @@ class SqlHubStore(HubStore, Generic[D]):
         now_ms = wall_ms_now()
 
         async def work(db: D) -> tuple[int, int]:
+            await self._lock_hub_clock(db)  # a held event's write under way in another hub process ends first
+            await held.note_found(db, offset_ms, now_ms)  # … and one after reads it (hub.storage.held.finding_covers)
             marked = await held.mark_hub_clock(db, offset_ms, now_ms, HUB_CLOCK_RECENT_MS, HUB_CLOCK_AGREE_MS)
             return marked, await credentials.correct_created(db, offset_ms, now_ms)
 
@@ -337,6 +346,15 @@ class SqlHubStore(HubStore, Generic[D]):
                      "were held because of it; they are released once its clock is right.", marked, offset_ms)  # fmt: skip
         return marked
 
+    async def hub_clock_right(self) -> None:
+        now_ms = wall_ms_now()
+
+        async def work(db: D) -> None:
+            await self._lock_hub_clock(db)  # a held event's write under way ends first: the release reads it after
+            await held.note_right(db, now_ms)
+
+        await self._write_db("noting the hub's own clock right again", work)
+
     async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:
         checks.whole(window_ms, "clock window", 1, 2**62)
         ids = await self._read_db("reading the quarantine", lambda db: held.pending_ids(db, hub_clock=True))
@@ -357,6 +375,8 @@ class SqlHubStore(HubStore, Generic[D]):
         async def pending(db: D) -> list[int]:
             if agent_id is not None and not await held.agent_known(db, agent_id):
                 raise held.UnknownAgent(f"there is no agent {agent_id} at this hub; GET /v1/agents lists them")
+            if wrong_clock == held.WRONG_HUB:
+                await held.check_not_vouched(db, agent_id)  # what the other stores said when it was held
             if agent_id is None and wrong_clock == held.WRONG_HUB:
                 await held.check_one_hub_offset(db)
             return await held.pending_ids(db, hub_clock=False, agent_id=agent_id)

@@ -252,3 +252,30 @@ async def test_what_the_hub_could_not_attribute_is_released_for_one_store_or_all
     applied = await stores.held("?status=applied")
     assert sorted((q["agent_id"], q["resolved_by"]) for q in applied) == [
         ("store-1", stores.admin_id)] * 3 + [("store-2", stores.admin_id)]  # fmt: skip
+
+
+async def test_a_release_saying_the_hubs_clock_was_wrong_is_refused_when_the_other_stores_sided_with_it(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: a held event did not keep whether the other stores put the hub's clock right when it was held, so an
+    admin's ``{"wrong_clock": "hub"}`` applied a store's sale stamped two days back at that time although the two
+    other stores had sided with the hub's clock. Now the held event keeps how many did (``hub_clock_vouched``), and
+    such a release is refused with nothing changed; ``"store"`` applies it at its receipt."""
+    monkeypatch.setattr(clock_window, "HUB_CLOCK_LOOK_S", 0.0)
+    for agent_id, location in (("store-2", "S2"), ("store-3", "S3")):
+        await stores.sync(agent_id, location, behind_ms=0)
+    answer = await stores.sync("store-1", "S1")  # its clock two days behind, the others right
+    assert [r.code for r in answer.rejected] == ["quarantined"]
+    [row] = await stores.held()
+    assert (row["agent_id"], row["hub_clock_off_ms"], row["hub_clock_vouched"]) == ("store-1", None, 2)
+
+    for body in ({"wrong_clock": "hub", "agent_id": "store-1"}, {"wrong_clock": "hub"}):
+        status, problem = await stores.release(body)
+        assert status == 409, problem
+        assert "1 of store-1 (at least 2 other store(s) sided with the hub)" in problem["detail"], problem
+        assert "wrong_clock store" in problem["detail"] and "nothing was changed" in problem["detail"], problem
+    assert [q["id"] for q in await stores.held()] == [row["id"]]
+    status, released = await stores.release({"wrong_clock": "store", "agent_id": "store-1"})
+    assert (status, released["released"], released["left"]) == (200, 1, 0), released
+    [applied] = await stores.held("?status=applied")
+    assert applied["hub_clock_vouched"] == 2

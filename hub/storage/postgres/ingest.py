@@ -63,7 +63,7 @@ from hub.resolver import (
 from hub.storage import credentials, reports
 from hub.storage.base import BundleRecipe, CredentialChanged
 from hub.storage.db import PostgresDb, Row, numbered
-from hub.storage.held import transfer_values
+from hub.storage.held import FINDING_SQL, HubClockFinding, finding, transfer_values
 from hub.storage.ingest import (
     Batch,
     BundleParts,
@@ -107,6 +107,12 @@ EVENT_COLUMNS = [*EVENT_FIELDS.split(", ")[1:], "event_id", "effect", "variance"
 RECIPES_LOCK = int.from_bytes(hashlib.blake2b(b"shelfsync bundle recipes", digest_size=8).digest(), "big", signed=True)
 # A migration takes it alone (hub.storage.postgres.schema.MIGRATION_LOCK_SQL): it waits for the writes in flight.
 MIGRATION_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('shelfsync.migrate.' || current_schema()))"
+# What a hub process finds of the hub's own clock, and its marking of what was held (``SqlHubStore.hub_clock_found``),
+# takes this lock alone; the write of a held event that hub did not know to be its clock's takes it shared and then
+# reads the finding (``PostgresIngest.hub_clock_finding``): across hub processes, a held event is either written
+# before the marking (which marks it) or reads the finding (and is marked as it is written). Schema version 29.
+HUB_CLOCK_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('shelfsync.hub_clock.' || current_schema()))"
+HUB_CLOCK_LOCK = "SELECT pg_advisory_xact_lock(hashtext('shelfsync.hub_clock.' || current_schema()))"
 LOCK_SQL = (
     f"{MIGRATION_LOCK_SHARED} UNION ALL SELECT pg_advisory_xact_lock_shared({RECIPES_LOCK}) UNION ALL "
     "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k"
@@ -604,14 +610,22 @@ class PostgresIngest:
 
     async def insert_quarantined(
         self, rows: Sequence[RejectedAttempt], received_at_ms: int, sent_ms: int | None = None,
-        hub_clock_off_ms: int | None = None,
+        hub_clock_off_ms: int | None = None, hub_clock_vouched: int | None = None,
     ) -> None:  # fmt: skip
         await self.conn.executemany(
-            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms, sent_ms, hub_clock_off_ms) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
+            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms, sent_ms, hub_clock_off_ms, "
+            "hub_clock_vouched) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) "
             "ON CONFLICT (agent_id, event_id) DO UPDATE SET attempts = quarantine.attempts + 1",
-            [(r.event.event_id, *r.row, r.reason, received_at_ms, sent_ms, hub_clock_off_ms) for r in rows],
-        )
+            [(r.event.event_id, *r.row, r.reason, received_at_ms, sent_ms, hub_clock_off_ms, hub_clock_vouched)
+             for r in rows],
+        )  # fmt: skip
+
+    async def hub_clock_finding(self) -> HubClockFinding | None:
+        # Two statements: the read's snapshot is taken after the lock is granted (READ COMMITTED), so it sees the
+        # finding of a marking that held the lock meanwhile.
+        await self.conn.execute(HUB_CLOCK_LOCK_SHARED)
+        return finding(await self.conn.fetchrow(FINDING_SQL))
 
     async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:
         await self.conn.executemany(

@@ -42,7 +42,14 @@ from hub.storage.db import PostgresDb
 from hub.storage.ingest import Batch, IngestTx
 from hub.storage.migrations import MigrationProgress
 from hub.storage.postgres import feed
-from hub.storage.postgres.ingest import PostgresIngest, batch_keys, lock_keys, sender_lockable, stock_lockable
+from hub.storage.postgres.ingest import (
+    HUB_CLOCK_LOCK,
+    PostgresIngest,
+    batch_keys,
+    lock_keys,
+    sender_lockable,
+    stock_lockable,
+)
 from hub.storage.postgres.schema import SCHEMA_VERSION, check_not_newer, feed_history, migrate, schema_version
 from hub.storage.store import SqlHubStore
 from protocol import wall_ms_now
@@ -530,6 +537,9 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     async def _lock(self, db: PostgresDb, name: str) -> None:
         await lock_keys(db.conn, [(name,)])
+
+    async def _lock_hub_clock(self, db: PostgresDb) -> None:
+        await db.conn.execute(HUB_CLOCK_LOCK)  # a statement of its own: see hub.storage.postgres.ingest
 
     async def health(self) -> dict[str, Any]:
         async def work(conn: asyncpg.Connection) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transf
 from hub.storage import reports
 from hub.storage.base import BundleRecipe
 from hub.storage.db import SqliteDb
-from hub.storage.held import transfer_values
+from hub.storage.held import FINDING_SQL, HubClockFinding, finding, transfer_values
 from hub.storage.ingest import (
     EFFECT_TEXT,
     BundleParts,
@@ -349,13 +349,19 @@ class SqliteIngest:
 
     async def insert_quarantined(
         self, rows: Sequence[RejectedAttempt], received_at_ms: int, sent_ms: int | None = None,
-        hub_clock_off_ms: int | None = None,
+        hub_clock_off_ms: int | None = None, hub_clock_vouched: int | None = None,
     ) -> None:  # fmt: skip
         await self.db.executemany(
-            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms, sent_ms, hub_clock_off_ms) "
-            f"VALUES ({marks(18)}) ON CONFLICT (agent_id, event_id) DO UPDATE SET attempts = quarantine.attempts + 1",
-            [(r.event.event_id, *r.row, r.reason, received_at_ms, sent_ms, hub_clock_off_ms) for r in rows],
-        )
+            f"INSERT INTO quarantine ({EVENT_FIELDS}, detail, received_at_ms, sent_ms, hub_clock_off_ms, "
+            f"hub_clock_vouched) VALUES ({marks(19)}) ON CONFLICT (agent_id, event_id) DO UPDATE SET "
+            "attempts = quarantine.attempts + 1",
+            [(r.event.event_id, *r.row, r.reason, received_at_ms, sent_ms, hub_clock_off_ms, hub_clock_vouched)
+             for r in rows],
+        )  # fmt: skip
+
+    async def hub_clock_finding(self) -> HubClockFinding | None:
+        rows = await self._fetch(FINDING_SQL)  # one writer: no marking is under way meanwhile
+        return finding(rows[0] if rows else None)
 
     async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:
         sql = (

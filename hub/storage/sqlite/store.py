@@ -689,6 +689,9 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
     async def _lock(self, db: SqliteDb, name: str) -> None:
         return None  # one writer: nothing else writes meanwhile
 
+    async def _lock_hub_clock(self, db: SqliteDb) -> None:
+        return None
+
     async def health(self) -> dict[str, Any]:
         async def work(db: aiosqlite.Connection) -> dict[str, Any]:
             rows = list(await db.execute_fetchall("PRAGMA user_version"))
