@@ -144,7 +144,7 @@ class QuarantineRow:
     # with them: hub.clock_window.HubClockSuspicion); None: the hub had no reason to doubt its clock.
     hub_clock_off_ms: int | None = None
     # How many of the other stores that synced lately put the hub's clock right when it held the event, when they
-    # were more than half of them (the sender's clock was the odd one: schema 29); None: they did not, or none.
+    # were more than half of them (the sender's clock was the odd one: schema 32); None: they did not, or none.
     hub_clock_vouched: int | None = None
 
     @property

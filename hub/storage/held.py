@@ -231,7 +231,7 @@ async def mark_hub_clock(db: Db, offset_ms: int, now_ms: int, recent_ms: int, ag
 @dataclass(frozen=True, slots=True)
 class HubClockFinding:
     """What a hub process last found of the hub's own clock, kept in the database for every hub sharing it (schema
-    version 29, table ``hub_clock_finding``): ``offset_ms`` off its stores' at its time ``found_at_ms``, and right
+    version 32, table ``hub_clock_finding``): ``offset_ms`` off its stores' at its time ``found_at_ms``, and right
     again at ``right_at_ms`` (None: not yet)."""
 
     offset_ms: int

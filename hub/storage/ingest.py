@@ -252,7 +252,7 @@ class Batch:
     hub_clock_off_ms: int | None = None
     # When something was held and the hub did not know its clock off: its time when it judged the batch (an
     # other hub's finding may cover it, ``hub.storage.held.finding_covers``), and how many other stores put its clock right
-    # then (``ClockWindow.vouched``; schema version 29).
+    # then (``ClockWindow.vouched``; schema version 32).
     judged_ms: int | None = None
     hub_clock_vouched: int | None = None
 
@@ -391,7 +391,7 @@ class IngestTx(Protocol):
         (its first receipt time stays)."""
 
     async def hub_clock_finding(self) -> HubClockFinding | None:
-        """What a hub process last found of the hub's own clock (schema version 29), read after waiting for a
+        """What a hub process last found of the hub's own clock (schema version 32), read after waiting for a
         marking of what was held under way in another (``SqlHubStore.hub_clock_found``), whose lock it holds until
         the commit: a held event is either marked by that marking or reads its finding."""
 

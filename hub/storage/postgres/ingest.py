@@ -110,7 +110,7 @@ MIGRATION_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('shelfsync
 # What a hub process finds of the hub's own clock, and its marking of what was held (``SqlHubStore.hub_clock_found``),
 # takes this lock alone; the write of a held event that hub did not know to be its clock's takes it shared and then
 # reads the finding (``PostgresIngest.hub_clock_finding``): across hub processes, a held event is either written
-# before the marking (which marks it) or reads the finding (and is marked as it is written). Schema version 29.
+# before the marking (which marks it) or reads the finding (and is marked as it is written). Schema version 32.
 HUB_CLOCK_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('shelfsync.hub_clock.' || current_schema()))"
 HUB_CLOCK_LOCK = "SELECT pg_advisory_xact_lock(hashtext('shelfsync.hub_clock.' || current_schema()))"
 LOCK_SQL = (
